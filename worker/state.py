@@ -1,0 +1,108 @@
+"""The worker's observable state: written by the worker loop, read by the health server.
+
+Health reads this and never does work of its own (no calls to ComfyUI or the queue on a probe).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from worker.metrics import WorkerMetrics
+
+
+class Phase(enum.StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+GPU_FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert")
+
+
+def is_fatal_gpu_error(message: str) -> bool:
+    """True for ComfyUI execution errors that only a fresh process (container restart) can cure."""
+    return any(marker in message for marker in GPU_FATAL_MARKERS)
+
+
+@dataclass
+class WorkerState:
+    worker_id: str
+    provider: str
+    version: str
+    max_idle_polls: int
+    serverless: bool
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    phase: Phase = Phase.STARTING
+    started_at: float = field(default_factory=time.monotonic)
+    heartbeat_at: float = field(default_factory=time.monotonic)
+    current_job_id: str | None = None
+    current_prompt_id: str | None = None
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    consecutive_idle_polls: int = 0
+    comfyui_up: bool = False
+    comfyui_version: str | None = None
+    warmed_up: bool = False
+    not_ready_reason: str | None = "starting: waiting for ComfyUI"
+    fatal_reason: str | None = None  # set when only a restart can help (dead ComfyUI, GPU fault)
+
+    def beat(self) -> None:
+        self.heartbeat_at = time.monotonic()
+
+    def set_phase(self, phase: Phase) -> None:
+        self.phase = phase
+        self.metrics.set_phase(phase.value)
+        self.beat()
+
+    def set_comfyui(self, up: bool, version: str | None = None) -> None:
+        self.comfyui_up = up
+        if version:
+            self.comfyui_version = version
+        self.metrics.comfyui_up.set(1 if up else 0)
+        self.metrics.set_versions(self.version, self.comfyui_version)
+
+    def mark_ready(self) -> None:
+        self.not_ready_reason = None
+
+    def mark_not_ready(self, reason: str) -> None:
+        self.not_ready_reason = reason
+
+    def mark_fatal(self, reason: str) -> None:
+        if self.fatal_reason is None:
+            self.fatal_reason = reason
+
+    def job_started(self, job_id: str) -> None:
+        self.current_job_id = job_id
+        self.current_prompt_id = None
+        self.consecutive_idle_polls = 0
+        self.set_phase(Phase.BUSY)
+
+    def job_finished(self, outcome: str) -> None:
+        """outcome: 'completed' or 'failed' (the report that was sent, or attempted)."""
+        if outcome == "completed":
+            self.jobs_completed += 1
+        else:
+            self.jobs_failed += 1
+        self.metrics.jobs.labels(outcome=outcome).inc()
+        self.current_job_id = None
+        self.current_prompt_id = None
+        self.beat()
+
+    def idle_poll(self) -> None:
+        self.consecutive_idle_polls += 1
+        self.metrics.idle_polls.inc()
+        self.beat()
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def heartbeat_age_s(self) -> float:
+        return time.monotonic() - self.heartbeat_at
+
+    @property
+    def jobs_finished(self) -> int:
+        return self.jobs_completed + self.jobs_failed
