@@ -1,0 +1,77 @@
+"""Worker tests run against the ComfyUI simulator and the queue manager, both real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from standins.comfyui import ComfyUISimulator
+
+from queue_manager.server import QueueManagerServer
+from worker.config import WorkerSettings, load_settings
+from worker.execution import RunTimings
+from worker.main import Worker
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+
+FAST_TIMINGS = RunTimings(
+    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
+    history_wait_s=1.0, interrupt_wait_s=2.0,
+)
+
+
+@pytest.fixture(scope="session")
+def workflows() -> dict[str, dict]:
+    folder = SHARED / "workflows"
+    assert folder.is_dir(), f"shared workflows not found at {folder}: the repo must sit beside shared/"
+    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path):
+    sim = ComfyUISimulator(tmp_path / "comfy-output", tmp_path / "comfy-temp", node_seconds={"ImageBlur": 0.4})
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def qm():
+    server = QueueManagerServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path, qm: QueueManagerServer, comfy: ComfyUISimulator):
+    def make(**overrides) -> WorkerSettings:
+        values = {
+            "queue_manager_url": qm.url,
+            "comfyui_url": comfy.url,
+            "outputs_path": tmp_path / "outputs",
+            "poll_interval_s": 0.02,
+            "serverless_mode": True,
+            "serverless_max_idle_polls": 3,
+            "job_timeout_s": 10,
+            "comfyui_startup_timeout_s": 5,
+            "report_retry_budget_s": 5,
+            "shutdown_grace_s": 2,
+            "worker_id": "test-worker",
+            "health_port": 0,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_worker(settings_for):
+    def make(**overrides) -> Worker:
+        return Worker(settings_for(**overrides), timings=FAST_TIMINGS)
+
+    return make
+
+

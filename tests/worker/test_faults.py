@@ -1,0 +1,126 @@
+"""Fault cases: deadlines, dropped websockets, ComfyUI dying, the queue manager failing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from structlog.testing import capture_logs
+
+
+async def wait_for(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_deadline_interrupts_the_prompt_and_fails_the_job(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(job_timeout_s=0.3)
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "timed out after 0.3 s" in report.body["error"]
+    assert "stopped it at node" in report.body["error"]
+    [prompt] = comfy.prompts
+    assert {"prompt_id": prompt["prompt_id"]} in [i["body"] for i in comfy.interrupts]
+
+
+async def test_websocket_drop_mid_job_reconnects_and_completes(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker()
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    await asyncio.sleep(0.1)
+    await comfy.drop_websockets()
+    assert await run == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    assert len(report.body["result"]["outputs"]) == 1
+    client_id = comfy.prompts[0]["client_id"]
+    assert comfy.ws_connections[client_id] >= 2, "reconnected with the same clientId"
+
+
+async def test_comfyui_gone_mid_job_fails_the_job_clearly(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    await comfy.crash()
+    assert await run == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "ComfyUI stopped answering" in report.body["error"]
+    assert worker.state.comfyui_up is False
+
+
+async def test_fatal_gpu_error_marks_the_worker_for_restart(qm, comfy, make_worker, workflows):
+    comfy.fail_next_prompt(node_id="2", exception_message="CUDA error: an illegal memory access was encountered")
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    assert await worker.run() == 0
+    assert "CUDA error" in qm.reports.landed(job.id)[0].body["error"]
+    assert worker.state.fatal_reason and "CUDA error" in worker.state.fatal_reason
+
+
+async def test_queue_manager_down_while_polling_is_retried_not_counted_idle(qm, comfy, make_worker, workflows):
+    qm.faults.inject("next-job", status=503, times=2)
+    qm.faults.inject("next-job", status=502, body="<html>Bad Gateway</html>")
+    qm.faults.inject("next-job", drop=True)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(serverless_max_idle_polls=2)
+    with capture_logs() as logs:
+        assert await worker.run() == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    poll_failures = [e for e in logs if e["event"] == "Poll failed; backing off"]
+    assert len(poll_failures) == 4
+    assert "non-JSON" not in poll_failures[0]["error"] and "HTTP 503" in poll_failures[0]["error"]
+    assert "Bad Gateway" in poll_failures[2]["error"]
+    assert worker.state.metrics.poll_errors._value.get() == 4
+
+
+async def test_non_json_200_from_the_queue_is_a_poll_error(qm, comfy, make_worker):
+    qm.faults.inject("next-job", status=200, body="this is not json")
+    with capture_logs() as logs:
+        assert await make_worker(serverless_max_idle_polls=1).run() == 0
+    [failure] = [e for e in logs if e["event"] == "Poll failed; backing off"]
+    assert "non-JSON" in failure["error"]
+
+
+async def test_report_is_retried_until_the_queue_manager_returns(qm, comfy, make_worker, workflows):
+    qm.faults.inject("complete-job", status=503, times=2)
+    qm.faults.inject("complete-job", drop=True)
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker().run() == 0
+    attempts = qm.reports.for_job(job.id)
+    assert [a.status for a in attempts] == [503, 503, None, 200]
+    assert len(qm.reports.landed(job.id)) == 1
+    assert qm.store.get(job.id).status == "completed"
+
+
+async def test_report_whose_answer_was_lost_is_not_sent_twice_as_a_new_report(qm, comfy, make_worker, workflows):
+    qm.faults.inject("complete-job", status=502, after=True)
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker().run() == 0
+    assert [a.endpoint for a in qm.reports.for_job(job.id)] == ["complete-job", "complete-job"]
+    assert qm.store.get(job.id).status == "completed"
+
+
+async def test_404_on_report_is_logged_and_not_retried(qm, comfy, make_worker, workflows):
+    qm.faults.inject("complete-job", status=404, body={"detail": "Job not found"})
+    job = qm.store.submit("alice", workflows["quick"])
+    with capture_logs() as logs:
+        assert await make_worker().run() == 0
+    assert len(qm.reports.for_job(job.id)) == 1
+    assert any(e["event"] == "Job no longer exists on the queue manager; report dropped" for e in logs)
+
+
+async def test_report_budget_exhausted_is_logged_with_the_reason(qm, comfy, make_worker, workflows):
+    qm.faults.inject("fail-job", status=503, times=50)
+    job = qm.store.submit("alice", workflows["invalid_unknown_node"])
+    worker = make_worker(report_retry_budget_s=0.5)
+    with capture_logs() as logs:
+        assert await worker.run() == 0
+    assert qm.reports.landed(job.id) == []
+    [event] = [e for e in logs if e["event"].startswith("Report could not be delivered")]
+    assert event["outcome"] == "failed" and "503" in event["error"] and "NoSuchNode" in event["job_error"]
+    assert worker.state.jobs_failed == 1

@@ -1,0 +1,167 @@
+"""A job's journey through the worker: success, delivery, every kind of bad input, ComfyUI's failures."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+
+async def test_success_copies_and_hashes_outputs(qm, comfy, make_worker, workflows, tmp_path):
+    job = qm.store.submit("alice", workflows["quick"], metadata={"source": "test"})
+    worker = make_worker()
+    with capture_logs() as logs:
+        assert await worker.run() == 0
+
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    result = report.body["result"]
+    assert result["worker_id"] == "test-worker" and result["provider"] == "local"
+    assert result["prompt_id"]
+    assert set(result["timings"]) >= {"comfyui_queue_s", "execution_s", "delivery_s", "total_s"}
+    outputs = result["outputs"]
+    assert len(outputs) == 2, "two SaveImage files; the PreviewImage temp files are not results"
+    for item in outputs:
+        assert item["node_id"] == "3" and item["kind"] == "images"
+        assert item["path"].startswith(f"alice/{job.id}/")
+        copied = tmp_path / "outputs" / item["path"]
+        data = copied.read_bytes()
+        assert item["bytes"] == len(data) > 0
+        assert item["sha256"] == hashlib.sha256(data).hexdigest()
+        assert data == (tmp_path / "comfy-output" / Path(item["path"]).name).read_bytes()
+    assert not list((tmp_path / "outputs").rglob("*.part")), "no temp files left behind"
+    assert "image" not in str(result).lower().replace("images", ""), "no file bytes in the result"
+
+    events = [entry["event"] for entry in logs]
+    assert "Worker started" in events
+    assert f"Processing job {job.id}" in events
+    assert f"Job {job.id} completed" in events
+    assert "Serverless idle timeout reached" in events
+    assert events[-1] == "Worker shutdown complete"
+    assert qm.store.get(job.id).status == "completed"
+
+
+async def test_outputs_are_copied_from_the_local_output_directory_when_configured(
+    qm, comfy, make_worker, workflows, tmp_path
+):
+    job = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(comfyui_output_dir=tmp_path / "comfy-output")
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert len(report.body["result"]["outputs"]) == 2
+    assert comfy.view_requests == [], "files were read from disk, not over /view"
+
+
+async def test_outputs_fall_back_to_view_when_not_on_local_disk(qm, comfy, make_worker, workflows, tmp_path):
+    job = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(comfyui_output_dir=tmp_path / "somewhere-else")
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    outputs = report.body["result"]["outputs"]
+    assert len(outputs) == 2
+    assert len(comfy.view_requests) == 2
+    for item in outputs:
+        data = (tmp_path / "outputs" / item["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == item["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("user_id", "expected"),
+    [
+        ("../x", "'user_id'"),
+        ("/etc", "'user_id'"),
+        ("", "'user_id'"),
+        ("a/b", "'user_id'"),
+        ("..", "'user_id'"),
+    ],
+)
+async def test_hostile_user_id_is_refused_before_comfyui(
+    qm, comfy, make_worker, workflows, tmp_path, user_id, expected
+):
+    job = qm.store.submit(user_id, workflows["quick"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert expected in report.body["error"] and "folder name" in report.body["error"]
+    assert comfy.prompts == [], "nothing reached ComfyUI"
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+    assert not (tmp_path / "etc").exists()
+
+
+@pytest.mark.parametrize(
+    ("workflow", "expected"),
+    [
+        ({"1": {"inputs": {}}}, "node '1' has no 'class_type'"),
+        ({"1": "EmptyImage"}, "node '1' must be an object"),
+        ({"1": {"class_type": "EmptyImage", "inputs": [1, 2]}}, "'inputs' must be an object"),
+        ({"prompt": {"1": {"class_type": "SaveImage", "inputs": {}}}}, "/prompt request body"),
+    ],
+)
+async def test_malformed_workflows_fail_with_the_field_named(qm, comfy, make_worker, workflow, expected):
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert expected in report.body["error"]
+    assert comfy.prompts == []
+
+
+async def test_ui_format_workflow_is_refused_with_export_instructions(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["ui_graph_format"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    error = report.body["error"]
+    assert "UI (graph) format" in error and "'nodes' and 'links'" in error and "Export (API)" in error
+    assert comfy.prompts == []
+
+
+async def test_malformed_jobs_from_the_queue_do_not_stop_the_worker(qm, comfy, make_worker, workflows):
+    qm.faults.inject("next-job", status=200, body={"job": "not an object"})
+    qm.faults.inject("next-job", status=200, body={"job": {"workflow": workflows["quick"], "user_id": "x"}})
+    qm.faults.inject(
+        "next-job", status=200, body={"job": {"id": "job-1", "workflow": [1, 2], "user_id": "x", "metadata": {}}}
+    )
+    good = qm.store.submit("alice", workflows["quick"])
+    with capture_logs() as logs:
+        assert await make_worker().run() == 0
+    errors = [e for e in logs if e["event"] == "Received a job that cannot be reported back; skipping it"]
+    assert len(errors) == 2
+    assert "expected a JSON object" in errors[0]["error"] and "no usable 'id'" in errors[1]["error"]
+    [bad] = qm.reports.for_job("job-1")
+    assert bad.endpoint == "fail-job" and "'workflow' must be a JSON object" in bad.body["error"]
+    assert qm.reports.landed(good.id)[0].endpoint == "complete-job"
+
+
+async def test_unknown_node_400_becomes_a_readable_failure(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["invalid_unknown_node"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "ComfyUI rejected the workflow" in report.body["error"]
+    assert "NoSuchNode does not exist" in report.body["error"]
+
+
+async def test_missing_model_names_node_input_and_file(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["sdxl_txt2img"])
+    assert await make_worker().run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert "node 4 (CheckpointLoaderSimple) input 'ckpt_name'" in error
+    assert "sd_xl_base_1.0.safetensors" in error and "Value not in list" in error
+
+
+async def test_runtime_error_names_node_and_exception(qm, comfy, make_worker):
+    workflow = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "broken.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bc"}},
+    }
+    job = qm.store.submit("alice", workflow)
+    worker = make_worker()
+    assert await worker.run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("ComfyUI execution error in node 1 (CheckpointLoaderSimple): SafetensorError:")
+    assert "header too large" in error
+    assert worker.state.fatal_reason is None, "a broken model file is not a reason to restart the container"

@@ -1,0 +1,220 @@
+"""Startup, idle exit, job limit and graceful shutdown, in process and as a real process with real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+from structlog.testing import capture_logs
+
+from queue_manager.server import QueueManagerServer
+from worker.logs import configure_logging, register_secret
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_for(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_idle_exit_after_n_empty_polls(qm, comfy, make_worker):
+    worker = make_worker(serverless_max_idle_polls=4)
+    with capture_logs() as logs:
+        assert await worker.run() == 0
+    assert worker.state.consecutive_idle_polls == 4
+    assert [e["event"] for e in logs].count("Serverless idle timeout reached") == 1
+    assert qm.store.last_heartbeat("test-worker") is not None, "each poll is the worker's heartbeat"
+
+
+async def test_a_job_resets_the_idle_count(qm, comfy, make_worker, workflows):
+    worker = make_worker(serverless_max_idle_polls=3)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls == 2)
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await run == 0
+    assert qm.reports.landed(job.id)
+    assert worker.state.consecutive_idle_polls == 3
+
+
+async def test_job_limit_counts_failed_jobs(qm, comfy, make_worker, workflows):
+    failing = qm.store.submit("alice", workflows["invalid_unknown_node"])
+    waiting = qm.store.submit("alice", workflows["quick"])
+    with capture_logs() as logs:
+        assert await make_worker(serverless_job_limit=1, serverless_max_idle_polls=100).run() == 0
+    assert qm.reports.landed(failing.id)[0].endpoint == "fail-job"
+    assert qm.store.get(waiting.id).status == "pending", "a single-job container takes exactly one job"
+    assert "Serverless job limit reached" in [e["event"] for e in logs]
+
+
+async def test_non_serverless_worker_keeps_polling_until_stopped(qm, comfy, make_worker):
+    worker = make_worker(serverless_mode=False, serverless_max_idle_polls=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls >= 5)
+    assert not run.done()
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 2) == 0
+
+
+async def test_sigterm_while_idle_exits_at_once(qm, comfy, make_worker):
+    worker = make_worker(poll_interval_s=30, serverless_max_idle_polls=100)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls == 1)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 1) == 0
+
+
+async def test_sigterm_mid_job_within_grace_lets_it_finish(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(shutdown_grace_s=5)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    worker.request_shutdown()
+    assert await run == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert len(qm.store.list()) == 1, "nothing requeued"
+
+
+async def test_sigterm_mid_job_past_grace_interrupts_and_requeues(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"], metadata={"session": "s1"})
+    worker = make_worker(shutdown_grace_s=0.1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    worker.request_shutdown()
+    assert await run == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    [new] = [j for j in qm.store.list() if j.id != job.id]
+    assert f"resubmitted as job {new.id}" in report.body["error"]
+    assert "was stopped" in report.body["error"]
+    assert new.status == "pending" and new.user_id == "alice" and new.workflow == workflows["slow"]
+    assert new.metadata == {"session": "s1", "requeued_from": job.id, "requeue_reason": "worker stopped"}
+    assert comfy.interrupts and comfy.interrupts[-1]["body"] == {"prompt_id": comfy.prompts[0]["prompt_id"]}
+
+
+async def test_second_signal_skips_the_grace(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(shutdown_grace_s=60)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    worker.request_shutdown()
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 5) == 0
+    assert "resubmitted as job" in qm.reports.landed(job.id)[0].body["error"]
+
+
+async def test_requeue_disabled_says_so(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(shutdown_grace_s=0, requeue_on_shutdown=False)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    worker.request_shutdown()
+    assert await run == 0
+    assert "not resubmitted (REQUEUE_ON_SHUTDOWN=false)" in qm.reports.landed(job.id)[0].body["error"]
+    assert len(qm.store.list()) == 1
+
+
+async def test_abort_when_comfyui_process_dies_fails_the_job_and_exits_1(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(shutdown_grace_s=60)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts)
+    worker.abort("ComfyUI process exited unexpectedly with code -9")
+    assert await asyncio.wait_for(run, 5) == 1
+    [report] = qm.reports.landed(job.id)
+    assert report.body["error"] == "Job stopped: ComfyUI process exited unexpectedly with code -9"
+    assert worker.state.fatal_reason
+
+
+async def test_comfyui_never_up_exits_1(qm, make_worker, comfy):
+    await comfy.stop()
+    worker = make_worker(comfyui_startup_timeout_s=0.3)
+    with capture_logs() as logs:
+        assert await worker.run() == 1
+    assert "ComfyUI never came up; exiting" in [e["event"] for e in logs]
+
+
+async def test_warmup_runs_before_ready(qm, comfy, make_worker, workflows, tmp_path):
+    path = tmp_path / "warmup.json"
+    path.write_text(json.dumps(workflows["quick"]))
+    worker = make_worker(warmup_workflow=path)
+    assert await worker.run() == 0
+    assert len(comfy.prompts) == 1 and worker.state.jobs_finished == 0
+
+
+async def test_failed_warmup_leaves_worker_unready_and_serverless_exits(qm, comfy, make_worker, workflows, tmp_path):
+    path = tmp_path / "warmup.json"
+    path.write_text(json.dumps(workflows["invalid_unknown_node"]))
+    worker = make_worker(warmup_workflow=path)
+    assert await worker.run() == 1
+    assert "warm-up failed" in (worker.state.not_ready_reason or "") or worker.state.not_ready_reason == "stopped"
+    assert qm.store.last_heartbeat("test-worker") is None, "an unready worker takes no job"
+
+
+async def test_bearer_token_is_sent_and_never_logged(comfy, make_worker, workflows):
+    token = "s3cret-token-value"
+    buffer = io.StringIO()
+    configure_logging("json", "debug", stream=buffer)
+    register_secret(token)
+    try:
+        async with QueueManagerServer(token=token) as secured:
+            job = secured.store.submit("alice", workflows["invalid_unknown_node"])
+            worker = make_worker(queue_manager_url=secured.url, queue_manager_token=token)
+            assert await worker.run() == 0
+            assert secured.reports.landed(job.id)[0].endpoint == "fail-job"
+    finally:
+        structlog.reset_defaults()
+    logged = buffer.getvalue()
+    assert "Worker started" in logged and "Job " in logged
+    assert token not in logged
+    assert token not in repr(worker.settings)
+
+
+def _env(**values) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUE_MANAGER", "SERVERLESS", "WORKER_"))}
+    env.update({k: str(v) for k, v in values.items()})
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+async def test_configuration_errors_exit_2_naming_every_variable():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker",
+        env=_env(WORKER_POLL_INTERVAL="-1", SERVERLESS_MAX_IDLE_POLLS="many", HEALTH_PORT="70000"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO / "tests",
+    )
+    _, err = await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 2
+    for name in ("QUEUE_MANAGER_URL", "WORKER_POLL_INTERVAL", "SERVERLESS_MAX_IDLE_POLLS", "HEALTH_PORT"):
+        assert name in text
+    assert "Traceback" not in text
+    assert "./dev demo" in text
+
+
+async def test_real_process_sigterm_mid_job_requeues_and_exits_0(qm, comfy, workflows, tmp_path):
+    job = qm.store.submit("alice", workflows["slow"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker",
+        env=_env(
+            QUEUE_MANAGER_URL=qm.url, COMFYUI_URL=comfy.url, OUTPUTS_PATH=tmp_path / "out", HEALTH_PORT=0,
+            WORKER_POLL_INTERVAL=0.05, SERVERLESS_MODE="true", SHUTDOWN_GRACE_S=0.1, LOG_FORMAT="json",
+            WORKER_ID="proc-worker",
+        ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    await wait_for(lambda: comfy.prompts, timeout=15)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
+    assert events[0] == "Worker started" and events[-1] == "Worker shutdown complete"
+    assert "Stopped job resubmitted" in events
+    assert "resubmitted as job" in qm.reports.landed(job.id)[0].body["error"]

@@ -1,0 +1,145 @@
+"""ComfyUI's HTTP API and websocket, as recorded from ComfyUI 0.8.0 (shared/reference/comfyui-api.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import structlog
+
+log = structlog.get_logger()
+
+
+class ComfyUIUnavailable(Exception):
+    """ComfyUI did not answer, or answered with a server error."""
+
+
+class PromptRejected(Exception):
+    """POST /prompt refused the workflow; the message lists the error and every node error."""
+
+
+def describe_prompt_error(body: object) -> str:
+    """Turn ComfyUI's 400 body into one readable paragraph: the error, then each node, input and reason."""
+    if not isinstance(body, dict):
+        return f"ComfyUI rejected the workflow: {str(body)[:500]}"
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    parts = [f"ComfyUI rejected the workflow: {error.get('message') or 'validation failed'}"]
+    if error.get("details") and error.get("details") != error.get("message"):
+        parts[0] += f" ({error['details']})"
+    node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), dict) else {}
+    for node_id, node in node_errors.items():
+        class_type = node.get("class_type", "?") if isinstance(node, dict) else "?"
+        for item in node.get("errors", []) if isinstance(node, dict) else []:
+            extra = item.get("extra_info") or {}
+            input_name = extra.get("input_name")
+            where = f"node {node_id} ({class_type})" + (f" input '{input_name}'" if input_name else "")
+            detail = item.get("details")
+            parts.append(f"{where}: {item.get('message', 'error')}" + (f": {detail}" if detail else ""))
+    return "; ".join(parts)
+
+
+class ComfyUIClient:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._ws_session: aiohttp.ClientSession | None = None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        if self._ws_session:
+            await self._ws_session.close()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ComfyUIUnavailable(f"ComfyUI at {self.base_url} unreachable: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}")
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered non-JSON: {response.text[:200]!r}") from exc
+
+    async def system_stats(self) -> dict[str, Any]:
+        return await self._json("GET", "/system_stats")
+
+    async def wait_until_up(
+        self, timeout_s: float, *, interval_s: float = 1.0, should_stop: Callable[[], bool] = lambda: False
+    ) -> dict[str, Any] | None:
+        """Poll /system_stats until it answers (its stats), the deadline passes or should_stop() (None)."""
+        deadline = time.monotonic() + timeout_s
+        last_error = "no attempt"
+        while not should_stop():
+            try:
+                return await self.system_stats()
+            except ComfyUIUnavailable as exc:
+                last_error = str(exc)
+            if time.monotonic() >= deadline:
+                raise ComfyUIUnavailable(f"ComfyUI not up after {timeout_s:g} s: {last_error}")
+            await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
+        return None
+
+    async def queue_prompt(self, workflow: dict[str, Any], client_id: str, prompt_id: str) -> dict[str, Any]:
+        body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        response = await self._request("POST", "/prompt", json=body)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = response.text
+        if response.status_code == 400:
+            raise PromptRejected(describe_prompt_error(payload))
+        if response.status_code != 200 or not isinstance(payload, dict):
+            raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {str(payload)[:200]}")
+        return payload
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The finished prompt's history entry, or None while it is queued, running or unknown."""
+        payload = await self._json("GET", f"/history/{prompt_id}")
+        entry = payload.get(prompt_id) if isinstance(payload, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    async def queued_prompt_ids(self) -> tuple[set[str], set[str]]:
+        """(running, pending) prompt ids: element 1 of each queue item is the prompt id."""
+        payload = await self._json("GET", "/queue")
+
+        def ids(items: object) -> set[str]:
+            return {str(item[1]) for item in items or [] if isinstance(item, list) and len(item) > 1}
+
+        return ids(payload.get("queue_running")), ids(payload.get("queue_pending"))
+
+    async def interrupt(self, prompt_id: str) -> None:
+        await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    async def delete_pending(self, prompt_id: str) -> None:
+        await self._request("POST", "/queue", json={"delete": [prompt_id]})
+
+    async def download(self, filename: str, subfolder: str, folder_type: str) -> AsyncIterator[bytes]:
+        params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
+        try:
+            async with self._http.stream("GET", "/view", params=params) as response:
+                if response.status_code != 200:
+                    raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
+                async for chunk in response.aiter_bytes(1 << 16):
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def connect_websocket(self, client_id: str, *, timeout_s: float = 10.0) -> aiohttp.ClientWebSocketResponse:
+        if self._ws_session is None or self._ws_session.closed:
+            self._ws_session = aiohttp.ClientSession()
+        url = self.base_url.replace("http", "ws", 1) + "/ws"
+        try:
+            return await asyncio.wait_for(
+                self._ws_session.ws_connect(url, params={"clientId": client_id}, max_msg_size=0), timeout_s
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {exc}") from exc

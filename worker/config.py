@@ -1,0 +1,81 @@
+"""Worker configuration: flat, from the environment (and a .env file), units in the names, no I/O."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
+    queue_manager_token: SecretStr | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
+    comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
+    worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1)
+    poll_interval_s: float = Field(default=2.0, gt=0, validation_alias="WORKER_POLL_INTERVAL")
+    serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
+    serverless_max_idle_polls: int = Field(default=10, ge=1, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
+    serverless_job_limit: int = Field(default=0, ge=0, validation_alias="SERVERLESS_JOB_LIMIT")
+    inference_provider: str = Field(default="local", min_length=1, validation_alias="INFERENCE_PROVIDER")
+    health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
+    health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
+    outputs_path: Path = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
+    job_timeout_s: float = Field(default=1800.0, gt=0, validation_alias="JOB_TIMEOUT_S")
+    comfyui_startup_timeout_s: float = Field(default=600.0, gt=0, validation_alias="COMFYUI_STARTUP_TIMEOUT_S")
+    report_retry_budget_s: float = Field(default=120.0, gt=0, validation_alias="REPORT_RETRY_BUDGET_S")
+    shutdown_grace_s: float = Field(default=25.0, ge=0, validation_alias="SHUTDOWN_GRACE_S")
+    requeue_on_shutdown: bool = Field(default=True, validation_alias="REQUEUE_ON_SHUTDOWN")
+    http_timeout_s: float = Field(default=30.0, gt=0, validation_alias="HTTP_TIMEOUT_S")
+    heartbeat_timeout_s: float = Field(default=120.0, gt=0, validation_alias="HEARTBEAT_TIMEOUT_S")
+    warmup_workflow: Path | None = Field(default=None, validation_alias="WARMUP_WORKFLOW")
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
+    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
+
+    @field_validator("worker_id")
+    @classmethod
+    def _printable_worker_id(cls, value: str) -> str:
+        if not value.isprintable() or len(value) > 200:
+            raise ValueError("must be printable and at most 200 characters")
+        return value
+
+    @property
+    def queue_base_url(self) -> str:
+        return str(self.queue_manager_url).rstrip("/")
+
+    @property
+    def comfyui_base_url(self) -> str:
+        return str(self.comfyui_url).rstrip("/")
+
+
+class ConfigError(Exception):
+    """Every bad variable, one line each, ready to print."""
+
+
+def _env_name(field_name: str) -> str:
+    field = WorkerSettings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    return alias if isinstance(alias, str) else field_name.upper()
+
+
+def load_settings(**overrides: object) -> WorkerSettings:
+    """Build settings from the environment; raise ConfigError naming every bad variable and why."""
+    try:
+        return WorkerSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = _env_name(str(error["loc"][0])) if error["loc"] else "configuration"
+            lines.append(f"  {name}: {error['msg']}")
+        raise ConfigError("Invalid worker configuration:\n" + "\n".join(lines)) from None

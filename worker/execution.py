@@ -1,0 +1,278 @@
+"""Run one workflow on ComfyUI and follow it to exactly one terminal outcome.
+
+The websocket is the fast path; /history and /queue are the truth. When the socket drops the run
+reconnects with the same clientId, and while it cannot, it polls over HTTP. A deadline interrupts the
+prompt; a ComfyUI that stops answering for too long fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
+from worker.state import is_fatal_gpu_error
+
+log = structlog.get_logger()
+
+TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
+
+
+@dataclass
+class Outcome:
+    status: str  # success | error | interrupted | timeout | lost
+    prompt_id: str
+    message: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    comfyui_queue_s: float | None = None
+    execution_s: float = 0.0
+    fatal_gpu: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+@dataclass(frozen=True)
+class RunTimings:
+    check_interval_s: float = 5.0  # with a silent socket, confirm the prompt's state over HTTP this often
+    poll_interval_s: float = 1.0  # HTTP polling pace while the socket is down
+    lost_after_s: float = 30.0  # ComfyUI unreachable this long: give up on the run
+    lost_confirm_s: float = 2.0  # in neither queue nor history this long: the prompt is gone
+    history_wait_s: float = 5.0  # /history can lag execution_success
+    interrupt_wait_s: float = 10.0  # after POST /interrupt, how long to wait for ComfyUI to stop
+
+
+class PromptLost(Exception):
+    pass
+
+
+@dataclass
+class _Terminal:
+    event: str
+    data: dict[str, Any]
+    history: dict[str, Any] | None = None
+
+
+def terminal_from_history(entry: dict[str, Any]) -> _Terminal:
+    status = entry.get("status") or {}
+    if status.get("status_str") == "success":
+        return _Terminal("execution_success", {}, entry)
+    for event, data in reversed(status.get("messages") or []):
+        if event in ("execution_error", "execution_interrupted"):
+            return _Terminal(event, data if isinstance(data, dict) else {}, entry)
+    return _Terminal("execution_error", {"exception_message": f"ComfyUI status {status.get('status_str')!r}"}, entry)
+
+
+class PromptRun:
+    def __init__(
+        self,
+        comfy: ComfyUIClient,
+        *,
+        timeout_s: float,
+        timings: RunTimings = RunTimings(),
+        heartbeat: Callable[[], None] = lambda: None,
+        on_prompt_id: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.comfy = comfy
+        self.timeout_s = timeout_s
+        self.timings = timings
+        self.heartbeat = heartbeat
+        self.on_prompt_id = on_prompt_id
+        self.client_id = uuid.uuid4().hex
+        self.prompt_id = str(uuid.uuid4())
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._submitted_at = 0.0
+        self._started_at: float | None = None
+        self._executed_outputs: dict[str, Any] = {}
+        self._interrupt_sent = False
+
+    async def run(self, workflow: dict[str, Any]) -> Outcome:
+        """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome."""
+        self._ws = await self.comfy.connect_websocket(self.client_id)  # before POST /prompt, or events are missed
+        try:
+            await self.comfy.queue_prompt(workflow, self.client_id, self.prompt_id)
+            self._submitted_at = time.monotonic()
+            self.on_prompt_id(self.prompt_id)
+            log.info("Prompt queued in ComfyUI", prompt_id=self.prompt_id)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    terminal = await self._follow()
+            except TimeoutError:
+                return await self._after_deadline()
+            return await self._outcome(terminal)
+        except PromptLost as exc:
+            return Outcome("lost", self.prompt_id, str(exc), execution_s=self._elapsed())
+        finally:
+            await self._close_ws()
+
+    async def interrupt(self) -> None:
+        """Ask ComfyUI to stop this prompt, running or pending; errors are logged, not raised."""
+        self._interrupt_sent = True
+        try:
+            await self.comfy.interrupt(self.prompt_id)
+            await self.comfy.delete_pending(self.prompt_id)
+        except ComfyUIUnavailable as exc:
+            log.warning("Could not interrupt the prompt", prompt_id=self.prompt_id, error=str(exc))
+
+    async def _follow(self) -> _Terminal:
+        unreachable_since: float | None = None
+        missing_since: float | None = None
+        while True:
+            self.heartbeat()
+            if self._ws is not None and not self._ws.closed:
+                terminal = await self._read_socket()
+                if terminal is not None:
+                    return terminal
+            else:
+                await self._reconnect()  # then ask over HTTP at once: events sent while away are lost
+            try:
+                entry = await self.comfy.history(self.prompt_id)
+                if entry is not None:
+                    return terminal_from_history(entry)
+                running, pending = await self.comfy.queued_prompt_ids()
+                unreachable_since = None
+                if self.prompt_id in running or self.prompt_id in pending:
+                    missing_since = None
+                else:
+                    missing_since = missing_since or time.monotonic()
+                    if time.monotonic() - missing_since >= self.timings.lost_confirm_s:
+                        raise PromptLost(
+                            "ComfyUI no longer knows the prompt (not queued, not in history): it was removed "
+                            "or ComfyUI restarted"
+                        )
+            except ComfyUIUnavailable as exc:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since >= self.timings.lost_after_s:
+                    raise PromptLost(
+                        f"ComfyUI stopped answering for {self.timings.lost_after_s:g} s during the job "
+                        f"(process died or hung): {exc}"
+                    ) from exc
+            if self._ws is None or missing_since is not None:
+                await asyncio.sleep(self.timings.poll_interval_s)
+
+    async def _read_socket(self) -> _Terminal | None:
+        """Messages until a terminal event (returned), a silence of check_interval_s or a drop (None)."""
+        assert self._ws is not None
+        while True:
+            try:
+                message = await self._ws.receive(timeout=self.timings.check_interval_s)
+            except TimeoutError:
+                return None
+            if message.type == aiohttp.WSMsgType.BINARY:
+                continue  # preview images
+            if message.type != aiohttp.WSMsgType.TEXT:
+                log.warning("ComfyUI websocket dropped; reconnecting", prompt_id=self.prompt_id)
+                await self._close_ws()
+                return None
+            self.heartbeat()
+            try:
+                event = json.loads(message.data)
+            except ValueError:
+                continue
+            terminal = self._on_event(event.get("type"), event.get("data") or {})
+            if terminal is not None:
+                return terminal
+            if event.get("type") == "executing" and event["data"].get("node") is None and self._is_ours(event):
+                return None  # finished but the terminal event was missed: history will say how
+
+    def _is_ours(self, event: dict[str, Any]) -> bool:
+        data = event.get("data")
+        return isinstance(data, dict) and data.get("prompt_id") == self.prompt_id
+
+    def _on_event(self, kind: str | None, data: dict[str, Any]) -> _Terminal | None:
+        if data.get("prompt_id") != self.prompt_id:
+            return None
+        if kind == "execution_start":
+            self._started_at = time.monotonic()
+        elif kind == "executing" and data.get("node") is not None:
+            log.debug("Executing node", prompt_id=self.prompt_id, node=data.get("node"))
+        elif kind == "executed" and isinstance(data.get("output"), dict):
+            self._executed_outputs[str(data.get("node"))] = data["output"]
+        elif kind in TERMINAL_EVENTS:
+            return _Terminal(kind, data)
+        return None
+
+    async def _reconnect(self) -> None:
+        try:
+            self._ws = await self.comfy.connect_websocket(self.client_id, timeout_s=5.0)
+            log.info("ComfyUI websocket reconnected", prompt_id=self.prompt_id)
+        except ComfyUIUnavailable:
+            self._ws = None
+
+    async def _close_ws(self) -> None:
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            await ws.close()
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - (self._started_at or self._submitted_at or time.monotonic())
+
+    async def _after_deadline(self) -> Outcome:
+        log.warning("Job deadline reached; interrupting the prompt", prompt_id=self.prompt_id, timeout_s=self.timeout_s)
+        await self.interrupt()
+        try:
+            async with asyncio.timeout(self.timings.interrupt_wait_s):
+                terminal = await self._follow()
+        except TimeoutError:
+            wait_s = self.timings.interrupt_wait_s
+            how = f"ComfyUI did not stop it within {wait_s:g} s (a node that cannot be interrupted)"
+        except PromptLost:
+            how = "it was removed from ComfyUI's queue before it started"
+        else:
+            if terminal.event == "execution_success":
+                return await self._outcome(terminal)  # it finished just as the deadline passed: deliver it
+            node, node_type = terminal.data.get("node_id"), terminal.data.get("node_type")
+            how = f"ComfyUI stopped it at node {node} ({node_type})" if node else "ComfyUI stopped it"
+        return Outcome(
+            "timeout", self.prompt_id, f"Job timed out after {self.timeout_s:g} s (JOB_TIMEOUT_S); {how}",
+            execution_s=self._elapsed(),
+        )
+
+    async def _outcome(self, terminal: _Terminal) -> Outcome:
+        queue_s = self._started_at - self._submitted_at if self._started_at else None
+        outcome = Outcome("success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed())
+        data = terminal.data
+        if terminal.event == "execution_success":
+            entry = terminal.history or await self._wait_for_history()
+            if entry is None:
+                log.warning("History never appeared; using outputs from websocket events", prompt_id=self.prompt_id)
+            outcome.outputs = (entry.get("outputs") or {}) if entry else dict(self._executed_outputs)
+        elif terminal.event == "execution_error":
+            outcome.status = "error"
+            exc_type = str(data.get("exception_type") or "Error").rsplit(".", 1)[-1]
+            exc_message = str(data.get("exception_message") or "").strip()
+            outcome.message = (
+                f"ComfyUI execution error in node {data.get('node_id')} ({data.get('node_type')}): "
+                f"{exc_type}: {exc_message}"
+            )
+            outcome.fatal_gpu = is_fatal_gpu_error(exc_message)
+        else:
+            outcome.status = "interrupted"
+            by = "by this worker" if self._interrupt_sent else "by someone else (ComfyUI UI or API)"
+            outcome.message = (
+                f"The prompt was interrupted {by} at node {data.get('node_id')} ({data.get('node_type')})"
+            )
+        return outcome
+
+    async def _wait_for_history(self) -> dict[str, Any] | None:
+        deadline = time.monotonic() + self.timings.history_wait_s
+        delay = 0.02
+        while time.monotonic() < deadline:
+            try:
+                entry = await self.comfy.history(self.prompt_id)
+            except ComfyUIUnavailable:
+                entry = None
+            if entry is not None:
+                return entry
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return None

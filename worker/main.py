@@ -1,0 +1,331 @@
+"""The worker: startup -> poll loop -> shutdown. Signals only set flags; this loop does the work.
+
+Each job goes claim -> validate -> execute -> deliver -> report, and ends with exactly one report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from worker import __version__
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from worker.config import WorkerSettings
+from worker.execution import PromptRun, RunTimings
+from worker.jobs import InvalidJob, Job, UnreportableJob, job_id_of, parse_job, validate_workflow
+from worker.outputs import OutputDelivery, OutputDeliveryError
+from worker.queue_client import PollError, QueueClient
+from worker.reports import Report, Reporter
+from worker.state import Phase, WorkerState
+
+log = structlog.get_logger()
+
+STARTUP_PROBE_INTERVAL_S = 0.5
+MAX_POLL_BACKOFF_S = 30.0
+SHUTDOWN_REPORT_BUDGET_S = 4.0  # what is left of Verda's 30 s after the grace period
+
+
+class Worker:
+    def __init__(
+        self, settings: WorkerSettings, state: WorkerState | None = None, *, timings: RunTimings | None = None
+    ) -> None:
+        self.settings = settings
+        self.state = state or WorkerState(
+            worker_id=settings.worker_id,
+            provider=settings.inference_provider,
+            version=__version__,
+            max_idle_polls=settings.serverless_max_idle_polls,
+            serverless=settings.serverless_mode,
+        )
+        token = settings.queue_manager_token.get_secret_value() if settings.queue_manager_token else None
+        self.queue = QueueClient(
+            settings.queue_base_url,
+            settings.worker_id,
+            token=token,
+            timeout_s=settings.http_timeout_s,
+            report_budget_s=settings.report_retry_budget_s,
+        )
+        self.comfy = ComfyUIClient(settings.comfyui_base_url, timeout_s=settings.http_timeout_s)
+        self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
+        self.reporter = Reporter(self.queue, self.state)
+        self.timings = timings or RunTimings()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._abort_reason: str | None = None
+        self._execution: asyncio.Task[Report] | None = None
+        self._prompt_run: PromptRun | None = None
+
+    # -- flags, safe to call from a signal handler or another task ------------------------------------------
+    def request_shutdown(self) -> None:
+        """First call: stop polling and drain within the grace period. Second call: skip the grace."""
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    def abort(self, reason: str) -> None:
+        """ComfyUI is gone: the running job fails with `reason` now, and run() returns 1."""
+        self._abort_reason = reason
+        self.state.mark_fatal(reason)
+        self._stop.set()
+        self._force.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        code = await self.startup()
+        if code is None:
+            code = await self.main_loop()
+        await self.shutdown()
+        return code
+
+    async def startup(self) -> int | None:
+        """None when ready to poll; otherwise the exit code."""
+        s = self.settings
+        log.info(
+            "Worker started", worker_id=s.worker_id, version=__version__, provider=s.inference_provider,
+            serverless=s.serverless_mode, max_idle_polls=s.serverless_max_idle_polls,
+            job_limit=s.serverless_job_limit, queue_manager=s.queue_base_url, comfyui=s.comfyui_base_url,
+            outputs_path=str(s.outputs_path),
+        )
+        self.state.set_phase(Phase.STARTING)
+        try:
+            stats = await self.comfy.wait_until_up(
+                s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S, should_stop=self._stop.is_set
+            )
+        except ComfyUIUnavailable as exc:
+            log.error("ComfyUI never came up; exiting", error=str(exc), timeout_s=s.comfyui_startup_timeout_s)
+            self.state.mark_not_ready(f"ComfyUI never came up: {exc}")
+            return 1
+        if stats is None:
+            return self._exit_code()
+        version = (stats.get("system") or {}).get("comfyui_version") if isinstance(stats, dict) else None
+        self.state.set_comfyui(True, version)
+        log.info("ComfyUI is up", comfyui_version=version)
+        if s.warmup_workflow is not None and not await self.warm_up():
+            return await self._stay_unready()
+        self.state.mark_ready()
+        self.state.set_phase(Phase.IDLE)
+        return None
+
+    async def warm_up(self) -> bool:
+        path = self.settings.warmup_workflow
+        self.state.mark_not_ready("warming up")
+        log.info("Running warm-up workflow", path=str(path))
+        try:
+            workflow = validate_workflow(json.loads(path.read_text()))
+            outcome = await PromptRun(
+                self.comfy, timeout_s=self.settings.job_timeout_s, timings=self.timings, heartbeat=self.state.beat
+            ).run(workflow)
+            problem = None if outcome.ok else outcome.message
+        except (OSError, ValueError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            log.error("Warm-up failed; the worker stays not ready", path=str(path), error=problem)
+            self.state.mark_not_ready(f"warm-up failed: {problem}")
+            return False
+        log.info("Warm-up finished", seconds=round(outcome.execution_s, 3))
+        return True
+
+    async def _stay_unready(self) -> int:
+        """A failed warm-up: in serverless mode release the GPU at once; otherwise wait to be stopped."""
+        if not self.settings.serverless_mode:
+            await self._stop.wait()
+        return 1
+
+    async def main_loop(self) -> int:
+        s = self.settings
+        backoff = s.poll_interval_s
+        while not self._stop.is_set():
+            if s.serverless_mode and 0 < s.serverless_job_limit <= self.state.jobs_finished:
+                log.info("Serverless job limit reached", jobs_finished=self.state.jobs_finished)
+                break
+            try:
+                raw = await self.queue.next_job()
+            except PollError as exc:
+                self.state.metrics.poll_errors.inc()
+                self.state.beat()
+                log.warning("Poll failed; backing off", error=str(exc), retry_in_s=round(backoff, 2))
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
+                continue
+            backoff = s.poll_interval_s
+            if raw is None:
+                self.state.idle_poll()
+                if s.serverless_mode and self.state.consecutive_idle_polls >= s.serverless_max_idle_polls:
+                    log.info("Serverless idle timeout reached", idle_polls=self.state.consecutive_idle_polls)
+                    break
+                await self._sleep(s.poll_interval_s)
+                continue
+            await self.process(raw)
+            if not self._stop.is_set():
+                self.state.set_phase(Phase.IDLE)
+        return self._exit_code()
+
+    async def shutdown(self) -> None:
+        self.state.set_phase(Phase.STOPPED)
+        self.state.mark_not_ready("stopped")
+        await self.queue.aclose()
+        await self.comfy.aclose()
+        log.info(
+            "Worker shutdown complete", jobs_completed=self.state.jobs_completed, jobs_failed=self.state.jobs_failed,
+            uptime_s=round(self.state.uptime_s(), 1), reason=self._abort_reason,
+        )
+
+    def _exit_code(self) -> int:
+        return 1 if self._abort_reason else 0
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # -- one job ------------------------------------------------------------------------------------------
+    async def process(self, raw: Any) -> None:
+        """Handle one popped job to its single report, draining it within the grace period on shutdown."""
+        handler = asyncio.create_task(self._handle(raw))
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({handler, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                await self._drain(handler)
+            await handler
+        finally:
+            stopping.cancel()
+
+    async def _drain(self, handler: asyncio.Task[None]) -> None:
+        if not self._force.is_set():
+            grace = self.settings.shutdown_grace_s
+            self.state.set_phase(Phase.DRAINING)
+            self.state.mark_not_ready("draining: shutting down")
+            log.info("Shutdown requested; letting the running job finish", grace_s=grace)
+            forced = asyncio.create_task(self._force.wait())
+            await asyncio.wait({handler, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+        if not handler.done() and self._execution is not None:
+            self._execution.cancel()
+
+    async def _handle(self, raw: Any) -> None:
+        try:
+            job_id = job_id_of(raw)
+        except UnreportableJob as exc:
+            log.error("Received a job that cannot be reported back; skipping it", error=str(exc))
+            return
+        user_id = raw.get("user_id")
+        structlog.contextvars.bind_contextvars(job_id=job_id, user_id=user_id if isinstance(user_id, str) else None)
+        try:
+            self.state.job_started(job_id)
+            picked_up = time.monotonic()
+            log.info(f"Processing job {job_id}")
+            try:
+                job = parse_job(raw)
+            except InvalidJob as exc:
+                report = Report(job_id, error=f"Invalid job: {exc}")
+            else:
+                report = await self._run_job(job, picked_up)
+            budget = SHUTDOWN_REPORT_BUDGET_S if self._stop.is_set() else None
+            await asyncio.shield(self.reporter.send(report, budget_s=budget))
+            self.state.job_finished("completed" if report.completed else "failed")
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id")
+
+    async def _run_job(self, job: Job, picked_up: float) -> Report:
+        if self._stop.is_set():  # popped while stopping: hand it straight back
+            return await self._stopped(job)
+        self._execution = asyncio.create_task(self._execute(job, picked_up))
+        try:
+            return await self._execution
+        except asyncio.CancelledError:
+            if not self._execution.cancelled():
+                raise
+            return await self._stopped(job)
+        finally:
+            self._execution = None
+            self._prompt_run = None
+
+    async def _execute(self, job: Job, picked_up: float) -> Report:
+        picked_up_at = datetime.now(UTC).isoformat()
+        run = PromptRun(
+            self.comfy, timeout_s=self.settings.job_timeout_s, timings=self.timings,
+            heartbeat=self.state.beat, on_prompt_id=self._on_prompt_id,
+        )
+        self._prompt_run = run
+        try:
+            outcome = await run.run(job.workflow)
+        except PromptRejected as exc:
+            return Report(job.id, error=str(exc))
+        except ComfyUIUnavailable as exc:
+            return Report(job.id, error=f"ComfyUI unavailable, the workflow was not run: {exc}")
+
+        metrics = self.state.metrics
+        if outcome.comfyui_queue_s is not None:
+            metrics.observe_phase("wait", outcome.comfyui_queue_s)
+        metrics.observe_phase("execution", outcome.execution_s)
+        if outcome.fatal_gpu:
+            self.state.mark_fatal(f"fatal GPU error in job {job.id}: {outcome.message}")
+        if outcome.status == "lost":
+            self.state.set_comfyui(False)
+        if not outcome.ok:
+            return Report(job.id, error=outcome.message)
+
+        delivery_started = time.monotonic()
+        try:
+            files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id)
+        except OutputDeliveryError as exc:
+            return Report(job.id, error=f"Output delivery failed: {exc}")
+        delivery_s = time.monotonic() - delivery_started
+        metrics.observe_phase("delivery", delivery_s)
+        log.info("Outputs delivered", files=len(files), delivery_s=round(delivery_s, 4))
+        return Report(job.id, result={
+            "prompt_id": outcome.prompt_id,
+            "outputs": [f.as_dict() for f in files],
+            "outputs_root": str(self.settings.outputs_path),
+            "timings": {
+                "picked_up_at": picked_up_at,
+                "comfyui_queue_s": _round(outcome.comfyui_queue_s),
+                "execution_s": _round(outcome.execution_s),
+                "delivery_s": _round(delivery_s),
+                "total_s": _round(time.monotonic() - picked_up),
+            },
+            "worker_id": self.settings.worker_id,
+            "provider": self.settings.inference_provider,
+            "comfyui_version": self.state.comfyui_version,
+            "worker_version": __version__,
+        })
+
+    def _on_prompt_id(self, prompt_id: str) -> None:
+        self.state.current_prompt_id = prompt_id
+        structlog.contextvars.bind_contextvars(prompt_id=prompt_id)
+
+    async def _stopped(self, job: Job) -> Report:
+        """The job could not finish on this worker: interrupt it, then requeue it unless ComfyUI is the cause."""
+        if self._prompt_run is not None:
+            try:
+                await asyncio.wait_for(self._prompt_run.interrupt(), SHUTDOWN_REPORT_BUDGET_S / 2)
+            except TimeoutError:
+                log.warning("ComfyUI did not acknowledge the interrupt in time")
+        if self._abort_reason:
+            return Report(job.id, error=f"Job stopped: {self._abort_reason}")
+        stopped = (
+            f"Worker {self.settings.worker_id} was stopped (shutdown signal) before the job finished "
+            f"(grace period {self.settings.shutdown_grace_s:g} s)"
+        )
+        if not self.settings.requeue_on_shutdown:
+            return Report(job.id, error=f"{stopped}; it was not resubmitted (REQUEUE_ON_SHUTDOWN=false)")
+        metadata = {**job.metadata, "requeued_from": job.id, "requeue_reason": "worker stopped"}
+        try:
+            new_id = await self.queue.submit_job(
+                job.user_id, job.workflow, metadata, budget_s=SHUTDOWN_REPORT_BUDGET_S
+            )
+        except Exception as exc:  # any failure here must still end in the job's one report
+            log.error("Could not resubmit the stopped job", error=f"{type(exc).__name__}: {exc}")
+            return Report(job.id, error=f"{stopped}; resubmitting it failed ({exc}): please submit it again")
+        log.info("Stopped job resubmitted", new_job_id=new_id)
+        return Report(job.id, error=f"{stopped}; it was resubmitted as job {new_id}")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -1,0 +1,31 @@
+"""The worker process: health server first (Verda probes from the start), then the worker, health last out."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from worker.config import WorkerSettings
+from worker.main import Worker
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
+    from health.server import HealthServer
+
+    worker = worker or Worker(settings)
+    health = HealthServer(
+        worker.state, host=settings.health_host, port=settings.health_port,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+    )
+    await health.start()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, worker.request_shutdown)
+    try:
+        return await worker.run()
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        await health.stop()
