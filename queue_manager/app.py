@@ -1,0 +1,371 @@
+"""The HTTP surface of the comfy-multi Queue Manager contract, on aiohttp.
+
+Middlewares, outermost first: record reports → inject faults → check the bearer token → shape errors.
+So a report answered by a fault is still recorded, and a fault looks like the proxy in front of the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+
+from queue_manager.faults import FaultInjector
+from queue_manager.models import (
+    HealthResponse,
+    JobCompletionRequest,
+    JobFailureRequest,
+    JobIdQuery,
+    JobResponse,
+    JobStatus,
+    JobSubmitRequest,
+    ListJobsQuery,
+    NextJobQuery,
+    QueueMode,
+    QueueStatusResponse,
+    created_at_datetime,
+    event_datetime,
+)
+from queue_manager.reports import Report, ReportLog
+from queue_manager.store import JobRecord, JobStore, QueueFullError
+from queue_manager.validation import ValidationErrors, parse_json_body, parse_query
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Room for the largest legal request (a 50 MB result) plus JSON overhead; beyond it aiohttp answers 413.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# A worker counts towards total_workers while its last poll is this recent (the peer's heartbeat TTL).
+WORKER_HEARTBEAT_TIMEOUT_S = 60.0
+REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
+# Set by the fault middleware for the report recorder outside it.
+HANDLED_STATUS = web.RequestKey("handled_status", int)
+DROPPED = web.RequestKey("dropped", bool)
+
+_dumps = functools.partial(json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    mode: QueueMode
+    max_queue_depth: int
+    token: str | None
+    version: str
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _detail(status: int, detail: Any) -> web.Response:
+    return _json({"detail": detail}, status)
+
+
+class QueueApi:
+    """Request handlers. Store calls run on `db_executor` so SQLite never blocks the event loop."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: QueueSettings,
+        *,
+        db_executor: Executor,
+        clock: Callable[[], float],
+        started_at: float,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._db_executor = db_executor
+        self._clock = clock
+        self._started_at = started_at
+
+    def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._db_executor, functools.partial(call, *args, **kwargs))
+
+    # -- worker endpoints ------------------------------------------------------------------------------
+
+    async def next_job(self, request: web.Request) -> web.Response:
+        query, errors = parse_query(NextJobQuery, request.query)
+        if query is None:
+            return _detail(422, errors)
+        try:
+            job = await self._db(self._store.pop_next, query.worker_id, self._settings.mode)
+        except sqlite3.Error as exc:
+            log.error("next_job_failed", worker_id=query.worker_id, error=str(exc))
+            return _detail(500, str(exc))
+        if job is None:
+            return _json({"job": None})
+        log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id)
+        return _json(
+            {"job": {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}}
+        )
+
+    async def complete_job(self, request: web.Request) -> web.Response:
+        query, body, errors = await _query_and_body(request, JobIdQuery, JobCompletionRequest)
+        if errors:
+            return _detail(422, errors)
+        previous = await self._db(self._store.complete, query.job_id, body.result)
+        return self._report_answer("job_completed", query.job_id, previous)
+
+    async def fail_job(self, request: web.Request) -> web.Response:
+        query, body, errors = await _query_and_body(request, JobIdQuery, JobFailureRequest)
+        if errors:
+            return _detail(422, errors)
+        previous = await self._db(self._store.fail, query.job_id, body.error)
+        return self._report_answer("job_failed", query.job_id, previous, error=body.error)
+
+    def _report_answer(self, event: str, job_id: str, previous: JobStatus | None, **fields: Any) -> web.Response:
+        if previous is None:
+            log.warning("report_for_unknown_job", job_id=job_id, report=event)
+            return _detail(404, "Job not found")
+        if previous is JobStatus.RUNNING:
+            log.info(event, job_id=job_id, **fields)
+        else:
+            # The peer accepts it too (last report wins); say so loudly, it usually means a double report.
+            log.warning(event, job_id=job_id, previous_status=previous.value, unexpected=True, **fields)
+        return _json({"status": "success", "job_id": job_id})
+
+    # -- queue endpoints -------------------------------------------------------------------------------
+
+    async def queue_status(self, request: web.Request) -> web.Response:
+        counts = await self._db(self._store.counts)
+        workers = await self._db(self._store.workers_seen_since, self._clock() - WORKER_HEARTBEAT_TIMEOUT_S)
+        status = QueueStatusResponse(
+            mode=self._settings.mode,
+            pending_jobs=counts[JobStatus.PENDING],
+            running_jobs=counts[JobStatus.RUNNING],
+            completed_jobs=counts[JobStatus.COMPLETED],
+            failed_jobs=counts[JobStatus.FAILED],
+            total_workers=workers,
+            active_workers=0,
+            queue_depth=counts[JobStatus.PENDING],
+        )
+        return _json(status.model_dump(mode="json"))
+
+    async def health(self, request: web.Request) -> web.Response:
+        connected = await self._db(self._store.ping)
+        depth = (await self._db(self._store.counts))[JobStatus.PENDING] if connected else 0
+        health = HealthResponse(
+            status="healthy" if connected else "unhealthy",
+            version=self._settings.version,
+            redis_connected=connected,
+            workers_active=0,
+            queue_depth=depth,
+            uptime_seconds=int(self._clock() - self._started_at),
+        )
+        return _json(health.model_dump(mode="json"))
+
+    # -- user endpoints --------------------------------------------------------------------------------
+
+    async def submit_job(self, request: web.Request) -> web.Response:
+        body, errors = parse_json_body(JobSubmitRequest, await request.read(), request.headers.get("Content-Type"))
+        if body is None:
+            return _detail(422, errors)
+        try:
+            job = await self._db(
+                self._store.submit,
+                body.user_id,
+                body.workflow,
+                priority=body.priority,
+                metadata=body.metadata,
+                max_depth=self._settings.max_queue_depth,
+            )
+        except QueueFullError as exc:
+            log.warning("queue_full", user_id=body.user_id, max_queue_depth=exc.max_depth)
+            return _detail(429, str(exc))
+        log.info("job_submitted", job_id=job.id, user_id=job.user_id, priority=job.priority)
+        positions = await self._db(self._store.pending_positions, self._settings.mode)
+        return _json(_job_view(job, positions), 201)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = await self._db(self._store.get, request.match_info["job_id"])
+        if job is None:
+            return _detail(404, "Job not found")
+        positions = await self._db(self._store.pending_positions, self._settings.mode)
+        return _json(_job_view(job, positions))
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        query, errors = parse_query(ListJobsQuery, request.query)
+        if query is None:
+            return _detail(422, errors)
+        jobs = await self._db(self._store.list, user_id=query.user_id or None, status=query.status, limit=query.limit)
+        positions = await self._db(self._store.pending_positions, self._settings.mode)
+        return _json([_job_view(job, positions) for job in jobs])
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        previous = await self._db(self._store.cancel, job_id)
+        if previous is None:
+            return _detail(404, "Job not found")
+        if previous not in (JobStatus.PENDING, JobStatus.RUNNING):
+            # Worded as the peer words it: it formats its (str, Enum) member, which Python 3.11 renders so.
+            return _detail(400, f"Cannot cancel job in JobStatus.{previous.name} state")
+        log.info("job_cancelled", job_id=job_id, previous_status=previous.value)
+        return web.Response(status=204)
+
+
+async def _query_and_body(
+    request: web.Request, query_model: type[Any], body_model: type[Any]
+) -> tuple[Any, Any, ValidationErrors]:
+    raw = await request.read()
+    body, body_errors = parse_json_body(body_model, raw, request.headers.get("Content-Type"))
+    if body_errors and body_errors[0]["type"] == "json_invalid":
+        return None, None, body_errors  # FastAPI stops at a body it cannot decode
+    query, query_errors = parse_query(query_model, request.query)
+    return query, body, query_errors + body_errors
+
+
+def _job_view(job: JobRecord, positions: dict[str, int]) -> dict[str, Any]:
+    return JobResponse(
+        id=job.id,
+        user_id=job.user_id,
+        status=job.status,
+        priority=job.priority,
+        created_at=created_at_datetime(job.created_at),
+        started_at=event_datetime(job.started_at),
+        completed_at=event_datetime(job.completed_at),
+        worker_id=job.worker_id,
+        result=job.result,
+        error=job.error,
+        position_in_queue=positions.get(job.id) if job.status is JobStatus.PENDING else None,
+    ).model_dump(mode="json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _endpoint(request: web.Request) -> str | None:
+    return request.match_info.route.name
+
+
+def _report_middleware(reports: ReportLog, clock: Callable[[], float]) -> Any:
+    @web.middleware
+    async def record_reports(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = _endpoint(request)
+        if endpoint not in REPORT_ENDPOINTS:
+            return await handler(request)
+        raw = await request.read()
+        response = await handler(request)
+        reports.record(
+            Report(
+                endpoint=endpoint,
+                job_id=request.query.get("job_id"),
+                body=_parsed(raw),
+                status=None if request.get(DROPPED) else response.status,
+                handled_status=request.get(HANDLED_STATUS),
+                at=clock(),
+            )
+        )
+        return response
+
+    return record_reports
+
+
+def _parsed(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return raw.decode("utf-8", errors="replace")
+
+
+def _fault_middleware(faults: FaultInjector) -> Any:
+    @web.middleware
+    async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint = _endpoint(request)
+        fault = faults.take(endpoint) if endpoint else None
+        if fault is None or fault.after:
+            response = await handler(request)
+            request[HANDLED_STATUS] = response.status
+            if fault is None:
+                return response
+        if fault.delay_s > 0:
+            await asyncio.sleep(fault.delay_s)
+        if fault.drop:
+            request[DROPPED] = True
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return web.Response(status=499)  # never sent: the connection is gone
+        if fault.status is not None:
+            log.info("fault_injected", endpoint=endpoint, status=fault.status, after=fault.after)
+            return _fault_response(fault.status, fault.body)
+        response = await handler(request)  # a pure delay: answer normally, late
+        request[HANDLED_STATUS] = response.status
+        return response
+
+    return inject_faults
+
+
+def _fault_response(status: int, body: dict[str, Any] | list[Any] | str | None) -> web.Response:
+    if isinstance(body, str):
+        return web.Response(status=status, text=body, content_type="text/html")
+    return _json(body if body is not None else {"detail": HTTPStatus(status).phrase}, status)
+
+
+def _auth_middleware(token: str | None) -> Any:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def require_bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is None or not request.path.startswith("/api/"):
+            return await handler(request)
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        presented = f"Bearer {credentials.strip()}".encode() if scheme.lower() == "bearer" else b""
+        if not hmac.compare_digest(presented, expected):
+            return web.json_response(
+                {"detail": "Not authenticated"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await handler(request)
+
+    return require_bearer
+
+
+@web.middleware
+async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _detail(exc.status, exc.reason)
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return _detail(500, "Internal server error")
+
+
+def build_app(
+    api: QueueApi, *, faults: FaultInjector, reports: ReportLog, token: str | None, clock: Callable[[], float]
+) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_REQUEST_BYTES,
+        middlewares=[
+            _report_middleware(reports, clock),
+            _fault_middleware(faults),
+            _auth_middleware(token),
+            _fastapi_errors,
+        ],
+    )
+    app.router.add_get("/api/workers/next-job", api.next_job, name="next-job")
+    app.router.add_post("/api/workers/complete-job", api.complete_job, name="complete-job")
+    app.router.add_post("/api/workers/fail-job", api.fail_job, name="fail-job")
+    app.router.add_get("/api/queue/status", api.queue_status, name="queue-status")
+    app.router.add_get("/health", api.health, name="health")
+    app.router.add_post("/api/jobs", api.submit_job, name="submit-job")
+    app.router.add_get("/api/jobs", api.list_jobs, name="list-jobs")
+    app.router.add_get("/api/jobs/{job_id}", api.get_job, name="get-job")
+    app.router.add_delete("/api/jobs/{job_id}", api.cancel_job, name="cancel-job")
+    return app

@@ -1,0 +1,158 @@
+"""Request and response shapes of the comfy-multi Queue Manager, with its validation rules and messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+USER_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,100}$")
+MAX_WORKFLOW_BYTES = 10 * 1024 * 1024
+MAX_METADATA_BYTES = 1024 * 1024
+MAX_RESULT_BYTES = 50 * 1024 * 1024
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class QueueMode(StrEnum):
+    FIFO = "fifo"
+    ROUND_ROBIN = "round_robin"
+    PRIORITY = "priority"
+
+
+class JobPriority(IntEnum):
+    INSTRUCTOR = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+
+def _json_size(value: Any) -> int:
+    # The peer measures sizes as the length of json.dumps with default separators; so do we.
+    return len(json.dumps(value))
+
+
+class JobSubmitRequest(BaseModel):
+    user_id: str = Field(min_length=1, max_length=100)
+    workflow: dict[str, Any]
+    priority: JobPriority = JobPriority.NORMAL
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id_is_path_safe(cls, value: str) -> str:
+        if not USER_ID_PATTERN.match(value):
+            raise ValueError(
+                "user_id must contain only alphanumeric characters, underscores, and hyphens (1-100 chars)"
+            )
+        return value
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow_non_empty_and_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("workflow must be a non-empty dictionary")
+        size = _json_size(value)
+        if size > MAX_WORKFLOW_BYTES:
+            raise ValueError(f"workflow size ({size} bytes) exceeds maximum ({MAX_WORKFLOW_BYTES} bytes)")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = _json_size(value) if value else 0
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata size ({size} bytes) exceeds maximum ({MAX_METADATA_BYTES} bytes)")
+        return value
+
+
+class JobCompletionRequest(BaseModel):
+    result: dict[str, Any]
+
+    @field_validator("result")
+    @classmethod
+    def _result_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = _json_size(value)
+        if size > MAX_RESULT_BYTES:
+            raise ValueError(f"result payload too large ({size} bytes) - exceeds {MAX_RESULT_BYTES} bytes")
+        return value
+
+
+class JobFailureRequest(BaseModel):
+    error: str = Field(min_length=1, max_length=10000)
+
+    @field_validator("error")
+    @classmethod
+    def _error_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("error message cannot be empty")
+        return value.strip()
+
+
+class NextJobQuery(BaseModel):
+    worker_id: str
+
+
+class JobIdQuery(BaseModel):
+    job_id: str
+
+
+class ListJobsQuery(BaseModel):
+    user_id: str | None = None
+    status: JobStatus | None = None
+    limit: int = 100
+
+
+class JobResponse(BaseModel):
+    id: str
+    user_id: str
+    status: JobStatus
+    priority: JobPriority
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    worker_id: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    position_in_queue: int | None = None
+    estimated_wait_time: int | None = None
+
+
+class QueueStatusResponse(BaseModel):
+    mode: QueueMode
+    pending_jobs: int
+    running_jobs: int
+    completed_jobs: int
+    failed_jobs: int
+    total_workers: int
+    active_workers: int
+    queue_depth: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    version: str
+    redis_connected: bool
+    workers_active: int
+    queue_depth: int
+    uptime_seconds: int
+
+
+def created_at_datetime(epoch_s: float) -> datetime:
+    """The peer stamps creation with naive utcnow(), so `created_at` renders without an offset."""
+    return datetime.fromtimestamp(epoch_s, UTC).replace(tzinfo=None)
+
+
+def event_datetime(epoch_s: float | None) -> datetime | None:
+    """The peer stamps start and end with aware UTC times, which pydantic renders with a trailing Z."""
+    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC)

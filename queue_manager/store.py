@@ -1,0 +1,321 @@
+"""Jobs in SQLite: submit, atomic pop, report, cancel, reap. Synchronous; safe to share between threads.
+
+Every write runs in a `BEGIN IMMEDIATE` transaction, so several queue processes may share one database file
+and a job is still handed out once. WAL mode lets readers proceed while a writer holds the lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from queue_manager.models import JobPriority, JobStatus, QueueMode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    workflow TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    worker_id TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    completed_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, priority, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, seq);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL
+);
+"""
+
+_BUSY_TIMEOUT_S = 10.0
+
+
+class QueueFullError(Exception):
+    def __init__(self, max_depth: int) -> None:
+        super().__init__(f"Queue is full (max depth: {max_depth})")
+        self.max_depth = max_depth
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    user_id: str
+    status: JobStatus
+    priority: int
+    workflow: dict[str, Any]
+    metadata: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    worker_id: str | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        return cls(
+            id=row["id"],
+            user_id=row["user_id"],
+            status=JobStatus(row["status"]),
+            priority=row["priority"],
+            workflow=json.loads(row["workflow"]),
+            metadata=json.loads(row["metadata"]),
+            result=None if row["result"] is None else json.loads(row["result"]),
+            error=row["error"],
+            worker_id=row["worker_id"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+        )
+
+
+class JobStore:
+    """The queue's state. `db_path=None` keeps it in a private temporary file removed on `close()`."""
+
+    def __init__(self, db_path: str | Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._temp_dir = None if db_path is not None else tempfile.mkdtemp(prefix="queue-manager-")
+        self.path = Path(db_path) if db_path is not None else Path(self._temp_dir) / "queue.db"
+        # One connection guarded by a lock: the server's DB thread and a test calling in directly never
+        # interleave statements of two transactions on it.
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- user side -------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        user_id: str,
+        workflow: dict[str, Any],
+        *,
+        priority: int = JobPriority.NORMAL,
+        metadata: dict[str, Any] | None = None,
+        max_depth: int | None = None,
+    ) -> JobRecord:
+        """Queue a job. No validation here on purpose: tests may plant hostile values the HTTP layer refuses.
+
+        Raises QueueFullError when `max_depth` (> 0) jobs are already pending.
+        """
+        job_id = str(uuid.uuid4())
+        with self._transaction() as conn:
+            if max_depth and _count(conn, JobStatus.PENDING) >= max_depth:
+                raise QueueFullError(max_depth)
+            conn.execute(
+                "INSERT INTO jobs (id, user_id, status, priority, workflow, metadata, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    user_id,
+                    JobStatus.PENDING.value,
+                    int(priority),
+                    json.dumps(workflow),
+                    json.dumps(metadata or {}),
+                    self._clock(),
+                ),
+            )
+            return _get(conn, job_id)  # type: ignore[return-value]
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._transaction(write=False) as conn:
+            return _get(conn, job_id)
+
+    def list(self, *, user_id: str | None = None, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """Jobs in submission order, filtered."""
+        clauses, params = [], []
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                f"SELECT * FROM jobs {where} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed clauses, bound values
+                (*params, max(limit, 0)),
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    def cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel as the peer does: a pending job is deleted outright, a running one is marked `cancelled`
+        (its worker is not told; a later report still lands). Returns the status the job had, or None."""
+        with self._transaction() as conn:
+            job = _get(conn, job_id)
+            if job is None:
+                return None
+            if job.status is JobStatus.PENDING:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            elif job.status is JobStatus.RUNNING:
+                conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (JobStatus.CANCELLED.value, job_id))
+            return job.status
+
+    def pending_positions(self, mode: QueueMode) -> dict[str, int]:
+        """0-based place of each pending job in the order `pop_next` would hand them out."""
+        with self._transaction(write=False) as conn:
+            return {job_id: index for index, job_id in enumerate(_pending_in_pop_order(conn, mode))}
+
+    # -- worker side -----------------------------------------------------------------------------------
+
+    def pop_next(self, worker_id: str, mode: QueueMode) -> JobRecord | None:
+        """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction."""
+        now = self._clock()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO workers (worker_id, last_seen) VALUES (?, ?)"
+                " ON CONFLICT (worker_id) DO UPDATE SET last_seen = excluded.last_seen",
+                (worker_id, now),
+            )
+            order = _pending_in_pop_order(conn, mode, first_only=True)
+            if not order:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = ?, worker_id = ?, started_at = ? WHERE id = ?",
+                (JobStatus.RUNNING.value, worker_id, now, order[0]),
+            )
+            return _get(conn, order[0])
+
+    def complete(self, job_id: str, result: dict[str, Any]) -> JobStatus | None:
+        """Mark the job completed whatever its state, as the peer does. Returns its previous status or None."""
+        return self._finish(job_id, JobStatus.COMPLETED, result=json.dumps(result), error=None)
+
+    def fail(self, job_id: str, error: str) -> JobStatus | None:
+        """Mark the job failed whatever its state, as the peer does. Returns its previous status or None."""
+        return self._finish(job_id, JobStatus.FAILED, result=None, error=error)
+
+    def _finish(self, job_id: str, status: JobStatus, *, result: str | None, error: str | None) -> JobStatus | None:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ? WHERE id = ?",
+                (status.value, result, error, self._clock(), job_id),
+            )
+            return JobStatus(row["status"])
+
+    def fail_running_started_before(self, cutoff: float, error: str) -> list[str]:
+        """The reaper's step: fail every job still running that started before `cutoff`."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE status = ? AND started_at < ? ORDER BY started_at",
+                (JobStatus.RUNNING.value, cutoff),
+            ).fetchall()
+            stale = [row["id"] for row in rows]
+            conn.executemany(
+                "UPDATE jobs SET status = ?, error = ?, completed_at = ? WHERE id = ?",
+                [(JobStatus.FAILED.value, error, self._clock(), job_id) for job_id in stale],
+            )
+            return stale
+
+    # -- monitoring ------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[JobStatus, int]:
+        with self._transaction(write=False) as conn:
+            rows = conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        found = {JobStatus(row["status"]): row["n"] for row in rows}
+        return {status: found.get(status, 0) for status in JobStatus}
+
+    def workers_seen_since(self, since: float) -> int:
+        with self._transaction(write=False) as conn:
+            row = conn.execute("SELECT COUNT(*) AS n FROM workers WHERE last_seen >= ?", (since,)).fetchone()
+        return row["n"]
+
+    def last_heartbeat(self, worker_id: str) -> float | None:
+        with self._transaction(write=False) as conn:
+            row = conn.execute("SELECT last_seen FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()
+        return None if row is None else row["last_seen"]
+
+    def ping(self) -> bool:
+        try:
+            with self._transaction(write=False) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+
+def _get(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else JobRecord.from_row(row)
+
+
+def _count(conn: sqlite3.Connection, status: JobStatus) -> int:
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
+
+
+def _pending_in_pop_order(conn: sqlite3.Connection, mode: QueueMode, *, first_only: bool = False) -> list[str]:
+    if mode is QueueMode.ROUND_ROBIN:
+        order = _round_robin_order(conn)
+        return order[:1] if first_only else order
+    order_by = "seq" if mode is QueueMode.FIFO else "priority, seq"
+    limit = "LIMIT 1" if first_only else ""
+    rows = conn.execute(
+        f"SELECT id FROM jobs WHERE status = ? ORDER BY {order_by} {limit}",  # noqa: S608 - fixed fragments
+        (JobStatus.PENDING.value,),
+    ).fetchall()
+    return [row["id"] for row in rows]
+
+
+def _round_robin_order(conn: sqlite3.Connection) -> list[str]:
+    """Serve next the user who has been handed the fewest jobs so far; ties go to the oldest waiting job.
+
+    Replaying that rule over the pending jobs gives the whole order, so positions agree with pops.
+    """
+    served = {
+        row["user_id"]: row["n"]
+        for row in conn.execute("SELECT user_id, COUNT(*) AS n FROM jobs WHERE started_at IS NOT NULL GROUP BY user_id")
+    }
+    waiting: dict[str, deque[tuple[int, str]]] = defaultdict(deque)
+    for row in conn.execute("SELECT seq, id, user_id FROM jobs WHERE status = ? ORDER BY seq", ("pending",)):
+        waiting[row["user_id"]].append((row["seq"], row["id"]))
+    heap = [(served.get(user, 0), jobs[0][0], user) for user, jobs in waiting.items()]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        times_served, _, user = heapq.heappop(heap)
+        order.append(waiting[user].popleft()[1])
+        if waiting[user]:
+            heapq.heappush(heap, (times_served + 1, waiting[user][0][0], user))
+    return order

@@ -1,0 +1,270 @@
+"""The deployment spec (verda/deployment.toml): load, apply environment overrides, validate, build Verda's body.
+
+Validation happens here, before any API call, and every message names the spec field at fault.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[1] / "verda" / "deployment.toml"
+NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")
+ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# Docker reference without tag/digest: optional registry host[:port], then lowercase path components.
+_PATH_COMPONENT = r"[a-z0-9]+([._-][a-z0-9]+)*"
+IMAGE_REPOSITORY_RULE = re.compile(rf"^([A-Za-z0-9.-]+(:[0-9]+)?/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*$")
+IMAGE_TAG_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+MODELS_PATH = "/models"
+SHM_PATH = "/dev/shm"  # noqa: S108 - Verda mounts memory volumes here; not a temporary file
+
+# Environment variable -> (section, field) of the spec it overrides.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "VERDA_DEPLOYMENT_NAME": ("deployment", "name"),
+    "VERDA_IMAGE": ("deployment", "image"),
+    "VERDA_REGISTRY_CREDENTIALS": ("deployment", "registry_credentials"),
+    "VERDA_IS_SPOT": ("deployment", "is_spot"),
+    "VERDA_COMPUTE": ("compute", "name"),
+    "VERDA_COMPUTE_SIZE": ("compute", "size"),
+    "VERDA_MIN_REPLICAS": ("scaling", "min_replica_count"),
+    "VERDA_MAX_REPLICAS": ("scaling", "max_replica_count"),
+}
+MODELS_VOLUME_ENV = "VERDA_MODELS_VOLUME_ID"
+
+
+class SpecError(ValueError):
+    """The spec is invalid; `problems` lists "field: what is wrong" lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid deployment spec:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def check_env_name(name: str) -> str:
+    if not ENV_NAME_RULE.match(name):
+        raise ValueError(f"env name {name!r} must match ^[A-Z_][A-Z0-9_]*$")
+    return name
+
+
+def check_pinned_image(image: str) -> str:
+    reference, _, digest = image.partition("@")
+    if digest:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise ValueError("image digest must be sha256:<64 hex>")
+        repository, tag = reference, None
+    else:
+        last = reference.rsplit("/", 1)[-1]
+        if ":" not in last:
+            raise ValueError(f"image {image!r} has no tag: pin a version tag such as :1.2.3")
+        repository, _, tag = reference.rpartition(":")
+    if tag is not None and (tag == "latest" or not IMAGE_TAG_RULE.match(tag)):
+        raise ValueError(f"image tag {tag!r} is not a pinned version tag (no :latest)")
+    if not IMAGE_REPOSITORY_RULE.match(repository):
+        raise ValueError(f"image repository {repository!r} is not a valid lowercase reference (placeholder OWNER?)")
+    return image
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeploymentSection(_Section):
+    name: str
+    image: str
+    registry_credentials: str = ""
+    exposed_port: int = Field(ge=1, le=65535)
+    healthcheck_port: int = Field(ge=1, le=65535)
+    healthcheck_path: str = Field(pattern=r"^/")
+    is_spot: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, value: str) -> str:
+        if not NAME_RULE.match(value):
+            raise ValueError(f"{value!r} must be 1-63 characters of [a-z0-9-]")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        return check_pinned_image(value)
+
+
+class ComputeSection(_Section):
+    name: str = Field(min_length=1)
+    size: int = Field(ge=1)
+
+
+class ScalingSection(_Section):
+    min_replica_count: int = Field(ge=0)
+    max_replica_count: int = Field(ge=1)
+    scale_down_delay_seconds: int = Field(ge=0)
+    scale_up_delay_seconds: int = Field(ge=0)
+    queue_message_ttl_seconds: int = Field(ge=1)
+    concurrent_requests_per_replica: int = Field(ge=1)
+    queue_load_threshold: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ScalingSection:
+        if self.min_replica_count > self.max_replica_count:
+            raise ValueError("min_replica_count must not exceed max_replica_count")
+        return self
+
+
+class VolumeMount(_Section):
+    type: Literal["scratch", "memory", "shared", "secret"]
+    mount_path: str = Field(pattern=r"^/")
+    volume_id: str | None = None
+    size_in_mb: int | None = Field(default=None, ge=1)
+    secret_name: str | None = None
+
+    @model_validator(mode="after")
+    def _type_rules(self) -> VolumeMount:
+        if self.type == "memory" and (self.mount_path != SHM_PATH or self.size_in_mb is None):
+            raise ValueError("memory mounts need mount_path /dev/shm and size_in_mb")
+        if self.type == "shared" and not self.volume_id:
+            hint = f" (set {MODELS_VOLUME_ENV})" if self.mount_path == MODELS_PATH else ""
+            raise ValueError(f"volume_id is required for the shared mount at {self.mount_path}{hint}")
+        if self.type == "secret" and not self.secret_name:
+            raise ValueError("secret mounts need secret_name")
+        return self
+
+
+class EnvFromEnvironment(_Section):
+    names: list[str] = []
+
+    @field_validator("names")
+    @classmethod
+    def _names_rule(cls, names: list[str]) -> list[str]:
+        return [check_env_name(name) for name in names]
+
+
+class DeploymentSpec(_Section):
+    deployment: DeploymentSection
+    compute: ComputeSection
+    scaling: ScalingSection
+    env: dict[str, str] = {}
+    env_from_environment: EnvFromEnvironment = EnvFromEnvironment()
+    secrets: dict[str, str] = {}  # container env var name -> Verda secret name
+    volume_mounts: list[VolumeMount] = []
+    resolved_env: dict[str, str] = {}  # filled from the deploy-time environment by load_spec
+
+    @field_validator("env", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            check_env_name(name)
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for env_name, secret_name in value.items():
+            if not NAME_RULE.match(secret_name):
+                raise ValueError(f"{env_name}: secret name {secret_name!r} must be 1-63 characters of [a-z0-9-]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentSpec:
+        sources = [set(self.env), set(self.env_from_environment.names), set(self.secrets)]
+        doubled = (sources[0] & sources[1]) | (sources[0] & sources[2]) | (sources[1] & sources[2])
+        if doubled:
+            raise ValueError(f"env names defined twice across env/env_from_environment/secrets: {sorted(doubled)}")
+        if self.env.get("HEALTH_PORT", str(self.deployment.healthcheck_port)) != str(self.deployment.healthcheck_port):
+            raise ValueError("env.HEALTH_PORT must equal deployment.healthcheck_port")
+        return self
+
+
+def _format_errors(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "spec"
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return problems
+
+
+def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for variable, (section, key) in ENV_OVERRIDES.items():
+        if variable in environ:
+            raw.setdefault(section, {})[key] = environ[variable]
+    if MODELS_VOLUME_ENV in environ:
+        for mount in raw.get("volume_mounts", []):
+            if mount.get("type") == "shared" and mount.get("mount_path") == MODELS_PATH:
+                mount["volume_id"] = environ[MODELS_VOLUME_ENV]
+    return raw
+
+
+def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
+    """Read the TOML spec, apply environment overrides and validate; raises SpecError naming each field."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SpecError([f"{path}: {error}"]) from None
+    raw = _apply_overrides(raw, environ)
+    names = raw.get("env_from_environment", {}).get("names", [])
+    missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names if not environ.get(n)]
+    raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
+    try:
+        spec = DeploymentSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(_format_errors(error) + missing) from None
+    if missing:
+        raise SpecError(missing)
+    return spec
+
+
+def _env_entries(spec: DeploymentSpec) -> list[dict[str, str]]:
+    plain = {**spec.env, **spec.resolved_env}
+    entries = [{"name": n, "value_or_reference_to_secret": v, "type": "plain"} for n, v in plain.items()]
+    entries += [{"name": n, "value_or_reference_to_secret": s, "type": "secret"} for n, s in spec.secrets.items()]
+    return entries
+
+
+def build_scaling(scaling: ScalingSection) -> dict[str, Any]:
+    return {
+        "min_replica_count": scaling.min_replica_count,
+        "max_replica_count": scaling.max_replica_count,
+        "scale_down_policy": {"delay_seconds": scaling.scale_down_delay_seconds},
+        "scale_up_policy": {"delay_seconds": scaling.scale_up_delay_seconds},
+        "queue_message_ttl_seconds": scaling.queue_message_ttl_seconds,
+        "concurrent_requests_per_replica": scaling.concurrent_requests_per_replica,
+        "scaling_triggers": {
+            "queue_load": {"threshold": scaling.queue_load_threshold},
+            "cpu_utilization": {"enabled": False},
+            "gpu_utilization": {"enabled": False},
+        },
+    }
+
+
+def build_body(spec: DeploymentSpec) -> dict[str, Any]:
+    """The exact JSON body of POST /container-deployments for this spec."""
+    deployment = spec.deployment
+    registry: dict[str, Any] = {"is_private": bool(deployment.registry_credentials)}
+    if deployment.registry_credentials:
+        registry["credentials"] = {"name": deployment.registry_credentials}
+    return {
+        "name": deployment.name,
+        "is_spot": deployment.is_spot,
+        "compute": {"name": spec.compute.name, "size": spec.compute.size},
+        "container_registry_settings": registry,
+        "containers": [
+            {
+                "image": deployment.image,
+                "exposed_port": deployment.exposed_port,
+                "healthcheck": {
+                    "enabled": True,
+                    "port": deployment.healthcheck_port,
+                    "path": deployment.healthcheck_path,
+                },
+                "entrypoint_overrides": {"enabled": False},
+                "env": _env_entries(spec),
+                "volume_mounts": [m.model_dump(exclude_none=True) for m in spec.volume_mounts],
+            }
+        ],
+        "scaling": build_scaling(spec.scaling),
+    }

@@ -1,0 +1,418 @@
+"""Async client for Verda's container-deployments API.
+
+OAuth2 client credentials with refresh ahead of expiry, one re-authentication on a 401, and transport
+retries (tenacity) on 408/429/5xx and connection errors. The official SDK sets no timeout and never
+retries, so this client exists instead of wrapping it. Secrets and tokens are held as pydantic SecretStr
+so they cannot leak through a repr, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+log = structlog.get_logger()
+
+DEFAULT_BASE_URL = "https://api.verda.com/v1"
+DEPLOYMENTS = "/container-deployments"
+REFRESH_AT_FRACTION = 0.9
+RETRYABLE_STATUSES = frozenset({408, 429})
+ERROR_TEXT_LIMIT = 200
+
+
+class VerdaAPIError(Exception):
+    """An error answer from Verda: HTTP status plus Verda's `code` (lower-cased) and `message`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Any = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code.lower()
+        self.message = message
+        self.details = details
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUSES or self.status >= 500
+
+    def __str__(self) -> str:
+        return f"Verda API error {self.status} {self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Replica:
+    id: str
+    status: str
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ComputeResource:
+    name: str
+    size: int
+    is_available: bool
+
+
+@dataclass(frozen=True)
+class ContainerType:
+    name: str
+    model: str
+    gpu_count: int
+    serverless_price: float
+    serverless_spot_price: float
+    currency: str
+
+
+@dataclass
+class _Token:
+    access: SecretStr
+    refresh: SecretStr | None
+    refresh_at: float
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """ISO-8601 timestamp from Verda (with a trailing Z or an offset), or None when absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    header = response.headers.get("Retry-After")
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_from_response(response: httpx.Response) -> VerdaAPIError:
+    retry_after_s = _retry_after_s(response)
+    try:
+        body = response.json()
+    except ValueError:
+        return VerdaAPIError(
+            response.status_code,
+            "non_json_response",
+            response.text[:ERROR_TEXT_LIMIT],
+            retry_after_s=retry_after_s,
+        )
+    if isinstance(body, dict) and ("code" in body or "message" in body):
+        return VerdaAPIError(
+            response.status_code,
+            str(body.get("code") or "unknown"),
+            str(body.get("message") or ""),
+            details=body.get("details"),
+            retry_after_s=retry_after_s,
+        )
+    return VerdaAPIError(
+        response.status_code, "unexpected_error_body", response.text[:ERROR_TEXT_LIMIT], retry_after_s=retry_after_s
+    )
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, VerdaAPIError):
+        return exc.retryable
+    return isinstance(exc, httpx.TransportError)
+
+
+def _path(*segments: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in segments)
+
+
+class VerdaClient:
+    """Verda API client. Use as `async with VerdaClient(id, secret) as verda: ...`."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout_s: float = 30,
+        max_attempts: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._client_id = client_id
+        self._client_secret = SecretStr(client_secret)
+        self._max_attempts = max_attempts
+        self._clock = clock
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        )
+        self._backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._token: _Token | None = None
+        self._auth_lock = asyncio.Lock()
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
+
+    def __repr__(self) -> str:
+        return f"VerdaClient(base_url={self.base_url!r}, client_id={self._client_id!r})"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self._http.base_url = value.rstrip("/")
+        self._token = None
+
+    async def __aenter__(self) -> VerdaClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- authentication -------------------------------------------------------------------------
+
+    async def _post_token(self, payload: dict[str, str]) -> httpx.Response:
+        return await self._http.post("/oauth2/token", json=payload)
+
+    def _store_token(self, response: httpx.Response) -> _Token:
+        if response.is_error:
+            raise error_from_response(response)
+        data = response.json()
+        expires_in_s = float(data.get("expires_in") or 0)
+        refresh = data.get("refresh_token")
+        self._token = _Token(
+            access=SecretStr(data["access_token"]),
+            refresh=SecretStr(refresh) if refresh else None,
+            refresh_at=self._clock() + REFRESH_AT_FRACTION * expires_in_s,
+        )
+        return self._token
+
+    async def _authenticate(self) -> _Token:
+        log.info("verda_authenticating", client_id=self._client_id)
+        response = await self._post_token(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": self._client_secret.get_secret_value(),
+            }
+        )
+        return self._store_token(response)
+
+    async def _refresh(self, token: _Token) -> _Token:
+        if token.refresh is None:
+            return await self._authenticate()
+        log.info("verda_refreshing_token")
+        response = await self._post_token(
+            {"grant_type": "refresh_token", "refresh_token": token.refresh.get_secret_value()}
+        )
+        if response.status_code in (400, 401):
+            log.info("verda_refresh_rejected", status=response.status_code)
+            return await self._authenticate()
+        return self._store_token(response)
+
+    async def _access_token(self) -> SecretStr:
+        async with self._auth_lock:
+            token = self._token
+            if token is None:
+                token = await self._authenticate()
+            elif self._clock() >= token.refresh_at:
+                token = await self._refresh(token)
+            return token.access
+
+    async def _replace_rejected_token(self, rejected: SecretStr) -> SecretStr:
+        async with self._auth_lock:
+            # Another request may already have replaced the token this one was refused with.
+            if self._token is None or self._token.access == rejected:
+                await self._authenticate()
+            assert self._token is not None
+            return self._token.access
+
+    # --- requests -------------------------------------------------------------------------------
+
+    async def _send(self, method: str, path: str, token: SecretStr, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+        return await self._http.request(method, path, headers=headers, **kwargs)
+
+    async def _send_authorized(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        token = await self._access_token()
+        response = await self._send(method, path, token, **kwargs)
+        if response.status_code == 401:
+            log.info("verda_token_rejected", method=method, path=path)
+            token = await self._replace_rejected_token(token)
+            response = await self._send(method, path, token, **kwargs)
+        if response.is_error:
+            raise error_from_response(response)
+        return response
+
+    def _wait_s(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, VerdaAPIError) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, self._backoff_max_s)
+        return self._backoff(state)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "verda_request_retry",
+            attempt=state.attempt_number,
+            wait_s=round(state.upcoming_sleep, 3),
+            error=str(exc) if isinstance(exc, VerdaAPIError) else type(exc).__name__,
+        )
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait_s,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send_authorized(method, path, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise VerdaAPIError(response.status_code, "non_json_response", response.text[:ERROR_TEXT_LIMIT]) from None
+
+    # --- deployments ----------------------------------------------------------------------------
+
+    async def list_deployments(self) -> list[dict[str, Any]]:
+        return await self._json("GET", DEPLOYMENTS)
+
+    async def get_deployment(self, name: str) -> dict[str, Any]:
+        return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}")
+
+    async def create_deployment(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", DEPLOYMENTS, json=body)
+
+    async def update_deployment(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("PATCH", f"{DEPLOYMENTS}/{_path(name)}", json=body)
+
+    async def delete_deployment(self, name: str) -> None:
+        await self._request("DELETE", f"{DEPLOYMENTS}/{_path(name)}")
+
+    async def get_status(self, name: str) -> str:
+        """The deployment status as Verda spells it; "unknown" when the answer carries none."""
+        data = await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/status")
+        status = data.get("status") if isinstance(data, dict) else None
+        return str(status).lower() if status else "unknown"
+
+    async def get_scaling(self, name: str) -> dict[str, Any]:
+        return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/scaling")
+
+    async def update_scaling(self, name: str, scaling: dict[str, Any]) -> dict[str, Any]:
+        """Write the whole scaling object back, as Verda's SDK does: fields left out may be reset."""
+        return await self._json("PATCH", f"{DEPLOYMENTS}/{_path(name)}/scaling", json=scaling)
+
+    async def set_replica_bounds(self, name: str, min_replicas: int, max_replicas: int) -> bool:
+        """Set min/max replica counts, keeping the rest of the scaling object. True when it wrote."""
+        if not 0 <= min_replicas <= max_replicas:
+            raise ValueError(f"replica bounds need 0 <= min <= max, got min={min_replicas} max={max_replicas}")
+        scaling = await self.get_scaling(name)
+        if (scaling.get("min_replica_count"), scaling.get("max_replica_count")) == (min_replicas, max_replicas):
+            return False
+        await self.update_scaling(
+            name, {**scaling, "min_replica_count": min_replicas, "max_replica_count": max_replicas}
+        )
+        log.info("verda_replica_bounds_set", deployment=name, min=min_replicas, max=max_replicas)
+        return True
+
+    async def get_replicas(self, name: str) -> list[Replica]:
+        data = await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/replicas")
+        entries = data.get("list", []) if isinstance(data, dict) else []
+        return [
+            Replica(
+                id=str(entry.get("id", "")),
+                status=str(entry.get("status", "unknown")).lower(),
+                started_at=parse_timestamp(entry.get("started_at")),
+            )
+            for entry in entries or []
+        ]
+
+    async def pause(self, name: str) -> None:
+        await self._request("POST", f"{DEPLOYMENTS}/{_path(name)}/pause")
+
+    async def resume(self, name: str) -> None:
+        await self._request("POST", f"{DEPLOYMENTS}/{_path(name)}/resume")
+
+    async def restart(self, name: str) -> None:
+        await self._request("POST", f"{DEPLOYMENTS}/{_path(name)}/restart")
+
+    # --- secrets --------------------------------------------------------------------------------
+
+    async def list_secrets(self) -> list[str]:
+        """Names of the account's secrets (Verda never returns values)."""
+        data = await self._json("GET", "/secrets")
+        return [str(entry["name"]) for entry in data]
+
+    async def create_secret(self, name: str, value: str) -> None:
+        await self._request("POST", "/secrets", json={"name": name, "value": value})
+
+    async def delete_secret(self, name: str, *, force: bool = False) -> None:
+        await self._request("DELETE", f"/secrets/{_path(name)}", params={"force": str(force).lower()})
+
+    # --- catalogue ------------------------------------------------------------------------------
+
+    async def list_compute_resources(self) -> list[ComputeResource]:
+        data = await self._json("GET", "/serverless-compute-resources")
+        return [
+            ComputeResource(name=str(e["name"]), size=int(e["size"]), is_available=bool(e.get("is_available")))
+            for e in data
+        ]
+
+    async def list_container_types(self, currency: str = "usd") -> list[ContainerType]:
+        data = await self._json("GET", "/container-types", params={"currency": currency})
+        return [
+            ContainerType(
+                name=str(e.get("name", "")),
+                model=str(e.get("model", "")),
+                gpu_count=int((e.get("gpu") or {}).get("number_of_gpus") or 1),
+                serverless_price=float(e["serverless_price"]),
+                serverless_spot_price=float(e["serverless_spot_price"]),
+                currency=str(e.get("currency", currency)),
+            )
+            for e in data
+        ]
+
+    async def price_per_hour(self, compute_name: str, *, spot: bool = False, size: int = 1) -> float:
+        """Hourly price of one replica of `size` GPUs of `compute_name` (e.g. "H100")."""
+        wanted = compute_name.lower()
+        for kind in await self.list_container_types():
+            if wanted in (kind.model.lower(), kind.name.lower()) and kind.gpu_count == size:
+                return kind.serverless_spot_price if spot else kind.serverless_price
+        raise LookupError(f"no container type for compute {compute_name!r} x{size}")

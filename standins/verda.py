@@ -1,0 +1,481 @@
+"""A fake Verda API on loopback for tests and the local demo.
+
+It behaves like the parts of Verda the project uses (see /work/shared/reference/verda-api.md): OAuth2 tokens
+that expire, Verda's error body, the validation rules Verda applies to deployment bodies, assigned container
+names, whole-object scaling updates, and replicas that follow `min_replica_count`. Tests steer it with
+`fail_next` (fault injection), `set_status`, `expire_tokens` and read `requests` to assert what was sent.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+API_PREFIX = "/v1"
+NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")
+ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+VOLUME_MOUNT_TYPES = {"scratch", "memory", "secret", "shared"}
+SHM_PATH = "/dev/shm"  # noqa: S108 - Verda mounts memory volumes here; not a temporary file
+SCALING_KEYS = (
+    "min_replica_count",
+    "max_replica_count",
+    "scale_down_policy",
+    "scale_up_policy",
+    "queue_message_ttl_seconds",
+    "concurrent_requests_per_replica",
+    "scaling_triggers",
+)
+PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+
+COMPUTE_RESOURCES = [
+    {"name": "H100", "size": 1, "is_available": True},
+    {"name": "H200", "size": 1, "is_available": True},
+    {"name": "A100", "size": 1, "is_available": True},
+    {"name": "L40S", "size": 1, "is_available": True},
+    {"name": "General Compute", "size": 1, "is_available": True},
+]
+
+
+def _container_type(model: str, name: str, gpu_memory_gb: int, price: str, spot_price: str) -> dict[str, Any]:
+    return {
+        "id": f"fake-{model.lower()}",
+        "model": model,
+        "name": name,
+        "instance_type": f"1{model}.serverless",
+        "cpu": {"description": "", "number_of_cores": 0},
+        "gpu": {"description": f"1x {name}", "number_of_gpus": 1},
+        "gpu_memory": {"description": f"{gpu_memory_gb}GB", "size_in_gigabytes": gpu_memory_gb},
+        "memory": {"description": "", "size_in_gigabytes": 0},
+        "serverless_price": price,
+        "serverless_spot_price": spot_price,
+        "currency": "usd",
+        "manufacturer": "NVIDIA",
+    }
+
+
+# Only the H100 on-demand price ($2.30/h) is documented; the other numbers are illustrative, for tests.
+CONTAINER_TYPES = [
+    _container_type("H100", "H100 SXM5 80GB", 80, "2.30", "0.92"),
+    _container_type("H200", "H200 SXM5 141GB", 141, "3.00", "1.20"),
+    _container_type("A100", "A100 SXM4 80GB", 80, "1.40", "0.56"),
+    _container_type("L40S", "L40S 48GB", 48, "1.00", "0.40"),
+]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    json: Any
+
+
+@dataclass
+class Fault:
+    status: int
+    remaining: int
+    method: str | None
+    non_json: bool
+    retry_after: str | None
+
+
+@dataclass
+class FakeReplica:
+    id: str
+    started_at: datetime
+    started_clock: float
+
+
+@dataclass
+class FakeDeployment:
+    body: dict[str, Any]
+    created_at: datetime
+    status: str = "healthy"
+    status_override: str | None = None
+    replicas: list[FakeReplica] = field(default_factory=list)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise _invalid(message)
+
+
+def validate_scaling(scaling: Any) -> None:
+    _require(isinstance(scaling, dict), "scaling must be an object")
+    missing = [key for key in SCALING_KEYS if key not in scaling]
+    _require(not missing, f"scaling is missing {', '.join(missing)}")
+    low, high = scaling["min_replica_count"], scaling["max_replica_count"]
+    _require(isinstance(low, int) and isinstance(high, int), "replica counts must be integers")
+    _require(0 <= low <= high, "scaling needs 0 <= min_replica_count <= max_replica_count")
+    queue_load = (scaling["scaling_triggers"] or {}).get("queue_load")
+    if queue_load is not None:
+        threshold = queue_load.get("threshold")
+        _require(isinstance(threshold, int | float) and threshold >= 1, "queue_load.threshold must be >= 1")
+
+
+def _validate_volume_mount(mount: Any) -> None:
+    _require(isinstance(mount, dict), "volume_mounts entries must be objects")
+    kind = mount.get("type")
+    _require(kind in VOLUME_MOUNT_TYPES, f"volume mount type must be one of {sorted(VOLUME_MOUNT_TYPES)}")
+    _require(isinstance(mount.get("mount_path"), str) and mount["mount_path"].startswith("/"), "bad mount_path")
+    if kind == "memory":
+        _require(mount["mount_path"] == SHM_PATH, "memory mounts must use /dev/shm")
+        _require(isinstance(mount.get("size_in_mb"), int) and mount["size_in_mb"] > 0, "memory needs size_in_mb")
+    if kind == "shared":
+        _require(bool(mount.get("volume_id")), "shared mounts need a volume_id")
+    if kind == "secret":
+        _require(bool(mount.get("secret_name")), "secret mounts need a secret_name")
+
+
+class FakeVerda:
+    def __init__(
+        self,
+        client_id: str = "test-id",
+        client_secret: str = "test-secret",  # noqa: S107 - the fake's well-known test credential
+        *,
+        token_ttl_s: float = 3600,
+        clock: Callable[[], float] = time.monotonic,
+        replica_start_delay_s: float = 0.0,
+    ) -> None:
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.token_ttl_s = token_ttl_s
+        self.replica_start_delay_s = replica_start_delay_s
+        self._clock = clock
+        self._access_tokens: dict[str, float] = {}
+        self._refresh_tokens: set[str] = set()
+        self._faults: dict[str, list[Fault]] = {}
+        self.requests: list[RecordedRequest] = []
+        self.deployments: dict[str, FakeDeployment] = {}
+        self.secrets: dict[str, str] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_post(f"{API_PREFIX}/oauth2/token", self._token)
+        deployments = f"{API_PREFIX}/container-deployments"
+        one = deployments + "/{name}"
+        app.router.add_get(deployments, self._list_deployments)
+        app.router.add_post(deployments, self._create_deployment)
+        app.router.add_get(one, self._get_deployment)
+        app.router.add_patch(one, self._update_deployment)
+        app.router.add_delete(one, self._delete_deployment)
+        app.router.add_get(one + "/status", self._get_status)
+        app.router.add_get(one + "/scaling", self._get_scaling)
+        app.router.add_patch(one + "/scaling", self._update_scaling)
+        app.router.add_get(one + "/replicas", self._get_replicas)
+        for action in ("pause", "resume", "restart", "purge-queue"):
+            app.router.add_post(one + f"/{action}", self._action)
+        app.router.add_get(f"{API_PREFIX}/secrets", self._list_secrets)
+        app.router.add_post(f"{API_PREFIX}/secrets", self._create_secret)
+        app.router.add_delete(f"{API_PREFIX}/secrets/{{name}}", self._delete_secret)
+        app.router.add_get(f"{API_PREFIX}/serverless-compute-resources", self._compute_resources)
+        app.router.add_get(f"{API_PREFIX}/container-types", self._container_types)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{bound_port}{API_PREFIX}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeVerda:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- test controls --------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        path: str,
+        status: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        non_json: bool = False,
+        retry_after: str | None = None,
+    ) -> None:
+        """The next `times` calls to `path` (relative to /v1, e.g. "/secrets") answer `status`."""
+        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after)
+        self._faults.setdefault(path, []).append(fault)
+
+    def expire_tokens(self) -> None:
+        """Every access token issued so far becomes expired (refresh tokens stay valid)."""
+        self._access_tokens = dict.fromkeys(self._access_tokens, float("-inf"))
+
+    def revoke_refresh_tokens(self) -> None:
+        self._refresh_tokens.clear()
+
+    def set_status(self, name: str, status: str | None) -> None:
+        """Force the status the API reports (e.g. "quota_reached"); None goes back to the natural one."""
+        self.deployments[name].status_override = status
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path.removeprefix(API_PREFIX)
+        try:
+            body = await request.json() if request.can_read_body else None
+        except ValueError:
+            body = await request.text()
+        self.requests.append(RecordedRequest(request.method, path, body))
+        if isinstance(body, str):
+            return web.json_response({"code": "invalid_request", "message": "body is not JSON"}, status=400)
+        fault = self._take_fault(path, request.method)
+        if fault is not None:
+            return self._fault_response(fault)
+        try:
+            if path != "/oauth2/token":
+                self._check_bearer(request)
+            return await handler(request)
+        except ApiError as error:
+            return web.json_response({"code": error.code, "message": error.message}, status=error.status)
+
+    def _take_fault(self, path: str, method: str) -> Fault | None:
+        for fault in self._faults.get(path, []):
+            if fault.remaining > 0 and fault.method in (None, method):
+                fault.remaining -= 1
+                return fault
+        return None
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> web.Response:
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        if fault.non_json:
+            return web.Response(status=fault.status, text=PROXY_ERROR_PAGE, content_type="text/html", headers=headers)
+        code = {401: "unauthorized_request", 429: "too_many_requests", 503: "service_unavailable"}.get(
+            fault.status, "server_error" if fault.status >= 500 else "invalid_request"
+        )
+        body = {"code": code, "message": f"injected {fault.status}"}
+        return web.json_response(body, status=fault.status, headers=headers)
+
+    def _check_bearer(self, request: web.Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or token not in self._access_tokens:
+            raise ApiError(401, "unauthorized_request", "Invalid or missing access token")
+        if self._clock() >= self._access_tokens[token]:
+            raise ApiError(401, "unauthorized_request", "Access token expired")
+
+    def _issue_tokens(self) -> web.Response:
+        access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        self._access_tokens[access] = self._clock() + self.token_ttl_s
+        self._refresh_tokens.add(refresh)
+        return web.json_response(
+            {
+                "access_token": access,
+                "refresh_token": refresh,
+                "scope": "cloud-api-v1",
+                "token_type": "Bearer",
+                "expires_in": self.token_ttl_s,
+            }
+        )
+
+    async def _token(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        grant = body.get("grant_type")
+        if grant == "client_credentials":
+            if (body.get("client_id"), body.get("client_secret")) != (self.client_id, self._client_secret):
+                raise ApiError(401, "unauthorized_request", "Invalid client credentials")
+            return self._issue_tokens()
+        if grant == "refresh_token":
+            token = body.get("refresh_token")
+            if token not in self._refresh_tokens:
+                raise ApiError(400, "invalid_request", "Invalid refresh token")
+            self._refresh_tokens.discard(token)
+            return self._issue_tokens()
+        raise _invalid(f"unsupported grant_type {grant!r}")
+
+    def _deployment(self, request: web.Request) -> FakeDeployment:
+        name = request.match_info["name"]
+        if name not in self.deployments:
+            raise ApiError(404, "not_found", f"Deployment {name} not found")
+        return self.deployments[name]
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _validate_containers(self, containers: Any, assigned: list[str] | None) -> None:
+        _require(isinstance(containers, list) and len(containers) > 0, "containers must be a non-empty list")
+        for container in containers:
+            _require(isinstance(container.get("image"), str) and container["image"] != "", "containers need image")
+            _require(isinstance(container.get("exposed_port"), int), "containers need an integer exposed_port")
+            if assigned is not None:
+                _require(container.get("name") in assigned, "containers in an update must carry their name")
+            for env in container.get("env") or []:
+                _require(bool(ENV_NAME_RULE.match(str(env.get("name", "")))), f"invalid env name {env.get('name')!r}")
+                _require(env.get("type") in ("plain", "secret"), "env type must be plain or secret")
+                if env["type"] == "secret":
+                    ref = env.get("value_or_reference_to_secret")
+                    _require(ref in self.secrets, f"secret {ref!r} does not exist")
+            for mount in container.get("volume_mounts") or []:
+                _validate_volume_mount(mount)
+
+    def _validate_compute(self, compute: Any) -> None:
+        known = {(r["name"], r["size"]) for r in COMPUTE_RESOURCES}
+        _require(isinstance(compute, dict), "compute must be an object")
+        _require((compute.get("name"), compute.get("size")) in known, f"unknown compute {compute}")
+
+    # --- replicas -------------------------------------------------------------------------------
+
+    def _reconcile_replicas(self, deployment: FakeDeployment) -> None:
+        wanted = 0 if deployment.status == "paused" else deployment.body["scaling"]["min_replica_count"]
+        while len(deployment.replicas) > wanted:
+            deployment.replicas.pop()
+        while len(deployment.replicas) < wanted:
+            replica_id = f"replica-{secrets.token_hex(4)}"
+            deployment.replicas.append(FakeReplica(replica_id, datetime.now(UTC), self._clock()))
+
+    def _replica_json(self, replica: FakeReplica) -> dict[str, Any]:
+        running = self._clock() - replica.started_clock >= self.replica_start_delay_s
+        return {
+            "id": replica.id,
+            "status": "running" if running else "provisioning",
+            "started_at": replica.started_at.isoformat().replace("+00:00", "Z"),
+        }
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def _list_deployments(self, request: web.Request) -> web.Response:
+        return web.json_response([d.body for d in self.deployments.values()])
+
+    async def _create_deployment(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = body.get("name")
+        _require(isinstance(name, str) and bool(NAME_RULE.match(name)), "name must match [a-z0-9-] and be <= 63")
+        if name in self.deployments:
+            raise ApiError(409, "invalid_request", f"Deployment {name} already exists")
+        self._validate_compute(body.get("compute"))
+        self._validate_containers(body.get("containers"), assigned=None)
+        validate_scaling(body.get("scaling"))
+        stored = {
+            **body,
+            "containers": [{**c, "name": f"{name}-{secrets.token_hex(4)}"} for c in body["containers"]],
+            "endpoint_base_url": f"https://containers.datacrunch.io/{name}",
+            "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        deployment = FakeDeployment(body=stored, created_at=datetime.now(UTC))
+        self.deployments[name] = deployment
+        self._reconcile_replicas(deployment)
+        return web.json_response(stored, status=201)
+
+    async def _get_deployment(self, request: web.Request) -> web.Response:
+        return web.json_response(self._deployment(request).body)
+
+    async def _update_deployment(self, request: web.Request) -> web.Response:
+        deployment = self._deployment(request)
+        body = await request.json()
+        _require(body.get("name", deployment.body["name"]) == deployment.body["name"], "name is immutable")
+        if "compute" in body:
+            self._validate_compute(body["compute"])
+        if "containers" in body:
+            assigned = [c["name"] for c in deployment.body["containers"]]
+            self._validate_containers(body["containers"], assigned=assigned)
+        if "scaling" in body:
+            validate_scaling(body["scaling"])
+        deployment.body = {**deployment.body, **body}
+        self._reconcile_replicas(deployment)
+        return web.json_response(deployment.body)
+
+    async def _delete_deployment(self, request: web.Request) -> web.Response:
+        deployment = self._deployment(request)
+        del self.deployments[deployment.body["name"]]
+        return web.Response(status=204)
+
+    async def _get_status(self, request: web.Request) -> web.Response:
+        deployment = self._deployment(request)
+        return web.json_response({"status": deployment.status_override or deployment.status})
+
+    async def _get_scaling(self, request: web.Request) -> web.Response:
+        return web.json_response(self._deployment(request).body["scaling"])
+
+    async def _update_scaling(self, request: web.Request) -> web.Response:
+        deployment = self._deployment(request)
+        scaling = await request.json()
+        validate_scaling(scaling)
+        deployment.body["scaling"] = scaling
+        self._reconcile_replicas(deployment)
+        return web.json_response(scaling)
+
+    async def _get_replicas(self, request: web.Request) -> web.Response:
+        deployment = self._deployment(request)
+        return web.json_response({"list": [self._replica_json(r) for r in deployment.replicas]})
+
+    async def _action(self, request: web.Request) -> web.Response:
+        deployment = self._deployment(request)
+        action = request.path.rsplit("/", 1)[-1]
+        if action == "pause":
+            deployment.status = "paused"
+        elif action == "resume":
+            deployment.status = "healthy"
+        elif action == "restart":
+            deployment.replicas.clear()
+        self._reconcile_replicas(deployment)
+        return web.Response(status=204)
+
+    async def _list_secrets(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [{"name": name, "created_at": "2025-01-01T00:00:00Z", "secret_type": "generic"} for name in self.secrets]
+        )
+
+    async def _create_secret(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name, value = body.get("name"), body.get("value")
+        _require(isinstance(name, str) and bool(NAME_RULE.match(name)), "secret name must match [a-z0-9-]")
+        _require(isinstance(value, str) and value != "", "secret value must be a non-empty string")
+        if name in self.secrets:
+            raise ApiError(409, "invalid_request", f"Secret {name} already exists")
+        self.secrets[name] = value
+        return web.Response(status=201)
+
+    def _secret_in_use(self, name: str) -> bool:
+        return any(
+            env.get("type") == "secret" and env.get("value_or_reference_to_secret") == name
+            for deployment in self.deployments.values()
+            for container in deployment.body["containers"]
+            for env in container.get("env") or []
+        )
+
+    async def _delete_secret(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.secrets:
+            raise ApiError(404, "not_found", f"Secret {name} not found")
+        if self._secret_in_use(name) and request.query.get("force") != "true":
+            raise ApiError(400, "forbidden_action", f"Secret {name} is used by a deployment")
+        del self.secrets[name]
+        return web.Response(status=204)
+
+    async def _compute_resources(self, request: web.Request) -> web.Response:
+        return web.json_response(COMPUTE_RESOURCES)
+
+    async def _container_types(self, request: web.Request) -> web.Response:
+        return web.json_response(CONTAINER_TYPES)

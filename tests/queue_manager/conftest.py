@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from queue_manager import QueueManagerServer
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+
+
+class FakeClock:
+    """A settable wall clock; starts at a fixed epoch so timestamps are predictable."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def workflow() -> dict[str, Any]:
+    path = SHARED / "workflows" / "quick.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"shared test workflows not found at {path.resolve()}")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def queue(clock: FakeClock) -> AsyncIterator[QueueManagerServer]:
+    async with QueueManagerServer(clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(queue: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=queue.url, timeout=5.0) as http:
+        yield http

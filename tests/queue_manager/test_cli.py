@@ -1,0 +1,85 @@
+"""`python -m queue_manager` serves until SIGTERM/SIGINT and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from queue_manager.__main__ import build_parser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "queue_manager",
+        "--port",
+        "0",
+        *args,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(10):
+        while line := (await process.stdout.readline()).decode():
+            if match := re.search(r"url=(http://\S+)", line):
+                return process, match.group(1)
+    raise AssertionError("the CLI never reported its URL")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_cli_serves_persists_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    db = tmp_path / "cli.db"
+    process, url = await start_cli("--db", str(db), "--mode", "priority", "--max-queue-depth", "5")
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy"
+            status = (await client.get("/api/queue/status")).json()
+            assert status["mode"] == "priority"
+            created = await client.post("/api/jobs", json={"user_id": "alice", "workflow": {"1": {}}})
+            assert created.status_code == 201
+    finally:
+        process.send_signal(signum)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            assert await process.wait() == 0, output
+    assert "queue_manager_stopped" in output
+    assert db.exists()
+
+
+async def test_cli_token_from_environment_is_required_and_never_logged(tmp_path: Path) -> None:
+    token = "env-token-123"
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), env={"QUEUE_MANAGER_TOKEN": token})
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/api/queue/status")).status_code == 401
+            authorised = await client.get("/api/queue/status", headers={"Authorization": f"Bearer {token}"})
+            assert authorised.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            await process.wait()
+    assert token not in output
+
+
+def test_cli_defaults() -> None:
+    args = build_parser().parse_args([])
+    assert (args.host, args.port, args.mode, args.max_queue_depth, args.job_timeout, args.token) == (
+        "127.0.0.1",
+        8080,
+        "fifo",
+        100,
+        3600,
+        None,
+    )

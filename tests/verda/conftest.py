@@ -1,0 +1,113 @@
+"""Fixtures for the Verda client, the fake Verda API and the deploy tooling: all on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from scaler.deploy_spec import DEFAULT_SPEC_PATH
+from scaler.verda_client import VerdaClient
+from standins.verda import FakeVerda
+
+SECRET = "test-secret-do-not-log"
+QUEUE_TOKEN = "queue-token-value-do-not-log"
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand, shared by the fake API and the client."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep in the client's retries: records the waits and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def client_secret() -> str:
+    return SECRET
+
+
+@pytest.fixture
+def queue_token() -> str:
+    return QUEUE_TOKEN
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def sleeps() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+async def fake(clock: ManualClock) -> AsyncIterator[FakeVerda]:
+    async with FakeVerda(client_secret=SECRET, token_ttl_s=100, clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_client(
+    fake: FakeVerda, clock: ManualClock, sleeps: RecordingSleep
+) -> AsyncIterator[Callable[..., VerdaClient]]:
+    clients: list[VerdaClient] = []
+
+    def build(**overrides: object) -> VerdaClient:
+        options: dict[str, object] = {
+            "base_url": fake.url,
+            "timeout_s": 5,
+            "max_attempts": 5,
+            "clock": clock,
+            "sleep": sleeps,
+        }
+        options.update(overrides)
+        client = VerdaClient(str(options.pop("client_id", "test-id")), SECRET, **options)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def verda(make_client: Callable[..., VerdaClient]) -> VerdaClient:
+    return make_client()
+
+
+@pytest.fixture
+def spec_path() -> Path:
+    assert DEFAULT_SPEC_PATH.is_file(), f"deployment spec missing at {DEFAULT_SPEC_PATH}"
+    return DEFAULT_SPEC_PATH
+
+
+@pytest.fixture
+def deploy_env(fake: FakeVerda) -> dict[str, str]:
+    """The environment an operator sets before ./deploy-serverless.sh, pointed at the fake API."""
+    return {
+        "VERDA_CLIENT_ID": "test-id",
+        "VERDA_CLIENT_SECRET": SECRET,
+        "VERDA_API_URL": fake.url,
+        "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
+        "VERDA_MODELS_VOLUME_ID": "sfs-models-1",
+        "QUEUE_MANAGER_URL": "https://queue.example.com",
+        "QUEUE_MANAGER_TOKEN": QUEUE_TOKEN,
+    }

@@ -1,0 +1,179 @@
+"""The deploy tooling: spec validation, the exact dry-run body, idempotent apply against the fake API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scaler.deploy import deploy_main
+from scaler.deploy_spec import SpecError, build_body, load_spec
+from standins.verda import FakeVerda
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "comfyui-worker-serverless"
+
+
+def problems_for(spec_path: Path, env: dict[str, str]) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec_path, env)
+    return caught.value.problems
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"VERDA_IMAGE": "ghcr.io/acme/worker:latest"}, "deployment.image"),
+        ({"VERDA_IMAGE": "ghcr.io/acme/worker"}, "deployment.image"),
+        ({"VERDA_IMAGE": "ghcr.io/OWNER/worker:0.1.0"}, "deployment.image"),
+        ({"VERDA_IMAGE": "ghcr.io/acme/worker@sha256:abc"}, "deployment.image"),
+        ({"VERDA_DEPLOYMENT_NAME": "Comfy_Worker"}, "deployment.name"),
+        ({"VERDA_DEPLOYMENT_NAME": "a" * 64}, "deployment.name"),
+        ({"VERDA_COMPUTE_SIZE": "0"}, "compute.size"),
+        ({"VERDA_MIN_REPLICAS": "6"}, "scaling"),
+        ({"QUEUE_MANAGER_URL": ""}, "env_from_environment.QUEUE_MANAGER_URL"),
+        ({"VERDA_MODELS_VOLUME_ID": ""}, "volume_mounts.0"),
+    ],
+)
+def test_invalid_values_are_reported_by_field(spec_path: Path, deploy_env, override, field) -> None:
+    problems = problems_for(spec_path, {**deploy_env, **override})
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{field}:")
+
+
+def test_placeholder_spec_lists_every_missing_value(spec_path: Path) -> None:
+    fields = [p.split(":")[0] for p in problems_for(spec_path, {})]
+    assert fields == ["deployment.image", "volume_mounts.0", "env_from_environment.QUEUE_MANAGER_URL"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('HEALTH_PORT = "8000"', 'health-port = "8000"', "env"),
+        ('HEALTH_PORT = "8000"', 'HEALTH_PORT = "9000"', "spec"),
+        ("queue_load_threshold = 1", "queue_load_threshold = 0", "scaling.queue_load_threshold"),
+        ('type = "scratch"', 'type = "nfs"', "volume_mounts.1.type"),
+        ("size_in_mb = 16384", "size_in_mbb = 16384", "volume_mounts.2"),
+        ('QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"', 'QUEUE_MANAGER_TOKEN = "Bad Name"', "secrets"),
+    ],
+)
+def test_spec_file_errors_name_the_field(tmp_path: Path, spec_path: Path, deploy_env, old, new, field) -> None:
+    text = spec_path.read_text()
+    assert old in text
+    edited = tmp_path / "deployment.toml"
+    edited.write_text(text.replace(old, new, 1))
+    problems = problems_for(edited, deploy_env)
+    assert any(p.startswith(f"{field}") for p in problems), problems
+
+
+def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:
+    digest = "ghcr.io/acme/worker@sha256:" + "a" * 64
+    assert load_spec(spec_path, {**deploy_env, "VERDA_IMAGE": digest}).deployment.image == digest
+
+
+def test_body_matches_the_platform_defaults(spec_path: Path, deploy_env) -> None:
+    body = build_body(load_spec(spec_path, deploy_env))
+    container = body["containers"][0]
+    env = {e["name"]: (e["value_or_reference_to_secret"], e["type"]) for e in container["env"]}
+    assert body["name"] == NAME and body["compute"] == {"name": "H100", "size": 1} and body["is_spot"] is False
+    assert container["healthcheck"] == {"enabled": True, "port": 8000, "path": "/health"}
+    assert env["QUEUE_MANAGER_URL"] == ("https://queue.example.com", "plain")
+    assert env["QUEUE_MANAGER_TOKEN"] == ("comfyui-worker-queue-manager-token", "secret")
+    assert env["SERVERLESS_MODE"] == ("true", "plain") and env["INFERENCE_PROVIDER"] == ("verda-serverless", "plain")
+    assert container["volume_mounts"][0] == {"type": "shared", "mount_path": "/models", "volume_id": "sfs-models-1"}
+    assert body["scaling"]["scaling_triggers"]["queue_load"] == {"threshold": 1}
+    assert (body["scaling"]["min_replica_count"], body["scaling"]["max_replica_count"]) == (0, 5)
+
+
+# --- dry run ----------------------------------------------------------------------------------
+
+
+async def test_dry_run_prints_exact_body_without_network(
+    fake: FakeVerda, spec_path: Path, deploy_env, queue_token: str, client_secret: str, capsys
+) -> None:
+    assert await deploy_main(["--dry-run"], deploy_env) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == build_body(load_spec(spec_path, deploy_env))
+    assert "comfyui-worker-queue-manager-token" in err
+    assert queue_token not in out + err and client_secret not in out + err
+    assert fake.requests == []
+
+
+async def test_invalid_spec_exits_2_before_any_call(fake: FakeVerda, deploy_env, capsys) -> None:
+    assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/worker:latest"}) == 2
+    assert "deployment.image" in capsys.readouterr().err
+    assert fake.requests == []
+
+
+def test_shell_wrapper_runs_the_module(deploy_env) -> None:
+    env = {**os.environ, **deploy_env}
+    done = subprocess.run(
+        [str(REPO / "deploy-serverless.sh"), "--dry-run"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == NAME
+    assert os.access(REPO / "deploy-serverless.sh", os.X_OK)
+
+
+# --- apply ------------------------------------------------------------------------------------
+
+
+async def test_apply_creates_then_updates_in_place(fake: FakeVerda, deploy_env, queue_token: str, capsys) -> None:
+    assert await deploy_main([], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert f"deployment {NAME}: created" in out and "status: healthy" in out and "replicas: 0" in out
+    assert fake.secrets == {"comfyui-worker-queue-manager-token": queue_token}
+    assigned = [c["name"] for c in fake.deployments[NAME].body["containers"]]
+    fake.deployments[NAME].body["scaling"]["min_replica_count"] = 3  # as the autoscaler would have set it
+
+    image = "ghcr.io/acme/comfyui-worker-serverless:0.2.0"
+    assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": image}) == 0
+    out = capsys.readouterr().out
+    assert f"deployment {NAME}: updated in place" in out and "secret comfyui-worker-queue-manager-token: exists" in out
+    patch = fake.requests_to(f"/container-deployments/{NAME}", "PATCH")[0].json
+    assert [c["name"] for c in patch["containers"]] == assigned
+    assert patch["scaling"]["min_replica_count"] == 3
+    assert fake.deployments[NAME].body["containers"][0]["image"] == image
+    assert [c["name"] for c in fake.deployments[NAME].body["containers"]] == assigned
+    assert len(fake.requests_to("/secrets", "POST")) == 1
+    assert len(fake.requests_to("/container-deployments", "POST")) == 1
+
+
+async def test_missing_secret_value_stops_before_the_deployment(fake: FakeVerda, deploy_env, capsys) -> None:
+    env = {k: v for k, v in deploy_env.items() if k != "QUEUE_MANAGER_TOKEN"}
+    assert await deploy_main([], env) == 1
+    assert "secrets.QUEUE_MANAGER_TOKEN" in capsys.readouterr().err
+    assert fake.deployments == {} and fake.secrets == {}
+
+
+async def test_bad_credentials_explain_and_hide_the_secret(fake: FakeVerda, deploy_env, capsys) -> None:
+    env = {**deploy_env, "VERDA_CLIENT_SECRET": "wrong-secret-value"}
+    assert await deploy_main(["status"], env) == 1
+    err = capsys.readouterr().err
+    assert "401" in err and "VERDA_CLIENT_SECRET" in err and "wrong-secret-value" not in err
+
+
+async def test_missing_credentials_are_named(deploy_env, capsys) -> None:
+    env = {k: v for k, v in deploy_env.items() if k != "VERDA_CLIENT_ID"}
+    assert await deploy_main(["status"], env) == 1
+    assert "VERDA_CLIENT_ID" in capsys.readouterr().err
+
+
+async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
+    assert await deploy_main(["status"], deploy_env) == 1
+    assert await deploy_main([], deploy_env) == 0
+    fake.set_status(NAME, "quota_reached")
+    capsys.readouterr()
+    assert await deploy_main(["status"], deploy_env) == 0
+    assert "status: quota_reached" in capsys.readouterr().out
+    assert await deploy_main(["delete"], deploy_env) == 2
+    assert NAME in fake.deployments
+    assert await deploy_main(["delete", "--yes"], deploy_env) == 0
+    assert fake.deployments == {}
+    assert "comfyui-worker-queue-manager-token" in fake.secrets

@@ -1,0 +1,143 @@
+"""The fake Verda API refuses what Verda refuses, so tests against it can fail the way production would."""
+
+from __future__ import annotations
+
+import copy
+
+import httpx
+import pytest
+
+from scaler.verda_client import VerdaAPIError, VerdaClient
+from standins.verda import FakeVerda
+
+NAME = "comfyui-worker-serverless"
+
+
+def valid_body() -> dict:
+    return {
+        "name": NAME,
+        "is_spot": False,
+        "compute": {"name": "H100", "size": 1},
+        "container_registry_settings": {"is_private": False},
+        "containers": [
+            {
+                "image": "ghcr.io/acme/worker:1.0.0",
+                "exposed_port": 8000,
+                "env": [{"name": "QUEUE_MANAGER_TOKEN", "value_or_reference_to_secret": "qm-token", "type": "secret"}],
+                "volume_mounts": [
+                    {"type": "shared", "mount_path": "/models", "volume_id": "sfs-1"},
+                    {"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024},
+                ],
+            }
+        ],
+        "scaling": {
+            "min_replica_count": 0,
+            "max_replica_count": 5,
+            "scale_down_policy": {"delay_seconds": 300},
+            "scale_up_policy": {"delay_seconds": 0},
+            "queue_message_ttl_seconds": 300,
+            "concurrent_requests_per_replica": 1,
+            "scaling_triggers": {"queue_load": {"threshold": 1}},
+        },
+    }
+
+
+def _set(body: dict, path: str, value: object) -> dict:
+    target = body
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    target[keys[-1]] = value
+    return body
+
+
+INVALID_CREATES = {
+    "uppercase name": ("name", "Comfy"),
+    "name too long": ("name", "a" * 64),
+    "underscore name": ("name", "comfy_worker"),
+    "env name": ("containers.0.env", [{"name": "queue-url", "value_or_reference_to_secret": "x", "type": "plain"}]),
+    "missing secret": (
+        "containers.0.env",
+        [{"name": "TOKEN", "value_or_reference_to_secret": "nope", "type": "secret"}],
+    ),
+    "threshold below 1": ("scaling.scaling_triggers.queue_load.threshold", 0.5),
+    "min above max": ("scaling.min_replica_count", 6),
+    "volume type": ("containers.0.volume_mounts", [{"type": "nfs", "mount_path": "/models"}]),
+    "memory path": ("containers.0.volume_mounts", [{"type": "memory", "mount_path": "/shm", "size_in_mb": 1}]),
+    "shared without id": ("containers.0.volume_mounts", [{"type": "shared", "mount_path": "/models"}]),
+    "unknown compute": ("compute", {"name": "TPU", "size": 1}),
+}
+
+
+@pytest.fixture
+async def with_secret(verda: VerdaClient) -> VerdaClient:
+    await verda.create_secret("qm-token", "value")
+    return verda
+
+
+@pytest.mark.parametrize(("path", "value"), INVALID_CREATES.values(), ids=INVALID_CREATES.keys())
+async def test_create_rejects_what_verda_rejects(with_secret: VerdaClient, fake: FakeVerda, path, value) -> None:
+    with pytest.raises(VerdaAPIError) as caught:
+        await with_secret.create_deployment(_set(valid_body(), path, value))
+    assert (caught.value.status, caught.value.code) == (400, "invalid_request")
+    assert fake.deployments == {}
+
+
+async def test_valid_body_is_accepted(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    created = await with_secret.create_deployment(valid_body())
+    assert created["containers"][0]["name"].startswith(NAME)
+    assert NAME in fake.deployments
+
+
+async def test_update_requires_assigned_container_names(with_secret: VerdaClient) -> None:
+    created = await with_secret.create_deployment(valid_body())
+    update = valid_body()
+    with pytest.raises(VerdaAPIError, match="carry their name"):
+        await with_secret.update_deployment(NAME, update)
+    update["containers"][0]["name"] = created["containers"][0]["name"]
+    update["containers"][0]["image"] = "ghcr.io/acme/worker:1.0.1"
+    updated = await with_secret.update_deployment(NAME, update)
+    assert updated["containers"][0]["image"].endswith(":1.0.1")
+
+
+async def test_scaling_patch_needs_the_whole_object(with_secret: VerdaClient) -> None:
+    await with_secret.create_deployment(valid_body())
+    with pytest.raises(VerdaAPIError, match="missing"):
+        await with_secret.update_scaling(NAME, {"min_replica_count": 1, "max_replica_count": 2})
+    scaling = copy.deepcopy(valid_body()["scaling"])
+    scaling["min_replica_count"] = 1
+    assert (await with_secret.update_scaling(NAME, scaling))["min_replica_count"] == 1
+
+
+async def test_secret_in_use_is_not_deleted_without_force(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    await with_secret.create_deployment(valid_body())
+    with pytest.raises(VerdaAPIError) as caught:
+        await with_secret.delete_secret("qm-token")
+    assert caught.value.code == "forbidden_action"
+    await with_secret.delete_secret("qm-token", force=True)
+    assert fake.secrets == {}
+
+
+async def test_requires_bearer_token(fake: FakeVerda) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{fake.url}/container-deployments")
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized_request"
+        response = await http.get(f"{fake.url}/container-deployments", headers={"Authorization": "Bearer made-up"})
+        assert response.status_code == 401
+
+
+async def test_tokens_expire_with_the_clock(fake: FakeVerda, clock) -> None:
+    async with httpx.AsyncClient() as http:
+        grant = {"grant_type": "client_credentials", "client_id": "test-id", "client_secret": fake._client_secret}
+        tokens = (await http.post(f"{fake.url}/oauth2/token", json=grant)).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert (await http.get(f"{fake.url}/secrets", headers=headers)).status_code == 200
+        clock.advance(tokens["expires_in"])
+        expired = await http.get(f"{fake.url}/secrets", headers=headers)
+        assert expired.status_code == 401
+        assert expired.json() == {"code": "unauthorized_request", "message": "Access token expired"}
+        refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+        renewed = (await http.post(f"{fake.url}/oauth2/token", json=refresh)).json()
+        headers = {"Authorization": f"Bearer {renewed['access_token']}"}
+        assert (await http.get(f"{fake.url}/secrets", headers=headers)).status_code == 200

@@ -1,0 +1,293 @@
+"""VerdaClient against the fake Verda API on loopback: auth, retries, errors, secrets hygiene, scaling."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import datetime
+
+import httpx
+import pytest
+import structlog
+
+from scaler.verda_client import VerdaAPIError, VerdaClient
+from standins.verda import SCALING_KEYS, FakeVerda
+
+NAME = "comfyui-worker-serverless"
+LIST = "/container-deployments"
+
+
+def deployment_body(name: str = NAME, min_replicas: int = 0) -> dict:
+    return {
+        "name": name,
+        "is_spot": False,
+        "compute": {"name": "H100", "size": 1},
+        "container_registry_settings": {"is_private": False},
+        "containers": [
+            {
+                "image": "ghcr.io/acme/worker:1.0.0",
+                "exposed_port": 8000,
+                "healthcheck": {"enabled": True, "port": 8000, "path": "/health"},
+                "entrypoint_overrides": {"enabled": False},
+                "env": [{"name": "SERVERLESS_MODE", "value_or_reference_to_secret": "true", "type": "plain"}],
+                "volume_mounts": [{"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024}],
+            }
+        ],
+        "scaling": {
+            "min_replica_count": min_replicas,
+            "max_replica_count": 5,
+            "scale_down_policy": {"delay_seconds": 300},
+            "scale_up_policy": {"delay_seconds": 0},
+            "queue_message_ttl_seconds": 300,
+            "concurrent_requests_per_replica": 1,
+            "scaling_triggers": {
+                "queue_load": {"threshold": 1},
+                "cpu_utilization": {"enabled": False},
+                "gpu_utilization": {"enabled": False},
+            },
+        },
+    }
+
+
+def grants(fake: FakeVerda) -> list[str]:
+    return [r.json["grant_type"] for r in fake.requests_to("/oauth2/token")]
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+async def test_authenticates_once_and_sends_bearer(fake: FakeVerda, verda: VerdaClient) -> None:
+    assert await verda.list_deployments() == []
+    assert await verda.list_deployments() == []
+    assert grants(fake) == ["client_credentials"]
+    assert fake.requests_to("/oauth2/token")[0].json["client_id"] == "test-id"
+
+
+async def test_wrong_credentials_raise_unauthorized_without_retry(fake: FakeVerda, make_client, sleeps) -> None:
+    client = make_client(client_id="someone-else")
+    with pytest.raises(VerdaAPIError) as caught:
+        await client.list_deployments()
+    assert (caught.value.status, caught.value.code) == (401, "unauthorized_request")
+    assert len(fake.requests_to("/oauth2/token")) == 1
+    assert sleeps.waits == []
+
+
+async def test_refreshes_ahead_of_expiry(fake: FakeVerda, verda: VerdaClient, clock) -> None:
+    await verda.list_deployments()
+    clock.advance(89)  # token_ttl_s=100: still before the 90% mark
+    await verda.list_deployments()
+    assert grants(fake) == ["client_credentials"]
+    clock.advance(2)
+    await verda.list_deployments()
+    assert grants(fake) == ["client_credentials", "refresh_token"]
+
+
+async def test_rejected_refresh_falls_back_to_full_authentication(fake: FakeVerda, verda: VerdaClient, clock) -> None:
+    await verda.list_deployments()
+    fake.revoke_refresh_tokens()
+    clock.advance(95)
+    await verda.list_deployments()
+    assert grants(fake) == ["client_credentials", "refresh_token", "client_credentials"]
+
+
+async def test_expired_token_is_replaced_once_on_401(fake: FakeVerda, verda: VerdaClient) -> None:
+    await verda.list_deployments()
+    fake.expire_tokens()
+    assert await verda.list_deployments() == []
+    assert grants(fake) == ["client_credentials", "client_credentials"]
+    assert len(fake.requests_to(LIST)) == 3  # ok, 401, ok
+
+
+async def test_second_401_raises(fake: FakeVerda, verda: VerdaClient) -> None:
+    fake.fail_next(LIST, 401, times=2)
+    with pytest.raises(VerdaAPIError) as caught:
+        await verda.list_deployments()
+    assert caught.value.status == 401
+    assert len(fake.requests_to(LIST)) == 2
+    assert grants(fake) == ["client_credentials", "client_credentials"]
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+async def test_retries_429_503_and_proxy_page_then_succeeds(fake: FakeVerda, verda: VerdaClient, sleeps) -> None:
+    fake.fail_next(LIST, 429)
+    fake.fail_next(LIST, 503)
+    fake.fail_next(LIST, 502, non_json=True)
+    assert await verda.list_deployments() == []
+    assert len(fake.requests_to(LIST)) == 4
+    assert len(sleeps.waits) == 3
+
+
+async def test_honours_retry_after(fake: FakeVerda, verda: VerdaClient, sleeps) -> None:
+    fake.fail_next(LIST, 429, retry_after="7")
+    await verda.list_deployments()
+    assert sleeps.waits == [7.0]
+
+
+async def test_backoff_is_capped(fake: FakeVerda, make_client, sleeps) -> None:
+    client = make_client(backoff_initial_s=1, backoff_max_s=2, max_attempts=6)
+    fake.fail_next(LIST, 503, times=5, retry_after="3600")
+    await client.list_deployments()
+    assert len(sleeps.waits) == 5
+    assert max(sleeps.waits) <= 2
+
+
+async def test_gives_up_after_max_attempts(fake: FakeVerda, make_client, sleeps) -> None:
+    client = make_client(max_attempts=3)
+    fake.fail_next(LIST, 502, times=10, non_json=True)
+    with pytest.raises(VerdaAPIError) as caught:
+        await client.list_deployments()
+    error = caught.value
+    assert (error.status, error.code) == (502, "non_json_response")
+    assert error.message.startswith("<html>") and len(error.message) <= 200
+    assert "502" in str(error) and "non_json_response" in str(error)
+    assert len(fake.requests_to(LIST)) == 3
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+async def test_no_retry_on_client_errors(fake: FakeVerda, verda: VerdaClient, sleeps, status) -> None:
+    fake.fail_next(LIST, status)
+    with pytest.raises(VerdaAPIError) as caught:
+        await verda.list_deployments()
+    assert caught.value.status == status
+    assert len(fake.requests_to(LIST)) == 1
+    assert sleeps.waits == []
+
+
+async def test_not_found_surfaces_verda_code_and_message(verda: VerdaClient) -> None:
+    with pytest.raises(VerdaAPIError) as caught:
+        await verda.get_deployment("missing")
+    error = caught.value
+    assert (error.status, error.code, error.message) == (404, "not_found", "Deployment missing not found")
+    assert str(error) == "Verda API error 404 not_found: Deployment missing not found"
+
+
+async def test_retries_transport_errors(make_client, sleeps) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    client = make_client(base_url=f"http://127.0.0.1:{closed_port}/v1", max_attempts=3)
+    with pytest.raises(httpx.ConnectError):
+        await client.list_deployments()
+    assert len(sleeps.waits) == 2
+
+
+async def test_base_url_can_be_switched(fake: FakeVerda, make_client) -> None:
+    client = make_client(base_url="https://api.verda.com/v1")
+    assert client.base_url == "https://api.verda.com/v1"
+    client.base_url = fake.url
+    assert await client.list_deployments() == []
+
+
+# --- secrets never leak -----------------------------------------------------------------------
+
+
+async def test_secret_and_tokens_never_logged_or_shown(
+    fake: FakeVerda, verda: VerdaClient, clock, client_secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with structlog.testing.capture_logs() as events:
+        await verda.list_deployments()
+        clock.advance(95)
+        await verda.list_deployments()  # refresh
+        fake.expire_tokens()
+        await verda.list_deployments()  # 401, re-authenticate
+        fake.fail_next(LIST, 503)
+        await verda.list_deployments()  # retry logged
+        with pytest.raises(VerdaAPIError) as caught:
+            await verda.get_deployment("missing")
+    assert any(e["event"] == "verda_request_retry" for e in events)
+    issued = list(fake._access_tokens)
+    assert len(issued) == 3
+    text = " ".join([repr(events), caplog.text, repr(verda), str(verda), str(caught.value), repr(caught.value)])
+    for secret in [client_secret, *issued]:
+        assert secret not in text
+
+
+# --- deployments, scaling, replicas ------------------------------------------------------------
+
+
+async def test_deployment_lifecycle(fake: FakeVerda, verda: VerdaClient) -> None:
+    created = await verda.create_deployment(deployment_body())
+    assert created["containers"][0]["name"]
+    assert [d["name"] for d in await verda.list_deployments()] == [NAME]
+    assert (await verda.get_deployment(NAME))["containers"][0]["name"] == created["containers"][0]["name"]
+    assert await verda.get_status(NAME) == "healthy"
+    await verda.delete_deployment(NAME)
+    assert await verda.list_deployments() == []
+
+
+async def test_status_override_and_pause_resume(fake: FakeVerda, verda: VerdaClient) -> None:
+    await verda.create_deployment(deployment_body(min_replicas=2))
+    fake.set_status(NAME, "quota_reached")
+    assert await verda.get_status(NAME) == "quota_reached"
+    fake.set_status(NAME, None)
+    await verda.pause(NAME)
+    assert await verda.get_status(NAME) == "paused"
+    assert await verda.get_replicas(NAME) == []
+    await verda.resume(NAME)
+    assert await verda.get_status(NAME) == "healthy"
+    assert len(await verda.get_replicas(NAME)) == 2
+    await verda.restart(NAME)
+    assert [r.method for r in fake.requests if r.path.endswith(("/pause", "/resume", "/restart"))] == ["POST"] * 3
+
+
+async def test_set_replica_bounds_writes_whole_scaling_object(fake: FakeVerda, verda: VerdaClient) -> None:
+    await verda.create_deployment(deployment_body())
+    before = await verda.get_scaling(NAME)
+    assert await verda.set_replica_bounds(NAME, 2, 4) is True
+    patches = fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")
+    assert len(patches) == 1
+    assert set(patches[0].json) == set(SCALING_KEYS)
+    assert patches[0].json == {**before, "min_replica_count": 2, "max_replica_count": 4}
+    assert await verda.set_replica_bounds(NAME, 2, 4) is False
+    assert len(fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")) == 1
+
+
+async def test_set_replica_bounds_rejects_inverted_bounds(verda: VerdaClient) -> None:
+    with pytest.raises(ValueError, match="min <= max"):
+        await verda.set_replica_bounds(NAME, 3, 2)
+
+
+async def test_replicas_follow_min_replica_count(fake: FakeVerda, verda: VerdaClient, clock) -> None:
+    fake.replica_start_delay_s = 30
+    await verda.create_deployment(deployment_body())
+    assert await verda.get_replicas(NAME) == []
+    await verda.set_replica_bounds(NAME, 3, 5)
+    replicas = await verda.get_replicas(NAME)
+    assert [r.status for r in replicas] == ["provisioning"] * 3
+    assert all(isinstance(r.started_at, datetime) and r.started_at.tzinfo for r in replicas)
+    clock.advance(30)
+    assert [r.status for r in await verda.get_replicas(NAME)] == ["running"] * 3
+    await verda.set_replica_bounds(NAME, 1, 5)
+    assert [r.id for r in await verda.get_replicas(NAME)] == [replicas[0].id]
+
+
+async def test_update_scaling_sends_whole_object(fake: FakeVerda, verda: VerdaClient) -> None:
+    await verda.create_deployment(deployment_body())
+    scaling = await verda.get_scaling(NAME)
+    scaling["scale_down_policy"] = {"delay_seconds": 60}
+    assert (await verda.update_scaling(NAME, scaling))["scale_down_policy"] == {"delay_seconds": 60}
+    assert fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")[0].json == scaling
+
+
+# --- secrets, catalogue -----------------------------------------------------------------------
+
+
+async def test_secrets_create_list_delete(fake: FakeVerda, verda: VerdaClient) -> None:
+    await verda.create_secret("queue-token", "s3cr3t")
+    assert await verda.list_secrets() == ["queue-token"]
+    assert fake.secrets == {"queue-token": "s3cr3t"}
+    await verda.delete_secret("queue-token")
+    assert await verda.list_secrets() == []
+    assert fake.requests_to("/secrets/queue-token", "DELETE")[0].json is None
+
+
+async def test_compute_resources_and_prices(verda: VerdaClient) -> None:
+    resources = await verda.list_compute_resources()
+    assert any(r.name == "H100" and r.size == 1 and r.is_available for r in resources)
+    assert await verda.price_per_hour("H100") == pytest.approx(2.30)
+    assert await verda.price_per_hour("h100", spot=True) < 2.30
+    with pytest.raises(LookupError):
+        await verda.price_per_hour("H100", size=8)
