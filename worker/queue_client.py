@@ -61,7 +61,7 @@ class QueueClient:
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, verify=True)
         self.worker_id = worker_id
         self.report_budget_s = report_budget_s
-        self._retry_wait = wait_exponential_jitter(initial=retry_initial_s, max=retry_max_s)
+        self._retry_wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
 
     async def aclose(self) -> None:
         await self._http.aclose()

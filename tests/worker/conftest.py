@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from standins.comfyui import ComfyUISimulator
 
 from queue_manager.server import QueueManagerServer
+from standins.comfyui import ComfyUISimulator
 from worker.config import WorkerSettings, load_settings
 from worker.execution import RunTimings
 from worker.main import Worker

@@ -21,22 +21,22 @@ async def test_deadline_interrupts_the_prompt_and_fails_the_job(qm, comfy, make_
     assert report.endpoint == "fail-job"
     assert "timed out after 0.3 s" in report.body["error"]
     assert "stopped it at node" in report.body["error"]
-    [prompt] = comfy.prompts
-    assert {"prompt_id": prompt["prompt_id"]} in [i["body"] for i in comfy.interrupts]
+    [prompt] = comfy.prompts_received
+    assert {"prompt_id": prompt.prompt_id} in [i.body for i in comfy.interrupts_received]
 
 
 async def test_websocket_drop_mid_job_reconnects_and_completes(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker()
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     await asyncio.sleep(0.1)
     await comfy.drop_websockets()
     assert await run == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     assert len(report.body["result"]["outputs"]) == 1
-    client_id = comfy.prompts[0]["client_id"]
+    client_id = comfy.prompts_received[0].client_id
     assert comfy.ws_connections[client_id] >= 2, "reconnected with the same clientId"
 
 
@@ -44,7 +44,7 @@ async def test_comfyui_gone_mid_job_fails_the_job_clearly(qm, comfy, make_worker
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     await comfy.crash()
     assert await run == 0
     [report] = qm.reports.landed(job.id)
@@ -54,7 +54,7 @@ async def test_comfyui_gone_mid_job_fails_the_job_clearly(qm, comfy, make_worker
 
 
 async def test_fatal_gpu_error_marks_the_worker_for_restart(qm, comfy, make_worker, workflows):
-    comfy.fail_next_prompt(node_id="2", exception_message="CUDA error: an illegal memory access was encountered")
+    comfy.inject_error("CUDA error: an illegal memory access was encountered", node_id="2")
     job = qm.store.submit("alice", workflows["quick"])
     worker = make_worker()
     assert await worker.run() == 0

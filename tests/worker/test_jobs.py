@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ async def test_success_copies_and_hashes_outputs(qm, comfy, make_worker, workflo
         assert item["sha256"] == hashlib.sha256(data).hexdigest()
         assert data == (tmp_path / "comfy-output" / Path(item["path"]).name).read_bytes()
     assert not list((tmp_path / "outputs").rglob("*.part")), "no temp files left behind"
-    assert "image" not in str(result).lower().replace("images", ""), "no file bytes in the result"
+    assert len(json.dumps(result)) < 2000, "file locations and hashes only, never file bytes"
 
     events = [entry["event"] for entry in logs]
     assert "Worker started" in events
@@ -85,7 +86,7 @@ async def test_hostile_user_id_is_refused_before_comfyui(
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
     assert expected in report.body["error"] and "folder name" in report.body["error"]
-    assert comfy.prompts == [], "nothing reached ComfyUI"
+    assert comfy.prompts_received == [], "nothing reached ComfyUI"
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
     assert not (tmp_path / "etc").exists()
 
@@ -105,7 +106,7 @@ async def test_malformed_workflows_fail_with_the_field_named(qm, comfy, make_wor
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
     assert expected in report.body["error"]
-    assert comfy.prompts == []
+    assert comfy.prompts_received == []
 
 
 async def test_ui_format_workflow_is_refused_with_export_instructions(qm, comfy, make_worker, workflows):
@@ -114,7 +115,7 @@ async def test_ui_format_workflow_is_refused_with_export_instructions(qm, comfy,
     [report] = qm.reports.landed(job.id)
     error = report.body["error"]
     assert "UI (graph) format" in error and "'nodes' and 'links'" in error and "Export (API)" in error
-    assert comfy.prompts == []
+    assert comfy.prompts_received == []
 
 
 async def test_malformed_jobs_from_the_queue_do_not_stop_the_worker(qm, comfy, make_worker, workflows):

@@ -75,7 +75,7 @@ async def test_sigterm_mid_job_within_grace_lets_it_finish(qm, comfy, make_worke
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(shutdown_grace_s=5)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     worker.request_shutdown()
     assert await run == 0
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
@@ -86,7 +86,7 @@ async def test_sigterm_mid_job_past_grace_interrupts_and_requeues(qm, comfy, mak
     job = qm.store.submit("alice", workflows["slow"], metadata={"session": "s1"})
     worker = make_worker(shutdown_grace_s=0.1)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     worker.request_shutdown()
     assert await run == 0
     [report] = qm.reports.landed(job.id)
@@ -96,14 +96,14 @@ async def test_sigterm_mid_job_past_grace_interrupts_and_requeues(qm, comfy, mak
     assert "was stopped" in report.body["error"]
     assert new.status == "pending" and new.user_id == "alice" and new.workflow == workflows["slow"]
     assert new.metadata == {"session": "s1", "requeued_from": job.id, "requeue_reason": "worker stopped"}
-    assert comfy.interrupts and comfy.interrupts[-1]["body"] == {"prompt_id": comfy.prompts[0]["prompt_id"]}
+    assert comfy.interrupts_received[-1].body == {"prompt_id": comfy.prompts_received[0].prompt_id}
 
 
 async def test_second_signal_skips_the_grace(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(shutdown_grace_s=60)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     worker.request_shutdown()
     worker.request_shutdown()
     assert await asyncio.wait_for(run, 5) == 0
@@ -114,7 +114,7 @@ async def test_requeue_disabled_says_so(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(shutdown_grace_s=0, requeue_on_shutdown=False)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     worker.request_shutdown()
     assert await run == 0
     assert "not resubmitted (REQUEUE_ON_SHUTDOWN=false)" in qm.reports.landed(job.id)[0].body["error"]
@@ -125,7 +125,7 @@ async def test_abort_when_comfyui_process_dies_fails_the_job_and_exits_1(qm, com
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(shutdown_grace_s=60)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts)
+    await wait_for(lambda: comfy.prompts_received)
     worker.abort("ComfyUI process exited unexpectedly with code -9")
     assert await asyncio.wait_for(run, 5) == 1
     [report] = qm.reports.landed(job.id)
@@ -146,7 +146,7 @@ async def test_warmup_runs_before_ready(qm, comfy, make_worker, workflows, tmp_p
     path.write_text(json.dumps(workflows["quick"]))
     worker = make_worker(warmup_workflow=path)
     assert await worker.run() == 0
-    assert len(comfy.prompts) == 1 and worker.state.jobs_finished == 0
+    assert len(comfy.prompts_received) == 1 and worker.state.jobs_finished == 0
 
 
 async def test_failed_warmup_leaves_worker_unready_and_serverless_exits(qm, comfy, make_worker, workflows, tmp_path):
@@ -210,11 +210,12 @@ async def test_real_process_sigterm_mid_job_requeues_and_exits_0(qm, comfy, work
         ),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
     )
-    await wait_for(lambda: comfy.prompts, timeout=15)
+    await wait_for(lambda: comfy.prompts_received, timeout=15)
     proc.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()[-2000:]
     events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
-    assert events[0] == "Worker started" and events[-1] == "Worker shutdown complete"
+    assert events.index("Worker started") < events.index("Stopped job resubmitted")
+    assert events.index("Stopped job resubmitted") < events.index("Worker shutdown complete")
     assert "Stopped job resubmitted" in events
     assert "resubmitted as job" in qm.reports.landed(job.id)[0].body["error"]

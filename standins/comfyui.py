@@ -1,0 +1,892 @@
+"""A ComfyUI 0.8.0 simulator: the HTTP + websocket API of a real ComfyUI server, replaying the
+shapes, ordering, history lag and interrupt semantics recorded in
+`shared/reference/comfyui-0.8.0/`, with fault hooks for tests (dropped sockets, crashes,
+runtime errors, frozen nodes).
+
+In-process: `async with ComfyUISimulator(tmp_path / "output") as sim: ... sim.url ...`.
+As a child process in place of ComfyUI: `python -m standins.comfyui --listen H --port N ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import heapq
+import itertools
+import json
+import mimetypes
+import os
+import signal
+import struct
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from standins.comfyui_nodes import (
+    EXECUTE_FRAMES,
+    Image,
+    NodeDef,
+    NodeEnv,
+    NodeError,
+    NodeResult,
+    build_catalogue,
+    png_bytes,
+    validate_prompt,
+)
+
+log = structlog.get_logger()
+
+COMFYUI_VERSION = "0.8.0"
+MAX_HISTORY = 10_000
+SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+PREVIEW_IMAGE_EVENT = 1  # binary frame: event type, then image format (2 = PNG), then the image
+PNG_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class ReceivedPrompt:
+    """One `POST /prompt` with a JSON body, as received, and what the simulator answered."""
+
+    body: Any
+    status: int
+    prompt_id: str | None
+
+    @property
+    def client_id(self) -> str | None:
+        return self.body.get("client_id") if isinstance(self.body, dict) else None
+
+    @property
+    def extra_data(self) -> dict[str, Any]:
+        return self.body.get("extra_data", {}) if isinstance(self.body, dict) else {}
+
+
+@dataclass(frozen=True)
+class ReceivedInterrupt:
+    body: dict[str, Any]
+    running_prompt_id: str | None
+    honoured: bool
+
+
+@dataclass
+class InjectedError:
+    """Raise `exception_message` in the first matching node of the next `prompts` prompts."""
+
+    exception_message: str
+    exception_type: str = "RuntimeError"
+    class_type: str | None = None
+    node_id: str | None = None
+    prompts: int | None = 1  # None: every prompt from now on
+
+    def matches(self, node_id: str, class_type: str) -> bool:
+        return self.node_id in (None, node_id) and self.class_type in (None, class_type)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@dataclass(order=True)
+class _QueueEntry:
+    number: float
+    seq: int
+    item: list = field(compare=False)  # [number, prompt_id, prompt, extra_data, outputs_to_execute]
+
+
+@dataclass
+class _ServerState:
+    """Everything that dies with the ComfyUI process."""
+
+    number: int = 0
+    seq: itertools.count = field(default_factory=itertools.count)
+    pending: list[_QueueEntry] = field(default_factory=list)
+    running: _QueueEntry | None = None
+    history: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: dict[str, NodeResult] = field(default_factory=dict)
+    client_id: str | None = None
+    last_node_id: str | None = None
+    interrupt: bool = False
+    free_flags: dict[str, bool] = field(default_factory=dict)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+class _ExecutionOrder:
+    """ComfyUI's `ExecutionList`: dependency order, output nodes first among the ready ones."""
+
+    def __init__(self, prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> None:
+        self.prompt = prompt
+        self.catalogue = catalogue
+        self.pending: dict[str, None] = {}
+        self.block_count: dict[str, int] = {}
+        self.blocking: dict[str, dict[str, None]] = {}
+
+    def add(self, node_id: str) -> None:
+        stack, links = [node_id], []
+        while stack:
+            current = stack.pop()
+            if current in self.pending:
+                continue
+            self.pending[current] = None
+            self.block_count[current] = 0
+            self.blocking[current] = {}
+            for value in self.prompt[current]["inputs"].values():
+                if _is_link(value):
+                    stack.append(value[0])
+                    links.append((value[0], current))
+        for source, target in links:
+            self.add(source)
+            if target not in self.blocking[source]:
+                self.blocking[source][target] = None
+                self.block_count[target] += 1
+
+    def _is_output(self, node_id: str) -> bool:
+        return self.catalogue[self.prompt[node_id]["class_type"]].output_node
+
+    def next(self) -> str | None:
+        ready = [n for n in self.pending if self.block_count[n] == 0]
+        if not ready:
+            return None
+        for node_id in ready:
+            if self._is_output(node_id):
+                return node_id
+        for node_id in ready:
+            if any(self._is_output(b) for b in self.blocking[node_id]):
+                return node_id
+        for node_id in ready:
+            if any(self._is_output(b2) for b in self.blocking[node_id] for b2 in self.blocking[b]):
+                return node_id
+        return ready[0]
+
+    def complete(self, node_id: str) -> None:
+        del self.pending[node_id]
+        for blocked in self.blocking.pop(node_id):
+            self.block_count[blocked] -= 1
+
+
+@dataclass
+class _PromptRun:
+    """One execution of one prompt: what `PromptExecutor.execute` keeps."""
+
+    prompt_id: str
+    prompt: dict[str, Any]
+    client_id: str | None
+    signatures: dict[str, str]
+    messages: list[list[Any]] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)
+    values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    injected: InjectedError | None = None
+
+
+class ComfyUISimulator:
+    def __init__(
+        self,
+        output_dir: Path,
+        temp_dir: Path | None = None,
+        *,
+        input_dir: Path | None = None,
+        node_seconds: dict[str, float] | None = None,
+        default_node_seconds: float = 0.0,
+        history_lag_s: float = 0.05,
+        checkpoints: tuple[str, ...] | list[str] = ("broken.safetensors",),
+        send_previews: bool = False,
+        cache_outputs: bool = True,
+        argv: list[str] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir).resolve()
+        self.temp_dir = Path(temp_dir).resolve() if temp_dir else self.output_dir.parent / "temp"
+        self.input_dir = Path(input_dir).resolve() if input_dir else self.output_dir.parent / "input"
+        self.node_seconds: dict[str, float] = dict(node_seconds or {})
+        self.default_node_seconds = default_node_seconds
+        self.history_lag_s = history_lag_s
+        self.send_previews = send_previews
+        self.cache_outputs = cache_outputs
+        self.argv = argv or ["main.py"]
+        self.catalogue = build_catalogue(checkpoints)
+        # Records for assertions; they survive crashes and restarts.
+        self.prompts_received: list[ReceivedPrompt] = []
+        self.interrupts_received: list[ReceivedInterrupt] = []
+        self.free_requests: list[dict[str, Any]] = []
+        self.view_requests: list[dict[str, str]] = []
+        self.ws_connections: Counter[str] = Counter()
+        self.injected_errors: list[InjectedError] = []
+        self.url = ""
+        self.port = 0
+        self._freeze: tuple[str | None, str | None] | None = None
+        self._thaw = asyncio.Event()
+        self._frozen = asyncio.Event()
+        self._state = _ServerState()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._sockets: dict[str, tuple[web.WebSocketResponse, asyncio.BaseTransport | None]] = {}
+        self._outbox: asyncio.Queue[tuple[Any, Any, str | None]] = asyncio.Queue()
+        self._wakeup = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start (or restart after `crash`/`stop`) with the empty state of a fresh process."""
+        for folder in (self.output_dir, self.temp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._state = _ServerState()
+        self._outbox = asyncio.Queue()
+        self._wakeup = asyncio.Event()
+        self._runner = web.AppRunner(self._make_app(), access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{self.port}"
+        self._tasks = [asyncio.create_task(self._execute_queue()), asyncio.create_task(self._publish())]
+        log.info("comfyui_sim.started", url=self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Graceful shutdown: websockets get a close frame."""
+        await self._cancel_tasks()
+        for ws, _ in list(self._sockets.values()):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        await self._cleanup_runner()
+
+    async def crash(self) -> None:
+        """The process dies: listener gone, every connection reset, running prompt and state lost."""
+        await self._cancel_tasks()
+        if self._runner is not None and self._runner.server is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+            for connection in self._runner.server.connections:
+                if connection.transport is not None:
+                    connection.transport.abort()
+        await self._cleanup_runner()
+        log.info("comfyui_sim.crashed")
+
+    async def __aenter__(self) -> ComfyUISimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _cleanup_runner(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._sockets.clear()
+
+    # --- fault hooks -------------------------------------------------------------------------
+
+    async def drop_websockets(self) -> None:
+        """Reset every client socket without a close frame; prompts keep running."""
+        for _, transport in list(self._sockets.values()):
+            if transport is not None:
+                transport.abort()
+        self._sockets.clear()
+
+    def inject_error(
+        self,
+        exception_message: str,
+        *,
+        exception_type: str = "RuntimeError",
+        class_type: str | None = None,
+        node_id: str | None = None,
+        prompts: int | None = 1,
+    ) -> InjectedError:
+        """Make the next `prompts` prompts fail at the first node matching class_type/node_id
+        (any node if neither is given). ComfyUI appends a newline to the message it reports."""
+        injected = InjectedError(exception_message, exception_type, class_type, node_id, prompts)
+        self.injected_errors.append(injected)
+        return injected
+
+    def freeze(self, *, class_type: str | None = None, node_id: str | None = None) -> None:
+        """The next matching node hangs inside Python (ignoring interrupts) until `release()`."""
+        self._freeze = (class_type, node_id)
+        self._thaw.clear()
+        self._frozen.clear()
+
+    def release(self) -> None:
+        self._freeze = None
+        self._thaw.set()
+
+    async def wait_until_frozen(self) -> None:
+        await self._frozen.wait()
+
+    @property
+    def running_prompt_id(self) -> str | None:
+        return self._state.running.item[1] if self._state.running else None
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        routes = [
+            ("GET", "/ws", self._websocket),
+            ("GET", "/system_stats", self._system_stats),
+            ("GET", "/prompt", self._get_prompt),
+            ("POST", "/prompt", self._post_prompt),
+            ("GET", "/queue", self._get_queue),
+            ("POST", "/queue", self._post_queue),
+            ("GET", "/history", self._get_history),
+            ("GET", "/history/{prompt_id}", self._get_history_item),
+            ("POST", "/history", self._post_history),
+            ("POST", "/interrupt", self._post_interrupt),
+            ("POST", "/free", self._post_free),
+            ("GET", "/view", self._view),
+            ("GET", "/object_info", self._object_info),
+            ("GET", "/object_info/{node_class}", self._object_info_one),
+        ]
+        app = web.Application()
+        for prefix in ("/api", ""):
+            for method, path, handler in routes:
+                app.router.add_route(method, prefix + path, handler)
+        return app
+
+    def _queue_remaining(self) -> int:
+        return len(self._state.pending) + (1 if self._state.running else 0)
+
+    def _queue_info(self) -> dict[str, Any]:
+        return {"exec_info": {"queue_remaining": self._queue_remaining()}}
+
+    def _queue_updated(self) -> None:
+        self._send("status", {"status": self._queue_info()})
+
+    async def _system_stats(self, request: web.Request) -> web.Response:
+        ram_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram_free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        return web.json_response({
+            "system": {
+                "os": sys.platform,
+                "ram_total": ram_total,
+                "ram_free": ram_free,
+                "comfyui_version": COMFYUI_VERSION,
+                "required_frontend_version": "1.35.9",
+                "installed_templates_version": "0.7.67",
+                "required_templates_version": "0.7.67",
+                "python_version": sys.version,
+                "pytorch_version": "2.14.1+cu130",
+                "embedded_python": False,
+                "argv": self.argv,
+            },
+            "devices": [{
+                "name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
+                "torch_vram_total": ram_total, "torch_vram_free": ram_free,
+            }],
+        })  # fmt: skip
+
+    async def _get_prompt(self, request: web.Request) -> web.Response:
+        return web.json_response(self._queue_info())
+
+    async def _post_prompt(self, request: web.Request) -> web.Response:
+        log.info("got prompt")
+        # A body that is not JSON raises here; aiohttp answers 500 "Server got itself in trouble",
+        # exactly as ComfyUI (also aiohttp) does.
+        body = await request.json()
+        record = copy.deepcopy(body)
+        status, answer = self._accept_prompt(body)
+        self.prompts_received.append(ReceivedPrompt(record, status, answer.get("prompt_id")))
+        return web.json_response(answer, status=status)
+
+    def _accept_prompt(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "number" in body:
+            number: float = float(body["number"])
+        else:
+            number = -self._state.number if body.get("front") else self._state.number
+            self._state.number += 1
+        if "prompt" not in body:
+            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
+                     "extra_info": {}}  # fmt: skip
+            return 400, {"error": error, "node_errors": {}}
+        prompt = body["prompt"]
+        prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+        validation = validate_prompt(prompt, self.catalogue)
+        if not validation.ok:
+            log.warning("invalid prompt", error=validation.error)
+            return 400, {"error": validation.error, "node_errors": validation.node_errors}
+        extra_data = body.get("extra_data", {})
+        if "client_id" in body:
+            extra_data["client_id"] = body["client_id"]
+        for key in SENSITIVE_EXTRA_DATA_KEYS:
+            extra_data.pop(key, None)
+        extra_data["create_time"] = _now_ms()
+        item = [number, prompt_id, prompt, extra_data, validation.outputs]
+        heapq.heappush(self._state.pending, _QueueEntry(number, next(self._state.seq), item))
+        self._queue_updated()
+        self._wakeup.set()
+        return 200, {"prompt_id": prompt_id, "number": number, "node_errors": validation.node_errors}
+
+    async def _get_queue(self, request: web.Request) -> web.Response:
+        running = [self._state.running.item] if self._state.running else []
+        pending = [entry.item for entry in self._state.pending]
+        return web.json_response({"queue_running": running, "queue_pending": pending})
+
+    async def _post_queue(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("clear"):
+            self._state.pending.clear()
+            self._queue_updated()
+        for prompt_id in body.get("delete", []):
+            for entry in self._state.pending:
+                if entry.item[1] == prompt_id:
+                    self._state.pending.remove(entry)
+                    heapq.heapify(self._state.pending)
+                    self._queue_updated()
+                    break
+        return web.Response()
+
+    async def _get_history(self, request: web.Request) -> web.Response:
+        max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+        offset = int(request.query.get("offset", -1))
+        history = self._state.history
+        if offset < 0 and max_items is not None:
+            offset = len(history) - max_items
+        selected = list(history.items())[max(offset, 0) :]
+        return web.json_response(dict(selected[:max_items] if max_items is not None else selected))
+
+    async def _get_history_item(self, request: web.Request) -> web.Response:
+        prompt_id = request.match_info["prompt_id"]
+        entry = self._state.history.get(prompt_id)
+        return web.json_response({prompt_id: entry} if entry is not None else {})
+
+    async def _post_history(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("clear"):
+            self._state.history.clear()
+        for prompt_id in body.get("delete", []):
+            self._state.history.pop(prompt_id, None)
+        return web.Response()
+
+    async def _post_interrupt(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            body = {}
+        running = self.running_prompt_id
+        target = body.get("prompt_id")
+        honoured = not target or target == running
+        if honoured:
+            self._state.interrupt = True
+        self.interrupts_received.append(ReceivedInterrupt(body, running, honoured))
+        log.info("interrupt", prompt_id=target, running=running, honoured=honoured)
+        return web.Response()
+
+    async def _post_free(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.free_requests.append(body)
+        for flag in ("unload_models", "free_memory"):
+            if body.get(flag):
+                self._state.free_flags[flag] = True
+        return web.Response()
+
+    async def _view(self, request: web.Request) -> web.StreamResponse:
+        self.view_requests.append(dict(request.query))
+        resolved = self._view_path(request.query)
+        if isinstance(resolved, int):
+            return web.Response(status=resolved)
+        content_type = mimetypes.guess_type(resolved.name)[0] or "application/octet-stream"
+        if content_type in {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}:
+            content_type = "application/octet-stream"
+        headers = {"Content-Disposition": f'filename="{resolved.name}"', "Content-Type": content_type}
+        return web.FileResponse(resolved, headers=headers)
+
+    def _view_path(self, query: Any) -> Path | int:
+        """ComfyUI's checks for `GET /view`: the file to serve, or the HTTP status refusing it."""
+        if "filename" not in query:
+            return 404
+        filename, folder = query["filename"], None
+        for kind in ("output", "input", "temp"):
+            if filename.endswith(f" [{kind}]"):
+                filename, folder = filename[: -len(kind) - 3], self._folder(kind)
+        if not filename or filename[0] == "/" or ".." in filename:
+            return 400
+        folder = folder or self._folder(query.get("type", "output"))
+        if folder is None:
+            return 400
+        if "subfolder" in query:
+            full = os.path.join(folder, query["subfolder"])
+            if os.path.commonpath((os.path.abspath(full), str(folder))) != str(folder):
+                return 403
+            folder = Path(full)
+        file = Path(folder) / os.path.basename(filename)
+        return file if file.is_file() else 404
+
+    def _folder(self, kind: str) -> Path | None:
+        return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(kind)
+
+    async def _object_info(self, request: web.Request) -> web.Response:
+        return web.json_response({name: node.object_info() for name, node in self.catalogue.items()})
+
+    async def _object_info_one(self, request: web.Request) -> web.Response:
+        name = request.match_info["node_class"]
+        node = self.catalogue.get(name)
+        return web.json_response({name: node.object_info()} if node else {})
+
+    # --- websocket ---------------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(timeout=2.0)
+        await ws.prepare(request)
+        sid = request.query.get("clientId", "") or uuid.uuid4().hex
+        self._sockets[sid] = (ws, request.transport)  # a reconnect replaces the older socket
+        self.ws_connections[sid] += 1
+        log.info("comfyui_sim.ws_connected", sid=sid)
+        try:
+            await ws.send_json({"type": "status", "data": {"status": self._queue_info(), "sid": sid}})
+            if self._state.client_id == sid and self._state.last_node_id is not None:
+                await ws.send_json({"type": "executing", "data": {"node": self._state.last_node_id}})
+            first = True
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT and first:
+                    first = False
+                    if json.loads(msg.data).get("type") == "feature_flags":
+                        features = {"supports_preview_metadata": False, "max_upload_size": 104857600}
+                        await ws.send_json({"type": "feature_flags", "data": features})
+        except (ConnectionError, json.JSONDecodeError, AttributeError):
+            pass
+        finally:
+            if self._sockets.get(sid, (None,))[0] is ws:
+                del self._sockets[sid]
+        return ws
+
+    def _send(self, event: str | int, data: Any, sid: str | None = None) -> None:
+        """ComfyUI's `send_sync`: sid None means every socket; unknown sid means nobody."""
+        self._outbox.put_nowait((event, data, sid))
+
+    async def _publish(self) -> None:
+        while True:
+            event, data, sid = await self._outbox.get()
+            if sid is None:
+                targets = [ws for ws, _ in self._sockets.values()]
+            else:
+                targets = [self._sockets[sid][0]] if sid in self._sockets else []
+            for ws in targets:
+                try:
+                    if isinstance(event, int):
+                        await ws.send_bytes(struct.pack(">I", event) + data)
+                    else:
+                        await ws.send_json({"type": event, "data": data})
+                except (ConnectionError, aiohttp.ClientError):
+                    pass
+
+    # --- execution ---------------------------------------------------------------------------
+
+    async def _execute_queue(self) -> None:
+        while True:
+            while not self._state.pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            entry = heapq.heappop(self._state.pending)
+            self._state.running = entry
+            self._queue_updated()
+            await self._run_prompt(entry)
+
+    async def _run_prompt(self, entry: _QueueEntry) -> None:
+        _, prompt_id, prompt, extra_data, outputs = entry.item
+        started = time.monotonic()
+        run = _PromptRun(prompt_id, prompt, extra_data.get("client_id"), self._signatures(prompt))
+        success = await self._execute(run, outputs)
+        # The real server writes history only after the terminal event went out.
+        await asyncio.sleep(self.history_lag_s)
+        if len(self._state.history) > MAX_HISTORY:
+            self._state.history.pop(next(iter(self._state.history)))
+        self._state.history[prompt_id] = {
+            "prompt": entry.item,
+            "outputs": run.outputs,
+            "status": {"status_str": "success" if success else "error", "completed": success,
+                       "messages": run.messages},
+            "meta": run.meta,
+        }  # fmt: skip
+        self._state.running = None
+        self._queue_updated()
+        if run.client_id is not None:
+            self._send("executing", {"node": None, "prompt_id": prompt_id}, run.client_id)
+        log.info(f"Prompt executed in {time.monotonic() - started:.2f} seconds", prompt_id=prompt_id)
+        if self._state.free_flags.pop("free_memory", False):
+            self._state.cache.clear()
+        self._state.free_flags.clear()
+
+    def _add_message(self, run: _PromptRun, event: str, data: dict[str, Any], broadcast: bool) -> None:
+        data = {**data, "timestamp": _now_ms()}
+        run.messages.append([event, data])
+        if run.client_id is not None or broadcast:
+            self._send(event, data, run.client_id)
+
+    async def _execute(self, run: _PromptRun, outputs: list[str]) -> bool:
+        self._state.client_id = run.client_id
+        self._state.interrupt = False
+        run.injected = next((e for e in self.injected_errors if e.prompts != 0), None)
+        self._add_message(run, "execution_start", {"prompt_id": run.prompt_id}, broadcast=False)
+        cached = [n for n in run.prompt if self.cache_outputs and run.signatures[n] in self._state.cache]
+        self._add_message(run, "execution_cached", {"nodes": cached, "prompt_id": run.prompt_id}, broadcast=False)
+        order = _ExecutionOrder(run.prompt, self.catalogue)
+        for output in outputs:
+            order.add(output)
+        current_outputs = list(order.pending)
+        try:
+            while (node_id := order.next()) is not None:
+                if node_id in cached:
+                    self._replay_cached(run, node_id)
+                else:
+                    await self._execute_node(run, node_id)
+                order.complete(node_id)
+        except _Interrupted:
+            log.info("Processing interrupted", prompt_id=run.prompt_id)
+            self._add_message(run, "execution_interrupted", self._failure(run, node_id), broadcast=True)
+            return False
+        except NodeError as error:
+            self._add_message(run, "execution_error", {
+                **self._failure(run, node_id),
+                "exception_message": f"{error}\n",
+                "exception_type": error.exception_type,
+                "traceback": error.traceback,
+                "current_inputs": self._format_inputs(run, node_id),
+                "current_outputs": current_outputs,
+            }, broadcast=False)  # fmt: skip
+            return False
+        finally:
+            self._state.last_node_id = None
+            self._keep_cache_for(run)
+        self._add_message(run, "execution_success", {"prompt_id": run.prompt_id}, broadcast=False)
+        return True
+
+    def _failure(self, run: _PromptRun, node_id: str) -> dict[str, Any]:
+        return {
+            "prompt_id": run.prompt_id,
+            "node_id": node_id,
+            "node_type": run.prompt[node_id]["class_type"],
+            "executed": list(run.executed),
+        }
+
+    def _format_inputs(self, run: _PromptRun, node_id: str) -> dict[str, list[Any]]:
+        formatted = {}
+        for name, value in run.prompt[node_id]["inputs"].items():
+            if _is_link(value):
+                source = run.values.get(value[0])
+                formatted[name] = [repr(source[value[1]]) if source else None]
+            else:
+                formatted[name] = [value]
+        return formatted
+
+    def _progress(self, run: _PromptRun, node_id: str, value: float, maximum: float, state: str) -> None:
+        run.progress[node_id] = {
+            "value": value, "max": maximum, "state": state, "node_id": node_id, "prompt_id": run.prompt_id,
+            "display_node_id": node_id, "parent_node_id": None, "real_node_id": node_id,
+        }  # fmt: skip
+        nodes = copy.deepcopy(run.progress)
+        self._send("progress_state", {"prompt_id": run.prompt_id, "nodes": nodes}, run.client_id)
+
+    def _finish(self, run: _PromptRun, node_id: str, result: NodeResult) -> None:
+        run.values[node_id] = result.outputs
+        if result.ui:
+            run.outputs[node_id] = result.ui
+            run.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
+                                 "real_node_id": node_id}  # fmt: skip
+            if run.client_id is not None:
+                self._send("executed", {"node": node_id, "display_node": node_id, "output": result.ui,
+                                        "prompt_id": run.prompt_id}, run.client_id)  # fmt: skip
+        maximum = run.progress.get(node_id, {}).get("max", 1.0)
+        self._progress(run, node_id, maximum, maximum, "finished")
+
+    def _replay_cached(self, run: _PromptRun, node_id: str) -> None:
+        cached = self._state.cache[run.signatures[node_id]]
+        run.values[node_id] = cached.outputs
+        if cached.ui:
+            run.outputs[node_id] = cached.ui
+            run.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
+                                 "real_node_id": node_id}  # fmt: skip
+        if run.client_id is not None:
+            self._send("executed", {"node": node_id, "display_node": node_id, "output": cached.ui,
+                                    "prompt_id": run.prompt_id}, run.client_id)  # fmt: skip
+        self._progress(run, node_id, 1.0, 1.0, "finished")
+
+    def _check_interrupt(self) -> None:
+        if self._state.interrupt:
+            self._state.interrupt = False
+            raise _Interrupted
+
+    async def _execute_node(self, run: _PromptRun, node_id: str) -> None:
+        class_type = run.prompt[node_id]["class_type"]
+        node_def = self.catalogue[class_type]
+        self._progress(run, node_id, 0.0, 1.0, "running")
+        if run.client_id is not None:
+            self._state.last_node_id = node_id
+            self._send("executing", {"node": node_id, "display_node": node_id, "prompt_id": run.prompt_id},
+                       run.client_id)  # fmt: skip
+        self._check_interrupt()
+        inputs = {
+            name: run.values[value[0]][value[1]] if _is_link(value) else value
+            for name, value in run.prompt[node_id]["inputs"].items()
+        }
+        await self._stay_frozen_if_asked(node_id, class_type)
+        seconds = self.node_seconds.get(class_type, self.default_node_seconds)
+        if node_def.steps_input:
+            await self._run_steps(run, node_id, int(inputs[node_def.steps_input]), seconds)
+        else:
+            await asyncio.sleep(seconds)
+            self._send_preview(run)
+        self._raise_injected_error(run, node_id, class_type)
+        try:
+            result = node_def.run(inputs, NodeEnv(self.output_dir, self.temp_dir))
+        except NodeError:
+            raise
+        except Exception as ex:  # ComfyUI reports any exception a node raises as execution_error
+            raise NodeError(str(ex), type(ex).__name__, EXECUTE_FRAMES) from ex
+        if self.cache_outputs:
+            self._state.cache[run.signatures[node_id]] = result
+        run.executed.append(node_id)
+        self._finish(run, node_id, result)
+
+    async def _run_steps(self, run: _PromptRun, node_id: str, steps: int, seconds: float) -> None:
+        """A sampler: progress per step; interrupts take effect between steps."""
+        for step in range(1, steps + 1):
+            await asyncio.sleep(seconds / steps)
+            self._check_interrupt()
+            self._progress(run, node_id, float(step), float(steps), "running")
+            self._send("progress", {"value": step, "max": steps, "prompt_id": run.prompt_id, "node": node_id},
+                       run.client_id)  # fmt: skip
+            self._send_preview(run)
+
+    def _send_preview(self, run: _PromptRun) -> None:
+        if self.send_previews:
+            preview = struct.pack(">I", PNG_FORMAT) + png_bytes(Image(8, 8, (64, 64, 64)))
+            self._send(PREVIEW_IMAGE_EVENT, preview, run.client_id)
+
+    async def _stay_frozen_if_asked(self, node_id: str, class_type: str) -> None:
+        if self._freeze is None or self._freeze[0] not in (None, class_type) or self._freeze[1] not in (None, node_id):
+            return
+        self._frozen.set()
+        log.info("comfyui_sim.node_frozen", node_id=node_id, class_type=class_type)
+        await self._thaw.wait()
+
+    def _raise_injected_error(self, run: _PromptRun, node_id: str, class_type: str) -> None:
+        injected = run.injected
+        if injected is None or not injected.matches(node_id, class_type):
+            return
+        run.injected = None
+        if injected.prompts is not None:
+            injected.prompts -= 1
+        raise NodeError(injected.exception_message, injected.exception_type, EXECUTE_FRAMES)
+
+    # --- output cache ------------------------------------------------------------------------
+
+    def _signatures(self, prompt: dict[str, Any]) -> dict[str, str]:
+        """Like ComfyUI's input signatures: same class and inputs, same upstream → same output."""
+        memo: dict[str, str] = {}
+
+        def signature(node_id: str) -> str:
+            if node_id not in memo:
+                node = prompt[node_id]
+                inputs = {
+                    name: ["link", signature(v[0]), v[1]] if _is_link(v) and v[0] in prompt else v
+                    for name, v in node["inputs"].items()
+                }
+                memo[node_id] = json.dumps([node["class_type"], inputs], sort_keys=True, default=str)
+            return memo[node_id]
+
+        return {node_id: signature(node_id) for node_id in prompt}
+
+    def _keep_cache_for(self, run: _PromptRun) -> None:
+        # ComfyUI's classic cache keeps only what the latest prompt used.
+        used = set(run.signatures.values())
+        self._state.cache = {k: v for k, v in self._state.cache.items() if k in used}
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="comfyui-sim", description="ComfyUI 0.8.0 simulator; accepts ComfyUI's main.py arguments."
+    )
+    parser.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--output-directory", type=Path, default=Path("output"))
+    parser.add_argument("--temp-directory", type=Path, default=None)
+    parser.add_argument("--input-directory", type=Path, default=None)
+    parser.add_argument("--extra-model-paths-config", nargs="+", action="append", default=[])
+    parser.add_argument("--cache-none", action="store_true")
+    sim = parser.add_argument_group("simulator")
+    sim.add_argument("--node-seconds", action="append", default=[], metavar="CLASS=SECONDS")
+    sim.add_argument("--default-node-seconds", type=float, default=0.0)
+    sim.add_argument("--history-lag", type=float, default=0.05, metavar="SECONDS")
+    sim.add_argument("--startup-delay", type=float, default=0.0, metavar="SECONDS")
+    sim.add_argument("--checkpoint", action="append", default=None, metavar="NAME")
+    sim.add_argument("--send-previews", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    try:
+        args.node_seconds = {k: float(v) for k, v in (item.split("=", 1) for item in args.node_seconds)}
+    except ValueError:
+        parser.error("--node-seconds takes CLASS=SECONDS")
+    return args
+
+
+def _render_plain(_logger: Any, _method: str, event: dict[str, Any]) -> str:
+    message = str(event.pop("event"))
+    return " ".join([message, *(f"{k}={v}" for k, v in event.items())])
+
+
+async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    for config in itertools.chain.from_iterable(args.extra_model_paths_config):
+        log.info(f"Adding extra search path from {config}")
+    # ComfyUI binds its port only after scanning nodes and models: until then, connection refused.
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=args.startup_delay)
+        return
+    except TimeoutError:
+        pass
+    sim = ComfyUISimulator(
+        args.output_directory,
+        args.temp_directory,
+        input_dir=args.input_directory,
+        node_seconds=args.node_seconds,
+        default_node_seconds=args.default_node_seconds,
+        history_lag_s=args.history_lag,
+        checkpoints=tuple(args.checkpoint or ("broken.safetensors",)),
+        send_previews=args.send_previews,
+        cache_outputs=not args.cache_none,
+        argv=["main.py", *argv],
+    )
+    host = args.listen.split(",")[0]
+    await sim.start(host, args.port)
+    log.info("Starting server")
+    log.info(f"To see the GUI go to: http://{host}:{sim.port}")
+    await stop.wait()
+    log.info("Stopping server")
+    await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    structlog.configure(
+        processors=[structlog.processors.format_exc_info, _render_plain],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+    )
+    asyncio.run(_serve(args, argv))
+
+
+if __name__ == "__main__":
+    main()

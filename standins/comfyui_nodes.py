@@ -1,0 +1,571 @@
+"""The simulated ComfyUI 0.8.0 node layer: which nodes exist, how `POST /prompt` validates a
+prompt against them, and what each node computes and writes.
+
+Validation follows ComfyUI's `execution.validate_prompt` / `validate_inputs` step for step, so
+the 400 bodies match the recorded ones byte for byte. Images are tiny stand-ins (a size and a
+solid colour) that flow between nodes and end up as small but valid PNG files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+MAX_RESOLUTION = 16384
+PNG_MAX_SIDE = 256  # files stay small whatever resolution the workflow asks for
+
+# Frames copied from the recorded transcripts, so tracebacks look like the real server's.
+EXECUTE_FRAMES = [
+    '  File "/opt/ComfyUI/execution.py", line 518, in execute\n    output_data, output_ui, has_subgraph, '
+    "has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, "
+    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n"
+    "                                                              " + "^" * 151 + "\n",
+    '  File "/opt/ComfyUI/execution.py", line 329, in get_output_data\n    return_values = await '
+    "_async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, "
+    "execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, v3_data=v3_data)\n"
+    "                    " + "^" * 197 + "\n",
+    '  File "/opt/ComfyUI/execution.py", line 303, in _async_map_node_over_list\n'
+    "    await process_inputs(input_dict, i)\n",
+    '  File "/opt/ComfyUI/execution.py", line 291, in process_inputs\n    result = f(**inputs)\n'
+    "             ^^^^^^^^^^^\n",
+]
+BROKEN_CHECKPOINT_FRAMES = [
+    '  File "/opt/ComfyUI/nodes.py", line 585, in load_checkpoint\n    out = comfy.sd.load_checkpoint_guess_config('
+    "ckpt_path, output_vae=True, output_clip=True, "
+    'embedding_directory=folder_paths.get_folder_paths("embeddings"))\n'
+    "          " + "^" * 148 + "\n",
+    '  File "/opt/ComfyUI/comfy/sd.py", line 1348, in load_checkpoint_guess_config\n    sd, metadata = '
+    "comfy.utils.load_torch_file(ckpt_path, return_metadata=True)\n                   " + "^" * 60 + "\n",
+    '  File "/opt/ComfyUI/comfy/utils.py", line 80, in load_torch_file\n    raise e\n',
+    '  File "/opt/ComfyUI/comfy/utils.py", line 64, in load_torch_file\n    with safetensors.safe_open(ckpt, '
+    'framework="pt", device=device.type) as f:\n         ' + "^" * 63 + "\n",
+]
+VALIDATION_FRAMES = [
+    '  File "/opt/ComfyUI/execution.py", line 1043, in validate_prompt\n    m = await validate_inputs(prompt_id, '
+    "prompt, o, validated)\n        " + "^" * 54 + "\n",
+    '  File "/opt/ComfyUI/execution.py", line 818, in validate_inputs\n'
+    "    o_class_type = prompt[o_id]['class_type']\n"
+    "                   ~~~~~~^^^^^^\n",
+]
+INNER_VALIDATION_FRAMES = [
+    '  File "/opt/ComfyUI/execution.py", line 871, in validate_inputs\n    r = await validate_inputs(prompt_id, '
+    "prompt, o_id, validated)\n        " + "^" * 57 + "\n",
+    VALIDATION_FRAMES[1],
+]
+
+SAMPLERS = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
+    "res_multistep_cfg_pp", "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "ddim", "uni_pc",
+    "uni_pc_bh2",
+]  # fmt: skip
+SCHEDULERS = [
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
+    "kl_optimal",
+]  # fmt: skip
+
+
+class NodeError(Exception):
+    """A node raised while executing; carries what ComfyUI reports in `execution_error`."""
+
+    def __init__(self, message: str, exception_type: str, traceback: list[str]) -> None:
+        super().__init__(message)
+        self.exception_type = exception_type
+        self.traceback = traceback
+
+
+@dataclass(frozen=True)
+class Image:
+    width: int
+    height: int
+    rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Latent:
+    width: int
+    height: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """A model, clip, vae or conditioning: only its type matters to the simulator."""
+
+    kind: str
+
+
+@dataclass
+class NodeEnv:
+    """What a running node may touch on disk."""
+
+    output_dir: Path
+    temp_dir: Path
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    outputs: tuple[Any, ...]
+    ui: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    name: str
+    display_name: str
+    category: str
+    required: dict[str, tuple]
+    return_types: tuple[str, ...]
+    run: Callable[[dict[str, Any], NodeEnv], NodeResult]
+    return_names: tuple[str, ...] | None = None
+    hidden: dict[str, str] = field(default_factory=dict)
+    output_node: bool = False
+    python_module: str = "nodes"
+    description: str = ""
+    steps_input: str | None = None  # input holding a step count: the node reports progress per step
+    # ComfyUI validates inputs in `set()` order, which is per-process; this pins the recorded order.
+    validation_order: tuple[str, ...] | None = None
+
+    def object_info(self) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"required": {k: list(v) for k, v in self.required.items()}}
+        order: dict[str, list[str]] = {"required": list(self.required)}
+        if self.hidden:
+            inputs["hidden"] = dict(self.hidden)
+            order["hidden"] = list(self.hidden)
+        return {
+            "input": inputs,
+            "input_order": order,
+            "output": list(self.return_types),
+            "output_is_list": [False] * len(self.return_types),
+            "output_name": list(self.return_names or self.return_types),
+            "name": self.name,
+            "display_name": self.display_name,
+            "description": self.description,
+            "python_module": self.python_module,
+            "category": self.category,
+            "output_node": self.output_node,
+        }
+
+
+# --- what the nodes compute ------------------------------------------------------------------
+
+
+def _empty_image(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    color = inputs["color"]
+    rgb = ((color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF)
+    return NodeResult(([Image(inputs["width"], inputs["height"], rgb)] * inputs["batch_size"],))
+
+
+def _invert(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult(([replace(i, rgb=tuple(255 - c for c in i.rgb)) for i in inputs["image"]],))
+
+
+def _blur(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult((list(inputs["image"]),))
+
+
+def _load_checkpoint(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    if inputs["ckpt_name"].startswith("broken"):
+        raise NodeError(
+            "Error while deserializing header: header too large",
+            "safetensors._safetensors_rust.SafetensorError",
+            EXECUTE_FRAMES + BROKEN_CHECKPOINT_FRAMES,
+        )
+    return NodeResult((Opaque("MODEL"), Opaque("CLIP"), Opaque("VAE")))
+
+
+def _empty_latent(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult((Latent(inputs["width"], inputs["height"], inputs["batch_size"]),))
+
+
+def _encode_text(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult((Opaque("CONDITIONING"),))
+
+
+def _sample(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult((inputs["latent_image"],))
+
+
+def _vae_decode(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    latent: Latent = inputs["samples"]
+    return NodeResult(([Image(latent.width, latent.height, (128, 128, 128))] * latent.batch_size,))
+
+
+def _save_images(images: Sequence[Image], folder: Path, filename_prefix: str, kind: str) -> dict[str, Any]:
+    full_folder, filename, counter, subfolder = save_image_path(filename_prefix, folder)
+    results = []
+    for batch_number, image in enumerate(images):
+        file = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
+        (full_folder / file).write_bytes(png_bytes(image))
+        results.append({"filename": file, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return {"images": results}
+
+
+def _save_image(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult((), _save_images(inputs["images"], env.output_dir, inputs["filename_prefix"], "output"))
+
+
+def _preview_image(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+    return NodeResult((), _save_images(inputs["images"], env.temp_dir, prefix, "temp"))
+
+
+def save_image_path(filename_prefix: str, output_dir: Path) -> tuple[Path, str, int, str]:
+    """ComfyUI's `folder_paths.get_save_image_path`: next free counter for `prefix_NNNNN_`."""
+    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+    filename = os.path.basename(os.path.normpath(filename_prefix))
+    full_folder = (output_dir / subfolder).resolve()
+    if os.path.commonpath((output_dir, full_folder)) != str(output_dir):
+        raise NodeError(
+            "**** ERROR: Saving image outside the output folder is not allowed."
+            f"\n full_output_folder: {full_folder}\n         output_dir: {output_dir}",
+            "Exception",
+            EXECUTE_FRAMES,
+        )
+    full_folder.mkdir(parents=True, exist_ok=True)
+    counters = [0]
+    for existing in os.listdir(full_folder):
+        head, _, rest = existing.partition(filename + "_")
+        digits = rest.split("_")[0]
+        if head == "" and rest and digits.isdigit():
+            counters.append(int(digits))
+    return full_folder, filename, max(counters) + 1, subfolder
+
+
+def png_bytes(image: Image) -> bytes:
+    """A solid-colour RGB PNG, its sides capped so files stay small."""
+    width, height = min(image.width, PNG_MAX_SIDE), min(image.height, PNG_MAX_SIDE)
+    row = b"\x00" + bytes(image.rgb) * width
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height, 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+
+
+def _int(default: int, lo: int, hi: int, step: int | None = 1, **extra: Any) -> tuple:
+    options = {"default": default, "min": lo, "max": hi}
+    if step is not None:
+        options["step"] = step
+    return ("INT", {**options, **extra})
+
+
+def build_catalogue(checkpoints: Iterable[str]) -> dict[str, NodeDef]:
+    """The nodes a CPU-only ComfyUI 0.8.0 offers that the test workflows use."""
+    image_in = ("IMAGE", {"tooltip": "The images to save."})
+    size = _int(512, 16, MAX_RESOLUTION, 8, tooltip="The width of the latent images in pixels.")
+    nodes = [
+        NodeDef(
+            "EmptyImage", "EmptyImage", "image",
+            {
+                "width": _int(512, 1, MAX_RESOLUTION),
+                "height": _int(512, 1, MAX_RESOLUTION),
+                "batch_size": _int(1, 1, 4096, step=None),
+                "color": _int(0, 0, 0xFFFFFF, display="color"),
+            },
+            ("IMAGE",), _empty_image,
+            validation_order=("batch_size", "height", "width", "color"),
+        ),
+        NodeDef("ImageInvert", "Invert Image", "image", {"image": ("IMAGE",)}, ("IMAGE",), _invert),
+        NodeDef(
+            "ImageBlur", "Image Blur", "image/postprocessing",
+            {
+                "image": ("IMAGE",),
+                "blur_radius": _int(1, 1, 31),
+                "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}),
+            },
+            ("IMAGE",), _blur, python_module="comfy_extras.nodes_post_processing",
+        ),
+        NodeDef(
+            "SaveImage", "Save Image", "image",
+            {
+                "images": image_in,
+                "filename_prefix": ("STRING", {
+                    "default": "ComfyUI",
+                    "tooltip": "The prefix for the file to save. This may include formatting information such as "
+                    "%date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes.",
+                }),
+            },
+            (), _save_image, hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}, output_node=True,
+            description="Saves the input images to your ComfyUI output directory.",
+        ),
+        NodeDef(
+            "PreviewImage", "Preview Image", "image", {"images": ("IMAGE",)}, (), _preview_image,
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}, output_node=True,
+            description="Saves the input images to your ComfyUI output directory.",
+        ),
+        NodeDef(
+            "CheckpointLoaderSimple", "Load Checkpoint", "loaders",
+            {"ckpt_name": (list(checkpoints), {"tooltip": "The name of the checkpoint (model) to load."})},
+            ("MODEL", "CLIP", "VAE"), _load_checkpoint,
+            description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+        ),
+        NodeDef(
+            "EmptyLatentImage", "Empty Latent Image", "latent",
+            {
+                "width": size,
+                "height": (size[0], {**size[1], "tooltip": "The height of the latent images in pixels."}),
+                "batch_size": _int(1, 1, 4096, step=None, tooltip="The number of latent images in the batch."),
+            },
+            ("LATENT",), _empty_latent,
+            description="Create a new batch of empty latent images to be denoised via sampling.",
+        ),
+        NodeDef(
+            "CLIPTextEncode", "CLIP Text Encode (Prompt)", "conditioning",
+            {
+                "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                    "tooltip": "The text to be encoded."}),
+                "clip": ("CLIP", {"tooltip": "The CLIP model used for encoding the text."}),
+            },
+            ("CONDITIONING",), _encode_text,
+        ),
+        NodeDef(
+            "KSampler", "KSampler", "sampling",
+            {
+                "model": ("MODEL",),
+                "seed": _int(0, 0, 0xFFFFFFFFFFFFFFFF, step=None, control_after_generate=True),
+                "steps": _int(20, 1, 10000, step=None),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": (SAMPLERS,),
+                "scheduler": (SCHEDULERS,),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT",),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            },
+            ("LATENT",), _sample, steps_input="steps",
+        ),
+        NodeDef(
+            "VAEDecode", "VAE Decode", "latent", {"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",), _vae_decode,
+        ),
+    ]  # fmt: skip
+    return {node.name: node for node in nodes}
+
+
+# --- validation (execution.validate_prompt) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Validation:
+    ok: bool
+    error: dict[str, Any] | None
+    outputs: list[str]
+    node_errors: dict[str, Any]
+
+
+def _error(kind: str, message: str, details: str = "", extra_info: dict | None = None) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra_info or {}}
+
+
+def _types_match(received: str, wanted: Any) -> bool:
+    wanted = "COMBO" if isinstance(wanted, list) else wanted
+    if "*" in (received, wanted) or received == wanted:
+        return True
+    return bool(set(received.split(",")) & set(wanted.split(",")))
+
+
+def _convert(value: Any, input_type: Any) -> Any:
+    converters = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+    return converters[input_type](value) if isinstance(input_type, str) and input_type in converters else value
+
+
+class _Validator:
+    def __init__(self, prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> None:
+        self.prompt = prompt
+        self.catalogue = catalogue
+        self.validated: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
+
+    def node(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
+        if node_id in self.validated:
+            return self.validated[node_id]
+        inputs = self.prompt[node_id]["inputs"]
+        node_def = self.catalogue[self.prompt[node_id]["class_type"]]
+        errors: list[dict[str, Any]] = []
+        valid = True
+        for name in node_def.validation_order or tuple(node_def.required):
+            input_type, *rest = node_def.required[name]
+            info = rest[0] if rest else {}
+            if name not in inputs:
+                errors.append(_error("required_input_missing", "Required input is missing", name, {"input_name": name}))
+                continue
+            value = inputs[name]
+            config = [input_type, info]
+            if isinstance(value, list):
+                valid = self._link(name, value, input_type, config, errors) and valid
+                continue
+            try:
+                value = inputs[name] = _convert(value, input_type)
+            except Exception as ex:
+                errors.append(
+                    _error(
+                        "invalid_input_type",
+                        f"Failed to convert an input value to a {input_type} value",
+                        f"{name}, {value}, {ex}",
+                        {
+                            "input_name": name,
+                            "input_config": config,
+                            "received_value": value,
+                            "exception_message": str(ex),
+                        },
+                    )
+                )
+                continue
+            error = _range_or_choice_error(name, value, input_type, info, config)
+            if error:
+                errors.append(error)
+        result = (not errors and valid, errors)
+        self.validated[node_id] = result
+        return result
+
+    def _link(self, name: str, link: list, input_type: Any, config: list, errors: list) -> bool:
+        if len(link) != 2:
+            errors.append(
+                _error(
+                    "bad_linked_input",
+                    "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                    name,
+                    {"input_name": name, "input_config": config, "received_value": link},
+                )
+            )
+            return True
+        source_id, slot = link
+        received_type = self.catalogue[self.prompt[source_id]["class_type"]].return_types[slot]
+        if not _types_match(received_type, input_type):
+            errors.append(
+                _error(
+                    "return_type_mismatch",
+                    "Return type mismatch between linked nodes",
+                    f"{name}, received_type({received_type}) mismatch input_type({input_type})",
+                    {"input_name": name, "input_config": config, "received_type": received_type, "linked_node": link},
+                )
+            )
+            return True
+        try:
+            return self.node(source_id)[0]
+        except Exception as ex:
+            self.validated[source_id] = (
+                False,
+                [
+                    _error(
+                        "exception_during_inner_validation",
+                        "Exception when validating inner node",
+                        str(ex),
+                        {
+                            "input_name": name,
+                            "input_config": config,
+                            "exception_message": str(ex),
+                            "exception_type": type(ex).__name__,
+                            "traceback": INNER_VALIDATION_FRAMES,
+                            "linked_node": link,
+                        },
+                    )
+                ],
+            )
+            return False
+
+
+def _range_or_choice_error(name: str, value: Any, input_type: Any, info: dict, config: list) -> dict | None:
+    extra = {"input_name": name, "input_config": config, "received_value": value}
+    if "min" in info and value < info["min"]:
+        return _error("value_smaller_than_min", f"Value {value} smaller than min of {info['min']}", name, extra)
+    if "max" in info and value > info["max"]:
+        return _error("value_bigger_than_max", f"Value {value} bigger than max of {info['max']}", name, extra)
+    if isinstance(input_type, list) and value not in input_type:
+        # ComfyUI elides long choice lists (every scanned model file) from the error.
+        listing = f"(list of length {len(input_type)})" if len(input_type) > 20 else str(input_type)
+        extra["input_config"] = None if len(input_type) > 20 else config
+        return _error("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listing}", extra)
+    return None
+
+
+def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> Validation:
+    """ComfyUI's `execution.validate_prompt`; converts widget values in place, as ComfyUI does."""
+    outputs = []
+    for node_id in prompt:
+        if "class_type" not in prompt[node_id]:
+            return Validation(
+                False,
+                _error(
+                    "invalid_prompt",
+                    "Cannot execute because a node is missing the class_type property.",
+                    f"Node ID '#{node_id}'",
+                ),
+                [],
+                {},
+            )
+        class_type = prompt[node_id]["class_type"]
+        if class_type not in catalogue:
+            return Validation(
+                False,
+                _error(
+                    "invalid_prompt",
+                    f"Cannot execute because node {class_type} does not exist.",
+                    f"Node ID '#{node_id}'",
+                ),
+                [],
+                {},
+            )
+        if catalogue[class_type].output_node:
+            outputs.append(node_id)
+    if not outputs:
+        return Validation(False, _error("prompt_no_outputs", "Prompt has no outputs"), [], {})
+
+    validator = _Validator(prompt, catalogue)
+    good_outputs: list[str] = []
+    failures: list[dict[str, Any]] = []
+    node_errors: dict[str, Any] = {}
+    for output in outputs:
+        try:
+            valid, reasons = validator.node(output)
+        except Exception as ex:
+            valid, reasons = (
+                False,
+                [
+                    _error(
+                        "exception_during_validation",
+                        "Exception when validating node",
+                        str(ex),
+                        {"exception_type": type(ex).__name__, "traceback": VALIDATION_FRAMES},
+                    )
+                ],
+            )
+            validator.validated[output] = (False, reasons)
+        if valid:
+            good_outputs.append(output)
+            continue
+        failures += reasons
+        for node_id, (node_valid, node_reasons) in validator.validated.items():
+            if not node_valid and node_reasons:
+                entry = node_errors.setdefault(
+                    node_id,
+                    {
+                        "errors": node_reasons,
+                        "dependent_outputs": [],
+                        "class_type": prompt[node_id]["class_type"],
+                    },
+                )
+                entry["dependent_outputs"].append(output)
+    if not good_outputs:
+        details = "\n".join(f"{e['message']}: {e['details']}" for e in failures)
+        error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details)
+        return Validation(False, error, [], node_errors)
+    return Validation(True, None, good_outputs, node_errors)

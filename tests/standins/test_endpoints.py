@@ -1,0 +1,139 @@
+"""The other endpoints: system_stats, object_info, queue, history, interrupt, free, view, /api."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from standins.comfyui import ComfyUISimulator
+
+from .conftest import collect_until_done, load_transcript, receive_json, submit
+
+OTHER = load_transcript("other_endpoints")
+
+
+@pytest.mark.parametrize("prefix", ["", "/api"])
+async def test_system_stats_shape(prefix: str, sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    recorded = OTHER["GET /system_stats"]
+    async with http.get(f"{sim.url}{prefix}/system_stats") as response:
+        stats = await response.json()
+    assert stats.keys() == recorded.keys()
+    assert stats["system"].keys() == recorded["system"].keys()
+    assert stats["system"]["comfyui_version"] == "0.8.0"
+    assert stats["devices"][0].keys() == recorded["devices"][0].keys()
+    assert stats["devices"][0]["type"] == "cpu"
+
+
+async def test_idle_queue_and_object_info(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{sim.url}/api/queue") as response:
+        assert await response.json() == OTHER["GET /queue (idle)"]
+    async with http.get(f"{sim.url}/object_info/EmptyImage") as response:
+        assert await response.json() == OTHER["GET /object_info/EmptyImage"]
+    async with http.get(f"{sim.url}/object_info/NoSuchNode") as response:
+        assert await response.json() == {}
+    async with http.get(f"{sim.url}/object_info") as response:
+        catalogue = await response.json()
+    assert catalogue["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["broken.safetensors"]
+    assert {"SaveImage", "PreviewImage", "ImageBlur", "KSampler", "VAEDecode"} <= catalogue.keys()
+
+
+async def test_view_serves_outputs_and_refuses_traversal(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    workflow = load_transcript("success")["workflow"]
+    async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        prompt_id = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        await collect_until_done(ws, prompt_id)
+    async with http.get(f"{sim.url}/history/{prompt_id}") as response:
+        outputs = (await response.json())[prompt_id]["outputs"]
+    for image in outputs["3"]["images"] + outputs["4"]["images"]:
+        async with http.get(f"{sim.url}/view", params=image) as response:
+            assert response.status == 200
+            assert response.content_type == "image/png"
+            folder = sim.output_dir if image["type"] == "output" else sim.temp_dir
+            assert await response.read() == (folder / image["filename"]).read_bytes()
+
+    refused = [
+        ({"filename": "missing.png", "type": "output"}, 404),
+        ({"filename": "../secret.png", "type": "output"}, 400),
+        ({"filename": "/etc/passwd", "type": "output"}, 400),
+        ({"filename": "capture_00001_.png", "subfolder": "../..", "type": "output"}, 403),
+        ({"filename": "capture_00001_.png", "type": "nonsense"}, 400),
+    ]
+    for params, status in refused:
+        async with http.get(f"{sim.url}/api/view", params=params) as response:
+            assert response.status == status, params
+
+
+async def test_queue_delete_history_delete_and_free(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("success")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0, cache_outputs=False)
+    async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        sim.freeze(class_type="EmptyImage")
+        first = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        second = (await submit(http, sim.url, workflow, "c", prompt_id="my-own-id"))["prompt_id"]
+        await sim.wait_until_frozen()
+        async with http.post(f"{sim.url}/queue", json={"delete": [second]}) as response:
+            assert response.status == 200
+        async with http.get(f"{sim.url}/queue") as response:
+            queue = await response.json()
+        async with http.post(f"{sim.url}/free", json={"unload_models": True, "free_memory": True}) as response:
+            assert response.status == 200
+        sim.release()
+        await collect_until_done(ws, first)
+        async with http.post(f"{sim.url}/history", json={"delete": [first]}) as response:
+            assert response.status == 200
+        async with http.get(f"{sim.url}/history") as response:
+            history = await response.json()
+
+    assert second == "my-own-id"
+    assert [item[1] for item in queue["queue_running"]] == [first]
+    assert queue["queue_pending"] == []
+    assert history == {}
+    assert sim.free_requests == [{"unload_models": True, "free_memory": True}]
+
+
+async def test_interrupt_for_another_prompt_is_ignored(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("interrupted")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 0.1}, history_lag_s=0.0)
+    async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        prompt_id = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        async with http.post(f"{sim.url}/interrupt", json={"prompt_id": "someone-else"}):
+            pass
+        messages = await collect_until_done(ws, prompt_id)
+    assert "execution_success" in [m["type"] for m in messages]
+    assert sim.interrupts_received[0].body == {"prompt_id": "someone-else"}
+    assert not sim.interrupts_received[0].honoured
+
+
+async def test_interrupt_without_body_stops_whatever_runs(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("interrupted")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 0.1}, history_lag_s=0.0)
+    async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        prompt_id = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        async with http.post(f"{sim.url}/interrupt"):
+            pass
+        messages = await collect_until_done(ws, prompt_id)
+    interrupted = next(m for m in messages if m["type"] == "execution_interrupted")
+    assert interrupted["data"]["node_type"] in {"EmptyImage", "ImageBlur"}
+    assert sim.interrupts_received[0].body == {}
+
+
+async def test_previews_are_binary_frames(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("success")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", send_previews=True)
+    async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        prompt_id = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        frames = []
+        while True:
+            msg = await ws.receive(timeout=5)
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                frames.append(msg.data)
+            elif msg.json()["type"] == "executing" and msg.json()["data"]["node"] is None:
+                break
+    assert len(frames) == 4
+    assert all(frame[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" and frame[8:12] == b"\x89PNG" for frame in frames)
+    assert prompt_id

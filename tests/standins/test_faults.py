@@ -1,0 +1,121 @@
+"""Fault hooks the worker tests rely on: dropped sockets, crashes, runtime errors, frozen nodes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from standins.comfyui import ComfyUISimulator
+
+from .conftest import collect_until_done, load_transcript, receive_json, submit
+
+
+async def test_drop_websockets_then_reconnect_with_same_client_id(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("interrupted")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 0.3}, history_lag_s=0.0)
+    async with sim, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{sim.url}/ws?clientId=w1") as ws:
+            await receive_json(ws)
+            prompt_id = (await submit(http, sim.url, workflow, "w1"))["prompt_id"]
+            while (await receive_json(ws))["type"] != "executing":
+                pass
+            await sim.drop_websockets()
+            closing = await ws.receive(timeout=5)
+            while closing.type == aiohttp.WSMsgType.TEXT:  # what was already in flight
+                closing = await ws.receive(timeout=5)
+            assert closing.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR)
+        async with http.ws_connect(f"{sim.url}/ws?clientId=w1") as ws:
+            hello = await receive_json(ws)
+            resumed = await receive_json(ws)
+            messages = await collect_until_done(ws, prompt_id)
+        async with http.get(f"{sim.url}/history/{prompt_id}") as response:
+            entry = (await response.json())[prompt_id]
+
+    assert hello["data"] == {"status": {"exec_info": {"queue_remaining": 1}}, "sid": "w1"}
+    assert resumed == {"type": "executing", "data": {"node": resumed["data"]["node"]}}
+    assert "execution_success" in [m["type"] for m in messages]
+    assert entry["status"]["status_str"] == "success"
+    assert sim.ws_connections["w1"] == 2
+
+
+async def test_crash_refuses_connections_and_loses_the_running_prompt(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("interrupted")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 5.0})
+    async with aiohttp.ClientSession() as http:
+        await sim.start()
+        port = sim.port
+        async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+            await receive_json(ws)
+            prompt_id = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+            await sim.crash()
+            ended = await ws.receive(timeout=5)
+            while ended.type == aiohttp.WSMsgType.TEXT:
+                ended = await ws.receive(timeout=5)
+            assert ended.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with http.get(f"{sim.url}/system_stats"):
+                pass
+        await sim.start(port=port)  # the supervisor restarts ComfyUI: same port, empty state
+        try:
+            async with http.get(f"{sim.url}/history/{prompt_id}") as response:
+                assert await response.json() == {}
+            async with http.get(f"{sim.url}/queue") as response:
+                assert await response.json() == {"queue_running": [], "queue_pending": []}
+        finally:
+            await sim.stop()
+
+
+async def test_injected_runtime_error(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    workflow = load_transcript("success")["workflow"]
+    message = "CUDA error: an illegal memory access was encountered"
+    sim.inject_error(message, class_type="ImageInvert")
+    async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        failed = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        first = await collect_until_done(ws, failed)
+        ok = await submit(http, sim.url, workflow, "c")
+        second = await collect_until_done(ws, ok["prompt_id"])
+
+    error = next(m["data"] for m in first if m["type"] == "execution_error")
+    assert error["node_id"] == "2"
+    assert error["node_type"] == "ImageInvert"
+    assert error["exception_message"] == message + "\n"
+    assert error["exception_type"] == "RuntimeError"
+    assert error["executed"] == ["1", "4"]
+    assert list(error) == [
+        "prompt_id", "node_id", "node_type", "executed", "exception_message", "exception_type", "traceback",
+        "current_inputs", "current_outputs", "timestamp",
+    ]  # fmt: skip
+    assert "execution_success" in [m["type"] for m in second]  # the injection hit one prompt only
+
+
+async def test_frozen_node_ignores_interrupt_until_released(tmp_path, shared_dir) -> None:
+    workflow = load_transcript("interrupted")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0)
+    async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        sim.freeze(node_id="2")
+        prompt_id = (await submit(http, sim.url, workflow, "c"))["prompt_id"]
+        await sim.wait_until_frozen()
+        async with http.post(f"{sim.url}/interrupt", json={"prompt_id": prompt_id}):
+            pass
+        await asyncio.sleep(0.1)
+        async with http.get(f"{sim.url}/history/{prompt_id}") as response:
+            assert await response.json() == {}
+        sim.release()
+        messages = await collect_until_done(ws, prompt_id)
+    interrupted = next(m["data"] for m in messages if m["type"] == "execution_interrupted")
+    assert interrupted["node_id"] == "3"
+    assert interrupted["executed"] == ["1", "2"]
+
+
+async def test_records_prompts_with_client_id_and_extra_data(sim: ComfyUISimulator, http) -> None:
+    workflow = load_transcript("success")["workflow"]
+    await submit(http, sim.url, workflow, "c9", extra_data={"job": "j-1"})
+    received = sim.prompts_received[-1]
+    assert received.client_id == "c9"
+    assert received.extra_data == {"job": "j-1"}
+    assert received.status == 200
+    assert received.prompt_id
