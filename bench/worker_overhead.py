@@ -39,7 +39,9 @@ async def bench(jobs: int, history_lag_s: float) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sim = ComfyUISimulator(root / "comfy-out", root / "comfy-temp", history_lag_s=history_lag_s)
+        sim = ComfyUISimulator(
+            root / "comfy-out", root / "comfy-temp", history_lag_s=history_lag_s, cache_outputs=False
+        )
         comfy_url = await sim.start()
         async with QueueManagerServer(max_queue_depth=jobs + 1) as qm:
             ids = [qm.store.submit(f"user{i % 20}", QUICK).id for i in range(jobs)]

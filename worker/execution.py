@@ -8,6 +8,7 @@ prompt; a ComfyUI that stops answering for too long fails the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -181,12 +182,15 @@ class PromptRun:
             terminal = self._on_event(event.get("type"), event.get("data") or {})
             if terminal is not None:
                 return terminal
-            if event.get("type") == "executing" and event["data"].get("node") is None and self._is_ours(event):
+            if self._is_finished_marker(event):
                 return None  # finished but the terminal event was missed: history will say how
 
-    def _is_ours(self, event: dict[str, Any]) -> bool:
+    def _is_finished_marker(self, event: dict[str, Any]) -> bool:
         data = event.get("data")
-        return isinstance(data, dict) and data.get("prompt_id") == self.prompt_id
+        return (
+            event.get("type") == "executing" and isinstance(data, dict)
+            and data.get("prompt_id") == self.prompt_id and data.get("node") is None
+        )
 
     def _on_event(self, kind: str | None, data: dict[str, Any]) -> _Terminal | None:
         if data.get("prompt_id") != self.prompt_id:
@@ -242,6 +246,8 @@ class PromptRun:
         outcome = Outcome("success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed())
         data = terminal.data
         if terminal.event == "execution_success":
+            if terminal.history is None:
+                await self._wait_for_finished_marker()
             entry = terminal.history or await self._wait_for_history()
             if entry is None:
                 log.warning("History never appeared; using outputs from websocket events", prompt_id=self.prompt_id)
@@ -262,6 +268,22 @@ class PromptRun:
                 f"The prompt was interrupted {by} at node {data.get('node_id')} ({data.get('node_type')})"
             )
         return outcome
+
+    async def _wait_for_finished_marker(self) -> None:
+        """ComfyUI writes the history entry, then sends `executing {node: null}`: waiting for it beats polling."""
+        if self._ws is None or self._ws.closed:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timings.history_wait_s):
+                while True:
+                    message = await self._ws.receive()
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        continue
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        return
+                    with contextlib.suppress(ValueError):
+                        if self._is_finished_marker(json.loads(message.data)):
+                            return
 
     async def _wait_for_history(self) -> dict[str, Any] | None:
         deadline = time.monotonic() + self.timings.history_wait_s
