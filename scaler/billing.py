@@ -1,0 +1,125 @@
+"""Verda's billing arithmetic: 10-minute intervals per running replica, a started interval billed in full.
+
+Pure helpers shared by the policy (billing-aware scale-downs, the budget guard), the live loop (its
+estimated-spend metric) and the simulator (the platform's ground truth). When an interval starts is not
+documented, so the anchor is a parameter: the replica's ``started_at`` or wall-clock boundaries.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cached_property
+from typing import Protocol
+
+DAY_S = 86_400.0
+HOUR_S = 3_600.0
+
+
+class BillingAnchor(StrEnum):
+    STARTED_AT = "started_at"
+    WALL_CLOCK = "wall_clock"
+
+
+class BilledReplica(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+
+def billed_intervals(started_at: float, until: float, interval_s: float, anchor: BillingAnchor) -> int:
+    """Intervals begun between ``started_at`` and ``until``; a replica that exists at all has begun one."""
+    until = max(until, started_at)
+    if anchor is BillingAnchor.WALL_CLOCK:
+        return math.floor(until / interval_s) - math.floor(started_at / interval_s) + 1
+    return math.floor((until - started_at) / interval_s) + 1
+
+
+def interval_start(started_at: float, index: int, interval_s: float, anchor: BillingAnchor) -> float:
+    """When the replica's interval number ``index`` (0-based) began, i.e. when it was charged."""
+    if index == 0:
+        return started_at
+    if anchor is BillingAnchor.WALL_CLOCK:
+        return (math.floor(started_at / interval_s) + index) * interval_s
+    return started_at + index * interval_s
+
+
+def seconds_to_boundary(started_at: float, now: float, interval_s: float, anchor: BillingAnchor) -> float:
+    """Paid time left in the replica's current interval: stopping it before then saves the next one."""
+    origin = 0.0 if anchor is BillingAnchor.WALL_CLOCK else started_at
+    return interval_s - (max(now, started_at) - origin) % interval_s
+
+
+def bill_for_runtime(
+    started_at: float, stopped_at: float, interval_s: float, anchor: BillingAnchor
+) -> int:
+    """Intervals billed for a replica that ran from ``started_at`` until ``stopped_at`` (exclusive)."""
+    if stopped_at <= started_at:
+        return 1
+    if anchor is BillingAnchor.WALL_CLOCK:
+        return math.ceil(stopped_at / interval_s) - math.floor(started_at / interval_s)
+    return math.ceil((stopped_at - started_at) / interval_s)
+
+
+@dataclass(frozen=True)
+class SpendLedger:
+    """Money committed by begun intervals, kept for a rolling day. Immutable: ``observe`` returns a new one.
+
+    ``charges`` are ``(charged_at, amount)`` in time order; ``billed`` remembers, per live replica
+    ``(id, started_at)``, how many of its intervals are already charged, so each is charged once.
+    """
+
+    charges: tuple[tuple[float, float], ...] = ()
+    billed: tuple[tuple[tuple[str, float], int], ...] = ()
+
+    @cached_property
+    def _totals(self) -> tuple[float, ...]:
+        # Running totals make spent_since a bisect; it is read several times per tick.
+        return tuple(itertools.accumulate(amount for _, amount in self.charges))
+
+    def observe(
+        self,
+        replicas: Iterable[BilledReplica],
+        now: float,
+        *,
+        interval_s: float,
+        anchor: BillingAnchor,
+        price_per_hour: float,
+        keep_s: float = DAY_S,
+    ) -> SpendLedger:
+        amount = price_per_hour * interval_s / HOUR_S
+        already = dict(self.billed)
+        billed: dict[tuple[str, float], int] = {}
+        new_charges: list[tuple[float, float]] = []
+        for replica in replicas:
+            key = (replica.id, replica.started_at)
+            done = already.get(key, 0)
+            due = billed_intervals(replica.started_at, now, interval_s, anchor)
+            new_charges.extend(
+                (interval_start(replica.started_at, index, interval_s, anchor), amount)
+                for index in range(done, due)
+            )
+            billed[key] = max(done, due)
+        horizon = now - keep_s
+        charges = self.charges
+        if new_charges:
+            charges = tuple(sorted(charges + tuple(new_charges)))
+        if charges and charges[0][0] <= horizon:
+            charges = tuple(charge for charge in charges if charge[0] > horizon)
+        billed_items = tuple(billed.items())
+        if charges is self.charges and billed_items == self.billed:
+            return self
+        return SpendLedger(charges=charges, billed=billed_items)
+
+    def spent_since(self, since: float) -> float:
+        """Charges made after ``since`` (exclusive)."""
+        first = bisect.bisect_right(self.charges, (since, math.inf))
+        if first >= len(self.charges):
+            return 0.0
+        return self._totals[-1] - (self._totals[first - 1] if first else 0.0)

@@ -1,0 +1,283 @@
+"""The scaler's decision: a pure function of configuration, memory, one observation and its clock.
+
+The live loop and the simulator call the same ``decide``; nothing here reads a clock, logs or does I/O.
+How it decides, setting by setting: docs/scaling-policy.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger, seconds_to_boundary
+
+PAUSED = "paused"
+QUOTA_REACHED = "quota_reached"
+
+
+class Reason(StrEnum):
+    WAKE_FROM_ZERO = "wake_from_zero"
+    SCALE_UP = "scale_up"
+    SCALE_DOWN = "scale_down"
+    SCALE_TO_ZERO = "scale_to_zero"
+    CLAMP_TO_MAX = "clamp_to_max"
+    STEADY = "steady"
+    HOLD_STABILIZING = "hold_stabilizing"
+    HOLD_COOLDOWN = "hold_cooldown"
+    HOLD_BILLING_BOUNDARY = "hold_until_billing_boundary"
+    HOLD_IDLE_WINDOW = "hold_idle_window"
+    HOLD_OBSERVATION_FAILED = "hold_observation_failed"
+    HOLD_PAUSED = "hold_paused"
+    HOLD_QUOTA_REACHED = "hold_quota_reached"
+    CAPPED_HOURLY_BUDGET = "scale_up_capped_by_hourly_budget"
+    CAPPED_DAILY_BUDGET = "scale_up_capped_by_daily_budget"
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingConfig:
+    """Every knob of the policy; the defaults are the ones the simulator showed best (docs/simulator.md)."""
+
+    min_replicas: int = 0
+    max_replicas: int = 5
+    jobs_per_replica: int = 1
+    activation_threshold: int = 0
+    stabilization_window_s: float = 120.0
+    scale_down_cooldown_s: float = 30.0
+    idle_to_zero_s: float = 180.0
+    billing_interval_s: float = 600.0
+    billing_aware: bool = True
+    billing_anchor: BillingAnchor = BillingAnchor.STARTED_AT
+    scale_down_lead_s: float = 60.0
+    price_per_replica_hour: float = 2.30
+    max_spend_per_hour: float | None = None
+    max_spend_per_day: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            problems.append("need 0 <= min_replicas <= max_replicas")
+        if self.jobs_per_replica < 1:
+            problems.append("jobs_per_replica must be >= 1")
+        if self.activation_threshold < 0:
+            problems.append("activation_threshold must be >= 0")
+        if self.billing_interval_s <= 0:
+            problems.append("billing_interval_s must be > 0")
+        if not 0 <= self.scale_down_lead_s < self.billing_interval_s:
+            problems.append("need 0 <= scale_down_lead_s < billing_interval_s")
+        for name in ("stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",
+                     "price_per_replica_hour"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        for name in ("max_spend_per_hour", "max_spend_per_day"):
+            if (getattr(self, name) or 0) < 0:
+                problems.append(f"{name} must be >= 0")
+        if problems:
+            raise ValueError("invalid ScalingConfig: " + "; ".join(problems))
+        object.__setattr__(self, "billing_anchor", BillingAnchor(self.billing_anchor))
+
+    @property
+    def interval_cost(self) -> float:
+        return self.price_per_replica_hour * self.billing_interval_s / HOUR_S
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    id: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One tick's view of the world. Set ``queue_error``/``verda_error`` when that read failed."""
+
+    now: float
+    pending: int = 0
+    running: int = 0
+    replicas: tuple[Replica, ...] = ()
+    deployment_status: str = "healthy"
+    queue_error: str | None = None
+    verda_error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.queue_error is not None or self.verda_error is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What the policy remembers between ticks; start with ``PolicyState()``."""
+
+    applied: int | None = None
+    demand_samples: tuple[tuple[float, int], ...] = ()
+    last_work_seen_at: float | None = None
+    last_scale_down_at: float | None = None
+    consecutive_failures: int = 0
+    ledger: SpendLedger = field(default_factory=SpendLedger)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    desired: int
+    current: int
+    reason: str
+    details: dict[str, Any]
+    changed: bool
+    new_state: PolicyState
+
+
+def estimated_spend(config: ScalingConfig, state: PolicyState, now: float) -> dict[str, float]:
+    """Committed spend over the last hour and day, for the loop's metric and the budget guard."""
+    return {
+        "spend_last_hour": round(state.ledger.spent_since(now - HOUR_S), 4),
+        "spend_last_day": round(state.ledger.spent_since(now - DAY_S), 4),
+    }
+
+
+def decide(config: ScalingConfig, state: PolicyState, observation: Observation) -> Decision:
+    if observation.failed:
+        return _hold_on_failure(config, state, observation)
+    now = observation.now
+    current = state.applied if state.applied is not None else len(observation.replicas)
+    demand = _demand(config, observation, current)
+    work_seen = observation.pending > 0 or observation.running > 0
+    state = replace(
+        state,
+        demand_samples=_window(state.demand_samples, now, demand, config.stabilization_window_s),
+        last_work_seen_at=now if work_seen or state.last_work_seen_at is None else state.last_work_seen_at,
+        consecutive_failures=0,
+        ledger=_observe_spend(config, state.ledger, observation),
+    )
+    details: dict[str, Any] = {
+        "pending": observation.pending,
+        "running": observation.running,
+        "replicas": len(observation.replicas),
+        "deployment_status": observation.deployment_status,
+        "demand": demand,
+        "window_max": max(sample for _, sample in state.demand_samples),
+        "idle_for_s": round(now - state.last_work_seen_at, 3),
+        **estimated_spend(config, state, now),
+    }
+    if observation.deployment_status == PAUSED:
+        desired, reason = current, Reason.HOLD_PAUSED
+    elif demand > current:
+        desired, reason = _scale_up(config, state, observation, current, demand)
+    else:
+        desired, reason = _scale_down(config, state, observation, current, details)
+    changed = desired != current
+    new_state = replace(
+        state,
+        applied=desired,
+        last_scale_down_at=now if desired < current else state.last_scale_down_at,
+    )
+    return Decision(desired, current, str(reason), details, changed, new_state)
+
+
+def _demand(config: ScalingConfig, observation: Observation, current: int) -> int:
+    in_flight = observation.pending + observation.running
+    asleep = current == 0 and observation.running == 0
+    if asleep and observation.pending <= config.activation_threshold:
+        return config.min_replicas
+    wanted = math.ceil(in_flight / config.jobs_per_replica)
+    return min(max(wanted, config.min_replicas), config.max_replicas)
+
+
+def _running_need(config: ScalingConfig, observation: Observation) -> int:
+    return min(math.ceil(observation.running / config.jobs_per_replica), config.max_replicas)
+
+
+def _window(
+    samples: tuple[tuple[float, int], ...], now: float, demand: int, window_s: float
+) -> tuple[tuple[float, int], ...]:
+    kept = tuple(sample for sample in samples if sample[0] > now - window_s and sample[0] <= now)
+    return (*kept, (now, demand))
+
+
+def _observe_spend(config: ScalingConfig, ledger: SpendLedger, observation: Observation) -> SpendLedger:
+    return ledger.observe(
+        observation.replicas,
+        observation.now,
+        interval_s=config.billing_interval_s,
+        anchor=config.billing_anchor,
+        price_per_hour=config.price_per_replica_hour,
+    )
+
+
+def _hold_on_failure(config: ScalingConfig, state: PolicyState, observation: Observation) -> Decision:
+    """Hold the last applied count; count the failure as recent work so no scale-to-zero follows it."""
+    now = observation.now
+    current = state.applied
+    if current is None:
+        current = len(observation.replicas) if observation.verda_error is None else 0
+    ledger = state.ledger if observation.verda_error else _observe_spend(config, state.ledger, observation)
+    new_state = replace(
+        state,
+        applied=state.applied,
+        demand_samples=_window(state.demand_samples, now, current, config.stabilization_window_s),
+        last_work_seen_at=now,
+        consecutive_failures=state.consecutive_failures + 1,
+        ledger=ledger,
+    )
+    details = {
+        "consecutive_failures": new_state.consecutive_failures,
+        "queue_error": observation.queue_error,
+        "verda_error": observation.verda_error,
+    }
+    return Decision(current, current, str(Reason.HOLD_OBSERVATION_FAILED), details, False, new_state)
+
+
+def _scale_up(
+    config: ScalingConfig, state: PolicyState, observation: Observation, current: int, demand: int
+) -> tuple[int, Reason]:
+    if observation.deployment_status == QUOTA_REACHED:
+        return current, Reason.HOLD_QUOTA_REACHED
+    reason = Reason.WAKE_FROM_ZERO if current == 0 else Reason.SCALE_UP
+    desired = demand
+    if config.max_spend_per_hour is not None and config.price_per_replica_hour > 0:
+        affordable_rate = math.floor(config.max_spend_per_hour / config.price_per_replica_hour + 1e-9)
+        if desired > affordable_rate:
+            desired, reason = max(current, affordable_rate), Reason.CAPPED_HOURLY_BUDGET
+    if config.max_spend_per_day is not None and config.interval_cost > 0:
+        left_today = config.max_spend_per_day - state.ledger.spent_since(observation.now - DAY_S)
+        affordable_new = max(0, math.floor(left_today / config.interval_cost + 1e-9))
+        if desired - current > affordable_new:
+            desired, reason = current + affordable_new, Reason.CAPPED_DAILY_BUDGET
+    return desired, reason
+
+
+def _scale_down(
+    config: ScalingConfig,
+    state: PolicyState,
+    observation: Observation,
+    current: int,
+    details: dict[str, Any],
+) -> tuple[int, Reason]:
+    now = observation.now
+    if current > config.max_replicas:
+        return config.max_replicas, Reason.CLAMP_TO_MAX
+    floor = max(details["window_max"], _running_need(config, observation), config.min_replicas)
+    if floor >= current:
+        if details["window_max"] > details["demand"]:
+            return current, Reason.HOLD_STABILIZING
+        return current, Reason.STEADY
+    idle_for = now - (state.last_work_seen_at if state.last_work_seen_at is not None else now)
+    if floor == 0 and idle_for < config.idle_to_zero_s:
+        floor = 1
+        if current <= 1:
+            return current, Reason.HOLD_IDLE_WINDOW
+    if state.last_scale_down_at is not None and now - state.last_scale_down_at < config.scale_down_cooldown_s:
+        return current, Reason.HOLD_COOLDOWN
+    step = 1
+    if config.billing_aware and observation.replicas:
+        paid_left = sorted(
+            seconds_to_boundary(replica.started_at, now, config.billing_interval_s, config.billing_anchor)
+            for replica in observation.replicas
+        )
+        details["next_billing_boundary_in_s"] = round(paid_left[0], 3)
+        # Replicas whose paid interval ends now would each buy another one: release them together.
+        step = sum(1 for left in paid_left if left <= config.scale_down_lead_s)
+        if step == 0:
+            return current, Reason.HOLD_BILLING_BOUNDARY
+    desired = max(floor, current - step)
+    return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN

@@ -1,0 +1,103 @@
+"""Who sets the replica count in a simulation: a fixed count, Verda's own autoscaler, or our ``decide``.
+
+Each controller also says how its workers behave, because the serverless set-up and the scaled
+set-up run the same worker with different exit rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerModel:
+    """The worker's own exit rules: ``None`` means never."""
+
+    idle_polls_before_exit: int | None = None
+    job_limit: int | None = None
+    poll_interval_s: float = 2.0
+
+
+class Controller(Protocol):
+    name: str
+    worker: WorkerModel
+
+    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int: ...
+
+
+@dataclass
+class AlwaysOn:
+    replicas: int
+    worker: WorkerModel = field(default_factory=WorkerModel)
+
+    @property
+    def name(self) -> str:
+        return f"always-on:{self.replicas}"
+
+    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int:
+        return self.replicas
+
+
+@dataclass
+class NaiveVerda:
+    """The documented serverless set-up: Verda min 0 / max 5 scaling on its own request queue.
+
+    Verda's queue only fills if every job is also sent to the deployment's endpoint, so this models a
+    user who does that: one queued request per job in flight, ``queue_load.threshold`` 1, scale-up
+    delay 0, scale-down only after the lower load has lasted ``scale_down_delay_s``. Workers run in
+    serverless mode: exit after 1 job or 10 idle polls of 2 s (Verda restarts them in place while it
+    still wants the replica).
+    """
+
+    min_replicas: int = 0
+    max_replicas: int = 5
+    queue_load_threshold: int = 1
+    scale_down_delay_s: float = 300.0
+    worker: WorkerModel = field(
+        default_factory=lambda: WorkerModel(idle_polls_before_exit=10, job_limit=1, poll_interval_s=2.0)
+    )
+    name: str = "naive"
+    _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+
+    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int:
+        wanted = math.ceil((pending + running) / self.queue_load_threshold)
+        wanted = min(max(wanted, self.min_replicas), self.max_replicas)
+        self._recent.append((now, wanted))
+        while self._recent[0][0] <= now - self.scale_down_delay_s:
+            self._recent.popleft()
+        return max(count for _, count in self._recent)
+
+
+@dataclass
+class Ours:
+    """Our scaler: the very ``decide`` the live loop runs, with long-running workers."""
+
+    config: ScalingConfig = field(default_factory=ScalingConfig)
+    worker: WorkerModel = field(default_factory=WorkerModel)
+    name: str = "ours"
+    state: PolicyState = field(default_factory=PolicyState)
+    decisions_changed: int = 0
+
+    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int:
+        observation = Observation(now=now, pending=pending, running=running, replicas=replicas)
+        decision = decide(self.config, self.state, observation)
+        self.state = decision.new_state
+        self.decisions_changed += decision.changed
+        return decision.desired
+
+
+def parse_policy(spec: str, config: ScalingConfig) -> Controller:
+    """``always-on:N``, ``naive`` or ``ours`` (``ours`` takes ``config``)."""
+    if spec == "naive":
+        return NaiveVerda()
+    if spec == "ours":
+        return Ours(config=replace(config))
+    kind, _, count = spec.partition(":")
+    if kind == "always-on" and count.isdigit():
+        return AlwaysOn(int(count))
+    raise ValueError(f"unknown policy {spec!r}: use always-on:N, naive or ours")

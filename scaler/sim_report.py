@@ -1,0 +1,148 @@
+"""What a simulation run means in money and waiting: the numbers, a terminal table, JSON, a PNG chart."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from scaler.sim_platform import PlatformModel, Sample, SimOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    workload: str
+    policy: str
+    simulated_hours: float
+    billed_gpu_hours: float
+    cost_usd: float
+    jobs_total: int
+    jobs_done: int
+    jobs_unfinished: int
+    wait_p50_s: float
+    wait_p95_s: float
+    wait_max_s: float
+    jobs_interrupted: int
+    replica_starts: int
+    cold_starts: int
+    spot_reclaims: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def summarize(workload: str, policy: str, outcome: SimOutcome, platform: PlatformModel) -> PolicyReport:
+    """Queue wait is what a user waits beyond the job's own run: finish - submit - duration."""
+    finished = [(job, job.finished_s) for job in outcome.jobs if job.finished_s is not None]
+    waits = sorted(finished_s - job.submit_s - job.duration_s for job, finished_s in finished)
+    gpu_hours = outcome.billed_intervals * platform.billing_interval_s / 3600.0
+    return PolicyReport(
+        workload=workload,
+        policy=policy,
+        simulated_hours=round(outcome.horizon_s / 3600.0, 3),
+        billed_gpu_hours=round(gpu_hours, 3),
+        cost_usd=round(gpu_hours * platform.price_per_hour, 2),
+        jobs_total=len(outcome.jobs),
+        jobs_done=len(finished),
+        jobs_unfinished=len(outcome.jobs) - len(finished),
+        wait_p50_s=round(_percentile(waits, 50), 1),
+        wait_p95_s=round(_percentile(waits, 95), 1),
+        wait_max_s=round(waits[-1], 1) if waits else 0.0,
+        jobs_interrupted=sum(1 for job in outcome.jobs if job.interruptions),
+        replica_starts=outcome.replica_starts,
+        cold_starts=outcome.cold_starts,
+        spot_reclaims=outcome.spot_reclaims,
+    )
+
+
+def _percentile(ordered: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile: a value some job actually waited."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+def comparison(reports: Sequence[PolicyReport], baseline: str = "naive", candidate: str = "ours") -> str | None:
+    """One line per workload: how ``candidate`` compares with ``baseline`` in cost and p95 wait."""
+    by_key = {(report.workload, report.policy): report for report in reports}
+    lines = []
+    for workload in dict.fromkeys(report.workload for report in reports):
+        base, ours = by_key.get((workload, baseline)), by_key.get((workload, candidate))
+        if base is None or ours is None:
+            continue
+        lines.append(
+            f"{workload}: {candidate} vs {baseline}: cost x{_ratio(ours.cost_usd, base.cost_usd)}, "
+            f"p95 wait x{_ratio(ours.wait_p95_s, base.wait_p95_s)} "
+            f"(${ours.cost_usd:.2f} vs ${base.cost_usd:.2f}, {ours.wait_p95_s:.0f} s vs {base.wait_p95_s:.0f} s)"
+        )
+    return "\n".join(lines) or None
+
+
+def _ratio(value: float, reference: float) -> str:
+    if reference == 0:
+        return "1.00" if value == 0 else "inf"
+    return f"{value / reference:.2f}"
+
+
+def print_table(console: Console, reports: Sequence[PolicyReport]) -> None:
+    table = Table(title="Simulated cost and queue wait")
+    columns = ("workload", "policy", "GPU-h", "cost $", "done", "unfinished", "p50 s", "p95 s", "max s",
+               "interrupted", "starts", "cold starts")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("workload", "policy") else "right")
+    for report in reports:
+        table.add_row(
+            report.workload, report.policy, f"{report.billed_gpu_hours:.2f}", f"{report.cost_usd:.2f}",
+            str(report.jobs_done), str(report.jobs_unfinished), f"{report.wait_p50_s:.0f}",
+            f"{report.wait_p95_s:.0f}", f"{report.wait_max_s:.0f}", str(report.jobs_interrupted),
+            str(report.replica_starts), str(report.cold_starts),
+        )
+    console.print(table)
+
+
+def _busy_span_h(series: Sequence[tuple[str, Sequence[Sample]]]) -> tuple[float, float]:
+    """The hours in which any policy had work, padded, so a quiet night does not squash the day."""
+    busy = [s.t for _, samples in series for s in samples if s.pending or s.running]
+    end = max(s.t for _, samples in series for s in samples)
+    if not busy:
+        return 0.0, end / 3600.0
+    return max(0.0, min(busy) - 1800.0) / 3600.0, min(end, max(busy) + 1800.0) / 3600.0
+
+
+def write_chart(path: Path, title: str, series: Sequence[tuple[str, Sequence[Sample]]]) -> None:
+    """Queue depth and replicas over time, one panel per policy. Needs matplotlib (extra ``charts``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(len(series), 1, figsize=(11, 2.4 * len(series) + 0.6), sharex=True,
+                                   squeeze=False)
+    twins = []
+    for axis, (policy, samples) in zip(axes[:, 0], series, strict=True):
+        hours = [sample.t / 3600.0 for sample in samples]
+        axis.fill_between(hours, [s.pending for s in samples], step="post", alpha=0.35, label="queued jobs")
+        axis.step(hours, [s.running for s in samples], where="post", linewidth=0.8, label="running jobs")
+        # Replicas get their own axis: a 500-job backlog would flatten them to nothing.
+        replica_axis = axis.twinx()
+        replica_axis.step(hours, [s.replicas for s in samples], where="post", linewidth=1.4,
+                          color="tab:red", label="replicas (right axis)")
+        replica_axis.set_ylim(0, max(1, max(s.replicas for s in samples)) * 1.15)
+        replica_axis.set_ylabel("replicas", color="tab:red")
+        twins.append(replica_axis)
+        axis.set_title(policy, loc="left", fontsize=10)
+        axis.set_ylabel("jobs")
+        axis.grid(alpha=0.3)
+    handles = [handle for axis in (axes[0, 0], twins[0]) for handle in axis.get_legend_handles_labels()[0]]
+    axes[0, 0].legend(handles=handles, loc="upper right", fontsize=8, ncol=3)
+    axes[0, 0].set_xlim(*_busy_span_h(series))
+    axes[-1, 0].set_xlabel("hours since start")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    pyplot.close(figure)

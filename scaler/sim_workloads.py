@@ -1,0 +1,95 @@
+"""Job arrivals for the simulator: the built-in workloads and CSV traces. Seeded, so runs repeat exactly."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HOUR_S = 3_600.0
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    submit_s: float
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    jobs: tuple[JobSpec, ...]
+    horizon_s: float
+
+
+def workshop(rng: random.Random) -> Workload:
+    """20 participants, 09:00-17:00 in 50-minute exercise blocks (lunch at 12), ~2-minute video jobs.
+
+    Each participant submits once in the first minutes of a block, then iterates one to three times.
+    """
+    block_starts_h = (9, 10, 11, 13, 14, 15, 16)
+    block_s = 50 * 60.0
+    jobs = []
+    for start_h in block_starts_h:
+        block_start = start_h * HOUR_S
+        for _participant in range(20):
+            first = min(rng.expovariate(1 / 120.0), block_s / 2)
+            submits = [first]
+            submits += [rng.uniform(first + 240.0, block_s) for _ in range(rng.randint(1, 3))]
+            jobs += [JobSpec(block_start + at, max(60.0, rng.gauss(120.0, 20.0))) for at in submits]
+    return Workload("workshop", _sorted(jobs), DAY_S)
+
+
+def batch(rng: random.Random) -> Workload:
+    """500 images submitted at once (one minute into the run), ~6 s each."""
+    jobs = [JobSpec(60.0, rng.uniform(5.0, 7.0)) for _ in range(500)]
+    return Workload("batch", _sorted(jobs), 2 * HOUR_S)
+
+
+def trickle(rng: random.Random) -> Workload:
+    """10 jobs a day at random times, ~2 minutes each."""
+    jobs = [JobSpec(rng.uniform(0.0, DAY_S - HOUR_S), max(60.0, rng.gauss(120.0, 15.0))) for _ in range(10)]
+    return Workload("trickle", _sorted(jobs), DAY_S)
+
+
+BUILT_IN: dict[str, Callable[[random.Random], Workload]] = {
+    "workshop": workshop,
+    "batch": batch,
+    "trickle": trickle,
+}
+
+
+def built_in(name: str, seed: int) -> Workload:
+    return BUILT_IN[name](random.Random(f"{name}:{seed}"))
+
+
+def load_trace(path: Path) -> Workload:
+    """A CSV with a header and the columns ``submit_s`` (seconds from the start) and ``duration_s``.
+
+    Other columns are ignored. The horizon is one hour past the end of the last job.
+    """
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"submit_s", "duration_s"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        jobs = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                job = JobSpec(float(row["submit_s"]), float(row["duration_s"]))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}:{line}: {error}") from error
+            if job.submit_s < 0 or job.duration_s <= 0:
+                raise ValueError(f"{path}:{line}: need submit_s >= 0 and duration_s > 0")
+            jobs.append(job)
+    if not jobs:
+        raise ValueError(f"{path}: no jobs")
+    horizon = max(job.submit_s + job.duration_s for job in jobs) + HOUR_S
+    return Workload(path.stem, _sorted(jobs), horizon)
+
+
+def _sorted(jobs: list[JobSpec]) -> tuple[JobSpec, ...]:
+    return tuple(sorted(jobs, key=lambda job: job.submit_s))

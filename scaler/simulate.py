@@ -1,0 +1,166 @@
+"""``comfy-scaler simulate``: run workloads against policies and report cost and queue wait.
+
+The ``ours`` policy is the live scaler's own ``decide``; every ScalingConfig field is a flag
+(``--stabilization-window-s 120``). See docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from scaler.billing import BillingAnchor
+from scaler.policy import ScalingConfig
+from scaler.sim_platform import PlatformModel, SimOutcome, Simulation
+from scaler.sim_policies import parse_policy
+from scaler.sim_report import PolicyReport, comparison, print_table, summarize, write_chart
+from scaler.sim_workloads import BUILT_IN, Workload, built_in, load_trace
+
+DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
+
+
+def run_policy(
+    workload: Workload,
+    policy: str,
+    config: ScalingConfig | None = None,
+    platform: PlatformModel | None = None,
+    seed: int = 0,
+) -> tuple[PolicyReport, SimOutcome]:
+    platform = platform or PlatformModel()
+    controller = parse_policy(policy, config or ScalingConfig())
+    outcome = Simulation(workload, controller, platform, seed).run()
+    return summarize(workload.name, policy, outcome, platform), outcome
+
+
+def simulate_main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=args.json == "-")
+    if not console.is_terminal:
+        console.width = 160
+    try:
+        config = _config_from(args)
+        workloads = [load_trace(Path(args.trace))] if args.trace else [
+            built_in(name, args.seed) for name in args.workload or ["workshop"]
+        ]
+        for policy in args.policy or DEFAULT_POLICIES:
+            parse_policy(policy, config)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    platform = PlatformModel(
+        cold_start_s=args.cold_start_s,
+        health_check_delay_s=args.health_check_delay_s,
+        tick_s=args.tick_s,
+        billing_anchor=BillingAnchor(args.verda_billing_anchor),
+        price_per_hour=args.price_per_hour,
+        spot_reclaims_per_hour=args.spot_reclaims_per_hour,
+    )
+    reports: list[PolicyReport] = []
+    charts: list[tuple[Workload, list[tuple[str, list]]]] = []
+    began = time.perf_counter()
+    for workload in workloads:
+        series = []
+        for policy in args.policy or DEFAULT_POLICIES:
+            report, outcome = run_policy(workload, policy, config, platform, args.seed)
+            reports.append(report)
+            series.append((policy, outcome.samples))
+        charts.append((workload, series))
+    elapsed_ms = (time.perf_counter() - began) * 1000
+
+    print_table(console, reports)
+    summary = comparison(reports)
+    if summary:
+        console.print(summary)
+    console.print(f"simulated {len(reports)} runs in {elapsed_ms:.0f} ms (seed {args.seed})")
+    if args.json:
+        _write_json(args.json, args.seed, config, platform, reports)
+    if args.chart:
+        return _write_charts(console, Path(args.chart), charts)
+    return 0
+
+
+def _write_json(
+    target: str, seed: int, config: ScalingConfig, platform: PlatformModel, reports: list[PolicyReport]
+) -> None:
+    document = {
+        "seed": seed,
+        "scaling_config": dataclasses.asdict(config),
+        "platform": dataclasses.asdict(platform),
+        "results": [report.as_dict() for report in reports],
+    }
+    text = json.dumps(document, indent=2, default=str)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(target).write_text(text + "\n")
+
+
+def _write_charts(console: Console, path: Path, charts: list[tuple[Workload, list[tuple[str, list]]]]) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        console.print("[red]charts need matplotlib: pip install 'comfyui-serverless-worker[charts]'[/red]")
+        return 1
+    for workload, series in charts:
+        target = path if len(charts) == 1 else path.with_name(f"{path.stem}-{workload.name}{path.suffix}")
+        write_chart(target, f"{workload.name}: queue depth and replicas", series)
+        console.print(f"chart written to {target}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comfy-scaler simulate",
+        description="Simulate workloads under scaling policies; report billed cost and queue wait.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--workload", action="append", choices=sorted(BUILT_IN),
+                        help="built-in workload (repeatable; default workshop)")
+    source.add_argument("--trace", help="CSV with columns submit_s,duration_s (seconds)")
+    parser.add_argument("--policy", action="append",
+                        help="always-on:N, naive or ours (repeatable; default always-on:1, naive, ours)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--chart", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    platform = parser.add_argument_group("platform model")
+    platform.add_argument("--price-per-hour", type=float, default=2.30, help="USD per replica-hour")
+    platform.add_argument("--cold-start-s", type=float, default=30.0,
+                          help="image pull + ComfyUI start + model load")
+    platform.add_argument("--health-check-delay-s", type=float, default=5.0)
+    platform.add_argument("--tick-s", type=float, default=15.0, help="scaler / Verda evaluation interval")
+    platform.add_argument("--verda-billing-anchor", choices=[a.value for a in BillingAnchor],
+                          default=BillingAnchor.STARTED_AT.value, help="how Verda really bills, in the model")
+    platform.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per replica")
+    ours = parser.add_argument_group("ours: ScalingConfig overrides")
+    for config_field in dataclasses.fields(ScalingConfig):
+        flag = "--" + config_field.name.replace("_", "-")
+        default = config_field.default
+        if isinstance(default, bool):
+            ours.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, BillingAnchor):
+            ours.add_argument(flag, choices=[a.value for a in BillingAnchor], default=None)
+        elif isinstance(default, int):
+            ours.add_argument(flag, type=int, default=None, help=f"default {default}")
+        else:
+            ours.add_argument(flag, type=float, default=None, help=f"default {default}")
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> ScalingConfig:
+    overrides = {
+        config_field.name: getattr(args, config_field.name)
+        for config_field in dataclasses.fields(ScalingConfig)
+        if getattr(args, config_field.name) is not None
+    }
+    overrides.setdefault("price_per_replica_hour", args.price_per_hour)
+    return ScalingConfig(**overrides)
+
+
+if __name__ == "__main__":
+    raise SystemExit(simulate_main(sys.argv[1:]))

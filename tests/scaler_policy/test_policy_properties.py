@@ -1,0 +1,116 @@
+"""Properties of ``decide`` over random tick sequences."""
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scaler.billing import BillingAnchor, SpendLedger, bill_for_runtime, seconds_to_boundary
+from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
+
+configs = st.builds(
+    ScalingConfig,
+    min_replicas=st.integers(0, 2),
+    max_replicas=st.integers(2, 8),
+    jobs_per_replica=st.integers(1, 3),
+    activation_threshold=st.integers(0, 2),
+    stabilization_window_s=st.sampled_from([0, 60, 120, 300]),
+    scale_down_cooldown_s=st.sampled_from([0, 30, 120]),
+    idle_to_zero_s=st.sampled_from([0, 60, 300]),
+    billing_aware=st.booleans(),
+    billing_anchor=st.sampled_from(list(BillingAnchor)),
+    scale_down_lead_s=st.sampled_from([30, 60, 90]),
+)
+ticks = st.lists(
+    st.tuples(st.integers(1, 60), st.integers(0, 20), st.integers(0, 10),
+              st.sampled_from(["healthy", "healthy", "paused", "quota_reached", "error"])),
+    min_size=1, max_size=40,
+)
+
+
+def run(config, sequence, statuses=True):
+    """Feed ticks; the platform follows the last applied count, replicas started at staggered times."""
+    state, now, decisions = PolicyState(), 1_000.0, []
+    for step, pending, running, status in sequence:
+        now += step
+        count = state.applied or 0
+        fleet = tuple(Replica(f"r{n}", 1_000.0 + 37 * n) for n in range(count))
+        if status == "error":
+            observation = Observation(now=now, queue_error="timeout")
+        else:
+            observation = Observation(now=now, pending=pending, running=running, replicas=fleet,
+                                      deployment_status=status if statuses else "healthy")
+        decision = decide(config, state, observation)
+        decisions.append((observation, decision))
+        state = decision.new_state
+    return decisions
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs, ticks)
+def test_never_above_max(config, sequence):
+    assert all(decision.desired <= config.max_replicas for _, decision in run(config, sequence))
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs, ticks)
+def test_never_below_what_running_jobs_need_nor_zero_with_work(config, sequence):
+    for observation, decision in run(config, sequence, statuses=False):
+        if observation.failed:
+            continue
+        need = min(math.ceil(observation.running / config.jobs_per_replica), config.max_replicas)
+        assert decision.desired >= need
+        if observation.pending + observation.running > 0 and decision.current > 0:
+            assert decision.desired > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(configs, ticks)
+def test_errors_never_lower_the_count_and_paused_holds(config, sequence):
+    for observation, decision in run(config, sequence):
+        if observation.failed or observation.deployment_status == "paused":
+            assert decision.desired == decision.current and not decision.changed
+
+
+@settings(max_examples=100, deadline=None)
+@given(configs, ticks)
+def test_quota_reached_never_raises(config, sequence):
+    for observation, decision in run(config, sequence):
+        if observation.deployment_status == "quota_reached":
+            assert decision.desired <= decision.current
+
+
+@settings(max_examples=150, deadline=None)
+@given(configs, ticks)
+def test_billing_aware_scale_downs_only_near_a_boundary(config, sequence):
+    for observation, decision in run(config, sequence):
+        if config.billing_aware and decision.desired < decision.current and observation.replicas:
+            left = min(seconds_to_boundary(r.started_at, observation.now, config.billing_interval_s,
+                                           config.billing_anchor) for r in observation.replicas)
+            assert left <= config.scale_down_lead_s
+
+
+@settings(max_examples=100, deadline=None)
+@given(configs, st.integers(0, 20), st.integers(0, 10), st.integers(5, 60))
+def test_steady_load_does_not_flap(config, pending, running, step):
+    sequence = [(step, pending, running, "healthy")] * 60
+    desired = [decision.desired for _, decision in run(config, sequence)]
+    changes = sum(1 for before, after in itertools.pairwise(desired) if before != after)
+    assert changes <= 1  # at most the initial move to the steady demand
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0, 5_000), st.floats(10, 7_200), st.sampled_from(list(BillingAnchor)))
+def test_ledger_charges_what_the_platform_bills(started_at, runtime, anchor):
+    """Observed every 15 s while it runs, a replica is charged exactly its billed intervals."""
+    last_seen = started_at
+    replica = Replica("r", started_at)
+    ledger = SpendLedger()
+    now = started_at + 7.5  # off the boundaries, which float rounding would make ambiguous
+    while now < started_at + runtime:
+        ledger = ledger.observe([replica], now, interval_s=600, anchor=anchor, price_per_hour=6.0)
+        last_seen, now = now, now + 15
+    billed = bill_for_runtime(started_at, math.nextafter(last_seen, math.inf), 600, anchor)  # stopped then
+    assert ledger.spent_since(-1) == pytest.approx(billed * 1.0)
