@@ -1,0 +1,88 @@
+"""HTTP health server on the worker's own event loop: /health, /ready, /metrics, /status.
+
+Every handler only reads WorkerState; none calls ComfyUI or the queue, so a probe answers at once even
+while ComfyUI is still loading or the queue manager is down.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from health.live_metrics import scrape_registry
+from health.status import status_document
+from health.verdict import Verdict, liveness, readiness
+from worker.state import WorkerState
+
+log = structlog.get_logger()
+
+
+class HealthServer:
+    def __init__(
+        self,
+        state: WorkerState,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8000,
+        heartbeat_timeout_s: float = 120.0,
+    ) -> None:
+        self._state = state
+        self._host = host
+        self._port = port
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._scrape_registry = scrape_registry(state, heartbeat_timeout_s)
+        self._runner: web.AppRunner | None = None
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        return app
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port (useful with port 0)."""
+        # Probes arrive every few seconds for the container's whole life: an access log would drown the rest.
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        port = self._runner.addresses[0][1]
+        log.info("health.started", host=self._host, port=port)
+        return port
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+        log.info("health.stopped")
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return _verdict_response(liveness(self._state, self._heartbeat_timeout_s), self._state)
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        return _verdict_response(readiness(self._state), self._state)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encode(self._scrape_registry))
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(status_document(self._state, self._heartbeat_timeout_s))
+
+
+def _verdict_response(verdict: Verdict, state: WorkerState) -> web.Response:
+    body: dict[str, object] = {"status": verdict.status, "phase": state.phase.value}
+    if verdict.reason is not None:
+        body["reason"] = verdict.reason
+    return web.json_response(body, status=verdict.http_status)

@@ -1,0 +1,70 @@
+"""comfy-supervisor: the container's entry point. Exit codes are the worker's: 0 idle/limit/signal, 1 fatal,
+2 configuration (reported before ComfyUI starts, one line per bad variable, no traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import structlog
+
+from supervisor.config import SupervisorSettings, load_supervisor_settings
+from supervisor.model_paths import write_model_paths
+from supervisor.run import supervise
+from worker.config import ConfigError, WorkerSettings, load_settings
+from worker.logs import configure_logging, register_secret
+
+EXIT_CONFIG = 2
+
+
+def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
+    """Both halves at once, so one message names every bad variable of either."""
+    problems: list[str] = []
+    config = settings = None
+    try:
+        config = load_supervisor_settings()
+    except ConfigError as exc:
+        problems.append(str(exc))
+    overrides = {"comfyui_output_dir": config.output_dir} if config else {}
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems or config is None or settings is None:
+        raise ConfigError("\n".join(problems))
+    return config, settings
+
+
+def prepare_directories(config: SupervisorSettings) -> None:
+    """ComfyUI's writable directories and its model paths file; an unwritable SCRATCH_DIR is a config error."""
+    for directory in (config.output_dir, config.comfyui_dir / "input", config.comfyui_dir / "user"):
+        directory.mkdir(parents=True, exist_ok=True)
+    write_model_paths(config.model_paths_file, config.models_dir)
+
+
+def main() -> int:
+    try:
+        config, settings = load_configuration()
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.queue_manager_token is not None:
+        register_secret(settings.queue_manager_token.get_secret_value())
+    log = structlog.get_logger()
+    try:
+        prepare_directories(config)
+    except OSError as exc:
+        log.error("supervisor.config_error", variable="SCRATCH_DIR or COMFYUI_OUTPUT_DIR", error=str(exc))
+        return EXIT_CONFIG
+    if not config.models_dir.is_dir():
+        log.warning("supervisor.models_dir_missing", models_dir=str(config.models_dir))
+    try:
+        return asyncio.run(supervise(config, settings))
+    except OSError as exc:  # e.g. HEALTH_PORT already taken, COMFYUI_COMMAND not executable
+        log.error("supervisor.failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

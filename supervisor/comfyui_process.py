@@ -1,0 +1,97 @@
+"""ComfyUI as a child process: start it, copy its output into the container log, stop it in bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import TextIO
+
+import structlog
+
+log = structlog.get_logger()
+
+LOG_PREFIX = "[comfyui] "
+_MAX_LINE_BYTES = 1 << 20  # progress bars redraw with \r and can make one very long "line"
+_PUMP_DRAIN_TIMEOUT_S = 2.0
+
+
+class ComfyUIProcess:
+    def __init__(self, argv: list[str], *, stop_timeout_s: float = 3.0) -> None:
+        self._argv = argv
+        self._stop_timeout_s = stop_timeout_s
+        self._process: asyncio.subprocess.Process | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> int:
+        # A session of its own: a Ctrl-C on a terminal reaches the supervisor only, so the worker drains
+        # before ComfyUI goes; and stop() can signal ComfyUI's own children with the group.
+        self._process = await asyncio.create_subprocess_exec(
+            *self._argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=_MAX_LINE_BYTES,
+        )
+        assert self._process.stdout is not None and self._process.stderr is not None
+        self._pumps = [
+            asyncio.create_task(_copy_lines(self._process.stdout, sys.stdout)),
+            asyncio.create_task(_copy_lines(self._process.stderr, sys.stderr)),
+        ]
+        log.info("comfyui.started", pid=self._process.pid, argv=self._argv)
+        return self._process.pid
+
+    async def wait(self) -> int:
+        assert self._process is not None, "start() first"
+        return await self._process.wait()
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after stop_timeout_s; returns the exit code (None if never started)."""
+        process = self._process
+        if process is None:
+            return None
+        if process.returncode is None:
+            log.info("comfyui.stopping", pid=process.pid, kill_after_s=self._stop_timeout_s)
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self._stop_timeout_s)
+            except TimeoutError:
+                log.warning("comfyui.kill", pid=process.pid, after_s=self._stop_timeout_s)
+                self._signal_group(signal.SIGKILL)
+                await process.wait()
+        # Children ComfyUI left behind are killed with it; they would hold the pipes open otherwise.
+        self._signal_group(signal.SIGKILL)
+        await self._drain_pumps()
+        log.info("comfyui.stopped", pid=process.pid, code=process.returncode)
+        return process.returncode
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, sig)
+
+    async def _drain_pumps(self) -> None:
+        _done, pending = await asyncio.wait(self._pumps, timeout=_PUMP_DRAIN_TIMEOUT_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+
+async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO) -> None:
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # longer than _MAX_LINE_BYTES: asyncio drops it; keep copying what follows
+            sink.write(f"{LOG_PREFIX}<line longer than {_MAX_LINE_BYTES} bytes dropped>\n")
+            continue
+        if not line:
+            return
+        sink.write(LOG_PREFIX + line.decode("utf-8", errors="replace").rstrip("\r\n") + "\n")
+        sink.flush()

@@ -1,0 +1,103 @@
+"""Supervisor configuration: how to start ComfyUI beside the worker. Flat, from the environment, no I/O."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.config import ConfigError
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+class SupervisorSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    comfyui_command: str = Field(default="python /opt/ComfyUI/main.py", validation_alias="COMFYUI_COMMAND")
+    comfyui_extra_args: str = Field(default="", validation_alias="COMFYUI_EXTRA_ARGS")
+    # The worker reads the same variable: ComfyUI listens where the worker looks for it.
+    comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
+    comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
+    scratch_dir: Path = Field(default=Path("/data"), validation_alias="SCRATCH_DIR")
+    models_dir: Path = Field(default=Path("/models"), validation_alias="MODELS_DIR")
+    comfyui_stop_timeout_s: float = Field(default=3.0, ge=0, validation_alias="COMFYUI_STOP_TIMEOUT_S")
+
+    @field_validator("comfyui_command")
+    @classmethod
+    def _runnable_command(cls, value: str) -> str:
+        argv = shlex.split(value)
+        if not argv:
+            raise ValueError("must name the program that starts ComfyUI")
+        if shutil.which(argv[0]) is None:
+            raise ValueError(f"program not found: {argv[0]}")
+        return value
+
+    @field_validator("comfyui_extra_args")
+    @classmethod
+    def _parsable_args(cls, value: str) -> str:
+        shlex.split(value)  # raises ValueError (e.g. "No closing quotation"), reported under the variable
+        return value
+
+    @field_validator("comfyui_url")
+    @classmethod
+    def _loopback_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"the supervisor runs ComfyUI on this machine; use http://127.0.0.1:<port>, not {value.host}"
+            )
+        return value
+
+    @property
+    def comfyui_port(self) -> int:
+        assert self.comfyui_url.port is not None  # http URLs always carry one (80 when omitted)
+        return self.comfyui_url.port
+
+    @property
+    def comfyui_dir(self) -> Path:
+        """ComfyUI's writable directories (input, temp, user) and the model paths file it reads."""
+        return self.scratch_dir / "comfyui"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.comfyui_output_dir or self.comfyui_dir / "output"
+
+    @property
+    def model_paths_file(self) -> Path:
+        return self.comfyui_dir / "extra_model_paths.yaml"
+
+    def comfyui_argv(self) -> list[str]:
+        return [
+            *shlex.split(self.comfyui_command),
+            "--listen", "127.0.0.1",
+            "--port", str(self.comfyui_port),
+            "--output-directory", str(self.output_dir),
+            "--input-directory", str(self.comfyui_dir / "input"),
+            "--temp-directory", str(self.comfyui_dir),  # ComfyUI appends "temp" itself
+            "--user-directory", str(self.comfyui_dir / "user"),
+            "--extra-model-paths-config", str(self.model_paths_file),
+            *shlex.split(self.comfyui_extra_args),
+        ]
+
+
+def _env_name(field_name: str) -> str:
+    field = SupervisorSettings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    return alias if isinstance(alias, str) else field_name.upper()
+
+
+def load_supervisor_settings(**overrides: object) -> SupervisorSettings:
+    """Build settings from the environment; raise ConfigError naming every bad variable and why."""
+    try:
+        return SupervisorSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = _env_name(str(error["loc"][0])) if error["loc"] else "configuration"
+            lines.append(f"  {name}: {error['msg']}")
+        raise ConfigError("Invalid supervisor configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,95 @@
+"""/metrics exposition and what /status and the probes must never reveal."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.config import load_settings
+from worker.state import Phase, WorkerState
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_expose_worker_registry_and_live_gauges(client: httpx.AsyncClient, state: WorkerState) -> None:
+    state.set_comfyui(True, "0.8.0")
+    state.mark_ready()
+    state.set_phase(Phase.IDLE)
+    state.job_started("job-1")
+    state.job_finished("completed")
+    state.job_started("job-2")
+    state.job_finished("failed")
+    state.set_phase(Phase.IDLE)
+    state.idle_poll()
+    state.idle_poll()
+    state.metrics.observe_phase("execution", 1.5)
+
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
+    values = samples(response.text)
+
+    assert values[("comfy_worker_jobs_total", (("outcome", "completed"),))] == 1
+    assert values[("comfy_worker_jobs_total", (("outcome", "failed"),))] == 1
+    assert values[("comfy_worker_idle_polls_total", ())] == 2
+    assert values[("comfy_worker_comfyui_up", ())] == 1
+    assert values[("comfy_worker_state", (("state", "idle"),))] == 1
+    assert values[("comfy_worker_state", (("state", "busy"),))] == 0
+    assert values[("comfy_worker_job_phase_seconds_count", (("phase", "execution"),))] == 1
+    assert values[("comfy_worker_consecutive_idle_polls", ())] == 2
+    assert values[("comfy_worker_max_idle_polls", ())] == 10
+    assert values[("comfy_worker_healthy", ())] == 1
+    assert values[("comfy_worker_ready", ())] == 1
+    assert 0 <= values[("comfy_worker_uptime_seconds", ())] < 60
+    assert 0 <= values[("comfy_worker_heartbeat_age_seconds", ())] < 60
+    build = ("comfy_worker_build_info", (("comfyui_version", "0.8.0"), ("worker_version", "9.9.9")))
+    assert values[build] == 1
+
+
+async def test_health_gauges_follow_the_probes(client: httpx.AsyncClient, state: WorkerState) -> None:
+    values = samples((await client.get("/metrics")).text)
+    assert (values[("comfy_worker_healthy", ())], values[("comfy_worker_ready", ())]) == (1, 0)
+
+    state.mark_fatal("CUDA error: device-side assert triggered")
+    values = samples((await client.get("/metrics")).text)
+    assert (values[("comfy_worker_healthy", ())], values[("comfy_worker_ready", ())]) == (0, 0)
+
+
+async def test_metrics_negotiate_openmetrics(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(OPENMETRICS_CONTENT_TYPE.split(";")[0])
+    assert response.text.rstrip().endswith("# EOF")
+
+
+async def test_no_secret_or_setting_reaches_any_endpoint(start_server, monkeypatch) -> None:
+    token = "qm-token-5f2a9c1e-do-not-leak"
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://user:hunter2-password@queue.example.com/")
+    monkeypatch.setenv("QUEUE_MANAGER_TOKEN", token)
+    settings = load_settings()
+    assert settings.queue_manager_token is not None
+    assert settings.queue_manager_token.get_secret_value() == token
+    state = WorkerState(
+        worker_id=settings.worker_id,
+        provider=settings.inference_provider,
+        version="1.0.0",
+        max_idle_polls=settings.serverless_max_idle_polls,
+        serverless=settings.serverless_mode,
+    )
+    state.job_started("job-1")
+    client = await start_server(state)
+
+    for path in ("/health", "/ready", "/metrics", "/status"):
+        body = (await client.get(path)).text
+        assert token not in body, path
+        assert "hunter2" not in body, path
+        assert "queue.example.com" not in body, path
+        assert "QUEUE_MANAGER" not in body, path

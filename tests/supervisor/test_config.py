@@ -1,0 +1,88 @@
+"""Supervisor settings and the ComfyUI command line and model paths file they produce."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import SupervisorSettings, load_supervisor_settings
+from supervisor.model_paths import MODEL_FOLDERS, render_model_paths, write_model_paths
+from worker.config import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in ("COMFYUI_COMMAND", "COMFYUI_EXTRA_ARGS", "COMFYUI_URL", "COMFYUI_OUTPUT_DIR", "SCRATCH_DIR",
+                 "MODELS_DIR", "COMFYUI_STOP_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def settings(**env: str) -> SupervisorSettings:
+    return load_supervisor_settings(**{"COMFYUI_COMMAND": f"{sys.executable} /opt/ComfyUI/main.py", **env})
+
+
+def test_defaults_build_comfyuis_command_line() -> None:
+    argv = settings().comfyui_argv()
+    assert argv == [
+        sys.executable, "/opt/ComfyUI/main.py",
+        "--listen", "127.0.0.1",
+        "--port", "8188",
+        "--output-directory", "/data/comfyui/output",
+        "--input-directory", "/data/comfyui/input",
+        "--temp-directory", "/data/comfyui",
+        "--user-directory", "/data/comfyui/user",
+        "--extra-model-paths-config", "/data/comfyui/extra_model_paths.yaml",
+    ]
+
+
+def test_port_output_dir_and_extra_args_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMFYUI_URL", "http://localhost:9191/")
+    monkeypatch.setenv("COMFYUI_OUTPUT_DIR", "/scratch/out")
+    monkeypatch.setenv("SCRATCH_DIR", "/scratch")
+    monkeypatch.setenv("COMFYUI_EXTRA_ARGS", "--highvram --preview-method 'latent2rgb'")
+    config = settings()
+    argv = config.comfyui_argv()
+    assert argv[argv.index("--port") + 1] == "9191"
+    assert argv[argv.index("--listen") + 1] == "127.0.0.1"
+    assert argv[argv.index("--output-directory") + 1] == "/scratch/out"
+    assert argv[argv.index("--extra-model-paths-config") + 1] == "/scratch/comfyui/extra_model_paths.yaml"
+    assert argv[-3:] == ["--highvram", "--preview-method", "latent2rgb"]
+
+
+def test_every_bad_variable_is_named() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_supervisor_settings(
+            COMFYUI_COMMAND="no-such-program-anywhere --x",
+            COMFYUI_EXTRA_ARGS="'unbalanced",
+            COMFYUI_URL="http://comfyui.internal:8188",
+            COMFYUI_STOP_TIMEOUT_S="-1",
+        )
+    message = str(caught.value)
+    assert message.startswith("Invalid supervisor configuration:")
+    for name in ("COMFYUI_COMMAND", "COMFYUI_EXTRA_ARGS", "COMFYUI_URL", "COMFYUI_STOP_TIMEOUT_S"):
+        assert name in message
+    assert "program not found: no-such-program-anywhere" in message
+
+
+def test_empty_command_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="COMFYUI_COMMAND"):
+        load_supervisor_settings(COMFYUI_COMMAND="   ")
+
+
+def test_model_paths_point_every_folder_at_the_models_volume(tmp_path: Path) -> None:
+    path = tmp_path / "comfyui" / "extra_model_paths.yaml"
+    write_model_paths(path, Path("/models"))
+    lines = path.read_text().splitlines()
+    assert '  base_path: "/models"' in lines
+    assert "  is_default: true" in lines
+    for folder in ("checkpoints", "loras", "vae", "text_encoders", "clip", "diffusion_models", "unet"):
+        assert folder in MODEL_FOLDERS
+        assert f'  {folder}: "{folder}/"' in lines
+
+
+def test_model_paths_quote_awkward_paths() -> None:
+    rendered = render_model_paths(Path('/mnt/my models: "v2"'))
+    assert '  base_path: "/mnt/my models: \\"v2\\""' in rendered.splitlines()

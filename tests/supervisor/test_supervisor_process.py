@@ -1,0 +1,98 @@
+"""The supervisor as the container runs it, with small programs standing in for ComfyUI where its behaviour
+must be exact: one that never answers, one that ignores SIGTERM, one that crashes at start."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def python_command(code: str) -> str:
+    return shlex.join([sys.executable, "-c", code])
+
+
+IGNORES_SIGTERM = python_command(
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('loading models', flush=True); "
+    "time.sleep(60)"
+)
+CRASHES_AT_START = python_command("import sys; print('CUDA init failed', file=sys.stderr, flush=True); sys.exit(3)")
+
+
+async def test_comfyui_that_never_answers(base_env, run_supervisor) -> None:
+    """Health answers at once while ComfyUI loads; the worker gives up after its start-up timeout (exit 1,
+    passed through); the child, which ignores SIGTERM, is killed after COMFYUI_STOP_TIMEOUT_S."""
+    env = {
+        **base_env,
+        "COMFYUI_COMMAND": IGNORES_SIGTERM,
+        "COMFYUI_STARTUP_TIMEOUT_S": "2",
+        "COMFYUI_STOP_TIMEOUT_S": "1",
+    }
+    supervisor = await run_supervisor(env)
+
+    health = await supervisor.wait_until(lambda: supervisor.get("/health"), what="/health to answer")
+    # The target is one second; the margin absorbs a loaded 2-core CI runner.
+    assert time.monotonic() - supervisor.started_at < 3.0
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    ready = await supervisor.get("/ready")
+    assert ready is not None and ready.status_code == 503
+    assert ready.json()["reason"].startswith("starting")
+    status = (await supervisor.get("/status")).json()
+    assert (status["state"], status["comfyui_up"]) == ("starting", False)
+    child = await supervisor.comfyui_pid()
+    await supervisor.wait_until(lambda: "[comfyui] loading models" in supervisor.output, what="child output")
+
+    # A signal while ComfyUI is being stopped must not kill the supervisor and orphan ComfyUI.
+    await supervisor.wait_until(lambda: "comfyui.stopping" in supervisor.output, what="the stop of ComfyUI")
+    supervisor.signal(signal.SIGTERM)
+
+    assert await supervisor.wait() == 1
+    assert not supervisor.is_running(child)
+    assert "ComfyUI never came up" in supervisor.output
+    events = [event["event"] for event in supervisor.log_events()]
+    assert events.index("comfyui.kill") < events.index("comfyui.stopped")
+
+
+async def test_comfyui_crash_at_start_exits_1_with_the_reason(base_env, run_supervisor) -> None:
+    env = {**base_env, "COMFYUI_COMMAND": CRASHES_AT_START, "COMFYUI_STARTUP_TIMEOUT_S": "30"}
+    supervisor = await run_supervisor(env)
+
+    assert await supervisor.wait(timeout_s=10) == 1
+    assert "[comfyui] CUDA init failed" in supervisor.stderr.decode()
+    exited = [e for e in supervisor.log_events() if e["event"] == "comfyui.exited_unexpectedly"]
+    assert exited and exited[0]["code"] == 3
+
+
+async def test_configuration_error_exits_2_before_comfyui_starts(base_env, run_supervisor, tmp_path: Path) -> None:
+    marker = tmp_path / "comfyui-was-started"
+    env = {
+        **base_env,
+        "COMFYUI_COMMAND": python_command(f"open({str(marker)!r}, 'w').close()"),
+        "COMFYUI_EXTRA_ARGS": "--unbalanced 'quote",
+        "COMFYUI_URL": "http://10.1.2.3:8188",
+        "WORKER_POLL_INTERVAL": "-1",
+    }
+    del env["QUEUE_MANAGER_URL"]
+    supervisor = await run_supervisor(env)
+
+    assert await supervisor.wait() == 2
+    stderr = supervisor.stderr.decode()
+    for variable in ("COMFYUI_EXTRA_ARGS", "COMFYUI_URL", "QUEUE_MANAGER_URL", "WORKER_POLL_INTERVAL"):
+        assert variable in stderr, stderr
+    assert "Traceback" not in supervisor.output
+    assert supervisor.stdout == b""
+    assert not marker.exists()
+    assert not (tmp_path / "data").exists()  # nothing prepared either
+
+
+async def test_unwritable_scratch_dir_is_a_configuration_error(base_env, run_supervisor, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    supervisor = await run_supervisor({**base_env, "SCRATCH_DIR": str(blocker / "data")})
+
+    assert await supervisor.wait() == 2
+    assert "SCRATCH_DIR" in supervisor.output
+    assert "Traceback" not in supervisor.output

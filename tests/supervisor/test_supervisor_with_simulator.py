@@ -1,0 +1,131 @@
+"""The whole container process: supervisor + ComfyUI simulator child + worker, against the queue manager."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import httpx
+import pytest
+
+from queue_manager import QueueManagerServer
+
+
+async def submit(queue_manager: QueueManagerServer, workflow: dict[str, Any]) -> str:
+    async with httpx.AsyncClient(base_url=str(queue_manager.url), timeout=5.0) as http:
+        response = await http.post("/api/jobs", json={"user_id": "alice", "workflow": workflow})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+
+async def job_status(queue_manager: QueueManagerServer, job_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=str(queue_manager.url), timeout=5.0) as http:
+        return (await http.get(f"/api/jobs/{job_id}")).json()
+
+
+async def running_job(supervisor, job_id: str) -> bool:
+    response = await supervisor.get("/status")
+    return response is not None and response.json()["current_job_id"] == job_id
+
+
+async def test_health_first_ready_only_once_comfyui_answers(base_env, run_supervisor) -> None:
+    env = {**base_env, "COMFYUI_EXTRA_ARGS": "--startup-delay 0.5 --highvram"}
+    supervisor = await run_supervisor(env)
+
+    health = await supervisor.wait_until(lambda: supervisor.get("/health"), what="/health to answer")
+    assert health.status_code == 200
+    assert await supervisor.status_of("/ready") == 503  # ComfyUI is still "scanning models"
+
+    await supervisor.wait_until(
+        lambda: _is(supervisor.status_of("/ready"), 200), timeout_s=15, what="/ready to turn 200"
+    )
+    status = (await supervisor.get("/status")).json()
+    assert status["state"] == "idle"
+    assert status["comfyui_up"] is True
+    assert status["versions"]["comfyui"] == "0.8.0"
+
+    # ComfyUI got the supervisor's arguments: loopback, the shared output directory, the model paths file,
+    # and COMFYUI_EXTRA_ARGS passed through.
+    async with httpx.AsyncClient(base_url=env["COMFYUI_URL"], timeout=5.0) as comfyui:
+        argv = (await comfyui.get("/system_stats")).json()["system"]["argv"]
+    scratch = env["SCRATCH_DIR"]
+    assert argv[argv.index("--listen") + 1] == "127.0.0.1"
+    assert argv[argv.index("--output-directory") + 1] == f"{scratch}/comfyui/output"
+    assert argv[argv.index("--extra-model-paths-config") + 1] == f"{scratch}/comfyui/extra_model_paths.yaml"
+    assert argv[-3:] == ["--startup-delay", "0.5", "--highvram"]
+    assert f"[comfyui] Adding extra search path from {scratch}/comfyui/extra_model_paths.yaml" in supervisor.output
+
+    supervisor.signal(signal.SIGTERM)
+    assert await supervisor.wait() == 0
+
+
+async def test_sigterm_drains_the_job_then_stops_comfyui(
+    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
+) -> None:
+    env = {**base_env, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=0.4"}
+    supervisor = await run_supervisor(env)
+    child = await supervisor.comfyui_pid()
+    job_id = await submit(queue_manager, load_workflow("slow.json"))
+    await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
+
+    supervisor.signal(signal.SIGTERM)
+    await supervisor.wait_until(lambda: _is(supervisor.status_of("/ready"), 503), what="/ready 503 while draining")
+    draining = await supervisor.get("/health")
+    assert draining is not None and draining.status_code == 200  # a drain must never look like a crash
+    assert supervisor.is_running(child)  # ComfyUI still runs the job the worker is draining
+
+    assert await supervisor.wait() == 0
+    assert not supervisor.is_running(child)
+    assert (await job_status(queue_manager, job_id))["status"] == "completed"
+    assert [r.endpoint for r in queue_manager.reports.landed(job_id)] == ["complete-job"]
+    events = [e["event"] for e in supervisor.log_events()]
+    assert events.index("comfyui.stopped") > events.index("Worker shutdown complete")
+
+
+async def test_comfyui_death_fails_the_job_and_turns_health_unhealthy(
+    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
+) -> None:
+    env = {**base_env, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=30"}
+    supervisor = await run_supervisor(env)
+    child = await supervisor.comfyui_pid()
+    job_id = await submit(queue_manager, load_workflow("slow.json"))
+    await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
+    # Hold the failure report a moment, so the unhealthy /health can be seen before the process exits.
+    queue_manager.faults.inject("fail-job", delay_s=0.5)
+
+    os.kill(child, signal.SIGKILL)
+    unhealthy = await supervisor.wait_until(
+        lambda: _response_if(supervisor.get("/health"), 503), what="/health 503 after ComfyUI died"
+    )
+    assert unhealthy.json()["status"] == "unhealthy"
+    assert unhealthy.json()["reason"] == "ComfyUI process exited unexpectedly with code -9"
+
+    assert await supervisor.wait() == 1
+    job = await job_status(queue_manager, job_id)
+    assert job["status"] == "failed"
+    # Which the worker sees first is a race: the supervisor's abort (the exit code) or its own dropped
+    # connection to ComfyUI. Either way the job fails with ComfyUI named as the cause, and exactly once.
+    assert "ComfyUI" in job["error"]
+    assert [r.endpoint for r in queue_manager.reports.landed(job_id)] == ["fail-job"]
+
+
+@pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])
+async def test_idle_exit_code_passes_through_and_comfyui_is_stopped(
+    base_env, run_supervisor, extra_env: dict[str, str]
+) -> None:
+    supervisor = await run_supervisor({**base_env, **extra_env})
+    child = await supervisor.comfyui_pid()
+
+    assert await supervisor.wait() == 0
+    assert not supervisor.is_running(child)
+    assert "Serverless idle timeout reached" in supervisor.output
+
+
+async def _is(status: Any, expected: int) -> bool:
+    return (await status) == expected
+
+
+async def _response_if(response: Any, expected: int) -> httpx.Response | None:
+    result = await response
+    return result if result is not None and result.status_code == expected else None
