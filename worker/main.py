@@ -29,6 +29,7 @@ log = structlog.get_logger()
 STARTUP_PROBE_INTERVAL_S = 0.5
 MAX_POLL_BACKOFF_S = 30.0
 SHUTDOWN_REPORT_BUDGET_S = 4.0  # what is left of Verda's 30 s after the grace period
+ABORT_EXPLAIN_WAIT_S = 1.0  # a lost ComfyUI may be a dead process the supervisor is about to report
 
 
 class Worker:
@@ -58,6 +59,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._abort_reason: str | None = None
+        self._aborted = asyncio.Event()
         self._execution: asyncio.Task[Report] | None = None
         self._prompt_run: PromptRun | None = None
 
@@ -72,6 +74,7 @@ class Worker:
         """ComfyUI is gone: the running job fails with `reason` now, and run() returns 1."""
         self._abort_reason = reason
         self.state.mark_fatal(reason)
+        self._aborted.set()
         self._stop.set()
         self._force.set()
 
@@ -258,7 +261,9 @@ class Worker:
         except PromptRejected as exc:
             return Report(job.id, error=str(exc))
         except ComfyUIUnavailable as exc:
-            return Report(job.id, error=f"ComfyUI unavailable, the workflow was not run: {exc}")
+            return Report(job.id, error=await self._explain_lost_comfyui(
+                f"ComfyUI unavailable while submitting the workflow: {exc}"
+            ))
 
         metrics = self.state.metrics
         if outcome.comfyui_queue_s is not None:
@@ -268,6 +273,7 @@ class Worker:
             self.state.mark_fatal(f"fatal GPU error in job {job.id}: {outcome.message}")
         if outcome.status == "lost":
             self.state.set_comfyui(False)
+            outcome.message = await self._explain_lost_comfyui(outcome.message)
         if not outcome.ok:
             return Report(job.id, error=outcome.message)
 
@@ -295,6 +301,12 @@ class Worker:
             "comfyui_version": self.state.comfyui_version,
             "worker_version": __version__,
         })
+
+    async def _explain_lost_comfyui(self, message: str) -> str:
+        """The supervisor's reason (the process died, with its exit code) beats what the socket saw."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._aborted.wait(), ABORT_EXPLAIN_WAIT_S)
+        return f"Job stopped: {self._abort_reason}" if self._abort_reason else message
 
     def _on_prompt_id(self, prompt_id: str) -> None:
         self.state.current_prompt_id = prompt_id
