@@ -1,0 +1,30 @@
+"""The one small interface between the scaler loop and whatever runs the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from scaler.policy import Replica
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """What the platform reports: its live replicas (``started_at`` in epoch seconds) and the deployment status."""
+
+    replicas: tuple[Replica, ...]
+    status: str
+
+
+class Backend(Protocol):
+    async def observe(self) -> BackendView: ...
+
+    async def apply(self, desired: int) -> bool:
+        """Pin the replica count to ``desired``; True when something was written, False when already so."""
+        ...
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,181 @@
+"""Worker processes on this machine as a scaler backend, for the demo and the tests.
+
+It copies what a pinned Verda deployment does, as far as it is known (shared/reference/verda-api.md):
+- ``apply(n)`` pins n replicas; the platform keeps n running. A worker that exits on its own (a serverless
+  worker exits when idle) is restarted in its place at the next ``observe``, as Kubernetes would; Verda does
+  not document which it does, and the scaler is safe either way because it never relies on workers exiting.
+- On a scale-down the most recently started replicas get SIGTERM (Verda picks without saying how); they
+  are SIGKILLed if still alive ``stop_timeout_s`` later, as Verda does after 30 s.
+- ``pause`` stops every replica and holds the count at 0 until ``resume``.
+- ``aclose`` leaves no process behind: SIGTERM to all, wait, SIGKILL what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import structlog
+
+from scaler.backends.base import BackendView
+from scaler.policy import PAUSED, Replica
+
+log = structlog.get_logger()
+
+WORKER_COMMAND = (sys.executable, "-m", "worker")
+HEALTHY = "healthy"
+
+
+@dataclass
+class _LocalReplica:
+    id: str
+    process: asyncio.subprocess.Process
+    started_at: float
+    log_file: IO[bytes] | None
+    stopping_since: float | None = None
+
+    @property
+    def exited(self) -> bool:
+        return self.process.returncode is not None
+
+    def close_log(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+class LocalBackend:
+    """Runs ``command`` (default ``python -m worker``) once per replica.
+
+    ``worker_env`` is the workers' complete environment (QUEUE_MANAGER_URL, COMFYUI_URL, OUTPUTS_PATH, PATH...);
+    each replica also gets its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given,
+    SERVERLESS_MODE=true. With ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log``.
+    """
+
+    def __init__(
+        self,
+        worker_env: Mapping[str, str],
+        *,
+        command: Sequence[str] = WORKER_COMMAND,
+        id_prefix: str = "local-worker",
+        clock: Callable[[], float] = time.time,
+        stop_timeout_s: float = 30.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        self._env = {"SERVERLESS_MODE": "true", **worker_env, "HEALTH_PORT": "0"}
+        self._command = tuple(command)
+        self._id_prefix = id_prefix
+        self._clock = clock
+        self._stop_timeout_s = stop_timeout_s
+        self._log_dir = log_dir
+        self._desired = 0
+        self._paused = False
+        self._live: list[_LocalReplica] = []
+        self._stopping: list[_LocalReplica] = []
+        self.starts = 0
+        self.pids_started: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(desired={self._desired}, live={len(self._live)}, paused={self._paused})"
+
+    @property
+    def pids(self) -> list[int]:
+        """Processes this backend still tracks (running or being stopped)."""
+        return [r.process.pid for r in self._live + self._stopping]
+
+    async def observe(self) -> BackendView:
+        await self._reconcile()
+        replicas = tuple(Replica(r.id, r.started_at) for r in self._live)
+        return BackendView(replicas=replicas, status=PAUSED if self._paused else HEALTHY)
+
+    async def apply(self, desired: int) -> bool:
+        if desired < 0:
+            raise ValueError(f"desired replicas must be >= 0, got {desired}")
+        changed = desired != self._desired
+        self._desired = desired
+        await self._reconcile()
+        return changed
+
+    async def pause(self) -> None:
+        self._paused = True
+        await self._reconcile()
+
+    async def resume(self) -> None:
+        self._paused = False
+        await self._reconcile()
+
+    async def aclose(self) -> None:
+        self._paused = True
+        for replica in self._live:
+            self._terminate(replica)
+        self._stopping.extend(self._live)
+        self._live.clear()
+        waits = [asyncio.ensure_future(replica.process.wait()) for replica in self._stopping]
+        if waits:
+            _, still_running = await asyncio.wait(waits, timeout=self._stop_timeout_s)
+            for replica in self._stopping:
+                if not replica.exited:
+                    log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        replica.process.kill()
+            if still_running:
+                await asyncio.wait(still_running)
+        for replica in self._stopping:
+            replica.close_log()
+        self._stopping.clear()
+
+    async def _reconcile(self) -> None:
+        self._reap()
+        target = 0 if self._paused else self._desired
+        while len(self._live) < target:
+            self._live.append(await self._start())
+        while len(self._live) > target:
+            replica = self._live.pop()
+            self._terminate(replica)
+            self._stopping.append(replica)
+
+    def _reap(self) -> None:
+        for replica in [r for r in self._live if r.exited]:
+            self._live.remove(replica)
+            replica.close_log()
+            log.info("local_replica_exited", replica=replica.id, exit_code=replica.process.returncode)
+        now = time.monotonic()
+        for replica in list(self._stopping):
+            if replica.exited:
+                self._stopping.remove(replica)
+                replica.close_log()
+            elif replica.stopping_since is not None and now - replica.stopping_since > self._stop_timeout_s:
+                log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    replica.process.kill()
+
+    async def _start(self) -> _LocalReplica:
+        self.starts += 1
+        replica_id = f"{self._id_prefix}-{self.starts}"
+        log_file = None
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            log_file = (self._log_dir / f"{replica_id}.log").open("ab")
+        process = await asyncio.create_subprocess_exec(
+            *self._command,
+            env={**self._env, "WORKER_ID": replica_id},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+        self.pids_started.append(process.pid)
+        log.info("local_replica_started", replica=replica_id, pid=process.pid)
+        return _LocalReplica(replica_id, process, self._clock(), log_file)
+
+    def _terminate(self, replica: _LocalReplica) -> None:
+        if replica.stopping_since is None:
+            replica.stopping_since = time.monotonic()
+        if not replica.exited:
+            log.info("local_replica_stopping", replica=replica.id, pid=replica.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                replica.process.terminate()

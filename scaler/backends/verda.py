@@ -1,0 +1,61 @@
+"""Verda serverless containers as a scaler backend: the count is pinned with min_replica_count == max_replica_count.
+
+Verda's own autoscaler only watches its own request queue, which our pulling workers leave empty; pinning
+min == max leaves it nothing to decide, so the count is ours alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from scaler.backends.base import BackendView
+from scaler.policy import Replica
+from scaler.verda_client import VerdaClient
+
+
+class VerdaBackend:
+    """Owns ``client`` (closed by ``aclose``)."""
+
+    def __init__(self, client: VerdaClient, deployment: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.deployment = deployment
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"VerdaBackend(deployment={self.deployment!r}, client={self.client!r})"
+
+    async def observe(self) -> BackendView:
+        status = await self.client.get_status(self.deployment)
+        listed = await self.client.get_replicas(self.deployment)
+        now = self._clock()
+        # A replica listed without started_at is still being placed: treat it as starting now.
+        replicas = tuple(
+            Replica(r.id, r.started_at.timestamp() if r.started_at is not None else now) for r in listed
+        )
+        return BackendView(replicas=replicas, status=status)
+
+    async def apply(self, desired: int) -> bool:
+        return await self.client.set_replica_bounds(self.deployment, desired, desired)
+
+    async def pause(self) -> None:
+        await self.client.pause(self.deployment)
+
+    async def resume(self) -> None:
+        await self.client.resume(self.deployment)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def replica_bounds(self) -> tuple[int | None, int | None]:
+        """(min_replica_count, max_replica_count) as Verda holds them now."""
+        scaling = await self.client.get_scaling(self.deployment)
+        return scaling.get("min_replica_count"), scaling.get("max_replica_count")
+
+    async def price_per_hour(self) -> float:
+        """Hourly price of one replica of this deployment's compute, from GET /container-types."""
+        deployment = await self.client.get_deployment(self.deployment)
+        compute = deployment.get("compute") or {}
+        return await self.client.price_per_hour(
+            str(compute.get("name", "")), spot=bool(deployment.get("is_spot")), size=int(compute.get("size") or 1)
+        )

@@ -1,0 +1,352 @@
+"""`comfy-scaler`: run | once | status | stop | resume | simulate | deploy. A thin layer over ScalerSettings.
+
+Exit codes: 0 done, 1 an input or the platform could not be read or written, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from scaler.backends import Backend, LocalBackend, VerdaBackend
+from scaler.config import ConfigError, ScalerSettings, load_settings
+from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
+from scaler.metrics import MetricsServer, ScalerMetrics
+from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
+from scaler.queue_status import QueueStatusReader
+from scaler.verda_client import VerdaAPIError, VerdaClient
+from worker.logs import configure_logging, register_secret
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DELEGATED = ("simulate", "deploy")
+VERDA_STOP_GRACE_S = 30.0  # Verda's SIGTERM-to-SIGKILL grace on a scale-down
+LOCAL_ONLY_IN_RUN = (
+    "the local backend's workers live inside `comfy-scaler run`; stop that process (Ctrl-C) to stop them"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comfy-scaler",
+        description="Scale the ComfyUI workers from the queue manager's depth. Settings come from the "
+        "environment (docs/scaler.md).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="decide and apply every SCALER_INTERVAL_S until SIGTERM/SIGINT")
+    once = commands.add_parser("once", help="make one decision and apply it (for cron; set SCALER_STATE_FILE)")
+    for sub in (run, once):
+        sub.add_argument("--dry-run", action="store_true", help="decide and log, never write to the platform")
+    status = commands.add_parser("status", help="queue, deployment, replicas and the decision it would make")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("stop", help="kill switch: pin the replica count to 0 and pause the deployment")
+    commands.add_parser("resume", help="resume the deployment; the scaler sets the count at its next tick")
+    commands.add_parser("simulate", help="compare policies on workloads (comfy-scaler simulate --help)")
+    commands.add_parser("deploy", help="create or update the Verda deployment (comfy-scaler deploy --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_format, settings.log_level)
+    for secret in (settings.queue_manager_token, settings.verda_client_secret):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    if settings.backend == "local" and args.command in ("once", "stop", "resume"):
+        print(f"{args.command}: {LOCAL_ONLY_IN_RUN}", file=sys.stderr)
+        return EXIT_USAGE
+    command = {"run": _run, "once": _once, "status": _status, "stop": _stop, "resume": _resume}[args.command]
+    return asyncio.run(command(settings, args))
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    if command == "simulate":
+        from scaler.simulate import simulate_main
+
+        return simulate_main(rest)
+    from scaler.deploy import main as deploy_main
+
+    return deploy_main(rest)
+
+
+# --- wiring -----------------------------------------------------------------------------------------------
+
+
+def make_backend(settings: ScalerSettings) -> Backend:
+    if settings.backend == "local":
+        worker_env = {**os.environ, "QUEUE_MANAGER_URL": settings.queue_base_url}
+        if settings.queue_manager_token is not None:
+            worker_env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()
+        return LocalBackend(worker_env, log_dir=settings.local_log_dir)
+    assert settings.verda_client_id and settings.verda_client_secret  # checked by ScalerSettings
+    client = VerdaClient(
+        settings.verda_client_id, settings.verda_client_secret.get_secret_value(), base_url=settings.verda_base_url
+    )
+    return VerdaBackend(client, settings.deployment_name)
+
+
+def make_queue_reader(settings: ScalerSettings) -> QueueStatusReader:
+    token = settings.queue_manager_token.get_secret_value() if settings.queue_manager_token else None
+    return QueueStatusReader(settings.queue_base_url, token=token)
+
+
+@asynccontextmanager
+async def _opened(settings: ScalerSettings) -> AsyncIterator[tuple[Backend, QueueStatusReader]]:
+    async with AsyncExitStack() as stack:
+        queue = make_queue_reader(settings)
+        stack.push_async_callback(queue.aclose)
+        backend = make_backend(settings)
+        stack.push_async_callback(backend.aclose)
+        yield backend, queue
+
+
+@dataclass(frozen=True)
+class Pricing:
+    config: ScalingConfig
+    source: str  # "setting" | "verda" | "default"
+    error: str | None = None
+
+
+async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing:
+    """The policy's config with its price: the setting, else Verda's /container-types, else the default."""
+    if settings.price_per_replica_hour is not None:
+        return Pricing(settings.scaling_config(), "setting")
+    if not isinstance(backend, VerdaBackend):
+        return Pricing(settings.scaling_config(), "default")
+    try:
+        price = await backend.price_per_hour()
+    except (VerdaAPIError, httpx.HTTPError, LookupError) as exc:
+        return Pricing(settings.scaling_config(), "default", error=f"{type(exc).__name__}: {exc}")
+    return Pricing(settings.scaling_config(price), "verda")
+
+
+def _platform_error(exc: Exception) -> str:
+    if isinstance(exc, VerdaAPIError) and exc.status in (401, 403):
+        return f"{exc} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
+    if isinstance(exc, VerdaAPIError) and exc.status == 404:
+        return f"{exc} (check DEPLOYMENT_NAME)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _load_state(settings: ScalerSettings) -> PolicyState:
+    return load_policy_state(settings.state_file) if settings.state_file else PolicyState()
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    metrics = ScalerMetrics()
+    server = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port)
+    async with _opened(settings) as (backend, queue):
+        pricing = await resolve_pricing(settings, backend)
+        if pricing.error:
+            log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
+            return EXIT_FAILED
+        config = pricing.config
+        if config.billing_aware and config.scale_down_lead_s < VERDA_STOP_GRACE_S + settings.interval_s:
+            log.warning(
+                "scale_down_lead_too_short",
+                scale_down_lead_s=config.scale_down_lead_s,
+                hint=f"a billing-aware scale-down can miss the boundary: make SCALER_SCALE_DOWN_LEAD_S >= "
+                f"{VERDA_STOP_GRACE_S:.0f} + SCALER_INTERVAL_S",
+            )
+        loop = ScalerLoop(
+            config, backend, queue,
+            interval_s=settings.interval_s, dry_run=args.dry_run, metrics=metrics,
+            failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+        )
+        stop = asyncio.Event()
+        event_loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            event_loop.add_signal_handler(sig, stop.set)
+        if settings.metrics_port:
+            await server.start()
+        try:
+            await loop.run(stop)
+        finally:
+            for sig in STOP_SIGNALS:
+                event_loop.remove_signal_handler(sig)
+            await server.stop()
+            if settings.state_file and not args.dry_run:
+                save_policy_state(settings.state_file, loop.state)
+    return EXIT_OK
+
+
+async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    async with _opened(settings) as (backend, queue):
+        pricing = await resolve_pricing(settings, backend)
+        if pricing.error:
+            log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
+            return EXIT_FAILED
+        loop = ScalerLoop(
+            pricing.config, backend, queue, dry_run=args.dry_run,
+            failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+        )
+        decision = await loop.tick()
+        if settings.state_file and not args.dry_run:
+            save_policy_state(settings.state_file, loop.state)
+    return EXIT_FAILED if decision.reason == Reason.HOLD_OBSERVATION_FAILED else EXIT_OK
+
+
+async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    async with _opened(settings) as (backend, queue):
+        pricing = await resolve_pricing(settings, backend)
+        loop = ScalerLoop(pricing.config, backend, queue, dry_run=True)
+        observation = await loop.observe()
+        decision = decide(pricing.config, _load_state(settings), observation)
+        bounds: tuple[int | None, int | None] | None = None
+        if isinstance(backend, VerdaBackend) and observation.verda_error is None:
+            try:
+                bounds = await backend.replica_bounds()
+            except (VerdaAPIError, httpx.HTTPError) as exc:
+                log.warning("replica_bounds_unreadable", error=str(exc))
+    report = _status_report(settings, loop, decision, pricing, bounds, observation.now)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report)
+    return EXIT_FAILED if observation.failed else EXIT_OK
+
+
+async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    async with _opened(settings) as (backend, _):
+        try:
+            await backend.apply(0)
+            await backend.pause()
+        except (VerdaAPIError, httpx.HTTPError) as exc:
+            print(f"stop failed: {_platform_error(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+    log.warning("kill_switch_engaged", deployment=settings.deployment_name)
+    print(
+        f"{settings.deployment_name}: replica count pinned to 0 and deployment paused. A running scaler now only "
+        "warns. Undo with: comfy-scaler resume"
+    )
+    return EXIT_OK
+
+
+async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    async with _opened(settings) as (backend, _):
+        try:
+            await backend.resume()
+        except (VerdaAPIError, httpx.HTTPError) as exc:
+            print(f"resume failed: {_platform_error(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+    log.info("kill_switch_released", deployment=settings.deployment_name)
+    print(
+        f"{settings.deployment_name}: resumed. The scaler sets the replica count at its next tick "
+        "(or run: comfy-scaler once)."
+    )
+    return EXIT_OK
+
+
+# --- status output ----------------------------------------------------------------------------------------
+
+
+def _status_report(
+    settings: ScalerSettings,
+    loop: ScalerLoop,
+    decision: Decision,
+    pricing: Pricing,
+    bounds: tuple[int | None, int | None] | None,
+    now: float,
+) -> dict[str, Any]:
+    queue: dict[str, Any] = {"url": settings.queue_base_url}
+    queue.update(asdict(loop.last_queue) if loop.last_queue else {"error": decision.details.get("queue_error")})
+    deployment: dict[str, Any] = {"backend": settings.backend, "name": settings.deployment_name}
+    replicas: list[dict[str, Any]] = []
+    if loop.last_view is not None:
+        deployment["status"] = loop.last_view.status
+        replicas = [
+            {
+                "id": r.id,
+                "started_at": datetime.fromtimestamp(r.started_at, UTC).isoformat(),
+                "age_s": round(now - r.started_at, 1),
+            }
+            for r in loop.last_view.replicas
+        ]
+    else:
+        deployment["error"] = decision.details.get("verda_error")
+    if bounds is not None:
+        deployment["min_replica_count"], deployment["max_replica_count"] = bounds
+    return {
+        "queue": queue,
+        "deployment": deployment,
+        "replicas": replicas,
+        "decision": {
+            "desired": decision.desired,
+            "current": decision.current,
+            "reason": decision.reason,
+            "changed": decision.changed,
+            "details": decision.details,
+        },
+        "price_per_replica_hour": pricing.config.price_per_replica_hour,
+        "price_source": pricing.source,
+        "price_error": pricing.error,
+        "settings": settings.public_summary(),
+        "checked_at": datetime.fromtimestamp(now, UTC).isoformat(),
+    }
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    console = Console()
+    overview = Table(title="comfy-scaler status", show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column()
+    queue, deployment, decision = report["queue"], report["deployment"], report["decision"]
+    if "error" in queue:
+        overview.add_row("queue", f"[red]unreadable: {queue['error']}[/red]")
+    else:
+        overview.add_row("queue", f"{queue['pending_jobs']} pending, {queue['running_jobs']} running ({queue['url']})")
+    if "error" in deployment:
+        overview.add_row("deployment", f"[red]{deployment['name']}: unreadable: {deployment['error']}[/red]")
+    else:
+        pinned = ""
+        if "min_replica_count" in deployment:
+            pinned = f", min/max {deployment['min_replica_count']}/{deployment['max_replica_count']}"
+        where = f"{deployment['name']} ({deployment['backend']})"
+        overview.add_row("deployment", f"{where}: {deployment['status']}{pinned}")
+    overview.add_row("replicas", str(len(report["replicas"])))
+    verb = "change" if decision["changed"] else "keep"
+    overview.add_row("decision", f"{verb} {decision['current']} → {decision['desired']}: {decision['reason']}")
+    overview.add_row("why", ", ".join(f"{k}={v}" for k, v in decision["details"].items() if v is not None))
+    price = f"{report['price_per_replica_hour']}/h ({report['price_source']})"
+    if report["price_error"]:
+        price += f" [yellow]lookup failed: {report['price_error']}[/yellow]"
+    overview.add_row("price", price)
+    console.print(overview)
+    if report["replicas"]:
+        table = Table(title="replicas")
+        for column in ("id", "started_at", "age_s"):
+            table.add_column(column)
+        for replica in report["replicas"]:
+            table.add_row(replica["id"], replica["started_at"], str(replica["age_s"]))
+        console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Scaler configuration: flat, from the environment (and a .env file), units in the names, no I/O.
+
+The policy's knobs are ScalingConfig's fields with a SCALER_ prefix and the same defaults. Every setting and
+its meaning: docs/scaler.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scaler.billing import BillingAnchor
+from scaler.policy import ScalingConfig
+from scaler.verda_client import DEFAULT_BASE_URL
+
+DEFAULTS = ScalingConfig()
+POLICY_FIELDS = tuple(ScalingConfig.__dataclass_fields__)
+
+
+def _scaler(name: str) -> str:
+    return f"SCALER_{name.upper()}"
+
+
+class ScalerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
+
+    queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
+    queue_manager_token: SecretStr | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    backend: Literal["verda", "local"] = Field(default="verda", validation_alias="SCALER_BACKEND")
+    verda_client_id: str | None = Field(default=None, validation_alias="VERDA_CLIENT_ID")
+    verda_client_secret: SecretStr | None = Field(default=None, validation_alias="VERDA_CLIENT_SECRET")
+    verda_api_url: AnyHttpUrl = Field(
+        default=DEFAULT_BASE_URL, validation_alias=AliasChoices("VERDA_API_URL", "VERDA_BASE_URL")
+    )
+    deployment_name: str = Field(
+        default="comfyui-worker-serverless",
+        pattern=r"^[a-z0-9-]{1,63}$",
+        validation_alias=AliasChoices("DEPLOYMENT_NAME", "VERDA_DEPLOYMENT_NAME"),
+    )
+    interval_s: float = Field(default=15.0, gt=0, validation_alias="SCALER_INTERVAL_S")
+    metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
+    metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
+    failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")
+    state_file: Path | None = Field(default=None, validation_alias="SCALER_STATE_FILE")
+    local_log_dir: Path | None = Field(default=None, validation_alias="SCALER_LOCAL_LOG_DIR")
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
+    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
+
+    # The policy (scaler.policy.ScalingConfig), same names with SCALER_ in front.
+    min_replicas: int = Field(default=DEFAULTS.min_replicas, ge=0, validation_alias=_scaler("min_replicas"))
+    max_replicas: int = Field(default=DEFAULTS.max_replicas, ge=0, validation_alias=_scaler("max_replicas"))
+    jobs_per_replica: int = Field(default=DEFAULTS.jobs_per_replica, ge=1, validation_alias=_scaler("jobs_per_replica"))
+    activation_threshold: int = Field(
+        default=DEFAULTS.activation_threshold, ge=0, validation_alias=_scaler("activation_threshold")
+    )
+    stabilization_window_s: float = Field(
+        default=DEFAULTS.stabilization_window_s, ge=0, validation_alias=_scaler("stabilization_window_s")
+    )
+    scale_down_cooldown_s: float = Field(
+        default=DEFAULTS.scale_down_cooldown_s, ge=0, validation_alias=_scaler("scale_down_cooldown_s")
+    )
+    idle_to_zero_s: float = Field(default=DEFAULTS.idle_to_zero_s, ge=0, validation_alias=_scaler("idle_to_zero_s"))
+    billing_interval_s: float = Field(
+        default=DEFAULTS.billing_interval_s, gt=0, validation_alias=_scaler("billing_interval_s")
+    )
+    billing_aware: bool = Field(default=DEFAULTS.billing_aware, validation_alias=_scaler("billing_aware"))
+    billing_anchor: BillingAnchor = Field(default=DEFAULTS.billing_anchor, validation_alias=_scaler("billing_anchor"))
+    scale_down_lead_s: float = Field(
+        default=DEFAULTS.scale_down_lead_s, ge=0, validation_alias=_scaler("scale_down_lead_s")
+    )
+    # None: read it from Verda's GET /container-types for the deployment's compute (local backend: the default).
+    price_per_replica_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("price_per_replica_hour"))
+    max_spend_per_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_hour"))
+    max_spend_per_day: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_day"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScalerSettings:
+        problems = []
+        if self.backend == "verda":
+            problems += [
+                f"{name}: required with SCALER_BACKEND=verda (Verda console > API keys)"
+                for name, value in (("VERDA_CLIENT_ID", self.verda_client_id),
+                                    ("VERDA_CLIENT_SECRET", self.verda_client_secret))
+                if not value
+            ]
+        try:
+            self.scaling_config()
+        except ValueError as exc:
+            problems.append(_with_env_names(str(exc).removeprefix("invalid ScalingConfig: ")))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def queue_base_url(self) -> str:
+        return str(self.queue_manager_url).rstrip("/")
+
+    @property
+    def verda_base_url(self) -> str:
+        return str(self.verda_api_url).rstrip("/")
+
+    def scaling_config(self, price_per_replica_hour: float | None = None) -> ScalingConfig:
+        """The policy's configuration; ``price_per_replica_hour`` is used when the setting is unset."""
+        values = {name: getattr(self, name) for name in POLICY_FIELDS}
+        values["price_per_replica_hour"] = next(
+            (p for p in (self.price_per_replica_hour, price_per_replica_hour) if p is not None),
+            DEFAULTS.price_per_replica_hour,
+        )
+        return ScalingConfig(**values)
+
+    def public_summary(self) -> dict[str, object]:
+        """The settings without secrets, for `status`."""
+        hidden = {"queue_manager_token", "verda_client_secret"}
+        summary = {name: getattr(self, name) for name in type(self).model_fields if name not in hidden}
+        return {name: str(value) if isinstance(value, AnyHttpUrl | Path) else value for name, value in summary.items()}
+
+
+class ConfigError(Exception):
+    """Every bad variable, one line each, ready to print."""
+
+
+def env_name(field_name: str) -> str:
+    field = ScalerSettings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return alias if isinstance(alias, str) else field_name.upper()
+
+
+def _with_env_names(message: str) -> str:
+    return re.sub(r"\b[a-z_]+\b", lambda m: env_name(m[0]) if m[0] in POLICY_FIELDS else m[0], message)
+
+
+def load_settings(**overrides: object) -> ScalerSettings:
+    """Build settings from the environment; raise ConfigError naming every bad variable and why."""
+    try:
+        return ScalerSettings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["loc"]:
+                lines.append(f"  {env_name(str(error['loc'][0]))}: {message}")
+            else:
+                lines += [f"  {problem}" for problem in message.split("; ")]
+        raise ConfigError("Invalid scaler configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,210 @@
+"""The live scaler: wait an interval or the stop event → read → decide (pure, ``scaler.policy.decide``) → apply.
+
+The loop holds the policy's memory between ticks and is the only place that talks to the world. A read that
+fails is not skipped: it becomes a flag on the observation, and the policy holds the last applied count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from scaler.backends.base import Backend, BackendView
+from scaler.billing import SpendLedger
+from scaler.metrics import ScalerMetrics
+from scaler.policy import (
+    PAUSED,
+    QUOTA_REACHED,
+    Decision,
+    Observation,
+    PolicyState,
+    ScalingConfig,
+    decide,
+    estimated_spend,
+)
+from scaler.queue_status import QueueStatus
+
+log = structlog.get_logger()
+
+
+class QueueReader(Protocol):
+    async def read(self) -> QueueStatus: ...
+
+
+# What happened to a decision on its way to the platform, as logged in the "apply" field.
+WROTE = "wrote"
+ALREADY_SET = "already_set"
+SKIPPED_DRY_RUN = "skipped_dry_run"
+SKIPPED_READ_FAILED = "skipped_read_failed"
+SKIPPED_PAUSED = "skipped_paused"
+FAILED = "failed"
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+class ScalerLoop:
+    def __init__(
+        self,
+        config: ScalingConfig,
+        backend: Backend,
+        queue: QueueReader,
+        *,
+        clock: Callable[[], float] = time.time,
+        interval_s: float = 15.0,
+        dry_run: bool = False,
+        metrics: ScalerMetrics | None = None,
+        failure_alert_after: int = 3,
+        state: PolicyState | None = None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.queue = queue
+        self.clock = clock
+        self.interval_s = interval_s
+        self.dry_run = dry_run
+        self.metrics = metrics or ScalerMetrics()
+        self.failure_alert_after = failure_alert_after
+        self.state = state or PolicyState()
+        # The count last confirmed on the platform; None until the first write, so the first tick takes
+        # ownership (pins min == max) even when the policy sees nothing to change.
+        self.on_backend: int | None = None
+        self.last_view: BackendView | None = None
+        self.last_queue: QueueStatus | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("scaler_started", interval_s=self.interval_s, dry_run=self.dry_run, backend=repr(self.backend))
+        while not stop.is_set():
+            await self.tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+        log.info("scaler_stopped", desired=self.state.applied)
+
+    async def tick(self) -> Decision:
+        observation = await self.observe()
+        decision = decide(self.config, self.state, observation)
+        self.state = decision.new_state
+        outcome, apply_error = await self._apply(decision, observation)
+        self._record(decision, observation, outcome, apply_error)
+        return decision
+
+    async def observe(self) -> Observation:
+        queue, view = await asyncio.gather(self.queue.read(), self.backend.observe(), return_exceptions=True)
+        for result in (queue, view):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        now = self.clock()
+        queue_error = verda_error = None
+        if isinstance(queue, Exception):
+            queue_error = _error_text(queue)
+            self.metrics.read_errors.labels(source="queue").inc()
+        else:
+            self.last_queue = queue
+        if isinstance(view, Exception):
+            verda_error = _error_text(view)
+            self.metrics.read_errors.labels(source="backend").inc()
+        else:
+            self.last_view = view
+        return Observation(
+            now=now,
+            pending=queue.pending_jobs if isinstance(queue, QueueStatus) else 0,
+            running=queue.running_jobs if isinstance(queue, QueueStatus) else 0,
+            replicas=view.replicas if isinstance(view, BackendView) else (),
+            deployment_status=view.status if isinstance(view, BackendView) else "unknown",
+            queue_error=queue_error,
+            verda_error=verda_error,
+        )
+
+    async def _apply(self, decision: Decision, observation: Observation) -> tuple[str, str | None]:
+        if observation.failed:
+            return SKIPPED_READ_FAILED, None
+        if observation.deployment_status == PAUSED:
+            return SKIPPED_PAUSED, None
+        if self.dry_run:
+            return SKIPPED_DRY_RUN, None
+        if decision.desired == self.on_backend:
+            return ALREADY_SET, None
+        try:
+            wrote = await self.backend.apply(decision.desired)
+        except Exception as exc:
+            self.metrics.apply_errors.inc()
+            return FAILED, _error_text(exc)
+        self.on_backend = decision.desired
+        if wrote:
+            self.metrics.applies.inc()
+            return WROTE, None
+        return ALREADY_SET, None
+
+    def _record(self, decision: Decision, observation: Observation, outcome: str, apply_error: str | None) -> None:
+        m = self.metrics
+        m.decisions.labels(reason=decision.reason).inc()
+        m.desired_replicas.set(decision.desired)
+        m.consecutive_failures.set(self.state.consecutive_failures)
+        m.last_decision.set(observation.now)
+        if observation.verda_error is None:
+            m.actual_replicas.set(len(observation.replicas))
+        if observation.queue_error is None:
+            m.pending_jobs.set(observation.pending)
+            m.running_jobs.set(observation.running)
+        spend = estimated_spend(self.config, self.state, observation.now)
+        m.estimated_spend.labels(window="hour").set(spend["spend_last_hour"])
+        m.estimated_spend.labels(window="day").set(spend["spend_last_day"])
+
+        fields: dict[str, Any] = {
+            "desired": decision.desired,
+            "current": decision.current,
+            "reason": decision.reason,
+            "changed": decision.changed,
+            "apply": outcome,
+            "dry_run": self.dry_run,
+            "details": decision.details,
+        }
+        if apply_error:
+            fields["apply_error"] = apply_error
+        failures = self.state.consecutive_failures
+        if apply_error or failures >= self.failure_alert_after:
+            log.error("Scaling decision", consecutive_failures=failures, **fields)
+        elif observation.failed or observation.deployment_status in (PAUSED, QUOTA_REACHED):
+            log.warning("Scaling decision", **fields)
+        else:
+            log.info("Scaling decision", **fields)
+
+
+# --- memory across processes, for `comfy-scaler once` run from cron ---------------------------------------
+
+
+def save_policy_state(path: Path, state: PolicyState) -> None:
+    """Write atomically, so a cron run killed mid-write leaves the previous state intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(asdict(state)))
+    os.replace(scratch, path)
+
+
+def load_policy_state(path: Path) -> PolicyState:
+    """The saved state, or a fresh one when there is none (first run)."""
+    if not path.exists():
+        return PolicyState()
+    raw = json.loads(path.read_text())
+    ledger = raw.get("ledger") or {}
+    return PolicyState(
+        applied=raw.get("applied"),
+        demand_samples=tuple((float(t), int(n)) for t, n in raw.get("demand_samples", ())),
+        last_work_seen_at=raw.get("last_work_seen_at"),
+        last_scale_down_at=raw.get("last_scale_down_at"),
+        consecutive_failures=int(raw.get("consecutive_failures", 0)),
+        ledger=SpendLedger(
+            charges=tuple((float(t), float(amount)) for t, amount in ledger.get("charges", ())),
+            billed=tuple(((str(key[0]), float(key[1])), int(count)) for key, count in ledger.get("billed", ())),
+        ),
+    )

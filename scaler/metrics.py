@@ -1,0 +1,78 @@
+"""The scaler's Prometheus metrics, in a registry of its own, and the tiny HTTP server that exposes them."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
+
+disable_created_metrics()
+log = structlog.get_logger()
+
+
+class ScalerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.desired_replicas = Gauge(
+            "comfy_scaler_desired_replicas", "Replica count the scaler last decided.", registry=r
+        )
+        self.actual_replicas = Gauge(
+            "comfy_scaler_actual_replicas", "Replicas the platform reported at the last successful read.", registry=r
+        )
+        self.pending_jobs = Gauge("comfy_scaler_pending_jobs", "pending_jobs at the last queue read.", registry=r)
+        self.running_jobs = Gauge("comfy_scaler_running_jobs", "running_jobs at the last queue read.", registry=r)
+        self.decisions = Counter(
+            "comfy_scaler_decisions", "Decisions made, by reason (scale_up, steady, hold_...).", ["reason"], registry=r
+        )
+        self.read_errors = Counter(
+            "comfy_scaler_read_errors", "Failed reads of an input, by source (queue|backend).", ["source"], registry=r
+        )
+        self.apply_errors = Counter(
+            "comfy_scaler_apply_errors", "Failed attempts to write the replica count.", registry=r
+        )
+        self.applies = Counter(
+            "comfy_scaler_applies", "Replica count writes that changed the platform.", registry=r
+        )
+        self.consecutive_failures = Gauge(
+            "comfy_scaler_consecutive_failures", "Ticks in a row whose inputs could not be read.", registry=r
+        )
+        self.estimated_spend = Gauge(
+            "comfy_scaler_estimated_spend", "Committed spend (currency of the price) over the window.",
+            ["window"], registry=r,
+        )
+        self.last_decision = Gauge(
+            "comfy_scaler_last_decision_timestamp_seconds", "When the last decision was made (epoch s).", registry=r
+        )
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` from ``metrics.registry``; ``start()`` returns the bound port."""
+
+    def __init__(self, metrics: ScalerMetrics, *, host: str = "0.0.0.0", port: int = 9110) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        port = self._runner.addresses[0][1]
+        log.info("scaler_metrics_listening", host=self._host, port=port)
+        return port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(self._metrics.registry))
+        response.headers["Content-Type"] = content_type
+        return response

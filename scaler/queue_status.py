@@ -1,0 +1,113 @@
+"""Client for the queue manager's GET /api/queue/status: the scaler's view of demand.
+
+Transport retries live here (a couple of quick ones within a tick); anything still failing is raised as
+QueueStatusError and the loop turns it into a held decision, never into a scale-down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+STATUS_PATH = "/api/queue/status"
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class QueueStatusError(Exception):
+    """The queue status could not be read (connection, HTTP error, not JSON, wrong shape)."""
+
+
+class _Retryable(QueueStatusError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    pending_jobs: int
+    running_jobs: int
+    completed_jobs: int = 0
+    failed_jobs: int = 0
+    mode: str = "fifo"
+
+    @classmethod
+    def from_json(cls, body: Any) -> QueueStatus:
+        if not isinstance(body, dict):
+            raise QueueStatusError(f"queue status is not an object: {str(body)[:200]}")
+        try:
+            counts = {name: _count(body, name) for name in ("pending_jobs", "running_jobs")}
+            extra = {name: _count(body, name) for name in ("completed_jobs", "failed_jobs") if name in body}
+        except (TypeError, ValueError) as exc:
+            raise QueueStatusError(f"queue status has a bad count: {exc}") from None
+        return cls(**counts, **extra, mode=str(body.get("mode", "fifo")))
+
+
+def _count(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r}")
+    return value
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Retryable | httpx.TransportError)
+
+
+class QueueStatusReader:
+    """`await reader.read()` → QueueStatus. Use as `async with QueueStatusReader(url) as reader`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        attempts: int = 3,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 2.0,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self._attempts = attempts
+        self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
+
+    def __repr__(self) -> str:
+        return f"QueueStatusReader(base_url={str(self._http.base_url)!r})"
+
+    async def __aenter__(self) -> QueueStatusReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def read(self) -> QueueStatus:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(self._attempts),
+            wait=self._wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._read_once()
+        except httpx.HTTPError as exc:
+            raise QueueStatusError(f"cannot reach the queue manager: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _read_once(self) -> QueueStatus:
+        response = await self._http.get(STATUS_PATH)
+        if response.status_code in RETRYABLE_STATUS:
+            raise _Retryable(f"queue status answered HTTP {response.status_code}")
+        if response.is_error:
+            raise QueueStatusError(f"queue status answered HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise QueueStatusError(f"queue status is not JSON: {response.text[:200]}") from None
+        return QueueStatus.from_json(body)

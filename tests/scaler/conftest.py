@@ -1,0 +1,193 @@
+"""Fixtures for the live scaler: a hand-moved clock, stub inputs, and the real stand-ins on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import structlog
+
+from queue_manager.server import QueueManagerServer
+from scaler.backends import BackendView
+from scaler.policy import Replica
+from scaler.queue_status import QueueStatus, QueueStatusError
+from scaler.verda_client import VerdaClient
+from standins.verda import FakeVerda
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+DEPLOYMENT = "comfyui-worker-serverless"
+VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
+
+DEPLOYMENT_BODY = {
+    "name": DEPLOYMENT,
+    "is_spot": False,
+    "compute": {"name": "H100", "size": 1},
+    "container_registry_settings": {"is_private": False},
+    "containers": [{"image": "ghcr.io/acme/comfyui-worker-serverless:0.1.0", "exposed_port": 8000}],
+    "scaling": {
+        "min_replica_count": 0,
+        "max_replica_count": 5,
+        "scale_down_policy": {"delay_seconds": 300},
+        "scale_up_policy": {"delay_seconds": 0},
+        "queue_message_ttl_seconds": 300,
+        "concurrent_requests_per_replica": 1,
+        "scaling_triggers": {"queue_load": {"threshold": 1}},
+    },
+}
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(step)
+
+
+class ManualClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class StubQueue:
+    """Answers what the test sets; ``error`` makes the next reads fail."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.running = 0
+        self.error: Exception | None = None
+        self.reads = 0
+
+    async def read(self) -> QueueStatus:
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return QueueStatus(pending_jobs=self.pending, running_jobs=self.running)
+
+
+class StubBackend:
+    """Behaves like a pinned platform: replicas follow the applied count at once; records every call."""
+
+    def __init__(self, clock: ManualClock, replicas: int = 0) -> None:
+        self.clock = clock
+        self.status = "healthy"
+        self.replicas = tuple(Replica(f"r{n}", clock()) for n in range(replicas))
+        self.applied: list[int] = []
+        self.observe_error: Exception | None = None
+        self.apply_error: Exception | None = None
+        self.paused = False
+        self.closed = False
+
+    async def observe(self) -> BackendView:
+        if self.observe_error is not None:
+            raise self.observe_error
+        return BackendView(self.replicas, self.status)
+
+    async def apply(self, desired: int) -> bool:
+        if self.apply_error is not None:
+            raise self.apply_error
+        self.applied.append(desired)
+        kept = self.replicas[:desired]
+        self.replicas = kept + tuple(Replica(f"r{n}", self.clock()) for n in range(len(kept), desired))
+        return True
+
+    async def pause(self) -> None:
+        self.paused = True
+
+    async def resume(self) -> None:
+        self.paused = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def queue() -> StubQueue:
+    return StubQueue()
+
+
+@pytest.fixture
+def backend(clock: ManualClock) -> StubBackend:
+    return StubBackend(clock)
+
+
+@pytest.fixture
+def queue_failure() -> Exception:
+    return QueueStatusError("cannot reach the queue manager: ConnectError")
+
+
+@pytest.fixture
+async def qm() -> AsyncIterator[QueueManagerServer]:
+    async with QueueManagerServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def fake_verda() -> AsyncIterator[FakeVerda]:
+    """A fake Verda API holding the worker deployment (min 0, max 5, as deploy creates it)."""
+    async with FakeVerda(VERDA_ID, VERDA_SECRET) as server:
+        async with VerdaClient(VERDA_ID, VERDA_SECRET, base_url=server.url, max_attempts=1) as client:
+            await client.create_deployment(copy.deepcopy(DEPLOYMENT_BODY))
+        yield server
+
+
+@pytest.fixture
+def verda_credentials() -> tuple[str, str]:
+    return VERDA_ID, VERDA_SECRET
+
+
+@pytest.fixture
+def make_verda_client(fake_verda: FakeVerda) -> Callable[[], VerdaClient]:
+    def build() -> VerdaClient:
+        return VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake_verda.url, max_attempts=2, backoff_initial_s=0.01)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def workflows() -> dict[str, dict]:
+    folder = SHARED / "workflows"
+    assert folder.is_dir(), f"shared workflows not found at {folder}: the repo must sit beside shared/"
+    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+
+
+@pytest.fixture
+def restore_logging() -> AsyncIterator[None]:
+    """The CLI configures structlog globally; put the defaults back for the tests that follow."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def wait() -> Callable[..., object]:
+    """``await wait(predicate, timeout=...)``: poll until true, fail the test on timeout."""
+    return wait_for
+
+
+@pytest.fixture
+def verda_scaling(fake_verda: FakeVerda) -> Callable[[], tuple[int, int]]:
+    """(min_replica_count, max_replica_count) as the fake Verda holds them now."""
+
+    def read() -> tuple[int, int]:
+        scaling = fake_verda.deployments[DEPLOYMENT].body["scaling"]
+        return scaling["min_replica_count"], scaling["max_replica_count"]
+
+    return read
+
+
+@pytest.fixture
+def scaling_patches(fake_verda: FakeVerda) -> Callable[[], list]:
+    return lambda: fake_verda.requests_to(f"/container-deployments/{DEPLOYMENT}/scaling", "PATCH")

@@ -1,0 +1,155 @@
+"""`comfy-scaler` against the queue manager and the fake Verda on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaler.cli import main
+from standins.verda import FakeVerda
+
+DEPLOYMENT = "comfyui-worker-serverless"
+QUEUE_TOKEN = "queue-token-do-not-log"
+WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path: Path, restore_logging
+) -> dict[str, str]:
+    """The environment an operator sets, pointed at the stand-ins; also applied to this process."""
+    client_id, client_secret = verda_credentials
+    env = {
+        "QUEUE_MANAGER_URL": qm.url,
+        "VERDA_CLIENT_ID": client_id,
+        "VERDA_CLIENT_SECRET": client_secret,
+        "VERDA_API_URL": fake_verda.url,
+        "SCALER_METRICS_PORT": "0",
+        "SCALER_BILLING_AWARE": "false",
+        "LOG_FORMAT": "json",
+    }
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+async def cli(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
+def test_bad_configuration_exits_2_naming_every_bad_variable(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QUEUE_MANAGER_URL", raising=False)
+    monkeypatch.setenv("SCALER_INTERVAL_S", "soon")
+    monkeypatch.setenv("SCALER_JOBS_PER_REPLICA", "0")
+    monkeypatch.setenv("SCALER_BACKEND", "kubernetes")
+    assert main(["once"]) == 2
+    err = capsys.readouterr().err
+    for name in ("QUEUE_MANAGER_URL", "SCALER_INTERVAL_S", "SCALER_JOBS_PER_REPLICA", "SCALER_BACKEND"):
+        assert name in err
+
+
+def test_missing_verda_credentials_are_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("VERDA_CLIENT_ID", raising=False)
+    monkeypatch.delenv("VERDA_CLIENT_SECRET", raising=False)
+    monkeypatch.setenv("SCALER_MIN_REPLICAS", "6")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "VERDA_CLIENT_ID" in err and "VERDA_CLIENT_SECRET" in err
+    assert "SCALER_MIN_REPLICAS" in err and "SCALER_MAX_REPLICAS" in err
+
+
+async def test_once_dry_run_decides_and_writes_nothing(cli_env, qm, fake_verda, verda_scaling, scaling_patches, capsys):
+    for _ in range(2):
+        qm.store.submit("alice", WORKFLOW)
+    assert await cli("once", "--dry-run") == 0
+    assert verda_scaling() == (0, 5)
+    assert scaling_patches() == []
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [decision] = [entry for entry in logged if entry["event"] == "Scaling decision"]
+    assert (decision["desired"], decision["reason"], decision["apply"]) == (2, "wake_from_zero", "skipped_dry_run")
+
+
+async def test_once_applies_and_remembers_its_state(cli_env, qm, verda_scaling, monkeypatch, tmp_path):
+    state_file = tmp_path / "scaler-state.json"
+    monkeypatch.setenv("SCALER_STATE_FILE", str(state_file))
+    qm.store.submit("alice", WORKFLOW)
+    assert await cli("once") == 0
+    assert verda_scaling() == (1, 1)
+    saved = json.loads(state_file.read_text())
+    assert saved["applied"] == 1 and saved["last_work_seen_at"] is not None
+
+
+async def test_once_exits_1_and_holds_when_the_queue_is_unreachable(
+    cli_env, monkeypatch, verda_scaling, scaling_patches
+):
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    assert await cli("once") == 1
+    assert scaling_patches() == []
+
+
+async def test_status_json_shows_queue_deployment_and_the_decision(cli_env, qm, monkeypatch, capsys):
+    monkeypatch.setenv("QUEUE_MANAGER_TOKEN", QUEUE_TOKEN)
+    qm.store.submit("alice", WORKFLOW)
+    assert await cli("status", "--json") == 0
+    out = capsys.readouterr().out
+    report = json.loads(out)
+    assert report["queue"]["pending_jobs"] == 1
+    assert report["deployment"]["status"] == "healthy"
+    assert (report["deployment"]["min_replica_count"], report["deployment"]["max_replica_count"]) == (0, 5)
+    assert report["decision"]["desired"] == 1
+    assert report["decision"]["reason"] == "wake_from_zero"
+    assert (report["price_per_replica_hour"], report["price_source"]) == (2.3, "verda")
+    assert cli_env["VERDA_CLIENT_SECRET"] not in out and QUEUE_TOKEN not in out
+
+
+async def test_status_table_is_readable(cli_env, capsys):
+    assert await cli("status") == 0
+    out = capsys.readouterr().out
+    assert "0 pending, 0 running" in out
+    assert f"{DEPLOYMENT} (verda): healthy" in out
+
+
+async def test_stop_pins_zero_and_pauses_then_resume(cli_env, qm, fake_verda, verda_scaling):
+    qm.store.submit("alice", WORKFLOW)
+    assert await cli("once") == 0
+    assert verda_scaling() == (1, 1)
+    assert await cli("stop") == 0
+    assert verda_scaling() == (0, 0)
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert await cli("once") == 0, "a paused deployment is left alone"
+    assert verda_scaling() == (0, 0)
+    assert await cli("resume") == 0
+    assert fake_verda.deployments[DEPLOYMENT].status == "healthy"
+    assert await cli("once") == 0
+    assert verda_scaling() == (1, 1)
+
+
+async def test_run_takes_over_and_exits_cleanly_on_sigterm(cli_env, verda_scaling, scaling_patches, wait):
+    env = {**os.environ, **cli_env, "SCALER_INTERVAL_S": "0.1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scaler.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait(lambda: len(scaling_patches()) == 1, timeout=15)
+        assert verda_scaling() == (0, 0)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert b"scaler_stopped" in err
+    assert cli_env["VERDA_CLIENT_SECRET"].encode() not in err

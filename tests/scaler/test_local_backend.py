@@ -1,0 +1,129 @@
+"""LocalBackend with real processes: real workers against the ComfyUI simulator, and signal-level behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scaler.backends import LocalBackend
+from scaler.loop import ScalerLoop
+from scaler.policy import ScalingConfig
+from scaler.queue_status import QueueStatusReader
+from standins.comfyui import ComfyUISimulator
+
+# A stand-in replica: marks itself ready (after installing its SIGTERM disposition), then sleeps.
+SLEEPER = (
+    "import os, pathlib, signal, sys, time\n"
+    "if os.environ.get('IGNORE_SIGTERM'): signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "pathlib.Path(os.environ['MARK_DIR'], os.environ['WORKER_ID']).touch()\n"
+    "time.sleep(60)\n"
+)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path):
+    sim = ComfyUISimulator(tmp_path / "comfy-output", tmp_path / "comfy-temp")
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+def sleeper_backend(tmp_path: Path, **options) -> LocalBackend:
+    env = {**os.environ, "MARK_DIR": str(tmp_path)}
+    if options.pop("ignore_sigterm", False):
+        env["IGNORE_SIGTERM"] = "1"
+    return LocalBackend(env, command=(sys.executable, "-c", SLEEPER), **options)
+
+
+async def test_workers_process_a_burst_and_the_count_returns_to_zero(qm, comfy, workflows, tmp_path, wait):
+    env = {
+        **os.environ,
+        "QUEUE_MANAGER_URL": qm.url,
+        "COMFYUI_URL": comfy.url,
+        "OUTPUTS_PATH": str(tmp_path / "outputs"),
+        "WORKER_POLL_INTERVAL": "0.05",
+        "SERVERLESS_MAX_IDLE_POLLS": "40",
+        "SHUTDOWN_GRACE_S": "2",
+        "COMFYUI_STARTUP_TIMEOUT_S": "10",
+        "LOG_FORMAT": "json",
+    }
+    backend = LocalBackend(env, log_dir=tmp_path / "logs", stop_timeout_s=5)
+    config = ScalingConfig(
+        max_replicas=2, billing_aware=False, stabilization_window_s=0.3, scale_down_cooldown_s=0, idle_to_zero_s=0.8
+    )
+    stop = asyncio.Event()
+    try:
+        async with QueueStatusReader(qm.url) as reader:
+            loop = ScalerLoop(config, backend, reader, interval_s=0.1)
+            task = asyncio.create_task(loop.run(stop))
+            jobs = [qm.store.submit("alice", workflows["quick"]) for _ in range(3)]
+            await wait(lambda: len(backend.pids) == 2, timeout=5)
+            await wait(lambda: all(qm.store.get(job.id).status == "completed" for job in jobs), timeout=30)
+            await wait(lambda: loop.on_backend == 0 and backend.pids == [], timeout=15)
+            stop.set()
+            await task
+    finally:
+        await backend.aclose()
+    assert backend.starts >= 2
+    local_ids = {f"local-worker-{n}" for n in range(1, backend.starts + 1)}
+    assert {qm.store.get(job.id).worker_id for job in jobs} <= local_ids
+    assert not [pid for pid in backend.pids_started if alive(pid)], "no worker outlives the backend"
+
+
+async def test_scale_down_stops_the_newest_and_an_exited_replica_is_restarted(tmp_path, wait):
+    backend = sleeper_backend(tmp_path)
+    try:
+        await backend.apply(3)
+        await wait(lambda: len(list(tmp_path.glob("local-worker-*"))) == 3, timeout=10)
+        assert await backend.apply(1) is True
+        assert [r.id for r in (await backend.observe()).replicas] == ["local-worker-1"]
+        assert await backend.apply(1) is False
+
+        os.kill(backend.pids_started[0], 9)  # the replica dies on its own: the platform restores the count
+        async def replaced() -> bool:
+            return [r.id for r in (await backend.observe()).replicas] == ["local-worker-4"]
+
+        async with asyncio.timeout(5):
+            while not await replaced():
+                await asyncio.sleep(0.02)
+        assert backend.starts == 4
+    finally:
+        await backend.aclose()
+    assert not [pid for pid in backend.pids_started if alive(pid)]
+
+
+async def test_pause_stops_every_replica_until_resume(tmp_path):
+    backend = sleeper_backend(tmp_path)
+    try:
+        await backend.apply(2)
+        await backend.pause()
+        view = await backend.observe()
+        assert (view.status, view.replicas) == ("paused", ())
+        await backend.resume()
+        assert len((await backend.observe()).replicas) == 2
+    finally:
+        await backend.aclose()
+
+
+async def test_aclose_kills_what_ignores_sigterm(tmp_path, wait):
+    backend = sleeper_backend(tmp_path, ignore_sigterm=True, stop_timeout_s=0.5)
+    await backend.apply(2)
+    await wait(lambda: len(list(tmp_path.glob("local-worker-*"))) == 2, timeout=10)
+    began = time.monotonic()
+    await backend.aclose()
+    assert time.monotonic() - began >= 0.5, "SIGTERM was given its time first"
+    assert backend.pids == []
+    assert not [pid for pid in backend.pids_started if alive(pid)]

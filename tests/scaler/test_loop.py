@@ -1,0 +1,233 @@
+"""The loop around the policy, with a hand-moved clock and stub inputs: what it applies, holds and logs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
+from scaler.metrics import MetricsServer, ScalerMetrics
+from scaler.policy import PolicyState, Reason, ScalingConfig
+from scaler.verda_client import VerdaAPIError
+
+CONFIG = ScalingConfig(
+    billing_aware=False, stabilization_window_s=60, scale_down_cooldown_s=0, idle_to_zero_s=120,
+    price_per_replica_hour=3.0,
+)
+
+
+@pytest.fixture
+def make_loop(backend, queue, clock):
+    def build(**options) -> ScalerLoop:
+        return ScalerLoop(options.pop("config", CONFIG), backend, queue, clock=clock, **options)
+
+    return build
+
+
+def decisions(logs: list[dict]) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == "Scaling decision"]
+
+
+async def test_a_burst_scales_up_with_one_logged_decision(make_loop, backend, queue):
+    loop = make_loop()
+    queue.pending = 3
+    with capture_logs() as logs:
+        decision = await loop.tick()
+    assert (decision.desired, decision.reason) == (3, Reason.WAKE_FROM_ZERO)
+    assert backend.applied == [3]
+    [event] = decisions(logs)
+    assert event["log_level"] == "info"
+    assert (event["desired"], event["current"], event["reason"], event["changed"]) == (3, 0, "wake_from_zero", True)
+    assert event["apply"] == "wrote"
+    assert event["details"]["pending"] == 3
+
+
+async def test_writes_only_when_the_count_changes(make_loop, backend, queue, clock):
+    loop = make_loop()
+    await loop.tick()
+    assert backend.applied == [0], "the first tick takes ownership of the count"
+    for _ in range(3):
+        clock.advance(15)
+        await loop.tick()
+    assert backend.applied == [0]
+    queue.pending = 2
+    await loop.tick()
+    clock.advance(15)
+    with capture_logs() as logs:
+        await loop.tick()
+    assert backend.applied == [0, 2]
+    assert decisions(logs)[0]["apply"] == "already_set"
+
+
+async def test_idle_window_brings_the_count_to_zero(make_loop, backend, queue, clock):
+    loop = make_loop()
+    queue.pending = 2
+    await loop.tick()
+    queue.pending, queue.running = 0, 0
+    while loop.state.applied:
+        clock.advance(15)
+        await loop.tick()
+        assert clock.now - 1_000_000.0 <= CONFIG.idle_to_zero_s + CONFIG.stabilization_window_s + 15
+    assert clock.now - 1_000_000.0 >= CONFIG.idle_to_zero_s
+    assert backend.applied[-1] == 0 and backend.replicas == ()
+
+
+async def test_unreadable_queue_holds_the_count_and_alerts_after_the_threshold(
+    make_loop, backend, queue, clock, queue_failure
+):
+    metrics = ScalerMetrics()
+    loop = make_loop(metrics=metrics, failure_alert_after=3)
+    queue.pending = 2
+    await loop.tick()
+    queue.pending, queue.error = 0, queue_failure
+    with capture_logs() as logs:
+        for _ in range(5):
+            clock.advance(CONFIG.idle_to_zero_s)  # long enough to reach zero, were the reads trusted
+            decision = await loop.tick()
+            assert (decision.desired, decision.reason) == (2, Reason.HOLD_OBSERVATION_FAILED)
+    assert backend.applied == [2], "never written on a failed read"
+    events = decisions(logs)
+    assert [e["log_level"] for e in events] == ["warning", "warning", "error", "error", "error"]
+    assert events[-1]["consecutive_failures"] == 5
+    assert events[-1]["apply"] == "skipped_read_failed"
+    assert "ConnectError" in events[-1]["details"]["queue_error"]
+    sample = metrics.registry.get_sample_value
+    assert sample("comfy_scaler_consecutive_failures") == 5
+    assert sample("comfy_scaler_read_errors_total", {"source": "queue"}) == 5
+
+    queue.error = None
+    await loop.tick()
+    assert loop.state.consecutive_failures == 0
+    assert sample("comfy_scaler_consecutive_failures") == 0
+
+
+async def test_unreadable_platform_holds_and_never_goes_to_zero(make_loop, backend, queue, clock):
+    loop = make_loop()
+    queue.running = 1
+    await loop.tick()
+    queue.running = 0
+    backend.observe_error = VerdaAPIError(503, "service_unavailable", "injected")
+    for _ in range(4):
+        clock.advance(CONFIG.idle_to_zero_s)
+        assert (await loop.tick()).desired == 1
+    assert backend.applied == [1]
+
+
+async def test_an_error_on_the_very_first_tick_writes_nothing(make_loop, backend, queue, queue_failure):
+    queue.error = queue_failure
+    decision = await make_loop().tick()
+    assert decision.reason == Reason.HOLD_OBSERVATION_FAILED
+    assert backend.applied == []
+
+
+async def test_dry_run_decides_and_logs_but_never_applies(make_loop, backend, queue):
+    loop = make_loop(dry_run=True)
+    queue.pending = 4
+    with capture_logs() as logs:
+        decision = await loop.tick()
+    assert decision.desired == 4
+    assert backend.applied == []
+    [event] = decisions(logs)
+    assert (event["apply"], event["dry_run"]) == ("skipped_dry_run", True)
+
+
+async def test_paused_deployment_warns_and_holds(make_loop, backend, queue):
+    loop = make_loop()
+    backend.status = "paused"
+    queue.pending = 5
+    with capture_logs() as logs:
+        decision = await loop.tick()
+    assert (decision.desired, decision.reason) == (0, Reason.HOLD_PAUSED)
+    assert backend.applied == []
+    [event] = decisions(logs)
+    assert (event["log_level"], event["apply"]) == ("warning", "skipped_paused")
+
+
+async def test_quota_reached_never_adds_replicas(make_loop, backend, queue, clock):
+    loop = make_loop()
+    queue.pending = 1
+    await loop.tick()
+    backend.status = "quota_reached"
+    queue.pending = 6
+    with capture_logs() as logs:
+        for _ in range(3):
+            clock.advance(15)
+            decision = await loop.tick()
+            assert (decision.desired, decision.reason) == (1, Reason.HOLD_QUOTA_REACHED)
+    assert backend.applied == [1]
+    assert {e["log_level"] for e in decisions(logs)} == {"warning"}
+
+
+async def test_a_failed_write_is_logged_and_retried_next_tick(make_loop, backend, queue, clock):
+    metrics = ScalerMetrics()
+    loop = make_loop(metrics=metrics)
+    queue.pending = 3
+    backend.apply_error = VerdaAPIError(500, "server_error", "injected")
+    with capture_logs() as logs:
+        await loop.tick()
+    [event] = decisions(logs)
+    assert (event["log_level"], event["apply"]) == ("error", "failed")
+    assert "server_error" in event["apply_error"]
+    assert metrics.registry.get_sample_value("comfy_scaler_apply_errors_total") == 1
+    backend.apply_error = None
+    clock.advance(15)
+    await loop.tick()
+    assert backend.applied == [3]
+
+
+async def test_metrics_are_served_over_http(make_loop, queue):
+    metrics = ScalerMetrics()
+    loop = make_loop(metrics=metrics)
+    queue.pending = 2
+    await loop.tick()
+    server = MetricsServer(metrics, host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        await server.stop()
+    assert "comfy_scaler_desired_replicas 2.0" in text
+    assert "comfy_scaler_actual_replicas 0.0" in text, "replicas as observed before the write"
+    assert 'comfy_scaler_decisions_total{reason="wake_from_zero"} 1.0' in text
+    assert 'comfy_scaler_estimated_spend{window="hour"}' in text
+
+
+async def test_estimated_spend_follows_running_replicas(make_loop, queue, clock):
+    metrics = ScalerMetrics()
+    loop = make_loop(metrics=metrics)
+    queue.pending = 2
+    await loop.tick()
+    clock.advance(15)
+    await loop.tick()
+    interval_cost = CONFIG.price_per_replica_hour * CONFIG.billing_interval_s / 3600
+    assert metrics.registry.get_sample_value("comfy_scaler_estimated_spend", {"window": "hour"}) == pytest.approx(
+        2 * interval_cost
+    )
+
+
+async def test_run_ticks_until_the_stop_event(make_loop, queue, wait):
+    loop = make_loop(interval_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    await wait(lambda: queue.reads == 1, timeout=2)
+    stop.set()
+    async with asyncio.timeout(1):
+        await task
+    assert queue.reads == 1, "the stop event cuts the interval short"
+
+
+async def test_policy_state_survives_a_save_and_load(make_loop, queue, clock, tmp_path):
+    loop = make_loop()
+    queue.pending = 2
+    await loop.tick()
+    clock.advance(30)
+    queue.pending = 0
+    await loop.tick()
+    path = tmp_path / "state" / "scaler.json"
+    save_policy_state(path, loop.state)
+    assert load_policy_state(path) == loop.state
+    assert load_policy_state(tmp_path / "missing.json") == PolicyState()

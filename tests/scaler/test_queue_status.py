@@ -1,0 +1,56 @@
+"""QueueStatusReader against the queue manager stand-in: counts, bearer token, retries, bad answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from queue_manager.server import QueueManagerServer
+from scaler.queue_status import QueueStatusError, QueueStatusReader
+
+WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
+
+
+async def test_reads_pending_and_running(qm):
+    for _ in range(3):
+        qm.store.submit("alice", WORKFLOW)
+    qm.store.pop_next("w1", qm.mode)
+    async with QueueStatusReader(qm.url) as reader:
+        status = await reader.read()
+    assert (status.pending_jobs, status.running_jobs) == (2, 1)
+
+
+async def test_sends_the_bearer_token():
+    async with QueueManagerServer(token="s3cret") as server:
+        async with QueueStatusReader(server.url, token="s3cret") as reader:
+            assert (await reader.read()).pending_jobs == 0
+        async with QueueStatusReader(server.url, token="wrong") as reader:
+            with pytest.raises(QueueStatusError, match="401"):
+                await reader.read()
+
+
+async def test_retries_a_restarting_manager_within_the_read(qm):
+    qm.faults.inject("queue-status", status=503, times=2)
+    async with QueueStatusReader(qm.url, attempts=3, retry_initial_s=0.01) as reader:
+        assert (await reader.read()).pending_jobs == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>502 Bad Gateway</html>",
+        {"pending_jobs": -1, "running_jobs": 0},
+        {"running_jobs": 0},
+        ["not", "a", "dict"],
+    ],
+)
+async def test_a_bad_answer_is_an_error_not_a_zero(qm, body):
+    qm.faults.inject("queue-status", status=200, body=body)
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        with pytest.raises(QueueStatusError):
+            await reader.read()
+
+
+async def test_an_unreachable_manager_is_an_error():
+    async with QueueStatusReader("http://127.0.0.1:9", attempts=2, retry_initial_s=0.01) as reader:
+        with pytest.raises(QueueStatusError, match="cannot reach"):
+            await reader.read()

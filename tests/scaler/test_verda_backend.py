@@ -1,0 +1,126 @@
+"""VerdaBackend against the fake Verda API on loopback, and the loop end to end with the queue manager."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+from scaler.backends import VerdaBackend
+from scaler.loop import ScalerLoop
+from scaler.policy import ScalingConfig
+from scaler.queue_status import QueueStatusReader
+from standins.verda import FakeVerda
+
+DEPLOYMENT = "comfyui-worker-serverless"
+
+
+async def test_apply_pins_min_and_max_and_writes_only_on_change(make_verda_client, verda_scaling, scaling_patches):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    try:
+        assert await backend.apply(3) is True
+        assert verda_scaling() == (3, 3)
+        assert await backend.apply(3) is False
+        assert len(scaling_patches()) == 1, "no PATCH when the count is already pinned"
+        patch = scaling_patches()[0].json
+        assert patch["scale_down_policy"] == {"delay_seconds": 300}, "the whole scaling object is written back"
+        assert await backend.apply(0) is True
+        assert verda_scaling() == (0, 0)
+    finally:
+        await backend.aclose()
+
+
+async def test_observe_reports_replicas_with_epoch_started_at(make_verda_client, fake_verda: FakeVerda):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    try:
+        before = time.time()
+        await backend.apply(2)
+        view = await backend.observe()
+        assert view.status == "healthy"
+        assert len(view.replicas) == 2
+        assert {r.id for r in view.replicas} == {r.id for r in fake_verda.deployments[DEPLOYMENT].replicas}
+        assert all(before - 1 <= r.started_at <= time.time() + 1 for r in view.replicas)
+        fake_verda.set_status(DEPLOYMENT, "quota_reached")
+        assert (await backend.observe()).status == "quota_reached"
+    finally:
+        await backend.aclose()
+
+
+async def test_pause_and_resume(make_verda_client, fake_verda: FakeVerda):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    try:
+        await backend.apply(1)
+        await backend.pause()
+        view = await backend.observe()
+        assert (view.status, view.replicas) == ("paused", ())
+        await backend.resume()
+        assert len((await backend.observe()).replicas) == 1
+    finally:
+        await backend.aclose()
+
+
+async def test_price_comes_from_the_deployments_compute(make_verda_client):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    try:
+        assert await backend.price_per_hour() == 2.30
+    finally:
+        await backend.aclose()
+
+
+async def test_burst_scales_up_then_the_idle_window_brings_it_to_zero(
+    qm, fake_verda: FakeVerda, make_verda_client, verda_scaling, scaling_patches, wait
+):
+    """Queue manager + fake Verda + the real loop on the real clock, with windows of a fraction of a second."""
+    config = ScalingConfig(
+        max_replicas=4, billing_aware=False, stabilization_window_s=0.3, scale_down_cooldown_s=0.05,
+        idle_to_zero_s=0.6,
+    )
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    replicas = fake_verda.deployments[DEPLOYMENT].replicas
+    stop = asyncio.Event()
+    async with QueueStatusReader(qm.url) as reader:
+        loop = ScalerLoop(config, backend, reader, interval_s=0.05)
+        task = asyncio.create_task(loop.run(stop))
+        try:
+            await wait(lambda: loop.on_backend == 0, timeout=5)
+            assert verda_scaling() == (0, 0), "the scaler takes the count over from Verda's autoscaler"
+
+            jobs = [qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}}) for _ in range(3)]
+            await wait(lambda: len(replicas) == 3, timeout=5)
+            assert verda_scaling() == (3, 3)
+
+            for _ in jobs:  # workers on the three replicas take the jobs and finish them
+                claimed = qm.store.pop_next("replica-worker", qm.mode)
+                assert claimed is not None
+                qm.store.complete(claimed.id, {"outputs": []})
+            assert all(qm.store.get(job.id).status == "completed" for job in jobs)
+            drained_at = time.monotonic()
+            await wait(lambda: len(replicas) == 0, timeout=10)
+            # Work was last seen at the tick before the drain, up to one interval earlier.
+            assert time.monotonic() - drained_at >= config.idle_to_zero_s - 0.1
+            assert verda_scaling() == (0, 0)
+            patches_at_zero = len(scaling_patches())
+            await asyncio.sleep(0.3)
+            assert len(scaling_patches()) == patches_at_zero, "an idle scaler writes nothing"
+        finally:
+            stop.set()
+            await task
+            await backend.aclose()
+
+
+async def test_scaler_holds_through_a_queue_outage(qm, make_verda_client, verda_scaling, fake_verda, wait):
+    config = ScalingConfig(billing_aware=False, stabilization_window_s=0, scale_down_cooldown_s=0, idle_to_zero_s=0.2)
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        loop = ScalerLoop(replace(config, max_replicas=3), backend, reader)
+        qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+        await loop.tick()
+        assert verda_scaling() == (1, 1)
+        qm.store.cancel(qm.store.list()[0].id)
+        qm.faults.inject("queue-status", status=503, times=3)
+        for _ in range(3):
+            await asyncio.sleep(0.25)
+            assert (await loop.tick()).desired == 1
+        assert verda_scaling() == (1, 1), "a queue manager outage never scales the workers away"
+        assert loop.state.consecutive_failures == 3
+        await backend.aclose()
