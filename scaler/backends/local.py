@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,8 +55,10 @@ class LocalBackend:
     """Runs ``command`` (default ``python -m worker``) once per replica.
 
     ``worker_env`` is the workers' complete environment (QUEUE_MANAGER_URL, COMFYUI_URL, OUTPUTS_PATH, PATH...);
-    each replica also gets its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given,
-    SERVERLESS_MODE=true. With ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log``.
+    ``replica_env(replica_id)`` adds what differs per replica (e.g. its own ComfyUI port). Each replica also gets
+    its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given, SERVERLESS_MODE=true. With
+    ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log``. Each replica leads its own process
+    group, so what it started (the supervisor's ComfyUI) is killed with it.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class LocalBackend:
         worker_env: Mapping[str, str],
         *,
         command: Sequence[str] = WORKER_COMMAND,
+        replica_env: Callable[[str], Mapping[str, str]] = lambda _: {},
         id_prefix: str = "local-worker",
         clock: Callable[[], float] = time.time,
         stop_timeout_s: float = 30.0,
@@ -69,6 +74,7 @@ class LocalBackend:
     ) -> None:
         self._env = {"SERVERLESS_MODE": "true", **worker_env, "HEALTH_PORT": "0"}
         self._command = tuple(command)
+        self._replica_env = replica_env
         self._id_prefix = id_prefix
         self._clock = clock
         self._stop_timeout_s = stop_timeout_s
@@ -121,11 +127,11 @@ class LocalBackend:
             for replica in self._stopping:
                 if not replica.exited:
                     log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
-                    with contextlib.suppress(ProcessLookupError):
-                        replica.process.kill()
+                    _kill_group(replica.process.pid)
             if still_running:
                 await asyncio.wait(still_running)
         for replica in self._stopping:
+            _kill_group(replica.process.pid)  # whatever the replica left behind in its group
             replica.close_log()
         self._stopping.clear()
 
@@ -142,6 +148,7 @@ class LocalBackend:
     def _reap(self) -> None:
         for replica in [r for r in self._live if r.exited]:
             self._live.remove(replica)
+            _kill_group(replica.process.pid)  # a supervisor's ComfyUI must not outlive it
             replica.close_log()
             log.info("local_replica_exited", replica=replica.id, exit_code=replica.process.returncode)
         now = time.monotonic()
@@ -151,8 +158,7 @@ class LocalBackend:
                 replica.close_log()
             elif replica.stopping_since is not None and now - replica.stopping_since > self._stop_timeout_s:
                 log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    replica.process.kill()
+                _kill_group(replica.process.pid)
 
     async def _start(self) -> _LocalReplica:
         self.starts += 1
@@ -163,8 +169,9 @@ class LocalBackend:
             log_file = (self._log_dir / f"{replica_id}.log").open("ab")
         process = await asyncio.create_subprocess_exec(
             *self._command,
-            env={**self._env, "WORKER_ID": replica_id},
+            env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id},
             stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
             stdout=log_file,
             stderr=log_file,
         )
@@ -179,3 +186,8 @@ class LocalBackend:
             log.info("local_replica_stopping", replica=replica.id, pid=replica.process.pid)
             with contextlib.suppress(ProcessLookupError):
                 replica.process.terminate()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

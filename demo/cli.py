@@ -1,0 +1,103 @@
+"""`comfy-serverless`: `demo` runs the whole system on this machine; `queue` serves the local queue manager."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from demo.run import DemoOptions, run_demo
+from worker.logs import configure_logging
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    defaults = DemoOptions()
+    parser = argparse.ArgumentParser(
+        prog="comfy-serverless demo",
+        description="Run a local queue, ComfyUI (simulated unless --comfyui-url), the scaler and its workers, "
+        "submit a workshop's burst of jobs, and report what happened. Loopback only.",
+    )
+    parser.add_argument("--jobs", type=int, default=defaults.jobs, help="jobs to submit (default %(default)s)")
+    parser.add_argument("--users", type=int, default=defaults.users, help="participants (default %(default)s)")
+    parser.add_argument("--bad-jobs", type=int, default=defaults.bad_jobs,
+                        help="intentionally broken workflows, to show failure reports (default %(default)s)")
+    parser.add_argument("--max-replicas", type=int, default=defaults.max_replicas, help="default %(default)s")
+    parser.add_argument("--workload", choices=["workshop"], default="workshop",
+                        help="submission pattern: most jobs in the first seconds, the rest trailing off")
+    parser.add_argument("--comfyui-url", help="a real ComfyUI to use instead of the simulator")
+    parser.add_argument("--node-seconds", type=float, default=defaults.node_seconds,
+                        help="simulated seconds per ComfyUI node (default %(default)s)")
+    parser.add_argument("--spread-s", type=float, default=defaults.spread_s,
+                        help="submissions spread over this many seconds (default %(default)s)")
+    parser.add_argument("--price-per-hour", type=float, default=defaults.price_per_hour,
+                        help="USD per GPU-hour for the spend estimate (default: Verda H100 serverless, %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
+                        help="outputs, logs and report.json go here (default %(default)s)")
+    parser.add_argument("--db", type=Path, help="queue database (default: a temporary one)")
+    parser.add_argument("--idle-to-zero-s", type=float, default=defaults.idle_to_zero_s,
+                        help="idle seconds before the scaler goes to zero (default %(default)s)")
+    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s,
+                        help="give up after this many seconds (default %(default)s)")
+    parser.add_argument("--no-live", action="store_true", help="log progress lines instead of a live table")
+    return parser
+
+
+def run_demo_command(argv: list[str]) -> int:
+    args = demo_parser().parse_args(argv)
+    configure_logging("console" if sys.stderr.isatty() else "json", "warning" if not args.no_live else "info")
+    options = DemoOptions(
+        jobs=args.jobs, users=args.users, bad_jobs=args.bad_jobs, max_replicas=args.max_replicas,
+        comfyui_url=args.comfyui_url, node_seconds=args.node_seconds, spread_s=args.spread_s,
+        price_per_hour=args.price_per_hour, output_dir=args.output_dir, db=args.db,
+        idle_to_zero_s=args.idle_to_zero_s, timeout_s=args.timeout_s, live=not args.no_live,
+    )
+    report = asyncio.run(run_demo(options))
+    print_report(report, args.output_dir / "report.json")
+    return 0 if report["ok"] else 1
+
+
+def print_report(report: dict, path: Path) -> None:
+    console = Console(soft_wrap=True)
+    cost = report["cost_usd"]
+    console.print(f"\n[bold]Demo report[/bold] ({path})")
+    console.print(
+        f"  jobs: {report['jobs_submitted']} submitted, {report['completed']} completed, {report['failed']} failed, "
+        f"{len(report['unfinished'])} unfinished; {report['requeued_by_scale_down']} requeued by a scale-down"
+    )
+    for reason, count in report["failure_reasons"].items():
+        console.print(f"    {count} x {reason}")
+    console.print(f"  wait p50/p95: {report['wait_s']['p50']} / {report['wait_s']['p95']} s; "
+                  f"run p50/p95: {report['run_s']['p50']} / {report['run_s']['p95']} s")
+    console.print(f"  replica starts: {report['replica_starts']}; replicas at the end: {report['replicas_at_end']}")
+    console.print(
+        f"  GPU spend at ${report['price_per_hour']:.2f}/h: ${cost['per_second']:.4f} by the second, "
+        f"${cost['billed_10_min_intervals']:.2f} billed in 10-minute intervals, against "
+        f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU over the same {report['span_s']} s"
+    )
+    console.print(f"  outputs: {report['outputs']}")
+    if report["orphan_processes"]:
+        console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
+    if report["unfinished"]:
+        console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
+    console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: comfy-serverless {demo,queue} [options]\n\n"
+              "  demo   run the whole system on this machine (see: comfy-serverless demo --help)\n"
+              "  queue  serve the local queue manager (see: comfy-serverless queue --help)")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        return run_demo_command(rest)
+    if command == "queue":
+        from queue_manager.__main__ import main as queue_main
+
+        return queue_main(rest)
+    print(f"comfy-serverless: unknown command {command!r} (expected demo or queue)", file=sys.stderr)
+    return 2

@@ -1,0 +1,93 @@
+"""The demo's closing report: what happened to every job, how long people waited, what it would have cost."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from queue_manager import JobRecord
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+BILLING_INTERVAL_S = 600.0
+
+
+@dataclass
+class ReplicaLedger:
+    """When each replica was seen running, from the scaler's observations."""
+
+    spans: dict[str, list[float]] = field(default_factory=dict)  # id -> [first seen, last seen]
+
+    def observe(self, replica_ids: list[str], now: float) -> None:
+        for replica_id in replica_ids:
+            self.spans.setdefault(replica_id, [now, now])[1] = now
+
+    def replica_seconds(self) -> float:
+        return sum(last - first for first, last in self.spans.values())
+
+    def billed_intervals(self) -> int:
+        return sum(max(1, math.ceil((last - first) / BILLING_INTERVAL_S)) for first, last in self.spans.values())
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def final_jobs(jobs: list[JobRecord], submitted: list[str]) -> dict[str, JobRecord]:
+    """Each submitted job's last incarnation: a job stopped by a scale-down continues as the job it was requeued as."""
+    requeued_as = {job.metadata["requeued_from"]: job for job in jobs if job.metadata.get("requeued_from")}
+    by_id = {job.id: job for job in jobs}
+    final = {}
+    for job_id in submitted:
+        job = by_id[job_id]
+        while job.id in requeued_as:
+            job = requeued_as[job.id]
+        final[job_id] = job
+    return final
+
+
+def build_report(
+    jobs: list[JobRecord], submitted: list[str], ledger: ReplicaLedger, *, span_s: float, price_per_hour: float,
+    replica_starts: int, outputs: str, replicas_at_end: int,
+) -> dict[str, Any]:
+    final = final_jobs(jobs, submitted)
+    outcomes = Counter(job.status.value for job in final.values())
+    failures = Counter(job.error[:240] for job in final.values() if job.status == "failed" and job.error)
+    first_of = {job.id: job for job in jobs}
+    waits = [j.started_at - first_of[i].created_at for i, j in final.items() if j.started_at]
+    runs = [j.completed_at - j.started_at for j in final.values() if j.completed_at and j.started_at]
+    unfinished = sorted(i for i, j in final.items() if j.status.value not in TERMINAL)
+    per_second = ledger.replica_seconds() / 3600 * price_per_hour
+    billed = ledger.billed_intervals() * BILLING_INTERVAL_S / 3600 * price_per_hour
+    always_on = max(1, math.ceil(span_s / BILLING_INTERVAL_S)) * BILLING_INTERVAL_S / 3600 * price_per_hour
+
+    def seconds(value: float | None) -> float | None:
+        return None if value is None else round(value, 2)
+
+    return {
+        "jobs_submitted": len(submitted),
+        "completed": outcomes.get("completed", 0),
+        "failed": outcomes.get("failed", 0),
+        "cancelled": outcomes.get("cancelled", 0),
+        "unfinished": unfinished,
+        "failure_reasons": dict(failures.most_common()),
+        "requeued_by_scale_down": sum(1 for job in jobs if job.metadata.get("requeued_from")),
+        "wait_s": {"p50": seconds(percentile(waits, 0.5)), "p95": seconds(percentile(waits, 0.95))},
+        "run_s": {"p50": seconds(percentile(runs, 0.5)), "p95": seconds(percentile(runs, 0.95))},
+        "replica_starts": replica_starts,
+        "replicas_at_end": replicas_at_end,
+        "span_s": round(span_s, 1),
+        "replica_seconds": round(ledger.replica_seconds(), 1),
+        "price_per_hour": price_per_hour,
+        "cost_usd": {
+            "per_second": round(per_second, 4),
+            "billed_10_min_intervals": round(billed, 2),
+            "always_on_one_gpu_same_span": round(always_on, 2),
+        },
+        "outputs": outputs,
+        "ok": not unfinished and replicas_at_end == 0,
+    }

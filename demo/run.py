@@ -1,0 +1,149 @@
+"""`comfy-serverless demo`: the whole system on loopback, from a burst of submissions back to zero replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from demo.progress import Progress
+from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
+from demo.report import TERMINAL, ReplicaLedger, build_report
+from demo.workload import submit_all, workshop_burst
+from queue_manager.server import QueueManagerServer
+from scaler.backends.local import LocalBackend
+from scaler.loop import ScalerLoop
+from scaler.policy import ScalingConfig
+from scaler.queue_status import QueueStatusReader
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    jobs: int = 100
+    users: int = 20
+    bad_jobs: int = 2
+    max_replicas: int = 5
+    comfyui_url: str | None = None
+    node_seconds: float = 0.5
+    spread_s: float = 10.0
+    price_per_hour: float = 2.30
+    output_dir: Path = Path("demo-output")
+    db: Path | None = None
+    scaler_interval_s: float = 1.0
+    idle_to_zero_s: float = 5.0
+    worker_poll_interval_s: float = 0.5
+    timeout_s: float = 900.0
+    live: bool = True
+
+
+def demo_scaling(options: DemoOptions) -> ScalingConfig:
+    """The production policy with its windows shrunk from minutes to seconds, so a demo ends in minutes."""
+    return ScalingConfig(
+        max_replicas=options.max_replicas,
+        stabilization_window_s=3 * options.scaler_interval_s,
+        scale_down_cooldown_s=options.scaler_interval_s,
+        idle_to_zero_s=options.idle_to_zero_s,
+        billing_aware=False,
+        price_per_replica_hour=options.price_per_hour,
+    )
+
+
+def _worker_idle_polls(options: DemoOptions) -> int:
+    """Workers outlast the scaler's idle window: the scaler, not an idle exit, decides when replicas go."""
+    return math.ceil((options.idle_to_zero_s + 5 * options.scaler_interval_s) / options.worker_poll_interval_s)
+
+
+async def run_demo(options: DemoOptions) -> dict[str, Any]:
+    output_dir = options.output_dir.resolve()
+    outputs = output_dir / "outputs"
+    outputs.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="comfy-demo-"))
+    replicas = (
+        RealComfyUIReplicas(options.comfyui_url) if options.comfyui_url
+        else SimulatedReplicas(scratch, options.node_seconds)
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with QueueManagerServer(options.db or scratch / "queue.db", max_queue_depth=max(100, options.jobs)) as qm:
+        backend = LocalBackend(
+            worker_env(qm.url, outputs, idle_polls=_worker_idle_polls(options),
+                       poll_interval_s=options.worker_poll_interval_s),
+            command=replicas.command, replica_env=replicas.env_for, log_dir=output_dir / "logs",
+            stop_timeout_s=15.0,
+        )
+        ledger = ReplicaLedger()
+        started = time.monotonic()
+        try:
+            async with QueueStatusReader(qm.url) as queue_reader:
+                scaler = ScalerLoop(demo_scaling(options), backend, queue_reader, interval_s=options.scaler_interval_s)
+                scaler_task = asyncio.create_task(scaler.run(stop))
+                submissions = workshop_burst(options.jobs, options.users, options.bad_jobs, spread_s=options.spread_s)
+                submit_task = asyncio.create_task(submit_all(qm.url, submissions, started=loop.time()))
+                progress = Progress(options.price_per_hour, live=options.live)
+                with progress:
+                    submitted = await _until_done(qm, backend, ledger, progress, submit_task, stop, started, options)
+                stop.set()
+                await scaler_task
+        finally:
+            stop.set()
+            await backend.aclose()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        survivors = [pid for pid in backend.pids_started if _alive(pid)]
+        report = build_report(
+            qm.store.list(limit=1_000_000), submitted, ledger, span_s=time.monotonic() - started,
+            price_per_hour=options.price_per_hour, replica_starts=backend.starts, outputs=str(outputs),
+            replicas_at_end=len(backend.pids),
+        )
+    report["orphan_processes"] = survivors
+    report["ok"] = report["ok"] and not survivors and len(submitted) == options.jobs
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+async def _until_done(qm, backend, ledger, progress, submit_task, stop, started, options) -> list[str]:
+    """Watch until every job is terminal and the replicas are back to zero, or stop/timeout."""
+    submitted: list[str] = []
+    while not stop.is_set():
+        now = time.monotonic()
+        view = await backend.observe()
+        ledger.observe([r.id for r in view.replicas], now)
+        counts = {status.value: count for status, count in qm.store.counts().items()}
+        progress.update(counts, len(view.replicas), backend.starts, now - started, ledger)
+        if submit_task.done():
+            submitted = submit_task.result()
+            all_terminal = all(job.status.value in TERMINAL for job in qm.store.list(limit=1_000_000))
+            if all_terminal and not view.replicas:
+                break
+        if now - started > options.timeout_s:
+            log.error("Demo timed out", timeout_s=options.timeout_s)
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.25)
+    if not submit_task.done():
+        submit_task.cancel()
+    return submitted or (submit_task.result() if submit_task.done() and not submit_task.cancelled() else [])
+
+
+def _alive(pgid: int) -> bool:
+    """Is any process of this replica's process group (the replica and what it started) still running?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

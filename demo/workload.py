@@ -1,0 +1,66 @@
+"""What the demo submits: a workshop's burst of jobs from a group of users, through the public POST /api/jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import httpx
+import structlog
+
+log = structlog.get_logger()
+
+# Intentionally broken jobs show how a failure reaches the user: an unknown node, a missing model file.
+BAD_WORKFLOWS = ("invalid_unknown_node", "sdxl_txt2img")
+
+
+def load_workflow(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("demo.workflows").joinpath(f"{name}.json").read_text())
+
+
+@dataclass(frozen=True)
+class Submission:
+    at_s: float  # seconds after the start of the demo
+    user_id: str
+    workflow_name: str
+
+
+def workshop_burst(jobs: int, users: int, bad_jobs: int, *, seed: int = 7, spread_s: float = 10.0) -> list[Submission]:
+    """Most submissions land in the first seconds of the exercise, the rest trail off over `spread_s`."""
+    rng = random.Random(seed)
+    bad = {index: BAD_WORKFLOWS[n % len(BAD_WORKFLOWS)]
+           for n, index in enumerate(sorted(rng.sample(range(jobs), min(bad_jobs, jobs))))}
+    submissions = []
+    for index in range(jobs):
+        at = rng.uniform(0, spread_s / 5) if rng.random() < 0.7 else rng.uniform(0, spread_s)
+        workflow = bad.get(index) or rng.choice(("quick", "slow"))
+        submissions.append(Submission(round(at, 3), f"participant-{index % users + 1:02d}", workflow))
+    return sorted(submissions, key=lambda s: s.at_s)
+
+
+async def submit_all(queue_url: str, submissions: list[Submission], *, started: float) -> list[str]:
+    """Submit each job at its time; a full queue (429) is waited out, never dropped."""
+    loop = asyncio.get_running_loop()
+    workflows = {name: load_workflow(name) for name in {s.workflow_name for s in submissions}}
+    ids = []
+    async with httpx.AsyncClient(base_url=queue_url, timeout=10) as http:
+        for submission in submissions:
+            await asyncio.sleep(max(0.0, started + submission.at_s - loop.time()))
+            body = {
+                "user_id": submission.user_id,
+                "workflow": workflows[submission.workflow_name],
+                "metadata": {"demo_workflow": submission.workflow_name},
+            }
+            while True:
+                response = await http.post("/api/jobs", json=body)
+                if response.status_code != 429:
+                    break
+                await asyncio.sleep(0.5)
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+    log.info("Workload submitted", jobs=len(ids))
+    return ids

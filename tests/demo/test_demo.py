@@ -1,0 +1,49 @@
+"""The demo end to end: real queue, supervisor + simulator replicas, scaler; every job ends, nothing outlives it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from demo.run import DemoOptions, run_demo
+from queue_manager.server import QueueManagerServer
+
+
+@pytest.mark.timeout(180)
+async def test_short_demo_finishes_every_job_and_returns_to_zero(tmp_path):
+    options = DemoOptions(
+        jobs=30, users=6, bad_jobs=2, max_replicas=3, node_seconds=0.05, spread_s=1.0,
+        output_dir=tmp_path / "demo", db=tmp_path / "queue.db", idle_to_zero_s=2.0, timeout_s=150, live=False,
+    )
+    report = await run_demo(options)
+
+    assert report["ok"], report
+    assert report["jobs_submitted"] == 30 and report["unfinished"] == []
+    assert report["completed"] + report["failed"] == 30
+    assert report["failed"] == 2 and all("ComfyUI rejected the workflow" in r for r in report["failure_reasons"])
+    assert report["replicas_at_end"] == 0 and report["orphan_processes"] == []
+    assert 1 <= report["replica_starts"]
+    assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+
+    async with QueueManagerServer(tmp_path / "queue.db") as qm:  # the demo's own database, reopened
+        jobs = qm.store.list(limit=1000)
+    completed = [job for job in jobs if job.status == "completed"]
+    assert len(completed) >= 28
+    for job in completed:
+        outputs = job.result["outputs"]
+        assert outputs, job.id
+        for item in outputs:
+            data = (tmp_path / "demo" / "outputs" / item["path"]).read_bytes()
+            assert len(data) == item["bytes"] and hashlib.sha256(data).hexdigest() == item["sha256"]
+            assert item["path"].startswith(f"{job.user_id}/{job.id}/")
+
+
+def test_cli_explains_itself():
+    run = subprocess.run([sys.executable, "-m", "demo", "--help"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and "demo" in run.stdout and "queue" in run.stdout
+    wrong = subprocess.run([sys.executable, "-m", "demo", "bogus"], capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and "unknown command 'bogus'" in wrong.stderr
