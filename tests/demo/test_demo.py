@@ -26,7 +26,7 @@ async def test_short_demo_finishes_every_job_and_returns_to_zero(tmp_path):
     assert report["completed"] + report["failed"] == 30
     assert report["failed"] == 2 and all("ComfyUI rejected the workflow" in r for r in report["failure_reasons"])
     assert report["replicas_at_end"] == 0 and report["orphan_processes"] == []
-    assert 1 <= report["replica_starts"]
+    assert report["replica_starts"] >= 1
     assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
 
     async with QueueManagerServer(tmp_path / "queue.db") as qm:  # the demo's own database, reopened
