@@ -1,9 +1,10 @@
 """Benchmark: N jobs through one worker against the ComfyUI simulator at zero execution time.
 
-Prints jobs/s and the worker's own overhead per job: from pickup (the queue manager marks the job running)
-to the report accepted (it marks it completed), minus the time ComfyUI spent executing. Not a test.
+The queue manager and the simulator run in their own processes, as in production; the worker runs here.
+Prints jobs/s and the worker's overhead per job: from pickup (the queue manager marks the job running) to the
+report accepted (it marks it completed), minus the time ComfyUI spent executing. Not a test.
 
-    ./dev python bench/worker_overhead.py --jobs 200
+    ./dev python bench/worker_overhead.py --jobs 300
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
+import httpx
 import structlog
 
-from queue_manager.server import QueueManagerServer
-from standins.comfyui import ComfyUISimulator
+from bench.queue_load import percentile, wait_until_up
+from demo.replicas import free_loopback_port
 from worker.config import load_settings
 from worker.execution import RunTimings
 from worker.main import Worker
@@ -30,23 +34,36 @@ QUICK = {
 }
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 async def bench(jobs: int, history_lag_s: float) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        sim = ComfyUISimulator(
-            root / "comfy-out", root / "comfy-temp", history_lag_s=history_lag_s, cache_outputs=False
-        )
-        comfy_url = await sim.start()
-        async with QueueManagerServer(max_queue_depth=jobs + 1) as qm:
-            ids = [qm.store.submit(f"user{i % 20}", QUICK).id for i in range(jobs)]
+    root = Path(tempfile.mkdtemp(prefix="worker-bench-"))
+    queue_port, comfy_port = free_loopback_port(), free_loopback_port()
+    queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
+    peers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
+            "--max-queue-depth", str(jobs + 1), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ),
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
+            str(root / "comfy-out"), "--cache-none", "--history-lag", str(history_lag_s),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        await wait_until_up(queue_url, "/health")
+        await wait_until_up(comfy_url, "/system_stats")
+        async with httpx.AsyncClient(base_url=queue_url, timeout=10) as http:
+            ids = []
+            for index in range(jobs):
+                response = await http.post("/api/jobs", json={"user_id": f"user{index % 20}", "workflow": QUICK})
+                ids.append(response.raise_for_status().json()["id"])
             settings = load_settings(
-                queue_manager_url=qm.url, comfyui_url=comfy_url, outputs_path=root / "outputs",
+                queue_manager_url=queue_url, comfyui_url=comfy_url, outputs_path=root / "outputs",
                 poll_interval_s=0.01, serverless_mode=True, serverless_max_idle_polls=1, health_port=0,
                 comfyui_output_dir=root / "comfy-out",
             )
@@ -55,11 +72,14 @@ async def bench(jobs: int, history_lag_s: float) -> dict:
             wall = time.perf_counter() - started
             overheads = []
             for job_id in ids:
-                job = qm.store.get(job_id)
-                assert job is not None and job.status == "completed", (job_id, job and job.error)
-                execution = job.result["timings"]["execution_s"]
-                overheads.append((job.completed_at - job.started_at - execution) * 1000)
-        await sim.stop()
+                job = (await http.get(f"/api/jobs/{job_id}")).json()
+                assert job["status"] == "completed", job
+                busy = seconds_between(job["started_at"], job["completed_at"])
+                overheads.append((busy - job["result"]["timings"]["execution_s"]) * 1000)
+    finally:
+        for peer in peers:
+            peer.terminate()
+            await peer.wait()
     return {
         "jobs": jobs,
         "history_lag_ms": history_lag_s * 1000,
@@ -73,7 +93,7 @@ async def bench(jobs: int, history_lag_s: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--history-lag-ms", type=float, default=0.0)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(bench(args.jobs, args.history_lag_ms / 1000)), indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -143,3 +144,32 @@ class ComfyUIClient:
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {exc}") from exc
+
+
+class EventSocket:
+    """The worker's one websocket, reused across prompts as ComfyUI's own front-end does: events carry their
+    prompt_id. A reconnect keeps the clientId, so ComfyUI goes on addressing the same client."""
+
+    def __init__(self, comfy: ComfyUIClient) -> None:
+        self.comfy = comfy
+        self.client_id = uuid.uuid4().hex
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def ensure_open(self, timeout_s: float = 10.0) -> None:
+        if not self.is_open:
+            self._ws = await self.comfy.connect_websocket(self.client_id, timeout_s=timeout_s)
+
+    async def receive(self, timeout_s: float | None = None) -> aiohttp.WSMessage:
+        """The next frame; TimeoutError after timeout_s of silence; a CLOSED frame when not open."""
+        if self._ws is None:
+            return aiohttp.WSMessage(aiohttp.WSMsgType.CLOSED, None, None)
+        return await self._ws.receive(timeout=timeout_s)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            ws, self._ws = self._ws, None
+            await ws.close()

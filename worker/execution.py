@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket
 from worker.state import is_fatal_gpu_error
 
 log = structlog.get_logger()
@@ -77,6 +77,7 @@ class PromptRun:
     def __init__(
         self,
         comfy: ComfyUIClient,
+        events: EventSocket,
         *,
         timeout_s: float,
         timings: RunTimings = RunTimings(),
@@ -88,9 +89,8 @@ class PromptRun:
         self.timings = timings
         self.heartbeat = heartbeat
         self.on_prompt_id = on_prompt_id
-        self.client_id = uuid.uuid4().hex
+        self.events = events
         self.prompt_id = str(uuid.uuid4())
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._submitted_at = 0.0
         self._started_at: float | None = None
         self._executed_outputs: dict[str, Any] = {}
@@ -98,9 +98,9 @@ class PromptRun:
 
     async def run(self, workflow: dict[str, Any]) -> Outcome:
         """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome."""
-        self._ws = await self.comfy.connect_websocket(self.client_id)  # before POST /prompt, or events are missed
+        await self.events.ensure_open()  # before POST /prompt, or its events are missed
         try:
-            await self.comfy.queue_prompt(workflow, self.client_id, self.prompt_id)
+            await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
             self._submitted_at = time.monotonic()
             self.on_prompt_id(self.prompt_id)
             log.info("Prompt queued in ComfyUI", prompt_id=self.prompt_id)
@@ -112,8 +112,6 @@ class PromptRun:
             return await self._outcome(terminal)
         except PromptLost as exc:
             return Outcome("lost", self.prompt_id, str(exc), execution_s=self._elapsed())
-        finally:
-            await self._close_ws()
 
     async def interrupt(self) -> None:
         """Ask ComfyUI to stop this prompt, running or pending; errors are logged, not raised."""
@@ -129,7 +127,7 @@ class PromptRun:
         missing_since: float | None = None
         while True:
             self.heartbeat()
-            if self._ws is not None and not self._ws.closed:
+            if self.events.is_open:
                 terminal = await self._read_socket()
                 if terminal is not None:
                     return terminal
@@ -157,22 +155,21 @@ class PromptRun:
                         f"ComfyUI stopped answering for {self.timings.lost_after_s:g} s during the job "
                         f"(process died or hung): {exc}"
                     ) from exc
-            if self._ws is None or missing_since is not None:
+            if not self.events.is_open or missing_since is not None:
                 await asyncio.sleep(self.timings.poll_interval_s)
 
     async def _read_socket(self) -> _Terminal | None:
         """Messages until a terminal event (returned), a silence of check_interval_s or a drop (None)."""
-        assert self._ws is not None
         while True:
             try:
-                message = await self._ws.receive(timeout=self.timings.check_interval_s)
+                message = await self.events.receive(self.timings.check_interval_s)
             except TimeoutError:
                 return None
             if message.type == aiohttp.WSMsgType.BINARY:
                 continue  # preview images
             if message.type != aiohttp.WSMsgType.TEXT:
                 log.warning("ComfyUI websocket dropped; reconnecting", prompt_id=self.prompt_id)
-                await self._close_ws()
+                await self.events.close()
                 return None
             self.heartbeat()
             try:
@@ -206,16 +203,9 @@ class PromptRun:
         return None
 
     async def _reconnect(self) -> None:
-        try:
-            self._ws = await self.comfy.connect_websocket(self.client_id, timeout_s=5.0)
+        with contextlib.suppress(ComfyUIUnavailable):
+            await self.events.ensure_open(timeout_s=5.0)
             log.info("ComfyUI websocket reconnected", prompt_id=self.prompt_id)
-        except ComfyUIUnavailable:
-            self._ws = None
-
-    async def _close_ws(self) -> None:
-        if self._ws is not None:
-            ws, self._ws = self._ws, None
-            await ws.close()
 
     def _elapsed(self) -> float:
         return time.monotonic() - (self._started_at or self._submitted_at or time.monotonic())
@@ -271,12 +261,12 @@ class PromptRun:
 
     async def _wait_for_finished_marker(self) -> None:
         """ComfyUI writes the history entry, then sends `executing {node: null}`: waiting for it beats polling."""
-        if self._ws is None or self._ws.closed:
+        if not self.events.is_open:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timings.history_wait_s):
                 while True:
-                    message = await self._ws.receive()
+                    message = await self.events.receive()
                     if message.type == aiohttp.WSMsgType.BINARY:
                         continue
                     if message.type != aiohttp.WSMsgType.TEXT:

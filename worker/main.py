@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from worker import __version__
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, PromptRejected
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
 from worker.config import WorkerSettings
 from worker.execution import PromptRun, RunTimings
 from worker.jobs import InvalidJob, Job, UnreportableJob, job_id_of, parse_job, validate_workflow
@@ -53,6 +54,7 @@ class Worker:
             report_budget_s=settings.report_retry_budget_s,
         )
         self.comfy = ComfyUIClient(settings.comfyui_base_url, timeout_s=settings.http_timeout_s)
+        self.events = EventSocket(self.comfy)
         self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
         self.reporter = Reporter(self.queue, self.state)
         self.timings = timings or RunTimings()
@@ -121,9 +123,7 @@ class Worker:
         log.info("Running warm-up workflow", path=str(path))
         try:
             workflow = validate_workflow(json.loads(path.read_text()))
-            outcome = await PromptRun(
-                self.comfy, timeout_s=self.settings.job_timeout_s, timings=self.timings, heartbeat=self.state.beat
-            ).run(workflow)
+            outcome = await self._new_run().run(workflow)
             problem = None if outcome.ok else outcome.message
         except (OSError, ValueError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
             problem = f"{type(exc).__name__}: {exc}"
@@ -172,6 +172,7 @@ class Worker:
     async def shutdown(self) -> None:
         self.state.set_phase(Phase.STOPPED)
         self.state.mark_not_ready("stopped")
+        await self.events.close()
         await self.queue.aclose()
         await self.comfy.aclose()
         log.info(
@@ -251,11 +252,7 @@ class Worker:
 
     async def _execute(self, job: Job, picked_up: float) -> Report:
         picked_up_at = datetime.now(UTC).isoformat()
-        run = PromptRun(
-            self.comfy, timeout_s=self.settings.job_timeout_s, timings=self.timings,
-            heartbeat=self.state.beat, on_prompt_id=self._on_prompt_id,
-        )
-        self._prompt_run = run
+        run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id)
         try:
             outcome = await run.run(job.workflow)
         except PromptRejected as exc:
@@ -307,6 +304,12 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._aborted.wait(), ABORT_EXPLAIN_WAIT_S)
         return f"Job stopped: {self._abort_reason}" if self._abort_reason else message
+
+    def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None) -> PromptRun:
+        return PromptRun(
+            self.comfy, self.events, timeout_s=self.settings.job_timeout_s, timings=self.timings,
+            heartbeat=self.state.beat, on_prompt_id=on_prompt_id,
+        )
 
     def _on_prompt_id(self, prompt_id: str) -> None:
         self.state.current_prompt_id = prompt_id

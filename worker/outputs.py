@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -105,8 +106,11 @@ class OutputDelivery:
     async def _copy(self, item: OutputFile, relative: PurePosixPath, target: Path) -> tuple[int, str]:
         local = self._local_source(relative)
         if local is not None:
-            return await _write_atomically(_file_chunks(local), target)
-        return await _write_atomically(self.comfy.download(item.filename, item.subfolder, "output"), target)
+            return await asyncio.to_thread(_copy_file, local, target)
+        with _atomic_file(target) as out:
+            async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
+                out.write(chunk)
+        return out.size, out.sha256
 
     def _local_source(self, relative: PurePosixPath) -> Path | None:
         if self.comfyui_output_dir is None:
@@ -118,28 +122,38 @@ class OutputDelivery:
         return None
 
 
-def _open_temp(target: Path) -> tuple[int, str]:
+class _HashingFile:
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._raw.write(chunk)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_file(target: Path) -> Iterator[_HashingFile]:
+    """A temp file beside the target, renamed over it only once complete: readers never see half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as src:
-        while chunk := await asyncio.to_thread(src.read, CHUNK):
-            yield chunk
-
-
-async def _write_atomically(chunks: AsyncIterator[bytes], target: Path) -> tuple[int, str]:
-    fd, temp = _open_temp(target)
-    digest, size = hashlib.sha256(), 0
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in chunks:
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
+        with os.fdopen(fd, "wb") as raw:
+            yield _HashingFile(raw)
         os.replace(temp, target)
     except BaseException:
         os.unlink(temp)
         raise
-    return size, digest.hexdigest()
+
+
+def _copy_file(source: Path, target: Path) -> tuple[int, str]:
+    with _atomic_file(target) as out, source.open("rb") as src:
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+    return out.size, out.sha256
