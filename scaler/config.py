@@ -10,12 +10,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.verda_client import DEFAULT_BASE_URL
+from worker.config import ConfigError, env_name, settings_from_env
+
+__all__ = ["ConfigError", "ScalerSettings", "load_settings"]
 
 DEFAULTS = ScalingConfig()
 POLICY_FIELDS = tuple(ScalingConfig.__dataclass_fields__)
@@ -121,32 +124,11 @@ class ScalerSettings(BaseSettings):
         return {name: str(value) if isinstance(value, AnyHttpUrl | Path) else value for name, value in summary.items()}
 
 
-class ConfigError(Exception):
-    """Every bad variable, one line each, ready to print."""
-
-
-def env_name(field_name: str) -> str:
-    field = ScalerSettings.model_fields.get(field_name)
-    alias = field.validation_alias if field else None
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return alias if isinstance(alias, str) else field_name.upper()
-
-
 def _with_env_names(message: str) -> str:
-    return re.sub(r"\b[a-z_]+\b", lambda m: env_name(m[0]) if m[0] in POLICY_FIELDS else m[0], message)
+    return re.sub(
+        r"\b[a-z_]+\b", lambda m: env_name(ScalerSettings, m[0]) if m[0] in POLICY_FIELDS else m[0], message
+    )
 
 
 def load_settings(**overrides: object) -> ScalerSettings:
-    """Build settings from the environment; raise ConfigError naming every bad variable and why."""
-    try:
-        return ScalerSettings(**overrides)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["loc"]:
-                lines.append(f"  {env_name(str(error['loc'][0]))}: {message}")
-            else:
-                lines += [f"  {problem}" for problem in message.split("; ")]
-        raise ConfigError("Invalid scaler configuration:\n" + "\n".join(lines)) from None
+    return settings_from_env(ScalerSettings, "scaler", **overrides)

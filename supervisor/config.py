@@ -6,10 +6,10 @@ import shlex
 import shutil
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.config import ConfigError
+from worker.config import settings_from_env
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
@@ -85,19 +85,5 @@ class SupervisorSettings(BaseSettings):
         ]
 
 
-def _env_name(field_name: str) -> str:
-    field = SupervisorSettings.model_fields.get(field_name)
-    alias = field.validation_alias if field else None
-    return alias if isinstance(alias, str) else field_name.upper()
-
-
 def load_supervisor_settings(**overrides: object) -> SupervisorSettings:
-    """Build settings from the environment; raise ConfigError naming every bad variable and why."""
-    try:
-        return SupervisorSettings(**overrides)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            name = _env_name(str(error["loc"][0])) if error["loc"] else "configuration"
-            lines.append(f"  {name}: {error['msg']}")
-        raise ConfigError("Invalid supervisor configuration:\n" + "\n".join(lines)) from None
+    return settings_from_env(SupervisorSettings, "supervisor", **overrides)
