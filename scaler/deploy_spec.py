@@ -20,7 +20,6 @@ ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _PATH_COMPONENT = r"[a-z0-9]+([._-][a-z0-9]+)*"
 IMAGE_REPOSITORY_RULE = re.compile(rf"^([A-Za-z0-9.-]+(:[0-9]+)?/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*$")
 IMAGE_TAG_RULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-MODELS_PATH = "/models"
 SHM_PATH = "/dev/shm"  # noqa: S108 - Verda mounts memory volumes here; not a temporary file
 
 # Environment variable -> (section, field) of the spec it overrides.
@@ -34,7 +33,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "VERDA_MIN_REPLICAS": ("scaling", "min_replica_count"),
     "VERDA_MAX_REPLICAS": ("scaling", "max_replica_count"),
 }
-MODELS_VOLUME_ENV = "VERDA_MODELS_VOLUME_ID"
+# Shared (SFS) mounts whose volume id comes from the deploy-time environment: the models, and the outputs,
+# which must outlive the replica that wrote them (a scratch disk goes with the replica on scale-down).
+SHARED_VOLUME_ENVS = {"/models": "VERDA_MODELS_VOLUME_ID", "/outputs": "VERDA_OUTPUTS_VOLUME_ID"}
 
 
 class SpecError(ValueError):
@@ -128,7 +129,8 @@ class VolumeMount(_Section):
         if self.type == "memory" and (self.mount_path != SHM_PATH or self.size_in_mb is None):
             raise ValueError("memory mounts need mount_path /dev/shm and size_in_mb")
         if self.type == "shared" and not self.volume_id:
-            hint = f" (set {MODELS_VOLUME_ENV})" if self.mount_path == MODELS_PATH else ""
+            variable = SHARED_VOLUME_ENVS.get(self.mount_path)
+            hint = f" (set {variable})" if variable else ""
             raise ValueError(f"volume_id is required for the shared mount at {self.mount_path}{hint}")
         if self.type == "secret" and not self.secret_name:
             raise ValueError("secret mounts need secret_name")
@@ -192,10 +194,10 @@ def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[st
     for variable, (section, key) in ENV_OVERRIDES.items():
         if variable in environ:
             raw.setdefault(section, {})[key] = environ[variable]
-    if MODELS_VOLUME_ENV in environ:
-        for mount in raw.get("volume_mounts", []):
-            if mount.get("type") == "shared" and mount.get("mount_path") == MODELS_PATH:
-                mount["volume_id"] = environ[MODELS_VOLUME_ENV]
+    for mount in raw.get("volume_mounts", []):
+        variable = SHARED_VOLUME_ENVS.get(mount.get("mount_path", ""))
+        if mount.get("type") == "shared" and variable in environ:
+            mount["volume_id"] = environ[variable]
     return raw
 
 

@@ -108,6 +108,7 @@ def deploy_env(fake: FakeVerda) -> dict[str, str]:
         "VERDA_API_URL": fake.url,
         "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
         "VERDA_MODELS_VOLUME_ID": "sfs-models-1",
+        "VERDA_OUTPUTS_VOLUME_ID": "sfs-outputs-1",
         "QUEUE_MANAGER_URL": "https://queue.example.com",
         "QUEUE_MANAGER_TOKEN": QUEUE_TOKEN,
     }

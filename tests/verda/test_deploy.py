@@ -39,6 +39,7 @@ def problems_for(spec_path: Path, env: dict[str, str]) -> list[str]:
         ({"VERDA_MIN_REPLICAS": "6"}, "scaling"),
         ({"QUEUE_MANAGER_URL": ""}, "env_from_environment.QUEUE_MANAGER_URL"),
         ({"VERDA_MODELS_VOLUME_ID": ""}, "volume_mounts.0"),
+        ({"VERDA_OUTPUTS_VOLUME_ID": ""}, "volume_mounts.1"),
     ],
 )
 def test_invalid_values_are_reported_by_field(spec_path: Path, deploy_env, override, field) -> None:
@@ -49,7 +50,9 @@ def test_invalid_values_are_reported_by_field(spec_path: Path, deploy_env, overr
 
 def test_placeholder_spec_lists_every_missing_value(spec_path: Path) -> None:
     fields = [p.split(":")[0] for p in problems_for(spec_path, {})]
-    assert fields == ["deployment.image", "volume_mounts.0", "env_from_environment.QUEUE_MANAGER_URL"]
+    assert fields == [
+        "deployment.image", "volume_mounts.0", "volume_mounts.1", "env_from_environment.QUEUE_MANAGER_URL"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -58,8 +61,8 @@ def test_placeholder_spec_lists_every_missing_value(spec_path: Path) -> None:
         ('HEALTH_PORT = "8000"', 'health-port = "8000"', "env"),
         ('HEALTH_PORT = "8000"', 'HEALTH_PORT = "9000"', "spec"),
         ("queue_load_threshold = 1", "queue_load_threshold = 0", "scaling.queue_load_threshold"),
-        ('type = "scratch"', 'type = "nfs"', "volume_mounts.1.type"),
-        ("size_in_mb = 16384", "size_in_mbb = 16384", "volume_mounts.2"),
+        ('type = "scratch"', 'type = "nfs"', "volume_mounts.2.type"),
+        ("size_in_mb = 16384", "size_in_mbb = 16384", "volume_mounts.3"),
         ('QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"', 'QUEUE_MANAGER_TOKEN = "Bad Name"', "secrets"),
     ],
 )
