@@ -58,6 +58,7 @@ class Worker:
         self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
         self.reporter = Reporter(self.queue, self.state)
         self.timings = timings or RunTimings()
+        self._beat_interval_s = min(1.0, settings.heartbeat_timeout_s / 4)
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._abort_reason: str | None = None
@@ -231,7 +232,8 @@ class Worker:
             else:
                 report = await self._run_job(job, picked_up)
             budget = SHUTDOWN_REPORT_BUDGET_S if self._stop.is_set() else None
-            await asyncio.shield(self.reporter.send(report, budget_s=budget))
+            async with self.state.beating(self._beat_interval_s):
+                await asyncio.shield(self.reporter.send(report, budget_s=budget))
             self.state.job_finished("completed" if report.completed else "failed")
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id")
@@ -276,7 +278,8 @@ class Worker:
 
         delivery_started = time.monotonic()
         try:
-            files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id)
+            async with self.state.beating(self._beat_interval_s):
+                files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id)
         except OutputDeliveryError as exc:
             return Report(job.id, error=f"Output delivery failed: {exc}")
         delivery_s = time.monotonic() - delivery_started

@@ -5,8 +5,11 @@ Health reads this and never does work of its own (no calls to ComfyUI or the que
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from worker.metrics import WorkerMetrics
@@ -52,6 +55,23 @@ class WorkerState:
 
     def beat(self) -> None:
         self.heartbeat_at = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def beating(self, interval_s: float = 1.0) -> AsyncIterator[None]:
+        """Keep the heartbeat fresh through a step that is bounded by its own deadline but may be slow
+        (a report retried while the queue manager restarts, a large output copied): slow is not wedged."""
+
+        async def beat_forever() -> None:
+            while True:
+                self.beat()
+                await asyncio.sleep(interval_s)
+
+        ticker = asyncio.create_task(beat_forever())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            self.beat()
 
     def set_phase(self, phase: Phase) -> None:
         self.phase = phase

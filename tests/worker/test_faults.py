@@ -124,3 +124,20 @@ async def test_report_budget_exhausted_is_logged_with_the_reason(qm, comfy, make
     [event] = [e for e in logs if e["event"].startswith("Report could not be delivered")]
     assert event["outcome"] == "failed" and "503" in event["error"] and "NoSuchNode" in event["job_error"]
     assert worker.state.jobs_failed == 1
+
+
+async def test_a_report_retried_for_a_while_keeps_the_worker_alive(qm, comfy, make_worker, workflows):
+    from health.verdict import liveness
+
+    qm.faults.inject("complete-job", status=503, times=3)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(heartbeat_timeout_s=0.5)
+    run = asyncio.create_task(worker.run())
+    verdicts = []
+    while not run.done():
+        verdicts.append(liveness(worker.state, 0.5))
+        await asyncio.sleep(0.05)
+    assert await run == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert len(qm.reports.for_job(job.id)) == 4, "three refusals, then the report landed"
+    assert all(v.healthy for v in verdicts), [v.reason for v in verdicts if not v.healthy]
