@@ -2,7 +2,7 @@
 simulator at zero execution time. Prints jobs/s, queue-manager latency p50/p99 as a client sees it, and the
 queue process's peak memory. Not a test.
 
-    ./dev python bench/queue_load.py --jobs 500 --replicas 10
+    ./dev python -m bench.queue_load --jobs 500 --replicas 10   (from the repository root)
 """
 
 from __future__ import annotations

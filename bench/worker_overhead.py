@@ -4,7 +4,7 @@ The queue manager and the simulator run in their own processes, as in production
 Prints jobs/s and the worker's overhead per job: from pickup (the queue manager marks the job running) to the
 report accepted (it marks it completed), minus the time ComfyUI spent executing. Not a test.
 
-    ./dev python bench/worker_overhead.py --jobs 300
+    ./dev python -m bench.worker_overhead --jobs 300   (from the repository root)
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def print_report(report: dict, path: Path) -> None:
     console.print(
         f"  GPU spend at ${report['price_per_hour']:.2f}/h: ${cost['per_second']:.4f} by the second, "
         f"${cost['billed_10_min_intervals']:.2f} billed in 10-minute intervals, against "
-        f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU over the same {report['span_s']} s"
+        f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU over the same {report['span_s']} s "
+        f"(which, alone, would have needed {report['gpu_work_s']} s of work for these jobs)"
     )
     console.print(f"  outputs: {report['outputs']}")
     if report["orphan_processes"]:

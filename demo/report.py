@@ -82,6 +82,7 @@ def build_report(
         "replicas_at_end": replicas_at_end,
         "span_s": round(span_s, 1),
         "replica_seconds": round(ledger.replica_seconds(), 1),
+        "gpu_work_s": round(sum(runs), 1),  # what one always-on GPU would have had to do, one job at a time
         "price_per_hour": price_per_hour,
         "cost_usd": {
             "per_second": round(per_second, 4),

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -104,12 +105,13 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
             await backend.aclose()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        survivors = [pid for pid in backend.pids_started if _alive(pid)]
+        survivors = sorted({pid for pid in backend.pids_started if _alive(pid)} | _processes_using(scratch))
         report = build_report(
             qm.store.list(limit=1_000_000), submitted, ledger, span_s=time.monotonic() - started,
             price_per_hour=options.price_per_hour, replica_starts=backend.starts, outputs=str(outputs),
             replicas_at_end=len(backend.pids),
         )
+    shutil.rmtree(scratch, ignore_errors=True)
     report["orphan_processes"] = survivors
     report["ok"] = report["ok"] and not survivors and len(submitted) == options.jobs
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -138,6 +140,20 @@ async def _until_done(qm, backend, ledger, progress, submit_task, stop, started,
     if not submit_task.done():
         submit_task.cancel()
     return submitted or (submit_task.result() if submit_task.done() and not submit_task.cancelled() else [])
+
+
+def _processes_using(scratch: Path) -> set[int]:
+    """Processes whose command line names the demo's scratch folder: each replica's ComfyUI runs in a session
+    of its own, out of reach of its replica's process group, but its arguments point into this folder."""
+    marker = str(scratch).encode()
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
 
 
 def _alive(pgid: int) -> bool:
