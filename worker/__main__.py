@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from worker.config import ConfigError, load_settings
+from worker.config import ConfigError, WorkerSettings, env_name, load_settings
 from worker.logs import configure_logging, register_secret
 from worker.service import serve
 
@@ -15,7 +15,18 @@ MISSING_PEER_HINT = (
 )
 
 
+def usage() -> str:
+    lines = ["usage: comfy-worker  (configured by environment variables or a .env file; see docs/worker.md)", ""]
+    for name, field in WorkerSettings.model_fields.items():
+        default = "required" if field.is_required() else "generated" if field.default_factory else field.default
+        lines.append(f"  {env_name(WorkerSettings, name):<28} {default}")
+    return "\n".join(lines)
+
+
 def main() -> int:
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(usage())
+        return 0
     try:
         settings = load_settings()
     except ConfigError as exc:
