@@ -97,8 +97,13 @@ class PromptRun:
         self._interrupt_sent = False
 
     async def run(self, workflow: dict[str, Any]) -> Outcome:
-        """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome."""
-        await self.events.ensure_open()  # before POST /prompt, or its events are missed
+        """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome.
+
+        Without a websocket (a proxy that refuses upgrades, say) the prompt is followed over HTTP alone."""
+        try:
+            await self.events.ensure_open()  # before POST /prompt, or its events are missed
+        except ComfyUIUnavailable as exc:
+            log.warning("ComfyUI websocket unavailable; following the prompt over HTTP", error=str(exc))
         try:
             await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
             self._submitted_at = time.monotonic()
@@ -176,7 +181,9 @@ class PromptRun:
                 event = json.loads(message.data)
             except ValueError:
                 continue
-            terminal = self._on_event(event.get("type"), event.get("data") or {})
+            if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+                continue  # not an event of ComfyUI's shape: nothing to learn from it
+            terminal = self._on_event(event.get("type"), event["data"])
             if terminal is not None:
                 return terminal
             if self._is_finished_marker(event):

@@ -141,3 +141,18 @@ async def test_a_report_retried_for_a_while_keeps_the_worker_alive(qm, comfy, ma
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
     assert len(qm.reports.for_job(job.id)) == 4, "three refusals, then the report landed"
     assert all(v.healthy for v in verdicts), [v.reason for v in verdicts if not v.healthy]
+
+
+async def test_without_a_websocket_the_job_is_followed_over_http(qm, comfy, make_worker, workflows):
+    from worker.comfyui import ComfyUIUnavailable
+
+    async def refuse(*_args, **_kwargs):
+        raise ComfyUIUnavailable("websocket upgrade refused by a proxy")
+
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker()
+    worker.comfy.connect_websocket = refuse
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job" and len(report.body["result"]["outputs"]) == 1
+    assert comfy.ws_connections == {}
