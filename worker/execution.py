@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, describe_prompt_error
 from worker.state import is_fatal_gpu_error
 
 log = structlog.get_logger()
@@ -36,6 +36,7 @@ class Outcome:
     comfyui_queue_s: float | None = None
     execution_s: float = 0.0
     fatal_gpu: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +96,7 @@ class PromptRun:
         self._started_at: float | None = None
         self._executed_outputs: dict[str, Any] = {}
         self._interrupt_sent = False
+        self._warnings: list[str] = []
 
     async def run(self, workflow: dict[str, Any]) -> Outcome:
         """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome.
@@ -105,8 +107,12 @@ class PromptRun:
         except ComfyUIUnavailable as exc:
             log.warning("ComfyUI websocket unavailable; following the prompt over HTTP", error=str(exc))
         try:
-            await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
+            accepted = await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
             self._submitted_at = time.monotonic()
+            if accepted.get("node_errors"):
+                skipped = describe_prompt_error({"error": {"message": "outputs that will not run"}, **accepted})
+                log.warning("ComfyUI accepted the workflow but will skip invalid outputs", details=skipped)
+                self._warnings.append(skipped.replace("ComfyUI rejected the workflow: ", "ComfyUI skipped ", 1))
             self.on_prompt_id(self.prompt_id)
             log.info("Prompt queued in ComfyUI", prompt_id=self.prompt_id)
             try:
@@ -240,7 +246,9 @@ class PromptRun:
 
     async def _outcome(self, terminal: _Terminal) -> Outcome:
         queue_s = self._started_at - self._submitted_at if self._started_at else None
-        outcome = Outcome("success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed())
+        outcome = Outcome(
+            "success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed(), warnings=self._warnings
+        )
         data = terminal.data
         if terminal.event == "execution_success":
             if terminal.history is None:

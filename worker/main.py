@@ -300,6 +300,7 @@ class Worker:
             "provider": self.settings.inference_provider,
             "comfyui_version": self.state.comfyui_version,
             "worker_version": __version__,
+            "warnings": outcome.warnings,
         })
 
     async def _explain_lost_comfyui(self, message: str) -> str:

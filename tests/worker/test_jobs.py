@@ -166,3 +166,16 @@ async def test_runtime_error_names_node_and_exception(qm, comfy, make_worker):
     assert error.startswith("ComfyUI execution error in node 1 (CheckpointLoaderSimple): SafetensorError:")
     assert "header too large" in error
     assert worker.state.fatal_reason is None, "a broken model file is not a reason to restart the container"
+
+
+async def test_outputs_comfyui_skips_are_reported_as_warnings(qm, comfy, make_worker, workflows):
+    broken_output = {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "x"}}
+    workflow = {**workflows["quick"], "9": broken_output}
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    result = report.body["result"]
+    assert len(result["outputs"]) == 2
+    [warning] = result["warnings"]
+    assert warning.startswith("ComfyUI skipped outputs that will not run") and "node 9 (SaveImage)" in warning
