@@ -107,7 +107,7 @@ class PromptRun:
         except ComfyUIUnavailable as exc:
             log.warning("ComfyUI websocket unavailable; following the prompt over HTTP", error=str(exc))
         try:
-            accepted = await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
+            accepted = await self._submit(workflow)
             self._submitted_at = time.monotonic()
             if accepted.get("node_errors"):
                 skipped = describe_prompt_error({"error": {"message": "outputs that will not run"}, **accepted})
@@ -123,6 +123,23 @@ class PromptRun:
             return await self._outcome(terminal)
         except PromptLost as exc:
             return Outcome("lost", self.prompt_id, str(exc), execution_s=self._elapsed())
+
+    async def _submit(self, workflow: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
+        except ComfyUIUnavailable:
+            # The prompt id is ours, so a lost answer can be told from a lost request: ask ComfyUI.
+            if not await self._known_to_comfyui():
+                raise
+            log.warning("The answer to POST /prompt was lost, but ComfyUI has the prompt; following it")
+            return {}
+
+    async def _known_to_comfyui(self) -> bool:
+        try:
+            running, pending = await self.comfy.queued_prompt_ids()
+            return self.prompt_id in running | pending or await self.comfy.history(self.prompt_id) is not None
+        except ComfyUIUnavailable:
+            return False
 
     async def interrupt(self) -> None:
         """Ask ComfyUI to stop this prompt, running or pending; errors are logged, not raised."""

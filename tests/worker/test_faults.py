@@ -156,3 +156,35 @@ async def test_without_a_websocket_the_job_is_followed_over_http(qm, comfy, make
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job" and len(report.body["result"]["outputs"]) == 1
     assert comfy.ws_connections == {}
+
+
+async def test_a_lost_answer_to_post_prompt_does_not_lose_the_prompt(qm, comfy, make_worker, workflows):
+    from worker.comfyui import ComfyUIUnavailable
+
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker()
+    submit = worker.comfy.queue_prompt
+
+    async def answer_lost(*args):
+        await submit(*args)
+        raise ComfyUIUnavailable("connection reset while reading the answer")
+
+    worker.comfy.queue_prompt = answer_lost
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    assert len(comfy.prompts_received) == 1, "not submitted twice"
+
+
+async def test_a_lost_post_prompt_request_fails_the_job(qm, comfy, make_worker, workflows):
+    from worker.comfyui import ComfyUIUnavailable
+
+    async def request_lost(*_args):
+        raise ComfyUIUnavailable("connection refused")
+
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    worker.comfy.queue_prompt = request_lost
+    assert await worker.run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error == "ComfyUI unavailable while submitting the workflow: connection refused"
