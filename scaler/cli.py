@@ -24,7 +24,7 @@ from rich.table import Table
 
 from scaler.backends import Backend, LocalBackend, VerdaBackend
 from scaler.config import ConfigError, ScalerSettings, load_settings
-from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
+from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
 from scaler.queue_status import QueueStatusReader
@@ -179,6 +179,7 @@ async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
             config, backend, queue,
             interval_s=settings.interval_s, dry_run=args.dry_run, metrics=metrics,
             failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+            state_file=settings.state_file,
         )
         stop = asyncio.Event()
         event_loop = asyncio.get_running_loop()
@@ -192,8 +193,6 @@ async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
             for sig in STOP_SIGNALS:
                 event_loop.remove_signal_handler(sig)
             await server.stop()
-            if settings.state_file and not args.dry_run:
-                save_policy_state(settings.state_file, loop.state)
     return EXIT_OK
 
 
@@ -206,10 +205,9 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
         loop = ScalerLoop(
             pricing.config, backend, queue, dry_run=args.dry_run,
             failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+            state_file=settings.state_file,
         )
         decision = await loop.tick()
-        if settings.state_file and not args.dry_run:
-            save_policy_state(settings.state_file, loop.state)
     return EXIT_FAILED if decision.reason == Reason.HOLD_OBSERVATION_FAILED else EXIT_OK
 
 

@@ -66,6 +66,7 @@ class ScalerLoop:
         metrics: ScalerMetrics | None = None,
         failure_alert_after: int = 3,
         state: PolicyState | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -76,6 +77,8 @@ class ScalerLoop:
         self.metrics = metrics or ScalerMetrics()
         self.failure_alert_after = failure_alert_after
         self.state = state or PolicyState()
+        # Saved after every tick (never in a dry run): a scaler that crashes restarts with its memory.
+        self.state_file = None if dry_run else state_file
         # The count last confirmed on the platform; None until the first write, so the first tick takes
         # ownership (pins min == max) even when the policy sees nothing to change.
         self.on_backend: int | None = None
@@ -96,6 +99,8 @@ class ScalerLoop:
         self.state = decision.new_state
         outcome, apply_error = await self._apply(decision, observation)
         self._record(decision, observation, outcome, apply_error)
+        if self.state_file is not None:
+            save_policy_state(self.state_file, self.state)
         return decision
 
     async def observe(self) -> Observation:

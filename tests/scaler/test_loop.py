@@ -231,3 +231,19 @@ async def test_policy_state_survives_a_save_and_load(make_loop, queue, clock, tm
     save_policy_state(path, loop.state)
     assert load_policy_state(path) == loop.state
     assert load_policy_state(tmp_path / "missing.json") == PolicyState()
+
+
+async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run(make_loop, queue, clock, tmp_path):
+    path = tmp_path / "scaler.json"
+    loop = make_loop(state_file=path)
+    queue.pending = 2
+    await loop.tick()
+    assert load_policy_state(path) == loop.state
+    clock.advance(30)
+    queue.pending = 0
+    await loop.tick()
+    assert load_policy_state(path) == loop.state, "a crash after this tick restarts with this memory"
+
+    dry = tmp_path / "dry.json"
+    await make_loop(state_file=dry, dry_run=True).tick()
+    assert not dry.exists()
