@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 import structlog
@@ -18,7 +16,6 @@ from scaler.queue_status import QueueStatus, QueueStatusError
 from scaler.verda_client import VerdaClient
 from standins.verda import FakeVerda
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 DEPLOYMENT = "comfyui-worker-serverless"
 VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
 
@@ -156,12 +153,6 @@ def make_verda_client(fake_verda: FakeVerda) -> Callable[[], VerdaClient]:
 
     return build
 
-
-@pytest.fixture(scope="session")
-def workflows() -> dict[str, dict]:
-    folder = SHARED / "workflows"
-    assert folder.is_dir(), f"shared workflows not found at {folder}: the repo must sit beside shared/"
-    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
 
 
 @pytest.fixture

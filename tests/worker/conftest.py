@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,11 @@ from worker.config import WorkerSettings, load_settings
 from worker.execution import RunTimings
 from worker.main import Worker
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-
 FAST_TIMINGS = RunTimings(
     check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
     history_wait_s=1.0, interrupt_wait_s=2.0,
 )
 
-
-@pytest.fixture(scope="session")
-def workflows() -> dict[str, dict]:
-    folder = SHARED / "workflows"
-    assert folder.is_dir(), f"shared workflows not found at {folder}: the repo must sit beside shared/"
-    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
 
 
 @pytest.fixture
