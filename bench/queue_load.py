@@ -19,7 +19,7 @@ import httpx
 
 from demo.replicas import free_loopback_port, worker_env
 from demo.workload import load_workflow
-from scaler.backends.local import LocalBackend
+from scaler.providers.local import LocalBackend
 
 
 def percentile(values: list[float], q: float) -> float:

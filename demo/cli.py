@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from common.logs import configure_logging
 from demo.run import DemoOptions, run_demo
-from worker.logs import configure_logging
 
 
 def demo_parser() -> argparse.ArgumentParser:

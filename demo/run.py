@@ -22,9 +22,9 @@ from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
 from demo.report import TERMINAL, ReplicaLedger, build_report
 from demo.workload import submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
-from scaler.backends.local import LocalBackend
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
+from scaler.providers.local import LocalBackend
 from scaler.queue_status import QueueStatusReader
 
 log = structlog.get_logger()

@@ -22,14 +22,14 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from scaler.backends import Backend, LocalBackend, VerdaBackend
+from common.logs import configure_logging, register_secret
 from scaler.config import ConfigError, ScalerSettings, load_settings
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
+from scaler.providers import Backend, LocalBackend, VerdaBackend
+from scaler.providers.verda.client import VerdaAPIError, VerdaClient
 from scaler.queue_status import QueueStatusReader
-from scaler.verda_client import VerdaAPIError, VerdaClient
-from worker.logs import configure_logging, register_secret
 
 log = structlog.get_logger()
 
@@ -85,10 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _delegate(command: str, rest: list[str]) -> int:
     if command == "simulate":
-        from scaler.simulate import simulate_main
+        from scaler.simulator.cli import simulate_main
 
         return simulate_main(rest)
-    from scaler.deploy import main as deploy_main
+    from scaler.deploy.command import main as deploy_main
 
     return deploy_main(rest)
 

@@ -13,10 +13,10 @@ from typing import Literal
 from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.settings import ConfigError, env_name, settings_from_env
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
-from scaler.verda_client import DEFAULT_BASE_URL
-from worker.config import ConfigError, env_name, settings_from_env
+from scaler.providers.verda.client import DEFAULT_BASE_URL
 
 __all__ = ["ConfigError", "ScalerSettings", "load_settings"]
 

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from scaler.backends.base import Backend, BackendView
 from scaler.billing import SpendLedger
 from scaler.metrics import ScalerMetrics
 from scaler.policy import (
@@ -31,6 +30,7 @@ from scaler.policy import (
     decide,
     estimated_spend,
 )
+from scaler.providers.base import Backend, BackendView
 from scaler.queue_status import QueueStatus
 
 log = structlog.get_logger()

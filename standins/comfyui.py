@@ -1,6 +1,6 @@
 """A ComfyUI 0.8.0 simulator: the HTTP + websocket API of a real ComfyUI server, replaying the
 shapes, ordering, history lag and interrupt semantics recorded in
-`shared/reference/comfyui-0.8.0/`, with fault hooks for tests (dropped sockets, crashes,
+`tests/fixtures/comfyui-0.8.0/`, with fault hooks for tests (dropped sockets, crashes,
 runtime errors, frozen nodes).
 
 In-process: `async with ComfyUISimulator(tmp_path / "output") as sim: ... sim.url ...`.

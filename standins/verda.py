@@ -1,6 +1,6 @@
 """A fake Verda API on loopback for tests and the local demo.
 
-It behaves like the parts of Verda the project uses (see /work/shared/reference/verda-api.md): OAuth2 tokens
+It behaves like the parts of Verda the project uses (see docs/verda-api.md): OAuth2 tokens
 that expire, Verda's error body, the validation rules Verda applies to deployment bodies, assigned container
 names, whole-object scaling updates, and replicas that follow `min_replica_count`. Tests steer it with
 `fail_next` (fault injection), `set_status`, `expire_tokens` and read `requests` to assert what was sent.

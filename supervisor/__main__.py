@@ -8,11 +8,12 @@ import sys
 
 import structlog
 
+from common.logs import configure_logging, register_secret
+from common.settings import ConfigError
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
-from worker.config import ConfigError, WorkerSettings, load_settings
-from worker.logs import configure_logging, register_secret
+from worker.config import WorkerSettings, load_settings
 
 EXIT_CONFIG = 2
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import AnyHttpUrl, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.config import settings_from_env
+from common.settings import settings_from_env
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 

@@ -1,4 +1,4 @@
-"""Fixtures every test folder may use: the shared reference folder beside the repository (CI puts a copy there)."""
+"""Fixtures every test folder may use: the recorded data in tests/fixtures (see its README)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WORKFLOWS = FIXTURES / "workflows"
+TRANSCRIPTS = FIXTURES / "comfyui-0.8.0"
 
 
 @pytest.fixture(scope="session")
 def workflows() -> dict[str, dict]:
-    """The API-format test workflows of shared/workflows, by file name without .json."""
-    folder = SHARED / "workflows"
-    assert folder.is_dir(), f"shared workflows not found at {folder}: the repo must sit beside shared/"
-    return {path.stem: json.loads(path.read_text()) for path in folder.glob("*.json")}
+    """The API-format test workflows of tests/fixtures/workflows, by file name without .json."""
+    return {path.stem: json.loads(path.read_text()) for path in WORKFLOWS.glob("*.json")}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from worker.config import ConfigError, WorkerSettings, env_name, load_settings
-from worker.logs import configure_logging, register_secret
+from common.logs import configure_logging, register_secret
+from common.settings import ConfigError, env_name
+from worker.config import WorkerSettings, load_settings
 from worker.service import serve
 
 MISSING_PEER_HINT = (

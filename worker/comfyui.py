@@ -1,4 +1,4 @@
-"""ComfyUI's HTTP API and websocket, as recorded from ComfyUI 0.8.0 (shared/reference/comfyui-api.md)."""
+"""ComfyUI's HTTP API and websocket, as recorded from ComfyUI 0.8.0 (docs/comfyui-protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP client for the queue manager (see shared/reference/queue-manager-api.md): poll, report, resubmit.
+"""HTTP client for the queue manager (see docs/queue-manager-api.md): poll, report, resubmit.
 
 Transport retries live here and nowhere else: reports are retried on connection errors, 408, 429 and 5xx
 within a time budget; a 404 means the job is gone and is never retried.

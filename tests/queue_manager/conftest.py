@@ -10,7 +10,7 @@ import pytest
 
 from queue_manager import QueueManagerServer
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 class FakeClock:
@@ -28,9 +28,9 @@ class FakeClock:
 
 @pytest.fixture
 def workflow() -> dict[str, Any]:
-    path = SHARED / "workflows" / "quick.json"
+    path = FIXTURES / "workflows" / "quick.json"
     if not path.is_file():
-        raise FileNotFoundError(f"shared test workflows not found at {path.resolve()}")
+        raise FileNotFoundError(f"test workflows not found at {path.resolve()}")
     return json.loads(path.read_text())
 
 

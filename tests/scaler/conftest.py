@@ -10,10 +10,10 @@ import pytest
 import structlog
 
 from queue_manager.server import QueueManagerServer
-from scaler.backends import BackendView
 from scaler.policy import Replica
+from scaler.providers import BackendView
+from scaler.providers.verda.client import VerdaClient
 from scaler.queue_status import QueueStatus, QueueStatusError
-from scaler.verda_client import VerdaClient
 from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scaler.backends import LocalBackend
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
+from scaler.providers import LocalBackend
 from scaler.queue_status import QueueStatusReader
 from standins.comfyui import ComfyUISimulator
 

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import PolicyState, Reason, ScalingConfig
-from scaler.verda_client import VerdaAPIError
+from scaler.providers.verda.client import VerdaAPIError
 
 CONFIG = ScalingConfig(
     billing_aware=False, stabilization_window_s=60, scale_down_cooldown_s=0, idle_to_zero_s=120,

@@ -6,9 +6,9 @@ import asyncio
 import time
 from dataclasses import replace
 
-from scaler.backends import VerdaBackend
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
+from scaler.providers import VerdaBackend
 from scaler.queue_status import QueueStatusReader
 from standins.verda import FakeVerda
 

@@ -15,16 +15,16 @@ import pytest
 
 from standins.comfyui import ComfyUISimulator
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-TRANSCRIPTS = SHARED / "reference" / "comfyui-0.8.0"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TRANSCRIPTS = FIXTURES / "comfyui-0.8.0"
 TEMP_NAME = re.compile(r"ComfyUI_temp_[a-z]{5}_")
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
+def fixtures_dir() -> Path:
     if not TRANSCRIPTS.is_dir():
-        pytest.fail(f"shared reference folder not found at {SHARED.resolve()}: the simulator tests need it")
-    return SHARED
+        pytest.fail(f"recorded transcripts not found at {TRANSCRIPTS}: the simulator tests need them")
+    return FIXTURES
 
 
 def load_transcript(name: str) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def load_transcript(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def sim(tmp_path: Path, shared_dir: Path) -> AsyncIterator[ComfyUISimulator]:
+async def sim(tmp_path: Path, fixtures_dir: Path) -> AsyncIterator[ComfyUISimulator]:
     simulator = ComfyUISimulator(tmp_path / "output", tmp_path / "temp", history_lag_s=0.05)
     await simulator.start()
     yield simulator

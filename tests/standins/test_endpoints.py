@@ -64,7 +64,7 @@ async def test_view_serves_outputs_and_refuses_traversal(sim: ComfyUISimulator, 
             assert response.status == status, params
 
 
-async def test_queue_delete_history_delete_and_free(tmp_path, shared_dir) -> None:
+async def test_queue_delete_history_delete_and_free(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("success")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0, cache_outputs=False)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
@@ -93,7 +93,7 @@ async def test_queue_delete_history_delete_and_free(tmp_path, shared_dir) -> Non
     assert sim.free_requests == [{"unload_models": True, "free_memory": True}]
 
 
-async def test_interrupt_for_another_prompt_is_ignored(tmp_path, shared_dir) -> None:
+async def test_interrupt_for_another_prompt_is_ignored(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("interrupted")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 0.1}, history_lag_s=0.0)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
@@ -107,7 +107,7 @@ async def test_interrupt_for_another_prompt_is_ignored(tmp_path, shared_dir) -> 
     assert not sim.interrupts_received[0].honoured
 
 
-async def test_interrupt_without_body_stops_whatever_runs(tmp_path, shared_dir) -> None:
+async def test_interrupt_without_body_stops_whatever_runs(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("interrupted")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 0.1}, history_lag_s=0.0)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
@@ -121,7 +121,7 @@ async def test_interrupt_without_body_stops_whatever_runs(tmp_path, shared_dir) 
     assert sim.interrupts_received[0].body == {}
 
 
-async def test_previews_are_binary_frames(tmp_path, shared_dir) -> None:
+async def test_previews_are_binary_frames(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("success")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", send_previews=True)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:

@@ -12,7 +12,7 @@ from standins.comfyui import ComfyUISimulator
 from .conftest import collect_until_done, load_transcript, receive_json, submit
 
 
-async def test_drop_websockets_then_reconnect_with_same_client_id(tmp_path, shared_dir) -> None:
+async def test_drop_websockets_then_reconnect_with_same_client_id(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("interrupted")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 0.3}, history_lag_s=0.0)
     async with sim, aiohttp.ClientSession() as http:
@@ -40,7 +40,7 @@ async def test_drop_websockets_then_reconnect_with_same_client_id(tmp_path, shar
     assert sim.ws_connections["w1"] == 2
 
 
-async def test_crash_refuses_connections_and_loses_the_running_prompt(tmp_path, shared_dir) -> None:
+async def test_crash_refuses_connections_and_loses_the_running_prompt(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("interrupted")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 5.0})
     async with aiohttp.ClientSession() as http:
@@ -91,7 +91,7 @@ async def test_injected_runtime_error(sim: ComfyUISimulator, http: aiohttp.Clien
     assert "execution_success" in [m["type"] for m in second]  # the injection hit one prompt only
 
 
-async def test_frozen_node_ignores_interrupt_until_released(tmp_path, shared_dir) -> None:
+async def test_frozen_node_ignores_interrupt_until_released(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("interrupted")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:

@@ -80,7 +80,7 @@ async def test_runtime_error_replays_the_recorded_messages(sim: ComfyUISimulator
     assert await queue(http, sim.url) == recorded["queue_after"]
 
 
-async def test_interrupt_takes_effect_when_the_running_node_ends(tmp_path, shared_dir) -> None:
+async def test_interrupt_takes_effect_when_the_running_node_ends(tmp_path, fixtures_dir) -> None:
     recorded = load_transcript("interrupted")
     recorded_id = recorded["post_prompt"]["body"]["prompt_id"]
     client_id = recorded["client_id"]
@@ -110,7 +110,7 @@ async def test_interrupt_takes_effect_when_the_running_node_ends(tmp_path, share
     assert [i.honoured for i in sim.interrupts_received] == [True]
 
 
-async def test_history_is_empty_until_finished_and_lags_success(tmp_path, shared_dir) -> None:
+async def test_history_is_empty_until_finished_and_lags_success(tmp_path, fixtures_dir) -> None:
     recorded = load_transcript("success")
     sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageInvert": 0.2}, history_lag_s=0.3)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c1") as ws:
@@ -143,7 +143,7 @@ async def test_unknown_prompt_history_is_empty(sim: ComfyUISimulator, http: aioh
         assert await response.json() == expected
 
 
-async def test_prompts_run_one_at_a_time_in_order(tmp_path, shared_dir) -> None:
+async def test_prompts_run_one_at_a_time_in_order(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("success")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", default_node_seconds=0.02, cache_outputs=False)
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:

@@ -9,7 +9,7 @@ import pytest
 
 from standins.comfyui import ComfyUISimulator
 
-from .conftest import SHARED, load_transcript
+from .conftest import FIXTURES, load_transcript
 
 CASES = load_transcript("validation_errors")
 JSON_CASES = [name for name, case in CASES.items() if "request_body" in case]
@@ -37,14 +37,14 @@ async def test_non_json_body_gets_the_plain_500_page(sim: ComfyUISimulator, http
 
 
 async def test_ui_graph_format_is_not_accepted(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
-    graph = json.loads((SHARED / "workflows" / "ui_graph_format.json").read_text())
+    graph = json.loads((FIXTURES / "workflows" / "ui_graph_format.json").read_text())
     async with http.post(f"{sim.url}/prompt", json={"prompt": graph, "client_id": "c"}) as response:
         assert response.status == 500  # ComfyUI trips over the graph's non-node keys
     assert await queue_is_empty(http, sim.url)
 
 
-async def test_shared_workflows_validate_as_documented(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
-    workflows = SHARED / "workflows"
+async def test_fixture_workflows_validate_as_documented(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    workflows = FIXTURES / "workflows"
     expected = {
         "quick.json": (200, None),
         "slow.json": (200, None),
@@ -65,8 +65,8 @@ async def test_shared_workflows_validate_as_documented(sim: ComfyUISimulator, ht
     assert errors[0]["extra_info"]["input_name"] == "ckpt_name"
 
 
-async def test_sdxl_workflow_runs_when_the_checkpoint_exists(tmp_path, shared_dir) -> None:
-    sdxl = json.loads((shared_dir / "workflows" / "sdxl_txt2img.json").read_text())
+async def test_sdxl_workflow_runs_when_the_checkpoint_exists(tmp_path, fixtures_dir) -> None:
+    sdxl = json.loads((fixtures_dir / "workflows" / "sdxl_txt2img.json").read_text())
     sim = ComfyUISimulator(tmp_path / "out", checkpoints=("sd_xl_base_1.0.safetensors",))
     async with sim, aiohttp.ClientSession() as http, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
         await ws.receive_json()

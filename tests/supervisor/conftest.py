@@ -20,7 +20,7 @@ import pytest
 from queue_manager import QueueManagerServer
 
 SIMULATOR_COMMAND = f"{sys.executable} -m standins.comfyui"
-WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "workflows"
+WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "workflows"
 
 
 def free_port() -> int:
@@ -32,7 +32,7 @@ def free_port() -> int:
 def workflow(name: str) -> dict[str, Any]:
     path = WORKFLOWS_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"shared test workflow missing: {path} (the shared folder must sit beside the repo)")
+        raise FileNotFoundError(f"test workflow missing: {path}")
     return json.loads(path.read_text())
 
 

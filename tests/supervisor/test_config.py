@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import ConfigError
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import MODEL_FOLDERS, render_model_paths, write_model_paths
-from worker.config import ConfigError
 
 
 @pytest.fixture(autouse=True)

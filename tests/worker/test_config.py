@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import ConfigError, WorkerSettings, env_name, load_settings
+from common.settings import ConfigError, env_name
+from worker.config import WorkerSettings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 VARIABLES = [env_name(WorkerSettings, name) for name in WorkerSettings.model_fields]

@@ -13,8 +13,8 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
+from common.logs import configure_logging, register_secret
 from queue_manager.server import QueueManagerServer
-from worker.logs import configure_logging, register_secret
 
 REPO = Path(__file__).resolve().parents[2]
 

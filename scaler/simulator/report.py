@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from scaler.sim_platform import PlatformModel, Sample, SimOutcome
+from scaler.simulator.platform import PlatformModel, Sample, SimOutcome
 
 
 @dataclass(frozen=True, slots=True)

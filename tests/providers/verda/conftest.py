@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler.deploy_spec import DEFAULT_SPEC_PATH
-from scaler.verda_client import VerdaClient
+from scaler.deploy.spec import DEFAULT_SPEC_PATH
+from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
 SECRET = "test-secret-do-not-log"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import structlog
 
-from scaler.verda_client import VerdaAPIError, VerdaClient
+from scaler.providers.verda.client import VerdaAPIError, VerdaClient
 from standins.verda import SCALING_KEYS, FakeVerda
 
 NAME = "comfyui-worker-serverless"

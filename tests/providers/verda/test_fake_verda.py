@@ -7,7 +7,7 @@ import copy
 import httpx
 import pytest
 
-from scaler.verda_client import VerdaAPIError, VerdaClient
+from scaler.providers.verda.client import VerdaAPIError, VerdaClient
 from standins.verda import FakeVerda
 
 NAME = "comfyui-worker-serverless"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scaler.deploy import deploy_main
-from scaler.deploy_spec import SpecError, build_body, load_spec
+from scaler.deploy.command import deploy_main
+from scaler.deploy.spec import SpecError, build_body, load_spec
 from standins.verda import FakeVerda
 
 REPO = Path(__file__).resolve().parents[2]

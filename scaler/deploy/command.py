@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from scaler.deploy_spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
-from scaler.verda_client import DEFAULT_BASE_URL, VerdaAPIError, VerdaClient
+from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
+from scaler.providers.verda.client import DEFAULT_BASE_URL, VerdaAPIError, VerdaClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -176,6 +176,3 @@ async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, s
 def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(deploy_main(argv))
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

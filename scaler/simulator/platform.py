@@ -23,8 +23,8 @@ from enum import IntEnum
 
 from scaler.billing import BillingAnchor, bill_for_runtime
 from scaler.policy import Replica
-from scaler.sim_policies import Controller
-from scaler.sim_workloads import Workload
+from scaler.simulator.policies import Controller
+from scaler.simulator.workloads import Workload
 
 
 @dataclass(frozen=True, slots=True)

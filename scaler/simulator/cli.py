@@ -17,10 +17,10 @@ from rich.console import Console
 
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
-from scaler.sim_platform import PlatformModel, SimOutcome, Simulation
-from scaler.sim_policies import parse_policy
-from scaler.sim_report import PolicyReport, comparison, print_table, summarize, write_chart
-from scaler.sim_workloads import BUILT_IN, Workload, built_in, load_trace
+from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation
+from scaler.simulator.policies import parse_policy
+from scaler.simulator.report import PolicyReport, comparison, print_table, summarize, write_chart
+from scaler.simulator.workloads import BUILT_IN, Workload, built_in, load_trace
 
 DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
 
@@ -161,6 +161,3 @@ def _config_from(args: argparse.Namespace) -> ScalingConfig:
     overrides.setdefault("price_per_replica_hour", args.price_per_hour)
     return ScalingConfig(**overrides)
 
-
-if __name__ == "__main__":
-    raise SystemExit(simulate_main(sys.argv[1:]))

@@ -12,9 +12,9 @@ from typing import Any
 
 from verda.containers import Deployment, ReplicaInfo, ScalingOptions
 
-from scaler.deploy import update_body
-from scaler.deploy_spec import build_body, load_spec
-from scaler.verda_client import VerdaClient
+from scaler.deploy.command import update_body
+from scaler.deploy.spec import build_body, load_spec
+from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
 NAME = "comfyui-worker-serverless"

@@ -1,6 +1,6 @@
 """Worker processes on this machine as a scaler backend, for the demo and the tests.
 
-It copies what a pinned Verda deployment does, as far as it is known (shared/reference/verda-api.md):
+It copies what a pinned Verda deployment does, as far as it is known (docs/verda-api.md):
 - ``apply(n)`` pins n replicas; the platform keeps n running. A worker that exits on its own (a serverless
   worker exits when idle) is restarted in its place at the next ``observe``, as Kubernetes would; Verda does
   not document which it does, and the scaler is safe either way because it never relies on workers exiting.
@@ -25,8 +25,8 @@ from typing import IO
 
 import structlog
 
-from scaler.backends.base import BackendView
 from scaler.policy import PAUSED, Replica
+from scaler.providers.base import BackendView
 
 log = structlog.get_logger()
 

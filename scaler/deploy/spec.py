@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[1] / "verda" / "deployment.toml"
+DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "verda" / "deployment.toml"
 NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")
 ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Docker reference without tag/digest: optional registry host[:port], then lowercase path components.

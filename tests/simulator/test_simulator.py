@@ -7,9 +7,9 @@ import pytest
 
 from scaler.billing import BillingAnchor, bill_for_runtime
 from scaler.policy import ScalingConfig
-from scaler.sim_platform import PlatformModel
-from scaler.sim_workloads import JobSpec, Workload, built_in, load_trace
-from scaler.simulate import run_policy, simulate_main
+from scaler.simulator.cli import run_policy, simulate_main
+from scaler.simulator.platform import PlatformModel
+from scaler.simulator.workloads import JobSpec, Workload, built_in, load_trace
 
 
 @pytest.fixture(scope="module")

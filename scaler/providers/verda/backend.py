@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from scaler.backends.base import BackendView
 from scaler.policy import Replica
-from scaler.verda_client import VerdaClient
+from scaler.providers.base import BackendView
+from scaler.providers.verda.client import VerdaClient
 
 
 class VerdaBackend:

@@ -1,0 +1,1 @@
+"""Helpers every process shares: structured logging and settings-error formatting."""

@@ -1,0 +1,3 @@
+from scaler.deploy.command import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Verda serverless containers: the API client and the backend the scaler drives."""

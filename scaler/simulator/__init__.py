@@ -1,0 +1,1 @@
+"""The cost simulator: workloads, a platform model, policies and reports, replayed offline."""
