@@ -13,7 +13,7 @@ from scaler.deploy.command import deploy_main
 from scaler.deploy.spec import SpecError, build_body, load_spec
 from standins.verda import FakeVerda
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NAME = "comfyui-worker-serverless"
 
 
