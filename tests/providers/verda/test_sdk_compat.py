@@ -12,8 +12,8 @@ from typing import Any
 
 from verda.containers import Deployment, ReplicaInfo, ScalingOptions
 
-from scaler.deploy.command import update_body
 from scaler.deploy.spec import build_body, load_spec
+from scaler.deploy.verda import update_body
 from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
