@@ -1,0 +1,162 @@
+"""RunPod pods as a scaler backend: one pod per replica, created and terminated through REST API v2.
+
+Why pods and not a serverless endpoint: docs/providers.md (RunPod section). The scaler pins a count; this
+backend keeps exactly that many of its pods alive (PROVISIONING, STARTING or RUNNING), recognised by name
+(``<name>-<8 hex>``). A pod whose container stopped or failed (EXITED, ERROR) is terminated and replaced at
+the next observe, as Verda or Kubernetes would restart it. Scale-down terminates, never stops: a stopped pod
+keeps its disk (billed) and may not get its GPU back. Pods still starting go first (no job on them yet),
+then the newest. A create refused for capacity, access or balance (400, 402, 403) reports ``quota_reached``
+until a create succeeds again, so the scaler holds and a fallback can take over.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from scaler.policy import PAUSED, QUOTA_REACHED, Replica
+from scaler.providers.base import BackendView
+from scaler.providers.runpod.client import DEAD_STATUSES, Pod, RunPodAPIError, RunPodClient
+
+log = structlog.get_logger()
+
+HEALTHY = "healthy"
+REFUSAL_STATUSES = frozenset({400, 402, 403})
+NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
+
+
+class RunPodBackend:
+    """Owns ``client`` (closed by ``aclose``). ``pod_body`` is the POST /pods body without ``name``."""
+
+    def __init__(
+        self,
+        client: RunPodClient,
+        name: str,
+        pod_body: Mapping[str, Any],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not NAME_RULE.match(name):
+            raise ValueError(f"RunPod pod name prefix {name!r} must be 1-54 characters of [a-z0-9-]")
+        if "name" in pod_body:
+            raise ValueError("pod_body must not carry a name: the backend names each pod")
+        self.client = client
+        self.name = name
+        self.pod_body = dict(pod_body)
+        self._clock = clock
+        self._own = re.compile(rf"^{re.escape(name)}-[0-9a-f]{{8}}$")
+        self._desired: int | None = None  # None until the first apply: never touch pods before being told
+        self._paused = False
+        self.refusal: str | None = None  # why RunPod last refused to create a pod, until a create succeeds
+        self.pods: tuple[Pod, ...] = ()  # this backend's pods as last read, with their RunPod status
+
+    def __repr__(self) -> str:
+        return f"RunPodBackend(name={self.name!r}, desired={self._desired}, paused={self._paused})"
+
+    async def observe(self) -> BackendView:
+        pods = await self._our_pods()
+        if self._desired is not None:
+            await self._reconcile(pods)
+            pods = await self._our_pods()
+        live = [pod for pod in pods if pod.live]
+        now = self._clock()
+        replicas = tuple(Replica(pod.id, _since(pod, now)) for pod in live)
+        return BackendView(replicas=replicas, status=self._status())
+
+    async def apply(self, desired: int) -> bool:
+        if desired < 0:
+            raise ValueError(f"desired replicas must be >= 0, got {desired}")
+        self._desired = desired
+        return await self._reconcile(await self._our_pods())
+
+    async def pause(self) -> None:
+        """Terminate every pod of this backend and hold zero until ``resume`` (RunPod has no paused state)."""
+        self._paused = True
+        await self._reconcile(await self._our_pods())
+
+    async def resume(self) -> None:
+        self._paused = False
+        if self._desired is not None:
+            await self._reconcile(await self._our_pods())
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def price_per_hour(self) -> float:
+        """List price in USD per hour of one pod of ``pod_body`` (GPU price x count, in its cloud)."""
+        gpu = self.pod_body.get("gpu") or {}
+        price = await self.client.gpu_price_per_hour(str(gpu.get("id", "")), cloud=self.pod_body.get("cloud", "SECURE"))
+        return price * int(gpu.get("count", 1))
+
+    # --- reconcile ------------------------------------------------------------------------------
+
+    def _status(self) -> str:
+        if self._paused:
+            return PAUSED
+        return QUOTA_REACHED if self.refusal is not None else HEALTHY
+
+    async def _our_pods(self) -> list[Pod]:
+        pods = [pod for pod in await self.client.list_pods() if self._own.match(pod.name)]
+        self.pods = tuple(pods)
+        return pods
+
+    async def _reconcile(self, pods: list[Pod]) -> bool:
+        """Terminate dead and surplus pods, create missing ones. True when anything was written."""
+        target = 0 if self._paused or self._desired is None else self._desired
+        wrote = False
+        for pod in pods:
+            if pod.status in DEAD_STATUSES:
+                log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
+                wrote |= await self._terminate(pod)
+        live = [pod for pod in pods if pod.live]
+        for pod in _surplus(live, target):
+            log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
+            wrote |= await self._terminate(pod)
+        for _ in range(target - len(live)):
+            if not await self._create():
+                break
+            wrote = True
+        return wrote
+
+    async def _terminate(self, pod: Pod) -> bool:
+        return await self.client.terminate_pod(pod.id)
+
+    async def _create(self) -> bool:
+        name = f"{self.name}-{secrets.token_hex(4)}"
+        try:
+            pod = await self.client.create_pod({"name": name, **self.pod_body})
+        except RunPodAPIError as error:
+            if error.status not in REFUSAL_STATUSES:
+                raise
+            if self.refusal is None:
+                log.warning("runpod_create_refused", status=error.status, detail=error.detail)
+            self.refusal = f"{error.status} {error.detail}"
+            return False
+        if self.refusal is not None:
+            log.info("runpod_create_accepted_again", previous_refusal=self.refusal)
+        self.refusal = None
+        log.info("runpod_pod_created", pod=pod.id, name=name)
+        return True
+
+
+def _surplus(live: list[Pod], target: int) -> list[Pod]:
+    """Which pods to terminate to get down to ``target``: pods not yet running first, then the newest."""
+    excess = len(live) - target
+    if excess <= 0:
+        return []
+    newest_first = sorted(live, key=lambda pod: (pod.status == "RUNNING", -_created(pod)))
+    return newest_first[:excess]
+
+
+def _created(pod: Pod) -> float:
+    return pod.created_at.timestamp() if pod.created_at is not None else float("inf")
+
+
+def _since(pod: Pod, now: float) -> float:
+    """When billing began, as far as the API tells: creation (RunPod bills from then, by the fake's reading)."""
+    return pod.created_at.timestamp() if pod.created_at is not None else now

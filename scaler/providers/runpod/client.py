@@ -1,0 +1,338 @@
+"""Async client for RunPod's REST API v2 (pods and the GPU catalog).
+
+v2 is the API RunPod keeps: REST v1 and GraphQL (what the official `runpod` package speaks) were retired on
+2026-12-01 at the latest (docs/providers.md, RunPod section). The API key is a bearer token held as a SecretStr
+and registered with the log scrubber. Reads and deletes are retried on 408/429/5xx and connection errors;
+a create is retried only once a fresh listing shows the pod was not made (pod names are unique per attempt),
+so a lost answer never doubles a pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from common.logs import register_secret
+
+log = structlog.get_logger()
+
+DEFAULT_BASE_URL = "https://api.runpod.io/v2"
+RETRYABLE_STATUSES = frozenset({408, 429})
+ERROR_TEXT_LIMIT = 200
+LIVE_STATUSES = frozenset({"PROVISIONING", "STARTING", "RUNNING"})
+DEAD_STATUSES = frozenset({"EXITED", "ERROR"})
+
+
+class RunPodAPIError(Exception):
+    """An error answer from RunPod (RFC 9457 problem body: title, status, detail, errors) and what was asked."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        request: str = "",
+        errors: list[str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(status, title, detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.request = request
+        self.errors = errors or []
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUSES or self.status >= 500
+
+    def __str__(self) -> str:
+        where = f" on {self.request}" if self.request else ""
+        text = f"RunPod API error {self.status}{where}: {self.title}: {self.detail}"
+        if self.errors:
+            text += " (" + "; ".join(self.errors) + ")"
+        if self.status == 401:
+            text += " (check RUNPOD_API_KEY)"
+        return text
+
+
+class CreateUnconfirmedError(Exception):
+    """A create failed in a way that may have made the pod, and the listing that would tell could not be read.
+
+    Not retried: the next reconcile reads the pods again and counts the pod if it exists.
+    """
+
+    def __init__(self, name: str, create_error: Exception, list_error: Exception) -> None:
+        super().__init__(
+            f"POST /pods for {name} failed ({_describe(create_error)}) and GET /pods failed too"
+            f" ({_describe(list_error)}): not retried, the pod may exist"
+        )
+
+
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, RunPodAPIError) else type(error).__name__
+
+
+@dataclass(frozen=True)
+class Pod:
+    id: str
+    name: str
+    status: str
+    created_at: datetime | None
+    started_at: datetime | None
+    cost_per_hour: float
+    gpu_id: str | None
+    gpu_count: int
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def pod_from_json(data: dict[str, Any]) -> Pod:
+    gpu = data.get("gpu") or {}
+    return Pod(
+        id=str(data.get("id", "")),
+        name=str(data.get("name", "")),
+        status=str(data.get("status", "UNKNOWN")).upper(),
+        created_at=parse_timestamp(data.get("createdAt")),
+        started_at=parse_timestamp(data.get("startedAt")),
+        cost_per_hour=float(data.get("cost") or 0.0),
+        gpu_id=gpu.get("id"),
+        gpu_count=int(gpu.get("count") or 0),
+    )
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    header = response.headers.get("Retry-After")
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_from_response(response: httpx.Response, request: str) -> RunPodAPIError:
+    retry_after_s = _retry_after_s(response)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and ("title" in body or "detail" in body):
+        errors = body.get("errors")
+        return RunPodAPIError(
+            response.status_code,
+            str(body.get("title") or ""),
+            str(body.get("detail") or ""),
+            request=request,
+            errors=[str(e) for e in errors] if isinstance(errors, list) else None,
+            retry_after_s=retry_after_s,
+        )
+    return RunPodAPIError(
+        response.status_code,
+        "unexpected error body",
+        response.text[:ERROR_TEXT_LIMIT],
+        request=request,
+        retry_after_s=retry_after_s,
+    )
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, RunPodAPIError):
+        return exc.retryable
+    return isinstance(exc, httpx.TransportError)
+
+
+def _is_rate_limited(exc: BaseException) -> bool:
+    return isinstance(exc, RunPodAPIError) and exc.status == 429
+
+
+class RunPodClient:
+    """RunPod API client. Use as `async with RunPodClient(api_key) as runpod: ...`."""
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout_s: float = 30,
+        max_attempts: int = 5,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not api_key:
+            raise ValueError("RunPod API key is empty: set RUNPOD_API_KEY")
+        register_secret(api_key)
+        self._api_key = SecretStr(api_key)
+        self._max_attempts = max_attempts
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        )
+        self._backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
+
+    def __repr__(self) -> str:
+        return f"RunPodClient(base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/")
+
+    async def __aenter__(self) -> RunPodClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- requests -------------------------------------------------------------------------------
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        response = await self._http.request(method, path, headers=headers, **kwargs)
+        if response.is_error:
+            raise error_from_response(response, f"{method} {path}")
+        return response
+
+    def _wait_s(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RunPodAPIError) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, self._backoff_max_s)
+        return self._backoff(state)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "runpod_request_retry",
+            attempt=state.attempt_number,
+            wait_s=round(state.upcoming_sleep, 3),
+            error=str(exc) if isinstance(exc, RunPodAPIError) else type(exc).__name__,
+        )
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait_s,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request that is safe to repeat (a read, a delete): retried on transient failures."""
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._send(method, path, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = await self._request(method, path, **kwargs)
+        return _decode(response, f"{method} {path}")
+
+    # --- pods -----------------------------------------------------------------------------------
+
+    async def list_pods(self) -> list[Pod]:
+        data = await self._json("GET", "/pods")
+        return [pod_from_json(p) for p in _field(data, "pods", "GET /pods")]
+
+    async def get_pod(self, pod_id: str) -> Pod:
+        return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"))
+
+    async def create_pod(self, body: dict[str, Any]) -> Pod:
+        """POST /pods. On a lost or failed answer the pod list is read again before any retry.
+
+        ``body["name"]`` must be unique to this attempt: it is how a pod created despite an error is found.
+        A 429 was refused before it was processed, so it is retried as is.
+        """
+        name = body["name"]
+        async for attempt in self._retrying():
+            with attempt:
+                try:
+                    response = await self._send("POST", "/pods", json=body)
+                except (RunPodAPIError, httpx.TransportError) as error:
+                    if not _is_retryable(error) or _is_rate_limited(error):
+                        raise
+                    made = await self._confirm_created(name, error)
+                    if made is not None:
+                        log.info("runpod_create_confirmed_by_listing", pod=made.id, name=name)
+                        return made
+                    raise
+                return pod_from_json(_decode(response, "POST /pods"))
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _confirm_created(self, name: str, create_error: Exception) -> Pod | None:
+        try:
+            pods = await self.list_pods()
+        except (RunPodAPIError, httpx.TransportError) as list_error:
+            raise CreateUnconfirmedError(name, create_error, list_error) from list_error
+        return next((pod for pod in pods if pod.name == name), None)
+
+    async def terminate_pod(self, pod_id: str) -> bool:
+        """DELETE /pods/{id}: releases compute and container disk. False when the pod was already gone."""
+        try:
+            await self._request("DELETE", f"/pods/{quote(pod_id, safe='')}")
+        except RunPodAPIError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    # --- catalogue ------------------------------------------------------------------------------
+
+    async def gpu_price_per_hour(self, gpu_id: str, *, cloud: str = "SECURE") -> float:
+        """List price in USD per hour of one GPU of ``gpu_id`` on pods in ``cloud`` (SECURE or COMMUNITY)."""
+        data = await self._json("GET", f"/catalog/gpus/{quote(gpu_id, safe='')}")
+        prices = data.get("price") if isinstance(data, dict) else None
+        key = cloud.lower()
+        if not isinstance(prices, dict) or not isinstance(prices.get(key), int | float):
+            raise LookupError(f"RunPod lists no {cloud} pod price for GPU {gpu_id!r}")
+        return float(prices[key])
+
+
+def _decode(response: httpx.Response, request: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise RunPodAPIError(
+            response.status_code, "non-JSON answer", response.text[:ERROR_TEXT_LIMIT], request=request
+        ) from None
+
+
+def _field(data: Any, name: str, request: str) -> list[dict[str, Any]]:
+    value = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        raise RunPodAPIError(200, "unexpected answer", f"no {name!r} list in the body", request=request)
+    return value

@@ -1,0 +1,574 @@
+"""A fake RunPod REST API v2 (pods and GPU catalogue) on loopback, for tests and the local demo.
+
+It follows the published OpenAPI document (excerpt and provenance in tests/fixtures/runpod/): bearer key,
+RFC 9457 problem bodies, 422 with an `errors` list for a body that breaks the contract (unknown or missing
+fields, wrong types), 400 for cross-field rules and for "no capacity", 402 when the balance is spent,
+asynchronous provisioning (PROVISIONING -> STARTING -> RUNNING), the `actions` each status allows (409
+otherwise), and per-second billing from creation until the pod stops or is terminated (the fake's reading
+of "billed per second"; RunPod does not say whether provisioning time is billed, so the fake counts it).
+
+Tests steer it with `fail_next` (fault injection, optionally after the request took effect), `capacity`,
+`balance_usd`, `exit_pod` (the container stops on its own) and read `requests` and `billed_usd()`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+API_PREFIX = "/v2"
+DEFAULT_API_KEY = "rpa_fake_key"  # the fake's well-known test credential
+PORT_RULE = re.compile(r"^[0-9]{1,5}/(http|tcp|udp)$")
+CUDA_RULE = re.compile(r"^\d+\.\d+$")
+CREATE_FIELDS = {
+    "name",
+    "image",
+    "args",
+    "disk",
+    "ports",
+    "env",
+    "registry",
+    "cloud",
+    "cpu",
+    "dataCenterIds",
+    "globalNetworking",
+    "gpu",
+    "mounts",
+    "startJupyter",
+    "startSsh",
+    "templateId",
+}
+GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
+ACTIONS_BY_STATUS = {
+    "PROVISIONING": ["stop", "terminate"],
+    "STARTING": ["stop", "terminate"],
+    "RUNNING": ["stop", "restart", "terminate"],
+    "EXITED": ["start", "terminate"],
+    "ERROR": ["start", "terminate"],
+}
+BILLED_STATUSES = {"PROVISIONING", "STARTING", "RUNNING"}
+PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _gpu_type(gpu_id: str, name: str, pool: str, memory_gb: int, secure: float, community: float) -> dict[str, Any]:
+    return {
+        "id": gpu_id,
+        "name": name,
+        "pool": pool,
+        "manufacturer": "NVIDIA",
+        "memory": memory_gb,
+        "secure": True,
+        "community": True,
+        "price": {"secure": secure, "community": community},
+        "maxCount": {"secure": 8, "community": 8},
+    }
+
+
+# Illustrative prices for tests and the demo, not RunPod's current list.
+GPU_TYPES = {
+    gpu["id"]: gpu
+    for gpu in (
+        _gpu_type("NVIDIA GeForce RTX 4090", "RTX 4090", "ADA_24", 24, 0.69, 0.34),
+        _gpu_type("NVIDIA L40S", "L40S", "ADA_48_PRO", 48, 0.86, 0.79),
+        _gpu_type("NVIDIA A100 80GB PCIe", "A100 PCIe", "AMPERE_80", 80, 1.64, 1.19),
+        _gpu_type("NVIDIA H100 80GB HBM3", "H100 SXM", "HOPPER_141", 80, 2.69, 2.39),
+    )
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, errors: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.errors = status, detail, errors
+
+
+def _problem(status: int, detail: str, errors: list[str] | None = None, headers: dict | None = None) -> web.Response:
+    body: dict[str, Any] = {"title": TITLES.get(status, "Error"), "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return web.json_response(body, status=status, headers=headers, content_type="application/problem+json")
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    json: Any
+
+
+@dataclass
+class Fault:
+    status: int
+    remaining: int
+    method: str | None
+    non_json: bool
+    retry_after: str | None
+    after_effect: bool
+
+
+@dataclass
+class FakePod:
+    id: str
+    body: dict[str, Any]
+    created_at: datetime
+    created_clock: float
+    status: str = "NEW"
+    phase_since: float = 0.0
+    started_at: datetime | None = None
+    billed_s: float = 0.0
+    billing_since: float | None = None
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.body["name"]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class FakeRunPod:
+    def __init__(
+        self,
+        api_key: str = DEFAULT_API_KEY,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        provision_delay_s: float = 0.0,
+        start_delay_s: float = 0.0,
+        network_volumes: tuple[str, ...] = (),
+    ) -> None:
+        self._api_key = api_key
+        self._clock = clock
+        self.provision_delay_s = provision_delay_s
+        self.start_delay_s = start_delay_s
+        self.network_volumes = set(network_volumes)
+        self.capacity: dict[str, int] = {}  # GPU id -> most GPUs of that type placeable at once; absent = unlimited
+        self.balance_usd: float | None = None  # None = unlimited; creates answer 402 once billing reaches it
+        self.pods: dict[str, FakePod] = {}
+        self.terminated: dict[str, FakePod] = {}
+        self.requests: list[RecordedRequest] = []
+        self._faults: dict[str, list[Fault]] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get(f"{API_PREFIX}/pods", self._list_pods)
+        app.router.add_post(f"{API_PREFIX}/pods", self._create_pod)
+        app.router.add_get(f"{API_PREFIX}/pods/{{id}}", self._get_pod)
+        app.router.add_delete(f"{API_PREFIX}/pods/{{id}}", self._delete_pod)
+        app.router.add_post(f"{API_PREFIX}/pods/{{id}}/action", self._action)
+        app.router.add_get(f"{API_PREFIX}/catalog/gpus", self._list_gpus)
+        app.router.add_get(f"{API_PREFIX}/catalog/gpus/{{id}}", self._get_gpu)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{bound_port}{API_PREFIX}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeRunPod:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- test controls --------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        path: str,
+        status: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        non_json: bool = False,
+        retry_after: str | None = None,
+        after_effect: bool = False,
+    ) -> None:
+        """The next `times` calls to `path` (relative to /v2, e.g. "/pods") answer `status`.
+
+        With `after_effect` the request is carried out first and only its answer is replaced (a lost reply).
+        """
+        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect)
+        self._faults.setdefault(path, []).append(fault)
+
+    def exit_pod(self, pod_id: str, status: str = "EXITED") -> None:
+        """The pod's container stops on its own (EXITED) or fails (ERROR): compute billing stops."""
+        pod = self.pods[pod_id]
+        self._advance(pod)
+        self._set_status(pod, status)
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
+
+    def live_pods(self) -> list[FakePod]:
+        for pod in self.pods.values():
+            self._advance(pod)
+        return [p for p in self.pods.values() if p.status in BILLED_STATUSES]
+
+    def billed_seconds(self, pod_id: str) -> int:
+        """Seconds billed for the pod so far, each started second counted (per-second billing)."""
+        pod = self.pods.get(pod_id) or self.terminated[pod_id]
+        running = self._clock() - pod.billing_since if pod.billing_since is not None else 0.0
+        return _ceil(pod.billed_s + running)
+
+    def billed_usd(self) -> float:
+        total = 0.0
+        for pod in [*self.pods.values(), *self.terminated.values()]:
+            total += self.billed_seconds(pod.id) * self._price_per_s(pod)
+        return round(total, 6)
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path.removeprefix(API_PREFIX)
+        try:
+            body = await request.json() if request.can_read_body else None
+        except ValueError:
+            body = await request.text()
+        self.requests.append(RecordedRequest(request.method, path, body))
+        if not self._authorized(request):
+            return _problem(401, "invalid or missing bearer token")
+        if isinstance(body, str):
+            return _problem(400, "request body is not valid JSON")
+        fault = self._take_fault(path, request.method)
+        if fault is not None and not fault.after_effect:
+            return self._fault_response(fault)
+        try:
+            response = await handler(request)
+        except ApiError as error:
+            response = _problem(error.status, error.detail, error.errors)
+        except web.HTTPException as error:
+            response = _problem(error.status, error.reason)
+        if fault is not None:
+            return self._fault_response(fault)
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and secrets.compare_digest(key, self._api_key)
+
+    def _take_fault(self, path: str, method: str) -> Fault | None:
+        for fault in self._faults.get(path, []):
+            if fault.remaining > 0 and fault.method in (None, method):
+                fault.remaining -= 1
+                return fault
+        return None
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> web.Response:
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        if fault.non_json:
+            return web.Response(status=fault.status, text=PROXY_ERROR_PAGE, content_type="text/html", headers=headers)
+        return _problem(fault.status, f"injected {fault.status}", headers=headers)
+
+    # --- pod state ------------------------------------------------------------------------------
+
+    def _price_per_s(self, pod: FakePod) -> float:
+        gpu = pod.body["gpu"]
+        cloud = pod.body.get("cloud", "SECURE").lower()
+        return GPU_TYPES[gpu["id"]]["price"][cloud] * gpu.get("count", 1) / 3600
+
+    def _set_status(self, pod: FakePod, status: str) -> None:
+        now = self._clock()
+        was_billed = pod.status in BILLED_STATUSES
+        if was_billed and status not in BILLED_STATUSES and pod.billing_since is not None:
+            pod.billed_s += now - pod.billing_since
+            pod.billing_since = None
+        if not was_billed and status in BILLED_STATUSES:
+            pod.billing_since = now
+        pod.status, pod.phase_since = status, now
+        pod.history.append(status)
+        if status == "RUNNING":
+            pod.started_at = datetime.now(UTC)
+
+    def _advance(self, pod: FakePod) -> None:
+        """Asynchronous provisioning: each phase ends once its delay has passed on the fake's clock."""
+        now = self._clock()
+        for phase, delay_s, following in (
+            ("PROVISIONING", self.provision_delay_s, "STARTING"),
+            ("STARTING", self.start_delay_s, "RUNNING"),
+        ):
+            if pod.status == phase and now - pod.phase_since >= delay_s:
+                began = pod.phase_since + delay_s
+                self._set_status(pod, following)
+                pod.phase_since = began
+
+    def _gpus_in_use(self, gpu_id: str) -> int:
+        return sum(p.body["gpu"].get("count", 1) for p in self.live_pods() if p.body["gpu"]["id"] == gpu_id)
+
+    def _pod_json(self, pod: FakePod) -> dict[str, Any]:
+        self._advance(pod)
+        body = pod.body
+        gpu = body["gpu"]
+        count = gpu.get("count", 1)
+        running = pod.status == "RUNNING"
+        return {
+            "id": pod.id,
+            "name": body["name"],
+            "status": pod.status,
+            "actions": ACTIONS_BY_STATUS[pod.status],
+            "image": body["image"],
+            "args": body.get("args", ""),
+            "disk": body.get("disk", 50),
+            "mounts": body.get("mounts", {}),
+            "ports": body.get("ports", []),
+            "env": body.get("env", {}),
+            "registry": body.get("registry"),
+            "gpu": {"id": gpu["id"], "count": count, "vcpuCount": 8 * count, "memory": 32 * count},
+            "cloud": body.get("cloud", "SECURE"),
+            "dataCenterId": "US-TX-3",
+            "cudaVersion": "12.8",
+            "ssh": {"proxy": None, "direct": None},
+            "template": None,
+            "cost": round(self._price_per_s(pod) * 3600, 4) if pod.status in BILLED_STATUSES else 0.0,
+            "locked": False,
+            "globalNetworking": {"enabled": False},
+            "runtime": {"uptime": int(self._clock() - pod.phase_since)} if running else None,
+            "createdAt": pod.created_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "startedAt": pod.started_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+            if pod.started_at
+            else None,
+        }
+
+    def _pod(self, request: web.Request) -> FakePod:
+        pod_id = request.match_info["id"]
+        if pod_id not in self.pods:
+            raise ApiError(404, "pod not found")
+        return self.pods[pod_id]
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _validate_create(self, body: Any) -> None:
+        """The contract (422, every violation listed) first, then the cross-field rules (400)."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "Request validation failed.", ["$: expected object"])
+        errors = [f"$: additional properties '{k}' not allowed" for k in sorted(set(body) - CREATE_FIELDS)]
+        errors += _contract_errors(body)
+        if errors:
+            raise ApiError(422, "Request validation failed.", errors)
+        if ("gpu" in body) == ("cpu" in body):
+            raise ApiError(400, "exactly one of gpu or cpu must be set")
+        if "cpu" in body:
+            raise ApiError(400, "CPU pods are not offered by this fake")
+        if "templateId" in body:
+            raise ApiError(404, f"template {body['templateId']} not found")
+        bad_ports = [p for p in body.get("ports", []) if not PORT_RULE.match(p)]
+        if bad_ports:
+            raise ApiError(400, f"ports must be formatted as port/protocol, got {bad_ports}")
+        mounts = body.get("mounts") or {}
+        if "persistent" in mounts and "network" in mounts:
+            raise ApiError(400, "mounts.persistent and mounts.network are mutually exclusive")
+        for mount in mounts.get("network", []):
+            if mount["volumeId"] not in self.network_volumes:
+                raise ApiError(400, f"network volume {mount['volumeId']} not found")
+        gpu = body["gpu"]
+        if gpu.get("allowedCudaVersions") and "minCudaVersion" in gpu:
+            raise ApiError(400, "gpu.allowedCudaVersions and gpu.minCudaVersion are mutually exclusive")
+        if gpu["id"] not in GPU_TYPES:
+            raise ApiError(400, f"unknown GPU type {gpu['id']!r}")
+
+    def _check_capacity_and_balance(self, body: dict[str, Any]) -> None:
+        if self.balance_usd is not None and self.billed_usd() >= self.balance_usd:
+            raise ApiError(402, "insufficient balance to deploy this pod")
+        gpu = body["gpu"]
+        limit = self.capacity.get(gpu["id"])
+        if limit is not None and self._gpus_in_use(gpu["id"]) + gpu.get("count", 1) > limit:
+            raise ApiError(400, f"There are no longer any instances available with the requested {gpu['id']}")
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def _list_pods(self, request: web.Request) -> web.Response:
+        return web.json_response({"pods": [self._pod_json(p) for p in self.pods.values()]})
+
+    async def _get_pod(self, request: web.Request) -> web.Response:
+        return web.json_response(self._pod_json(self._pod(request)))
+
+    async def _create_pod(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._validate_create(body)
+        self._check_capacity_and_balance(body)
+        pod_id = secrets.token_hex(7)
+        pod = FakePod(pod_id, body, datetime.now(UTC), self._clock(), phase_since=self._clock())
+        self.pods[pod_id] = pod
+        self._set_status(pod, "PROVISIONING")
+        return web.json_response(self._pod_json(pod), status=201)
+
+    async def _delete_pod(self, request: web.Request) -> web.Response:
+        pod = self._pod(request)
+        self._terminate(pod)
+        return web.Response(status=204)
+
+    def _terminate(self, pod: FakePod) -> None:
+        self._advance(pod)
+        self._set_status(pod, "TERMINATED")
+        self.terminated[pod.id] = self.pods.pop(pod.id)
+
+    async def _action(self, request: web.Request) -> web.Response:
+        pod = self._pod(request)
+        body = await request.json()
+        if not isinstance(body, dict) or set(body) != {"action"}:
+            raise ApiError(422, "Request validation failed.", ["$: exactly the property 'action' is required"])
+        action = body["action"]
+        if action not in ("start", "stop", "restart", "terminate"):
+            raise ApiError(
+                422,
+                "Request validation failed.",
+                [f"/action: value must be one of start, stop, restart, terminate, got {action!r}"],
+            )
+        self._advance(pod)
+        if action not in ACTIONS_BY_STATUS[pod.status]:
+            raise ApiError(409, f"action {action} is not valid for a pod in {pod.status}")
+        if action == "terminate":
+            self._terminate(pod)
+            return web.Response(status=204)
+        if action == "stop":
+            self._set_status(pod, "EXITED")
+        elif action == "start":
+            self._check_capacity_and_balance(pod.body)
+            self._set_status(pod, "PROVISIONING")
+        else:
+            self._set_status(pod, "STARTING")
+        return web.json_response(self._pod_json(pod))
+
+    async def _list_gpus(self, request: web.Request) -> web.Response:
+        return web.json_response({"gpus": list(GPU_TYPES.values())})
+
+    async def _get_gpu(self, request: web.Request) -> web.Response:
+        gpu_id = request.match_info["id"]
+        if gpu_id not in GPU_TYPES:
+            raise ApiError(404, "GPU type not found")
+        return web.json_response(GPU_TYPES[gpu_id])
+
+
+def _ceil(seconds: float) -> int:
+    whole = int(seconds)
+    return whole if seconds - whole < 1e-9 else whole + 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _contract_errors(body: dict[str, Any]) -> list[str]:
+    """What the OpenAPI schema of CreatePodRequest rejects, in the wording of the real API's `errors`."""
+    errors: list[str] = []
+
+    def need(condition: bool, where: str, message: str) -> None:
+        if not condition:
+            errors.append(f"{where}: {message}")
+
+    need(isinstance(body.get("name"), str) and body.get("name") != "", "/name", "a non-empty string is required")
+    if "templateId" not in body:
+        need(isinstance(body.get("image"), str) and body.get("image") != "", "/image", "a string is required")
+    if "args" in body:
+        need(isinstance(body["args"], str), "/args", "expected string")
+    if "disk" in body:
+        need(_is_int(body["disk"]) and body["disk"] >= 1, "/disk", "expected integer >= 1")
+    if "ports" in body:
+        ports = body["ports"]
+        need(isinstance(ports, list) and all(isinstance(p, str) for p in ports), "/ports", "expected string[]")
+    if "env" in body:
+        env = body["env"]
+        need(
+            isinstance(env, dict) and all(isinstance(v, str) for v in env.values()),
+            "/env",
+            "expected object of string values",
+        )
+    if "registry" in body:
+        need(body["registry"] is None or isinstance(body["registry"], str), "/registry", "expected string or null")
+    if "cloud" in body:
+        need(body["cloud"] in ("SECURE", "COMMUNITY"), "/cloud", "value must be one of SECURE, COMMUNITY")
+    for flag in ("globalNetworking", "startJupyter", "startSsh"):
+        if flag in body:
+            need(isinstance(body[flag], bool), f"/{flag}", "expected boolean")
+    if "dataCenterIds" in body:
+        ids = body["dataCenterIds"]
+        need(isinstance(ids, list) and all(isinstance(i, str) for i in ids), "/dataCenterIds", "expected string[]")
+    if "gpu" in body:
+        errors += _gpu_errors(body["gpu"])
+    if "mounts" in body:
+        errors += _mount_errors(body["mounts"])
+    return errors
+
+
+def _gpu_errors(gpu: Any) -> list[str]:
+    if not isinstance(gpu, dict):
+        return ["/gpu: expected object"]
+    errors = [f"/gpu: additional properties '{k}' not allowed" for k in sorted(set(gpu) - GPU_FIELDS)]
+    if not isinstance(gpu.get("id"), str):
+        errors.append("/gpu: missing property 'id'" if "id" not in gpu else "/gpu/id: expected string")
+    for key in ("count", "minRamPerGpu", "minVcpuCountPerGpu"):
+        if key in gpu and not (_is_int(gpu[key]) and gpu[key] >= 1):
+            errors.append(f"/gpu/{key}: expected integer >= 1")
+    versions = gpu.get("allowedCudaVersions", [])
+    if not (isinstance(versions, list) and all(isinstance(v, str) and CUDA_RULE.match(v) for v in versions)):
+        errors.append("/gpu/allowedCudaVersions: expected major.minor strings")
+    floor = gpu.get("minCudaVersion", "0.0")
+    if not (isinstance(floor, str) and CUDA_RULE.match(floor)):
+        errors.append("/gpu/minCudaVersion: expected major.minor")
+    return errors
+
+
+def _mount_errors(mounts: Any) -> list[str]:
+    if not isinstance(mounts, dict):
+        return ["/mounts: expected object"]
+    unknown = sorted(set(mounts) - {"persistent", "network"})
+    errors = [f"/mounts: additional properties '{k}' not allowed" for k in unknown]
+    if "persistent" in mounts:
+        errors += _object_errors(mounts["persistent"], "/mounts/persistent", {"size": int, "path": str})
+        size = mounts["persistent"].get("size") if isinstance(mounts["persistent"], dict) else None
+        if _is_int(size) and size < 10:
+            errors.append("/mounts/persistent/size: expected integer >= 10")
+    if "network" in mounts:
+        network = mounts["network"]
+        if not isinstance(network, list) or len(network) > 1:
+            errors.append("/mounts/network: expected an array of at most 1 item")
+        else:
+            for i, mount in enumerate(network):
+                errors += _object_errors(mount, f"/mounts/network/{i}", {"volumeId": str, "path": str})
+    return errors
+
+
+def _object_errors(value: Any, where: str, fields: dict[str, type]) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{where}: expected object"]
+    errors = [f"{where}: additional properties '{k}' not allowed" for k in sorted(set(value) - set(fields))]
+    for key, kind in fields.items():
+        if key not in value:
+            errors.append(f"{where}: missing property '{key}'")
+        elif not isinstance(value[key], kind) or isinstance(value[key], bool):
+            errors.append(f"{where}/{key}: expected {kind.__name__}")
+    return errors

@@ -1,0 +1,103 @@
+"""Fixtures for the RunPod client, backend and the fake RunPod API: all on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scaler.providers.runpod.client import RunPodClient
+from standins.runpod import FakeRunPod
+
+API_KEY = "rpa_test_key_do_not_log"
+OPENAPI_EXCERPT = Path(__file__).resolve().parents[2] / "fixtures" / "runpod" / "openapi-v2-pods.json"
+GPU = "NVIDIA GeForce RTX 4090"
+
+
+class ManualClock:
+    """A clock the test moves by hand, shared by the fake API and the backend."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep in the client's retries: records the waits and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def sleeps() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+async def fake(clock: ManualClock) -> AsyncIterator[FakeRunPod]:
+    async with FakeRunPod(API_KEY, clock=clock, network_volumes=("vol-models",)) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_client(fake: FakeRunPod, sleeps: RecordingSleep) -> AsyncIterator[Callable[..., RunPodClient]]:
+    clients: list[RunPodClient] = []
+
+    def build(**overrides: Any) -> RunPodClient:
+        options: dict[str, Any] = {"base_url": fake.url, "timeout_s": 5, "max_attempts": 4, "sleep": sleeps}
+        options.update(overrides)
+        client = RunPodClient(options.pop("api_key", API_KEY), **options)
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def runpod(make_client: Callable[..., RunPodClient]) -> RunPodClient:
+    return make_client()
+
+
+@pytest.fixture(scope="session")
+def openapi() -> dict[str, Any]:
+    return json.loads(OPENAPI_EXCERPT.read_text())
+
+
+def pod_body(name: str = "comfy-test-0", **overrides: Any) -> dict[str, Any]:
+    """A create body of the shape the deploy spec produces."""
+    body: dict[str, Any] = {
+        "name": name,
+        "image": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
+        "gpu": {"id": GPU, "count": 1},
+        "cloud": "SECURE",
+        "disk": 50,
+        "ports": ["8000/http"],
+        "env": {"SERVERLESS_MODE": "true", "HEALTH_PORT": "8000"},
+        "mounts": {"network": [{"volumeId": "vol-models", "path": "/models"}]},
+    }
+    body.update(overrides)
+    return body

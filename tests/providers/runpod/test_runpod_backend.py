@@ -1,0 +1,158 @@
+"""RunPodBackend against the fake RunPod API: the pinned count, replacement, scale-down order, refusals, pause."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from scaler.policy import PAUSED, QUOTA_REACHED
+from scaler.providers.base import Backend
+from scaler.providers.runpod.backend import RunPodBackend
+from scaler.providers.runpod.client import RunPodClient
+from standins.runpod import FakeRunPod
+
+from .conftest import GPU, ManualClock, pod_body
+
+NAME = "comfy-test"
+
+
+@pytest.fixture
+def backend(runpod: RunPodClient, clock: ManualClock) -> RunPodBackend:
+    body = {k: v for k, v in pod_body().items() if k != "name"}
+    return RunPodBackend(runpod, NAME, body, clock=clock)
+
+
+def statuses(fake: FakeRunPod) -> list[str]:
+    return sorted(pod.status for pod in fake.live_pods())
+
+
+def test_has_every_method_of_the_backend_protocol() -> None:
+    for name in ("observe", "apply", "pause", "resume", "aclose"):
+        assert hasattr(Backend, name)
+        assert inspect.iscoroutinefunction(getattr(RunPodBackend, name)), name
+
+
+def test_rejects_bad_names_and_a_named_body(runpod: RunPodClient) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        RunPodBackend(runpod, "Comfy_Test", {})
+    with pytest.raises(ValueError, match="name"):
+        RunPodBackend(runpod, NAME, pod_body())
+
+
+async def test_apply_pins_the_count(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    assert await backend.apply(3) is True
+    view = await backend.observe()
+    assert len(view.replicas) == 3 and view.status == "healthy"
+    assert all(pod.name.startswith(f"{NAME}-") for pod in fake.pods.values())
+    assert await backend.apply(3) is False  # already so: nothing written
+    assert len(fake.requests_to("/pods", "POST")) == 3
+
+
+async def test_replicas_carry_their_creation_time(backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock) -> None:
+    await backend.apply(1)
+    (replica,) = (await backend.observe()).replicas
+    pod = next(iter(fake.pods.values()))
+    assert replica.id == pod.id
+    assert replica.started_at == pytest.approx(pod.created_at.timestamp(), abs=1)
+
+
+async def test_nothing_is_touched_before_the_first_apply(
+    backend: RunPodBackend, runpod: RunPodClient, fake: FakeRunPod
+) -> None:
+    for index in range(2):
+        await runpod.create_pod(pod_body(name=f"{NAME}-0000000{index}"))
+    view = await backend.observe()  # a restarted scaler reads what runs before deciding
+    assert len(view.replicas) == 2 and len(fake.pods) == 2
+
+
+async def test_other_pods_of_the_account_are_left_alone(
+    backend: RunPodBackend, runpod: RunPodClient, fake: FakeRunPod
+) -> None:
+    for name in ("my-notebook", f"{NAME}-notours", f"{NAME}x-12345678"):
+        await runpod.create_pod(pod_body(name=name))
+    await backend.apply(0)
+    assert len((await backend.observe()).replicas) == 0
+    assert sorted(pod.name for pod in fake.pods.values()) == sorted(
+        ["my-notebook", f"{NAME}-notours", f"{NAME}x-12345678"]
+    )
+
+
+async def test_scale_down_terminates_starting_pods_first_then_the_newest(
+    backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock
+) -> None:
+    fake.start_delay_s = 100
+    await backend.apply(2)
+    clock.advance(100)  # both running
+    await backend.apply(3)  # a third one, still starting
+    starting = [pod.id for pod in fake.live_pods() if pod.status != "RUNNING"]
+    assert len(starting) == 1
+    await backend.apply(2)
+    assert starting[0] in fake.terminated
+    assert statuses(fake) == ["RUNNING", "RUNNING"]
+    await backend.apply(0)
+    assert fake.live_pods() == []
+
+
+async def test_scale_to_zero_stops_billing(backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock) -> None:
+    await backend.apply(2)
+    clock.advance(60)
+    await backend.apply(0)
+    spent = fake.billed_usd()
+    clock.advance(3600)
+    assert fake.billed_usd() == spent == pytest.approx(2 * 60 * 0.69 / 3600, abs=1e-6)
+    assert fake.pods == {}  # terminated, not stopped: no disk left to bill
+
+
+async def test_a_pod_that_dies_is_replaced_at_the_next_observe(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(2)
+    dead = next(iter(fake.pods))
+    fake.exit_pod(dead, "ERROR")
+    view = await backend.observe()
+    assert len(view.replicas) == 2 and dead not in {r.id for r in view.replicas}
+    assert dead in fake.terminated
+
+
+async def test_no_capacity_reports_quota_reached_until_a_create_succeeds(
+    backend: RunPodBackend, fake: FakeRunPod
+) -> None:
+    fake.capacity[GPU] = 1
+    await backend.apply(3)
+    view = await backend.observe()
+    assert view.status == QUOTA_REACHED and len(view.replicas) == 1
+    assert "no longer any instances" in (backend.refusal or "")
+    fake.capacity.clear()
+    view = await backend.observe()
+    assert view.status == "healthy" and len(view.replicas) == 3
+
+
+async def test_spent_balance_reports_quota_reached(
+    backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock
+) -> None:
+    await backend.apply(1)
+    fake.balance_usd = 0.01
+    clock.advance(3600)
+    await backend.apply(2)
+    assert (await backend.observe()).status == QUOTA_REACHED
+    assert (backend.refusal or "").startswith("402")
+
+
+async def test_pause_terminates_everything_and_holds_zero(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(2)
+    await backend.pause()
+    assert fake.pods == {}
+    view = await backend.observe()
+    assert view.status == PAUSED and view.replicas == ()
+    await backend.apply(2)  # pinned again while paused: still nothing runs
+    assert fake.pods == {}
+    await backend.resume()
+    assert len((await backend.observe()).replicas) == 2
+
+
+async def test_price_per_hour_comes_from_the_catalogue(backend: RunPodBackend) -> None:
+    assert await backend.price_per_hour() == 0.69
+
+
+async def test_negative_count_is_refused(backend: RunPodBackend) -> None:
+    with pytest.raises(ValueError):
+        await backend.apply(-1)

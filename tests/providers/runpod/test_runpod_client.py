@@ -1,0 +1,163 @@
+"""The RunPod client against the fake RunPod API: requests, errors, retries, create without duplicates."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+import structlog
+
+from common.logs import configure_logging
+from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
+from standins.runpod import FakeRunPod
+
+from .conftest import API_KEY, GPU, ManualClock, RecordingSleep, pod_body
+
+
+async def test_create_list_get_terminate(fake: FakeRunPod, runpod: RunPodClient, clock: ManualClock) -> None:
+    fake.provision_delay_s, fake.start_delay_s = 5, 10
+    created = await runpod.create_pod(pod_body())
+    assert created.status == "PROVISIONING" and created.name == "comfy-test-0" and created.gpu_id == GPU
+    clock.advance(5)
+    assert (await runpod.get_pod(created.id)).status == "STARTING"
+    clock.advance(10)
+    running = await runpod.get_pod(created.id)
+    assert running.status == "RUNNING" and running.started_at is not None and running.cost_per_hour == 0.69
+    assert [p.id for p in await runpod.list_pods()] == [created.id]
+    assert await runpod.terminate_pod(created.id) is True
+    assert await runpod.list_pods() == []
+    assert await runpod.terminate_pod(created.id) is False  # already gone: not an error
+
+
+async def test_sends_the_key_as_a_bearer_token(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    await runpod.list_pods()
+    assert fake.requests_to("/pods", "GET")
+
+
+async def test_wrong_key_is_a_clear_error_and_is_not_retried(
+    fake: FakeRunPod, make_client: Callable[..., RunPodClient]
+) -> None:
+    client = make_client(api_key="rpa_wrong")
+    with pytest.raises(RunPodAPIError) as caught:
+        await client.list_pods()
+    assert caught.value.status == 401
+    assert "GET /pods" in str(caught.value) and "check RUNPOD_API_KEY" in str(caught.value)
+    assert len(fake.requests_to("/pods")) == 1
+
+
+def test_empty_key_is_refused_before_any_request() -> None:
+    with pytest.raises(ValueError, match="RUNPOD_API_KEY"):
+        RunPodClient("")
+
+
+async def test_reads_are_retried_on_server_errors(
+    fake: FakeRunPod, runpod: RunPodClient, sleeps: RecordingSleep
+) -> None:
+    fake.fail_next("/pods", 503, times=2, method="GET")
+    fake.fail_next("/pods", 502, method="GET", non_json=True)
+    assert await runpod.list_pods() == []
+    assert len(fake.requests_to("/pods", "GET")) == 4
+    assert len(sleeps.waits) == 3
+
+
+async def test_retry_after_is_honoured(fake: FakeRunPod, runpod: RunPodClient, sleeps: RecordingSleep) -> None:
+    fake.fail_next("/pods", 429, method="GET", retry_after="7")
+    await runpod.list_pods()
+    assert sleeps.waits == [7.0]
+
+
+async def test_reads_give_up_after_max_attempts_naming_the_request(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    fake.fail_next("/pods", 500, times=10, method="GET")
+    with pytest.raises(RunPodAPIError, match=r"500 on GET /pods"):
+        await runpod.list_pods()
+    assert len(fake.requests_to("/pods", "GET")) == 4
+
+
+async def test_invalid_create_is_not_retried_and_lists_every_violation(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    with pytest.raises(RunPodAPIError) as caught:
+        await runpod.create_pod(pod_body(bogus=1, disk=0))
+    error = caught.value
+    assert error.status == 422
+    assert any("bogus" in e for e in error.errors) and any("/disk" in e for e in error.errors)
+    assert "bogus" in str(error)
+    assert len(fake.requests_to("/pods", "POST")) == 1
+
+
+async def test_lost_create_answer_is_found_by_listing_not_retried(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    fake.fail_next("/pods", 502, method="POST", after_effect=True)
+    pod = await runpod.create_pod(pod_body(name="comfy-test-lost"))
+    assert pod.name == "comfy-test-lost"
+    assert len(fake.requests_to("/pods", "POST")) == 1
+    assert [p.name for p in fake.pods.values()] == ["comfy-test-lost"]
+
+
+async def test_failed_create_is_retried_once_the_listing_shows_no_pod(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    fake.fail_next("/pods", 503, method="POST")
+    await runpod.create_pod(pod_body())
+    assert len(fake.requests_to("/pods", "POST")) == 2
+    assert len(fake.requests_to("/pods", "GET")) == 1
+    assert len(fake.pods) == 1
+
+
+async def test_create_is_not_retried_when_the_listing_cannot_be_read(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    fake.fail_next("/pods", 503, method="POST", after_effect=True)
+    fake.fail_next("/pods", 503, times=10, method="GET")
+    with pytest.raises(CreateUnconfirmedError, match="the pod may exist"):
+        await runpod.create_pod(pod_body())
+    assert len(fake.requests_to("/pods", "POST")) == 1
+    assert len(fake.pods) == 1  # it was made: the next reconcile will count it
+
+
+async def test_rate_limited_create_is_retried_without_listing(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    fake.fail_next("/pods", 429, method="POST", retry_after="1")
+    await runpod.create_pod(pod_body())
+    assert len(fake.requests_to("/pods", "POST")) == 2
+    assert fake.requests_to("/pods", "GET") == []
+
+
+async def test_transport_errors_are_retried(
+    fake: FakeRunPod, make_client: Callable[..., RunPodClient], sleeps: RecordingSleep
+) -> None:
+    await fake.stop()
+    client = make_client(max_attempts=2)
+    with pytest.raises(httpx.TransportError):
+        await client.list_pods()
+    assert len(sleeps.waits) == 1
+
+
+async def test_terminate_is_retried_on_server_errors(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    pod = await runpod.create_pod(pod_body())
+    fake.fail_next(f"/pods/{pod.id}", 503, method="DELETE")
+    assert await runpod.terminate_pod(pod.id) is True
+    assert fake.pods == {}
+
+
+async def test_gpu_price(runpod: RunPodClient) -> None:
+    assert await runpod.gpu_price_per_hour(GPU) == 0.69
+    assert await runpod.gpu_price_per_hour(GPU, cloud="COMMUNITY") == 0.34
+    with pytest.raises(RunPodAPIError, match="404"):
+        await runpod.gpu_price_per_hour("NVIDIA Imaginary")
+
+
+async def test_the_api_key_never_reaches_logs_or_errors(
+    fake: FakeRunPod, make_client: Callable[..., RunPodClient]
+) -> None:
+    stream = io.StringIO()
+    configure_logging("json", "debug", stream=stream)
+    try:
+        client = make_client()
+        fake.fail_next("/pods", 503, method="GET")
+        await client.list_pods()
+        structlog.get_logger().info("runpod_debug", header=f"Bearer {API_KEY}", note=f"key is {API_KEY}")
+        with pytest.raises(RunPodAPIError) as caught:
+            await make_client(api_key="rpa_other").list_pods()
+    finally:
+        structlog.reset_defaults()
+    output = stream.getvalue()
+    assert "runpod_request_retry" in output
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert API_KEY not in output and "rpa_other" not in output, lines
+    assert API_KEY not in repr(client) and "rpa_other" not in str(caught.value)
