@@ -3,6 +3,7 @@
 #   ./deploy-serverless.sh --dry-run     print the exact JSON body, touch nothing
 #   ./deploy-serverless.sh               create or update the deployment, then print status and replicas
 #   ./deploy-serverless.sh status | delete --yes
+#   ./deploy-serverless.sh --provider runpod [--dry-run | status | delete --yes]   RunPod pods (docs/providers.md)
 # All logic lives in scaler/deploy/ (command.py dispatches, verda.py deploys); see docs/deploy-verda.md.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -157,12 +157,14 @@ class FakeRunPod:
         provision_delay_s: float = 0.0,
         start_delay_s: float = 0.0,
         network_volumes: tuple[str, ...] = (),
+        data_center: str = "US-TX-3",
     ) -> None:
         self._api_key = api_key
         self._clock = clock
         self.provision_delay_s = provision_delay_s
         self.start_delay_s = start_delay_s
-        self.network_volumes = set(network_volumes)
+        self.data_center = data_center
+        self.network_volumes = dict.fromkeys(network_volumes, data_center)  # volume id -> its data center
         self.capacity: dict[str, int] = {}  # GPU id -> most GPUs of that type placeable at once; absent = unlimited
         self.balance_usd: float | None = None  # None = unlimited; creates answer 402 once billing reaches it
         self.pods: dict[str, FakePod] = {}
@@ -181,6 +183,7 @@ class FakeRunPod:
         app.router.add_get(f"{API_PREFIX}/pods/{{id}}", self._get_pod)
         app.router.add_delete(f"{API_PREFIX}/pods/{{id}}", self._delete_pod)
         app.router.add_post(f"{API_PREFIX}/pods/{{id}}/action", self._action)
+        app.router.add_get(f"{API_PREFIX}/network-volumes/{{id}}", self._get_network_volume)
         app.router.add_get(f"{API_PREFIX}/catalog/gpus", self._list_gpus)
         app.router.add_get(f"{API_PREFIX}/catalog/gpus/{{id}}", self._get_gpu)
         self._runner = web.AppRunner(app)
@@ -349,7 +352,7 @@ class FakeRunPod:
             "registry": body.get("registry"),
             "gpu": {"id": gpu["id"], "count": count, "vcpuCount": 8 * count, "memory": 32 * count},
             "cloud": body.get("cloud", "SECURE"),
-            "dataCenterId": "US-TX-3",
+            "dataCenterId": self.data_center,
             "cudaVersion": "12.8",
             "ssh": {"proxy": None, "direct": None},
             "template": None,
@@ -392,8 +395,14 @@ class FakeRunPod:
         if "persistent" in mounts and "network" in mounts:
             raise ApiError(400, "mounts.persistent and mounts.network are mutually exclusive")
         for mount in mounts.get("network", []):
-            if mount["volumeId"] not in self.network_volumes:
-                raise ApiError(400, f"network volume {mount['volumeId']} not found")
+            volume_id = mount["volumeId"]
+            if volume_id not in self.network_volumes:
+                raise ApiError(400, f"network volume {volume_id} not found")
+            wanted = body.get("dataCenterIds") or []
+            if wanted and self.network_volumes[volume_id] not in wanted:
+                raise ApiError(
+                    400, f"network volume {volume_id} is in {self.network_volumes[volume_id]}, not in {wanted}"
+                )
         gpu = body["gpu"]
         if gpu.get("allowedCudaVersions") and "minCudaVersion" in gpu:
             raise ApiError(400, "gpu.allowedCudaVersions and gpu.minCudaVersion are mutually exclusive")
@@ -462,6 +471,15 @@ class FakeRunPod:
         else:
             self._set_status(pod, "STARTING")
         return web.json_response(self._pod_json(pod))
+
+    async def _get_network_volume(self, request: web.Request) -> web.Response:
+        volume_id = request.match_info["id"]
+        if volume_id not in self.network_volumes:
+            raise ApiError(404, "network volume not found")
+        data_center = self.network_volumes[volume_id]
+        return web.json_response(
+            {"id": volume_id, "name": volume_id, "size": 100, "dataCenter": data_center, "type": "STANDARD"}
+        )
 
     async def _list_gpus(self, request: web.Request) -> web.Response:
         return web.json_response({"gpus": list(GPU_TYPES.values())})

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-PROVIDERS = {"verda": "scaler.deploy.verda"}
+PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -154,6 +154,7 @@ class DeploymentSpec(_Section):
     env_from_environment: EnvFromEnvironment = EnvFromEnvironment()
     secrets: dict[str, str] = {}  # container env var name -> Verda secret name
     volume_mounts: list[VolumeMount] = []
+    runpod: dict[str, Any] | None = None  # RunPod's own settings, validated by scaler/deploy/runpod.py
     resolved_env: dict[str, str] = {}  # filled from the deploy-time environment by load_spec
 
     @field_validator("env", "secrets")

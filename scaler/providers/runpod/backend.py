@@ -3,10 +3,11 @@
 Why pods and not a serverless endpoint: docs/providers.md (RunPod section). The scaler pins a count; this
 backend keeps exactly that many of its pods alive (PROVISIONING, STARTING or RUNNING), recognised by name
 (``<name>-<8 hex>``). A pod whose container stopped or failed (EXITED, ERROR) is terminated and replaced at
-the next observe, as Verda or Kubernetes would restart it. Scale-down terminates, never stops: a stopped pod
-keeps its disk (billed) and may not get its GPU back. Pods still starting go first (no job on them yet),
-then the newest. A create refused for capacity, access or balance (400, 402, 403) reports ``quota_reached``
-until a create succeeds again, so the scaler holds and a fallback can take over.
+the next observe, as Verda or Kubernetes would restart it. Scale-down stops a pod (the container's own
+shutdown, so the worker can hand its job back) and then terminates it (a stopped pod keeps its disk, which is
+billed). Pods still starting go first (no job on them yet), then the newest. A create refused for capacity,
+access or balance (400, 402, 403) reports ``quota_reached`` until a create succeeds again, so the scaler
+holds and a fallback can take over.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class RunPodBackend:
         live = [pod for pod in pods if pod.live]
         for pod in _surplus(live, target):
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
-            wrote |= await self._terminate(pod)
+            await self._stop_then_terminate(pod)
+            wrote = True
         for _ in range(target - len(live)):
             if not await self._create():
                 break
@@ -125,6 +127,13 @@ class RunPodBackend:
 
     async def _terminate(self, pod: Pod) -> bool:
         return await self.client.terminate_pod(pod.id)
+
+    async def _stop_then_terminate(self, pod: Pod) -> None:
+        """Stop first so the container gets its normal shutdown; terminate once it is down. A pod still stopping
+        is terminated by the next reconcile, which finds it EXITED."""
+        stopped = await self.client.stop_pod(pod.id)
+        if stopped is None or stopped.status in DEAD_STATUSES:
+            await self._terminate(pod)
 
     async def _create(self) -> bool:
         name = f"{self.name}-{secrets.token_hex(4)}"

@@ -310,6 +310,23 @@ class RunPodClient:
             raise
         return True
 
+    async def stop_pod(self, pod_id: str) -> Pod | None:
+        """POST /pods/{id}/action stop: the container is stopped and compute released; the disk stays (billed)
+        until the pod is terminated. None when the pod's status allows no stop (409) or it is gone (404)."""
+        try:
+            response = await self._request("POST", f"/pods/{quote(pod_id, safe='')}/action", json={"action": "stop"})
+        except RunPodAPIError as error:
+            if error.status in (404, 409):
+                return None
+            raise
+        return pod_from_json(_decode(response, "POST /pods/{id}/action"))
+
+    # --- network volumes ------------------------------------------------------------------------
+
+    async def get_network_volume(self, volume_id: str) -> dict[str, Any]:
+        """GET /network-volumes/{id}: id, name, size (GB), dataCenter, type."""
+        return await self._json("GET", f"/network-volumes/{quote(volume_id, safe='')}")
+
     # --- catalogue ------------------------------------------------------------------------------
 
     async def gpu_price_per_hour(self, gpu_id: str, *, cloud: str = "SECURE") -> float:

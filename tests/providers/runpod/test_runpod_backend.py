@@ -9,7 +9,7 @@ import pytest
 from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import Backend
 from scaler.providers.runpod.backend import RunPodBackend
-from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from standins.runpod import FakeRunPod
 
 from .conftest import GPU, ManualClock, pod_body
@@ -92,6 +92,34 @@ async def test_scale_down_terminates_starting_pods_first_then_the_newest(
     assert statuses(fake) == ["RUNNING", "RUNNING"]
     await backend.apply(0)
     assert fake.live_pods() == []
+
+
+async def test_scale_down_stops_the_container_before_terminating(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(1)
+    (pod_id,) = fake.pods
+    await backend.apply(0)
+    assert fake.requests_to(f"/pods/{pod_id}/action", "POST")[0].json == {"action": "stop"}
+    assert fake.requests_to(f"/pods/{pod_id}", "DELETE")
+    assert fake.terminated[pod_id].history[-2:] == ["EXITED", "TERMINATED"]
+
+
+async def test_a_pod_still_stopping_is_terminated_by_the_next_observe(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(1)
+    (pod_id,) = fake.pods
+    fake.fail_next(f"/pods/{pod_id}/action", 502, method="POST", after_effect=True, times=10)
+    with pytest.raises(RunPodAPIError):
+        await backend.apply(0)  # the stop took effect but every answer was lost: the pod is left EXITED
+    assert pod_id in fake.pods and fake.pods[pod_id].status == "EXITED"
+    view = await backend.observe()
+    assert view.replicas == () and pod_id in fake.terminated
+
+
+async def test_a_lost_stop_answer_is_retried_then_terminated(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(1)
+    (pod_id,) = fake.pods
+    fake.fail_next(f"/pods/{pod_id}/action", 502, method="POST", after_effect=True)
+    await backend.apply(0)  # the retried stop answers 409 (already EXITED): terminated at once
+    assert pod_id in fake.terminated
 
 
 async def test_scale_to_zero_stops_billing(backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock) -> None:

@@ -1,0 +1,222 @@
+"""Deploy the worker to RunPod pods (`python -m scaler.deploy --provider runpod`).
+
+RunPod has no deployment object to create for pods: the scaler creates and terminates one pod per replica
+from the body built here, out of the same spec as Verda (image, env, secrets) plus its `[runpod]` table.
+So `apply` checks what a pod needs before the scaler asks for one (the API key, the GPU type and its
+price, the network volume and its data centre) and shows the pods running; `--dry-run` prints the exact
+POST /v2/pods body; `status` lists the pods; `delete --yes` terminates them all (the volume is kept).
+Secrets are never sent: the pod env refers to a RunPod secret of the spec's name, `{{ RUNPOD_SECRET_<name> }}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError
+from scaler.deploy.spec import DEFAULT_SPEC_PATH, SHARED_VOLUME_ENVS, DeploymentSpec, SpecError, load_spec
+from scaler.providers.runpod.backend import NAME_RULE, RunPodBackend
+from scaler.providers.runpod.client import DEFAULT_BASE_URL, RunPodAPIError, RunPodClient
+
+INFERENCE_PROVIDER = "runpod-pod"
+# Environment variable -> field of the [runpod] table it overrides.
+ENV_OVERRIDES = {
+    "RUNPOD_GPU": "gpu",
+    "RUNPOD_GPU_COUNT": "gpu_count",
+    "RUNPOD_CLOUD": "cloud",
+    "RUNPOD_VOLUME_ID": "volume_id",
+    "RUNPOD_DATA_CENTER_IDS": "data_center_ids",
+    "RUNPOD_REGISTRY": "registry",
+}
+UNUSED_ON_RUNPOD = "unused-on-runpod"
+
+
+class RunPodSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu: str = Field(min_length=1)
+    gpu_count: int = Field(default=1, ge=1)
+    cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
+    disk_gb: int = Field(default=50, ge=1)
+    volume_id: str = Field(default="", validate_default=True)
+    volume_path: str = Field(default="/runpod-volume", pattern=r"^/[^\s]*$")
+    data_center_ids: list[str] = Field(default=[], validate_default=True)
+    registry: str = ""
+
+    @field_validator("volume_id")
+    @classmethod
+    def _volume_given(cls, value: str) -> str:
+        if not value:
+            raise ValueError("required: the network volume with models/ and outputs/ (RUNPOD_VOLUME_ID)")
+        return value
+
+    @field_validator("data_center_ids")
+    @classmethod
+    def _place_given(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("required: the data centre of the volume (RUNPOD_DATA_CENTER_IDS)")
+        return value
+
+
+def load_runpod_spec(path: Path, environ: Mapping[str, str]) -> tuple[DeploymentSpec, RunPodSettings]:
+    """The shared spec and its validated [runpod] table; SpecError names each field at fault."""
+    # The Verda volume mounts are not used on RunPod (one network volume instead): do not demand their ids.
+    verda_volumes = {variable: UNUSED_ON_RUNPOD for variable in SHARED_VOLUME_ENVS.values()}
+    spec = load_spec(path, {**verda_volumes, **environ})
+    if spec.runpod is None:
+        raise SpecError([f"runpod: {path} has no [runpod] table (see docs/providers.md)"])
+    raw = dict(spec.runpod)
+    for variable, key in ENV_OVERRIDES.items():
+        if variable in environ:
+            value = environ[variable]
+            raw[key] = (
+                [part.strip() for part in value.split(",") if part.strip()] if key == "data_center_ids" else value
+            )
+    problems = []
+    if not NAME_RULE.match(spec.deployment.name):
+        problems.append("deployment.name: pod names on RunPod take at most 54 characters of [a-z0-9-]")
+    try:
+        settings = RunPodSettings.model_validate(raw)
+    except ValidationError as error:
+        problems += [
+            f"runpod{''.join('.' + str(part) for part in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        ]
+    if problems:
+        raise SpecError(problems)
+    return spec, settings
+
+
+def secret_reference(secret_name: str) -> str:
+    return f"{{{{ RUNPOD_SECRET_{secret_name} }}}}"
+
+
+def build_pod_body(spec: DeploymentSpec, settings: RunPodSettings) -> dict[str, Any]:
+    """The POST /v2/pods body for one replica, without its `name` (the backend names each pod)."""
+    env = {**spec.env, **spec.resolved_env}
+    env.update({env_name: secret_reference(secret) for env_name, secret in spec.secrets.items()})
+    env.update(
+        {
+            "MODELS_DIR": f"{settings.volume_path}/models",
+            "OUTPUTS_PATH": f"{settings.volume_path}/outputs",
+            "INFERENCE_PROVIDER": INFERENCE_PROVIDER,
+        }
+    )
+    ports = sorted({spec.deployment.exposed_port, spec.deployment.healthcheck_port})
+    body: dict[str, Any] = {
+        "image": spec.deployment.image,
+        "gpu": {"id": settings.gpu, "count": settings.gpu_count},
+        "cloud": settings.cloud,
+        "disk": settings.disk_gb,
+        "ports": [f"{port}/http" for port in ports],
+        "env": env,
+        "mounts": {"network": [{"volumeId": settings.volume_id, "path": settings.volume_path}]},
+        "dataCenterIds": list(settings.data_center_ids),
+    }
+    if settings.registry:
+        body["registry"] = settings.registry
+    return body
+
+
+def make_client(environ: Mapping[str, str]) -> RunPodClient:
+    api_key = environ.get("RUNPOD_API_KEY")
+    if not api_key:
+        raise DeployError("set RUNPOD_API_KEY (RunPod console > Settings > API Keys)")
+    return RunPodClient(api_key, base_url=environ.get("RUNPOD_API_URL", DEFAULT_BASE_URL))
+
+
+def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
+    """The scaler's RunPod backend for the deployment in the spec at ``path``."""
+    spec, settings = load_runpod_spec(path, environ)
+    return RunPodBackend(make_client(environ), spec.deployment.name, build_pod_body(spec, settings))
+
+
+async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> None:
+    """What a create needs and the API can tell beforehand: the GPU type, its price, the volume's data centre."""
+    try:
+        price = await runpod.gpu_price_per_hour(settings.gpu, cloud=settings.cloud)
+    except RunPodAPIError as error:
+        if error.status == 404:
+            raise DeployError(f"runpod.gpu: RunPod has no GPU type {settings.gpu!r} (GET /v2/catalog/gpus)") from None
+        raise
+    except LookupError as error:
+        raise DeployError(f"runpod.cloud: {error}") from None
+    print(f"gpu: {settings.gpu} x{settings.gpu_count}, {settings.cloud}: ${price * settings.gpu_count:.2f}/h per pod")
+    try:
+        volume = await runpod.get_network_volume(settings.volume_id)
+    except RunPodAPIError as error:
+        if error.status == 404:
+            raise DeployError(f"runpod.volume_id: network volume {settings.volume_id!r} not found") from None
+        raise
+    data_center = volume.get("dataCenter")
+    if data_center not in settings.data_center_ids:
+        raise DeployError(
+            f"runpod.data_center_ids: volume {settings.volume_id} is in {data_center}, not in"
+            f" {settings.data_center_ids}; pods must start where their volume is"
+        )
+    print(f"volume: {settings.volume_id} ({volume.get('size')} GB) in {data_center}, mounted at {settings.volume_path}")
+
+
+async def print_pods(backend: RunPodBackend) -> None:
+    view = await backend.observe()  # before any apply: reads only
+    print(f"pods: {len(view.replicas)} live (the scaler creates and terminates them)")
+    for pod in backend.pods:
+        since = pod.created_at.isoformat() if pod.created_at else "?"
+        print(f"  {pod.id} {pod.name} {pod.status} ${pod.cost_per_hour:.2f}/h since {since}")
+
+
+async def run(
+    args: argparse.Namespace, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str]
+) -> None:
+    async with make_client(environ) as runpod:
+        backend = RunPodBackend(runpod, spec.deployment.name, build_pod_body(spec, settings))
+        if args.action == "apply":
+            await check_placement(runpod, settings)
+            for env_name, secret in spec.secrets.items():
+                print(f"secret {secret}: pods read {env_name} from it; create it in the RunPod console if missing")
+            print(f"deployment {spec.deployment.name}: ready for the scaler (no pod is created here)")
+            await print_pods(backend)
+        elif args.action == "status":
+            await print_pods(backend)
+        else:
+            await backend.apply(0)
+            left = (await backend.observe()).replicas
+            if left:
+                raise DeployError(f"{len(left)} pods still live after terminating: {[r.id for r in left]}")
+            print(f"deployment {spec.deployment.name}: every pod terminated (volume and secrets kept)")
+
+
+async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    try:
+        spec, settings = load_runpod_spec(args.spec or DEFAULT_SPEC_PATH, environ)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        if args.action != "apply":
+            print("--dry-run applies to apply only", file=sys.stderr)
+            return EXIT_USAGE
+        body = {"name": f"{spec.deployment.name}-<8 hex digits, one per pod>", **build_pod_body(spec, settings)}
+        print(json.dumps(body, indent=2))
+        for env_name, secret in spec.secrets.items():
+            print(f"# {env_name} is read from the RunPod secret {secret!r}; create it in the console", file=sys.stderr)
+        return EXIT_OK
+    if args.action == "delete" and not args.yes:
+        print(f"delete terminates every pod of {spec.deployment.name}; add --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        await run(args, spec, settings, environ)
+    except (DeployError, RunPodAPIError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except httpx.HTTPError as error:
+        print(f"error: cannot reach the RunPod API: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,182 @@
+"""`deploy --provider runpod`: the [runpod] spec, the exact dry-run body, and apply/status/delete against the fake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scaler.deploy.command import deploy_main
+from scaler.deploy.runpod import backend_from_spec, build_pod_body, load_runpod_spec
+from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
+from standins.runpod import FakeRunPod
+
+from .conftest import API_KEY, GPU, pod_body
+
+REPO = Path(__file__).resolve().parents[3]
+NAME = "comfyui-worker-serverless"
+QUEUE_TOKEN = "queue-token-value-do-not-log"
+SECRET_REF = "{{ RUNPOD_SECRET_comfyui-worker-queue-manager-token }}"
+
+
+@pytest.fixture
+def deploy_env(fake: FakeRunPod) -> dict[str, str]:
+    """What an operator sets before ./deploy-serverless.sh --provider runpod, pointed at the fake API."""
+    return {
+        "RUNPOD_API_KEY": API_KEY,
+        "RUNPOD_API_URL": fake.url,
+        "RUNPOD_VOLUME_ID": "vol-models",
+        "RUNPOD_DATA_CENTER_IDS": "US-TX-3",
+        "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
+        "QUEUE_MANAGER_URL": "https://queue.example.com",
+        "QUEUE_MANAGER_TOKEN": QUEUE_TOKEN,
+    }
+
+
+def runpod_args(*args: str) -> list[str]:
+    return ["--provider", "runpod", *args]
+
+
+def test_body_from_the_shared_spec(deploy_env) -> None:
+    spec, settings = load_runpod_spec(DEFAULT_SPEC_PATH, deploy_env)
+    body = build_pod_body(spec, settings)
+    assert body["image"] == "ghcr.io/acme/comfyui-worker-serverless:0.1.0"
+    assert body["gpu"] == {"id": GPU, "count": 1} and body["cloud"] == "SECURE"
+    assert body["ports"] == ["8000/http"]  # /health on 8000, reachable through RunPod's proxy
+    assert body["mounts"] == {"network": [{"volumeId": "vol-models", "path": "/runpod-volume"}]}
+    assert body["dataCenterIds"] == ["US-TX-3"]
+    env = body["env"]
+    assert env["QUEUE_MANAGER_URL"] == "https://queue.example.com" and env["QUEUE_MANAGER_TOKEN"] == SECRET_REF
+    assert env["HEALTH_PORT"] == "8000" and env["SERVERLESS_MODE"] == "true"
+    assert env["MODELS_DIR"] == "/runpod-volume/models" and env["OUTPUTS_PATH"] == "/runpod-volume/outputs"
+    assert env["INFERENCE_PROVIDER"] == "runpod-pod"
+    assert QUEUE_TOKEN not in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"RUNPOD_VOLUME_ID": ""}, "runpod.volume_id"),
+        ({"RUNPOD_DATA_CENTER_IDS": " , "}, "runpod.data_center_ids"),
+        ({"RUNPOD_CLOUD": "ALL"}, "runpod.cloud"),
+        ({"RUNPOD_GPU_COUNT": "0"}, "runpod.gpu_count"),
+        ({"RUNPOD_GPU": ""}, "runpod.gpu"),
+        ({"VERDA_DEPLOYMENT_NAME": "a" * 60}, "deployment.name"),
+    ],
+)
+def test_invalid_settings_are_reported_by_field(deploy_env, override, field) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_runpod_spec(DEFAULT_SPEC_PATH, {**deploy_env, **override})
+    assert [p.split(":")[0] for p in caught.value.problems] == [field]
+
+
+def test_unknown_runpod_key_and_missing_table_are_named(tmp_path: Path, deploy_env) -> None:
+    text = DEFAULT_SPEC_PATH.read_text()
+    typo = tmp_path / "typo.toml"
+    typo.write_text(text.replace("disk_gb = 50", "disk_gib = 50"))
+    with pytest.raises(SpecError, match=r"runpod\.disk_gib"):
+        load_runpod_spec(typo, deploy_env)
+    bare = tmp_path / "bare.toml"
+    bare.write_text(text.split("[runpod]")[0])
+    with pytest.raises(SpecError, match=r"runpod: .* has no \[runpod\] table"):
+        load_runpod_spec(bare, deploy_env)
+
+
+def test_verda_volume_ids_are_not_needed_for_runpod(deploy_env) -> None:
+    assert not any(name.startswith("VERDA_") and "VOLUME" in name for name in deploy_env)
+    load_runpod_spec(DEFAULT_SPEC_PATH, deploy_env)
+
+
+async def test_dry_run_prints_the_exact_body_without_network(fake: FakeRunPod, deploy_env, capsys) -> None:
+    assert await deploy_main(runpod_args("--dry-run"), deploy_env) == 0
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    spec, settings = load_runpod_spec(DEFAULT_SPEC_PATH, deploy_env)
+    assert printed.pop("name").startswith(f"{NAME}-")
+    assert printed == build_pod_body(spec, settings)
+    assert "comfyui-worker-queue-manager-token" in err
+    assert QUEUE_TOKEN not in out + err and API_KEY not in out + err
+    assert fake.requests == []
+
+
+def test_shell_wrapper_takes_the_provider(deploy_env) -> None:
+    env = {**os.environ, **deploy_env}
+    done = subprocess.run(
+        [str(REPO / "deploy-serverless.sh"), "--provider", "runpod", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["gpu"]["id"] == GPU
+
+
+async def test_apply_checks_placement_and_creates_nothing(fake: FakeRunPod, deploy_env, capsys) -> None:
+    assert await deploy_main(runpod_args(), deploy_env) == 0
+    out = capsys.readouterr().out
+    assert f"gpu: {GPU} x1, SECURE: $0.69/h per pod" in out
+    assert "volume: vol-models (100 GB) in US-TX-3" in out
+    assert "pods: 0 live" in out and "comfyui-worker-queue-manager-token" in out
+    assert fake.requests_to("/pods", "POST") == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"RUNPOD_DATA_CENTER_IDS": "EU-RO-1"}, "runpod.data_center_ids: volume vol-models is in US-TX-3"),
+        ({"RUNPOD_VOLUME_ID": "vol-missing"}, "runpod.volume_id: network volume 'vol-missing' not found"),
+        ({"RUNPOD_GPU": "NVIDIA Imaginary"}, "runpod.gpu: RunPod has no GPU type 'NVIDIA Imaginary'"),
+    ],
+)
+async def test_apply_names_what_cannot_be_placed(fake: FakeRunPod, deploy_env, capsys, override, message) -> None:
+    assert await deploy_main(runpod_args(), {**deploy_env, **override}) == 1
+    assert message in capsys.readouterr().err
+
+
+async def test_bad_or_missing_key_is_explained_and_hidden(fake: FakeRunPod, deploy_env, capsys) -> None:
+    assert await deploy_main(runpod_args("status"), {**deploy_env, "RUNPOD_API_KEY": "rpa_wrong_value"}) == 1
+    err = capsys.readouterr().err
+    assert "401" in err and "RUNPOD_API_KEY" in err and "rpa_wrong_value" not in err
+    env = {k: v for k, v in deploy_env.items() if k != "RUNPOD_API_KEY"}
+    assert await deploy_main(runpod_args("status"), env) == 1
+    assert "set RUNPOD_API_KEY" in capsys.readouterr().err
+
+
+async def test_status_and_delete_touch_only_this_deployment(fake: FakeRunPod, deploy_env, capsys) -> None:
+    backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
+    try:
+        await backend.apply(2)
+    finally:
+        await backend.aclose()
+    await _create_unrelated_pod(fake, pod_body(name="someone-elses-notebook"))
+    capsys.readouterr()
+    assert await deploy_main(runpod_args("status"), deploy_env) == 0
+    out = capsys.readouterr().out
+    assert "pods: 2 live" in out and out.count(f" {NAME}-") == 2 and "someone-elses-notebook" not in out
+    assert await deploy_main(runpod_args("delete"), deploy_env) == 2
+    assert len(fake.live_pods()) == 3
+    assert await deploy_main(runpod_args("delete", "--yes"), deploy_env) == 0
+    assert "every pod terminated" in capsys.readouterr().out
+    assert [pod.name for pod in fake.live_pods()] == ["someone-elses-notebook"]
+
+
+async def test_backend_from_spec_creates_pods_the_api_accepts(fake: FakeRunPod, deploy_env) -> None:
+    backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
+    try:
+        await backend.apply(1)
+        view = await backend.observe()
+    finally:
+        await backend.aclose()
+    assert len(view.replicas) == 1
+    (pod,) = fake.pods.values()
+    assert pod.body["env"]["QUEUE_MANAGER_TOKEN"] == SECRET_REF
+
+
+async def _create_unrelated_pod(fake: FakeRunPod, body: dict) -> None:
+    async with httpx.AsyncClient(base_url=fake.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        assert (await http.post("/pods", json=body)).status_code == 201
