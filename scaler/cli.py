@@ -217,13 +217,7 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
         loop = ScalerLoop(pricing.config, backend, queue, dry_run=True)
         observation = await loop.observe()
         decision = decide(pricing.config, _load_state(settings), observation)
-        bounds: tuple[int | None, int | None] | None = None
-        if isinstance(backend, VerdaBackend) and observation.verda_error is None:
-            try:
-                bounds = await backend.replica_bounds()
-            except (VerdaAPIError, httpx.HTTPError) as exc:
-                log.warning("replica_bounds_unreadable", error=str(exc))
-    report = _status_report(settings, loop, decision, pricing, bounds, observation.now)
+    report = _status_report(settings, loop, decision, pricing, observation.now)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -270,7 +264,6 @@ def _status_report(
     loop: ScalerLoop,
     decision: Decision,
     pricing: Pricing,
-    bounds: tuple[int | None, int | None] | None,
     now: float,
 ) -> dict[str, Any]:
     queue: dict[str, Any] = {"url": settings.queue_base_url}
@@ -279,6 +272,8 @@ def _status_report(
     replicas: list[dict[str, Any]] = []
     if loop.last_view is not None:
         deployment["status"] = loop.last_view.status
+        if loop.last_view.bounds is not None:
+            deployment["min_replica_count"], deployment["max_replica_count"] = loop.last_view.bounds
         replicas = [
             {
                 "id": r.id,
@@ -289,8 +284,6 @@ def _status_report(
         ]
     else:
         deployment["error"] = decision.details.get("verda_error")
-    if bounds is not None:
-        deployment["min_replica_count"], deployment["max_replica_count"] = bounds
     return {
         "queue": queue,
         "deployment": deployment,

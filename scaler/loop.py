@@ -2,6 +2,9 @@
 
 The loop holds the policy's memory between ticks and is the only place that talks to the world. A read that
 fails is not skipped: it becomes a flag on the observation, and the policy holds the last applied count.
+Like a controller, it compares the decision with the replica bounds the platform reports on every tick, not
+with what it last wrote: a count changed behind its back (`comfy-scaler stop` then `resume`, an edit in the
+console, a deploy) is logged as drift and written again.
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ class ScalerLoop:
         self.state = state or PolicyState()
         # Saved after every tick (never in a dry run): a scaler that crashes restarts with its memory.
         self.state_file = None if dry_run else state_file
-        # The count last confirmed on the platform; None until the first write, so the first tick takes
-        # ownership (pins min == max) even when the policy sees nothing to change.
+        # The count last written to (or seen pinned on) the platform; None until then, so the first tick takes
+        # ownership (pins min == max) even when the policy sees nothing to change. A platform that reports
+        # its bounds is compared with those instead; this count is only what drift is measured against.
         self.on_backend: int | None = None
         self.last_view: BackendView | None = None
         self.last_queue: QueueStatus | None = None
@@ -137,8 +141,24 @@ class ScalerLoop:
             return SKIPPED_PAUSED, None
         if self.dry_run:
             return SKIPPED_DRY_RUN, None
-        if decision.desired == self.on_backend:
+        bounds = self.last_view.bounds if self.last_view is not None else None
+        if bounds == (decision.desired, decision.desired):
+            self.on_backend = decision.desired
             return ALREADY_SET, None
+        if bounds is None and decision.desired == self.on_backend:
+            return ALREADY_SET, None
+        if bounds is not None and self.on_backend is not None and bounds != (self.on_backend, self.on_backend):
+            self.metrics.drift.inc()
+            log.warning(
+                "scaling_drift",
+                expected_min=self.on_backend,
+                expected_max=self.on_backend,
+                observed_min=bounds[0],
+                observed_max=bounds[1],
+                desired=decision.desired,
+                hint="someone changed the replica bounds outside the scaler (console, stop/resume, deploy); "
+                "writing them again",
+            )
         try:
             wrote = await self.backend.apply(decision.desired)
         except Exception as exc:

@@ -35,6 +35,10 @@ class ScalerMetrics:
         self.applies = Counter(
             "comfy_scaler_applies", "Replica count writes that changed the platform.", registry=r
         )
+        self.drift = Counter(
+            "comfy_scaler_drift", "Ticks that found the platform's replica bounds changed outside the scaler.",
+            registry=r,
+        )
         self.consecutive_failures = Gauge(
             "comfy_scaler_consecutive_failures", "Ticks in a row whose inputs could not be read.", registry=r
         )

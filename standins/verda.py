@@ -1,9 +1,12 @@
 """A fake Verda API on loopback for tests and the local demo.
 
-It behaves like the parts of Verda the project uses (see docs/verda-api.md): OAuth2 tokens
-that expire, Verda's error body, the validation rules Verda applies to deployment bodies, assigned container
-names, whole-object scaling updates, and replicas that follow `min_replica_count`. Tests steer it with
-`fail_next` (fault injection), `set_status`, `expire_tokens` and read `requests` to assert what was sent.
+It is as strict as the real API in the ways that matter to the scaler and the deploy (every fact and its
+source: docs/verda-api.md): OAuth2 tokens that expire, Verda's error body, the validation rules Verda applies
+to deployment bodies, assigned container names; a deployment read (GET, POST and PATCH answers, the list)
+carries no `scaling` and gives `containers[].image` as an object; `/scaling` PATCHes may be partial; a DELETE
+only starts the deletion (the deployment stays visible for a while); replicas follow `min_replica_count`.
+Tests steer it with `fail_next` (fault injection, also "500 after the work was done"), `set_status`,
+`expire_tokens` and read `requests` to assert what was sent.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from typing import Any
 from aiohttp import web
 
 API_PREFIX = "/v1"
-NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")
+NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")  # secrets
+DEPLOYMENT_NAME_RULE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # Verda's CLI; at most 63 characters
+DELETE_TIMEOUT_MAX_MS = 300_000
 ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 VOLUME_MOUNT_TYPES = {"scratch", "memory", "secret", "shared"}
 SHM_PATH = "/dev/shm"  # noqa: S108 - Verda mounts memory volumes here; not a temporary file
@@ -93,6 +98,7 @@ class Fault:
     method: str | None
     non_json: bool
     retry_after: str | None
+    after_success: bool
 
 
 @dataclass
@@ -109,6 +115,8 @@ class FakeDeployment:
     status: str = "healthy"
     status_override: str | None = None
     replicas: list[FakeReplica] = field(default_factory=list)
+    # Reads left before a deployment being deleted is gone (None: not being deleted).
+    reads_until_gone: int | None = None
 
 
 def _require(condition: bool, message: str) -> None:
@@ -152,11 +160,13 @@ class FakeVerda:
         token_ttl_s: float = 3600,
         clock: Callable[[], float] = time.monotonic,
         replica_start_delay_s: float = 0.0,
+        delete_reads: int = 2,
     ) -> None:
         self.client_id = client_id
         self._client_secret = client_secret
         self.token_ttl_s = token_ttl_s
         self.replica_start_delay_s = replica_start_delay_s
+        self.delete_reads = delete_reads
         self._clock = clock
         self._access_tokens: dict[str, float] = {}
         self._refresh_tokens: set[str] = set()
@@ -221,9 +231,14 @@ class FakeVerda:
         method: str | None = None,
         non_json: bool = False,
         retry_after: str | None = None,
+        after_success: bool = False,
     ) -> None:
-        """The next `times` calls to `path` (relative to /v1, e.g. "/secrets") answer `status`."""
-        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after)
+        """The next `times` calls to `path` (relative to /v1, e.g. "/secrets") answer `status`.
+
+        With `after_success` the call is carried out first and only its answer is replaced, as Verda has
+        been seen answering 500 to a POST /container-deployments that did create the deployment.
+        """
+        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_success)
         self._faults.setdefault(path, []).append(fault)
 
     def expire_tokens(self) -> None:
@@ -253,14 +268,15 @@ class FakeVerda:
         if isinstance(body, str):
             return web.json_response({"code": "invalid_request", "message": "body is not JSON"}, status=400)
         fault = self._take_fault(path, request.method)
-        if fault is not None:
+        if fault is not None and not fault.after_success:
             return self._fault_response(fault)
         try:
             if path != "/oauth2/token":
                 self._check_bearer(request)
-            return await handler(request)
+            response = await handler(request)
         except ApiError as error:
-            return web.json_response({"code": error.code, "message": error.message}, status=error.status)
+            response = web.json_response({"code": error.code, "message": error.message}, status=error.status)
+        return self._fault_response(fault) if fault is not None else response
 
     def _take_fault(self, path: str, method: str) -> Fault | None:
         for fault in self._faults.get(path, []):
@@ -318,9 +334,26 @@ class FakeVerda:
 
     def _deployment(self, request: web.Request) -> FakeDeployment:
         name = request.match_info["name"]
-        if name not in self.deployments:
+        deployment = self.deployments.get(name)
+        if deployment is not None and deployment.reads_until_gone is not None:
+            if deployment.reads_until_gone <= 0:
+                del self.deployments[name]
+                deployment = None
+            else:
+                deployment.reads_until_gone -= 1
+        if deployment is None:
             raise ApiError(404, "not_found", f"Deployment {name} not found")
-        return self.deployments[name]
+        return deployment
+
+    @staticmethod
+    def _read_shape(deployment: FakeDeployment) -> dict[str, Any]:
+        """A deployment as Verda answers it: no scaling (that is GET …/scaling), each image an object."""
+        body = {key: value for key, value in deployment.body.items() if key != "scaling"}
+        updated_at = deployment.created_at.isoformat().replace("+00:00", "Z")
+        body["containers"] = [
+            {**c, "image": {"image": c["image"], "last_updated_at": updated_at}} for c in body["containers"]
+        ]
+        return body
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -366,12 +399,15 @@ class FakeVerda:
     # --- handlers -------------------------------------------------------------------------------
 
     async def _list_deployments(self, request: web.Request) -> web.Response:
-        return web.json_response([d.body for d in self.deployments.values()])
+        return web.json_response([self._read_shape(d) for d in self.deployments.values()])
 
     async def _create_deployment(self, request: web.Request) -> web.Response:
         body = await request.json()
         name = body.get("name")
-        _require(isinstance(name, str) and bool(NAME_RULE.match(name)), "name must match [a-z0-9-] and be <= 63")
+        _require(
+            isinstance(name, str) and len(name) <= 63 and bool(DEPLOYMENT_NAME_RULE.match(name)),
+            "name must match ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ and be at most 63 characters",
+        )
         if name in self.deployments:
             raise ApiError(409, "invalid_request", f"Deployment {name} already exists")
         self._validate_compute(body.get("compute"))
@@ -386,10 +422,10 @@ class FakeVerda:
         deployment = FakeDeployment(body=stored, created_at=datetime.now(UTC))
         self.deployments[name] = deployment
         self._reconcile_replicas(deployment)
-        return web.json_response(stored, status=201)
+        return web.json_response(self._read_shape(deployment), status=201)
 
     async def _get_deployment(self, request: web.Request) -> web.Response:
-        return web.json_response(self._deployment(request).body)
+        return web.json_response(self._read_shape(self._deployment(request)))
 
     async def _update_deployment(self, request: web.Request) -> web.Response:
         deployment = self._deployment(request)
@@ -404,11 +440,17 @@ class FakeVerda:
             validate_scaling(body["scaling"])
         deployment.body = {**deployment.body, **body}
         self._reconcile_replicas(deployment)
-        return web.json_response(deployment.body)
+        return web.json_response(self._read_shape(deployment))
 
     async def _delete_deployment(self, request: web.Request) -> web.Response:
+        """Starts the deletion: the deployment stays readable for `delete_reads` more reads, then it is 404."""
         deployment = self._deployment(request)
-        del self.deployments[deployment.body["name"]]
+        timeout = request.query.get("timeout", "60000")
+        _require(timeout.isdigit() and int(timeout) <= DELETE_TIMEOUT_MAX_MS, "timeout must be 0-300000 (ms)")
+        if deployment.reads_until_gone is not None:
+            raise ApiError(409, "invalid_request", f"Deployment {deployment.body['name']} is being deleted")
+        deployment.reads_until_gone = self.delete_reads
+        deployment.replicas.clear()
         return web.Response(status=204)
 
     async def _get_status(self, request: web.Request) -> web.Response:
@@ -419,8 +461,13 @@ class FakeVerda:
         return web.json_response(self._deployment(request).body["scaling"])
 
     async def _update_scaling(self, request: web.Request) -> web.Response:
+        """A partial object changes only the keys it carries."""
         deployment = self._deployment(request)
-        scaling = await request.json()
+        update = await request.json()
+        _require(isinstance(update, dict), "scaling must be an object")
+        unknown = sorted(set(update) - set(SCALING_KEYS))
+        _require(not unknown, f"unknown scaling keys {unknown}")
+        scaling = {**deployment.body["scaling"], **update}
         validate_scaling(scaling)
         deployment.body["scaling"] = scaling
         self._reconcile_replicas(deployment)

@@ -13,8 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.urls import url_has_credentials
+from scaler.providers.verda.client import check_deployment_name
+
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "verda" / "deployment.toml"
-NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")
+NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")  # Verda secret names
 ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Docker reference without tag/digest: optional registry host[:port], then lowercase path components.
 _PATH_COMPONENT = r"[a-z0-9]+([._-][a-z0-9]+)*"
@@ -86,9 +89,7 @@ class DeploymentSection(_Section):
     @field_validator("name")
     @classmethod
     def _name_rule(cls, value: str) -> str:
-        if not NAME_RULE.match(value):
-            raise ValueError(f"{value!r} must be 1-63 characters of [a-z0-9-]")
-        return value
+        return check_deployment_name(value)
 
     @field_validator("image")
     @classmethod
@@ -202,13 +203,29 @@ def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[st
     return raw
 
 
+def _credential_urls_to_secrets(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """A URL from the environment that carries a user or password (https://user:pass@…) must not sit in the
+    deployment in clear: it becomes a secret env var, in a Verda secret named after the deployment and the
+    variable (created from the variable's value when missing, like every [secrets] entry)."""
+    source = raw.get("env_from_environment", {})
+    deployment = str(raw.get("deployment", {}).get("name", "deployment"))
+    names = source.get("names", [])
+    moved = [n for n in names if isinstance(n, str) and url_has_credentials(environ.get(n, ""))]
+    if moved:
+        source["names"] = [n for n in names if n not in moved]
+        secrets = raw.setdefault("secrets", {})
+        for name in moved:
+            secrets.setdefault(name, f"{deployment}-{name.lower().replace('_', '-')}"[:63].rstrip("-"))
+    return raw
+
+
 def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     """Read the TOML spec, apply environment overrides and validate; raises SpecError naming each field."""
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
-    raw = _apply_overrides(raw, environ)
+    raw = _credential_urls_to_secrets(_apply_overrides(raw, environ), environ)
     names = raw.get("env_from_environment", {}).get("names", [])
     missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names if not environ.get(n)]
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}

@@ -1,8 +1,9 @@
 """Deploy the worker to Verda serverless containers (`python -m scaler.deploy --provider verda`, the default).
 
-apply is idempotent: it creates the secrets that are missing, then creates the deployment or updates it in
-place (keeping the container names Verda assigned and the live min_replica_count the autoscaler set), then
-prints status and replicas. `--dry-run` prints the exact JSON body and touches nothing.
+apply is idempotent: it creates the secrets that are missing, then creates the deployment, or PATCHes only what
+differs from the spec (keeping the container names Verda assigned and the replica count the scaler pinned) and
+says "unchanged" otherwise; then it prints status and replicas. `--dry-run` prints the exact JSON body and
+touches nothing.
 """
 
 from __future__ import annotations
@@ -17,23 +18,82 @@ import httpx
 
 from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
-from scaler.providers.verda.client import DEFAULT_BASE_URL, VerdaAPIError, VerdaClient
+from scaler.providers.verda.client import (
+    DEFAULT_BASE_URL,
+    VerdaAPIError,
+    VerdaClient,
+    container_image,
+    replica_bounds,
+)
+
+# Top-level keys of a deployment that a PATCH of /container-deployments/{name} may carry (scaling has its own call).
+DEPLOYMENT_KEYS = ("is_spot", "compute", "container_registry_settings")
 
 
-def update_body(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    """The PATCH body: the spec's body with the assigned container names and the live min_replica_count."""
+def _covers(live: Any, wanted: Any) -> bool:
+    """True when `live` (Verda's answer) holds everything `wanted` (what we send) says. Verda adds keys of its
+    own to what it answers, and a disabled option may read back as absent."""
+    if isinstance(wanted, dict):
+        if live is None and wanted == {"enabled": False}:
+            return True
+        return isinstance(live, dict) and all(_covers(live.get(key), value) for key, value in wanted.items())
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(_covers(one, other) for one, other in zip(live, wanted, strict=True))
+        )
+    return live == wanted
+
+
+def _env_entries(container: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (str(e.get("name")), str(e.get("type")), str(e.get("value_or_reference_to_secret")))
+        for e in container.get("env") or []
+    }
+
+
+def _container_matches(wanted: dict[str, Any], live: dict[str, Any]) -> bool:
+    """Image and env exactly; every wanted volume mount present (Verda may add mounts of its own); the rest
+    as `_covers`."""
+    if container_image(live) != wanted["image"] or _env_entries(live) != _env_entries(wanted):
+        return False
+    live_mounts = live.get("volume_mounts") or []
+    if not all(any(_covers(mount, w) for mount in live_mounts) for w in wanted.get("volume_mounts") or []):
+        return False
+    rest = {key: value for key, value in wanted.items() if key not in ("image", "env", "volume_mounts", "name")}
+    return _covers(live, rest)
+
+
+def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """The PATCH body for an existing deployment: only the top-level keys that differ, {} when none does.
+    Containers keep the names Verda assigned (an update must carry them)."""
     live_containers = live.get("containers") or []
     if len(live_containers) != len(body["containers"]):
         raise DeployError(
             f"deployment {body['name']} has {len(live_containers)} containers, the spec {len(body['containers'])};"
             " delete and recreate it to change the number of containers"
         )
-    containers = [{**c, "name": lc["name"]} for c, lc in zip(body["containers"], live_containers, strict=True)]
-    scaling = dict(body["scaling"])
-    live_min = (live.get("scaling") or {}).get("min_replica_count")
-    if isinstance(live_min, int):
-        scaling["min_replica_count"] = min(live_min, scaling["max_replica_count"])
-    return {**body, "containers": containers, "scaling": scaling}
+    changes = {key: body[key] for key in DEPLOYMENT_KEYS if not _covers(live.get(key), body[key])}
+    pairs = list(zip(body["containers"], live_containers, strict=True))
+    if not all(_container_matches(wanted, one) for wanted, one in pairs):
+        changes["containers"] = [{**wanted, "name": one["name"]} for wanted, one in pairs]
+    return changes
+
+
+def scaling_changes(wanted: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """The partial PATCH of …/scaling: the spec's options that differ from Verda's, keeping the live count.
+
+    A count pinned by the scaler (min == max) stays as it is, whatever the spec's bounds; an unpinned one keeps
+    its min (capped at the spec's max). The spec's bounds apply only when the deployment is created.
+    """
+    wanted = dict(wanted)
+    bounds = replica_bounds(live)
+    if bounds is not None and bounds[0] == bounds[1]:
+        wanted["min_replica_count"] = wanted["max_replica_count"] = bounds[0]
+    elif bounds is not None:
+        wanted["min_replica_count"] = min(bounds[0], wanted["max_replica_count"])
+    return {key: value for key, value in wanted.items() if not _covers(live.get(key), value)}
 
 
 async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
@@ -51,15 +111,6 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
         print(f"secret {secret_name}: created from ${env_name}")
 
 
-async def find_deployment(verda: VerdaClient, name: str) -> dict[str, Any] | None:
-    try:
-        return await verda.get_deployment(name)
-    except VerdaAPIError as error:
-        if error.status == 404:
-            return None
-        raise
-
-
 async def print_state(verda: VerdaClient, name: str) -> None:
     print(f"status: {await verda.get_status(name)}")
     scaling = await verda.get_scaling(name)
@@ -72,27 +123,37 @@ async def print_state(verda: VerdaClient, name: str) -> None:
 
 
 async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """Create the deployment, or change only what differs from the spec; print what was done."""
     body = build_body(spec)
     name = body["name"]
     await ensure_secrets(verda, spec, environ)
-    live = await find_deployment(verda, name)
+    live = await verda.find_deployment(name)
     if live is None:
-        created = await verda.create_deployment(body)
+        live = await verda.create_deployment(body)
         print(f"deployment {name}: created")
-        endpoint = created.get("endpoint_base_url")
     else:
-        await verda.update_deployment(name, update_body(body, live))
-        print(f"deployment {name}: updated in place")
-        endpoint = live.get("endpoint_base_url")
-    if endpoint:
+        changes = deployment_changes(body, live)
+        if changes:
+            live = await verda.update_deployment(name, changes) or live
+            print(f"deployment {name}: updated ({', '.join(changes)})")
+        else:
+            print(f"deployment {name}: unchanged")
+        scaling = scaling_changes(body["scaling"], await verda.get_scaling(name))
+        if scaling:
+            await verda.update_scaling(name, scaling)
+            print(f"scaling: updated ({', '.join(scaling)})")
+        else:
+            print("scaling: unchanged")
+    if endpoint := live.get("endpoint_base_url"):
         print(f"endpoint: {endpoint}")
     await print_state(verda, name)
 
 
 async def delete(verda: VerdaClient, name: str) -> None:
-    if await find_deployment(verda, name) is None:
+    if await verda.find_deployment(name) is None:
         print(f"deployment {name}: not found, nothing to delete")
         return
+    print(f"deployment {name}: deleting (waiting until Verda no longer lists it)")
     await verda.delete_deployment(name)
     print(f"deployment {name}: deleted (secrets kept)")
 
@@ -110,7 +171,7 @@ async def run(args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[s
         if args.action == "apply":
             await apply(verda, spec, environ)
         elif args.action == "status":
-            if await find_deployment(verda, name) is None:
+            if await verda.find_deployment(name) is None:
                 raise DeployError(f"deployment {name} does not exist; run ./deploy-serverless.sh to create it")
             await print_state(verda, name)
         else:
@@ -147,6 +208,9 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_FAILED
     except VerdaAPIError as error:
         print(f"error: {_explain(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    except TimeoutError as error:
+        print(f"error: {error}; run `./deploy-serverless.sh status` later", file=sys.stderr)
         return EXIT_FAILED
     except httpx.HTTPError as error:
         print(f"error: cannot reach the Verda API: {type(error).__name__}: {error}", file=sys.stderr)

@@ -10,10 +10,12 @@ from scaler.policy import Replica
 
 @dataclass(frozen=True, slots=True)
 class BackendView:
-    """What the platform reports: its live replicas (``started_at`` in epoch seconds) and the deployment status."""
+    """What the platform reports: its live replicas (``started_at`` in epoch seconds), the deployment status, and
+    the replica bounds it holds now as (min, max), or None for a platform that has none to report."""
 
     replicas: tuple[Replica, ...]
     status: str
+    bounds: tuple[int, int] | None = None
 
 
 class Backend(Protocol):

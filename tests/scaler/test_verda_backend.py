@@ -6,6 +6,8 @@ import asyncio
 import time
 from dataclasses import replace
 
+from structlog.testing import capture_logs
+
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
@@ -15,15 +17,17 @@ from standins.verda import FakeVerda
 DEPLOYMENT = "comfyui-worker-serverless"
 
 
-async def test_apply_pins_min_and_max_and_writes_only_on_change(make_verda_client, verda_scaling, scaling_patches):
+async def test_apply_pins_min_and_max_and_writes_only_on_change(
+    make_verda_client, verda_scaling, scaling_patches, fake_verda: FakeVerda
+):
     backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
     try:
         assert await backend.apply(3) is True
         assert verda_scaling() == (3, 3)
         assert await backend.apply(3) is False
         assert len(scaling_patches()) == 1, "no PATCH when the count is already pinned"
-        patch = scaling_patches()[0].json
-        assert patch["scale_down_policy"] == {"delay_seconds": 300}, "the whole scaling object is written back"
+        assert scaling_patches()[0].json == {"min_replica_count": 3, "max_replica_count": 3}, "only the count"
+        assert fake_verda.deployments[DEPLOYMENT].body["scaling"]["scale_down_policy"] == {"delay_seconds": 300}
         assert await backend.apply(0) is True
         assert verda_scaling() == (0, 0)
     finally:
@@ -123,4 +127,43 @@ async def test_scaler_holds_through_a_queue_outage(qm, make_verda_client, verda_
             assert (await loop.tick()).desired == 1
         assert verda_scaling() == (1, 1), "a queue manager outage never scales the workers away"
         assert loop.state.consecutive_failures == 3
+        await backend.aclose()
+
+
+async def test_the_scaler_converges_on_what_verda_really_holds(
+    qm, fake_verda: FakeVerda, make_verda_client, verda_scaling, scaling_patches
+):
+    """Like a controller: every tick compares the decision with Verda's scaling, not with its own last write.
+    `comfy-scaler stop` then `resume`, or an edit in the console, is drift: logged, and written again."""
+    config = ScalingConfig(billing_aware=False, stabilization_window_s=0, scale_down_cooldown_s=0, max_replicas=4)
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    async with QueueStatusReader(qm.url) as reader:
+        loop = ScalerLoop(config, backend, reader)
+        for _ in range(2):
+            qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+        await loop.tick()
+        assert verda_scaling() == (2, 2)
+
+        await backend.apply(0)  # comfy-scaler stop: pin 0, pause
+        await backend.pause()
+        with capture_logs() as logs:
+            await loop.tick()
+        assert verda_scaling() == (0, 0) and logs[-1]["apply"] == "skipped_paused"
+
+        await backend.resume()  # comfy-scaler resume
+        with capture_logs() as logs:
+            await loop.tick()
+        assert verda_scaling() == (2, 2), "resumed with jobs pending: the scaler writes its count again"
+        drift = [entry for entry in logs if entry["event"] == "scaling_drift"]
+        assert drift and (drift[0]["observed_min"], drift[0]["observed_max"], drift[0]["desired"]) == (0, 0, 2)
+        assert logs[-1]["apply"] == "wrote"
+
+        fake_verda.deployments[DEPLOYMENT].body["scaling"].update(min_replica_count=0, max_replica_count=5)
+        await loop.tick()  # someone unpinned the count in the console
+        assert verda_scaling() == (2, 2)
+        assert loop.metrics.drift._value.get() == 2
+
+        writes = len(scaling_patches())
+        await loop.tick()
+        assert len(scaling_patches()) == writes, "nothing to write when Verda already holds the count"
         await backend.aclose()

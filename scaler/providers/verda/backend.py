@@ -6,12 +6,13 @@ min == max leaves it nothing to decide, so the count is ours alone.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
 from scaler.policy import Replica
 from scaler.providers.base import BackendView
-from scaler.providers.verda.client import VerdaClient
+from scaler.providers.verda.client import VerdaClient, replica_bounds
 
 
 class VerdaBackend:
@@ -26,14 +27,19 @@ class VerdaBackend:
         return f"VerdaBackend(deployment={self.deployment!r}, client={self.client!r})"
 
     async def observe(self) -> BackendView:
-        status = await self.client.get_status(self.deployment)
-        listed = await self.client.get_replicas(self.deployment)
+        """Status, replicas and the scaling Verda holds now, read afresh on every call: anyone (the console,
+        `comfy-scaler stop`, a deploy) may have changed them since the last one."""
+        status, listed, scaling = await asyncio.gather(
+            self.client.get_status(self.deployment),
+            self.client.get_replicas(self.deployment),
+            self.client.get_scaling(self.deployment),
+        )
         now = self._clock()
         # A replica listed without started_at is still being placed: treat it as starting now.
         replicas = tuple(
             Replica(r.id, r.started_at.timestamp() if r.started_at is not None else now) for r in listed
         )
-        return BackendView(replicas=replicas, status=status)
+        return BackendView(replicas=replicas, status=status, bounds=replica_bounds(scaling))
 
     async def apply(self, desired: int) -> bool:
         return await self.client.set_replica_bounds(self.deployment, desired, desired)
@@ -46,11 +52,6 @@ class VerdaBackend:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-    async def replica_bounds(self) -> tuple[int | None, int | None]:
-        """(min_replica_count, max_replica_count) as Verda holds them now."""
-        scaling = await self.client.get_scaling(self.deployment)
-        return scaling.get("min_replica_count"), scaling.get("max_replica_count")
 
     async def price_per_hour(self) -> float:
         """Hourly price of one replica of this deployment's compute, from GET /container-types."""

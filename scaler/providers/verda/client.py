@@ -4,11 +4,16 @@ OAuth2 client credentials with refresh ahead of expiry, one re-authentication on
 retries (tenacity) on 408/429/5xx and connection errors. The official SDK sets no timeout and never
 retries, so this client exists instead of wrapping it. Secrets and tokens are held as pydantic SecretStr
 so they cannot leak through a repr, a log line or an exception.
+
+A create is not retried blindly: Verda has answered 500 to a POST that did create the deployment, so before
+each retry the client looks for what it was creating and counts it as done when it is there. A DELETE only
+starts the deletion; the client then polls until the deployment answers 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +32,13 @@ log = structlog.get_logger()
 
 DEFAULT_BASE_URL = "https://api.verda.com/v1"
 DEPLOYMENTS = "/container-deployments"
+# Verda's CLI rule for deployment names (a DNS label), at most 63 characters.
+DEPLOYMENT_NAME_RULE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEPLOYMENT_NAME_MAX = 63
+DELETE_WAIT_S = 60.0  # how long Verda's side waits for a deletion (its `timeout` query parameter, in ms)
+DELETE_FIRST_POLL_S = 0.25  # most deletions are quick: poll soon, then back off to DELETE_POLL_S
+DELETE_POLL_S = 5.0
+DELETE_DEADLINE_S = 300.0
 REFRESH_AT_FRACTION = 0.9
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
@@ -146,6 +158,30 @@ def _is_retryable(exc: BaseException) -> bool:
 
 def _path(*segments: str) -> str:
     return "/".join(quote(segment, safe="") for segment in segments)
+
+
+def check_deployment_name(name: str) -> str:
+    """The name itself, or ValueError saying Verda's rule."""
+    if len(name) > DEPLOYMENT_NAME_MAX or not DEPLOYMENT_NAME_RULE.match(name):
+        raise ValueError(
+            f"deployment name {name!r} must be at most {DEPLOYMENT_NAME_MAX} characters of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def container_image(container: dict[str, Any]) -> str:
+    """A container's image reference: Verda answers it as {"image": …, "last_updated_at": …}, we send a string."""
+    image = container.get("image")
+    return str(image.get("image", "")) if isinstance(image, dict) else str(image or "")
+
+
+def replica_bounds(scaling: Any) -> tuple[int, int] | None:
+    """(min_replica_count, max_replica_count) from a scaling object; None when either is missing."""
+    if not isinstance(scaling, dict):
+        return None
+    low, high = scaling.get("min_replica_count"), scaling.get("max_replica_count")
+    return (low, high) if isinstance(low, int) and isinstance(high, int) else None
 
 
 class VerdaClient:
@@ -288,8 +324,8 @@ class VerdaClient:
             error=str(exc) if isinstance(exc, VerdaAPIError) else type(exc).__name__,
         )
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        retrying = AsyncRetrying(
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
             retry=retry_if_exception(_is_retryable),
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait_s,
@@ -297,17 +333,42 @@ class VerdaClient:
             before_sleep=self._log_retry,
             reraise=True,
         )
-        async for attempt in retrying:
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async for attempt in self._retrying():
             with attempt:
                 return await self._send_authorized(method, path, **kwargs)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self._request(method, path, **kwargs)
+    @staticmethod
+    def _parse(response: httpx.Response) -> Any:
+        if not response.content:
+            return None
         try:
             return response.json()
         except ValueError:
             raise VerdaAPIError(response.status_code, "non_json_response", response.text[:ERROR_TEXT_LIMIT]) from None
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._parse(await self._request(method, path, **kwargs))
+
+    async def _create(self, path: str, body: dict[str, Any], existing: Callable[[], Awaitable[Any]]) -> Any:
+        """POST `body`; before each retry, and on a 409 after a failed try, `existing()` looks for what the
+        POST creates and a non-None answer counts as done (the failed try did create it)."""
+        async for attempt in self._retrying():
+            with attempt:
+                retry = attempt.retry_state.attempt_number > 1
+                if retry and (found := await existing()) is not None:
+                    log.warning("verda_create_already_done", path=path, attempt=attempt.retry_state.attempt_number)
+                    return found
+                try:
+                    return self._parse(await self._send_authorized("POST", path, json=body))
+                except VerdaAPIError as error:
+                    if retry and error.status == 409 and (found := await existing()) is not None:
+                        log.warning("verda_create_already_done", path=path, status=409)
+                        return found
+                    raise
+        raise AssertionError("unreachable: tenacity reraises the last error")
 
     # --- deployments ----------------------------------------------------------------------------
 
@@ -315,16 +376,66 @@ class VerdaClient:
         return await self._json("GET", DEPLOYMENTS)
 
     async def get_deployment(self, name: str) -> dict[str, Any]:
+        """The deployment as Verda answers it: no `scaling` (see get_scaling), each image an object."""
         return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}")
 
+    async def find_deployment(self, name: str) -> dict[str, Any] | None:
+        """The deployment, or None when Verda answers 404."""
+        try:
+            return await self.get_deployment(name)
+        except VerdaAPIError as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def create_deployment(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._json("POST", DEPLOYMENTS, json=body)
+        """Create; a retry first looks the deployment up, and one that exists already counts as created."""
+        name = str(body.get("name", ""))
+        created = await self._create(DEPLOYMENTS, body, lambda: self.find_deployment(name))
+        return created if isinstance(created, dict) else {}
 
     async def update_deployment(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PATCH: only the top-level keys in `body` change."""
         return await self._json("PATCH", f"{DEPLOYMENTS}/{_path(name)}", json=body)
 
-    async def delete_deployment(self, name: str) -> None:
-        await self._request("DELETE", f"{DEPLOYMENTS}/{_path(name)}")
+    async def delete_deployment(
+        self, name: str, *, deadline_s: float = DELETE_DEADLINE_S, poll_s: float = DELETE_POLL_S
+    ) -> bool:
+        """Delete and wait until the deployment answers 404. False when it was not there to begin with.
+
+        Verda waits up to its `timeout` (ms) before answering and the deletion may still be under way after
+        that, so the DELETE is sent once (a second one would fail on a deployment being deleted) and the
+        deployment is polled until it is gone; a server error or a timeout on the DELETE is polled through
+        too. TimeoutError after `deadline_s`.
+        """
+        path = f"{DEPLOYMENTS}/{_path(name)}"
+        try:
+            await self._send_authorized("DELETE", path, params={"timeout": int(DELETE_WAIT_S * 1000)})
+        except VerdaAPIError as error:
+            if error.status == 404:
+                return False
+            if not error.retryable:
+                raise
+            log.warning("verda_delete_answer_failed", deployment=name, error=str(error))
+        except httpx.TransportError as error:
+            log.warning("verda_delete_answer_failed", deployment=name, error=type(error).__name__)
+        deadline = self._clock() + deadline_s
+        wait_s = min(DELETE_FIRST_POLL_S, poll_s)
+        while True:
+            try:
+                await self._send_authorized("GET", path)
+            except VerdaAPIError as error:
+                if error.status == 404:
+                    return True
+                if not error.retryable:
+                    raise
+            except httpx.TransportError:
+                pass
+            if self._clock() >= deadline:
+                raise TimeoutError(f"deployment {name} still exists {deadline_s:.0f} s after DELETE")
+            log.info("verda_delete_waiting", deployment=name, wait_s=wait_s)
+            await self._sleep(wait_s)
+            wait_s = min(wait_s * 2, poll_s)
 
     async def get_status(self, name: str) -> str:
         """The deployment status as Verda spells it; "unknown" when the answer carries none."""
@@ -336,19 +447,17 @@ class VerdaClient:
         return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/scaling")
 
     async def update_scaling(self, name: str, scaling: dict[str, Any]) -> dict[str, Any]:
-        """Write the whole scaling object back, as Verda's SDK does: fields left out may be reset."""
+        """PATCH the scaling options: Verda changes only the keys sent (the Go SDK sends every key optional)."""
         return await self._json("PATCH", f"{DEPLOYMENTS}/{_path(name)}/scaling", json=scaling)
 
     async def set_replica_bounds(self, name: str, min_replicas: int, max_replicas: int) -> bool:
-        """Set min/max replica counts, keeping the rest of the scaling object. True when it wrote."""
+        """Set min/max replica counts, nothing else. True when it wrote, False when Verda already held them."""
         if not 0 <= min_replicas <= max_replicas:
             raise ValueError(f"replica bounds need 0 <= min <= max, got min={min_replicas} max={max_replicas}")
         scaling = await self.get_scaling(name)
-        if (scaling.get("min_replica_count"), scaling.get("max_replica_count")) == (min_replicas, max_replicas):
+        if replica_bounds(scaling) == (min_replicas, max_replicas):
             return False
-        await self.update_scaling(
-            name, {**scaling, "min_replica_count": min_replicas, "max_replica_count": max_replicas}
-        )
+        await self.update_scaling(name, {"min_replica_count": min_replicas, "max_replica_count": max_replicas})
         log.info("verda_replica_bounds_set", deployment=name, min=min_replicas, max=max_replicas)
         return True
 
@@ -381,7 +490,12 @@ class VerdaClient:
         return [str(entry["name"]) for entry in data]
 
     async def create_secret(self, name: str, value: str) -> None:
-        await self._request("POST", "/secrets", json={"name": name, "value": value})
+        """Create; a retry first lists the secrets, and one that exists already counts as created."""
+
+        async def existing() -> bool | None:
+            return True if name in await self.list_secrets() else None
+
+        await self._create("/secrets", {"name": name, "value": value}, existing)
 
     async def delete_secret(self, name: str, *, force: bool = False) -> None:
         await self._request("DELETE", f"/secrets/{_path(name)}", params={"force": str(force).lower()})

@@ -35,6 +35,8 @@ def problems_for(spec_path: Path, env: dict[str, str]) -> list[str]:
         ({"VERDA_IMAGE": "ghcr.io/acme/worker@sha256:abc"}, "deployment.image"),
         ({"VERDA_DEPLOYMENT_NAME": "Comfy_Worker"}, "deployment.name"),
         ({"VERDA_DEPLOYMENT_NAME": "a" * 64}, "deployment.name"),
+        ({"VERDA_DEPLOYMENT_NAME": "-comfy"}, "deployment.name"),
+        ({"VERDA_DEPLOYMENT_NAME": "comfy-"}, "deployment.name"),
         ({"VERDA_COMPUTE_SIZE": "0"}, "compute.size"),
         ({"VERDA_MIN_REPLICAS": "6"}, "scaling"),
         ({"QUEUE_MANAGER_URL": ""}, "env_from_environment.QUEUE_MANAGER_URL"),
@@ -133,19 +135,75 @@ async def test_apply_creates_then_updates_in_place(fake: FakeVerda, deploy_env, 
     assert f"deployment {NAME}: created" in out and "status: healthy" in out and "replicas: 0" in out
     assert fake.secrets == {"comfyui-worker-queue-manager-token": queue_token}
     assigned = [c["name"] for c in fake.deployments[NAME].body["containers"]]
-    fake.deployments[NAME].body["scaling"]["min_replica_count"] = 3  # as the autoscaler would have set it
 
     image = "ghcr.io/acme/comfyui-worker-serverless:0.2.0"
     assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": image}) == 0
     out = capsys.readouterr().out
-    assert f"deployment {NAME}: updated in place" in out and "secret comfyui-worker-queue-manager-token: exists" in out
+    assert f"deployment {NAME}: updated (containers)" in out and "scaling: unchanged" in out
+    assert "secret comfyui-worker-queue-manager-token: exists" in out
     patch = fake.requests_to(f"/container-deployments/{NAME}", "PATCH")[0].json
+    assert list(patch) == ["containers"], "only what differs is sent"
     assert [c["name"] for c in patch["containers"]] == assigned
-    assert patch["scaling"]["min_replica_count"] == 3
     assert fake.deployments[NAME].body["containers"][0]["image"] == image
     assert [c["name"] for c in fake.deployments[NAME].body["containers"]] == assigned
     assert len(fake.requests_to("/secrets", "POST")) == 1
     assert len(fake.requests_to("/container-deployments", "POST")) == 1
+
+
+async def test_a_second_apply_changes_nothing(fake: FakeVerda, deploy_env, capsys) -> None:
+    """Documented as "changes only what differs": against Verda's real answers (image objects, no scaling in
+    the GET) a redeploy of the same spec sends no PATCH at all."""
+    assert await deploy_main([], deploy_env) == 0
+    capsys.readouterr()
+    assert await deploy_main([], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert f"deployment {NAME}: unchanged" in out and "scaling: unchanged" in out
+    assert [r for r in fake.requests if r.method == "PATCH"] == []
+
+
+@pytest.mark.parametrize(("pinned", "kept"), [(3, (3, 3)), (0, (0, 0)), (7, (7, 7))])
+async def test_redeploy_keeps_the_count_the_scaler_pinned(
+    fake: FakeVerda, deploy_env, capsys, pinned: int, kept: tuple[int, int]
+) -> None:
+    """The scaler pins min == max; a redeploy that wrote the spec's max 5 would unpin it and let Verda's own
+    autoscaler stop busy workers. The count lives in GET …/scaling, not in the deployment's GET."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.deployments[NAME].body["scaling"].update(min_replica_count=pinned, max_replica_count=pinned)
+    fake.deployments[NAME].body["scaling"]["scale_down_policy"] = {"delay_seconds": 60}  # edited in the console
+    assert await deploy_main([], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert "scaling: updated (scale_down_policy)" in out
+    scaling = fake.deployments[NAME].body["scaling"]
+    assert (scaling["min_replica_count"], scaling["max_replica_count"]) == kept
+    assert fake.requests_to(f"/container-deployments/{NAME}/scaling", "PATCH")[0].json == {
+        "scale_down_policy": {"delay_seconds": 300}
+    }
+
+
+async def test_redeploy_keeps_an_unpinned_min_under_the_spec_max(fake: FakeVerda, deploy_env, capsys) -> None:
+    assert await deploy_main([], deploy_env) == 0
+    fake.deployments[NAME].body["scaling"].update(min_replica_count=2, max_replica_count=8)
+    assert await deploy_main([], deploy_env) == 0
+    scaling = fake.deployments[NAME].body["scaling"]
+    assert (scaling["min_replica_count"], scaling["max_replica_count"]) == (2, 5)
+    assert fake.requests_to(f"/container-deployments/{NAME}/scaling", "PATCH")[0].json == {"max_replica_count": 5}
+
+
+async def test_a_create_answered_500_that_did_create_counts_as_done(fake: FakeVerda, deploy_env, capsys) -> None:
+    fake.fail_next("/container-deployments", 500, method="POST", after_success=True)
+    fake.fail_next("/secrets", 500, method="POST", after_success=True)
+    assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
+    assert f"deployment {NAME}: created" in capsys.readouterr().out
+    assert len(fake.requests_to("/container-deployments", "POST")) == 1, "no second POST into 'already exists'"
+    assert len(fake.requests_to("/secrets", "POST")) == 1
+    assert NAME in fake.deployments and "comfyui-worker-queue-manager-token" in fake.secrets
+
+
+async def test_a_create_that_really_failed_is_retried(fake: FakeVerda, deploy_env, capsys) -> None:
+    fake.fail_next("/container-deployments", 503, method="POST")
+    assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
+    assert len(fake.requests_to("/container-deployments", "POST")) == 2
+    assert NAME in fake.deployments
 
 
 async def test_missing_secret_value_stops_before_the_deployment(fake: FakeVerda, deploy_env, capsys) -> None:
@@ -178,5 +236,38 @@ async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main(["delete"], deploy_env) == 2
     assert NAME in fake.deployments
     assert await deploy_main(["delete", "--yes"], deploy_env) == 0
-    assert fake.deployments == {}
+    assert "deleted" in capsys.readouterr().out
+    assert fake.deployments == {}, "delete returns once Verda answers 404, not when the DELETE is accepted"
+    deletes = fake.requests_to(f"/container-deployments/{NAME}", "DELETE")
+    assert len(deletes) == 1, "a deployment being deleted is polled, not deleted again"
     assert "comfyui-worker-queue-manager-token" in fake.secrets
+
+
+# --- a queue-manager URL with credentials -----------------------------------------------------
+
+
+async def test_a_url_with_a_password_is_deployed_as_a_secret(fake: FakeVerda, deploy_env, capsys) -> None:
+    url = "https://worker:url-password-do-not-log@queue.example.com/api"
+    env = {**deploy_env, "QUEUE_MANAGER_URL": url}
+    assert await deploy_main(["--dry-run"], env) == 0
+    out, err = capsys.readouterr()
+    assert "url-password-do-not-log" not in out + err
+    entries = {e["name"]: e for e in json.loads(out)["containers"][0]["env"]}
+    secret_name = f"{NAME}-queue-manager-url"
+    assert entries["QUEUE_MANAGER_URL"] == {
+        "name": "QUEUE_MANAGER_URL", "value_or_reference_to_secret": secret_name, "type": "secret"
+    }
+    assert secret_name in err
+
+    assert await deploy_main([], env) == 0
+    out, err = capsys.readouterr()
+    assert "url-password-do-not-log" not in out + err
+    assert fake.secrets[secret_name] == url
+    stored = fake.deployments[NAME].body["containers"][0]["env"]
+    assert "url-password-do-not-log" not in json.dumps(stored)
+
+
+async def test_a_url_without_credentials_stays_plain(spec_path: Path, deploy_env) -> None:
+    env = build_body(load_spec(spec_path, deploy_env))["containers"][0]["env"]
+    plain = {"name": "QUEUE_MANAGER_URL", "value_or_reference_to_secret": "https://queue.example.com", "type": "plain"}
+    assert plain in env

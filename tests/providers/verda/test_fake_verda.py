@@ -6,8 +6,9 @@ import copy
 
 import httpx
 import pytest
+from verda.containers import Deployment
 
-from scaler.providers.verda.client import VerdaAPIError, VerdaClient
+from scaler.providers.verda.client import VerdaAPIError, VerdaClient, container_image
 from standins.verda import FakeVerda
 
 NAME = "comfyui-worker-serverless"
@@ -55,6 +56,8 @@ INVALID_CREATES = {
     "uppercase name": ("name", "Comfy"),
     "name too long": ("name", "a" * 64),
     "underscore name": ("name", "comfy_worker"),
+    "leading hyphen": ("name", "-comfy"),
+    "trailing hyphen": ("name", "comfy-"),
     "env name": ("containers.0.env", [{"name": "queue-url", "value_or_reference_to_secret": "x", "type": "plain"}]),
     "missing secret": (
         "containers.0.env",
@@ -97,16 +100,57 @@ async def test_update_requires_assigned_container_names(with_secret: VerdaClient
     update["containers"][0]["name"] = created["containers"][0]["name"]
     update["containers"][0]["image"] = "ghcr.io/acme/worker:1.0.1"
     updated = await with_secret.update_deployment(NAME, update)
-    assert updated["containers"][0]["image"].endswith(":1.0.1")
+    assert container_image(updated["containers"][0]).endswith(":1.0.1")
 
 
-async def test_scaling_patch_needs_the_whole_object(with_secret: VerdaClient) -> None:
+async def test_a_deployment_read_has_no_scaling_and_image_objects(with_secret: VerdaClient) -> None:
+    """As Verda's Go SDK types it (ContainerDeployment: no scaling; DeploymentContainer.image: ContainerImage)."""
+    created = await with_secret.create_deployment(valid_body())
+    for answer in (created, await with_secret.get_deployment(NAME), (await with_secret.list_deployments())[0]):
+        assert "scaling" not in answer
+        image = answer["containers"][0]["image"]
+        assert isinstance(image, dict) and image["image"] == "ghcr.io/acme/worker:1.0.0" and "last_updated_at" in image
+        assert Deployment.from_dict(answer, infer_missing=True).scaling is None
+    assert (await with_secret.get_scaling(NAME))["max_replica_count"] == 5
+
+
+async def test_scaling_patch_may_be_partial(with_secret: VerdaClient, fake: FakeVerda) -> None:
     await with_secret.create_deployment(valid_body())
-    with pytest.raises(VerdaAPIError, match="missing"):
-        await with_secret.update_scaling(NAME, {"min_replica_count": 1, "max_replica_count": 2})
+    answer = await with_secret.update_scaling(NAME, {"min_replica_count": 2, "max_replica_count": 2})
+    assert answer == {**valid_body()["scaling"], "min_replica_count": 2, "max_replica_count": 2}
+    with pytest.raises(VerdaAPIError, match="min_replica_count <= max_replica_count"):
+        await with_secret.update_scaling(NAME, {"min_replica_count": 3})
+    with pytest.raises(VerdaAPIError, match="unknown scaling keys"):
+        await with_secret.update_scaling(NAME, {"min_replicas": 3})
     scaling = copy.deepcopy(valid_body()["scaling"])
     scaling["min_replica_count"] = 1
     assert (await with_secret.update_scaling(NAME, scaling))["min_replica_count"] == 1
+
+
+async def test_delete_is_asynchronous(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    """A DELETE starts the deletion: the deployment answers for a while, a second DELETE is refused."""
+    await with_secret.create_deployment(valid_body())
+    token = await with_secret._access_token()
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+    async with httpx.AsyncClient(base_url=fake.url, headers=headers) as http:
+        assert (await http.delete(f"/container-deployments/{NAME}", params={"timeout": 60000})).status_code == 204
+        assert (await http.get(f"/container-deployments/{NAME}")).status_code == 200
+        again = await http.delete(f"/container-deployments/{NAME}")
+        assert again.status_code == 409 and "being deleted" in again.json()["message"]
+        assert (await http.get(f"/container-deployments/{NAME}")).status_code == 404
+        assert (await http.delete("/other", params={"timeout": 300001})).status_code == 404
+
+
+async def test_an_answer_can_fail_after_the_work_is_done(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    fake.fail_next("/container-deployments", 500, method="POST", after_success=True)
+    token = await with_secret._access_token()
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+    async with httpx.AsyncClient(base_url=fake.url, headers=headers) as http:
+        answer = await http.post("/container-deployments", json=valid_body())
+        assert answer.status_code == 500
+        assert NAME in fake.deployments
+        again = await http.post("/container-deployments", json=valid_body())
+        assert again.status_code == 409 and "already exists" in again.json()["message"]
 
 
 async def test_secret_in_use_is_not_deleted_without_force(with_secret: VerdaClient, fake: FakeVerda) -> None:

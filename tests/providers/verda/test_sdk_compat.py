@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from verda.containers import Deployment, ReplicaInfo, ScalingOptions
+from verda.containers import Container, Deployment, ReplicaInfo, ScalingOptions
 
 from scaler.deploy.spec import build_body, load_spec
-from scaler.deploy.verda import update_body
+from scaler.deploy.verda import deployment_changes
 from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
@@ -49,15 +49,21 @@ async def test_update_and_scaling_bodies_load_into_sdk(
     body = build_body(load_spec(spec_path, deploy_env))
     await verda.create_secret("comfyui-worker-queue-manager-token", queue_token)
     live = await verda.create_deployment(body)
-    patch = update_body(body, live)
-    assert sdk_round_trip(Deployment, patch) == patch
+    newer = build_body(load_spec(spec_path, {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/worker:0.2.0"}))
+    patch = deployment_changes(newer, live)
+    assert list(patch) == ["containers"]
+    assert [sdk_round_trip(Container, c) for c in patch["containers"]] == patch["containers"]
     await verda.update_deployment(NAME, patch)
 
+    # A scaling PATCH carries only some keys (Verda's Go SDK sends each one optional); each is a key of the
+    # SDK's ScalingOptions with the SDK's shape.
     await verda.set_replica_bounds(NAME, 2, 5)
     sent_scaling = fake.requests_to(f"/container-deployments/{NAME}/scaling", "PATCH")[0].json
-    assert sdk_round_trip(ScalingOptions, sent_scaling) == sent_scaling
+    whole = {**await verda.get_scaling(NAME), **sent_scaling}
+    assert sdk_round_trip(ScalingOptions, whole) == whole
 
     # The fake's answers parse with the SDK too, so the fake speaks Verda's shapes.
     Deployment.from_dict(await verda.get_deployment(NAME), infer_missing=True)
+    ScalingOptions.from_dict(await verda.get_scaling(NAME))
     replicas = (await verda._json("GET", f"/container-deployments/{NAME}/replicas"))["list"]
     assert [ReplicaInfo.from_dict(r).id for r in replicas] == [r.id for r in await verda.get_replicas(NAME)]

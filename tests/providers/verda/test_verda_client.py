@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient
-from standins.verda import SCALING_KEYS, FakeVerda
+from standins.verda import FakeVerda
 
 NAME = "comfyui-worker-serverless"
 LIST = "/container-deployments"
@@ -218,6 +218,61 @@ async def test_deployment_lifecycle(fake: FakeVerda, verda: VerdaClient) -> None
     assert await verda.list_deployments() == []
 
 
+async def test_delete_is_sent_once_then_polled_until_404(fake: FakeVerda, verda: VerdaClient, sleeps) -> None:
+    """Verda deletes asynchronously: the DELETE (with Verda's `timeout`, ms) is not repeated into
+    "being deleted"; the deployment is read until it answers 404, sooner first, then backing off."""
+    fake.delete_reads = 3
+    await verda.create_deployment(deployment_body())
+    assert await verda.delete_deployment(NAME) is True
+    assert NAME not in fake.deployments
+    deletes = fake.requests_to(f"{LIST}/{NAME}", "DELETE")
+    assert len(deletes) == 1
+    assert [r.method for r in fake.requests if r.path == f"{LIST}/{NAME}"] == ["DELETE"] + ["GET"] * 4
+    assert sleeps.waits == [0.25, 0.5, 1.0]
+    assert await verda.delete_deployment(NAME) is False, "already gone"
+
+
+async def test_delete_answered_with_a_server_error_is_polled_through(fake: FakeVerda, verda: VerdaClient) -> None:
+    await verda.create_deployment(deployment_body())
+    fake.fail_next(f"{LIST}/{NAME}", 504, method="DELETE", after_success=True)
+    assert await verda.delete_deployment(NAME) is True
+    assert len(fake.requests_to(f"{LIST}/{NAME}", "DELETE")) == 1 and NAME not in fake.deployments
+
+
+async def test_delete_gives_up_at_its_deadline(fake: FakeVerda, make_client, clock) -> None:
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    fake.delete_reads = 10_000
+    verda = make_client(sleep=sleep)
+    await verda.create_deployment(deployment_body())
+    with pytest.raises(TimeoutError, match="still exists"):
+        await verda.delete_deployment(NAME, deadline_s=30, poll_s=5)
+    assert len(fake.requests_to(f"{LIST}/{NAME}", "DELETE")) == 1
+
+
+async def test_create_answered_500_after_creating_is_not_posted_again(fake: FakeVerda, verda: VerdaClient) -> None:
+    fake.fail_next(LIST, 500, method="POST", after_success=True)
+    created = await verda.create_deployment(deployment_body())
+    assert created["name"] == NAME and created["containers"][0]["name"]
+    assert len(fake.requests_to(LIST, "POST")) == 1
+
+
+async def test_create_that_failed_is_looked_up_then_retried(fake: FakeVerda, verda: VerdaClient) -> None:
+    fake.fail_next(LIST, 503, method="POST")
+    await verda.create_deployment(deployment_body())
+    assert [(r.method, r.path) for r in fake.requests if r.path.startswith(LIST)] == [
+        ("POST", LIST), ("GET", f"{LIST}/{NAME}"), ("POST", LIST)
+    ]
+
+
+async def test_secret_created_despite_an_error_is_not_created_again(fake: FakeVerda, verda: VerdaClient) -> None:
+    fake.fail_next("/secrets", 502, method="POST", after_success=True)
+    await verda.create_secret("queue-token", "s3cr3t")
+    assert fake.secrets == {"queue-token": "s3cr3t"}
+    assert len(fake.requests_to("/secrets", "POST")) == 1
+
+
 async def test_status_override_and_pause_resume(fake: FakeVerda, verda: VerdaClient) -> None:
     await verda.create_deployment(deployment_body(min_replicas=2))
     fake.set_status(NAME, "quota_reached")
@@ -233,14 +288,14 @@ async def test_status_override_and_pause_resume(fake: FakeVerda, verda: VerdaCli
     assert [r.method for r in fake.requests if r.path.endswith(("/pause", "/resume", "/restart"))] == ["POST"] * 3
 
 
-async def test_set_replica_bounds_writes_whole_scaling_object(fake: FakeVerda, verda: VerdaClient) -> None:
+async def test_set_replica_bounds_writes_only_the_count(fake: FakeVerda, verda: VerdaClient) -> None:
     await verda.create_deployment(deployment_body())
     before = await verda.get_scaling(NAME)
     assert await verda.set_replica_bounds(NAME, 2, 4) is True
     patches = fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")
     assert len(patches) == 1
-    assert set(patches[0].json) == set(SCALING_KEYS)
-    assert patches[0].json == {**before, "min_replica_count": 2, "max_replica_count": 4}
+    assert patches[0].json == {"min_replica_count": 2, "max_replica_count": 4}
+    assert await verda.get_scaling(NAME) == {**before, "min_replica_count": 2, "max_replica_count": 4}
     assert await verda.set_replica_bounds(NAME, 2, 4) is False
     assert len(fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")) == 1
 
@@ -264,12 +319,12 @@ async def test_replicas_follow_min_replica_count(fake: FakeVerda, verda: VerdaCl
     assert [r.id for r in await verda.get_replicas(NAME)] == [replicas[0].id]
 
 
-async def test_update_scaling_sends_whole_object(fake: FakeVerda, verda: VerdaClient) -> None:
+async def test_update_scaling_sends_what_it_is_given(fake: FakeVerda, verda: VerdaClient) -> None:
     await verda.create_deployment(deployment_body())
-    scaling = await verda.get_scaling(NAME)
-    scaling["scale_down_policy"] = {"delay_seconds": 60}
-    assert (await verda.update_scaling(NAME, scaling))["scale_down_policy"] == {"delay_seconds": 60}
-    assert fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")[0].json == scaling
+    before = await verda.get_scaling(NAME)
+    answer = await verda.update_scaling(NAME, {"scale_down_policy": {"delay_seconds": 60}})
+    assert answer == {**before, "scale_down_policy": {"delay_seconds": 60}}
+    assert fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")[0].json == {"scale_down_policy": {"delay_seconds": 60}}
 
 
 # --- secrets, catalogue -----------------------------------------------------------------------
