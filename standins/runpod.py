@@ -23,10 +23,13 @@ from typing import Any
 
 from aiohttp import web
 
+from standins.faults import Fault, FaultPlan, RecordedRequest, record, requests_to
+
 API_PREFIX = "/v2"
 DEFAULT_API_KEY = "rpa_fake_key"  # the fake's well-known test credential
 PORT_RULE = re.compile(r"^[0-9]{1,5}/(http|tcp|udp)$")
 CUDA_RULE = re.compile(r"^\d+\.\d+$")
+SECRET_REFERENCE = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_.-]+)\s*\}\}")
 CREATE_FIELDS = {
     "name",
     "image",
@@ -110,23 +113,6 @@ def _problem(status: int, detail: str, errors: list[str] | None = None, headers:
 
 
 @dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    json: Any
-
-
-@dataclass
-class Fault:
-    status: int
-    remaining: int
-    method: str | None
-    non_json: bool
-    retry_after: str | None
-    after_effect: bool
-
-
-@dataclass
 class FakePod:
     id: str
     body: dict[str, Any]
@@ -170,7 +156,11 @@ class FakeRunPod:
         self.pods: dict[str, FakePod] = {}
         self.terminated: dict[str, FakePod] = {}
         self.requests: list[RecordedRequest] = []
-        self._faults: dict[str, list[Fault]] = {}
+        self.secrets: dict[str, str] = {}  # RunPod secrets by name, put into a container's env for its references
+        # Called at each status change with (pod id, new status, the container's env with secrets resolved):
+        # the demo starts a local worker when a pod reaches RUNNING and stops it when the pod leaves.
+        self.on_status_change: Callable[[str, str, dict[str, str]], None] | None = None
+        self._faults = FaultPlan()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -223,8 +213,15 @@ class FakeRunPod:
 
         With `after_effect` the request is carried out first and only its answer is replaced (a lost reply).
         """
-        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect)
-        self._faults.setdefault(path, []).append(fault)
+        self._faults.add(
+            path,
+            status,
+            times=times,
+            method=method,
+            non_json=non_json,
+            retry_after=retry_after,
+            after_effect=after_effect,
+        )
 
     def exit_pod(self, pod_id: str, status: str = "EXITED") -> None:
         """The pod's container stops on its own (EXITED) or fails (ERROR): compute billing stops."""
@@ -233,7 +230,7 @@ class FakeRunPod:
         self._set_status(pod, status)
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
+        return requests_to(self.requests, path, method)
 
     def live_pods(self) -> list[FakePod]:
         for pod in self.pods.values():
@@ -257,16 +254,14 @@ class FakeRunPod:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path.removeprefix(API_PREFIX)
-        try:
-            body = await request.json() if request.can_read_body else None
-        except ValueError:
-            body = await request.text()
-        self.requests.append(RecordedRequest(request.method, path, body))
+        recorded = await record(request, path)
+        self.requests.append(recorded)
+        body = recorded.json
         if not self._authorized(request):
             return _problem(401, "invalid or missing bearer token")
         if isinstance(body, str):
             return _problem(400, "request body is not valid JSON")
-        fault = self._take_fault(path, request.method)
+        fault = self._faults.take(path, request.method)
         if fault is not None and not fault.after_effect:
             return self._fault_response(fault)
         try:
@@ -282,13 +277,6 @@ class FakeRunPod:
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         return scheme == "Bearer" and secrets.compare_digest(key, self._api_key)
-
-    def _take_fault(self, path: str, method: str) -> Fault | None:
-        for fault in self._faults.get(path, []):
-            if fault.remaining > 0 and fault.method in (None, method):
-                fault.remaining -= 1
-                return fault
-        return None
 
     @staticmethod
     def _fault_response(fault: Fault) -> web.Response:
@@ -316,6 +304,18 @@ class FakeRunPod:
         pod.history.append(status)
         if status == "RUNNING":
             pod.started_at = datetime.now(UTC)
+        if self.on_status_change is not None:
+            self.on_status_change(pod.id, status, self.container_env(pod))
+
+    def container_env(self, pod: FakePod) -> dict[str, str]:
+        """The env the container sees: `{{ RUNPOD_SECRET_<name> }}` replaced by the secret's value, as RunPod
+        injects it (a reference to a secret that does not exist is left as written)."""
+        return {
+            name: SECRET_REFERENCE.sub(self._secret_value, value) for name, value in pod.body.get("env", {}).items()
+        }
+
+    def _secret_value(self, match: re.Match[str]) -> str:
+        return self.secrets.get(match.group(1), match.group(0))
 
     def _advance(self, pod: FakePod) -> None:
         """Asynchronous provisioning: each phase ends once its delay has passed on the fake's clock."""

@@ -10,21 +10,18 @@ so a lost answer never doubles a pod.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import structlog
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from common.logs import register_secret
+from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
 
@@ -83,7 +80,7 @@ class CreateUnconfirmedError(Exception):
         )
 
 
-def _describe(error: Exception) -> str:
+def _describe(error: BaseException) -> str:
     return str(error) if isinstance(error, RunPodAPIError) else type(error).__name__
 
 
@@ -103,15 +100,6 @@ class Pod:
         return self.status in LIVE_STATUSES
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def pod_from_json(data: dict[str, Any]) -> Pod:
     gpu = data.get("gpu") or {}
     return Pod(
@@ -126,22 +114,8 @@ def pod_from_json(data: dict[str, Any]) -> Pod:
     )
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
-    header = response.headers.get("Retry-After")
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def error_from_response(response: httpx.Response, request: str) -> RunPodAPIError:
-    retry_after_s = _retry_after_s(response)
+    retry_after_s = retry_after_seconds(response)
     try:
         body = response.json()
     except ValueError:
@@ -193,12 +167,15 @@ class RunPodClient:
             raise ValueError("RunPod API key is empty: set RUNPOD_API_KEY")
         register_secret(api_key)
         self._api_key = SecretStr(api_key)
-        self._max_attempts = max_attempts
-        self._backoff = wait_exponential_jitter(
-            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        self._retry = TransientRetry(
+            is_retryable=_is_retryable,
+            describe=_describe,
+            event="runpod_request_retry",
+            max_attempts=max_attempts,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            sleep=sleep,
         )
-        self._backoff_max_s = backoff_max_s
-        self._sleep = sleep
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
 
     def __repr__(self) -> str:
@@ -226,34 +203,9 @@ class RunPodClient:
             raise error_from_response(response, f"{method} {path}")
         return response
 
-    def _wait_s(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RunPodAPIError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self._backoff_max_s)
-        return self._backoff(state)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "runpod_request_retry",
-            attempt=state.attempt_number,
-            wait_s=round(state.upcoming_sleep, 3),
-            error=str(exc) if isinstance(exc, RunPodAPIError) else type(exc).__name__,
-        )
-
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._wait_s,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A request that is safe to repeat (a read, a delete): retried on transient failures."""
-        async for attempt in self._retrying():
+        async for attempt in self._retry.attempts():
             with attempt:
                 return await self._send(method, path, **kwargs)
         raise AssertionError("unreachable: tenacity reraises the last error")
@@ -278,7 +230,7 @@ class RunPodClient:
         A 429 was refused before it was processed, so it is retried as is.
         """
         name = body["name"]
-        async for attempt in self._retrying():
+        async for attempt in self._retry.attempts():
             with attempt:
                 try:
                     response = await self._send("POST", "/pods", json=body)

@@ -163,3 +163,25 @@ async def test_injected_faults(http: httpx.AsyncClient, fake: FakeRunPod) -> Non
     lost = await create(http)
     assert lost.status_code == 502 and "Bad Gateway" in lost.text
     assert len(fake.pods) == 1
+
+
+async def test_status_changes_are_announced_with_the_container_env(
+    http: httpx.AsyncClient, fake: FakeRunPod, clock: ManualClock
+) -> None:
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    fake.on_status_change = lambda pod_id, status, env: seen.append((pod_id, status, env))
+    fake.secrets["queue-token"] = "s3cret"
+    fake.start_delay_s = 5
+    env = {"QUEUE_MANAGER_TOKEN": "{{ RUNPOD_SECRET_queue-token }}", "OTHER": "{{ RUNPOD_SECRET_missing }}"}
+    pod_id = (await create(http, env=env)).json()["id"]
+    clock.advance(5)
+    await http.get("/pods")
+    await http.delete(f"/pods/{pod_id}")
+    assert [(p, s) for p, s, _ in seen] == [
+        (pod_id, "PROVISIONING"),
+        (pod_id, "STARTING"),
+        (pod_id, "RUNNING"),
+        (pod_id, "TERMINATED"),
+    ]
+    assert seen[2][2] == {"QUEUE_MANAGER_TOKEN": "s3cret", "OTHER": "{{ RUNPOD_SECRET_missing }}"}
+    assert (await http.get("/pods")).json()["pods"] == []
