@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import structlog
 
 from scaler.policy import PAUSED, QUOTA_REACHED, Replica
 from scaler.providers.base import BackendView
-from scaler.providers.runpod.client import DEAD_STATUSES, Pod, RunPodAPIError, RunPodClient
+from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
 
 log = structlog.get_logger()
 
@@ -60,10 +61,17 @@ class RunPodBackend:
         return f"RunPodBackend(name={self.name!r}, desired={self._desired}, paused={self._paused})"
 
     async def observe(self) -> BackendView:
+        """The pods as RunPod lists them, after replacing dead ones. A failed repair is logged, not raised:
+        the observation stands, and the next observe tries again."""
         pods = await self._our_pods()
         if self._desired is not None:
-            await self._reconcile(pods)
-            pods = await self._our_pods()
+            try:
+                wrote = await self._reconcile(pods)
+            except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError) as error:
+                log.warning("runpod_reconcile_failed", error=str(error) or type(error).__name__)
+                wrote = True
+            if wrote:
+                pods = await self._our_pods()
         live = [pod for pod in pods if pod.live]
         now = self._clock()
         replicas = tuple(Replica(pod.id, _since(pod, now)) for pod in live)
@@ -87,6 +95,11 @@ class RunPodBackend:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    @property
+    def cost_per_hour(self) -> float:
+        """What the pods as last read cost per hour together, as RunPod bills them (each pod's ``cost``)."""
+        return sum(pod.cost_per_hour for pod in self.pods if pod.live)
 
     async def price_per_hour(self) -> float:
         """List price in USD per hour of one pod of ``pod_body`` (GPU price x count, in its cloud)."""

@@ -177,6 +177,30 @@ async def test_pause_terminates_everything_and_holds_zero(backend: RunPodBackend
     assert len((await backend.observe()).replicas) == 2
 
 
+async def test_observe_reads_once_when_nothing_needs_repair(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(2)
+    before = len(fake.requests_to("/pods", "GET"))
+    await backend.observe()
+    assert len(fake.requests_to("/pods", "GET")) == before + 1
+
+
+async def test_a_failed_repair_does_not_fail_the_observation(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(2)
+    dead = next(iter(fake.pods))
+    fake.exit_pod(dead)
+    fake.fail_next(f"/pods/{dead}", 500, method="DELETE", times=4)  # every try of one observe (max_attempts 4)
+    view = await backend.observe()
+    assert len(view.replicas) == 1  # the dead pod is not counted; its replacement waits for the next observe
+    assert len((await backend.observe()).replicas) == 2
+    assert dead in fake.terminated
+
+
+async def test_cost_per_hour_is_what_runpod_bills_for_the_live_pods(backend: RunPodBackend) -> None:
+    await backend.apply(3)
+    await backend.observe()
+    assert backend.cost_per_hour == pytest.approx(3 * 0.69)
+
+
 async def test_price_per_hour_comes_from_the_catalogue(backend: RunPodBackend) -> None:
     assert await backend.price_per_hour() == 0.69
 
