@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.logs import configure_logging, register_secret
+from common.urls import redact_url, url_credentials
 from scaler.config import ConfigError, ScalerSettings, load_settings
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for secret in (settings.queue_manager_token, settings.verda_client_secret):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    for credential in url_credentials(settings.queue_base_url):
+        register_secret(credential)
     if settings.backend == "local" and args.command in ("once", "stop", "resume"):
         print(f"{args.command}: {LOCAL_ONLY_IN_RUN}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,7 +151,7 @@ def _platform_error(exc: Exception) -> str:
     if isinstance(exc, VerdaAPIError) and exc.status in (401, 403):
         return f"{exc} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
     if isinstance(exc, VerdaAPIError) and exc.status == 404:
-        return f"{exc} (check DEPLOYMENT_NAME)"
+        return f"{exc} (check VERDA_DEPLOYMENT_NAME)"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -266,7 +269,7 @@ def _status_report(
     pricing: Pricing,
     now: float,
 ) -> dict[str, Any]:
-    queue: dict[str, Any] = {"url": settings.queue_base_url}
+    queue: dict[str, Any] = {"url": redact_url(settings.queue_base_url)}
     queue.update(asdict(loop.last_queue) if loop.last_queue else {"error": decision.details.get("queue_error")})
     deployment: dict[str, Any] = {"backend": settings.backend, "name": settings.deployment_name}
     replicas: list[dict[str, Any]] = []

@@ -10,13 +10,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import ConfigError, env_name, settings_from_env
+from common.urls import redact_url
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
-from scaler.providers.verda.client import DEFAULT_BASE_URL
+from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
 
 __all__ = ["ConfigError", "ScalerSettings", "load_settings"]
 
@@ -38,14 +39,9 @@ class ScalerSettings(BaseSettings):
     backend: Literal["verda", "local"] = Field(default="verda", validation_alias="SCALER_BACKEND")
     verda_client_id: str | None = Field(default=None, validation_alias="VERDA_CLIENT_ID")
     verda_client_secret: SecretStr | None = Field(default=None, validation_alias="VERDA_CLIENT_SECRET")
-    verda_api_url: AnyHttpUrl = Field(
-        default=DEFAULT_BASE_URL, validation_alias=AliasChoices("VERDA_API_URL", "VERDA_BASE_URL")
-    )
-    deployment_name: str = Field(
-        default="comfyui-worker-serverless",
-        pattern=r"^[a-z0-9-]{1,63}$",
-        validation_alias=AliasChoices("DEPLOYMENT_NAME", "VERDA_DEPLOYMENT_NAME"),
-    )
+    # One name per setting across every command: the deploy reads the same two.
+    verda_api_url: AnyHttpUrl = Field(default=DEFAULT_BASE_URL, validation_alias="VERDA_API_URL")
+    deployment_name: str = Field(default="comfyui-worker-serverless", validation_alias="VERDA_DEPLOYMENT_NAME")
     interval_s: float = Field(default=15.0, gt=0, validation_alias="SCALER_INTERVAL_S")
     metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
     metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
@@ -81,6 +77,11 @@ class ScalerSettings(BaseSettings):
     price_per_replica_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("price_per_replica_hour"))
     max_spend_per_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_hour"))
     max_spend_per_day: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_day"))
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_name_rule(cls, value: str) -> str:
+        return check_deployment_name(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> ScalerSettings:
@@ -121,7 +122,11 @@ class ScalerSettings(BaseSettings):
         """The settings without secrets, for `status`."""
         hidden = {"queue_manager_token", "verda_client_secret"}
         summary = {name: getattr(self, name) for name in type(self).model_fields if name not in hidden}
-        return {name: str(value) if isinstance(value, AnyHttpUrl | Path) else value for name, value in summary.items()}
+        return {
+            name: redact_url(str(value)) if isinstance(value, AnyHttpUrl) else str(value) if isinstance(value, Path)
+            else value
+            for name, value in summary.items()
+        }
 
 
 def _with_env_names(message: str) -> str:

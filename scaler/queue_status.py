@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from common.urls import redact_url
+
 STATUS_PATH = "/api/queue/status"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -74,7 +76,7 @@ class QueueStatusReader:
         self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
 
     def __repr__(self) -> str:
-        return f"QueueStatusReader(base_url={str(self._http.base_url)!r})"
+        return f"QueueStatusReader(base_url={redact_url(str(self._http.base_url))!r})"
 
     async def __aenter__(self) -> QueueStatusReader:
         return self

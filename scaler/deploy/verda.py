@@ -158,11 +158,16 @@ async def delete(verda: VerdaClient, name: str) -> None:
     print(f"deployment {name}: deleted (secrets kept)")
 
 
+# The deploy's own variables; the spec adds its overrides (spec.ENV_OVERRIDES, SHARED_VOLUME_ENVS) and the
+# container variables taken from the environment (env_from_environment, [secrets]).
+CLIENT_ENV = ("VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "VERDA_API_URL")
+
+
 def make_client(environ: Mapping[str, str]) -> VerdaClient:
     client_id, client_secret = environ.get("VERDA_CLIENT_ID"), environ.get("VERDA_CLIENT_SECRET")
     if not client_id or not client_secret:
         raise DeployError("set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")
-    return VerdaClient(client_id, client_secret, base_url=environ.get("VERDA_API_URL", DEFAULT_BASE_URL))
+    return VerdaClient(client_id, client_secret, base_url=environ.get("VERDA_API_URL") or DEFAULT_BASE_URL)
 
 
 async def run(args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:

@@ -112,6 +112,22 @@ async def test_status_json_shows_queue_deployment_and_the_decision(cli_env, qm, 
     assert cli_env["VERDA_CLIENT_SECRET"] not in out and QUEUE_TOKEN not in out
 
 
+async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch, capsys):
+    """`https://user:pass@…`: masked in `status --json` and in every log line, whatever carries it."""
+    monkeypatch.setenv("QUEUE_MANAGER_URL", qm.url.replace("http://", "http://worker:url-pass-do-not-log@"))
+    assert await cli("status", "--json") == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["queue"]["url"].startswith("http://***@127.0.0.1:")
+    assert report["settings"]["queue_manager_url"].startswith("http://***@127.0.0.1:")
+    assert "url-pass-do-not-log" not in out + err
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://worker:url-pass-do-not-log@127.0.0.1:9")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert await cli("once") == 1
+    out, err = capsys.readouterr()
+    assert "Scaling decision" in err and "url-pass-do-not-log" not in out + err
+
+
 async def test_status_table_is_readable(cli_env, capsys):
     assert await cli("status") == 0
     out = capsys.readouterr().out
