@@ -10,8 +10,11 @@ import argparse
 import asyncio
 import importlib
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from scaler.deploy.errors import EXIT_USAGE
 
 PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
 
@@ -24,6 +27,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="verda", help="where to deploy")
     parser.add_argument("--spec", type=Path, default=None, help="deployment spec (default: the provider's)")
     parser.add_argument("--dry-run", action="store_true", help="print the request body apply would send; no network")
+    parser.add_argument(
+        "--console", action="store_true", help="print the values to type into the provider's web console; no network"
+    )
     parser.add_argument("--yes", action="store_true", help="confirm delete")
     return parser.parse_args(argv)
 
@@ -31,6 +37,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parse_args(argv)
     provider = importlib.import_module(PROVIDERS[args.provider])
+    if args.console and not getattr(provider, "HAS_CONSOLE", False):
+        print(f"--console: no console walkthrough for --provider {args.provider}", file=sys.stderr)
+        return EXIT_USAGE
     return await provider.deploy(args, os.environ if environ is None else environ)
 
 

@@ -18,6 +18,7 @@ import httpx
 
 from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
+from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
     DEFAULT_BASE_URL,
     VerdaAPIError,
@@ -158,6 +159,8 @@ async def delete(verda: VerdaClient, name: str) -> None:
     print(f"deployment {name}: deleted (secrets kept)")
 
 
+HAS_CONSOLE = True  # --console prints the walkthrough values (scaler/deploy/verda_console.py)
+
 # The deploy's own variables; the spec adds its overrides (spec.ENV_OVERRIDES, SHARED_VOLUME_ENVS) and the
 # container variables taken from the environment (env_from_environment, [secrets]).
 CLIENT_ENV = ("VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "VERDA_API_URL")
@@ -195,6 +198,9 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    if args.console:
+        print("\n".join(console_lines(spec)))
+        return EXIT_OK
     if args.dry_run:
         if args.action != "apply":
             print("--dry-run applies to apply only", file=sys.stderr)
