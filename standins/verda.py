@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from standins.faults import Fault, FaultPlan, RecordedRequest, record, requests_to
+
 API_PREFIX = "/v1"
 NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")  # secrets
 DEPLOYMENT_NAME_RULE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # Verda's CLI; at most 63 characters
@@ -82,23 +84,6 @@ class ApiError(Exception):
 
 def _invalid(message: str) -> ApiError:
     return ApiError(400, "invalid_request", message)
-
-
-@dataclass
-class RecordedRequest:
-    method: str
-    path: str
-    json: Any
-
-
-@dataclass
-class Fault:
-    status: int
-    remaining: int
-    method: str | None
-    non_json: bool
-    retry_after: str | None
-    after_success: bool
 
 
 @dataclass
@@ -170,7 +155,7 @@ class FakeVerda:
         self._clock = clock
         self._access_tokens: dict[str, float] = {}
         self._refresh_tokens: set[str] = set()
-        self._faults: dict[str, list[Fault]] = {}
+        self._faults = FaultPlan()
         self.requests: list[RecordedRequest] = []
         self.deployments: dict[str, FakeDeployment] = {}
         self.secrets: dict[str, str] = {}
@@ -231,15 +216,17 @@ class FakeVerda:
         method: str | None = None,
         non_json: bool = False,
         retry_after: str | None = None,
-        after_success: bool = False,
+        after_effect: bool = False,
     ) -> None:
         """The next `times` calls to `path` (relative to /v1, e.g. "/secrets") answer `status`.
 
-        With `after_success` the call is carried out first and only its answer is replaced, as Verda has
+        With `after_effect` the call is carried out first and only its answer is replaced, as Verda has
         been seen answering 500 to a POST /container-deployments that did create the deployment.
         """
-        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_success)
-        self._faults.setdefault(path, []).append(fault)
+        self._faults.add(
+            path, status, times=times, method=method, non_json=non_json, retry_after=retry_after,
+            after_effect=after_effect,
+        )
 
     def expire_tokens(self) -> None:
         """Every access token issued so far becomes expired (refresh tokens stay valid)."""
@@ -253,22 +240,19 @@ class FakeVerda:
         self.deployments[name].status_override = status
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
+        return requests_to(self.requests, path, method)
 
     # --- plumbing -------------------------------------------------------------------------------
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path.removeprefix(API_PREFIX)
-        try:
-            body = await request.json() if request.can_read_body else None
-        except ValueError:
-            body = await request.text()
-        self.requests.append(RecordedRequest(request.method, path, body))
-        if isinstance(body, str):
+        recorded = await record(request, path)
+        self.requests.append(recorded)
+        if isinstance(recorded.json, str):
             return web.json_response({"code": "invalid_request", "message": "body is not JSON"}, status=400)
-        fault = self._take_fault(path, request.method)
-        if fault is not None and not fault.after_success:
+        fault = self._faults.take(path, request.method)
+        if fault is not None and not fault.after_effect:
             return self._fault_response(fault)
         try:
             if path != "/oauth2/token":
@@ -277,13 +261,6 @@ class FakeVerda:
         except ApiError as error:
             response = web.json_response({"code": error.code, "message": error.message}, status=error.status)
         return self._fault_response(fault) if fault is not None else response
-
-    def _take_fault(self, path: str, method: str) -> Fault | None:
-        for fault in self._faults.get(path, []):
-            if fault.remaining > 0 and fault.method in (None, method):
-                fault.remaining -= 1
-                return fault
-        return None
 
     @staticmethod
     def _fault_response(fault: Fault) -> web.Response:

@@ -18,15 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import structlog
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+
+from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
 
@@ -102,32 +101,8 @@ class _Token:
     refresh_at: float
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    """ISO-8601 timestamp from Verda (with a trailing Z or an offset), or None when absent or malformed."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _retry_after_s(response: httpx.Response) -> float | None:
-    header = response.headers.get("Retry-After")
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def error_from_response(response: httpx.Response) -> VerdaAPIError:
-    retry_after_s = _retry_after_s(response)
+    retry_after_s = retry_after_seconds(response)
     try:
         body = response.json()
     except ValueError:
@@ -202,13 +177,17 @@ class VerdaClient:
     ) -> None:
         self._client_id = client_id
         self._client_secret = SecretStr(client_secret)
-        self._max_attempts = max_attempts
         self._clock = clock
-        self._backoff = wait_exponential_jitter(
-            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
-        )
-        self._backoff_max_s = backoff_max_s
         self._sleep = sleep
+        self._retry = TransientRetry(
+            is_retryable=_is_retryable,
+            describe=lambda exc: str(exc) if isinstance(exc, VerdaAPIError) else type(exc).__name__,
+            event="verda_request_retry",
+            max_attempts=max_attempts,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            sleep=sleep,
+        )
         self._token: _Token | None = None
         self._auth_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
@@ -309,33 +288,8 @@ class VerdaClient:
             raise error_from_response(response)
         return response
 
-    def _wait_s(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, VerdaAPIError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, self._backoff_max_s)
-        return self._backoff(state)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "verda_request_retry",
-            attempt=state.attempt_number,
-            wait_s=round(state.upcoming_sleep, 3),
-            error=str(exc) if isinstance(exc, VerdaAPIError) else type(exc).__name__,
-        )
-
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
-            stop=stop_after_attempt(self._max_attempts),
-            wait=self._wait_s,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        async for attempt in self._retrying():
+        async for attempt in self._retry.attempts():
             with attempt:
                 return await self._send_authorized(method, path, **kwargs)
         raise AssertionError("unreachable: tenacity reraises the last error")
@@ -355,7 +309,7 @@ class VerdaClient:
     async def _create(self, path: str, body: dict[str, Any], existing: Callable[[], Awaitable[Any]]) -> Any:
         """POST `body`; before each retry, and on a 409 after a failed try, `existing()` looks for what the
         POST creates and a non-None answer counts as done (the failed try did create it)."""
-        async for attempt in self._retrying():
+        async for attempt in self._retry.attempts():
             with attempt:
                 retry = attempt.retry_state.attempt_number > 1
                 if retry and (found := await existing()) is not None:

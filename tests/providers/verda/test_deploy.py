@@ -190,8 +190,8 @@ async def test_redeploy_keeps_an_unpinned_min_under_the_spec_max(fake: FakeVerda
 
 
 async def test_a_create_answered_500_that_did_create_counts_as_done(fake: FakeVerda, deploy_env, capsys) -> None:
-    fake.fail_next("/container-deployments", 500, method="POST", after_success=True)
-    fake.fail_next("/secrets", 500, method="POST", after_success=True)
+    fake.fail_next("/container-deployments", 500, method="POST", after_effect=True)
+    fake.fail_next("/secrets", 500, method="POST", after_effect=True)
     assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
     assert f"deployment {NAME}: created" in capsys.readouterr().out
     assert len(fake.requests_to("/container-deployments", "POST")) == 1, "no second POST into 'already exists'"

@@ -142,7 +142,7 @@ async def test_delete_is_asynchronous(with_secret: VerdaClient, fake: FakeVerda)
 
 
 async def test_an_answer_can_fail_after_the_work_is_done(with_secret: VerdaClient, fake: FakeVerda) -> None:
-    fake.fail_next("/container-deployments", 500, method="POST", after_success=True)
+    fake.fail_next("/container-deployments", 500, method="POST", after_effect=True)
     token = await with_secret._access_token()
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
     async with httpx.AsyncClient(base_url=fake.url, headers=headers) as http:

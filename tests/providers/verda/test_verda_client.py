@@ -234,7 +234,7 @@ async def test_delete_is_sent_once_then_polled_until_404(fake: FakeVerda, verda:
 
 async def test_delete_answered_with_a_server_error_is_polled_through(fake: FakeVerda, verda: VerdaClient) -> None:
     await verda.create_deployment(deployment_body())
-    fake.fail_next(f"{LIST}/{NAME}", 504, method="DELETE", after_success=True)
+    fake.fail_next(f"{LIST}/{NAME}", 504, method="DELETE", after_effect=True)
     assert await verda.delete_deployment(NAME) is True
     assert len(fake.requests_to(f"{LIST}/{NAME}", "DELETE")) == 1 and NAME not in fake.deployments
 
@@ -252,7 +252,7 @@ async def test_delete_gives_up_at_its_deadline(fake: FakeVerda, make_client, clo
 
 
 async def test_create_answered_500_after_creating_is_not_posted_again(fake: FakeVerda, verda: VerdaClient) -> None:
-    fake.fail_next(LIST, 500, method="POST", after_success=True)
+    fake.fail_next(LIST, 500, method="POST", after_effect=True)
     created = await verda.create_deployment(deployment_body())
     assert created["name"] == NAME and created["containers"][0]["name"]
     assert len(fake.requests_to(LIST, "POST")) == 1
@@ -267,7 +267,7 @@ async def test_create_that_failed_is_looked_up_then_retried(fake: FakeVerda, ver
 
 
 async def test_secret_created_despite_an_error_is_not_created_again(fake: FakeVerda, verda: VerdaClient) -> None:
-    fake.fail_next("/secrets", 502, method="POST", after_success=True)
+    fake.fail_next("/secrets", 502, method="POST", after_effect=True)
     await verda.create_secret("queue-token", "s3cr3t")
     assert fake.secrets == {"queue-token": "s3cr3t"}
     assert len(fake.requests_to("/secrets", "POST")) == 1
