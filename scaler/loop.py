@@ -78,6 +78,7 @@ class ScalerLoop:
         self.interval_s = interval_s
         self.dry_run = dry_run
         self.metrics = metrics or ScalerMetrics()
+        self.metrics.set_limits(config)
         self.failure_alert_after = failure_alert_after
         self.state = state or PolicyState()
         # Saved after every tick (never in a dry run): a scaler that crashes restarts with its memory.

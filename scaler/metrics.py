@@ -7,6 +7,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+from scaler.policy import ScalingConfig
+
 disable_created_metrics()
 log = structlog.get_logger()
 
@@ -49,6 +51,18 @@ class ScalerMetrics:
         self.last_decision = Gauge(
             "comfy_scaler_last_decision_timestamp_seconds", "When the last decision was made (epoch s).", registry=r
         )
+        # The limits, beside the figures they bound, so an alert can compare the two (deploy/monitoring).
+        self.max_replicas = Gauge("comfy_scaler_max_replicas", "The most replicas the scaler may ask for.", registry=r)
+        self.budget = Gauge(
+            "comfy_scaler_budget", "Spend limit over the window (hour|day); absent when none is set.",
+            ["window"], registry=r,
+        )
+
+    def set_limits(self, config: ScalingConfig) -> None:
+        self.max_replicas.set(config.max_replicas)
+        for window, limit in (("hour", config.max_spend_per_hour), ("day", config.max_spend_per_day)):
+            if limit is not None:
+                self.budget.labels(window=window).set(limit)
 
 
 class MetricsServer:

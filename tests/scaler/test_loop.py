@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -207,6 +208,16 @@ async def test_estimated_spend_follows_running_replicas(make_loop, queue, clock)
     assert metrics.registry.get_sample_value("comfy_scaler_estimated_spend", {"window": "hour"}) == pytest.approx(
         2 * interval_cost
     )
+
+
+def test_the_limits_are_exported_beside_the_figures_they_bound(make_loop):
+    """The alerting rules compare replicas with the maximum and spend with the budget (deploy/monitoring)."""
+    metrics = ScalerMetrics()
+    make_loop(config=replace(CONFIG, max_replicas=7, max_spend_per_day=40.0), metrics=metrics)
+    sample = metrics.registry.get_sample_value
+    assert sample("comfy_scaler_max_replicas") == 7
+    assert sample("comfy_scaler_budget", {"window": "day"}) == 40.0
+    assert sample("comfy_scaler_budget", {"window": "hour"}) is None  # no hourly budget set: no series
 
 
 async def test_run_ticks_until_the_stop_event(make_loop, queue, wait):
