@@ -1,0 +1,180 @@
+"""The operator's kit in deploy/monitoring: the rules and the dashboard use only metrics the code exports, and
+promtool accepts and unit-tests the rules (skipped without promtool, unless REQUIRE_PROMTOOL=1 as in .ci/run)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from health.live_metrics import scrape_registry
+from scaler.metrics import ScalerMetrics
+from worker.metrics import WorkerMetrics
+from worker.state import WorkerState
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "deploy" / "monitoring"
+DASHBOARD = MONITORING / "grafana-dashboard.json"
+# Everything an operator reads or loads that names a metric.
+USERS_OF_METRICS = [MONITORING / "alerts.yml", MONITORING / "alerts.test.yml", DASHBOARD, ROOT / "docs/monitoring.md"]
+FIRST_PARTY = ["common", "worker", "health", "supervisor", "scaler", "queue_manager", "standins", "demo"]
+METRIC_NAME = re.compile(r"\bcomfy_[a-z0-9_]+")
+# The names a sample of each kind of metric is exposed under, for a metric declared as `name`.
+SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "enum": ("",),
+}
+CONSTRUCTORS = {
+    "Counter": "counter",
+    "CounterMetricFamily": "counter",
+    "Gauge": "gauge",
+    "GaugeMetricFamily": "gauge",
+    "Histogram": "histogram",
+    "HistogramMetricFamily": "histogram",
+    "Summary": "summary",
+    "SummaryMetricFamily": "summary",
+    "Info": "info",
+    "InfoMetricFamily": "info",
+    "Enum": "enum",
+    "StateSetMetricFamily": "stateset",
+}
+
+
+def sample_names(kind: str, name: str) -> set[str]:
+    base = name.removesuffix("_total") if kind == "counter" else name
+    return {base + suffix for suffix in SAMPLE_SUFFIXES[kind]}
+
+
+@functools.cache
+def names_in_registries() -> set[str]:
+    """What the registries the worker, its health server and the scaler build really expose."""
+    state = WorkerState(worker_id="w", provider="local", version="0", max_idle_polls=3, serverless=True)
+    registries = [WorkerMetrics().registry, scrape_registry(state, heartbeat_timeout_s=60), ScalerMetrics().registry]
+    return {
+        name
+        for registry in registries
+        for family in registry.collect()
+        for name in sample_names(family.type, family.name)
+    }
+
+
+@functools.cache
+def names_declared_in_code() -> set[str]:
+    """Metrics declared anywhere in the packages with a literal name, e.g. a collector only some set-ups build."""
+    names = set()
+    for package in FIRST_PARTY:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.Call) and node.args):
+                    continue
+                called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                first = node.args[0]
+                if called in CONSTRUCTORS and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    names |= sample_names(CONSTRUCTORS[called], first.value)
+    return names
+
+
+def test_the_two_sources_of_exported_names_see_the_known_metrics():
+    registries, code = names_in_registries(), names_declared_in_code()
+    assert {"comfy_worker_jobs_total", "comfy_worker_healthy", "comfy_scaler_budget"} <= registries
+    assert {"comfy_worker_jobs_total", "comfy_worker_job_phase_seconds_bucket", "comfy_scaler_max_replicas"} <= code
+
+
+@pytest.mark.parametrize("path", USERS_OF_METRICS, ids=lambda path: path.name)
+def test_every_metric_named_is_one_the_code_exports(path: Path):
+    exported = names_in_registries() | names_declared_in_code()
+    named = set(METRIC_NAME.findall(path.read_text()))
+    assert named, f"{path.name} names no metric: is the pattern still right?"
+    unknown = sorted(named - exported)
+    assert not unknown, f"{path.name} uses metrics no code exports: {unknown}"
+
+
+def test_the_dashboard_has_a_query_in_every_panel():
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert panels
+    for panel in panels:
+        assert panel["targets"] and all(target["expr"].strip() for target in panel["targets"]), panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+
+
+# --- promtool --------------------------------------------------------------------------------------------------
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("REQUIRE_PROMTOOL") == "1":
+            pytest.fail("promtool is required here (REQUIRE_PROMTOOL=1): apt-get install prometheus")
+        pytest.skip("promtool not installed (apt-get install prometheus); CI installs it")
+    return found
+
+
+def run_promtool(*args: str, cwd: Path = MONITORING) -> str:
+    result = subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_promtool_accepts_the_rules_and_the_prometheus_config():
+    assert "SUCCESS" in run_promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS" in run_promtool("check", "config", "prometheus.yml")
+
+
+def test_the_alert_unit_tests_pass():
+    assert "SUCCESS" in run_promtool("test", "rules", "alerts.test.yml")
+
+
+def test_the_alert_unit_tests_can_fail(tmp_path: Path):
+    """Break one rule's threshold: its unit test must notice."""
+    shutil.copy(MONITORING / "alerts.test.yml", tmp_path)
+    rules = (MONITORING / "alerts.yml").read_text()
+    assert "comfy_scaler_consecutive_failures >= 3" in rules
+    (tmp_path / "alerts.yml").write_text(
+        rules.replace("comfy_scaler_consecutive_failures >= 3", "comfy_scaler_consecutive_failures >= 30")
+    )
+
+    result = subprocess.run(
+        [promtool(), "test", "rules", "alerts.test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode != 0
+    assert "ComfyScalerHoldingOnErrors" in result.stdout + result.stderr
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path):
+    """promtool parses each query as a recording rule, with Grafana's interval variable filled in."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for number, query in enumerate(queries):
+        lines += [
+            f"      - record: dashboard:query_{number}",
+            f"        expr: {json.dumps(query.replace('$__rate_interval', '5m'))}",
+        ]
+    (tmp_path / "dashboard-queries.yml").write_text("\n".join(lines) + "\n")
+
+    assert f"SUCCESS: {len(queries)} rules found" in run_promtool(
+        "check", "rules", "dashboard-queries.yml", cwd=tmp_path
+    )
+
+
+def test_every_alert_has_its_runbook_section():
+    rules = (MONITORING / "alerts.yml").read_text()
+    alerts = re.findall(r"- alert: (\w+)", rules)
+    runbooks = re.findall(r"runbook: docs/monitoring.md#(\w+)", rules)
+    sections = re.findall(r"^### (\w+)$", (ROOT / "docs/monitoring.md").read_text(), flags=re.MULTILINE)
+    assert runbooks == [alert.lower() for alert in alerts]
+    assert sorted(sections) == sorted(alerts)
