@@ -26,6 +26,7 @@ from aiohttp import web
 from standins.faults import Fault, FaultPlan, RecordedRequest, record, requests_to
 
 API_PREFIX = "/v2"
+PROXY_PREFIX = "/proxy"
 DEFAULT_API_KEY = "rpa_fake_key"  # the fake's well-known test credential
 PORT_RULE = re.compile(r"^[0-9]{1,5}/(http|tcp|udp)$")
 CUDA_RULE = re.compile(r"^\d+\.\d+$")
@@ -163,6 +164,9 @@ class FakeRunPod:
         self._faults = FaultPlan()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.health_url = ""  # RunPod's proxy to each pod's /health: format with pod_id and port
+        self.pod_health: dict[str, tuple[int, dict[str, Any]]] = {}  # pod id -> its /health answer (default ok)
+        self.proxy_authorizations: list[str | None] = []  # the Authorization header of each proxied request
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class FakeRunPod:
         app.router.add_post(f"{API_PREFIX}/pods/{{id}}/action", self._action)
         app.router.add_get(f"{API_PREFIX}/network-volumes/{{id}}", self._get_network_volume)
         app.router.add_get(f"{API_PREFIX}/catalog/gpus", self._list_gpus)
+        app.router.add_get(f"{PROXY_PREFIX}/{{target}}/health", self._proxied_health)
         app.router.add_get(f"{API_PREFIX}/catalog/gpus/{{id}}", self._get_gpu)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -182,6 +187,7 @@ class FakeRunPod:
         await site.start()
         bound_port = self._runner.addresses[0][1]
         self.url = f"http://{host}:{bound_port}{API_PREFIX}"
+        self.health_url = f"http://{host}:{bound_port}{PROXY_PREFIX}/{{pod_id}}-{{port}}/health"
         return self.url
 
     async def stop(self) -> None:
@@ -223,6 +229,10 @@ class FakeRunPod:
             after_effect=after_effect,
         )
 
+    def set_health(self, pod_id: str, status: int, body: dict[str, Any]) -> None:
+        """What the pod's worker answers on /health through the proxy from now on."""
+        self.pod_health[pod_id] = (status, body)
+
     def exit_pod(self, pod_id: str, status: str = "EXITED") -> None:
         """The pod's container stops on its own (EXITED) or fails (ERROR): compute billing stops."""
         pod = self.pods[pod_id]
@@ -253,6 +263,9 @@ class FakeRunPod:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(PROXY_PREFIX):  # RunPod's public HTTP proxy, not the API: no key
+            self.proxy_authorizations.append(request.headers.get("Authorization"))
+            return await handler(request)
         path = request.path.removeprefix(API_PREFIX)
         recorded = await record(request, path)
         self.requests.append(recorded)
@@ -480,6 +493,17 @@ class FakeRunPod:
         return web.json_response(
             {"id": volume_id, "name": volume_id, "size": 100, "dataCenter": data_center, "type": "STANDARD"}
         )
+
+    async def _proxied_health(self, request: web.Request) -> web.Response:
+        pod_id, _, port = request.match_info["target"].rpartition("-")
+        pod = self.pods.get(pod_id)
+        if pod is not None:
+            self._advance(pod)
+        exposed = pod is not None and f"{port}/http" in pod.body.get("ports", [])
+        if pod is None or pod.status != "RUNNING" or not exposed:
+            return web.Response(status=502, text=PROXY_ERROR_PAGE, content_type="text/html")
+        status, body = self.pod_health.get(pod_id, (200, {"status": "ok", "phase": "idle"}))
+        return web.json_response(body, status=status)
 
     async def _list_gpus(self, request: web.Request) -> web.Response:
         return web.json_response({"gpus": list(GPU_TYPES.values())})

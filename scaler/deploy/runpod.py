@@ -24,6 +24,7 @@ from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SHARED_VOLUME_ENVS, DeploymentSpec, SpecError, load_spec
 from scaler.providers.runpod.backend import NAME_RULE, RunPodBackend
 from scaler.providers.runpod.client import DEFAULT_BASE_URL, RunPodAPIError, RunPodClient
+from scaler.providers.runpod.health import PROXY_HEALTH_URL, PodHealthProbe
 
 INFERENCE_PROVIDER = "runpod-pod"
 # Environment variable -> field of the [runpod] table it overrides.
@@ -132,10 +133,17 @@ def make_client(environ: Mapping[str, str]) -> RunPodClient:
     return RunPodClient(api_key, base_url=environ.get("RUNPOD_API_URL", DEFAULT_BASE_URL))
 
 
+def make_backend(
+    runpod: RunPodClient, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str]
+) -> RunPodBackend:
+    health = PodHealthProbe(environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL), port=spec.deployment.healthcheck_port)
+    return RunPodBackend(runpod, spec.deployment.name, build_pod_body(spec, settings), health=health)
+
+
 def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
-    """The scaler's RunPod backend for the deployment in the spec at ``path``."""
+    """The scaler's RunPod backend for the deployment in the spec at ``path`` (close it with ``aclose``)."""
     spec, settings = load_runpod_spec(path, environ)
-    return RunPodBackend(make_client(environ), spec.deployment.name, build_pod_body(spec, settings))
+    return make_backend(make_client(environ), spec, settings, environ)
 
 
 async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> None:
@@ -175,10 +183,10 @@ async def print_pods(backend: RunPodBackend) -> None:
 async def run(
     args: argparse.Namespace, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str]
 ) -> None:
-    async with make_client(environ) as runpod:
-        backend = RunPodBackend(runpod, spec.deployment.name, build_pod_body(spec, settings))
+    backend = make_backend(make_client(environ), spec, settings, environ)
+    try:
         if args.action == "apply":
-            await check_placement(runpod, settings)
+            await check_placement(backend.client, settings)
             for env_name, secret in spec.secrets.items():
                 print(f"secret {secret}: pods read {env_name} from it; create it in the RunPod console if missing")
             print(f"deployment {spec.deployment.name}: ready for the scaler (no pod is created here)")
@@ -191,6 +199,8 @@ async def run(
             if left:
                 raise DeployError(f"{len(left)} pods still live after terminating: {[r.id for r in left]}")
             print(f"deployment {spec.deployment.name}: every pod terminated (volume and secrets kept)")
+    finally:
+        await backend.aclose()
 
 
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

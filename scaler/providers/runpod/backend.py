@@ -24,6 +24,7 @@ import structlog
 from scaler.policy import PAUSED, QUOTA_REACHED, Replica
 from scaler.providers.base import BackendView
 from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 
 log = structlog.get_logger()
 
@@ -42,6 +43,7 @@ class RunPodBackend:
         pod_body: Mapping[str, Any],
         *,
         clock: Callable[[], float] = time.time,
+        health: PodHealthProbe | None = None,
     ) -> None:
         if not NAME_RULE.match(name):
             raise ValueError(f"RunPod pod name prefix {name!r} must be 1-54 characters of [a-z0-9-]")
@@ -56,6 +58,7 @@ class RunPodBackend:
         self._paused = False
         self.refusal: str | None = None  # why RunPod last refused to create a pod, until a create succeeds
         self.pods: tuple[Pod, ...] = ()  # this backend's pods as last read, with their RunPod status
+        self.health = health if health is not None else PodHealthProbe()
 
     def __repr__(self) -> str:
         return f"RunPodBackend(name={self.name!r}, desired={self._desired}, paused={self._paused})"
@@ -66,7 +69,8 @@ class RunPodBackend:
         pods = await self._our_pods()
         if self._desired is not None:
             try:
-                wrote = await self._reconcile(pods)
+                wrote = await self._restart_unhealthy(pods)
+                wrote |= await self._reconcile(pods if not wrote else await self._our_pods())
             except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError) as error:
                 log.warning("runpod_reconcile_failed", error=str(error) or type(error).__name__)
                 wrote = True
@@ -94,6 +98,7 @@ class RunPodBackend:
             await self._reconcile(await self._our_pods())
 
     async def aclose(self) -> None:
+        await self.health.aclose()
         await self.client.aclose()
 
     @property
@@ -137,6 +142,15 @@ class RunPodBackend:
                 break
             wrote = True
         return wrote
+
+    async def _restart_unhealthy(self, pods: list[Pod]) -> bool:
+        """What Verda does on failed probes: a pod whose /health says "unhealthy" again and again is replaced."""
+        running = {pod.id: pod for pod in pods if pod.status == "RUNNING"}
+        judged = await self.health.unhealthy(running)
+        for pod_id, reason in judged.items():
+            log.warning("runpod_pod_unhealthy", pod=pod_id, reason=reason)
+            await self._stop_then_terminate(running[pod_id])
+        return bool(judged)
 
     async def _terminate(self, pod: Pod) -> bool:
         return await self.client.terminate_pod(pod.id)

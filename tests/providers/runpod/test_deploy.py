@@ -29,6 +29,7 @@ def deploy_env(fake: FakeRunPod) -> dict[str, str]:
     return {
         "RUNPOD_API_KEY": API_KEY,
         "RUNPOD_API_URL": fake.url,
+        "RUNPOD_HEALTH_URL": fake.health_url,
         "RUNPOD_VOLUME_ID": "vol-models",
         "RUNPOD_DATA_CENTER_IDS": "US-TX-3",
         "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",

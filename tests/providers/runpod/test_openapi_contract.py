@@ -17,6 +17,7 @@ from referencing.jsonschema import DRAFT202012
 
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
 from .conftest import API_KEY, GPU, ManualClock, pod_body
@@ -46,8 +47,9 @@ async def test_backend_create_body_matches_create_pod_request(
     fake: FakeRunPod, runpod: RunPodClient, validator_for
 ) -> None:
     spec_body = {k: v for k, v in pod_body().items() if k != "name"}
-    backend = RunPodBackend(runpod, "comfy-test", spec_body)
+    backend = RunPodBackend(runpod, "comfy-test", spec_body, health=PodHealthProbe(fake.health_url))
     await backend.apply(1)
+    await backend.aclose()
     sent = fake.requests_to("/pods", "POST")[0].json
     assert problems(validator_for("CreatePodRequest"), sent) == []
 

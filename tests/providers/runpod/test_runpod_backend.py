@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -10,6 +11,7 @@ from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import Backend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
 from .conftest import GPU, ManualClock, pod_body
@@ -18,9 +20,11 @@ NAME = "comfy-test"
 
 
 @pytest.fixture
-def backend(runpod: RunPodClient, clock: ManualClock) -> RunPodBackend:
+async def backend(runpod: RunPodClient, fake: FakeRunPod, clock: ManualClock) -> AsyncIterator[RunPodBackend]:
     body = {k: v for k, v in pod_body().items() if k != "name"}
-    return RunPodBackend(runpod, NAME, body, clock=clock)
+    backend = RunPodBackend(runpod, NAME, body, clock=clock, health=PodHealthProbe(fake.health_url))
+    yield backend
+    await backend.aclose()
 
 
 def statuses(fake: FakeRunPod) -> list[str]:
@@ -208,3 +212,61 @@ async def test_price_per_hour_comes_from_the_catalogue(backend: RunPodBackend) -
 async def test_negative_count_is_refused(backend: RunPodBackend) -> None:
     with pytest.raises(ValueError):
         await backend.apply(-1)
+
+
+# --- /health through RunPod's proxy ------------------------------------------------------------------
+
+UNHEALTHY = {"status": "unhealthy", "reason": "ComfyUI process exited unexpectedly with code 1"}
+
+
+async def test_a_pod_unhealthy_three_probes_in_a_row_is_replaced(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(1)
+    await backend.observe()
+    (sick,) = fake.pods
+    fake.set_health(sick, 503, UNHEALTHY)
+    for _ in range(2):
+        assert {r.id for r in (await backend.observe()).replicas} == {sick}
+    view = await backend.observe()
+    assert sick in fake.terminated and fake.terminated[sick].history[-2:] == ["EXITED", "TERMINATED"]
+    assert len(view.replicas) == 1 and view.replicas[0].id != sick
+
+
+async def test_a_healthy_answer_resets_the_count(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(1)
+    (pod_id,) = fake.pods
+    for answer in [UNHEALTHY, UNHEALTHY, {"status": "busy", "phase": "busy"}, UNHEALTHY, UNHEALTHY]:
+        fake.set_health(pod_id, 200 if answer["status"] == "busy" else 503, answer)
+        await backend.observe()
+    assert pod_id in fake.pods
+    assert backend.health.phase[pod_id] == "busy"
+
+
+async def test_proxy_errors_and_starting_pods_are_not_counted(
+    backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock
+) -> None:
+    fake.start_delay_s = 100
+    await backend.apply(1)
+    (pod_id,) = fake.pods
+    fake.set_health(pod_id, 503, UNHEALTHY)
+    for _ in range(5):
+        await backend.observe()  # STARTING: not probed
+    assert fake.proxy_authorizations == []
+    clock.advance(100)
+    fake.set_health(pod_id, 502, {"status": "gateway"})
+    for _ in range(5):
+        await backend.observe()  # an answer that says nothing about the worker
+    assert pod_id in fake.pods and len(fake.proxy_authorizations) == 5
+
+
+async def test_the_probe_never_carries_the_api_key(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    await backend.apply(2)
+    await backend.observe()
+    assert len(fake.proxy_authorizations) == 2 and set(fake.proxy_authorizations) == {None}
+
+
+async def test_pods_are_not_probed_before_the_first_apply(
+    backend: RunPodBackend, runpod: RunPodClient, fake: FakeRunPod
+) -> None:
+    await runpod.create_pod(pod_body(name=f"{NAME}-00000000"))
+    await backend.observe()
+    assert fake.proxy_authorizations == []
