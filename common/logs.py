@@ -1,8 +1,14 @@
-"""structlog set-up: JSON lines in containers, readable lines on a terminal; secrets scrubbed."""
+"""structlog set-up: JSON lines in containers, readable lines on a terminal; secrets scrubbed.
+
+Records of the standard `logging` module (aiohttp's "Error handling request" with its traceback, asyncio's
+"Task exception was never retrieved", ...) go through the same processors, so a container's log stays one
+JSON object per line whoever wrote it.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
 
@@ -10,6 +16,18 @@ import structlog
 
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
 _secret_values: set[str] = set()
+# scheme://user:password@host -> scheme://user:***@host (and a bare scheme://token@host -> scheme://***@host)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _password = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+
+
+def mask_url_credentials(text: str) -> str:
+    """Any URL in `text` with its password (or lone token) replaced by ***."""
+    return _URL_CREDENTIALS.sub(_mask_userinfo, text)
 
 
 def register_secret(value: str | None) -> None:
@@ -18,15 +36,23 @@ def register_secret(value: str | None) -> None:
         _secret_values.add(value)
 
 
+def scrub(text: str) -> str:
+    """`text` without URL credentials or registered secrets."""
+    text = mask_url_credentials(text)
+    for secret in _secret_values:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
 def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:
     for key, value in list(event_dict.items()):
         if any(marker in key.lower() for marker in _SECRET_KEYS):
             event_dict[key] = "***"
-        elif isinstance(value, str) and _secret_values:
-            for secret in _secret_values:
-                if secret in value:
-                    event_dict[key] = value.replace(secret, "***")
-                    value = event_dict[key]
+        elif isinstance(value, str):
+            event_dict[key] = scrub(value)
+        elif isinstance(value, list | tuple) and any(isinstance(item, str) for item in value):
+            event_dict[key] = [scrub(item) if isinstance(item, str) else item for item in value]
     return event_dict
 
 
@@ -34,17 +60,38 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
-    processors: Iterable = [
+    shared: list = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _scrub,
-        structlog.processors.format_exc_info,
-        renderer,
     ]
+    # Tracebacks become text before scrubbing, so a secret inside an exception message is masked too.
+    processors: Iterable = [*shared, structlog.processors.format_exc_info, _scrub, renderer]
     structlog.configure(
         processors=list(processors),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib_logging(shared, renderer, level, stream)
+
+
+def _route_stdlib_logging(shared: list, renderer: object, level: str, stream) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _scrub,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_comfy_structlog", False)]:
+        root.removeHandler(old)
+    handler._comfy_structlog = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelName(level.upper()))

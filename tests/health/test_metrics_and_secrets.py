@@ -93,3 +93,41 @@ async def test_no_secret_or_setting_reaches_any_endpoint(start_server, monkeypat
         assert "hunter2" not in body, path
         assert "queue.example.com" not in body, path
         assert "QUEUE_MANAGER" not in body, path
+
+
+async def test_aiohttp_tracebacks_and_url_credentials_go_through_the_json_log() -> None:
+    import io
+    import json
+
+    import structlog
+    from aiohttp import web
+
+    from common.logs import configure_logging
+
+    async def broken(_request: web.Request) -> web.Response:
+        raise RuntimeError("boom while talking to https://user:hunter2@queue.example.com")
+
+    buffer = io.StringIO()
+    configure_logging("json", "info", stream=buffer)
+    app = web.Application()
+    app.router.add_get("/broken", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/broken")).status_code == 500
+        structlog.get_logger().info("Worker started", queue_manager="https://user:hunter2@queue.example.com/")
+    finally:
+        await runner.cleanup()
+        structlog.reset_defaults()
+    records = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    [error] = [r for r in records if r["event"].startswith("Error handling request")]
+    assert error["logger"] == "aiohttp.server" and error["level"] == "error"
+    assert "RuntimeError: boom" in error["exception"]
+    assert "hunter2" not in buffer.getvalue()
+    assert [r["queue_manager"] for r in records if r["event"] == "Worker started"] == [
+        "https://user:***@queue.example.com/"
+    ]
