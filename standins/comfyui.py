@@ -208,6 +208,7 @@ class ComfyUISimulator:
         checkpoints: tuple[str, ...] | list[str] = ("broken.safetensors",),
         send_previews: bool = False,
         cache_outputs: bool = True,
+        max_upload_size_mb: float = 100.0,
         argv: list[str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir).resolve()
@@ -218,6 +219,8 @@ class ComfyUISimulator:
         self.history_lag_s = history_lag_s
         self.send_previews = send_previews
         self.cache_outputs = cache_outputs
+        # ComfyUI's --max-upload-size (MB, default 100) is its aiohttp client_max_size: larger bodies get 413.
+        self.max_upload_bytes = round(max_upload_size_mb * 1024 * 1024)
         self.argv = argv or ["main.py"]
         self.catalogue = build_catalogue(checkpoints)
         # Records for assertions; they survive crashes and restarts.
@@ -355,7 +358,7 @@ class ComfyUISimulator:
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
         ]
-        app = web.Application()
+        app = web.Application(client_max_size=self.max_upload_bytes)
         for prefix in ("/api", ""):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
@@ -558,7 +561,7 @@ class ComfyUISimulator:
                 if msg.type == aiohttp.WSMsgType.TEXT and first:
                     first = False
                     if json.loads(msg.data).get("type") == "feature_flags":
-                        features = {"supports_preview_metadata": False, "max_upload_size": 104857600}
+                        features = {"supports_preview_metadata": False, "max_upload_size": self.max_upload_bytes}
                         await ws.send_json({"type": "feature_flags", "data": features})
         except (ConnectionError, json.JSONDecodeError, AttributeError):
             pass
@@ -824,6 +827,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-directory", type=Path, default=None)
     parser.add_argument("--extra-model-paths-config", nargs="+", action="append", default=[])
     parser.add_argument("--cache-none", action="store_true")
+    parser.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB")
     sim = parser.add_argument_group("simulator")
     sim.add_argument("--node-seconds", action="append", default=[], metavar="CLASS=SECONDS")
     sim.add_argument("--default-node-seconds", type=float, default=0.0)
@@ -867,6 +871,7 @@ async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
         checkpoints=tuple(args.checkpoint or ("broken.safetensors",)),
         send_previews=args.send_previews,
         cache_outputs=not args.cache_none,
+        max_upload_size_mb=args.max_upload_size,
         argv=["main.py", *argv],
     )
     host = args.listen.split(",")[0]

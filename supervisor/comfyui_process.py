@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 import structlog
@@ -18,10 +20,30 @@ _MAX_LINE_BYTES = 1 << 20  # progress bars redraw with \r and can make one very 
 _PUMP_DRAIN_TIMEOUT_S = 2.0
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the supervisor dies, even by SIGKILL outside a container
+    (ComfyUI runs in its own session, so nothing else would stop it). Linux only; elsewhere a no-op."""
+
+    def arrange() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arrange
+
+
 class ComfyUIProcess:
-    def __init__(self, argv: list[str], *, stop_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, argv: list[str], *, stop_timeout_s: float = 3.0, env: Mapping[str, str] | None = None
+    ) -> None:
         self._argv = argv
         self._stop_timeout_s = stop_timeout_s
+        self._env = dict(env) if env is not None else None
         self._process: asyncio.subprocess.Process | None = None
         self._pumps: list[asyncio.Task[None]] = []
 
@@ -39,6 +61,8 @@ class ComfyUIProcess:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
             limit=_MAX_LINE_BYTES,
+            env=self._env,
+            preexec_fn=die_with_parent(os.getpid()),
         )
         assert self._process.stdout is not None and self._process.stderr is not None
         self._pumps = [
@@ -52,18 +76,20 @@ class ComfyUIProcess:
         assert self._process is not None, "start() first"
         return await self._process.wait()
 
-    async def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after stop_timeout_s; returns the exit code (None if never started)."""
+    async def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL after timeout_s (default stop_timeout_s); returns the exit code (None if never
+        started)."""
         process = self._process
         if process is None:
             return None
+        wait_s = self._stop_timeout_s if timeout_s is None else max(0.0, timeout_s)
         if process.returncode is None:
-            log.info("comfyui.stopping", pid=process.pid, kill_after_s=self._stop_timeout_s)
+            log.info("comfyui.stopping", pid=process.pid, kill_after_s=round(wait_s, 2))
             self._signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), self._stop_timeout_s)
+                await asyncio.wait_for(process.wait(), wait_s)
             except TimeoutError:
-                log.warning("comfyui.kill", pid=process.pid, after_s=self._stop_timeout_s)
+                log.warning("comfyui.kill", pid=process.pid, after_s=round(wait_s, 2))
                 self._signal_group(signal.SIGKILL)
                 await process.wait()
         # Children ComfyUI left behind are killed with it; they would hold the pipes open otherwise.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AnyHttpUrl, Field, field_validator
@@ -12,11 +13,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.settings import settings_from_env
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+# Credentials ComfyUI and its custom nodes have no use for: the queue's (in the token, and maybe in the URL)
+# and the cloud account's. Anything else (HF_TOKEN for a model downloader, say) is passed through.
+WITHHELD_FROM_COMFYUI = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL", "VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET")
+
+
+def comfyui_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environ.items() if name not in WITHHELD_FROM_COMFYUI}
 
 
 class SupervisorSettings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True, allow_inf_nan=False
     )
 
     comfyui_command: str = Field(default="python /opt/ComfyUI/main.py", validation_alias="COMFYUI_COMMAND")
@@ -26,7 +34,7 @@ class SupervisorSettings(BaseSettings):
     comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
     scratch_dir: Path = Field(default=Path("/data"), validation_alias="SCRATCH_DIR")
     models_dir: Path = Field(default=Path("/models"), validation_alias="MODELS_DIR")
-    comfyui_stop_timeout_s: float = Field(default=3.0, ge=0, validation_alias="COMFYUI_STOP_TIMEOUT_S")
+    comfyui_stop_timeout_s: float = Field(default=3.0, ge=0, le=3600, validation_alias="COMFYUI_STOP_TIMEOUT_S")
 
     @field_validator("comfyui_command")
     @classmethod

@@ -1,31 +1,33 @@
 """One container, one process: ComfyUI as a child, the worker and its health server in this event loop.
 
-Order on the way out: the worker drains first (its own grace), then ComfyUI is stopped. If ComfyUI dies
-on its own, the worker is aborted so the current job fails with the reason and /health turns unhealthy.
+Order on the way out: the worker drains first (its own grace), then ComfyUI is stopped with what is left of
+the shutdown deadline. If ComfyUI dies on its own, the worker is aborted so the current job is handed back
+with the reason and /health turns unhealthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
 
 from supervisor.comfyui_process import ComfyUIProcess
-from supervisor.config import SupervisorSettings
+from supervisor.config import SupervisorSettings, comfyui_environment
 from worker.config import WorkerSettings
 from worker.main import Worker
 from worker.service import STOP_SIGNALS, serve
 
 log = structlog.get_logger()
 
-VERDA_STOP_BUDGET_S = 30.0
-
 
 async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker: Worker | None = None) -> int:
     """Run ComfyUI and the worker until the worker returns; its exit code is the container's."""
     _warn_if_over_stop_budget(config, settings)
     worker = worker or Worker(settings)
-    comfyui = ComfyUIProcess(config.comfyui_argv(), stop_timeout_s=config.comfyui_stop_timeout_s)
+    comfyui = ComfyUIProcess(
+        config.comfyui_argv(), stop_timeout_s=config.comfyui_stop_timeout_s, env=comfyui_environment(os.environ)
+    )
     # serve() handles signals only while it runs; outside it a SIGTERM would kill this process and orphan
     # ComfyUI (its own session) before it is spawned-and-watched or while it is being stopped.
     _route_stop_signals_to(worker)
@@ -41,7 +43,7 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
             (outcome,) = await asyncio.gather(watcher, return_exceptions=True)
             if isinstance(outcome, Exception):
                 log.error("supervisor.abort_failed", error=repr(outcome))
-            await comfyui.stop()
+            await comfyui.stop(min(config.comfyui_stop_timeout_s, worker.deadline.remaining()))
     finally:
         _stop_routing_signals()
     if comfyui_crashed and code == 0:
@@ -66,15 +68,15 @@ async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Work
     code = await comfyui.wait()
     reason = f"ComfyUI process exited unexpectedly with code {code}"
     log.error("comfyui.exited_unexpectedly", code=code)
-    worker.abort(reason)  # fails the running job with the reason and marks the state fatal: /health 503
+    worker.abort(reason)  # hands the running job back with the reason and marks the state fatal: /health 503
 
 
 def _warn_if_over_stop_budget(config: SupervisorSettings, settings: WorkerSettings) -> None:
     needed_s = settings.shutdown_grace_s + config.comfyui_stop_timeout_s
-    if needed_s >= VERDA_STOP_BUDGET_S:
+    if needed_s >= settings.platform_kill_delay_s:
         log.warning(
             "supervisor.stop_budget_exceeded",
             shutdown_grace_s=settings.shutdown_grace_s,
             comfyui_stop_timeout_s=config.comfyui_stop_timeout_s,
-            verda_sigkill_after_s=VERDA_STOP_BUDGET_S,
+            platform_kill_delay_s=settings.platform_kill_delay_s,
         )

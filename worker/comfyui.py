@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -90,14 +91,21 @@ class ComfyUIClient:
         return None
 
     async def queue_prompt(self, workflow: dict[str, Any], client_id: str, prompt_id: str) -> dict[str, Any]:
-        body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
-        response = await self._request("POST", "/prompt", json=body)
+        body = json.dumps({"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}).encode()
+        headers = {"Content-Type": "application/json"}
+        response = await self._request("POST", "/prompt", content=body, headers=headers)
         try:
             payload = response.json()
         except ValueError:
             payload = response.text
         if response.status_code == 400:
             raise PromptRejected(describe_prompt_error(payload))
+        if response.status_code == 413:
+            raise PromptRejected(
+                f"workflow too large ({len(body)} bytes): ComfyUI refuses request bodies over its "
+                "--max-upload-size (100 MB unless the operator changed it); large inputs belong in files, "
+                "not inline in the workflow"
+            )
         if response.status_code != 200 or not isinstance(payload, dict):
             raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {str(payload)[:200]}")
         return payload

@@ -6,10 +6,13 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import settings_from_env
+
+DAY_S = 86_400.0
+WEEK_S = 7 * DAY_S
 
 
 def default_worker_id() -> str:
@@ -17,8 +20,9 @@ def default_worker_id() -> str:
 
 
 class WorkerSettings(BaseSettings):
+    # allow_inf_nan=False: "inf" or "nan" in a duration would stop a loop after one pass, or never end a wait.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True, allow_inf_nan=False
     )
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
@@ -26,7 +30,7 @@ class WorkerSettings(BaseSettings):
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1)
-    poll_interval_s: float = Field(default=2.0, gt=0, validation_alias="WORKER_POLL_INTERVAL")
+    poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
     serverless_max_idle_polls: int = Field(default=10, ge=1, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
     serverless_job_limit: int = Field(default=0, ge=0, validation_alias="SERVERLESS_JOB_LIMIT")
@@ -34,13 +38,18 @@ class WorkerSettings(BaseSettings):
     health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
     outputs_path: Path = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
-    job_timeout_s: float = Field(default=1800.0, gt=0, validation_alias="JOB_TIMEOUT_S")
-    comfyui_startup_timeout_s: float = Field(default=600.0, gt=0, validation_alias="COMFYUI_STARTUP_TIMEOUT_S")
-    report_retry_budget_s: float = Field(default=120.0, gt=0, validation_alias="REPORT_RETRY_BUDGET_S")
-    shutdown_grace_s: float = Field(default=25.0, ge=0, validation_alias="SHUTDOWN_GRACE_S")
+    job_timeout_s: float = Field(default=1800.0, gt=0, le=WEEK_S, validation_alias="JOB_TIMEOUT_S")
+    comfyui_startup_timeout_s: float = Field(
+        default=600.0, gt=0, le=DAY_S, validation_alias="COMFYUI_STARTUP_TIMEOUT_S"
+    )
+    report_retry_budget_s: float = Field(default=120.0, gt=0, le=DAY_S, validation_alias="REPORT_RETRY_BUDGET_S")
+    shutdown_grace_s: float = Field(default=25.0, ge=0, le=DAY_S, validation_alias="SHUTDOWN_GRACE_S")
+    platform_kill_delay_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="PLATFORM_KILL_DELAY_S")
     requeue_on_shutdown: bool = Field(default=True, validation_alias="REQUEUE_ON_SHUTDOWN")
-    http_timeout_s: float = Field(default=30.0, gt=0, validation_alias="HTTP_TIMEOUT_S")
-    heartbeat_timeout_s: float = Field(default=120.0, gt=0, validation_alias="HEARTBEAT_TIMEOUT_S")
+    max_job_attempts: int = Field(default=3, ge=1, le=100, validation_alias="MAX_JOB_ATTEMPTS")
+    lease_heartbeat_s: float = Field(default=15.0, gt=0, le=DAY_S, validation_alias="LEASE_HEARTBEAT_S")
+    http_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="HTTP_TIMEOUT_S")
+    heartbeat_timeout_s: float = Field(default=120.0, gt=0, le=WEEK_S, validation_alias="HEARTBEAT_TIMEOUT_S")
     warmup_workflow: Path | None = Field(default=None, validation_alias="WARMUP_WORKFLOW")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
     log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
@@ -51,6 +60,36 @@ class WorkerSettings(BaseSettings):
         if not value.isprintable() or len(value) > 200:
             raise ValueError("must be printable and at most 200 characters")
         return value
+
+    @field_validator("outputs_path", mode="before")
+    @classmethod
+    def _outputs_path_given(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty; results would land in the working directory and vanish with the replica")
+        return value
+
+    @field_validator("outputs_path")
+    @classmethod
+    def _absolute_outputs_path(cls, value: Path) -> Path:
+        return value.absolute()
+
+    @field_validator("health_host")
+    @classmethod
+    def _resolvable_health_host(cls, value: str) -> str:
+        try:
+            socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ValueError(f"cannot bind the health server to {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _grace_inside_the_kill_delay(self) -> WorkerSettings:
+        if self.shutdown_grace_s >= self.platform_kill_delay_s:
+            raise ValueError(
+                f"SHUTDOWN_GRACE_S ({self.shutdown_grace_s:g}) must be shorter than PLATFORM_KILL_DELAY_S "
+                f"({self.platform_kill_delay_s:g}): after the grace the job is handed back before the platform kills"
+            )
+        return self
 
     @property
     def queue_base_url(self) -> str:

@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, describe_prompt_error
-from worker.state import is_fatal_gpu_error
+from worker.gpu import is_fatal_gpu_error
 
 log = structlog.get_logger()
 
@@ -276,13 +276,13 @@ class PromptRun:
             outcome.outputs = (entry.get("outputs") or {}) if entry else dict(self._executed_outputs)
         elif terminal.event == "execution_error":
             outcome.status = "error"
-            exc_type = str(data.get("exception_type") or "Error").rsplit(".", 1)[-1]
+            full_type = str(data.get("exception_type") or "Error")
             exc_message = str(data.get("exception_message") or "").strip()
             outcome.message = (
                 f"ComfyUI execution error in node {data.get('node_id')} ({data.get('node_type')}): "
-                f"{exc_type}: {exc_message}"
+                f"{full_type.rsplit('.', 1)[-1]}: {exc_message}"
             )
-            outcome.fatal_gpu = is_fatal_gpu_error(exc_message)
+            outcome.fatal_gpu = is_fatal_gpu_error(full_type, exc_message)
         else:
             outcome.status = "interrupted"
             by = "by this worker" if self._interrupt_sent else "by someone else (ComfyUI UI or API)"

@@ -10,6 +10,8 @@ from typing import Any
 SAFE_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
+MAX_CYCLE_NODES_SHOWN = 12
+
 API_FORMAT_HINT = (
     "export it in API format: in ComfyUI open Settings, enable 'Dev mode', then use "
     "Workflow > Export (API) (older UIs: 'Save (API Format)')"
@@ -30,6 +32,18 @@ class Job:
     user_id: str
     workflow: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
+    attempt: int | None = None  # from the embedded queue manager (contract item 1); comfy-multi sends none
+
+    @property
+    def attempt_number(self) -> int:
+        """Which run of the user's job this is: the count a resubmitted copy carries in its metadata (the
+        comfy-multi fallback), or the manager's attempt, whichever is higher; 1 when neither says."""
+        carried = self.metadata.get("attempt") if "requeued_from" in self.metadata else None
+        return max(carried if _is_count(carried) else 1, self.attempt or 1)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def job_id_of(raw: object) -> str:
@@ -61,7 +75,17 @@ def parse_job(raw: dict[str, Any]) -> Job:
     if not isinstance(metadata, dict):
         raise InvalidJob(f"job 'metadata' must be a JSON object, got {type(metadata).__name__}")
 
-    return Job(id=job_id, user_id=user_id, workflow=validate_workflow(raw.get("workflow")), metadata=metadata)
+    attempt = raw.get("attempt")
+    if attempt is not None and not _is_count(attempt):
+        raise InvalidJob(f"job 'attempt' must be a positive integer, got {attempt!r:.40}")
+    workflow = validate_workflow(raw.get("workflow"))
+    return Job(id=job_id, user_id=user_id, workflow=workflow, metadata=metadata, attempt=attempt)
+
+
+def attempt_of(raw: object) -> int | None:
+    """The fence of a raw job (even one too malformed to run), so its report reaches the right attempt."""
+    attempt = raw.get("attempt") if isinstance(raw, dict) else None
+    return attempt if _is_count(attempt) else None
 
 
 def validate_workflow(workflow: object) -> dict[str, Any]:
@@ -87,4 +111,47 @@ def validate_workflow(workflow: object) -> dict[str, Any]:
             raise InvalidJob(f"{where} has no 'class_type'; is this an API-format workflow? {API_FORMAT_HINT}")
         if not isinstance(node.get("inputs", {}), dict):
             raise InvalidJob(f"{where} ({class_type}) 'inputs' must be an object")
+    cycle = find_link_cycle(workflow)
+    if cycle:
+        shown = [f"{node_id} ({workflow[node_id]['class_type']})" for node_id in cycle[:MAX_CYCLE_NODES_SHOWN]]
+        more = f" -> … ({len(cycle) - 1} nodes in all)" if len(cycle) > MAX_CYCLE_NODES_SHOWN else ""
+        raise InvalidJob(
+            f"job 'workflow' has a link cycle (each node takes an input from the next): {' -> '.join(shown)}{more}; "
+            "a node cannot depend on its own output"
+        )
     return workflow
+
+
+def _linked_nodes(node: dict[str, Any], workflow: dict[str, Any]) -> list[str]:
+    """Upstream node ids: an input [node_id, output_index] whose node exists (ComfyUI's own link test)."""
+    links = []
+    for value in (node.get("inputs") or {}).values():
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and str(value[0]) in workflow:
+            links.append(str(value[0]))
+    return links
+
+
+def find_link_cycle(workflow: dict[str, Any]) -> list[str]:
+    """The first link cycle as [a, b, ..., a], or []. Iterative: a 100k-node chain cannot overflow the stack."""
+    done: set[str] = set()
+    for start in workflow:
+        if start in done:
+            continue
+        path: list[str] = [start]
+        on_path = {start}
+        pending = [iter(_linked_nodes(workflow[start], workflow))]
+        while pending:
+            upstream = next(pending[-1], None)
+            if upstream is None:
+                pending.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                continue
+            if upstream in on_path:
+                return [*path[path.index(upstream):], upstream]
+            if upstream not in done:
+                path.append(upstream)
+                on_path.add(upstream)
+                pending.append(iter(_linked_nodes(workflow[upstream], workflow)))
+    return []

@@ -1,6 +1,8 @@
 """The worker: startup -> poll loop -> shutdown. Signals only set flags; this loop does the work.
 
-Each job goes claim -> validate -> execute -> deliver -> report, and ends with exactly one report.
+Each job goes claim -> validate -> execute -> deliver -> report, and ends with exactly one report: completed,
+failed (the job's own fault), or handed back (our infrastructure lost it: ComfyUI died, the replica is
+stopping, a fatal GPU error). After SIGTERM every wait comes from one deadline (worker/deadline.py).
 """
 
 from __future__ import annotations
@@ -8,20 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import structlog
 
+from common.logs import mask_url_credentials
 from worker import __version__
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
 from worker.config import WorkerSettings
+from worker.deadline import ShutdownDeadline
 from worker.execution import PromptRun, RunTimings
-from worker.jobs import InvalidJob, Job, UnreportableJob, job_id_of, parse_job, validate_workflow
-from worker.outputs import OutputDelivery, OutputDeliveryError
-from worker.queue_client import PollError, QueueClient
+from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
+from worker.outputs import DeliveredFile, OutputDelivery, OutputDeliveryError
+from worker.queue_client import (
+    JobGone,
+    NotMine,
+    PollError,
+    QueueClient,
+    ReportRejected,
+    RouteUnknown,
+    TransientHTTPError,
+)
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
 
@@ -29,7 +43,6 @@ log = structlog.get_logger()
 
 STARTUP_PROBE_INTERVAL_S = 0.5
 MAX_POLL_BACKOFF_S = 30.0
-SHUTDOWN_REPORT_BUDGET_S = 4.0  # what is left of Verda's 30 s after the grace period
 ABORT_EXPLAIN_WAIT_S = 1.0  # a lost ComfyUI may be a dead process the supervisor is about to report
 
 
@@ -56,25 +69,31 @@ class Worker:
         self.comfy = ComfyUIClient(settings.comfyui_base_url, timeout_s=settings.http_timeout_s)
         self.events = EventSocket(self.comfy)
         self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
-        self.reporter = Reporter(self.queue, self.state)
+        self.deadline = ShutdownDeadline(settings.platform_kill_delay_s)
+        self.reporter = Reporter(self.queue, self.state, self.deadline, max_job_attempts=settings.max_job_attempts)
         self.timings = timings or RunTimings()
         self._beat_interval_s = min(1.0, settings.heartbeat_timeout_s / 4)
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
+        self._lease_lost: str | None = None
+        self._heartbeats_supported = True
+        self._comfyui_answered_at = -math.inf
         self._execution: asyncio.Task[Report] | None = None
         self._prompt_run: PromptRun | None = None
 
     # -- flags, safe to call from a signal handler or another task ------------------------------------------
     def request_shutdown(self) -> None:
-        """First call: stop polling and drain within the grace period. Second call: skip the grace."""
+        """First call: stop polling, start the shutdown deadline and drain within the grace period.
+        Second call: skip the grace."""
         if self._stop.is_set():
             self._force.set()
+        self.deadline.start()
         self._stop.set()
 
     def abort(self, reason: str) -> None:
-        """ComfyUI is gone: the running job fails with `reason` now, and run() returns 1."""
+        """ComfyUI is gone: the running job is handed back with `reason` now, and run() returns 1."""
         self._abort_reason = reason
         self.state.mark_fatal(reason)
         self._aborted.set()
@@ -95,8 +114,9 @@ class Worker:
         log.info(
             "Worker started", worker_id=s.worker_id, version=__version__, provider=s.inference_provider,
             serverless=s.serverless_mode, max_idle_polls=s.serverless_max_idle_polls,
-            job_limit=s.serverless_job_limit, queue_manager=s.queue_base_url, comfyui=s.comfyui_base_url,
-            outputs_path=str(s.outputs_path),
+            job_limit=s.serverless_job_limit, queue_manager=mask_url_credentials(s.queue_base_url),
+            comfyui=mask_url_credentials(s.comfyui_base_url), outputs_path=str(s.outputs_path),
+            shutdown_grace_s=s.shutdown_grace_s, platform_kill_delay_s=s.platform_kill_delay_s,
         )
         self.state.set_phase(Phase.STARTING)
         try:
@@ -111,6 +131,7 @@ class Worker:
             return self._exit_code()
         version = (stats.get("system") or {}).get("comfyui_version") if isinstance(stats, dict) else None
         self.state.set_comfyui(True, version)
+        self._comfyui_answered_at = time.monotonic()
         log.info("ComfyUI is up", comfyui_version=version)
         if s.warmup_workflow is not None and not await self.warm_up():
             return await self._stay_unready()
@@ -148,6 +169,8 @@ class Worker:
             if s.serverless_mode and 0 < s.serverless_job_limit <= self.state.jobs_finished:
                 log.info("Serverless job limit reached", jobs_finished=self.state.jobs_finished)
                 break
+            if not await self._comfyui_answering():
+                break
             try:
                 raw = await self.queue.next_job()
             except PollError as exc:
@@ -166,9 +189,46 @@ class Worker:
                 await self._sleep(s.poll_interval_s)
                 continue
             await self.process(raw)
+            if self.state.fatal_reason is not None:
+                log.error("Fatal error: taking no new job; exiting so the platform replaces this replica",
+                          reason=self.state.fatal_reason)
+                break
             if not self._stop.is_set():
                 self.state.set_phase(Phase.IDLE)
         return self._exit_code()
+
+    async def _comfyui_answering(self) -> bool:
+        """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""
+        if time.monotonic() - self._comfyui_answered_at < self.settings.poll_interval_s:
+            return True
+        try:
+            await self.comfy.system_stats()
+        except ComfyUIUnavailable as exc:
+            return await self._wait_for_comfyui(str(exc))
+        self._comfyui_answered_at = time.monotonic()
+        return True
+
+    async def _wait_for_comfyui(self, error: str) -> bool:
+        timeout_s = self.settings.comfyui_startup_timeout_s
+        self.state.set_comfyui(False)
+        self.state.mark_not_ready(f"ComfyUI not answering: {error}")
+        log.warning("ComfyUI is not answering; taking no job until it does", error=error, timeout_s=timeout_s)
+        try:
+            async with self.state.beating(self._beat_interval_s):
+                stats = await self.comfy.wait_until_up(
+                    timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S, should_stop=self._stop.is_set
+                )
+        except ComfyUIUnavailable as exc:
+            log.error("ComfyUI did not come back; exiting", error=str(exc), timeout_s=timeout_s)
+            self.state.mark_fatal(f"ComfyUI stopped answering and did not come back within {timeout_s:g} s")
+            return False
+        if stats is None:
+            return False
+        log.info("ComfyUI is answering again")
+        self.state.set_comfyui(True)
+        self.state.mark_ready()
+        self._comfyui_answered_at = time.monotonic()
+        return True
 
     async def shutdown(self) -> None:
         self.state.set_phase(Phase.STOPPED)
@@ -178,11 +238,12 @@ class Worker:
         await self.comfy.aclose()
         log.info(
             "Worker shutdown complete", jobs_completed=self.state.jobs_completed, jobs_failed=self.state.jobs_failed,
-            uptime_s=round(self.state.uptime_s(), 1), reason=self._abort_reason,
+            jobs_handed_back=self.state.jobs_handed_back, uptime_s=round(self.state.uptime_s(), 1),
+            reason=self.state.fatal_reason,
         )
 
     def _exit_code(self) -> int:
-        return 1 if self._abort_reason else 0
+        return 1 if self._abort_reason or self.state.fatal_reason else 0
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -203,12 +264,17 @@ class Worker:
 
     async def _drain(self, handler: asyncio.Task[None]) -> None:
         if not self._force.is_set():
-            grace = self.settings.shutdown_grace_s
+            # The grace counts from the signal and never runs past the deadline: what is left after it is
+            # for handing the job back, reporting and stopping ComfyUI.
+            s = self.settings
+            grace_left_s = min(self.deadline.remaining() - (s.platform_kill_delay_s - s.shutdown_grace_s),
+                               self.deadline.remaining())
             self.state.set_phase(Phase.DRAINING)
             self.state.mark_not_ready("draining: shutting down")
-            log.info("Shutdown requested; letting the running job finish", grace_s=grace)
+            log.info("Shutdown requested; letting the running job finish", grace_s=round(max(0.0, grace_left_s), 2),
+                     deadline_in_s=round(self.deadline.remaining(), 2))
             forced = asyncio.create_task(self._force.wait())
-            await asyncio.wait({handler, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({handler, forced}, timeout=max(0.0, grace_left_s), return_when=asyncio.FIRST_COMPLETED)
             forced.cancel()
         if not handler.done() and self._execution is not None:
             self._execution.cancel()
@@ -219,8 +285,13 @@ class Worker:
         except UnreportableJob as exc:
             log.error("Received a job that cannot be reported back; skipping it", error=str(exc))
             return
+        attempt = attempt_of(raw)
         user_id = raw.get("user_id")
-        structlog.contextvars.bind_contextvars(job_id=job_id, user_id=user_id if isinstance(user_id, str) else None)
+        structlog.contextvars.bind_contextvars(
+            job_id=job_id, user_id=user_id if isinstance(user_id, str) else None, attempt=attempt
+        )
+        self._lease_lost = None
+        lease = asyncio.create_task(self._keep_lease(job_id, attempt))
         try:
             self.state.job_started(job_id)
             picked_up = time.monotonic()
@@ -228,17 +299,66 @@ class Worker:
             try:
                 job = parse_job(raw)
             except InvalidJob as exc:
-                report = Report(job_id, error=f"Invalid job: {exc}")
+                report: Report | None = Report(job_id, attempt, error=f"Invalid job: {exc}")
             else:
                 report = await self._run_job(job, picked_up)
-            budget = SHUTDOWN_REPORT_BUDGET_S if self._stop.is_set() else None
+            if report is None:
+                self.state.job_finished("abandoned")
+                return
             async with self.state.beating(self._beat_interval_s):
-                await asyncio.shield(self.reporter.send(report, budget_s=budget))
-            self.state.job_finished("completed" if report.completed else "failed")
+                outcome = await asyncio.shield(self.reporter.send(report))
+            if report.completed and outcome == "refused":
+                outcome = await self._after_refused_completion(report)
+            # Undelivered counts as the report that was attempted; refused means the job is no longer ours.
+            self.state.job_finished({"undelivered": report.kind, "refused": "abandoned"}.get(outcome, outcome))
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id")
+            lease.cancel()
+            structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id", "attempt")
 
-    async def _run_job(self, job: Job, picked_up: float) -> Report:
+    async def _after_refused_completion(self, report: Report) -> str:
+        """A complete-job refused for good (404, 409, 4xx): the files are no one's result, unless the refusal
+        answered a retry of a report that had landed. Kept when the manager was merely unreachable."""
+        try:
+            async with self.deadline.bounded():
+                landed = await self.queue.job_result_is(report.job_id, (report.result or {}).get("prompt_id"))
+        except (TimeoutError, httpx.HTTPError, ReportRejected, ValueError):
+            return "refused"
+        if landed is None:
+            return "refused"
+        if landed:
+            log.info(f"Job {report.job_id} completed", outputs=len((report.result or {}).get("outputs", [])),
+                     note="an earlier try of the report had landed")
+            return "completed"
+        files = [DeliveredFile(**f) for f in (report.result or {}).get("outputs", [])]
+        self.delivery.remove(files)
+        log.warning("Removed the outputs of a completion the queue manager refused", files=len(files))
+        return "refused"
+
+    async def _keep_lease(self, job_id: str, attempt: int | None) -> None:
+        """Contract item 3: heartbeat the job while this worker holds it; a 409 means it is no longer ours."""
+        if attempt is None or not self._heartbeats_supported:
+            return
+        while True:
+            await asyncio.sleep(self.settings.lease_heartbeat_s)
+            try:
+                await self.queue.heartbeat(job_id, attempt)
+            except RouteUnknown:
+                self._heartbeats_supported = False
+                log.info("The queue manager has no heartbeat route; not sending job heartbeats")
+                return
+            except (NotMine, JobGone) as exc:
+                self._lose_lease(str(exc))
+                return
+            except (TransientHTTPError, ReportRejected, httpx.HTTPError, ValueError) as exc:
+                log.warning("Job heartbeat failed; trying again at the next beat", error=f"{type(exc).__name__}: {exc}")
+
+    def _lose_lease(self, why: str) -> None:
+        self._lease_lost = why
+        log.warning("The queue manager took the job back; abandoning it without a report", error=why)
+        if self._execution is not None:
+            self._execution.cancel()
+
+    async def _run_job(self, job: Job, picked_up: float) -> Report | None:
         if self._stop.is_set():  # popped while stopping: hand it straight back
             return await self._stopped(job)
         self._execution = asyncio.create_task(self._execute(job, picked_up))
@@ -258,34 +378,40 @@ class Worker:
         try:
             outcome = await run.run(job.workflow)
         except PromptRejected as exc:
-            return Report(job.id, error=str(exc))
+            return Report(job.id, job.attempt, error=str(exc))
         except ComfyUIUnavailable as exc:
-            return Report(job.id, error=await self._explain_lost_comfyui(
-                f"ComfyUI unavailable while submitting the workflow: {exc}"
-            ))
+            self.state.set_comfyui(False)
+            self._comfyui_answered_at = -math.inf
+            reason = await self._explain_lost_comfyui(f"ComfyUI unavailable while submitting the workflow: {exc}")
+            return Report(job.id, job.attempt, handback=reason, job=job)
 
         metrics = self.state.metrics
         if outcome.comfyui_queue_s is not None:
             metrics.observe_phase("wait", outcome.comfyui_queue_s)
         metrics.observe_phase("execution", outcome.execution_s)
         if outcome.fatal_gpu:
-            self.state.mark_fatal(f"fatal GPU error in job {job.id}: {outcome.message}")
+            reason = f"fatal GPU error on worker {self.settings.worker_id}: {outcome.message}"
+            self.state.mark_fatal(reason)
+            return Report(job.id, job.attempt, handback=reason, job=job)
         if outcome.status == "lost":
             self.state.set_comfyui(False)
-            outcome.message = await self._explain_lost_comfyui(outcome.message)
+            self._comfyui_answered_at = -math.inf
+            reason = await self._explain_lost_comfyui(outcome.message)
+            return Report(job.id, job.attempt, handback=reason, job=job)
         if not outcome.ok:
-            return Report(job.id, error=outcome.message)
+            return Report(job.id, job.attempt, error=outcome.message)
+        self._comfyui_answered_at = time.monotonic()
 
         delivery_started = time.monotonic()
         try:
             async with self.state.beating(self._beat_interval_s):
-                files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id)
+                files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id, attempt=job.attempt)
         except OutputDeliveryError as exc:
-            return Report(job.id, error=f"Output delivery failed: {exc}")
+            return Report(job.id, job.attempt, error=f"Output delivery failed: {exc}")
         delivery_s = time.monotonic() - delivery_started
         metrics.observe_phase("delivery", delivery_s)
         log.info("Outputs delivered", files=len(files), delivery_s=round(delivery_s, 4))
-        return Report(job.id, result={
+        return Report(job.id, job.attempt, result={
             "prompt_id": outcome.prompt_id,
             "outputs": [f.as_dict() for f in files],
             "outputs_root": str(self.settings.outputs_path),
@@ -307,7 +433,7 @@ class Worker:
         """The supervisor's reason (the process died, with its exit code) beats what the socket saw."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._aborted.wait(), ABORT_EXPLAIN_WAIT_S)
-        return f"Job stopped: {self._abort_reason}" if self._abort_reason else message
+        return self._abort_reason or message
 
     def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None) -> PromptRun:
         return PromptRun(
@@ -319,31 +445,30 @@ class Worker:
         self.state.current_prompt_id = prompt_id
         structlog.contextvars.bind_contextvars(prompt_id=prompt_id)
 
-    async def _stopped(self, job: Job) -> Report:
-        """The job could not finish on this worker: interrupt it, then requeue it unless ComfyUI is the cause."""
-        if self._prompt_run is not None:
-            try:
-                await asyncio.wait_for(self._prompt_run.interrupt(), SHUTDOWN_REPORT_BUDGET_S / 2)
-            except TimeoutError:
-                log.warning("ComfyUI did not acknowledge the interrupt in time")
+    async def _stopped(self, job: Job) -> Report | None:
+        """The job could not finish on this worker: interrupt it (unless ComfyUI is the cause), then hand it
+        back; nothing at all when the queue manager already took it back."""
+        if self._abort_reason is None:
+            await self._interrupt()
+        if self._lease_lost is not None:
+            return None
         if self._abort_reason:
-            return Report(job.id, error=f"Job stopped: {self._abort_reason}")
-        stopped = (
-            f"Worker {self.settings.worker_id} was stopped (shutdown signal) before the job finished "
-            f"(grace period {self.settings.shutdown_grace_s:g} s)"
-        )
+            return Report(job.id, job.attempt, handback=self._abort_reason, job=job)
+        stopped = f"worker {self.settings.worker_id} was stopped (shutdown signal) before the job finished"
         if not self.settings.requeue_on_shutdown:
-            return Report(job.id, error=f"{stopped}; it was not resubmitted (REQUEUE_ON_SHUTDOWN=false)")
-        metadata = {**job.metadata, "requeued_from": job.id, "requeue_reason": "worker stopped"}
+            return Report(job.id, job.attempt,
+                          error=f"{stopped}; it was not resubmitted (REQUEUE_ON_SHUTDOWN=false)")
+        return Report(job.id, job.attempt, handback=stopped, job=job)
+
+    async def _interrupt(self) -> None:
+        """Stop the prompt in ComfyUI, within half of what is left before the kill (the hand back needs the rest)."""
+        if self._prompt_run is None:
+            return
+        budget_s = min(self.settings.http_timeout_s, self.deadline.remaining() / 2)
         try:
-            new_id = await self.queue.submit_job(
-                job.user_id, job.workflow, metadata, budget_s=SHUTDOWN_REPORT_BUDGET_S
-            )
-        except Exception as exc:  # any failure here must still end in the job's one report
-            log.error("Could not resubmit the stopped job", error=f"{type(exc).__name__}: {exc}")
-            return Report(job.id, error=f"{stopped}; resubmitting it failed ({exc}): please submit it again")
-        log.info("Stopped job resubmitted", new_job_id=new_id)
-        return Report(job.id, error=f"{stopped}; it was resubmitted as job {new_id}")
+            await asyncio.wait_for(self._prompt_run.interrupt(), budget_s)
+        except TimeoutError:
+            log.warning("ComfyUI did not acknowledge the interrupt in time", waited_s=round(budget_s, 2))
 
 
 def _round(value: float | None) -> float | None:

@@ -15,7 +15,7 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs = Counter(
-            "comfy_worker_jobs", "Jobs finished by this worker, by outcome (completed|failed).",
+            "comfy_worker_jobs", "Jobs finished by this worker, by outcome (completed|failed|handed_back|abandoned).",
             ["outcome"], registry=r,
         )
         self.job_phase_seconds = Histogram(

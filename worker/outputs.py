@@ -78,30 +78,60 @@ class OutputDelivery:
         self.comfy = comfy
         self.comfyui_output_dir = comfyui_output_dir
 
-    def job_dir(self, user_id: str, job_id: str) -> Path:
+    def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
+        """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
+        a late earlier attempt can never overwrite, or remove, the files of the one that counts."""
         job_dir = self.outputs_root / user_id / job_id
+        if attempt is not None and attempt > 1:
+            job_dir = job_dir / f"attempt-{attempt}"
         if not _inside(job_dir, self.outputs_root):
             raise OutputDeliveryError(f"output folder for user {user_id!r} job {job_id!r} would leave OUTPUTS_PATH")
         return job_dir
 
-    async def deliver(self, history_outputs: dict[str, Any], user_id: str, job_id: str) -> list[DeliveredFile]:
-        job_dir = self.job_dir(user_id, job_id)
-        delivered = []
-        for item in result_files(history_outputs):
-            relative = relative_output_path(item.subfolder, item.filename)
-            target = job_dir / relative
-            if not _inside(target, job_dir):
-                raise OutputDeliveryError(f"output {relative} would leave the job's folder")
-            try:
-                size, digest = await self._copy(item, relative, target)
-            except (OSError, ComfyUIUnavailable) as exc:
-                raise OutputDeliveryError(
-                    f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
-                ) from exc
-            delivered.append(
-                DeliveredFile(item.node_id, item.kind, target.relative_to(self.outputs_root).as_posix(), size, digest)
-            )
+    async def deliver(
+        self, history_outputs: dict[str, Any], user_id: str, job_id: str, *, attempt: int | None = None
+    ) -> list[DeliveredFile]:
+        """Copy every result file; on any failure (or cancellation) the files already copied are removed, so
+        a job that does not complete leaves nothing that looks like a result."""
+        job_dir = self.job_dir(user_id, job_id, attempt)
+        delivered: list[DeliveredFile] = []
+        try:
+            for item in result_files(history_outputs):
+                delivered.append(await self._deliver_one(item, job_dir))
+        except BaseException:
+            self.remove(delivered)
+            raise
         return delivered
+
+    async def _deliver_one(self, item: OutputFile, job_dir: Path) -> DeliveredFile:
+        relative = relative_output_path(item.subfolder, item.filename)
+        target = job_dir / relative
+        if not _inside(target, job_dir):
+            raise OutputDeliveryError(f"output {relative} would leave the job's folder")
+        try:
+            size, digest = await self._copy(item, relative, target)
+        except (OSError, ComfyUIUnavailable) as exc:
+            raise OutputDeliveryError(
+                f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return DeliveredFile(item.node_id, item.kind, target.relative_to(self.outputs_root).as_posix(), size, digest)
+
+    def remove(self, files: list[DeliveredFile]) -> None:
+        """Delete delivered files and the folders they leave empty, up to OUTPUTS_PATH/<user>; never outside."""
+        root = self.outputs_root.resolve()
+        for file in files:
+            path = (self.outputs_root / file.path).resolve()
+            if not path.is_relative_to(root):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            folder = path.parent
+            while folder != root and folder.parent != root:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty, or already gone
+                    break
+                folder = folder.parent
 
     async def _copy(self, item: OutputFile, relative: PurePosixPath, target: Path) -> tuple[int, str]:
         local = self._local_source(relative)

@@ -1,7 +1,9 @@
-"""HTTP client for the queue manager (see docs/queue-manager-api.md): poll, report, resubmit.
+"""HTTP client for the queue manager (see docs/queue-manager-api.md): poll, report, hand back, heartbeat.
 
 Transport retries live here and nowhere else: reports are retried on connection errors, 408, 429 and 5xx
-within a time budget; a 404 means the job is gone and is never retried.
+within a time budget; a 404 means the job is gone and a 409 that it is no longer this worker's: neither is
+retried. The extensions of the embedded queue manager (attempt fencing, heartbeats, release-job) are used
+when the job carries an attempt; comfy-multi's manager answers an unknown route with 404 "Not Found".
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 log = structlog.get_logger()
 
 MAX_ERROR_CHARS = 10_000  # the manager refuses longer fail-job messages with 422
+MAX_REASON_CHARS = 2_000  # release-job's limit (contract item 4)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -24,6 +27,14 @@ class PollError(Exception):
 
 class JobGone(Exception):
     """The manager answered 404 for this job: it no longer exists there (reaped or deleted)."""
+
+
+class NotMine(Exception):
+    """409: the job is no longer running under this worker and attempt (handed back, ended, retried elsewhere)."""
+
+
+class RouteUnknown(Exception):
+    """The manager has no such route (comfy-multi's has none of the extensions): 404 "Not Found" or 405."""
 
 
 class ReportRejected(Exception):
@@ -38,6 +49,15 @@ class TransientHTTPError(Exception):
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientHTTPError | httpx.TransportError)
+
+
+def _is_unknown_route(response: httpx.Response) -> bool:
+    if response.status_code == 405:
+        return True
+    try:
+        return response.status_code == 404 and response.json() == {"detail": "Not Found"}
+    except ValueError:
+        return False
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -82,33 +102,90 @@ class QueueClient:
             raise PollError(f"queue manager reply has no 'job' key: {_short(response.text)!r}")
         return payload["job"]
 
-    async def complete_job(self, job_id: str, result: dict[str, Any], *, budget_s: float | None = None) -> None:
-        await self._report("complete-job", job_id, {"result": result}, budget_s)
+    def _fence(self, attempt: int | None) -> dict[str, str]:
+        """Contract item 2: who may still report this job. Without an attempt (comfy-multi) nothing is sent."""
+        return {} if attempt is None else {"worker_id": self.worker_id, "attempt": str(attempt)}
 
-    async def fail_job(self, job_id: str, error: str, *, budget_s: float | None = None) -> None:
-        message = error.strip() or "unknown error"
-        if len(message) > MAX_ERROR_CHARS:
-            message = message[: MAX_ERROR_CHARS - 1] + "…"
-        await self._report("fail-job", job_id, {"error": message}, budget_s)
+    async def complete_job(self, job_id: str, result: dict[str, Any], *, attempt: int | None = None) -> None:
+        await self._report("complete-job", job_id, {"result": result}, attempt)
+
+    async def fail_job(self, job_id: str, error: str, *, attempt: int | None = None) -> None:
+        await self._report("fail-job", job_id, {"error": _clip(error, MAX_ERROR_CHARS, "unknown error")}, attempt)
+
+    async def release_job(self, job_id: str, reason: str, *, attempt: int | None) -> dict[str, Any]:
+        """Hand the job back (contract item 4): {"status": "pending"|"failed", "job_id", "attempt"}.
+
+        RouteUnknown when the manager cannot (comfy-multi); NotMine on 409; JobGone on 404 "Job not found"."""
+        params = {"job_id": job_id, **self._fence(attempt)}
+        body = {"reason": _clip(reason, MAX_REASON_CHARS)}
+        response = await self._post_with_retries("/api/workers/release-job", params, body, self.report_budget_s)
+        self._raise_for_job_answer("release-job", job_id, response)
+        return response.json()
+
+    async def heartbeat(self, job_id: str, attempt: int) -> None:
+        """One lease heartbeat (contract item 3), not retried: the next one follows soon."""
+        params = {"job_id": job_id, **self._fence(attempt)}
+        response = await self._http.post("/api/workers/heartbeat", params=params)
+        if response.status_code in RETRYABLE_STATUS:
+            raise TransientHTTPError(response.status_code, response.text)
+        self._raise_for_job_answer("heartbeat", job_id, response)
+
+    async def _job(self, job_id: str) -> dict[str, Any] | None:
+        """GET /api/jobs/{id}: the job, or None when the manager no longer knows it."""
+        response = await self._http.get(f"/api/jobs/{job_id}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ReportRejected(f"GET /api/jobs/{job_id} answered HTTP {response.status_code}")
+        job = response.json()
+        return job if isinstance(job, dict) else None
+
+    async def job_priority(self, job_id: str) -> int | None:
+        """The job's priority, or None when the manager does not say."""
+        priority = (await self._job(job_id) or {}).get("priority")
+        return priority if isinstance(priority, int) and not isinstance(priority, bool) else None
+
+    async def job_result_is(self, job_id: str, prompt_id: str | None) -> bool | None:
+        """Whether the job ended completed with the result of this prompt (an earlier try of a report whose
+        answer was lost); None when the manager cannot say (the job no longer exists: False)."""
+        job = await self._job(job_id)
+        if job is None:
+            return False
+        if job.get("status") != "completed":
+            return False if job.get("status") in ("pending", "running", "failed", "cancelled") else None
+        result = job.get("result")
+        return isinstance(result, dict) and result.get("prompt_id") == prompt_id
 
     async def submit_job(
-        self, user_id: str, workflow: dict[str, Any], metadata: dict[str, Any], *, budget_s: float = 5.0
+        self, user_id: str, workflow: dict[str, Any], metadata: dict[str, Any], *, priority: int | None = None
     ) -> str:
-        """Create a new job through the public user endpoint (used to requeue work on shutdown)."""
-        body = {"user_id": user_id, "workflow": workflow, "metadata": metadata}
-        response = await self._post_with_retries("/api/jobs", None, body, budget_s)
+        """Create a new job through the public user endpoint (the hand-back fallback for comfy-multi)."""
+        body: dict[str, Any] = {"user_id": user_id, "workflow": workflow, "metadata": metadata}
+        if priority is not None:
+            body["priority"] = priority
+        response = await self._post_with_retries("/api/jobs", None, body, self.report_budget_s)
         if response.status_code != 201:
             raise ReportRejected(f"POST /api/jobs answered HTTP {response.status_code}: {_short(response.text)}")
         return str(response.json()["id"])
 
-    async def _report(self, endpoint: str, job_id: str, body: dict[str, Any], budget_s: float | None) -> None:
-        budget = self.report_budget_s if budget_s is None else budget_s
-        response = await self._post_with_retries(f"/api/workers/{endpoint}", {"job_id": job_id}, body, budget)
+    async def _report(self, endpoint: str, job_id: str, body: dict[str, Any], attempt: int | None) -> None:
+        params = {"job_id": job_id, **self._fence(attempt)}
+        response = await self._post_with_retries(f"/api/workers/{endpoint}", params, body, self.report_budget_s)
+        self._raise_for_job_answer(endpoint, job_id, response)
+
+    @staticmethod
+    def _raise_for_job_answer(endpoint: str, job_id: str, response: httpx.Response) -> None:
+        if response.status_code == 200:
+            return
+        if _is_unknown_route(response):
+            raise RouteUnknown(f"the queue manager has no {endpoint} route (HTTP {response.status_code})")
         if response.status_code == 404:
             raise JobGone(f"{endpoint} for job {job_id}: the queue manager no longer knows this job (404)")
-        if response.status_code != 200:
-            raise ReportRejected(f"{endpoint} for job {job_id} refused with HTTP {response.status_code}: "
-                                 f"{_short(response.text)}")
+        if response.status_code == 409:
+            raise NotMine(f"{endpoint} for job {job_id} refused with 409: {_short(response.text)}")
+        raise ReportRejected(
+            f"{endpoint} for job {job_id} refused with HTTP {response.status_code}: {_short(response.text)}"
+        )
 
     async def _post_with_retries(
         self, path: str, params: dict[str, str] | None, body: dict[str, Any], budget_s: float
@@ -131,3 +208,8 @@ class QueueClient:
                     raise TransientHTTPError(response.status_code, response.text)
                 return response
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _clip(text: str, limit: int, empty: str = "unknown reason") -> str:
+    text = text.strip() or empty
+    return text if len(text) <= limit else text[: limit - 1] + "…"

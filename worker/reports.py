@@ -1,4 +1,9 @@
-"""The one terminal report of a job: built once, sent once, survives cancellation."""
+"""The one terminal report of a job: completed, failed, or handed back; built once, sent once.
+
+A hand back is for jobs our own infrastructure lost (ComfyUI died, the replica is stopping, a fatal GPU
+error): the embedded queue manager puts the job back in line (`release-job`); comfy-multi's cannot, so the
+job is resubmitted as a copy with the same priority and the original is failed, naming the copy.
+"""
 
 from __future__ import annotations
 
@@ -10,68 +15,145 @@ from typing import Any
 import httpx
 import structlog
 
-from worker.queue_client import JobGone, QueueClient, ReportRejected, TransientHTTPError
+from worker.deadline import ShutdownDeadline
+from worker.jobs import Job
+from worker.queue_client import JobGone, NotMine, QueueClient, ReportRejected, RouteUnknown, TransientHTTPError
 from worker.state import WorkerState
 
 log = structlog.get_logger()
+
+MAX_REASON_CHARS_IN_METADATA = 500  # a copy carries its predecessors' reasons; keep the metadata small
 
 
 @dataclass(frozen=True)
 class Report:
     job_id: str
+    attempt: int | None = None  # the fence (contract item 1); None with comfy-multi
     result: dict[str, Any] | None = None  # set: complete-job
     error: str | None = None  # set: fail-job
+    handback: str | None = None  # set: hand the job back with this reason
+    job: Job | None = None  # what a resubmitted copy is made of (hand back only)
 
     @property
     def completed(self) -> bool:
         return self.result is not None
 
+    @property
+    def kind(self) -> str:
+        return "completed" if self.completed else "handed_back" if self.handback is not None else "failed"
+
 
 class Reporter:
     """Sends each job's report at most once, and logs why when it cannot reach the queue manager."""
 
-    def __init__(self, queue: QueueClient, state: WorkerState, memory: int = 10_000) -> None:
+    def __init__(
+        self,
+        queue: QueueClient,
+        state: WorkerState,
+        deadline: ShutdownDeadline,
+        *,
+        max_job_attempts: int = 3,
+        memory: int = 10_000,
+    ) -> None:
         self.queue = queue
         self.state = state
+        self.deadline = deadline
+        self.max_job_attempts = max_job_attempts
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._memory = memory
 
-    async def send(self, report: Report, *, budget_s: float | None = None) -> bool:
-        """True when the queue manager accepted the report."""
-        if report.job_id in self._sent:
+    async def send(self, report: Report) -> str:
+        """What became of the job: completed, failed or handed_back when the manager accepted the report;
+        "refused" when it refused it for good (404, 409, other 4xx); "undelivered" when it could not be reached
+        in time."""
+        key = f"{report.job_id}#{report.attempt}"
+        if key in self._sent:
             log.error("Refusing to report a job twice", job_id=report.job_id)
-            return False
-        self._sent[report.job_id] = None
+            return "undelivered"
+        self._sent[key] = None
         if len(self._sent) > self._memory:
             self._sent.popitem(last=False)
 
         started = time.monotonic()
+        kind = report.kind
         try:
-            if report.completed:
-                await self.queue.complete_job(report.job_id, report.result or {}, budget_s=budget_s)
-            else:
-                await self.queue.fail_job(report.job_id, report.error or "unknown error", budget_s=budget_s)
+            async with self.deadline.bounded():
+                if report.completed:
+                    await self.queue.complete_job(report.job_id, report.result or {}, attempt=report.attempt)
+                elif report.handback is not None:
+                    kind = await self._hand_back(report)
+                else:
+                    await self.queue.fail_job(report.job_id, report.error or "unknown error", attempt=report.attempt)
         except JobGone as exc:
             log.warning("Job no longer exists on the queue manager; report dropped", error=str(exc))
-            return False
+            return "refused"
+        except NotMine as exc:
+            log.warning("Job is no longer this worker's (handed back or ended elsewhere); report dropped",
+                        error=str(exc))
+            return "refused"
         except ReportRejected as exc:
             self.state.metrics.report_errors.inc()
             log.error("Queue manager refused the report", error=str(exc))
-            return False
-        except (TransientHTTPError, httpx.TransportError) as exc:
+            return "refused"
+        except (TransientHTTPError, httpx.TransportError, TimeoutError) as exc:
             self.state.metrics.report_errors.inc()
+            why = "the shutdown deadline" if isinstance(exc, TimeoutError) else "the retry budget"
             log.error(
-                "Report could not be delivered within the retry budget; the queue manager will time the job out",
-                outcome="completed" if report.completed else "failed",
-                error=f"{type(exc).__name__}: {exc}",
-                job_error=report.error,
+                f"Report could not be delivered within {why}; the queue manager will time the job out",
+                outcome=kind, error=f"{type(exc).__name__}: {exc}", job_error=report.error or report.handback,
             )
-            return False
+            return "undelivered"
         finally:
             self.state.metrics.observe_phase("report", time.monotonic() - started)
 
-        if report.completed:
-            log.info(f"Job {report.job_id} completed", outputs=len(report.result.get("outputs", [])))
-        else:
+        if kind == "completed":
+            log.info(f"Job {report.job_id} completed", outputs=len((report.result or {}).get("outputs", [])))
+        elif kind == "failed":
             log.warning(f"Job {report.job_id} failed", error=report.error)
-        return True
+        return kind
+
+    async def _hand_back(self, report: Report) -> str:
+        reason = report.handback or "unknown reason"
+        try:
+            answer = await self.queue.release_job(report.job_id, reason, attempt=report.attempt)
+        except RouteUnknown:
+            return await self._resubmit(report, reason)
+        if answer.get("status") == "failed":
+            log.warning(f"Job {report.job_id} failed", error=f"gave up after {report.attempt} attempts: {reason}")
+            return "failed"
+        log.info(f"Job {report.job_id} handed back", reason=reason, next_attempt=answer.get("attempt"))
+        return "handed_back"
+
+    async def _resubmit(self, report: Report, reason: str) -> str:
+        """comfy-multi: a copy with the same priority, the original failed naming it; bounded attempts."""
+        job = report.job
+        assert job is not None, "a hand back carries its job"
+        reasons = [*_previous_reasons(job), reason[:MAX_REASON_CHARS_IN_METADATA]]
+        attempt = job.attempt_number
+        if attempt >= self.max_job_attempts:
+            error = f"Gave up after {attempt} attempts: " + "; ".join(reasons)
+            await self.queue.fail_job(job.id, error)
+            log.warning(f"Job {job.id} failed", error=error)
+            return "failed"
+        try:
+            priority = await self.queue.job_priority(job.id)
+        except (ReportRejected, httpx.HTTPError, ValueError) as exc:
+            log.warning("Could not read the job's priority; the copy gets the default", error=str(exc))
+            priority = None
+        metadata = {**job.metadata, "requeued_from": job.id, "attempt": attempt + 1, "requeue_reasons": reasons}
+        try:
+            new_id = await self.queue.submit_job(job.user_id, job.workflow, metadata, priority=priority)
+        except (ReportRejected, TransientHTTPError, httpx.HTTPError, ValueError, KeyError) as exc:
+            log.error("Could not resubmit the job", error=f"{type(exc).__name__}: {exc}")
+            error = f"{reason}; resubmitting it failed ({exc}): please submit it again"
+            await self.queue.fail_job(job.id, error)
+            log.warning(f"Job {job.id} failed", error=error)
+            return "failed"
+        await self.queue.fail_job(job.id, f"Handed back: {reason}; resubmitted as {new_id}")
+        log.info(f"Job {job.id} handed back", reason=reason, new_job_id=new_id, next_attempt=attempt + 1)
+        return "handed_back"
+
+
+def _previous_reasons(job: Job) -> list[str]:
+    reasons = job.metadata.get("requeue_reasons") if "requeued_from" in job.metadata else None
+    return [str(r) for r in reasons] if isinstance(reasons, list) else []

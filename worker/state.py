@@ -23,14 +23,6 @@ class Phase(enum.StrEnum):
     STOPPED = "stopped"
 
 
-GPU_FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert")
-
-
-def is_fatal_gpu_error(message: str) -> bool:
-    """True for ComfyUI execution errors that only a fresh process (container restart) can cure."""
-    return any(marker in message for marker in GPU_FATAL_MARKERS)
-
-
 @dataclass
 class WorkerState:
     worker_id: str
@@ -46,6 +38,8 @@ class WorkerState:
     current_prompt_id: str | None = None
     jobs_completed: int = 0
     jobs_failed: int = 0
+    jobs_handed_back: int = 0
+    jobs_abandoned: int = 0  # taken back by the queue manager (lease lost, report refused with 404/409)
     consecutive_idle_polls: int = 0
     comfyui_up: bool = False
     comfyui_version: str | None = None
@@ -102,9 +96,13 @@ class WorkerState:
         self.set_phase(Phase.BUSY)
 
     def job_finished(self, outcome: str) -> None:
-        """outcome: 'completed' or 'failed' (the report that was sent, or attempted)."""
+        """outcome: completed, failed, handed_back (the report that was sent, or attempted) or abandoned."""
         if outcome == "completed":
             self.jobs_completed += 1
+        elif outcome == "handed_back":
+            self.jobs_handed_back += 1
+        elif outcome == "abandoned":
+            self.jobs_abandoned += 1
         else:
             self.jobs_failed += 1
         self.metrics.jobs.labels(outcome=outcome).inc()
@@ -125,4 +123,4 @@ class WorkerState:
 
     @property
     def jobs_finished(self) -> int:
-        return self.jobs_completed + self.jobs_failed
+        return self.jobs_completed + self.jobs_failed + self.jobs_handed_back + self.jobs_abandoned

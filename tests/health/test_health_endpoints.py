@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from health.server import HealthServer
-from worker.state import Phase, WorkerState, is_fatal_gpu_error
+from worker.gpu import is_fatal_gpu_error
+from worker.state import Phase, WorkerState
 
 
 def idle_and_ready(state: WorkerState) -> None:
@@ -83,7 +84,7 @@ async def test_fatal_gpu_error_is_unhealthy(client: httpx.AsyncClient, state: Wo
     idle_and_ready(state)
     state.job_started("job-1")
     message = "CUDA error: an illegal memory access was encountered"
-    assert is_fatal_gpu_error(message)
+    assert is_fatal_gpu_error("torch.AcceleratorError", message)
     state.mark_fatal(message)
 
     health = await client.get("/health")

@@ -3,6 +3,7 @@ must be exact: one that never answers, one that ignores SIGTERM, one that crashe
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import sys
@@ -96,3 +97,34 @@ async def test_unwritable_scratch_dir_is_a_configuration_error(base_env, run_sup
     assert await supervisor.wait() == 2
     assert "SCRATCH_DIR" in supervisor.output
     assert "Traceback" not in supervisor.output
+
+
+async def test_comfyui_dies_with_a_sigkilled_supervisor_and_never_sees_the_queue_credentials(
+    base_env, run_supervisor, tmp_path: Path
+) -> None:
+    env_dump = tmp_path / "comfyui-env.json"
+    env = {
+        **base_env,
+        "QUEUE_MANAGER_TOKEN": "queue-token-value",
+        "QUEUE_MANAGER_URL": base_env["QUEUE_MANAGER_URL"].replace("http://", "http://user:url-password@"),
+        "HF_TOKEN": "for-a-model-downloader",
+        "COMFYUI_COMMAND": python_command(
+            f"import json, os, time; json.dump(dict(os.environ), open({str(env_dump)!r}, 'w')); time.sleep(60)"
+        ),
+    }
+    supervisor = await run_supervisor(env)
+    child = await supervisor.comfyui_pid()
+    await supervisor.wait_until(lambda: env_dump.exists() and env_dump.stat().st_size, what="the env dump")
+
+    supervisor.signal(signal.SIGKILL)
+    assert await supervisor.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while supervisor.is_running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not supervisor.is_running(child), "ComfyUI outlived its supervisor"
+
+    seen = json.loads(env_dump.read_text())
+    assert "QUEUE_MANAGER_TOKEN" not in seen and "QUEUE_MANAGER_URL" not in seen
+    assert "url-password" not in json.dumps(seen) and "queue-token-value" not in json.dumps(seen)
+    assert seen["HF_TOKEN"] == "for-a-model-downloader", "what ComfyUI may need still reaches it"
+    assert "url-password" not in supervisor.output

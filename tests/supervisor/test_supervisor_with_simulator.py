@@ -12,9 +12,10 @@ import pytest
 from queue_manager import QueueManagerServer
 
 
-async def submit(queue_manager: QueueManagerServer, workflow: dict[str, Any]) -> str:
+async def submit(queue_manager: QueueManagerServer, workflow: dict[str, Any], priority: int = 2) -> str:
     async with httpx.AsyncClient(base_url=str(queue_manager.url), timeout=5.0) as http:
-        response = await http.post("/api/jobs", json={"user_id": "alice", "workflow": workflow})
+        body = {"user_id": "alice", "workflow": workflow, "priority": priority}
+        response = await http.post("/api/jobs", json=body)
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
@@ -83,13 +84,13 @@ async def test_sigterm_drains_the_job_then_stops_comfyui(
     assert events.index("comfyui.stopped") > events.index("Worker shutdown complete")
 
 
-async def test_comfyui_death_fails_the_job_and_turns_health_unhealthy(
+async def test_comfyui_death_hands_the_job_back_with_its_priority_and_turns_health_unhealthy(
     base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
 ) -> None:
     env = {**base_env, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=30"}
     supervisor = await run_supervisor(env)
     child = await supervisor.comfyui_pid()
-    job_id = await submit(queue_manager, load_workflow("slow.json"))
+    job_id = await submit(queue_manager, load_workflow("slow.json"), priority=0)
     await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
     # Hold the failure report a moment, so the unhealthy /health can be seen before the process exits.
     queue_manager.faults.inject("fail-job", delay_s=0.5)
@@ -103,10 +104,11 @@ async def test_comfyui_death_fails_the_job_and_turns_health_unhealthy(
 
     assert await supervisor.wait() == 1
     job = await job_status(queue_manager, job_id)
-    assert job["status"] == "failed"
+    [copy] = [j for j in queue_manager.store.list() if j.id != job_id]
     # The worker may see its connection drop before the supervisor's abort arrives: the abort's reason wins.
-    assert job["error"] == "Job stopped: ComfyUI process exited unexpectedly with code -9"
-    assert [r.endpoint for r in queue_manager.reports.landed(job_id)] == ["fail-job"]
+    assert job["error"] == f"Handed back: ComfyUI process exited unexpectedly with code -9; resubmitted as {copy.id}"
+    assert (copy.status, copy.priority) == ("pending", 0), "an instructor's job stays an instructor's job"
+    assert copy.metadata["requeued_from"] == job_id
 
 
 @pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])

@@ -49,3 +49,48 @@ def test_bad_values_are_named(monkeypatch, variable, value):
     with pytest.raises(ConfigError) as error:
         load_settings()
     assert f"  {variable}: " in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OUTPUTS_PATH", ""),
+        ("OUTPUTS_PATH", "   "),
+        ("WORKER_POLL_INTERVAL", "inf"),
+        ("WORKER_POLL_INTERVAL", "nan"),
+        ("WORKER_POLL_INTERVAL", "1e999"),
+        ("WORKER_POLL_INTERVAL", "1e300"),
+        ("JOB_TIMEOUT_S", "infinity"),
+        ("HEARTBEAT_TIMEOUT_S", "NaN"),
+        ("REPORT_RETRY_BUDGET_S", "-inf"),
+        ("LEASE_HEARTBEAT_S", "inf"),
+        ("HEALTH_HOST", "no-such-host.invalid"),
+        ("SHUTDOWN_GRACE_S", "30"),
+    ],
+)
+def test_values_that_would_misbehave_at_run_time_are_refused_at_start(monkeypatch, variable, value):
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert f"  {variable}: " in str(error.value) or variable in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("OUTPUTS_PATH", ""), ("WORKER_POLL_INTERVAL", "inf"), ("HEALTH_HOST", "no-such-host.invalid")],
+)
+def test_the_worker_process_exits_2_naming_the_variable_without_a_traceback(variable, value, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "QUEUE_MANAGER_URL": "http://127.0.0.1:9", variable: value}
+    run = subprocess.run(
+        [sys.executable, "-m", "worker"], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 2, run.stderr
+    assert variable in run.stderr and "Traceback" not in run.stderr
+
+
+def test_outputs_path_is_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OUTPUTS_PATH", "results")
+    assert load_settings().outputs_path == tmp_path / "results"

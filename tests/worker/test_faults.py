@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import pytest
 from structlog.testing import capture_logs
 
 
@@ -40,7 +42,7 @@ async def test_websocket_drop_mid_job_reconnects_and_completes(qm, comfy, make_w
     assert comfy.ws_connections[client_id] >= 2, "reconnected with the same clientId"
 
 
-async def test_comfyui_gone_mid_job_fails_the_job_clearly(qm, comfy, make_worker, workflows):
+async def test_comfyui_gone_mid_job_hands_the_job_back(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
@@ -49,17 +51,72 @@ async def test_comfyui_gone_mid_job_fails_the_job_clearly(qm, comfy, make_worker
     assert await run == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
-    assert "ComfyUI stopped answering" in report.body["error"]
-    assert worker.state.comfyui_up is False
+    assert report.body["error"].startswith("Handed back: ComfyUI stopped answering")
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    assert copy.status == "pending" and copy.metadata["attempt"] == 2
+    assert worker.state.comfyui_up is False and worker.state.jobs_failed == 0
 
 
-async def test_fatal_gpu_error_marks_the_worker_for_restart(qm, comfy, make_worker, workflows):
-    comfy.inject_error("CUDA error: an illegal memory access was encountered", node_id="2")
+async def test_a_real_fatal_gpu_error_hands_the_job_back_takes_no_new_job_and_exits_1(
+    qm, comfy, make_worker, workflows
+):
+    comfy.inject_error(
+        "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
+        "reported at some other API call", exception_type="torch.AcceleratorError", node_id="2",
+    )
     job = qm.store.submit("alice", workflows["quick"])
+    waiting = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(serverless_max_idle_polls=100)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(worker.run(), 10) == 1
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Handed back: fatal GPU error on worker test-worker: ComfyUI execution error in node 2")
+    assert "AcceleratorError: CUDA error: an illegal memory access" in error
+    assert qm.store.get(waiting.id).status == "pending", "a broken replica takes no new job"
+    assert len(comfy.prompts_received) == 1
+    assert worker.state.fatal_reason and "illegal memory access" in worker.state.fatal_reason
+    assert "Fatal error: taking no new job; exiting so the platform replaces this replica" in [
+        e["event"] for e in logs
+    ]
+
+
+async def test_user_text_that_looks_like_a_cuda_error_does_not_make_the_worker_unhealthy(
+    qm, comfy, make_worker, workflows
+):
+    from health.verdict import liveness
+
+    workflow = json.loads(json.dumps(workflows["quick"]))
+    workflow["3"]["inputs"]["filename_prefix"] = "../../CUDA error: an illegal memory access was encountered/x"
+    job = qm.store.submit("mallory", workflow)
+    follower = qm.store.submit("alice", workflows["quick"])
     worker = make_worker()
     assert await worker.run() == 0
-    assert "CUDA error" in qm.reports.landed(job.id)[0].body["error"]
-    assert worker.state.fatal_reason and "CUDA error" in worker.state.fatal_reason
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert "CUDA error: an illegal memory access" in error, "ComfyUI echoed the user's text"
+    assert worker.state.fatal_reason is None
+    assert liveness(worker.state, 120).healthy
+    assert qm.reports.landed(follower.id)[0].endpoint == "complete-job", "the worker went on working"
+
+
+@pytest.mark.parametrize(
+    ("exception_type", "message", "fatal"),
+    [
+        ("torch.AcceleratorError", "CUDA error: an illegal memory access was encountered\n", True),
+        ("torch.AcceleratorError", "CUDA error: device-side assert triggered\nCompile with ...", True),
+        ("torch.AcceleratorError", "CUDA error: unspecified launch failure", True),
+        ("torch.cuda.CudaError", "CUDA error: uncorrectable ECC error encountered", True),
+        ("torch.AcceleratorError", "CUDA error: out of memory\n", False),
+        ("torch.AcceleratorError", "CUDA error: invalid configuration argument", False),
+        ("torch.OutOfMemoryError", "Allocation on device", False),
+        ("RuntimeError", "CUDA error: an illegal memory access was encountered", False),
+        ("Exception", "**** ERROR: Saving image outside ... CUDA error: device-side assert triggered", False),
+        ("safetensors._safetensors_rust.SafetensorError", "illegal memory access", False),
+    ],
+)
+def test_fatality_comes_from_the_exception_type_never_from_free_text(exception_type, message, fatal):
+    from worker.gpu import is_fatal_gpu_error
+
+    assert is_fatal_gpu_error(exception_type, message) is fatal
 
 
 async def test_queue_manager_down_while_polling_is_retried_not_counted_idle(qm, comfy, make_worker, workflows):
@@ -176,15 +233,58 @@ async def test_a_lost_answer_to_post_prompt_does_not_lose_the_prompt(qm, comfy, 
     assert len(comfy.prompts_received) == 1, "not submitted twice"
 
 
-async def test_a_lost_post_prompt_request_fails_the_job(qm, comfy, make_worker, workflows):
+async def test_a_lost_post_prompt_request_hands_the_job_back(qm, comfy, make_worker, workflows):
     from worker.comfyui import ComfyUIUnavailable
 
     async def request_lost(*_args):
         raise ComfyUIUnavailable("connection refused")
 
     job = qm.store.submit("alice", workflows["quick"])
-    worker = make_worker()
+    worker = make_worker(serverless_job_limit=1)
     worker.comfy.queue_prompt = request_lost
     assert await worker.run() == 0
     error = qm.reports.landed(job.id)[0].body["error"]
-    assert error == "ComfyUI unavailable while submitting the workflow: connection refused"
+    assert error.startswith("Handed back: ComfyUI unavailable while submitting the workflow: connection refused;")
+
+
+async def test_no_job_is_popped_while_comfyui_is_not_answering(qm, comfy, make_worker, workflows):
+    from health.verdict import liveness, readiness
+
+    worker = make_worker(serverless_mode=False, heartbeat_timeout_s=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
+    await comfy.crash()
+    job = qm.store.submit("alice", workflows["quick"])
+    await asyncio.sleep(1.5)
+    assert qm.store.get(job.id).status == "pending", "a worker without ComfyUI must not take jobs"
+    assert readiness(worker.state).reason.startswith("ComfyUI not answering")
+    assert liveness(worker.state, 1).healthy, "waiting for ComfyUI is not a wedged loop"
+    await comfy.start(port=comfy.port)
+    await wait_for(lambda: qm.reports.landed(job.id), timeout=10)
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    worker.request_shutdown()
+    assert await run == 0
+
+
+async def test_comfyui_that_never_comes_back_ends_the_worker_with_1(qm, comfy, make_worker, workflows):
+    worker = make_worker(serverless_mode=False, comfyui_startup_timeout_s=0.5)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
+    await comfy.crash()
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await asyncio.wait_for(run, 5) == 1
+    assert qm.store.get(job.id).status == "pending"
+    assert "did not come back" in worker.state.fatal_reason
+
+
+async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy, make_worker, workflows):
+    metadata = {"requeued_from": "job-0", "attempt": 3, "requeue_reasons": ["worker a was stopped", "ComfyUI died"]}
+    job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
+    worker = make_worker(max_job_attempts=3, serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    await comfy.crash()
+    assert await run == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Gave up after 3 attempts: worker a was stopped; ComfyUI died; ComfyUI stopped answering")
+    assert [j.id for j in qm.store.list()] == [job.id], "no fourth copy"

@@ -179,3 +179,90 @@ async def test_outputs_comfyui_skips_are_reported_as_warnings(qm, comfy, make_wo
     assert len(result["outputs"]) == 2
     [warning] = result["warnings"]
     assert warning.startswith("ComfyUI skipped outputs that will not run") and "node 9 (SaveImage)" in warning
+
+
+async def test_a_link_cycle_is_refused_naming_the_cycle(qm, comfy, make_worker, workflows):
+    workflow = json.loads(json.dumps(workflows["quick"]))
+    workflow["1"] = {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}}  # 1 <- 2 <- 1
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker().run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error == (
+        "Invalid job: job 'workflow' has a link cycle (each node takes an input from the next): "
+        "1 (ImageInvert) -> 2 (ImageInvert) -> 1 (ImageInvert); a node cannot depend on its own output"
+    )
+    assert comfy.prompts_received == [], "refused before ComfyUI"
+
+
+def test_a_long_cycle_is_named_in_bounded_words_and_a_long_chain_is_no_cycle():
+    from worker.jobs import InvalidJob, validate_workflow
+
+    chain = {str(i): {"class_type": "ImageInvert", "inputs": {"image": [str(i - 1), 0]}} for i in range(1, 50_000)}
+    chain["0"] = {"class_type": "EmptyImage", "inputs": {}}
+    assert validate_workflow(chain) is chain
+    chain["0"] = {"class_type": "ImageInvert", "inputs": {"image": ["49999", 0]}}
+    with pytest.raises(InvalidJob) as error:
+        validate_workflow(chain)
+    assert "(50000 nodes in all)" in str(error.value) and len(str(error.value)) < 600
+
+
+async def test_a_workflow_too_large_for_comfyui_says_so_with_its_size(qm, comfy, make_worker, workflows):
+    comfy.max_upload_bytes = 4096  # as if ComfyUI ran with a small --max-upload-size
+    await comfy.stop()
+    await comfy.start(port=comfy.port)
+    workflow = json.loads(json.dumps(workflows["quick"]))
+    workflow["3"]["inputs"]["filename_prefix"] = "x" * 5000
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker().run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("workflow too large (")
+    size = int(error.split("(")[1].split(" bytes")[0])
+    assert 5000 < size < 6000
+    assert "unavailable" not in error
+
+
+async def test_a_delivery_that_fails_midway_leaves_no_partial_results(qm, comfy, make_worker, workflows, tmp_path):
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    copy = worker.delivery._copy
+    copied = []
+
+    async def second_copy_fails(item, relative, target):
+        if copied:
+            raise OSError(28, "No space left on device")
+        copied.append(target)
+        return await copy(item, relative, target)
+
+    worker.delivery._copy = second_copy_fails
+    assert await worker.run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Output delivery failed:") and "No space left on device" in error
+    assert copied and not copied[0].exists(), "the first file was delivered, then removed"
+    assert not (tmp_path / "outputs" / "alice" / job.id).exists()
+
+
+async def test_a_completion_the_queue_manager_refuses_for_good_leaves_no_orphan_outputs(
+    qm, comfy, make_worker, workflows, tmp_path
+):
+    # The manager lost the job (a Redis flush, say): the report and the look-up both answer 404.
+    qm.faults.inject("complete-job", status=404, body={"detail": "Job not found"})
+    qm.faults.inject("get-job", status=404, body={"detail": "Job not found"})
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    with capture_logs() as logs:
+        assert await worker.run() == 0
+    assert [a.status for a in qm.reports.for_job(job.id)] == [404]
+    assert not list((tmp_path / "outputs").rglob("*.png")), "no file looks like a result of a job that has none"
+    assert "Removed the outputs of a completion the queue manager refused" in [e["event"] for e in logs]
+
+
+async def test_a_completion_whose_earlier_try_landed_keeps_its_outputs(qm, comfy, make_worker, workflows, tmp_path):
+    # The first try lands but its answer is lost; the retry is refused (a fenced manager answers 409 then).
+    qm.faults.inject("complete-job", status=502, after=True)
+    qm.faults.inject("complete-job", status=409, body={"detail": "Job is not running under this worker"})
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    assert await worker.run() == 0
+    assert qm.store.get(job.id).status == "completed"
+    assert len(list((tmp_path / "outputs").rglob("*.png"))) == 2
+    assert worker.state.jobs_completed == 1

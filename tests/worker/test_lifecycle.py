@@ -82,32 +82,41 @@ async def test_sigterm_mid_job_within_grace_lets_it_finish(qm, comfy, make_worke
     assert len(qm.store.list()) == 1, "nothing requeued"
 
 
-async def test_sigterm_mid_job_past_grace_interrupts_and_requeues(qm, comfy, make_worker, workflows):
-    job = qm.store.submit("alice", workflows["slow"], metadata={"session": "s1"})
+async def test_sigterm_mid_job_past_grace_interrupts_and_hands_back(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"], metadata={"session": "s1"}, priority=0)
     worker = make_worker(shutdown_grace_s=0.1)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
-    worker.request_shutdown()
-    assert await run == 0
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await run == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
     [new] = [j for j in qm.store.list() if j.id != job.id]
-    assert f"resubmitted as job {new.id}" in report.body["error"]
-    assert "was stopped" in report.body["error"]
+    assert report.body["error"] == (
+        f"Handed back: worker test-worker was stopped (shutdown signal) before the job finished; "
+        f"resubmitted as {new.id}"
+    )
     assert new.status == "pending" and new.user_id == "alice" and new.workflow == workflows["slow"]
-    assert new.metadata == {"session": "s1", "requeued_from": job.id, "requeue_reason": "worker stopped"}
+    assert new.priority == 0, "an instructor's job keeps its priority"
+    assert new.metadata == {
+        "session": "s1", "requeued_from": job.id, "attempt": 2,
+        "requeue_reasons": ["worker test-worker was stopped (shutdown signal) before the job finished"],
+    }
     assert comfy.interrupts_received[-1].body == {"prompt_id": comfy.prompts_received[0].prompt_id}
+    assert f"Job {job.id} handed back" in [e["event"] for e in logs]
+    assert worker.state.jobs_handed_back == 1 and worker.state.jobs_failed == 0
 
 
 async def test_second_signal_skips_the_grace(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(shutdown_grace_s=60)
+    worker = make_worker(shutdown_grace_s=60, platform_kill_delay_s=90)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
     worker.request_shutdown()
     worker.request_shutdown()
     assert await asyncio.wait_for(run, 5) == 0
-    assert "resubmitted as job" in qm.reports.landed(job.id)[0].body["error"]
+    assert "resubmitted as" in qm.reports.landed(job.id)[0].body["error"]
 
 
 async def test_requeue_disabled_says_so(qm, comfy, make_worker, workflows):
@@ -121,16 +130,21 @@ async def test_requeue_disabled_says_so(qm, comfy, make_worker, workflows):
     assert len(qm.store.list()) == 1
 
 
-async def test_abort_when_comfyui_process_dies_fails_the_job_and_exits_1(qm, comfy, make_worker, workflows):
-    job = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(shutdown_grace_s=60)
+async def test_comfyui_process_dying_hands_the_job_back_and_exits_1(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"], priority=0)
+    worker = make_worker(shutdown_grace_s=60, platform_kill_delay_s=90)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
     worker.abort("ComfyUI process exited unexpectedly with code -9")
     assert await asyncio.wait_for(run, 5) == 1
     [report] = qm.reports.landed(job.id)
-    assert report.body["error"] == "Job stopped: ComfyUI process exited unexpectedly with code -9"
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    assert report.body["error"] == (
+        f"Handed back: ComfyUI process exited unexpectedly with code -9; resubmitted as {copy.id}"
+    )
+    assert copy.priority == 0 and copy.status == "pending"
     assert worker.state.fatal_reason
+    assert comfy.interrupts_received == [], "a dead ComfyUI is not asked to interrupt"
 
 
 async def test_comfyui_never_up_exits_1(qm, make_worker, comfy):
@@ -199,7 +213,7 @@ async def test_configuration_errors_exit_2_naming_every_variable():
     assert "./dev demo" in text
 
 
-async def test_real_process_sigterm_mid_job_requeues_and_exits_0(qm, comfy, workflows, tmp_path):
+async def test_real_process_sigterm_mid_job_hands_back_and_exits_0(qm, comfy, workflows, tmp_path):
     job = qm.store.submit("alice", workflows["slow"])
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "worker",
@@ -215,7 +229,49 @@ async def test_real_process_sigterm_mid_job_requeues_and_exits_0(qm, comfy, work
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()[-2000:]
     events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
-    assert events.index("Worker started") < events.index("Stopped job resubmitted")
-    assert events.index("Stopped job resubmitted") < events.index("Worker shutdown complete")
-    assert "Stopped job resubmitted" in events
-    assert "resubmitted as job" in qm.reports.landed(job.id)[0].body["error"]
+    handed_back = f"Job {job.id} handed back"
+    assert events.index("Worker started") < events.index(handed_back) < events.index("Worker shutdown complete")
+    assert "resubmitted as" in qm.reports.landed(job.id)[0].body["error"]
+
+
+async def test_a_report_after_sigterm_gets_what_is_left_of_the_deadline_not_a_fixed_budget(
+    qm, comfy, make_worker, workflows
+):
+    # The queue manager restarts as the replica is scaled down: its first two answers take 2.2 s and are 503s.
+    qm.faults.inject("complete-job", status=503, delay_s=2.2, times=2)
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(shutdown_grace_s=5, platform_kill_delay_s=12)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 12) == 0
+    assert [r.status for r in qm.reports.for_job(job.id)] == [503, 503, 200]
+    assert qm.store.get(job.id).status == "completed"
+
+
+async def test_a_report_already_retrying_at_sigterm_stops_at_the_deadline(qm, comfy, make_worker, workflows):
+    qm.faults.inject("complete-job", status=503, times=1000)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(report_retry_budget_s=60, shutdown_grace_s=0.5, platform_kill_delay_s=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: qm.reports.for_job(job.id))
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        signalled = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(run, 5) == 0
+    assert asyncio.get_running_loop().time() - signalled < 1.8, "the platform would have SIGKILLed it at 1 s"
+    assert any(e["event"].startswith("Report could not be delivered within the shutdown deadline") for e in logs)
+
+
+async def test_the_drain_never_outlasts_the_deadline(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    comfy.freeze(class_type="ImageBlur")
+    worker = make_worker(shutdown_grace_s=1, platform_kill_delay_s=1.5)
+    run = asyncio.create_task(worker.run())
+    await comfy.wait_until_frozen()
+    worker.request_shutdown()
+    signalled = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(run, 5) == 0
+    assert 1 <= asyncio.get_running_loop().time() - signalled < 1.8
+    assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: worker test-worker was stopped")
+    comfy.release()
