@@ -16,18 +16,9 @@ import structlog
 
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
 _secret_values: set[str] = set()
-# scheme://user:password@host -> scheme://user:***@host (and a bare scheme://token@host -> scheme://***@host)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
-
-
-def _mask_userinfo(match: re.Match[str]) -> str:
-    user, colon, _password = match["userinfo"].partition(":")
-    return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
-
-
-def mask_url_credentials(text: str) -> str:
-    """Any URL in `text` with its password (or lone token) replaced by ***."""
-    return _URL_CREDENTIALS.sub(_mask_userinfo, text)
+# Credentials inside any URL in free text (an error message, a traceback): scheme://user:password@host ->
+# scheme://***@host, as common.urls.redact_url shows a single URL.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
 
 
 def register_secret(value: str | None) -> None:
@@ -38,7 +29,7 @@ def register_secret(value: str | None) -> None:
 
 def scrub(text: str) -> str:
     """`text` without URL credentials or registered secrets."""
-    text = mask_url_credentials(text)
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
     for secret in _secret_values:
         if secret in text:
             text = text.replace(secret, "***")

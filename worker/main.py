@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import structlog
 
-from common.logs import mask_url_credentials
+from common.urls import redact_url
 from worker import __version__
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
 from worker.config import WorkerSettings
@@ -114,8 +114,8 @@ class Worker:
         log.info(
             "Worker started", worker_id=s.worker_id, version=__version__, provider=s.inference_provider,
             serverless=s.serverless_mode, max_idle_polls=s.serverless_max_idle_polls,
-            job_limit=s.serverless_job_limit, queue_manager=mask_url_credentials(s.queue_base_url),
-            comfyui=mask_url_credentials(s.comfyui_base_url), outputs_path=str(s.outputs_path),
+            job_limit=s.serverless_job_limit, queue_manager=redact_url(s.queue_base_url),
+            comfyui=redact_url(s.comfyui_base_url), outputs_path=str(s.outputs_path),
             shutdown_grace_s=s.shutdown_grace_s, platform_kill_delay_s=s.platform_kill_delay_s,
         )
         self.state.set_phase(Phase.STARTING)

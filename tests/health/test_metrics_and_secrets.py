@@ -129,5 +129,5 @@ async def test_aiohttp_tracebacks_and_url_credentials_go_through_the_json_log() 
     assert "RuntimeError: boom" in error["exception"]
     assert "hunter2" not in buffer.getvalue()
     assert [r["queue_manager"] for r in records if r["event"] == "Worker started"] == [
-        "https://user:***@queue.example.com/"
+        "https://***@queue.example.com/"
     ]
