@@ -13,6 +13,7 @@ from common.settings import ConfigError
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
+from supervisor.writable_dirs import unwritable_directories
 from worker.config import WorkerSettings, load_settings
 
 EXIT_CONFIG = 2
@@ -48,6 +49,10 @@ def main() -> int:
         config, settings = load_configuration()
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    problems = unwritable_directories({"OUTPUTS_PATH": settings.outputs_path, "SCRATCH_DIR": config.scratch_dir})
+    if problems:
+        sys.stderr.write("\n".join(problems) + "\n")
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
     if settings.queue_manager_token is not None:

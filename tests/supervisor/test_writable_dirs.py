@@ -1,0 +1,124 @@
+"""The start-up check on OUTPUTS_PATH and SCRATCH_DIR: a directory the process cannot write is named, with its owner,
+mode, the uid the process runs as and the fix, on one line; and the supervisor exits 2 before starting anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.writable_dirs import unwritable_directories
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder another uid can reach (pytest's tmp_path sits under a 0700 folder)."""
+    with tempfile.TemporaryDirectory(prefix="writable-dirs-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def check_as_another_user(directories: dict[str, Path]) -> list[str]:
+    """Run the check in a forked child under a uid that does not own the directories: nobody when we are root
+    (root writes anywhere), ourselves with the directories made read-only otherwise."""
+    if os.getuid() != 0:
+        for path in directories.values():
+            if path.exists():
+                path.chmod(0o555)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, check, report, leave without running pytest's clean-up
+        try:
+            os.close(read_end)
+            if os.getuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            os.write(write_end, json.dumps(unwritable_directories(directories)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(report)
+
+
+def test_writable_and_missing_directories_pass_and_missing_ones_are_made(tmp_path: Path) -> None:
+    existing = tmp_path / "outputs"
+    existing.mkdir()
+    missing = tmp_path / "data" / "nested"
+
+    assert unwritable_directories({"OUTPUTS_PATH": existing, "SCRATCH_DIR": missing}) == []
+    assert missing.is_dir()
+    assert list(existing.iterdir()) == [] and list(missing.iterdir()) == []  # the probe file is gone
+
+
+def test_a_directory_owned_by_someone_else_is_named_with_owner_mode_uid_and_fix(shared_tmp: Path) -> None:
+    outputs = shared_tmp / "outputs"
+    outputs.mkdir(mode=0o755)
+
+    (line,) = check_as_another_user({"OUTPUTS_PATH": outputs})
+
+    owner = outputs.stat()
+    uid = NOBODY if os.getuid() == 0 else os.getuid()
+    assert line.startswith(f"OUTPUTS_PATH={outputs} is not a writable directory (Permission denied)")
+    assert f"owned by uid {owner.st_uid} gid {owner.st_gid} with mode {stat.filemode(owner.st_mode)}" in line
+    assert f"runs as uid {uid} gid " in line
+    assert f"chown -R {uid}:" in line and f"-v <volume name>:{outputs}" in line
+    assert "\n" not in line
+
+
+def test_a_missing_directory_under_someone_elses_folder_names_that_folder(shared_tmp: Path) -> None:
+    scratch = shared_tmp / "data"
+
+    (line,) = check_as_another_user({"SCRATCH_DIR": scratch / "comfy"})
+
+    assert line.startswith(f"SCRATCH_DIR={scratch / 'comfy'} is not a writable directory (Permission denied)")
+    assert f"its nearest existing parent {shared_tmp} is owned by uid" in line
+
+
+def test_a_file_where_a_directory_should_be_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file, not a folder")
+
+    (line,) = unwritable_directories({"OUTPUTS_PATH": blocker, "SCRATCH_DIR": tmp_path / "data"})
+
+    assert line.startswith(f"OUTPUTS_PATH={blocker} is not a writable directory (File exists)")
+    assert "with mode -rw-" in line
+
+
+def test_only_the_bad_ones_are_reported_one_line_each(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    problems = unwritable_directories({
+        "OUTPUTS_PATH": tmp_path / "file" / "outputs",
+        "SCRATCH_DIR": tmp_path / "file" / "data",
+        "OTHER": tmp_path / "fine",
+    })
+    assert [line.split("=")[0] for line in problems] == ["OUTPUTS_PATH", "SCRATCH_DIR"]
+
+
+async def test_supervisor_exits_2_before_starting_comfyui(base_env, run_supervisor, tmp_path: Path) -> None:
+    marker = tmp_path / "comfyui-was-started"
+    blocker = tmp_path / "outputs-is-a-file"
+    blocker.write_text("")
+    env = {
+        **base_env,
+        "OUTPUTS_PATH": str(blocker),
+        "COMFYUI_COMMAND": f"{sys.executable} -c \"open({str(marker)!r}, 'w').close()\"",
+    }
+    supervisor = await run_supervisor(env)
+
+    assert await supervisor.wait() == 2
+    lines = supervisor.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"OUTPUTS_PATH={blocker} is not a writable directory"), lines
+    assert supervisor.stdout == b""
+    assert not marker.exists()
