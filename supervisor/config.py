@@ -88,6 +88,8 @@ class SupervisorSettings(BaseSettings):
             "--input-directory", str(self.comfyui_dir / "input"),
             "--temp-directory", str(self.comfyui_dir),  # ComfyUI appends "temp" itself
             "--user-directory", str(self.comfyui_dir / "user"),
+            # ComfyUI keeps its database in its install folder otherwise, read-only in the image.
+            "--database-url", f"sqlite:///{self.comfyui_dir / 'user' / 'comfyui.db'}",
             "--extra-model-paths-config", str(self.model_paths_file),
             *shlex.split(self.comfyui_extra_args),
         ]

@@ -34,6 +34,7 @@ def test_defaults_build_comfyuis_command_line() -> None:
         "--input-directory", "/data/comfyui/input",
         "--temp-directory", "/data/comfyui",
         "--user-directory", "/data/comfyui/user",
+        "--database-url", "sqlite:////data/comfyui/user/comfyui.db",
         "--extra-model-paths-config", "/data/comfyui/extra_model_paths.yaml",
     ]
 
