@@ -1,0 +1,75 @@
+"""./dev image-test: build Dockerfile.serverless, run the image as Verda would, check it, clean up.
+
+Settings (environment):
+  COMFYUI_SRC           a ComfyUI release tarball to build from instead of downloading it from GitHub
+  IMAGE_TEST_DATA_ROOT  the Docker data root when the test starts its own dockerd (default
+                        /var/lib/comfyui-image-test/docker; ~20 GB free needed; kept for warm rebuilds)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from image_test.base import prepare_base
+from image_test.benchmarks import write_benchmarks
+from image_test.build import BuiltImage, build_image
+from image_test.checks import run_checks
+from image_test.docker import Docker, DockerError
+from image_test.engine import docker_engine
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = Path("/var/lib/comfyui-image-test/docker")
+BUILD_CACHE_KEEP = "25GB"
+
+
+def main() -> int:
+    data_root = Path(os.environ.get("IMAGE_TEST_DATA_ROOT") or DEFAULT_DATA_ROOT)
+    comfyui_src = Path(os.environ["COMFYUI_SRC"]) if os.environ.get("COMFYUI_SRC") else None
+    started = time.monotonic()
+    workdir = data_root.parent / "last-run"  # build and container logs stay here until the next run
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        with docker_engine(data_root) as docker:
+            base, origin = prepare_base(docker, REPO / "Dockerfile.serverless", workdir)
+            print(f"base image: {origin}", flush=True)
+            print(f"ComfyUI source: {comfyui_src or 'GitHub release tarball'}", flush=True)
+            image = build_image(docker, REPO, base, comfyui_src, workdir / "build.log")
+            _print_image(image)
+            report = run_checks(docker, image.ref, workdir)
+            _tidy(docker)
+    except DockerError as exc:
+        print(f"image-test FAILED: {exc}", file=sys.stderr, flush=True)
+        if comfyui_src is None and "github.com" in str(exc):
+            print("GitHub unreachable? Set COMFYUI_SRC to a ComfyUI release tarball.", file=sys.stderr)
+        return 1
+    ready_s = report.figures.get("run_to_ready_s")
+    print(f"build {image.seconds:.0f} s ({image.cached_steps} of {image.steps} steps cached), "
+          f"image {image.size_bytes / 1e9:.2f} GB, docker run -> /ready "
+          f"{f'{ready_s:.1f} s' if ready_s else 'never'}, whole test {time.monotonic() - started:.0f} s", flush=True)
+    if not report.failed:
+        write_benchmarks(REPO / "docs" / "benchmarks.md", image, origin, report)
+    passed = len(report.results) - report.failed
+    print(f"{passed} passed, {report.failed} failed", flush=True)
+    return 0 if report.failed == 0 else 1
+
+
+def _print_image(image: BuiltImage) -> None:
+    print(f"built {image.ref} in {image.seconds:.0f} s: {image.size_bytes / 1e9:.2f} GB", flush=True)
+    for layer in image.layers:
+        if layer.size_bytes:
+            print(f"  {layer.size_bytes / 1e6:10.1f} MB  {layer.step[:100]}", flush=True)
+
+
+def _tidy(docker: Docker) -> None:
+    """Keep the data root bounded across runs: the current image and build cache stay for a warm rebuild."""
+    docker.run("image", "prune", "--force", check=False, timeout_s=300)
+    docker.run("builder", "prune", "--force", "--keep-storage", BUILD_CACHE_KEEP, check=False, timeout_s=300)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Run the built image the way Verda does and check what a user relies on. Every check reports PASS or FAIL with
+what it saw; none stops the others unless it makes them meaningless."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from demo.replicas import free_loopback_port
+from image_test.docker import Docker
+
+IMAGE_UID = 10001
+WORKFLOWS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "workflows"
+HEALTH_WITHIN_S = 2.0
+READY_TIMEOUT_S = 300
+JOBS_TIMEOUT_S = 300
+DOCKER_HEALTHY_TIMEOUT_S = 90
+STOP_WITHIN_S = 30
+SERVERLESS_EXIT_TIMEOUT_S = 300
+JOB_USERS = ("alice", "bob", "alice")
+
+
+@dataclass
+class Report:
+    results: list[tuple[str, bool, str]] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def check(self, name: str, passed: bool, detail: str) -> bool:
+        self.results.append((name, passed, detail))
+        print(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}", flush=True)
+        return passed
+
+    @property
+    def failed(self) -> int:
+        return sum(not passed for _, passed, _ in self.results)
+
+
+class QueueManager:
+    """`comfy-serverless queue` on the host's loopback, as a user runs it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = shutil.which("comfy-serverless") or "comfy-serverless"
+        self.process = subprocess.Popen(
+            [command, "queue", "--host", "127.0.0.1", "--port", str(self.port), "--db", str(workdir / "queue.db")],
+            stdout=open(workdir / "queue-manager.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        wait_until(lambda: self._answers(), 30, "the queue manager to answer")
+
+    def _answers(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return self.http.get("/health").status_code == 200
+        return False
+
+    def submit(self, user_id: str, workflow: dict[str, Any]) -> str:
+        answer = self.http.post("/api/jobs", json={"user_id": user_id, "workflow": workflow})
+        answer.raise_for_status()
+        return answer.json()["id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.http.get(f"/api/jobs/{job_id}").raise_for_status().json()
+
+    def close(self) -> None:
+        self.http.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
+
+
+def get_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+@contextlib.contextmanager
+def outputs_dir(workdir: Path, name: str, uid: int) -> Iterator[Path]:
+    path = workdir / name
+    path.mkdir(mode=0o755)
+    os.chown(path, uid, uid)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Container:
+    """One `docker run` of the image: host network, CPU ComfyUI, outputs from the host."""
+
+    def __init__(self, docker: Docker, image: str, name: str, queue_url: str, outputs: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.docker, self.image, self.name = docker, image, name
+        self.health_port = free_loopback_port()
+        self.env = {
+            "QUEUE_MANAGER_URL": queue_url,
+            "COMFYUI_EXTRA_ARGS": "--cpu",
+            "COMFYUI_URL": f"http://127.0.0.1:{free_loopback_port()}",
+            "HEALTH_HOST": "127.0.0.1",
+            "HEALTH_PORT": str(self.health_port),
+            "WORKER_ID": name,
+            **(extra_env or {}),
+        }
+        self.outputs = outputs
+        self.started_at = 0.0
+
+    def argv(self) -> list[str]:
+        env = [arg for key, value in self.env.items() for arg in ("--env", f"{key}={value}")]
+        return ["run", "--name", self.name, "--network", "host", *env,
+                "--volume", f"{self.outputs}:/outputs", self.image]
+
+    def start(self) -> float:
+        """Start detached; seconds the `docker run` call took."""
+        self.docker.remove_container(self.name)
+        self.started_at = time.monotonic()
+        argv = self.argv()
+        self.docker.run(*argv[:1], "--detach", *argv[1:], timeout_s=60)
+        return time.monotonic() - self.started_at
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.health_port}{path}"
+
+    def logs(self) -> str:
+        result = self.docker.run("logs", self.name, check=False, timeout_s=30)
+        return result.stdout + result.stderr
+
+    def state(self) -> dict[str, Any]:
+        return self.docker.inspect(self.name)["State"]
+
+    def save_logs(self, workdir: Path) -> Path:
+        path = workdir / f"{self.name}.log"
+        path.write_text(self.logs())
+        return path
+
+    def remove(self) -> None:
+        self.docker.remove_container(self.name)
+
+
+def load_workflow(name: str) -> dict[str, Any]:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
+    report = Report()
+    queue = QueueManager(workdir)
+    try:
+        with outputs_dir(workdir, "outputs", IMAGE_UID) as outputs:
+            _serve_jobs(docker, image, workdir, queue, outputs, report)
+        with outputs_dir(workdir, "outputs-root-owned", 0) as root_owned:
+            _root_owned_outputs(docker, image, queue, root_owned, report)
+        with outputs_dir(workdir, "outputs-serverless", IMAGE_UID) as outputs:
+            _serverless_idle_exit(docker, image, workdir, queue, outputs, report)
+    finally:
+        queue.close()
+    return report
+
+
+def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
+                report: Report) -> None:
+    jobs = {queue.submit(user, load_workflow("quick.json")): user for user in JOB_USERS}
+    invalid = queue.submit("mallory", load_workflow("invalid_unknown_node.json"))
+    container = Container(docker, image, "comfyui-image-test", queue.url, outputs)
+    try:
+        run_s = container.start()
+        try:
+            wait_until(lambda: get_status(container.url("/health")) == 200, 30, "/health 200", interval_s=0.05)
+            health_s = time.monotonic() - container.started_at
+            report.check("/health 200 within 2 s of start", health_s - run_s <= HEALTH_WITHIN_S,
+                         f"{health_s - run_s:.2f} s after the container started ({health_s:.2f} s after docker run)")
+        except TimeoutError as exc:
+            report.check("/health 200 within 2 s of start", False, str(exc))
+        try:
+            wait_until(lambda: get_status(container.url("/ready")) == 200, READY_TIMEOUT_S, "/ready 200",
+                       interval_s=0.25)
+            report.figures["run_to_ready_s"] = time.monotonic() - container.started_at
+            report.check("/ready 200 once the real ComfyUI answers", _real_comfyui_answered(container.logs()),
+                         f"{report.figures['run_to_ready_s']:.1f} s after docker run")
+        except TimeoutError as exc:
+            report.check("/ready 200 once the real ComfyUI answers", False, f"{exc}; state {container.state()}")
+            return
+        _process_owners(docker, container, report)
+        _jobs_delivered(queue, jobs, invalid, outputs, report)
+        _metrics_count(container, report)
+        _docker_healthy(container, report)
+        _stop_cleanly(docker, container, report)
+    finally:
+        log = container.save_logs(workdir)
+        if report.failed:
+            print(f"container log: {log}", flush=True)
+        container.remove()
+
+
+def _real_comfyui_answered(logs: str) -> bool:
+    """The real ComfyUI's own start-up lines, not a stand-in's."""
+    return "[comfyui] " in logs and "To see the GUI go to:" in logs
+
+
+def _process_owners(docker: Docker, container: Container, report: Report) -> None:
+    listing = docker.run("top", container.name, "-eo", "uid,pid,args").stdout.splitlines()[1:]
+    owners = [line.split(None, 2) for line in listing if line.strip()]
+    commands = " | ".join(f"{uid} {args[:60]}" for uid, _, args in owners)
+    has_all = any("tini" in args for *_, args in owners) and any("main.py" in args for *_, args in owners)
+    report.check("every process runs as uid 10001", has_all and all(uid == str(IMAGE_UID) for uid, *_ in owners),
+                 commands)
+
+
+def _jobs_delivered(queue: QueueManager, jobs: dict[str, str], invalid: str, outputs: Path, report: Report) -> None:
+    def all_finished() -> list[dict[str, Any]] | None:
+        states = [queue.job(job_id) for job_id in [*jobs, invalid]]
+        return states if all(s["status"] in ("completed", "failed", "cancelled") for s in states) else None
+
+    try:
+        finished = wait_until(all_finished, JOBS_TIMEOUT_S, "end to all four jobs", interval_s=1)
+    except TimeoutError as exc:
+        report.check("three real jobs complete with their files on the host", False, str(exc))
+        return
+    by_id = {job["id"]: job for job in finished}
+    problems, files = [], 0
+    for job_id, user in jobs.items():
+        job = by_id[job_id]
+        if job["status"] != "completed":
+            problems.append(f"{job_id} {job['status']}: {job.get('error')}")
+            continue
+        delivered = job["result"].get("outputs", [])
+        if not delivered:
+            problems.append(f"{job_id} completed without outputs")
+        for item in delivered:
+            path = outputs / item["path"]
+            if not item["path"].startswith(f"{user}/{job_id}/"):
+                problems.append(f"{item['path']} is not under {user}/{job_id}/")
+            elif not path.is_file():
+                problems.append(f"{path} is missing on the host")
+            elif sha256_of(path) != item["sha256"]:
+                problems.append(f"{path} sha256 differs from the reported {item['sha256']}")
+            else:
+                files += 1
+    report.check("three real jobs complete with their files on the host", not problems,
+                 "; ".join(problems) or f"{files} files under {outputs}/<user>/<job>/ match their sha256")
+    error = by_id[invalid].get("error") or ""
+    readable = by_id[invalid]["status"] == "failed" and "NoSuchNode" in error and "Traceback" not in error
+    report.check("an invalid job fails with a readable error", readable,
+                 f"{by_id[invalid]['status']}: {error[:200]!r}")
+
+
+def _metrics_count(container: Container, report: Report) -> None:
+    text = httpx.get(container.url("/metrics"), timeout=5).text
+    counts = {
+        outcome: _sample(text, f'comfy_worker_jobs_total{{outcome="{outcome}"}}') for outcome in ("completed", "failed")
+    }
+    report.check("/metrics counts the jobs", counts == {"completed": 3.0, "failed": 1.0},
+                 f"comfy_worker_jobs_total {counts}")
+
+
+def _sample(metrics_text: str, name: str) -> float | None:
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def _docker_healthy(container: Container, report: Report) -> None:
+    def healthy() -> str | None:
+        status = container.state().get("Health", {}).get("Status")
+        return status if status == "healthy" else None
+
+    try:
+        wait_until(healthy, DOCKER_HEALTHY_TIMEOUT_S, "healthy HEALTHCHECK", interval_s=1)
+        report.check("Docker HEALTHCHECK reports healthy", True, "healthy")
+    except TimeoutError:
+        report.check("Docker HEALTHCHECK reports healthy", False, json.dumps(container.state().get("Health")))
+
+
+def _stop_cleanly(docker: Docker, container: Container, report: Report) -> None:
+    started = time.monotonic()
+    docker.run("stop", "--time", str(STOP_WITHIN_S), container.name, timeout_s=STOP_WITHIN_S + 30)
+    seconds = time.monotonic() - started
+    state = container.state()
+    said_goodbye = "Worker shutdown complete" in container.logs()
+    report.check("docker stop: exit 0 within 30 s after 'Worker shutdown complete'",
+                 state["ExitCode"] == 0 and seconds < STOP_WITHIN_S and said_goodbye and not state["OOMKilled"],
+                 f"exit {state['ExitCode']} after {seconds:.1f} s; 'Worker shutdown complete' logged: {said_goodbye}")
+
+
+def _root_owned_outputs(docker: Docker, image: str, queue: QueueManager, outputs: Path, report: Report) -> None:
+    container = Container(docker, image, "comfyui-image-test-root-outputs", queue.url, outputs)
+    try:
+        argv = container.argv()
+        result = docker.run(*argv, timeout_s=60, check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        expected = "OUTPUTS_PATH=/outputs is not a writable directory (Permission denied): it is owned by uid 0"
+        ok = (result.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected)
+              and f"runs as uid {IMAGE_UID}" in lines[0] and "chown" in lines[0] and not result.stdout)
+        report.check("root-owned /outputs: exit 2 with one line naming path, owner, uid and fix", ok,
+                     f"exit {result.returncode}: {(lines or [''])[0]!r}" + (f" (+{len(lines) - 1} lines)"
+                                                                           if len(lines) > 1 else ""))
+    finally:
+        container.remove()
+
+
+def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
+                          report: Report) -> None:
+    env = {"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}
+    container = Container(docker, image, "comfyui-image-test-serverless", queue.url, outputs, env)
+    try:
+        container.start()
+        result = docker.run("wait", container.name, timeout_s=SERVERLESS_EXIT_TIMEOUT_S, check=False)
+        seconds = time.monotonic() - container.started_at
+        logs = container.logs()
+        code = result.stdout.strip()
+        report.check("SERVERLESS_MODE=true, SERVERLESS_MAX_IDLE_POLLS=3: exits 0 by itself on an empty queue",
+                     code == "0" and "Serverless idle timeout reached" in logs,
+                     f"exit {code or '?'} after {seconds:.1f} s; idle timeout logged: "
+                     f"{'Serverless idle timeout reached' in logs}")
+    except Exception as exc:  # e.g. docker wait timed out: the container never exited
+        report.check("SERVERLESS_MODE=true, SERVERLESS_MAX_IDLE_POLLS=3: exits 0 by itself on an empty queue",
+                     False, f"{type(exc).__name__}: {exc}")
+    finally:
+        container.save_logs(workdir)
+        container.remove()
