@@ -113,6 +113,7 @@ class ProviderHealth:
     backoff_s: float | None = None
     consecutive_errors: int = 0
     short_since: float | None = None  # since when fewer replicas are ready than were asked for
+    retried_at: float | None = None  # when it came back from its last degradation
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +197,7 @@ def _update_health(
         h = old
         if h.degraded is not None and h.retry_at is not None and now >= h.retry_at:
             # Back-off over: try it again, with a fresh start deadline and error count.
-            h = replace(h, degraded=None, retry_at=None, consecutive_errors=0, short_since=None)
+            h = replace(h, degraded=None, retry_at=None, consecutive_errors=0, short_since=None, retried_at=now)
             changes.append(HealthChange(spec.name, None, detail="retry after back-off"))
         errors = h.consecutive_errors + 1 if view.error is not None else 0
         short = view.error is None and view.ready < asked[spec.name]
@@ -210,8 +211,11 @@ def _update_health(
                     backoff = config.retry_after_s
                 h = replace(h, degraded=reason, retry_at=now + backoff, backoff_s=backoff)
                 changes.append(HealthChange(spec.name, reason, retry_in_s=backoff, detail=detail))
-            elif short_since is None and view.error is None and asked[spec.name] > 0:
-                h = replace(h, backoff_s=None)  # served everything asked of it: the next relapse starts afresh
+            elif h.backoff_s is not None and short_since is None and view.error is None and (
+                h.retried_at is None or now - h.retried_at >= h.backoff_s
+            ):
+                # Served what was asked for as long as it had been out: the next relapse starts afresh.
+                h = replace(h, backoff_s=None, retried_at=None)
         health[spec.name] = h
     return health, changes
 

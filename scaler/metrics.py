@@ -65,6 +65,52 @@ class ScalerMetrics:
                 self.budget.labels(window=window).set(limit)
 
 
+class ProviderMetrics:
+    """The fleet's per-provider figures, in the scaler's registry (``SCALER_PROVIDERS`` set)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.target_replicas = Gauge(
+            "comfy_scaler_provider_target_replicas", "Replicas the fleet asks of the provider.", ["provider"],
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "comfy_scaler_provider_replicas", "Replicas the provider reports, by state (live|ready).",
+            ["provider", "state"], registry=r,
+        )
+        self.degraded = Gauge(
+            "comfy_scaler_provider_degraded", "1 while the provider is degraded (its shortfall goes elsewhere).",
+            ["provider"], registry=r,
+        )
+        self.degradations = Counter(
+            "comfy_scaler_provider_degradations",
+            "Times the provider was marked degraded, by reason (quota_reached|errors|start_deadline|paused).",
+            ["provider", "reason"], registry=r,
+        )
+        self.moves = Counter(
+            "comfy_scaler_provider_moves",
+            "Changes to a provider's replica count, by reason (place|fallback|scale_down|drain|degraded_release).",
+            ["provider", "reason"], registry=r,
+        )
+        self.spend = Gauge(
+            "comfy_scaler_provider_spend",
+            "Billed cost by the provider's own rule, by window (last_hour|last_day|today); provider=total sums all.",
+            ["provider", "window"], registry=r,
+        )
+        self.price = Gauge(
+            "comfy_scaler_provider_price_per_hour", "Hourly price of one replica on the provider.", ["provider"],
+            registry=r,
+        )
+        self.fallback_engaged = Gauge(
+            "comfy_scaler_fallback_engaged", "1 while replicas run on a provider because a cheaper one is degraded.",
+            registry=r,
+        )
+        self.budget_capped = Counter(
+            "comfy_scaler_provider_budget_capped", "Ticks on which the budget held back new replicas on a provider.",
+            ["provider"], registry=r,
+        )
+
+
 class MetricsServer:
     """Serves ``GET /metrics`` from ``metrics.registry``; ``start()`` returns the bound port."""
 

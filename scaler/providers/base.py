@@ -11,11 +11,15 @@ from scaler.policy import Replica
 @dataclass(frozen=True, slots=True)
 class BackendView:
     """What the platform reports: its live replicas (``started_at`` in epoch seconds), the deployment status, and
-    the replica bounds it holds now as (min, max), or None for a platform that has none to report."""
+    the replica bounds it holds now as (min, max), or None for a platform that has none to report.
+
+    ``ready``: how many of the replicas serve, when the platform says; None counts every listed replica as ready.
+    """
 
     replicas: tuple[Replica, ...]
     status: str
     bounds: tuple[int, int] | None = None
+    ready: int | None = None
 
 
 class Backend(Protocol):

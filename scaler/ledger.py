@@ -1,0 +1,181 @@
+"""What each provider bills, by its own rule, kept in one-minute buckets and saved to a JSON file.
+
+Verda bills every started 10-minute interval of a replica in full (scaler/billing.py); RunPod bills per second
+of runtime. The ledger charges what the replicas it is shown have begun or run since the last look, once per
+replica and interval (or second), and answers spend over any window across all providers together, which is
+what the spend caps and the budget alerts read.
+
+Per-second charges run up to the last time a replica was seen: a replica that stops between two looks is
+under-counted by at most one tick. The file is replaced atomically (write, fsync, rename), so a crash
+mid-write leaves the previous ledger; a scaler restarted later charges its replicas from where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from scaler.billing import DAY_S, HOUR_S, BilledReplica, BillingAnchor, billed_intervals, interval_start
+
+log = structlog.get_logger()
+
+BUCKET_S = 60.0
+KEEP_S = 2 * DAY_S  # a rolling day plus the whole calendar day before it
+PER_SECOND = 0.0
+LEDGER_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BillingRule:
+    """``interval_s`` 0 means per second of runtime; otherwise every started interval is billed in full."""
+
+    interval_s: float = PER_SECOND
+    anchor: BillingAnchor = BillingAnchor.STARTED_AT
+
+    @property
+    def per_second(self) -> bool:
+        return self.interval_s <= 0
+
+    def describe(self) -> str:
+        return "per second" if self.per_second else f"started {self.interval_s / 60:g}-minute intervals"
+
+
+VERDA_BILLING = BillingRule(interval_s=600.0)
+RUNPOD_BILLING = BillingRule(interval_s=PER_SECOND)
+
+
+def _bucket(at: float) -> int:
+    return int(at // BUCKET_S * BUCKET_S)
+
+
+def _key(replica: BilledReplica) -> str:
+    return f"{replica.id}@{replica.started_at:.3f}"
+
+
+def day_start(now: float) -> float:
+    """Midnight UTC of ``now``'s day: the budget alerts' "once per day" and the ledger's "today"."""
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+class CostLedger:
+    def __init__(self) -> None:
+        self.buckets: dict[str, dict[int, float]] = {}  # provider -> bucket start -> amount
+        # provider -> replica key -> intervals charged (interval rule) or charged-until epoch s (per second)
+        self.billed: dict[str, dict[str, float]] = {}
+        self.updated_at: float | None = None
+        self.alerts: dict[str, Any] | None = None  # the alert book (scaler.alerts), saved in the same file
+
+    def charge(
+        self, provider: str, replicas: Iterable[BilledReplica], now: float, *, price_per_hour: float,
+        rule: BillingRule,
+    ) -> float:
+        """Charge what ``replicas`` (the provider's live list) have begun or run up to ``now``; returns it."""
+        buckets = self.buckets.setdefault(provider, {})
+        before = self.billed.get(provider, {})
+        billed: dict[str, float] = {}
+        total = 0.0
+        for replica in replicas:
+            key = _key(replica)
+            if rule.per_second:
+                since = max(replica.started_at, before.get(key, replica.started_at))
+                until = max(since, now)
+                amount = (until - since) * price_per_hour / HOUR_S
+                if amount > 0:
+                    buckets[_bucket(until)] = buckets.get(_bucket(until), 0.0) + amount
+                    total += amount
+                billed[key] = until
+                continue
+            done = int(before.get(key, 0))
+            due = billed_intervals(replica.started_at, now, rule.interval_s, rule.anchor)
+            amount = price_per_hour * rule.interval_s / HOUR_S
+            for index in range(done, due):
+                at = _bucket(interval_start(replica.started_at, index, rule.interval_s, rule.anchor))
+                buckets[at] = buckets.get(at, 0.0) + amount
+                total += amount
+            billed[key] = max(done, due)
+        self.billed[provider] = billed
+        horizon = now - KEEP_S
+        for old in [at for at in buckets if at < horizon]:
+            del buckets[old]
+        self.updated_at = now
+        return total
+
+    def spent_since(self, since: float, provider: str | None = None) -> float:
+        """Charged after ``since`` (to the minute), by one provider or all together."""
+        names = [provider] if provider is not None else list(self.buckets)
+        first = _bucket(since) + BUCKET_S if since % BUCKET_S else since
+        return sum(
+            amount for name in names for at, amount in self.buckets.get(name, {}).items() if at >= first
+        )
+
+    def summary(self, now: float) -> dict[str, dict[str, float]]:
+        """Per provider and ``total``: last hour, last 24 h (what the caps read) and the calendar day (UTC)."""
+        windows = {"last_hour": now - HOUR_S, "last_day": now - DAY_S, "today": day_start(now) - 1e-6}
+        rows = {
+            name: {window: round(self.spent_since(since, name), 4) for window, since in windows.items()}
+            for name in sorted(self.buckets)
+        }
+        rows["total"] = {window: round(self.spent_since(since), 4) for window, since in windows.items()}
+        return rows
+
+    # --- the file ---------------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": LEDGER_VERSION,
+            "updated_at": self.updated_at,
+            "buckets": {
+                name: {str(at): round(amount, 6) for at, amount in sorted(buckets.items())}
+                for name, buckets in self.buckets.items()
+            },
+            "billed": self.billed,
+            "alerts": self.alerts,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CostLedger:
+        ledger = cls()
+        ledger.updated_at = raw.get("updated_at")
+        ledger.alerts = raw.get("alerts")
+        ledger.buckets = {
+            str(name): {int(at): float(v) for at, v in buckets.items()} for name, buckets in raw["buckets"].items()
+        }
+        ledger.billed = {
+            str(name): {str(key): float(v) for key, v in billed.items()} for name, billed in raw["billed"].items()
+        }
+        return ledger
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with scratch.open("w") as out:
+            json.dump(self.to_json(), out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, path)
+
+    @classmethod
+    def load(cls, path: Path) -> CostLedger:
+        """The saved ledger; a fresh one when there is none. A file that cannot be read is kept aside
+        (``<name>.corrupt-<time>``) and logged, never silently overwritten."""
+        if not path.exists():
+            return cls()
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            log.error("cost_ledger_unreadable", path=str(path), kept_as=str(aside),
+                      error=f"{type(exc).__name__}: {exc}")
+            return cls()

@@ -1,0 +1,293 @@
+"""Several providers behind the one Backend the scaler loop drives (``SCALER_PROVIDERS=local,verda,runpod``).
+
+The loop still decides how many replicas (``scaler.policy.decide``); ``apply(n)`` hands n to the allocator
+(``scaler.allocator.allocate``), which places them over the providers, and each provider is pinned to its share.
+Where replicas should run changes with provider health even when how many does not, so every ``observe``
+also re-places the last count (the loop writes only when the count changes). Each tick the fleet charges
+every provider's replicas to the cost ledger by its own billing rule and saves it, raises the budget and
+"fallback engaged" alerts, and logs every move with its reason ("Provider move") and every health change
+("Provider degraded" / "Provider back in service").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from scaler.alerts import Alert, AlertSender, budget_alerts
+from scaler.allocator import (
+    PAUSED,
+    QUOTA_REACHED,
+    Allocation,
+    AllocatorConfig,
+    AllocatorState,
+    ProviderSpec,
+    ProviderView,
+    allocate,
+)
+from scaler.billing import DAY_S
+from scaler.ledger import BillingRule, CostLedger
+from scaler.metrics import ProviderMetrics
+from scaler.policy import Replica
+from scaler.providers.base import Backend, BackendView
+
+log = structlog.get_logger()
+
+HEALTHY = "healthy"
+SEPARATOR = "/"
+
+
+class FleetReadError(Exception):
+    """No provider could be read: the loop holds its count."""
+
+
+class FleetStopError(Exception):
+    """Some providers did not take a pause/resume; ``failures`` maps each to its error."""
+
+    def __init__(self, action: str, failures: dict[str, str]) -> None:
+        super().__init__(f"{action} failed on " + ", ".join(f"{n} ({e})" for n, e in failures.items()))
+        self.failures = failures
+
+
+@dataclass
+class Member:
+    spec: ProviderSpec
+    backend: Backend
+    billing: BillingRule = field(default_factory=BillingRule)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class _Seen:
+    view: ProviderView
+    replicas: tuple[Replica, ...] = ()
+    fresh: bool = True  # read at this tick (else the last known state, kept for the allocator)
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+class FleetBackend:
+    """Owns the members' backends (closed by ``aclose``) and, when given, the alert sender."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        config: AllocatorConfig,
+        *,
+        ledger: CostLedger | None = None,
+        ledger_file: Path | None = None,
+        metrics: ProviderMetrics | None = None,
+        alerts: AlertSender | None = None,
+        clock: Callable[[], float] = time.time,
+        dry_run: bool = False,
+    ) -> None:
+        self.members = {m.name: m for m in members}
+        self.config = config
+        self.ledger = ledger or CostLedger()
+        self.ledger_file = ledger_file
+        self.metrics = metrics
+        self.alerts = alerts
+        self.clock = clock
+        self.dry_run = dry_run
+        self.state = AllocatorState()
+        self.last_allocation: Allocation | None = None
+        self._desired: int | None = None
+        self._seen: dict[str, _Seen] = {}
+        self._write_errors: dict[str, str] = {}
+        self._written: dict[str, int] = {}
+        if metrics is not None:
+            for member in members:
+                metrics.price.labels(provider=member.name).set(member.spec.price_per_hour)
+
+    def __repr__(self) -> str:
+        return f"FleetBackend(providers={list(self.members)}, dry_run={self.dry_run})"
+
+    # --- Backend ----------------------------------------------------------------------------------------
+
+    async def observe(self) -> BackendView:
+        now = self.clock()
+        results = await asyncio.gather(*(m.backend.observe() for m in self.members.values()), return_exceptions=True)
+        for member, result in zip(self.members.values(), results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+            self._see(member, result, now)
+        self._charge(now)
+        if not any(s.fresh for s in self._seen.values()):
+            errors = "; ".join(f"{name}: {s.view.error}" for name, s in self._seen.items())
+            raise FleetReadError(f"no provider could be read: {errors}")
+        if self._desired is not None:
+            await self._place(self._desired, now)
+        replicas = tuple(
+            Replica(f"{name}{SEPARATOR}{r.id}", r.started_at) for name, s in self._seen.items() for r in s.replicas
+        )
+        return BackendView(replicas=replicas, status=self._fleet_status())
+
+    async def apply(self, desired: int) -> bool:
+        if desired < 0:
+            raise ValueError(f"desired replicas must be >= 0, got {desired}")
+        self._desired = desired
+        return await self._place(desired, self.clock())
+
+    async def pause(self) -> None:
+        await self._on_all("pause", lambda b: b.pause())
+
+    async def resume(self) -> None:
+        await self._on_all("resume", lambda b: b.resume())
+
+    async def aclose(self) -> None:
+        results = await asyncio.gather(*(m.backend.aclose() for m in self.members.values()), return_exceptions=True)
+        if self.alerts is not None:
+            await self.alerts.aclose()
+        for name, result in zip(self.members, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("provider_close_failed", provider=name, error=_error_text(result))
+
+    # --- one tick ---------------------------------------------------------------------------------------
+
+    def _see(self, member: Member, result: BackendView | Exception, now: float) -> None:
+        name = member.name
+        previous = self._seen.get(name)
+        write_error = self._write_errors.pop(name, None)
+        if isinstance(result, Exception):
+            last = previous.view if previous else ProviderView()
+            view = replace(last, error=_error_text(result))
+            self._seen[name] = _Seen(view, previous.replicas if previous else (), fresh=False)
+            return
+        ready = len(result.replicas) if result.ready is None else result.ready
+        error = f"write failed: {write_error}" if write_error else None
+        self._seen[name] = _Seen(ProviderView(len(result.replicas), ready, result.status, error), result.replicas)
+        if self.metrics is not None:
+            self.metrics.replicas.labels(provider=name, state="live").set(len(result.replicas))
+            self.metrics.replicas.labels(provider=name, state="ready").set(ready)
+
+    def _charge(self, now: float) -> None:
+        for name, seen in self._seen.items():
+            if seen.fresh:
+                member = self.members[name]
+                self.ledger.charge(name, seen.replicas, now, price_per_hour=member.spec.price_per_hour,
+                                   rule=member.billing)
+        summary = self.ledger.summary(now)
+        if self.metrics is not None:
+            for name, windows in summary.items():
+                for window, amount in windows.items():
+                    self.metrics.spend.labels(provider=name, window=window).set(amount)
+        if self.alerts is not None:
+            for alert in budget_alerts(summary["total"]["last_day"], self.config.max_spend_per_day, now):
+                self.alerts.raise_(alert)
+        self.save()
+
+    def save(self) -> None:
+        if self.ledger_file is None or self.dry_run:
+            return
+        if self.alerts is not None:
+            self.ledger.alerts = self.alerts.book.to_json()
+        self.ledger.save(self.ledger_file)
+
+    async def _place(self, desired: int, now: float) -> bool:
+        views = {name: seen.view for name, seen in self._seen.items()}
+        allocation = allocate(
+            self.config, self.state, desired, views, now,
+            spent_last_day=self.ledger.spent_since(now - DAY_S),
+        )
+        self.state = allocation.new_state
+        self.last_allocation = allocation
+        self._report(allocation, now)
+        if self.dry_run:
+            return bool(allocation.moves)
+        # Write what changed, and again after a failed write or a count the provider does not show.
+        writes = [(name, target) for name, target in allocation.targets.items()
+                  if target != self._written.get(name) or target != self._seen[name].view.live]
+        results = await asyncio.gather(
+            *(self.members[name].backend.apply(target) for name, target in writes), return_exceptions=True
+        )
+        wrote = False
+        for (name, target), result in zip(writes, results, strict=True):
+            if isinstance(result, Exception):
+                self._written.pop(name, None)
+                self._write_errors[name] = _error_text(result)
+                log.error("provider_write_failed", provider=name, target=target, error=self._write_errors[name])
+                continue
+            self._written[name] = target
+            wrote = wrote or bool(result)
+        return wrote
+
+    def _report(self, allocation: Allocation, now: float) -> None:
+        for change in allocation.health_changes:
+            if change.degraded is None:
+                log.info("Provider back in service", provider=change.provider, detail=change.detail)
+            else:
+                log.warning("Provider degraded", provider=change.provider, reason=str(change.degraded),
+                            retry_in_s=change.retry_in_s, detail=change.detail)
+                if self.metrics is not None:
+                    self.metrics.degradations.labels(provider=change.provider, reason=str(change.degraded)).inc()
+        for move in allocation.moves:
+            log.info("Provider move", provider=move.provider, before=move.before, after=move.after,
+                     reason=str(move.reason), dry_run=self.dry_run)
+            if self.metrics is not None:
+                self.metrics.moves.labels(provider=move.provider, reason=str(move.reason)).inc()
+        for name in allocation.budget_capped:
+            log.warning("Provider capped by budget", provider=name, target=allocation.targets[name])
+            if self.metrics is not None:
+                self.metrics.budget_capped.labels(provider=name).inc()
+        if self.metrics is not None:
+            for name, target in allocation.targets.items():
+                self.metrics.target_replicas.labels(provider=name).set(target)
+                degraded = allocation.new_state.health[name].degraded is not None
+                self.metrics.degraded.labels(provider=name).set(int(degraded))
+            self.metrics.fallback_engaged.set(int(allocation.fallback_engaged))
+        if allocation.fallback_engaged and self.alerts is not None:
+            health = allocation.new_state.health
+            degraded = {n: str(h.degraded) for n, h in health.items() if h.degraded is not None}
+            serving = {n: t for n, t in allocation.targets.items() if t > 0}
+            self.alerts.raise_(Alert(
+                "fallback_engaged",
+                f"fallback engaged: degraded {degraded}; replicas now placed {serving}",
+                now, {"degraded": degraded, "targets": allocation.targets},
+            ))
+
+    def _fleet_status(self) -> str:
+        statuses = [s.view.status for s in self._seen.values() if s.view.error is None]
+        if statuses and all(status == PAUSED for status in statuses):
+            return PAUSED
+        health = self.state.health
+        if health and all(h.degraded is not None for h in health.values()):
+            return QUOTA_REACHED if any(s == QUOTA_REACHED for s in statuses) else "degraded"
+        return HEALTHY
+
+    async def _on_all(self, action: str, call: Callable[[Backend], Any]) -> None:
+        results = await asyncio.gather(*(call(m.backend) for m in self.members.values()), return_exceptions=True)
+        failures = {name: _error_text(r) for name, r in zip(self.members, results, strict=True)
+                    if isinstance(r, Exception)}
+        if failures:
+            raise FleetStopError(action, failures)
+
+    def status_report(self, now: float) -> dict[str, Any]:
+        """Per provider: price, billing, max, target, live/ready, health; and the ledger, for `status`."""
+        providers = {}
+        for name, member in self.members.items():
+            seen = self._seen.get(name)
+            health = self.state.health.get(name)
+            providers[name] = {
+                "price_per_hour": member.spec.price_per_hour,
+                "billing": member.billing.describe(),
+                "max_replicas": member.spec.max_replicas,
+                "target": self.state.targets.get(name),
+                "live": seen.view.live if seen else None,
+                "ready": seen.view.ready if seen else None,
+                "status": seen.view.status if seen else None,
+                "error": seen.view.error if seen else None,
+                "degraded": str(health.degraded) if health and health.degraded else None,
+                "retry_in_s": round(health.retry_at - now) if health and health.retry_at else None,
+            }
+        return {"providers": providers, "spend": self.ledger.summary(now)}
