@@ -131,7 +131,7 @@ class AlertSender:
         self.dry_run = dry_run
         self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=queue_size)
         self._attempts = attempts
-        self._wait = wait_exponential_jitter(initial=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
+        self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
         self._http = httpx.AsyncClient(timeout=timeout_s)
         self._task: asyncio.Task[None] | None = None
         self._out = out

@@ -1,0 +1,161 @@
+"""Budget and fleet alerts against a real webhook server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+
+from scaler.alerts import Alert, AlertBook, AlertFormat, AlertSender, budget_alerts
+
+NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
+DAY = 86_400.0
+
+
+class Webhook:
+    """Records the JSON bodies; answers ``fail_first`` requests with 503, or hangs while ``hang`` is set."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.attempts = 0
+        self.fail_first = 0
+        self.status = 503
+        self.hang = asyncio.Event()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook/{token}", self._post)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook/T0KEN-secret"
+
+    async def stop(self) -> None:
+        self.hang.clear()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        while self.hang.is_set():
+            await asyncio.sleep(0.01)
+        if self.attempts <= self.fail_first:
+            return web.Response(status=self.status, text="try later")
+        self.bodies.append(await request.json())
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def webhook():
+    server = Webhook()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def sender(url: str | None, **options) -> AlertSender:
+    return AlertSender(url, retry_initial_s=0.01, retry_max_s=0.02, timeout_s=2.0, **options)
+
+
+def test_each_budget_threshold_goes_out_once_per_day():
+    book, raised = AlertBook(), []
+    for spent, now in ((4.0, NOON), (5.5, NOON + 60), (6.0, NOON + 120), (8.5, NOON + 180), (12.0, NOON + 240),
+                       (12.0, NOON + 300), (9.0, NOON + DAY)):
+        raised += [(a.kind, now) for a in budget_alerts(spent, 10.0, now) if book.first_today(a.kind, now)]
+    assert raised == [
+        ("budget_50", NOON + 60), ("budget_80", NOON + 180), ("budget_100", NOON + 240),
+        ("budget_50", NOON + DAY), ("budget_80", NOON + DAY),  # a new UTC day: the spend still counts
+    ]
+    assert budget_alerts(50.0, None, NOON) == [], "no daily budget, no budget alerts"
+
+
+async def test_slack_body_is_retried_through_503s_and_sent_once(webhook):
+    webhook.fail_first = 2
+    alerts = sender(webhook.url)
+    try:
+        alerts.start()
+        assert alerts.raise_(Alert("fallback_engaged", "fallback engaged: verda quota_reached", NOON))
+        assert not alerts.raise_(Alert("fallback_engaged", "again", NOON + 30)), "once per day"
+        assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    assert webhook.attempts == 3
+    assert webhook.bodies == [{"text": "[comfy-scaler] fallback engaged: verda quota_reached"}]
+
+
+async def test_generic_body_carries_kind_time_and_fields(webhook):
+    alerts = sender(webhook.url, fmt=AlertFormat.GENERIC, source="workshop")
+    try:
+        for alert in budget_alerts(8.0, 10.0, NOON):
+            alerts.raise_(alert)
+        assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    assert [b["kind"] for b in webhook.bodies] == ["budget_50", "budget_80"]
+    body = webhook.bodies[1]
+    assert body["source"] == "workshop"
+    assert body["at"] == "2026-11-30T12:00:00+00:00"
+    assert body["fields"] == {"threshold_percent": 80, "spent_last_day": 8.0, "max_spend_per_day": 10.0}
+
+
+async def test_a_hanging_webhook_never_blocks_and_the_queue_is_bounded(webhook):
+    webhook.hang.set()
+    alerts = sender(webhook.url, queue_size=2)
+    try:
+        alerts.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        queued = [alerts.raise_(Alert(f"kind_{n}", "x", NOON)) for n in range(5)]
+        assert loop.time() - started < 0.05
+        await asyncio.sleep(0.1)  # the sender has taken one and hangs on it
+        assert queued == [True, True, False, False, False], "raise_ never waits: the sender had no turn yet"
+        assert alerts.dropped == 3
+        assert not await alerts.flush(0.2)
+    finally:
+        await alerts.aclose()
+
+
+async def test_a_webhook_that_keeps_failing_is_given_up_and_the_next_alert_still_goes(webhook):
+    webhook.fail_first, webhook.status = 5, 500
+    alerts = sender(webhook.url, attempts=3)
+    try:
+        alerts.raise_(Alert("budget_50", "first", NOON))
+        alerts.raise_(Alert("budget_80", "second", NOON))
+        assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    assert [b["text"] for b in webhook.bodies] == ["[comfy-scaler] second"]
+
+
+async def test_a_4xx_is_not_retried(webhook):
+    webhook.fail_first, webhook.status = 1, 404
+    alerts = sender(webhook.url, attempts=3)
+    try:
+        alerts.raise_(Alert("budget_50", "first", NOON))
+        assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    assert webhook.attempts == 1 and webhook.bodies == []
+
+
+async def test_dry_run_prints_the_body_and_sends_nothing(webhook):
+    out = io.StringIO()
+    alerts = sender(webhook.url, dry_run=True, out=out)
+    try:
+        alerts.raise_(Alert("kill_switch", "kill switch used: every provider pinned to 0", NOON))
+        assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    assert webhook.attempts == 0
+    printed = out.getvalue()
+    assert printed.startswith("alert (dry run, not sent): ")
+    body = json.loads(printed.split(": ", 1)[1])
+    assert body == {"text": "[comfy-scaler] kill switch used: every provider pinned to 0"}
+    assert "T0KEN" not in printed

@@ -1,0 +1,151 @@
+"""FleetBackend over real providers: the fake Verda API on loopback and local worker processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
+from scaler.loop import ScalerLoop
+from scaler.metrics import ProviderMetrics, ScalerMetrics
+from scaler.policy import ScalingConfig
+from scaler.providers import LocalBackend, VerdaBackend
+from scaler.providers.fleet import FleetBackend, Member
+from standins.verda import FakeVerda
+
+DEPLOYMENT = "comfyui-worker-serverless"
+SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
+STATUS_PATH = f"/container-deployments/{DEPLOYMENT}/status"
+
+
+def metric(metrics: ScalerMetrics, line_start: str) -> float:
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.fixture
+def wall(clock):
+    """The hand-moved clock, set to now: Verda stamps its replicas with the real time."""
+    clock.now = time.time()
+    return clock
+
+
+@pytest.fixture
+def metrics() -> ScalerMetrics:
+    return ScalerMetrics()
+
+
+@pytest.fixture
+async def fleet(make_verda_client, wall, metrics, tmp_path: Path):
+    """Verda first (cheaper), local processes as the fallback (priced like RunPod, billed per second)."""
+    local = LocalBackend(dict(os.environ), command=SLEEPER, clock=wall, stop_timeout_s=2.0)
+    config = AllocatorConfig(
+        providers=(
+            ProviderSpec("local", max_replicas=3, price_per_hour=2.99, commit_s=15.0),
+            ProviderSpec("verda", max_replicas=3, price_per_hour=2.30),
+        ),
+        error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
+    )
+    members = [
+        Member(config.providers[0], local, RUNPOD_BILLING),
+        Member(config.providers[1], VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING),
+    ]
+    backend = FleetBackend(members, config, metrics=ProviderMetrics(metrics.registry), clock=wall,
+                           ledger_file=tmp_path / "ledger.json")
+    yield backend
+    await backend.aclose()
+
+
+async def test_quota_on_the_primary_falls_back_then_drains_back(fleet, fake_verda: FakeVerda, wall, metrics,
+                                                                   verda_scaling, caplog):
+    local = fleet.members["local"].backend
+    fake_verda.set_status(DEPLOYMENT, "quota_reached")
+    await fleet.observe()
+    await fleet.apply(2)
+    assert fleet.state.targets == {"verda": 0, "local": 2}
+    assert len(local.pids) == 2
+    assert verda_scaling() == (0, 0)
+    assert fleet.last_allocation.fallback_engaged
+    assert metric(metrics, "comfy_scaler_fallback_engaged") == 1
+    assert metric(metrics, 'comfy_scaler_provider_degraded{provider="verda"}') == 1
+
+    fake_verda.set_status(DEPLOYMENT, None)
+    wall.advance(61)
+    await fleet.observe()  # back-off over: Verda is asked again, the local replicas stay until Verda's are up
+    assert verda_scaling() == (2, 2)
+    assert fleet.state.targets == {"verda": 2, "local": 2}
+    wall.advance(15)
+    view = await fleet.observe()  # Verda lists both: the local ones are drained
+    assert fleet.state.targets == {"verda": 2, "local": 0}
+    assert metric(metrics, 'comfy_scaler_provider_moves_total{provider="local",reason="drain"}') == 1
+    assert metric(metrics, 'comfy_scaler_provider_moves_total{provider="local",reason="fallback"}') == 1
+    assert sorted(r.id.split("/")[0] for r in view.replicas) == ["local", "local", "verda", "verda"]
+    view = await fleet.observe()
+    assert [r.id.split("/")[0] for r in view.replicas] == ["verda", "verda"]
+    assert metric(metrics, "comfy_scaler_fallback_engaged") == 0
+
+
+async def test_errors_for_n_ticks_degrade_the_provider(fleet, fake_verda: FakeVerda, wall, verda_scaling):
+    await fleet.observe()
+    await fleet.apply(1)
+    assert fleet.state.targets == {"verda": 1, "local": 0}
+    fake_verda.fail_next(STATUS_PATH, 503, times=100)
+    wall.advance(15)
+    await fleet.observe()
+    assert fleet.state.targets == {"verda": 1, "local": 0}, "one failed read is not a degradation"
+    await fleet.apply(2)
+    wall.advance(15)
+    await fleet.observe()
+    assert fleet.state.health["verda"].degraded == "errors"
+    assert fleet.state.targets == {"verda": 1, "local": 1}, "Verda keeps its replica, the shortfall goes on"
+    assert verda_scaling() == (1, 1)
+
+
+async def test_the_ledger_charges_each_provider_by_its_rule_and_survives_a_restart(fleet, wall, tmp_path):
+    await fleet.observe()
+    await fleet.apply(2)
+    wall.advance(1)
+    await fleet.observe()
+    verda_interval = round(2 * 2.30 / 6, 4)
+    assert fleet.ledger.summary(wall())["verda"]["last_hour"] == verda_interval
+    wall.advance(120)
+    await fleet.observe()
+    spend = fleet.ledger.summary(wall())
+    assert spend["verda"]["last_hour"] == verda_interval, "the 10-minute interval is charged once"
+    restored = CostLedger.load(tmp_path / "ledger.json")
+    assert restored.summary(wall()) == spend
+
+
+def test_ledger_per_second_and_interval_rules():
+    ledger = CostLedger()
+    replica = type("R", (), {"id": "a", "started_at": 0.0})()
+    ledger.charge("runpod", [replica], 90.0, price_per_hour=3.6, rule=RUNPOD_BILLING)
+    ledger.charge("runpod", [replica], 150.0, price_per_hour=3.6, rule=RUNPOD_BILLING)
+    assert ledger.spent_since(-1, "runpod") == pytest.approx(0.15)  # 150 s at 0.001/s, each second once
+    ledger.charge("verda", [replica], 601.0, price_per_hour=6.0, rule=VERDA_BILLING)
+    assert ledger.spent_since(-1, "verda") == pytest.approx(2.0)  # two started 10-minute intervals
+    assert ledger.spent_since(-1) == pytest.approx(2.15)
+
+
+def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("{not json")
+    assert CostLedger.load(path).spent_since(0) == 0
+    assert not path.exists()
+    assert [p.name.startswith("ledger.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+async def test_the_loop_drives_the_fleet_as_one_backend(fleet, queue, wall, verda_scaling):
+    loop = ScalerLoop(ScalingConfig(max_replicas=4, price_per_replica_hour=0), fleet, queue, clock=wall)
+    queue.pending = 4
+    await loop.tick()
+    assert fleet.state.targets == {"verda": 3, "local": 1}, "Verda (cheaper) to its max, the rest local"
+    assert verda_scaling() == (3, 3)
