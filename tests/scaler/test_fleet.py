@@ -16,7 +16,7 @@ from scaler.loop import ScalerLoop
 from scaler.metrics import ProviderMetrics, ScalerMetrics
 from scaler.policy import ScalingConfig
 from scaler.providers import LocalBackend, VerdaBackend
-from scaler.providers.fleet import FleetBackend, Member
+from scaler.fleet import FleetBackend, Member
 from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"
