@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -25,12 +24,14 @@ from rich.table import Table
 from common.logs import configure_logging, register_secret
 from common.urls import redact_url, url_credentials
 from scaler.config import ConfigError, ScalerSettings, load_settings
+from scaler.fleet import FleetBackend, FleetStopError
 from scaler.loop import ScalerLoop, load_policy_state
-from scaler.metrics import MetricsServer, ScalerMetrics
+from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
-from scaler.providers import Backend, LocalBackend, VerdaBackend
-from scaler.providers.verda.client import VerdaAPIError, VerdaClient
+from scaler.providers import Backend, VerdaBackend
+from scaler.providers.verda.client import VerdaAPIError
 from scaler.queue_status import QueueStatusReader
+from scaler.wiring import ProviderSetupError, build_fleet, fleet_policy_config, make_provider, stop_all
 
 log = structlog.get_logger()
 
@@ -56,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--dry-run", action="store_true", help="decide and log, never write to the platform")
     status = commands.add_parser("status", help="queue, deployment, replicas and the decision it would make")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("stop", help="kill switch: pin the replica count to 0 and pause the deployment")
+    stop = commands.add_parser("stop", help="kill switch: pin the replica count to 0 and pause the deployment")
+    stop.add_argument(
+        "--all", action="store_true",
+        help="every provider (SCALER_PROVIDERS, else SCALER_BACKEND): pin to 0, pause, confirm nothing runs; "
+        "exit 1 naming any provider not stopped",
+    )
     commands.add_parser("resume", help="resume the deployment; the scaler sets the count at its next tick")
     commands.add_parser("simulate", help="compare policies on workloads (comfy-scaler simulate --help)")
     commands.add_parser("deploy", help="create or update the Verda deployment (comfy-scaler deploy --help)")
@@ -74,16 +80,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
-    for secret in (settings.queue_manager_token, settings.verda_client_secret):
+    for secret in (settings.queue_manager_token, settings.verda_client_secret, settings.alert_webhook_url):
         if secret is not None:
             register_secret(secret.get_secret_value())
     for credential in url_credentials(settings.queue_base_url):
         register_secret(credential)
-    if settings.backend == "local" and args.command in ("once", "stop", "resume"):
+    if settings.provider_names and args.command == "once":
+        print("once: a fleet (SCALER_PROVIDERS) keeps provider health between ticks: use `comfy-scaler run`",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "stop" and (args.all or settings.provider_names):
+        return asyncio.run(_stop_all(settings))
+    if settings.backend == "local" and not settings.provider_names and args.command in ("once", "stop", "resume"):
         print(f"{args.command}: {LOCAL_ONLY_IN_RUN}", file=sys.stderr)
         return EXIT_USAGE
     command = {"run": _run, "once": _once, "status": _status, "stop": _stop, "resume": _resume}[args.command]
-    return asyncio.run(command(settings, args))
+    try:
+        return asyncio.run(command(settings, args))
+    except ProviderSetupError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -100,16 +116,7 @@ def _delegate(command: str, rest: list[str]) -> int:
 
 
 def make_backend(settings: ScalerSettings) -> Backend:
-    if settings.backend == "local":
-        worker_env = {**os.environ, "QUEUE_MANAGER_URL": settings.queue_base_url}
-        if settings.queue_manager_token is not None:
-            worker_env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()
-        return LocalBackend(worker_env, log_dir=settings.local_log_dir)
-    assert settings.verda_client_id and settings.verda_client_secret  # checked by ScalerSettings
-    client = VerdaClient(
-        settings.verda_client_id, settings.verda_client_secret.get_secret_value(), base_url=settings.verda_base_url
-    )
-    return VerdaBackend(client, settings.deployment_name)
+    return make_provider(settings, settings.backend)
 
 
 def make_queue_reader(settings: ScalerSettings) -> QueueStatusReader:
@@ -118,11 +125,20 @@ def make_queue_reader(settings: ScalerSettings) -> QueueStatusReader:
 
 
 @asynccontextmanager
-async def _opened(settings: ScalerSettings) -> AsyncIterator[tuple[Backend, QueueStatusReader]]:
+async def _opened(
+    settings: ScalerSettings, *, metrics: ScalerMetrics | None = None, dry_run: bool = False,
+    with_alerts: bool = False,
+) -> AsyncIterator[tuple[Backend, QueueStatusReader]]:
     async with AsyncExitStack() as stack:
         queue = make_queue_reader(settings)
         stack.push_async_callback(queue.aclose)
-        backend = make_backend(settings)
+        if settings.provider_names:
+            provider_metrics = ProviderMetrics(metrics.registry) if metrics is not None else None
+            backend: Backend = await build_fleet(
+                settings, metrics=provider_metrics, dry_run=dry_run, with_alerts=with_alerts
+            )
+        else:
+            backend = make_backend(settings)
         stack.push_async_callback(backend.aclose)
         yield backend, queue
 
@@ -130,12 +146,15 @@ async def _opened(settings: ScalerSettings) -> AsyncIterator[tuple[Backend, Queu
 @dataclass(frozen=True)
 class Pricing:
     config: ScalingConfig
-    source: str  # "setting" | "verda" | "default"
+    source: str  # "setting" | "verda" | "default" | "per provider"
     error: str | None = None
 
 
 async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing:
-    """The policy's config with its price: the setting, else Verda's /container-types, else the default."""
+    """The policy's config with its price: the setting, else Verda's /container-types, else the default.
+    A fleet prices each provider itself (the policy only counts)."""
+    if isinstance(backend, FleetBackend):
+        return Pricing(fleet_policy_config(settings), "per provider")
     if settings.price_per_replica_hour is not None:
         return Pricing(settings.scaling_config(), "setting")
     if not isinstance(backend, VerdaBackend):
@@ -165,37 +184,50 @@ def _load_state(settings: ScalerSettings) -> PolicyState:
 async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
     metrics = ScalerMetrics()
     server = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port)
-    async with _opened(settings) as (backend, queue):
-        pricing = await resolve_pricing(settings, backend)
-        if pricing.error:
-            log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
-            return EXIT_FAILED
-        config = pricing.config
-        if config.billing_aware and config.scale_down_lead_s < VERDA_STOP_GRACE_S + settings.interval_s:
-            log.warning(
-                "scale_down_lead_too_short",
-                scale_down_lead_s=config.scale_down_lead_s,
-                hint=f"a billing-aware scale-down can miss the boundary: make SCALER_SCALE_DOWN_LEAD_S >= "
-                f"{VERDA_STOP_GRACE_S:.0f} + SCALER_INTERVAL_S",
-            )
-        loop = ScalerLoop(
-            config, backend, queue,
-            interval_s=settings.interval_s, dry_run=args.dry_run, metrics=metrics,
-            failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
-            state_file=settings.state_file,
+    async with _opened(settings, metrics=metrics, dry_run=args.dry_run, with_alerts=True) as (backend, queue):
+        return await _run_loop(settings, args, backend, queue, metrics, server)
+
+
+async def _run_loop(
+    settings: ScalerSettings,
+    args: argparse.Namespace,
+    backend: Backend,
+    queue: QueueStatusReader,
+    metrics: ScalerMetrics,
+    server: MetricsServer,
+) -> int:
+    pricing = await resolve_pricing(settings, backend)
+    if pricing.error:
+        log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
+        return EXIT_FAILED
+    config = pricing.config
+    if config.billing_aware and config.scale_down_lead_s < VERDA_STOP_GRACE_S + settings.interval_s:
+        log.warning(
+            "scale_down_lead_too_short",
+            scale_down_lead_s=config.scale_down_lead_s,
+            hint=f"a billing-aware scale-down can miss the boundary: make SCALER_SCALE_DOWN_LEAD_S >= "
+            f"{VERDA_STOP_GRACE_S:.0f} + SCALER_INTERVAL_S",
         )
-        stop = asyncio.Event()
-        event_loop = asyncio.get_running_loop()
+    loop = ScalerLoop(
+        config, backend, queue,
+        interval_s=settings.interval_s, dry_run=args.dry_run, metrics=metrics,
+        failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+        state_file=settings.state_file,
+    )
+    if isinstance(backend, FleetBackend) and backend.alerts is not None:
+        backend.alerts.start()
+    stop = asyncio.Event()
+    event_loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        event_loop.add_signal_handler(sig, stop.set)
+    if settings.metrics_port:
+        await server.start()
+    try:
+        await loop.run(stop)
+    finally:
         for sig in STOP_SIGNALS:
-            event_loop.add_signal_handler(sig, stop.set)
-        if settings.metrics_port:
-            await server.start()
-        try:
-            await loop.run(stop)
-        finally:
-            for sig in STOP_SIGNALS:
-                event_loop.remove_signal_handler(sig)
-            await server.stop()
+            event_loop.remove_signal_handler(sig)
+        await server.stop()
     return EXIT_OK
 
 
@@ -215,12 +247,15 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
-    async with _opened(settings) as (backend, queue):
+    async with _opened(settings, dry_run=True) as (backend, queue):
         pricing = await resolve_pricing(settings, backend)
         loop = ScalerLoop(pricing.config, backend, queue, dry_run=True)
         observation = await loop.observe()
         decision = decide(pricing.config, _load_state(settings), observation)
+        fleet = backend.status_report(observation.now) if isinstance(backend, FleetBackend) else None
     report = _status_report(settings, loop, decision, pricing, observation.now)
+    if fleet is not None:
+        report["fleet"] = fleet
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -244,11 +279,26 @@ async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _stop_all(settings: ScalerSettings) -> int:
+    names = settings.provider_names or [settings.backend]
+    results = await stop_all(settings, names)
+    for result in results:
+        mark = "stopped" if result.stopped else "NOT STOPPED"
+        print(f"{result.provider}: {mark}: {result.detail}", file=sys.stdout if result.stopped else sys.stderr)
+    failed = [r.provider for r in results if not r.stopped]
+    log.warning("kill_switch_engaged", providers=names, not_stopped=failed)
+    if failed:
+        print(f"stop --all: could not stop {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    print("every provider pinned to 0 and paused; nothing is running. Undo with: comfy-scaler resume")
+    return EXIT_OK
+
+
 async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings) as (backend, _):
         try:
             await backend.resume()
-        except (VerdaAPIError, httpx.HTTPError) as exc:
+        except (VerdaAPIError, httpx.HTTPError, FleetStopError) as exc:
             print(f"resume failed: {_platform_error(exc)}", file=sys.stderr)
             return EXIT_FAILED
     log.info("kill_switch_released", deployment=settings.deployment_name)
@@ -333,6 +383,8 @@ def _print_status(report: dict[str, Any]) -> None:
         price += f" [yellow]lookup failed: {report['price_error']}[/yellow]"
     overview.add_row("price", price)
     console.print(overview)
+    if "fleet" in report:
+        _print_fleet(console, report["fleet"])
     if report["replicas"]:
         table = Table(title="replicas")
         for column in ("id", "started_at", "age_s"):
@@ -340,6 +392,27 @@ def _print_status(report: dict[str, Any]) -> None:
         for replica in report["replicas"]:
             table.add_row(replica["id"], replica["started_at"], str(replica["age_s"]))
         console.print(table)
+
+
+
+def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
+    providers = Table(title="providers (cheapest first is preferred)")
+    for column in ("provider", "price/h", "billing", "max", "live", "ready", "status", "degraded"):
+        providers.add_column(column)
+    for name, row in fleet["providers"].items():
+        degraded = row["degraded"] or ""
+        if degraded and row["retry_in_s"] is not None:
+            degraded += f" (retry in {row['retry_in_s']} s)"
+        status = row["status"] if row["error"] is None else f"[red]unreadable: {row['error']}[/red]"
+        providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
+                          str(row["live"]), str(row["ready"]), str(status), degraded)
+    console.print(providers)
+    spend = Table(title="billed cost (ledger)")
+    for column in ("provider", "last hour", "last 24 h", "today (UTC)"):
+        spend.add_column(column)
+    for name, windows in fleet["spend"].items():
+        spend.add_row(name, *(f"{windows[w]:.2f}" for w in ("last_hour", "last_day", "today")))
+    console.print(spend)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import ConfigError, env_name, settings_from_env
 from common.urls import redact_url
+from scaler.alerts import AlertFormat
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
@@ -22,6 +23,7 @@ from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_nam
 __all__ = ["ConfigError", "ScalerSettings", "load_settings"]
 
 DEFAULTS = ScalingConfig()
+PROVIDER_KINDS = ("local", "verda", "runpod")
 POLICY_FIELDS = tuple(ScalingConfig.__dataclass_fields__)
 
 
@@ -48,6 +50,22 @@ class ScalerSettings(BaseSettings):
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")
     state_file: Path | None = Field(default=None, validation_alias="SCALER_STATE_FILE")
     local_log_dir: Path | None = Field(default=None, validation_alias="SCALER_LOCAL_LOG_DIR")
+    # Several providers with fallback (docs/providers.md); unset: the one SCALER_BACKEND.
+    providers: str | None = Field(default=None, pattern=r"^[a-z, -]+$", validation_alias="SCALER_PROVIDERS")
+    local_max_replicas: int = Field(default=2, ge=0, validation_alias="SCALER_LOCAL_MAX_REPLICAS")
+    local_price_per_hour: float = Field(default=0.0, ge=0, validation_alias="SCALER_LOCAL_PRICE_PER_HOUR")
+    verda_max_replicas: int = Field(default=DEFAULTS.max_replicas, ge=0, validation_alias="SCALER_VERDA_MAX_REPLICAS")
+    verda_price_per_hour: float | None = Field(default=None, ge=0, validation_alias="SCALER_VERDA_PRICE_PER_HOUR")
+    runpod_max_replicas: int = Field(default=DEFAULTS.max_replicas, ge=0, validation_alias="SCALER_RUNPOD_MAX_REPLICAS")
+    runpod_price_per_hour: float | None = Field(default=None, ge=0, validation_alias="SCALER_RUNPOD_PRICE_PER_HOUR")
+    fallback_error_ticks: int = Field(default=3, ge=1, validation_alias="SCALER_FALLBACK_ERROR_TICKS")
+    fallback_start_deadline_s: float = Field(default=600.0, gt=0, validation_alias="SCALER_FALLBACK_START_DEADLINE_S")
+    fallback_retry_s: float = Field(default=300.0, gt=0, validation_alias="SCALER_FALLBACK_RETRY_S")
+    fallback_retry_max_s: float = Field(default=3600.0, gt=0, validation_alias="SCALER_FALLBACK_RETRY_MAX_S")
+    ledger_file: Path | None = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
+    alert_webhook_url: SecretStr | None = Field(default=None, validation_alias="SCALER_ALERT_WEBHOOK_URL")
+    alert_format: AlertFormat = Field(default=AlertFormat.SLACK, validation_alias="SCALER_ALERT_FORMAT")
+    alert_dry_run: bool = Field(default=False, validation_alias="SCALER_ALERT_DRY_RUN")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
     log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
 
@@ -86,9 +104,20 @@ class ScalerSettings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> ScalerSettings:
         problems = []
-        if self.backend == "verda":
+        unknown = [name for name in self.provider_names if name not in PROVIDER_KINDS]
+        if unknown:
+            problems.append(f"SCALER_PROVIDERS: unknown {unknown}; choose from {', '.join(PROVIDER_KINDS)}")
+        if len(set(self.provider_names)) != len(self.provider_names):
+            problems.append("SCALER_PROVIDERS: a provider is listed twice")
+        if self.fallback_retry_max_s < self.fallback_retry_s:
+            problems.append("SCALER_FALLBACK_RETRY_MAX_S must be >= SCALER_FALLBACK_RETRY_S")
+        if self.alert_webhook_url is not None and not self.alert_webhook_url.get_secret_value().startswith(
+            ("https://", "http://")
+        ):
+            problems.append("SCALER_ALERT_WEBHOOK_URL: must be an http(s) URL")
+        if "verda" in self.provider_names or (not self.provider_names and self.backend == "verda"):
             problems += [
-                f"{name}: required with SCALER_BACKEND=verda (Verda console > API keys)"
+                f"{name}: required to drive Verda (Verda console > API keys)"
                 for name, value in (("VERDA_CLIENT_ID", self.verda_client_id),
                                     ("VERDA_CLIENT_SECRET", self.verda_client_secret))
                 if not value
@@ -100,6 +129,11 @@ class ScalerSettings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def provider_names(self) -> list[str]:
+        """The fleet's priority list (SCALER_PROVIDERS); empty when the scaler drives SCALER_BACKEND alone."""
+        return [name.strip() for name in (self.providers or "").split(",") if name.strip()]
 
     @property
     def queue_base_url(self) -> str:
@@ -120,7 +154,7 @@ class ScalerSettings(BaseSettings):
 
     def public_summary(self) -> dict[str, object]:
         """The settings without secrets, for `status`."""
-        hidden = {"queue_manager_token", "verda_client_secret"}
+        hidden = {"queue_manager_token", "verda_client_secret", "alert_webhook_url"}
         summary = {name: getattr(self, name) for name in type(self).model_fields if name not in hidden}
         return {
             name: redact_url(str(value)) if isinstance(value, AnyHttpUrl) else str(value) if isinstance(value, Path)

@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.loop import ScalerLoop
 from scaler.metrics import ProviderMetrics, ScalerMetrics
 from scaler.policy import ScalingConfig
 from scaler.providers import LocalBackend, VerdaBackend
-from scaler.fleet import FleetBackend, Member
 from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"

@@ -1,0 +1,197 @@
+"""From settings to running providers: one backend (SCALER_BACKEND) or a fleet (SCALER_PROVIDERS), and kill-all.
+
+Kept apart from the CLI so the commands stay thin: ``make_provider`` builds one provider's backend,
+``build_fleet`` the fleet with its prices, ledger, metrics and alerts, ``stop_all`` is `comfy-scaler stop --all`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from scaler.alerts import Alert, AlertBook, AlertSender
+from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.config import ScalerSettings
+from scaler.fleet import FleetBackend, Member
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
+from scaler.metrics import ProviderMetrics
+from scaler.policy import ScalingConfig
+from scaler.providers import Backend, LocalBackend, VerdaBackend
+from scaler.providers.verda.client import VerdaClient
+
+log = structlog.get_logger()
+
+LOCAL_BILLING = BillingRule()  # per second; its price is what the operator says this machine costs
+KILL_CONFIRM_TIMEOUT_S = 120.0  # Verda: SIGTERM, 30 s grace, then the replica leaves the list
+KILL_CONFIRM_POLL_S = 5.0
+
+
+class ProviderSetupError(Exception):
+    """A provider in SCALER_PROVIDERS cannot be built or priced."""
+
+
+def make_provider(settings: ScalerSettings, name: str) -> Backend:
+    if name == "local":
+        worker_env = {**os.environ, "QUEUE_MANAGER_URL": settings.queue_base_url}
+        if settings.queue_manager_token is not None:
+            worker_env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()
+        return LocalBackend(worker_env, log_dir=settings.local_log_dir)
+    if name == "verda":
+        assert settings.verda_client_id and settings.verda_client_secret  # checked by ScalerSettings
+        client = VerdaClient(
+            settings.verda_client_id, settings.verda_client_secret.get_secret_value(),
+            base_url=settings.verda_base_url,
+        )
+        return VerdaBackend(client, settings.deployment_name)
+    raise ProviderSetupError(
+        f"{name}: no backend wired for it in this version of comfy-scaler (docs/providers.md)"
+    )
+
+
+def fleet_policy_config(settings: ScalerSettings) -> ScalingConfig:
+    """The policy decides how many for the whole fleet; prices and budgets are the allocator's, per provider."""
+    return ScalingConfig(**{
+        **{name: getattr(settings, name) for name in ScalingConfig.__dataclass_fields__
+           if name not in ("price_per_replica_hour", "max_spend_per_hour", "max_spend_per_day")},
+        "price_per_replica_hour": 0.0,
+    })
+
+
+async def _price(settings: ScalerSettings, name: str, backend: Backend) -> float:
+    configured = getattr(settings, f"{name}_price_per_hour")
+    if configured is not None:
+        return float(configured)
+    lookup = getattr(backend, "price_per_hour", None)
+    if lookup is None:
+        raise ProviderSetupError(f"{name}: set SCALER_{name.upper()}_PRICE_PER_HOUR")
+    try:
+        return float(await lookup())
+    except Exception as exc:
+        raise ProviderSetupError(
+            f"{name}: price lookup failed ({type(exc).__name__}: {exc}); set SCALER_{name.upper()}_PRICE_PER_HOUR"
+        ) from None
+
+
+async def build_fleet(
+    settings: ScalerSettings,
+    *,
+    metrics: ProviderMetrics | None = None,
+    dry_run: bool = False,
+    with_alerts: bool = True,
+) -> FleetBackend:
+    """The fleet of SCALER_PROVIDERS, priced (setting, else the provider's price list). Closes what it built
+    when a provider cannot be set up."""
+    built: list[tuple[str, Backend]] = []
+    try:
+        for name in settings.provider_names:
+            built.append((name, make_provider(settings, name)))
+        members = []
+        tick_s = settings.interval_s
+        for name, backend in built:
+            billing = {"verda": VERDA_BILLING, "runpod": RUNPOD_BILLING}.get(name, LOCAL_BILLING)
+            spec = ProviderSpec(
+                name, getattr(settings, f"{name}_max_replicas"), await _price(settings, name, backend),
+                commit_s=billing.interval_s if not billing.per_second else tick_s,
+            )
+            members.append(Member(spec, backend, billing))
+    except BaseException:
+        await asyncio.gather(*(backend.aclose() for _, backend in built), return_exceptions=True)
+        raise
+    config = AllocatorConfig(
+        providers=tuple(m.spec for m in members),
+        error_ticks=settings.fallback_error_ticks,
+        start_deadline_s=settings.fallback_start_deadline_s,
+        retry_after_s=settings.fallback_retry_s,
+        retry_max_s=settings.fallback_retry_max_s,
+        max_spend_per_hour=settings.max_spend_per_hour,
+        max_spend_per_day=settings.max_spend_per_day,
+    )
+    ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
+    alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
+    return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
+                        alerts=alerts, dry_run=dry_run)
+
+
+def make_alerts(settings: ScalerSettings, book: AlertBook, *, dry_run: bool = False) -> AlertSender:
+    url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else None
+    return AlertSender(url, fmt=settings.alert_format, book=book, dry_run=dry_run or settings.alert_dry_run)
+
+
+# --- kill-all ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StopResult:
+    provider: str
+    stopped: bool
+    detail: str
+
+
+async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s: float) -> StopResult:
+    """Pin to zero, pause, then read the provider's own state until nothing is listed (or the time is up)."""
+    if isinstance(backend, LocalBackend):
+        return StopResult(name, False, "its workers live inside `comfy-scaler run`: stop that process (Ctrl-C)")
+    try:
+        await backend.apply(0)
+        await backend.pause()
+    except Exception as exc:
+        return StopResult(name, False, f"could not pin to 0 and pause: {type(exc).__name__}: {exc}"[:300])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            view = await backend.observe()
+        except Exception as exc:
+            view, error = None, f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            error = None
+            if not view.replicas:
+                return StopResult(name, True, f"0 replicas, status {view.status}")
+        if time.monotonic() >= deadline:
+            still = f"{len(view.replicas)} replicas still listed (status {view.status})" if view else error
+            return StopResult(name, False, f"not confirmed after {timeout_s:.0f} s: {still}")
+        await asyncio.sleep(poll_s)
+
+
+async def stop_all(
+    settings: ScalerSettings,
+    names: Sequence[str],
+    *,
+    timeout_s: float = KILL_CONFIRM_TIMEOUT_S,
+    poll_s: float = KILL_CONFIRM_POLL_S,
+) -> list[StopResult]:
+    """`comfy-scaler stop --all`: every provider at once, each confirmed from its own state."""
+    results: list[StopResult] = []
+    backends: list[tuple[str, Backend]] = []
+    for name in names:
+        try:
+            backends.append((name, make_provider(settings, name)))
+        except ProviderSetupError as exc:
+            results.append(StopResult(name, False, str(exc)))
+    try:
+        results += await asyncio.gather(
+            *(stop_provider(name, backend, timeout_s=timeout_s, poll_s=poll_s) for name, backend in backends)
+        )
+    finally:
+        await asyncio.gather(*(backend.aclose() for _, backend in backends), return_exceptions=True)
+    book = AlertBook.from_json(CostLedger.load(settings.ledger_file).alerts) if settings.ledger_file else AlertBook()
+    alerts = make_alerts(settings, book)
+    try:
+        stopped = [r.provider for r in results if r.stopped]
+        failed = [r.provider for r in results if not r.stopped]
+        alerts.raise_(Alert("kill_switch", f"kill switch used: stopped {stopped or 'none'}"
+                            + (f"; NOT stopped: {failed}" if failed else ""), time.time(),
+                            {"stopped": stopped, "not_stopped": failed}))
+        await alerts.flush(timeout_s=30.0)
+    finally:
+        await alerts.aclose()
+    if settings.ledger_file:
+        ledger = CostLedger.load(settings.ledger_file)
+        ledger.alerts = book.to_json()
+        ledger.save(settings.ledger_file)
+    order = {name: i for i, name in enumerate(names)}
+    return sorted(results, key=lambda r: order.get(r.provider, len(order)))

@@ -1,0 +1,112 @@
+"""`comfy-scaler stop --all` and the fleet's `status`, against the fake Verda on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from scaler.cli import main
+from scaler.config import load_settings
+from scaler.providers import VerdaBackend
+from scaler.wiring import stop_all, stop_provider
+from standins.verda import FakeVerda
+
+DEPLOYMENT = "comfyui-worker-serverless"
+
+
+@pytest.fixture
+def fleet_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path: Path, restore_logging):
+    client_id, client_secret = verda_credentials
+    env = {
+        "QUEUE_MANAGER_URL": qm.url,
+        "VERDA_CLIENT_ID": client_id,
+        "VERDA_CLIENT_SECRET": client_secret,
+        "VERDA_API_URL": fake_verda.url,
+        "SCALER_PROVIDERS": "verda",
+        "SCALER_VERDA_PRICE_PER_HOUR": "2.30",
+        "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
+        "SCALER_ALERT_DRY_RUN": "true",
+        "LOG_FORMAT": "json",
+    }
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+async def cli(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_stop_all_pins_zero_pauses_and_confirms_from_the_providers_state(
+    fleet_env, make_verda_client, fake_verda, verda_scaling, capsys, tmp_path
+):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(2)
+    await backend.aclose()
+    assert len(fake_verda.deployments[DEPLOYMENT].replicas) == 2
+    capsys.readouterr()
+    assert await cli("stop", "--all") == 0
+    assert verda_scaling() == (0, 0)
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert fake_verda.deployments[DEPLOYMENT].replicas == []
+    out = capsys.readouterr().out
+    assert "verda: stopped: 0 replicas, status paused" in out
+    sent = [line for line in out.splitlines() if line.startswith("alert (dry run")]
+    assert len(sent) == 1 and "kill switch used" in sent[0]
+    assert json.loads((tmp_path / "ledger.json").read_text())["alerts"]["sent"] == ["kill_switch"]
+    assert await cli("stop", "--all") == 0
+    assert "alert (dry run" not in capsys.readouterr().out, "the kill switch alert goes out once a day"
+
+
+async def test_stop_all_exits_1_naming_the_providers_it_could_not_stop(
+    fleet_env, monkeypatch, fake_verda, capsys
+):
+    monkeypatch.setenv("SCALER_PROVIDERS", "local,verda")
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/pause", 400, times=5)
+    assert await cli("stop", "--all") == 1
+    err = capsys.readouterr().err
+    assert "local: NOT STOPPED" in err and "inside `comfy-scaler run`" in err
+    assert "verda: NOT STOPPED: could not pin to 0 and pause" in err
+    assert "could not stop local, verda" in err
+
+
+async def test_stop_is_not_confirmed_while_the_provider_still_lists_replicas(fleet_env, make_verda_client,
+                                                                            fake_verda):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(1)
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 503, times=100)
+    try:
+        result = await stop_provider("verda", backend, timeout_s=0.3, poll_s=0.05)
+    finally:
+        await backend.aclose()
+    assert not result.stopped
+    assert "not confirmed after 0 s" in result.detail
+
+
+async def test_stop_all_names_a_provider_without_a_backend(fleet_env, monkeypatch):
+    monkeypatch.setenv("SCALER_PROVIDERS", "verda")
+    results = await stop_all(load_settings(), ["verda", "kubernetes"], timeout_s=1, poll_s=0.05)
+    assert [(r.provider, r.stopped) for r in results] == [("verda", True), ("kubernetes", False)]
+
+
+async def test_status_json_shows_each_provider_and_the_ledger(fleet_env, make_verda_client, capsys):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(1)
+    await backend.aclose()
+    capsys.readouterr()
+    assert await cli("status", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    verda = report["fleet"]["providers"]["verda"]
+    assert (verda["price_per_hour"], verda["billing"], verda["live"]) == (2.3, "started 10-minute intervals", 1)
+    assert report["fleet"]["spend"]["total"]["last_hour"] == pytest.approx(2.3 / 6, abs=1e-4)
+    assert report["price_source"] == "per provider"
+
+
+def test_unknown_provider_is_a_configuration_error(fleet_env, monkeypatch, capsys):
+    monkeypatch.setenv("SCALER_PROVIDERS", "verda,kubernetes")
+    assert main(["status"]) == 2
+    assert "SCALER_PROVIDERS: unknown ['kubernetes']" in capsys.readouterr().err
