@@ -80,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
-    for secret in (settings.queue_manager_token, settings.verda_client_secret, settings.alert_webhook_url):
+    secrets = (settings.queue_manager_token, settings.verda_client_secret, settings.alert_webhook_url,
+               settings.runpod_api_key)
+    for secret in secrets:
         if secret is not None:
             register_secret(secret.get_secret_value())
     for credential in url_credentials(settings.queue_base_url):

@@ -63,6 +63,9 @@ class ScalerSettings(BaseSettings):
     fallback_retry_s: float = Field(default=300.0, gt=0, validation_alias="SCALER_FALLBACK_RETRY_S")
     fallback_retry_max_s: float = Field(default=3600.0, gt=0, validation_alias="SCALER_FALLBACK_RETRY_MAX_S")
     ledger_file: Path | None = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
+    # The deploy spec RunPod pods are built from (image, env, [runpod] table); unset: verda/deployment.toml.
+    deploy_spec: Path | None = Field(default=None, validation_alias="SCALER_DEPLOY_SPEC")
+    runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     alert_webhook_url: SecretStr | None = Field(default=None, validation_alias="SCALER_ALERT_WEBHOOK_URL")
     alert_format: AlertFormat = Field(default=AlertFormat.SLACK, validation_alias="SCALER_ALERT_FORMAT")
     alert_dry_run: bool = Field(default=False, validation_alias="SCALER_ALERT_DRY_RUN")
@@ -115,6 +118,8 @@ class ScalerSettings(BaseSettings):
             ("https://", "http://")
         ):
             problems.append("SCALER_ALERT_WEBHOOK_URL: must be an http(s) URL")
+        if "runpod" in self.provider_names and self.runpod_api_key is None:
+            problems.append("RUNPOD_API_KEY: required to drive RunPod (RunPod console > Settings > API Keys)")
         if "verda" in self.provider_names or (not self.provider_names and self.backend == "verda"):
             problems += [
                 f"{name}: required to drive Verda (Verda console > API keys)"
@@ -154,7 +159,7 @@ class ScalerSettings(BaseSettings):
 
     def public_summary(self) -> dict[str, object]:
         """The settings without secrets, for `status`."""
-        hidden = {"queue_manager_token", "verda_client_secret", "alert_webhook_url"}
+        hidden = {"queue_manager_token", "verda_client_secret", "alert_webhook_url", "runpod_api_key"}
         summary = {name: getattr(self, name) for name in type(self).model_fields if name not in hidden}
         return {
             name: redact_url(str(value)) if isinstance(value, AnyHttpUrl) else str(value) if isinstance(value, Path)

@@ -17,6 +17,9 @@ import structlog
 from scaler.alerts import Alert, AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import ScalerSettings
+from scaler.deploy.errors import DeployError
+from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
+from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
@@ -48,9 +51,12 @@ def make_provider(settings: ScalerSettings, name: str) -> Backend:
             base_url=settings.verda_base_url,
         )
         return VerdaBackend(client, settings.deployment_name)
-    raise ProviderSetupError(
-        f"{name}: no backend wired for it in this version of comfy-scaler (docs/providers.md)"
-    )
+    if name == "runpod":
+        try:
+            return runpod_backend_from_spec(settings.deploy_spec or DEFAULT_SPEC_PATH, os.environ)
+        except DeployError as exc:
+            raise ProviderSetupError(f"runpod: {exc}") from None
+    raise ProviderSetupError(f"{name}: no backend for it (choose from local, verda, runpod)")
 
 
 def fleet_policy_config(settings: ScalerSettings) -> ScalingConfig:

@@ -1,0 +1,145 @@
+"""The fleet over the fake Verda and the fake RunPod, both on loopback: fallback both ways and kill-all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.cli import main
+from scaler.fleet import FleetBackend, Member
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.providers import VerdaBackend
+from scaler.providers.runpod.backend import RunPodBackend
+from scaler.providers.runpod.client import RunPodClient
+from standins.runpod import FakeRunPod
+from standins.verda import FakeVerda
+
+DEPLOYMENT = "comfyui-worker-serverless"
+RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
+GPU = "NVIDIA GeForce RTX 4090"
+POD_BODY = {
+    "image": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
+    "gpu": {"id": GPU, "count": 1},
+    "cloud": "SECURE",
+    "disk": 50,
+    "ports": ["8000/http"],
+    "env": {"SERVERLESS_MODE": "true", "HEALTH_PORT": "8000"},
+    "mounts": {"network": [{"volumeId": "vol-models", "path": "/runpod-volume"}]},
+}
+
+
+@pytest.fixture
+async def fake_runpod():
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-models",)) as server:
+        yield server
+
+
+@pytest.fixture
+def wall(clock):
+    clock.now = time.time()
+    return clock
+
+
+def make_fleet(make_verda_client, fake_runpod, wall, *, verda_price: float, runpod_price: float) -> FleetBackend:
+    config = AllocatorConfig(
+        providers=(
+            ProviderSpec("verda", max_replicas=3, price_per_hour=verda_price),
+            ProviderSpec("runpod", max_replicas=3, price_per_hour=runpod_price, commit_s=15.0),
+        ),
+        error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
+    )
+    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY, clock=wall)
+    members = [
+        Member(config.providers[0], VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING),
+        Member(config.providers[1], runpod, RUNPOD_BILLING),
+    ]
+    return FleetBackend(members, config, clock=wall)
+
+
+async def test_verda_quota_falls_back_to_runpod_then_drains_back(
+    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
+):
+    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
+    try:
+        fake_verda.set_status(DEPLOYMENT, "quota_reached")
+        await fleet.observe()
+        await fleet.apply(2)
+        assert fleet.state.targets == {"verda": 0, "runpod": 2}
+        assert len(fake_runpod.live_pods()) == 2
+        wall.advance(30)
+        await fleet.observe()
+        assert fleet.ledger.spent_since(wall() - 3600, "runpod") == pytest.approx(2 * 2.99 * 30 / 3600, rel=0.01)
+
+        fake_verda.set_status(DEPLOYMENT, None)
+        wall.advance(61)
+        await fleet.observe()
+        assert verda_scaling() == (2, 2)
+        assert len(fake_runpod.live_pods()) == 2, "RunPod's pods stay until Verda's replicas are up"
+        wall.advance(15)
+        await fleet.observe()
+        assert fleet.state.targets == {"verda": 2, "runpod": 0}
+        assert [m.reason for m in fleet.last_allocation.moves] == ["drain"]
+        assert fake_runpod.live_pods() == []
+    finally:
+        await fleet.aclose()
+
+
+async def test_runpod_refusing_capacity_sends_its_shortfall_to_verda(
+    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
+):
+    fake_runpod.capacity[GPU] = 1
+    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=0.44)
+    try:
+        await fleet.observe()
+        await fleet.apply(3)  # RunPod is cheaper: all three asked of it; it places one and refuses the rest
+        assert len(fake_runpod.live_pods()) == 1
+        wall.advance(15)
+        await fleet.observe()
+        assert fleet.state.health["runpod"].degraded == "quota_reached"
+        assert fleet.state.targets == {"runpod": 1, "verda": 2}
+        assert verda_scaling() == (2, 2)
+        assert fleet.last_allocation.fallback_engaged
+    finally:
+        await fleet.aclose()
+
+
+async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
+    monkeypatch, qm, fake_verda: FakeVerda, fake_runpod: FakeRunPod, verda_credentials, make_verda_client,
+    tmp_path: Path, restore_logging, capsys,
+):
+    env = {
+        "QUEUE_MANAGER_URL": qm.url,
+        "VERDA_CLIENT_ID": verda_credentials[0],
+        "VERDA_CLIENT_SECRET": verda_credentials[1],
+        "VERDA_API_URL": fake_verda.url,
+        "RUNPOD_API_KEY": RUNPOD_KEY,
+        "RUNPOD_API_URL": fake_runpod.url,
+        "RUNPOD_VOLUME_ID": "vol-models",
+        "RUNPOD_DATA_CENTER_IDS": "US-TX-3",
+        "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
+        "SCALER_PROVIDERS": "verda,runpod",
+        "SCALER_ALERT_DRY_RUN": "true",
+        "LOG_FORMAT": "json",
+    }
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await verda.apply(1)
+    await verda.aclose()
+    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)
+    await runpod.apply(2)
+    await runpod.aclose()
+    assert len(fake_runpod.live_pods()) == 2
+    capsys.readouterr()
+
+    assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "verda: stopped" in out and "runpod: stopped" in out
+    assert fake_runpod.live_pods() == []
+    assert fake_verda.deployments[DEPLOYMENT].replicas == []
+    assert RUNPOD_KEY not in out
