@@ -6,7 +6,6 @@ min == max leaves it nothing to decide, so the count is ours alone.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -29,11 +28,9 @@ class VerdaBackend:
     async def observe(self) -> BackendView:
         """Status, replicas and the scaling Verda holds now, read afresh on every call: anyone (the console,
         `comfy-scaler stop`, a deploy) may have changed them since the last one."""
-        status, listed, scaling = await asyncio.gather(
-            self.client.get_status(self.deployment),
-            self.client.get_replicas(self.deployment),
-            self.client.get_scaling(self.deployment),
-        )
+        status = await self.client.get_status(self.deployment)
+        listed = await self.client.get_replicas(self.deployment)
+        scaling = await self.client.get_scaling(self.deployment)
         now = self._clock()
         # A replica listed without started_at is still being placed: treat it as starting now.
         replicas = tuple(
