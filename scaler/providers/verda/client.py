@@ -364,7 +364,9 @@ class VerdaClient:
         """
         path = f"{DEPLOYMENTS}/{_path(name)}"
         try:
-            await self._send_authorized("DELETE", path, params={"timeout": int(DELETE_WAIT_S * 1000)})
+            await self._send_authorized(
+                "DELETE", path, params={"timeout": int(DELETE_WAIT_S * 1000)}, timeout=DELETE_WAIT_S + 15
+            )
         except VerdaAPIError as error:
             if error.status == 404:
                 return False
