@@ -31,7 +31,14 @@ from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
 from scaler.providers import Backend, VerdaBackend
 from scaler.providers.verda.client import VerdaAPIError
 from scaler.queue_status import QueueStatusReader
-from scaler.wiring import ProviderSetupError, build_fleet, fleet_policy_config, make_provider, stop_all
+from scaler.wiring import (
+    ProviderSetupError,
+    build_fleet,
+    fleet_policy_config,
+    make_provider,
+    release_stop_file,
+    stop_all,
+)
 
 log = structlog.get_logger()
 
@@ -297,6 +304,8 @@ async def _stop_all(settings: ScalerSettings) -> int:
 
 
 async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    if release_stop_file(settings):
+        print("kill switch removed: a running scaler resumes every provider at its next tick")
     async with _opened(settings) as (backend, _):
         try:
             await backend.resume()

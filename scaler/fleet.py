@@ -27,6 +27,8 @@ from scaler.allocator import (
     Allocation,
     AllocatorConfig,
     AllocatorState,
+    DegradedReason,
+    ProviderHealth,
     ProviderSpec,
     ProviderView,
     allocate,
@@ -91,8 +93,11 @@ class FleetBackend:
         alerts: AlertSender | None = None,
         clock: Callable[[], float] = time.time,
         dry_run: bool = False,
+        stop_file: Path | None = None,
     ) -> None:
         self.members = {m.name: m for m in members}
+        self.stop_file = stop_file
+        self._held = False
         self.config = config
         self.ledger = ledger or CostLedger()
         self.ledger_file = ledger_file
@@ -116,6 +121,7 @@ class FleetBackend:
     # --- Backend ----------------------------------------------------------------------------------------
 
     async def observe(self) -> BackendView:
+        held = await self._honour_kill_switch()
         now = self.clock()
         results = await asyncio.gather(*(m.backend.observe() for m in self.members.values()), return_exceptions=True)
         for member, result in zip(self.members.values(), results, strict=True):
@@ -126,12 +132,44 @@ class FleetBackend:
         if not any(s.fresh for s in self._seen.values()):
             errors = "; ".join(f"{name}: {s.view.error}" for name, s in self._seen.items())
             raise FleetReadError(f"no provider could be read: {errors}")
-        if self._desired is not None:
-            await self._place(self._desired, now)
+        if held:
+            status = PAUSED
+        else:
+            if self._desired is not None:
+                await self._place(self._desired, now)
+            status = self._fleet_status()
         replicas = tuple(
             Replica(f"{name}{SEPARATOR}{r.id}", r.started_at) for name, s in self._seen.items() for r in s.replicas
         )
-        return BackendView(replicas=replicas, status=self._fleet_status())
+        return BackendView(replicas=replicas, status=status)
+
+    async def _honour_kill_switch(self) -> bool:
+        """While ``stop_file`` exists (written by `comfy-scaler stop --all`), hold every provider at zero.
+
+        RunPod has no paused state another process could set, so the running scaler must see the kill switch
+        itself; Verda's pause is seen anyway. Removed by `comfy-scaler resume`: the providers are resumed here.
+        """
+        stopped = self.stop_file is not None and not self.dry_run and self.stop_file.exists()
+        if stopped and not self._held:
+            log.warning("kill_switch_seen", stop_file=str(self.stop_file))
+            await self._on_members(lambda b: b.apply(0), "apply")
+            await self._on_members(lambda b: b.pause(), "pause")
+            self._held, self._written = True, {}
+        elif not stopped and self._held:
+            log.info("kill_switch_released", stop_file=str(self.stop_file))
+            await self._on_members(lambda b: b.resume(), "resume")
+            self._held = False
+            # Paused by the kill switch is not a fault of the provider: no back-off to sit out.
+            health = {name: ProviderHealth() if h.degraded is DegradedReason.PAUSED else h
+                      for name, h in self.state.health.items()}
+            self.state = replace(self.state, health=health)
+        return stopped
+
+    async def _on_members(self, call: Callable[[Backend], Any], action: str) -> None:
+        results = await asyncio.gather(*(call(m.backend) for m in self.members.values()), return_exceptions=True)
+        for name, result in zip(self.members, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("provider_kill_switch_failed", provider=name, action=action, error=_error_text(result))
 
     async def apply(self, desired: int) -> bool:
         if desired < 0:

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -120,7 +121,14 @@ async def build_fleet(
     ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
     alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
     return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
-                        alerts=alerts, dry_run=dry_run)
+                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings))
+
+
+def stop_file_for(settings: ScalerSettings) -> Path | None:
+    """The kill switch a running fleet watches: ``<SCALER_LEDGER_FILE>.stopped``."""
+    if settings.ledger_file is None:
+        return None
+    return settings.ledger_file.with_name(settings.ledger_file.name + ".stopped")
 
 
 def make_alerts(settings: ScalerSettings, book: AlertBook, *, dry_run: bool = False) -> AlertSender:
@@ -136,6 +144,15 @@ class StopResult:
     provider: str
     stopped: bool
     detail: str
+
+
+def release_stop_file(settings: ScalerSettings) -> bool:
+    """`comfy-scaler resume`: remove the kill switch; True when there was one."""
+    stop_file = stop_file_for(settings)
+    if stop_file is None or not stop_file.exists():
+        return False
+    stop_file.unlink()
+    return True
 
 
 async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s: float) -> StopResult:
@@ -170,7 +187,12 @@ async def stop_all(
     timeout_s: float = KILL_CONFIRM_TIMEOUT_S,
     poll_s: float = KILL_CONFIRM_POLL_S,
 ) -> list[StopResult]:
-    """`comfy-scaler stop --all`: every provider at once, each confirmed from its own state."""
+    """`comfy-scaler stop --all`: every provider at once, each confirmed from its own state. The stop file is
+    written first, so a running scaler holds everything at zero too (RunPod has no pause of its own)."""
+    stop_file = stop_file_for(settings)
+    if stop_file is not None:
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.write_text(f"stopped by comfy-scaler stop --all at {time.time():.0f}\n")
     results: list[StopResult] = []
     backends: list[tuple[str, Backend]] = []
     for name in names:

@@ -144,3 +144,35 @@ async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
     assert fake_runpod.live_pods() == []
     assert fake_verda.deployments[DEPLOYMENT].replicas == []
     assert RUNPOD_KEY not in out
+
+
+async def test_a_running_fleet_holds_every_provider_at_zero_while_the_kill_switch_is_set(
+    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
+):
+    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+    fleet.stop_file = tmp_path / "ledger.json.stopped"
+    fake_runpod.capacity[GPU] = 1
+    try:
+        await fleet.observe()
+        await fleet.apply(3)
+        wall.advance(15)
+        await fleet.observe()
+        assert len(fake_runpod.live_pods()) == 1 and verda_scaling() == (2, 2)
+
+        fleet.stop_file.write_text("stopped\n")  # what `comfy-scaler stop --all` leaves for a running scaler
+        view = await fleet.observe()
+        assert view.status == "paused"
+        assert fake_runpod.live_pods() == [], "RunPod has no pause: the running fleet terminates and holds zero"
+        assert verda_scaling() == (0, 0)
+        assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+        await fleet.observe()
+        assert fake_runpod.live_pods() == [], "and does not create pods again while the switch is set"
+
+        fleet.stop_file.unlink()  # `comfy-scaler resume`
+        view = await fleet.observe()
+        assert view.status != "paused"
+        assert fake_verda.deployments[DEPLOYMENT].status == "healthy"
+        assert verda_scaling() == (3, 3), "RunPod is still in its quota back-off: Verda takes all three"
+        assert fleet.state.health["verda"].degraded is None, "paused by the kill switch is not a degradation"
+    finally:
+        await fleet.aclose()

@@ -58,8 +58,12 @@ async def test_stop_all_pins_zero_pauses_and_confirms_from_the_providers_state(
     sent = [line for line in out.splitlines() if line.startswith("alert (dry run")]
     assert len(sent) == 1 and "kill switch used" in sent[0]
     assert json.loads((tmp_path / "ledger.json").read_text())["alerts"]["sent"] == ["kill_switch"]
+    assert (tmp_path / "ledger.json.stopped").exists(), "the kill switch a running scaler watches"
     assert await cli("stop", "--all") == 0
     assert "alert (dry run" not in capsys.readouterr().out, "the kill switch alert goes out once a day"
+    assert await cli("resume") == 0
+    assert not (tmp_path / "ledger.json.stopped").exists()
+    assert fake_verda.deployments[DEPLOYMENT].status == "healthy"
 
 
 async def test_stop_all_exits_1_naming_the_providers_it_could_not_stop(
