@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,14 @@ TRANSCRIPTS = FIXTURES / "comfyui-0.8.0"
 def workflows() -> dict[str, dict]:
     """The API-format test workflows of tests/fixtures/workflows, by file name without .json."""
     return {path.stem: json.loads(path.read_text()) for path in WORKFLOWS.glob("*.json")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_stdlib_logging() -> Iterator[None]:
+    """configure_logging routes the standard logging module to the stream it is given; in a test that is
+    pytest's capture stream, closed afterwards, and a later test's httpx record would fail writing there."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
