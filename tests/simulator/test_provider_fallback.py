@@ -1,0 +1,36 @@
+"""The multi-provider simulator: a workshop day whose primary has no capacity for an hour."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.simulator.providers import main, outage_day
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {run.name: run for run in outage_day(seed=1, outage_start_h=10.0, outage_h=1.0)}
+
+
+def test_without_fallback_the_outage_hour_waits_and_with_it_nobody_does(runs):
+    calm = runs["no outage, Verda only"]
+    stuck = runs["Verda out 1 h, no fallback"]
+    saved = runs["Verda out 1 h, RunPod fallback"]
+    assert calm.done == stuck.done == saved.done == calm.jobs, "every job ends by the evening in each case"
+    assert stuck.p95_wait_s() > 3_000, "jobs submitted in the outage wait for Verda's capacity to return"
+    assert saved.p95_wait_s() < 300
+    assert sum(1 for wait in saved.waits if wait > 600) == 0
+
+
+def test_fallback_is_paid_only_around_the_outage(runs):
+    calm, saved = runs["no outage, Verda only"], runs["Verda out 1 h, RunPod fallback"]
+    assert calm.cost["verda"] > 0 and "runpod" not in calm.cost
+    assert saved.cost["runpod"] > 0
+    assert 60 <= saved.fallback_ticks * 15 / 60 <= 120, "engaged for the hour, plus the back-off and drain back"
+    assert runs["Verda out 1 h, no fallback"].fallback_ticks == 0
+
+
+def test_the_command_prints_the_table(capsys):
+    assert main(["--seed", "1", "--outage-h", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "Verda out 0.5 h, RunPod fallback" in out and "p95 wait s" in out
