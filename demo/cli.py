@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from common.logs import configure_logging
+from demo.providers import PROVIDERS, parse_providers
 from demo.run import DemoOptions, run_demo
 
 
@@ -42,6 +43,10 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s,
                         help="give up after this many seconds (default %(default)s)")
     parser.add_argument("--no-live", action="store_true", help="log progress lines instead of a live table")
+    parser.add_argument("--providers", type=_providers, default=(),
+                        help="several providers with fallback, cheapest first: a comma list of local, fake-verda, "
+                        "fake-runpod (docs/providers.md)")
+    parser.add_argument("--fail", choices=PROVIDERS, help="make this provider unreachable from the start")
     return parser
 
 
@@ -53,6 +58,7 @@ def run_demo_command(argv: list[str]) -> int:
         comfyui_url=args.comfyui_url, node_seconds=args.node_seconds, spread_s=args.spread_s,
         price_per_hour=args.price_per_hour, output_dir=args.output_dir, db=args.db,
         idle_to_zero_s=args.idle_to_zero_s, timeout_s=args.timeout_s, live=not args.no_live,
+        providers=args.providers, fail=args.fail,
     )
     report = asyncio.run(run_demo(options))
     print_report(report, args.output_dir / "report.json")
@@ -78,12 +84,35 @@ def print_report(report: dict, path: Path) -> None:
         f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU over the same {report['span_s']} s "
         f"(which, alone, would have needed {report['gpu_work_s']} s of work for these jobs)"
     )
+    if "providers" in report:
+        _print_providers(console, report["providers"])
     console.print(f"  outputs: {report['outputs']}")
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(parse_providers(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _print_providers(console: Console, fleet: dict) -> None:
+    console.print("  providers (billed by each one's own rule):")
+    for name, row in fleet["providers"].items():
+        spend = fleet["spend"].get(name, {}).get("last_day", 0.0)
+        state = f"degraded: {row['degraded']}" if row["degraded"] else "healthy"
+        console.print(f"    {name}: {row['replica_starts']} replica starts, ${spend:.4f} at "
+                      f"${row['price_per_hour']:.2f}/h ({row['billing']}), {state}")
+    moves: dict[str, int] = {}
+    for move in fleet["moves"]:
+        key = f"{move['provider']} {move.get('reason') or move['health']}"
+        moves[key] = moves.get(key, 0) + 1
+    console.print("  fallback moves: " + (", ".join(f"{k} x{n}" for k, n in moves.items()) or "none"))
 
 
 def main(argv: list[str] | None = None) -> int:

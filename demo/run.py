@@ -18,12 +18,15 @@ from typing import Any
 import structlog
 
 from demo.progress import Progress
+from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
 from demo.report import TERMINAL, ReplicaLedger, build_report
 from demo.workload import submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
+from scaler.fleet import FleetBackend
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
+from scaler.providers.base import BackendView
 from scaler.providers.local import LocalBackend
 from scaler.queue_status import QueueStatusReader
 
@@ -47,17 +50,20 @@ class DemoOptions:
     worker_poll_interval_s: float = 0.5
     timeout_s: float = 900.0
     live: bool = True
+    providers: tuple[str, ...] = ()  # several providers with fallback (demo/providers.py); empty: local only
+    fail: str | None = None  # a provider that is unreachable from the start
 
 
-def demo_scaling(options: DemoOptions) -> ScalingConfig:
-    """The production policy with its windows shrunk from minutes to seconds, so a demo ends in minutes."""
+def demo_scaling(options: DemoOptions, *, fleet: bool = False) -> ScalingConfig:
+    """The production policy with its windows shrunk from minutes to seconds, so a demo ends in minutes.
+    With several providers the fleet prices each one (the policy only counts)."""
     return ScalingConfig(
         max_replicas=options.max_replicas,
         stabilization_window_s=3 * options.scaler_interval_s,
         scale_down_cooldown_s=options.scaler_interval_s,
         idle_to_zero_s=options.idle_to_zero_s,
         billing_aware=False,
-        price_per_replica_hour=options.price_per_hour,
+        price_per_replica_hour=0.0 if fleet else options.price_per_hour,
     )
 
 
@@ -81,36 +87,52 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         loop.add_signal_handler(sig, stop.set)
 
     async with QueueManagerServer(options.db or scratch / "queue.db", max_queue_depth=max(100, options.jobs)) as qm:
-        backend = LocalBackend(
-            worker_env(qm.url, outputs, idle_polls=_worker_idle_polls(options),
-                       poll_interval_s=options.worker_poll_interval_s),
-            command=replicas.command, replica_env=replicas.env_for, log_dir=output_dir / "logs",
-            stop_timeout_s=15.0,
-        )
+        env = worker_env(qm.url, outputs, idle_polls=_worker_idle_polls(options),
+                         poll_interval_s=options.worker_poll_interval_s)
+
+        def workers(name: str = "local") -> LocalBackend:
+            return worker_processes(env, replicas.command, replicas.env_for, output_dir / "logs", name)
+
         ledger = ReplicaLedger()
         started = time.monotonic()
+        fleet_stack = contextlib.AsyncExitStack()
         try:
+            if options.providers:
+                backend, processes = await start_fleet(
+                    fleet_stack, options.providers, options.fail, options.max_replicas, workers,
+                    interval_s=options.scaler_interval_s, ledger_file=output_dir / "ledger.json",
+                )
+            else:
+                backend = workers()
+                processes = {"local": backend}
             async with QueueStatusReader(qm.url) as queue_reader:
-                scaler = ScalerLoop(demo_scaling(options), backend, queue_reader, interval_s=options.scaler_interval_s)
+                scaling = demo_scaling(options, fleet=bool(options.providers))
+                scaler = ScalerLoop(scaling, backend, queue_reader, interval_s=options.scaler_interval_s)
                 scaler_task = asyncio.create_task(scaler.run(stop))
                 submissions = workshop_burst(options.jobs, options.users, options.bad_jobs, spread_s=options.spread_s)
                 submit_task = asyncio.create_task(submit_all(qm.url, submissions, started=loop.time()))
                 progress = Progress(options.price_per_hour, live=options.live)
+                watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
-                    submitted = await _until_done(qm, backend, ledger, progress, submit_task, stop, started, options)
+                    submitted = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop,
+                                                  started, options)
                 stop.set()
                 await scaler_task
         finally:
             stop.set()
             await backend.aclose()
+            await fleet_stack.aclose()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        survivors = sorted({pid for pid in backend.pids_started if _alive(pid)} | _processes_using(scratch))
+        pids_started = [pid for local in processes.values() for pid in local.pids_started]
+        survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
         report = build_report(
             qm.store.list(limit=1_000_000), submitted, ledger, span_s=time.monotonic() - started,
-            price_per_hour=options.price_per_hour, replica_starts=backend.starts, outputs=str(outputs),
-            replicas_at_end=len(backend.pids),
+            price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
+            outputs=str(outputs), replicas_at_end=sum(len(p.pids) for p in processes.values()),
         )
+        if isinstance(backend, FleetBackend):
+            report["providers"] = fleet_report(backend, processes)
     shutil.rmtree(scratch, ignore_errors=True)
     report["orphan_processes"] = survivors
     report["ok"] = report["ok"] and not survivors and len(submitted) == options.jobs
@@ -118,15 +140,37 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     return report
 
 
-async def _until_done(qm, backend, ledger, progress, submit_task, stop, started, options) -> list[str]:
+def _watch_fleet(scaler: ScalerLoop):
+    """The fleet is read by the scaler's own ticks; the demo only looks at what the last one saw."""
+
+    async def last_view() -> BackendView:
+        return scaler.last_view or BackendView(replicas=(), status="unknown")
+
+    return last_view
+
+
+def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dict[str, Any]:
+    """Per provider: replica starts, billed cost by its own rule, and every move with its reason."""
+    summary = fleet.status_report(time.time())
+    return {
+        "providers": {
+            name: {**row, "replica_starts": processes[name].starts} for name, row in summary["providers"].items()
+        },
+        "spend": summary["spend"],
+        "moves": list(fleet.move_log),
+    }
+
+
+async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> list[str]:
     """Watch until every job is terminal and the replicas are back to zero, or stop/timeout."""
     submitted: list[str] = []
     while not stop.is_set():
         now = time.monotonic()
-        view = await backend.observe()
+        view = await observe()
         ledger.observe([r.id for r in view.replicas], now)
         counts = {status.value: count for status, count in qm.store.counts().items()}
-        progress.update(counts, len(view.replicas), backend.starts, now - started, ledger)
+        starts = sum(p.starts for p in processes.values())
+        progress.update(counts, len(view.replicas), starts, now - started, ledger)
         if submit_task.done():
             submitted = submit_task.result()
             all_terminal = all(job.status.value in TERMINAL for job in qm.store.list(limit=1_000_000))

@@ -169,6 +169,11 @@ def allocate(
     placed = _fill(specs, desired, available)
     placed = _drain_not_kill(specs, placed, before, views, available, desired, busy)
     targets, budget_capped = _within_budget(config, specs, placed, before, spent_last_day)
+    for spec in specs:
+        if health[spec.name].degraded is DegradedReason.ERRORS:
+            # Unreadable: what it may still run is not counted as capacity, but not cut either (a write that
+            # lands once it answers again must not kill replicas that were working all along).
+            targets[spec.name] = max(targets[spec.name], min(before[spec.name], spec.max_replicas))
 
     moves = tuple(
         Move(p.name, before[p.name], targets[p.name], _reason(p, specs, targets, before, health, available))
@@ -236,12 +241,10 @@ def _degradation(
 
 
 def _capacity(spec: ProviderSpec, health: ProviderHealth, view: ProviderView, asked: int) -> int:
-    """How many replicas this provider may hold: its max when healthy; when degraded, what it has ready."""
+    """How many replicas this provider may hold: its max when healthy; when degraded, what it has ready (for an
+    unreadable one, what it had ready at the last read: those are kept, nothing is counted that never came up)."""
     if health.degraded is None:
         return spec.max_replicas
-    if health.degraded is DegradedReason.ERRORS:
-        # Unreadable: its last known count stands (writing to it fails anyway).
-        return min(spec.max_replicas, asked)
     if health.degraded is DegradedReason.PAUSED:
         return 0
     return min(spec.max_replicas, asked, view.ready)

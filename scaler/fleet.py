@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ log = structlog.get_logger()
 
 HEALTHY = "healthy"
 SEPARATOR = "/"
+MOVE_LOG_SIZE = 1000
 
 
 class FleetReadError(Exception):
@@ -98,6 +100,7 @@ class FleetBackend:
         self.members = {m.name: m for m in members}
         self.stop_file = stop_file
         self._held = False
+        self.move_log: deque[dict[str, Any]] = deque(maxlen=MOVE_LOG_SIZE)  # recent moves and health changes
         self.config = config
         self.ledger = ledger or CostLedger()
         self.ledger_file = ledger_file
@@ -262,6 +265,8 @@ class FleetBackend:
 
     def _report(self, allocation: Allocation, now: float) -> None:
         for change in allocation.health_changes:
+            self.move_log.append({"at": now, "provider": change.provider, "health": str(change.degraded or "back"),
+                                  "detail": change.detail})
             if change.degraded is None:
                 log.info("Provider back in service", provider=change.provider, detail=change.detail)
             else:
@@ -270,6 +275,8 @@ class FleetBackend:
                 if self.metrics is not None:
                     self.metrics.degradations.labels(provider=change.provider, reason=str(change.degraded)).inc()
         for move in allocation.moves:
+            self.move_log.append({"at": now, "provider": move.provider, "before": move.before, "after": move.after,
+                                  "reason": str(move.reason)})
             log.info("Provider move", provider=move.provider, before=move.before, after=move.after,
                      reason=str(move.reason), dry_run=self.dry_run)
             if self.metrics is not None:

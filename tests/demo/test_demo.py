@@ -47,3 +47,24 @@ def test_cli_explains_itself():
     assert run.returncode == 0 and "demo" in run.stdout and "queue" in run.stdout
     wrong = subprocess.run([sys.executable, "-m", "demo", "bogus"], capture_output=True, text=True, timeout=30)
     assert wrong.returncode == 2 and "unknown command 'bogus'" in wrong.stderr
+
+
+@pytest.mark.timeout(180)
+async def test_demo_with_the_first_provider_failing_falls_back_to_the_fakes(tmp_path):
+    options = DemoOptions(
+        jobs=12, users=4, bad_jobs=0, max_replicas=4, node_seconds=0.05, spread_s=1.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=2.0, timeout_s=150, live=False,
+        providers=("local", "fake-verda", "fake-runpod"), fail="local",
+    )
+    report = await run_demo(options)
+
+    assert report["ok"], report
+    assert report["completed"] == 12 and report["replicas_at_end"] == 0 and report["orphan_processes"] == []
+    fleet = report["providers"]
+    assert fleet["providers"]["local"]["replica_starts"] == 0
+    assert fleet["providers"]["fake-verda"]["replica_starts"] >= 1
+    assert fleet["providers"]["fake-runpod"]["replica_starts"] >= 1, "Verda's share is half: RunPod takes the rest"
+    assert {"provider": "local", "health": "errors"}.items() <= fleet["moves"][0].items()
+    assert [m["reason"] for m in fleet["moves"] if m.get("reason") == "fallback"]
+    assert fleet["spend"]["fake-verda"]["last_day"] > 0 and fleet["spend"]["fake-runpod"]["last_day"] > 0
+    assert json.loads((tmp_path / "demo" / "ledger.json").read_text())["buckets"]["fake-runpod"]
