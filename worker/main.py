@@ -26,16 +26,9 @@ from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
 from worker.execution import PromptRun, RunTimings
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
+from worker.lease import JobLease
 from worker.outputs import DeliveredFile, OutputDelivery, OutputDeliveryError
-from worker.queue_client import (
-    JobGone,
-    NotMine,
-    PollError,
-    QueueClient,
-    ReportRejected,
-    RouteUnknown,
-    TransientHTTPError,
-)
+from worker.queue_client import PollError, QueueClient, ReportRejected
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
 
@@ -71,6 +64,7 @@ class Worker:
         self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
         self.deadline = ShutdownDeadline(settings.platform_kill_delay_s)
         self.reporter = Reporter(self.queue, self.state, self.deadline, max_job_attempts=settings.max_job_attempts)
+        self.lease = JobLease(self.queue, settings.lease_heartbeat_s)
         self.timings = timings or RunTimings()
         self._beat_interval_s = min(1.0, settings.heartbeat_timeout_s / 4)
         self._stop = asyncio.Event()
@@ -78,7 +72,6 @@ class Worker:
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
         self._lease_lost: str | None = None
-        self._heartbeats_supported = True
         self._comfyui_answered_at = -math.inf
         self._execution: asyncio.Task[Report] | None = None
         self._prompt_run: PromptRun | None = None
@@ -291,7 +284,7 @@ class Worker:
             job_id=job_id, user_id=user_id if isinstance(user_id, str) else None, attempt=attempt
         )
         self._lease_lost = None
-        lease = asyncio.create_task(self._keep_lease(job_id, attempt))
+        lease = asyncio.create_task(self.lease.keep(job_id, attempt, on_lost=self._lose_lease))
         try:
             self.state.job_started(job_id)
             picked_up = time.monotonic()
@@ -333,24 +326,6 @@ class Worker:
         self.delivery.remove(files)
         log.warning("Removed the outputs of a completion the queue manager refused", files=len(files))
         return "refused"
-
-    async def _keep_lease(self, job_id: str, attempt: int | None) -> None:
-        """Contract item 3: heartbeat the job while this worker holds it; a 409 means it is no longer ours."""
-        if attempt is None or not self._heartbeats_supported:
-            return
-        while True:
-            await asyncio.sleep(self.settings.lease_heartbeat_s)
-            try:
-                await self.queue.heartbeat(job_id, attempt)
-            except RouteUnknown:
-                self._heartbeats_supported = False
-                log.info("The queue manager has no heartbeat route; not sending job heartbeats")
-                return
-            except (NotMine, JobGone) as exc:
-                self._lose_lease(str(exc))
-                return
-            except (TransientHTTPError, ReportRejected, httpx.HTTPError, ValueError) as exc:
-                log.warning("Job heartbeat failed; trying again at the next beat", error=f"{type(exc).__name__}: {exc}")
 
     def _lose_lease(self, why: str) -> None:
         self._lease_lost = why

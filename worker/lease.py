@@ -1,0 +1,43 @@
+"""Contract item 3: while the worker holds a job, it tells the embedded queue manager so every LEASE_HEARTBEAT_S.
+
+A 409 means the manager already handed the job to someone else (this worker was silent for its LEASE_TIMEOUT_S):
+the caller abandons the job. comfy-multi has no such route (404 "Not Found"): heartbeats stop for good, and a
+job without an attempt (comfy-multi's) is never heartbeated at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import structlog
+
+from worker.queue_client import JobGone, NotMine, QueueClient, ReportRejected, RouteUnknown, TransientHTTPError
+
+log = structlog.get_logger()
+
+
+class JobLease:
+    def __init__(self, queue: QueueClient, interval_s: float) -> None:
+        self.queue = queue
+        self.interval_s = interval_s
+        self.supported = True
+
+    async def keep(self, job_id: str, attempt: int | None, on_lost: Callable[[str], None]) -> None:
+        """Heartbeat until cancelled; call on_lost(why) once when the job is no longer this worker's."""
+        if attempt is None or not self.supported:
+            return
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.queue.heartbeat(job_id, attempt)
+            except RouteUnknown:
+                self.supported = False
+                log.info("The queue manager has no heartbeat route; not sending job heartbeats")
+                return
+            except (NotMine, JobGone) as exc:
+                on_lost(str(exc))
+                return
+            except (TransientHTTPError, ReportRejected, httpx.HTTPError, ValueError) as exc:
+                log.warning("Job heartbeat failed; trying again at the next beat", error=f"{type(exc).__name__}: {exc}")
