@@ -33,9 +33,9 @@ async def test_comfyui_that_never_answers(base_env, run_supervisor) -> None:
     }
     supervisor = await run_supervisor(env)
 
+    # Health answers while ComfyUI is still loading (the /ready and /status checks below prove the order).
+    # How fast it answers is a figure for ./dev image-test and docs/benchmarks.md, not a timed assertion here.
     health = await supervisor.wait_until(lambda: supervisor.get("/health"), what="/health to answer")
-    # The target is one second; the margin absorbs a loaded 2-core CI runner.
-    assert time.monotonic() - supervisor.started_at < 3.0
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
     ready = await supervisor.get("/ready")
