@@ -182,3 +182,24 @@ def verda_scaling(fake_verda: FakeVerda) -> Callable[[], tuple[int, int]]:
 @pytest.fixture
 def scaling_patches(fake_verda: FakeVerda) -> Callable[[], list]:
     return lambda: fake_verda.requests_to(f"/container-deployments/{DEPLOYMENT}/scaling", "PATCH")
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path, restore_logging
+) -> dict[str, str]:
+    """The environment an operator sets, pointed at the stand-ins; also applied to this process."""
+    client_id, client_secret = verda_credentials
+    env = {
+        "QUEUE_MANAGER_URL": qm.url,
+        "VERDA_CLIENT_ID": client_id,
+        "VERDA_CLIENT_SECRET": client_secret,
+        "VERDA_API_URL": fake_verda.url,
+        "SCALER_METRICS_PORT": "0",
+        "SCALER_BILLING_AWARE": "false",
+        "LOG_FORMAT": "json",
+    }
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

@@ -7,37 +7,12 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
-
-import pytest
 
 from scaler.cli import main
-from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"
 QUEUE_TOKEN = "queue-token-do-not-log"
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
-
-
-@pytest.fixture
-def cli_env(
-    monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path: Path, restore_logging
-) -> dict[str, str]:
-    """The environment an operator sets, pointed at the stand-ins; also applied to this process."""
-    client_id, client_secret = verda_credentials
-    env = {
-        "QUEUE_MANAGER_URL": qm.url,
-        "VERDA_CLIENT_ID": client_id,
-        "VERDA_CLIENT_SECRET": client_secret,
-        "VERDA_API_URL": fake_verda.url,
-        "SCALER_METRICS_PORT": "0",
-        "SCALER_BILLING_AWARE": "false",
-        "LOG_FORMAT": "json",
-    }
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
 
 
 async def cli(*argv: str) -> int:

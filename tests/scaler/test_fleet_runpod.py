@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.cli import main
 from scaler.fleet import FleetBackend, Member
@@ -20,21 +21,12 @@ from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"
 RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
-GPU = "NVIDIA GeForce RTX 4090"
-POD_BODY = {
-    "image": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
-    "gpu": {"id": GPU, "count": 1},
-    "cloud": "SECURE",
-    "disk": 50,
-    "ports": ["8000/http"],
-    "env": {"SERVERLESS_MODE": "true", "HEALTH_PORT": "8000"},
-    "mounts": {"network": [{"volumeId": "vol-models", "path": "/runpod-volume"}]},
-}
+GPU = POD_BODY["gpu"]["id"]
 
 
 @pytest.fixture
 async def fake_runpod():
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-models",)) as server:
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as server:
         yield server
 
 
@@ -119,7 +111,7 @@ async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
         "VERDA_API_URL": fake_verda.url,
         "RUNPOD_API_KEY": RUNPOD_KEY,
         "RUNPOD_API_URL": fake_runpod.url,
-        "RUNPOD_VOLUME_ID": "vol-models",
+        "RUNPOD_VOLUME_ID": "vol-demo",
         "RUNPOD_DATA_CENTER_IDS": "US-TX-3",
         "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
         "SCALER_PROVIDERS": "verda,runpod",

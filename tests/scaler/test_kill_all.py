@@ -12,29 +12,22 @@ from scaler.cli import main
 from scaler.config import load_settings
 from scaler.providers import VerdaBackend
 from scaler.wiring import stop_all, stop_provider
-from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"
 
 
 @pytest.fixture
-def fleet_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path: Path, restore_logging):
-    client_id, client_secret = verda_credentials
-    env = {
-        "QUEUE_MANAGER_URL": qm.url,
-        "VERDA_CLIENT_ID": client_id,
-        "VERDA_CLIENT_SECRET": client_secret,
-        "VERDA_API_URL": fake_verda.url,
+def fleet_env(cli_env, monkeypatch, tmp_path: Path):
+    """The operator's environment (tests/scaler/conftest.py) with Verda as a fleet of one."""
+    extra = {
         "SCALER_PROVIDERS": "verda",
         "SCALER_VERDA_PRICE_PER_HOUR": "2.30",
         "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
         "SCALER_ALERT_DRY_RUN": "true",
-        "LOG_FORMAT": "json",
     }
-    monkeypatch.chdir(tmp_path)
-    for name, value in env.items():
+    for name, value in extra.items():
         monkeypatch.setenv(name, value)
-    return env
+    return {**cli_env, **extra}
 
 
 async def cli(*argv: str) -> int:
