@@ -107,3 +107,11 @@ def test_unknown_provider_is_a_configuration_error(fleet_env, monkeypatch, capsy
     monkeypatch.setenv("SCALER_PROVIDERS", "verda,kubernetes")
     assert main(["status"]) == 2
     assert "SCALER_PROVIDERS: unknown ['kubernetes']" in capsys.readouterr().err
+
+
+async def test_status_table_shows_providers_and_billed_cost(fleet_env, capsys):
+    capsys.readouterr()
+    assert await cli("status") == 0
+    out = capsys.readouterr().out
+    assert "providers (cheapest first is preferred)" in out and "billed cost (ledger)" in out
+    assert "│ verda" in out and "│ total" in out
