@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from demo.replicas import free_loopback_port
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.providers import VerdaBackend
@@ -115,3 +120,36 @@ async def test_status_table_shows_providers_and_billed_cost(fleet_env, capsys):
     out = capsys.readouterr().out
     assert "providers (cheapest first is preferred)" in out and "billed cost (ledger)" in out
     assert "│ verda" in out and "│ total" in out
+
+
+async def test_run_with_a_fleet_serves_provider_metrics_keeps_the_ledger_and_obeys_the_kill_switch(
+    fleet_env, qm, fake_verda, verda_scaling, tmp_path, wait
+):
+    port = free_loopback_port()
+    env = {**os.environ, **fleet_env, "SCALER_INTERVAL_S": "0.1", "SCALER_METRICS_PORT": str(port),
+           "SCALER_METRICS_HOST": "127.0.0.1", "SCALER_IDLE_TO_ZERO_S": "0"}
+    qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scaler.cli", "run", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait(lambda: verda_scaling() == (1, 1), timeout=20)
+        await wait(lambda: (tmp_path / "ledger.json").exists(), timeout=10)
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert 'comfy_scaler_provider_target_replicas{provider="verda"} 1.0' in metrics
+        assert 'comfy_scaler_provider_spend{provider="total",window="last_day"}' in metrics
+        assert await cli("stop", "--all") == 0
+        await asyncio.sleep(0.5)  # a few ticks of the running scaler with the kill switch set
+        assert verda_scaling() == (0, 0), "the running scaler does not undo the kill switch"
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert b"kill_switch_seen" in err
+    assert json.loads((tmp_path / "ledger.json").read_text())["buckets"]["verda"]
