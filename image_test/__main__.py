@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,22 +20,25 @@ from image_test.benchmarks import write_benchmarks
 from image_test.build import BuiltImage, build_image
 from image_test.checks import run_checks
 from image_test.docker import Docker, DockerError
-from image_test.engine import docker_engine
+from image_test.engine import docker_engine, one_run_at_a_time
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = Path("/var/lib/comfyui-image-test/docker")
-BUILD_CACHE_KEEP = "25GB"
+BUILD_CACHE_KEEP = "12GB"
 
 
 def main() -> int:
+    # A SIGTERM (CI's time limit, a Ctrl-C's big brother) unwinds like an exception, so dockerd is still stopped
+    # and the host network restored on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     data_root = Path(os.environ.get("IMAGE_TEST_DATA_ROOT") or DEFAULT_DATA_ROOT)
     comfyui_src = Path(os.environ["COMFYUI_SRC"]) if os.environ.get("COMFYUI_SRC") else None
     started = time.monotonic()
     workdir = data_root.parent / "last-run"  # build and container logs stay here until the next run
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
     try:
-        with docker_engine(data_root) as docker:
+        with one_run_at_a_time(), docker_engine(data_root) as docker:
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
             base, origin = prepare_base(docker, REPO / "Dockerfile.serverless", workdir)
             print(f"base image: {origin}", flush=True)
             print(f"ComfyUI source: {comfyui_src or 'GitHub release tarball'}", flush=True)

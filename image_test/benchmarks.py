@@ -15,14 +15,15 @@ END = "<!-- end of image-test figures -->"
 def render(image: BuiltImage, origin: str, report: Report) -> str:
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     ready = report.figures.get("run_to_ready_s")
+    health = report.figures.get("start_to_health_s")
     lines = [
         START,
         f"Last passing run: {today}, base {origin}, CPU only (`COMFYUI_EXTRA_ARGS=--cpu`).",
         "",
-        "| build | steps from cache | image size | `docker run` → `/ready` |",
-        "|---:|---:|---:|---:|",
+        "| build | steps from cache | image size | container start → `/health` 200 | `docker run` → `/ready` 200 |",
+        "|---:|---:|---:|---:|---:|",
         f"| {image.seconds:.0f} s | {image.cached_steps} of {image.steps} | {image.size_bytes / 1e9:.2f} GB "
-        f"| {f'{ready:.1f} s' if ready else 'n/a'} |",
+        f"| {f'{health:.2f} s' if health else 'n/a'} | {f'{ready:.1f} s' if ready else 'n/a'} |",
         "",
         "Layers (`docker history`, non-empty ones, top first):",
         "",

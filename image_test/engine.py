@@ -4,6 +4,7 @@ the host's network settings as they were before it started."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -66,14 +67,16 @@ class HostNetwork:
         )
 
     def restore(self) -> list[str]:
-        """Undo what changed since this snapshot; returns what was undone."""
+        """Undo what dockerd changed since this snapshot (only its own names: other work on the machine may add
+        rules or links meanwhile); returns what was undone."""
         now = HostNetwork.now()
         undone = []
-        for table, rule in sorted(now.rules - self.rules, key=lambda r: r[1].startswith("-N")):
+        added = sorted(rule for rule in now.rules - self.rules if "DOCKER" in rule[1] or "docker0" in rule[1])
+        for table, rule in added:  # rules first: a chain can be deleted only once nothing jumps to it
             if rule.startswith("-A "):
                 subprocess.run(["iptables", "-t", table, "-D", *rule.split()[1:]], check=False)
                 undone.append(f"iptables -t {table} {rule}")
-        for table, rule in now.rules - self.rules:
+        for table, rule in added:
             if rule.startswith("-N "):
                 subprocess.run(["iptables", "-t", table, "-F", rule.split()[1]], check=False)
                 subprocess.run(["iptables", "-t", table, "-X", rule.split()[1]], check=False)
@@ -81,14 +84,26 @@ class HostNetwork:
         if self.forward_policy and now.forward_policy != self.forward_policy:
             subprocess.run(["iptables", "-P", "FORWARD", self.forward_policy], check=False)
             undone.append(f"FORWARD policy {now.forward_policy} -> {self.forward_policy}")
-        for link in sorted(now.links - self.links):
-            if link == "docker0" or link.startswith(("veth", "br-")):
-                subprocess.run(["ip", "link", "delete", link], check=False, capture_output=True)
-                undone.append(f"link {link}")
+        if "docker0" in now.links - self.links:
+            subprocess.run(["ip", "link", "delete", "docker0"], check=False, capture_output=True)
+            undone.append("link docker0")
         if now.ip_forward != self.ip_forward:
             Path("/proc/sys/net/ipv4/ip_forward").write_text(self.ip_forward)
             undone.append(f"net.ipv4.ip_forward {now.ip_forward} -> {self.ip_forward}")
         return undone
+
+
+@contextlib.contextmanager
+def one_run_at_a_time() -> Iterator[None]:
+    """Two runs would share one data root, one private socket and their container names, and the first to finish
+    would stop the engine under the other."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RUN_DIR / "image-test.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DockerError(f"another ./dev image-test runs on this machine (lock: {lock.name})") from None
+        yield
 
 
 @contextlib.contextmanager
@@ -143,11 +158,14 @@ def _own_dockerd(cli: str, data_root: Path) -> Iterator[Docker]:
 
 def _wait_until_up(docker: Docker, process: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not docker.answers():
-        if process.poll() is not None or time.monotonic() > deadline:
+    while process.poll() is None and not docker.answers():
+        if time.monotonic() > deadline:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             raise DockerError("dockerd did not start:\n  " + "\n  ".join(tail))
         time.sleep(0.5)
+    if process.poll() is not None:  # e.g. another dockerd holds the pid file or the data root
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise DockerError(f"dockerd exited with code {process.returncode}:\n  " + "\n  ".join(tail))
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
