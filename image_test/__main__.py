@@ -70,9 +70,13 @@ def _print_image(image: BuiltImage) -> None:
 
 
 def _tidy(docker: Docker) -> None:
-    """Keep the data root bounded across runs: the current image and build cache stay for a warm rebuild."""
-    docker.run("image", "prune", "--force", check=False, timeout_s=300)
-    docker.run("builder", "prune", "--force", "--keep-storage", BUILD_CACHE_KEEP, check=False, timeout_s=300)
+    """Keep the data root bounded across runs: the current image and build cache stay for a warm rebuild.
+    Housekeeping only: a slow prune is reported, never a failure of the test."""
+    try:
+        docker.run("image", "prune", "--force", check=False, timeout_s=600)
+        docker.run("builder", "prune", "--force", "--keep-storage", BUILD_CACHE_KEEP, check=False, timeout_s=600)
+    except DockerError as exc:
+        print(f"note: pruning the Docker data root: {exc}", flush=True)
 
 
 if __name__ == "__main__":

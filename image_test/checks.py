@@ -22,8 +22,10 @@ from image_test.docker import Docker, DockerError
 
 IMAGE_UID = 10001
 WORKFLOWS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "workflows"
-HEALTH_WITHIN_S = 2.0  # the target; the check allows HEALTH_MARGIN_S more on a loaded 2-core runner, as
-HEALTH_MARGIN_S = 1.0  # tests/supervisor does (measured 1.75 s with 8 test suites sharing the 2 cores)
+# The target is 2 s; the check allows HEALTH_MARGIN_S more, for a 2-core runner shared with other test suites
+# (measured 1.75, 2.02 and 2.70 s there). What it must catch is /health waiting for ComfyUI (~30 s).
+HEALTH_WITHIN_S = 2.0
+HEALTH_MARGIN_S = 3.0
 READY_TIMEOUT_S = 300
 JOBS_TIMEOUT_S = 300
 DOCKER_HEALTHY_TIMEOUT_S = 90

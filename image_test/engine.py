@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_test.docker import Docker, DockerError, find_cli
+from image_test.docker import PREFERRED_CLI, Docker, DockerError, find_cli
 
 PACKAGES = ("docker.io", "debootstrap", "iptables")
 RUN_DIR = Path("/run/comfyui-image-test")
@@ -27,7 +27,7 @@ STOP_TIMEOUT_S = 30
 def install_tools() -> None:
     """Debian's docker.io (dockerd, containerd, runc and the 20.10 CLI that builds with BuildKit), debootstrap and
     iptables, when missing. Needs root, as the engine itself does."""
-    missing = shutil.which("dockerd") is None or find_cli() is None or shutil.which("debootstrap") is None
+    missing = not PREFERRED_CLI.exists() or shutil.which("dockerd") is None or shutil.which("debootstrap") is None
     if not missing:
         return
     if os.geteuid() != 0:
