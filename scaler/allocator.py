@@ -168,12 +168,13 @@ def allocate(
 
     placed = _fill(specs, desired, available)
     placed = _drain_not_kill(specs, placed, before, views, available, desired, busy)
-    targets, budget_capped = _within_budget(config, specs, placed, before, spent_last_day)
     for spec in specs:
         if health[spec.name].degraded is DegradedReason.ERRORS:
             # Unreadable: what it may still run is not counted as capacity, but not cut either (a write that
-            # lands once it answers again must not kill replicas that were working all along).
-            targets[spec.name] = max(targets[spec.name], min(before[spec.name], spec.max_replicas))
+            # lands once it answers again must not kill replicas that were working all along), and it is
+            # paid for: the budgets count it.
+            placed[spec.name] = max(placed[spec.name], min(before[spec.name], spec.max_replicas))
+    targets, budget_capped = _within_budget(config, specs, placed, before, spent_last_day)
 
     moves = tuple(
         Move(p.name, before[p.name], targets[p.name], _reason(p, specs, targets, before, health, available))
