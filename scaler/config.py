@@ -19,6 +19,7 @@ from scaler.alerts import AlertFormat
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
+from scaler.timetable import parse_timetable
 
 __all__ = ["ConfigError", "ScalerSettings", "load_settings"]
 
@@ -98,6 +99,24 @@ class ScalerSettings(BaseSettings):
     price_per_replica_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("price_per_replica_hour"))
     max_spend_per_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_hour"))
     max_spend_per_day: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_day"))
+    # Wait-target planning (docs/scaling-policy.md). SCALER_TARGET_WAIT_S=none: one replica per job in flight.
+    target_wait_s: float | None = Field(default=DEFAULTS.target_wait_s, gt=0, validation_alias=_scaler("target_wait_s"))
+    default_job_duration_s: float = Field(
+        default=DEFAULTS.default_job_duration_s, gt=0, validation_alias=_scaler("default_job_duration_s")
+    )
+    replica_boot_s: float = Field(default=DEFAULTS.replica_boot_s, ge=0, validation_alias=_scaler("replica_boot_s"))
+    timetable: str = Field(default="", validation_alias=_scaler("timetable"))
+    prewarm_lead_s: float = Field(default=DEFAULTS.prewarm_lead_s, ge=0, validation_alias=_scaler("prewarm_lead_s"))
+    worker_drain_s: float = Field(default=DEFAULTS.worker_drain_s, ge=0, validation_alias=_scaler("worker_drain_s"))
+    victim_may_be_busy: bool = Field(
+        default=DEFAULTS.victim_may_be_busy, validation_alias=_scaler("victim_may_be_busy")
+    )
+    max_lost_work_s: float = Field(default=DEFAULTS.max_lost_work_s, ge=0, validation_alias=_scaler("max_lost_work_s"))
+
+    @field_validator("target_wait_s", mode="before")
+    @classmethod
+    def _none_means_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
 
     @field_validator("deployment_name")
     @classmethod
@@ -151,6 +170,7 @@ class ScalerSettings(BaseSettings):
     def scaling_config(self, price_per_replica_hour: float | None = None) -> ScalingConfig:
         """The policy's configuration; ``price_per_replica_hour`` is used when the setting is unset."""
         values = {name: getattr(self, name) for name in POLICY_FIELDS}
+        values["timetable"] = parse_timetable(self.timetable)
         values["price_per_replica_hour"] = next(
             (p for p in (self.price_per_replica_hour, price_per_replica_hour) if p is not None),
             DEFAULTS.price_per_replica_hour,

@@ -23,6 +23,7 @@ import structlog
 
 from scaler.billing import SpendLedger
 from scaler.metrics import ScalerMetrics
+from scaler.planning import robust_duration
 from scaler.policy import (
     PAUSED,
     QUOTA_REACHED,
@@ -41,6 +42,8 @@ log = structlog.get_logger()
 
 class QueueReader(Protocol):
     async def read(self) -> QueueStatus: ...
+
+    async def read_with_timings(self, now: float) -> QueueStatus: ...
 
 
 # What happened to a decision on its way to the platform, as logged in the "apply" field.
@@ -109,7 +112,8 @@ class ScalerLoop:
         return decision
 
     async def observe(self) -> Observation:
-        queue, view = await asyncio.gather(self.queue.read(), self.backend.observe(), return_exceptions=True)
+        read = self.queue.read() if self.config.target_wait_s is None else self.queue.read_with_timings(self.clock())
+        queue, view = await asyncio.gather(read, self.backend.observe(), return_exceptions=True)
         for result in (queue, view):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
@@ -131,6 +135,10 @@ class ScalerLoop:
             running=queue.running_jobs if isinstance(queue, QueueStatus) else 0,
             replicas=view.replicas if isinstance(view, BackendView) else (),
             deployment_status=view.status if isinstance(view, BackendView) else "unknown",
+            pending_ages_s=queue.pending_ages_s if isinstance(queue, QueueStatus) else (),
+            running_elapsed_s=queue.running_elapsed_s if isinstance(queue, QueueStatus) else (),
+            job_duration_s=robust_duration(queue.recent_durations_s, self.config.default_job_duration_s)
+            if isinstance(queue, QueueStatus) else None,
             queue_error=queue_error,
             verda_error=verda_error,
         )

@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger, seconds_to_boundary
+from scaler.planning import replicas_needed, replicas_to_add
+from scaler.timetable import Block, prewarm_floor
 
 PAUSED = "paused"
 QUOTA_REACHED = "quota_reached"
@@ -20,6 +22,7 @@ QUOTA_REACHED = "quota_reached"
 class Reason(StrEnum):
     WAKE_FROM_ZERO = "wake_from_zero"
     SCALE_UP = "scale_up"
+    PREWARM = "prewarm_for_timetable"
     SCALE_DOWN = "scale_down"
     SCALE_TO_ZERO = "scale_to_zero"
     CLAMP_TO_MAX = "clamp_to_max"
@@ -27,6 +30,7 @@ class Reason(StrEnum):
     HOLD_STABILIZING = "hold_stabilizing"
     HOLD_COOLDOWN = "hold_cooldown"
     HOLD_BILLING_BOUNDARY = "hold_until_billing_boundary"
+    HOLD_JOBS_WOULD_BE_LOST = "hold_running_jobs_would_be_lost"
     HOLD_IDLE_WINDOW = "hold_idle_window"
     HOLD_OBSERVATION_FAILED = "hold_observation_failed"
     HOLD_PAUSED = "hold_paused"
@@ -53,6 +57,16 @@ class ScalingConfig:
     price_per_replica_hour: float = 2.30
     max_spend_per_hour: float | None = None
     max_spend_per_day: float | None = None
+    # Wait-target planning (docs/scaling-policy.md); None: the older rule, one replica per job in flight.
+    target_wait_s: float | None = 180.0
+    default_job_duration_s: float = 180.0
+    replica_boot_s: float = 45.0
+    timetable: tuple[Block, ...] = ()
+    prewarm_lead_s: float = 90.0
+    worker_drain_s: float = 25.0  # a stopped worker finishes a job that ends within this (WORKER_DRAIN_S)
+    # Verda picks which replica a scale-down stops; assume it may be a busy one (False: idle ones retire).
+    victim_may_be_busy: bool = True
+    max_lost_work_s: float = 0.0  # ... and accept restarting a job that has run at most this long
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,8 +80,12 @@ class ScalingConfig:
             problems.append("billing_interval_s must be > 0")
         if not 0 <= self.scale_down_lead_s < self.billing_interval_s:
             problems.append("need 0 <= scale_down_lead_s < billing_interval_s")
+        if self.target_wait_s is not None and self.target_wait_s <= 0:
+            problems.append("target_wait_s must be > 0 (or unset)")
+        if self.default_job_duration_s <= 0:
+            problems.append("default_job_duration_s must be > 0")
         for name in ("stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",
-                     "price_per_replica_hour"):
+                     "price_per_replica_hour", "replica_boot_s", "prewarm_lead_s", "worker_drain_s", "max_lost_work_s"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         for name in ("max_spend_per_hour", "max_spend_per_day"):
@@ -90,13 +108,20 @@ class Replica:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One tick's view of the world. Set ``queue_error``/``verda_error`` when that read failed."""
+    """One tick's view of the world. Set ``queue_error``/``verda_error`` when that read failed.
+
+    The optional job timings sharpen wait-target planning; without them queued jobs count as just
+    submitted, running ones as half done, and jobs as ``default_job_duration_s`` long.
+    """
 
     now: float
     pending: int = 0
     running: int = 0
     replicas: tuple[Replica, ...] = ()
     deployment_status: str = "healthy"
+    pending_ages_s: tuple[float, ...] = ()  # how long queued jobs have waited, any order
+    running_elapsed_s: tuple[float, ...] = ()  # how long running jobs have run, any order
+    job_duration_s: float | None = None  # robust estimate from recent completions (scaler.planning)
     queue_error: str | None = None
     verda_error: str | None = None
 
@@ -161,6 +186,8 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
     }
     if observation.deployment_status == PAUSED:
         desired, reason = current, Reason.HOLD_PAUSED
+    elif config.target_wait_s is not None:
+        desired, reason = _plan(config, state, observation, current, details)
     elif demand > current:
         desired, reason = _scale_up(config, state, observation, current, demand)
     else:
@@ -281,3 +308,111 @@ def _scale_down(
             return current, Reason.HOLD_BILLING_BOUNDARY
     desired = max(floor, current - step)
     return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
+
+
+def _plan(
+    config: ScalingConfig,
+    state: PolicyState,
+    observation: Observation,
+    current: int,
+    details: dict[str, Any],
+) -> tuple[int, Reason]:
+    """Scale for the wait target: buy a replica only for a job that would miss it, release at boundaries."""
+    assert config.target_wait_s is not None
+    now = observation.now
+    duration = observation.job_duration_s or config.default_job_duration_s
+    # A tick and a poll pass between this prediction and a job's claim.
+    target = max(0.0, config.target_wait_s - 15.0)
+    free_at = _free_at(config, observation, current, duration)
+    ages = _queued_ages(observation)
+    busy = _would_be_interrupted(config, observation, current, duration)
+    prewarm = min(
+        prewarm_floor(config.timetable, now, config.prewarm_lead_s, config.max_replicas), config.max_replicas
+    )
+    room = max(0, config.max_replicas - current)
+    add = replicas_to_add(now, free_at, ages, duration, target, config.replica_boot_s, room)
+    details.update(job_duration_s=round(duration, 1), target_wait_s=config.target_wait_s, prewarm=prewarm)
+    in_flight = observation.pending + observation.running > 0
+    # Running jobs keep their replicas, and work in flight never leaves the fleet at zero.
+    wanted = max(current + add, prewarm, config.min_replicas, _running_need(config, observation), int(in_flight))
+    if current > config.max_replicas:
+        return config.max_replicas, Reason.CLAMP_TO_MAX
+    if wanted > current:
+        desired, reason = _scale_up(config, state, observation, current, min(wanted, config.max_replicas))
+        if reason in (Reason.SCALE_UP, Reason.WAKE_FROM_ZERO) and add == 0:
+            reason = Reason.PREWARM
+        return desired, reason
+    need = max(
+        replicas_needed(now, free_at, ages, duration, target),
+        busy,
+        1 if in_flight else 0,
+        prewarm,
+        config.min_replicas,
+    )
+    kept = sorted(free_at)[:need]
+    if replicas_to_add(now, kept, ages, duration, target, config.replica_boot_s, current - need) > 0:
+        need = current  # fewer would have to be bought back at once
+    details["needed"] = need
+    if need >= current:
+        return current, Reason.STEADY
+    if not config.billing_aware:
+        if _would_lose_work(config, observation, current - need, duration):
+            return current, Reason.HOLD_JOBS_WOULD_BE_LOST
+        if state.last_scale_down_at is not None and now - state.last_scale_down_at < config.scale_down_cooldown_s:
+            return current, Reason.HOLD_COOLDOWN
+        return need, Reason.SCALE_TO_ZERO if need == 0 else Reason.SCALE_DOWN
+    paid_left = sorted(
+        seconds_to_boundary(replica.started_at, now, config.billing_interval_s, config.billing_anchor)
+        for replica in observation.replicas
+    )
+    if paid_left:
+        details["next_billing_boundary_in_s"] = round(paid_left[0], 3)
+    # Paid replicas stay to the end of their interval; those at its end and not needed leave together.
+    step = sum(1 for left in paid_left if left <= config.scale_down_lead_s)
+    if step == 0:
+        return current, Reason.HOLD_BILLING_BOUNDARY
+    desired = max(need, current - step)
+    if _would_lose_work(config, observation, current - desired, duration):
+        return current, Reason.HOLD_JOBS_WOULD_BE_LOST
+    return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
+
+
+def _free_at(config: ScalingConfig, observation: Observation, current: int, duration: float) -> list[float]:
+    """When each of the ``current`` replicas can take a queued job: busy ones when their job should end."""
+    now = observation.now
+    ready = sorted(max(now, replica.started_at + config.replica_boot_s) for replica in observation.replicas)
+    ready = (ready + [now + config.replica_boot_s] * current)[:current]
+    busy = min(observation.running, current)
+    elapsed = sorted(observation.running_elapsed_s, reverse=True)[:busy]
+    # A running job of unknown age is taken as half done.
+    left = sorted(max(duration - spent, 0.1 * duration) for spent in elapsed)
+    left += [0.5 * duration] * (busy - len(left))
+    return sorted([now + remaining for remaining in left] + ready[busy:])
+
+
+def _would_be_interrupted(config: ScalingConfig, observation: Observation, current: int, duration: float) -> int:
+    """Running jobs that would not finish within the worker's drain if their replica were stopped now."""
+    busy = min(observation.running, current)
+    elapsed = sorted(observation.running_elapsed_s, reverse=True)[:busy]
+    finishing = sum(1 for spent in elapsed if duration - spent <= config.worker_drain_s)
+    return busy - finishing
+
+
+def _would_lose_work(config: ScalingConfig, observation: Observation, stopping: int, duration: float) -> bool:
+    """Would stopping ``stopping`` replicas throw away more than ``max_lost_work_s`` of a running job?
+
+    Assumes the worst victims: the busy replicas with the most work left, i.e. the youngest jobs. A young
+    job is cheap to restart on the replica that stays; an old one is not.
+    """
+    if not config.victim_may_be_busy or stopping <= 0:
+        return False
+    elapsed = sorted(observation.running_elapsed_s)[: observation.running]
+    elapsed += [0.5 * duration] * (observation.running - len(elapsed))
+    victims = [spent for spent in sorted(elapsed)[:stopping] if duration - spent > config.worker_drain_s]
+    return any(spent > config.max_lost_work_s for spent in victims)
+
+
+def _queued_ages(observation: Observation) -> list[float]:
+    """The queued jobs' ages, oldest first; jobs the observation has no age for count as just submitted."""
+    ages = sorted((max(0.0, age) for age in observation.pending_ages_s), reverse=True)[: observation.pending]
+    return ages + [0.0] * (observation.pending - len(ages))

@@ -6,7 +6,8 @@ QueueStatusError and the loop turns it into a held decision, never into a scale-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,6 +16,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from common.urls import redact_url
 
 STATUS_PATH = "/api/queue/status"
+JOBS_PATH = "/api/jobs"
+# The list's order is not documented: ask for many completed jobs and keep the most recent by completed_at.
+COMPLETED_LIMIT = 500
+RECENT_COMPLETIONS = 50
+TIMINGS_LIMIT = 200
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -33,6 +39,10 @@ class QueueStatus:
     completed_jobs: int = 0
     failed_jobs: int = 0
     mode: str = "fifo"
+    # Job timings for wait-target planning (seconds); empty when the job lists could not be read.
+    pending_ages_s: tuple[float, ...] = ()
+    running_elapsed_s: tuple[float, ...] = ()
+    recent_durations_s: tuple[float, ...] = ()
 
     @classmethod
     def from_json(cls, body: Any) -> QueueStatus:
@@ -102,6 +112,23 @@ class QueueStatusReader:
             raise QueueStatusError(f"cannot reach the queue manager: {type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable: tenacity reraises the last error")
 
+    async def read_with_timings(self, now: float) -> QueueStatus:
+        """The status plus job ages, run times so far and recent durations from GET /api/jobs.
+
+        The lists only sharpen the plan: when one cannot be read, its timings are left empty (the policy
+        then assumes just-submitted, half-done and default-length jobs) and the status still counts.
+        """
+        status = await self.read()
+        lists = {}
+        for state, limit in (("pending", TIMINGS_LIMIT), ("running", TIMINGS_LIMIT), ("completed", COMPLETED_LIMIT)):
+            try:
+                response = await self._http.get(JOBS_PATH, params={"status": state, "limit": limit})
+                body = response.json() if not response.is_error else None
+            except (httpx.HTTPError, ValueError):
+                body = None
+            lists[state] = body if isinstance(body, list) else []
+        return replace(status, **job_timings(lists, now))
+
     async def _read_once(self) -> QueueStatus:
         response = await self._http.get(STATUS_PATH)
         if response.status_code in RETRYABLE_STATUS:
@@ -113,3 +140,29 @@ class QueueStatusReader:
         except ValueError:
             raise QueueStatusError(f"queue status is not JSON: {response.text[:200]}") from None
         return QueueStatus.from_json(body)
+
+
+def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:
+    """Ages of pending jobs, elapsed run of running ones, durations of the most recent completions."""
+    ages = tuple(now - t for t in (_stamp(job, "created_at") for job in lists.get("pending", ())) if t is not None)
+    elapsed = tuple(now - t for t in (_stamp(job, "started_at") for job in lists.get("running", ())) if t is not None)
+    done = []
+    for job in lists.get("completed", ()):
+        started, completed = _stamp(job, "started_at"), _stamp(job, "completed_at")
+        if started is not None and completed is not None and completed >= started:
+            done.append((completed, completed - started))
+    recent = tuple(duration for _, duration in sorted(done)[-RECENT_COMPLETIONS:])
+    return {"pending_ages_s": ages, "running_elapsed_s": elapsed, "recent_durations_s": recent}
+
+
+def _stamp(job: Any, name: str) -> float | None:
+    """An ISO timestamp as epoch seconds; one without an offset is UTC (the manager writes utcnow())."""
+    if not isinstance(job, dict) or not isinstance(job.get(name), str):
+        return None
+    try:
+        moment = datetime.fromisoformat(job[name])
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

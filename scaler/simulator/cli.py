@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,10 +18,12 @@ from rich.console import Console
 
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
-from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation
-from scaler.simulator.policies import parse_policy
+from scaler.simulator.clairvoyant import best_plan, work_floor_intervals
+from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation, Victim
+from scaler.simulator.policies import check_policy, parse_policy
 from scaler.simulator.report import PolicyReport, comparison, print_table, summarize, write_chart
 from scaler.simulator.workloads import BUILT_IN, Workload, built_in, load_trace
+from scaler.timetable import parse_timetable
 
 DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
 
@@ -33,9 +36,26 @@ def run_policy(
     seed: int = 0,
 ) -> tuple[PolicyReport, SimOutcome]:
     platform = platform or PlatformModel()
-    controller = parse_policy(policy, config or ScalingConfig())
-    outcome = Simulation(workload, controller, platform, seed).run()
+    config = config or ScalingConfig()
+    if not config.timetable and workload.timetable:
+        config = dataclasses.replace(config, timetable=workload.timetable)  # the organiser declares it
+    kind, _, target = policy.partition(":")
+    if kind == "clairvoyant":
+        p95 = float(target) if target else config.target_wait_s or 120.0
+        _plan, outcome = best_plan(workload, platform, config.max_replicas, p95, seed=seed)
+    else:
+        outcome = Simulation(workload, parse_policy(policy, config), platform, seed).run()
     return summarize(workload.name, policy, outcome, platform), outcome
+
+
+def with_clairvoyant_ratio(
+    report: PolicyReport, workload: Workload, platform: PlatformModel, cap: int, seed: int
+) -> PolicyReport:
+    """The report with cost / clairvoyant's cost at the report's own p95 and max wait, same cap and model."""
+    _plan, outcome = best_plan(workload, platform, cap, report.wait_p95_s, report.wait_max_s, seed=seed)
+    reference = summarize(workload.name, "clairvoyant", outcome, platform)
+    ratio = report.cost_usd / reference.cost_usd if reference.cost_usd else math.inf
+    return dataclasses.replace(report, cost_vs_clairvoyant=round(ratio, 3))
 
 
 def simulate_main(argv: list[str]) -> int:
@@ -50,7 +70,7 @@ def simulate_main(argv: list[str]) -> int:
             built_in(name, args.seed) for name in args.workload or ["workshop"]
         ]
         for policy in args.policy or DEFAULT_POLICIES:
-            parse_policy(policy, config)
+            check_policy(policy)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     platform = PlatformModel(
@@ -60,6 +80,7 @@ def simulate_main(argv: list[str]) -> int:
         billing_anchor=BillingAnchor(args.verda_billing_anchor),
         price_per_hour=args.price_per_hour,
         spot_reclaims_per_hour=args.spot_reclaims_per_hour,
+        scale_down_victim=Victim(args.scale_down_victim),
     )
     reports: list[PolicyReport] = []
     charts: list[tuple[Workload, list[tuple[str, list]]]] = []
@@ -68,9 +89,14 @@ def simulate_main(argv: list[str]) -> int:
         series = []
         for policy in args.policy or DEFAULT_POLICIES:
             report, outcome = run_policy(workload, policy, config, platform, args.seed)
+            if args.clairvoyant_ratio:
+                report = with_clairvoyant_ratio(report, workload, platform, config.max_replicas, args.seed)
             reports.append(report)
             series.append((policy, outcome.samples))
         charts.append((workload, series))
+        floor = work_floor_intervals(workload, platform)
+        console.print(f"{workload.name}: work floor {floor} intervals "
+                      f"(${floor * platform.billing_interval_s / 3600 * platform.price_per_hour:.2f})")
     elapsed_ms = (time.perf_counter() - began) * 1000
 
     print_table(console, reports)
@@ -124,10 +150,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="built-in workload (repeatable; default workshop)")
     source.add_argument("--trace", help="CSV with columns submit_s,duration_s (seconds)")
     parser.add_argument("--policy", action="append",
-                        help="always-on:N, naive or ours (repeatable; default always-on:1, naive, ours)")
+                        help="always-on:N, naive, naive-job-limit-1, ours or clairvoyant[:P95_S] (repeatable; "
+                             "default always-on:1, naive, ours)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--chart", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    parser.add_argument("--clairvoyant-ratio", action=argparse.BooleanOptionalAction, default=True,
+                        help="plan the clairvoyant at each row's p95 and max wait for the x clairv. column")
     platform = parser.add_argument_group("platform model")
     platform.add_argument("--price-per-hour", type=float, default=2.30, help="USD per replica-hour")
     platform.add_argument("--cold-start-s", type=float, default=30.0,
@@ -137,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     platform.add_argument("--verda-billing-anchor", choices=[a.value for a in BillingAnchor],
                           default=BillingAnchor.STARTED_AT.value, help="how Verda really bills, in the model")
     platform.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per replica")
+    platform.add_argument("--scale-down-victim", choices=[v.value for v in Victim], default=Victim.WORST.value,
+                          help="who leaves on a scale-down: the worst case, or idle workers retiring themselves")
     ours = parser.add_argument_group("ours: ScalingConfig overrides")
     for config_field in dataclasses.fields(ScalingConfig):
         flag = "--" + config_field.name.replace("_", "-")
@@ -145,11 +176,21 @@ def _parser() -> argparse.ArgumentParser:
             ours.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, BillingAnchor):
             ours.add_argument(flag, choices=[a.value for a in BillingAnchor], default=None)
+        elif config_field.name == "timetable":
+            ours.add_argument(flag, type=parse_timetable, default=None,
+                              help="HH:MM-HH:MM[*N],... (default: the workload's own, if it has one)")
+        elif config_field.name == "target_wait_s":
+            ours.add_argument(flag, type=_optional_seconds, default=None,
+                              help=f"default {default}; 'none': one replica per job in flight")
         elif isinstance(default, int):
             ours.add_argument(flag, type=int, default=None, help=f"default {default}")
         else:
             ours.add_argument(flag, type=float, default=None, help=f"default {default}")
     return parser
+
+
+def _optional_seconds(text: str) -> float | str:
+    return "none" if text.lower() == "none" else float(text)
 
 
 def _config_from(args: argparse.Namespace) -> ScalingConfig:
@@ -158,6 +199,8 @@ def _config_from(args: argparse.Namespace) -> ScalingConfig:
         for config_field in dataclasses.fields(ScalingConfig)
         if getattr(args, config_field.name) is not None
     }
+    if overrides.get("target_wait_s") == "none":
+        overrides["target_wait_s"] = None
     overrides.setdefault("price_per_replica_hour", args.price_per_hour)
     return ScalingConfig(**overrides)
 

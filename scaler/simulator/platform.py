@@ -3,9 +3,11 @@
 Modelled (each choice explained in docs/simulator.md):
 - Verda keeps the replica count at the controller's target; a new replica bills from its start and
   takes work after cold start + health-check delay.
-- On a scale-down Verda picks the replica: the worst case, a busy one with the most work left. It gets
-  SIGTERM; the worker finishes the job if it can within its drain time, otherwise requeues it (an
-  interruption) and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest.
+- On a scale-down Verda picks the replica (``PlatformModel.scale_down_victim``): by default the worst
+  case, a busy one with the most work left; ``idle-nearest-boundary`` models workers that retire
+  themselves (the idle replica whose paid interval ends soonest leaves). The victim gets SIGTERM;
+  the worker finishes the job if it can within its drain time, otherwise requeues it (an interruption)
+  and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest.
 - A worker that exits on its own (idle polls, job limit) is restarted in place while Verda still wants
   the replica, otherwise the replica is gone.
 - Billing: per replica, begun 10-minute intervals, anchored as configured. Spot reclaims are optional.
@@ -19,12 +21,19 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
-from scaler.billing import BillingAnchor, bill_for_runtime
+from scaler.billing import BillingAnchor, bill_for_runtime, seconds_to_boundary
 from scaler.policy import Replica
-from scaler.simulator.policies import Controller
+from scaler.simulator.policies import Controller, QueueView
 from scaler.simulator.workloads import Workload
+
+
+class Victim(StrEnum):
+    """Who leaves on a scale-down."""
+
+    WORST = "worst"  # busy with the most work left, then starting, then the newest idle one
+    IDLE_NEAREST_BOUNDARY = "idle-nearest-boundary"  # idle first, the one whose paid interval ends soonest
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +47,16 @@ class PlatformModel:
     billing_anchor: BillingAnchor = BillingAnchor.STARTED_AT
     price_per_hour: float = 2.30
     spot_reclaims_per_hour: float = 0.0
+    scale_down_victim: Victim = Victim.WORST
+
+    @property
+    def boot_s(self) -> float:
+        """From a replica's start until it takes work."""
+        return self.cold_start_s + self.health_check_delay_s
 
 
 ANY_GENERATION = -1
+RECENT_COMPLETIONS = 50
 
 
 class Event(IntEnum):
@@ -115,6 +131,8 @@ class Simulation:
         self._replicas: list[SimReplica] = []  # not yet stopped
         self._target = 0
         self._names = (f"replica-{n}" for n in itertools.count(1))
+        # What the live scaler reads from GET /api/jobs?status=completed: recent run times.
+        self._recent_durations: deque[float] = deque(maxlen=RECENT_COMPLETIONS)
         self.outcome = SimOutcome(
             jobs=[SimJob(job.submit_s, job.duration_s) for job in self.workload.jobs],
             replicas=[],
@@ -175,7 +193,15 @@ class Simulation:
         live = self._live()
         running = sum(1 for replica in self._replicas if replica.job is not None)
         listed = tuple(Replica(replica.id, replica.started_at) for replica in live)
-        self._target = self.controller.target(now, len(self._queue), running, listed)
+        view = QueueView(
+            pending=len(self._queue),
+            running=running,
+            pending_ages_s=tuple(now - job.submit_s for job in self._queue),
+            running_elapsed_s=tuple(now - replica.job.attempt_started_s for replica in self._replicas
+                                    if replica.job is not None),
+            recent_durations_s=tuple(self._recent_durations),
+        )
+        self._target = self.controller.target(now, view, listed)
         self._reconcile(now)
         live = self._live()
         ready = sum(1 for replica in live if replica.state in ("idle", "busy"))
@@ -186,15 +212,27 @@ class Simulation:
         live = self._live()
         for _ in range(self._target - len(live)):
             self._start_replica(now)
-        for victim in sorted(live, key=self._victim_rank)[: max(0, len(live) - self._target)]:
+        ranked = sorted(live, key=lambda replica: self._victim_rank(replica, now))
+        for victim in ranked[: max(0, len(live) - self._target)]:
             self._sigterm(now, victim)
 
-    def _victim_rank(self, replica: SimReplica) -> tuple[int, float]:
-        """Worst case first: busy with the most work left, then starting, then the newest idle one."""
+    def _victim_rank(self, replica: SimReplica, now: float) -> tuple[int, float]:
+        if self.platform.scale_down_victim is Victim.IDLE_NEAREST_BOUNDARY:
+            return self._kind_victim_rank(replica, now)
+        # Worst case first: busy with the most work left, then starting, then the newest idle one.
         if replica.job is not None:
             left = replica.job.attempt_started_s + replica.job.duration_s
             return (0, -left)
         return (1 if replica.state == "starting" else 2, -replica.started_at)
+
+    def _kind_victim_rank(self, replica: SimReplica, now: float) -> tuple[int, float]:
+        """Idle replicas retire themselves, the one nearest its billing boundary first; busy ones last."""
+        if replica.job is not None:
+            return (2, replica.job.attempt_started_s + replica.job.duration_s)
+        if replica.state == "starting":
+            return (1, -replica.started_at)
+        return (0, seconds_to_boundary(replica.started_at, now, self.platform.billing_interval_s,
+                                       self.platform.billing_anchor))
 
     # Replica lifecycle.
 
@@ -254,6 +292,7 @@ class Simulation:
     def _on_finish(self, now: float, replica: object) -> None:
         assert isinstance(replica, SimReplica) and replica.job is not None
         replica.job.finished_s = now
+        self._recent_durations.append(replica.job.duration_s)
         replica.job = None
         replica.jobs_done += 1
         limit = self.controller.worker.job_limit

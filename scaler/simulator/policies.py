@@ -11,7 +11,19 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from scaler.planning import robust_duration
 from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """What a controller sees of the queue at a tick (the live scaler reads the same from the queue manager)."""
+
+    pending: int
+    running: int
+    pending_ages_s: tuple[float, ...] = ()
+    running_elapsed_s: tuple[float, ...] = ()
+    recent_durations_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +39,7 @@ class Controller(Protocol):
     name: str
     worker: WorkerModel
 
-    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int: ...
+    def target(self, now: float, queue: QueueView, replicas: tuple[Replica, ...]) -> int: ...
 
 
 @dataclass
@@ -39,7 +51,7 @@ class AlwaysOn:
     def name(self) -> str:
         return f"always-on:{self.replicas}"
 
-    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int:
+    def target(self, now: float, queue: QueueView, replicas: tuple[Replica, ...]) -> int:
         return self.replicas
 
 
@@ -50,8 +62,9 @@ class NaiveVerda:
     Verda's queue only fills if every job is also sent to the deployment's endpoint, so this models a
     user who does that: one queued request per job in flight, ``queue_load.threshold`` 1, scale-up
     delay 0, scale-down only after the lower load has lasted ``scale_down_delay_s``. Workers run in
-    serverless mode: exit after 1 job or 10 idle polls of 2 s (Verda restarts them in place while it
-    still wants the replica).
+    serverless mode with the deploy defaults: no job limit, exit after 10 idle polls of 2 s (Verda
+    restarts them in place while it still wants the replica). ``naive-job-limit-1`` also exits after
+    every job.
     """
 
     min_replicas: int = 0
@@ -59,13 +72,13 @@ class NaiveVerda:
     queue_load_threshold: int = 1
     scale_down_delay_s: float = 300.0
     worker: WorkerModel = field(
-        default_factory=lambda: WorkerModel(idle_polls_before_exit=10, job_limit=1, poll_interval_s=2.0)
+        default_factory=lambda: WorkerModel(idle_polls_before_exit=10, job_limit=None, poll_interval_s=2.0)
     )
     name: str = "naive"
     _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
 
-    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int:
-        wanted = math.ceil((pending + running) / self.queue_load_threshold)
+    def target(self, now: float, queue: QueueView, replicas: tuple[Replica, ...]) -> int:
+        wanted = math.ceil((queue.pending + queue.running) / self.queue_load_threshold)
         wanted = min(max(wanted, self.min_replicas), self.max_replicas)
         self._recent.append((now, wanted))
         while self._recent[0][0] <= now - self.scale_down_delay_s:
@@ -83,8 +96,16 @@ class Ours:
     state: PolicyState = field(default_factory=PolicyState)
     decisions_changed: int = 0
 
-    def target(self, now: float, pending: int, running: int, replicas: tuple[Replica, ...]) -> int:
-        observation = Observation(now=now, pending=pending, running=running, replicas=replicas)
+    def target(self, now: float, queue: QueueView, replicas: tuple[Replica, ...]) -> int:
+        observation = Observation(
+            now=now,
+            pending=queue.pending,
+            running=queue.running,
+            replicas=replicas,
+            pending_ages_s=queue.pending_ages_s,
+            running_elapsed_s=queue.running_elapsed_s,
+            job_duration_s=robust_duration(queue.recent_durations_s, self.config.default_job_duration_s),
+        )
         decision = decide(self.config, self.state, observation)
         self.state = decision.new_state
         self.decisions_changed += decision.changed
@@ -95,9 +116,28 @@ def parse_policy(spec: str, config: ScalingConfig) -> Controller:
     """``always-on:N``, ``naive`` or ``ours`` (``ours`` takes ``config``)."""
     if spec == "naive":
         return NaiveVerda()
+    if spec == "naive-job-limit-1":
+        return NaiveVerda(worker=WorkerModel(idle_polls_before_exit=10, job_limit=1), name=spec)
     if spec == "ours":
         return Ours(config=replace(config))
     kind, _, count = spec.partition(":")
     if kind == "always-on" and count.isdigit():
         return AlwaysOn(int(count))
-    raise ValueError(f"unknown policy {spec!r}: use always-on:N, naive or ours")
+    if kind == "clairvoyant":
+        raise ValueError("clairvoyant is planned per workload: scaler.simulator.clairvoyant.best_plan")
+    raise ValueError(
+        f"unknown policy {spec!r}: use always-on:N, naive, naive-job-limit-1, ours or clairvoyant[:P95_S]"
+    )
+
+
+def check_policy(spec: str) -> None:
+    """Raise ValueError for a spec no controller answers to."""
+    kind, _, target = spec.partition(":")
+    if kind != "clairvoyant":
+        parse_policy(spec, ScalingConfig())
+        return
+    try:
+        if target and float(target) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{spec!r}: the p95 target must be seconds > 0, e.g. clairvoyant:120") from None

@@ -30,15 +30,23 @@ class PolicyReport:
     replica_starts: int
     cold_starts: int
     spot_reclaims: int
+    cost_vs_clairvoyant: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 def summarize(workload: str, policy: str, outcome: SimOutcome, platform: PlatformModel) -> PolicyReport:
-    """Queue wait is what a user waits beyond the job's own run: finish - submit - duration."""
-    finished = [(job, job.finished_s) for job in outcome.jobs if job.finished_s is not None]
-    waits = sorted(finished_s - job.submit_s - job.duration_s for job, finished_s in finished)
+    """Queue wait is what a user waits beyond the job's own run: finish - submit - duration.
+
+    A job unfinished at the horizon counts as having waited until the horizon: never left out.
+    """
+    finished = [job for job in outcome.jobs if job.finished_s is not None]
+    waits = sorted(
+        (job.finished_s if job.finished_s is not None else max(outcome.horizon_s, job.submit_s + job.duration_s))
+        - job.submit_s - job.duration_s
+        for job in outcome.jobs
+    )
     gpu_hours = outcome.billed_intervals * platform.billing_interval_s / 3600.0
     return PolicyReport(
         workload=workload,
@@ -91,7 +99,7 @@ def _ratio(value: float, reference: float) -> str:
 def print_table(console: Console, reports: Sequence[PolicyReport]) -> None:
     table = Table(title="Simulated cost and queue wait")
     columns = ("workload", "policy", "GPU-h", "cost $", "done", "unfinished", "p50 s", "p95 s", "max s",
-               "interrupted", "starts", "cold starts")
+               "interrupted", "starts", "cold starts", "x clairv.")
     for column in columns:
         table.add_column(column, justify="left" if column in ("workload", "policy") else "right")
     for report in reports:
@@ -100,6 +108,7 @@ def print_table(console: Console, reports: Sequence[PolicyReport]) -> None:
             str(report.jobs_done), str(report.jobs_unfinished), f"{report.wait_p50_s:.0f}",
             f"{report.wait_p95_s:.0f}", f"{report.wait_max_s:.0f}", str(report.jobs_interrupted),
             str(report.replica_starts), str(report.cold_starts),
+            "-" if report.cost_vs_clairvoyant is None else f"{report.cost_vs_clairvoyant:.2f}",
         )
     console.print(table)
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scaler.timetable import Block
+
 HOUR_S = 3_600.0
 DAY_S = 86_400.0
 
@@ -23,6 +25,7 @@ class Workload:
     name: str
     jobs: tuple[JobSpec, ...]
     horizon_s: float
+    timetable: tuple[Block, ...] = ()  # what its organiser would declare (SCALER_TIMETABLE)
 
 
 def workshop(rng: random.Random) -> Workload:
@@ -40,7 +43,9 @@ def workshop(rng: random.Random) -> Workload:
             submits = [first]
             submits += [rng.uniform(first + 240.0, block_s) for _ in range(rng.randint(1, 3))]
             jobs += [JobSpec(block_start + at, max(60.0, rng.gauss(120.0, 20.0))) for at in submits]
-    return Workload("workshop", _sorted(jobs), DAY_S)
+    # The organiser declares the blocks and 3 replicas warm at each start (20 first jobs over ~5 minutes).
+    timetable = tuple(Block(start_h * HOUR_S, start_h * HOUR_S + block_s, 3) for start_h in block_starts_h)
+    return Workload("workshop", _sorted(jobs), DAY_S, timetable)
 
 
 def batch(rng: random.Random) -> Workload:
@@ -55,10 +60,33 @@ def trickle(rng: random.Random) -> Workload:
     return Workload("trickle", _sorted(jobs), DAY_S)
 
 
+def studio(rng: random.Random) -> Workload:
+    """6 artists, 09:00-18:00, long jobs (4-10 min upscales and video); lunch 12:00-13:30 is nearly quiet.
+
+    Each artist submits at exponential gaps (mean 20 min, mean 2 h over lunch). No timetable is declared.
+    """
+    jobs = []
+    for _artist in range(6):
+        at = 9 * HOUR_S + rng.uniform(0.0, 900.0)
+        while at < 18 * HOUR_S:
+            jobs.append(JobSpec(at, rng.uniform(240.0, 600.0)))
+            lunch = 12 * HOUR_S <= at < 13.5 * HOUR_S
+            at += rng.expovariate(1 / (7200.0 if lunch else 1200.0))
+    return Workload("studio", _sorted(jobs), DAY_S)
+
+
+def mixed_batch(rng: random.Random) -> Workload:
+    """300 jobs submitted at once one minute in: most 5 s thumbnails, one in five a 3-minute render."""
+    jobs = [JobSpec(60.0, 180.0 if rng.random() < 0.2 else 5.0) for _ in range(300)]
+    return Workload("mixed-batch", tuple(jobs), 3 * HOUR_S)
+
+
 BUILT_IN: dict[str, Callable[[random.Random], Workload]] = {
     "workshop": workshop,
     "batch": batch,
     "trickle": trickle,
+    "studio": studio,
+    "mixed-batch": mixed_batch,
 }
 
 

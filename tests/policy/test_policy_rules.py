@@ -5,7 +5,7 @@ from dataclasses import replace
 from scaler.billing import BillingAnchor
 from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
 
-PLAIN = ScalingConfig(billing_aware=False, stabilization_window_s=120, scale_down_cooldown_s=30,
+PLAIN = ScalingConfig(target_wait_s=None, billing_aware=False, stabilization_window_s=120, scale_down_cooldown_s=30,
                       idle_to_zero_s=180)
 
 
@@ -130,7 +130,7 @@ def test_lowered_max_clamps_immediately():
 
 def test_the_worked_example_in_the_docs():
     """docs/scaling-policy.md, 'Worked example': 09:00:00 is t=0, replicas start at 09:00:05."""
-    config, state, seen = ScalingConfig(), PolicyState(), {}
+    config, state, seen = ScalingConfig(target_wait_s=None), PolicyState(), {}
     for now in range(0, 20 * 60 + 1, 15):
         running = 4 if 45 <= now < 180 else 1 if 180 <= now <= 645 else 0
         fleet = () if now == 0 else tuple(Replica(f"r{n}", 5.0) for n in range(state.applied or 0))

@@ -69,6 +69,9 @@ class StubQueue:
             raise self.error
         return QueueStatus(pending_jobs=self.pending, running_jobs=self.running)
 
+    async def read_with_timings(self, now: float) -> QueueStatus:
+        return await self.read()
+
 
 class StubBackend:
     """Behaves like a pinned platform: replicas follow the applied count at once; records every call."""

@@ -15,6 +15,7 @@ from scaler.policy import PolicyState, Reason, ScalingConfig
 from scaler.providers.verda.client import VerdaAPIError
 
 CONFIG = ScalingConfig(
+    target_wait_s=None,
     billing_aware=False, stabilization_window_s=60, scale_down_cooldown_s=0, idle_to_zero_s=120,
     price_per_replica_hour=3.0,
 )

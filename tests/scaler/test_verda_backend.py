@@ -76,6 +76,7 @@ async def test_burst_scales_up_then_the_idle_window_brings_it_to_zero(
 ):
     """Queue manager + fake Verda + the real loop on the real clock, with windows of a fraction of a second."""
     config = ScalingConfig(
+        target_wait_s=None,
         max_replicas=4, billing_aware=False, stabilization_window_s=0.3, scale_down_cooldown_s=0.05,
         idle_to_zero_s=0.6,
     )

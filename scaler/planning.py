@@ -1,0 +1,108 @@
+"""Wait-target arithmetic for the policy: how long jobs take, when queued jobs would start, who is needed.
+
+Pure functions; ``scaler.policy.decide`` uses them when ``target_wait_s`` is set.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+
+# Jobs that ran shorter than this are not evidence of a duration (a cancelled or instantly failed job).
+MIN_EVIDENCE_S = 0.5
+
+
+def robust_duration(durations: Sequence[float], default_s: float, *, keep: int = 50) -> float:
+    """The 75th percentile of the last ``keep`` completions: an outlier moves it little, a shift soon.
+
+    With fewer than 3 completions there is no evidence yet: ``default_s``.
+    """
+    recent = sorted(d for d in list(durations)[-keep:] if d >= MIN_EVIDENCE_S and math.isfinite(d))
+    if len(recent) < 3:
+        return default_s
+    return recent[math.ceil(0.75 * len(recent)) - 1]
+
+
+def predicted_starts(free_at: Sequence[float], queued: int, duration_s: float) -> list[float]:
+    """When each queued job (in queue order) starts, on replicas free at ``free_at``, each job ``duration_s``."""
+    if not free_at:
+        return [math.inf] * queued
+    heap = list(free_at)
+    heapq.heapify(heap)
+    starts = []
+    for _ in range(queued):
+        start = heapq.heappop(heap)
+        starts.append(start)
+        heapq.heappush(heap, start + duration_s)
+    return starts
+
+
+def misses(
+    now: float, free_at: Sequence[float], ages_s: Sequence[float], duration_s: float, target_s: float
+) -> int:
+    """Queued jobs (oldest first, ``ages_s``) predicted to wait longer than ``target_s`` in all."""
+    starts = predicted_starts(free_at, len(ages_s), duration_s)
+    return sum(1 for age, start in zip(ages_s, starts, strict=True) if age + start - now > target_s)
+
+
+def replicas_to_add(
+    now: float,
+    free_at: Sequence[float],
+    ages_s: Sequence[float],
+    duration_s: float,
+    target_s: float,
+    boot_s: float,
+    room: int,
+) -> int:
+    """The fewest new replicas (ready at ``now + boot_s``, at most ``room``) that leave the fewest misses.
+
+    A new replica is only bought for a job that would otherwise miss the target; when even ``room`` new
+    replicas cannot save a job (it has waited too long already), the count that does best is taken, so the
+    damage stays as small as the cap allows.
+    """
+    if not ages_s or room <= 0:
+        return 0
+    best_misses = misses(now, free_at, ages_s, duration_s, target_s)
+    best = 0
+    ready = now + boot_s
+    for extra in range(1, room + 1):
+        if best_misses == 0:
+            break
+        missed = misses(now, [*free_at, *([ready] * extra)], ages_s, duration_s, target_s)
+        if missed < best_misses:
+            best, best_misses = extra, missed
+        elif extra > len(ages_s):
+            break
+    return best
+
+
+def replicas_needed(
+    now: float,
+    free_at: Sequence[float],
+    ages_s: Sequence[float],
+    duration_s: float,
+    target_s: float,
+) -> int:
+    """How many of the replicas (``free_at``) the queue needs: no more misses, no longer worst wait than all.
+
+    A backlog already past the target is not abandoned: keeping fewer replicas must not make its longest
+    wait longer.
+    """
+    if not ages_s:
+        return 0
+    ordered = sorted(free_at)
+    floor = misses(now, ordered, ages_s, duration_s, target_s)
+    worst = max(target_s, _longest_wait(now, ordered, ages_s, duration_s))
+    for keep in range(1, len(ordered) + 1):
+        kept = ordered[:keep]
+        if misses(now, kept, ages_s, duration_s, target_s) <= floor and (
+            _longest_wait(now, kept, ages_s, duration_s) <= worst + 1e-6
+        ):
+            return keep
+    return len(ordered)
+
+
+def _longest_wait(now: float, free_at: Sequence[float], ages_s: Sequence[float], duration_s: float) -> float:
+    starts = predicted_starts(free_at, len(ages_s), duration_s)
+    return max(age + start - now for age, start in zip(ages_s, starts, strict=True))

@@ -1,0 +1,74 @@
+"""Operator-declared busy blocks (a workshop's timetable): parsed once, asked "pre-warm now?" each tick.
+
+A timetable is a comma-separated list of daily UTC blocks ``HH:MM-HH:MM``, each optionally with the number of
+replicas to have warm when it begins, ``*N`` (default: the policy's ``max_replicas``)::
+
+    09:00-09:50*5, 10:00-10:50*5, 13:00-13:50*3
+
+Pure: no clock, no I/O. Times are seconds since the Unix epoch (or, in the simulator, since a midnight).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DAY_S = 86_400.0
+
+_BLOCK = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})(?:\*(\d+))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    start_s: float  # seconds after midnight UTC
+    end_s: float
+    replicas: int | None = None  # None: max_replicas
+
+
+def parse_timetable(text: str) -> tuple[Block, ...]:
+    """``"09:00-09:50*5, 13:00-13:50"`` -> blocks; a clear ValueError naming the bad entry otherwise."""
+    blocks = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        match = _BLOCK.match(entry)
+        if not match:
+            raise ValueError(f"timetable entry {entry!r}: expected HH:MM-HH:MM or HH:MM-HH:MM*N")
+        start_h, start_m, end_h, end_m, replicas = match.groups()
+        start, end = _clock(int(start_h), int(start_m), entry), _clock(int(end_h), int(end_m), entry)
+        if end <= start:
+            raise ValueError(f"timetable entry {entry!r}: the block must end after it starts (same day, UTC)")
+        blocks.append(Block(start, end, int(replicas) if replicas is not None else None))
+    return tuple(sorted(blocks, key=lambda block: block.start_s))
+
+
+def format_timetable(blocks: tuple[Block, ...]) -> str:
+    return ", ".join(
+        f"{_hhmm(block.start_s)}-{_hhmm(block.end_s)}" + (f"*{block.replicas}" if block.replicas is not None else "")
+        for block in blocks
+    )
+
+
+def prewarm_floor(blocks: tuple[Block, ...], now: float, lead_s: float, default_replicas: int) -> int:
+    """Replicas to have running at ``now``: a block's count from ``lead_s`` before it begins until it begins.
+
+    Only the start is covered: once a block runs, the wait-target planning sizes the fleet from the queue.
+    """
+    second_of_day = now % DAY_S
+    floor = 0
+    for block in blocks:
+        # The pre-warm window may begin the day before (a block at 00:01).
+        for start in (block.start_s, block.start_s + DAY_S):
+            if start - lead_s <= second_of_day < start:
+                floor = max(floor, block.replicas if block.replicas is not None else default_replicas)
+    return floor
+
+
+def _clock(hours: int, minutes: int, entry: str) -> float:
+    if hours > 24 or minutes > 59 or (hours == 24 and minutes):
+        raise ValueError(f"timetable entry {entry!r}: {hours:02d}:{minutes:02d} is not a time of day")
+    return hours * 3600.0 + minutes * 60.0
+
+
+def _hhmm(seconds: float) -> str:
+    return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}"
