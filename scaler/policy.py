@@ -380,7 +380,10 @@ def _plan(
 def _free_at(config: ScalingConfig, observation: Observation, current: int, duration: float) -> list[float]:
     """When each of the ``current`` replicas can take a queued job: busy ones when their job should end."""
     now = observation.now
-    ready = sorted(max(now, replica.started_at + config.replica_boot_s) for replica in observation.replicas)
+    # A start time ahead of our clock (skew with the platform) counts as "just started".
+    ready = sorted(
+        max(now, min(replica.started_at, now) + config.replica_boot_s) for replica in observation.replicas
+    )
     ready = (ready + [now + config.replica_boot_s] * current)[:current]
     busy = min(observation.running, current)
     elapsed = sorted(observation.running_elapsed_s, reverse=True)[:busy]
