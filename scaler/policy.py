@@ -63,7 +63,7 @@ class ScalingConfig:
     replica_boot_s: float = 45.0
     timetable: tuple[Block, ...] = ()
     prewarm_lead_s: float = 90.0
-    worker_drain_s: float = 25.0  # a stopped worker finishes a job that ends within this (WORKER_DRAIN_S)
+    worker_drain_s: float = 25.0  # a stopped worker finishes a job that ends within this (SHUTDOWN_GRACE_S)
     # Verda picks which replica a scale-down stops; assume it may be a busy one (False: idle ones retire).
     victim_may_be_busy: bool = True
     max_lost_work_s: float = 0.0  # ... and accept restarting a job that has run at most this long
