@@ -63,17 +63,19 @@ def replicas_to_add(
     """
     if not ages_s or room <= 0:
         return 0
-    best_misses = misses(now, free_at, ages_s, duration_s, target_s)
-    best = 0
-    ready = now + boot_s
-    for extra in range(1, room + 1):
-        if best_misses == 0:
+
+    def outlook(extra: int) -> tuple[int, float]:
+        fleet = [*free_at, *([now + boot_s] * extra)]
+        longest = _longest_wait(now, fleet, ages_s, duration_s)
+        return misses(now, fleet, ages_s, duration_s, target_s), round(longest) if math.isfinite(longest) else longest
+
+    best, best_outlook = 0, outlook(0)
+    for extra in range(1, min(room, len(ages_s)) + 1):
+        if best_outlook[0] == 0:
             break
-        missed = misses(now, [*free_at, *([ready] * extra)], ages_s, duration_s, target_s)
-        if missed < best_misses:
-            best, best_misses = extra, missed
-        elif extra > len(ages_s):
-            break
+        candidate = outlook(extra)
+        if candidate < best_outlook:
+            best, best_outlook = extra, candidate
     return best
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from scaler.policy import Replica
 from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation
 from scaler.simulator.policies import QueueView, WorkerModel
+from scaler.simulator.report import job_waits
 from scaler.simulator.workloads import Workload
 
 # Slack between a planned job's end and its replica's stop (worker poll, event order).
@@ -173,22 +174,15 @@ def best_plan(
         if _p(planned, 95) > target_p95_s + 1e-6 and fallback is not None:
             continue
         outcome = Simulation(workload, Clairvoyant(plan), platform, seed).run()
-        waits = sorted(_waits(outcome))
+        waits = sorted(job_waits(outcome))
         if _p(waits, 95) <= target_p95_s + 1e-6 and (target_max_s is None or waits[-1] <= target_max_s + 1e-6):
             _CACHE[key] = (plan, outcome)
             return plan, outcome
-        if fallback is None or _p(waits, 95) < _p(sorted(_waits(fallback[1])), 95):
+        if fallback is None or _p(waits, 95) < _p(sorted(job_waits(fallback[1])), 95):
             fallback = (plan, outcome)
     assert fallback is not None
     _CACHE[key] = fallback
     return fallback
-
-
-def _waits(outcome: SimOutcome) -> list[float]:
-    return [
-        (job.finished_s if job.finished_s is not None else outcome.horizon_s) - job.submit_s - job.duration_s
-        for job in outcome.jobs
-    ]
 
 
 def _fingerprint(workload: Workload) -> str:

@@ -20,8 +20,15 @@ from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.simulator.clairvoyant import best_plan, work_floor_intervals
 from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation, Victim
-from scaler.simulator.policies import check_policy, parse_policy
-from scaler.simulator.report import PolicyReport, comparison, print_table, summarize, write_chart
+from scaler.simulator.policies import check_policy, parse_policy, split_spec
+from scaler.simulator.report import (
+    PolicyReport,
+    comparison,
+    print_summary,
+    print_table,
+    summarize,
+    write_chart,
+)
 from scaler.simulator.workloads import BUILT_IN, Workload, built_in, load_trace
 from scaler.timetable import parse_timetable
 
@@ -36,26 +43,36 @@ def run_policy(
     seed: int = 0,
 ) -> tuple[PolicyReport, SimOutcome]:
     platform = platform or PlatformModel()
-    config = config or ScalingConfig()
+    kind, arg, config = split_spec(policy, config or ScalingConfig())
     if not config.timetable and workload.timetable:
         config = dataclasses.replace(config, timetable=workload.timetable)  # the organiser declares it
-    kind, _, target = policy.partition(":")
     if kind == "clairvoyant":
-        p95 = float(target) if target else config.target_wait_s or 120.0
+        p95 = float(arg) if arg else config.target_wait_s or 120.0
         _plan, outcome = best_plan(workload, platform, config.max_replicas, p95, seed=seed)
     else:
         outcome = Simulation(workload, parse_policy(policy, config), platform, seed).run()
-    return summarize(workload.name, policy, outcome, platform), outcome
+    report = summarize(workload.name, policy, outcome, platform)
+    return dataclasses.replace(report, seed=seed), outcome
 
 
 def with_clairvoyant_ratio(
-    report: PolicyReport, workload: Workload, platform: PlatformModel, cap: int, seed: int
+    report: PolicyReport, workload: Workload, platform: PlatformModel, config: ScalingConfig, seed: int
 ) -> PolicyReport:
-    """The report with cost / clairvoyant's cost at the report's own p95 and max wait, same cap and model."""
-    _plan, outcome = best_plan(workload, platform, cap, report.wait_p95_s, report.wait_max_s, seed=seed)
+    """The report with cost / clairvoyant's at the report's own p95 and max wait, same cap and model.
+
+    ``cost_vs_clairvoyant`` compares with the clairvoyant's replay; ``cost_vs_plan`` with what its plan
+    bills in the planner's own arithmetic (where it chooses which replica leaves): the stricter reference.
+    """
+    _kind, _arg, config = split_spec(report.policy, config)
+    plan, outcome = best_plan(workload, platform, config.max_replicas, report.wait_p95_s, report.wait_max_s,
+                              seed=seed)
     reference = summarize(workload.name, "clairvoyant", outcome, platform)
-    ratio = report.cost_usd / reference.cost_usd if reference.cost_usd else math.inf
-    return dataclasses.replace(report, cost_vs_clairvoyant=round(ratio, 3))
+    plan_cost = plan.intervals * platform.billing_interval_s / 3600.0 * platform.price_per_hour
+    return dataclasses.replace(
+        report,
+        cost_vs_clairvoyant=round(report.cost_usd / reference.cost_usd, 3) if reference.cost_usd else math.inf,
+        cost_vs_plan=round(report.cost_usd / plan_cost, 3) if plan_cost else math.inf,
+    )
 
 
 def simulate_main(argv: list[str]) -> int:
@@ -66,8 +83,9 @@ def simulate_main(argv: list[str]) -> int:
         console.width = 160
     try:
         config = _config_from(args)
-        workloads = [load_trace(Path(args.trace))] if args.trace else [
-            built_in(name, args.seed) for name in args.workload or ["workshop"]
+        seeds = _seeds(args.seeds) if args.seeds else [args.seed]
+        runs = [(seed, load_trace(Path(args.trace))) for seed in seeds] if args.trace else [
+            (seed, built_in(name, seed)) for seed in seeds for name in args.workload or ["workshop"]
         ]
         for policy in args.policy or DEFAULT_POLICIES:
             check_policy(policy)
@@ -85,37 +103,40 @@ def simulate_main(argv: list[str]) -> int:
     reports: list[PolicyReport] = []
     charts: list[tuple[Workload, list[tuple[str, list]]]] = []
     began = time.perf_counter()
-    for workload in workloads:
+    for seed, workload in runs:
         series = []
         for policy in args.policy or DEFAULT_POLICIES:
-            report, outcome = run_policy(workload, policy, config, platform, args.seed)
+            report, outcome = run_policy(workload, policy, config, platform, seed)
             if args.clairvoyant_ratio:
-                report = with_clairvoyant_ratio(report, workload, platform, config.max_replicas, args.seed)
+                report = with_clairvoyant_ratio(report, workload, platform, config, seed)
             reports.append(report)
             series.append((policy, outcome.samples))
-        charts.append((workload, series))
+        if seed == seeds[0]:
+            charts.append((workload, series))
         floor = work_floor_intervals(workload, platform)
-        console.print(f"{workload.name}: work floor {floor} intervals "
+        console.print(f"{workload.name} seed {seed}: work floor {floor} intervals "
                       f"(${floor * platform.billing_interval_s / 3600 * platform.price_per_hour:.2f})")
     elapsed_ms = (time.perf_counter() - began) * 1000
 
     print_table(console, reports)
+    if len(seeds) > 1:
+        print_summary(console, reports)
     summary = comparison(reports)
     if summary:
         console.print(summary)
-    console.print(f"simulated {len(reports)} runs in {elapsed_ms:.0f} ms (seed {args.seed})")
+    console.print(f"simulated {len(reports)} runs in {elapsed_ms:.0f} ms (seeds {', '.join(map(str, seeds))})")
     if args.json:
-        _write_json(args.json, args.seed, config, platform, reports)
+        _write_json(args.json, seeds, config, platform, reports)
     if args.chart:
         return _write_charts(console, Path(args.chart), charts)
     return 0
 
 
 def _write_json(
-    target: str, seed: int, config: ScalingConfig, platform: PlatformModel, reports: list[PolicyReport]
+    target: str, seeds: list[int], config: ScalingConfig, platform: PlatformModel, reports: list[PolicyReport]
 ) -> None:
     document = {
-        "seed": seed,
+        "seeds": seeds,
         "scaling_config": dataclasses.asdict(config),
         "platform": dataclasses.asdict(platform),
         "results": [report.as_dict() for report in reports],
@@ -153,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="always-on:N, naive, naive-job-limit-1, ours or clairvoyant[:P95_S] (repeatable; "
                              "default always-on:1, naive, ours)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", help="several seeds, e.g. 1-5 or 1,2,7: a row per seed plus a summary")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--chart", metavar="PATH", help="write a PNG chart (needs matplotlib)")
     parser.add_argument("--clairvoyant-ratio", action=argparse.BooleanOptionalAction, default=True,
@@ -187,6 +209,16 @@ def _parser() -> argparse.ArgumentParser:
         else:
             ours.add_argument(flag, type=float, default=None, help=f"default {default}")
     return parser
+
+
+def _seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"--seeds {text!r}: use e.g. 1-5 or 1,2,7")
+        seeds += range(int(first), int(last or first) + 1)
+    return seeds
 
 
 def _optional_seconds(text: str) -> float | str:

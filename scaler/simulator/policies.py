@@ -6,6 +6,7 @@ set-up run the same worker with different exit rules.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -112,32 +113,62 @@ class Ours:
         return decision.desired
 
 
+def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfig]:
+    """``kind[:arg][,field=value...]`` -> (kind, arg, config with the overrides), e.g.
+    ``ours:target_wait_s=120,max_replicas=10`` or ``clairvoyant:120,max_replicas=10``."""
+    kind, _, rest = spec.partition(":")
+    arg, overrides = "", {}
+    fields = {f.name: f for f in dataclasses.fields(ScalingConfig)}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        name, has_value, value = item.partition("=")
+        if not has_value:
+            arg = item
+            continue
+        if name not in fields or name == "timetable":
+            raise ValueError(f"{spec!r}: {name!r} is not a ScalingConfig setting")
+        default = fields[name].default
+        try:
+            if value.lower() == "none":
+                overrides[name] = None
+            elif isinstance(default, bool):
+                overrides[name] = value.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                overrides[name] = int(value)
+            else:
+                overrides[name] = float(value) if not isinstance(default, str) else value
+        except ValueError:
+            raise ValueError(f"{spec!r}: {name}={value!r} is not a number") from None
+    return kind, arg, replace(config, **overrides)
+
+
 def parse_policy(spec: str, config: ScalingConfig) -> Controller:
-    """``always-on:N``, ``naive`` or ``ours`` (``ours`` takes ``config``)."""
-    if spec == "naive":
-        return NaiveVerda()
-    if spec == "naive-job-limit-1":
-        return NaiveVerda(worker=WorkerModel(idle_polls_before_exit=10, job_limit=1), name=spec)
-    if spec == "ours":
-        return Ours(config=replace(config))
-    kind, _, count = spec.partition(":")
-    if kind == "always-on" and count.isdigit():
-        return AlwaysOn(int(count))
+    """``always-on:N``, ``naive``, ``naive-job-limit-1`` or ``ours[:field=value,...]``."""
+    kind, arg, config = split_spec(spec, config)
+    if kind == "naive" and not arg:
+        return NaiveVerda(max_replicas=config.max_replicas)
+    if kind == "naive-job-limit-1" and not arg:
+        return NaiveVerda(max_replicas=config.max_replicas,
+                          worker=WorkerModel(idle_polls_before_exit=10, job_limit=1), name=spec)
+    if kind == "ours" and not arg:
+        return Ours(config=config, name=spec)
+    if kind == "always-on" and arg.isdigit():
+        return AlwaysOn(int(arg))
     if kind == "clairvoyant":
         raise ValueError("clairvoyant is planned per workload: scaler.simulator.clairvoyant.best_plan")
     raise ValueError(
-        f"unknown policy {spec!r}: use always-on:N, naive, naive-job-limit-1, ours or clairvoyant[:P95_S]"
+        f"unknown policy {spec!r}: use always-on:N, naive, naive-job-limit-1, ours[:field=value,...] "
+        "or clairvoyant[:P95_S][,max_replicas=N]"
     )
 
 
 def check_policy(spec: str) -> None:
     """Raise ValueError for a spec no controller answers to."""
-    kind, _, target = spec.partition(":")
+    kind, arg, _config = split_spec(spec, ScalingConfig())
     if kind != "clairvoyant":
         parse_policy(spec, ScalingConfig())
         return
     try:
-        if target and float(target) <= 0:
+        if arg and float(arg) <= 0:
             raise ValueError
     except ValueError:
         raise ValueError(f"{spec!r}: the p95 target must be seconds > 0, e.g. clairvoyant:120") from None

@@ -31,6 +31,8 @@ class PolicyReport:
     cold_starts: int
     spot_reclaims: int
     cost_vs_clairvoyant: float | None = None
+    cost_vs_plan: float | None = None
+    seed: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -39,14 +41,10 @@ class PolicyReport:
 def summarize(workload: str, policy: str, outcome: SimOutcome, platform: PlatformModel) -> PolicyReport:
     """Queue wait is what a user waits beyond the job's own run: finish - submit - duration.
 
-    A job unfinished at the horizon counts as having waited until the horizon: never left out.
+    A job unfinished at the horizon counts as a wait of the whole horizon: never left out, always worst.
     """
     finished = [job for job in outcome.jobs if job.finished_s is not None]
-    waits = sorted(
-        (job.finished_s if job.finished_s is not None else max(outcome.horizon_s, job.submit_s + job.duration_s))
-        - job.submit_s - job.duration_s
-        for job in outcome.jobs
-    )
+    waits = sorted(job_waits(outcome))
     gpu_hours = outcome.billed_intervals * platform.billing_interval_s / 3600.0
     return PolicyReport(
         workload=workload,
@@ -65,6 +63,13 @@ def summarize(workload: str, policy: str, outcome: SimOutcome, platform: Platfor
         cold_starts=outcome.cold_starts,
         spot_reclaims=outcome.spot_reclaims,
     )
+
+
+def job_waits(outcome: SimOutcome) -> list[float]:
+    return [
+        job.finished_s - job.submit_s - job.duration_s if job.finished_s is not None else outcome.horizon_s
+        for job in outcome.jobs
+    ]
 
 
 def _percentile(ordered: Sequence[float], percent: float) -> float:
@@ -98,19 +103,45 @@ def _ratio(value: float, reference: float) -> str:
 
 def print_table(console: Console, reports: Sequence[PolicyReport]) -> None:
     table = Table(title="Simulated cost and queue wait")
-    columns = ("workload", "policy", "GPU-h", "cost $", "done", "unfinished", "p50 s", "p95 s", "max s",
-               "interrupted", "starts", "cold starts", "x clairv.")
+    columns = ("workload", "seed", "policy", "GPU-h", "cost $", "done", "unfinished", "p50 s", "p95 s", "max s",
+               "interrupted", "starts", "cold starts", "x clairv.", "x plan")
     for column in columns:
         table.add_column(column, justify="left" if column in ("workload", "policy") else "right")
     for report in reports:
         table.add_row(
-            report.workload, report.policy, f"{report.billed_gpu_hours:.2f}", f"{report.cost_usd:.2f}",
+            report.workload, str(report.seed), report.policy, f"{report.billed_gpu_hours:.2f}",
+            f"{report.cost_usd:.2f}",
             str(report.jobs_done), str(report.jobs_unfinished), f"{report.wait_p50_s:.0f}",
             f"{report.wait_p95_s:.0f}", f"{report.wait_max_s:.0f}", str(report.jobs_interrupted),
             str(report.replica_starts), str(report.cold_starts),
-            "-" if report.cost_vs_clairvoyant is None else f"{report.cost_vs_clairvoyant:.2f}",
+            _times(report.cost_vs_clairvoyant), _times(report.cost_vs_plan),
         )
     console.print(table)
+
+
+def print_summary(console: Console, reports: Sequence[PolicyReport]) -> None:
+    """Per workload and policy over the seeds: mean cost, the p95/max range and the worst ratios."""
+    table = Table(title="Over all seeds")
+    for column in ("workload", "policy", "seeds", "mean cost $", "p95 s (min-max)", "max s (worst)",
+                   "interrupted", "x clairv. (worst)", "x plan (worst)"):
+        table.add_column(column, justify="left" if column in ("workload", "policy") else "right")
+    groups: dict[tuple[str, str], list[PolicyReport]] = {}
+    for report in reports:
+        groups.setdefault((report.workload, report.policy), []).append(report)
+    for (workload, policy), group in groups.items():
+        ratios = [r.cost_vs_clairvoyant for r in group if r.cost_vs_clairvoyant is not None]
+        plans = [r.cost_vs_plan for r in group if r.cost_vs_plan is not None]
+        table.add_row(
+            workload, policy, str(len(group)), f"{sum(r.cost_usd for r in group) / len(group):.2f}",
+            f"{min(r.wait_p95_s for r in group):.0f}-{max(r.wait_p95_s for r in group):.0f}",
+            f"{max(r.wait_max_s for r in group):.0f}", str(sum(r.jobs_interrupted for r in group)),
+            _times(max(ratios) if ratios else None), _times(max(plans) if plans else None),
+        )
+    console.print(table)
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}"
 
 
 def _busy_span_h(series: Sequence[tuple[str, Sequence[Sample]]]) -> tuple[float, float]:

@@ -19,7 +19,7 @@ def workshop_reports():
 
 
 def test_trickle_under_naive_costs_one_interval_per_job():
-    report, _ = run_policy(built_in("trickle", seed=1), "naive", seed=1)
+    report, _ = run_policy(built_in("trickle", seed=1), "naive-job-limit-1", seed=1)
     assert report.jobs_done == 10
     assert report.cost_usd == pytest.approx(10 * 10 / 60 * 2.30, rel=0.1)  # ~$3.83
 
@@ -39,9 +39,9 @@ def test_ours_beats_naive_on_the_workshop(workshop_reports):
 
 
 def test_same_seed_same_numbers():
-    first = run_policy(built_in("workshop", seed=7), "ours", seed=7)[0]
-    again = run_policy(built_in("workshop", seed=7), "ours", seed=7)[0]
-    other = run_policy(built_in("workshop", seed=8), "ours", seed=8)[0]
+    first = run_policy(built_in("mixed-batch", seed=7), "ours", seed=7)[0]
+    again = run_policy(built_in("mixed-batch", seed=7), "ours", seed=7)[0]
+    other = run_policy(built_in("mixed-batch", seed=8), "ours", seed=8)[0]
     assert first == again
     assert first != other
 
@@ -92,7 +92,8 @@ def test_trace_csv_is_read_and_validated(tmp_path):
 def test_cli_writes_json_and_chart(tmp_path, capsys):
     out, chart = tmp_path / "r.json", tmp_path / "c.png"
     code = simulate_main(["--workload", "trickle", "--policy", "naive", "--policy", "ours",
-                          "--idle-to-zero-s", "240", "--json", str(out), "--chart", str(chart)])
+                          "--idle-to-zero-s", "240", "--json", str(out), "--chart", str(chart),
+                          "--no-clairvoyant-ratio"])
     assert code == 0
     document = json.loads(out.read_text())
     assert document["scaling_config"]["idle_to_zero_s"] == 240
@@ -102,7 +103,8 @@ def test_cli_writes_json_and_chart(tmp_path, capsys):
 
 
 def test_cli_json_to_stdout_is_pure_json(capsys):
-    assert simulate_main(["--workload", "batch", "--policy", "always-on:1", "--json", "-"]) == 0
+    assert simulate_main(["--workload", "batch", "--policy", "always-on:1", "--json", "-",
+                          "--no-clairvoyant-ratio"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["jobs_done"] == 500
 
 
@@ -117,3 +119,19 @@ def test_benchmark_a_day_of_workshop(capsys):
     run_policy(workload, "ours", seed=1)
     with capsys.disabled():
         print(f"\n[benchmark] a day of workshop under ours: {(time.perf_counter() - began) * 1000:.0f} ms")
+
+
+def test_naive_follows_the_deploy_defaults_no_job_limit():
+    workload = Workload("two", (JobSpec(0, 60), JobSpec(70, 60)), horizon_s=3_600)
+    limited, _ = run_policy(workload, "naive-job-limit-1", seed=0)
+    default, _ = run_policy(workload, "naive", seed=0)
+    # The second job finds the first one's worker still warm; with a job limit of 1 it waits a cold start.
+    assert default.cold_starts < limited.cold_starts
+    assert default.wait_max_s < limited.wait_max_s
+
+
+def test_unfinished_jobs_count_as_waiting_until_the_horizon():
+    workload = Workload("late", (JobSpec(0, 10), JobSpec(3_500, 600)), horizon_s=3_600)
+    report, _ = run_policy(workload, "ours", seed=0)
+    assert report.jobs_unfinished == 1
+    assert report.wait_max_s == 3_600

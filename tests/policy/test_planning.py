@@ -1,0 +1,95 @@
+"""Wait-target planning: the duration estimate, predicted starts, who is bought and who may leave; timetables."""
+
+from dataclasses import replace
+
+import pytest
+
+from scaler.planning import predicted_starts, replicas_needed, replicas_to_add, robust_duration
+from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
+from scaler.timetable import Block, format_timetable, parse_timetable, prewarm_floor
+
+PLAN = ScalingConfig(target_wait_s=120, default_job_duration_s=120, replica_boot_s=45, max_replicas=5,
+                     billing_aware=True, scale_down_lead_s=60)
+
+
+def test_duration_is_the_default_until_three_completions_then_a_robust_p75():
+    assert robust_duration([], 180) == 180
+    assert robust_duration([100, 100], 180) == 180
+    assert robust_duration([100, 110, 120, 5_000], 180) == 120  # one outlier barely moves it
+    assert robust_duration([0.0, 0.1, 100, 100, 100], 180) == 100  # instant jobs are no evidence
+
+
+def test_predicted_starts_fill_the_earliest_free_replica():
+    assert predicted_starts([0, 30], 4, 100) == [0, 30, 100, 130]
+    assert predicted_starts([], 2, 100) == [float("inf")] * 2
+
+
+def test_a_replica_is_bought_only_for_a_job_that_would_miss_the_target():
+    # One replica frees up in 30 s: a queued 2-minute job waits 30 s, well within 120 s: buy nothing.
+    assert replicas_to_add(0, [30], [0], 120, 105, 45, room=4) == 0
+    # Two queued: the second would start at 150 s; one new replica (ready at 45 s) saves it.
+    assert replicas_to_add(0, [30], [0, 0], 120, 105, 45, room=4) == 1
+    assert replicas_to_add(0, [30], [0, 0, 0], 120, 105, 45, room=4) == 2
+    # A job that has already waited 200 s cannot be saved; the cap still limits the damage.
+    assert replicas_to_add(0, [300], [200, 200], 120, 105, 45, room=1) == 1
+
+
+def test_fewer_replicas_are_kept_only_if_no_job_waits_longer():
+    assert replicas_needed(0, [0, 0, 0], [0], 120, 105) == 1
+    assert replicas_needed(0, [0, 0, 0], [0, 0, 0], 120, 105) == 3
+
+
+def tick(config, state, now, *, pending=0, running=0, replicas=(), **timings):
+    return decide(config, state, Observation(now=now, pending=pending, running=running, replicas=replicas,
+                                             **timings))
+
+
+def test_a_queued_job_waits_for_a_paid_replica_instead_of_buying_one():
+    fleet = (Replica("r0", 0.0),)
+    decision = tick(PLAN, PolicyState(applied=1), 100, pending=1, running=1, replicas=fleet,
+                    running_elapsed_s=(90.0,), pending_ages_s=(5.0,))
+    assert decision.desired == 1  # its job ends in ~30 s: the queued one starts within the target
+    decision = tick(PLAN, PolicyState(applied=1), 100, pending=3, running=1, replicas=fleet,
+                    running_elapsed_s=(90.0,), pending_ages_s=(5.0, 5.0, 5.0))
+    # Three queued: the 2nd and 3rd would start 2 and 4 minutes late; two new replicas (ready in 45 s) save them.
+    assert decision.desired == 3 and decision.reason == Reason.SCALE_UP
+
+
+def test_an_idle_replica_stays_until_its_paid_interval_ends_then_leaves():
+    fleet = (Replica("r0", 0.0), Replica("r1", 200.0))
+    assert tick(PLAN, PolicyState(applied=2), 300, replicas=fleet).reason == Reason.HOLD_BILLING_BOUNDARY
+    decision = tick(PLAN, PolicyState(applied=2), 560, replicas=fleet)
+    assert (decision.desired, decision.reason) == (1, Reason.SCALE_DOWN)
+
+
+def test_no_scale_down_that_would_throw_away_a_running_job():
+    fleet = (Replica("r0", 0.0), Replica("r1", 0.0))
+    # r0 idle at its boundary, r1 80 s into a 2-minute job: Verda might stop r1.
+    decision = tick(PLAN, PolicyState(applied=2), 560, running=1, replicas=fleet, running_elapsed_s=(80.0,))
+    assert (decision.desired, decision.reason) == (2, Reason.HOLD_JOBS_WOULD_BE_LOST)
+    # ... unless the job ends within the worker's drain, or the workers retire themselves.
+    assert tick(PLAN, PolicyState(applied=2), 560, running=1, replicas=fleet,
+                running_elapsed_s=(100.0,)).desired == 1
+    kind = replace(PLAN, victim_may_be_busy=False)
+    assert tick(kind, PolicyState(applied=2), 560, running=1, replicas=fleet,
+                running_elapsed_s=(80.0,)).desired == 1
+
+
+def test_timetable_prewarms_before_each_block_and_only_then():
+    config = replace(PLAN, timetable=parse_timetable("09:00-09:50*3"), prewarm_lead_s=90)
+    nine = 9 * 3600.0
+    assert tick(config, PolicyState(applied=0), nine - 120).desired == 0
+    decision = tick(config, PolicyState(applied=0), nine - 60)
+    assert (decision.desired, decision.reason) == (3, Reason.PREWARM)
+    assert tick(config, PolicyState(applied=0), nine + 86_400 - 60).desired == 3  # every day
+
+
+def test_timetable_parsing_names_the_bad_entry():
+    blocks = parse_timetable("13:00-13:50, 09:00-09:50*5")
+    assert blocks == (Block(32_400, 35_400, 5), Block(46_800, 49_800, None))
+    assert format_timetable(blocks) == "09:00-09:50*5, 13:00-13:50"
+    for bad in ("9-10", "10:00-09:00", "25:00-26:00", "09:00-09:50*x"):
+        with pytest.raises(ValueError, match="timetable entry"):
+            parse_timetable(bad)
+    assert prewarm_floor(blocks, 32_400 - 10, 60, 4) == 5
+    assert prewarm_floor(blocks, 46_800 - 10, 60, 4) == 4

@@ -1,0 +1,64 @@
+"""The live loop's job timings, read from the queue manager stand-in: ages, run so far, recent durations."""
+
+from __future__ import annotations
+
+from queue_manager.server import QueueManagerServer
+from scaler.loop import ScalerLoop
+from scaler.policy import ScalingConfig
+from scaler.queue_status import QueueStatusReader, job_timings
+
+WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
+    clock = Clock(1_700_000_000.0)
+    async with QueueManagerServer(clock=clock) as server:
+        store = server.store
+        for duration in (100.0, 110.0, 400.0, 120.0):  # four completions, one an outlier
+            job = store.submit("alice", WORKFLOW)
+            store.pop_next("w1", server.mode)
+            clock.now += duration
+            store.complete(job.id, {})
+        store.submit("bob", WORKFLOW)
+        store.pop_next("w1", server.mode)  # running since now
+        clock.now += 30
+        store.submit("carol", WORKFLOW)  # pending, submitted now
+        clock.now += 12
+
+        async with QueueStatusReader(server.url) as reader:
+            status = await reader.read_with_timings(clock.now)
+            assert (status.pending_jobs, status.running_jobs) == (1, 1)
+            assert [round(age) for age in status.pending_ages_s] == [12]
+            assert [round(spent) for spent in status.running_elapsed_s] == [42]
+            assert sorted(round(d) for d in status.recent_durations_s) == [100, 110, 120, 400]
+
+            backend.clock = clock
+            loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock)
+            decision = await loop.tick()
+    assert decision.details["job_duration_s"] == 120.0  # the p75 of the last completions, not the outlier
+
+
+async def test_the_status_still_counts_when_the_job_lists_fail(qm):
+    qm.store.submit("alice", WORKFLOW)
+    qm.faults.inject("list-jobs", status=500, times=3)
+    async with QueueStatusReader(qm.url) as reader:
+        status = await reader.read_with_timings(0.0)
+    assert status.pending_jobs == 1
+    assert status.recent_durations_s == () and status.pending_ages_s == ()
+
+
+def test_bad_timestamps_are_skipped_not_fatal():
+    timings = job_timings({
+        "pending": [{"created_at": "not a time"}, "junk", {"created_at": "2026-01-01T00:00:00"}],
+        "completed": [{"started_at": "2026-01-01T00:00:10+00:00", "completed_at": "2026-01-01T00:00:05+00:00"}],
+    }, now=1_767_225_610.0)
+    assert timings["pending_ages_s"] == (10.0,)
+    assert timings["recent_durations_s"] == ()
