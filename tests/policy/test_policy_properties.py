@@ -33,12 +33,16 @@ ticks = st.lists(
 
 
 def run(config, sequence, statuses=True):
-    """Feed ticks; the platform follows the last applied count, replicas started at staggered times."""
+    """Feed ticks; the platform follows the last applied count: a replica starts when first asked for
+    (staggered by its number so boundaries differ), the newest leaves first."""
     state, now, decisions = PolicyState(), 1_000.0, []
+    started: list[float] = []
     for step, pending, running, status in sequence:
         now += step
         count = state.applied or 0
-        fleet = tuple(Replica(f"r{n}", 1_000.0 + 37 * n) for n in range(count))
+        del started[count:]
+        started += [now - step + min(7 * n, step) for n in range(len(started), count)]
+        fleet = tuple(Replica(f"r{n}", at) for n, at in enumerate(started))
         if status == "error":
             observation = Observation(now=now, queue_error="timeout")
         else:
