@@ -82,6 +82,8 @@ class ScalingConfig:
             problems.append("need 0 <= scale_down_lead_s < billing_interval_s")
         if self.target_wait_s is not None and self.target_wait_s <= 0:
             problems.append("target_wait_s must be > 0 (or unset)")
+        if self.target_wait_s is not None and self.jobs_per_replica != 1:
+            problems.append("target_wait_s plans one job per replica: with jobs_per_replica > 1 unset target_wait_s")
         if self.default_job_duration_s <= 0:
             problems.append("default_job_duration_s must be > 0")
         for name in ("stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",

@@ -10,11 +10,9 @@ from hypothesis import strategies as st
 from scaler.billing import BillingAnchor, SpendLedger, bill_for_runtime, seconds_to_boundary
 from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
 
-configs = st.builds(
-    ScalingConfig,
+_settings = dict(
     min_replicas=st.integers(0, 2),
     max_replicas=st.integers(2, 8),
-    jobs_per_replica=st.integers(1, 3),
     activation_threshold=st.integers(0, 2),
     stabilization_window_s=st.sampled_from([0, 60, 120, 300]),
     scale_down_cooldown_s=st.sampled_from([0, 30, 120]),
@@ -22,8 +20,12 @@ configs = st.builds(
     billing_aware=st.booleans(),
     billing_anchor=st.sampled_from(list(BillingAnchor)),
     scale_down_lead_s=st.sampled_from([30, 60, 90]),
-    target_wait_s=st.sampled_from([None, 30.0, 120.0, 180.0, 600.0]),
     max_spend_per_hour=st.sampled_from([None, 5.0, 12.0]),
+)
+# The in-flight rule with several jobs per replica, or wait-target planning (one job per replica).
+configs = st.one_of(
+    st.builds(ScalingConfig, jobs_per_replica=st.integers(1, 3), target_wait_s=st.none(), **_settings),
+    st.builds(ScalingConfig, target_wait_s=st.sampled_from([30.0, 120.0, 180.0, 600.0]), **_settings),
 )
 ticks = st.lists(
     st.tuples(st.integers(1, 60), st.integers(0, 20), st.integers(0, 10),
