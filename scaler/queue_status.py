@@ -6,6 +6,7 @@ QueueStatusError and the loop turns it into a held decision, never into a scale-
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -119,15 +120,17 @@ class QueueStatusReader:
         then assumes just-submitted, half-done and default-length jobs) and the status still counts.
         """
         status = await self.read()
-        lists = {}
-        for state, limit in (("pending", TIMINGS_LIMIT), ("running", TIMINGS_LIMIT), ("completed", COMPLETED_LIMIT)):
-            try:
-                response = await self._http.get(JOBS_PATH, params={"status": state, "limit": limit})
-                body = response.json() if not response.is_error else None
-            except (httpx.HTTPError, ValueError):
-                body = None
-            lists[state] = body if isinstance(body, list) else []
-        return replace(status, **job_timings(lists, now))
+        limits = {"pending": TIMINGS_LIMIT, "running": TIMINGS_LIMIT, "completed": COMPLETED_LIMIT}
+        bodies = await asyncio.gather(*(self._job_list(state, limit) for state, limit in limits.items()))
+        return replace(status, **job_timings(dict(zip(limits, bodies, strict=True)), now))
+
+    async def _job_list(self, state: str, limit: int) -> list[Any]:
+        try:
+            response = await self._http.get(JOBS_PATH, params={"status": state, "limit": limit})
+            body = response.json() if not response.is_error else None
+        except (httpx.HTTPError, ValueError):
+            body = None
+        return body if isinstance(body, list) else []
 
     async def _read_once(self) -> QueueStatus:
         response = await self._http.get(STATUS_PATH)
