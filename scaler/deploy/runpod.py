@@ -36,6 +36,8 @@ ENV_OVERRIDES = {
     "RUNPOD_DATA_CENTER_IDS": "data_center_ids",
     "RUNPOD_REGISTRY": "registry",
 }
+# Variables read besides the overrides: the key, and where the API and the pods' proxied /health are.
+CLIENT_ENV = ("RUNPOD_API_KEY", "RUNPOD_API_URL", "RUNPOD_HEALTH_URL")
 UNUSED_ON_RUNPOD = "unused-on-runpod"
 
 

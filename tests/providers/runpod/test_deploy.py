@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from scaler.deploy.command import deploy_main
-from scaler.deploy.runpod import backend_from_spec, build_pod_body, load_runpod_spec
+from scaler.deploy.runpod import CLIENT_ENV, ENV_OVERRIDES, backend_from_spec, build_pod_body, load_runpod_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from standins.runpod import FakeRunPod
 
@@ -189,3 +190,12 @@ async def test_backend_from_spec_creates_pods_the_api_accepts(fake: FakeRunPod, 
 async def _create_unrelated_pod(fake: FakeRunPod, body: dict) -> None:
     async with httpx.AsyncClient(base_url=fake.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         assert (await http.post("/pods", json=body)).status_code == 201
+
+
+def test_the_docs_name_exactly_the_variables_read() -> None:
+    section = (REPO / "docs" / "providers.md").read_text().split("## RunPod", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(RUNPOD_[A-Z_]+)[`=]", section))
+    runpods_own = {"RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_PING"}  # the official SDK's, quoted as evidence
+    assert named - runpods_own == set(CLIENT_ENV) | set(ENV_OVERRIDES)
+    source = (REPO / "scaler" / "deploy" / "runpod.py").read_text()
+    assert set(re.findall(r'"(RUNPOD_[A-Z_]+)"', source)) == set(CLIENT_ENV) | set(ENV_OVERRIDES)
