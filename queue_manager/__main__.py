@@ -1,29 +1,83 @@
-"""`python -m queue_manager`: run the embedded queue manager until SIGTERM or SIGINT."""
+"""`python -m queue_manager`: run the embedded queue manager until SIGTERM or SIGINT.
+
+Exit 0 when stopped, 1 when it cannot serve (port taken, database unreadable), 2 on bad configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import math
 import signal
+import sys
 
 import structlog
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.logs import configure_logging, register_secret
+from common.settings import ConfigError, settings_from_env
 from queue_manager.models import QueueMode
-from queue_manager.server import QueueManagerServer
+from queue_manager.server import DEFAULT_LEASE_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, QueueManagerServer
 
 log = structlog.get_logger()
 
 TOKEN_ENV = "QUEUE_MANAGER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
+class QueueManagerEnv(BaseSettings):
+    """What the queue manager reads from the environment (flags, where they exist, win)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    token: SecretStr | None = Field(default=None, validation_alias=TOKEN_ENV)
+    lease_timeout_s: float = Field(
+        default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
+    )
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100, validation_alias="MAX_ATTEMPTS")
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
+    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
+
+
+def _seconds(text: str) -> float:
+    """A finite, positive number of seconds (inf would stop the reaper for good, 0 would spin it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-serverless queue",
         description="Serve the comfy-multi Queue Manager HTTP contract from a local SQLite database.",
+        epilog=(
+            f"Environment: {TOKEN_ENV}, LEASE_TIMEOUT_S (default {DEFAULT_LEASE_TIMEOUT_S:g}; 0 = no lease), "
+            f"MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), LOG_FORMAT (auto|json|console), LOG_LEVEL."
+        ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8080, help="port to bind (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8080, help="port to bind (default: %(default)s)")
     parser.add_argument(
         "--db",
         metavar="PATH",
@@ -32,20 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-queue-depth",
-        type=int,
+        type=_count,
         default=100,
         help="pending jobs before POST /api/jobs answers 429; 0 = unlimited (default: %(default)s)",
     )
     parser.add_argument(
         "--job-timeout",
-        type=float,
+        type=_seconds,
         default=3600,
         metavar="SECONDS",
         help="fail a job running longer than this with 'Job timeout exceeded' (default: %(default)s)",
     )
     parser.add_argument(
         "--reaper-interval",
-        type=float,
+        type=_seconds,
         default=60,
         metavar="SECONDS",
         help="how often to look for timed-out jobs (default: %(default)s)",
@@ -81,13 +135,23 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        env = settings_from_env(QueueManagerEnv, "queue manager")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(env.log_format, env.log_level)
+    token = args.token or (env.token.get_secret_value() if env.token else None) or None
+    register_secret(token)
     server = QueueManagerServer(
         args.db,
         max_queue_depth=args.max_queue_depth,
         job_timeout_s=args.job_timeout,
         reaper_interval_s=args.reaper_interval,
         mode=args.mode,
-        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        token=token,
+        lease_timeout_s=env.lease_timeout_s,
+        max_attempts=env.max_attempts,
     )
     try:
         asyncio.run(serve(server, args.host, args.port))

@@ -1,12 +1,14 @@
-"""The HTTP surface of the comfy-multi Queue Manager contract, on aiohttp.
+"""The HTTP surface of the comfy-multi Queue Manager contract, plus our extensions (attempts, fenced reports,
+heartbeat, hand back), on aiohttp.
 
-Middlewares, outermost first: record reports → inject faults → check the bearer token → shape errors.
-So a report answered by a fault is still recorded, and a fault looks like the proxy in front of the peer.
+Middlewares, outermost first: check the bearer token → [test hooks only: record reports → inject faults] →
+shape errors. Nothing reads a body before the token is checked; each route reads at most its own limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
@@ -22,10 +24,13 @@ from aiohttp import web
 
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
+    MAX_METADATA_BYTES,
+    MAX_RESULT_BYTES,
+    MAX_WORKFLOW_BYTES,
     HealthResponse,
+    HeartbeatQuery,
     JobCompletionRequest,
     JobFailureRequest,
-    JobIdQuery,
     JobResponse,
     JobStatus,
     JobSubmitRequest,
@@ -33,19 +38,31 @@ from queue_manager.models import (
     NextJobQuery,
     QueueMode,
     QueueStatusResponse,
+    ReleaseQuery,
+    ReleaseRequest,
+    ReportQuery,
     created_at_datetime,
     event_datetime,
 )
 from queue_manager.reports import Report, ReportLog
-from queue_manager.store import JobRecord, JobStore, QueueFullError
-from queue_manager.validation import ValidationErrors, parse_json_body, parse_query
+from queue_manager.store import Fence, FencedOut, JobRecord, JobStore, QueueFullError
+from queue_manager.validation import RefusedJson, ValidationErrors, parse_json_body, parse_query
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 
-# Room for the largest legal request (a 50 MB result) plus JSON overhead; beyond it aiohttp answers 413.
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
+_MiB = 1024 * 1024
+# What each route may read. A workflow (≤ 10 MiB) + metadata (≤ 1 MiB) leave room for indentation; a result
+# (≤ 50 MiB) leaves 1 MiB for its envelope; an error is ≤ 10000 characters, a reason ≤ 2000, even escaped.
+BODY_LIMITS = {
+    "submit-job": MAX_WORKFLOW_BYTES + MAX_METADATA_BYTES + 5 * _MiB,
+    "complete-job": MAX_RESULT_BYTES + _MiB,
+    "fail-job": 256 * 1024,
+    "release-job": 64 * 1024,
+}
+MAX_REQUEST_BYTES = max(BODY_LIMITS.values())
+BODY = web.RequestKey("body", bytearray)
 # A worker counts towards total_workers while its last poll is this recent (the peer's heartbeat TTL).
 WORKER_HEARTBEAT_TIMEOUT_S = 60.0
 REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
@@ -62,6 +79,30 @@ class QueueSettings:
     max_queue_depth: int
     token: str | None
     version: str
+    max_attempts: int = 3
+
+
+class BodyTooLarge(web.HTTPRequestEntityTooLarge):
+    def __init__(self, limit: int, size: int | None) -> None:
+        super().__init__(max_size=limit, actual_size=size or limit + 1)
+        told = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        self.detail = f"Request body too large: {told}; this endpoint accepts at most {limit} bytes"
+
+
+async def read_body(request: web.Request) -> bytearray:
+    """The request body, read once, refused (413) as soon as it passes its route's limit."""
+    if BODY in request:
+        return request[BODY]
+    limit = BODY_LIMITS.get(_endpoint(request) or "", 0)
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit, request.content_length)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit, None)
+    request[BODY] = body
+    return body
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -108,23 +149,63 @@ class QueueApi:
         if job is None:
             return _json({"job": None})
         log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id)
-        return _json(
-            {"job": {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}}
-        )
+        job_view = {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}
+        return _json({"job": {**job_view, "attempt": job.attempt}})
 
     async def complete_job(self, request: web.Request) -> web.Response:
-        query, body, errors = await _query_and_body(request, JobIdQuery, JobCompletionRequest)
+        query, body, errors = await _query_and_body(request, ReportQuery, JobCompletionRequest)
         if errors:
             return _detail(422, errors)
-        previous = await self._db(self._store.complete, query.job_id, body.result)
+        try:
+            previous = await self._db(self._store.complete, query.job_id, body.result, _fence(query))
+        except FencedOut as exc:
+            return _fenced("complete-job", query.job_id, exc)
         return self._report_answer("job_completed", query.job_id, previous)
 
     async def fail_job(self, request: web.Request) -> web.Response:
-        query, body, errors = await _query_and_body(request, JobIdQuery, JobFailureRequest)
+        query, body, errors = await _query_and_body(request, ReportQuery, JobFailureRequest)
         if errors:
             return _detail(422, errors)
-        previous = await self._db(self._store.fail, query.job_id, body.error)
+        try:
+            previous = await self._db(self._store.fail, query.job_id, body.error, _fence(query))
+        except FencedOut as exc:
+            return _fenced("fail-job", query.job_id, exc)
         return self._report_answer("job_failed", query.job_id, previous, error=body.error)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        query, errors = parse_query(HeartbeatQuery, request.query)
+        if query is None:
+            return _detail(422, errors)
+        try:
+            await self._db(self._store.heartbeat, query.worker_id, query.job_id, query.attempt)
+        except FencedOut as exc:
+            return _fenced("heartbeat", query.job_id, exc)
+        return _json({"status": "ok"})
+
+    async def release_job(self, request: web.Request) -> web.Response:
+        query, body, errors = await _query_and_body(request, ReleaseQuery, ReleaseRequest)
+        if errors:
+            return _detail(422, errors)
+        try:
+            job = await self._db(
+                self._store.release,
+                query.job_id,
+                Fence(query.worker_id, query.attempt),
+                body.reason,
+                max_attempts=self._settings.max_attempts,
+            )
+        except FencedOut as exc:
+            return _fenced("release-job", query.job_id, exc)
+        if job is None:
+            return _detail(404, "Job not found")
+        log.info(
+            "job_released" if job.status is JobStatus.PENDING else "job_gave_up",
+            job_id=job.id,
+            worker_id=query.worker_id,
+            attempt=query.attempt,
+            reason=body.reason,
+        )
+        return _json({"status": job.status.value, "job_id": job.id, "attempt": job.attempt})
 
     def _report_answer(self, event: str, job_id: str, previous: JobStatus | None, **fields: Any) -> web.Response:
         if previous is None:
@@ -170,7 +251,7 @@ class QueueApi:
     # -- user endpoints --------------------------------------------------------------------------------
 
     async def submit_job(self, request: web.Request) -> web.Response:
-        body, errors = parse_json_body(JobSubmitRequest, await request.read(), request.headers.get("Content-Type"))
+        body, errors = parse_json_body(JobSubmitRequest, await read_body(request), request.headers.get("Content-Type"))
         if body is None:
             return _detail(422, errors)
         try:
@@ -194,7 +275,7 @@ class QueueApi:
         if job is None:
             return _detail(404, "Job not found")
         positions = await self._db(self._store.pending_positions, self._settings.mode)
-        return _json(_job_view(job, positions))
+        return _json({**_job_view(job, positions), "metadata": job.metadata})
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         query, errors = parse_query(ListJobsQuery, request.query)
@@ -216,10 +297,19 @@ class QueueApi:
         return web.Response(status=204)
 
 
+def _fence(query: ReportQuery) -> Fence:
+    return Fence(query.worker_id, query.attempt)
+
+
+def _fenced(endpoint: str, job_id: str, exc: FencedOut) -> web.Response:
+    log.warning("report_fenced_out", endpoint=endpoint, job_id=job_id, reason=str(exc))
+    return _detail(409, str(exc))
+
+
 async def _query_and_body(
     request: web.Request, query_model: type[Any], body_model: type[Any]
 ) -> tuple[Any, Any, ValidationErrors]:
-    raw = await request.read()
+    raw = await read_body(request)
     body, body_errors = parse_json_body(body_model, raw, request.headers.get("Content-Type"))
     if body_errors and body_errors[0]["type"] == "json_invalid":
         return None, None, body_errors  # FastAPI stops at a body it cannot decode
@@ -240,7 +330,9 @@ def _job_view(job: JobRecord, positions: dict[str, int]) -> dict[str, Any]:
         result=job.result,
         error=job.error,
         position_in_queue=positions.get(job.id) if job.status is JobStatus.PENDING else None,
-    ).model_dump(mode="json")
+        attempt=job.attempt,
+        history=job.history,
+    ).model_dump(mode="json", exclude={"metadata"})
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -256,8 +348,11 @@ def _report_middleware(reports: ReportLog, clock: Callable[[], float]) -> Any:
         endpoint = _endpoint(request)
         if endpoint not in REPORT_ENDPOINTS:
             return await handler(request)
-        raw = await request.read()
         response = await handler(request)
+        raw = request.get(BODY)
+        if raw is None and not request.get(DROPPED):  # a fault answered before the handler read it
+            with contextlib.suppress(Exception):
+                raw = await read_body(request)
         reports.record(
             Report(
                 endpoint=endpoint,
@@ -273,13 +368,13 @@ def _report_middleware(reports: ReportLog, clock: Callable[[], float]) -> Any:
     return record_reports
 
 
-def _parsed(raw: bytes) -> Any:
+def _parsed(raw: bytearray | None) -> Any:
     if not raw:
         return None
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return raw.decode("utf-8", errors="replace")
+    except (ValueError, RecursionError):
+        return bytes(raw).decode("utf-8", errors="replace")
 
 
 def _fault_middleware(faults: FaultInjector) -> Any:
@@ -326,9 +421,12 @@ def _auth_middleware(token: str | None) -> Any:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         presented = f"Bearer {credentials.strip()}".encode() if scheme.lower() == "bearer" else b""
         if not hmac.compare_digest(presented, expected):
-            return web.json_response(
+            response = web.json_response(
                 {"detail": "Not authenticated"}, status=401, headers={"WWW-Authenticate": "Bearer"}
             )
+            if request.can_read_body:
+                response.force_close()  # the unread body is dropped with the connection, never read
+            return response
         return await handler(request)
 
     return require_bearer
@@ -338,6 +436,12 @@ def _auth_middleware(token: str | None) -> Any:
 async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except RefusedJson as exc:
+        return _detail(400, str(exc))
+    except BodyTooLarge as exc:
+        response = _detail(413, exc.detail)
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -347,21 +451,27 @@ async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamR
         return _detail(500, "Internal server error")
 
 
+@dataclass(frozen=True)
+class TestHooks:
+    """Fault injection and the report log, for tests only: never part of the server `python -m queue_manager`
+    runs (the log keeps every report body in memory for good)."""
+
+    faults: FaultInjector
+    reports: ReportLog
+
+
 def build_app(
-    api: QueueApi, *, faults: FaultInjector, reports: ReportLog, token: str | None, clock: Callable[[], float]
+    api: QueueApi, *, token: str | None, clock: Callable[[], float], test_hooks: TestHooks | None = None
 ) -> web.Application:
-    app = web.Application(
-        client_max_size=MAX_REQUEST_BYTES,
-        middlewares=[
-            _report_middleware(reports, clock),
-            _fault_middleware(faults),
-            _auth_middleware(token),
-            _fastapi_errors,
-        ],
-    )
+    middlewares = [_auth_middleware(token)]
+    if test_hooks is not None:
+        middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[*middlewares, _fastapi_errors])
     app.router.add_get("/api/workers/next-job", api.next_job, name="next-job")
     app.router.add_post("/api/workers/complete-job", api.complete_job, name="complete-job")
     app.router.add_post("/api/workers/fail-job", api.fail_job, name="fail-job")
+    app.router.add_post("/api/workers/heartbeat", api.heartbeat, name="heartbeat")
+    app.router.add_post("/api/workers/release-job", api.release_job, name="release-job")
     app.router.add_get("/api/queue/status", api.queue_status, name="queue-status")
     app.router.add_get("/health", api.health, name="health")
     app.router.add_post("/api/jobs", api.submit_job, name="submit-job")

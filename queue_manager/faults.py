@@ -12,6 +12,8 @@ ENDPOINTS = frozenset(
         "next-job",
         "complete-job",
         "fail-job",
+        "heartbeat",
+        "release-job",
         "queue-status",
         "health",
         "submit-job",

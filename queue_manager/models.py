@@ -10,10 +10,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-USER_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,100}$")
+USER_ID_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,100}")  # matched whole (fullmatch): "alice\n" is refused
 MAX_WORKFLOW_BYTES = 10 * 1024 * 1024
 MAX_METADATA_BYTES = 1024 * 1024
 MAX_RESULT_BYTES = 50 * 1024 * 1024
+MAX_ERROR_CHARS = 10000
+MAX_REASON_CHARS = 2000
+MAX_LIST_LIMIT = 1000
 
 
 class JobStatus(StrEnum):
@@ -51,7 +54,7 @@ class JobSubmitRequest(BaseModel):
     @field_validator("user_id")
     @classmethod
     def _user_id_is_path_safe(cls, value: str) -> str:
-        if not USER_ID_PATTERN.match(value):
+        if not USER_ID_PATTERN.fullmatch(value):
             raise ValueError(
                 "user_id must contain only alphanumeric characters, underscores, and hyphens (1-100 chars)"
             )
@@ -89,7 +92,7 @@ class JobCompletionRequest(BaseModel):
 
 
 class JobFailureRequest(BaseModel):
-    error: str = Field(min_length=1, max_length=10000)
+    error: str = Field(min_length=1, max_length=MAX_ERROR_CHARS)
 
     @field_validator("error")
     @classmethod
@@ -103,14 +106,34 @@ class NextJobQuery(BaseModel):
     worker_id: str
 
 
-class JobIdQuery(BaseModel):
+class ReportQuery(BaseModel):
+    """complete-job / fail-job: `worker_id` and `attempt` are our extension; when given they fence the report."""
+
     job_id: str
+    worker_id: str | None = None
+    attempt: int | None = Field(default=None, ge=1)
+
+
+class HeartbeatQuery(BaseModel):
+    worker_id: str
+    job_id: str
+    attempt: int | None = Field(default=None, ge=1)
+
+
+class ReleaseQuery(BaseModel):
+    job_id: str
+    worker_id: str
+    attempt: int = Field(ge=1)
+
+
+class ReleaseRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS)
 
 
 class ListJobsQuery(BaseModel):
     user_id: str | None = None
     status: JobStatus | None = None
-    limit: int = 100
+    limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
 
 
 class JobResponse(BaseModel):
@@ -126,6 +149,11 @@ class JobResponse(BaseModel):
     error: str | None
     position_in_queue: int | None = None
     estimated_wait_time: int | None = None
+    # Our extensions (comfy-multi sends none of these): which run this is, why earlier runs were handed back,
+    # and the job's metadata (a resubmitted copy carries "requeued_from": <original id> there).
+    attempt: int = 1
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    metadata: dict[str, Any] | None = None
 
 
 class QueueStatusResponse(BaseModel):

@@ -1,4 +1,5 @@
-"""Fails jobs left `running` too long, as the peer's background task does: a worker that died never reports."""
+"""Background passes over running jobs: hand back those whose worker stopped heartbeating (our lease), and fail
+those running longer than the job timeout (as the peer's background task does)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,45 @@ TIMEOUT_ERROR = "Job timeout exceeded"
 
 
 class JobReaper:
-    def __init__(self, store: JobStore, *, job_timeout_s: float, interval_s: float, clock: Callable[[], float]):
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        job_timeout_s: float,
+        interval_s: float,
+        clock: Callable[[], float],
+        lease_timeout_s: float = 0,
+        max_attempts: int = 3,
+    ):
         self._store = store
         self._job_timeout_s = job_timeout_s
-        self._interval_s = interval_s
+        self._lease_timeout_s = lease_timeout_s
+        self._max_attempts = max_attempts
+        # A lease is checked a few times within its timeout, so a silent worker's job waits at most ~1.25x it.
+        self._interval_s = min(interval_s, lease_timeout_s / 4) if lease_timeout_s > 0 else interval_s
         self._clock = clock
+
+    def expire_leases(self) -> list[str]:
+        """One pass: hand back every running job whose worker has been silent for lease_timeout_s."""
+        if self._lease_timeout_s <= 0:
+            return []
+        released = self._store.release_expired_leases(
+            self._clock() - self._lease_timeout_s, max_attempts=self._max_attempts
+        )
+        for job in released:
+            log.warning(
+                "job_lease_expired",
+                job_id=job.id,
+                status=job.status.value,
+                attempt=job.attempt,
+                reason=job.history[-1]["reason"],
+                lease_timeout_s=self._lease_timeout_s,
+            )
+        return [job.id for job in released]
+
+    def run_pass(self) -> None:
+        self.expire_leases()
+        self.reap()
 
     def reap(self) -> list[str]:
         """One pass: fail every job that started more than job_timeout_s ago and is still running."""
@@ -30,15 +65,15 @@ class JobReaper:
         return stale
 
     async def run(
-        self, stop: asyncio.Event, run_in_db: Callable[[Callable[[], list[str]]], Awaitable[list[str]]]
+        self, stop: asyncio.Event, run_in_db: Callable[[Callable[[], None]], Awaitable[None]]
     ) -> None:
-        """Reap every interval_s until `stop` is set. A failed pass is logged and retried next interval."""
+        """Run a pass every interval_s until `stop` is set. A failed pass is logged and retried next interval."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
             if stop.is_set():
                 return
             try:
-                await run_in_db(self.reap)
+                await run_in_db(self.run_pass)
             except Exception:
                 log.exception("reaper_pass_failed")

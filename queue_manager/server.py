@@ -14,7 +14,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
-from queue_manager.app import QueueApi, QueueSettings, build_app
+from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
 from queue_manager.faults import FaultInjector
 from queue_manager.models import QueueMode
 from queue_manager.reaper import JobReaper
@@ -24,6 +24,8 @@ from queue_manager.store import JobStore
 log = structlog.get_logger()
 
 _SHUTDOWN_TIMEOUT_S = 5.0
+DEFAULT_LEASE_TIMEOUT_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
 
 T = TypeVar("T")
 
@@ -52,16 +54,20 @@ class QueueManagerServer:
         mode: QueueMode | str = QueueMode.FIFO,
         token: str | None = None,
         clock: Callable[[], float] = time.time,
+        lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        test_hooks: bool = False,
     ) -> None:
         self.db_path = db_path
         self.max_queue_depth = max_queue_depth
         self.job_timeout_s = job_timeout_s
         self.reaper_interval_s = reaper_interval_s
+        self.lease_timeout_s = lease_timeout_s
+        self.max_attempts = max_attempts
         self.mode = QueueMode(mode)
         self.clock = clock
         self._token = token
-        self.faults = FaultInjector()
-        self.reports = ReportLog()
+        self._test_hooks = TestHooks(FaultInjector(), ReportLog()) if test_hooks else None
         self.url: str | None = None
         self._store: JobStore | None = None
         self._reaper: JobReaper | None = None
@@ -69,6 +75,21 @@ class QueueManagerServer:
         self._runner: web.AppRunner | None = None
         self._stop_reaper = asyncio.Event()
         self._reaper_task: asyncio.Task[None] | None = None
+
+    @property
+    def faults(self) -> FaultInjector:
+        """Planned misbehaviour (tests only: `QueueManagerServer(test_hooks=True)`)."""
+        return self._hooks().faults
+
+    @property
+    def reports(self) -> ReportLog:
+        """Every complete/fail call received (tests only: `QueueManagerServer(test_hooks=True)`)."""
+        return self._hooks().reports
+
+    def _hooks(self) -> TestHooks:
+        if self._test_hooks is None:
+            raise RuntimeError("test hooks are off; construct QueueManagerServer(test_hooks=True)")
+        return self._test_hooks
 
     @property
     def store(self) -> JobStore:
@@ -82,14 +103,25 @@ class QueueManagerServer:
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(self._db_executor, lambda: JobStore(self.db_path, clock=self.clock))
+        # Time the queue was down is nobody's silence: every running job starts a fresh lease.
+        renewed = await loop.run_in_executor(self._db_executor, self._store.renew_all_leases)
         self._reaper = JobReaper(
-            self._store, job_timeout_s=self.job_timeout_s, interval_s=self.reaper_interval_s, clock=self.clock
+            self._store,
+            job_timeout_s=self.job_timeout_s,
+            interval_s=self.reaper_interval_s,
+            clock=self.clock,
+            lease_timeout_s=self.lease_timeout_s,
+            max_attempts=self.max_attempts,
         )
         settings = QueueSettings(
-            mode=self.mode, max_queue_depth=self.max_queue_depth, token=self._token, version=_version()
+            mode=self.mode,
+            max_queue_depth=self.max_queue_depth,
+            token=self._token,
+            version=_version(),
+            max_attempts=self.max_attempts,
         )
         api = QueueApi(self._store, settings, db_executor=self._db_executor, clock=self.clock, started_at=self.clock())
-        app = build_app(api, faults=self.faults, reports=self.reports, token=self._token, clock=self.clock)
+        app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -105,7 +137,11 @@ class QueueManagerServer:
             mode=self.mode.value,
             max_queue_depth=self.max_queue_depth,
             job_timeout_s=self.job_timeout_s,
+            lease_timeout_s=self.lease_timeout_s,
+            max_attempts=self.max_attempts,
+            running_jobs_leases_renewed=renewed,
             auth=self._token is not None,
+            test_hooks=self._test_hooks is not None,
         )
         return self.url
 
@@ -129,10 +165,16 @@ class QueueManagerServer:
             self.url = None
 
     async def reap(self) -> list[str]:
-        """Run one reaper pass now (tests advance the injected clock, then call this)."""
+        """Run one job-timeout pass now (tests advance the injected clock, then call this)."""
         if self._reaper is None:
             raise RuntimeError("QueueManagerServer is not started")
         return await self._run_in_db(self._reaper.reap)
+
+    async def expire_leases(self) -> list[str]:
+        """Run one lease pass now: hand back jobs whose worker has been silent for lease_timeout_s."""
+        if self._reaper is None:
+            raise RuntimeError("QueueManagerServer is not started")
+        return await self._run_in_db(self._reaper.expire_leases)
 
     async def _run_in_db(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_executor, call)

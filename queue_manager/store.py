@@ -17,11 +17,11 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from queue_manager.models import JobPriority, JobStatus, QueueMode
+from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -37,7 +37,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_id TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
-    completed_at REAL
+    completed_at REAL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    history TEXT NOT NULL DEFAULT '[]',
+    lease_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, priority, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, seq);
@@ -47,6 +50,13 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 
+# Columns added after the first release: a database written by an older version gains them on open.
+_ADDED_COLUMNS = {
+    "attempt": "INTEGER NOT NULL DEFAULT 1",
+    "history": "TEXT NOT NULL DEFAULT '[]'",
+    "lease_at": "REAL",
+}
+
 _BUSY_TIMEOUT_S = 10.0
 
 
@@ -54,6 +64,32 @@ class QueueFullError(Exception):
     def __init__(self, max_depth: int) -> None:
         super().__init__(f"Queue is full (max depth: {max_depth})")
         self.max_depth = max_depth
+
+
+class FencedOut(Exception):
+    """A worker spoke for a job that is no longer running under it and that attempt."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who a worker believes holds a job. A field left None is not checked (comfy-multi's clients send none)."""
+
+    worker_id: str | None = None
+    attempt: int | None = None
+
+    def check(self, job: JobRecord) -> None:
+        if self.worker_id is None and self.attempt is None:
+            return
+        holder = f"worker {job.worker_id} attempt {job.attempt}" if job.status is JobStatus.RUNNING else "nobody"
+        if (
+            job.status is not JobStatus.RUNNING
+            or (self.worker_id is not None and job.worker_id != self.worker_id)
+            or (self.attempt is not None and job.attempt != self.attempt)
+        ):
+            raise FencedOut(
+                f"Job {job.id} is {job.status.value}, held by {holder}; "
+                f"not by worker {self.worker_id} attempt {self.attempt}"
+            )
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,8 @@ class JobRecord:
     created_at: float
     started_at: float | None
     completed_at: float | None
+    attempt: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
@@ -86,6 +124,8 @@ class JobRecord:
             created_at=row["created_at"],
             started_at=row["started_at"],
             completed_at=row["completed_at"],
+            attempt=row["attempt"],
+            history=json.loads(row["history"]),
         )
 
 
@@ -105,6 +145,10 @@ class JobStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._conn.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+            present = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -199,41 +243,102 @@ class JobStore:
     # -- worker side -----------------------------------------------------------------------------------
 
     def pop_next(self, worker_id: str, mode: QueueMode) -> JobRecord | None:
-        """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction."""
+        """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction.
+
+        The poll renews the lease of anything the worker still holds. A stored job that cannot be served as
+        strict JSON (planted directly, or written by an older version) is failed instead of handed out.
+        """
         now = self._clock()
         with self._transaction() as conn:
+            _seen(conn, worker_id, now)
             conn.execute(
-                "INSERT INTO workers (worker_id, last_seen) VALUES (?, ?)"
-                " ON CONFLICT (worker_id) DO UPDATE SET last_seen = excluded.last_seen",
-                (worker_id, now),
+                "UPDATE jobs SET lease_at = ? WHERE status = ? AND worker_id = ?",
+                (now, JobStatus.RUNNING.value, worker_id),
             )
-            order = _pending_in_pop_order(conn, mode, first_only=True)
-            if not order:
-                return None
-            conn.execute(
-                "UPDATE jobs SET status = ?, worker_id = ?, started_at = ? WHERE id = ?",
-                (JobStatus.RUNNING.value, worker_id, now, order[0]),
-            )
-            return _get(conn, order[0])
+            while order := _pending_in_pop_order(conn, mode, first_only=True):
+                job_id = order[0]
+                conn.execute(
+                    "UPDATE jobs SET status = ?, worker_id = ?, started_at = ?, lease_at = ? WHERE id = ?",
+                    (JobStatus.RUNNING.value, worker_id, now, now, job_id),
+                )
+                problem = _unservable(conn, job_id)
+                if problem is None:
+                    return _get(conn, job_id)
+                conn.execute(
+                    "UPDATE jobs SET status = ?, error = ?, completed_at = ? WHERE id = ?",
+                    (JobStatus.FAILED.value, f"Job cannot be served as JSON: {problem}", now, job_id),
+                )
+            return None
 
-    def complete(self, job_id: str, result: dict[str, Any]) -> JobStatus | None:
-        """Mark the job completed whatever its state, as the peer does. Returns its previous status or None."""
-        return self._finish(job_id, JobStatus.COMPLETED, result=json.dumps(result), error=None)
-
-    def fail(self, job_id: str, error: str) -> JobStatus | None:
-        """Mark the job failed whatever its state, as the peer does. Returns its previous status or None."""
-        return self._finish(job_id, JobStatus.FAILED, result=None, error=error)
-
-    def _finish(self, job_id: str, status: JobStatus, *, result: str | None, error: str | None) -> JobStatus | None:
+    def heartbeat(self, worker_id: str, job_id: str, attempt: int | None) -> None:
+        """Renew the lease of a job the worker holds. Raises FencedOut when it no longer holds it."""
+        now = self._clock()
         with self._transaction() as conn:
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
+            _seen(conn, worker_id, now)
+            job = _get(conn, job_id)
+            if job is None:
+                raise FencedOut(f"Job {job_id} does not exist")
+            Fence(worker_id, attempt).check(job)
+            conn.execute("UPDATE jobs SET lease_at = ? WHERE id = ?", (now, job_id))
+
+    def complete(self, job_id: str, result: dict[str, Any], fence: Fence = Fence()) -> JobStatus | None:
+        """Mark the job completed. Unfenced, whatever its state, as the peer does. Returns its previous
+        status or None; raises FencedOut when the fence does not match."""
+        return self._finish(job_id, JobStatus.COMPLETED, result=json.dumps(result), error=None, fence=fence)
+
+    def fail(self, job_id: str, error: str, fence: Fence = Fence()) -> JobStatus | None:
+        """Mark the job failed. Unfenced, whatever its state, as the peer does. Returns its previous status or
+        None; raises FencedOut when the fence does not match."""
+        return self._finish(job_id, JobStatus.FAILED, result=None, error=error, fence=fence)
+
+    def _finish(
+        self, job_id: str, status: JobStatus, *, result: str | None, error: str | None, fence: Fence
+    ) -> JobStatus | None:
+        with self._transaction() as conn:
+            job = _get(conn, job_id)
+            if job is None:
                 return None
+            fence.check(job)
             conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ? WHERE id = ?",
+                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ?, lease_at = NULL WHERE id = ?",
                 (status.value, result, error, self._clock(), job_id),
             )
-            return JobStatus(row["status"])
+            return job.status
+
+    def release(self, job_id: str, fence: Fence, reason: str, *, max_attempts: int) -> JobRecord | None:
+        """Hand a running job back: pending again at its original place in line, attempt + 1, the reason in
+        its history; failed with every reason once it has had `max_attempts` attempts. None if unknown."""
+        with self._transaction() as conn:
+            job = _get(conn, job_id)
+            if job is None:
+                return None
+            fence.check(job)
+            _hand_back(conn, job, reason, now=self._clock(), max_attempts=max_attempts)
+            return _get(conn, job_id)
+
+    def release_expired_leases(self, cutoff: float, *, max_attempts: int) -> list[JobRecord]:
+        """The lease step: hand back every running job whose lease was last renewed before `cutoff`."""
+        now = self._clock()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE status = ? AND COALESCE(lease_at, started_at) < ? ORDER BY seq",
+                (JobStatus.RUNNING.value, cutoff),
+            ).fetchall()
+            released = []
+            for row in rows:
+                job = _get(conn, row["id"])
+                reason = f"worker {job.worker_id} stopped heartbeating"
+                _hand_back(conn, job, reason, now=now, max_attempts=max_attempts)
+                released.append(_get(conn, row["id"]))
+            return released
+
+    def renew_all_leases(self) -> int:
+        """Renew every running job's lease now: time the queue itself was down is not a worker's silence."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET lease_at = ? WHERE status = ?", (self._clock(), JobStatus.RUNNING.value)
+            )
+            return cursor.rowcount
 
     def fail_running_started_before(self, cutoff: float, error: str) -> list[str]:
         """The reaper's step: fail every job still running that started before `cutoff`."""
@@ -274,6 +379,41 @@ class JobStore:
         except sqlite3.Error:
             return False
         return True
+
+
+def _seen(conn: sqlite3.Connection, worker_id: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO workers (worker_id, last_seen) VALUES (?, ?)"
+        " ON CONFLICT (worker_id) DO UPDATE SET last_seen = excluded.last_seen",
+        (worker_id, now),
+    )
+
+
+def _unservable(conn: sqlite3.Connection, job_id: str) -> str | None:
+    """Why the job could not be sent as strict JSON, or None when it can."""
+    try:
+        job = _get(conn, job_id)
+        json.dumps([job.workflow, job.metadata], allow_nan=False)  # type: ignore[union-attr]
+    except (ValueError, RecursionError) as exc:
+        return str(exc)[:200] or type(exc).__name__
+    return None
+
+
+def _hand_back(conn: sqlite3.Connection, job: JobRecord, reason: str, *, now: float, max_attempts: int) -> None:
+    history = [*job.history, {"attempt": job.attempt, "worker_id": job.worker_id, "reason": reason, "at": now}]
+    if job.attempt >= max_attempts:
+        reasons = "; ".join(entry["reason"] for entry in history)
+        error = f"Gave up after {job.attempt} attempts: {reasons}"[:MAX_ERROR_CHARS]
+        conn.execute(
+            "UPDATE jobs SET status = ?, error = ?, completed_at = ?, lease_at = NULL, history = ? WHERE id = ?",
+            (JobStatus.FAILED.value, error, now, json.dumps(history), job.id),
+        )
+        return
+    conn.execute(
+        "UPDATE jobs SET status = ?, worker_id = NULL, started_at = NULL, lease_at = NULL, attempt = ?, history = ?"
+        " WHERE id = ?",
+        (JobStatus.PENDING.value, job.attempt + 1, json.dumps(history), job.id),
+    )
 
 
 def _get(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:

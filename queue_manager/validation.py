@@ -1,9 +1,12 @@
-"""Request validation answering 422 exactly as FastAPI does: {"detail": [{"type", "loc", "msg", "input", ...}]}."""
+"""Request validation answering 422 as FastAPI does, {"detail": [{"type", "loc", "msg", ...}]}, minus the
+`input` FastAPI echoes (a request is never sent back); and strict JSON, refused with a 400 naming the field."""
 
 from __future__ import annotations
 
 import email.message
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -12,33 +15,125 @@ from pydantic import BaseModel, ValidationError
 ValidationErrors = list[dict[str, Any]]
 M = TypeVar("M", bound=BaseModel)
 
+# A workflow is ~5 levels deep; metadata rarely more. Beyond this a body is an attack, not a job.
+MAX_JSON_DEPTH = 64
+# 2**64 - 1 (ComfyUI's largest seed) has 20 digits. Python refuses ints over 4300 digits with a ValueError.
+MAX_INT_DIGITS = 20
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"\s*:|"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class RefusedJson(Exception):
+    """The body is JSON only by Python's lenient reading: NaN, Infinity, 1e999, huge ints, deep nesting."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        self.field = ".".join(str(part) for part in path) or "body"
+        super().__init__(f"{self.field}: {reason}")
+
+
+class _Refused:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not allowed (strict JSON)")
+
+
+def _float(text: str) -> float | _Refused:
+    value = float(text)
+    return value if math.isfinite(value) else _Refused(f"number {text[:30]} is out of range")
+
+
+def _int(text: str) -> int | _Refused:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        return _Refused(f"integer of {digits} digits is out of range (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def strict_json_loads(raw: bytes | bytearray) -> Any:
+    """json.loads that refuses what other JSON parsers (and our own responses) cannot represent.
+
+    Raises RefusedJson naming the field; json.JSONDecodeError / UnicodeDecodeError for text that is not JSON.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except RecursionError:
+        raise RefusedJson(_too_deep_at(raw), f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    check_strings = _ESCAPED_SURROGATE.search(raw) is not None
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _Refused):
+            raise RefusedJson(path, item.reason)
+        if isinstance(item, dict | list):
+            if len(path) >= MAX_JSON_DEPTH:
+                raise RefusedJson(path, f"nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if check_strings and isinstance(key, str) and not _encodable(key):
+                    raise RefusedJson(path, "a key holds a lone UTF-16 surrogate (not valid Unicode)")
+                stack.append((child, (*path, key)))
+        elif check_strings and isinstance(item, str) and not _encodable(item):
+            raise RefusedJson(path, "a lone UTF-16 surrogate is not valid Unicode")
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _too_deep_at(raw: bytes | bytearray) -> tuple[str | int, ...]:
+    """The keys leading to where nesting passes MAX_JSON_DEPTH (array levels shown as 0)."""
+    path: list[str | int] = []
+    pending_key: str | int = 0
+    for token in _JSON_TOKEN.finditer(raw):
+        text = token.group()
+        if text in (b"{", b"["):
+            path.append(pending_key)
+            if len(path) > MAX_JSON_DEPTH:
+                break
+            pending_key = 0
+        elif text in (b"}", b"]"):
+            if path:
+                path.pop()
+        elif text.endswith(b":"):
+            pending_key = json.loads(text.rstrip(b": \t\r\n"))
+    return tuple(path[1:])
+
 
 def parse_query(model: type[M], params: Mapping[str, str]) -> tuple[M | None, ValidationErrors]:
-    """Query params go in one at a time in FastAPI, so a missing one reports `input: null`."""
     try:
         return model.model_validate(dict(params)), []
     except ValidationError as exc:
-        errors = _fastapi_errors(exc, "query")
-        for error in errors:
-            if error["type"] == "missing":
-                error["input"] = None
-        return None, errors
+        return None, _fastapi_errors(exc, "query")
 
 
-def parse_json_body(model: type[M], raw: bytes, content_type: str | None) -> tuple[M | None, ValidationErrors]:
+def parse_json_body(
+    model: type[M], raw: bytes | bytearray, content_type: str | None
+) -> tuple[M | None, ValidationErrors]:
     """The body is JSON-decoded only when its content type is JSON (or absent), like FastAPI; otherwise the
-    raw text meets the model and fails its shape check. An empty body is a missing body."""
+    raw text meets the model and fails its shape check. An empty body is a missing body.
+    Raises RefusedJson for JSON that is not strict (see strict_json_loads)."""
     if not raw:
-        return None, [{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}]
-    body: Any = raw.decode("utf-8", errors="replace")
-    if _is_json(content_type):
+        return None, [{"type": "missing", "loc": ["body"], "msg": "Field required"}]
+    if not _is_json(content_type):
+        body: Any = bytes(raw).decode("utf-8", errors="replace")
+    else:
         try:
-            body = json.loads(raw)
+            body = strict_json_loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             position = exc.pos if isinstance(exc, json.JSONDecodeError) else exc.start
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else exc.reason
             error = {"type": "json_invalid", "loc": ["body", position], "msg": "JSON decode error"}
-            return None, [{**error, "input": {}, "ctx": {"error": reason}}]
+            return None, [{**error, "ctx": {"error": reason}}]
     try:
         # FastAPI validates bodies with from_attributes=True, which decides the error for non-objects.
         return model.model_validate(body, from_attributes=True), []
@@ -57,7 +152,7 @@ def _is_json(content_type: str | None) -> bool:
 
 def _fastapi_errors(exc: ValidationError, source: str) -> ValidationErrors:
     errors = []
-    for error in exc.errors(include_url=False):
+    for error in exc.errors(include_url=False, include_input=False):
         shaped = {**error, "loc": [source, *error["loc"]]}
         if "ctx" in error:
             # FastAPI's jsonable_encoder turns the exception a validator raised into {}.

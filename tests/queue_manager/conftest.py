@@ -41,7 +41,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def queue(clock: FakeClock) -> AsyncIterator[QueueManagerServer]:
-    async with QueueManagerServer(clock=clock) as server:
+    async with QueueManagerServer(clock=clock, test_hooks=True) as server:
         yield server
 
 

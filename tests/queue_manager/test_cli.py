@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -32,8 +32,8 @@ async def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[asyn
     )
     async with asyncio.timeout(10):
         while line := (await process.stdout.readline()).decode():
-            if match := re.search(r"url=(http://\S+)", line):
-                return process, match.group(1)
+            if (event := json.loads(line))["event"] == "queue_manager_started":
+                return process, event["url"]
     raise AssertionError("the CLI never reported its URL")
 
 
@@ -83,3 +83,42 @@ def test_cli_defaults() -> None:
         3600,
         None,
     )
+
+
+async def test_cli_logs_one_json_object_per_line_off_a_terminal(tmp_path: Path) -> None:
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), "--token", "flag-token-456")
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.get("/api/queue/status", headers={"Authorization": "Bearer flag-token-456"})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            assert await process.wait() == 0
+    events = [json.loads(line) for line in output.splitlines()]  # fails on a console-coloured line
+    assert [e["event"] for e in events][-2:] == ["queue_manager_stopping", "queue_manager_stopped"]
+    assert "flag-token-456" not in output
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"LEASE_TIMEOUT_S": "inf"}, "LEASE_TIMEOUT_S"),
+        ({"LEASE_TIMEOUT_S": "nan"}, "LEASE_TIMEOUT_S"),
+        ({"LEASE_TIMEOUT_S": "-1"}, "LEASE_TIMEOUT_S"),
+        ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
+        ({"MAX_ATTEMPTS": "three"}, "MAX_ATTEMPTS"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ],
+)
+async def test_cli_bad_environment_exits_2_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"),
+        cwd=REPO, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        _, err = await process.communicate()
+    assert process.returncode == 2
+    assert variable in err.decode()

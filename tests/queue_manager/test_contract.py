@@ -45,7 +45,7 @@ async def test_next_job_pops_the_job_marks_it_running_and_records_worker(
 
     job = await next_job(client, "gpu-7")
 
-    assert job == {"id": created["id"], "workflow": workflow, "user_id": "alice", "metadata": {"run": 7}}
+    assert job == {"id": created["id"], "workflow": workflow, "user_id": "alice", "metadata": {"run": 7}, "attempt": 1}
     assert await next_job(client, "gpu-8") is None, "a popped job must not be handed out again"
     stored = (await client.get(f"/api/jobs/{created['id']}")).json()
     assert stored["status"] == "running"
@@ -59,7 +59,7 @@ async def test_next_job_without_worker_id_is_422(client: httpx.AsyncClient) -> N
     response = await client.get("/api/workers/next-job")
     assert response.status_code == 422
     assert response.json() == {
-        "detail": [{"type": "missing", "loc": ["query", "worker_id"], "msg": "Field required", "input": None}]
+        "detail": [{"type": "missing", "loc": ["query", "worker_id"], "msg": "Field required"}]
     }
 
 
@@ -93,7 +93,7 @@ async def test_complete_job_with_bare_result_body_is_422(client: httpx.AsyncClie
 
     assert response.status_code == 422
     assert response.json() == {
-        "detail": [{"type": "missing", "loc": ["body", "result"], "msg": "Field required", "input": bare}]
+        "detail": [{"type": "missing", "loc": ["body", "result"], "msg": "Field required"}]
     }
     assert (await client.get(f"/api/jobs/{created['id']}")).json()["status"] == "running"
 
@@ -101,7 +101,7 @@ async def test_complete_job_with_bare_result_body_is_422(client: httpx.AsyncClie
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (None, [{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}]),
+        (None, [{"type": "missing", "loc": ["body"], "msg": "Field required"}]),
         (
             {"result": "done"},
             [
@@ -109,7 +109,6 @@ async def test_complete_job_with_bare_result_body_is_422(client: httpx.AsyncClie
                     "type": "dict_type",
                     "loc": ["body", "result"],
                     "msg": "Input should be a valid dictionary",
-                    "input": "done",
                 }
             ],
         ),
@@ -120,7 +119,6 @@ async def test_complete_job_with_bare_result_body_is_422(client: httpx.AsyncClie
                     "type": "model_attributes_type",
                     "loc": ["body"],
                     "msg": "Input should be a valid dictionary or object to extract fields from",
-                    "input": ["x"],
                 }
             ],
         ),
@@ -148,7 +146,6 @@ async def test_complete_job_invalid_json_is_422_json_invalid(client: httpx.Async
                 "type": "json_invalid",
                 "loc": ["body", 1],
                 "msg": "JSON decode error",
-                "input": {},
                 "ctx": {"error": "Expecting property name enclosed in double quotes"},
             }
         ]
@@ -159,7 +156,7 @@ async def test_complete_job_without_job_id_is_422(client: httpx.AsyncClient) -> 
     response = await client.post("/api/workers/complete-job", json={"result": {}})
     assert response.status_code == 422
     assert response.json()["detail"] == [
-        {"type": "missing", "loc": ["query", "job_id"], "msg": "Field required", "input": None}
+        {"type": "missing", "loc": ["query", "job_id"], "msg": "Field required"}
     ]
 
 
@@ -229,7 +226,7 @@ async def test_fail_job_with_error_in_query_string_and_no_body_is_422(
     response = await client.post("/api/workers/fail-job", params={"job_id": created["id"], "error": "boom"})
 
     assert response.status_code == 422
-    assert response.json() == {"detail": [{"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}]}
+    assert response.json() == {"detail": [{"type": "missing", "loc": ["body"], "msg": "Field required"}]}
     assert (await client.get(f"/api/jobs/{created['id']}")).json()["status"] == "running"
 
 
@@ -347,6 +344,8 @@ async def test_submit_returns_201_with_the_full_job(client: httpx.AsyncClient, w
         "error": None,
         "position_in_queue": 0,
         "estimated_wait_time": None,
+        "attempt": 1,
+        "history": [],
     }
     assert (second["priority"], second["position_in_queue"]) == (0, 1), "fifo ignores priority"
 
@@ -369,6 +368,7 @@ async def test_submit_accepts_path_safe_user_ids(
         ("a.b", "value_error"),
         ("a b", "value_error"),
         ("é", "value_error"),
+        ("alice\n", "value_error"),
         (5, "string_type"),
     ],
 )
@@ -407,7 +407,7 @@ async def test_submit_without_workflow_is_422(client: httpx.AsyncClient) -> None
     assert response.status_code == 422
     assert response.json() == {
         "detail": [
-            {"type": "missing", "loc": ["body", "workflow"], "msg": "Field required", "input": {"user_id": "alice"}}
+            {"type": "missing", "loc": ["body", "workflow"], "msg": "Field required"}
         ]
     }
 

@@ -118,7 +118,7 @@ async def test_faults_are_per_endpoint(queue: QueueManagerServer, client: httpx.
     ],
 )
 def test_inject_rejects_meaningless_faults(kwargs: dict[str, object]) -> None:
-    queue = QueueManagerServer()
+    queue = QueueManagerServer(test_hooks=True)
     with pytest.raises(ValueError):
         queue.faults.inject(**kwargs)  # type: ignore[arg-type]
 
@@ -141,7 +141,7 @@ async def test_direct_submission_bypasses_http_validation(queue: QueueManagerSer
     """Tests may plant a job with a hostile user_id to prove the worker checks it again."""
     job = queue.store.submit("../../etc", {"1": {}}, priority=0, metadata={"k": "v"})
     handed = (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json()["job"]
-    assert handed == {"id": job.id, "workflow": {"1": {}}, "user_id": "../../etc", "metadata": {"k": "v"}}
+    assert handed == {"id": job.id, "workflow": {"1": {}}, "user_id": "../../etc", "metadata": {"k": "v"}, "attempt": 1}
     assert [j.id for j in queue.store.list(status=JobStatus.RUNNING)] == [job.id]
 
 

@@ -131,7 +131,7 @@ def queue_failure() -> Exception:
 
 @pytest.fixture
 async def qm() -> AsyncIterator[QueueManagerServer]:
-    async with QueueManagerServer() as server:
+    async with QueueManagerServer(test_hooks=True) as server:
         yield server
 
 

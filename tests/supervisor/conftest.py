@@ -168,7 +168,7 @@ def load_workflow() -> Callable[[str], dict[str, Any]]:
 
 @pytest.fixture
 async def queue_manager() -> AsyncIterator[QueueManagerServer]:
-    async with QueueManagerServer() as qm:
+    async with QueueManagerServer(test_hooks=True) as qm:
         yield qm
 
 

@@ -29,7 +29,7 @@ async def comfy(tmp_path: Path):
 
 @pytest.fixture
 async def qm():
-    server = QueueManagerServer()
+    server = QueueManagerServer(test_hooks=True)
     await server.start()
     yield server
     await server.stop()

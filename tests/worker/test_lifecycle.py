@@ -178,7 +178,7 @@ async def test_bearer_token_is_sent_and_never_logged(comfy, make_worker, workflo
     configure_logging("json", "debug", stream=buffer)
     register_secret(token)
     try:
-        async with QueueManagerServer(token=token) as secured:
+        async with QueueManagerServer(token=token, test_hooks=True) as secured:
             job = secured.store.submit("alice", workflows["invalid_unknown_node"])
             worker = make_worker(queue_manager_url=secured.url, queue_manager_token=token)
             assert await worker.run() == 0

@@ -1,0 +1,298 @@
+"""Our extensions of the contract (docs/queue-manager-api.md, "Extensions of the embedded queue manager"):
+attempt numbers, fenced reports, heartbeats, hand back at the original place in line, and the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from queue_manager import JobStatus, QueueManagerServer
+
+from .conftest import FakeClock
+
+WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+
+
+async def submit(client: httpx.AsyncClient, **fields: Any) -> str:
+    response = await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+async def pop(client: httpx.AsyncClient, worker_id: str) -> dict[str, Any]:
+    response = await client.get("/api/workers/next-job", params={"worker_id": worker_id})
+    assert response.status_code == 200, response.text
+    return response.json()["job"]
+
+
+async def release(client: httpx.AsyncClient, job_id: str, worker_id: str, attempt: int, reason: str) -> httpx.Response:
+    return await client.post(
+        "/api/workers/release-job",
+        params={"job_id": job_id, "worker_id": worker_id, "attempt": attempt},
+        json={"reason": reason},
+    )
+
+
+async def job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"/api/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# -- attempts and fenced reports --------------------------------------------------------------------------
+
+
+async def test_fenced_report_from_the_holder_lands(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client)
+    assert (await pop(client, "w1"))["attempt"] == 1
+    response = await client.post(
+        "/api/workers/complete-job",
+        params={"job_id": job_id, "worker_id": "w1", "attempt": 1},
+        json={"result": {"ok": True}},
+    )
+    assert response.status_code == 200
+    assert (await job(client, job_id))["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"), [("complete-job", {"result": {"ok": True}}), ("fail-job", {"error": "boom"})]
+)
+@pytest.mark.parametrize("fence", [{"worker_id": "w2", "attempt": 1}, {"worker_id": "w1", "attempt": 2}])
+async def test_fenced_report_from_anyone_else_is_409_and_changes_nothing(
+    client: httpx.AsyncClient, endpoint: str, body: dict[str, Any], fence: dict[str, Any]
+) -> None:
+    job_id = await submit(client)
+    await pop(client, "w1")
+    response = await client.post(f"/api/workers/{endpoint}", params={"job_id": job_id, **fence}, json=body)
+    assert response.status_code == 409
+    assert "not by worker" in response.json()["detail"]
+    stored = await job(client, job_id)
+    assert (stored["status"], stored["result"], stored["error"]) == ("running", None, None)
+
+
+async def test_fenced_report_for_a_finished_job_is_409(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client)
+    await pop(client, "w1")
+    fence = {"job_id": job_id, "worker_id": "w1", "attempt": 1}
+    assert (await client.post("/api/workers/fail-job", params=fence, json={"error": "x"})).status_code == 200
+    second = await client.post("/api/workers/complete-job", params=fence, json={"result": {}})
+    assert second.status_code == 409
+    assert (await job(client, job_id))["status"] == "failed", "exactly one report took effect"
+
+
+# -- heartbeat ---------------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_renews_the_lease_and_409s_when_the_job_is_not_held(
+    client: httpx.AsyncClient, queue: QueueManagerServer, clock: FakeClock
+) -> None:
+    job_id = await submit(client)
+    await pop(client, "w1")
+    beat = {"worker_id": "w1", "job_id": job_id, "attempt": 1}
+    for _ in range(3):
+        clock.advance(50)
+        response = await client.post("/api/workers/heartbeat", params=beat)
+        assert (response.status_code, response.json()) == (200, {"status": "ok"})
+        assert await queue.expire_leases() == []
+    assert (await client.post("/api/workers/heartbeat", params={**beat, "worker_id": "w2"})).status_code == 409
+    assert (await client.post("/api/workers/heartbeat", params={**beat, "attempt": 2})).status_code == 409
+    assert (await client.post("/api/workers/heartbeat", params={**beat, "job_id": "nope"})).status_code == 409
+    missing = await client.post("/api/workers/heartbeat", params={"job_id": job_id})
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["query", "worker_id"]
+
+
+async def test_cancelled_job_heartbeat_is_409_so_the_worker_stops_it(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client)
+    await pop(client, "w1")
+    assert (await client.delete(f"/api/jobs/{job_id}")).status_code == 204
+    beat = {"worker_id": "w1", "job_id": job_id, "attempt": 1}
+    assert (await client.post("/api/workers/heartbeat", params=beat)).status_code == 409
+
+
+# -- the lease ---------------------------------------------------------------------------------------------
+
+
+async def test_silent_worker_job_is_handed_back_and_its_late_report_refused(
+    client: httpx.AsyncClient, queue: QueueManagerServer, clock: FakeClock
+) -> None:
+    job_id = await submit(client)
+    await pop(client, "dead")
+    clock.advance(60)
+    assert await queue.expire_leases() == [], "exactly LEASE_TIMEOUT_S of silence is not yet over"
+    clock.advance(1)
+    assert await queue.expire_leases() == [job_id]
+
+    stored = await job(client, job_id)
+    assert (stored["status"], stored["worker_id"], stored["attempt"]) == ("pending", None, 2)
+    assert stored["history"][0]["reason"] == "worker dead stopped heartbeating"
+    again = await pop(client, "alive")
+    assert (again["id"], again["attempt"]) == (job_id, 2)
+
+    late = await client.post(
+        "/api/workers/complete-job",
+        params={"job_id": job_id, "worker_id": "dead", "attempt": 1},
+        json={"result": {"from": "dead"}},
+    )
+    assert late.status_code == 409
+    done = await client.post(
+        "/api/workers/complete-job",
+        params={"job_id": job_id, "worker_id": "alive", "attempt": 2},
+        json={"result": {"from": "alive"}},
+    )
+    assert done.status_code == 200
+    assert (await job(client, job_id))["result"] == {"from": "alive"}
+
+
+async def test_polling_next_job_renews_the_lease_of_what_the_worker_holds(
+    client: httpx.AsyncClient, queue: QueueManagerServer, clock: FakeClock
+) -> None:
+    job_id = await submit(client)
+    await pop(client, "w1")
+    clock.advance(50)
+    assert await pop(client, "w1") is None
+    clock.advance(50)
+    assert await queue.expire_leases() == []
+    assert (await job(client, job_id))["status"] == "running"
+
+
+async def test_the_lease_runs_by_itself() -> None:
+    async with QueueManagerServer(lease_timeout_s=0.2) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await submit(client)
+        await pop(client, "w1")
+        async with asyncio.timeout(5):
+            while (await job(client, job_id))["status"] != "pending":
+                await asyncio.sleep(0.05)
+
+
+async def test_a_restart_renews_every_lease(tmp_path: Path, clock: FakeClock) -> None:
+    db = tmp_path / "q.db"
+    async with QueueManagerServer(db, clock=clock) as queue:
+        job_id = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("w1", queue.mode)
+    clock.advance(300)  # the queue was down for five minutes; the worker could not heartbeat
+    async with QueueManagerServer(db, clock=clock) as queue:
+        assert await queue.expire_leases() == []
+        clock.advance(61)
+        assert await queue.expire_leases() == [job_id]
+
+
+async def test_a_database_from_before_the_extensions_gains_them(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL,"
+        " status TEXT NOT NULL, priority INTEGER NOT NULL, workflow TEXT NOT NULL, metadata TEXT NOT NULL,"
+        " result TEXT, error TEXT, worker_id TEXT, created_at REAL NOT NULL, started_at REAL, completed_at REAL);"
+        "INSERT INTO jobs (id, user_id, status, priority, workflow, metadata, created_at)"
+        " VALUES ('old-job', 'alice', 'pending', 2, '{\"1\": {}}', '{}', 1.0);"
+    )
+    old.close()
+    async with QueueManagerServer(db) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        assert (await pop(client, "w1"))["attempt"] == 1
+        assert (await release(client, "old-job", "w1", 1, "testing")).json()["status"] == "pending"
+
+
+# -- hand back ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["fifo", "priority", "round_robin"])
+async def test_handed_back_job_keeps_its_priority_and_its_place_in_line(clock: FakeClock, mode: str) -> None:
+    async with (
+        QueueManagerServer(mode=mode, clock=clock) as queue,
+        httpx.AsyncClient(base_url=queue.url) as client,
+    ):
+        first = await submit(client, priority=0, metadata={"lesson": 1})
+        clock.advance(1)
+        waiting = [await submit(client, priority=0) for _ in range(2)]
+        assert (await pop(client, "w1"))["id"] == first
+        clock.advance(1)
+        await submit(client, priority=0)  # arrives after the hand-back's original submission
+
+        response = await release(client, first, "w1", 1, "ComfyUI process exited")
+        assert response.status_code == 200
+        assert response.json() == {"status": "pending", "job_id": first, "attempt": 2}
+
+        stored = await job(client, first)
+        assert (stored["priority"], stored["position_in_queue"], stored["metadata"]) == (0, 0, {"lesson": 1})
+        assert stored["history"] == [
+            {"attempt": 1, "worker_id": "w1", "reason": "ComfyUI process exited", "at": clock.now}
+        ]
+        handed = await pop(client, "w2")
+        assert (handed["id"], handed["attempt"]) == (first, 2)
+        assert (await pop(client, "w3"))["id"] == waiting[0]
+
+
+async def test_hand_back_past_max_attempts_fails_the_job_with_every_reason(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client)
+    for attempt in (1, 2):
+        assert (await pop(client, f"w{attempt}"))["attempt"] == attempt
+        assert (await release(client, job_id, f"w{attempt}", attempt, f"crash {attempt}")).json()["status"] == "pending"
+    await pop(client, "w3")
+    response = await release(client, job_id, "w3", 3, "crash 3")
+    assert response.json() == {"status": "failed", "job_id": job_id, "attempt": 3}
+    stored = await job(client, job_id)
+    assert stored["status"] == "failed"
+    assert stored["error"] == "Gave up after 3 attempts: crash 1; crash 2; crash 3"
+    assert len(stored["history"]) == 3
+
+
+async def test_lease_hand_backs_count_towards_max_attempts(clock: FakeClock) -> None:
+    async with QueueManagerServer(clock=clock, max_attempts=2, lease_timeout_s=10) as queue:
+        job_id = queue.store.submit("alice", WORKFLOW).id
+        for _ in range(2):
+            queue.store.pop_next("w", queue.mode)
+            clock.advance(11)
+            await queue.expire_leases()
+        stored = queue.store.get(job_id)
+        assert stored.status is JobStatus.FAILED
+        assert stored.error == "Gave up after 2 attempts: worker w stopped heartbeating; worker w stopped heartbeating"
+
+
+@pytest.mark.parametrize(
+    ("params", "body", "status", "loc"),
+    [
+        ({"worker_id": "w1", "attempt": 2}, {"reason": "r"}, 409, None),
+        ({"worker_id": "w2", "attempt": 1}, {"reason": "r"}, 409, None),
+        ({"worker_id": "w1"}, {"reason": "r"}, 422, ["query", "attempt"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": ""}, 422, ["body", "reason"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": "x" * 2001}, 422, ["body", "reason"]),
+        ({"worker_id": "w1", "attempt": 1}, {}, 422, ["body", "reason"]),
+    ],
+)
+async def test_hand_back_refusals(
+    client: httpx.AsyncClient, params: dict[str, Any], body: dict[str, Any], status: int, loc: list[str] | None
+) -> None:
+    job_id = await submit(client)
+    await pop(client, "w1")
+    response = await client.post("/api/workers/release-job", params={"job_id": job_id, **params}, json=body)
+    assert response.status_code == status
+    if loc:
+        assert response.json()["detail"][0]["loc"] == loc
+    assert (await job(client, job_id))["status"] == "running"
+
+
+async def test_hand_back_of_an_unknown_job_is_404(client: httpx.AsyncClient) -> None:
+    assert (await release(client, "nope", "w1", 1, "r")).status_code == 404
+
+
+# -- GET /api/jobs/{id} links a copy to its original ------------------------------------------------------
+
+
+async def test_get_job_shows_metadata_attempt_and_history_the_list_stays_lean(client: httpx.AsyncClient) -> None:
+    original = await submit(client)
+    copy = await submit(client, metadata={"requeued_from": original, "attempt": 2})
+    stored = await job(client, copy)
+    assert (stored["metadata"], stored["attempt"], stored["history"]) == (
+        {"requeued_from": original, "attempt": 2},
+        1,
+        [],
+    )
+    listed = (await client.get("/api/jobs")).json()
+    assert [j["id"] for j in listed] == [original, copy]
+    assert "metadata" not in listed[1]
