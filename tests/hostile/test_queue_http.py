@@ -1,0 +1,259 @@
+"""Hostile requests to the embedded queue manager: each case asserts the exact answer (status, the field named,
+no echo of the request) and that the server still serves afterwards. Real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from queue_manager import JobStatus, QueueManagerServer
+
+WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"seed": 1}}}
+MARKER = "HOSTILE-ECHO-MARKER"
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[QueueManagerServer]:
+    async with QueueManagerServer() as server:  # production shape: no test hooks
+        yield server
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy", "the server survived the case"
+
+
+@pytest.fixture
+async def client(queue: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=queue.url, timeout=10.0) as http:
+        yield http
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+# -- strict JSON at submission: 400 naming the field, nothing queued --------------------------------------
+
+STRICT_JSON_CASES = {
+    "nan-in-workflow": ('{"user_id":"a","workflow":{"1":{"inputs":{"seed":NaN}}}}', "workflow.1.inputs.seed"),
+    "infinity-in-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"x":Infinity}}', "metadata.x"),
+    "minus-infinity-in-list": ('{"user_id":"a","workflow":{"1":{"inputs":{"v":[1,-Infinity]}}}}', "workflow.1.inputs.v.1"),
+    "1e999": ('{"user_id":"a","workflow":{"1":{"inputs":{"cfg":1e999}}}}', "workflow.1.inputs.cfg"),
+    "minus-1e999": ('{"user_id":"a","workflow":{"1":{"inputs":{"cfg":-1e999}}}}', "workflow.1.inputs.cfg"),
+    "int-5000-digits": ('{"user_id":"a","workflow":{"1":{"inputs":{"seed":' + "9" * 5000 + "}}}}", "workflow.1.inputs.seed"),
+    "int-25-digits-in-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"n":' + "1" * 25 + "}}", "metadata.n"),
+    "nan-as-priority": ('{"user_id":"a","workflow":{"1":{}},"priority":NaN}', "priority"),
+    "10k-deep-workflow": ('{"user_id":"a","workflow":{"1":' + _nested(10_000) + "}}", "workflow.1"),
+    "100-deep-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"m":' + _nested(100) + "}}", "metadata.m"),
+    "lone-surrogate-value": ('{"user_id":"a","workflow":{"1":{"inputs":{"t":"\\ud800"}}}}', "workflow.1.inputs.t"),
+    "lone-surrogate-key": ('{"user_id":"a","workflow":{"1":{"\\udfff":1}}}', "workflow.1"),
+}
+
+
+@pytest.mark.parametrize(("body", "field"), STRICT_JSON_CASES.values(), ids=STRICT_JSON_CASES.keys())
+async def test_submission_that_is_not_strict_json_is_400_naming_the_field(
+    client: httpx.AsyncClient, queue: QueueManagerServer, body: str, field: str
+) -> None:
+    response = await client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["detail"].startswith(f"{field}")
+    assert queue.store.counts()[JobStatus.PENDING] == 0
+    assert (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json() == {"job": None}
+
+
+async def test_a_well_formed_job_with_a_64_bit_seed_and_emoji_is_accepted(client: httpx.AsyncClient) -> None:
+    body = '{"user_id":"a","workflow":{"1":{"inputs":{"seed":18446744073709551615,"t":"\\ud83d\\ude00"}}}}'
+    response = await client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 201
+
+
+async def test_a_result_with_nan_is_400_and_the_job_stays_running(
+    client: httpx.AsyncClient, queue: QueueManagerServer
+) -> None:
+    job = queue.store.submit("alice", WORKFLOW)
+    queue.store.pop_next("w", queue.mode)
+    response = await client.post(
+        "/api/workers/complete-job", params={"job_id": job.id}, content=b'{"result":{"score":NaN}}'
+    )
+    assert (response.status_code, response.json()["detail"][:12]) == (400, "result.score")
+    assert queue.store.get(job.id).status is JobStatus.RUNNING
+
+
+@pytest.mark.parametrize(
+    "workflow",
+    [{"1": {"inputs": {"seed": float("nan")}}}, {"1": {"inputs": {"seed": float("inf")}}}],
+    ids=["planted-nan", "planted-inf"],
+)
+async def test_a_stored_job_that_cannot_be_served_is_failed_never_left_running(
+    client: httpx.AsyncClient, queue: QueueManagerServer, workflow: dict[str, Any]
+) -> None:
+    bad = queue.store.submit("alice", workflow)  # written by an older version, or planted directly
+    good = queue.store.submit("alice", WORKFLOW)
+    response = await client.get("/api/workers/next-job", params={"worker_id": "w"})
+    assert response.status_code == 200
+    assert response.json()["job"]["id"] == good.id
+    stored = (await client.get(f"/api/jobs/{bad.id}")).json()
+    assert stored["status"] == "failed"
+    assert stored["error"].startswith("Job cannot be served as JSON")
+
+
+# -- bounded bodies: 413 as JSON, at each route's own limit ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "size"),
+    [
+        ("/api/jobs", {}, 17 * 1024 * 1024),
+        ("/api/workers/fail-job", {"job_id": "j"}, 300 * 1024),
+        ("/api/workers/release-job", {"job_id": "j", "worker_id": "w", "attempt": "1"}, 100 * 1024),
+    ],
+    ids=["submit-17MiB", "fail-job-300KiB", "release-job-100KiB"],
+)
+async def test_a_body_over_its_route_limit_is_413_json(
+    client: httpx.AsyncClient, path: str, params: dict[str, str], size: int
+) -> None:
+    response = await client.post(path, params=params, content=b"x" * size)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert "at most" in response.json()["detail"]
+
+
+async def test_a_chunked_body_over_the_limit_is_413_json(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    response = await client.post("/api/workers/fail-job", params={"job_id": "j"}, content=chunks())
+    assert response.status_code == 413
+    assert "more than 262144 bytes" in response.json()["detail"]
+
+
+async def _raw_request(url: str, head: str, body: bytes = b"") -> bytes:
+    """Send a request head (and part of a body) and read the answer without sending the rest."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode() + b"\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(3):
+            return await reader.read(4096)
+    finally:
+        writer.close()
+
+
+async def test_a_declared_60MB_report_is_refused_before_it_is_sent(queue: QueueManagerServer) -> None:
+    head = (
+        "POST /api/workers/complete-job?job_id=j HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 60000000\r\n"
+    )
+    answer = await _raw_request(queue.url, head, b'{"result":')
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b'"detail"' in answer
+
+
+async def test_an_unauthenticated_50MB_post_is_401_before_any_of_it_is_read() -> None:
+    async with QueueManagerServer(token="t0ken-value") as queue:
+        head = (
+            "POST /api/workers/fail-job?job_id=j HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/json\r\nContent-Length: 50000000\r\n"
+        )
+        answer = await _raw_request(queue.url, head, b'{"error": "')
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert b'{"detail": "Not authenticated"}' in answer
+
+
+def test_the_production_server_keeps_no_report_log() -> None:
+    """ReportLog holds every report body for good: only a test asks for it."""
+    queue = QueueManagerServer()
+    with pytest.raises(RuntimeError, match="test_hooks=True"):
+        _ = queue.reports
+    with pytest.raises(RuntimeError, match="test_hooks=True"):
+        _ = queue.faults
+
+
+# -- validation errors name the field and never echo the request --------------------------------------------
+
+NO_ECHO_CASES = {
+    "workflow-as-string": ({"user_id": "alice", "workflow": MARKER * 1000}, ["body", "workflow"]),
+    "user-id-with-marker": ({"user_id": f"../{MARKER}", "workflow": WORKFLOW}, ["body", "user_id"]),
+    "user-id-trailing-newline": ({"user_id": "alice\n", "workflow": WORKFLOW}, ["body", "user_id"]),
+    "user-id-nul": ({"user_id": "alice\x00", "workflow": WORKFLOW}, ["body", "user_id"]),
+    "priority-99": ({"user_id": "alice", "workflow": WORKFLOW, "priority": 99}, ["body", "priority"]),
+    "metadata-as-list": ({"user_id": "alice", "workflow": WORKFLOW, "metadata": [MARKER]}, ["body", "metadata"]),
+    "body-is-a-list": ([MARKER], ["body"]),
+    "body-is-a-string": (MARKER * 100, ["body"]),
+}
+
+
+@pytest.mark.parametrize(("body", "loc"), NO_ECHO_CASES.values(), ids=NO_ECHO_CASES.keys())
+async def test_422_names_the_field_without_echoing_the_request(
+    client: httpx.AsyncClient, body: Any, loc: list[str]
+) -> None:
+    response = await client.post("/api/jobs", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == loc
+    assert MARKER not in response.text and "alice" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [(b"", None), (b"\xff\xfe{not utf-8", "application/json"), (b"{\"user_id\": ", "application/json"),
+     (b"user_id=alice", "application/x-www-form-urlencoded")],
+    ids=["empty", "invalid-utf8", "truncated", "form-encoded"],
+)  # fmt: skip
+async def test_undecodable_submissions_are_422_never_500(
+    client: httpx.AsyncClient, content: bytes, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await client.post("/api/jobs", content=content, headers=headers)
+    assert response.status_code == 422
+    assert "alice" not in response.text
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "1001", "abc", "1e3", "99999999999999999999999"])
+async def test_list_limit_is_bounded(client: httpx.AsyncClient, limit: str) -> None:
+    response = await client.get("/api/jobs", params={"limit": limit})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"job_id": "j", "attempt": "abc"}, "attempt"), ({"job_id": "j", "attempt": "0"}, "attempt"), ({}, "job_id")],
+    ids=["attempt-not-a-number", "attempt-zero", "no-job-id"],
+)
+async def test_bad_report_parameters_are_422_naming_them(
+    client: httpx.AsyncClient, params: dict[str, str], field: str
+) -> None:
+    response = await client.post("/api/workers/complete-job", params=params, json={"result": {}})
+    assert response.status_code == 422
+    assert ["query", field] in [error["loc"] for error in response.json()["detail"]]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nope", 404), ("PUT", "/api/jobs", 405), ("GET", "/api/jobs/%00", 404),
+     ("DELETE", "/api/jobs/" + "x" * 5000, 404)],
+    ids=["unknown-route", "wrong-method", "nul-job-id", "5000-char-job-id"],
+)  # fmt: skip
+async def test_routing_errors_are_json(client: httpx.AsyncClient, method: str, path: str, status: int) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert "detail" in response.json()
+
+
+async def test_a_deep_error_body_is_400_not_500(client: httpx.AsyncClient) -> None:
+    body = '{"error": ' + _nested(5000) + "}"
+    response = await client.post("/api/workers/fail-job", params={"job_id": "j"}, content=body)
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("error")
+
+
+async def test_wrong_token_is_401_json_and_the_token_never_echoed() -> None:
+    async with QueueManagerServer(token="right-token") as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        response = await client.get("/api/queue/status", headers={"Authorization": "Bearer wrong-token"})
+    assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
+    assert "token" not in json.dumps(dict(response.headers)).lower().replace("www-authenticate", "")
