@@ -37,14 +37,15 @@ def _nested(depth: int) -> str:
 
 # -- strict JSON at submission: 400 naming the field, nothing queued --------------------------------------
 
+W = '{"user_id":"a","workflow":{"1":'  # the start of a submission, up to node "1"
 STRICT_JSON_CASES = {
     "nan-in-workflow": ('{"user_id":"a","workflow":{"1":{"inputs":{"seed":NaN}}}}', "workflow.1.inputs.seed"),
     "infinity-in-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"x":Infinity}}', "metadata.x"),
-    "minus-infinity-in-list": ('{"user_id":"a","workflow":{"1":{"inputs":{"v":[1,-Infinity]}}}}', "workflow.1.inputs.v.1"),
+    "minus-infinity-in-list": (W + '{"inputs":{"v":[1,-Infinity]}}}}', "workflow.1.inputs.v.1"),
     "1e999": ('{"user_id":"a","workflow":{"1":{"inputs":{"cfg":1e999}}}}', "workflow.1.inputs.cfg"),
     "minus-1e999": ('{"user_id":"a","workflow":{"1":{"inputs":{"cfg":-1e999}}}}', "workflow.1.inputs.cfg"),
-    "int-5000-digits": ('{"user_id":"a","workflow":{"1":{"inputs":{"seed":' + "9" * 5000 + "}}}}", "workflow.1.inputs.seed"),
-    "int-25-digits-in-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"n":' + "1" * 25 + "}}", "metadata.n"),
+    "int-5000-digits": (W + '{"inputs":{"seed":' + "9" * 5000 + "}}}}", "workflow.1.inputs.seed"),
+    "int-25-digits-in-metadata": (W + '{}},"metadata":{"n":' + "1" * 25 + "}}", "metadata.n"),
     "nan-as-priority": ('{"user_id":"a","workflow":{"1":{}},"priority":NaN}', "priority"),
     "10k-deep-workflow": ('{"user_id":"a","workflow":{"1":' + _nested(10_000) + "}}", "workflow.1"),
     "100-deep-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"m":' + _nested(100) + "}}", "metadata.m"),

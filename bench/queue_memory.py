@@ -1,0 +1,96 @@
+"""Memory of `python -m queue_manager` under 50 MB request bodies: RSS before, after and at peak.
+
+    ./dev python -m bench.queue_memory            # the code on sys.path (PYTHONPATH=<checkout> for another)
+
+Runs the production CLI in a child process and reads its /proc status (Linux only). Scenarios:
+  unauthenticated  a token is set; three 50 MB complete-job posts without it (they must be refused unread)
+  oversized-submit one 50 MB POST /api/jobs whose workflow is a string (a 422 that must not echo it)
+  result-50MB      one 50 MB complete-job for an unknown job (a legal size: read, parsed, answered 404)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+BODY_MB = 50
+_URL = re.compile(r'url["=:\s]+"?(http://[0-9.]+:[0-9]+)')
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def start(db: Path, token: str | None) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "LOG_FORMAT": "json"}
+    env.pop("QUEUE_MANAGER_TOKEN", None)
+    if token:
+        env["QUEUE_MANAGER_TOKEN"] = token
+    process = subprocess.Popen(
+        [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(db)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        if match := _URL.search(line):
+            return process, match.group(1)
+    process.kill()
+    raise RuntimeError("the queue manager never printed its URL")
+
+
+def scenario(name: str, token: str | None, posts: list[tuple[str, dict[str, str], bytes]]) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as scratch:
+        process, url = start(Path(scratch) / "q.db", token)
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                client.get("/health")
+                before, _ = rss_mb(process.pid)
+                statuses = []
+                for path, params, body in posts:
+                    try:
+                        response = client.post(path, params=params, content=body)
+                        statuses.append(f"{response.status_code} ({len(response.content)} B answer)")
+                    except httpx.HTTPError as exc:
+                        statuses.append(type(exc).__name__)
+                time.sleep(1.0)
+                client.get("/health")
+                after, peak = rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    return {"scenario": name, "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
+    blob = "x" * (BODY_MB * 1000 * 1000)
+    report = ('{"result": {"blob": "' + blob + '"}}').encode()
+    submit = ('{"user_id": "alice", "workflow": "' + blob + '"}').encode()
+    runs = [
+        scenario("unauthenticated", "bench-token", [("/api/workers/complete-job", {"job_id": "j"}, report)] * 3),
+        scenario("oversized-submit", None, [("/api/jobs", {}, submit)]),
+        scenario("result-50MB", None, [("/api/workers/complete-job", {"job_id": "j"}, report)]),
+    ]
+    print(f"{'scenario':<18} {'RSS before':>11} {'RSS after':>10} {'peak':>8}  answers")
+    for run in runs:
+        print(
+            f"{run['scenario']:<18} {run['before_mb']:>8.0f} MB {run['after_mb']:>7.0f} MB {run['peak_mb']:>5.0f} MB"
+            f"  {', '.join(run['answers'])}"  # type: ignore[arg-type]
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
