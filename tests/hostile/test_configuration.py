@@ -1,0 +1,110 @@
+"""Hostile configuration: every bad value is refused before anything starts, naming the variable.
+
+The loaders raise ConfigError (each process's `main` prints it and exits 2, proven once per process below)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from common.settings import ConfigError
+from scaler.config import load_settings as load_scaler_settings
+from supervisor.config import load_supervisor_settings
+from worker.config import load_settings as load_worker_settings
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER_BASE = {"QUEUE_MANAGER_URL": "http://127.0.0.1:9"}
+SCALER_BASE = {"QUEUE_MANAGER_URL": "http://127.0.0.1:9", "SCALER_BACKEND": "local"}
+
+WORKER_CASES = {
+    "poll-interval-negative": ("WORKER_POLL_INTERVAL", "-1"),
+    "poll-interval-word": ("WORKER_POLL_INTERVAL", "often"),
+    "idle-polls-word": ("SERVERLESS_MAX_IDLE_POLLS", "many"),
+    "idle-polls-zero": ("SERVERLESS_MAX_IDLE_POLLS", "0"),
+    "health-port-70000": ("HEALTH_PORT", "70000"),
+    "health-port-negative": ("HEALTH_PORT", "-1"),
+    "job-timeout-zero": ("JOB_TIMEOUT_S", "0"),
+    "queue-url-not-a-url": ("QUEUE_MANAGER_URL", "not a url"),
+    "queue-url-ftp": ("QUEUE_MANAGER_URL", "ftp://queue.example.com"),
+    "comfyui-url-garbage": ("COMFYUI_URL", "://"),
+    "log-format-xml": ("LOG_FORMAT", "xml"),
+    "log-level-loud": ("LOG_LEVEL", "loud"),
+    "serverless-mode-maybe": ("SERVERLESS_MODE", "maybe"),
+    "worker-id-control-chars": ("WORKER_ID", "w\x1b[31m"),
+}
+
+SUPERVISOR_CASES = {
+    "comfyui-command-missing-program": ("COMFYUI_COMMAND", "/nonexistent/python main.py"),
+    "comfyui-command-empty": ("COMFYUI_COMMAND", "   "),
+    "comfyui-extra-args-unbalanced-quote": ("COMFYUI_EXTRA_ARGS", '--foo "bar'),
+    "comfyui-url-not-loopback": ("COMFYUI_URL", "http://10.0.0.5:8188"),
+    "stop-timeout-negative": ("COMFYUI_STOP_TIMEOUT_S", "-3"),
+}
+
+SCALER_CASES = {
+    "interval-zero": ("SCALER_INTERVAL_S", "0"),
+    "interval-word": ("SCALER_INTERVAL_S", "soon"),
+    "metrics-port-70000": ("SCALER_METRICS_PORT", "70000"),
+    "backend-unknown": ("SCALER_BACKEND", "kubernetes"),
+    "max-replicas-negative": ("SCALER_MAX_REPLICAS", "-2"),
+    "failure-alert-zero": ("SCALER_FAILURE_ALERT_AFTER", "0"),
+}
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch, base: dict[str, str], variable: str, value: str) -> None:
+    for name in list(os.environ):
+        if name.startswith(("QUEUE_MANAGER", "SERVERLESS", "WORKER_", "SCALER_", "COMFYUI_", "VERDA_", "LOG_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(REPO / "tests")  # no .env file is read from here
+    for name, base_value in {**base, variable: value}.items():
+        monkeypatch.setenv(name, base_value)
+
+
+def _assert_refused(load: Callable[[], object], variable: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert f"  {variable}:" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(("variable", "value"), WORKER_CASES.values(), ids=WORKER_CASES.keys())
+def test_worker_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    _clean_env(monkeypatch, WORKER_BASE, variable, value)
+    _assert_refused(load_worker_settings, variable)
+
+
+@pytest.mark.parametrize(("variable", "value"), SUPERVISOR_CASES.values(), ids=SUPERVISOR_CASES.keys())
+def test_supervisor_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    _clean_env(monkeypatch, {}, variable, value)
+    _assert_refused(load_supervisor_settings, variable)
+
+
+@pytest.mark.parametrize(("variable", "value"), SCALER_CASES.values(), ids=SCALER_CASES.keys())
+def test_scaler_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    _clean_env(monkeypatch, SCALER_BASE, variable, value)
+    _assert_refused(load_scaler_settings, variable)
+
+
+@pytest.mark.parametrize(
+    ("module", "env", "variable"),
+    [
+        ("worker", {**WORKER_BASE, "HEALTH_PORT": "70000"}, "HEALTH_PORT"),
+        ("queue_manager", {"LEASE_TIMEOUT_S": "inf"}, "LEASE_TIMEOUT_S"),
+    ],
+)
+async def test_a_process_given_a_bad_value_exits_2_naming_it(
+    tmp_path: Path, module: str, env: dict[str, str], variable: str
+) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUE_MANAGER", "WORKER_", "LEASE_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, cwd=tmp_path, env={**clean, **env, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        _, err = await process.communicate()
+    assert process.returncode == 2
+    assert variable in err.decode()

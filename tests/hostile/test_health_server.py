@@ -1,0 +1,105 @@
+"""The health server under hostile clients: slow senders, many idle connections, oversized requests. The
+platform's probe must still get its answer at once, and the answer must stay true (no false "unhealthy")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from health.server import HealthServer
+from worker.state import WorkerState
+
+PROBE_DEADLINE_S = 2.0
+
+
+@pytest.fixture
+async def health() -> AsyncIterator[tuple[str, int]]:
+    state = WorkerState(worker_id="hostile-1", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
+    server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
+    port = await server.start()
+    yield "127.0.0.1", port
+    await server.stop()
+
+
+async def probe(host: str, port: int) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=PROBE_DEADLINE_S) as client:
+        return await client.get("/health")
+
+
+async def _open(host: str, port: int, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(count):
+        _, writer = await asyncio.open_connection(host, port)
+        writers.append(writer)
+    return writers
+
+
+def _close(writers: list[asyncio.StreamWriter]) -> None:
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def test_probe_answers_while_200_connections_sit_idle(health: tuple[str, int]) -> None:
+    writers = await _open(*health, 200)
+    try:
+        response = await probe(*health)
+        assert response.status_code == 200
+        assert response.json()["status"] == "ok"
+    finally:
+        _close(writers)
+
+
+async def test_probe_answers_while_slow_clients_drip_their_headers(health: tuple[str, int]) -> None:
+    writers = await _open(*health, 50)
+    try:
+        for writer in writers:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(3):
+            for writer in writers:
+                writer.write(b"a")
+            await asyncio.sleep(0.05)
+            assert (await probe(*health)).status_code == 200
+    finally:
+        _close(writers)
+
+
+async def test_a_client_that_never_reads_its_answers_does_not_block_the_probe(health: tuple[str, int]) -> None:
+    writers = await _open(*health, 1)
+    try:
+        writers[0].write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)  # pipelined, never read
+        await asyncio.sleep(0.1)
+        assert (await probe(*health)).status_code == 200
+    finally:
+        _close(writers)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"HTTP/1.0 400"),
+        (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.0 400"),
+        (b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n" + b"x" * 1000, b"HTTP/1.1 405"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 200, b"HTTP/1.0 400"),  # a TLS hello
+        (b"GET /health?" + b"&k=v" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.0 400"),
+    ],
+    ids=["100KB-header", "100KB-path", "50MB-post-declared", "tls-on-plain-port", "5000-query-params"],
+)
+async def test_oversized_or_garbled_requests_get_an_answer_and_the_server_stays_up(
+    health: tuple[str, int], request_bytes: bytes, expected: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection(*health)
+    try:
+        writer.write(request_bytes)
+        await writer.drain()
+        async with asyncio.timeout(PROBE_DEADLINE_S):
+            answer = await reader.read(64)
+    finally:
+        _close([writer])
+    assert answer.startswith(expected), answer
+    response = await probe(*health)
+    assert (response.status_code, response.json()["status"]) == (200, "ok"), "no false unhealthy"
