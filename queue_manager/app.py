@@ -80,6 +80,9 @@ class QueueSettings:
     token: str | None
     version: str
     max_attempts: int = 3
+    # Off: answer exactly as comfy-multi does (no attempt, no heartbeat or release-job route, reports unfenced),
+    # so a test can run the worker's comfy-multi fallback against this server.
+    extensions: bool = True
 
 
 class BodyTooLarge(web.HTTPRequestEntityTooLarge):
@@ -131,6 +134,10 @@ class QueueApi:
         self._clock = clock
         self._started_at = started_at
 
+    @property
+    def extensions(self) -> bool:
+        return self._settings.extensions
+
     def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._db_executor, functools.partial(call, *args, **kwargs))
@@ -150,14 +157,14 @@ class QueueApi:
             return _json({"job": None})
         log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id)
         job_view = {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}
-        return _json({"job": {**job_view, "attempt": job.attempt}})
+        return _json({"job": {**job_view, "attempt": job.attempt} if self._settings.extensions else job_view})
 
     async def complete_job(self, request: web.Request) -> web.Response:
         query, body, errors = await _query_and_body(request, ReportQuery, JobCompletionRequest)
         if errors:
             return _detail(422, errors)
         try:
-            previous = await self._db(self._store.complete, query.job_id, body.result, _fence(query))
+            previous = await self._db(self._store.complete, query.job_id, body.result, self._fence(query))
         except FencedOut as exc:
             return _fenced("complete-job", query.job_id, exc)
         return self._report_answer("job_completed", query.job_id, previous)
@@ -167,7 +174,7 @@ class QueueApi:
         if errors:
             return _detail(422, errors)
         try:
-            previous = await self._db(self._store.fail, query.job_id, body.error, _fence(query))
+            previous = await self._db(self._store.fail, query.job_id, body.error, self._fence(query))
         except FencedOut as exc:
             return _fenced("fail-job", query.job_id, exc)
         return self._report_answer("job_failed", query.job_id, previous, error=body.error)
@@ -268,14 +275,15 @@ class QueueApi:
             return _detail(429, str(exc))
         log.info("job_submitted", job_id=job.id, user_id=job.user_id, priority=job.priority)
         positions = await self._db(self._store.pending_positions, self._settings.mode)
-        return _json(_job_view(job, positions), 201)
+        return _json(self._job_view(job, positions), 201)
 
     async def get_job(self, request: web.Request) -> web.Response:
         job = await self._db(self._store.get, request.match_info["job_id"])
         if job is None:
             return _detail(404, "Job not found")
         positions = await self._db(self._store.pending_positions, self._settings.mode)
-        return _json({**_job_view(job, positions), "metadata": job.metadata})
+        view = self._job_view(job, positions)
+        return _json({**view, "metadata": job.metadata} if self._settings.extensions else view)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         query, errors = parse_query(ListJobsQuery, request.query)
@@ -283,7 +291,16 @@ class QueueApi:
             return _detail(422, errors)
         jobs = await self._db(self._store.list, user_id=query.user_id or None, status=query.status, limit=query.limit)
         positions = await self._db(self._store.pending_positions, self._settings.mode)
-        return _json([_job_view(job, positions) for job in jobs])
+        return _json([self._job_view(job, positions) for job in jobs])
+
+    def _job_view(self, job: JobRecord, positions: dict[str, int]) -> dict[str, Any]:
+        view = _job_view(job, positions)
+        if not self._settings.extensions:
+            del view["attempt"], view["history"]
+        return view
+
+    def _fence(self, query: ReportQuery) -> Fence:
+        return Fence(query.worker_id, query.attempt) if self._settings.extensions else Fence()
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -295,10 +312,6 @@ class QueueApi:
             return _detail(400, f"Cannot cancel job in JobStatus.{previous.name} state")
         log.info("job_cancelled", job_id=job_id, previous_status=previous.value)
         return web.Response(status=204)
-
-
-def _fence(query: ReportQuery) -> Fence:
-    return Fence(query.worker_id, query.attempt)
 
 
 def _fenced(endpoint: str, job_id: str, exc: FencedOut) -> web.Response:
@@ -470,8 +483,9 @@ def build_app(
     app.router.add_get("/api/workers/next-job", api.next_job, name="next-job")
     app.router.add_post("/api/workers/complete-job", api.complete_job, name="complete-job")
     app.router.add_post("/api/workers/fail-job", api.fail_job, name="fail-job")
-    app.router.add_post("/api/workers/heartbeat", api.heartbeat, name="heartbeat")
-    app.router.add_post("/api/workers/release-job", api.release_job, name="release-job")
+    if api.extensions:
+        app.router.add_post("/api/workers/heartbeat", api.heartbeat, name="heartbeat")
+        app.router.add_post("/api/workers/release-job", api.release_job, name="release-job")
     app.router.add_get("/api/queue/status", api.queue_status, name="queue-status")
     app.router.add_get("/health", api.health, name="health")
     app.router.add_post("/api/jobs", api.submit_job, name="submit-job")

@@ -42,6 +42,8 @@ class QueueManagerServer:
 
     `db_path=None` uses a private temporary database removed on stop; give a path to keep jobs across
     restarts. Construction does no I/O; `start()` opens the database and binds the port.
+    `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
+    reports): the worker's comfy-multi fallback is tested against that.
     """
 
     def __init__(
@@ -57,12 +59,14 @@ class QueueManagerServer:
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         test_hooks: bool = False,
+        extensions: bool = True,
     ) -> None:
         self.db_path = db_path
         self.max_queue_depth = max_queue_depth
         self.job_timeout_s = job_timeout_s
         self.reaper_interval_s = reaper_interval_s
-        self.lease_timeout_s = lease_timeout_s
+        self.lease_timeout_s = lease_timeout_s if extensions else 0
+        self.extensions = extensions
         self.max_attempts = max_attempts
         self.mode = QueueMode(mode)
         self.clock = clock
@@ -119,6 +123,7 @@ class QueueManagerServer:
             token=self._token,
             version=_version(),
             max_attempts=self.max_attempts,
+            extensions=self.extensions,
         )
         api = QueueApi(self._store, settings, db_executor=self._db_executor, clock=self.clock, started_at=self.clock())
         app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks)

@@ -296,3 +296,16 @@ async def test_get_job_shows_metadata_attempt_and_history_the_list_stays_lean(cl
     listed = (await client.get("/api/jobs")).json()
     assert [j["id"] for j in listed] == [original, copy]
     assert "metadata" not in listed[1]
+
+
+async def test_without_extensions_it_answers_as_comfy_multi_does() -> None:
+    """The worker's comfy-multi fallback is tested against this: 404 routes, no attempt, unfenced reports."""
+    async with QueueManagerServer(extensions=False) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await submit(client)
+        assert "attempt" not in await pop(client, "w1")
+        for route in ("heartbeat", "release-job"):
+            answer = await client.post(f"/api/workers/{route}", params={"job_id": job_id, "worker_id": "w1"})
+            assert (answer.status_code, answer.json()) == (404, {"detail": "Not Found"})
+        stranger = {"job_id": job_id, "worker_id": "w9", "attempt": 7}
+        assert (await client.post("/api/workers/fail-job", params=stranger, json={"error": "x"})).status_code == 200
+        assert {"attempt", "history", "metadata"}.isdisjoint(await job(client, job_id))

@@ -168,7 +168,7 @@ def load_workflow() -> Callable[[str], dict[str, Any]]:
 
 @pytest.fixture
 async def queue_manager() -> AsyncIterator[QueueManagerServer]:
-    async with QueueManagerServer(test_hooks=True) as qm:
+    async with QueueManagerServer(test_hooks=True, extensions=False) as qm:  # comfy-multi: the fallback paths
         yield qm
 
 

@@ -29,7 +29,7 @@ async def comfy(tmp_path: Path):
 
 @pytest.fixture
 async def qm():
-    server = QueueManagerServer(test_hooks=True)
+    server = QueueManagerServer(test_hooks=True, extensions=False)  # comfy-multi: the fallback paths
     await server.start()
     yield server
     await server.stop()

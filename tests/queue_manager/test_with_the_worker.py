@@ -1,0 +1,73 @@
+"""The real worker against the embedded queue manager's extensions (the worker's comfy-multi fallback is tested
+in tests/worker against `QueueManagerServer(extensions=False)`): hand back in place, heartbeats hold the lease,
+a late report from a worker that lost its job is fenced."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from queue_manager import JobStatus, QueueManagerServer
+from standins.comfyui import ComfyUISimulator
+from worker.config import load_settings
+from worker.execution import RunTimings
+from worker.main import Worker
+
+TIMINGS = RunTimings(
+    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
+    history_wait_s=1.0, interrupt_wait_s=2.0,
+)  # fmt: skip
+SLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}},
+}
+
+
+def make_worker(qm: QueueManagerServer, comfy: ComfyUISimulator, tmp_path: Path, **overrides: Any) -> Worker:
+    values: dict[str, Any] = {
+        "queue_manager_url": qm.url, "comfyui_url": comfy.url, "outputs_path": tmp_path / "outputs",
+        "poll_interval_s": 0.02, "serverless_mode": True, "serverless_max_idle_polls": 3, "job_timeout_s": 10,
+        "comfyui_startup_timeout_s": 5, "report_retry_budget_s": 5, "shutdown_grace_s": 2,
+        "worker_id": "embedded-worker", "health_port": 0, "lease_heartbeat_s": 0.2,
+    }  # fmt: skip
+    return Worker(load_settings(**{**values, **overrides}), timings=TIMINGS)
+
+
+async def test_comfyui_dying_hands_the_job_back_in_place_not_as_a_copy(tmp_path: Path) -> None:
+    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": 1.0})
+    await comfy.start()
+    try:
+        async with QueueManagerServer(mode="priority", test_hooks=True) as qm:
+            job = qm.store.submit("alice", SLOW, priority=0)
+            behind = qm.store.submit("bob", SLOW, priority=0)
+            run = asyncio.create_task(make_worker(qm, comfy, tmp_path, serverless_job_limit=1).run())
+            async with asyncio.timeout(5):
+                while not comfy.prompts_received:
+                    await asyncio.sleep(0.01)
+            await comfy.crash()
+            await run
+            handed = qm.store.get(job.id)
+            assert (handed.status, handed.attempt, handed.priority) == (JobStatus.PENDING, 2, 0)
+            assert handed.history[0]["worker_id"] == "embedded-worker"
+            assert qm.store.pending_positions(qm.mode)[job.id] == 0, "still ahead of the job submitted after it"
+            assert [j.id for j in qm.store.list()] == [job.id, behind.id], "no copy was submitted"
+            assert qm.reports.landed(job.id) == [], "a hand back is not a report"
+    finally:
+        await comfy.stop()
+
+
+async def test_heartbeats_hold_the_lease_through_a_job_longer_than_it(tmp_path: Path) -> None:
+    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": 2.0})
+    await comfy.start()
+    try:
+        async with QueueManagerServer(lease_timeout_s=1.0, test_hooks=True) as qm:
+            job = qm.store.submit("alice", SLOW)
+            assert await make_worker(qm, comfy, tmp_path).run() == 0
+            done = qm.store.get(job.id)
+            assert (done.status, done.attempt, done.history) == (JobStatus.COMPLETED, 1, [])
+            [report] = qm.reports.landed(job.id)
+            assert report.endpoint == "complete-job"
+    finally:
+        await comfy.stop()
