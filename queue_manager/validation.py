@@ -58,12 +58,44 @@ def strict_json_loads(raw: bytes | bytearray) -> Any:
     """json.loads that refuses what other JSON parsers (and our own responses) cannot represent.
 
     Raises RefusedJson naming the field; json.JSONDecodeError / UnicodeDecodeError for text that is not JSON.
+    The common case (nothing refused) costs one pass over the containers; paths are only built to name a field.
     """
+    refused = []
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, _Refused):
+            refused.append(value)
+        return value
+
     try:
-        value = json.loads(raw, parse_constant=_constant, parse_float=_float, parse_int=_int)
+        value = json.loads(
+            raw,
+            parse_constant=lambda name: mark(_constant(name)),
+            parse_float=lambda text: mark(_float(text)),
+            parse_int=lambda text: mark(_int(text)),
+        )
     except RecursionError:
         raise RefusedJson(_too_deep_at(raw), f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     check_strings = _ESCAPED_SURROGATE.search(raw) is not None
+    if refused or check_strings or _deeper_than(value, MAX_JSON_DEPTH):
+        _locate_refusal(value, check_strings)
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 0)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth >= limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _locate_refusal(value: Any, check_strings: bool) -> None:
+    """Raise RefusedJson for the first refused value found, with its path."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
@@ -79,7 +111,6 @@ def strict_json_loads(raw: bytes | bytearray) -> Any:
                 stack.append((child, (*path, key)))
         elif check_strings and isinstance(item, str) and not _encodable(item):
             raise RefusedJson(path, "a lone UTF-16 surrogate is not valid Unicode")
-    return value
 
 
 def _encodable(text: str) -> bool:

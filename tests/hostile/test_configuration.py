@@ -36,6 +36,11 @@ WORKER_CASES = {
     "log-level-loud": ("LOG_LEVEL", "loud"),
     "serverless-mode-maybe": ("SERVERLESS_MODE", "maybe"),
     "worker-id-control-chars": ("WORKER_ID", "w\x1b[31m"),
+    "outputs-path-empty": ("OUTPUTS_PATH", ""),
+    "poll-interval-inf": ("WORKER_POLL_INTERVAL", "inf"),
+    "poll-interval-nan": ("WORKER_POLL_INTERVAL", "nan"),
+    "job-timeout-inf": ("JOB_TIMEOUT_S", "inf"),
+    "health-host-unresolvable": ("HEALTH_HOST", "no-such-host.invalid"),
 }
 
 SUPERVISOR_CASES = {
@@ -53,12 +58,14 @@ SCALER_CASES = {
     "backend-unknown": ("SCALER_BACKEND", "kubernetes"),
     "max-replicas-negative": ("SCALER_MAX_REPLICAS", "-2"),
     "failure-alert-zero": ("SCALER_FAILURE_ALERT_AFTER", "0"),
+    "interval-nan": ("SCALER_INTERVAL_S", "nan"),
 }
 
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch, base: dict[str, str], variable: str, value: str) -> None:
     for name in list(os.environ):
-        if name.startswith(("QUEUE_MANAGER", "SERVERLESS", "WORKER_", "SCALER_", "COMFYUI_", "VERDA_", "LOG_")):
+        prefixes = ("QUEUE_MANAGER", "SERVERLESS", "WORKER_", "SCALER_", "COMFYUI_", "VERDA_", "LOG_", "HEALTH_")
+        if name.startswith((*prefixes, "OUTPUTS_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(REPO / "tests")  # no .env file is read from here
     for name, base_value in {**base, variable: value}.items():
@@ -104,7 +111,12 @@ async def test_a_process_given_a_bad_value_exits_2_naming_it(
         sys.executable, "-m", module, cwd=tmp_path, env={**clean, **env, "PYTHONPATH": str(REPO)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(30):
-        _, err = await process.communicate()
+    try:
+        async with asyncio.timeout(30):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode == 2
     assert variable in err.decode()

@@ -30,11 +30,16 @@ async def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[asyn
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    async with asyncio.timeout(10):
-        while line := (await process.stdout.readline()).decode():
-            if (event := json.loads(line))["event"] == "queue_manager_started":
-                return process, event["url"]
-    raise AssertionError("the CLI never reported its URL")
+    try:
+        async with asyncio.timeout(10):
+            while line := (await process.stdout.readline()).decode():
+                if (event := json.loads(line))["event"] == "queue_manager_started":
+                    return process, event["url"]
+        raise AssertionError("the CLI never reported its URL")
+    except BaseException:
+        process.kill()  # never leave a server behind a failed test
+        await process.wait()
+        raise
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -118,7 +123,12 @@ async def test_cli_bad_environment_exits_2_naming_the_variable(
         sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"),
         cwd=REPO, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(20):
-        _, err = await process.communicate()
+    try:
+        async with asyncio.timeout(20):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode == 2
     assert variable in err.decode()

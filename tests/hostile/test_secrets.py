@@ -1,0 +1,83 @@
+"""Secrets never reach a log line, an answer or /status: the queue manager's token, a URL's password."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import structlog
+
+from common.logs import configure_logging, register_secret
+from queue_manager import QueueManagerServer
+from supervisor.comfyui_process import ComfyUIProcess
+from supervisor.config import comfyui_environment
+
+TOKEN = "qm-secret-token-7f3a"
+
+
+@pytest.fixture
+def log_buffer():
+    buffer = io.StringIO()
+    configure_logging("json", "debug", stream=buffer)
+    register_secret(TOKEN)
+    yield buffer
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}],
+    ids=["no-token", "token-plus-one", "token-as-basic", "token-without-scheme"],
+)
+async def test_a_refused_token_is_never_echoed_or_logged(log_buffer: io.StringIO, headers: dict[str, str]) -> None:
+    async with QueueManagerServer(token=TOKEN) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        response = await client.post("/api/jobs", headers=headers, json={"user_id": TOKEN, "workflow": {"1": {}}})
+    assert response.status_code == 401
+    assert TOKEN not in response.text and TOKEN not in json.dumps(dict(response.headers))
+    assert TOKEN not in log_buffer.getvalue()
+
+
+async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log_buffer: io.StringIO) -> None:
+    """A worker id, a failure message or a hand-back reason that happens to contain the token."""
+    async with QueueManagerServer(token=TOKEN) as queue, httpx.AsyncClient(
+        base_url=queue.url, headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
+        job = queue.store.submit("alice", {"1": {}})
+        await client.get("/api/workers/next-job", params={"worker_id": f"w-{TOKEN}"})
+        await client.post(
+            "/api/workers/release-job",
+            params={"job_id": job.id, "worker_id": f"w-{TOKEN}", "attempt": 1},
+            json={"reason": f"leaked {TOKEN}"},
+        )
+        await client.get("/api/workers/next-job", params={"worker_id": "w2"})
+        await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": f"boom {TOKEN}"})
+    logged = log_buffer.getvalue()
+    assert "job_released" in logged and "job_failed" in logged
+    assert TOKEN not in logged
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("QUEUE_MANAGER_TOKEN", "child-must-not-see-this"),
+        ("QUEUE_MANAGER_URL", "https://user:child-must-not-see-this@queue.example.com"),
+        ("VERDA_CLIENT_SECRET", "child-must-not-see-this"),
+    ],
+    ids=["queue-token", "queue-url-password", "verda-secret"],  # PYTEST_CURRENT_TEST would carry a value id
+)
+async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    dump = tmp_path / "env.txt"
+    code = f"import os, pathlib; pathlib.Path({str(dump)!r}).write_text(repr(dict(os.environ)))"
+    child = ComfyUIProcess([sys.executable, "-c", code], stop_timeout_s=1, env=comfyui_environment(os.environ))
+    await child.start()
+    await child.wait()
+    await child.stop()
+    assert "child-must-not-see-this" not in dump.read_text()
