@@ -1,0 +1,77 @@
+"""The worker against the embedded queue manager's lease and fences (contract items 2 and 3): a worker that
+lost its job stops working on it, and a late report of an attempt that was handed back changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from queue_manager.server import QueueManagerServer
+
+
+async def wait_for(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def leased_qm():
+    async with QueueManagerServer(lease_timeout_s=0.5, test_hooks=True) as server:
+        yield server
+
+
+async def test_a_worker_whose_lease_expired_abandons_the_job_without_a_report(
+    leased_qm, comfy, make_worker, workflows
+):
+    qm = leased_qm
+    job = qm.store.submit("alice", workflows["slow"])
+    comfy.freeze(class_type="ImageBlur")
+    worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await comfy.wait_until_frozen()
+    qm.faults.inject("heartbeat", status=503, times=10_000)  # the manager cannot hear this worker...
+    await wait_for(lambda: qm.store.get(job.id).attempt == 2)  # ...so its lease pass hands the job back
+    qm.faults.clear()
+    assert await asyncio.wait_for(run, 5) == 0
+    comfy.release()
+    assert qm.reports.for_job(job.id) == [], "no report for a job that is no longer ours"
+    again = qm.store.get(job.id)
+    assert (again.status, again.attempt) == ("pending", 2)
+    assert {"prompt_id": comfy.prompts_received[0].prompt_id} in [i.body for i in comfy.interrupts_received]
+    assert worker.state.jobs_abandoned == 1
+
+
+async def test_a_late_completion_of_a_handed_back_attempt_is_fenced_and_leaves_no_files(
+    leased_qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    qm = leased_qm
+    job = qm.store.submit("alice", workflows["slow"])
+    comfy.freeze(class_type="ImageBlur")
+    worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, serverless_job_limit=1)
+    qm.faults.inject("heartbeat", status=503, times=10_000)  # never heard, so never told
+    run = asyncio.create_task(worker.run())
+    await comfy.wait_until_frozen()
+    await wait_for(lambda: qm.store.get(job.id).attempt == 2)
+    comfy.release()  # the zombie attempt finishes and reports
+    assert await asyncio.wait_for(run, 5) == 0
+    [late] = qm.reports.for_job(job.id)
+    assert (late.endpoint, late.status) == ("complete-job", 409)
+    again = qm.store.get(job.id)
+    assert (again.status, again.attempt, again.result) == ("pending", 2, None), "the retry's outcome will count"
+    assert not list((tmp_path / "outputs").rglob("*.png")), "the refused attempt's files are gone"
+    assert worker.state.jobs_abandoned == 1
+
+
+async def test_a_retry_of_the_same_job_id_writes_to_its_own_attempt_folder(leased_qm, comfy, make_worker, workflows):
+    qm = leased_qm
+    job = qm.store.submit("alice", workflows["quick"])
+    first = qm.store.pop_next("someone-else", qm.mode)
+    assert first.id == job.id
+    await wait_for(lambda: qm.store.get(job.id).attempt == 2)  # someone-else went silent
+    assert await make_worker(queue_manager_url=qm.url).run() == 0
+    [report] = qm.reports.landed(job.id)
+    paths = [o["path"] for o in report.body["result"]["outputs"]]
+    assert paths and all(p.startswith(f"alice/{job.id}/attempt-2/") for p in paths)
