@@ -33,8 +33,14 @@ def _scaler(name: str) -> str:
 
 
 class ScalerSettings(BaseSettings):
+    # allow_inf_nan=False: "inf" or "nan" as an interval would stop the loop after one pass (then /health: wedged).
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True, env_ignore_empty=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
@@ -45,7 +51,7 @@ class ScalerSettings(BaseSettings):
     # One name per setting across every command: the deploy reads the same two.
     verda_api_url: AnyHttpUrl = Field(default=DEFAULT_BASE_URL, validation_alias="VERDA_API_URL")
     deployment_name: str = Field(default="comfyui-worker-serverless", validation_alias="VERDA_DEPLOYMENT_NAME")
-    interval_s: float = Field(default=15.0, gt=0, validation_alias="SCALER_INTERVAL_S")
+    interval_s: float = Field(default=15.0, gt=0, le=3600, validation_alias="SCALER_INTERVAL_S")
     metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
     metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")

@@ -59,6 +59,10 @@ SCALER_CASES = {
     "max-replicas-negative": ("SCALER_MAX_REPLICAS", "-2"),
     "failure-alert-zero": ("SCALER_FAILURE_ALERT_AFTER", "0"),
     "interval-nan": ("SCALER_INTERVAL_S", "nan"),
+    "interval-inf": ("SCALER_INTERVAL_S", "inf"),
+    "interval-a-year": ("SCALER_INTERVAL_S", "31536000"),
+    "target-wait-inf": ("SCALER_TARGET_WAIT_S", "inf"),
+    "budget-inf": ("SCALER_MAX_SPEND_PER_HOUR", "inf"),
 }
 
 
