@@ -1,11 +1,14 @@
-"""What the fake provider APIs share: the requests they received and the faults a test injects."""
+"""What the fake provider APIs share: serving on loopback, the requests they received and the faults a test
+injects."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
+
+PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
 
 @dataclass
@@ -43,7 +46,58 @@ class FaultPlan:
     def __init__(self) -> None:
         self._by_path: dict[str, list[Fault]] = {}
 
-    def add(
+    def add(self, path: str, fault: Fault) -> None:
+        self._by_path.setdefault(path, []).append(fault)
+
+    def take(self, path: str, method: str) -> Fault | None:
+        for fault in self._by_path.get(path, []):
+            if fault.remaining > 0 and fault.method in (None, method):
+                fault.remaining -= 1
+                return fault
+        return None
+
+
+class FakeApi:
+    """Base of the fake provider APIs: start/stop on loopback, the request log and `fail_next`.
+
+    Paths given to `fail_next` and `requests_to` are relative to the subclass's `api_prefix` (e.g. "/v1").
+    """
+
+    api_prefix = ""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self._faults = FaultPlan()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Each fake builds its routes and calls `_serve`; returns `url`."""
+        raise NotImplementedError
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        """Serve `app`, set `url` and return the port bound."""
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{bound_port}{self.api_prefix}"
+        return bound_port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def fail_next(
         self,
         path: str,
         status: int,
@@ -54,12 +108,22 @@ class FaultPlan:
         retry_after: str | None = None,
         after_effect: bool = False,
     ) -> None:
-        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect)
-        self._by_path.setdefault(path, []).append(fault)
+        """The next `times` calls to `path` (relative to the API prefix, e.g. "/pods") answer `status`.
 
-    def take(self, path: str, method: str) -> Fault | None:
-        for fault in self._by_path.get(path, []):
-            if fault.remaining > 0 and fault.method in (None, method):
-                fault.remaining -= 1
-                return fault
-        return None
+        With `after_effect` the request is carried out first and only its answer is replaced (a lost reply),
+        as Verda has been seen answering 500 to a POST /container-deployments that did create the deployment.
+        """
+        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect)
+        self._faults.add(path, fault)
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        return requests_to(self.requests, path, method)
+
+
+def fault_headers(fault: Fault) -> dict[str, str] | None:
+    return {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+
+
+def proxy_error_page(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """What a gateway in front of the API answers: an HTML page, not the API's JSON."""
+    return web.Response(status=status, text=PROXY_ERROR_PAGE, content_type="text/html", headers=headers)

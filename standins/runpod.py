@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from standins.faults import Fault, FaultPlan, RecordedRequest, record, requests_to
+from standins.faults import FakeApi, Fault, fault_headers, proxy_error_page, record
 
 API_PREFIX = "/v2"
 PROXY_PREFIX = "/proxy"
@@ -58,7 +58,6 @@ ACTIONS_BY_STATUS = {
     "ERROR": ["start", "terminate"],
 }
 BILLED_STATUSES = {"PROVISIONING", "STARTING", "RUNNING"}
-PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -135,7 +134,9 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class FakeRunPod:
+class FakeRunPod(FakeApi):
+    api_prefix = API_PREFIX
+
     def __init__(
         self,
         api_key: str = DEFAULT_API_KEY,
@@ -146,6 +147,7 @@ class FakeRunPod:
         network_volumes: tuple[str, ...] = (),
         data_center: str = "US-TX-3",
     ) -> None:
+        super().__init__()
         self._api_key = api_key
         self._clock = clock
         self.provision_delay_s = provision_delay_s
@@ -156,14 +158,10 @@ class FakeRunPod:
         self.balance_usd: float | None = None  # None = unlimited; creates answer 402 once billing reaches it
         self.pods: dict[str, FakePod] = {}
         self.terminated: dict[str, FakePod] = {}
-        self.requests: list[RecordedRequest] = []
         self.secrets: dict[str, str] = {}  # RunPod secrets by name, put into a container's env for its references
         # Called at each status change with (pod id, new status, the container's env with secrets resolved):
         # the demo starts a local worker when a pod reaches RUNNING and stops it when the pod leaves.
         self.on_status_change: Callable[[str, str, dict[str, str]], None] | None = None
-        self._faults = FaultPlan()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
         self.health_url = ""  # RunPod's proxy to each pod's /health: format with pod_id and port
         self.pod_health: dict[str, tuple[int, dict[str, Any]]] = {}  # pod id -> its /health answer (default ok)
         self.proxy_authorizations: list[str | None] = []  # the Authorization header of each proxied request
@@ -181,53 +179,11 @@ class FakeRunPod:
         app.router.add_get(f"{API_PREFIX}/catalog/gpus", self._list_gpus)
         app.router.add_get(f"{PROXY_PREFIX}/{{target}}/health", self._proxied_health)
         app.router.add_get(f"{API_PREFIX}/catalog/gpus/{{id}}", self._get_gpu)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound_port}{API_PREFIX}"
+        bound_port = await self._serve(app, host, port)
         self.health_url = f"http://{host}:{bound_port}{PROXY_PREFIX}/{{pod_id}}-{{port}}/health"
         return self.url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeRunPod:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    # --- test controls --------------------------------------------------------------------------
-
-    def fail_next(
-        self,
-        path: str,
-        status: int,
-        *,
-        times: int = 1,
-        method: str | None = None,
-        non_json: bool = False,
-        retry_after: str | None = None,
-        after_effect: bool = False,
-    ) -> None:
-        """The next `times` calls to `path` (relative to /v2, e.g. "/pods") answer `status`.
-
-        With `after_effect` the request is carried out first and only its answer is replaced (a lost reply).
-        """
-        self._faults.add(
-            path,
-            status,
-            times=times,
-            method=method,
-            non_json=non_json,
-            retry_after=retry_after,
-            after_effect=after_effect,
-        )
+    # --- test controls (also fail_next and requests_to, from FakeApi) ----------------------------
 
     def set_health(self, pod_id: str, status: int, body: dict[str, Any]) -> None:
         """What the pod's worker answers on /health through the proxy from now on."""
@@ -238,9 +194,6 @@ class FakeRunPod:
         pod = self.pods[pod_id]
         self._advance(pod)
         self._set_status(pod, status)
-
-    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
-        return requests_to(self.requests, path, method)
 
     def live_pods(self) -> list[FakePod]:
         for pod in self.pods.values():
@@ -293,9 +246,9 @@ class FakeRunPod:
 
     @staticmethod
     def _fault_response(fault: Fault) -> web.Response:
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        headers = fault_headers(fault)
         if fault.non_json:
-            return web.Response(status=fault.status, text=PROXY_ERROR_PAGE, content_type="text/html", headers=headers)
+            return proxy_error_page(fault.status, headers)
         return _problem(fault.status, f"injected {fault.status}", headers=headers)
 
     # --- pod state ------------------------------------------------------------------------------
@@ -501,7 +454,7 @@ class FakeRunPod:
             self._advance(pod)
         exposed = pod is not None and f"{port}/http" in pod.body.get("ports", [])
         if pod is None or pod.status != "RUNNING" or not exposed:
-            return web.Response(status=502, text=PROXY_ERROR_PAGE, content_type="text/html")
+            return proxy_error_page(502)
         status, body = self.pod_health.get(pod_id, (200, {"status": "ok", "phase": "idle"}))
         return web.json_response(body, status=status)
 

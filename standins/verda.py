@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from standins.faults import Fault, FaultPlan, RecordedRequest, record, requests_to
+from standins.faults import FakeApi, Fault, fault_headers, proxy_error_page, record
 
 API_PREFIX = "/v1"
 NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")  # secrets
@@ -39,7 +39,6 @@ SCALING_KEYS = (
     "concurrent_requests_per_replica",
     "scaling_triggers",
 )
-PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
 COMPUTE_RESOURCES = [
     {"name": "H100", "size": 1, "is_available": True},
@@ -136,7 +135,9 @@ def _validate_volume_mount(mount: Any) -> None:
         _require(bool(mount.get("secret_name")), "secret mounts need a secret_name")
 
 
-class FakeVerda:
+class FakeVerda(FakeApi):
+    api_prefix = API_PREFIX
+
     def __init__(
         self,
         client_id: str = "test-id",
@@ -147,6 +148,7 @@ class FakeVerda:
         replica_start_delay_s: float = 0.0,
         delete_reads: int = 2,
     ) -> None:
+        super().__init__()
         self.client_id = client_id
         self._client_secret = client_secret
         self.token_ttl_s = token_ttl_s
@@ -155,12 +157,8 @@ class FakeVerda:
         self._clock = clock
         self._access_tokens: dict[str, float] = {}
         self._refresh_tokens: set[str] = set()
-        self._faults = FaultPlan()
-        self.requests: list[RecordedRequest] = []
         self.deployments: dict[str, FakeDeployment] = {}
         self.secrets: dict[str, str] = {}
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -185,48 +183,10 @@ class FakeVerda:
         app.router.add_delete(f"{API_PREFIX}/secrets/{{name}}", self._delete_secret)
         app.router.add_get(f"{API_PREFIX}/serverless-compute-resources", self._compute_resources)
         app.router.add_get(f"{API_PREFIX}/container-types", self._container_types)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound_port}{API_PREFIX}"
+        await self._serve(app, host, port)
         return self.url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeVerda:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    # --- test controls --------------------------------------------------------------------------
-
-    def fail_next(
-        self,
-        path: str,
-        status: int,
-        *,
-        times: int = 1,
-        method: str | None = None,
-        non_json: bool = False,
-        retry_after: str | None = None,
-        after_effect: bool = False,
-    ) -> None:
-        """The next `times` calls to `path` (relative to /v1, e.g. "/secrets") answer `status`.
-
-        With `after_effect` the call is carried out first and only its answer is replaced, as Verda has
-        been seen answering 500 to a POST /container-deployments that did create the deployment.
-        """
-        self._faults.add(
-            path, status, times=times, method=method, non_json=non_json, retry_after=retry_after,
-            after_effect=after_effect,
-        )
+    # --- test controls (also fail_next and requests_to, from FakeApi) ----------------------------
 
     def expire_tokens(self) -> None:
         """Every access token issued so far becomes expired (refresh tokens stay valid)."""
@@ -238,9 +198,6 @@ class FakeVerda:
     def set_status(self, name: str, status: str | None) -> None:
         """Force the status the API reports (e.g. "quota_reached"); None goes back to the natural one."""
         self.deployments[name].status_override = status
-
-    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
-        return requests_to(self.requests, path, method)
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -264,9 +221,9 @@ class FakeVerda:
 
     @staticmethod
     def _fault_response(fault: Fault) -> web.Response:
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        headers = fault_headers(fault)
         if fault.non_json:
-            return web.Response(status=fault.status, text=PROXY_ERROR_PAGE, content_type="text/html", headers=headers)
+            return proxy_error_page(fault.status, headers)
         code = {401: "unauthorized_request", 429: "too_many_requests", 503: "service_unavailable"}.get(
             fault.status, "server_error" if fault.status >= 500 else "invalid_request"
         )
