@@ -1,4 +1,4 @@
-"""Fixtures every test folder may use: the recorded data in tests/fixtures (see its README)."""
+"""Fixtures every test folder may use: the recorded data in tests/fixtures (see its README), a hand-moved clock."""
 
 from __future__ import annotations
 
@@ -12,6 +12,19 @@ import pytest
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORKFLOWS = FIXTURES / "workflows"
 TRANSCRIPTS = FIXTURES / "comfyui-0.8.0"
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand, shared by a fake API and the code under test."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture(scope="session")

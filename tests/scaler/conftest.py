@@ -16,6 +16,8 @@ from scaler.providers.verda.client import VerdaClient
 from scaler.queue_status import QueueStatus, QueueStatusError
 from standins.verda import FakeVerda
 
+from ..conftest import ManualClock
+
 DEPLOYMENT = "comfyui-worker-serverless"
 VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
 
@@ -41,17 +43,6 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: f
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(step)
-
-
-class ManualClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class StubQueue:
@@ -111,7 +102,7 @@ class StubBackend:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(1_000_000.0)
 
 
 @pytest.fixture
@@ -157,7 +148,6 @@ def make_verda_client(fake_verda: FakeVerda) -> Callable[[], VerdaClient]:
     return build
 
 
-
 @pytest.fixture
 def restore_logging() -> AsyncIterator[None]:
     """The CLI configures structlog globally; put the defaults back for the tests that follow."""
@@ -188,9 +178,7 @@ def scaling_patches(fake_verda: FakeVerda) -> Callable[[], list]:
 
 
 @pytest.fixture
-def cli_env(
-    monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path, restore_logging
-) -> dict[str, str]:
+def cli_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path, restore_logging) -> dict[str, str]:
     """The environment an operator sets, pointed at the stand-ins; also applied to this process."""
     client_id, client_secret = verda_credentials
     env = {

@@ -12,47 +12,17 @@ import pytest
 from scaler.providers.runpod.client import RunPodClient
 from standins.runpod import FakeRunPod
 
+from ...conftest import ManualClock
+from ..conftest import RecordingSleep
+
 API_KEY = "rpa_test_key_do_not_log"
 OPENAPI_EXCERPT = Path(__file__).resolve().parents[2] / "fixtures" / "runpod" / "openapi-v2-pods.json"
 GPU = "NVIDIA GeForce RTX 4090"
 
 
-class ManualClock:
-    """A clock the test moves by hand, shared by the fake API and the backend."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingSleep:
-    """Stands in for asyncio.sleep in the client's retries: records the waits and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 @pytest.fixture
 def api_key() -> str:
     return API_KEY
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def sleeps() -> RecordingSleep:
-    return RecordingSleep()
 
 
 @pytest.fixture

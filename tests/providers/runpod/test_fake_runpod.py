@@ -9,7 +9,8 @@ import pytest
 
 from standins.runpod import FakeRunPod
 
-from .conftest import API_KEY, GPU, ManualClock, pod_body
+from ...conftest import ManualClock
+from .conftest import API_KEY, GPU, pod_body
 
 
 @pytest.fixture

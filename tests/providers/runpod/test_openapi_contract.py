@@ -20,7 +20,8 @@ from scaler.providers.runpod.client import RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
-from .conftest import API_KEY, GPU, ManualClock, pod_body
+from ...conftest import ManualClock
+from .conftest import API_KEY, GPU, pod_body
 
 
 @pytest.fixture(scope="module")

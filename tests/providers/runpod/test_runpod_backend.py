@@ -14,7 +14,8 @@ from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
-from .conftest import GPU, ManualClock, pod_body
+from ...conftest import ManualClock
+from .conftest import GPU, pod_body
 
 NAME = "comfy-test"
 

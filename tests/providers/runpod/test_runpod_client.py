@@ -14,7 +14,9 @@ from common.logs import configure_logging
 from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
 from standins.runpod import FakeRunPod
 
-from .conftest import API_KEY, GPU, ManualClock, RecordingSleep, pod_body
+from ...conftest import ManualClock
+from ..conftest import RecordingSleep
+from .conftest import API_KEY, GPU, pod_body
 
 
 async def test_create_list_get_terminate(fake: FakeRunPod, runpod: RunPodClient, clock: ManualClock) -> None:

@@ -11,31 +11,11 @@ from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
+from ...conftest import ManualClock
+from ..conftest import RecordingSleep
+
 SECRET = "test-secret-do-not-log"
 QUEUE_TOKEN = "queue-token-value-do-not-log"
-
-
-class ManualClock:
-    """A monotonic clock the test moves by hand, shared by the fake API and the client."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingSleep:
-    """Stands in for asyncio.sleep in the client's retries: records the waits and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture
@@ -46,16 +26,6 @@ def client_secret() -> str:
 @pytest.fixture
 def queue_token() -> str:
     return QUEUE_TOKEN
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def sleeps() -> RecordingSleep:
-    return RecordingSleep()
 
 
 @pytest.fixture
