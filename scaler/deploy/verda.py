@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError
+from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, misused_options
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -201,17 +201,15 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.console:
         print("\n".join(console_lines(spec)))
         return EXIT_OK
+    misuse = misused_options(args, f"removes deployment {spec.deployment.name}")
+    if misuse is not None:
+        print(misuse, file=sys.stderr)
+        return EXIT_USAGE
     if args.dry_run:
-        if args.action != "apply":
-            print("--dry-run applies to apply only", file=sys.stderr)
-            return EXIT_USAGE
         print(json.dumps(build_body(spec), indent=2))
         for env_name, secret_name in spec.secrets.items():
             print(f"# secret {secret_name} (env {env_name}) is created from ${env_name} if missing", file=sys.stderr)
         return EXIT_OK
-    if args.action == "delete" and not args.yes:
-        print(f"delete removes deployment {spec.deployment.name}; add --yes to confirm", file=sys.stderr)
-        return EXIT_USAGE
     try:
         await run(args, spec, environ)
     except DeployError as error:

@@ -113,6 +113,13 @@ async def test_dry_run_prints_the_exact_body_without_network(fake: FakeRunPod, d
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("action", ["status", "delete"])
+async def test_dry_run_is_refused_for_anything_but_apply(fake: FakeRunPod, deploy_env, action: str, capsys) -> None:
+    assert await deploy_main(runpod_args(action, "--dry-run", "--yes"), deploy_env) == 2
+    assert "--dry-run applies to apply only" in capsys.readouterr().err
+    assert fake.requests == []
+
+
 def test_shell_wrapper_takes_the_provider(deploy_env) -> None:
     env = {**os.environ, **deploy_env}
     done = subprocess.run(

@@ -110,6 +110,13 @@ async def test_dry_run_prints_exact_body_without_network(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("action", ["status", "delete"])
+async def test_dry_run_is_refused_for_anything_but_apply(fake: FakeVerda, deploy_env, action: str, capsys) -> None:
+    assert await deploy_main([action, "--dry-run", "--yes"], deploy_env) == 2
+    assert "--dry-run applies to apply only" in capsys.readouterr().err
+    assert fake.requests == []
+
+
 async def test_invalid_spec_exits_2_before_any_call(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/worker:latest"}) == 2
     assert "deployment.image" in capsys.readouterr().err
