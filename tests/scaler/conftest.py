@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -43,6 +46,34 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: f
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(step)
+
+
+@contextlib.asynccontextmanager
+async def running_scaler(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m scaler.cli run` as a child process (stderr piped); killed on the way out if still running."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "scaler.cli",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def sigterm_and_wait(process: asyncio.subprocess.Process, timeout: float = 10.0) -> bytes:
+    """Send SIGTERM, wait for the exit and return what the process wrote to stderr."""
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(timeout):
+        _, err = await process.communicate()
+    return err
 
 
 class StubQueue:

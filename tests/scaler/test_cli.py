@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import sys
 
 from scaler.cli import main
+
+from .conftest import running_scaler, sigterm_and_wait
 
 DEPLOYMENT = "comfyui-worker-serverless"
 QUEUE_TOKEN = "queue-token-do-not-log"
@@ -127,20 +127,10 @@ async def test_stop_pins_zero_and_pauses_then_resume(cli_env, qm, fake_verda, ve
 
 async def test_run_takes_over_and_exits_cleanly_on_sigterm(cli_env, verda_scaling, scaling_patches, wait):
     env = {**os.environ, **cli_env, "SCALER_INTERVAL_S": "0.1"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scaler.cli", "run", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with running_scaler(env) as process:
         await wait(lambda: len(scaling_patches()) == 1, timeout=15)
         assert verda_scaling() == (0, 0)
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        err = await sigterm_and_wait(process)
     assert process.returncode == 0
     assert b"scaler_stopped" in err
     assert cli_env["VERDA_CLIENT_SECRET"].encode() not in err

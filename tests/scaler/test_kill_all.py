@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,6 +15,8 @@ from scaler.cli import main
 from scaler.config import load_settings
 from scaler.providers import VerdaBackend
 from scaler.wiring import stop_all, stop_provider
+
+from .conftest import running_scaler, sigterm_and_wait
 
 DEPLOYMENT = "comfyui-worker-serverless"
 
@@ -129,11 +129,7 @@ async def test_run_with_a_fleet_serves_provider_metrics_keeps_the_ledger_and_obe
     env = {**os.environ, **fleet_env, "SCALER_INTERVAL_S": "0.1", "SCALER_METRICS_PORT": str(port),
            "SCALER_METRICS_HOST": "127.0.0.1", "SCALER_IDLE_TO_ZERO_S": "0"}
     qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scaler.cli", "run", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with running_scaler(env) as process:
         await wait(lambda: verda_scaling() == (1, 1), timeout=20)
         await wait(lambda: verda_charged(tmp_path / "ledger.json"), timeout=20)
         async with httpx.AsyncClient() as http:
@@ -143,13 +139,7 @@ async def test_run_with_a_fleet_serves_provider_metrics_keeps_the_ledger_and_obe
         assert await cli("stop", "--all") == 0
         await asyncio.sleep(0.5)  # a few ticks of the running scaler with the kill switch set
         assert verda_scaling() == (0, 0), "the running scaler does not undo the kill switch"
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        err = await sigterm_and_wait(process)
     assert process.returncode == 0
     assert b"kill_switch_seen" in err
     assert verda_charged(tmp_path / "ledger.json"), "the ledger file keeps the day's charges"
