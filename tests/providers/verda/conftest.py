@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,29 @@ from ..conftest import RecordingSleep
 
 SECRET = "test-secret-do-not-log"
 QUEUE_TOKEN = "queue-token-value-do-not-log"
+NAME = "comfyui-worker-serverless"
+
+
+def h100_deployment(
+    container: dict[str, Any], *, name: str = NAME, min_replicas: int = 0, triggers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A create body: one H100 running `container`, scaling min_replicas..5 on queue load (plus `triggers`)."""
+    return {
+        "name": name,
+        "is_spot": False,
+        "compute": {"name": "H100", "size": 1},
+        "container_registry_settings": {"is_private": False},
+        "containers": [container],
+        "scaling": {
+            "min_replica_count": min_replicas,
+            "max_replica_count": 5,
+            "scale_down_policy": {"delay_seconds": 300},
+            "scale_up_policy": {"delay_seconds": 0},
+            "queue_message_ttl_seconds": 300,
+            "concurrent_requests_per_replica": 1,
+            "scaling_triggers": {"queue_load": {"threshold": 1}, **(triggers or {})},
+        },
+    }
 
 
 @pytest.fixture

@@ -11,36 +11,21 @@ from verda.containers import Deployment
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient, container_image
 from standins.verda import FakeVerda
 
-NAME = "comfyui-worker-serverless"
+from .conftest import NAME, h100_deployment
 
 
 def valid_body() -> dict:
-    return {
-        "name": NAME,
-        "is_spot": False,
-        "compute": {"name": "H100", "size": 1},
-        "container_registry_settings": {"is_private": False},
-        "containers": [
-            {
-                "image": "ghcr.io/acme/worker:1.0.0",
-                "exposed_port": 8000,
-                "env": [{"name": "QUEUE_MANAGER_TOKEN", "value_or_reference_to_secret": "qm-token", "type": "secret"}],
-                "volume_mounts": [
-                    {"type": "shared", "mount_path": "/models", "volume_id": "sfs-1"},
-                    {"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024},
-                ],
-            }
-        ],
-        "scaling": {
-            "min_replica_count": 0,
-            "max_replica_count": 5,
-            "scale_down_policy": {"delay_seconds": 300},
-            "scale_up_policy": {"delay_seconds": 0},
-            "queue_message_ttl_seconds": 300,
-            "concurrent_requests_per_replica": 1,
-            "scaling_triggers": {"queue_load": {"threshold": 1}},
-        },
-    }
+    return h100_deployment(
+        {
+            "image": "ghcr.io/acme/worker:1.0.0",
+            "exposed_port": 8000,
+            "env": [{"name": "QUEUE_MANAGER_TOKEN", "value_or_reference_to_secret": "qm-token", "type": "secret"}],
+            "volume_mounts": [
+                {"type": "shared", "mount_path": "/models", "volume_id": "sfs-1"},
+                {"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024},
+            ],
+        }
+    )
 
 
 def _set(body: dict, path: str, value: object) -> dict:

@@ -13,40 +13,22 @@ import structlog
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient
 from standins.verda import FakeVerda
 
-NAME = "comfyui-worker-serverless"
+from .conftest import NAME, h100_deployment
+
 LIST = "/container-deployments"
 
 
 def deployment_body(name: str = NAME, min_replicas: int = 0) -> dict:
-    return {
-        "name": name,
-        "is_spot": False,
-        "compute": {"name": "H100", "size": 1},
-        "container_registry_settings": {"is_private": False},
-        "containers": [
-            {
-                "image": "ghcr.io/acme/worker:1.0.0",
-                "exposed_port": 8000,
-                "healthcheck": {"enabled": True, "port": 8000, "path": "/health"},
-                "entrypoint_overrides": {"enabled": False},
-                "env": [{"name": "SERVERLESS_MODE", "value_or_reference_to_secret": "true", "type": "plain"}],
-                "volume_mounts": [{"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024}],
-            }
-        ],
-        "scaling": {
-            "min_replica_count": min_replicas,
-            "max_replica_count": 5,
-            "scale_down_policy": {"delay_seconds": 300},
-            "scale_up_policy": {"delay_seconds": 0},
-            "queue_message_ttl_seconds": 300,
-            "concurrent_requests_per_replica": 1,
-            "scaling_triggers": {
-                "queue_load": {"threshold": 1},
-                "cpu_utilization": {"enabled": False},
-                "gpu_utilization": {"enabled": False},
-            },
-        },
+    container = {
+        "image": "ghcr.io/acme/worker:1.0.0",
+        "exposed_port": 8000,
+        "healthcheck": {"enabled": True, "port": 8000, "path": "/health"},
+        "entrypoint_overrides": {"enabled": False},
+        "env": [{"name": "SERVERLESS_MODE", "value_or_reference_to_secret": "true", "type": "plain"}],
+        "volume_mounts": [{"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024}],
     }
+    triggers = {"cpu_utilization": {"enabled": False}, "gpu_utilization": {"enabled": False}}
+    return h100_deployment(container, name=name, min_replicas=min_replicas, triggers=triggers)
 
 
 def grants(fake: FakeVerda) -> list[str]:
