@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -11,10 +12,13 @@ class DeployError(Exception):
     """A problem the operator must fix; the message says what."""
 
 
-def misused_options(args: argparse.Namespace, what_delete_does: str) -> str | None:
-    """What is wrong with the options given together (for stderr, with EXIT_USAGE), or None."""
+def options_misused(args: argparse.Namespace, what_delete_does: str) -> bool:
+    """Print to stderr what is wrong with the options given together; True if anything is (exit EXIT_USAGE)."""
     if args.dry_run and args.action != "apply":
-        return "--dry-run applies to apply only"
-    if args.action == "delete" and not args.yes:
-        return f"delete {what_delete_does}; add --yes to confirm"
-    return None
+        problem = "--dry-run applies to apply only"
+    elif args.action == "delete" and not args.yes:
+        problem = f"delete {what_delete_does}; add --yes to confirm"
+    else:
+        return False
+    print(problem, file=sys.stderr)
+    return True

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, misused_options
+from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SHARED_VOLUME_ENVS, DeploymentSpec, SpecError, load_spec
 from scaler.providers.runpod.backend import NAME_RULE, RunPodBackend
 from scaler.providers.runpod.client import DEFAULT_BASE_URL, RunPodAPIError, RunPodClient
@@ -211,9 +211,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    misuse = misused_options(args, f"terminates every pod of {spec.deployment.name}")
-    if misuse is not None:
-        print(misuse, file=sys.stderr)
+    if options_misused(args, f"terminates every pod of {spec.deployment.name}"):
         return EXIT_USAGE
     if args.dry_run:
         body = {"name": f"{spec.deployment.name}-<8 hex digits, one per pod>", **build_pod_body(spec, settings)}

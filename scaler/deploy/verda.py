@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, misused_options
+from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -201,9 +201,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.console:
         print("\n".join(console_lines(spec)))
         return EXIT_OK
-    misuse = misused_options(args, f"removes deployment {spec.deployment.name}")
-    if misuse is not None:
-        print(misuse, file=sys.stderr)
+    if options_misused(args, f"removes deployment {spec.deployment.name}"):
         return EXIT_USAGE
     if args.dry_run:
         print(json.dumps(build_body(spec), indent=2))
