@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
 import pytest
 
 from ..conftest import ManualClock
@@ -25,3 +28,17 @@ def clock() -> ManualClock:
 @pytest.fixture
 def sleeps() -> RecordingSleep:
     return RecordingSleep()
+
+
+@pytest.fixture
+async def closed_after() -> AsyncIterator[Callable[[Any], Any]]:
+    """`closed_after(client)` returns the client and closes it (`aclose`) when the test ends."""
+    clients: list[Any] = []
+
+    def keep(client: Any) -> Any:
+        clients.append(client)
+        return client
+
+    yield keep
+    for client in clients:
+        await client.aclose()

@@ -32,19 +32,13 @@ async def fake(clock: ManualClock) -> AsyncIterator[FakeRunPod]:
 
 
 @pytest.fixture
-async def make_client(fake: FakeRunPod, sleeps: RecordingSleep) -> AsyncIterator[Callable[..., RunPodClient]]:
-    clients: list[RunPodClient] = []
-
+def make_client(fake: FakeRunPod, sleeps: RecordingSleep, closed_after: Callable) -> Callable[..., RunPodClient]:
     def build(**overrides: Any) -> RunPodClient:
         options: dict[str, Any] = {"base_url": fake.url, "timeout_s": 5, "max_attempts": 4, "sleep": sleeps}
         options.update(overrides)
-        client = RunPodClient(options.pop("api_key", API_KEY), **options)
-        clients.append(client)
-        return client
+        return closed_after(RunPodClient(options.pop("api_key", API_KEY), **options))
 
-    yield build
-    for client in clients:
-        await client.aclose()
+    return build
 
 
 @pytest.fixture

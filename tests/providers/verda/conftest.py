@@ -59,11 +59,9 @@ async def fake(clock: ManualClock) -> AsyncIterator[FakeVerda]:
 
 
 @pytest.fixture
-async def make_client(
-    fake: FakeVerda, clock: ManualClock, sleeps: RecordingSleep
-) -> AsyncIterator[Callable[..., VerdaClient]]:
-    clients: list[VerdaClient] = []
-
+def make_client(
+    fake: FakeVerda, clock: ManualClock, sleeps: RecordingSleep, closed_after: Callable
+) -> Callable[..., VerdaClient]:
     def build(**overrides: object) -> VerdaClient:
         options: dict[str, object] = {
             "base_url": fake.url,
@@ -73,13 +71,10 @@ async def make_client(
             "sleep": sleeps,
         }
         options.update(overrides)
-        client = VerdaClient(str(options.pop("client_id", "test-id")), SECRET, **options)  # type: ignore[arg-type]
-        clients.append(client)
-        return client
+        client_id = str(options.pop("client_id", "test-id"))
+        return closed_after(VerdaClient(client_id, SECRET, **options))  # type: ignore[arg-type]
 
-    yield build
-    for client in clients:
-        await client.aclose()
+    return build
 
 
 @pytest.fixture
