@@ -10,20 +10,16 @@ import pytest
 
 from queue_manager import QueueManagerServer
 
+from ..conftest import ManualClock
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-class FakeClock:
+class FakeClock(ManualClock):
     """A settable wall clock; starts at a fixed epoch so timestamps are predictable."""
 
     def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(now)
 
 
 @pytest.fixture
