@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +44,21 @@ def _restore_stdlib_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+async def run_module_to_exit(
+    module: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 30
+) -> tuple[int, str]:
+    """Run `python -m module args` to its end (killed if it outlives timeout_s): its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode, err.decode()

@@ -4,9 +4,7 @@ The loaders raise ConfigError (each process's `main` prints it and exits 2, prov
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +14,8 @@ from common.settings import ConfigError
 from scaler.config import load_settings as load_scaler_settings
 from supervisor.config import load_supervisor_settings
 from worker.config import load_settings as load_worker_settings
+
+from ..conftest import run_module_to_exit
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BASE = {"QUEUE_MANAGER_URL": "http://127.0.0.1:9"}
@@ -111,16 +111,6 @@ async def test_a_process_given_a_bad_value_exits_2_naming_it(
     tmp_path: Path, module: str, env: dict[str, str], variable: str
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUE_MANAGER", "WORKER_", "LEASE_"))}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, cwd=tmp_path, env={**clean, **env, "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(30):
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 2
-    assert variable in err.decode()
+    code, err = await run_module_to_exit(module, env={**clean, **env, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert code == 2
+    assert variable in err

@@ -14,6 +14,8 @@ import pytest
 
 from queue_manager.__main__ import build_parser
 
+from ..conftest import run_module_to_exit
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -119,16 +121,9 @@ async def test_cli_logs_one_json_object_per_line_off_a_terminal(tmp_path: Path) 
 async def test_cli_bad_environment_exits_2_naming_the_variable(
     tmp_path: Path, env: dict[str, str], variable: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"),
-        cwd=REPO, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"),
+        env={**os.environ, **env}, cwd=REPO, timeout_s=20,
     )  # fmt: skip
-    try:
-        async with asyncio.timeout(20):
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 2
-    assert variable in err.decode()
+    assert code == 2
+    assert variable in err
