@@ -289,7 +289,13 @@ class QueueApi:
         query, errors = parse_query(ListJobsQuery, request.query)
         if query is None:
             return _detail(422, errors)
-        jobs = await self._db(self._store.list, user_id=query.user_id or None, status=query.status, limit=query.limit)
+        jobs = await self._db(
+            self._store.list,
+            user_id=query.user_id or None,
+            status=query.status,
+            limit=query.limit,
+            newest_first=self._settings.extensions and query.order == "newest",
+        )
         positions = await self._db(self._store.pending_positions, self._settings.mode)
         return _json([self._job_view(job, positions) for job in jobs])
 

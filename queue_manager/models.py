@@ -6,7 +6,7 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -134,6 +134,8 @@ class ListJobsQuery(BaseModel):
     user_id: str | None = None
     status: JobStatus | None = None
     limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
+    # Our extension (comfy-multi ignores it): "newest" lists the latest first, finished jobs by completion time.
+    order: Literal["oldest", "newest"] = "oldest"
 
 
 class JobResponse(BaseModel):

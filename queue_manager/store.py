@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, priority, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (status, completed_at);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL
@@ -205,8 +206,15 @@ class JobStore:
         with self._transaction(write=False) as conn:
             return _get(conn, job_id)
 
-    def list(self, *, user_id: str | None = None, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        """Jobs in submission order, filtered."""
+    def list(
+        self,
+        *,
+        user_id: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[JobRecord]:
+        """Jobs in submission order, filtered; ``newest_first``: latest first, finished ones by completion time."""
         clauses, params = [], []
         if user_id is not None:
             clauses.append("user_id = ?")
@@ -217,7 +225,7 @@ class JobStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._transaction(write=False) as conn:
             rows = conn.execute(
-                f"SELECT * FROM jobs {where} ORDER BY seq LIMIT ?",  # noqa: S608 - fixed clauses, bound values
+                f"SELECT * FROM jobs {where} ORDER BY {_list_order(status, newest_first)} LIMIT ?",  # noqa: S608
                 (*params, max(limit, 0)),
             ).fetchall()
         return [JobRecord.from_row(row) for row in rows]
@@ -423,6 +431,15 @@ def _get(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
 
 def _count(conn: sqlite3.Connection, status: JobStatus) -> int:
     return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
+
+
+def _list_order(status: JobStatus | None, newest_first: bool) -> str:
+    """A fixed ORDER BY clause; finished jobs listed newest first come by completion time (jobs_by_finish)."""
+    if not newest_first:
+        return "seq"
+    if status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+        return "completed_at DESC, seq DESC"
+    return "seq DESC"
 
 
 def _pending_in_pop_order(conn: sqlite3.Connection, mode: QueueMode, *, first_only: bool = False) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from scaler.billing import SpendLedger
+from scaler.job_duration import DurationFromCounters
 from scaler.metrics import ScalerMetrics
 from scaler.planning import robust_duration
 from scaler.policy import (
@@ -84,6 +85,7 @@ class ScalerLoop:
         self.metrics.set_limits(config)
         self.failure_alert_after = failure_alert_after
         self.state = state or PolicyState()
+        self.durations_from_counters = DurationFromCounters()
         # Saved after every tick (never in a dry run): a scaler that crashes restarts with its memory.
         self.state_file = None if dry_run else state_file
         # The count last written to (or seen pinned on) the platform; None until then, so the first tick takes
@@ -137,11 +139,17 @@ class ScalerLoop:
             deployment_status=view.status if isinstance(view, BackendView) else "unknown",
             pending_ages_s=queue.pending_ages_s if isinstance(queue, QueueStatus) else (),
             running_elapsed_s=queue.running_elapsed_s if isinstance(queue, QueueStatus) else (),
-            job_duration_s=robust_duration(queue.recent_durations_s, self.config.default_job_duration_s)
-            if isinstance(queue, QueueStatus) else None,
+            job_duration_s=self._job_duration(now, queue) if isinstance(queue, QueueStatus) else None,
             queue_error=queue_error,
             verda_error=verda_error,
         )
+
+    def _job_duration(self, now: float, queue: QueueStatus) -> float:
+        """The p75 of the listed recent completions; without them, the mean from the counters; else the default."""
+        from_counters = self.durations_from_counters.observe(
+            now, queue.running_jobs, queue.completed_jobs + queue.failed_jobs
+        )
+        return robust_duration(queue.recent_durations_s, from_counters or self.config.default_job_duration_s)
 
     async def _apply(self, decision: Decision, observation: Observation) -> tuple[str, str | None]:
         if observation.failed:

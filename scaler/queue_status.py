@@ -18,9 +18,10 @@ from common.urls import redact_url
 
 STATUS_PATH = "/api/queue/status"
 JOBS_PATH = "/api/jobs"
-# The list's order is not documented: ask for many completed jobs and keep the most recent by completed_at.
-COMPLETED_LIMIT = 500
 RECENT_COMPLETIONS = 50
+# Our queue manager lists the latest completions first when asked; a manager that ignores ``order`` answers
+# in its own order, and the most recent by completed_at among what it sends are kept.
+NEWEST_FIRST = {"order": "newest"}
 TIMINGS_LIMIT = 200
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -120,13 +121,17 @@ class QueueStatusReader:
         then assumes just-submitted, half-done and default-length jobs) and the status still counts.
         """
         status = await self.read()
-        limits = {"pending": TIMINGS_LIMIT, "running": TIMINGS_LIMIT, "completed": COMPLETED_LIMIT}
-        bodies = await asyncio.gather(*(self._job_list(state, limit) for state, limit in limits.items()))
-        return replace(status, **job_timings(dict(zip(limits, bodies, strict=True)), now))
+        queries = {
+            "pending": {"limit": TIMINGS_LIMIT},
+            "running": {"limit": TIMINGS_LIMIT},
+            "completed": {"limit": RECENT_COMPLETIONS, **NEWEST_FIRST},
+        }
+        bodies = await asyncio.gather(*(self._job_list(state, query) for state, query in queries.items()))
+        return replace(status, **job_timings(dict(zip(queries, bodies, strict=True)), now))
 
-    async def _job_list(self, state: str, limit: int) -> list[Any]:
+    async def _job_list(self, state: str, query: dict[str, Any]) -> list[Any]:
         try:
-            response = await self._http.get(JOBS_PATH, params={"status": state, "limit": limit})
+            response = await self._http.get(JOBS_PATH, params={"status": state, **query})
             body = response.json() if not response.is_error else None
         except (httpx.HTTPError, ValueError):
             body = None

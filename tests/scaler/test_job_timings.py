@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import httpx
+import pytest
+
 from queue_manager.server import QueueManagerServer
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
@@ -62,3 +65,58 @@ def test_bad_timestamps_are_skipped_not_fatal():
     }, now=1_767_225_610.0)
     assert timings["pending_ages_s"] == (10.0,)
     assert timings["recent_durations_s"] == ()
+
+
+async def test_the_estimate_follows_the_latest_completions_not_the_first_ones():
+    """600 jobs of 100 s, then 60 of 300 s: the estimate is 300 s (listing the oldest 500 once gave 100 s)."""
+    clock = Clock(1_700_000_000.0)
+    async with QueueManagerServer(clock=clock) as server:
+        store = server.store
+        for duration in [100.0] * 600 + [300.0] * 60:
+            job = store.submit("alice", WORKFLOW)
+            store.pop_next("w1", server.mode)
+            clock.now += duration
+            store.complete(job.id, {})
+        async with QueueStatusReader(server.url) as reader:
+            status = await reader.read_with_timings(clock.now)
+    assert len(status.recent_durations_s) == 50
+    assert set(status.recent_durations_s) == {300.0}
+
+
+async def test_newest_first_lists_finished_jobs_by_completion_time(qm):
+    first, second = qm.store.submit("alice", WORKFLOW), qm.store.submit("bob", WORKFLOW)
+    qm.store.pop_next("w1", qm.mode)
+    qm.store.pop_next("w2", qm.mode)
+    qm.store.complete(second.id, {})
+    qm.store.complete(first.id, {})  # submitted first, finished last
+    async with httpx.AsyncClient(base_url=qm.url) as client:
+        newest = (await client.get("/api/jobs", params={"status": "completed", "order": "newest"})).json()
+        default = (await client.get("/api/jobs", params={"status": "completed"})).json()
+        refused = await client.get("/api/jobs", params={"order": "random"})
+    assert [job["id"] for job in newest] == [first.id, second.id]
+    assert [job["id"] for job in default] == [first.id, second.id]  # submission order, as comfy-multi
+    assert refused.status_code == 422 and "order" in refused.text
+
+
+async def test_without_listed_completions_the_duration_comes_from_the_counters(backend):
+    """comfy-multi lists no finished jobs; two replicas each running 40 s jobs back to back teach 40 s."""
+    clock = Clock(1_700_000_000.0)
+    async with QueueManagerServer(clock=clock, test_hooks=True) as server:
+        server.faults.inject("list-jobs", status=200, body=[], times=1000)  # comfy-multi's answer
+        store = server.store
+        backend.clock = clock
+        running = []
+        async with QueueStatusReader(server.url) as reader:
+            loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock)
+            learned = []
+            for step in range(24):  # a tick every 20 s
+                if step % 2 == 0:
+                    for job in running:
+                        store.complete(job.id, {})
+                    running = [store.submit("alice", WORKFLOW) for _ in range(2)]
+                    for _ in running:
+                        store.pop_next("w1", server.mode)
+                learned.append((await loop.tick()).details["job_duration_s"])
+                clock.now += 20
+    assert learned[0] == 180.0  # the default until three jobs have finished
+    assert learned[-1] == pytest.approx(40.0, rel=0.1)
