@@ -1,33 +1,53 @@
 """The reference: a planner that knows every arrival and duration in advance, replayed in the same model.
 
-It plans leases (a replica started at a tick and kept for whole billing intervals), job by job in
-submission order, on the cheapest replica that starts the job within a wait cap, buying a new replica
-(started early enough to be ready when the job arrives) only when no paid one can. Up to a share of jobs
-may instead wait past the cap on a paid replica (a p95 target tolerates 5 % late jobs). A search over the
-wait cap and that share keeps the cheapest plan whose *replay* through ``Simulation`` (same platform, same
-scale-down victim) meets the p95 target and optional max wait. The replay is what is reported.
+Two stages, both judged by replays through ``Simulation`` (same platform, same scale-down victim):
 
-Deterministic; cached per (trace, platform, cap, targets) for the life of the process.
+1. A greedy plans leases (a replica started at a tick and kept for whole billing intervals), job by job
+   in submission order, on the cheapest replica that starts the job within a wait cap, buying a new
+   replica (started early enough to be ready when the job arrives) only when no paid one can. Up to a
+   share of jobs may instead wait past the cap on a paid replica. Every wait cap and share gives a plan.
+2. A local search on the replica count per tick. The trace is cut into segments at gaps no job or replica
+   outlives (a workshop block each), so one segment replays alone in milliseconds. Per segment the cheapest
+   greedy plan (or ``cap`` replicas around every job, when no greedy plan meets the targets) is chosen so
+   that the late jobs (wait above the p95 target) of all segments fit what the p95 allows; then moves
+   (drop a run of ticks by one replica, lower one interval inside a long run, move the edge between two
+   runs by 1-34 ticks) are kept when the segment's replay bills fewer intervals (then: fewer late jobs,
+   fewer replica-ticks) and still meets the targets.
+
+The plan is the per-tick count; the day is replayed whole at the end and that replay is what is reported.
+Deterministic (the search is bounded by a count of replays, not a clock); cached per (trace, platform,
+cap, targets) for the life of the process, segment replays shared between targets.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass, field
 
+from scaler.billing import BillingAnchor
 from scaler.policy import Replica
-from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation
+from scaler.simulator.platform import Event, PlatformModel, SimOutcome, Simulation
 from scaler.simulator.policies import QueueView, WorkerModel
 from scaler.simulator.report import job_waits
-from scaler.simulator.workloads import Workload
+from scaler.simulator.workloads import JobSpec, Workload
 
 # Slack between a planned job's end and its replica's stop (worker poll, event order).
 END_MARGIN_S = 5.0
 WAIT_CAPS_S = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0,
                1200.0, 1800.0, 2700.0, 3600.0)
 LATE_SHARES = (0.0, 0.02, 0.04)
+# The local search: replays of a segment it may run per plan, how often it sweeps all segments, the
+# length of a dent inside a long run (one billing interval of ticks) and how far an edge may move.
+DEFAULT_EFFORT = 3_000
+SEARCH_ROUNDS = 3
+DENT_TICKS = 40
+EDGE_SHIFTS = (1, 2, 3, 5, 8, 13, 21, 34)
+# A segment ends where the next job comes this long after every earlier job could have waited its worst
+# and run: shorter gaps are left inside one segment, so a replica may serve jobs on both sides.
+SEGMENT_GAP_S = 150.0
 
 
 @dataclass(slots=True)
@@ -146,6 +166,10 @@ def _p(ordered: list[float], percent: float) -> float:
 
 
 _CACHE: dict[tuple, tuple[Plan, SimOutcome]] = {}
+# Segment replays by (trace, platform, seed, window, counts): they do not depend on the targets, so the
+# rows of one CLI run (each at its own p95 and max wait) share them.
+_REPLAYS: dict[tuple, _Replay] = {}
+_REPLAYS_KEPT = 200_000
 
 
 def best_plan(
@@ -155,19 +179,45 @@ def best_plan(
     target_p95_s: float,
     target_max_s: float | None = None,
     seed: int = 0,
+    effort: int = DEFAULT_EFFORT,
 ) -> tuple[Plan, SimOutcome]:
-    """The cheapest replayed plan with p95 wait <= target (and max wait <= ``target_max_s``)."""
+    """The cheapest replayed plan found with p95 wait <= target (and max wait <= ``target_max_s``).
+
+    ``effort`` bounds the local search (segment replays); it is a count, not a clock, so results repeat.
+    """
     key = (_fingerprint(workload), platform, cap, round(target_p95_s, 1),
-           None if target_max_s is None else round(target_max_s, 1), seed)
+           None if target_max_s is None else round(target_max_s, 1), seed, effort)
     if key in _CACHE:
         return _CACHE[key]
-    # Fast, in the planner's own arithmetic: the candidates, cheapest first.
+    greedy = _greedy_candidates(workload, platform, cap, target_max_s)
+    found = _search(workload, platform, cap, target_p95_s, target_max_s, seed, effort, greedy)
+    if found is None:
+        found = _best_greedy(workload, platform, seed, target_p95_s, target_max_s, greedy)
+    _CACHE[key] = found
+    return found
+
+
+def _greedy_candidates(
+    workload: Workload, platform: PlatformModel, cap: int, target_max_s: float | None
+) -> list[Plan]:
+    """Today's greedy over every wait cap and late share, cheapest first in its own arithmetic."""
     candidates: dict[tuple, Plan] = {}
     for wait_cap in WAIT_CAPS_S:
         for share in LATE_SHARES:
             plan = plan_leases(workload, platform, cap, wait_cap, share, target_max_s)
             candidates.setdefault(plan.leases, plan)
-    ordered = sorted(candidates.values(), key=lambda plan: (plan.intervals, _p(sorted(plan.waits), 95)))
+    return sorted(candidates.values(), key=lambda plan: (plan.intervals, _p(sorted(plan.waits), 95)))
+
+
+def _best_greedy(
+    workload: Workload,
+    platform: PlatformModel,
+    seed: int,
+    target_p95_s: float,
+    target_max_s: float | None,
+    ordered: list[Plan],
+) -> tuple[Plan, SimOutcome]:
+    """The first greedy plan whose full replay meets the targets, else the one with the lowest p95."""
     fallback = None
     for plan in ordered:
         planned = sorted(plan.waits)
@@ -175,14 +225,368 @@ def best_plan(
             continue
         outcome = Simulation(workload, Clairvoyant(plan), platform, seed).run()
         waits = sorted(job_waits(outcome))
-        if _p(waits, 95) <= target_p95_s + 1e-6 and (target_max_s is None or waits[-1] <= target_max_s + 1e-6):
-            _CACHE[key] = (plan, outcome)
+        if _meets(waits, target_p95_s, target_max_s):
             return plan, outcome
         if fallback is None or _p(waits, 95) < _p(sorted(job_waits(fallback[1])), 95):
             fallback = (plan, outcome)
     assert fallback is not None
-    _CACHE[key] = fallback
     return fallback
+
+
+def _meets(ordered_waits: list[float], target_p95_s: float, target_max_s: float | None) -> bool:
+    return _p(ordered_waits, 95) <= target_p95_s + 1e-6 and (
+        target_max_s is None or not ordered_waits or ordered_waits[-1] <= target_max_s + 1e-6)
+
+
+# The local search: the replica count per tick, judged segment by segment by the real replay.
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    billed: int
+    waits: tuple[float, ...]
+    clean: bool  # every job done and every replica gone before the window ends
+
+
+@dataclass
+class _Segment:
+    """A stretch of the trace that no replica or job outlives: its replay is independent of the others."""
+
+    first_tick: int
+    end_tick: int  # exclusive; the count is held at 0 on the last tick unless this is the final segment
+    final: bool
+    workload: Workload  # the segment's jobs, times from the window's start
+    key: tuple
+
+    def replay(self, counts: tuple[int, ...], platform: PlatformModel, seed: int) -> _Replay:
+        key = (self.key, counts)
+        hit = _REPLAYS.get(key)
+        if hit is not None:
+            return hit
+        if platform.spot_reclaims_per_hour:
+            plan = Plan(_leases(counts, platform.tick_s), 0, ())
+            outcome = Simulation(self.workload, Clairvoyant(plan), platform, seed).run()
+        else:
+            outcome = _ScheduleReplay(self.workload, counts, platform, seed).run()
+        horizon = self.workload.horizon_s
+        clean = all(job.finished_s is not None for job in outcome.jobs) and (self.final or all(
+            replica.stopped_at is not None and replica.stopped_at < horizon for replica in outcome.replicas))
+        result = _Replay(outcome.billed_intervals, tuple(sorted(job_waits(outcome))), clean)
+        if len(_REPLAYS) >= _REPLAYS_KEPT:
+            _REPLAYS.clear()
+        _REPLAYS[key] = result
+        return result
+
+
+class _ScheduleReplay(Simulation):
+    """``Simulation`` of a fixed count per tick, without spot reclaims, minus the ticks that change nothing.
+
+    With a count of at least one the target is that count, and only a tick changes the live count (no
+    reclaims; the clairvoyant's workers never exit on their own), so a tick inside a run of equal counts
+    finds nothing to do: the next one is at the run's end. Where the count is 0 every tick runs (the
+    controller's floor of one replica while work is in flight). Same events in the same order; no samples.
+    """
+
+    def __init__(self, workload: Workload, counts: tuple[int, ...], platform: PlatformModel, seed: int) -> None:
+        assert platform.spot_reclaims_per_hour == 0
+        super().__init__(workload, Clairvoyant(Plan(_leases(counts, platform.tick_s), 0, ())), platform, seed)
+        self._counts = counts
+        self._run_end = [0] * len(counts)
+        end = len(counts)
+        for index in range(len(counts) - 1, -1, -1):
+            if index + 1 < len(counts) and counts[index + 1] != counts[index]:
+                end = index + 1
+            self._run_end[index] = end
+
+    def _on_tick(self, now: float, _: object) -> None:
+        index = round(now / self.platform.tick_s)
+        count = self._counts[index] if index < len(self._counts) else 0
+        busy = self._queue or any(replica.job is not None for replica in self._replicas)
+        self._target = max(count, 1 if busy else 0)
+        self._reconcile(now)
+        following = self._run_end[index] if count and index < len(self._counts) else index + 1
+        self._schedule(following * self.platform.tick_s, Event.TICK, None)
+
+
+def _search(
+    workload: Workload,
+    platform: PlatformModel,
+    cap: int,
+    target_p95_s: float,
+    target_max_s: float | None,
+    seed: int,
+    effort: int,
+    greedy: list[Plan],
+) -> tuple[Plan, SimOutcome] | None:
+    """Start from the best mix of greedy plans per segment, then improve the count per tick by local moves."""
+    if not workload.jobs:
+        return None
+    tick = platform.tick_s
+    ticks = math.ceil(workload.horizon_s / tick)
+    starts = [_counts(plan.leases, tick, ticks) for plan in greedy]
+    starts.append(_all_hands(workload, platform, cap, ticks))
+    late_allowed = len(workload.jobs) - math.ceil(0.95 * len(workload.jobs))
+    segments = _segments(workload, platform, target_p95_s, target_max_s, seed)
+    while True:
+        menus = [_menu(segment, starts, platform, seed, target_p95_s, target_max_s) for segment in segments]
+        empty = next((index for index, menu in enumerate(menus) if not menu), None)
+        if empty is None or len(segments) == 1:
+            break
+        # No greedy plan keeps this segment to itself: join it with a neighbour and try again.
+        other = empty + 1 if empty + 1 < len(segments) else empty - 1
+        low, high = sorted((empty, other))
+        segments[low:high + 1] = [_joined(workload, platform, seed, segments[low], segments[high])]
+    if any(not menu for menu in menus):
+        return None
+    chosen = _allocate(menus, late_allowed)
+    if chosen is None:
+        return None
+    counts = [list(option[2]) for option in chosen]
+    late = [option[1] for option in chosen]
+    # Each segment may spend its share of the effort (by its number of jobs) over the rounds.
+    budgets = [effort * len(segment.workload.jobs) // len(workload.jobs) for segment in segments]
+    for _round in range(SEARCH_ROUNDS):
+        improved = False
+        for index, segment in enumerate(segments):
+            allowed = late_allowed - (sum(late) - late[index])
+            result, budgets[index] = _improve(segment, counts[index], cap, platform, seed, target_p95_s,
+                                              target_max_s, allowed, budgets[index])
+            if result is not None:
+                counts[index], late[index], improved = result[0], result[1], True
+        if not improved:
+            break
+    schedule = [0] * ticks
+    for segment, segment_counts in zip(segments, counts, strict=True):
+        schedule[segment.first_tick:segment.end_tick] = segment_counts
+    leases = _leases(tuple(schedule), tick)
+    outcome = Simulation(workload, Clairvoyant(Plan(leases, 0, ())), platform, seed).run()
+    waits = job_waits(outcome)
+    if not _meets(sorted(waits), target_p95_s, target_max_s):
+        return None  # the segments were not independent after all: keep the greedy's replay
+    # The search's own arithmetic is the replay: the plan bills what its replay bills.
+    return Plan(leases, outcome.billed_intervals, tuple(waits)), outcome
+
+
+def _menu(
+    segment: _Segment,
+    starts: list[list[int]],
+    platform: PlatformModel,
+    seed: int,
+    target_p95_s: float,
+    target_max_s: float | None,
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Per number of late jobs, the cheapest greedy plan for this segment: (billed, late, counts)."""
+    best: dict[int, tuple[int, int, tuple[int, ...]]] = {}
+    for start in starts:
+        counts = _clipped(segment, start[segment.first_tick:segment.end_tick])
+        replay = segment.replay(counts, platform, seed)
+        if not _acceptable(replay, target_max_s):
+            continue
+        late = _late(replay, target_p95_s)
+        option = (replay.billed, late, counts)
+        if late not in best or option < best[late]:
+            best[late] = option
+    return sorted(best.values(), key=lambda option: option[1])
+
+
+def _allocate(
+    menus: list[list[tuple[int, int, tuple[int, ...]]]], late_allowed: int
+) -> list[tuple[int, int, tuple[int, ...]]] | None:
+    """One option per segment, the cheapest mix whose late jobs fit the p95's allowance."""
+    # best[late] = (billed, choices) over the segments seen so far
+    best: dict[int, tuple[int, list[int]]] = {0: (0, [])}
+    for menu in menus:
+        step: dict[int, tuple[int, list[int]]] = {}
+        for late, (billed, picks) in best.items():
+            for index, (cost, option_late, _counts) in enumerate(menu):
+                total = late + option_late
+                if total > late_allowed:
+                    continue
+                if total not in step or (billed + cost, ) < (step[total][0], ):
+                    step[total] = (billed + cost, [*picks, index])
+        best = step
+    if not best:
+        return None
+    _billed, picks = min(best.values(), key=lambda entry: entry[0])
+    return [menu[pick] for menu, pick in zip(menus, picks, strict=True)]
+
+
+def _improve(
+    segment: _Segment,
+    counts: list[int],
+    cap: int,
+    platform: PlatformModel,
+    seed: int,
+    target_p95_s: float,
+    target_max_s: float | None,
+    late_allowed: int,
+    budget: int,
+) -> tuple[tuple[list[int], int] | None, int]:
+    """First-improvement hill climbing on the count per tick; each candidate judged by its replay.
+
+    A move sets a range of ticks to one count: drop a run by one, lower one interval's worth inside a long
+    run, or move the edge between two runs earlier or later. Better = fewer billed intervals, then fewer
+    late jobs, then fewer replica-ticks.
+    """
+    current = tuple(counts)
+    replay = segment.replay(current, platform, seed)
+    if not _acceptable(replay, target_max_s):
+        return None, budget
+    best_key = (replay.billed, _late(replay, target_p95_s), sum(current))
+    improved = False
+    moves = _moves(current, cap, protect_last=not segment.final)
+    position, unproductive = 0, 0
+    while budget > 0 and moves and unproductive < len(moves):
+        at, low, high, value = moves[position % len(moves)]
+        position += 1
+        candidate = current[:low] + (value,) * (high - low) + current[high:]
+        known = (segment.key, candidate) in _REPLAYS
+        replay = segment.replay(candidate, platform, seed)
+        budget -= 0 if known else 1
+        late = _late(replay, target_p95_s)
+        key = (replay.billed, late, sum(candidate))
+        if _acceptable(replay, target_max_s) and late <= late_allowed and key < best_key:
+            current, best_key, improved = candidate, key, True
+            moves = _moves(current, cap, protect_last=not segment.final)
+            position = next((index for index, move in enumerate(moves) if move[0] >= at), 0)
+            unproductive = 0
+        else:
+            unproductive += 1
+    return ((list(current), best_key[1]) if improved else None), budget
+
+
+def _moves(counts: tuple[int, ...], cap: int, protect_last: bool) -> list[tuple[int, int, int, int]]:
+    """Candidate changes as (position, first tick, end tick, new count), in tick order."""
+    limit = len(counts) - 1 if protect_last else len(counts)
+    runs = []
+    start = 0
+    for index in range(1, limit + 1):
+        if index == limit or counts[index] != counts[start]:
+            runs.append((start, index, counts[start]))
+            start = index
+    moves = []
+    for number, (low, high, value) in enumerate(runs):
+        if value > 0:
+            moves.append((low, low, high, value - 1))
+            if high - low > 2 * DENT_TICKS:
+                moves += [(at, at, min(at + DENT_TICKS, high), value - 1)
+                          for at in range(low + DENT_TICKS // 2, high - DENT_TICKS // 2, DENT_TICKS // 2)]
+        if number == 0:
+            continue
+        before_low, _, before = runs[number - 1]
+        for shift in EDGE_SHIFTS:
+            if low - shift >= before_low and value <= cap:
+                moves.append((low, low - shift, low, value))  # the later count starts earlier
+            if low + shift <= high and before <= cap:
+                moves.append((low, low, low + shift, before))  # the earlier count lasts longer
+    moves.sort(key=lambda move: move[0])
+    return moves
+
+
+def _acceptable(replay: _Replay, target_max_s: float | None) -> bool:
+    return replay.clean and (target_max_s is None or not replay.waits or replay.waits[-1] <= target_max_s + 1e-6)
+
+
+def _late(replay: _Replay, target_p95_s: float) -> int:
+    return len(replay.waits) - bisect.bisect_right(replay.waits, target_p95_s + 1e-6)
+
+
+def _clipped(segment: _Segment, counts: list[int]) -> tuple[int, ...]:
+    """A segment's counts with the last tick at 0 (so nothing outlives it), unless it ends the trace."""
+    if segment.final:
+        return tuple(counts)
+    return (*counts[:-1], 0)
+
+
+def _segments(
+    workload: Workload,
+    platform: PlatformModel,
+    target_p95_s: float,
+    target_max_s: float | None,
+    seed: int,
+) -> list[_Segment]:
+    """Cut the trace where the gap between jobs is long enough for every job before it to finish."""
+    tick = platform.tick_s
+    ticks = math.ceil(workload.horizon_s / tick)
+    align = 1
+    if platform.billing_anchor is BillingAnchor.WALL_CLOCK:
+        align = round(platform.billing_interval_s / tick)
+        if not math.isclose(align * tick, platform.billing_interval_s):
+            align = 0
+    if platform.spot_reclaims_per_hour > 0 or align == 0:
+        align = 0  # reclaims draw from one random stream over the whole day: no cuts
+    slack = (target_max_s if target_max_s is not None else target_p95_s) + SEGMENT_GAP_S
+    cuts = [0]
+    busy_until = -math.inf
+    for job in workload.jobs:
+        if align:
+            latest = math.floor((job.submit_s - platform.boot_s - WorkerModel().poll_interval_s) / tick) - 1
+            cut = latest // align * align
+            if cut > cuts[-1] and cut * tick >= busy_until + slack:
+                cuts.append(cut)
+        busy_until = max(busy_until, job.submit_s + job.duration_s)
+    if align:  # and the quiet rest of the trace, so the last busy stretch replays without it
+        tail = math.ceil((busy_until + slack) / tick / align) * align
+        if cuts[-1] < tail < ticks:
+            cuts.append(tail)
+    cuts.append(ticks)
+    return [_segment(workload, platform, seed, low, high, high == ticks) for low, high in itertools.pairwise(cuts)]
+
+
+def _segment(workload: Workload, platform: PlatformModel, seed: int, low: int, high: int, final: bool) -> _Segment:
+    tick = platform.tick_s
+    offset = low * tick
+    jobs = tuple(JobSpec(job.submit_s - offset, job.duration_s) for job in workload.jobs
+                 if low * tick <= job.submit_s < high * tick)
+    horizon = (high - low) * tick if not final else workload.horizon_s - offset
+    part = Workload(f"{workload.name}@{low}", jobs, horizon)
+    return _Segment(low, high, final, part, (_fingerprint(workload), platform, seed, low, high))
+
+
+def _joined(workload: Workload, platform: PlatformModel, seed: int, first: _Segment, second: _Segment) -> _Segment:
+    return _segment(workload, platform, seed, first.first_tick, second.end_tick, second.final)
+
+
+def _all_hands(workload: Workload, platform: PlatformModel, cap: int, ticks: int) -> list[int]:
+    """``cap`` replicas from just before each job until its end: feasible whenever anything is."""
+    tick = platform.tick_s
+    delta = [0] * (ticks + 1)
+    for job in workload.jobs:
+        delta[max(0, math.floor((job.submit_s - platform.boot_s) / tick))] += 1
+        delta[min(ticks, math.ceil((job.submit_s + job.duration_s) / tick) + 1)] -= 1
+    counts, busy = [], 0
+    for index in range(ticks):
+        busy += delta[index]
+        counts.append(cap if busy else 0)
+    return counts
+
+
+def _counts(leases: tuple[tuple[float, float], ...], tick: float, ticks: int) -> list[int]:
+    """The planned replica count at every tick (what ``Clairvoyant.target`` asks for, before its floor)."""
+    delta = [0] * (ticks + 1)
+    for start, stop in leases:
+        low, high = min(ticks, math.ceil(start / tick - 1e-9)), min(ticks, math.ceil(stop / tick - 1e-9))
+        delta[low] += 1
+        delta[high] -= 1
+    counts, alive = [], 0
+    for index in range(ticks):
+        alive += delta[index]
+        counts.append(alive)
+    return counts
+
+
+def _leases(counts: tuple[int, ...], tick: float) -> tuple[tuple[float, float], ...]:
+    """Counts per tick as replicas' (start, stop), the newest leaving first (who leaves on a quiet scale-down)."""
+    started: list[float] = []
+    leases = []
+    previous = 0
+    for index, count in enumerate((*counts, 0)):
+        now = index * tick
+        started += [now] * (count - previous)
+        for _ in range(previous - count):
+            leases.append((started.pop(), now))
+        previous = count
+    return tuple(sorted(leases))
 
 
 def _fingerprint(workload: Workload) -> str:
