@@ -101,6 +101,7 @@ class ScalerSettings(BaseSettings):
     scale_down_lead_s: float = Field(
         default=DEFAULTS.scale_down_lead_s, ge=0, validation_alias=_scaler("scale_down_lead_s")
     )
+    early_release_s: float = Field(default=DEFAULTS.early_release_s, ge=0, validation_alias=_scaler("early_release_s"))
     # None: read it from Verda's GET /container-types for the deployment's compute (local backend: the default).
     price_per_replica_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("price_per_replica_hour"))
     max_spend_per_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_hour"))

@@ -24,7 +24,7 @@ import structlog
 from scaler.billing import SpendLedger
 from scaler.job_duration import DurationFromCounters
 from scaler.metrics import ScalerMetrics
-from scaler.planning import robust_duration
+from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
     PAUSED,
     QUOTA_REACHED,
@@ -140,6 +140,9 @@ class ScalerLoop:
             pending_ages_s=queue.pending_ages_s if isinstance(queue, QueueStatus) else (),
             running_elapsed_s=queue.running_elapsed_s if isinstance(queue, QueueStatus) else (),
             job_duration_s=self._job_duration(now, queue) if isinstance(queue, QueueStatus) else None,
+            # Without listed completions there is no spread to read: a long job is then the typical one.
+            long_job_duration_s=long_duration(queue.recent_durations_s, 0.0) or None
+            if isinstance(queue, QueueStatus) else None,
             queue_error=queue_error,
             verda_error=verda_error,
         )

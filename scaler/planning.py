@@ -18,10 +18,23 @@ def robust_duration(durations: Sequence[float], default_s: float, *, keep: int =
 
     With fewer than 3 completions there is no evidence yet: ``default_s``.
     """
+    return _percentile(durations, default_s, keep, 0.75)
+
+
+def _percentile(durations: Sequence[float], default_s: float, keep: int, share: float) -> float:
     recent = sorted(d for d in list(durations)[-keep:] if d >= MIN_EVIDENCE_S and math.isfinite(d))
     if len(recent) < 3:
         return default_s
-    return recent[math.ceil(0.75 * len(recent)) - 1]
+    return recent[math.ceil(share * len(recent)) - 1]
+
+
+def long_duration(durations: Sequence[float], default_s: float, *, keep: int = 50) -> float:
+    """The 95th percentile of the last ``keep`` completions: how long a long job runs (``default_s`` without data).
+
+    A running job is only taken as about to end once it has run nearly this long; judged by the typical
+    length instead, a scale-down would stop the longer jobs just before they finish.
+    """
+    return _percentile(durations, default_s, keep, 0.95)
 
 
 def predicted_starts(free_at: Sequence[float], queued: int, duration_s: float) -> list[float]:

@@ -54,6 +54,8 @@ class ScalingConfig:
     billing_aware: bool = True
     billing_anchor: BillingAnchor = BillingAnchor.STARTED_AT
     scale_down_lead_s: float = 60.0
+    # ... or up to this long before it, at a tick when stopping them loses no running job (docs/scaling-policy.md)
+    early_release_s: float = 180.0
     price_per_replica_hour: float = 2.30
     max_spend_per_hour: float | None = None
     max_spend_per_day: float | None = None
@@ -80,6 +82,8 @@ class ScalingConfig:
             problems.append("billing_interval_s must be > 0")
         if not 0 <= self.scale_down_lead_s < self.billing_interval_s:
             problems.append("need 0 <= scale_down_lead_s < billing_interval_s")
+        if not 0 <= self.early_release_s < self.billing_interval_s:
+            problems.append("need 0 <= early_release_s < billing_interval_s")
         if self.target_wait_s is not None and self.target_wait_s <= 0:
             problems.append("target_wait_s must be > 0 (or unset)")
         if self.target_wait_s is not None and self.jobs_per_replica != 1:
@@ -114,6 +118,8 @@ class Observation:
 
     The optional job timings sharpen wait-target planning; without them queued jobs count as just
     submitted, running ones as half done, and jobs as ``default_job_duration_s`` long.
+    ``long_job_duration_s`` (a high percentile of recent run times) keeps a scale-down from betting that a
+    running job is about to end when jobs vary in length.
     """
 
     now: float
@@ -124,6 +130,7 @@ class Observation:
     pending_ages_s: tuple[float, ...] = ()  # how long queued jobs have waited, any order
     running_elapsed_s: tuple[float, ...] = ()  # how long running jobs have run, any order
     job_duration_s: float | None = None  # robust estimate from recent completions (scaler.planning)
+    long_job_duration_s: float | None = None  # ... and how long a long one runs (scaler.planning.long_duration)
     queue_error: str | None = None
     verda_error: str | None = None
 
@@ -323,17 +330,19 @@ def _plan(
     assert config.target_wait_s is not None
     now = observation.now
     duration = observation.job_duration_s or config.default_job_duration_s
-    # A tick and a poll pass between this prediction and a job's claim.
-    target = max(0.0, config.target_wait_s - 15.0)
+    # Whether a running job ends within the drain is judged by a long job: a typical one may not be it.
+    long_duration = max(duration, observation.long_job_duration_s or 0.0)
+    target = config.target_wait_s
     free_at = _free_at(config, observation, current, duration)
     ages = _queued_ages(observation)
-    busy = _would_be_interrupted(config, observation, current, duration)
+    busy = _would_be_interrupted(config, observation, current, long_duration)
     prewarm = min(
         prewarm_floor(config.timetable, now, config.prewarm_lead_s, config.max_replicas), config.max_replicas
     )
     room = max(0, config.max_replicas - current)
     add = replicas_to_add(now, free_at, ages, duration, target, config.replica_boot_s, room)
-    details.update(job_duration_s=round(duration, 1), target_wait_s=config.target_wait_s, prewarm=prewarm)
+    details.update(job_duration_s=round(duration, 1), long_job_duration_s=round(long_duration, 1),
+                   target_wait_s=config.target_wait_s, prewarm=prewarm)
     in_flight = observation.pending + observation.running > 0
     # Running jobs keep their replicas, and work in flight never leaves the fleet at zero.
     wanted = max(current + add, prewarm, config.min_replicas, _running_need(config, observation), int(in_flight))
@@ -358,7 +367,7 @@ def _plan(
     if need >= current:
         return current, Reason.STEADY
     if not config.billing_aware:
-        if _would_lose_work(config, observation, current - need, duration):
+        if _would_lose_work(config, observation, current - need, long_duration):
             return current, Reason.HOLD_JOBS_WOULD_BE_LOST
         if state.last_scale_down_at is not None and now - state.last_scale_down_at < config.scale_down_cooldown_s:
             return current, Reason.HOLD_COOLDOWN
@@ -370,11 +379,16 @@ def _plan(
     if paid_left:
         details["next_billing_boundary_in_s"] = round(paid_left[0], 3)
     # Paid replicas stay to the end of their interval; those at its end and not needed leave together.
-    step = sum(1 for left in paid_left if left <= config.scale_down_lead_s)
+    # A tick when no running job would be lost may not come again before the boundary (then each buys
+    # another interval): at such a tick, those within early_release_s of it leave already.
+    window = config.scale_down_lead_s
+    if not _would_lose_work(config, observation, current - need, long_duration):
+        window = max(window, config.early_release_s)
+    step = sum(1 for left in paid_left if left <= window)
     if step == 0:
         return current, Reason.HOLD_BILLING_BOUNDARY
     desired = max(need, current - step)
-    if _would_lose_work(config, observation, current - desired, duration):
+    if _would_lose_work(config, observation, current - desired, long_duration):
         return current, Reason.HOLD_JOBS_WOULD_BE_LOST
     return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
 

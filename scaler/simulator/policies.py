@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from scaler.planning import robust_duration
+from scaler.planning import long_duration, robust_duration
 from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
 
 
@@ -106,6 +106,7 @@ class Ours:
             pending_ages_s=queue.pending_ages_s,
             running_elapsed_s=queue.running_elapsed_s,
             job_duration_s=robust_duration(queue.recent_durations_s, self.config.default_job_duration_s),
+            long_job_duration_s=long_duration(queue.recent_durations_s, self.config.default_job_duration_s),
         )
         decision = decide(self.config, self.state, observation)
         self.state = decision.new_state

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from scaler.planning import predicted_starts, replicas_needed, replicas_to_add, robust_duration
+from scaler.planning import long_duration, predicted_starts, replicas_needed, replicas_to_add, robust_duration
 from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
 from scaler.timetable import Block, format_timetable, parse_timetable, prewarm_floor
 
@@ -93,3 +93,37 @@ def test_timetable_parsing_names_the_bad_entry():
             parse_timetable(bad)
     assert prewarm_floor(blocks, 32_400 - 10, 60, 4) == 5
     assert prewarm_floor(blocks, 46_800 - 10, 60, 4) == 4
+
+
+def test_a_long_job_is_the_measure_of_whether_a_running_job_is_about_to_end():
+    assert long_duration([], 180) == 180
+    assert long_duration([100.0] * 19 + [400.0], 180) == 100
+    assert long_duration([100.0] * 18 + [400.0, 400.0], 180) == 400
+    fleet = (Replica("r0", 0.0), Replica("r1", 0.0))
+    # r0 idle at its boundary; r1 has run 100 s: done by the typical 2 minutes, but jobs run up to 8.
+    observation = dict(running=1, replicas=fleet, running_elapsed_s=(100.0,), job_duration_s=120.0)
+    assert tick(PLAN, PolicyState(applied=2), 560, **observation).desired == 1
+    decision = tick(PLAN, PolicyState(applied=2), 560, long_job_duration_s=480.0, **observation)
+    assert (decision.desired, decision.reason) == (2, Reason.HOLD_JOBS_WOULD_BE_LOST)
+
+
+def test_a_spare_replica_leaves_early_at_a_tick_when_no_running_job_would_be_lost():
+    fleet = (Replica("r0", 0.0), Replica("r1", 0.0))
+    # 150 s before the boundary: nothing runs now, maybe something will then; leave now.
+    decision = tick(PLAN, PolicyState(applied=2), 450, replicas=fleet)
+    assert (decision.desired, decision.reason) == (0, Reason.SCALE_TO_ZERO)
+    # A job runs that Verda might stop: wait for the boundary as before.
+    decision = tick(PLAN, PolicyState(applied=2), 450, running=1, replicas=fleet, running_elapsed_s=(10.0,))
+    assert (decision.desired, decision.reason) == (2, Reason.HOLD_BILLING_BOUNDARY)
+    # Further from the boundary, or with early release off, the paid time is used.
+    assert tick(PLAN, PolicyState(applied=2), 300, replicas=fleet).reason == Reason.HOLD_BILLING_BOUNDARY
+    off = replace(PLAN, early_release_s=0)
+    assert tick(off, PolicyState(applied=2), 450, replicas=fleet).reason == Reason.HOLD_BILLING_BOUNDARY
+
+
+def test_the_target_itself_is_planned_for_not_a_margin_below_it():
+    fleet = (Replica("r0", 0.0),)
+    # The queued job (waited 10 s) starts when r0's job ends, ~110 s from now: 120 s in all, the target.
+    decision = tick(PLAN, PolicyState(applied=1), 100, pending=1, running=1, replicas=fleet,
+                    running_elapsed_s=(10.0,), pending_ages_s=(10.0,), job_duration_s=120.0)
+    assert decision.desired == 1
