@@ -59,6 +59,32 @@ def misses(
     return sum(1 for age, start in zip(ages_s, starts, strict=True) if age + start - now > target_s)
 
 
+# The target is a p95: this share of jobs may start later than it ...
+LATE_SHARE = 0.05
+# ... but none is planned to wait longer than this many times the target.
+LATE_LIMIT = 1.5
+
+
+def late_allowance(recent_waits_s: Sequence[float], queued: int, target_s: float) -> int:
+    """How many queued jobs may be planned to start past the target, the p95 still meeting it.
+
+    ``LATE_SHARE`` of the recent jobs (``recent_waits_s``: how long the last ones to start had waited) and
+    the queued ones; the recent jobs that already waited past the target have used up their part.
+    """
+    already = sum(1 for wait in recent_waits_s if wait > target_s)
+    return max(0, math.floor(LATE_SHARE * (len(recent_waits_s) + queued) + 1e-9) - already)
+
+
+def excess(
+    now: float, free_at: Sequence[float], ages_s: Sequence[float], duration_s: float, target_s: float, allowed: int
+) -> int:
+    """Queued jobs late beyond the allowance: past the target beyond ``allowed``, or past ``LATE_LIMIT`` x it."""
+    return max(
+        misses(now, free_at, ages_s, duration_s, target_s) - allowed,
+        misses(now, free_at, ages_s, duration_s, LATE_LIMIT * target_s),
+    )
+
+
 def replicas_to_add(
     now: float,
     free_at: Sequence[float],
@@ -67,8 +93,10 @@ def replicas_to_add(
     target_s: float,
     boot_s: float,
     room: int,
+    allowed: int = 0,
 ) -> int:
-    """The fewest new replicas (ready at ``now + boot_s``, at most ``room``) that leave the fewest misses.
+    """The fewest new replicas (ready at ``now + boot_s``, at most ``room``) that leave the fewest misses
+    (beyond the ``allowed`` late ones, see ``late_allowance``).
 
     A new replica is only bought for a job that would otherwise miss the target; when even ``room`` new
     replicas cannot save a job (it has waited too long already), the count that does best is taken, so the
@@ -80,7 +108,8 @@ def replicas_to_add(
     def outlook(extra: int) -> tuple[int, float]:
         fleet = [*free_at, *([now + boot_s] * extra)]
         longest = _longest_wait(now, fleet, ages_s, duration_s)
-        return misses(now, fleet, ages_s, duration_s, target_s), round(longest) if math.isfinite(longest) else longest
+        late = excess(now, fleet, ages_s, duration_s, target_s, allowed)
+        return late, round(longest) if math.isfinite(longest) else longest
 
     best, best_outlook = 0, outlook(0)
     for extra in range(1, min(room, len(ages_s)) + 1):
@@ -98,6 +127,7 @@ def replicas_needed(
     ages_s: Sequence[float],
     duration_s: float,
     target_s: float,
+    allowed: int = 0,
 ) -> int:
     """How many of the replicas (``free_at``) the queue needs: no more misses, no longer worst wait than all.
 
@@ -107,11 +137,12 @@ def replicas_needed(
     if not ages_s:
         return 0
     ordered = sorted(free_at)
-    floor = misses(now, ordered, ages_s, duration_s, target_s)
-    worst = max(target_s, _longest_wait(now, ordered, ages_s, duration_s))
+    floor = excess(now, ordered, ages_s, duration_s, target_s, allowed)
+    bound = LATE_LIMIT * target_s if allowed else target_s
+    worst = max(bound, _longest_wait(now, ordered, ages_s, duration_s))
     for keep in range(1, len(ordered) + 1):
         kept = ordered[:keep]
-        if misses(now, kept, ages_s, duration_s, target_s) <= floor and (
+        if excess(now, kept, ages_s, duration_s, target_s, allowed) <= floor and (
             _longest_wait(now, kept, ages_s, duration_s) <= worst + 1e-6
         ):
             return keep

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger, seconds_to_boundary
-from scaler.planning import replicas_needed, replicas_to_add
+from scaler.planning import late_allowance, replicas_needed, replicas_to_add
 from scaler.timetable import Block, prewarm_floor
 
 PAUSED = "paused"
@@ -131,6 +131,7 @@ class Observation:
     running_elapsed_s: tuple[float, ...] = ()  # how long running jobs have run, any order
     job_duration_s: float | None = None  # robust estimate from recent completions (scaler.planning)
     long_job_duration_s: float | None = None  # ... and how long a long one runs (scaler.planning.long_duration)
+    recent_waits_s: tuple[float, ...] = ()  # how long the last jobs to start had waited, any order
     queue_error: str | None = None
     verda_error: str | None = None
 
@@ -340,9 +341,11 @@ def _plan(
         prewarm_floor(config.timetable, now, config.prewarm_lead_s, config.max_replicas), config.max_replicas
     )
     room = max(0, config.max_replicas - current)
-    add = replicas_to_add(now, free_at, ages, duration, target, config.replica_boot_s, room)
+    # Plan for the p95: a few jobs may start past the target, as long as few recent ones did.
+    allowed = late_allowance(observation.recent_waits_s, len(ages), target)
+    add = replicas_to_add(now, free_at, ages, duration, target, config.replica_boot_s, room, allowed)
     details.update(job_duration_s=round(duration, 1), long_job_duration_s=round(long_duration, 1),
-                   target_wait_s=config.target_wait_s, prewarm=prewarm)
+                   target_wait_s=config.target_wait_s, late_allowed=allowed, prewarm=prewarm)
     in_flight = observation.pending + observation.running > 0
     # Running jobs keep their replicas, and work in flight never leaves the fleet at zero.
     wanted = max(current + add, prewarm, config.min_replicas, _running_need(config, observation), int(in_flight))
@@ -354,14 +357,14 @@ def _plan(
             reason = Reason.PREWARM
         return desired, reason
     need = max(
-        replicas_needed(now, free_at, ages, duration, target),
+        replicas_needed(now, free_at, ages, duration, target, allowed),
         busy,
         1 if in_flight else 0,
         prewarm,
         config.min_replicas,
     )
     kept = sorted(free_at)[:need]
-    if replicas_to_add(now, kept, ages, duration, target, config.replica_boot_s, current - need) > 0:
+    if replicas_to_add(now, kept, ages, duration, target, config.replica_boot_s, current - need, allowed) > 0:
         need = current  # fewer would have to be bought back at once
     details["needed"] = need
     if need >= current:

@@ -45,6 +45,7 @@ class QueueStatus:
     pending_ages_s: tuple[float, ...] = ()
     running_elapsed_s: tuple[float, ...] = ()
     recent_durations_s: tuple[float, ...] = ()
+    recent_waits_s: tuple[float, ...] = ()
 
     @classmethod
     def from_json(cls, body: Any) -> QueueStatus:
@@ -151,7 +152,8 @@ class QueueStatusReader:
 
 
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:
-    """Ages of pending jobs, elapsed run of running ones, durations of the most recent completions."""
+    """Ages of pending jobs, elapsed run of running ones, durations of the most recent completions, and how
+    long the jobs that started last (running or completed) had waited."""
     ages = tuple(now - t for t in (_stamp(job, "created_at") for job in lists.get("pending", ())) if t is not None)
     elapsed = tuple(now - t for t in (_stamp(job, "started_at") for job in lists.get("running", ())) if t is not None)
     done = []
@@ -160,7 +162,14 @@ def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[floa
         if started is not None and completed is not None and completed >= started:
             done.append((completed, completed - started))
     recent = tuple(duration for _, duration in sorted(done)[-RECENT_COMPLETIONS:])
-    return {"pending_ages_s": ages, "running_elapsed_s": elapsed, "recent_durations_s": recent}
+    started = []
+    for job in (*lists.get("running", ()), *lists.get("completed", ())):
+        created, began = _stamp(job, "created_at"), _stamp(job, "started_at")
+        if created is not None and began is not None and began >= created:
+            started.append((began, began - created))
+    waits = tuple(wait for _, wait in sorted(started)[-RECENT_COMPLETIONS:])
+    return {"pending_ages_s": ages, "running_elapsed_s": elapsed, "recent_durations_s": recent,
+            "recent_waits_s": waits}
 
 
 def _stamp(job: Any, name: str) -> float | None:

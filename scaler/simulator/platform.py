@@ -133,6 +133,8 @@ class Simulation:
         self._names = (f"replica-{n}" for n in itertools.count(1))
         # What the live scaler reads from GET /api/jobs?status=completed: recent run times.
         self._recent_durations: deque[float] = deque(maxlen=RECENT_COMPLETIONS)
+        # ... and how long the last jobs to start had waited (created_at -> started_at).
+        self._recent_waits: deque[float] = deque(maxlen=RECENT_COMPLETIONS)
         self.outcome = SimOutcome(
             jobs=[SimJob(job.submit_s, job.duration_s) for job in self.workload.jobs],
             replicas=[],
@@ -200,6 +202,7 @@ class Simulation:
             running_elapsed_s=tuple(now - replica.job.attempt_started_s for replica in self._replicas
                                     if replica.job is not None),
             recent_durations_s=tuple(self._recent_durations),
+            recent_waits_s=tuple(self._recent_waits),
         )
         self._target = self.controller.target(now, view, listed)
         self._reconcile(now)
@@ -287,6 +290,7 @@ class Simulation:
         replica.state, replica.job = "busy", job
         replica.generation += 1
         job.attempt_started_s = now
+        self._recent_waits.append(now - job.submit_s)
         self._schedule(now + job.duration_s, Event.FINISH, replica)
 
     def _on_finish(self, now: float, replica: object) -> None:

@@ -4,7 +4,14 @@ from dataclasses import replace
 
 import pytest
 
-from scaler.planning import long_duration, predicted_starts, replicas_needed, replicas_to_add, robust_duration
+from scaler.planning import (
+    late_allowance,
+    long_duration,
+    predicted_starts,
+    replicas_needed,
+    replicas_to_add,
+    robust_duration,
+)
 from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
 from scaler.timetable import Block, format_timetable, parse_timetable, prewarm_floor
 
@@ -127,3 +134,23 @@ def test_the_target_itself_is_planned_for_not_a_margin_below_it():
     decision = tick(PLAN, PolicyState(applied=1), 100, pending=1, running=1, replicas=fleet,
                     running_elapsed_s=(10.0,), pending_ages_s=(10.0,), job_duration_s=120.0)
     assert decision.desired == 1
+
+
+def test_the_p95_lets_a_few_jobs_start_past_the_target_while_few_recent_ones_did():
+    on_time = [30.0] * 38
+    assert late_allowance(on_time, 2, 120) == 2  # 5 % of 40 jobs
+    assert late_allowance([*on_time, 200.0], 1, 120) == 1  # one of the recent ones already used its part
+    assert late_allowance([], 3, 120) == 0  # no history: every job counts
+    # One replica frees in 40 s; the 2nd queued job would start at 160 s, past 120 but within 1.5x: allowed.
+    assert replicas_to_add(0, [40], [0, 0], 120, 120, 45, room=4) == 1
+    assert replicas_to_add(0, [40], [0, 0], 120, 120, 45, room=4, allowed=1) == 0
+    # ... never beyond 1.5x the target, whatever the allowance (the 3rd would start at 280 s).
+    assert replicas_to_add(0, [40], [0, 0, 0], 120, 120, 45, room=4, allowed=2) == 1
+    fleet = (Replica("r0", 0.0),)
+    observation = dict(pending=2, running=1, replicas=fleet, running_elapsed_s=(80.0,), pending_ages_s=(0.0, 0.0),
+                       job_duration_s=120.0)
+    assert tick(PLAN, PolicyState(applied=1), 100, **observation).desired == 2
+    decision = tick(PLAN, PolicyState(applied=1), 100, recent_waits_s=tuple(on_time), **observation)
+    assert (decision.desired, decision.details["late_allowed"]) == (1, 2)
+    late = tuple([200.0] * 2 + on_time[2:])
+    assert tick(PLAN, PolicyState(applied=1), 100, recent_waits_s=late, **observation).desired == 2

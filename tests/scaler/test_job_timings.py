@@ -68,6 +68,18 @@ def test_bad_timestamps_are_skipped_not_fatal():
     assert timings["recent_durations_s"] == ()
 
 
+def test_recent_waits_are_the_queue_time_of_the_jobs_that_started_last():
+    def job(created, started):
+        return {"created_at": f"2026-01-01T00:{created}+00:00", "started_at": f"2026-01-01T00:{started}+00:00",
+                "completed_at": "2026-01-01T01:00:00+00:00"}
+
+    timings = job_timings({
+        "running": [job("10:00", "12:30")],
+        "completed": [job("00:00", "00:20"), job("01:00", "00:59"), {"created_at": "junk"}],
+    }, now=1_767_229_200.0)
+    assert timings["recent_waits_s"] == (20.0, 150.0)  # in start order; a start before creation is skipped
+
+
 async def test_the_estimate_follows_the_latest_completions_not_the_first_ones():
     """600 jobs of 100 s, then 60 of 300 s: the estimate is 300 s (listing the oldest 500 once gave 100 s)."""
     clock = Clock(1_700_000_000.0)
