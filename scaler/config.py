@@ -119,6 +119,9 @@ class ScalerSettings(BaseSettings):
         default=DEFAULTS.victim_may_be_busy, validation_alias=_scaler("victim_may_be_busy")
     )
     max_lost_work_s: float = Field(default=DEFAULTS.max_lost_work_s, ge=0, validation_alias=_scaler("max_lost_work_s"))
+    lost_work_weight: float = Field(
+        default=DEFAULTS.lost_work_weight, ge=0, validation_alias=_scaler("lost_work_weight")
+    )
 
     @field_validator("target_wait_s", mode="before")
     @classmethod

@@ -149,7 +149,7 @@ class ScalerLoop:
         )
 
     def _job_duration(self, now: float, queue: QueueStatus) -> float:
-        """The p75 of the listed recent completions; without them, the mean from the counters; else the default."""
+        """The median of the listed recent completions; without them, the mean from the counters; else the default."""
         from_counters = self.durations_from_counters.observe(
             now, queue.running_jobs, queue.completed_jobs + queue.failed_jobs
         )

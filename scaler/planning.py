@@ -14,11 +14,13 @@ MIN_EVIDENCE_S = 0.5
 
 
 def robust_duration(durations: Sequence[float], default_s: float, *, keep: int = 50) -> float:
-    """The 75th percentile of the last ``keep`` completions: an outlier moves it little, a shift soon.
+    """The median of the last ``keep`` completions: an outlier moves it little, a shift soon.
 
-    With fewer than 3 completions there is no evidence yet: ``default_s``.
+    The median, not a higher percentile: a queued job starts after several jobs in a row, and a pessimistic
+    length for each adds up (with the 75th percentile the measured p95 wait landed 15-25 % under the target,
+    paid for with replicas). With fewer than 3 completions there is no evidence yet: ``default_s``.
     """
-    return _percentile(durations, default_s, keep, 0.75)
+    return _percentile(durations, default_s, keep, 0.5)
 
 
 def _percentile(durations: Sequence[float], default_s: float, keep: int, share: float) -> float:

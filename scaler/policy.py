@@ -24,6 +24,7 @@ class Reason(StrEnum):
     SCALE_UP = "scale_up"
     PREWARM = "prewarm_for_timetable"
     SCALE_DOWN = "scale_down"
+    SCALE_DOWN_RESTARTING_JOBS = "scale_down_restarting_jobs"
     SCALE_TO_ZERO = "scale_to_zero"
     CLAMP_TO_MAX = "clamp_to_max"
     STEADY = "steady"
@@ -69,6 +70,8 @@ class ScalingConfig:
     # Verda picks which replica a scale-down stops; assume it may be a busy one (False: idle ones retire).
     victim_may_be_busy: bool = True
     max_lost_work_s: float = 0.0  # ... and accept restarting a job that has run at most this long
+    # ... or, at a billing boundary, when the spare time saved is this many times the work restarted (0: never)
+    lost_work_weight: float = 20.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,7 +94,8 @@ class ScalingConfig:
         if self.default_job_duration_s <= 0:
             problems.append("default_job_duration_s must be > 0")
         for name in ("stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",
-                     "price_per_replica_hour", "replica_boot_s", "prewarm_lead_s", "worker_drain_s", "max_lost_work_s"):
+                     "price_per_replica_hour", "replica_boot_s", "prewarm_lead_s", "worker_drain_s", "max_lost_work_s",
+                     "lost_work_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         for name in ("max_spend_per_hour", "max_spend_per_day"):
@@ -392,7 +396,15 @@ def _plan(
         return current, Reason.HOLD_BILLING_BOUNDARY
     desired = max(need, current - step)
     if _would_lose_work(config, observation, current - desired, long_duration):
-        return current, Reason.HOLD_JOBS_WOULD_BE_LOST
+        # Holding buys each spare at its boundary another interval; restarting a young job may cost less.
+        restarted = sum(spent + config.worker_drain_s
+                        for spent in _victims(config, observation, current - desired, long_duration))
+        if restarted * config.lost_work_weight > (current - desired) * config.billing_interval_s or (
+            config.lost_work_weight == 0
+        ):
+            return current, Reason.HOLD_JOBS_WOULD_BE_LOST
+        details["restarted_work_s"] = round(restarted, 1)
+        return desired, Reason.SCALE_DOWN_RESTARTING_JOBS
     return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
 
 
@@ -426,12 +438,17 @@ def _would_lose_work(config: ScalingConfig, observation: Observation, stopping: 
     Assumes the worst victims: the busy replicas with the most work left, i.e. the youngest jobs. A young
     job is cheap to restart on the replica that stays; an old one is not.
     """
+    return any(spent > config.max_lost_work_s for spent in _victims(config, observation, stopping, duration))
+
+
+def _victims(config: ScalingConfig, observation: Observation, stopping: int, duration: float) -> list[float]:
+    """How long the running jobs a scale-down of ``stopping`` could stop (the worst case) have run, less
+    those that end within the worker's drain anyway."""
     if not config.victim_may_be_busy or stopping <= 0:
-        return False
+        return []
     elapsed = sorted(observation.running_elapsed_s)[: observation.running]
     elapsed += [0.5 * duration] * (observation.running - len(elapsed))
-    victims = [spent for spent in sorted(elapsed)[:stopping] if duration - spent > config.worker_drain_s]
-    return any(spent > config.max_lost_work_s for spent in victims)
+    return [spent for spent in sorted(elapsed)[:stopping] if duration - spent > config.worker_drain_s]
 
 
 def _queued_ages(observation: Observation) -> list[float]:

@@ -19,10 +19,11 @@ PLAN = ScalingConfig(target_wait_s=120, default_job_duration_s=120, replica_boot
                      billing_aware=True, scale_down_lead_s=60)
 
 
-def test_duration_is_the_default_until_three_completions_then_a_robust_p75():
+def test_duration_is_the_default_until_three_completions_then_the_median():
     assert robust_duration([], 180) == 180
     assert robust_duration([100, 100], 180) == 180
-    assert robust_duration([100, 110, 120, 5_000], 180) == 120  # one outlier barely moves it
+    assert robust_duration([100, 110, 120, 5_000], 180) == 110  # one outlier barely moves it
+    assert robust_duration([100, 110, 120, 130, 140], 180) == 120  # the median: pessimism would add up in a queue
     assert robust_duration([0.0, 0.1, 100, 100, 100], 180) == 100  # instant jobs are no evidence
 
 
@@ -154,3 +155,18 @@ def test_the_p95_lets_a_few_jobs_start_past_the_target_while_few_recent_ones_did
     assert (decision.desired, decision.details["late_allowed"]) == (1, 2)
     late = tuple([200.0] * 2 + on_time[2:])
     assert tick(PLAN, PolicyState(applied=1), 100, recent_waits_s=late, **observation).desired == 2
+
+
+def test_at_a_boundary_restarting_a_young_job_beats_buying_the_spares_another_interval():
+    fleet = tuple(Replica(f"r{n}", 0.0) for n in range(4))
+    # Four replicas at their boundary, one job 10 s into a 2-minute run: Verda may stop it with the spares.
+    young = dict(running=1, replicas=fleet, running_elapsed_s=(10.0,), job_duration_s=120.0)
+    decision = tick(PLAN, PolicyState(applied=4), 560, **young)
+    # Restarting 35 s of work (10 s run + the drain) saves 3 spare intervals (1800 s): go down to 1.
+    assert (decision.desired, decision.reason) == (1, Reason.SCALE_DOWN_RESTARTING_JOBS)
+    assert decision.details["restarted_work_s"] == 35.0
+    # 80 s into its run, the restart (105 s x 20) costs more than the 1800 s saved: hold as before.
+    old = dict(young, running_elapsed_s=(80.0,))
+    assert tick(PLAN, PolicyState(applied=4), 560, **old).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
+    never = replace(PLAN, lost_work_weight=0)
+    assert tick(never, PolicyState(applied=4), 560, **young).reason == Reason.HOLD_JOBS_WOULD_BE_LOST

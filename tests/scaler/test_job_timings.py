@@ -46,7 +46,7 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
             backend.clock = clock
             loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock)
             decision = await loop.tick()
-    assert decision.details["job_duration_s"] == 120.0  # the p75 of the last completions, not the outlier
+    assert decision.details["job_duration_s"] == 110.0  # the median of the last completions, not the outlier
     assert decision.details["long_job_duration_s"] == 400.0  # ... and a long one, to judge running jobs by
 
 
