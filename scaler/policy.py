@@ -352,7 +352,9 @@ def _plan(
                    target_wait_s=config.target_wait_s, late_allowed=allowed, prewarm=prewarm)
     in_flight = observation.pending + observation.running > 0
     # Running jobs keep their replicas, and work in flight never leaves the fleet at zero.
-    wanted = max(current + add, prewarm, config.min_replicas, _running_need(config, observation), int(in_flight))
+    # Running jobs keep their replicas; one that ends within the drain needs none (its replica may be stopping).
+    running_need = min(observation.running - _ending(config, observation, long_duration), config.max_replicas)
+    wanted = max(current + add, prewarm, config.min_replicas, running_need, int(in_flight))
     if current > config.max_replicas:
         return config.max_replicas, Reason.CLAMP_TO_MAX
     if wanted > current:
@@ -374,7 +376,7 @@ def _plan(
     if need >= current:
         return current, Reason.STEADY
     if not config.billing_aware:
-        if _would_lose_work(config, observation, current - need, long_duration):
+        if _would_lose_work(config, observation, current, current - need, long_duration):
             return current, Reason.HOLD_JOBS_WOULD_BE_LOST
         if state.last_scale_down_at is not None and now - state.last_scale_down_at < config.scale_down_cooldown_s:
             return current, Reason.HOLD_COOLDOWN
@@ -389,18 +391,21 @@ def _plan(
     # A tick when no running job would be lost may not come again before the boundary (then each buys
     # another interval): at such a tick, those within early_release_s of it leave already.
     window = config.scale_down_lead_s
-    if not _would_lose_work(config, observation, current - need, long_duration):
+    if not _would_lose_work(config, observation, current, current - need, long_duration):
         window = max(window, config.early_release_s)
     step = sum(1 for left in paid_left if left <= window)
     if step == 0:
         return current, Reason.HOLD_BILLING_BOUNDARY
     desired = max(need, current - step)
-    if _would_lose_work(config, observation, current - desired, long_duration):
+    stopping = current - desired
+    if _would_lose_work(config, observation, current, stopping, long_duration):
         # Holding buys each spare at its boundary another interval; restarting a young job may cost less.
-        restarted = sum(spent + config.worker_drain_s
-                        for spent in _victims(config, observation, current - desired, long_duration))
-        if restarted * config.lost_work_weight > (current - desired) * config.billing_interval_s or (
+        victims = _victims(config, observation, stopping, long_duration)
+        restarted = sum(spent + config.worker_drain_s for spent in victims)
+        if (
             config.lost_work_weight == 0
+            or restarted * config.lost_work_weight > stopping * config.billing_interval_s
+            or not _restarts_find_a_replica(observation, current, stopping, len(victims))
         ):
             return current, Reason.HOLD_JOBS_WOULD_BE_LOST
         details["restarted_work_s"] = round(restarted, 1)
@@ -427,18 +432,36 @@ def _free_at(config: ScalingConfig, observation: Observation, current: int, dura
 def _would_be_interrupted(config: ScalingConfig, observation: Observation, current: int, duration: float) -> int:
     """Running jobs that would not finish within the worker's drain if their replica were stopped now."""
     busy = min(observation.running, current)
-    elapsed = sorted(observation.running_elapsed_s, reverse=True)[:busy]
-    finishing = sum(1 for spent in elapsed if duration - spent <= config.worker_drain_s)
-    return busy - finishing
+    return busy - min(busy, _ending(config, observation, duration))
 
 
-def _would_lose_work(config: ScalingConfig, observation: Observation, stopping: int, duration: float) -> bool:
-    """Would stopping ``stopping`` replicas throw away more than ``max_lost_work_s`` of a running job?
+def _ending(config: ScalingConfig, observation: Observation, duration: float) -> int:
+    """Running jobs that end within the worker's drain (a job of unknown age does not)."""
+    elapsed = observation.running_elapsed_s[: observation.running]
+    return sum(1 for spent in elapsed if duration - spent <= config.worker_drain_s)
+
+
+def _would_lose_work(
+    config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float
+) -> bool:
+    """Would stopping ``stopping`` of the ``current`` replicas throw away more than ``max_lost_work_s`` of a
+    running job, or restart one that no idle replica left would take at once?
 
     Assumes the worst victims: the busy replicas with the most work left, i.e. the youngest jobs. A young
     job is cheap to restart on the replica that stays; an old one is not.
     """
-    return any(spent > config.max_lost_work_s for spent in _victims(config, observation, stopping, duration))
+    victims = _victims(config, observation, stopping, duration)
+    return bool(victims) and (
+        any(spent > config.max_lost_work_s for spent in victims)
+        or not _restarts_find_a_replica(observation, current, stopping, len(victims))
+    )
+
+
+def _restarts_find_a_replica(observation: Observation, current: int, stopping: int, restarted: int) -> bool:
+    """Does an idle (or starting) replica stay for each restarted job? The worst case stops the busy ones first."""
+    idle = current - min(observation.running, current)
+    idle_stopped = stopping - min(stopping, observation.running)
+    return idle - idle_stopped >= restarted
 
 
 def _victims(config: ScalingConfig, observation: Observation, stopping: int, duration: float) -> list[float]:

@@ -170,3 +170,22 @@ def test_at_a_boundary_restarting_a_young_job_beats_buying_the_spares_another_in
     assert tick(PLAN, PolicyState(applied=4), 560, **old).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
     never = replace(PLAN, lost_work_weight=0)
     assert tick(never, PolicyState(applied=4), 560, **young).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
+
+
+def test_no_job_is_restarted_when_no_idle_replica_would_take_it():
+    fleet = (Replica("r0", 0.0), Replica("r1", 0.0))
+    # Both at their boundary and busy: one job just started, one ends within the drain. Stopping one would
+    # stop the young job (the worst case) and leave it queued behind the other: hold.
+    decision = tick(PLAN, PolicyState(applied=2), 560, running=2, replicas=fleet, running_elapsed_s=(0.0, 100.0),
+                    job_duration_s=120.0)
+    assert (decision.desired, decision.reason) == (2, Reason.HOLD_JOBS_WOULD_BE_LOST)
+
+
+def test_a_job_ending_on_a_stopping_replica_buys_no_replica_back():
+    # One replica left after a scale-down; the stopped one still runs a job that ends within the drain.
+    fleet = (Replica("r0", 0.0),)
+    decision = tick(PLAN, PolicyState(applied=1), 300, running=2, replicas=fleet, running_elapsed_s=(110.0, 50.0),
+                    job_duration_s=120.0)
+    assert decision.desired == 1
+    # A running job of unknown age still gets its replica.
+    assert tick(PLAN, PolicyState(applied=1), 300, running=2, replicas=fleet).desired == 2
