@@ -41,13 +41,17 @@ WAIT_CAPS_S = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 30
 LATE_SHARES = (0.0, 0.02, 0.04)
 # The local search: replays of a segment it may run per plan, how often it sweeps all segments, the
 # length of a dent inside a long run (one billing interval of ticks) and how far an edge may move.
-DEFAULT_EFFORT = 3_000
+DEFAULT_EFFORT = 30_000
 SEARCH_ROUNDS = 3
 DENT_TICKS = 40
 EDGE_SHIFTS = (1, 2, 3, 5, 8, 13, 21, 34)
 # A segment ends where the next job comes this long after every earlier job could have waited its worst
 # and run: shorter gaps are left inside one segment, so a replica may serve jobs on both sides.
 SEGMENT_GAP_S = 150.0
+# In-step plans try a billing phase every this many ticks.
+PHASE_STEP_TICKS = 1
+# The local search climbs from this many of a segment's cheapest starting plans.
+START_POINTS = 6
 
 
 @dataclass(slots=True)
@@ -328,7 +332,8 @@ def _search(
     late_allowed = len(workload.jobs) - math.ceil(0.95 * len(workload.jobs))
     segments = _segments(workload, platform, target_p95_s, target_max_s, seed)
     while True:
-        menus = [_menu(segment, starts, platform, seed, target_p95_s, target_max_s) for segment in segments]
+        menus = [_menu(segment, starts, platform, cap, seed, target_p95_s, target_max_s,
+                       late_allowed // len(segments)) for segment in segments]
         empty = next((index for index, menu in enumerate(menus) if not menu), None)
         if empty is None or len(segments) == 1:
             break
@@ -338,19 +343,33 @@ def _search(
         segments[low:high + 1] = [_joined(workload, platform, seed, segments[low], segments[high])]
     if any(not menu for menu in menus):
         return None
-    chosen = _allocate(menus, late_allowed)
+    # Each segment may spend its share of the effort (by its number of jobs).
+    budgets = [effort * len(segment.workload.jobs) // len(workload.jobs) for segment in segments]
+    share = late_allowed // len(segments)
+    fronts = []
+    for index, (segment, menu) in enumerate(zip(segments, menus, strict=True)):
+        # Climb from several starts, each with a few allowances of late jobs; every plan met on the way
+        # that meets the max wait joins the segment's front: the cheapest plan per number of late jobs.
+        front: dict[int, tuple[int, tuple[int, ...]]] = {}
+        for billed, late, counts in reversed(menu):
+            front[late] = (billed, counts)
+        for allowed in sorted({0, share, 2 * share}):
+            for option in [option for option in menu if option[1] <= allowed][:START_POINTS]:
+                _result, budgets[index] = _improve(segment, list(option[2]), platform, seed, target_p95_s,
+                                                   target_max_s, allowed, budgets[index], front)
+        fronts.append([(billed, late, counts) for late, (billed, counts) in sorted(front.items())])
+    chosen = _allocate(fronts, late_allowed)
     if chosen is None:
         return None
     counts = [list(option[2]) for option in chosen]
     late = [option[1] for option in chosen]
-    # Each segment may spend its share of the effort (by its number of jobs) over the rounds.
-    budgets = [effort * len(segment.workload.jobs) // len(workload.jobs) for segment in segments]
+    # Then polish with the late jobs the other segments leave.
     for _round in range(SEARCH_ROUNDS):
         improved = False
         for index, segment in enumerate(segments):
             allowed = late_allowed - (sum(late) - late[index])
-            result, budgets[index] = _improve(segment, counts[index], cap, platform, seed, target_p95_s,
-                                              target_max_s, allowed, budgets[index])
+            result, budgets[index] = _improve(segment, counts[index], platform, seed, target_p95_s,
+                                              target_max_s, allowed, budgets[index], {})
             if result is not None:
                 counts[index], late[index], improved = result[0], result[1], True
         if not improved:
@@ -371,22 +390,86 @@ def _menu(
     segment: _Segment,
     starts: list[list[int]],
     platform: PlatformModel,
+    cap: int,
     seed: int,
     target_p95_s: float,
     target_max_s: float | None,
+    late_share: int,
 ) -> list[tuple[int, int, tuple[int, ...]]]:
-    """Per number of late jobs, the cheapest greedy plan for this segment: (billed, late, counts)."""
-    best: dict[int, tuple[int, int, tuple[int, ...]]] = {}
-    for start in starts:
-        counts = _clipped(segment, start[segment.first_tick:segment.end_tick])
+    """The segment's starting plans that meet the max wait, cheapest first: (billed, late, counts)."""
+    options = {}
+    candidates = [_clipped(segment, start[segment.first_tick:segment.end_tick]) for start in starts]
+    for late_allowed in sorted({0, late_share}):
+        candidates += _in_step(segment, platform, cap, seed, target_p95_s, target_max_s, late_allowed)
+    for counts in candidates:
         replay = segment.replay(counts, platform, seed)
         if not _acceptable(replay, target_max_s):
             continue
-        late = _late(replay, target_p95_s)
-        option = (replay.billed, late, counts)
-        if late not in best or option < best[late]:
-            best[late] = option
-    return sorted(best.values(), key=lambda option: option[1])
+        options[counts] = (replay.billed, _late(replay, target_p95_s), counts)
+    return sorted(options.values())
+
+
+def _in_step(
+    segment: _Segment,
+    platform: PlatformModel,
+    cap: int,
+    seed: int,
+    target_p95_s: float,
+    target_max_s: float | None,
+    late_allowed: int,
+) -> list[tuple[int, ...]]:
+    """Plans whose replicas all start on one billing phase and leave just before a boundary of it.
+
+    Then the worst-case victim cannot cost an interval: whichever replica leaves, it leaves at the end of
+    a paid interval. Per phase (from a little before the first job until it would wait the p95 target),
+    each interval's count is the least that still meets the targets with ``cap`` replicas afterwards.
+    """
+    tick = platform.tick_s
+    per, lead = _ticks_per_interval(platform), _scale_down_lead(platform)
+    jobs = segment.workload.jobs
+    if not jobs or not per:
+        return []
+    usable = segment.end_tick - segment.first_tick - (0 if segment.final else 1)
+    first = jobs[0].submit_s
+    earliest = max(0, math.floor((first - platform.boot_s) / tick) - 2)
+    latest = min(usable - 1, math.floor((first + target_p95_s - platform.boot_s) / tick))
+    plans = []
+    for phase in range(earliest, latest + 1, PHASE_STEP_TICKS):
+        slots = [cap] * math.ceil((usable - phase) / per)
+        for index in range(len(slots)):
+            while slots[index] > 0:
+                slots[index] -= 1
+                replay = segment.replay(_stepped(segment, phase, slots, per, lead), platform, seed)
+                if not (_acceptable(replay, target_max_s) and _late(replay, target_p95_s) <= late_allowed):
+                    slots[index] += 1
+                    break
+        plans.append(_stepped(segment, phase, slots, per, lead))
+    return plans
+
+
+def _ticks_per_interval(platform: PlatformModel) -> int:
+    """Ticks in a billing interval, 0 when that is not a whole number."""
+    per = round(platform.billing_interval_s / platform.tick_s)
+    return per if math.isclose(per * platform.tick_s, platform.billing_interval_s) else 0
+
+
+def _scale_down_lead(platform: PlatformModel) -> int:
+    """Ticks before a boundary a scale-down must come so that even a drained victim is gone by then."""
+    return max(1, math.ceil(min(platform.worker_drain_s, platform.sigterm_grace_s) / platform.tick_s))
+
+
+def _stepped(segment: _Segment, phase: int, slots: list[int], per: int, lead: int) -> tuple[int, ...]:
+    """Counts per tick: ``slots[i]`` from interval i of the phase on, lowered ``lead`` ticks before its end."""
+    counts = [0] * (segment.end_tick - segment.first_tick)
+    usable = len(counts) - (0 if segment.final else 1)
+    for index, value in enumerate(slots):
+        low = phase + index * per
+        high = min(usable, low + per)
+        following = slots[index + 1] if index + 1 < len(slots) else 0
+        counts[low:high] = [value] * (high - low)
+        if following < value:
+            counts[max(low, high - lead):high] = [following] * (high - max(low, high - lead))
+    return tuple(counts)
 
 
 def _allocate(
@@ -414,27 +497,29 @@ def _allocate(
 def _improve(
     segment: _Segment,
     counts: list[int],
-    cap: int,
     platform: PlatformModel,
     seed: int,
     target_p95_s: float,
     target_max_s: float | None,
     late_allowed: int,
     budget: int,
+    front: dict[int, tuple[int, tuple[int, ...]]],
 ) -> tuple[tuple[list[int], int] | None, int]:
     """First-improvement hill climbing on the count per tick; each candidate judged by its replay.
 
     A move sets a range of ticks to one count: drop a run by one, lower one interval's worth inside a long
-    run, or move the edge between two runs earlier or later. Better = fewer billed intervals, then fewer
-    late jobs, then fewer replica-ticks.
+    run, or move the edge between two runs earlier or later (by a few ticks, or to just before a replica's
+    billing boundary). Better = fewer billed intervals, then fewer late jobs, then fewer replica-ticks.
+    Every candidate that meets the max wait is offered to ``front`` (late jobs -> cheapest (billed, counts)).
     """
     current = tuple(counts)
     replay = segment.replay(current, platform, seed)
     if not _acceptable(replay, target_max_s):
         return None, budget
     best_key = (replay.billed, _late(replay, target_p95_s), sum(current))
+    per, lead = _ticks_per_interval(platform), _scale_down_lead(platform)
     improved = False
-    moves = _moves(current, cap, protect_last=not segment.final)
+    moves = _moves(current, not segment.final, per, lead)
     position, unproductive = 0, 0
     while budget > 0 and moves and unproductive < len(moves):
         at, low, high, value = moves[position % len(moves)]
@@ -445,9 +530,12 @@ def _improve(
         budget -= 0 if known else 1
         late = _late(replay, target_p95_s)
         key = (replay.billed, late, sum(candidate))
-        if _acceptable(replay, target_max_s) and late <= late_allowed and key < best_key:
+        acceptable = _acceptable(replay, target_max_s)
+        if acceptable and (late not in front or (replay.billed, candidate) < front[late]):
+            front[late] = (replay.billed, candidate)
+        if acceptable and late <= late_allowed and key < best_key:
             current, best_key, improved = candidate, key, True
-            moves = _moves(current, cap, protect_last=not segment.final)
+            moves = _moves(current, not segment.final, per, lead)
             position = next((index for index, move in enumerate(moves) if move[0] >= at), 0)
             unproductive = 0
         else:
@@ -455,8 +543,12 @@ def _improve(
     return ((list(current), best_key[1]) if improved else None), budget
 
 
-def _moves(counts: tuple[int, ...], cap: int, protect_last: bool) -> list[tuple[int, int, int, int]]:
-    """Candidate changes as (position, first tick, end tick, new count), in tick order."""
+def _moves(counts: tuple[int, ...], protect_last: bool, per: int, lead: int) -> list[tuple[int, int, int, int]]:
+    """Candidate changes as (position, first tick, end tick, new count), in tick order.
+
+    ``per`` ticks make a billing interval (0: not a whole number); a scale-down ``lead`` ticks before a
+    boundary of some replica's phase lets even an interrupted victim leave inside its paid interval.
+    """
     limit = len(counts) - 1 if protect_last else len(counts)
     runs = []
     start = 0
@@ -464,6 +556,9 @@ def _moves(counts: tuple[int, ...], cap: int, protect_last: bool) -> list[tuple[
         if index == limit or counts[index] != counts[start]:
             runs.append((start, index, counts[start]))
             start = index
+    # Replicas start where the count rises: their phases are where a scale-down costs nothing extra.
+    phases = sorted({low % per for number, (low, _, value) in enumerate(runs)
+                     if per and number and value > runs[number - 1][2]})
     moves = []
     for number, (low, high, value) in enumerate(runs):
         if value > 0:
@@ -474,11 +569,15 @@ def _moves(counts: tuple[int, ...], cap: int, protect_last: bool) -> list[tuple[
         if number == 0:
             continue
         before_low, _, before = runs[number - 1]
-        for shift in EDGE_SHIFTS:
-            if low - shift >= before_low and value <= cap:
-                moves.append((low, low - shift, low, value))  # the later count starts earlier
-            if low + shift <= high and before <= cap:
-                moves.append((low, low, low + shift, before))  # the earlier count lasts longer
+        targets = {low - shift for shift in EDGE_SHIFTS} | {low + shift for shift in EDGE_SHIFTS}
+        if value < before:
+            targets |= {edge for phase in phases for k in range((low - per) // per, (low + per) // per + 2)
+                        for edge in (phase + k * per - lead, phase + k * per - 1) if abs(edge - low) <= per}
+        for edge in sorted(targets):
+            if before_low <= edge < low:
+                moves.append((low, edge, low, value))  # the later count starts earlier
+            elif low < edge <= high:
+                moves.append((low, low, edge, before))  # the earlier count lasts longer
     moves.sort(key=lambda move: move[0])
     return moves
 
