@@ -25,6 +25,7 @@ import bisect
 import hashlib
 import itertools
 import math
+import random
 from dataclasses import dataclass, field
 
 from scaler.billing import BillingAnchor
@@ -47,11 +48,12 @@ DENT_TICKS = 40
 EDGE_SHIFTS = (1, 2, 3, 5, 8, 13, 21, 34)
 # A segment ends where the next job comes this long after every earlier job could have waited its worst
 # and run: shorter gaps are left inside one segment, so a replica may serve jobs on both sides.
-SEGMENT_GAP_S = 150.0
+SEGMENT_GAP_S = 60.0
 # In-step plans try a billing phase every this many ticks.
 PHASE_STEP_TICKS = 1
 # The local search climbs from this many of a segment's cheapest starting plans.
 START_POINTS = 6
+CLIMBS_PER_START = 1
 
 
 @dataclass(slots=True)
@@ -293,7 +295,7 @@ class _ScheduleReplay(Simulation):
 
     def __init__(self, workload: Workload, counts: tuple[int, ...], platform: PlatformModel, seed: int) -> None:
         assert platform.spot_reclaims_per_hour == 0
-        super().__init__(workload, Clairvoyant(Plan(_leases(counts, platform.tick_s), 0, ())), platform, seed)
+        super().__init__(workload, Clairvoyant(Plan((), 0, ())), platform, seed)  # its ticks read ``counts``
         self._counts = counts
         self._run_end = [0] * len(counts)
         end = len(counts)
@@ -353,10 +355,12 @@ def _search(
         front: dict[int, tuple[int, tuple[int, ...]]] = {}
         for billed, late, counts in reversed(menu):
             front[late] = (billed, counts)
-        for allowed in sorted({0, share, 2 * share}):
+        for allowed in sorted({0, share, 2 * share, 4 * share}):
             for option in [option for option in menu if option[1] <= allowed][:START_POINTS]:
-                _result, budgets[index] = _improve(segment, list(option[2]), platform, seed, target_p95_s,
-                                                   target_max_s, allowed, budgets[index], front)
+                for order in range(CLIMBS_PER_START):
+                    shuffle = random.Random(f"clairvoyant:{order}") if order else None
+                    _result, budgets[index] = _improve(segment, list(option[2]), platform, seed, target_p95_s,
+                                                       target_max_s, allowed, budgets[index], front, shuffle)
         fronts.append([(billed, late, counts) for late, (billed, counts) in sorted(front.items())])
     chosen = _allocate(fronts, late_allowed)
     if chosen is None:
@@ -504,6 +508,7 @@ def _improve(
     late_allowed: int,
     budget: int,
     front: dict[int, tuple[int, tuple[int, ...]]],
+    shuffle: random.Random | None = None,
 ) -> tuple[tuple[list[int], int] | None, int]:
     """First-improvement hill climbing on the count per tick; each candidate judged by its replay.
 
@@ -511,6 +516,7 @@ def _improve(
     run, or move the edge between two runs earlier or later (by a few ticks, or to just before a replica's
     billing boundary). Better = fewer billed intervals, then fewer late jobs, then fewer replica-ticks.
     Every candidate that meets the max wait is offered to ``front`` (late jobs -> cheapest (billed, counts)).
+    Moves are tried in tick order, or in the order ``shuffle`` draws (another climb to another optimum).
     """
     current = tuple(counts)
     replay = segment.replay(current, platform, seed)
@@ -519,7 +525,7 @@ def _improve(
     best_key = (replay.billed, _late(replay, target_p95_s), sum(current))
     per, lead = _ticks_per_interval(platform), _scale_down_lead(platform)
     improved = False
-    moves = _moves(current, not segment.final, per, lead)
+    moves = _ordered(_moves(current, not segment.final, per, lead), shuffle)
     position, unproductive = 0, 0
     while budget > 0 and moves and unproductive < len(moves):
         at, low, high, value = moves[position % len(moves)]
@@ -535,12 +541,18 @@ def _improve(
             front[late] = (replay.billed, candidate)
         if acceptable and late <= late_allowed and key < best_key:
             current, best_key, improved = candidate, key, True
-            moves = _moves(current, not segment.final, per, lead)
-            position = next((index for index, move in enumerate(moves) if move[0] >= at), 0)
+            moves = _ordered(_moves(current, not segment.final, per, lead), shuffle)
+            position = 0 if shuffle else next((index for index, move in enumerate(moves) if move[0] >= at), 0)
             unproductive = 0
         else:
             unproductive += 1
     return ((list(current), best_key[1]) if improved else None), budget
+
+
+def _ordered(moves: list[tuple[int, int, int, int]], shuffle: random.Random | None) -> list[tuple[int, int, int, int]]:
+    if shuffle is not None:
+        shuffle.shuffle(moves)
+    return moves
 
 
 def _moves(counts: tuple[int, ...], protect_last: bool, per: int, lead: int) -> list[tuple[int, int, int, int]]:

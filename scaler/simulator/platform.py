@@ -20,6 +20,7 @@ import itertools
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -146,7 +147,7 @@ class Simulation:
         for job in self.outcome.jobs:
             self._schedule(job.submit_s, Event.ARRIVAL, job)
         self._schedule(0.0, Event.TICK, None)
-        handlers = {
+        handlers: dict[int, Callable[[float, object], None]] = {  # by the int the heap holds
             Event.ARRIVAL: self._on_arrival,
             Event.TICK: self._on_tick,
             Event.READY: self._on_ready,
@@ -163,7 +164,7 @@ class Simulation:
                 subject.generation != generation
             ):
                 continue
-            handlers[Event(kind)](at, subject)
+            handlers[kind](at, subject)
         for replica in list(self._replicas):
             self._stop(horizon, replica)
         self.outcome.billed_intervals = sum(
