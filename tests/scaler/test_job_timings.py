@@ -31,7 +31,8 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
             clock.now += duration
             store.complete(job.id, {})
         store.submit("bob", WORKFLOW)
-        store.pop_next("w1", server.mode)  # running since now
+        clock.now += 20
+        store.pop_next("w1", server.mode)  # running since now, after a 20 s wait
         clock.now += 30
         store.submit("carol", WORKFLOW)  # pending, submitted now
         clock.now += 12
@@ -45,7 +46,10 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
 
             backend.clock = clock
             loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock)
+            observation = await loop.observe()
             decision = await loop.tick()
+    # How long the jobs that started last had waited, in start order: the p95 allowance's input.
+    assert observation.recent_waits_s == (0.0, 0.0, 0.0, 0.0, 20.0)
     assert decision.details["job_duration_s"] == 110.0  # the median of the last completions, not the outlier
     assert decision.details["long_job_duration_s"] == 400.0  # ... and a long one, to judge running jobs by
 
