@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import math
 import random
+from array import array
 from dataclasses import dataclass, field
 
 from scaler.billing import BillingAnchor
@@ -40,9 +41,10 @@ END_MARGIN_S = 5.0
 WAIT_CAPS_S = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0,
                1200.0, 1800.0, 2700.0, 3600.0)
 LATE_SHARES = (0.0, 0.02, 0.04)
-# The local search: replays of a segment it may run per plan, how often it sweeps all segments, the
-# length of a dent inside a long run (one billing interval of ticks) and how far an edge may move.
-DEFAULT_EFFORT = 30_000
+# The search: jobs it may replay per plan (a segment's replay costs its number of jobs), how often it
+# sweeps all segments, the length of a dent inside a long run (one billing interval of ticks) and how
+# far an edge may move.
+DEFAULT_EFFORT = 2_000_000
 SEARCH_ROUNDS = 3
 DENT_TICKS = 40
 EDGE_SHIFTS = (1, 2, 3, 5, 8, 13, 21, 34)
@@ -175,7 +177,7 @@ _CACHE: dict[tuple, tuple[Plan, SimOutcome]] = {}
 # Segment replays by (trace, platform, seed, window, counts): they do not depend on the targets, so the
 # rows of one CLI run (each at its own p95 and max wait) share them.
 _REPLAYS: dict[tuple, _Replay] = {}
-_REPLAYS_KEPT = 200_000
+_REPLAYS_KEPT = 50_000  # about 1.5 kB each
 
 
 def best_plan(
@@ -189,16 +191,20 @@ def best_plan(
 ) -> tuple[Plan, SimOutcome]:
     """The cheapest replayed plan found with p95 wait <= target (and max wait <= ``target_max_s``).
 
-    ``effort`` bounds the local search (segment replays); it is a count, not a clock, so results repeat.
+    ``effort`` bounds the search in jobs replayed (a segment's replay costs its number of jobs; the default
+    lets every segment replay about 4 800 times on a workshop day); a count, not a clock, so results repeat.
     """
     key = (_fingerprint(workload), platform, cap, round(target_p95_s, 1),
            None if target_max_s is None else round(target_max_s, 1), seed, effort)
     if key in _CACHE:
         return _CACHE[key]
     greedy = _greedy_candidates(workload, platform, cap, target_max_s)
-    found = _search(workload, platform, cap, target_p95_s, target_max_s, seed, effort, greedy)
-    if found is None:
-        found = _best_greedy(workload, platform, seed, target_p95_s, target_max_s, greedy)
+    found = _best_greedy(workload, platform, seed, target_p95_s, target_max_s, greedy)
+    searched = _search(workload, platform, cap, target_p95_s, target_max_s, seed, effort, greedy)
+    # The search's plan, unless the greedy's own replay is cheaper or the only one meeting the targets.
+    if searched is not None and (searched[1].billed_intervals <= found[1].billed_intervals or not _meets(
+            sorted(job_waits(found[1])), target_p95_s, target_max_s)):
+        found = searched
     _CACHE[key] = found
     return found
 
@@ -250,7 +256,7 @@ def _meets(ordered_waits: list[float], target_p95_s: float, target_max_s: float 
 @dataclass(frozen=True, slots=True)
 class _Replay:
     billed: int
-    waits: tuple[float, ...]
+    waits: array  # sorted ("d" array: a tenth of a tuple's memory, and thousands are kept)
     clean: bool  # every job done and every replica gone before the window ends
 
 
@@ -265,7 +271,7 @@ class _Segment:
     key: tuple
 
     def replay(self, counts: tuple[int, ...], platform: PlatformModel, seed: int) -> _Replay:
-        key = (self.key, counts)
+        key = self.replay_key(counts)
         hit = _REPLAYS.get(key)
         if hit is not None:
             return hit
@@ -277,11 +283,22 @@ class _Segment:
         horizon = self.workload.horizon_s
         clean = all(job.finished_s is not None for job in outcome.jobs) and (self.final or all(
             replica.stopped_at is not None and replica.stopped_at < horizon for replica in outcome.replicas))
-        result = _Replay(outcome.billed_intervals, tuple(sorted(job_waits(outcome))), clean)
+        result = _Replay(outcome.billed_intervals, array("d", sorted(job_waits(outcome))), clean)
         if len(_REPLAYS) >= _REPLAYS_KEPT:
             _REPLAYS.clear()
         _REPLAYS[key] = result
         return result
+
+    @property
+    def replay_cost(self) -> int:
+        """What a replay spends of the effort: one per job replayed."""
+        return max(1, len(self.workload.jobs))
+
+    def floor(self, platform: PlatformModel) -> int:
+        return work_floor_intervals(self.workload, platform)
+
+    def replay_key(self, counts: tuple[int, ...]) -> tuple:
+        return self.key, array("H", counts).tobytes()
 
 
 class _ScheduleReplay(Simulation):
@@ -289,14 +306,16 @@ class _ScheduleReplay(Simulation):
 
     With a count of at least one the target is that count, and only a tick changes the live count (no
     reclaims; the clairvoyant's workers never exit on their own), so a tick inside a run of equal counts
-    finds nothing to do: the next one is at the run's end. Where the count is 0 every tick runs (the
-    controller's floor of one replica while work is in flight). Same events in the same order; no samples.
+    finds nothing to do: the next one is at the run's end. Where the count is 0 the controller keeps one
+    replica while work is in flight, so with work in flight every tick runs, and without, the next one
+    that matters is the first at or after the next arrival. Same events in the same order; no samples.
     """
 
     def __init__(self, workload: Workload, counts: tuple[int, ...], platform: PlatformModel, seed: int) -> None:
         assert platform.spot_reclaims_per_hour == 0
         super().__init__(workload, Clairvoyant(Plan((), 0, ())), platform, seed)  # its ticks read ``counts``
         self._counts = counts
+        self._submits = sorted(job.submit_s for job in workload.jobs)
         self._run_end = [0] * len(counts)
         end = len(counts)
         for index in range(len(counts) - 1, -1, -1):
@@ -305,13 +324,22 @@ class _ScheduleReplay(Simulation):
             self._run_end[index] = end
 
     def _on_tick(self, now: float, _: object) -> None:
-        index = round(now / self.platform.tick_s)
+        tick = self.platform.tick_s
+        index = round(now / tick)
         count = self._counts[index] if index < len(self._counts) else 0
         busy = self._queue or any(replica.job is not None for replica in self._replicas)
         self._target = max(count, 1 if busy else 0)
         self._reconcile(now)
-        following = self._run_end[index] if count and index < len(self._counts) else index + 1
-        self._schedule(following * self.platform.tick_s, Event.TICK, None)
+        if index >= len(self._counts) or (not count and busy):
+            following = index + 1
+        elif count:
+            following = self._run_end[index]
+        else:  # nothing in flight and nothing wanted: the next tick that matters sees the next arrival
+            arrival = bisect.bisect_right(self._submits, now)
+            following = self._run_end[index]
+            if arrival < len(self._submits):
+                following = min(following, max(index + 1, math.ceil(self._submits[arrival] / tick)))
+        self._schedule(following * tick, Event.TICK, None)
 
 
 def _search(
@@ -335,7 +363,8 @@ def _search(
     segments = _segments(workload, platform, target_p95_s, target_max_s, seed)
     while True:
         menus = [_menu(segment, starts, platform, cap, seed, target_p95_s, target_max_s,
-                       late_allowed // len(segments)) for segment in segments]
+                       late_allowed // len(segments), _share(effort, segment, workload) // 4)
+                 for segment in segments]
         empty = next((index for index, menu in enumerate(menus) if not menu), None)
         if empty is None or len(segments) == 1:
             break
@@ -346,7 +375,7 @@ def _search(
     if any(not menu for menu in menus):
         return None
     # Each segment may spend its share of the effort (by its number of jobs).
-    budgets = [effort * len(segment.workload.jobs) // len(workload.jobs) for segment in segments]
+    budgets = [_share(effort, segment, workload) for segment in segments]
     share = late_allowed // len(segments)
     fronts = []
     for index, (segment, menu) in enumerate(zip(segments, menus, strict=True)):
@@ -357,6 +386,8 @@ def _search(
             front[late] = (billed, counts)
         for allowed in sorted({0, share, 2 * share, 4 * share}):
             for option in [option for option in menu if option[1] <= allowed][:START_POINTS]:
+                if front.get(0, (math.inf,))[0] <= segment.floor(platform):
+                    break  # nothing bills less than the work floor
                 for order in range(CLIMBS_PER_START):
                     shuffle = random.Random(f"clairvoyant:{order}") if order else None
                     _result, budgets[index] = _improve(segment, list(option[2]), platform, seed, target_p95_s,
@@ -390,6 +421,11 @@ def _search(
     return Plan(leases, outcome.billed_intervals, tuple(waits)), outcome
 
 
+def _share(effort: int, segment: _Segment, workload: Workload) -> int:
+    """A segment's part of the effort, by its number of jobs: the same number of replays for every segment."""
+    return effort * len(segment.workload.jobs) // len(workload.jobs)
+
+
 def _menu(
     segment: _Segment,
     starts: list[list[int]],
@@ -399,12 +435,13 @@ def _menu(
     target_p95_s: float,
     target_max_s: float | None,
     late_share: int,
+    budget: int,
 ) -> list[tuple[int, int, tuple[int, ...]]]:
     """The segment's starting plans that meet the max wait, cheapest first: (billed, late, counts)."""
     options = {}
     candidates = [_clipped(segment, start[segment.first_tick:segment.end_tick]) for start in starts]
     for late_allowed in sorted({0, late_share}):
-        candidates += _in_step(segment, platform, cap, seed, target_p95_s, target_max_s, late_allowed)
+        candidates += _in_step(segment, platform, cap, seed, target_p95_s, target_max_s, late_allowed, budget // 2)
     for counts in candidates:
         replay = segment.replay(counts, platform, seed)
         if not _acceptable(replay, target_max_s):
@@ -421,12 +458,14 @@ def _in_step(
     target_p95_s: float,
     target_max_s: float | None,
     late_allowed: int,
+    budget: int,
 ) -> list[tuple[int, ...]]:
     """Plans whose replicas all start on one billing phase and leave just before a boundary of it.
 
     Then the worst-case victim cannot cost an interval: whichever replica leaves, it leaves at the end of
     a paid interval. Per phase (from a little before the first job until it would wait the p95 target),
-    each interval's count is the least that still meets the targets with ``cap`` replicas afterwards.
+    each interval's count is the least that still meets the targets with ``cap`` replicas afterwards
+    (at most ``budget`` replays).
     """
     tick = platform.tick_s
     per, lead = _ticks_per_interval(platform), _scale_down_lead(platform)
@@ -436,13 +475,14 @@ def _in_step(
     usable = segment.end_tick - segment.first_tick - (0 if segment.final else 1)
     first = jobs[0].submit_s
     earliest = max(0, math.floor((first - platform.boot_s) / tick) - 2)
-    latest = min(usable - 1, math.floor((first + target_p95_s - platform.boot_s) / tick))
+    latest = min(usable - 1, earliest + per - 1, math.floor((first + target_p95_s - platform.boot_s) / tick))
     plans = []
     for phase in range(earliest, latest + 1, PHASE_STEP_TICKS):
         slots = [cap] * math.ceil((usable - phase) / per)
         for index in range(len(slots)):
-            while slots[index] > 0:
+            while slots[index] > 0 and budget > 0:
                 slots[index] -= 1
+                budget -= segment.replay_cost
                 replay = segment.replay(_stepped(segment, phase, slots, per, lead), platform, seed)
                 if not (_acceptable(replay, target_max_s) and _late(replay, target_p95_s) <= late_allowed):
                     slots[index] += 1
@@ -527,13 +567,14 @@ def _improve(
     improved = False
     moves = _ordered(_moves(current, not segment.final, per, lead), shuffle)
     position, unproductive = 0, 0
-    while budget > 0 and moves and unproductive < len(moves):
+    floor = segment.floor(platform)
+    while budget > 0 and moves and unproductive < len(moves) and best_key[0] > floor:
         at, low, high, value = moves[position % len(moves)]
         position += 1
         candidate = current[:low] + (value,) * (high - low) + current[high:]
-        known = (segment.key, candidate) in _REPLAYS
+        known = segment.replay_key(candidate) in _REPLAYS
         replay = segment.replay(candidate, platform, seed)
-        budget -= 0 if known else 1
+        budget -= 0 if known else segment.replay_cost
         late = _late(replay, target_p95_s)
         key = (replay.billed, late, sum(candidate))
         acceptable = _acceptable(replay, target_max_s)
