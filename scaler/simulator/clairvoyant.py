@@ -41,10 +41,10 @@ END_MARGIN_S = 5.0
 WAIT_CAPS_S = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0,
                1200.0, 1800.0, 2700.0, 3600.0)
 LATE_SHARES = (0.0, 0.02, 0.04)
-# The search: jobs it may replay per plan (a segment's replay costs its number of jobs), how often it
+# The search: jobs it may replay per segment (a replay costs the segment's number of jobs), how often it
 # sweeps all segments, the length of a dent inside a long run (one billing interval of ticks) and how
 # far an edge may move.
-DEFAULT_EFFORT = 2_000_000
+DEFAULT_EFFORT = 300_000
 SEARCH_ROUNDS = 3
 DENT_TICKS = 40
 EDGE_SHIFTS = (1, 2, 3, 5, 8, 13, 21, 34)
@@ -191,8 +191,8 @@ def best_plan(
 ) -> tuple[Plan, SimOutcome]:
     """The cheapest replayed plan found with p95 wait <= target (and max wait <= ``target_max_s``).
 
-    ``effort`` bounds the search in jobs replayed (a segment's replay costs its number of jobs; the default
-    lets every segment replay about 4 800 times on a workshop day); a count, not a clock, so results repeat.
+    ``effort`` bounds the search per segment in jobs replayed (a replay costs the segment's number of jobs;
+    the default lets a workshop block replay about 5 000 times); a count, not a clock, so results repeat.
     """
     key = (_fingerprint(workload), platform, cap, round(target_p95_s, 1),
            None if target_max_s is None else round(target_max_s, 1), seed, effort)
@@ -363,7 +363,7 @@ def _search(
     segments = _segments(workload, platform, target_p95_s, target_max_s, seed)
     while True:
         menus = [_menu(segment, starts, platform, cap, seed, target_p95_s, target_max_s,
-                       late_allowed // len(segments), _share(effort, segment, workload) // 4)
+                       late_allowed // len(segments), effort // 4)
                  for segment in segments]
         empty = next((index for index, menu in enumerate(menus) if not menu), None)
         if empty is None or len(segments) == 1:
@@ -374,8 +374,7 @@ def _search(
         segments[low:high + 1] = [_joined(workload, platform, seed, segments[low], segments[high])]
     if any(not menu for menu in menus):
         return None
-    # Each segment may spend its share of the effort (by its number of jobs).
-    budgets = [_share(effort, segment, workload) for segment in segments]
+    budgets = [effort] * len(segments)  # each segment's own
     share = late_allowed // len(segments)
     fronts = []
     for index, (segment, menu) in enumerate(zip(segments, menus, strict=True)):
@@ -419,11 +418,6 @@ def _search(
         return None  # the segments were not independent after all: keep the greedy's replay
     # The search's own arithmetic is the replay: the plan bills what its replay bills.
     return Plan(leases, outcome.billed_intervals, tuple(waits)), outcome
-
-
-def _share(effort: int, segment: _Segment, workload: Workload) -> int:
-    """A segment's part of the effort, by its number of jobs: the same number of replays for every segment."""
-    return effort * len(segment.workload.jobs) // len(workload.jobs)
 
 
 def _menu(
