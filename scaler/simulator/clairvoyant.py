@@ -1,22 +1,25 @@
 """The reference: a planner that knows every arrival and duration in advance, replayed in the same model.
 
-Two stages, both judged by replays through ``Simulation`` (same platform, same scale-down victim):
+It searches for the cheapest replica count per tick whose replay through ``Simulation`` (same platform,
+same scale-down victim) meets a p95 wait target and, optionally, a max wait.
 
-1. A greedy plans leases (a replica started at a tick and kept for whole billing intervals), job by job
-   in submission order, on the cheapest replica that starts the job within a wait cap, buying a new
-   replica (started early enough to be ready when the job arrives) only when no paid one can. Up to a
-   share of jobs may instead wait past the cap on a paid replica. Every wait cap and share gives a plan.
-2. A local search on the replica count per tick. The trace is cut into segments at gaps no job or replica
-   outlives (a workshop block each), so one segment replays alone in milliseconds. Per segment the cheapest
-   greedy plan (or ``cap`` replicas around every job, when no greedy plan meets the targets) is chosen so
-   that the late jobs (wait above the p95 target) of all segments fit what the p95 allows; then moves
-   (drop a run of ticks by one replica, lower one interval inside a long run, move the edge between two
-   runs by 1-34 ticks) are kept when the segment's replay bills fewer intervals (then: fewer late jobs,
-   fewer replica-ticks) and still meets the targets.
+- The trace is cut into segments at gaps no job outlives (a workshop block each), so a segment replays
+  alone, in a millisecond or so (``_ScheduleReplay`` skips the ticks that change nothing).
+- Starting plans per segment: the greedy (leases job by job on the cheapest replica that starts the job
+  within a wait cap, once per cap and late share), plans whose replicas all share one billing phase and
+  leave just before its boundary (whichever replica the platform stops, it stops at the end of a paid
+  interval), and ``cap`` replicas kept around every job.
+- From the cheapest few, first-improvement climbs: each move sets a range of ticks to one count (drop a
+  run by one, lower one interval inside a long run, move an edge by 1-34 ticks or to just before some
+  replica's billing boundary) and is kept when the segment's replay bills fewer intervals (then: fewer
+  late jobs, fewer replica-ticks) within the targets. Every plan met on the way joins the segment's front
+  (the cheapest per number of late jobs); the fronts are combined so all late jobs fit what the p95
+  allows, then polished once more.
+- The whole day is replayed at the end, and that replay is what is reported; the greedy's own replay is
+  kept when it is cheaper.
 
-The plan is the per-tick count; the day is replayed whole at the end and that replay is what is reported.
-Deterministic (the search is bounded by a count of replays, not a clock); cached per (trace, platform,
-cap, targets) for the life of the process, segment replays shared between targets.
+Deterministic (bounded by a count of replays, not a clock); cached per (trace, platform, cap, targets)
+for the life of the process, segment replays shared between targets.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import bisect
 import hashlib
 import itertools
 import math
-import random
 from array import array
 from dataclasses import dataclass, field
 
@@ -55,7 +57,6 @@ SEGMENT_GAP_S = 60.0
 PHASE_STEP_TICKS = 1
 # The local search climbs from this many of a segment's cheapest starting plans.
 START_POINTS = 6
-CLIMBS_PER_START = 1
 
 
 @dataclass(slots=True)
@@ -387,10 +388,8 @@ def _search(
             for option in [option for option in menu if option[1] <= allowed][:START_POINTS]:
                 if front.get(0, (math.inf,))[0] <= segment.floor(platform):
                     break  # nothing bills less than the work floor
-                for order in range(CLIMBS_PER_START):
-                    shuffle = random.Random(f"clairvoyant:{order}") if order else None
-                    _result, budgets[index] = _improve(segment, list(option[2]), platform, seed, target_p95_s,
-                                                       target_max_s, allowed, budgets[index], front, shuffle)
+                _result, budgets[index] = _improve(segment, list(option[2]), platform, seed, target_p95_s,
+                                                   target_max_s, allowed, budgets[index], front)
         fronts.append([(billed, late, counts) for late, (billed, counts) in sorted(front.items())])
     chosen = _allocate(fronts, late_allowed)
     if chosen is None:
@@ -542,7 +541,6 @@ def _improve(
     late_allowed: int,
     budget: int,
     front: dict[int, tuple[int, tuple[int, ...]]],
-    shuffle: random.Random | None = None,
 ) -> tuple[tuple[list[int], int] | None, int]:
     """First-improvement hill climbing on the count per tick; each candidate judged by its replay.
 
@@ -550,7 +548,6 @@ def _improve(
     run, or move the edge between two runs earlier or later (by a few ticks, or to just before a replica's
     billing boundary). Better = fewer billed intervals, then fewer late jobs, then fewer replica-ticks.
     Every candidate that meets the max wait is offered to ``front`` (late jobs -> cheapest (billed, counts)).
-    Moves are tried in tick order, or in the order ``shuffle`` draws (another climb to another optimum).
     """
     current = tuple(counts)
     replay = segment.replay(current, platform, seed)
@@ -559,7 +556,7 @@ def _improve(
     best_key = (replay.billed, _late(replay, target_p95_s), sum(current))
     per, lead = _ticks_per_interval(platform), _scale_down_lead(platform)
     improved = False
-    moves = _ordered(_moves(current, not segment.final, per, lead), shuffle)
+    moves = _moves(current, not segment.final, per, lead)
     position, unproductive = 0, 0
     floor = segment.floor(platform)
     while budget > 0 and moves and unproductive < len(moves) and best_key[0] > floor:
@@ -576,18 +573,12 @@ def _improve(
             front[late] = (replay.billed, candidate)
         if acceptable and late <= late_allowed and key < best_key:
             current, best_key, improved = candidate, key, True
-            moves = _ordered(_moves(current, not segment.final, per, lead), shuffle)
-            position = 0 if shuffle else next((index for index, move in enumerate(moves) if move[0] >= at), 0)
+            moves = _moves(current, not segment.final, per, lead)
+            position = next((index for index, move in enumerate(moves) if move[0] >= at), 0)
             unproductive = 0
         else:
             unproductive += 1
     return ((list(current), best_key[1]) if improved else None), budget
-
-
-def _ordered(moves: list[tuple[int, int, int, int]], shuffle: random.Random | None) -> list[tuple[int, int, int, int]]:
-    if shuffle is not None:
-        shuffle.shuffle(moves)
-    return moves
 
 
 def _moves(counts: tuple[int, ...], protect_last: bool, per: int, lead: int) -> list[tuple[int, int, int, int]]:
