@@ -311,11 +311,7 @@ def _scale_down(
         return current, Reason.HOLD_COOLDOWN
     step = 1
     if config.billing_aware and observation.replicas:
-        paid_left = sorted(
-            seconds_to_boundary(replica.started_at, now, config.billing_interval_s, config.billing_anchor)
-            for replica in observation.replicas
-        )
-        details["next_billing_boundary_in_s"] = round(paid_left[0], 3)
+        paid_left = _paid_left(config, observation, details)
         # Replicas whose paid interval ends now would each buy another one: release them together.
         step = sum(1 for left in paid_left if left <= config.scale_down_lead_s)
         if step == 0:
@@ -381,12 +377,7 @@ def _plan(
         if state.last_scale_down_at is not None and now - state.last_scale_down_at < config.scale_down_cooldown_s:
             return current, Reason.HOLD_COOLDOWN
         return need, Reason.SCALE_TO_ZERO if need == 0 else Reason.SCALE_DOWN
-    paid_left = sorted(
-        seconds_to_boundary(replica.started_at, now, config.billing_interval_s, config.billing_anchor)
-        for replica in observation.replicas
-    )
-    if paid_left:
-        details["next_billing_boundary_in_s"] = round(paid_left[0], 3)
+    paid_left = _paid_left(config, observation, details)
     # Paid replicas stay to the end of their interval; those at its end and not needed leave together.
     # A tick when no running job would be lost may not come again before the boundary (then each buys
     # another interval): at such a tick, those within early_release_s of it leave already.
@@ -411,6 +402,17 @@ def _plan(
         details["restarted_work_s"] = round(restarted, 1)
         return desired, Reason.SCALE_DOWN_RESTARTING_JOBS
     return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
+
+
+def _paid_left(config: ScalingConfig, observation: Observation, details: dict[str, Any]) -> list[float]:
+    """Seconds each replica has left in its paid interval, soonest first; the soonest goes into the details."""
+    paid_left = sorted(
+        seconds_to_boundary(replica.started_at, observation.now, config.billing_interval_s, config.billing_anchor)
+        for replica in observation.replicas
+    )
+    if paid_left:
+        details["next_billing_boundary_in_s"] = round(paid_left[0], 3)
+    return paid_left
 
 
 def _free_at(config: ScalingConfig, observation: Observation, current: int, duration: float) -> list[float]:
