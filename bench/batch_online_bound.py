@@ -4,8 +4,8 @@
 
 The clairvoyant reference knows the batch is coming and starts its replicas a cold start early; a scaler
 that reads the queue can start them at the first tick after the jobs arrive at the earliest. This replays
-every plan of that shape (n replicas from that tick, k of them from a later tick until the queue is empty,
-then none) through the same ``Simulation`` and prints the cheapest that finishes every job with a p95 wait
+every plan of that shape (n replicas from that tick, k ≤ n of them from a later tick until the queue is
+empty, then none) through the same ``Simulation`` and prints the cheapest that finishes every job with a p95 wait
 no worse than ``ours``'s; then the same for plans that may start a cold start (35 s) before the jobs arrive,
 as only a scaler told in advance could; beside ``ours`` and the clairvoyant at ``ours``'s p95 and max wait.
 """
@@ -46,16 +46,17 @@ class StartThenDrop:
 
 def cheapest_from(
     workload: Workload, platform: PlatformModel, cap: int, p95_s: float, seed: int, head_start_s: float
-) -> tuple:
+) -> tuple | None:
     """(intervals, p95, max, plan) of the cheapest plan of that shape that finishes every job with a p95
-    wait of at most ``p95_s``, its replicas starting ``head_start_s`` before the jobs arrive at the earliest."""
+    wait of at most ``p95_s``, its replicas starting ``head_start_s`` before the jobs arrive at the earliest;
+    None when no plan of that shape does."""
     arrival = min(job.submit_s for job in workload.jobs)
     start = math.ceil((arrival - head_start_s) / platform.tick_s) * platform.tick_s
     ticks = int(2 * platform.billing_interval_s / platform.tick_s)
     best = None
     for first in range(1, cap + 1):
-        for then in range(first):
-            for step in range(1, ticks + 1):
+        for then in range(first + 1):
+            for step in range(1, ticks + 1 if then < first else 2):  # keeping all, the drop tick is moot
                 plan = StartThenDrop(start, first, start + step * platform.tick_s, then)
                 outcome = Simulation(workload, plan, platform, seed).run()
                 report = summarize(workload.name, plan.name, outcome, platform)
@@ -68,7 +69,7 @@ def cheapest_from(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="batch")
+    parser.add_argument("--workload", default="batch", choices=("batch", "mixed-batch"))  # all jobs at once
     parser.add_argument("--seeds", default="1-5")
     parser.add_argument("--max-replicas", type=int, default=5)
     args = parser.parse_args()
@@ -88,7 +89,9 @@ def main() -> None:
               f"{_described(online)} | {_described(forewarned)} | {reference.billed_intervals} |")
 
 
-def _described(found: tuple) -> str:
+def _described(found: tuple | None) -> str:
+    if found is None:
+        return "none meets the p95"
     intervals, p95, longest, plan = found
     then = f"{plan.then} from {plan.drop_s:.0f} s" if plan.then else f"none from {plan.drop_s:.0f} s"
     return f"{intervals} / {p95:.0f} / {longest:.0f} ({plan.first} from {plan.start_s:.0f} s, {then})"
