@@ -109,7 +109,7 @@ def replicas_to_add(
 
     def outlook(extra: int) -> tuple[int, float]:
         fleet = [*free_at, *([now + boot_s] * extra)]
-        longest = _longest_wait(now, fleet, ages_s, duration_s)
+        longest = longest_wait(now, fleet, ages_s, duration_s)
         late = excess(now, fleet, ages_s, duration_s, target_s, allowed)
         return late, round(longest) if math.isfinite(longest) else longest
 
@@ -141,16 +141,16 @@ def replicas_needed(
     ordered = sorted(free_at)
     floor = excess(now, ordered, ages_s, duration_s, target_s, allowed)
     bound = LATE_LIMIT * target_s if allowed else target_s
-    worst = max(bound, _longest_wait(now, ordered, ages_s, duration_s))
+    worst = max(bound, longest_wait(now, ordered, ages_s, duration_s))
     for keep in range(1, len(ordered) + 1):
         kept = ordered[:keep]
         if excess(now, kept, ages_s, duration_s, target_s, allowed) <= floor and (
-            _longest_wait(now, kept, ages_s, duration_s) <= worst + 1e-6
+            longest_wait(now, kept, ages_s, duration_s) <= worst + 1e-6
         ):
             return keep
     return len(ordered)
 
 
-def _longest_wait(now: float, free_at: Sequence[float], ages_s: Sequence[float], duration_s: float) -> float:
+def longest_wait(now: float, free_at: Sequence[float], ages_s: Sequence[float], duration_s: float) -> float:
     starts = predicted_starts(free_at, len(ages_s), duration_s)
     return max(age + start - now for age, start in zip(ages_s, starts, strict=True))

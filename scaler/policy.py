@@ -12,7 +12,15 @@ from enum import StrEnum
 from typing import Any
 
 from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger, seconds_to_boundary
-from scaler.planning import late_allowance, replicas_needed, replicas_to_add
+from scaler.planning import (
+    LATE_LIMIT,
+    excess,
+    late_allowance,
+    longest_wait,
+    predicted_starts,
+    replicas_needed,
+    replicas_to_add,
+)
 from scaler.timetable import Block, prewarm_floor
 
 PAUSED = "paused"
@@ -70,8 +78,9 @@ class ScalingConfig:
     # Verda picks which replica a scale-down stops; assume it may be a busy one (False: idle ones retire).
     victim_may_be_busy: bool = True
     max_lost_work_s: float = 0.0  # ... and accept restarting a job that has run at most this long
-    # ... or, at a billing boundary, when the spare time saved is this many times the work restarted (0: never)
-    lost_work_weight: float = 20.0
+    # ... or, at a billing boundary, when the spare time saved is this many times the work restarted and the
+    # restarted jobs still meet the wait target (0: never)
+    lost_work_weight: float = 5.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -133,6 +142,7 @@ class Observation:
     deployment_status: str = "healthy"
     pending_ages_s: tuple[float, ...] = ()  # how long queued jobs have waited, any order
     running_elapsed_s: tuple[float, ...] = ()  # how long running jobs have run, any order
+    running_waited_s: tuple[float, ...] = ()  # ... and how long each had waited before it started, same order
     job_duration_s: float | None = None  # robust estimate from recent completions (scaler.planning)
     long_job_duration_s: float | None = None  # ... and how long a long one runs (scaler.planning.long_duration)
     recent_waits_s: tuple[float, ...] = ()  # how long the last jobs to start had waited, any order
@@ -390,17 +400,22 @@ def _plan(
     desired = max(need, current - step)
     stopping = current - desired
     if _would_lose_work(config, observation, current, stopping, long_duration):
-        # Holding buys each spare at its boundary another interval; restarting a young job may cost less.
-        victims = _victims(config, observation, stopping, long_duration)
-        restarted = sum(spent + config.worker_drain_s for spent in victims)
-        if (
-            config.lost_work_weight == 0
-            or restarted * config.lost_work_weight > stopping * config.billing_interval_s
-            or not _restarts_find_a_replica(observation, current, stopping, len(victims))
-        ):
-            return current, Reason.HOLD_JOBS_WOULD_BE_LOST
-        details["restarted_work_s"] = round(restarted, 1)
-        return desired, Reason.SCALE_DOWN_RESTARTING_JOBS
+        # Holding buys each spare at its boundary another interval; restarting a young job may cost less, as
+        # long as the restarted jobs, back at the queue's head, still meet the target: as many as may leave.
+        # Not while replicas stopped a moment ago still drain: their jobs are listed as running, not on which.
+        draining = state.last_scale_down_at is not None and now - state.last_scale_down_at <= config.worker_drain_s
+        for fewer in range(0 if draining else stopping, 0, -1):
+            victims = _victims(config, observation, fewer, long_duration)
+            restarted = sum(spent + config.worker_drain_s for spent in victims)
+            if (
+                config.lost_work_weight > 0
+                and restarted * config.lost_work_weight <= fewer * config.billing_interval_s
+                and _restarts_find_a_replica(observation, current, fewer, len(victims))
+                and _restarts_meet_target(config, observation, current, fewer, duration, long_duration)
+            ):
+                details["restarted_work_s"] = round(restarted, 1)
+                return current - fewer, Reason.SCALE_DOWN_RESTARTING_JOBS
+        return current, Reason.HOLD_JOBS_WOULD_BE_LOST
     return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
 
 
@@ -418,17 +433,23 @@ def _paid_left(config: ScalingConfig, observation: Observation, details: dict[st
 def _free_at(config: ScalingConfig, observation: Observation, current: int, duration: float) -> list[float]:
     """When each of the ``current`` replicas can take a queued job: busy ones when their job should end."""
     now = observation.now
-    # A start time ahead of our clock (skew with the platform) counts as "just started".
-    ready = sorted(
-        max(now, min(replica.started_at, now) + config.replica_boot_s) for replica in observation.replicas
-    )
-    ready = (ready + [now + config.replica_boot_s] * current)[:current]
+    ready = _ready_at(config, observation, current)
     busy = min(observation.running, current)
     elapsed = sorted(observation.running_elapsed_s, reverse=True)[:busy]
     # A running job of unknown age is taken as half done.
     left = sorted(max(duration - spent, 0.1 * duration) for spent in elapsed)
     left += [0.5 * duration] * (busy - len(left))
     return sorted([now + remaining for remaining in left] + ready[busy:])
+
+
+def _ready_at(config: ScalingConfig, observation: Observation, current: int) -> list[float]:
+    """When each of the ``current`` replicas is (or was) ready to work, soonest first; missing ones start now."""
+    now = observation.now
+    # A start time ahead of our clock (skew with the platform) counts as "just started".
+    ready = sorted(
+        max(now, min(replica.started_at, now) + config.replica_boot_s) for replica in observation.replicas
+    )
+    return (ready + [now + config.replica_boot_s] * current)[:current]
 
 
 def _would_be_interrupted(config: ScalingConfig, observation: Observation, current: int, duration: float) -> int:
@@ -480,3 +501,59 @@ def _queued_ages(observation: Observation) -> list[float]:
     """The queued jobs' ages, oldest first; jobs the observation has no age for count as just submitted."""
     ages = sorted((max(0.0, age) for age in observation.pending_ages_s), reverse=True)[: observation.pending]
     return ages + [0.0] * (observation.pending - len(ages))
+
+
+def _restarts_meet_target(
+    config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float,
+    long_duration: float,
+) -> bool:
+    """Would the queue, with the jobs a worst-case scale-down of ``stopping`` hands back at its head, meet the
+    wait target as well as with every replica kept: the restarted ones on time, no more jobs late, none later
+    than the latest?
+
+    A restarted job has waited what it waited before it started, plus its run so far and the drain.
+    """
+    assert config.target_wait_s is not None
+    target, now = config.target_wait_s, observation.now
+    queued = _queued_ages(observation)
+    kept, requeued = _after_stopping(config, observation, current, stopping, duration, long_duration)
+    everyone, _ = _after_stopping(config, observation, current, 0, duration, long_duration)
+    queue = sorted(requeued, reverse=True) + queued
+    if not requeued:
+        return True
+    # The restarted jobs themselves start within the target: a restart does not spend the p95's allowance.
+    starts = predicted_starts(kept, len(requeued), duration)
+    if any(age + start - now > target for age, start in zip(queue, starts, strict=False)):
+        return False
+    allowed = late_allowance(observation.recent_waits_s, len(queue), target)
+    late_anyway = excess(now, everyone, queued, duration, target, allowed) if queued else 0
+    latest = max(LATE_LIMIT * target if allowed else target,
+                 longest_wait(now, everyone, queued, duration) if queued else 0.0)
+    return (
+        excess(now, kept, queue, duration, target, allowed) <= late_anyway
+        and longest_wait(now, kept, queue, duration) <= latest + 1e-6
+    )
+
+
+def _after_stopping(
+    config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float,
+    long_duration: float,
+) -> tuple[list[float], list[float]]:
+    """When each replica left after a worst-case scale-down of ``stopping`` can take a queued job, and how long
+    the jobs it stops (the youngest, those not ending within the drain) will have waited when handed back."""
+    now = observation.now
+    busy = min(observation.running, current)
+    elapsed = list(observation.running_elapsed_s[: observation.running])
+    waited = [*observation.running_waited_s[: len(elapsed)], *[0.0] * len(elapsed)][: len(elapsed)]
+    unknown = observation.running - len(elapsed)  # a job of unknown age is taken as half done
+    jobs = sorted([*zip(elapsed, waited, strict=True), *[(0.5 * duration, 0.0)] * unknown])
+    stopped = min(stopping, busy)
+    requeued = [
+        wait + spent + config.worker_drain_s
+        for spent, wait in jobs[:stopped]
+        if long_duration - spent > config.worker_drain_s
+    ]
+    idle = _ready_at(config, observation, current)[busy:]
+    kept_idle = idle[: len(idle) - (stopping - stopped)]  # the worst case stops the latest to be ready next
+    kept_busy = [now + max(duration - spent, 0.1 * duration) for spent, _ in jobs[stopped:busy]]
+    return sorted(kept_busy + kept_idle), requeued

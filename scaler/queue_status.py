@@ -44,6 +44,7 @@ class QueueStatus:
     # Job timings for wait-target planning (seconds); empty when the job lists could not be read.
     pending_ages_s: tuple[float, ...] = ()
     running_elapsed_s: tuple[float, ...] = ()
+    running_waited_s: tuple[float, ...] = ()  # how long each running job waited before it started, same order
     recent_durations_s: tuple[float, ...] = ()
     recent_waits_s: tuple[float, ...] = ()
 
@@ -152,10 +153,15 @@ class QueueStatusReader:
 
 
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:
-    """Ages of pending jobs, elapsed run of running ones, durations of the most recent completions, and how
+    """Ages of pending jobs, elapsed run of running ones (and how long they had waited), durations of the most recent completions, and how
     long the jobs that started last (running or completed) had waited."""
     ages = tuple(now - t for t in (_stamp(job, "created_at") for job in lists.get("pending", ())) if t is not None)
-    elapsed = tuple(now - t for t in (_stamp(job, "started_at") for job in lists.get("running", ())) if t is not None)
+    elapsed, waited = [], []
+    for job in lists.get("running", ()):
+        created, began = _stamp(job, "created_at"), _stamp(job, "started_at")
+        if began is not None:
+            elapsed.append(now - began)
+            waited.append(max(0.0, began - created) if created is not None else 0.0)
     done = []
     for job in lists.get("completed", ()):
         started, completed = _stamp(job, "started_at"), _stamp(job, "completed_at")
@@ -168,8 +174,8 @@ def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[floa
         if created is not None and began is not None and began >= created:
             started.append((began, began - created))
     waits = tuple(wait for _, wait in sorted(started)[-RECENT_COMPLETIONS:])
-    return {"pending_ages_s": ages, "running_elapsed_s": elapsed, "recent_durations_s": recent,
-            "recent_waits_s": waits}
+    return {"pending_ages_s": ages, "running_elapsed_s": tuple(elapsed), "running_waited_s": tuple(waited),
+            "recent_durations_s": recent, "recent_waits_s": waits}
 
 
 def _stamp(job: Any, name: str) -> float | None:

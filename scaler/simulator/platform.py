@@ -202,6 +202,8 @@ class Simulation:
             pending_ages_s=tuple(now - job.submit_s for job in self._queue),
             running_elapsed_s=tuple(now - replica.job.attempt_started_s for replica in self._replicas
                                     if replica.job is not None),
+            running_waited_s=tuple(replica.job.attempt_started_s - replica.job.submit_s
+                                   for replica in self._replicas if replica.job is not None),
             recent_durations_s=tuple(self._recent_durations),
             recent_waits_s=tuple(self._recent_waits),
         )

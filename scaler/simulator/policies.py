@@ -24,6 +24,7 @@ class QueueView:
     running: int
     pending_ages_s: tuple[float, ...] = ()
     running_elapsed_s: tuple[float, ...] = ()
+    running_waited_s: tuple[float, ...] = ()  # same order
     recent_durations_s: tuple[float, ...] = ()
     recent_waits_s: tuple[float, ...] = ()
 
@@ -106,6 +107,7 @@ class Ours:
             replicas=replicas,
             pending_ages_s=queue.pending_ages_s,
             running_elapsed_s=queue.running_elapsed_s,
+            running_waited_s=queue.running_waited_s,
             recent_waits_s=queue.recent_waits_s,
             job_duration_s=robust_duration(queue.recent_durations_s, self.config.default_job_duration_s),
             long_job_duration_s=long_duration(queue.recent_durations_s, self.config.default_job_duration_s),

@@ -72,15 +72,17 @@ def test_an_idle_replica_stays_until_its_paid_interval_ends_then_leaves():
 
 def test_no_scale_down_that_would_throw_away_a_running_job():
     fleet = (Replica("r0", 0.0), Replica("r1", 0.0))
-    # r0 idle at its boundary, r1 80 s into a 2-minute job: Verda might stop r1.
-    decision = tick(PLAN, PolicyState(applied=2), 560, running=1, replicas=fleet, running_elapsed_s=(80.0,))
+    # r0 idle at its boundary, r1 80 s into a 2-minute job that had waited 30 s: Verda might stop r1, and
+    # the job would then have waited 135 s (30 + 80 + the 25 s drain), past the 120 s target.
+    decision = tick(PLAN, PolicyState(applied=2), 560, running=1, replicas=fleet, running_elapsed_s=(80.0,),
+                    running_waited_s=(30.0,))
     assert (decision.desired, decision.reason) == (2, Reason.HOLD_JOBS_WOULD_BE_LOST)
     # ... unless the job ends within the worker's drain, or the workers retire themselves.
     assert tick(PLAN, PolicyState(applied=2), 560, running=1, replicas=fleet,
                 running_elapsed_s=(100.0,)).desired == 1
     kind = replace(PLAN, victim_may_be_busy=False)
     assert tick(kind, PolicyState(applied=2), 560, running=1, replicas=fleet,
-                running_elapsed_s=(80.0,)).desired == 1
+                running_elapsed_s=(80.0,), running_waited_s=(30.0,)).desired == 1
 
 
 def test_timetable_prewarms_before_each_block_and_only_then():
@@ -165,11 +167,39 @@ def test_at_a_boundary_restarting_a_young_job_beats_buying_the_spares_another_in
     # Restarting 35 s of work (10 s run + the drain) saves 3 spare intervals (1800 s): go down to 1.
     assert (decision.desired, decision.reason) == (1, Reason.SCALE_DOWN_RESTARTING_JOBS)
     assert decision.details["restarted_work_s"] == 35.0
-    # 80 s into its run, the restart (105 s x 20) costs more than the 1800 s saved: hold as before.
+    # Weighed at 20, a restart 80 s into the run (105 s x 20) costs more than the 1800 s saved: hold.
     old = dict(young, running_elapsed_s=(80.0,))
-    assert tick(PLAN, PolicyState(applied=4), 560, **old).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
+    weighty = replace(PLAN, lost_work_weight=20)
+    assert tick(weighty, PolicyState(applied=4), 560, **old).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
     never = replace(PLAN, lost_work_weight=0)
     assert tick(never, PolicyState(applied=4), 560, **young).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
+
+
+def test_a_restart_goes_ahead_only_while_the_restarted_job_still_meets_the_target():
+    fleet = tuple(Replica(f"r{n}", 0.0) for n in range(4))
+    young = dict(running=1, replicas=fleet, running_elapsed_s=(10.0,), job_duration_s=120.0)
+    # The job had waited 60 s: handed back, it will have waited 95 s when an idle replica takes it: restart.
+    decision = tick(PLAN, PolicyState(applied=4), 560, running_waited_s=(60.0,), **young)
+    assert (decision.desired, decision.reason) == (1, Reason.SCALE_DOWN_RESTARTING_JOBS)
+    # It had waited 100 s: it would have waited 135 s, past the 120 s target: hold, however cheap the restart.
+    decision = tick(PLAN, PolicyState(applied=4), 560, running_waited_s=(100.0,), **young)
+    assert (decision.desired, decision.reason) == (4, Reason.HOLD_JOBS_WOULD_BE_LOST)
+    # A queued job (aged 100 s) counts too: keeping one replica, it would wait behind the restarted job, past
+    # the target. Two may leave, not three: one idle replica for each.
+    queued = dict(young, pending=1, pending_ages_s=(100.0,))
+    decision = tick(PLAN, PolicyState(applied=4), 560, running_waited_s=(0.0,), **queued)
+    assert (decision.desired, decision.reason) == (2, Reason.SCALE_DOWN_RESTARTING_JOBS)
+
+
+def test_no_second_restart_while_a_stopped_replica_still_drains():
+    # A scale-down 15 s ago: its replica still drains, and its job is still listed as running, so which job
+    # the next scale-down would stop cannot be told. Wait for the drain before restarting another.
+    fleet = tuple(Replica(f"r{n}", 0.0) for n in range(4))
+    young = dict(running=1, replicas=fleet, running_elapsed_s=(10.0,), job_duration_s=120.0)
+    draining = PolicyState(applied=4, last_scale_down_at=545.0)
+    assert tick(PLAN, draining, 560, **young).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
+    drained = PolicyState(applied=4, last_scale_down_at=530.0)
+    assert tick(PLAN, drained, 560, **young).reason == Reason.SCALE_DOWN_RESTARTING_JOBS
 
 
 def test_no_job_is_restarted_when_no_idle_replica_would_take_it():

@@ -42,6 +42,7 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
             assert (status.pending_jobs, status.running_jobs) == (1, 1)
             assert [round(age) for age in status.pending_ages_s] == [12]
             assert [round(spent) for spent in status.running_elapsed_s] == [42]
+            assert [round(wait) for wait in status.running_waited_s] == [20]  # what a restart would add to
             assert sorted(round(d) for d in status.recent_durations_s) == [100, 110, 120, 400]
 
             backend.clock = clock
@@ -50,6 +51,7 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
             decision = await loop.tick()
     # How long the jobs that started last had waited, in start order: the p95 allowance's input.
     assert observation.recent_waits_s == (0.0, 0.0, 0.0, 0.0, 20.0)
+    assert observation.running_waited_s == (20.0,)
     assert decision.details["job_duration_s"] == 110.0  # the median of the last completions, not the outlier
     assert decision.details["long_job_duration_s"] == 400.0  # ... and a long one, to judge running jobs by
 
