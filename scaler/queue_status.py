@@ -153,8 +153,8 @@ class QueueStatusReader:
 
 
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:
-    """Ages of pending jobs, elapsed run of running ones (and how long they had waited), durations of the most recent completions, and how
-    long the jobs that started last (running or completed) had waited."""
+    """Ages of pending jobs, elapsed run of running ones (and how long they had waited), durations of the most
+    recent completions, and how long the jobs that started last (running or completed) had waited."""
     ages = tuple(now - t for t in (_stamp(job, "created_at") for job in lists.get("pending", ())) if t is not None)
     elapsed, waited = [], []
     for job in lists.get("running", ()):
