@@ -80,7 +80,7 @@ class ScalingConfig:
     max_lost_work_s: float = 0.0  # ... and accept restarting a job that has run at most this long
     # ... or, at a billing boundary, when the spare time saved is this many times the work restarted and the
     # restarted jobs still meet the wait target (0: never)
-    lost_work_weight: float = 5.0
+    lost_work_weight: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []
