@@ -143,6 +143,7 @@ class Observation:
     pending_ages_s: tuple[float, ...] = ()  # how long queued jobs have waited, any order
     running_elapsed_s: tuple[float, ...] = ()  # how long running jobs have run, any order
     running_waited_s: tuple[float, ...] = ()  # ... and how long each had waited before it started, same order
+    running_attempts: tuple[int, ...] = ()  # ... and which run of it this is (1: the first), same order
     job_duration_s: float | None = None  # robust estimate from recent completions (scaler.planning)
     long_job_duration_s: float | None = None  # ... and how long a long one runs (scaler.planning.long_duration)
     recent_waits_s: tuple[float, ...] = ()  # how long the last jobs to start had waited, any order
@@ -411,7 +412,7 @@ def _plan(
                 config.lost_work_weight > 0
                 and restarted * config.lost_work_weight <= fewer * config.billing_interval_s
                 and _restarts_find_a_replica(observation, current, fewer, len(victims))
-                and _restarts_meet_target(config, observation, current, fewer, duration, long_duration)
+                and _restarts_acceptable(config, observation, current, fewer, duration, long_duration)
             ):
                 details["restarted_work_s"] = round(restarted, 1)
                 return current - fewer, Reason.SCALE_DOWN_RESTARTING_JOBS
@@ -503,21 +504,25 @@ def _queued_ages(observation: Observation) -> list[float]:
     return ages + [0.0] * (observation.pending - len(ages))
 
 
-def _restarts_meet_target(
+def _restarts_acceptable(
     config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float,
     long_duration: float,
 ) -> bool:
-    """Would the queue, with the jobs a worst-case scale-down of ``stopping`` hands back at its head, meet the
-    wait target as well as with every replica kept: the restarted ones on time, no more jobs late, none later
-    than the latest?
+    """May a worst-case scale-down of ``stopping`` restart the jobs it stops? Only first runs (a job is restarted
+    by the scaler at most once: the queue fails a job after MAX_ATTEMPTS hand-backs), and only if the queue,
+    with them back at its head, meets the wait target as well as with every replica kept: the restarted ones
+    on time, no more jobs late, none later than the latest.
 
     A restarted job has waited what it waited before it started, plus its run so far and the drain.
     """
     assert config.target_wait_s is not None
     target, now = config.target_wait_s, observation.now
     queued = _queued_ages(observation)
-    kept, requeued = _after_stopping(config, observation, current, stopping, duration, long_duration)
+    kept, restarted = _after_stopping(config, observation, current, stopping, duration, long_duration)
     everyone, _ = _after_stopping(config, observation, current, 0, duration, long_duration)
+    if any(attempt > 1 for _, attempt in restarted):
+        return False
+    requeued = [age for age, _ in restarted]
     queue = sorted(requeued, reverse=True) + queued
     if not requeued:
         return True
@@ -538,22 +543,25 @@ def _restarts_meet_target(
 def _after_stopping(
     config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float,
     long_duration: float,
-) -> tuple[list[float], list[float]]:
-    """When each replica left after a worst-case scale-down of ``stopping`` can take a queued job, and how long
-    the jobs it stops (the youngest, those not ending within the drain) will have waited when handed back."""
+) -> tuple[list[float], list[tuple[float, int]]]:
+    """When each replica left after a worst-case scale-down of ``stopping`` can take a queued job; and for each
+    job it stops (the youngest, those not ending within the drain) how long it will have waited when handed
+    back, and which run of it that was."""
     now = observation.now
     busy = min(observation.running, current)
-    elapsed = list(observation.running_elapsed_s[: observation.running])
-    waited = [*observation.running_waited_s[: len(elapsed)], *[0.0] * len(elapsed)][: len(elapsed)]
-    unknown = observation.running - len(elapsed)  # a job of unknown age is taken as half done
-    jobs = sorted([*zip(elapsed, waited, strict=True), *[(0.5 * duration, 0.0)] * unknown])
+    count = len(observation.running_elapsed_s[: observation.running])
+    waited = [*observation.running_waited_s[:count], *[0.0] * count][:count]
+    attempts = [*observation.running_attempts[:count], *[1] * count][:count]
+    unknown = observation.running - count  # a job of unknown age is taken as half done, a first run
+    jobs = sorted([*zip(observation.running_elapsed_s[:count], waited, attempts, strict=True),
+                   *[(0.5 * duration, 0.0, 1)] * unknown])
     stopped = min(stopping, busy)
-    requeued = [
-        wait + spent + config.worker_drain_s
-        for spent, wait in jobs[:stopped]
+    restarted = [
+        (wait + spent + config.worker_drain_s, attempt)
+        for spent, wait, attempt in jobs[:stopped]
         if long_duration - spent > config.worker_drain_s
     ]
     idle = _ready_at(config, observation, current)[busy:]
     kept_idle = idle[: len(idle) - (stopping - stopped)]  # the worst case stops the latest to be ready next
-    kept_busy = [now + max(duration - spent, 0.1 * duration) for spent, _ in jobs[stopped:busy]]
-    return sorted(kept_busy + kept_idle), requeued
+    kept_busy = [now + max(duration - spent, 0.1 * duration) for spent, _, _ in jobs[stopped:busy]]
+    return sorted(kept_busy + kept_idle), restarted

@@ -204,6 +204,8 @@ class Simulation:
                                     if replica.job is not None),
             running_waited_s=tuple(replica.job.attempt_started_s - replica.job.submit_s
                                    for replica in self._replicas if replica.job is not None),
+            running_attempts=tuple(replica.job.interruptions + 1 for replica in self._replicas
+                                   if replica.job is not None),
             recent_durations_s=tuple(self._recent_durations),
             recent_waits_s=tuple(self._recent_waits),
         )

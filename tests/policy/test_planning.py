@@ -191,6 +191,16 @@ def test_a_restart_goes_ahead_only_while_the_restarted_job_still_meets_the_targe
     assert (decision.desired, decision.reason) == (2, Reason.SCALE_DOWN_RESTARTING_JOBS)
 
 
+def test_a_job_is_restarted_by_the_scaler_at_most_once():
+    # The queue fails a job after MAX_ATTEMPTS hand-backs (default 3): a job already handed back once is not
+    # restarted again to save an interval, however young and cheap.
+    fleet = tuple(Replica(f"r{n}", 0.0) for n in range(4))
+    young = dict(running=1, replicas=fleet, running_elapsed_s=(10.0,), job_duration_s=120.0)
+    decision = tick(PLAN, PolicyState(applied=4), 560, running_attempts=(2,), **young)
+    assert (decision.desired, decision.reason) == (4, Reason.HOLD_JOBS_WOULD_BE_LOST)
+    assert tick(PLAN, PolicyState(applied=4), 560, running_attempts=(1,), **young).desired == 1
+
+
 def test_no_second_restart_while_a_stopped_replica_still_drains():
     # A scale-down 15 s ago: its replica still drains, and its job is still listed as running, so which job
     # the next scale-down would stop cannot be told. Wait for the drain before restarting another.

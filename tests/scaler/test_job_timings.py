@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from queue_manager.server import QueueManagerServer
+from queue_manager.store import Fence
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.queue_status import QueueStatusReader, job_timings
@@ -30,9 +31,11 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
             store.pop_next("w1", server.mode)
             clock.now += duration
             store.complete(job.id, {})
-        store.submit("bob", WORKFLOW)
+        bob = store.submit("bob", WORKFLOW)
         clock.now += 20
-        store.pop_next("w1", server.mode)  # running since now, after a 20 s wait
+        store.pop_next("w1", server.mode)
+        store.release(bob.id, Fence(), "worker stopping", max_attempts=3)  # a scale-down stopped it at once
+        store.pop_next("w1", server.mode)  # its 2nd run, since now, after a 20 s wait
         clock.now += 30
         store.submit("carol", WORKFLOW)  # pending, submitted now
         clock.now += 12
@@ -52,6 +55,7 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
     # How long the jobs that started last had waited, in start order: the p95 allowance's input.
     assert observation.recent_waits_s == (0.0, 0.0, 0.0, 0.0, 20.0)
     assert observation.running_waited_s == (20.0,)
+    assert observation.running_attempts == (2,)  # the queue's attempt number: restarted at most once
     assert decision.details["job_duration_s"] == 110.0  # the median of the last completions, not the outlier
     assert decision.details["long_job_duration_s"] == 400.0  # ... and a long one, to judge running jobs by
 
