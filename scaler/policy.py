@@ -25,6 +25,7 @@ from scaler.timetable import Block, prewarm_floor
 
 PAUSED = "paused"
 QUOTA_REACHED = "quota_reached"
+UNKNOWN_ATTEMPT = 0  # a running job the queue does not list (comfy-multi): never restarted by choice
 
 
 class Reason(StrEnum):
@@ -508,10 +509,12 @@ def _restarts_acceptable(
     config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float,
     long_duration: float,
 ) -> bool:
-    """May a worst-case scale-down of ``stopping`` restart the jobs it stops? Only first runs (a job is restarted
-    by the scaler at most once: the queue fails a job after MAX_ATTEMPTS hand-backs), and only if the queue,
-    with them back at its head, meets the wait target as well as with every replica kept: the restarted ones
-    on time, no more jobs late, none later than the latest.
+    """May a worst-case scale-down of ``stopping`` restart the jobs it stops?
+
+    Only first runs: the scaler restarts a job at most once, as the queue fails a job after MAX_ATTEMPTS
+    hand-backs (a job it does not list is not restarted at all). And only if the queue, with them back at
+    its head, meets the wait target as well as with every replica kept: the restarted ones on time, no more
+    jobs late, none later than the latest.
 
     A restarted job has waited what it waited before it started, plus its run so far and the drain.
     """
@@ -520,7 +523,7 @@ def _restarts_acceptable(
     queued = _queued_ages(observation)
     kept, restarted = _after_stopping(config, observation, current, stopping, duration, long_duration)
     everyone, _ = _after_stopping(config, observation, current, 0, duration, long_duration)
-    if any(attempt > 1 for _, attempt in restarted):
+    if any(attempt != 1 for _, attempt in restarted):
         return False
     requeued = [age for age, _ in restarted]
     queue = sorted(requeued, reverse=True) + queued
@@ -552,9 +555,9 @@ def _after_stopping(
     count = len(observation.running_elapsed_s[: observation.running])
     waited = [*observation.running_waited_s[:count], *[0.0] * count][:count]
     attempts = [*observation.running_attempts[:count], *[1] * count][:count]
-    unknown = observation.running - count  # a job of unknown age is taken as half done, a first run
+    unknown = observation.running - count  # a job of unknown age: half done, and not known to be a first run
     jobs = sorted([*zip(observation.running_elapsed_s[:count], waited, attempts, strict=True),
-                   *[(0.5 * duration, 0.0, 1)] * unknown])
+                   *[(0.5 * duration, 0.0, UNKNOWN_ATTEMPT)] * unknown])
     stopped = min(stopping, busy)
     restarted = [
         (wait + spent + config.worker_drain_s, attempt)

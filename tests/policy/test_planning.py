@@ -199,6 +199,9 @@ def test_a_job_is_restarted_by_the_scaler_at_most_once():
     decision = tick(PLAN, PolicyState(applied=4), 560, running_attempts=(2,), **young)
     assert (decision.desired, decision.reason) == (4, Reason.HOLD_JOBS_WOULD_BE_LOST)
     assert tick(PLAN, PolicyState(applied=4), 560, running_attempts=(1,), **young).desired == 1
+    # A running job the queue does not list (comfy-multi lists only pending ones) is never restarted by choice.
+    unlisted = dict(young, running_elapsed_s=())
+    assert tick(PLAN, PolicyState(applied=4), 560, **unlisted).reason == Reason.HOLD_JOBS_WOULD_BE_LOST
 
 
 def test_no_second_restart_while_a_stopped_replica_still_drains():
