@@ -520,19 +520,19 @@ def _restarts_acceptable(
     """
     assert config.target_wait_s is not None
     target, now = config.target_wait_s, observation.now
-    queued = _queued_ages(observation)
     kept, restarted = _after_stopping(config, observation, current, stopping, duration, long_duration)
-    everyone, _ = _after_stopping(config, observation, current, 0, duration, long_duration)
     if any(attempt != 1 for _, attempt in restarted):
         return False
-    requeued = [age for age, _ in restarted]
-    queue = sorted(requeued, reverse=True) + queued
-    if not requeued:
+    if not restarted:
         return True
+    requeued = sorted((age for age, _ in restarted), reverse=True)
     # The restarted jobs themselves start within the target: a restart does not spend the p95's allowance.
     starts = predicted_starts(kept, len(requeued), duration)
-    if any(age + start - now > target for age, start in zip(queue, starts, strict=False)):
+    if any(age + start - now > target for age, start in zip(requeued, starts, strict=True)):
         return False
+    queued = _queued_ages(observation)
+    queue = requeued + queued
+    everyone, _ = _after_stopping(config, observation, current, 0, duration, long_duration)
     allowed = late_allowance(observation.recent_waits_s, len(queue), target)
     late_anyway = excess(now, everyone, queued, duration, target, allowed) if queued else 0
     latest = max(LATE_LIMIT * target if allowed else target,
