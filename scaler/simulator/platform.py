@@ -7,7 +7,8 @@ Modelled (each choice explained in docs/simulator.md):
   case, a busy one with the most work left; ``idle-nearest-boundary`` models workers that retire
   themselves (the idle replica whose paid interval ends soonest leaves). The victim gets SIGTERM;
   the worker finishes the job if it can within its drain time, otherwise requeues it (an interruption)
-  and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest.
+  and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest. The queue counts each
+  hand-back as an attempt and fails a job handed back after its ``max_attempts``-th run (MAX_ATTEMPTS).
 - A worker that exits on its own (idle polls, job limit) is restarted in place while Verda still wants
   the replica, otherwise the replica is gone.
 - Billing: per replica, begun 10-minute intervals, anchored as configured. Spot reclaims are optional.
@@ -49,6 +50,7 @@ class PlatformModel:
     price_per_hour: float = 2.30
     spot_reclaims_per_hour: float = 0.0
     scale_down_victim: Victim = Victim.WORST
+    max_attempts: int = 3  # the queue manager's MAX_ATTEMPTS; 0: no limit
 
     @property
     def boot_s(self) -> float:
@@ -79,6 +81,7 @@ class SimJob:
     finished_s: float | None = None
     attempt_started_s: float = 0.0
     interruptions: int = 0
+    failed: bool = False  # handed back after its last allowed attempt
 
 
 @dataclass(slots=True)
@@ -338,7 +341,10 @@ class Simulation:
         assert isinstance(replica, SimReplica) and replica.job is not None
         replica.job.interruptions += 1
         self.outcome.interruptions += 1
-        self._queue.appendleft(replica.job)
+        if self.platform.max_attempts and replica.job.interruptions >= self.platform.max_attempts:
+            replica.job.failed = True  # "Gave up after N attempts"
+        else:
+            self._queue.appendleft(replica.job)
         replica.job = None
         self._stop(now, replica)
         self._offer_work(now)

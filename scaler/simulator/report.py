@@ -23,6 +23,7 @@ class PolicyReport:
     jobs_total: int
     jobs_done: int
     jobs_unfinished: int
+    jobs_failed: int
     wait_p50_s: float
     wait_p95_s: float
     wait_max_s: float
@@ -41,7 +42,8 @@ class PolicyReport:
 def summarize(workload: str, policy: str, outcome: SimOutcome, platform: PlatformModel) -> PolicyReport:
     """Queue wait is what a user waits beyond the job's own run: finish - submit - duration.
 
-    A job unfinished at the horizon counts as a wait of the whole horizon: never left out, always worst.
+    A job unfinished at the horizon, or failed after its last attempt (handed back too often), counts as a
+    wait of the whole horizon: never left out, always worst.
     """
     finished = [job for job in outcome.jobs if job.finished_s is not None]
     waits = sorted(job_waits(outcome))
@@ -54,7 +56,8 @@ def summarize(workload: str, policy: str, outcome: SimOutcome, platform: Platfor
         cost_usd=round(gpu_hours * platform.price_per_hour, 2),
         jobs_total=len(outcome.jobs),
         jobs_done=len(finished),
-        jobs_unfinished=len(outcome.jobs) - len(finished),
+        jobs_unfinished=sum(1 for job in outcome.jobs if job.finished_s is None and not job.failed),
+        jobs_failed=sum(1 for job in outcome.jobs if job.failed),
         wait_p50_s=round(_percentile(waits, 50), 1),
         wait_p95_s=round(_percentile(waits, 95), 1),
         wait_max_s=round(waits[-1], 1) if waits else 0.0,
@@ -111,7 +114,7 @@ def print_table(console: Console, reports: Sequence[PolicyReport]) -> None:
         table.add_row(
             report.workload, str(report.seed), report.policy, f"{report.billed_gpu_hours:.2f}",
             f"{report.cost_usd:.2f}",
-            str(report.jobs_done), str(report.jobs_unfinished), f"{report.wait_p50_s:.0f}",
+            str(report.jobs_done), _unfinished(report), f"{report.wait_p50_s:.0f}",
             f"{report.wait_p95_s:.0f}", f"{report.wait_max_s:.0f}", str(report.jobs_interrupted),
             str(report.replica_starts), str(report.cold_starts),
             _times(report.cost_vs_clairvoyant), _times(report.cost_vs_plan),
@@ -123,7 +126,7 @@ def print_summary(console: Console, reports: Sequence[PolicyReport]) -> None:
     """Per workload and policy over the seeds: mean cost, the p95/max range and the worst ratios."""
     table = Table(title="Over all seeds")
     for column in ("workload", "policy", "seeds", "mean cost $", "p95 s (min-max)", "max s (worst)",
-                   "interrupted", "x clairv. (worst)", "x plan (worst)"):
+                   "interrupted", "failed", "x clairv. (worst)", "x plan (worst)"):
         table.add_column(column, justify="left" if column in ("workload", "policy") else "right")
     groups: dict[tuple[str, str], list[PolicyReport]] = {}
     for report in reports:
@@ -135,9 +138,16 @@ def print_summary(console: Console, reports: Sequence[PolicyReport]) -> None:
             workload, policy, str(len(group)), f"{sum(r.cost_usd for r in group) / len(group):.2f}",
             f"{min(r.wait_p95_s for r in group):.0f}-{max(r.wait_p95_s for r in group):.0f}",
             f"{max(r.wait_max_s for r in group):.0f}", str(sum(r.jobs_interrupted for r in group)),
+            str(sum(r.jobs_failed for r in group)),
             _times(max(ratios) if ratios else None), _times(max(plans) if plans else None),
         )
     console.print(table)
+
+
+def _unfinished(report: PolicyReport) -> str:
+    """Jobs not done at the horizon, and among them those the queue failed after their last attempt."""
+    left = report.jobs_unfinished + report.jobs_failed
+    return f"{left} ({report.jobs_failed} failed)" if report.jobs_failed else str(left)
 
 
 def _times(ratio: float | None) -> str:
