@@ -116,6 +116,12 @@ def test_cli_rejects_an_unknown_policy():
         simulate_main(["--policy", "sometimes"])
 
 
+def test_cli_rejects_a_negative_attempt_limit(capsys):
+    with pytest.raises(SystemExit):
+        simulate_main(["--max-attempts", "-1"])
+    assert "--max-attempts must be >= 0" in capsys.readouterr().err
+
+
 def test_benchmark_a_day_of_workshop(capsys):
     workload = built_in("workshop", seed=1)
     began = time.perf_counter()
