@@ -359,8 +359,8 @@ def _plan(
     details.update(job_duration_s=round(duration, 1), long_job_duration_s=round(long_duration, 1),
                    target_wait_s=config.target_wait_s, late_allowed=allowed, prewarm=prewarm)
     in_flight = observation.pending + observation.running > 0
-    # Running jobs keep their replicas, and work in flight never leaves the fleet at zero.
-    # Running jobs keep their replicas; one that ends within the drain needs none (its replica may be stopping).
+    # Running jobs keep their replicas (one that ends within the drain needs none: its replica may be
+    # stopping), and work in flight never leaves the fleet at zero.
     running_need = min(observation.running - _ending(config, observation, long_duration), config.max_replicas)
     wanted = max(current + add, prewarm, config.min_replicas, running_need, int(in_flight))
     if current > config.max_replicas:
@@ -494,9 +494,18 @@ def _victims(config: ScalingConfig, observation: Observation, stopping: int, dur
     those that end within the worker's drain anyway."""
     if not config.victim_may_be_busy or stopping <= 0:
         return []
-    elapsed = sorted(observation.running_elapsed_s)[: observation.running]
-    elapsed += [0.5 * duration] * (observation.running - len(elapsed))
-    return [spent for spent in sorted(elapsed)[:stopping] if duration - spent > config.worker_drain_s]
+    jobs = _running_jobs(observation, duration)[:stopping]
+    return [spent for spent, _, _ in jobs if duration - spent > config.worker_drain_s]
+
+
+def _running_jobs(observation: Observation, duration: float) -> list[tuple[float, float, int]]:
+    """The running jobs as (run so far, wait before it started, attempt), youngest first: the worst case stops
+    these first. One the queue does not list counts as half of ``duration`` done, and not as a first run."""
+    listed = len(observation.running_elapsed_s)
+    waited = [*observation.running_waited_s[:listed], *[0.0] * listed][:listed]
+    attempts = [*observation.running_attempts[:listed], *[1] * listed][:listed]
+    jobs = sorted(zip(observation.running_elapsed_s, waited, attempts, strict=True))[: observation.running]
+    return sorted([*jobs, *[(0.5 * duration, 0.0, UNKNOWN_ATTEMPT)] * (observation.running - len(jobs))])
 
 
 def _queued_ages(observation: Observation) -> list[float]:
@@ -552,12 +561,7 @@ def _after_stopping(
     back, and which run of it that was."""
     now = observation.now
     busy = min(observation.running, current)
-    count = len(observation.running_elapsed_s[: observation.running])
-    waited = [*observation.running_waited_s[:count], *[0.0] * count][:count]
-    attempts = [*observation.running_attempts[:count], *[1] * count][:count]
-    unknown = observation.running - count  # a job of unknown age: half done, and not known to be a first run
-    jobs = sorted([*zip(observation.running_elapsed_s[:count], waited, attempts, strict=True),
-                   *[(0.5 * duration, 0.0, UNKNOWN_ATTEMPT)] * unknown])
+    jobs = _running_jobs(observation, duration)
     stopped = min(stopping, busy)
     restarted = [
         (wait + spent + config.worker_drain_s, attempt)
