@@ -35,7 +35,7 @@ from scaler.billing import BillingAnchor
 from scaler.policy import Replica
 from scaler.simulator.platform import Event, PlatformModel, SimOutcome, Simulation
 from scaler.simulator.policies import QueueView, WorkerModel
-from scaler.simulator.report import job_waits
+from scaler.simulator.report import job_waits, percentile
 from scaler.simulator.workloads import JobSpec, Workload
 
 # Slack between a planned job's end and its replica's stop (worker poll, event order).
@@ -170,10 +170,6 @@ def _alive_max(leases: list[Lease], start: float, end: float, interval: float) -
     return peak
 
 
-def _p(ordered: list[float], percent: float) -> float:
-    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)] if ordered else 0.0
-
-
 _CACHE: dict[tuple, tuple[Plan, SimOutcome]] = {}
 # Segment replays by (trace, platform, seed, window, counts): they do not depend on the targets, so the
 # rows of one CLI run (each at its own p95 and max wait) share them.
@@ -219,7 +215,7 @@ def _greedy_candidates(
         for share in LATE_SHARES:
             plan = plan_leases(workload, platform, cap, wait_cap, share, target_max_s)
             candidates.setdefault(plan.leases, plan)
-    return sorted(candidates.values(), key=lambda plan: (plan.intervals, _p(sorted(plan.waits), 95)))
+    return sorted(candidates.values(), key=lambda plan: (plan.intervals, percentile(sorted(plan.waits), 95)))
 
 
 def _best_greedy(
@@ -234,20 +230,20 @@ def _best_greedy(
     fallback = None
     for plan in ordered:
         planned = sorted(plan.waits)
-        if _p(planned, 95) > target_p95_s + 1e-6 and fallback is not None:
+        if percentile(planned, 95) > target_p95_s + 1e-6 and fallback is not None:
             continue
         outcome = Simulation(workload, Clairvoyant(plan), platform, seed).run()
         waits = sorted(job_waits(outcome))
         if _meets(waits, target_p95_s, target_max_s):
             return plan, outcome
-        if fallback is None or _p(waits, 95) < _p(sorted(job_waits(fallback[1])), 95):
+        if fallback is None or percentile(waits, 95) < percentile(sorted(job_waits(fallback[1])), 95):
             fallback = (plan, outcome)
     assert fallback is not None
     return fallback
 
 
 def _meets(ordered_waits: list[float], target_p95_s: float, target_max_s: float | None) -> bool:
-    return _p(ordered_waits, 95) <= target_p95_s + 1e-6 and (
+    return percentile(ordered_waits, 95) <= target_p95_s + 1e-6 and (
         target_max_s is None or not ordered_waits or ordered_waits[-1] <= target_max_s + 1e-6)
 
 

@@ -58,8 +58,8 @@ def summarize(workload: str, policy: str, outcome: SimOutcome, platform: Platfor
         jobs_done=len(finished),
         jobs_unfinished=sum(1 for job in outcome.jobs if job.finished_s is None and not job.failed),
         jobs_failed=sum(1 for job in outcome.jobs if job.failed),
-        wait_p50_s=round(_percentile(waits, 50), 1),
-        wait_p95_s=round(_percentile(waits, 95), 1),
+        wait_p50_s=round(percentile(waits, 50), 1),
+        wait_p95_s=round(percentile(waits, 95), 1),
         wait_max_s=round(waits[-1], 1) if waits else 0.0,
         jobs_interrupted=sum(1 for job in outcome.jobs if job.interruptions),
         replica_starts=outcome.replica_starts,
@@ -75,7 +75,7 @@ def job_waits(outcome: SimOutcome) -> list[float]:
     ]
 
 
-def _percentile(ordered: Sequence[float], percent: float) -> float:
+def percentile(ordered: Sequence[float], percent: float) -> float:
     """Nearest-rank percentile: a value some job actually waited."""
     if not ordered:
         return 0.0
