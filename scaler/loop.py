@@ -245,12 +245,16 @@ def load_policy_state(path: Path) -> PolicyState:
         return PolicyState()
     raw = json.loads(path.read_text())
     ledger = raw.get("ledger") or {}
+    opening_load = raw.get("opening_load") or (0.0, 0)
     return PolicyState(
         applied=raw.get("applied"),
         demand_samples=tuple((float(t), int(n)) for t, n in raw.get("demand_samples", ())),
         last_work_seen_at=raw.get("last_work_seen_at"),
         last_scale_down_at=raw.get("last_scale_down_at"),
         consecutive_failures=int(raw.get("consecutive_failures", 0)),
+        opening_started_at=raw.get("opening_started_at"),
+        opening_load=(float(opening_load[0]), int(opening_load[1])),
+        learned_prewarm=int(raw.get("learned_prewarm", 0)),
         ledger=SpendLedger(
             charges=tuple((float(t), float(amount)) for t, amount in ledger.get("charges", ())),
             billed=tuple(((str(key[0]), float(key[1])), int(count)) for key, count in ledger.get("billed", ())),

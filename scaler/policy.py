@@ -21,7 +21,7 @@ from scaler.planning import (
     replicas_needed,
     replicas_to_add,
 )
-from scaler.timetable import Block, prewarm_floor
+from scaler.timetable import Block, opening_start, prewarm_floor
 
 PAUSED = "paused"
 QUOTA_REACHED = "quota_reached"
@@ -74,7 +74,7 @@ class ScalingConfig:
     default_job_duration_s: float = 180.0
     replica_boot_s: float = 45.0
     timetable: tuple[Block, ...] = ()
-    prewarm_lead_s: float = 90.0
+    prewarm_lead_s: float = 15.0
     worker_drain_s: float = 25.0  # a stopped worker finishes a job that ends within this (SHUTDOWN_GRACE_S)
     # Verda picks which replica a scale-down stops; assume it may be a busy one (False: idle ones retire).
     victim_may_be_busy: bool = True
@@ -166,6 +166,12 @@ class PolicyState:
     last_scale_down_at: float | None = None
     consecutive_failures: int = 0
     ledger: SpendLedger = field(default_factory=SpendLedger)
+    # The timetable's latest block opening (its first billing interval): when it began, and the running jobs
+    # summed over its ticks with the tick count; and what the last finished one kept busy, its mean running
+    # jobs rounded up: the next block pre-warms that many.
+    opening_started_at: float | None = None
+    opening_load: tuple[float, int] = (0.0, 0)
+    learned_prewarm: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +206,7 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
         consecutive_failures=0,
         ledger=_observe_spend(config, state.ledger, observation),
     )
+    state = _learn_from_opening(config, state, observation)
     details: dict[str, Any] = {
         "pending": observation.pending,
         "running": observation.running,
@@ -349,15 +356,16 @@ def _plan(
     free_at = _free_at(config, observation, current, duration)
     ages = _queued_ages(observation)
     busy = _would_be_interrupted(config, observation, current, long_duration)
-    prewarm = min(
-        prewarm_floor(config.timetable, now, config.prewarm_lead_s, config.max_replicas), config.max_replicas
-    )
+    prewarm = prewarm_floor(config.timetable, now, config.prewarm_lead_s, config.max_replicas, config.replica_boot_s)
+    # A block starts as busy as the last one did: at least its declared count, more if the last opening needed.
+    prewarm = min(max(prewarm, state.learned_prewarm) if prewarm else 0, config.max_replicas)
     room = max(0, config.max_replicas - current)
     # Plan for the p95: a few jobs may start past the target, as long as few recent ones did.
     allowed = late_allowance(observation.recent_waits_s, len(ages), target)
     add = replicas_to_add(now, free_at, ages, duration, target, config.replica_boot_s, room, allowed)
     details.update(job_duration_s=round(duration, 1), long_job_duration_s=round(long_duration, 1),
-                   target_wait_s=config.target_wait_s, late_allowed=allowed, prewarm=prewarm)
+                   target_wait_s=config.target_wait_s, late_allowed=allowed, prewarm=prewarm,
+                   learned_prewarm=state.learned_prewarm)
     in_flight = observation.pending + observation.running > 0
     # Running jobs keep their replicas (one that ends within the drain needs none: its replica may be
     # stopping), and work in flight never leaves the fleet at zero.
@@ -419,6 +427,20 @@ def _plan(
                 return current - fewer, Reason.SCALE_DOWN_RESTARTING_JOBS
         return current, Reason.HOLD_JOBS_WOULD_BE_LOST
     return desired, Reason.SCALE_TO_ZERO if desired == 0 else Reason.SCALE_DOWN
+
+
+def _learn_from_opening(config: ScalingConfig, state: PolicyState, observation: Observation) -> PolicyState:
+    """Add this tick's running jobs to the load of the block opening it falls in; outside it, that opening
+    is over and its mean load, rounded up, is learned."""
+    started_at = opening_start(config.timetable, observation.now, config.billing_interval_s)
+    total, ticks = state.opening_load
+    if started_at is not None and started_at == state.opening_started_at:
+        return replace(state, opening_load=(total + observation.running, ticks + 1))
+    if ticks:
+        state = replace(state, learned_prewarm=math.ceil(total / ticks - 1e-9))
+    if started_at is None:
+        return state
+    return replace(state, opening_started_at=started_at, opening_load=(float(observation.running), 1))
 
 
 def _paid_left(config: ScalingConfig, observation: Observation, details: dict[str, Any]) -> list[float]:

@@ -49,19 +49,32 @@ def format_timetable(blocks: tuple[Block, ...]) -> str:
     )
 
 
-def prewarm_floor(blocks: tuple[Block, ...], now: float, lead_s: float, default_replicas: int) -> int:
-    """Replicas to have running at ``now``: a block's count from ``lead_s`` before it begins until it begins.
+def prewarm_floor(
+    blocks: tuple[Block, ...], now: float, lead_s: float, default_replicas: int, late_s: float = 0.0
+) -> int:
+    """Replicas to have running at ``now``: a block's count from ``lead_s`` before it begins until ``late_s``
+    after (a scaler that ticks less often than ``lead_s`` still pre-warms, late).
 
     Only the start is covered: once a block runs, the wait-target planning sizes the fleet from the queue.
     """
     second_of_day = now % DAY_S
     floor = 0
     for block in blocks:
-        # The pre-warm window may begin the day before (a block at 00:01).
-        for start in (block.start_s, block.start_s + DAY_S):
-            if start - lead_s <= second_of_day < start:
+        # The pre-warm window may begin the day before (a block at 00:01) or end the day after.
+        for start in (block.start_s - DAY_S, block.start_s, block.start_s + DAY_S):
+            if start - lead_s <= second_of_day < start + late_s:
                 floor = max(floor, block.replicas if block.replicas is not None else default_replicas)
     return floor
+
+
+def opening_start(blocks: tuple[Block, ...], now: float, window_s: float) -> float | None:
+    """When the block whose opening (its first ``window_s``, at most the whole block) holds ``now`` began, on
+    ``now``'s clock; None outside every opening."""
+    second_of_day = now % DAY_S
+    for block in blocks:
+        if block.start_s <= second_of_day < block.start_s + min(window_s, block.end_s - block.start_s):
+            return now - second_of_day + block.start_s
+    return None
 
 
 def _clock(hours: int, minutes: int, entry: str) -> float:

@@ -13,7 +13,7 @@ from scaler.planning import (
     robust_duration,
 )
 from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
-from scaler.timetable import Block, format_timetable, parse_timetable, prewarm_floor
+from scaler.timetable import Block, format_timetable, opening_start, parse_timetable, prewarm_floor
 
 PLAN = ScalingConfig(target_wait_s=120, default_job_duration_s=120, replica_boot_s=45, max_replicas=5,
                      billing_aware=True, scale_down_lead_s=60)
@@ -92,6 +92,39 @@ def test_timetable_prewarms_before_each_block_and_only_then():
     decision = tick(config, PolicyState(applied=0), nine - 60)
     assert (decision.desired, decision.reason) == (3, Reason.PREWARM)
     assert tick(config, PolicyState(applied=0), nine + 86_400 - 60).desired == 3  # every day
+    # A scaler that ticks seldom (cron, once a minute) and missed the lead still pre-warms, until the
+    # replicas would have been ready; after that the queue alone sizes the fleet.
+    assert tick(config, PolicyState(applied=0), nine + 30).desired == 3
+    assert tick(config, PolicyState(applied=0), nine + 60).desired == 0
+    assert prewarm_floor(parse_timetable("23:59-24:00*2"), 86_400 * 3 + 30, 15, 5, 120) == 2  # past midnight
+
+
+def test_a_block_prewarms_for_the_load_the_last_opening_kept_busy():
+    config = replace(PLAN, timetable=parse_timetable("09:00-09:50*2, 10:00-10:50*2, 11:00-11:50*2"),
+                     prewarm_lead_s=30)
+    nine, ten, eleven = 9 * 3600.0, 10 * 3600.0, 11 * 3600.0
+    state = PolicyState(applied=0)
+    assert tick(config, state, nine - 15).desired == 2  # nothing learned yet: the declared count
+    # The 09:00 opening (its first billing interval) runs 4 jobs at most ticks: 3.6 on average.
+    for now in range(int(nine), int(nine) + 600, 60):
+        state = tick(config, state, now, running=3 if now < nine + 240 else 4).new_state
+    state = tick(config, state, nine + 1200, running=5).new_state  # after the opening: not counted
+    assert state.learned_prewarm == 4
+    state = replace(state, applied=0)  # the fleet went back to zero in between
+    decision = tick(config, state, ten - 15)
+    assert (decision.desired, decision.reason, decision.details["learned_prewarm"]) == (4, Reason.PREWARM, 4)
+    assert tick(config, state, ten - 60).desired == 0, "only within the pre-warm lead"
+    state = tick(config, state, ten, running=0).new_state
+    assert tick(config, state, ten + 30).details["prewarm"] == 4, "the 10:00 opening has not taught anything yet"
+    # A quiet 10:00 opening (one job) brings 11:00 back to the declared count, never below it.
+    for now in range(int(ten), int(ten) + 600, 60):
+        state = tick(config, state, now, running=1).new_state
+    assert state.learned_prewarm == 4, "learned once the opening is over"
+    state = tick(config, state, ten + 600).new_state
+    assert state.learned_prewarm == 1
+    assert tick(config, replace(state, applied=0), eleven - 15).desired == 2
+    assert tick(replace(config, max_replicas=3), PolicyState(applied=0, learned_prewarm=5),
+                eleven - 15).desired == 3, "never above max_replicas"
 
 
 def test_timetable_parsing_names_the_bad_entry():
@@ -103,6 +136,10 @@ def test_timetable_parsing_names_the_bad_entry():
             parse_timetable(bad)
     assert prewarm_floor(blocks, 32_400 - 10, 60, 4) == 5
     assert prewarm_floor(blocks, 46_800 - 10, 60, 4) == 4
+    assert opening_start(blocks, 86_400 + 32_400 + 599, 600) == 86_400 + 32_400  # its first 10 minutes
+    assert opening_start(blocks, 32_400 + 600, 600) is None
+    assert opening_start(blocks, 32_400 - 1, 600) is None
+    assert opening_start((Block(0, 300, 1),), 299, 600) == 0 and opening_start((Block(0, 300, 1),), 300, 600) is None
 
 
 def test_a_long_job_is_the_measure_of_whether_a_running_job_is_about_to_end():
