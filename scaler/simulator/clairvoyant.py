@@ -175,6 +175,9 @@ _CACHE: dict[tuple, tuple[Plan, SimOutcome]] = {}
 # rows of one CLI run (each at its own p95 and max wait) share them.
 _REPLAYS: dict[tuple, _Replay] = {}
 _REPLAYS_KEPT = 50_000  # about 1.5 kB each
+# ... but the search is charged as if alone: a replay is free only when this plan's own search made it
+# before, so a plan does not depend on which others the process made first.
+_REPLAYED_FOR_THIS_PLAN: set[tuple] = set()
 
 
 def best_plan(
@@ -195,6 +198,7 @@ def best_plan(
            None if target_max_s is None else round(target_max_s, 1), seed, effort)
     if key in _CACHE:
         return _CACHE[key]
+    _REPLAYED_FOR_THIS_PLAN.clear()
     greedy = _greedy_candidates(workload, platform, cap, target_max_s)
     found = _best_greedy(workload, platform, seed, target_p95_s, target_max_s, greedy)
     searched = _search(workload, platform, cap, target_p95_s, target_max_s, seed, effort, greedy)
@@ -269,6 +273,7 @@ class _Segment:
 
     def replay(self, counts: tuple[int, ...], platform: PlatformModel, seed: int) -> _Replay:
         key = self.replay_key(counts)
+        _REPLAYED_FOR_THIS_PLAN.add(key)
         hit = _REPLAYS.get(key)
         if hit is not None:
             return hit
@@ -559,7 +564,7 @@ def _improve(
         at, low, high, value = moves[position % len(moves)]
         position += 1
         candidate = current[:low] + (value,) * (high - low) + current[high:]
-        known = segment.replay_key(candidate) in _REPLAYS
+        known = segment.replay_key(candidate) in _REPLAYED_FOR_THIS_PLAN
         replay = segment.replay(candidate, platform, seed)
         budget -= 0 if known else segment.replay_cost
         late = _late(replay, target_p95_s)

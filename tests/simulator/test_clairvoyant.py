@@ -140,3 +140,21 @@ def test_the_search_replay_skips_only_ticks_that_change_nothing():
         assert [(r.started_at, r.stopped_at) for r in fast.replicas] == [
             (r.started_at, r.stopped_at) for r in full.replicas]
         assert fast.billed_intervals == full.billed_intervals
+
+
+def test_a_plan_does_not_depend_on_the_plans_made_before_it():
+    """Rows of one run share segment replays; the search is still charged as if each plan were made alone."""
+    day = built_in("workshop", 2)  # a day at 10 replicas: here a search charged nothing for replays it finds
+    platform = PlatformModel()     # made by an earlier plan bills 124 intervals after one, 126 alone
+
+    def plan_at_120_s() -> tuple:
+        plan, outcome = best_plan(day, platform, cap=10, target_p95_s=120, effort=20_000)
+        return plan.leases, outcome.billed_intervals
+
+    clairvoyant._CACHE.clear()
+    clairvoyant._REPLAYS.clear()
+    alone = plan_at_120_s()
+    clairvoyant._CACHE.clear()
+    clairvoyant._REPLAYS.clear()
+    best_plan(day, platform, cap=10, target_p95_s=114, target_max_s=173, effort=20_000)
+    assert plan_at_120_s() == alone
