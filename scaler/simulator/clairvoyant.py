@@ -19,7 +19,8 @@ same scale-down victim) meets a p95 wait target and, optionally, a max wait.
   kept when it is cheaper.
 
 Deterministic (bounded by a count of replays, not a clock); cached per (trace, platform, cap, targets)
-for the life of the process, segment replays shared between targets.
+for the life of the process, segment replays shared between targets but charged to each search as if it
+ran alone, so a plan does not depend on which plans came before it.
 """
 
 from __future__ import annotations
