@@ -197,18 +197,15 @@ class Simulation:
 
     def _on_tick(self, now: float, _: object) -> None:
         live = self._live()
-        running = sum(1 for replica in self._replicas if replica.job is not None)
+        running_jobs = [replica.job for replica in self._replicas if replica.job is not None]
         listed = tuple(Replica(replica.id, replica.started_at) for replica in live)
         view = QueueView(
             pending=len(self._queue),
-            running=running,
+            running=len(running_jobs),
             pending_ages_s=tuple(now - job.submit_s for job in self._queue),
-            running_elapsed_s=tuple(now - replica.job.attempt_started_s for replica in self._replicas
-                                    if replica.job is not None),
-            running_waited_s=tuple(replica.job.attempt_started_s - replica.job.submit_s
-                                   for replica in self._replicas if replica.job is not None),
-            running_attempts=tuple(replica.job.interruptions + 1 for replica in self._replicas
-                                   if replica.job is not None),
+            running_elapsed_s=tuple(now - job.attempt_started_s for job in running_jobs),
+            running_waited_s=tuple(job.attempt_started_s - job.submit_s for job in running_jobs),
+            running_attempts=tuple(job.interruptions + 1 for job in running_jobs),
             recent_durations_s=tuple(self._recent_durations),
             recent_waits_s=tuple(self._recent_waits),
         )
@@ -216,7 +213,7 @@ class Simulation:
         self._reconcile(now)
         live = self._live()
         ready = sum(1 for replica in live if replica.state in ("idle", "busy"))
-        self.outcome.samples.append(Sample(now, len(self._queue), running, len(live), ready))
+        self.outcome.samples.append(Sample(now, len(self._queue), len(running_jobs), len(live), ready))
         self._schedule(now + self.platform.tick_s, Event.TICK, None)
 
     def _reconcile(self, now: float) -> None:
