@@ -200,6 +200,7 @@ class QueueApi:
                 Fence(query.worker_id, query.attempt),
                 body.reason,
                 max_attempts=self._settings.max_attempts,
+                cause=body.cause,
             )
         except FencedOut as exc:
             return _fenced("release-job", query.job_id, exc)
@@ -210,6 +211,7 @@ class QueueApi:
             job_id=job.id,
             worker_id=query.worker_id,
             attempt=query.attempt,
+            cause=body.cause.value,
             reason=body.reason,
         )
         return _json({"status": job.status.value, "job_id": job.id, "attempt": job.attempt})

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from common.handbacks import HandBackCause
+
 USER_ID_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,100}")  # matched whole (fullmatch): "alice\n" is refused
 MAX_WORKFLOW_BYTES = 10 * 1024 * 1024
 MAX_METADATA_BYTES = 1024 * 1024
@@ -128,6 +130,8 @@ class ReleaseQuery(BaseModel):
 
 class ReleaseRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS)
+    # Absent: a fault, as every hand-back counted before workers told the cause.
+    cause: HandBackCause = HandBackCause.FAULT
 
 
 class ListJobsQuery(BaseModel):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.handbacks import MAX_SHUTDOWN_HANDBACKS, HandBackCause
 from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode
 
 _SCHEMA = """
@@ -313,19 +314,29 @@ class JobStore:
             )
             return job.status
 
-    def release(self, job_id: str, fence: Fence, reason: str, *, max_attempts: int) -> JobRecord | None:
-        """Hand a running job back: pending again at its original place in line, attempt + 1, the reason in
-        its history; failed with every reason once it has had `max_attempts` attempts. None if unknown."""
+    def release(
+        self,
+        job_id: str,
+        fence: Fence,
+        reason: str,
+        *,
+        max_attempts: int,
+        cause: HandBackCause = HandBackCause.FAULT,
+    ) -> JobRecord | None:
+        """Hand a running job back: pending again at its original place in line, attempt + 1, the reason and
+        cause in its history; failed with every reason at its `max_attempts`-th fault or its
+        MAX_SHUTDOWN_HANDBACKS-th shutdown. None if unknown."""
         with self._transaction() as conn:
             job = _get(conn, job_id)
             if job is None:
                 return None
             fence.check(job)
-            _hand_back(conn, job, reason, now=self._clock(), max_attempts=max_attempts)
+            _hand_back(conn, job, reason, cause, now=self._clock(), max_attempts=max_attempts)
             return _get(conn, job_id)
 
     def release_expired_leases(self, cutoff: float, *, max_attempts: int) -> list[JobRecord]:
-        """The lease step: hand back every running job whose lease was last renewed before `cutoff`."""
+        """The lease step: hand back every running job whose lease was last renewed before `cutoff`. A fault:
+        a worker that stopped heartbeating (SIGKILL, OOM) cannot be told apart from one its job killed."""
         now = self._clock()
         with self._transaction() as conn:
             rows = conn.execute(
@@ -336,7 +347,7 @@ class JobStore:
             for row in rows:
                 job = _get(conn, row["id"])
                 reason = f"worker {job.worker_id} stopped heartbeating"
-                _hand_back(conn, job, reason, now=now, max_attempts=max_attempts)
+                _hand_back(conn, job, reason, HandBackCause.FAULT, now=now, max_attempts=max_attempts)
                 released.append(_get(conn, row["id"]))
             return released
 
@@ -407,9 +418,14 @@ def _unservable(conn: sqlite3.Connection, job_id: str) -> str | None:
     return None
 
 
-def _hand_back(conn: sqlite3.Connection, job: JobRecord, reason: str, *, now: float, max_attempts: int) -> None:
-    history = [*job.history, {"attempt": job.attempt, "worker_id": job.worker_id, "reason": reason, "at": now}]
-    if job.attempt >= max_attempts:
+def _hand_back(
+    conn: sqlite3.Connection, job: JobRecord, reason: str, cause: HandBackCause, *, now: float, max_attempts: int
+) -> None:
+    entry = {"attempt": job.attempt, "worker_id": job.worker_id, "reason": reason, "cause": cause.value, "at": now}
+    history = [*job.history, entry]
+    shutdowns = sum(1 for past in history if past.get("cause") == HandBackCause.SHUTDOWN)
+    faults = len(history) - shutdowns  # an entry from before causes were recorded is a fault, as it was counted
+    if faults >= max_attempts or shutdowns >= MAX_SHUTDOWN_HANDBACKS:
         reasons = "; ".join(entry["reason"] for entry in history)
         error = f"Gave up after {job.attempt} attempts: {reasons}"[:MAX_ERROR_CHARS]
         conn.execute(

@@ -4,6 +4,7 @@ attempt numbers, fenced reports, heartbeats, hand back at the original place in 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from queue_manager import JobStatus, QueueManagerServer
 
 from .conftest import FakeClock
@@ -30,11 +32,13 @@ async def pop(client: httpx.AsyncClient, worker_id: str) -> dict[str, Any]:
     return response.json()["job"]
 
 
-async def release(client: httpx.AsyncClient, job_id: str, worker_id: str, attempt: int, reason: str) -> httpx.Response:
+async def release(
+    client: httpx.AsyncClient, job_id: str, worker_id: str, attempt: int, reason: str, cause: str | None = None
+) -> httpx.Response:
     return await client.post(
         "/api/workers/release-job",
         params={"job_id": job_id, "worker_id": worker_id, "attempt": attempt},
-        json={"reason": reason},
+        json={"reason": reason} if cause is None else {"reason": reason, "cause": cause},
     )
 
 
@@ -221,25 +225,105 @@ async def test_handed_back_job_keeps_its_priority_and_its_place_in_line(clock: F
         stored = await job(client, first)
         assert (stored["priority"], stored["position_in_queue"], stored["metadata"]) == (0, 0, {"lesson": 1})
         assert stored["history"] == [
-            {"attempt": 1, "worker_id": "w1", "reason": "ComfyUI process exited", "at": clock.now}
+            {"attempt": 1, "worker_id": "w1", "reason": "ComfyUI process exited", "cause": "fault", "at": clock.now}
         ]
         handed = await pop(client, "w2")
         assert (handed["id"], handed["attempt"]) == (first, 2)
         assert (await pop(client, "w3"))["id"] == waiting[0]
 
 
-async def test_hand_back_past_max_attempts_fails_the_job_with_every_reason(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("cause", [None, "fault"], ids=["cause-absent", "cause-fault"])
+async def test_hand_back_past_max_attempts_fails_the_job_with_every_reason(
+    client: httpx.AsyncClient, cause: str | None
+) -> None:
     job_id = await submit(client)
     for attempt in (1, 2):
         assert (await pop(client, f"w{attempt}"))["attempt"] == attempt
-        assert (await release(client, job_id, f"w{attempt}", attempt, f"crash {attempt}")).json()["status"] == "pending"
+        answer = await release(client, job_id, f"w{attempt}", attempt, f"crash {attempt}", cause)
+        assert answer.json()["status"] == "pending"
     await pop(client, "w3")
-    response = await release(client, job_id, "w3", 3, "crash 3")
+    response = await release(client, job_id, "w3", 3, "crash 3", cause)
     assert response.json() == {"status": "failed", "job_id": job_id, "attempt": 3}
     stored = await job(client, job_id)
     assert stored["status"] == "failed"
     assert stored["error"] == "Gave up after 3 attempts: crash 1; crash 2; crash 3"
-    assert len(stored["history"]) == 3
+    assert [entry["cause"] for entry in stored["history"]] == ["fault"] * 3, "an older worker's hand-back is a fault"
+
+
+STOPPED = "worker w was stopped (shutdown signal) before the job finished"
+
+
+async def test_shutdown_hand_backs_never_use_up_the_attempts(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client)
+    for attempt in range(1, 6):
+        assert (await pop(client, "w"))["attempt"] == attempt
+        response = await release(client, job_id, "w", attempt, STOPPED, "shutdown")
+        assert response.json() == {"status": "pending", "job_id": job_id, "attempt": attempt + 1}
+        stored = await job(client, job_id)
+        assert (stored["status"], stored["worker_id"], stored["started_at"]) == ("pending", None, None)
+    assert [entry["cause"] for entry in stored["history"]] == ["shutdown"] * 5
+    assert [entry["attempt"] for entry in stored["history"]] == [1, 2, 3, 4, 5]
+
+    assert (await pop(client, "w"))["attempt"] == 6
+    late = await client.post(
+        "/api/workers/complete-job", params={"job_id": job_id, "worker_id": "w", "attempt": 5}, json={"result": {}}
+    )
+    assert late.status_code == 409, "the run number still fences the runs before"
+    done = await client.post(
+        "/api/workers/complete-job", params={"job_id": job_id, "worker_id": "w", "attempt": 6}, json={"result": {}}
+    )
+    assert done.status_code == 200
+    assert (await job(client, job_id))["status"] == "completed"
+
+
+async def test_only_faults_count_towards_max_attempts(
+    client: httpx.AsyncClient, queue: QueueManagerServer, clock: FakeClock
+) -> None:
+    """MAX_ATTEMPTS (3) counts crashes and lost workers: fault hand-backs and lease expiries."""
+    job_id = await submit(client)
+    steps = ["shutdown", "fault", "shutdown", "lease", "shutdown", "shutdown", "fault"]
+    for attempt, step in enumerate(steps, start=1):
+        await pop(client, "w")
+        if step == "lease":
+            clock.advance(61)
+            assert await queue.expire_leases() == [job_id]
+            status = (await job(client, job_id))["status"]
+        else:
+            status = (await release(client, job_id, "w", attempt, f"{step} {attempt}", step)).json()["status"]
+        assert status == ("failed" if attempt == len(steps) else "pending"), f"after {step} {attempt}"
+    stored = await job(client, job_id)
+    assert stored["error"] == (
+        "Gave up after 7 attempts: shutdown 1; fault 2; shutdown 3; worker w stopped heartbeating; shutdown 5; "
+        "shutdown 6; fault 7"
+    )
+    assert [entry["cause"] for entry in stored["history"]] == [
+        "shutdown", "fault", "shutdown", "fault", "shutdown", "shutdown", "fault"
+    ]  # fmt: skip
+
+
+async def test_shutdown_hand_backs_are_bounded_too(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client)
+    for attempt in range(1, MAX_SHUTDOWN_HANDBACKS):
+        await pop(client, "w")
+        assert (await release(client, job_id, "w", attempt, STOPPED, "shutdown")).json()["status"] == "pending"
+    await pop(client, "w")
+    response = await release(client, job_id, "w", MAX_SHUTDOWN_HANDBACKS, STOPPED, "shutdown")
+    assert response.json() == {"status": "failed", "job_id": job_id, "attempt": 20}
+    stored = await job(client, job_id)
+    assert stored["error"] == "Gave up after 20 attempts: " + "; ".join([STOPPED] * 20)
+
+
+async def test_hand_backs_recorded_before_causes_count_as_faults(tmp_path: Path) -> None:
+    """A database written before causes were recorded: its history entries were faults when they were made."""
+    async with QueueManagerServer(tmp_path / "q.db") as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await submit(client)
+        await pop(client, "w")
+        old = [{"attempt": n, "worker_id": "w", "reason": f"crash {n}", "at": 1.0} for n in (1, 2)]
+        with sqlite3.connect(tmp_path / "q.db") as db:
+            db.execute("UPDATE jobs SET attempt = 3, history = ? WHERE id = ?", (json.dumps(old), job_id))
+        assert (await release(client, job_id, "w", 3, STOPPED, "shutdown")).json()["status"] == "pending"
+        await pop(client, "w")
+        assert (await release(client, job_id, "w", 4, "crash 4", "fault")).json()["status"] == "failed"
 
 
 async def test_lease_hand_backs_count_towards_max_attempts(clock: FakeClock) -> None:
@@ -252,6 +336,7 @@ async def test_lease_hand_backs_count_towards_max_attempts(clock: FakeClock) -> 
         stored = queue.store.get(job_id)
         assert stored.status is JobStatus.FAILED
         assert stored.error == "Gave up after 2 attempts: worker w stopped heartbeating; worker w stopped heartbeating"
+        assert [entry["cause"] for entry in stored.history] == ["fault", "fault"]
 
 
 @pytest.mark.parametrize(
@@ -263,6 +348,10 @@ async def test_lease_hand_backs_count_towards_max_attempts(clock: FakeClock) -> 
         ({"worker_id": "w1", "attempt": 1}, {"reason": ""}, 422, ["body", "reason"]),
         ({"worker_id": "w1", "attempt": 1}, {"reason": "x" * 2001}, 422, ["body", "reason"]),
         ({"worker_id": "w1", "attempt": 1}, {}, 422, ["body", "reason"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": "r", "cause": "crash"}, 422, ["body", "cause"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": "r", "cause": "SHUTDOWN"}, 422, ["body", "cause"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": "r", "cause": None}, 422, ["body", "cause"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": "r", "cause": 1}, 422, ["body", "cause"]),
     ],
 )
 async def test_hand_back_refusals(

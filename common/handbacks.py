@@ -1,0 +1,20 @@
+"""Why a job was handed back, as the worker tells the queue manager: the two sides' shared vocabulary.
+
+Only a fault may be the job's own doing (it crashed ComfyUI, or its worker); a replica that stops is not, so a
+stop never uses up a job's attempts. Stops are still bounded, so nothing can go round for ever.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class HandBackCause(StrEnum):
+    # The replica is stopping (scale-down, spot reclaim, deploy) while ComfyUI was healthy.
+    SHUTDOWN = "shutdown"
+    # ComfyUI died, hung or hit a fatal GPU error, or the worker vanished: the job may have caused it.
+    FAULT = "fault"
+
+
+# A job that twenty stopping replicas could not finish is not helped by another try.
+MAX_SHUTDOWN_HANDBACKS = 20
