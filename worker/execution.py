@@ -141,14 +141,16 @@ class PromptRun:
         except ComfyUIUnavailable:
             return False
 
-    async def interrupt(self) -> None:
-        """Ask ComfyUI to stop this prompt, running or pending; errors are logged, not raised."""
+    async def interrupt(self) -> str | None:
+        """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised."""
         self._interrupt_sent = True
         try:
             await self.comfy.interrupt(self.prompt_id)
             await self.comfy.delete_pending(self.prompt_id)
         except ComfyUIUnavailable as exc:
             log.warning("Could not interrupt the prompt", prompt_id=self.prompt_id, error=str(exc))
+            return str(exc)
+        return None
 
     async def _follow(self) -> _Terminal:
         unreachable_since: float | None = None

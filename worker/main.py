@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import structlog
 
+from common.handbacks import HandBackCause
 from common.urls import redact_url
 from worker import __version__
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
@@ -72,6 +73,7 @@ class Worker:
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
         self._lease_lost: str | None = None
+        self._comfyui_lost: str | None = None  # what the running job saw of ComfyUI going away
         self._comfyui_answered_at = -math.inf
         self._execution: asyncio.Task[Report] | None = None
         self._prompt_run: PromptRun | None = None
@@ -284,6 +286,7 @@ class Worker:
             job_id=job_id, user_id=user_id if isinstance(user_id, str) else None, attempt=attempt
         )
         self._lease_lost = None
+        self._comfyui_lost = None
         lease = asyncio.create_task(self.lease.keep(job_id, attempt, on_lost=self._lose_lease))
         try:
             self.state.job_started(job_id)
@@ -355,8 +358,6 @@ class Worker:
         except PromptRejected as exc:
             return Report(job.id, job.attempt, error=str(exc))
         except ComfyUIUnavailable as exc:
-            self.state.set_comfyui(False)
-            self._comfyui_answered_at = -math.inf
             reason = await self._explain_lost_comfyui(f"ComfyUI unavailable while submitting the workflow: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)
 
@@ -369,8 +370,6 @@ class Worker:
             self.state.mark_fatal(reason)
             return Report(job.id, job.attempt, handback=reason, job=job)
         if outcome.status == "lost":
-            self.state.set_comfyui(False)
-            self._comfyui_answered_at = -math.inf
             reason = await self._explain_lost_comfyui(outcome.message)
             return Report(job.id, job.attempt, handback=reason, job=job)
         if not outcome.ok:
@@ -405,7 +404,11 @@ class Worker:
         })
 
     async def _explain_lost_comfyui(self, message: str) -> str:
-        """The supervisor's reason (the process died, with its exit code) beats what the socket saw."""
+        """The supervisor's reason (the process died, with its exit code) beats what the socket saw. A stop
+        that cuts this wait short still hands the job back as the fault it is (see _stopped)."""
+        self._comfyui_lost = message
+        self.state.set_comfyui(False)
+        self._comfyui_answered_at = -math.inf
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._aborted.wait(), ABORT_EXPLAIN_WAIT_S)
         return self._abort_reason or message
@@ -422,28 +425,39 @@ class Worker:
 
     async def _stopped(self, job: Job) -> Report | None:
         """The job could not finish on this worker: interrupt it (unless ComfyUI is the cause), then hand it
-        back; nothing at all when the queue manager already took it back."""
-        if self._abort_reason is None:
-            await self._interrupt()
+        back; nothing at all when the queue manager already took it back.
+
+        A shutdown hand back (which never uses up the job's attempts) only for a stop with ComfyUI healthy;
+        when ComfyUI died, hung or did not answer the interrupt, the job may be the cause: a fault."""
+        fault = self._abort_reason or self._comfyui_lost
+        if fault is None:
+            unanswered = await self._interrupt()
+            # The supervisor's reason for a dead ComfyUI may have come while the interrupt was failing.
+            fault = self._abort_reason or unanswered
         if self._lease_lost is not None:
             return None
-        if self._abort_reason:
-            return Report(job.id, job.attempt, handback=self._abort_reason, job=job)
+        if fault:
+            return Report(job.id, job.attempt, handback=fault, job=job)
         stopped = f"worker {self.settings.worker_id} was stopped (shutdown signal) before the job finished"
         if not self.settings.requeue_on_shutdown:
             return Report(job.id, job.attempt,
                           error=f"{stopped}; it was not resubmitted (REQUEUE_ON_SHUTDOWN=false)")
-        return Report(job.id, job.attempt, handback=stopped, job=job)
+        return Report(job.id, job.attempt, handback=stopped, cause=HandBackCause.SHUTDOWN, job=job)
 
-    async def _interrupt(self) -> None:
-        """Stop the prompt in ComfyUI, within half of what is left before the kill (the hand back needs the rest)."""
+    async def _interrupt(self) -> str | None:
+        """Stop the prompt in ComfyUI, within half of what is left before the kill (the hand back needs the
+        rest). None when ComfyUI answered; otherwise why it did not."""
         if self._prompt_run is None:
-            return
+            return None
         budget_s = min(self.settings.http_timeout_s, self.deadline.remaining() / 2)
         try:
-            await asyncio.wait_for(self._prompt_run.interrupt(), budget_s)
+            error = await asyncio.wait_for(self._prompt_run.interrupt(), budget_s)
         except TimeoutError:
             log.warning("ComfyUI did not acknowledge the interrupt in time", waited_s=round(budget_s, 2))
+            error = f"no answer within {budget_s:.1f} s"
+        if error is None:
+            return None
+        return f"ComfyUI did not answer the interrupt when worker {self.settings.worker_id} was stopped: {error}"
 
 
 def _round(value: float | None) -> float | None:

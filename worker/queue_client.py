@@ -14,6 +14,8 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from common.handbacks import HandBackCause
+
 log = structlog.get_logger()
 
 MAX_ERROR_CHARS = 10_000  # the manager refuses longer fail-job messages with 422
@@ -112,12 +114,14 @@ class QueueClient:
     async def fail_job(self, job_id: str, error: str, *, attempt: int | None = None) -> None:
         await self._report("fail-job", job_id, {"error": _clip(error, MAX_ERROR_CHARS, "unknown error")}, attempt)
 
-    async def release_job(self, job_id: str, reason: str, *, attempt: int | None) -> dict[str, Any]:
+    async def release_job(
+        self, job_id: str, reason: str, *, attempt: int | None, cause: HandBackCause
+    ) -> dict[str, Any]:
         """Hand the job back (contract item 4): {"status": "pending"|"failed", "job_id", "attempt"}.
 
         RouteUnknown when the manager cannot (comfy-multi); NotMine on 409; JobGone on 404 "Job not found"."""
         params = {"job_id": job_id, **self._fence(attempt)}
-        body = {"reason": _clip(reason, MAX_REASON_CHARS)}
+        body = {"reason": _clip(reason, MAX_REASON_CHARS), "cause": cause.value}
         response = await self._post_with_retries("/api/workers/release-job", params, body, self.report_budget_s)
         self._raise_for_job_answer("release-job", job_id, response)
         return response.json()

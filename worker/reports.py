@@ -2,7 +2,8 @@
 
 A hand back is for jobs our own infrastructure lost (ComfyUI died, the replica is stopping, a fatal GPU
 error): the embedded queue manager puts the job back in line (`release-job`); comfy-multi's cannot, so the
-job is resubmitted as a copy with the same priority and the original is failed, naming the copy.
+job is resubmitted as a copy with the same priority and the original is failed, naming the copy. Its cause
+says whether it may count against the job: a replica that stops never uses up the job's attempts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import structlog
 
+from common.handbacks import MAX_SHUTDOWN_HANDBACKS, HandBackCause
 from worker.deadline import ShutdownDeadline
 from worker.jobs import Job
 from worker.queue_client import JobGone, NotMine, QueueClient, ReportRejected, RouteUnknown, TransientHTTPError
@@ -32,6 +34,7 @@ class Report:
     result: dict[str, Any] | None = None  # set: complete-job
     error: str | None = None  # set: fail-job
     handback: str | None = None  # set: hand the job back with this reason
+    cause: HandBackCause = HandBackCause.FAULT  # of a hand back: only a stop with ComfyUI healthy is a shutdown
     job: Job | None = None  # what a resubmitted copy is made of (hand back only)
 
     @property
@@ -115,22 +118,30 @@ class Reporter:
     async def _hand_back(self, report: Report) -> str:
         reason = report.handback or "unknown reason"
         try:
-            answer = await self.queue.release_job(report.job_id, reason, attempt=report.attempt)
+            answer = await self.queue.release_job(report.job_id, reason, attempt=report.attempt, cause=report.cause)
         except RouteUnknown:
             return await self._resubmit(report, reason)
         if answer.get("status") == "failed":
             log.warning(f"Job {report.job_id} failed", error=f"gave up after {report.attempt} attempts: {reason}")
             return "failed"
-        log.info(f"Job {report.job_id} handed back", reason=reason, next_attempt=answer.get("attempt"))
+        log.info(f"Job {report.job_id} handed back", reason=reason, cause=report.cause.value,
+                 next_attempt=answer.get("attempt"))
         return "handed_back"
 
     async def _resubmit(self, report: Report, reason: str) -> str:
-        """comfy-multi: a copy with the same priority, the original failed naming it; bounded attempts."""
+        """comfy-multi: a copy with the same priority, the original failed naming it. At most max_job_attempts
+        faults and MAX_SHUTDOWN_HANDBACKS shutdowns; the copy carries both counts (its runs and its faults)."""
         job = report.job
         assert job is not None, "a hand back carries its job"
         reasons = [*_previous_reasons(job), reason[:MAX_REASON_CHARS_IN_METADATA]]
         attempt = job.attempt_number
-        if attempt >= self.max_job_attempts:
+        faults = _previous_faults(job)
+        shutdowns = attempt - 1 - faults
+        if report.cause is HandBackCause.SHUTDOWN:
+            shutdowns += 1
+        else:
+            faults += 1
+        if faults >= self.max_job_attempts or shutdowns >= MAX_SHUTDOWN_HANDBACKS:
             error = f"Gave up after {attempt} attempts: " + "; ".join(reasons)
             await self.queue.fail_job(job.id, error)
             log.warning(f"Job {job.id} failed", error=error)
@@ -140,7 +151,8 @@ class Reporter:
         except (ReportRejected, httpx.HTTPError, ValueError) as exc:
             log.warning("Could not read the job's priority; the copy gets the default", error=str(exc))
             priority = None
-        metadata = {**job.metadata, "requeued_from": job.id, "attempt": attempt + 1, "requeue_reasons": reasons}
+        copy_of = {"requeued_from": job.id, "attempt": attempt + 1, "faults": faults, "requeue_reasons": reasons}
+        metadata = {**job.metadata, **copy_of}
         try:
             new_id = await self.queue.submit_job(job.user_id, job.workflow, metadata, priority=priority)
         except (ReportRejected, TransientHTTPError, httpx.HTTPError, ValueError, KeyError) as exc:
@@ -150,10 +162,21 @@ class Reporter:
             log.warning(f"Job {job.id} failed", error=error)
             return "failed"
         await self.queue.fail_job(job.id, f"Handed back: {reason}; resubmitted as {new_id}")
-        log.info(f"Job {job.id} handed back", reason=reason, new_job_id=new_id, next_attempt=attempt + 1)
+        log.info(f"Job {job.id} handed back", reason=reason, cause=report.cause.value, new_job_id=new_id,
+                 next_attempt=attempt + 1)
         return "handed_back"
 
 
 def _previous_reasons(job: Job) -> list[str]:
     reasons = job.metadata.get("requeue_reasons") if "requeued_from" in job.metadata else None
     return [str(r) for r in reasons] if isinstance(reasons, list) else []
+
+
+def _previous_faults(job: Job) -> int:
+    """Faults among the job's earlier runs, as its copy carries them; a copy made by a worker from before
+    causes were told carries none, and every earlier run counts as a fault, as it did then."""
+    earlier_runs = job.attempt_number - 1
+    carried = job.metadata.get("faults") if "requeued_from" in job.metadata else None
+    if isinstance(carried, int) and not isinstance(carried, bool) and carried >= 0:
+        return min(carried, earlier_runs)
+    return earlier_runs

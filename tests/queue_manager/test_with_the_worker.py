@@ -51,6 +51,7 @@ async def test_comfyui_dying_hands_the_job_back_in_place_not_as_a_copy(tmp_path:
             handed = qm.store.get(job.id)
             assert (handed.status, handed.attempt, handed.priority) == (JobStatus.PENDING, 2, 0)
             assert handed.history[0]["worker_id"] == "embedded-worker"
+            assert handed.history[0]["cause"] == "fault", "a dead ComfyUI may be the job's doing"
             assert qm.store.pending_positions(qm.mode)[job.id] == 0, "still ahead of the job submitted after it"
             assert [j.id for j in qm.store.list()] == [job.id, behind.id], "no copy was submitted"
             assert qm.reports.landed(job.id) == [], "a hand back is not a report"
@@ -71,3 +72,74 @@ async def test_heartbeats_hold_the_lease_through_a_job_longer_than_it(tmp_path: 
             assert report.endpoint == "complete-job"
     finally:
         await comfy.stop()
+
+
+def simulator(tmp_path: Path, *, blur_s: float) -> ComfyUISimulator:
+    return ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": blur_s})
+
+
+async def wait_until(predicate: Any, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_job_stopped_under_again_and_again_is_handed_back_as_a_shutdown_and_completes(tmp_path: Path) -> None:
+    """Four replicas stopped under it (scale-down, spot reclaim): MAX_ATTEMPTS is 3, and the job still runs."""
+    async with simulator(tmp_path, blur_s=1.0) as comfy, QueueManagerServer(test_hooks=True, max_attempts=3) as qm:
+        job = qm.store.submit("alice", SLOW)
+        for stop in range(1, 5):
+            worker = make_worker(qm, comfy, tmp_path, worker_id=f"replica-{stop}", shutdown_grace_s=0.1)
+            run = asyncio.create_task(worker.run())
+            await wait_until(lambda n=stop: len(comfy.prompts_received) == n)
+            worker.request_shutdown()
+            assert await run == 0
+            handed = qm.store.get(job.id)
+            assert (handed.status, handed.attempt) == (JobStatus.PENDING, stop + 1)
+            assert handed.history[-1]["cause"] == "shutdown"
+            assert handed.history[-1]["reason"] == (
+                f"worker replica-{stop} was stopped (shutdown signal) before the job finished"
+            )
+        comfy.node_seconds["ImageBlur"] = 0.05
+        assert await make_worker(qm, comfy, tmp_path, worker_id="replica-5").run() == 0
+        done = qm.store.get(job.id)
+        assert (done.status, done.attempt) == (JobStatus.COMPLETED, 5)
+        assert [r.endpoint for r in qm.reports.landed(job.id)] == ["complete-job"]
+
+
+async def test_comfyui_restarting_under_a_stopping_worker_is_a_fault_not_a_shutdown(tmp_path: Path) -> None:
+    """ComfyUI restarted (the job may have crashed it) and the replica is told to stop while the worker waits
+    for the supervisor's explanation: the restarted ComfyUI answers the interrupt, yet the job saw it go."""
+    async with simulator(tmp_path, blur_s=5.0) as comfy, QueueManagerServer(test_hooks=True) as qm:
+        job = qm.store.submit("alice", SLOW)
+        worker = make_worker(qm, comfy, tmp_path, shutdown_grace_s=30, platform_kill_delay_s=60)
+        run = asyncio.create_task(worker.run())
+        await wait_until(lambda: comfy.prompts_received)
+        await comfy.crash()
+        await comfy.start(port=comfy.port)
+        await wait_until(lambda: not worker.state.comfyui_up)  # the job saw its prompt gone
+        worker.request_shutdown()
+        worker.request_shutdown()  # the second signal ends the drain at once
+        await run
+        handed = qm.store.get(job.id)
+        assert handed.status is JobStatus.PENDING
+        assert handed.history[-1]["cause"] == "fault"
+        assert "ComfyUI no longer knows the prompt" in handed.history[-1]["reason"]
+
+
+async def test_comfyui_dead_when_the_stop_comes_is_a_fault_not_a_shutdown(tmp_path: Path) -> None:
+    """ComfyUI died and the stop comes before the worker has noticed: it does not answer the interrupt."""
+    async with simulator(tmp_path, blur_s=5.0) as comfy, QueueManagerServer(test_hooks=True) as qm:
+        job = qm.store.submit("alice", SLOW)
+        worker = make_worker(qm, comfy, tmp_path, shutdown_grace_s=0)
+        run = asyncio.create_task(worker.run())
+        await wait_until(lambda: comfy.prompts_received)
+        await comfy.crash()
+        worker.request_shutdown()
+        await run
+        handed = qm.store.get(job.id)
+        assert handed.status is JobStatus.PENDING
+        assert handed.history[-1]["cause"] == "fault"
+        assert handed.history[-1]["reason"].startswith(
+            "ComfyUI did not answer the interrupt when worker embedded-worker was stopped: "
+        )

@@ -109,6 +109,27 @@ async def test_comfyui_death_hands_the_job_back_with_its_priority_and_turns_heal
     assert job["error"] == f"Handed back: ComfyUI process exited unexpectedly with code -9; resubmitted as {copy.id}"
     assert (copy.status, copy.priority) == ("pending", 0), "an instructor's job stays an instructor's job"
     assert copy.metadata["requeued_from"] == job_id
+    assert copy.metadata["faults"] == 1
+
+
+async def test_a_sigterm_right_after_comfyui_died_still_hands_the_job_back_as_a_fault(
+    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
+) -> None:
+    """The job may have killed ComfyUI; the platform's stop arriving just after must not make it a shutdown."""
+    env = {**base_env, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=30"}
+    supervisor = await run_supervisor(env)
+    child = await supervisor.comfyui_pid()
+    job_id = await submit(queue_manager, load_workflow("slow.json"))
+    await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
+
+    os.kill(child, signal.SIGKILL)
+    supervisor.signal(signal.SIGTERM)
+
+    assert await supervisor.wait() == 1
+    job = await job_status(queue_manager, job_id)
+    [copy] = [j for j in queue_manager.store.list() if j.id != job_id]
+    assert job["error"] == f"Handed back: ComfyUI process exited unexpectedly with code -9; resubmitted as {copy.id}"
+    assert copy.metadata["faults"] == 1
 
 
 @pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])

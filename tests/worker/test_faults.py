@@ -278,6 +278,7 @@ async def test_comfyui_that_never_comes_back_ends_the_worker_with_1(qm, comfy, m
 
 
 async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy, make_worker, workflows):
+    # A copy made by a worker from before causes were told: every earlier run counts as a fault.
     metadata = {"requeued_from": "job-0", "attempt": 3, "requeue_reasons": ["worker a was stopped", "ComfyUI died"]}
     job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
     worker = make_worker(max_job_attempts=3, serverless_job_limit=1)
@@ -288,3 +289,57 @@ async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy,
     error = qm.reports.landed(job.id)[0].body["error"]
     assert error.startswith("Gave up after 3 attempts: worker a was stopped; ComfyUI died; ComfyUI stopped answering")
     assert [j.id for j in qm.store.list()] == [job.id], "no fourth copy"
+
+
+async def test_the_fallback_resubmits_a_job_stopped_under_again_and_again(qm, comfy, make_worker, workflows):
+    """comfy-multi: four replicas stopped under the job (MAX_JOB_ATTEMPTS 3); each copy counts no fault."""
+    job = qm.store.submit("alice", workflows["slow"], priority=0)
+    for stop in range(1, 5):
+        worker = make_worker(worker_id=f"replica-{stop}", shutdown_grace_s=0.1, max_job_attempts=3)
+        run = asyncio.create_task(worker.run())
+        await wait_for(lambda n=stop: len(comfy.prompts_received) == n)
+        worker.request_shutdown()
+        assert await run == 0
+        assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: worker replica-")
+        [job] = [j for j in qm.store.list() if j.status == "pending"]
+        assert (job.metadata["attempt"], job.metadata["faults"], job.priority) == (stop + 1, 0, 0)
+    assert len(job.metadata["requeue_reasons"]) == 4
+    comfy.node_seconds["ImageBlur"] = 0.05
+    assert await make_worker(worker_id="replica-5").run() == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+
+
+@pytest.mark.parametrize(
+    ("earlier", "how", "gives_up", "copy_faults"),
+    [
+        ({"attempt": 3, "faults": 2}, "crash", True, None),  # the third fault
+        ({"attempt": 3, "faults": 0}, "crash", False, 1),  # two stops, then the first fault
+        ({"attempt": 6, "faults": 1}, "crash", False, 2),  # faults, not runs, are bounded
+        ({"attempt": 20, "faults": 0}, "stop", True, None),  # the twentieth stop
+        ({"attempt": 20, "faults": 1}, "stop", False, 1),  # the nineteenth stop
+        ({"attempt": 2, "faults": 7}, "crash", False, 2),  # a count over the runs is cut to the runs
+        ({"attempt": 3, "faults": "0"}, "crash", True, None),  # not a count: every earlier run was a fault
+    ],
+)
+async def test_the_fallback_bounds_faults_by_max_job_attempts_and_stops_by_twenty(
+    qm, comfy, make_worker, workflows, earlier, how, gives_up, copy_faults
+):
+    metadata = {"requeued_from": "job-0", **earlier, "requeue_reasons": ["earlier"]}
+    job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
+    worker = make_worker(max_job_attempts=3, serverless_job_limit=1, shutdown_grace_s=0.1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    if how == "crash":
+        await comfy.crash()
+    else:
+        worker.request_shutdown()
+    await run
+    error = qm.reports.landed(job.id)[0].body["error"]
+    copies = [j for j in qm.store.list() if j.id != job.id]
+    if gives_up:
+        assert error.startswith(f"Gave up after {earlier['attempt']} attempts: earlier; "), error
+        assert copies == []
+    else:
+        [copy] = copies
+        assert error == f"Handed back: {copy.metadata['requeue_reasons'][-1]}; resubmitted as {copy.id}"
+        assert (copy.metadata["attempt"], copy.metadata["faults"]) == (earlier["attempt"] + 1, copy_faults)

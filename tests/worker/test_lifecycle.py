@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -100,7 +101,7 @@ async def test_sigterm_mid_job_past_grace_interrupts_and_hands_back(qm, comfy, m
     assert new.status == "pending" and new.user_id == "alice" and new.workflow == workflows["slow"]
     assert new.priority == 0, "an instructor's job keeps its priority"
     assert new.metadata == {
-        "session": "s1", "requeued_from": job.id, "attempt": 2,
+        "session": "s1", "requeued_from": job.id, "attempt": 2, "faults": 0,
         "requeue_reasons": ["worker test-worker was stopped (shutdown signal) before the job finished"],
     }
     assert comfy.interrupts_received[-1].body == {"prompt_id": comfy.prompts_received[0].prompt_id}
@@ -145,6 +146,28 @@ async def test_comfyui_process_dying_hands_the_job_back_and_exits_1(qm, comfy, m
     assert copy.priority == 0 and copy.status == "pending"
     assert worker.state.fatal_reason
     assert comfy.interrupts_received == [], "a dead ComfyUI is not asked to interrupt"
+
+
+@pytest.mark.parametrize("signals", ["abort, then SIGTERM", "SIGTERM, then abort"])
+async def test_a_stop_signal_around_comfyui_dying_never_makes_the_hand_back_a_shutdown(
+    qm, comfy, make_worker, workflows, signals
+):
+    """The supervisor's abort (ComfyUI died) wins over a stop signal, whichever came first: a fault."""
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(shutdown_grace_s=60, platform_kill_delay_s=90)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    if signals == "abort, then SIGTERM":
+        worker.abort("ComfyUI process exited unexpectedly with code -9")
+        worker.request_shutdown()
+    else:
+        worker.request_shutdown()
+        await asyncio.sleep(0.1)  # draining
+        worker.abort("ComfyUI process exited unexpectedly with code -9")
+    assert await asyncio.wait_for(run, 5) == 1
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    assert copy.metadata["requeue_reasons"] == ["ComfyUI process exited unexpectedly with code -9"]
+    assert copy.metadata["faults"] == 1
 
 
 async def test_comfyui_never_up_exits_1(qm, make_worker, comfy):
