@@ -140,7 +140,6 @@ class ScalerLoop:
             pending_ages_s=queue.pending_ages_s if isinstance(queue, QueueStatus) else (),
             running_elapsed_s=queue.running_elapsed_s if isinstance(queue, QueueStatus) else (),
             running_waited_s=queue.running_waited_s if isinstance(queue, QueueStatus) else (),
-            running_attempts=queue.running_attempts if isinstance(queue, QueueStatus) else (),
             recent_waits_s=queue.recent_waits_s if isinstance(queue, QueueStatus) else (),
             job_duration_s=self._job_duration(now, queue) if isinstance(queue, QueueStatus) else None,
             # Without listed completions there is no spread to read: a long job is then the typical one.

@@ -25,7 +25,6 @@ from scaler.timetable import Block, opening_start, prewarm_floor
 
 PAUSED = "paused"
 QUOTA_REACHED = "quota_reached"
-UNKNOWN_ATTEMPT = 0  # a running job the queue does not list (comfy-multi): never restarted by choice
 
 
 class Reason(StrEnum):
@@ -144,7 +143,6 @@ class Observation:
     pending_ages_s: tuple[float, ...] = ()  # how long queued jobs have waited, any order
     running_elapsed_s: tuple[float, ...] = ()  # how long running jobs have run, any order
     running_waited_s: tuple[float, ...] = ()  # ... and how long each had waited before it started, same order
-    running_attempts: tuple[int, ...] = ()  # ... and which run of it this is (1: the first), same order
     job_duration_s: float | None = None  # robust estimate from recent completions (scaler.planning)
     long_job_duration_s: float | None = None  # ... and how long a long one runs (scaler.planning.long_duration)
     recent_waits_s: tuple[float, ...] = ()  # how long the last jobs to start had waited, any order
@@ -520,14 +518,13 @@ def _victims(config: ScalingConfig, observation: Observation, stopping: int, dur
     return [spent for spent, _, _ in jobs if duration - spent > config.worker_drain_s]
 
 
-def _running_jobs(observation: Observation, duration: float) -> list[tuple[float, float, int]]:
-    """The running jobs as (run so far, wait before it started, attempt), youngest first: the worst case stops
-    these first. One the queue does not list counts as half of ``duration`` done, and not as a first run."""
+def _running_jobs(observation: Observation, duration: float) -> list[tuple[float, float, bool]]:
+    """The running jobs as (run so far, wait before it started, listed), youngest first: the worst case stops
+    these first. One the queue does not list (comfy-multi) counts as half of ``duration`` done."""
     listed = len(observation.running_elapsed_s)
     waited = [*observation.running_waited_s[:listed], *[0.0] * listed][:listed]
-    attempts = [*observation.running_attempts[:listed], *[1] * listed][:listed]
-    jobs = sorted(zip(observation.running_elapsed_s, waited, attempts, strict=True))[: observation.running]
-    return sorted([*jobs, *[(0.5 * duration, 0.0, UNKNOWN_ATTEMPT)] * (observation.running - len(jobs))])
+    jobs = [(spent, wait, True) for spent, wait in sorted(zip(observation.running_elapsed_s, waited, strict=True))]
+    return sorted([*jobs[: observation.running], *[(0.5 * duration, 0.0, False)] * (observation.running - listed)])
 
 
 def _queued_ages(observation: Observation) -> list[float]:
@@ -542,17 +539,18 @@ def _restarts_acceptable(
 ) -> bool:
     """May a worst-case scale-down of ``stopping`` restart the jobs it stops?
 
-    Only first runs: the scaler restarts a job at most once, as the queue fails a job after MAX_ATTEMPTS
-    hand-backs (a job it does not list is not restarted at all). And only if the queue, with them back at
-    its head, meets the wait target as well as with every replica kept: the restarted ones on time, no more
-    jobs late, none later than the latest.
+    Only if the queue, with them back at its head, meets the wait target as well as with every replica
+    kept: the restarted ones on time, no more jobs late, none later than the latest. A job the queue does
+    not list is never restarted by choice: how far it has run is not known.
 
-    A restarted job has waited what it waited before it started, plus its run so far and the drain.
+    A restarted job has waited what it waited before it started (earlier runs included: the queue keeps its
+    place and age), plus its run so far and the drain; so the target bounds how often one job is restarted.
+    A replica stop does not use up the job's attempts (the queue manager's MAX_ATTEMPTS counts faults).
     """
     assert config.target_wait_s is not None
     target, now = config.target_wait_s, observation.now
     kept, restarted = _after_stopping(config, observation, current, stopping, duration, long_duration)
-    if any(attempt != 1 for _, attempt in restarted):
+    if not all(listed for _, listed in restarted):
         return False
     if not restarted:
         return True
@@ -577,17 +575,17 @@ def _restarts_acceptable(
 def _after_stopping(
     config: ScalingConfig, observation: Observation, current: int, stopping: int, duration: float,
     long_duration: float,
-) -> tuple[list[float], list[tuple[float, int]]]:
+) -> tuple[list[float], list[tuple[float, bool]]]:
     """When each replica left after a worst-case scale-down of ``stopping`` can take a queued job; and for each
     job it stops (the youngest, those not ending within the drain) how long it will have waited when handed
-    back, and which run of it that was."""
+    back, and whether the queue lists it."""
     now = observation.now
     busy = min(observation.running, current)
     jobs = _running_jobs(observation, duration)
     stopped = min(stopping, busy)
     restarted = [
-        (wait + spent + config.worker_drain_s, attempt)
-        for spent, wait, attempt in jobs[:stopped]
+        (wait + spent + config.worker_drain_s, listed)
+        for spent, wait, listed in jobs[:stopped]
         if long_duration - spent > config.worker_drain_s
     ]
     idle = _ready_at(config, observation, current)[busy:]

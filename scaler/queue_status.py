@@ -45,7 +45,6 @@ class QueueStatus:
     pending_ages_s: tuple[float, ...] = ()
     running_elapsed_s: tuple[float, ...] = ()
     running_waited_s: tuple[float, ...] = ()  # how long each running job waited before it started, same order
-    running_attempts: tuple[int, ...] = ()  # ... and which run of it this is (our queue's "attempt"; else 1)
     recent_durations_s: tuple[float, ...] = ()
     recent_waits_s: tuple[float, ...] = ()
 
@@ -157,14 +156,12 @@ def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[floa
     """Ages of pending jobs, elapsed run of running ones (and how long they had waited), durations of the most
     recent completions, and how long the jobs that started last (running or completed) had waited."""
     ages = tuple(now - t for t in (_stamp(job, "created_at") for job in lists.get("pending", ())) if t is not None)
-    elapsed, waited, attempts = [], [], []
+    elapsed, waited = [], []
     for job in lists.get("running", ()):
         created, began = _stamp(job, "created_at"), _stamp(job, "started_at")
         if began is not None:
             elapsed.append(now - began)
             waited.append(max(0.0, began - created) if created is not None else 0.0)
-            attempt = job.get("attempt")
-            attempts.append(attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1)
     done = []
     for job in lists.get("completed", ()):
         started, completed = _stamp(job, "started_at"), _stamp(job, "completed_at")
@@ -178,7 +175,7 @@ def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[floa
             started.append((began, began - created))
     waits = tuple(wait for _, wait in sorted(started)[-RECENT_COMPLETIONS:])
     return {"pending_ages_s": ages, "running_elapsed_s": tuple(elapsed), "running_waited_s": tuple(waited),
-            "running_attempts": tuple(attempts), "recent_durations_s": recent, "recent_waits_s": waits}
+            "recent_durations_s": recent, "recent_waits_s": waits}
 
 
 def _stamp(job: Any, name: str) -> float | None:

@@ -89,8 +89,8 @@ def simulate_main(argv: list[str]) -> int:
         ]
         for policy in args.policy or DEFAULT_POLICIES:
             check_policy(policy)
-        if args.max_attempts < 0:
-            raise ValueError("--max-attempts must be >= 0 (0: no limit)")
+        if args.max_shutdown_handbacks < 0:
+            raise ValueError("--max-shutdown-handbacks must be >= 0 (0: no limit)")
     except (ValueError, OSError) as error:
         parser.error(str(error))
     platform = PlatformModel(
@@ -101,7 +101,7 @@ def simulate_main(argv: list[str]) -> int:
         price_per_hour=args.price_per_hour,
         spot_reclaims_per_hour=args.spot_reclaims_per_hour,
         scale_down_victim=Victim(args.scale_down_victim),
-        max_attempts=args.max_attempts,
+        max_shutdown_handbacks=args.max_shutdown_handbacks,
     )
     reports: list[PolicyReport] = []
     charts: list[tuple[Workload, list[tuple[str, list]]]] = []
@@ -193,8 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     platform.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per replica")
     platform.add_argument("--scale-down-victim", choices=[v.value for v in Victim], default=Victim.WORST.value,
                           help="who leaves on a scale-down: the worst case, or idle workers retiring themselves")
-    platform.add_argument("--max-attempts", type=int, default=3,
-                          help="the queue's MAX_ATTEMPTS: a job handed back after that many runs fails (0: no limit)")
+    platform.add_argument("--max-shutdown-handbacks", type=int, default=20,
+                          help="the queue's bound on one job's replica-stop hand-backs; past it the job fails (0: none)")
     ours = parser.add_argument_group("ours: ScalingConfig overrides")
     for config_field in dataclasses.fields(ScalingConfig):
         flag = "--" + config_field.name.replace("_", "-")

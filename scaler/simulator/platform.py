@@ -7,8 +7,9 @@ Modelled (each choice explained in docs/simulator.md):
   case, a busy one with the most work left; ``idle-nearest-boundary`` models workers that retire
   themselves (the idle replica whose paid interval ends soonest leaves). The victim gets SIGTERM;
   the worker finishes the job if it can within its drain time, otherwise requeues it (an interruption)
-  and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest. The queue counts each
-  hand-back as an attempt and fails a job handed back after its ``max_attempts``-th run (MAX_ATTEMPTS).
+  and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest. A replica stop does not use
+  up the job's attempts (MAX_ATTEMPTS counts faults); the queue fails a job only after its
+  ``max_shutdown_handbacks``-th such hand-back (MAX_SHUTDOWN_HANDBACKS).
 - A worker that exits on its own (idle polls, job limit) is restarted in place while Verda still wants
   the replica, otherwise the replica is gone.
 - Billing: per replica, begun 10-minute intervals, anchored as configured. Spot reclaims are optional.
@@ -50,7 +51,7 @@ class PlatformModel:
     price_per_hour: float = 2.30
     spot_reclaims_per_hour: float = 0.0
     scale_down_victim: Victim = Victim.WORST
-    max_attempts: int = 3  # the queue manager's MAX_ATTEMPTS; 0: no limit
+    max_shutdown_handbacks: int = 20  # the queue manager's MAX_SHUTDOWN_HANDBACKS; 0: no limit
 
     @property
     def boot_s(self) -> float:
@@ -205,7 +206,6 @@ class Simulation:
             pending_ages_s=tuple(now - job.submit_s for job in self._queue),
             running_elapsed_s=tuple(now - job.attempt_started_s for job in running_jobs),
             running_waited_s=tuple(job.attempt_started_s - job.submit_s for job in running_jobs),
-            running_attempts=tuple(job.interruptions + 1 for job in running_jobs),
             recent_durations_s=tuple(self._recent_durations),
             recent_waits_s=tuple(self._recent_waits),
         )
@@ -338,7 +338,7 @@ class Simulation:
         assert isinstance(replica, SimReplica) and replica.job is not None
         replica.job.interruptions += 1
         self.outcome.interruptions += 1
-        if self.platform.max_attempts and replica.job.interruptions >= self.platform.max_attempts:
+        if self.platform.max_shutdown_handbacks and replica.job.interruptions >= self.platform.max_shutdown_handbacks:
             replica.job.failed = True  # "Gave up after N attempts"
         else:
             self._queue.appendleft(replica.job)

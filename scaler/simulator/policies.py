@@ -25,7 +25,6 @@ class QueueView:
     pending_ages_s: tuple[float, ...] = ()
     running_elapsed_s: tuple[float, ...] = ()
     running_waited_s: tuple[float, ...] = ()  # same order
-    running_attempts: tuple[int, ...] = ()  # same order
     recent_durations_s: tuple[float, ...] = ()
     recent_waits_s: tuple[float, ...] = ()
 
@@ -109,7 +108,6 @@ class Ours:
             pending_ages_s=queue.pending_ages_s,
             running_elapsed_s=queue.running_elapsed_s,
             running_waited_s=queue.running_waited_s,
-            running_attempts=queue.running_attempts,
             recent_waits_s=queue.recent_waits_s,
             job_duration_s=robust_duration(queue.recent_durations_s, self.config.default_job_duration_s),
             long_job_duration_s=long_duration(queue.recent_durations_s, self.config.default_job_duration_s),
