@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.simulator.clairvoyant import best_plan, work_floor_intervals
@@ -193,8 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     platform.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per replica")
     platform.add_argument("--scale-down-victim", choices=[v.value for v in Victim], default=Victim.WORST.value,
                           help="who leaves on a scale-down: the worst case, or idle workers retiring themselves")
-    platform.add_argument("--max-shutdown-handbacks", type=int, default=20,
-                          help="the queue's bound on one job's replica-stop hand-backs; past it the job fails (0: none)")
+    platform.add_argument("--max-shutdown-handbacks", type=int, default=MAX_SHUTDOWN_HANDBACKS,
+                          help="the queue's bound on one job's replica-stop hand-backs: then it fails (0: none)")
     ours = parser.add_argument_group("ours: ScalingConfig overrides")
     for config_field in dataclasses.fields(ScalingConfig):
         flag = "--" + config_field.name.replace("_", "-")

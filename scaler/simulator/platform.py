@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from scaler.billing import BillingAnchor, bill_for_runtime, seconds_to_boundary
 from scaler.policy import Replica
 from scaler.simulator.policies import Controller, QueueView
@@ -51,7 +52,7 @@ class PlatformModel:
     price_per_hour: float = 2.30
     spot_reclaims_per_hour: float = 0.0
     scale_down_victim: Victim = Victim.WORST
-    max_shutdown_handbacks: int = 20  # the queue manager's MAX_SHUTDOWN_HANDBACKS; 0: no limit
+    max_shutdown_handbacks: int = MAX_SHUTDOWN_HANDBACKS  # the queue manager's bound; 0: no limit
 
     @property
     def boot_s(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from common.handbacks import HandBackCause
 from queue_manager.server import QueueManagerServer
 from queue_manager.store import Fence
 from scaler.loop import ScalerLoop
@@ -34,7 +35,7 @@ async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
         bob = store.submit("bob", WORKFLOW)
         clock.now += 20
         store.pop_next("w1", server.mode)
-        store.release(bob.id, Fence(), "worker stopping", max_attempts=3)  # a scale-down stopped it at once
+        store.release(bob.id, Fence(), "worker stopping", max_attempts=3, cause=HandBackCause.SHUTDOWN)  # a scale-down
         store.pop_next("w1", server.mode)  # its 2nd run, since now, after a 20 s wait
         clock.now += 30
         store.submit("carol", WORKFLOW)  # pending, submitted now
