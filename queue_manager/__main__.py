@@ -18,7 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, settings_from_env
 from queue_manager.models import QueueMode
-from queue_manager.server import DEFAULT_LEASE_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, QueueManagerServer
+from queue_manager.server import (
+    DEFAULT_FINISHED_JOB_RETENTION_S,
+    DEFAULT_LEASE_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
+    QueueManagerServer,
+)
 
 log = structlog.get_logger()
 
@@ -35,6 +40,13 @@ class QueueManagerEnv(BaseSettings):
         default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100, validation_alias="MAX_ATTEMPTS")
+    # 0 keeps finished jobs for good; inf is refused (say 0), as is anything negative.
+    finished_job_retention_s: float = Field(
+        default=DEFAULT_FINISHED_JOB_RETENTION_S,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias="FINISHED_JOB_RETENTION_S",
+    )
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
     log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
 
@@ -73,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the comfy-multi Queue Manager HTTP contract from a local SQLite database.",
         epilog=(
             f"Environment: {TOKEN_ENV}, LEASE_TIMEOUT_S (default {DEFAULT_LEASE_TIMEOUT_S:g}; 0 = no lease), "
-            f"MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), LOG_FORMAT (auto|json|console), LOG_LEVEL."
+            f"MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
+            f"{DEFAULT_FINISHED_JOB_RETENTION_S:g}; 0 = keep finished jobs for good), LOG_FORMAT (auto|json|console), "
+            "LOG_LEVEL."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -152,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         token=token,
         lease_timeout_s=env.lease_timeout_s,
         max_attempts=env.max_attempts,
+        finished_job_retention_s=env.finished_job_retention_s,
     )
     try:
         asyncio.run(serve(server, args.host, args.port))

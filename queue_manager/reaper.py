@@ -1,5 +1,6 @@
-"""Background passes over running jobs: hand back those whose worker stopped heartbeating (our lease), and fail
-those running longer than the job timeout (as the peer's background task does)."""
+"""Background passes over the jobs: hand back running ones whose worker stopped heartbeating (our lease), fail
+those running longer than the job timeout (as the peer's background task does), and delete finished ones older
+than the retention, so the database stops growing."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ class JobReaper:
         clock: Callable[[], float],
         lease_timeout_s: float = 0,
         max_attempts: int = 3,
+        finished_job_retention_s: float = 0,
     ):
         self._store = store
         self._job_timeout_s = job_timeout_s
         self._lease_timeout_s = lease_timeout_s
         self._max_attempts = max_attempts
+        self._retention_s = finished_job_retention_s
         # A lease is checked a few times within its timeout, so a silent worker's job waits at most ~1.25x it.
         self._interval_s = min(interval_s, lease_timeout_s / 4) if lease_timeout_s > 0 else interval_s
         self._clock = clock
@@ -56,6 +59,7 @@ class JobReaper:
     def run_pass(self) -> None:
         self.expire_leases()
         self.reap()
+        self.purge_finished()
 
     def reap(self) -> list[str]:
         """One pass: fail every job that started more than job_timeout_s ago and is still running."""
@@ -63,6 +67,15 @@ class JobReaper:
         if stale:
             log.warning("jobs_timed_out", count=len(stale), job_ids=stale, job_timeout_s=self._job_timeout_s)
         return stale
+
+    def purge_finished(self) -> int:
+        """One pass: delete one batch of jobs that finished more than the retention ago (0 = keep them all)."""
+        if self._retention_s <= 0:
+            return 0
+        purged = self._store.purge_finished_before(self._clock() - self._retention_s)
+        if purged:
+            log.info("jobs_purged", count=purged, retention_s=self._retention_s)
+        return purged
 
     async def run(
         self, stop: asyncio.Event, run_in_db: Callable[[Callable[[], None]], Awaitable[None]]

@@ -26,6 +26,7 @@ log = structlog.get_logger()
 _SHUTDOWN_TIMEOUT_S = 5.0
 DEFAULT_LEASE_TIMEOUT_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_FINISHED_JOB_RETENTION_S = 7 * 24 * 3600.0
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ class QueueManagerServer:
 
     `db_path=None` uses a private temporary database removed on stop; give a path to keep jobs across
     restarts. Construction does no I/O; `start()` opens the database and binds the port.
+    Finished jobs are deleted `finished_job_retention_s` after they finished (0 = kept for good).
     `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
     reports): the worker's comfy-multi fallback is tested against that.
     """
@@ -58,6 +60,7 @@ class QueueManagerServer:
         clock: Callable[[], float] = time.time,
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        finished_job_retention_s: float = DEFAULT_FINISHED_JOB_RETENTION_S,
         test_hooks: bool = False,
         extensions: bool = True,
     ) -> None:
@@ -68,6 +71,7 @@ class QueueManagerServer:
         self.lease_timeout_s = lease_timeout_s if extensions else 0
         self.extensions = extensions
         self.max_attempts = max_attempts
+        self.finished_job_retention_s = finished_job_retention_s
         self.mode = QueueMode(mode)
         self.clock = clock
         self._token = token
@@ -116,6 +120,7 @@ class QueueManagerServer:
             clock=self.clock,
             lease_timeout_s=self.lease_timeout_s,
             max_attempts=self.max_attempts,
+            finished_job_retention_s=self.finished_job_retention_s,
         )
         settings = QueueSettings(
             mode=self.mode,
@@ -144,6 +149,7 @@ class QueueManagerServer:
             job_timeout_s=self.job_timeout_s,
             lease_timeout_s=self.lease_timeout_s,
             max_attempts=self.max_attempts,
+            finished_job_retention_s=self.finished_job_retention_s,
             running_jobs_leases_renewed=renewed,
             auth=self._token is not None,
             test_hooks=self._test_hooks is not None,
@@ -180,6 +186,12 @@ class QueueManagerServer:
         if self._reaper is None:
             raise RuntimeError("QueueManagerServer is not started")
         return await self._run_in_db(self._reaper.expire_leases)
+
+    async def purge_finished(self) -> int:
+        """Run one retention pass now: delete a batch of jobs that finished more than the retention ago."""
+        if self._reaper is None:
+            raise RuntimeError("QueueManagerServer is not started")
+        return await self._run_in_db(self._reaper.purge_finished)
 
     async def _run_in_db(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_executor, call)

@@ -60,6 +60,8 @@ _ADDED_COLUMNS = {
 }
 
 _BUSY_TIMEOUT_S = 10.0
+# Finished jobs deleted per transaction: a first pass over a large old database never holds the write lock long.
+PURGE_BATCH = 1000
 
 
 class QueueFullError(Exception):
@@ -372,6 +374,31 @@ class JobStore:
                 [(JobStatus.FAILED.value, error, self._clock(), job_id) for job_id in stale],
             )
             return stale
+
+    def purge_finished_before(self, cutoff: float, *, limit: int = PURGE_BATCH) -> int:
+        """The retention step: delete up to `limit` finished jobs (completed, failed, cancelled) that finished
+        before `cutoff`, in one transaction. Returns how many; what is left over goes on the next call.
+
+        A cancelled job has no `completed_at` (as in comfy-multi): it counts from its last heartbeat, which is
+        its start when its worker never sent one.
+        """
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM jobs WHERE seq IN ("
+                " SELECT seq FROM jobs WHERE status IN (?, ?) AND completed_at < ?"  # jobs_by_finish
+                " UNION ALL"
+                " SELECT seq FROM jobs WHERE status = ? AND COALESCE(completed_at, lease_at, started_at) < ?"
+                " LIMIT ?)",
+                (
+                    JobStatus.COMPLETED.value,
+                    JobStatus.FAILED.value,
+                    cutoff,
+                    JobStatus.CANCELLED.value,
+                    cutoff,
+                    max(limit, 0),
+                ),
+            )
+            return cursor.rowcount
 
     # -- monitoring ------------------------------------------------------------------------------------
 

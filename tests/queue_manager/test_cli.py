@@ -113,6 +113,7 @@ async def test_cli_logs_one_json_object_per_line_off_a_terminal(tmp_path: Path) 
         ({"LEASE_TIMEOUT_S": "inf"}, "LEASE_TIMEOUT_S"),
         ({"LEASE_TIMEOUT_S": "nan"}, "LEASE_TIMEOUT_S"),
         ({"LEASE_TIMEOUT_S": "-1"}, "LEASE_TIMEOUT_S"),
+        ({"FINISHED_JOB_RETENTION_S": "inf"}, "FINISHED_JOB_RETENTION_S"),
         ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
         ({"MAX_ATTEMPTS": "three"}, "MAX_ATTEMPTS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
