@@ -60,10 +60,18 @@ _ADDED_COLUMNS = {
 }
 
 _BUSY_TIMEOUT_S = 10.0
-# Finished jobs deleted per transaction: at most this many, and no more once this long was spent deleting (a
-# 10 MB workflow takes ~70 ms to free), so even a first pass over a large old database holds the write lock briefly.
+# A retention pass deletes at most PURGE_BATCH finished jobs, one transaction each, and stops once it has spent
+# PURGE_BUDGET_S: freeing a job costs ~10 ms per MB of it (SQLite zeroes freed pages), so neither the write lock
+# nor the queue's database thread is held long, even on a first pass over a large old database.
 PURGE_BATCH = 1000
 PURGE_BUDGET_S = 0.25
+_DELETE_ONE_EXPIRED = (
+    "DELETE FROM jobs WHERE seq IN ("
+    " SELECT seq FROM jobs WHERE status IN (?, ?) AND completed_at < ?"  # jobs_by_finish
+    " UNION ALL"
+    " SELECT seq FROM jobs WHERE status = ? AND COALESCE(completed_at, lease_at, started_at) < ?"
+    " LIMIT 1)"
+)
 
 
 class QueueFullError(Exception):
@@ -381,35 +389,29 @@ class JobStore:
         self, cutoff: float, *, limit: int = PURGE_BATCH, budget_s: float = PURGE_BUDGET_S
     ) -> int:
         """The retention step: delete finished jobs (completed, failed, cancelled) that finished before `cutoff`,
-        in one transaction of at most `limit` rows that stops after the row that used up `budget_s`. Returns how
-        many; what is left goes on the next call.
+        one transaction each, at most `limit`, stopping after the one that used up `budget_s`. Returns how many;
+        what is left goes on the next call.
 
         A cancelled job has no `completed_at` (as in comfy-multi): it counts from its last heartbeat, which is
         its start when its worker never sent one.
         """
-        with self._transaction() as conn:
-            expired = conn.execute(
-                "SELECT seq FROM jobs WHERE status IN (?, ?) AND completed_at < ?"  # jobs_by_finish
-                " UNION ALL"
-                " SELECT seq FROM jobs WHERE status = ? AND COALESCE(completed_at, lease_at, started_at) < ?"
-                " LIMIT ?",
-                (
-                    JobStatus.COMPLETED.value,
-                    JobStatus.FAILED.value,
-                    cutoff,
-                    JobStatus.CANCELLED.value,
-                    cutoff,
-                    max(limit, 0),
-                ),
-            ).fetchall()
-            started = time.perf_counter()
-            purged = 0
-            for row in expired:
-                conn.execute("DELETE FROM jobs WHERE seq = ?", (row["seq"],))
-                purged += 1
-                if time.perf_counter() - started >= budget_s:
+        expired = (
+            JobStatus.COMPLETED.value,
+            JobStatus.FAILED.value,
+            cutoff,
+            JobStatus.CANCELLED.value,
+            cutoff,
+        )
+        started = time.perf_counter()
+        purged = 0
+        while purged < limit:
+            with self._transaction() as conn:
+                if conn.execute(_DELETE_ONE_EXPIRED, expired).rowcount == 0:
                     break
-            return purged
+            purged += 1
+            if time.perf_counter() - started >= budget_s:
+                break
+        return purged
 
     # -- monitoring ------------------------------------------------------------------------------------
 
