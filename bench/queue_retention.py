@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.job_lists import RESULT
 from queue_manager.models import JobStatus, QueueMode
 from queue_manager.reaper import JobReaper
 from queue_manager.server import DEFAULT_FINISHED_JOB_RETENTION_S
@@ -22,14 +23,6 @@ from queue_manager.store import JobStore
 
 DAY_S = 24 * 3600.0
 PASS_S = 60.0
-RESULT = {
-    "prompt_id": "0" * 36,
-    "outputs": [
-        {"filename": f"ComfyUI_{n:05d}_.png", "subfolder": "alice", "type": "output", "bytes": 1_234_567,
-         "sha256": "0" * 64, "path": f"/outputs/alice/ComfyUI_{n:05d}_.png"}
-        for n in range(4)
-    ],
-}
 
 
 class SimulatedClock:

@@ -61,7 +61,7 @@ _ADDED_COLUMNS = {
 
 _BUSY_TIMEOUT_S = 10.0
 # A retention pass deletes at most PURGE_BATCH finished jobs, one transaction each, and stops once it has spent
-# PURGE_BUDGET_S: freeing a job costs ~10 ms per MB of it (SQLite zeroes freed pages), so neither the write lock
+# PURGE_BUDGET_S: freeing a job costs ~6 ms per MB of it (SQLite zeroes freed pages), so neither the write lock
 # nor the queue's database thread is held long, even on a first pass over a large old database.
 PURGE_BATCH = 1000
 PURGE_BUDGET_S = 0.25
