@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +15,7 @@ from pydantic import ValidationError
 
 from queue_manager import JobStatus, QueueManagerServer, models
 from queue_manager.models import JobCompletionRequest
+from queue_manager.store import SERVED_PER_USER, JobStore
 
 from .conftest import FakeClock
 
@@ -557,3 +561,19 @@ async def test_round_robin_favours_users_served_least_so_far(clock: FakeClock, w
 
 def test_job_status_values_match_the_peer() -> None:
     assert [status.value for status in JobStatus] == ["pending", "running", "completed", "failed", "cancelled"]
+
+
+def test_round_robin_counts_what_each_user_was_served_from_an_index_not_the_rows(tmp_path: Path) -> None:
+    # Every pop counts each user's started jobs; read from the rows, that reads every stored workflow.
+    # A database from before the index gains it when opened.
+    db = tmp_path / "jobs.db"
+    with contextlib.closing(sqlite3.connect(db)) as old:
+        old.executescript(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL,"
+            " status TEXT NOT NULL, priority INTEGER NOT NULL, workflow TEXT NOT NULL, metadata TEXT NOT NULL,"
+            " result TEXT, error TEXT, worker_id TEXT, created_at REAL NOT NULL, started_at REAL, completed_at REAL);"
+        )
+    JobStore(db).close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {SERVED_PER_USER}"))
+    assert "COVERING INDEX jobs_by_user_start" in plan
