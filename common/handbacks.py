@@ -18,3 +18,8 @@ class HandBackCause(StrEnum):
 
 # A job that twenty stopping replicas could not finish is not helped by another try.
 MAX_SHUTDOWN_HANDBACKS = 20
+
+
+def gives_up(faults: int, shutdowns: int, max_faults: int) -> bool:
+    """Is a job handed back this often (this hand-back counted) failed for good rather than put back in line?"""
+    return faults >= max_faults or shutdowns >= MAX_SHUTDOWN_HANDBACKS

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.handbacks import MAX_SHUTDOWN_HANDBACKS, HandBackCause
+from common.handbacks import HandBackCause, gives_up
 from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode
 
 _SCHEMA = """
@@ -466,7 +466,7 @@ def _hand_back(
     history = [*job.history, entry]
     shutdowns = sum(1 for past in history if past.get("cause") == HandBackCause.SHUTDOWN)
     faults = len(history) - shutdowns  # an entry from before causes were recorded is a fault, as it was counted
-    if faults >= max_attempts or shutdowns >= MAX_SHUTDOWN_HANDBACKS:
+    if gives_up(faults, shutdowns, max_attempts):
         reasons = "; ".join(entry["reason"] for entry in history)
         error = f"Gave up after {job.attempt} attempts: {reasons}"[:MAX_ERROR_CHARS]
         conn.execute(

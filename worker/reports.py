@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import structlog
 
-from common.handbacks import MAX_SHUTDOWN_HANDBACKS, HandBackCause
+from common.handbacks import HandBackCause, gives_up
 from worker.deadline import ShutdownDeadline
 from worker.jobs import Job
 from worker.queue_client import JobGone, NotMine, QueueClient, ReportRejected, RouteUnknown, TransientHTTPError
@@ -141,7 +141,7 @@ class Reporter:
             shutdowns += 1
         else:
             faults += 1
-        if faults >= self.max_job_attempts or shutdowns >= MAX_SHUTDOWN_HANDBACKS:
+        if gives_up(faults, shutdowns, self.max_job_attempts):
             error = f"Gave up after {attempt} attempts: " + "; ".join(reasons)
             await self.queue.fail_job(job.id, error)
             log.warning(f"Job {job.id} failed", error=error)
