@@ -322,6 +322,11 @@ class ComfyUISimulator:
         self.injected_errors.append(injected)
         return injected
 
+    def send_sync(self, event: str | int, data: Any, sid: str | None = None) -> None:
+        """What a custom node may do with `PromptServer.instance.send_sync`: any event to one client, or to every
+        socket when sid is None. An int event is a binary frame of that type (1: preview image), `data` bytes."""
+        self._send(event, data, sid)
+
     def freeze(self, *, class_type: str | None = None, node_id: str | None = None) -> None:
         """The next matching node hangs inside Python (ignoring interrupts) until `release()`."""
         self._freeze = (class_type, node_id)

@@ -15,6 +15,10 @@ import structlog
 
 log = structlog.get_logger()
 
+# ComfyUI's own events are small (previews are downscaled to --preview-size, 512 px): a bigger frame is a custom
+# node run amok, dropped with the socket (which is reconnected) rather than held in memory.
+MAX_WS_MESSAGE_BYTES = 64 << 20
+
 
 class ComfyUIUnavailable(Exception):
     """ComfyUI did not answer, or answered with a server error."""
@@ -148,7 +152,8 @@ class ComfyUIClient:
         url = self.base_url.replace("http", "ws", 1) + "/ws"
         try:
             return await asyncio.wait_for(
-                self._ws_session.ws_connect(url, params={"clientId": client_id}, max_msg_size=0), timeout_s
+                self._ws_session.ws_connect(url, params={"clientId": client_id}, max_msg_size=MAX_WS_MESSAGE_BYTES),
+                timeout_s,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {exc}") from exc

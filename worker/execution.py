@@ -189,10 +189,12 @@ class PromptRun:
                 await asyncio.sleep(self.timings.poll_interval_s)
 
     async def _read_socket(self) -> _Terminal | None:
-        """Messages until a terminal event (returned), a silence of check_interval_s or a drop (None)."""
-        while True:
+        """Messages until a terminal event (returned), a drop or check_interval_s (None): however busy the
+        socket (previews, other prompts' events), the prompt's state is confirmed over HTTP that often."""
+        check_at = time.monotonic() + self.timings.check_interval_s
+        while (wait_s := check_at - time.monotonic()) > 0:
             try:
-                message = await self.events.receive(self.timings.check_interval_s)
+                message = await self.events.receive(wait_s)
             except TimeoutError:
                 return None
             if message.type == aiohttp.WSMsgType.BINARY:
@@ -213,6 +215,7 @@ class PromptRun:
                 return terminal
             if self._is_finished_marker(event):
                 return None  # finished but the terminal event was missed: history will say how
+        return None
 
     def _is_finished_marker(self, event: dict[str, Any]) -> bool:
         data = event.get("data")

@@ -343,3 +343,52 @@ async def test_the_fallback_bounds_faults_by_max_job_attempts_and_stops_by_twent
         [copy] = copies
         assert error == f"Handed back: {copy.metadata['requeue_reasons'][-1]}; resubmitted as {copy.id}"
         assert (copy.metadata["attempt"], copy.metadata["faults"]) == (earlier["attempt"] + 1, copy_faults)
+
+
+async def test_a_busy_websocket_does_not_hide_a_prompt_comfyui_forgot(qm, comfy, make_worker, workflows):
+    """Preview frames without end (a custom node's send_sync) must not stop the worker asking ComfyUI over HTTP:
+    here the worker's prompt is deleted from ComfyUI's queue while the socket never goes quiet."""
+    import httpx
+
+    from standins.comfyui import PNG_FORMAT, PREVIEW_IMAGE_EVENT
+
+    comfy.freeze(class_type="ImageBlur")
+    async with httpx.AsyncClient(base_url=comfy.url) as http:
+        await http.post("/prompt", json={"prompt": workflows["slow"], "client_id": "someone-else"})
+        await comfy.wait_until_frozen()  # the worker's prompt will wait behind this one
+        job = qm.store.submit("alice", workflows["quick"])
+        worker = make_worker(job_timeout_s=5, serverless_job_limit=1)
+        run = asyncio.create_task(worker.run())
+        await wait_for(lambda: len(comfy.prompts_received) == 2)
+
+        async def flood():
+            while True:
+                comfy.send_sync(PREVIEW_IMAGE_EVENT, PNG_FORMAT.to_bytes(4, "big") + b"\x89PNG" + bytes(1000))
+                await asyncio.sleep(0.01)
+
+        flooding = asyncio.create_task(flood())
+        await http.post("/queue", json={"delete": [comfy.prompts_received[1].prompt_id]})
+        try:
+            assert await asyncio.wait_for(run, 10) == 0
+        finally:
+            flooding.cancel()
+            comfy.release()
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Handed back: ComfyUI no longer knows the prompt"), error
+
+
+async def test_an_oversized_websocket_message_drops_the_socket_not_the_job(
+    qm, comfy, make_worker, workflows, monkeypatch
+):
+    import worker.comfyui
+
+    monkeypatch.setattr(worker.comfyui, "MAX_WS_MESSAGE_BYTES", 64 << 10)
+    job = qm.store.submit("alice", workflows["slow"])
+    running = make_worker()
+    run = asyncio.create_task(running.run())
+    await wait_for(lambda: comfy.prompts_received)
+    comfy.send_sync("custom_node_dump", {"blob": "x" * (1 << 20)})
+    assert await run == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    assert comfy.ws_connections[running.events.client_id] >= 2, "dropped, then reconnected"
