@@ -28,6 +28,10 @@ class PromptRejected(Exception):
     """POST /prompt refused the workflow; the message lists the error and every node error."""
 
 
+class FileNotServed(Exception):
+    """GET /view refused a file the prompt's history names (4xx): the job's output, not ComfyUI, is at fault."""
+
+
 def describe_prompt_error(body: object) -> str:
     """Turn ComfyUI's 400 body into one readable paragraph: the error, then each node, input and reason."""
     if not isinstance(body, dict):
@@ -139,8 +143,10 @@ class ComfyUIClient:
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
         try:
             async with self._http.stream("GET", "/view", params=params) as response:
-                if response.status_code != 200:
+                if response.status_code >= 500:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
+                if response.status_code != 200:
+                    raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(1 << 16):
                     yield chunk
         except httpx.HTTPError as exc:

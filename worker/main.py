@@ -28,7 +28,13 @@ from worker.deadline import ShutdownDeadline
 from worker.execution import PromptRun, RunTimings
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
 from worker.lease import JobLease
-from worker.outputs import DeliveredFile, OutputDelivery, OutputDeliveryError
+from worker.outputs import (
+    ComfyUILostDuringDelivery,
+    DeliveredFile,
+    OutputDelivery,
+    OutputDeliveryError,
+    OutputsDiskFailed,
+)
 from worker.queue_client import PollError, QueueClient, ReportRejected
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
@@ -380,6 +386,13 @@ class Worker:
         try:
             async with self.state.beating(self._beat_interval_s):
                 files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id, attempt=job.attempt)
+        except ComfyUILostDuringDelivery as exc:
+            reason = await self._explain_lost_comfyui(f"Output delivery failed: {exc}")
+            return Report(job.id, job.attempt, handback=reason, job=job)
+        except OutputsDiskFailed as exc:
+            reason = f"Output delivery failed on worker {self.settings.worker_id}: {exc}"
+            self.state.mark_fatal(reason)  # every job would fail here the same way: let the platform replace us
+            return Report(job.id, job.attempt, handback=reason, job=job)
         except OutputDeliveryError as exc:
             return Report(job.id, job.attempt, error=f"Output delivery failed: {exc}")
         delivery_s = time.monotonic() - delivery_started

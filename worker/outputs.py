@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -14,14 +16,24 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, FileNotServed
 
 log = structlog.get_logger()
 CHUNK = 1 << 20
+# Errors of the disk OUTPUTS_PATH is on, not of the job: full, over quota, read-only, failing.
+OUR_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 class OutputDeliveryError(Exception):
-    pass
+    """The job's outputs cannot be delivered because of the job (an unsafe path, a file ComfyUI will not serve)."""
+
+
+class ComfyUILostDuringDelivery(OutputDeliveryError):
+    """Not the job's fault: ComfyUI stopped answering while its files were fetched over /view."""
+
+
+class OutputsDiskFailed(OutputDeliveryError):
+    """Not the job's fault: the disk under OUTPUTS_PATH refused the write (full, over quota, read-only, failing)."""
 
 
 @dataclass(frozen=True)
@@ -110,10 +122,13 @@ class OutputDelivery:
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
         try:
             size, digest = await self._copy(item, relative, target)
-        except (OSError, ComfyUIUnavailable) as exc:
-            raise OutputDeliveryError(
-                f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except (OSError, ComfyUIUnavailable, FileNotServed) as exc:
+            problem = f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
+            if isinstance(exc, ComfyUIUnavailable):
+                raise ComfyUILostDuringDelivery(problem) from exc
+            if isinstance(exc, OSError) and exc.errno in OUR_DISK_ERRORS:
+                raise OutputsDiskFailed(problem) from exc
+            raise OutputDeliveryError(problem) from exc
         return DeliveredFile(item.node_id, item.kind, target.relative_to(self.outputs_root).as_posix(), size, digest)
 
     def remove(self, files: list[DeliveredFile]) -> None:
@@ -136,7 +151,7 @@ class OutputDelivery:
     async def _copy(self, item: OutputFile, relative: PurePosixPath, target: Path) -> tuple[int, str]:
         local = self._local_source(relative)
         if local is not None:
-            return await asyncio.to_thread(_copy_file, local, target)
+            return await _copy_in_thread(local, target)
         with _atomic_file(target) as out:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
@@ -146,7 +161,10 @@ class OutputDelivery:
         if self.comfyui_output_dir is None:
             return None
         source = self.comfyui_output_dir / relative
-        if _inside(source, self.comfyui_output_dir) and source.is_file():
+        if not _inside(source, self.comfyui_output_dir):
+            # ComfyUI's /view would follow the same link: fetching it there instead is no way round.
+            raise OutputDeliveryError(f"output {relative} is a symbolic link leading out of ComfyUI's output folder")
+        if source.is_file():
             return source
         log.info("Output not in the local ComfyUI output folder; fetching it over /view", file=str(relative))
         return None
@@ -182,8 +200,29 @@ def _atomic_file(target: Path) -> Iterator[_HashingFile]:
         raise
 
 
-def _copy_file(source: Path, target: Path) -> tuple[int, str]:
+class _CopyCancelled(Exception):
+    pass
+
+
+async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
+    """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
+    awaited (one chunk at most), so it leaves no file behind a job handed back or abandoned."""
+    stop = threading.Event()
+    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop))
+    try:
+        return await asyncio.shield(copy)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(_CopyCancelled, OSError):
+            await copy
+            await asyncio.to_thread(target.unlink)  # it had finished just as it was cancelled
+        raise
+
+
+def _copy_file(source: Path, target: Path, stop: threading.Event) -> tuple[int, str]:
     with _atomic_file(target) as out, source.open("rb") as src:
         while chunk := src.read(CHUNK):
+            if stop.is_set():
+                raise _CopyCancelled
             out.write(chunk)
     return out.size, out.sha256

@@ -234,9 +234,10 @@ async def test_a_delivery_that_fails_midway_leaves_no_partial_results(qm, comfy,
         return await copy(item, relative, target)
 
     worker.delivery._copy = second_copy_fails
-    assert await worker.run() == 0
+    assert await worker.run() == 1, "a full disk is this replica's fault, not the job's"
     error = qm.reports.landed(job.id)[0].body["error"]
-    assert error.startswith("Output delivery failed:") and "No space left on device" in error
+    assert error.startswith("Handed back: Output delivery failed on worker test-worker:"), error
+    assert "No space left on device" in error
     assert copied and not copied[0].exists(), "the first file was delivered, then removed"
     assert not (tmp_path / "outputs" / "alice" / job.id).exists()
 

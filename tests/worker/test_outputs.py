@@ -1,0 +1,135 @@
+"""Output delivery against a hostile or failing ComfyUI and disk: a custom node may name any file in the history
+(here a stand-in SaveImage returning what the test wants), ComfyUI may die mid-download, the outputs disk may fill
+up, the replica may be stopped mid-copy. Each job still ends once, in the right state, and leaves no stray file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from standins.comfyui_nodes import NodeEnv, NodeResult
+
+BIG_BYTES = 256 << 20  # sparse: free to make, long enough to copy that a stop or a crash lands mid-way
+
+
+def hostile_save_image(comfy, ui: Callable[[NodeEnv], dict[str, Any]]) -> None:
+    """SaveImage becomes a custom node that writes what it likes and names what it likes in the history."""
+    node = comfy.catalogue["SaveImage"]
+    comfy.catalogue["SaveImage"] = replace(node, run=lambda _inputs, env: NodeResult((), ui(env)))
+
+
+def one_output(filename: str) -> dict[str, Any]:
+    return {"images": [{"filename": filename, "subfolder": "", "type": "output"}]}
+
+
+def big_file(env: NodeEnv) -> dict[str, Any]:
+    with open(env.output_dir / "big.bin", "wb") as out:
+        out.truncate(BIG_BYTES)
+    return one_output("big.bin")
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+async def wait_for(predicate, timeout=10.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_link_out_of_comfyuis_output_folder_is_refused_not_fetched_over_view(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("QUEUE_MANAGER_TOKEN=hunter2")
+    (comfy.output_dir / "leak.png").symlink_to(secret)
+    hostile_save_image(comfy, lambda _env: one_output("leak.png"))
+    job = qm.store.submit("mallory", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "leak.png is a symbolic link leading out of ComfyUI's output folder" in report.body["error"]
+    assert comfy.view_requests == [], "ComfyUI's /view follows the same link: it is no way round"
+    assert files_under(tmp_path / "outputs") == []
+
+
+async def test_comfyui_dying_while_its_outputs_are_fetched_hands_the_job_back(qm, comfy, make_worker, workflows):
+    hostile_save_image(comfy, big_file)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.view_requests)
+    await comfy.crash()
+    assert await run == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert report.body["error"].startswith("Handed back: Output delivery failed: could not deliver output big.bin")
+    assert "ComfyUIUnavailable" in report.body["error"]
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    assert copy.status == "pending" and copy.metadata["attempt"] == 2
+    assert worker.state.jobs_handed_back == 1 and worker.state.jobs_failed == 0
+
+
+async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(qm, comfy, make_worker, workflows):
+    hostile_save_image(comfy, lambda _env: one_output("never-written.png"))
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "could not deliver output never-written.png of node 3" in report.body["error"]
+    assert "HTTP 404" in report.body["error"] and "Handed back" not in report.body["error"]
+
+
+async def test_a_stop_during_a_local_copy_hands_the_job_back_and_leaves_no_file(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    hostile_save_image(comfy, big_file)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(comfyui_output_dir=comfy.output_dir)
+    run = asyncio.create_task(worker.run())
+    outputs = tmp_path / "outputs"
+    await wait_for(lambda: any(outputs.rglob("*.part")))  # the copy has started, in its thread
+    worker.request_shutdown()
+    worker.request_shutdown()
+    assert await run == 0
+    assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: worker test-worker was stopped")
+    assert files_under(outputs) == [], "a job handed back leaves nothing that looks like a result"
+
+
+@pytest.fixture
+def tiny_outputs_disk(tmp_path: Path):
+    """OUTPUTS_PATH on a 1 MiB tmpfs (needs the right to mount: root, as in the dev container)."""
+    mount_point = tmp_path / "outputs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    with contextlib.suppress(OSError):
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+async def test_a_full_outputs_disk_hands_the_job_back_and_takes_no_new_job(
+    qm, comfy, make_worker, workflows, tiny_outputs_disk: Path
+):
+    hostile_save_image(comfy, big_file)
+    job = qm.store.submit("alice", workflows["quick"])
+    waiting = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, serverless_max_idle_polls=100)
+    assert await worker.run() == 1
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Handed back: Output delivery failed on worker test-worker: could not deliver output big")
+    assert "No space left on device" in error
+    assert qm.store.get(waiting.id).status == "pending", "a replica that cannot deliver takes no new job"
+    assert worker.state.fatal_reason and "No space left on device" in worker.state.fatal_reason
+    assert files_under(tiny_outputs_disk) == []
