@@ -453,7 +453,8 @@ def _unservable(conn: sqlite3.Connection, job_id: str) -> str | None:
     """Why the job could not be sent as strict JSON, or None when it can."""
     try:
         job = _get(conn, job_id)
-        json.dumps([job.workflow, job.metadata], allow_nan=False)  # type: ignore[union-attr]
+        # As the answer is sent: UTF-8, so a lone surrogate fails here (UnicodeEncodeError) rather than in a 500.
+        json.dumps([job.workflow, job.metadata], allow_nan=False, ensure_ascii=False).encode()  # type: ignore[union-attr]
     except (ValueError, RecursionError) as exc:
         return str(exc)[:200] or type(exc).__name__
     return None

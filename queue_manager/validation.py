@@ -19,7 +19,9 @@ M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 64
 # 2**64 - 1 (ComfyUI's largest seed) has 20 digits. Python refuses ints over 4300 digits with a ValueError.
 MAX_INT_DIGITS = 20
-_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A lone surrogate arrives escaped (\ud800) or as raw bytes json.loads lets through ("surrogatepass"): UTF-8 never
+# holds ED A0..ED BF, and a UTF-16/32 body may hold anything, so such a body has its strings checked.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"\s*:|"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -76,7 +78,7 @@ def strict_json_loads(raw: bytes | bytearray) -> Any:
         )
     except RecursionError:
         raise RefusedJson(_too_deep_at(raw), f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    check_strings = _ESCAPED_SURROGATE.search(raw) is not None
+    check_strings = _SURROGATE.search(raw) is not None or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
     if refused or check_strings or _deeper_than(value, MAX_JSON_DEPTH):
         _locate_refusal(value, check_strings)
     return value

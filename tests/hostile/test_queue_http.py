@@ -65,6 +65,38 @@ async def test_submission_that_is_not_strict_json_is_400_naming_the_field(
     assert (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json() == {"job": None}
 
 
+# Python's json.loads(bytes) decodes UTF-8 with "surrogatepass": these bytes become a lone surrogate that no
+# answer can encode. Stored, it made every next-job that handed the job out a 500 (the job left running).
+RAW_SURROGATE = b"\xed\xa0\x80"
+RAW_SURROGATE_CASES = {
+    "in-workflow": (b'{"user_id":"a","workflow":{"1":{"t":"' + RAW_SURROGATE + b'"}}}', "workflow.1.t"),
+    "in-metadata-key": (b'{"user_id":"a","workflow":{"1":{}},"metadata":{"' + RAW_SURROGATE + b'":1}}', "metadata"),
+    "utf-16": ('{"user_id":"a","workflow":{"1":{"t":"\ud800"}}}'.encode("utf-16", "surrogatepass"), "workflow.1.t"),
+}
+
+
+@pytest.mark.parametrize(("body", "field"), RAW_SURROGATE_CASES.values(), ids=RAW_SURROGATE_CASES.keys())
+async def test_a_raw_encoded_surrogate_is_400_naming_the_field_and_nothing_is_queued(
+    client: httpx.AsyncClient, queue: QueueManagerServer, body: bytes, field: str
+) -> None:
+    response = await client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["detail"].startswith(f"{field}: ")
+    assert "surrogate" in response.json()["detail"]
+    assert (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json() == {"job": None}
+
+
+async def test_a_result_with_a_raw_encoded_surrogate_is_400_and_the_job_stays_running(
+    client: httpx.AsyncClient, queue: QueueManagerServer
+) -> None:
+    job = queue.store.submit("alice", WORKFLOW)
+    queue.store.pop_next("w", queue.mode)
+    body = b'{"result":{"images":["' + RAW_SURROGATE + b'.png"]}}'
+    response = await client.post("/api/workers/complete-job", params={"job_id": job.id}, content=body)
+    assert (response.status_code, response.json()["detail"][:16]) == (400, "result.images.0:")
+    assert (await client.get(f"/api/jobs/{job.id}")).json()["status"] == "running"
+
+
 async def test_a_well_formed_job_with_a_64_bit_seed_and_emoji_is_accepted(client: httpx.AsyncClient) -> None:
     body = '{"user_id":"a","workflow":{"1":{"inputs":{"seed":18446744073709551615,"t":"\\ud83d\\ude00"}}}}'
     response = await client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
@@ -85,8 +117,12 @@ async def test_a_result_with_nan_is_400_and_the_job_stays_running(
 
 @pytest.mark.parametrize(
     "workflow",
-    [{"1": {"inputs": {"seed": float("nan")}}}, {"1": {"inputs": {"seed": float("inf")}}}],
-    ids=["planted-nan", "planted-inf"],
+    [
+        {"1": {"inputs": {"seed": float("nan")}}},
+        {"1": {"inputs": {"seed": float("inf")}}},
+        {"1": {"inputs": {"text": "\ud800"}}},
+    ],
+    ids=["planted-nan", "planted-inf", "planted-lone-surrogate"],
 )
 async def test_a_stored_job_that_cannot_be_served_is_failed_never_left_running(
     client: httpx.AsyncClient, queue: QueueManagerServer, workflow: dict[str, Any]
