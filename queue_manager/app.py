@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
@@ -92,6 +93,15 @@ class BodyTooLarge(web.HTTPRequestEntityTooLarge):
         self.detail = f"Request body too large: {told}; this endpoint accepts at most {limit} bytes"
 
 
+class UnreadableBody(web.HTTPBadRequest):
+    """The body is not what its headers announce (a Content-Encoding its bytes do not decode as), or the client
+    hung up before sending all of it: the client's doing, answered 400 (if anyone still listens), never a 500."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__()
+        self.detail = f"Request body could not be read: {why}"
+
+
 async def read_body(request: web.Request) -> bytearray:
     """The request body, read once, refused (413) as soon as it passes its route's limit."""
     if BODY in request:
@@ -100,10 +110,18 @@ async def read_body(request: web.Request) -> bytearray:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit, request.content_length)
     body = bytearray()
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(limit, None)
+    try:
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(limit, None)
+    except web.RequestPayloadError as exc:
+        request.content.feed_eof()  # nothing more to read (aiohttp would read on and log the same error again)
+        cause = exc.__cause__
+        raise UnreadableBody(cause.message if isinstance(cause, HttpProcessingError) else "malformed") from None
+    except ConnectionResetError:
+        log.info("request_body_cut_short", method=request.method, path=request.path, bytes_read=len(body))
+        raise UnreadableBody("the connection closed before the body ended") from None
     request[BODY] = body
     return body
 
@@ -459,8 +477,8 @@ async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except RefusedJson as exc:
         return _detail(400, str(exc))
-    except BodyTooLarge as exc:
-        response = _detail(413, exc.detail)
+    except (BodyTooLarge, UnreadableBody) as exc:
+        response = _detail(exc.status, exc.detail)
         response.force_close()
         return response
     except web.HTTPException as exc:

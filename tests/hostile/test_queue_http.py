@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from queue_manager import JobStatus, QueueManagerServer
 
@@ -200,6 +201,41 @@ async def test_an_unauthenticated_50MB_post_is_401_before_any_of_it_is_read() ->
         answer = await _raw_request(queue.url, head, b'{"error": "')
     assert answer.startswith(b"HTTP/1.1 401")
     assert b'{"detail": "Not authenticated"}' in answer
+
+
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400_not_500(
+    queue: QueueManagerServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = queue.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    with capture_logs() as logs:
+        writer.write(
+            b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!"
+        )
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # to the end: the server is done with the connection
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body) == {"detail": "Request body could not be read: Can not decode content-encoding: gzip"}
+    assert [entry for entry in logs if entry["log_level"] == "error"] == []
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == []
+
+
+async def test_a_client_that_hangs_up_mid_body_is_logged_as_that_not_as_a_server_failure(
+    queue: QueueManagerServer,
+) -> None:
+    host, port = queue.url.removeprefix("http://").split(":")
+    with capture_logs() as logs:
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /api/workers/fail-job?job_id=j HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"error")
+        await writer.drain()
+        writer.close()
+        async with asyncio.timeout(5):
+            while not any(entry["event"] == "request_body_cut_short" for entry in logs):
+                await asyncio.sleep(0.01)
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == []
 
 
 def test_the_production_server_keeps_no_report_log() -> None:
