@@ -1,6 +1,6 @@
 """Background passes over the jobs: hand back running ones whose worker stopped heartbeating (our lease), fail
-those running longer than the job timeout (as the peer's background task does), and delete finished ones older
-than the retention, so the database stops growing."""
+those running longer than the job timeout (as the peer's background task does), and delete finished ones (and
+workers long gone) older than the retention, so the database stops growing."""
 
 from __future__ import annotations
 
@@ -69,12 +69,17 @@ class JobReaper:
         return stale
 
     def purge_finished(self) -> int:
-        """One pass: delete one batch of jobs that finished more than the retention ago (0 = keep them all)."""
+        """One pass: delete one batch of jobs that finished more than the retention ago, and of workers not seen
+        for as long that hold no running job (0 = keep them all). Returns how many jobs."""
         if self._retention_s <= 0:
             return 0
-        purged = self._store.purge_finished_before(self._clock() - self._retention_s)
+        cutoff = self._clock() - self._retention_s
+        purged = self._store.purge_finished_before(cutoff)
         if purged:
             log.info("jobs_purged", count=purged, retention_s=self._retention_s)
+        workers = self._store.purge_workers_seen_before(cutoff)
+        if workers:
+            log.info("workers_purged", count=workers, retention_s=self._retention_s)
         return purged
 
     async def run(

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS workers_by_last_seen ON workers (last_seen);
 """
 
 # Columns added after the first release: a database written by an older version gains them on open.
@@ -413,6 +414,18 @@ class JobStore:
             if time.perf_counter() - started >= budget_s:
                 break
         return purged
+
+    def purge_workers_seen_before(self, cutoff: float, *, limit: int = PURGE_BATCH) -> int:
+        """The retention step for workers: forget at most `limit` workers last seen before `cutoff` (serverless
+        replicas come and go under new ids), never one that still holds a running job. Returns how many."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "DELETE FROM workers WHERE rowid IN ("
+                " SELECT rowid FROM workers WHERE last_seen < ?"  # workers_by_last_seen
+                " AND worker_id NOT IN (SELECT worker_id FROM jobs WHERE status = ? AND worker_id IS NOT NULL)"
+                " LIMIT ?)",
+                (cutoff, JobStatus.RUNNING.value, limit),
+            ).rowcount
 
     # -- monitoring ------------------------------------------------------------------------------------
 

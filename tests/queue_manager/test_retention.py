@@ -125,11 +125,40 @@ def test_retention_zero_keeps_every_finished_job(store: JobStore, clock: FakeClo
 
     reaper.run_pass()
 
+    assert store.last_heartbeat("w") is not None, "nor any worker"
     assert [store.get(job_id).status for job_id in ids] == [
         JobStatus.COMPLETED,
         JobStatus.FAILED,
         JobStatus.CANCELLED,
     ]
+
+
+def test_workers_not_seen_for_longer_than_the_retention_are_forgotten_unless_they_hold_a_running_job(
+    store: JobStore, clock: FakeClock
+) -> None:
+    store.submit("alice", {"1": {}})
+    assert store.pop_next("holder", QueueMode.FIFO) is not None
+    finished(store, JobStatus.COMPLETED)  # worker "w" held a job that has finished since
+    store.pop_next("gone", QueueMode.FIFO)  # an empty poll
+    clock.advance(DAY)
+    store.pop_next("young", QueueMode.FIFO)
+
+    assert store.purge_workers_seen_before(clock.now - DAY) == 0, "exactly the retention silent is not longer"
+    clock.advance(1)
+    assert store.purge_workers_seen_before(clock.now - DAY) == 2
+
+    assert (store.last_heartbeat("gone"), store.last_heartbeat("w")) == (None, None)
+    assert store.last_heartbeat("holder") == clock.now - DAY - 1, "a worker holding a running job is kept"
+    assert store.last_heartbeat("young") is not None
+
+
+def test_worker_purge_deletes_at_most_a_batch_per_call(store: JobStore, clock: FakeClock) -> None:
+    for replica in range(25):
+        store.pop_next(f"replica-{replica}", QueueMode.FIFO)
+    clock.advance(DAY)
+
+    assert [store.purge_workers_seen_before(clock.now, limit=10) for _ in range(4)] == [10, 10, 5, 0]
+    assert store.workers_seen_since(0) == 0
 
 
 def test_a_database_from_the_first_release_gains_the_finish_index_and_is_purged(
@@ -209,6 +238,30 @@ async def test_after_the_retention_a_finished_job_is_404_and_leaves_the_counts(c
     assert [(e["event"], e["count"], e["retention_s"]) for e in logs if e["event"] == "jobs_purged"] == [
         ("jobs_purged", 2, retention)
     ]
+
+
+async def test_a_retention_pass_forgets_replicas_gone_for_longer_than_the_retention(clock: FakeClock) -> None:
+    retention = 3600.0
+    async with (
+        QueueManagerServer(
+            clock=clock, finished_job_retention_s=retention, lease_timeout_s=0, job_timeout_s=10 * retention
+        ) as queue,
+        httpx.AsyncClient(base_url=queue.url) as client,
+    ):
+        await client.post("/api/jobs", json={"user_id": "alice", "workflow": {"1": {}}})
+        for replica in ("replica-1", "replica-2", "replica-3"):  # replica-1 takes the job and keeps it running
+            await client.get("/api/workers/next-job", params={"worker_id": replica})
+        clock.advance(retention + 1)
+        await client.get("/api/workers/next-job", params={"worker_id": "replica-4"})
+
+        with capture_logs() as logs:
+            assert await queue.purge_finished() == 0, "no job finished"
+
+        seen = {replica: queue.store.last_heartbeat(replica) for replica in ("replica-1", "replica-2", "replica-3")}
+        assert seen == {"replica-1": clock.now - retention - 1, "replica-2": None, "replica-3": None}
+        assert queue.store.last_heartbeat("replica-4") == clock.now
+        assert (await client.get("/api/queue/status")).json()["total_workers"] == 1
+    assert [(e["event"], e["count"], e["retention_s"]) for e in logs] == [("workers_purged", 2, retention)]
 
 
 async def test_the_reaper_purges_on_its_own_and_by_default_after_seven_days(clock: FakeClock) -> None:
