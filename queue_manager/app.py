@@ -315,6 +315,7 @@ class QueueApi:
             status=query.status,
             limit=query.limit,
             newest_first=self._settings.extensions and query.order == "newest",
+            with_workflow=False,
         )
         positions = await self._db(self._store.pending_positions, self._settings.mode)
         return _json([self._job_view(job, positions) for job in jobs])
