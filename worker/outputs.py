@@ -77,7 +77,17 @@ def relative_output_path(subfolder: str, filename: str) -> PurePosixPath:
     relative = PurePosixPath(subfolder.replace("\\", "/")) / filename.replace("\\", "/")
     if relative.is_absolute() or any(part in ("..", "") for part in relative.parts) or "\0" in str(relative):
         raise OutputDeliveryError(f"unsafe output path from ComfyUI: subfolder={subfolder!r} filename={filename!r}")
+    if not _is_utf8(str(relative)):  # a lone surrogate from ComfyUI's JSON: no file name, nor reportable
+        raise OutputDeliveryError(f"output path from ComfyUI is not valid UTF-8: {str(relative)!a}")
     return relative
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _inside(path: Path, root: Path) -> bool:

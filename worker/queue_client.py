@@ -8,6 +8,8 @@ when the job carries an attempt; comfy-multi's manager answers an unknown route 
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import httpx
@@ -21,6 +23,8 @@ log = structlog.get_logger()
 MAX_ERROR_CHARS = 10_000  # the manager refuses longer fail-job messages with 422
 MAX_REASON_CHARS = 2_000  # release-job's limit (contract item 4)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+JSON = {"Content-Type": "application/json"}
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, only ever a lone one: JSON pairs decode to one character
 
 
 class PollError(Exception):
@@ -207,11 +211,18 @@ class QueueClient:
             ),
         ):
             with attempt:
-                response = await self._http.post(path, params=params, json=body)
+                response = await self._http.post(path, params=params, content=_json_body(body), headers=JSON)
                 if response.status_code in RETRYABLE_STATUS:
                     raise TransientHTTPError(response.status_code, response.text)
                 return response
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _json_body(body: dict[str, Any]) -> bytes:
+    """UTF-8 JSON, whatever ComfyUI put in the strings: a lone surrogate (an undecodable byte of a file name in
+    an error message, say) becomes U+FFFD instead of an exception here or a refusal there (strict JSON)."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def _clip(text: str, limit: int, empty: str = "unknown reason") -> str:

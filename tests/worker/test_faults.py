@@ -98,6 +98,17 @@ async def test_user_text_that_looks_like_a_cuda_error_does_not_make_the_worker_u
     assert qm.reports.landed(follower.id)[0].endpoint == "complete-job", "the worker went on working"
 
 
+async def test_an_error_naming_an_undecodable_file_is_reported_not_a_crash(qm, comfy, make_worker, workflows):
+    # A model file whose name is not UTF-8: Python's error carries the byte as a lone surrogate, ComfyUI's JSON
+    # as "\udcff"; neither httpx nor the queue manager's strict JSON take it as it is.
+    comfy.inject_error("No such file or directory: '/models/\udcff.safetensors'", exception_type="FileNotFoundError")
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "FileNotFoundError: No such file or directory: '/models/\ufffd.safetensors'" in report.body["error"]
+
+
 @pytest.mark.parametrize(
     ("exception_type", "message", "fatal"),
     [

@@ -133,3 +133,14 @@ async def test_a_full_outputs_disk_hands_the_job_back_and_takes_no_new_job(
     assert qm.store.get(waiting.id).status == "pending", "a replica that cannot deliver takes no new job"
     assert worker.state.fatal_reason and "No space left on device" in worker.state.fatal_reason
     assert files_under(tiny_outputs_disk) == []
+
+
+async def test_an_output_name_that_is_not_utf8_fails_the_job_and_the_worker_goes_on(
+    qm, comfy, make_worker, workflows
+):
+    hostile_save_image(comfy, lambda _env: one_output("\ud800.png"))  # what json.loads makes of "\ud800"
+    job = qm.store.submit("mallory", workflows["quick"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "output path from ComfyUI is not valid UTF-8: '\\ud800.png'" in report.body["error"]
