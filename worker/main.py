@@ -309,17 +309,19 @@ class Worker:
                 return
             async with self.state.beating(self._beat_interval_s):
                 outcome = await asyncio.shield(self.reporter.send(report))
-            if report.completed and outcome == "refused":
-                outcome = await self._after_refused_completion(report)
+            if report.completed and outcome in ("refused", "rejected"):
+                outcome = await self._after_refused_completion(report, outcome)
             # Undelivered counts as the report that was attempted; refused means the job is no longer ours.
-            self.state.job_finished({"undelivered": report.kind, "refused": "abandoned"}.get(outcome, outcome))
+            finished = {"undelivered": report.kind, "refused": "abandoned", "rejected": "abandoned"}
+            self.state.job_finished(finished.get(outcome, outcome))
         finally:
             lease.cancel()
             structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id", "attempt")
 
-    async def _after_refused_completion(self, report: Report) -> str:
+    async def _after_refused_completion(self, report: Report, refusal: str) -> str:
         """A complete-job refused for good (404, 409, 4xx): the files are no one's result, unless the refusal
-        answered a retry of a report that had landed. Kept when the manager was merely unreachable."""
+        answered a retry of a report that had landed. Kept when the manager was merely unreachable. A result
+        the manager rejected (too large, say) fails the job, which is still this worker's, with the reason."""
         try:
             async with self.deadline.bounded():
                 landed = await self.queue.job_result_is(report.job_id, (report.result or {}).get("prompt_id"))
@@ -334,6 +336,10 @@ class Worker:
         files = [DeliveredFile(**f) for f in (report.result or {}).get("outputs", [])]
         self.delivery.remove(files)
         log.warning("Removed the outputs of a completion the queue manager refused", files=len(files))
+        if refusal == "rejected":
+            why = f"Output delivery failed: the queue manager refused the result ({self.reporter.last_rejection})"
+            async with self.state.beating(self._beat_interval_s):
+                return await asyncio.shield(self.reporter.send(Report(report.job_id, report.attempt, error=why)))
         return "refused"
 
     def _lose_lease(self, why: str) -> None:

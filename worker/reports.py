@@ -64,11 +64,13 @@ class Reporter:
         self.max_job_attempts = max_job_attempts
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._memory = memory
+        self.last_rejection: str | None = None  # why the manager last refused a report's shape
 
     async def send(self, report: Report) -> str:
         """What became of the job: completed, failed or handed_back when the manager accepted the report;
-        "refused" when it refused it for good (404, 409, other 4xx); "undelivered" when it could not be reached
-        in time."""
+        "refused" when the job is no longer this worker's (404, 409); "rejected" when the manager refused the
+        report itself (other 4xx: too large, malformed; it did not land, so another report may follow);
+        "undelivered" when it could not be reached in time."""
         key = f"{report.job_id}#{report.attempt}"
         if key in self._sent:
             log.error("Refusing to report a job twice", job_id=report.job_id)
@@ -97,7 +99,9 @@ class Reporter:
         except ReportRejected as exc:
             self.state.metrics.report_errors.inc()
             log.error("Queue manager refused the report", error=str(exc))
-            return "refused"
+            del self._sent[key]
+            self.last_rejection = str(exc)
+            return "rejected"
         except (TransientHTTPError, httpx.TransportError, TimeoutError) as exc:
             self.state.metrics.report_errors.inc()
             why = "the shutdown deadline" if isinstance(exc, TimeoutError) else "the retry budget"

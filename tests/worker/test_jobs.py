@@ -257,6 +257,25 @@ async def test_a_completion_the_queue_manager_refuses_for_good_leaves_no_orphan_
     assert "Removed the outputs of a completion the queue manager refused" in [e["event"] for e in logs]
 
 
+async def test_a_result_the_queue_manager_rejects_fails_the_job_with_the_reason(
+    qm, comfy, make_worker, workflows, tmp_path
+):
+    # A custom node's history bloated the result past the manager's limit: the job is still this worker's and
+    # must end, not stay running until a lease or timeout retries it to the same end.
+    too_large = "Request body too large: 62915259 bytes; this endpoint accepts at most 53477376 bytes"
+    qm.faults.inject("complete-job", status=413, body={"detail": too_large})
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    assert await worker.run() == 0
+    assert [a.endpoint for a in qm.reports.for_job(job.id)] == ["complete-job", "fail-job"]
+    failed = qm.store.get(job.id)
+    assert failed.status == "failed"
+    assert failed.error.startswith("Output delivery failed: the queue manager refused the result (complete-job")
+    assert "HTTP 413" in failed.error and too_large in failed.error
+    assert not list((tmp_path / "outputs").rglob("*.png")), "no file looks like a result of a failed job"
+    assert worker.state.jobs_failed == 1
+
+
 async def test_a_completion_whose_earlier_try_landed_keeps_its_outputs(qm, comfy, make_worker, workflows, tmp_path):
     # The first try lands but its answer is lost; the retry is refused (a fenced manager answers 409 then).
     qm.faults.inject("complete-job", status=502, after=True)
