@@ -36,6 +36,7 @@ class Outcome:
     comfyui_queue_s: float | None = None
     execution_s: float = 0.0
     fatal_gpu: bool = False
+    comfyui_stuck: bool = False  # a timed-out prompt ComfyUI did not stop: it holds ComfyUI's queue
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -248,12 +249,14 @@ class PromptRun:
     async def _after_deadline(self) -> Outcome:
         log.warning("Job deadline reached; interrupting the prompt", prompt_id=self.prompt_id, timeout_s=self.timeout_s)
         await self.interrupt()
+        stuck = False
         try:
             async with asyncio.timeout(self.timings.interrupt_wait_s):
                 terminal = await self._follow()
         except TimeoutError:
             wait_s = self.timings.interrupt_wait_s
             how = f"ComfyUI did not stop it within {wait_s:g} s (a node that cannot be interrupted)"
+            stuck = True
         except PromptLost:
             how = "it was removed from ComfyUI's queue before it started"
         else:
@@ -263,7 +266,7 @@ class PromptRun:
             how = f"ComfyUI stopped it at node {node} ({node_type})" if node else "ComfyUI stopped it"
         return Outcome(
             "timeout", self.prompt_id, f"Job timed out after {self.timeout_s:g} s (JOB_TIMEOUT_S); {how}",
-            execution_s=self._elapsed(),
+            execution_s=self._elapsed(), comfyui_stuck=stuck,
         )
 
     async def _outcome(self, terminal: _Terminal) -> Outcome:

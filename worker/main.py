@@ -384,6 +384,11 @@ class Worker:
         if outcome.status == "lost":
             reason = await self._explain_lost_comfyui(outcome.message)
             return Report(job.id, job.attempt, handback=reason, job=job)
+        if outcome.comfyui_stuck:  # every later prompt would wait behind it and time out in turn
+            self.state.mark_fatal(
+                f"ComfyUI is still running prompt {outcome.prompt_id}, which did not stop when interrupted at "
+                "the job deadline; only a restart of ComfyUI frees it"
+            )
         if not outcome.ok:
             return Report(job.id, job.attempt, error=outcome.message)
         self._comfyui_answered_at = time.monotonic()

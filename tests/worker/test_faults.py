@@ -403,3 +403,22 @@ async def test_an_oversized_websocket_message_drops_the_socket_not_the_job(
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     assert comfy.ws_connections[running.events.client_id] >= 2, "dropped, then reconnected"
+
+
+async def test_a_prompt_comfyui_cannot_stop_fails_its_job_and_takes_no_other_down_with_it(
+    qm, comfy, make_worker, workflows
+):
+    from dataclasses import replace
+
+    comfy.freeze(class_type="ImageBlur")  # a node that ignores interrupts and never returns
+    stuck = qm.store.submit("alice", workflows["slow"])
+    next_in_line = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(job_timeout_s=0.3)
+    worker.timings = replace(worker.timings, interrupt_wait_s=0.3)
+    try:
+        assert await asyncio.wait_for(worker.run(), 10) == 1
+    finally:
+        comfy.release()
+    assert "ComfyUI did not stop it within 0.3 s" in qm.reports.landed(stuck.id)[0].body["error"]
+    assert qm.store.get(next_in_line.id).status == "pending", "not popped only to wait behind the stuck prompt"
+    assert "only a restart of ComfyUI frees it" in worker.state.fatal_reason
