@@ -43,8 +43,11 @@ def describe_prompt_error(body: object) -> str:
     node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), dict) else {}
     for node_id, node in node_errors.items():
         class_type = node.get("class_type", "?") if isinstance(node, dict) else "?"
-        for item in node.get("errors", []) if isinstance(node, dict) else []:
-            extra = item.get("extra_info") or {}
+        items = node.get("errors") if isinstance(node, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            extra = item.get("extra_info") if isinstance(item.get("extra_info"), dict) else {}
             input_name = extra.get("input_name")
             where = f"node {node_id} ({class_type})" + (f" input '{input_name}'" if input_name else "")
             detail = item.get("details")
@@ -127,9 +130,13 @@ class ComfyUIClient:
     async def queued_prompt_ids(self) -> tuple[set[str], set[str]]:
         """(running, pending) prompt ids: element 1 of each queue item is the prompt id."""
         payload = await self._json("GET", "/queue")
+        if not isinstance(payload, dict):
+            raise ComfyUIUnavailable(f"ComfyUI GET /queue answered a JSON {type(payload).__name__}, not its queue")
 
         def ids(items: object) -> set[str]:
-            return {str(item[1]) for item in items or [] if isinstance(item, list) and len(item) > 1}
+            if not isinstance(items, list):
+                return set()
+            return {str(item[1]) for item in items if isinstance(item, list) and len(item) > 1}
 
         return ids(payload.get("queue_running")), ids(payload.get("queue_pending"))
 

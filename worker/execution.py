@@ -66,10 +66,14 @@ class _Terminal:
 
 
 def terminal_from_history(entry: dict[str, Any]) -> _Terminal:
-    status = entry.get("status") or {}
+    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
     if status.get("status_str") == "success":
         return _Terminal("execution_success", {}, entry)
-    for event, data in reversed(status.get("messages") or []):
+    messages = status.get("messages") if isinstance(status.get("messages"), list) else []
+    for message in reversed(messages):
+        if not (isinstance(message, list) and len(message) == 2):
+            continue  # not ComfyUI's [event, data]
+        event, data = message
         if event in ("execution_error", "execution_interrupted"):
             return _Terminal(event, data if isinstance(data, dict) else {}, entry)
     return _Terminal("execution_error", {"exception_message": f"ComfyUI status {status.get('status_str')!r}"}, entry)
@@ -279,9 +283,13 @@ class PromptRun:
             if terminal.history is None:
                 await self._wait_for_finished_marker()
             entry = terminal.history or await self._wait_for_history()
-            if entry is None:
-                log.warning("History never appeared; using outputs from websocket events", prompt_id=self.prompt_id)
-            outcome.outputs = (entry.get("outputs") or {}) if entry else dict(self._executed_outputs)
+            outputs = entry.get("outputs") if entry else None
+            if entry is None or (outputs is not None and not isinstance(outputs, dict)):
+                log.warning("History never appeared or has no outputs object; using outputs from websocket events",
+                            prompt_id=self.prompt_id)
+                outcome.outputs = dict(self._executed_outputs)
+            else:
+                outcome.outputs = outputs or {}
         elif terminal.event == "execution_error":
             outcome.status = "error"
             full_type = str(data.get("exception_type") or "Error")

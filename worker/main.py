@@ -130,7 +130,8 @@ class Worker:
             return 1
         if stats is None:
             return self._exit_code()
-        version = (stats.get("system") or {}).get("comfyui_version") if isinstance(stats, dict) else None
+        system = stats.get("system") if isinstance(stats, dict) else None
+        version = system.get("comfyui_version") if isinstance(system, dict) else None
         self.state.set_comfyui(True, version)
         self._comfyui_answered_at = time.monotonic()
         log.info("ComfyUI is up", comfyui_version=version)

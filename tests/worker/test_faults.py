@@ -422,3 +422,71 @@ async def test_a_prompt_comfyui_cannot_stop_fails_its_job_and_takes_no_other_dow
     assert "ComfyUI did not stop it within 0.3 s" in qm.reports.landed(stuck.id)[0].body["error"]
     assert qm.store.get(next_in_line.id).status == "pending", "not popped only to wait behind the stuck prompt"
     assert "only a restart of ComfyUI frees it" in worker.state.fatal_reason
+
+
+def _history_entry(change):
+    def rewrite(path, answer):
+        if path.startswith("/history/") and isinstance(answer, dict):
+            return {prompt_id: {**entry, **change} for prompt_id, entry in answer.items()}
+        return answer
+
+    return rewrite
+
+
+# What a broken ComfyUI (or a proxy or plug-in in front of it) may answer with a 200 and JSON of the wrong shape.
+WRONG_SHAPES = {
+    "queue-a-list": (lambda path, answer: [] if path == "/queue" else answer, "completed"),  # history tells
+    "history-status-a-string": (_history_entry({"status": "weird"}), "failed"),
+    "history-messages-not-pairs": (_history_entry({"status": {"status_str": "error", "messages": [1, "x"]}}), "failed"),
+    "history-outputs-a-list": (_history_entry({"outputs": [1, 2]}), "completed"),
+    "system-stats-system-a-string": (
+        lambda path, answer: {"system": "x"} if path == "/system_stats" else answer, "completed"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_SHAPES)
+async def test_json_of_the_wrong_shape_from_comfyui_ends_the_job_and_never_crashes_the_worker(
+    leased_qm_for_shapes, comfy, make_worker, workflows, case
+):
+    from worker.comfyui import ComfyUIUnavailable
+
+    rewrite, status = WRONG_SHAPES[case]
+    qm = leased_qm_for_shapes
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(queue_manager_url=qm.url, serverless_job_limit=1)
+
+    async def no_websocket(*_args, **_kwargs):
+        raise ComfyUIUnavailable("websocket refused: everything goes through the HTTP answers")
+
+    answer = worker.comfy._json
+
+    async def wrong_shape(method, path, **kwargs):
+        return rewrite(path, await answer(method, path, **kwargs))
+
+    worker.comfy.connect_websocket = no_websocket
+    worker.comfy._json = wrong_shape
+    assert await asyncio.wait_for(worker.run(), 10) == 0
+    assert qm.store.get(job.id).status == status, qm.store.get(job.id).history
+
+
+@pytest.fixture
+async def leased_qm_for_shapes():
+    from queue_manager.server import QueueManagerServer
+
+    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as server:
+        yield server
+
+
+def test_a_rejection_of_the_wrong_shape_is_still_described():
+    from worker.comfyui import describe_prompt_error
+
+    body = {
+        "error": {"message": "Prompt outputs failed validation"},
+        "node_errors": {
+            "3": {"class_type": "SaveImage", "errors": ["not an object", {"message": "bad", "extra_info": "x"}]}
+        },
+    }
+    assert describe_prompt_error(body) == (
+        "ComfyUI rejected the workflow: Prompt outputs failed validation; node 3 (SaveImage): bad"
+    )
