@@ -132,7 +132,7 @@ class OutputDelivery:
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
         try:
             size, digest = await self._copy(item, relative, target)
-        except (OSError, ComfyUIUnavailable, FileNotServed) as exc:
+        except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged) as exc:
             problem = f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
             if isinstance(exc, ComfyUIUnavailable):
                 raise ComfyUILostDuringDelivery(problem) from exc
@@ -214,6 +214,10 @@ class _CopyCancelled(Exception):
     pass
 
 
+class _SourceChanged(Exception):
+    """The file changed size while it was copied: something is still writing it."""
+
+
 async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
     """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
     awaited (one chunk at most), so it leaves no file behind a job handed back or abandoned."""
@@ -230,9 +234,14 @@ async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
 
 
 def _copy_file(source: Path, target: Path, stop: threading.Event) -> tuple[int, str]:
+    """The file as it was when opened, or _SourceChanged: a file still being written is not a result, and one
+    that grows for ever would hold the job for ever."""
     with _atomic_file(target) as out, source.open("rb") as src:
-        while chunk := src.read(CHUNK):
+        size = os.fstat(src.fileno()).st_size
+        while out.size < size and (chunk := src.read(min(CHUNK, size - out.size))):
             if stop.is_set():
                 raise _CopyCancelled
             out.write(chunk)
+        if out.size != size or src.read(1):
+            raise _SourceChanged(f"{size} bytes when opened, then changed while copied: a node is still writing it")
     return out.size, out.sha256

@@ -144,3 +144,39 @@ async def test_an_output_name_that_is_not_utf8_fails_the_job_and_the_worker_goes
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
     assert "output path from ComfyUI is not valid UTF-8: '\\ud800.png'" in report.body["error"]
+
+
+async def test_an_output_still_being_written_fails_the_job_instead_of_being_copied_half_or_for_ever(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    import threading
+    import time
+
+    stop_writing = threading.Event()
+
+    def grows_for_ever(env: NodeEnv) -> dict[str, Any]:
+        growing = env.output_dir / "recording.bin"
+        with open(growing, "wb") as out:
+            out.truncate(64 << 20)
+
+        def append() -> None:  # a custom node's background writer, still going after execution_success
+            with open(growing, "ab") as out:
+                while not stop_writing.is_set():
+                    out.write(bytes(64 << 10))
+                    out.flush()
+                    time.sleep(0.001)
+
+        threading.Thread(target=append, daemon=True).start()
+        return one_output("recording.bin")
+
+    hostile_save_image(comfy, grows_for_ever)
+    job = qm.store.submit("alice", workflows["quick"])
+    try:
+        assert await asyncio.wait_for(make_worker(comfyui_output_dir=comfy.output_dir).run(), 10) == 0
+    finally:
+        stop_writing.set()
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job", report.body
+    assert "could not deliver output recording.bin of node 3" in report.body["error"]
+    assert "then changed while copied: a node is still writing it" in report.body["error"]
+    assert files_under(tmp_path / "outputs") == []
