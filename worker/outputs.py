@@ -227,7 +227,7 @@ async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
         return await asyncio.shield(copy)
     except asyncio.CancelledError:
         stop.set()
-        with contextlib.suppress(_CopyCancelled, OSError):
+        with contextlib.suppress(Exception):  # stopped, failed or done: the cancellation is what goes on
             await copy
             await asyncio.to_thread(target.unlink)  # it had finished just as it was cancelled
         raise
