@@ -359,6 +359,10 @@ class Worker:
             if not self._execution.cancelled():
                 raise
             return await self._stopped(job)
+        except Exception as exc:  # a bug, or an answer no check foresaw: the job still ends, the worker goes on
+            log.exception("Unexpected error while running the job; handing it back")
+            reason = f"worker {self.settings.worker_id} hit an unexpected error: {type(exc).__name__}: {exc}"
+            return Report(job.id, job.attempt, handback=reason, job=job)
         finally:
             self._execution = None
             self._prompt_run = None

@@ -490,3 +490,23 @@ def test_a_rejection_of_the_wrong_shape_is_still_described():
     assert describe_prompt_error(body) == (
         "ComfyUI rejected the workflow: Prompt outputs failed validation; node 3 (SaveImage): bad"
     )
+
+
+async def test_an_unexpected_error_hands_the_job_back_and_the_worker_goes_on(qm, comfy, make_worker, workflows):
+    first = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    deliver = worker.delivery.deliver
+    calls = []
+
+    async def fails_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("a bug no test foresaw")
+        return await deliver(*args, **kwargs)
+
+    worker.delivery.deliver = fails_once
+    assert await worker.run() == 0
+    error = qm.reports.landed(first.id)[0].body["error"]
+    assert error.startswith("Handed back: worker test-worker hit an unexpected error: RuntimeError: a bug no test")
+    [copy] = [j for j in qm.store.list() if j.id != first.id]
+    assert qm.store.get(copy.id).status == "completed", "the copy ran on the same worker, which went on"
