@@ -294,15 +294,13 @@ class QueueApi:
             log.warning("queue_full", user_id=body.user_id, max_queue_depth=exc.max_depth)
             return _detail(429, str(exc))
         log.info("job_submitted", job_id=job.id, user_id=job.user_id, priority=job.priority)
-        positions = await self._db(self._store.pending_positions, self._settings.mode)
-        return _json(self._job_view(job, positions), 201)
+        return _json(self._job_view(job, await self._positions([job])), 201)
 
     async def get_job(self, request: web.Request) -> web.Response:
         job = await self._db(self._store.get, request.match_info["job_id"])
         if job is None:
             return _detail(404, "Job not found")
-        positions = await self._db(self._store.pending_positions, self._settings.mode)
-        view = self._job_view(job, positions)
+        view = self._job_view(job, await self._positions([job]))
         return _json({**view, "metadata": job.metadata} if self._settings.extensions else view)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -317,8 +315,14 @@ class QueueApi:
             newest_first=self._settings.extensions and query.order == "newest",
             with_workflow=False,
         )
-        positions = await self._db(self._store.pending_positions, self._settings.mode)
+        positions = await self._positions(jobs)
         return _json([self._job_view(job, positions) for job in jobs])
+
+    async def _positions(self, shown: list[JobRecord]) -> dict[str, int]:
+        """Places in line, ranked only when a pending job is shown: ranking reads every pending job."""
+        if not any(job.status is JobStatus.PENDING for job in shown):
+            return {}
+        return await self._db(self._store.pending_positions, self._settings.mode)
 
     def _job_view(self, job: JobRecord, positions: dict[str, int]) -> dict[str, Any]:
         view = _job_view(job, positions)
