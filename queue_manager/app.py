@@ -64,6 +64,9 @@ BODY_LIMITS = {
 }
 MAX_REQUEST_BYTES = max(BODY_LIMITS.values())
 BODY = web.RequestKey("body", bytearray)
+# A client that sends nothing for this long mid-body has gone or is stalling on purpose, holding what it sent
+# (up to its route's limit); nginx's client_body_timeout is the same idea, 60 s there too.
+BODY_IDLE_TIMEOUT_S = 60.0
 # A worker counts towards total_workers while its last poll is this recent (the peer's heartbeat TTL).
 WORKER_HEARTBEAT_TIMEOUT_S = 60.0
 REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
@@ -93,13 +96,14 @@ class BodyTooLarge(web.HTTPRequestEntityTooLarge):
         self.detail = f"Request body too large: {told}; this endpoint accepts at most {limit} bytes"
 
 
-class UnreadableBody(web.HTTPBadRequest):
-    """The body is not what its headers announce (a Content-Encoding its bytes do not decode as), or the client
-    hung up before sending all of it: the client's doing, answered 400 (if anyone still listens), never a 500."""
+class UnreadableBody(Exception):
+    """The body was not read to its end, by the client's doing: it is not what its headers announce (400), the
+    client hung up (400, to nobody) or stopped sending (408). Never a 500; the connection is closed."""
 
-    def __init__(self, why: str) -> None:
-        super().__init__()
-        self.detail = f"Request body could not be read: {why}"
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
 
 async def read_body(request: web.Request) -> bytearray:
@@ -111,17 +115,25 @@ async def read_body(request: web.Request) -> bytearray:
         raise BodyTooLarge(limit, request.content_length)
     body = bytearray()
     try:
-        async for chunk in request.content.iter_chunked(256 * 1024):
+        while True:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+                chunk = await request.content.readany()
+            if not chunk:
+                break
             body += chunk
             if len(body) > limit:
                 raise BodyTooLarge(limit, None)
     except web.RequestPayloadError as exc:
         request.content.feed_eof()  # nothing more to read (aiohttp would read on and log the same error again)
         cause = exc.__cause__
-        raise UnreadableBody(cause.message if isinstance(cause, HttpProcessingError) else "malformed") from None
+        why = cause.message if isinstance(cause, HttpProcessingError) else "malformed"
+        raise UnreadableBody(400, f"Request body could not be read: {why}") from None
     except ConnectionResetError:
         log.info("request_body_cut_short", method=request.method, path=request.path, bytes_read=len(body))
-        raise UnreadableBody("the connection closed before the body ended") from None
+        raise UnreadableBody(400, "Request body could not be read: the connection closed before it ended") from None
+    except TimeoutError:
+        log.info("request_body_stalled", method=request.method, path=request.path, bytes_read=len(body))
+        raise UnreadableBody(408, f"Request body stalled: nothing received for {BODY_IDLE_TIMEOUT_S:g} s") from None
     request[BODY] = body
     return body
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from queue_manager import JobStatus, QueueManagerServer
+from queue_manager import JobStatus, QueueManagerServer, app
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"seed": 1}}}
 MARKER = "HOSTILE-ECHO-MARKER"
@@ -275,6 +275,30 @@ async def test_a_client_that_hangs_up_mid_body_is_logged_as_that_not_as_a_server
             while not any(entry["event"] == "request_body_cut_short" for entry in logs):
                 await asyncio.sleep(0.01)
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == []
+
+
+async def test_a_body_that_stalls_mid_way_is_408_and_its_memory_freed(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that stops sending mid-body held up to its route's limit (51 MiB for complete-job) for as long
+    as it kept the connection open: 10 such submissions held 145 MB. It now has BODY_IDLE_TIMEOUT_S."""
+    monkeypatch.setattr(app, "BODY_IDLE_TIMEOUT_S", 0.2)
+    host, port = queue.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    with capture_logs() as logs:
+        writer.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"[" * 500)
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"connection: close" in head.lower()
+    assert json.loads(body) == {"detail": "Request body stalled: nothing received for 0.2 s"}
+    assert [(e["event"], e["bytes_read"]) for e in logs if e["event"] == "request_body_stalled"] == [
+        ("request_body_stalled", 500)
+    ]
+    assert [entry for entry in logs if entry["log_level"] == "error"] == []
 
 
 def test_the_production_server_keeps_no_report_log() -> None:
