@@ -100,6 +100,7 @@ class FleetBackend:
         self.members = {m.name: m for m in members}
         self.stop_file = stop_file
         self._held = False
+        self._not_stopped: set[str] = set()  # providers the kill switch has not reached yet
         self.move_log: deque[dict[str, Any]] = deque(maxlen=MOVE_LOG_SIZE)  # recent moves and health changes
         self.config = config
         self.ledger = ledger or CostLedger()
@@ -155,24 +156,33 @@ class FleetBackend:
         stopped = self.stop_file is not None and not self.dry_run and self.stop_file.exists()
         if stopped and not self._held:
             log.warning("kill_switch_seen", stop_file=str(self.stop_file))
-            await self._on_members(lambda b: b.apply(0), "apply")
-            await self._on_members(lambda b: b.pause(), "pause")
-            self._held, self._written = True, {}
+            self._held, self._written, self._not_stopped = True, {}, set(self.members)
+        if stopped and self._not_stopped:
+            # A provider that could not be reached is asked again at every tick until it takes the stop.
+            failed = await self._on_members(lambda b: b.apply(0), "apply", self._not_stopped)
+            failed |= await self._on_members(lambda b: b.pause(), "pause", self._not_stopped)
+            self._not_stopped = failed
         elif not stopped and self._held:
             log.info("kill_switch_released", stop_file=str(self.stop_file))
-            await self._on_members(lambda b: b.resume(), "resume")
-            self._held = False
+            await self._on_members(lambda b: b.resume(), "resume", set(self.members))
+            self._held, self._not_stopped = False, set()
             # Paused by the kill switch is not a fault of the provider: no back-off to sit out.
             health = {name: ProviderHealth() if h.degraded is DegradedReason.PAUSED else h
                       for name, h in self.state.health.items()}
             self.state = replace(self.state, health=health)
         return stopped
 
-    async def _on_members(self, call: Callable[[Backend], Any], action: str) -> None:
-        results = await asyncio.gather(*(call(m.backend) for m in self.members.values()), return_exceptions=True)
-        for name, result in zip(self.members, results, strict=True):
+    async def _on_members(self, call: Callable[[Backend], Any], action: str, names: set[str]) -> set[str]:
+        """``call`` on the members named; returns the names it failed on (each logged)."""
+        chosen = [name for name in self.members if name in names]
+        results = await asyncio.gather(*(call(self.members[name].backend) for name in chosen), return_exceptions=True)
+        failed = set()
+        for name, result in zip(chosen, results, strict=True):
             if isinstance(result, Exception):
-                log.error("provider_kill_switch_failed", provider=name, action=action, error=_error_text(result))
+                failed.add(name)
+                log.error("provider_kill_switch_failed", provider=name, action=action, error=_error_text(result),
+                          hint="tried again at the next tick")
+        return failed
 
     async def apply(self, desired: int) -> bool:
         if desired < 0:

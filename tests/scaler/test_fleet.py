@@ -150,3 +150,24 @@ async def test_the_loop_drives_the_fleet_as_one_backend(fleet, queue, wall, verd
     await loop.tick()
     assert fleet.state.targets == {"verda": 3, "local": 1}, "Verda (cheaper) to its max, the rest local"
     assert verda_scaling() == (3, 3)
+
+
+async def test_a_kill_switch_seen_while_the_api_is_down_is_retried_until_it_lands(
+    fleet, fake_verda: FakeVerda, wall, verda_scaling, tmp_path
+):
+    fleet.stop_file = tmp_path / "ledger.json.stopped"
+    await fleet.observe()
+    await fleet.apply(2)
+    assert verda_scaling() == (2, 2)
+    fleet.stop_file.write_text("stopped\n")
+    scaling = f"/container-deployments/{DEPLOYMENT}/scaling"
+    fake_verda.fail_next(scaling, 503, method="PATCH", times=2)  # both attempts of the client
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/pause", 503, times=2)
+    wall.advance(15)
+    await fleet.observe()
+    assert verda_scaling() == (2, 2), "the API was down: nothing landed yet"
+    wall.advance(15)
+    view = await fleet.observe()
+    assert verda_scaling() == (0, 0), "the kill switch is written again once the API answers"
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert view.status == "paused"
