@@ -243,7 +243,12 @@ class FleetBackend:
             return
         if self.alerts is not None:
             self.ledger.alerts = self.alerts.book.to_json()
-        self.ledger.save(self.ledger_file)
+        try:
+            self.ledger.save(self.ledger_file)
+        except OSError as exc:
+            # The charges stay in memory and the caps keep reading them: a full disk must not freeze the fleet.
+            log.error("cost_ledger_save_failed", path=str(self.ledger_file), error=_error_text(exc),
+                      hint="the fleet goes on from its memory; a restart now would lose the day's charges")
 
     async def _place(self, desired: int, now: float) -> bool:
         views = {name: seen.view for name, seen in self._seen.items()}

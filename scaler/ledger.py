@@ -156,13 +156,7 @@ class CostLedger:
         return ledger
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with scratch.open("w") as out:
-            json.dump(self.to_json(), out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(scratch, path)
+        write_json_atomically(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> CostLedger:
@@ -172,10 +166,35 @@ class CostLedger:
             return cls()
         try:
             return cls.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            with contextlib.suppress(OSError):
-                os.replace(path, aside)
-            log.error("cost_ledger_unreadable", path=str(path), kept_as=str(aside),
+        except UNREADABLE as exc:
+            log.error("cost_ledger_unreadable", path=str(path), kept_as=str(set_aside(path)),
                       error=f"{type(exc).__name__}: {exc}")
             return cls()
+
+
+# What reading a JSON file of the wrong shape raises: not there, not JSON, a key missing, a value of the wrong type.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def write_json_atomically(path: Path, content: Any) -> None:
+    """Write, fsync, rename: a crash or a full disk mid-write leaves the previous file (and no scratch file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with scratch.open("w") as out:
+            json.dump(content, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            scratch.unlink()
+        raise
+
+
+def set_aside(path: Path) -> Path:
+    """Move an unreadable file to ``<name>.corrupt-<time>`` so that nothing overwrites it; returns where."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    with contextlib.suppress(OSError):
+        os.replace(path, aside)
+    return aside

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -23,6 +22,7 @@ import structlog
 
 from scaler.billing import SpendLedger
 from scaler.job_duration import DurationFromCounters
+from scaler.ledger import UNREADABLE, set_aside, write_json_atomically
 from scaler.metrics import ScalerMetrics
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
@@ -110,7 +110,11 @@ class ScalerLoop:
         outcome, apply_error = await self._apply(decision, observation)
         self._record(decision, observation, outcome, apply_error)
         if self.state_file is not None:
-            save_policy_state(self.state_file, self.state)
+            try:
+                save_policy_state(self.state_file, self.state)
+            except OSError as exc:
+                log.error("policy_state_save_failed", path=str(self.state_file), error=_error_text(exc),
+                          hint="the scaler goes on from its memory; a restart now would start afresh")
         return decision
 
     async def observe(self) -> Observation:
@@ -232,30 +236,51 @@ class ScalerLoop:
 
 def save_policy_state(path: Path, state: PolicyState) -> None:
     """Write atomically, so a cron run killed mid-write leaves the previous state intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(asdict(state)))
-    os.replace(scratch, path)
+    write_json_atomically(path, asdict(state))
 
 
 def load_policy_state(path: Path) -> PolicyState:
-    """The saved state, or a fresh one when there is none (first run)."""
+    """The saved state, or a fresh one when there is none (first run). A file that cannot be read (truncated,
+    not JSON, a value of the wrong type) is kept aside as ``<name>.corrupt-<time>`` and logged: the scaler
+    starts afresh rather than not at all, and says that the spend it remembered is gone."""
     if not path.exists():
         return PolicyState()
-    raw = json.loads(path.read_text())
+    try:
+        return _policy_state(json.loads(path.read_text()))
+    except UNREADABLE as exc:
+        log.error("policy_state_unreadable", path=str(path), kept_as=str(set_aside(path)), error=_error_text(exc),
+                  hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "
+                  "from zero again")
+        return PolicyState()
+
+
+def _policy_state(raw: dict[str, Any]) -> PolicyState:
     ledger = raw.get("ledger") or {}
     opening_load = raw.get("opening_load") or (0.0, 0)
+    applied = raw.get("applied")
     return PolicyState(
-        applied=raw.get("applied"),
+        applied=None if applied is None else _count(applied, "applied"),
         demand_samples=tuple((float(t), int(n)) for t, n in raw.get("demand_samples", ())),
-        last_work_seen_at=raw.get("last_work_seen_at"),
-        last_scale_down_at=raw.get("last_scale_down_at"),
-        consecutive_failures=int(raw.get("consecutive_failures", 0)),
-        opening_started_at=raw.get("opening_started_at"),
+        last_work_seen_at=_moment(raw.get("last_work_seen_at"), "last_work_seen_at"),
+        last_scale_down_at=_moment(raw.get("last_scale_down_at"), "last_scale_down_at"),
+        consecutive_failures=_count(raw.get("consecutive_failures", 0), "consecutive_failures"),
+        opening_started_at=_moment(raw.get("opening_started_at"), "opening_started_at"),
         opening_load=(float(opening_load[0]), int(opening_load[1])),
-        learned_prewarm=int(raw.get("learned_prewarm", 0)),
+        learned_prewarm=_count(raw.get("learned_prewarm", 0), "learned_prewarm"),
         ledger=SpendLedger(
             charges=tuple((float(t), float(amount)) for t, amount in ledger.get("charges", ())),
             billed=tuple(((str(key[0]), float(key[1])), int(count)) for key, count in ledger.get("billed", ())),
         ),
     )
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}={value!r} is not a count")
+    return value
+
+
+def _moment(value: Any, name: str) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"{name}={value!r} is not a time")
+    return value

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
@@ -171,3 +172,16 @@ async def test_a_kill_switch_seen_while_the_api_is_down_is_retried_until_it_land
     assert verda_scaling() == (0, 0), "the kill switch is written again once the API answers"
     assert fake_verda.deployments[DEPLOYMENT].status == "paused"
     assert view.status == "paused"
+
+
+async def test_a_ledger_that_cannot_be_saved_is_logged_and_the_fleet_still_scales(fleet, wall, verda_scaling, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    fleet.ledger_file = tmp_path / "a-file" / "ledger.json"  # a full disk fails the same way
+    await fleet.observe()
+    await fleet.apply(1)
+    wall.advance(15)
+    with capture_logs() as logs:
+        view = await fleet.observe()
+    assert verda_scaling() == (1, 1) and len(view.replicas) == 1
+    assert fleet.ledger.spent_since(wall() - 3600) > 0, "the charges are kept in memory"
+    assert "cost_ledger_save_failed" in [entry["event"] for entry in logs if entry["log_level"] == "error"]

@@ -262,3 +262,35 @@ async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run
     dry = tmp_path / "dry.json"
     await make_loop(state_file=dry, dry_run=True).tick()
     assert not dry.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"applied": 2, "ledger": {"charges": [[1, 0.5', '{"applied": "two"}', '["not", "an", "object"]',
+     '{"demand_samples": [[1, "many"]]}', '{"last_work_seen_at": "yesterday"}', ""],
+    ids=["truncated", "count-as-text", "a-list", "sample-as-text", "time-as-text", "empty"],
+)
+async def test_an_unreadable_state_file_is_kept_aside_and_the_scaler_starts_fresh_saying_so(
+    make_loop, queue, tmp_path, content
+):
+    path = tmp_path / "scaler.json"
+    path.write_text(content)
+    with capture_logs() as logs:
+        state = load_policy_state(path)
+    assert state == PolicyState()
+    assert [entry["event"] for entry in logs] == ["policy_state_unreadable"]
+    assert logs[0]["log_level"] == "error" and "spend" in logs[0]["hint"]
+    assert [p.name.startswith("scaler.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+    queue.pending = 1
+    await make_loop(state=state, state_file=path).tick()
+    assert load_policy_state(path).applied == 1, "the next tick writes a good file again"
+
+
+async def test_a_state_file_that_cannot_be_written_is_logged_and_the_loop_goes_on(make_loop, backend, queue, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    loop = make_loop(state_file=tmp_path / "a-file" / "scaler.json")  # a full disk fails the same way
+    queue.pending = 1
+    with capture_logs() as logs:
+        await loop.tick()
+    assert backend.applied == [1]
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["policy_state_save_failed"]
