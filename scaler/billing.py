@@ -41,6 +41,12 @@ def billed_intervals(started_at: float, until: float, interval_s: float, anchor:
     return math.floor((until - started_at) / interval_s) + 1
 
 
+def first_interval_after(started_at: float, horizon: float, interval_s: float, anchor: BillingAnchor) -> int:
+    """Index of the replica's first interval that begins after ``horizon``. The ones before are past every
+    window a ledger keeps: walking them would cost a tick ~10^8 steps for a replica listed as started in year 1."""
+    return 0 if started_at > horizon else billed_intervals(started_at, horizon, interval_s, anchor)
+
+
 def interval_start(started_at: float, index: int, interval_s: float, anchor: BillingAnchor) -> float:
     """When the replica's interval number ``index`` (0-based) began, i.e. when it was charged."""
     if index == 0:
@@ -94,19 +100,19 @@ class SpendLedger:
         keep_s: float = DAY_S,
     ) -> SpendLedger:
         amount = price_per_hour * interval_s / HOUR_S
+        horizon = now - keep_s
         already = dict(self.billed)
         billed: dict[tuple[str, float], int] = {}
         new_charges: list[tuple[float, float]] = []
         for replica in replicas:
             key = (replica.id, replica.started_at)
-            done = already.get(key, 0)
+            done = max(already.get(key, 0), first_interval_after(replica.started_at, horizon, interval_s, anchor))
             due = billed_intervals(replica.started_at, now, interval_s, anchor)
             new_charges.extend(
                 (interval_start(replica.started_at, index, interval_s, anchor), amount)
                 for index in range(done, due)
             )
             billed[key] = max(done, due)
-        horizon = now - keep_s
         charges = self.charges
         if new_charges:
             charges = tuple(sorted(charges + tuple(new_charges)))

@@ -24,7 +24,15 @@ from typing import Any
 
 import structlog
 
-from scaler.billing import DAY_S, HOUR_S, BilledReplica, BillingAnchor, billed_intervals, interval_start
+from scaler.billing import (
+    DAY_S,
+    HOUR_S,
+    BilledReplica,
+    BillingAnchor,
+    billed_intervals,
+    first_interval_after,
+    interval_start,
+)
 
 log = structlog.get_logger()
 
@@ -84,10 +92,13 @@ class CostLedger:
         before = self.billed.get(provider, {})
         billed: dict[str, float] = {}
         total = 0.0
+        horizon = now - KEEP_S
         for replica in replicas:
             key = _key(replica)
             if rule.per_second:
-                since = max(replica.started_at, before.get(key, replica.started_at))
+                # A start in the future (a skewed or garbage clock) is charged from now on, not never; one
+                # older than a day is charged for the day only: no window reads further back.
+                since = max(before.get(key, min(replica.started_at, now)), now - DAY_S)
                 until = max(since, now)
                 amount = (until - since) * price_per_hour / HOUR_S
                 if amount > 0:
@@ -95,7 +106,9 @@ class CostLedger:
                     total += amount
                 billed[key] = until
                 continue
-            done = int(before.get(key, 0))
+            # Intervals begun before the horizon are dropped below anyway (a minute early: buckets are minutes).
+            first = first_interval_after(replica.started_at, horizon - BUCKET_S, rule.interval_s, rule.anchor)
+            done = max(int(before.get(key, 0)), first)
             due = billed_intervals(replica.started_at, now, rule.interval_s, rule.anchor)
             amount = price_per_hour * rule.interval_s / HOUR_S
             for index in range(done, due):
@@ -104,7 +117,6 @@ class CostLedger:
                 total += amount
             billed[key] = max(done, due)
         self.billed[provider] = billed
-        horizon = now - KEEP_S
         for old in [at for at in buckets if at < horizon]:
             del buckets[old]
         self.updated_at = now

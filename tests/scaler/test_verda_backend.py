@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
+import pytest
 from structlog.testing import capture_logs
 
 from scaler.loop import ScalerLoop
@@ -167,4 +169,21 @@ async def test_the_scaler_converges_on_what_verda_really_holds(
         writes = len(scaling_patches())
         await loop.tick()
         assert len(scaling_patches()) == writes, "nothing to write when Verda already holds the count"
+        await backend.aclose()
+
+
+async def test_a_replica_listed_as_started_in_year_1_is_billed_for_the_last_day_and_the_tick_ends(
+    make_verda_client, fake_verda: FakeVerda, queue
+):
+    """Walking every 10-minute interval since year 1 was ~10^8 steps: the tick never ended (nor did memory)."""
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    loop = ScalerLoop(ScalingConfig(price_per_replica_hour=6.0, max_spend_per_day=1000.0), backend, queue)
+    try:
+        queue.running = 1
+        await loop.tick()
+        fake_verda.deployments[DEPLOYMENT].replicas[0].started_at = datetime(1, 1, 1, tzinfo=UTC)
+        decision = await loop.tick()
+        assert decision.desired == 1
+        assert loop.state.ledger.spent_since(time.time() - 86_400) == pytest.approx(145.0, abs=1.0)
+    finally:
         await backend.aclose()
