@@ -80,6 +80,7 @@ class QueueManagerServer:
         self._store: JobStore | None = None
         self._reaper: JobReaper | None = None
         self._db_executor: ThreadPoolExecutor | None = None
+        self._body_executor: ThreadPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
         self._stop_reaper = asyncio.Event()
         self._reaper_task: asyncio.Task[None] | None = None
@@ -109,6 +110,7 @@ class QueueManagerServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Open the store, serve HTTP and start the reaper. Returns the base URL (port 0 picks a free one)."""
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
+        self._body_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-body")
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(self._db_executor, lambda: JobStore(self.db_path, clock=self.clock))
         # Time the queue was down is nobody's silence: every running job starts a fresh lease.
@@ -130,7 +132,14 @@ class QueueManagerServer:
             max_attempts=self.max_attempts,
             extensions=self.extensions,
         )
-        api = QueueApi(self._store, settings, db_executor=self._db_executor, clock=self.clock, started_at=self.clock())
+        api = QueueApi(
+            self._store,
+            settings,
+            db_executor=self._db_executor,
+            body_executor=self._body_executor,
+            clock=self.clock,
+            started_at=self.clock(),
+        )
         app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
@@ -171,6 +180,9 @@ class QueueManagerServer:
         if self._db_executor is not None:
             self._db_executor.shutdown(wait=True)
             self._db_executor = None
+        if self._body_executor is not None:
+            self._body_executor.shutdown(wait=True)
+            self._body_executor = None
         if self.url is not None:
             log.info("queue_manager_stopped", url=self.url)
             self.url = None

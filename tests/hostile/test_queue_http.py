@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -299,6 +300,36 @@ async def test_a_body_that_stalls_mid_way_is_408_and_its_memory_freed(
         ("request_body_stalled", 500)
     ]
     assert [entry for entry in logs if entry["log_level"] == "error"] == []
+
+
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/workers/fail-job?job_id=j"], ids=["submit", "report"])
+async def test_the_server_answers_others_while_it_parses_a_body(
+    client: httpx.AsyncClient, queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Parsing is CPU work the client sizes: a 50 MB report of 25 million zeros took 14 s (16 million empty
+    objects, 17 s). On the event loop it held up every other request, /health too (docker's healthcheck gives
+    up after 4 s). Here a parse is held until a probe from another thread has had its answer, or 3 s passed."""
+    probed, answers = threading.Event(), []
+
+    def probe() -> None:
+        try:
+            answers.append(httpx.get(f"{queue.url}/health", timeout=3).json()["status"])
+        except httpx.TimeoutException:
+            answers.append("no answer within 3 s")
+        finally:
+            probed.set()
+
+    parse = app.parse_json_body
+
+    def parse_after_a_probe(*args: Any) -> Any:
+        threading.Thread(target=probe).start()
+        probed.wait(timeout=10)
+        return parse(*args)
+
+    monkeypatch.setattr(app, "parse_json_body", parse_after_a_probe)
+    response = await client.post(path, json={"user_id": "a", "workflow": WORKFLOW, "error": "boom"})
+    assert response.status_code in (201, 404), response.text
+    assert answers == ["healthy"]
 
 
 def test_the_production_server_keeps_no_report_log() -> None:
