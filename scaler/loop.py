@@ -98,7 +98,12 @@ class ScalerLoop:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("scaler_started", interval_s=self.interval_s, dry_run=self.dry_run, backend=repr(self.backend))
         while not stop.is_set():
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception as exc:
+                # A tick that raised applied nothing: the count is held, and the next tick tries again.
+                log.error("scaler_tick_failed", error=_error_text(exc), exc_info=True,
+                          hint="nothing was applied at this tick; the count is held")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
         log.info("scaler_stopped", desired=self.state.applied)

@@ -23,6 +23,9 @@ RECENT_COMPLETIONS = 50
 # in its own order, and the most recent by completed_at among what it sends are kept.
 NEWEST_FIRST = {"order": "newest"}
 TIMINGS_LIMIT = 200
+# More jobs than any queue we serve holds (500-image batches): a larger count is a broken answer, and the
+# planning walks every queued job (1e6 took 3.5 s a tick, 1e7 35 s), so it is refused, not believed.
+MAX_PLAUSIBLE_COUNT = 1_000_000
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -64,6 +67,8 @@ def _count(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}={value!r}")
+    if value > MAX_PLAUSIBLE_COUNT:
+        raise ValueError(f"{name}={str(value)[:30]}: more than {MAX_PLAUSIBLE_COUNT} is not a plausible count")
     return value
 
 

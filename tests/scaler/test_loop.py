@@ -294,3 +294,20 @@ async def test_a_state_file_that_cannot_be_written_is_logged_and_the_loop_goes_o
         await loop.tick()
     assert backend.applied == [1]
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["policy_state_save_failed"]
+
+
+async def test_a_tick_that_fails_unexpectedly_is_logged_and_the_loop_holds_and_goes_on(make_loop, backend, queue, wait):
+    """Whatever a tick raises (here the policy's arithmetic on a count no reader should pass), nothing is applied
+    and the next tick runs: a crashed scaler makes no decisions at all."""
+    loop = make_loop(interval_s=0.01)
+    queue.pending = 10**400
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(loop.run(stop))
+        await wait(lambda: queue.reads >= 2, timeout=5)
+        queue.pending = 1
+        await wait(lambda: backend.applied == [1], timeout=5)
+        stop.set()
+        await task
+    failed = [entry for entry in logs if entry["event"] == "scaler_tick_failed"]
+    assert failed and failed[0]["log_level"] == "error" and "OverflowError" in failed[0]["error"]

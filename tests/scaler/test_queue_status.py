@@ -41,7 +41,10 @@ async def test_retries_a_restarting_manager_within_the_read(qm):
         {"pending_jobs": -1, "running_jobs": 0},
         {"running_jobs": 0},
         ["not", "a", "dict"],
+        {"pending_jobs": 10**400, "running_jobs": 0},  # planning walks every queued job: this never ends
+        {"pending_jobs": 0, "running_jobs": 10**12},
     ],
+    ids=["html", "negative", "missing", "a-list", "pending-10e400", "running-10e12"],
 )
 async def test_a_bad_answer_is_an_error_not_a_zero(qm, body):
     qm.faults.inject("queue-status", status=200, body=body)
