@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,18 +33,29 @@ log = structlog.get_logger()
 LOCAL_BILLING = BillingRule()  # per second; its price is what the operator says this machine costs
 KILL_CONFIRM_TIMEOUT_S = 120.0  # Verda: SIGTERM, 30 s grace, then the replica leaves the list
 KILL_CONFIRM_POLL_S = 5.0
+# The scaler's own credentials: a local worker has no use for them.
+WITHHELD_FROM_WORKERS = frozenset(
+    {"VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "SCALER_ALERT_WEBHOOK_URL"}
+)
 
 
 class ProviderSetupError(Exception):
     """A provider in SCALER_PROVIDERS cannot be built or priced."""
 
 
+def worker_environment(settings: ScalerSettings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The local workers' environment: the scaler's, with the queue's URL and token, without the credentials
+    only the scaler uses (the cloud accounts and the alert webhook)."""
+    env = {name: value for name, value in environ.items() if name not in WITHHELD_FROM_WORKERS}
+    env["QUEUE_MANAGER_URL"] = settings.queue_base_url
+    if settings.queue_manager_token is not None:
+        env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()
+    return env
+
+
 def make_provider(settings: ScalerSettings, name: str) -> Backend:
     if name == "local":
-        worker_env = {**os.environ, "QUEUE_MANAGER_URL": settings.queue_base_url}
-        if settings.queue_manager_token is not None:
-            worker_env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()
-        return LocalBackend(worker_env, log_dir=settings.local_log_dir)
+        return LocalBackend(worker_environment(settings, os.environ), log_dir=settings.local_log_dir)
     if name == "verda":
         assert settings.verda_client_id and settings.verda_client_secret  # checked by ScalerSettings
         client = VerdaClient(

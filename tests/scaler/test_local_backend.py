@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from scaler.config import load_settings
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.providers import LocalBackend
 from scaler.queue_status import QueueStatusReader
+from scaler.wiring import worker_environment
 from standins.comfyui import ComfyUISimulator
 
 # A stand-in replica: marks itself ready (after installing its SIGTERM disposition), then sleeps.
@@ -127,3 +129,26 @@ async def test_aclose_kills_what_ignores_sigterm(tmp_path, wait):
     assert time.monotonic() - began >= 0.5, "SIGTERM was given its time first"
     assert backend.pids == []
     assert not [pid for pid in backend.pids_started if alive(pid)]
+
+
+def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monkeypatch, tmp_path):
+    """A fleet local,verda,runpod has every secret in the scaler's environment; a worker needs the queue's only."""
+    monkeypatch.chdir(tmp_path)
+    environ = {
+        "PATH": os.environ["PATH"],
+        "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
+        "QUEUE_MANAGER_TOKEN": "queue-token",
+        "VERDA_CLIENT_ID": "verda-id",
+        "VERDA_CLIENT_SECRET": "verda-secret-not-for-workers",
+        "RUNPOD_API_KEY": "runpod-key-not-for-workers",
+        "SCALER_ALERT_WEBHOOK_URL": "https://hooks.example.com/not-for-workers",
+        "SCALER_PROVIDERS": "local,verda,runpod",
+        "HF_TOKEN": "the-workers-own",
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    env = worker_environment(load_settings(), environ)
+    assert env["QUEUE_MANAGER_TOKEN"] == "queue-token" and env["QUEUE_MANAGER_URL"] == "http://127.0.0.1:9"
+    assert env["HF_TOKEN"] == "the-workers-own" and env["PATH"] == os.environ["PATH"]
+    assert "not-for-workers" not in repr(env)
+    assert "VERDA_CLIENT_ID" not in env
