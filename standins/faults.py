@@ -38,6 +38,7 @@ class Fault:
     non_json: bool
     retry_after: str | None
     after_effect: bool = False  # carry the request out, then replace its answer (a lost reply)
+    body: Any = None  # answer this JSON instead of the API's error body (a 200 of the wrong shape, say)
 
 
 class FaultPlan:
@@ -107,13 +108,15 @@ class FakeApi:
         non_json: bool = False,
         retry_after: str | None = None,
         after_effect: bool = False,
+        body: Any = None,
     ) -> None:
         """The next `times` calls to `path` (relative to the API prefix, e.g. "/pods") answer `status`.
 
         With `after_effect` the request is carried out first and only its answer is replaced (a lost reply),
         as Verda has been seen answering 500 to a POST /container-deployments that did create the deployment.
+        With `body` (fake Verda) the answer is that JSON: a 200 of the wrong shape, a list for an object.
         """
-        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect)
+        fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect, body)
         self._faults.add(path, fault)
 
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:

@@ -224,6 +224,8 @@ class FakeVerda(FakeApi):
         headers = fault_headers(fault)
         if fault.non_json:
             return proxy_error_page(fault.status, headers)
+        if fault.body is not None:
+            return web.json_response(fault.body, status=fault.status, headers=headers)
         code = {401: "unauthorized_request", 429: "too_many_requests", 503: "service_unavailable"}.get(
             fault.status, "server_error" if fault.status >= 500 else "invalid_request"
         )

@@ -418,15 +418,22 @@ class VerdaClient:
         return True
 
     async def get_replicas(self, name: str) -> list[Replica]:
-        data = await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/replicas")
-        entries = data.get("list", []) if isinstance(data, dict) else []
+        """``{"list": [replica, …]}`` as the official SDK reads it. Any other shape is an error, never "no
+        replicas": that would stop the billing and look like replicas that never started."""
+        path = f"{DEPLOYMENTS}/{_path(name)}/replicas"
+        data = await self._json("GET", path)
+        entries = data.get("list") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise VerdaAPIError(
+                200, "unexpected_answer", f"GET {path}: expected {{\"list\": [replica objects]}}, got {str(data)[:100]}"
+            )
         return [
             Replica(
                 id=str(entry.get("id", "")),
                 status=str(entry.get("status", "unknown")).lower(),
                 started_at=parse_timestamp(entry.get("started_at")),
             )
-            for entry in entries or []
+            for entry in entries
         ]
 
     async def pause(self, name: str) -> None:

@@ -301,6 +301,23 @@ async def test_replicas_follow_min_replica_count(fake: FakeVerda, verda: VerdaCl
     assert [r.id for r in await verda.get_replicas(NAME)] == [replicas[0].id]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [[], {}, {"list": None}, {"items": []}, {"list": "replica-1"}, {"list": [["replica-1", "running"]]}],
+    ids=["a-list", "empty-object", "list-null", "other-key", "list-a-string", "entries-not-objects"],
+)
+async def test_replicas_of_the_wrong_shape_are_an_error_not_zero_replicas(
+    fake: FakeVerda, verda: VerdaClient, body
+) -> None:
+    """Read as "no replicas", a wrong shape stopped the billing and looked like replicas that never started."""
+    await verda.create_deployment(deployment_body(min_replicas=1))
+    fake.fail_next(f"/container-deployments/{NAME}/replicas", 200, body=body)
+    with pytest.raises(VerdaAPIError, match="unexpected_answer") as raised:
+        await verda.get_replicas(NAME)
+    assert "/replicas" in str(raised.value)
+    assert len(await verda.get_replicas(NAME)) == 1
+
+
 async def test_update_scaling_sends_what_it_is_given(fake: FakeVerda, verda: VerdaClient) -> None:
     await verda.create_deployment(deployment_body())
     before = await verda.get_scaling(NAME)
