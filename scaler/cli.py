@@ -170,8 +170,8 @@ async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
         return Pricing(settings.scaling_config(), "default")
     try:
         price = await backend.price_per_hour()
-    except (VerdaAPIError, httpx.HTTPError, LookupError) as exc:
-        return Pricing(settings.scaling_config(), "default", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the API's errors, and answers of a shape nobody expected (a dict for a list)
+        return Pricing(settings.scaling_config(), "default", error=f"{type(exc).__name__}: {exc}"[:300])
     return Pricing(settings.scaling_config(price), "verda")
 
 

@@ -134,3 +134,14 @@ async def test_run_takes_over_and_exits_cleanly_on_sigterm(cli_env, verda_scalin
     assert process.returncode == 0
     assert b"scaler_stopped" in err
     assert cli_env["VERDA_CLIENT_SECRET"].encode() not in err
+
+
+async def test_a_price_list_of_the_wrong_shape_exits_1_saying_so_and_writes_nothing(
+    cli_env, fake_verda, scaling_patches, capsys
+):
+    fake_verda.fail_next("/container-types", 200, body={"container_types": "H100 2.30"})
+    assert await cli("once") == 1
+    assert scaling_patches() == []
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [failed] = [entry for entry in logged if entry["event"] == "price_lookup_failed"]
+    assert "SCALER_PRICE_PER_REPLICA_HOUR" in failed["hint"]
