@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import resource
 import signal
 import sys
 
@@ -147,6 +148,25 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
         await server.stop()
 
 
+# Past the kernel's default ceiling (fs.nr_open) the raise fails; a million connections is plenty anyway.
+_MAX_OPEN_FILES = 1 << 20
+
+
+def allow_many_connections() -> None:
+    """Raise the soft open-file limit to the hard one. Each connection holds a file descriptor, and containers
+    often start at 1024: a thousand idle clients then left the queue unable to accept any connection, /health
+    included, for as long as they stayed (aiohttp closes an idle one after an hour)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("open_files_limit_not_raised", soft=soft, hard=hard, error=str(exc))
+            return
+        log.info("open_files_limit_raised", soft=soft, to=wanted)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -155,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(env.log_format, env.log_level)
+    allow_many_connections()
     token = args.token or (env.token.get_secret_value() if env.token else None) or None
     register_secret(token)
     server = QueueManagerServer(

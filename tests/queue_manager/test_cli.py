@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,9 @@ from ..conftest import run_module_to_exit
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
+async def start_cli(
+    *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -31,6 +35,7 @@ async def start_cli(*args: str, env: dict[str, str] | None = None) -> tuple[asyn
         env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=preexec_fn,
     )
     try:
         async with asyncio.timeout(10):
@@ -62,6 +67,37 @@ async def test_cli_serves_persists_and_stops_cleanly(tmp_path: Path, signum: int
             assert await process.wait() == 0, output
     assert "queue_manager_stopped" in output
     assert db.exists()
+
+
+CONTAINER_SOFT_LIMIT = 256  # containers often start with 1024 open files; smaller here to keep the test light
+
+
+def _container_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (CONTAINER_SOFT_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+async def test_cli_answers_with_more_idle_connections_than_the_soft_open_file_limit(tmp_path: Path) -> None:
+    """Each connection holds a file descriptor. At the soft limit the queue could accept nothing, /health
+    included, until idle clients left (aiohttp closes them after an hour), and logged an error per accept."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2 * CONTAINER_SOFT_LIMIT:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves no room above {CONTAINER_SOFT_LIMIT}")
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), preexec_fn=_container_file_limit)
+    host, port = url.removeprefix("http://").split(":")
+    idle = []
+    try:
+        for _ in range(CONTAINER_SOFT_LIMIT + 50):
+            idle.append((await asyncio.open_connection(host, int(port)))[1])
+        async with httpx.AsyncClient(base_url=url, timeout=3) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy"
+    finally:
+        for writer in idle:
+            writer.close()
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            await process.wait()
+    assert "out of system resource" not in output
 
 
 async def test_cli_token_from_environment_is_required_and_never_logged(tmp_path: Path) -> None:
