@@ -531,7 +531,8 @@ def build_app(
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[*middlewares, _fastapi_errors])
-    app.router.add_get("/api/workers/next-job", api.next_job, name="next-job")
+    # No HEAD: a poll hands out a job, and a safe method (what monitors probe with) must not.
+    app.router.add_get("/api/workers/next-job", api.next_job, name="next-job", allow_head=False)
     app.router.add_post("/api/workers/complete-job", api.complete_job, name="complete-job")
     app.router.add_post("/api/workers/fail-job", api.fail_job, name="fail-job")
     if api.extensions:

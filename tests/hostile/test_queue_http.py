@@ -412,6 +412,18 @@ async def test_routing_errors_are_json(client: httpx.AsyncClient, method: str, p
     assert "detail" in response.json()
 
 
+async def test_a_head_request_to_next_job_is_405_and_takes_no_job(
+    client: httpx.AsyncClient, queue: QueueManagerServer
+) -> None:
+    """HEAD is a safe method (uptime monitors and proxies send it), but aiohttp routes it to the GET handler: a
+    HEAD to next-job handed out the job to nobody, and three such probes failed it after three lease expiries."""
+    job = queue.store.submit("alice", WORKFLOW)
+    response = await client.head("/api/workers/next-job", params={"worker_id": "uptime-monitor"})
+    assert response.status_code == 405
+    assert queue.store.get(job.id).status is JobStatus.PENDING
+    assert (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json()["job"]["id"] == job.id
+
+
 async def test_a_deep_error_body_is_400_not_500(client: httpx.AsyncClient) -> None:
     body = '{"error": ' + _nested(5000) + "}"
     response = await client.post("/api/workers/fail-job", params={"job_id": "j"}, content=body)
