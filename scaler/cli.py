@@ -225,12 +225,18 @@ async def _run_loop(
     )
     if isinstance(backend, FleetBackend) and backend.alerts is not None:
         backend.alerts.start()
+    if settings.metrics_port:
+        try:
+            await server.start()
+        except OSError as exc:  # the port is taken, or the host is not one of this machine's addresses
+            log.error("metrics_server_failed", host=settings.metrics_host, port=settings.metrics_port,
+                      error=f"{type(exc).__name__}: {exc}",
+                      hint="check SCALER_METRICS_HOST and SCALER_METRICS_PORT (SCALER_METRICS_PORT=0: no metrics)")
+            return EXIT_FAILED
     stop = asyncio.Event()
     event_loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         event_loop.add_signal_handler(sig, stop.set)
-    if settings.metrics_port:
-        await server.start()
     try:
         await loop.run(stop)
     finally:

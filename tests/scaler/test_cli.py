@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 
 from scaler.cli import main
 
@@ -145,3 +146,20 @@ async def test_a_price_list_of_the_wrong_shape_exits_1_saying_so_and_writes_noth
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     [failed] = [entry for entry in logged if entry["event"] == "price_lookup_failed"]
     assert "SCALER_PRICE_PER_REPLICA_HOUR" in failed["hint"]
+
+
+async def test_a_metrics_port_that_cannot_be_bound_exits_1_naming_the_settings(cli_env, scaling_patches):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = {**os.environ, **cli_env, "SCALER_METRICS_HOST": "127.0.0.1", "SCALER_METRICS_PORT": port}
+        async with running_scaler(env) as process:
+            async with asyncio.timeout(30):
+                _, err = await process.communicate()
+    assert process.returncode == 1
+    logged = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    [failed] = [entry for entry in logged if entry["event"] == "metrics_server_failed"]
+    assert "SCALER_METRICS_PORT" in failed["hint"] and "SCALER_METRICS_HOST" in failed["hint"]
+    assert b"Traceback" not in err
+    assert scaling_patches() == [], "nothing is decided without the metrics it was asked to serve"
