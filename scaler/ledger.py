@@ -205,7 +205,10 @@ def write_json_atomically(path: Path, content: Any) -> None:
 
 
 def set_aside(path: Path) -> Path:
-    """Move an unreadable file to ``<name>.corrupt-<time>`` so that nothing overwrites it; returns where."""
+    """Move an unreadable file to ``<name>.corrupt-<time>`` so that nothing overwrites it; returns where.
+    Anything but a file (a directory given by mistake) stays where it is: it is not ours to move."""
+    if not path.is_file():
+        return path
     aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
     with contextlib.suppress(OSError):
         os.replace(path, aside)

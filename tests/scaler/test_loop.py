@@ -9,6 +9,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from scaler.ledger import CostLedger
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import PolicyState, Reason, ScalingConfig
@@ -311,3 +312,15 @@ async def test_a_tick_that_fails_unexpectedly_is_logged_and_the_loop_holds_and_g
         await task
     failed = [entry for entry in logs if entry["event"] == "scaler_tick_failed"]
     assert failed and failed[0]["log_level"] == "error" and "OverflowError" in failed[0]["error"]
+
+
+def test_a_state_file_path_that_is_a_directory_is_reported_and_left_where_it_is(tmp_path):
+    """SCALER_STATE_FILE=/var/lib/comfy-scaler (the directory, by mistake) must not get the directory renamed."""
+    (tmp_path / "scaler" / "kept.txt").parent.mkdir()
+    (tmp_path / "scaler" / "kept.txt").write_text("the operator's")
+    with capture_logs() as logs:
+        assert load_policy_state(tmp_path / "scaler") == PolicyState()
+        assert CostLedger.load(tmp_path / "scaler").spent_since(0) == 0
+    assert (tmp_path / "scaler" / "kept.txt").read_text() == "the operator's"
+    assert [entry["event"] for entry in logs] == ["policy_state_unreadable", "cost_ledger_unreadable"]
+    assert "IsADirectoryError" in logs[0]["error"]
