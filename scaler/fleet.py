@@ -101,6 +101,7 @@ class FleetBackend:
         self.stop_file = stop_file
         self._held = False
         self._not_stopped: set[str] = set()  # providers the kill switch has not reached yet
+        self._not_resumed: set[str] = set()  # ... and those its release has not reached yet
         self.move_log: deque[dict[str, Any]] = deque(maxlen=MOVE_LOG_SIZE)  # recent moves and health changes
         self.config = config
         self.ledger = ledger or CostLedger()
@@ -164,10 +165,13 @@ class FleetBackend:
             self._not_stopped = failed
         elif not stopped and self._held:
             log.info("kill_switch_released", stop_file=str(self.stop_file))
-            await self._on_members(lambda b: b.resume(), "resume", set(self.members))
-            self._held, self._not_stopped = False, set()
+            self._held, self._not_stopped, self._not_resumed = False, set(), set(self.members)
+        if not stopped and self._not_resumed:
+            # Likewise, a provider that could not be resumed is asked again at every tick.
+            failed = await self._on_members(lambda b: b.resume(), "resume", self._not_resumed)
+            resumed, self._not_resumed = self._not_resumed - failed, failed
             # Paused by the kill switch is not a fault of the provider: no back-off to sit out.
-            health = {name: ProviderHealth() if h.degraded is DegradedReason.PAUSED else h
+            health = {name: ProviderHealth() if name in resumed and h.degraded is DegradedReason.PAUSED else h
                       for name, h in self.state.health.items()}
             self.state = replace(self.state, health=health)
         return stopped

@@ -185,3 +185,23 @@ async def test_a_ledger_that_cannot_be_saved_is_logged_and_the_fleet_still_scale
     assert verda_scaling() == (1, 1) and len(view.replicas) == 1
     assert fleet.ledger.spent_since(wall() - 3600) > 0, "the charges are kept in memory"
     assert "cost_ledger_save_failed" in [entry["event"] for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_a_kill_switch_released_while_the_api_is_down_resumes_the_provider_once_it_answers(
+    fleet, fake_verda: FakeVerda, wall, tmp_path
+):
+    fleet.stop_file = tmp_path / "ledger.json.stopped"
+    await fleet.observe()
+    await fleet.apply(1)
+    fleet.stop_file.write_text("stopped\n")
+    wall.advance(15)
+    await fleet.observe()
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    fleet.stop_file.unlink()  # comfy-scaler resume, whose own resume call failed too
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/resume", 503, times=2)
+    wall.advance(15)
+    await fleet.observe()
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused", "the API was down: nothing landed yet"
+    wall.advance(15)
+    await fleet.observe()
+    assert fake_verda.deployments[DEPLOYMENT].status == "healthy", "resumed once the API answers"
