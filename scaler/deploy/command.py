@@ -14,9 +14,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from common.logs import configure_logging, register_secret
+from common.urls import url_credentials
 from scaler.deploy.errors import EXIT_USAGE
 
 PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Values no log line may show (the scrubber masks them wherever they appear).
+SECRET_ENV = ("VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "QUEUE_MANAGER_TOKEN")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,4 +50,15 @@ async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    fmt, level = os.environ.get("LOG_FORMAT") or "auto", (os.environ.get("LOG_LEVEL") or "info").lower()
+    if fmt not in LOG_FORMATS or level not in LOG_LEVELS:
+        print(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)} and LOG_LEVEL one of {', '.join(LOG_LEVELS)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    # Log lines (retries, waits) go to stderr as in every process, apart from what the deploy prints.
+    configure_logging(fmt, level)
+    for name in SECRET_ENV:
+        register_secret(os.environ.get(name))
+    for credential in url_credentials(os.environ.get("QUEUE_MANAGER_URL", "")):
+        register_secret(credential)
     return asyncio.run(deploy_main(argv))

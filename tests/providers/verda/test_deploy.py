@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,3 +280,22 @@ async def test_a_url_without_credentials_stays_plain(spec_path: Path, deploy_env
     env = build_body(load_spec(spec_path, deploy_env))["containers"][0]["env"]
     plain = {"name": "QUEUE_MANAGER_URL", "value_or_reference_to_secret": "https://queue.example.com", "type": "plain"}
     assert plain in env
+
+
+async def test_the_deploy_logs_json_lines_to_stderr_apart_from_its_output(fake: FakeVerda, deploy_env) -> None:
+    """Its retries were printed with structlog's defaults: console text on stdout, among the lines it prints."""
+    env = {**os.environ, **deploy_env, "PYTHONPATH": str(REPO)}
+    env.pop("LOG_FORMAT", None)
+    assert await deploy_main([], deploy_env) == 0
+    fake.fail_next(f"/container-deployments/{NAME}", 503, method="GET")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scaler.deploy", "status", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert "verda_request_retry" not in out.decode()
+    assert out.decode().startswith("status: ")
+    logged = [json.loads(line) for line in err.decode().splitlines()]
+    assert "verda_request_retry" in [entry["event"] for entry in logged]
