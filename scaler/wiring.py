@@ -33,6 +33,7 @@ log = structlog.get_logger()
 LOCAL_BILLING = BillingRule()  # per second; its price is what the operator says this machine costs
 KILL_CONFIRM_TIMEOUT_S = 120.0  # Verda: SIGTERM, 30 s grace, then the replica leaves the list
 KILL_CONFIRM_POLL_S = 5.0
+KILL_SWITCH_FILE = "kill switch file"  # reported among the providers when it cannot be written
 # The scaler's own credentials: a local worker has no use for them.
 WITHHELD_FROM_WORKERS = frozenset(
     {"VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "SCALER_ALERT_WEBHOOK_URL"}
@@ -200,11 +201,17 @@ async def stop_all(
 ) -> list[StopResult]:
     """`comfy-scaler stop --all`: every provider at once, each confirmed from its own state. The stop file is
     written first, so a running scaler holds everything at zero too (RunPod has no pause of its own)."""
+    results: list[StopResult] = []
     stop_file = stop_file_for(settings)
     if stop_file is not None:
-        stop_file.parent.mkdir(parents=True, exist_ok=True)
-        stop_file.write_text(f"stopped by comfy-scaler stop --all at {time.time():.0f}\n")
-    results: list[StopResult] = []
+        try:
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.write_text(f"stopped by comfy-scaler stop --all at {time.time():.0f}\n")
+        except OSError as exc:  # a full disk must not keep the providers from being stopped
+            results.append(StopResult(
+                KILL_SWITCH_FILE, False, f"{stop_file} not written ({type(exc).__name__}: {exc}): a running scaler "
+                "may start replicas again; stop it too"[:400],
+            ))
     backends: list[tuple[str, Backend]] = []
     for name in names:
         try:
@@ -231,6 +238,10 @@ async def stop_all(
     if settings.ledger_file:
         ledger = CostLedger.load(settings.ledger_file)
         ledger.alerts = book.to_json()
-        ledger.save(settings.ledger_file)
+        try:
+            ledger.save(settings.ledger_file)
+        except OSError as exc:
+            log.error("cost_ledger_save_failed", path=str(settings.ledger_file), error=f"{type(exc).__name__}: {exc}",
+                      hint="the kill switch alert may be sent again today")
     order = {name: i for i, name in enumerate(names)}
     return sorted(results, key=lambda r: order.get(r.provider, len(order)))

@@ -76,6 +76,22 @@ async def test_stop_all_exits_1_naming_the_providers_it_could_not_stop(
     assert "could not stop local, verda" in err
 
 
+async def test_stop_all_still_stops_every_provider_when_the_kill_switch_file_cannot_be_written(
+    fleet_env, monkeypatch, make_verda_client, fake_verda, verda_scaling, capsys, tmp_path
+):
+    """The disk that filled up at 2 a.m. must not turn the emergency stop into a traceback that stops nothing."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SCALER_LEDGER_FILE", str(tmp_path / "a-file" / "ledger.json"))  # like a full disk
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(2)
+    await backend.aclose()
+    assert await cli("stop", "--all") == 1
+    assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+    captured = capsys.readouterr()
+    assert "verda: stopped" in captured.out
+    assert "kill switch file" in captured.err and "a running scaler" in captured.err
+
+
 async def test_stop_is_not_confirmed_while_the_provider_still_lists_replicas(fleet_env, make_verda_client,
                                                                             fake_verda):
     backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
