@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import resource
 import signal
 import sys
 
@@ -16,6 +15,7 @@ import structlog
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, settings_from_env
 from queue_manager.models import QueueMode
@@ -146,25 +146,6 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await server.stop()
-
-
-# Past the kernel's default ceiling (fs.nr_open) the raise fails; a million connections is plenty anyway.
-_MAX_OPEN_FILES = 1 << 20
-
-
-def allow_many_connections() -> None:
-    """Raise the soft open-file limit to the hard one. Each connection holds a file descriptor, and containers
-    often start at 1024: a thousand idle clients then left the queue unable to accept any connection, /health
-    included, for as long as they stayed (aiohttp closes an idle one after an hour)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = _MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MAX_OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (OSError, ValueError) as exc:
-            log.warning("open_files_limit_not_raised", soft=soft, hard=hard, error=str(exc))
-            return
-        log.info("open_files_limit_raised", soft=soft, to=wanted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import sys
 
 import structlog
 
+from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError
 from supervisor.config import SupervisorSettings, load_supervisor_settings
@@ -55,6 +56,7 @@ def main() -> int:
         sys.stderr.write("\n".join(problems) + "\n")
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    allow_many_connections()
     if settings.queue_manager_token is not None:
         register_secret(settings.queue_manager_token.get_secret_value())
     log = structlog.get_logger()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, env_name
 from worker.config import WorkerSettings, load_settings
@@ -36,6 +37,7 @@ def main() -> int:
             print(MISSING_PEER_HINT, file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    allow_many_connections()
     if settings.queue_manager_token:
         register_secret(settings.queue_manager_token.get_secret_value())
     return asyncio.run(serve(settings))

@@ -59,8 +59,11 @@ def is_running(pid: int) -> bool:
 class SupervisorProcess:
     """One `python -m supervisor` with its output captured; its health server on a known port."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, health_port: int) -> None:
+    def __init__(
+        self, env: dict[str, str], cwd: Path, health_port: int, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         self.env = env
+        self.preexec_fn = preexec_fn
         self.cwd = cwd
         self.health_url = f"http://127.0.0.1:{health_port}"
         self.process: asyncio.subprocess.Process | None = None
@@ -74,7 +77,7 @@ class SupervisorProcess:
         self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "supervisor",
-            env=self.env, cwd=self.cwd,
+            env=self.env, cwd=self.cwd, preexec_fn=self.preexec_fn,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         self._readers = [
@@ -201,8 +204,8 @@ def base_env(tmp_path: Path, queue_manager: QueueManagerServer) -> dict[str, str
 async def run_supervisor(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, str]], Any]]:
     started: list[SupervisorProcess] = []
 
-    async def run(env: dict[str, str]) -> SupervisorProcess:
-        supervisor = SupervisorProcess(env, tmp_path, int(env.get("HEALTH_PORT", "8000")))
+    async def run(env: dict[str, str], preexec_fn: Callable[[], None] | None = None) -> SupervisorProcess:
+        supervisor = SupervisorProcess(env, tmp_path, int(env.get("HEALTH_PORT", "8000")), preexec_fn)
         started.append(supervisor)
         await supervisor.start()
         return supervisor
