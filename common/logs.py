@@ -11,14 +11,19 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 import structlog
+
+from common.urls import is_secret_parameter
 
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
 _secret_values: set[str] = set()
 # Credentials inside any URL in free text (an error message, a traceback): scheme://user:password@host ->
 # scheme://***@host, as common.urls.redact_url shows a single URL.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
+# ... and the values of query parameters named like credentials (?token=..., &api_key=...).
+_QUERY_PARAMETER = re.compile(r"(?P<lead>[?&](?P<name>[A-Za-z0-9_.%-]+)=)(?P<value>[^&#\s\"'<>]+)")
 
 
 def register_secret(value: str | None) -> None:
@@ -30,10 +35,15 @@ def register_secret(value: str | None) -> None:
 def scrub(text: str) -> str:
     """`text` without URL credentials or registered secrets."""
     text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    text = _QUERY_PARAMETER.sub(_redact_query_value, text)
     for secret in _secret_values:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def _redact_query_value(match: re.Match[str]) -> str:
+    return match["lead"] + "***" if is_secret_parameter(unquote(match["name"])) else match[0]
 
 
 def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:

@@ -1,17 +1,34 @@
-"""URLs that may carry credentials (https://user:password@host/…): detect them, and show them without."""
+"""URLs that may carry credentials: detect them, and show them without.
+
+A credential is the user name and password (``https://user:password@host/…``), or the value of a query
+parameter named like one (``…?token=…``, ``&api_key=…``, ``&X-Amz-Signature=…``).
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+# The words of a query parameter's name (split at "_", "-", ".") that make its value a credential.
+_SECRET_WORDS = frozenset(
+    {"token", "secret", "password", "passwd", "pwd", "key", "apikey", "signature", "sig", "auth", "credential",
+     "credentials"}
+)
+
+
+def is_secret_parameter(name: str) -> bool:
+    return any(word in _SECRET_WORDS for word in re.split(r"[_.\-]", name.lower()))
 
 
 def url_credentials(url: str) -> list[str]:
-    """The user name and password in `url`, those present (for common.logs.register_secret)."""
+    """The user name, password and secret query values in `url`, those present (for common.logs.register_secret)."""
     try:
         parts = urlsplit(url)
+        query = parse_qsl(parts.query)
     except ValueError:
         return []
-    return [value for value in (parts.username, parts.password) if value]
+    values = [parts.username, parts.password, *(value for name, value in query if is_secret_parameter(name))]
+    return [value for value in values if value]
 
 
 def url_has_credentials(url: str) -> bool:
@@ -19,9 +36,18 @@ def url_has_credentials(url: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` with its user name and password replaced by ***, for output, status pages and logs."""
+    """`url` with its user name, password and secret query values replaced by ***, for output, status pages
+    and logs."""
     if not url_has_credentials(url):
         return url
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    netloc = parts.netloc
+    if parts.username or parts.password:
+        netloc = f"***@{netloc.rpartition('@')[2]}"
+    query = "&".join(_redact_parameter(pair) for pair in parts.query.split("&"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_parameter(pair: str) -> str:
+    name, has_value, value = pair.partition("=")
+    return f"{name}=***" if has_value and value and is_secret_parameter(unquote(name)) else pair

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import structlog
 
-from common.logs import configure_logging, register_secret
+from common.logs import configure_logging, register_secret, scrub
+from common.urls import redact_url, url_credentials, url_has_credentials
 from queue_manager import QueueManagerServer
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
@@ -81,3 +82,32 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
     await child.wait()
     await child.stop()
     assert "child-must-not-see-this" not in dump.read_text()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secrets"),
+    [
+        ("https://user:pw-1@queue.example.com/api", "https://***@queue.example.com/api", ["user", "pw-1"]),
+        ("https://queue.example.com/api?token=tk-2", "https://queue.example.com/api?token=***", ["tk-2"]),
+        ("https://q.example.com/?region=eu&api_key=k-3&sort=new", "https://q.example.com/?region=eu&api_key=***&sort=new",
+         ["k-3"]),
+        ("https://b.example.com/o?X-Amz-Signature=s-4&X-Amz-Date=1", "https://b.example.com/o?X-Amz-Signature=***&X-Amz-Date=1",
+         ["s-4"]),
+        ("https://u:p-5@q.example.com/?access%5Ftoken=t-5", "https://***@q.example.com/?access%5Ftoken=***", ["u", "p-5", "t-5"]),
+        ("https://queue.example.com/api?design=a&monkey=b", "https://queue.example.com/api?design=a&monkey=b", []),
+    ],
+)
+def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:
+    assert url_credentials(url) == secrets
+    assert url_has_credentials(url) == bool(secrets)
+    assert redact_url(url) == shown
+    assert scrub(f"GET {url} failed") == f"GET {shown} failed"
+
+
+def test_a_token_in_a_urls_query_never_reaches_a_log_line(log_buffer: io.StringIO) -> None:
+    structlog.get_logger().error(
+        "Queue manager unreachable", error="ConnectError for https://queue.example.com/api/jobs?token=qs-token-91"
+    )
+    structlog.get_logger().info("Worker started", queue_manager="https://queue.example.com/?auth=qs-auth-17")
+    assert "qs-token-91" not in log_buffer.getvalue() and "qs-auth-17" not in log_buffer.getvalue()
+    assert "token=***" in log_buffer.getvalue()

@@ -97,6 +97,11 @@ async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch,
     assert report["queue"]["url"].startswith("http://***@127.0.0.1:")
     assert report["settings"]["queue_manager_url"].startswith("http://***@127.0.0.1:")
     assert "url-pass-do-not-log" not in out + err
+    monkeypatch.setenv("QUEUE_MANAGER_URL", f"{qm.url}/?token=url-pass-do-not-log")
+    await cli("status", "--json")  # the queue answers 404 to paths after a query; the URL is still shown
+    out, err = capsys.readouterr()
+    assert json.loads(out)["queue"]["url"].endswith("?token=***")
+    assert "url-pass-do-not-log" not in out + err
     monkeypatch.setenv("QUEUE_MANAGER_URL", "http://worker:url-pass-do-not-log@127.0.0.1:9")
     monkeypatch.setenv("LOG_LEVEL", "debug")
     assert await cli("once") == 1

@@ -255,8 +255,12 @@ async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
 # --- a queue-manager URL with credentials -----------------------------------------------------
 
 
-async def test_a_url_with_a_password_is_deployed_as_a_secret(fake: FakeVerda, deploy_env, capsys) -> None:
-    url = "https://worker:url-password-do-not-log@queue.example.com/api"
+@pytest.mark.parametrize(
+    "url",
+    ["https://worker:url-password-do-not-log@queue.example.com/api",
+     "https://queue.example.com/api?token=url-password-do-not-log"],
+)
+async def test_a_url_with_a_password_is_deployed_as_a_secret(url: str, fake: FakeVerda, deploy_env, capsys) -> None:
     env = {**deploy_env, "QUEUE_MANAGER_URL": url}
     assert await deploy_main(["--dry-run"], env) == 0
     out, err = capsys.readouterr()
