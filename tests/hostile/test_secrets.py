@@ -93,7 +93,8 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
          ["k-3"]),
         ("https://b.example.com/o?X-Amz-Signature=s-4&X-Amz-Date=1", "https://b.example.com/o?X-Amz-Signature=***&X-Amz-Date=1",
          ["s-4"]),
-        ("https://u:p-5@q.example.com/?access%5Ftoken=t-5", "https://***@q.example.com/?access%5Ftoken=***", ["u", "p-5", "t-5"]),
+        ("https://u:p-5@q.example.com/?access%5Ftoken=t-5", "https://***@q.example.com/?access%5Ftoken=***",
+         ["u", "p-5", "t-5"]),
         ("https://queue.example.com/api?design=a&monkey=b", "https://queue.example.com/api?design=a&monkey=b", []),
     ],
 )
