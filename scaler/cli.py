@@ -310,7 +310,15 @@ async def _stop_all(settings: ScalerSettings) -> int:
 
 
 async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
-    if release_stop_file(settings):
+    try:
+        released = release_stop_file(settings)
+    except OSError as exc:
+        # Resuming the providers now would only have a running scaler stop them again at its next tick.
+        print(f"resume failed: cannot remove the kill switch {exc.filename}: {exc.strerror or exc}. Remove it "
+              "yourself, then run comfy-scaler resume again; while it exists a running scaler keeps every "
+              "provider stopped.", file=sys.stderr)
+        return EXIT_FAILED
+    if released:
         print("kill switch removed: a running scaler resumes every provider at its next tick")
     async with _opened(settings) as (backend, _):
         try:

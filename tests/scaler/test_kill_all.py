@@ -92,6 +92,22 @@ async def test_stop_all_still_stops_every_provider_when_the_kill_switch_file_can
     assert "kill switch file" in captured.err and "a running scaler" in captured.err
 
 
+async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_resumes_nothing(
+    fleet_env, fake_verda, verda_scaling, capsys, tmp_path
+):
+    """A kill switch on a read-only or broken volume: a traceback left the operator guessing what was resumed."""
+    assert await cli("stop", "--all") == 0
+    (tmp_path / "ledger.json.stopped").unlink()
+    (tmp_path / "ledger.json.stopped").mkdir()  # exists, and unlink() fails (EISDIR) as on a read-only volume
+    (tmp_path / "ledger.json.stopped" / "keep").write_text("")
+    capsys.readouterr()
+    assert await cli("resume") == 1
+    err = capsys.readouterr().err
+    assert "resume failed: cannot remove the kill switch" in err and "ledger.json.stopped" in err
+    assert "Traceback" not in err
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused", "a running scaler would stop it again"
+
+
 async def test_stop_is_not_confirmed_while_the_provider_still_lists_replicas(fleet_env, make_verda_client,
                                                                             fake_verda):
     backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
