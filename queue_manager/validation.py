@@ -17,6 +17,9 @@ M = TypeVar("M", bound=BaseModel)
 
 # A workflow is ~5 levels deep; metadata rarely more. Beyond this a body is an attack, not a job.
 MAX_JSON_DEPTH = 64
+# A 5000-node workflow has ~100 000 values. Each parsed value costs ~150 bytes of memory against its 2-3 bytes of
+# text ("{}," parses to a dict): unbounded, a 50 MB body of them peaked at 2.4 GB while parsed.
+MAX_JSON_VALUES = 1_000_000
 # 2**64 - 1 (ComfyUI's largest seed) has 20 digits. Python refuses ints over 4300 digits with a ValueError.
 MAX_INT_DIGITS = 20
 # A lone surrogate arrives escaped (\ud800) or as raw bytes json.loads lets through ("surrogatepass"): UTF-8 never
@@ -62,6 +65,9 @@ def strict_json_loads(raw: bytes | bytearray) -> Any:
     Raises RefusedJson naming the field; json.JSONDecodeError / UnicodeDecodeError for text that is not JSON.
     The common case (nothing refused) costs one pass over the containers; paths are only built to name a field.
     """
+    # Every value after a container's first follows a comma: an upper bound, counted before anything is built.
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1 > MAX_JSON_VALUES:
+        raise RefusedJson((), f"more than {MAX_JSON_VALUES} JSON values (items, keys, arrays, objects)")
     refused = []
 
     def mark(value: Any) -> Any:

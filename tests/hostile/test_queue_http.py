@@ -55,6 +55,7 @@ STRICT_JSON_CASES = {
     "100-deep-metadata": ('{"user_id":"a","workflow":{"1":{}},"metadata":{"m":' + _nested(100) + "}}", "metadata.m"),
     "lone-surrogate-value": ('{"user_id":"a","workflow":{"1":{"inputs":{"t":"\\ud800"}}}}', "workflow.1.inputs.t"),
     "lone-surrogate-key": ('{"user_id":"a","workflow":{"1":{"\\udfff":1}}}', "workflow.1"),
+    "a-million-values": (W + '{"inputs":{"v":[' + "{}," * 1_000_000 + "{}]}}}}", "body"),
 }
 
 
