@@ -1,7 +1,8 @@
 """./dev image-test: build Dockerfile.serverless, run the image as Verda would, check it, clean up.
 
 Settings (environment):
-  COMFYUI_SRC           a ComfyUI release tarball to build from instead of downloading it from GitHub
+  COMFYUI_SRC           the ComfyUI release tarball to build from (default: the one committed in
+                        image_test/comfyui/), or "github" to download the release as the Dockerfile does
   IMAGE_TEST_DATA_ROOT  the Docker data root when the test starts its own dockerd (default
                         /var/lib/comfyui-image-test/docker; ~20 GB free needed; kept for warm rebuilds)
 """
@@ -25,6 +26,15 @@ from image_test.engine import docker_engine, one_run_at_a_time
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = Path("/var/lib/comfyui-image-test/docker")
 BUILD_CACHE_KEEP = "12GB"
+# The ComfyUI the image is tested with, committed so the test needs no GitHub (image_test/comfyui/README.md).
+PINNED_COMFYUI = REPO / "image_test" / "comfyui" / "comfyui-0.8.0.tar.gz"
+
+
+def _comfyui_source(setting: str) -> Path | None:
+    """COMFYUI_SRC: a tarball's path, "github" (None: the Dockerfile downloads it), or unset: the pinned one."""
+    if setting == "github":
+        return None
+    return Path(setting) if setting else PINNED_COMFYUI
 
 
 def main() -> int:
@@ -32,7 +42,7 @@ def main() -> int:
     # and the host network restored on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     data_root = Path(os.environ.get("IMAGE_TEST_DATA_ROOT") or DEFAULT_DATA_ROOT)
-    comfyui_src = Path(os.environ["COMFYUI_SRC"]) if os.environ.get("COMFYUI_SRC") else None
+    comfyui_src = _comfyui_source(os.environ.get("COMFYUI_SRC", ""))
     started = time.monotonic()
     workdir = data_root.parent / "last-run"  # build and container logs stay here until the next run
     try:
@@ -49,7 +59,7 @@ def main() -> int:
     except DockerError as exc:
         print(f"image-test FAILED: {exc}", file=sys.stderr, flush=True)
         if comfyui_src is None and "github.com" in str(exc):
-            print("GitHub unreachable? Set COMFYUI_SRC to a ComfyUI release tarball.", file=sys.stderr)
+            print("GitHub unreachable? Leave COMFYUI_SRC unset to build from the committed tarball.", file=sys.stderr)
         return 1
     ready_s = report.figures.get("run_to_ready_s")
     print(f"build {image.seconds:.0f} s ({image.cached_steps} of {image.steps} steps cached), "
