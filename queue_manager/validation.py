@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from common.text import encodes_as_utf8
+
 ValidationErrors = list[dict[str, Any]]
 M = TypeVar("M", bound=BaseModel)
 
@@ -114,19 +116,11 @@ def _locate_refusal(value: Any, check_strings: bool) -> None:
                 raise RefusedJson(path, f"nested deeper than {MAX_JSON_DEPTH} levels")
             children = item.items() if isinstance(item, dict) else enumerate(item)
             for key, child in children:
-                if check_strings and isinstance(key, str) and not _encodable(key):
+                if check_strings and isinstance(key, str) and not encodes_as_utf8(key):
                     raise RefusedJson(path, "a key holds a lone UTF-16 surrogate (not valid Unicode)")
                 stack.append((child, (*path, key)))
-        elif check_strings and isinstance(item, str) and not _encodable(item):
+        elif check_strings and isinstance(item, str) and not encodes_as_utf8(item):
             raise RefusedJson(path, "a lone UTF-16 surrogate is not valid Unicode")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _too_deep_at(raw: bytes | bytearray) -> tuple[str | int, ...]:

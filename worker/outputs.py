@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from common.text import encodes_as_utf8
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, FileNotServed
 
 log = structlog.get_logger()
@@ -77,17 +78,9 @@ def relative_output_path(subfolder: str, filename: str) -> PurePosixPath:
     relative = PurePosixPath(subfolder.replace("\\", "/")) / filename.replace("\\", "/")
     if relative.is_absolute() or any(part in ("..", "") for part in relative.parts) or "\0" in str(relative):
         raise OutputDeliveryError(f"unsafe output path from ComfyUI: subfolder={subfolder!r} filename={filename!r}")
-    if not _is_utf8(str(relative)):  # a lone surrogate from ComfyUI's JSON: no file name, nor reportable
+    if not encodes_as_utf8(str(relative)):  # a lone surrogate from ComfyUI's JSON: no file name, nor reportable
         raise OutputDeliveryError(f"output path from ComfyUI is not valid UTF-8: {str(relative)!a}")
     return relative
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _inside(path: Path, root: Path) -> bool:
