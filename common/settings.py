@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import AliasChoices, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
+
+
+class LogSettings(BaseSettings):
+    """LOG_FORMAT and LOG_LEVEL, read the same by every process (common.logs.configure_logging takes them)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
+    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
 
 
 class ConfigError(Exception):

@@ -13,11 +13,11 @@ import sys
 
 import structlog
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, settings_from_env
+from common.settings import ConfigError, LogSettings, settings_from_env
 from queue_manager.models import QueueMode
 from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
@@ -31,7 +31,7 @@ log = structlog.get_logger()
 TOKEN_ENV = "QUEUE_MANAGER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
-class QueueManagerEnv(BaseSettings):
+class QueueManagerEnv(LogSettings):
     """What the queue manager reads from the environment (flags, where they exist, win)."""
 
     model_config = SettingsConfigDict(extra="ignore")
@@ -48,8 +48,6 @@ class QueueManagerEnv(BaseSettings):
         allow_inf_nan=False,
         validation_alias="FINISHED_JOB_RETENTION_S",
     )
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
-    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
 
 
 def _seconds(text: str) -> float:

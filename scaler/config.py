@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from common.settings import ConfigError, env_name, settings_from_env
+from common.settings import ConfigError, LogSettings, env_name, settings_from_env
 from common.urls import redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import BillingAnchor
@@ -32,7 +32,7 @@ def _scaler(name: str) -> str:
     return f"SCALER_{name.upper()}"
 
 
-class ScalerSettings(BaseSettings):
+class ScalerSettings(LogSettings):
     # allow_inf_nan=False: "inf" or "nan" as an interval would stop the loop after one pass (then /health: wedged).
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -76,8 +76,6 @@ class ScalerSettings(BaseSettings):
     alert_webhook_url: SecretStr | None = Field(default=None, validation_alias="SCALER_ALERT_WEBHOOK_URL")
     alert_format: AlertFormat = Field(default=AlertFormat.SLACK, validation_alias="SCALER_ALERT_FORMAT")
     alert_dry_run: bool = Field(default=False, validation_alias="SCALER_ALERT_DRY_RUN")
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
-    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
 
     # The policy (scaler.policy.ScalingConfig), same names with SCALER_ in front.
     min_replicas: int = Field(default=DEFAULTS.min_replicas, ge=0, validation_alias=_scaler("min_replicas"))

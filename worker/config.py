@@ -7,9 +7,9 @@ import uuid
 from pathlib import Path
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from common.settings import settings_from_env
+from common.settings import LogSettings, settings_from_env
 
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
@@ -19,7 +19,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(LogSettings):
     # allow_inf_nan=False: "inf" or "nan" in a duration would stop a loop after one pass, or never end a wait.
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True, allow_inf_nan=False
@@ -51,8 +51,6 @@ class WorkerSettings(BaseSettings):
     http_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="HTTP_TIMEOUT_S")
     heartbeat_timeout_s: float = Field(default=120.0, gt=0, le=WEEK_S, validation_alias="HEARTBEAT_TIMEOUT_S")
     warmup_workflow: Path | None = Field(default=None, validation_alias="WARMUP_WORKFLOW")
-    log_format: str = Field(default="auto", pattern="^(auto|json|console)$", validation_alias="LOG_FORMAT")
-    log_level: str = Field(default="info", pattern="(?i)^(debug|info|warning|error)$", validation_alias="LOG_LEVEL")
 
     @field_validator("worker_id")
     @classmethod

@@ -14,15 +14,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydantic_settings import SettingsConfigDict
+
 from common.logs import configure_logging, register_secret
+from common.settings import ConfigError, LogSettings, settings_from_env
 from common.urls import url_credentials
 from scaler.deploy.errors import EXIT_USAGE
 
 PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
-LOG_FORMATS = ("auto", "json", "console")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 # Values no log line may show (the scrubber masks them wherever they appear).
 SECRET_ENV = ("VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "QUEUE_MANAGER_TOKEN")
+
+
+class DeployLogSettings(LogSettings):
+    """As comfy-scaler reads them: an empty variable is unset."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,13 +57,13 @@ async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    fmt, level = os.environ.get("LOG_FORMAT") or "auto", (os.environ.get("LOG_LEVEL") or "info").lower()
-    if fmt not in LOG_FORMATS or level not in LOG_LEVELS:
-        print(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)} and LOG_LEVEL one of {', '.join(LOG_LEVELS)}",
-              file=sys.stderr)
+    try:
+        logging = settings_from_env(DeployLogSettings, "deploy")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_USAGE
     # Log lines (retries, waits) go to stderr as in every process, apart from what the deploy prints.
-    configure_logging(fmt, level)
+    configure_logging(logging.log_format, logging.log_level)
     for name in SECRET_ENV:
         register_secret(os.environ.get(name))
     for credential in url_credentials(os.environ.get("QUEUE_MANAGER_URL", "")):
