@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from common.urls import is_secret_parameter
 
@@ -75,6 +76,29 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
         cache_logger_on_first_use=False,
     )
     _route_stdlib_logging(shared, renderer, level, stream)
+    _quiet_malformed_requests()
+
+
+class _MalformedRequestAsWarning(logging.Filter):
+    """aiohttp logs a request it cannot parse (a port scan, a broken client; answered 400) as an error with a
+    traceback, which reads as a server failure at 2 a.m. It is the client's fault: one warning line, no traceback.
+    A handler's own exception (a 500) stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = (exc.message.splitlines() or [""])[0].rstrip(":")
+            record.msg = f"Malformed HTTP request refused ({exc.code}): {record.getMessage()}: {reason}"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_malformed_requests() -> None:
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequestAsWarning) for f in server_logger.filters):
+        server_logger.addFilter(_MalformedRequestAsWarning())
 
 
 def _route_stdlib_logging(shared: list, renderer: object, level: str, stream) -> None:

@@ -164,3 +164,39 @@ async def test_cli_bad_environment_exits_2_naming_the_variable(
     )  # fmt: skip
     assert code == 2
     assert variable in err
+
+
+@pytest.mark.parametrize(
+    ("request_head", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "Invalid character in Content-Length"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "Got more than 8190 bytes"),
+    ],
+)
+async def test_a_malformed_request_is_one_warning_line_not_an_error_with_a_traceback(
+    tmp_path: Path, request_head: bytes, reason: str
+) -> None:
+    """aiohttp logged a request it could not parse at error level with a 30-line traceback: a port scan read as
+    a server failure in the operator's log."""
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), env={"LOG_FORMAT": "json"})
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request_head)
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        writer.close()
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            await process.wait()
+    assert answer.startswith(b"HTTP/1.0 400"), answer
+    events = [json.loads(line) for line in output.splitlines()]
+    refused = [e for e in events if e.get("logger") == "aiohttp.server"]
+    assert [(e["level"], "exception" in e) for e in refused] == [("warning", False)], refused
+    assert refused[0]["event"].startswith("Malformed HTTP request refused (400): Error handling request from 127.0.0.1")
+    assert reason in refused[0]["event"]
+    assert not [e for e in events if e["level"] == "error"], output
