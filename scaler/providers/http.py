@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -32,13 +32,18 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 def parse_timestamp(value: Any) -> datetime | None:
-    """ISO-8601 timestamp (with a trailing Z or an offset), or None when absent or malformed."""
+    """ISO-8601 timestamp, always with a time zone; None when absent or malformed.
+
+    One without an offset is UTC: the providers do not document the offset, and read as local time it would
+    move every replica's start (and so its billing boundaries) by the scaler host's UTC offset.
+    """
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 class TransientRetry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -187,3 +188,36 @@ async def test_a_replica_listed_as_started_in_year_1_is_billed_for_the_last_day_
         assert loop.state.ledger.spent_since(time.time() - 86_400) == pytest.approx(145.0, abs=1.0)
     finally:
         await backend.aclose()
+
+
+@pytest.fixture
+def five_hours_behind_utc():
+    """The test process's local time zone is UTC-5 (POSIX rule: no tz database needed)."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "EST5"
+    time.tzset()
+    yield
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+async def test_a_started_at_without_an_offset_is_utc_whatever_the_hosts_zone(
+    make_verda_client, fake_verda: FakeVerda, five_hours_behind_utc
+):
+    """Read as local time it moved each replica's start, and so its billing boundaries, by the host's offset."""
+    assert time.timezone == 5 * 3600
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, body={"list": [
+        {"id": "naive", "status": "running", "started_at": "2026-12-01T09:00:00"},
+        {"id": "zulu", "status": "running", "started_at": "2026-12-01T09:00:00Z"},
+        {"id": "offset", "status": "running", "started_at": "2026-12-01T10:00:00+01:00"},
+    ]})
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    try:
+        view = await backend.observe()
+    finally:
+        await backend.aclose()
+    nine_utc = datetime(2026, 12, 1, 9, tzinfo=UTC).timestamp()
+    assert {r.id: r.started_at for r in view.replicas} == {"naive": nine_utc, "zulu": nine_utc, "offset": nine_utc}
