@@ -23,7 +23,7 @@ from rich.table import Table
 
 from common.logs import configure_logging, register_secret
 from common.urls import redact_url, url_credentials
-from scaler.config import ConfigError, ScalerSettings, load_settings
+from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_settings
 from scaler.fleet import FleetBackend, FleetStopError
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
@@ -175,6 +175,20 @@ async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
     return Pricing(settings.scaling_config(price), "verda")
 
 
+def refuse_budget_conflicts(settings: ScalerSettings, backend: Backend, pricing: Pricing) -> bool:
+    """True, having said why on stderr, when the budgets cannot pay for SCALER_MIN_REPLICAS at the price now
+    known (a fleet: its cheapest provider's)."""
+    if isinstance(backend, FleetBackend):
+        price = min((m.spec.price_per_hour for m in backend.members.values()), default=0.0)
+    else:
+        price = pricing.config.price_per_replica_hour
+    conflicts = budget_conflicts(settings, price)
+    if conflicts:
+        log.error("budget_below_min_replicas", price_per_replica_hour=price, problems=conflicts)
+        print("Invalid scaler configuration:\n" + "\n".join(f"  {line}" for line in conflicts), file=sys.stderr)
+    return bool(conflicts)
+
+
 def _platform_error(exc: Exception) -> str:
     if isinstance(exc, VerdaAPIError) and exc.status in (401, 403):
         return f"{exc} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
@@ -209,6 +223,8 @@ async def _run_loop(
     if pricing.error:
         log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
         return EXIT_FAILED
+    if refuse_budget_conflicts(settings, backend, pricing):
+        return EXIT_USAGE
     config = pricing.config
     if config.billing_aware and config.scale_down_lead_s < VERDA_STOP_GRACE_S + settings.interval_s:
         log.warning(
@@ -252,6 +268,8 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
         if pricing.error:
             log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
             return EXIT_FAILED
+        if refuse_budget_conflicts(settings, backend, pricing):
+            return EXIT_USAGE
         loop = ScalerLoop(
             pricing.config, backend, queue, dry_run=args.dry_run,
             failure_alert_after=settings.failure_alert_after, state=_load_state(settings),

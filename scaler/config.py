@@ -6,6 +6,7 @@ its meaning: docs/scaler.md.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -16,7 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from common.settings import ConfigError, LogSettings, env_name, settings_from_env
 from common.urls import redact_url
 from scaler.alerts import AlertFormat
-from scaler.billing import BillingAnchor
+from scaler.billing import DAY_S, BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
 from scaler.timetable import parse_timetable
@@ -26,6 +27,12 @@ __all__ = ["ConfigError", "ScalerSettings", "load_settings"]
 DEFAULTS = ScalingConfig()
 PROVIDER_KINDS = ("local", "verda", "runpod")
 POLICY_FIELDS = tuple(ScalingConfig.__dataclass_fields__)
+# Floors of the time settings that must be positive: below them a value is a typo, and 1e-300 would be taken
+# at its word (a tick loop hammering Verda and the queue manager, a spend ledger walking 1e302 intervals).
+MIN_INTERVAL_S = 1.0  # one tick reads Verda 3 times and the queue manager up to 4 times
+MIN_BILLING_INTERVAL_S = 60.0  # the ledger keeps one charge per interval per replica for a day
+MIN_DURATION_S = 1.0  # a wait target, a job length, a provider's start deadline or back-off
+MAX_WINDOW_S = DAY_S  # the stabilization window keeps one demand sample per tick for its whole length
 
 
 def _scaler(name: str) -> str:
@@ -51,7 +58,7 @@ class ScalerSettings(LogSettings):
     # One name per setting across every command: the deploy reads the same two.
     verda_api_url: AnyHttpUrl = Field(default=DEFAULT_BASE_URL, validation_alias="VERDA_API_URL")
     deployment_name: str = Field(default="comfyui-worker-serverless", validation_alias="VERDA_DEPLOYMENT_NAME")
-    interval_s: float = Field(default=15.0, gt=0, le=3600, validation_alias="SCALER_INTERVAL_S")
+    interval_s: float = Field(default=15.0, ge=MIN_INTERVAL_S, le=3600, validation_alias="SCALER_INTERVAL_S")
     metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
     metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")
@@ -66,9 +73,13 @@ class ScalerSettings(LogSettings):
     runpod_max_replicas: int = Field(default=DEFAULTS.max_replicas, ge=0, validation_alias="SCALER_RUNPOD_MAX_REPLICAS")
     runpod_price_per_hour: float | None = Field(default=None, ge=0, validation_alias="SCALER_RUNPOD_PRICE_PER_HOUR")
     fallback_error_ticks: int = Field(default=3, ge=1, validation_alias="SCALER_FALLBACK_ERROR_TICKS")
-    fallback_start_deadline_s: float = Field(default=600.0, gt=0, validation_alias="SCALER_FALLBACK_START_DEADLINE_S")
-    fallback_retry_s: float = Field(default=300.0, gt=0, validation_alias="SCALER_FALLBACK_RETRY_S")
-    fallback_retry_max_s: float = Field(default=3600.0, gt=0, validation_alias="SCALER_FALLBACK_RETRY_MAX_S")
+    fallback_start_deadline_s: float = Field(
+        default=600.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_START_DEADLINE_S"
+    )
+    fallback_retry_s: float = Field(default=300.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_S")
+    fallback_retry_max_s: float = Field(
+        default=3600.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_MAX_S"
+    )
     ledger_file: Path | None = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
     # The deploy spec RunPod pods are built from (image, env, [runpod] table); unset: verda/deployment.toml.
     deploy_spec: Path | None = Field(default=None, validation_alias="SCALER_DEPLOY_SPEC")
@@ -85,14 +96,15 @@ class ScalerSettings(LogSettings):
         default=DEFAULTS.activation_threshold, ge=0, validation_alias=_scaler("activation_threshold")
     )
     stabilization_window_s: float = Field(
-        default=DEFAULTS.stabilization_window_s, ge=0, validation_alias=_scaler("stabilization_window_s")
+        default=DEFAULTS.stabilization_window_s, ge=0, le=MAX_WINDOW_S,
+        validation_alias=_scaler("stabilization_window_s"),
     )
     scale_down_cooldown_s: float = Field(
         default=DEFAULTS.scale_down_cooldown_s, ge=0, validation_alias=_scaler("scale_down_cooldown_s")
     )
     idle_to_zero_s: float = Field(default=DEFAULTS.idle_to_zero_s, ge=0, validation_alias=_scaler("idle_to_zero_s"))
     billing_interval_s: float = Field(
-        default=DEFAULTS.billing_interval_s, gt=0, validation_alias=_scaler("billing_interval_s")
+        default=DEFAULTS.billing_interval_s, ge=MIN_BILLING_INTERVAL_S, validation_alias=_scaler("billing_interval_s")
     )
     billing_aware: bool = Field(default=DEFAULTS.billing_aware, validation_alias=_scaler("billing_aware"))
     billing_anchor: BillingAnchor = Field(default=DEFAULTS.billing_anchor, validation_alias=_scaler("billing_anchor"))
@@ -105,9 +117,11 @@ class ScalerSettings(LogSettings):
     max_spend_per_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_hour"))
     max_spend_per_day: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_day"))
     # Wait-target planning (docs/scaling-policy.md). SCALER_TARGET_WAIT_S=none: one replica per job in flight.
-    target_wait_s: float | None = Field(default=DEFAULTS.target_wait_s, gt=0, validation_alias=_scaler("target_wait_s"))
+    target_wait_s: float | None = Field(
+        default=DEFAULTS.target_wait_s, ge=MIN_DURATION_S, validation_alias=_scaler("target_wait_s")
+    )
     default_job_duration_s: float = Field(
-        default=DEFAULTS.default_job_duration_s, gt=0, validation_alias=_scaler("default_job_duration_s")
+        default=DEFAULTS.default_job_duration_s, ge=MIN_DURATION_S, validation_alias=_scaler("default_job_duration_s")
     )
     replica_boot_s: float = Field(default=DEFAULTS.replica_boot_s, ge=0, validation_alias=_scaler("replica_boot_s"))
     timetable: str = Field(default="", validation_alias=_scaler("timetable"))
@@ -154,6 +168,11 @@ class ScalerSettings(LogSettings):
                                     ("VERDA_CLIENT_SECRET", self.verda_client_secret))
                 if not value
             ]
+        # Verda's price is read at start (cli.resolve_pricing), and checked then; a budget of 0 conflicts with any.
+        price = self.price_per_replica_hour
+        if price is None and (self.backend == "local" and not self.provider_names):
+            price = DEFAULTS.price_per_replica_hour
+        problems += budget_conflicts(self, math.inf if price is None else price)
         try:
             self.scaling_config()
         except ValueError as exc:
@@ -194,6 +213,31 @@ class ScalerSettings(LogSettings):
             else value
             for name, value in summary.items()
         }
+
+
+def budget_conflicts(settings: ScalerSettings, price_per_replica_hour: float) -> list[str]:
+    """The budgets (SCALER_MAX_SPEND_PER_*) that cannot pay for SCALER_MIN_REPLICAS replicas around the clock.
+
+    The policy lets the budget win without a word: the floor's replicas are not started. An operator who sets
+    both means both, so the contradiction is refused at start, naming both settings (docs/scaler.md).
+    ``price_per_replica_hour`` is math.inf while Verda's price is not read yet: only a budget of 0 conflicts then.
+    """
+    if settings.min_replicas == 0 or price_per_replica_hour <= 0:
+        return []
+    problems = []
+    for name, budget, hours in (("SCALER_MAX_SPEND_PER_HOUR", settings.max_spend_per_hour, 1),
+                                ("SCALER_MAX_SPEND_PER_DAY", settings.max_spend_per_day, 24)):
+        need = settings.min_replicas * price_per_replica_hour * hours
+        if budget is None or budget >= need - 1e-9 or (math.isinf(need) and budget > 0):
+            continue
+        cost = "at any price above 0" if math.isinf(need) else (
+            f"{settings.min_replicas} x {price_per_replica_hour:g}/h{' x 24 h' if hours == 24 else ''} = {need:.2f}"
+        )
+        problems.append(
+            f"{name}={budget:g} cannot pay for SCALER_MIN_REPLICAS={settings.min_replicas} replicas kept running "
+            f"({cost}) and would keep them from starting: lower SCALER_MIN_REPLICAS or raise {name}"
+        )
+    return problems
 
 
 def _with_env_names(message: str) -> str:

@@ -63,6 +63,19 @@ SCALER_CASES = {
     "interval-a-year": ("SCALER_INTERVAL_S", "31536000"),
     "target-wait-inf": ("SCALER_TARGET_WAIT_S", "inf"),
     "budget-inf": ("SCALER_MAX_SPEND_PER_HOUR", "inf"),
+    # Positive durations taken at their word: a tick loop hammering both peers, a ledger of 1e302 intervals.
+    "interval-denormal": ("SCALER_INTERVAL_S", "1e-300"),
+    "interval-below-a-second": ("SCALER_INTERVAL_S", "0.5"),
+    "billing-interval-denormal": ("SCALER_BILLING_INTERVAL_S", "5e-324"),
+    "billing-interval-zero": ("SCALER_BILLING_INTERVAL_S", "0"),
+    "target-wait-denormal": ("SCALER_TARGET_WAIT_S", "1e-300"),
+    "job-duration-denormal": ("SCALER_DEFAULT_JOB_DURATION_S", "1e-300"),
+    "start-deadline-denormal": ("SCALER_FALLBACK_START_DEADLINE_S", "1e-300"),
+    "fallback-retry-denormal": ("SCALER_FALLBACK_RETRY_S", "1e-300"),
+    "fallback-retry-max-zero": ("SCALER_FALLBACK_RETRY_MAX_S", "0"),
+    "stabilization-window-a-year": ("SCALER_STABILIZATION_WINDOW_S", "31536000"),
+    "stabilization-window-nan": ("SCALER_STABILIZATION_WINDOW_S", "nan"),
+    "idle-to-zero-inf": ("SCALER_IDLE_TO_ZERO_S", "inf"),
 }
 
 

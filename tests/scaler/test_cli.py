@@ -44,6 +44,37 @@ def test_missing_verda_credentials_are_named(monkeypatch, tmp_path, capsys):
     assert "SCALER_MIN_REPLICAS" in err and "SCALER_MAX_REPLICAS" in err
 
 
+async def test_a_budget_of_0_with_a_floor_of_replicas_is_refused_naming_both(cli_env, monkeypatch, capsys,
+                                                                             scaling_patches):
+    """Accepted, the budget won without a word: the 2 replicas the operator asked to keep were never started."""
+    monkeypatch.setenv("SCALER_MIN_REPLICAS", "2")
+    monkeypatch.setenv("SCALER_MAX_SPEND_PER_HOUR", "0")
+    for command in ("once", "run", "status"):
+        assert await cli(command) == 2
+        err = capsys.readouterr().err
+        assert "SCALER_MIN_REPLICAS=2" in err and "SCALER_MAX_SPEND_PER_HOUR=0" in err
+    assert scaling_patches() == []
+
+
+async def test_a_budget_below_the_floor_at_verdas_price_is_refused_before_anything_is_written(
+    cli_env, monkeypatch, capsys, scaling_patches
+):
+    """Verda's price (2.30/h for the fake's H100) is only known once read: 2 replicas need 4.60/h, 110.40/day."""
+    monkeypatch.setenv("SCALER_MIN_REPLICAS", "2")
+    monkeypatch.setenv("SCALER_MAX_SPEND_PER_DAY", "100")
+    for command in ("once", "run"):
+        assert await cli(command) == 2
+        err = capsys.readouterr().err
+        assert "SCALER_MAX_SPEND_PER_DAY=100" in err and "SCALER_MIN_REPLICAS=2" in err and "110.40" in err
+        [logged] = [json.loads(line) for line in err.splitlines() if '"budget_below_min_replicas"' in line]
+        assert logged["price_per_replica_hour"] == 2.3
+    assert scaling_patches() == []
+    monkeypatch.setenv("SCALER_MAX_SPEND_PER_DAY", "110.40")
+    monkeypatch.setenv("SCALER_MAX_SPEND_PER_HOUR", "4.60")
+    assert await cli("once") == 0, "a budget that pays for the floor exactly is accepted"
+    assert [patch.json for patch in scaling_patches()] == [{"min_replica_count": 2, "max_replica_count": 2}]
+
+
 async def test_once_dry_run_decides_and_writes_nothing(cli_env, qm, fake_verda, verda_scaling, scaling_patches, capsys):
     for _ in range(2):
         qm.store.submit("alice", WORKFLOW)
@@ -132,7 +163,7 @@ async def test_stop_pins_zero_and_pauses_then_resume(cli_env, qm, fake_verda, ve
 
 
 async def test_run_takes_over_and_exits_cleanly_on_sigterm(cli_env, verda_scaling, scaling_patches, wait):
-    env = {**os.environ, **cli_env, "SCALER_INTERVAL_S": "0.1"}
+    env = {**os.environ, **cli_env, "SCALER_INTERVAL_S": "1"}
     async with running_scaler(env) as process:
         await wait(lambda: len(scaling_patches()) == 1, timeout=15)
         assert verda_scaling() == (0, 0)

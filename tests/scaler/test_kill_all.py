@@ -158,7 +158,7 @@ async def test_run_with_a_fleet_serves_provider_metrics_keeps_the_ledger_and_obe
     fleet_env, qm, fake_verda, verda_scaling, tmp_path, wait
 ):
     port = free_loopback_port()
-    env = {**os.environ, **fleet_env, "SCALER_INTERVAL_S": "0.1", "SCALER_METRICS_PORT": str(port),
+    env = {**os.environ, **fleet_env, "SCALER_INTERVAL_S": "1", "SCALER_METRICS_PORT": str(port),
            "SCALER_METRICS_HOST": "127.0.0.1", "SCALER_IDLE_TO_ZERO_S": "0"}
     qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
     async with running_scaler(env) as process:
@@ -169,7 +169,7 @@ async def test_run_with_a_fleet_serves_provider_metrics_keeps_the_ledger_and_obe
         assert 'comfy_scaler_provider_target_replicas{provider="verda"} 1.0' in metrics
         assert 'comfy_scaler_provider_spend{provider="total",window="last_day"}' in metrics
         assert await cli("stop", "--all") == 0
-        await asyncio.sleep(0.5)  # a few ticks of the running scaler with the kill switch set
+        await asyncio.sleep(2.5)  # two ticks of the running scaler with the kill switch set
         assert verda_scaling() == (0, 0), "the running scaler does not undo the kill switch"
         err = await sigterm_and_wait(process)
     assert process.returncode == 0
