@@ -87,6 +87,22 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
+def _missing_folders(folder: Path, below: Path) -> list[Path]:
+    """folder and those of its ancestors under `below` that do not exist yet."""
+    missing = []
+    while folder != below and folder.is_relative_to(below) and not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty_folders(folders: set[Path]) -> None:
+    """rmdir, deepest first: a folder that holds anything stays."""
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty, or never made
+            folder.rmdir()
+
+
 class OutputDelivery:
     def __init__(self, outputs_root: Path, comfy: ComfyUIClient, comfyui_output_dir: Path | None = None) -> None:
         self.outputs_root = outputs_root
@@ -110,19 +126,24 @@ class OutputDelivery:
         a job that does not complete leaves nothing that looks like a result."""
         job_dir = self.job_dir(user_id, job_id, attempt)
         delivered: list[DeliveredFile] = []
+        # The folders this delivery creates, removed again if a failure leaves them empty. OUTPUTS_PATH/<user> is
+        # kept, as remove() keeps it: other jobs of the same user are written there at the same time.
+        made = set(_missing_folders(job_dir, below=self.outputs_root / user_id))
         try:
             for item in result_files(history_outputs):
-                delivered.append(await self._deliver_one(item, job_dir))
+                delivered.append(await self._deliver_one(item, job_dir, made))
         except BaseException:
             self.remove(delivered)
+            _remove_empty_folders(made)
             raise
         return delivered
 
-    async def _deliver_one(self, item: OutputFile, job_dir: Path) -> DeliveredFile:
+    async def _deliver_one(self, item: OutputFile, job_dir: Path, made: set[Path]) -> DeliveredFile:
         relative = relative_output_path(item.subfolder, item.filename)
         target = job_dir / relative
         if not _inside(target, job_dir):
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
+        made.update(_missing_folders(target.parent, below=job_dir))
         try:
             size, digest = await self._copy(item, relative, target)
         except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged) as exc:

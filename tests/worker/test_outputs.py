@@ -78,7 +78,9 @@ async def test_comfyui_dying_while_its_outputs_are_fetched_hands_the_job_back(qm
     assert worker.state.jobs_handed_back == 1 and worker.state.jobs_failed == 0
 
 
-async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(qm, comfy, make_worker, workflows):
+async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
     hostile_save_image(comfy, lambda _env: one_output("never-written.png"))
     job = qm.store.submit("alice", workflows["quick"])
     assert await make_worker().run() == 0
@@ -86,6 +88,36 @@ async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(qm, comfy, 
     assert report.endpoint == "fail-job"
     assert "could not deliver output never-written.png of node 3" in report.body["error"]
     assert "HTTP 404" in report.body["error"] and "Handed back" not in report.body["error"]
+    outputs = tmp_path / "outputs"
+    assert [p.relative_to(outputs).as_posix() for p in outputs.rglob("*")] == ["alice"], "no empty job folder left"
+
+
+async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(comfy, tmp_path: Path):
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery, OutputDeliveryError
+
+    outputs = tmp_path / "outputs"
+    first_attempt = outputs / "alice" / "job-1"
+    first_attempt.mkdir(parents=True)
+    (first_attempt / "result.png").write_bytes(b"attempt 1's result")
+    (outputs / "alice" / "job-2").mkdir()  # an empty folder this delivery did not make
+    (comfy.output_dir / "ok.png").write_bytes(b"png")
+    history_outputs = {"9": {"images": [
+        {"filename": "ok.png", "subfolder": "", "type": "output"},
+        {"filename": "missing.png", "subfolder": "deep/sub", "type": "output"},
+    ]}}  # fmt: skip
+    client = ComfyUIClient(comfy.url)
+    delivery = OutputDelivery(outputs, client)
+    try:
+        with pytest.raises(OutputDeliveryError, match=r"missing\.png"):
+            await delivery.deliver(history_outputs, "alice", "job-1", attempt=3)
+        with pytest.raises(OutputDeliveryError, match=r"missing\.png"):
+            await delivery.deliver({"9": history_outputs["9"]}, "alice", "job-2", attempt=2)
+    finally:
+        await client.aclose()
+    assert sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")) == [
+        "alice", "alice/job-1", "alice/job-1/result.png", "alice/job-2",
+    ]  # fmt: skip
 
 
 async def test_a_stop_during_a_local_copy_hands_the_job_back_and_leaves_no_file(
