@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import hashlib
 import heapq
 import itertools
 import json
@@ -119,6 +120,10 @@ class _ServerState:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _is_link(value: Any) -> bool:
@@ -797,14 +802,15 @@ class ComfyUISimulator:
     # --- output cache ------------------------------------------------------------------------
 
     def _signatures(self, prompt: dict[str, Any]) -> dict[str, str]:
-        """Like ComfyUI's input signatures: same class and inputs, same upstream → same output."""
+        """Like ComfyUI's input signatures: same class and inputs, same upstream → same output. An upstream node
+        counts by the digest of its signature, so a chain of nodes that each take the one before twice stays linear."""
         memo: dict[str, str] = {}
 
         def signature(node_id: str) -> str:
             if node_id not in memo:
                 node = prompt[node_id]
                 inputs = {
-                    name: ["link", signature(v[0]), v[1]] if _is_link(v) and v[0] in prompt else v
+                    name: ["link", _digest(signature(v[0])), v[1]] if _is_link(v) and v[0] in prompt else v
                     for name, v in node["inputs"].items()
                 }
                 memo[node_id] = json.dumps([node["class_type"], inputs], sort_keys=True, default=str)

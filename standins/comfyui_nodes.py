@@ -8,6 +8,7 @@ solid colour) that flow between nodes and end up as small but valid PNG files.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import string
@@ -200,6 +201,27 @@ def _vae_decode(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
     return NodeResult(([Image(latent.width, latent.height, (128, 128, 128))] * latent.batch_size,))
 
 
+def _concatenate(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    return NodeResult((inputs["delimiter"].join((inputs["string_a"], inputs["string_b"])),))
+
+
+def _preview_any(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    """PreviewAny.main: the value as text in the node's `ui` (so in the history and the `executed` event)."""
+    source = inputs["source"]
+    if isinstance(source, str):
+        value = source
+    elif isinstance(source, (int, float, bool)):
+        value = str(source)
+    elif source is not None:
+        try:
+            value = json.dumps(source, indent=4)
+        except Exception:
+            value = str(source)
+    else:
+        value = "None"
+    return NodeResult((), {"text": [value]})
+
+
 def _save_images(images: Sequence[Image], folder: Path, filename_prefix: str, kind: str) -> dict[str, Any]:
     full_folder, filename, counter, subfolder = save_image_path(filename_prefix, folder)
     results = []
@@ -356,6 +378,19 @@ def build_catalogue(checkpoints: Iterable[str]) -> dict[str, NodeDef]:
         ),
         NodeDef(
             "VAEDecode", "VAE Decode", "latent", {"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",), _vae_decode,
+        ),
+        NodeDef(
+            "StringConcatenate", "Concatenate", "utils/string",
+            {
+                "string_a": ("STRING", {"multiline": True}),
+                "string_b": ("STRING", {"multiline": True}),
+                "delimiter": ("STRING", {"multiline": False, "default": ""}),
+            },
+            ("STRING",), _concatenate, python_module="comfy_extras.nodes_string",
+        ),
+        NodeDef(
+            "PreviewAny", "Preview as Text", "utils", {"source": ("*", {})}, (), _preview_any,
+            output_node=True, python_module="comfy_extras.nodes_preview_any",
         ),
     ]  # fmt: skip
     return {node.name: node for node in nodes}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,9 +17,13 @@ import structlog
 
 log = structlog.get_logger()
 
-# ComfyUI's own events are small (previews are downscaled to --preview-size, 512 px): a bigger frame is a custom
-# node run amok, dropped with the socket (which is reconnected) rather than held in memory.
-MAX_WS_MESSAGE_BYTES = 64 << 20
+# The most of one answer from ComfyUI (an HTTP body, a websocket message) the worker holds in memory. Real ones
+# are KB to a few MB: /history/{id} and /queue repeat the workflow (at most 10 MiB, the queue manager's
+# MAX_WORKFLOW_BYTES) beside the prompt's outputs and messages; events are small (previews are downscaled to
+# --preview-size, 512 px). More is a workflow making ComfyUI say it (a node's text output is in both the history
+# and the `executed` event), not read: a 60 MB one took the worker from 61 to 290 MiB RSS (bench/
+# comfyui_reply_memory.py). One bound for both, or the larger would still decide.
+MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 
 
 class ComfyUIUnavailable(Exception):
@@ -30,6 +36,30 @@ class PromptRejected(Exception):
 
 class FileNotServed(Exception):
     """GET /view refused a file the prompt's history names (4xx): the job's output, not ComfyUI, is at fault."""
+
+
+class ReplyTooLarge(Exception):
+    """An answer over MAX_COMFYUI_MESSAGE_BYTES, abandoned at that size: from /history, /queue or /prompt the
+    workflow's doing (they repeat what it made and sent), so the job fails; from /system_stats, ComfyUI's."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"ComfyUI's answer to {what} is larger than {MAX_COMFYUI_MESSAGE_BYTES / (1 << 20):g} MiB, the most the "
+            "worker reads"
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    status_code: int
+    content: bytes | bytearray
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return bytes(self.content).decode("utf-8", errors="replace")
 
 
 def describe_prompt_error(body: object) -> str:
@@ -58,7 +88,11 @@ def describe_prompt_error(body: object) -> str:
 class ComfyUIClient:
     def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        # identity: a compressed answer could unpack to far more than the bytes read (ComfyUI compresses on
+        # request with --enable-compress-response-body); on loopback it saves nothing anyway.
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_s, headers={"Accept-Encoding": "identity"}
+        )
         self._ws_session: aiohttp.ClientSession | None = None
 
     async def aclose(self) -> None:
@@ -66,14 +100,29 @@ class ComfyUIClient:
         if self._ws_session:
             await self._ws_session.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    @contextlib.asynccontextmanager
+    async def _stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """The answer with its body unread; ComfyUIUnavailable for no answer or a server error."""
         try:
-            response = await self._http.request(method, path, **kwargs)
+            async with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 500:
+                    raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}")
+                yield response
         except httpx.HTTPError as exc:
             raise ComfyUIUnavailable(f"ComfyUI at {self.base_url} unreachable: {type(exc).__name__}: {exc}") from exc
-        if response.status_code >= 500:
-            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}")
-        return response
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
+        """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read."""
+        async with self._stream(method, path, **kwargs) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_COMFYUI_MESSAGE_BYTES:
+                raise ReplyTooLarge(f"{method} {path}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_COMFYUI_MESSAGE_BYTES:
+                    raise ReplyTooLarge(f"{method} {path}")
+            return Reply(response.status_code, body)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
@@ -83,7 +132,10 @@ class ComfyUIClient:
             raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered non-JSON: {response.text[:200]!r}") from exc
 
     async def system_stats(self) -> dict[str, Any]:
-        return await self._json("GET", "/system_stats")
+        try:
+            return await self._json("GET", "/system_stats")
+        except ReplyTooLarge as exc:  # no workflow writes in these: ComfyUI itself is misbehaving
+            raise ComfyUIUnavailable(str(exc)) from exc
 
     async def wait_until_up(
         self, timeout_s: float, *, interval_s: float = 1.0, should_stop: Callable[[], bool] = lambda: False
@@ -141,10 +193,12 @@ class ComfyUIClient:
         return ids(payload.get("queue_running")), ids(payload.get("queue_pending"))
 
     async def interrupt(self, prompt_id: str) -> None:
-        await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        async with self._stream("POST", "/interrupt", json={"prompt_id": prompt_id}):
+            pass  # the answer's body says nothing: left unread
 
     async def delete_pending(self, prompt_id: str) -> None:
-        await self._request("POST", "/queue", json={"delete": [prompt_id]})
+        async with self._stream("POST", "/queue", json={"delete": [prompt_id]}):
+            pass
 
     async def download(self, filename: str, subfolder: str, folder_type: str) -> AsyncIterator[bytes]:
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
@@ -164,10 +218,10 @@ class ComfyUIClient:
             self._ws_session = aiohttp.ClientSession()
         url = self.base_url.replace("http", "ws", 1) + "/ws"
         try:
-            return await asyncio.wait_for(
-                self._ws_session.ws_connect(url, params={"clientId": client_id}, max_msg_size=MAX_WS_MESSAGE_BYTES),
-                timeout_s,
+            connecting = self._ws_session.ws_connect(
+                url, params={"clientId": client_id}, max_msg_size=MAX_COMFYUI_MESSAGE_BYTES
             )
+            return await asyncio.wait_for(connecting, timeout_s)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {exc}") from exc
 

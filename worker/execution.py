@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, describe_prompt_error
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, ReplyTooLarge, describe_prompt_error
 from worker.gpu import is_fatal_gpu_error
 
 log = structlog.get_logger()
@@ -128,6 +128,11 @@ class PromptRun:
             return await self._outcome(terminal)
         except PromptLost as exc:
             return Outcome("lost", self.prompt_id, str(exc), execution_s=self._elapsed())
+        except ReplyTooLarge as exc:
+            await self.interrupt()  # in case it is still queued or running: it would run on for no one
+            message = (f"{exc}: it repeats what the workflow sent and made (its inputs, a node's text output), "
+                       "so the workflow made it that large")
+            return Outcome("error", self.prompt_id, message, execution_s=self._elapsed())
 
     async def _submit(self, workflow: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -393,7 +393,7 @@ async def test_an_oversized_websocket_message_drops_the_socket_not_the_job(
 ):
     import worker.comfyui
 
-    monkeypatch.setattr(worker.comfyui, "MAX_WS_MESSAGE_BYTES", 64 << 10)
+    monkeypatch.setattr(worker.comfyui, "MAX_COMFYUI_MESSAGE_BYTES", 64 << 10)
     job = qm.store.submit("alice", workflows["slow"])
     running = make_worker()
     run = asyncio.create_task(running.run())
