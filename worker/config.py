@@ -42,6 +42,9 @@ class WorkerSettings(LogSettings):
     comfyui_startup_timeout_s: float = Field(
         default=600.0, gt=0, le=DAY_S, validation_alias="COMFYUI_STARTUP_TIMEOUT_S"
     )
+    comfyui_unresponsive_timeout_s: float = Field(
+        default=120.0, gt=0, le=DAY_S, validation_alias="COMFYUI_UNRESPONSIVE_TIMEOUT_S"
+    )
     report_retry_budget_s: float = Field(default=120.0, gt=0, le=DAY_S, validation_alias="REPORT_RETRY_BUDGET_S")
     shutdown_grace_s: float = Field(default=25.0, ge=0, le=DAY_S, validation_alias="SHUTDOWN_GRACE_S")
     platform_kill_delay_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="PLATFORM_KILL_DELAY_S")

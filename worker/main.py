@@ -203,22 +203,27 @@ class Worker:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""
         if time.monotonic() - self._comfyui_answered_at < self.settings.poll_interval_s:
             return True
+        asked_at = time.monotonic()
         try:
             await self.comfy.system_stats()
         except ComfyUIUnavailable as exc:
-            return await self._wait_for_comfyui(str(exc))
+            return await self._wait_for_comfyui(str(exc), since=asked_at)
         self._comfyui_answered_at = time.monotonic()
         return True
 
-    async def _wait_for_comfyui(self, error: str) -> bool:
-        timeout_s = self.settings.comfyui_startup_timeout_s
+    async def _wait_for_comfyui(self, error: str, since: float) -> bool:
+        """ComfyUI was up and stopped answering (hung, or restarting outside the supervisor): wait for it up to
+        COMFYUI_UNRESPONSIVE_TIMEOUT_S from the first unanswered probe, then go fatal, so the replica is
+        replaced instead of idling, billed, in front of a ComfyUI that answers no one."""
+        timeout_s = self.settings.comfyui_unresponsive_timeout_s
         self.state.set_comfyui(False)
         self.state.mark_not_ready(f"ComfyUI not answering: {error}")
         log.warning("ComfyUI is not answering; taking no job until it does", error=error, timeout_s=timeout_s)
         try:
             async with self.state.beating(self._beat_interval_s):
                 stats = await self.comfy.wait_until_up(
-                    timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S, should_stop=self._stop.is_set
+                    max(0.0, since + timeout_s - time.monotonic()), interval_s=STARTUP_PROBE_INTERVAL_S,
+                    should_stop=self._stop.is_set,
                 )
         except ComfyUIUnavailable as exc:
             log.error("ComfyUI did not come back; exiting", error=str(exc), timeout_s=timeout_s)

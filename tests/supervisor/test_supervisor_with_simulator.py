@@ -132,6 +132,25 @@ async def test_a_sigterm_right_after_comfyui_died_still_hands_the_job_back_as_a_
     assert copy.metadata["faults"] == 1
 
 
+async def test_a_hung_comfyui_ends_the_container_with_1_after_the_unresponsive_timeout_and_is_killed(
+    base_env, run_supervisor
+) -> None:
+    """Alive but answering nothing (SIGSTOP: a deadlocked ComfyUI looks the same from outside): the replica must
+    not idle, billed, for COMFYUI_STARTUP_TIMEOUT_S; the platform replaces it."""
+    env = {**base_env, "COMFYUI_UNRESPONSIVE_TIMEOUT_S": "1", "HTTP_TIMEOUT_S": "1", "COMFYUI_STARTUP_TIMEOUT_S": "300"}
+    supervisor = await run_supervisor(env)
+    child = await supervisor.comfyui_pid()
+    await supervisor.wait_until(lambda: _is(supervisor.status_of("/ready"), 200), timeout_s=15, what="/ready 200")
+
+    os.kill(child, signal.SIGSTOP)
+    assert await supervisor.wait(timeout_s=20) == 1
+    assert not supervisor.is_running(child), "a stopped ComfyUI does not take SIGTERM: it is killed"
+    events = {e["event"]: e for e in supervisor.log_events()}
+    assert events["ComfyUI did not come back; exiting"]["timeout_s"] == 1
+    assert "comfyui.kill" in events
+    assert events["Worker shutdown complete"]["reason"] == "ComfyUI stopped answering and did not come back within 1 s"
+
+
 @pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])
 async def test_idle_exit_code_passes_through_and_comfyui_is_stopped(
     base_env, run_supervisor, extra_env: dict[str, str]

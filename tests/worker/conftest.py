@@ -47,6 +47,7 @@ def settings_for(tmp_path: Path, qm: QueueManagerServer, comfy: ComfyUISimulator
             "serverless_max_idle_polls": 3,
             "job_timeout_s": 10,
             "comfyui_startup_timeout_s": 5,
+            "comfyui_unresponsive_timeout_s": 5,
             "report_retry_budget_s": 5,
             "shutdown_grace_s": 2,
             "worker_id": "test-worker",

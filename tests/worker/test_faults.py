@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import sys
+from pathlib import Path
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
+
+from demo.replicas import free_loopback_port
 
 
 async def wait_for(predicate, timeout=5.0):
@@ -278,14 +285,59 @@ async def test_no_job_is_popped_while_comfyui_is_not_answering(qm, comfy, make_w
 
 
 async def test_comfyui_that_never_comes_back_ends_the_worker_with_1(qm, comfy, make_worker, workflows):
-    worker = make_worker(serverless_mode=False, comfyui_startup_timeout_s=0.5)
+    worker = make_worker(serverless_mode=False, comfyui_unresponsive_timeout_s=0.5, comfyui_startup_timeout_s=60)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
     await comfy.crash()
     job = qm.store.submit("alice", workflows["quick"])
     assert await asyncio.wait_for(run, 5) == 1
     assert qm.store.get(job.id).status == "pending"
-    assert "did not come back" in worker.state.fatal_reason
+    assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 0.5 s"
+
+
+@pytest.fixture
+async def comfyui_process(tmp_path: Path):
+    """The ComfyUI stand-in as a process of its own, as ComfyUI runs in the container: one a test can SIGSTOP."""
+    port = free_loopback_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "standins.comfyui", "--port", str(port), "--output-directory", str(tmp_path / "out"),
+        "--node-seconds", "ImageBlur=30", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=1.0) as http, asyncio.timeout(15):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/system_stats")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+    yield process, url
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()  # SIGKILL ends a stopped process too
+    await process.wait()
+
+
+async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_long_before_the_startup_timeout(
+    qm, comfyui_process, make_worker, workflows
+):
+    process, url = comfyui_process
+    job = qm.store.submit("alice", workflows["slow"])
+    waiting = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(
+        comfyui_url=url, serverless_mode=False, http_timeout_s=0.5,
+        comfyui_unresponsive_timeout_s=1, comfyui_startup_timeout_s=300,
+    )  # fmt: skip
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.current_prompt_id is not None)
+    process.send_signal(signal.SIGSTOP)  # alive, its sockets open, answering nothing: a deadlocked ComfyUI
+    assert await asyncio.wait_for(run, 20) == 1
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert report.body["error"].startswith("Handed back: ComfyUI stopped answering for 0.6 s during the job")
+    [copy] = [j for j in qm.store.list() if j.id not in (job.id, waiting.id)]
+    assert copy.status == "pending", "the job is retried elsewhere, not failed"
+    assert qm.store.get(waiting.id).status == "pending", "no job is popped in front of a hung ComfyUI"
+    assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 1 s"
+    assert worker.state.jobs_failed == 0 and worker.state.jobs_handed_back == 1
 
 
 async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy, make_worker, workflows):
