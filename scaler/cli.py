@@ -235,7 +235,7 @@ async def _run_loop(
         )
     loop = ScalerLoop(
         config, backend, queue,
-        interval_s=settings.interval_s, dry_run=args.dry_run, metrics=metrics,
+        interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=args.dry_run, metrics=metrics,
         failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
         state_file=settings.state_file,
     )
@@ -271,9 +271,9 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
         if refuse_budget_conflicts(settings, backend, pricing):
             return EXIT_USAGE
         loop = ScalerLoop(
-            pricing.config, backend, queue, dry_run=args.dry_run,
-            failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
-            state_file=settings.state_file,
+            pricing.config, backend, queue, dry_run=args.dry_run, interval_s=settings.interval_s,
+            tick_deadline_s=settings.tick_deadline_s, failure_alert_after=settings.failure_alert_after,
+            state=_load_state(settings), state_file=settings.state_file,
         )
         decision = await loop.tick()
     return EXIT_FAILED if decision.reason == Reason.HOLD_OBSERVATION_FAILED else EXIT_OK
@@ -282,7 +282,8 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
 async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings, dry_run=True) as (backend, queue):
         pricing = await resolve_pricing(settings, backend)
-        loop = ScalerLoop(pricing.config, backend, queue, dry_run=True)
+        loop = ScalerLoop(pricing.config, backend, queue, dry_run=True, interval_s=settings.interval_s,
+                          tick_deadline_s=settings.tick_deadline_s)
         observation = await loop.observe()
         decision = decide(pricing.config, _load_state(settings), observation)
         fleet = backend.status_report(observation.now) if isinstance(backend, FleetBackend) else None

@@ -59,6 +59,10 @@ class ScalerSettings(LogSettings):
     verda_api_url: AnyHttpUrl = Field(default=DEFAULT_BASE_URL, validation_alias="VERDA_API_URL")
     deployment_name: str = Field(default="comfyui-worker-serverless", validation_alias="VERDA_DEPLOYMENT_NAME")
     interval_s: float = Field(default=15.0, ge=MIN_INTERVAL_S, le=3600, validation_alias="SCALER_INTERVAL_S")
+    # None: SCALER_INTERVAL_S, at least 10 s (scaler.loop.tick_deadline).
+    tick_deadline_s: float | None = Field(
+        default=None, ge=MIN_INTERVAL_S, le=3600, validation_alias="SCALER_TICK_DEADLINE_S"
+    )
     metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
     metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")

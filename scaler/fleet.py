@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -41,6 +41,8 @@ from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 HEALTHY = "healthy"
 SEPARATOR = "/"
@@ -96,8 +98,12 @@ class FleetBackend:
         clock: Callable[[], float] = time.time,
         dry_run: bool = False,
         stop_file: Path | None = None,
+        member_timeout_s: float | None = None,
     ) -> None:
         self.members = {m.name: m for m in members}
+        # Each call to one provider is cut off after this, and counts as that provider's error: a provider that
+        # never answers is degraded and fallen back from, instead of costing the loop its tick deadline.
+        self.member_timeout_s = member_timeout_s
         self.stop_file = stop_file
         self._held = False
         self._not_stopped: set[str] = set()  # providers the kill switch has not reached yet
@@ -128,7 +134,9 @@ class FleetBackend:
     async def observe(self) -> BackendView:
         held = await self._honour_kill_switch()
         now = self.clock()
-        results = await asyncio.gather(*(m.backend.observe() for m in self.members.values()), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._bounded(m.backend.observe()) for m in self.members.values()), return_exceptions=True
+        )
         for member, result in zip(self.members.values(), results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
@@ -179,7 +187,9 @@ class FleetBackend:
     async def _on_members(self, call: Callable[[Backend], Any], action: str, names: set[str]) -> set[str]:
         """``call`` on the members named; returns the names it failed on (each logged)."""
         chosen = [name for name in self.members if name in names]
-        results = await asyncio.gather(*(call(self.members[name].backend) for name in chosen), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._bounded(call(self.members[name].backend)) for name in chosen), return_exceptions=True
+        )
         failed = set()
         for name, result in zip(chosen, results, strict=True):
             if isinstance(result, Exception):
@@ -209,6 +219,14 @@ class FleetBackend:
                 log.error("provider_close_failed", provider=name, error=_error_text(result))
 
     # --- one tick ---------------------------------------------------------------------------------------
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        if self.member_timeout_s is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, self.member_timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"no answer within {self.member_timeout_s:g} s") from None
 
     def _see(self, member: Member, result: BackendView | Exception, now: float) -> None:
         name = member.name
@@ -269,7 +287,8 @@ class FleetBackend:
         writes = [(name, target) for name, target in allocation.targets.items()
                   if target != self._written.get(name) or target != self._seen[name].view.live]
         results = await asyncio.gather(
-            *(self.members[name].backend.apply(target) for name, target in writes), return_exceptions=True
+            *(self._bounded(self.members[name].backend.apply(target)) for name, target in writes),
+            return_exceptions=True,
         )
         wrote = False
         for (name, target), result in zip(writes, results, strict=True):

@@ -1,7 +1,9 @@
 """The live scaler: wait an interval or the stop event → read → decide (pure, ``scaler.policy.decide``) → apply.
 
 The loop holds the policy's memory between ticks and is the only place that talks to the world. A read that
-fails is not skipped: it becomes a flag on the observation, and the policy holds the last applied count.
+fails is not skipped: it becomes a flag on the observation, and the policy holds the last applied count. A read
+or write still unanswered at the tick's deadline has failed (a peer that accepts and never answers costs one
+tick, not minutes of retries), and a stop signal ends a tick under way within ``STOP_GRACE_S``.
 Like a controller, it compares the decision with the replica bounds the platform reports on every tick, not
 with what it last wrote: a count changed behind its back (`comfy-scaler stop` then `resume`, an edit in the
 console, a deploy) is logged as drift and written again.
@@ -13,10 +15,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -39,6 +41,22 @@ from scaler.providers.base import Backend, BackendView
 from scaler.queue_status import QueueStatus
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# Unless SCALER_TICK_DEADLINE_S says otherwise, a tick lasts at most SCALER_INTERVAL_S and never less than this:
+# a Verda tick is 3 reads and a write (plus a token now and then), each answered in well under a second.
+MIN_TICK_DEADLINE_S = 10.0
+# After SIGTERM a tick under way may finish this long (a write in flight lands), then it is cancelled.
+STOP_GRACE_S = 2.0
+
+
+def tick_deadline(interval_s: float, configured_s: float | None = None) -> float:
+    return configured_s if configured_s is not None else max(interval_s, MIN_TICK_DEADLINE_S)
+
+
+class TickDeadlineExceeded(Exception):
+    """A read or write still unanswered when the tick's time ran out."""
 
 
 class QueueReader(Protocol):
@@ -74,8 +92,10 @@ class ScalerLoop:
         failure_alert_after: int = 3,
         state: PolicyState | None = None,
         state_file: Path | None = None,
+        tick_deadline_s: float | None = None,
     ) -> None:
         self.config = config
+        self.tick_deadline_s = tick_deadline(interval_s, tick_deadline_s)
         self.backend = backend
         self.queue = queue
         self.clock = clock
@@ -96,23 +116,47 @@ class ScalerLoop:
         self.last_queue: QueueStatus | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("scaler_started", interval_s=self.interval_s, dry_run=self.dry_run, backend=repr(self.backend))
+        """A tick every ``interval_s`` (start to start) until ``stop`` is set; a tick under way when it is set gets
+        ``STOP_GRACE_S`` to finish."""
+        log.info("scaler_started", interval_s=self.interval_s, tick_deadline_s=self.tick_deadline_s,
+                 dry_run=self.dry_run, backend=repr(self.backend))
+        clock = asyncio.get_running_loop().time
         while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception as exc:
-                # A tick that raised applied nothing: the count is held, and the next tick tries again.
-                log.error("scaler_tick_failed", error=_error_text(exc), exc_info=True,
-                          hint="nothing was applied at this tick; the count is held")
+            started = clock()
+            await self._tick_unless_stopped(stop)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, started + self.interval_s - clock()))
         log.info("scaler_stopped", desired=self.state.applied)
 
+    async def _tick_unless_stopped(self, stop: asyncio.Event) -> None:
+        tick = asyncio.create_task(self._logged_tick())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({tick, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not tick.done():
+                await asyncio.wait({tick}, timeout=STOP_GRACE_S)
+            if not tick.done():
+                log.warning("scaler_tick_cut_short", grace_s=STOP_GRACE_S,
+                            hint="stopping: the tick under way applied nothing more; the platform keeps its count")
+        finally:
+            for task in (tick, stopped):
+                task.cancel()
+            await asyncio.wait({tick, stopped})
+
+    async def _logged_tick(self) -> None:
+        try:
+            await self.tick()
+        except Exception as exc:
+            # A tick that raised applied nothing: the count is held, and the next tick tries again.
+            log.error("scaler_tick_failed", error=_error_text(exc), exc_info=True,
+                      hint="nothing was applied at this tick; the count is held")
+
     async def tick(self) -> Decision:
-        observation = await self.observe()
+        deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
+        observation = await self.observe(deadline)
         decision = decide(self.config, self.state, observation)
         self.state = decision.new_state
-        outcome, apply_error = await self._apply(decision, observation)
+        outcome, apply_error = await self._apply(decision, observation, deadline)
         self._record(decision, observation, outcome, apply_error)
         if self.state_file is not None:
             try:
@@ -122,9 +166,17 @@ class ScalerLoop:
                           hint="the scaler goes on from its memory; a restart now would start afresh")
         return decision
 
-    async def observe(self) -> Observation:
+    async def observe(self, deadline: float | None = None) -> Observation:
+        """Both reads at once; one still unanswered at ``deadline`` (event-loop time; default: a tick from now)
+        has failed."""
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
         read = self.queue.read() if self.config.target_wait_s is None else self.queue.read_with_timings(self.clock())
-        queue, view = await asyncio.gather(read, self.backend.observe(), return_exceptions=True)
+        queue, view = await asyncio.gather(
+            self._by(deadline, read, "the queue manager's status"),
+            self._by(deadline, self.backend.observe(), "the platform's replicas"),
+            return_exceptions=True,
+        )
         for result in (queue, view):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
@@ -165,7 +217,20 @@ class ScalerLoop:
         )
         return robust_duration(queue.recent_durations_s, from_counters or self.config.default_job_duration_s)
 
-    async def _apply(self, decision: Decision, observation: Observation) -> tuple[str, str | None]:
+    async def _by(self, deadline: float, work: Awaitable[T], what: str) -> T:
+        """``work``'s result, or TickDeadlineExceeded (``work`` cancelled) when it is not done at ``deadline``."""
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                return await work
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise TickDeadlineExceeded(
+                f"{what}: no answer within the tick's {self.tick_deadline_s:g} s"
+            ) from None
+
+    async def _apply(self, decision: Decision, observation: Observation, deadline: float) -> tuple[str, str | None]:
         if observation.failed:
             return SKIPPED_READ_FAILED, None
         if observation.deployment_status == PAUSED:
@@ -191,7 +256,7 @@ class ScalerLoop:
                 "writing them again",
             )
         try:
-            wrote = await self.backend.apply(decision.desired)
+            wrote = await self._by(deadline, self.backend.apply(decision.desired), "the platform's write")
         except Exception as exc:
             self.metrics.apply_errors.inc()
             return FAILED, _error_text(exc)

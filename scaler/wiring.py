@@ -23,6 +23,7 @@ from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
+from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig
 from scaler.providers import Backend, LocalBackend, VerdaBackend
@@ -132,8 +133,10 @@ async def build_fleet(
     )
     ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
     alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
+    # A tick reads, may write while placing, then writes: each provider call gets a quarter of the tick.
     return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
-                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings))
+                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings),
+                        member_timeout_s=tick_deadline(settings.interval_s, settings.tick_deadline_s) / 4)
 
 
 def stop_file_for(settings: ScalerSettings) -> Path | None:

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -225,3 +226,29 @@ def cli_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path,
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+async def silent_peer() -> AsyncIterator[str]:
+    """The URL of a server on loopback that accepts connections, reads what is sent and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+    for writer in held:
+        writer.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def wall(clock: ManualClock) -> ManualClock:
+    """The hand-moved clock, set to now: Verda stamps its replicas with the real time."""
+    clock.now = time.time()
+    return clock

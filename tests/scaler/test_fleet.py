@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ def metric(metrics: ScalerMetrics, line_start: str) -> float:
         if line.startswith(line_start + " "):
             return float(line.split()[-1])
     return 0.0
-
-
-@pytest.fixture
-def wall(clock):
-    """The hand-moved clock, set to now: Verda stamps its replicas with the real time."""
-    clock.now = time.time()
-    return clock
 
 
 @pytest.fixture

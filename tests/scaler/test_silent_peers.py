@@ -1,0 +1,84 @@
+"""Peers that accept a connection and never answer: a tick ends at its deadline as a held decision, SIGTERM
+ends the run within seconds, and a fleet falls back from the silent provider.
+
+Measured before the deadline (SCALER_INTERVAL_S=15, both peers silent): the first tick lasted 158 s (5 Verda
+attempts of 30 s plus back-off) and `comfy-scaler run` exited 155 s after SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.fleet import FleetBackend, Member
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.providers import LocalBackend, VerdaBackend
+from scaler.providers.verda.client import VerdaClient
+
+from .conftest import DEPLOYMENT, VERDA_ID, VERDA_SECRET, running_scaler, sigterm_and_wait
+
+SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
+
+
+def silent_env(cli_env: dict[str, str], url: str, **settings: str) -> dict[str, str]:
+    return {**os.environ, **cli_env, "QUEUE_MANAGER_URL": url, "VERDA_API_URL": url,
+            "SCALER_PRICE_PER_REPLICA_HOUR": "2.3", "SCALER_INTERVAL_S": "1", **settings}
+
+
+async def next_logged(process: asyncio.subprocess.Process, event: str) -> dict:
+    assert process.stderr is not None
+    while line := await process.stderr.readline():
+        if line.startswith(b"{") and (entry := json.loads(line))["event"] == event:
+            return entry
+    raise AssertionError(f"the scaler exited before logging {event}")
+
+
+async def test_a_tick_against_silent_peers_ends_at_its_deadline_and_holds(cli_env, silent_peer, scaling_patches):
+    env = silent_env(cli_env, silent_peer, SCALER_TICK_DEADLINE_S="1")
+    async with running_scaler(env) as process:
+        async with asyncio.timeout(20):
+            first = await next_logged(process, "Scaling decision")
+            second = await next_logged(process, "Scaling decision")
+        err = await sigterm_and_wait(process)
+    for decision in (first, second):
+        assert (decision["reason"], decision["apply"]) == ("hold_observation_failed", "skipped_read_failed")
+        assert "no answer within the tick's 1 s" in decision["details"]["queue_error"]
+        assert "no answer within the tick's 1 s" in decision["details"]["verda_error"]
+    assert process.returncode == 0 and b"scaler_stopped" in err
+
+
+async def test_sigterm_ends_a_run_waiting_on_silent_peers_within_seconds(cli_env, silent_peer):
+    env = silent_env(cli_env, silent_peer, SCALER_TICK_DEADLINE_S="600")
+    async with running_scaler(env) as process:
+        async with asyncio.timeout(20):
+            await next_logged(process, "scaler_started")
+        await asyncio.sleep(0.5)  # the first tick now waits on both peers
+        err = await sigterm_and_wait(process, timeout=15)
+    assert process.returncode == 0
+    assert b"scaler_tick_cut_short" in err and b"scaler_stopped" in err
+
+
+async def test_a_fleet_provider_that_never_answers_is_degraded_and_fallen_back_from(silent_peer, wall):
+    local = LocalBackend(dict(os.environ), command=SLEEPER, clock=wall, stop_timeout_s=2.0)
+    silent = VerdaBackend(VerdaClient(VERDA_ID, VERDA_SECRET, base_url=silent_peer), DEPLOYMENT, clock=wall)
+    config = AllocatorConfig(
+        providers=(ProviderSpec("local", max_replicas=3, price_per_hour=2.99, commit_s=15.0),
+                   ProviderSpec("verda", max_replicas=3, price_per_hour=2.30)),
+        error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
+    )
+    fleet = FleetBackend([Member(config.providers[0], local, RUNPOD_BILLING),
+                          Member(config.providers[1], silent, VERDA_BILLING)], config, clock=wall,
+                         member_timeout_s=0.3)
+    try:
+        async with asyncio.timeout(15):
+            for _ in range(3):
+                await fleet.observe()
+                await fleet.apply(2)
+                wall.advance(15)
+        assert fleet.state.health["verda"].degraded == "errors"
+        assert fleet.state.targets["local"] == 2 and len(local.pids) == 2
+        assert "no answer within 0.3 s" in fleet.status_report(wall())["providers"]["verda"]["error"]
+    finally:
+        await fleet.aclose()
