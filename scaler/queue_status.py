@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from common.http_answers import MAX_ANSWER_BYTES, AnswerTooLarge, request_bounded
 from common.urls import redact_url
 
 STATUS_PATH = "/api/queue/status"
@@ -88,8 +89,10 @@ class QueueStatusReader:
         attempts: int = 3,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 2.0,
+        answer_limit_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._answer_limit_bytes = answer_limit_bytes
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
         self._attempts = attempts
         self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
@@ -119,6 +122,8 @@ class QueueStatusReader:
                     return await self._read_once()
         except httpx.HTTPError as exc:
             raise QueueStatusError(f"cannot reach the queue manager: {type(exc).__name__}: {exc}") from None
+        except AnswerTooLarge as exc:
+            raise QueueStatusError(str(exc)) from None
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def read_with_timings(self, now: float) -> QueueStatus:
@@ -138,14 +143,19 @@ class QueueStatusReader:
 
     async def _job_list(self, state: str, query: dict[str, Any]) -> list[Any]:
         try:
-            response = await self._http.get(JOBS_PATH, params={"status": state, **query})
+            response = await self._get(JOBS_PATH, params={"status": state, **query})
             body = response.json() if not response.is_error else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, AnswerTooLarge):
             body = None
         return body if isinstance(body, list) else []
 
+    async def _get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await request_bounded(
+            self._http, "GET", path, peer="queue manager", limit_bytes=self._answer_limit_bytes, **kwargs
+        )
+
     async def _read_once(self) -> QueueStatus:
-        response = await self._http.get(STATUS_PATH)
+        response = await self._get(STATUS_PATH)
         if response.status_code in RETRYABLE_STATUS:
             raise _Retryable(f"queue status answered HTTP {response.status_code}")
         if response.is_error:

@@ -9,9 +9,11 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Replica
@@ -252,3 +254,52 @@ def wall(clock: ManualClock) -> ManualClock:
     """The hand-moved clock, set to now: Verda stamps its replicas with the real time."""
     clock.now = time.time()
     return clock
+
+
+class FloodingPeer:
+    """A loopback HTTP server, broken or hostile: each path in ``answers`` gets that JSON; any other path a 200
+    of ``flood_bytes`` of JSON-looking bytes, streamed without a Content-Length (or announcing it, with
+    ``announce``). ``sent`` counts what it managed to write before the client hung up."""
+
+    CHUNK = b"[" + b"0," * 32767 + b"0]"
+
+    def __init__(self, answers: dict[str, Any] | None = None, flood_bytes: int = 128 * 1024 * 1024) -> None:
+        self.answers = answers or {}
+        self.flood_bytes = flood_bytes
+        self.announce: int | None = None
+        self.sent = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> FloodingPeer:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        if request.path in self.answers:
+            return web.json_response(self.answers[request.path])
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if self.announce is not None:
+            response.content_length = self.announce
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while self.sent < self.flood_bytes:
+                await response.write(self.CHUNK)
+                self.sent += len(self.CHUNK)
+        return response
+
+
+@pytest.fixture
+async def flooding_peer() -> AsyncIterator[FloodingPeer]:
+    async with FloodingPeer() as peer:
+        yield peer

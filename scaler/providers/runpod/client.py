@@ -20,6 +20,7 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
+from common.http_answers import MAX_ANSWER_BYTES, request_bounded
 from common.logs import register_secret
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
@@ -162,11 +163,13 @@ class RunPodClient:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        answer_limit_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         if not api_key:
             raise ValueError("RunPod API key is empty: set RUNPOD_API_KEY")
         register_secret(api_key)
         self._api_key = SecretStr(api_key)
+        self._answer_limit_bytes = answer_limit_bytes
         self._retry = TransientRetry(
             is_retryable=_is_retryable,
             describe=_describe,
@@ -198,7 +201,10 @@ class RunPodClient:
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
-        response = await self._http.request(method, path, headers=headers, **kwargs)
+        # Read at most to the limit: past it, AnswerTooLarge (not retried).
+        response = await request_bounded(
+            self._http, method, path, peer="RunPod", limit_bytes=self._answer_limit_bytes, headers=headers, **kwargs
+        )
         if response.is_error:
             raise error_from_response(response, f"{method} {path}")
         return response

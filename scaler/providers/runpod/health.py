@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
+from common.http_answers import AnswerTooLarge, request_bounded
+
 log = structlog.get_logger()
 
+HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
 PROXY_HEALTH_URL = "https://{pod_id}-{port}.proxy.runpod.net/health"  # RunPod's proxy: https://[POD_ID]-[PORT]...
 
 
@@ -64,9 +67,11 @@ class PodHealthProbe:
     async def _ask(self, pod_id: str) -> HealthAnswer:
         url = self._url.format(pod_id=pod_id, port=self._port)
         try:
-            response = await self._http.get(url)
+            response = await request_bounded(
+                self._http, "GET", url, peer="RunPod pod /health", limit_bytes=HEALTH_ANSWER_LIMIT_BYTES
+            )
             body = response.json()
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, AnswerTooLarge):
             return HealthAnswer(None, None, None)
         if not isinstance(body, dict):
             return HealthAnswer(None, None, None)

@@ -25,6 +25,7 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
+from common.http_answers import MAX_ANSWER_BYTES, request_bounded
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -174,8 +175,10 @@ class VerdaClient:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        answer_limit_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._client_id = client_id
+        self._answer_limit_bytes = answer_limit_bytes
         self._client_secret = SecretStr(client_secret)
         self._clock = clock
         self._sleep = sleep
@@ -216,7 +219,7 @@ class VerdaClient:
     # --- authentication -------------------------------------------------------------------------
 
     async def _post_token(self, payload: dict[str, str]) -> httpx.Response:
-        return await self._http.post("/oauth2/token", json=payload)
+        return await self._bounded("POST", "/oauth2/token", json=payload)
 
     def _store_token(self, response: httpx.Response) -> _Token:
         if response.is_error:
@@ -275,7 +278,13 @@ class VerdaClient:
 
     async def _send(self, method: str, path: str, token: SecretStr, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
-        return await self._http.request(method, path, headers=headers, **kwargs)
+        return await self._bounded(method, path, headers=headers, **kwargs)
+
+    async def _bounded(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Every answer is read at most to the limit: past it, AnswerTooLarge (not retried)."""
+        return await request_bounded(
+            self._http, method, path, peer="Verda", limit_bytes=self._answer_limit_bytes, **kwargs
+        )
 
     async def _send_authorized(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         token = await self._access_token()

@@ -1,0 +1,54 @@
+"""Reading a peer's HTTP answer with a ceiling, so a broken or hostile peer cannot fill this process's memory.
+
+httpx reads a whole body into memory before the caller sees it; ``request_bounded`` reads it in chunks and gives
+up as soon as more than the limit has arrived (or a larger Content-Length is announced). It asks for no
+compression, and counts the bytes after unpacking, so a small compressed bomb is stopped too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import structlog
+
+log = structlog.get_logger()
+
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a generous ceiling: a day of replicas or 200 listed jobs is well below it
+_NOT_FORWARDED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class AnswerTooLarge(Exception):
+    """A peer answered more than the reader's limit: a failed read (not retried: it would answer the same)."""
+
+
+async def request_bounded(
+    http: httpx.AsyncClient, method: str, url: str, *, peer: str, limit_bytes: int = MAX_ANSWER_BYTES, **kwargs: Any
+) -> httpx.Response:
+    """``http.request(method, url, **kwargs)`` with the body read at most to ``limit_bytes``; AnswerTooLarge past it
+    (logged as ``peer_answer_too_large`` naming ``peer`` and the limit)."""
+    request = http.build_request(method, url, **kwargs)
+    # A compressed answer could unpack to far more than the bytes that arrived: ask for none (what a server
+    # sends compressed anyway is counted as it unpacks).
+    request.headers["Accept-Encoding"] = "identity"
+    response = await http.send(request, stream=True)
+    try:
+        declared = response.headers.get("Content-Length", "")
+        body = bytearray()
+        if declared.isdigit() and int(declared) > limit_bytes:
+            _too_large(peer, request, limit_bytes, f"announced {declared} bytes")
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit_bytes:
+                _too_large(peer, request, limit_bytes, f"more than {limit_bytes} bytes arrived")
+    finally:
+        await response.aclose()
+    headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in _NOT_FORWARDED]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
+
+
+def _too_large(peer: str, request: httpx.Request, limit_bytes: int, seen: str) -> None:
+    where = f"{request.method} {request.url.path}"
+    log.error("peer_answer_too_large", peer=peer, request=where, limit_bytes=limit_bytes, seen=seen,
+              hint="the read counts as failed; a peer answering this much is broken (or not the one configured)")
+    raise AnswerTooLarge(f"{peer} answered {where} with more than {limit_bytes} bytes ({seen}): read given up")
