@@ -1,0 +1,126 @@
+"""Benchmark: `comfy-scaler` against broken peers: its peak RSS when the queue manager floods its answer, and how
+long a tick lasts and how long it takes to exit after SIGTERM when Verda and the queue manager accept
+connections and never answer.
+
+The peers are loopback servers in this process; the scaler runs as `python -m scaler.cli` from --scaler-source
+(default: this checkout; give another checkout, e.g. one of main before the fix, to compare) with the production
+defaults (SCALER_INTERVAL_S=15, the clients' own timeouts and retries). Peak RSS is the kernel's ru_maxrss for
+the children (the flooded one runs first). Not a test; with silent peers on the old code it takes minutes.
+
+    ./dev python -m bench.scaler_broken_peers   (from the repository root)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK = b"[" + b"0," * 32767 + b"0]"
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accept, read what comes, never answer."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(65536):
+            pass
+
+
+def flooding(total_bytes: int) -> Handler:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A 200 without a Content-Length, the body JSON-looking bytes until total_bytes or the client leaves."""
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            sent = 0
+            while sent < total_bytes:
+                writer.write(CHUNK)
+                await writer.drain()
+                sent += len(CHUNK)
+        writer.close()
+
+    return answer
+
+
+def scaler_env(queue_url: str, verda_url: str, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SCALER_", "VERDA_", "QUEUE_MANAGER"))}
+    return {**keep, "QUEUE_MANAGER_URL": queue_url, "VERDA_API_URL": verda_url, "VERDA_CLIENT_ID": "bench",
+            "VERDA_CLIENT_SECRET": "bench-secret", "SCALER_PRICE_PER_REPLICA_HOUR": "2.3", "SCALER_METRICS_PORT": "0",
+            "LOG_FORMAT": "json", **extra}
+
+
+async def flooded_rss(source: Path, flood_mb: int) -> tuple[float, float]:
+    """`comfy-scaler status --json` (local backend) against a queue manager flooding its status answer:
+    (seconds it took, the children's peak RSS in MiB)."""
+    async with serving(flooding(flood_mb * 1024 * 1024)) as url:
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scaler.cli", "status", "--json", cwd=source,
+            env=scaler_env(url, url, SCALER_BACKEND="local"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await process.wait()
+        took = time.monotonic() - started
+    return took, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+async def silent_run(source: Path, sigterm_after_s: float) -> tuple[list[float], float]:
+    """`comfy-scaler run` against silent peers, SIGTERM after sigterm_after_s: the seconds (since the start) of
+    each decision logged, and the seconds from SIGTERM to the exit."""
+    async with serving(silent) as url:
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scaler.cli", "run", cwd=source, env=scaler_env(url, url),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        decisions: list[float] = []
+
+        async def watch() -> None:
+            assert process.stderr is not None
+            async for line in process.stderr:
+                if line.startswith(b"{") and json.loads(line).get("event") == "Scaling decision":
+                    decisions.append(round(time.monotonic() - started, 1))
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(sigterm_after_s)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await process.wait()
+        exit_s = time.monotonic() - signalled
+        await watcher
+    return decisions, exit_s
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scaler-source", type=Path, default=REPO, help="checkout whose scaler is measured")
+    parser.add_argument("--flood-mb", type=int, default=256, help="size of the flooded queue status answer")
+    parser.add_argument("--sigterm-after", type=float, default=35.0, help="seconds into the run SIGTERM is sent")
+    args = parser.parse_args()
+    took, rss = await flooded_rss(args.scaler_source, args.flood_mb)
+    print(f"flooded queue status ({args.flood_mb} MB): status took {took:.1f} s, peak RSS {rss:.0f} MiB")
+    decisions, exit_s = await silent_run(args.scaler_source, args.sigterm_after)
+    print(f"silent peers: decisions at {decisions} s; SIGTERM at {args.sigterm_after:g} s, exit {exit_s:.1f} s later")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
