@@ -70,15 +70,15 @@ async def test_a_fleet_provider_that_never_answers_is_degraded_and_fallen_back_f
     )
     fleet = FleetBackend([Member(config.providers[0], local, RUNPOD_BILLING),
                           Member(config.providers[1], silent, VERDA_BILLING)], config, clock=wall,
-                         member_timeout_s=0.3)
+                         member_timeout_s=0.5)
     try:
         async with asyncio.timeout(15):
-            for _ in range(3):
+            for _ in range(2):
                 await fleet.observe()
                 await fleet.apply(2)
                 wall.advance(15)
         assert fleet.state.health["verda"].degraded == "errors"
         assert fleet.state.targets["local"] == 2 and len(local.pids) == 2
-        assert "no answer within 0.3 s" in fleet.status_report(wall())["providers"]["verda"]["error"]
+        assert "no answer within 0.5 s" in fleet.status_report(wall())["providers"]["verda"]["error"]
     finally:
         await fleet.aclose()
