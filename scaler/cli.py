@@ -35,6 +35,7 @@ from scaler.wiring import (
     ProviderSetupError,
     build_fleet,
     fleet_policy_config,
+    look_up_price,
     make_provider,
     release_stop_file,
     stop_all,
@@ -169,7 +170,7 @@ async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
     if not isinstance(backend, VerdaBackend):
         return Pricing(settings.scaling_config(), "default")
     try:
-        price = await backend.price_per_hour()
+        price = await look_up_price(settings, backend.price_per_hour)
     except Exception as exc:  # the API's errors, and answers of a shape nobody expected (a dict for a list)
         return Pricing(settings.scaling_config(), "default", error=f"{type(exc).__name__}: {exc}"[:300])
     return Pricing(settings.scaling_config(price), "verda")

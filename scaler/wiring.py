@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +82,16 @@ def fleet_policy_config(settings: ScalerSettings) -> ScalingConfig:
     })
 
 
+async def look_up_price(settings: ScalerSettings, lookup: Callable[[], Awaitable[float]]) -> float:
+    """A provider's price from its price list, within one tick's deadline: a price list that never answers
+    must not hold the start for minutes (5 Verda attempts of 30 s)."""
+    limit_s = tick_deadline(settings.interval_s, settings.tick_deadline_s)
+    try:
+        return float(await asyncio.wait_for(lookup(), limit_s))
+    except TimeoutError:
+        raise TimeoutError(f"no answer within {limit_s:g} s (SCALER_TICK_DEADLINE_S)") from None
+
+
 async def _price(settings: ScalerSettings, name: str, backend: Backend) -> float:
     configured = getattr(settings, f"{name}_price_per_hour")
     if configured is not None:
@@ -90,7 +100,7 @@ async def _price(settings: ScalerSettings, name: str, backend: Backend) -> float
     if lookup is None:
         raise ProviderSetupError(f"{name}: set SCALER_{name.upper()}_PRICE_PER_HOUR")
     try:
-        return float(await lookup())
+        return await look_up_price(settings, lookup)
     except Exception as exc:
         raise ProviderSetupError(
             f"{name}: price lookup failed ({type(exc).__name__}: {exc}); set SCALER_{name.upper()}_PRICE_PER_HOUR"

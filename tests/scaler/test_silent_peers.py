@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
@@ -17,6 +18,7 @@ from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.providers import LocalBackend, VerdaBackend
 from scaler.providers.verda.client import VerdaClient
 
+from ..conftest import run_module_to_exit
 from .conftest import DEPLOYMENT, VERDA_ID, VERDA_SECRET, running_scaler, sigterm_and_wait
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
@@ -58,6 +60,17 @@ async def test_sigterm_ends_a_run_waiting_on_silent_peers_within_seconds(cli_env
         err = await sigterm_and_wait(process, timeout=15)
     assert process.returncode == 0
     assert b"scaler_tick_cut_short" in err and b"scaler_stopped" in err
+
+
+async def test_a_price_list_that_never_answers_ends_the_start_within_a_tick(cli_env, silent_peer):
+    """Before, `once` (from cron) waited out 5 Verda attempts of 30 s for the price before its tick even began."""
+    env = {**silent_env(cli_env, silent_peer, SCALER_TICK_DEADLINE_S="1"), "QUEUE_MANAGER_URL": cli_env[
+        "QUEUE_MANAGER_URL"]}
+    del env["SCALER_PRICE_PER_REPLICA_HOUR"]
+    code, err = await run_module_to_exit("scaler.cli", "once", env=env, cwd=Path.cwd(), timeout_s=20)
+    assert code == 1
+    [failed] = [json.loads(line) for line in err.splitlines() if '"price_lookup_failed"' in line]
+    assert "no answer within 1 s (SCALER_TICK_DEADLINE_S)" in failed["error"]
 
 
 async def test_a_fleet_provider_that_never_answers_is_degraded_and_fallen_back_from(silent_peer, wall):
