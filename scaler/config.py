@@ -172,11 +172,7 @@ class ScalerSettings(LogSettings):
                                     ("VERDA_CLIENT_SECRET", self.verda_client_secret))
                 if not value
             ]
-        # Verda's price is read at start (cli.resolve_pricing), and checked then; a budget of 0 conflicts with any.
-        price = self.price_per_replica_hour
-        if price is None and (self.backend == "local" and not self.provider_names):
-            price = DEFAULTS.price_per_replica_hour
-        problems += budget_conflicts(self, math.inf if price is None else price)
+        problems += budget_conflicts(self, self._price_known_at_start())
         try:
             self.scaling_config()
         except ValueError as exc:
@@ -184,6 +180,17 @@ class ScalerSettings(LogSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _price_known_at_start(self) -> float:
+        """One replica-hour's price as far as the settings tell (a fleet: its cheapest provider's); math.inf when
+        it is read from a provider at start (cli checks the budgets again then)."""
+        if self.provider_names:
+            prices = [getattr(self, f"{name}_price_per_hour") for name in self.provider_names if name in PROVIDER_KINDS]
+            cheapest = min((price for price in prices if price is not None), default=math.inf)
+            return cheapest if None not in prices or cheapest == 0 else math.inf
+        if self.price_per_replica_hour is not None:
+            return self.price_per_replica_hour
+        return DEFAULTS.price_per_replica_hour if self.backend == "local" else math.inf
 
     @property
     def provider_names(self) -> list[str]:

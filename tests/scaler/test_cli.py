@@ -7,7 +7,10 @@ import json
 import os
 import socket
 
+import pytest
+
 from scaler.cli import main
+from scaler.config import ConfigError, load_settings
 
 from .conftest import running_scaler, sigterm_and_wait
 
@@ -54,6 +57,20 @@ async def test_a_budget_of_0_with_a_floor_of_replicas_is_refused_naming_both(cli
         err = capsys.readouterr().err
         assert "SCALER_MIN_REPLICAS=2" in err and "SCALER_MAX_SPEND_PER_HOUR=0" in err
     assert scaling_patches() == []
+
+
+def test_a_fleets_budget_is_checked_against_its_cheapest_provider(monkeypatch, tmp_path):
+    """SCALER_PRICE_PER_REPLICA_HOUR does not price a fleet: each provider has its own, and local ones are free."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"QUEUE_MANAGER_URL": "http://127.0.0.1:9", "SCALER_PROVIDERS": "local",
+                        "SCALER_MIN_REPLICAS": "2", "SCALER_MAX_SPEND_PER_HOUR": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().min_replicas == 2, "local workers cost nothing: a budget of 0 pays for them"
+    monkeypatch.setenv("SCALER_LOCAL_PRICE_PER_HOUR", "0.5")
+    monkeypatch.setenv("SCALER_MAX_SPEND_PER_HOUR", "0.8")
+    refused = r"SCALER_MAX_SPEND_PER_HOUR=0.8 cannot pay for SCALER_MIN_REPLICAS=2 .*= 1\.00"
+    with pytest.raises(ConfigError, match=refused):
+        load_settings()
 
 
 async def test_a_budget_below_the_floor_at_verdas_price_is_refused_before_anything_is_written(
