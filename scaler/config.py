@@ -172,6 +172,15 @@ class ScalerSettings(LogSettings):
                                     ("VERDA_CLIENT_SECRET", self.verda_client_secret))
                 if not value
             ]
+        if self.billing_aware and self.scale_down_lead_s < self.interval_s:
+            # A scale-down happens at a tick inside the lead; ticks and boundaries keep their phase (a 600 s
+            # interval is a whole number of ticks), so a lead shorter than a tick can miss every boundary and the
+            # in-flight rule then never releases a replica.
+            problems.append(
+                f"SCALER_SCALE_DOWN_LEAD_S ({self.scale_down_lead_s:g}) must be >= SCALER_INTERVAL_S "
+                f"({self.interval_s:g}) while SCALER_BILLING_AWARE is on: shorter, the ticks can miss every billing "
+                "boundary and replicas are never released (keep it >= 30 + SCALER_INTERVAL_S)"
+            )
         problems += budget_conflicts(self, self._price_known_at_start())
         try:
             self.scaling_config()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +217,24 @@ async def test_a_metrics_port_that_cannot_be_bound_exits_1_naming_the_settings(c
     assert "SCALER_METRICS_PORT" in failed["hint"] and "SCALER_METRICS_HOST" in failed["hint"]
     assert b"Traceback" not in err
     assert scaling_patches() == [], "nothing is decided without the metrics it was asked to serve"
+
+
+@pytest.mark.parametrize(("lead", "interval"), [("0", "15"), ("10", "15"), ("30", "60")])
+def test_a_scale_down_lead_shorter_than_a_tick_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lead: str, interval: str
+) -> None:
+    """Ticks keep their phase to the billing boundaries, so a lead shorter than a tick can miss every one: with
+    the in-flight rule, a replica started 12 s after a tick, at a 10 s lead and 15 s ticks, was never released
+    (4 h of ticks through decide)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SCALER_BACKEND", "local")
+    monkeypatch.setenv("SCALER_SCALE_DOWN_LEAD_S", lead)
+    monkeypatch.setenv("SCALER_INTERVAL_S", interval)
+    with pytest.raises(ConfigError, match=r"SCALER_SCALE_DOWN_LEAD_S \(\d+\) must be >= SCALER_INTERVAL_S"):
+        load_settings()
+    monkeypatch.setenv("SCALER_BILLING_AWARE", "false")
+    assert load_settings().scale_down_lead_s == float(lead), "without billing awareness the lead is not used"
+    monkeypatch.delenv("SCALER_BILLING_AWARE")
+    monkeypatch.setenv("SCALER_SCALE_DOWN_LEAD_S", interval)
+    assert load_settings().scale_down_lead_s == float(interval)
