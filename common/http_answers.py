@@ -33,22 +33,31 @@ async def request_bounded(
     request.headers["Accept-Encoding"] = "identity"
     response = await http.send(request, stream=True)
     try:
-        declared = response.headers.get("Content-Length", "")
-        body = bytearray()
-        if declared.isdigit() and int(declared) > limit_bytes:
-            _too_large(peer, request, limit_bytes, f"announced {declared} bytes")
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > limit_bytes:
-                _too_large(peer, request, limit_bytes, f"more than {limit_bytes} bytes arrived")
+        body = await read_at_most(response, limit_bytes)
+    except AnswerTooLarge as exc:
+        raise _too_large(peer, request, limit_bytes, str(exc)) from None
     finally:
         await response.aclose()
     headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in _NOT_FORWARDED]
     return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
 
 
-def _too_large(peer: str, request: httpx.Request, limit_bytes: int, seen: str) -> None:
+async def read_at_most(response: httpx.Response, limit_bytes: int) -> bytearray:
+    """The body of a streamed ``response``; AnswerTooLarge (saying what was seen) as soon as it announces or
+    delivers more than ``limit_bytes``, before more is read."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise AnswerTooLarge(f"announced {declared} bytes")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit_bytes:
+            raise AnswerTooLarge(f"more than {limit_bytes} bytes arrived")
+    return body
+
+
+def _too_large(peer: str, request: httpx.Request, limit_bytes: int, seen: str) -> AnswerTooLarge:
     where = f"{request.method} {request.url.path}"
     log.error("peer_answer_too_large", peer=peer, request=where, limit_bytes=limit_bytes, seen=seen,
               hint="the read counts as failed; a peer answering this much is broken (or not the one configured)")
-    raise AnswerTooLarge(f"{peer} answered {where} with more than {limit_bytes} bytes ({seen}): read given up")
+    return AnswerTooLarge(f"{peer} answered {where} with more than {limit_bytes} bytes ({seen}): read given up")

@@ -15,6 +15,8 @@ import aiohttp
 import httpx
 import structlog
 
+from common.http_answers import AnswerTooLarge, read_at_most
+
 log = structlog.get_logger()
 
 # The most of one answer from ComfyUI (an HTTP body, a websocket message) the worker holds in memory. Real ones
@@ -114,14 +116,10 @@ class ComfyUIClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
         """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read."""
         async with self._stream(method, path, **kwargs) as response:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > MAX_COMFYUI_MESSAGE_BYTES:
-                raise ReplyTooLarge(f"{method} {path}")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_COMFYUI_MESSAGE_BYTES:
-                    raise ReplyTooLarge(f"{method} {path}")
+            try:
+                body = await read_at_most(response, MAX_COMFYUI_MESSAGE_BYTES)
+            except AnswerTooLarge:
+                raise ReplyTooLarge(f"{method} {path}") from None
             return Reply(response.status_code, body)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
