@@ -340,9 +340,15 @@ async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_lon
     assert worker.state.jobs_failed == 0 and worker.state.jobs_handed_back == 1
 
 
+# A stop (0.1 s grace) or a crash must come before the job ends: at the fixture's 0.4 s a node, a loaded machine
+# noticed the prompt late enough that the job completed instead of being handed back (KeyError on "error").
+STOPPED_BEFORE_IT_ENDS_S = 2.0
+
+
 async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy, make_worker, workflows):
     # A copy made by a worker from before causes were told: every earlier run counts as a fault.
     metadata = {"requeued_from": "job-0", "attempt": 3, "requeue_reasons": ["worker a was stopped", "ComfyUI died"]}
+    comfy.node_seconds["ImageBlur"] = STOPPED_BEFORE_IT_ENDS_S
     job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
     worker = make_worker(max_job_attempts=3, serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
@@ -356,6 +362,7 @@ async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy,
 
 async def test_the_fallback_resubmits_a_job_stopped_under_again_and_again(qm, comfy, make_worker, workflows):
     """comfy-multi: four replicas stopped under the job (MAX_JOB_ATTEMPTS 3); each copy counts no fault."""
+    comfy.node_seconds["ImageBlur"] = STOPPED_BEFORE_IT_ENDS_S
     job = qm.store.submit("alice", workflows["slow"], priority=0)
     for stop in range(1, 5):
         worker = make_worker(worker_id=f"replica-{stop}", shutdown_grace_s=0.1, max_job_attempts=3)
@@ -388,6 +395,7 @@ async def test_the_fallback_bounds_faults_by_max_job_attempts_and_stops_by_twent
     qm, comfy, make_worker, workflows, earlier, how, gives_up, copy_faults
 ):
     metadata = {"requeued_from": "job-0", **earlier, "requeue_reasons": ["earlier"]}
+    comfy.node_seconds["ImageBlur"] = STOPPED_BEFORE_IT_ENDS_S
     job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
     worker = make_worker(max_job_attempts=3, serverless_job_limit=1, shutdown_grace_s=0.1)
     run = asyncio.create_task(worker.run())
