@@ -2,7 +2,7 @@
 
 The websocket is the fast path; /history and /queue are the truth. When the socket drops the run
 reconnects with the same clientId, and while it cannot, it polls over HTTP. A deadline interrupts the
-prompt; a ComfyUI that stops answering for too long fails the run.
+prompt; a ComfyUI that answers nothing (HTTP or websocket) for too long loses the run.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -23,6 +23,8 @@ from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, Reply
 from worker.gpu import is_fatal_gpu_error
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
@@ -48,10 +50,15 @@ class Outcome:
 class RunTimings:
     check_interval_s: float = 5.0  # with a silent socket, confirm the prompt's state over HTTP this often
     poll_interval_s: float = 1.0  # HTTP polling pace while the socket is down
-    lost_after_s: float = 30.0  # ComfyUI unreachable this long: give up on the run
+    lost_after_s: float = 30.0  # ComfyUI answered nothing (HTTP or websocket) this long: give up on the run
     lost_confirm_s: float = 2.0  # in neither queue nor history this long: the prompt is gone
     history_wait_s: float = 5.0  # /history can lag execution_success
     interrupt_wait_s: float = 10.0  # after POST /interrupt, how long to wait for ComfyUI to stop
+
+
+# However long ComfyUI has been silent, a question over HTTP gets at least this long: on loopback an answering
+# ComfyUI takes milliseconds.
+MIN_QUESTION_S = 1.0
 
 
 class PromptLost(Exception):
@@ -99,6 +106,7 @@ class PromptRun:
         self.prompt_id = str(uuid.uuid4())
         self._submitted_at = 0.0
         self._started_at: float | None = None
+        self._heard_at = time.monotonic()  # the last time ComfyUI answered anything, over HTTP or the websocket
         self._executed_outputs: dict[str, Any] = {}
         self._interrupt_sent = False
         self._warnings: list[str] = []
@@ -113,7 +121,7 @@ class PromptRun:
             log.warning("ComfyUI websocket unavailable; following the prompt over HTTP", error=str(exc))
         try:
             accepted = await self._submit(workflow)
-            self._submitted_at = time.monotonic()
+            self._submitted_at = self._heard_at = time.monotonic()
             if accepted.get("node_errors"):
                 skipped = describe_prompt_error({"error": {"message": "outputs that will not run"}, **accepted})
                 log.warning("ComfyUI accepted the workflow but will skip invalid outputs", details=skipped)
@@ -163,7 +171,6 @@ class PromptRun:
         return None
 
     async def _follow(self) -> _Terminal:
-        unreachable_since: float | None = None
         missing_since: float | None = None
         while True:
             self.heartbeat()
@@ -174,11 +181,10 @@ class PromptRun:
             else:
                 await self._reconnect()  # then ask over HTTP at once: events sent while away are lost
             try:
-                entry = await self.comfy.history(self.prompt_id)
+                entry = await self._ask(self.comfy.history(self.prompt_id))
                 if entry is not None:
                     return terminal_from_history(entry)
-                running, pending = await self.comfy.queued_prompt_ids()
-                unreachable_since = None
+                running, pending = await self._ask(self.comfy.queued_prompt_ids())
                 if self.prompt_id in running or self.prompt_id in pending:
                     missing_since = None
                 else:
@@ -189,14 +195,30 @@ class PromptRun:
                             "or ComfyUI restarted"
                         )
             except ComfyUIUnavailable as exc:
-                unreachable_since = unreachable_since or time.monotonic()
-                if time.monotonic() - unreachable_since >= self.timings.lost_after_s:
+                if time.monotonic() - self._heard_at >= self.timings.lost_after_s:
                     raise PromptLost(
                         f"ComfyUI stopped answering for {self.timings.lost_after_s:g} s during the job "
                         f"(process died or hung): {exc}"
                     ) from exc
             if not self.events.is_open or missing_since is not None:
                 await asyncio.sleep(self.timings.poll_interval_s)
+
+    async def _ask(self, question: Awaitable[T]) -> T:
+        """One HTTP question, given only what is left of lost_after_s since ComfyUI last answered anything: a
+        hung ComfyUI is given up lost_after_s after it went silent, not after a whole HTTP timeout on top.
+        An answering ComfyUI (busy or not: it serves HTTP from its event loop while a prompt runs) restarts
+        the count with each answer. ComfyUIUnavailable when no answer came in time."""
+        left_s = self._heard_at + self.timings.lost_after_s - time.monotonic()
+        try:
+            async with asyncio.timeout(max(left_s, MIN_QUESTION_S)):
+                answer = await question
+        except TimeoutError:
+            raise ComfyUIUnavailable(
+                f"no answer within {max(left_s, MIN_QUESTION_S):.1f} s (nothing heard from ComfyUI for "
+                f"{time.monotonic() - self._heard_at:.1f} s)"
+            ) from None
+        self._heard_at = time.monotonic()
+        return answer
 
     async def _read_socket(self) -> _Terminal | None:
         """Messages until a terminal event (returned), a drop or check_interval_s (None): however busy the
@@ -207,6 +229,8 @@ class PromptRun:
                 message = await self.events.receive(wait_s)
             except TimeoutError:
                 return None
+            if message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                self._heard_at = time.monotonic()
             if message.type == aiohttp.WSMsgType.BINARY:
                 continue  # preview images
             if message.type != aiohttp.WSMsgType.TEXT:

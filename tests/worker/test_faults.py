@@ -340,6 +340,41 @@ async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_lon
     assert worker.state.jobs_failed == 0 and worker.state.jobs_handed_back == 1
 
 
+async def test_the_silence_before_a_hand_back_counts_from_comfyuis_last_answer_not_from_a_timed_out_call(
+    qm, comfyui_process, make_worker, workflows
+):
+    """30 s of silence (lost_after_s, 0.6 s here) from ComfyUI's last answer: a question to a hung ComfyUI is
+    not first given the whole HTTP timeout (30 s, as in production), which made it about 70 s."""
+    process, url = comfyui_process
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(comfyui_url=url, serverless_mode=False, http_timeout_s=30, comfyui_unresponsive_timeout_s=60)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.current_prompt_id is not None)
+    process.send_signal(signal.SIGSTOP)
+    await wait_for(lambda: qm.reports.landed(job.id), timeout=10)  # before: only after the 30 s HTTP timeout
+    process.send_signal(signal.SIGCONT)  # so the worker's probe is answered and it can stop
+    worker.request_shutdown()
+    await asyncio.wait_for(run, 10)
+    [report] = qm.reports.landed(job.id)
+    assert report.body["error"].startswith("Handed back: ComfyUI stopped answering for 0.6 s during the job")
+    assert "nothing heard from ComfyUI for" in report.body["error"]
+
+
+async def test_a_busy_comfyui_that_answers_over_http_keeps_its_job_however_quiet_its_socket(
+    qm, comfy, make_worker, workflows
+):
+    job = qm.store.submit("alice", workflows["slow"])
+    comfy.freeze(class_type="ImageBlur")  # a long node: no event on the socket, HTTP answered all along
+    worker = make_worker(serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await comfy.wait_until_frozen()
+    await asyncio.sleep(4 * 0.6)  # four times lost_after_s
+    assert qm.reports.for_job(job.id) == [], "a busy ComfyUI is not a silent one"
+    comfy.release()
+    assert await asyncio.wait_for(run, 10) == 0
+    assert qm.store.get(job.id).status == "completed"
+
+
 # A stop (0.1 s grace) or a crash must come before the job ends: at the fixture's 0.4 s a node, a loaded machine
 # noticed the prompt late enough that the job completed instead of being handed back (KeyError on "error").
 STOPPED_BEFORE_IT_ENDS_S = 2.0
