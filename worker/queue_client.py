@@ -17,6 +17,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from common.handbacks import HandBackCause
+from common.http_answers import AnswerTooLarge, request_bounded
 
 log = structlog.get_logger()
 
@@ -24,11 +25,17 @@ MAX_ERROR_CHARS = 10_000  # the manager refuses longer fail-job messages with 42
 MAX_REASON_CHARS = 2_000  # release-job's limit (contract item 4)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 JSON = {"Content-Type": "application/json"}
+# The most of one answer from the queue manager the worker reads. The largest it sends is a job: next-job's
+# carries the workflow (<= 10 MiB) and metadata (<= 1 MiB), GET /api/jobs/{id} a completed one's result
+# (<= 50 MiB; the embedded manager's limits, as both managers measure them: escaped JSON characters, never
+# fewer than the bytes sent). More is a broken or wrong peer, not a job: the read is given up.
+MAX_QUEUE_ANSWER_BYTES = 64 << 20
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, only ever a lone one: JSON pairs decode to one character
 
 
 class PollError(Exception):
-    """The poll failed (connection, 5xx, not JSON, wrong shape); the caller backs off and polls again."""
+    """The poll failed (connection, 5xx, not JSON, wrong shape, too large); the caller backs off and polls
+    again."""
 
 
 class JobGone(Exception):
@@ -44,7 +51,8 @@ class RouteUnknown(Exception):
 
 
 class ReportRejected(Exception):
-    """The manager refused the report's shape (4xx other than 404/408/429): retrying cannot help."""
+    """The manager refused the report's shape (4xx other than 404/408/429), or answered more than
+    MAX_QUEUE_ANSWER_BYTES: retrying cannot help."""
 
 
 class TransientHTTPError(Exception):
@@ -95,9 +103,11 @@ class QueueClient:
     async def next_job(self) -> dict[str, Any] | None:
         """Pop the next job for this worker, or None when nothing is pending."""
         try:
-            response = await self._http.get("/api/workers/next-job", params={"worker_id": self.worker_id})
+            response = await self._request("GET", "/api/workers/next-job", params={"worker_id": self.worker_id})
         except httpx.HTTPError as exc:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
+        except AnswerTooLarge as exc:
+            raise PollError(f"{exc} (MAX_QUEUE_ANSWER_BYTES)") from None
         if response.status_code != 200:
             raise PollError(f"queue manager answered HTTP {response.status_code}: {_short(response.text)}")
         try:
@@ -133,14 +143,14 @@ class QueueClient:
     async def heartbeat(self, job_id: str, attempt: int) -> None:
         """One lease heartbeat (contract item 3), not retried: the next one follows soon."""
         params = {"job_id": job_id, **self._fence(attempt)}
-        response = await self._http.post("/api/workers/heartbeat", params=params)
+        response = await self._checked("POST", "/api/workers/heartbeat", params=params)
         if response.status_code in RETRYABLE_STATUS:
             raise TransientHTTPError(response.status_code, response.text)
         self._raise_for_job_answer("heartbeat", job_id, response)
 
     async def _job(self, job_id: str) -> dict[str, Any] | None:
         """GET /api/jobs/{id}: the job, or None when the manager no longer knows it."""
-        response = await self._http.get(f"/api/jobs/{job_id}")
+        response = await self._checked("GET", f"/api/jobs/{job_id}")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -181,6 +191,19 @@ class QueueClient:
         response = await self._post_with_retries(f"/api/workers/{endpoint}", params, body, self.report_budget_s)
         self._raise_for_job_answer(endpoint, job_id, response)
 
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer, read at most to MAX_QUEUE_ANSWER_BYTES (AnswerTooLarge past it, logged naming the limit)."""
+        return await request_bounded(
+            self._http, method, path, peer="queue manager", limit_bytes=MAX_QUEUE_ANSWER_BYTES, **kwargs
+        )
+
+    async def _checked(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """_request for a report, heartbeat or job look-up: an answer over the limit is a refused call."""
+        try:
+            return await self._request(method, path, **kwargs)
+        except AnswerTooLarge as exc:
+            raise ReportRejected(f"{exc} (MAX_QUEUE_ANSWER_BYTES)") from None
+
     @staticmethod
     def _raise_for_job_answer(endpoint: str, job_id: str, response: httpx.Response) -> None:
         if response.status_code == 200:
@@ -211,7 +234,7 @@ class QueueClient:
             ),
         ):
             with attempt:
-                response = await self._http.post(path, params=params, content=_json_body(body), headers=JSON)
+                response = await self._checked("POST", path, params=params, content=_json_body(body), headers=JSON)
                 if response.status_code in RETRYABLE_STATUS:
                     raise TransientHTTPError(response.status_code, response.text)
                 return response
