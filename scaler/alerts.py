@@ -25,12 +25,15 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from common.http_answers import AnswerTooLarge, read_at_most
 from scaler.ledger import day_start
 
 log = structlog.get_logger()
 
 BUDGET_THRESHOLDS = (50, 80, 100)
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# A webhook answers a few bytes ("ok"); what is read of a larger answer stops here (its status still counts).
+MAX_WEBHOOK_ANSWER_BYTES = 64 << 10
 
 
 class AlertFormat(StrEnum):
@@ -211,11 +214,20 @@ class AlertSender:
         log.info("alert_sent", kind=alert.kind)
 
     async def _post(self, body: dict[str, Any]) -> None:
+        """One POST; the answer read at most to MAX_WEBHOOK_ANSWER_BYTES. Not common.http_answers.request_bounded:
+        its log line names the URL's path, and a Slack webhook's path is its secret."""
         assert self.webhook_url is not None
-        response = await self._http.post(self.webhook_url, json=body)
+        request = self._http.build_request("POST", self.webhook_url, json=body, headers={"Accept-Encoding": "identity"})
+        response = await self._http.send(request, stream=True)
+        try:
+            text = (await read_at_most(response, MAX_WEBHOOK_ANSWER_BYTES)).decode("utf-8", errors="replace")
+        except AnswerTooLarge as exc:
+            text = f"(answer not read: {exc})"
+        finally:
+            await response.aclose()
         if response.is_success:
             return
         raise WebhookError(
-            f"webhook answered HTTP {response.status_code}: {response.text[:200]}",
+            f"webhook answered HTTP {response.status_code}: {text[:200]}",
             retryable=response.status_code in RETRYABLE_STATUS,
         )

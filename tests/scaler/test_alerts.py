@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
-from scaler.alerts import Alert, AlertBook, AlertFormat, AlertSender, budget_alerts
+from scaler.alerts import MAX_WEBHOOK_ANSWER_BYTES, Alert, AlertBook, AlertFormat, AlertSender, budget_alerts
 
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
 DAY = 86_400.0
 
 
 class Webhook:
-    """Records the JSON bodies; answers ``fail_first`` requests with 503, or hangs while ``hang`` is set."""
+    """Records the JSON bodies; answers ``fail_first`` requests with 503, or hangs while ``hang`` is set; with
+    ``flood_bytes``, answers that much (no Content-Length), ``sent`` counting what it wrote before the hang-up."""
 
     def __init__(self) -> None:
         self.bodies: list[dict] = []
@@ -25,6 +28,8 @@ class Webhook:
         self.fail_first = 0
         self.status = 503
         self.hang = asyncio.Event()
+        self.flood_bytes = 0
+        self.sent = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -42,14 +47,27 @@ class Webhook:
         assert self._runner is not None
         await self._runner.cleanup()
 
-    async def _post(self, request: web.Request) -> web.Response:
+    async def _post(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
         while self.hang.is_set():
             await asyncio.sleep(0.01)
-        if self.attempts <= self.fail_first:
+        failing = self.attempts <= self.fail_first
+        if not failing:
+            self.bodies.append(await request.json())
+        if self.flood_bytes:
+            return await self._flood(request, self.status if failing else 200)
+        if failing:
             return web.Response(status=self.status, text="try later")
-        self.bodies.append(await request.json())
         return web.Response(text="ok")
+
+    async def _flood(self, request: web.Request, status: int) -> web.StreamResponse:
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while self.sent < self.attempts * self.flood_bytes:
+                await response.write(b"x" * 65536)
+                self.sent += 65536
+        return response
 
 
 @pytest.fixture
@@ -159,3 +177,35 @@ async def test_dry_run_prints_the_body_and_sends_nothing(webhook):
     body = json.loads(printed.split(": ", 1)[1])
     assert body == {"text": "[comfy-scaler] kill switch used: every provider pinned to 0"}
     assert "T0KEN" not in printed
+
+
+async def test_a_webhook_answering_too_much_is_read_no_further_and_its_status_still_counts(webhook):
+    webhook.flood_bytes = 16 << 20
+    webhook.fail_first, webhook.status = 1, 503
+    alerts = sender(webhook.url, attempts=3)
+    try:
+        alerts.raise_(Alert("budget_50", "first", NOON))
+        assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    assert webhook.attempts == 2, "the 503 was retried, the 200 delivered the alert"
+    assert [alert.kind for alert in alerts.sent] == ["budget_50"]
+    assert webhook.sent < webhook.attempts * webhook.flood_bytes, "the sender hung up once past the limit"
+
+
+async def test_an_oversized_failure_is_logged_without_the_webhooks_secret_path(webhook):
+    webhook.flood_bytes = 16 << 20
+    webhook.fail_first, webhook.status = 5, 404
+    alerts = sender(webhook.url, attempts=3)
+    try:
+        with capture_logs() as logs:
+            alerts.raise_(Alert("budget_50", "first", NOON))
+            assert await alerts.flush(5)
+    finally:
+        await alerts.aclose()
+    [failed] = [entry for entry in logs if entry["event"] == "alert_not_delivered"]
+    assert failed["error"] == "WebhookError: webhook answered HTTP 404: (answer not read: more than " + (
+        f"{MAX_WEBHOOK_ANSWER_BYTES} bytes arrived)"
+    )
+    assert "T0KEN-secret" not in repr(logs)
+    assert webhook.sent < webhook.attempts * webhook.flood_bytes
