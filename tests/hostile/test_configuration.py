@@ -76,6 +76,12 @@ SCALER_CASES = {
     "stabilization-window-a-year": ("SCALER_STABILIZATION_WINDOW_S", "31536000"),
     "stabilization-window-nan": ("SCALER_STABILIZATION_WINDOW_S", "nan"),
     "idle-to-zero-inf": ("SCALER_IDLE_TO_ZERO_S", "inf"),
+    # One decision weighs up to max_replicas new replicas against every queued job: 9.1 s for 3000 at 10^9.
+    "max-replicas-a-billion": ("SCALER_MAX_REPLICAS", "1000000000"),
+    "max-replicas-past-the-limit": ("SCALER_MAX_REPLICAS", "101"),
+    "local-max-replicas-a-billion": ("SCALER_LOCAL_MAX_REPLICAS", "1000000000"),
+    "verda-max-replicas-past-the-limit": ("SCALER_VERDA_MAX_REPLICAS", "101"),
+    "runpod-max-replicas-a-billion": ("SCALER_RUNPOD_MAX_REPLICAS", "1000000000"),
 }
 
 
