@@ -82,6 +82,18 @@ def sender(url: str | None, **options) -> AlertSender:
     return AlertSender(url, retry_initial_s=0.01, retry_max_s=0.02, timeout_s=2.0, **options)
 
 
+async def deliver(url: str, *alerts: Alert, **options) -> AlertSender:
+    """A sender given ``alerts``, flushed and closed; what it sent stays readable."""
+    alert_sender = sender(url, **options)
+    try:
+        for alert in alerts:
+            alert_sender.raise_(alert)
+        assert await alert_sender.flush(5)
+    finally:
+        await alert_sender.aclose()
+    return alert_sender
+
+
 def test_each_budget_threshold_goes_out_once_per_day():
     book, raised = AlertBook(), []
     for spent, now in ((4.0, NOON), (5.5, NOON + 60), (6.0, NOON + 120), (8.5, NOON + 180), (12.0, NOON + 240),
@@ -142,24 +154,13 @@ async def test_a_hanging_webhook_never_blocks_and_the_queue_is_bounded(webhook):
 
 async def test_a_webhook_that_keeps_failing_is_given_up_and_the_next_alert_still_goes(webhook):
     webhook.fail_first, webhook.status = 5, 500
-    alerts = sender(webhook.url, attempts=3)
-    try:
-        alerts.raise_(Alert("budget_50", "first", NOON))
-        alerts.raise_(Alert("budget_80", "second", NOON))
-        assert await alerts.flush(5)
-    finally:
-        await alerts.aclose()
+    await deliver(webhook.url, Alert("budget_50", "first", NOON), Alert("budget_80", "second", NOON), attempts=3)
     assert [b["text"] for b in webhook.bodies] == ["[comfy-scaler] second"]
 
 
 async def test_a_4xx_is_not_retried(webhook):
     webhook.fail_first, webhook.status = 1, 404
-    alerts = sender(webhook.url, attempts=3)
-    try:
-        alerts.raise_(Alert("budget_50", "first", NOON))
-        assert await alerts.flush(5)
-    finally:
-        await alerts.aclose()
+    await deliver(webhook.url, Alert("budget_50", "first", NOON), attempts=3)
     assert webhook.attempts == 1 and webhook.bodies == []
 
 
@@ -182,12 +183,7 @@ async def test_dry_run_prints_the_body_and_sends_nothing(webhook):
 async def test_a_webhook_answering_too_much_is_read_no_further_and_its_status_still_counts(webhook):
     webhook.flood_bytes = 16 << 20
     webhook.fail_first, webhook.status = 1, 503
-    alerts = sender(webhook.url, attempts=3)
-    try:
-        alerts.raise_(Alert("budget_50", "first", NOON))
-        assert await alerts.flush(5)
-    finally:
-        await alerts.aclose()
+    alerts = await deliver(webhook.url, Alert("budget_50", "first", NOON), attempts=3)
     assert webhook.attempts == 2, "the 503 was retried, the 200 delivered the alert"
     assert [alert.kind for alert in alerts.sent] == ["budget_50"]
     assert webhook.sent < webhook.attempts * webhook.flood_bytes, "the sender hung up once past the limit"
@@ -196,13 +192,8 @@ async def test_a_webhook_answering_too_much_is_read_no_further_and_its_status_st
 async def test_an_oversized_failure_is_logged_without_the_webhooks_secret_path(webhook):
     webhook.flood_bytes = 16 << 20
     webhook.fail_first, webhook.status = 5, 404
-    alerts = sender(webhook.url, attempts=3)
-    try:
-        with capture_logs() as logs:
-            alerts.raise_(Alert("budget_50", "first", NOON))
-            assert await alerts.flush(5)
-    finally:
-        await alerts.aclose()
+    with capture_logs() as logs:
+        await deliver(webhook.url, Alert("budget_50", "first", NOON), attempts=3)
     [failed] = [entry for entry in logs if entry["event"] == "alert_not_delivered"]
     assert failed["error"] == "WebhookError: webhook answered HTTP 404: (answer not read: more than " + (
         f"{MAX_WEBHOOK_ANSWER_BYTES} bytes arrived)"
