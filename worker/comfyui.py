@@ -36,6 +36,10 @@ class PromptRejected(Exception):
     """POST /prompt refused the workflow; the message lists the error and every node error."""
 
 
+# The shortest wait for one /system_stats probe: ComfyUI answers it in milliseconds when it answers at all.
+MIN_PROBE_S = 1.0
+
+
 class FileNotServed(Exception):
     """GET /view refused a file the prompt's history names (4xx): the job's output, not ComfyUI, is at fault."""
 
@@ -90,6 +94,7 @@ def describe_prompt_error(body: object) -> str:
 class ComfyUIClient:
     def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self._timeout_s = timeout_s
         # identity: a compressed answer could unpack to far more than the bytes read (ComfyUI compresses on
         # request with --enable-compress-response-body); on loopback it saves nothing anyway.
         self._http = httpx.AsyncClient(
@@ -129,21 +134,23 @@ class ComfyUIClient:
         except ValueError as exc:
             raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered non-JSON: {response.text[:200]!r}") from exc
 
-    async def system_stats(self) -> dict[str, Any]:
+    async def system_stats(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """ComfyUI's stats; ``timeout_s`` instead of the client's HTTP timeout, for a probe with a deadline."""
         try:
-            return await self._json("GET", "/system_stats")
+            return await self._json("GET", "/system_stats", **({} if timeout_s is None else {"timeout": timeout_s}))
         except ReplyTooLarge as exc:  # no workflow writes in these: ComfyUI itself is misbehaving
             raise ComfyUIUnavailable(str(exc)) from exc
 
     async def wait_until_up(
         self, timeout_s: float, *, interval_s: float = 1.0, should_stop: Callable[[], bool] = lambda: False
     ) -> dict[str, Any] | None:
-        """Poll /system_stats until it answers (its stats), the deadline passes or should_stop() (None)."""
+        """Poll /system_stats until it answers (its stats), the deadline passes or should_stop() (None). No probe
+        outlasts the deadline by more than MIN_PROBE_S: a hung ComfyUI would hold each one for the HTTP timeout."""
         deadline = time.monotonic() + timeout_s
         last_error = "no attempt"
         while not should_stop():
             try:
-                return await self.system_stats()
+                return await self.system_stats(min(self._timeout_s, max(MIN_PROBE_S, deadline - time.monotonic())))
             except ComfyUIUnavailable as exc:
                 last_error = str(exc)
             if time.monotonic() >= deadline:

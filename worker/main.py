@@ -204,8 +204,9 @@ class Worker:
         if time.monotonic() - self._comfyui_answered_at < self.settings.poll_interval_s:
             return True
         asked_at = time.monotonic()
-        try:
-            await self.comfy.system_stats()
+        settings = self.settings
+        try:  # never longer than the worker would wait for a silent ComfyUI in all
+            await self.comfy.system_stats(min(settings.http_timeout_s, settings.comfyui_unresponsive_timeout_s))
         except ComfyUIUnavailable as exc:
             return await self._wait_for_comfyui(str(exc), since=asked_at)
         self._comfyui_answered_at = time.monotonic()

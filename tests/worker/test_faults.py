@@ -340,6 +340,23 @@ async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_lon
     assert worker.state.jobs_failed == 0 and worker.state.jobs_handed_back == 1
 
 
+async def test_an_idle_worker_gives_up_on_a_hung_comfyui_at_its_unresponsive_timeout_not_an_http_timeout_later(
+    qm, comfyui_process, make_worker
+):
+    """Each /system_stats probe waited the whole HTTP timeout (30 s in production): the first one, and the last
+    one started just before COMFYUI_UNRESPONSIVE_TIMEOUT_S ran out. A hung ComfyUI kept the replica 150 s, not 120."""
+    process, url = comfyui_process
+    worker = make_worker(
+        comfyui_url=url, serverless_mode=False, http_timeout_s=20, comfyui_unresponsive_timeout_s=2,
+        comfyui_startup_timeout_s=300,
+    )  # fmt: skip
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
+    process.send_signal(signal.SIGSTOP)
+    assert await asyncio.wait_for(run, 10) == 1, "before: 20 s for the first probe, 20 s for the last"
+    assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 2 s"
+
+
 async def test_the_silence_before_a_hand_back_counts_from_comfyuis_last_answer_not_from_a_timed_out_call(
     qm, comfyui_process, make_worker, workflows
 ):
