@@ -26,6 +26,9 @@ log = structlog.get_logger()
 # and the `executed` event), not read: a 60 MB one took the worker from 61 to 290 MiB RSS (bench/
 # comfyui_reply_memory.py). One bound for both, or the larger would still decide.
 MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
+# However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
+# gets at least this long: on loopback an answering ComfyUI takes milliseconds.
+MIN_QUESTION_S = 1.0
 
 
 class ComfyUIUnavailable(Exception):
@@ -34,10 +37,6 @@ class ComfyUIUnavailable(Exception):
 
 class PromptRejected(Exception):
     """POST /prompt refused the workflow; the message lists the error and every node error."""
-
-
-# The shortest wait for one /system_stats probe: ComfyUI answers it in milliseconds when it answers at all.
-MIN_PROBE_S = 1.0
 
 
 class FileNotServed(Exception):
@@ -145,12 +144,12 @@ class ComfyUIClient:
         self, timeout_s: float, *, interval_s: float = 1.0, should_stop: Callable[[], bool] = lambda: False
     ) -> dict[str, Any] | None:
         """Poll /system_stats until it answers (its stats), the deadline passes or should_stop() (None). No probe
-        outlasts the deadline by more than MIN_PROBE_S: a hung ComfyUI would hold each one for the HTTP timeout."""
+        outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the HTTP timeout."""
         deadline = time.monotonic() + timeout_s
         last_error = "no attempt"
         while not should_stop():
             try:
-                return await self.system_stats(min(self._timeout_s, max(MIN_PROBE_S, deadline - time.monotonic())))
+                return await self.system_stats(min(self._timeout_s, max(MIN_QUESTION_S, deadline - time.monotonic())))
             except ComfyUIUnavailable as exc:
                 last_error = str(exc)
             if time.monotonic() >= deadline:

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import aiohttp
 import structlog
 
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, ReplyTooLarge, describe_prompt_error
+from worker.comfyui import (
+    MIN_QUESTION_S,
+    ComfyUIClient,
+    ComfyUIUnavailable,
+    EventSocket,
+    ReplyTooLarge,
+    describe_prompt_error,
+)
 from worker.gpu import is_fatal_gpu_error
 
 log = structlog.get_logger()
@@ -54,11 +61,6 @@ class RunTimings:
     lost_confirm_s: float = 2.0  # in neither queue nor history this long: the prompt is gone
     history_wait_s: float = 5.0  # /history can lag execution_success
     interrupt_wait_s: float = 10.0  # after POST /interrupt, how long to wait for ComfyUI to stop
-
-
-# However long ComfyUI has been silent, a question over HTTP gets at least this long: on loopback an answering
-# ComfyUI takes milliseconds.
-MIN_QUESTION_S = 1.0
 
 
 class PromptLost(Exception):
