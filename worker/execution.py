@@ -27,7 +27,7 @@ from worker.comfyui import (
     ReplyTooLarge,
     describe_prompt_error,
 )
-from worker.gpu import is_fatal_gpu_error
+from worker.replica_faults import replica_fault
 
 log = structlog.get_logger()
 
@@ -44,7 +44,7 @@ class Outcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     comfyui_queue_s: float | None = None
     execution_s: float = 0.0
-    fatal_gpu: bool = False
+    replica_fault: str | None = None  # what on this replica broke the run (worker/replica_faults.py)
     comfyui_stuck: bool = False  # a timed-out prompt ComfyUI did not stop: it holds ComfyUI's queue
     warnings: list[str] = field(default_factory=list)
 
@@ -329,7 +329,7 @@ class PromptRun:
                 f"ComfyUI execution error in node {data.get('node_id')} ({data.get('node_type')}): "
                 f"{full_type.rsplit('.', 1)[-1]}: {exc_message}"
             )
-            outcome.fatal_gpu = is_fatal_gpu_error(full_type, exc_message)
+            outcome.replica_fault = replica_fault(full_type, exc_message)
         else:
             outcome.status = "interrupted"
             by = "by this worker" if self._interrupt_sent else "by someone else (ComfyUI UI or API)"

@@ -388,8 +388,8 @@ class Worker:
         if outcome.comfyui_queue_s is not None:
             metrics.observe_phase("wait", outcome.comfyui_queue_s)
         metrics.observe_phase("execution", outcome.execution_s)
-        if outcome.fatal_gpu:
-            reason = f"fatal GPU error on worker {self.settings.worker_id}: {outcome.message}"
+        if outcome.replica_fault:
+            reason = f"{outcome.replica_fault} on worker {self.settings.worker_id}: {outcome.message}"
             self.state.mark_fatal(reason)
             return Report(job.id, job.attempt, handback=reason, job=job)
         if outcome.status == "lost":

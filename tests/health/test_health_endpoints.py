@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from health.server import HealthServer
-from worker.gpu import is_fatal_gpu_error
+from worker.replica_faults import replica_fault
 from worker.state import Phase, WorkerState
 
 
@@ -84,7 +84,7 @@ async def test_fatal_gpu_error_is_unhealthy(client: httpx.AsyncClient, state: Wo
     idle_and_ready(state)
     state.job_started("job-1")
     message = "CUDA error: an illegal memory access was encountered"
-    assert is_fatal_gpu_error("torch.AcceleratorError", message)
+    assert replica_fault("torch.AcceleratorError", message) == "fatal GPU error"
     state.mark_fatal(message)
 
     health = await client.get("/health")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import signal
 import sys
@@ -14,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from demo.replicas import free_loopback_port
+from worker.replica_faults import replica_fault
 
 
 async def wait_for(predicate, timeout=5.0):
@@ -132,9 +134,70 @@ async def test_an_error_naming_an_undecodable_file_is_reported_not_a_crash(qm, c
     ],
 )
 def test_fatality_comes_from_the_exception_type_never_from_free_text(exception_type, message, fatal):
-    from worker.gpu import is_fatal_gpu_error
+    assert (replica_fault(exception_type, message) == "fatal GPU error") is fatal
 
-    assert is_fatal_gpu_error(exception_type, message) is fatal
+
+def _error_as_comfyui_reports_it(exc: BaseException) -> tuple[str, str]:
+    """execution.py: full_type_name (module omitted for builtins) and "{ex}\n{tips}"."""
+    module = type(exc).__module__
+    name = type(exc).__qualname__ if module == "builtins" else f"{module}.{type(exc).__qualname__}"
+    return name, f"{exc}\n"
+
+
+def _real_disk_full_error() -> OSError:
+    try:
+        with open("/dev/full", "wb", buffering=0) as full:
+            full.write(b"x")
+    except OSError as exc:
+        return exc
+    raise AssertionError("/dev/full took a write")
+
+
+@pytest.mark.parametrize(
+    ("exception_type", "message", "broken"),
+    [
+        ("OSError", "[Errno 28] No space left on device: '/comfyui/output/ComfyUI_00001_.png'\n", True),
+        ("OSError", f"[Errno {errno.EDQUOT}] Disk quota exceeded\n", True),
+        ("OSError", "[Errno 5] Input/output error\n", True),
+        ("OSError", "[Errno 30] Read-only file system: '/usr/x.png'\n", False),
+        ("OSError", "[Errno 13] Permission denied: '/root/x'\n", False),
+        ("OSError", "cannot write mode RGBA as JPEG [Errno 28] No space left on device\n", False),
+        ("FileNotFoundError", "[Errno 2] No such file or directory: '[Errno 28] No space left on device'\n", False),
+        ("RuntimeError", "[Errno 28] No space left on device\n", False),
+        ("Exception", "**** ERROR: Saving image outside the output folder ... [Errno 28] No space left", False),
+    ],
+)
+def test_a_broken_disk_is_told_from_the_errno_python_prints_first_never_from_free_text(
+    exception_type, message, broken
+):
+    assert (replica_fault(exception_type, message) == "ComfyUI's disk failed") is broken
+
+
+def test_a_real_disk_full_error_as_comfyui_reports_it_is_a_broken_disk():
+    assert replica_fault(*_error_as_comfyui_reports_it(_real_disk_full_error())) == "ComfyUI's disk failed"
+
+
+async def test_comfyui_out_of_disk_hands_the_job_back_takes_no_new_job_and_exits_1(
+    qm, comfy, make_worker, workflows
+):
+    # Before, the job failed as the workflow's fault and the worker went on failing every job it took: a black
+    # hole draining the queue into failures until the replica was replaced for some other reason.
+    exception_type, message = _error_as_comfyui_reports_it(_real_disk_full_error())
+    comfy.inject_error(message.rstrip("\n"), exception_type=exception_type, class_type="SaveImage", prompts=None)
+    job = qm.store.submit("alice", workflows["quick"])
+    waiting = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(serverless_max_idle_polls=100)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(worker.run(), 10) == 1
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Handed back: ComfyUI's disk failed on worker test-worker: ComfyUI execution error")
+    assert "OSError: [Errno 28] No space left on device" in error
+    assert qm.store.get(waiting.id).status == "pending", "a replica with a full disk takes no new job"
+    assert len(comfy.prompts_received) == 1
+    assert worker.state.fatal_reason and "No space left on device" in worker.state.fatal_reason
+    assert "Fatal error: taking no new job; exiting so the platform replaces this replica" in [
+        e["event"] for e in logs
+    ]
 
 
 async def test_queue_manager_down_while_polling_is_retried_not_counted_idle(qm, comfy, make_worker, workflows):

@@ -1,0 +1,46 @@
+"""Which ComfyUI execution errors only a fresh replica can cure, decided from what a user cannot write.
+
+ComfyUI's `execution_error` carries `exception_type`, the module-qualified class of what the node raised
+(docs/comfyui-protocol.md). Its `exception_message` often echoes user input (a SaveImage `filename_prefix`,
+a prompt), so text alone never decides:
+
+- A CUDA error. Since torch 2.8 every CUDA runtime error is a `torch.AcceleratorError` whose message is CUDA's
+  own error string; only with that type is the message trusted, and then only to tell the errors that leave
+  the CUDA context usable (out of memory, a bad launch configuration) from the ones that poison it (illegal
+  memory access, device-side assert, launch failure, ECC, ...).
+- ComfyUI's own disk full, over quota or failing. A builtin `OSError` is printed by Python as
+  `[Errno N] <strerror>`, the number first: a node writing to a full disk cannot be told from the job at fault,
+  and every later job on this replica would fail the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+
+# full_type_name() of ComfyUI's execution.py: module + "." + qualname ("builtins" omitted).
+CUDA_ERROR_TYPES = frozenset({"torch.AcceleratorError", "torch.cuda.CudaError"})
+
+# CUDA errors after which the context still works: the job failed, the worker need not die.
+RECOVERABLE_CUDA_ERRORS = (
+    "out of memory",
+    "invalid configuration argument",
+    "invalid argument",
+    "too many resources requested for launch",
+    "operation not supported",
+)
+
+# ComfyUI's disk: full, over quota, failing. Read-only is left out: a custom node writing where it may not is
+# the job's fault.
+BROKEN_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
+def replica_fault(exception_type: str, exception_message: str) -> str | None:
+    """What is broken on this replica ("fatal GPU error", "ComfyUI's disk failed"), or None: the job failed."""
+    message = exception_message.strip()
+    first_line = message.splitlines()[0] if message else ""
+    if exception_type in CUDA_ERROR_TYPES:
+        cuda_error = first_line.removeprefix("CUDA error:").strip().lower()
+        return None if cuda_error.startswith(RECOVERABLE_CUDA_ERRORS) else "fatal GPU error"
+    if exception_type == "OSError" and first_line.startswith(tuple(f"[Errno {n}] " for n in BROKEN_DISK_ERRNOS)):
+        return "ComfyUI's disk failed"
+    return None
