@@ -23,7 +23,7 @@ from rich.table import Table
 
 from common.logs import configure_logging, register_secret
 from common.urls import redact_url, url_credentials
-from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_settings
+from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend, FleetStopError
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
@@ -82,12 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
     args = _parser().parse_args(argv)
+    ignored = None
     try:
-        settings = load_settings()
+        if args.command == "stop":
+            settings, ignored = load_kill_switch_settings()
+        else:
+            settings = load_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
+    if ignored:
+        print(f"{ignored}\nstop: going on: the kill switch reads none of those; fix them before `run` or `resume`.",
+              file=sys.stderr)
     secrets = (settings.queue_manager_token, settings.verda_client_secret, settings.alert_webhook_url,
                settings.runpod_api_key)
     for secret in secrets:

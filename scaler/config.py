@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ConfigError, LogSettings, env_name, settings_from_env
@@ -163,27 +163,9 @@ class ScalerSettings(LogSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScalerSettings:
-        problems = []
-        unknown = [name for name in self.provider_names if name not in PROVIDER_KINDS]
-        if unknown:
-            problems.append(f"SCALER_PROVIDERS: unknown {unknown}; choose from {', '.join(PROVIDER_KINDS)}")
-        if len(set(self.provider_names)) != len(self.provider_names):
-            problems.append("SCALER_PROVIDERS: a provider is listed twice")
+        problems = _provider_problems(self)
         if self.fallback_retry_max_s < self.fallback_retry_s:
             problems.append("SCALER_FALLBACK_RETRY_MAX_S must be >= SCALER_FALLBACK_RETRY_S")
-        if self.alert_webhook_url is not None and not self.alert_webhook_url.get_secret_value().startswith(
-            ("https://", "http://")
-        ):
-            problems.append("SCALER_ALERT_WEBHOOK_URL: must be an http(s) URL")
-        if "runpod" in self.provider_names and self.runpod_api_key is None:
-            problems.append("RUNPOD_API_KEY: required to drive RunPod (RunPod console > Settings > API Keys)")
-        if "verda" in self.provider_names or (not self.provider_names and self.backend == "verda"):
-            problems += [
-                f"{name}: required to drive Verda (Verda console > API keys)"
-                for name, value in (("VERDA_CLIENT_ID", self.verda_client_id),
-                                    ("VERDA_CLIENT_SECRET", self.verda_client_secret))
-                if not value
-            ]
         if self.billing_aware and self.scale_down_lead_s < self.interval_s:
             # A scale-down happens at a tick inside the lead; ticks and boundaries keep their phase (a 600 s
             # interval is a whole number of ticks), so a lead shorter than a tick can miss every boundary and the
@@ -247,6 +229,30 @@ class ScalerSettings(LogSettings):
         }
 
 
+def _provider_problems(settings: ScalerSettings) -> list[str]:
+    """What is wrong with the providers, their credentials and the alert webhook."""
+    problems = []
+    unknown = [name for name in settings.provider_names if name not in PROVIDER_KINDS]
+    if unknown:
+        problems.append(f"SCALER_PROVIDERS: unknown {unknown}; choose from {', '.join(PROVIDER_KINDS)}")
+    if len(set(settings.provider_names)) != len(settings.provider_names):
+        problems.append("SCALER_PROVIDERS: a provider is listed twice")
+    if settings.alert_webhook_url is not None and not settings.alert_webhook_url.get_secret_value().startswith(
+        ("https://", "http://")
+    ):
+        problems.append("SCALER_ALERT_WEBHOOK_URL: must be an http(s) URL")
+    if "runpod" in settings.provider_names and settings.runpod_api_key is None:
+        problems.append("RUNPOD_API_KEY: required to drive RunPod (RunPod console > Settings > API Keys)")
+    if "verda" in settings.provider_names or (not settings.provider_names and settings.backend == "verda"):
+        problems += [
+            f"{name}: required to drive Verda (Verda console > API keys)"
+            for name, value in (("VERDA_CLIENT_ID", settings.verda_client_id),
+                                ("VERDA_CLIENT_SECRET", settings.verda_client_secret))
+            if not value
+        ]
+    return problems
+
+
 def budget_conflicts(settings: ScalerSettings, price_per_replica_hour: float) -> list[str]:
     """The budgets (SCALER_MAX_SPEND_PER_*) that cannot pay for SCALER_MIN_REPLICAS replicas around the clock.
 
@@ -280,3 +286,50 @@ def _with_env_names(message: str) -> str:
 
 def load_settings(**overrides: object) -> ScalerSettings:
     return settings_from_env(ScalerSettings, "scaler", **overrides)
+
+
+# What `comfy-scaler stop` reads: which providers, how to reach and stop them, where the kill-switch file and the
+# alerts go. A typo in any other setting must not keep the kill switch from stopping the bill.
+KILL_SWITCH_FIELDS = frozenset({
+    "backend", "providers", "verda_client_id", "verda_client_secret", "verda_api_url", "deployment_name",
+    "deploy_spec", "runpod_api_key", "local_log_dir", "ledger_file", "alert_webhook_url", "alert_format",
+    "alert_dry_run",
+})
+# Never contacted by `stop`; stands in for a missing or invalid QUEUE_MANAGER_URL.
+UNUSED_QUEUE_URL = "http://127.0.0.1:9"
+
+
+class _KillSwitchSettings(ScalerSettings):
+    @model_validator(mode="after")
+    def _consistent(self) -> _KillSwitchSettings:
+        """Only the checks of the settings a kill switch reads (ScalerSettings._consistent has them all)."""
+        problems = _provider_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_kill_switch_settings() -> tuple[ScalerSettings, str | None]:
+    """The settings for `comfy-scaler stop`, and what was wrong with the others (None: nothing).
+
+    Every invalid setting the kill switch does not read is taken at its default; one it reads is still a
+    ConfigError naming it.
+    """
+    try:
+        return load_settings(), None
+    except ConfigError as exc:
+        problems = str(exc)
+    field_of = {env_name(ScalerSettings, name): name for name in ScalerSettings.model_fields}
+    try:
+        ScalerSettings()
+    except ValidationError as exc:
+        invalid = {field_of.get(str(error["loc"][0]), str(error["loc"][0])) for error in exc.errors() if error["loc"]}
+    else:
+        invalid = set()
+    overrides: dict[str, object] = {
+        name: ScalerSettings.model_fields[name].get_default(call_default_factory=True)
+        for name in invalid - KILL_SWITCH_FIELDS - {"queue_manager_url"}
+    }
+    if "queue_manager_url" in invalid:
+        overrides["queue_manager_url"] = UNUSED_QUEUE_URL
+    return settings_from_env(_KillSwitchSettings, "kill switch", **overrides), problems

@@ -238,3 +238,61 @@ def test_a_scale_down_lead_shorter_than_a_tick_is_refused_naming_both(
     monkeypatch.delenv("SCALER_BILLING_AWARE")
     monkeypatch.setenv("SCALER_SCALE_DOWN_LEAD_S", interval)
     assert load_settings().scale_down_lead_s == float(interval)
+
+
+# Settings `stop` does not read, broken each in its own way; pydantic runs the checks across settings only once
+# every setting passed its own, so they are two cases.
+BROKEN_ONE_BY_ONE = {"QUEUE_MANAGER_URL": None, "SCALER_TARGET_WAIT_S": "soon", "LOG_FORMAT": "xml"}
+BROKEN_ACROSS = {  # a budget that cannot pay for the floor; a lead the ticks can miss
+    "SCALER_MIN_REPLICAS": "2", "SCALER_MAX_SPEND_PER_HOUR": "0", "SCALER_SCALE_DOWN_LEAD_S": "1",
+    "SCALER_BILLING_AWARE": "true",
+}
+
+
+def _break(monkeypatch, settings: dict[str, str | None]) -> None:
+    for name, value in settings.items():
+        if value is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("broken", "named"), [
+    (BROKEN_ONE_BY_ONE, BROKEN_ONE_BY_ONE),
+    (BROKEN_ACROSS, ["SCALER_MAX_SPEND_PER_HOUR", "SCALER_SCALE_DOWN_LEAD_S"]),
+])
+async def test_stop_works_when_settings_it_does_not_read_are_invalid(
+    cli_env, qm, fake_verda, verda_scaling, monkeypatch, capsys, broken, named
+):
+    """Before, at 2 a.m. a typo in a policy knob made the kill switch refuse to start: the bill ran on."""
+    qm.store.submit("alice", WORKFLOW)
+    assert await cli("once") == 0
+    assert verda_scaling() == (1, 1)
+    _break(monkeypatch, broken)
+    capsys.readouterr()
+    assert await cli("stop") == 0
+    assert verda_scaling() == (0, 0)
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    err = capsys.readouterr().err
+    for name in named:
+        assert name in err, name
+    assert "the kill switch reads none of those" in err
+    assert cli_env["VERDA_CLIENT_SECRET"] not in err
+    for command in ("once", "status", "resume"):
+        assert await cli(command) == 2, f"{command} still refuses the invalid configuration"
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("VERDA_CLIENT_SECRET", None), ("VERDA_API_URL", "not a url"), ("SCALER_BACKEND", "kubernetes"),
+     ("VERDA_DEPLOYMENT_NAME", "Bad Name!")],
+)
+async def test_stop_refuses_a_setting_it_reads_naming_it(
+    cli_env, fake_verda, verda_scaling, monkeypatch, capsys, name, value
+):
+    _break(monkeypatch, {**BROKEN_ONE_BY_ONE, name: value})
+    assert await cli("stop") == 2
+    err = capsys.readouterr().err
+    assert name in err
+    assert fake_verda.deployments[DEPLOYMENT].status != "paused"

@@ -182,3 +182,19 @@ def verda_charged(ledger_file: Path) -> bool:
         return bool(json.loads(ledger_file.read_text())["buckets"].get("verda"))
     except (OSError, ValueError, KeyError):
         return False
+
+
+async def test_stop_all_works_when_settings_it_does_not_read_are_invalid(
+    fleet_env, make_verda_client, fake_verda, monkeypatch, capsys
+):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(2)
+    await backend.aclose()
+    monkeypatch.setenv("SCALER_FALLBACK_RETRY_S", "600")  # above SCALER_FALLBACK_RETRY_MAX_S: a check across both
+    monkeypatch.setenv("SCALER_FALLBACK_RETRY_MAX_S", "300")
+    capsys.readouterr()
+    assert await cli("stop", "--all") == 0
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert fake_verda.deployments[DEPLOYMENT].replicas == []
+    err = capsys.readouterr().err
+    assert "SCALER_FALLBACK_RETRY_MAX_S" in err
