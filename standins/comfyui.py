@@ -233,11 +233,13 @@ class ComfyUISimulator:
         self.interrupts_received: list[ReceivedInterrupt] = []
         self.free_requests: list[dict[str, Any]] = []
         self.view_requests: list[dict[str, str]] = []
+        self.history_deletes: list[str] = []  # prompt ids POST /history was asked to delete, answered or not
         self.ws_connections: Counter[str] = Counter()
         self.injected_errors: list[InjectedError] = []
         self.url = ""
         self.port = 0
         self._freeze: tuple[str | None, str | None] | None = None
+        self._history_post_fault: int | str | None = None
         self._thaw = asyncio.Event()
         self._frozen = asyncio.Event()
         self._state = _ServerState()
@@ -337,6 +339,11 @@ class ComfyUISimulator:
         self._freeze = (class_type, node_id)
         self._thaw.clear()
         self._frozen.clear()
+
+    def break_history_posts(self, *, status: int | None = None, hang: bool = False) -> None:
+        """POST /history answers `status` without deleting anything, or never answers (hang), until called
+        with neither."""
+        self._history_post_fault = "hang" if hang else status
 
     def release(self) -> None:
         self._freeze = None
@@ -482,6 +489,11 @@ class ComfyUISimulator:
 
     async def _post_history(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.history_deletes.extend(str(prompt_id) for prompt_id in body.get("delete", []))
+        if self._history_post_fault == "hang":
+            await asyncio.Event().wait()
+        if isinstance(self._history_post_fault, int):
+            return web.Response(status=self._history_post_fault)
         if body.get("clear"):
             self._state.history.clear()
         for prompt_id in body.get("delete", []):
@@ -874,7 +886,7 @@ async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
         pass
     sim = ComfyUISimulator(
         args.output_directory,
-        args.temp_directory,
+        args.temp_directory / "temp" if args.temp_directory else None,  # as ComfyUI: it appends "temp"
         input_dir=args.input_directory,
         node_seconds=args.node_seconds,
         default_node_seconds=args.default_node_seconds,

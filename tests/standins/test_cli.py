@@ -48,6 +48,7 @@ async def test_cli_starts_late_serves_and_exits_0_on_sigterm(tmp_path: Path) -> 
         stats = response.json()
         assert stats["system"]["comfyui_version"] == "0.8.0"
         assert stats["system"]["argv"] == ["main.py", *argv]
+        assert (tmp_path / "tmp" / "temp").is_dir(), "as ComfyUI, previews go to <--temp-directory>/temp"
         process.send_signal(signal.SIGTERM)
         stdout, _ = await asyncio.wait_for(process.communicate(), timeout=10)
     finally:
