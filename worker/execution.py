@@ -41,7 +41,7 @@ class Outcome:
     status: str  # success | error | interrupted | timeout | lost
     prompt_id: str
     message: str = ""
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)  # the results; if it failed, the files ComfyUI listed
     comfyui_queue_s: float | None = None
     execution_s: float = 0.0
     replica_fault: str | None = None  # what on this replica broke the run (worker/replica_faults.py)
@@ -297,11 +297,13 @@ class PromptRun:
         else:
             if terminal.event == "execution_success":
                 return await self._outcome(terminal)  # it finished just as the deadline passed: deliver it
+            if terminal.history is None:
+                await self._wait_for_finished_marker()
             node, node_type = terminal.data.get("node_id"), terminal.data.get("node_type")
             how = f"ComfyUI stopped it at node {node} ({node_type})" if node else "ComfyUI stopped it"
         return Outcome(
             "timeout", self.prompt_id, f"Job timed out after {self.timeout_s:g} s (JOB_TIMEOUT_S); {how}",
-            execution_s=self._elapsed(), comfyui_stuck=stuck,
+            execution_s=self._elapsed(), comfyui_stuck=stuck, outputs=dict(self._executed_outputs),
         )
 
     async def _outcome(self, terminal: _Terminal) -> Outcome:
@@ -310,9 +312,9 @@ class PromptRun:
             "success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed(), warnings=self._warnings
         )
         data = terminal.data
+        if terminal.history is None:  # the prompt is over in ComfyUI once its history entry is written
+            await self._wait_for_finished_marker()
         if terminal.event == "execution_success":
-            if terminal.history is None:
-                await self._wait_for_finished_marker()
             entry = terminal.history or await self._wait_for_history()
             outputs = entry.get("outputs") if entry else None
             if entry is None or (outputs is not None and not isinstance(outputs, dict)):
@@ -323,6 +325,7 @@ class PromptRun:
                 outcome.outputs = outputs or {}
         elif terminal.event == "execution_error":
             outcome.status = "error"
+            outcome.outputs = self._listed_before_failing(terminal)
             full_type = str(data.get("exception_type") or "Error")
             exc_message = str(data.get("exception_message") or "").strip()
             outcome.message = (
@@ -332,11 +335,17 @@ class PromptRun:
             outcome.replica_fault = replica_fault(full_type, exc_message)
         else:
             outcome.status = "interrupted"
+            outcome.outputs = self._listed_before_failing(terminal)
             by = "by this worker" if self._interrupt_sent else "by someone else (ComfyUI UI or API)"
             outcome.message = (
                 f"The prompt was interrupted {by} at node {data.get('node_id')} ({data.get('node_type')})"
             )
         return outcome
+
+    def _listed_before_failing(self, terminal: _Terminal) -> dict[str, Any]:
+        """The files of the nodes that ran before the prompt failed: not results, but ComfyUI's files to tidy."""
+        outputs = terminal.history.get("outputs") if terminal.history else None
+        return outputs if isinstance(outputs, dict) else dict(self._executed_outputs)
 
     async def _wait_for_finished_marker(self) -> None:
         """ComfyUI writes the history entry, then sends `executing {node: null}`: waiting for it beats polling."""
