@@ -76,6 +76,11 @@ class SupervisorSettings(BaseSettings):
         return self.comfyui_output_dir or self.comfyui_dir / "output"
 
     @property
+    def temp_dir(self) -> Path:
+        """Where ComfyUI writes previews: it appends "temp" to --temp-directory."""
+        return self.comfyui_dir / "temp"
+
+    @property
     def model_paths_file(self) -> Path:
         return self.comfyui_dir / "extra_model_paths.yaml"
 

@@ -204,6 +204,18 @@ class ComfyUIClient:
         async with self._stream("POST", "/queue", json={"delete": [prompt_id]}):
             pass
 
+    async def delete_history(self, prompt_id: str, timeout_s: float) -> None:
+        """Drop the prompt's history entry (ComfyUI keeps 10,000, each with its whole workflow). Deleting one
+        ComfyUI never had, or already dropped, is no error. ComfyUIUnavailable for no 200 within timeout_s."""
+        try:
+            async with asyncio.timeout(timeout_s), self._stream(
+                "POST", "/history", json={"delete": [prompt_id]}, timeout=timeout_s
+            ) as response:
+                if response.status_code != 200:
+                    raise ComfyUIUnavailable(f"ComfyUI POST /history answered HTTP {response.status_code}")
+        except TimeoutError:
+            raise ComfyUIUnavailable(f"ComfyUI POST /history: no answer within {timeout_s:.1f} s") from None
+
     async def download(self, filename: str, subfolder: str, folder_type: str) -> AsyncIterator[bytes]:
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
         try:

@@ -29,6 +29,7 @@ class WorkerSettings(LogSettings):
     queue_manager_token: SecretStr | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
+    comfyui_temp_dir: Path | None = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1)
     poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")

@@ -22,10 +22,11 @@ import structlog
 from common.handbacks import HandBackCause
 from common.urls import redact_url
 from worker import __version__
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
+from worker.comfyui import MIN_QUESTION_S, ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
-from worker.execution import PromptRun, RunTimings
+from worker.execution import Outcome, PromptRun, RunTimings
+from worker.housekeeping import ComfyUIHousekeeping
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
 from worker.lease import JobLease
 from worker.outputs import (
@@ -44,6 +45,8 @@ log = structlog.get_logger()
 STARTUP_PROBE_INTERVAL_S = 0.5
 MAX_POLL_BACKOFF_S = 30.0
 ABORT_EXPLAIN_WAIT_S = 1.0  # a lost ComfyUI may be a dead process the supervisor is about to report
+# Between jobs ComfyUI is idle and answers in milliseconds on loopback: a hung one costs a job at most this.
+HOUSEKEEPING_WAIT_S = 2 * MIN_QUESTION_S
 
 
 class Worker:
@@ -69,6 +72,10 @@ class Worker:
         self.comfy = ComfyUIClient(settings.comfyui_base_url, timeout_s=settings.http_timeout_s)
         self.events = EventSocket(self.comfy)
         self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
+        self.housekeeping = ComfyUIHousekeeping(
+            self.comfy, output_dir=settings.comfyui_output_dir, temp_dir=settings.comfyui_temp_dir,
+            outputs_root=settings.outputs_path,
+        )
         self.deadline = ShutdownDeadline(settings.platform_kill_delay_s)
         self.reporter = Reporter(self.queue, self.state, self.deadline, max_job_attempts=settings.max_job_attempts)
         self.lease = JobLease(self.queue, settings.lease_heartbeat_s)
@@ -83,6 +90,7 @@ class Worker:
         self._comfyui_answered_at = -math.inf
         self._execution: asyncio.Task[Report] | None = None
         self._prompt_run: PromptRun | None = None
+        self._prompt_over: Outcome | None = None  # the job's prompt, once ComfyUI is done with it
 
     # -- flags, safe to call from a signal handler or another task ------------------------------------------
     def request_shutdown(self) -> None:
@@ -135,6 +143,7 @@ class Worker:
         self.state.set_comfyui(True, version)
         self._comfyui_answered_at = time.monotonic()
         log.info("ComfyUI is up", comfyui_version=version)
+        self.housekeeping.check_cache(system.get("argv") if isinstance(system, dict) else None)
         if s.warmup_workflow is not None and not await self.warm_up():
             return await self._stay_unready()
         self.state.mark_ready()
@@ -149,6 +158,8 @@ class Worker:
             workflow = validate_workflow(json.loads(path.read_text()))
             outcome = await self._new_run().run(workflow)
             problem = None if outcome.ok else outcome.message
+            if outcome.status != "lost" and not outcome.replica_fault:
+                await self._tidy_comfyui(outcome)
         except (OSError, ValueError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if problem:
@@ -300,6 +311,7 @@ class Worker:
         )
         self._lease_lost = None
         self._comfyui_lost = None
+        self._prompt_over = None
         lease = asyncio.create_task(self.lease.keep(job_id, attempt, on_lost=self._lose_lease))
         try:
             self.state.job_started(job_id)
@@ -321,6 +333,8 @@ class Worker:
             # Undelivered counts as the report that was attempted; refused means the job is no longer ours.
             finished = {"undelivered": report.kind, "refused": "abandoned", "rejected": "abandoned"}
             self.state.job_finished(finished.get(outcome, outcome))
+            if self._prompt_over is not None and report.handback is None:  # handed back: ComfyUI may be the fault
+                await self._tidy_comfyui(self._prompt_over)
         finally:
             lease.cancel()
             structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id", "attempt")
@@ -395,6 +409,7 @@ class Worker:
         if outcome.status == "lost":
             reason = await self._explain_lost_comfyui(outcome.message)
             return Report(job.id, job.attempt, handback=reason, job=job)
+        self._prompt_over = outcome
         if outcome.comfyui_stuck:  # every later prompt would wait behind it and time out in turn
             self.state.mark_fatal(
                 f"ComfyUI is still running prompt {outcome.prompt_id}, which did not stop when interrupted at "
@@ -447,6 +462,20 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._aborted.wait(), ABORT_EXPLAIN_WAIT_S)
         return self._abort_reason or message
+
+    async def _tidy_comfyui(self, prompt: Outcome) -> None:
+        """Once the job is reported (its user waits for the report, not for this): delete the prompt's history
+        entry and files in ComfyUI (worker/housekeeping.py). A ComfyUI that does not answer costs at most
+        HOUSEKEEPING_WAIT_S and is asked again before the next job is taken."""
+        try:
+            async with self.deadline.bounded(), self.state.beating(self._beat_interval_s):
+                await self.housekeeping.delete_files(prompt.outputs, succeeded=prompt.ok)
+                wait_s = min(self.settings.http_timeout_s, HOUSEKEEPING_WAIT_S)
+                answered = await self.housekeeping.forget(prompt.prompt_id, wait_s)
+        except TimeoutError:
+            log.warning("Stopping before ComfyUI's history entry of the prompt was deleted", prompt_id=prompt.prompt_id)
+            return
+        self._comfyui_answered_at = time.monotonic() if answered else -math.inf
 
     def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None) -> PromptRun:
         return PromptRun(

@@ -57,8 +57,8 @@ class DeliveredFile:
         return asdict(self)
 
 
-def result_files(history_outputs: dict[str, Any]) -> list[OutputFile]:
-    """Every list entry of type 'output' with a filename; 'temp' previews are not results."""
+def result_files(history_outputs: dict[str, Any], folder_type: str = "output") -> list[OutputFile]:
+    """Every list entry of that type with a filename: 'output' are the results; 'temp' (previews) are not."""
     files = []
     for node_id, node_output in history_outputs.items():
         if not isinstance(node_output, dict):
@@ -67,7 +67,7 @@ def result_files(history_outputs: dict[str, Any]) -> list[OutputFile]:
             if not isinstance(entries, list):
                 continue
             for entry in entries:
-                if isinstance(entry, dict) and entry.get("type") == "output" and entry.get("filename"):
+                if isinstance(entry, dict) and entry.get("type") == folder_type and entry.get("filename"):
                     subfolder = str(entry.get("subfolder") or "")
                     files.append(OutputFile(str(node_id), kind, str(entry["filename"]), subfolder))
     return files
@@ -83,7 +83,7 @@ def relative_output_path(subfolder: str, filename: str) -> PurePosixPath:
     return relative
 
 
-def _inside(path: Path, root: Path) -> bool:
+def inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
@@ -115,7 +115,7 @@ class OutputDelivery:
         job_dir = self.outputs_root / user_id / job_id
         if attempt is not None and attempt > 1:
             job_dir = job_dir / f"attempt-{attempt}"
-        if not _inside(job_dir, self.outputs_root):
+        if not inside(job_dir, self.outputs_root):
             raise OutputDeliveryError(f"output folder for user {user_id!r} job {job_id!r} would leave OUTPUTS_PATH")
         return job_dir
 
@@ -141,7 +141,7 @@ class OutputDelivery:
     async def _deliver_one(self, item: OutputFile, job_dir: Path, made: set[Path]) -> DeliveredFile:
         relative = relative_output_path(item.subfolder, item.filename)
         target = job_dir / relative
-        if not _inside(target, job_dir):
+        if not inside(target, job_dir):
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
         made.update(_missing_folders(target.parent, below=job_dir))
         try:
@@ -185,7 +185,7 @@ class OutputDelivery:
         if self.comfyui_output_dir is None:
             return None
         source = self.comfyui_output_dir / relative
-        if not _inside(source, self.comfyui_output_dir):
+        if not inside(source, self.comfyui_output_dir):
             # ComfyUI's /view would follow the same link: fetching it there instead is no way round.
             raise OutputDeliveryError(f"output {relative} is a symbolic link leading out of ComfyUI's output folder")
         if source.is_file():

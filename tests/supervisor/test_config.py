@@ -87,3 +87,16 @@ def test_model_paths_point_every_folder_at_the_models_volume(tmp_path: Path) -> 
 def test_model_paths_quote_awkward_paths() -> None:
     rendered = render_model_paths(Path('/mnt/my models: "v2"'))
     assert '  base_path: "/mnt/my models: \\"v2\\""' in rendered.splitlines()
+
+
+def test_the_worker_is_told_where_comfyui_writes_results_and_previews(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.__main__ import load_configuration
+
+    monkeypatch.setenv("COMFYUI_COMMAND", f"{sys.executable} /opt/ComfyUI/main.py")
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SCRATCH_DIR", "/scratch")
+    monkeypatch.setenv("COMFYUI_TEMP_DIR", "/elsewhere")  # ComfyUI's is where the supervisor puts it
+    config, worker = load_configuration()
+    assert worker.comfyui_output_dir == config.output_dir == Path("/scratch/comfyui/output")
+    argv = config.comfyui_argv()
+    assert worker.comfyui_temp_dir == Path(argv[argv.index("--temp-directory") + 1]) / "temp"

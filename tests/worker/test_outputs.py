@@ -76,6 +76,7 @@ async def test_comfyui_dying_while_its_outputs_are_fetched_hands_the_job_back(qm
     [copy] = [j for j in qm.store.list() if j.id != job.id]
     assert copy.status == "pending" and copy.metadata["attempt"] == 2
     assert worker.state.jobs_handed_back == 1 and worker.state.jobs_failed == 0
+    assert comfy.history_deletes == [], "a job handed back leaves ComfyUI's history alone"
 
 
 async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(

@@ -1,0 +1,257 @@
+"""After each prompt the worker tidies ComfyUI: its history entry is deleted, and its files leave ComfyUI's output
+and temp folders (a result file once ComfyUI's cache can no longer name it again). Against the stand-in ComfyUI
+and the embedded queue manager on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from standins.comfyui import ComfyUISimulator
+from standins.comfyui_nodes import NodeResult
+from worker.housekeeping import caches_earlier_prompts
+from worker.main import HOUSEKEEPING_WAIT_S
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def quick(workflows, color: int) -> dict[str, Any]:
+    """The quick workflow (a result and a preview) making an image of its own: no output replayed from cache."""
+    workflow = copy.deepcopy(workflows["quick"])
+    workflow["1"]["inputs"]["color"] = color
+    return workflow
+
+
+def saves_then_fails() -> dict[str, Any]:
+    """A result is saved, then another branch fails: ComfyUI lists the saved file in the failed prompt's history."""
+    return {
+        "10": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 7}},
+        "20": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "before-error/x"}},
+        "30": {"class_type": "ImageInvert", "inputs": {"image": ["10", 0]}},
+        "40": {"class_type": "PreviewImage", "inputs": {"images": ["30", 0]}},
+    }
+
+
+async def history(comfy: ComfyUISimulator) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=comfy.url) as client:
+        return (await client.get("/history")).json()
+
+
+async def interrupt_when_running(comfy: ComfyUISimulator) -> None:
+    """Someone else (ComfyUI's UI) interrupts the prompt once it runs its slow node."""
+    await comfy.wait_until_frozen()
+    async with httpx.AsyncClient(base_url=comfy.url) as client:
+        await client.post("/interrupt", json={})
+    comfy.release()
+
+
+def delivered(qm, job_id: str, outputs: Path) -> list[tuple[Path, str]]:
+    [report] = qm.reports.landed(job_id)
+    assert report.endpoint == "complete-job", report.body
+    return [(outputs / f["path"], f["sha256"]) for f in report.body["result"]["outputs"]]
+
+
+async def test_comfyui_keeps_no_history_and_no_files_of_finished_jobs(qm, comfy, make_worker, workflows, tmp_path):
+    comfy.inject_error("out of coffee", node_id="30")
+    comfy.freeze(class_type="ImageBlur")
+    jobs = [
+        qm.store.submit("alice", quick(workflows, 1)),
+        qm.store.submit("bob", saves_then_fails()),  # error, after saving a result and before its preview
+        qm.store.submit("alice", workflows["slow"]),  # interrupted by someone else
+        qm.store.submit("carol", quick(workflows, 2)),
+    ]
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
+    interrupter = asyncio.create_task(interrupt_when_running(comfy))
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    await interrupter
+    statuses = [qm.store.get(job.id).status for job in jobs]
+    assert statuses == ["completed", "failed", "failed", "completed"]
+    assert "interrupted by someone else" in qm.reports.landed(jobs[2].id)[0].body["error"]
+
+    assert await history(comfy) == {}, "every finished prompt's history entry is deleted"
+    outputs = tmp_path / "outputs"
+    for job in (jobs[0], jobs[3]):
+        for path, sha256 in delivered(qm, job.id, outputs):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    # Only the last success's results stay, for ComfyUI's cache may name them again in the next prompt.
+    last = {path.name for path, _ in delivered(qm, jobs[3].id, outputs)}
+    assert files_under(comfy.output_dir) == last
+    assert not (comfy.output_dir / "before-error").exists(), "the subfolder it left empty is removed too"
+    assert files_under(comfy.temp_dir) == set()
+
+
+async def test_a_prompt_replaying_the_previous_ones_results_is_still_delivered(qm, comfy, make_worker, workflows):
+    """ComfyUI caches output nodes: the same SaveImage inputs again name the files of the prompt before, so those
+    may not be deleted yet; a different prompt's success frees them."""
+    same = [qm.store.submit("alice", quick(workflows, 5)) for _ in range(2)]
+    other = qm.store.submit("alice", quick(workflows, 6))
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    [first, second] = [[f["path"].rsplit("/", 1)[1] for f in qm.reports.landed(j.id)[0].body["result"]["outputs"]]
+                       for j in same]  # fmt: skip
+    assert first == second, "the second run replayed the first's files from ComfyUI's cache"
+    assert qm.store.get(other.id).status == "completed"
+    assert files_under(comfy.output_dir).isdisjoint(first)
+    assert await history(comfy) == {}
+
+
+async def test_the_warm_up_prompt_leaves_nothing_in_comfyui(qm, comfy, make_worker, workflows, tmp_path):
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps(workflows["quick"]))
+    worker = make_worker(warmup_workflow=warmup, comfyui_temp_dir=comfy.temp_dir)
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert len(comfy.history_deletes) == 1 and await history(comfy) == {}
+    assert files_under(comfy.temp_dir) == set()
+
+
+@pytest.mark.parametrize("how", ["500", "hang"])
+async def test_comfyui_failing_the_history_delete_changes_no_report_and_holds_the_worker_briefly(
+    qm, comfy, make_worker, workflows, how
+):
+    comfy.break_history_posts(status=500) if how == "500" else comfy.break_history_posts(hang=True)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(serverless_job_limit=1)
+    with capture_logs() as logs:
+        run = asyncio.create_task(worker.run())
+        async with asyncio.timeout(10):
+            while not comfy.history_deletes:
+                await asyncio.sleep(0.005)
+        asked_at = time.monotonic()
+        assert qm.store.get(job.id).status == "completed", "the report goes first: the user waits for it"
+        assert await asyncio.wait_for(run, 10) == 0
+    assert time.monotonic() - asked_at < HOUSEKEEPING_WAIT_S + 1.0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert list(await history(comfy)) == comfy.history_deletes, "nothing was deleted: the entry stays"
+    [warning] = [e for e in logs if e["event"].startswith("Could not delete the prompt from ComfyUI's history")]
+    assert warning["log_level"] == "warning" and warning["prompt_id"] == comfy.history_deletes[0]
+
+
+def hostile_when_prefixed(comfy, ui) -> None:
+    """SaveImage with filename_prefix "evil" becomes a custom node naming what it likes in the history."""
+    node = comfy.catalogue["SaveImage"]
+
+    def run(inputs, env):
+        return NodeResult((), ui(env)) if inputs["filename_prefix"] == "evil" else node.run(inputs, env)
+
+    comfy.catalogue["SaveImage"] = replace(node, run=run)
+
+
+def evil(workflows, color: int) -> dict[str, Any]:
+    workflow = quick(workflows, color)
+    workflow["3"]["inputs"]["filename_prefix"] = "evil"
+    return workflow
+
+
+async def test_names_that_climb_or_link_out_of_comfyuis_folders_delete_nothing_outside(
+    qm, comfy, make_worker, workflows, tmp_path
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("x", "victim.png", "leak.png"):
+        (outside / name).write_text("not ComfyUI's")
+    for folder in (comfy.output_dir, comfy.temp_dir):
+        (folder / "escape").symlink_to(outside, target_is_directory=True)
+        (folder / "leak.png").symlink_to(outside / "leak.png")
+    (comfy.output_dir.parent / "x").write_text("beside ComfyUI's output folder")
+    named = [("..", "x"), ("escape", "victim.png"), ("", "leak.png")]
+    hostile_when_prefixed(comfy, lambda _env: {"images": [
+        {"filename": name, "subfolder": sub, "type": kind} for sub, name in named for kind in ("output", "temp")
+    ]})  # fmt: skip
+    bad = qm.store.submit("mallory", evil(workflows, 1))
+    good = qm.store.submit("alice", quick(workflows, 2))  # its success frees the names the first prompt listed
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert [qm.store.get(job.id).status for job in (bad, good)] == ["failed", "completed"]
+    assert len(comfy.history_deletes) == 2
+    assert files_under(outside) == {"x", "victim.png", "leak.png"}
+    assert all((outside / name).read_text() == "not ComfyUI's" for name in ("x", "victim.png", "leak.png"))
+    assert (comfy.output_dir.parent / "x").exists()
+    for folder in (comfy.output_dir, comfy.temp_dir):
+        assert (folder / "escape").is_symlink() and (folder / "leak.png").is_symlink()
+
+
+async def test_comfyuis_output_folder_above_outputs_path_never_loses_a_delivered_result(
+    qm, make_worker, workflows, tmp_path
+):
+    data = tmp_path / "data"
+    outputs = data / "outputs"
+    async with ComfyUISimulator(data, tmp_path / "temp") as sim:
+        first = qm.store.submit("alice", quick(workflows, 1))
+
+        def name_the_first_result(_env):  # a custom node naming a delivered result: in ComfyUI's folder too
+            path = next(p for p, _ in delivered(qm, first.id, outputs) if p.name.startswith("quick"))
+            return {"images": [{"filename": path.name, "subfolder": path.parent.relative_to(data).as_posix(),
+                                "type": "output"}]}  # fmt: skip
+
+        hostile_when_prefixed(sim, name_the_first_result)
+        second = qm.store.submit("mallory", evil(workflows, 2))
+        third = qm.store.submit("alice", quick(workflows, 3))  # its success frees the names the second listed
+        worker = make_worker(comfyui_url=sim.url, comfyui_output_dir=data, outputs_path=outputs)
+        assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert [qm.store.get(job.id).status for job in (first, second, third)] == ["completed"] * 3
+    for job in (first, second, third):
+        for path, sha256 in delivered(qm, job.id, outputs):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, "a delivered result is never deleted"
+    third_names = {p.name for p, _ in delivered(qm, third.id, outputs)}
+    assert {p.name for p in data.glob("quick_*.png")} == third_names, "ComfyUI's own copies of the first go"
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+async def test_comfyuis_output_folder_at_or_inside_outputs_path_is_never_tidied(
+    qm, make_worker, workflows, tmp_path, where
+):
+    outputs = tmp_path / "outputs"
+    comfy_out = outputs if where == "same" else outputs / "comfyui"
+    async with ComfyUISimulator(comfy_out, tmp_path / "temp") as sim:
+        jobs = [qm.store.submit("alice", quick(workflows, color)) for color in (1, 2)]
+        with capture_logs() as logs:
+            worker = make_worker(comfyui_url=sim.url, comfyui_output_dir=comfy_out, outputs_path=outputs)
+            assert await asyncio.wait_for(worker.run(), 20) == 0
+    [warning] = [e for e in logs if e["event"].startswith("COMFYUI_OUTPUT_DIR is OUTPUTS_PATH or inside it")]
+    assert warning["COMFYUI_OUTPUT_DIR"] == str(comfy_out) and warning["OUTPUTS_PATH"] == str(outputs)
+    for job in jobs:
+        for path, sha256 in delivered(qm, job.id, outputs):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    assert len([p for p in comfy_out.glob("quick_*.png")]) == 4, "ComfyUI's own files are left where they are"
+
+
+async def test_a_comfyui_caching_earlier_prompts_keeps_its_result_files(qm, make_worker, workflows, tmp_path):
+    async with ComfyUISimulator(tmp_path / "out", tmp_path / "temp", argv=["main.py", "--cache-lru", "50"]) as sim:
+        jobs = [qm.store.submit("alice", quick(workflows, color)) for color in (1, 2, 3)]
+        worker = make_worker(comfyui_url=sim.url, comfyui_output_dir=sim.output_dir, comfyui_temp_dir=sim.temp_dir)
+        assert await asyncio.wait_for(worker.run(), 20) == 0
+        assert await history(sim) == {}
+    assert all(qm.store.get(job.id).status == "completed" for job in jobs)
+    assert len(files_under(sim.output_dir)) == 6, "any of them may be replayed: none deleted"
+    assert files_under(sim.temp_dir) == set()
+
+
+@pytest.mark.parametrize(
+    ("argv", "caches"),
+    [
+        (["main.py"], False),
+        (["main.py", "--cache-lru", "10"], True),
+        (["main.py", "--cache-lru=0"], False),
+        (["main.py", "--cache-ram"], True),
+        (["main.py", "--cache-ram", "--listen"], True),
+        (["main.py", "--cache-ram", "0"], False),
+        (["main.py", "--cache-l", "5"], True),
+        (["main.py", "--cache-none", "--cache-classic"], False),
+        ("main.py --cache-lru 3", None),
+        (None, None),
+    ],
+)
+def test_which_comfyui_arguments_cache_earlier_prompts(argv, caches):
+    assert caches_earlier_prompts(argv) is caches

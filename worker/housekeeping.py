@@ -1,0 +1,149 @@
+"""Tidy ComfyUI once a prompt is over: drop its history entry and delete its files from ComfyUI's folders.
+
+Left alone, a replica that lives for hours keeps everything its ComfyUI ever did: up to 10,000 history entries in
+memory, each holding the whole workflow, and every result and preview on its disk. All of this is best effort: a
+failure is one warning line and never changes a job's report.
+
+Result files outlive their prompt a little. ComfyUI caches output nodes: a prompt whose SaveImage gets the same
+inputs as in the prompt before does not run it again, and names that prompt's files in its history. ComfyUI's
+default (classic) cache holds only the nodes of its latest prompt, and a prompt that succeeded ran or replayed
+every output node it has, so a result file can go once a later prompt succeeded without naming it. With
+--cache-lru or --cache-ram ComfyUI may replay the outputs of any earlier prompt: result files are then kept.
+Previews (`temp`) are never read back by the worker: they go as soon as their prompt is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import structlog
+
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
+from worker.outputs import OutputDeliveryError, inside, relative_output_path, result_files
+
+log = structlog.get_logger()
+
+CACHES_OF_EARLIER_PROMPTS = ("--cache-lru", "--cache-ram")  # ComfyUI's options that keep more than one prompt
+
+
+def caches_earlier_prompts(argv: object) -> bool | None:
+    """Whether ComfyUI started with these arguments (the `argv` of /system_stats) may replay the outputs of a
+    prompt before its latest; None when argv is not a list of strings. argparse takes a prefix of an option
+    name, and `--cache-ram` without a number means 4 GB."""
+    if not isinstance(argv, list) or not all(isinstance(arg, str) for arg in argv):
+        return None
+    for index, arg in enumerate(argv):
+        name, has_value, value = arg.partition("=")
+        matches = [o for o in CACHES_OF_EARLIER_PROMPTS if len(name) > len("--cache-") and o.startswith(name)]
+        if not matches:
+            continue
+        if not has_value:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        try:
+            size = float(value)
+        except ValueError:
+            size = 4.0 if matches == ["--cache-ram"] else 0.0
+        if size > 0:
+            return True
+    return False
+
+
+class ComfyUIHousekeeping:
+    def __init__(
+        self, comfy: ComfyUIClient, *, output_dir: Path | None, temp_dir: Path | None, outputs_root: Path
+    ) -> None:
+        self.comfy = comfy
+        self.outputs_root = outputs_root
+        self.output_dir = self._deletable(output_dir, "COMFYUI_OUTPUT_DIR")
+        self.temp_dir = self._deletable(temp_dir, "COMFYUI_TEMP_DIR")
+        self._replayable: set[PurePosixPath] = set()  # result files ComfyUI's cache may still name again
+
+    def _deletable(self, folder: Path | None, setting: str) -> Path | None:
+        """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
+        if folder is not None and inside(folder, self.outputs_root):
+            log.warning(
+                f"{setting} is OUTPUTS_PATH or inside it: ComfyUI's files there are never deleted, so they pile "
+                "up on that disk", **{setting: str(folder), "OUTPUTS_PATH": str(self.outputs_root)},
+            )
+            return None
+        return folder
+
+    def check_cache(self, comfyui_argv: object) -> None:
+        """At start, from ComfyUI's /system_stats: keep result files if its cache may replay old ones."""
+        caches = caches_earlier_prompts(comfyui_argv)
+        if caches is False or self.output_dir is None:
+            return
+        why = "ComfyUI's arguments are unknown" if caches is None else "ComfyUI runs with --cache-lru or --cache-ram"
+        log.warning(
+            "Result files are left in ComfyUI's output folder: its cache may name them again in a later prompt",
+            reason=why, comfyui_output_dir=str(self.output_dir),
+        )
+        self.output_dir = None
+
+    async def forget(self, prompt_id: str, timeout_s: float) -> bool:
+        """Delete the prompt's history entry; False (and a warning) when ComfyUI did not confirm in time."""
+        try:
+            await self.comfy.delete_history(prompt_id, timeout_s)
+        except ComfyUIUnavailable as exc:
+            log.warning(
+                "Could not delete the prompt from ComfyUI's history: it stays in ComfyUI's memory until ComfyUI "
+                "restarts", prompt_id=prompt_id, error=str(exc),
+            )
+            return False
+        return True
+
+    async def delete_files(self, outputs: dict[str, Any], *, succeeded: bool) -> None:
+        """The files of a prompt that is over (its history `outputs`, all of them or those the worker saw), and
+        the result files of earlier prompts that ComfyUI's cache can no longer name."""
+        doomed = self._done_with(outputs, succeeded)
+        if doomed:
+            await asyncio.to_thread(self._delete, doomed)
+
+    def _done_with(self, outputs: dict[str, Any], succeeded: bool) -> list[tuple[Path, PurePosixPath]]:
+        doomed = []
+        if self.temp_dir is not None:
+            doomed += [(self.temp_dir, relative) for relative in sorted(_named(outputs, "temp"))]
+        if self.output_dir is not None:
+            named = _named(outputs, "output")
+            if succeeded:
+                doomed += [(self.output_dir, relative) for relative in sorted(self._replayable - named)]
+                self._replayable = named
+            else:
+                self._replayable |= named
+        return doomed
+
+    def _delete(self, files: list[tuple[Path, PurePosixPath]]) -> None:
+        for root, relative in files:
+            path = root / relative
+            try:
+                if not inside(path, root) or inside(path, self.outputs_root):
+                    log.warning("Not deleting a file ComfyUI named: it leads out of ComfyUI's folder or into "
+                                "OUTPUTS_PATH", file=str(path))  # fmt: skip
+                    continue
+                path.unlink(missing_ok=True)
+                _remove_empty_folders(path.parent, root)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("Could not delete a file of ComfyUI's", file=str(path), error=error)
+
+
+def _named(outputs: dict[str, Any], folder_type: str) -> set[PurePosixPath]:
+    names = set()
+    for item in result_files(outputs, folder_type):
+        try:
+            names.add(relative_output_path(item.subfolder, item.filename))
+        except OutputDeliveryError as exc:
+            log.warning("Not deleting a file ComfyUI named unsafely", error=str(exc))
+    return names
+
+
+def _remove_empty_folders(folder: Path, root: Path) -> None:
+    """folder and its parents up to root (never root itself), while they are empty."""
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, gone, or a link
+            return
+        folder = folder.parent
