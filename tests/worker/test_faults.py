@@ -66,29 +66,6 @@ async def test_comfyui_gone_mid_job_hands_the_job_back(qm, comfy, make_worker, w
     assert worker.state.comfyui_up is False and worker.state.jobs_failed == 0
 
 
-async def test_a_real_fatal_gpu_error_hands_the_job_back_takes_no_new_job_and_exits_1(
-    qm, comfy, make_worker, workflows
-):
-    comfy.inject_error(
-        "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
-        "reported at some other API call", exception_type="torch.AcceleratorError", node_id="2",
-    )
-    job = qm.store.submit("alice", workflows["quick"])
-    waiting = qm.store.submit("bob", workflows["quick"])
-    worker = make_worker(serverless_max_idle_polls=100)
-    with capture_logs() as logs:
-        assert await asyncio.wait_for(worker.run(), 10) == 1
-    error = qm.reports.landed(job.id)[0].body["error"]
-    assert error.startswith("Handed back: fatal GPU error on worker test-worker: ComfyUI execution error in node 2")
-    assert "AcceleratorError: CUDA error: an illegal memory access" in error
-    assert qm.store.get(waiting.id).status == "pending", "a broken replica takes no new job"
-    assert len(comfy.prompts_received) == 1
-    assert worker.state.fatal_reason and "illegal memory access" in worker.state.fatal_reason
-    assert "Fatal error: taking no new job; exiting so the platform replaces this replica" in [
-        e["event"] for e in logs
-    ]
-
-
 async def test_user_text_that_looks_like_a_cuda_error_does_not_make_the_worker_unhealthy(
     qm, comfy, make_worker, workflows
 ):
@@ -177,24 +154,41 @@ def test_a_real_disk_full_error_as_comfyui_reports_it_is_a_broken_disk():
     assert replica_fault(*_error_as_comfyui_reports_it(_real_disk_full_error())) == "ComfyUI's disk failed"
 
 
-async def test_comfyui_out_of_disk_hands_the_job_back_takes_no_new_job_and_exits_1(
-    qm, comfy, make_worker, workflows
-):
-    # Before, the job failed as the workflow's fault and the worker went on failing every job it took: a black
-    # hole draining the queue into failures until the replica was replaced for some other reason.
+def _disk_full_as_comfyui_reports_it() -> tuple[str, str]:
     exception_type, message = _error_as_comfyui_reports_it(_real_disk_full_error())
-    comfy.inject_error(message.rstrip("\n"), exception_type=exception_type, class_type="SaveImage", prompts=None)
+    return exception_type, message.rstrip("\n")  # the stand-in appends the newline ComfyUI adds
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "names"),
+    [
+        (
+            ("torch.AcceleratorError", "CUDA error: an illegal memory access was encountered\nCUDA kernel errors "
+             "might be asynchronously reported at some other API call"),
+            "fatal GPU error", "AcceleratorError: CUDA error: an illegal memory access",
+        ),
+        # Before, this job failed as the workflow's fault and the worker went on failing every job it took: a
+        # black hole draining the queue into failures until the replica was replaced for some other reason.
+        (_disk_full_as_comfyui_reports_it(), "ComfyUI's disk failed", "OSError: [Errno 28] No space left on device"),
+    ],
+    ids=["fatal-gpu-error", "comfyui-disk-full"],
+)
+async def test_a_broken_replica_hands_the_job_back_takes_no_new_job_and_exits_1(
+    qm, comfy, make_worker, workflows, error, reason, names
+):
+    exception_type, message = error
+    comfy.inject_error(message, exception_type=exception_type, node_id="2", prompts=None)
     job = qm.store.submit("alice", workflows["quick"])
     waiting = qm.store.submit("bob", workflows["quick"])
     worker = make_worker(serverless_max_idle_polls=100)
     with capture_logs() as logs:
         assert await asyncio.wait_for(worker.run(), 10) == 1
-    error = qm.reports.landed(job.id)[0].body["error"]
-    assert error.startswith("Handed back: ComfyUI's disk failed on worker test-worker: ComfyUI execution error")
-    assert "OSError: [Errno 28] No space left on device" in error
-    assert qm.store.get(waiting.id).status == "pending", "a replica with a full disk takes no new job"
+    handed_back = qm.reports.landed(job.id)[0].body["error"]
+    assert handed_back.startswith(f"Handed back: {reason} on worker test-worker: ComfyUI execution error in node 2")
+    assert names in handed_back
+    assert qm.store.get(waiting.id).status == "pending", "a broken replica takes no new job"
     assert len(comfy.prompts_received) == 1
-    assert worker.state.fatal_reason and "No space left on device" in worker.state.fatal_reason
+    assert worker.state.fatal_reason and names.split(": ", 1)[1] in worker.state.fatal_reason
     assert "Fatal error: taking no new job; exiting so the platform replaces this replica" in [
         e["event"] for e in logs
     ]
