@@ -113,6 +113,11 @@ class PromptRun:
         self._interrupt_sent = False
         self._warnings: list[str] = []
 
+    @property
+    def heard_at(self) -> float:
+        """When ComfyUI last answered this run anything, over HTTP or the websocket (time.monotonic)."""
+        return self._heard_at
+
     async def run(self, workflow: dict[str, Any]) -> Outcome:
         """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome.
 

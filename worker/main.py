@@ -91,6 +91,8 @@ class Worker:
         self._execution: asyncio.Task[Report] | None = None
         self._prompt_run: PromptRun | None = None
         self._prompt_over: Outcome | None = None  # the job's prompt, once ComfyUI is done with it
+        # When ComfyUI went silent, if a run that lost it knows: COMFYUI_UNRESPONSIVE_TIMEOUT_S counts from then.
+        self._silent_since: float | None = None
 
     # -- flags, safe to call from a signal handler or another task ------------------------------------------
     def request_shutdown(self) -> None:
@@ -214,18 +216,21 @@ class Worker:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""
         if time.monotonic() - self._comfyui_answered_at < self.settings.poll_interval_s:
             return True
-        asked_at = time.monotonic()
         settings = self.settings
+        silent_since = time.monotonic() if self._silent_since is None else self._silent_since
+        left_s = silent_since + settings.comfyui_unresponsive_timeout_s - time.monotonic()
         try:  # never longer than the worker would wait for a silent ComfyUI in all
-            await self.comfy.system_stats(min(settings.http_timeout_s, settings.comfyui_unresponsive_timeout_s))
+            await self.comfy.system_stats(min(settings.http_timeout_s, max(left_s, MIN_QUESTION_S)))
         except ComfyUIUnavailable as exc:
-            return await self._wait_for_comfyui(str(exc), since=asked_at)
+            return await self._wait_for_comfyui(str(exc), since=silent_since)
         self._comfyui_answered_at = time.monotonic()
+        self._silent_since = None
         return True
 
     async def _wait_for_comfyui(self, error: str, since: float) -> bool:
         """ComfyUI was up and stopped answering (hung, or restarting outside the supervisor): wait for it up to
-        COMFYUI_UNRESPONSIVE_TIMEOUT_S from the first unanswered probe, then go fatal, so the replica is
+        COMFYUI_UNRESPONSIVE_TIMEOUT_S from ``since`` (its last answer to a lost run, else the first unanswered
+        probe), then go fatal, so the replica is
         replaced instead of idling, billed, in front of a ComfyUI that answers no one."""
         timeout_s = self.settings.comfyui_unresponsive_timeout_s
         self.state.set_comfyui(False)
@@ -247,6 +252,7 @@ class Worker:
         self.state.set_comfyui(True)
         self.state.mark_ready()
         self._comfyui_answered_at = time.monotonic()
+        self._silent_since = None
         return True
 
     async def shutdown(self) -> None:
@@ -407,7 +413,7 @@ class Worker:
             self.state.mark_fatal(reason)
             return Report(job.id, job.attempt, handback=reason, job=job)
         if outcome.status == "lost":
-            reason = await self._explain_lost_comfyui(outcome.message)
+            reason = await self._explain_lost_comfyui(outcome.message, silent_since=run.heard_at)
             return Report(job.id, job.attempt, handback=reason, job=job)
         self._prompt_over = outcome
         if outcome.comfyui_stuck:  # every later prompt would wait behind it and time out in turn
@@ -453,12 +459,14 @@ class Worker:
             "warnings": outcome.warnings,
         })
 
-    async def _explain_lost_comfyui(self, message: str) -> str:
+    async def _explain_lost_comfyui(self, message: str, *, silent_since: float | None = None) -> str:
         """The supervisor's reason (the process died, with its exit code) beats what the socket saw. A stop
-        that cuts this wait short still hands the job back as the fault it is (see _stopped)."""
+        that cuts this wait short still hands the job back as the fault it is (see _stopped). ``silent_since``:
+        when ComfyUI last answered the run, if it went silent (not when a transfer broke mid-stream)."""
         self._comfyui_lost = message
         self.state.set_comfyui(False)
         self._comfyui_answered_at = -math.inf
+        self._silent_since = silent_since
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._aborted.wait(), ABORT_EXPLAIN_WAIT_S)
         return self._abort_reason or message

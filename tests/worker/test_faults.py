@@ -8,6 +8,7 @@ import errno
 import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from demo.replicas import free_loopback_port
+from worker.main import Worker
 from worker.replica_faults import replica_fault
+
+from .conftest import FAST_TIMINGS
 
 
 async def wait_for(predicate, timeout=5.0):
@@ -395,6 +399,29 @@ async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_lon
     assert qm.store.get(waiting.id).status == "pending", "no job is popped in front of a hung ComfyUI"
     assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 1 s"
     assert worker.state.jobs_failed == 0 and worker.state.jobs_handed_back == 1
+
+
+async def test_a_hang_mid_job_ends_the_worker_its_unresponsive_timeout_after_comfyuis_last_answer(
+    qm, comfyui_process, settings_for, workflows
+):
+    """The silence that lost the job (lost_after_s: 30 s in production, 4 s here) counts toward
+    COMFYUI_UNRESPONSIVE_TIMEOUT_S: before, that wait started again at the first probe after the hand back, and a
+    hung ComfyUI kept its replica 150 s instead of 120 (lost_after_s + the timeout: 9 s here, now 5)."""
+    process, url = comfyui_process
+    job = qm.store.submit("alice", workflows["slow"])
+    settings = settings_for(
+        comfyui_url=url, serverless_mode=False, http_timeout_s=20, comfyui_unresponsive_timeout_s=5,
+        comfyui_startup_timeout_s=300,
+    )  # fmt: skip
+    worker = Worker(settings, timings=replace(FAST_TIMINGS, lost_after_s=4.0))
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.current_prompt_id is not None)
+    process.send_signal(signal.SIGSTOP)
+    hung_at = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(run, 20) == 1
+    assert asyncio.get_running_loop().time() - hung_at < 7.5, "before: 4 s to lose the job, then 5 s more"
+    assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: ComfyUI stopped answering for 4 s")
+    assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 5 s"
 
 
 async def test_an_idle_worker_gives_up_on_a_hung_comfyui_at_its_unresponsive_timeout_not_an_http_timeout_later(
