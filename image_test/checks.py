@@ -32,6 +32,7 @@ DOCKER_HEALTHY_TIMEOUT_S = 90
 STOP_WITHIN_S = 30
 SERVERLESS_EXIT_TIMEOUT_S = 300
 JOB_USERS = ("alice", "bob", "alice")
+COMFYUI_SCRATCH = "/data/comfyui"  # SCRATCH_DIR/comfyui: ComfyUI's output and temp folders (supervisor/config.py)
 
 
 @dataclass
@@ -216,6 +217,7 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
             return
         _process_owners(docker, container, report)
         _jobs_delivered(queue, jobs, invalid, outputs, report)
+        _comfyui_tidied(docker, container, queue, list(jobs), report)
         _metrics_count(container, report)
         _docker_healthy(container, report)
         _stop_cleanly(docker, container, report)
@@ -276,6 +278,26 @@ def _jobs_delivered(queue: QueueManager, jobs: dict[str, str], invalid: str, out
     readable = by_id[invalid]["status"] == "failed" and "NoSuchNode" in error and "Traceback" not in error
     report.check("an invalid job fails with a readable error", readable,
                  f"{by_id[invalid]['status']}: {error[:200]!r}")
+
+
+def _comfyui_tidied(docker: Docker, container: Container, queue: QueueManager, job_ids: list[str],
+                    report: Report) -> None:
+    """The worker's housekeeping against the real ComfyUI (docs/worker.md): no history entry and no preview of a
+    finished job is left; of the results only the last success's, which ComfyUI's cache may name again (the three
+    jobs run the same workflow, so ComfyUI replays the first one's file for the other two)."""
+    name = "the real ComfyUI keeps no history and no files of finished jobs but the last result"
+    try:
+        history = httpx.get(f"{container.env['COMFYUI_URL']}/history", timeout=10).json()
+        found = docker.run("exec", container.name, "find", COMFYUI_SCRATCH, "-path", "*/output/*", "-type", "f",
+                           "-o", "-path", "*/temp/*", "-type", "f").stdout.split()
+    except (httpx.HTTPError, ValueError, DockerError) as exc:
+        report.check(name, False, f"{type(exc).__name__}: {exc}")
+        return
+    previews = [path for path in found if "/temp/" in path]
+    results = [path for path in found if "/output/" in path]
+    one_job = max(len((queue.job(job_id).get("result") or {}).get("outputs", [])) for job_id in job_ids)
+    report.check(name, history == {} and not previews and len(results) <= one_job,
+                 f"{len(history)} history entries, previews {previews}, result files {results}")
 
 
 def _metrics_count(container: Container, report: Report) -> None:
