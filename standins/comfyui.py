@@ -24,9 +24,10 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -48,9 +49,34 @@ log = structlog.get_logger()
 
 COMFYUI_VERSION = "0.8.0"
 MAX_HISTORY = 10_000
+# Run as a process (the demo, `python -m standins.comfyui`), records for assertions are bounded to the latest.
+CLI_RECORDS_KEPT = 1000
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 PREVIEW_IMAGE_EVENT = 1  # binary frame: event type, then image format (2 = PNG), then the image
 PNG_FORMAT = 2
+
+
+T = TypeVar("T")
+
+
+class Records(list[T]):
+    """A list of what the simulator received, for tests to assert on; with a limit, only the latest are kept."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def append(self, item: T) -> None:
+        super().append(item)
+        self._trim()
+
+    def extend(self, items: Iterable[T]) -> None:
+        super().extend(items)
+        self._trim()
+
+    def _trim(self) -> None:
+        if self.limit is not None and len(self) > self.limit:
+            del self[: len(self) - self.limit]
 
 
 @dataclass(frozen=True)
@@ -215,6 +241,7 @@ class ComfyUISimulator:
         cache_outputs: bool = True,
         max_upload_size_mb: float = 100.0,
         argv: list[str] | None = None,
+        records_kept: int | None = None,
     ) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.temp_dir = Path(temp_dir).resolve() if temp_dir else self.output_dir.parent / "temp"
@@ -228,12 +255,13 @@ class ComfyUISimulator:
         self.max_upload_bytes = round(max_upload_size_mb * 1024 * 1024)
         self.argv = argv or ["main.py"]
         self.catalogue = build_catalogue(checkpoints)
-        # Records for assertions; they survive crashes and restarts.
-        self.prompts_received: list[ReceivedPrompt] = []
-        self.interrupts_received: list[ReceivedInterrupt] = []
-        self.free_requests: list[dict[str, Any]] = []
-        self.view_requests: list[dict[str, str]] = []
-        self.history_deletes: list[str] = []  # prompt ids POST /history was asked to delete, answered or not
+        # Records for assertions; they survive crashes and restarts. A long-running process (the demo, the CLI)
+        # keeps only the last `records_kept` of each: every prompt holds its whole workflow.
+        self.prompts_received: Records[ReceivedPrompt] = Records(records_kept)
+        self.interrupts_received: Records[ReceivedInterrupt] = Records(records_kept)
+        self.free_requests: Records[dict[str, Any]] = Records(records_kept)
+        self.view_requests: Records[dict[str, str]] = Records(records_kept)
+        self.history_deletes: Records[str] = Records(records_kept)  # prompt ids POST /history was asked to delete
         self.ws_connections: Counter[str] = Counter()
         self.injected_errors: list[InjectedError] = []
         self.url = ""
@@ -896,6 +924,7 @@ async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
         cache_outputs=not args.cache_none,
         max_upload_size_mb=args.max_upload_size,
         argv=["main.py", *argv],
+        records_kept=CLI_RECORDS_KEPT,
     )
     host = args.listen.split(",")[0]
     await sim.start(host, args.port)

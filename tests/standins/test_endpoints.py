@@ -137,3 +137,23 @@ async def test_previews_are_binary_frames(tmp_path, fixtures_dir) -> None:
     assert len(frames) == 4
     assert all(frame[:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" and frame[8:12] == b"\x89PNG" for frame in frames)
     assert prompt_id
+
+
+async def test_a_long_running_simulator_keeps_only_the_latest_records(tmp_path, http):
+    """Run as a process (the demo), it kept every prompt, with its whole workflow, for as long as it ran."""
+    sim = ComfyUISimulator(tmp_path / "output", records_kept=2)
+    await sim.start()
+    try:
+        sent = []
+        for color in range(5):
+            workflow = {
+                "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "r"}},
+            }
+            sent.append((await submit(http, sim.url, workflow, "c"))["prompt_id"])
+            async with http.post(f"{sim.url}/history", json={"delete": [sent[-1]]}) as answer:
+                assert answer.status == 200
+        assert [prompt.prompt_id for prompt in sim.prompts_received] == sent[-2:]
+        assert sim.history_deletes == sent[-2:]
+    finally:
+        await sim.stop()
