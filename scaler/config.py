@@ -329,6 +329,7 @@ def load_kill_switch_settings() -> tuple[ScalerSettings, str | None]:
     overrides: dict[str, object] = {
         name: ScalerSettings.model_fields[name].get_default(call_default_factory=True)
         for name in invalid - KILL_SWITCH_FIELDS - {"queue_manager_url"}
+        if name in ScalerSettings.model_fields  # else settings_from_env names it below
     }
     if "queue_manager_url" in invalid:
         overrides["queue_manager_url"] = UNUSED_QUEUE_URL
