@@ -20,7 +20,7 @@ from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import ScalerSettings
 from scaler.deploy.errors import DeployError
 from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
-from scaler.deploy.spec import DEFAULT_SPEC_PATH
+from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
 from scaler.loop import tick_deadline
@@ -68,7 +68,7 @@ def make_provider(settings: ScalerSettings, name: str) -> Backend:
     if name == "runpod":
         try:
             return runpod_backend_from_spec(settings.deploy_spec or DEFAULT_SPEC_PATH, os.environ)
-        except DeployError as exc:
+        except (DeployError, SpecError) as exc:  # SCALER_DEPLOY_SPEC missing or invalid: a message, not a traceback
             raise ProviderSetupError(f"runpod: {exc}") from None
     raise ProviderSetupError(f"{name}: no backend for it (choose from local, verda, runpod)")
 
