@@ -45,3 +45,8 @@ def settings_from_env(settings_cls: type[AnySettings], title: str, **overrides: 
             else:  # a model-level check reports several problems at once
                 lines += [f"  {problem}" for problem in message.split("; ")]
         raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(lines)) from None
+    except UnicodeDecodeError as exc:  # python-dotenv reading the .env file, saved as UTF-16 say
+        raise ConfigError(
+            f"Invalid {title} configuration:\n"
+            f"  .env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import ConfigError
+from scaler.config import load_kill_switch_settings
 from scaler.config import load_settings as load_scaler_settings
 from supervisor.config import load_supervisor_settings
 from worker.config import load_settings as load_worker_settings
@@ -117,6 +118,23 @@ def test_supervisor_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, valu
 def test_scaler_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     _clean_env(monkeypatch, SCALER_BASE, variable, value)
     _assert_refused(load_scaler_settings, variable)
+
+
+@pytest.mark.parametrize(
+    "load",
+    [load_worker_settings, load_supervisor_settings, load_scaler_settings, load_kill_switch_settings],
+    ids=["worker", "supervisor", "scaler", "kill-switch"],
+)
+def test_a_dot_env_file_that_is_not_utf8_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object]
+) -> None:
+    """Saved as UTF-16 (Windows Notepad's "Unicode"), the .env file was a UnicodeDecodeError traceback."""
+    _clean_env(monkeypatch, SCALER_BASE, "LOG_LEVEL", "info")
+    (tmp_path / ".env").write_text("SCALER_BACKEND=local\n", encoding="utf-16")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert "  .env: not UTF-8" in str(refused.value), str(refused.value)
 
 
 @pytest.mark.parametrize(
