@@ -10,7 +10,9 @@ a prompt), so text alone never decides:
   memory access, device-side assert, launch failure, ECC, ...).
 - ComfyUI's own disk full, over quota or failing. A builtin `OSError` is printed by Python as
   `[Errno N] <strerror>`, the number first: a node writing to a full disk cannot be told from the job at fault,
-  and every later job on this replica would fail the same way.
+  and every later job on this replica would fail the same way. Video and audio nodes write through PyAV, whose
+  `av.error.OSError` prints FFmpeg's errno the same way; FFmpeg also answers bad input data with EIO, so from
+  PyAV only full and over quota count.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ RECOVERABLE_CUDA_ERRORS = (
 # ComfyUI's disk: full, over quota, failing. Read-only is left out: a custom node writing where it may not is
 # the job's fault.
 BROKEN_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+# The same from PyAV (SaveVideo, SaveWEBM write with it), whose class ComfyUI names with its module.
+BROKEN_DISK_ERRNOS_BY_TYPE = {"OSError": BROKEN_DISK_ERRNOS, "av.error.OSError": (errno.ENOSPC, errno.EDQUOT)}
 
 
 def replica_fault(exception_type: str, exception_message: str) -> str | None:
@@ -41,6 +45,7 @@ def replica_fault(exception_type: str, exception_message: str) -> str | None:
     if exception_type in CUDA_ERROR_TYPES:
         cuda_error = first_line.removeprefix("CUDA error:").strip().lower()
         return None if cuda_error.startswith(RECOVERABLE_CUDA_ERRORS) else "fatal GPU error"
-    if exception_type == "OSError" and first_line.startswith(tuple(f"[Errno {n}] " for n in BROKEN_DISK_ERRNOS)):
+    broken_disk = BROKEN_DISK_ERRNOS_BY_TYPE.get(exception_type, ())
+    if broken_disk and first_line.startswith(tuple(f"[Errno {n}] " for n in broken_disk)):
         return "ComfyUI's disk failed"
     return None

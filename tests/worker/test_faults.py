@@ -146,6 +146,11 @@ def _real_disk_full_error() -> OSError:
         ("FileNotFoundError", "[Errno 2] No such file or directory: '[Errno 28] No space left on device'\n", False),
         ("RuntimeError", "[Errno 28] No space left on device\n", False),
         ("Exception", "**** ERROR: Saving image outside the output folder ... [Errno 28] No space left", False),
+        # PyAV (SaveVideo, SaveWEBM): FFmpeg's errno, printed as Python does; EIO is also FFmpeg's bad-input answer.
+        ("av.error.OSError", "[Errno 28] No space left on device: '/data/comfyui/output/video/x_00001_.mp4'\n", True),
+        ("av.error.OSError", f"[Errno {errno.EDQUOT}] Disk quota exceeded\n", True),
+        ("av.error.OSError", "[Errno 5] Input/output error: '/data/comfyui/input/upload.mp4'\n", False),
+        ("av.error.InvalidDataError", "[Errno 1094995529] Invalid data found when processing input\n", False),
     ],
 )
 def test_a_broken_disk_is_told_from_the_errno_python_prints_first_never_from_free_text(
@@ -174,8 +179,11 @@ def _disk_full_as_comfyui_reports_it() -> tuple[str, str]:
         # Before, this job failed as the workflow's fault and the worker went on failing every job it took: a
         # black hole draining the queue into failures until the replica was replaced for some other reason.
         (_disk_full_as_comfyui_reports_it(), "ComfyUI's disk failed", "OSError: [Errno 28] No space left on device"),
+        # SaveVideo on a full disk: PyAV's av.error.OSError (was failed as the workflow's fault, the worker went on).
+        (("av.error.OSError", "[Errno 28] No space left on device: '/data/comfyui/output/video/ComfyUI_00001_.mp4'"),
+         "ComfyUI's disk failed", "OSError: [Errno 28] No space left on device"),
     ],
-    ids=["fatal-gpu-error", "comfyui-disk-full"],
+    ids=["fatal-gpu-error", "comfyui-disk-full", "comfyui-disk-full-writing-video"],
 )
 async def test_a_broken_replica_hands_the_job_back_takes_no_new_job_and_exits_1(
     qm, comfy, make_worker, workflows, error, reason, names
