@@ -66,8 +66,11 @@ def make_provider(settings: ScalerSettings, name: str) -> Backend:
         )
         return VerdaBackend(client, settings.deployment_name)
     if name == "runpod":
+        environ = dict(os.environ)
+        if settings.runpod_api_key is not None:  # it may come from the .env file, which os.environ does not hold
+            environ["RUNPOD_API_KEY"] = settings.runpod_api_key.get_secret_value()
         try:
-            return runpod_backend_from_spec(settings.deploy_spec or DEFAULT_SPEC_PATH, os.environ)
+            return runpod_backend_from_spec(settings.deploy_spec or DEFAULT_SPEC_PATH, environ)
         except (DeployError, SpecError) as exc:  # SCALER_DEPLOY_SPEC missing or invalid: a message, not a traceback
             raise ProviderSetupError(f"runpod: {exc}") from None
     raise ProviderSetupError(f"{name}: no backend for it (choose from local, verda, runpod)")
