@@ -234,6 +234,8 @@ async def stop_all(
             backends.append((name, make_provider(settings, name)))
         except ProviderSetupError as exc:
             results.append(StopResult(name, False, str(exc)))
+        except Exception as exc:  # a deploy spec of a shape nobody checked: the other providers are still stopped
+            results.append(StopResult(name, False, f"could not set it up: {type(exc).__name__}: {exc}"[:300]))
     try:
         results += await asyncio.gather(
             *(stop_provider(name, backend, timeout_s=timeout_s, poll_s=poll_s) for name, backend in backends)

@@ -223,7 +223,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     """Read the TOML spec, apply environment overrides and validate; raises SpecError naming each field."""
     try:
         raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
     raw = _credential_urls_to_secrets(_apply_overrides(raw, environ), environ)
     names = raw.get("env_from_environment", {}).get("names", [])

@@ -200,20 +200,32 @@ async def test_stop_all_works_when_settings_it_does_not_read_are_invalid(
     assert "SCALER_FALLBACK_RETRY_MAX_S" in err
 
 
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        (None, "no-such-spec.toml"),
+        (b'deployment = "a string, not a table"\n', "AttributeError"),
+        ('[deployment]\nname = "x"\n'.encode("utf-16"), "spec.toml"),
+    ],
+    ids=["missing", "wrong-shape", "not-utf8"],
+)
 async def test_stop_all_stops_the_other_providers_when_the_runpod_deploy_spec_is_broken(
-    fleet_env, make_verda_client, fake_verda, verda_scaling, monkeypatch, tmp_path, capsys
+    fleet_env, make_verda_client, fake_verda, verda_scaling, monkeypatch, tmp_path, capsys, spec, named
 ):
-    """A deploy spec RunPod's backend cannot be built from (missing, a placeholder image) was a traceback that
-    stopped nothing, not even Verda listed beside it."""
+    """A deploy spec RunPod's backend cannot be built from (missing, of the wrong shape, not UTF-8) was a
+    traceback that stopped nothing, not even Verda listed beside it."""
     backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
     await backend.apply(2)
     await backend.aclose()
+    path = tmp_path / ("no-such-spec.toml" if spec is None else "spec.toml")
+    if spec is not None:
+        path.write_bytes(spec)
     monkeypatch.setenv("SCALER_PROVIDERS", "runpod,verda")
     monkeypatch.setenv("RUNPOD_API_KEY", "rp-test-key")
-    monkeypatch.setenv("SCALER_DEPLOY_SPEC", str(tmp_path / "no-such-spec.toml"))
+    monkeypatch.setenv("SCALER_DEPLOY_SPEC", str(path))
     capsys.readouterr()
     assert await cli("stop", "--all") == 1
     assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
     captured = capsys.readouterr()
     assert "verda: stopped" in captured.out
-    assert "runpod: NOT STOPPED" in captured.err and "no-such-spec.toml" in captured.err
+    assert "runpod: NOT STOPPED" in captured.err and named in captured.err
