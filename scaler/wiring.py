@@ -66,8 +66,10 @@ def make_provider(settings: ScalerSettings, name: str) -> Backend:
         )
         return VerdaBackend(client, settings.deployment_name)
     if name == "runpod":
-        environ = dict(os.environ)
-        if settings.runpod_api_key is not None:  # it may come from the .env file, which os.environ does not hold
+        # The settings may come from the .env file, which os.environ does not hold; without QUEUE_MANAGER_URL (the
+        # kill switch does not need it) the spec's env_from_environment gets the stand-in the settings hold.
+        environ = {"QUEUE_MANAGER_URL": settings.queue_base_url, **os.environ}
+        if settings.runpod_api_key is not None:
             environ["RUNPOD_API_KEY"] = settings.runpod_api_key.get_secret_value()
         try:
             return runpod_backend_from_spec(settings.deploy_spec or DEFAULT_SPEC_PATH, environ)

@@ -100,13 +100,14 @@ async def test_runpod_refusing_capacity_sends_its_shortfall_to_verda(
         await fleet.aclose()
 
 
-@pytest.mark.parametrize("runpod_key_in", ["environment", "dot-env-file"])
+@pytest.mark.parametrize("runpod_key_in", ["environment", "dot-env-file", "environment-without-queue-url"])
 async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
     monkeypatch, qm, fake_verda: FakeVerda, fake_runpod: FakeRunPod, verda_credentials, make_verda_client,
     tmp_path: Path, restore_logging, capsys, runpod_key_in,
 ):
     """RUNPOD_API_KEY in the .env file (docs/scaler.md: settings come from either) passed the settings check, but
-    the RunPod backend read os.environ alone: `run` refused to start and `stop --all` left RunPod's pods running."""
+    the RunPod backend read os.environ alone: `run` refused to start and `stop --all` left RunPod's pods running.
+    Without QUEUE_MANAGER_URL, which the kill switch does not read, the spec's env_from_environment refused too."""
     env = {
         "QUEUE_MANAGER_URL": qm.url,
         "VERDA_CLIENT_ID": verda_credentials[0],
@@ -125,6 +126,9 @@ async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
     if runpod_key_in == "dot-env-file":
         (tmp_path / ".env").write_text(f"RUNPOD_API_KEY={env.pop('RUNPOD_API_KEY')}\n")
         monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    if runpod_key_in == "environment-without-queue-url":
+        del env["QUEUE_MANAGER_URL"]
+        monkeypatch.delenv("QUEUE_MANAGER_URL", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
