@@ -191,7 +191,7 @@ def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
 
 def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
                 report: Report) -> None:
-    jobs = {queue.submit(user, load_workflow("quick.json")): user for user in JOB_USERS}
+    jobs = {queue.submit(user, _quick_workflow(colour)): user for colour, user in enumerate(JOB_USERS)}
     invalid = queue.submit("mallory", load_workflow("invalid_unknown_node.json"))
     container = Container(docker, image, "comfyui-image-test", queue.url, outputs)
     try:
@@ -226,6 +226,14 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
         if report.failed:
             print(f"container log: {log}", flush=True)
         container.remove()
+
+
+def _quick_workflow(colour: int) -> dict[str, Any]:
+    """quick.json with its own colour: ComfyUI's cache replays nothing from the job before, so each job writes
+    its own result files and the housekeeping check sees whether earlier ones were deleted."""
+    workflow = load_workflow("quick.json")
+    workflow["1"]["inputs"]["color"] = colour
+    return workflow
 
 
 def _real_comfyui_answered(logs: str) -> bool:
@@ -283,8 +291,8 @@ def _jobs_delivered(queue: QueueManager, jobs: dict[str, str], invalid: str, out
 def _comfyui_tidied(docker: Docker, container: Container, queue: QueueManager, job_ids: list[str],
                     report: Report) -> None:
     """The worker's housekeeping against the real ComfyUI (docs/worker.md): no history entry and no preview of a
-    finished job is left; of the results only the last success's, which ComfyUI's cache may name again (the three
-    jobs run the same workflow, so ComfyUI replays the first one's file for the other two)."""
+    finished job is left; of the results only the last success's, which ComfyUI's cache may name again (each job
+    has its own colour, so without the housekeeping all three jobs' files would be there)."""
     name = "the real ComfyUI keeps no history and no files of finished jobs but the last result"
     try:
         history = httpx.get(f"{container.env['COMFYUI_URL']}/history", timeout=10).json()
