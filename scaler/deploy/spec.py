@@ -192,6 +192,21 @@ def _format_errors(error: ValidationError) -> list[str]:
     return problems
 
 
+def _shape_problems(raw: dict[str, Any]) -> list[str]:
+    """The sections read before validation, of the wrong kind: `deployment = "x"` where a table belongs."""
+    tables = {section for section, _ in ENV_OVERRIDES.values()} | {"env_from_environment"}
+    problems = [f"{name}: must be a table" for name in sorted(tables) if not isinstance(raw.get(name, {}), dict)]
+    source = raw.get("env_from_environment", {})
+    if isinstance(source, dict) and not isinstance(source.get("names", []), list):
+        problems.append("env_from_environment.names: must be a list")
+    mounts = raw.get("volume_mounts", [])
+    if not isinstance(mounts, list):
+        problems.append("volume_mounts: must be a list of tables")
+    else:
+        problems += [f"volume_mounts.{i}: must be a table" for i, m in enumerate(mounts) if not isinstance(m, dict)]
+    return problems
+
+
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     for variable, (section, key) in ENV_OVERRIDES.items():
         if variable in environ:
@@ -225,6 +240,9 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
+    shape = _shape_problems(raw)
+    if shape:
+        raise SpecError(shape)
     raw = _credential_urls_to_secrets(_apply_overrides(raw, environ), environ)
     names = raw.get("env_from_environment", {}).get("names", [])
     missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names if not environ.get(n)]

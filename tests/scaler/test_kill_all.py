@@ -204,7 +204,7 @@ async def test_stop_all_works_when_settings_it_does_not_read_are_invalid(
     ("spec", "named"),
     [
         (None, "no-such-spec.toml"),
-        (b'deployment = "a string, not a table"\n', "AttributeError"),
+        (b'deployment = "a string, not a table"\n', "deployment: must be a table"),
         ('[deployment]\nname = "x"\n'.encode("utf-16"), "spec.toml"),
     ],
     ids=["missing", "wrong-shape", "not-utf8"],

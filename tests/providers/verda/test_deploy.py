@@ -79,6 +79,27 @@ def test_spec_file_errors_name_the_field(tmp_path: Path, spec_path: Path, deploy
     assert any(p.startswith(f"{field}") for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('deployment = "comfy"\n', "deployment: must be a table"),
+        ("compute = 5\n", "compute: must be a table"),
+        ('env_from_environment = ["QUEUE_MANAGER_URL"]\n', "env_from_environment: must be a table"),
+        ('[env_from_environment]\nnames = "QUEUE_MANAGER_URL"\n', "env_from_environment.names: must be a list"),
+        ('volume_mounts = "/models"\n', "volume_mounts: must be a list of tables"),
+        ("volume_mounts = [1]\n", "volume_mounts.0: must be a table"),
+    ],
+)
+def test_a_spec_of_the_wrong_shape_is_refused_naming_the_field_not_a_traceback(
+    tmp_path: Path, deploy_env, text, field
+) -> None:
+    """Before, the steps before validation (overrides from the environment, credential URLs made secrets) met a
+    string where a table belongs and raised AttributeError: a traceback from ./deploy-serverless.sh."""
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(text)
+    assert field in problems_for(spec, {**deploy_env, "VERDA_DEPLOYMENT_NAME": "comfy", "VERDA_COMPUTE": "H100"})
+
+
 def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:
     digest = "ghcr.io/acme/worker@sha256:" + "a" * 64
     assert load_spec(spec_path, {**deploy_env, "VERDA_IMAGE": digest}).deployment.image == digest
