@@ -140,6 +140,11 @@ class ComfyUIClient:
         except ReplyTooLarge as exc:  # no workflow writes in these: ComfyUI itself is misbehaving
             raise ComfyUIUnavailable(str(exc)) from exc
 
+    async def probe(self, deadline: float) -> dict[str, Any]:
+        """/system_stats, given what is left until ``deadline`` (time.monotonic), at least MIN_QUESTION_S and at
+        most the HTTP timeout: a hung ComfyUI would hold a probe for the whole HTTP timeout."""
+        return await self.system_stats(min(self._timeout_s, max(MIN_QUESTION_S, deadline - time.monotonic())))
+
     async def wait_until_up(
         self, timeout_s: float, *, interval_s: float = 1.0, should_stop: Callable[[], bool] = lambda: False
     ) -> dict[str, Any] | None:
@@ -149,7 +154,7 @@ class ComfyUIClient:
         last_error = "no attempt"
         while not should_stop():
             try:
-                return await self.system_stats(min(self._timeout_s, max(MIN_QUESTION_S, deadline - time.monotonic())))
+                return await self.probe(deadline)
             except ComfyUIUnavailable as exc:
                 last_error = str(exc)
             if time.monotonic() >= deadline:

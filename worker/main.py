@@ -216,11 +216,9 @@ class Worker:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""
         if time.monotonic() - self._comfyui_answered_at < self.settings.poll_interval_s:
             return True
-        settings = self.settings
         silent_since = time.monotonic() if self._silent_since is None else self._silent_since
-        left_s = silent_since + settings.comfyui_unresponsive_timeout_s - time.monotonic()
         try:  # never longer than the worker would wait for a silent ComfyUI in all
-            await self.comfy.system_stats(min(settings.http_timeout_s, max(left_s, MIN_QUESTION_S)))
+            await self.comfy.probe(silent_since + self.settings.comfyui_unresponsive_timeout_s)
         except ComfyUIUnavailable as exc:
             return await self._wait_for_comfyui(str(exc), since=silent_since)
         self._comfyui_answered_at = time.monotonic()
