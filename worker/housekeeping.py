@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
-from worker.outputs import OutputDeliveryError, inside, relative_output_path, result_files
+from worker.outputs import OutputDeliveryError, inside, relative_output_path, remove_empty_parents, result_files
 
 log = structlog.get_logger()
 
@@ -123,7 +123,7 @@ class ComfyUIHousekeeping:
                                 "OUTPUTS_PATH", file=str(path))  # fmt: skip
                     continue
                 path.unlink(missing_ok=True)
-                _remove_empty_folders(path.parent, root)
+                remove_empty_parents(path.parent, keep=root)
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("Could not delete a file of ComfyUI's", file=str(path), error=error)
@@ -138,12 +138,3 @@ def _named(outputs: dict[str, Any], folder_type: str) -> set[PurePosixPath]:
             log.warning("Not deleting a file ComfyUI named unsafely", error=str(exc))
     return names
 
-
-def _remove_empty_folders(folder: Path, root: Path) -> None:
-    """folder and its parents up to root (never root itself), while they are empty."""
-    while folder != root and folder.is_relative_to(root):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty, gone, or a link
-            return
-        folder = folder.parent

@@ -96,6 +96,16 @@ def _missing_folders(folder: Path, below: Path) -> list[Path]:
     return missing
 
 
+def remove_empty_parents(folder: Path, keep: Path) -> None:
+    """folder and its parents, while they are empty, up to ``keep``: never ``keep`` itself or anything outside it."""
+    while folder != keep and folder.is_relative_to(keep):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, gone, or a link
+            return
+        folder = folder.parent
+
+
 def _remove_empty_folders(folders: set[Path]) -> None:
     """rmdir, deepest first: a folder that holds anything stays."""
     for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
@@ -164,13 +174,7 @@ class OutputDelivery:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            folder = path.parent
-            while folder != root and folder.parent != root:
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty, or already gone
-                    break
-                folder = folder.parent
+            remove_empty_parents(path.parent, keep=root / path.relative_to(root).parts[0])  # OUTPUTS_PATH/<user>
 
     async def _copy(self, item: OutputFile, relative: PurePosixPath, target: Path) -> tuple[int, str]:
         local = self._local_source(relative)
