@@ -229,8 +229,9 @@ class ScalerSettings(LogSettings):
         }
 
 
-def _provider_problems(settings: ScalerSettings) -> list[str]:
-    """What is wrong with the providers, their credentials and the alert webhook."""
+def _provider_problems(settings: ScalerSettings, *, credentials: bool = True) -> list[str]:
+    """What is wrong with the providers, their credentials (unless ``credentials`` is False) and the alert
+    webhook."""
     problems = []
     unknown = [name for name in settings.provider_names if name not in PROVIDER_KINDS]
     if unknown:
@@ -241,6 +242,8 @@ def _provider_problems(settings: ScalerSettings) -> list[str]:
         ("https://", "http://")
     ):
         problems.append("SCALER_ALERT_WEBHOOK_URL: must be an http(s) URL")
+    if not credentials:
+        return problems
     if "runpod" in settings.provider_names and settings.runpod_api_key is None:
         problems.append("RUNPOD_API_KEY: required to drive RunPod (RunPod console > Settings > API Keys)")
     if "verda" in settings.provider_names or (not settings.provider_names and settings.backend == "verda"):
@@ -302,8 +305,9 @@ UNUSED_QUEUE_URL = "http://127.0.0.1:9"
 class _KillSwitchSettings(ScalerSettings):
     @model_validator(mode="after")
     def _consistent(self) -> _KillSwitchSettings:
-        """Only the checks of the settings a kill switch reads (ScalerSettings._consistent has them all)."""
-        problems = _provider_problems(self)
+        """Only the checks of the settings a kill switch reads (ScalerSettings._consistent has them all). A fleet's
+        missing credentials are left to `stop_all`: the provider without them is NOT STOPPED, the others are."""
+        problems = _provider_problems(self, credentials=not self.provider_names)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -335,4 +339,9 @@ def load_kill_switch_settings() -> tuple[ScalerSettings, str | None]:
     }
     if "queue_manager_url" in invalid:
         overrides["queue_manager_url"] = UNUSED_QUEUE_URL
-    return settings_from_env(_KillSwitchSettings, "kill switch", **overrides), problems
+    settings = settings_from_env(_KillSwitchSettings, "kill switch", **overrides)
+    # What is left to print: the settings the kill switch does not read (a fleet's missing credential is its).
+    read = {env_name(ScalerSettings, name) for name in KILL_SWITCH_FIELDS}
+    title, *lines = problems.splitlines()
+    ignored = [line for line in lines if line.strip().split(":", 1)[0] not in read]
+    return settings, "\n".join([title, *ignored]) if ignored else None

@@ -20,6 +20,7 @@ from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import ScalerSettings
 from scaler.deploy.errors import DeployError
 from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
+from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_from_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
@@ -59,23 +60,36 @@ def make_provider(settings: ScalerSettings, name: str) -> Backend:
     if name == "local":
         return LocalBackend(worker_environment(settings, os.environ), log_dir=settings.local_log_dir)
     if name == "verda":
-        assert settings.verda_client_id and settings.verda_client_secret  # checked by ScalerSettings
+        if not (settings.verda_client_id and settings.verda_client_secret):  # `stop` of a fleet lets it through
+            raise ProviderSetupError("verda: set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")
         client = VerdaClient(
             settings.verda_client_id, settings.verda_client_secret.get_secret_value(),
             base_url=settings.verda_base_url,
         )
         return VerdaBackend(client, settings.deployment_name)
     if name == "runpod":
-        # The settings may come from the .env file, which os.environ does not hold; without QUEUE_MANAGER_URL (the
-        # kill switch does not need it) the spec's env_from_environment gets the stand-in the settings hold.
-        environ = {"QUEUE_MANAGER_URL": settings.queue_base_url, **os.environ}
-        if settings.runpod_api_key is not None:
-            environ["RUNPOD_API_KEY"] = settings.runpod_api_key.get_secret_value()
-        try:
-            return runpod_backend_from_spec(settings.deploy_spec or DEFAULT_SPEC_PATH, environ)
-        except (DeployError, SpecError) as exc:  # SCALER_DEPLOY_SPEC missing or invalid: a message, not a traceback
-            raise ProviderSetupError(f"runpod: {exc}") from None
+        return _runpod(settings, runpod_backend_from_spec)
     raise ProviderSetupError(f"{name}: no backend for it (choose from local, verda, runpod)")
+
+
+def make_stopper(settings: ScalerSettings, name: str) -> Backend:
+    """The backend `comfy-scaler stop` drives: make_provider's, except RunPod's, built from the API key and the
+    pods' name alone: an unset variable or a placeholder image in the deploy spec must not keep pods running."""
+    if name == "runpod":
+        return _runpod(settings, runpod_stop_backend_from_spec)
+    return make_provider(settings, name)
+
+
+def _runpod(settings: ScalerSettings, build: Callable[[Path, Mapping[str, str]], Backend]) -> Backend:
+    # The settings may come from the .env file, which os.environ does not hold; QUEUE_MANAGER_URL for the spec's
+    # env_from_environment, RUNPOD_API_KEY for the client.
+    environ = {"QUEUE_MANAGER_URL": settings.queue_base_url, **os.environ}
+    if settings.runpod_api_key is not None:
+        environ["RUNPOD_API_KEY"] = settings.runpod_api_key.get_secret_value()
+    try:
+        return build(settings.deploy_spec or DEFAULT_SPEC_PATH, environ)
+    except (DeployError, SpecError) as exc:  # SCALER_DEPLOY_SPEC missing or invalid: a message, not a traceback
+        raise ProviderSetupError(f"runpod: {exc}") from None
 
 
 def fleet_policy_config(settings: ScalerSettings) -> ScalingConfig:
@@ -233,9 +247,9 @@ async def stop_all(
     backends: list[tuple[str, Backend]] = []
     for name in names:
         try:
-            backends.append((name, make_provider(settings, name)))
+            backends.append((name, make_stopper(settings, name)))
         except ProviderSetupError as exc:
-            results.append(StopResult(name, False, str(exc)))
+            results.append(StopResult(name, False, str(exc).removeprefix(f"{name}: ")))
         except Exception as exc:  # a deploy spec of a shape nobody checked: the other providers are still stopped
             results.append(StopResult(name, False, f"could not set it up: {type(exc).__name__}: {exc}"[:300]))
     try:

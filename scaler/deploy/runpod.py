@@ -21,7 +21,14 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused
-from scaler.deploy.spec import DEFAULT_SPEC_PATH, SHARED_VOLUME_ENVS, DeploymentSpec, SpecError, load_spec
+from scaler.deploy.spec import (
+    DEFAULT_SPEC_PATH,
+    SHARED_VOLUME_ENVS,
+    DeploymentSpec,
+    SpecError,
+    load_spec,
+    read_spec_file,
+)
 from scaler.providers.runpod.backend import NAME_RULE, RunPodBackend
 from scaler.providers.runpod.client import DEFAULT_BASE_URL, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PROXY_HEALTH_URL, PodHealthProbe
@@ -146,6 +153,34 @@ def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
     """The scaler's RunPod backend for the deployment in the spec at ``path`` (close it with ``aclose``)."""
     spec, settings = load_runpod_spec(path, environ)
     return make_backend(make_client(environ), spec, settings, environ)
+
+
+def pod_name_prefix(path: Path, environ: Mapping[str, str]) -> str:
+    """The name this deployment's pods carry (``<name>-<8 hex>``), as load_runpod_spec reads it:
+    VERDA_DEPLOYMENT_NAME, else the spec's deployment.name. Nothing else of the spec is read or checked."""
+    if "VERDA_DEPLOYMENT_NAME" in environ:
+        name: object = environ["VERDA_DEPLOYMENT_NAME"]
+        where = "VERDA_DEPLOYMENT_NAME"
+    else:
+        deployment = read_spec_file(path).get("deployment", {})
+        if not isinstance(deployment, dict):
+            raise SpecError([f"deployment: must be a table ({path})"])
+        name = deployment.get("name")
+        where = f"deployment.name ({path})"
+    if name is None:
+        raise SpecError([f"{where}: required: RunPod's pods are named after it (or set VERDA_DEPLOYMENT_NAME)"])
+    if not isinstance(name, str) or not NAME_RULE.match(name):
+        raise SpecError([f"{where}: {name!r} is no pod name: at most 54 characters of [a-z0-9-]"])
+    return name
+
+
+def stop_backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
+    """A backend for the kill switch only (apply(0), pause, observe): it needs the API key and the pods' name,
+    so a spec whose image, env or [runpod] table is unset or broken cannot keep the pods running. Its pod body
+    is empty: it cannot create a pod (RunPod would refuse the body)."""
+    name = pod_name_prefix(path, environ)
+    client = make_client(environ)
+    return RunPodBackend(client, name, {}, health=PodHealthProbe(environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL)))
 
 
 async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> None:

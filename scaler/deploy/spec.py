@@ -234,12 +234,17 @@ def _credential_urls_to_secrets(raw: dict[str, Any], environ: Mapping[str, str])
     return raw
 
 
-def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
-    """Read the TOML spec, apply environment overrides and validate; raises SpecError naming each field."""
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
+
+
+def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
+    """Read the TOML spec, apply environment overrides and validate; raises SpecError naming each field."""
+    raw = read_spec_file(path)
     shape = _shape_problems(raw)
     if shape:
         raise SpecError(shape)

@@ -24,6 +24,10 @@ RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
 GPU = POD_BODY["gpu"]["id"]
 
 
+async def cli(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
 @pytest.fixture
 async def fake_runpod():
     async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as server:
@@ -178,3 +182,128 @@ async def test_a_running_fleet_holds_every_provider_at_zero_while_the_kill_switc
         assert fleet.state.health["verda"].degraded is None, "paused by the kill switch is not a degradation"
     finally:
         await fleet.aclose()
+
+
+# --- the kill switch reads only what stopping RunPod's pods needs ------------------------------------------------
+
+SPEC = (Path(__file__).resolve().parents[2] / "verda" / "deployment.toml").read_text()
+
+
+@pytest.fixture
+def stop_env(cli_env, monkeypatch, fake_runpod: FakeRunPod, tmp_path: Path) -> dict[str, str]:
+    """The operator's environment with Verda and RunPod as a fleet, RunPod's pods built from the repo's spec;
+    nothing of the spec's own variables (VERDA_IMAGE, RUNPOD_VOLUME_ID, ...) set."""
+    extra = {
+        "SCALER_PROVIDERS": "verda,runpod",
+        "RUNPOD_API_KEY": RUNPOD_KEY,
+        "RUNPOD_API_URL": fake_runpod.url,
+        "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
+        "SCALER_ALERT_DRY_RUN": "true",
+    }
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return {**cli_env, **extra}
+
+
+async def start_pods(fake_runpod: FakeRunPod, make_verda_client, count: int = 2) -> None:
+    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)
+    await runpod.apply(count)
+    await runpod.aclose()
+    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await verda.apply(1)
+    await verda.aclose()
+    assert len(fake_runpod.live_pods()) == count
+
+
+def write_spec(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "deployment.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["repo-spec-as-shipped", "unset-env-variable", "image-not-a-string", "no-runpod-table", "no-queue-url"],
+)
+async def test_stop_terminates_runpod_pods_whatever_else_the_deploy_spec_lacks(
+    stop_env, monkeypatch, fake_runpod: FakeRunPod, fake_verda: FakeVerda, make_verda_client, tmp_path, capsys,
+    broken,
+):
+    """Stopping needs the API key and the pods' name. Before, the whole spec had to validate: with the image
+    placeholder, an unset variable or no volume id the kill switch printed `runpod: NOT STOPPED` and the pods
+    ran on, billed."""
+    await start_pods(fake_runpod, make_verda_client)
+    if broken == "unset-env-variable":
+        monkeypatch.setenv("SCALER_DEPLOY_SPEC", write_spec(tmp_path, SPEC.replace(
+            'names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "HF_TOKEN"]')))
+        for name, value in (("VERDA_IMAGE", "ghcr.io/acme/comfyui-worker-serverless:0.1.0"),
+                            ("RUNPOD_VOLUME_ID", "vol-demo"), ("RUNPOD_DATA_CENTER_IDS", "US-TX-3")):
+            monkeypatch.setenv(name, value)
+    elif broken == "image-not-a-string":
+        monkeypatch.setenv("SCALER_DEPLOY_SPEC", write_spec(tmp_path, SPEC.replace(
+            'image = "ghcr.io/OWNER/comfyui-worker-serverless:0.1.0"', "image = 42")))
+    elif broken == "no-runpod-table":
+        monkeypatch.setenv("SCALER_DEPLOY_SPEC", write_spec(tmp_path, SPEC.split("[runpod]")[0]))
+    elif broken == "no-queue-url":
+        monkeypatch.delenv("QUEUE_MANAGER_URL")
+    capsys.readouterr()
+
+    assert await cli("stop") == 0
+    captured = capsys.readouterr()
+    assert "runpod: stopped: 0 replicas" in captured.out and "verda: stopped" in captured.out
+    assert fake_runpod.live_pods() == []
+    assert RUNPOD_KEY not in captured.out + captured.err
+    if broken != "no-queue-url":
+        assert await cli("status") == 1, "status (like run) still refuses the spec"
+        assert "runpod: invalid deployment spec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        (SPEC.replace('name = "comfyui-worker-serverless"', ""), "deployment.name"),
+        (SPEC.replace('name = "comfyui-worker-serverless"', f'name = "{"a" * 60}"'), "deployment.name"),
+        ('[deployment]\nname = "comfyui-worker-serverless"\n', None),  # the name is all the kill switch reads
+    ],
+    ids=["no-name", "name-too-long-for-runpod", "name-only"],
+)
+async def test_stop_names_the_one_spec_field_it_needs_when_it_is_missing(
+    stop_env, monkeypatch, fake_runpod: FakeRunPod, fake_verda: FakeVerda, make_verda_client, tmp_path, capsys,
+    spec, named,
+):
+    await start_pods(fake_runpod, make_verda_client)
+    monkeypatch.setenv("SCALER_DEPLOY_SPEC", write_spec(tmp_path, spec))
+    capsys.readouterr()
+    assert await cli("stop", "--all") == (1 if named else 0)
+    captured = capsys.readouterr()
+    assert "verda: stopped" in captured.out
+    if named is None:
+        assert fake_runpod.live_pods() == []
+        return
+    said = captured.err.split("runpod: NOT STOPPED: ")[1].split("stop --all: could not stop")[0]
+    assert named in said and "image" not in said and "volume_id" not in said, "only what stopping needs"
+    assert len(fake_runpod.live_pods()) == 2
+
+
+@pytest.mark.parametrize("missing", ["RUNPOD_API_KEY", "VERDA_CLIENT_SECRET"])
+async def test_a_provider_without_its_credential_is_not_stopped_and_the_others_are(
+    stop_env, monkeypatch, fake_runpod: FakeRunPod, fake_verda: FakeVerda, make_verda_client, verda_scaling,
+    capsys, missing,
+):
+    """Before, a fleet missing one provider's key exited 2 and stopped nothing, not even the provider whose
+    credentials were there."""
+    await start_pods(fake_runpod, make_verda_client)
+    monkeypatch.delenv(missing)
+    capsys.readouterr()
+    assert await cli("stop", "--all") == 1
+    captured = capsys.readouterr()
+    not_stopped, stopped = ("runpod", "verda") if missing == "RUNPOD_API_KEY" else ("verda", "runpod")
+    assert f"{stopped}: stopped" in captured.out
+    line = next(line for line in captured.err.splitlines() if line.startswith(f"{not_stopped}: NOT STOPPED"))
+    assert missing in line
+    assert "the kill switch reads none of those" not in captured.err, "it reads the credentials"
+    assert (fake_runpod.live_pods() == []) == (stopped == "runpod")
+    assert (verda_scaling() == (0, 0)) == (stopped == "verda")
+    assert await cli("status") == 2, "status (like run) still refuses the missing credential"
+    assert missing in capsys.readouterr().err
+
