@@ -488,18 +488,24 @@ class ComfyUISimulator:
         return web.json_response({"queue_running": running, "queue_pending": pending})
 
     async def _post_queue(self, request: web.Request) -> web.Response:
+        # As ComfyUI's server.py, line for line, on whatever JSON came: a body that is not an object gets
+        # Python's `in` (an element of a list, a substring of a string) and a TypeError (500) where it fails.
         body = await request.json()
-        if body.get("clear"):
+        if "clear" in body and body["clear"]:  # noqa: RUF019 (any JSON, not only an object: see above)
             self._state.pending.clear()
             self._queue_updated()
-        for prompt_id in body.get("delete", []):
-            for entry in self._state.pending:
-                if entry.item[1] == prompt_id:
-                    self._state.pending.remove(entry)
-                    heapq.heapify(self._state.pending)
-                    self._queue_updated()
-                    break
+        if "delete" in body:
+            for prompt_id in body["delete"]:
+                self._delete_pending(prompt_id)
         return web.Response()
+
+    def _delete_pending(self, prompt_id: object) -> None:
+        for entry in self._state.pending:
+            if entry.item[1] == prompt_id:
+                self._state.pending.remove(entry)
+                heapq.heapify(self._state.pending)
+                self._queue_updated()
+                return
 
     async def _get_history(self, request: web.Request) -> web.Response:
         max_items = int(request.query["max_items"]) if "max_items" in request.query else None
@@ -517,15 +523,18 @@ class ComfyUISimulator:
 
     async def _post_history(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.history_deletes.extend(str(prompt_id) for prompt_id in body.get("delete", []))
+        if isinstance(body, dict) and isinstance(body.get("delete"), list):
+            self.history_deletes.extend(str(prompt_id) for prompt_id in body["delete"])
         if self._history_post_fault == "hang":
             await asyncio.Event().wait()
         if isinstance(self._history_post_fault, int):
             return web.Response(status=self._history_post_fault)
-        if body.get("clear"):
+        # As ComfyUI's server.py, line for line (see _post_queue): what it did before a TypeError stays done.
+        if "clear" in body and body["clear"]:  # noqa: RUF019 (any JSON, not only an object: see above)
             self._state.history.clear()
-        for prompt_id in body.get("delete", []):
-            self._state.history.pop(prompt_id, None)
+        if "delete" in body:
+            for prompt_id in body["delete"]:
+                self._state.history.pop(prompt_id, None)
         return web.Response()
 
     async def _post_interrupt(self, request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -157,3 +159,69 @@ async def test_a_long_running_simulator_keeps_only_the_latest_records(tmp_path, 
         assert sim.history_deletes == sent[-2:]
     finally:
         await sim.stop()
+
+
+# ComfyUI 0.8.0's POST /history runs `"clear" in body`, `body["clear"]`, `"delete" in body` and
+# `for id in body["delete"]: history.pop(id, None)` on whatever JSON it got; a TypeError on the way answers 500, and
+# what it did before stays done. (body, status, history entries left of p1 and p2)
+HISTORY_POSTS = [
+    ("not json", 500, {"p1", "p2"}),
+    ("", 500, {"p1", "p2"}),
+    ("[]", 200, {"p1", "p2"}),
+    ('["p1"]', 200, {"p1", "p2"}),  # a list: `in` looks for an element named "clear" or "delete"
+    ('["clear"]', 500, {"p1", "p2"}),  # found; then list["clear"]: TypeError
+    ('["delete", "p1"]', 500, {"p1", "p2"}),
+    ('"clear"', 500, {"p1", "p2"}),  # a string: `in` is a substring test; then str["clear"]: TypeError
+    ('"please delete p1"', 500, {"p1", "p2"}),
+    ('"p1"', 200, {"p1", "p2"}),
+    ("5", 500, {"p1", "p2"}),  # a number, a boolean, null: `in` raises
+    ("1.5", 500, {"p1", "p2"}),
+    ("true", 500, {"p1", "p2"}),
+    ("null", 500, {"p1", "p2"}),
+    ("{}", 200, {"p1", "p2"}),
+    ('{"clear": true}', 200, set()),
+    ('{"clear": 0}', 200, {"p1", "p2"}),
+    ('{"delete": ["p1"]}', 200, {"p2"}),
+    ('{"delete": "p1"}', 200, {"p1", "p2"}),  # iterates the characters "p" and "1"
+    ('{"delete": 5}', 500, {"p1", "p2"}),
+    ('{"delete": ["p1", ["p2"]]}', 500, {"p2"}),  # p1 went before the unhashable list raised
+    ('{"clear": true, "delete": 5}', 500, set()),  # cleared before the TypeError
+]
+
+
+@pytest.mark.parametrize(("body", "status", "left"), HISTORY_POSTS)
+async def test_history_post_does_what_comfyui_does_with_any_json(
+    body: str, status: int, left: set[str], sim: ComfyUISimulator, http: aiohttp.ClientSession
+) -> None:
+    workflow = load_transcript("success")["workflow"]
+    for prompt_id in ("p1", "p2"):
+        await submit(http, sim.url, workflow, "c", prompt_id=prompt_id)
+    await wait_for_history(http, sim.url, {"p1", "p2"})
+
+    async with http.post(f"{sim.url}/history", data=body, headers={"Content-Type": "application/json"}) as answer:
+        assert answer.status == status
+        if status == 500:
+            assert await answer.text() == load_transcript("validation_errors")["not_json"]["response"]["text"]
+    async with http.get(f"{sim.url}/history") as response:
+        assert set(await response.json()) == left
+
+
+async def wait_for_history(http: aiohttp.ClientSession, url: str, prompt_ids: set[str]) -> None:
+    for _ in range(200):
+        async with http.get(f"{url}/history") as response:
+            if set(await response.json()) == prompt_ids:
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"history never held {prompt_ids}")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [("[]", 200), ('"clear"', 500), ('"x"', 200), ("5", 500), ('{"delete": 5}', 500), ('{"clear": true}', 200)],
+)
+async def test_queue_post_does_what_comfyui_does_with_any_json(
+    body: str, status: int, sim: ComfyUISimulator, http: aiohttp.ClientSession
+) -> None:
+    """POST /queue reads its body as POST /history does (above)."""
+    async with http.post(f"{sim.url}/queue", data=body, headers={"Content-Type": "application/json"}) as answer:
+        assert answer.status == status
