@@ -14,6 +14,7 @@ from common.settings import ConfigError
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
+from supervisor.scratch import empty_scratch_results
 from supervisor.writable_dirs import unwritable_directories
 from worker.config import WorkerSettings, load_settings
 
@@ -60,6 +61,7 @@ def main() -> int:
     if settings.queue_manager_token is not None:
         register_secret(settings.queue_manager_token.get_secret_value())
     log = structlog.get_logger()
+    empty_scratch_results(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)
     except OSError as exc:
