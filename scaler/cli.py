@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import structlog
 from rich.console import Console
 from rich.table import Table
 
-from common.logs import configure_logging, register_secret
+from common.logs import configure_logging, register_secret, scrub
 from common.urls import redact_url, url_credentials
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
-from scaler.fleet import FleetBackend, FleetStopError
+from scaler.fleet import FleetBackend
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
@@ -32,6 +31,7 @@ from scaler.providers import Backend, VerdaBackend
 from scaler.providers.verda.client import VerdaAPIError
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import (
+    KILL_CONFIRM_TIMEOUT_S,
     ProviderSetupError,
     build_fleet,
     fleet_policy_config,
@@ -44,6 +44,12 @@ from scaler.wiring import (
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+INTERRUPTED = {  # what an operator who pressed Ctrl-C needs to know
+    "stop": "Replicas may still be running and billed: run `comfy-scaler stop` again and let it finish (it is "
+    "bounded), or stop them in the provider's console.",
+    "resume": "The providers may or may not be resumed: run `comfy-scaler resume` again.",
+}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DELEGATED = ("simulate", "deploy")
 VERDA_STOP_GRACE_S = 30.0  # Verda's SIGTERM-to-SIGKILL grace on a scale-down
@@ -107,16 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     if args.command == "stop" and (args.all or settings.provider_names):
-        return asyncio.run(_stop_all(settings))
-    if settings.backend == "local" and not settings.provider_names and args.command in ("once", "stop", "resume"):
+        command = _stop_all
+    elif settings.backend == "local" and not settings.provider_names and args.command in ("once", "stop", "resume"):
         print(f"{args.command}: {LOCAL_ONLY_IN_RUN}", file=sys.stderr)
         return EXIT_USAGE
-    command = {"run": _run, "once": _once, "status": _status, "stop": _stop, "resume": _resume}[args.command]
+    else:
+        command = {"run": _run, "once": _once, "status": _status, "stop": _stop, "resume": _resume}[args.command]
     try:
         return asyncio.run(command(settings, args))
     except ProviderSetupError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C while a provider is slow to answer: say what is known, not a traceback
+        print(f"{args.command}: interrupted. {INTERRUPTED.get(args.command, '')}".rstrip(), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _delegate(command: str, rest: list[str]) -> int:
@@ -198,11 +208,12 @@ def refuse_budget_conflicts(settings: ScalerSettings, backend: Backend, pricing:
 
 
 def _platform_error(exc: Exception) -> str:
+    """What went wrong, for stderr: without a secret the provider may have echoed back (print is not scrubbed)."""
     if isinstance(exc, VerdaAPIError) and exc.status in (401, 403):
-        return f"{exc} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
+        return scrub(f"{exc} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)")
     if isinstance(exc, VerdaAPIError) and exc.status == 404:
-        return f"{exc} (check VERDA_DEPLOYMENT_NAME)"
-    return f"{type(exc).__name__}: {exc}"
+        return scrub(f"{exc} (check VERDA_DEPLOYMENT_NAME)")
+    return scrub(f"{type(exc).__name__}: {exc}")
 
 
 def _load_state(settings: ScalerSettings) -> PolicyState:
@@ -308,9 +319,14 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
 async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings) as (backend, _):
         try:
-            await backend.apply(0)
-            await backend.pause()
-        except (VerdaAPIError, httpx.HTTPError) as exc:
+            async with asyncio.timeout(KILL_CONFIRM_TIMEOUT_S):  # a slow API must not hold the kill switch
+                await backend.apply(0)
+                await backend.pause()
+        except TimeoutError:
+            print(f"stop failed: Verda did not answer within {KILL_CONFIRM_TIMEOUT_S:.0f} s: the replicas may still "
+                  "run; run it again or pause the deployment in Verda's console", file=sys.stderr)
+            return EXIT_FAILED
+        except Exception as exc:  # the API's errors, an answer too large or of a shape nobody expected
             print(f"stop failed: {_platform_error(exc)}", file=sys.stderr)
             return EXIT_FAILED
     log.warning("kill_switch_engaged", deployment=settings.deployment_name)
@@ -321,12 +337,12 @@ async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _stop_all(settings: ScalerSettings) -> int:
+async def _stop_all(settings: ScalerSettings, args: argparse.Namespace) -> int:
     names = settings.provider_names or [settings.backend]
     results = await stop_all(settings, names)
     for result in results:
         mark = "stopped" if result.stopped else "NOT STOPPED"
-        print(f"{result.provider}: {mark}: {result.detail}", file=sys.stdout if result.stopped else sys.stderr)
+        print(f"{result.provider}: {mark}: {scrub(result.detail)}", file=sys.stdout if result.stopped else sys.stderr)
     failed = [r.provider for r in results if not r.stopped]
     log.warning("kill_switch_engaged", providers=names, not_stopped=failed)
     if failed:
@@ -350,7 +366,7 @@ async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings) as (backend, _):
         try:
             await backend.resume()
-        except (VerdaAPIError, httpx.HTTPError, FleetStopError) as exc:
+        except Exception as exc:  # the API's errors, FleetStopError, an answer too large or of an odd shape
             print(f"resume failed: {_platform_error(exc)}", file=sys.stderr)
             return EXIT_FAILED
     log.info("kill_switch_released", deployment=settings.deployment_name)

@@ -200,18 +200,27 @@ def release_stop_file(settings: ScalerSettings) -> bool:
 
 
 async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s: float) -> StopResult:
-    """Pin to zero, pause, then read the provider's own state until nothing is listed (or the time is up)."""
+    """Pin to zero, pause, then read the provider's own state until nothing is listed (or the time is up).
+
+    Each half takes at most ``timeout_s``, whatever the API does (never answers, answers a byte at a time, asks
+    for an hour's Retry-After): the kill switch always ends, saying what it could not confirm."""
     if isinstance(backend, LocalBackend):
         return StopResult(name, False, "its workers live inside `comfy-scaler run`: stop that process (Ctrl-C)")
     try:
-        await backend.apply(0)
-        await backend.pause()
+        async with asyncio.timeout(timeout_s):
+            await backend.apply(0)
+            await backend.pause()
+    except TimeoutError:
+        return StopResult(name, False, f"could not pin to 0 and pause: no answer within {timeout_s:.0f} s")
     except Exception as exc:
         return StopResult(name, False, f"could not pin to 0 and pause: {type(exc).__name__}: {exc}"[:300])
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            view = await backend.observe()
+            async with asyncio.timeout(max(deadline - time.monotonic(), poll_s)):
+                view = await backend.observe()
+        except TimeoutError:
+            view, error = None, "no answer to the replica list"
         except Exception as exc:
             view, error = None, f"{type(exc).__name__}: {exc}"[:300]
         else:

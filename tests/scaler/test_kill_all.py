@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,8 @@ from demo.replicas import free_loopback_port
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.providers import VerdaBackend
+from scaler.providers.runpod.backend import RunPodBackend
+from scaler.providers.runpod.client import RunPodClient
 from scaler.wiring import stop_all, stop_provider
 
 from .conftest import running_scaler, sigterm_and_wait
@@ -229,3 +232,50 @@ async def test_stop_all_stops_the_other_providers_when_the_runpod_deploy_spec_is
     captured = capsys.readouterr()
     assert "verda: stopped" in captured.out
     assert "runpod: NOT STOPPED" in captured.err and named in captured.err
+
+
+# --- the kill switch against an API that misbehaves ----------------------------------------------------------
+
+
+async def test_stop_provider_ends_within_its_bound_when_the_api_never_answers(silent_peer):
+    """A RunPod API that accepts and never answers held `stop --all` for 5 attempts of 30 s per request (pin,
+    pause, then each poll): minutes at 2 a.m., longer with more pods. Now each half is bounded."""
+    backend = RunPodBackend(RunPodClient("rpa_silent_test_key", base_url=silent_peer), DEPLOYMENT, {})
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(20):
+            result = await stop_provider("runpod", backend, timeout_s=0.5, poll_s=0.05)
+    finally:
+        await backend.aclose()
+    assert time.monotonic() - started < 5
+    assert not result.stopped and "no answer within" in result.detail
+
+
+async def test_stop_ends_within_its_bound_when_verda_never_answers(cli_env, silent_peer, monkeypatch, capsys):
+    monkeypatch.setenv("VERDA_API_URL", silent_peer)
+    monkeypatch.setattr("scaler.cli.KILL_CONFIRM_TIMEOUT_S", 0.5)
+    async with asyncio.timeout(20):
+        assert await cli("stop") == 1
+    assert "stop failed: Verda did not answer within" in capsys.readouterr().err
+
+
+async def test_stop_of_a_verda_answering_too_much_fails_cleanly(cli_env, flooding_peer, monkeypatch, capsys):
+    """A Verda (or a wrong VERDA_API_URL) answering 64 MiB and more: `stop` ended in an AnswerTooLarge traceback."""
+    monkeypatch.setenv("VERDA_API_URL", flooding_peer.url)
+    assert await cli("stop") == 1
+    err = capsys.readouterr().err
+    assert "stop failed: AnswerTooLarge" in err and "Traceback" not in err
+    assert await cli("resume") == 1  # the flood goes on where it was cut: a JSON error this time
+    assert "resume failed: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["stop"], ["stop", "--all"]])
+async def test_stop_never_prints_a_secret_the_provider_echoes(cli_env, fake_verda, monkeypatch, capsys, command):
+    """print() is not the log scrubber: a Verda error echoing the client secret went to the terminal as is."""
+    secret = cli_env["VERDA_CLIENT_SECRET"]
+    fake_verda.fail_next("/oauth2/token", 401, times=10,
+                         body={"code": "unauthorized_request", "message": f"no client with secret {secret}"})
+    assert await cli(*command) == 1
+    captured = capsys.readouterr()
+    assert "unauthorized_request" in captured.err and "***" in captured.err
+    assert secret not in captured.out + captured.err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -95,3 +96,24 @@ async def test_a_fleet_provider_that_never_answers_is_degraded_and_fallen_back_f
         assert "no answer within 0.5 s" in fleet.status_report(wall())["providers"]["verda"]["error"]
     finally:
         await fleet.aclose()
+
+
+async def test_ctrl_c_during_stop_says_what_may_still_run_not_a_traceback(cli_env, silent_peer):
+    """The operator who gives up waiting on a silent API and presses Ctrl-C got a KeyboardInterrupt traceback
+    that did not say whether anything was stopped."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scaler.cli", "stop", "--all", env=silent_env(cli_env, silent_peer),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(20):
+            await next_logged(process, "verda_authenticating")  # now waiting on the silent Verda
+            process.send_signal(signal.SIGINT)
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130
+    assert b"stop: interrupted. Replicas may still be running" in err
+    assert b"Traceback" not in err
