@@ -11,7 +11,8 @@ import structlog
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError
-from supervisor.config import SupervisorSettings, load_supervisor_settings
+from supervisor.comfyui_process import port_taken
+from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
 from supervisor.scratch import empty_scratch_results
@@ -46,6 +47,19 @@ def prepare_directories(config: SupervisorSettings) -> None:
     write_model_paths(config.model_paths_file, config.models_dir)
 
 
+def comfyui_port_free(config: SupervisorSettings) -> bool:
+    """False, logged, when a process already listens on ComfyUI's port: a ComfyUI left over from an earlier run
+    would answer the worker, and run its jobs, in place of the one this start is about to launch."""
+    taken = port_taken(COMFYUI_HOST, config.comfyui_port)
+    if taken is not None:
+        structlog.get_logger().error(
+            "supervisor.comfyui_port_taken", port=config.comfyui_port, error=taken,
+            why="another process listens there, maybe a ComfyUI left over from an earlier run: the worker would "
+            "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
+        )  # fmt: skip
+    return taken is None
+
+
 def main() -> int:
     try:
         config, settings = load_configuration()
@@ -61,6 +75,8 @@ def main() -> int:
     if settings.queue_manager_token is not None:
         register_secret(settings.queue_manager_token.get_secret_value())
     log = structlog.get_logger()
+    if not comfyui_port_free(config):
+        return 1
     empty_scratch_results(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from typing import TextIO
@@ -35,6 +36,18 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return arrange
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why ComfyUI could not listen on host:port, or None when it can. A process that already listens there (a
+    ComfyUI left over from an earlier run) would otherwise answer the worker in place of the one started now."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ComfyUI's server: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+    return None
 
 
 class ComfyUIProcess:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common.settings import settings_from_env
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
 # Credentials ComfyUI and its custom nodes have no use for: the queue's (in the token, and maybe in the URL)
 # and the cloud account's. Anything else (HF_TOKEN for a model downloader, say) is passed through.
 WITHHELD_FROM_COMFYUI = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL", "VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET")
@@ -87,7 +88,7 @@ class SupervisorSettings(BaseSettings):
     def comfyui_argv(self) -> list[str]:
         return [
             *shlex.split(self.comfyui_command),
-            "--listen", "127.0.0.1",
+            "--listen", COMFYUI_HOST,
             "--port", str(self.comfyui_port),
             "--output-directory", str(self.output_dir),
             "--input-directory", str(self.comfyui_dir / "input"),

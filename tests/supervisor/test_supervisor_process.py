@@ -10,6 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from standins.comfyui import ComfyUISimulator
+
+from .test_supervisor_with_simulator import job_status, submit
+
 
 def python_command(code: str) -> str:
     return shlex.join([sys.executable, "-c", code])
@@ -128,3 +132,30 @@ async def test_comfyui_dies_with_a_sigkilled_supervisor_and_never_sees_the_queue
     assert "url-password" not in json.dumps(seen) and "queue-token-value" not in json.dumps(seen)
     assert seen["HF_TOKEN"] == "for-a-model-downloader", "what ComfyUI may need still reaches it"
     assert "url-password" not in supervisor.output
+
+
+async def test_a_comfyui_left_over_on_the_port_gets_no_job_and_the_start_stops_with_why(
+    base_env, run_supervisor, queue_manager, load_workflow, tmp_path: Path
+) -> None:
+    """Restarted in place outside a container (systemd, a wrapper script as COMFYUI_COMMAND that the kernel's
+    parent-death signal does not reach): the earlier run's ComfyUI still holds the port. Before, the worker
+    took it for its own, popped a job and sent it there while its own ComfyUI failed to bind; the job was
+    handed back as a fault, costing it an attempt at every restart."""
+    left_over = ComfyUISimulator(tmp_path / "left-over" / "output")
+    await left_over.start(port=int(base_env["COMFYUI_URL"].rsplit(":", 1)[1]))
+    its_result = tmp_path / "data" / "comfyui" / "output" / "ComfyUI_00001_.png"
+    its_result.parent.mkdir(parents=True)
+    its_result.write_bytes(b"still being written by the left-over ComfyUI")
+    try:
+        job_id = await submit(queue_manager, load_workflow("quick.json"))
+        supervisor = await run_supervisor(base_env)
+
+        assert await supervisor.wait() == 1
+        assert left_over.prompts_received == []
+        assert (await job_status(queue_manager, job_id))["status"] == "pending"
+        [line] = [e for e in supervisor.log_events() if e["event"] == "supervisor.comfyui_port_taken"]
+        assert line["port"] == left_over.port
+        assert "comfyui.started" not in [e["event"] for e in supervisor.log_events()]
+        assert its_result.exists(), "nothing of the scratch folders is touched either"
+    finally:
+        await left_over.stop()
