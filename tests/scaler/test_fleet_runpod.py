@@ -16,8 +16,11 @@ from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.providers import VerdaBackend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
+from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
+
+from .conftest import FloodingPeer
 
 DEPLOYMENT = "comfyui-worker-serverless"
 RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
@@ -307,3 +310,22 @@ async def test_a_provider_without_its_credential_is_not_stopped_and_the_others_a
     assert await cli("status") == 2, "status (like run) still refuses the missing credential"
     assert missing in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("status", ["MIGRATING", None, "absent"])
+async def test_a_pod_in_a_status_runpod_does_not_document_is_not_reported_stopped(status):
+    """A pod whose status the client did not know (a new one, null, or none in the answer) was not counted as
+    live: the kill switch read `0 replicas` and said `stopped` while RunPod still listed it, and billed it.
+    (The fake RunPod knows only the documented statuses: a peer answering that listing stands in.)"""
+    pod = {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": status, "cost": 0.69,
+           "createdAt": "2026-12-01T01:00:00Z", "gpu": {"id": GPU, "count": 1}}
+    if status == "absent":
+        del pod["status"]
+    async with FloodingPeer({"/pods": {"pods": [pod]}, "/pods/p1/action": pod, "/pods/p1": {}}) as peer:
+        backend = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=peer.url, max_attempts=1), DEPLOYMENT, POD_BODY)
+        try:
+            result = await stop_provider("runpod", backend, timeout_s=0.3, poll_s=0.05)
+        finally:
+            await backend.aclose()
+    assert not result.stopped
+    assert "1 replicas still listed" in result.detail

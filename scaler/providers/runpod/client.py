@@ -29,8 +29,8 @@ log = structlog.get_logger()
 DEFAULT_BASE_URL = "https://api.runpod.io/v2"
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
-LIVE_STATUSES = frozenset({"PROVISIONING", "STARTING", "RUNNING"})
-DEAD_STATUSES = frozenset({"EXITED", "ERROR"})
+DEAD_STATUSES = frozenset({"EXITED", "ERROR"})  # the container stopped; the pod keeps its disk until terminated
+GONE_STATUSES = DEAD_STATUSES | {"TERMINATED"}
 
 
 class RunPodAPIError(Exception):
@@ -98,7 +98,9 @@ class Pod:
 
     @property
     def live(self) -> bool:
-        return self.status in LIVE_STATUSES
+        """Holding compute (PROVISIONING, STARTING, RUNNING), and so billed. A status RunPod does not document, or
+        none at all, counts as live too: taken as gone, the kill switch reported 0 pods while it ran on."""
+        return self.status not in GONE_STATUSES
 
 
 def pod_from_json(data: dict[str, Any]) -> Pod:
