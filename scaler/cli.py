@@ -32,11 +32,13 @@ from scaler.providers.verda.client import VerdaAPIError
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import (
     KILL_CONFIRM_TIMEOUT_S,
+    STOP_STEPS,
     ProviderSetupError,
     build_fleet,
     fleet_policy_config,
     look_up_price,
     make_provider,
+    pin_and_pause,
     release_stop_file,
     stop_all,
 )
@@ -320,15 +322,18 @@ async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings) as (backend, _):
         try:
             async with asyncio.timeout(KILL_CONFIRM_TIMEOUT_S):  # a slow API must not hold the kill switch
-                await backend.apply(0)
-                await backend.pause()
+                failures = await pin_and_pause(backend)
         except TimeoutError:
             print(f"stop failed: Verda did not answer within {KILL_CONFIRM_TIMEOUT_S:.0f} s: the replicas may still "
                   "run; run it again or pause the deployment in Verda's console", file=sys.stderr)
             return EXIT_FAILED
-        except Exception as exc:  # the API's errors, an answer too large or of a shape nobody expected
-            print(f"stop failed: {_platform_error(exc)}", file=sys.stderr)
-            return EXIT_FAILED
+    for step, exc in failures:
+        print(f"stop failed: {step}: {_platform_error(exc)}", file=sys.stderr)
+    if failures:
+        done = [step for step in STOP_STEPS if step not in dict(failures)]
+        print(f"{settings.deployment_name}: {'done: ' + done[0] if done else 'nothing changed'}; check it in "
+              "Verda's console and run comfy-scaler stop again", file=sys.stderr)
+        return EXIT_FAILED
     log.warning("kill_switch_engaged", deployment=settings.deployment_name)
     print(
         f"{settings.deployment_name}: replica count pinned to 0 and deployment paused. A running scaler now only "

@@ -199,6 +199,21 @@ def release_stop_file(settings: ScalerSettings) -> bool:
     return True
 
 
+STOP_STEPS = ("pin to 0", "pause")
+
+
+async def pin_and_pause(backend: Backend) -> list[tuple[str, Exception]]:
+    """The kill switch's two writes, each tried even when the other failed (Verda: either alone makes the
+    replicas go; RunPod: the pause reads the pods again); the steps that failed, with why."""
+    failed: list[tuple[str, Exception]] = []
+    for step, write in zip(STOP_STEPS, (lambda: backend.apply(0), backend.pause), strict=True):
+        try:
+            await write()
+        except Exception as exc:  # the API's errors, an answer too large or of a shape nobody expected
+            failed.append((step, exc))
+    return failed
+
+
 async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s: float) -> StopResult:
     """Pin to zero, pause, then read the provider's own state until nothing is listed (or the time is up).
 
@@ -208,12 +223,14 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
         return StopResult(name, False, "its workers live inside `comfy-scaler run`: stop that process (Ctrl-C)")
     try:
         async with asyncio.timeout(timeout_s):
-            await backend.apply(0)
-            await backend.pause()
+            failures = await pin_and_pause(backend)
     except TimeoutError:
         return StopResult(name, False, f"could not pin to 0 and pause: no answer within {timeout_s:.0f} s")
-    except Exception as exc:
-        return StopResult(name, False, f"could not pin to 0 and pause: {type(exc).__name__}: {exc}"[:300])
+    failed = "; ".join(f"{step} failed: {type(exc).__name__}: {exc}"[:300] for step, exc in failures)
+    if len(failures) == len(STOP_STEPS):
+        return StopResult(name, False, f"could not pin to 0 and pause: {failed}")
+    # One write failed: nothing may run now, but the provider is not held at zero; say so, and exit 1.
+    note = f", but {failed}: run the stop again" if failed else ""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -226,10 +243,10 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
         else:
             error = None
             if not view.replicas:
-                return StopResult(name, True, f"0 replicas, status {view.status}")
+                return StopResult(name, not failures, f"0 replicas, status {view.status}{note}")
         if time.monotonic() >= deadline:
             still = f"{len(view.replicas)} replicas still listed (status {view.status})" if view else error
-            return StopResult(name, False, f"not confirmed after {timeout_s:.0f} s: {still}")
+            return StopResult(name, False, f"not confirmed after {timeout_s:.0f} s: {still}{note}")
         await asyncio.sleep(poll_s)
 
 

@@ -16,6 +16,7 @@ from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.providers import VerdaBackend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
@@ -329,3 +330,20 @@ async def test_a_pod_in_a_status_runpod_does_not_document_is_not_reported_stoppe
             await backend.aclose()
     assert not result.stopped
     assert "1 replicas still listed" in result.detail
+
+
+async def test_the_kill_switch_asks_no_pods_health_while_it_stops_them():
+    """RunPod's stop is asynchronous: a pod still listed RUNNING was probed through RunPod's public proxy at
+    every confirming read (3 s each against a proxy that hangs), though it was on its way out."""
+    pod = {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": "RUNNING", "cost": 0.69,
+           "createdAt": "2026-12-01T01:00:00Z", "gpu": {"id": GPU, "count": 1}}
+    async with FloodingPeer({"/pods": {"pods": [pod]}, "/pods/p1/action": pod}, flood_bytes=1024 * 1024) as peer:
+        health = PodHealthProbe(f"{peer.url}/health/{{pod_id}}")  # any path not answered: a flood
+        client = RunPodClient(RUNPOD_KEY, base_url=peer.url, max_attempts=1)
+        backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, health=health)
+        try:
+            result = await stop_provider("runpod", backend, timeout_s=0.3, poll_s=0.05)
+        finally:
+            await backend.aclose()
+    assert not result.stopped and "1 replicas still listed" in result.detail
+    assert peer.sent == 0, "no pod's /health was asked"

@@ -75,7 +75,7 @@ async def test_stop_all_exits_1_naming_the_providers_it_could_not_stop(
     assert await cli("stop", "--all") == 1
     err = capsys.readouterr().err
     assert "local: NOT STOPPED" in err and "inside `comfy-scaler run`" in err
-    assert "verda: NOT STOPPED: could not pin to 0 and pause" in err
+    assert "verda: NOT STOPPED: 0 replicas, status healthy, but pause failed: VerdaAPIError" in err
     assert "could not stop local, verda" in err
 
 
@@ -264,7 +264,7 @@ async def test_stop_of_a_verda_answering_too_much_fails_cleanly(cli_env, floodin
     monkeypatch.setenv("VERDA_API_URL", flooding_peer.url)
     assert await cli("stop") == 1
     err = capsys.readouterr().err
-    assert "stop failed: AnswerTooLarge" in err and "Traceback" not in err
+    assert "stop failed: pin to 0: AnswerTooLarge" in err and "Traceback" not in err
     assert await cli("resume") == 1  # the flood goes on where it was cut: a JSON error this time
     assert "resume failed: " in capsys.readouterr().err
 
@@ -279,3 +279,25 @@ async def test_stop_never_prints_a_secret_the_provider_echoes(cli_env, fake_verd
     captured = capsys.readouterr()
     assert "unauthorized_request" in captured.err and "***" in captured.err
     assert secret not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("command", [["stop"], ["stop", "--all"]])
+async def test_a_refused_pin_to_zero_still_pauses(fleet_env, make_verda_client, fake_verda, monkeypatch, capsys,
+                                                  command):
+    """Verda refusing the scaling PATCH (a 400, a 409 while it updates) made the kill switch give up before the
+    pause, which alone would have stopped the replicas: they ran on. Now it pauses, and still says what failed."""
+    if command == ["stop"]:
+        monkeypatch.delenv("SCALER_PROVIDERS")
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(2)
+    await backend.aclose()
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/scaling", 400, method="PATCH", times=10)
+    capsys.readouterr()
+    assert await cli(*command) == 1
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert fake_verda.deployments[DEPLOYMENT].replicas == []
+    err = capsys.readouterr().err
+    if command == ["stop"]:
+        assert "stop failed: pin to 0: VerdaAPIError: Verda API error 400" in err and "done: pause" in err
+    else:
+        assert "verda: NOT STOPPED: 0 replicas, status paused, but pin to 0 failed: VerdaAPIError" in err

@@ -69,7 +69,8 @@ class RunPodBackend:
         pods = await self._our_pods()
         if self._desired is not None:
             try:
-                wrote = await self._restart_unhealthy(pods)
+                # At zero every pod is on its way out: no pod's /health is asked (the kill switch, an idle queue).
+                wrote = await self._restart_unhealthy(pods) if self._target() else False
                 wrote |= await self._reconcile(pods if not wrote else await self._our_pods())
             except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError) as error:
                 log.warning("runpod_reconcile_failed", error=str(error) or type(error).__name__)
@@ -124,9 +125,12 @@ class RunPodBackend:
         self.pods = tuple(pods)
         return pods
 
+    def _target(self) -> int:
+        return 0 if self._paused or self._desired is None else self._desired
+
     async def _reconcile(self, pods: list[Pod]) -> bool:
         """Terminate dead and surplus pods, create missing ones. True when anything was written."""
-        target = 0 if self._paused or self._desired is None else self._desired
+        target = self._target()
         wrote = False
         for pod in pods:
             if pod.status in DEAD_STATUSES:
