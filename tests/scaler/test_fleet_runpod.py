@@ -313,13 +313,18 @@ async def test_a_provider_without_its_credential_is_not_stopped_and_the_others_a
 
 
 
+def listed_pod(status: str | None) -> dict:
+    """One of our pods as a RunPod listing shows it, with the status given."""
+    return {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": status, "cost": 0.69,
+            "createdAt": "2026-12-01T01:00:00Z", "gpu": {"id": GPU, "count": 1}}
+
+
 @pytest.mark.parametrize("status", ["MIGRATING", None, "absent"])
 async def test_a_pod_in_a_status_runpod_does_not_document_is_not_reported_stopped(status):
     """A pod whose status the client did not know (a new one, null, or none in the answer) was not counted as
     live: the kill switch read `0 replicas` and said `stopped` while RunPod still listed it, and billed it.
     (The fake RunPod knows only the documented statuses: a peer answering that listing stands in.)"""
-    pod = {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": status, "cost": 0.69,
-           "createdAt": "2026-12-01T01:00:00Z", "gpu": {"id": GPU, "count": 1}}
+    pod = listed_pod(status)
     if status == "absent":
         del pod["status"]
     async with FloodingPeer({"/pods": {"pods": [pod]}, "/pods/p1/action": pod, "/pods/p1": {}}) as peer:
@@ -335,8 +340,7 @@ async def test_a_pod_in_a_status_runpod_does_not_document_is_not_reported_stoppe
 async def test_the_kill_switch_asks_no_pods_health_while_it_stops_them():
     """RunPod's stop is asynchronous: a pod still listed RUNNING was probed through RunPod's public proxy at
     every confirming read (3 s each against a proxy that hangs), though it was on its way out."""
-    pod = {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": "RUNNING", "cost": 0.69,
-           "createdAt": "2026-12-01T01:00:00Z", "gpu": {"id": GPU, "count": 1}}
+    pod = listed_pod("RUNNING")
     async with FloodingPeer({"/pods": {"pods": [pod]}, "/pods/p1/action": pod}, flood_bytes=1024 * 1024) as peer:
         health = PodHealthProbe(f"{peer.url}/health/{{pod_id}}")  # any path not answered: a flood
         client = RunPodClient(RUNPOD_KEY, base_url=peer.url, max_attempts=1)
