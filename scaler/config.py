@@ -18,7 +18,7 @@ from common.settings import ConfigError, LogSettings, env_name, settings_from_en
 from common.urls import redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
-from scaler.policy import ScalingConfig
+from scaler.policy import MAX_REPLICAS_LIMIT, ScalingConfig
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
 from scaler.timetable import parse_timetable
 
@@ -33,10 +33,6 @@ MIN_INTERVAL_S = 1.0  # one tick reads Verda 3 times and the queue manager up to
 MIN_BILLING_INTERVAL_S = 60.0  # the ledger keeps one charge per interval per replica for a day
 MIN_DURATION_S = 1.0  # a wait target, a job length, a provider's start deadline or back-off
 MAX_WINDOW_S = DAY_S  # the stabilization window keeps one demand sample per tick for its whole length
-# The most replicas a setting may allow (the policy's cap, each provider's): far more than a workshop or studio
-# fleet, and the wait-target planning weighs up to that many new replicas against every queued job, in the
-# loop: with no bound, 3000 old queued jobs made one decision take 9.1 s (0.23 s at 100).
-MAX_REPLICAS_LIMIT = 100
 
 
 def _scaler(name: str) -> str:

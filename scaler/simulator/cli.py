@@ -34,6 +34,7 @@ from scaler.simulator.workloads import BUILT_IN, Workload, built_in, load_trace
 from scaler.timetable import parse_timetable
 
 DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
+MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds are a quarter of an hour each
 
 
 def run_policy(
@@ -90,20 +91,18 @@ def simulate_main(argv: list[str]) -> int:
         ]
         for policy in args.policy or DEFAULT_POLICIES:
             check_policy(policy)
-        if args.max_shutdown_handbacks < 0:
-            raise ValueError("--max-shutdown-handbacks must be >= 0 (0: no limit)")
+        platform = PlatformModel(
+            cold_start_s=args.cold_start_s,
+            health_check_delay_s=args.health_check_delay_s,
+            tick_s=args.tick_s,
+            billing_anchor=BillingAnchor(args.verda_billing_anchor),
+            price_per_hour=args.price_per_hour,
+            spot_reclaims_per_hour=args.spot_reclaims_per_hour,
+            scale_down_victim=Victim(args.scale_down_victim),
+            max_shutdown_handbacks=args.max_shutdown_handbacks,
+        )
     except (ValueError, OSError) as error:
         parser.error(str(error))
-    platform = PlatformModel(
-        cold_start_s=args.cold_start_s,
-        health_check_delay_s=args.health_check_delay_s,
-        tick_s=args.tick_s,
-        billing_anchor=BillingAnchor(args.verda_billing_anchor),
-        price_per_hour=args.price_per_hour,
-        spot_reclaims_per_hour=args.spot_reclaims_per_hour,
-        scale_down_victim=Victim(args.scale_down_victim),
-        max_shutdown_handbacks=args.max_shutdown_handbacks,
-    )
     reports: list[PolicyReport] = []
     charts: list[tuple[Workload, list[tuple[str, list]]]] = []
     began = time.perf_counter()
@@ -223,6 +222,8 @@ def _seeds(text: str) -> list[int]:
         first, _, last = part.strip().partition("-")
         if not first.isdigit() or (last and not last.isdigit()):
             raise ValueError(f"--seeds {text!r}: use e.g. 1-5 or 1,2,7")
+        if len(seeds) + int(last or first) - int(first) + 1 > MAX_SEEDS:
+            raise ValueError(f"--seeds {text!r}: at most {MAX_SEEDS} seeds in one run")
         seeds += range(int(first), int(last or first) + 1)
     return seeds
 

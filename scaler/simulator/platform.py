@@ -40,6 +40,10 @@ class Victim(StrEnum):
     IDLE_NEAREST_BOUNDARY = "idle-nearest-boundary"  # idle first, the one whose paid interval ends soonest
 
 
+MIN_TICK_S, MAX_TICK_S = 1.0, 3_600.0
+MAX_SPOT_RECLAIMS_PER_HOUR = 60.0  # per replica: one a minute is already a fleet that never finishes a job
+
+
 @dataclass(frozen=True, slots=True)
 class PlatformModel:
     cold_start_s: float = 30.0
@@ -53,6 +57,24 @@ class PlatformModel:
     spot_reclaims_per_hour: float = 0.0
     scale_down_victim: Victim = Victim.WORST
     max_shutdown_handbacks: int = MAX_SHUTDOWN_HANDBACKS  # the queue manager's bound; 0: no limit
+
+    def __post_init__(self) -> None:
+        """Refuse a model the simulation cannot run: each value named. Below a second a tick is a typo, and
+        every tick is an event of the simulation (a tick of 1 ms simulates a day in 86 million steps)."""
+        problems = [f"{name} must be a finite number" for name in self.__dataclass_fields__
+                    if isinstance(getattr(self, name), float) and not math.isfinite(getattr(self, name))]
+        for name in ("cold_start_s", "health_check_delay_s", "sigterm_grace_s", "worker_drain_s", "price_per_hour",
+                     "max_shutdown_handbacks"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if not MIN_TICK_S <= self.tick_s <= MAX_TICK_S:
+            problems.append(f"tick_s must be {MIN_TICK_S:g}-{MAX_TICK_S:g} s")
+        if self.billing_interval_s < self.tick_s:
+            problems.append("billing_interval_s must be >= tick_s")
+        if not 0 <= self.spot_reclaims_per_hour <= MAX_SPOT_RECLAIMS_PER_HOUR:
+            problems.append(f"spot_reclaims_per_hour must be 0-{MAX_SPOT_RECLAIMS_PER_HOUR:g}")
+        if problems:
+            raise ValueError("invalid platform model: " + "; ".join(problems))
 
     @property
     def boot_s(self) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from scaler.planning import long_duration, robust_duration
-from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
+from scaler.policy import MAX_REPLICAS_LIMIT, Observation, PolicyState, Replica, ScalingConfig, decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +157,8 @@ def parse_policy(spec: str, config: ScalingConfig) -> Controller:
     if kind == "ours" and not arg:
         return Ours(config=config, name=spec)
     if kind == "always-on" and arg.isdigit():
+        if int(arg) > MAX_REPLICAS_LIMIT:
+            raise ValueError(f"{spec!r}: at most {MAX_REPLICAS_LIMIT} replicas")
         return AlwaysOn(int(arg))
     if kind == "clairvoyant":
         raise ValueError("clairvoyant is planned per workload: scaler.simulator.clairvoyant.best_plan")
@@ -173,7 +175,7 @@ def check_policy(spec: str) -> None:
         parse_policy(spec, ScalingConfig())
         return
     try:
-        if arg and float(arg) <= 0:
+        if arg and not 0 < float(arg) < math.inf:
             raise ValueError
     except ValueError:
         raise ValueError(f"{spec!r}: the p95 target must be seconds > 0, e.g. clairvoyant:120") from None

@@ -12,6 +12,9 @@ from scaler.timetable import Block
 
 HOUR_S = 3_600.0
 DAY_S = 86_400.0
+# A trace is simulated tick by tick over its whole span: a month of days at most, no job longer than a day.
+MAX_TRACE_SUBMIT_S = 31 * DAY_S
+MAX_TRACE_DURATION_S = DAY_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +98,9 @@ def built_in(name: str, seed: int) -> Workload:
 
 
 def load_trace(path: Path) -> Workload:
-    """A CSV with a header and the columns ``submit_s`` (seconds from the start) and ``duration_s``.
-
-    Other columns are ignored. The horizon is one hour past the end of the last job.
+    """A CSV with a header and the columns ``submit_s`` (seconds from the start, at most 31 days) and
+    ``duration_s`` (at most a day). Other columns are ignored. The horizon is one hour past the end of the
+    last job.
     """
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -110,8 +113,11 @@ def load_trace(path: Path) -> Workload:
                 job = JobSpec(float(row["submit_s"]), float(row["duration_s"]))
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{path}:{line}: {error}") from error
-            if job.submit_s < 0 or job.duration_s <= 0:
-                raise ValueError(f"{path}:{line}: need submit_s >= 0 and duration_s > 0")
+            if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
+                raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")
+            if not 0 < job.duration_s <= MAX_TRACE_DURATION_S:
+                limit = f"{MAX_TRACE_DURATION_S:.0f}"
+                raise ValueError(f"{path}:{line}: duration_s must be > 0 and <= {limit} s, not {row['duration_s']}")
             jobs.append(job)
     if not jobs:
         raise ValueError(f"{path}: no jobs")

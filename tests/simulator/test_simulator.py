@@ -116,10 +116,47 @@ def test_cli_rejects_an_unknown_policy():
         simulate_main(["--policy", "sometimes"])
 
 
-def test_cli_rejects_a_negative_hand_back_limit(capsys):
-    with pytest.raises(SystemExit):
-        simulate_main(["--max-shutdown-handbacks", "-1"])
-    assert "--max-shutdown-handbacks must be >= 0" in capsys.readouterr().err
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--max-shutdown-handbacks", "-1"], "max_shutdown_handbacks must be >= 0"),
+    # Each of these ran for ever (a tick of 0 s or less, 10^8 replicas or seeds) or gave a traceback.
+    (["--tick-s", "0"], "tick_s must be 1-3600 s"),
+    (["--tick-s", "-1"], "tick_s must be 1-3600 s"),
+    (["--tick-s", "nan"], "tick_s must be a finite number"),
+    (["--cold-start-s", "-100"], "cold_start_s must be >= 0"),
+    (["--cold-start-s", "nan"], "cold_start_s must be a finite number"),
+    (["--health-check-delay-s", "inf"], "health_check_delay_s must be a finite number"),
+    (["--price-per-hour", "nan"], "price_per_replica_hour must be a finite number"),
+    (["--spot-reclaims-per-hour", "1e9"], "spot_reclaims_per_hour must be 0-60"),
+    (["--spot-reclaims-per-hour", "-1"], "spot_reclaims_per_hour must be 0-60"),
+    (["--target-wait-s", "inf"], "target_wait_s must be a finite number"),
+    (["--policy", "ours:target_wait_s=nan"], "target_wait_s must be a finite number"),
+    (["--policy", "ours:max_replicas=100000000"], "max_replicas must be <= 100"),
+    (["--policy", "always-on:100000000"], "at most 100 replicas"),
+    (["--policy", "clairvoyant:nan"], "the p95 target must be seconds > 0"),
+    (["--policy", "clairvoyant:inf"], "the p95 target must be seconds > 0"),
+    (["--seeds", "1-100000000"], "at most 1000 seeds"),
+])
+def test_cli_refuses_a_value_it_cannot_simulate_naming_it(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--workload", "trickle", "--no-clairvoyant-ratio", *argv])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("row", "named"), [
+    ("10,nan", "duration_s must be > 0"),  # was a traceback
+    ("inf,100", "submit_s must be 0-2678400 s"),  # ran for ever
+    ("10,1e12", "duration_s must be > 0 and <= 86400 s"),  # ran for ever
+    ("-1,100", "submit_s must be 0-2678400 s"),
+    ("10,0", "duration_s must be > 0"),
+])
+def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_path, capsys, row, named):
+    trace = tmp_path / "day.csv"
+    trace.write_text(f"submit_s,duration_s\n20,100\n{row}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert f"day.csv:3: {named}" in capsys.readouterr().err
 
 
 def test_benchmark_a_day_of_workshop(capsys):
