@@ -7,6 +7,7 @@ Kept apart from the CLI so the commands stay thin: ``make_provider`` builds one 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -106,9 +107,12 @@ async def look_up_price(settings: ScalerSettings, lookup: Callable[[], Awaitable
     must not hold the start for minutes (5 Verda attempts of 30 s)."""
     limit_s = tick_deadline(settings.interval_s, settings.tick_deadline_s)
     try:
-        return float(await asyncio.wait_for(lookup(), limit_s))
+        price = float(await asyncio.wait_for(lookup(), limit_s))
     except TimeoutError:
         raise TimeoutError(f"no answer within {limit_s:g} s (SCALER_TICK_DEADLINE_S)") from None
+    if not 0 <= price < math.inf:  # NaN too: the budgets and the bill would be computed from it
+        raise ValueError(f"the price list answered {price!r} an hour")
+    return price
 
 
 async def _price(settings: ScalerSettings, name: str, backend: Backend) -> float:

@@ -12,6 +12,7 @@ import pytest
 
 from scaler.cli import main
 from scaler.config import ConfigError, load_settings
+from standins.verda import CONTAINER_TYPES
 
 from .conftest import running_scaler, sigterm_and_wait
 
@@ -200,6 +201,19 @@ async def test_a_price_list_of_the_wrong_shape_exits_1_saying_so_and_writes_noth
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     [failed] = [entry for entry in logged if entry["event"] == "price_lookup_failed"]
     assert "SCALER_PRICE_PER_REPLICA_HOUR" in failed["hint"]
+
+
+@pytest.mark.parametrize("price", ["NaN", "Infinity", "-2.30"])
+async def test_a_price_that_is_no_price_exits_1_naming_it_and_writes_nothing(
+    cli_env, fake_verda, scaling_patches, capsys, price
+):
+    h100 = {**CONTAINER_TYPES[0], "serverless_price": price}
+    fake_verda.fail_next("/container-types", 200, body=[h100])
+    assert await cli("once") == 1
+    assert scaling_patches() == []
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [failed] = [entry for entry in logged if entry["event"] == "price_lookup_failed"]
+    assert f"the price list answered {float(price)!r} an hour" in failed["error"]
 
 
 async def test_a_metrics_port_that_cannot_be_bound_exits_1_naming_the_settings(cli_env, scaling_patches):
