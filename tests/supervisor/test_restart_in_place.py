@@ -1,0 +1,45 @@
+"""A container restarted in place: the same SCRATCH_DIR, ports and environment after the supervisor was SIGKILLed
+under a job. Verda does not say whether it restarts a container in place or replaces it (docs/verda-api.md)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from queue_manager import QueueManagerServer
+
+from .test_supervisor_with_simulator import job_status, running_job, submit
+
+
+async def test_a_second_start_after_a_sigkill_empties_the_last_runs_files_and_runs_the_lost_job(
+    base_env, run_supervisor, load_workflow, tmp_path: Path
+) -> None:
+    async with QueueManagerServer(test_hooks=True, lease_timeout_s=2, reaper_interval_s=0.5) as queue_manager:
+        env = {
+            **base_env, "QUEUE_MANAGER_URL": str(queue_manager.url), "LEASE_HEARTBEAT_S": "0.5",
+            "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=1",
+        }  # fmt: skip
+        del env["WORKER_ID"]  # the default: a new id at every start
+        first = await run_supervisor(env)
+        done = await submit(queue_manager, load_workflow("quick.json"))
+        await first.wait_until(lambda: _finished(queue_manager, done), timeout_s=20, what="the first job")
+        lost = await submit(queue_manager, load_workflow("slow.json"))
+        await first.wait_until(lambda: running_job(first, lost), timeout_s=20, what="the second job to run")
+        left_behind = sorted(p.name for p in (tmp_path / "data" / "comfyui" / "output").rglob("*") if p.is_file())
+        assert left_behind, "the last success's results stay in ComfyUI's output folder (docs/worker.md)"
+
+        first.signal(signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+        second = await run_supervisor(env)
+
+        await second.wait_until(lambda: _finished(queue_manager, lost), timeout_s=30, what="the lost job to run")
+        job = await job_status(queue_manager, lost)
+        assert (job["status"], job["attempt"]) == ("completed", 2)
+        second.signal(signal.SIGTERM)
+        assert await second.wait() == 0
+        [emptied] = [e for e in second.log_events() if e["event"] == "supervisor.scratch_emptied"]
+        assert emptied["files"] >= len(left_behind) and emptied["not_removed"] == 0
+
+
+async def _finished(queue_manager: QueueManagerServer, job_id: str) -> bool:
+    return (await job_status(queue_manager, job_id))["status"] == "completed"
