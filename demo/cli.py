@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +13,12 @@ from rich.console import Console
 from common.logs import configure_logging
 from demo.providers import PROVIDERS, parse_providers
 from demo.run import DemoOptions, run_demo
+from scaler.policy import MAX_REPLICAS_LIMIT
+
+HOUR_S, DAY_S = 3_600.0, 86_400.0
+# Bounds of the demo's own knobs: it runs everything on this machine, and a day is longer than anyone waits.
+MAX_JOBS, MAX_USERS = 10_000, 1_000
+MAX_PRICE_PER_HOUR = 1_000.0
 
 
 def demo_parser() -> argparse.ArgumentParser:
@@ -21,26 +28,29 @@ def demo_parser() -> argparse.ArgumentParser:
         description="Run a local queue, ComfyUI (simulated unless --comfyui-url), the scaler and its workers, "
         "submit a workshop's burst of jobs, and report what happened. Loopback only.",
     )
-    parser.add_argument("--jobs", type=int, default=defaults.jobs, help="jobs to submit (default %(default)s)")
-    parser.add_argument("--users", type=int, default=defaults.users, help="participants (default %(default)s)")
-    parser.add_argument("--bad-jobs", type=int, default=defaults.bad_jobs,
+    parser.add_argument("--jobs", type=_whole(1, MAX_JOBS), default=defaults.jobs,
+                        help=f"jobs to submit, 1-{MAX_JOBS} (default %(default)s)")
+    parser.add_argument("--users", type=_whole(1, MAX_USERS), default=defaults.users,
+                        help=f"participants, 1-{MAX_USERS} (default %(default)s)")
+    parser.add_argument("--bad-jobs", type=_whole(0, MAX_JOBS), default=defaults.bad_jobs,
                         help="intentionally broken workflows, to show failure reports (default %(default)s)")
-    parser.add_argument("--max-replicas", type=int, default=defaults.max_replicas, help="default %(default)s")
+    parser.add_argument("--max-replicas", type=_whole(1, MAX_REPLICAS_LIMIT), default=defaults.max_replicas,
+                        help=f"1-{MAX_REPLICAS_LIMIT} (default %(default)s)")
     parser.add_argument("--workload", choices=["workshop"], default="workshop",
                         help="submission pattern: most jobs in the first seconds, the rest trailing off")
     parser.add_argument("--comfyui-url", help="a real ComfyUI to use instead of the simulator")
-    parser.add_argument("--node-seconds", type=float, default=defaults.node_seconds,
+    parser.add_argument("--node-seconds", type=_number(0, HOUR_S), default=defaults.node_seconds,
                         help="simulated seconds per ComfyUI node (default %(default)s)")
-    parser.add_argument("--spread-s", type=float, default=defaults.spread_s,
+    parser.add_argument("--spread-s", type=_number(0, DAY_S), default=defaults.spread_s,
                         help="submissions spread over this many seconds (default %(default)s)")
-    parser.add_argument("--price-per-hour", type=float, default=defaults.price_per_hour,
+    parser.add_argument("--price-per-hour", type=_number(0, MAX_PRICE_PER_HOUR), default=defaults.price_per_hour,
                         help="USD per GPU-hour for the spend estimate (default: Verda H100 serverless, %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
                         help="outputs, logs and report.json go here (default %(default)s)")
     parser.add_argument("--db", type=Path, help="queue database (default: a temporary one)")
-    parser.add_argument("--idle-to-zero-s", type=float, default=defaults.idle_to_zero_s,
+    parser.add_argument("--idle-to-zero-s", type=_number(0, DAY_S), default=defaults.idle_to_zero_s,
                         help="idle seconds before the scaler goes to zero (default %(default)s)")
-    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s,
+    parser.add_argument("--timeout-s", type=_number(1, DAY_S), default=defaults.timeout_s,
                         help="give up after this many seconds (default %(default)s)")
     parser.add_argument("--no-live", action="store_true", help="log progress lines instead of a live table")
     parser.add_argument("--providers", type=_providers, default=(),
@@ -92,6 +102,33 @@ def print_report(report: dict, path: Path) -> None:
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not {low}-{high}")
+        return value
+
+    return parse
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    """A number from ``low`` to ``high``; nan, inf or out of range is refused (argparse names the flag)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # nan fails this too
+            raise argparse.ArgumentTypeError(f"{text} is not {low:g}-{high:g}")
+        return value
+
+    return parse
 
 
 def _providers(text: str) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from demo.cli import demo_parser
 from demo.run import DemoOptions, run_demo
 from queue_manager.server import QueueManagerServer
 
@@ -47,6 +48,29 @@ def test_cli_explains_itself():
     assert run.returncode == 0 and "demo" in run.stdout and "queue" in run.stdout
     wrong = subprocess.run([sys.executable, "-m", "demo", "bogus"], capture_output=True, text=True, timeout=30)
     assert wrong.returncode == 2 and "unknown command 'bogus'" in wrong.stderr
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    # Each was a traceback (negative jobs, no users, more replicas than the policy drives) or ran to the timeout.
+    (["--jobs", "-1"], "--jobs: -1 is not 1-10000"),
+    (["--jobs", "100000000"], "--jobs: 100000000 is not 1-10000"),
+    (["--users", "0"], "--users: 0 is not 1-1000"),
+    (["--max-replicas", "100000"], "--max-replicas: 100000 is not 1-100"),
+    (["--max-replicas", "0"], "--max-replicas: 0 is not 1-100"),
+    (["--bad-jobs", "-2"], "--bad-jobs: -2 is not 0-10000"),
+    (["--node-seconds", "nan"], "--node-seconds: nan is not 0-3600"),
+    (["--node-seconds", "inf"], "--node-seconds: inf is not 0-3600"),
+    (["--spread-s", "-5"], "--spread-s: -5 is not 0-86400"),
+    (["--price-per-hour", "nan"], "--price-per-hour: nan is not 0-1000"),
+    (["--idle-to-zero-s", "nan"], "--idle-to-zero-s: nan is not 0-86400"),
+    (["--timeout-s", "0"], "--timeout-s: 0 is not 1-86400"),
+    (["--jobs", "ten"], "--jobs: 'ten' is not a whole number"),
+])
+def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
 
 
 @pytest.mark.timeout(180)
