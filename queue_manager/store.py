@@ -278,16 +278,15 @@ class JobStore:
     def pop_next(self, worker_id: str, mode: QueueMode) -> JobRecord | None:
         """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction.
 
-        The poll renews the lease of anything the worker still holds. A stored job that cannot be served as
-        strict JSON (planted directly, or written by an older version) is failed instead of handed out.
+        The poll renews no job's lease: only a heartbeat naming the job does. A worker id outlives the process
+        that polls with it (a fixed WORKER_ID, restarted in place; several replicas given the same one), and the
+        polls of the living would keep a dead process's job `running` until the reaper fails it. A stored job
+        that cannot be served as strict JSON (planted directly, or written by an older version) is failed
+        instead of handed out.
         """
         now = self._clock()
         with self._transaction() as conn:
             _seen(conn, worker_id, now)
-            conn.execute(
-                "UPDATE jobs SET lease_at = ? WHERE status = ? AND worker_id = ?",
-                (now, JobStatus.RUNNING.value, worker_id),
-            )
             while order := _pending_in_pop_order(conn, mode, first_only=True):
                 job_id = order[0]
                 conn.execute(

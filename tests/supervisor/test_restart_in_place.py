@@ -6,20 +6,26 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from queue_manager import QueueManagerServer
 
 from .test_supervisor_with_simulator import job_status, running_job, submit
 
 
+@pytest.mark.parametrize("worker_id", [None, "fixed-worker"], ids=["default id", "fixed WORKER_ID"])
 async def test_a_second_start_after_a_sigkill_empties_the_last_runs_files_and_runs_the_lost_job(
-    base_env, run_supervisor, load_workflow, tmp_path: Path
+    base_env, run_supervisor, load_workflow, tmp_path: Path, worker_id: str | None
 ) -> None:
     async with QueueManagerServer(test_hooks=True, lease_timeout_s=2, reaper_interval_s=0.5) as queue_manager:
         env = {
             **base_env, "QUEUE_MANAGER_URL": str(queue_manager.url), "LEASE_HEARTBEAT_S": "0.5",
             "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=1",
         }  # fmt: skip
-        del env["WORKER_ID"]  # the default: a new id at every start
+        if worker_id is None:
+            del env["WORKER_ID"]  # the default: a new id at every start
+        else:
+            env["WORKER_ID"] = worker_id  # the same id after the restart: its polls must not keep the lost job
         first = await run_supervisor(env)
         done = await submit(queue_manager, load_workflow("quick.json"))
         await first.wait_until(lambda: _finished(queue_manager, done), timeout_s=20, what="the first job")
