@@ -20,7 +20,7 @@ async def test_a_second_start_after_a_sigkill_empties_the_last_runs_files_and_ru
     async with QueueManagerServer(test_hooks=True, lease_timeout_s=2, reaper_interval_s=0.5) as queue_manager:
         env = {
             **base_env, "QUEUE_MANAGER_URL": str(queue_manager.url), "LEASE_HEARTBEAT_S": "0.5",
-            "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=1",
+            "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=3",  # a stalled machine does not finish it first
         }  # fmt: skip
         if worker_id is None:
             del env["WORKER_ID"]  # the default: a new id at every start
