@@ -16,6 +16,7 @@ from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_
 from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
 from supervisor.scratch import empty_scratch_results
+from supervisor.scratch_lock import ScratchInUse, lock_scratch
 from supervisor.writable_dirs import unwritable_directories
 from worker.config import WorkerSettings, load_settings
 
@@ -74,6 +75,24 @@ def main() -> int:
     allow_many_connections()
     if settings.queue_manager_token is not None:
         register_secret(settings.queue_manager_token.get_secret_value())
+    log = structlog.get_logger()
+    try:
+        scratch_lock, unlocked = lock_scratch(config.scratch_dir)
+    except ScratchInUse as exc:
+        log.error("supervisor.scratch_in_use", variable="SCRATCH_DIR", error=str(exc))
+        return EXIT_CONFIG
+    if unlocked is not None:
+        log.warning("supervisor.scratch_not_locked", error=unlocked,
+                    why="a second container on this SCRATCH_DIR would not be refused")
+    try:
+        return _start(config, settings)
+    finally:
+        if scratch_lock is not None:
+            scratch_lock.close()
+
+
+def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
+    """With SCRATCH_DIR ours: check ComfyUI's port, empty and prepare the scratch folders, supervise."""
     log = structlog.get_logger()
     if not comfyui_port_free(config):
         return 1

@@ -10,6 +10,7 @@ import pytest
 
 from queue_manager import QueueManagerServer
 
+from .conftest import free_port
 from .test_supervisor_with_simulator import job_status, running_job, submit
 
 
@@ -49,3 +50,29 @@ async def test_a_second_start_after_a_sigkill_empties_the_last_runs_files_and_ru
 
 async def _finished(queue_manager: QueueManagerServer, job_id: str) -> bool:
     return (await job_status(queue_manager, job_id))["status"] == "completed"
+
+
+async def test_a_second_container_on_the_same_scratch_disk_is_refused_and_deletes_nothing(
+    base_env, run_supervisor, tmp_path: Path
+) -> None:
+    """Each start empties ComfyUI's output folder: a second container given the same SCRATCH_DIR would delete
+    the results the first one's ComfyUI is writing before its worker delivers them."""
+    first = await run_supervisor(base_env)
+    await first.wait_until(lambda: "comfyui.started" in first.output, what="the first ComfyUI to start")
+    being_written = tmp_path / "data" / "comfyui" / "output" / "ComfyUI_00001_.png"
+    being_written.write_bytes(b"a result not delivered yet")
+
+    second_env = {**base_env, "COMFYUI_URL": f"http://127.0.0.1:{free_port()}", "HEALTH_PORT": str(free_port())}
+    second = await run_supervisor(second_env)
+    assert await second.wait(timeout_s=20) == 2
+    [refused] = [e for e in second.log_events() if e["event"] == "supervisor.scratch_in_use"]
+    assert refused["variable"] == "SCRATCH_DIR"
+    assert f"pid {first.pid}" in refused["error"]
+    assert not any(e["event"] == "supervisor.scratch_emptied" for e in second.log_events())
+    assert being_written.read_bytes() == b"a result not delivered yet"
+
+    first.signal(signal.SIGTERM)
+    assert await first.wait() == 0
+    third = await run_supervisor(second_env)  # the lock goes with the process that held it
+    await third.wait_until(lambda: "comfyui.started" in third.output, what="ComfyUI to start once the disk is free")
+    assert not being_written.exists(), "the scratch disk is emptied as usual once it is this container's"
