@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +19,8 @@ from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.scratch import empty_scratch_results
 
+from .conftest import NOBODY, run_as_nobody
 from .test_supervisor_with_simulator import job_status, submit
-
-NOBODY = 65534
 
 
 def settings(tmp_path: Path, **env: str) -> SupervisorSettings:
@@ -140,33 +137,9 @@ def test_an_output_folder_that_is_a_symbolic_link_is_not_followed(tmp_path: Path
     assert "it is a symbolic link" in capsys.readouterr().out
 
 
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder another uid can reach (pytest's tmp_path sits under a 0700 folder)."""
-    with tempfile.TemporaryDirectory(prefix="scratch-") as name:
-        os.chmod(name, 0o755)
-        yield Path(name)
-
-
 def empty_as_the_container_user(config: SupervisorSettings, outputs: Path) -> dict[str, object]:
-    """Run the emptying in a forked child as nobody (root removes anything), as the container's uid 10001 runs."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            if os.getuid() == 0:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-            os.write(write_end, json.dumps(dataclasses.asdict(empty_scratch_results(config, outputs))).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(report)
+    """Run the emptying as nobody (root removes anything), as the container's uid 10001 runs."""
+    return run_as_nobody(lambda: dataclasses.asdict(empty_scratch_results(config, outputs)))
 
 
 def test_what_cannot_be_removed_is_counted_and_the_rest_goes(shared_tmp: Path) -> None:

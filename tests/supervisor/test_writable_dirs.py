@@ -3,53 +3,24 @@ mode, the uid the process runs as and the fix, on one line; and the supervisor e
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from supervisor.writable_dirs import unwritable_directories
 
-NOBODY = 65534
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder another uid can reach (pytest's tmp_path sits under a 0700 folder)."""
-    with tempfile.TemporaryDirectory(prefix="writable-dirs-") as name:
-        os.chmod(name, 0o755)
-        yield Path(name)
+from .conftest import NOBODY, run_as_nobody
 
 
 def check_as_another_user(directories: dict[str, Path]) -> list[str]:
-    """Run the check in a forked child under a uid that does not own the directories: nobody when we are root
-    (root writes anywhere), ourselves with the directories made read-only otherwise."""
+    """Run the check under a uid that does not own the directories: nobody when we are root (root writes
+    anywhere), ourselves with the directories made read-only otherwise."""
     if os.getuid() != 0:
         for path in directories.values():
             if path.exists():
                 path.chmod(0o555)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to nobody, check, report, leave without running pytest's clean-up
-        try:
-            os.close(read_end)
-            if os.getuid() == 0:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-            os.write(write_end, json.dumps(unwritable_directories(directories)).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(report)
+    return run_as_nobody(lambda: unwritable_directories(directories))
 
 
 def test_writable_and_missing_directories_pass_and_missing_ones_are_made(tmp_path: Path) -> None:
