@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 
@@ -19,6 +20,7 @@ HOUR_S, DAY_S = 3_600.0, 86_400.0
 # Bounds of the demo's own knobs: it runs everything on this machine, and a day is longer than anyone waits.
 MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
+Number = TypeVar("Number", int, float)
 
 
 def demo_parser() -> argparse.ArgumentParser:
@@ -105,25 +107,21 @@ def print_report(report: dict, path: Path) -> None:
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not {low}-{high}")
-        return value
-
-    return parse
+    return _ranged(int, "a whole number", low, high)
 
 
 def _number(low: float, high: float) -> Callable[[str], float]:
-    """A number from ``low`` to ``high``; nan, inf or out of range is refused (argparse names the flag)."""
-    def parse(text: str) -> float:
+    return _ranged(float, "a number", low, high)
+
+
+def _ranged(convert: Callable[[str], Number], kind: str, low: Number, high: Number) -> Callable[[str], Number]:
+    """An argparse type: ``kind`` from ``low`` to ``high``; nan, inf or out of range is refused (argparse names
+    the flag)."""
+    def parse(text: str) -> Number:
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
         if not low <= value <= high:  # nan fails this too
             raise argparse.ArgumentTypeError(f"{text} is not {low:g}-{high:g}")
         return value
