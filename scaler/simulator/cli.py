@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,9 @@ def simulate_main(argv: list[str]) -> int:
         ]
         for policy in args.policy or DEFAULT_POLICIES:
             check_policy(policy)
+        for flag, target in (("--json", args.json), ("--chart", args.chart)):
+            if target and target != "-":
+                _check_writable(flag, Path(target))
         platform = PlatformModel(
             cold_start_s=args.cold_start_s,
             health_check_delay_s=args.health_check_delay_s,
@@ -128,11 +132,25 @@ def simulate_main(argv: list[str]) -> int:
     if summary:
         console.print(summary)
     console.print(f"simulated {len(reports)} runs in {elapsed_ms:.0f} ms (seeds {', '.join(map(str, seeds))})")
-    if args.json:
-        _write_json(args.json, seeds, config, platform, reports)
-    if args.chart:
-        return _write_charts(console, Path(args.chart), charts)
+    try:
+        if args.json:
+            _write_json(args.json, seeds, config, platform, reports)
+        if args.chart:
+            return _write_charts(console, Path(args.chart), charts)
+    except OSError as error:  # checked before the runs, so the disk filled or the folder went since
+        console.print(f"[red]could not write {error.filename or 'the results'}: {error.strerror or error}[/red]")
+        return 1
     return 0
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """Before the runs (the workshop's five seeds take minutes): a result that cannot be written is refused now."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: cannot create its folder ({error.strerror or error})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path}: not a file this user can write")
 
 
 def _write_json(

@@ -105,6 +105,32 @@ def test_cli_writes_json_and_chart(tmp_path, capsys):
     assert "ours vs naive" in capsys.readouterr().out
 
 
+def test_cli_writes_json_into_a_folder_it_creates(tmp_path):
+    out = tmp_path / "results" / "day-1" / "r.json"  # was a FileNotFoundError traceback after every run
+    assert simulate_main(["--workload", "trickle", "--policy", "ours", "--json", str(out),
+                          "--no-clairvoyant-ratio"]) == 0
+    assert json.loads(out.read_text())["results"][0]["policy"] == "ours"
+
+
+@pytest.mark.parametrize("flag", ["--json", "--chart"])
+def test_cli_refuses_a_result_path_it_cannot_write_before_simulating(tmp_path, capsys, flag):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--workload", "trickle", "--policy", "ours", flag, str(a_file / "r.out")])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert f"{flag} {a_file / 'r.out'}: cannot create its folder" in captured.err
+    assert "simulated" not in captured.out + captured.err, "refused before any run"
+
+
+def test_cli_says_so_when_the_results_cannot_be_written_after_all(capsys):
+    # /dev/full passes every check and refuses the write (ENOSPC), as a disk that filled during the runs would.
+    assert simulate_main(["--workload", "trickle", "--policy", "ours", "--json", "/dev/full",
+                          "--no-clairvoyant-ratio"]) == 1
+    assert "No space left on device" in capsys.readouterr().out
+
+
 def test_cli_json_to_stdout_is_pure_json(capsys):
     assert simulate_main(["--workload", "batch", "--policy", "always-on:1", "--json", "-",
                           "--no-clairvoyant-ratio"]) == 0
