@@ -10,6 +10,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ log = structlog.get_logger()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 INTERRUPTED = {  # what an operator who pressed Ctrl-C needs to know
     "stop": "Replicas may still be running and billed: run `comfy-scaler stop` again and let it finish (it is "
     "bounded), or stop them in the provider's console.",
@@ -121,14 +123,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     else:
         command = {"run": _run, "once": _once, "status": _status, "stop": _stop, "resume": _resume}[args.command]
+    # `run` stops cleanly on SIGTERM itself; the others say what may be left undone. Only the main thread may
+    # set a handler (an in-process caller may run main() in another).
+    previous = None
+    if command is not _run and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return asyncio.run(command(settings, args))
     except ProviderSetupError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:  # Ctrl-C while a provider is slow to answer: say what is known, not a traceback
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM (Terminated), while a provider is slow to answer
         print(f"{args.command}: interrupted. {INTERRUPTED.get(args.command, '')}".rstrip(), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a `timeout`, a process manager) during a command that does not stop by itself. A
+    KeyboardInterrupt, as asyncio lets only those (and SystemExit) out of a callback it is running."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _delegate(command: str, rest: list[str]) -> int:

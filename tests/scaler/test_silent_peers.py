@@ -13,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
@@ -98,9 +100,12 @@ async def test_a_fleet_provider_that_never_answers_is_degraded_and_fallen_back_f
         await fleet.aclose()
 
 
-async def test_ctrl_c_during_stop_says_what_may_still_run_not_a_traceback(cli_env, silent_peer):
+@pytest.mark.parametrize(("stop_signal", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["Ctrl-C", "SIGTERM"])
+async def test_ctrl_c_during_stop_says_what_may_still_run_not_a_traceback(cli_env, silent_peer, stop_signal, code):
     """The operator who gives up waiting on a silent API and presses Ctrl-C got a KeyboardInterrupt traceback
-    that did not say whether anything was stopped."""
+    that did not say whether anything was stopped; a SIGTERM (`timeout 60 comfy-scaler stop`, a process
+    manager) killed it without a word."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "scaler.cli", "stop", "--all", env=silent_env(cli_env, silent_peer),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -108,12 +113,12 @@ async def test_ctrl_c_during_stop_says_what_may_still_run_not_a_traceback(cli_en
     try:
         async with asyncio.timeout(20):
             await next_logged(process, "verda_authenticating")  # now waiting on the silent Verda
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop_signal)
             _, err = await process.communicate()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 130
+    assert process.returncode == code
     assert b"stop: interrupted. Replicas may still be running" in err
     assert b"Traceback" not in err
