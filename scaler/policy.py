@@ -7,7 +7,7 @@ How it decides, setting by setting: docs/scaling-policy.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -52,6 +52,13 @@ class Reason(StrEnum):
     CAPPED_DAILY_BUDGET = "scale_up_capped_by_daily_budget"
 
 
+def non_finite_fields(settings: object) -> list[str]:
+    """One problem per float field of the dataclass ``settings`` that is NaN or infinite: NaN passes every range
+    check and inf is no time, either would make the arithmetic that follows wrong."""
+    return [f"{item.name} must be a finite number" for item in fields(settings)
+            if isinstance(value := getattr(settings, item.name), float) and not math.isfinite(value)]
+
+
 @dataclass(frozen=True, slots=True)
 class ScalingConfig:
     """Every knob of the policy; the defaults are the ones the simulator showed best (docs/simulator.md)."""
@@ -87,8 +94,7 @@ class ScalingConfig:
     lost_work_weight: float = 10.0
 
     def __post_init__(self) -> None:
-        # NaN passes every comparison below and inf is no time: either would make the policy's arithmetic wrong.
-        problems = [f"{name} must be a finite number" for name, value in self._floats() if not math.isfinite(value)]
+        problems = non_finite_fields(self)
         if not 0 <= self.min_replicas <= self.max_replicas:
             problems.append("need 0 <= min_replicas <= max_replicas")
         if self.max_replicas > MAX_REPLICAS_LIMIT:
@@ -120,9 +126,6 @@ class ScalingConfig:
         if problems:
             raise ValueError("invalid ScalingConfig: " + "; ".join(problems))
         object.__setattr__(self, "billing_anchor", BillingAnchor(self.billing_anchor))
-
-    def _floats(self) -> list[tuple[str, float]]:
-        return [(name, value) for name in self.__dataclass_fields__ if isinstance(value := getattr(self, name), float)]
 
     @property
     def interval_cost(self) -> float:

@@ -28,7 +28,7 @@ from enum import IntEnum, StrEnum
 
 from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from scaler.billing import BillingAnchor, bill_for_runtime, seconds_to_boundary
-from scaler.policy import Replica
+from scaler.policy import Replica, non_finite_fields
 from scaler.simulator.policies import Controller, QueueView
 from scaler.simulator.workloads import Workload
 
@@ -61,8 +61,7 @@ class PlatformModel:
     def __post_init__(self) -> None:
         """Refuse a model the simulation cannot run: each value named. Below a second a tick is a typo, and
         every tick is an event of the simulation (a tick of 1 ms simulates a day in 86 million steps)."""
-        problems = [f"{name} must be a finite number" for name in self.__dataclass_fields__
-                    if isinstance(getattr(self, name), float) and not math.isfinite(getattr(self, name))]
+        problems = non_finite_fields(self)
         for name in ("cold_start_s", "health_check_delay_s", "sigterm_grace_s", "worker_drain_s", "price_per_hour",
                      "max_shutdown_handbacks"):
             if getattr(self, name) < 0:
