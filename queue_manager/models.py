@@ -6,9 +6,9 @@ import json
 import re
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from common.handbacks import HandBackCause
 
@@ -19,6 +19,8 @@ MAX_RESULT_BYTES = 50 * 1024 * 1024
 MAX_ERROR_CHARS = 10000
 MAX_REASON_CHARS = 2000
 MAX_LIST_LIMIT = 1000
+# The worker refuses a WORKER_ID longer than this at start (worker/config.py); job ids are UUIDs (36).
+MAX_ID_CHARS = 200
 
 
 class JobStatus(StrEnum):
@@ -104,27 +106,40 @@ class JobFailureRequest(BaseModel):
         return value.strip()
 
 
+def _id_is_printable_and_not_blank(value: str) -> str:
+    # An empty worker id took a job that then ran under no one; a control character went into every log line.
+    if not value.strip():
+        raise ValueError("must not be empty or blank")
+    if not value.isprintable():
+        raise ValueError("must be printable (no control characters)")
+    return value
+
+
+# A worker id or job id in a query: what a correct worker sends, nothing a log line or a lease cannot name.
+Identifier = Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_id_is_printable_and_not_blank)]
+
+
 class NextJobQuery(BaseModel):
-    worker_id: str
+    worker_id: Identifier
 
 
 class ReportQuery(BaseModel):
     """complete-job / fail-job: `worker_id` and `attempt` are our extension; when given they fence the report."""
 
-    job_id: str
-    worker_id: str | None = None
+    job_id: Identifier
+    worker_id: Identifier | None = None
     attempt: int | None = Field(default=None, ge=1)
 
 
 class HeartbeatQuery(BaseModel):
-    worker_id: str
-    job_id: str
+    worker_id: Identifier
+    job_id: Identifier
     attempt: int | None = Field(default=None, ge=1)
 
 
 class ReleaseQuery(BaseModel):
-    job_id: str
-    worker_id: str
+    job_id: Identifier
+    worker_id: Identifier
     attempt: int = Field(ge=1)
 
 

@@ -437,3 +437,35 @@ async def test_wrong_token_is_401_json_and_the_token_never_echoed() -> None:
         response = await client.get("/api/queue/status", headers={"Authorization": "Bearer wrong-token"})
     assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
     assert "token" not in json.dumps(dict(response.headers)).lower().replace("www-authenticate", "")
+
+
+# -- worker and job ids: 422 naming the field, never a job run under no one ---------------------------------
+
+BAD_IDS = {"empty": "", "blank": "  \t", "newline": "w\n1", "nul": "w\x001", "escape": "w\x1b[2J", "201-chars": "w" * 201}
+ID_ROUTES = {
+    "next-job": ("GET", "/api/workers/next-job", {}),
+    "heartbeat": ("POST", "/api/workers/heartbeat", {"worker_id": "w", "job_id": "j"}),
+    "complete-job": ("POST", "/api/workers/complete-job", {"job_id": "j", "worker_id": "w", "attempt": "1"}),
+    "fail-job": ("POST", "/api/workers/fail-job", {"job_id": "j", "worker_id": "w", "attempt": "1"}),
+    "release-job": ("POST", "/api/workers/release-job", {"job_id": "j", "worker_id": "w", "attempt": "1"}),
+}
+ID_BODIES = {"complete-job": {"result": {}}, "fail-job": {"error": "boom"}, "release-job": {"reason": "stopped"}}
+
+
+@pytest.mark.parametrize("bad", BAD_IDS.values(), ids=BAD_IDS.keys())
+@pytest.mark.parametrize(
+    ("route", "field"),
+    [("next-job", "worker_id"), ("heartbeat", "worker_id"), ("heartbeat", "job_id"), ("complete-job", "worker_id"),
+     ("complete-job", "job_id"), ("fail-job", "job_id"), ("release-job", "worker_id"), ("release-job", "job_id")],
+)  # fmt: skip
+async def test_an_empty_blank_unprintable_or_overlong_id_is_422_naming_it(
+    client: httpx.AsyncClient, queue: QueueManagerServer, route: str, field: str, bad: str
+) -> None:
+    """An empty worker_id took a job: it then ran under no one (`worker_id` "", handed back as "worker  stopped
+    heartbeating"); a control character in one went into every log line naming the worker."""
+    job = queue.store.submit("alice", WORKFLOW)
+    method, path, params = ID_ROUTES[route]
+    response = await client.request(method, path, params={**params, field: bad}, json=ID_BODIES.get(route))
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", field]]
+    assert queue.store.get(job.id).status is JobStatus.PENDING
