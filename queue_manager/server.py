@@ -24,6 +24,10 @@ from queue_manager.store import JobStore
 log = structlog.get_logger()
 
 _SHUTDOWN_TIMEOUT_S = 5.0
+# The request line (path and query) read before answering 400. aiohttp's 8190 refused a 10 kB worker_id with a
+# text/plain 400 naming no field; at 16 KiB (the head uvicorn's h11 parser reads for comfy-multi) the query
+# reaches the 422 that names it. Headers keep aiohttp's limits (8190 bytes each, 128 of them).
+MAX_REQUEST_LINE_BYTES = 16 * 1024
 DEFAULT_LEASE_TIMEOUT_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FINISHED_JOB_RETENTION_S = 7 * 24 * 3600.0
@@ -141,7 +145,9 @@ class QueueManagerServer:
             started_at=self.clock(),
         )
         app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, max_line_size=MAX_REQUEST_LINE_BYTES
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
