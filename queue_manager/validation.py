@@ -7,9 +7,9 @@ import email.message
 import json
 import math
 import re
-from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from multidict import MultiMapping
 from pydantic import BaseModel, ValidationError
 
 from common.text import encodes_as_utf8
@@ -142,7 +142,15 @@ def _too_deep_at(raw: bytes | bytearray) -> tuple[str | int, ...]:
     return tuple(path[1:])
 
 
-def parse_query(model: type[M], params: Mapping[str, str]) -> tuple[M | None, ValidationErrors]:
+def parse_query(model: type[M], params: MultiMapping[str]) -> tuple[M | None, ValidationErrors]:
+    # Given twice, which counts? aiohttp reads the first, FastAPI the last: a fence or a job id is never a guess.
+    given = {name: len(params.getall(name, ())) for name in model.model_fields}
+    repeated = [name for name, times in given.items() if times > 1]
+    if repeated:
+        return None, [
+            {"type": "repeated", "loc": ["query", name], "msg": f"given {given[name]} times; send it once"}
+            for name in repeated
+        ]
     try:
         return model.model_validate(dict(params)), []
     except ValidationError as exc:

@@ -441,7 +441,9 @@ async def test_wrong_token_is_401_json_and_the_token_never_echoed() -> None:
 
 # -- worker and job ids: 422 naming the field, never a job run under no one ---------------------------------
 
-BAD_IDS = {"empty": "", "blank": "  \t", "newline": "w\n1", "nul": "w\x001", "escape": "w\x1b[2J", "201-chars": "w" * 201}
+BAD_IDS = {
+    "empty": "", "blank": "  \t", "newline": "w\n1", "nul": "w\x001", "escape": "w\x1b[2J", "201-chars": "w" * 201
+}  # fmt: skip
 ID_ROUTES = {
     "next-job": ("GET", "/api/workers/next-job", {}),
     "heartbeat": ("POST", "/api/workers/heartbeat", {"worker_id": "w", "job_id": "j"}),
@@ -486,3 +488,24 @@ async def test_a_10kB_id_in_the_query_is_422_naming_it(
     response = await client.request(method, path, params=params)
     assert response.status_code == 422, response.text[:300]
     assert [error["loc"] for error in response.json()["detail"]] == [["query", field]]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [("/api/workers/next-job", "worker_id=w1&worker_id=w2", "worker_id"),
+     ("/api/workers/complete-job", "job_id={job}&job_id=other", "job_id"),
+     ("/api/workers/complete-job", "job_id={job}&worker_id=w1&attempt=1&attempt=2", "attempt"),
+     ("/api/jobs", "status=pending&limit=1&limit=1000", "limit")],
+    ids=["next-job-worker-id", "complete-job-id", "complete-attempt", "list-limit"],
+)  # fmt: skip
+async def test_a_query_parameter_given_twice_is_422_naming_it(
+    client: httpx.AsyncClient, queue: QueueManagerServer, path: str, query: str, field: str
+) -> None:
+    """Which one counts? aiohttp's first, FastAPI's last: `worker_id=w1&worker_id=w2` took a job for w1 here and
+    would for w2 at comfy-multi. A fence or a job id must never be a guess."""
+    job = queue.store.submit("alice", WORKFLOW)
+    method = "GET" if path != "/api/workers/complete-job" else "POST"
+    response = await client.request(method, f"{path}?{query.format(job=job.id)}", json={"result": {}})
+    assert response.status_code == 422, response.text[:300]
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", field]]
+    assert queue.store.get(job.id).status is JobStatus.PENDING

@@ -170,7 +170,7 @@ async def test_cli_bad_environment_exits_2_naming_the_variable(
     ("request_head", "reason"),
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "Invalid character in Content-Length"),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "Got more than 8190 bytes"),
+        (b"GET /" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "Got more than 16384 bytes"),
     ],
 )
 async def test_a_malformed_request_is_one_warning_line_not_an_error_with_a_traceback(
