@@ -64,6 +64,14 @@ class JobSubmitRequest(BaseModel):
             )
         return value
 
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_is_a_number(cls, value: Any) -> Any:
+        # Lax validation read `false` as 0 (instructor) and `"2"` as 2; JSON says what a number is.
+        if isinstance(value, bool | str):
+            raise ValueError("must be a JSON number 0..3 (0 = instructor, 2 = normal), not a boolean or string")
+        return value
+
     @field_validator("workflow")
     @classmethod
     def _workflow_non_empty_and_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -509,3 +509,20 @@ async def test_a_query_parameter_given_twice_is_422_naming_it(
     assert response.status_code == 422, response.text[:300]
     assert [error["loc"] for error in response.json()["detail"]] == [["query", field]]
     assert queue.store.get(job.id).status is JobStatus.PENDING
+
+
+@pytest.mark.parametrize("priority", [True, False, "0", "2", 1.5, None], ids=repr)
+async def test_a_priority_that_is_not_a_number_0_to_3_is_422_naming_it(
+    client: httpx.AsyncClient, queue: QueueManagerServer, priority: Any
+) -> None:
+    """`"priority": false` queued the job at instructor priority (0) and `true` at 1: JSON booleans and strings
+    passed as numbers."""
+    response = await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW, "priority": priority})
+    assert response.status_code == 422, response.text[:300]
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "priority"]]
+    assert queue.store.counts()[JobStatus.PENDING] == 0
+
+
+async def test_a_priority_written_as_a_whole_float_is_that_priority(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW, "priority": 0.0})
+    assert (response.status_code, response.json()["priority"]) == (201, 0)
