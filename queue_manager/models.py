@@ -158,11 +158,18 @@ class ReleaseRequest(BaseModel):
 
 
 class ListJobsQuery(BaseModel):
-    user_id: str | None = None
+    user_id: str | None = None  # empty: no filter, as the peer reads it
     status: JobStatus | None = None
     limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
     # Our extension (comfy-multi ignores it): "newest" lists the latest first, finished jobs by completion time.
     order: Literal["oldest", "newest"] = "oldest"
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id_a_job_can_have(cls, value: str | None) -> str | None:
+        if value and not USER_ID_PATTERN.fullmatch(value):
+            raise ValueError("user_id must match [a-zA-Z0-9_-]{1,100}, as a job's user_id does")
+        return value
 
 
 class JobResponse(BaseModel):

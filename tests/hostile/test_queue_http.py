@@ -526,3 +526,17 @@ async def test_a_priority_that_is_not_a_number_0_to_3_is_422_naming_it(
 async def test_a_priority_written_as_a_whole_float_is_that_priority(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW, "priority": 0.0})
     assert (response.status_code, response.json()["priority"]) == (201, 0)
+
+
+@pytest.mark.parametrize(
+    "user_id", ["u" * 10_000, "alice\n", "../alice", " "], ids=["10kB", "newline", "dotdot", "blank"]
+)
+async def test_a_job_list_filtered_by_a_user_id_no_job_can_have_is_422_naming_it(
+    client: httpx.AsyncClient, queue: QueueManagerServer, user_id: str
+) -> None:
+    """It answered 200 [] (a 10 kB one a text/plain 400): as if that user had no jobs."""
+    queue.store.submit("alice", WORKFLOW)
+    response = await client.get("/api/jobs", params={"user_id": user_id})
+    assert response.status_code == 422, response.text[:300]
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", "user_id"]]
+    assert len((await client.get("/api/jobs", params={"user_id": ""})).json()) == 1, "empty: no filter, as the peer"
