@@ -17,6 +17,14 @@ from worker.state import WorkerState
 
 log = structlog.get_logger()
 
+# A request head (line and headers) must arrive complete within this of the connection opening or of the last
+# answer on it: aiohttp's keepalive timer covers both, at an hour by default, and a client dripping its headers
+# held up to ~1 MB of them in the worker's process all that time. Probes send their head at once; a
+# keep-alive scraper just reconnects.
+REQUEST_HEAD_TIMEOUT_S = 10.0
+# What a probe or a scraper sends is a few short headers; aiohttp's default is 128 of up to 8190 bytes each.
+MAX_HEADERS = 32
+
 
 class HealthServer:
     def __init__(
@@ -45,7 +53,9 @@ class HealthServer:
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
         # Probes arrive every few seconds for the container's whole life: an access log would drown the rest.
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        self._runner = web.AppRunner(
+            self._app(), access_log=None, keepalive_timeout=REQUEST_HEAD_TIMEOUT_S, max_headers=MAX_HEADERS
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         try:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+import health.server as health_server
 from health.server import HealthServer
 from worker.state import WorkerState
 
@@ -103,3 +104,29 @@ async def test_oversized_or_garbled_requests_get_an_answer_and_the_server_stays_
     assert answer.startswith(expected), answer
     response = await probe(*health)
     assert (response.status_code, response.json()["status"]) == (200, "ok"), "no false unhealthy"
+
+
+async def test_a_client_dripping_its_headers_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing bounded how long a request head may take: aiohttp closes a connection only after an hour without
+    a complete head. 300 clients each holding 120 unfinished 8 KB headers kept 560 MB in the worker's process
+    (bench/slow_headers.py), enough for an OOM kill that takes the running job with it."""
+    monkeypatch.setattr(health_server, "REQUEST_HEAD_TIMEOUT_S", 0.5, raising=False)
+    state = WorkerState(worker_id="hostile-1", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
+    server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
+    port = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        async with asyncio.timeout(5):
+            while not reader.at_eof():
+                writer.write(b"a")  # a byte every 50 ms: never idle, never done
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await reader.read(1024)
+        _close([writer])
+        response = await probe("127.0.0.1", port)
+        assert (response.status_code, response.json()["status"]) == (200, "ok")
+    finally:
+        await server.stop()

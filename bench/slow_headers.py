@@ -1,0 +1,132 @@
+"""Clients that never finish their request head: what the health server (:8000) and the queue manager hold.
+
+    ./dev python -m bench.slow_headers                      # both servers, 300 clients, 20 s
+    ./dev python -m bench.slow_headers --server health --headers 31 --hold 15
+    cd /tmp && PYTHONPATH=<another checkout> <venv>/bin/python <this file>   # measure another version
+
+Each server runs in its own process (the health server as the worker starts it, the queue manager as
+`python -m queue_manager`); RSS is read from its /proc status (Linux only). Every client sends a request line and
+`--headers` 8000-byte headers (120: just under aiohttp's default limit of 128), never the blank line that ends
+the head, then one more byte every second. Printed: RSS before, once all are connected, after
+`--hold` seconds, and how many connections the server still kept open then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+_URL = re.compile(r'(?:url|port)["=:\s]+"?(?:http://[0-9.]+:)?([0-9]+)')
+HEADER = b"X-Slow-%03d: " + b"a" * 8000 + b"\r\n"
+_HEALTH = """
+import asyncio
+from health.server import HealthServer
+from worker.state import WorkerState
+
+async def main():
+    state = WorkerState(worker_id="bench", provider="verda", version="0", max_idle_polls=10, serverless=True)
+    server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=3600)
+    print("port", await server.start(), flush=True)
+    async with state.beating():
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def rss_mb(pid: int) -> float:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024
+
+
+def start(server: str, scratch: Path) -> tuple[subprocess.Popen[bytes], int]:
+    env = {**os.environ, "LOG_FORMAT": "json"}
+    env.pop("QUEUE_MANAGER_TOKEN", None)
+    if server == "health":
+        command = [sys.executable, "-c", _HEALTH]
+    else:
+        command = [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(scratch / "q.db")]
+    # Its log goes to a file: a pipe nobody reads fills up and stops the server mid-write.
+    log = scratch / "server.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if match := _URL.search(log.read_text()):
+            return process, int(match.group(1))
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the {server} server never printed its port")
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has kept the connection (an answer it sent, a 400, is read past)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as scratch:
+        process, port = start(server, Path(scratch))
+        socks: list[socket.socket] = []
+        try:
+            time.sleep(0.5)
+            before = rss_mb(process.pid)
+            head = b"GET /health HTTP/1.1\r\nHost: bench\r\n" + b"".join(HEADER % i for i in range(headers))
+            for _ in range(clients):
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(head)
+                socks.append(sock)
+            time.sleep(1)
+            held = rss_mb(process.pid)
+            deadline = time.monotonic() + hold_s
+            while time.monotonic() < deadline:
+                for sock in socks:
+                    with contextlib.suppress(OSError):
+                        sock.send(b"a")  # still sending: never idle, never done
+                time.sleep(1)
+            open_after = sum(still_open(sock) for sock in socks)
+            after = rss_mb(process.pid)
+            probe = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
+        finally:
+            for sock in socks:
+                sock.close()
+            process.terminate()
+            process.wait(timeout=10)
+    return {
+        "server": server, "clients": clients, "head_kib": len(head) // 1024, "rss_before_mb": round(before),
+        "rss_held_mb": round(held), "hold_s": hold_s, "open_after_hold": open_after, "rss_after_hold_mb": round(after),
+        "probe": probe,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", choices=["health", "queue", "both"], default="both")
+    parser.add_argument("--clients", type=int, default=300)
+    parser.add_argument("--headers", type=int, default=120)
+    parser.add_argument("--hold", type=float, default=20.0, metavar="SECONDS")
+    args = parser.parse_args()
+    for server in ["health", "queue"] if args.server == "both" else [args.server]:
+        print(run(server, args.clients, args.headers, args.hold), flush=True)
+
+
+if __name__ == "__main__":
+    main()
