@@ -1,5 +1,10 @@
 """Fail fast on directories the container must write to: a mount that uid 10001 cannot write would otherwise give
-a "ready" container whose every job fails at delivery."""
+a "ready" container whose every job fails at delivery.
+
+The check writes a `.write-check-*` file and removes it at once. One left by a process killed in between is
+removed by a later check once it is STALE_WRITE_CHECK_S old by the directory's own clock (the mtime of the new
+probe): OUTPUTS_PATH may be a volume several replicas share, and a younger one may be another replica's check.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+PROBE_PREFIX = ".write-check-"
+STALE_WRITE_CHECK_S = 3600.0  # a live check lives for a few milliseconds
 
 
 def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
@@ -24,13 +32,26 @@ def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
 def _why_unwritable(path: Path) -> str | None:
     try:
         path.mkdir(parents=True, exist_ok=True)  # a missing scratch or outputs folder is made, as before
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        fd, probe = tempfile.mkstemp(dir=path, prefix=PROBE_PREFIX)
     except OSError as exc:
         return exc.strerror or type(exc).__name__
+    with contextlib.suppress(OSError):
+        _remove_stale_probes(path, now=os.fstat(fd).st_mtime)
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
     return None
+
+
+def _remove_stale_probes(path: Path, now: float) -> None:
+    """The `.write-check-*` files of checks killed before they removed theirs (files only, no link followed)."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if not entry.name.startswith(PROBE_PREFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime >= STALE_WRITE_CHECK_S:
+                    os.unlink(entry.path)
 
 
 def _describe(variable: str, path: Path, reason: str) -> str:

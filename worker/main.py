@@ -130,6 +130,7 @@ class Worker:
             shutdown_grace_s=s.shutdown_grace_s, platform_kill_delay_s=s.platform_kill_delay_s,
         )
         self.state.set_phase(Phase.STARTING)
+        await asyncio.to_thread(self.delivery.remove_abandoned)
         try:
             stats = await self.comfy.wait_until_up(
                 s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S, should_stop=self._stop.is_set

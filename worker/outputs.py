@@ -1,4 +1,11 @@
-"""Copy a prompt's result files into OUTPUTS_PATH/<user_id>/<job_id>/, atomically, never outside the root."""
+"""Copy a prompt's result files into OUTPUTS_PATH/<user_id>/<job_id>/, atomically, never outside the root.
+
+A delivery is staged in a folder of its own under OUTPUTS_PATH/.partial/ and renamed into place once every file
+is in it: the job's folder appears whole or not at all. A worker killed mid-delivery (SIGKILL, OOM, a lost
+machine) leaves only its staging folder, which any worker's start removes once it has been left untouched for
+STALE_STAGING_S by the volume's own clock. A live delivery touches its folder every STAGING_TOUCH_S, so the
+folder of a replica still writing, on a volume several replicas share, is never taken for an abandoned one.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,12 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -23,6 +32,11 @@ log = structlog.get_logger()
 CHUNK = 1 << 20
 # Errors of the disk OUTPUTS_PATH is on, not of the job: full, over quota, read-only, failing.
 OUR_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+STAGING_FOLDER = ".partial"  # OUTPUTS_PATH/.partial/: deliveries in progress, never a result
+STAGING_TOUCH_S = 30.0  # a live delivery touches its staging folder this often
+# Untouched this long by the volume's clock, a staging folder's writer is dead: 120 missed touches, far above an
+# NFS client's attribute cache (60 s at most by default) and any clock step.
+STALE_STAGING_S = 3600.0
 
 
 class OutputDeliveryError(Exception):
@@ -87,15 +101,6 @@ def inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
-def _missing_folders(folder: Path, below: Path) -> list[Path]:
-    """folder and those of its ancestors under `below` that do not exist yet."""
-    missing = []
-    while folder != below and folder.is_relative_to(below) and not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
 def remove_empty_parents(folder: Path, keep: Path) -> None:
     """folder and its parents, while they are empty, up to ``keep``: never ``keep`` itself or anything outside it."""
     while folder != keep and folder.is_relative_to(keep):
@@ -104,13 +109,6 @@ def remove_empty_parents(folder: Path, keep: Path) -> None:
         except OSError:  # not empty, gone, or a link
             return
         folder = folder.parent
-
-
-def _remove_empty_folders(folders: set[Path]) -> None:
-    """rmdir, deepest first: a folder that holds anything stays."""
-    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-        with contextlib.suppress(OSError):  # not empty, or never made
-            folder.rmdir()
 
 
 class OutputDelivery:
@@ -132,28 +130,37 @@ class OutputDelivery:
     async def deliver(
         self, history_outputs: dict[str, Any], user_id: str, job_id: str, *, attempt: int | None = None
     ) -> list[DeliveredFile]:
-        """Copy every result file; on any failure (or cancellation) the files already copied are removed, so
-        a job that does not complete leaves nothing that looks like a result."""
+        """Copy every result file into a staging folder, then rename it into place; on any failure (or
+        cancellation) the staging folder goes, so a job that does not complete leaves nothing that looks like
+        a result, and a worker killed midway leaves nothing outside OUTPUTS_PATH/.partial/."""
         job_dir = self.job_dir(user_id, job_id, attempt)
-        delivered: list[DeliveredFile] = []
-        # The folders this delivery creates, removed again if a failure leaves them empty. OUTPUTS_PATH/<user> is
-        # kept, as remove() keeps it: other jobs of the same user are written there at the same time.
-        made = set(_missing_folders(job_dir, below=self.outputs_root / user_id))
+        items = result_files(history_outputs)
+        staging = await asyncio.to_thread(self._new_staging, user_id, job_id)
         try:
-            for item in result_files(history_outputs):
-                delivered.append(await self._deliver_one(item, job_dir, made))
+            async with _kept_fresh(staging):
+                delivered = [await self._deliver_one(item, staging, job_dir) for item in items]
+            await asyncio.to_thread(_publish, staging, job_dir, self.outputs_root / user_id)
         except BaseException:
-            self.remove(delivered)
-            _remove_empty_folders(made)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
         return delivered
 
-    async def _deliver_one(self, item: OutputFile, job_dir: Path, made: set[Path]) -> DeliveredFile:
+    def _new_staging(self, user_id: str, job_id: str) -> Path:
+        folder = self.outputs_root / STAGING_FOLDER
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(dir=folder, prefix=f"{user_id}.{job_id}."))
+        except OSError as exc:
+            problem = f"could not make a staging folder in {folder}: {type(exc).__name__}: {exc}"
+            if exc.errno in OUR_DISK_ERRORS or isinstance(exc, PermissionError):
+                raise OutputsDiskFailed(problem) from exc
+            raise OutputDeliveryError(problem) from exc
+
+    async def _deliver_one(self, item: OutputFile, staging: Path, job_dir: Path) -> DeliveredFile:
         relative = relative_output_path(item.subfolder, item.filename)
-        target = job_dir / relative
-        if not inside(target, job_dir):
+        target = staging / relative
+        if not inside(target, staging):
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
-        made.update(_missing_folders(target.parent, below=job_dir))
         try:
             size, digest = await self._copy(item, relative, target)
         except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged) as exc:
@@ -163,7 +170,20 @@ class OutputDelivery:
             if isinstance(exc, OSError) and exc.errno in OUR_DISK_ERRORS:
                 raise OutputsDiskFailed(problem) from exc
             raise OutputDeliveryError(problem) from exc
-        return DeliveredFile(item.node_id, item.kind, target.relative_to(self.outputs_root).as_posix(), size, digest)
+        final = (job_dir / relative).relative_to(self.outputs_root).as_posix()
+        return DeliveredFile(item.node_id, item.kind, final, size, digest)
+
+    def remove_abandoned(self) -> SweptStaging:
+        """At start: remove what workers killed mid-delivery left in OUTPUTS_PATH/.partial/ (one log line)."""
+        swept = remove_abandoned_deliveries(self.outputs_root)
+        if swept.folders or swept.errors:
+            report = log.warning if swept.errors else log.info
+            report(
+                "Removed abandoned partial deliveries", folders=swept.folders, bytes=swept.bytes,
+                in_progress=swept.kept, not_removed=len(swept.errors), first_error=next(iter(swept.errors), None),
+                staging=str(self.outputs_root / STAGING_FOLDER), stale_after_s=STALE_STAGING_S,
+            )  # fmt: skip
+        return swept
 
     def remove(self, files: list[DeliveredFile]) -> None:
         """Delete delivered files and the folders they leave empty, up to OUTPUTS_PATH/<user>; never outside."""
@@ -180,7 +200,7 @@ class OutputDelivery:
         local = self._local_source(relative)
         if local is not None:
             return await _copy_in_thread(local, target)
-        with _atomic_file(target) as out:
+        with _staged_file(target) as out:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
         return out.size, out.sha256
@@ -215,17 +235,48 @@ class _HashingFile:
 
 
 @contextlib.contextmanager
-def _atomic_file(target: Path) -> Iterator[_HashingFile]:
-    """A temp file beside the target, renamed over it only once complete: readers never see half a file."""
+def _staged_file(target: Path) -> Iterator[_HashingFile]:
+    """The target, in the delivery's staging folder: no reader sees it before the whole folder is published."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    with target.open("wb") as raw:
+        yield _HashingFile(raw)
+
+
+def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
+    """Rename the complete staging folder to the job's folder: one step, so readers see all of it or nothing."""
+    job_folder = job_dir.parent if job_dir.parent != user_dir else None  # <job>/ of an attempt-N/ folder
+    made_job_folder = job_folder is not None and not job_folder.exists()
     try:
-        with os.fdopen(fd, "wb") as raw:
-            yield _HashingFile(raw)
-        os.replace(temp, target)
-    except BaseException:
-        os.unlink(temp)
-        raise
+        job_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, job_dir)
+    except OSError as exc:
+        if made_job_folder:  # OUTPUTS_PATH/<user> stays: other jobs of the user share it
+            with contextlib.suppress(OSError):
+                job_dir.parent.rmdir()
+        problem = f"could not move the delivered files into {job_dir}: {type(exc).__name__}: {exc}"
+        if exc.errno in OUR_DISK_ERRORS:
+            raise OutputsDiskFailed(problem) from exc
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            problem = f"{job_dir} already holds files of another delivery of the same job and attempt"
+        raise OutputDeliveryError(problem) from exc
+
+
+@contextlib.asynccontextmanager
+async def _kept_fresh(staging: Path) -> AsyncIterator[None]:
+    """Touch the staging folder every STAGING_TOUCH_S while the delivery runs: a live writer's folder is never
+    STALE_STAGING_S old, however long one file takes."""
+
+    async def touch() -> None:
+        while True:
+            await asyncio.sleep(STAGING_TOUCH_S)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(os.utime, staging)
+
+    toucher = asyncio.create_task(touch())
+    try:
+        yield
+    finally:
+        toucher.cancel()
 
 
 class _CopyCancelled(Exception):
@@ -238,7 +289,7 @@ class _SourceChanged(Exception):
 
 async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
     """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
-    awaited (one chunk at most), so it leaves no file behind a job handed back or abandoned."""
+    awaited (one chunk at most), so it writes nothing more once the staging folder is removed."""
     stop = threading.Event()
     copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop))
     try:
@@ -247,14 +298,13 @@ async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
         stop.set()
         with contextlib.suppress(Exception):  # stopped, failed or done: the cancellation is what goes on
             await copy
-            await asyncio.to_thread(target.unlink)  # it had finished just as it was cancelled
         raise
 
 
 def _copy_file(source: Path, target: Path, stop: threading.Event) -> tuple[int, str]:
     """The file as it was when opened, or _SourceChanged: a file still being written is not a result, and one
     that grows for ever would hold the job for ever."""
-    with _atomic_file(target) as out, source.open("rb") as src:
+    with _staged_file(target) as out, source.open("rb") as src:
         size = os.fstat(src.fileno()).st_size
         while out.size < size and (chunk := src.read(min(CHUNK, size - out.size))):
             if stop.is_set():
@@ -263,3 +313,60 @@ def _copy_file(source: Path, target: Path, stop: threading.Event) -> tuple[int, 
         if out.size != size or src.read(1):
             raise _SourceChanged(f"{size} bytes when opened, then changed while copied: a node is still writing it")
     return out.size, out.sha256
+
+
+@dataclass
+class SweptStaging:
+    folders: int = 0
+    bytes: int = 0
+    kept: int = 0  # folders of deliveries still in progress (touched within STALE_STAGING_S)
+    errors: list[str] = field(default_factory=list)
+
+
+def remove_abandoned_deliveries(outputs_root: Path, stale_after_s: float = STALE_STAGING_S) -> SweptStaging:
+    """Remove the staging folders under OUTPUTS_PATH/.partial/ that nothing touched for stale_after_s: those of
+    workers killed mid-delivery. Age is read against the volume's own clock (the mtime of a folder made now),
+    so a replica whose clock is off cannot take another's live delivery for an abandoned one."""
+    swept = SweptStaging()
+    staging_root = outputs_root / STAGING_FOLDER
+    if not staging_root.is_dir() or staging_root.is_symlink():
+        return swept
+    try:
+        probe = Path(tempfile.mkdtemp(dir=staging_root, prefix="clock."))
+        now = probe.stat().st_mtime
+        probe.rmdir()
+        entries = list(os.scandir(staging_root))
+    except OSError as exc:
+        swept.errors.append(f"{staging_root}: {exc.strerror or type(exc).__name__}")
+        return swept
+    for entry in entries:
+        try:
+            newest, size = _newest_change(Path(entry.path))
+            if now - newest < stale_after_s:
+                swept.kept += 1
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError as exc:
+            swept.errors.append(f"{entry.path}: {exc.strerror or type(exc).__name__}")
+            continue
+        swept.folders += 1
+        swept.bytes += size
+    return swept
+
+
+def _newest_change(path: Path) -> tuple[float, int]:
+    """The latest mtime of path and of everything under it, and their bytes; no symbolic link is followed."""
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_mtime, info.st_size
+    newest, size = info.st_mtime, 0
+    for folder, subfolders, files in os.walk(path):
+        for name in subfolders:
+            newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+        for name in files:
+            child = os.lstat(os.path.join(folder, name))
+            newest, size = max(newest, child.st_mtime), size + child.st_size
+    return newest, size

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 from supervisor.writable_dirs import unwritable_directories
@@ -31,6 +32,22 @@ def test_writable_and_missing_directories_pass_and_missing_ones_are_made(tmp_pat
     assert unwritable_directories({"OUTPUTS_PATH": existing, "SCRATCH_DIR": missing}) == []
     assert missing.is_dir()
     assert list(existing.iterdir()) == [] and list(missing.iterdir()) == []  # the probe file is gone
+
+
+def test_a_probe_left_by_a_killed_check_goes_once_an_hour_old_and_a_younger_one_stays(tmp_path: Path) -> None:
+    """A SIGKILL between making the probe and removing it left it for ever; on a volume several replicas share,
+    a young one may be another replica's check in progress."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    orphan, in_progress, not_a_probe = outputs / ".write-check-k1ll3d", outputs / ".write-check-l1ve", outputs / "x"
+    for path in (orphan, in_progress, not_a_probe):
+        path.write_bytes(b"")
+    two_hours_ago = time.time() - 7200
+    for path in (orphan, not_a_probe):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    assert unwritable_directories({"OUTPUTS_PATH": outputs}) == []
+    assert sorted(p.name for p in outputs.iterdir()) == [".write-check-l1ve", "x"]
 
 
 def test_a_directory_owned_by_someone_else_is_named_with_owner_mode_uid_and_fix(shared_tmp: Path) -> None:

@@ -32,7 +32,7 @@ async def test_success_copies_and_hashes_outputs(qm, comfy, make_worker, workflo
         assert item["bytes"] == len(data) > 0
         assert item["sha256"] == hashlib.sha256(data).hexdigest()
         assert data == (tmp_path / "comfy-output" / Path(item["path"]).name).read_bytes()
-    assert not list((tmp_path / "outputs").rglob("*.part")), "no temp files left behind"
+    assert not any((tmp_path / "outputs" / ".partial").iterdir()), "no staging folder left behind"
     assert len(json.dumps(result)) < 2000, "file locations and hashes only, never file bytes"
 
     events = [entry["event"] for entry in logs]

@@ -90,7 +90,7 @@ async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(
     assert "could not deliver output never-written.png of node 3" in report.body["error"]
     assert "HTTP 404" in report.body["error"] and "Handed back" not in report.body["error"]
     outputs = tmp_path / "outputs"
-    assert [p.relative_to(outputs).as_posix() for p in outputs.rglob("*")] == ["alice"], "no empty job folder left"
+    assert [p.relative_to(outputs).as_posix() for p in outputs.rglob("*")] == [".partial"], "no job folder left"
 
 
 async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(comfy, tmp_path: Path):
@@ -117,7 +117,7 @@ async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(co
     finally:
         await client.aclose()
     assert sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")) == [
-        "alice", "alice/job-1", "alice/job-1/result.png", "alice/job-2",
+        ".partial", "alice", "alice/job-1", "alice/job-1/result.png", "alice/job-2",
     ]  # fmt: skip
 
 
@@ -129,7 +129,7 @@ async def test_a_stop_during_a_local_copy_hands_the_job_back_and_leaves_no_file(
     worker = make_worker(comfyui_output_dir=comfy.output_dir)
     run = asyncio.create_task(worker.run())
     outputs = tmp_path / "outputs"
-    await wait_for(lambda: any(outputs.rglob("*.part")))  # the copy has started, in its thread
+    await wait_for(lambda: files_under(outputs / ".partial"))  # the copy has started, in its thread
     worker.request_shutdown()
     worker.request_shutdown()
     assert await run == 0

@@ -1,0 +1,129 @@
+"""A worker SIGKILLed at each step of a job, as real processes: `python -m worker` against the ComfyUI stand-in and
+the embedded queue manager with a short lease. Whatever the step, the job ends exactly once (the next worker
+completes it as attempt 2), and OUTPUTS_PATH holds only the files of the result that counts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queue_manager.server import QueueManagerServer
+from standins.comfyui import ComfyUISimulator
+from standins.comfyui_nodes import NodeEnv, NodeResult
+
+REPO = Path(__file__).resolve().parents[2]
+BIG_BYTES = 1 << 30  # sparse: free to make; copying it takes long enough for a kill to land mid-way
+HOUR_S = 3600
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def age(folder: Path, seconds: float) -> None:
+    """Make everything under folder look untouched for `seconds`: what an hour after a SIGKILL looks like."""
+    then = time.time() - seconds
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (then, then), follow_symlinks=False)
+
+
+@pytest.fixture
+async def leased_qm() -> AsyncIterator[QueueManagerServer]:
+    async with QueueManagerServer(lease_timeout_s=1.0, reaper_interval_s=0.2, test_hooks=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path) -> AsyncIterator[ComfyUISimulator]:
+    # No output cache: the retry runs SaveImage again instead of naming the killed attempt's files.
+    sim = ComfyUISimulator(tmp_path / "comfy-output", tmp_path / "comfy-temp", cache_outputs=False)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+async def start_worker(tmp_path: Path, leased_qm: QueueManagerServer, comfy: ComfyUISimulator):
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(name: str) -> asyncio.subprocess.Process:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+            "QUEUE_MANAGER_URL": str(leased_qm.url), "COMFYUI_URL": comfy.url,
+            "COMFYUI_OUTPUT_DIR": str(comfy.output_dir), "OUTPUTS_PATH": str(tmp_path / "outputs"),
+            "WORKER_ID": name, "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1", "WORKER_POLL_INTERVAL": "0.05",
+            "LEASE_HEARTBEAT_S": "0.2", "LOG_FORMAT": "json",
+        }  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def save_big_then_small(comfy: ComfyUISimulator) -> None:
+    """SaveImage names one output: a 1 GiB file the first time, a small one after."""
+    node = comfy.catalogue["SaveImage"]
+    runs = []
+
+    def run(_inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+        runs.append(1)
+        name = "big.bin" if len(runs) == 1 else "small.bin"
+        with open(env.output_dir / name, "wb") as out:
+            out.truncate(BIG_BYTES if len(runs) == 1 else 1000)
+        return NodeResult((), {"images": [{"filename": name, "subfolder": "", "type": "output"}]})
+
+    comfy.catalogue["SaveImage"] = replace(node, run=run)
+
+
+async def test_a_worker_killed_mid_delivery_leaves_nothing_once_its_staging_is_an_hour_old(
+    leased_qm, comfy, start_worker, workflows, tmp_path: Path
+):
+    outputs = tmp_path / "outputs"
+    save_big_then_small(comfy)
+    job = leased_qm.store.submit("alice", workflows["quick"])
+    first = await start_worker("first")
+    await wait_for(lambda: files_under(outputs))  # the copy has started
+    first.kill()
+    await first.wait()
+    assert leased_qm.reports.for_job(job.id) == []
+    age(outputs, 2 * HOUR_S)
+    live = outputs / ".partial" / "bob.job-9.another-replica"  # a live replica's delivery on a shared volume
+    live.mkdir(parents=True)
+    (live / "ComfyUI_00001_.png").write_bytes(b"being written")
+
+    second = await start_worker("second")
+    try:
+        await wait_for(lambda: leased_qm.reports.landed(job.id))
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()
+    [report] = leased_qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    [result] = report.body["result"]["outputs"]
+    assert result["path"] == f"alice/{job.id}/attempt-2/small.bin"
+    assert files_under(outputs) == [
+        ".partial/bob.job-9.another-replica/ComfyUI_00001_.png", f"alice/{job.id}/attempt-2/small.bin",
+    ], "the killed attempt left nothing; the live replica's delivery was not touched"  # fmt: skip
