@@ -55,6 +55,8 @@ class WorkerSettings(LogSettings):
     http_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="HTTP_TIMEOUT_S")
     heartbeat_timeout_s: float = Field(default=120.0, gt=0, le=WEEK_S, validation_alias="HEARTBEAT_TIMEOUT_S")
     warmup_workflow: Path | None = Field(default=None, validation_alias="WARMUP_WORKFLOW")
+    max_job_output_files: int = Field(default=10_000, ge=1, le=1_000_000, validation_alias="MAX_JOB_OUTPUT_FILES")
+    max_job_output_mb: int = Field(default=8192, ge=1, le=1 << 30, validation_alias="MAX_JOB_OUTPUT_MB")
 
     @field_validator("worker_id")
     @classmethod

@@ -34,6 +34,7 @@ from worker.outputs import (
     DeliveredFile,
     OutputDelivery,
     OutputDeliveryError,
+    OutputLimits,
     OutputsDiskFailed,
 )
 from worker.queue_client import PollError, QueueClient, ReportRejected
@@ -71,7 +72,10 @@ class Worker:
         )
         self.comfy = ComfyUIClient(settings.comfyui_base_url, timeout_s=settings.http_timeout_s)
         self.events = EventSocket(self.comfy)
-        self.delivery = OutputDelivery(settings.outputs_path, self.comfy, settings.comfyui_output_dir)
+        self.delivery = OutputDelivery(
+            settings.outputs_path, self.comfy, settings.comfyui_output_dir,
+            OutputLimits(files=settings.max_job_output_files, bytes=settings.max_job_output_mb << 20),
+        )
         self.housekeeping = ComfyUIHousekeeping(
             self.comfy, output_dir=settings.comfyui_output_dir, temp_dir=settings.comfyui_temp_dir,
             outputs_root=settings.outputs_path,

@@ -37,6 +37,8 @@ STAGING_TOUCH_S = 30.0  # a live delivery touches its staging folder this often
 # Untouched this long by the volume's clock, a staging folder's writer is dead: 120 missed touches, far above an
 # NFS client's attribute cache (60 s at most by default) and any clock step.
 STALE_STAGING_S = 3600.0
+NAME_MAX_BYTES = 255  # Linux's NAME_MAX: the longest name of one file or folder
+PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<job>/attempt-N/ comes on top
 
 
 class OutputDeliveryError(Exception):
@@ -49,6 +51,29 @@ class ComfyUILostDuringDelivery(OutputDeliveryError):
 
 class OutputsDiskFailed(OutputDeliveryError):
     """Not the job's fault: the disk under OUTPUTS_PATH refused the write (full, over quota, read-only, failing)."""
+
+
+class OutputsTooLarge(OutputDeliveryError):
+    """The job's own fault: its outputs are more files or more bytes than MAX_JOB_OUTPUT_FILES/_MB allow."""
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    files: int = 10_000
+    bytes: int = 8192 << 20
+
+    def check_count(self, count: int) -> None:
+        if count > self.files:
+            raise OutputsTooLarge(
+                f"the prompt's history lists more than {self.files} output files (MAX_JOB_OUTPUT_FILES); "
+                "nothing was delivered"
+            )
+
+    def too_many_bytes(self, relative: PurePosixPath) -> OutputsTooLarge:
+        return OutputsTooLarge(
+            f"the job's outputs are larger than MAX_JOB_OUTPUT_MB ({self.bytes >> 20} MiB): output "
+            f"{_shown(str(relative))} brings them past it; nothing was delivered"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,9 +96,12 @@ class DeliveredFile:
         return asdict(self)
 
 
-def result_files(history_outputs: dict[str, Any], folder_type: str = "output") -> list[OutputFile]:
-    """Every list entry of that type with a filename: 'output' are the results; 'temp' (previews) are not."""
-    files = []
+def result_files(
+    history_outputs: dict[str, Any], folder_type: str = "output", limits: OutputLimits | None = None
+) -> list[OutputFile]:
+    """Every list entry of that type with a filename: 'output' are the results; 'temp' (previews) are not.
+    With limits: OutputsTooLarge as soon as there are more than limits.files, before more are listed."""
+    files: list[OutputFile] = []
     for node_id, node_output in history_outputs.items():
         if not isinstance(node_output, dict):
             continue
@@ -84,6 +112,8 @@ def result_files(history_outputs: dict[str, Any], folder_type: str = "output") -
                 if isinstance(entry, dict) and entry.get("type") == folder_type and entry.get("filename"):
                     subfolder = str(entry.get("subfolder") or "")
                     files.append(OutputFile(str(node_id), kind, str(entry["filename"]), subfolder))
+                    if limits is not None:
+                        limits.check_count(len(files))
     return files
 
 
@@ -91,10 +121,24 @@ def relative_output_path(subfolder: str, filename: str) -> PurePosixPath:
     """subfolder/filename as ComfyUI named them, refused if it could climb out of a directory."""
     relative = PurePosixPath(subfolder.replace("\\", "/")) / filename.replace("\\", "/")
     if relative.is_absolute() or any(part in ("..", "") for part in relative.parts) or "\0" in str(relative):
-        raise OutputDeliveryError(f"unsafe output path from ComfyUI: subfolder={subfolder!r} filename={filename!r}")
+        raise OutputDeliveryError(
+            f"unsafe output path from ComfyUI: subfolder={_shown(subfolder)!r} filename={_shown(filename)!r}"
+        )
     if not encodes_as_utf8(str(relative)):  # a lone surrogate from ComfyUI's JSON: no file name, nor reportable
-        raise OutputDeliveryError(f"output path from ComfyUI is not valid UTF-8: {str(relative)!a}")
+        raise OutputDeliveryError(f"output path from ComfyUI is not valid UTF-8: {_shown(str(relative))!a}")
+    longest = max(relative.parts, key=lambda part: len(part.encode()))
+    if len(longest.encode()) > NAME_MAX_BYTES or len(str(relative).encode()) > PATH_MAX_BYTES:
+        raise OutputDeliveryError(
+            f"output path from ComfyUI is too long ({len(str(relative).encode())} bytes, a name of "
+            f"{len(longest.encode())}; at most {PATH_MAX_BYTES} and {NAME_MAX_BYTES}): subfolder="
+            f"{_shown(subfolder)!r} filename={_shown(filename)!r}"
+        )
     return relative
+
+
+def _shown(text: str, chars: int = 120) -> str:
+    """A name from ComfyUI as an error shows it: at most `chars` characters."""
+    return text if len(text) <= chars else f"{text[:chars]}… ({len(text)} characters)"
 
 
 def inside(path: Path, root: Path) -> bool:
@@ -112,10 +156,17 @@ def remove_empty_parents(folder: Path, keep: Path) -> None:
 
 
 class OutputDelivery:
-    def __init__(self, outputs_root: Path, comfy: ComfyUIClient, comfyui_output_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        outputs_root: Path,
+        comfy: ComfyUIClient,
+        comfyui_output_dir: Path | None = None,
+        limits: OutputLimits = OutputLimits(),
+    ) -> None:
         self.outputs_root = outputs_root
         self.comfy = comfy
         self.comfyui_output_dir = comfyui_output_dir
+        self.limits = limits
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
         """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
@@ -134,11 +185,14 @@ class OutputDelivery:
         cancellation) the staging folder goes, so a job that does not complete leaves nothing that looks like
         a result, and a worker killed midway leaves nothing outside OUTPUTS_PATH/.partial/."""
         job_dir = self.job_dir(user_id, job_id, attempt)
-        items = result_files(history_outputs)
+        items = result_files(history_outputs, limits=self.limits)
         staging = await asyncio.to_thread(self._new_staging, user_id, job_id)
+        delivered: list[DeliveredFile] = []
         try:
             async with _kept_fresh(staging):
-                delivered = [await self._deliver_one(item, staging, job_dir) for item in items]
+                for item in items:
+                    allowance = self.limits.bytes - sum(file.bytes for file in delivered)
+                    delivered.append(await self._deliver_one(item, staging, job_dir, allowance))
             await asyncio.to_thread(_publish, staging, job_dir, self.outputs_root / user_id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -156,13 +210,16 @@ class OutputDelivery:
                 raise OutputsDiskFailed(problem) from exc
             raise OutputDeliveryError(problem) from exc
 
-    async def _deliver_one(self, item: OutputFile, staging: Path, job_dir: Path) -> DeliveredFile:
+    async def _deliver_one(self, item: OutputFile, staging: Path, job_dir: Path, allowance: int) -> DeliveredFile:
+        """One file into the staging folder; OutputsTooLarge before more than `allowance` bytes are written."""
         relative = relative_output_path(item.subfolder, item.filename)
         target = staging / relative
         if not inside(target, staging):
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
         try:
-            size, digest = await self._copy(item, relative, target)
+            size, digest = await self._copy(item, relative, target, allowance)
+        except _OverAllowance:
+            raise self.limits.too_many_bytes(relative) from None
         except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged) as exc:
             problem = f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
             if isinstance(exc, ComfyUIUnavailable):
@@ -196,11 +253,13 @@ class OutputDelivery:
                 path.unlink()
             remove_empty_parents(path.parent, keep=root / path.relative_to(root).parts[0])  # OUTPUTS_PATH/<user>
 
-    async def _copy(self, item: OutputFile, relative: PurePosixPath, target: Path) -> tuple[int, str]:
+    async def _copy(
+        self, item: OutputFile, relative: PurePosixPath, target: Path, allowance: int
+    ) -> tuple[int, str]:
         local = self._local_source(relative)
         if local is not None:
-            return await _copy_in_thread(local, target)
-        with _staged_file(target) as out:
+            return await _copy_in_thread(local, target, allowance)
+        with _staged_file(target, allowance) as out:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
         return out.size, out.sha256
@@ -218,13 +277,20 @@ class OutputDelivery:
         return None
 
 
+class _OverAllowance(Exception):
+    """More bytes than the job's outputs may still take: nothing past the allowance was written."""
+
+
 class _HashingFile:
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, allowance: int) -> None:
         self._raw = raw
         self._digest = hashlib.sha256()
         self.size = 0
+        self.allowance = allowance
 
     def write(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > self.allowance:
+            raise _OverAllowance
         self._raw.write(chunk)
         self._digest.update(chunk)
         self.size += len(chunk)
@@ -235,11 +301,11 @@ class _HashingFile:
 
 
 @contextlib.contextmanager
-def _staged_file(target: Path) -> Iterator[_HashingFile]:
+def _staged_file(target: Path, allowance: int) -> Iterator[_HashingFile]:
     """The target, in the delivery's staging folder: no reader sees it before the whole folder is published."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("wb") as raw:
-        yield _HashingFile(raw)
+        yield _HashingFile(raw, allowance)
 
 
 def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
@@ -287,11 +353,11 @@ class _SourceChanged(Exception):
     """The file changed size while it was copied: something is still writing it."""
 
 
-async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
+async def _copy_in_thread(source: Path, target: Path, allowance: int) -> tuple[int, str]:
     """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
     awaited (one chunk at most), so it writes nothing more once the staging folder is removed."""
     stop = threading.Event()
-    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop))
+    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop, allowance))
     try:
         return await asyncio.shield(copy)
     except asyncio.CancelledError:
@@ -301,11 +367,13 @@ async def _copy_in_thread(source: Path, target: Path) -> tuple[int, str]:
         raise
 
 
-def _copy_file(source: Path, target: Path, stop: threading.Event) -> tuple[int, str]:
+def _copy_file(source: Path, target: Path, stop: threading.Event, allowance: int) -> tuple[int, str]:
     """The file as it was when opened, or _SourceChanged: a file still being written is not a result, and one
-    that grows for ever would hold the job for ever."""
-    with _staged_file(target) as out, source.open("rb") as src:
+    that grows for ever would hold the job for ever. _OverAllowance before a byte of a file too large is copied."""
+    with _staged_file(target, allowance) as out, source.open("rb") as src:
         size = os.fstat(src.fileno()).st_size
+        if size > allowance:
+            raise _OverAllowance
         while out.size < size and (chunk := src.read(min(CHUNK, size - out.size))):
             if stop.is_set():
                 raise _CopyCancelled

@@ -213,3 +213,84 @@ async def test_an_output_still_being_written_fails_the_job_instead_of_being_copi
     assert "could not deliver output recording.bin of node 3" in report.body["error"]
     assert "then changed while copied: a node is still writing it" in report.body["error"]
     assert files_under(tmp_path / "outputs") == []
+
+
+def listing(*entries: tuple[str, str]) -> dict[str, Any]:
+    return {"images": [{"filename": name, "subfolder": sub, "type": "output"} for sub, name in entries]}
+
+
+async def test_a_history_listing_more_files_than_max_job_output_files_fails_the_job_before_copying_any(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    def many(env: NodeEnv) -> dict[str, Any]:
+        for index in range(50):
+            (env.output_dir / f"frame_{index:03}.png").write_bytes(b"png")
+        return listing(*(("", f"frame_{index:03}.png") for index in range(50)))
+
+    hostile_save_image(comfy, many)
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker(max_job_output_files=20).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "lists more than 20 output files (MAX_JOB_OUTPUT_FILES)" in report.body["error"]
+    assert "Handed back" not in report.body["error"], "the job's own outputs: failed, not retried"
+    assert comfy.view_requests == [] and files_under(tmp_path / "outputs") == []
+
+
+@pytest.mark.parametrize("over_view", [False, True], ids=["local copy", "over /view"])
+async def test_outputs_larger_than_max_job_output_mb_fail_the_job_and_leave_nothing(
+    qm, comfy, make_worker, workflows, tmp_path: Path, over_view: bool
+):
+    def two(env: NodeEnv) -> dict[str, Any]:
+        (env.output_dir / "small.png").write_bytes(bytes(600 << 10))
+        with open(env.output_dir / "huge.bin", "wb") as out:
+            out.truncate((600 << 10) if over_view else BIG_BYTES)  # 1.2 MiB in all over /view
+        return listing(("", "small.png"), ("", "huge.bin"))
+
+    hostile_save_image(comfy, two)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(max_job_output_mb=1, comfyui_output_dir=None if over_view else comfy.output_dir)
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "outputs are larger than MAX_JOB_OUTPUT_MB (1 MiB): output huge.bin brings them past it" in (
+        report.body["error"]
+    )
+    assert files_under(tmp_path / "outputs") == []
+
+
+async def test_a_10_kb_output_name_fails_the_job_with_a_short_error_naming_it(qm, comfy, make_worker, workflows):
+    name = "x" * 10_000 + ".png"
+    hostile_save_image(comfy, lambda _env: listing(("", name)))
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    error = report.body["error"]
+    assert report.endpoint == "fail-job"
+    assert "output path from ComfyUI is too long (10004 bytes, a name of 10004; at most 1024 and 255)" in error
+    assert "filename='xxxx" in error and "(10004 characters)" in error
+    assert len(error) < 600, f"the name is shown cut, not in full ({len(error)} characters)"
+
+
+@pytest.mark.parametrize(
+    ("subfolder", "filename"),
+    [
+        ("", "../../../escape.png"),
+        ("../..", "escape.png"),
+        ("/etc", "passwd"),
+        ("", "/etc/passwd"),
+        ("a\0b", "x.png"),
+        ("", "x\0.png"),
+        ("sub\\..\\..", "x.png"),
+    ],
+)
+async def test_an_output_path_that_could_leave_its_folder_fails_the_job_and_writes_nothing(
+    qm, comfy, make_worker, workflows, tmp_path: Path, subfolder: str, filename: str
+):
+    hostile_save_image(comfy, lambda _env: listing((subfolder, filename)))
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "unsafe output path from ComfyUI" in report.body["error"]
+    assert not (tmp_path / "escape.png").exists() and files_under(tmp_path / "outputs") == []
