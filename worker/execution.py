@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 
 from worker.comfyui import (
+    MAX_COMFYUI_MESSAGE_BYTES,
     MIN_QUESTION_S,
     ComfyUIClient,
     ComfyUIUnavailable,
@@ -67,6 +68,17 @@ class PromptLost(Exception):
     pass
 
 
+class EventsTooLarge(ReplyTooLarge):
+    """The prompt's `executed` events together past MAX_COMFYUI_MESSAGE_BYTES: the workflow's doing, as a history
+    entry that large would be (it repeats them)."""
+
+    def __init__(self) -> None:
+        Exception.__init__(
+            self, f"ComfyUI's `executed` events of the prompt are larger than "
+            f"{MAX_COMFYUI_MESSAGE_BYTES / (1 << 20):g} MiB, the most the worker holds"
+        )  # fmt: skip
+
+
 @dataclass
 class _Terminal:
     event: str
@@ -109,7 +121,9 @@ class PromptRun:
         self._submitted_at = 0.0
         self._started_at: float | None = None
         self._heard_at = time.monotonic()  # the last time ComfyUI answered anything, over HTTP or the websocket
-        self._executed_outputs: dict[str, Any] = {}
+        self._executed_outputs: dict[str, Any] = {}  # node id -> output, in case the history entry never comes
+        self._executed_sizes: dict[str, int] = {}  # node id -> bytes of the event its output came in
+        self._executed_bytes = 0
         self._interrupt_sent = False
         self._warnings: list[str] = []
 
@@ -251,7 +265,7 @@ class PromptRun:
                 continue
             if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
                 continue  # not an event of ComfyUI's shape: nothing to learn from it
-            terminal = self._on_event(event.get("type"), event["data"])
+            terminal = self._on_event(event.get("type"), event["data"], len(message.data))
             if terminal is not None:
                 return terminal
             if self._is_finished_marker(event):
@@ -265,7 +279,9 @@ class PromptRun:
             and data.get("prompt_id") == self.prompt_id and data.get("node") is None
         )
 
-    def _on_event(self, kind: str | None, data: dict[str, Any]) -> _Terminal | None:
+    def _on_event(self, kind: str | None, data: dict[str, Any], size: int = 0) -> _Terminal | None:
+        """What the event says of this prompt; EventsTooLarge when the outputs it would keep pass the bound (a
+        custom node may send any number of `executed` events, each naming another node)."""
         if data.get("prompt_id") != self.prompt_id:
             return None
         if kind == "execution_start":
@@ -273,7 +289,11 @@ class PromptRun:
         elif kind == "executing" and data.get("node") is not None:
             log.debug("Executing node", prompt_id=self.prompt_id, node=data.get("node"))
         elif kind == "executed" and isinstance(data.get("output"), dict):
-            self._executed_outputs[str(data.get("node"))] = data["output"]
+            node = str(data.get("node"))
+            self._executed_bytes += size - self._executed_sizes.get(node, 0)
+            if self._executed_bytes > MAX_COMFYUI_MESSAGE_BYTES:
+                raise EventsTooLarge
+            self._executed_outputs[node], self._executed_sizes[node] = data["output"], size
         elif kind in TERMINAL_EVENTS:
             return _Terminal(kind, data)
         return None

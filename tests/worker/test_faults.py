@@ -714,3 +714,29 @@ async def test_an_unexpected_error_hands_the_job_back_and_the_worker_goes_on(qm,
     assert error.startswith("Handed back: worker test-worker hit an unexpected error: RuntimeError: a bug no test")
     [copy] = [j for j in qm.store.list() if j.id != first.id]
     assert qm.store.get(copy.id).status == "completed", "the copy ran on the same worker, which went on"
+
+
+async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_piling_up_in_memory(
+    qm, comfy, make_worker, workflows, monkeypatch
+):
+    """A custom node may send any number of `executed` events for the running prompt, each naming another node;
+    the worker kept every one's output until the prompt ended (a fallback for a missing history entry)."""
+    import worker.execution
+
+    monkeypatch.setattr(worker.execution, "MAX_COMFYUI_MESSAGE_BYTES", 64 << 10, raising=False)
+    save = comfy.catalogue["SaveImage"]
+
+    def chatty(inputs, env):
+        for index in range(40):  # 40 x 4 KiB: more than the 64 KiB the worker may hold
+            output = {"text": ["x" * 4096]}
+            event = {"node": f"spoof-{index}", "output": output, "prompt_id": comfy.running_prompt_id}
+            comfy.send_sync("executed", event)
+        return save.run(inputs, env)
+
+    comfy.catalogue["SaveImage"] = replace(save, run=chatty)
+    job = qm.store.submit("alice", workflows["slow"])
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job", report.body
+    assert "ComfyUI's `executed` events of the prompt are larger than 0.0625 MiB" in report.body["error"]
+    assert "so the workflow made it that large" in report.body["error"]
