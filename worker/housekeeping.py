@@ -10,6 +10,11 @@ default (classic) cache holds only the nodes of its latest prompt, and a prompt 
 every output node it has, so a result file can go once a later prompt succeeded without naming it. With
 --cache-lru or --cache-ram ComfyUI may replay the outputs of any earlier prompt: result files are then kept.
 Previews (`temp`) are never read back by the worker: they go as soon as their prompt is over.
+
+No job may deliver more than MAX_JOB_OUTPUT_FILES results, so no more than that many are kept for a replay: a
+prompt that named more has its files deleted at once, and failed prompts in a row that named more together have
+all but the latest one's deleted. Otherwise the names the worker keeps (a set in memory) grew with every failed
+prompt until the next success, however many files each one named.
 """
 
 from __future__ import annotations
@@ -52,9 +57,16 @@ def caches_earlier_prompts(argv: object) -> bool | None:
 
 class ComfyUIHousekeeping:
     def __init__(
-        self, comfy: ComfyUIClient, *, output_dir: Path | None, temp_dir: Path | None, outputs_root: Path
+        self,
+        comfy: ComfyUIClient,
+        *,
+        output_dir: Path | None,
+        temp_dir: Path | None,
+        outputs_root: Path,
+        max_files: int = 10_000,
     ) -> None:
         self.comfy = comfy
+        self.max_files = max_files
         self.outputs_root = outputs_root
         self.output_dir = self._deletable(output_dir, "COMFYUI_OUTPUT_DIR")
         self.temp_dir = self._deletable(temp_dir, "COMFYUI_TEMP_DIR")
@@ -107,11 +119,12 @@ class ComfyUIHousekeeping:
             doomed += [(self.temp_dir, relative) for relative in sorted(_named(outputs, "temp"))]
         if self.output_dir is not None:
             named = _named(outputs, "output")
-            if succeeded:
-                doomed += [(self.output_dir, relative) for relative in sorted(self._replayable - named)]
-                self._replayable = named
-            else:
-                self._replayable |= named
+            keep = named if len(named) <= self.max_files else set()  # more than a job may deliver: never replayed
+            kept = keep if succeeded else self._replayable | keep
+            if len(kept) > self.max_files:  # failed prompts in a row: the latest one's are kept
+                kept = keep
+            doomed += [(self.output_dir, relative) for relative in sorted((self._replayable | named) - kept)]
+            self._replayable = kept
         return doomed
 
     def _delete(self, files: list[tuple[Path, PurePosixPath]]) -> None:

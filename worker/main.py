@@ -78,7 +78,7 @@ class Worker:
         )
         self.housekeeping = ComfyUIHousekeeping(
             self.comfy, output_dir=settings.comfyui_output_dir, temp_dir=settings.comfyui_temp_dir,
-            outputs_root=settings.outputs_path,
+            outputs_root=settings.outputs_path, max_files=settings.max_job_output_files,
         )
         self.deadline = ShutdownDeadline(settings.platform_kill_delay_s)
         self.reporter = Reporter(self.queue, self.state, self.deadline, max_job_attempts=settings.max_job_attempts)

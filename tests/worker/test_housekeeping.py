@@ -255,3 +255,51 @@ async def test_a_comfyui_caching_earlier_prompts_keeps_its_result_files(qm, make
 )
 def test_which_comfyui_arguments_cache_earlier_prompts(argv, caches):
     assert caches_earlier_prompts(argv) is caches
+
+
+async def test_failed_prompts_in_a_row_keep_at_most_max_job_output_files_for_a_replay(
+    qm, comfy, make_worker, workflows
+):
+    """Each failed prompt's results were kept (their names in memory, the files on disk) until the next success,
+    however many: a run of failing jobs naming thousands of files each grew the worker without bound."""
+    save = comfy.catalogue["SaveImage"]
+    runs: list[int] = []
+
+    def eight_files(_inputs, env) -> NodeResult:
+        runs.append(1)
+        names = [f"run{len(runs)}_{index}.png" for index in range(8)]
+        for name in names:
+            (env.output_dir / name).write_bytes(b"png")
+        return NodeResult((), {"images": [{"filename": n, "subfolder": "", "type": "output"} for n in names]})
+
+    comfy.catalogue["SaveImage"] = replace(save, run=eight_files)
+    comfy.inject_error("out of coffee", node_id="30", prompts=3)
+    jobs = []
+    for color in range(3):  # each its own image: nothing replayed from ComfyUI's cache
+        workflow = saves_then_fails()
+        workflow["10"]["inputs"]["color"] = color
+        jobs.append(qm.store.submit("bob", workflow))
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, max_job_output_files=10)
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert [qm.store.get(job.id).status for job in jobs] == ["failed"] * 3
+    assert files_under(comfy.output_dir) == {f"run3_{index}.png" for index in range(8)}, (
+        "16 names are more than a job may deliver: the earlier prompt's files went"
+    )
+
+
+async def test_a_prompt_naming_more_files_than_a_job_may_deliver_has_them_deleted_at_once(
+    qm, comfy, make_worker, workflows
+):
+    save = comfy.catalogue["SaveImage"]
+
+    def thirty_files(_inputs, env) -> NodeResult:
+        names = [f"frame_{index}.png" for index in range(30)]
+        for name in names:
+            (env.output_dir / name).write_bytes(b"png")
+        return NodeResult((), {"images": [{"filename": n, "subfolder": "", "type": "output"} for n in names]})
+
+    comfy.catalogue["SaveImage"] = replace(save, run=thirty_files)
+    job = qm.store.submit("bob", quick(workflows, 3))
+    assert await make_worker(comfyui_output_dir=comfy.output_dir, max_job_output_files=10).run() == 0
+    assert "MAX_JOB_OUTPUT_FILES" in qm.reports.landed(job.id)[0].body["error"]
+    assert files_under(comfy.output_dir) == set(), "no job could ever deliver them: nothing is kept for a replay"
