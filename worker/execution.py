@@ -84,6 +84,7 @@ class _Terminal:
     event: str
     data: dict[str, Any]
     history: dict[str, Any] | None = None
+    history_awaited: bool = False  # history is None after waiting history_wait_s for it
 
 
 def terminal_from_history(entry: dict[str, Any]) -> _Terminal:
@@ -152,6 +153,8 @@ class PromptRun:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     terminal = await self._follow()
+                    while not await self._confirmed(terminal):
+                        terminal = await self._follow()
             except TimeoutError:
                 return await self._after_deadline()
             return await self._outcome(terminal)
@@ -331,16 +334,36 @@ class PromptRun:
             execution_s=self._elapsed(), comfyui_stuck=stuck, outputs=dict(self._executed_outputs),
         )
 
+    async def _confirmed(self, terminal: _Terminal) -> bool:
+        """False when ComfyUI still runs or queues the prompt whose success the websocket announced with no history
+        entry following: a custom node sent the event (any node may), and the prompt's real end is still to come.
+        Without this the job completed with the outputs seen so far while its prompt ran on."""
+        if terminal.event != "execution_success" or terminal.history is not None:
+            return True
+        await self._wait_for_finished_marker()
+        terminal.history, terminal.history_awaited = await self._wait_for_history(), True
+        if terminal.history is not None:
+            return True
+        with contextlib.suppress(ComfyUIUnavailable):
+            running, pending = await self._ask(self.comfy.queued_prompt_ids())
+            if self.prompt_id in running | pending:
+                log.warning("ComfyUI still runs the prompt its websocket said had succeeded; following it on",
+                            prompt_id=self.prompt_id)  # fmt: skip
+                return False
+        return True
+
     async def _outcome(self, terminal: _Terminal) -> Outcome:
         queue_s = self._started_at - self._submitted_at if self._started_at else None
         outcome = Outcome(
             "success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed(), warnings=self._warnings
         )
         data = terminal.data
-        if terminal.history is None:  # the prompt is over in ComfyUI once its history entry is written
+        if terminal.history is None and not terminal.history_awaited:  # over once its history entry is written
             await self._wait_for_finished_marker()
         if terminal.event == "execution_success":
-            entry = terminal.history or await self._wait_for_history()
+            entry = terminal.history
+            if entry is None and not terminal.history_awaited:
+                entry = await self._wait_for_history()
             outputs = entry.get("outputs") if entry else None
             if entry is None or (outputs is not None and not isinstance(outputs, dict)):
                 log.warning("History never appeared or has no outputs object; using outputs from websocket events",

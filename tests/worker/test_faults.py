@@ -740,3 +740,23 @@ async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_pi
     assert report.endpoint == "fail-job", report.body
     assert "ComfyUI's `executed` events of the prompt are larger than 0.0625 MiB" in report.body["error"]
     assert "so the workflow made it that large" in report.body["error"]
+
+
+async def test_a_premature_execution_success_does_not_complete_a_job_whose_prompt_still_runs(
+    qm, comfy, make_worker, workflows
+):
+    """A custom node sends `execution_success` for the running prompt long before it ends (any node may call
+    send_sync): the job must end with the prompt's real outputs, not as a success with none."""
+    blur = comfy.catalogue["ImageBlur"]
+    comfy.node_seconds["ImageBlur"] = 2.5  # the real end comes past the worker's 2 s wait for the history
+
+    def says_it_is_done(inputs, env):
+        comfy.send_sync("execution_success", {"prompt_id": comfy.running_prompt_id, "timestamp": 0})
+        return blur.run(inputs, env)
+
+    comfy.catalogue["ImageBlur"] = replace(blur, run=says_it_is_done)
+    job = qm.store.submit("alice", workflows["slow"])
+    assert await asyncio.wait_for(make_worker().run(), 20) == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    assert [o["kind"] for o in report.body["result"]["outputs"]] == ["images"], "the SaveImage result is delivered"
