@@ -127,3 +127,58 @@ async def test_a_worker_killed_mid_delivery_leaves_nothing_once_its_staging_is_a
     assert files_under(outputs) == [
         ".partial/bob.job-9.another-replica/ComfyUI_00001_.png", f"alice/{job.id}/attempt-2/small.bin",
     ], "the killed attempt left nothing; the live replica's delivery was not touched"  # fmt: skip
+
+
+async def kill_after_the_poll(qm, comfy, outputs: Path, job_id: str) -> None:
+    """The poll took the job; the answer is held, so the worker dies before it queues anything."""
+    await wait_for(lambda: qm.store.get(job_id).status == "running")
+    assert comfy.prompts_received == []
+
+
+async def kill_while_comfyui_runs_it(qm, comfy, outputs: Path, job_id: str) -> None:
+    await comfy.wait_until_frozen()  # queued on ComfyUI, followed over the websocket
+
+
+async def kill_between_delivery_and_report(qm, comfy, outputs: Path, job_id: str) -> None:
+    await wait_for(lambda: (outputs / "alice" / job_id).is_dir())  # published; the report is held
+    await asyncio.sleep(0.3)
+    assert qm.reports.landed(job_id) == []
+
+
+@pytest.mark.parametrize(
+    ("workflow", "before", "kill_point"),
+    [
+        ("quick", lambda qm, comfy: qm.faults.inject("next-job", after=True, delay_s=5, drop=True),
+         kill_after_the_poll),
+        ("slow", lambda qm, comfy: comfy.freeze(class_type="ImageBlur"), kill_while_comfyui_runs_it),
+        ("quick", lambda qm, comfy: qm.faults.inject("complete-job", delay_s=5, drop=True),
+         kill_between_delivery_and_report),
+    ],
+    ids=["after the poll", "while ComfyUI runs it", "between delivery and report"],
+)
+async def test_a_job_whose_worker_is_killed_at_any_step_ends_exactly_once_completed_by_the_next(
+    leased_qm, comfy, start_worker, workflows, tmp_path: Path, workflow, before, kill_point
+):
+    outputs = tmp_path / "outputs"
+    job = leased_qm.store.submit("alice", workflows[workflow])
+    before(leased_qm, comfy)
+    first = await start_worker("first")
+    await kill_point(leased_qm, comfy, outputs, job.id)
+    first.kill()
+    await first.wait()
+    comfy.release()
+
+    second = await start_worker("second")
+    try:
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
+        await asyncio.sleep(0.5)  # room for a second report, were one ever sent
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await second.wait() == 0
+    [report] = leased_qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    done = leased_qm.store.get(job.id)
+    assert (done.status, done.attempt, done.worker_id) == ("completed", 2, "second")
+    for item in report.body["result"]["outputs"]:
+        assert item["path"].startswith(f"alice/{job.id}/attempt-2/") and (outputs / item["path"]).is_file()
+    assert not any((outputs / ".partial").iterdir())
