@@ -6,6 +6,7 @@ Runs the production CLI in a child process and reads its /proc status (Linux onl
   unauthenticated  a token is set; three 50 MB complete-job posts without it (they must be refused unread)
   oversized-submit one 50 MB POST /api/jobs whose workflow is a string (a 422 that must not echo it)
   result-50MB      one 50 MB complete-job for an unknown job (a legal size: read, parsed, answered 404)
+  20-concurrent    twenty of those at once (each route bounds its own body; what bounds them together?)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -49,20 +51,27 @@ def start(db: Path, token: str | None) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("the queue manager never printed its URL")
 
 
-def scenario(name: str, token: str | None, posts: list[tuple[str, dict[str, str], bytes]]) -> dict[str, object]:
+def post(url: str, path: str, params: dict[str, str], body: bytes) -> str:
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            response = client.post(path, params=params, content=body)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return f"{response.status_code} ({len(response.content)} B answer)"
+
+
+def scenario(
+    name: str, token: str | None, posts: list[tuple[str, dict[str, str], bytes]], *, at_once: bool = False
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch:
         process, url = start(Path(scratch) / "q.db", token)
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
                 client.get("/health")
                 before, _ = rss_mb(process.pid)
-                statuses = []
-                for path, params, body in posts:
-                    try:
-                        response = client.post(path, params=params, content=body)
-                        statuses.append(f"{response.status_code} ({len(response.content)} B answer)")
-                    except httpx.HTTPError as exc:
-                        statuses.append(type(exc).__name__)
+                with ThreadPoolExecutor(max_workers=len(posts) if at_once else 1) as pool:
+                    answers = list(pool.map(lambda post_: post(url, *post_), posts))
+                statuses = [f"{answers.count(answer)} x {answer}" for answer in sorted(set(answers))]
                 time.sleep(1.0)
                 client.get("/health")
                 after, peak = rss_mb(process.pid)
@@ -82,6 +91,7 @@ def main() -> int:
         scenario("unauthenticated", "bench-token", [("/api/workers/complete-job", {"job_id": "j"}, report)] * 3),
         scenario("oversized-submit", None, [("/api/jobs", {}, submit)]),
         scenario("result-50MB", None, [("/api/workers/complete-job", {"job_id": "j"}, report)]),
+        scenario("20-concurrent", None, [("/api/workers/complete-job", {"job_id": "j"}, report)] * 20, at_once=True),
     ]
     print(f"{'scenario':<18} {'RSS before':>11} {'RSS after':>10} {'peak':>8}  answers")
     for run in runs:

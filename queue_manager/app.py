@@ -13,7 +13,7 @@ import functools
 import hmac
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -67,6 +67,12 @@ BODY = web.RequestKey("body", bytearray)
 # A client that sends nothing for this long mid-body has gone or is stalling on purpose, holding what it sent
 # (up to its route's limit); nginx's client_body_timeout is the same idea, 60 s there too.
 BODY_IDLE_TIMEOUT_S = 60.0
+# Bytes of request bodies held at once, across requests: each route bounded its own and nothing bounded them
+# together (20 concurrent 50 MB reports held 1.2 GB). A request reserves its declared length (its route's limit
+# when chunked) before its body is read and keeps it until answered: two of the largest reports fit, and
+# thousands of ordinary ones. One that finds no room within BODY_BUDGET_WAIT_S is 503; the worker retries.
+BODIES_IN_FLIGHT_BYTES = 128 * _MiB
+BODY_BUDGET_WAIT_S = 10.0
 # A worker counts towards total_workers while its last poll is this recent (the peer's heartbeat TTL).
 WORKER_HEARTBEAT_TIMEOUT_S = 60.0
 REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
@@ -104,6 +110,34 @@ class UnreadableBody(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+class BodyBudgetFull(Exception):
+    pass
+
+
+class BodyBudget:
+    """Bytes reserved by the request bodies being read, parsed or stored (BODIES_IN_FLIGHT_BYTES at most)."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S."""
+        try:
+            async with self._changed, asyncio.timeout(BODY_BUDGET_WAIT_S):
+                await self._changed.wait_for(lambda: self.held + size <= BODIES_IN_FLIGHT_BYTES)
+                self.held += size
+        except TimeoutError:
+            raise BodyBudgetFull from None
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.held -= size
+                self._changed.notify_all()
 
 
 async def read_body(request: web.Request) -> bytearray:
@@ -496,6 +530,32 @@ def _auth_middleware(token: str | None) -> Any:
     return require_bearer
 
 
+def _body_budget_middleware(budget: BodyBudget) -> Any:
+    @web.middleware
+    async def bound_bodies_together(request: web.Request, handler: Handler) -> web.StreamResponse:
+        limit = BODY_LIMITS.get(_endpoint(request) or "")
+        declared = request.content_length
+        if limit is None or not request.can_read_body or (declared is not None and declared > limit):
+            return await handler(request)  # nothing to read, or refused (413) unread
+        size = declared if declared is not None else limit
+        try:
+            async with budget.reserve(size):
+                return await handler(request)
+        except BodyBudgetFull:
+            pass
+        log.warning("request_body_budget_full", path=request.path, needs=size, held=budget.held)
+        response = _detail(
+            503,
+            f"Busy: request bodies being read hold {budget.held} of {BODIES_IN_FLIGHT_BYTES} bytes and this one "
+            f"needs {size}; retry shortly",
+        )
+        response.headers["Retry-After"] = "1"
+        response.force_close()  # its body is never read
+        return response
+
+    return bound_bodies_together
+
+
 @web.middleware
 async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -530,7 +590,10 @@ def build_app(
     middlewares = [_auth_middleware(token)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[*middlewares, _fastapi_errors])
+    app = web.Application(
+        client_max_size=MAX_REQUEST_BYTES,
+        middlewares=[*middlewares, _fastapi_errors, _body_budget_middleware(BodyBudget())],
+    )
     # No HEAD: a poll hands out a job, and a safe method (what monitors probe with) must not.
     app.router.add_get("/api/workers/next-job", api.next_job, name="next-job", allow_head=False)
     app.router.add_post("/api/workers/complete-job", api.complete_job, name="complete-job")

@@ -561,3 +561,28 @@ async def test_a_client_dripping_its_headers_is_cut_off(monkeypatch: pytest.Monk
         writer.close()
         async with httpx.AsyncClient(base_url=queue.url) as client:
             assert (await client.get("/health")).json()["status"] == "healthy"
+
+
+async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_503(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each route bounded its own body, nothing bounded them together: 20 concurrent 50 MB reports took the
+    queue manager from 54 MB to 1.2 GB (bench/queue_memory.py, "concurrent"); a hundred would take 5 GB."""
+    monkeypatch.setattr(app, "BODIES_IN_FLIGHT_BYTES", 300_000, raising=False)
+    monkeypatch.setattr(app, "BODY_BUDGET_WAIT_S", 0.3, raising=False)
+    job = queue.store.submit("alice", WORKFLOW)
+    queue.store.pop_next("w", queue.mode)
+    host, port = queue.url.removeprefix("http://").split(":")
+    _, holder = await asyncio.open_connection(host, int(port))
+    holder.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n" + b" " * 1000)
+    await holder.drain()
+    await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+        refused = await client.post("/api/workers/fail-job", params={"job_id": job.id}, content=b" " * 150_000)
+        assert refused.status_code == 503, refused.text[:300]
+        assert refused.json()["detail"].startswith("Busy: request bodies being read")
+        assert queue.store.get(job.id).status is JobStatus.RUNNING
+        holder.close()  # its reservation ends with it
+        await asyncio.sleep(0.1)
+        landed = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": "x" * 9000})
+        assert landed.status_code == 200, landed.text[:300]
