@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -158,12 +159,14 @@ class CostLedger:
     def from_json(cls, raw: dict[str, Any]) -> CostLedger:
         ledger = cls()
         ledger.updated_at = raw.get("updated_at")
-        ledger.alerts = raw.get("alerts")
+        ledger.alerts = _alert_book(raw.get("alerts"))
         ledger.buckets = {
-            str(name): {int(at): float(v) for at, v in buckets.items()} for name, buckets in raw["buckets"].items()
+            str(name): {int(at): saved_number(v, "buckets") for at, v in buckets.items()}
+            for name, buckets in raw["buckets"].items()
         }
         ledger.billed = {
-            str(name): {str(key): float(v) for key, v in billed.items()} for name, billed in raw["billed"].items()
+            str(name): {str(key): saved_number(v, "billed") for key, v in billed.items()}
+            for name, billed in raw["billed"].items()
         }
         return ledger
 
@@ -184,8 +187,30 @@ class CostLedger:
             return cls()
 
 
-# What reading a JSON file of the wrong shape raises: not there, not JSON, a key missing, a value of the wrong type.
-UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+# What reading a JSON file of the wrong shape raises: not there, not JSON (or nested past the parser's depth), a key
+# or an item missing, a value of the wrong type.
+UNREADABLE = (OSError, ValueError, LookupError, TypeError, AttributeError, RecursionError)
+
+
+def _alert_book(raw: Any) -> dict[str, Any] | None:
+    """The alert book as saved (``scaler.alerts.AlertBook.to_json``), checked: the scaler's start reads it."""
+    if raw is None:
+        return None
+    if raw.get("day") is not None:
+        saved_number(raw["day"], "alerts.day")
+    sent = raw.get("sent", [])
+    if not isinstance(sent, list) or not all(isinstance(kind, str) for kind in sent):
+        raise ValueError(f"alerts.sent: {str(sent)[:80]} is not a list of alert kinds")
+    return raw
+
+
+def saved_number(value: Any, name: str) -> float:
+    """A number read back from a saved file. NaN or infinity there is corruption: every sum of spend made from
+    it would be NaN, and a budget compared with NaN never caps anything."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: {value!r} is not a finite number")
+    return number
 
 
 def write_json_atomically(path: Path, content: Any) -> None:

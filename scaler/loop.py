@@ -24,7 +24,7 @@ import structlog
 
 from scaler.billing import SpendLedger
 from scaler.job_duration import DurationFromCounters
-from scaler.ledger import UNREADABLE, set_aside, write_json_atomically
+from scaler.ledger import UNREADABLE, saved_number, set_aside, write_json_atomically
 from scaler.metrics import ScalerMetrics
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
@@ -330,16 +330,18 @@ def _policy_state(raw: dict[str, Any]) -> PolicyState:
     applied = raw.get("applied")
     return PolicyState(
         applied=None if applied is None else _count(applied, "applied"),
-        demand_samples=tuple((float(t), int(n)) for t, n in raw.get("demand_samples", ())),
+        demand_samples=tuple((saved_number(t, "demand_samples"), int(n)) for t, n in raw.get("demand_samples", ())),
         last_work_seen_at=_moment(raw.get("last_work_seen_at"), "last_work_seen_at"),
         last_scale_down_at=_moment(raw.get("last_scale_down_at"), "last_scale_down_at"),
         consecutive_failures=_count(raw.get("consecutive_failures", 0), "consecutive_failures"),
         opening_started_at=_moment(raw.get("opening_started_at"), "opening_started_at"),
-        opening_load=(float(opening_load[0]), int(opening_load[1])),
+        opening_load=(saved_number(opening_load[0], "opening_load"), int(opening_load[1])),
         learned_prewarm=_count(raw.get("learned_prewarm", 0), "learned_prewarm"),
         ledger=SpendLedger(
-            charges=tuple((float(t), float(amount)) for t, amount in ledger.get("charges", ())),
-            billed=tuple(((str(key[0]), float(key[1])), int(count)) for key, count in ledger.get("billed", ())),
+            charges=tuple((saved_number(t, "charges"), saved_number(amount, "charges"))
+                          for t, amount in ledger.get("charges", ())),
+            billed=tuple(((str(key[0]), saved_number(key[1], "billed")), int(count))
+                         for key, count in ledger.get("billed", ())),
         ),
     )
 
@@ -353,4 +355,4 @@ def _count(value: Any, name: str) -> int:
 def _moment(value: Any, name: str) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ValueError(f"{name}={value!r} is not a time")
-    return value
+    return None if value is None else saved_number(value, name)

@@ -129,9 +129,15 @@ def test_ledger_per_second_and_interval_rules():
     assert ledger.spent_since(-1) == pytest.approx(2.15)
 
 
-def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path):
+@pytest.mark.parametrize("content", [
+    "{not json", "[" * 100_000, '{"buckets": {"verda": {"0": NaN}}, "billed": {}}',
+    '{"buckets": {}, "billed": {"verda": {"r1@0": Infinity}}}',
+    '{"buckets": {}, "billed": {}, "alerts": "budget_80"}', '{"buckets": {}, "billed": {}, "alerts": {"sent": [[1]]}}',
+], ids=["not-json", "nested-past-the-parser", "spend-nan", "billed-infinite", "alerts-text", "alert-kind-a-list"])
+def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
+    """A NaN kept would make every spend sum NaN, and a budget compared with NaN caps nothing."""
     path = tmp_path / "ledger.json"
-    path.write_text("{not json")
+    path.write_text(content)
     assert CostLedger.load(path).spent_since(0) == 0
     assert not path.exists()
     assert [p.name.startswith("ledger.json.corrupt-") for p in tmp_path.iterdir()] == [True]

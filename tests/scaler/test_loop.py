@@ -268,8 +268,11 @@ async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run
 @pytest.mark.parametrize(
     "content",
     ['{"applied": 2, "ledger": {"charges": [[1, 0.5', '{"applied": "two"}', '["not", "an", "object"]',
-     '{"demand_samples": [[1, "many"]]}', '{"last_work_seen_at": "yesterday"}', ""],
-    ids=["truncated", "count-as-text", "a-list", "sample-as-text", "time-as-text", "empty"],
+     '{"demand_samples": [[1, "many"]]}', '{"last_work_seen_at": "yesterday"}', "",
+     '{"opening_load": [1]}', '{"ledger": {"billed": [[[], 1]]}}', "[" * 100_000,
+     '{"ledger": {"charges": [[100, NaN]]}}', '{"last_work_seen_at": NaN}', '{"demand_samples": [[Infinity, 1]]}'],
+    ids=["truncated", "count-as-text", "a-list", "sample-as-text", "time-as-text", "empty",
+         "item-missing", "key-too-short", "nested-past-the-parser", "spend-nan", "time-nan", "sample-infinite"],
 )
 async def test_an_unreadable_state_file_is_kept_aside_and_the_scaler_starts_fresh_saying_so(
     make_loop, queue, tmp_path, content
