@@ -167,7 +167,7 @@ class Worker:
             problem = None if outcome.ok else outcome.message
             if outcome.status != "lost" and not outcome.replica_fault:
                 await self._tidy_comfyui(outcome)
-        except (OSError, ValueError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
+        except (OSError, ValueError, RecursionError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if problem:
             log.error("Warm-up failed; the worker stays not ready", path=str(path), error=problem)

@@ -195,6 +195,17 @@ async def test_failed_warmup_leaves_worker_unready_and_serverless_exits(qm, comf
     assert qm.store.last_heartbeat("test-worker") is None, "an unready worker takes no job"
 
 
+@pytest.mark.parametrize("content", ["{not json", "[" * 100_000], ids=["not-json", "nested-past-the-parser"])
+async def test_an_unreadable_warmup_file_leaves_the_worker_unready_saying_why(make_worker, tmp_path, content):
+    path = tmp_path / "warmup.json"
+    path.write_text(content)
+    worker = make_worker(warmup_workflow=path)
+    with capture_logs() as logs:
+        assert await worker.run() == 1
+    failed = [entry for entry in logs if entry["event"] == "Warm-up failed; the worker stays not ready"]
+    assert failed and str(path) == failed[0]["path"]
+
+
 async def test_bearer_token_is_sent_and_never_logged(comfy, make_worker, workflows):
     token = "s3cret-token-value"
     buffer = io.StringIO()
