@@ -240,6 +240,8 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
+    except RecursionError:
+        raise SpecError([f"{path}: nested deeper than the TOML parser reads"]) from None
 
 
 def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:

@@ -100,6 +100,13 @@ def test_a_spec_of_the_wrong_shape_is_refused_naming_the_field_not_a_traceback(
     assert field in problems_for(spec, {**deploy_env, "VERDA_DEPLOYMENT_NAME": "comfy", "VERDA_COMPUTE": "H100"})
 
 
+def test_a_spec_nested_past_the_toml_parser_is_refused_naming_the_file(tmp_path: Path, deploy_env) -> None:
+    spec = tmp_path / "deployment.toml"
+    spec.write_text("env = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    [problem] = problems_for(spec, deploy_env)
+    assert problem.startswith(f"{spec}: ") and "nested" in problem
+
+
 def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:
     digest = "ghcr.io/acme/worker@sha256:" + "a" * 64
     assert load_spec(spec_path, {**deploy_env, "VERDA_IMAGE": digest}).deployment.image == digest
