@@ -228,6 +228,18 @@ def refuse_budget_conflicts(settings: ScalerSettings, backend: Backend, pricing:
     return bool(conflicts)
 
 
+async def _usable_pricing(settings: ScalerSettings, backend: Backend) -> Pricing | int:
+    """The pricing ``run`` and ``once`` decide with; or their exit code, having said why, when the price is not
+    known or the budgets cannot pay for SCALER_MIN_REPLICAS at it."""
+    pricing = await resolve_pricing(settings, backend)
+    if pricing.error:
+        log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
+        return EXIT_FAILED
+    if refuse_budget_conflicts(settings, backend, pricing):
+        return EXIT_USAGE
+    return pricing
+
+
 def _platform_error(exc: Exception) -> str:
     """What went wrong, for stderr: without a secret the provider may have echoed back (print is not scrubbed)."""
     if isinstance(exc, VerdaAPIError) and exc.status in (401, 403):
@@ -259,12 +271,9 @@ async def _run_loop(
     metrics: ScalerMetrics,
     server: MetricsServer,
 ) -> int:
-    pricing = await resolve_pricing(settings, backend)
-    if pricing.error:
-        log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
-        return EXIT_FAILED
-    if refuse_budget_conflicts(settings, backend, pricing):
-        return EXIT_USAGE
+    pricing = await _usable_pricing(settings, backend)
+    if isinstance(pricing, int):
+        return pricing
     config = pricing.config
     if config.billing_aware and config.scale_down_lead_s < VERDA_STOP_GRACE_S + settings.interval_s:
         log.warning(
@@ -304,12 +313,9 @@ async def _run_loop(
 
 async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings) as (backend, queue):
-        pricing = await resolve_pricing(settings, backend)
-        if pricing.error:
-            log.error("price_lookup_failed", error=pricing.error, hint="set SCALER_PRICE_PER_REPLICA_HOUR")
-            return EXIT_FAILED
-        if refuse_budget_conflicts(settings, backend, pricing):
-            return EXIT_USAGE
+        pricing = await _usable_pricing(settings, backend)
+        if isinstance(pricing, int):
+            return pricing
         loop = ScalerLoop(
             pricing.config, backend, queue, dry_run=args.dry_run, interval_s=settings.interval_s,
             tick_deadline_s=settings.tick_deadline_s, failure_alert_after=settings.failure_alert_after,
