@@ -6,9 +6,11 @@
 #   ./deploy-serverless.sh --provider runpod [--dry-run | status | delete --yes]   RunPod pods (docs/providers.md)
 # All logic lives in scaler/deploy/ (command.py dispatches, verda.py deploys); see docs/deploy-verda.md.
 set -euo pipefail
-cd "$(dirname "$0")"
+repo=$(cd "$(dirname "$0")" && pwd)
 PYTHON=python3
-if [ -x .venv/bin/python ]; then
-  PYTHON=.venv/bin/python
+if [ -x "$repo/.venv/bin/python" ]; then
+  PYTHON="$repo/.venv/bin/python"
 fi
-exec "$PYTHON" -m scaler.deploy "$@"
+# Run from the caller's folder, so a relative --spec is the caller's file, not one of the same name here;
+# -P keeps a folder there named like one of ours (scaler/, common/) from being imported instead.
+PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -P -m scaler.deploy "$@"

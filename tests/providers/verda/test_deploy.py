@@ -163,6 +163,22 @@ def test_shell_wrapper_runs_the_module(deploy_env) -> None:
     assert os.access(REPO / "deploy-serverless.sh", os.X_OK)
 
 
+def test_the_shell_wrapper_reads_a_relative_spec_from_the_callers_folder(deploy_env, spec_path, tmp_path) -> None:
+    """Before, the script changed to the repository first: `--spec mine.toml` was looked for there (not found, or
+    worse, a file of the same name there was deployed). A folder of the caller's named like one of our packages
+    is not imported either."""
+    (tmp_path / "mine.toml").write_text(spec_path.read_text().replace(f'name = "{NAME}"', 'name = "mine"', 1))
+    (tmp_path / "scaler").mkdir()
+    (tmp_path / "scaler" / "__init__.py").write_text("raise SystemExit('a scaler/ of the caller was imported')\n")
+    env = {key: value for key, value in os.environ.items() if key != "VERDA_DEPLOYMENT_NAME"} | deploy_env
+    done = subprocess.run(
+        [str(REPO / "deploy-serverless.sh"), "--spec", "mine.toml", "--dry-run"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["name"] == "mine"
+
+
 # --- apply ------------------------------------------------------------------------------------
 
 
