@@ -83,8 +83,10 @@ def make_stopper(settings: ScalerSettings, name: str) -> Backend:
 
 def _runpod(settings: ScalerSettings, build: Callable[[Path, Mapping[str, str]], Backend]) -> Backend:
     # The settings may come from the .env file, which os.environ does not hold; QUEUE_MANAGER_URL for the spec's
-    # env_from_environment, RUNPOD_API_KEY for the client.
+    # env_from_environment, RUNPOD_API_KEY for the client, VERDA_DEPLOYMENT_NAME for the pods' names.
     environ = {"QUEUE_MANAGER_URL": settings.queue_base_url, **os.environ}
+    if "deployment_name" in settings.model_fields_set:
+        environ["VERDA_DEPLOYMENT_NAME"] = settings.deployment_name
     if settings.runpod_api_key is not None:
         environ["RUNPOD_API_KEY"] = settings.runpod_api_key.get_secret_value()
     try:

@@ -11,6 +11,7 @@ import pytest
 from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.cli import main
+from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.providers import VerdaBackend
@@ -108,14 +109,18 @@ async def test_runpod_refusing_capacity_sends_its_shortfall_to_verda(
         await fleet.aclose()
 
 
-@pytest.mark.parametrize("runpod_key_in", ["environment", "dot-env-file", "environment-without-queue-url"])
+@pytest.mark.parametrize(
+    "runpod_key_in", ["environment", "dot-env-file", "environment-without-queue-url", "deployment-name-in-dot-env"]
+)
 async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
     monkeypatch, qm, fake_verda: FakeVerda, fake_runpod: FakeRunPod, verda_credentials, make_verda_client,
     tmp_path: Path, restore_logging, capsys, runpod_key_in,
 ):
     """RUNPOD_API_KEY in the .env file (docs/scaler.md: settings come from either) passed the settings check, but
     the RunPod backend read os.environ alone: `run` refused to start and `stop --all` left RunPod's pods running.
-    Without QUEUE_MANAGER_URL, which the kill switch does not read, the spec's env_from_environment refused too."""
+    Without QUEUE_MANAGER_URL, which the kill switch does not read, the spec's env_from_environment refused too.
+    VERDA_DEPLOYMENT_NAME in the .env file named Verda's deployment but not RunPod's pods: those were looked for
+    under the spec's deployment.name, none found, "runpod: stopped: 0 replicas" and exit 0 with both running."""
     env = {
         "QUEUE_MANAGER_URL": qm.url,
         "VERDA_CLIENT_ID": verda_credentials[0],
@@ -134,6 +139,12 @@ async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
     if runpod_key_in == "dot-env-file":
         (tmp_path / ".env").write_text(f"RUNPOD_API_KEY={env.pop('RUNPOD_API_KEY')}\n")
         monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    if runpod_key_in == "deployment-name-in-dot-env":
+        spec = tmp_path / "deployment.toml"
+        spec.write_text(DEFAULT_SPEC_PATH.read_text().replace(f'name = "{DEPLOYMENT}"', 'name = "spec-name"', 1))
+        env["SCALER_DEPLOY_SPEC"] = str(spec)
+        (tmp_path / ".env").write_text(f"VERDA_DEPLOYMENT_NAME={DEPLOYMENT}\n")
+        monkeypatch.delenv("VERDA_DEPLOYMENT_NAME", raising=False)
     if runpod_key_in == "environment-without-queue-url":
         del env["QUEUE_MANAGER_URL"]
         monkeypatch.delenv("QUEUE_MANAGER_URL", raising=False)
