@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -62,3 +63,14 @@ async def run_module_to_exit(
             process.kill()
             await process.wait()
     return process.returncode, err.decode()
+
+
+async def drip_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, within_s: float = 5) -> None:
+    """Send one more byte every 50 ms (never idle, never done) until the server closes the connection."""
+    async with asyncio.timeout(within_s):
+        while not reader.at_eof():
+            writer.write(b"a")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await reader.read(1024)
+    writer.close()

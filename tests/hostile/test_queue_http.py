@@ -18,6 +18,8 @@ from structlog.testing import capture_logs
 import queue_manager.server
 from queue_manager import JobStatus, QueueManagerServer, app
 
+from ..conftest import drip_until_closed
+
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"seed": 1}}}
 MARKER = "HOSTILE-ECHO-MARKER"
 
@@ -552,13 +554,7 @@ async def test_a_client_dripping_its_headers_is_cut_off(monkeypatch: pytest.Monk
         host, port = queue.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /api/queue/status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        async with asyncio.timeout(5):
-            while not reader.at_eof():
-                writer.write(b"a")  # a byte every 50 ms: never idle, never done
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.05):
-                        await reader.read(1024)
-        writer.close()
+        await drip_until_closed(reader, writer)
         async with httpx.AsyncClient(base_url=queue.url) as client:
             assert (await client.get("/health")).json()["status"] == "healthy"
 
