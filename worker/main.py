@@ -398,6 +398,7 @@ class Worker:
 
     async def _execute(self, job: Job, picked_up: float) -> Report:
         picked_up_at = datetime.now(UTC).isoformat()
+        await asyncio.to_thread(self.delivery.remove_earlier_attempts, job.user_id, job.id, job.attempt)
         run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id)
         try:
             outcome = await run.run(job.workflow)

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -37,6 +38,7 @@ STAGING_TOUCH_S = 30.0  # a live delivery touches its staging folder this often
 # Untouched this long by the volume's clock, a staging folder's writer is dead: 120 missed touches, far above an
 # NFS client's attribute cache (60 s at most by default) and any clock step.
 STALE_STAGING_S = 3600.0
+ATTEMPT_FOLDER = re.compile(r"attempt-([0-9]+)")  # OUTPUTS_PATH/<user>/<job>/attempt-N/: the job's Nth attempt
 NAME_MAX_BYTES = 255  # Linux's NAME_MAX: the longest name of one file or folder
 PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<job>/attempt-N/ comes on top
 
@@ -241,6 +243,36 @@ class OutputDelivery:
                 staging=str(self.outputs_root / STAGING_FOLDER), stale_after_s=STALE_STAGING_S,
             )  # fmt: skip
         return swept
+
+    def remove_earlier_attempts(self, user_id: str, job_id: str, attempt: int | None) -> int:
+        """At the start of attempt N (N >= 2): remove what earlier attempts left in OUTPUTS_PATH/<user>/<job>/
+        (their files, attempt-K/ for K < N), and say how many entries went. The queue manager fenced those
+        attempts off when it handed the job out again, so none of their files can become a result; a worker
+        killed after publishing its delivery and before its report landed left them for ever. Never attempt-M/
+        for M >= N: a later attempt's, should this one be late itself. Best effort: a failure is logged."""
+        if attempt is None or attempt < 2:
+            return 0
+        try:
+            entries = list(os.scandir(self.job_dir(user_id, job_id)))
+        except (OSError, OutputDeliveryError):  # no earlier delivery (the usual case), or an unreadable folder
+            return 0
+        removed = 0
+        for entry in entries:
+            later = ATTEMPT_FOLDER.fullmatch(entry.name)
+            if later and int(later.group(1)) >= attempt and entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError as exc:
+                log.warning("Could not remove a file of an earlier attempt", path=entry.path, error=str(exc))
+                continue
+            removed += 1
+        if removed:
+            log.info("Removed the files of earlier attempts of the job", entries=removed, attempt=attempt)
+        return removed
 
     def remove(self, files: list[DeliveredFile]) -> None:
         """Delete delivered files and the folders they leave empty, up to OUTPUTS_PATH/<user>; never outside."""
