@@ -84,7 +84,7 @@ class _Terminal:
     event: str
     data: dict[str, Any]
     history: dict[str, Any] | None = None
-    history_awaited: bool = False  # history is None after waiting history_wait_s for it
+    settled: bool = False  # the finished marker (and, for a success, the history entry) was already waited for
 
 
 def terminal_from_history(entry: dict[str, Any]) -> _Terminal:
@@ -335,20 +335,24 @@ class PromptRun:
         )
 
     async def _confirmed(self, terminal: _Terminal) -> bool:
-        """False when ComfyUI still runs or queues the prompt whose success the websocket announced with no history
-        entry following: a custom node sent the event (any node may), and the prompt's real end is still to come.
-        Without this the job completed with the outputs seen so far while its prompt ran on."""
-        if terminal.event != "execution_success" or terminal.history is not None:
-            return True
-        await self._wait_for_finished_marker()
-        terminal.history, terminal.history_awaited = await self._wait_for_history(), True
+        """False when ComfyUI still runs or queues the prompt whose end the websocket announced, with neither the
+        finished marker nor (for a success) the history entry following: a custom node sent the event (any node
+        may), and the prompt's real end is still to come. Without this the job ended as a success with the
+        outputs seen so far, or a failure the node made up, while its prompt ran on."""
         if terminal.history is not None:
+            return True
+        ended = await self._wait_for_finished_marker()
+        if terminal.event == "execution_success":
+            terminal.history = await self._wait_for_history()
+            ended = terminal.history is not None
+        terminal.settled = True
+        if ended:
             return True
         with contextlib.suppress(ComfyUIUnavailable):
             running, pending = await self._ask(self.comfy.queued_prompt_ids())
             if self.prompt_id in running | pending:
-                log.warning("ComfyUI still runs the prompt its websocket said had succeeded; following it on",
-                            prompt_id=self.prompt_id)  # fmt: skip
+                log.warning("ComfyUI still runs the prompt its websocket said had ended; following it on",
+                            prompt_id=self.prompt_id, announced=terminal.event)  # fmt: skip
                 return False
         return True
 
@@ -358,11 +362,11 @@ class PromptRun:
             "success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed(), warnings=self._warnings
         )
         data = terminal.data
-        if terminal.history is None and not terminal.history_awaited:  # over once its history entry is written
+        if terminal.history is None and not terminal.settled:  # the prompt is over once its history is written
             await self._wait_for_finished_marker()
         if terminal.event == "execution_success":
             entry = terminal.history
-            if entry is None and not terminal.history_awaited:
+            if entry is None and not terminal.settled:
                 entry = await self._wait_for_history()
             outputs = entry.get("outputs") if entry else None
             if entry is None or (outputs is not None and not isinstance(outputs, dict)):
@@ -395,10 +399,11 @@ class PromptRun:
         outputs = terminal.history.get("outputs") if terminal.history else None
         return outputs if isinstance(outputs, dict) else dict(self._executed_outputs)
 
-    async def _wait_for_finished_marker(self) -> None:
-        """ComfyUI writes the history entry, then sends `executing {node: null}`: waiting for it beats polling."""
+    async def _wait_for_finished_marker(self) -> bool:
+        """ComfyUI writes the history entry, then sends `executing {node: null}`: waiting for it beats polling.
+        True when it came within history_wait_s."""
         if not self.events.is_open:
-            return
+            return False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timings.history_wait_s):
                 while True:
@@ -406,10 +411,11 @@ class PromptRun:
                     if message.type == aiohttp.WSMsgType.BINARY:
                         continue
                     if message.type != aiohttp.WSMsgType.TEXT:
-                        return
+                        return False
                     with contextlib.suppress(ValueError):
                         if self._is_finished_marker(json.loads(message.data)):
-                            return
+                            return True
+        return False
 
     async def _wait_for_history(self) -> dict[str, Any] | None:
         deadline = time.monotonic() + self.timings.history_wait_s

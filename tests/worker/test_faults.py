@@ -742,19 +742,26 @@ async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_pi
     assert "so the workflow made it that large" in report.body["error"]
 
 
-async def test_a_premature_execution_success_does_not_complete_a_job_whose_prompt_still_runs(
-    qm, comfy, make_worker, workflows
+@pytest.mark.parametrize("event", ["execution_success", "execution_error", "execution_interrupted"])
+async def test_a_premature_end_event_does_not_end_a_job_whose_prompt_still_runs(
+    qm, comfy, make_worker, workflows, event
 ):
-    """A custom node sends `execution_success` for the running prompt long before it ends (any node may call
-    send_sync): the job must end with the prompt's real outputs, not as a success with none."""
+    """A custom node sends an end event for the running prompt long before it ends (any node may call send_sync):
+    the job must end as the prompt really does, not as a success with no outputs or a failure it made up."""
     blur = comfy.catalogue["ImageBlur"]
     comfy.node_seconds["ImageBlur"] = 2.5  # the real end comes past the worker's 2 s wait for the history
 
-    def says_it_is_done(inputs, env):
-        comfy.send_sync("execution_success", {"prompt_id": comfy.running_prompt_id, "timestamp": 0})
+    said: list[str] = []
+
+    def says_it_is_over(inputs, env):  # in the first of the workflow's two ImageBlur nodes
+        if not said:
+            said.append(event)
+            data = {"prompt_id": comfy.running_prompt_id, "node_id": "2", "node_type": "ImageBlur",
+                    "exception_type": "RuntimeError", "exception_message": "made up", "timestamp": 0}  # fmt: skip
+            comfy.send_sync(event, data)
         return blur.run(inputs, env)
 
-    comfy.catalogue["ImageBlur"] = replace(blur, run=says_it_is_done)
+    comfy.catalogue["ImageBlur"] = replace(blur, run=says_it_is_over)
     job = qm.store.submit("alice", workflows["slow"])
     assert await asyncio.wait_for(make_worker().run(), 20) == 0
     [report] = qm.reports.landed(job.id)
