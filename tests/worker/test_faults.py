@@ -767,3 +767,32 @@ async def test_a_premature_end_event_does_not_end_a_job_whose_prompt_still_runs(
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     assert [o["kind"] for o in report.body["result"]["outputs"]] == ["images"], "the SaveImage result is delivered"
+
+
+async def test_junk_on_the_websocket_from_a_custom_node_neither_ends_nor_changes_the_job(
+    qm, comfy, make_worker, workflows
+):
+    """Binary frames of unknown types, events of other prompts (their ends, their outputs, their finished
+    markers), events whose data is no object: the job still ends once, with its own outputs only."""
+    blur = comfy.catalogue["ImageBlur"]
+
+    def noisy(inputs, env):
+        other = "another-prompt"
+        comfy.send_sync(1, b"\x00\x00\x00\x02" + b"\x89PNG junk")  # a preview that is no image
+        comfy.send_sync(99, b"\xff" * 1000)  # a binary event type ComfyUI does not have
+        comfy.send_sync("execution_success", {"prompt_id": other})
+        comfy.send_sync("execution_error", {"prompt_id": other, "node_id": "1", "exception_message": "not yours"})
+        listed = {"images": [{"filename": "not-yours.png", "subfolder": "", "type": "output"}]}
+        comfy.send_sync("executed", {"node": "9", "output": listed, "prompt_id": other})
+        comfy.send_sync("executing", {"node": None, "prompt_id": other})
+        comfy.send_sync("status", "a string, not an object")
+        comfy.send_sync("executed", {"node": "9", "output": "not an object", "prompt_id": comfy.running_prompt_id})
+        return blur.run(inputs, env)
+
+    comfy.catalogue["ImageBlur"] = replace(blur, run=noisy)
+    job = qm.store.submit("alice", workflows["slow"])
+    assert await asyncio.wait_for(make_worker().run(), 20) == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    [output] = report.body["result"]["outputs"]
+    assert output["node_id"] == "4" and "not-yours" not in output["path"]
