@@ -429,13 +429,15 @@ def remove_abandoned_deliveries(outputs_root: Path, stale_after_s: float = STALE
     so a replica whose clock is off cannot take another's live delivery for an abandoned one."""
     swept = SweptStaging()
     staging_root = outputs_root / STAGING_FOLDER
-    if not staging_root.is_dir() or staging_root.is_symlink():
-        return swept
     try:
+        if not stat.S_ISDIR(staging_root.lstat().st_mode):  # a link is not followed
+            return swept
         probe = Path(tempfile.mkdtemp(dir=staging_root, prefix="clock."))
         now = probe.stat().st_mtime
         probe.rmdir()
         entries = list(os.scandir(staging_root))
+    except FileNotFoundError:  # no delivery was ever made here
+        return swept
     except OSError as exc:
         swept.errors.append(f"{staging_root}: {exc.strerror or type(exc).__name__}")
         return swept

@@ -182,3 +182,29 @@ async def test_a_job_whose_worker_is_killed_at_any_step_ends_exactly_once_comple
     delivered = sorted(item["path"] for item in report.body["result"]["outputs"])
     assert delivered and all(path.startswith(f"alice/{job.id}/attempt-2/") for path in delivered)
     assert files_under(outputs) == delivered, "nothing of the killed attempt is left, even once it had delivered"
+
+
+def test_an_outputs_path_the_worker_cannot_enter_is_a_warning_at_start_not_a_crash(tmp_path: Path):
+    """Before: the start-up sweep's first look at OUTPUTS_PATH/.partial raised PermissionError out of the
+    worker's start."""
+    import json
+    import tempfile
+
+    from tests.supervisor.conftest import run_as_nobody
+    from worker.outputs import remove_abandoned_deliveries
+
+    if os.getuid() != 0:
+        pytest.skip("needs root, to run the sweep as another user")
+    with tempfile.TemporaryDirectory(prefix="outputs-") as name:
+        outputs = Path(name) / "outputs"
+        (outputs / ".partial").mkdir(parents=True)
+        outputs.chmod(0o700)  # root's: nobody cannot enter it
+        os.chmod(name, 0o755)
+
+        def sweep() -> str:
+            try:
+                return json.dumps(remove_abandoned_deliveries(outputs).errors)
+            except OSError as exc:
+                return f"raised {type(exc).__name__}"
+
+        assert run_as_nobody(sweep) == json.dumps([f"{outputs / '.partial'}: Permission denied"])
