@@ -41,6 +41,9 @@ STALE_STAGING_S = 3600.0
 ATTEMPT_FOLDER = re.compile(r"attempt-([0-9]+)")  # OUTPUTS_PATH/<user>/<job>/attempt-N/: the job's Nth attempt
 NAME_MAX_BYTES = 255  # Linux's NAME_MAX: the longest name of one file or folder
 PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<job>/attempt-N/ comes on top
+# A node id (the workflow's: "3", "12:5" in a subgraph) and an output kind ("images", "gifs", "audio") are named in
+# the report for each file: one of megabytes, from the workflow or a custom node, would be repeated per file.
+MAX_LABEL_CHARS = 256
 
 
 class OutputDeliveryError(Exception):
@@ -70,6 +73,14 @@ class OutputLimits:
                 f"the prompt's history lists more than {self.files} output files (MAX_JOB_OUTPUT_FILES); "
                 "nothing was delivered"
             )
+
+    def check_labels(self, item: OutputFile) -> None:
+        for field_name, value in (("node id", item.node_id), ("output kind", item.kind)):
+            if len(value) > MAX_LABEL_CHARS:
+                raise OutputsTooLarge(
+                    f"a {field_name} in ComfyUI's history is {len(value)} characters long; at most "
+                    f"{MAX_LABEL_CHARS}, as the report names it for each file: {_shown(value, 40)!r}"
+                )
 
     def too_many_bytes(self, relative: PurePosixPath) -> OutputsTooLarge:
         return OutputsTooLarge(
@@ -116,6 +127,7 @@ def result_files(
                     files.append(OutputFile(str(node_id), kind, str(entry["filename"]), subfolder))
                     if limits is not None:
                         limits.check_count(len(files))
+                        limits.check_labels(files[-1])
     return files
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
@@ -294,3 +295,24 @@ async def test_an_output_path_that_could_leave_its_folder_fails_the_job_and_writ
     assert report.endpoint == "fail-job"
     assert "unsafe output path from ComfyUI" in report.body["error"]
     assert not (tmp_path / "escape.png").exists() and files_under(tmp_path / "outputs") == []
+
+
+async def test_a_long_node_id_fails_the_job_instead_of_being_repeated_in_the_report_for_every_file(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    """The node id is the workflow's (client input, up to the 10 MiB a workflow may be) and each delivered file
+    names it in the report: a 3 MB id on a SaveImage of a 4096-image batch made a 12 GB report."""
+    def many(env: NodeEnv) -> dict[str, Any]:
+        for index in range(40):
+            (env.output_dir / f"frame_{index:03}.png").write_bytes(b"png")
+        return listing(*(("", f"frame_{index:03}.png") for index in range(40)))
+
+    hostile_save_image(comfy, many)
+    workflow = json.loads(json.dumps(workflows["quick"]).replace('"3"', '"' + "n" * 100_000 + '"'))
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job", f"a report of {len(json.dumps(report.body))} bytes"
+    error = report.body["error"]
+    assert "node id in ComfyUI's history is 100000 characters long; at most 256" in error and len(error) < 600
+    assert files_under(tmp_path / "outputs") == []
