@@ -134,7 +134,7 @@ class Worker:
             shutdown_grace_s=s.shutdown_grace_s, platform_kill_delay_s=s.platform_kill_delay_s,
         )
         self.state.set_phase(Phase.STARTING)
-        await asyncio.to_thread(self.delivery.remove_abandoned)
+        await self._sweep_staging_if_due()
         try:
             stats = await self.comfy.wait_until_up(
                 s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S, should_stop=self._stop.is_set
@@ -191,6 +191,7 @@ class Worker:
                 break
             if not await self._comfyui_answering():
                 break
+            await self._sweep_staging_if_due()
             try:
                 raw = await self.queue.next_job()
             except PollError as exc:
@@ -216,6 +217,11 @@ class Worker:
             if not self._stop.is_set():
                 self.state.set_phase(Phase.IDLE)
         return self._exit_code()
+
+    async def _sweep_staging_if_due(self) -> None:
+        """At start and hourly between jobs: remove deliveries left by workers killed mid-way (worker/outputs.py)."""
+        if self.delivery.sweep_due():
+            await asyncio.to_thread(self.delivery.remove_abandoned)
 
     async def _comfyui_answering(self) -> bool:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import re
 import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -181,6 +183,7 @@ class OutputDelivery:
         self.comfy = comfy
         self.comfyui_output_dir = comfyui_output_dir
         self.limits = limits
+        self._swept_at = -math.inf
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
         """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
@@ -244,8 +247,14 @@ class OutputDelivery:
         final = (job_dir / relative).relative_to(self.outputs_root).as_posix()
         return DeliveredFile(item.node_id, item.kind, final, size, digest)
 
+    def sweep_due(self) -> bool:
+        """Whether remove_abandoned() should run: at start, then every STALE_STAGING_S, so a worker that lives
+        for days still removes what a replica killed just before its own start left."""
+        return time.monotonic() - self._swept_at >= STALE_STAGING_S
+
     def remove_abandoned(self) -> SweptStaging:
-        """At start: remove what workers killed mid-delivery left in OUTPUTS_PATH/.partial/ (one log line)."""
+        """Remove what workers killed mid-delivery left in OUTPUTS_PATH/.partial/ (one log line if any)."""
+        self._swept_at = time.monotonic()
         swept = remove_abandoned_deliveries(self.outputs_root)
         if swept.folders or swept.errors:
             report = log.warning if swept.errors else log.info
@@ -435,11 +444,12 @@ class SweptStaging:
     errors: list[str] = field(default_factory=list)
 
 
-def remove_abandoned_deliveries(outputs_root: Path, stale_after_s: float = STALE_STAGING_S) -> SweptStaging:
+def remove_abandoned_deliveries(outputs_root: Path, stale_after_s: float | None = None) -> SweptStaging:
     """Remove the staging folders under OUTPUTS_PATH/.partial/ that nothing touched for stale_after_s: those of
     workers killed mid-delivery. Age is read against the volume's own clock (the mtime of a folder made now),
     so a replica whose clock is off cannot take another's live delivery for an abandoned one."""
     swept = SweptStaging()
+    stale_after_s = STALE_STAGING_S if stale_after_s is None else stale_after_s
     staging_root = outputs_root / STAGING_FOLDER
     try:
         if not stat.S_ISDIR(staging_root.lstat().st_mode):  # a link is not followed

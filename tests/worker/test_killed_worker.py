@@ -208,3 +208,35 @@ def test_an_outputs_path_the_worker_cannot_enter_is_a_warning_at_start_not_a_cra
                 return f"raised {type(exc).__name__}"
 
         assert run_as_nobody(sweep) == json.dumps([f"{outputs / '.partial'}: Permission denied"])
+
+
+async def test_a_long_lived_worker_removes_a_delivery_abandoned_after_its_own_start(
+    monkeypatch, tmp_path: Path, workflows
+):
+    """A replica killed mid-delivery just after this worker started left a staging folder too young to go at
+    this worker's start; a worker that then lives for days removed it only at its next start."""
+    import worker.outputs
+    from tests.worker.conftest import FAST_TIMINGS
+    from worker.config import load_settings
+    from worker.main import Worker
+
+    monkeypatch.setattr(worker.outputs, "STALE_STAGING_S", 0.5)  # an hour, made short
+    async with QueueManagerServer(test_hooks=True) as qm:
+        sim = ComfyUISimulator(tmp_path / "comfy-output", tmp_path / "comfy-temp")
+        await sim.start()
+        try:
+            settings = load_settings(
+                queue_manager_url=str(qm.url), comfyui_url=sim.url, outputs_path=tmp_path / "outputs",
+                poll_interval_s=0.05, health_port=0, worker_id="long-lived",
+            )  # fmt: skip
+            running = Worker(settings, timings=FAST_TIMINGS)
+            run = asyncio.create_task(running.run())
+            await wait_for(lambda: running.state.consecutive_idle_polls > 0)  # started, swept, polling
+            orphan = tmp_path / "outputs" / ".partial" / "alice.job-1.killed"
+            orphan.mkdir(parents=True)
+            (orphan / "ComfyUI_00001_.png").write_bytes(b"half")
+            await wait_for(lambda: not orphan.exists(), timeout=5)
+            running.request_shutdown()
+            assert await run == 0
+        finally:
+            await sim.stop()
