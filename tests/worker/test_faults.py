@@ -742,30 +742,40 @@ async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_pi
     assert "so the workflow made it that large" in report.body["error"]
 
 
+async def complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, send):
+    """The slow workflow with its ImageBlur nodes calling send() (what any custom node may do) before they run:
+    the job's one report, which must be a completion."""
+    blur = comfy.catalogue["ImageBlur"]
+
+    def sending(inputs, env):
+        send()
+        return blur.run(inputs, env)
+
+    comfy.catalogue["ImageBlur"] = replace(blur, run=sending)
+    job = qm.store.submit("alice", workflows["slow"])
+    assert await asyncio.wait_for(make_worker().run(), 20) == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    return report
+
+
 @pytest.mark.parametrize("event", ["execution_success", "execution_error", "execution_interrupted"])
 async def test_a_premature_end_event_does_not_end_a_job_whose_prompt_still_runs(
     qm, comfy, make_worker, workflows, event
 ):
     """A custom node sends an end event for the running prompt long before it ends (any node may call send_sync):
     the job must end as the prompt really does, not as a success with no outputs or a failure it made up."""
-    blur = comfy.catalogue["ImageBlur"]
     comfy.node_seconds["ImageBlur"] = 2.5  # the real end comes past the worker's 2 s wait for the history
-
     said: list[str] = []
 
-    def says_it_is_over(inputs, env):  # in the first of the workflow's two ImageBlur nodes
+    def says_it_is_over():  # in the first of the workflow's two ImageBlur nodes
         if not said:
             said.append(event)
             data = {"prompt_id": comfy.running_prompt_id, "node_id": "2", "node_type": "ImageBlur",
                     "exception_type": "RuntimeError", "exception_message": "made up", "timestamp": 0}  # fmt: skip
             comfy.send_sync(event, data)
-        return blur.run(inputs, env)
 
-    comfy.catalogue["ImageBlur"] = replace(blur, run=says_it_is_over)
-    job = qm.store.submit("alice", workflows["slow"])
-    assert await asyncio.wait_for(make_worker().run(), 20) == 0
-    [report] = qm.reports.landed(job.id)
-    assert report.endpoint == "complete-job", report.body
+    report = await complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, says_it_is_over)
     assert [o["kind"] for o in report.body["result"]["outputs"]] == ["images"], "the SaveImage result is delivered"
 
 
@@ -774,9 +784,8 @@ async def test_junk_on_the_websocket_from_a_custom_node_neither_ends_nor_changes
 ):
     """Binary frames of unknown types, events of other prompts (their ends, their outputs, their finished
     markers), events whose data is no object: the job still ends once, with its own outputs only."""
-    blur = comfy.catalogue["ImageBlur"]
 
-    def noisy(inputs, env):
+    def noisy():
         other = "another-prompt"
         comfy.send_sync(1, b"\x00\x00\x00\x02" + b"\x89PNG junk")  # a preview that is no image
         comfy.send_sync(99, b"\xff" * 1000)  # a binary event type ComfyUI does not have
@@ -787,12 +796,7 @@ async def test_junk_on_the_websocket_from_a_custom_node_neither_ends_nor_changes
         comfy.send_sync("executing", {"node": None, "prompt_id": other})
         comfy.send_sync("status", "a string, not an object")
         comfy.send_sync("executed", {"node": "9", "output": "not an object", "prompt_id": comfy.running_prompt_id})
-        return blur.run(inputs, env)
 
-    comfy.catalogue["ImageBlur"] = replace(blur, run=noisy)
-    job = qm.store.submit("alice", workflows["slow"])
-    assert await asyncio.wait_for(make_worker().run(), 20) == 0
-    [report] = qm.reports.landed(job.id)
-    assert report.endpoint == "complete-job", report.body
+    report = await complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, noisy)
     [output] = report.body["result"]["outputs"]
     assert output["node_id"] == "4" and "not-yours" not in output["path"]
