@@ -582,3 +582,31 @@ async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_
         await asyncio.sleep(0.1)
         landed = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": "x" * 9000})
         assert landed.status_code == 200, landed.text[:300]
+
+
+async def test_racing_fenced_reports_and_a_hand_back_end_the_job_once(
+    client: httpx.AsyncClient, queue: QueueManagerServer
+) -> None:
+    """Two completes, a fail and a release for one run, sent at once, and a heartbeat from a worker that does not
+    hold it: exactly one lands, the others are 409 and change nothing."""
+    for _ in range(10):
+        job = queue.store.submit("alice", WORKFLOW)
+        queue.store.pop_next("w1", queue.mode)
+        fence = {"job_id": job.id, "worker_id": "w1", "attempt": "1"}
+        answers = await asyncio.gather(
+            client.post("/api/workers/complete-job", params=fence, json={"result": {"n": 1}}),
+            client.post("/api/workers/fail-job", params=fence, json={"error": "boom"}),
+            client.post("/api/workers/release-job", params=fence, json={"reason": "stopped", "cause": "shutdown"}),
+            client.post("/api/workers/complete-job", params=fence, json={"result": {"n": 2}}),
+            client.post("/api/workers/heartbeat", params={**fence, "worker_id": "w2"}),
+        )
+        statuses = [answer.status_code for answer in answers]
+        assert sorted(statuses[:4]) == [200, 409, 409, 409] and statuses[4] == 409, statuses
+        won = statuses.index(200)
+        final = queue.store.get(job.id)
+        expected = [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING, JobStatus.COMPLETED][won]
+        assert final.status is expected
+        if expected is JobStatus.COMPLETED:
+            assert final.result == {"n": 1 if won == 0 else 2}
+        if expected is JobStatus.PENDING:
+            queue.store.cancel(job.id)  # off the queue before the next round
