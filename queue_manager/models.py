@@ -120,6 +120,8 @@ def _id_is_printable_and_not_blank(value: str) -> str:
         raise ValueError("must not be empty or blank")
     if not value.isprintable():
         raise ValueError("must be printable (no control characters)")
+    if "\ufffd" in value:  # what a byte that is not UTF-8 decodes to: %ff and %fe would be the same worker
+        raise ValueError("must be valid UTF-8 (it holds U+FFFD, what an undecodable byte becomes)")
     return value
 
 

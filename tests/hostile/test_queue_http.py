@@ -610,3 +610,17 @@ async def test_racing_fenced_reports_and_a_hand_back_end_the_job_once(
             assert final.result == {"n": 1 if won == 0 else 2}
         if expected is JobStatus.PENDING:
             queue.store.cancel(job.id)  # off the queue before the next round
+
+
+@pytest.mark.parametrize("raw", ["%ff%fe", "%fe%ff", "%ed%a0%80", "w%c3"], ids=["ff-fe", "fe-ff", "surrogate", "cut"])
+async def test_a_worker_id_that_is_not_utf8_is_422_naming_it(
+    client: httpx.AsyncClient, queue: QueueManagerServer, raw: str
+) -> None:
+    """The query is decoded with U+FFFD for every bad byte: %ff%fe and %fe%ff both became worker "\ufffd\ufffd",
+    which took the job; two workers sending different bytes were one worker to the lease and the fences."""
+    job = queue.store.submit("alice", WORKFLOW)
+    response = await client.get(f"/api/workers/next-job?worker_id={raw}")
+    assert response.status_code == 422, response.text[:300]
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", "worker_id"]]
+    assert "UTF-8" in response.json()["detail"][0]["msg"]
+    assert queue.store.get(job.id).status is JobStatus.PENDING
