@@ -563,9 +563,10 @@ async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_
     queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each route bounded its own body, nothing bounded them together: 20 concurrent 50 MB reports took the
-    queue manager from 54 MB to 1.2 GB (bench/queue_memory.py, "concurrent"); a hundred would take 5 GB."""
+    queue manager from 55 MB to a 904 MB peak (bench/queue_memory.py, 20-concurrent); a hundred, ~5 GB."""
     monkeypatch.setattr(app, "BODIES_IN_FLIGHT_BYTES", 300_000, raising=False)
     monkeypatch.setattr(app, "BODY_BUDGET_WAIT_S", 0.3, raising=False)
+    monkeypatch.setattr(app, "UNCOUNTED_BODY_BYTES", 100_000, raising=False)
     job = queue.store.submit("alice", WORKFLOW)
     queue.store.pop_next("w", queue.mode)
     host, port = queue.url.removeprefix("http://").split(":")
@@ -582,6 +583,29 @@ async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_
         await asyncio.sleep(0.1)
         landed = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": "x" * 9000})
         assert landed.status_code == 200, landed.text[:300]
+
+
+async def test_declared_bodies_that_never_arrive_do_not_hold_up_an_ordinary_report(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three complete-jobs declaring 51 MiB and sending a byte a minute held the whole budget for as long as they
+    liked: every other body, a report of a few KB too, waited 10 s and was refused 503."""
+    monkeypatch.setattr(app, "BODIES_IN_FLIGHT_BYTES", 300_000, raising=False)
+    monkeypatch.setattr(app, "BODY_BUDGET_WAIT_S", 0.3, raising=False)
+    monkeypatch.setattr(app, "UNCOUNTED_BODY_BYTES", 100_000, raising=False)
+    job = queue.store.submit("alice", WORKFLOW)
+    queue.store.pop_next("w", queue.mode)
+    host, port = queue.url.removeprefix("http://").split(":")
+    _, holder = await asyncio.open_connection(host, int(port))
+    holder.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 299000\r\n\r\n" + b" " * 1000)
+    await holder.drain()
+    await asyncio.sleep(0.1)
+    try:
+        async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+            report = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": "x" * 9000})
+        assert report.status_code == 200, report.text[:300]
+    finally:
+        holder.close()
 
 
 async def test_racing_fenced_reports_and_a_hand_back_end_the_job_once(
