@@ -21,6 +21,7 @@ import stat
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -220,7 +221,9 @@ class OutputDelivery:
         folder = self.outputs_root / STAGING_FOLDER
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(dir=folder, prefix=f"{user_id}.{job_id}."))
+            staging = folder / f"{user_id}.{job_id}.{uuid.uuid4().hex}"
+            staging.mkdir()  # not mkdtemp's 0700: renamed to the job's folder, it has the umask's mode
+            return staging
         except OSError as exc:
             problem = f"could not make a staging folder in {folder}: {type(exc).__name__}: {exc}"
             if exc.errno in OUR_DISK_ERRORS or isinstance(exc, PermissionError):

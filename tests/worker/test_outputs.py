@@ -316,3 +316,22 @@ async def test_a_long_node_id_fails_the_job_instead_of_being_repeated_in_the_rep
     error = report.body["error"]
     assert "node id in ComfyUI's history is 100000 characters long; at most 256" in error and len(error) < 600
     assert files_under(tmp_path / "outputs") == []
+
+
+async def test_delivered_files_and_folders_have_the_umasks_modes_so_other_readers_of_the_volume_can_serve_them(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    """Before: each file was written with mkstemp, mode 0600, and renamed into place: a web server or sync job
+    reading OUTPUTS_PATH as another uid could not read a result."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    outputs = tmp_path / "outputs"
+    for item in report.body["result"]["outputs"]:
+        assert stat.S_IMODE((outputs / item["path"]).stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((outputs / "alice" / job.id).stat().st_mode) == 0o777 & ~umask
