@@ -137,7 +137,8 @@ def result_files(
 def relative_output_path(subfolder: str, filename: str) -> PurePosixPath:
     """subfolder/filename as ComfyUI named them, refused if it could climb out of a directory."""
     relative = PurePosixPath(subfolder.replace("\\", "/")) / filename.replace("\\", "/")
-    if relative.is_absolute() or any(part in ("..", "") for part in relative.parts) or "\0" in str(relative):
+    unsafe = not relative.parts or relative.is_absolute() or any(part in ("..", "") for part in relative.parts)
+    if unsafe or "\0" in str(relative):  # no parts: "." or "./", the folder itself
         raise OutputDeliveryError(
             f"unsafe output path from ComfyUI: subfolder={_shown(subfolder)!r} filename={_shown(filename)!r}"
         )

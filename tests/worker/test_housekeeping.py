@@ -303,3 +303,18 @@ async def test_a_prompt_naming_more_files_than_a_job_may_deliver_has_them_delete
     assert await make_worker(comfyui_output_dir=comfy.output_dir, max_job_output_files=10).run() == 0
     assert "MAX_JOB_OUTPUT_FILES" in qm.reports.landed(job.id)[0].body["error"]
     assert files_under(comfy.output_dir) == set(), "no job could ever deliver them: nothing is kept for a replay"
+
+
+async def test_a_failed_prompt_naming_the_folder_itself_as_an_output_leaves_the_worker_running(
+    qm, comfy, make_worker, workflows
+):
+    """filename "." (the folder itself) made the name check call max() on no parts: a ValueError out of the
+    tidying after a failed prompt, which ended the worker."""
+    folder_itself = {"images": [{"filename": ".", "subfolder": "", "type": "output"}]}
+    save = comfy.catalogue["SaveImage"]
+    comfy.catalogue["SaveImage"] = replace(save, run=lambda _inputs, _env: NodeResult((), folder_itself))
+    comfy.inject_error("out of coffee", node_id="30")
+    failing, next_one = qm.store.submit("bob", saves_then_fails()), qm.store.submit("bob", quick(workflows, 5))
+    assert await asyncio.wait_for(make_worker(comfyui_output_dir=comfy.output_dir).run(), 20) == 0
+    assert qm.store.get(failing.id).status == "failed"
+    assert qm.store.get(next_one.id).status == "failed", "the next job ran (its SaveImage names '.' too)"

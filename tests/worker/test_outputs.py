@@ -283,6 +283,8 @@ async def test_a_10_kb_output_name_fails_the_job_with_a_short_error_naming_it(qm
         ("a\0b", "x.png"),
         ("", "x\0.png"),
         ("sub\\..\\..", "x.png"),
+        ("", "."),
+        (".", "./"),
     ],
 )
 async def test_an_output_path_that_could_leave_its_folder_fails_the_job_and_writes_nothing(
