@@ -61,8 +61,9 @@ class WorkerSettings(LogSettings):
     @field_validator("worker_id")
     @classmethod
     def _printable_worker_id(cls, value: str) -> str:
-        if not value.isprintable() or len(value) > 200:
-            raise ValueError("must be printable and at most 200 characters")
+        # What the queue manager accepts as a worker_id: it answers every poll of another one with 422.
+        if not value.strip() or not value.isprintable() or len(value) > 200:
+            raise ValueError("must be printable, not blank, and at most 200 characters")
         return value
 
     @field_validator("outputs_path", mode="before")

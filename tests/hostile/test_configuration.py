@@ -37,6 +37,8 @@ WORKER_CASES = {
     "log-level-loud": ("LOG_LEVEL", "loud"),
     "serverless-mode-maybe": ("SERVERLESS_MODE", "maybe"),
     "worker-id-control-chars": ("WORKER_ID", "w\x1b[31m"),
+    "worker-id-blank": ("WORKER_ID", "   "),
+    "worker-id-too-long": ("WORKER_ID", "w" * 201),
     "outputs-path-empty": ("OUTPUTS_PATH", ""),
     "poll-interval-inf": ("WORKER_POLL_INTERVAL", "inf"),
     "poll-interval-nan": ("WORKER_POLL_INTERVAL", "nan"),
