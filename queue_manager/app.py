@@ -484,6 +484,7 @@ def _fault_middleware(faults: FaultInjector) -> Any:
     async def inject_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         endpoint = _endpoint(request)
         fault = faults.take(endpoint) if endpoint else None
+        response = None
         if fault is None or fault.after:
             response = await handler(request)
             request[HANDLED_STATUS] = response.status
@@ -500,9 +501,10 @@ def _fault_middleware(faults: FaultInjector) -> Any:
         if fault.status is not None:
             log.info("fault_injected", endpoint=endpoint, status=fault.status, after=fault.after)
             return _fault_response(fault.status, fault.body)
-        response = await handler(request)  # a pure delay: answer normally, late
-        request[HANDLED_STATUS] = response.status
-        return response
+        if response is None:  # a pure delay before the work: do it now, late
+            response = await handler(request)
+            request[HANDLED_STATUS] = response.status
+        return response  # a pure delay after the work: its answer, late
 
     return inject_faults
 

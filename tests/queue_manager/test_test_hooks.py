@@ -96,6 +96,19 @@ async def test_delay_then_normal_answer(queue: QueueManagerServer, client: httpx
     assert time.monotonic() - started >= 0.2
 
 
+async def test_a_delay_after_the_work_answers_it_late_without_doing_it_twice(
+    queue: QueueManagerServer, client: httpx.AsyncClient
+) -> None:
+    """Before, a delay-only fault with after=True ran the handler again after the delay: a poll popped two jobs."""
+    first, second = queue.store.submit("alice", {"1": {}}), queue.store.submit("alice", {"1": {}})
+    queue.faults.inject("next-job", delay_s=0.2, after=True)
+    started = time.monotonic()
+    response = await client.get("/api/workers/next-job", params={"worker_id": "w"})
+    assert time.monotonic() - started >= 0.2
+    assert response.json()["job"]["id"] == first.id
+    assert queue.store.get(second.id).status is JobStatus.PENDING
+
+
 async def test_delay_lets_a_client_time_out(queue: QueueManagerServer, client: httpx.AsyncClient) -> None:
     queue.faults.inject("next-job", delay_s=0.3, status=504)
     with pytest.raises(httpx.ReadTimeout):
