@@ -205,6 +205,8 @@ class OutputDelivery:
         a result, and a worker killed midway leaves nothing outside OUTPUTS_PATH/.partial/."""
         job_dir = self.job_dir(user_id, job_id, attempt)
         items = result_files(history_outputs, limits=self.limits)
+        if not items:  # previews only: no folder, as no result
+            return []
         staging = await asyncio.to_thread(self._new_staging, user_id, job_id)
         delivered: list[DeliveredFile] = []
         try:

@@ -337,3 +337,16 @@ async def test_delivered_files_and_folders_have_the_umasks_modes_so_other_reader
     for item in report.body["result"]["outputs"]:
         assert stat.S_IMODE((outputs / item["path"]).stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((outputs / "alice" / job.id).stat().st_mode) == 0o777 & ~umask
+
+
+async def test_a_job_with_no_result_files_leaves_no_folder_in_outputs_path(qm, comfy, make_worker, workflows, tmp_path):
+    """A workflow that only previews completes with no outputs, and leaves OUTPUTS_PATH as it found it: before, the
+    staged delivery renamed its empty staging folder into place, one empty <user>/<job>/ per such job."""
+    previews_only = {key: node for key, node in workflows["quick"].items() if node["class_type"] != "SaveImage"}
+    job = qm.store.submit("alice", previews_only)
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job" and report.body["result"]["outputs"] == []
+    outputs = tmp_path / "outputs"
+    assert not (outputs / "alice").exists()
+    assert not any((outputs / ".partial").glob("*"))
