@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import queue_manager.server
-from queue_manager import JobStatus, QueueManagerServer, app
+from queue_manager import JobRecord, JobStatus, QueueManagerServer, app
 
 from ..conftest import drip_until_closed
 
@@ -559,11 +559,11 @@ async def test_a_client_dripping_its_headers_is_cut_off(monkeypatch: pytest.Monk
             assert (await client.get("/health")).json()["status"] == "healthy"
 
 
-async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_503(
-    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each route bounded its own body, nothing bounded them together: 20 concurrent 50 MB reports took the
-    queue manager from 55 MB to a 904 MB peak (bench/queue_memory.py, 20-concurrent); a hundred, ~5 GB."""
+async def running_job_and_a_body_held(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch, *, declared: int
+) -> tuple[JobRecord, asyncio.StreamWriter]:
+    """A body budget of 300 kB (bodies up to 100 kB not counted, 0.3 s to wait for room), a running job to report
+    on, and a submission declaring ``declared`` bytes that sends 1000 of them and then nothing."""
     monkeypatch.setattr(app, "BODIES_IN_FLIGHT_BYTES", 300_000, raising=False)
     monkeypatch.setattr(app, "BODY_BUDGET_WAIT_S", 0.3, raising=False)
     monkeypatch.setattr(app, "UNCOUNTED_BODY_BYTES", 100_000, raising=False)
@@ -571,9 +571,18 @@ async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_
     queue.store.pop_next("w", queue.mode)
     host, port = queue.url.removeprefix("http://").split(":")
     _, holder = await asyncio.open_connection(host, int(port))
-    holder.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n" + b" " * 1000)
+    holder.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % declared + b" " * 1000)
     await holder.drain()
     await asyncio.sleep(0.1)
+    return job, holder
+
+
+async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_503(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each route bounded its own body, nothing bounded them together: 20 concurrent 50 MB reports took the
+    queue manager from 55 MB to a 904 MB peak (bench/queue_memory.py, 20-concurrent); a hundred, ~5 GB."""
+    job, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=200_000)
     async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
         refused = await client.post("/api/workers/fail-job", params={"job_id": job.id}, content=b" " * 150_000)
         assert refused.status_code == 503, refused.text[:300]
@@ -590,16 +599,7 @@ async def test_declared_bodies_that_never_arrive_do_not_hold_up_an_ordinary_repo
 ) -> None:
     """Three complete-jobs declaring 51 MiB and sending a byte a minute held the whole budget for as long as they
     liked: every other body, a report of a few KB too, waited 10 s and was refused 503."""
-    monkeypatch.setattr(app, "BODIES_IN_FLIGHT_BYTES", 300_000, raising=False)
-    monkeypatch.setattr(app, "BODY_BUDGET_WAIT_S", 0.3, raising=False)
-    monkeypatch.setattr(app, "UNCOUNTED_BODY_BYTES", 100_000, raising=False)
-    job = queue.store.submit("alice", WORKFLOW)
-    queue.store.pop_next("w", queue.mode)
-    host, port = queue.url.removeprefix("http://").split(":")
-    _, holder = await asyncio.open_connection(host, int(port))
-    holder.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 299000\r\n\r\n" + b" " * 1000)
-    await holder.drain()
-    await asyncio.sleep(0.1)
+    job, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=299_000)
     try:
         async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
             report = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": "x" * 9000})
