@@ -1,0 +1,227 @@
+"""Every environment variable a process reads is documented, with its real default, in the operator's docs; every
+variable the docs name is one something reads (or a build argument, or a constant named for reference).
+
+One inventory of what the code reads (settings classes, the deploy's lists, the deploy spec, the image, the
+compose file, direct os.environ reads) against one reading of docs/*.md and README.md."""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import AliasChoices
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
+
+from common.settings import env_name
+from queue_manager.__main__ import QueueManagerEnv
+from scaler.config import ScalerSettings
+from scaler.deploy import runpod as runpod_deploy
+from scaler.deploy.command import DeployLogSettings
+from scaler.deploy.spec import DEFAULT_SPEC_PATH, ENV_OVERRIDES, SHARED_VOLUME_ENVS
+from scaler.deploy.verda import CLIENT_ENV
+from supervisor.config import SupervisorSettings
+from worker.config import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+ALL_DOCS = [*sorted(DOCS.glob("*.md")), REPO / "README.md"]
+# `NAME` or `NAME=value` in backquotes, or NAME= at the start of an env-file line
+VARIABLE = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)[`=]|^([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)=", re.MULTILINE)
+# A table row whose first cell names variables: | `A` | default | ... or | `A` / `B` | a / b | ...
+TABLE_ROW = re.compile(r"^\| (`[A-Z][A-Z0-9_]+`(?:\s*[/,]\s*`[A-Z][A-Z0-9_]+`)*) \| ([^|]*) \|", re.MULTILINE)
+# os.environ.get("X"...), os.environ["X"], environ.get("X"...): a variable read without a settings class
+DIRECT_READ = re.compile(r"environ(?:\.get\(|\[)\s*\"([A-Z][A-Z0-9_]+)\"")
+SOURCE_DIRS = ("common", "worker", "health", "supervisor", "queue_manager", "scaler", "demo", "standins", "image_test")
+
+
+def settings_names(settings_cls: type[BaseSettings]) -> set[str]:
+    return {env_name(settings_cls, name) for name in settings_cls.model_fields}
+
+
+def spec_container_names() -> set[str]:
+    """Variables the spec sets in the container or copies into it from the deploy-time environment."""
+    spec = tomllib.loads(DEFAULT_SPEC_PATH.read_text())
+    return set(spec["env"]) | set(spec["env_from_environment"]["names"]) | set(spec["secrets"])
+
+
+def dockerfile(keyword: str) -> dict[str, str]:
+    """The image's ENV (or ARG) names and values, continuation lines included."""
+    text = (REPO / "Dockerfile.serverless").read_text().replace("\\\n", "\n")
+    found: dict[str, str] = {}
+    for block in re.findall(rf"^{keyword} (.*?)(?=^\S|\Z)", text, flags=re.MULTILINE | re.DOTALL):
+        for name, value in re.findall(r"([A-Z][A-Z0-9_]*)(?:=(\"[^\"]*\"|\S*))?", block):
+            found.setdefault(name, value.strip('"'))
+    return found
+
+
+def compose_names() -> set[str]:
+    return set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (REPO / "docker-compose.serverless.yml").read_text()))
+
+
+def direct_reads() -> set[str]:
+    return {
+        name
+        for folder in SOURCE_DIRS
+        for path in (REPO / folder).rglob("*.py")
+        for name in DIRECT_READ.findall(path.read_text())
+    }
+
+
+def ci_exports() -> set[str]:
+    """Variables .ci/run exports for the test run (REQUIRE_PROMTOOL)."""
+    return set(re.findall(r"^export ([A-Z][A-Z0-9_]*)=", (REPO / ".ci" / "run").read_text(), flags=re.MULTILINE))
+
+
+# Who reads what, and where the operator finds it documented (any of those docs).
+READERS: dict[str, tuple[set[str], tuple[str, ...]]] = {
+    "worker": (settings_names(WorkerSettings), ("worker.md",)),
+    "supervisor": (settings_names(SupervisorSettings), ("container.md",)),
+    "queue manager": (settings_names(QueueManagerEnv), ("queue-manager.md",)),
+    "scaler": (settings_names(ScalerSettings), ("scaler.md", "providers.md")),
+    "deploy": (
+        set(CLIENT_ENV) | set(ENV_OVERRIDES) | set(SHARED_VOLUME_ENVS.values()) | settings_names(DeployLogSettings)
+        | spec_container_names(),
+        ("deploy-verda.md",),
+    ),
+    "deploy --provider runpod": (set(runpod_deploy.ENV_OVERRIDES) | set(runpod_deploy.CLIENT_ENV), ("providers.md",)),
+    "the image (ENV)": (set(dockerfile("ENV")), ("container.md",)),
+    "the image build (ARG)": (set(dockerfile("ARG")), ("container.md",)),
+    "docker-compose.serverless.yml": (compose_names(), ("container.md",)),
+    "direct os.environ reads": (direct_reads(), tuple(path.name for path in ALL_DOCS)),
+    ".ci/run": (ci_exports(), ("monitoring.md",)),
+}
+READ = set().union(*(names for names, _ in READERS.values()))
+# Names the docs give in backquotes that are no variable of ours, each for a reason the reader can check.
+NOT_OURS = {
+    "NUM_WORKERS": "comfy-multi's queue manager setting, in the comparison table of queue-manager.md",
+    "HF_TOKEN": "an example of a variable the supervisor passes through to ComfyUI untouched",
+    "RUNPOD_WEBHOOK_GET_JOB": "RunPod's own worker SDK reads it (providers.md compares the platforms)",
+    "RUNPOD_WEBHOOK_PING": "RunPod's own worker SDK reads it (providers.md compares the platforms)",
+    "PORT_HEALTH": "RunPod's load-balancer endpoint setting (providers.md compares the platforms)",
+    "HEALTH_CHECK_PATH": "RunPod's load-balancer endpoint setting (providers.md compares the platforms)",
+    "PIP_CERT": "set by ./dev image-test in the base image it makes (pip reads it)",
+    "DOCKER_BUILDKIT": "read by the docker CLI",
+    "PR_SET_PDEATHSIG": "a Linux prctl option, not a variable",
+}
+
+
+def code_constants() -> set[str]:
+    """UPPER_CASE names assigned at module level in the code: docs may name a limit after its constant."""
+    pattern = re.compile(r"^([A-Z][A-Z0-9_]+)(?::[^=]+)? = ", re.MULTILINE)
+    return {name for folder in SOURCE_DIRS for path in (REPO / folder).rglob("*.py") for name in pattern.findall(
+        path.read_text())}
+
+
+def documented(doc: Path) -> set[str]:
+    return {a or b for a, b in VARIABLE.findall(doc.read_text())}
+
+
+def names_in(doc: Path, names: set[str]) -> set[str]:
+    """Those of ``names`` the doc gives as `NAME`, `NAME=...` or NAME= at a line's start (VERSION has no "_")."""
+    text = doc.read_text()
+    return {name for name in names if re.search(rf"`{name}[`=]|^{name}=", text, flags=re.MULTILINE)}
+
+
+def table_defaults(doc: Path) -> dict[str, str]:
+    """Variable -> its default cell, from the tables whose first column names variables."""
+    defaults = {}
+    for names_cell, default_cell in TABLE_ROW.findall(doc.read_text()):
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", names_cell)
+        cells = [cell.strip() for cell in default_cell.split(" / ")]
+        for index, name in enumerate(names):
+            defaults.setdefault(name, cells[index] if len(cells) == len(names) else default_cell.strip())
+    return defaults
+
+
+def shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_every_variable_the_code_reads_is_documented(reader):
+    names, docs = READERS[reader]
+    written = set().union(*(names_in(DOCS / doc if doc != "README.md" else REPO / doc, names) for doc in docs))
+    assert names, f"{reader}: the inventory found nothing; did the code move?"
+    assert sorted(names - written) == [], f"{reader} reads variables {', '.join(docs)} does not document"
+
+
+def test_every_documented_variable_is_one_something_reads():
+    constants = code_constants()
+    for doc in ALL_DOCS:
+        unknown = documented(doc) - READ - set(NOT_OURS) - constants
+        assert unknown == set(), f"{doc.name} documents variables nothing reads: {sorted(unknown)}"
+
+
+def test_the_names_kept_apart_as_not_ours_are_still_in_the_docs_and_read_by_nothing():
+    """An entry of NOT_OURS the docs dropped, or one the code started reading, must leave the list."""
+    mentioned = set().union(*(documented(doc) for doc in ALL_DOCS))
+    assert set(NOT_OURS) <= mentioned
+    assert set(NOT_OURS) & READ == set()
+
+
+SETTINGS_DOCS = [
+    (WorkerSettings, "worker.md"),
+    (SupervisorSettings, "container.md"),
+    (QueueManagerEnv, "queue-manager.md"),
+    (ScalerSettings, "scaler.md"),
+    (ScalerSettings, "providers.md"),
+]
+
+
+@pytest.mark.parametrize(("settings_cls", "doc"), SETTINGS_DOCS, ids=[doc for _, doc in SETTINGS_DOCS])
+def test_the_default_in_each_table_is_the_code_default(settings_cls, doc):
+    """container.md gives the image's default: the Dockerfile's ENV where it sets one."""
+    rows = table_defaults(DOCS / doc)
+    image_env = dockerfile("ENV") if doc == "container.md" else {}
+    checked, wrong = 0, []
+    for field_name, field in settings_cls.model_fields.items():
+        name = env_name(settings_cls, field_name)
+        if name not in rows:
+            continue
+        if field.default is PydanticUndefined and field.default_factory is None:
+            expected = "required"
+        elif field.default is None or field.default is PydanticUndefined:
+            continue  # unset, or computed (a generated id): the cell says how, in words
+        else:
+            expected = image_env.get(name, shown(field.default))
+        checked += 1
+        cell = rows[name].replace("`", "")
+        if expected == "" and cell in ("", "empty", "none", "unset"):
+            continue
+        if not re.search(rf"(?<![\w.]){re.escape(expected)}(?![\w.])", cell):
+            wrong.append(f"{name}: code {expected!r}, {doc} {rows[name]!r}")
+    assert checked, f"no table row of {doc} names a setting with a default"
+    assert wrong == []
+
+
+def test_the_image_default_of_a_variable_the_image_sets_is_the_dockerfile_value():
+    rows = table_defaults(DOCS / "container.md")
+    image_env = dockerfile("ENV")
+    assert {"LOG_FORMAT", "COMFYUI_COMMAND", "HEALTH_PORT"} <= set(rows)
+    for name in set(rows) & set(image_env):
+        assert rows[name].replace("`", "") == image_env[name], name
+
+
+def test_each_scaler_setting_has_exactly_one_name():
+    doubled = {
+        name: field.validation_alias.choices
+        for name, field in ScalerSettings.model_fields.items()
+        if isinstance(field.validation_alias, AliasChoices)
+    }
+    assert doubled == {}
+
+
+def test_scaler_and_deploy_read_the_same_names_for_the_same_things():
+    scaler, deploy = READERS["scaler"][0], READERS["deploy"][0]
+    assert {"VERDA_API_URL", "VERDA_DEPLOYMENT_NAME", "VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET"} <= scaler & deploy
+    assert ENV_OVERRIDES["VERDA_DEPLOYMENT_NAME"] == ("deployment", "name")
