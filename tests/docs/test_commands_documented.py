@@ -1,0 +1,110 @@
+"""Every command line the docs and the README give for one of our entry points parses with that entry point's own
+argument parser: a renamed flag, a dropped subcommand or a bad choice fails here, not at 2 a.m.
+
+Parsed, not run (most would contact a provider); the ones that can run offline are run by their own tests."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from demo.cli import demo_parser
+from queue_manager.__main__ import build_parser as queue_parser
+from scaler.cli import _parser as scaler_parser
+from scaler.deploy.command import parse_args as deploy_parse_args
+from scaler.simulator.cli import _parser as simulate_parser
+from standins.comfyui import _parse_args as comfyui_sim_parse_args
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
+
+# How a command is written in the docs -> what parses its arguments. Longest first: `comfy-scaler simulate`
+# goes to the simulator, plain `comfy-scaler` to the scaler's own parser.
+PARSERS: dict[str, Callable[[list[str]], object]] = {
+    "comfy-scaler simulate": lambda argv: simulate_parser().parse_args(argv),
+    "comfy-scaler deploy": deploy_parse_args,
+    "comfy-scaler": lambda argv: scaler_parser().parse_args(argv),
+    "./deploy-serverless.sh": deploy_parse_args,
+    "python -m scaler.deploy": deploy_parse_args,
+    "python -m scaler.simulator": lambda argv: simulate_parser().parse_args(argv),
+    "comfy-serverless queue": lambda argv: queue_parser().parse_args(argv),
+    "python -m queue_manager": lambda argv: queue_parser().parse_args(argv),
+    "comfy-serverless demo": lambda argv: demo_parser().parse_args(argv),
+    "./dev demo": lambda argv: demo_parser().parse_args(argv),
+    "python -m standins.comfyui": comfyui_sim_parse_args,
+    "comfyui-sim": comfyui_sim_parse_args,
+}
+# A command where a shell line or an inline code span starts with it, after a prompt, sudo, timeout N, VAR=value
+# assignments (`SCALER_BACKEND=local comfy-scaler run`) or ./dev (the venv); `journalctl -u comfy-scaler` is not one.
+COMMAND = re.compile(
+    r"^\s*(?:\$\s+)?(?:sudo\s+)?(?:timeout\s+\d+\s+)?(?:[A-Z_]+=\S*\s+)*(?:\./dev\s+(?=comfy))?("
+    + "|".join(re.escape(prefix) for prefix in PARSERS)
+    + r")(?![\w.-])(.*)"
+)
+# Where a documented command's own arguments end: a comment, a pipe, another command, a closing backquote.
+END = re.compile(r"\s#|\s\||&&|;|`|\)\s|\)$|\s{3,}|\.\s|\.$|,\s")
+
+
+def command_lines(doc: Path) -> list[tuple[int, str, str]]:
+    """(line number, command, its arguments) for each entry point the doc shows, in code blocks and inline code."""
+    found = []
+    in_block, held, start = False, "", 0
+    for number, raw in enumerate(doc.read_text().splitlines(), start=1):
+        if in_block and raw.endswith("\\"):  # a shell line continued with \
+            held, start = held + (raw[:-1].strip() if held else raw[:-1].rstrip()) + " ", start or number
+            continue
+        line, held, number, start = held + (raw.strip() if held else raw), "", start or number, 0
+        if line.lstrip().startswith("```"):
+            in_block = not in_block
+            continue
+        spans = [line] if in_block else re.findall(r"`([^`]+)`", line)
+        for span in spans:
+            match = COMMAND.match(span)
+            if match:
+                rest = END.split(match[2], maxsplit=1)[0].strip()
+                if rest or match[1] != "comfy-scaler":  # a bare `comfy-scaler` names the program
+                    found.append((number, match[1], rest))
+    return found
+
+
+def arguments(rest: str) -> list[str] | None:
+    """The argv the doc shows, placeholders filled in; None when it trails off (`…`: "and more") into prose."""
+    rest = re.sub(r"<[^>]+>", "x", rest)
+    rest = re.sub(r"\[(--?[\w-]+)\]", r"\1", rest)  # `run [--dry-run]`: the option may be given
+    if "…" in rest or "..." in rest:
+        rest = re.split(r"…|\.\.\.", rest)[0]
+    try:
+        words = shlex.split(rest)
+    except ValueError:
+        return None
+    return words
+
+
+DOCUMENTED = [(doc, number, command, rest) for doc in DOCS for number, command, rest in command_lines(doc)]
+
+
+def test_the_commands_are_found():
+    commands = {command for _, _, command, _ in DOCUMENTED}
+    assert {"comfy-scaler", "./deploy-serverless.sh", "comfy-scaler simulate", "./dev demo"} <= commands
+    assert len(DOCUMENTED) > 50
+
+
+@pytest.mark.parametrize(
+    ("doc", "number", "command", "rest"), DOCUMENTED, ids=[f"{d.name}:{n}" for d, n, _, _ in DOCUMENTED]
+)
+def test_each_documented_command_line_parses(doc, number, command, rest):
+    argv = arguments(rest)
+    if argv is None:
+        pytest.skip("no arguments to check")
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+            PARSERS[command](argv)
+    except SystemExit as exc:
+        assert exc.code == 0, f"{doc.name}:{number}: `{command} {rest}` is refused: {errors.getvalue().strip()}"
