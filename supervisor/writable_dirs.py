@@ -9,6 +9,7 @@ probe): OUTPUTS_PATH may be a volume several replicas share, and a younger one m
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -23,18 +24,18 @@ def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
     """One line per variable whose directory cannot be created or written by this process; empty when all can."""
     problems = []
     for variable, path in directories.items():
-        reason = _why_unwritable(path)
-        if reason is not None:
-            problems.append(_describe(variable, path, reason))
+        error = _why_unwritable(path)
+        if error is not None:
+            problems.append(_describe(variable, path, error))
     return problems
 
 
-def _why_unwritable(path: Path) -> str | None:
+def _why_unwritable(path: Path) -> OSError | None:
     try:
         path.mkdir(parents=True, exist_ok=True)  # a missing scratch or outputs folder is made, as before
         fd, probe = tempfile.mkstemp(dir=path, prefix=PROBE_PREFIX)
     except OSError as exc:
-        return exc.strerror or type(exc).__name__
+        return exc
     with contextlib.suppress(OSError):
         _remove_stale_probes(path, now=os.fstat(fd).st_mtime)
     os.close(fd)
@@ -54,14 +55,30 @@ def _remove_stale_probes(path: Path, now: float) -> None:
                     os.unlink(entry.path)
 
 
-def _describe(variable: str, path: Path, reason: str) -> str:
+def _describe(variable: str, path: Path, error: OSError) -> str:
     uid, gid = os.getuid(), os.getgid()
+    reason = error.strerror or type(error).__name__
     return (
         f"{variable}={path} is not a writable directory ({reason}): {_ownership(path)}; this container runs as "
-        f"uid {uid} gid {gid}. Fix: chown the host directory mounted there to that uid "
-        f"(sudo chown -R {uid}:{gid} <host dir>), or mount a named volume instead "
-        f"(docker run -v <volume name>:{path}), which starts with the image's ownership."
+        f"uid {uid} gid {gid}. Fix: {_fix(path, error.errno, uid, gid)}"
     )
+
+
+def _fix(path: Path, number: int | None, uid: int, gid: int) -> str:
+    """What cures this error: a chown cures a permission, not a read-only mount or a file in the way."""
+    if number == errno.EROFS:
+        return (
+            "the volume is mounted read-only; mount it read-write (drop ':ro' or 'read_only' from the mount): "
+            "the container writes there."
+        )
+    if number in (errno.EEXIST, errno.ENOTDIR):
+        return f"a file stands where a folder should be; mount or create a folder at {path}."
+    if number in (errno.EACCES, errno.EPERM):
+        return (
+            f"chown the host directory mounted there to that uid (sudo chown -R {uid}:{gid} <host dir>), or mount "
+            f"a named volume instead (docker run -v <volume name>:{path}), which starts with the image's ownership."
+        )
+    return "check the volume mounted there (full, over quota or failing: the reason above says which)."
 
 
 def _ownership(path: Path) -> str:

@@ -3,9 +3,11 @@ mode, the uid the process runs as and the fix, on one line; and the supervisor e
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +84,22 @@ def test_a_file_where_a_directory_should_be_is_reported(tmp_path: Path) -> None:
 
     assert line.startswith(f"OUTPUTS_PATH={blocker} is not a writable directory (File exists)")
     assert "with mode -rw-" in line
+    assert "Fix: a file stands where a folder should be" in line and "chown" not in line
+
+
+def test_a_read_only_mount_is_told_to_be_mounted_read_write_not_chowned(tmp_path: Path, monkeypatch) -> None:
+    """A chown cannot cure a read-only file system (`-v ./outputs:/outputs:ro`), and root gets EROFS too."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    (line,) = unwritable_directories({"OUTPUTS_PATH": outputs})
+
+    assert line.startswith(f"OUTPUTS_PATH={outputs} is not a writable directory (Read-only file system)")
+    assert "mount it read-write" in line and "chown" not in line
 
 
 def test_only_the_bad_ones_are_reported_one_line_each(tmp_path: Path) -> None:
