@@ -58,10 +58,14 @@ def shared_tmp() -> Iterator[Path]:
         yield Path(name)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each socket stays bound until all are chosen (one at a time, the kernel may hand
+    the same port out twice, and ComfyUI and the health server then fight over it)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def workflow(name: str) -> dict[str, Any]:
@@ -215,14 +219,15 @@ def base_env(tmp_path: Path, queue_manager: QueueManagerServer) -> dict[str, str
     """A complete, valid environment: nothing inherited but PATH, so no stray variable changes a test."""
     (tmp_path / "models" / "checkpoints").mkdir(parents=True)
     assert queue_manager.url is not None
+    comfyui_port, health_port = free_ports(2)
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONUNBUFFERED": "1",
         "QUEUE_MANAGER_URL": queue_manager.url,
         "COMFYUI_COMMAND": SIMULATOR_COMMAND,
-        "COMFYUI_URL": f"http://127.0.0.1:{free_port()}",
+        "COMFYUI_URL": f"http://127.0.0.1:{comfyui_port}",
         "HEALTH_HOST": "127.0.0.1",
-        "HEALTH_PORT": str(free_port()),
+        "HEALTH_PORT": str(health_port),
         "SCRATCH_DIR": str(tmp_path / "data"),
         "MODELS_DIR": str(tmp_path / "models"),
         "OUTPUTS_PATH": str(tmp_path / "outputs"),

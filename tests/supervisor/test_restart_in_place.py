@@ -10,7 +10,7 @@ import pytest
 
 from queue_manager import QueueManagerServer
 
-from .conftest import free_port
+from .conftest import free_ports
 from .test_supervisor_with_simulator import job_status, running_job, submit
 
 
@@ -62,7 +62,8 @@ async def test_a_second_container_on_the_same_scratch_disk_is_refused_and_delete
     being_written = tmp_path / "data" / "comfyui" / "output" / "ComfyUI_00001_.png"
     being_written.write_bytes(b"a result not delivered yet")
 
-    second_env = {**base_env, "COMFYUI_URL": f"http://127.0.0.1:{free_port()}", "HEALTH_PORT": str(free_port())}
+    comfyui_port, health_port = free_ports(2)
+    second_env = {**base_env, "COMFYUI_URL": f"http://127.0.0.1:{comfyui_port}", "HEALTH_PORT": str(health_port)}
     second = await run_supervisor(second_env)
     assert await second.wait(timeout_s=20) == 2
     [refused] = [e for e in second.log_events() if e["event"] == "supervisor.scratch_in_use"]
