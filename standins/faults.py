@@ -114,7 +114,7 @@ class FakeApi:
 
         With `after_effect` the request is carried out first and only its answer is replaced (a lost reply),
         as Verda has been seen answering 500 to a POST /container-deployments that did create the deployment.
-        With `body` (fake Verda) the answer is that JSON: a 200 of the wrong shape, a list for an object.
+        With `body` the answer is that JSON: a 200 of the wrong shape, a list for an object.
         """
         fault = Fault(status, times, method.upper() if method else None, non_json, retry_after, after_effect, body)
         self._faults.add(path, fault)

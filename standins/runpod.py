@@ -249,6 +249,8 @@ class FakeRunPod(FakeApi):
         headers = fault_headers(fault)
         if fault.non_json:
             return proxy_error_page(fault.status, headers)
+        if fault.body is not None:
+            return web.json_response(fault.body, status=fault.status, headers=headers)
         return _problem(fault.status, f"injected {fault.status}", headers=headers)
 
     # --- pod state ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,22 @@ class BackendView:
     status: str
     bounds: tuple[int, int] | None = None
     ready: int | None = None
+
+
+class FirstSeen:
+    """When each replica was first listed, for the ones a platform lists without a start time (still being placed).
+
+    Taken as "now" at every read instead, such a replica looks newly started at every tick: the ledgers charged
+    it a new 10-minute interval each tick (Verda), or never a second (per-second billing).
+    """
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+
+    def starts(self, listed: Sequence[tuple[str, float | None]], now: float) -> list[float]:
+        """Each listed (id, start) replica's start: its own, else when it was first listed without one."""
+        self._at = {replica: self._at.get(replica, now) for replica, start in listed if start is None}
+        return [start if start is not None else self._at[replica] for replica, start in listed]
 
 
 class Backend(Protocol):

@@ -22,7 +22,7 @@ import httpx
 import structlog
 
 from scaler.policy import PAUSED, QUOTA_REACHED, Replica
-from scaler.providers.base import BackendView
+from scaler.providers.base import BackendView, FirstSeen
 from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 
@@ -53,6 +53,7 @@ class RunPodBackend:
         self.name = name
         self.pod_body = dict(pod_body)
         self._clock = clock
+        self._first_seen = FirstSeen()
         self._own = re.compile(rf"^{re.escape(name)}-[0-9a-f]{{8}}$")
         self._desired: int | None = None  # None until the first apply: never touch pods before being told
         self._paused = False
@@ -78,8 +79,12 @@ class RunPodBackend:
             if wrote:
                 pods = await self._our_pods()
         live = [pod for pod in pods if pod.live]
-        now = self._clock()
-        replicas = tuple(Replica(pod.id, _since(pod, now)) for pod in live)
+        # Billing begins at creation, as far as the API tells; a pod listed without it, when first listed so.
+        starts = self._first_seen.starts(
+            [(pod.id, pod.created_at.timestamp() if pod.created_at is not None else None) for pod in live],
+            self._clock(),
+        )
+        replicas = tuple(Replica(pod.id, start) for pod, start in zip(live, starts, strict=True))
         return BackendView(replicas=replicas, status=self._status())
 
     async def apply(self, desired: int) -> bool:
@@ -196,7 +201,3 @@ def _surplus(live: list[Pod], target: int) -> list[Pod]:
 def _created(pod: Pod) -> float:
     return pod.created_at.timestamp() if pod.created_at is not None else float("inf")
 
-
-def _since(pod: Pod, now: float) -> float:
-    """When billing began, as far as the API tells: creation (RunPod bills from then, by the fake's reading)."""
-    return pod.created_at.timestamp() if pod.created_at is not None else now

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from scaler.policy import Replica
-from scaler.providers.base import BackendView
+from scaler.providers.base import BackendView, FirstSeen
 from scaler.providers.verda.client import VerdaClient, replica_bounds
 
 
@@ -21,6 +21,7 @@ class VerdaBackend:
         self.client = client
         self.deployment = deployment
         self._clock = clock
+        self._first_seen = FirstSeen()
 
     def __repr__(self) -> str:
         return f"VerdaBackend(deployment={self.deployment!r}, client={self.client!r})"
@@ -31,11 +32,11 @@ class VerdaBackend:
         status = await self.client.get_status(self.deployment)
         listed = await self.client.get_replicas(self.deployment)
         scaling = await self.client.get_scaling(self.deployment)
-        now = self._clock()
-        # A replica listed without started_at is still being placed: treat it as starting now.
-        replicas = tuple(
-            Replica(r.id, r.started_at.timestamp() if r.started_at is not None else now) for r in listed
+        # A replica listed without started_at is still being placed: it starts when it was first listed so.
+        starts = self._first_seen.starts(
+            [(r.id, r.started_at.timestamp() if r.started_at is not None else None) for r in listed], self._clock()
         )
+        replicas = tuple(Replica(r.id, start) for r, start in zip(listed, starts, strict=True))
         return BackendView(replicas=replicas, status=status, bounds=replica_bounds(scaling))
 
     async def apply(self, desired: int) -> bool:
