@@ -3,12 +3,15 @@ fake Verda and the fake RunPod on loopback, and what the scaler makes of them.""
 
 from __future__ import annotations
 
+import pytest
+
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.providers.runpod.backend import RunPodBackend
-from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.verda.backend import VerdaBackend
+from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
@@ -16,6 +19,9 @@ from ..conftest import ManualClock
 from .conftest import DEPLOYMENT
 
 TICK_S = 15.0
+RUNPOD_KEY = "rpa_test_key"
+POD_BODY = {"image": "ghcr.io/acme/worker:1", "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}, "cloud": "SECURE",
+            "disk": 20, "ports": ["8000/http"]}
 VERDA_PRICE = 2.30
 
 
@@ -48,9 +54,9 @@ async def test_a_runpod_pod_listed_without_created_at_is_charged_per_second_from
     # Before, the pod's start was "now" at every read: per-second billing charged it nothing, ever.
     clock = ManualClock(1_000_000.0)
     pod = {"id": "pod-1", "name": "comfy-0123abcd", "status": "RUNNING", "cost": 0.69}
-    async with FakeRunPod("rpa_test_key", clock=clock) as fake:
+    async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
         fake.fail_next("/pods", 200, method="GET", times=10, body={"pods": [pod]})
-        client = RunPodClient("rpa_test_key", base_url=fake.url, max_attempts=1)
+        client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
         fleet = one_provider_fleet("runpod", RunPodBackend(client, "comfy", {}, clock=clock), 0.69, RUNPOD_BILLING,
                                    clock)
         try:
@@ -61,3 +67,43 @@ async def test_a_runpod_pod_listed_without_created_at_is_charged_per_second_from
         finally:
             await fleet.aclose()
     assert round(fleet.ledger.spent_since(0), 6) == round(300 * 0.69 / 3600, 6)
+
+
+async def test_a_pod_listing_without_names_is_an_error_not_zero_pods_to_create_again_and_again():
+    # Before: the backend did not recognise its own pods, created two more at every observe (12 pods after five
+    # ticks for a count of 2) and the kill switch reported "stopped: 0 replicas" while all of them ran.
+    async with FakeRunPod(RUNPOD_KEY) as fake:
+        backend = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1), "comfy", POD_BODY)
+        try:
+            await backend.apply(2)
+            nameless = [{k: v for k, v in fake._pod_json(pod).items() if k != "name"} for pod in fake.pods.values()]
+            fake.fail_next("/pods", 200, method="GET", times=100, body={"pods": nameless})
+            for _ in range(5):
+                with pytest.raises(RunPodAPIError, match=r"pods\[0\]\.name=None is not a non-empty string"):
+                    await backend.observe()
+            result = await stop_provider("runpod", backend, timeout_s=1.0, poll_s=0.1)
+        finally:
+            await backend.aclose()
+        assert len(fake.live_pods()) == 2
+    assert not result.stopped
+    assert "pods[0].name" in result.detail
+
+
+@pytest.mark.parametrize(("entry", "named"), [
+    (1, "pods[0] is not an object"),
+    ({"id": "p", "name": "comfy-0123abcd", "status": "RUNNING", "cost": "abc"}, "pods[0].cost='abc' is not a number"),
+    ({"id": "p", "name": "comfy-0123abcd", "status": "RUNNING", "gpu": {"count": "two"}},
+     "pods[0].gpu.count='two' is not a whole number"),
+])
+async def test_a_pod_of_the_wrong_shape_is_an_error_naming_the_field_and_runpod(entry, named):
+    # Before: AttributeError: 'int' object has no attribute 'get'; ValueError: could not convert string to float.
+    async with FakeRunPod(RUNPOD_KEY) as fake:
+        fake.fail_next("/pods", 200, method="GET", body={"pods": [entry]})
+        backend = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1), "comfy", POD_BODY)
+        try:
+            with pytest.raises(RunPodAPIError) as raised:
+                await backend.observe()
+        finally:
+            await backend.aclose()
+    assert str(raised.value).startswith("RunPod API error 200 on GET /pods: unexpected answer: ")
+    assert named in str(raised.value)

@@ -103,18 +103,44 @@ class Pod:
         return self.status not in GONE_STATUSES
 
 
-def pod_from_json(data: dict[str, Any]) -> Pod:
+def pod_from_json(data: Any, request: str, where: str = "pod") -> Pod:
+    """A pod as RunPod answers it; RunPodAPIError naming the field (``where``: which pod) when a value has the wrong
+    type, instead of an AttributeError or a ValueError that says neither the provider nor the field."""
+    if not isinstance(data, dict):
+        raise _unexpected(request, f"{where} is not an object: {str(data)[:60]}")
     gpu = data.get("gpu") or {}
+    cost = data.get("cost") or 0.0
+    count = (gpu.get("count") or 0) if isinstance(gpu, dict) else None
+    for name, value, wanted in (("gpu", gpu, dict), ("cost", cost, int | float), ("gpu.count", count, int)):
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise _unexpected(request, f"{where}.{name}={repr(value)[:60]} is not {_KINDS[name]}")
     return Pod(
         id=str(data.get("id", "")),
         name=str(data.get("name", "")),
         status=str(data.get("status", "UNKNOWN")).upper(),
         created_at=parse_timestamp(data.get("createdAt")),
         started_at=parse_timestamp(data.get("startedAt")),
-        cost_per_hour=float(data.get("cost") or 0.0),
+        cost_per_hour=float(cost),
         gpu_id=gpu.get("id"),
-        gpu_count=int(gpu.get("count") or 0),
+        gpu_count=count,
     )
+
+
+_KINDS = {"gpu": "an object", "cost": "a number", "gpu.count": "a whole number"}
+
+
+def listed_pod(data: Any, index: int) -> Pod:
+    """One pod of GET /pods. Its id and name are required: a pod listed without its name is not recognised as the
+    backend's own, and the backend created two more pods at every tick while the listing showed none of them."""
+    where = f"pods[{index}]"
+    for name in ("id", "name") if isinstance(data, dict) else ():
+        if not (isinstance(data.get(name), str) and data[name]):
+            raise _unexpected("GET /pods", f"{where}.{name}={repr(data.get(name))[:60]} is not a non-empty string")
+    return pod_from_json(data, "GET /pods", where)
+
+
+def _unexpected(request: str, detail: str) -> RunPodAPIError:
+    return RunPodAPIError(200, "unexpected answer", detail, request=request)
 
 
 def error_from_response(response: httpx.Response, request: str) -> RunPodAPIError:
@@ -226,10 +252,10 @@ class RunPodClient:
 
     async def list_pods(self) -> list[Pod]:
         data = await self._json("GET", "/pods")
-        return [pod_from_json(p) for p in _field(data, "pods", "GET /pods")]
+        return [listed_pod(pod, index) for index, pod in enumerate(_field(data, "pods", "GET /pods"))]
 
     async def get_pod(self, pod_id: str) -> Pod:
-        return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"))
+        return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"), "GET /pods/{id}")
 
     async def create_pod(self, body: dict[str, Any]) -> Pod:
         """POST /pods. On a lost or failed answer the pod list is read again before any retry.
@@ -250,7 +276,7 @@ class RunPodClient:
                         log.info("runpod_create_confirmed_by_listing", pod=made.id, name=name)
                         return made
                     raise
-                return pod_from_json(_decode(response, "POST /pods"))
+                return pod_from_json(_decode(response, "POST /pods"), "POST /pods")
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _confirm_created(self, name: str, create_error: Exception) -> Pod | None:
@@ -279,7 +305,7 @@ class RunPodClient:
             if error.status in (404, 409):
                 return None
             raise
-        return pod_from_json(_decode(response, "POST /pods/{id}/action"))
+        return pod_from_json(_decode(response, "POST /pods/{id}/action"), "POST /pods/{id}/action")
 
     # --- network volumes ------------------------------------------------------------------------
 
@@ -311,5 +337,5 @@ def _decode(response: httpx.Response, request: str) -> Any:
 def _field(data: Any, name: str, request: str) -> list[dict[str, Any]]:
     value = data.get(name) if isinstance(data, dict) else None
     if not isinstance(value, list):
-        raise RunPodAPIError(200, "unexpected answer", f"no {name!r} list in the body", request=request)
+        raise _unexpected(request, f"no {name!r} list in the body")
     return value
