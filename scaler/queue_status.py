@@ -12,10 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import MAX_ANSWER_BYTES, AnswerTooLarge, request_bounded
 from common.urls import redact_url
+
+log = structlog.get_logger()
 
 STATUS_PATH = "/api/queue/status"
 JOBS_PATH = "/api/jobs"
@@ -28,6 +31,11 @@ TIMINGS_LIMIT = 200
 # planning walks every queued job (1e6 took 3.5 s a tick, 1e7 35 s), so it is refused, not believed.
 MAX_PLAUSIBLE_COUNT = 1_000_000
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A job's timestamps are believed within this window around the scaler's clock (the manager keeps finished jobs
+# 7 days by default; a few minutes ahead is clock skew). Outside it they are a broken clock or a broken answer:
+# jobs that "ran" 10 years or "finished" in 3 years made the median job 3e8 s long and gave every job a replica.
+OLDEST_JOB_S = 7 * 24 * 3600.0
+CLOCK_SKEW_S = 300.0
 
 
 class QueueStatusError(Exception):
@@ -144,10 +152,19 @@ class QueueStatusReader:
     async def _job_list(self, state: str, query: dict[str, Any]) -> list[Any]:
         try:
             response = await self._get(JOBS_PATH, params={"status": state, **query})
-            body = response.json() if not response.is_error else None
-        except (httpx.HTTPError, ValueError, AnswerTooLarge):
-            body = None
-        return body if isinstance(body, list) else []
+            if response.is_error:
+                problem = f"HTTP {response.status_code}: {response.text[:100]}"
+            else:
+                body = response.json()
+                if isinstance(body, list):
+                    return body
+                problem = f"not a list: {str(body)[:100]}"
+        except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge) as exc:
+            problem = f"{type(exc).__name__}: {exc}"[:200]
+        log.warning("queue_job_list_unreadable", peer="queue manager", list=f"GET {JOBS_PATH}?status={state}",
+                    error=problem, hint="the counts stand; the plan goes without these jobs' timings (missing "
+                    "durations: the median of what is known, else SCALER_DEFAULT_JOB_DURATION_S)")
+        return []
 
     async def _get(self, path: str, **kwargs: Any) -> httpx.Response:
         return await request_bounded(
@@ -170,27 +187,49 @@ class QueueStatusReader:
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:
     """Ages of pending jobs, elapsed run of running ones (and how long they had waited), durations of the most
     recent completions, and how long the jobs that started last (running or completed) had waited."""
-    ages = tuple(now - t for t in (_stamp(job, "created_at") for job in lists.get("pending", ())) if t is not None)
+    stamp = _Stamps(now)
+    ages = tuple(max(0.0, now - t) for t in (stamp(job, "created_at") for job in lists.get("pending", ()))
+                 if t is not None)
     elapsed, waited = [], []
     for job in lists.get("running", ()):
-        created, began = _stamp(job, "created_at"), _stamp(job, "started_at")
+        created, began = stamp(job, "created_at"), stamp(job, "started_at")
         if began is not None:
-            elapsed.append(now - began)
+            elapsed.append(max(0.0, now - began))
             waited.append(max(0.0, began - created) if created is not None else 0.0)
     done = []
     for job in lists.get("completed", ()):
-        started, completed = _stamp(job, "started_at"), _stamp(job, "completed_at")
+        started, completed = stamp(job, "started_at"), stamp(job, "completed_at")
         if started is not None and completed is not None and completed >= started:
             done.append((completed, completed - started))
     recent = tuple(duration for _, duration in sorted(done)[-RECENT_COMPLETIONS:])
     started = []
     for job in (*lists.get("running", ()), *lists.get("completed", ())):
-        created, began = _stamp(job, "created_at"), _stamp(job, "started_at")
+        created, began = stamp(job, "created_at"), stamp(job, "started_at")
         if created is not None and began is not None and began >= created:
             started.append((began, began - created))
     waits = tuple(wait for _, wait in sorted(started)[-RECENT_COMPLETIONS:])
+    if stamp.implausible:
+        log.warning("queue_job_times_implausible", peer="queue manager", skipped=stamp.implausible,
+                    believed=f"from {OLDEST_JOB_S / 86400:g} days ago to {CLOCK_SKEW_S:g} s ahead of this host's clock",
+                    hint="those jobs' timings are left out; check the queue manager's clock (and this host's)")
     return {"pending_ages_s": ages, "running_elapsed_s": tuple(elapsed), "running_waited_s": tuple(waited),
             "recent_durations_s": recent, "recent_waits_s": waits}
+
+
+class _Stamps:
+    """Reads a job's timestamp (``_stamp``), believing only one within the window around ``now``; counts the rest
+    by field."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.implausible: dict[str, int] = {}
+
+    def __call__(self, job: Any, name: str) -> float | None:
+        moment = _stamp(job, name)
+        if moment is not None and not self.now - OLDEST_JOB_S <= moment <= self.now + CLOCK_SKEW_S:
+            self.implausible[name] = self.implausible.get(name, 0) + 1
+            return None
+        return moment
 
 
 def _stamp(job: Any, name: str) -> float | None:

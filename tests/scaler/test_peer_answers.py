@@ -4,13 +4,18 @@ fake Verda and the fake RunPod on loopback, and what the scaler makes of them.""
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
+from queue_manager.server import QueueManagerServer
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.loop import ScalerLoop
+from scaler.policy import ScalingConfig
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.verda.backend import VerdaBackend
+from scaler.queue_status import QueueStatusReader
 from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
@@ -19,6 +24,7 @@ from ..conftest import ManualClock
 from .conftest import DEPLOYMENT
 
 TICK_S = 15.0
+WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 RUNPOD_KEY = "rpa_test_key"
 POD_BODY = {"image": "ghcr.io/acme/worker:1", "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}, "cloud": "SECURE",
             "disk": 20, "ports": ["8000/http"]}
@@ -107,3 +113,41 @@ async def test_a_pod_of_the_wrong_shape_is_an_error_naming_the_field_and_runpod(
             await backend.aclose()
     assert str(raised.value).startswith("RunPod API error 200 on GET /pods: unexpected answer: ")
     assert named in str(raised.value)
+
+
+async def test_job_lists_that_fail_while_the_counts_answer_are_logged_and_the_default_duration_is_used(qm, backend):
+    # Before: the failure was silent (no log line at all); the planning quietly went on without timings.
+    qm.store.submit("alice", WORKFLOW)
+    qm.faults.inject("list-jobs", status=500, times=3)
+    async with QueueStatusReader(qm.url) as reader:
+        loop = ScalerLoop(ScalingConfig(target_wait_s=120, default_job_duration_s=240), backend, reader)
+        with capture_logs() as logs:
+            observation = await loop.observe()
+    assert observation.pending == 1 and observation.queue_error is None
+    assert observation.job_duration_s == 240
+    unreadable = [e for e in logs if e["event"] == "queue_job_list_unreadable"]
+    assert sorted(e["list"] for e in unreadable) == [f"GET /api/jobs?status={s}" for s in ("completed", "pending",
+                                                                                          "running")]
+    assert all(e["peer"] == "queue manager" and e["error"].startswith("HTTP 500") for e in unreadable)
+
+
+async def test_completions_from_a_queue_manager_clock_years_ahead_are_left_out_not_planned_with(backend):
+    # The manager's clock ran 3 years ahead while five jobs ran: before, the median job was 1.9e7 s (219 days) long and
+    # the plan gave every queued job a replica of its own.
+    clock = ManualClock(1_700_000_000.0)
+    async with QueueManagerServer(clock=clock) as server:
+        for _ in range(5):
+            job = server.store.submit("alice", WORKFLOW)
+            server.store.pop_next("w1", server.mode)
+            clock.advance(3 * 365 * 86400 / 5)
+            server.store.complete(job.id, {})
+        server.store.submit("bob", WORKFLOW)
+        async with QueueStatusReader(server.url) as reader:
+            loop = ScalerLoop(ScalingConfig(target_wait_s=120, default_job_duration_s=240), backend, reader,
+                              clock=lambda: 1_700_000_100.0)
+            with capture_logs() as logs:
+                observation = await loop.observe()
+    assert observation.job_duration_s == 240
+    assert observation.pending_ages_s == ()  # bob "was submitted" 3 years from now
+    (warning,) = [e for e in logs if e["event"] == "queue_job_times_implausible"]
+    assert warning["peer"] == "queue manager" and warning["skipped"]["completed_at"] == 5
