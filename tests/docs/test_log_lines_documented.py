@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from scaler.policy import Reason
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
 SOURCE_DIRS = ("common", "worker", "health", "supervisor", "queue_manager", "scaler", "demo", "standins")
@@ -162,3 +164,16 @@ def test_the_fields_shown_with_a_log_line_are_the_ones_it_carries():
         if "**" not in calls[event] and not set(fields) <= calls[event]
     ]
     assert wrong == []
+
+
+def test_the_decision_reasons_the_docs_name_are_the_policys():
+    """`reason=hold_paused` on a "Scaling decision" line: a reason the docs explain must be one the policy gives."""
+    named = {
+        word
+        for doc in DOCS
+        for word in re.findall(r"`(?:reason=)?((?:hold|wake|scale_up|scale_down|scale_to|prewarm_for|clamp_to)"
+                               r"[a-z_]*|steady)`", doc.read_text())
+        if not word.endswith(("_s", "_seconds"))  # settings such as scale_down_lead_s
+    }
+    assert {"hold_paused", "scale_up_capped_by_daily_budget"} <= named
+    assert named - {reason.value for reason in Reason} == set()
