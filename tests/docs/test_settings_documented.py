@@ -24,7 +24,7 @@ from scaler.deploy.command import DeployLogSettings
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, ENV_OVERRIDES, SHARED_VOLUME_ENVS
 from scaler.deploy.verda import CLIENT_ENV
 from supervisor.config import SupervisorSettings
-from worker.config import WorkerSettings
+from worker.config import DAY_S, WEEK_S, WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -137,6 +137,16 @@ def table_defaults(doc: Path) -> dict[str, str]:
     return defaults
 
 
+def table_rows(doc: Path) -> dict[str, str]:
+    """Variable -> the whole table row that names it in its first column."""
+    rows = {}
+    for row in doc.read_text().splitlines():
+        first = re.match(r"^\| ((?:`[A-Z][A-Z0-9_]+`[ ,/]*)+)\|", row)
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", first[1]) if first else []:
+            rows.setdefault(name, row)
+    return rows
+
+
 def shown(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -225,3 +235,40 @@ def test_scaler_and_deploy_read_the_same_names_for_the_same_things():
     scaler, deploy = READERS["scaler"][0], READERS["deploy"][0]
     assert {"VERDA_API_URL", "VERDA_DEPLOYMENT_NAME", "VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET"} <= scaler & deploy
     assert ENV_OVERRIDES["VERDA_DEPLOYMENT_NAME"] == ("deployment", "name")
+
+
+def bounds(field) -> list[float]:
+    """The field's lower bounds above 0 and its upper bounds (ge=1, le=100 -> [1, 100])."""
+    found = []
+    for constraint in field.metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            value = getattr(constraint, kind, None)
+            if value is not None and (kind in ("le", "lt") or value > 0):
+                found.append(value)
+    return found
+
+
+# Bounds a doc states once for all its variables, not in each row.
+STATED_FOR_ALL = {"worker.md": {DAY_S, WEEK_S}, "scaler.md": set(), "providers.md": set(), "container.md": set(),
+                  "queue-manager.md": set()}
+PORT_RANGE = 65535  # a port is a port
+
+
+@pytest.mark.parametrize(("settings_cls", "doc"), SETTINGS_DOCS, ids=[doc for _, doc in SETTINGS_DOCS])
+def test_each_table_row_states_the_bounds_the_code_enforces(settings_cls, doc):
+    """`MAX_JOB_ATTEMPTS` refused above 100 at start: the row says 100 (or its section says it for all)."""
+    rows = table_rows(DOCS / doc)
+    checked, missing = 0, []
+    for field_name, field in settings_cls.model_fields.items():
+        name = env_name(settings_cls, field_name)
+        if name not in rows:
+            continue
+        for bound in bounds(field):
+            if bound in STATED_FOR_ALL[doc] or bound == PORT_RANGE:
+                continue
+            checked += 1
+            numbers = {float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", rows[name])}
+            if float(bound) not in numbers:
+                missing.append(f"{name}: {bound:g}")
+    assert missing == [], f"{doc} does not state these bounds"
+    assert checked or doc == "container.md" or doc == "queue-manager.md"
