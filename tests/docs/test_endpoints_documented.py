@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 from health.status import status_document
@@ -96,3 +97,17 @@ def test_the_phases_the_health_table_shows_are_the_worker_phases():
     text = (DOCS / "health-and-metrics.md").read_text()
     shown = set(re.findall(r'"phase": "(\w+)"', text))
     assert shown and shown <= {phase.value for phase in Phase}
+
+
+def test_the_readme_links_every_doc_and_places_every_top_level_folder():
+    readme = (REPO / "README.md").read_text()
+    unlinked = [doc.name for doc in sorted(DOCS.glob("*.md")) if f"(docs/{doc.name})" not in readme]
+    assert unlinked == [], "docs the README's Docs list does not link"
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached"], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.splitlines()
+    folders = sorted({path.split("/")[0] for path in tracked if "/" in path and not path.startswith(".")})
+    assert "worker" in folders, "git ls-files listed nothing: is this a checkout?"
+    table = readme.split("## What is where", 1)[1].split("\n## ", 1)[0]
+    unplaced = [name for name in folders if f"`{name}/" not in table]
+    assert unplaced == [], "top-level folders the README's 'What is where' does not place"
