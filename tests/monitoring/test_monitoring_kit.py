@@ -238,3 +238,34 @@ def test_every_alert_has_its_runbook_section():
     sections = re.findall(r"^### (\w+)$", (ROOT / "docs/monitoring.md").read_text(), flags=re.MULTILINE)
     assert runbooks == [alert.lower() for alert in alerts]
     assert sorted(sections) == sorted(alerts)
+
+
+def alert_rules() -> dict[str, tuple[str | None, str]]:
+    """Alert -> (its `for` as written, e.g. "5m", or None; its severity), read from alerts.yml."""
+    rules = {}
+    for block in (MONITORING / "alerts.yml").read_text().split("- alert: ")[1:]:
+        name = block.split()[0]
+        duration = re.search(r"^\s+for: (\w+)$", block, flags=re.MULTILINE)
+        severity = re.search(r"^\s+severity: (\w+)$", block, flags=re.MULTILINE)
+        assert severity, f"{name} has no severity"
+        rules[name] = (duration[1] if duration else None, severity[1])
+    return rules
+
+
+def test_each_runbook_gives_its_alert_s_severity_and_duration_as_in_the_rules():
+    """docs/monitoring.md: "`expr` for 2 minutes (page)" must stay what alerts.yml says."""
+    text = (ROOT / "docs/monitoring.md").read_text()
+    rules = alert_rules()
+    assert len(rules) >= 10
+    wrong = []
+    for name, (duration, severity) in rules.items():
+        section = text.split(f"### {name}\n", 1)[1].split("What to do", 1)[0]
+        if not re.search(rf"\({severity}[),]", section):  # "(page)", "(page, at once)"
+            wrong.append(f"{name}: severity {severity}")
+        minutes = re.findall(r"for (\d+) minutes", section)
+        expected = [str(int(duration.removesuffix("m")))] if duration else []
+        if duration and not duration.endswith("m"):
+            wrong.append(f"{name}: `for: {duration}` is not in minutes; say it in the runbook")
+        elif minutes[-1:] != expected:
+            wrong.append(f"{name}: for {duration}, runbook says {minutes}")
+    assert wrong == []
