@@ -29,6 +29,8 @@ MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 # However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
 # gets at least this long: on loopback an answering ComfyUI takes milliseconds.
 MIN_QUESTION_S = 1.0
+# The key in a prompt's extra_data that names the queue manager's job it runs (ComfyUI lists extra_data in /queue).
+JOB_ID_KEY = "comfyui_serverless_job_id"
 
 
 class ComfyUIUnavailable(Exception):
@@ -162,8 +164,15 @@ class ComfyUIClient:
             await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
         return None
 
-    async def queue_prompt(self, workflow: dict[str, Any], client_id: str, prompt_id: str) -> dict[str, Any]:
-        body = json.dumps({"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}).encode()
+    async def queue_prompt(
+        self, workflow: dict[str, Any], client_id: str, prompt_id: str, *, job_id: str | None = None
+    ) -> dict[str, Any]:
+        """Submit; ``job_id`` goes into the prompt's ``extra_data`` (JOB_ID_KEY), so a later attempt of the job
+        can find this prompt in ComfyUI's queue (``prompts_of_job``)."""
+        request = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        if job_id is not None:
+            request["extra_data"] = {JOB_ID_KEY: job_id}
+        body = json.dumps(request).encode()
         headers = {"Content-Type": "application/json"}
         response = await self._request("POST", "/prompt", content=body, headers=headers)
         try:
@@ -189,17 +198,32 @@ class ComfyUIClient:
         return entry if isinstance(entry, dict) else None
 
     async def queued_prompt_ids(self) -> tuple[set[str], set[str]]:
-        """(running, pending) prompt ids: element 1 of each queue item is the prompt id."""
+        """(running, pending) prompt ids."""
+        running, pending = await self._queue()
+        return {prompt_id for prompt_id, _ in running}, {prompt_id for prompt_id, _ in pending}
+
+    async def prompts_of_job(self, job_id: str) -> tuple[set[str], set[str]]:
+        """(running, pending) ids of the prompts queued for ``job_id`` (see ``queue_prompt``)."""
+        running, pending = await self._queue()
+
+        def of_job(items: list[tuple[str, dict[str, Any]]]) -> set[str]:
+            return {prompt_id for prompt_id, extra_data in items if extra_data.get(JOB_ID_KEY) == job_id}
+
+        return of_job(running), of_job(pending)
+
+    async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+        """(running, pending) as (prompt id, extra_data): elements 1 and 3 of each queue item."""
         payload = await self._json("GET", "/queue")
         if not isinstance(payload, dict):
             raise ComfyUIUnavailable(f"ComfyUI GET /queue answered a JSON {type(payload).__name__}, not its queue")
 
-        def ids(items: object) -> set[str]:
-            if not isinstance(items, list):
-                return set()
-            return {str(item[1]) for item in items if isinstance(item, list) and len(item) > 1}
+        def items(listed: object) -> list[tuple[str, dict[str, Any]]]:
+            if not isinstance(listed, list):
+                return []
+            return [(str(item[1]), item[3] if len(item) > 3 and isinstance(item[3], dict) else {})
+                    for item in listed if isinstance(item, list) and len(item) > 1]
 
-        return ids(payload.get("queue_running")), ids(payload.get("queue_pending"))
+        return items(payload.get("queue_running")), items(payload.get("queue_pending"))
 
     async def interrupt(self, prompt_id: str) -> None:
         async with self._stream("POST", "/interrupt", json={"prompt_id": prompt_id}):

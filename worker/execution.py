@@ -111,8 +111,10 @@ class PromptRun:
         timings: RunTimings = RunTimings(),
         heartbeat: Callable[[], None] = lambda: None,
         on_prompt_id: Callable[[str], None] = lambda _: None,
+        job_id: str | None = None,
     ) -> None:
         self.comfy = comfy
+        self.job_id = job_id
         self.timeout_s = timeout_s
         self.timings = timings
         self.heartbeat = heartbeat
@@ -168,7 +170,7 @@ class PromptRun:
 
     async def _submit(self, workflow: dict[str, Any]) -> dict[str, Any]:
         try:
-            return await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id)
+            return await self.comfy.queue_prompt(workflow, self.events.client_id, self.prompt_id, job_id=self.job_id)
         except ComfyUIUnavailable:
             # The prompt id is ours, so a lost answer can be told from a lost request: ask ComfyUI.
             if not await self._known_to_comfyui():
@@ -182,6 +184,25 @@ class PromptRun:
             return self.prompt_id in running | pending or await self.comfy.history(self.prompt_id) is not None
         except ComfyUIUnavailable:
             return False
+
+    async def stop_earlier_attempts(self) -> None:
+        """Stop the prompts an earlier attempt of this job left in ComfyUI, its worker killed before it could:
+        this attempt would queue behind them with its JOB_TIMEOUT_S running, and their results go to no one.
+        Another worker's prompts for other jobs are left alone. Errors are logged: the submission reports them."""
+        if self.job_id is None:
+            return
+        try:
+            running, pending = await self.comfy.prompts_of_job(self.job_id)
+            for prompt_id in pending:
+                await self.comfy.delete_pending(prompt_id)
+            for prompt_id in running:
+                await self.comfy.interrupt(prompt_id)
+        except (ComfyUIUnavailable, ReplyTooLarge) as exc:
+            log.warning("Could not look for prompts an earlier attempt left in ComfyUI", error=str(exc))
+            return
+        if running or pending:
+            log.warning("Stopped prompts an earlier attempt of this job left in ComfyUI",
+                        running=sorted(running), pending=sorted(pending))
 
     async def interrupt(self) -> str | None:
         """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised."""

@@ -405,7 +405,9 @@ class Worker:
     async def _execute(self, job: Job, picked_up: float) -> Report:
         picked_up_at = datetime.now(UTC).isoformat()
         await asyncio.to_thread(self.delivery.remove_earlier_attempts, job.user_id, job.id, job.attempt)
-        run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id)
+        run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id, job_id=job.id)
+        if job.attempt is not None and job.attempt > 1:
+            await run.stop_earlier_attempts()
         try:
             outcome = await run.run(job.workflow)
         except PromptRejected as exc:
@@ -495,10 +497,10 @@ class Worker:
             return
         self._comfyui_answered_at = time.monotonic() if answered else -math.inf
 
-    def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None) -> PromptRun:
+    def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None, job_id: str | None = None) -> PromptRun:
         return PromptRun(
             self.comfy, self.events, timeout_s=self.settings.job_timeout_s, timings=self.timings,
-            heartbeat=self.state.beat, on_prompt_id=on_prompt_id,
+            heartbeat=self.state.beat, on_prompt_id=on_prompt_id, job_id=job_id,
         )
 
     def _on_prompt_id(self, prompt_id: str) -> None:

@@ -309,8 +309,8 @@ async def test_a_lost_answer_to_post_prompt_does_not_lose_the_prompt(qm, comfy, 
     worker = make_worker()
     submit = worker.comfy.queue_prompt
 
-    async def answer_lost(*args):
-        await submit(*args)
+    async def answer_lost(*args, **kwargs):
+        await submit(*args, **kwargs)
         raise ComfyUIUnavailable("connection reset while reading the answer")
 
     worker.comfy.queue_prompt = answer_lost
@@ -323,7 +323,7 @@ async def test_a_lost_answer_to_post_prompt_does_not_lose_the_prompt(qm, comfy, 
 async def test_a_lost_post_prompt_request_hands_the_job_back(qm, comfy, make_worker, workflows):
     from worker.comfyui import ComfyUIUnavailable
 
-    async def request_lost(*_args):
+    async def request_lost(*_args, **_kwargs):
         raise ComfyUIUnavailable("connection refused")
 
     job = qm.store.submit("alice", workflows["quick"])

@@ -61,13 +61,13 @@ async def comfy(tmp_path: Path) -> AsyncIterator[ComfyUISimulator]:
 async def start_worker(tmp_path: Path, leased_qm: QueueManagerServer, comfy: ComfyUISimulator):
     started: list[asyncio.subprocess.Process] = []
 
-    async def start(name: str) -> asyncio.subprocess.Process:
+    async def start(name: str, **more_env: str) -> asyncio.subprocess.Process:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             "QUEUE_MANAGER_URL": str(leased_qm.url), "COMFYUI_URL": comfy.url,
             "COMFYUI_OUTPUT_DIR": str(comfy.output_dir), "OUTPUTS_PATH": str(tmp_path / "outputs"),
             "WORKER_ID": name, "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1", "WORKER_POLL_INTERVAL": "0.05",
-            "LEASE_HEARTBEAT_S": "0.2", "LOG_FORMAT": "json",
+            "LEASE_HEARTBEAT_S": "0.2", "LOG_FORMAT": "json", **more_env,
         }  # fmt: skip
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", env=env, cwd=tmp_path,
@@ -182,6 +182,89 @@ async def test_a_job_whose_worker_is_killed_at_any_step_ends_exactly_once_comple
     delivered = sorted(item["path"] for item in report.body["result"]["outputs"])
     assert delivered and all(path.startswith(f"alice/{job.id}/attempt-2/") for path in delivered)
     assert files_under(outputs) == delivered, "nothing of the killed attempt is left, even once it had delivered"
+
+
+async def test_the_retry_stops_the_prompt_its_killed_attempt_left_running_in_comfyui(
+    leased_qm, comfy, start_worker, workflows
+):
+    """Before: the killed attempt's prompt ran on in ComfyUI for no one, the retry queued behind it with its
+    JOB_TIMEOUT_S running, and the job failed "timed out": an infrastructure fault failing a job. (A bare
+    comfy-worker beside its own ComfyUI; in the image the supervisor takes ComfyUI down with the worker.)"""
+    from standins.comfyui_nodes import build_catalogue
+
+    comfy.catalogue = build_catalogue(("sd_xl_base_1.0.safetensors",))
+    comfy.node_seconds["KSampler"] = 60.0  # 25 steps of 2.4 s; an interrupt lands between steps
+    job = leased_qm.store.submit("alice", workflows["sdxl_txt2img"])
+    first = await start_worker("first")
+    await wait_for(lambda: comfy.running_prompt_id is not None)
+    orphan = comfy.running_prompt_id
+    first.kill()
+    await first.wait()
+    comfy.node_seconds["KSampler"] = 0.5  # the retry's own run is quick
+
+    second = await start_worker("second", JOB_TIMEOUT_S="20")
+    try:
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=40)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await second.wait() == 0
+    [report] = leased_qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    assert [(i.body, i.honoured) for i in comfy.interrupts_received] == [({"prompt_id": orphan}, True)]
+
+
+async def test_the_retry_leaves_other_jobs_prompts_alone_and_drops_its_own_pending_one(
+    leased_qm, comfy, start_worker, workflows
+):
+    """Two workers share one ComfyUI: the retry removes only the prompt of its own job's killed attempt."""
+    from worker.comfyui import JOB_ID_KEY
+
+    comfy.freeze(class_type="ImageBlur")
+    other = await comfy_post_prompt(comfy, workflows["slow"], {JOB_ID_KEY: "another-workers-job"})
+    await comfy.wait_until_frozen()
+    job = leased_qm.store.submit("alice", workflows["quick"])
+    first = await start_worker("first")
+    await wait_for(lambda: len(comfy.prompts_received) == 2)  # its prompt is queued behind the frozen one
+    orphan = comfy.prompts_received[-1].prompt_id
+    first.kill()
+    await first.wait()
+
+    second = await start_worker("second")
+    try:
+        await wait_for(lambda: len(comfy.prompts_received) == 3)
+        assert orphan not in await comfy_queue_ids(comfy), "the killed attempt's pending prompt is gone"
+        comfy.release()
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await second.wait() == 0
+    assert leased_qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert comfy.interrupts_received == [], "the other job's running prompt was not interrupted"
+    assert await comfy_ran(comfy, other) and not await comfy_ran(comfy, orphan)
+
+
+async def comfy_post_prompt(comfy: ComfyUISimulator, workflow: dict[str, Any], extra_data: dict[str, Any]) -> str:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{comfy.url}/prompt", json={"prompt": workflow, "extra_data": extra_data})
+    answer.raise_for_status()
+    return answer.json()["prompt_id"]
+
+
+async def comfy_ran(comfy: ComfyUISimulator, prompt_id: str) -> bool:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        return bool((await client.get(f"{comfy.url}/history/{prompt_id}")).json())
+
+
+async def comfy_queue_ids(comfy: ComfyUISimulator) -> set[str]:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        queue = (await client.get(f"{comfy.url}/queue")).json()
+    return {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
 
 
 def test_an_outputs_path_the_worker_cannot_enter_is_a_warning_at_start_not_a_crash(tmp_path: Path):
