@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -66,11 +65,16 @@ async def run_module_to_exit(
 
 
 async def drip_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, within_s: float = 5) -> None:
-    """Send one more byte every 50 ms (never idle, never done) until the server closes the connection."""
+    """Send one more byte every 50 ms (never idle, never done) until the server closes the connection. A reset
+    is a close too: a server closing with our last bytes unread sends RST, not FIN, depending on timing."""
     async with asyncio.timeout(within_s):
         while not reader.at_eof():
             writer.write(b"a")
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(0.05):
                     await reader.read(1024)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
     writer.close()
