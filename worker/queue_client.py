@@ -93,6 +93,7 @@ class QueueClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, verify=True)
+        self._has_token = bool(token)
         self.worker_id = worker_id
         self.report_budget_s = report_budget_s
         self._retry_wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
@@ -108,6 +109,11 @@ class QueueClient:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:
             raise PollError(f"{exc} (MAX_QUEUE_ANSWER_BYTES)") from None
+        if response.status_code in (401, 403):
+            raise PollError(
+                f"queue manager refused this worker's credentials (HTTP {response.status_code}: "
+                f"{_short(response.text)}): QUEUE_MANAGER_TOKEN is {'wrong' if self._has_token else 'unset'}"
+            )
         if response.status_code != 200:
             raise PollError(f"queue manager answered HTTP {response.status_code}: {_short(response.text)}")
         try:

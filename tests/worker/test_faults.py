@@ -222,6 +222,25 @@ async def test_queue_manager_down_while_polling_is_retried_not_counted_idle(qm, 
     assert worker.state.metrics.poll_errors._value.get() == 4
 
 
+@pytest.mark.parametrize(("sent", "named"), [("not-the-token", "wrong"), (None, "unset")])
+async def test_a_refused_token_is_a_poll_error_naming_queue_manager_token(comfy, make_worker, sent, named):
+    """Before: `queue manager answered HTTP 401: {"detail":"Not authenticated"}`, naming no setting."""
+    from queue_manager.server import QueueManagerServer
+
+    async with QueueManagerServer(token="the-token") as secured:
+        worker = make_worker(queue_manager_url=secured.url, queue_manager_token=sent)
+        with capture_logs() as logs:
+            running = asyncio.create_task(worker.run())
+            async with asyncio.timeout(10):
+                while not [e for e in logs if e["event"] == "Poll failed; backing off"]:
+                    await asyncio.sleep(0.01)
+            worker.request_shutdown()
+            assert await running == 0
+    failure = next(e for e in logs if e["event"] == "Poll failed; backing off")
+    assert "refused this worker's credentials (HTTP 401" in failure["error"]
+    assert failure["error"].endswith(f"QUEUE_MANAGER_TOKEN is {named}")
+
+
 async def test_non_json_200_from_the_queue_is_a_poll_error(qm, comfy, make_worker):
     qm.faults.inject("next-job", status=200, body="this is not json")
     with capture_logs() as logs:
