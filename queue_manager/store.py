@@ -162,7 +162,10 @@ class JobStore:
         self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: each commit reaches the disk before its answer, so a submission answered 201, or a report
+        # answered 200, survives a power loss or a host crash too (NORMAL loses the last commits then). It costs
+        # an fsync per commit: 0.8 ms against 0.25 ms per submission on this VM, next to ~10 ms over HTTP.
+        self._conn.execute("PRAGMA synchronous=FULL")
         with self._lock:
             self._conn.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
             present = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}

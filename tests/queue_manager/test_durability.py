@@ -109,3 +109,17 @@ async def test_reaper_runs_on_its_own_every_interval(clock: FakeClock) -> None:
         async with httpx.AsyncClient(base_url=queue.url) as client:
             status: dict[str, Any] = (await client.get("/api/queue/status")).json()
         assert (status["running_jobs"], status["failed_jobs"]) == (0, 1)
+
+
+def test_each_commit_reaches_the_disk_before_it_is_answered(tmp_path: Path) -> None:
+    """synchronous=FULL in WAL mode: a submission answered 201 survives a power loss or a host crash, not only a
+    killed process. Before: NORMAL, which loses the last commits then."""
+    from queue_manager.store import JobStore
+
+    store = JobStore(tmp_path / "queue.db")
+    try:
+        [(journal,)] = store._conn.execute("PRAGMA journal_mode").fetchall()
+        [(synchronous,)] = store._conn.execute("PRAGMA synchronous").fetchall()
+    finally:
+        store.close()
+    assert (journal, synchronous) == ("wal", 2), "2 is FULL"
