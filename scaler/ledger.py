@@ -13,6 +13,7 @@ mid-write leaves the previous ledger; a scaler restarted later charges its repli
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -214,7 +215,8 @@ def saved_number(value: Any, name: str) -> float:
 
 
 def write_json_atomically(path: Path, content: Any) -> None:
-    """Write, fsync, rename: a crash or a full disk mid-write leaves the previous file (and no scratch file)."""
+    """Write, fsync, rename, fsync the folder: a crash or a full disk mid-write leaves the previous file (and no
+    scratch file); once this returns, the new file survives a power loss too (the rename is on disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -223,10 +225,22 @@ def write_json_atomically(path: Path, content: Any) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(scratch, path)
+        _sync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             scratch.unlink()
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a file system that cannot sync a folder (nothing more to do)
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def set_aside(path: Path) -> Path:

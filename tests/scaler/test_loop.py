@@ -327,3 +327,23 @@ def test_a_state_file_path_that_is_a_directory_is_reported_and_left_where_it_is(
     assert (tmp_path / "scaler" / "kept.txt").read_text() == "the operator's"
     assert [entry["event"] for entry in logs] == ["policy_state_unreadable", "cost_ledger_unreadable"]
     assert "IsADirectoryError" in logs[0]["error"]
+
+
+def test_a_saved_state_file_is_on_disk_rename_included(tmp_path, monkeypatch):
+    """The folder is synced after the rename, or a power loss could bring back the previous state file (and with
+    it a ledger that forgot spend). Before: only the scratch file was synced."""
+    import os
+    import stat
+
+    from scaler.ledger import write_json_atomically
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(descriptor).st_mode) else "file")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    write_json_atomically(tmp_path / "scaler.json", {"spent": 1.0})
+    assert synced == ["file", "folder"]
