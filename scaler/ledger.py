@@ -13,7 +13,6 @@ mid-write leaves the previous ledger; a scaler restarted later charges its repli
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from common.durable import sync, sync_folder
 from scaler.billing import (
     DAY_S,
     HOUR_S,
@@ -223,24 +223,13 @@ def write_json_atomically(path: Path, content: Any) -> None:
         with scratch.open("w") as out:
             json.dump(content, out)
             out.flush()
-            os.fsync(out.fileno())
+            sync(out.fileno())
         os.replace(scratch, path)
-        _sync_folder(path.parent)
+        sync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             scratch.unlink()
         raise
-
-
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # EINVAL: a file system that cannot sync a folder (nothing more to do)
-            raise
-    finally:
-        os.close(descriptor)
 
 
 def set_aside(path: Path) -> Path:

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from common.durable import sync, sync_folder
 from common.text import encodes_as_utf8
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, FileNotServed
 
@@ -321,6 +322,7 @@ class OutputDelivery:
         with _staged_file(target, allowance) as out:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
+            await asyncio.to_thread(out.sync)
         return out.size, out.sha256
 
     def _local_source(self, relative: PurePosixPath) -> Path | None:
@@ -358,6 +360,11 @@ class _HashingFile:
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
+    def sync(self) -> None:
+        """On disk before the job is reported: a power loss after the report must not leave it empty or short."""
+        self._raw.flush()
+        sync(self._raw.fileno())
+
 
 @contextlib.contextmanager
 def _staged_file(target: Path, allowance: int) -> Iterator[_HashingFile]:
@@ -368,12 +375,19 @@ def _staged_file(target: Path, allowance: int) -> Iterator[_HashingFile]:
 
 
 def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
-    """Rename the complete staging folder to the job's folder: one step, so readers see all of it or nothing."""
+    """Rename the complete staging folder to the job's folder: one step, so readers see all of it or nothing;
+    on disk, folders and all, before the job is reported."""
     job_folder = job_dir.parent if job_dir.parent != user_dir else None  # <job>/ of an attempt-N/ folder
     made_job_folder = job_folder is not None and not job_folder.exists()
     try:
+        for folder, _, _ in os.walk(staging):  # the staging folder's own entries, before it is published
+            sync_folder(Path(folder))
         job_dir.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, job_dir)
+        for folder in (job_dir.parent, *job_dir.parent.parents):  # the rename, and any folder made for it
+            sync_folder(folder)
+            if folder == user_dir.parent:
+                break
     except OSError as exc:
         if made_job_folder:  # OUTPUTS_PATH/<user> stays: other jobs of the user share it
             with contextlib.suppress(OSError):
@@ -439,6 +453,7 @@ def _copy_file(source: Path, target: Path, stop: threading.Event, allowance: int
             out.write(chunk)
         if out.size != size or src.read(1):
             raise _SourceChanged(f"{size} bytes when opened, then changed while copied: a node is still writing it")
+        out.sync()
     return out.size, out.sha256
 
 

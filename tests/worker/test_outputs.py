@@ -122,6 +122,80 @@ async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(co
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("local", [True, False], ids=["copied from ComfyUI's folder", "fetched over /view"])
+async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reported(
+    comfy, tmp_path: Path, monkeypatch, local: bool
+):
+    """Before: nothing was synced, so a power loss just after the report could leave the reported files empty
+    or missing (the queue manager now keeps every answered report on disk)."""
+    import os
+
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    outputs = tmp_path / "outputs"
+    (comfy.output_dir / "sub").mkdir()
+    (comfy.output_dir / "sub" / "a.png").write_bytes(b"a")
+    (comfy.output_dir / "b.png").write_bytes(b"b")
+    history_outputs = {"9": {"images": [
+        {"filename": "a.png", "subfolder": "sub", "type": "output"},
+        {"filename": "b.png", "subfolder": "", "type": "output"},
+    ]}}  # fmt: skip
+    client = ComfyUIClient(comfy.url)
+    delivery = OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir if local else None)
+    try:
+        await delivery.deliver(history_outputs, "alice", "job-1", attempt=2)
+    finally:
+        await client.aclose()
+    [staging] = {Path(path).relative_to(outputs).parts[1] for path in synced if "/.partial/" in path}
+    staged = outputs / ".partial" / staging
+    assert sorted(synced) == sorted(str(p) for p in [
+        staged / "sub" / "a.png", staged / "b.png", staged, staged / "sub",  # the files, then their folders
+        outputs / "alice" / "job-1", outputs / "alice", outputs,  # the rename, and the folders made for it
+    ])  # fmt: skip
+    assert (outputs / "alice" / "job-1" / "attempt-2" / "sub" / "a.png").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize(("error", "delivered"), [("EINVAL", True), ("EIO", False)])
+async def test_a_volume_that_cannot_sync_still_gets_its_delivery_and_a_failing_sync_is_a_disk_fault(
+    comfy, tmp_path: Path, monkeypatch, error: str, delivered: bool
+):
+    """EINVAL: a shared-folder mount that has no fsync; EIO: the write never reached the disk (handed back as
+    OutputsDiskFailed, our infrastructure's fault, with nothing left in OUTPUTS_PATH)."""
+    import errno
+    import os
+
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery, OutputsDiskFailed
+
+    def failing_fsync(_descriptor: int) -> None:
+        raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    outputs = tmp_path / "outputs"
+    (comfy.output_dir / "b.png").write_bytes(b"b")
+    client = ComfyUIClient(comfy.url)
+    delivery = OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir)
+    try:
+        if delivered:
+            [file] = await delivery.deliver({"9": one_output("b.png")}, "alice", "job-1")
+            assert (outputs / file.path).read_bytes() == b"b"
+        else:
+            with pytest.raises(OutputsDiskFailed, match="Input/output error"):
+                await delivery.deliver({"9": one_output("b.png")}, "alice", "job-1")
+            assert files_under(outputs) == []
+    finally:
+        await client.aclose()
+
+
 async def test_a_stop_during_a_local_copy_hands_the_job_back_and_leaves_no_file(
     qm, comfy, make_worker, workflows, tmp_path: Path
 ):

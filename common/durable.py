@@ -1,0 +1,29 @@
+"""Making a file, a rename or a new folder entry survive a power loss: the file and the folder holding it are
+synced to disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+# A file system that cannot sync (some network and shared-folder mounts answer these) has nothing more to do.
+_CANNOT_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.ENOSYS})
+
+
+def sync(descriptor: int) -> None:
+    """fsync, unless the file system cannot; any other error (EIO: the write did not reach the disk) is raised."""
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_SYNC:
+            raise
+
+
+def sync_folder(folder: Path) -> None:
+    """Sync the folder itself, so the entries made, renamed or removed in it are on disk."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sync(descriptor)
+    finally:
+        os.close(descriptor)
