@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote
 
 import structlog
@@ -47,15 +48,25 @@ def _redact_query_value(match: re.Match[str]) -> str:
     return match["lead"] + "***" if is_secret_parameter(unquote(match["name"])) else match[0]
 
 
+def scrub_all(value: Any) -> Any:
+    """``value`` with every string in it scrubbed, however deep in dicts, lists and tuples (a key named like a
+    credential masks its whole value): for what is printed rather than logged, e.g. a status report."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: "***" if _names_a_secret(key) else scrub_all(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_all(item) for item in value]
+    return value
+
+
+def _names_a_secret(key: object) -> bool:
+    return isinstance(key, str) and any(marker in key.lower() for marker in _SECRET_KEYS)
+
+
 def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:
-    for key, value in list(event_dict.items()):
-        if any(marker in key.lower() for marker in _SECRET_KEYS):
-            event_dict[key] = "***"
-        elif isinstance(value, str):
-            event_dict[key] = scrub(value)
-        elif isinstance(value, list | tuple) and any(isinstance(item, str) for item in value):
-            event_dict[key] = [scrub(item) if isinstance(item, str) else item for item in value]
-    return event_dict
+    # Nested values too: the scaler's "Scaling decision" carries a provider's error inside `details`.
+    return scrub_all(event_dict)
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:

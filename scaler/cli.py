@@ -21,7 +21,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from common.logs import configure_logging, register_secret, scrub
+from common.logs import configure_logging, register_secret, scrub, scrub_all
 from common.urls import redact_url, url_credentials
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
@@ -336,6 +336,7 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     report = _status_report(settings, loop, decision, pricing, observation.now)
     if fleet is not None:
         report["fleet"] = fleet
+    report = scrub_all(report)  # print() is not the log scrubber: a provider may echo a secret in its error
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

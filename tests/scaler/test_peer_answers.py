@@ -3,11 +3,14 @@ fake Verda and the fake RunPod on loopback, and what the scaler makes of them.""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from structlog.testing import capture_logs
 
 from queue_manager.server import QueueManagerServer
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.cli import main
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.loop import ScalerLoop
@@ -151,3 +154,19 @@ async def test_completions_from_a_queue_manager_clock_years_ahead_are_left_out_n
     assert observation.pending_ages_s == ()  # bob "was submitted" 3 years from now
     (warning,) = [e for e in logs if e["event"] == "queue_job_times_implausible"]
     assert warning["peer"] == "queue manager" and warning["skipped"]["completed_at"] == 5
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["status"], ["once", "--dry-run"]])
+async def test_a_secret_verda_echoes_never_reaches_status_or_the_decision_log(cli_env, fake_verda, capsys, command,
+                                                                             monkeypatch):
+    # Before: `status` printed Verda's error as is (no scrubbing on print), and the "Scaling decision" log line
+    # carried it inside `details`, which the log scrubber did not look into.
+    monkeypatch.setenv("SCALER_PRICE_PER_REPLICA_HOUR", "2.3")
+    secret = cli_env["VERDA_CLIENT_SECRET"]
+    fake_verda.fail_next("/oauth2/token", 401, times=20,
+                         body={"code": "unauthorized_request", "message": f"no client with secret {secret}"})
+    assert await asyncio.to_thread(main, command) == 1
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "unauthorized_request" in shown and "with secret ***" in shown  # the table may wrap the rest
+    assert secret not in shown
