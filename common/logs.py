@@ -34,6 +34,11 @@ def register_secret(value: str | None) -> None:
         _secret_values.add(value)
 
 
+def forget_secret(value: str | None) -> None:
+    """A secret that can no longer be used (a replaced access token): scrubbing it costs time on every line."""
+    _secret_values.discard(value or "")
+
+
 def scrub(text: str) -> str:
     """`text` without URL credentials or registered secrets."""
     text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)

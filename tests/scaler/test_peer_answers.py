@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from queue_manager.server import QueueManagerServer
@@ -170,3 +171,23 @@ async def test_a_secret_verda_echoes_never_reaches_status_or_the_decision_log(cl
     shown = captured.out + captured.err
     assert "unauthorized_request" in shown and "with secret ***" in shown  # the table may wrap the rest
     assert secret not in shown
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["once", "--dry-run"]])
+async def test_an_access_token_verda_echoes_never_reaches_status_or_the_log(cli_env, fake_verda, capsys, command,
+                                                                            monkeypatch):
+    # The tokens Verda issues were not known to the scrubber: a 403 quoting the bearer went out as is.
+    monkeypatch.setenv("SCALER_PRICE_PER_REPLICA_HOUR", "2.3")
+    access, refresh = "issued-access-token-4b1d", "issued-refresh-token-9c2e"
+
+    def issue_known_tokens() -> web.Response:
+        fake_verda._access_tokens[access] = float("inf")
+        return web.json_response({"access_token": access, "refresh_token": refresh, "expires_in": 3600})
+
+    monkeypatch.setattr(fake_verda, "_issue_tokens", issue_known_tokens)
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 403, times=20,
+                         body={"code": "forbidden", "message": f"token {access} (refresh {refresh}) lacks a scope"})
+    assert await asyncio.to_thread(main, command) == 1
+    shown = "".join(capsys.readouterr())
+    assert "forbidden" in shown and "token *** (refresh ***)" in shown
+    assert access not in shown and refresh not in shown

@@ -26,6 +26,7 @@ import structlog
 from pydantic import SecretStr
 
 from common.http_answers import MAX_ANSWER_BYTES, request_bounded
+from common.logs import forget_secret, register_secret
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -100,6 +101,11 @@ class _Token:
     access: SecretStr
     refresh: SecretStr | None
     refresh_at: float
+
+
+def _values(token: _Token | None) -> list[str]:
+    secrets = [token.access, token.refresh] if token is not None else []
+    return [str(secret.get_secret_value()) for secret in secrets if secret is not None]
 
 
 def error_from_response(response: httpx.Response) -> VerdaAPIError:
@@ -192,6 +198,7 @@ class VerdaClient:
             sleep=sleep,
         )
         self._token: _Token | None = None
+        self._retired_token: _Token | None = None
         self._auth_lock = asyncio.Lock()
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
 
@@ -227,12 +234,19 @@ class VerdaClient:
         data = response.json()
         expires_in_s = float(data.get("expires_in") or 0)
         refresh = data.get("refresh_token")
-        self._token = _Token(
+        token = _Token(
             access=SecretStr(data["access_token"]),
             refresh=SecretStr(refresh) if refresh else None,
             refresh_at=self._clock() + REFRESH_AT_FRACTION * expires_in_s,
         )
-        return self._token
+        # Verda may quote a token in an error message: the scrubber knows the tokens in use and the ones just
+        # replaced (an answer under way may still carry them); older ones are forgotten, so the list stays short.
+        for old in _values(self._retired_token):
+            forget_secret(old)
+        for value in _values(token):
+            register_secret(value)
+        self._token, self._retired_token = token, self._token
+        return token
 
     async def _authenticate(self) -> _Token:
         log.info("verda_authenticating", client_id=self._client_id)
