@@ -15,6 +15,9 @@ import structlog
 log = structlog.get_logger()
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a generous ceiling: a day of replicas or 200 listed jobs is well below it
+# What an API answering counts and short lists may send (the scaler's peers: Verda, RunPod, the queue manager; their
+# answers are KB). Parsed, JSON takes 20-70 times its size: a 63 MiB replica list of {} took 4.2 GB of RSS.
+API_ANSWER_BYTES = 4 * 1024 * 1024
 _NOT_FORWARDED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 

@@ -15,7 +15,7 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from common.http_answers import MAX_ANSWER_BYTES, AnswerTooLarge, request_bounded
+from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge, request_bounded
 from common.urls import redact_url
 
 log = structlog.get_logger()
@@ -97,7 +97,7 @@ class QueueStatusReader:
         attempts: int = 3,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 2.0,
-        answer_limit_bytes: int = MAX_ANSWER_BYTES,
+        answer_limit_bytes: int = API_ANSWER_BYTES,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._answer_limit_bytes = answer_limit_bytes

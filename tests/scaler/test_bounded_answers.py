@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from common.http_answers import MAX_ANSWER_BYTES, AnswerTooLarge
+from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
@@ -37,10 +37,10 @@ async def test_a_queue_status_past_the_limit_is_given_up_as_it_arrives_and_the_c
             decision = await loop.tick()
     await backend.aclose()
     assert (decision.reason, decision.details["verda_error"]) == ("hold_observation_failed", None)
-    assert f"more than {MAX_ANSWER_BYTES} bytes" in decision.details["queue_error"]
+    assert f"more than {API_ANSWER_BYTES} bytes" in decision.details["queue_error"]
     [logged] = too_large(logs)
     assert (logged["peer"], logged["limit_bytes"], logged["request"]) == (
-        "queue manager", MAX_ANSWER_BYTES, "GET /api/queue/status"
+        "queue manager", API_ANSWER_BYTES, "GET /api/queue/status"
     )
     assert flooding_peer.sent < flooding_peer.flood_bytes, "the reader hung up once past the limit"
 
@@ -106,3 +106,22 @@ async def test_runpods_pod_list_and_a_pods_health_are_bounded_too(flooding_peer:
         assert await probe.unhealthy(["pod-1"]) == {}, "an answer past the limit says nothing about the worker"
     finally:
         await probe.aclose()
+
+
+async def test_a_valid_json_answer_of_a_few_mib_is_refused_by_default_it_would_parse_into_gigabytes():
+    """A JSON body is 20-70 times larger once parsed: a 63 MiB replica list of `{}` (under the old 64 MiB limit)
+    took the scaler to 4.2 GB peak RSS. The scaler's peers answer KB; its readers stop at 4 MiB."""
+    replicas = {"list": [{}] * (API_ANSWER_BYTES // 4 + 1)}  # "{}, " each: just past the limit
+    paths = {"/oauth2/token": {"access_token": "t", "expires_in": 3600},
+             f"/container-deployments/{DEPLOYMENT}/replicas": replicas,
+             "/pods": {"pods": replicas["list"]}, "/api/queue/status": {**STATUS, "pad": replicas["list"]}}
+    async with FloodingPeer(paths) as peer:
+        async with VerdaClient("id", "secret", base_url=peer.url, max_attempts=1) as verda:
+            with capture_logs(), pytest.raises(AnswerTooLarge):
+                await verda.get_replicas(DEPLOYMENT)
+        async with RunPodClient("rpa_key", base_url=peer.url, max_attempts=1) as runpod:
+            with capture_logs(), pytest.raises(AnswerTooLarge):
+                await runpod.list_pods()
+        async with QueueStatusReader(peer.url) as reader:
+            with capture_logs(), pytest.raises(QueueStatusError, match=f"more than {API_ANSWER_BYTES} bytes"):
+                await reader.read()

@@ -20,7 +20,7 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from common.http_answers import MAX_ANSWER_BYTES, request_bounded
+from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
@@ -191,7 +191,7 @@ class RunPodClient:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        answer_limit_bytes: int = MAX_ANSWER_BYTES,
+        answer_limit_bytes: int = API_ANSWER_BYTES,
     ) -> None:
         if not api_key:
             raise ValueError("RunPod API key is empty: set RUNPOD_API_KEY")

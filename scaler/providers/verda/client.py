@@ -25,7 +25,7 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from common.http_answers import MAX_ANSWER_BYTES, request_bounded
+from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import forget_secret, register_secret
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
@@ -181,7 +181,7 @@ class VerdaClient:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        answer_limit_bytes: int = MAX_ANSWER_BYTES,
+        answer_limit_bytes: int = API_ANSWER_BYTES,
     ) -> None:
         self._client_id = client_id
         self._answer_limit_bytes = answer_limit_bytes
