@@ -46,7 +46,7 @@ from queue_manager.models import (
     event_datetime,
 )
 from queue_manager.reports import Report, ReportLog
-from queue_manager.store import Fence, FencedOut, JobRecord, JobStore, QueueFullError
+from queue_manager.store import Fence, FencedOut, JobRecord, JobStore, QueueFullError, is_storage_fault
 from queue_manager.validation import RefusedJson, ValidationErrors, parse_json_body, parse_query
 
 log = structlog.get_logger()
@@ -80,6 +80,8 @@ UNCOUNTED_BODY_BYTES = _MiB
 # A worker counts towards total_workers while its last poll is this recent (the peer's heartbeat TTL).
 WORKER_HEARTBEAT_TIMEOUT_S = 60.0
 REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
+# A full disk or a failing one is fixed by a person, not in a second: clients wait this long before retrying.
+STORAGE_RETRY_AFTER_S = 10
 # Set by the fault middleware for the report recorder outside it.
 HANDLED_STATUS = web.RequestKey("handled_status", int)
 DROPPED = web.RequestKey("dropped", bool)
@@ -184,6 +186,16 @@ def _detail(status: int, detail: Any) -> web.Response:
     return _json({"detail": detail}, status)
 
 
+def _database_failure(exc: sqlite3.Error) -> web.Response:
+    """503 and Retry-After when the database cannot take the request (the transaction was rolled back, so
+    nothing changed and a retry is safe); 500 for any other database error."""
+    if not is_storage_fault(exc):
+        return _detail(500, str(exc))
+    response = _detail(503, f"The queue's database cannot be written: {exc}; nothing was changed, retry later")
+    response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_S)
+    return response
+
+
 class QueueApi:
     """Request handlers. Store calls run on `db_executor` so SQLite never blocks the event loop; bodies are parsed
     on `body_executor`, one at a time: parsing is CPU work the client sizes (14 s for a 50 MB report of 25 million
@@ -224,7 +236,7 @@ class QueueApi:
             job = await self._db(self._store.pop_next, query.worker_id, self._settings.mode)
         except sqlite3.Error as exc:
             log.error("next_job_failed", worker_id=query.worker_id, error=str(exc))
-            return _detail(500, str(exc))
+            return _database_failure(exc)
         if job is None:
             return _json({"job": None})
         log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id)
@@ -320,7 +332,7 @@ class QueueApi:
         connected = await self._db(self._store.ping)
         depth = (await self._db(self._store.counts))[JobStatus.PENDING] if connected else 0
         health = HealthResponse(
-            status="healthy" if connected else "unhealthy",
+            status="healthy" if connected and self._store.storage_fault is None else "unhealthy",
             version=self._settings.version,
             redis_connected=connected,
             workers_active=0,
@@ -578,6 +590,12 @@ async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamR
         if exc.status < 400:
             raise
         return _detail(exc.status, exc.reason)
+    except sqlite3.Error as exc:
+        if not is_storage_fault(exc):
+            raise
+        log.error("storage_failed", method=request.method, path=request.path, error=str(exc),
+                  code=exc.sqlite_errorname)
+        return _database_failure(exc)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         return _detail(500, "Internal server error")

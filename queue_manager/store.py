@@ -149,8 +149,25 @@ class JobRecord:
         )
 
 
+# SQLite's answers that say the database file cannot be written or read as it should (a full disk, an I/O error,
+# a read-only or vanished file, a lock another process holds too long, corruption): the storage's fault, not the
+# request's. https://www.sqlite.org/rescode.html
+STORAGE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_BUSY",
+                  "SQLITE_LOCKED", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PROTOCOL")
+
+
+def is_storage_fault(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", None) or ""  # extended codes too: SQLITE_IOERR_WRITE is an IOERR
+    return any(name == fault or name.startswith(f"{fault}_") for fault in STORAGE_FAULTS)
+
+
 class JobStore:
-    """The queue's state. `db_path=None` keeps it in a private temporary file removed on `close()`."""
+    """The queue's state. `db_path=None` keeps it in a private temporary file removed on `close()`.
+
+    ``storage_fault`` says why the last write failed when the database could not take it (a full disk, say),
+    and is None again once a write succeeds."""
+
+    storage_fault: str | None = None
 
     def __init__(self, db_path: str | Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -182,13 +199,20 @@ class JobStore:
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                # A COMMIT that failed (SQLITE_FULL, say) may leave the transaction open, and every later BEGIN
+                # would then fail: roll back whatever is still open.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if write and isinstance(exc, sqlite3.Error) and is_storage_fault(exc):
+                    self.storage_fault = f"{exc} ({exc.sqlite_errorname})"
                 raise
-            self._conn.execute("COMMIT")
+            if write:
+                self.storage_fault = None
 
     # -- user side -------------------------------------------------------------------------------------
 

@@ -106,6 +106,9 @@ NOT_OURS = {
     "PIP_CERT": "set by ./dev image-test in the base image it makes (pip reads it)",
     "DOCKER_BUILDKIT": "read by the docker CLI",
     "PR_SET_PDEATHSIG": "a Linux prctl option, not a variable",
+    "SQLITE_FULL": "an SQLite result code, as the queue manager's storage_failed line gives it",
+    "SQLITE_BUSY": "an SQLite result code, as the queue manager's storage_failed line gives it",
+    "SQLITE_READONLY": "an SQLite result code, as the queue manager's storage_failed line gives it",
 }
 
 

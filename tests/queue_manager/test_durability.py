@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from queue_manager import JobStatus, QueueManagerServer
 
@@ -123,3 +124,62 @@ def test_each_commit_reaches_the_disk_before_it_is_answered(tmp_path: Path) -> N
     finally:
         store.close()
     assert (journal, synchronous) == ("wal", 2), "2 is FULL"
+
+
+async def test_a_full_database_answers_503_retry_later_changes_nothing_and_recovers(tmp_path: Path) -> None:
+    """Before: 500 "Internal server error" with a traceback per request, and /health "healthy" throughout."""
+    from structlog.testing import capture_logs
+
+    async with QueueManagerServer(tmp_path / "queue.db") as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        conn = queue.store._conn
+        [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
+        conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # what a full disk answers, without filling one
+        big = {"1": {"class_type": "EmptyImage", "inputs": {"text": "x" * 200_000}}}
+        with capture_logs() as logs:
+            answer = await client.post("/api/jobs", json={"user_id": "alice", "workflow": big})
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"].startswith("The queue's database cannot be written: database or disk is full")
+        assert answer.headers["Retry-After"] == "10"
+        assert [e["code"] for e in logs if e["event"] == "storage_failed"] == ["SQLITE_FULL"]
+        assert not [e for e in logs if e["event"] == "request_failed"], "no traceback: the cause is named"
+        health = (await client.get("/health")).json()
+        assert (health["status"], health["redis_connected"], health["queue_depth"]) == ("unhealthy", True, 0)
+
+        conn.execute("PRAGMA max_page_count = 1073741823")  # room again
+        assert (await client.post("/api/jobs", json={"user_id": "alice", "workflow": big})).status_code == 201
+        health = (await client.get("/health")).json()
+        assert (health["status"], health["queue_depth"]) == ("healthy", 1), "the refused job was never stored"
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """SQLite may keep a transaction open when its COMMIT fails; the next BEGIN then failed with "cannot start a
+    transaction within a transaction", and so did every write after it."""
+    import sqlite3
+
+    from queue_manager.store import JobStore
+
+    class CommitFailsOnce:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn, self.failed = conn, False
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("disk I/O error")  # the transaction stays open
+            return self._conn.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+    store = JobStore(tmp_path / "queue.db")
+    real = store._conn
+    store._conn = CommitFailsOnce(real)  # type: ignore[assignment]
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            store.submit("alice", {"1": {}})
+        assert not real.in_transaction
+        store.submit("alice", {"1": {}})
+        assert [job.user_id for job in store.list()] == ["alice"], "the failed one was rolled back"
+    finally:
+        store._conn = real
+        store.close()
