@@ -397,6 +397,9 @@ def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
             raise OutputsDiskFailed(problem) from exc
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             problem = f"{job_dir} already holds files of another delivery of the same job and attempt"
+        if exc.errno == errno.EXDEV:
+            problem = (f"{job_dir.parent} is on another file system than {staging.parent}, so the delivery cannot "
+                       "be renamed into place: mount OUTPUTS_PATH as one volume, with nothing mounted inside it")
         raise OutputDeliveryError(problem) from exc
 
 

@@ -196,6 +196,34 @@ async def test_a_volume_that_cannot_sync_still_gets_its_delivery_and_a_failing_s
         await client.aclose()
 
 
+async def test_a_user_folder_mounted_inside_outputs_path_fails_the_delivery_saying_so(
+    comfy, tmp_path: Path, monkeypatch
+):
+    """OUTPUTS_PATH/<user> on another file system than OUTPUTS_PATH/.partial (a per-user mount): the rename that
+    publishes the delivery fails with EXDEV. Before: 'OSError: [Errno 18] Invalid cross-device link', no fix named."""
+    import errno
+    import os
+
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery, OutputDeliveryError
+
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(source), None, str(target))
+
+    monkeypatch.setattr(os, "rename", cross_device)  # what the kernel answers across mounts
+    outputs = tmp_path / "outputs"
+    (comfy.output_dir / "b.png").write_bytes(b"b")
+    client = ComfyUIClient(comfy.url)
+    delivery = OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir)
+    try:
+        with pytest.raises(OutputDeliveryError, match="mount OUTPUTS_PATH as one volume") as refused:
+            await delivery.deliver({"9": one_output("b.png")}, "alice", "job-1")
+    finally:
+        await client.aclose()
+    assert f"{outputs / 'alice'} is on another file system than {outputs / '.partial'}" in str(refused.value)
+    assert files_under(outputs) == []
+
+
 async def test_a_stop_during_a_local_copy_hands_the_job_back_and_leaves_no_file(
     qm, comfy, make_worker, workflows, tmp_path: Path
 ):
