@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import math
 import signal
+import sqlite3
 import sys
 
 import structlog
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(server, args.host, args.port))
+    except sqlite3.Error as exc:
+        hint = (" (its folder must exist and this user must be able to write there: SQLite adds -wal and -shm "
+                "files beside it)" if getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN" else "")
+        log.error("queue_manager_failed", error=f"--db {args.db}: {exc}{hint}")
+        return 2
     except OSError as exc:
         log.error("queue_manager_failed", error=str(exc))
         return 1

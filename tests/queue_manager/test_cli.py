@@ -200,3 +200,24 @@ async def test_a_malformed_request_is_one_warning_line_not_an_error_with_a_trace
     assert refused[0]["event"].startswith("Malformed HTTP request refused (400): Error handling request from 127.0.0.1")
     assert reason in refused[0]["event"]
     assert not [e for e in events if e["level"] == "error"], output
+
+
+@pytest.mark.parametrize(
+    ("make_db", "said"),
+    [
+        (lambda tmp: tmp / "no-such-folder" / "q.db", "unable to open database file (its folder must exist"),
+        (lambda tmp: (tmp / "notes.txt", (tmp / "notes.txt").write_text("not a database " * 100))[0],
+         "file is not a database"),
+    ],
+    ids=["missing folder", "not a database"],
+)
+async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(tmp_path: Path, make_db, said) -> None:
+    """Before: a 30-line traceback ending in sqlite3.OperationalError, and exit 1."""
+    db = make_db(tmp_path)
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(db), env={**os.environ, "LOG_FORMAT": "json"}, cwd=REPO,
+        timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert f"--db {db}: {said}" in err
+    assert "Traceback" not in err
