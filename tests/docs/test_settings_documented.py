@@ -7,6 +7,7 @@ compose file, direct os.environ reads) against one reading of docs/*.md and READ
 from __future__ import annotations
 
 import enum
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -275,3 +276,35 @@ def test_each_table_row_states_the_bounds_the_code_enforces(settings_cls, doc):
                 missing.append(f"{name}: {bound:g}")
     assert missing == [], f"{doc} does not state these bounds"
     assert checked or doc == "container.md" or doc == "queue-manager.md"
+
+
+def spec_shown(value: object) -> str:
+    """As TOML writes it: false, "", ["QUEUE_MANAGER_URL"], 300."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list) or value == "":
+        return json.dumps(value)
+    return str(value)
+
+
+def test_the_spec_table_of_deploy_verda_md_gives_the_spec_s_defaults():
+    """| `scaling.min_replica_count` / `max_replica_count` | `0` / `5` |: the values verda/deployment.toml holds."""
+    spec = tomllib.loads(DEFAULT_SPEC_PATH.read_text())
+    text = (DOCS / "deploy-verda.md").read_text()
+    checked, wrong = 0, []
+    for keys_cell, default_cell in re.findall(r"^\| (`[a-z_]+\.[a-z_]+`[^|]*) \| ([^|]*) \|", text, flags=re.MULTILINE):
+        keys = re.findall(r"`([a-z_.]+)`", keys_cell)
+        section = keys[0].split(".")[0]
+        values = [value.strip().strip("`") for value in re.split(r" / |, ", default_cell)]
+        if len(values) != len(keys):
+            continue
+        for key, documented_value in zip(keys, values, strict=True):
+            name = key.split(".")[-1]
+            actual = spec.get(section, {}).get(name)
+            if actual is None or "…" in documented_value:
+                continue  # the image placeholder is shown shortened
+            checked += 1
+            if spec_shown(actual) != documented_value:
+                wrong.append(f"{section}.{name}: spec {spec_shown(actual)!r}, doc {documented_value!r}")
+    assert checked >= 12
+    assert wrong == []
