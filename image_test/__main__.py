@@ -9,6 +9,7 @@ Settings (environment):
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -37,7 +38,17 @@ def _comfyui_source(setting: str) -> Path | None:
     return Path(setting) if setting else PINNED_COMFYUI
 
 
-def main() -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """No options: --help prints what the test does and exits 0, anything else exits 2, before any of it starts
+    (it needs root, may start a dockerd and changes the host's network rules while it runs)."""
+    parser = argparse.ArgumentParser(
+        prog="./dev image-test", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(sys.argv[1:] if argv is None else argv)
     # A SIGTERM (CI's time limit, a Ctrl-C's big brother) unwinds like an exception, so dockerd is still stopped
     # and the host network restored on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
