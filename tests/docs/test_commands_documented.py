@@ -108,3 +108,43 @@ def test_each_documented_command_line_parses(doc, number, command, rest):
             PARSERS[command](argv)
     except SystemExit as exc:
         assert exc.code == 0, f"{doc.name}:{number}: `{command} {rest}` is refused: {errors.getvalue().strip()}"
+
+
+def options_in_help(parse: Callable[[list[str]], object]) -> set[str]:
+    """The --options a command's --help lists."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse(["--help"])
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", out.getvalue())) - {"--help"}
+
+
+def flag_table(doc: Path) -> dict[str, str]:
+    """--option -> its default cell (or meaning, in a two-column table), from the doc's `| flag |` table."""
+    text = doc.read_text()
+    table = text.split("\n| flag |", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for row in table.splitlines()[2:]:
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        if cells[0].startswith("anything else"):  # ComfyUI's options the simulator takes and ignores
+            continue
+        for option in re.findall(r"`(--[a-z][a-z-]*)", cells[0]):
+            rows[option] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("doc", "parse"),
+    [("queue-manager.md", PARSERS["python -m queue_manager"]), ("comfyui-simulator.md", comfyui_sim_parse_args)],
+    ids=["queue-manager.md", "comfyui-simulator.md"],
+)
+def test_each_flag_table_lists_exactly_the_command_s_options(doc, parse):
+    assert set(flag_table(REPO / "docs" / doc)) == options_in_help(parse)
+
+
+def test_the_queue_manager_s_flag_table_gives_its_defaults():
+    parser = queue_parser()
+    rows = flag_table(REPO / "docs" / "queue-manager.md")
+    for option, cell in rows.items():
+        default = parser.get_default(option.removeprefix("--").replace("-", "_"))
+        if default is not None:  # --token: the environment's
+            assert cell.strip("`") == str(default), option
