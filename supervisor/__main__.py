@@ -10,7 +10,7 @@ import structlog
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
-from common.settings import ConfigError
+from common.settings import ConfigError, env_name
 from supervisor.comfyui_process import port_taken
 from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
@@ -18,6 +18,7 @@ from supervisor.run import supervise
 from supervisor.scratch import empty_scratch_results
 from supervisor.scratch_lock import ScratchInUse, lock_scratch
 from supervisor.writable_dirs import unwritable_directories
+from worker.__main__ import usage as worker_usage
 from worker.config import WorkerSettings, load_settings
 
 EXIT_CONFIG = 2
@@ -61,7 +62,19 @@ def comfyui_port_free(config: SupervisorSettings) -> bool:
     return taken is None
 
 
+def usage() -> str:
+    lines = ["usage: comfy-supervisor  (the container's entry point: ComfyUI and the worker; configured by environment "
+             "variables, see docs/container.md)", ""]
+    for name, field in SupervisorSettings.model_fields.items():
+        lines.append(f"  {env_name(SupervisorSettings, name):<28} {field.default}")
+    return "\n".join(lines) + "\n\nand the worker's:\n" + worker_usage()
+
+
 def main() -> int:
+    # `docker run <image> --help` lands here: say what to set, start nothing (the configuration may be complete).
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(usage())
+        return 0
     try:
         config, settings = load_configuration()
     except ConfigError as exc:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from common.settings import ConfigError
+from common.settings import ConfigError, env_name
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import MODEL_FOLDERS, render_model_paths, write_model_paths
+from worker.config import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +104,17 @@ def test_the_worker_is_told_where_comfyui_writes_results_and_previews(monkeypatc
     assert worker.comfyui_output_dir == config.output_dir == Path("/scratch/comfyui/output")
     argv = config.comfyui_argv()
     assert worker.comfyui_temp_dir == Path(argv[argv.index("--temp-directory") + 1]) / "temp"
+
+
+def test_help_lists_every_variable_and_starts_nothing(tmp_path: Path) -> None:
+    """`docker run <image> --help` reaches comfy-supervisor: it printed a configuration error, or, configured,
+    started ComfyUI and the worker."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
+           "COMFYUI_COMMAND": "/bin/false", "SCRATCH_DIR": str(tmp_path / "data"), "OUTPUTS_PATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "supervisor", "--help"], capture_output=True, text=True, timeout=30,
+                         env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    for settings_cls in (SupervisorSettings, WorkerSettings):
+        for name in settings_cls.model_fields:
+            assert env_name(settings_cls, name) in run.stdout
+    assert not (tmp_path / "data").exists(), "the supervisor prepared its scratch folder: it was starting"
