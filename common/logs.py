@@ -136,3 +136,7 @@ def _route_stdlib_logging(shared: list, renderer: object, level: str, stream) ->
     handler._comfy_structlog = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.getLevelName(level.upper()))
+    # httpx logs every request at INFO ("HTTP Request: GET …"): two lines per idle poll of a worker, every 2 s.
+    # They are kept for LOG_LEVEL=debug.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)

@@ -106,7 +106,8 @@ class Reporter:
             self.state.metrics.report_errors.inc()
             why = "the shutdown deadline" if isinstance(exc, TimeoutError) else "the retry budget"
             log.error(
-                f"Report could not be delivered within {why}; the queue manager will time the job out",
+                f"Report could not be delivered within {why}; the queue manager hands the job back when its lease "
+                "runs out (comfy-multi's fails it at its job timeout)",
                 outcome=kind, error=f"{type(exc).__name__}: {exc}", job_error=report.error or report.handback,
             )
             return "undelivered"

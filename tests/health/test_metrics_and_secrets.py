@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.parser import text_string_to_metric_families
@@ -131,3 +132,36 @@ async def test_aiohttp_tracebacks_and_url_credentials_go_through_the_json_log() 
     assert [r["queue_manager"] for r in records if r["event"] == "Worker started"] == [
         "https://***@queue.example.com/"
     ]
+
+
+@pytest.mark.parametrize(("level", "logged"), [("info", False), ("debug", True)])
+async def test_httpx_request_lines_only_at_debug(level: str, logged: bool) -> None:
+    """Before: every request any process made was an INFO line ("HTTP Request: GET …"), two per idle poll of a
+    worker, every 2 s."""
+    import io
+    import json
+
+    import structlog
+    from aiohttp import web
+
+    from common.logs import configure_logging
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    buffer = io.StringIO()
+    configure_logging("json", level, stream=buffer)
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{runner.addresses[0][1]}/ok")).status_code == 200
+    finally:
+        await runner.cleanup()
+        structlog.reset_defaults()
+    records = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert any(r["event"].startswith("HTTP Request: GET") for r in records) is logged
