@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from common.logs import scrub
 from queue_manager.server import QueueManagerServer
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.cli import main
@@ -191,3 +192,18 @@ async def test_an_access_token_verda_echoes_never_reaches_status_or_the_log(cli_
     shown = "".join(capsys.readouterr())
     assert "forbidden" in shown and "token *** (refresh ***)" in shown
     assert access not in shown and refresh not in shown
+
+
+async def test_a_token_of_one_letter_from_verda_does_not_mask_that_letter_in_every_log_line(fake_verda,
+                                                                                          make_verda_client,
+                                                                                          monkeypatch):
+    # Before: with the issued tokens registered as secrets, a Verda issuing the token "e" turned every log line
+    # into "***v******y ...ica ******ady" (seen against a stand-in issuing "t": `status` logs were unreadable).
+    def issue_one_letter_tokens() -> web.Response:
+        fake_verda._access_tokens["e"] = float("inf")
+        return web.json_response({"access_token": "e", "refresh_token": "r", "expires_in": 3600})
+
+    monkeypatch.setattr(fake_verda, "_issue_tokens", issue_one_letter_tokens)
+    async with make_verda_client() as verda:
+        await verda.get_status(DEPLOYMENT)
+    assert scrub("every replica ready") == "every replica ready"

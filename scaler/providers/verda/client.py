@@ -43,6 +43,7 @@ DELETE_DEADLINE_S = 300.0
 REFRESH_AT_FRACTION = 0.9
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
+MIN_SCRUBBED_TOKEN = 8  # Verda issues tokens of dozens of characters; a shorter one is no secret worth a mask
 
 
 class VerdaAPIError(Exception):
@@ -244,7 +245,8 @@ class VerdaClient:
         for old in _values(self._retired_token):
             forget_secret(old)
         for value in _values(token):
-            register_secret(value)
+            if len(value) >= MIN_SCRUBBED_TOKEN:  # a token "e" would mask every e in every log line
+                register_secret(value)
         self._token, self._retired_token = token, self._token
         return token
 
