@@ -396,7 +396,12 @@ async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
         print("kill switch removed: a running scaler resumes every provider at its next tick")
     async with _opened(settings) as (backend, _):
         try:
-            await backend.resume()
+            async with asyncio.timeout(KILL_CONFIRM_TIMEOUT_S):  # an API that drips its answer must not hold it
+                await backend.resume()
+        except TimeoutError:
+            print(f"resume failed: no answer within {KILL_CONFIRM_TIMEOUT_S:g} s: the deployment may or may not be "
+                  "resumed; run comfy-scaler resume again", file=sys.stderr)
+            return EXIT_FAILED
         except Exception as exc:  # the API's errors, FleetStopError, an answer too large or of an odd shape
             print(f"resume failed: {_platform_error(exc)}", file=sys.stderr)
             return EXIT_FAILED
