@@ -20,6 +20,7 @@ from scaler.policy import ScalingConfig
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.verda.backend import VerdaBackend
+from scaler.providers.verda.client import VerdaAPIError
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
@@ -207,3 +208,33 @@ async def test_a_token_of_one_letter_from_verda_does_not_mask_that_letter_in_eve
     async with make_verda_client() as verda:
         await verda.get_status(DEPLOYMENT)
     assert scrub("every replica ready") == "every replica ready"
+
+
+@pytest.mark.parametrize(("answer", "named"), [
+    ({"token": "abc"}, "access_token"),  # before: KeyError: 'access_token'
+    ([{"access_token": "abc"}], "access_token"),  # before: AttributeError: 'list' object has no attribute 'get'
+    ({"access_token": 12345678901, "expires_in": 3600}, "access_token"),  # before: AttributeError (.encode)
+])
+async def test_a_token_answer_of_the_wrong_shape_is_a_verda_error_naming_the_field(fake_verda, make_verda_client,
+                                                                                  answer, named):
+    fake_verda.fail_next("/oauth2/token", 200, body=answer)
+    async with make_verda_client() as verda:
+        with pytest.raises(VerdaAPIError) as raised:
+            await verda.get_status(DEPLOYMENT)
+    assert str(raised.value).startswith("Verda API error 200 unexpected_answer: POST /oauth2/token: ")
+    assert named in str(raised.value)
+
+
+@pytest.mark.parametrize("expires_in", ["soon", -60, None])
+async def test_a_token_expiry_that_is_no_duration_refreshes_on_the_first_401_not_at_every_request(
+    fake_verda, make_verda_client, expires_in
+):
+    # Before: "soon" raised ValueError at every tick; with -60 or none the token was renewed at once (2 token
+    # requests for 3 reads here), as if expired.
+    fake_verda.fail_next("/oauth2/token", 200, body={"access_token": "issued-by-hand-0123", "expires_in": expires_in})
+    fake_verda._access_tokens["issued-by-hand-0123"] = float("inf")
+    before = len(fake_verda.requests_to("/oauth2/token"))  # the fixture's own client
+    async with make_verda_client() as verda:
+        for _ in range(3):
+            await verda.get_status(DEPLOYMENT)
+    assert len(fake_verda.requests_to("/oauth2/token")) - before == 1

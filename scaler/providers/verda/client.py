@@ -13,6 +13,7 @@ starts the deletion; the client then polls until the deployment answers 404.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -102,6 +103,16 @@ class _Token:
     access: SecretStr
     refresh: SecretStr | None
     refresh_at: float
+
+
+def _lifetime_s(expires_in: Any) -> float:
+    """A token's lifetime; one Verda does not state as a positive number of seconds is renewed when refused (401),
+    not before every request as a lifetime of 0 would have it."""
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < math.inf:
+        return float(expires_in)
+    log.warning("verda_token_lifetime_unknown", expires_in=str(expires_in)[:40],
+                hint="the token is renewed when Verda refuses it")
+    return math.inf
 
 
 def _values(token: _Token | None) -> list[str]:
@@ -232,13 +243,15 @@ class VerdaClient:
     def _store_token(self, response: httpx.Response) -> _Token:
         if response.is_error:
             raise error_from_response(response)
-        data = response.json()
-        expires_in_s = float(data.get("expires_in") or 0)
+        data = self._parse(response)
+        access = data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(access, str) or not access:
+            raise VerdaAPIError(200, "unexpected_answer", "POST /oauth2/token: no access_token string in the answer")
         refresh = data.get("refresh_token")
         token = _Token(
-            access=SecretStr(data["access_token"]),
-            refresh=SecretStr(refresh) if refresh else None,
-            refresh_at=self._clock() + REFRESH_AT_FRACTION * expires_in_s,
+            access=SecretStr(access),
+            refresh=SecretStr(refresh) if isinstance(refresh, str) and refresh else None,
+            refresh_at=self._clock() + REFRESH_AT_FRACTION * _lifetime_s(data.get("expires_in")),
         )
         # Verda may quote a token in an error message: the scrubber knows the tokens in use and the ones just
         # replaced (an answer under way may still carry them); older ones are forgotten, so the list stays short.
