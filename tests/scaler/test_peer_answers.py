@@ -238,3 +238,32 @@ async def test_a_token_expiry_that_is_no_duration_refreshes_on_the_first_401_not
         for _ in range(3):
             await verda.get_status(DEPLOYMENT)
     assert len(fake_verda.requests_to("/oauth2/token")) - before == 1
+
+
+@pytest.mark.parametrize(("where", "answer", "named"), [
+    ("status", {"status": 5}, "status=5 is not a status"),  # before: "5", taken as running
+    ("status", {}, "status=None is not a status"),  # before: "unknown", taken as running
+    ("scaling", {"min_replica_count": -1, "max_replica_count": -1}, "min_replica_count=-1"),  # before: drift
+    ("scaling", {"min_replica_count": "2", "max_replica_count": "2"}, "min_replica_count='2'"),  # before: ignored
+    ("scaling", {"min_replica_count": True, "max_replica_count": True}, "min_replica_count=True"),  # before: 1
+    ("scaling", [], "not an object"),
+])
+async def test_a_status_or_scaling_of_the_wrong_shape_holds_the_tick_naming_the_field(
+    fake_verda, make_verda_client, queue, where, answer, named
+):
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    loop = ScalerLoop(ScalingConfig(target_wait_s=None), backend, queue)
+    queue.pending = 3
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/{where}", 200, method="GET", body=answer)
+    try:
+        decision = await loop.tick()
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/scaling", 200, method="GET", body=answer)
+        await backend.apply(0)  # the kill switch's pin writes even when the scaling it reads first is garbage
+    finally:
+        await backend.aclose()
+    assert decision.reason == "hold_observation_failed"
+    error = decision.details["verda_error"]
+    assert error.startswith(f"VerdaAPIError: Verda API error 200 unexpected_answer: GET /container-deployments/"
+                            f"{DEPLOYMENT}/{where}: ") and named in error
+    patches = fake_verda.requests_to(f"/container-deployments/{DEPLOYMENT}/scaling", "PATCH")
+    assert [p.json for p in patches] == [{"min_replica_count": 0, "max_replica_count": 0}]

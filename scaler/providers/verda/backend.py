@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from scaler.policy import Replica
 from scaler.providers.base import BackendView, FirstSeen
-from scaler.providers.verda.client import VerdaClient, replica_bounds
+from scaler.providers.verda.client import VerdaClient
 
 
 class VerdaBackend:
@@ -31,13 +31,13 @@ class VerdaBackend:
         `comfy-scaler stop`, a deploy) may have changed them since the last one."""
         status = await self.client.get_status(self.deployment)
         listed = await self.client.get_replicas(self.deployment)
-        scaling = await self.client.get_scaling(self.deployment)
+        bounds = await self.client.get_replica_bounds(self.deployment)
         # A replica listed without started_at is still being placed: it starts when it was first listed so.
         starts = self._first_seen.starts(
             [(r.id, r.started_at.timestamp() if r.started_at is not None else None) for r in listed], self._clock()
         )
         replicas = tuple(Replica(r.id, start) for r, start in zip(listed, starts, strict=True))
-        return BackendView(replicas=replicas, status=status, bounds=replica_bounds(scaling))
+        return BackendView(replicas=replicas, status=status, bounds=bounds)
 
     async def apply(self, desired: int) -> bool:
         return await self.client.set_replica_bounds(self.deployment, desired, desired)

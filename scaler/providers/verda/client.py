@@ -44,6 +44,7 @@ DELETE_DEADLINE_S = 300.0
 REFRESH_AT_FRACTION = 0.9
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
+MAX_PLAUSIBLE_REPLICAS = 10_000  # SCALER_MAX_REPLICAS is at most 100; a larger count read back is a broken answer
 MIN_SCRUBBED_TOKEN = 8  # Verda issues tokens of dozens of characters; a shorter one is no secret worth a mask
 
 
@@ -142,6 +143,10 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
     return VerdaAPIError(
         response.status_code, "unexpected_error_body", response.text[:ERROR_TEXT_LIMIT], retry_after_s=retry_after_s
     )
+
+
+def _unexpected(path: str, detail: str) -> VerdaAPIError:
+    return VerdaAPIError(200, "unexpected_answer", f"GET {path}: {detail}")
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -432,13 +437,31 @@ class VerdaClient:
             wait_s = min(wait_s * 2, poll_s)
 
     async def get_status(self, name: str) -> str:
-        """The deployment status as Verda spells it; "unknown" when the answer carries none."""
-        data = await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/status")
+        """The deployment status as Verda spells it, lower-cased. An answer without one is an error naming the
+        field: read as "unknown", a paused deployment looked running and the loop wrote to it."""
+        path = f"{DEPLOYMENTS}/{_path(name)}/status"
+        data = await self._json("GET", path)
         status = data.get("status") if isinstance(data, dict) else None
-        return str(status).lower() if status else "unknown"
+        if not isinstance(status, str) or not status:
+            raise _unexpected(path, f"status={repr(status)[:60]} is not a status ({str(data)[:100]})")
+        return status.lower()
 
     async def get_scaling(self, name: str) -> dict[str, Any]:
         return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/scaling")
+
+    async def get_replica_bounds(self, name: str) -> tuple[int, int]:
+        """(min_replica_count, max_replica_count) as Verda holds them; an error naming the field when either is
+        not a whole number from 0 to MAX_PLAUSIBLE_REPLICAS (a string, null, -1, true): taken as bounds, such an
+        answer was logged as a console edit (scaling_drift) and written over at every tick."""
+        path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
+        scaling = await self._json("GET", path)
+        if not isinstance(scaling, dict):
+            raise _unexpected(path, f"not an object: {str(scaling)[:100]}")
+        for key in ("min_replica_count", "max_replica_count"):
+            value = scaling.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PLAUSIBLE_REPLICAS:
+                raise _unexpected(path, f"{key}={repr(value)[:60]} is not a replica count")
+        return scaling["min_replica_count"], scaling["max_replica_count"]
 
     async def update_scaling(self, name: str, scaling: dict[str, Any]) -> dict[str, Any]:
         """PATCH the scaling options: Verda changes only the keys sent (the Go SDK sends every key optional)."""
@@ -462,9 +485,7 @@ class VerdaClient:
         data = await self._json("GET", path)
         entries = data.get("list") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-            raise VerdaAPIError(
-                200, "unexpected_answer", f"GET {path}: expected {{\"list\": [replica objects]}}, got {str(data)[:100]}"
-            )
+            raise _unexpected(path, f"expected {{\"list\": [replica objects]}}, got {str(data)[:100]}")
         return [
             Replica(
                 id=str(entry.get("id", "")),
