@@ -17,7 +17,7 @@ from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
-from scaler.providers.runpod.backend import RunPodBackend
+from scaler.providers.runpod.backend import LISTING_LAG_S, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.verda.backend import VerdaBackend
 from scaler.providers.verda.client import VerdaAPIError
@@ -267,3 +267,24 @@ async def test_a_status_or_scaling_of_the_wrong_shape_holds_the_tick_naming_the_
                             f"{DEPLOYMENT}/{where}: ") and named in error
     patches = fake_verda.requests_to(f"/container-deployments/{DEPLOYMENT}/scaling", "PATCH")
     assert [p.json for p in patches] == [{"min_replica_count": 0, "max_replica_count": 0}]
+
+
+async def test_pods_created_but_not_listed_yet_are_not_created_again_at_every_tick():
+    # A listing that lags 3 ticks behind the creates (the answer of before). Before: 8 pods for a count of 2 by
+    # the third tick (two more each tick), 6 of them terminated once the listing caught up; now 2.
+    clock = ManualClock(1_000_000.0)
+    async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
+        backend = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1), "comfy", POD_BODY,
+                                clock=clock)
+        try:
+            fake.fail_next("/pods", 200, method="GET", times=100, body={"pods": []})
+            await backend.apply(2)
+            for _ in range(3):
+                clock.advance(TICK_S)
+                await backend.observe()
+                assert len(fake.live_pods()) == 2
+            clock.advance(LISTING_LAG_S)  # a created pod never listed is taken as lost, and made again
+            await backend.observe()
+        finally:
+            await backend.aclose()
+        assert len(fake.live_pods()) == 4

@@ -31,6 +31,7 @@ log = structlog.get_logger()
 HEALTHY = "healthy"
 REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
+LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 
 
 class RunPodBackend:
@@ -59,6 +60,9 @@ class RunPodBackend:
         self._paused = False
         self.refusal: str | None = None  # why RunPod last refused to create a pod, until a create succeeds
         self.pods: tuple[Pod, ...] = ()  # this backend's pods as last read, with their RunPod status
+        # Pods created here that GET /pods does not list yet (id -> when): counted as there for LISTING_LAG_S, so
+        # a listing that lags behind the creates does not make the same pods again at every tick.
+        self._unlisted: dict[str, float] = {}
         self.health = health if health is not None else PodHealthProbe()
 
     def __repr__(self) -> str:
@@ -128,6 +132,9 @@ class RunPodBackend:
     async def _our_pods(self) -> list[Pod]:
         pods = [pod for pod in await self.client.list_pods() if self._own.match(pod.name)]
         self.pods = tuple(pods)
+        listed, now = {pod.id for pod in pods}, self._clock()
+        self._unlisted = {pod_id: at for pod_id, at in self._unlisted.items()
+                          if pod_id not in listed and now - at < LISTING_LAG_S}
         return pods
 
     def _target(self) -> int:
@@ -146,7 +153,7 @@ class RunPodBackend:
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
             await self._stop_then_terminate(pod)
             wrote = True
-        for _ in range(target - len(live)):
+        for _ in range(target - len(live) - len(self._unlisted)):
             if not await self._create():
                 break
             wrote = True
@@ -185,6 +192,7 @@ class RunPodBackend:
         if self.refusal is not None:
             log.info("runpod_create_accepted_again", previous_refusal=self.refusal)
         self.refusal = None
+        self._unlisted[pod.id] = self._clock()
         log.info("runpod_pod_created", pod=pod.id, name=name)
         return True
 
