@@ -49,7 +49,8 @@ def parse_timestamp(value: Any) -> datetime | None:
 class TransientRetry:
     """Retries what ``is_retryable`` accepts, with jittered exponential backoff capped at ``backoff_max_s``.
 
-    An error carrying ``retry_after_s`` (the provider asked for a wait) waits that long instead, within the cap.
+    An error carrying ``retry_after_s`` (the provider asked for a wait) waits that long instead, within the cap, and
+    at least the back-off.
     Each retry is logged as ``event`` with the attempt, the wait and ``describe(error)``.
     """
 
@@ -88,9 +89,12 @@ class TransientRetry:
     def _wait_s(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         asked = getattr(exc, "retry_after_s", None)
+        backoff = self._backoff(state)
         if asked is not None:
-            return min(asked, self._backoff_max_s)
-        return self._backoff(state)
+            # Never less than our own back-off: a 429 with Retry-After 0, -5, NaN or a date gone by made five
+            # requests back to back to an API that had just said it was overloaded.
+            return min(max(asked, backoff), self._backoff_max_s)
+        return backoff
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

@@ -20,14 +20,14 @@ from scaler.policy import ScalingConfig
 from scaler.providers.runpod.backend import LISTING_LAG_S, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.verda.backend import VerdaBackend
-from scaler.providers.verda.client import VerdaAPIError
+from scaler.providers.verda.client import VerdaAPIError, VerdaClient
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import ManualClock
-from .conftest import DEPLOYMENT
+from .conftest import DEPLOYMENT, VERDA_ID, VERDA_SECRET
 
 TICK_S = 15.0
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
@@ -288,3 +288,18 @@ async def test_pods_created_but_not_listed_yet_are_not_created_again_at_every_ti
         finally:
             await backend.aclose()
         assert len(fake.live_pods()) == 4
+
+
+@pytest.mark.parametrize("retry_after", ["0", "-5", "nan", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_a_429_asking_for_no_wait_still_backs_off(fake_verda, retry_after):
+    # Before: waits [0.0, 0.0, 0.0, 0.0], five requests back to back to an API that said it was overloaded.
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 429, times=4, retry_after=retry_after)
+    async with VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake_verda.url, backoff_initial_s=0.5,
+                           sleep=sleep) as verda:
+        await verda.get_status(DEPLOYMENT)
+    assert len(waits) == 4 and min(waits) >= 0.5 and waits[-1] >= 4
