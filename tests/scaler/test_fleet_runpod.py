@@ -341,7 +341,7 @@ async def test_a_pod_in_a_status_runpod_does_not_document_is_not_reported_stoppe
     async with FloodingPeer({"/pods": {"pods": [pod]}, "/pods/p1/action": pod, "/pods/p1": {}}) as peer:
         backend = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=peer.url, max_attempts=1), DEPLOYMENT, POD_BODY)
         try:
-            result = await stop_provider("runpod", backend, timeout_s=0.3, poll_s=0.05)
+            result = await stop_provider("runpod", backend, timeout_s=2, poll_s=0.05)
         finally:
             await backend.aclose()
     assert not result.stopped
@@ -357,7 +357,7 @@ async def test_the_kill_switch_asks_no_pods_health_while_it_stops_them():
         client = RunPodClient(RUNPOD_KEY, base_url=peer.url, max_attempts=1)
         backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, health=health)
         try:
-            result = await stop_provider("runpod", backend, timeout_s=0.3, poll_s=0.05)
+            result = await stop_provider("runpod", backend, timeout_s=2, poll_s=0.05)
         finally:
             await backend.aclose()
     assert not result.stopped and "1 replicas still listed" in result.detail
