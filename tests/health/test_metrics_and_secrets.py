@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import json
+from collections.abc import Awaitable, Callable
+
 import httpx
 import pytest
+import structlog
+from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.logs import configure_logging
 from worker.config import load_settings
 from worker.state import Phase, WorkerState
 
@@ -96,39 +103,43 @@ async def test_no_secret_or_setting_reaches_any_endpoint(start_server, monkeypat
         assert "QUEUE_MANAGER" not in body, path
 
 
-async def test_aiohttp_tracebacks_and_url_credentials_go_through_the_json_log() -> None:
-    import io
-    import json
-
-    import structlog
-    from aiohttp import web
-
-    from common.logs import configure_logging
-
-    async def broken(_request: web.Request) -> web.Response:
-        raise RuntimeError("boom while talking to https://user:hunter2@queue.example.com")
-
+async def json_log_of_one_request(
+    handler: Callable[[web.Request], Awaitable[web.Response]], level: str, then: Callable[[], None] = lambda: None
+) -> tuple[int, str]:
+    """Serve ``handler`` on loopback, GET it once with httpx and call ``then``, all with JSON logs at ``level``:
+    (the answer's status, the log)."""
     buffer = io.StringIO()
-    configure_logging("json", "info", stream=buffer)
+    configure_logging("json", level, stream=buffer)
     app = web.Application()
-    app.router.add_get("/broken", broken)
+    app.router.add_get("/", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
     try:
         async with httpx.AsyncClient() as http:
-            assert (await http.get(f"http://127.0.0.1:{port}/broken")).status_code == 500
-        structlog.get_logger().info("Worker started", queue_manager="https://user:hunter2@queue.example.com/")
+            status = (await http.get(f"http://127.0.0.1:{runner.addresses[0][1]}/")).status_code
+        then()
     finally:
         await runner.cleanup()
         structlog.reset_defaults()
-    records = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    return status, buffer.getvalue()
+
+
+async def test_aiohttp_tracebacks_and_url_credentials_go_through_the_json_log() -> None:
+    async def broken(_request: web.Request) -> web.Response:
+        raise RuntimeError("boom while talking to https://user:hunter2@queue.example.com")
+
+    def log_a_url() -> None:
+        structlog.get_logger().info("Worker started", queue_manager="https://user:hunter2@queue.example.com/")
+
+    status, logged = await json_log_of_one_request(broken, "info", then=log_a_url)
+    assert status == 500
+    records = [json.loads(line) for line in logged.splitlines()]
     [error] = [r for r in records if r["event"].startswith("Error handling request")]
     assert error["logger"] == "aiohttp.server" and error["level"] == "error"
     assert "RuntimeError: boom" in error["exception"]
-    assert "hunter2" not in buffer.getvalue()
+    assert "hunter2" not in logged
     assert [r["queue_manager"] for r in records if r["event"] == "Worker started"] == [
         "https://***@queue.example.com/"
     ]
@@ -138,30 +149,11 @@ async def test_aiohttp_tracebacks_and_url_credentials_go_through_the_json_log() 
 async def test_httpx_request_lines_only_at_debug(level: str, logged: bool) -> None:
     """Before: every request any process made was an INFO line ("HTTP Request: GET …"), two per idle poll of a
     worker, every 2 s."""
-    import io
-    import json
-
-    import structlog
-    from aiohttp import web
-
-    from common.logs import configure_logging
 
     async def ok(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    buffer = io.StringIO()
-    configure_logging("json", level, stream=buffer)
-    app = web.Application()
-    app.router.add_get("/ok", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(f"http://127.0.0.1:{runner.addresses[0][1]}/ok")).status_code == 200
-    finally:
-        await runner.cleanup()
-        structlog.reset_defaults()
-    records = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    status, log = await json_log_of_one_request(ok, level)
+    assert status == 200
+    records = [json.loads(line) for line in log.splitlines()]
     assert any(r["event"].startswith("HTTP Request: GET") for r in records) is logged

@@ -46,6 +46,19 @@ async def wait_for(predicate, timeout=10.0):
             await asyncio.sleep(0.001)
 
 
+@contextlib.asynccontextmanager
+async def output_delivery(comfy, outputs: Path, *, local: bool):
+    """An OutputDelivery into `outputs`, copying from ComfyUI's output folder (local) or fetching over /view."""
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery
+
+    client = ComfyUIClient(comfy.url)
+    try:
+        yield OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir if local else None)
+    finally:
+        await client.aclose()
+
+
 async def test_a_link_out_of_comfyuis_output_folder_is_refused_not_fetched_over_view(
     qm, comfy, make_worker, workflows, tmp_path: Path
 ):
@@ -95,8 +108,7 @@ async def test_a_file_comfyui_will_not_serve_fails_the_job_naming_it(
 
 
 async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(comfy, tmp_path: Path):
-    from worker.comfyui import ComfyUIClient
-    from worker.outputs import OutputDelivery, OutputDeliveryError
+    from worker.outputs import OutputDeliveryError
 
     outputs = tmp_path / "outputs"
     first_attempt = outputs / "alice" / "job-1"
@@ -108,15 +120,11 @@ async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(co
         {"filename": "ok.png", "subfolder": "", "type": "output"},
         {"filename": "missing.png", "subfolder": "deep/sub", "type": "output"},
     ]}}  # fmt: skip
-    client = ComfyUIClient(comfy.url)
-    delivery = OutputDelivery(outputs, client)
-    try:
+    async with output_delivery(comfy, outputs, local=False) as delivery:
         with pytest.raises(OutputDeliveryError, match=r"missing\.png"):
             await delivery.deliver(history_outputs, "alice", "job-1", attempt=3)
         with pytest.raises(OutputDeliveryError, match=r"missing\.png"):
             await delivery.deliver({"9": history_outputs["9"]}, "alice", "job-2", attempt=2)
-    finally:
-        await client.aclose()
     assert sorted(p.relative_to(outputs).as_posix() for p in outputs.rglob("*")) == [
         ".partial", "alice", "alice/job-1", "alice/job-1/result.png", "alice/job-2",
     ]  # fmt: skip
@@ -129,9 +137,6 @@ async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reporte
     """Before: nothing was synced, so a power loss just after the report could leave the reported files empty
     or missing (the queue manager now keeps every answered report on disk)."""
     import os
-
-    from worker.comfyui import ComfyUIClient
-    from worker.outputs import OutputDelivery
 
     synced: list[str] = []
     real_fsync = os.fsync
@@ -149,12 +154,8 @@ async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reporte
         {"filename": "a.png", "subfolder": "sub", "type": "output"},
         {"filename": "b.png", "subfolder": "", "type": "output"},
     ]}}  # fmt: skip
-    client = ComfyUIClient(comfy.url)
-    delivery = OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir if local else None)
-    try:
+    async with output_delivery(comfy, outputs, local=local) as delivery:
         await delivery.deliver(history_outputs, "alice", "job-1", attempt=2)
-    finally:
-        await client.aclose()
     [staging] = {Path(path).relative_to(outputs).parts[1] for path in synced if "/.partial/" in path}
     staged = outputs / ".partial" / staging
     assert sorted(synced) == sorted(str(p) for p in [
@@ -173,8 +174,7 @@ async def test_a_volume_that_cannot_sync_still_gets_its_delivery_and_a_failing_s
     import errno
     import os
 
-    from worker.comfyui import ComfyUIClient
-    from worker.outputs import OutputDelivery, OutputsDiskFailed
+    from worker.outputs import OutputsDiskFailed
 
     def failing_fsync(_descriptor: int) -> None:
         raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)))
@@ -182,9 +182,7 @@ async def test_a_volume_that_cannot_sync_still_gets_its_delivery_and_a_failing_s
     monkeypatch.setattr(os, "fsync", failing_fsync)
     outputs = tmp_path / "outputs"
     (comfy.output_dir / "b.png").write_bytes(b"b")
-    client = ComfyUIClient(comfy.url)
-    delivery = OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir)
-    try:
+    async with output_delivery(comfy, outputs, local=True) as delivery:
         if delivered:
             [file] = await delivery.deliver({"9": one_output("b.png")}, "alice", "job-1")
             assert (outputs / file.path).read_bytes() == b"b"
@@ -192,8 +190,6 @@ async def test_a_volume_that_cannot_sync_still_gets_its_delivery_and_a_failing_s
             with pytest.raises(OutputsDiskFailed, match="Input/output error"):
                 await delivery.deliver({"9": one_output("b.png")}, "alice", "job-1")
             assert files_under(outputs) == []
-    finally:
-        await client.aclose()
 
 
 async def test_a_user_folder_mounted_inside_outputs_path_fails_the_delivery_saying_so(
@@ -204,8 +200,7 @@ async def test_a_user_folder_mounted_inside_outputs_path_fails_the_delivery_sayi
     import errno
     import os
 
-    from worker.comfyui import ComfyUIClient
-    from worker.outputs import OutputDelivery, OutputDeliveryError
+    from worker.outputs import OutputDeliveryError
 
     def cross_device(source, target):
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(source), None, str(target))
@@ -213,13 +208,9 @@ async def test_a_user_folder_mounted_inside_outputs_path_fails_the_delivery_sayi
     monkeypatch.setattr(os, "rename", cross_device)  # what the kernel answers across mounts
     outputs = tmp_path / "outputs"
     (comfy.output_dir / "b.png").write_bytes(b"b")
-    client = ComfyUIClient(comfy.url)
-    delivery = OutputDelivery(outputs, client, comfyui_output_dir=comfy.output_dir)
-    try:
+    async with output_delivery(comfy, outputs, local=True) as delivery:
         with pytest.raises(OutputDeliveryError, match="mount OUTPUTS_PATH as one volume") as refused:
             await delivery.deliver({"9": one_output("b.png")}, "alice", "job-1")
-    finally:
-        await client.aclose()
     assert f"{outputs / 'alice'} is on another file system than {outputs / '.partial'}" in str(refused.value)
     assert files_under(outputs) == []
 
