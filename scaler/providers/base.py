@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from scaler.policy import Replica
@@ -33,10 +34,11 @@ class FirstSeen:
     def __init__(self) -> None:
         self._at: dict[str, float] = {}
 
-    def starts(self, listed: Sequence[tuple[str, float | None]], now: float) -> list[float]:
-        """Each listed (id, start) replica's start: its own, else when it was first listed without one."""
+    def replicas(self, listed: Sequence[tuple[str, datetime | None]], now: float) -> tuple[Replica, ...]:
+        """The listed (id, start) replicas, each started at its own start, else when it was first listed without one."""
         self._at = {replica: self._at.get(replica, now) for replica, start in listed if start is None}
-        return [start if start is not None else self._at[replica] for replica, start in listed]
+        return tuple(Replica(replica, start.timestamp() if start is not None else self._at[replica])
+                     for replica, start in listed)
 
 
 class Backend(Protocol):

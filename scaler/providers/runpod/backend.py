@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import structlog
 
-from scaler.policy import PAUSED, QUOTA_REACHED, Replica
+from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import BackendView, FirstSeen
 from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
@@ -84,11 +84,7 @@ class RunPodBackend:
                 pods = await self._our_pods()
         live = [pod for pod in pods if pod.live]
         # Billing begins at creation, as far as the API tells; a pod listed without it, when first listed so.
-        starts = self._first_seen.starts(
-            [(pod.id, pod.created_at.timestamp() if pod.created_at is not None else None) for pod in live],
-            self._clock(),
-        )
-        replicas = tuple(Replica(pod.id, start) for pod, start in zip(live, starts, strict=True))
+        replicas = self._first_seen.replicas([(pod.id, pod.created_at) for pod in live], self._clock())
         return BackendView(replicas=replicas, status=self._status())
 
     async def apply(self, desired: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from scaler.policy import Replica
 from scaler.providers.base import BackendView, FirstSeen
 from scaler.providers.verda.client import VerdaClient
 
@@ -33,10 +32,7 @@ class VerdaBackend:
         listed = await self.client.get_replicas(self.deployment)
         bounds = await self.client.get_replica_bounds(self.deployment)
         # A replica listed without started_at is still being placed: it starts when it was first listed so.
-        starts = self._first_seen.starts(
-            [(r.id, r.started_at.timestamp() if r.started_at is not None else None) for r in listed], self._clock()
-        )
-        replicas = tuple(Replica(r.id, start) for r, start in zip(listed, starts, strict=True))
+        replicas = self._first_seen.replicas([(r.id, r.started_at) for r in listed], self._clock())
         return BackendView(replicas=replicas, status=status, bounds=bounds)
 
     async def apply(self, desired: int) -> bool:
