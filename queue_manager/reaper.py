@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from queue_manager.store import JobStore
+from queue_manager.store import JobStore, is_storage_fault
 
 log = structlog.get_logger()
 
@@ -93,5 +94,10 @@ class JobReaper:
                 return
             try:
                 await run_in_db(self.run_pass)
+            except sqlite3.Error as exc:
+                if not is_storage_fault(exc):
+                    log.exception("reaper_pass_failed")
+                else:  # the cause is named; a traceback each pass while the disk stays full tells nothing more
+                    log.error("reaper_pass_failed", error=str(exc), code=exc.sqlite_errorname)
             except Exception:
                 log.exception("reaper_pass_failed")

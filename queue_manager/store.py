@@ -199,6 +199,7 @@ class JobStore:
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            changes_before = self._conn.total_changes
             try:
                 self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield self._conn
@@ -211,7 +212,7 @@ class JobStore:
                 if write and isinstance(exc, sqlite3.Error) and is_storage_fault(exc):
                     self.storage_fault = f"{exc} ({exc.sqlite_errorname})"
                 raise
-            if write:
+            if write and self._conn.total_changes > changes_before:  # a pass that wrote nothing proves nothing
                 self.storage_fault = None
 
     # -- user side -------------------------------------------------------------------------------------

@@ -144,11 +144,52 @@ async def test_a_full_database_answers_503_retry_later_changes_nothing_and_recov
         assert not [e for e in logs if e["event"] == "request_failed"], "no traceback: the cause is named"
         health = (await client.get("/health")).json()
         assert (health["status"], health["redis_connected"], health["queue_depth"]) == ("unhealthy", True, 0)
+        assert await queue.reap() == []  # a write transaction with nothing to write
+        health = (await client.get("/health")).json()
+        assert health["status"] == "unhealthy", "a reaper pass that wrote nothing does not prove the disk has room"
 
         conn.execute("PRAGMA max_page_count = 1073741823")  # room again
         assert (await client.post("/api/jobs", json={"user_id": "alice", "workflow": big})).status_code == 201
         health = (await client.get("/health")).json()
         assert (health["status"], health["queue_depth"]) == ("healthy", 1), "the refused job was never stored"
+
+
+async def test_a_reaper_pass_on_a_full_disk_names_the_cause_without_a_traceback(tmp_path: Path) -> None:
+    """Before: a traceback every pass (every 15 s with the default lease) while the disk stayed full."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    from queue_manager.reaper import JobReaper
+    from queue_manager.store import JobStore
+
+    tiny = sqlite3.connect(":memory:")
+    tiny.execute("PRAGMA max_page_count = 1")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        tiny.execute("CREATE TABLE t (x)")  # a real SQLITE_FULL
+    store = JobStore(tmp_path / "queue.db")
+    reaper = JobReaper(store, job_timeout_s=60, interval_s=0.01, clock=lambda: 0.0)
+
+    def full_disk() -> None:
+        raise full.value
+
+    reaper.run_pass = full_disk  # type: ignore[method-assign]
+
+    async def in_line(step: Any) -> None:
+        step()
+
+    stop = asyncio.Event()
+    try:
+        with capture_logs() as logs:
+            task = asyncio.create_task(reaper.run(stop, in_line))
+            async with asyncio.timeout(3):
+                while len(logs) < 2:
+                    await asyncio.sleep(0.01)
+            stop.set()
+            await task
+    finally:
+        store.close()
+    assert {(e["event"], e["code"], "exc_info" in e) for e in logs} == {("reaper_pass_failed", "SQLITE_FULL", False)}
 
 
 def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
