@@ -74,24 +74,55 @@ def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:
     return scrub_all(event_dict)
 
 
+# Control characters a terminal would obey (colours, a new title, a cleared screen, a forged next line) reach
+# log values from jobs: a workflow's node name in ComfyUI's error, say. JSON escapes them; on a terminal the
+# console renderer prints a value raw unless it holds a space or a quote, and the event never escaped.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_TEXT_KEYS = ("exception", "stack")  # printed as text, a traceback keeping its lines
+
+
+class _Quoted:
+    """A value the console shows as Python's repr: quoted, each control character escaped once."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __repr__(self) -> str:
+        return repr(self._text)
+
+
+def _escape_controls(_logger: object, _name: str, event_dict: dict) -> dict:
+    for key, value in event_dict.items():
+        if not isinstance(value, str) or value.isprintable():
+            continue
+        if key == "event" or key in _TEXT_KEYS:
+            controls = _CONTROLS_BUT_LINES if key in _TEXT_KEYS else _CONTROLS
+            event_dict[key] = controls.sub(lambda found: found[0].encode("unicode_escape").decode(), value)
+        else:
+            event_dict[key] = _Quoted(value)
+    return event_dict
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    last = [_scrub, renderer] if use_json else [_scrub, _escape_controls, renderer]
     shared: list = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     # Tracebacks become text before scrubbing, so a secret inside an exception message is masked too.
-    processors: Iterable = [*shared, structlog.processors.format_exc_info, _scrub, renderer]
+    processors: Iterable = [*shared, structlog.processors.format_exc_info, *last]
     structlog.configure(
         processors=list(processors),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib_logging(shared, renderer, level, stream)
+    _route_stdlib_logging(shared, last, level, stream)
     _quiet_malformed_requests()
 
 
@@ -117,7 +148,7 @@ def _quiet_malformed_requests() -> None:
         server_logger.addFilter(_MalformedRequestAsWarning())
 
 
-def _route_stdlib_logging(shared: list, renderer: object, level: str, stream) -> None:
+def _route_stdlib_logging(shared: list, last: list, level: str, stream) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -125,8 +156,7 @@ def _route_stdlib_logging(shared: list, renderer: object, level: str, stream) ->
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                _scrub,
-                renderer,
+                *last,
             ],
         )
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,30 @@ async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log
     logged = log_buffer.getvalue()
     assert "job_released" in logged and "job_failed" in logged
     assert TOKEN not in logged
+
+
+async def test_control_characters_in_a_logged_value_reach_an_operators_terminal_escaped() -> None:
+    """A failure message carries text from the job (a workflow's node name in ComfyUI's error, say). On a
+    terminal the console renderer printed a value without spaces raw, and the event always: an escape sequence
+    retitled or cleared the operator's screen, and a newline forged a log line of its own. JSON escaped them."""
+    buffer = io.StringIO()
+    configure_logging("console", "info", stream=buffer)
+    error = "NoSuchNode\x1b]0;owned\x07\x1b[2J\x9b"
+    try:
+        async with QueueManagerServer() as queue, httpx.AsyncClient(base_url=queue.url) as client:
+            job = queue.store.submit("alice", {"1": {}})
+            await client.get("/api/workers/next-job", params={"worker_id": "w"})
+            answer = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": error})
+            logging.getLogger("aiohttp.access").warning("%s\n2026-12-01T00:00:00Z [info] Job forged completed", error)
+    finally:
+        structlog.reset_defaults()
+    assert answer.status_code == 200
+    lines = [line for line in buffer.getvalue().splitlines() if "owned" in line]
+    assert len(lines) == 2, lines  # one line each: none forged
+    assert r"'NoSuchNode\x1b]0;owned\x07\x1b[2J\x9b'" in lines[0]
+    assert r"NoSuchNode\x1b]0;owned\x07\x1b[2J\x9b\n2026-12-01T00:00:00Z [info] Job forged completed" in lines[1]
+    for line in lines:
+        assert not [raw for raw in ("\x1b]", "\x1b[2J", "\x07", "\x9b") if raw in line], line  # colours stay
 
 
 @pytest.mark.parametrize(
