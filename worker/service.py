@@ -8,7 +8,9 @@ import signal
 from worker.config import WorkerSettings
 from worker.main import Worker
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: a closed terminal or `docker kill -s HUP` would otherwise kill the process outright, leaving the job
+# it runs unreported (comfy-multi's manager holds it `running` for its hour-long job timeout).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:

@@ -61,16 +61,19 @@ async def test_health_first_ready_only_once_comfyui_answers(base_env, run_superv
     assert await supervisor.wait() == 0
 
 
-async def test_sigterm_drains_the_job_then_stops_comfyui(
-    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_a_stop_signal_drains_the_job_then_stops_comfyui(
+    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow, stop: signal.Signals
 ) -> None:
+    """SIGHUP (a closed terminal, `docker kill -s HUP`) as SIGTERM. Before, it killed the supervisor outright: no
+    report, so comfy-multi's manager held the job `running` for its hour-long job timeout."""
     env = {**base_env, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=0.4"}
     supervisor = await run_supervisor(env)
     child = await supervisor.comfyui_pid()
     job_id = await submit(queue_manager, load_workflow("slow.json"))
     await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
 
-    supervisor.signal(signal.SIGTERM)
+    supervisor.signal(stop)
     await supervisor.wait_until(lambda: _is(supervisor.status_of("/ready"), 503), what="/ready 503 while draining")
     draining = await supervisor.get("/health")
     assert draining is not None and draining.status_code == 200  # a drain must never look like a crash
