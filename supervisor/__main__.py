@@ -1,5 +1,6 @@
 """comfy-supervisor: the container's entry point. Exit codes are the worker's: 0 idle/limit/signal, 1 fatal,
-2 configuration (reported before ComfyUI starts, one line per bad variable, no traceback)."""
+2 configuration (reported before ComfyUI starts, one line per bad variable, no traceback; or, in serverless mode,
+a queue token refused on 3 polls in a row)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m worker` / `comfy-worker`: exit 0 idle or stopped, 1 fatal, 2 bad configuration."""
+"""`python -m worker` / `comfy-worker`: exit 0 idle or stopped, 1 fatal, 2 bad configuration (or a refused token)."""
 
 from __future__ import annotations
 

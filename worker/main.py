@@ -37,7 +37,7 @@ from worker.outputs import (
     OutputLimits,
     OutputsDiskFailed,
 )
-from worker.queue_client import PollError, QueueClient, ReportRejected
+from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
 
@@ -48,6 +48,11 @@ MAX_POLL_BACKOFF_S = 30.0
 ABORT_EXPLAIN_WAIT_S = 1.0  # a lost ComfyUI may be a dead process the supervisor is about to report
 # Between jobs ComfyUI is idle and answers in milliseconds on loopback: a hung one costs a job at most this.
 HOUSEKEEPING_WAIT_S = 2 * MIN_QUESTION_S
+# A serverless worker whose token the queue manager refuses this many polls in a row exits: a wrong token never
+# heals, and the replica would bill for ever (about 6 s of refusals at the default poll interval). Not one: a
+# proxy's refusal during a deploy is a blip.
+MAX_REFUSED_POLLS = 3
+EXIT_CONFIGURATION = 2
 
 
 class Worker:
@@ -185,6 +190,7 @@ class Worker:
     async def main_loop(self) -> int:
         s = self.settings
         backoff = s.poll_interval_s
+        refused = 0
         while not self._stop.is_set():
             if s.serverless_mode and 0 < s.serverless_job_limit <= self.state.jobs_finished:
                 log.info("Serverless job limit reached", jobs_finished=self.state.jobs_finished)
@@ -197,11 +203,17 @@ class Worker:
             except PollError as exc:
                 self.state.metrics.poll_errors.inc()
                 self.state.beat()
+                refused = refused + 1 if isinstance(exc, CredentialsRefused) else 0
+                if s.serverless_mode and refused >= MAX_REFUSED_POLLS:
+                    log.error("Queue manager refused this worker's credentials; exiting", error=str(exc),
+                              refused_polls=refused)
+                    return EXIT_CONFIGURATION
                 log.warning("Poll failed; backing off", error=str(exc), retry_in_s=round(backoff, 2))
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
                 continue
             backoff = s.poll_interval_s
+            refused = 0
             if raw is None:
                 self.state.idle_poll()
                 if s.serverless_mode and self.state.consecutive_idle_polls >= s.serverless_max_idle_polls:

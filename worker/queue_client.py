@@ -38,6 +38,10 @@ class PollError(Exception):
     again."""
 
 
+class CredentialsRefused(PollError):
+    """401 or 403: the queue manager does not take QUEUE_MANAGER_TOKEN (wrong or unset); waiting cannot fix it."""
+
+
 class JobGone(Exception):
     """The manager answered 404 for this job: it no longer exists there (reaped or deleted)."""
 
@@ -110,7 +114,7 @@ class QueueClient:
         except AnswerTooLarge as exc:
             raise PollError(f"{exc} (MAX_QUEUE_ANSWER_BYTES)") from None
         if response.status_code in (401, 403):
-            raise PollError(
+            raise CredentialsRefused(
                 f"queue manager refused this worker's credentials (HTTP {response.status_code}: "
                 f"{_short(response.text)}): QUEUE_MANAGER_TOKEN is {'wrong' if self._has_token else 'unset'}"
             )

@@ -241,6 +241,39 @@ async def test_a_refused_token_is_a_poll_error_naming_queue_manager_token(comfy,
     assert failure["error"].endswith(f"QUEUE_MANAGER_TOKEN is {named}")
 
 
+async def test_a_serverless_worker_whose_token_is_refused_exits_2_after_3_refusals(comfy, make_worker):
+    """Before: it backed off and polled for ever, never idle-exiting (refusals are not idle polls), so the
+    replica billed until someone noticed."""
+    from queue_manager.server import QueueManagerServer
+
+    async with QueueManagerServer(token="the-token") as secured:
+        worker = make_worker(queue_manager_url=secured.url, queue_manager_token="not-the-token")
+        with capture_logs() as logs:
+            assert await asyncio.wait_for(worker.run(), 10) == 2
+    events = [e["event"] for e in logs]
+    assert events.count("Poll failed; backing off") == 2
+    [exit_line] = [e for e in logs if e["event"] == "Queue manager refused this worker's credentials; exiting"]
+    assert exit_line["refused_polls"] == 3
+    assert exit_line["error"].endswith("QUEUE_MANAGER_TOKEN is wrong")
+    assert "not-the-token" not in str(logs)
+    assert events[-1] == "Worker shutdown complete"
+
+
+async def test_refusals_that_stop_before_the_third_are_a_blip(qm, comfy, make_worker, workflows):
+    """A proxy refusing twice during a deploy costs nothing: the count is of refusals in a row."""
+    qm.faults.inject("next-job", status=401, times=2)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(serverless_max_idle_polls=1_000_000)
+    running = asyncio.create_task(worker.run())
+    await wait_for(lambda: qm.store.get(job.id).status == "completed")
+    qm.faults.inject("next-job", status=403, times=2)
+    await wait_for(lambda: worker.state.metrics.poll_errors._value.get() == 4)
+    idle_polls = worker.state.consecutive_idle_polls
+    await wait_for(lambda: worker.state.consecutive_idle_polls > idle_polls)
+    worker.request_shutdown()
+    assert await running == 0
+
+
 async def test_non_json_200_from_the_queue_is_a_poll_error(qm, comfy, make_worker):
     qm.faults.inject("next-job", status=200, body="this is not json")
     with capture_logs() as logs:
