@@ -12,9 +12,9 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -53,6 +53,12 @@ HOUSEKEEPING_WAIT_S = 2 * MIN_QUESTION_S
 # proxy's refusal during a deploy is a blip.
 MAX_REFUSED_POLLS = 3
 EXIT_CONFIGURATION = 2
+
+T = TypeVar("T")
+
+
+class StoppedWaiting(Exception):
+    """A stop came while the worker waited on something it may leave (a poll, the warm-up): it was cancelled."""
 
 
 class Worker:
@@ -157,7 +163,7 @@ class Worker:
         log.info("ComfyUI is up", comfyui_version=version)
         self.housekeeping.check_cache(system.get("argv") if isinstance(system, dict) else None)
         if s.warmup_workflow is not None and not await self.warm_up():
-            return await self._stay_unready()
+            return self._exit_code() if self._stop.is_set() else await self._stay_unready()
         self.state.mark_ready()
         self.state.set_phase(Phase.IDLE)
         return None
@@ -168,12 +174,20 @@ class Worker:
         log.info("Running warm-up workflow", path=str(path))
         try:
             workflow = validate_workflow(json.loads(path.read_text()))
-            outcome = await self._new_run().run(workflow)
+            run = self._prompt_run = self._new_run()
+            outcome = await self._unless_stopped(run.run(workflow))
             problem = None if outcome.ok else outcome.message
             if outcome.status != "lost" and not outcome.replica_fault:
                 await self._tidy_comfyui(outcome)
+        except StoppedWaiting:
+            log.info("Stopped during the warm-up")
+            if self._abort_reason is None:  # ComfyUI is alive: stop the prompt (it only loads models)
+                await self._interrupt()
+            return False
         except (OSError, ValueError, RecursionError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
             problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._prompt_run = None
         if problem:
             log.error("Warm-up failed; the worker stays not ready", path=str(path), error=problem)
             self.state.mark_not_ready(f"warm-up failed: {problem}")
@@ -199,7 +213,10 @@ class Worker:
                 break
             await self._sweep_staging_if_due()
             try:
-                raw = await self.queue.next_job()
+                raw = await self._unless_stopped(self.queue.next_job(), grace_s=self._grace_left_s)
+            except StoppedWaiting:
+                log.warning("Stopping without the queue manager's answer to the poll")
+                break
             except PollError as exc:
                 self.state.metrics.poll_errors.inc()
                 self.state.beat()
@@ -312,18 +329,43 @@ class Worker:
         if not self._force.is_set():
             # The grace counts from the signal and never runs past the deadline: what is left after it is
             # for handing the job back, reporting and stopping ComfyUI.
-            s = self.settings
-            grace_left_s = min(self.deadline.remaining() - (s.platform_kill_delay_s - s.shutdown_grace_s),
-                               self.deadline.remaining())
+            grace_left_s = self._grace_left_s()
             self.state.set_phase(Phase.DRAINING)
             self.state.mark_not_ready("draining: shutting down")
-            log.info("Shutdown requested; letting the running job finish", grace_s=round(max(0.0, grace_left_s), 2),
+            log.info("Shutdown requested; letting the running job finish", grace_s=round(grace_left_s, 2),
                      deadline_in_s=round(self.deadline.remaining(), 2))
             forced = asyncio.create_task(self._force.wait())
-            await asyncio.wait({handler, forced}, timeout=max(0.0, grace_left_s), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({handler, forced}, timeout=grace_left_s, return_when=asyncio.FIRST_COMPLETED)
             forced.cancel()
         if not handler.done() and self._execution is not None:
             self._execution.cancel()
+
+    def _grace_left_s(self) -> float:
+        """What is left of SHUTDOWN_GRACE_S since the signal; the rest of the deadline is for handing the job back,
+        reporting and stopping ComfyUI."""
+        s = self.settings
+        return max(0.0, self.deadline.remaining() - (s.platform_kill_delay_s - s.shutdown_grace_s))
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T], grace_s: Callable[[], float] = lambda: 0.0) -> T:
+        """work's result, unless a stop comes first and work does not end within grace_s() of it (none after a
+        second signal): then work is cancelled and StoppedWaiting raised. A hung peer must not hold a stopping
+        worker past the platform's kill."""
+        task = asyncio.create_task(work)
+        stopping = asyncio.create_task(self._stop.wait())
+        forced = asyncio.create_task(self._force.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and not self._force.is_set():
+                await asyncio.wait({task, forced}, timeout=grace_s(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            forced.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            raise StoppedWaiting
+        return task.result()
 
     async def _handle(self, raw: Any) -> None:
         try:

@@ -309,3 +309,50 @@ async def test_the_drain_never_outlasts_the_deadline(qm, comfy, make_worker, wor
     assert 1 <= asyncio.get_running_loop().time() - signalled < 1.8
     assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: worker test-worker was stopped")
     comfy.release()
+
+
+async def test_a_stop_during_the_warm_up_interrupts_it_and_exits_0(qm, comfy, make_worker, workflows, tmp_path):
+    """Before: the stop waited for the warm-up to finish (39 s after SIGTERM for a 40 s warm-up, measured under
+    the supervisor), past the platform's kill."""
+    path = tmp_path / "warmup.json"
+    path.write_text(json.dumps(workflows["slow"]))
+    comfy.node_seconds = {"ImageBlur": 30}
+    worker = make_worker(warmup_workflow=path, serverless_mode=False)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.running_prompt_id is not None)
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 10) == 0
+    assert [i.running_prompt_id for i in comfy.interrupts_received] == [comfy.prompts_received[0].prompt_id]
+    events = [e["event"] for e in logs]
+    assert "Stopped during the warm-up" in events and "Warm-up failed; the worker stays not ready" not in events
+    assert worker.state.not_ready_reason == "stopped"
+
+
+async def test_a_stop_during_a_poll_the_queue_manager_does_not_answer_waits_the_grace_not_the_http_timeout(
+    qm, comfy, make_worker
+):
+    """Before: the worker waited for the poll's HTTP timeout (29 s after SIGTERM under the supervisor, with
+    HTTP_TIMEOUT_S=30 and a kill 12 s after the signal)."""
+    qm.faults.inject("next-job", delay_s=60)
+    worker = make_worker(shutdown_grace_s=0.5, platform_kill_delay_s=3, http_timeout_s=60)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: qm.faults.pending("next-job") == 0)  # the poll is at the manager, unanswered
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 10) == 0
+    assert "Stopping without the queue manager's answer to the poll" in [e["event"] for e in logs]
+
+
+async def test_a_job_the_queue_manager_gives_within_the_grace_after_a_stop_is_handed_back(
+    qm, comfy, make_worker, workflows
+):
+    qm.faults.inject("next-job", delay_s=1)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(shutdown_grace_s=5, platform_kill_delay_s=10)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: qm.faults.pending("next-job") == 0)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 10) == 0
+    assert comfy.prompts_received == []
+    assert "stopped (shutdown signal)" in qm.reports.landed(job.id)[0].body["error"]
