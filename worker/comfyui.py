@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,22 +147,18 @@ class ComfyUIClient:
         most the HTTP timeout: a hung ComfyUI would hold a probe for the whole HTTP timeout."""
         return await self.system_stats(min(self._timeout_s, max(MIN_QUESTION_S, deadline - time.monotonic())))
 
-    async def wait_until_up(
-        self, timeout_s: float, *, interval_s: float = 1.0, should_stop: Callable[[], bool] = lambda: False
-    ) -> dict[str, Any] | None:
-        """Poll /system_stats until it answers (its stats), the deadline passes or should_stop() (None). No probe
-        outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the HTTP timeout."""
+    async def wait_until_up(self, timeout_s: float, *, interval_s: float = 1.0) -> dict[str, Any]:
+        """Poll /system_stats until it answers (its stats) or the deadline passes (ComfyUIUnavailable). No probe
+        outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the HTTP timeout.
+        The caller cancels it on a stop."""
         deadline = time.monotonic() + timeout_s
-        last_error = "no attempt"
-        while not should_stop():
+        while True:
             try:
                 return await self.probe(deadline)
             except ComfyUIUnavailable as exc:
-                last_error = str(exc)
-            if time.monotonic() >= deadline:
-                raise ComfyUIUnavailable(f"ComfyUI not up after {timeout_s:g} s: {last_error}")
+                if time.monotonic() >= deadline:
+                    raise ComfyUIUnavailable(f"ComfyUI not up after {timeout_s:g} s: {exc}") from None
             await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
-        return None
 
     async def queue_prompt(
         self, workflow: dict[str, Any], client_id: str, prompt_id: str, *, job_id: str | None = None

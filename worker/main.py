@@ -147,14 +147,14 @@ class Worker:
         self.state.set_phase(Phase.STARTING)
         await self._sweep_staging_if_due()
         try:
-            stats = await self.comfy.wait_until_up(
-                s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S, should_stop=self._stop.is_set
+            stats = await self._unless_stopped(
+                self.comfy.wait_until_up(s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S)
             )
         except ComfyUIUnavailable as exc:
             log.error("ComfyUI never came up; exiting", error=str(exc), timeout_s=s.comfyui_startup_timeout_s)
             self.state.mark_not_ready(f"ComfyUI never came up: {exc}")
             return 1
-        if stats is None:
+        except StoppedWaiting:
             return self._exit_code()
         system = stats.get("system") if isinstance(stats, dict) else None
         version = system.get("comfyui_version") if isinstance(system, dict) else None
@@ -258,9 +258,11 @@ class Worker:
             return True
         silent_since = time.monotonic() if self._silent_since is None else self._silent_since
         try:  # never longer than the worker would wait for a silent ComfyUI in all
-            await self.comfy.probe(silent_since + self.settings.comfyui_unresponsive_timeout_s)
+            await self._unless_stopped(self.comfy.probe(silent_since + self.settings.comfyui_unresponsive_timeout_s))
         except ComfyUIUnavailable as exc:
             return await self._wait_for_comfyui(str(exc), since=silent_since)
+        except StoppedWaiting:
+            return False
         self._comfyui_answered_at = time.monotonic()
         self._silent_since = None
         return True
@@ -276,15 +278,14 @@ class Worker:
         log.warning("ComfyUI is not answering; taking no job until it does", error=error, timeout_s=timeout_s)
         try:
             async with self.state.beating(self._beat_interval_s):
-                stats = await self.comfy.wait_until_up(
-                    max(0.0, since + timeout_s - time.monotonic()), interval_s=STARTUP_PROBE_INTERVAL_S,
-                    should_stop=self._stop.is_set,
-                )
+                await self._unless_stopped(self.comfy.wait_until_up(
+                    max(0.0, since + timeout_s - time.monotonic()), interval_s=STARTUP_PROBE_INTERVAL_S
+                ))
         except ComfyUIUnavailable as exc:
             log.error("ComfyUI did not come back; exiting", error=str(exc), timeout_s=timeout_s)
             self.state.mark_fatal(f"ComfyUI stopped answering and did not come back within {timeout_s:g} s")
             return False
-        if stats is None:
+        except StoppedWaiting:
             return False
         log.info("ComfyUI is answering again")
         self.state.set_comfyui(True)

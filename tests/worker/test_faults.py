@@ -852,3 +852,26 @@ async def test_junk_on_the_websocket_from_a_custom_node_neither_ends_nor_changes
     report = await complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, noisy)
     [output] = report.body["result"]["outputs"]
     assert output["node_id"] == "4" and "not-yours" not in output["path"]
+
+
+@pytest.mark.parametrize("hangs", ["at start", "while idle"])
+async def test_a_stop_while_a_hung_comfyui_is_probed_exits_at_once_not_an_http_timeout_later(
+    qm, comfyui_process, make_worker, hangs
+):
+    """Before: the probe in flight ran to its HTTP timeout (30 s in production: measured 28.7 s and 29.7 s after
+    SIGTERM under the supervisor), past the platform's kill 30 s after the signal."""
+    process, url = comfyui_process
+    worker = make_worker(
+        comfyui_url=url, serverless_mode=False, http_timeout_s=60, comfyui_unresponsive_timeout_s=300,
+        comfyui_startup_timeout_s=300,
+    )  # fmt: skip
+    if hangs == "at start":
+        process.send_signal(signal.SIGSTOP)
+    run = asyncio.create_task(worker.run())
+    if hangs == "while idle":
+        await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
+        process.send_signal(signal.SIGSTOP)
+    await asyncio.sleep(0.3)  # the worker polls every 0.02 s: by now a probe of ComfyUI is waiting for an answer
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 10) == 0
+    assert worker.state.fatal_reason is None
