@@ -12,8 +12,9 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -112,9 +113,11 @@ class PromptRun:
         heartbeat: Callable[[], None] = lambda: None,
         on_prompt_id: Callable[[str], None] = lambda _: None,
         job_id: str | None = None,
+        own_folders: Sequence[Path] = (),
     ) -> None:
         self.comfy = comfy
         self.job_id = job_id
+        self.own_folders = own_folders  # ComfyUI's output and temp folders, for replica_fault
         self.timeout_s = timeout_s
         self.timings = timings
         self.heartbeat = heartbeat
@@ -405,7 +408,7 @@ class PromptRun:
                 f"ComfyUI execution error in node {data.get('node_id')} ({data.get('node_type')}): "
                 f"{full_type.rsplit('.', 1)[-1]}: {exc_message}"
             )
-            outcome.replica_fault = replica_fault(full_type, exc_message)
+            outcome.replica_fault = replica_fault(full_type, exc_message, self.own_folders)
         else:
             outcome.status = "interrupted"
             outcome.outputs = self._listed_before_failing(terminal)

@@ -553,9 +553,11 @@ class Worker:
         self._comfyui_answered_at = time.monotonic() if answered else -math.inf
 
     def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None, job_id: str | None = None) -> PromptRun:
+        s = self.settings
+        own_folders = [folder for folder in (s.comfyui_output_dir, s.comfyui_temp_dir) if folder is not None]
         return PromptRun(
-            self.comfy, self.events, timeout_s=self.settings.job_timeout_s, timings=self.timings,
-            heartbeat=self.state.beat, on_prompt_id=on_prompt_id, job_id=job_id,
+            self.comfy, self.events, timeout_s=s.job_timeout_s, timings=self.timings,
+            heartbeat=self.state.beat, on_prompt_id=on_prompt_id, job_id=job_id, own_folders=own_folders,
         )
 
     def _on_prompt_id(self, prompt_id: str) -> None:

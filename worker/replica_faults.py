@@ -13,11 +13,19 @@ a prompt), so text alone never decides:
   and every later job on this replica would fail the same way. Video and audio nodes write through PyAV, whose
   `av.error.OSError` prints FFmpeg's errno the same way; FFmpeg also answers bad input data with EIO, so from
   PyAV only full and over quota count.
+- ComfyUI's own folders read-only: the kernel remounts a failing disk read-only (ext4's errors=remount-ro), and
+  every later job would fail there in milliseconds. Only a builtin `OSError` naming, after its errno, a file
+  inside ComfyUI's output or temp folder: a node writing where it may not (the read-only /models) is the job's
+  fault.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
 
 # full_type_name() of ComfyUI's execution.py: module + "." + qualname ("builtins" omitted).
 CUDA_ERROR_TYPES = frozenset({"torch.AcceleratorError", "torch.cuda.CudaError"})
@@ -31,15 +39,19 @@ RECOVERABLE_CUDA_ERRORS = (
     "operation not supported",
 )
 
-# ComfyUI's disk: full, over quota, failing. Read-only is left out: a custom node writing where it may not is
-# the job's fault.
+# ComfyUI's disk: full, over quota, failing. Read-only only in ComfyUI's own folders (_read_only_in).
 BROKEN_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 # The same from PyAV (SaveVideo, SaveWEBM write with it), whose class ComfyUI names with its module.
 BROKEN_DISK_ERRNOS_BY_TYPE = {"OSError": BROKEN_DISK_ERRNOS, "av.error.OSError": (errno.ENOSPC, errno.EDQUOT)}
 
 
-def replica_fault(exception_type: str, exception_message: str) -> str | None:
-    """What is broken on this replica ("fatal GPU error", "ComfyUI's disk failed"), or None: the job failed."""
+# How Python prints an OSError with one file name: "[Errno 30] Read-only file system: '/a/b.png'".
+_READ_ONLY_FILE = re.compile(rf"\[Errno {errno.EROFS}\] [^:']*: '(?P<name>[^'\\]*)'")
+
+
+def replica_fault(exception_type: str, exception_message: str, own_folders: Sequence[Path] = ()) -> str | None:
+    """What is broken on this replica ("fatal GPU error", "ComfyUI's disk failed"), or None: the job failed.
+    own_folders: ComfyUI's output and temp folders, where only a broken disk makes a write fail read-only."""
     message = exception_message.strip()
     first_line = message.splitlines()[0] if message else ""
     if exception_type in CUDA_ERROR_TYPES:
@@ -48,4 +60,14 @@ def replica_fault(exception_type: str, exception_message: str) -> str | None:
     broken_disk = BROKEN_DISK_ERRNOS_BY_TYPE.get(exception_type, ())
     if broken_disk and first_line.startswith(tuple(f"[Errno {n}] " for n in broken_disk)):
         return "ComfyUI's disk failed"
+    if exception_type == "OSError" and _read_only_in(first_line, own_folders):
+        return "ComfyUI's disk failed"
     return None
+
+
+def _read_only_in(first_line: str, folders: Sequence[Path]) -> bool:
+    match = _READ_ONLY_FILE.fullmatch(first_line)
+    if match is None or not os.path.isabs(match["name"]):
+        return False
+    path = Path(os.path.normpath(match["name"]))  # a ".." leading out of the folder does not count
+    return any(path.is_relative_to(os.path.normpath(folder)) for folder in folders)

@@ -163,6 +163,46 @@ def test_a_real_disk_full_error_as_comfyui_reports_it_is_a_broken_disk():
     assert replica_fault(*_error_as_comfyui_reports_it(_real_disk_full_error())) == "ComfyUI's disk failed"
 
 
+OWN = (Path("/data/comfyui/output"), Path("/data/comfyui/temp"))
+
+
+@pytest.mark.parametrize(
+    ("exception_type", "message", "broken"),
+    [
+        ("OSError", "[Errno 30] Read-only file system: '/data/comfyui/output/ComfyUI_00001_.png'\n", True),
+        ("OSError", "[Errno 30] Read-only file system: '/data/comfyui/temp/sub/ComfyUI_temp_x_00001_.png'", True),
+        ("OSError", "[Errno 30] Read-only file system: '/models/checkpoints/downloaded.safetensors'", False),
+        ("OSError", "[Errno 30] Read-only file system: '/data/comfyui/output/../../../models/x.safetensors'", False),
+        ("OSError", "[Errno 30] Read-only file system: '/data/comfyui/outputs-elsewhere/x.png'", False),
+        ("OSError", "[Errno 30] Read-only file system: 'relative/x.png'", False),
+        ("OSError", "[Errno 30] Read-only file system: '/data/comfyui/output/x.png' -> '/models/y'", False),
+        ("OSError", "[Errno 13] Permission denied: '/data/comfyui/output/x.png'", False),
+        ("Exception", "[Errno 30] Read-only file system: '/data/comfyui/output/x.png'", False),
+        ("av.error.OSError", "[Errno 30] Read-only file system: '/data/comfyui/output/x.mp4'", False),
+    ],
+)
+def test_a_read_only_disk_counts_only_in_comfyuis_own_folders(exception_type, message, broken):
+    assert (replica_fault(exception_type, message, OWN) == "ComfyUI's disk failed") is broken
+    assert replica_fault(exception_type, message) is None, "a worker that does not know the folders never guesses"
+
+
+async def test_comfyuis_output_folder_turned_read_only_hands_the_job_back_and_stops_the_replica(
+    qm, comfy, make_worker, workflows
+):
+    """Before: every job failed in milliseconds as the workflow's fault (measured under the supervisor: 3 jobs
+    failed in 2.9 s, /health 200, exit 0 at the idle timeout): a failing disk the kernel remounted read-only
+    turned the replica into a black hole for the queue."""
+    written = comfy.output_dir / "ComfyUI_00001_.png"
+    comfy.inject_error(f"[Errno 30] Read-only file system: '{written}'", exception_type="OSError", prompts=None)
+    job = qm.store.submit("alice", workflows["quick"])
+    waiting = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(serverless_max_idle_polls=100, comfyui_output_dir=comfy.output_dir)
+    assert await asyncio.wait_for(worker.run(), 10) == 1
+    handed_back = qm.reports.landed(job.id)[0].body["error"]
+    assert handed_back.startswith("Handed back: ComfyUI's disk failed on worker test-worker:"), handed_back
+    assert qm.store.get(waiting.id).status == "pending"
+
+
 def _disk_full_as_comfyui_reports_it() -> tuple[str, str]:
     exception_type, message = _error_as_comfyui_reports_it(_real_disk_full_error())
     return exception_type, message.rstrip("\n")  # the stand-in appends the newline ComfyUI adds
