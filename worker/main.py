@@ -348,19 +348,19 @@ class Worker:
         return max(0.0, self.deadline.remaining() - (s.platform_kill_delay_s - s.shutdown_grace_s))
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, T], grace_s: Callable[[], float] = lambda: 0.0) -> T:
-        """work's result, unless a stop comes first and work does not end within grace_s() of it (none after a
-        second signal): then work is cancelled and StoppedWaiting raised. A hung peer must not hold a stopping
-        worker past the platform's kill."""
+        """work's result, unless a stop comes first and work does not end within grace_s() of it: then work is
+        cancelled and StoppedWaiting raised. A hung peer must not hold a stopping worker past the platform's kill.
+        A poll keeps its grace even after a second signal or an abort: its answer may carry a job, which is
+        handed back then, not lost until its lease runs out."""
         task = asyncio.create_task(work)
         stopping = asyncio.create_task(self._stop.wait())
-        forced = asyncio.create_task(self._force.wait())
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done() and not self._force.is_set():
-                await asyncio.wait({task, forced}, timeout=grace_s(), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                grace = grace_s()
+                await asyncio.wait({task}, timeout=grace if math.isfinite(grace) else None)
         finally:
             stopping.cancel()
-            forced.cancel()
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

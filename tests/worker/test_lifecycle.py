@@ -356,3 +356,15 @@ async def test_a_job_the_queue_manager_gives_within_the_grace_after_a_stop_is_ha
     assert await asyncio.wait_for(run, 10) == 0
     assert comfy.prompts_received == []
     assert "stopped (shutdown signal)" in qm.reports.landed(job.id)[0].body["error"]
+
+
+async def test_a_job_the_queue_manager_gives_as_comfyui_dies_is_handed_back_not_lost(qm, comfy, make_worker, workflows):
+    qm.faults.inject("next-job", delay_s=0.5)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker()
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: qm.faults.pending("next-job") == 0)
+    worker.abort("ComfyUI process exited unexpectedly with code -9")
+    assert await asyncio.wait_for(run, 10) == 1
+    assert comfy.prompts_received == []
+    assert "ComfyUI process exited unexpectedly with code -9" in qm.reports.landed(job.id)[0].body["error"]
