@@ -58,7 +58,7 @@ T = TypeVar("T")
 
 
 class StoppedWaiting(Exception):
-    """A stop came while the worker waited on something it may leave (a poll, the warm-up): it was cancelled."""
+    """A stop came while the worker waited on something it may leave (a poll, a probe of ComfyUI, the warm-up)."""
 
 
 class Worker:
