@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common import logs
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORKFLOWS = FIXTURES / "workflows"
 TRANSCRIPTS = FIXTURES / "comfyui-0.8.0"
@@ -44,6 +46,15 @@ def _restore_stdlib_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def forget_registered_secrets() -> Iterator[None]:
+    """The scaler's CLI and the deploy register their settings' secrets process-wide (a URL's user name "worker"
+    too): one test's must not mask another test's output, now that `status` and errors are scrubbed like logs."""
+    before = set(logs._secret_values)
+    yield
+    logs._secret_values.intersection_update(before)
 
 
 async def run_module_to_exit(

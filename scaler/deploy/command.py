@@ -22,7 +22,7 @@ from common.urls import url_credentials
 from scaler.deploy.errors import EXIT_USAGE
 
 PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
-# Values no log line may show (the scrubber masks them wherever they appear).
+# Values no output may show (the scrubber masks them wherever they appear).
 SECRET_ENV = ("VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "QUEUE_MANAGER_TOKEN")
 
 
@@ -49,11 +49,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = parse_args(argv)
+    environ = os.environ if environ is None else environ
+    # Values no output may show: the scrubber masks them in log lines and in the error printed.
+    for name in SECRET_ENV:
+        register_secret(environ.get(name))
+    for credential in url_credentials(environ.get("QUEUE_MANAGER_URL", "")):
+        register_secret(credential)
     provider = importlib.import_module(PROVIDERS[args.provider])
     if args.console and not getattr(provider, "HAS_CONSOLE", False):
         print(f"--console: no console walkthrough for --provider {args.provider}", file=sys.stderr)
         return EXIT_USAGE
-    return await provider.deploy(args, os.environ if environ is None else environ)
+    return await provider.deploy(args, environ)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,8 +70,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # Log lines (retries, waits) go to stderr as in every process, apart from what the deploy prints.
     configure_logging(logging.log_format, logging.log_level)
-    for name in SECRET_ENV:
-        register_secret(os.environ.get(name))
-    for credential in url_credentials(os.environ.get("QUEUE_MANAGER_URL", "")):
-        register_secret(credential)
     return asyncio.run(deploy_main(argv))

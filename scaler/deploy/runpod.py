@@ -20,7 +20,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused
+from common.http_answers import AnswerTooLarge
+from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused, print_error
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
     SHARED_VOLUME_ENVS,
@@ -256,10 +257,10 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_OK
     try:
         await run(args, spec, settings, environ)
-    except (DeployError, RunPodAPIError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (DeployError, RunPodAPIError, AnswerTooLarge) as error:
+        print_error(error)
         return EXIT_FAILED
     except httpx.HTTPError as error:
-        print(f"error: cannot reach the RunPod API: {type(error).__name__}: {error}", file=sys.stderr)
+        print_error(f"cannot reach the RunPod API: {type(error).__name__}: {error}")
         return EXIT_FAILED
     return EXIT_OK

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused
+from common.http_answers import AnswerTooLarge
+from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused, print_error
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -78,7 +79,7 @@ def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, 
     changes = {key: body[key] for key in DEPLOYMENT_KEYS if not _covers(live.get(key), body[key])}
     pairs = list(zip(body["containers"], live_containers, strict=True))
     if not all(_container_matches(wanted, one) for wanted, one in pairs):
-        changes["containers"] = [{**wanted, "name": one["name"]} for wanted, one in pairs]
+        changes["containers"] = [{**wanted, "name": one.get("name")} for wanted, one in pairs]
     return changes
 
 
@@ -114,7 +115,7 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
 
 async def print_state(verda: VerdaClient, name: str) -> None:
     print(f"status: {await verda.get_status(name)}")
-    scaling = await verda.get_scaling(name)
+    scaling = await verda.get_scaling_options(name)
     print(f"scaling: min {scaling.get('min_replica_count')} max {scaling.get('max_replica_count')}")
     replicas = await verda.get_replicas(name)
     print(f"replicas: {len(replicas)}")
@@ -139,7 +140,7 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
             print(f"deployment {name}: updated ({', '.join(changes)})")
         else:
             print(f"deployment {name}: unchanged")
-        scaling = scaling_changes(body["scaling"], await verda.get_scaling(name))
+        scaling = scaling_changes(body["scaling"], await verda.get_scaling_options(name))
         if scaling:
             await verda.update_scaling(name, scaling)
             print(f"scaling: updated ({', '.join(scaling)})")
@@ -210,17 +211,17 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return EXIT_OK
     try:
         await run(args, spec, environ)
-    except DeployError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (DeployError, AnswerTooLarge) as error:
+        print_error(error)
         return EXIT_FAILED
     except VerdaAPIError as error:
-        print(f"error: {_explain(error)}", file=sys.stderr)
+        print_error(_explain(error))
         return EXIT_FAILED
     except TimeoutError as error:
-        print(f"error: {error}; run `./deploy-serverless.sh status` later", file=sys.stderr)
+        print_error(f"{error}; run `./deploy-serverless.sh status` later")
         return EXIT_FAILED
     except httpx.HTTPError as error:
-        print(f"error: cannot reach the Verda API: {type(error).__name__}: {error}", file=sys.stderr)
+        print_error(f"cannot reach the Verda API: {type(error).__name__}: {error}")
         return EXIT_FAILED
     return EXIT_OK
 

@@ -8,14 +8,13 @@ import copy
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import structlog
 from aiohttp import web
 
-from common import logs
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Replica
 from scaler.providers import BackendView
@@ -133,15 +132,6 @@ class StubBackend:
 
     async def aclose(self) -> None:
         self.closed = True
-
-
-@pytest.fixture(autouse=True)
-def forget_registered_secrets() -> Iterator[None]:
-    """The CLI registers its settings' secrets process-wide (a URL's user name "worker" too): one test's must not
-    mask another test's output, now that `status` is scrubbed like the logs."""
-    before = set(logs._secret_values)
-    yield
-    logs._secret_values.intersection_update(before)
 
 
 @pytest.fixture

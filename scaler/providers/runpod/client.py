@@ -311,7 +311,10 @@ class RunPodClient:
 
     async def get_network_volume(self, volume_id: str) -> dict[str, Any]:
         """GET /network-volumes/{id}: id, name, size (GB), dataCenter, type."""
-        return await self._json("GET", f"/network-volumes/{quote(volume_id, safe='')}")
+        volume = await self._json("GET", f"/network-volumes/{quote(volume_id, safe='')}")
+        if not isinstance(volume, dict):
+            raise _unexpected("GET /network-volumes/{id}", f"not an object: {str(volume)[:60]}")
+        return volume
 
     # --- catalogue ------------------------------------------------------------------------------
 

@@ -373,8 +373,18 @@ class VerdaClient:
         return await self._json("GET", DEPLOYMENTS)
 
     async def get_deployment(self, name: str) -> dict[str, Any]:
-        """The deployment as Verda answers it: no `scaling` (see get_scaling), each image an object."""
-        return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}")
+        """The deployment as Verda answers it: no `scaling` (see get_scaling), each image an object. Any other
+        shape than an object with a list of objects as `containers` is an error naming the call."""
+        path = f"{DEPLOYMENTS}/{_path(name)}"
+        data = await self._json("GET", path)
+        if not isinstance(data, dict):
+            raise _unexpected(path, f"not an object: {str(data)[:100]}")
+        containers = data.get("containers")
+        if containers is not None and not (
+            isinstance(containers, list) and all(isinstance(container, dict) for container in containers)
+        ):
+            raise _unexpected(path, f"containers={str(containers)[:60]} is not a list of objects")
+        return data
 
     async def find_deployment(self, name: str) -> dict[str, Any] | None:
         """The deployment, or None when Verda answers 404."""
@@ -446,17 +456,23 @@ class VerdaClient:
             raise _unexpected(path, f"status={repr(status)[:60]} is not a status ({str(data)[:100]})")
         return status.lower()
 
-    async def get_scaling(self, name: str) -> dict[str, Any]:
+    async def get_scaling(self, name: str) -> Any:
+        """The scaling options as Verda answers them, unchecked: the kill switch pins over any answer."""
         return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/scaling")
+
+    async def get_scaling_options(self, name: str) -> dict[str, Any]:
+        """The scaling options; an error naming the call when the answer is not an object."""
+        scaling = await self.get_scaling(name)
+        if not isinstance(scaling, dict):
+            raise _unexpected(f"{DEPLOYMENTS}/{_path(name)}/scaling", f"not an object: {str(scaling)[:100]}")
+        return scaling
 
     async def get_replica_bounds(self, name: str) -> tuple[int, int]:
         """(min_replica_count, max_replica_count) as Verda holds them; an error naming the field when either is
         not a whole number from 0 to MAX_PLAUSIBLE_REPLICAS (a string, null, -1, true): taken as bounds, such an
         answer was logged as a console edit (scaling_drift) and written over at every tick."""
         path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
-        scaling = await self._json("GET", path)
-        if not isinstance(scaling, dict):
-            raise _unexpected(path, f"not an object: {str(scaling)[:100]}")
+        scaling = await self.get_scaling_options(name)
         for key in ("min_replica_count", "max_replica_count"):
             value = scaling.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PLAUSIBLE_REPLICAS:
@@ -509,7 +525,11 @@ class VerdaClient:
     async def list_secrets(self) -> list[str]:
         """Names of the account's secrets (Verda never returns values)."""
         data = await self._json("GET", "/secrets")
-        return [str(entry["name"]) for entry in data]
+        if not isinstance(data, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in data
+        ):
+            raise _unexpected("/secrets", f'expected [{{"name": …}}, …], got {str(data)[:100]}')
+        return [entry["name"] for entry in data]
 
     async def create_secret(self, name: str, value: str) -> None:
         """Create; a retry first lists the secrets, and one that exists already counts as created."""

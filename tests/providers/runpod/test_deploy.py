@@ -206,3 +206,24 @@ def test_the_docs_name_exactly_the_variables_read() -> None:
     assert named - runpods_own == set(CLIENT_ENV) | set(ENV_OVERRIDES)
     source = (REPO / "scaler" / "deploy" / "runpod.py").read_text()
     assert set(re.findall(r'"(RUNPOD_[A-Z_]+)"', source)) == set(CLIENT_ENV) | set(ENV_OVERRIDES)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "answer", "printed"),
+    [
+        ("/network-volumes/vol-models", 200, ["vol-models"], "RunPod API error 200 on GET /network-volumes/{id}"),
+        ("/pods", 200, {"pods": [{}] * 1_500_000}, "error: RunPod answered GET /v2/pods with more than"),
+        ("/pods", 403, {"title": "Forbidden", "detail": f"key {API_KEY} may not list pods"}, "key *** may not"),
+    ],
+)
+async def test_a_broken_answer_exits_1_with_one_line_and_no_key(
+    fake: FakeRunPod, deploy_env, capsys, path: str, status: int, answer: object, printed: str
+) -> None:
+    """Before, a volume answered as a list raised AttributeError and an answer past the read limit AnswerTooLarge:
+    tracebacks; and an error body quoting the API key was printed as RunPod wrote it."""
+    fake.fail_next(path, status, method="GET", body=answer)
+    assert await deploy_main(runpod_args(), deploy_env) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(printed) or printed in err, err
+    assert API_KEY not in out + err
+    assert fake.requests_to("/pods", "POST") == []

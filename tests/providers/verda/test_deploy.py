@@ -347,3 +347,64 @@ async def test_the_deploy_logs_json_lines_to_stderr_apart_from_its_output(fake: 
     assert out.decode().startswith("status: ")
     logged = [json.loads(line) for line in err.decode().splitlines()]
     assert "verda_request_retry" in [entry["event"] for entry in logged]
+
+
+# --- a broken or hostile Verda ----------------------------------------------------------------
+
+
+def writes_to_verda(fake: FakeVerda) -> list:
+    return [r for r in fake.requests if r.method in ("POST", "PATCH", "DELETE") and r.path != "/oauth2/token"]
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "named"),
+    [
+        ("/secrets", {"secrets": []}, "GET /secrets"),
+        ("/secrets", ["comfyui-worker-queue-manager-token"], "GET /secrets"),
+        (f"/container-deployments/{NAME}", [NAME], f"GET /container-deployments/{NAME}"),
+        (f"/container-deployments/{NAME}", {"name": NAME, "containers": 1}, "containers=1"),
+        (f"/container-deployments/{NAME}/scaling", [0, 5], f"GET /container-deployments/{NAME}/scaling"),
+    ],
+)
+async def test_an_answer_of_the_wrong_shape_exits_1_naming_the_call_not_a_traceback(
+    fake: FakeVerda, deploy_env, capsys, path: str, answer: object, named: str
+) -> None:
+    """Before, a list where Verda answers an object (or the reverse) raised TypeError or AttributeError out of
+    ./deploy-serverless.sh: a traceback that named neither Verda nor the call."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.fail_next(path, 200, method="GET", body=answer)
+    capsys.readouterr()
+    writes = len(writes_to_verda(fake))
+    assert await deploy_main([], deploy_env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Verda API error 200 unexpected_answer") and named in err, err
+    assert writes_to_verda(fake)[writes:] == [], "nothing is written on an answer not understood"
+
+
+async def test_an_answer_past_the_read_limit_exits_1_naming_verda(fake: FakeVerda, deploy_env, capsys) -> None:
+    """Before, AnswerTooLarge went uncaught: a traceback."""
+    fake.fail_next("/secrets", 200, method="GET", body=[{"name": "x"}] * 400_000)  # ~5.6 MB, past the 4 MiB read
+    assert await deploy_main([], deploy_env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Verda answered GET /v1/secrets with more than"), err
+    assert fake.deployments == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "variable", "value"),
+    [
+        ("/secrets", "QUEUE_MANAGER_TOKEN", "queue-token-value-do-not-log"),
+        ("/oauth2/token", "VERDA_CLIENT_SECRET", "test-secret-do-not-log"),
+        ("/secrets", "QUEUE_MANAGER_URL", "https://queue.example.com/?token=url-password-do-not-log"),
+    ],
+)
+async def test_a_secret_quoted_in_verdas_error_is_masked_in_the_error_printed(
+    fake: FakeVerda, deploy_env, capsys, path: str, variable: str, value: str
+) -> None:
+    """Verda's 4xx may echo what was sent. Before, `error: …` was printed as Verda wrote it: the log scrubber masks
+    log lines, and the secrets were registered with it only by main(), not the printed error."""
+    fake.fail_next(path, 400, method="POST", body={"code": "invalid_request", "message": f"invalid value {value}"})
+    assert await deploy_main([], {**deploy_env, variable: value}) == 1
+    out, err = capsys.readouterr()
+    assert "invalid value " in err, err
+    assert "do-not-log" not in out + err
