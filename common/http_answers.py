@@ -7,6 +7,7 @@ compression, and counts the bytes after unpacking, so a small compressed bomb is
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -26,21 +27,35 @@ class AnswerTooLarge(Exception):
 
 
 async def request_bounded(
-    http: httpx.AsyncClient, method: str, url: str, *, peer: str, limit_bytes: int = MAX_ANSWER_BYTES, **kwargs: Any
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    peer: str,
+    limit_bytes: int = MAX_ANSWER_BYTES,
+    deadline_s: float | None = None,
+    **kwargs: Any,
 ) -> httpx.Response:
     """``http.request(method, url, **kwargs)`` with the body read at most to ``limit_bytes``; AnswerTooLarge past it
-    (logged as ``peer_answer_too_large`` naming ``peer`` and the limit)."""
+    (logged as ``peer_answer_too_large`` naming ``peer`` and the limit). With ``deadline_s``, the whole exchange
+    takes at most that long, else httpx.ReadTimeout: httpx's own timeout bounds each read, so a peer sending a
+    byte now and then held the caller for days."""
     request = http.build_request(method, url, **kwargs)
     # A compressed answer could unpack to far more than the bytes that arrived: ask for none (what a server
     # sends compressed anyway is counted as it unpacks).
     request.headers["Accept-Encoding"] = "identity"
-    response = await http.send(request, stream=True)
     try:
-        body = await read_at_most(response, limit_bytes)
+        async with asyncio.timeout(deadline_s):
+            response = await http.send(request, stream=True)
+            try:
+                body = await read_at_most(response, limit_bytes)
+            finally:
+                await response.aclose()
     except AnswerTooLarge as exc:
         raise _too_large(peer, request, limit_bytes, str(exc)) from None
-    finally:
-        await response.aclose()
+    except TimeoutError:
+        where = f"{request.method} {request.url.path}"
+        raise httpx.ReadTimeout(f"{peer} took more than {deadline_s:g} s to answer {where}", request=request) from None
     headers = [(name, value) for name, value in response.headers.multi_items() if name.lower() not in _NOT_FORWARDED]
     return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
 

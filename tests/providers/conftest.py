@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from ..conftest import ManualClock
 
@@ -42,3 +45,41 @@ async def closed_after() -> AsyncIterator[Callable[[Any], Any]]:
     yield keep
     for client in clients:
         await client.aclose()
+
+
+class DrippingPeer:
+    """A loopback HTTP server that answers every request 200 and then one byte every 20 ms, never done: each read
+    gets a byte well within any read timeout. ``requests`` counts the requests it took."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> DrippingPeer:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._drip)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(b" ")
+                await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def dripping_peer() -> AsyncIterator[DrippingPeer]:
+    async with DrippingPeer() as peer:
+        yield peer

@@ -198,6 +198,7 @@ class RunPodClient:
         register_secret(api_key)
         self._api_key = SecretStr(api_key)
         self._answer_limit_bytes = answer_limit_bytes
+        self._timeout_s = timeout_s
         self._retry = TransientRetry(
             is_retryable=_is_retryable,
             describe=_describe,
@@ -229,9 +230,11 @@ class RunPodClient:
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
-        # Read at most to the limit: past it, AnswerTooLarge (not retried).
+        # Read at most to the limit: past it, AnswerTooLarge (not retried); within the timeout as a whole, not
+        # only between two bytes: past it, httpx.ReadTimeout (retried).
         response = await request_bounded(
-            self._http, method, path, peer="RunPod", limit_bytes=self._answer_limit_bytes, headers=headers, **kwargs
+            self._http, method, path, peer="RunPod", limit_bytes=self._answer_limit_bytes,
+            deadline_s=self._timeout_s, headers=headers, **kwargs,
         )
         if response.is_error:
             raise error_from_response(response, f"{method} {path}")

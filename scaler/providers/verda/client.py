@@ -202,6 +202,7 @@ class VerdaClient:
     ) -> None:
         self._client_id = client_id
         self._answer_limit_bytes = answer_limit_bytes
+        self._timeout_s = timeout_s
         self._client_secret = SecretStr(client_secret)
         self._clock = clock
         self._sleep = sleep
@@ -315,9 +316,12 @@ class VerdaClient:
         return await self._bounded(method, path, headers=headers, **kwargs)
 
     async def _bounded(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Every answer is read at most to the limit: past it, AnswerTooLarge (not retried)."""
+        """Every answer is read at most to the limit: past it, AnswerTooLarge (not retried); and within the request's
+        timeout as a whole, not only between two bytes: past it, httpx.ReadTimeout (retried)."""
+        deadline_s = kwargs.get("timeout", self._timeout_s)
         return await request_bounded(
-            self._http, method, path, peer="Verda", limit_bytes=self._answer_limit_bytes, **kwargs
+            self._http, method, path, peer="Verda", limit_bytes=self._answer_limit_bytes, deadline_s=deadline_s,
+            **kwargs,
         )
 
     async def _send_authorized(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

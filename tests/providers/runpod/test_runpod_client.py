@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Callable
@@ -163,3 +164,15 @@ async def test_the_api_key_never_reaches_logs_or_errors(
     lines = [json.loads(line) for line in output.splitlines()]
     assert API_KEY not in output and "rpa_other" not in output, lines
     assert API_KEY not in repr(client) and "rpa_other" not in str(caught.value)
+
+
+async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripping_peer, sleeps) -> None:
+    """As for Verda: httpx's timeout bounds each read, and a byte every 20 ms held the caller for ever."""
+    client = RunPodClient(API_KEY, base_url=dripping_peer.url, timeout_s=0.3, max_attempts=2, sleep=sleeps)
+    try:
+        async with asyncio.timeout(30):  # a guard for the old code, not a measure
+            with pytest.raises(httpx.ReadTimeout, match=r"RunPod took more than 0\.3 s to answer GET /pods"):
+                await client.list_pods()
+    finally:
+        await client.aclose()
+    assert dripping_peer.requests == 2

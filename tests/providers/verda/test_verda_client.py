@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from datetime import datetime
@@ -345,3 +346,16 @@ async def test_compute_resources_and_prices(verda: VerdaClient) -> None:
     assert await verda.price_per_hour("h100", spot=True) < 2.30
     with pytest.raises(LookupError):
         await verda.price_per_hour("H100", size=8)
+
+
+async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripping_peer, sleeps) -> None:
+    """httpx's timeout bounds each read; a peer sending a byte every 20 ms never tripped it, and before, the
+    deploy (or a tick) waited on it for ever: at that pace the 4 MiB read limit comes after 23 hours."""
+    client = VerdaClient("test-id", "secret", base_url=dripping_peer.url, timeout_s=0.3, max_attempts=2, sleep=sleeps)
+    try:
+        async with asyncio.timeout(30):  # a guard for the old code, not a measure
+            with pytest.raises(httpx.ReadTimeout, match=r"Verda took more than 0\.3 s to answer POST /oauth2/token"):
+                await client.list_deployments()
+    finally:
+        await client.aclose()
+    assert dripping_peer.requests == 2, "a timed-out answer is retried like any transport error"
