@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +63,14 @@ async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, s
     return await provider.deploy(args, environ)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, stopping the deploy as Ctrl-C (SIGINT) does."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         logging = settings_from_env(DeployLogSettings, "deploy")
@@ -70,4 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # Log lines (retries, waits) go to stderr as in every process, apart from what the deploy prints.
     configure_logging(logging.log_format, logging.log_level)
-    return asyncio.run(deploy_main(argv))
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return asyncio.run(deploy_main(argv))
+    except KeyboardInterrupt as interrupt:
+        signum = signal.SIGTERM if isinstance(interrupt, Interrupted) else signal.SIGINT
+        print(
+            f"interrupted ({signum.name}): stopped before the end; only what is printed above was done, and a request"
+            " under way may still take effect. Run the same command again (it sends only what is missing), or"
+            " `status` with the same options to see where things stand.",
+            file=sys.stderr,
+        )
+        return 128 + signum

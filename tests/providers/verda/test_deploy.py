@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -408,3 +409,30 @@ async def test_a_secret_quoted_in_verdas_error_is_masked_in_the_error_printed(
     out, err = capsys.readouterr()
     assert "invalid value " in err, err
     assert "do-not-log" not in out + err
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_an_interrupted_deploy_says_so_and_exits_128_plus_the_signal(
+    dripping_peer, deploy_env, signum: int, code: int
+) -> None:
+    """Before, Ctrl-C printed a 60-line KeyboardInterrupt traceback and SIGTERM ended it without a word."""
+    env = {**os.environ, **deploy_env, "VERDA_API_URL": dripping_peer.url, "PYTHONPATH": str(REPO)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scaler.deploy", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            while dripping_peer.requests == 0:  # it is waiting on Verda's answer to its first request
+                await asyncio.sleep(0.05)
+            process.send_signal(signum)
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == code, err.decode()
+    assert out.decode() == "", "nothing was done, nothing is printed as done"
+    last = err.decode().splitlines()[-1]
+    assert last.startswith(f"interrupted ({signal.Signals(signum).name}): stopped before the end"), err.decode()
+    assert "Traceback" not in err.decode()
