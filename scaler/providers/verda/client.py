@@ -417,7 +417,7 @@ class VerdaClient:
         Verda waits up to its `timeout` (ms) before answering and the deletion may still be under way after
         that, so the DELETE is sent once (a second one would fail on a deployment being deleted) and the
         deployment is polled until it is gone; a server error or a timeout on the DELETE is polled through
-        too. TimeoutError after `deadline_s`.
+        too, and so is a 409 (the deletion a run before started). TimeoutError after `deadline_s`.
         """
         path = f"{DEPLOYMENTS}/{_path(name)}"
         try:
@@ -427,9 +427,12 @@ class VerdaClient:
         except VerdaAPIError as error:
             if error.status == 404:
                 return False
-            if not error.retryable:
+            if error.status == 409:  # a deletion already under way (one interrupted, or timed out, before)
+                log.info("verda_delete_under_way", deployment=name, error=str(error))
+            elif not error.retryable:
                 raise
-            log.warning("verda_delete_answer_failed", deployment=name, error=str(error))
+            else:
+                log.warning("verda_delete_answer_failed", deployment=name, error=str(error))
         except httpx.TransportError as error:
             log.warning("verda_delete_answer_failed", deployment=name, error=type(error).__name__)
         deadline = self._clock() + deadline_s

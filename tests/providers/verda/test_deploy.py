@@ -436,3 +436,16 @@ async def test_an_interrupted_deploy_says_so_and_exits_128_plus_the_signal(
     last = err.decode().splitlines()[-1]
     assert last.startswith(f"interrupted ({signal.Signals(signum).name}): stopped before the end"), err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_delete_run_again_while_the_first_deletion_is_under_way_waits_for_it(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """The first run was interrupted (or gave up at its deadline) after Verda accepted its DELETE. Before, the
+    second run's DELETE met Verda's 409 'is being deleted' and exited 1; now it waits for that deletion."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.deployments[NAME].reads_until_gone = 4  # what the first run's DELETE started
+    capsys.readouterr()
+    assert await deploy_main(["delete", "--yes"], deploy_env) == 0, capsys.readouterr().err
+    assert f"deployment {NAME}: deleted" in capsys.readouterr().out
+    assert fake.deployments == {}
