@@ -29,6 +29,7 @@ from scaler.deploy.spec import (
     SpecError,
     load_spec,
     read_spec_file,
+    text_problems,
 )
 from scaler.providers.runpod.backend import NAME_RULE, RunPodBackend
 from scaler.providers.runpod.client import DEFAULT_BASE_URL, RunPodAPIError, RunPodClient
@@ -90,8 +91,8 @@ def load_runpod_spec(path: Path, environ: Mapping[str, str]) -> tuple[Deployment
             raw[key] = (
                 [part.strip() for part in value.split(",") if part.strip()] if key == "data_center_ids" else value
             )
-    problems = []
-    if not NAME_RULE.match(spec.deployment.name):
+    problems = text_problems(raw, "runpod")
+    if not NAME_RULE.fullmatch(spec.deployment.name):
         problems.append("deployment.name: pod names on RunPod take at most 54 characters of [a-z0-9-]")
     try:
         settings = RunPodSettings.model_validate(raw)
@@ -170,7 +171,7 @@ def pod_name_prefix(path: Path, environ: Mapping[str, str]) -> str:
         where = f"deployment.name ({path})"
     if name is None:
         raise SpecError([f"{where}: required: RunPod's pods are named after it (or set VERDA_DEPLOYMENT_NAME)"])
-    if not isinstance(name, str) or not NAME_RULE.match(name):
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
         raise SpecError([f"{where}: {name!r} is no pod name: at most 54 characters of [a-z0-9-]"])
     return name
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.text import encodes_as_utf8
 from common.urls import url_has_credentials
 from scaler.providers.verda.client import check_deployment_name
 
@@ -39,6 +41,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 # Shared (SFS) mounts whose volume id comes from the deploy-time environment: the models, and the outputs,
 # which must outlive the replica that wrote them (a scratch disk goes with the replica on scale-down).
 SHARED_VOLUME_ENVS = {"/models": "VERDA_MODELS_VOLUME_ID", "/outputs": "VERDA_OUTPUTS_VOLUME_ID"}
+# Far above any name, id, URL or setting the spec carries: a longer value is a file pasted by mistake.
+MAX_VALUE_CHARS = 32 * 1024
 
 
 class SpecError(ValueError):
@@ -50,7 +54,7 @@ class SpecError(ValueError):
 
 
 def check_env_name(name: str) -> str:
-    if not ENV_NAME_RULE.match(name):
+    if not ENV_NAME_RULE.fullmatch(name):
         raise ValueError(f"env name {name!r} must match ^[A-Z_][A-Z0-9_]*$")
     return name
 
@@ -66,9 +70,9 @@ def check_pinned_image(image: str) -> str:
         if ":" not in last:
             raise ValueError(f"image {image!r} has no tag: pin a version tag such as :1.2.3")
         repository, _, tag = reference.rpartition(":")
-    if tag is not None and (tag == "latest" or not IMAGE_TAG_RULE.match(tag)):
+    if tag is not None and (tag == "latest" or not IMAGE_TAG_RULE.fullmatch(tag)):
         raise ValueError(f"image tag {tag!r} is not a pinned version tag (no :latest)")
-    if not IMAGE_REPOSITORY_RULE.match(repository):
+    if not IMAGE_REPOSITORY_RULE.fullmatch(repository):
         raise ValueError(f"image repository {repository!r} is not a valid lowercase reference (placeholder OWNER?)")
     return image
 
@@ -169,7 +173,7 @@ class DeploymentSpec(_Section):
     @classmethod
     def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
         for env_name, secret_name in value.items():
-            if not NAME_RULE.match(secret_name):
+            if not NAME_RULE.fullmatch(secret_name):
                 raise ValueError(f"{env_name}: secret name {secret_name!r} must be 1-63 characters of [a-z0-9-]")
         return value
 
@@ -182,6 +186,31 @@ class DeploymentSpec(_Section):
         if self.env.get("HEALTH_PORT", str(self.deployment.healthcheck_port)) != str(self.deployment.healthcheck_port):
             raise ValueError("env.HEALTH_PORT must equal deployment.healthcheck_port")
         return self
+
+
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unfit to send, or None. The value itself is never quoted: it may be a secret."""
+    if len(value) > MAX_VALUE_CHARS:
+        return f"{len(value)} characters, more than {MAX_VALUE_CHARS}"
+    if not encodes_as_utf8(value):
+        return "not valid UTF-8 (bytes the environment could not decode)"
+    control = next((char for char in value if unicodedata.category(char) == "Cc"), None)
+    if control is not None:
+        hint = " (a line break: a newline pasted with the value?)" if control in "\r\n" else ""
+        return f"contains the control character U+{ord(control):04X}{hint}"
+    return None
+
+
+def text_problems(value: Any, where: str) -> list[str]:
+    """ "where: problem" for every string in ``value`` (tables and lists walked) that text_problem refuses."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return [f"{where}: {problem}"] if problem else []
+    if isinstance(value, dict):
+        return [line for key, item in value.items() for line in text_problems(item, f"{where}.{key}".lstrip("."))]
+    if isinstance(value, list):
+        return [line for index, item in enumerate(value) for line in text_problems(item, f"{where}.{index}")]
+    return []
 
 
 def _format_errors(error: ValidationError) -> list[str]:
@@ -253,6 +282,14 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     raw = _credential_urls_to_secrets(_apply_overrides(raw, environ), environ)
     names = raw.get("env_from_environment", {}).get("names", [])
     missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names if not environ.get(n)]
+    # Checked before anything is sent: the spec's values, those read from the environment, and the values the
+    # deploy may create secrets from (a newline pasted with a token would reach every worker's requests).
+    secrets = raw.get("secrets", {})
+    from_environment = {
+        "env_from_environment": {n: environ[n] for n in names if isinstance(n, str) and n in environ},
+        "secrets": {n: environ[n] for n in secrets if n in environ} if isinstance(secrets, dict) else {},
+    }
+    missing += text_problems(raw, "") + text_problems(from_environment, "")
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

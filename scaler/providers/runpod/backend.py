@@ -46,7 +46,7 @@ class RunPodBackend:
         clock: Callable[[], float] = time.time,
         health: PodHealthProbe | None = None,
     ) -> None:
-        if not NAME_RULE.match(name):
+        if not NAME_RULE.fullmatch(name):
             raise ValueError(f"RunPod pod name prefix {name!r} must be 1-54 characters of [a-z0-9-]")
         if "name" in pod_body:
             raise ValueError("pod_body must not carry a name: the backend names each pod")

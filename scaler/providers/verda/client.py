@@ -161,7 +161,7 @@ def _path(*segments: str) -> str:
 
 def check_deployment_name(name: str) -> str:
     """The name itself, or ValueError saying Verda's rule."""
-    if len(name) > DEPLOYMENT_NAME_MAX or not DEPLOYMENT_NAME_RULE.match(name):
+    if len(name) > DEPLOYMENT_NAME_MAX or not DEPLOYMENT_NAME_RULE.fullmatch(name):
         raise ValueError(
             f"deployment name {name!r} must be at most {DEPLOYMENT_NAME_MAX} characters of a-z, 0-9 and '-', "
             "starting and ending with a letter or digit"

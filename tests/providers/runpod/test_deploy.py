@@ -68,6 +68,8 @@ def test_body_from_the_shared_spec(deploy_env) -> None:
         ({"RUNPOD_GPU_COUNT": "0"}, "runpod.gpu_count"),
         ({"RUNPOD_GPU": ""}, "runpod.gpu"),
         ({"VERDA_DEPLOYMENT_NAME": "a" * 60}, "deployment.name"),
+        ({"RUNPOD_GPU": "NVIDIA GeForce RTX 4090\n"}, "runpod.gpu"),  # before: sent as is
+        ({"RUNPOD_VOLUME_ID": "vol\x00models"}, "runpod.volume_id"),  # before: sent as is
     ],
 )
 def test_invalid_settings_are_reported_by_field(deploy_env, override, field) -> None:

@@ -449,3 +449,40 @@ async def test_delete_run_again_while_the_first_deletion_is_under_way_waits_for_
     assert await deploy_main(["delete", "--yes"], deploy_env) == 0, capsys.readouterr().err
     assert f"deployment {NAME}: deleted" in capsys.readouterr().out
     assert fake.deployments == {}
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "problem"),
+    [
+        ({"VERDA_DEPLOYMENT_NAME": "comfy\n"}, "deployment.name", "U+000A"),
+        ({"VERDA_IMAGE": "ghcr.io/acme/worker:0.1.0\n"}, "deployment.image", "U+000A"),
+        ({"VERDA_COMPUTE": "H100\r"}, "compute.name", "U+000D"),
+        ({"VERDA_REGISTRY_CREDENTIALS": "ghcr\x1b[2Jcred"}, "deployment.registry_credentials", "U+001B"),
+        ({"VERDA_MODELS_VOLUME_ID": "sfs\x00models"}, "volume_mounts.0.volume_id", "U+0000"),
+        ({"VERDA_OUTPUTS_VOLUME_ID": "x" * 40_000}, "volume_mounts.1.volume_id", "40000 characters"),
+        ({"QUEUE_MANAGER_URL": "https://queue.example.com\nX-Injected: 1"}, "env_from_environment.QUEUE_MANAGER_URL",
+         "U+000A"),
+        ({"QUEUE_MANAGER_URL": "https://queue.example.com/\udcff"}, "env_from_environment.QUEUE_MANAGER_URL",
+         "not valid UTF-8"),
+        ({"QUEUE_MANAGER_TOKEN": "queue-token-value-do-not-log\n"}, "secrets.QUEUE_MANAGER_TOKEN", "U+000A"),
+        ({"QUEUE_MANAGER_URL": "https://w:pass-do-not-log\t@queue.example.com"}, "secrets.QUEUE_MANAGER_URL", "U+0009"),
+    ],
+)
+async def test_a_value_with_control_characters_or_past_the_size_is_refused_before_anything_is_sent(
+    fake: FakeVerda, deploy_env, capsys, override: dict[str, str], field: str, problem: str
+) -> None:
+    """Before, each was accepted and sent as is (`$` in the name and image rules also matches before a trailing
+    newline): a URL with a header in it, a token with a newline every worker would send, a 40 KB volume id, and
+    bytes the environment could not decode, which crashed the JSON encoding with a traceback after the secrets
+    were created."""
+    assert await deploy_main([], {**deploy_env, **override}) == 2
+    out, err = capsys.readouterr()
+    assert f"  {field}: " in err and problem in err, err
+    assert "do-not-log" not in out + err, "the value itself is not quoted"
+    assert fake.requests == []
+
+
+async def test_unicode_values_are_sent_as_they_are(fake: FakeVerda, deploy_env) -> None:
+    assert await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": "https://file-d'attente.exemple.fr/é"}) == 0
+    env = {e["name"]: e for e in fake.deployments[NAME].body["containers"][0]["env"]}
+    assert env["QUEUE_MANAGER_URL"]["value_or_reference_to_secret"] == "https://file-d'attente.exemple.fr/é"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import structlog
 
-from scaler.providers.verda.client import VerdaAPIError, VerdaClient
+from scaler.providers.verda.client import VerdaAPIError, VerdaClient, check_deployment_name
 from standins.verda import FakeVerda
 
 from .conftest import NAME, h100_deployment
@@ -359,3 +359,10 @@ async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripp
     finally:
         await client.aclose()
     assert dripping_peer.requests == 2, "a timed-out answer is retried like any transport error"
+
+
+@pytest.mark.parametrize("name", ["comfy\n", "comfy\r\n", "-comfy", "comfy-", "a" * 64])
+def test_a_deployment_name_verda_would_refuse_is_refused(name: str) -> None:
+    """`$` matches before a trailing newline: "comfy\\n" passed, in the deploy and in the scaler's settings."""
+    with pytest.raises(ValueError, match="must be at most 63 characters"):
+        check_deployment_name(name)
