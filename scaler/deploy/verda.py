@@ -187,9 +187,14 @@ async def run(args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[s
             await delete(verda, name)
 
 
+RUN_AGAIN = "run the same command again later: it sends only what is missing"
+
+
 def _explain(error: VerdaAPIError) -> str:
     if error.status == 401:
         return f"{error} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
+    if error.retryable:
+        return f"{error}; Verda is failing after retries: {RUN_AGAIN}"
     return str(error)
 
 
@@ -221,7 +226,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(f"{error}; run `./deploy-serverless.sh status` later")
         return EXIT_FAILED
     except httpx.HTTPError as error:
-        print_error(f"cannot reach the Verda API: {type(error).__name__}: {error}")
+        print_error(f"cannot reach the Verda API: {type(error).__name__}: {error}; {RUN_AGAIN}")
         return EXIT_FAILED
     return EXIT_OK
 

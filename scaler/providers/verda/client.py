@@ -59,6 +59,7 @@ class VerdaAPIError(Exception):
         *,
         details: Any = None,
         retry_after_s: float | None = None,
+        request: str = "",
     ) -> None:
         super().__init__(status, code, message)
         self.status = status
@@ -66,13 +67,15 @@ class VerdaAPIError(Exception):
         self.message = message
         self.details = details
         self.retry_after_s = retry_after_s
+        self.request = request  # "PATCH /v1/container-deployments/x": which call Verda refused
 
     @property
     def retryable(self) -> bool:
         return self.status in RETRYABLE_STATUSES or self.status >= 500
 
     def __str__(self) -> str:
-        return f"Verda API error {self.status} {self.code}: {self.message}"
+        where = f" on {self.request}" if self.request else ""
+        return f"Verda API error {self.status} {self.code}{where}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ def _values(token: _Token | None) -> list[str]:
 
 def error_from_response(response: httpx.Response) -> VerdaAPIError:
     retry_after_s = retry_after_seconds(response)
+    request = f"{response.request.method} {response.request.url.path}"
     try:
         body = response.json()
     except ValueError:
@@ -131,6 +135,7 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
             "non_json_response",
             response.text[:ERROR_TEXT_LIMIT],
             retry_after_s=retry_after_s,
+            request=request,
         )
     if isinstance(body, dict) and ("code" in body or "message" in body):
         return VerdaAPIError(
@@ -139,9 +144,14 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
             str(body.get("message") or ""),
             details=body.get("details"),
             retry_after_s=retry_after_s,
+            request=request,
         )
     return VerdaAPIError(
-        response.status_code, "unexpected_error_body", response.text[:ERROR_TEXT_LIMIT], retry_after_s=retry_after_s
+        response.status_code,
+        "unexpected_error_body",
+        response.text[:ERROR_TEXT_LIMIT],
+        retry_after_s=retry_after_s,
+        request=request,
     )
 
 

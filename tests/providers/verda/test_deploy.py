@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -12,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from scaler.deploy import verda as verda_deploy
 from scaler.deploy.command import deploy_main
 from scaler.deploy.spec import SpecError, build_body, load_spec
+from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
+
+from ..conftest import RecordingSleep
 
 REPO = Path(__file__).resolve().parents[3]
 NAME = "comfyui-worker-serverless"
@@ -486,3 +491,43 @@ async def test_unicode_values_are_sent_as_they_are(fake: FakeVerda, deploy_env) 
     assert await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": "https://file-d'attente.exemple.fr/é"}) == 0
     env = {e["name"]: e for e in fake.deployments[NAME].body["containers"][0]["env"]}
     assert env["QUEUE_MANAGER_URL"]["value_or_reference_to_secret"] == "https://file-d'attente.exemple.fr/é"
+
+
+SCALING = f"/container-deployments/{NAME}/scaling"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "existing"),
+    [
+        ("GET", "/secrets", False),
+        ("POST", "/secrets", False),
+        ("GET", f"/container-deployments/{NAME}", False),
+        ("POST", "/container-deployments", False),
+        ("PATCH", f"/container-deployments/{NAME}", True),
+        ("GET", SCALING, True),
+        ("PATCH", SCALING, True),
+        ("GET", f"/container-deployments/{NAME}/status", True),
+        ("GET", f"/container-deployments/{NAME}/replicas", False),
+    ],
+)
+async def test_a_step_verda_keeps_failing_exits_1_naming_the_call_and_a_rerun_converges(
+    fake: FakeVerda, deploy_env, capsys, monkeypatch, method: str, path: str, existing: bool
+) -> None:
+    """Before, the error said 'Verda API error 503 service_unavailable: injected 503': neither the call that
+    failed nor what to do."""
+    monkeypatch.setattr(verda_deploy, "VerdaClient", functools.partial(VerdaClient, sleep=RecordingSleep()))
+    if existing:  # a deployment edited in the console: the deploy has a PATCH of each kind to send
+        assert await deploy_main([], deploy_env) == 0
+        fake.deployments[NAME].body["containers"][0]["image"] = "ghcr.io/acme/comfyui-worker-serverless:0.0.9"
+        fake.deployments[NAME].body["scaling"]["scale_down_policy"] = {"delay_seconds": 60}
+    fake.fail_next(path, 503, method=method, times=5)
+    capsys.readouterr()
+    assert await deploy_main([], deploy_env) == 1
+    err = capsys.readouterr().err
+    assert f"error: Verda API error 503 service_unavailable on {method} /v1{path}: " in err, err
+    assert "run the same command again later" in err
+    assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
+    deployment = fake.deployments[NAME].body
+    assert deployment["containers"][0]["image"] == deploy_env["VERDA_IMAGE"]
+    assert deployment["scaling"]["scale_down_policy"] == {"delay_seconds": 300}
+    assert fake.secrets == {"comfyui-worker-queue-manager-token": deploy_env["QUEUE_MANAGER_TOKEN"]}

@@ -143,7 +143,9 @@ async def test_not_found_surfaces_verda_code_and_message(verda: VerdaClient) -> 
         await verda.get_deployment("missing")
     error = caught.value
     assert (error.status, error.code, error.message) == (404, "not_found", "Deployment missing not found")
-    assert str(error) == "Verda API error 404 not_found: Deployment missing not found"
+    assert str(error) == (
+        "Verda API error 404 not_found on GET /v1/container-deployments/missing: Deployment missing not found"
+    )
 
 
 async def test_retries_transport_errors(make_client, sleeps) -> None:
