@@ -83,3 +83,36 @@ class DrippingPeer:
 async def dripping_peer() -> AsyncIterator[DrippingPeer]:
     async with DrippingPeer() as peer:
         yield peer
+
+
+class NestingPeer:
+    """A loopback HTTP server that answers every request 200 with JSON nested 100 000 deep (200 KB): valid JSON
+    past what Python's parser reads (RecursionError, not ValueError)."""
+
+    ANSWER = b"[" * 100_000 + b"]" * 100_000
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> NestingPeer:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.ANSWER, content_type="application/json")
+
+
+@pytest.fixture
+async def nesting_peer() -> AsyncIterator[NestingPeer]:
+    async with NestingPeer() as peer:
+        yield peer

@@ -147,7 +147,7 @@ def error_from_response(response: httpx.Response, request: str) -> RunPodAPIErro
     retry_after_s = retry_after_seconds(response)
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past what the parser reads
         body = None
     if isinstance(body, dict) and ("title" in body or "detail" in body):
         errors = body.get("errors")
@@ -334,7 +334,7 @@ class RunPodClient:
 def _decode(response: httpx.Response, request: str) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RunPodAPIError(
             response.status_code, "non-JSON answer", response.text[:ERROR_TEXT_LIMIT], request=request
         ) from None

@@ -129,7 +129,7 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
     request = f"{response.request.method} {response.request.url.path}"
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past what the parser reads
         return VerdaAPIError(
             response.status_code,
             "non_json_response",
@@ -357,7 +357,7 @@ class VerdaClient:
             return None
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise VerdaAPIError(response.status_code, "non_json_response", response.text[:ERROR_TEXT_LIMIT]) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -176,3 +176,13 @@ async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripp
     finally:
         await client.aclose()
     assert dripping_peer.requests == 2
+
+
+async def test_an_answer_nested_past_the_json_parser_is_an_error_naming_runpod(nesting_peer, sleeps) -> None:
+    """Before, json raised RecursionError (not a ValueError): a traceback out of ./deploy-serverless.sh."""
+    client = RunPodClient(API_KEY, base_url=nesting_peer.url, max_attempts=1, sleep=sleeps)
+    try:
+        with pytest.raises(RunPodAPIError, match="non-JSON answer"):
+            await client.list_pods()
+    finally:
+        await client.aclose()

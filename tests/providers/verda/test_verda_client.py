@@ -368,3 +368,13 @@ def test_a_deployment_name_verda_would_refuse_is_refused(name: str) -> None:
     """`$` matches before a trailing newline: "comfy\\n" passed, in the deploy and in the scaler's settings."""
     with pytest.raises(ValueError, match="must be at most 63 characters"):
         check_deployment_name(name)
+
+
+async def test_an_answer_nested_past_the_json_parser_is_an_error_naming_verda(nesting_peer, sleeps) -> None:
+    """Before, json raised RecursionError (not a ValueError): a traceback out of ./deploy-serverless.sh."""
+    client = VerdaClient("test-id", "secret", base_url=nesting_peer.url, max_attempts=1, sleep=sleeps)
+    try:
+        with pytest.raises(VerdaAPIError, match="non_json_response"):
+            await client.list_deployments()
+    finally:
+        await client.aclose()
