@@ -55,16 +55,39 @@ def _env_entries(container: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-def _container_matches(wanted: dict[str, Any], live: dict[str, Any]) -> bool:
-    """Image and env exactly; every wanted volume mount present (Verda may add mounts of its own); the rest
-    as `_covers`."""
-    if container_image(live) != wanted["image"] or _env_entries(live) != _env_entries(wanted):
-        return False
+def container_differences(wanted: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """What differs, in words: the image (both references), env var names (never values: one typed in the
+    console may be a secret), then the other fields by name. Image and env compare exactly; every wanted volume
+    mount must be present (Verda may add mounts of its own); the rest as `_covers`."""
+    differences = []
+    if container_image(live) != wanted["image"]:
+        differences.append(f"image {container_image(live)} -> {wanted['image']}")
+    live_env = {name: rest for name, *rest in _env_entries(live)}
+    wanted_env = {name: rest for name, *rest in _env_entries(wanted)}
+    for word, names in (
+        ("set", wanted_env.keys() - live_env.keys()),
+        ("removed", live_env.keys() - wanted_env.keys()),
+        ("changed", {name for name in wanted_env.keys() & live_env.keys() if wanted_env[name] != live_env[name]}),
+    ):
+        if names:
+            differences.append(f"env {word} {' '.join(sorted(names))}")
     live_mounts = live.get("volume_mounts") or []
     if not all(any(_covers(mount, w) for mount in live_mounts) for w in wanted.get("volume_mounts") or []):
-        return False
-    rest = {key: value for key, value in wanted.items() if key not in ("image", "env", "volume_mounts", "name")}
-    return _covers(live, rest)
+        differences.append("volume_mounts")
+    skip = ("image", "env", "volume_mounts", "name")
+    return differences + [key for key, value in wanted.items() if key not in skip and not _covers(live.get(key), value)]
+
+
+def describe_changes(changes: dict[str, Any], live: dict[str, Any]) -> str:
+    """The keys of a deployment PATCH, a container's with what in it differs from what Verda held."""
+    described = []
+    for key in changes:
+        if key == "containers":
+            pairs = zip(changes["containers"], live.get("containers") or [], strict=False)
+            described += [f"containers: {', '.join(container_differences(new, old))}" for new, old in pairs]
+        else:
+            described.append(key)
+    return "; ".join(described)
 
 
 def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +101,7 @@ def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, 
         )
     changes = {key: body[key] for key in DEPLOYMENT_KEYS if not _covers(live.get(key), body[key])}
     pairs = list(zip(body["containers"], live_containers, strict=True))
-    if not all(_container_matches(wanted, one) for wanted, one in pairs):
+    if any(container_differences(wanted, one) for wanted, one in pairs):
         changes["containers"] = [{**wanted, "name": one.get("name")} for wanted, one in pairs]
     return changes
 
@@ -136,8 +159,9 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
     else:
         changes = deployment_changes(body, live)
         if changes:
+            described = describe_changes(changes, live)
             live = await verda.update_deployment(name, changes) or live
-            print(f"deployment {name}: updated ({', '.join(changes)})")
+            print(f"deployment {name}: updated ({described})")
         else:
             print(f"deployment {name}: unchanged")
         scaling = scaling_changes(body["scaling"], await verda.get_scaling_options(name))

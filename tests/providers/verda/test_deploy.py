@@ -198,7 +198,8 @@ async def test_apply_creates_then_updates_in_place(fake: FakeVerda, deploy_env, 
     image = "ghcr.io/acme/comfyui-worker-serverless:0.2.0"
     assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": image}) == 0
     out = capsys.readouterr().out
-    assert f"deployment {NAME}: updated (containers)" in out and "scaling: unchanged" in out
+    assert f"deployment {NAME}: updated (containers: image {deploy_env['VERDA_IMAGE']} -> {image})" in out
+    assert "scaling: unchanged" in out
     assert "secret comfyui-worker-queue-manager-token: exists" in out
     patch = fake.requests_to(f"/container-deployments/{NAME}", "PATCH")[0].json
     assert list(patch) == ["containers"], "only what differs is sent"
@@ -531,3 +532,25 @@ async def test_a_step_verda_keeps_failing_exits_1_naming_the_call_and_a_rerun_co
     assert deployment["containers"][0]["image"] == deploy_env["VERDA_IMAGE"]
     assert deployment["scaling"]["scale_down_policy"] == {"delay_seconds": 300}
     assert fake.secrets == {"comfyui-worker-queue-manager-token": deploy_env["QUEUE_MANAGER_TOKEN"]}
+
+
+async def test_a_deployment_edited_in_the_console_is_put_back_saying_what_was_changed(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before, every container edit read 'updated (containers)': an image someone put in by hand was replaced
+    without a word about it. Env values are never printed (one typed in the console may be a secret)."""
+    assert await deploy_main([], deploy_env) == 0
+    container = fake.deployments[NAME].body["containers"][0]
+    container["image"] = "ghcr.io/acme/comfyui-worker-serverless:0.0.9-hotfix"
+    container["env"] = [e for e in container["env"] if e["name"] != "SERVERLESS_MODE"] + [
+        {"name": "HF_TOKEN", "value_or_reference_to_secret": "console-value-do-not-log", "type": "plain"}
+    ]
+    next(e for e in container["env"] if e["name"] == "HEALTH_PORT")["value_or_reference_to_secret"] = "8001"
+    capsys.readouterr()
+    assert await deploy_main([], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"deployment {NAME}: updated (containers: image ghcr.io/acme/comfyui-worker-serverless:0.0.9-hotfix ->"
+        f" {deploy_env['VERDA_IMAGE']}, env set SERVERLESS_MODE, env removed HF_TOKEN, env changed HEALTH_PORT)"
+    ) in out, out
+    assert "do-not-log" not in out
