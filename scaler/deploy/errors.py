@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
+from urllib.parse import urlsplit
 
 from common.logs import scrub
 
@@ -30,3 +32,23 @@ def options_misused(args: argparse.Namespace, what_delete_does: str) -> bool:
         return False
     print(problem, file=sys.stderr)
     return True
+
+
+def check_api_url(variable: str, url: str) -> str:
+    """``url`` itself, or DeployError when it would carry the credentials unencrypted: https, or plain http to a
+    loopback address only (a stand-in on this machine)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and (host == "localhost" or _is_loopback_address(host)):
+        return url
+    raise DeployError(f"{variable}: must be an https:// URL (http:// only to a loopback address): the credentials"
+                      " travel with every request")
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

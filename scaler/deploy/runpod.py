@@ -21,7 +21,15 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.http_answers import AnswerTooLarge
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused, print_error
+from scaler.deploy.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DeployError,
+    check_api_url,
+    options_misused,
+    print_error,
+)
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
     SHARED_VOLUME_ENVS,
@@ -141,7 +149,8 @@ def make_client(environ: Mapping[str, str]) -> RunPodClient:
     api_key = environ.get("RUNPOD_API_KEY")
     if not api_key:
         raise DeployError("set RUNPOD_API_KEY (RunPod console > Settings > API Keys)")
-    return RunPodClient(api_key, base_url=environ.get("RUNPOD_API_URL", DEFAULT_BASE_URL))
+    base_url = check_api_url("RUNPOD_API_URL", environ.get("RUNPOD_API_URL", DEFAULT_BASE_URL))
+    return RunPodClient(api_key, base_url=base_url)
 
 
 def make_backend(

@@ -17,7 +17,15 @@ from typing import Any
 import httpx
 
 from common.http_answers import AnswerTooLarge
-from scaler.deploy.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DeployError, options_misused, print_error
+from scaler.deploy.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DeployError,
+    check_api_url,
+    options_misused,
+    print_error,
+)
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -195,7 +203,8 @@ def make_client(environ: Mapping[str, str]) -> VerdaClient:
     client_id, client_secret = environ.get("VERDA_CLIENT_ID"), environ.get("VERDA_CLIENT_SECRET")
     if not client_id or not client_secret:
         raise DeployError("set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")
-    return VerdaClient(client_id, client_secret, base_url=environ.get("VERDA_API_URL") or DEFAULT_BASE_URL)
+    base_url = check_api_url("VERDA_API_URL", environ.get("VERDA_API_URL") or DEFAULT_BASE_URL)
+    return VerdaClient(client_id, client_secret, base_url=base_url)
 
 
 async def run(args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:

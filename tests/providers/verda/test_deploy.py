@@ -554,3 +554,22 @@ async def test_a_deployment_edited_in_the_console_is_put_back_saying_what_was_ch
         f" {deploy_env['VERDA_IMAGE']}, env set SERVERLESS_MODE, env removed HF_TOKEN, env changed HEALTH_PORT)"
     ) in out, out
     assert "do-not-log" not in out
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "provider"),
+    [
+        ("VERDA_API_URL", "http://api.verda.com/v1", "verda"),
+        ("VERDA_API_URL", "api.verda.com/v1", "verda"),
+        ("RUNPOD_API_URL", "http://rest.runpod.io/v1", "runpod"),
+    ],
+)
+async def test_an_api_url_that_would_send_the_credentials_in_clear_is_refused(
+    deploy_env, capsys, variable: str, url: str, provider: str
+) -> None:
+    """Before, http://api.verda.com sent the client secret (and every secret's value) unencrypted."""
+    env = {**deploy_env, variable: url, "RUNPOD_API_KEY": "rpa_key_do_not_log", "RUNPOD_VOLUME_ID": "vol",
+           "RUNPOD_DATA_CENTER_IDS": "EU-RO-1"}
+    assert await deploy_main(["--provider", provider, "status"], env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {variable}: must be an https:// URL (http:// only to a loopback address)"), err
