@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic_settings import SettingsConfigDict
 
@@ -54,7 +55,9 @@ async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, s
     # Values no output may show: the scrubber masks them in log lines and in the error printed.
     for name in SECRET_ENV:
         register_secret(environ.get(name))
-    for credential in url_credentials(environ.get("QUEUE_MANAGER_URL", "")):
+    queue_url = environ.get("QUEUE_MANAGER_URL", "")
+    # Not the user name: "worker" masked in every line garbled the deployment's name (comfyui-***-serverless).
+    for credential in set(url_credentials(queue_url)) - {_user_name(queue_url)}:
         register_secret(credential)
     provider = importlib.import_module(PROVIDERS[args.provider])
     if args.console and not getattr(provider, "HAS_CONSOLE", False):
@@ -69,6 +72,13 @@ class Interrupted(KeyboardInterrupt):
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted
+
+
+def _user_name(url: str) -> str | None:
+    try:
+        return urlsplit(url).username
+    except ValueError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

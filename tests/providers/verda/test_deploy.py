@@ -573,3 +573,17 @@ async def test_an_api_url_that_would_send_the_credentials_in_clear_is_refused(
     assert await deploy_main(["--provider", provider, "status"], env) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {variable}: must be an https:// URL (http:// only to a loopback address)"), err
+
+
+async def test_the_user_name_of_the_queue_url_does_not_garble_what_is_printed(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Its password is masked; its user name ("worker") is no secret, and masked it turned every "worker" in an
+    error into *** (the deployment comfyui-***-serverless)."""
+    url = "https://worker:url-password-do-not-log@queue.example.com"
+    fake.fail_next(f"/container-deployments/{NAME}", 400, method="GET", body={
+        "code": "invalid_request", "message": f"Deployment {NAME} is unreadable; url-password-do-not-log"
+    })
+    assert await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": url}) == 1
+    err = capsys.readouterr().err
+    assert f"Deployment {NAME} is unreadable; ***" in err, err
