@@ -7,6 +7,8 @@ import ipaddress
 import sys
 from urllib.parse import urlsplit
 
+import httpx
+
 from common.logs import scrub
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -32,6 +34,16 @@ def options_misused(args: argparse.Namespace, what_delete_does: str) -> bool:
         return False
     print(problem, file=sys.stderr)
     return True
+
+
+def unreachable(api: str, error: httpx.HTTPError) -> str:
+    """``cannot reach the <api> API (<call>): <kind>: <detail>``: which call failed, so that the operator knows
+    whether the lines printed before it are all that was done."""
+    try:
+        where = f" ({error.request.method} {error.request.url.path})"
+    except RuntimeError:  # an error raised before its request was built
+        where = ""
+    return f"cannot reach the {api} API{where}: {type(error).__name__}: {error or 'no answer'}"
 
 
 def check_api_url(variable: str, url: str) -> str:

@@ -29,6 +29,7 @@ from scaler.deploy.errors import (
     check_api_url,
     options_misused,
     print_error,
+    unreachable,
 )
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
@@ -271,6 +272,6 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(error)
         return EXIT_FAILED
     except httpx.HTTPError as error:
-        print_error(f"cannot reach the RunPod API: {type(error).__name__}: {error}")
+        print_error(unreachable("RunPod", error))
         return EXIT_FAILED
     return EXIT_OK

@@ -25,6 +25,7 @@ from scaler.deploy.errors import (
     check_api_url,
     options_misused,
     print_error,
+    unreachable,
 )
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
 from scaler.deploy.verda_console import console_lines
@@ -259,7 +260,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(f"{error}; run `./deploy-serverless.sh status` later")
         return EXIT_FAILED
     except httpx.HTTPError as error:
-        print_error(f"cannot reach the Verda API: {type(error).__name__}: {error}; {RUN_AGAIN}")
+        print_error(f"{unreachable('Verda', error)}; {RUN_AGAIN}")
         return EXIT_FAILED
     return EXIT_OK
 

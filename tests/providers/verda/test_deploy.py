@@ -587,3 +587,23 @@ async def test_the_user_name_of_the_queue_url_does_not_garble_what_is_printed(
     assert await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": url}) == 1
     err = capsys.readouterr().err
     assert f"Deployment {NAME} is unreadable; ***" in err, err
+
+
+async def test_a_connection_verda_keeps_dropping_is_named_with_its_call(deploy_env, capsys, monkeypatch) -> None:
+    """Before: 'error: cannot reach the Verda API: RemoteProtocolError: Server disconnected without sending a
+    response.': not which call, so not whether anything was done."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    monkeypatch.setattr(verda_deploy, "VerdaClient", functools.partial(VerdaClient, sleep=RecordingSleep()))
+    try:
+        assert await deploy_main([], {**deploy_env, "VERDA_API_URL": url}) == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the Verda API (POST /v1/oauth2/token): RemoteProtocolError: "), err
+    assert "run the same command again later" in err
