@@ -57,10 +57,15 @@ def _covers(live: Any, wanted: Any) -> bool:
     return live == wanted
 
 
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list Verda answered; anything else reads as none, and so differs from the spec."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _env_entries(container: dict[str, Any]) -> set[tuple[str, str, str]]:
     return {
         (str(e.get("name")), str(e.get("type")), str(e.get("value_or_reference_to_secret")))
-        for e in container.get("env") or []
+        for e in _objects(container.get("env"))
     }
 
 
@@ -80,7 +85,7 @@ def container_differences(wanted: dict[str, Any], live: dict[str, Any]) -> list[
     ):
         if names:
             differences.append(f"env {word} {' '.join(sorted(names))}")
-    live_mounts = live.get("volume_mounts") or []
+    live_mounts = _objects(live.get("volume_mounts"))
     if not all(any(_covers(mount, w) for mount in live_mounts) for w in wanted.get("volume_mounts") or []):
         differences.append("volume_mounts")
     skip = ("image", "env", "volume_mounts", "name")

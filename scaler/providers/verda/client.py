@@ -416,8 +416,10 @@ class VerdaClient:
         return created if isinstance(created, dict) else {}
 
     async def update_deployment(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """PATCH: only the top-level keys in `body` change."""
-        return await self._json("PATCH", f"{DEPLOYMENTS}/{_path(name)}", json=body)
+        """PATCH: only the top-level keys in `body` change. The deployment as Verda answers it, {} when the answer
+        is no object."""
+        updated = await self._json("PATCH", f"{DEPLOYMENTS}/{_path(name)}", json=body)
+        return updated if isinstance(updated, dict) else {}
 
     async def delete_deployment(
         self, name: str, *, deadline_s: float = DELETE_DEADLINE_S, poll_s: float = DELETE_POLL_S

@@ -607,3 +607,29 @@ async def test_a_connection_verda_keeps_dropping_is_named_with_its_call(deploy_e
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the Verda API (POST /v1/oauth2/token): RemoteProtocolError: "), err
     assert "run the same command again later" in err
+
+
+async def test_odd_container_fields_read_as_differing_and_are_put_back(fake: FakeVerda, deploy_env, capsys) -> None:
+    """Before, a container whose env or volume_mounts Verda answered as a number raised TypeError: a traceback."""
+    assert await deploy_main([], deploy_env) == 0
+    assigned = fake.deployments[NAME].body["containers"][0]["name"]
+    odd = {"name": NAME, "containers": [{"name": assigned, "image": deploy_env["VERDA_IMAGE"], "env": 5,
+                                         "volume_mounts": 5}]}
+    fake.fail_next(f"/container-deployments/{NAME}", 200, method="GET", body=odd)
+    capsys.readouterr()
+    assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
+    assert "containers: env set HEALTH_PORT " in capsys.readouterr().out
+    [patch] = fake.requests_to(f"/container-deployments/{NAME}", "PATCH")
+    assert patch.json["containers"][0]["name"] == assigned
+
+
+async def test_a_patch_answered_with_no_object_still_counts_as_done(fake: FakeVerda, deploy_env, capsys) -> None:
+    """Before, an answer of "ok" (truthy, no object) replaced the deployment read: AttributeError, a traceback."""
+    assert await deploy_main([], deploy_env) == 0
+    image = "ghcr.io/acme/comfyui-worker-serverless:0.2.0"
+    fake.fail_next(f"/container-deployments/{NAME}", 200, method="PATCH", body="ok", after_effect=True)
+    capsys.readouterr()
+    assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": image}) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"deployment {NAME}: updated (containers: image" in out and "endpoint: https://" in out
+    assert fake.deployments[NAME].body["containers"][0]["image"] == image
