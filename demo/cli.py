@@ -64,12 +64,14 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def run_demo_command(argv: list[str]) -> int:
     args = demo_parser().parse_args(argv)
-    configure_logging("console" if sys.stderr.isatty() else "json", "warning" if not args.no_live else "info")
+    # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
+    live = not args.no_live and sys.stderr.isatty()
+    configure_logging("console" if sys.stderr.isatty() else "json", "warning" if live else "info")
     options = DemoOptions(
         jobs=args.jobs, users=args.users, bad_jobs=args.bad_jobs, max_replicas=args.max_replicas,
         comfyui_url=args.comfyui_url, node_seconds=args.node_seconds, spread_s=args.spread_s,
         price_per_hour=args.price_per_hour, output_dir=args.output_dir, db=args.db,
-        idle_to_zero_s=args.idle_to_zero_s, timeout_s=args.timeout_s, live=not args.no_live,
+        idle_to_zero_s=args.idle_to_zero_s, timeout_s=args.timeout_s, live=live,
         providers=args.providers, fail=args.fail,
     )
     report = asyncio.run(run_demo(options))

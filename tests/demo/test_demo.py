@@ -92,3 +92,18 @@ async def test_demo_with_the_first_provider_failing_falls_back_to_the_fakes(tmp_
     assert [m["reason"] for m in fleet["moves"] if m.get("reason") == "fallback"]
     assert fleet["spend"]["fake-verda"]["last_day"] > 0 and fleet["spend"]["fake-runpod"]["last_day"] > 0
     assert json.loads((tmp_path / "demo" / "ledger.json").read_text())["buckets"]["fake-runpod"]
+
+
+@pytest.mark.timeout(120)
+def test_without_a_terminal_the_demo_logs_its_progress(tmp_path):
+    """docs/demo.md: "with --no-live or without a terminal, a log line every 5 s". Without a terminal and without
+    --no-live the demo used to print nothing at all until its report, 3 minutes later."""
+    run = subprocess.run(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "2", "--users", "1", "--bad-jobs", "0", "--max-replicas", "1",
+         "--node-seconds", "0", "--idle-to-zero-s", "1", "--timeout-s", "100", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    progress = [json.loads(line) for line in run.stderr.splitlines() if '"Demo progress"' in line]
+    assert progress, run.stderr[-2000:]
+    assert {"pending", "running", "completed", "replicas", "spend"} <= progress[0].keys()
