@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import structlog
+
 from worker.config import WorkerSettings
 from worker.main import Worker
 
 # SIGHUP too: a closed terminal or `docker kill -s HUP` would otherwise kill the process outright, leaving the job
 # it runs unreported (comfy-multi's manager holds it `running` for its hour-long job timeout).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+log = structlog.get_logger()
 
 
 async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
@@ -21,7 +24,16 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
         worker.state, host=settings.health_host, port=settings.health_port,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
     )
-    await health.start()
+    try:
+        await health.start()
+    except OSError as exc:  # the port is taken (a second worker on this machine?), or HEALTH_HOST is not ours
+        log.error(
+            "Health server cannot listen; exiting", host=settings.health_host, port=settings.health_port,
+            error=f"{type(exc).__name__}: {exc}",
+            hint="another process holds HEALTH_PORT: stop it, or set HEALTH_PORT to a free port (0 picks one); "
+            "HEALTH_HOST must be an address of this machine",
+        )
+        return 1
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, worker.request_shutdown)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -370,3 +371,23 @@ async def test_a_job_the_queue_manager_gives_as_comfyui_dies_is_handed_back_not_
     assert await asyncio.wait_for(run, 10) == 1
     assert comfy.prompts_received == []
     assert "ComfyUI process exited unexpectedly with code -9" in qm.reports.landed(job.id)[0].body["error"]
+
+
+async def test_a_health_port_already_taken_exits_1_saying_what_to_do(tmp_path):
+    """A second worker on one machine (the default HEALTH_PORT 8000 taken) used to die with an OSError traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker",
+            env=_env(QUEUE_MANAGER_URL="http://127.0.0.1:9", OUTPUTS_PATH=tmp_path / "out", HEALTH_HOST="127.0.0.1",
+                     HEALTH_PORT=port, LOG_FORMAT="json"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert b"Traceback" not in err
+    [failed] = [json.loads(line) for line in err.decode().splitlines() if "Health server cannot listen" in line]
+    assert failed["event"] == "Health server cannot listen; exiting" and failed["port"] == port
+    assert "HEALTH_PORT" in failed["hint"] and "address already in use" in failed["error"]
