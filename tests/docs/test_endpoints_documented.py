@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
+import aiohttp
+
 from health.status import status_document
+from queue_manager.server import QueueManagerServer
+from standins.comfyui import ComfyUISimulator
 from worker.state import Phase, WorkerState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,9 +51,35 @@ def curl_calls() -> list[tuple[str, str, str, str]]:
             if "curl" not in line:
                 continue
             for port, path in re.findall(r"(?:localhost|127\.0\.0\.1|<worker>):(\d+)(/[^\s'\"`]*)", line):
-                method = "POST" if re.search(r"-X ?POST", line) else "GET"
-                found.append((doc.name, port, method, path.split("?")[0]))
+                method = re.search(r"-X ?(POST|DELETE|PUT|PATCH)|$", line)[1] or "GET"
+                found.append((doc.name, port, method, re.sub(r"<[a-z_]+>", "{id}", path.split("?")[0])))
     return found
+
+
+def curl_commands() -> list[tuple[str, str]]:
+    """(doc, the whole command) of each curl example in a code block, lines continued with a backslash joined."""
+    found = []
+    for doc in [*sorted(DOCS.glob("*.md")), REPO / "README.md"]:
+        in_block = False
+        for line in doc.read_text().replace("\\\n", " ").splitlines():
+            if line.lstrip().startswith("```"):
+                in_block = not in_block
+            elif in_block and line.lstrip().startswith("curl "):
+                found.append((doc.name, line.strip()))
+    return found
+
+
+def submitted_jobs() -> list[tuple[str, dict]]:
+    """(doc, body) of each curl example that submits a job; `$(cat FILE)` is read from the repository."""
+    jobs = []
+    for doc, command in curl_commands():
+        if ":8080/api/jobs" not in command or not re.search(r"-X ?POST", command):
+            continue
+        words = shlex.split(command.split(" #", 1)[0])
+        body = words[words.index("-d") + 1]
+        body = re.sub(r"\$\(cat ([^)]+)\)", lambda match: (REPO / match[1]).read_text(), body)
+        jobs.append((doc, json.loads(body)))
+    return jobs
 
 
 def test_the_route_tables_are_read():
@@ -61,6 +92,32 @@ def test_every_curl_example_calls_a_route_the_server_on_that_port_has():
     wrong = [f"{doc}: curl :{port} {method} {path}" for doc, port, method, path in calls
              if (method, path) not in SERVERS.get(port, set())]
     assert wrong == []
+
+
+def test_every_curl_example_against_the_queue_s_api_sends_the_token():
+    """With QUEUE_MANAGER_TOKEN set (queue-manager.md's first step), an example without the header answered 401;
+    without a token the header is ignored, so every example carries it."""
+    calls = [(doc, command) for doc, command in curl_commands() if ":8080/api/" in command]
+    assert len(calls) >= 4
+    assert [call for call in calls if "Authorization: Bearer $QUEUE_MANAGER_TOKEN" not in call[1]
+            and '"$AUTH"' not in call[1]] == []
+
+
+async def test_every_job_a_doc_submits_is_accepted_by_the_queue_and_runs_on_comfyui(tmp_path):
+    """A documented submission must be one a worker completes: queue-manager.md's example (an EmptyImage without
+    inputs) was accepted by the queue, then failed on ComfyUI with "Prompt has no outputs"."""
+    jobs = submitted_jobs()
+    assert {doc for doc, _ in jobs} >= {"queue-manager.md", "container.md"}
+    async with (
+        QueueManagerServer(tmp_path / "queue.db", token="t0k") as qm,
+        ComfyUISimulator(tmp_path / "output") as comfy,
+        aiohttp.ClientSession() as http,
+    ):
+        for doc, body in jobs:
+            async with http.post(f"{qm.url}/api/jobs", json=body, headers={"Authorization": "Bearer t0k"}) as answer:
+                assert answer.status == 201, (doc, await answer.text())
+            async with http.post(f"{comfy.url}/prompt", json={"prompt": body["workflow"]}) as answer:
+                assert answer.status == 200, (doc, await answer.text())
 
 
 def test_the_health_doc_names_each_health_route_and_no_other():
