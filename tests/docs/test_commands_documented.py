@@ -6,9 +6,12 @@ Parsed, not run (most would contact a provider); the ones that can run offline a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import re
 import shlex
+import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,3 +151,33 @@ def test_the_queue_manager_s_flag_table_gives_its_defaults():
         default = parser.get_default(option.removeprefix("--").replace("-", "_"))
         if default is not None:  # --token: the environment's
             assert cell.strip("`") == str(default), option
+
+
+SCRIPTS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def test_the_readme_says_how_to_run_each_console_script_in_a_clone():
+    """The docs write `comfy-scaler status`; in a fresh clone that is `command not found` without `./dev`."""
+    section = (REPO / "README.md").read_text().split("## Commands in a clone", 1)[1].split("\n## ", 1)[0]
+    assert "./dev" in section
+    assert [script for script in SCRIPTS if f"`{script}" not in section] == []
+
+
+def _dev_is_installed() -> bool:
+    """./dev would install first (minutes, the network) unless .venv holds this pyproject.toml with the dev tools."""
+    stamp = REPO / ".venv" / ".installed"
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    return stamp.exists() and stamp.read_text().strip() in (digest, f"{digest} [dev]")
+
+
+@pytest.mark.skipif(not _dev_is_installed(), reason="./dev would install the project first")
+@pytest.mark.parametrize(
+    "argv",
+    [[script, "--help"] for script in SCRIPTS]
+    + [["python", "-m", "standins.comfyui", "--help"], ["python", "-m", "queue_manager", "--help"]],
+    ids=lambda argv: " ".join(argv[:-1]),
+)
+def test_dev_runs_each_documented_entry_point_from_another_folder(argv, tmp_path):
+    run = subprocess.run([str(REPO / "dev"), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-1000:]
+    assert "usage" in (run.stdout + run.stderr).lower()
