@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import TypeVar
 
+import structlog
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
+log = structlog.get_logger()
 
 
 class LogSettings(BaseSettings):
@@ -32,8 +38,64 @@ def env_name(settings_cls: type[BaseSettings], field_name: str) -> str:
     return alias if isinstance(alias, str) else field_name.upper()
 
 
+def _typos(a: str, b: str) -> int:
+    """Letters missing, extra, wrong or swapped with their neighbour to turn a into b (optimal string alignment)."""
+    before, row = None, list(range(len(b) + 1))
+    for i, letter in enumerate(a, start=1):
+        current = [i]
+        for j, other in enumerate(b, start=1):
+            cost = letter != other
+            best = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + cost)
+            if before is not None and i > 1 and j > 1 and letter == b[j - 2] and a[i - 2] == other:
+                best = min(best, before[j - 2] + 1)
+            current.append(best)
+        before, row = row, current
+    return row[-1]
+
+
+def setting_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """Every environment variable the settings read, each alias included."""
+    names: set[str] = set()
+    for name, field in settings_cls.model_fields.items():
+        alias = field.validation_alias
+        names |= {str(choice) for choice in alias.choices} if isinstance(alias, AliasChoices) else {
+            env_name(settings_cls, name)}
+    return names
+
+
+def misspelling_of(variable: str, settings: set[str]) -> str | None:
+    """The setting `variable` is one typo away from (two in a name of 10 or more letters), unless it is one."""
+    name = variable.upper()
+    if name in settings:
+        return None
+    near = [setting for setting in sorted(settings) if abs(len(setting) - len(name)) <= 2
+            and _typos(name, setting) <= (2 if len(setting) >= 10 else 1)]
+    return near[0] if near else None
+
+
+def misspelt_variables(settings_cls: type[BaseSettings]) -> list[tuple[str, str]]:
+    """(variable, the setting it is a typo of) for each variable of the environment, or of the .env file the
+    settings read, that no setting is named but one typo away from one. Such a variable is ignored:
+    SCALER_MAX_REPLICA=3 left the scaler at 5, SERVERLESS_MOD=true never exited."""
+    settings = setting_names(settings_cls)
+    present = set(os.environ)
+    env_file = settings_cls.model_config.get("env_file")
+    if isinstance(env_file, str) and Path(env_file).is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # settings_from_env says what is wrong with it
+            present |= set(dotenv_values(env_file, encoding="utf-8"))
+    found = [(variable, misspelling_of(variable, settings)) for variable in sorted(present)]
+    return [(variable, setting) for variable, setting in found if setting is not None]
+
+
+def warn_misspelt_variables(settings_cls: type[BaseSettings]) -> None:
+    """One warning per variable misspelt_variables finds, once logging is set up."""
+    for variable, setting in misspelt_variables(settings_cls):
+        log.warning("Variable ignored: no setting has its name", variable=variable, did_you_mean=setting)
+
+
 def settings_from_env(settings_cls: type[AnySettings], title: str, **overrides: object) -> AnySettings:
-    """Build settings from the environment; raise ConfigError naming every bad variable and why."""
+    """Build settings from the environment; raise ConfigError naming every bad variable and why, and every
+    variable that looks like a misspelt setting (the usual cause of a required one missing)."""
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:
@@ -44,6 +106,8 @@ def settings_from_env(settings_cls: type[AnySettings], title: str, **overrides: 
                 lines.append(f"  {env_name(settings_cls, str(error['loc'][0]))}: {message}")
             else:  # a model-level check reports several problems at once
                 lines += [f"  {problem}" for problem in message.split("; ")]
+        lines += [f"  {variable}: no setting has this name (ignored): did you mean {setting}?"
+                  for variable, setting in misspelt_variables(settings_cls)]
         raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(lines)) from None
     except UnicodeDecodeError as exc:  # python-dotenv reading the .env file, saved as UTF-16 say
         raise ConfigError(

@@ -18,7 +18,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, LogSettings, settings_from_env
+from common.settings import ConfigError, LogSettings, settings_from_env, warn_misspelt_variables
 from queue_manager.models import QueueMode
 from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(env.log_format, env.log_level)
+    warn_misspelt_variables(QueueManagerEnv)
     allow_many_connections()
     token = args.token or (env.token.get_secret_value() if env.token else None) or None
     register_secret(token)

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.logs import configure_logging, register_secret, scrub, scrub_all
+from common.settings import warn_misspelt_variables
 from common.urls import redact_url, url_credentials
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
+    warn_misspelt_variables(ScalerSettings)
     if ignored:
         print(f"{ignored}\nstop: going on: the kill switch reads none of those; fix them before `run` or `resume`.",
               file=sys.stderr)

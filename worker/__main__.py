@@ -7,7 +7,7 @@ import sys
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, env_name
+from common.settings import ConfigError, env_name, warn_misspelt_variables
 from worker.config import WorkerSettings, load_settings
 from worker.service import serve
 
@@ -37,6 +37,7 @@ def main() -> int:
             print(MISSING_PEER_HINT, file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    warn_misspelt_variables(WorkerSettings)
     allow_many_connections()
     if settings.queue_manager_token:
         register_secret(settings.queue_manager_token.get_secret_value())

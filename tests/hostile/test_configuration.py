@@ -4,16 +4,20 @@ The loaders raise ConfigError (each process's `main` prints it and exits 2, prov
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from common.settings import ConfigError
-from scaler.config import load_kill_switch_settings
+from common.settings import ConfigError, misspelt_variables, setting_names
+from queue_manager.__main__ import QueueManagerEnv
+from scaler.config import ScalerSettings, load_kill_switch_settings
 from scaler.config import load_settings as load_scaler_settings
-from supervisor.config import load_supervisor_settings
+from supervisor.config import SupervisorSettings, load_supervisor_settings
+from worker.config import WorkerSettings
 from worker.config import load_settings as load_worker_settings
 
 from ..conftest import run_module_to_exit
@@ -153,3 +157,71 @@ async def test_a_process_given_a_bad_value_exits_2_naming_it(
     code, err = await run_module_to_exit(module, env={**clean, **env, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
     assert code == 2
     assert variable in err
+
+
+def test_a_misspelt_required_variable_is_named_with_the_setting_it_resembles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUEUE_MANGER_URL set, QUEUE_MANAGER_URL missing: the refusal said only 'Field required'."""
+    _clean_env(monkeypatch, {}, "QUEUE_MANGER_URL", "http://127.0.0.1:9")
+    with pytest.raises(ConfigError) as refused:
+        load_worker_settings()
+    assert "  QUEUE_MANGER_URL: no setting has this name (ignored): did you mean QUEUE_MANAGER_URL?" in str(
+        refused.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings_cls", "variable", "setting"),
+    [
+        (WorkerSettings, "SERVERLESS_MOD", "SERVERLESS_MODE"),  # a worker that never exits, billed
+        (WorkerSettings, "SERVERLES_MODE", "SERVERLESS_MODE"),
+        (WorkerSettings, "HEALTH_PROT", "HEALTH_PORT"),  # two letters swapped
+        (ScalerSettings, "SCALER_MAX_REPLICA", "SCALER_MAX_REPLICAS"),  # the scaler ran with 5
+        (ScalerSettings, "SCALER_MAX_SPEND_PER_DY", "SCALER_MAX_SPEND_PER_DAY"),  # no budget at all
+        (QueueManagerEnv, "LEASE_TIMEOUT", "LEASE_TIMEOUT_S"),
+    ],
+)
+def test_a_misspelt_variable_is_found(
+    monkeypatch: pytest.MonkeyPatch, settings_cls: type, variable: str, setting: str
+) -> None:
+    _clean_env(monkeypatch, {}, variable, "1")
+    assert misspelt_variables(settings_cls) == [(variable, setting)]
+
+
+def test_settings_and_other_programs_variables_are_not_taken_for_typos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every variable any of the processes reads, and the usual ones of a shell or a container, set at once."""
+    every_setting = set().union(*(setting_names(cls) for cls in (WorkerSettings, ScalerSettings, QueueManagerEnv,
+                                                                  SupervisorSettings)))
+    for name in (*every_setting, "PATH", "HOME", "HOSTNAME", "PYTHONPATH", "NVIDIA_VISIBLE_DEVICES", "LANG"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.chdir(REPO / "tests")
+    for settings_cls in (WorkerSettings, ScalerSettings, QueueManagerEnv, SupervisorSettings):
+        assert misspelt_variables(settings_cls) == [], settings_cls.__name__
+
+
+def test_a_misspelt_variable_in_the_dot_env_file_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _clean_env(monkeypatch, {}, "LOG_LEVEL", "info")
+    (tmp_path / ".env").write_text("SERVERLESS_MOD=true\n")
+    monkeypatch.chdir(tmp_path)
+    assert misspelt_variables(WorkerSettings) == [("SERVERLESS_MOD", "SERVERLESS_MODE")]
+
+
+async def test_a_process_that_starts_warns_of_a_misspelt_variable(tmp_path: Path) -> None:
+    """SERVERLESS_MOD=true and LEASE_TIMEOUT=5 were ignored without a word. Each process here ends just after its
+    start (the health port taken; the database folder missing), once it has logged."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("QUEUE_MANAGER", "WORKER_", "LEASE_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**clean, **WORKER_BASE, "SERVERLESS_MOD": "true", "HEALTH_HOST": "127.0.0.1",
+               "HEALTH_PORT": str(taken.getsockname()[1]), "LOG_FORMAT": "json", "PYTHONPATH": str(REPO)}
+        code, err = await run_module_to_exit("worker", env=env, cwd=tmp_path)
+    assert code == 1
+    [warned] = [json.loads(line) for line in err.splitlines() if "SERVERLESS_MOD" in line]
+    assert warned["event"] == "Variable ignored: no setting has its name"
+    assert warned["did_you_mean"] == "SERVERLESS_MODE" and warned["level"] == "warning"
+
+    env = {**clean, "LEASE_TIMEOUT": "5", "LOG_FORMAT": "json", "PYTHONPATH": str(REPO)}
+    code, err = await run_module_to_exit("queue_manager", "--db", str(tmp_path / "no" / "q.db"), env=env, cwd=tmp_path)
+    assert code == 2
+    [warned] = [json.loads(line) for line in err.splitlines() if "LEASE_TIMEOUT" in line]
+    assert warned["did_you_mean"] == "LEASE_TIMEOUT_S"
