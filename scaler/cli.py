@@ -58,9 +58,12 @@ INTERRUPTED = {  # what an operator who pressed Ctrl-C needs to know
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DELEGATED = ("simulate", "deploy")
 VERDA_STOP_GRACE_S = 30.0  # Verda's SIGTERM-to-SIGKILL grace on a scale-down
-LOCAL_ONLY_IN_RUN = (
-    "the local backend's workers live inside `comfy-scaler run`; stop that process (Ctrl-C) to stop them"
-)
+LOCAL_ONLY_IN_RUN = {  # what each command would do with the local backend, whose workers live inside `run`
+    "once": "the local backend's workers live inside `comfy-scaler run`, so one decision cannot be applied from "
+    "another process: `comfy-scaler status` shows the decision, `comfy-scaler run` applies it",
+    "stop": "the local backend's workers live inside `comfy-scaler run`; stop that process (Ctrl-C) to stop them",
+    "resume": "the local backend is never paused: `comfy-scaler run` starts its workers as the queue needs them",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "stop" and (args.all or settings.provider_names):
         command = _stop_all
     elif settings.backend == "local" and not settings.provider_names and args.command in ("once", "stop", "resume"):
-        print(f"{args.command}: {LOCAL_ONLY_IN_RUN}", file=sys.stderr)
+        print(f"{args.command}: {LOCAL_ONLY_IN_RUN[args.command]}", file=sys.stderr)
         return EXIT_USAGE
     else:
         command = {"run": _run, "once": _once, "status": _status, "stop": _stop, "resume": _resume}[args.command]

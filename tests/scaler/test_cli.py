@@ -310,3 +310,20 @@ async def test_stop_refuses_a_setting_it_reads_naming_it(
     err = capsys.readouterr().err
     assert name in err
     assert fake_verda.deployments[DEPLOYMENT].status != "paused"
+
+
+@pytest.mark.parametrize(("command", "says"), [
+    ("once", "`comfy-scaler status` shows the decision, `comfy-scaler run` applies it"),
+    ("stop", "stop that process (Ctrl-C) to stop them"),
+    ("resume", "the local backend is never paused"),
+])
+def test_a_command_the_local_backend_cannot_serve_says_what_to_run_instead(
+    monkeypatch, tmp_path, capsys, restore_logging, command, says
+):
+    """`once --dry-run` with SCALER_BACKEND=local answered 'stop that process (Ctrl-C) to stop them'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SCALER_BACKEND", "local")
+    assert main([command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: ") and says in err
