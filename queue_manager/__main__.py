@@ -177,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                 "files beside it)" if getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN" else "")
         log.error("queue_manager_failed", error=f"--db {args.db}: {exc}{hint}")
         return 2
-    except OSError as exc:
-        log.error("queue_manager_failed", error=str(exc))
+    except OSError as exc:  # the port is taken (a second queue manager?), or --host is not this machine's
+        log.error("queue_manager_failed", error=str(exc),
+                  hint=f"another process listens on {args.host}:{args.port}: stop it, or choose another --port "
+                  "(and point the workers' QUEUE_MANAGER_URL at it); --host must be an address of this machine")
         return 1
     return 0
 

@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -220,4 +221,21 @@ async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(
     )  # fmt: skip
     assert code == 2
     assert f"--db {db}: {said}" in err
+    assert "Traceback" not in err
+
+
+async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) -> None:
+    """Before: only 'address already in use', with nothing about --port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        code, err = await run_module_to_exit(
+            "queue_manager", "--port", port, "--db", str(tmp_path / "q.db"), env={**os.environ, "LOG_FORMAT": "json"},
+            cwd=REPO, timeout_s=20,
+        )  # fmt: skip
+    assert code == 1
+    [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
+    assert "address already in use" in failed["error"]
+    assert f"127.0.0.1:{port}" in failed["hint"] and "--port" in failed["hint"]
     assert "Traceback" not in err
