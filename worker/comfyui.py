@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,17 +147,26 @@ class ComfyUIClient:
         most the HTTP timeout: a hung ComfyUI would hold a probe for the whole HTTP timeout."""
         return await self.system_stats(min(self._timeout_s, max(MIN_QUESTION_S, deadline - time.monotonic())))
 
-    async def wait_until_up(self, timeout_s: float, *, interval_s: float = 1.0) -> dict[str, Any]:
+    async def wait_until_up(
+        self, timeout_s: float, *, interval_s: float = 1.0,
+        on_waiting: Callable[[float, str], None] | None = None, report_every_s: float = 60.0,
+    ) -> dict[str, Any]:
         """Poll /system_stats until it answers (its stats) or the deadline passes (ComfyUIUnavailable). No probe
         outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the HTTP timeout.
-        The caller cancels it on a stop."""
-        deadline = time.monotonic() + timeout_s
+        The caller cancels it on a stop. on_waiting(waited_s, error) is called at the first unanswered probe, then
+        every report_every_s."""
+        started = time.monotonic()
+        deadline = started + timeout_s
+        next_report = started
         while True:
             try:
                 return await self.probe(deadline)
             except ComfyUIUnavailable as exc:
                 if time.monotonic() >= deadline:
                     raise ComfyUIUnavailable(f"ComfyUI not up after {timeout_s:g} s: {exc}") from None
+                if on_waiting is not None and time.monotonic() >= next_report:
+                    on_waiting(time.monotonic() - started, str(exc))
+                    next_report = time.monotonic() + report_every_s
             await asyncio.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
 
     async def queue_prompt(

@@ -148,7 +148,10 @@ class Worker:
         await self._sweep_staging_if_due()
         try:
             stats = await self._unless_stopped(
-                self.comfy.wait_until_up(s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S)
+                self.comfy.wait_until_up(
+                    s.comfyui_startup_timeout_s, interval_s=STARTUP_PROBE_INTERVAL_S,
+                    on_waiting=self._log_waiting_for_comfyui,
+                )
             )
         except ComfyUIUnavailable as exc:
             log.error("ComfyUI never came up; exiting", error=str(exc), timeout_s=s.comfyui_startup_timeout_s)
@@ -167,6 +170,13 @@ class Worker:
         self.state.mark_ready()
         self.state.set_phase(Phase.IDLE)
         return None
+
+    def _log_waiting_for_comfyui(self, waited_s: float, error: str) -> None:
+        """A wrong COMFYUI_URL, or a ComfyUI still loading, used to be silence for up to COMFYUI_STARTUP_TIMEOUT_S."""
+        log.info(
+            "Waiting for ComfyUI to answer", comfyui=redact_url(self.settings.comfyui_base_url),
+            waited_s=round(waited_s), timeout_s=self.settings.comfyui_startup_timeout_s, error=error,
+        )
 
     async def warm_up(self) -> bool:
         path = self.settings.warmup_workflow

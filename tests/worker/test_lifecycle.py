@@ -176,7 +176,12 @@ async def test_comfyui_never_up_exits_1(qm, make_worker, comfy):
     worker = make_worker(comfyui_startup_timeout_s=0.3)
     with capture_logs() as logs:
         assert await worker.run() == 1
-    assert "ComfyUI never came up; exiting" in [e["event"] for e in logs]
+    events = [e["event"] for e in logs]
+    assert "ComfyUI never came up; exiting" in events
+    # Before it, at once, what it waits for: a wrong COMFYUI_URL was silence for COMFYUI_STARTUP_TIMEOUT_S (600 s).
+    assert events.index("Waiting for ComfyUI to answer") < events.index("ComfyUI never came up; exiting")
+    [waiting] = [e for e in logs if e["event"] == "Waiting for ComfyUI to answer"]
+    assert waiting["comfyui"] == comfy.url and waiting["timeout_s"] == 0.3 and "unreachable" in waiting["error"]
 
 
 async def test_warmup_runs_before_ready(qm, comfy, make_worker, workflows, tmp_path):
