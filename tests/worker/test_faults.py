@@ -915,3 +915,20 @@ async def test_a_stop_while_a_hung_comfyui_is_probed_exits_at_once_not_an_http_t
     worker.request_shutdown()
     assert await asyncio.wait_for(run, 10) == 0
     assert worker.state.fatal_reason is None
+
+
+async def test_a_queue_url_that_is_not_the_base_url_is_a_poll_error_naming_the_url_polled(qm, make_worker):
+    """QUEUE_MANAGER_URL with /api at its end (or another server's port): before, `queue manager answered HTTP 404:
+    {"detail":"Not Found"}`, which named neither the URL polled nor the setting."""
+    worker = make_worker(queue_manager_url=f"{qm.url}/api")
+    with capture_logs() as logs:
+        running = asyncio.create_task(worker.run())
+        async with asyncio.timeout(10):
+            while not [e for e in logs if e["event"] == "Poll failed; backing off"]:
+                await asyncio.sleep(0.01)
+        worker.request_shutdown()
+        assert await running == 0
+    failure = next(e for e in logs if e["event"] == "Poll failed; backing off")
+    assert f"HTTP 404 to GET {qm.url}/api/api/workers/next-job:" in failure["error"]
+    assert "QUEUE_MANAGER_URL must be the queue manager's base URL" in failure["error"]
+    assert "worker_id" not in failure["error"]
