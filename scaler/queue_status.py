@@ -100,6 +100,7 @@ class QueueStatusReader:
         answer_limit_bytes: int = API_ANSWER_BYTES,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._has_token = bool(token)
         self._answer_limit_bytes = answer_limit_bytes
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
         self._attempts = attempts
@@ -176,12 +177,25 @@ class QueueStatusReader:
         if response.status_code in RETRYABLE_STATUS:
             raise _Retryable(f"queue status answered HTTP {response.status_code}")
         if response.is_error:
-            raise QueueStatusError(f"queue status answered HTTP {response.status_code}: {response.text[:200]}")
+            raise QueueStatusError(
+                f"queue status answered HTTP {response.status_code}: {response.text[:200]}"
+                + _what_to_check(response.status_code, self._has_token, redact_url(str(response.url)))
+            )
         try:
             body = response.json()
         except ValueError:
             raise QueueStatusError(f"queue status is not JSON: {response.text[:200]}") from None
         return QueueStatus.from_json(body)
+
+
+def _what_to_check(status: int, has_token: bool, url: str) -> str:
+    """The setting behind the usual refusals, as the worker names it for its polls (docs/scaler.md)."""
+    if status in (401, 403):
+        return f": QUEUE_MANAGER_TOKEN is {'wrong' if has_token else 'unset'}"
+    if status == 404:
+        return (f" (GET {url}): QUEUE_MANAGER_URL must be the queue manager's base URL, the part before /api/ "
+                "(e.g. http://127.0.0.1:8080)")
+    return ""
 
 
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:

@@ -28,6 +28,22 @@ async def test_sends_the_bearer_token():
                 await reader.read()
 
 
+async def test_a_refusal_names_the_setting_behind_it(qm):
+    """`comfy-scaler status` showed `queue status answered HTTP 401: {"detail": "Not authenticated"}` (or 404 for
+    a QUEUE_MANAGER_URL ending in /api), naming no setting, where the worker named QUEUE_MANAGER_TOKEN."""
+    async with QueueManagerServer(token="s3cret") as server:
+        for token, named in ((None, "QUEUE_MANAGER_TOKEN is unset"), ("wrong", "QUEUE_MANAGER_TOKEN is wrong")):
+            async with QueueStatusReader(server.url, token=token) as reader:
+                with pytest.raises(QueueStatusError, match=f"HTTP 401: .*: {named}$"):
+                    await reader.read()
+    async with QueueStatusReader(f"{qm.url}/api") as reader:
+        with pytest.raises(QueueStatusError) as refused:
+            await reader.read()
+    assert f"(GET {qm.url}/api/api/queue/status): QUEUE_MANAGER_URL must be the queue manager's base URL" in str(
+        refused.value
+    )
+
+
 async def test_retries_a_restarting_manager_within_the_read(qm):
     qm.faults.inject("queue-status", status=503, times=2)
     async with QueueStatusReader(qm.url, attempts=3, retry_initial_s=0.01) as reader:
