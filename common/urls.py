@@ -31,6 +31,37 @@ def url_credentials(url: str) -> list[str]:
     return [value for value in values if value]
 
 
+def url_secrets(url: str) -> list[str]:
+    """What of ``url`` no output may show (for common.logs.register_secret): its password and secret query values,
+    and its user name when it has no password (``https://<token>@host``). A user name beside a password says who,
+    and masked in every line, ``worker`` garbled every name holding it (``comfyui-***-serverless``)."""
+    credentials = url_credentials(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return credentials
+    if parts.password and parts.username:
+        credentials.remove(parts.username)
+    return credentials
+
+
+def queue_token_clash(queue_url: str) -> str | None:
+    """Why QUEUE_MANAGER_URL cannot go with QUEUE_MANAGER_TOKEN, or None (for a check made when both are set):
+    both need the one Authorization header, and httpx sends the URL's user and password (Basic) in place of the
+    token, so the queue manager refused every request and the token was blamed."""
+    try:
+        parts = urlsplit(queue_url)
+    except ValueError:
+        return None
+    if not (parts.username or parts.password):
+        return None
+    return (
+        "QUEUE_MANAGER_URL carries a user name or password and QUEUE_MANAGER_TOKEN is set: both go in the one "
+        "Authorization header and the URL's would replace the token (every request refused with 401). Keep one: "
+        "QUEUE_MANAGER_TOKEN for this project's queue manager, or the URL's credentials for a proxy that asks for them"
+    )
+
+
 def url_has_credentials(url: str) -> bool:
     return bool(url_credentials(url))
 

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from common.logs import configure_logging, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
-from common.urls import redact_url, url_credentials
+from common.urls import redact_url, url_secrets
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
 from scaler.loop import ScalerLoop, load_policy_state
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for secret in secrets:
         if secret is not None:
             register_secret(secret.get_secret_value())
-    for credential in url_credentials(settings.queue_base_url):
+    for credential in url_secrets(settings.queue_base_url):
         register_secret(credential)
     if settings.provider_names and args.command == "once":
         print("once: a fleet (SCALER_PROVIDERS) keeps provider health between ticks: use `comfy-scaler run`",

@@ -15,7 +15,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_valida
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ConfigError, LogSettings, env_name, settings_from_env
-from common.urls import redact_url
+from common.urls import queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
 from scaler.policy import MAX_REPLICAS_LIMIT, ScalingConfig
@@ -171,6 +171,8 @@ class ScalerSettings(LogSettings):
                 f"({self.interval_s:g}) while SCALER_BILLING_AWARE is on: shorter, the ticks can miss every billing "
                 "boundary and replicas are never released (keep it >= 30 + SCALER_INTERVAL_S)"
             )
+        if self.queue_manager_token is not None and (clash := queue_token_clash(self.queue_base_url)):
+            problems.append(clash)
         problems += budget_conflicts(self, self._price_known_at_start())
         try:
             self.scaling_config()

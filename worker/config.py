@@ -10,6 +10,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import LogSettings, settings_from_env
+from common.urls import queue_token_clash
 
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
@@ -94,6 +95,13 @@ class WorkerSettings(LogSettings):
                 f"SHUTDOWN_GRACE_S ({self.shutdown_grace_s:g}) must be shorter than PLATFORM_KILL_DELAY_S "
                 f"({self.platform_kill_delay_s:g}): after the grace the job is handed back before the platform kills"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_queue_credential(self) -> WorkerSettings:
+        clash = queue_token_clash(self.queue_base_url) if self.queue_manager_token is not None else None
+        if clash:
+            raise ValueError(clash)
         return self
 
     @property

@@ -14,13 +14,12 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic_settings import SettingsConfigDict
 
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, LogSettings, settings_from_env
-from common.urls import url_credentials
+from common.urls import url_secrets
 from scaler.deploy.errors import EXIT_USAGE
 
 PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
@@ -55,9 +54,7 @@ async def deploy_main(argv: Sequence[str] | None = None, environ: Mapping[str, s
     # Values no output may show: the scrubber masks them in log lines and in the error printed.
     for name in SECRET_ENV:
         register_secret(environ.get(name))
-    queue_url = environ.get("QUEUE_MANAGER_URL", "")
-    # Not the user name: "worker" masked in every line garbled the deployment's name (comfyui-***-serverless).
-    for credential in set(url_credentials(queue_url)) - {_user_name(queue_url)}:
+    for credential in url_secrets(environ.get("QUEUE_MANAGER_URL", "")):
         register_secret(credential)
     provider = importlib.import_module(PROVIDERS[args.provider])
     if args.console and not getattr(provider, "HAS_CONSOLE", False):
@@ -72,13 +69,6 @@ class Interrupted(KeyboardInterrupt):
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted
-
-
-def _user_name(url: str) -> str | None:
-    try:
-        return urlsplit(url).username
-    except ValueError:
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,7 +80,8 @@ async def test_metrics_negotiate_openmetrics(client: httpx.AsyncClient) -> None:
 
 async def test_no_secret_or_setting_reaches_any_endpoint(start_server, monkeypatch) -> None:
     token = "qm-token-5f2a9c1e-do-not-leak"
-    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://user:hunter2-password@queue.example.com/")
+    # A secret in the query: a user and password would be refused beside the token (one Authorization header).
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com/?sig=hunter2-password")
     monkeypatch.setenv("QUEUE_MANAGER_TOKEN", token)
     settings = load_settings()
     assert settings.queue_manager_token is not None

@@ -126,6 +126,24 @@ def test_scaler_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: s
     _assert_refused(load_scaler_settings, variable)
 
 
+@pytest.mark.parametrize(("load", "base"), [(load_worker_settings, WORKER_BASE), (load_scaler_settings, SCALER_BASE)],
+                         ids=["worker", "scaler"])
+def test_a_queue_url_with_a_password_is_refused_beside_a_token_it_would_replace(
+    monkeypatch: pytest.MonkeyPatch, load: Callable[[], object], base: dict[str, str]
+) -> None:
+    """httpx sends a URL's user name and password as the Authorization header in place of the bearer token: the
+    queue manager refused every request with 401, and the worker said QUEUE_MANAGER_TOKEN was wrong."""
+    _clean_env(monkeypatch, base, "QUEUE_MANAGER_URL", "https://worker:pw@queue.example.com")
+    monkeypatch.setenv("QUEUE_MANAGER_TOKEN", "a-token")
+    with pytest.raises(ConfigError, match="QUEUE_MANAGER_URL carries a user name or password and QUEUE_MANAGER_TOKEN"):
+        load()
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com/?sig=abc")  # leaves the header to the token
+    load()
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://worker:pw@queue.example.com")
+    monkeypatch.delenv("QUEUE_MANAGER_TOKEN")
+    load()
+
+
 @pytest.mark.parametrize(
     "load",
     [load_worker_settings, load_supervisor_settings, load_scaler_settings, load_kill_switch_settings],

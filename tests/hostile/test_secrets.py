@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from common.logs import configure_logging, register_secret, scrub
-from common.urls import redact_url, url_credentials, url_has_credentials
+from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
 from queue_manager import QueueManagerServer
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
@@ -128,6 +128,21 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
     assert url_has_credentials(url) == bool(secrets)
     assert redact_url(url) == shown
     assert scrub(f"GET {url} failed") == f"GET {shown} failed"
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("https://worker:pw-1@queue.example.com", ["pw-1"]),
+        ("https://ghp-token-2@queue.example.com", ["ghp-token-2"]),
+        ("https://worker:pw-3@q.example.com/?token=t-3", ["pw-3", "t-3"]),
+    ],
+    ids=["user-and-password", "token-as-user", "and-a-query-token"],
+)
+def test_a_user_name_beside_a_password_is_no_secret_to_mask_everywhere(url, secrets) -> None:
+    """The scaler registered "worker" of https://worker:…@… as a secret, and every "worker" in its log lines and
+    `status` became *** (comfyui-***-serverless). A user name with no password is the token itself."""
+    assert url_secrets(url) == secrets
 
 
 def test_a_token_in_a_urls_query_never_reaches_a_log_line(log_buffer: io.StringIO) -> None:

@@ -147,6 +147,8 @@ async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch,
     assert report["queue"]["url"].startswith("http://***@127.0.0.1:")
     assert report["settings"]["queue_manager_url"].startswith("http://***@127.0.0.1:")
     assert "url-pass-do-not-log" not in out + err
+    # The user name beside the password is no secret: masked, every "worker" read *** (comfyui-***-serverless).
+    assert report["deployment"]["name"] == DEPLOYMENT and "worker" in DEPLOYMENT
     monkeypatch.setenv("QUEUE_MANAGER_URL", f"{qm.url}/?token=url-pass-do-not-log")
     await cli("status", "--json")  # the queue answers 404 to paths after a query; the URL is still shown
     out, err = capsys.readouterr()

@@ -110,7 +110,8 @@ async def test_comfyui_dies_with_a_sigkilled_supervisor_and_never_sees_the_queue
     env = {
         **base_env,
         "QUEUE_MANAGER_TOKEN": "queue-token-value",
-        "QUEUE_MANAGER_URL": base_env["QUEUE_MANAGER_URL"].replace("http://", "http://user:url-password@"),
+        # A secret in the query: a user and password would be refused beside the token (one Authorization header).
+        "QUEUE_MANAGER_URL": f"{base_env['QUEUE_MANAGER_URL']}/?token=url-password",
         "HF_TOKEN": "for-a-model-downloader",
         "COMFYUI_COMMAND": python_command(
             f"import json, os, time; json.dump(dict(os.environ), open({str(env_dump)!r}, 'w')); time.sleep(60)"
