@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.text import encodes_as_utf8
-from common.urls import url_has_credentials
+from common.urls import queue_token_clash, url_has_credentials
 from scaler.providers.verda.client import check_deployment_name
 
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "verda" / "deployment.toml"
@@ -263,6 +263,15 @@ def _credential_urls_to_secrets(raw: dict[str, Any], environ: Mapping[str, str])
     return raw
 
 
+def _token_clash(raw: dict[str, Any], names: list[Any], environ: Mapping[str, str]) -> list[str]:
+    """A worker given both QUEUE_MANAGER_TOKEN and a QUEUE_MANAGER_URL with a user or password refuses to start
+    (the URL's would replace the token in the Authorization header): refused here, before anything is sent."""
+    given = {*names, *raw.get("secrets", {}), *raw.get("env", {})}
+    url = environ.get("QUEUE_MANAGER_URL") or str(raw.get("env", {}).get("QUEUE_MANAGER_URL", ""))
+    clash = queue_token_clash(url) if "QUEUE_MANAGER_TOKEN" in given else None
+    return [f"QUEUE_MANAGER_URL: {clash} (for the URL's, take QUEUE_MANAGER_TOKEN out of the spec)"] if clash else []
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read."""
     try:
@@ -289,7 +298,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
         "env_from_environment": {n: environ[n] for n in names if isinstance(n, str) and n in environ},
         "secrets": {n: environ[n] for n in secrets if n in environ} if isinstance(secrets, dict) else {},
     }
-    missing += text_problems(raw, "") + text_problems(from_environment, "")
+    missing += text_problems(raw, "") + text_problems(from_environment, "") + _token_clash(raw, names, environ)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

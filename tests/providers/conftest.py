@@ -1,14 +1,18 @@
-"""Fixtures both provider folders (RunPod, Verda) use: a hand-moved clock and a sleep that only records."""
+"""Fixtures both provider folders (RunPod, Verda) use: a hand-moved clock, a sleep that only records, and the
+deployment spec of an operator whose queue URL carries its own credentials."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+
+from scaler.deploy.spec import DEFAULT_SPEC_PATH
 
 from ..conftest import ManualClock
 
@@ -26,6 +30,18 @@ class RecordingSleep:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture
+def spec_without_token(tmp_path: Path) -> Path:
+    """The default spec less the QUEUE_MANAGER_TOKEN secret: what an operator whose QUEUE_MANAGER_URL carries a
+    user and password (a proxy's) deploys, the two being refused together."""
+    token = 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"\n'
+    text = DEFAULT_SPEC_PATH.read_text()
+    assert token in text
+    path = tmp_path / "deployment.toml"
+    path.write_text(text.replace(token, ""))
+    return path
 
 
 @pytest.fixture

@@ -95,9 +95,9 @@ def test_verda_volume_ids_are_not_needed_for_runpod(deploy_env) -> None:
     load_runpod_spec(DEFAULT_SPEC_PATH, deploy_env)
 
 
-def test_a_queue_url_with_credentials_becomes_a_secret_reference(deploy_env) -> None:
+def test_a_queue_url_with_credentials_becomes_a_secret_reference(deploy_env, spec_without_token) -> None:
     url = "https://worker:url-password-do-not-log@queue.example.com"
-    spec, settings = load_runpod_spec(DEFAULT_SPEC_PATH, {**deploy_env, "QUEUE_MANAGER_URL": url})
+    spec, settings = load_runpod_spec(spec_without_token, {**deploy_env, "QUEUE_MANAGER_URL": url})
     body = build_pod_body(spec, settings)
     assert body["env"]["QUEUE_MANAGER_URL"].startswith("{{ RUNPOD_SECRET_")
     assert "url-password-do-not-log" not in json.dumps(body)

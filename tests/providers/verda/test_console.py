@@ -56,9 +56,9 @@ async def test_console_covers_every_field_of_the_spec_and_sends_nothing(fake: Fa
         assert re.search(rf"^  {name} ", out, re.MULTILINE)
 
 
-async def test_console_shows_a_url_with_a_password_as_a_secret(capsys):
+async def test_console_shows_a_url_with_a_password_as_a_secret(spec_without_token, capsys):
     env = {**EXAMPLE_ENV, "QUEUE_MANAGER_URL": "https://w:console-pass-do-not-log@queue.example.com"}
-    assert await deploy_main(["--console"], env) == 0
+    assert await deploy_main(["--console", "--spec", str(spec_without_token)], env) == 0
     out = capsys.readouterr().out
     assert "console-pass-do-not-log" not in out
     assert "secret comfyui-worker-serverless-queue-manager-url" in out

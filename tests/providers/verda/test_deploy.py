@@ -311,9 +311,12 @@ async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     ["https://worker:url-password-do-not-log@queue.example.com/api",
      "https://queue.example.com/api?token=url-password-do-not-log"],
 )
-async def test_a_url_with_a_password_is_deployed_as_a_secret(url: str, fake: FakeVerda, deploy_env, capsys) -> None:
+async def test_a_url_with_a_password_is_deployed_as_a_secret(
+    url: str, fake: FakeVerda, deploy_env, spec_without_token: Path, capsys
+) -> None:
     env = {**deploy_env, "QUEUE_MANAGER_URL": url}
-    assert await deploy_main(["--dry-run"], env) == 0
+    spec = ["--spec", str(spec_without_token)]
+    assert await deploy_main(["--dry-run", *spec], env) == 0
     out, err = capsys.readouterr()
     assert "url-password-do-not-log" not in out + err
     entries = {e["name"]: e for e in json.loads(out)["containers"][0]["env"]}
@@ -323,12 +326,21 @@ async def test_a_url_with_a_password_is_deployed_as_a_secret(url: str, fake: Fak
     }
     assert secret_name in err
 
-    assert await deploy_main([], env) == 0
+    assert await deploy_main(spec, env) == 0
     out, err = capsys.readouterr()
     assert "url-password-do-not-log" not in out + err
     assert fake.secrets[secret_name] == url
     stored = fake.deployments[NAME].body["containers"][0]["env"]
     assert "url-password-do-not-log" not in json.dumps(stored)
+
+
+async def test_a_url_with_a_password_is_refused_beside_the_token_it_would_replace(deploy_env, capsys) -> None:
+    """Deployed, every worker refused to start (exit 2): the URL's user and password would replace the token."""
+    url = "https://worker:url-password-do-not-log@queue.example.com"
+    assert await deploy_main(["--dry-run"], {**deploy_env, "QUEUE_MANAGER_URL": url}) == 2
+    err = capsys.readouterr().err
+    assert "QUEUE_MANAGER_URL: QUEUE_MANAGER_URL carries a user name or password and QUEUE_MANAGER_TOKEN" in err
+    assert "url-password-do-not-log" not in err
 
 
 async def test_a_url_without_credentials_stays_plain(spec_path: Path, deploy_env) -> None:
@@ -576,7 +588,7 @@ async def test_an_api_url_that_would_send_the_credentials_in_clear_is_refused(
 
 
 async def test_the_user_name_of_the_queue_url_does_not_garble_what_is_printed(
-    fake: FakeVerda, deploy_env, capsys
+    fake: FakeVerda, deploy_env, spec_without_token: Path, capsys
 ) -> None:
     """Its password is masked; its user name ("worker") is no secret, and masked it turned every "worker" in an
     error into *** (the deployment comfyui-***-serverless)."""
@@ -584,7 +596,7 @@ async def test_the_user_name_of_the_queue_url_does_not_garble_what_is_printed(
     fake.fail_next(f"/container-deployments/{NAME}", 400, method="GET", body={
         "code": "invalid_request", "message": f"Deployment {NAME} is unreadable; url-password-do-not-log"
     })
-    assert await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": url}) == 1
+    assert await deploy_main(["--spec", str(spec_without_token)], {**deploy_env, "QUEUE_MANAGER_URL": url}) == 1
     err = capsys.readouterr().err
     assert f"Deployment {NAME} is unreadable; ***" in err, err
 
