@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from aiohttp import web
@@ -63,18 +63,19 @@ async def closed_after() -> AsyncIterator[Callable[[Any], Any]]:
         await client.aclose()
 
 
-class DrippingPeer:
-    """A loopback HTTP server that answers every request 200 and then one byte every 20 ms, never done: each read
-    gets a byte well within any read timeout. ``requests`` counts the requests it took."""
+class LoopbackPeer:
+    """A loopback HTTP server answering every method and path with ``answer``: a peer of one misbehaviour."""
 
     def __init__(self) -> None:
-        self.requests = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> DrippingPeer:
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
         app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._drip)
+        app.router.add_route("*", "/{path:.*}", self.answer)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -85,7 +86,16 @@ class DrippingPeer:
         assert self._runner is not None
         await self._runner.cleanup()
 
-    async def _drip(self, request: web.Request) -> web.StreamResponse:
+
+class DrippingPeer(LoopbackPeer):
+    """Answers every request 200 and then one byte every 20 ms, never done: each read gets a byte well within any
+    read timeout. ``requests`` counts the requests it took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -101,30 +111,13 @@ async def dripping_peer() -> AsyncIterator[DrippingPeer]:
         yield peer
 
 
-class NestingPeer:
-    """A loopback HTTP server that answers every request 200 with JSON nested 100 000 deep (200 KB): valid JSON
-    past what Python's parser reads (RecursionError, not ValueError)."""
+class NestingPeer(LoopbackPeer):
+    """Answers every request 200 with JSON nested 100 000 deep (200 KB): valid JSON past what Python's parser reads
+    (RecursionError, not ValueError)."""
 
     ANSWER = b"[" * 100_000 + b"]" * 100_000
 
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def __aenter__(self) -> NestingPeer:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _answer(self, request: web.Request) -> web.Response:
+    async def answer(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self.ANSWER, content_type="application/json")
 
 
