@@ -6,6 +6,7 @@ parameter named like one (``…?token=…``, ``&api_key=…``, ``&X-Amz-Signatur
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -82,3 +83,26 @@ def redact_url(url: str) -> str:
 def _redact_parameter(pair: str) -> str:
     name, has_value, value = pair.partition("=")
     return f"{name}=***" if has_value and value and is_secret_parameter(unquote(name)) else pair
+
+
+IN_CLEAR = "must be an https:// URL (http:// only to a loopback address): the credentials travel with every request"
+
+
+def encrypted_or_local(url: str) -> bool:
+    """Whether credentials sent to ``url`` travel encrypted: https, or plain http to a loopback address only (a
+    stand-in on this machine)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return False
+    if parts.scheme == "https" and host:
+        return True
+    return parts.scheme == "http" and (host == "localhost" or _is_loopback_address(host))
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -15,7 +15,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_valida
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ConfigError, LogSettings, env_name, settings_from_env
-from common.urls import queue_token_clash, redact_url
+from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
 from scaler.policy import MAX_REPLICAS_LIMIT, ScalingConfig
@@ -151,6 +151,13 @@ class ScalerSettings(LogSettings):
     @classmethod
     def _none_means_off(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
+
+    @field_validator("verda_api_url")
+    @classmethod
+    def _credentials_encrypted(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if not encrypted_or_local(str(value)):
+            raise ValueError(IN_CLEAR)
+        return value
 
     @field_validator("deployment_name")
     @classmethod

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
-from urllib.parse import urlsplit
 
 import httpx
 
 from common.logs import scrub
+from common.urls import IN_CLEAR, encrypted_or_local
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -47,20 +46,7 @@ def unreachable(api: str, error: httpx.HTTPError) -> str:
 
 
 def check_api_url(variable: str, url: str) -> str:
-    """``url`` itself, or DeployError when it would carry the credentials unencrypted: https, or plain http to a
-    loopback address only (a stand-in on this machine)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
+    """``url`` itself, or DeployError when it would carry the credentials unencrypted."""
+    if encrypted_or_local(url):
         return url
-    if parts.scheme == "http" and (host == "localhost" or _is_loopback_address(host)):
-        return url
-    raise DeployError(f"{variable}: must be an https:// URL (http:// only to a loopback address): the credentials"
-                      " travel with every request")
-
-
-def _is_loopback_address(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    raise DeployError(f"{variable}: {IN_CLEAR}")

@@ -89,6 +89,8 @@ SCALER_CASES = {
     "local-max-replicas-a-billion": ("SCALER_LOCAL_MAX_REPLICAS", "1000000000"),
     "verda-max-replicas-past-the-limit": ("SCALER_VERDA_MAX_REPLICAS", "101"),
     "runpod-max-replicas-a-billion": ("SCALER_RUNPOD_MAX_REPLICAS", "1000000000"),
+    # The client secret and the tokens it buys travel with every request to Verda.
+    "verda-api-url-in-clear": ("VERDA_API_URL", "http://api.verda.com/v1"),
 }
 
 
