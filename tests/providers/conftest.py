@@ -112,13 +112,15 @@ async def dripping_peer() -> AsyncIterator[DrippingPeer]:
 
 
 class NestingPeer(LoopbackPeer):
-    """Answers every request 200 with JSON nested 100 000 deep (200 KB): valid JSON past what Python's parser reads
-    (RecursionError, not ValueError)."""
+    """Answers every request 200 with JSON nested ``depth`` deep (2 bytes a level): valid JSON past what Python's
+    parser reads (RecursionError, not ValueError)."""
 
-    ANSWER = b"[" * 100_000 + b"]" * 100_000
+    def __init__(self, depth: int = 100_000) -> None:
+        super().__init__()
+        self.body = b"[" * depth + b"]" * depth
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=self.ANSWER, content_type="application/json")
+        return web.Response(body=self.body, content_type="application/json")
 
 
 @pytest.fixture

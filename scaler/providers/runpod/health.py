@@ -37,6 +37,7 @@ class PodHealthProbe:
         self._url = url
         self._port = port
         self._unhealthy_after = unhealthy_after
+        self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(timeout=timeout_s, verify=True, follow_redirects=False)
         self._strikes: dict[str, int] = {}
         self.phase: dict[str, str] = {}  # pod id -> the phase its /health last reported
@@ -68,10 +69,11 @@ class PodHealthProbe:
         url = self._url.format(pod_id=pod_id, port=self._port)
         try:
             response = await request_bounded(
-                self._http, "GET", url, peer="RunPod pod /health", limit_bytes=HEALTH_ANSWER_LIMIT_BYTES
+                self._http, "GET", url, peer="RunPod pod /health", limit_bytes=HEALTH_ANSWER_LIMIT_BYTES,
+                deadline_s=self._timeout_s,  # the whole answer: a pod dripping bytes would hold the tick
             )
             body = response.json()
-        except (httpx.HTTPError, ValueError, AnswerTooLarge):
+        except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge):
             return HealthAnswer(None, None, None)
         if not isinstance(body, dict):
             return HealthAnswer(None, None, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 from collections.abc import Callable
@@ -13,10 +14,11 @@ import structlog
 
 from common.logs import configure_logging
 from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
 from ...conftest import ManualClock
-from ..conftest import RecordingSleep
+from ..conftest import DrippingPeer, NestingPeer, RecordingSleep
 from .conftest import API_KEY, GPU, pod_body
 
 
@@ -186,3 +188,16 @@ async def test_an_answer_nested_past_the_json_parser_is_an_error_naming_runpod(n
             await client.list_pods()
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("peer", [DrippingPeer, functools.partial(NestingPeer, depth=20_000)], ids=["drips", "nests"])
+async def test_a_pods_health_that_drips_or_nests_says_nothing_about_the_worker(peer) -> None:
+    """Before, a /health dripping a byte every 20 ms held the scaler's apply until its tick deadline, and one
+    nested past the JSON parser (40 KB, under the 64-KiB read limit) raised RecursionError out of observe()."""
+    async with peer() as server:
+        probe = PodHealthProbe(server.url + "/{pod_id}/health", timeout_s=0.3)
+        try:
+            async with asyncio.timeout(30):  # a guard for the old code, not a measure
+                assert await probe.unhealthy(["pod-1"]) == {}
+        finally:
+            await probe.aclose()
