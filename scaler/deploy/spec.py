@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.text import encodes_as_utf8
-from common.urls import queue_token_clash, url_has_credentials
+from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
 from scaler.providers.verda.client import check_deployment_name
 
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "verda" / "deployment.toml"
@@ -299,6 +299,9 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
         "secrets": {n: environ[n] for n in secrets if n in environ} if isinstance(secrets, dict) else {},
     }
     missing += text_problems(raw, "") + text_problems(from_environment, "") + _token_clash(raw, names, environ)
+    missing += [f"env_from_environment.names: {n} is named like a secret: its value would sit in the deployment in "
+                f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
+                for n in names if isinstance(n, str) and is_secret_parameter(n)]
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

@@ -15,7 +15,7 @@ import pytest
 
 from scaler.deploy import verda as verda_deploy
 from scaler.deploy.command import deploy_main
-from scaler.deploy.spec import SpecError, build_body, load_spec
+from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError, build_body, load_spec
 from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
@@ -341,6 +341,20 @@ async def test_a_url_with_a_password_is_refused_beside_the_token_it_would_replac
     err = capsys.readouterr().err
     assert "QUEUE_MANAGER_URL: QUEUE_MANAGER_URL carries a user name or password and QUEUE_MANAGER_TOKEN" in err
     assert "url-password-do-not-log" not in err
+
+
+async def test_a_variable_named_like_a_secret_is_refused_as_a_plain_env_var(deploy_env, tmp_path: Path, capsys) -> None:
+    """Before: HF_TOKEN listed in env_from_environment went into the deployment in clear, and --dry-run printed it."""
+    names = 'names = ["QUEUE_MANAGER_URL"]'
+    text = DEFAULT_SPEC_PATH.read_text()
+    assert names in text
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(text.replace(names, 'names = ["QUEUE_MANAGER_URL", "HF_TOKEN"]'))
+    env = {**deploy_env, "HF_TOKEN": "hf-value-do-not-print"}
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], env) == 2
+    out, err = capsys.readouterr()
+    assert "env_from_environment.names: HF_TOKEN is named like a secret" in err and "[secrets]" in err, err
+    assert "hf-value-do-not-print" not in out + err
 
 
 async def test_a_url_without_credentials_stays_plain(spec_path: Path, deploy_env) -> None:
