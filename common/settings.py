@@ -73,23 +73,24 @@ def misspelling_of(variable: str, settings: set[str]) -> str | None:
     return near[0] if near else None
 
 
-def misspelt_variables(settings_cls: type[BaseSettings]) -> list[tuple[str, str]]:
+def misspelt_variables(*settings_classes: type[BaseSettings]) -> list[tuple[str, str]]:
     """(variable, the setting it is a typo of) for each variable of the environment, or of the .env file the
-    settings read, that no setting is named but one typo away from one. Such a variable is ignored:
-    SCALER_MAX_REPLICA=3 left the scaler at 5, SERVERLESS_MOD=true never exited."""
-    settings = setting_names(settings_cls)
+    settings read, that none of ``settings_classes`` reads but one typo away from one of their settings (a
+    process reading several classes, as the container's supervisor does, passes them all). Such a variable is
+    ignored: SCALER_MAX_REPLICA=3 left the scaler at 5, SERVERLESS_MOD=true never exited."""
+    settings = set().union(*(setting_names(settings_cls) for settings_cls in settings_classes))
     present = set(os.environ)
-    env_file = settings_cls.model_config.get("env_file")
-    if isinstance(env_file, str) and Path(env_file).is_file():
-        with contextlib.suppress(OSError, UnicodeDecodeError):  # settings_from_env says what is wrong with it
-            present |= set(dotenv_values(env_file, encoding="utf-8"))
+    for env_file in {settings_cls.model_config.get("env_file") for settings_cls in settings_classes}:
+        if isinstance(env_file, str) and Path(env_file).is_file():
+            with contextlib.suppress(OSError, UnicodeDecodeError):  # settings_from_env says what is wrong with it
+                present |= set(dotenv_values(env_file, encoding="utf-8"))
     found = [(variable, misspelling_of(variable, settings)) for variable in sorted(present)]
     return [(variable, setting) for variable, setting in found if setting is not None]
 
 
-def warn_misspelt_variables(settings_cls: type[BaseSettings]) -> None:
+def warn_misspelt_variables(*settings_classes: type[BaseSettings]) -> None:
     """One warning per variable misspelt_variables finds, once logging is set up."""
-    for variable, setting in misspelt_variables(settings_cls):
+    for variable, setting in misspelt_variables(*settings_classes):
         log.warning("Variable ignored: no setting has its name", variable=variable, did_you_mean=setting)
 
 

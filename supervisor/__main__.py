@@ -11,7 +11,7 @@ import structlog
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, env_name
+from common.settings import ConfigError, env_name, warn_misspelt_variables
 from supervisor.comfyui_process import port_taken
 from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
@@ -86,6 +86,7 @@ def main() -> int:
         sys.stderr.write("\n".join(problems) + "\n")
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    warn_misspelt_variables(SupervisorSettings, WorkerSettings)  # SERVERLESS_MOD=true: a replica that never exits
     allow_many_connections()
     if settings.queue_manager_token is not None:
         register_secret(settings.queue_manager_token.get_secret_value())

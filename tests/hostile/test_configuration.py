@@ -240,6 +240,18 @@ async def test_a_process_that_starts_warns_of_a_misspelt_variable(tmp_path: Path
     assert warned["event"] == "Variable ignored: no setting has its name"
     assert warned["did_you_mean"] == "SERVERLESS_MODE" and warned["level"] == "warning"
 
+    with socket.socket() as taken:  # the container: the supervisor reads its settings and the worker's
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        (tmp_path / "outputs").mkdir()
+        env = {**clean, **WORKER_BASE, "SERVERLESS_MOD": "true", "LOG_FORMAT": "json", "PYTHONPATH": str(REPO),
+               "COMFYUI_URL": f"http://127.0.0.1:{taken.getsockname()[1]}", "OUTPUTS_PATH": str(tmp_path / "outputs"),
+               "SCRATCH_DIR": str(tmp_path)}
+        code, err = await run_module_to_exit("supervisor", env=env, cwd=tmp_path)
+    assert code == 1, err  # ComfyUI's port taken: it stops before starting anything
+    [warned] = [json.loads(line) for line in err.splitlines() if "SERVERLESS_MOD" in line]
+    assert (warned["event"], warned["did_you_mean"]) == ("Variable ignored: no setting has its name", "SERVERLESS_MODE")
+
     env = {**clean, "LEASE_TIMEOUT": "5", "LOG_FORMAT": "json", "PYTHONPATH": str(REPO)}
     code, err = await run_module_to_exit("queue_manager", "--db", str(tmp_path / "no" / "q.db"), env=env, cwd=tmp_path)
     assert code == 2
