@@ -63,6 +63,17 @@ def queue_token_clash(queue_url: str) -> str | None:
     )
 
 
+def queue_refusal_cause(status: int, has_token: bool) -> str | None:
+    """The setting behind a queue manager's refusal (401/403: the token; 404: the URL), as the worker's polls and
+    the scaler's reads name it; None for other answers."""
+    if status in (401, 403):
+        return f"QUEUE_MANAGER_TOKEN is {'wrong' if has_token else 'unset'}"
+    if status == 404:  # a URL with /api already in it, a path, the port of another server
+        return ("QUEUE_MANAGER_URL must be the queue manager's base URL, the part before /api/ "
+                "(e.g. http://127.0.0.1:8080), and point at a queue manager")
+    return None
+
+
 def url_has_credentials(url: str) -> bool:
     return bool(url_credentials(url))
 

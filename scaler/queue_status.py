@@ -16,7 +16,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge, request_bounded
-from common.urls import redact_url
+from common.urls import queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
 
@@ -190,12 +190,10 @@ class QueueStatusReader:
 
 def _what_to_check(status: int, has_token: bool, url: str) -> str:
     """The setting behind the usual refusals, as the worker names it for its polls (docs/scaler.md)."""
-    if status in (401, 403):
-        return f": QUEUE_MANAGER_TOKEN is {'wrong' if has_token else 'unset'}"
-    if status == 404:
-        return (f" (GET {url}): QUEUE_MANAGER_URL must be the queue manager's base URL, the part before /api/ "
-                "(e.g. http://127.0.0.1:8080)")
-    return ""
+    cause = queue_refusal_cause(status, has_token)
+    if cause is None:
+        return ""
+    return f" (GET {url}): {cause}" if status == 404 else f": {cause}"
 
 
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:

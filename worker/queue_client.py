@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
-from common.urls import redact_url
+from common.urls import queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
 
@@ -114,16 +114,16 @@ class QueueClient:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:
             raise PollError(f"{exc} (MAX_QUEUE_ANSWER_BYTES)") from None
+        cause = queue_refusal_cause(response.status_code, self._has_token)
         if response.status_code in (401, 403):
             raise CredentialsRefused(
                 f"queue manager refused this worker's credentials (HTTP {response.status_code}: "
-                f"{_short(response.text)}): QUEUE_MANAGER_TOKEN is {'wrong' if self._has_token else 'unset'}"
+                f"{_short(response.text)}): {cause}"
             )
-        if response.status_code == 404:  # a URL with /api already in it, a path, the port of another server
+        if response.status_code == 404:
             raise PollError(
                 f"queue manager answered HTTP 404 to GET {redact_url(str(response.url.copy_with(query=None)))}: "
-                f"{_short(response.text)}: QUEUE_MANAGER_URL must be the queue manager's base URL, the part before "
-                "/api/ (e.g. http://127.0.0.1:8080), and point at a queue manager"
+                f"{_short(response.text)}: {cause}"
             )
         if response.status_code != 200:
             raise PollError(f"queue manager answered HTTP {response.status_code}: {_short(response.text)}")
