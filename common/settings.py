@@ -11,6 +11,7 @@ import structlog
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from rapidfuzz.distance import OSA
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 log = structlog.get_logger()
@@ -38,21 +39,6 @@ def env_name(settings_cls: type[BaseSettings], field_name: str) -> str:
     return alias if isinstance(alias, str) else field_name.upper()
 
 
-def _typos(a: str, b: str) -> int:
-    """Letters missing, extra, wrong or swapped with their neighbour to turn a into b (optimal string alignment)."""
-    before, row = None, list(range(len(b) + 1))
-    for i, letter in enumerate(a, start=1):
-        current = [i]
-        for j, other in enumerate(b, start=1):
-            cost = letter != other
-            best = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + cost)
-            if before is not None and i > 1 and j > 1 and letter == b[j - 2] and a[i - 2] == other:
-                best = min(best, before[j - 2] + 1)
-            current.append(best)
-        before, row = row, current
-    return row[-1]
-
-
 def setting_names(settings_cls: type[BaseSettings]) -> set[str]:
     """Every environment variable the settings read, each alias included."""
     names: set[str] = set()
@@ -69,7 +55,7 @@ def misspelling_of(variable: str, settings: set[str]) -> str | None:
     if name in settings:
         return None
     near = [setting for setting in sorted(settings) if abs(len(setting) - len(name)) <= 2
-            and _typos(name, setting) <= (2 if len(setting) >= 10 else 1)]
+            and OSA.distance(name, setting) <= (2 if len(setting) >= 10 else 1)]
     return near[0] if near else None
 
 
