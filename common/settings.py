@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from dotenv import dotenv_values
@@ -86,13 +87,7 @@ def settings_from_env(settings_cls: type[AnySettings], title: str, **overrides: 
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if error["loc"]:
-                lines.append(f"  {env_name(settings_cls, str(error['loc'][0]))}: {message}")
-            else:  # a model-level check reports several problems at once
-                lines += [f"  {problem}" for problem in message.split("; ")]
+        lines = [f"  {problem}" for problem in _problem_lines(settings_cls, exc)]
         lines += [f"  {variable}: no setting has this name (ignored): did you mean {setting}?"
                   for variable, setting in misspelt_variables(settings_cls)]
         raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(lines)) from None
@@ -101,3 +96,31 @@ def settings_from_env(settings_cls: type[AnySettings], title: str, **overrides: 
             f"Invalid {title} configuration:\n"
             f"  .env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
+
+
+def problems_in(settings_cls: type[BaseSettings], values: Mapping[str, str]) -> list[str]:
+    """What ``settings_cls`` would refuse in ``values`` (variable -> text) alone, a line each: neither this
+    process's environment nor a .env file is read. The deploy checks the container's environment with it."""
+
+    class ValuesOnly(settings_cls):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, **_: Any) -> tuple:
+            return (init_settings,)
+
+    try:
+        ValuesOnly(**values)
+    except ValidationError as exc:
+        return _problem_lines(settings_cls, exc)
+    return []
+
+
+def _problem_lines(settings_cls: type[BaseSettings], error: ValidationError) -> list[str]:
+    """A line per problem, named by its variable (a model-level check reports several problems at once)."""
+    lines = []
+    for problem in error.errors():
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["loc"]:
+            lines.append(f"{env_name(settings_cls, str(problem['loc'][0]))}: {message}")
+        else:
+            lines += message.split("; ")
+    return lines

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
+from scaler.deploy.worker_env import worker_env_problems
 from scaler.providers.verda.client import check_deployment_name
 
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "verda" / "deployment.toml"
@@ -309,6 +310,11 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
         raise SpecError(_format_errors(error) + missing) from None
     if missing:
         raise SpecError(missing)
+    known_secrets = from_environment["secrets"]
+    refused = worker_env_problems({**spec.env, **spec.resolved_env, **known_secrets},
+                                  unknown=set(spec.secrets) - set(known_secrets))
+    if refused:
+        raise SpecError(refused)
     return spec
 
 

@@ -659,3 +659,37 @@ async def test_a_patch_answered_with_no_object_still_counts_as_done(fake: FakeVe
     out = capsys.readouterr().out
     assert f"deployment {NAME}: updated (containers: image" in out and "endpoint: https://" in out
     assert fake.deployments[NAME].body["containers"][0]["image"] == image
+
+
+async def test_a_value_the_worker_would_refuse_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """Before: deployed as given, every replica's worker exited 2 at start, was restarted, and billed meanwhile."""
+    idle_polls = 'SERVERLESS_MAX_IDLE_POLLS = "10"'
+    text = DEFAULT_SPEC_PATH.read_text()
+    assert idle_polls in text
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(text.replace(idle_polls, 'SERVERLESS_MAX_IDLE_POLLS = "0"\nJOB_TIMEOUT_S = "soon"'))
+    env = {**deploy_env, "QUEUE_MANAGER_URL": "queue.example.com"}
+    assert await deploy_main(["--spec", str(spec)], env) == 2
+    err = capsys.readouterr().err
+    for variable in ("QUEUE_MANAGER_URL", "SERVERLESS_MAX_IDLE_POLLS", "JOB_TIMEOUT_S"):
+        assert f"{variable}: " in err and "every replica's worker would refuse this at start" in err, err
+    assert "Traceback" not in err
+    assert fake.requests == []
+
+
+async def test_the_settings_of_the_deploying_machine_are_not_what_is_judged(deploy_env, monkeypatch, capsys) -> None:
+    """The container's environment is judged alone: not the deploying shell's variables or .env file."""
+    monkeypatch.setenv("SERVERLESS_MAX_IDLE_POLLS", "0")
+    assert await deploy_main(["--dry-run"], deploy_env) == 0
+    capsys.readouterr()
+
+
+async def test_a_secret_whose_value_is_not_known_here_is_not_judged(deploy_env, tmp_path: Path, capsys) -> None:
+    """A URL kept in an existing Verda secret (its value not in the deploying shell) cannot be checked: not refused."""
+    text = DEFAULT_SPEC_PATH.read_text().replace('names = ["QUEUE_MANAGER_URL"]', "names = []")
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(text.replace("[secrets]\n", '[secrets]\nQUEUE_MANAGER_URL = "existing-queue-url"\n'))
+    env = {name: value for name, value in deploy_env.items() if name != "QUEUE_MANAGER_URL"}
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], env) == 0, capsys.readouterr().err
