@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
 from scaler.deploy.worker_env import worker_env_problems
+from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.client import check_deployment_name
 
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parents[2] / "verda" / "deployment.toml"
@@ -109,7 +110,7 @@ class ComputeSection(_Section):
 
 class ScalingSection(_Section):
     min_replica_count: int = Field(ge=0)
-    max_replica_count: int = Field(ge=1)
+    max_replica_count: int = Field(ge=1, le=MAX_REPLICAS_LIMIT)  # more than the scaler can ever drive
     scale_down_delay_seconds: int = Field(ge=0)
     scale_up_delay_seconds: int = Field(ge=0)
     queue_message_ttl_seconds: int = Field(ge=1)

@@ -693,3 +693,11 @@ async def test_a_secret_whose_value_is_not_known_here_is_not_judged(deploy_env, 
     spec.write_text(text.replace("[secrets]\n", '[secrets]\nQUEUE_MANAGER_URL = "existing-queue-url"\n'))
     env = {name: value for name, value in deploy_env.items() if name != "QUEUE_MANAGER_URL"}
     assert await deploy_main(["--dry-run", "--spec", str(spec)], env) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", ["101", "100000000000000000000"])
+async def test_a_replica_cap_no_scaler_can_drive_is_refused(fake: FakeVerda, deploy_env, count: str, capsys) -> None:
+    """Before: a cap of 101 or 10**20 was sent to Verda as the deployment's; the scaler drives at most 100."""
+    assert await deploy_main([], {**deploy_env, "VERDA_MAX_REPLICAS": count}) == 2
+    assert "scaling.max_replica_count" in capsys.readouterr().err
+    assert fake.requests == []
