@@ -16,6 +16,9 @@ from queue_manager.store import JobStore, is_storage_fault
 log = structlog.get_logger()
 
 TIMEOUT_ERROR = "Job timeout exceeded"
+# The wall clock moving this much more (or less) than the steady clock between two lease passes was stepped (NTP,
+# a host resumed from a pause), not slewed: slewing drifts at most 0.5 ms/s, 7.5 ms over a 15 s pass.
+CLOCK_STEP_TOLERANCE_S = 5.0
 
 
 class JobReaper:
@@ -26,6 +29,7 @@ class JobReaper:
         job_timeout_s: float,
         interval_s: float,
         clock: Callable[[], float],
+        steady_clock: Callable[[], float] | None = None,
         lease_timeout_s: float = 0,
         max_attempts: int = 3,
         finished_job_retention_s: float = 0,
@@ -38,11 +42,15 @@ class JobReaper:
         # A lease is checked a few times within its timeout, so a silent worker's job waits at most ~1.25x it.
         self._interval_s = min(interval_s, lease_timeout_s / 4) if lease_timeout_s > 0 else interval_s
         self._clock = clock
+        # None: the wall clock is its own steady clock (a test's hand-moved clock), so it is never seen to step.
+        self._steady_clock = steady_clock or clock
+        self._clocks_read = (clock(), self._steady_clock())
 
     def expire_leases(self) -> list[str]:
         """One pass: hand back every running job whose worker has been silent for lease_timeout_s."""
         if self._lease_timeout_s <= 0:
             return []
+        self._renew_leases_if_the_clock_stepped()
         released = self._store.release_expired_leases(
             self._clock() - self._lease_timeout_s, max_attempts=self._max_attempts
         )
@@ -56,6 +64,17 @@ class JobReaper:
                 lease_timeout_s=self._lease_timeout_s,
             )
         return [job.id for job in released]
+
+    def _renew_leases_if_the_clock_stepped(self) -> None:
+        """Leases are stored in wall-clock time (they outlive the process): a step of that clock is no worker's
+        silence. Forward, it handed every running job back as a fault; back, a dead worker's job stayed running
+        for the step. Either way every running lease starts afresh, as when the queue manager starts."""
+        wall, steady = self._clock(), self._steady_clock()
+        step_s = (wall - self._clocks_read[0]) - (steady - self._clocks_read[1])
+        if abs(step_s) > CLOCK_STEP_TOLERANCE_S:
+            renewed = self._store.renew_all_leases()  # when the database cannot take it, the next pass sees the step
+            log.warning("wall_clock_stepped", step_s=round(step_s, 1), running_jobs_leases_renewed=renewed)
+        self._clocks_read = (wall, steady)
 
     def run_pass(self) -> None:
         self.expire_leases()

@@ -67,6 +67,7 @@ class QueueManagerServer:
         mode: QueueMode | str = QueueMode.FIFO,
         token: str | None = None,
         clock: Callable[[], float] = time.time,
+        steady_clock: Callable[[], float] | None = None,
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         finished_job_retention_s: float = DEFAULT_FINISHED_JOB_RETENTION_S,
@@ -83,6 +84,8 @@ class QueueManagerServer:
         self.finished_job_retention_s = finished_job_retention_s
         self.mode = QueueMode(mode)
         self.clock = clock
+        # What the lease tells clock steps by. A test's hand-moved clock is its own, unless it passes one.
+        self.steady_clock = steady_clock or (time.monotonic if clock is time.time else clock)
         self._token = token
         self._test_hooks = TestHooks(FaultInjector(), ReportLog()) if test_hooks else None
         self.url: str | None = None
@@ -129,6 +132,7 @@ class QueueManagerServer:
             job_timeout_s=self.job_timeout_s,
             interval_s=self.reaper_interval_s,
             clock=self.clock,
+            steady_clock=self.steady_clock,
             lease_timeout_s=self.lease_timeout_s,
             max_attempts=self.max_attempts,
             finished_job_retention_s=self.finished_job_retention_s,

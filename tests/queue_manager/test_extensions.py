@@ -15,6 +15,7 @@ import pytest
 from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from queue_manager import JobStatus, QueueManagerServer
 
+from ..conftest import ManualClock
 from .conftest import FakeClock
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}}
@@ -187,6 +188,25 @@ async def test_a_restart_renews_every_lease(tmp_path: Path, clock: FakeClock) ->
     async with QueueManagerServer(db, clock=clock) as queue:
         assert await queue.expire_leases() == []
         clock.advance(61)
+        assert await queue.expire_leases() == [job_id]
+
+
+@pytest.mark.parametrize("step_s", [7200, -3600])
+async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock, step_s: float) -> None:
+    """NTP stepping the clock, or the host resuming from a pause: forward, every running job was handed back as a
+    fault at once (7200 s: attempt 2, one of MAX_ATTEMPTS used); back, a dead worker's job stayed running for
+    the step plus the lease (3600 s + 60 s). Leases count the queue's own steady time."""
+    steady = ManualClock()
+    async with QueueManagerServer(clock=clock, steady_clock=steady, lease_timeout_s=60) as queue:
+        job_id = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("w1", queue.mode)
+        for clocks in ((clock,), (clock, steady)):  # the step (the wall clock alone), then 10 s of real time
+            for moved in clocks:
+                moved.advance(step_s if len(clocks) == 1 else 10)
+            assert await queue.expire_leases() == []
+        assert queue.store.get(job_id).attempt == 1
+        for moved in (clock, steady):  # the worker dies: 61 s of silence by either clock
+            moved.advance(61)
         assert await queue.expire_leases() == [job_id]
 
 
