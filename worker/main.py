@@ -444,10 +444,11 @@ class Worker:
         return "refused"
 
     def _lose_lease(self, why: str) -> None:
+        if self._execution is None:  # being reported: the 409 may answer our own report landing; its answer tells
+            return
         self._lease_lost = why
         log.warning("The queue manager took the job back; abandoning it without a report", error=why)
-        if self._execution is not None:
-            self._execution.cancel()
+        self._execution.cancel()
 
     async def _run_job(self, job: Job, picked_up: float) -> Report | None:
         if self._stop.is_set():  # popped while stopping: hand it straight back

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from queue_manager.server import QueueManagerServer
 
@@ -75,3 +76,22 @@ async def test_a_retry_of_the_same_job_id_writes_to_its_own_attempt_folder(lease
     [report] = qm.reports.landed(job.id)
     paths = [o["path"] for o in report.body["result"]["outputs"]]
     assert paths and all(p.startswith(f"alice/{job.id}/attempt-2/") for p in paths)
+
+
+async def test_a_heartbeat_refused_because_the_report_landed_is_not_a_lost_job(
+    leased_qm, comfy, make_worker, workflows
+):
+    """The completion lands, its answer is lost, the worker retries it: a heartbeat in between is told 409 (the
+    job is completed). That is the report's own success, not the job taken away: before, the worker logged
+    "abandoning it without a report" right after "Job X completed"."""
+    qm = leased_qm
+    job = qm.store.submit("alice", workflows["quick"])
+    qm.faults.inject("complete-job", status=502, after=True)  # lands; the answer is lost
+    worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.05, serverless_job_limit=1)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(worker.run(), 10) == 0
+    assert [r.handled_status for r in qm.reports.for_job(job.id)] == [200, 409]
+    assert qm.store.get(job.id).status == "completed"
+    events = [e["event"] for e in logs]
+    assert f"Job {job.id} completed" in events
+    assert "The queue manager took the job back; abandoning it without a report" not in events
