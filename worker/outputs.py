@@ -215,11 +215,25 @@ class OutputDelivery:
                 for item in items:
                     allowance = self.limits.bytes - sum(file.bytes for file in delivered)
                     delivered.append(await self._deliver_one(item, staging, job_dir, allowance))
-            await asyncio.to_thread(_publish, staging, job_dir, self.outputs_root / user_id)
+            await self._rename_into_place(staging, job_dir, user_id, delivered)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return delivered
+
+    async def _rename_into_place(
+        self, staging: Path, job_dir: Path, user_id: str, delivered: list[DeliveredFile]
+    ) -> None:
+        """_publish in a thread, which a cancellation (the job taken away, a forced stop) cannot stop: once the
+        rename is done, what it published is removed, for no report will name it."""
+        publish = asyncio.ensure_future(asyncio.to_thread(_publish, staging, job_dir, self.outputs_root / user_id))
+        try:
+            await asyncio.shield(publish)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # a rename that failed published nothing
+                await publish
+                await asyncio.to_thread(self.remove, delivered)
+            raise
 
     def _new_staging(self, user_id: str, job_id: str) -> Path:
         folder = self.outputs_root / STAGING_FOLDER

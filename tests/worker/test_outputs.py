@@ -130,6 +130,39 @@ async def test_a_failed_delivery_removes_the_folders_it_made_and_nothing_else(co
     ]  # fmt: skip
 
 
+async def test_a_delivery_cancelled_while_its_folder_is_renamed_into_place_leaves_nothing(
+    comfy, tmp_path: Path, monkeypatch
+):
+    """The job is taken away (a heartbeat told 409: cancelled, or handed back) or the worker is forced to stop
+    while the rename runs in its thread: the rename completes anyway. Before, the files stayed published under
+    OUTPUTS_PATH/<user>/<job>/ with no report naming them, for good (a retry had already swept that folder)."""
+    import threading
+
+    import worker.outputs as outputs_module
+
+    renamed, go_on = threading.Event(), threading.Event()
+    real_publish = outputs_module._publish
+
+    def slow_publish(*args: Any) -> None:  # a slow volume: the rename is done, the fsyncs after it take a while
+        real_publish(*args)
+        renamed.set()
+        go_on.wait(10)
+
+    monkeypatch.setattr(outputs_module, "_publish", slow_publish)
+    outputs = tmp_path / "outputs"
+    (comfy.output_dir / "ok.png").write_bytes(b"png")
+    async with output_delivery(comfy, outputs, local=True) as delivery:
+        deliver = asyncio.create_task(delivery.deliver({"9": one_output("ok.png")}, "alice", "job-1"))
+        await asyncio.to_thread(renamed.wait, 10)
+        assert files_under(outputs) == [outputs / "alice" / "job-1" / "ok.png"]
+        deliver.cancel()  # while the thread still syncs
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await deliver
+    assert files_under(outputs) == [], "a delivery that did not return leaves nothing that looks like a result"
+    assert sorted(p.name for p in outputs.iterdir()) == [".partial", "alice"]
+
+
 @pytest.mark.parametrize("local", [True, False], ids=["copied from ComfyUI's folder", "fetched over /view"])
 async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reported(
     comfy, tmp_path: Path, monkeypatch, local: bool
