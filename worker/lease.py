@@ -31,7 +31,9 @@ class JobLease:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.queue.heartbeat(job_id, attempt)
+                # Within one interval: a heartbeat left to HTTP_TIMEOUT_S (30 s) on a stalled connection put
+                # 15 + 30 + 15 s of silence between renewals, the whole 60 s lease.
+                await self.queue.heartbeat(job_id, attempt, deadline_s=self.interval_s)
             except RouteUnknown:
                 self.supported = False
                 log.info("The queue manager has no heartbeat route; not sending job heartbeats")

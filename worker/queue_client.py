@@ -157,10 +157,11 @@ class QueueClient:
         self._raise_for_job_answer("release-job", job_id, response)
         return response.json()
 
-    async def heartbeat(self, job_id: str, attempt: int) -> None:
-        """One lease heartbeat (contract item 3), not retried: the next one follows soon."""
+    async def heartbeat(self, job_id: str, attempt: int, *, deadline_s: float | None = None) -> None:
+        """One lease heartbeat (contract item 3), not retried: the next one follows soon. ``deadline_s``: give up
+        (httpx.ReadTimeout) after that long, so a stalled one does not hold back the next."""
         params = {"job_id": job_id, **self._fence(attempt)}
-        response = await self._checked("POST", "/api/workers/heartbeat", params=params)
+        response = await self._checked("POST", "/api/workers/heartbeat", params=params, deadline_s=deadline_s)
         if response.status_code in RETRYABLE_STATUS:
             raise TransientHTTPError(response.status_code, response.text)
         self._raise_for_job_answer("heartbeat", job_id, response)

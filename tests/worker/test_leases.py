@@ -95,3 +95,26 @@ async def test_a_heartbeat_refused_because_the_report_landed_is_not_a_lost_job(
     events = [e["event"] for e in logs]
     assert f"Job {job.id} completed" in events
     assert "The queue manager took the job back; abandoning it without a report" not in events
+
+
+async def test_one_heartbeat_that_hangs_does_not_cost_the_lease(comfy, make_worker, workflows):
+    """A heartbeat on a connection that stalls (a proxy holding it, a dropped keep-alive) waited the whole
+    HTTP_TIMEOUT_S before the next one was sent: at the defaults 15 + 30 + 15 s of silence, exactly the 60 s
+    lease; with HTTP_TIMEOUT_S or LEASE_HEARTBEAT_S any higher, a healthy worker's job was handed back as a
+    fault. Each heartbeat now waits at most LEASE_HEARTBEAT_S, and the next one goes out."""
+    async with QueueManagerServer(lease_timeout_s=1.0, test_hooks=True) as qm:
+        job = qm.store.submit("alice", workflows["slow"])
+        renewals = []
+        renew = qm.store.heartbeat
+        qm.store.heartbeat = lambda *args: (renew(*args), renewals.append(args))  # type: ignore[method-assign]
+        comfy.freeze(class_type="ImageBlur")
+        worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.2, http_timeout_s=10, serverless_job_limit=1)
+        run = asyncio.create_task(worker.run())
+        await comfy.wait_until_frozen()
+        qm.faults.inject("heartbeat", delay_s=5, drop=True)  # the next heartbeat hangs 5 s, then its connection drops
+        seen = len(renewals)
+        await wait_for(lambda: qm.store.get(job.id).attempt > 1 or len(renewals) >= seen + 10, timeout=10)
+        comfy.release()
+        assert await asyncio.wait_for(run, 10) == 0
+        done = qm.store.get(job.id)
+        assert (done.status, done.attempt, done.history) == ("completed", 1, [])
