@@ -410,6 +410,8 @@ class Worker:
                 outcome = await asyncio.shield(self.reporter.send(report))
             if report.completed and outcome in ("refused", "rejected"):
                 outcome = await self._after_refused_completion(report, outcome)
+            elif outcome == "refused":
+                outcome = await self._after_refused_report(report)
             # Undelivered counts as the report that was attempted; refused means the job is no longer ours.
             finished = {"undelivered": report.kind, "refused": "abandoned", "rejected": "abandoned"}
             self.state.job_finished(finished.get(outcome, outcome))
@@ -442,6 +444,30 @@ class Worker:
             async with self.state.beating(self._beat_interval_s):
                 return await asyncio.shield(self.reporter.send(Report(report.job_id, report.attempt, error=why)))
         return "refused"
+
+    async def _after_refused_report(self, report: Report) -> str:
+        """A fail-job or hand back refused for good (404, 409): the refusal may answer a retry of that very report,
+        which an earlier try had landed (its answer lost: a queue manager restart, a proxy's 502). Then the job
+        ended as this worker said, and is counted so."""
+        try:
+            async with self.deadline.bounded():
+                if report.handback is None:
+                    failed = await self.queue.job_failed_with(report.job_id, report.error or "")
+                    landed = "failed" if failed else None
+                elif report.attempt is not None:
+                    landed = await self.queue.handed_back_by(report.job_id, report.attempt, report.handback,
+                                                             report.cause)
+                else:  # comfy-multi: its copy was submitted, or not; nothing to look up
+                    landed = None
+        except (TimeoutError, httpx.HTTPError, ReportRejected, ValueError):
+            return "refused"
+        if landed == "failed":
+            log.warning(f"Job {report.job_id} failed", error=report.error or report.handback,
+                        note="an earlier try of the report had landed")
+        elif landed == "handed_back":
+            log.info(f"Job {report.job_id} handed back", reason=report.handback, cause=report.cause.value,
+                     note="an earlier try of the report had landed")
+        return landed or "refused"
 
     def _lose_lease(self, why: str) -> None:
         if self._execution is None:  # being reported: the 409 may answer our own report landing; its answer tells

@@ -192,6 +192,24 @@ class QueueClient:
         result = job.get("result")
         return isinstance(result, dict) and result.get("prompt_id") == prompt_id
 
+    async def job_failed_with(self, job_id: str, error: str) -> bool:
+        """Whether the job ended failed with this error: an earlier try of this fail-job landed, its answer lost."""
+        job = await self._job(job_id) or {}
+        return job.get("status") == "failed" and job.get("error") == _clip(error, MAX_ERROR_CHARS, "unknown error")
+
+    async def handed_back_by(self, job_id: str, attempt: int, reason: str, cause: HandBackCause) -> str | None:
+        """"handed_back" ("failed" when that gave the job up) if this worker's hand back of that attempt is in the
+        job's history: an earlier try of the release-job landed, its answer lost. None when it is not there."""
+        job = await self._job(job_id) or {}
+        history = job.get("history")
+        mine = {"attempt": attempt, "worker_id": self.worker_id, "reason": _clip(reason, MAX_REASON_CHARS),
+                "cause": cause.value}
+        ours = [isinstance(entry, dict) and all(entry.get(k) == v for k, v in mine.items())
+                for entry in (history if isinstance(history, list) else [])]
+        if not any(ours):
+            return None
+        return "failed" if ours[-1] and job.get("status") == "failed" else "handed_back"
+
     async def submit_job(
         self, user_id: str, workflow: dict[str, Any], metadata: dict[str, Any], *, priority: int | None = None
     ) -> str:

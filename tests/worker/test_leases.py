@@ -118,3 +118,37 @@ async def test_one_heartbeat_that_hangs_does_not_cost_the_lease(comfy, make_work
         assert await asyncio.wait_for(run, 10) == 0
         done = qm.store.get(job.id)
         assert (done.status, done.attempt, done.history) == ("completed", 1, [])
+
+
+async def test_a_failure_report_retried_after_its_answer_was_lost_counts_as_the_failure_it_was(
+    leased_qm, comfy, make_worker, workflows
+):
+    """Its retry is told 409 (the job is failed): by our own report, not taken away. Before, the worker counted
+    the job abandoned, logged "no longer this worker's", and never "Job X failed"."""
+    qm = leased_qm
+    job = qm.store.submit("alice", workflows["invalid_unknown_node"])
+    qm.faults.inject("fail-job", status=502, after=True)  # lands; the answer is lost
+    worker = make_worker(queue_manager_url=qm.url, serverless_job_limit=1)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(worker.run(), 10) == 0
+    assert [r.handled_status for r in qm.reports.for_job(job.id)] == [200, 409]
+    assert (worker.state.jobs_failed, worker.state.jobs_abandoned) == (1, 0)
+    assert f"Job {job.id} failed" in [e["event"] for e in logs]
+
+
+async def test_a_hand_back_retried_after_its_answer_was_lost_counts_as_handed_back(
+    leased_qm, comfy, make_worker, workflows
+):
+    qm = leased_qm
+    job = qm.store.submit("alice", workflows["slow"])
+    qm.faults.inject("release-job", status=502, after=True)  # lands; the answer is lost
+    worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, shutdown_grace_s=0.1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 10) == 0
+    again = qm.store.get(job.id)
+    assert (again.status, again.attempt, [h["cause"] for h in again.history]) == ("pending", 2, ["shutdown"])
+    assert (worker.state.jobs_handed_back, worker.state.jobs_abandoned) == (1, 0)
+    assert f"Job {job.id} handed back" in [e["event"] for e in logs]
