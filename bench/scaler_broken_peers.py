@@ -1,6 +1,6 @@
 """Benchmark: `comfy-scaler` against broken peers: its peak RSS when the queue manager floods its answer, and how
-long a tick lasts and how long it takes to exit after SIGTERM when Verda and the queue manager accept
-connections and never answer.
+long a tick and `status` last and how long it takes to exit after SIGTERM when Verda and the queue manager
+accept connections and never answer.
 
 The peers are loopback servers in this process; the scaler runs as `python -m scaler.cli` from --scaler-source
 (default: this checkout; give another checkout, e.g. one of main before the fix, to compare) with the production
@@ -83,6 +83,20 @@ async def flooded_rss(source: Path, flood_mb: int) -> tuple[float, float]:
     return took, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+async def silent_status(source: Path) -> float:
+    """`comfy-scaler status --json` against silent peers, the price looked up in Verda's price list: seconds."""
+    async with serving(silent) as url:
+        env = scaler_env(url, url)
+        del env["SCALER_PRICE_PER_REPLICA_HOUR"]
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scaler.cli", "status", "--json", cwd=source, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await process.wait()
+        return time.monotonic() - started
+
+
 async def silent_run(source: Path, sigterm_after_s: float) -> tuple[list[float], float]:
     """`comfy-scaler run` against silent peers, SIGTERM after sigterm_after_s: the seconds (since the start) of
     each decision logged, and the seconds from SIGTERM to the exit."""
@@ -118,6 +132,7 @@ async def main() -> None:
     args = parser.parse_args()
     took, rss = await flooded_rss(args.scaler_source, args.flood_mb)
     print(f"flooded queue status ({args.flood_mb} MB): status took {took:.1f} s, peak RSS {rss:.0f} MiB")
+    print(f"silent peers: status (price looked up) took {await silent_status(args.scaler_source):.1f} s")
     decisions, exit_s = await silent_run(args.scaler_source, args.sigterm_after)
     print(f"silent peers: decisions at {decisions} s; SIGTERM at {args.sigterm_after:g} s, exit {exit_s:.1f} s later")
 

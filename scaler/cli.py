@@ -332,10 +332,10 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
 
 async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings, dry_run=True) as (backend, queue):
-        pricing = await resolve_pricing(settings, backend)
-        loop = ScalerLoop(pricing.config, backend, queue, dry_run=True, interval_s=settings.interval_s,
+        # The price does not change what is read: both at once, so silent peers cost one deadline, not two.
+        loop = ScalerLoop(settings.scaling_config(), backend, queue, dry_run=True, interval_s=settings.interval_s,
                           tick_deadline_s=settings.tick_deadline_s)
-        observation = await loop.observe()
+        pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
         decision = decide(pricing.config, _load_state(settings), observation)
         fleet = backend.status_report(observation.now) if isinstance(backend, FleetBackend) else None
     report = _status_report(settings, loop, decision, pricing, observation.now)
