@@ -135,6 +135,15 @@ def test_body_matches_the_platform_defaults(spec_path: Path, deploy_env) -> None
 # --- dry run ----------------------------------------------------------------------------------
 
 
+def edited_spec(tmp_path: Path, old: str, new: str) -> Path:
+    """The shipped spec with ``old`` (which it must hold) replaced by ``new``, written under tmp_path."""
+    text = DEFAULT_SPEC_PATH.read_text()
+    assert old in text
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(text.replace(old, new))
+    return spec
+
+
 async def test_dry_run_prints_exact_body_without_network(
     fake: FakeVerda, spec_path: Path, deploy_env, queue_token: str, client_secret: str, capsys
 ) -> None:
@@ -345,11 +354,7 @@ async def test_a_url_with_a_password_is_refused_beside_the_token_it_would_replac
 
 async def test_a_variable_named_like_a_secret_is_refused_as_a_plain_env_var(deploy_env, tmp_path: Path, capsys) -> None:
     """Before: HF_TOKEN listed in env_from_environment went into the deployment in clear, and --dry-run printed it."""
-    names = 'names = ["QUEUE_MANAGER_URL"]'
-    text = DEFAULT_SPEC_PATH.read_text()
-    assert names in text
-    spec = tmp_path / "deployment.toml"
-    spec.write_text(text.replace(names, 'names = ["QUEUE_MANAGER_URL", "HF_TOKEN"]'))
+    spec = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "HF_TOKEN"]')
     env = {**deploy_env, "HF_TOKEN": "hf-value-do-not-print"}
     assert await deploy_main(["--dry-run", "--spec", str(spec)], env) == 2
     out, err = capsys.readouterr()
@@ -665,11 +670,8 @@ async def test_a_value_the_worker_would_refuse_is_refused_before_any_call(
     fake: FakeVerda, deploy_env, tmp_path: Path, capsys
 ) -> None:
     """Before: deployed as given, every replica's worker exited 2 at start, was restarted, and billed meanwhile."""
-    idle_polls = 'SERVERLESS_MAX_IDLE_POLLS = "10"'
-    text = DEFAULT_SPEC_PATH.read_text()
-    assert idle_polls in text
-    spec = tmp_path / "deployment.toml"
-    spec.write_text(text.replace(idle_polls, 'SERVERLESS_MAX_IDLE_POLLS = "0"\nJOB_TIMEOUT_S = "soon"'))
+    refused = 'SERVERLESS_MAX_IDLE_POLLS = "0"\nJOB_TIMEOUT_S = "soon"'
+    spec = edited_spec(tmp_path, 'SERVERLESS_MAX_IDLE_POLLS = "10"', refused)
     env = {**deploy_env, "QUEUE_MANAGER_URL": "queue.example.com"}
     assert await deploy_main(["--spec", str(spec)], env) == 2
     err = capsys.readouterr().err
@@ -688,9 +690,8 @@ async def test_the_settings_of_the_deploying_machine_are_not_what_is_judged(depl
 
 async def test_a_secret_whose_value_is_not_known_here_is_not_judged(deploy_env, tmp_path: Path, capsys) -> None:
     """A URL kept in an existing Verda secret (its value not in the deploying shell) cannot be checked: not refused."""
-    text = DEFAULT_SPEC_PATH.read_text().replace('names = ["QUEUE_MANAGER_URL"]', "names = []")
-    spec = tmp_path / "deployment.toml"
-    spec.write_text(text.replace("[secrets]\n", '[secrets]\nQUEUE_MANAGER_URL = "existing-queue-url"\n'))
+    spec = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]\n', "names = []\n")
+    spec.write_text(spec.read_text().replace("[secrets]\n", '[secrets]\nQUEUE_MANAGER_URL = "existing-queue-url"\n'))
     env = {name: value for name, value in deploy_env.items() if name != "QUEUE_MANAGER_URL"}
     assert await deploy_main(["--dry-run", "--spec", str(spec)], env) == 0, capsys.readouterr().err
 
