@@ -7,6 +7,8 @@ Runs the production CLI in a child process and reads its /proc status (Linux onl
   oversized-submit one 50 MB POST /api/jobs whose workflow is a string (a 422 that must not echo it)
   result-50MB      one 50 MB complete-job for an unknown job (a legal size: read, parsed, answered 404)
   20-concurrent    twenty of those at once (each route bounds its own body; what bounds them together?)
+  list-results     8 jobs completed with a 48 MB result each, then GET /api/jobs?status=completed&limit=50 (what
+                   the scaler asks every tick): does a list answer hold every result in memory at once?
 """
 
 from __future__ import annotations
@@ -81,6 +83,30 @@ def scenario(
     return {"scenario": name, "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
 
 
+def list_scenario(jobs: int, result_mb: int) -> dict[str, object]:
+    """``jobs`` jobs completed with a ``result_mb`` result each, then one list of the completed ones."""
+    with tempfile.TemporaryDirectory() as scratch:
+        process, url = start(Path(scratch) / "q.db", None)
+        try:
+            with httpx.Client(base_url=url, timeout=300) as client:
+                report = ('{"result": {"blob": "' + "x" * (result_mb * 1000 * 1000) + '"}}').encode()
+                for _ in range(jobs):
+                    workflow = {"1": {"class_type": "SaveImage", "inputs": {}}}
+                    client.post("/api/jobs", json={"user_id": "alice", "workflow": workflow}).raise_for_status()
+                    job = client.get("/api/workers/next-job", params={"worker_id": "bench"}).json()["job"]
+                    client.post("/api/workers/complete-job", params={"job_id": job["id"]}, content=report)
+                time.sleep(1.0)
+                before, _ = rss_mb(process.pid)
+                answer = client.get("/api/jobs", params={"status": "completed", "limit": 50})
+                listed = len(answer.json()) if answer.status_code == 200 else 0
+                after, peak = rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    statuses = [f"{answer.status_code}: {listed} jobs, {len(answer.content) / 1e6:.0f} MB answer"]
+    return {"scenario": "list-results", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args()
@@ -92,6 +118,7 @@ def main() -> int:
         scenario("oversized-submit", None, [("/api/jobs", {}, submit)]),
         scenario("result-50MB", None, [("/api/workers/complete-job", {"job_id": "j"}, report)]),
         scenario("20-concurrent", None, [("/api/workers/complete-job", {"job_id": "j"}, report)] * 20, at_once=True),
+        list_scenario(jobs=8, result_mb=48),
     ]
     print(f"{'scenario':<18} {'RSS before':>11} {'RSS after':>10} {'peak':>8}  answers")
     for run in runs:

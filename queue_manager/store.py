@@ -66,6 +66,9 @@ _COLUMNS_BUT_WORKFLOW = (
     "seq, id, user_id, status, priority, '{}' AS workflow, '{}' AS metadata, result, error, worker_id, created_at,"
     " started_at, completed_at, attempt, history, lease_at"
 )
+# A list holds at most this much stored JSON (results, histories; workflows when asked for): 50 completed jobs of
+# up to 50 MB results each made one GET /api/jobs hold 1.5 GB (8 of them: 1567 MB peak RSS, a 384 MB answer).
+LIST_BUDGET_BYTES = 16 * 1024 * 1024
 # A retention pass deletes at most PURGE_BATCH finished jobs, one transaction each, and stops once it has spent
 # PURGE_BUDGET_S: freeing a job costs ~6 ms per MB of it (SQLite zeroes freed pages), so neither the write lock
 # nor the queue's database thread is held long, even on a first pass over a large old database.
@@ -263,6 +266,7 @@ class JobStore:
         with_workflow: bool = True,
     ) -> list[JobRecord]:
         """Jobs in submission order, filtered; ``newest_first``: latest first, finished ones by completion time.
+        The list stops before the jobs it holds pass ``LIST_BUDGET_BYTES`` (it holds one job at least).
 
         ``with_workflow=False`` leaves each job's workflow and metadata empty, unread: what GET /api/jobs shows
         (up to 1000 jobs of up to 11 MB each would otherwise be decoded to be thrown away).
@@ -275,12 +279,17 @@ class JobStore:
             clauses.append("status = ?")
             params.append(status.value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows, size = [], 0
         with self._transaction(write=False) as conn:
-            rows = conn.execute(
+            for row in conn.execute(
                 f"SELECT {'*' if with_workflow else _COLUMNS_BUT_WORKFLOW} FROM jobs {where}"  # noqa: S608
                 f" ORDER BY {_list_order(status, newest_first)} LIMIT ?",
                 (*params, max(limit, 0)),
-            ).fetchall()
+            ):
+                size += sum(len(row[column] or "") for column in ("workflow", "metadata", "result", "history"))
+                if rows and size > LIST_BUDGET_BYTES:
+                    break
+                rows.append(row)
         return [JobRecord.from_row(row) for row in rows]
 
     def cancel(self, job_id: str) -> JobStatus | None:

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from queue_manager import JobStatus, QueueManagerServer, models
+from queue_manager import store as store_module
 from queue_manager.models import JobCompletionRequest
 from queue_manager.store import SERVED_PER_USER, JobStore
 
@@ -577,3 +578,24 @@ def test_round_robin_counts_what_each_user_was_served_from_an_index_not_the_rows
     with contextlib.closing(sqlite3.connect(db)) as conn:
         plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {SERVED_PER_USER}"))
     assert "COVERING INDEX jobs_by_user_start" in plan
+
+
+async def test_a_list_stops_before_its_results_pass_the_budget(
+    client: httpx.AsyncClient, workflow: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: every result was held at once; 8 completed jobs of 48 MB results made one list of them hold
+    1.5 GB (bench/queue_memory.py list-results: 1567 MB peak RSS, a 384 MB answer)."""
+    monkeypatch.setattr(store_module, "LIST_BUDGET_BYTES", 5_000, raising=False)
+    ids = []
+    for _ in range(3):
+        ids.append((await submit(client, workflow))["id"])
+        job = await next_job(client)
+        answer = await client.post("/api/workers/complete-job", params={"job_id": job["id"]},
+                                   json={"result": {"blob": "x" * 3_000}})
+        assert answer.status_code == 200
+    listed = (await client.get("/api/jobs", params={"status": "completed", "limit": 50})).json()
+    assert [job["id"] for job in listed] == ids[:1], "two results of 3 KB pass a 5 KB budget: one job"
+    monkeypatch.setattr(store_module, "LIST_BUDGET_BYTES", 1_000)
+    listed = (await client.get("/api/jobs", params={"status": "completed"})).json()
+    assert [job["id"] for job in listed] == ids[:1], "the first job is listed even when it alone passes"
+    assert listed[0]["result"] == {"blob": "x" * 3_000}
