@@ -49,4 +49,6 @@ def readiness(state: WorkerState) -> Verdict:
         return Verdict(False, "not_ready", f"{state.phase.value}: shutting down")
     if state.not_ready_reason is not None:
         return Verdict(False, "not_ready", state.not_ready_reason)
+    if state.poll_failure is not None:
+        return Verdict(False, "not_ready", state.poll_failure)
     return Verdict(True, "ready")

@@ -228,8 +228,7 @@ class Worker:
                 log.warning("Stopping without the queue manager's answer to the poll")
                 break
             except PollError as exc:
-                self.state.metrics.poll_errors.inc()
-                self.state.beat()
+                self.state.poll_failed(_poll_failure(exc))
                 refused = refused + 1 if isinstance(exc, CredentialsRefused) else 0
                 if s.serverless_mode and refused >= MAX_REFUSED_POLLS:
                     log.error("Queue manager refused this worker's credentials; exiting", error=str(exc),
@@ -241,6 +240,7 @@ class Worker:
                 continue
             backoff = s.poll_interval_s
             refused = 0
+            self.state.poll_answered()
             if raw is None:
                 self.state.idle_poll()
                 if s.serverless_mode and self.state.consecutive_idle_polls >= s.serverless_max_idle_polls:
@@ -636,6 +636,12 @@ class Worker:
         if error is None:
             return None
         return f"ComfyUI did not answer the interrupt when worker {self.settings.worker_id} was stopped: {error}"
+
+
+def _poll_failure(exc: PollError) -> str:
+    """/ready's reason: what failed, never the URL or the setting (the log's "Poll failed" line names those)."""
+    what = "refuses this worker's credentials" if isinstance(exc, CredentialsRefused) else "could not be polled"
+    return f"queue manager {what}: no job until a poll is answered (the log's \"Poll failed\" lines say why)"
 
 
 def _round(value: float | None) -> float | None:

@@ -46,6 +46,7 @@ class WorkerState:
     warmed_up: bool = False
     not_ready_reason: str | None = "starting: waiting for ComfyUI"
     fatal_reason: str | None = None  # set when only a restart can help (dead ComfyUI, GPU fault)
+    poll_failure: str | None = None  # the last poll failed: no job can come until one is answered
 
     def beat(self) -> None:
         self.heartbeat_at = time.monotonic()
@@ -109,6 +110,14 @@ class WorkerState:
         self.current_job_id = None
         self.current_prompt_id = None
         self.beat()
+
+    def poll_failed(self, reason: str) -> None:
+        self.poll_failure = reason
+        self.metrics.poll_errors.inc()
+        self.beat()
+
+    def poll_answered(self) -> None:
+        self.poll_failure = None
 
     def idle_poll(self) -> None:
         self.consecutive_idle_polls += 1

@@ -314,6 +314,40 @@ async def test_refusals_that_stop_before_the_third_are_a_blip(qm, comfy, make_wo
     assert await running == 0
 
 
+@pytest.mark.parametrize("status", [401, 403, 404, 503])
+async def test_ready_is_503_while_the_queue_manager_refuses_every_poll_and_200_once_a_poll_lands(
+    qm, comfy, make_worker, status
+):
+    """Before: /ready answered 200 "ready" (comfy_worker_ready 1) all the while every poll of a non-serverless
+    worker was refused (a wrong token: 401), so a readiness check or the dashboard counted a replica that could
+    take no work. /health stays 200: a restart cannot fix a token or a queue manager."""
+    from health.server import HealthServer
+
+    qm.faults.inject("next-job", status=status, times=1_000)
+    worker = make_worker(serverless_mode=False)
+    health = HealthServer(worker.state, host="127.0.0.1", port=0)
+    port = await health.start()
+    running = asyncio.create_task(worker.run())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as probe:
+            await wait_for(lambda: worker.state.metrics.poll_errors._value.get() >= 3)
+            ready = await probe.get("/ready")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["reason"].startswith("queue manager")
+            assert "QUEUE_MANAGER" not in ready.text and "127.0.0.1" not in ready.text
+            assert (await probe.get("/health")).status_code == 200
+            assert "comfy_worker_ready 0.0" in (await probe.get("/metrics")).text
+
+            qm.faults.clear()
+            polls = worker.state.metrics.idle_polls._value.get()
+            await wait_for(lambda: worker.state.metrics.idle_polls._value.get() > polls, timeout=10)
+            assert (await probe.get("/ready")).status_code == 200
+    finally:
+        worker.request_shutdown()
+        assert await running == 0
+        await health.stop()
+
+
 async def test_non_json_200_from_the_queue_is_a_poll_error(qm, comfy, make_worker):
     qm.faults.inject("next-job", status=200, body="this is not json")
     with capture_logs() as logs:
