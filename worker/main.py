@@ -273,9 +273,16 @@ class Worker:
             return await self._wait_for_comfyui(str(exc), since=silent_since)
         except StoppedWaiting:
             return False
-        self._comfyui_answered_at = time.monotonic()
+        self._comfyui_answered()
         self._silent_since = None
         return True
+
+    def _comfyui_answered(self) -> None:
+        """Also after a lost job: ComfyUI may answer again before anything waits for it (restarted outside the
+        supervisor, a stall that passed), and comfyui_up must not stay 0 on a replica that renders."""
+        self._comfyui_answered_at = time.monotonic()
+        if not self.state.comfyui_up:
+            self.state.set_comfyui(True)
 
     async def _wait_for_comfyui(self, error: str, since: float) -> bool:
         """ComfyUI was up and stopped answering (hung, or restarting outside the supervisor): wait for it up to
@@ -527,7 +534,7 @@ class Worker:
             )
         if not outcome.ok:
             return Report(job.id, job.attempt, error=outcome.message)
-        self._comfyui_answered_at = time.monotonic()
+        self._comfyui_answered()
 
         delivery_started = time.monotonic()
         try:
@@ -587,7 +594,10 @@ class Worker:
         except TimeoutError:
             log.warning("Stopping before ComfyUI's history entry of the prompt was deleted", prompt_id=prompt.prompt_id)
             return
-        self._comfyui_answered_at = time.monotonic() if answered else -math.inf
+        if answered:
+            self._comfyui_answered()
+        else:
+            self._comfyui_answered_at = -math.inf
 
     def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None, job_id: str | None = None) -> PromptRun:
         s = self.settings

@@ -70,6 +70,29 @@ async def test_comfyui_gone_mid_job_hands_the_job_back(qm, comfy, make_worker, w
     assert worker.state.comfyui_up is False and worker.state.jobs_failed == 0
 
 
+async def test_comfyui_back_at_once_after_a_lost_job_is_reported_up_again(qm, comfy, make_worker, workflows):
+    """Before: ComfyUI silent long enough to lose a job, then answering again by the next probe (restarted
+    outside the supervisor, or a stall that passed), left comfyui_up False for good: /status said
+    "comfyui_up": false and comfy_worker_comfyui_up stayed 0 while the worker completed the next job, which
+    fires ComfyUIDown after 5 minutes on a replica that renders fine."""
+    lost = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(serverless_max_idle_polls=1_000_000)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    port = comfy.port
+    await comfy.crash()
+    await wait_for(lambda: not worker.state.comfyui_up)  # the job saw ComfyUI go: it is being handed back
+    await comfy.start(port=port)
+    await wait_for(lambda: qm.reports.landed(lost.id))
+    assert qm.reports.landed(lost.id)[0].body["error"].startswith("Handed back")
+    served = qm.store.submit("bob", workflows["quick"])
+    await wait_for(lambda: qm.store.get(served.id).status == "completed", timeout=10)
+    worker.request_shutdown()
+    assert await run == 0
+    assert worker.state.comfyui_up is True
+    assert worker.state.metrics.comfyui_up._value.get() == 1
+
+
 async def test_user_text_that_looks_like_a_cuda_error_does_not_make_the_worker_unhealthy(
     qm, comfy, make_worker, workflows
 ):
