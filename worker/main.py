@@ -223,7 +223,8 @@ class Worker:
                 break
             await self._sweep_staging_if_due()
             try:
-                raw = await self._unless_stopped(self.queue.next_job(), grace_s=self._grace_left_s)
+                async with self.state.beating(self._beat_interval_s):  # a slow queue is not a wedged loop
+                    raw = await self._unless_stopped(self.queue.next_job(), grace_s=self._grace_left_s)
             except StoppedWaiting:
                 log.warning("Stopping without the queue manager's answer to the poll")
                 break
@@ -327,8 +328,10 @@ class Worker:
         return 1 if self._abort_reason or self.state.fatal_reason else 0
 
     async def _sleep(self, seconds: float) -> None:
+        """Between polls; beating, so a poll interval or back-off longer than HEARTBEAT_TIMEOUT_S is no wedge."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with self.state.beating(self._beat_interval_s):
+                await asyncio.wait_for(self._stop.wait(), seconds)
 
     # -- one job ------------------------------------------------------------------------------------------
     async def process(self, raw: Any) -> None:

@@ -371,6 +371,30 @@ async def test_ready_is_503_while_the_queue_manager_refuses_every_poll_and_200_o
         await health.stop()
 
 
+@pytest.mark.parametrize("wait", ["the poll interval", "a slow queue manager"])
+async def test_a_wait_on_the_queue_longer_than_the_heartbeat_limit_is_not_a_wedged_loop(qm, comfy, make_worker, wait):
+    """Before: the loop beat only between polls, so a WORKER_POLL_INTERVAL, a poll back-off (up to 30 s) or a
+    queue manager slow to answer a poll longer than HEARTBEAT_TIMEOUT_S turned /health 503 "worker loop wedged":
+    the platform restarts a replica for the queue's sake, which a restart cannot fix (measured: /health 503 with
+    a heartbeat 1.1-1.5 s old against a 0.5 s limit)."""
+    from health.verdict import liveness
+
+    if wait == "a slow queue manager":
+        qm.faults.inject("next-job", delay_s=1.5, times=2)
+        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=0.5)
+    else:
+        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=0.5, poll_interval_s=1.5)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.phase.value == "idle")
+    verdicts = []
+    for _ in range(30):  # 1.5 s in all: the whole of one wait
+        verdicts.append(liveness(worker.state, 0.5))
+        await asyncio.sleep(0.05)
+    worker.request_shutdown()
+    assert await run == 0
+    assert [v for v in verdicts if not v.healthy] == []
+
+
 async def test_non_json_200_from_the_queue_is_a_poll_error(qm, comfy, make_worker):
     qm.faults.inject("next-job", status=200, body="this is not json")
     with capture_logs() as logs:
