@@ -103,6 +103,7 @@ class ScalerLoop:
         self.dry_run = dry_run
         self.metrics = metrics or ScalerMetrics()
         self.metrics.set_limits(config)
+        self.metrics.interval.set(interval_s)
         self.failure_alert_after = failure_alert_after
         self.state = state or PolicyState()
         self.durations_from_counters = DurationFromCounters()

@@ -51,6 +51,9 @@ class ScalerMetrics:
         self.last_decision = Gauge(
             "comfy_scaler_last_decision_timestamp_seconds", "When the last decision was made (epoch s).", registry=r
         )
+        self.interval = Gauge(
+            "comfy_scaler_interval_seconds", "Seconds between ticks (SCALER_INTERVAL_S).", registry=r
+        )
         # The limits, beside the figures they bound, so an alert can compare the two (deploy/monitoring).
         self.max_replicas = Gauge("comfy_scaler_max_replicas", "The most replicas the scaler may ask for.", registry=r)
         self.budget = Gauge(

@@ -215,9 +215,10 @@ async def test_estimated_spend_follows_running_replicas(make_loop, queue, clock)
 def test_the_limits_are_exported_beside_the_figures_they_bound(make_loop):
     """The alerting rules compare replicas with the maximum and spend with the budget (deploy/monitoring)."""
     metrics = ScalerMetrics()
-    make_loop(config=replace(CONFIG, max_replicas=7, max_spend_per_day=40.0), metrics=metrics)
+    make_loop(config=replace(CONFIG, max_replicas=7, max_spend_per_day=40.0), metrics=metrics, interval_s=600)
     sample = metrics.registry.get_sample_value
     assert sample("comfy_scaler_max_replicas") == 7
+    assert sample("comfy_scaler_interval_seconds") == 600  # ComfyScalerNotDeciding waits three ticks
     assert sample("comfy_scaler_budget", {"window": "day"}) == 40.0
     assert sample("comfy_scaler_budget", {"window": "hour"}) is None  # no hourly budget set: no series
 
