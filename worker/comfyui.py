@@ -16,6 +16,8 @@ import httpx
 import structlog
 
 from common.http_answers import AnswerTooLarge, read_at_most
+from common.logs import scrub
+from common.urls import redact_url
 
 log = structlog.get_logger()
 
@@ -117,7 +119,10 @@ class ComfyUIClient:
                     raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}")
                 yield response
         except httpx.HTTPError as exc:
-            raise ComfyUIUnavailable(f"ComfyUI at {self.base_url} unreachable: {type(exc).__name__}: {exc}") from exc
+            # Redacted: the reason reaches /ready, /status and the job's hand-back reason, which no log scrubber sees.
+            raise ComfyUIUnavailable(
+                f"ComfyUI at {redact_url(self.base_url)} unreachable: {type(exc).__name__}: {scrub(str(exc))}"
+            ) from exc
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
         """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read."""
@@ -273,7 +278,7 @@ class ComfyUIClient:
             )
             return await asyncio.wait_for(connecting, timeout_s)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {exc}") from exc
+            raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {scrub(str(exc))}") from exc
 
 
 class EventSocket:

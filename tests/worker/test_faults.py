@@ -93,6 +93,37 @@ async def test_comfyui_back_at_once_after_a_lost_job_is_reported_up_again(qm, co
     assert worker.state.metrics.comfyui_up._value.get() == 1
 
 
+async def test_a_password_in_comfyui_url_reaches_neither_the_probes_nor_the_hand_back_reason(
+    qm, comfy, make_worker, workflows
+):
+    """Before: "ComfyUI at http://user:hunter2@… unreachable" went into /ready's and /status's reason while the
+    worker waited for a silent ComfyUI, and into the hand-back reason the queue manager stores on the job (its
+    user reads it); only the log was scrubbed."""
+    from health.server import HealthServer
+
+    job = qm.store.submit("alice", workflows["slow"])
+    worker = make_worker(comfyui_url=comfy.url.replace("http://", "http://comfy:hunter2@"))
+    health = HealthServer(worker.state, host="127.0.0.1", port=0)
+    port = await health.start()
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: comfy.prompts_received)
+        await comfy.crash()
+        await wait_for(lambda: qm.reports.landed(job.id))
+        await wait_for(lambda: worker.state.not_ready_reason and "not answering" in worker.state.not_ready_reason)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as probe:
+            bodies = {path: (await probe.get(path)).text for path in ("/ready", "/status")}
+    finally:
+        worker.request_shutdown()
+        await run
+        await health.stop()
+    assert "unreachable" in bodies["/ready"]
+    for path, body in bodies.items():
+        assert "hunter2" not in body, path
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith("Handed back") and "hunter2" not in error
+
+
 async def test_user_text_that_looks_like_a_cuda_error_does_not_make_the_worker_unhealthy(
     qm, comfy, make_worker, workflows
 ):
