@@ -99,6 +99,7 @@ class QueueClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, verify=True)
         self._has_token = bool(token)
+        self._timeout_s = timeout_s
         self.worker_id = worker_id
         self.report_budget_s = report_budget_s
         self._retry_wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
@@ -109,7 +110,11 @@ class QueueClient:
     async def next_job(self) -> dict[str, Any] | None:
         """Pop the next job for this worker, or None when nothing is pending."""
         try:
-            response = await self._request("GET", "/api/workers/next-job", params={"worker_id": self.worker_id})
+            # The whole poll, not each read (httpx's timeout): a peer dripping bytes would hold it, and the worker,
+            # for ever while its probes said healthy and ready.
+            response = await self._request(
+                "GET", "/api/workers/next-job", params={"worker_id": self.worker_id}, deadline_s=self._timeout_s
+            )
         except httpx.HTTPError as exc:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:

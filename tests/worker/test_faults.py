@@ -426,6 +426,44 @@ async def test_a_wait_on_the_queue_longer_than_the_heartbeat_limit_is_not_a_wedg
     assert [v for v in verdicts if not v.healthy] == []
 
 
+async def test_a_poll_answer_dripped_byte_by_byte_ends_at_http_timeout_s_and_the_worker_says_not_ready(
+    comfy, make_worker
+):
+    """Before: HTTP_TIMEOUT_S bounded each read of a poll, not the poll (docs/worker.md: "Timeout of each HTTP call
+    to the queue manager"), so a peer sending a byte now and then held the poll for ever: the worker stopped
+    polling while /health and /ready said ok and ready. After: the poll fails at HTTP_TIMEOUT_S, /ready is 503."""
+    from aiohttp import web
+
+    from health.verdict import readiness
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"job": null')
+        while True:
+            await response.write(b" ")
+            await asyncio.sleep(0.05)
+
+    app = web.Application()
+    app.router.add_get("/api/workers/next-job", drip)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    worker = make_worker(queue_manager_url=f"http://127.0.0.1:{runner.addresses[0][1]}", http_timeout_s=0.5,
+                         serverless_mode=False)
+    run = asyncio.create_task(worker.run())
+    try:
+        with capture_logs() as logs:
+            await wait_for(lambda: worker.state.metrics.poll_errors._value.get() >= 1)
+        assert not readiness(worker.state).healthy
+    finally:
+        worker.request_shutdown()
+        await run
+        await runner.cleanup()
+    [failure, *_] = [e for e in logs if e["event"] == "Poll failed; backing off"]
+    assert "took more than 0.5 s" in failure["error"]
+
+
 async def test_non_json_200_from_the_queue_is_a_poll_error(qm, comfy, make_worker):
     qm.faults.inject("next-job", status=200, body="this is not json")
     with capture_logs() as logs:
