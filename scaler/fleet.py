@@ -260,6 +260,13 @@ class FleetBackend:
                 self.alerts.raise_(alert)
         self.save()
 
+    def committed_spend(self, now: float) -> dict[str, float]:
+        total = self.ledger.summary(now)["total"]
+        return {"hour": total["last_hour"], "day": total["last_day"]}
+
+    def budgets(self) -> dict[str, float | None]:
+        return {"hour": self.config.max_spend_per_hour, "day": self.config.max_spend_per_day}
+
     def save(self) -> None:
         if self.ledger_file is None or self.dry_run:
             return

@@ -37,7 +37,7 @@ from scaler.policy import (
     decide,
     estimated_spend,
 )
-from scaler.providers.base import Backend, BackendView
+from scaler.providers.base import Backend, BackendView, KeepsItsOwnBill
 from scaler.queue_status import QueueStatus
 
 log = structlog.get_logger()
@@ -103,6 +103,8 @@ class ScalerLoop:
         self.dry_run = dry_run
         self.metrics = metrics or ScalerMetrics()
         self.metrics.set_limits(config)
+        if isinstance(backend, KeepsItsOwnBill):
+            self.metrics.set_budgets(backend.budgets())
         self.metrics.interval.set(interval_s)
         self.failure_alert_after = failure_alert_after
         self.state = state or PolicyState()
@@ -267,6 +269,12 @@ class ScalerLoop:
             return WROTE, None
         return ALREADY_SET, None
 
+    def _committed_spend(self, now: float) -> dict[str, float]:
+        if isinstance(self.backend, KeepsItsOwnBill):
+            return self.backend.committed_spend(now)
+        spend = estimated_spend(self.config, self.state, now)
+        return {"hour": spend["spend_last_hour"], "day": spend["spend_last_day"]}
+
     def _record(self, decision: Decision, observation: Observation, outcome: str, apply_error: str | None) -> None:
         m = self.metrics
         m.decisions.labels(reason=decision.reason).inc()
@@ -278,9 +286,8 @@ class ScalerLoop:
         if observation.queue_error is None:
             m.pending_jobs.set(observation.pending)
             m.running_jobs.set(observation.running)
-        spend = estimated_spend(self.config, self.state, observation.now)
-        m.estimated_spend.labels(window="hour").set(spend["spend_last_hour"])
-        m.estimated_spend.labels(window="day").set(spend["spend_last_day"])
+        for window, amount in self._committed_spend(observation.now).items():
+            m.estimated_spend.labels(window=window).set(amount)
 
         fields: dict[str, Any] = {
             "desired": decision.desired,

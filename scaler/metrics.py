@@ -63,7 +63,10 @@ class ScalerMetrics:
 
     def set_limits(self, config: ScalingConfig) -> None:
         self.max_replicas.set(config.max_replicas)
-        for window, limit in (("hour", config.max_spend_per_hour), ("day", config.max_spend_per_day)):
+        self.set_budgets({"hour": config.max_spend_per_hour, "day": config.max_spend_per_day})
+
+    def set_budgets(self, budgets: dict[str, float | None]) -> None:
+        for window, limit in budgets.items():
             if limit is not None:
                 self.budget.labels(window=window).set(limit)
 

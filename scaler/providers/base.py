@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from scaler.policy import Replica
 
@@ -53,3 +53,17 @@ class Backend(Protocol):
     async def resume(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class KeepsItsOwnBill(Protocol):
+    """A backend that bills itself (a fleet: each provider at its own price, against the fleet's budgets). The
+    policy then prices nothing, so the loop's spend metrics show this bill and these budgets instead."""
+
+    def committed_spend(self, now: float) -> dict[str, float]:
+        """Window ("hour", "day") -> spend committed over the last hour and the last 24 h."""
+        ...
+
+    def budgets(self) -> dict[str, float | None]:
+        """Window ("hour", "day") -> its spend limit, None when there is none."""
+        ...

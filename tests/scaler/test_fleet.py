@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,32 @@ async def test_the_loop_drives_the_fleet_as_one_backend(fleet, queue, wall, verd
     await loop.tick()
     assert fleet.state.targets == {"verda": 3, "local": 1}, "Verda (cheaper) to its max, the rest local"
     assert verda_scaling() == (3, 3)
+
+
+async def test_a_fleet_s_spend_and_budgets_are_what_the_spend_alerts_and_the_dashboard_read(
+    fleet, queue, wall, metrics
+):
+    """Before: in a fleet the policy prices nothing (fleet_policy_config), so comfy_scaler_estimated_spend stayed 0
+    and comfy_scaler_budget was never set while the providers billed: ComfySpendOverBudget and ComfySpendNearBudget
+    could not fire, and the dashboard's "Spend and budget" showed 0."""
+    fleet.config = replace(fleet.config, max_spend_per_hour=9.0, max_spend_per_day=40.0)
+    loop = ScalerLoop(fleet_policy_config_for_test(), fleet, queue, clock=wall, metrics=metrics)
+    queue.pending = 2
+    await loop.tick()
+    wall.advance(15)
+    await loop.tick()
+    sample = metrics.registry.get_sample_value
+    billed = fleet.ledger.summary(wall())["total"]
+    assert billed["last_day"] > 0
+    assert sample("comfy_scaler_estimated_spend", {"window": "day"}) == billed["last_day"]
+    assert sample("comfy_scaler_estimated_spend", {"window": "hour"}) == billed["last_hour"]
+    assert sample("comfy_scaler_budget", {"window": "day"}) == 40.0
+    assert sample("comfy_scaler_budget", {"window": "hour"}) == 9.0
+
+
+def fleet_policy_config_for_test() -> ScalingConfig:
+    """What `comfy-scaler run` gives the loop of a fleet (scaler.wiring.fleet_policy_config): no price, no budget."""
+    return ScalingConfig(max_replicas=4, price_per_replica_hour=0.0, max_spend_per_hour=None, max_spend_per_day=None)
 
 
 async def test_a_kill_switch_seen_while_the_api_is_down_is_retried_until_it_lands(
