@@ -334,9 +334,11 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings, dry_run=True) as (backend, queue):
         # The price does not change what is read: both at once, so silent peers cost one deadline, not two.
         loop = ScalerLoop(settings.scaling_config(), backend, queue, dry_run=True, interval_s=settings.interval_s,
-                          tick_deadline_s=settings.tick_deadline_s)
+                          tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings))
         pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
-        decision = decide(pricing.config, _load_state(settings), observation)
+        if observation.verda_error is None:
+            loop.count_from_the_platform()
+        decision = decide(pricing.config, loop.state, observation)
         fleet = backend.status_report(observation.now) if isinstance(backend, FleetBackend) else None
     report = _status_report(settings, loop, decision, pricing, observation.now)
     if fleet is not None:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -115,6 +115,7 @@ class ScalerLoop:
         # ownership (pins min == max) even when the policy sees nothing to change. A platform that reports
         # its bounds is compared with those instead; this count is only what drift is measured against.
         self.on_backend: int | None = None
+        self.counted_from_platform = False
         self.last_view: BackendView | None = None
         self.last_queue: QueueStatus | None = None
 
@@ -157,6 +158,8 @@ class ScalerLoop:
     async def tick(self) -> Decision:
         deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
         observation = await self.observe(deadline)
+        if observation.verda_error is None:
+            self.count_from_the_platform()
         decision = decide(self.config, self.state, observation)
         self.state = decision.new_state
         outcome, apply_error = await self._apply(decision, observation, deadline)
@@ -168,6 +171,21 @@ class ScalerLoop:
                 log.error("policy_state_save_failed", path=str(self.state_file), error=_error_text(exc),
                           hint="the scaler goes on from its memory; a restart now would start afresh")
         return decision
+
+    def count_from_the_platform(self) -> None:
+        """The policy's ``current`` is what the platform holds whenever that is not what this process left there: at
+        the first tick (a state file saved before someone stopped, resumed or edited the deployment) and after drift.
+        Kept at its saved count, the policy held or wrote back replicas nobody needed: after `stop` and `resume` with
+        an empty queue it pinned the old 3 again and paid a 10-minute interval for each."""
+        assert self.last_view is not None
+        bounds = self.last_view.bounds
+        first, self.counted_from_platform = not self.counted_from_platform, True
+        drifted = None not in (bounds, self.on_backend) and bounds != (self.on_backend, self.on_backend)
+        if not (first or drifted):
+            return
+        pinned = bounds is not None and bounds[0] == bounds[1]
+        # Not pinned (a deploy's min 0 / max 5, or a platform without bounds): the policy counts the listed replicas.
+        self.state = replace(self.state, applied=bounds[0] if pinned else None)
 
     async def observe(self, deadline: float | None = None) -> Observation:
         """Both reads at once; one still unanswered at ``deadline`` (event-loop time; default: a tick from now)
@@ -241,11 +259,6 @@ class ScalerLoop:
         if self.dry_run:
             return SKIPPED_DRY_RUN, None
         bounds = self.last_view.bounds if self.last_view is not None else None
-        if bounds == (decision.desired, decision.desired):
-            self.on_backend = decision.desired
-            return ALREADY_SET, None
-        if bounds is None and decision.desired == self.on_backend:
-            return ALREADY_SET, None
         if bounds is not None and self.on_backend is not None and bounds != (self.on_backend, self.on_backend):
             self.metrics.drift.inc()
             log.warning(
@@ -256,8 +269,13 @@ class ScalerLoop:
                 observed_max=bounds[1],
                 desired=decision.desired,
                 hint="someone changed the replica bounds outside the scaler (console, stop/resume, deploy); "
-                "writing them again",
+                "the scaler decides from what the platform holds now",
             )
+        if bounds == (decision.desired, decision.desired):
+            self.on_backend = decision.desired
+            return ALREADY_SET, None
+        if bounds is None and decision.desired == self.on_backend:
+            return ALREADY_SET, None
         try:
             wrote = await self._by(deadline, self.backend.apply(decision.desired), "the platform's write")
         except Exception as exc:

@@ -12,6 +12,8 @@ import pytest
 
 from scaler.cli import main
 from scaler.config import ConfigError, load_settings
+from scaler.loop import save_policy_state
+from scaler.policy import PolicyState
 from standins.verda import CONTAINER_TYPES
 
 from .conftest import running_scaler, sigterm_and_wait
@@ -136,6 +138,18 @@ async def test_status_json_shows_queue_deployment_and_the_decision(cli_env, qm, 
     assert report["decision"]["reason"] == "wake_from_zero"
     assert (report["price_per_replica_hour"], report["price_source"]) == (2.3, "verda")
     assert cli_env["VERDA_CLIENT_SECRET"] not in out and QUEUE_TOKEN not in out
+
+
+async def test_status_decides_from_what_verda_holds_not_from_a_stale_state_file(cli_env, monkeypatch, tmp_path,
+                                                                               capsys):
+    """The state file remembers 3 replicas; Verda holds 0 and the queue is empty. Before: `status` showed the
+    decision of 3 the run would no longer make (reason hold_until_billing_boundary)."""
+    state_file = tmp_path / "state.json"
+    save_policy_state(state_file, PolicyState(applied=3))
+    monkeypatch.setenv("SCALER_STATE_FILE", str(state_file))
+    assert await cli("status", "--json") == 0
+    decision = json.loads(capsys.readouterr().out)["decision"]
+    assert (decision["current"], decision["desired"]) == (0, 0)
 
 
 async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch, capsys):

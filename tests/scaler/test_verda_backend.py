@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
-from scaler.loop import ScalerLoop
+from scaler.loop import ScalerLoop, load_policy_state
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
 from scaler.queue_status import QueueStatusReader
@@ -170,6 +170,57 @@ async def test_the_scaler_converges_on_what_verda_really_holds(
         writes = len(scaling_patches())
         await loop.tick()
         assert len(scaling_patches()) == writes, "nothing to write when Verda already holds the count"
+        await backend.aclose()
+
+
+async def test_after_stop_and_resume_an_idle_scaler_counts_from_what_verda_holds(
+    qm, make_verda_client, verda_scaling, fake_verda: FakeVerda
+):
+    """Before: resumed with an empty queue, the scaler pinned the 3 replicas of before the stop again and held
+    them to their billing boundary (3 new 10-minute intervals billed for nothing); `resume` is meant to leave
+    the count to the queue."""
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    async with QueueStatusReader(qm.url) as reader:
+        loop = ScalerLoop(ScalingConfig(), backend, reader)
+        jobs = [qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}}) for _ in range(3)]
+        await loop.tick()
+        assert verda_scaling() == (3, 3)
+        for job in jobs:
+            qm.store.cancel(job.id)
+        await backend.apply(0)  # comfy-scaler stop
+        await backend.pause()
+        await loop.tick()
+        await backend.resume()  # comfy-scaler resume
+        with capture_logs() as logs:
+            decision = await loop.tick()
+        assert (decision.current, decision.desired) == (0, 0)
+        assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].replicas == []
+        assert [entry["event"] for entry in logs].count("scaling_drift") == 1, "the change is still reported"
+        await backend.aclose()
+
+
+async def test_a_restart_counts_from_what_verda_holds_not_from_the_state_file(
+    qm, make_verda_client, verda_scaling, fake_verda: FakeVerda, tmp_path
+):
+    """The state file remembers 3; while the scaler was down, someone ran `stop` then `resume`. Before: the first
+    tick of the restarted scaler pinned 3 again with an empty queue (reason hold_until_billing_boundary)."""
+    state_file = tmp_path / "state.json"
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    async with QueueStatusReader(qm.url) as reader:
+        first = ScalerLoop(ScalingConfig(), backend, reader, state_file=state_file)
+        jobs = [qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}}) for _ in range(3)]
+        await first.tick()
+        assert verda_scaling() == (3, 3) and load_policy_state(state_file).applied == 3
+        for job in jobs:
+            qm.store.cancel(job.id)
+        await backend.apply(0)
+        await backend.pause()
+        await backend.resume()
+        restarted = ScalerLoop(ScalingConfig(), backend, reader, state=load_policy_state(state_file),
+                               state_file=state_file)
+        decision = await restarted.tick()
+        assert (decision.current, decision.desired) == (0, 0)
+        assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].replicas == []
         await backend.aclose()
 
 
