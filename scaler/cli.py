@@ -291,7 +291,7 @@ async def _run_loop(
         config, backend, queue,
         interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=args.dry_run, metrics=metrics,
         failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
-        state_file=settings.state_file,
+        state_file=settings.state_file, queue_outage_hold_s=settings.queue_outage_hold_s,
     )
     if isinstance(backend, FleetBackend) and backend.alerts is not None:
         backend.alerts.start()

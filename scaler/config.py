@@ -66,6 +66,10 @@ class ScalerSettings(LogSettings):
     metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
     metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")
+    # None (`none`): a queue manager that cannot be read holds the count for as long as it lasts.
+    queue_outage_hold_s: float | None = Field(
+        default=1800.0, ge=MIN_DURATION_S, validation_alias="SCALER_QUEUE_OUTAGE_HOLD_S"
+    )
     state_file: Path | None = Field(default=None, validation_alias="SCALER_STATE_FILE")
     local_log_dir: Path | None = Field(default=None, validation_alias="SCALER_LOCAL_LOG_DIR")
     # Several providers with fallback (docs/providers.md); unset: the one SCALER_BACKEND.
@@ -147,7 +151,7 @@ class ScalerSettings(LogSettings):
         default=DEFAULTS.lost_work_weight, ge=0, validation_alias=_scaler("lost_work_weight")
     )
 
-    @field_validator("target_wait_s", mode="before")
+    @field_validator("target_wait_s", "queue_outage_hold_s", mode="before")
     @classmethod
     def _none_means_off(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value

@@ -73,6 +73,9 @@ SKIPPED_READ_FAILED = "skipped_read_failed"
 SKIPPED_PAUSED = "skipped_paused"
 FAILED = "failed"
 
+# The reason of the decision that ends a queue outage's hold (SCALER_QUEUE_OUTAGE_HOLD_S).
+RELEASE_QUEUE_UNREACHABLE = "release_queue_unreachable"
+
 
 def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
@@ -93,8 +96,12 @@ class ScalerLoop:
         state: PolicyState | None = None,
         state_file: Path | None = None,
         tick_deadline_s: float | None = None,
+        queue_outage_hold_s: float | None = None,
     ) -> None:
         self.config = config
+        # How long a queue manager that cannot be read holds the count (None: for ever); then down to the floor.
+        self.queue_outage_hold_s = queue_outage_hold_s
+        self.queue_unreadable_since: float | None = None
         self.tick_deadline_s = tick_deadline(interval_s, tick_deadline_s)
         self.backend = backend
         self.queue = queue
@@ -160,7 +167,7 @@ class ScalerLoop:
         observation = await self.observe(deadline)
         if observation.verda_error is None:
             self.count_from_the_platform()
-        decision = decide(self.config, self.state, observation)
+        decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
         self.state = decision.new_state
         outcome, apply_error = await self._apply(decision, observation, deadline)
         self._record(decision, observation, outcome, apply_error)
@@ -186,6 +193,25 @@ class ScalerLoop:
         pinned = bounds is not None and bounds[0] == bounds[1]
         # Not pinned (a deploy's min 0 / max 5, or a platform without bounds): the policy counts the listed replicas.
         self.state = replace(self.state, applied=bounds[0] if pinned else None)
+
+    def _bounded_hold(self, decision: Decision, observation: Observation) -> Decision:
+        """A queue manager unreadable for ``queue_outage_hold_s`` while the platform answers: the workers can take no
+        job either, so the replicas are let go down to the floor instead of being billed for the whole outage
+        (3 replicas held through 6 hours: $41.40, past a $50 daily cap, which only caps scale-ups)."""
+        if observation.queue_error is None:
+            self.queue_unreadable_since = None
+            return decision
+        if self.queue_unreadable_since is None:
+            self.queue_unreadable_since = observation.now
+        unreadable_for_s = observation.now - self.queue_unreadable_since
+        floor = self.config.min_replicas
+        if (self.queue_outage_hold_s is None or unreadable_for_s < self.queue_outage_hold_s
+                or observation.verda_error is not None or observation.deployment_status == PAUSED
+                or decision.current <= floor):
+            return decision
+        details = {**decision.details, "queue_unreadable_for_s": round(unreadable_for_s)}
+        return replace(decision, desired=floor, reason=RELEASE_QUEUE_UNREACHABLE, details=details, changed=True,
+                       new_state=replace(decision.new_state, applied=floor))
 
     async def observe(self, deadline: float | None = None) -> Observation:
         """Both reads at once; one still unanswered at ``deadline`` (event-loop time; default: a tick from now)
@@ -252,7 +278,7 @@ class ScalerLoop:
             ) from None
 
     async def _apply(self, decision: Decision, observation: Observation, deadline: float) -> tuple[str, str | None]:
-        if observation.failed:
+        if observation.failed and decision.reason != RELEASE_QUEUE_UNREACHABLE:
             return SKIPPED_READ_FAILED, None
         if observation.deployment_status == PAUSED:
             return SKIPPED_PAUSED, None

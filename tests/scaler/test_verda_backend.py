@@ -134,6 +134,47 @@ async def test_scaler_holds_through_a_queue_outage(qm, make_verda_client, verda_
         await backend.aclose()
 
 
+async def test_a_long_queue_outage_releases_the_replicas_after_the_bounded_hold(
+    qm, make_verda_client, verda_scaling, fake_verda: FakeVerda, wall
+):
+    """The workers pull from the queue manager: down, it leaves the replicas nothing to do. Before: held for ever
+    (3 replicas through a 6-hour outage: $41.40 billed). Now: held SCALER_QUEUE_OUTAGE_HOLD_S, then the floor."""
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    config = ScalingConfig(min_replicas=1, price_per_replica_hour=2.3)
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        loop = ScalerLoop(config, backend, reader, clock=wall, queue_outage_hold_s=1800)
+        jobs = [qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}}) for _ in range(3)]
+        await loop.tick()
+        assert verda_scaling() == (3, 3)
+        qm.faults.inject("queue-status", status=503, times=1000)
+        for _ in range(120):  # the first failed tick and 29 min 45 s after it: held
+            wall.advance(15)
+            assert (await loop.tick()).reason == "hold_observation_failed"
+        assert verda_scaling() == (3, 3)
+        wall.advance(15)
+        with capture_logs() as logs:
+            decision = await loop.tick()
+        assert (decision.desired, decision.reason) == (1, "release_queue_unreachable")
+        assert verda_scaling() == (1, 1) and len(fake_verda.deployments[DEPLOYMENT].replicas) == 1
+        [event] = [entry for entry in logs if entry["event"] == "Scaling decision"]
+        assert (event["log_level"], event["apply"]) == ("error", "wrote")
+        assert event["details"]["queue_unreadable_for_s"] == 1800, "counted from the first tick that failed"
+        wall.advance(15)
+        assert (await loop.tick()).desired == 1, "then the floor is held"
+
+        qm.faults.clear()
+        wall.advance(15)
+        assert (await loop.tick()).desired == 3, "the queue answers again: its jobs are served"
+        assert verda_scaling() == (3, 3)
+        for job in jobs:
+            qm.store.cancel(job.id)
+        qm.faults.inject("queue-status", status=503, times=1000)
+        wall.advance(15)
+        await loop.tick()
+        assert verda_scaling() == (3, 3), "a new outage starts a new hold"
+        await backend.aclose()
+
+
 async def test_the_scaler_converges_on_what_verda_really_holds(
     qm, fake_verda: FakeVerda, make_verda_client, verda_scaling, scaling_patches
 ):
