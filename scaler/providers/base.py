@@ -28,16 +28,19 @@ class FirstSeen:
     """When each replica was first listed, for the ones a platform lists without a start time (still being placed).
 
     Taken as "now" at every read instead, such a replica looks newly started at every tick: the ledgers charged
-    it a new 10-minute interval each tick (Verda), or never a second (per-second billing).
+    it a new 10-minute interval each tick (Verda), or never a second (per-second billing). It keeps that start once
+    the platform gives its own: the ledgers know a replica by its id and start, and took the start that appeared
+    for a new replica (a second first interval). Its billing boundaries then fall a little early, never late.
     """
 
     def __init__(self) -> None:
         self._at: dict[str, float] = {}
 
     def replicas(self, listed: Sequence[tuple[str, datetime | None]], now: float) -> tuple[Replica, ...]:
-        """The listed (id, start) replicas, each started at its own start, else when it was first listed without one."""
-        self._at = {replica: self._at.get(replica, now) for replica, start in listed if start is None}
-        return tuple(Replica(replica, start.timestamp() if start is not None else self._at[replica])
+        """The listed (id, start) replicas, each started when first listed without a start, else at its own."""
+        self._at = {replica: self._at.get(replica, now) for replica, start in listed
+                    if start is None or replica in self._at}
+        return tuple(Replica(replica, self._at[replica] if replica in self._at or start is None else start.timestamp())
                      for replica, start in listed)
 
 

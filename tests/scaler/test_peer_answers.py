@@ -4,6 +4,7 @@ fake Verda and the fake RunPod on loopback, and what the scaler makes of them.""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
@@ -60,6 +61,34 @@ async def test_a_verda_replica_listed_without_started_at_is_charged_once_not_at_
         await fleet.aclose()
     assert len(starts) == 1
     assert fleet.ledger.spent_since(0) <= 2 * VERDA_PRICE * 600 / 3600 + 1e-9
+
+
+async def test_a_verda_replica_placed_then_given_its_start_is_charged_once(
+    fake_verda: FakeVerda, make_verda_client, wall: ManualClock, queue
+):
+    # Listed without started_at while placed (2 ticks; both backends read it), then with it. Before, the start
+    # that appeared made a new replica for both ledgers: a second first interval (0.77 $ for ten minutes, not 0.38).
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=4,
+                         body={"list": [{"id": "replica-a", "status": "provisioning"}]})
+    started = datetime.fromtimestamp(wall() + 50, UTC).isoformat()
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=20,
+                         body={"list": [{"id": "replica-a", "status": "running", "started_at": started}]})
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall)
+    fleet = one_provider_fleet("verda", VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_PRICE,
+                               VERDA_BILLING, wall)
+    queue.running = 1
+    loop = ScalerLoop(ScalingConfig(price_per_replica_hour=VERDA_PRICE), backend, queue, clock=wall)
+    try:
+        for _ in range(12):  # three minutes: one started 10-minute interval
+            await loop.tick()
+            await fleet.observe()
+            wall.advance(TICK_S)
+    finally:
+        await fleet.aclose()
+        await backend.aclose()
+    interval = VERDA_PRICE * 600 / 3600
+    assert loop.state.ledger.spent_since(0) == pytest.approx(interval)
+    assert fleet.ledger.spent_since(0) == pytest.approx(interval)
 
 
 async def test_a_runpod_pod_listed_without_created_at_is_charged_per_second_from_when_it_was_first_seen():
