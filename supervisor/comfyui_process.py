@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TextIO
 
 import structlog
+
+from common.children import die_with_parent
 
 log = structlog.get_logger()
 
 LOG_PREFIX = "[comfyui] "
 _MAX_LINE_BYTES = 1 << 20  # progress bars redraw with \r and can make one very long "line"
 _PUMP_DRAIN_TIMEOUT_S = 2.0
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGKILL when the supervisor dies, even by SIGKILL outside a container
-    (ComfyUI runs in its own session, so nothing else would stop it). Linux only; elsewhere a no-op."""
-
-    def arrange() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return arrange
 
 
 def port_taken(host: str, port: int) -> str | None:

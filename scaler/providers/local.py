@@ -25,6 +25,7 @@ from typing import IO
 
 import structlog
 
+from common.children import die_with_parent
 from scaler.policy import PAUSED, Replica
 from scaler.providers.base import BackendView
 
@@ -172,6 +173,9 @@ class LocalBackend:
             env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id},
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            # A scaler killed outright (OOM killer, kill -9) must not leave its workers running: restarted, it
+            # would start as many again beside them. SIGTERM: the worker hands its job back, as on a scale-down.
+            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
             stdout=log_file,
             stderr=log_file,
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -129,6 +131,41 @@ async def test_aclose_kills_what_ignores_sigterm(tmp_path, wait):
     assert time.monotonic() - began >= 0.5, "SIGTERM was given its time first"
     assert backend.pids == []
     assert not [pid for pid in backend.pids_started if alive(pid)]
+
+
+# A scaler process with two local replicas that each write their pid, then wait to be killed.
+SCALER_WITH_TWO_REPLICAS = (
+    "import asyncio, os, sys\n"
+    "from scaler.providers import LocalBackend\n"
+    "replica = 'import os, pathlib, time; pathlib.Path(os.environ[\"MARK_DIR\"], str(os.getpid())).touch(); "
+    "time.sleep(60)'\n"
+    "async def main():\n"
+    "    backend = LocalBackend(dict(os.environ), command=(sys.executable, '-c', replica))\n"
+    "    await backend.apply(2)\n"
+    "    await asyncio.sleep(60)\n"
+    "asyncio.run(main())\n"
+)
+
+
+async def test_workers_do_not_outlive_a_scaler_killed_with_sigkill(tmp_path, wait):
+    """kill -9 of `comfy-scaler run` (OOM killer, a crash) left its local workers running in their own sessions:
+    restarted, it started 2 more beside them (4 workers for a count of 2, on one machine's GPU)."""
+    scaler = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SCALER_WITH_TWO_REPLICAS, env={**os.environ, "MARK_DIR": str(tmp_path)},
+    )
+    try:
+        await wait(lambda: len(list(tmp_path.iterdir())) == 2, timeout=10)
+        pids = [int(mark.name) for mark in tmp_path.iterdir()]
+        assert all(alive(pid) for pid in pids)
+        scaler.kill()
+        await scaler.wait()
+        await wait(lambda: not [pid for pid in pids if alive(pid)], timeout=5)
+    finally:
+        if scaler.returncode is None:
+            scaler.kill()
+        for mark in tmp_path.iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(mark.name), signal.SIGKILL)
 
 
 def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monkeypatch, tmp_path):
