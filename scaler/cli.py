@@ -242,7 +242,21 @@ async def _usable_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
         return EXIT_FAILED
     if refuse_budget_conflicts(settings, backend, pricing):
         return EXIT_USAGE
+    _warn_if_spend_forgotten(settings)
     return pricing
+
+
+def _warn_if_spend_forgotten(settings: ScalerSettings) -> None:
+    """The daily budget reads the spend of the last 24 h; kept in memory only, a restart forgets it and the
+    budget is spent again (a $20 budget, restarted after $13.42: $24.92 within two hours)."""
+    if settings.provider_names:
+        kept_in, where = settings.ledger_file, "SCALER_LEDGER_FILE"
+    else:
+        kept_in, where = settings.state_file, "SCALER_STATE_FILE"
+    if settings.max_spend_per_day is not None and kept_in is None:
+        log.warning("budget_spend_not_kept", setting=where,
+                    hint=f"SCALER_MAX_SPEND_PER_DAY counts the last 24 h of spend: set {where}, or a restart forgets "
+                    "the day's spend and the budget can be spent again")
 
 
 def _platform_error(exc: Exception) -> str:

@@ -152,6 +152,17 @@ async def test_status_decides_from_what_verda_holds_not_from_a_stale_state_file(
     assert (decision["current"], decision["desired"]) == (0, 0)
 
 
+async def test_a_daily_budget_without_a_file_to_keep_its_spend_is_warned_of(cli_env, monkeypatch, tmp_path, capfd):
+    """Without SCALER_STATE_FILE a restart forgets the day's spend: a $20 budget, restarted after $13.42, had spent
+    $24.92 two hours later. Before, nothing said so."""
+    monkeypatch.setenv("SCALER_MAX_SPEND_PER_DAY", "150")
+    assert await cli("once") == 0
+    assert '"budget_spend_not_kept"' in capfd.readouterr().err
+    monkeypatch.setenv("SCALER_STATE_FILE", str(tmp_path / "state.json"))
+    assert await cli("once") == 0
+    assert "budget_spend_not_kept" not in capfd.readouterr().err
+
+
 async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch, capsys):
     """`https://user:pass@…`: masked in `status --json` and in every log line, whatever carries it."""
     monkeypatch.setenv("QUEUE_MANAGER_URL", qm.url.replace("http://", "http://worker:url-pass-do-not-log@"))
