@@ -113,6 +113,11 @@ class SpendLedger:
                 for index in range(done, due)
             )
             billed[key] = max(done, due)
+        # A replica missing from one listing and back at the next is the same replica: forgotten, its intervals were
+        # charged again. Kept while one of its charges is within the window (after that none would be again).
+        for key, count in already.items():
+            if key not in billed and interval_start(key[1], count - 1, interval_s, anchor) > horizon:
+                billed[key] = count
         charges = self.charges
         if new_charges:
             charges = tuple(sorted(charges + tuple(new_charges)))

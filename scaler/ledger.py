@@ -71,6 +71,17 @@ def _key(replica: BilledReplica) -> str:
     return f"{replica.id}@{replica.started_at:.3f}"
 
 
+def _charged_within(key: str, value: float, horizon: float, rule: BillingRule) -> bool:
+    """Whether the replica of ``key`` was last charged after ``horizon`` (``value`` as kept in ``billed``)."""
+    if rule.per_second:
+        return value > horizon
+    try:
+        started_at = saved_number(key.rpartition("@")[2], "billed")
+    except ValueError:  # a key of another shape, read from the file: nothing to keep it for
+        return False
+    return interval_start(started_at, int(value) - 1, rule.interval_s, rule.anchor) > horizon
+
+
 def day_start(now: float) -> float:
     """Midnight UTC of ``now``'s day: the budget alerts' "once per day" and the ledger's "today"."""
     moment = datetime.fromtimestamp(now, UTC)
@@ -118,6 +129,11 @@ class CostLedger:
                 buckets[at] = buckets.get(at, 0.0) + amount
                 total += amount
             billed[key] = max(done, due)
+        # A replica missing from one listing and back at the next is the same replica: forgotten, it was charged
+        # again (its intervals, or its whole runtime). Kept while one of its charges is within the window.
+        for key, value in before.items():
+            if key not in billed and _charged_within(key, value, horizon, rule):
+                billed[key] = value
         self.billed[provider] = billed
         for old in [at for at in buckets if at < horizon]:
             del buckets[old]

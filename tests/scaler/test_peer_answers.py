@@ -91,6 +91,48 @@ async def test_a_verda_replica_placed_then_given_its_start_is_charged_once(
     assert fleet.ledger.spent_since(0) == pytest.approx(interval)
 
 
+async def test_a_verda_replica_missing_from_one_listing_is_not_charged_again(
+    fake_verda: FakeVerda, make_verda_client, wall: ManualClock, queue
+):
+    # Before: the policy's ledger forgot a replica absent from one listing, and charged its first interval again
+    # when it was listed at the next tick (0.77 $ for two minutes of one replica at 2.30 $/h, not 0.38 $).
+    replica = {"id": "replica-a", "status": "running", "started_at": datetime.fromtimestamp(wall(), UTC).isoformat()}
+    for listed, times in (([replica], 4), ([], 1), ([replica], 4)):
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=times,
+                             body={"list": listed})
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall)
+    queue.running = 1
+    loop = ScalerLoop(ScalingConfig(price_per_replica_hour=VERDA_PRICE), backend, queue, clock=wall)
+    try:
+        for _ in range(9):
+            await loop.tick()
+            wall.advance(TICK_S)
+    finally:
+        await backend.aclose()
+    assert loop.state.ledger.spent_since(0) == pytest.approx(VERDA_PRICE * 600 / 3600)
+
+
+async def test_a_runpod_pod_missing_from_one_listing_is_not_charged_its_runtime_again():
+    # Before: the cost ledger forgot a pod absent from one listing, and charged it again from its creation when it
+    # was listed at the next read: 23 minutes billed for a pod that ran 16.
+    clock = ManualClock(1_000_000.0)
+    pod = {"id": "pod-1", "name": "comfy-0123abcd", "status": "RUNNING", "cost": 0.69,
+           "createdAt": datetime.fromtimestamp(clock(), UTC).isoformat().replace("+00:00", "Z")}
+    async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
+        for listed, times in (([pod], 8), ([], 1), ([pod], 8)):
+            fake.fail_next("/pods", 200, method="GET", times=times, body={"pods": listed})
+        client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
+        fleet = one_provider_fleet("runpod", RunPodBackend(client, "comfy", {}, clock=clock), 0.69, RUNPOD_BILLING,
+                                   clock)
+        try:
+            for _ in range(17):  # a read a minute; the one at minute 8 does not list it
+                await fleet.observe()
+                clock.advance(60.0)
+        finally:
+            await fleet.aclose()
+    assert round(fleet.ledger.spent_since(0), 6) == round(16 * 60 * 0.69 / 3600, 6)
+
+
 async def test_a_runpod_pod_listed_without_created_at_is_charged_per_second_from_when_it_was_first_seen():
     # Before, the pod's start was "now" at every read: per-second billing charged it nothing, ever.
     clock = ManualClock(1_000_000.0)
