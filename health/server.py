@@ -10,21 +10,13 @@ import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from common.probe_server import MAX_HEADERS, REQUEST_HEAD_TIMEOUT_S
 from health.live_metrics import scrape_registry
 from health.status import status_document
 from health.verdict import Verdict, liveness, readiness
 from worker.state import WorkerState
 
 log = structlog.get_logger()
-
-# A request head (line and headers) must arrive complete within this of the connection opening or of the last
-# answer on it: aiohttp's keepalive timer covers both, at an hour by default, and a client dripping its headers
-# held up to ~1 MB of them in the worker's process all that time. Probes send their head at once; a
-# keep-alive scraper just reconnects. Not a common probe period (5, 10, 15, 30 s): a client reusing a connection
-# every that many seconds would race our close.
-REQUEST_HEAD_TIMEOUT_S = 12.0
-# What a probe or a scraper sends is a few short headers; aiohttp's default is 128 of up to 8190 bytes each.
-MAX_HEADERS = 32
 
 
 class HealthServer:

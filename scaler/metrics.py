@@ -7,6 +7,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+from common.probe_server import MAX_HEADERS, REQUEST_HEAD_TIMEOUT_S
 from scaler.policy import ScalingConfig
 
 disable_created_metrics()
@@ -129,7 +130,10 @@ class MetricsServer:
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
-        self._runner = web.AppRunner(app, access_log=None)
+        # The limits of the worker's health server: a client dripping its head held it for an hour.
+        self._runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=REQUEST_HEAD_TIMEOUT_S, max_headers=MAX_HEADERS
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
         port = self._runner.addresses[0][1]

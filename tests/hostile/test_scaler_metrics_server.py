@@ -1,0 +1,43 @@
+"""The scaler's metrics server against clients that never finish their request head: the limits of the
+worker's health server (common.probe_server), not aiohttp's hour."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+import scaler.metrics as scaler_metrics
+from scaler.metrics import MetricsServer, ScalerMetrics
+
+from ..conftest import drip_until_closed
+
+
+async def test_a_client_dripping_its_headers_is_cut_off_and_scrapes_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the connection stayed open as long as the client dripped (aiohttp closes after an hour without a
+    complete head), holding its headers in the scaler's process; now it is closed at the head's deadline."""
+    monkeypatch.setattr(scaler_metrics, "REQUEST_HEAD_TIMEOUT_S", 0.5, raising=False)
+    server = MetricsServer(ScalerMetrics(), host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await drip_until_closed(reader, writer)
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+        assert response.status_code == 200 and b"comfy_scaler_" in response.content
+    finally:
+        await server.stop()
+
+
+async def test_a_head_of_many_headers_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = MetricsServer(ScalerMetrics(), host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        headers = {f"X-Filler-{n}": "x" for n in range(64)}
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics", headers=headers)
+        assert response.status_code == 400
+    finally:
+        await server.stop()
