@@ -330,8 +330,12 @@ class ScalerLoop:
         if observation.queue_error is None:
             m.pending_jobs.set(observation.pending)
             m.running_jobs.set(observation.running)
-        for window, amount in self._committed_spend(observation.now).items():
+        spend = self._committed_spend(observation.now)
+        for window, amount in spend.items():
             m.estimated_spend.labels(window=window).set(amount)
+        details = decision.details
+        if "spend_last_day" in details:  # a fleet's bill, not the policy's (which prices nothing for a fleet)
+            details = {**details, "spend_last_hour": spend["hour"], "spend_last_day": spend["day"]}
 
         fields: dict[str, Any] = {
             "desired": decision.desired,
@@ -340,7 +344,7 @@ class ScalerLoop:
             "changed": decision.changed,
             "apply": outcome,
             "dry_run": self.dry_run,
-            "details": decision.details,
+            "details": details,
         }
         if apply_error:
             fields["apply_error"] = apply_error

@@ -157,16 +157,19 @@ async def test_a_fleet_s_spend_and_budgets_are_what_the_spend_alerts_and_the_das
 ):
     """Before: in a fleet the policy prices nothing (fleet_policy_config), so comfy_scaler_estimated_spend stayed 0
     and comfy_scaler_budget was never set while the providers billed: ComfySpendOverBudget and ComfySpendNearBudget
-    could not fire, and the dashboard's "Spend and budget" showed 0."""
+    could not fire, and the dashboard's "Spend and budget" showed 0; the "Scaling decision" line said 0 too."""
     fleet.config = replace(fleet.config, max_spend_per_hour=9.0, max_spend_per_day=40.0)
     loop = ScalerLoop(fleet_policy_config_for_test(), fleet, queue, clock=wall, metrics=metrics)
     queue.pending = 2
     await loop.tick()
     wall.advance(15)
-    await loop.tick()
+    with capture_logs() as logs:
+        await loop.tick()
     sample = metrics.registry.get_sample_value
     billed = fleet.ledger.summary(wall())["total"]
     assert billed["last_day"] > 0
+    [decision] = [entry["details"] for entry in logs if entry["event"] == "Scaling decision"]
+    assert (decision["spend_last_hour"], decision["spend_last_day"]) == (billed["last_hour"], billed["last_day"])
     assert sample("comfy_scaler_estimated_spend", {"window": "day"}) == billed["last_day"]
     assert sample("comfy_scaler_estimated_spend", {"window": "hour"}) == billed["last_hour"]
     assert sample("comfy_scaler_budget", {"window": "day"}) == 40.0
