@@ -29,6 +29,7 @@ from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig
 from scaler.providers import Backend, LocalBackend, VerdaBackend
+from scaler.providers.base import BackendView
 from scaler.providers.verda.client import VerdaClient
 
 log = structlog.get_logger()
@@ -238,21 +239,25 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
     # One write failed: nothing may run now, but the provider is not held at zero; say so, and exit 1.
     note = f", but {failed}: run the stop again" if failed else ""
     deadline = time.monotonic() + timeout_s
+    listed: BackendView | None = None  # the last listing answered
     while True:
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), poll_s)):
-                view = await backend.observe()
+                listed = await backend.observe()
         except TimeoutError:
-            view, error = None, "no answer to the replica list"
+            error = "no answer to the replica list"
         except Exception as exc:
-            view, error = None, f"{type(exc).__name__}: {exc}"[:300]
+            error = f"{type(exc).__name__}: {exc}"[:300]
         else:
             error = None
-            if not view.replicas:
-                return StopResult(name, not failures, f"0 replicas, status {view.status}{note}")
+            if not listed.replicas:
+                return StopResult(name, not failures, f"0 replicas, status {listed.status}{note}")
         if time.monotonic() >= deadline:
-            still = f"{len(view.replicas)} replicas still listed (status {view.status})" if view else error
-            return StopResult(name, False, f"not confirmed after {timeout_s:.0f} s: {still}{note}")
+            # What was last seen listed says more than the last call's failure alone.
+            still = f"{len(listed.replicas)} replicas still listed (status {listed.status})" if listed else error
+            if listed is not None and error is not None:
+                still += f", then {error}"
+            return StopResult(name, False, f"not confirmed after {timeout_s:g} s: {still}{note}")
         await asyncio.sleep(poll_s)
 
 

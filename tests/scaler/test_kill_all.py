@@ -14,7 +14,9 @@ import pytest
 from demo.replicas import free_loopback_port
 from scaler.cli import main
 from scaler.config import load_settings
+from scaler.policy import Replica
 from scaler.providers import VerdaBackend
+from scaler.providers.base import BackendView
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.wiring import stop_all, stop_provider
@@ -308,3 +310,33 @@ async def test_a_refused_pin_to_zero_still_pauses(fleet_env, make_verda_client, 
         assert "stop failed: pin to 0: VerdaAPIError: Verda API error 400" in err and "done: pause" in err
     else:
         assert "verda: NOT STOPPED: 0 replicas, status paused, but pin to 0 failed: VerdaAPIError" in err
+
+
+class ListsOnceThenFails:
+    """A provider that takes the stop's writes and lists one replica, then fails every listing (a proxy going
+    down mid-stop, or a list slower than what is left of the deadline on a loaded machine)."""
+
+    def __init__(self) -> None:
+        self.listings = 0
+
+    async def apply(self, count: int) -> None:
+        pass
+
+    async def pause(self) -> None:
+        pass
+
+    async def observe(self) -> BackendView:
+        self.listings += 1
+        if self.listings > 1:
+            raise ConnectionError("proxy gone")
+        return BackendView(replicas=(Replica("r1", 0.0),), status="paused")
+
+
+async def test_an_unconfirmed_stop_names_the_replicas_last_seen_listed():
+    """Before: only the last call's failure was said ("ConnectionError: proxy gone"), not that a replica was still
+    listed when the provider last answered; under load the RunPod kill-switch test saw that and failed."""
+    provider = ListsOnceThenFails()
+    result = await stop_provider("verda", provider, timeout_s=0.5, poll_s=0.05)
+    assert not result.stopped and provider.listings > 1
+    assert result.detail == ("not confirmed after 0.5 s: 1 replicas still listed (status paused), "
+                             "then ConnectionError: proxy gone"), result.detail
