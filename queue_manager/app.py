@@ -37,6 +37,7 @@ from queue_manager.models import (
     JobSubmitRequest,
     ListJobsQuery,
     NextJobQuery,
+    PolledNextJobQuery,
     QueueMode,
     QueueStatusResponse,
     ReleaseQuery,
@@ -46,7 +47,15 @@ from queue_manager.models import (
     event_datetime,
 )
 from queue_manager.reports import Report, ReportLog
-from queue_manager.store import Fence, FencedOut, JobRecord, JobStore, QueueFullError, is_storage_fault
+from queue_manager.store import (
+    Fence,
+    FencedOut,
+    JobRecord,
+    JobStore,
+    PollIdTaken,
+    QueueFullError,
+    is_storage_fault,
+)
 from queue_manager.validation import RefusedJson, ValidationErrors, parse_json_body, parse_query
 
 log = structlog.get_logger()
@@ -229,17 +238,24 @@ class QueueApi:
     # -- worker endpoints ------------------------------------------------------------------------------
 
     async def next_job(self, request: web.Request) -> web.Response:
-        query, errors = parse_query(NextJobQuery, request.query)
+        # comfy-multi ignores a poll_id (FastAPI drops unknown query parameters); so does this server then.
+        query, errors = parse_query(PolledNextJobQuery if self.extensions else NextJobQuery, request.query)
         if query is None:
             return _detail(422, errors)
+        poll_id = getattr(query, "poll_id", None)
         try:
-            job = await self._db(self._store.pop_next, query.worker_id, self._settings.mode)
+            poll = await self._db(self._store.poll, query.worker_id, self._settings.mode, poll_id=poll_id)
+        except PollIdTaken as exc:
+            log.warning("poll_id_taken", worker_id=query.worker_id, poll_id=poll_id)
+            return _detail(409, str(exc))
         except sqlite3.Error as exc:
             log.error("next_job_failed", worker_id=query.worker_id, error=str(exc))
             return _database_failure(exc)
+        job = poll.job
         if job is None:
             return _json({"job": None})
-        log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id)
+        log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id,
+                 attempt=job.attempt, poll_id=poll_id, again=poll.again)
         job_view = {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}
         return _json({"job": {**job_view, "attempt": job.attempt} if self._settings.extensions else job_view})
 

@@ -133,6 +133,24 @@ class NextJobQuery(BaseModel):
     worker_id: Identifier
 
 
+# A poll id is a UUID in its usual text form (8-4-4-4-12 hex digits), any case; kept lower-case.
+POLL_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _poll_id_is_a_uuid(value: str) -> str:
+    value = value.lower()
+    if not POLL_ID_PATTERN.fullmatch(value):
+        raise ValueError("must be a UUID (8-4-4-4-12 hex digits), new for each poll")
+    return value
+
+
+class PolledNextJobQuery(NextJobQuery):
+    """Our extension: `poll_id`, the same on every try of one poll, makes a retried poll get the job the lost
+    answer carried instead of another one."""
+
+    poll_id: Annotated[str, AfterValidator(_poll_id_is_a_uuid)] | None = None
+
+
 class ReportQuery(BaseModel):
     """complete-job / fail-job: `worker_id` and `attempt` are our extension; when given they fence the report."""
 

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     completed_at REAL,
     attempt INTEGER NOT NULL DEFAULT 1,
     history TEXT NOT NULL DEFAULT '[]',
-    lease_at REAL
+    lease_at REAL,
+    poll_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, priority, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, seq);
@@ -59,7 +60,11 @@ _ADDED_COLUMNS = {
     "attempt": "INTEGER NOT NULL DEFAULT 1",
     "history": "TEXT NOT NULL DEFAULT '[]'",
     "lease_at": "REAL",
+    "poll_id": "TEXT",
 }
+# Made after the columns are there (a database from before poll ids gains the column first). At most one job per
+# poll id: the one that poll was last answered with, while it runs.
+_POLL_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_poll ON jobs (poll_id) WHERE poll_id IS NOT NULL"
 
 _BUSY_TIMEOUT_S = 10.0
 _COLUMNS_BUT_WORKFLOW = (
@@ -91,6 +96,18 @@ class QueueFullError(Exception):
 
 class FencedOut(Exception):
     """A worker spoke for a job that is no longer running under it and that attempt."""
+
+
+class PollIdTaken(Exception):
+    """A poll id that answered another worker's poll, and that worker still runs the job: not this worker's."""
+
+
+@dataclass(frozen=True)
+class Poll:
+    """What a poll was answered with: ``again`` when it is the answer an earlier try of the same poll got."""
+
+    job: JobRecord | None
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,7 @@ class JobStore:
             for column, definition in _ADDED_COLUMNS.items():
                 if column not in present:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+            self._conn.execute(_POLL_INDEX)
 
     def close(self) -> None:
         with self._lock:
@@ -302,7 +320,9 @@ class JobStore:
             if job.status is JobStatus.PENDING:
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             elif job.status is JobStatus.RUNNING:
-                conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (JobStatus.CANCELLED.value, job_id))
+                conn.execute(
+                    "UPDATE jobs SET status = ?, poll_id = NULL WHERE id = ?", (JobStatus.CANCELLED.value, job_id)
+                )
             return job.status
 
     def pending_positions(self, mode: QueueMode) -> dict[str, int]:
@@ -312,32 +332,48 @@ class JobStore:
 
     # -- worker side -----------------------------------------------------------------------------------
 
-    def pop_next(self, worker_id: str, mode: QueueMode) -> JobRecord | None:
+    def pop_next(self, worker_id: str, mode: QueueMode, *, poll_id: str | None = None) -> JobRecord | None:
+        """The job `poll` hands out, or None."""
+        return self.poll(worker_id, mode, poll_id=poll_id).job
+
+    def poll(self, worker_id: str, mode: QueueMode, *, poll_id: str | None = None) -> Poll:
         """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction.
 
-        The poll renews no job's lease: only a heartbeat naming the job does. A worker id outlives the process
-        that polls with it (a fixed WORKER_ID, restarted in place; several replicas given the same one), and the
-        polls of the living would keep a dead process's job `running` until the reaper fails it. A stored job
+        With a ``poll_id`` the poll is idempotent: a retry of a poll whose answer was lost on the way (a proxy's
+        502, a reset, this process killed after the commit) gets the job that poll was answered with, same
+        attempt, lease renewed, while it still runs under this worker; otherwise it pops as a new poll. The id
+        is kept on the job row (one per running job, cleared when the job stops running), so it survives a
+        restart; it is unique per poll, so replicas sharing a worker id never get each other's job. Raises
+        PollIdTaken when the id names a job running under another worker.
+
+        A new poll renews no job's lease: only a heartbeat naming the job does (or a retry of the very poll that
+        handed it out, above: a successor process polls under poll ids of its own). A worker id outlives the
+        process that polls with it (a fixed WORKER_ID, restarted in place; several replicas given the same one),
+        and the polls of the living would keep a dead process's job `running` until the reaper fails it. A stored job
         that cannot be served as strict JSON (planted directly, or written by an older version) is failed
         instead of handed out.
         """
         now = self._clock()
         with self._transaction() as conn:
             _seen(conn, worker_id, now)
+            if poll_id is not None and (answered := _answered(conn, poll_id, worker_id)) is not None:
+                conn.execute("UPDATE jobs SET lease_at = ? WHERE id = ?", (now, answered))
+                return Poll(_get(conn, answered), again=True)
             while order := _pending_in_pop_order(conn, mode, first_only=True):
                 job_id = order[0]
                 conn.execute(
-                    "UPDATE jobs SET status = ?, worker_id = ?, started_at = ?, lease_at = ? WHERE id = ?",
-                    (JobStatus.RUNNING.value, worker_id, now, now, job_id),
+                    "UPDATE jobs SET status = ?, worker_id = ?, started_at = ?, lease_at = ?, poll_id = ?"
+                    " WHERE id = ?",
+                    (JobStatus.RUNNING.value, worker_id, now, now, poll_id, job_id),
                 )
                 problem = _unservable(conn, job_id)
                 if problem is None:
-                    return _get(conn, job_id)
+                    return Poll(_get(conn, job_id))
                 conn.execute(
-                    "UPDATE jobs SET status = ?, error = ?, completed_at = ? WHERE id = ?",
+                    "UPDATE jobs SET status = ?, error = ?, completed_at = ?, poll_id = NULL WHERE id = ?",
                     (JobStatus.FAILED.value, f"Job cannot be served as JSON: {problem}", now, job_id),
                 )
-            return None
+            return Poll(None)
 
     def heartbeat(self, worker_id: str, job_id: str, attempt: int | None) -> None:
         """Renew the lease of a job the worker holds. Raises FencedOut when it no longer holds it."""
@@ -369,7 +405,8 @@ class JobStore:
                 return None
             fence.check(job)
             conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ?, lease_at = NULL WHERE id = ?",
+                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL"
+                " WHERE id = ?",
                 (status.value, result, error, self._clock(), job_id),
             )
             return job.status
@@ -428,7 +465,7 @@ class JobStore:
             ).fetchall()
             stale = [row["id"] for row in rows]
             conn.executemany(
-                "UPDATE jobs SET status = ?, error = ?, completed_at = ? WHERE id = ?",
+                "UPDATE jobs SET status = ?, error = ?, completed_at = ?, poll_id = NULL WHERE id = ?",
                 [(JobStatus.FAILED.value, error, self._clock(), job_id) for job_id in stale],
             )
             return stale
@@ -508,6 +545,21 @@ def _seen(conn: sqlite3.Connection, worker_id: str, now: float) -> None:
     )
 
 
+def _answered(conn: sqlite3.Connection, poll_id: str, worker_id: str) -> str | None:
+    """The job this poll id was answered with, if it still runs under this worker (that same attempt: the id is
+    cleared whenever the job stops running and replaced whenever it is handed out again)."""
+    row = conn.execute("SELECT id, status, worker_id FROM jobs WHERE poll_id = ?", (poll_id,)).fetchone()
+    if row is None:
+        return None
+    if row["status"] == JobStatus.RUNNING.value and row["worker_id"] == worker_id:
+        return row["id"]
+    if row["status"] == JobStatus.RUNNING.value:
+        raise PollIdTaken(f"poll_id {poll_id} answered another worker's poll; send a new poll_id")
+    # No longer running, yet still holding it: left by an older queue process sharing the file. Free it.
+    conn.execute("UPDATE jobs SET poll_id = NULL WHERE id = ?", (row["id"],))
+    return None
+
+
 def _unservable(conn: sqlite3.Connection, job_id: str) -> str | None:
     """Why the job could not be sent as strict JSON, or None when it can."""
     try:
@@ -530,13 +582,14 @@ def _hand_back(
         reasons = "; ".join(entry["reason"] for entry in history)
         error = f"Gave up after {job.attempt} attempts: {reasons}"[:MAX_ERROR_CHARS]
         conn.execute(
-            "UPDATE jobs SET status = ?, error = ?, completed_at = ?, lease_at = NULL, history = ? WHERE id = ?",
+            "UPDATE jobs SET status = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL, history = ?"
+            " WHERE id = ?",
             (JobStatus.FAILED.value, error, now, json.dumps(history), job.id),
         )
         return
     conn.execute(
-        "UPDATE jobs SET status = ?, worker_id = NULL, started_at = NULL, lease_at = NULL, attempt = ?, history = ?"
-        " WHERE id = ?",
+        "UPDATE jobs SET status = ?, worker_id = NULL, started_at = NULL, lease_at = NULL, poll_id = NULL, attempt = ?,"
+        " history = ? WHERE id = ?",
         (JobStatus.PENDING.value, job.attempt + 1, json.dumps(history), job.id),
     )
 
