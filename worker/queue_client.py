@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from typing import Any
 
 import httpx
@@ -101,6 +102,8 @@ class QueueClient:
         self._has_token = bool(token)
         self._timeout_s = timeout_s
         self.worker_id = worker_id
+        # The id of the poll in progress: the same on each try until one is answered (contract, extension 10).
+        self._poll_id: str | None = None
         self.report_budget_s = report_budget_s
         self._retry_wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
 
@@ -108,17 +111,29 @@ class QueueClient:
         await self._http.aclose()
 
     async def next_job(self) -> dict[str, Any] | None:
-        """Pop the next job for this worker, or None when nothing is pending."""
+        """Pop the next job for this worker, or None when nothing is pending.
+
+        Each poll carries a `poll_id`, the same on every try while no answer came back (a connection error, a
+        cut-off answer, 408/429/5xx): the embedded queue manager answers a retry with the job a lost answer
+        carried, which would otherwise sit `running` until its lease handed it back as a fault. comfy-multi
+        ignores it."""
+        self._poll_id = self._poll_id or str(uuid.uuid4())
+        return await self._poll({"worker_id": self.worker_id, "poll_id": self._poll_id})
+
+    async def _poll(self, params: dict[str, str]) -> dict[str, Any] | None:
         try:
             # The whole poll, not each read (httpx's timeout): a peer dripping bytes would hold it, and the worker,
             # for ever while its probes said healthy and ready.
-            response = await self._request(
-                "GET", "/api/workers/next-job", params={"worker_id": self.worker_id}, deadline_s=self._timeout_s
-            )
+            response = await self._request("GET", "/api/workers/next-job", params=params, deadline_s=self._timeout_s)
         except httpx.HTTPError as exc:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:
+            self._poll_id = None  # answered: a retry of this poll would get the same answer again
             raise PollError(f"{exc} (MAX_QUEUE_ANSWER_BYTES)") from None
+        if response.status_code in (200, 409, 422):
+            # Answered (a job, none, or this poll id refused): the next poll is a new one. Even a 200 this worker
+            # cannot read: its retry would get it again, renewing the job's lease each time, for ever.
+            self._poll_id = None
         cause = queue_refusal_cause(response.status_code, self._has_token)
         if response.status_code in (401, 403):
             raise CredentialsRefused(

@@ -7,6 +7,7 @@ fault (history `[fault]`), so three lost answers failed a job that never ran."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import uuid
 from pathlib import Path
@@ -17,9 +18,98 @@ import pytest
 from queue_manager import JobStatus, QueueManagerServer
 from queue_manager.models import QueueMode
 from queue_manager.store import JobStore
+from worker.queue_client import PollError, QueueClient
 
 from .conftest import FakeClock
-from .test_with_the_worker import SLOW
+from .test_with_the_worker import SLOW, make_worker, simulator
+
+LOST_ANSWERS = {
+    "proxy 502 after the hand-out": {"status": 502, "body": "<html>502 Bad Gateway</html>", "after": True},
+    "connection reset after the hand-out": {"drop": True, "after": True},
+}
+
+
+@pytest.mark.parametrize("lost", LOST_ANSWERS.values(), ids=LOST_ANSWERS.keys())
+async def test_a_lost_poll_answer_is_answered_again_and_the_job_runs_once_attempt_1(tmp_path: Path, lost) -> None:
+    """The real worker: its first poll takes the job and loses the answer; its retry gets that job, runs it
+    once and reports it; no fault, no second prompt. Before: the retry found the queue empty, the worker
+    idled out, and the job was still `running` for no one."""
+    async with simulator(tmp_path, blur_s=0.05) as comfy, QueueManagerServer(test_hooks=True) as qm:
+        job = qm.store.submit("alice", SLOW)
+        qm.faults.inject("next-job", **lost)
+        assert await make_worker(qm, comfy, tmp_path).run() == 0
+        done = qm.store.get(job.id)
+        assert (done.status, done.attempt, done.history, done.worker_id) == (
+            JobStatus.COMPLETED, 1, [], "embedded-worker",
+        )  # fmt: skip
+        assert [r.endpoint for r in qm.reports.landed(job.id)] == ["complete-job"]
+        assert len(comfy.prompts_received) == 1
+
+
+async def test_the_retry_gets_the_same_job_and_a_new_poll_gets_the_next(queue: QueueManagerServer) -> None:
+    first = queue.store.submit("alice", SLOW)
+    second = queue.store.submit("bob", SLOW)
+    queue.faults.inject("next-job", status=502, after=True)
+    client = QueueClient(queue.url, "gpu-1")
+    try:
+        with pytest.raises(PollError, match="HTTP 502"):
+            await client.next_job()
+        again = await client.next_job()  # the retry of that poll
+        assert (again["id"], again["attempt"]) == (first.id, 1)
+        assert queue.store.get(second.id).status is JobStatus.PENDING, "the retry popped nothing else"
+        following = await client.next_job()  # a new poll: answered, so a new id
+        assert (following["id"], following["attempt"]) == (second.id, 1)
+        assert await client.next_job() is None
+    finally:
+        await client.aclose()
+    running = queue.store.get(first.id)
+    assert (running.status, running.worker_id, running.attempt, running.history) == ("running", "gpu-1", 1, [])
+
+
+ANSWERED = {
+    "a 200 the worker cannot read": [{"status": 200, "body": "<html>OK</html>", "after": True}],
+    "a 409 refusing the poll id": [{"status": 502, "after": True}, {"status": 409}],
+}
+
+
+@pytest.mark.parametrize("answers", ANSWERED.values(), ids=ANSWERED.keys())
+async def test_after_an_answer_even_an_unusable_one_the_next_poll_is_a_new_one(
+    queue: QueueManagerServer, answers: list[dict]
+) -> None:
+    """The poll id is kept only while no answer came back. Replaying an answer the worker cannot read would
+    renew that job's lease at every retry, for ever; a refused id would be refused for ever."""
+    lost = queue.store.submit("alice", SLOW)
+    following = queue.store.submit("bob", SLOW)
+    for answer in answers:
+        queue.faults.inject("next-job", **answer)
+    client = QueueClient(queue.url, "gpu-1")
+    try:
+        for _ in answers:
+            with pytest.raises(PollError):
+                await client.next_job()
+        assert (await client.next_job())["id"] == following.id
+    finally:
+        await client.aclose()
+    assert queue.store.get(lost.id).status is JobStatus.RUNNING, "left to its lease, as before poll ids"
+
+
+async def test_two_replicas_sharing_a_worker_id_never_get_each_others_job(queue: QueueManagerServer) -> None:
+    """Keyed by the poll id, not the worker id: replica B's poll, between A's lost answer and A's retry, pops the
+    next job, and A's retry gets its own."""
+    jobs = [queue.store.submit("alice", SLOW) for _ in range(3)]
+    queue.faults.inject("next-job", status=502, after=True)
+    replica_a, replica_b = QueueClient(queue.url, "shared-id"), QueueClient(queue.url, "shared-id")
+    try:
+        with pytest.raises(PollError):
+            await replica_a.next_job()  # takes jobs[0]; the answer is lost
+        got_b = await replica_b.next_job()
+        got_a = await replica_a.next_job()
+        got_b_next = await replica_b.next_job()
+    finally:
+        await replica_a.aclose()
+        await replica_b.aclose()
+    assert [got_a["id"], got_b["id"], got_b_next["id"]] == [jobs[0].id, jobs[1].id, jobs[2].id]
+    assert {got_a["attempt"], got_b["attempt"], got_b_next["attempt"]} == {1}
 
 
 async def test_a_retried_poll_id_gets_the_job_it_was_answered_with_and_a_new_one_the_next(
@@ -55,6 +145,37 @@ async def test_a_poll_id_answered_to_another_worker_is_409_and_hands_out_nothing
     assert response.json() == {"detail": f"poll_id {poll_id} answered another worker's poll; send a new poll_id"}
     assert queue.store.get(waiting.id).status is JobStatus.PENDING
     assert queue.store.get(job.id).worker_id == "w1"
+
+
+async def test_the_retry_after_a_queue_manager_restart_gets_the_same_job(tmp_path: Path) -> None:
+    """The queue manager is killed between the hand-out and the answer: the poll id is on the job's row, in the
+    database file, so the restarted one answers the retry with that job."""
+    db = tmp_path / "queue.db"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = QueueManagerServer(db, test_hooks=True)
+    await first.start(port=port)
+    job = first.store.submit("alice", SLOW)
+    behind = first.store.submit("bob", SLOW)
+    first.faults.inject("next-job", drop=True, after=True)
+    client = QueueClient(first.url, "gpu-1")
+    try:
+        with pytest.raises(PollError):
+            await client.next_job()
+        await first.stop()
+        restarted = QueueManagerServer(db)
+        await restarted.start(port=port)
+        try:
+            again = await client.next_job()
+            assert (again["id"], again["attempt"]) == (job.id, 1)
+            assert restarted.store.get(behind.id).status is JobStatus.PENDING
+            running = restarted.store.get(job.id)
+            assert (running.status, running.worker_id, running.history) == ("running", "gpu-1", [])
+        finally:
+            await restarted.stop()
+    finally:
+        await client.aclose()
 
 
 async def test_a_retry_after_the_lease_handed_the_job_back_is_a_new_hand_out(clock: FakeClock) -> None:
