@@ -32,6 +32,11 @@ JSON = {"Content-Type": "application/json"}
 # (<= 50 MiB; the embedded manager's limits, as both managers measure them: escaped JSON characters, never
 # fewer than the bytes sent). More is a broken or wrong peer, not a job: the read is given up.
 MAX_QUEUE_ANSWER_BYTES = 64 << 20
+# Tries one poll id gets before the next poll takes a new one. A path that loses every answer carrying one job (a
+# proxy refusing a large workflow with 502, say) kept the worker replaying that job, lease renewed each time and
+# no other job taken, until --job-timeout (1 h). Five tries span about 30 s at the worker's backoff (2, 4, 8, 16 s),
+# inside the lease: after them the job is left to the lease, as before poll ids.
+MAX_TRIES_PER_POLL = 5
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, only ever a lone one: JSON pairs decode to one character
 
 
@@ -104,6 +109,7 @@ class QueueClient:
         self.worker_id = worker_id
         # The id of the poll in progress: the same on each try until one is answered (contract, extension 10).
         self._poll_id: str | None = None
+        self._poll_tries = 0
         self.report_budget_s = report_budget_s
         self._retry_wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
 
@@ -114,10 +120,12 @@ class QueueClient:
         """Pop the next job for this worker, or None when nothing is pending.
 
         Each poll carries a `poll_id`, the same on every try while no answer came back (a connection error, a
-        cut-off answer, 408/429/5xx): the embedded queue manager answers a retry with the job a lost answer
-        carried, which would otherwise sit `running` until its lease handed it back as a fault. comfy-multi
-        ignores it."""
-        self._poll_id = self._poll_id or str(uuid.uuid4())
+        cut-off answer, 408/429/5xx), for at most MAX_TRIES_PER_POLL tries: the embedded queue manager answers a
+        retry with the job a lost answer carried, which would otherwise sit `running` until its lease handed it
+        back as a fault. comfy-multi ignores it."""
+        if self._poll_id is None or self._poll_tries >= MAX_TRIES_PER_POLL:
+            self._poll_id, self._poll_tries = str(uuid.uuid4()), 0
+        self._poll_tries += 1
         return await self._poll({"worker_id": self.worker_id, "poll_id": self._poll_id})
 
     async def _poll(self, params: dict[str, str]) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import pytest
 from queue_manager import JobStatus, QueueManagerServer
 from queue_manager.models import QueueMode
 from queue_manager.store import JobStore
-from worker.queue_client import PollError, QueueClient
+from worker.queue_client import MAX_TRIES_PER_POLL, PollError, QueueClient
 
 from .conftest import FakeClock
 from .test_with_the_worker import SLOW, make_worker, simulator
@@ -91,6 +91,25 @@ async def test_after_an_answer_even_an_unusable_one_the_next_poll_is_a_new_one(
     finally:
         await client.aclose()
     assert queue.store.get(lost.id).status is JobStatus.RUNNING, "left to its lease, as before poll ids"
+
+
+async def test_a_poll_whose_every_answer_is_lost_is_given_up_after_5_tries(queue: QueueManagerServer) -> None:
+    """A proxy that 502s every answer carrying one job (too large for it, say): before the bound, the worker
+    replayed that job for ever, its lease renewed by each try and no other job taken, until --job-timeout."""
+    lost = queue.store.submit("alice", SLOW)
+    following = queue.store.submit("bob", SLOW)
+    queue.faults.inject("next-job", status=502, after=True, times=MAX_TRIES_PER_POLL)
+    client = QueueClient(queue.url, "gpu-1")
+    try:
+        for _ in range(MAX_TRIES_PER_POLL):
+            with pytest.raises(PollError):
+                await client.next_job()
+        assert queue.store.get(following.id).status is JobStatus.PENDING, "every try was answered with the same job"
+        assert (await client.next_job())["id"] == following.id
+    finally:
+        await client.aclose()
+    left = queue.store.get(lost.id)
+    assert (left.status, left.attempt) == (JobStatus.RUNNING, 1), "left to its lease, as before poll ids"
 
 
 async def test_two_replicas_sharing_a_worker_id_never_get_each_others_job(queue: QueueManagerServer) -> None:
