@@ -231,6 +231,20 @@ def cli_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path,
 
 
 @pytest.fixture
+def fleet_env(cli_env, monkeypatch, tmp_path):
+    """The operator's environment (cli_env) with Verda as a fleet of one."""
+    extra = {
+        "SCALER_PROVIDERS": "verda",
+        "SCALER_VERDA_PRICE_PER_HOUR": "2.30",
+        "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
+        "SCALER_ALERT_DRY_RUN": "true",
+    }
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return {**cli_env, **extra}
+
+
+@pytest.fixture
 async def silent_peer() -> AsyncIterator[str]:
     """The URL of a server on loopback that accepts connections, reads what is sent and never answers."""
     held: list[asyncio.StreamWriter] = []

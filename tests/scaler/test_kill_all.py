@@ -26,20 +26,6 @@ from .conftest import running_scaler, sigterm_and_wait
 DEPLOYMENT = "comfyui-worker-serverless"
 
 
-@pytest.fixture
-def fleet_env(cli_env, monkeypatch, tmp_path: Path):
-    """The operator's environment (tests/scaler/conftest.py) with Verda as a fleet of one."""
-    extra = {
-        "SCALER_PROVIDERS": "verda",
-        "SCALER_VERDA_PRICE_PER_HOUR": "2.30",
-        "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
-        "SCALER_ALERT_DRY_RUN": "true",
-    }
-    for name, value in extra.items():
-        monkeypatch.setenv(name, value)
-    return {**cli_env, **extra}
-
-
 async def cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 

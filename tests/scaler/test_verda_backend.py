@@ -61,7 +61,11 @@ async def test_pause_and_resume(make_verda_client, fake_verda: FakeVerda):
         view = await backend.observe()
         assert (view.status, view.replicas) == ("paused", ())
         await backend.resume()
-        assert len((await backend.observe()).replicas) == 1
+        view = await backend.observe()
+        assert (view.status, view.replicas, view.bounds) == ("healthy", (), (0, 0)), "the next tick sets the count"
+        await backend.apply(2)
+        await backend.resume()
+        assert len((await backend.observe()).replicas) == 2, "a resume of a running deployment stops nothing"
     finally:
         await backend.aclose()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from scaler.policy import PAUSED
 from scaler.providers.base import BackendView, FirstSeen
 from scaler.providers.verda.client import VerdaClient
 
@@ -42,6 +43,12 @@ class VerdaBackend:
         await self.client.pause(self.deployment)
 
     async def resume(self) -> None:
+        """Un-pause at a count of 0: the scaler sets the count at its next tick. A tick that read the deployment
+        before `comfy-scaler stop` can write its count after the pin to 0; paused, Verda keeps it, and resumed
+        as it stood, it started that many replicas for whatever the queue held by then. Not paused: only
+        un-paused, so a resume of a running deployment stops no replica."""
+        if await self.client.get_status(self.deployment) == PAUSED:
+            await self.client.set_replica_bounds(self.deployment, 0, 0)
         await self.client.resume(self.deployment)
 
     async def aclose(self) -> None:
