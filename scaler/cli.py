@@ -405,27 +405,33 @@ async def _stop_all(settings: ScalerSettings, args: argparse.Namespace) -> int:
 
 
 async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    # The providers first, the kill switch file after: while it exists a running fleet writes nothing, so it
+    # cannot place a count on Verda between this resume's read of "paused" and its pin to 0 (which would undo it).
+    failed = None
+    try:
+        async with _opened(settings) as (backend, _):
+            try:
+                async with asyncio.timeout(KILL_CONFIRM_TIMEOUT_S):  # an API that drips its answer must not hold it
+                    await backend.resume()
+            except TimeoutError:
+                failed = (f"resume failed: no answer within {KILL_CONFIRM_TIMEOUT_S:g} s: the deployment may or may "
+                          "not be resumed; run comfy-scaler resume again")
+            except Exception as exc:  # the API's errors, FleetStopError, an answer too large or of an odd shape
+                failed = f"resume failed: {_platform_error(exc)}"
+    except ProviderSetupError as exc:  # a price list down: a running fleet, which has its prices, still resumes
+        failed = f"resume failed: {exc}"
     try:
         released = release_stop_file(settings)
     except OSError as exc:
-        # Resuming the providers now would only have a running scaler stop them again at its next tick.
         print(f"resume failed: cannot remove the kill switch {exc.filename}: {exc.strerror or exc}. Remove it "
               "yourself, then run comfy-scaler resume again; while it exists a running scaler keeps every "
-              "provider stopped.", file=sys.stderr)
+              "provider at zero.", file=sys.stderr)
         return EXIT_FAILED
-    if released:
+    if released:  # a provider whose resume failed above is asked again at every tick of a running fleet
         print("kill switch removed: a running scaler resumes every provider at its next tick")
-    async with _opened(settings) as (backend, _):
-        try:
-            async with asyncio.timeout(KILL_CONFIRM_TIMEOUT_S):  # an API that drips its answer must not hold it
-                await backend.resume()
-        except TimeoutError:
-            print(f"resume failed: no answer within {KILL_CONFIRM_TIMEOUT_S:g} s: the deployment may or may not be "
-                  "resumed; run comfy-scaler resume again", file=sys.stderr)
-            return EXIT_FAILED
-        except Exception as exc:  # the API's errors, FleetStopError, an answer too large or of an odd shape
-            print(f"resume failed: {_platform_error(exc)}", file=sys.stderr)
-            return EXIT_FAILED
+    if failed:
+        print(failed, file=sys.stderr)
+        return EXIT_FAILED
     log.info("kill_switch_released", deployment=settings.deployment_name)
     print(
         f"{settings.deployment_name}: resumed. The scaler sets the replica count at its next tick "

@@ -83,7 +83,7 @@ async def test_stop_all_still_stops_every_provider_when_the_kill_switch_file_can
     assert "kill switch file" in captured.err and "a running scaler" in captured.err
 
 
-async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_resumes_nothing(
+async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_starts_nothing(
     fleet_env, fake_verda, verda_scaling, capsys, tmp_path
 ):
     """A kill switch on a read-only or broken volume: a traceback left the operator guessing what was resumed."""
@@ -96,7 +96,21 @@ async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_resumes_no
     err = capsys.readouterr().err
     assert "resume failed: cannot remove the kill switch" in err and "ledger.json.stopped" in err
     assert "Traceback" not in err
-    assert fake_verda.deployments[DEPLOYMENT].status == "paused", "a running scaler would stop it again"
+    assert fake_verda.deployments[DEPLOYMENT].replicas == [] and verda_scaling() == (0, 0)
+
+
+async def test_resume_removes_the_kill_switch_even_when_it_cannot_set_the_fleet_up(
+    fleet_env, monkeypatch, fake_verda, capsys, tmp_path
+):
+    """Verda's price list down, no price set: `resume` cannot build the fleet, but the running fleet, which has
+    its prices, resumes the providers itself once the kill switch file is gone."""
+    assert await cli("stop", "--all") == 0
+    monkeypatch.delenv("SCALER_VERDA_PRICE_PER_HOUR")
+    fake_verda.fail_next("/container-types", 400, times=10)
+    capsys.readouterr()
+    assert await cli("resume") == 1
+    assert "verda: price lookup failed" in capsys.readouterr().err
+    assert not (tmp_path / "ledger.json.stopped").exists()
 
 
 async def test_stop_is_not_confirmed_while_the_provider_still_lists_replicas(fleet_env, make_verda_client,

@@ -89,3 +89,25 @@ async def test_a_fleet_tick_that_writes_after_stop_all_starts_no_replica_at_resu
     assert deployment.status == "healthy" and deployment.replicas == []
     assert verda_scaling() == (0, 0)
 
+
+async def test_resume_does_not_undo_what_a_running_fleet_placed_once_the_kill_switch_was_gone(
+    fleet_env, fake_verda: FakeVerda, verda_scaling, tmp_path
+):
+    """`resume` pins a paused Verda to 0 before un-pausing it. A running fleet resumes and places its count as soon
+    as the kill switch file is gone: removed first, a fleet tick between the pin's read and its write was undone."""
+    assert await cli("stop", "--all") == 0
+    stop_file, deployment = tmp_path / "ledger.json.stopped", fake_verda.deployments[DEPLOYMENT]
+    placed: list[tuple[int, int]] = []
+    take = fake_verda._faults.take
+
+    def running_fleet_ticks(path: str, method: str):  # its tick lands as the pin reads the scaling, if it may
+        if (path, method) == (f"/container-deployments/{DEPLOYMENT}/scaling", "GET") and not stop_file.exists():
+            deployment.status = "healthy"  # what the fleet's own resume and placement write
+            deployment.body["scaling"].update(min_replica_count=2, max_replica_count=2)
+            placed.append((2, 2))
+        return take(path, method)
+
+    fake_verda._faults.take = running_fleet_ticks
+    assert await cli("resume") == 0
+    assert not stop_file.exists()
+    assert placed == [] or verda_scaling() == placed[-1], "the running fleet's count was pinned to 0 over"
