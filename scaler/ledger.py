@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -194,6 +195,7 @@ class CostLedger:
     def load(cls, path: Path) -> CostLedger:
         """The saved ledger; a fresh one when there is none. A file that cannot be read is kept aside
         (``<name>.corrupt-<time>``) and logged, never silently overwritten."""
+        remove_stale_scratch(path)
         if not path.exists():
             return cls()
         try:
@@ -232,9 +234,10 @@ def saved_number(value: Any, name: str) -> float:
 
 def write_json_atomically(path: Path, content: Any) -> None:
     """Write, fsync, rename, fsync the folder: a crash or a full disk mid-write leaves the previous file (and no
-    scratch file); once this returns, the new file survives a power loss too (the rename is on disk)."""
+    scratch file); once this returns, the new file survives a power loss too (the rename is on disk). A process
+    killed mid-write (SIGKILL, OOM) leaves its scratch file: ``remove_stale_scratch`` clears it at the next start."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch = _scratch(path, os.getpid())
     try:
         with scratch.open("w") as out:
             json.dump(content, out)
@@ -246,6 +249,35 @@ def write_json_atomically(path: Path, content: Any) -> None:
         with contextlib.suppress(OSError):
             scratch.unlink()
         raise
+
+
+def _scratch(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
+def remove_stale_scratch(path: Path) -> None:
+    """Remove the scratch files of ``path`` that processes killed mid-write left (one per kill, never reused
+    unless the pid is). One whose process still runs may be a write under way (`stop --all` beside `run`): kept."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([1-9][0-9]*)\.tmp")
+    with contextlib.suppress(OSError):
+        for leftover in path.parent.iterdir():
+            found = pattern.fullmatch(leftover.name)
+            if found and not _running(int(found[1])) and leftover.is_file():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+                    log.info("stale_scratch_file_removed", path=str(leftover))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():  # a pid reused: this process writes nothing while it starts
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM), or a pid this platform cannot ask about: leave it
+        return True
+    return True
 
 
 def set_aside(path: Path) -> Path:

@@ -24,7 +24,7 @@ import structlog
 
 from scaler.billing import SpendLedger
 from scaler.job_duration import DurationFromCounters
-from scaler.ledger import UNREADABLE, saved_number, set_aside, write_json_atomically
+from scaler.ledger import UNREADABLE, remove_stale_scratch, saved_number, set_aside, write_json_atomically
 from scaler.metrics import ScalerMetrics
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
@@ -369,6 +369,7 @@ def load_policy_state(path: Path) -> PolicyState:
     """The saved state, or a fresh one when there is none (first run). A file that cannot be read (truncated,
     not JSON, a value of the wrong type) is kept aside as ``<name>.corrupt-<time>`` and logged: the scaler
     starts afresh rather than not at all, and says that the spend it remembered is gone."""
+    remove_stale_scratch(path)
     if not path.exists():
         return PolicyState()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import replace
 
 import httpx
@@ -348,3 +349,42 @@ def test_a_saved_state_file_is_on_disk_rename_included(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", recording_fsync)
     write_json_atomically(tmp_path / "scaler.json", {"spent": 1.0})
     assert synced == ["file", "folder"]
+
+
+KILLED_MID_WRITE = """
+import sys, time
+from pathlib import Path
+import scaler.ledger as ledger
+def stall(fd):
+    print("writing", flush=True)
+    time.sleep(60)
+ledger.sync = stall
+ledger.write_json_atomically(Path(sys.argv[1]), {"applied": 3})
+"""
+
+
+@pytest.mark.parametrize("load", [load_policy_state, CostLedger.load], ids=["state", "ledger"])
+async def test_the_scratch_files_of_writes_killed_mid_way_are_removed_at_the_next_start(tmp_path, load):
+    """Each SIGKILL (the OOM killer, `kill -9`) during a save left its `.<name>.<pid>.tmp` beside the file for
+    good: 3 kills, 3 files. A scratch file of a process still running may be its write under way: kept."""
+    path = tmp_path / "scaler.json"
+    for _ in range(3):
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KILLED_MID_WRITE, str(path), stdout=asyncio.subprocess.PIPE)
+        assert await writer.stdout.readline() == b"writing\n"
+        writer.kill()
+        await writer.wait()
+    killed = {p.name for p in tmp_path.iterdir()}
+    assert len(killed) == 3 and all(name.startswith(".scaler.json.") for name in killed)
+    alive = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    kept = {f".scaler.json.{alive.pid}.tmp", ".scaler.json.0.tmp", ".other.json.1.tmp", "scaler.json.7.tmp"}
+    for name in kept:
+        (tmp_path / name).write_text("{")
+    try:
+        with capture_logs() as logs:
+            load(path)
+    finally:
+        alive.kill()
+        await alive.wait()
+    assert {p.name for p in tmp_path.iterdir()} == kept
+    assert sorted(entry["path"] for entry in logs) == sorted(str(tmp_path / name) for name in killed)
