@@ -79,6 +79,14 @@ class AlertBook:
         self.sent.add(kind)
         return True
 
+    def take_in(self, other: AlertBook) -> None:
+        """Count as sent what ``other`` (another process's book) sent: on the same day, or on a later one."""
+        if other.day is None or (self.day is not None and other.day < self.day):
+            return
+        if other.day != self.day:
+            self.day, self.sent = other.day, set()
+        self.sent |= other.sent
+
     def to_json(self) -> dict[str, Any]:
         return {"day": self.day, "sent": sorted(self.sent)}
 

@@ -12,6 +12,8 @@ every provider's replicas to the cost ledger by its own billing rule and saves i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from scaler.alerts import Alert, AlertSender, budget_alerts
+from scaler.alerts import Alert, AlertBook, AlertSender, budget_alerts
 from scaler.allocator import (
     PAUSED,
     QUOTA_REACHED,
@@ -35,7 +37,7 @@ from scaler.allocator import (
     allocate,
 )
 from scaler.billing import DAY_S
-from scaler.ledger import BillingRule, CostLedger
+from scaler.ledger import UNREADABLE, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
@@ -83,6 +85,15 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` is now: each atomic save is a new file (a new inode), whoever wrote it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 class FleetBackend:
     """Owns the members' backends (closed by ``aclose``) and, when given, the alert sender."""
 
@@ -122,6 +133,7 @@ class FleetBackend:
         self._seen: dict[str, _Seen] = {}
         self._write_errors: dict[str, str] = {}
         self._written: dict[str, int] = {}
+        self._saved: tuple[int, int] | None = None  # the ledger file as this fleet last wrote it
         if metrics is not None:
             for member in members:
                 metrics.price.labels(provider=member.name).set(member.spec.price_per_hour)
@@ -271,13 +283,24 @@ class FleetBackend:
         if self.ledger_file is None or self.dry_run:
             return
         if self.alerts is not None:
+            self._take_in_alerts_booked_elsewhere(self.ledger_file, self.alerts.book)
             self.ledger.alerts = self.alerts.book.to_json()
         try:
             self.ledger.save(self.ledger_file)
+            self._saved = _identity(self.ledger_file)
         except OSError as exc:
             # The charges stay in memory and the caps keep reading them: a full disk must not freeze the fleet.
             log.error("cost_ledger_save_failed", path=str(self.ledger_file), error=_error_text(exc),
                       hint="the fleet goes on from its memory; a restart now would lose the day's charges")
+
+    def _take_in_alerts_booked_elsewhere(self, path: Path, book: AlertBook) -> None:
+        """`comfy-scaler stop --all` books its kill_switch alert in the ledger file from another process: taken
+        into this book before the save writes over it, so that the alert still goes out once a day. Read only
+        when the file is no longer the one this fleet wrote (and once at the first save)."""
+        if _identity(path) == self._saved:
+            return
+        with contextlib.suppress(*UNREADABLE):  # unreadable: it is overwritten, as before
+            book.take_in(AlertBook.from_json(CostLedger.from_json(json.loads(path.read_text())).alerts))
 
     async def _place(self, desired: int, now: float) -> bool:
         views = {name: seen.view for name, seen in self._seen.items()}

@@ -200,3 +200,16 @@ async def test_an_oversized_failure_is_logged_without_the_webhooks_secret_path(w
     )
     assert "T0KEN-secret" not in repr(logs)
     assert webhook.sent < webhook.attempts * webhook.flood_bytes
+
+
+def test_a_book_takes_in_what_another_process_sent_today_not_what_it_sent_on_an_older_day():
+    today, yesterday = 86_400.0 * 20_000, 86_400.0 * 19_999
+    book = AlertBook(day=today, sent={"budget_50"})
+    book.take_in(AlertBook(day=yesterday, sent={"fallback_engaged"}))
+    book.take_in(AlertBook())
+    assert book.sent == {"budget_50"}
+    book.take_in(AlertBook(day=today, sent={"kill_switch"}))
+    assert book.sent == {"budget_50", "kill_switch"}
+    assert not book.first_today("kill_switch", today + 60)
+    book.take_in(AlertBook(day=today + 86_400.0, sent={"kill_switch"}))
+    assert (book.day, book.sent) == (today + 86_400.0, {"kill_switch"})

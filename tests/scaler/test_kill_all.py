@@ -19,7 +19,7 @@ from scaler.providers import VerdaBackend
 from scaler.providers.base import BackendView
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
-from scaler.wiring import stop_all, stop_provider
+from scaler.wiring import build_fleet, stop_all, stop_provider
 
 from .conftest import running_scaler, sigterm_and_wait
 
@@ -340,3 +340,23 @@ async def test_an_unconfirmed_stop_names_the_replicas_last_seen_listed():
     assert not result.stopped and provider.listings > 1
     assert result.detail == ("not confirmed after 0.5 s: 1 replicas still listed (status paused), "
                              "then ConnectionError: proxy gone"), result.detail
+
+
+async def test_the_kill_switch_alert_stays_in_the_book_a_running_fleet_saves_every_tick(
+    fleet_env, fake_verda, capsys, tmp_path
+):
+    """`stop --all` books its alert in the ledger; the running fleet wrote its own book over it at its next tick,
+    and a second `stop --all` that day sent the alert again."""
+    fleet = await build_fleet(load_settings())
+    try:
+        await fleet.observe()
+        assert await cli("stop", "--all") == 0
+        await fleet.observe()  # the running scaler's next tick: sees the kill switch, saves the ledger
+        assert json.loads((tmp_path / "ledger.json").read_text())["alerts"]["sent"] == ["kill_switch"]
+        assert await cli("resume") == 0
+        await fleet.observe()
+        capsys.readouterr()
+        assert await cli("stop", "--all") == 0
+        assert "alert (dry run" not in capsys.readouterr().out, "the kill switch alert goes out once a day"
+    finally:
+        await fleet.aclose()
