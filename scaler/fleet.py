@@ -162,11 +162,19 @@ class FleetBackend:
         else:
             if self._desired is not None:
                 await self._place(self._desired, now)
-            status = self._fleet_status()
+            status = PAUSED if await self._stopped_while_writing() else self._fleet_status()
         replicas = tuple(
             Replica(f"{name}{SEPARATOR}{r.id}", r.started_at) for name, s in self._seen.items() for r in s.replicas
         )
         return BackendView(replicas=replicas, status=status)
+
+    async def _stopped_while_writing(self) -> bool:
+        """True when the kill switch was set while this tick wrote, now honoured. `stop --all` writes its file
+        before it stops any provider, so a write decided before the file and landing after the stop (RunPod:
+        pods created after `runpod: stopped`) is followed by a file already there: undone now, not a tick later."""
+        if self._held or self.stop_file is None or self.dry_run or not self.stop_file.exists():
+            return False
+        return await self._honour_kill_switch()
 
     async def _honour_kill_switch(self) -> bool:
         """While ``stop_file`` exists (written by `comfy-scaler stop --all`), hold every provider at zero.
@@ -214,7 +222,9 @@ class FleetBackend:
         if desired < 0:
             raise ValueError(f"desired replicas must be >= 0, got {desired}")
         self._desired = desired
-        return await self._place(desired, self.clock())
+        wrote = await self._place(desired, self.clock())
+        await self._stopped_while_writing()
+        return wrote
 
     async def pause(self) -> None:
         await self._on_all("pause", lambda b: b.pause())

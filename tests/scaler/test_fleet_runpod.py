@@ -362,3 +362,28 @@ async def test_the_kill_switch_asks_no_pods_health_while_it_stops_them():
             await backend.aclose()
     assert not result.stopped and "1 replicas still listed" in result.detail
     assert peer.sent == 0, "no pod's /health was asked"
+
+
+async def test_a_write_decided_before_stop_all_and_landing_after_it_is_undone_in_the_same_tick(
+    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
+):
+    """A running fleet's tick read no kill switch, then `stop --all` wrote it, stopped both providers and
+    confirmed them empty; the tick's write landed after: RunPod has no pause, so 3 pods were created and ran
+    (billed per second) until the next tick, for good if the scaler was stopped before it; Verda kept 3/3."""
+    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+    fleet.stop_file = tmp_path / "ledger.json.stopped"
+    stoppers = {"verda": VerdaBackend(make_verda_client(), DEPLOYMENT),
+                "runpod": RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)}
+    try:
+        await fleet.observe()  # the tick reads: no kill switch yet
+        fleet.stop_file.write_text("stopped\n")  # `comfy-scaler stop --all`: the file first, then each provider
+        for name, stopper in stoppers.items():
+            assert (await stop_provider(name, stopper, timeout_s=5, poll_s=0.05)).stopped
+        await fleet.apply(3)  # the tick's write, decided before the stop
+        assert fake_runpod.live_pods() == [], "pods created after `runpod: stopped`"
+        assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+        assert (await fleet.observe()).status == "paused"
+    finally:
+        await fleet.aclose()
+        for stopper in stoppers.values():
+            await stopper.aclose()

@@ -72,10 +72,12 @@ async def test_a_tick_that_writes_after_stop_starts_no_replica_at_resume(
 async def test_a_fleet_tick_that_writes_after_stop_all_starts_no_replica_at_resume(
     fleet_env, fake_verda: FakeVerda, verda_scaling
 ):
-    """The same race with `stop --all`, the running scaler stopped before its next tick could pin 0 again."""
+    """The same race with `stop --all` and a running scaler that does not see its kill switch file (run without
+    SCALER_LEDGER_FILE, or with another), stopped after that tick as docs/providers.md then asks."""
     queue = StubQueue()
     queue.pending = 3
     fleet = await build_fleet(load_settings(), with_alerts=False)
+    fleet.stop_file = None
     backend = WriteHeldBack(fleet)
     try:
         loop = ScalerLoop(fleet_policy_config(load_settings()), backend, queue)
