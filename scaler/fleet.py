@@ -186,6 +186,9 @@ class FleetBackend:
         if stopped and not self._held:
             log.warning("kill_switch_seen", stop_file=str(self.stop_file))
             self._held, self._written, self._not_stopped = True, {}, set(self.members)
+            # The count from before the stop is void: re-placed at the release, it started replicas the loop,
+            # deciding from the queue in the same tick, then took back. Nothing is placed until it decides again.
+            self._desired = None
         if stopped and self._not_stopped:
             # A provider that could not be reached is asked again at every tick until it takes the stop.
             failed = await self._on_members(lambda b: b.apply(0), "apply", self._not_stopped)

@@ -169,6 +169,11 @@ class ScalerLoop:
             self.count_from_the_platform()
         decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
         self.state = decision.new_state
+        if observation.deployment_status == PAUSED:
+            # Paused, the platform runs nothing (`comfy-scaler stop`): the count is what it lists once resumed. Kept
+            # as the count applied, the one before the stop was held after `resume` (till the boundary of intervals
+            # the stop cut short) and started again for an empty queue.
+            self.state = replace(self.state, applied=None)
         outcome, apply_error = await self._apply(decision, observation, deadline)
         self._record(decision, observation, outcome, apply_error)
         if self.state_file is not None:

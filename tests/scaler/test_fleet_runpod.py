@@ -14,6 +14,8 @@ from scaler.cli import main
 from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.loop import ScalerLoop
+from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
@@ -22,7 +24,7 @@ from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
-from .conftest import FloodingPeer
+from .conftest import FloodingPeer, StubQueue
 
 DEPLOYMENT = "comfyui-worker-serverless"
 RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
@@ -193,6 +195,8 @@ async def test_a_running_fleet_holds_every_provider_at_zero_while_the_kill_switc
         view = await fleet.observe()
         assert view.status != "paused"
         assert fake_verda.deployments[DEPLOYMENT].status == "healthy"
+        assert verda_scaling() == (0, 0), "nothing placed before the loop decides again"
+        await fleet.apply(3)
         assert verda_scaling() == (3, 3), "RunPod is still in its quota back-off: Verda takes all three"
         assert fleet.state.health["verda"].degraded is None, "paused by the kill switch is not a degradation"
     finally:
@@ -387,3 +391,35 @@ async def test_a_write_decided_before_stop_all_and_landing_after_it_is_undone_in
         await fleet.aclose()
         for stopper in stoppers.values():
             await stopper.aclose()
+
+
+async def test_a_released_kill_switch_places_nothing_before_the_scaler_decides_again(
+    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
+):
+    """The fleet re-placed the count from before the stop at the tick that saw the kill switch gone, and the
+    loop's decision from the (empty) queue took it back in the same tick: 3 pods created and terminated."""
+    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+    fleet.stop_file = tmp_path / "ledger.json.stopped"
+    queue = StubQueue()
+    queue.pending = 3
+    loop = ScalerLoop(ScalingConfig(billing_aware=False, target_wait_s=None), fleet, queue, clock=wall)
+    try:
+        await loop.tick()
+        assert len(fake_runpod.live_pods()) == 3
+        fleet.stop_file.write_text("stopped\n")
+        queue.pending = 0
+        wall.advance(15)
+        assert (await loop.tick()).reason == "hold_paused"
+        assert fake_runpod.live_pods() == []
+        created = len(fake_runpod.requests_to("/pods", "POST"))
+        fleet.stop_file.unlink()  # `comfy-scaler resume`
+        wall.advance(15)
+        assert (await loop.tick()).desired == 0
+        assert len(fake_runpod.requests_to("/pods", "POST")) == created, "pods created for an empty queue"
+        assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "healthy"
+        queue.pending = 2
+        wall.advance(15)
+        await loop.tick()
+        assert len(fake_runpod.live_pods()) == 2, "and the fleet places what the loop decides"
+    finally:
+        await fleet.aclose()

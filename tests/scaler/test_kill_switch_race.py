@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.loop import ScalerLoop
@@ -113,3 +115,37 @@ async def test_resume_does_not_undo_what_a_running_fleet_placed_once_the_kill_sw
     assert await cli("resume") == 0
     assert not stop_file.exists()
     assert placed == [] or verda_scaling() == placed[-1], "the running fleet's count was pinned to 0 over"
+
+
+@pytest.mark.parametrize("config", [ScalingConfig(), CONFIG], ids=["billing-aware", "in-flight-rule"])
+@pytest.mark.parametrize("race", [True, False], ids=["write-after-stop", "no-race"])
+async def test_a_running_scaler_starts_nothing_after_resume_for_an_empty_queue(
+    cli_env, make_verda_client, fake_verda: FakeVerda, verda_scaling, config, race
+):
+    """The scaler that had 3 replicas up (or decided 3 as `stop` ran) remembered 3 as its count through the pause:
+    at its first tick after `resume` it held them (`hold_until_billing_boundary`, intervals the stop had cut
+    short; `hold_stabilizing`) and wrote 3/3, starting 3 new replicas for an empty queue (3 intervals, 1.15)."""
+    queue = StubQueue()
+    queue.pending = 3
+    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    backend = WriteHeldBack(verda)
+    loop = ScalerLoop(config, backend, queue)
+    try:
+        if race:
+            await tick_writing_after(("stop",), loop, backend)
+        else:
+            backend.let_through.set()
+            await loop.tick()
+            assert len(fake_verda.deployments[DEPLOYMENT].replicas) == 3
+            assert await cli("stop") == 0
+        backend.let_through.set()
+        queue.pending = 0  # the queue was emptied while stopped
+        assert (await loop.tick()).reason == "hold_paused"
+        assert await cli("resume") == 0
+        decision = await loop.tick()
+        assert (decision.desired, fake_verda.deployments[DEPLOYMENT].replicas) == (0, []), decision.reason
+        assert verda_scaling() == (0, 0)
+        queue.pending = 2
+        assert (await loop.tick()).desired == 2, "and scales from the queue as before"
+    finally:
+        await verda.aclose()
