@@ -350,8 +350,6 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
         loop = ScalerLoop(settings.scaling_config(), backend, queue, dry_run=True, interval_s=settings.interval_s,
                           tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings))
         pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
-        if observation.verda_error is None:
-            loop.count_from_the_platform()
         decision = decide(pricing.config, loop.state, observation)
         fleet = backend.status_report(observation.now) if isinstance(backend, FleetBackend) else None
     report = _status_report(settings, loop, decision, pricing, observation.now)

@@ -165,8 +165,6 @@ class ScalerLoop:
     async def tick(self) -> Decision:
         deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
         observation = await self.observe(deadline)
-        if observation.verda_error is None:
-            self.count_from_the_platform()
         decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
         self.state = decision.new_state
         if observation.deployment_status == PAUSED:
@@ -184,7 +182,7 @@ class ScalerLoop:
                           hint="the scaler goes on from its memory; a restart now would start afresh")
         return decision
 
-    def count_from_the_platform(self) -> None:
+    def _count_from_the_platform(self) -> None:
         """The policy's ``current`` is what the platform holds whenever that is not what this process left there: at
         the first tick (a state file saved before someone stopped, resumed or edited the deployment) and after drift.
         Kept at its saved count, the policy held or wrote back replicas nobody needed: after `stop` and `resume` with
@@ -220,7 +218,7 @@ class ScalerLoop:
 
     async def observe(self, deadline: float | None = None) -> Observation:
         """Both reads at once; one still unanswered at ``deadline`` (event-loop time; default: a tick from now)
-        has failed."""
+        has failed. A platform that answered also gives the policy its count when this process did not leave it."""
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
         read = self.queue.read() if self.config.target_wait_s is None else self.queue.read_with_timings(self.clock())
@@ -244,6 +242,7 @@ class ScalerLoop:
             self.metrics.read_errors.labels(source="backend").inc()
         else:
             self.last_view = view
+            self._count_from_the_platform()
         return Observation(
             now=now,
             pending=queue.pending_jobs if isinstance(queue, QueueStatus) else 0,
