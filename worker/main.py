@@ -410,7 +410,7 @@ class Worker:
             try:
                 job = parse_job(raw)
             except InvalidJob as exc:
-                report: Report | None = Report(job_id, attempt, error=f"Invalid job: {exc}")
+                report: Report | None = Report(job_id, attempt, error=f"Invalid job: {exc}", workflow_fault=True)
             else:
                 report = await self._run_job(job, picked_up)
             if report is None:
@@ -424,7 +424,7 @@ class Worker:
                 outcome = await self._after_refused_report(report)
             # Undelivered counts as the report that was attempted; refused means the job is no longer ours.
             finished = {"undelivered": report.kind, "refused": "abandoned", "rejected": "abandoned"}
-            self.state.job_finished(finished.get(outcome, outcome))
+            self.state.job_finished(finished.get(outcome, outcome), workflow_fault=report.workflow_fault)
             if self._prompt_over is not None and report.handback is None:  # handed back: ComfyUI may be the fault
                 await self._tidy_comfyui(self._prompt_over)
         finally:
@@ -513,7 +513,7 @@ class Worker:
         try:
             outcome = await run.run(job.workflow)
         except PromptRejected as exc:
-            return Report(job.id, job.attempt, error=str(exc))
+            return Report(job.id, job.attempt, error=str(exc), workflow_fault=True)
         except ComfyUIUnavailable as exc:
             reason = await self._explain_lost_comfyui(f"ComfyUI unavailable while submitting the workflow: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)
@@ -535,8 +535,8 @@ class Worker:
                 f"ComfyUI is still running prompt {outcome.prompt_id}, which did not stop when interrupted at "
                 "the job deadline; only a restart of ComfyUI frees it"
             )
-        if not outcome.ok:
-            return Report(job.id, job.attempt, error=outcome.message)
+        if not outcome.ok:  # a node's error is the workflow's; a timeout or someone's interrupt is not
+            return Report(job.id, job.attempt, error=outcome.message, workflow_fault=outcome.status == "error")
         self._comfyui_answered()
 
         delivery_started = time.monotonic()

@@ -18,6 +18,12 @@ class WorkerMetrics:
             "comfy_worker_jobs", "Jobs finished by this worker, by outcome (completed|failed|handed_back|abandoned).",
             ["outcome"], registry=r,
         )
+        self.workflow_failures = Counter(
+            "comfy_worker_workflow_failures",
+            "Failed jobs (counted in comfy_worker_jobs{outcome=failed} too) that failed because of their own "
+            "workflow: an invalid job, refused by ComfyUI's validation, or an error raised in one of its nodes.",
+            registry=r,
+        )
         self.job_phase_seconds = Histogram(
             "comfy_worker_job_phase_seconds",
             "Duration of each phase of a job: wait (queued until picked up), execution (ComfyUI), "

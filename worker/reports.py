@@ -36,6 +36,7 @@ class Report:
     handback: str | None = None  # set: hand the job back with this reason
     cause: HandBackCause = HandBackCause.FAULT  # of a hand back: only a stop with ComfyUI healthy is a shutdown
     job: Job | None = None  # what a resubmitted copy is made of (hand back only)
+    workflow_fault: bool = False  # a failure the job's own workflow caused (invalid, refused, a node's error)
 
     @property
     def completed(self) -> bool:

@@ -96,8 +96,9 @@ class WorkerState:
         self.consecutive_idle_polls = 0
         self.set_phase(Phase.BUSY)
 
-    def job_finished(self, outcome: str) -> None:
-        """outcome: completed, failed, handed_back (the report that was sent, or attempted) or abandoned."""
+    def job_finished(self, outcome: str, *, workflow_fault: bool = False) -> None:
+        """outcome: completed, failed, handed_back (the report that was sent, or attempted) or abandoned;
+        workflow_fault: a failure the job's own workflow caused, not this service."""
         if outcome == "completed":
             self.jobs_completed += 1
         elif outcome == "handed_back":
@@ -107,6 +108,8 @@ class WorkerState:
         else:
             self.jobs_failed += 1
         self.metrics.jobs.labels(outcome=outcome).inc()
+        if outcome == "failed" and workflow_fault:
+            self.metrics.workflow_failures.inc()
         self.current_job_id = None
         self.current_prompt_id = None
         self.beat()
