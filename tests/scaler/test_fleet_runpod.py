@@ -55,7 +55,8 @@ def make_fleet(make_verda_client, fake_runpod, wall, *, verda_price: float, runp
         ),
         error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
     )
-    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY, clock=wall)
+    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY, clock=wall,
+                           health=PodHealthProbe(fake_runpod.health_url))
     members = [
         Member(config.providers[0], VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING),
         Member(config.providers[1], runpod, RUNPOD_BILLING),

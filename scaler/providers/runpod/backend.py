@@ -32,6 +32,7 @@ HEALTHY = "healthy"
 REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
+READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 
 
 class RunPodBackend:
@@ -85,7 +86,10 @@ class RunPodBackend:
         live = [pod for pod in pods if pod.live]
         # Billing begins at creation, as far as the API tells; a pod listed without it, when first listed so.
         replicas = self._first_seen.replicas([(pod.id, pod.created_at) for pod in live], self._clock())
-        return BackendView(replicas=replicas, status=self._status())
+        # Listed is not serving: a pod stuck provisioning, or whose worker never leaves "starting", must count
+        # as not ready, or the fleet never degrades RunPod for it and drains the replicas that do serve.
+        ready = sum(1 for pod in live if pod.status == "RUNNING" and self.health.phase.get(pod.id) in READY_PHASES)
+        return BackendView(replicas=replicas, status=self._status(), ready=ready)
 
     async def apply(self, desired: int) -> bool:
         if desired < 0:
