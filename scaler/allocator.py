@@ -169,11 +169,14 @@ def allocate(
     placed = _fill(specs, desired, available)
     placed = _drain_not_kill(specs, placed, before, views, available, desired, busy)
     for spec in specs:
-        if health[spec.name].degraded is DegradedReason.ERRORS:
-            # Unreadable: what it may still run is not counted as capacity, but not cut either (a write that
-            # lands once it answers again must not kill replicas that were working all along), and it is
-            # paid for: the budgets count it.
-            placed[spec.name] = max(placed[spec.name], min(before[spec.name], spec.max_replicas))
+        if views.get(spec.name, ProviderView(error="not observed")).error is not None and (
+            health[spec.name].degraded is DegradedReason.ERRORS
+        ):
+            # Unreadable now: what it may still run is not counted as capacity, but not cut below what the queue
+            # needs either (a write that lands once it answers again must not kill replicas that were working
+            # all along), and it is paid for: the budgets count it. Read again, it is placed like any degraded
+            # provider: kept whatever the queue, it held 3 replicas through its back-off for an empty queue.
+            placed[spec.name] = max(placed[spec.name], min(before[spec.name], spec.max_replicas, desired))
     targets, budget_capped = _within_budget(config, specs, placed, before, spent_last_day)
 
     moves = tuple(

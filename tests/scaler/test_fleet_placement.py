@@ -90,3 +90,52 @@ async def test_runpod_pods_count_as_ready_once_their_worker_takes_jobs(make_verd
             assert fleet.state.health["runpod"].degraded is None
         finally:
             await fleet.aclose()
+
+
+@pytest.mark.parametrize("verda_answers_again", [True, False])
+async def test_a_provider_that_flapped_into_errors_still_goes_to_zero_when_the_queue_is_empty(
+    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling, verda_answers_again
+):
+    """Verda failed its reads for 2 ticks (degraded for errors, back-off 300 s), then the queue emptied. The
+    unreadable provider's count was kept whatever the queue needed, for the whole back-off even once Verda
+    answered again: 3 replicas pinned for 19 ticks (285 s) with nothing to do, up to an hour once the back-off
+    has doubled. Its status read failing does not keep the write from landing."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
+        try:
+            await fleet.observe()
+            await fleet.apply(3)
+            await ticks(fleet, wall, 1)
+            assert verda_scaling() == (3, 3)
+            status = f"/container-deployments/{DEPLOYMENT}/status"
+            fake_verda.fail_next(status, 503, times=4 if verda_answers_again else 1000)  # 2 tries a read
+            await ticks(fleet, wall, 2)
+            assert fleet.state.health["verda"].degraded == "errors"
+            await fleet.apply(0)
+            await ticks(fleet, wall, 2)
+            assert fleet.state.targets == {"verda": 0, "runpod": 0}
+            assert verda_scaling() == (0, 0)
+            assert fake_runpod.live_pods() == []
+        finally:
+            await fleet.aclose()
+
+
+async def test_an_unreadable_provider_keeps_its_replicas_while_the_queue_needs_them(
+    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling
+):
+    """Unreadable, a provider keeps its count while the queue needs it, and follows the queue down."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
+        try:
+            await fleet.observe()
+            await fleet.apply(3)
+            await ticks(fleet, wall, 1)
+            fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 503, times=1000)
+            await ticks(fleet, wall, 3)
+            assert fleet.state.health["verda"].degraded == "errors"
+            assert fleet.state.targets["verda"] == 3 and verda_scaling() == (3, 3)
+            await fleet.apply(2)
+            await ticks(fleet, wall, 1)
+            assert fleet.state.targets["verda"] == 2
+        finally:
+            await fleet.aclose()
