@@ -95,6 +95,9 @@ class CostLedger:
         # provider -> replica key -> intervals charged (interval rule) or charged-until epoch s (per second)
         self.billed: dict[str, dict[str, float]] = {}
         self.updated_at: float | None = None
+        # provider -> replicas listed at its last read: a provider taken out of SCALER_PROVIDERS while it still
+        # ran some is driven to zero by the next scaler (scaler.wiring), not left running and billed for ever.
+        self.live: dict[str, int] = {}
         self.alerts: dict[str, Any] | None = None  # the alert book (scaler.alerts), saved in the same file
 
     def charge(
@@ -102,6 +105,8 @@ class CostLedger:
         rule: BillingRule,
     ) -> float:
         """Charge what ``replicas`` (the provider's live list) have begun or run up to ``now``; returns it."""
+        replicas = tuple(replicas)
+        self.live[provider] = len(replicas)
         buckets = self.buckets.setdefault(provider, {})
         before = self.billed.get(provider, {})
         billed: dict[str, float] = {}
@@ -170,6 +175,7 @@ class CostLedger:
                 for name, buckets in self.buckets.items()
             },
             "billed": self.billed,
+            "live": self.live,
             "alerts": self.alerts,
         }
 
@@ -186,7 +192,12 @@ class CostLedger:
             str(name): {str(key): saved_number(v, "billed") for key, v in billed.items()}
             for name, billed in raw["billed"].items()
         }
+        ledger.live = {str(name): _replica_count(n) for name, n in (raw.get("live") or {}).items()}
         return ledger
+
+    def providers_running(self) -> dict[str, int]:
+        """The providers that listed replicas at their last read, with how many."""
+        return {name: count for name, count in self.live.items() if count > 0}
 
     def save(self, path: Path) -> None:
         write_json_atomically(path, self.to_json())
@@ -221,6 +232,12 @@ def _alert_book(raw: Any) -> dict[str, Any] | None:
     if not isinstance(sent, list) or not all(isinstance(kind, str) for kind in sent):
         raise ValueError(f"alerts.sent: {str(sent)[:80]} is not a list of alert kinds")
     return raw
+
+
+def _replica_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"live: {value!r} is not a replica count")
+    return value
 
 
 def saved_number(value: Any, name: str) -> float:

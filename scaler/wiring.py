@@ -18,7 +18,7 @@ import structlog
 
 from scaler.alerts import Alert, AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
-from scaler.config import ScalerSettings
+from scaler.config import PROVIDER_KINDS, ScalerSettings
 from scaler.deploy.errors import DeployError
 from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
 from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_from_spec
@@ -142,16 +142,26 @@ async def build_fleet(
 ) -> FleetBackend:
     """The fleet of SCALER_PROVIDERS, priced (setting, else the provider's price list). Closes what it built
     when a provider cannot be set up."""
+    ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
+    retired = _retired_providers(settings, ledger)
     built: list[tuple[str, Backend]] = []
     try:
-        for name in settings.provider_names:
-            built.append((name, make_provider(settings, name)))
+        for name in [*settings.provider_names, *retired]:
+            try:
+                built.append((name, make_provider(settings, name)))
+            except ProviderSetupError as exc:
+                if name not in retired:
+                    raise
+                raise ProviderSetupError(
+                    f"{exc} ({retired[name]}); or stop them: SCALER_PROVIDERS={name} comfy-scaler stop"
+                ) from None
         members = []
         tick_s = settings.interval_s
         for name, backend in built:
             billing = {"verda": VERDA_BILLING, "runpod": RUNPOD_BILLING}.get(name, LOCAL_BILLING)
+            most = 0 if name in retired else getattr(settings, f"{name}_max_replicas")
             spec = ProviderSpec(
-                name, getattr(settings, f"{name}_max_replicas"), await _price(settings, name, backend),
+                name, most, await _price(settings, name, backend),
                 commit_s=billing.interval_s if not billing.per_second else tick_s,
             )
             members.append(Member(spec, backend, billing))
@@ -167,12 +177,25 @@ async def build_fleet(
         max_spend_per_hour=settings.max_spend_per_hour,
         max_spend_per_day=settings.max_spend_per_day,
     )
-    ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
     alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
     # A tick reads, may write while placing, then writes: each provider call gets a quarter of the tick.
     return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
                         alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings),
                         member_timeout_s=tick_deadline(settings.interval_s, settings.tick_deadline_s) / 4)
+
+
+def _retired_providers(settings: ScalerSettings, ledger: CostLedger) -> dict[str, str]:
+    """Providers the ledger saw running replicas on that SCALER_PROVIDERS no longer lists, each with why it is
+    kept: the fleet drives them to zero (their max is 0) and charges them until then. Left out, nothing read or
+    wrote them again: their replicas ran, billed, for ever, and no budget saw them."""
+    retired = {}
+    for name, count in ledger.providers_running().items():
+        if name in settings.provider_names or name not in PROVIDER_KINDS:
+            continue
+        retired[name] = f"{count} replicas running at the last tick, no longer in SCALER_PROVIDERS"
+        log.warning("provider_retired_with_replicas", provider=name, replicas=count,
+                    hint="driven to zero and charged until it is; list it again to keep using it")
+    return retired
 
 
 def stop_file_for(settings: ScalerSettings) -> Path | None:

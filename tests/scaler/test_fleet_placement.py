@@ -3,18 +3,22 @@ and that leave the list while their replicas run."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.config import load_settings
 from scaler.fleet import FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
+from scaler.policy import Replica
 from scaler.providers import VerdaBackend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
+from scaler.wiring import ProviderSetupError, build_fleet
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
@@ -139,3 +143,82 @@ async def test_an_unreadable_provider_keeps_its_replicas_while_the_queue_needs_t
             assert fleet.state.targets["verda"] == 2
         finally:
             await fleet.aclose()
+
+
+@pytest.fixture
+def operator_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path, restore_logging):
+    """What docs/providers.md has the operator set for `SCALER_PROVIDERS=verda,runpod`, at the stand-ins."""
+
+    def make(fake_runpod: FakeRunPod, providers: str) -> dict[str, str]:
+        env = {
+            "QUEUE_MANAGER_URL": qm.url, "VERDA_CLIENT_ID": verda_credentials[0],
+            "VERDA_CLIENT_SECRET": verda_credentials[1], "VERDA_API_URL": fake_verda.url,
+            "RUNPOD_API_KEY": RUNPOD_KEY, "RUNPOD_API_URL": fake_runpod.url,
+            "RUNPOD_HEALTH_URL": fake_runpod.health_url, "RUNPOD_VOLUME_ID": "vol-demo",
+            "RUNPOD_DATA_CENTER_IDS": "US-TX-3", "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.1.0",
+            "SCALER_PROVIDERS": providers, "SCALER_VERDA_PRICE_PER_HOUR": "2.99",
+            "SCALER_RUNPOD_PRICE_PER_HOUR": "0.44", "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
+            "SCALER_ALERT_DRY_RUN": "true", "LOG_FORMAT": "json",
+        }
+        monkeypatch.chdir(tmp_path)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return env
+
+    return make
+
+
+async def test_a_provider_taken_out_of_scaler_providers_is_driven_to_zero_and_charged_until_it_is(
+    operator_env, fake_verda: FakeVerda, verda_scaling
+):
+    """RunPod ran 2 pods when the operator restarted the scaler with `SCALER_PROVIDERS=verda`: nothing read or
+    wrote RunPod again, so its pods ran, billed per second, for ever, and the ledger (the budgets) never saw
+    them. Measured: 2 pods still running after 5 ticks at an empty queue, none of their time charged."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda,runpod")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            await fleet.observe()
+            await fleet.apply(2)  # RunPod is the cheaper: both on it
+            await fleet.observe()
+        finally:
+            await fleet.aclose()
+        assert len(fake_runpod.live_pods()) == 2
+        charged_before = fleet.ledger.spent_since(0, "runpod")
+
+        operator_env(fake_runpod, "verda")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            await fleet.observe()
+            await fleet.apply(0)  # the queue is empty
+            for _ in range(5):
+                await asyncio.sleep(0.2)
+                await fleet.observe()
+            assert fake_runpod.live_pods() == [], "the pods of a provider no longer listed are stopped"
+            assert fleet.ledger.spent_since(0, "runpod") > charged_before, "their time till then is charged"
+            assert verda_scaling() == (0, 0)
+        finally:
+            await fleet.aclose()
+
+        fleet = await build_fleet(load_settings(), with_alerts=False)  # gone to zero: not looked at again
+        try:
+            assert list(fleet.members) == ["verda"]
+        finally:
+            await fleet.aclose()
+
+
+async def test_a_retired_provider_that_cannot_be_reached_stops_the_start_with_what_to_do(
+    operator_env, monkeypatch, tmp_path
+):
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda")
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    ledger = CostLedger()
+    ledger.charge("runpod", [Replica("p1", time.time() - 60), Replica("p2", time.time() - 60)], time.time(),
+                  price_per_hour=0.44, rule=RUNPOD_BILLING)
+    ledger.save(tmp_path / "ledger.json")
+    with pytest.raises(ProviderSetupError) as raised:
+        await build_fleet(load_settings(), with_alerts=False)
+    message = str(raised.value)
+    assert message.startswith("runpod: ") and "2 replicas running at the last tick, no longer in SCALER_PROVIDERS" \
+        in message and "SCALER_PROVIDERS=runpod comfy-scaler stop" in message, message
