@@ -143,7 +143,10 @@ async def build_fleet(
     """The fleet of SCALER_PROVIDERS, priced (setting, else the provider's price list). Closes what it built
     when a provider cannot be set up."""
     ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
-    retired = _retired_providers(settings, ledger)
+    retired = retired_providers(settings, ledger)
+    for name, why in retired.items():
+        log.warning("provider_retired_with_replicas", provider=name, detail=why,
+                    hint="driven to zero and charged until it is; list it again to keep using it")
     built: list[tuple[str, Backend]] = []
     try:
         for name in [*settings.provider_names, *retired]:
@@ -184,18 +187,16 @@ async def build_fleet(
                         member_timeout_s=tick_deadline(settings.interval_s, settings.tick_deadline_s) / 4)
 
 
-def _retired_providers(settings: ScalerSettings, ledger: CostLedger) -> dict[str, str]:
+def retired_providers(settings: ScalerSettings, ledger: CostLedger) -> dict[str, str]:
     """Providers the ledger saw running replicas on that SCALER_PROVIDERS no longer lists, each with why it is
-    kept: the fleet drives them to zero (their max is 0) and charges them until then. Left out, nothing read or
-    wrote them again: their replicas ran, billed, for ever, and no budget saw them."""
-    retired = {}
-    for name, count in ledger.providers_running().items():
-        if name in settings.provider_names or name not in PROVIDER_KINDS:
-            continue
-        retired[name] = f"{count} replicas running at the last tick, no longer in SCALER_PROVIDERS"
-        log.warning("provider_retired_with_replicas", provider=name, replicas=count,
-                    hint="driven to zero and charged until it is; list it again to keep using it")
-    return retired
+    kept: the fleet drives them to zero (their max is 0) and charges them until then, and `stop --all` stops
+    them. Left out, nothing read or wrote them again: their replicas ran, billed, for ever, and no budget saw
+    them. Not `local`: its workers die with the scaler that ran them."""
+    return {
+        name: f"{count} replicas running at the last tick, no longer in SCALER_PROVIDERS"
+        for name, count in ledger.providers_running().items()
+        if name not in settings.provider_names and name in PROVIDER_KINDS and name != "local"
+    }
 
 
 def stop_file_for(settings: ScalerSettings) -> Path | None:
@@ -294,6 +295,8 @@ async def stop_all(
     """`comfy-scaler stop --all`: every provider at once, each confirmed from its own state. The stop file is
     written first, so a running scaler holds everything at zero too (RunPod has no pause of its own)."""
     results: list[StopResult] = []
+    if settings.provider_names and settings.ledger_file:
+        names = [*names, *retired_providers(settings, CostLedger.load(settings.ledger_file))]
     stop_file = stop_file_for(settings)
     if stop_file is not None:
         try:

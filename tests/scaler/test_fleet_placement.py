@@ -10,6 +10,7 @@ import pytest
 
 from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.cli import main
 from scaler.config import load_settings
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
@@ -222,3 +223,23 @@ async def test_a_retired_provider_that_cannot_be_reached_stops_the_start_with_wh
     message = str(raised.value)
     assert message.startswith("runpod: ") and "2 replicas running at the last tick, no longer in SCALER_PROVIDERS" \
         in message and "SCALER_PROVIDERS=runpod comfy-scaler stop" in message, message
+
+
+async def test_stop_all_also_stops_a_provider_taken_out_of_scaler_providers(
+    operator_env, fake_verda: FakeVerda, capsys
+):
+    """`stop --all` stopped only what SCALER_PROVIDERS listed: the 2 pods of a RunPod just taken out of it
+    ran on, and it answered "nothing is running" (exit 0)."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda,runpod")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            await fleet.observe()
+            await fleet.apply(2)
+            await fleet.observe()
+        finally:
+            await fleet.aclose()
+        operator_env(fake_runpod, "verda")
+        assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
+        assert fake_runpod.live_pods() == []
+        assert "runpod: stopped" in capsys.readouterr().out
