@@ -243,3 +243,35 @@ async def test_stop_all_also_stops_a_provider_taken_out_of_scaler_providers(
         assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
         assert fake_runpod.live_pods() == []
         assert "runpod: stopped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("topped_up", [True, False])
+async def test_runpod_refusing_for_balance_is_tried_again_after_the_back_off(
+    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling, topped_up
+):
+    """RunPod answered 402 (balance spent): degraded, Verda took the 2 replicas. RunPod reports its last refusal
+    until a create succeeds, and a degraded provider is asked for no pod: at every back-off's end it was degraded
+    again before being asked. Balance topped up, it stayed out for good (1200 s measured, 4 back-offs), the 2
+    replicas on Verda at 2.99/h instead of RunPod's 0.44/h: 5.10 USD an hour until the scaler restarted."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+        try:
+            fake_runpod.balance_usd = 0.0
+            await fleet.observe()
+            await fleet.apply(2)
+            await ticks(fleet, wall, 1)
+            assert fleet.state.health["runpod"].degraded == "quota_reached"
+            assert fleet.state.targets == {"runpod": 0, "verda": 2} and verda_scaling() == (2, 2)
+            if topped_up:
+                fake_runpod.balance_usd = None
+            await ticks(fleet, wall, int(RETRY_S // TICK_S) + 2)
+            if topped_up:
+                assert fleet.state.health["runpod"].degraded is None
+                assert fleet.state.targets == {"runpod": 2, "verda": 0}, "drained back once RunPod's pods serve"
+                assert len(fake_runpod.live_pods()) == 2 and verda_scaling() == (0, 0)
+            else:
+                health = fleet.state.health["runpod"]
+                assert health.degraded == "quota_reached" and health.backoff_s == 2 * RETRY_S
+                assert verda_scaling() == (2, 2), "Verda kept the replicas through the retry"
+        finally:
+            await fleet.aclose()

@@ -89,7 +89,7 @@ class RunPodBackend:
         # Listed is not serving: a pod stuck provisioning, or whose worker never leaves "starting", must count
         # as not ready, or the fleet never degrades RunPod for it and drains the replicas that do serve.
         ready = sum(1 for pod in live if pod.status == "RUNNING" and self.health.phase.get(pod.id) in READY_PHASES)
-        return BackendView(replicas=replicas, status=self._status(), ready=ready)
+        return BackendView(replicas=replicas, status=self._status(len(live)), ready=ready)
 
     async def apply(self, desired: int) -> bool:
         if desired < 0:
@@ -124,10 +124,14 @@ class RunPodBackend:
 
     # --- reconcile ------------------------------------------------------------------------------
 
-    def _status(self) -> str:
+    def _status(self, live: int) -> str:
+        """``quota_reached`` while RunPod refuses pods still wanted. Once the count asked for is there (a fleet
+        lowers a refusing provider's count to what it has), the last refusal answers nothing asked: reported
+        still, it degraded RunPod again at every back-off's end before a pod was asked of it, for good."""
         if self._paused:
             return PAUSED
-        return QUOTA_REACHED if self.refusal is not None else HEALTHY
+        wanted = self._target() > live + len(self._unlisted)
+        return QUOTA_REACHED if self.refusal is not None and wanted else HEALTHY
 
     async def _our_pods(self) -> list[Pod]:
         pods = [pod for pod in await self.client.list_pods() if self._own.match(pod.name)]
