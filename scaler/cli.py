@@ -223,7 +223,9 @@ def refuse_budget_conflicts(settings: ScalerSettings, backend: Backend, pricing:
     """True, having said why on stderr, when the budgets cannot pay for SCALER_MIN_REPLICAS at the price now
     known (a fleet: its cheapest provider's)."""
     if isinstance(backend, FleetBackend):
-        price = min((m.spec.price_per_hour for m in backend.members.values()), default=0.0)
+        # A provider that may hold no replica (one taken out of SCALER_PROVIDERS, being drained) pays for none.
+        price = min((m.spec.price_per_hour for m in backend.members.values() if m.spec.max_replicas > 0),
+                    default=0.0)
     else:
         price = pricing.config.price_per_replica_hour
     conflicts = budget_conflicts(settings, price)

@@ -98,6 +98,9 @@ class CostLedger:
         # provider -> replicas listed at its last read: a provider taken out of SCALER_PROVIDERS while it still
         # ran some is driven to zero by the next scaler (scaler.wiring), not left running and billed for ever.
         self.live: dict[str, int] = {}
+        # provider -> the hourly price it was last charged at: a price list that does not answer at the next start
+        # does not keep the fleet from starting (scaler.wiring).
+        self.prices: dict[str, float] = {}
         self.alerts: dict[str, Any] | None = None  # the alert book (scaler.alerts), saved in the same file
 
     def charge(
@@ -107,6 +110,7 @@ class CostLedger:
         """Charge what ``replicas`` (the provider's live list) have begun or run up to ``now``; returns it."""
         replicas = tuple(replicas)
         self.live[provider] = len(replicas)
+        self.prices[provider] = price_per_hour
         buckets = self.buckets.setdefault(provider, {})
         before = self.billed.get(provider, {})
         billed: dict[str, float] = {}
@@ -176,6 +180,7 @@ class CostLedger:
             },
             "billed": self.billed,
             "live": self.live,
+            "prices": self.prices,
             "alerts": self.alerts,
         }
 
@@ -193,6 +198,7 @@ class CostLedger:
             for name, billed in raw["billed"].items()
         }
         ledger.live = {str(name): _replica_count(n) for name, n in (raw.get("live") or {}).items()}
+        ledger.prices = {str(name): _price(v) for name, v in (raw.get("prices") or {}).items()}
         return ledger
 
     def providers_running(self) -> dict[str, int]:
@@ -238,6 +244,13 @@ def _replica_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"live: {value!r} is not a replica count")
     return value
+
+
+def _price(value: Any) -> float:
+    price = saved_number(value, "prices")
+    if price < 0:
+        raise ValueError(f"prices: {value!r} is not a price")
+    return price
 
 
 def saved_number(value: Any, name: str) -> float:

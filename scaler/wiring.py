@@ -118,7 +118,9 @@ async def look_up_price(settings: ScalerSettings, lookup: Callable[[], Awaitable
     return price
 
 
-async def _price(settings: ScalerSettings, name: str, backend: Backend) -> float:
+async def _price(settings: ScalerSettings, name: str, backend: Backend, last_charged: float | None) -> float:
+    """The setting, else the provider's price list; a price list that fails falls back on the price the ledger
+    last charged: refused, the whole fleet did not start and every provider's count stayed pinned, billed."""
     configured = getattr(settings, f"{name}_price_per_hour")
     if configured is not None:
         return float(configured)
@@ -128,6 +130,11 @@ async def _price(settings: ScalerSettings, name: str, backend: Backend) -> float
     try:
         return await look_up_price(settings, lookup)
     except Exception as exc:
+        if last_charged is not None:
+            log.warning("provider_price_from_ledger", provider=name, price_per_hour=last_charged,
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                        hint=f"the price list did not answer; set SCALER_{name.upper()}_PRICE_PER_HOUR to be sure")
+            return last_charged
         raise ProviderSetupError(
             f"{name}: price lookup failed ({type(exc).__name__}: {exc}); set SCALER_{name.upper()}_PRICE_PER_HOUR"
         ) from None
@@ -164,7 +171,7 @@ async def build_fleet(
             billing = {"verda": VERDA_BILLING, "runpod": RUNPOD_BILLING}.get(name, LOCAL_BILLING)
             most = 0 if name in retired else getattr(settings, f"{name}_max_replicas")
             spec = ProviderSpec(
-                name, most, await _price(settings, name, backend),
+                name, most, await _price(settings, name, backend, ledger.prices.get(name)),
                 commit_s=billing.interval_s if not billing.per_second else tick_s,
             )
             members.append(Member(spec, backend, billing))

@@ -275,3 +275,30 @@ async def test_runpod_refusing_for_balance_is_tried_again_after_the_back_off(
                 assert verda_scaling() == (2, 2), "Verda kept the replicas through the retry"
         finally:
             await fleet.aclose()
+
+
+async def test_a_price_list_that_fails_at_start_falls_back_on_the_price_last_charged(
+    operator_env, monkeypatch, fake_verda: FakeVerda
+):
+    """Verda's and RunPod's prices read from their price lists (docs/providers.md, the prices unset). RunPod's
+    catalogue answering 500 at a restart stopped the whole fleet from starting (`runpod: price lookup failed`):
+    under systemd it restarted every 5 s, deciding nothing, every provider's count pinned and billed."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda,runpod")
+        monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            listed = fleet.members["runpod"].spec.price_per_hour
+            await fleet.observe()  # charged, and saved, at that price
+        finally:
+            await fleet.aclose()
+        fake_runpod.fail_next(f"/catalog/gpus/{POD_BODY['gpu']['id']}", 500, times=100)
+        monkeypatch.setenv("SCALER_TICK_DEADLINE_S", "1")  # what a lookup may take: it fails sooner
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            assert fleet.members["runpod"].spec.price_per_hour == listed > 0
+        finally:
+            await fleet.aclose()
+        fleet_of_a_new_ledger = load_settings(ledger_file=None)
+        with pytest.raises(ProviderSetupError, match="runpod: price lookup failed"):
+            await build_fleet(fleet_of_a_new_ledger, with_alerts=False)
