@@ -183,8 +183,8 @@ def allocate(
         Move(p.name, before[p.name], targets[p.name], _reason(p, specs, targets, before, health, available))
         for p in specs if targets[p.name] != before[p.name]
     )
-    engaged = any(
-        targets[p.name] > 0 and any(health[q.name].degraded is not None for q in specs[:i])
+    engaged = any(  # a provider that may hold no replica (one being retired) is no one's fallback
+        targets[p.name] > 0 and any(health[q.name].degraded is not None and q.max_replicas > 0 for q in specs[:i])
         for i, p in enumerate(specs)
     )
     new_state = AllocatorState(targets=targets, health=health)

@@ -253,3 +253,15 @@ def test_budget_caps_new_replicas_across_providers():
                     spent_last_day=0.2)
     # One Verda replica commits 2.3 / 6 = 0.383: two fit in the 0.8 left today.
     assert step.targets == {"verda": 2, "runpod": 0}
+
+
+def test_a_degraded_provider_that_may_hold_no_replica_engages_no_fallback():
+    """A provider taken out of SCALER_PROVIDERS is kept at a max of 0 until it is empty; unreadable, it made
+    every replica on a dearer provider a "fallback" (the fallback_engaged alert, the gauge at 1)."""
+    config = AllocatorConfig((ProviderSpec("runpod", 0, 0.44), ProviderSpec("verda", 3, 2.30)), error_ticks=1)
+    state = AllocatorState(targets={"runpod": 2, "verda": 2})
+    views = {"runpod": ProviderView(2, 2, error="ConnectError"), "verda": ProviderView(2, 2)}
+    allocation = allocate(config, state, 2, views, 0.0)
+    assert allocation.new_state.health["runpod"].degraded is DegradedReason.ERRORS
+    assert allocation.targets["verda"] == 2
+    assert not allocation.fallback_engaged
