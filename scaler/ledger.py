@@ -72,6 +72,10 @@ def _key(replica: BilledReplica) -> str:
     return f"{replica.id}@{replica.started_at:.3f}"
 
 
+def _start_of(key: str) -> float:
+    return saved_number(key.rpartition("@")[2], "billed")
+
+
 def _charged_within(key: str, value: float, horizon: float, rule: BillingRule) -> bool:
     """Whether the replica of ``key`` was last charged after ``horizon`` (``value`` as kept in ``billed``)."""
     if rule.per_second:
@@ -101,6 +105,7 @@ class CostLedger:
         # provider -> the hourly price it was last charged at: a price list that does not answer at the next start
         # does not keep the fleet from starting (scaler.wiring).
         self.prices: dict[str, float] = {}
+        self.looked_at: dict[str, float] = {}  # provider -> when it was last charged (its replicas last listed)
         self.alerts: dict[str, Any] | None = None  # the alert book (scaler.alerts), saved in the same file
 
     def charge(
@@ -116,12 +121,19 @@ class CostLedger:
         billed: dict[str, float] = {}
         total = 0.0
         horizon = now - KEEP_S
+        listed_last = self._listed_at_last_look(before, rule, self.looked_at.get(provider))
+        self.looked_at[provider] = now
         for replica in replicas:
-            key = _key(replica)
+            key, started_at = _key(replica), replica.started_at
+            if key not in before and (same := listed_last.get(replica.id)) is not None:
+                # The replica listed at the last look, now with another start: the one taken for it while the
+                # provider listed none (when first listed, by a scaler since restarted) before its own. Charged
+                # on under the first start: as new, it was charged its whole run again (0.77 $, not 0.38).
+                key, started_at = same, _start_of(same)
             if rule.per_second:
                 # A start in the future (a skewed or garbage clock) is charged from now on, not never; one
                 # older than a day is charged for the day only: no window reads further back.
-                since = max(before.get(key, min(replica.started_at, now)), now - DAY_S)
+                since = max(before.get(key, min(started_at, now)), now - DAY_S)
                 until = max(since, now)
                 amount = (until - since) * price_per_hour / HOUR_S
                 if amount > 0:
@@ -130,12 +142,12 @@ class CostLedger:
                 billed[key] = until
                 continue
             # Intervals begun before the horizon are dropped below anyway (a minute early: buckets are minutes).
-            first = first_interval_after(replica.started_at, horizon - BUCKET_S, rule.interval_s, rule.anchor)
+            first = first_interval_after(started_at, horizon - BUCKET_S, rule.interval_s, rule.anchor)
             done = max(int(before.get(key, 0)), first)
-            due = billed_intervals(replica.started_at, now, rule.interval_s, rule.anchor)
+            due = billed_intervals(started_at, now, rule.interval_s, rule.anchor)
             amount = price_per_hour * rule.interval_s / HOUR_S
             for index in range(done, due):
-                at = _bucket(interval_start(replica.started_at, index, rule.interval_s, rule.anchor))
+                at = _bucket(interval_start(started_at, index, rule.interval_s, rule.anchor))
                 buckets[at] = buckets.get(at, 0.0) + amount
                 total += amount
             billed[key] = max(done, due)
@@ -149,6 +161,26 @@ class CostLedger:
             del buckets[old]
         self.updated_at = now
         return total
+
+    @staticmethod
+    def _listed_at_last_look(before: dict[str, float], rule: BillingRule, looked_at: float | None) -> dict[str, str]:
+        """Replica id -> its key, for the replicas charged up to the last look (listed then). A replica gone
+        for longer is not among them: an id a provider gives again later is a new replica, charged as one."""
+        if looked_at is None:
+            return {}
+        listed = {}
+        for key, value in before.items():
+            if rule.per_second:
+                current = value >= looked_at
+            else:
+                try:
+                    start = _start_of(key)
+                except ValueError:
+                    continue
+                current = interval_start(start, int(value), rule.interval_s, rule.anchor) > looked_at
+            if current:
+                listed[key.rpartition("@")[0]] = key
+        return listed
 
     def spent_since(self, since: float, provider: str | None = None) -> float:
         """Charged after ``since`` (to the minute), by one provider or all together."""
@@ -181,6 +213,7 @@ class CostLedger:
             "billed": self.billed,
             "live": self.live,
             "prices": self.prices,
+            "looked_at": self.looked_at,
             "alerts": self.alerts,
         }
 
@@ -199,6 +232,7 @@ class CostLedger:
         }
         ledger.live = {str(name): _replica_count(n) for name, n in (raw.get("live") or {}).items()}
         ledger.prices = {str(name): _price(v) for name, v in (raw.get("prices") or {}).items()}
+        ledger.looked_at = {str(name): saved_number(v, "looked_at") for name, v in (raw.get("looked_at") or {}).items()}
         return ledger
 
     def providers_running(self) -> dict[str, int]:

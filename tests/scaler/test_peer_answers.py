@@ -15,9 +15,9 @@ from queue_manager.server import QueueManagerServer
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.cli import main
 from scaler.fleet import FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.loop import ScalerLoop
-from scaler.policy import ScalingConfig
+from scaler.policy import Replica, ScalingConfig
 from scaler.providers.runpod.backend import LISTING_LAG_S, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.verda.backend import VerdaBackend
@@ -374,3 +374,39 @@ async def test_a_429_asking_for_no_wait_still_backs_off(fake_verda, retry_after)
                            sleep=sleep) as verda:
         await verda.get_status(DEPLOYMENT)
     assert len(waits) == 4 and min(waits) >= 0.5 and waits[-1] >= 4
+
+
+@pytest.mark.parametrize("restarted_while", ["placed", "running"])
+async def test_a_verda_replica_first_listed_without_started_at_is_not_charged_again_by_a_restarted_scaler(
+    fake_verda: FakeVerda, make_verda_client, wall: ManualClock, tmp_path, restarted_while
+):
+    """Listed without started_at (being placed), the replica starts when first listed; a restarted scaler, which
+    no longer knows that, took the start it saw for a new replica: 0.77 $ for three minutes of one replica, not
+    0.38 $, and the whole run again for one listed longer."""
+    replicas = f"/container-deployments/{DEPLOYMENT}/replicas"
+    placed = {"list": [{"id": "replica-a", "status": "provisioning"}]}
+    running = {"list": [{"id": "replica-a", "status": "running",
+                         "started_at": datetime.fromtimestamp(wall() + 50, UTC).isoformat()}]}
+    for body, times in ((placed, 4 if restarted_while == "placed" else 2), (running, 20)):
+        fake_verda.fail_next(replicas, 200, method="GET", times=times, body=body)
+    ledger_file = tmp_path / "ledger.json"
+    for _ in range(2):  # a scaler, then the one restarted after it, with the same ledger file
+        fleet = one_provider_fleet("verda", VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_PRICE,
+                                   VERDA_BILLING, wall)
+        fleet.ledger, fleet.ledger_file = CostLedger.load(ledger_file), ledger_file
+        try:
+            for _ in range(3 if restarted_while == "placed" else 6):
+                await fleet.observe()
+                wall.advance(TICK_S)
+        finally:
+            await fleet.aclose()
+    assert fleet.ledger.spent_since(0) == pytest.approx(VERDA_PRICE * 600 / 3600)
+
+
+def test_an_id_listed_again_long_after_its_replica_went_is_a_new_replica():
+    """Ids are not known never to come back: one that was not in the last listing is charged as a new replica."""
+    ledger = CostLedger()
+    ledger.charge("verda", [Replica("r1", 0.0)], 60.0, price_per_hour=6.0, rule=VERDA_BILLING)
+    ledger.charge("verda", [], 1200.0, price_per_hour=6.0, rule=VERDA_BILLING)
+    ledger.charge("verda", [Replica("r1", 1300.0)], 1320.0, price_per_hour=6.0, rule=VERDA_BILLING)
+    assert ledger.spent_since(-1) == pytest.approx(2 * 6.0 * 600 / 3600)
