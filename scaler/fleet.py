@@ -342,6 +342,12 @@ class FleetBackend:
                 continue
             self._written[name] = target
             wrote = wrote or bool(result)
+        if any(target > self.ledger.live.get(name, 0) for name, target in allocation.targets.items()):
+            # Saved at once, not at the next tick: replicas asked for by a scaler stopped before it lists them
+            # are still found by the next one if their provider leaves SCALER_PROVIDERS (scaler.wiring).
+            for name, target in allocation.targets.items():
+                self.ledger.live[name] = max(target, self.ledger.live.get(name, 0))
+            self.save()
         return wrote
 
     def _report(self, allocation: Allocation, now: float) -> None:

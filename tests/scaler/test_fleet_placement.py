@@ -302,3 +302,27 @@ async def test_a_price_list_that_fails_at_start_falls_back_on_the_price_last_cha
         fleet_of_a_new_ledger = load_settings(ledger_file=None)
         with pytest.raises(ProviderSetupError, match="runpod: price lookup failed"):
             await build_fleet(fleet_of_a_new_ledger, with_alerts=False)
+
+
+async def test_pods_asked_for_by_a_scaler_stopped_before_it_listed_them_are_not_forgotten(
+    operator_env, fake_verda: FakeVerda
+):
+    """The ledger kept the replicas listed at the last read only: 2 pods created at a tick's write, the scaler
+    stopped before its next read, RunPod taken out of SCALER_PROVIDERS: both pods left running."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda,runpod")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            await fleet.observe()
+            await fleet.apply(2)
+        finally:
+            await fleet.aclose()
+        operator_env(fake_runpod, "verda")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        try:
+            await fleet.observe()
+            await fleet.apply(0)
+            await fleet.observe()
+            assert fake_runpod.live_pods() == []
+        finally:
+            await fleet.aclose()
