@@ -46,6 +46,22 @@ def url_secrets(url: str) -> list[str]:
     return credentials
 
 
+# A path or query shorter than this is no secret worth a mask: masked in every line, "/hook" would garble them.
+MIN_SECRET_PATH_CHARS = 8
+
+
+def secret_url_secrets(url: str) -> list[str]:
+    """What no output may show of a URL that is itself the credential (a Slack or Discord webhook: its path holds
+    the token): the URL, and its path and query alone, which a server refusing the request names
+    ("Cannot POST /services/T…/B…/<token>")."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    tail = parts.path + (f"?{parts.query}" if parts.query else "")
+    return [url, *(part for part in {parts.path, tail} if len(part) >= MIN_SECRET_PATH_CHARS), *url_credentials(url)]
+
+
 def queue_token_clash(queue_url: str) -> str | None:
     """Why QUEUE_MANAGER_URL cannot go with QUEUE_MANAGER_TOKEN, or None (for a check made when both are set):
     both need the one Authorization header, and httpx sends the URL's user and password (Basic) in place of the

@@ -26,6 +26,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import AnswerTooLarge, read_at_most
+from common.logs import scrub
 from scaler.ledger import day_start
 
 log = structlog.get_logger()
@@ -198,7 +199,8 @@ class AlertSender:
             try:
                 await self.send(alert)
             except Exception as exc:  # one undeliverable alert must not stop the next ones
-                log.error("alert_not_delivered", kind=alert.kind, error=f"{type(exc).__name__}: {exc}"[:300])
+                # Scrubbed before the cut: a secret across it would keep its first part.
+                log.error("alert_not_delivered", kind=alert.kind, error=scrub(f"{type(exc).__name__}: {exc}")[:300])
             finally:
                 self._queue.task_done()
 
@@ -236,6 +238,6 @@ class AlertSender:
         if response.is_success:
             return
         raise WebhookError(
-            f"webhook answered HTTP {response.status_code}: {text[:200]}",
+            f"webhook answered HTTP {response.status_code}: {scrub(text)[:200]}",  # scrubbed before the cut
             retryable=response.status_code in RETRYABLE_STATUS,
         )

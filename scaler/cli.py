@@ -23,7 +23,7 @@ from rich.table import Table
 
 from common.logs import configure_logging, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
-from common.urls import redact_url, url_secrets
+from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
 from scaler.loop import ScalerLoop, load_policy_state
@@ -110,11 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ignored:
         print(f"{ignored}\nstop: going on: the kill switch reads none of those; fix them before `run` or `resume`.",
               file=sys.stderr)
-    secrets = (settings.queue_manager_token, settings.verda_client_secret, settings.alert_webhook_url,
-               settings.runpod_api_key)
-    for secret in secrets:
+    for secret in (settings.queue_manager_token, settings.verda_client_secret, settings.runpod_api_key):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    if settings.alert_webhook_url is not None:
+        for credential in secret_url_secrets(settings.alert_webhook_url.get_secret_value()):
+            register_secret(credential)
     for credential in url_secrets(settings.queue_base_url):
         register_secret(credential)
     if settings.provider_names and args.command == "once":
@@ -215,7 +216,8 @@ async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
     try:
         price = await look_up_price(settings, backend.price_per_hour)
     except Exception as exc:  # the API's errors, and answers of a shape nobody expected (a dict for a list)
-        return Pricing(settings.scaling_config(), "default", error=f"{type(exc).__name__}: {exc}"[:300])
+        # Scrubbed before the cut: a secret across it would keep its first part.
+        return Pricing(settings.scaling_config(), "default", error=scrub(f"{type(exc).__name__}: {exc}")[:300])
     return Pricing(settings.scaling_config(price), "verda")
 
 

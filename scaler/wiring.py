@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from common.logs import scrub
 from scaler.alerts import Alert, AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import PROVIDER_KINDS, ScalerSettings
@@ -45,7 +46,11 @@ WITHHELD_FROM_WORKERS = frozenset(
 
 
 class ProviderSetupError(Exception):
-    """A provider in SCALER_PROVIDERS cannot be built or priced."""
+    """A provider in SCALER_PROVIDERS cannot be built or priced. Scrubbed when made: the CLI prints it, and print()
+    is not the log scrubber (a price list refusing the token echoed the client secret to the terminal)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrub(message))
 
 
 def worker_environment(settings: ScalerSettings, environ: Mapping[str, str]) -> dict[str, str]:

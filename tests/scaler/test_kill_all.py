@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 
 from demo.replicas import free_loopback_port
 from scaler.cli import main
@@ -288,6 +289,48 @@ async def test_stop_never_prints_a_secret_the_provider_echoes(cli_env, fake_verd
     captured = capsys.readouterr()
     assert "unauthorized_request" in captured.err and "***" in captured.err
     assert secret not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("command", [["status"], ["resume"]])
+async def test_a_price_list_echoing_the_secret_never_prints_it(fleet_env, fake_verda, monkeypatch, capsys, command):
+    """A provider that cannot be set up (its price list refusing) is printed as `<command>: verda: price lookup
+    failed (...)`: print() is not the log scrubber, and a Verda error echoing the client secret reached the terminal
+    as is (`run` and `status` printed it, `resume` too)."""
+    secret = fleet_env["VERDA_CLIENT_SECRET"]
+    monkeypatch.delenv("SCALER_VERDA_PRICE_PER_HOUR")
+    fake_verda.fail_next("/oauth2/token", 401, times=10,
+                         body={"code": "unauthorized_request", "message": f"no client with secret {secret}"})
+    assert await cli(*command) == 1
+    captured = capsys.readouterr()
+    assert "verda: price lookup failed" in captured.err and "unauthorized_request" in captured.err, captured.err
+    assert secret not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("padding", [0, 170], ids=["path-whole", "path-across-the-cut"])
+async def test_a_webhook_echoing_its_path_never_reaches_the_log(fleet_env, monkeypatch, capsys, padding):
+    """A webhook's path is its secret (Slack: /services/T…/B…/<token>). A server refusing the POST commonly names
+    the path (Express: "Cannot POST /services/…"), and `alert_not_delivered` logged that answer as is: only the
+    whole URL was a registered secret, so the path, alone in the text, went through. The answer is cut at 200
+    characters: cut before it was scrubbed, a secret across the cut kept its first half."""
+    secret_path = "/services/T0ACME/B0ACME/webhook-path-do-not-log"
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=404, text=f"{'.' * padding}<pre>Cannot POST {request.path}</pre>")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        monkeypatch.setenv("SCALER_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{runner.addresses[0][1]}{secret_path}")
+        monkeypatch.setenv("SCALER_ALERT_DRY_RUN", "false")
+        assert await cli("stop", "--all") == 0
+    finally:
+        await runner.cleanup()
+    captured = capsys.readouterr()
+    assert "alert_not_delivered" in captured.err and "Cannot POST" in captured.err, captured.err
+    assert "/services/T0" not in captured.out + captured.err
 
 
 @pytest.mark.parametrize("command", [["stop"], ["stop", "--all"]])
