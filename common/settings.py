@@ -17,6 +17,10 @@ from rapidfuzz.distance import OSA
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 log = structlog.get_logger()
 
+# The scaler's own credentials: its cloud accounts and its alert webhook. No worker, and no ComfyUI, has use for
+# them: the local backend's workers and the supervisor's ComfyUI are started without them.
+SCALER_CREDENTIALS = frozenset({"VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "SCALER_ALERT_WEBHOOK_URL"})
+
 
 class LogSettings(BaseSettings):
     """LOG_FORMAT and LOG_LEVEL, read the same by every process (common.logs.configure_logging takes them)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from common.logs import scrub
+from common.settings import SCALER_CREDENTIALS
 from scaler.alerts import Alert, AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import PROVIDER_KINDS, ScalerSettings
@@ -39,10 +40,6 @@ LOCAL_BILLING = BillingRule()  # per second; its price is what the operator says
 KILL_CONFIRM_TIMEOUT_S = 120.0  # Verda: SIGTERM, 30 s grace, then the replica leaves the list
 KILL_CONFIRM_POLL_S = 5.0
 KILL_SWITCH_FILE = "kill switch file"  # reported among the providers when it cannot be written
-# The scaler's own credentials: a local worker has no use for them.
-WITHHELD_FROM_WORKERS = frozenset(
-    {"VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "SCALER_ALERT_WEBHOOK_URL"}
-)
 
 
 class ProviderSetupError(Exception):
@@ -56,7 +53,7 @@ class ProviderSetupError(Exception):
 def worker_environment(settings: ScalerSettings, environ: Mapping[str, str]) -> dict[str, str]:
     """The local workers' environment: the scaler's, with the queue's URL and token, without the credentials
     only the scaler uses (the cloud accounts and the alert webhook)."""
-    env = {name: value for name, value in environ.items() if name not in WITHHELD_FROM_WORKERS}
+    env = {name: value for name, value in environ.items() if name not in SCALER_CREDENTIALS}
     env["QUEUE_MANAGER_URL"] = settings.queue_base_url
     if settings.queue_manager_token is not None:
         env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()

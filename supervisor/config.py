@@ -10,13 +10,14 @@ from pathlib import Path
 from pydantic import AnyHttpUrl, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import settings_from_env
+from common.settings import SCALER_CREDENTIALS, settings_from_env
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
 # Credentials ComfyUI and its custom nodes have no use for: the queue's (in the token, and maybe in the URL)
-# and the cloud account's. Anything else (HF_TOKEN for a model downloader, say) is passed through.
-WITHHELD_FROM_COMFYUI = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL", "VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET")
+# and the scaler's (a RunPod pod carries an API key). Anything else (HF_TOKEN for a model downloader, say) is
+# passed through.
+WITHHELD_FROM_COMFYUI = frozenset({"QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL"}) | SCALER_CREDENTIALS
 
 
 def comfyui_environment(environ: Mapping[str, str]) -> dict[str, str]:
