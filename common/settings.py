@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,21 +86,45 @@ def warn_misspelt_variables(*settings_classes: type[BaseSettings]) -> None:
         log.warning("Variable ignored: no setting has its name", variable=variable, did_you_mean=setting)
 
 
-def settings_from_env(settings_cls: type[AnySettings], title: str, **overrides: object) -> AnySettings:
+def settings_from_env(
+    settings_cls: type[AnySettings], title: str, *, trust_store: bool = False, **overrides: object
+) -> AnySettings:
     """Build settings from the environment; raise ConfigError naming every bad variable and why, and every
-    variable that looks like a misspelt setting (the usual cause of a required one missing)."""
+    variable that looks like a misspelt setting (the usual cause of a required one missing). With
+    ``trust_store`` (a process that makes TLS connections), SSL_CERT_FILE and SSL_CERT_DIR too."""
+    problems = trust_store_problems(os.environ) if trust_store else []
     try:
-        return settings_cls(**overrides)
+        settings = settings_cls(**overrides)
     except ValidationError as exc:
-        lines = [f"  {problem}" for problem in _problem_lines(settings_cls, exc)]
-        lines += [f"  {variable}: no setting has this name (ignored): did you mean {setting}?"
-                  for variable, setting in misspelt_variables(settings_cls)]
-        raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(lines)) from None
+        problems = _problem_lines(settings_cls, exc) + problems
+        problems += [f"{variable}: no setting has this name (ignored): did you mean {setting}?"
+                     for variable, setting in misspelt_variables(settings_cls)]
     except UnicodeDecodeError as exc:  # python-dotenv reading the .env file, saved as UTF-16 say
         raise ConfigError(
             f"Invalid {title} configuration:\n"
             f"  .env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
+    if problems:
+        raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
+    return settings
+
+
+def trust_store_problems(environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with the CA certificates httpx trusts in place of its own bundle: SSL_CERT_FILE, else
+    SSL_CERT_DIR. A file it cannot load ended the process at its first client in a traceback; a folder that does
+    not exist failed every TLS connection ("certificate verify failed"), for as long as the process ran."""
+    cafile, capath = environ.get("SSL_CERT_FILE"), environ.get("SSL_CERT_DIR")
+    fix = "point it at CA certificates in PEM, or unset it to trust the usual ones"
+    if cafile:
+        try:
+            ssl.create_default_context(cafile=cafile)
+        except ssl.SSLError as exc:
+            return [f"SSL_CERT_FILE: {cafile} holds no CA certificate ({exc.reason}): {fix}"]
+        except OSError as exc:
+            return [f"SSL_CERT_FILE: {cafile} cannot be read ({exc.strerror or exc}): {fix}"]
+    elif capath and not os.path.isdir(capath):
+        return [f"SSL_CERT_DIR: {capath} is not a folder: every TLS connection would fail; {fix}"]
+    return []
 
 
 def problems_in(settings_cls: type[BaseSettings], values: Mapping[str, str]) -> list[str]:

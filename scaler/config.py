@@ -297,7 +297,7 @@ def _with_env_names(message: str) -> str:
 
 
 def load_settings(**overrides: object) -> ScalerSettings:
-    return settings_from_env(ScalerSettings, "scaler", **overrides)
+    return settings_from_env(ScalerSettings, "scaler", trust_store=True, **overrides)
 
 
 # What `comfy-scaler stop` reads: which providers, how to reach and stop them, where the kill-switch file and the
@@ -348,7 +348,7 @@ def load_kill_switch_settings() -> tuple[ScalerSettings, str | None]:
     }
     if "queue_manager_url" in invalid:
         overrides["queue_manager_url"] = UNUSED_QUEUE_URL
-    settings = settings_from_env(_KillSwitchSettings, "kill switch", **overrides)
+    settings = settings_from_env(_KillSwitchSettings, "kill switch", trust_store=True, **overrides)
     # What is left to print: the settings the kill switch does not read (a fleet's missing credential is its).
     read = {env_name(ScalerSettings, name) for name in KILL_SWITCH_FIELDS}
     title, *lines = problems.splitlines()

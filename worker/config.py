@@ -114,4 +114,4 @@ class WorkerSettings(LogSettings):
 
 
 def load_settings(**overrides: object) -> WorkerSettings:
-    return settings_from_env(WorkerSettings, "worker", **overrides)
+    return settings_from_env(WorkerSettings, "worker", trust_store=True, **overrides)

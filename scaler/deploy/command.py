@@ -73,7 +73,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        logging = settings_from_env(DeployLogSettings, "deploy")
+        logging = settings_from_env(DeployLogSettings, "deploy", trust_store=True)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE

@@ -257,3 +257,44 @@ async def test_a_process_that_starts_warns_of_a_misspelt_variable(tmp_path: Path
     assert code == 2
     [warned] = [json.loads(line) for line in err.splitlines() if "LEASE_TIMEOUT" in line]
     assert warned["did_you_mean"] == "LEASE_TIMEOUT_S"
+
+
+@pytest.mark.parametrize("trust", ["missing-file", "not-certificates", "missing-folder"])
+@pytest.mark.parametrize(
+    ("module", "args", "env"),
+    [("worker", (), WORKER_BASE), ("scaler.cli", ("status",), SCALER_BASE), ("scaler.deploy", ("status",), {})],
+    ids=["worker", "scaler", "deploy"],
+)
+async def test_a_trust_store_that_cannot_be_used_is_refused_naming_it(
+    tmp_path: Path, module: str, args: tuple[str, ...], env: dict[str, str], trust: str
+) -> None:
+    """httpx trusts SSL_CERT_FILE (else SSL_CERT_DIR) in place of its own CA bundle. A file it cannot load ended the
+    worker and the scaler at their first HTTP client in a FileNotFoundError or ssl.SSLError traceback (exit 1); a
+    folder that does not exist failed every TLS connection with "certificate verify failed", for ever. Now: exit 2
+    naming the variable, before anything starts."""
+    (tmp_path / "words.txt").write_text("not a certificate\n")
+    variable, value = {
+        "missing-file": ("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem")),
+        "not-certificates": ("SSL_CERT_FILE", str(tmp_path / "words.txt")),
+        "missing-folder": ("SSL_CERT_DIR", str(tmp_path / "no-such-folder")),
+    }[trust]
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("QUEUE_MANAGER", "WORKER_", "SCALER_", "SSL_CERT", "VERDA_"))}
+    env = {**clean, **env, variable: value, "PYTHONPATH": str(REPO), "HEALTH_PORT": "0", "SCALER_METRICS_PORT": "0",
+           "OUTPUTS_PATH": str(tmp_path / "outputs")}
+    code, err = await run_module_to_exit(module, *args, env=env, cwd=tmp_path)
+    assert (code, "Traceback" in err) == (2, False), err
+    assert f"  {variable}: {value}" in err, err
+
+
+def test_the_usual_trust_store_settings_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PEM bundle, a folder of certificates, or neither: nothing to refuse."""
+    import certifi
+
+    _clean_env(monkeypatch, WORKER_BASE, "SSL_CERT_FILE", certifi.where())
+    load_worker_settings()
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("SSL_CERT_DIR", str(Path(certifi.where()).parent))
+    load_worker_settings()
+    monkeypatch.delenv("SSL_CERT_DIR")
+    load_worker_settings()
