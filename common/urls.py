@@ -10,6 +10,8 @@ import ipaddress
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+import httpx
+
 # The words of a query parameter's name (split at "_", "-", ".") that make its value a credential.
 _SECRET_WORDS = frozenset(
     {"token", "secret", "password", "passwd", "pwd", "key", "apikey", "signature", "sig", "auth", "credential",
@@ -125,7 +127,24 @@ def encrypted_or_local(url: str) -> bool:
         return False
     if parts.scheme == "https" and host:
         return True
-    return parts.scheme == "http" and (host == "localhost" or _is_loopback_address(host))
+    return parts.scheme == "http" and is_loopback(url)
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine: localhost or a loopback address."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return host == "localhost" or _is_loopback_address(host)
+
+
+def direct_transport(url: str) -> httpx.AsyncHTTPTransport | None:
+    """The transport of an httpx client for a peer at ``url``: None (httpx's own: HTTP_PROXY, HTTPS_PROXY and
+    ALL_PROXY apply, NO_PROXY excepts) unless the peer is on this machine, which is reached directly. A proxy's
+    127.0.0.1 is not ours: a loopback queue manager's token, and every workflow sent to a loopback ComfyUI, went in
+    clear to a proxy set for the machine. CA certificates (SSL_CERT_FILE) still apply."""
+    return httpx.AsyncHTTPTransport() if is_loopback(url) else None
 
 
 def _is_loopback_address(host: str) -> bool:

@@ -16,7 +16,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge, request_bounded
-from common.urls import queue_refusal_cause, redact_url
+from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
 
@@ -102,7 +102,9 @@ class QueueStatusReader:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._has_token = bool(token)
         self._answer_limit_bytes = answer_limit_bytes
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=direct_transport(base_url)
+        )
         self._attempts = attempts
         self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
 

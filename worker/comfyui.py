@@ -17,7 +17,7 @@ import structlog
 
 from common.http_answers import AnswerTooLarge, read_at_most
 from common.logs import scrub
-from common.urls import redact_url
+from common.urls import direct_transport, redact_url
 
 log = structlog.get_logger()
 
@@ -101,7 +101,8 @@ class ComfyUIClient:
         # identity: a compressed answer could unpack to far more than the bytes read (ComfyUI compresses on
         # request with --enable-compress-response-body); on loopback it saves nothing anyway.
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_s, headers={"Accept-Encoding": "identity"}
+            base_url=self.base_url, timeout=timeout_s, headers={"Accept-Encoding": "identity"},
+            transport=direct_transport(self.base_url),
         )
         self._ws_session: aiohttp.ClientSession | None = None
 

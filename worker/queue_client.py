@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
-from common.urls import queue_refusal_cause, redact_url
+from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
 
@@ -103,7 +103,9 @@ class QueueClient:
         retry_max_s: float = 10.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, verify=True)
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers=headers, timeout=timeout_s, verify=True, transport=direct_transport(base_url)
+        )
         self._has_token = bool(token)
         self._timeout_s = timeout_s
         self.worker_id = worker_id

@@ -110,6 +110,8 @@ NOT_OURS = {
     "SQLITE_FULL": "an SQLite result code, as the queue manager's storage_failed line gives it",
     "SQLITE_BUSY": "an SQLite result code, as the queue manager's storage_failed line gives it",
     "SQLITE_READONLY": "an SQLite result code, as the queue manager's storage_failed line gives it",
+    **dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"),
+                    "read by httpx; worker.md says a peer on this machine is reached without them"),
 }
 
 

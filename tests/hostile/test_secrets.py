@@ -12,12 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 import structlog
+from aiohttp import web
 
 from common.logs import configure_logging, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
 from queue_manager import QueueManagerServer
+from scaler.queue_status import QueueStatusReader
+from standins.comfyui import ComfyUISimulator
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
+from worker.comfyui import ComfyUIClient
+from worker.queue_client import QueueClient
 
 TOKEN = "qm-secret-token-7f3a"
 
@@ -157,3 +162,48 @@ def test_a_token_in_a_urls_query_never_reaches_a_log_line(log_buffer: io.StringI
     structlog.get_logger().info("Worker started", queue_manager="https://queue.example.com/?auth=qs-auth-17")
     assert "qs-token-91" not in log_buffer.getvalue() and "qs-auth-17" not in log_buffer.getvalue()
     assert "token=***" in log_buffer.getvalue()
+
+
+@pytest.fixture
+async def recording_proxy():
+    """An HTTP proxy on loopback that records what reaches it (Authorization header included) and answers 502."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.url} {request.headers.get('Authorization', '')}")
+        return web.Response(status=502, text="proxy")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+async def test_a_peer_on_loopback_is_never_reached_through_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, recording_proxy, variable: str
+) -> None:
+    """A proxy set for the machine (HTTP_PROXY, ALL_PROXY; no NO_PROXY) took every request to a loopback peer: the
+    worker's polls with QUEUE_MANAGER_TOKEN, the scaler's reads, every workflow sent to ComfyUI and every result
+    read back went in clear to the proxy, whose 127.0.0.1 is not ours (the worker never saw its ComfyUI)."""
+    proxy_url, seen = recording_proxy
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, proxy_url)
+    comfy = ComfyUISimulator(tmp_path)
+    async with QueueManagerServer(token=TOKEN) as queue, comfy:
+        worker_queue = QueueClient(queue.url, "w", token=TOKEN)
+        comfy_client = ComfyUIClient(comfy.url)
+        try:
+            async with QueueStatusReader(queue.url, token=TOKEN) as reader:
+                assert await worker_queue.next_job() is None
+                assert (await reader.read()).pending_jobs == 0
+                assert (await comfy_client.system_stats())["system"]
+        finally:
+            await worker_queue.aclose()
+            await comfy_client.aclose()
+    assert seen == []
