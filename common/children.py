@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PR_SET_DUMPABLE = 4
 
 
 def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
@@ -23,3 +24,12 @@ def die_with_parent(parent_pid: int, sig: signal.Signals = signal.SIGKILL) -> Ca
             os._exit(1)
 
     return arrange
+
+
+def keep_environment_private() -> None:
+    """Make this process's /proc/<pid>/environ (and its memory) unreadable to other processes of its user. Its
+    environment holds the secrets it starts children without (ComfyUI and its custom nodes, a local worker), and
+    any of them read it at /proc/<ppid>/environ. An exec resets the flag: the children stay as they were. Linux
+    only; elsewhere a no-op. Root with CAP_SYS_PTRACE still reads it (containers run without that capability)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)

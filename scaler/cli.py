@@ -21,6 +21,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
+from common.children import keep_environment_private
 from common.logs import configure_logging, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
 from common.urls import redact_url, secret_url_secrets, url_secrets
@@ -107,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
     warn_misspelt_variables(ScalerSettings)
+    keep_environment_private()  # a local worker, started without the credentials, must not read them at /proc
     if ignored:
         print(f"{ignored}\nstop: going on: the kill switch reads none of those; fix them before `run` or `resume`.",
               file=sys.stderr)

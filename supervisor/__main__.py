@@ -9,6 +9,7 @@ import sys
 
 import structlog
 
+from common.children import keep_environment_private
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, env_name, warn_misspelt_variables
@@ -88,6 +89,7 @@ def main() -> int:
     configure_logging(settings.log_format, settings.log_level)
     warn_misspelt_variables(SupervisorSettings, WorkerSettings)  # SERVERLESS_MOD=true: a replica that never exits
     allow_many_connections()
+    keep_environment_private()  # ComfyUI, started without the secrets, must not read them at /proc/<ppid>/environ
     if settings.queue_manager_token is not None:
         register_secret(settings.queue_manager_token.get_secret_value())
     log = structlog.get_logger()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +16,11 @@ import pytest
 import structlog
 from aiohttp import web
 
+import supervisor.__main__ as supervisor_main
 from common.logs import configure_logging, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
 from queue_manager import QueueManagerServer
+from scaler import cli as scaler_cli
 from scaler.queue_status import QueueStatusReader
 from standins.comfyui import ComfyUISimulator
 from supervisor.comfyui_process import ComfyUIProcess
@@ -207,3 +211,35 @@ async def test_a_peer_on_loopback_is_never_reached_through_a_proxy(
             await worker_queue.aclose()
             await comfy_client.aclose()
     assert seen == []
+
+
+_READ_PARENT_ENVIRONMENT = """
+import ctypes, os, subprocess, sys
+from common.children import PR_SET_DUMPABLE, keep_environment_private
+if os.geteuid() == 0:  # root reads any process's environment; the image runs as a user (10001)
+    os.setgid(65534)
+    os.setuid(65534)
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # as a process started as that user is
+if sys.argv[1] == "private":
+    keep_environment_private()
+child = subprocess.run(["cat", f"/proc/{os.getpid()}/environ"], env={}, capture_output=True)
+print(b"child-must-not-see-this" in child.stdout)
+"""
+
+
+@pytest.mark.parametrize("mode", ["private", "as-before"])
+def test_a_child_started_without_the_secrets_cannot_read_them_from_its_parent(tmp_path: Path, mode: str) -> None:
+    """ComfyUI is started without QUEUE_MANAGER_TOKEN, yet any custom node read it, with the rest of the
+    supervisor's environment, at /proc/<ppid>/environ: same user, readable. The supervisor and the scaler now keep
+    theirs private (PR_SET_DUMPABLE 0). `as-before` shows the read the test guards against does succeed."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parents[2]),
+           "QUEUE_MANAGER_TOKEN": "child-must-not-see-this"}
+    done = subprocess.run([sys.executable, "-c", _READ_PARENT_ENVIRONMENT, mode], env=env, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=30)
+    assert done.stdout.strip() == str(mode == "as-before"), done.stderr
+
+
+def test_the_supervisor_and_the_scaler_keep_their_environment_private() -> None:
+    """Both start children without their secrets: each calls keep_environment_private before its first child."""
+    for module in (supervisor_main, scaler_cli):
+        assert "keep_environment_private()" in inspect.getsource(module.main), module.__name__
