@@ -332,7 +332,8 @@ class OutputDelivery:
     ) -> tuple[int, str]:
         local = self._local_source(relative)
         if local is not None:
-            return await _copy_in_thread(local, target, allowance)
+            assert self.comfyui_output_dir is not None
+            return await _copy_in_thread(local, target, allowance, self.comfyui_output_dir)
         with _staged_file(target, allowance) as out:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
@@ -350,6 +351,9 @@ class OutputDelivery:
             return source
         log.info("Output not in the local ComfyUI output folder; fetching it over /view", file=str(relative))
         return None
+
+
+PROC_FDS = Path("/proc/self/fd")  # where an open file's real path is read (Linux)
 
 
 class _OverAllowance(Exception):
@@ -443,11 +447,11 @@ class _SourceChanged(Exception):
     """The file changed size while it was copied: something is still writing it."""
 
 
-async def _copy_in_thread(source: Path, target: Path, allowance: int) -> tuple[int, str]:
+async def _copy_in_thread(source: Path, target: Path, allowance: int, root: Path) -> tuple[int, str]:
     """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
     awaited (one chunk at most), so it writes nothing more once the staging folder is removed."""
     stop = threading.Event()
-    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop, allowance))
+    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop, allowance, root))
     try:
         return await asyncio.shield(copy)
     except asyncio.CancelledError:
@@ -457,10 +461,16 @@ async def _copy_in_thread(source: Path, target: Path, allowance: int) -> tuple[i
         raise
 
 
-def _copy_file(source: Path, target: Path, stop: threading.Event, allowance: int) -> tuple[int, str]:
+def _copy_file(source: Path, target: Path, stop: threading.Event, allowance: int, root: Path) -> tuple[int, str]:
     """The file as it was when opened, or _SourceChanged: a file still being written is not a result, and one
-    that grows for ever would hold the job for ever. _OverAllowance before a byte of a file too large is copied."""
+    that grows for ever would hold the job for ever. _OverAllowance before a byte of a file too large is copied.
+    OutputDeliveryError when what was opened lies outside ``root``: ComfyUI's custom nodes may swap the file, or
+    a folder above it, for a link after _local_source checked it (to /proc/self/environ, which the worker reads
+    and ComfyUI may not), and only the open file tells where it is."""
     with _staged_file(target, allowance) as out, source.open("rb") as src:
+        opened = Path(os.readlink(f"/proc/self/fd/{src.fileno()}")) if PROC_FDS.is_dir() else source.resolve()
+        if not opened.is_relative_to(root.resolve()):
+            raise OutputDeliveryError(f"output {source.name} leads out of ComfyUI's output folder")
         size = os.fstat(src.fileno()).st_size
         if size > allowance:
             raise _OverAllowance

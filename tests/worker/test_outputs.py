@@ -75,6 +75,24 @@ async def test_a_link_out_of_comfyuis_output_folder_is_refused_not_fetched_over_
     assert files_under(tmp_path / "outputs") == []
 
 
+async def test_a_file_swapped_for_a_link_after_the_check_is_refused_not_copied(
+    comfy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A custom node leaves a thread behind that swaps its output for a symbolic link (to /proc/self/environ, which
+    the worker may read and ComfyUI may not) between the worker's check and its open: the worker copied what the
+    link led to into the job's results. Here the check is made to pass on the link, as the swap would have it."""
+    import worker.outputs
+
+    secret = tmp_path / "environ"
+    secret.write_text("QUEUE_MANAGER_TOKEN=hunter2")
+    (comfy.output_dir / "swapped.png").symlink_to(secret)
+    monkeypatch.setattr(worker.outputs, "inside", lambda _path, _root: True)  # the check saw the file, not the link
+    async with output_delivery(comfy, tmp_path / "outputs", local=True) as delivery:
+        with pytest.raises(worker.outputs.OutputDeliveryError, match=r"swapped\.png.* leads out of ComfyUI's output"):
+            await delivery.deliver({"9": one_output("swapped.png")}, "mallory", "job-1")
+    assert not [path for path in files_under(tmp_path / "outputs") if "hunter2" in path.read_text()]
+
+
 async def test_comfyui_dying_while_its_outputs_are_fetched_hands_the_job_back(qm, comfy, make_worker, workflows):
     hostile_save_image(comfy, big_file)
     job = qm.store.submit("alice", workflows["quick"])
