@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
@@ -124,6 +125,16 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
     )
     _route_stdlib_logging(shared, last, level, stream)
     _quiet_malformed_requests()
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, traceback: TracebackType | None) -> None:
+    """An exception nothing caught: one log line like the others, scrubbed, rather than Python's raw traceback,
+    which no scrubber saw (a secret or a URL's password in its message went out as is). Ctrl-C stays Python's."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, traceback)
+        return
+    structlog.get_logger().critical("uncaught_exception", exc_info=(kind, exc, traceback))
 
 
 class _MalformedRequestAsWarning(logging.Filter):

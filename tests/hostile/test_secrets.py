@@ -243,3 +243,26 @@ def test_the_supervisor_and_the_scaler_keep_their_environment_private() -> None:
     """Both start children without their secrets: each calls keep_environment_private before its first child."""
     for module in (supervisor_main, scaler_cli):
         assert "keep_environment_private()" in inspect.getsource(module.main), module.__name__
+
+
+_CRASH = """
+import sys
+from common.logs import configure_logging, register_secret
+configure_logging("json", "info")
+register_secret("crash-secret-7f3a")
+raise RuntimeError("gave up on https://worker:url-password-9@queue.example.com with crash-secret-7f3a")
+"""
+
+
+def test_a_crash_is_one_scrubbed_log_line_not_a_raw_traceback(tmp_path: Path) -> None:
+    """An exception nothing caught ended the process in Python's own traceback on stderr: neither JSON nor seen by
+    the scrubber, so a registered secret or a URL's password in its message went out as is."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", _CRASH], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=30)
+    assert done.returncode == 1
+    assert "crash-secret-7f3a" not in done.stderr and "url-password-9" not in done.stderr, done.stderr
+    [line] = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["event"] == "uncaught_exception" and record["level"] == "critical"
+    assert "RuntimeError: gave up on https://***@queue.example.com with ***" in record["exception"]
