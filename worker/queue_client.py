@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
+from common.logs import scrub
 from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
@@ -315,5 +316,7 @@ def _json_body(body: dict[str, Any]) -> bytes:
 
 
 def _clip(text: str, limit: int, empty: str = "unknown reason") -> str:
-    text = text.strip() or empty
+    """A failure message or hand-back reason as the queue manager stores it, and shows whoever submitted the job:
+    scrubbed (no log scrubber sees it; some carry an exception's text as is), then cut to the manager's limit."""
+    text = scrub(text).strip() or empty
     return text if len(text) <= limit else text[: limit - 1] + "…"

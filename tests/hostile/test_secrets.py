@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 import supervisor.__main__ as supervisor_main
+from common.handbacks import HandBackCause
 from common.logs import configure_logging, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
 from queue_manager import QueueManagerServer
@@ -266,3 +267,29 @@ def test_a_crash_is_one_scrubbed_log_line_not_a_raw_traceback(tmp_path: Path) ->
     record = json.loads(line)
     assert record["event"] == "uncaught_exception" and record["level"] == "critical"
     assert "RuntimeError: gave up on https://***@queue.example.com with ***" in record["exception"]
+
+
+async def test_a_secret_in_what_the_worker_reports_never_reaches_the_queue_manager(log_buffer: io.StringIO) -> None:
+    """A failure message or a hand-back reason is stored by the queue manager and shown to whoever submitted the job
+    (GET /api/jobs/{id}); no log scrubber sees it. Some reach it with an exception's text as is (the worker's
+    "hit an unexpected error: <exception>" hand back, a failed /view download): a URL's password or the token in
+    that text was stored and shown."""
+    leaky = f"ConnectError at http://comfy:url-password-3@127.0.0.1:8188 (Bearer {TOKEN})"
+    async with QueueManagerServer(token=TOKEN) as queue:
+        client = QueueClient(queue.url, "w", token=TOKEN)
+        try:
+            submitted = queue.store.submit("alice", {"1": {}})
+            job = await client.next_job()
+            assert job is not None
+            await client.release_job(job["id"], f"hit an unexpected error: {leaky}", attempt=job["attempt"],
+                                     cause=HandBackCause.FAULT)
+            job = await client.next_job()  # the same job, its second attempt
+            assert job is not None
+            await client.fail_job(job["id"], f"Output delivery failed: {leaky}", attempt=job["attempt"])
+            record = queue.store.get(submitted.id)
+            assert record is not None and record.error is not None
+            stored = json.dumps([record.history, record.error])
+        finally:
+            await client.aclose()
+    assert "hit an unexpected error: ConnectError at http://***@127.0.0.1:8188" in stored, stored
+    assert "url-password-3" not in stored and TOKEN not in stored, stored
