@@ -50,6 +50,12 @@ def scrub(text: str) -> str:
     return text
 
 
+def error_text(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an error for a log field, a status or a report: scrubbed, then cut to ``limit``.
+    In that order: cut first, a secret across the cut kept its first part, which no scrubber then knew."""
+    return scrub(f"{type(error).__name__}: {error}")[:limit]
+
+
 def _redact_query_value(match: re.Match[str]) -> str:
     return match["lead"] + "***" if is_secret_parameter(unquote(match["name"])) else match[0]
 

@@ -26,7 +26,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import AnswerTooLarge, read_at_most
-from common.logs import scrub
+from common.logs import error_text, scrub
 from scaler.ledger import day_start
 
 log = structlog.get_logger()
@@ -199,8 +199,7 @@ class AlertSender:
             try:
                 await self.send(alert)
             except Exception as exc:  # one undeliverable alert must not stop the next ones
-                # Scrubbed before the cut: a secret across it would keep its first part.
-                log.error("alert_not_delivered", kind=alert.kind, error=scrub(f"{type(exc).__name__}: {exc}")[:300])
+                log.error("alert_not_delivered", kind=alert.kind, error=error_text(exc))
             finally:
                 self._queue.task_done()
 

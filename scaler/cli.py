@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.children import keep_environment_private
-from common.logs import configure_logging, register_secret, scrub, scrub_all
+from common.logs import configure_logging, error_text, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
 from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
@@ -219,7 +219,7 @@ async def resolve_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
         price = await look_up_price(settings, backend.price_per_hour)
     except Exception as exc:  # the API's errors, and answers of a shape nobody expected (a dict for a list)
         # Scrubbed before the cut: a secret across it would keep its first part.
-        return Pricing(settings.scaling_config(), "default", error=scrub(f"{type(exc).__name__}: {exc}")[:300])
+        return Pricing(settings.scaling_config(), "default", error=error_text(exc))
     return Pricing(settings.scaling_config(price), "verda")
 
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from common.logs import error_text
 from scaler.alerts import Alert, AlertBook, AlertSender, budget_alerts
 from scaler.allocator import (
     PAUSED,
@@ -79,10 +80,6 @@ class _Seen:
     view: ProviderView
     replicas: tuple[Replica, ...] = ()
     fresh: bool = True  # read at this tick (else the last known state, kept for the allocator)
-
-
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:300]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -217,7 +214,7 @@ class FleetBackend:
         for name, result in zip(chosen, results, strict=True):
             if isinstance(result, Exception):
                 failed.add(name)
-                log.error("provider_kill_switch_failed", provider=name, action=action, error=_error_text(result),
+                log.error("provider_kill_switch_failed", provider=name, action=action, error=error_text(result),
                           hint="tried again at the next tick")
         return failed
 
@@ -241,7 +238,7 @@ class FleetBackend:
             await self.alerts.aclose()
         for name, result in zip(self.members, results, strict=True):
             if isinstance(result, Exception):
-                log.error("provider_close_failed", provider=name, error=_error_text(result))
+                log.error("provider_close_failed", provider=name, error=error_text(result))
 
     # --- one tick ---------------------------------------------------------------------------------------
 
@@ -259,7 +256,7 @@ class FleetBackend:
         write_error = self._write_errors.pop(name, None)
         if isinstance(result, Exception):
             last = previous.view if previous else ProviderView()
-            view = replace(last, error=_error_text(result))
+            view = replace(last, error=error_text(result))
             self._seen[name] = _Seen(view, previous.replicas if previous else (), fresh=False)
             return
         ready = len(result.replicas) if result.ready is None else result.ready
@@ -303,7 +300,7 @@ class FleetBackend:
             self._saved = _identity(self.ledger_file)
         except OSError as exc:
             # The charges stay in memory and the caps keep reading them: a full disk must not freeze the fleet.
-            log.error("cost_ledger_save_failed", path=str(self.ledger_file), error=_error_text(exc),
+            log.error("cost_ledger_save_failed", path=str(self.ledger_file), error=error_text(exc),
                       hint="the fleet goes on from its memory; a restart now would lose the day's charges")
 
     def _take_in_alerts_booked_elsewhere(self, path: Path, book: AlertBook) -> None:
@@ -337,7 +334,7 @@ class FleetBackend:
         for (name, target), result in zip(writes, results, strict=True):
             if isinstance(result, Exception):
                 self._written.pop(name, None)
-                self._write_errors[name] = _error_text(result)
+                self._write_errors[name] = error_text(result)
                 log.error("provider_write_failed", provider=name, target=target, error=self._write_errors[name])
                 continue
             self._written[name] = target
@@ -399,7 +396,7 @@ class FleetBackend:
 
     async def _on_all(self, action: str, call: Callable[[Backend], Any]) -> None:
         results = await asyncio.gather(*(call(m.backend) for m in self.members.values()), return_exceptions=True)
-        failures = {name: _error_text(r) for name, r in zip(self.members, results, strict=True)
+        failures = {name: error_text(r) for name, r in zip(self.members, results, strict=True)
                     if isinstance(r, Exception)}
         if failures:
             raise FleetStopError(action, failures)

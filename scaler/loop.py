@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from common.logs import error_text
 from scaler.billing import SpendLedger
 from scaler.job_duration import DurationFromCounters
 from scaler.ledger import UNREADABLE, remove_stale_scratch, saved_number, set_aside, write_json_atomically
@@ -75,10 +76,6 @@ FAILED = "failed"
 
 # The reason of the decision that ends a queue outage's hold (SCALER_QUEUE_OUTAGE_HOLD_S).
 RELEASE_QUEUE_UNREACHABLE = "release_queue_unreachable"
-
-
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:300]
 
 
 class ScalerLoop:
@@ -159,7 +156,7 @@ class ScalerLoop:
             await self.tick()
         except Exception as exc:
             # A tick that raised applied nothing: the count is held, and the next tick tries again.
-            log.error("scaler_tick_failed", error=_error_text(exc), exc_info=True,
+            log.error("scaler_tick_failed", error=error_text(exc), exc_info=True,
                       hint="nothing was applied at this tick; the count is held")
 
     async def tick(self) -> Decision:
@@ -178,7 +175,7 @@ class ScalerLoop:
             try:
                 save_policy_state(self.state_file, self.state)
             except OSError as exc:
-                log.error("policy_state_save_failed", path=str(self.state_file), error=_error_text(exc),
+                log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
                           hint="the scaler goes on from its memory; a restart now would start afresh")
         return decision
 
@@ -233,12 +230,12 @@ class ScalerLoop:
         now = self.clock()
         queue_error = verda_error = None
         if isinstance(queue, Exception):
-            queue_error = _error_text(queue)
+            queue_error = error_text(queue)
             self.metrics.read_errors.labels(source="queue").inc()
         else:
             self.last_queue = queue
         if isinstance(view, Exception):
-            verda_error = _error_text(view)
+            verda_error = error_text(view)
             self.metrics.read_errors.labels(source="backend").inc()
         else:
             self.last_view = view
@@ -310,7 +307,7 @@ class ScalerLoop:
             wrote = await self._by(deadline, self.backend.apply(decision.desired), "the platform's write")
         except Exception as exc:
             self.metrics.apply_errors.inc()
-            return FAILED, _error_text(exc)
+            return FAILED, error_text(exc)
         self.on_backend = decision.desired
         if wrote:
             self.metrics.applies.inc()
@@ -379,7 +376,7 @@ def load_policy_state(path: Path) -> PolicyState:
     try:
         return _policy_state(json.loads(path.read_text()))
     except UNREADABLE as exc:
-        log.error("policy_state_unreadable", path=str(path), kept_as=str(set_aside(path)), error=_error_text(exc),
+        log.error("policy_state_unreadable", path=str(path), kept_as=str(set_aside(path)), error=error_text(exc),
                   hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "
                   "from zero again")
         return PolicyState()

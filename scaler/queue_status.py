@@ -16,6 +16,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge, request_bounded
+from common.logs import error_text
 from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
@@ -163,7 +164,7 @@ class QueueStatusReader:
                     return body
                 problem = f"not a list: {str(body)[:100]}"
         except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge) as exc:
-            problem = f"{type(exc).__name__}: {exc}"[:200]
+            problem = error_text(exc, 200)
         log.warning("queue_job_list_unreadable", peer="queue manager", list=f"GET {JOBS_PATH}?status={state}",
                     error=problem, hint="the counts stand; the plan goes without these jobs' timings (missing "
                     "durations: the median of what is known, else SCALER_DEFAULT_JOB_DURATION_S)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from common.logs import scrub
+from common.logs import error_text, scrub
 from common.settings import SCALER_CREDENTIALS
 from scaler.alerts import Alert, AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
@@ -134,7 +134,7 @@ async def _price(settings: ScalerSettings, name: str, backend: Backend, last_cha
     except Exception as exc:
         if last_charged is not None:
             log.warning("provider_price_from_ledger", provider=name, price_per_hour=last_charged,
-                        error=f"{type(exc).__name__}: {exc}"[:300],
+                        error=error_text(exc),
                         hint=f"the price list did not answer; set SCALER_{name.upper()}_PRICE_PER_HOUR to be sure")
             return last_charged
         raise ProviderSetupError(
@@ -266,7 +266,7 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
             failures = await pin_and_pause(backend)
     except TimeoutError:
         return StopResult(name, False, f"could not pin to 0 and pause: no answer within {timeout_s:.0f} s")
-    failed = "; ".join(f"{step} failed: {type(exc).__name__}: {exc}"[:300] for step, exc in failures)
+    failed = "; ".join(f"{step} failed: {error_text(exc)}" for step, exc in failures)
     if len(failures) == len(STOP_STEPS):
         return StopResult(name, False, f"could not pin to 0 and pause: {failed}")
     # One write failed: nothing may run now, but the provider is not held at zero; say so, and exit 1.
@@ -280,7 +280,7 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
         except TimeoutError:
             error = "no answer to the replica list"
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            error = error_text(exc)
         else:
             error = None
             if not listed.replicas:
@@ -323,7 +323,7 @@ async def stop_all(
         except ProviderSetupError as exc:
             results.append(StopResult(name, False, str(exc).removeprefix(f"{name}: ")))
         except Exception as exc:  # a deploy spec of a shape nobody checked: the other providers are still stopped
-            results.append(StopResult(name, False, f"could not set it up: {type(exc).__name__}: {exc}"[:300]))
+            results.append(StopResult(name, False, f"could not set it up: {error_text(exc)}"))
     try:
         results += await asyncio.gather(
             *(stop_provider(name, backend, timeout_s=timeout_s, poll_s=poll_s) for name, backend in backends)
