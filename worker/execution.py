@@ -218,6 +218,28 @@ class PromptRun:
             return str(exc)
         return None
 
+    async def ended_after_interrupt(self) -> Outcome | None:
+        """How the prompt ended once interrupted for a job that is no longer ours (cancelled, or taken back by
+        its lease): ComfyUI still writes its history entry, and keeps the files its nodes made, which only
+        housekeeping removes. None when it was never queued, was removed before it ran, or did not end within
+        history_wait_s."""
+        if not self._submitted_at:
+            return None
+        try:
+            async with asyncio.timeout(self.timings.history_wait_s):
+                while (entry := await self.comfy.history(self.prompt_id)) is None:
+                    running, pending = await self.comfy.queued_prompt_ids()
+                    if self.prompt_id not in running | pending:  # ended since the question above, or never ran
+                        entry = await self.comfy.history(self.prompt_id)
+                        break
+                    await asyncio.sleep(self.timings.poll_interval_s / 10)
+        except (TimeoutError, ComfyUIUnavailable, ReplyTooLarge):  # an entry too large to read is left in ComfyUI
+            return None
+        if entry is None:
+            return None
+        outputs = entry.get("outputs")
+        return Outcome("interrupted", self.prompt_id, outputs=outputs if isinstance(outputs, dict) else {})
+
     async def _follow(self) -> _Terminal:
         missing_since: float | None = None
         while True:

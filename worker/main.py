@@ -415,6 +415,8 @@ class Worker:
                 report = await self._run_job(job, picked_up)
             if report is None:
                 self.state.job_finished("abandoned")
+                if self._prompt_over is not None:  # interrupted with ComfyUI answering: nothing of ours broke
+                    await self._tidy_comfyui(self._prompt_over)
                 return
             async with self.state.beating(self._beat_interval_s):
                 outcome = await asyncio.shield(self.reporter.send(report))
@@ -626,6 +628,10 @@ class Worker:
             # The supervisor's reason for a dead ComfyUI may have come while the interrupt was failing.
             fault = self._abort_reason or unanswered
         if self._lease_lost is not None:
+            if fault is None and self._prompt_run is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with self.deadline.bounded():
+                        self._prompt_over = await self._prompt_run.ended_after_interrupt()
             return None
         if fault:
             return Report(job.id, job.attempt, handback=fault, job=job)

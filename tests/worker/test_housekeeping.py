@@ -17,6 +17,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from queue_manager.server import QueueManagerServer
 from standins.comfyui import ComfyUISimulator
 from standins.comfyui_nodes import NodeResult
 from worker.housekeeping import caches_earlier_prompts
@@ -318,3 +319,49 @@ async def test_a_failed_prompt_naming_the_folder_itself_as_an_output_leaves_the_
     assert await asyncio.wait_for(make_worker(comfyui_output_dir=comfy.output_dir).run(), 20) == 0
     assert qm.store.get(failing.id).status == "failed"
     assert qm.store.get(next_one.id).status == "failed", "the next job ran (its SaveImage names '.' too)"
+
+
+def saves_around_a_slow_node(color: int) -> dict[str, Any]:
+    """A result and a preview, and a slow node (ImageBlur) before the second result: a prompt cancelled there has
+    left files and will leave a history entry."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "early"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "late"}},
+    }
+
+
+async def test_jobs_cancelled_while_they_run_leave_nothing_in_comfyui(comfy, make_worker, workflows):
+    """A running job cancelled in the queue (or taken back by its lease) is abandoned: its prompt is interrupted.
+    ComfyUI still writes the interrupted prompt's history entry (its whole workflow) and keeps the files the nodes
+    before the interrupt made. Before, an abandoned job was never tidied: each cancel left one entry in ComfyUI's
+    memory and its files on the replica's disk, for the replica's whole life."""
+    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
+        worker = make_worker(
+            queue_manager_url=qm.url, lease_heartbeat_s=0.2, serverless_max_idle_polls=1_000_000,
+            comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir,
+        )  # fmt: skip
+        run = asyncio.create_task(worker.run())
+        cancels = 4
+        for done in range(1, cancels + 1):
+            comfy.freeze(class_type="ImageBlur")
+            job = qm.store.submit("alice", saves_around_a_slow_node(color=done))
+            await asyncio.wait_for(comfy.wait_until_frozen(), 10)
+            assert qm.store.cancel(job.id) == "running"
+            comfy.release()
+            async with asyncio.timeout(10):
+                while worker.state.jobs_abandoned < done or worker.state.current_job_id is not None:
+                    await asyncio.sleep(0.01)
+        last = qm.store.submit("alice", quick(workflows, 3))  # a success frees the results of earlier prompts
+        async with asyncio.timeout(10):
+            while qm.store.get(last.id).status != "completed" or worker.state.current_job_id is not None:
+                await asyncio.sleep(0.01)
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 20) == 0
+        kept = {path.name for path, _ in delivered(qm, last.id, Path("."))}
+    assert len(comfy.prompts_received) == cancels + 1
+    assert await history(comfy) == {}, "each cancelled prompt's history entry is deleted"
+    assert files_under(comfy.output_dir) == kept, "only the last success's results stay"
+    assert files_under(comfy.temp_dir) == set()
