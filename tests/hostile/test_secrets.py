@@ -18,7 +18,7 @@ from aiohttp import web
 
 import supervisor.__main__ as supervisor_main
 from common.handbacks import HandBackCause
-from common.logs import configure_logging, register_secret, scrub
+from common.logs import configure_logging, error_text, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
 from queue_manager import QueueManagerServer
 from scaler import cli as scaler_cli
@@ -293,3 +293,12 @@ async def test_a_secret_in_what_the_worker_reports_never_reaches_the_queue_manag
             await client.aclose()
     assert "hit an unexpected error: ConnectError at http://***@127.0.0.1:8188" in stored, stored
     assert "url-password-3" not in stored and TOKEN not in stored, stored
+
+
+@pytest.mark.parametrize("offset", [0, 280, 295, 299])
+def test_an_error_cut_for_a_log_line_keeps_no_part_of_a_secret_across_the_cut(offset: int) -> None:
+    secret = "cut-across-secret-7f3a9c"
+    register_secret(secret)
+    text = error_text(RuntimeError("x" * offset + secret + " and more"))
+    assert len(text) <= 300
+    assert secret[:6] not in text, "scrubbed first, then cut: no prefix of the secret survives"
