@@ -26,7 +26,7 @@ from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
 from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_from_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from scaler.fleet import FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
+from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger
 from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig
@@ -96,6 +96,16 @@ def _runpod(settings: ScalerSettings, build: Callable[[Path, Mapping[str, str]],
         return build(settings.deploy_spec or DEFAULT_SPEC_PATH, environ)
     except (DeployError, SpecError) as exc:  # SCALER_DEPLOY_SPEC missing or invalid: a message, not a traceback
         raise ProviderSetupError(f"runpod: {exc}") from None
+
+
+def billing_rule(settings: ScalerSettings, name: str) -> BillingRule:
+    """How the ledger charges a provider. Verda's interval and anchor are the ones the policy plans with
+    (SCALER_BILLING_INTERVAL_S, SCALER_BILLING_ANCHOR): with Verda's 600 s from each start whatever they said,
+    the fleet's spend, its budget caps and alerts disagreed with the single-backend scaler's (1.495 for a replica
+    25 minutes into an hour's interval at 2.99/h, not 2.99)."""
+    if name == "verda":
+        return BillingRule(interval_s=settings.billing_interval_s, anchor=settings.billing_anchor)
+    return RUNPOD_BILLING if name == "runpod" else LOCAL_BILLING
 
 
 def fleet_policy_config(settings: ScalerSettings) -> ScalingConfig:
@@ -170,7 +180,7 @@ async def build_fleet(
         members = []
         tick_s = settings.interval_s
         for name, backend in built:
-            billing = {"verda": VERDA_BILLING, "runpod": RUNPOD_BILLING}.get(name, LOCAL_BILLING)
+            billing = billing_rule(settings, name)
             most = 0 if name in retired else getattr(settings, f"{name}_max_replicas")
             spec = ProviderSpec(
                 name, most, await _price(settings, name, backend, ledger.prices.get(name)),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 
 from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.billing import DAY_S, SpendLedger
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.fleet import FleetBackend, Member
@@ -326,3 +328,33 @@ async def test_pods_asked_for_by_a_scaler_stopped_before_it_listed_them_are_not_
             assert fake_runpod.live_pods() == []
         finally:
             await fleet.aclose()
+
+
+@pytest.mark.parametrize("anchor", ["started_at", "wall_clock"])
+async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_policy_plans_with(
+    operator_env, monkeypatch, fake_verda: FakeVerda, anchor
+):
+    """The fleet's Verda ledger charged 600-s intervals from each start whatever SCALER_BILLING_INTERVAL_S and
+    SCALER_BILLING_ANCHOR said, while the single-backend scaler (the policy's SpendLedger) honours them: a
+    replica 25 minutes into an hour's interval at 2.99/h was 1.495 to the fleet (3 intervals of 10 minutes),
+    2.99 to the policy, and the budget caps and alerts read the former."""
+    started_at = time.time() - 25 * 60
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=5, body={
+        "list": [{"id": "replica-a", "status": "running",
+                  "started_at": datetime.fromtimestamp(started_at, UTC).isoformat()}]})
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda")
+        monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
+        monkeypatch.setenv("SCALER_BILLING_ANCHOR", anchor)
+        settings = load_settings()
+        fleet = await build_fleet(settings, with_alerts=False)
+        try:
+            await fleet.observe()
+            now = fleet.ledger.looked_at["verda"]
+        finally:
+            await fleet.aclose()
+    policy = SpendLedger().observe(
+        [Replica("replica-a", started_at)], now, interval_s=settings.billing_interval_s,
+        anchor=settings.billing_anchor, price_per_hour=2.99,
+    )
+    assert fleet.committed_spend(now)["day"] == pytest.approx(policy.spent_since(now - DAY_S)) == 2.99
