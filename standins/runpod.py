@@ -7,12 +7,15 @@ asynchronous provisioning (PROVISIONING -> STARTING -> RUNNING), the `actions` e
 otherwise), and per-second billing from creation until the pod stops or is terminated (the fake's reading
 of "billed per second"; RunPod does not say whether provisioning time is billed, so the fake counts it).
 
-Tests steer it with `fail_next` (fault injection, optionally after the request took effect), `capacity`,
-`balance_usd`, `exit_pod` (the container stops on its own) and read `requests` and `billed_usd()`.
+Tests steer it with `fail_next` (fault injection, optionally after the request took effect), `delay_next` (an
+answer that comes after the caller gave up), `listing_lag_s` (GET /pods lists a new pod only that long after
+its creation), `capacity`, `balance_usd`, `exit_pod` (the container stops on its own) and read `requests` and
+`billed_usd()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -146,12 +149,17 @@ class FakeRunPod(FakeApi):
         start_delay_s: float = 0.0,
         network_volumes: tuple[str, ...] = (),
         data_center: str = "US-TX-3",
+        listing_lag_s: float = 0.0,
     ) -> None:
         super().__init__()
         self._api_key = api_key
         self._clock = clock
         self.provision_delay_s = provision_delay_s
         self.start_delay_s = start_delay_s
+        # GET /pods lists a pod only this long after its creation (on the fake's clock): RunPod does not promise
+        # that a pod is listed as soon as its POST answered. GET /pods/{id} finds it at once.
+        self.listing_lag_s = listing_lag_s
+        self._answer_delays: list[tuple[str, str | None, float]] = []  # (path, method, seconds), first match first
         self.data_center = data_center
         self.network_volumes = dict.fromkeys(network_volumes, data_center)  # volume id -> its data center
         self.capacity: dict[str, int] = {}  # GPU id -> most GPUs of that type placeable at once; absent = unlimited
@@ -188,6 +196,11 @@ class FakeRunPod(FakeApi):
     def set_health(self, pod_id: str, status: int, body: dict[str, Any]) -> None:
         """What the pod's worker answers on /health through the proxy from now on."""
         self.pod_health[pod_id] = (status, body)
+
+    def delay_next(self, path: str, seconds: float, *, method: str | None = None) -> None:
+        """The next request to ``path`` is carried out at once and answered only ``seconds`` later: an answer
+        that arrives after the caller gave up on it."""
+        self._answer_delays.append((path, method.upper() if method else None, seconds))
 
     def exit_pod(self, pod_id: str, status: str = "EXITED") -> None:
         """The pod's container stops on its own (EXITED) or fails (ERROR): compute billing stops."""
@@ -238,6 +251,11 @@ class FakeRunPod(FakeApi):
             response = _problem(error.status, error.reason)
         if fault is not None:
             return self._fault_response(fault)
+        for delay in self._answer_delays:
+            if delay[0] == path and delay[1] in (None, request.method):
+                self._answer_delays.remove(delay)
+                await asyncio.sleep(delay[2])
+                break
         return response
 
     def _authorized(self, request: web.Request) -> bool:
@@ -388,7 +406,8 @@ class FakeRunPod(FakeApi):
     # --- handlers -------------------------------------------------------------------------------
 
     async def _list_pods(self, request: web.Request) -> web.Response:
-        return web.json_response({"pods": [self._pod_json(p) for p in self.pods.values()]})
+        listed = [p for p in self.pods.values() if self._clock() - p.created_clock >= self.listing_lag_s]
+        return web.json_response({"pods": [self._pod_json(p) for p in listed]})
 
     async def _get_pod(self, request: web.Request) -> web.Response:
         return web.json_response(self._pod_json(self._pod(request)))

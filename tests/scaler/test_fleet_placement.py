@@ -358,3 +358,25 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
         anchor=settings.billing_anchor, price_per_hour=2.99,
     )
     assert fleet.committed_spend(now)["day"] == pytest.approx(policy.spent_since(now - DAY_S)) == 2.99
+
+
+async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_while_the_listing_lags(
+    make_verda_client, fake_verda: FakeVerda, wall
+):
+    """The fleet gives each provider call a quarter of the tick; a create that landed but answered after that
+    was forgotten. With RunPod's listing a minute behind, the next tick made the pod again: 4 pods created
+    and 4 running for 3 asked, over RunPod's max of 3, the extra one billed until the listing caught up."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), clock=wall, listing_lag_s=60.0) as fake_runpod:
+        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44,
+                           member_timeout_s=0.5)
+        try:
+            await fleet.observe()
+            fake_runpod.delay_next("/pods", 2.0, method="POST")
+            await fleet.apply(3)  # all 3 asked of RunPod, the cheaper; its first create answers too late
+            most_running = 0
+            for _ in range(8):
+                await ticks(fleet, wall, 1)
+                most_running = max(most_running, len(fake_runpod.live_pods()))
+        finally:
+            await fleet.aclose()
+    assert (len(fake_runpod.requests_to("/pods", "POST")), most_running, len(fake_runpod.live_pods())) == (3, 3, 3)

@@ -61,8 +61,10 @@ class RunPodBackend:
         self._paused = False
         self.refusal: str | None = None  # why RunPod last refused to create a pod, until a create succeeds
         self.pods: tuple[Pod, ...] = ()  # this backend's pods as last read, with their RunPod status
-        # Pods created here that GET /pods does not list yet (id -> when): counted as there for LISTING_LAG_S, so
-        # a listing that lags behind the creates does not make the same pods again at every tick.
+        # Pods asked for here that GET /pods does not list yet (name -> when asked): counted as there for
+        # LISTING_LAG_S, so a listing that lags behind the creates does not make the same pods again at every tick.
+        # A name goes in before its POST is sent: a create cut off before its answer (the fleet's per-call timeout,
+        # a lost connection) may have made the pod, and forgotten, it was made again (4 pods for a max of 3).
         self._unlisted: dict[str, float] = {}
         self.health = health if health is not None else PodHealthProbe()
 
@@ -136,9 +138,9 @@ class RunPodBackend:
     async def _our_pods(self) -> list[Pod]:
         pods = [pod for pod in await self.client.list_pods() if self._own.match(pod.name)]
         self.pods = tuple(pods)
-        listed, now = {pod.id for pod in pods}, self._clock()
-        self._unlisted = {pod_id: at for pod_id, at in self._unlisted.items()
-                          if pod_id not in listed and now - at < LISTING_LAG_S}
+        listed, now = {pod.name for pod in pods}, self._clock()
+        self._unlisted = {name: at for name, at in self._unlisted.items()
+                          if name not in listed and now - at < LISTING_LAG_S}
         return pods
 
     def _target(self) -> int:
@@ -184,9 +186,12 @@ class RunPodBackend:
 
     async def _create(self) -> bool:
         name = f"{self.name}-{secrets.token_hex(4)}"
+        self._unlisted[name] = self._clock()
         try:
             pod = await self.client.create_pod({"name": name, **self.pod_body})
         except RunPodAPIError as error:
+            if 400 <= error.status < 500 and error.status != 408:  # RunPod answered that it made nothing
+                del self._unlisted[name]
             if error.status not in REFUSAL_STATUSES:
                 raise
             if self.refusal is None:
@@ -196,7 +201,6 @@ class RunPodBackend:
         if self.refusal is not None:
             log.info("runpod_create_accepted_again", previous_refusal=self.refusal)
         self.refusal = None
-        self._unlisted[pod.id] = self._clock()
         log.info("runpod_pod_created", pod=pod.id, name=name)
         return True
 

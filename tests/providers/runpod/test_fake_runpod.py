@@ -103,6 +103,27 @@ async def test_pods_provision_asynchronously(http: httpx.AsyncClient, fake: Fake
     )
 
 
+async def test_a_listing_that_lags_shows_a_new_pod_only_after_the_lag(
+    http: httpx.AsyncClient, fake: FakeRunPod, clock: ManualClock
+) -> None:
+    fake.listing_lag_s = 60
+    pod = (await create(http)).json()
+    assert (await http.get("/pods")).json()["pods"] == []
+    assert (await http.get(f"/pods/{pod['id']}")).status_code == 200  # found by its id at once
+    clock.advance(60)
+    assert [p["id"] for p in (await http.get("/pods")).json()["pods"]] == [pod["id"]]
+
+
+async def test_a_delayed_answer_comes_after_the_caller_gave_up_and_the_request_took_effect(
+    http: httpx.AsyncClient, fake: FakeRunPod
+) -> None:
+    fake.delay_next("/pods", 1.0, method="POST")
+    with pytest.raises(httpx.ReadTimeout):
+        await http.post("/pods", json=pod_body(), timeout=0.2)
+    assert len(fake.pods) == 1
+    assert (await create(http)).status_code == 201  # only the next request was delayed
+
+
 async def test_actions_follow_the_status(http: httpx.AsyncClient) -> None:
     pod_id = (await create(http)).json()["id"]
     assert (await http.post(f"/pods/{pod_id}/action", json={"action": "start"})).status_code == 409
