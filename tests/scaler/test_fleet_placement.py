@@ -380,3 +380,30 @@ async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_whi
         finally:
             await fleet.aclose()
     assert (len(fake_runpod.requests_to("/pods", "POST")), most_running, len(fake_runpod.live_pods())) == (3, 3, 3)
+
+
+async def test_runpod_pods_left_by_the_previous_scaler_count_as_ready_at_the_first_apply_after_a_restart(
+    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling
+):
+    """A restarted scaler asked no pod's /health before its first apply, so RunPod's 2 serving pods counted as 0
+    ready: the dearer RunPod being drained back to Verda was cut to 0 at once, before Verda had a replica, and
+    the queue's 2 replicas were ready nowhere for a tick. Now RunPod keeps them until Verda's are there."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        before = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+        try:
+            await before.observe()
+            await before.apply(2)
+            await ticks(before, wall, 2)
+            assert before.status_report(wall())["providers"]["runpod"]["ready"] == 2
+        finally:
+            await before.aclose()
+        restarted = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
+        try:
+            await restarted.observe()
+            await restarted.apply(2)  # Verda is the cheaper now: RunPod is drained once Verda's 2 are ready
+            assert restarted.state.targets == {"verda": 2, "runpod": 2}
+            assert len(fake_runpod.live_pods()) == 2
+            await ticks(restarted, wall, 1)  # Verda lists its 2 (each listed replica counts as ready)
+            assert restarted.state.targets == {"verda": 2, "runpod": 0} and verda_scaling() == (2, 2)
+        finally:
+            await restarted.aclose()

@@ -85,6 +85,10 @@ class RunPodBackend:
                 wrote = True
             if wrote:
                 pods = await self._our_pods()
+        else:
+            # Not told a count yet (a scaler just restarted): nothing is touched, but the pods left running are
+            # asked their /health, or they count as 0 ready at the first apply and a drain cuts them at once.
+            await self.health.unhealthy(pod.id for pod in pods if pod.status == "RUNNING")
         live = [pod for pod in pods if pod.live]
         # Billing begins at creation, as far as the API tells; a pod listed without it, when first listed so.
         replicas = self._first_seen.replicas([(pod.id, pod.created_at) for pod in live], self._clock())

@@ -265,9 +265,15 @@ async def test_the_probe_never_carries_the_api_key(backend: RunPodBackend, fake:
     assert len(fake.proxy_authorizations) == 2 and set(fake.proxy_authorizations) == {None}
 
 
-async def test_pods_are_not_probed_before_the_first_apply(
+async def test_pods_are_probed_but_not_touched_before_the_first_apply(
     backend: RunPodBackend, runpod: RunPodClient, fake: FakeRunPod
 ) -> None:
-    await runpod.create_pod(pod_body(name=f"{NAME}-00000000"))
-    await backend.observe()
-    assert fake.proxy_authorizations == []
+    """Pods found at a start are asked their /health, so the ones serving count as ready at the first apply (a
+    restarted fleet drained them as 0 ready); none is stopped before the backend is told a count."""
+    serving = await runpod.create_pod(pod_body(name=f"{NAME}-00000000"))
+    sick = await runpod.create_pod(pod_body(name=f"{NAME}-11111111"))
+    fake.set_health(sick.id, 503, UNHEALTHY)
+    for _ in range(4):
+        view = await backend.observe()
+    assert view.ready == 1 and backend.health.phase == {serving.id: "idle"}
+    assert set(fake.pods) == {serving.id, sick.id} and fake.requests_to(f"/pods/{sick.id}/action") == []
