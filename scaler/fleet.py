@@ -50,6 +50,7 @@ T = TypeVar("T")
 HEALTHY = "healthy"
 SEPARATOR = "/"
 MOVE_LOG_SIZE = 1000
+PRICE_REFRESH_S = 3600.0  # how often the price lists read at start are read again
 
 
 class FleetReadError(Exception):
@@ -69,6 +70,8 @@ class Member:
     spec: ProviderSpec
     backend: Backend
     billing: BillingRule = field(default_factory=BillingRule)
+    # The provider's price list, read again every PRICE_REFRESH_S; None when the operator set the price.
+    price_lookup: Callable[[], Awaitable[float]] | None = None
 
     @property
     def name(self) -> str:
@@ -131,6 +134,7 @@ class FleetBackend:
         self._write_errors: dict[str, str] = {}
         self._written: dict[str, int] = {}
         self._saved: tuple[int, int] | None = None  # the ledger file as this fleet last wrote it
+        self._prices_read_at = clock()  # the prices were read when the fleet was built
         if metrics is not None:
             for member in members:
                 metrics.price.labels(provider=member.name).set(member.spec.price_per_hour)
@@ -143,9 +147,9 @@ class FleetBackend:
     async def observe(self) -> BackendView:
         held = await self._honour_kill_switch()
         now = self.clock()
-        results = await asyncio.gather(
+        _, results = await asyncio.gather(self._refresh_prices(now), asyncio.gather(
             *(self._bounded(m.backend.observe()) for m in self.members.values()), return_exceptions=True
-        )
+        ))
         for member, result in zip(self.members.values(), results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
@@ -249,6 +253,35 @@ class FleetBackend:
             return await asyncio.wait_for(call, self.member_timeout_s)
         except TimeoutError:
             raise TimeoutError(f"no answer within {self.member_timeout_s:g} s") from None
+
+    async def _refresh_prices(self, now: float) -> None:
+        """Read the price lists again every PRICE_REFRESH_S: a provider's new price goes to the ledger, the budgets
+        and the placement order. Read once at start, a RunPod price raised from 0.69 to 3.49 was charged at 0.69
+        and kept RunPod first, ahead of a Verda at 2.99, until a restart. A price list that fails keeps the last
+        price, and is read again an hour later."""
+        if now - self._prices_read_at < PRICE_REFRESH_S:
+            return
+        self._prices_read_at = now
+        lookups = {m.name: m.price_lookup for m in self.members.values() if m.price_lookup is not None}
+        if not lookups:
+            return
+        results = await asyncio.gather(*(self._bounded(lookup()) for lookup in lookups.values()),
+                                       return_exceptions=True)
+        for member, result in zip((self.members[name] for name in lookups), results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+            if isinstance(result, Exception):
+                log.warning("provider_price_refresh_failed", provider=member.name, error=error_text(result),
+                            price_per_hour=member.spec.price_per_hour, hint="the last price is kept")
+            elif result != member.spec.price_per_hour:
+                log.info("provider_price_changed", provider=member.name, before=member.spec.price_per_hour,
+                         after=result)
+                member.spec = replace(member.spec, price_per_hour=result)
+                if self.metrics is not None:
+                    self.metrics.price.labels(provider=member.name).set(result)
+        self.config = replace(self.config, providers=tuple(
+            self.members[p.name].spec if p.name in self.members else p for p in self.config.providers
+        ))
 
     def _see(self, member: Member, result: BackendView | Exception, now: float) -> None:
         name = member.name

@@ -130,6 +130,15 @@ async def look_up_price(settings: ScalerSettings, lookup: Callable[[], Awaitable
     return price
 
 
+def price_lookup(settings: ScalerSettings, name: str, backend: Backend) -> Callable[[], Awaitable[float]] | None:
+    """The provider's price list, checked, for the fleet to read again (scaler.fleet.PRICE_REFRESH_S); None when
+    the operator set the price, which then holds."""
+    lookup = getattr(backend, "price_per_hour", None)
+    if getattr(settings, f"{name}_price_per_hour") is not None or lookup is None:
+        return None
+    return lambda: look_up_price(settings, lookup)
+
+
 async def _price(settings: ScalerSettings, name: str, backend: Backend, last_charged: float | None) -> float:
     """The setting, else the provider's price list; a price list that fails falls back on the price the ledger
     last charged: refused, the whole fleet did not start and every provider's count stayed pinned, billed."""
@@ -186,7 +195,7 @@ async def build_fleet(
                 name, most, await _price(settings, name, backend, ledger.prices.get(name)),
                 commit_s=billing.interval_s if not billing.per_second else tick_s,
             )
-            members.append(Member(spec, backend, billing))
+            members.append(Member(spec, backend, billing, price_lookup(settings, name, backend)))
     except BaseException:
         await asyncio.gather(*(backend.aclose() for _, backend in built), return_exceptions=True)
         raise

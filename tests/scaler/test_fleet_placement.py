@@ -14,7 +14,7 @@ from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.billing import DAY_S, SpendLedger
 from scaler.cli import main
 from scaler.config import load_settings
-from scaler.fleet import FleetBackend, Member
+from scaler.fleet import PRICE_REFRESH_S, FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.policy import Replica
 from scaler.providers import VerdaBackend
@@ -22,7 +22,7 @@ from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from scaler.wiring import ProviderSetupError, build_fleet
-from standins.runpod import FakeRunPod
+from standins.runpod import GPU_TYPES, FakeRunPod
 from standins.verda import FakeVerda
 
 DEPLOYMENT = "comfyui-worker-serverless"
@@ -407,3 +407,38 @@ async def test_runpod_pods_left_by_the_previous_scaler_count_as_ready_at_the_fir
             assert restarted.state.targets == {"verda": 2, "runpod": 0} and verda_scaling() == (2, 2)
         finally:
             await restarted.aclose()
+
+
+async def test_a_price_list_that_changes_is_followed_by_the_ledger_and_the_placement_within_the_hour(
+    operator_env, monkeypatch, fake_verda: FakeVerda, verda_scaling, wall
+):
+    """Prices were read once at start. RunPod's list price raised from 0.69 to 3.49 (Verda 2.99): the fleet kept
+    charging its 2 pods at 0.69 (5.60 an hour under-counted, the budgets reading it) and kept RunPod first
+    until a restart. Now the price lists are read again every hour; one that fails keeps the last price."""
+    gpu = POD_BODY["gpu"]["id"]
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda,runpod")
+        monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
+        fleet = await build_fleet(load_settings(), with_alerts=False)
+        fleet.clock = wall
+        try:
+            await fleet.observe()
+            await fleet.apply(2)
+            assert fleet.members["runpod"].spec.price_per_hour == 0.69 and fleet.state.targets["runpod"] == 2
+            monkeypatch.setitem(GPU_TYPES[gpu]["price"], "secure", 3.49)
+            fake_runpod.fail_next(f"/catalog/gpus/{gpu}", 200, body={"price": None})  # the first hour's read fails
+            wall.advance(PRICE_REFRESH_S + TICK_S)  # the fleet read its prices a little after the wall was set
+            await fleet.observe()
+            assert fleet.members["runpod"].spec.price_per_hour == 0.69, "the last price is kept"
+            wall.advance(PRICE_REFRESH_S + TICK_S)  # the fleet read its prices a little after the wall was set
+            await fleet.observe()
+            assert fleet.members["runpod"].spec.price_per_hour == 3.49
+            charged = fleet.ledger.spent_since(wall(), "runpod")
+            wall.advance(60)
+            await fleet.observe()
+            assert fleet.ledger.spent_since(wall() - 60, "runpod") - charged == pytest.approx(2 * 3.49 / 60, rel=0.05)
+            assert verda_scaling() == (2, 2), "Verda is now the cheaper: the replicas move there"
+            await ticks(fleet, wall, 1)
+            assert fleet.state.targets == {"verda": 2, "runpod": 0}
+        finally:
+            await fleet.aclose()
