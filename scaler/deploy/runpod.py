@@ -258,7 +258,9 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    if options_misused(args, f"terminates every pod of {spec.deployment.name}"):
+    if options_misused(
+        args, f"terminates every pod of {spec.deployment.name} now, busy ones included (the network volume is "
+        "kept)"):
         return EXIT_USAGE
     if args.dry_run:
         body = {"name": f"{spec.deployment.name}-<8 hex digits, one per pod>", **build_pod_body(spec, settings)}

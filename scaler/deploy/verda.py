@@ -246,7 +246,9 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.console:
         print("\n".join(console_lines(spec)))
         return EXIT_OK
-    if options_misused(args, f"removes deployment {spec.deployment.name}"):
+    if options_misused(
+        args, f"removes deployment {spec.deployment.name} and stops its running replicas now, busy ones "
+        "included (a worker that gets SIGTERM in time hands its job back)"):
         return EXIT_USAGE
     if args.dry_run:
         print(json.dumps(build_body(spec), indent=2))

@@ -302,7 +302,9 @@ async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     capsys.readouterr()
     assert await deploy_main(["status"], deploy_env) == 0
     assert "status: quota_reached" in capsys.readouterr().out
+    capsys.readouterr()
     assert await deploy_main(["delete"], deploy_env) == 2
+    assert "stops its running replicas now" in capsys.readouterr().err, "the operator is told what --yes does"
     assert NAME in fake.deployments
     assert await deploy_main(["delete", "--yes"], deploy_env) == 0
     assert "deleted" in capsys.readouterr().out
