@@ -33,6 +33,8 @@ MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 MIN_QUESTION_S = 1.0
 # The key in a prompt's extra_data that names the queue manager's job it runs (ComfyUI lists extra_data in /queue).
 JOB_ID_KEY = "comfyui_serverless_job_id"
+# ... and the worker that submitted it (WORKER_ID): a restarted worker finds what its killed run left running.
+WORKER_ID_KEY = "comfyui_serverless_worker_id"
 
 
 class ComfyUIUnavailable(Exception):
@@ -95,9 +97,10 @@ def describe_prompt_error(body: object) -> str:
 
 
 class ComfyUIClient:
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, worker_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout_s = timeout_s
+        self.worker_id = worker_id  # marks every prompt it submits (WORKER_ID_KEY)
         # identity: a compressed answer could unpack to far more than the bytes read (ComfyUI compresses on
         # request with --enable-compress-response-body); on loopback it saves nothing anyway.
         self._http = httpx.AsyncClient(
@@ -178,11 +181,12 @@ class ComfyUIClient:
     async def queue_prompt(
         self, workflow: dict[str, Any], client_id: str, prompt_id: str, *, job_id: str | None = None
     ) -> dict[str, Any]:
-        """Submit; ``job_id`` goes into the prompt's ``extra_data`` (JOB_ID_KEY), so a later attempt of the job
-        can find this prompt in ComfyUI's queue (``prompts_of_job``)."""
-        request = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
-        if job_id is not None:
-            request["extra_data"] = {JOB_ID_KEY: job_id}
+        """Submit; ``job_id`` and this client's ``worker_id`` go into the prompt's ``extra_data``, so a later
+        attempt of the job, or a restart of the worker, can find this prompt in ComfyUI's queue (``prompts_of``)."""
+        request: dict[str, Any] = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        marks = {JOB_ID_KEY: job_id, WORKER_ID_KEY: self.worker_id}
+        if extra_data := {key: value for key, value in marks.items() if value is not None}:
+            request["extra_data"] = extra_data
         body = json.dumps(request).encode()
         headers = {"Content-Type": "application/json"}
         response = await self._request("POST", "/prompt", content=body, headers=headers)
@@ -213,14 +217,15 @@ class ComfyUIClient:
         running, pending = await self._queue()
         return {prompt_id for prompt_id, _ in running}, {prompt_id for prompt_id, _ in pending}
 
-    async def prompts_of_job(self, job_id: str) -> tuple[set[str], set[str]]:
-        """(running, pending) ids of the prompts queued for ``job_id`` (see ``queue_prompt``)."""
+    async def prompts_of(self, key: str, value: str) -> tuple[set[str], set[str]]:
+        """(running, pending) ids of the prompts whose ``extra_data`` holds ``value`` at ``key``: JOB_ID_KEY for
+        a job's, WORKER_ID_KEY for a worker's (see ``queue_prompt``)."""
         running, pending = await self._queue()
 
-        def of_job(items: list[tuple[str, dict[str, Any]]]) -> set[str]:
-            return {prompt_id for prompt_id, extra_data in items if extra_data.get(JOB_ID_KEY) == job_id}
+        def marked(items: list[tuple[str, dict[str, Any]]]) -> set[str]:
+            return {prompt_id for prompt_id, extra_data in items if extra_data.get(key) == value}
 
-        return of_job(running), of_job(pending)
+        return marked(running), marked(pending)
 
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
         """(running, pending) as (prompt id, extra_data): elements 1 and 3 of each queue item."""

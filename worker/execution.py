@@ -21,6 +21,7 @@ import aiohttp
 import structlog
 
 from worker.comfyui import (
+    JOB_ID_KEY,
     MAX_COMFYUI_MESSAGE_BYTES,
     MIN_QUESTION_S,
     ComfyUIClient,
@@ -195,17 +196,14 @@ class PromptRun:
         if self.job_id is None:
             return
         try:
-            running, pending = await self.comfy.prompts_of_job(self.job_id)
-            for prompt_id in pending:
-                await self.comfy.delete_pending(prompt_id)
-            for prompt_id in running:
-                await self.comfy.interrupt(prompt_id)
+            running, pending = await stop_left_over_prompts(self.comfy, JOB_ID_KEY, self.job_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:
             log.warning("Could not look for prompts an earlier attempt left in ComfyUI", error=str(exc))
             return
         if running or pending:
             log.warning("Stopped prompts an earlier attempt of this job left in ComfyUI",
                         running=sorted(running), pending=sorted(pending))
+
 
     async def interrupt(self) -> str | None:
         """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised."""
@@ -476,3 +474,14 @@ class PromptRun:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
         return None
+
+
+async def stop_left_over_prompts(comfy: ComfyUIClient, key: str, value: str) -> tuple[set[str], set[str]]:
+    """Delete the pending and interrupt the running prompts whose ``extra_data`` holds ``value`` at ``key``
+    (see ComfyUIClient.queue_prompt): what a killed worker left in ComfyUI. Their (running, pending) ids."""
+    running, pending = await comfy.prompts_of(key, value)
+    for prompt_id in pending:
+        await comfy.delete_pending(prompt_id)
+    for prompt_id in running:
+        await comfy.interrupt(prompt_id)
+    return running, pending

@@ -22,10 +22,18 @@ import structlog
 from common.handbacks import HandBackCause
 from common.urls import redact_url
 from worker import __version__
-from worker.comfyui import MIN_QUESTION_S, ComfyUIClient, ComfyUIUnavailable, EventSocket, PromptRejected
+from worker.comfyui import (
+    MIN_QUESTION_S,
+    WORKER_ID_KEY,
+    ComfyUIClient,
+    ComfyUIUnavailable,
+    EventSocket,
+    PromptRejected,
+    ReplyTooLarge,
+)
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
-from worker.execution import Outcome, PromptRun, RunTimings
+from worker.execution import Outcome, PromptRun, RunTimings, stop_left_over_prompts
 from worker.housekeeping import ComfyUIHousekeeping
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
 from worker.lease import JobLease
@@ -81,7 +89,9 @@ class Worker:
             timeout_s=settings.http_timeout_s,
             report_budget_s=settings.report_retry_budget_s,
         )
-        self.comfy = ComfyUIClient(settings.comfyui_base_url, timeout_s=settings.http_timeout_s)
+        self.comfy = ComfyUIClient(
+            settings.comfyui_base_url, timeout_s=settings.http_timeout_s, worker_id=settings.worker_id
+        )
         self.events = EventSocket(self.comfy)
         self.delivery = OutputDelivery(
             settings.outputs_path, self.comfy, settings.comfyui_output_dir,
@@ -164,12 +174,25 @@ class Worker:
         self.state.set_comfyui(True, version)
         self._comfyui_answered_at = time.monotonic()
         log.info("ComfyUI is up", comfyui_version=version)
+        # A worker killed mid-job (a bare comfy-worker; in the image ComfyUI dies with it) left its prompt running:
+        # every job of this run would queue behind it, and its result goes to no one.
+        await self._stop_prompts_of_an_earlier_run()
         self.housekeeping.check_cache(system.get("argv") if isinstance(system, dict) else None)
         if s.warmup_workflow is not None and not await self.warm_up():
             return self._exit_code() if self._stop.is_set() else await self._stay_unready()
         self.state.mark_ready()
         self.state.set_phase(Phase.IDLE)
         return None
+
+    async def _stop_prompts_of_an_earlier_run(self) -> None:
+        try:
+            running, pending = await stop_left_over_prompts(self.comfy, WORKER_ID_KEY, self.settings.worker_id)
+        except (ComfyUIUnavailable, ReplyTooLarge) as exc:  # the first job finds out, and says so
+            log.warning("Could not look for prompts an earlier run of this worker left in ComfyUI", error=str(exc))
+            return
+        if running or pending:
+            log.warning("Stopped prompts an earlier run of this worker left in ComfyUI",
+                        running=sorted(running), pending=sorted(pending))
 
     def _log_waiting_for_comfyui(self, waited_s: float, error: str) -> None:
         """A wrong COMFYUI_URL, or a ComfyUI still loading, used to be silence for up to COMFYUI_STARTUP_TIMEOUT_S."""

@@ -243,6 +243,34 @@ async def test_the_retry_leaves_other_jobs_prompts_alone_and_drops_its_own_pendi
     assert await comfy_ran(comfy, other) and not await comfy_ran(comfy, orphan)
 
 
+async def test_a_restarted_worker_stops_the_prompt_its_killed_run_left_whatever_job_it_takes_first(
+    leased_qm, comfy, start_worker, workflows
+):
+    """The killed run's job was cancelled meanwhile, so no retry would ever stop its prompt: the restarted worker's
+    first job queued behind a minute of sampling for no one and failed "timed out" (JOB_TIMEOUT_S 20)."""
+    from standins.comfyui_nodes import build_catalogue
+
+    comfy.catalogue = build_catalogue(("sd_xl_base_1.0.safetensors",))
+    comfy.node_seconds["KSampler"] = 60.0
+    cancelled = leased_qm.store.submit("alice", workflows["sdxl_txt2img"])
+    first = await start_worker("w1")
+    await wait_for(lambda: comfy.running_prompt_id is not None)
+    orphan = comfy.running_prompt_id
+    first.kill()
+    await first.wait()
+    leased_qm.store.cancel(cancelled.id)
+    job = leased_qm.store.submit("alice", workflows["quick"])
+
+    again = await start_worker("w1", JOB_TIMEOUT_S="20")
+    try:
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=40)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert await again.wait() == 0
+    assert leased_qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert [(i.body, i.honoured) for i in comfy.interrupts_received] == [({"prompt_id": orphan}, True)]
+
+
 async def comfy_post_prompt(comfy: ComfyUISimulator, workflow: dict[str, Any], extra_data: dict[str, Any]) -> str:
     import httpx
 
