@@ -11,7 +11,7 @@ import pytest
 
 from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
-from scaler.billing import DAY_S, SpendLedger
+from scaler.billing import DAY_S, BillingAnchor, SpendLedger, billed_intervals
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.fleet import PRICE_REFRESH_S, FleetBackend, Member
@@ -357,7 +357,9 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
         [Replica("replica-a", started_at)], now, interval_s=settings.billing_interval_s,
         anchor=settings.billing_anchor, price_per_hour=2.99,
     )
-    assert fleet.committed_spend(now)["day"] == pytest.approx(policy.spent_since(now - DAY_S)) == 2.99
+    # One hour's interval (two when a wall-clock hour began in those 25 minutes), not 3 of 10 minutes (1.495).
+    hours = billed_intervals(started_at, now, 3600.0, BillingAnchor(anchor))
+    assert fleet.committed_spend(now)["day"] == pytest.approx(policy.spent_since(now - DAY_S)) == 2.99 * hours
 
 
 async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_while_the_listing_lags(
