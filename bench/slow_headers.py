@@ -2,6 +2,7 @@
 
     ./dev python -m bench.slow_headers                      # both servers, 300 clients, 20 s
     ./dev python -m bench.slow_headers --server health --headers 31 --hold 15
+    ./dev python -m bench.slow_headers --bodies --clients 8 --hold 60       # queue manager: dripped bodies
     cd /tmp && PYTHONPATH=<another checkout> <venv>/bin/python <this file>   # measure another version
 
 Each server runs in its own process (the health server as the worker starts it, the queue manager as
@@ -9,6 +10,11 @@ Each server runs in its own process (the health server as the worker starts it, 
 `--headers` 8000-byte headers (120: just under aiohttp's default limit of 128), never the blank line that ends
 the head, then one more byte every second. Printed: RSS before, once all are connected, after
 `--hold` seconds, and how many connections the server still kept open then.
+
+`--bodies` (queue manager only): each client sends a complete head for `POST /api/jobs` declaring 16 MiB (the
+route's limit; eight of them reserve the whole 128 MiB budget for bodies in flight), then one byte of body a
+second. Every 5 s an honest 2 MiB submission is sent: printed, when each was answered and how, and how many
+dripping connections the server still kept open after `--hold` seconds.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ _URL = re.compile(r'(?:url|port)["=:\s]+"?(?:http://[0-9.]+:)?([0-9]+)')
 HEADER = b"X-Slow-%03d: " + b"a" * 8000 + b"\r\n"
 _HEALTH = """
 import asyncio
+from common.limits import allow_many_connections
 from health.server import HealthServer
 from worker.state import WorkerState
 
 async def main():
+    allow_many_connections()  # as the worker does at start
     state = WorkerState(worker_id="bench", provider="verda", version="0", max_idle_polls=10, serverless=True)
     server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=3600)
     print("port", await server.start(), flush=True)
@@ -117,13 +125,60 @@ def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, obj
     }  # fmt: skip
 
 
+BODY_DECLARED = 16 * 1024 * 1024
+HONEST_SUBMIT = ('{"user_id": "alice", "workflow": {"1": {"class_type": "SaveImage", "inputs": {"pad": "'
+                 + "x" * (2 * 1024 * 1024) + '"}}}}').encode()
+
+
+def run_bodies(clients: int, hold_s: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as scratch:
+        process, port = start("queue", Path(scratch))
+        socks: list[socket.socket] = []
+        honest: list[str] = []
+        try:
+            time.sleep(0.5)
+            head = b"POST /api/jobs HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % BODY_DECLARED
+            for _ in range(clients):
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(head)
+                socks.append(sock)
+            started = time.monotonic()
+            next_honest = started + 5
+            while time.monotonic() < started + hold_s:
+                for sock in socks:
+                    with contextlib.suppress(OSError):
+                        sock.send(b" ")
+                if time.monotonic() >= next_honest:
+                    sent = time.monotonic() - started
+                    try:
+                        answer = str(httpx.post(f"http://127.0.0.1:{port}/api/jobs", content=HONEST_SUBMIT,
+                                                timeout=15).status_code)
+                    except httpx.HTTPError as exc:
+                        answer = type(exc).__name__
+                    honest.append(f"{sent:.0f}s:{answer}")
+                    next_honest += 5
+                time.sleep(1)
+            open_after = sum(still_open(sock) for sock in socks)
+        finally:
+            for sock in socks:
+                sock.close()
+            process.terminate()
+            process.wait(timeout=10)
+    return {"clients": clients, "declared_mib": BODY_DECLARED >> 20, "hold_s": hold_s, "open_after_hold": open_after,
+            "honest_2mib_submits": " ".join(honest)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["health", "queue", "both"], default="both")
     parser.add_argument("--clients", type=int, default=300)
     parser.add_argument("--headers", type=int, default=120)
     parser.add_argument("--hold", type=float, default=20.0, metavar="SECONDS")
+    parser.add_argument("--bodies", action="store_true", help="drip request bodies to the queue manager instead")
     args = parser.parse_args()
+    if args.bodies:
+        print(run_bodies(args.clients, args.hold), flush=True)
+        return
     for server in ["health", "queue"] if args.server == "both" else [args.server]:
         print(run(server, args.clients, args.headers, args.hold), flush=True)
 

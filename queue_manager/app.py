@@ -76,6 +76,13 @@ BODY = web.RequestKey("body", bytearray)
 # A client that sends nothing for this long mid-body has gone or is stalling on purpose, holding what it sent
 # (up to its route's limit); nginx's client_body_timeout is the same idea, 60 s there too.
 BODY_IDLE_TIMEOUT_S = 60.0
+# That bounds each read, not the body: a client sending a byte every 59 s was read for ever, holding its place in
+# the bodies' budget below. So a body must also keep an average rate: after BODY_GRACE_S it must have sent
+# BODY_MIN_BYTES_PER_S for every second past the grace (Apache's RequestReadTimeout body=…,MinRate=… works so).
+# 16 KiB/s is 128 kbit/s, below any uplink one would submit a workflow over: a 16 MiB submission may take 17 min,
+# a 51 MiB report 55 min. A client dripping bytes is cut off BODY_GRACE_S after its body began.
+BODY_GRACE_S = 30.0
+BODY_MIN_BYTES_PER_S = 16 * 1024
 # Bytes of request bodies held at once, across requests: each route bounded its own and nothing bounded them
 # together (20 concurrent 50 MB reports peaked at 904 MB). A request declaring more than UNCOUNTED_BODY_BYTES
 # (or chunked: its route's limit) reserves that before its body is read and keeps it until answered: two of the
@@ -163,9 +170,12 @@ async def read_body(request: web.Request) -> bytearray:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit, request.content_length)
     body = bytearray()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
         while True:
-            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+            too_slow_at = started + BODY_GRACE_S + len(body) / BODY_MIN_BYTES_PER_S
+            async with asyncio.timeout_at(min(loop.time() + BODY_IDLE_TIMEOUT_S, too_slow_at)):
                 chunk = await request.content.readany()
             if not chunk:
                 break
@@ -181,8 +191,17 @@ async def read_body(request: web.Request) -> bytearray:
         log.info("request_body_cut_short", method=request.method, path=request.path, bytes_read=len(body))
         raise UnreadableBody(400, "Request body could not be read: the connection closed before it ended") from None
     except TimeoutError:
-        log.info("request_body_stalled", method=request.method, path=request.path, bytes_read=len(body))
-        raise UnreadableBody(408, f"Request body stalled: nothing received for {BODY_IDLE_TIMEOUT_S:g} s") from None
+        elapsed = loop.time() - started
+        if elapsed < BODY_GRACE_S + len(body) / BODY_MIN_BYTES_PER_S:
+            log.info("request_body_stalled", method=request.method, path=request.path, bytes_read=len(body))
+            raise UnreadableBody(408, f"Request body stalled: nothing received for {BODY_IDLE_TIMEOUT_S:g} s") from None
+        log.info("request_body_too_slow", method=request.method, path=request.path, bytes_read=len(body),
+                 seconds=round(elapsed, 1))
+        raise UnreadableBody(
+            408,
+            f"Request body too slow: {len(body)} bytes in {elapsed:.0f} s; past the first {BODY_GRACE_S:g} s a body "
+            f"must arrive at {BODY_MIN_BYTES_PER_S} bytes a second or more",
+        ) from None
     request[BODY] = body
     return body
 

@@ -306,6 +306,57 @@ async def test_a_body_that_stalls_mid_way_is_408_and_its_memory_freed(
     assert [entry for entry in logs if entry["log_level"] == "error"] == []
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, Any]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, json.loads(await reader.readexactly(length))
+
+
+async def test_a_body_dripped_a_byte_at_a_time_is_cut_off_and_its_reservation_freed(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BODY_IDLE_TIMEOUT_S bounded each read, not the body: a submission declaring 16 MB and sending a byte every
+    59 s was read for ever and held 16 MB of the bodies' budget all that time (nine of them: audit of 2026-12-01).
+    Here the budget holds one such body; the drip must keep BODY_MIN_BYTES_PER_S after BODY_GRACE_S."""
+    monkeypatch.setattr(app, "BODY_GRACE_S", 0.5, raising=False)
+    monkeypatch.setattr(app, "BODY_MIN_BYTES_PER_S", 1000, raising=False)
+    job, reader, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=299_000)  # 1000 B sent
+    with capture_logs() as logs:
+        async with asyncio.timeout(10):
+            answer = asyncio.create_task(read_answer(reader))
+            while not answer.done():
+                holder.write(b" ")  # 20 bytes a second: never idle, never enough
+                await asyncio.wait([answer], timeout=0.05)
+            head, body = answer.result()
+    holder.close()
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert body["detail"].startswith("Request body too slow: "), body
+    assert "at 1000 bytes a second" in body["detail"]
+    assert [e["event"] for e in logs if e["event"].startswith("request_body_")] == ["request_body_too_slow"]
+    async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+        report = json.dumps({"error": "x" * 9000}) + " " * 140_000  # over UNCOUNTED_BODY_BYTES: it needs the budget
+        landed = await client.post("/api/workers/fail-job", params={"job_id": job.id}, content=report)
+    assert landed.status_code == 200, landed.text[:300]  # not 503 Busy: the reservation went with the drip
+
+
+async def test_a_slow_body_that_keeps_the_minimum_rate_is_read_past_the_grace(
+    client: httpx.AsyncClient, queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An honest slow link: a body sent over longer than the grace, at 20 times the minimum rate, is read whole."""
+    monkeypatch.setattr(app, "BODY_GRACE_S", 0.2, raising=False)
+    monkeypatch.setattr(app, "BODY_MIN_BYTES_PER_S", 1000, raising=False)
+    body = json.dumps({"user_id": "alice", "workflow": WORKFLOW, "metadata": {"pad": "x" * 20_000}}).encode()
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 2000):
+            yield body[start : start + 2000]
+            await asyncio.sleep(0.1)  # 20 kB/s for about a second: past the grace, each chunk buys 2 s more
+
+    response = await client.post("/api/jobs", content=slowly(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 201, response.text[:300]
+    assert queue.store.counts()[JobStatus.PENDING] == 1
+
+
 @pytest.mark.parametrize("path", ["/api/jobs", "/api/workers/fail-job?job_id=j"], ids=["submit", "report"])
 async def test_the_server_answers_others_while_it_parses_a_body(
     client: httpx.AsyncClient, queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch, path: str
@@ -561,7 +612,7 @@ async def test_a_client_dripping_its_headers_is_cut_off(monkeypatch: pytest.Monk
 
 async def running_job_and_a_body_held(
     queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch, *, declared: int
-) -> tuple[JobRecord, asyncio.StreamWriter]:
+) -> tuple[JobRecord, asyncio.StreamReader, asyncio.StreamWriter]:
     """A body budget of 300 kB (bodies up to 100 kB not counted, 0.3 s to wait for room), a running job to report
     on, and a submission declaring ``declared`` bytes that sends 1000 of them and then nothing."""
     monkeypatch.setattr(app, "BODIES_IN_FLIGHT_BYTES", 300_000, raising=False)
@@ -570,11 +621,11 @@ async def running_job_and_a_body_held(
     job = queue.store.submit("alice", WORKFLOW)
     queue.store.pop_next("w", queue.mode)
     host, port = queue.url.removeprefix("http://").split(":")
-    _, holder = await asyncio.open_connection(host, int(port))
+    reader, holder = await asyncio.open_connection(host, int(port))
     holder.write(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % declared + b" " * 1000)
     await holder.drain()
     await asyncio.sleep(0.1)
-    return job, holder
+    return job, reader, holder
 
 
 async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_503(
@@ -582,7 +633,7 @@ async def test_bodies_held_at_once_are_bounded_and_a_request_past_the_budget_is_
 ) -> None:
     """Each route bounded its own body, nothing bounded them together: 20 concurrent 50 MB reports took the
     queue manager from 55 MB to a 904 MB peak (bench/queue_memory.py, 20-concurrent); a hundred, ~5 GB."""
-    job, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=200_000)
+    job, _, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=200_000)
     async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
         refused = await client.post("/api/workers/fail-job", params={"job_id": job.id}, content=b" " * 150_000)
         assert refused.status_code == 503, refused.text[:300]
@@ -599,7 +650,7 @@ async def test_declared_bodies_that_never_arrive_do_not_hold_up_an_ordinary_repo
 ) -> None:
     """Three complete-jobs declaring 51 MiB and sending a byte a minute held the whole budget for as long as they
     liked: every other body, a report of a few KB too, waited 10 s and was refused 503."""
-    job, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=299_000)
+    job, _, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=299_000)
     try:
         async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
             report = await client.post("/api/workers/fail-job", params={"job_id": job.id}, json={"error": "x" * 9000})
