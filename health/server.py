@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from common.probe_server import MAX_HEADERS, REQUEST_HEAD_TIMEOUT_S
+from common.waiting_connections import WaitingConnections
 from health.live_metrics import scrape_registry
 from health.status import status_document
 from health.verdict import Verdict, liveness, readiness
@@ -34,9 +35,10 @@ class HealthServer:
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._scrape_registry = scrape_registry(state, heartbeat_timeout_s)
         self._runner: web.AppRunner | None = None
+        self._waiting = WaitingConnections("health")
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._waiting.middleware])
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
@@ -50,6 +52,7 @@ class HealthServer:
             self._app(), access_log=None, keepalive_timeout=REQUEST_HEAD_TIMEOUT_S, max_headers=MAX_HEADERS
         )
         await self._runner.setup()
+        self._waiting.watch(self._runner.server)
         site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await site.start()

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from common.waiting_connections import WaitingConnections
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
     MAX_METADATA_BYTES,
@@ -646,9 +647,15 @@ class TestHooks:
 
 
 def build_app(
-    api: QueueApi, *, token: str | None, clock: Callable[[], float], test_hooks: TestHooks | None = None
+    api: QueueApi,
+    *,
+    token: str | None,
+    clock: Callable[[], float],
+    test_hooks: TestHooks | None = None,
+    waiting: WaitingConnections | None = None,
 ) -> web.Application:
-    middlewares = [_auth_middleware(token)]
+    middlewares = [waiting.middleware] if waiting is not None else []
+    middlewares += [_auth_middleware(token)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     app = web.Application(

@@ -14,6 +14,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
 from queue_manager.faults import FaultInjector
 from queue_manager.models import QueueMode
@@ -153,7 +154,8 @@ class QueueManagerServer:
             clock=self.clock,
             started_at=self.clock(),
         )
-        app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks)
+        waiting = WaitingConnections("queue_manager")
+        app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks, waiting=waiting)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -162,6 +164,7 @@ class QueueManagerServer:
             keepalive_timeout=REQUEST_HEAD_TIMEOUT_S,
         )
         await self._runner.setup()
+        waiting.watch(self._runner.server)
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]

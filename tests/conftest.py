@@ -89,3 +89,28 @@ async def drip_until_closed(reader: asyncio.StreamReader, writer: asyncio.Stream
             except ConnectionResetError:
                 break
     writer.close()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Whether the server has closed this connection (one it closed is at its end at once; an open one is given
+    0.3 s to say something)."""
+    try:
+        async with asyncio.timeout(0.3):
+            return await reader.read(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+async def half_sent_requests(
+    host: str, port: int, count: int
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` connections opened one after the other, each with a request head never finished."""
+    connections = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        connections.append((reader, writer))
+    return connections

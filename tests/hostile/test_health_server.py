@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
+import common.waiting_connections
 import health.server as health_server
 from health.server import HealthServer
 from worker.state import WorkerState
 
-from ..conftest import drip_until_closed
+from ..conftest import closed_by_server, drip_until_closed, half_sent_requests
 
 PROBE_DEADLINE_S = 2.0
 
@@ -125,4 +127,28 @@ async def test_a_client_dripping_its_headers_is_cut_off(
         response = await probe("127.0.0.1", port)
         assert (response.status_code, response.json()["status"]) == (200, "ok")
     finally:
+        await server.stop()
+
+
+async def test_past_the_cap_the_connections_waiting_longest_are_closed_and_the_probe_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing capped the connections held open, and the open-file limit is raised on purpose: at this machine's
+    limit (20 000) half-sent requests left the queue manager unable to accept, /health timing out for 5 s
+    (bench/idle_connections.py). Here the cap is 5: the probe's connection is the 9th, the 4 oldest are closed."""
+    monkeypatch.setattr(common.waiting_connections, "MAX_WAITING_CONNECTIONS", 5, raising=False)
+    state = WorkerState(worker_id="hostile-1", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
+    server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
+    port = await server.start()
+    connections = []
+    try:
+        with capture_logs() as logs:
+            connections = await half_sent_requests("127.0.0.1", port, 8)
+            response = await probe("127.0.0.1", port)
+        assert (response.status_code, response.json()["status"]) == (200, "ok")
+        assert [await closed_by_server(reader) for reader, _ in connections] == [True] * 4 + [False] * 4
+        warnings = [(e["server"], e["limit"], e["closed"]) for e in logs if e["event"] == "connections_over_limit"]
+        assert warnings == [("health", 5, 1)], "one line for a burst, not one per connection"
+    finally:
+        _close([writer for _, writer in connections])
         await server.stop()

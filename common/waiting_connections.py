@@ -1,0 +1,98 @@
+"""A cap on the connections an aiohttp server keeps while their client still sends its request.
+
+Each open connection holds a file descriptor and a few KB (up to its whole head while one arrives), and nothing
+bounded how many a client may open: every server raises its open-file limit on purpose (common/limits.py), and
+20 000 half-sent requests left the queue manager at its limit, /health timing out (bench/idle_connections.py).
+Past the cap the connection that has waited longest for its request (idle, or still sending its head or body) is
+closed: a fresh request, a probe's /health, arrives whole in a few milliseconds and is served. A request the
+server is working on, its body all in, is never closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger()
+
+# Far above what probes, scrapers, workers and a proxy's pool keep open (tens); far below the open-file limit.
+MAX_WAITING_CONNECTIONS = 1000
+# One warning line at most this often while connections are being closed, with how many.
+WARN_EVERY_S = 60.0
+
+
+class WaitingConnections:
+    """Connections of one server, oldest wait first; past ``limit`` the oldest still waiting is closed.
+
+    Wire it in two places: ``middleware`` first in the application's list (it sees a request begin and end), and
+    ``watch(runner.server)`` once the runner is set up (it sees connections open and close)."""
+
+    def __init__(self, server_name: str) -> None:
+        self.limit = MAX_WAITING_CONNECTIONS
+        self._server_name = server_name
+        # handler → (transport, its request while one runs); insertion order = since when it waits.
+        self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
+        self._closed_since_warning = 0
+        self._warned_at = float("-inf")
+
+    def watch(self, server: web.Server) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)  # as raised at start (common/limits.py)
+        # Half the open-file limit at most: the other half stays for the requests being served and the files.
+        room = soft // 2 if soft != resource.RLIM_INFINITY else MAX_WAITING_CONNECTIONS
+        self.limit = max(1, min(MAX_WAITING_CONNECTIONS, room))
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            self._open[handler] = (transport, None)
+            if len(self._open) > self.limit:
+                self._close_the_oldest_waiting()
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            lost(handler, exc)
+            self._open.pop(handler, None)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        protocol = request.protocol
+        transport = self._open.get(protocol, (None, None))[0]
+        if transport is not None:
+            self._open[protocol] = (transport, request)  # keeps its place: it waits on until its body is in
+        try:
+            return await handler(request)
+        finally:
+            if self._open.pop(protocol, None) is not None and transport is not None:
+                self._open[protocol] = (transport, None)  # answered: it waits for its next request from now
+
+    def _close_the_oldest_waiting(self) -> None:
+        for handler, (transport, request) in self._open.items():
+            if request is None or not request.content.is_eof():
+                del self._open[handler]
+                transport.close()
+                self._warn()
+                return
+
+    def _warn(self) -> None:
+        self._closed_since_warning += 1
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            log.warning(
+                "connections_over_limit",
+                server=self._server_name,
+                limit=self.limit,
+                closed=self._closed_since_warning,
+                hint="more clients than this hold connections open without a request: the longest waiting are closed",
+            )
+            self._warned_at = now
+            self._closed_since_warning = 0
