@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from prometheus_client.exposition import choose_encoder
 
 from common.probe_server import MAX_HEADERS, REQUEST_HEAD_TIMEOUT_S
+from common.waiting_connections import WaitingConnections
 from scaler.policy import ScalingConfig
 
 disable_created_metrics()
@@ -126,15 +127,17 @@ class MetricsServer:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
+        self._waiting = WaitingConnections("scaler_metrics")
 
     async def start(self) -> int:
-        app = web.Application()
+        app = web.Application(middlewares=[self._waiting.middleware])
         app.router.add_get("/metrics", self._serve_metrics)
         # The limits of the worker's health server: a client dripping its head held it for an hour.
         self._runner = web.AppRunner(
             app, access_log=None, keepalive_timeout=REQUEST_HEAD_TIMEOUT_S, max_headers=MAX_HEADERS
         )
         await self._runner.setup()
+        self._waiting.watch(self._runner.server)  # and as many waiting connections (common.waiting_connections)
         await web.TCPSite(self._runner, self._host, self._port).start()
         port = self._runner.addresses[0][1]
         log.info("scaler_metrics_listening", host=self._host, port=port)

@@ -4,14 +4,17 @@ worker's health server (common.probe_server), not aiohttp's hour."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
+import common.waiting_connections
 import scaler.metrics as scaler_metrics
 from scaler.metrics import MetricsServer, ScalerMetrics
 
-from ..conftest import drip_until_closed
+from ..conftest import closed_by_server, drip_until_closed, half_sent_requests
 
 
 async def test_a_client_dripping_its_headers_is_cut_off_and_scrapes_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,4 +43,29 @@ async def test_a_head_of_many_headers_is_refused(monkeypatch: pytest.MonkeyPatch
             response = await client.get(f"http://127.0.0.1:{port}/metrics", headers=headers)
         assert response.status_code == 400
     finally:
+        await server.stop()
+
+
+async def test_past_the_cap_the_connections_waiting_longest_are_closed_and_the_scrape_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's health server and the queue manager cap the connections waiting for a request; the scaler's
+    metrics server kept every one, up to the raised open-file limit. Here the cap is 5: 8 half-sent requests,
+    then a scrape; the 4 oldest are closed."""
+    monkeypatch.setattr(common.waiting_connections, "MAX_WAITING_CONNECTIONS", 5, raising=False)
+    server = MetricsServer(ScalerMetrics(), host="127.0.0.1", port=0)
+    port = await server.start()
+    connections = []
+    try:
+        with capture_logs() as logs:
+            connections = await half_sent_requests("127.0.0.1", port, 8)
+            async with httpx.AsyncClient() as client:
+                response = await client.get(f"http://127.0.0.1:{port}/metrics")
+        assert response.status_code == 200 and b"comfy_scaler_" in response.content
+        assert [await closed_by_server(reader) for reader, _ in connections] == [True] * 4 + [False] * 4
+        assert [e["server"] for e in logs if e["event"] == "connections_over_limit"] == ["scaler_metrics"]
+    finally:
+        for _, writer in connections:
+            with contextlib.suppress(Exception):
+                writer.close()
         await server.stop()
