@@ -102,7 +102,8 @@ async def test_one_heartbeat_that_hangs_does_not_cost_the_lease(comfy, make_work
     HTTP_TIMEOUT_S before the next one was sent: at the defaults 15 + 30 + 15 s of silence, exactly the 60 s
     lease; with HTTP_TIMEOUT_S or LEASE_HEARTBEAT_S any higher, a healthy worker's job was handed back as a
     fault. Each heartbeat now waits at most LEASE_HEARTBEAT_S, and the next one goes out."""
-    async with QueueManagerServer(lease_timeout_s=1.0, test_hooks=True) as qm:
+    # A 3-s lease, not 1 s: on a loaded CI machine a 1-s lease was once lost to a stall of the whole process.
+    async with QueueManagerServer(lease_timeout_s=3.0, test_hooks=True) as qm:
         job = qm.store.submit("alice", workflows["slow"])
         renewals = []
         renew = qm.store.heartbeat
