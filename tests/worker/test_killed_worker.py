@@ -184,22 +184,28 @@ async def test_a_job_whose_worker_is_killed_at_any_step_ends_exactly_once_comple
     assert files_under(outputs) == delivered, "nothing of the killed attempt is left, even once it had delivered"
 
 
+async def killed_mid_sampling(leased_qm, comfy, start_worker, workflows, worker_id: str) -> tuple[Any, str]:
+    """A job whose worker is SIGKILLed a minute before its sampler ends; the job and its prompt left running."""
+    from standins.comfyui_nodes import build_catalogue
+
+    comfy.catalogue = build_catalogue(("sd_xl_base_1.0.safetensors",))
+    comfy.node_seconds["KSampler"] = 60.0  # 25 steps of 2.4 s; an interrupt lands between steps
+    job = leased_qm.store.submit("alice", workflows["sdxl_txt2img"])
+    worker = await start_worker(worker_id)
+    await wait_for(lambda: comfy.running_prompt_id is not None)
+    orphan = comfy.running_prompt_id
+    worker.kill()
+    await worker.wait()
+    return job, orphan
+
+
 async def test_the_retry_stops_the_prompt_its_killed_attempt_left_running_in_comfyui(
     leased_qm, comfy, start_worker, workflows
 ):
     """Before: the killed attempt's prompt ran on in ComfyUI for no one, the retry queued behind it with its
     JOB_TIMEOUT_S running, and the job failed "timed out": an infrastructure fault failing a job. (A bare
     comfy-worker beside its own ComfyUI; in the image the supervisor takes ComfyUI down with the worker.)"""
-    from standins.comfyui_nodes import build_catalogue
-
-    comfy.catalogue = build_catalogue(("sd_xl_base_1.0.safetensors",))
-    comfy.node_seconds["KSampler"] = 60.0  # 25 steps of 2.4 s; an interrupt lands between steps
-    job = leased_qm.store.submit("alice", workflows["sdxl_txt2img"])
-    first = await start_worker("first")
-    await wait_for(lambda: comfy.running_prompt_id is not None)
-    orphan = comfy.running_prompt_id
-    first.kill()
-    await first.wait()
+    job, orphan = await killed_mid_sampling(leased_qm, comfy, start_worker, workflows, "first")
     comfy.node_seconds["KSampler"] = 0.5  # the retry's own run is quick
 
     second = await start_worker("second", JOB_TIMEOUT_S="20")
@@ -248,16 +254,7 @@ async def test_a_restarted_worker_stops_the_prompt_its_killed_run_left_whatever_
 ):
     """The killed run's job was cancelled meanwhile, so no retry would ever stop its prompt: the restarted worker's
     first job queued behind a minute of sampling for no one and failed "timed out" (JOB_TIMEOUT_S 20)."""
-    from standins.comfyui_nodes import build_catalogue
-
-    comfy.catalogue = build_catalogue(("sd_xl_base_1.0.safetensors",))
-    comfy.node_seconds["KSampler"] = 60.0
-    cancelled = leased_qm.store.submit("alice", workflows["sdxl_txt2img"])
-    first = await start_worker("w1")
-    await wait_for(lambda: comfy.running_prompt_id is not None)
-    orphan = comfy.running_prompt_id
-    first.kill()
-    await first.wait()
+    cancelled, orphan = await killed_mid_sampling(leased_qm, comfy, start_worker, workflows, "w1")
     leased_qm.store.cancel(cancelled.id)
     job = leased_qm.store.submit("alice", workflows["quick"])
 
