@@ -4,7 +4,9 @@ and that leave the list while their replicas run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -56,6 +58,16 @@ def make_fleet(make_verda_client, fake_runpod: FakeRunPod, wall, *, verda_price:
     return FleetBackend(members, config, clock=wall, **fleet_options)
 
 
+@contextlib.asynccontextmanager
+async def running_fleet(make_verda_client, fake_runpod: FakeRunPod, wall, **options) -> AsyncIterator[FleetBackend]:
+    """``make_fleet``'s fleet, closed at the end."""
+    fleet = make_fleet(make_verda_client, fake_runpod, wall, **options)
+    try:
+        yield fleet
+    finally:
+        await fleet.aclose()
+
+
 async def ticks(fleet: FleetBackend, wall, count: int) -> None:
     for _ in range(count):
         wall.advance(TICK_S)
@@ -70,33 +82,31 @@ async def test_runpod_pods_that_never_serve_degrade_runpod_and_its_shortfall_goe
     image), or whose worker never left "starting", kept RunPod healthy for ever (300 s past a 120 s start
     deadline, nothing degraded), and the queue's 2 replicas ran nowhere."""
     delay_s = 10**6 if stuck == "provisioning" else 0.0
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), provision_delay_s=delay_s) as fake_runpod:
-        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
-        try:
-            await fleet.observe()
-            await fleet.apply(2)  # RunPod is the cheaper: both asked of it
-            for pod in fake_runpod.live_pods():
-                fake_runpod.set_health(pod.id, 200, {"status": "ok", "phase": "starting"})
-            await ticks(fleet, wall, int(START_DEADLINE_S // TICK_S) + 1)
-            assert fleet.state.health["runpod"].degraded == "start_deadline"
-            assert fleet.state.targets == {"runpod": 0, "verda": 2}
-            assert verda_scaling() == (2, 2)
-            assert fake_runpod.live_pods() == [], "pods that never served are let go"
-        finally:
-            await fleet.aclose()
+    async with (
+        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), provision_delay_s=delay_s) as fake_runpod,
+        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44) as fleet,
+    ):
+        await fleet.observe()
+        await fleet.apply(2)  # RunPod is the cheaper: both asked of it
+        for pod in fake_runpod.live_pods():
+            fake_runpod.set_health(pod.id, 200, {"status": "ok", "phase": "starting"})
+        await ticks(fleet, wall, int(START_DEADLINE_S // TICK_S) + 1)
+        assert fleet.state.health["runpod"].degraded == "start_deadline"
+        assert fleet.state.targets == {"runpod": 0, "verda": 2}
+        assert verda_scaling() == (2, 2)
+        assert fake_runpod.live_pods() == [], "pods that never served are let go"
 
 
 async def test_runpod_pods_count_as_ready_once_their_worker_takes_jobs(make_verda_client, fake_verda, wall):
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
-        try:
-            await fleet.observe()
-            await fleet.apply(2)
-            await ticks(fleet, wall, int(START_DEADLINE_S // TICK_S) + 1)  # the fake's workers answer "idle"
-            assert fleet.status_report(wall())["providers"]["runpod"]["ready"] == 2
-            assert fleet.state.health["runpod"].degraded is None
-        finally:
-            await fleet.aclose()
+    async with (
+        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
+        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44) as fleet,
+    ):
+        await fleet.observe()
+        await fleet.apply(2)
+        await ticks(fleet, wall, int(START_DEADLINE_S // TICK_S) + 1)  # the fake's workers answer "idle"
+        assert fleet.status_report(wall())["providers"]["runpod"]["ready"] == 2
+        assert fleet.state.health["runpod"].degraded is None
 
 
 @pytest.mark.parametrize("verda_answers_again", [True, False])
@@ -107,45 +117,43 @@ async def test_a_provider_that_flapped_into_errors_still_goes_to_zero_when_the_q
     unreadable provider's count was kept whatever the queue needed, for the whole back-off even once Verda
     answered again: 3 replicas pinned for 19 ticks (285 s) with nothing to do, up to an hour once the back-off
     has doubled. Its status read failing does not keep the write from landing."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
-        try:
-            await fleet.observe()
-            await fleet.apply(3)
-            await ticks(fleet, wall, 1)
-            assert verda_scaling() == (3, 3)
-            status = f"/container-deployments/{DEPLOYMENT}/status"
-            fake_verda.fail_next(status, 503, times=4 if verda_answers_again else 1000)  # 2 tries a read
-            await ticks(fleet, wall, 2)
-            assert fleet.state.health["verda"].degraded == "errors"
-            await fleet.apply(0)
-            await ticks(fleet, wall, 2)
-            assert fleet.state.targets == {"verda": 0, "runpod": 0}
-            assert verda_scaling() == (0, 0)
-            assert fake_runpod.live_pods() == []
-        finally:
-            await fleet.aclose()
+    async with (
+        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
+        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99) as fleet,
+    ):
+        await fleet.observe()
+        await fleet.apply(3)
+        await ticks(fleet, wall, 1)
+        assert verda_scaling() == (3, 3)
+        status = f"/container-deployments/{DEPLOYMENT}/status"
+        fake_verda.fail_next(status, 503, times=4 if verda_answers_again else 1000)  # 2 tries a read
+        await ticks(fleet, wall, 2)
+        assert fleet.state.health["verda"].degraded == "errors"
+        await fleet.apply(0)
+        await ticks(fleet, wall, 2)
+        assert fleet.state.targets == {"verda": 0, "runpod": 0}
+        assert verda_scaling() == (0, 0)
+        assert fake_runpod.live_pods() == []
 
 
 async def test_an_unreadable_provider_keeps_its_replicas_while_the_queue_needs_them(
     make_verda_client, fake_verda: FakeVerda, wall, verda_scaling
 ):
     """Unreadable, a provider keeps its count while the queue needs it, and follows the queue down."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
-        try:
-            await fleet.observe()
-            await fleet.apply(3)
-            await ticks(fleet, wall, 1)
-            fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 503, times=1000)
-            await ticks(fleet, wall, 3)
-            assert fleet.state.health["verda"].degraded == "errors"
-            assert fleet.state.targets["verda"] == 3 and verda_scaling() == (3, 3)
-            await fleet.apply(2)
-            await ticks(fleet, wall, 1)
-            assert fleet.state.targets["verda"] == 2
-        finally:
-            await fleet.aclose()
+    async with (
+        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
+        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99) as fleet,
+    ):
+        await fleet.observe()
+        await fleet.apply(3)
+        await ticks(fleet, wall, 1)
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 503, times=1000)
+        await ticks(fleet, wall, 3)
+        assert fleet.state.health["verda"].degraded == "errors"
+        assert fleet.state.targets["verda"] == 3 and verda_scaling() == (3, 3)
+        await fleet.apply(2)
+        await ticks(fleet, wall, 1)
+        assert fleet.state.targets["verda"] == 2
 
 
 @pytest.fixture
@@ -255,28 +263,27 @@ async def test_runpod_refusing_for_balance_is_tried_again_after_the_back_off(
     until a create succeeds, and a degraded provider is asked for no pod: at every back-off's end it was degraded
     again before being asked. Balance topped up, it stayed out for good (1200 s measured, 4 back-offs), the 2
     replicas on Verda at 2.99/h instead of RunPod's 0.44/h: 5.10 USD an hour until the scaler restarted."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
-        try:
-            fake_runpod.balance_usd = 0.0
-            await fleet.observe()
-            await fleet.apply(2)
-            await ticks(fleet, wall, 1)
-            assert fleet.state.health["runpod"].degraded == "quota_reached"
-            assert fleet.state.targets == {"runpod": 0, "verda": 2} and verda_scaling() == (2, 2)
-            if topped_up:
-                fake_runpod.balance_usd = None
-            await ticks(fleet, wall, int(RETRY_S // TICK_S) + 2)
-            if topped_up:
-                assert fleet.state.health["runpod"].degraded is None
-                assert fleet.state.targets == {"runpod": 2, "verda": 0}, "drained back once RunPod's pods serve"
-                assert len(fake_runpod.live_pods()) == 2 and verda_scaling() == (0, 0)
-            else:
-                health = fleet.state.health["runpod"]
-                assert health.degraded == "quota_reached" and health.backoff_s == 2 * RETRY_S
-                assert verda_scaling() == (2, 2), "Verda kept the replicas through the retry"
-        finally:
-            await fleet.aclose()
+    async with (
+        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
+        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44) as fleet,
+    ):
+        fake_runpod.balance_usd = 0.0
+        await fleet.observe()
+        await fleet.apply(2)
+        await ticks(fleet, wall, 1)
+        assert fleet.state.health["runpod"].degraded == "quota_reached"
+        assert fleet.state.targets == {"runpod": 0, "verda": 2} and verda_scaling() == (2, 2)
+        if topped_up:
+            fake_runpod.balance_usd = None
+        await ticks(fleet, wall, int(RETRY_S // TICK_S) + 2)
+        if topped_up:
+            assert fleet.state.health["runpod"].degraded is None
+            assert fleet.state.targets == {"runpod": 2, "verda": 0}, "drained back once RunPod's pods serve"
+            assert len(fake_runpod.live_pods()) == 2 and verda_scaling() == (0, 0)
+        else:
+            health = fleet.state.health["runpod"]
+            assert health.degraded == "quota_reached" and health.backoff_s == 2 * RETRY_S
+            assert verda_scaling() == (2, 2), "Verda kept the replicas through the retry"
 
 
 async def test_a_price_list_that_fails_at_start_falls_back_on_the_price_last_charged(
@@ -368,19 +375,19 @@ async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_whi
     """The fleet gives each provider call a quarter of the tick; a create that landed but answered after that
     was forgotten. With RunPod's listing a minute behind, the next tick made the pod again: 4 pods created
     and 4 running for 3 asked, over RunPod's max of 3, the extra one billed until the listing caught up."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), clock=wall, listing_lag_s=60.0) as fake_runpod:
-        fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44,
-                           member_timeout_s=0.5)
-        try:
-            await fleet.observe()
-            fake_runpod.delay_next("/pods", 2.0, method="POST")
-            await fleet.apply(3)  # all 3 asked of RunPod, the cheaper; its first create answers too late
-            most_running = 0
-            for _ in range(8):
-                await ticks(fleet, wall, 1)
-                most_running = max(most_running, len(fake_runpod.live_pods()))
-        finally:
-            await fleet.aclose()
+    async with (
+        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), clock=wall, listing_lag_s=60.0) as fake_runpod,
+        running_fleet(
+            make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44, member_timeout_s=0.5
+        ) as fleet,
+    ):
+        await fleet.observe()
+        fake_runpod.delay_next("/pods", 2.0, method="POST")
+        await fleet.apply(3)  # all 3 asked of RunPod, the cheaper; its first create answers too late
+        most_running = 0
+        for _ in range(8):
+            await ticks(fleet, wall, 1)
+            most_running = max(most_running, len(fake_runpod.live_pods()))
     assert (len(fake_runpod.requests_to("/pods", "POST")), most_running, len(fake_runpod.live_pods())) == (3, 3, 3)
 
 
