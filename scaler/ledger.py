@@ -81,7 +81,7 @@ def _charged_within(key: str, value: float, horizon: float, rule: BillingRule) -
     if rule.per_second:
         return value > horizon
     try:
-        started_at = saved_number(key.rpartition("@")[2], "billed")
+        started_at = _start_of(key)
     except ValueError:  # a key of another shape, read from the file: nothing to keep it for
         return False
     return interval_start(started_at, int(value) - 1, rule.interval_s, rule.anchor) > horizon
