@@ -139,17 +139,19 @@ def price_lookup(settings: ScalerSettings, name: str, backend: Backend) -> Calla
     return lambda: look_up_price(settings, lookup)
 
 
-async def _price(settings: ScalerSettings, name: str, backend: Backend, last_charged: float | None) -> float:
-    """The setting, else the provider's price list; a price list that fails falls back on the price the ledger
-    last charged: refused, the whole fleet did not start and every provider's count stayed pinned, billed."""
+async def _price(
+    settings: ScalerSettings, name: str, lookup: Callable[[], Awaitable[float]] | None, last_charged: float | None
+) -> float:
+    """The setting, else the provider's price list (``price_lookup``); a price list that fails falls back on the
+    price the ledger last charged: refused, the whole fleet did not start and every provider's count stayed
+    pinned, billed."""
     configured = getattr(settings, f"{name}_price_per_hour")
     if configured is not None:
         return float(configured)
-    lookup = getattr(backend, "price_per_hour", None)
     if lookup is None:
         raise ProviderSetupError(f"{name}: set SCALER_{name.upper()}_PRICE_PER_HOUR")
     try:
-        return await look_up_price(settings, lookup)
+        return await lookup()
     except Exception as exc:
         if last_charged is not None:
             log.warning("provider_price_from_ledger", provider=name, price_per_hour=last_charged,
@@ -191,11 +193,12 @@ async def build_fleet(
         for name, backend in built:
             billing = billing_rule(settings, name)
             most = 0 if name in retired else getattr(settings, f"{name}_max_replicas")
+            lookup = price_lookup(settings, name, backend)
             spec = ProviderSpec(
-                name, most, await _price(settings, name, backend, ledger.prices.get(name)),
+                name, most, await _price(settings, name, lookup, ledger.prices.get(name)),
                 commit_s=billing.interval_s if not billing.per_second else tick_s,
             )
-            members.append(Member(spec, backend, billing, price_lookup(settings, name, backend)))
+            members.append(Member(spec, backend, billing, lookup))
     except BaseException:
         await asyncio.gather(*(backend.aclose() for _, backend in built), return_exceptions=True)
         raise
