@@ -192,8 +192,9 @@ async def read_body(request: web.Request) -> bytearray:
         log.info("request_body_cut_short", method=request.method, path=request.path, bytes_read=len(body))
         raise UnreadableBody(400, "Request body could not be read: the connection closed before it ended") from None
     except TimeoutError:
-        elapsed = loop.time() - started
-        if elapsed < BODY_GRACE_S + len(body) / BODY_MIN_BYTES_PER_S:
+        now = loop.time()
+        elapsed = now - started
+        if now < too_slow_at:  # the per-read deadline came first
             log.info("request_body_stalled", method=request.method, path=request.path, bytes_read=len(body))
             raise UnreadableBody(408, f"Request body stalled: nothing received for {BODY_IDLE_TIMEOUT_S:g} s") from None
         log.info("request_body_too_slow", method=request.method, path=request.path, bytes_read=len(body),
