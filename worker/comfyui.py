@@ -227,6 +227,16 @@ class ComfyUIClient:
 
         return marked(running), marked(pending)
 
+    async def stop_prompts_of(self, key: str, value: str) -> tuple[set[str], set[str]]:
+        """Delete the pending and interrupt the running prompts marked ``value`` at ``key`` (``prompts_of``): what
+        a killed worker left in ComfyUI. Their (running, pending) ids."""
+        running, pending = await self.prompts_of(key, value)
+        for prompt_id in pending:
+            await self.delete_pending(prompt_id)
+        for prompt_id in running:
+            await self.interrupt(prompt_id)
+        return running, pending
+
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
         """(running, pending) as (prompt id, extra_data): elements 1 and 3 of each queue item."""
         payload = await self._json("GET", "/queue")

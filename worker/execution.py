@@ -196,7 +196,7 @@ class PromptRun:
         if self.job_id is None:
             return
         try:
-            running, pending = await stop_left_over_prompts(self.comfy, JOB_ID_KEY, self.job_id)
+            running, pending = await self.comfy.stop_prompts_of(JOB_ID_KEY, self.job_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:
             log.warning("Could not look for prompts an earlier attempt left in ComfyUI", error=str(exc))
             return
@@ -474,14 +474,3 @@ class PromptRun:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
         return None
-
-
-async def stop_left_over_prompts(comfy: ComfyUIClient, key: str, value: str) -> tuple[set[str], set[str]]:
-    """Delete the pending and interrupt the running prompts whose ``extra_data`` holds ``value`` at ``key``
-    (see ComfyUIClient.queue_prompt): what a killed worker left in ComfyUI. Their (running, pending) ids."""
-    running, pending = await comfy.prompts_of(key, value)
-    for prompt_id in pending:
-        await comfy.delete_pending(prompt_id)
-    for prompt_id in running:
-        await comfy.interrupt(prompt_id)
-    return running, pending

@@ -33,7 +33,7 @@ from worker.comfyui import (
 )
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
-from worker.execution import Outcome, PromptRun, RunTimings, stop_left_over_prompts
+from worker.execution import Outcome, PromptRun, RunTimings
 from worker.housekeeping import ComfyUIHousekeeping
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
 from worker.lease import JobLease
@@ -186,7 +186,7 @@ class Worker:
 
     async def _stop_prompts_of_an_earlier_run(self) -> None:
         try:
-            running, pending = await stop_left_over_prompts(self.comfy, WORKER_ID_KEY, self.settings.worker_id)
+            running, pending = await self.comfy.stop_prompts_of(WORKER_ID_KEY, self.settings.worker_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:  # the first job finds out, and says so
             log.warning("Could not look for prompts an earlier run of this worker left in ComfyUI", error=str(exc))
             return
