@@ -50,6 +50,16 @@ async def main():
 
 asyncio.run(main())
 """
+_METRICS = """
+import asyncio
+from scaler.metrics import MetricsServer, ScalerMetrics
+
+async def main():
+    print("port", await MetricsServer(ScalerMetrics(), host="127.0.0.1", port=0).start(), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
 
 
 def rss_mb(pid: int) -> float:
@@ -62,6 +72,8 @@ def start(server: str, scratch: Path) -> tuple[subprocess.Popen[bytes], int]:
     env.pop("QUEUE_MANAGER_TOKEN", None)
     if server == "health":
         command = [sys.executable, "-c", _HEALTH]
+    elif server == "metrics":
+        command = [sys.executable, "-c", _METRICS]
     else:
         command = [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(scratch / "q.db")]
     # Its log goes to a file: a pipe nobody reads fills up and stops the server mid-write.
