@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from common.probe_server import MAX_HEADERS, REQUEST_HEAD_TIMEOUT_S
+from common.limits import PROBE_HEADS
 from common.waiting_connections import WaitingConnections
 from health.live_metrics import scrape_registry
 from health.status import status_document
@@ -48,9 +48,7 @@ class HealthServer:
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
         # Probes arrive every few seconds for the container's whole life: an access log would drown the rest.
-        self._runner = web.AppRunner(
-            self._app(), access_log=None, keepalive_timeout=REQUEST_HEAD_TIMEOUT_S, max_headers=MAX_HEADERS
-        )
+        self._runner = web.AppRunner(self._app(), access_log=None, **PROBE_HEADS.runner_kwargs())
         await self._runner.setup()
         self._waiting.watch(self._runner.server)
         site = web.TCPSite(self._runner, self._host, self._port)

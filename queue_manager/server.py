@@ -14,6 +14,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from common.limits import QUEUE_HEADS
 from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
 from queue_manager.faults import FaultInjector
@@ -25,15 +26,6 @@ from queue_manager.store import JobStore
 log = structlog.get_logger()
 
 _SHUTDOWN_TIMEOUT_S = 5.0
-# The request line (path and query) read before answering 400. aiohttp's 8190 refused a 10 kB worker_id with a
-# text/plain 400 naming no field; at 16 KiB (the head uvicorn's h11 parser reads for comfy-multi) the query
-# reaches the 422 that names it. Headers keep aiohttp's limits (8190 bytes each, 128 of them).
-MAX_REQUEST_LINE_BYTES = 16 * 1024
-# A request head must arrive complete within this of the connection opening or of its last answer (aiohttp's
-# keepalive timer covers both; an hour by default, during which a client dripping its headers held up to ~1 MB of
-# them, token or not). Longer than a reverse proxy's idle upstream connection (nginx: 60 s), so the proxy, not
-# we, closes an idle one; the worker's HTTP client drops its own after 5 s.
-REQUEST_HEAD_TIMEOUT_S = 75.0
 DEFAULT_LEASE_TIMEOUT_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FINISHED_JOB_RETENTION_S = 7 * 24 * 3600.0
@@ -160,8 +152,7 @@ class QueueManagerServer:
             app,
             access_log=None,
             shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
-            max_line_size=MAX_REQUEST_LINE_BYTES,
-            keepalive_timeout=REQUEST_HEAD_TIMEOUT_S,
+            **QUEUE_HEADS.runner_kwargs(),
         )
         await self._runner.setup()
         waiting.watch(self._runner.server)

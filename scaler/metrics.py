@@ -7,7 +7,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
-from common.probe_server import MAX_HEADERS, REQUEST_HEAD_TIMEOUT_S
+from common.limits import PROBE_HEADS
 from common.waiting_connections import WaitingConnections
 from scaler.policy import ScalingConfig
 
@@ -133,9 +133,7 @@ class MetricsServer:
         app = web.Application(middlewares=[self._waiting.middleware])
         app.router.add_get("/metrics", self._serve_metrics)
         # The limits of the worker's health server: a client dripping its head held it for an hour.
-        self._runner = web.AppRunner(
-            app, access_log=None, keepalive_timeout=REQUEST_HEAD_TIMEOUT_S, max_headers=MAX_HEADERS
-        )
+        self._runner = web.AppRunner(app, access_log=None, **PROBE_HEADS.runner_kwargs())
         await self._runner.setup()
         self._waiting.watch(self._runner.server)  # and as many waiting connections (common.waiting_connections)
         await web.TCPSite(self._runner, self._host, self._port).start()

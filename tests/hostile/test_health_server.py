@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 
 import common.waiting_connections
 import health.server as health_server
+from common.limits import PROBE_HEADS
 from health.server import HealthServer
 from worker.state import WorkerState
 
@@ -116,7 +118,7 @@ async def test_a_client_dripping_its_headers_is_cut_off(
     """Nothing bounded how long a request head may take: aiohttp closes a connection only after an hour without
     a complete head. 300 clients each holding 120 unfinished 8 KB headers kept 560 MB in the worker's process
     (bench/slow_headers.py), enough for an OOM kill that takes the running job with it."""
-    monkeypatch.setattr(health_server, "REQUEST_HEAD_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(health_server, "PROBE_HEADS", replace(PROBE_HEADS, timeout_s=0.5))
     state = WorkerState(worker_id="hostile-1", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
     server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
     port = await server.start()

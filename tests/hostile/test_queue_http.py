@@ -9,6 +9,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from structlog.testing import capture_logs
 
 import common.waiting_connections
 import queue_manager.server
+from common.limits import QUEUE_HEADS
 from queue_manager import JobRecord, JobStatus, QueueManagerServer, app
 
 from ..conftest import closed_by_server, drip_until_closed, half_sent_requests
@@ -601,7 +603,7 @@ async def test_a_client_dripping_its_headers_is_cut_off(monkeypatch: pytest.Monk
     """Nothing bounded how long a request head may take (with a token too: it is checked once the head is in):
     aiohttp closes a connection only after an hour without a complete head, and 300 clients each holding 120
     unfinished 8 KB headers kept 620 MB in the queue manager (bench/slow_headers.py)."""
-    monkeypatch.setattr(queue_manager.server, "REQUEST_HEAD_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(queue_manager.server, "QUEUE_HEADS", replace(QUEUE_HEADS, timeout_s=0.5))
     async with QueueManagerServer(token="t0ken-value") as queue:
         host, port = queue.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))

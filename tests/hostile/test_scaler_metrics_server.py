@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from structlog.testing import capture_logs
 
 import common.waiting_connections
 import scaler.metrics as scaler_metrics
+from common.limits import PROBE_HEADS
 from scaler.metrics import MetricsServer, ScalerMetrics
 
 from ..conftest import closed_by_server, drip_until_closed, half_sent_requests
@@ -20,7 +22,7 @@ from ..conftest import closed_by_server, drip_until_closed, half_sent_requests
 async def test_a_client_dripping_its_headers_is_cut_off_and_scrapes_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: the connection stayed open as long as the client dripped (aiohttp closes after an hour without a
     complete head), holding its headers in the scaler's process; now it is closed at the head's deadline."""
-    monkeypatch.setattr(scaler_metrics, "REQUEST_HEAD_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(scaler_metrics, "PROBE_HEADS", replace(PROBE_HEADS, timeout_s=0.5))
     server = MetricsServer(ScalerMetrics(), host="127.0.0.1", port=0)
     port = await server.start()
     try:
