@@ -143,6 +143,11 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, traceback: Trac
     structlog.get_logger().critical("uncaught_exception", exc_info=(kind, exc, traceback))
 
 
+# aiohttp's reason quotes the client's bytes (`Got more than 4096 bytes when reading: b'Bearer eyJ…'.`): the first
+# 100 of a header too long, a bearer token's among them. The answer to the client keeps them; the log does not.
+_ECHOED_BYTES = re.compile(r""":?\s*"?b['"].*$""")
+
+
 class _MalformedRequestAsWarning(logging.Filter):
     """aiohttp logs a request it cannot parse (a port scan, a broken client; answered 400) as an error with a
     traceback, which reads as a server failure at 2 a.m. It is the client's fault: one warning line, no traceback.
@@ -151,7 +156,7 @@ class _MalformedRequestAsWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            reason = (exc.message.splitlines() or [""])[0].rstrip(":")
+            reason = _ECHOED_BYTES.sub("", (exc.message.splitlines() or [""])[0]).rstrip(":")
             record.msg = f"Malformed HTTP request refused ({exc.code}): {record.getMessage()}: {reason}"
             record.args = ()
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -20,6 +20,7 @@ import supervisor.__main__ as supervisor_main
 from common.handbacks import HandBackCause
 from common.logs import configure_logging, error_text, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
+from health.server import HealthServer
 from queue_manager import QueueManagerServer
 from scaler import cli as scaler_cli
 from scaler.queue_status import QueueStatusReader
@@ -28,6 +29,7 @@ from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
 from worker.comfyui import ComfyUIClient
 from worker.queue_client import QueueClient
+from worker.state import WorkerState
 
 TOKEN = "qm-secret-token-7f3a"
 
@@ -52,6 +54,28 @@ async def test_a_refused_token_is_never_echoed_or_logged(log_buffer: io.StringIO
     assert response.status_code == 401
     assert TOKEN not in response.text and TOKEN not in json.dumps(dict(response.headers))
     assert TOKEN not in log_buffer.getvalue()
+
+
+async def test_a_header_too_long_for_the_parser_is_refused_without_its_value_in_the_log(
+    log_buffer: io.StringIO,
+) -> None:
+    """aiohttp's reason for the 400 quotes the first 100 bytes of the header, and our warning line carried it:
+    a bearer token longer than a probe server reads (4096 bytes) had its first 93 characters logged."""
+    state = WorkerState(worker_id="w", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
+    health = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
+    port = await health.start()
+    jwt = "eyJhbGciOiJSUzI1NiJ9." + "p" * 5000
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {jwt}"})
+    finally:
+        await health.stop()
+    assert response.status_code == 400
+    refused = [json.loads(line) for line in log_buffer.getvalue().splitlines() if "Malformed HTTP" in line]
+    assert [(line["level"], line["event"].rsplit(": ", 1)[1]) for line in refused] == [
+        ("warning", "Got more than 4096 bytes when reading")
+    ]
+    assert "eyJhbGci" not in log_buffer.getvalue()
 
 
 async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log_buffer: io.StringIO) -> None:
