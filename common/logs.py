@@ -50,10 +50,15 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrubbed_excerpt(text: str, limit: int) -> str:
+    """``text`` scrubbed, then cut to ``limit`` (a peer's answer quoted in an error, say). In that order: cut
+    first, a secret across the cut kept its first part, which no scrubber then knew."""
+    return scrub(text)[:limit]
+
+
 def error_text(error: BaseException, limit: int = 300) -> str:
-    """``Type: message`` of an error for a log field, a status or a report: scrubbed, then cut to ``limit``.
-    In that order: cut first, a secret across the cut kept its first part, which no scrubber then knew."""
-    return scrub(f"{type(error).__name__}: {error}")[:limit]
+    """``Type: message`` of an error for a log field, a status or a report: scrubbed, then cut to ``limit``."""
+    return scrubbed_excerpt(f"{type(error).__name__}: {error}", limit)
 
 
 def _redact_query_value(match: re.Match[str]) -> str:

@@ -21,7 +21,7 @@ import structlog
 from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
-from common.logs import register_secret
+from common.logs import register_secret, scrubbed_excerpt
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -107,13 +107,13 @@ def pod_from_json(data: Any, request: str, where: str = "pod") -> Pod:
     """A pod as RunPod answers it; RunPodAPIError naming the field (``where``: which pod) when a value has the wrong
     type, instead of an AttributeError or a ValueError that says neither the provider nor the field."""
     if not isinstance(data, dict):
-        raise _unexpected(request, f"{where} is not an object: {str(data)[:60]}")
+        raise _unexpected(request, f"{where} is not an object: {scrubbed_excerpt(str(data), 60)}")
     gpu = data.get("gpu") or {}
     cost = data.get("cost") or 0.0
     count = (gpu.get("count") or 0) if isinstance(gpu, dict) else None
     for name, value, wanted in (("gpu", gpu, dict), ("cost", cost, int | float), ("gpu.count", count, int)):
         if isinstance(value, bool) or not isinstance(value, wanted):
-            raise _unexpected(request, f"{where}.{name}={repr(value)[:60]} is not {_KINDS[name]}")
+            raise _unexpected(request, f"{where}.{name}={scrubbed_excerpt(repr(value), 60)} is not {_KINDS[name]}")
     return Pod(
         id=str(data.get("id", "")),
         name=str(data.get("name", "")),
@@ -135,7 +135,8 @@ def listed_pod(data: Any, index: int) -> Pod:
     where = f"pods[{index}]"
     for name in ("id", "name") if isinstance(data, dict) else ():
         if not (isinstance(data.get(name), str) and data[name]):
-            raise _unexpected("GET /pods", f"{where}.{name}={repr(data.get(name))[:60]} is not a non-empty string")
+            value = scrubbed_excerpt(repr(data.get(name)), 60)
+            raise _unexpected("GET /pods", f"{where}.{name}={value} is not a non-empty string")
     return pod_from_json(data, "GET /pods", where)
 
 
@@ -162,7 +163,7 @@ def error_from_response(response: httpx.Response, request: str) -> RunPodAPIErro
     return RunPodAPIError(
         response.status_code,
         "unexpected error body",
-        response.text[:ERROR_TEXT_LIMIT],
+        scrubbed_excerpt(response.text, ERROR_TEXT_LIMIT),
         request=request,
         retry_after_s=retry_after_s,
     )
@@ -316,7 +317,7 @@ class RunPodClient:
         """GET /network-volumes/{id}: id, name, size (GB), dataCenter, type."""
         volume = await self._json("GET", f"/network-volumes/{quote(volume_id, safe='')}")
         if not isinstance(volume, dict):
-            raise _unexpected("GET /network-volumes/{id}", f"not an object: {str(volume)[:60]}")
+            raise _unexpected("GET /network-volumes/{id}", f"not an object: {scrubbed_excerpt(str(volume), 60)}")
         return volume
 
     # --- catalogue ------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def _decode(response: httpx.Response, request: str) -> Any:
         return response.json()
     except (ValueError, RecursionError):
         raise RunPodAPIError(
-            response.status_code, "non-JSON answer", response.text[:ERROR_TEXT_LIMIT], request=request
+            response.status_code, "non-JSON answer", scrubbed_excerpt(response.text, ERROR_TEXT_LIMIT), request=request
         ) from None
 
 

@@ -27,7 +27,7 @@ import structlog
 from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
-from common.logs import forget_secret, register_secret
+from common.logs import forget_secret, register_secret, scrubbed_excerpt
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -114,7 +114,7 @@ def _lifetime_s(expires_in: Any) -> float:
     not before every request as a lifetime of 0 would have it."""
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < math.inf:
         return float(expires_in)
-    log.warning("verda_token_lifetime_unknown", expires_in=str(expires_in)[:40],
+    log.warning("verda_token_lifetime_unknown", expires_in=scrubbed_excerpt(str(expires_in), 40),
                 hint="the token is renewed when Verda refuses it")
     return math.inf
 
@@ -133,7 +133,7 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
         return VerdaAPIError(
             response.status_code,
             "non_json_response",
-            response.text[:ERROR_TEXT_LIMIT],
+            scrubbed_excerpt(response.text, ERROR_TEXT_LIMIT),
             retry_after_s=retry_after_s,
             request=request,
         )
@@ -149,7 +149,7 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
     return VerdaAPIError(
         response.status_code,
         "unexpected_error_body",
-        response.text[:ERROR_TEXT_LIMIT],
+        scrubbed_excerpt(response.text, ERROR_TEXT_LIMIT),
         retry_after_s=retry_after_s,
         request=request,
     )
@@ -358,7 +358,8 @@ class VerdaClient:
         try:
             return response.json()
         except (ValueError, RecursionError):
-            raise VerdaAPIError(response.status_code, "non_json_response", response.text[:ERROR_TEXT_LIMIT]) from None
+            text = scrubbed_excerpt(response.text, ERROR_TEXT_LIMIT)
+            raise VerdaAPIError(response.status_code, "non_json_response", text) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._parse(await self._request(method, path, **kwargs))
@@ -392,12 +393,12 @@ class VerdaClient:
         path = f"{DEPLOYMENTS}/{_path(name)}"
         data = await self._json("GET", path)
         if not isinstance(data, dict):
-            raise _unexpected(path, f"not an object: {str(data)[:100]}")
+            raise _unexpected(path, f"not an object: {scrubbed_excerpt(str(data), 100)}")
         containers = data.get("containers")
         if containers is not None and not (
             isinstance(containers, list) and all(isinstance(container, dict) for container in containers)
         ):
-            raise _unexpected(path, f"containers={str(containers)[:60]} is not a list of objects")
+            raise _unexpected(path, f"containers={scrubbed_excerpt(str(containers), 60)} is not a list of objects")
         return data
 
     async def find_deployment(self, name: str) -> dict[str, Any] | None:
@@ -472,7 +473,8 @@ class VerdaClient:
         data = await self._json("GET", path)
         status = data.get("status") if isinstance(data, dict) else None
         if not isinstance(status, str) or not status:
-            raise _unexpected(path, f"status={repr(status)[:60]} is not a status ({str(data)[:100]})")
+            shown = scrubbed_excerpt(repr(status), 60)
+            raise _unexpected(path, f"status={shown} is not a status ({scrubbed_excerpt(str(data), 100)})")
         return status.lower()
 
     async def get_scaling(self, name: str) -> Any:
@@ -483,7 +485,8 @@ class VerdaClient:
         """The scaling options; an error naming the call when the answer is not an object."""
         scaling = await self.get_scaling(name)
         if not isinstance(scaling, dict):
-            raise _unexpected(f"{DEPLOYMENTS}/{_path(name)}/scaling", f"not an object: {str(scaling)[:100]}")
+            path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
+            raise _unexpected(path, f"not an object: {scrubbed_excerpt(str(scaling), 100)}")
         return scaling
 
     async def get_replica_bounds(self, name: str) -> tuple[int, int]:
@@ -495,7 +498,7 @@ class VerdaClient:
         for key in ("min_replica_count", "max_replica_count"):
             value = scaling.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PLAUSIBLE_REPLICAS:
-                raise _unexpected(path, f"{key}={repr(value)[:60]} is not a replica count")
+                raise _unexpected(path, f"{key}={scrubbed_excerpt(repr(value), 60)} is not a replica count")
         return scaling["min_replica_count"], scaling["max_replica_count"]
 
     async def update_scaling(self, name: str, scaling: dict[str, Any]) -> dict[str, Any]:
@@ -520,7 +523,7 @@ class VerdaClient:
         data = await self._json("GET", path)
         entries = data.get("list") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
-            raise _unexpected(path, f"expected {{\"list\": [replica objects]}}, got {str(data)[:100]}")
+            raise _unexpected(path, f"expected {{\"list\": [replica objects]}}, got {scrubbed_excerpt(str(data), 100)}")
         return [
             Replica(
                 id=str(entry.get("id", "")),
@@ -547,7 +550,7 @@ class VerdaClient:
         if not isinstance(data, list) or not all(
             isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in data
         ):
-            raise _unexpected("/secrets", f'expected [{{"name": …}}, …], got {str(data)[:100]}')
+            raise _unexpected("/secrets", f'expected [{{"name": …}}, …], got {scrubbed_excerpt(str(data), 100)}')
         return [entry["name"] for entry in data]
 
     async def create_secret(self, name: str, value: str) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import structlog
 
-from common.logs import configure_logging
+from common.logs import configure_logging, error_text
 from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -167,6 +167,19 @@ async def test_the_api_key_never_reaches_logs_or_errors(
     assert API_KEY not in output and "rpa_other" not in output, lines
     assert API_KEY not in repr(client) and "rpa_other" not in str(caught.value)
 
+
+
+@pytest.mark.parametrize("offset", [40, 52, 56])
+async def test_an_answer_quoted_in_an_error_keeps_no_part_of_the_key_across_the_cut(
+    fake: FakeRunPod, runpod: RunPodClient, offset: int
+) -> None:
+    """The client quotes 60 characters of an answer of the wrong shape. Cut before the scrub, the key echoed
+    across the cut kept its first characters ("rpa_test" at offset 52), which no scrubber knew any more."""
+    fake.fail_next("/pods", 200, method="GET", body={"pods": ["x" * offset + API_KEY]})
+    with pytest.raises(RunPodAPIError, match="is not an object") as caught:
+        await runpod.list_pods()
+    shown = error_text(caught.value)
+    assert API_KEY[:4] not in shown and API_KEY[:4] not in str(caught.value), shown
 
 async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripping_peer, sleeps) -> None:
     """As for Verda: httpx's timeout bounds each read, and a byte every 20 ms held the caller for ever."""

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import structlog
 
+from common.logs import error_text
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient, check_deployment_name
 from standins.verda import FakeVerda
 
@@ -189,6 +190,22 @@ async def test_secret_and_tokens_never_logged_or_shown(
     for secret in [client_secret, *issued]:
         assert secret not in text
 
+
+
+@pytest.mark.parametrize("offset", [70, 85, 96])
+async def test_an_answer_quoted_in_an_error_keeps_no_part_of_a_token_across_the_cut(
+    fake: FakeVerda, verda: VerdaClient, offset: int
+) -> None:
+    """The client quotes 100 characters of an answer of the wrong shape. Cut before the scrub, a token echoed
+    across the cut kept its first characters, which no scrubber knew any more."""
+    await verda.create_deployment(deployment_body(min_replicas=1))
+    (token,) = fake._access_tokens
+    pad = "x" * (offset - len("{'list': '"))
+    fake.fail_next(f"/container-deployments/{NAME}/replicas", 200, body={"list": pad + token})
+    with pytest.raises(VerdaAPIError, match="unexpected_answer") as caught:
+        await verda.get_replicas(NAME)
+    shown = error_text(caught.value)
+    assert token[:4] not in shown and token[:4] not in str(caught.value), shown
 
 # --- deployments, scaling, replicas ------------------------------------------------------------
 
