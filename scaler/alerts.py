@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from common.http_answers import AnswerTooLarge, read_at_most
 from common.logs import error_text, scrub
+from common.urls import direct_transport
 from scaler.ledger import day_start
 
 log = structlog.get_logger()
@@ -144,7 +145,7 @@ class AlertSender:
         self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=queue_size)
         self._attempts = attempts
         self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
-        self._http = httpx.AsyncClient(timeout=timeout_s)
+        self._http = httpx.AsyncClient(timeout=timeout_s, transport=direct_transport(webhook_url or ""))
         self._task: asyncio.Task[None] | None = None
         self._out = out
         self._on_book_change = on_book_change

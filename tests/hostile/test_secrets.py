@@ -23,8 +23,14 @@ from common.urls import redact_url, url_credentials, url_has_credentials, url_se
 from health.server import HealthServer
 from queue_manager import QueueManagerServer
 from scaler import cli as scaler_cli
+from scaler.alerts import Alert, AlertSender
+from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
+from scaler.providers.verda.client import VerdaClient
 from scaler.queue_status import QueueStatusReader
 from standins.comfyui import ComfyUISimulator
+from standins.runpod import FakeRunPod
+from standins.verda import FakeVerda
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
 from worker.comfyui import ComfyUIClient
@@ -32,6 +38,9 @@ from worker.queue_client import QueueClient
 from worker.state import WorkerState
 
 TOKEN = "qm-secret-token-7f3a"
+RUNPOD_KEY = "rpa_proxy_test_key"
+RUNPOD_POD = {"name": "comfy-proxy-00000000", "image": "ghcr.io/acme/worker:1.0.0",
+              "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}, "ports": ["8000/http"]}
 
 
 @pytest.fixture
@@ -237,6 +246,49 @@ async def test_a_peer_on_loopback_is_never_reached_through_a_proxy(
             await comfy_client.aclose()
     assert seen == []
 
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+async def test_the_scalers_peers_on_loopback_are_never_reached_through_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, recording_proxy, variable: str
+) -> None:
+    """The same rule (common.urls.direct_transport) for the scaler's other peers: a Verda or RunPod API, a pod's
+    /health and the alert webhook on this machine went to the proxy, the API key and bearer token in clear."""
+    proxy_url, seen = recording_proxy
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, proxy_url)
+    posted: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook/{token}", hook)
+    webhook = web.AppRunner(app, access_log=None)
+    await webhook.setup()
+    await web.TCPSite(webhook, "127.0.0.1", 0).start()
+    hook_url = f"http://127.0.0.1:{webhook.addresses[0][1]}/hook/T0KEN-secret"
+    async with FakeVerda("verda-id", "verda-secret") as verda_api, FakeRunPod(RUNPOD_KEY) as runpod_api:
+        verda = VerdaClient("verda-id", "verda-secret", base_url=verda_api.url, max_attempts=1)
+        runpod = RunPodClient(RUNPOD_KEY, base_url=runpod_api.url, max_attempts=1)
+        probe = PodHealthProbe(runpod_api.health_url)
+        alerts = AlertSender(hook_url, attempts=1)
+        try:
+            assert await verda.list_deployments() == []
+            pod = await runpod.create_pod(RUNPOD_POD)
+            assert await probe.unhealthy([pod.id]) == {} and probe.phase == {pod.id: "idle"}
+            await alerts.send(Alert("budget_warning", "spend near the cap", at=0.0))
+        finally:
+            await verda.aclose()
+            await runpod.aclose()
+            await probe.aclose()
+            await alerts.aclose()
+            await webhook.cleanup()
+    assert len(posted) == 1
+    assert seen == []
 
 _READ_PARENT_ENVIRONMENT = """
 import ctypes, os, subprocess, sys

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret, scrubbed_excerpt
+from common.urls import direct_transport
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -209,7 +210,9 @@ class RunPodClient:
             backoff_max_s=backoff_max_s,
             sleep=sleep,
         )
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True, transport=direct_transport(base_url)
+        )
 
     def __repr__(self) -> str:
         return f"RunPodClient(base_url={self.base_url!r})"

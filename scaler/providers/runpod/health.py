@@ -16,6 +16,7 @@ import httpx
 import structlog
 
 from common.http_answers import AnswerTooLarge, request_bounded
+from common.urls import direct_transport
 
 log = structlog.get_logger()
 
@@ -38,7 +39,9 @@ class PodHealthProbe:
         self._port = port
         self._unhealthy_after = unhealthy_after
         self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(timeout=timeout_s, verify=True, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            timeout=timeout_s, verify=True, follow_redirects=False, transport=direct_transport(url)
+        )
         self._strikes: dict[str, int] = {}
         self.phase: dict[str, str] = {}  # pod id -> the phase its /health last reported
 

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import forget_secret, register_secret, scrubbed_excerpt
+from common.urls import direct_transport
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -228,7 +229,9 @@ class VerdaClient:
         self._token: _Token | None = None
         self._retired_token: _Token | None = None
         self._auth_lock = asyncio.Lock()
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True, transport=direct_transport(base_url)
+        )
 
     def __repr__(self) -> str:
         return f"VerdaClient(base_url={self.base_url!r}, client_id={self._client_id!r})"
