@@ -176,6 +176,7 @@ class RunPodBackend:
         for pod_id, reason in judged.items():
             log.warning("runpod_pod_unhealthy", pod=pod_id, reason=reason)
             await self._stop_then_terminate(running[pod_id])
+            self.health.forget(pod_id)
         return bool(judged)
 
     async def _terminate(self, pod: Pod) -> bool:

@@ -49,7 +49,8 @@ class PodHealthProbe:
         await self._http.aclose()
 
     async def unhealthy(self, pod_ids: Iterable[str]) -> dict[str, str]:
-        """Probe each pod once; the pods judged unhealthy now, with the reason their /health gave."""
+        """Probe each pod once; the pods judged unhealthy now, with the reason their /health gave. A pod's count
+        runs on until ``forget``: judged before the backend may act (before its first apply), it stays judged."""
         ids = list(pod_ids)
         answers = await asyncio.gather(*(self._ask(pod_id) for pod_id in ids))
         for gone in set(self._strikes) - set(ids):
@@ -65,8 +66,11 @@ class PodHealthProbe:
             strikes = self._strikes[pod_id] = self._strikes.get(pod_id, 0) + 1 if answer.unhealthy else 0
             if strikes >= self._unhealthy_after:
                 judged[pod_id] = answer.reason or "unhealthy"
-                del self._strikes[pod_id]
         return judged
+
+    def forget(self, pod_id: str) -> None:
+        """The pod judged unhealthy was acted on: a pod still answering afterwards needs a whole count again."""
+        self._strikes.pop(pod_id, None)
 
     async def _ask(self, pod_id: str) -> HealthAnswer:
         url = self._url.format(pod_id=pod_id, port=self._port)

@@ -277,3 +277,20 @@ async def test_pods_are_probed_but_not_touched_before_the_first_apply(
         view = await backend.observe()
     assert view.ready == 1 and backend.health.phase == {serving.id: "idle"}
     assert set(fake.pods) == {serving.id, sick.id} and fake.requests_to(f"/pods/{sick.id}/action") == []
+
+
+@pytest.mark.parametrize("before_apply", [3, 4])
+async def test_unhealthy_answers_before_the_first_apply_count_after_it(
+    backend: RunPodBackend, runpod: RunPodClient, fake: FakeRunPod, before_apply: int
+) -> None:
+    """Judged at the third answer before the first apply, when the backend touches nothing, the pod's count was
+    dropped all the same: it needed three more unhealthy answers after the apply (two after four)."""
+    sick = await runpod.create_pod(pod_body(name=f"{NAME}-11111111"))
+    fake.set_health(sick.id, 503, UNHEALTHY)
+    for _ in range(before_apply):
+        await backend.observe()
+    assert sick.id in fake.pods and fake.requests_to(f"/pods/{sick.id}/action") == []
+    await backend.apply(1)
+    view = await backend.observe()
+    assert sick.id in fake.terminated and [r.id for r in view.replicas] != [sick.id]
+
