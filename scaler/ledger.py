@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -301,9 +302,9 @@ def write_json_atomically(path: Path, content: Any) -> None:
     scratch file); once this returns, the new file survives a power loss too (the rename is on disk). A process
     killed mid-write (SIGKILL, OOM) leaves its scratch file: ``remove_stale_scratch`` clears it at the next start."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = _scratch(path, os.getpid())
+    scratch, descriptor = _new_scratch(path)
     try:
-        with scratch.open("w") as out:
+        with os.fdopen(descriptor, "w") as out:
             json.dump(content, out)
             out.flush()
             sync(out.fileno())
@@ -315,14 +316,19 @@ def write_json_atomically(path: Path, content: Any) -> None:
         raise
 
 
-def _scratch(path: Path, pid: int) -> Path:
-    return path.with_name(f".{path.name}.{pid}.tmp")
+def _new_scratch(path: Path) -> tuple[Path, int]:
+    """A scratch file beside ``path`` made here, open for writing: a name no one can guess, created new
+    (O_EXCL, O_NOFOLLOW). ``open("w")`` of the name a pid gave wrote through a symlink planted there, over the
+    file it pointed to. The pid stays in the name, for ``remove_stale_scratch``."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return scratch, os.open(scratch, flags, 0o666)
 
 
 def remove_stale_scratch(path: Path) -> None:
-    """Remove the scratch files of ``path`` that processes killed mid-write left (one per kill, never reused
-    unless the pid is). One whose process still runs may be a write under way (`stop --all` beside `run`): kept."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.([1-9][0-9]*)\.tmp")
+    """Remove the scratch files of ``path`` that processes killed mid-write left (one per kill). One whose
+    process still runs may be a write under way (`stop --all` beside `run`): kept."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.([1-9][0-9]*)(?:\.[0-9a-f]{{8}})?\.tmp")
     with contextlib.suppress(OSError):
         for leftover in path.parent.iterdir():
             found = pattern.fullmatch(leftover.name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 from dataclasses import replace
 
@@ -388,3 +390,21 @@ async def test_the_scratch_files_of_writes_killed_mid_way_are_removed_at_the_nex
         await alive.wait()
     assert {p.name for p in tmp_path.iterdir()} == kept
     assert sorted(entry["path"] for entry in logs) == sorted(str(tmp_path / name) for name in killed)
+
+
+@pytest.mark.parametrize(
+    "save", [lambda path: save_policy_state(path, PolicyState()), lambda path: CostLedger().save(path)],
+    ids=["state", "ledger"],
+)
+def test_a_symlink_planted_at_the_scratch_name_is_not_written_through(tmp_path, save):
+    """The scratch file had a name anyone could tell (`.<name>.<pid>.tmp`) and was opened with open("w"), which
+    follows a symlink: one planted there had the file it pointed to overwritten with the state or the ledger."""
+    victim = tmp_path / "victim"
+    victim.write_text("not the scaler's\n")
+    path = tmp_path / "scaler.json"
+    planted = tmp_path / f".scaler.json.{os.getpid()}.tmp"
+    planted.symlink_to(victim)
+    save(path)
+    assert victim.read_text() == "not the scaler's\n"
+    assert json.loads(path.read_text()) and not path.is_symlink()
+    assert {p.name for p in tmp_path.iterdir()} == {"victim", "scaler.json", planted.name}
