@@ -60,6 +60,16 @@ class BillingRule:
     def describe(self) -> str:
         return "per second" if self.per_second else f"started {self.interval_s / 60:g}-minute intervals"
 
+    def to_json(self) -> dict[str, Any]:
+        return {"interval_s": self.interval_s, "anchor": self.anchor.value}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> BillingRule:
+        interval_s = saved_number(raw["interval_s"], "rules.interval_s")
+        if interval_s < 0:
+            raise ValueError(f"rules.interval_s: {interval_s!r} is not an interval")
+        return cls(interval_s=interval_s, anchor=BillingAnchor(raw["anchor"]))
+
 
 VERDA_BILLING = BillingRule(interval_s=600.0)
 RUNPOD_BILLING = BillingRule(interval_s=PER_SECOND)
@@ -88,6 +98,23 @@ def _charged_within(key: str, value: float, horizon: float, rule: BillingRule) -
     return interval_start(started_at, int(value) - 1, rule.interval_s, rule.anchor) > horizon
 
 
+def _recounted(key: str, value: float, saved: BillingRule, rule: BillingRule) -> float:
+    """``value`` (as kept in ``billed`` under ``saved``) under ``rule``: what was paid for runs up to an instant;
+    under an interval rule only the intervals over by then count as paid, so the one under way is charged again
+    in full. Never less than the provider bills, by up to one interval of the overlap."""
+    started_at = _start_of(key)
+    paid_until = value if saved.per_second else interval_start(started_at, int(value), saved.interval_s, saved.anchor)
+    if rule.per_second:
+        return paid_until
+    return max(0, billed_intervals(started_at, paid_until, rule.interval_s, rule.anchor) - 1)
+
+
+def _changed_settings(saved: BillingRule, rule: BillingRule) -> str:
+    changed = [name for name, differs in (("SCALER_BILLING_INTERVAL_S", saved.interval_s != rule.interval_s),
+                                          ("SCALER_BILLING_ANCHOR", saved.anchor != rule.anchor)) if differs]
+    return ", ".join(changed)
+
+
 def day_start(now: float) -> float:
     """Midnight UTC of ``now``'s day: the budget alerts' "once per day" and the ledger's "today"."""
     moment = datetime.fromtimestamp(now, UTC)
@@ -107,6 +134,9 @@ class CostLedger:
         # does not keep the fleet from starting (scaler.wiring).
         self.prices: dict[str, float] = {}
         self.looked_at: dict[str, float] = {}  # provider -> when it was last charged (its replicas last listed)
+        # provider -> the rule its ``billed`` values are counted in: a scaler restarted with another
+        # SCALER_BILLING_INTERVAL_S read 3 intervals of 10 minutes as 3 of an hour, and charged 2 hours less.
+        self.rules: dict[str, BillingRule] = {}
         self.alerts: dict[str, Any] | None = None  # the alert book (scaler.alerts), saved in the same file
 
     def charge(
@@ -118,7 +148,8 @@ class CostLedger:
         self.live[provider] = len(replicas)
         self.prices[provider] = price_per_hour
         buckets = self.buckets.setdefault(provider, {})
-        before = self.billed.get(provider, {})
+        before = self._billed_in(provider, rule)
+        self.rules[provider] = rule
         billed: dict[str, float] = {}
         total = 0.0
         horizon = now - KEEP_S
@@ -162,6 +193,23 @@ class CostLedger:
             del buckets[old]
         self.updated_at = now
         return total
+
+    def _billed_in(self, provider: str, rule: BillingRule) -> dict[str, float]:
+        """What the provider's replicas were charged, counted in ``rule``: converted when it was saved under
+        another (a setting changed between two runs)."""
+        before = self.billed.get(provider, {})
+        saved = self.rules.get(provider)
+        if saved is None or saved == rule or not before:
+            return before
+        log.warning("cost_ledger_billing_changed", provider=provider, setting=_changed_settings(saved, rule),
+                    saved=saved.describe(), now=rule.describe(),
+                    hint="the replicas' charges are carried over; the interval under way is charged again in full, "
+                    "so the spend may read high until it leaves the window, never low")
+        converted = {}
+        for key, value in before.items():
+            with contextlib.suppress(ValueError):  # a key of another shape, read from the file: nothing to keep
+                converted[key] = _recounted(key, value, saved, rule)
+        return converted
 
     @staticmethod
     def _listed_at_last_look(before: dict[str, float], rule: BillingRule, looked_at: float | None) -> dict[str, str]:
@@ -215,6 +263,7 @@ class CostLedger:
             "live": self.live,
             "prices": self.prices,
             "looked_at": self.looked_at,
+            "rules": {name: rule.to_json() for name, rule in self.rules.items()},
             "alerts": self.alerts,
         }
 
@@ -234,6 +283,8 @@ class CostLedger:
         ledger.live = {str(name): _replica_count(n) for name, n in (raw.get("live") or {}).items()}
         ledger.prices = {str(name): _price(v) for name, v in (raw.get("prices") or {}).items()}
         ledger.looked_at = {str(name): saved_number(v, "looked_at") for name, v in (raw.get("looked_at") or {}).items()}
+        # A file saved before the rules were kept: its counts are taken as in the rule of the next charge.
+        ledger.rules = {str(name): BillingRule.from_json(r) for name, r in (raw.get("rules") or {}).items()}
         return ledger
 
     def providers_running(self) -> dict[str, int]:

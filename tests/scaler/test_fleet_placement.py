@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from structlog.testing import capture_logs
 
 from demo.providers import POD_BODY
 from scaler.allocator import AllocatorConfig, ProviderSpec
@@ -368,6 +369,37 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
     hours = billed_intervals(started_at, now, 3600.0, BillingAnchor(anchor))
     assert fleet.committed_spend(now)["day"] == pytest.approx(policy.spent_since(now - DAY_S)) == 2.99 * hours
 
+
+
+@pytest.mark.parametrize(("saved_s", "now_s"), [(600, 3600), (3600, 600), (600, 600)])
+async def test_a_billing_interval_changed_between_two_runs_never_charges_less_than_verda_bills(
+    operator_env, monkeypatch, fake_verda: FakeVerda, saved_s, now_s
+):
+    """The ledger kept intervals charged as counts and read them back in the new SCALER_BILLING_INTERVAL_S: 3
+    intervals of 10 minutes became 3 of an hour, and a replica that ran on 2 h 55 min was charged 1.495 where
+    Verda bills 3 hours (8.97). The saved ledger says the interval it counted in, and a change is converted."""
+    now = time.time()
+    started_at = now - (2 * 60 + 55) * 60
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=10, body={
+        "list": [{"id": "replica-a", "status": "running",
+                  "started_at": datetime.fromtimestamp(started_at, UTC).isoformat()}]})
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
+        operator_env(fake_runpod, "verda")
+        for interval_s, at in ((saved_s, started_at + 25 * 60), (now_s, now)):
+            monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", str(interval_s))
+            fleet = await build_fleet(load_settings(), with_alerts=False)  # the ledger file saved by the last run
+            fleet.clock = lambda at=at: at
+            try:
+                with capture_logs() as logs:
+                    await fleet.observe()
+            finally:
+                await fleet.aclose()
+    billed = 2.99 * now_s / 3600 * billed_intervals(started_at, now, now_s, BillingAnchor.STARTED_AT)
+    spent = fleet.committed_spend(now)["day"]
+    overlap = 2.99 * now_s / 3600 if saved_s != now_s else 0.0  # the interval under way at the restart
+    assert billed <= spent <= billed + overlap + 1e-9
+    changed = [entry for entry in logs if entry["event"] == "cost_ledger_billing_changed"]
+    assert [entry["setting"] for entry in changed] == (["SCALER_BILLING_INTERVAL_S"] if saved_s != now_s else [])
 
 async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_while_the_listing_lags(
     make_verda_client, fake_verda: FakeVerda, wall
