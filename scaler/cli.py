@@ -27,6 +27,7 @@ from common.settings import warn_misspelt_variables
 from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
+from scaler.ledger import BillingRule
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
@@ -275,7 +276,8 @@ def _platform_error(exc: Exception) -> str:
 
 
 def _load_state(settings: ScalerSettings) -> PolicyState:
-    return load_policy_state(settings.state_file) if settings.state_file else PolicyState()
+    billing = BillingRule(interval_s=settings.billing_interval_s, anchor=settings.billing_anchor)
+    return load_policy_state(settings.state_file, billing) if settings.state_file else PolicyState()
 
 
 # --- commands ---------------------------------------------------------------------------------------------

@@ -98,18 +98,18 @@ def _charged_within(key: str, value: float, horizon: float, rule: BillingRule) -
     return interval_start(started_at, int(value) - 1, rule.interval_s, rule.anchor) > horizon
 
 
-def _recounted(key: str, value: float, saved: BillingRule, rule: BillingRule) -> float:
-    """``value`` (as kept in ``billed`` under ``saved``) under ``rule``: what was paid for runs up to an instant;
-    under an interval rule only the intervals over by then count as paid, so the one under way is charged again
-    in full. Never less than the provider bills, by up to one interval of the overlap."""
-    started_at = _start_of(key)
+def recounted(started_at: float, value: float, saved: BillingRule, rule: BillingRule) -> float:
+    """A replica's charges counted under ``saved`` (intervals charged, or charged-until for per second) counted
+    under ``rule``: what was paid for runs up to an instant; under an interval rule only the intervals over by
+    then count as paid, so the one under way is charged again in full. Never less than the provider bills, more
+    by at most one interval."""
     paid_until = value if saved.per_second else interval_start(started_at, int(value), saved.interval_s, saved.anchor)
     if rule.per_second:
         return paid_until
     return max(0, billed_intervals(started_at, paid_until, rule.interval_s, rule.anchor) - 1)
 
 
-def _changed_settings(saved: BillingRule, rule: BillingRule) -> str:
+def changed_settings(saved: BillingRule, rule: BillingRule) -> str:
     changed = [name for name, differs in (("SCALER_BILLING_INTERVAL_S", saved.interval_s != rule.interval_s),
                                           ("SCALER_BILLING_ANCHOR", saved.anchor != rule.anchor)) if differs]
     return ", ".join(changed)
@@ -201,14 +201,14 @@ class CostLedger:
         saved = self.rules.get(provider)
         if saved is None or saved == rule or not before:
             return before
-        log.warning("cost_ledger_billing_changed", provider=provider, setting=_changed_settings(saved, rule),
+        log.warning("cost_ledger_billing_changed", provider=provider, setting=changed_settings(saved, rule),
                     saved=saved.describe(), now=rule.describe(),
                     hint="the replicas' charges are carried over; the interval under way is charged again in full, "
                     "so the spend may read high until it leaves the window, never low")
         converted = {}
         for key, value in before.items():
             with contextlib.suppress(ValueError):  # a key of another shape, read from the file: nothing to keep
-                converted[key] = _recounted(key, value, saved, rule)
+                converted[key] = recounted(_start_of(key), value, saved, rule)
         return converted
 
     @staticmethod

@@ -25,7 +25,16 @@ import structlog
 from common.logs import error_text
 from scaler.billing import SpendLedger
 from scaler.job_duration import DurationFromCounters
-from scaler.ledger import UNREADABLE, remove_stale_scratch, saved_number, set_aside, write_json_atomically
+from scaler.ledger import (
+    UNREADABLE,
+    BillingRule,
+    changed_settings,
+    recounted,
+    remove_stale_scratch,
+    saved_number,
+    set_aside,
+    write_json_atomically,
+)
 from scaler.metrics import ScalerMetrics
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
@@ -173,7 +182,7 @@ class ScalerLoop:
         self._record(decision, observation, outcome, apply_error)
         if self.state_file is not None:
             try:
-                save_policy_state(self.state_file, self.state)
+                save_policy_state(self.state_file, self.state, billing_of(self.config))
             except OSError as exc:
                 log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
                           hint="the scaler goes on from its memory; a restart now would start afresh")
@@ -361,20 +370,30 @@ class ScalerLoop:
 # --- memory across processes, for `comfy-scaler once` run from cron ---------------------------------------
 
 
-def save_policy_state(path: Path, state: PolicyState) -> None:
-    """Write atomically, so a cron run killed mid-write leaves the previous state intact."""
-    write_json_atomically(path, asdict(state))
+def billing_of(config: ScalingConfig) -> BillingRule:
+    """The rule the policy's spend ledger counts its intervals in."""
+    return BillingRule(interval_s=config.billing_interval_s, anchor=config.billing_anchor)
 
 
-def load_policy_state(path: Path) -> PolicyState:
+def save_policy_state(path: Path, state: PolicyState, billing: BillingRule | None = None) -> None:
+    """Write atomically, so a cron run killed mid-write leaves the previous state intact. ``billing``: the rule
+    the ledger's intervals were counted in, saved beside them."""
+    content = asdict(state)
+    if billing is not None:
+        content["billing"] = billing.to_json()
+    write_json_atomically(path, content)
+
+
+def load_policy_state(path: Path, billing: BillingRule | None = None) -> PolicyState:
     """The saved state, or a fresh one when there is none (first run). A file that cannot be read (truncated,
     not JSON, a value of the wrong type) is kept aside as ``<name>.corrupt-<time>`` and logged: the scaler
-    starts afresh rather than not at all, and says that the spend it remembered is gone."""
+    starts afresh rather than not at all, and says that the spend it remembered is gone. Intervals saved under
+    another rule than ``billing`` are converted to it."""
     remove_stale_scratch(path)
     if not path.exists():
         return PolicyState()
     try:
-        return _policy_state(json.loads(path.read_text()))
+        return _policy_state(json.loads(path.read_text()), billing)
     except UNREADABLE as exc:
         log.error("policy_state_unreadable", path=str(path), kept_as=str(set_aside(path)), error=error_text(exc),
                   hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "
@@ -382,7 +401,7 @@ def load_policy_state(path: Path) -> PolicyState:
         return PolicyState()
 
 
-def _policy_state(raw: dict[str, Any]) -> PolicyState:
+def _policy_state(raw: dict[str, Any], billing: BillingRule | None) -> PolicyState:
     ledger = raw.get("ledger") or {}
     opening_load = raw.get("opening_load") or (0.0, 0)
     applied = raw.get("applied")
@@ -398,10 +417,27 @@ def _policy_state(raw: dict[str, Any]) -> PolicyState:
         ledger=SpendLedger(
             charges=tuple((saved_number(t, "charges"), saved_number(amount, "charges"))
                           for t, amount in ledger.get("charges", ())),
-            billed=tuple(((str(key[0]), saved_number(key[1], "billed")), int(count))
-                         for key, count in ledger.get("billed", ())),
+            billed=_billed_in(raw.get("billing"), billing, tuple(
+                ((str(key[0]), saved_number(key[1], "billed")), int(count)) for key, count in ledger.get("billed", ())
+            )),
         ),
     )
+
+
+def _billed_in(
+    saved_raw: Any, billing: BillingRule | None, billed: tuple[tuple[tuple[str, float], int], ...]
+) -> tuple[tuple[tuple[str, float], int], ...]:
+    """The ledger's intervals charged, counted in ``billing``: read in another interval as they were, 3 intervals of
+    10 minutes were 3 hours after SCALER_BILLING_INTERVAL_S went from 600 to 3600, and 2 hours went uncharged."""
+    if saved_raw is None or billing is None:  # a file saved before the rule was: taken as in today's
+        return billed
+    saved = BillingRule.from_json(saved_raw)
+    if saved == billing or not billed:
+        return billed
+    log.warning("policy_state_billing_changed", setting=changed_settings(saved, billing), saved=saved.describe(),
+                now=billing.describe(), hint="the replicas' charges are carried over; the interval under way is "
+                "charged again in full, so the spend may read high until it leaves the window, never low")
+    return tuple((key, int(recounted(key[1], count, saved, billing))) for key, count in billed)
 
 
 def _count(value: Any, name: str) -> int:

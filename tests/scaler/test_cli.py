@@ -117,6 +117,27 @@ async def test_once_applies_and_remembers_its_state(cli_env, qm, verda_scaling, 
     assert saved["applied"] == 1 and saved["last_work_seen_at"] is not None
 
 
+
+async def test_once_run_with_another_billing_interval_converts_the_intervals_the_state_file_counted(
+    cli_env, qm, verda_scaling, monkeypatch, tmp_path, capsys
+):
+    """The state file kept the intervals charged as counts, read back in whatever SCALER_BILLING_INTERVAL_S the
+    next run had: it now says the rule it counted in, and a run under another converts them and says so."""
+    state_file = tmp_path / "scaler-state.json"
+    monkeypatch.setenv("SCALER_STATE_FILE", str(state_file))
+    qm.store.submit("alice", WORKFLOW)
+    for _ in range(2):  # the first starts a replica, the second charges its first interval
+        assert await cli("once") == 0
+    saved = json.loads(state_file.read_text())
+    assert saved["billing"] == {"interval_s": 600.0, "anchor": "started_at"} and len(saved["ledger"]["billed"]) == 1
+    capsys.readouterr()
+    monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
+    assert await cli("once") == 0
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [changed] = [entry for entry in logged if entry["event"] == "policy_state_billing_changed"]
+    assert changed["setting"] == "SCALER_BILLING_INTERVAL_S"
+    assert json.loads(state_file.read_text())["billing"]["interval_s"] == 3600.0
+
 async def test_once_exits_1_and_holds_when_the_queue_is_unreachable(
     cli_env, monkeypatch, verda_scaling, scaling_patches
 ):

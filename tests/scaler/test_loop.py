@@ -12,10 +12,11 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from scaler.ledger import CostLedger
+from scaler.billing import BillingAnchor, SpendLedger, billed_intervals
+from scaler.ledger import BillingRule, CostLedger
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
-from scaler.policy import PolicyState, Reason, ScalingConfig
+from scaler.policy import PolicyState, Reason, Replica, ScalingConfig
 from scaler.providers.verda.client import VerdaAPIError
 
 CONFIG = ScalingConfig(
@@ -391,6 +392,22 @@ async def test_the_scratch_files_of_writes_killed_mid_way_are_removed_at_the_nex
     assert {p.name for p in tmp_path.iterdir()} == kept
     assert sorted(entry["path"] for entry in logs) == sorted(str(tmp_path / name) for name in killed)
 
+
+
+@pytest.mark.parametrize(("saved_s", "now_s"), [(600, 3600), (3600, 600), (600, 600)])
+def test_the_spend_of_a_state_saved_under_another_billing_interval_is_never_read_low(tmp_path, saved_s, now_s):
+    """A replica at 2.99/h, its state saved 25 min in, read again 2 h 55 min in (Verda bills 8.97): read in the
+    new interval as they were, 600 -> 3600 charged 1.495 and 3600 -> 600 charged 11.46."""
+    path, started_at = tmp_path / "state.json", 1_000_000.0
+    now = started_at + (2 * 60 + 55) * 60
+    replica, anchor = Replica("replica-a", started_at), BillingAnchor.STARTED_AT
+    ledger = SpendLedger().observe([replica], started_at + 25 * 60, interval_s=saved_s, anchor=anchor,
+                                   price_per_hour=2.99)
+    save_policy_state(path, PolicyState(ledger=ledger), BillingRule(interval_s=saved_s))
+    loaded = load_policy_state(path, BillingRule(interval_s=now_s)).ledger
+    spent = loaded.observe([replica], now, interval_s=now_s, anchor=anchor, price_per_hour=2.99).spent_since(0)
+    billed = 2.99 * now_s / 3600 * billed_intervals(started_at, now, now_s, anchor)
+    assert billed - 1e-9 <= spent <= billed + (2.99 * now_s / 3600 if saved_s != now_s else 0) + 1e-9
 
 @pytest.mark.parametrize(
     "save", [lambda path: save_policy_state(path, PolicyState()), lambda path: CostLedger().save(path)],
