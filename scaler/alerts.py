@@ -26,7 +26,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import AnswerTooLarge, read_at_most
-from common.logs import error_text, scrub
+from common.logs import error_text, scrubbed_excerpt
 from common.urls import direct_transport
 from scaler.ledger import day_start
 
@@ -238,6 +238,6 @@ class AlertSender:
         if response.is_success:
             return
         raise WebhookError(
-            f"webhook answered HTTP {response.status_code}: {scrub(text)[:200]}",  # scrubbed before the cut
+            f"webhook answered HTTP {response.status_code}: {scrubbed_excerpt(text, 200)}",
             retryable=response.status_code in RETRYABLE_STATUS,
         )

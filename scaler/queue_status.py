@@ -16,7 +16,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge, request_bounded
-from common.logs import error_text
+from common.logs import error_text, scrubbed_excerpt
 from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
@@ -64,7 +64,7 @@ class QueueStatus:
     @classmethod
     def from_json(cls, body: Any) -> QueueStatus:
         if not isinstance(body, dict):
-            raise QueueStatusError(f"queue status is not an object: {str(body)[:200]}")
+            raise QueueStatusError(f"queue status is not an object: {scrubbed_excerpt(str(body), 200)}")
         try:
             counts = {name: _count(body, name) for name in ("pending_jobs", "running_jobs")}
             extra = {name: _count(body, name) for name in ("completed_jobs", "failed_jobs") if name in body}
@@ -157,12 +157,12 @@ class QueueStatusReader:
         try:
             response = await self._get(JOBS_PATH, params={"status": state, **query})
             if response.is_error:
-                problem = f"HTTP {response.status_code}: {response.text[:100]}"
+                problem = f"HTTP {response.status_code}: {scrubbed_excerpt(response.text, 100)}"
             else:
                 body = response.json()
                 if isinstance(body, list):
                     return body
-                problem = f"not a list: {str(body)[:100]}"
+                problem = f"not a list: {scrubbed_excerpt(str(body), 100)}"
         except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge) as exc:
             problem = error_text(exc, 200)
         log.warning("queue_job_list_unreadable", peer="queue manager", list=f"GET {JOBS_PATH}?status={state}",
@@ -181,13 +181,13 @@ class QueueStatusReader:
             raise _Retryable(f"queue status answered HTTP {response.status_code}")
         if response.is_error:
             raise QueueStatusError(
-                f"queue status answered HTTP {response.status_code}: {response.text[:200]}"
+                f"queue status answered HTTP {response.status_code}: {scrubbed_excerpt(response.text, 200)}"
                 + _what_to_check(response.status_code, self._has_token, redact_url(str(response.url)))
             )
         try:
             body = response.json()
         except ValueError:
-            raise QueueStatusError(f"queue status is not JSON: {response.text[:200]}") from None
+            raise QueueStatusError(f"queue status is not JSON: {scrubbed_excerpt(response.text, 200)}") from None
         return QueueStatus.from_json(body)
 
 

@@ -16,7 +16,7 @@ import httpx
 import structlog
 
 from common.http_answers import AnswerTooLarge, read_at_most
-from common.logs import scrub
+from common.logs import scrub, scrubbed_excerpt
 from common.urls import direct_transport, redact_url
 
 log = structlog.get_logger()
@@ -76,7 +76,7 @@ class Reply:
 def describe_prompt_error(body: object) -> str:
     """Turn ComfyUI's 400 body into one readable paragraph: the error, then each node, input and reason."""
     if not isinstance(body, dict):
-        return f"ComfyUI rejected the workflow: {str(body)[:500]}"
+        return f"ComfyUI rejected the workflow: {scrubbed_excerpt(str(body), 500)}"
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     parts = [f"ComfyUI rejected the workflow: {error.get('message') or 'validation failed'}"]
     if error.get("details") and error.get("details") != error.get("message"):
@@ -142,7 +142,8 @@ class ComfyUIClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered non-JSON: {response.text[:200]!r}") from exc
+            quoted = scrubbed_excerpt(repr(response.text), 200)
+            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered non-JSON: {quoted}") from exc
 
     async def system_stats(self, timeout_s: float | None = None) -> dict[str, Any]:
         """ComfyUI's stats; ``timeout_s`` instead of the client's HTTP timeout, for a probe with a deadline."""
@@ -203,7 +204,8 @@ class ComfyUIClient:
                 "not inline in the workflow"
             )
         if response.status_code != 200 or not isinstance(payload, dict):
-            raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {str(payload)[:200]}")
+            quoted = scrubbed_excerpt(str(payload), 200)
+            raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {quoted}")
         return payload
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
-from common.logs import scrub
+from common.logs import scrub, scrubbed_excerpt
 from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
@@ -69,7 +69,7 @@ class ReportRejected(Exception):
 
 class TransientHTTPError(Exception):
     def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:200]}")
+        super().__init__(f"HTTP {status}: {scrubbed_excerpt(body, 200)}")
         self.status = status
 
 

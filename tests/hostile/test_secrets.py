@@ -27,14 +27,14 @@ from scaler.alerts import Alert, AlertSender
 from scaler.providers.runpod.client import RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from scaler.providers.verda.client import VerdaClient
-from scaler.queue_status import QueueStatusReader
+from scaler.queue_status import QueueStatusError, QueueStatusReader
 from standins.comfyui import ComfyUISimulator
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
-from worker.comfyui import ComfyUIClient
-from worker.queue_client import QueueClient
+from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
+from worker.queue_client import QueueClient, TransientHTTPError
 from worker.state import WorkerState
 
 TOKEN = "qm-secret-token-7f3a"
@@ -378,3 +378,52 @@ def test_an_error_cut_for_a_log_line_keeps_no_part_of_a_secret_across_the_cut(of
     text = error_text(RuntimeError("x" * offset + secret + " and more"))
     assert len(text) <= 300
     assert secret[:6] not in text, "scrubbed first, then cut: no prefix of the secret survives"
+
+
+@pytest.fixture
+async def echoing_peer():
+    """A peer on loopback that answers every request with the status and text the test sets: a proxy's or a
+    broken server's error page quoting what it was sent, the bearer token included."""
+    answer = {"status": 200, "text": ""}
+
+    async def echo(_request: web.Request) -> web.Response:
+        return web.Response(status=answer["status"], text=answer["text"])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", answer
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("offset", [180, 190])
+async def test_a_peers_answer_quoted_in_an_error_keeps_no_part_of_the_token_across_the_cut(
+    echoing_peer, offset: int
+) -> None:
+    """The worker's and the scaler's clients quote the first 100-200 characters of an answer they cannot use.
+    Cut before the scrub, a token echoed across the cut kept its first characters (``qm-secret`` at offset 190),
+    which no scrubber knew any more, in the log line, /status and the job's stored error."""
+    url, answer = echoing_peer
+    register_secret(TOKEN)
+    answer["text"] = "x" * offset + TOKEN
+    shown: list[str] = []
+    async with QueueStatusReader(url, token=TOKEN) as reader:
+        answer["status"] = 401
+        with pytest.raises(QueueStatusError) as refused:
+            await reader.read()
+        answer["status"] = 200
+        with pytest.raises(QueueStatusError) as not_json:
+            await reader.read()
+    shown += [str(refused.value), str(not_json.value)]
+    comfy = ComfyUIClient(url)
+    try:
+        with pytest.raises(ComfyUIUnavailable) as comfy_not_json:
+            await comfy.system_stats()
+    finally:
+        await comfy.aclose()
+    shown += [str(comfy_not_json.value), str(TransientHTTPError(503, answer["text"]))]
+    assert all("x" * 90 in text for text in shown), shown  # the answer is quoted ...
+    assert not [text for text in shown if TOKEN[:6] in text], shown  # ... but no part of the token
