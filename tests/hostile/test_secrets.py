@@ -247,7 +247,6 @@ async def test_a_peer_on_loopback_is_never_reached_through_a_proxy(
     assert seen == []
 
 
-
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
 async def test_the_scalers_peers_on_loopback_are_never_reached_through_a_proxy(
     monkeypatch: pytest.MonkeyPatch, recording_proxy, variable: str

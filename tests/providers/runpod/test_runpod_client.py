@@ -168,7 +168,6 @@ async def test_the_api_key_never_reaches_logs_or_errors(
     assert API_KEY not in repr(client) and "rpa_other" not in str(caught.value)
 
 
-
 @pytest.mark.parametrize("offset", [40, 52, 56])
 async def test_an_answer_quoted_in_an_error_keeps_no_part_of_the_key_across_the_cut(
     fake: FakeRunPod, runpod: RunPodClient, offset: int
@@ -180,6 +179,7 @@ async def test_an_answer_quoted_in_an_error_keeps_no_part_of_the_key_across_the_
         await runpod.list_pods()
     shown = error_text(caught.value)
     assert API_KEY[:4] not in shown and API_KEY[:4] not in str(caught.value), shown
+
 
 async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripping_peer, sleeps) -> None:
     """As for Verda: httpx's timeout bounds each read, and a byte every 20 ms held the caller for ever."""
