@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.children import keep_environment_private
+from common.limits import allow_many_connections
 from common.logs import configure_logging, error_text, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
 from common.urls import redact_url, secret_url_secrets, url_secrets
@@ -284,6 +285,7 @@ def _load_state(settings: ScalerSettings) -> PolicyState:
 
 
 async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
+    allow_many_connections()  # the metrics server lets as many wait as the worker's health server does
     metrics = ScalerMetrics()
     server = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port)
     async with _opened(settings, metrics=metrics, dry_run=args.dry_run, with_alerts=True) as (backend, queue):

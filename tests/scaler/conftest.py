@@ -52,7 +52,9 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: f
 
 
 @contextlib.asynccontextmanager
-async def running_scaler(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+async def running_scaler(
+    env: dict[str, str], preexec_fn: Callable[[], None] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`python -m scaler.cli run` as a child process (stderr piped); killed on the way out if still running."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -62,6 +64,7 @@ async def running_scaler(env: dict[str, str]) -> AsyncIterator[asyncio.subproces
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     try:
         yield process

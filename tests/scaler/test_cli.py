@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import socket
 from pathlib import Path
 
@@ -238,6 +239,26 @@ async def test_run_takes_over_and_exits_cleanly_on_sigterm(cli_env, verda_scalin
     assert process.returncode == 0
     assert b"scaler_stopped" in err
     assert cli_env["VERDA_CLIENT_SECRET"].encode() not in err
+
+
+def _container_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+async def test_run_raises_its_open_file_limit_for_the_connections_its_metrics_server_may_hold(
+    cli_env, scaling_patches, wait
+):
+    """The metrics server lets 1000 connections wait (common.waiting_connections); at a container's usual soft
+    limit of 1024 open files, with none raised, the scaler could hold only about half of them."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves no room above 1024")
+    env = {**os.environ, **cli_env, "SCALER_INTERVAL_S": "1"}
+    async with running_scaler(env, _container_file_limit) as process:
+        await wait(lambda: len(scaling_patches()) == 1, timeout=15)
+        err = await sigterm_and_wait(process)
+    assert process.returncode == 0
+    assert b"open_files_limit_raised" in err
 
 
 async def test_a_price_list_of_the_wrong_shape_exits_1_saying_so_and_writes_nothing(
