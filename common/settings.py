@@ -7,13 +7,15 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rapidfuzz.distance import OSA
+
+from common.limits import QUEUE_HEADS
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 log = structlog.get_logger()
@@ -21,6 +23,33 @@ log = structlog.get_logger()
 # The scaler's own credentials: its cloud accounts and its alert webhook. No worker, and no ComfyUI, has use for
 # them: the local backend's workers and the supervisor's ComfyUI are started without them.
 SCALER_CREDENTIALS = frozenset({"VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "SCALER_ALERT_WEBHOOK_URL"})
+
+
+# The queue token travels as "Authorization: Bearer <token>", a header's value, which the queue manager reads up to
+# QUEUE_HEADS.max_field_bytes: a longer token had every request answered 400.
+MAX_QUEUE_TOKEN_CHARS = QUEUE_HEADS.max_field_bytes - len("Bearer ")
+
+
+def queue_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot work as the queue manager's bearer token, or None. Not ASCII, an HTTP client cannot
+    send it (every request failed); with a space at either end the queue manager, which strips what it is sent,
+    never matched it (every request 401); too long, the queue manager refuses the header (every request 400)."""
+    if not token.isascii() or not token.isprintable() or token != token.strip():
+        return "must be printable ASCII with no space at either end: it travels in an HTTP header"
+    if len(token) > MAX_QUEUE_TOKEN_CHARS:
+        return (f"is {len(token)} characters; at most {MAX_QUEUE_TOKEN_CHARS} fit the Authorization header the "
+                f"queue manager reads ({QUEUE_HEADS.max_field_bytes} bytes)")
+    return None
+
+
+def _usable_queue_token(value: SecretStr) -> SecretStr:
+    problem = queue_token_problem(value.get_secret_value())
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+QueueToken = Annotated[SecretStr, AfterValidator(_usable_queue_token)]
 
 
 class LogSettings(BaseSettings):

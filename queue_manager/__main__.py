@@ -13,12 +13,19 @@ import sqlite3
 import sys
 
 import structlog
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, LogSettings, settings_from_env, warn_misspelt_variables
+from common.settings import (
+    ConfigError,
+    LogSettings,
+    QueueToken,
+    queue_token_problem,
+    settings_from_env,
+    warn_misspelt_variables,
+)
 from queue_manager.models import QueueMode
 from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
@@ -37,7 +44,7 @@ class QueueManagerEnv(LogSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    token: SecretStr | None = Field(default=None, validation_alias=TOKEN_ENV)
+    token: QueueToken | None = Field(default=None, validation_alias=TOKEN_ENV)
     lease_timeout_s: float = Field(
         default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
@@ -158,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     warn_misspelt_variables(QueueManagerEnv)
     allow_many_connections()
     token = args.token or (env.token.get_secret_value() if env.token else None) or None
+    if args.token and (problem := queue_token_problem(args.token)):
+        print(f"--token {problem}", file=sys.stderr)
+        return 2
     register_secret(token)
     server = QueueManagerServer(
         args.db,

@@ -6,10 +6,10 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from common.settings import LogSettings, settings_from_env
+from common.settings import LogSettings, QueueToken, settings_from_env
 from common.urls import queue_token_clash
 
 DAY_S = 86_400.0
@@ -27,7 +27,7 @@ class WorkerSettings(LogSettings):
     )
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
-    queue_manager_token: SecretStr | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    queue_manager_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
     comfyui_temp_dir: Path | None = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")

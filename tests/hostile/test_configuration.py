@@ -10,21 +10,32 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
-from common.settings import ConfigError, misspelt_variables, setting_names
+from common.settings import MAX_QUEUE_TOKEN_CHARS, ConfigError, misspelt_variables, setting_names
+from queue_manager import QueueManagerServer
 from queue_manager.__main__ import QueueManagerEnv
 from scaler.config import ScalerSettings, load_kill_switch_settings
 from scaler.config import load_settings as load_scaler_settings
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from worker.config import WorkerSettings
 from worker.config import load_settings as load_worker_settings
+from worker.queue_client import QueueClient
 
 from ..conftest import run_module_to_exit
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BASE = {"QUEUE_MANAGER_URL": "http://127.0.0.1:9"}
 SCALER_BASE = {"QUEUE_MANAGER_URL": "http://127.0.0.1:9", "SCALER_BACKEND": "local"}
+
+# The queue token travels in an HTTP header: each of these had every request fail, 400, 401 or an encoding error.
+TOKEN_CASES = {
+    "queue-token-too-long": ("QUEUE_MANAGER_TOKEN", "t" * (MAX_QUEUE_TOKEN_CHARS + 1)),
+    "queue-token-not-ascii": ("QUEUE_MANAGER_TOKEN", "tökén"),
+    "queue-token-trailing-space": ("QUEUE_MANAGER_TOKEN", "token "),
+    "queue-token-newline": ("QUEUE_MANAGER_TOKEN", "tok\nen"),
+}
 
 WORKER_CASES = {
     "poll-interval-negative": ("WORKER_POLL_INTERVAL", "-1"),
@@ -48,6 +59,7 @@ WORKER_CASES = {
     "poll-interval-nan": ("WORKER_POLL_INTERVAL", "nan"),
     "job-timeout-inf": ("JOB_TIMEOUT_S", "inf"),
     "health-host-unresolvable": ("HEALTH_HOST", "no-such-host.invalid"),
+    **TOKEN_CASES,
 }
 
 SUPERVISOR_CASES = {
@@ -59,6 +71,7 @@ SUPERVISOR_CASES = {
 }
 
 SCALER_CASES = {
+    **TOKEN_CASES,
     "interval-zero": ("SCALER_INTERVAL_S", "0"),
     "interval-word": ("SCALER_INTERVAL_S", "soon"),
     "metrics-port-70000": ("SCALER_METRICS_PORT", "70000"),
@@ -168,6 +181,7 @@ def test_a_dot_env_file_that_is_not_utf8_is_refused_naming_it(
     [
         ("worker", {**WORKER_BASE, "HEALTH_PORT": "70000"}, "HEALTH_PORT"),
         ("queue_manager", {"LEASE_TIMEOUT_S": "inf"}, "LEASE_TIMEOUT_S"),
+        ("queue_manager", {"QUEUE_MANAGER_TOKEN": "token "}, "QUEUE_MANAGER_TOKEN"),
     ],
 )
 async def test_a_process_given_a_bad_value_exits_2_naming_it(
@@ -177,6 +191,30 @@ async def test_a_process_given_a_bad_value_exits_2_naming_it(
     code, err = await run_module_to_exit(module, env={**clean, **env, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
     assert code == 2
     assert variable in err
+
+
+async def test_a_queue_manager_token_flag_it_could_never_match_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QUEUE_MANAGER")}
+    code, err = await run_module_to_exit("queue_manager", "--db", str(tmp_path / "q.db"), "--token", "t" * 9000,
+                                         env={**clean, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert code == 2
+    assert "--token is 9000 characters; at most 8183" in err
+
+
+async def test_the_longest_queue_token_allowed_is_one_the_queue_manager_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit is the queue manager's own: its longest token gets through, one character more is refused
+    there (400), which is why the settings refuse it at start."""
+    longest = "t" * MAX_QUEUE_TOKEN_CHARS
+    _clean_env(monkeypatch, WORKER_BASE, "QUEUE_MANAGER_TOKEN", longest)
+    assert load_worker_settings().queue_manager_token.get_secret_value() == longest
+    async with QueueManagerServer(token=longest) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        worker_queue = QueueClient(queue.url, "w", token=longest)
+        try:
+            assert await worker_queue.next_job() is None
+        finally:
+            await worker_queue.aclose()
+        too_long = await client.get("/api/jobs", headers={"Authorization": f"Bearer {longest}t"})
+    assert too_long.status_code == 400
 
 
 def test_a_misspelt_required_variable_is_named_with_the_setting_it_resembles(monkeypatch: pytest.MonkeyPatch) -> None:
