@@ -239,14 +239,16 @@ class QueueApi:
         db_executor: Executor,
         body_executor: Executor,
         clock: Callable[[], float],
-        started_at: float,
+        steady_clock: Callable[[], float],
     ) -> None:
         self._store = store
         self._settings = settings
         self._db_executor = db_executor
         self._body_executor = body_executor
         self._clock = clock
-        self._started_at = started_at
+        # Uptime by the steady clock: a wall clock stepped back (NTP, a resumed host) showed a negative uptime.
+        self._steady_clock = steady_clock
+        self._started_at = steady_clock()
 
     @property
     def extensions(self) -> bool:
@@ -374,7 +376,7 @@ class QueueApi:
             redis_connected=connected,
             workers_active=0,
             queue_depth=depth,
-            uptime_seconds=int(self._clock() - self._started_at),
+            uptime_seconds=int(self._steady_clock() - self._started_at),
         )
         return _json(health.model_dump(mode="json"))
 

@@ -77,7 +77,7 @@ class QueueManagerServer:
         self.finished_job_retention_s = finished_job_retention_s
         self.mode = QueueMode(mode)
         self.clock = clock
-        # What the lease tells clock steps by. A test's hand-moved clock is its own, unless it passes one.
+        # What the lease and the uptime tell clock steps by. A test's hand-moved clock is its own, unless it passes one.
         self.steady_clock = steady_clock or (time.monotonic if clock is time.time else clock)
         self._token = token
         self._test_hooks = TestHooks(FaultInjector(), ReportLog()) if test_hooks else None
@@ -144,7 +144,7 @@ class QueueManagerServer:
             db_executor=self._db_executor,
             body_executor=self._body_executor,
             clock=self.clock,
-            started_at=self.clock(),
+            steady_clock=self.steady_clock,
         )
         waiting = WaitingConnections("queue_manager")
         app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks, waiting=waiting)

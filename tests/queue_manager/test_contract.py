@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,16 @@ async def test_health(client: httpx.AsyncClient, workflow: dict[str, Any], clock
         "uptime_seconds": 12,
     }
     assert isinstance(body["version"], str) and body["version"]
+
+
+async def test_health_uptime_never_goes_back_with_the_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the uptime was the wall clock's, so NTP stepping it back an hour showed uptime_seconds -3600."""
+    wall = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    async with QueueManagerServer(clock=time.time) as queue, httpx.AsyncClient(base_url=queue.url) as http:
+        wall[0] -= 3600
+        uptime = (await http.get("/health")).json()["uptime_seconds"]
+    assert 0 <= uptime < 3600
 
 
 async def test_unknown_route_is_fastapi_404(client: httpx.AsyncClient) -> None:
