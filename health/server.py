@@ -6,6 +6,8 @@ while ComfyUI is still loading or the queue manager is down.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -13,6 +15,7 @@ from prometheus_client.exposition import choose_encoder
 from common.limits import PROBE_HEADS
 from common.waiting_connections import WaitingConnections
 from health.live_metrics import scrape_registry
+from health.probe import write_port_file
 from health.status import status_document
 from health.verdict import Verdict, liveness, readiness
 from worker.state import WorkerState
@@ -28,10 +31,12 @@ class HealthServer:
         host: str = "0.0.0.0",
         port: int = 8000,
         heartbeat_timeout_s: float = 120.0,
+        port_file: Path | None = None,
     ) -> None:
         self._state = state
         self._host = host
         self._port = port
+        self._port_file = port_file  # where the image's HEALTHCHECK (health/probe.py) reads the bound port
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._scrape_registry = scrape_registry(state, heartbeat_timeout_s)
         self._runner: web.AppRunner | None = None
@@ -60,12 +65,23 @@ class HealthServer:
             raise
         port = self._runner.addresses[0][1]
         log.info("health.started", host=self._host, port=port)
+        if self._port_file is not None:
+            try:
+                write_port_file(self._port_file, port)
+            except OSError as exc:
+                log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
+                          path=str(self._port_file), error=f"{type(exc).__name__}: {exc}")
         return port
 
     async def stop(self) -> None:
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
+        if self._port_file is not None:  # a later server may bind that port: no probe may take it for this one
+            try:
+                self._port_file.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("Could not remove HEALTH_PORT_FILE", path=str(self._port_file), error=str(exc))
         await runner.cleanup()
         log.info("health.stopped")
 

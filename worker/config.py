@@ -39,6 +39,7 @@ class WorkerSettings(LogSettings):
     inference_provider: str = Field(default="local", min_length=1, validation_alias="INFERENCE_PROVIDER")
     health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
+    health_port_file: Path | None = Field(default=None, validation_alias="HEALTH_PORT_FILE")
     outputs_path: Path = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
     job_timeout_s: float = Field(default=1800.0, gt=0, le=WEEK_S, validation_alias="JOB_TIMEOUT_S")
     comfyui_startup_timeout_s: float = Field(
@@ -73,6 +74,11 @@ class WorkerSettings(LogSettings):
         if isinstance(value, str) and not value.strip():
             raise ValueError("is empty; results would land in the working directory and vanish with the replica")
         return value
+
+    @field_validator("health_port_file", mode="before")
+    @classmethod
+    def _blank_port_file_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("outputs_path")
     @classmethod

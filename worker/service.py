@@ -22,7 +22,7 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
     worker = worker or Worker(settings)
     health = HealthServer(
         worker.state, host=settings.health_host, port=settings.health_port,
-        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s, port_file=settings.health_port_file,
     )
     try:
         await health.start()
