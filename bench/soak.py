@@ -20,6 +20,7 @@ reported twice (from the queue's log), and the figures.
     ./dev python -m bench.soak                       # about 3 minutes
     ./dev python -m bench.soak --minutes 20 --workers 3
     ./dev python -m bench.soak --worker-source /path/to/other/checkout   (its worker; the rest from here)
+    ./dev python -m bench.soak --fixed-worker-ids    (a restarted worker keeps its WORKER_ID, as under systemd)
 
 Not a test.
 """
@@ -100,6 +101,7 @@ class Worker:
     env: dict[str, str]
     log: Path
     health_port: int
+    fixed_id: bool = False
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
 
@@ -109,9 +111,10 @@ class Worker:
 
     async def start(self) -> None:
         self.starts += 1
+        worker_id = f"soak-{self.index}" if self.fixed_id else f"soak-{self.index}-{self.starts}"
         with self.log.open("ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", env={**self.env, "WORKER_ID": f"soak-{self.index}-{self.starts}"},
+                sys.executable, "-m", "worker", env={**self.env, "WORKER_ID": worker_id},
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=self.env["PYTHONPATH"],
             )  # fmt: skip
 
@@ -166,7 +169,8 @@ class Soak:
                 "COMFYUI_UNRESPONSIVE_TIMEOUT_S": "20", "HTTP_TIMEOUT_S": "10", "LOG_LEVEL": "info",
                 "PYTHONPATH": str(self.args.worker_source),
             })  # fmt: skip
-            worker = Worker(index, comfy, env, self.root / f"worker-{index}.log", health_port)
+            log_path = self.root / f"worker-{index}.log"
+            worker = Worker(index, comfy, env, log_path, health_port, fixed_id=self.args.fixed_worker_ids)
             await worker.start()
             self.workers.append(worker)
 
@@ -481,6 +485,8 @@ def main() -> int:
     parser.add_argument("--drain-s", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker runs")
+    parser.add_argument("--fixed-worker-ids", action="store_true",
+                        help="a restarted worker keeps its WORKER_ID (default: a new one at every start)")
     parser.add_argument("--verbose", action="store_true", help="print every sample")
     args = parser.parse_args()
     args.worker_source = args.worker_source.resolve()

@@ -214,6 +214,20 @@ class ComfyUIClient:
         entry = payload.get(prompt_id) if isinstance(payload, dict) else None
         return entry if isinstance(entry, dict) else None
 
+    async def history_of(self, key: str, value: str, max_items: int) -> dict[str, dict[str, Any]]:
+        """The entries among ComfyUI's latest ``max_items`` of history whose ``extra_data`` holds ``value`` at
+        ``key`` (see ``prompts_of``), oldest first: the prompts a killed run left finished."""
+        payload = await self._json("GET", "/history", params={"max_items": max_items})
+        if not isinstance(payload, dict):
+            raise ComfyUIUnavailable(f"ComfyUI GET /history answered a JSON {type(payload).__name__}, not its history")
+
+        def marked(entry: object) -> bool:
+            item = entry.get("prompt") if isinstance(entry, dict) else None
+            extra_data = item[3] if isinstance(item, list) and len(item) > 3 else None
+            return isinstance(extra_data, dict) and extra_data.get(key) == value
+
+        return {str(prompt_id): entry for prompt_id, entry in payload.items() if marked(entry)}
+
     async def queued_prompt_ids(self) -> tuple[set[str], set[str]]:
         """(running, pending) prompt ids."""
         running, pending = await self._queue()

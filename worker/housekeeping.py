@@ -11,6 +11,12 @@ every output node it has, so a result file can go once a later prompt succeeded 
 --cache-lru or --cache-ram ComfyUI may replay the outputs of any earlier prompt: result files are then kept.
 Previews (`temp`) are never read back by the worker: they go as soon as their prompt is over.
 
+A run of the worker killed mid-job (a bare comfy-worker beside a ComfyUI that goes on running) left its prompt's
+history entry and files. The next run with the same WORKER_ID finds them by the mark in each prompt's extra_data:
+the finished ones in ComfyUI's latest EARLIER_RUN_HISTORY_ITEMS entries at start, the one it interrupted at start
+once that is over (after the run's first prompt, which ComfyUI runs after it). Their files go as any failed
+prompt's: a result file ComfyUI's cache may name again is kept until a later prompt succeeded without naming it.
+
 No job may deliver more than MAX_JOB_OUTPUT_FILES results, so no more than that many are kept for a replay: a
 prompt that named more has its files deleted at once, and failed prompts in a row that named more together have
 all but the latest one's deleted. Otherwise the names the worker keeps (a set in memory) grew with every failed
@@ -25,12 +31,15 @@ from typing import Any
 
 import structlog
 
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
+from worker.comfyui import WORKER_ID_KEY, ComfyUIClient, ComfyUIUnavailable, ReplyTooLarge
 from worker.outputs import OutputDeliveryError, inside, relative_output_path, remove_empty_parents, result_files
 
 log = structlog.get_logger()
 
 CACHES_OF_EARLIER_PROMPTS = ("--cache-lru", "--cache-ram")  # ComfyUI's options that keep more than one prompt
+# How far back in ComfyUI's history a restarted worker looks for what its killed run left: that run tidied each
+# prompt once it was over, so only its last one or two are there; other clients of the ComfyUI add theirs.
+EARLIER_RUN_HISTORY_ITEMS = 50
 
 
 def caches_earlier_prompts(argv: object) -> bool | None:
@@ -104,6 +113,45 @@ class ComfyUIHousekeeping:
                 "restarts", prompt_id=prompt_id, error=str(exc),
             )
             return False
+        return True
+
+    async def tidy_earlier_run(self, worker_id: str, timeout_s: float) -> None:
+        """Delete the history entries and files of the prompts a killed run of ``worker_id`` left finished in
+        ComfyUI. Each question to ComfyUI gets timeout_s; the first unanswered one ends the tidy (a warning)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                entries = await self.comfy.history_of(WORKER_ID_KEY, worker_id, EARLIER_RUN_HISTORY_ITEMS)
+        except (TimeoutError, ComfyUIUnavailable, ReplyTooLarge) as exc:
+            log.warning("Could not look for what an earlier run of this worker left in ComfyUI's history",
+                        error=str(exc) or f"no answer within {timeout_s:g} s")  # fmt: skip
+            return
+        for prompt_id, entry in entries.items():
+            if not await self._tidy_entry(prompt_id, entry, timeout_s):
+                return
+
+    async def tidy_once_over(self, prompt_ids: set[str], timeout_s: float) -> None:
+        """Delete the history entries and files of these prompts, interrupted at start, once ComfyUI has finished
+        them. Asked once, after a later prompt: ComfyUI runs its prompts in turn, so they are over by then."""
+        for prompt_id in sorted(prompt_ids):
+            try:
+                async with asyncio.timeout(timeout_s):
+                    entry = await self.comfy.history(prompt_id)
+            except (TimeoutError, ComfyUIUnavailable, ReplyTooLarge) as exc:
+                log.warning("Could not read the history entry of a prompt an earlier run left", prompt_id=prompt_id,
+                            error=str(exc) or f"no answer within {timeout_s:g} s")  # fmt: skip
+                return
+            if entry is not None and not await self._tidy_entry(prompt_id, entry, timeout_s):
+                return
+
+    async def _tidy_entry(self, prompt_id: str, entry: dict[str, Any], timeout_s: float) -> bool:
+        """False when ComfyUI did not confirm the deletion of the history entry (forget)."""
+        outputs = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
+        status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+        await self.delete_files(outputs, succeeded=status.get("status_str") == "success")
+        if not await self.forget(prompt_id, timeout_s):
+            return False
+        log.info("Deleted a prompt an earlier run of this worker left in ComfyUI's history", prompt_id=prompt_id,
+                 status=status.get("status_str"))  # fmt: skip
         return True
 
     async def delete_files(self, outputs: dict[str, Any], *, succeeded: bool) -> None:

@@ -118,6 +118,7 @@ class Worker:
         self._prompt_over: Outcome | None = None  # the job's prompt, once ComfyUI is done with it
         # When ComfyUI went silent, if a run that lost it knows: COMFYUI_UNRESPONSIVE_TIMEOUT_S counts from then.
         self._silent_since: float | None = None
+        self._left_running: set[str] = set()  # prompts a killed run left running, interrupted at start
 
     # -- flags, safe to call from a signal handler or another task ------------------------------------------
     def request_shutdown(self) -> None:
@@ -175,9 +176,11 @@ class Worker:
         self._comfyui_answered_at = time.monotonic()
         log.info("ComfyUI is up", comfyui_version=version)
         # A worker killed mid-job (a bare comfy-worker; in the image ComfyUI dies with it) left its prompt running:
-        # every job of this run would queue behind it, and its result goes to no one.
+        # every job of this run would queue behind it, and its result goes to no one. Its history entries and
+        # files would stay in ComfyUI for good.
         await self._stop_prompts_of_an_earlier_run()
         self.housekeeping.check_cache(system.get("argv") if isinstance(system, dict) else None)
+        await self.housekeeping.tidy_earlier_run(s.worker_id, self._housekeeping_wait_s)
         if s.warmup_workflow is not None and not await self.warm_up():
             return self._exit_code() if self._stop.is_set() else await self._stay_unready()
         self.state.mark_ready()
@@ -193,6 +196,7 @@ class Worker:
         if running or pending:
             log.warning("Stopped prompts an earlier run of this worker left in ComfyUI",
                         running=sorted(running), pending=sorted(pending))
+        self._left_running = running  # tidied once over (_tidy_comfyui)
 
     def _log_waiting_for_comfyui(self, waited_s: float, error: str) -> None:
         """A wrong COMFYUI_URL, or a ComfyUI still loading, used to be silence for up to COMFYUI_STARTUP_TIMEOUT_S."""
@@ -616,9 +620,11 @@ class Worker:
         HOUSEKEEPING_WAIT_S and is asked again before the next job is taken."""
         try:
             async with self.deadline.bounded(), self.state.beating(self._beat_interval_s):
+                if self._left_running:  # over by now: ComfyUI ran them before this prompt
+                    left, self._left_running = self._left_running, set()
+                    await self.housekeeping.tidy_once_over(left, self._housekeeping_wait_s)
                 await self.housekeeping.delete_files(prompt.outputs, succeeded=prompt.ok)
-                wait_s = min(self.settings.http_timeout_s, HOUSEKEEPING_WAIT_S)
-                answered = await self.housekeeping.forget(prompt.prompt_id, wait_s)
+                answered = await self.housekeeping.forget(prompt.prompt_id, self._housekeeping_wait_s)
         except TimeoutError:
             log.warning("Stopping before ComfyUI's history entry of the prompt was deleted", prompt_id=prompt.prompt_id)
             return
@@ -626,6 +632,10 @@ class Worker:
             self._comfyui_answered()
         else:
             self._comfyui_answered_at = -math.inf
+
+    @property
+    def _housekeeping_wait_s(self) -> float:
+        return min(self.settings.http_timeout_s, HOUSEKEEPING_WAIT_S)
 
     def _new_run(self, on_prompt_id: Callable[[str], None] = lambda _: None, job_id: str | None = None) -> PromptRun:
         s = self.settings

@@ -365,3 +365,53 @@ async def test_jobs_cancelled_while_they_run_leave_nothing_in_comfyui(comfy, mak
     assert await history(comfy) == {}, "each cancelled prompt's history entry is deleted"
     assert files_under(comfy.output_dir) == kept, "only the last success's results stay"
     assert files_under(comfy.temp_dir) == set()
+
+
+async def test_a_restart_tidies_its_killed_runs_prompts_only_and_nothing_outside_comfyuis_folders(
+    qm, comfy, make_worker, workflows, tmp_path
+):
+    """What a killed run of this WORKER_ID left in ComfyUI's history goes at the restart, through the same checks as
+    any prompt's files: names that climb or link out of ComfyUI's folders delete nothing; another worker's prompt
+    sharing the ComfyUI is left alone."""
+    from worker.comfyui import WORKER_ID_KEY
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("x", "victim.png", "leak.png"):
+        (outside / name).write_text("not ComfyUI's")
+    for folder in (comfy.output_dir, comfy.temp_dir):
+        (folder / "escape").symlink_to(outside, target_is_directory=True)
+        (folder / "leak.png").symlink_to(outside / "leak.png")
+    (comfy.output_dir.parent / "x").write_text("beside ComfyUI's output folder")
+    named = [("..", "x"), ("escape", "victim.png"), ("", "leak.png")]
+    hostile_when_prefixed(comfy, lambda _env: {"images": [
+        {"filename": name, "subfolder": sub, "type": kind} for sub, name in named for kind in ("output", "temp")
+    ]})  # fmt: skip
+    async with httpx.AsyncClient(base_url=comfy.url) as client:
+        mine, theirs = [
+            (await client.post("/prompt", json={"prompt": workflow, "extra_data": {WORKER_ID_KEY: worker_id}})).json()[
+                "prompt_id"
+            ]
+            for workflow, worker_id in ((evil(workflows, 1), "w1"), (quick(workflows, 2), "w2"))
+        ]
+    async with asyncio.timeout(5):
+        while set(await history(comfy)) != {mine, theirs}:
+            await asyncio.sleep(0.01)
+    their_entry = (await history(comfy))[theirs]
+    their_files = {(i["type"], i["filename"]) for node in their_entry["outputs"].values() for i in node["images"]}
+    assert len(their_files) == 4  # two results, two previews
+    job = qm.store.submit("alice", quick(workflows, 3))  # its success frees the result names the killed run left
+
+    worker = make_worker(worker_id="w1", comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert qm.store.get(job.id).status == "completed"
+    assert comfy.history_deletes[0] == mine and theirs not in comfy.history_deletes
+    assert set(await history(comfy)) == {theirs}
+    assert files_under(outside) == {"x", "victim.png", "leak.png"}
+    assert all((outside / name).read_text() == "not ComfyUI's" for name in ("x", "victim.png", "leak.png"))
+    assert (comfy.output_dir.parent / "x").read_text() == "beside ComfyUI's output folder"
+    for folder in (comfy.output_dir, comfy.temp_dir):
+        assert (folder / "escape").is_symlink() and (folder / "leak.png").is_symlink()
+    folders = {"output": comfy.output_dir, "temp": comfy.temp_dir}
+    left = {(kind, name) for kind, folder in folders.items() for name in files_under(folder)}
+    assert their_files <= left, "the other worker's files are not touched"

@@ -348,3 +348,94 @@ async def test_a_long_lived_worker_removes_a_delivery_abandoned_after_its_own_st
             assert await run == 0
         finally:
             await sim.stop()
+
+
+def result_then_slow_result() -> dict[str, Any]:
+    """A result and a preview at once, then an ImageBlur (to freeze) and a second result."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "first"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "second"}},
+    }
+
+
+async def comfy_history(comfy: ComfyUISimulator) -> dict[str, Any]:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        return (await client.get(f"{comfy.url}/history")).json()
+
+
+def named_files(entry: dict[str, Any]) -> list[str]:
+    return sorted(f"{item['type']}/{item['filename']}" for node in entry["outputs"].values() for item in node["images"])
+
+
+def comfy_files(comfy: ComfyUISimulator) -> list[str]:
+    return sorted(
+        f"{kind}/{name}" for kind, folder in (("output", comfy.output_dir), ("temp", comfy.temp_dir))
+        for name in files_under(folder)
+    )  # fmt: skip
+
+
+async def test_a_restarted_worker_tidies_the_history_and_files_of_the_prompt_its_killed_run_left_running(
+    leased_qm, comfy, start_worker, workflows
+):
+    """Before: the killed run's prompt, interrupted at the restart, stayed in ComfyUI's history (with its whole
+    workflow) and its result and preview stayed on ComfyUI's disk for good (bench/soak.py: 22-28 files per ComfyUI
+    in 3 minutes)."""
+    comfy.freeze(class_type="ImageBlur")
+    killed_job = leased_qm.store.submit("alice", result_then_slow_result())
+    first = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
+    await comfy.wait_until_frozen()  # its first result and its preview are on disk
+    orphan = comfy.running_prompt_id
+    first.kill()
+    await first.wait()
+    [result, preview] = comfy_files(comfy)
+    assert result == "output/first_00001_.png" and preview.startswith("temp/ComfyUI_temp_")
+    leased_qm.store.cancel(killed_job.id)
+    job = leased_qm.store.submit("alice", workflows["quick"])
+
+    again = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
+    try:
+        await wait_for(lambda: comfy.interrupts_received)
+        comfy.release()  # the interrupt lands at the next node
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
+        await wait_for(lambda: orphan in comfy.history_deletes)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert await again.wait() == 0
+    [report] = leased_qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    assert await comfy_history(comfy) == {}, "the killed run's entry and the job's own are deleted"
+    kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
+    assert comfy_files(comfy) == kept, "only the job's results stay, for ComfyUI's cache to name again"
+
+
+async def test_a_restarted_worker_tidies_the_history_and_files_of_a_prompt_its_killed_run_saw_finish(
+    leased_qm, comfy, start_worker, workflows, tmp_path: Path
+):
+    """Killed after its prompt finished, before the report (and so before the tidy): the entry and files stayed."""
+    job = leased_qm.store.submit("alice", workflows["quick"])
+    leased_qm.faults.inject("complete-job", delay_s=5, drop=True)
+    first = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
+    await kill_between_delivery_and_report(leased_qm, comfy, tmp_path / "outputs", job.id)
+    [orphan] = (await comfy_history(comfy)).keys()
+    first.kill()
+    await first.wait()
+    left = named_files((await comfy_history(comfy))[orphan])
+    assert comfy_files(comfy) == left and len(left) == 4  # two results and two previews
+
+    again = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))  # the retry, attempt 2, comes here
+    try:
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
+        await wait_for(lambda: len(comfy.history_deletes) == 2)  # the orphan, then the retry's own
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert await again.wait() == 0
+    assert comfy.history_deletes[0] == orphan
+    assert await comfy_history(comfy) == {}
+    [report] = leased_qm.reports.landed(job.id)
+    kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
+    assert comfy_files(comfy) == kept and not set(kept) & set(left)
