@@ -14,7 +14,7 @@ Previews (`temp`) are never read back by the worker: they go as soon as their pr
 A run of the worker killed mid-job (a bare comfy-worker beside a ComfyUI that goes on running) left its prompt's
 history entry and files. The next run with the same WORKER_ID finds them by the mark in each prompt's extra_data:
 the finished ones in ComfyUI's latest EARLIER_RUN_HISTORY_ITEMS entries at start, the one it interrupted at start
-once that is over (after the run's first prompt, which ComfyUI runs after it). Their files go as any failed
+once that is over (after the run's first prompt, which ComfyUI runs after it). Their files go as any other
 prompt's: a result file ComfyUI's cache may name again is kept until a later prompt succeeded without naming it.
 
 No job may deliver more than MAX_JOB_OUTPUT_FILES results, so no more than that many are kept for a replay: a
