@@ -155,9 +155,9 @@ def evil(workflows, color: int) -> dict[str, Any]:
     return workflow
 
 
-async def test_names_that_climb_or_link_out_of_comfyuis_folders_delete_nothing_outside(
-    qm, comfy, make_worker, workflows, tmp_path
-):
+def name_files_out_of_comfyuis_folders(comfy, tmp_path: Path) -> Path:
+    """Every prompt ComfyUI runs names files that climb (``..``) or link (symlinks) out of its folders, into the
+    folder returned, and beside its output folder."""
     outside = tmp_path / "outside"
     outside.mkdir()
     for name in ("x", "victim.png", "leak.png"):
@@ -170,17 +170,28 @@ async def test_names_that_climb_or_link_out_of_comfyuis_folders_delete_nothing_o
     hostile_when_prefixed(comfy, lambda _env: {"images": [
         {"filename": name, "subfolder": sub, "type": kind} for sub, name in named for kind in ("output", "temp")
     ]})  # fmt: skip
+    return outside
+
+
+def assert_nothing_outside_touched(comfy, outside: Path) -> None:
+    assert files_under(outside) == {"x", "victim.png", "leak.png"}
+    assert all((outside / name).read_text() == "not ComfyUI's" for name in ("x", "victim.png", "leak.png"))
+    assert (comfy.output_dir.parent / "x").read_text() == "beside ComfyUI's output folder"
+    for folder in (comfy.output_dir, comfy.temp_dir):
+        assert (folder / "escape").is_symlink() and (folder / "leak.png").is_symlink()
+
+
+async def test_names_that_climb_or_link_out_of_comfyuis_folders_delete_nothing_outside(
+    qm, comfy, make_worker, workflows, tmp_path
+):
+    outside = name_files_out_of_comfyuis_folders(comfy, tmp_path)
     bad = qm.store.submit("mallory", evil(workflows, 1))
     good = qm.store.submit("alice", quick(workflows, 2))  # its success frees the names the first prompt listed
     worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
     assert await asyncio.wait_for(worker.run(), 20) == 0
     assert [qm.store.get(job.id).status for job in (bad, good)] == ["failed", "completed"]
     assert len(comfy.history_deletes) == 2
-    assert files_under(outside) == {"x", "victim.png", "leak.png"}
-    assert all((outside / name).read_text() == "not ComfyUI's" for name in ("x", "victim.png", "leak.png"))
-    assert (comfy.output_dir.parent / "x").exists()
-    for folder in (comfy.output_dir, comfy.temp_dir):
-        assert (folder / "escape").is_symlink() and (folder / "leak.png").is_symlink()
+    assert_nothing_outside_touched(comfy, outside)
 
 
 async def test_comfyuis_output_folder_above_outputs_path_never_loses_a_delivered_result(
@@ -375,18 +386,7 @@ async def test_a_restart_tidies_its_killed_runs_prompts_only_and_nothing_outside
     sharing the ComfyUI is left alone."""
     from worker.comfyui import WORKER_ID_KEY
 
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    for name in ("x", "victim.png", "leak.png"):
-        (outside / name).write_text("not ComfyUI's")
-    for folder in (comfy.output_dir, comfy.temp_dir):
-        (folder / "escape").symlink_to(outside, target_is_directory=True)
-        (folder / "leak.png").symlink_to(outside / "leak.png")
-    (comfy.output_dir.parent / "x").write_text("beside ComfyUI's output folder")
-    named = [("..", "x"), ("escape", "victim.png"), ("", "leak.png")]
-    hostile_when_prefixed(comfy, lambda _env: {"images": [
-        {"filename": name, "subfolder": sub, "type": kind} for sub, name in named for kind in ("output", "temp")
-    ]})  # fmt: skip
+    outside = name_files_out_of_comfyuis_folders(comfy, tmp_path)
     async with httpx.AsyncClient(base_url=comfy.url) as client:
         mine, theirs = [
             (await client.post("/prompt", json={"prompt": workflow, "extra_data": {WORKER_ID_KEY: worker_id}})).json()[
@@ -407,11 +407,7 @@ async def test_a_restart_tidies_its_killed_runs_prompts_only_and_nothing_outside
     assert qm.store.get(job.id).status == "completed"
     assert comfy.history_deletes[0] == mine and theirs not in comfy.history_deletes
     assert set(await history(comfy)) == {theirs}
-    assert files_under(outside) == {"x", "victim.png", "leak.png"}
-    assert all((outside / name).read_text() == "not ComfyUI's" for name in ("x", "victim.png", "leak.png"))
-    assert (comfy.output_dir.parent / "x").read_text() == "beside ComfyUI's output folder"
-    for folder in (comfy.output_dir, comfy.temp_dir):
-        assert (folder / "escape").is_symlink() and (folder / "leak.png").is_symlink()
+    assert_nothing_outside_touched(comfy, outside)
     folders = {"output": comfy.output_dir, "temp": comfy.temp_dir}
     left = {(kind, name) for kind, folder in folders.items() for name in files_under(folder)}
     assert their_files <= left, "the other worker's files are not touched"
