@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
@@ -18,6 +19,7 @@ from urllib.parse import unquote
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
+from common.log_throttle import LogThrottle
 from common.urls import is_secret_parameter
 
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
@@ -153,16 +155,29 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, traceback: Trac
 _ECHOED_BYTES = re.compile(r""":?\s*"?b['"].*$""")
 
 
+# One "Malformed HTTP request refused" line at most this often: a port scan or a flood sends thousands a second.
+MALFORMED_WARN_EVERY_S = 60.0
+
+
 class _MalformedRequestAsWarning(logging.Filter):
     """aiohttp logs a request it cannot parse (a port scan, a broken client; answered 400) as an error with a
-    traceback, which reads as a server failure at 2 a.m. It is the client's fault: one warning line, no traceback.
-    A handler's own exception (a 500) stays an error."""
+    traceback, which reads as a server failure at 2 a.m. It is the client's fault: one warning line, no traceback,
+    the first then at most one a minute, telling how many more were refused since. A handler's own exception (a
+    500) stays an error, each one logged."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._throttle = LogThrottle(MALFORMED_WARN_EVERY_S, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
+            refused = self._throttle.occurred()
+            if refused is None:
+                return False
             reason = _ECHOED_BYTES.sub("", (exc.message.splitlines() or [""])[0]).rstrip(":")
-            record.msg = f"Malformed HTTP request refused ({exc.code}): {record.getMessage()}: {reason}"
+            since = f" ({refused - 1} more refused since the last one)" if refused > 1 else ""
+            record.msg = f"Malformed HTTP request refused ({exc.code}): {record.getMessage()}: {reason}{since}"
             record.args = ()
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info, record.exc_text = None, None
@@ -170,9 +185,11 @@ class _MalformedRequestAsWarning(logging.Filter):
 
 
 def _quiet_malformed_requests() -> None:
+    """A fresh filter each time logging is configured: its count starts over."""
     server_logger = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, _MalformedRequestAsWarning) for f in server_logger.filters):
-        server_logger.addFilter(_MalformedRequestAsWarning())
+    for old in [f for f in server_logger.filters if isinstance(f, _MalformedRequestAsWarning)]:
+        server_logger.removeFilter(old)
+    server_logger.addFilter(_MalformedRequestAsWarning())
 
 
 def _route_stdlib_logging(shared: list, last: list, level: str, stream) -> None:

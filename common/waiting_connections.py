@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
+
+from common.log_throttle import LogThrottle
 
 log = structlog.get_logger()
 
@@ -38,8 +39,7 @@ class WaitingConnections:
         self._server_name = server_name
         # handler → (transport, its request while one runs); insertion order = since when it waits.
         self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
-        self._closed_since_warning = 0
-        self._warned_at = float("-inf")
+        self._warnings = LogThrottle(WARN_EVERY_S)
 
     def watch(self, server: web.Server) -> None:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)  # as raised at start (common/limits.py)
@@ -84,15 +84,12 @@ class WaitingConnections:
                 return
 
     def _warn(self) -> None:
-        self._closed_since_warning += 1
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_S:
+        closed = self._warnings.occurred()
+        if closed is not None:
             log.warning(
                 "connections_over_limit",
                 server=self._server_name,
                 limit=self.limit,
-                closed=self._closed_since_warning,
+                closed=closed,
                 hint="more clients than this hold connections open without a request: the longest waiting are closed",
             )
-            self._warned_at = now
-            self._closed_since_warning = 0
