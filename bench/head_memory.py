@@ -10,7 +10,8 @@ Each server in its own process, as bench/slow_headers.py starts it (the health s
 queue manager as `python -m queue_manager`, the scaler's metrics server alone). Each client sends a request line,
 then `--headers` headers, each a value of `--field-bytes` bytes (aiohttp's `max_field_size`) and a name of half
 that, one header per client per round, 20 ms between rounds, and never the blank line that ends the head. By
-default the head is the largest the server reads (common.limits: as many headers as it allows, each as long).
+default the head is the largest the server reads (common.limits: as many headers as it allows, each as long as
+the limit on the whole head lets them be).
 The server's RSS is read from its /proc status every 0.1 s while the clients send and for `--hold` seconds after.
 Printed: RSS before, its peak, RSS at the end, the connections the server still kept open then, and a fresh
 probe's answer (the health servers' /health, the metrics server's /metrics).
@@ -38,9 +39,17 @@ PROBE_PATH = {"health": "/health", "metrics": "/metrics", "queue": "/health"}
 
 
 def largest_head(server: str) -> tuple[int, int]:
-    """(headers, bytes each) of the largest head ``server`` reads (aiohttp's 128 of 8190 bytes before common.limits)."""
+    """(headers, bytes each) of the largest head ``server`` reads: as many headers as it allows, each as long as
+    the whole head's limit lets them be (aiohttp's 128 of 8190 bytes before common.limits)."""
     heads = getattr(limits, HEADS[server], None)
-    return (heads.max_headers, heads.max_field_bytes) if heads is not None else (128, 8190)
+    if heads is None:
+        return 128, 8190
+    whole = getattr(heads, "max_head_bytes", None)  # not before common.head_size
+    if whole is None:
+        return heads.max_headers, heads.max_field_bytes
+    request_line_and_host = len(b"GET %s HTTP/1.1\r\nHost: bench\r\n" % PROBE_PATH[server].encode())
+    each_line = (whole - request_line_and_host) // (heads.max_headers - 1)
+    return heads.max_headers, min(heads.max_field_bytes, (each_line - len(b": \r\n")) * 2 // 3)
 
 
 def header(number: int, field_bytes: int) -> bytes:

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from common.head_size import limit_head_size
 from common.log_throttle import LogThrottle
 
 log = structlog.get_logger()
@@ -32,7 +33,8 @@ class WaitingConnections:
     """Connections of one server, oldest wait first; past ``limit`` the oldest still waiting is closed.
 
     Wire it in two places: ``middleware`` first in the application's list (it sees a request begin and end), and
-    ``watch(runner.server)`` once the runner is set up (it sees connections open and close)."""
+    ``watch(runner.server, heads.max_head_bytes)`` once the runner is set up (it sees connections open and close,
+    and bounds each one's request heads as a whole: common.head_size)."""
 
     def __init__(self, server_name: str) -> None:
         self.limit = MAX_WAITING_CONNECTIONS
@@ -41,7 +43,7 @@ class WaitingConnections:
         self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
         self._warnings = LogThrottle(WARN_EVERY_S)
 
-    def watch(self, server: web.Server) -> None:
+    def watch(self, server: web.Server, max_head_bytes: int) -> None:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)  # as raised at start (common/limits.py)
         # Half the open-file limit at most: the other half stays for the requests being served and the files.
         room = soft // 2 if soft != resource.RLIM_INFINITY else MAX_WAITING_CONNECTIONS
@@ -50,6 +52,7 @@ class WaitingConnections:
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
+            limit_head_size(handler, max_head_bytes)
             self._open[handler] = (transport, None)
             if len(self._open) > self.limit:
                 self._close_the_oldest_waiting()

@@ -55,7 +55,7 @@ class HealthServer:
         # Probes arrive every few seconds for the container's whole life: an access log would drown the rest.
         self._runner = web.AppRunner(self._app(), access_log=None, **PROBE_HEADS.runner_kwargs())
         await self._runner.setup()
-        self._waiting.watch(self._runner.server)
+        self._waiting.watch(self._runner.server, PROBE_HEADS.max_head_bytes)
         site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await site.start()

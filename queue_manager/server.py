@@ -155,7 +155,7 @@ class QueueManagerServer:
             **QUEUE_HEADS.runner_kwargs(),
         )
         await self._runner.setup()
-        waiting.watch(self._runner.server)
+        waiting.watch(self._runner.server, QUEUE_HEADS.max_head_bytes)
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]

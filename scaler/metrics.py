@@ -135,7 +135,8 @@ class MetricsServer:
         # The limits of the worker's health server: a client dripping its head held it for an hour.
         self._runner = web.AppRunner(app, access_log=None, **PROBE_HEADS.runner_kwargs())
         await self._runner.setup()
-        self._waiting.watch(self._runner.server)  # and as many waiting connections (common.waiting_connections)
+        # and as many waiting connections (common.waiting_connections)
+        self._waiting.watch(self._runner.server, PROBE_HEADS.max_head_bytes)
         await web.TCPSite(self._runner, self._host, self._port).start()
         port = self._runner.addresses[0][1]
         log.info("scaler_metrics_listening", host=self._host, port=port)

@@ -3,11 +3,20 @@ minute per process, telling how many were refused since. Each was one line: 10 0
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import logging
+from collections.abc import Iterator
 
+import pytest
+import structlog
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from common.logs import MALFORMED_WARN_EVERY_S, _MalformedRequestAsWarning
+from common.limits import PROBE_HEADS
+from common.logs import MALFORMED_WARN_EVERY_S, _MalformedRequestAsWarning, configure_logging
+from health.server import HealthServer
+from worker.state import WorkerState
 
 
 class Clock:
@@ -50,3 +59,33 @@ def test_a_flood_of_malformed_requests_is_one_line_a_minute_with_the_count_of_th
     failures = [refused_from("203.0.113.1", RuntimeError("handler broke")) for _ in range(3)]
     assert all(quiet.filter(failure) for failure in failures)
     assert [(failure.levelname, failure.exc_info is not None) for failure in failures] == [("ERROR", True)] * 3
+
+
+@pytest.fixture
+def log_buffer() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    configure_logging("json", "info", stream=buffer)
+    yield buffer
+    structlog.reset_defaults()
+
+
+async def test_a_head_too_large_is_one_warning_naming_the_limit_without_its_bytes(log_buffer: io.StringIO) -> None:
+    state = WorkerState(worker_id="w", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
+    health = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
+    port = await health.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lines = b"".join(b"X-Pad-%d: %s\r\n" % (n, b"s" * 1000) for n in range(20))  # each header inside its limit
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        writer.close()
+    finally:
+        await health.stop()
+    assert answer.startswith(b"HTTP/1.0 431 Request Header Fields Too Large\r\n"), answer[:100]  # as every 400
+    refused = [json.loads(line) for line in log_buffer.getvalue().splitlines() if "Malformed HTTP" in line]
+    assert [(line["level"], line["event"]) for line in refused] == [
+        ("warning", "Malformed HTTP request refused (431): Error handling request from 127.0.0.1: "
+                    f"Request head longer than {PROBE_HEADS.max_head_bytes} bytes")
+    ]  # fmt: skip
+    assert "sss" not in log_buffer.getvalue()
