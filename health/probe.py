@@ -1,8 +1,10 @@
 """The image's HEALTHCHECK: GET /health on the port the health server bound, exit 0 on 200 and 1 otherwise.
 
 `python -m health.probe`. With HEALTH_PORT=0 the OS picks the port, so the server writes the one it bound to
-HEALTH_PORT_FILE (HealthServer.start) and this reads it there; without that file, HEALTH_PORT. It runs every few
-seconds: the standard library only, nothing of the worker imported.
+HEALTH_PORT_FILE (HealthServer.start), with the address it listens on, and this reads them there; without that
+file, HEALTH_PORT on HEALTH_HOST. A server listening on every address (0.0.0.0, ::) is probed on loopback; one
+bound to a single address (HEALTH_HOST=10.0.0.5) only answers there. It runs every few seconds: the standard
+library only, nothing of the worker imported.
 """
 
 from __future__ import annotations
@@ -14,33 +16,44 @@ import urllib.request
 from pathlib import Path
 
 TIMEOUT_S = 4.0  # under the HEALTHCHECK's --timeout, so a hung server is this command's answer, not Docker's kill
+LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # a server on every address answers on loopback
 
 
-def write_port_file(path: Path, port: int) -> None:
-    """Whole or not at all: a probe never reads half a number."""
+def write_port_file(path: Path, port: int, host: str) -> None:
+    """The port and the address a probe reaches the server on. Whole or not at all: a probe never reads half."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(f"{port}\n")
+    partial.write_text(f"{port} {probe_host(host)}\n")
     os.replace(partial, path)
 
 
-def bound_port(environ: dict[str, str]) -> int:
-    """HEALTH_PORT_FILE's port when that file exists, else HEALTH_PORT (8000 unset). ValueError for no port."""
+def probe_host(bound: str) -> str:
+    """Where a server listening on ``bound`` (HEALTH_HOST, or the address it bound) answers this machine."""
+    return LOOPBACK.get(bound, bound)
+
+
+
+def bound_address(environ: dict[str, str]) -> tuple[str, int]:
+    """HEALTH_PORT_FILE's port and address when that file exists, else HEALTH_PORT (8000 unset) on HEALTH_HOST
+    (every address unset). ValueError for no port."""
     port_file = environ.get("HEALTH_PORT_FILE", "")
-    text = environ.get("HEALTH_PORT", "8000")
+    text = f"{environ.get('HEALTH_PORT', '8000')} {probe_host(environ.get('HEALTH_HOST', '').strip())}"
     if port_file:
         with contextlib.suppress(FileNotFoundError), open(port_file) as written:  # absent: not bound (yet)
-            text = written.read(16)
-    port = int(text)
+            text = written.read(128)
+    port_text, _, host = text.strip().partition(" ")
+    port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError(f"no port to probe: {port} (HEALTH_PORT=0 needs HEALTH_PORT_FILE)")
-    return port
+    return probe_host(host), port
 
 
 def probe(environ: dict[str, str]) -> str | None:
     """None when /health answers 200; otherwise why not."""
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through the machine's HTTP_PROXY
     try:
-        with direct.open(f"http://127.0.0.1:{bound_port(environ)}/health", timeout=TIMEOUT_S):
+        host, port = bound_address(environ)
+        netloc = f"[{host}]" if ":" in host else host
+        with direct.open(f"http://{netloc}:{port}/health", timeout=TIMEOUT_S):
             return None
     except (OSError, ValueError) as exc:  # HTTPError (a 503) is an OSError
         return f"{type(exc).__name__}: {exc}"

@@ -63,11 +63,11 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
             raise
-        port = self._runner.addresses[0][1]
+        host, port = self._runner.addresses[0][:2]
         log.info("health.started", host=self._host, port=port)
         if self._port_file is not None:
             try:
-                write_port_file(self._port_file, port)
+                write_port_file(self._port_file, port, host)
             except OSError as exc:
                 log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
                           path=str(self._port_file), error=f"{type(exc).__name__}: {exc}")

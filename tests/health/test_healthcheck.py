@@ -4,9 +4,11 @@ server that bound the port the OS picked (HEALTH_PORT=0, what the demo uses). No
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -31,12 +33,14 @@ def image_env(name: str) -> str:
     return value
 
 
-async def run_healthcheck(port_file: Path, health_port: str = "0") -> tuple[int, str]:
+async def run_healthcheck(
+    port_file: Path, health_port: str = "0", health_host: str = image_env("HEALTH_HOST")
+) -> tuple[int, str]:
     """The command with the image's variables (the port file moved into the test's folder), `python` first on
     PATH as in the image's venv."""
     env = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HEALTH_PORT": health_port, "HEALTH_PORT_FILE": str(port_file),
+        "HEALTH_HOST": health_host, "HEALTH_PORT": health_port, "HEALTH_PORT_FILE": str(port_file),
     }  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *healthcheck_command(), env=env, cwd=port_file.parent, stderr=asyncio.subprocess.PIPE
@@ -77,7 +81,7 @@ async def test_a_stopped_server_takes_its_port_file_with_it(tmp_path: Path) -> N
     """A later process may bind that port: the probe must not take it for the health server."""
     server = HealthServer(make_state(), host="127.0.0.1", port=0, port_file=tmp_path / "port")
     port = await server.start()
-    assert (tmp_path / "port").read_text() == f"{port}\n"
+    assert (tmp_path / "port").read_text() == f"{port} 127.0.0.1\n"
     await server.stop()
     assert not (tmp_path / "port").exists()
     code, said = await run_healthcheck(tmp_path / "port")
@@ -101,3 +105,62 @@ async def test_a_port_file_that_cannot_be_written_is_an_error_line_not_a_stop(tm
     finally:
         await server.stop()
     assert "Could not write HEALTH_PORT_FILE" in capsys.readouterr().out
+
+
+def this_machines_address() -> str | None:
+    """The address this machine reaches others from (`hostname -I`'s first), None without one: a UDP socket
+    connected to a documentation address picks it, and sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.connect(("198.51.100.1", 9))
+        except OSError:
+            return None
+        address = udp.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def can_bind(host: str) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError:
+            return False
+    return True
+
+
+SINGLE_ADDRESSES = [
+    pytest.param(this_machines_address() or "", id="this-machines-address",
+                 marks=pytest.mark.skipif(this_machines_address() is None, reason="no non-loopback address")),
+    pytest.param("127.0.0.2", id="another-loopback-address"),
+    pytest.param("::1", id="ipv6-loopback", marks=pytest.mark.skipif(not can_bind("::1"), reason="no IPv6")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", SINGLE_ADDRESSES)
+@pytest.mark.parametrize("with_port_file", [True, False], ids=["port-file", "health-port"])
+async def test_the_healthcheck_probes_the_one_address_the_server_listens_on(
+    host: str, with_port_file: bool, tmp_path: Path
+) -> None:
+    """Before: the command always probed 127.0.0.1, so HEALTH_HOST=10.0.0.5 (one address, not every one) made
+    the container unhealthy for ever: "URLError: <urlopen error [Errno 111] Connection refused>"."""
+    server = HealthServer(make_state(), host=host, port=0, port_file=tmp_path / "port" if with_port_file else None)
+    port = await server.start()
+    try:
+        health_port = "0" if with_port_file else str(port)
+        assert await run_healthcheck(tmp_path / "port", health_port, health_host=host) == (0, "")
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(("host", "probed"), [("0.0.0.0", "127.0.0.1"), ("::", "::1")])
+async def test_a_server_on_every_address_is_probed_on_loopback(host: str, probed: str, tmp_path: Path) -> None:
+    if not can_bind(probed):
+        pytest.skip("no IPv6")
+    server = HealthServer(make_state(), host=host, port=0, port_file=tmp_path / "port")
+    port = await server.start()
+    try:
+        assert (tmp_path / "port").read_text() == f"{port} {probed}\n"
+        assert await run_healthcheck(tmp_path / "port", health_host=host) == (0, "")
+    finally:
+        await server.stop()
