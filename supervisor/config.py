@@ -38,6 +38,19 @@ class SupervisorSettings(BaseSettings):
     models_dir: Path = Field(default=Path("/models"), validation_alias="MODELS_DIR")
     comfyui_stop_timeout_s: float = Field(default=3.0, ge=0, le=3600, validation_alias="COMFYUI_STOP_TIMEOUT_S")
 
+    @field_validator("comfyui_output_dir", mode="before")
+    @classmethod
+    def _blank_output_dir_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("scratch_dir", "models_dir", mode="before")
+    @classmethod
+    def _folder_given(cls, value: object) -> object:
+        # Path("") is the working directory: the scratch folders emptied at every start would be made there.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name a folder, or leave the variable unset for the image's default")
+        return value
+
     @field_validator("comfyui_command")
     @classmethod
     def _runnable_command(cls, value: str) -> str:

@@ -75,9 +75,10 @@ class WorkerSettings(LogSettings):
             raise ValueError("is empty; results would land in the working directory and vanish with the replica")
         return value
 
-    @field_validator("health_port_file", mode="before")
+    @field_validator("health_port_file", "comfyui_output_dir", "comfyui_temp_dir", "warmup_workflow", mode="before")
     @classmethod
-    def _blank_port_file_is_none(cls, value: object) -> object:
+    def _blank_path_is_unset(cls, value: object) -> object:
+        # Path("") is the working directory: housekeeping would delete the files ComfyUI names from there.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("outputs_path")

@@ -68,6 +68,10 @@ SUPERVISOR_CASES = {
     "comfyui-extra-args-unbalanced-quote": ("COMFYUI_EXTRA_ARGS", '--foo "bar'),
     "comfyui-url-not-loopback": ("COMFYUI_URL", "http://10.0.0.5:8188"),
     "stop-timeout-negative": ("COMFYUI_STOP_TIMEOUT_S", "-3"),
+    # Path("") is the working directory: the scratch folders, emptied at every start, would be made there.
+    "scratch-dir-empty": ("SCRATCH_DIR", ""),
+    "scratch-dir-blank": ("SCRATCH_DIR", "  "),
+    "models-dir-empty": ("MODELS_DIR", ""),
 }
 
 SCALER_CASES = {
@@ -110,7 +114,7 @@ SCALER_CASES = {
 def _clean_env(monkeypatch: pytest.MonkeyPatch, base: dict[str, str], variable: str, value: str) -> None:
     for name in list(os.environ):
         prefixes = ("QUEUE_MANAGER", "SERVERLESS", "WORKER_", "SCALER_", "COMFYUI_", "VERDA_", "LOG_", "HEALTH_")
-        if name.startswith((*prefixes, "OUTPUTS_")):
+        if name.startswith((*prefixes, "OUTPUTS_", "SCRATCH_", "MODELS_", "WARMUP_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(REPO / "tests")  # no .env file is read from here
     for name, base_value in {**base, variable: value}.items():
@@ -139,6 +143,28 @@ def test_supervisor_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, valu
 def test_scaler_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     _clean_env(monkeypatch, SCALER_BASE, variable, value)
     _assert_refused(load_scaler_settings, variable)
+
+
+@pytest.mark.parametrize("variable", ["COMFYUI_OUTPUT_DIR", "COMFYUI_TEMP_DIR", "WARMUP_WORKFLOW", "HEALTH_PORT_FILE"])
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_optional_path_is_unset_not_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Before: Path("") is ".", so COMFYUI_OUTPUT_DIR="" (a compose file's `${COMFYUI_OUTPUT_DIR}` left unset) had
+    the worker delete the result files ComfyUI named from its working directory, and WARMUP_WORKFLOW="" made the
+    warm-up read a directory ("IsADirectoryError") and the worker stay not ready."""
+    _clean_env(monkeypatch, WORKER_BASE, variable, value)
+    settings = load_worker_settings()
+    assert getattr(settings, variable.lower()) is None
+
+
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_comfyui_output_dir_is_the_supervisors_own_folder(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Before: ComfyUI got --output-directory "." (the container's home folder), and the worker tidied there."""
+    _clean_env(monkeypatch, {"SCRATCH_DIR": "/data"}, "COMFYUI_OUTPUT_DIR", value)
+    config = load_supervisor_settings()
+    assert config.output_dir == Path("/data/comfyui/output")
+    assert config.comfyui_argv()[config.comfyui_argv().index("--output-directory") + 1] == "/data/comfyui/output"
 
 
 @pytest.mark.parametrize(("load", "base"), [(load_worker_settings, WORKER_BASE), (load_scaler_settings, SCALER_BASE)],
