@@ -11,6 +11,12 @@ every output node it has, so a result file can go once a later prompt succeeded 
 --cache-lru or --cache-ram ComfyUI may replay the outputs of any earlier prompt: result files are then kept.
 Previews (`temp`) are never read back by the worker: they go as soon as their prompt is over.
 
+The names of the result files kept for a replay live in the worker's memory, and a run killed beside a ComfyUI
+that goes on running loses them: so the history entry of each prompt whose result files are kept stays in ComfyUI
+as long as they do (the latest success's and the failed prompts' since; at most KEPT_HISTORY_ENTRIES, the oldest
+deleted first). A restarted run finds them among the earlier run's prompts below and keeps their files until its
+own first success, as the killed run would have.
+
 A run of the worker killed mid-job (a bare comfy-worker beside a ComfyUI that goes on running) left its prompt's
 history entry and files. The next run with the same WORKER_ID finds them by the mark in each prompt's extra_data:
 the finished ones in ComfyUI's latest EARLIER_RUN_HISTORY_ITEMS entries at start, the one it interrupted at start
@@ -40,6 +46,9 @@ CACHES_OF_EARLIER_PROMPTS = ("--cache-lru", "--cache-ram")  # ComfyUI's options 
 # How far back in ComfyUI's history a restarted worker looks for what its killed run left: that run tidied each
 # prompt once it was over, so only its last one or two are there; other clients of the ComfyUI add theirs.
 EARLIER_RUN_HISTORY_ITEMS = 50
+# History entries kept for the names of the result files a replay may need (each holds its whole workflow): past
+# it the oldest is deleted, and its files are known to this run alone.
+KEPT_HISTORY_ENTRIES = 10
 
 
 def caches_earlier_prompts(argv: object) -> bool | None:
@@ -80,6 +89,8 @@ class ComfyUIHousekeeping:
         self.output_dir = self._deletable(output_dir, "COMFYUI_OUTPUT_DIR")
         self.temp_dir = self._deletable(temp_dir, "COMFYUI_TEMP_DIR")
         self._replayable: set[PurePosixPath] = set()  # result files ComfyUI's cache may still name again
+        # Prompts whose result files are kept, oldest first, with those files: their history entries stay as long.
+        self._kept_entries: dict[str, frozenset[PurePosixPath]] = {}
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -102,6 +113,27 @@ class ComfyUIHousekeeping:
             reason=why, comfyui_output_dir=str(self.output_dir),
         )
         self.output_dir = None
+
+    async def tidy(self, prompt_id: str, outputs: dict[str, Any], *, succeeded: bool, timeout_s: float) -> bool:
+        """A prompt is over: delete its files (delete_files) and its history entry, unless its result files are
+        kept for a replay; and the entries of earlier prompts whose files are gone. False when ComfyUI did not
+        confirm a deletion (forget)."""
+        kept = await self.delete_files(outputs, succeeded=succeeded)
+        doomed = [earlier for earlier, its in self._kept_entries.items() if succeeded or not its <= self._replayable]
+        for earlier in doomed:
+            del self._kept_entries[earlier]
+        if kept:
+            self._kept_entries[prompt_id] = kept
+        else:
+            doomed.append(prompt_id)
+        while len(self._kept_entries) > KEPT_HISTORY_ENTRIES:
+            oldest = next(iter(self._kept_entries))
+            del self._kept_entries[oldest]
+            doomed.append(oldest)
+        for doomed_id in doomed:
+            if not await self.forget(doomed_id, timeout_s):
+                return False
+        return True
 
     async def forget(self, prompt_id: str, timeout_s: float) -> bool:
         """Delete the prompt's history entry; False (and a warning) when ComfyUI did not confirm in time."""
@@ -144,25 +176,34 @@ class ComfyUIHousekeeping:
                 return
 
     async def _tidy_entry(self, prompt_id: str, entry: dict[str, Any], timeout_s: float) -> bool:
-        """False when ComfyUI did not confirm the deletion of the history entry (forget)."""
+        """False when ComfyUI did not confirm the deletion of a history entry (forget)."""
         outputs = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
         status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
-        await self.delete_files(outputs, succeeded=status.get("status_str") == "success")
-        if not await self.forget(prompt_id, timeout_s):
+        succeeded = status.get("status_str") == "success"
+        if not await self.tidy(prompt_id, outputs, succeeded=succeeded, timeout_s=timeout_s):
             return False
-        log.info("Deleted a prompt an earlier run of this worker left in ComfyUI's history", prompt_id=prompt_id,
-                 status=status.get("status_str"))  # fmt: skip
+        if prompt_id in self._kept_entries:
+            log.info("Keeping the result files of a prompt an earlier run left until a prompt succeeds: ComfyUI's "
+                     "cache may name them again", prompt_id=prompt_id, status=status.get("status_str"),
+                     files=len(self._kept_entries[prompt_id]))  # fmt: skip
+        else:
+            log.info("Deleted a prompt an earlier run of this worker left in ComfyUI's history",
+                     prompt_id=prompt_id, status=status.get("status_str"))
         return True
 
-    async def delete_files(self, outputs: dict[str, Any], *, succeeded: bool) -> None:
+    async def delete_files(self, outputs: dict[str, Any], *, succeeded: bool) -> frozenset[PurePosixPath]:
         """The files of a prompt that is over (its history `outputs`, all of them or those the worker saw), and
-        the result files of earlier prompts that ComfyUI's cache can no longer name."""
-        doomed = self._done_with(outputs, succeeded)
+        the result files of earlier prompts that ComfyUI's cache can no longer name. Its result files kept."""
+        doomed, kept = self._done_with(outputs, succeeded)
         if doomed:
             await asyncio.to_thread(self._delete, doomed)
+        return kept
 
-    def _done_with(self, outputs: dict[str, Any], succeeded: bool) -> list[tuple[Path, PurePosixPath]]:
+    def _done_with(
+        self, outputs: dict[str, Any], succeeded: bool
+    ) -> tuple[list[tuple[Path, PurePosixPath]], frozenset[PurePosixPath]]:
         doomed = []
+        keep: set[PurePosixPath] = set()
         if self.temp_dir is not None:
             doomed += [(self.temp_dir, relative) for relative in sorted(_named(outputs, "temp"))]
         if self.output_dir is not None:
@@ -173,7 +214,7 @@ class ComfyUIHousekeeping:
                 kept = keep
             doomed += [(self.output_dir, relative) for relative in sorted((self._replayable | named) - kept)]
             self._replayable = kept
-        return doomed
+        return doomed, frozenset(keep)
 
     def _delete(self, files: list[tuple[Path, PurePosixPath]]) -> None:
         for root, relative in files:

@@ -623,8 +623,9 @@ class Worker:
                 if self._left_running:  # over by now: ComfyUI ran them before this prompt
                     left, self._left_running = self._left_running, set()
                     await self.housekeeping.tidy_once_over(left, self._housekeeping_wait_s)
-                await self.housekeeping.delete_files(prompt.outputs, succeeded=prompt.ok)
-                answered = await self.housekeeping.forget(prompt.prompt_id, self._housekeeping_wait_s)
+                answered = await self.housekeeping.tidy(
+                    prompt.prompt_id, prompt.outputs, succeeded=prompt.ok, timeout_s=self._housekeeping_wait_s
+                )
         except TimeoutError:
             log.warning("Stopping before ComfyUI's history entry of the prompt was deleted", prompt_id=prompt.prompt_id)
             return

@@ -1,6 +1,6 @@
 """After each prompt the worker tidies ComfyUI: its history entry is deleted, and its files leave ComfyUI's output
-and temp folders (a result file once ComfyUI's cache can no longer name it again). Against the stand-in ComfyUI
-and the embedded queue manager on loopback."""
+and temp folders (a result file once ComfyUI's cache can no longer name it again; the latest success's entry with
+it, so a restart finds their names). Against the stand-in ComfyUI and the embedded queue manager on loopback."""
 
 from __future__ import annotations
 
@@ -58,6 +58,11 @@ async def interrupt_when_running(comfy: ComfyUISimulator) -> None:
     comfy.release()
 
 
+def prompt_of(qm, job_id: str) -> str:
+    [report] = qm.reports.landed(job_id)
+    return report.body["result"]["prompt_id"]
+
+
 def delivered(qm, job_id: str, outputs: Path) -> list[tuple[Path, str]]:
     [report] = qm.reports.landed(job_id)
     assert report.endpoint == "complete-job", report.body
@@ -81,7 +86,9 @@ async def test_comfyui_keeps_no_history_and_no_files_of_finished_jobs(qm, comfy,
     assert statuses == ["completed", "failed", "failed", "completed"]
     assert "interrupted by someone else" in qm.reports.landed(jobs[2].id)[0].body["error"]
 
-    assert await history(comfy) == {}, "every finished prompt's history entry is deleted"
+    assert set(await history(comfy)) == {prompt_of(qm, jobs[3].id)}, (
+        "every finished prompt's history entry is deleted but the last success's, which names the files kept"
+    )
     outputs = tmp_path / "outputs"
     for job in (jobs[0], jobs[3]):
         for path, sha256 in delivered(qm, job.id, outputs):
@@ -105,7 +112,7 @@ async def test_a_prompt_replaying_the_previous_ones_results_is_still_delivered(q
     assert first == second, "the second run replayed the first's files from ComfyUI's cache"
     assert qm.store.get(other.id).status == "completed"
     assert files_under(comfy.output_dir).isdisjoint(first)
-    assert await history(comfy) == {}
+    assert set(await history(comfy)) == {prompt_of(qm, other.id)}
 
 
 async def test_the_warm_up_prompt_leaves_nothing_in_comfyui(qm, comfy, make_worker, workflows, tmp_path):
@@ -190,7 +197,7 @@ async def test_names_that_climb_or_link_out_of_comfyuis_folders_delete_nothing_o
     worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
     assert await asyncio.wait_for(worker.run(), 20) == 0
     assert [qm.store.get(job.id).status for job in (bad, good)] == ["failed", "completed"]
-    assert len(comfy.history_deletes) == 2
+    assert len(comfy.history_deletes) == 1 and set(await history(comfy)) == {prompt_of(qm, good.id)}
     assert_nothing_outside_touched(comfy, outside)
 
 
@@ -299,6 +306,49 @@ async def test_failed_prompts_in_a_row_keep_at_most_max_job_output_files_for_a_r
     )
 
 
+async def test_the_kept_success_entry_goes_with_its_files_when_failed_prompts_push_them_out(
+    qm, comfy, make_worker, workflows
+):
+    """A prompt's history entry stays only as long as its result files are kept for a replay: failed prompts
+    naming more than MAX_JOB_OUTPUT_FILES since push the success's files out, and the entry naming them goes."""
+    save = comfy.catalogue["SaveImage"]
+    runs: list[int] = []
+
+    def eight_files(_inputs, env) -> NodeResult:
+        runs.append(1)
+        names = [f"run{len(runs)}_{index}.png" for index in range(8)]
+        for name in names:
+            (env.output_dir / name).write_bytes(b"png")
+        return NodeResult((), {"images": [{"filename": n, "subfolder": "", "type": "output"} for n in names]})
+
+    comfy.catalogue["SaveImage"] = replace(save, run=eight_files)
+    success = qm.store.submit("alice", quick(workflows, 1))
+    comfy.inject_error("out of coffee", node_id="30")
+    failed = qm.store.submit("bob", saves_then_fails())
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, max_job_output_files=10)
+    assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert [qm.store.get(job.id).status for job in (success, failed)] == ["completed", "failed"]
+    assert files_under(comfy.output_dir) == {f"run2_{index}.png" for index in range(8)}
+    [left] = (await history(comfy)).values()
+    assert left["status"]["status_str"] == "error", "the failed prompt's entry names its files; none names files gone"
+
+
+async def test_failed_prompts_in_a_row_keep_at_most_kept_history_entries(qm, comfy, make_worker):
+    """Each failed prompt whose result files are kept keeps its history entry (its whole workflow) until the next
+    success: bounded, or a run of failures would fill ComfyUI's memory as the history did before housekeeping."""
+    from worker.housekeeping import KEPT_HISTORY_ENTRIES
+
+    failures = KEPT_HISTORY_ENTRIES + 2
+    comfy.inject_error("out of coffee", node_id="30", prompts=failures)
+    for color in range(failures):  # each its own image: nothing replayed from ComfyUI's cache
+        workflow = saves_then_fails()
+        workflow["10"]["inputs"]["color"] = color
+        qm.store.submit("bob", workflow)
+    assert await asyncio.wait_for(make_worker(comfyui_output_dir=comfy.output_dir).run(), 30) == 0
+    assert len(await history(comfy)) == KEPT_HISTORY_ENTRIES
+    assert len(files_under(comfy.output_dir)) == failures, "the files stay: the worker still knows their names"
+
+
 async def test_a_prompt_naming_more_files_than_a_job_may_deliver_has_them_deleted_at_once(
     qm, comfy, make_worker, workflows
 ):
@@ -373,7 +423,7 @@ async def test_jobs_cancelled_while_they_run_leave_nothing_in_comfyui(comfy, mak
         assert await asyncio.wait_for(run, 20) == 0
         kept = {path.name for path, _ in delivered(qm, last.id, Path("."))}
     assert len(comfy.prompts_received) == cancels + 1
-    assert await history(comfy) == {}, "each cancelled prompt's history entry is deleted"
+    assert set(await history(comfy)) == {prompt_of(qm, last.id)}, "each cancelled prompt's history entry is deleted"
     assert files_under(comfy.output_dir) == kept, "only the last success's results stay"
     assert files_under(comfy.temp_dir) == set()
 
@@ -406,8 +456,47 @@ async def test_a_restart_tidies_its_killed_runs_prompts_only_and_nothing_outside
     assert await asyncio.wait_for(worker.run(), 20) == 0
     assert qm.store.get(job.id).status == "completed"
     assert comfy.history_deletes[0] == mine and theirs not in comfy.history_deletes
-    assert set(await history(comfy)) == {theirs}
+    assert set(await history(comfy)) == {theirs, prompt_of(qm, job.id)}
     assert_nothing_outside_touched(comfy, outside)
     folders = {"output": comfy.output_dir, "temp": comfy.temp_dir}
     left = {(kind, name) for kind, folder in folders.items() for name in files_under(folder)}
     assert their_files <= left, "the other worker's files are not touched"
+
+
+async def test_a_restart_frees_the_result_files_its_earlier_run_kept_for_a_replay(qm, comfy, make_worker, workflows):
+    """A run keeps its last success's result files for a replay by ComfyUI's cache. Before: their names were in
+    its memory alone (the history entry naming them was deleted), so once it was killed they stayed on ComfyUI's
+    disk for good (bench/soak.py --fixed-worker-ids: 21 and 17 files per ComfyUI after 3 minutes, one or two a
+    restart). Now that entry stays until a later success; the restart finds it, and keeps the files as long as
+    the cache may name them: here the restart's first prompt is the same one, answered from the cache."""
+    earlier = qm.store.submit("alice", quick(workflows, 1))
+    folders = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
+    assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0  # it stops as if killed
+    kept = files_under(comfy.output_dir)
+    assert len(kept) == 2 and set(await history(comfy)) == {prompt_of(qm, earlier.id)}
+
+    replay = qm.store.submit("alice", quick(workflows, 1))
+    later = qm.store.submit("alice", quick(workflows, 2))
+    assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0
+    outputs = Path(".")
+    replayed = delivered(qm, replay.id, outputs)
+    assert {path.name for path, _ in replayed} == kept, "ComfyUI's cache named the earlier run's files: still there"
+    assert qm.store.get(later.id).status == "completed"
+    assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, later.id, outputs)}
+    assert set(await history(comfy)) == {prompt_of(qm, later.id)}
+
+
+async def test_a_restart_frees_the_result_files_of_its_earlier_runs_failed_prompt(qm, comfy, make_worker, workflows):
+    """A failed (or interrupted, or abandoned) prompt's result files are kept for a replay until a success too.
+    Before, its entry was deleted at once: a run killed before its next success left them for good."""
+    comfy.inject_error("out of coffee", node_id="30")
+    failed = qm.store.submit("bob", saves_then_fails())
+    folders = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
+    assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0  # it stops as if killed
+    assert qm.store.get(failed.id).status == "failed"
+    assert len(files_under(comfy.output_dir)) == 1 and len(await history(comfy)) == 1
+
+    later = qm.store.submit("alice", quick(workflows, 2))
+    assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0
+    assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, later.id, Path("."))}
+    assert set(await history(comfy)) == {prompt_of(qm, later.id)}
