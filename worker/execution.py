@@ -189,20 +189,22 @@ class PromptRun:
         except ComfyUIUnavailable:
             return False
 
-    async def stop_earlier_attempts(self) -> None:
+    async def stop_earlier_attempts(self) -> set[str]:
         """Stop the prompts an earlier attempt of this job left in ComfyUI, its worker killed before it could:
         this attempt would queue behind them with its JOB_TIMEOUT_S running, and their results go to no one.
-        Another worker's prompts for other jobs are left alone. Errors are logged: the submission reports them."""
+        Another worker's prompts for other jobs are left alone. Errors are logged: the submission reports them.
+        The ids of those that were running, interrupted: ComfyUI writes their history entries once they stop."""
         if self.job_id is None:
-            return
+            return set()
         try:
             running, pending = await self.comfy.stop_prompts_of(JOB_ID_KEY, self.job_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:
             log.warning("Could not look for prompts an earlier attempt left in ComfyUI", error=str(exc))
-            return
+            return set()
         if running or pending:
             log.warning("Stopped prompts an earlier attempt of this job left in ComfyUI",
                         running=sorted(running), pending=sorted(pending))
+        return running
 
 
     async def interrupt(self) -> str | None:

@@ -20,8 +20,10 @@ own first success, as the killed run would have.
 A run of the worker killed mid-job (a bare comfy-worker beside a ComfyUI that goes on running) left its prompt's
 history entry and files. The next run with the same WORKER_ID finds them by the mark in each prompt's extra_data:
 the finished ones in ComfyUI's latest EARLIER_RUN_HISTORY_ITEMS entries at start, the one it interrupted at start
-once that is over (after the run's first prompt, which ComfyUI runs after it). Their files go as any other
-prompt's: a result file ComfyUI's cache may name again is kept until a later prompt succeeded without naming it.
+once that is over (after the run's first prompt, which ComfyUI runs after it). A retry of a job interrupts the
+prompt its earlier attempt left running, on whichever worker, and tidies it the same way. Their files go as any
+other prompt's: a result file ComfyUI's cache may name again is kept until a later prompt succeeded without naming
+it. ComfyUI runs its prompts one at a time, so each of them ran after every prompt this run tidied before.
 
 No job may deliver more than MAX_JOB_OUTPUT_FILES results, so no more than that many are kept for a replay: a
 prompt that named more has its files deleted at once, and failed prompts in a row that named more together have
@@ -162,8 +164,9 @@ class ComfyUIHousekeeping:
                 return
 
     async def tidy_once_over(self, prompt_ids: set[str], timeout_s: float) -> None:
-        """Delete the history entries and files of these prompts, interrupted at start, once ComfyUI has finished
-        them. Asked once, after a later prompt: ComfyUI runs its prompts in turn, so they are over by then."""
+        """Delete the history entries and files of these prompts, interrupted at start or by a job's retry, once
+        ComfyUI has finished them. Asked once, after a later prompt: ComfyUI runs its prompts in turn, so they are
+        over by then."""
         for prompt_id in sorted(prompt_ids):
             try:
                 async with asyncio.timeout(timeout_s):
@@ -187,7 +190,7 @@ class ComfyUIHousekeeping:
                      "cache may name them again", prompt_id=prompt_id, status=status.get("status_str"),
                      files=len(self._kept_entries[prompt_id]))  # fmt: skip
         else:
-            log.info("Deleted a prompt an earlier run of this worker left in ComfyUI's history",
+            log.info("Deleted a prompt an earlier run left in ComfyUI's history",
                      prompt_id=prompt_id, status=status.get("status_str"))
         return True
 

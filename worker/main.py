@@ -118,7 +118,9 @@ class Worker:
         self._prompt_over: Outcome | None = None  # the job's prompt, once ComfyUI is done with it
         # When ComfyUI went silent, if a run that lost it knows: COMFYUI_UNRESPONSIVE_TIMEOUT_S counts from then.
         self._silent_since: float | None = None
-        self._left_running: set[str] = set()  # prompts a killed run left running, interrupted at start
+        # Prompts a killed run of this worker, or an earlier attempt of a job, left running: interrupted, and
+        # tidied once over (_tidy_comfyui).
+        self._left_running: set[str] = set()
 
     # -- flags, safe to call from a signal handler or another task ------------------------------------------
     def request_shutdown(self) -> None:
@@ -196,7 +198,7 @@ class Worker:
         if running or pending:
             log.warning("Stopped prompts an earlier run of this worker left in ComfyUI",
                         running=sorted(running), pending=sorted(pending))
-        self._left_running = running  # tidied once over (_tidy_comfyui)
+        self._left_running |= running
 
     def _log_waiting_for_comfyui(self, waited_s: float, error: str) -> None:
         """A wrong COMFYUI_URL, or a ComfyUI still loading, used to be silence for up to COMFYUI_STARTUP_TIMEOUT_S."""
@@ -538,7 +540,7 @@ class Worker:
         await asyncio.to_thread(self.delivery.remove_earlier_attempts, job.user_id, job.id, job.attempt)
         run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id, job_id=job.id)
         if job.attempt is not None and job.attempt > 1:
-            await run.stop_earlier_attempts()
+            self._left_running |= await run.stop_earlier_attempts()
         try:
             outcome = await run.run(job.workflow)
         except PromptRejected as exc:

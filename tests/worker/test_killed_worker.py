@@ -442,3 +442,33 @@ async def test_a_restarted_worker_tidies_the_history_and_files_of_a_prompt_its_k
     kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
     assert comfy_files(comfy) == kept and not set(kept) & set(left)
 
+
+async def test_a_retry_on_another_worker_tidies_the_prompt_its_killed_attempt_left_running(
+    leased_qm, comfy, start_worker
+):
+    """Two workers share one ComfyUI. Before: the retry interrupted the killed attempt's prompt, but its history
+    entry (with its whole workflow) and its result and preview stayed in ComfyUI for good: only a restart with the
+    killed worker's WORKER_ID looks for them, and it may never come (another replica, a new id at every start)."""
+    comfy.freeze(class_type="ImageBlur")
+    job = leased_qm.store.submit("alice", result_then_slow_result())
+    first = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
+    await comfy.wait_until_frozen()  # its first result and its preview are on disk
+    orphan = comfy.running_prompt_id
+    first.kill()
+    await first.wait()
+    assert len(comfy_files(comfy)) == 2
+
+    second = await start_worker("w2", COMFYUI_TEMP_DIR=str(comfy.temp_dir))  # the retry, attempt 2, comes here
+    try:
+        await wait_for(lambda: comfy.interrupts_received)
+        comfy.release()  # the interrupt lands at the next node
+        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
+        await wait_for(lambda: orphan in comfy.history_deletes)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert await second.wait() == 0
+    [report] = leased_qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job" and leased_qm.store.get(job.id).attempt == 2
+    assert set(await comfy_history(comfy)) == {report.body["result"]["prompt_id"]}
+    kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
+    assert comfy_files(comfy) == kept, "only the retry's results stay, for ComfyUI's cache to name again"
