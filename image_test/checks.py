@@ -290,10 +290,11 @@ def _jobs_delivered(queue: QueueManager, jobs: dict[str, str], invalid: str, out
 
 def _comfyui_tidied(docker: Docker, container: Container, queue: QueueManager, job_ids: list[str],
                     report: Report) -> None:
-    """The worker's housekeeping against the real ComfyUI (docs/worker.md): no history entry and no preview of a
-    finished job is left; of the results only the last success's, which ComfyUI's cache may name again (each job
-    has its own colour, so without the housekeeping all three jobs' files would be there)."""
-    name = "the real ComfyUI keeps no history and no files of finished jobs but the last result"
+    """The worker's housekeeping against the real ComfyUI (docs/worker.md): no preview of a finished job is left;
+    of the results only the last success's, which ComfyUI's cache may name again (each job has its own colour, so
+    without the housekeeping all three jobs' files would be there), and of the history only that success's entry,
+    which names them for a restarted worker."""
+    name = "the real ComfyUI keeps of finished jobs only the last result and its history entry"
     try:
         history = httpx.get(f"{container.env['COMFYUI_URL']}/history", timeout=10).json()
         found = docker.run("exec", container.name, "find", COMFYUI_SCRATCH, "-path", "*/output/*", "-type", "f",
@@ -304,8 +305,11 @@ def _comfyui_tidied(docker: Docker, container: Container, queue: QueueManager, j
     previews = [path for path in found if "/temp/" in path]
     results = [path for path in found if "/output/" in path]
     one_job = max(len((queue.job(job_id).get("result") or {}).get("outputs", [])) for job_id in job_ids)
-    report.check(name, history == {} and not previews and len(results) <= one_job,
-                 f"{len(history)} history entries, previews {previews}, result files {results}")
+    named = {item.get("filename") for entry in history.values() for node in (entry.get("outputs") or {}).values()
+             for item in node.get("images", [])}  # fmt: skip
+    kept_entry_names_them = len(history) <= 1 and {path.rsplit("/", 1)[-1] for path in results} <= named
+    report.check(name, kept_entry_names_them and not previews and len(results) <= one_job,
+                 f"{len(history)} history entries naming {sorted(named)}, previews {previews}, result files {results}")
 
 
 def _metrics_count(container: Container, report: Report) -> None:
