@@ -31,7 +31,6 @@ def probe_host(bound: str) -> str:
     return LOOPBACK.get(bound, bound)
 
 
-
 def bound_address(environ: dict[str, str]) -> tuple[str, int]:
     """HEALTH_PORT_FILE's port and address when that file exists, else HEALTH_PORT (8000 unset) on HEALTH_HOST
     (every address unset). ValueError for no port."""

@@ -533,7 +533,6 @@ def _print_status(report: dict[str, Any]) -> None:
         console.print(table)
 
 
-
 def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
     providers = Table(title="providers (cheapest first is preferred)")
     for column in ("provider", "price/h", "billing", "max", "live", "ready", "status", "degraded"):

@@ -118,7 +118,6 @@ async def test_once_applies_and_remembers_its_state(cli_env, qm, verda_scaling, 
     assert saved["applied"] == 1 and saved["last_work_seen_at"] is not None
 
 
-
 async def test_once_run_with_another_billing_interval_converts_the_intervals_the_state_file_counted(
     cli_env, qm, verda_scaling, monkeypatch, tmp_path, capsys
 ):

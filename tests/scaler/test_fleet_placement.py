@@ -370,7 +370,6 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
     assert fleet.committed_spend(now)["day"] == pytest.approx(policy.spent_since(now - DAY_S)) == 2.99 * hours
 
 
-
 @pytest.mark.parametrize(("saved_s", "now_s"), [(600, 3600), (3600, 600), (600, 600)])
 async def test_a_billing_interval_changed_between_two_runs_never_charges_less_than_verda_bills(
     operator_env, monkeypatch, fake_verda: FakeVerda, saved_s, now_s

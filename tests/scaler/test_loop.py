@@ -393,7 +393,6 @@ async def test_the_scratch_files_of_writes_killed_mid_way_are_removed_at_the_nex
     assert sorted(entry["path"] for entry in logs) == sorted(str(tmp_path / name) for name in killed)
 
 
-
 @pytest.mark.parametrize(("saved_s", "now_s"), [(600, 3600), (3600, 600), (600, 600)])
 def test_the_spend_of_a_state_saved_under_another_billing_interval_is_never_read_low(tmp_path, saved_s, now_s):
     """A replica at 2.99/h, its state saved 25 min in, read again 2 h 55 min in (Verda bills 8.97): read in the

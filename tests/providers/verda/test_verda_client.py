@@ -191,7 +191,6 @@ async def test_secret_and_tokens_never_logged_or_shown(
         assert secret not in text
 
 
-
 @pytest.mark.parametrize("offset", [70, 85, 96])
 async def test_an_answer_quoted_in_an_error_keeps_no_part_of_a_token_across_the_cut(
     fake: FakeVerda, verda: VerdaClient, offset: int
