@@ -276,11 +276,8 @@ def test_which_comfyui_arguments_cache_earlier_prompts(argv, caches):
     assert caches_earlier_prompts(argv) is caches
 
 
-async def test_failed_prompts_in_a_row_keep_at_most_max_job_output_files_for_a_replay(
-    qm, comfy, make_worker, workflows
-):
-    """Each failed prompt's results were kept (their names in memory, the files on disk) until the next success,
-    however many: a run of failing jobs naming thousands of files each grew the worker without bound."""
+def save_eight_files_a_run(comfy) -> None:
+    """Every SaveImage of the stand-in writes eight results, named by its run: run<N>_0.png … run<N>_7.png."""
     save = comfy.catalogue["SaveImage"]
     runs: list[int] = []
 
@@ -292,6 +289,14 @@ async def test_failed_prompts_in_a_row_keep_at_most_max_job_output_files_for_a_r
         return NodeResult((), {"images": [{"filename": n, "subfolder": "", "type": "output"} for n in names]})
 
     comfy.catalogue["SaveImage"] = replace(save, run=eight_files)
+
+
+async def test_failed_prompts_in_a_row_keep_at_most_max_job_output_files_for_a_replay(
+    qm, comfy, make_worker, workflows
+):
+    """Each failed prompt's results were kept (their names in memory, the files on disk) until the next success,
+    however many: a run of failing jobs naming thousands of files each grew the worker without bound."""
+    save_eight_files_a_run(comfy)
     comfy.inject_error("out of coffee", node_id="30", prompts=3)
     jobs = []
     for color in range(3):  # each its own image: nothing replayed from ComfyUI's cache
@@ -311,17 +316,7 @@ async def test_the_kept_success_entry_goes_with_its_files_when_failed_prompts_pu
 ):
     """A prompt's history entry stays only as long as its result files are kept for a replay: failed prompts
     naming more than MAX_JOB_OUTPUT_FILES since push the success's files out, and the entry naming them goes."""
-    save = comfy.catalogue["SaveImage"]
-    runs: list[int] = []
-
-    def eight_files(_inputs, env) -> NodeResult:
-        runs.append(1)
-        names = [f"run{len(runs)}_{index}.png" for index in range(8)]
-        for name in names:
-            (env.output_dir / name).write_bytes(b"png")
-        return NodeResult((), {"images": [{"filename": n, "subfolder": "", "type": "output"} for n in names]})
-
-    comfy.catalogue["SaveImage"] = replace(save, run=eight_files)
+    save_eight_files_a_run(comfy)
     success = qm.store.submit("alice", quick(workflows, 1))
     comfy.inject_error("out of coffee", node_id="30")
     failed = qm.store.submit("bob", saves_then_fails())

@@ -379,19 +379,35 @@ def comfy_files(comfy: ComfyUISimulator) -> list[str]:
     )  # fmt: skip
 
 
+async def killed_with_a_result_on_disk(leased_qm, comfy, start_worker) -> tuple[Any, str]:
+    """A job whose worker "w1" is SIGKILLed with its prompt frozen after its first result and preview are on disk."""
+    comfy.freeze(class_type="ImageBlur")
+    job = leased_qm.store.submit("alice", result_then_slow_result())
+    worker = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
+    await comfy.wait_until_frozen()
+    orphan = comfy.running_prompt_id
+    worker.kill()
+    await worker.wait()
+    return job, orphan
+
+
+async def assert_only_the_jobs_prompt_and_results_stay(leased_qm, comfy, job_id: str) -> None:
+    """The job completed; of ComfyUI's history only its prompt's entry stays, and of the files only its results,
+    which that entry names for ComfyUI's cache to replay."""
+    [report] = leased_qm.reports.landed(job_id)
+    assert report.endpoint == "complete-job", report.body
+    assert set(await comfy_history(comfy)) == {report.body["result"]["prompt_id"]}
+    kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
+    assert comfy_files(comfy) == kept
+
+
 async def test_a_restarted_worker_tidies_the_history_and_files_of_the_prompt_its_killed_run_left_running(
     leased_qm, comfy, start_worker, workflows
 ):
     """Before: the killed run's prompt, interrupted at the restart, stayed in ComfyUI's history (with its whole
     workflow) and its result and preview stayed on ComfyUI's disk for good (bench/soak.py: 22-28 files per ComfyUI
     in 3 minutes)."""
-    comfy.freeze(class_type="ImageBlur")
-    killed_job = leased_qm.store.submit("alice", result_then_slow_result())
-    first = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
-    await comfy.wait_until_frozen()  # its first result and its preview are on disk
-    orphan = comfy.running_prompt_id
-    first.kill()
-    await first.wait()
+    killed_job, orphan = await killed_with_a_result_on_disk(leased_qm, comfy, start_worker)
     [result, preview] = comfy_files(comfy)
     assert result == "output/first_00001_.png" and preview.startswith("temp/ComfyUI_temp_")
     leased_qm.store.cancel(killed_job.id)
@@ -406,13 +422,7 @@ async def test_a_restarted_worker_tidies_the_history_and_files_of_the_prompt_its
     finally:
         again.send_signal(signal.SIGTERM)
         assert await again.wait() == 0
-    [report] = leased_qm.reports.landed(job.id)
-    assert report.endpoint == "complete-job"
-    assert set(await comfy_history(comfy)) == {report.body["result"]["prompt_id"]}, (
-        "the killed run's entry is deleted; the job's own names the results kept for a replay"
-    )
-    kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
-    assert comfy_files(comfy) == kept, "only the job's results stay, for ComfyUI's cache to name again"
+    await assert_only_the_jobs_prompt_and_results_stay(leased_qm, comfy, job.id)
 
 
 async def test_a_restarted_worker_tidies_the_history_and_files_of_a_prompt_its_killed_run_saw_finish(
@@ -449,13 +459,7 @@ async def test_a_retry_on_another_worker_tidies_the_prompt_its_killed_attempt_le
     """Two workers share one ComfyUI. Before: the retry interrupted the killed attempt's prompt, but its history
     entry (with its whole workflow) and its result and preview stayed in ComfyUI for good: only a restart with the
     killed worker's WORKER_ID looks for them, and it may never come (another replica, a new id at every start)."""
-    comfy.freeze(class_type="ImageBlur")
-    job = leased_qm.store.submit("alice", result_then_slow_result())
-    first = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
-    await comfy.wait_until_frozen()  # its first result and its preview are on disk
-    orphan = comfy.running_prompt_id
-    first.kill()
-    await first.wait()
+    job, orphan = await killed_with_a_result_on_disk(leased_qm, comfy, start_worker)
     assert len(comfy_files(comfy)) == 2
 
     second = await start_worker("w2", COMFYUI_TEMP_DIR=str(comfy.temp_dir))  # the retry, attempt 2, comes here
@@ -467,8 +471,5 @@ async def test_a_retry_on_another_worker_tidies_the_prompt_its_killed_attempt_le
     finally:
         second.send_signal(signal.SIGTERM)
         assert await second.wait() == 0
-    [report] = leased_qm.reports.landed(job.id)
-    assert report.endpoint == "complete-job" and leased_qm.store.get(job.id).attempt == 2
-    assert set(await comfy_history(comfy)) == {report.body["result"]["prompt_id"]}
-    kept = sorted(f"output/{Path(item['path']).name}" for item in report.body["result"]["outputs"])
-    assert comfy_files(comfy) == kept, "only the retry's results stay, for ComfyUI's cache to name again"
+    await assert_only_the_jobs_prompt_and_results_stay(leased_qm, comfy, job.id)
+    assert leased_qm.store.get(job.id).attempt == 2
