@@ -7,8 +7,10 @@
 
 Each server runs in its own process (the health server as the worker starts it, the queue manager as
 `python -m queue_manager`); RSS is read from its /proc status (Linux only). Every client sends a request line and
-`--headers` 8000-byte headers (120: just under aiohttp's default limit of 128), never the blank line that ends
-the head, then one more byte every second. Printed: RSS before, once all are connected, after
+`--headers` 8000-byte headers, never the blank line that ends the head, then one more byte every second. The
+default 120 (just under aiohttp's own limit of 128) is past every server's limits now (common.limits: 32 headers,
+a 16/32 KiB head), so each client is refused early: what this measures is how fast. bench/head_memory.py measures
+the largest head a server does read. Printed: RSS before, once all are connected, after
 `--hold` seconds, and how many connections the server still kept open then.
 
 `--bodies` (queue manager only): each client sends a complete head for `POST /api/jobs` declaring 16 MiB (the

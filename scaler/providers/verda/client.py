@@ -240,11 +240,6 @@ class VerdaClient:
     def base_url(self) -> str:
         return str(self._http.base_url).rstrip("/")
 
-    @base_url.setter
-    def base_url(self, value: str) -> None:
-        self._http.base_url = value.rstrip("/")
-        self._token = None
-
     async def __aenter__(self) -> VerdaClient:
         return self
 

@@ -159,11 +159,13 @@ async def test_retries_transport_errors(make_client, sleeps) -> None:
     assert len(sleeps.waits) == 2
 
 
-async def test_base_url_can_be_switched(fake: FakeVerda, make_client) -> None:
-    client = make_client(base_url="https://api.verda.com/v1")
-    assert client.base_url == "https://api.verda.com/v1"
-    client.base_url = fake.url
+async def test_base_url_is_the_one_given_and_cannot_be_switched(fake: FakeVerda, make_client) -> None:
+    """Switching it kept the transport chosen for the first URL: direct for loopback, through the proxy else."""
+    client = make_client(base_url=fake.url + "/")
+    assert client.base_url == fake.url
     assert await client.list_deployments() == []
+    with pytest.raises(AttributeError):
+        client.base_url = "https://api.verda.com/v1"
 
 
 # --- secrets never leak -----------------------------------------------------------------------
