@@ -96,6 +96,13 @@ def describe_prompt_error(body: object) -> str:
     return "; ".join(parts)
 
 
+def _extra_data(item: object) -> dict[str, Any]:
+    """The extra_data of a queue item or a history entry's "prompt" ([number, prompt id, workflow, extra_data,
+    outputs to execute]): element 3, or nothing."""
+    extra_data = item[3] if isinstance(item, list) and len(item) > 3 else None
+    return extra_data if isinstance(extra_data, dict) else {}
+
+
 class ComfyUIClient:
     def __init__(self, base_url: str, *, timeout_s: float = 30.0, worker_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -222,9 +229,7 @@ class ComfyUIClient:
             raise ComfyUIUnavailable(f"ComfyUI GET /history answered a JSON {type(payload).__name__}, not its history")
 
         def marked(entry: object) -> bool:
-            item = entry.get("prompt") if isinstance(entry, dict) else None
-            extra_data = item[3] if isinstance(item, list) and len(item) > 3 else None
-            return isinstance(extra_data, dict) and extra_data.get(key) == value
+            return _extra_data(entry.get("prompt") if isinstance(entry, dict) else None).get(key) == value
 
         return {str(prompt_id): entry for prompt_id, entry in payload.items() if marked(entry)}
 
@@ -262,8 +267,7 @@ class ComfyUIClient:
         def items(listed: object) -> list[tuple[str, dict[str, Any]]]:
             if not isinstance(listed, list):
                 return []
-            return [(str(item[1]), item[3] if len(item) > 3 and isinstance(item[3], dict) else {})
-                    for item in listed if isinstance(item, list) and len(item) > 1]
+            return [(str(item[1]), _extra_data(item)) for item in listed if isinstance(item, list) and len(item) > 1]
 
         return items(payload.get("queue_running")), items(payload.get("queue_pending"))
 

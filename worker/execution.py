@@ -206,7 +206,6 @@ class PromptRun:
                         running=sorted(running), pending=sorted(pending))
         return running
 
-
     async def interrupt(self) -> str | None:
         """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised."""
         self._interrupt_sent = True
