@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from common.head_size import limit_head_size
+from common.limits import RequestHeads
 from common.log_throttle import LogThrottle
 
 log = structlog.get_logger()
@@ -33,17 +34,26 @@ class WaitingConnections:
     """Connections of one server, oldest wait first; past ``limit`` the oldest still waiting is closed.
 
     Wire it in two places: ``middleware`` first in the application's list (it sees a request begin and end), and
-    ``watch(runner.server, heads.max_head_bytes)`` once the runner is set up (it sees connections open and close,
-    and bounds each one's request heads as a whole: common.head_size)."""
+    ``start_runner(app)`` to set the server up (it sees connections open and close, and bounds each one's request
+    heads to ``heads``)."""
 
-    def __init__(self, server_name: str) -> None:
+    def __init__(self, server_name: str, heads: RequestHeads) -> None:
         self.limit = MAX_WAITING_CONNECTIONS
         self._server_name = server_name
+        self._heads = heads
         # handler → (transport, its request while one runs); insertion order = since when it waits.
         self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
         self._warnings = LogThrottle(WARN_EVERY_S)
 
-    def watch(self, server: web.Server, max_head_bytes: int) -> None:
+    async def start_runner(self, app: web.Application, **runner_options: Any) -> web.AppRunner:
+        """``app``'s runner, set up: its connections watched, their heads read within ``heads``. No access log:
+        probes, scrapes and workers' polls arrive every few seconds and would drown every other line."""
+        runner = web.AppRunner(app, access_log=None, **self._heads.runner_kwargs(), **runner_options)
+        await runner.setup()
+        self._watch(runner.server)
+        return runner
+
+    def _watch(self, server: web.Server) -> None:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)  # as raised at start (common/limits.py)
         # Half the open-file limit at most: the other half stays for the requests being served and the files.
         room = soft // 2 if soft != resource.RLIM_INFINITY else MAX_WAITING_CONNECTIONS
@@ -52,7 +62,7 @@ class WaitingConnections:
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
-            limit_head_size(handler, max_head_bytes)
+            limit_head_size(handler, self._heads.max_head_bytes)
             self._open[handler] = (transport, None)
             if len(self._open) > self.limit:
                 self._close_the_oldest_waiting()

@@ -40,7 +40,7 @@ class HealthServer:
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._scrape_registry = scrape_registry(state, heartbeat_timeout_s)
         self._runner: web.AppRunner | None = None
-        self._waiting = WaitingConnections("health")
+        self._waiting = WaitingConnections("health", PROBE_HEADS)
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._waiting.middleware])
@@ -52,10 +52,7 @@ class HealthServer:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
-        # Probes arrive every few seconds for the container's whole life: an access log would drown the rest.
-        self._runner = web.AppRunner(self._app(), access_log=None, **PROBE_HEADS.runner_kwargs())
-        await self._runner.setup()
-        self._waiting.watch(self._runner.server, PROBE_HEADS.max_head_bytes)
+        self._runner = await self._waiting.start_runner(self._app())
         site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await site.start()

@@ -146,16 +146,9 @@ class QueueManagerServer:
             clock=self.clock,
             steady_clock=self.steady_clock,
         )
-        waiting = WaitingConnections("queue_manager")
+        waiting = WaitingConnections("queue_manager", QUEUE_HEADS)
         app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks, waiting=waiting)
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
-            **QUEUE_HEADS.runner_kwargs(),
-        )
-        await self._runner.setup()
-        waiting.watch(self._runner.server, QUEUE_HEADS.max_head_bytes)
+        self._runner = await waiting.start_runner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]

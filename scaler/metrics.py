@@ -127,16 +127,13 @@ class MetricsServer:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
-        self._waiting = WaitingConnections("scaler_metrics")
+        # The limits of the worker's health server: a client dripping its head held it for an hour.
+        self._waiting = WaitingConnections("scaler_metrics", PROBE_HEADS)
 
     async def start(self) -> int:
         app = web.Application(middlewares=[self._waiting.middleware])
         app.router.add_get("/metrics", self._serve_metrics)
-        # The limits of the worker's health server: a client dripping its head held it for an hour.
-        self._runner = web.AppRunner(app, access_log=None, **PROBE_HEADS.runner_kwargs())
-        await self._runner.setup()
-        # and as many waiting connections (common.waiting_connections)
-        self._waiting.watch(self._runner.server, PROBE_HEADS.max_head_bytes)
+        self._runner = await self._waiting.start_runner(app)
         await web.TCPSite(self._runner, self._host, self._port).start()
         port = self._runner.addresses[0][1]
         log.info("scaler_metrics_listening", host=self._host, port=port)
