@@ -42,6 +42,7 @@ from scaler.ledger import UNREADABLE, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
+from scaler.settle import settled
 
 log = structlog.get_logger()
 
@@ -147,12 +148,10 @@ class FleetBackend:
     async def observe(self) -> BackendView:
         held = await self._honour_kill_switch()
         now = self.clock()
-        _, results = await asyncio.gather(self._refresh_prices(now), asyncio.gather(
-            *(self._bounded(m.backend.observe()) for m in self.members.values()), return_exceptions=True
-        ))
+        _, results = await asyncio.gather(
+            self._refresh_prices(now), settled(self._bounded(m.backend.observe()) for m in self.members.values())
+        )
         for member, result in zip(self.members.values(), results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
             self._see(member, result, now)
         self._charge(now)
         if not any(s.fresh for s in self._seen.values()):
@@ -211,9 +210,7 @@ class FleetBackend:
     async def _on_members(self, call: Callable[[Backend], Any], action: str, names: set[str]) -> set[str]:
         """``call`` on the members named; returns the names it failed on (each logged)."""
         chosen = [name for name in self.members if name in names]
-        results = await asyncio.gather(
-            *(self._bounded(call(self.members[name].backend)) for name in chosen), return_exceptions=True
-        )
+        results = await settled(self._bounded(call(self.members[name].backend)) for name in chosen)
         failed = set()
         for name, result in zip(chosen, results, strict=True):
             if isinstance(result, Exception):
@@ -265,11 +262,8 @@ class FleetBackend:
         lookups = {m.name: m.price_lookup for m in self.members.values() if m.price_lookup is not None}
         if not lookups:
             return
-        results = await asyncio.gather(*(self._bounded(lookup()) for lookup in lookups.values()),
-                                       return_exceptions=True)
+        results = await settled(self._bounded(lookup()) for lookup in lookups.values())
         for member, result in zip((self.members[name] for name in lookups), results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
             if isinstance(result, Exception):
                 log.warning("provider_price_refresh_failed", provider=member.name, error=error_text(result),
                             price_per_hour=member.spec.price_per_hour, hint="the last price is kept")
@@ -359,10 +353,7 @@ class FleetBackend:
         # Write what changed, and again after a failed write or a count the provider does not show.
         writes = [(name, target) for name, target in allocation.targets.items()
                   if target != self._written.get(name) or target != self._seen[name].view.live]
-        results = await asyncio.gather(
-            *(self._bounded(self.members[name].backend.apply(target)) for name, target in writes),
-            return_exceptions=True,
-        )
+        results = await settled(self._bounded(self.members[name].backend.apply(target)) for name, target in writes)
         wrote = False
         for (name, target), result in zip(writes, results, strict=True):
             if isinstance(result, Exception):
@@ -428,7 +419,7 @@ class FleetBackend:
         return HEALTHY
 
     async def _on_all(self, action: str, call: Callable[[Backend], Any]) -> None:
-        results = await asyncio.gather(*(call(m.backend) for m in self.members.values()), return_exceptions=True)
+        results = await settled(call(m.backend) for m in self.members.values())
         failures = {name: error_text(r) for name, r in zip(self.members, results, strict=True)
                     if isinstance(r, Exception)}
         if failures:

@@ -49,6 +49,7 @@ from scaler.policy import (
 )
 from scaler.providers.base import Backend, BackendView, KeepsItsOwnBill
 from scaler.queue_status import QueueStatus
+from scaler.settle import settled
 
 log = structlog.get_logger()
 
@@ -228,14 +229,10 @@ class ScalerLoop:
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
         read = self.queue.read() if self.config.target_wait_s is None else self.queue.read_with_timings(self.clock())
-        queue, view = await asyncio.gather(
+        queue, view = await settled([
             self._by(deadline, read, "the queue manager's status"),
             self._by(deadline, self.backend.observe(), "the platform's replicas"),
-            return_exceptions=True,
-        )
-        for result in (queue, view):
-            if isinstance(result, BaseException) and not isinstance(result, Exception):
-                raise result
+        ])
         now = self.clock()
         queue_error = verda_error = None
         if isinstance(queue, Exception):

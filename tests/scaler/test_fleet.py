@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from dataclasses import replace
@@ -233,3 +234,17 @@ async def test_a_kill_switch_released_while_the_api_is_down_resumes_the_provider
     wall.advance(15)
     await fleet.observe()
     assert fake_verda.deployments[DEPLOYMENT].status == "healthy", "resumed once the API answers"
+
+
+async def test_a_write_cut_short_by_a_cancellation_is_not_taken_for_a_write(fleet, verda_scaling, monkeypatch):
+    """A provider call that ends in CancelledError did not set the count: the fleet must not record it as written
+    (and skip writing it again) but let the cancellation through, as observe and the price lookups do."""
+    await fleet.observe()
+
+    async def cut_short(target: int) -> bool:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(fleet.members["verda"].backend, "apply", cut_short)
+    with pytest.raises(asyncio.CancelledError):
+        await fleet.apply(2)
+    assert "verda" not in fleet._written
