@@ -56,6 +56,8 @@ def demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", type=Path, help="queue database (default: a temporary one)")
     parser.add_argument("--idle-to-zero-s", type=_number(0, DAY_S), default=defaults.idle_to_zero_s,
                         help="idle seconds before the scaler goes to zero (default %(default)s)")
+    parser.add_argument("--target-wait-s", type=_number(1, DAY_S), default=defaults.target_wait_s,
+                        help="the wait the scaler plans for, as target_wait_s in production (default %(default)s)")
     parser.add_argument("--timeout-s", type=_number(1, DAY_S), default=defaults.timeout_s,
                         help="give up after this many seconds (default %(default)s)")
     parser.add_argument("--no-live", action="store_true", help="log progress lines instead of a live table")
@@ -76,7 +78,7 @@ def run_demo_command(argv: list[str]) -> int:
         jobs=args.jobs, users=args.users, bad_jobs=args.bad_jobs, max_replicas=args.max_replicas,
         comfyui_url=args.comfyui_url, node_seconds=args.node_seconds, spread_s=args.spread_s,
         price_per_hour=args.price_per_hour, output_dir=args.output_dir, db=args.db,
-        idle_to_zero_s=args.idle_to_zero_s, timeout_s=args.timeout_s, live=live,
+        idle_to_zero_s=args.idle_to_zero_s, target_wait_s=args.target_wait_s, timeout_s=args.timeout_s, live=live,
         providers=args.providers, fail=args.fail,
     )
     report = asyncio.run(run_demo(options))

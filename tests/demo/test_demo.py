@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from demo.cli import demo_parser
-from demo.run import DemoOptions, run_demo
+from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
+from scaler.policy import Observation, PolicyState, Replica, decide
 
 
 @pytest.mark.timeout(180)
@@ -110,3 +111,18 @@ def test_without_a_terminal_the_demo_logs_its_progress(tmp_path):
     assert {"pending", "running", "completed", "replicas", "spend"} <= progress[0].keys()
     # Not drowned: the in-process queue manager and scaler logged every job and tick at info (job_submitted, …).
     assert [line["event"] for line in lines if line["level"] == "info" and line["event"] != "Demo progress"] == []
+
+
+@pytest.mark.parametrize("fleet", [False, True])
+def test_the_demo_s_burst_keeps_its_replicas_while_jobs_wait_past_the_demo_s_target(fleet):
+    """Five replicas on the burst, the jobs' length learned (2 s): 80 still queued would wait 32 s on the five.
+    With the production target (180 s) the demo kept one replica and served its 100 jobs in turn (p95 wait 174 s)."""
+    now = 100.0
+    burst = Observation(
+        now=now, pending=80, running=5, replicas=tuple(Replica(f"r{i}", now - 5) for i in range(5)),
+        pending_ages_s=(5.0,) * 80, running_elapsed_s=(1.0,) * 5, running_waited_s=(4.0,) * 5,
+        job_duration_s=2.0, long_job_duration_s=2.2,
+    )
+    config = demo_scaling(DemoOptions(), fleet=fleet)
+    decision = decide(config, PolicyState(applied=5), burst)
+    assert decision.desired == 5, decision
