@@ -29,7 +29,7 @@ from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
 from scaler.ledger import BillingRule
-from scaler.loop import ScalerLoop, load_policy_state
+from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
 from scaler.providers import Backend, VerdaBackend
@@ -311,12 +311,7 @@ async def _run_loop(
             hint=f"a billing-aware scale-down can miss the boundary: make SCALER_SCALE_DOWN_LEAD_S >= "
             f"{VERDA_STOP_GRACE_S:.0f} + SCALER_INTERVAL_S",
         )
-    loop = ScalerLoop(
-        config, backend, queue,
-        interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=args.dry_run, metrics=metrics,
-        failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
-        state_file=settings.state_file, queue_outage_hold_s=settings.queue_outage_hold_s,
-    )
+    loop = _scaler_loop(settings, config, backend, queue, dry_run=args.dry_run, metrics=metrics)
     if isinstance(backend, FleetBackend) and backend.alerts is not None:
         backend.alerts.start()
     if settings.metrics_port:
@@ -345,13 +340,22 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
         pricing = await _usable_pricing(settings, backend)
         if isinstance(pricing, int):
             return pricing
-        loop = ScalerLoop(
-            pricing.config, backend, queue, dry_run=args.dry_run, interval_s=settings.interval_s,
-            tick_deadline_s=settings.tick_deadline_s, failure_alert_after=settings.failure_alert_after,
-            state=_load_state(settings), state_file=settings.state_file,
-        )
+        loop = _scaler_loop(settings, pricing.config, backend, queue, dry_run=args.dry_run)
         decision = await loop.tick()
-    return EXIT_FAILED if decision.reason == Reason.HOLD_OBSERVATION_FAILED else EXIT_OK
+    return EXIT_FAILED if decision.reason in (Reason.HOLD_OBSERVATION_FAILED, RELEASE_QUEUE_UNREACHABLE) else EXIT_OK
+
+
+def _scaler_loop(
+    settings: ScalerSettings, config: ScalingConfig, backend: Backend, queue: QueueStatusReader, *, dry_run: bool,
+    metrics: ScalerMetrics | None = None,
+) -> ScalerLoop:
+    """The loop `run` and `once` drive, with the state the last run saved."""
+    return ScalerLoop(
+        config, backend, queue,
+        interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=dry_run, metrics=metrics,
+        failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+        state_file=settings.state_file, queue_outage_hold_s=settings.queue_outage_hold_s,
+    )
 
 
 async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:

@@ -108,7 +108,6 @@ class ScalerLoop:
         self.config = config
         # How long a queue manager that cannot be read holds the count (None: for ever); then down to the floor.
         self.queue_outage_hold_s = queue_outage_hold_s
-        self.queue_unreadable_since: float | None = None
         self.tick_deadline_s = tick_deadline(interval_s, tick_deadline_s)
         self.backend = backend
         self.queue = queue
@@ -207,13 +206,12 @@ class ScalerLoop:
     def _bounded_hold(self, decision: Decision, observation: Observation) -> Decision:
         """A queue manager unreadable for ``queue_outage_hold_s`` while the platform answers: the workers can take no
         job either, so the replicas are let go down to the floor instead of being billed for the whole outage
-        (3 replicas held through 6 hours: $41.40, past a $50 daily cap, which only caps scale-ups)."""
-        if observation.queue_error is None:
-            self.queue_unreadable_since = None
+        (3 replicas held through 6 hours: $41.40, past a $50 daily cap, which only caps scale-ups). The outage's
+        start is in the policy's state, so a restart or a `once` from cron does not start the hold again."""
+        unreadable_since = decision.new_state.queue_unreadable_since
+        if unreadable_since is None:
             return decision
-        if self.queue_unreadable_since is None:
-            self.queue_unreadable_since = observation.now
-        unreadable_for_s = observation.now - self.queue_unreadable_since
+        unreadable_for_s = observation.now - unreadable_since
         floor = self.config.min_replicas
         if (self.queue_outage_hold_s is None or unreadable_for_s < self.queue_outage_hold_s
                 or observation.verda_error is not None or observation.deployment_status == PAUSED
@@ -408,6 +406,7 @@ def _policy_state(raw: dict[str, Any], billing: BillingRule | None) -> PolicySta
         last_work_seen_at=_moment(raw.get("last_work_seen_at"), "last_work_seen_at"),
         last_scale_down_at=_moment(raw.get("last_scale_down_at"), "last_scale_down_at"),
         consecutive_failures=_count(raw.get("consecutive_failures", 0), "consecutive_failures"),
+        queue_unreadable_since=_moment(raw.get("queue_unreadable_since"), "queue_unreadable_since"),
         opening_started_at=_moment(raw.get("opening_started_at"), "opening_started_at"),
         opening_load=(saved_number(opening_load[0], "opening_load"), int(opening_load[1])),
         learned_prewarm=_count(raw.get("learned_prewarm", 0), "learned_prewarm"),

@@ -176,6 +176,9 @@ class PolicyState:
     last_work_seen_at: float | None = None
     last_scale_down_at: float | None = None
     consecutive_failures: int = 0
+    # When the queue manager's reads began to fail (None while it answers): the loop's bounded hold counts from it,
+    # across restarts and `once` runs from cron.
+    queue_unreadable_since: float | None = None
     ledger: SpendLedger = field(default_factory=SpendLedger)
     # The timetable's latest block opening (its first billing interval): when it began, and the running jobs
     # summed over its ticks with the tick count; and what the last finished one kept busy, its mean running
@@ -215,6 +218,7 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
         demand_samples=_window(state.demand_samples, now, demand, config.stabilization_window_s),
         last_work_seen_at=now if work_seen or state.last_work_seen_at is None else state.last_work_seen_at,
         consecutive_failures=0,
+        queue_unreadable_since=None,
         ledger=_observe_spend(config, state.ledger, observation),
     )
     state = _learn_from_opening(config, state, observation)
@@ -282,12 +286,16 @@ def _hold_on_failure(config: ScalingConfig, state: PolicyState, observation: Obs
     if current is None:
         current = len(observation.replicas) if observation.verda_error is None else 0
     ledger = state.ledger if observation.verda_error else _observe_spend(config, state.ledger, observation)
+    queue_unreadable_since = None  # a failed queue read goes on with the outage under way, or starts one
+    if observation.queue_error is not None:
+        queue_unreadable_since = now if state.queue_unreadable_since is None else state.queue_unreadable_since
     new_state = replace(
         state,
         applied=state.applied,
         demand_samples=_window(state.demand_samples, now, current, config.stabilization_window_s),
         last_work_seen_at=now,
         consecutive_failures=state.consecutive_failures + 1,
+        queue_unreadable_since=queue_unreadable_since,
         ledger=ledger,
     )
     details = {

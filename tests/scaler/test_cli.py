@@ -146,6 +146,25 @@ async def test_once_exits_1_and_holds_when_the_queue_is_unreachable(
     assert scaling_patches() == []
 
 
+async def test_once_from_cron_releases_the_replicas_once_the_queue_outage_outlasts_the_hold(
+    cli_env, qm, verda_scaling, monkeypatch, tmp_path
+):
+    """Each `once` started the outage's clock afresh, so from cron a queue manager that stayed down held the
+    replicas (and their bill) for the whole outage. The outage's start is now kept in the state file."""
+    monkeypatch.setenv("SCALER_STATE_FILE", str(tmp_path / "scaler-state.json"))
+    monkeypatch.setenv("SCALER_QUEUE_OUTAGE_HOLD_S", "1")
+    for _ in range(2):
+        qm.store.submit("alice", WORKFLOW)
+    assert await cli("once") == 0
+    assert verda_scaling() == (2, 2)
+    qm.faults.inject("queue-status", status=503, times=1000)
+    assert await cli("once") == 1, "the first failed read: held"
+    assert verda_scaling() == (2, 2)
+    await asyncio.sleep(1.1)
+    assert await cli("once") == 1
+    assert verda_scaling() == (0, 0), "down past the hold: released to the floor"
+
+
 async def test_status_json_shows_queue_deployment_and_the_decision(cli_env, qm, monkeypatch, capsys):
     monkeypatch.setenv("QUEUE_MANAGER_TOKEN", QUEUE_TOKEN)
     qm.store.submit("alice", WORKFLOW)
