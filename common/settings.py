@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -99,13 +99,20 @@ def misspelt_variables(*settings_classes: type[BaseSettings]) -> list[tuple[str,
     settings read, that none of ``settings_classes`` reads but one typo away from one of their settings (a
     process reading several classes, as the container's supervisor does, passes them all). Such a variable is
     ignored: SCALER_MAX_REPLICA=3 left the scaler at 5, SERVERLESS_MOD=true never exited."""
-    settings = set().union(*(setting_names(settings_cls) for settings_cls in settings_classes))
     present = set(os.environ)
     for env_file in {settings_cls.model_config.get("env_file") for settings_cls in settings_classes}:
         if isinstance(env_file, str) and Path(env_file).is_file():
             with contextlib.suppress(OSError, UnicodeDecodeError):  # settings_from_env says what is wrong with it
                 present |= set(dotenv_values(env_file, encoding="utf-8"))
-    found = [(variable, misspelling_of(variable, settings)) for variable in sorted(present)]
+    return misspelt_names(present, *settings_classes)
+
+
+def misspelt_names(variables: Iterable[str], *settings_classes: type[BaseSettings]) -> list[tuple[str, str]]:
+    """(variable, the setting it is a typo of) for each of ``variables`` that none of ``settings_classes`` reads
+    but one typo away from one of their settings, in name order. The deploy checks a container's environment
+    with it; misspelt_variables, this process's."""
+    settings = set().union(*(setting_names(settings_cls) for settings_cls in settings_classes))
+    found = [(variable, misspelling_of(variable, settings)) for variable in sorted(set(variables))]
     return [(variable, setting) for variable, setting in found if setting is not None]
 
 

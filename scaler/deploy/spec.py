@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
-from scaler.deploy.worker_env import worker_env_problems
+from scaler.deploy.container_env import container_env_problems, misspelt_problems
 from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.client import check_deployment_name
 
@@ -312,8 +312,10 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     if missing:
         raise SpecError(missing)
     known_secrets = from_environment["secrets"]
-    refused = worker_env_problems({**spec.env, **spec.resolved_env, **known_secrets},
-                                  unknown=set(spec.secrets) - set(known_secrets))
+    refused = misspelt_problems(
+        {"env": spec.env, "env_from_environment": spec.env_from_environment.names, "secrets": spec.secrets})
+    refused += container_env_problems({**spec.env, **spec.resolved_env, **known_secrets},
+                                      unknown=set(spec.secrets) - set(known_secrets))
     if refused:
         raise SpecError(refused)
     return spec

@@ -115,10 +115,11 @@ NOT_OURS = {
 }
 
 
-# Misspellings the docs show as examples of the warning (common.settings.misspelt_variables): each must be one
-# the code catches, as a typo of the setting named.
+# Misspellings the docs show as examples of the warning (common.settings.misspelt_variables) or of the deploy's
+# refusal (scaler.deploy.container_env): each must be one the code catches, as a typo of the setting named.
 MISSPELT_EXAMPLES = {
     "SERVERLESS_MOD": "SERVERLESS_MODE",
+    "SERVERLESS_MAX_IDLE_POLL": "SERVERLESS_MAX_IDLE_POLLS",
     "QUEUE_MANGER_URL": "QUEUE_MANAGER_URL",
     "SCALER_MAX_REPLICA": "SCALER_MAX_REPLICAS",
     "LEASE_TIMEOUT": "LEASE_TIMEOUT_S",

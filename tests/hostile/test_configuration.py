@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.settings import MAX_QUEUE_TOKEN_CHARS, ConfigError, misspelt_variables, setting_names
+from common.settings import MAX_QUEUE_TOKEN_CHARS, ConfigError, misspelt_names, misspelt_variables, setting_names
 from queue_manager import QueueManagerServer
 from queue_manager.__main__ import QueueManagerEnv
 from scaler.config import ScalerSettings, load_kill_switch_settings
@@ -280,6 +280,14 @@ def test_settings_and_other_programs_variables_are_not_taken_for_typos(monkeypat
     monkeypatch.chdir(REPO / "tests")
     for settings_cls in (WorkerSettings, ScalerSettings, QueueManagerEnv, SupervisorSettings):
         assert misspelt_variables(settings_cls) == [], settings_cls.__name__
+
+
+def test_names_given_are_judged_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deploy judges a container's variables, not the deploying shell's: misspelt_names reads no environment."""
+    _clean_env(monkeypatch, {}, "HEALTH_PROT", "1")
+    names = ["SERVERLESS_MOD", "COMFYUI_STOP_TIMEOUT", "HF_TOKEN", "SERVERLESS_MODE"]
+    assert misspelt_names(names, SupervisorSettings, WorkerSettings) == [
+        ("COMFYUI_STOP_TIMEOUT", "COMFYUI_STOP_TIMEOUT_S"), ("SERVERLESS_MOD", "SERVERLESS_MODE")]
 
 
 def test_a_misspelt_variable_in_the_dot_env_file_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -122,6 +122,18 @@ async def test_dry_run_is_refused_for_anything_but_apply(fake: FakeRunPod, deplo
     assert fake.requests == []
 
 
+async def test_a_misspelt_setting_is_refused_before_any_call(
+    fake: FakeRunPod, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """The spec's [env] is RunPod's too: SERVERLESS_MOD = "true" made pods that never exit, as on Verda."""
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(DEFAULT_SPEC_PATH.read_text().replace('SERVERLESS_MODE = "true"', 'SERVERLESS_MOD = "true"'))
+    assert await deploy_main(runpod_args("--dry-run", "--spec", str(spec)), deploy_env) == 2
+    out, err = capsys.readouterr()
+    assert "env.SERVERLESS_MOD: no setting has this name" in err and "did you mean SERVERLESS_MODE?" in err
+    assert out == "" and fake.requests == []
+
+
 def test_shell_wrapper_takes_the_provider(deploy_env) -> None:
     env = {**os.environ, **deploy_env}
     done = subprocess.run(

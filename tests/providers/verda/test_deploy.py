@@ -683,6 +683,76 @@ async def test_a_value_the_worker_would_refuse_is_refused_before_any_call(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+@pytest.mark.parametrize(
+    ("typo", "setting"),
+    [("SERVERLESS_MOD", "SERVERLESS_MODE"), ("SERVERLESS_MAX_IDLE_POLL", "SERVERLESS_MAX_IDLE_POLLS"),
+     ("COMFYUI_STOP_TIMEOUT", "COMFYUI_STOP_TIMEOUT_S")],  # the last one the supervisor's
+)
+async def test_a_misspelt_setting_in_env_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys, dry_run: list[str], typo: str, setting: str
+) -> None:
+    """Before: deployed as given; every replica ignored the variable (SERVERLESS_MOD = "true": replicas that never
+    exit, billed), and only a warning in the container's log said so."""
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', f'HEALTH_PORT = "8000"\n{typo} = "3"\n')
+    assert await deploy_main([*dry_run, "--spec", str(spec)], deploy_env) == 2
+    out, err = capsys.readouterr()
+    assert f"env.{typo}: no setting has this name (every replica would ignore it): did you mean {setting}?" in err
+    assert out == "" and fake.requests == []
+
+
+async def test_a_misspelt_setting_among_the_secrets_or_the_copied_variables_is_refused(
+    deploy_env, tmp_path: Path, capsys
+) -> None:
+    spec = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "JOB_TIMEOUT"]')
+    spec.write_text(spec.read_text().replace("[secrets]\n", '[secrets]\nWARMUP_WORKFLOWS = "warm-up"\n'))
+    env = {**deploy_env, "JOB_TIMEOUT": "600"}
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], env) == 2
+    err = capsys.readouterr().err
+    assert "env_from_environment.JOB_TIMEOUT: no setting has this name" in err and "did you mean JOB_TIMEOUT_S?" in err
+    assert "secrets.WARMUP_WORKFLOWS: no setting has this name" in err and "did you mean WARMUP_WORKFLOW?" in err
+
+
+async def test_a_variable_for_someone_else_is_no_typo(deploy_env, tmp_path: Path, capsys) -> None:
+    """Variables for ComfyUI, its custom nodes or the CUDA runtime are passed through, not taken for typos."""
+    extra = 'PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True"\nHF_HUB_OFFLINE = "1"\nTZ = "UTC"\n'
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', f'HEALTH_PORT = "8000"\n{extra}')
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], deploy_env) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('COMFYUI_STOP_TIMEOUT_S = "-1"', "COMFYUI_STOP_TIMEOUT_S: Input should be greater than or equal to 0"),
+        ('COMFYUI_STOP_TIMEOUT_S = "nan"', "COMFYUI_STOP_TIMEOUT_S: Input should be a finite number"),
+        ('COMFYUI_URL = "http://gpu-1:8188"', "COMFYUI_URL: the supervisor runs ComfyUI on this machine"),
+        ('SCRATCH_DIR = ""', "SCRATCH_DIR: is empty"),
+        ('COMFYUI_EXTRA_ARGS = "--preview-method \'auto"', "COMFYUI_EXTRA_ARGS: No closing quotation"),
+        ('COMFYUI_COMMAND = " "', "COMFYUI_COMMAND: must name the program that starts ComfyUI"),
+    ],
+)
+async def test_a_value_the_supervisor_would_refuse_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys, value: str, problem: str
+) -> None:
+    """Before: deployed as given, every replica's supervisor exited 2 at start, was restarted, and billed."""
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', f'HEALTH_PORT = "8000"\n{value}\n')
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 2
+    err = capsys.readouterr().err
+    assert f"{problem}" in err and "(every replica's supervisor would refuse this at start and exit)" in err, err
+    assert fake.requests == []
+
+
+async def test_the_program_comfyui_starts_with_is_looked_up_in_the_container_not_here(
+    deploy_env, tmp_path: Path, capsys
+) -> None:
+    """The image has the program; the deploying machine need not: the supervisor looks it up at start."""
+    command = 'COMFYUI_COMMAND = "/opt/venv-only-in-the-image/bin/python /opt/ComfyUI/main.py"'
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', f'HEALTH_PORT = "8000"\n{command}\n')
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], deploy_env) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
 async def test_the_settings_of_the_deploying_machine_are_not_what_is_judged(deploy_env, monkeypatch, capsys) -> None:
     """The container's environment is judged alone: not the deploying shell's variables or .env file."""
     monkeypatch.setenv("SERVERLESS_MAX_IDLE_POLLS", "0")
