@@ -669,7 +669,8 @@ async def test_a_hang_mid_job_ends_the_worker_its_unresponsive_timeout_after_com
     process.send_signal(signal.SIGSTOP)
     hung_at = asyncio.get_running_loop().time()
     assert await asyncio.wait_for(run, 20) == 1
-    assert asyncio.get_running_loop().time() - hung_at < 7.5, "before: 4 s to lose the job, then 5 s more"
+    # Before, at least 9 s (timers never fire early); now 5 s, and up to 7.5 s was measured on a loaded machine.
+    assert asyncio.get_running_loop().time() - hung_at < 8.5, "before: 4 s to lose the job, then 5 s more"
     assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: ComfyUI stopped answering for 4 s")
     assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 5 s"
 
