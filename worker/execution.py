@@ -113,6 +113,7 @@ class PromptRun:
         timings: RunTimings = RunTimings(),
         heartbeat: Callable[[], None] = lambda: None,
         on_prompt_id: Callable[[str], None] = lambda _: None,
+        on_queued: Callable[[PromptRun], None] = lambda _: None,
         job_id: str | None = None,
         own_folders: Sequence[Path] = (),
     ) -> None:
@@ -123,8 +124,10 @@ class PromptRun:
         self.timings = timings
         self.heartbeat = heartbeat
         self.on_prompt_id = on_prompt_id
+        self.on_queued = on_queued
         self.events = events
         self.prompt_id = str(uuid.uuid4())
+        self.number: int | None = None  # ComfyUI's number of the prompt, once queued (None if its answer was lost)
         self._submitted_at = 0.0
         self._started_at: float | None = None
         self._heard_at = time.monotonic()  # the last time ComfyUI answered anything, over HTTP or the websocket
@@ -133,6 +136,12 @@ class PromptRun:
         self._executed_bytes = 0
         self._interrupt_sent = False
         self._warnings: list[str] = []
+
+    @property
+    def executed_outputs(self) -> dict[str, Any]:
+        """The outputs the prompt's `executed` events named so far (node id -> output): its files, even when
+        its history entry is lost with ComfyUI."""
+        return dict(self._executed_outputs)
 
     @property
     def heard_at(self) -> float:
@@ -155,6 +164,9 @@ class PromptRun:
                 log.warning("ComfyUI accepted the workflow but will skip invalid outputs", details=skipped)
                 self._warnings.append(skipped.replace("ComfyUI rejected the workflow: ", "ComfyUI skipped ", 1))
             self.on_prompt_id(self.prompt_id)
+            number = accepted.get("number")  # a float is a number a client chose, not ComfyUI's count
+            self.number = number if isinstance(number, int) and not isinstance(number, bool) else None
+            self.on_queued(self)
             log.info("Prompt queued in ComfyUI", prompt_id=self.prompt_id)
             try:
                 async with asyncio.timeout(self.timeout_s):

@@ -25,6 +25,14 @@ prompt its earlier attempt left running, on whichever worker, and tidies it the 
 other prompt's: a result file ComfyUI's cache may name again is kept until a later prompt succeeded without naming
 it. ComfyUI runs its prompts one at a time, so each of them ran after every prompt this run tidied before.
 
+A ComfyUI that dies and is started again (beside a bare comfy-worker; in the image the worker exits with it) has
+lost its queue, history and cache, not its files. The worker sees the restart in the number ComfyUI gives its next
+prompt (the answer to POST /prompt; counted from 0 at ComfyUI's start, one up per prompt sent): not above that of
+its previous prompt. Then no prompt can name a kept result file again, nor a file of that previous prompt, which
+ComfyUI may have died in (its job handed back, or abandoned if cancelled meanwhile): both go, the latter by the
+names its `executed` events gave. Prompts of other clients sent in between can hide a restart: then the kept files
+go at the next success, as without one.
+
 No job may deliver more than MAX_JOB_OUTPUT_FILES results, so no more than that many are kept for a replay: a
 prompt that named more has its files deleted at once, and failed prompts in a row that named more together have
 all but the latest one's deleted. Otherwise the names the worker keeps (a set in memory) grew with every failed
@@ -35,12 +43,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from worker.comfyui import WORKER_ID_KEY, ComfyUIClient, ComfyUIUnavailable, ReplyTooLarge
 from worker.outputs import OutputDeliveryError, inside, relative_output_path, remove_empty_parents, result_files
+
+if TYPE_CHECKING:
+    from worker.execution import PromptRun
 
 log = structlog.get_logger()
 
@@ -93,6 +104,8 @@ class ComfyUIHousekeeping:
         self._replayable: set[PurePosixPath] = set()  # result files ComfyUI's cache may still name again
         # Prompts whose result files are kept, oldest first, with those files: their history entries stay as long.
         self._kept_entries: dict[str, frozenset[PurePosixPath]] = {}
+        self._previous: PromptRun | None = None  # this worker's latest prompt
+        self._freed_by_restart: list[tuple[Path, PurePosixPath]] = []  # to delete once the job is reported
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -115,6 +128,29 @@ class ComfyUIHousekeeping:
             reason=why, comfyui_output_dir=str(self.output_dir),
         )
         self.output_dir = None
+
+    def prompt_queued(self, run: PromptRun) -> None:
+        """ComfyUI queued a prompt of this worker, numbered run.number. ComfyUI counts the prompts it is sent from 0
+        at its start: a number not above that of this worker's previous prompt means ComfyUI restarted in between,
+        and its queue, history and cache went with it. Then no prompt can name again the result files kept for a
+        replay, nor the files of that previous prompt (the one ComfyUI died in, if it was still running; its
+        `executed` events named them): they go after the job's report (delete_freed_by_restart)."""
+        previous, self._previous = self._previous, run
+        if run.number is None or previous is None or previous.number is None or run.number > previous.number:
+            return
+        outputs = previous.executed_outputs
+        named = [*_files_in(self.temp_dir, outputs, "temp"), *_files_in(self.output_dir, outputs, "output")]
+        kept = [] if self.output_dir is None else [(self.output_dir, name) for name in self._replayable]
+        freed = sorted(set(kept) | set(named))
+        log.info("ComfyUI restarted since this worker's previous prompt: deleting the files no prompt can name "
+                 "any more", files=len(freed), previous_prompt_id=previous.prompt_id)  # fmt: skip
+        self._freed_by_restart += freed
+        self._replayable, self._kept_entries = set(), {}
+
+    async def delete_freed_by_restart(self) -> None:
+        if self._freed_by_restart:
+            doomed, self._freed_by_restart = self._freed_by_restart, []
+            await asyncio.to_thread(self._delete, doomed)
 
     async def tidy(self, prompt_id: str, outputs: dict[str, Any], *, succeeded: bool, timeout_s: float) -> bool:
         """A prompt is over: delete its files (delete_files) and its history entry, unless its result files are
@@ -205,10 +241,8 @@ class ComfyUIHousekeeping:
     def _done_with(
         self, outputs: dict[str, Any], succeeded: bool
     ) -> tuple[list[tuple[Path, PurePosixPath]], frozenset[PurePosixPath]]:
-        doomed = []
+        doomed = _files_in(self.temp_dir, outputs, "temp")
         keep: set[PurePosixPath] = set()
-        if self.temp_dir is not None:
-            doomed += [(self.temp_dir, relative) for relative in sorted(_named(outputs, "temp"))]
         if self.output_dir is not None:
             named = _named(outputs, "output")
             keep = named if len(named) <= self.max_files else set()  # more than a job may deliver: never replayed
@@ -232,6 +266,10 @@ class ComfyUIHousekeeping:
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("Could not delete a file of ComfyUI's", file=str(path), error=error)
+
+
+def _files_in(folder: Path | None, outputs: dict[str, Any], folder_type: str) -> list[tuple[Path, PurePosixPath]]:
+    return [] if folder is None else [(folder, relative) for relative in sorted(_named(outputs, folder_type))]
 
 
 def _named(outputs: dict[str, Any], folder_type: str) -> set[PurePosixPath]:

@@ -279,6 +279,7 @@ class Worker:
                 await self._sleep(s.poll_interval_s)
                 continue
             await self.process(raw)
+            await self.housekeeping.delete_freed_by_restart()  # after the report: its user waits for that
             if self.state.fatal_reason is not None:
                 log.error("Fatal error: taking no new job; exiting so the platform replaces this replica",
                           reason=self.state.fatal_reason)
@@ -645,7 +646,8 @@ class Worker:
         own_folders = [folder for folder in (s.comfyui_output_dir, s.comfyui_temp_dir) if folder is not None]
         return PromptRun(
             self.comfy, self.events, timeout_s=s.job_timeout_s, timings=self.timings,
-            heartbeat=self.state.beat, on_prompt_id=on_prompt_id, job_id=job_id, own_folders=own_folders,
+            heartbeat=self.state.beat, on_prompt_id=on_prompt_id, on_queued=self.housekeeping.prompt_queued,
+            job_id=job_id, own_folders=own_folders,
         )
 
     def _on_prompt_id(self, prompt_id: str) -> None:

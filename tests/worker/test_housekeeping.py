@@ -495,3 +495,101 @@ async def test_a_restart_frees_the_result_files_of_its_earlier_runs_failed_promp
     assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0
     assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, later.id, Path("."))}
     assert set(await history(comfy)) == {prompt_of(qm, later.id)}
+
+
+async def crash_and_restart(comfy: ComfyUISimulator) -> None:
+    """ComfyUI dies and its supervisor starts it again on the same port: its queue, history and cache are gone."""
+    await comfy.crash()
+    await comfy.start(port=comfy.port)
+
+
+async def until(predicate, timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_the_files_of_a_prompt_lost_with_a_crashed_comfyui_go_once_it_is_seen_restarted(
+    qm, comfy, make_worker, workflows
+):
+    """ComfyUI dies mid-prompt and is restarted: the prompt, its history entry and ComfyUI's cache are gone, but
+    the result and preview it wrote before are on ComfyUI's disk. Before, nothing named them any more and they
+    stayed for the replica's life (bench/soak.py: 6 + 5 files on two ComfyUIs after 4 crashes). The worker saw
+    their names in the prompt's `executed` events; the next prompt's number (ComfyUI counts from 0 at its start)
+    shows the restart, and they go after that job's report."""
+    worker = make_worker(
+        serverless_max_idle_polls=1_000_000, comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir
+    )
+    with capture_logs() as logs:
+        run = asyncio.create_task(worker.run())
+        comfy.freeze(class_type="ImageBlur")
+        qm.store.submit("alice", saves_around_a_slow_node(color=1))
+        await asyncio.wait_for(comfy.wait_until_frozen(), 10)
+        assert len(files_under(comfy.output_dir)) == len(files_under(comfy.temp_dir)) == 1  # result and preview
+        await crash_and_restart(comfy)
+        comfy.release()
+        await until(lambda: worker.state.jobs_handed_back == 1)
+        later = qm.store.submit("bob", quick(workflows, 2))
+        await until(lambda: qm.reports.landed(later.id) and worker.state.current_job_id is None)
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 20) == 0
+    assert qm.store.get(later.id).status == "completed"
+    assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, later.id, Path("."))}
+    assert files_under(comfy.temp_dir) == set()
+    [restarted] = [e for e in logs if e["event"].startswith("ComfyUI restarted since this worker's previous prompt")]
+    assert restarted["files"] == 2
+
+
+
+async def test_the_files_of_a_job_cancelled_while_comfyui_was_down_go_once_it_is_seen_restarted(
+    comfy, make_worker, workflows
+):
+    """The case bench/soak.py hit most: ComfyUI died in a slow prompt whose job was then cancelled. The interrupt
+    found no ComfyUI, so the job was abandoned untidied, and the prompt's result and preview stayed for good."""
+    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
+        worker = make_worker(
+            queue_manager_url=qm.url, lease_heartbeat_s=0.2, serverless_max_idle_polls=1_000_000,
+            comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir,
+        )  # fmt: skip
+        run = asyncio.create_task(worker.run())
+        comfy.freeze(class_type="ImageBlur")
+        cancelled = qm.store.submit("alice", saves_around_a_slow_node(color=1))
+        await asyncio.wait_for(comfy.wait_until_frozen(), 10)
+        await comfy.crash()
+        assert qm.store.cancel(cancelled.id) == "running"
+        await until(lambda: worker.state.jobs_abandoned == 1)
+        await comfy.start(port=comfy.port)
+        comfy.release()
+        later = qm.store.submit("bob", quick(workflows, 2))
+        await until(lambda: qm.store.get(later.id).status == "completed" and worker.state.current_job_id is None)
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 20) == 0
+        kept = {path.name for path, _ in delivered(qm, later.id, Path("."))}
+    assert files_under(comfy.output_dir) == kept
+    assert files_under(comfy.temp_dir) == set()
+
+async def test_the_result_files_kept_for_a_replay_go_once_comfyui_is_seen_restarted(qm, comfy, make_worker, workflows):
+    """A restarted ComfyUI's cache is empty: it can name no file of a prompt before the restart again. Before, the
+    result files kept for a replay stayed until this worker's next success, and, with ComfyUI's history (which named
+    them for a restarted worker) gone, for good if the worker was killed first: here its next prompt fails."""
+    folders = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
+    worker = make_worker(worker_id="w1", serverless_max_idle_polls=1_000_000, **folders)
+    run = asyncio.create_task(worker.run())
+    before = qm.store.submit("alice", quick(workflows, 1))
+    await until(lambda: qm.reports.landed(before.id) and worker.state.current_job_id is None)
+    assert len(files_under(comfy.output_dir)) == 2  # its two results, kept for a replay
+    await crash_and_restart(comfy)
+    comfy.inject_error("out of coffee", node_id="30")
+    failed = qm.store.submit("bob", saves_then_fails())
+    await until(lambda: qm.reports.landed(failed.id) and worker.state.current_job_id is None)
+    worker.request_shutdown()  # or killed: the next run of w1 finds the failed prompt alone in ComfyUI's history
+    assert await asyncio.wait_for(run, 20) == 0
+    assert qm.store.get(failed.id).status == "failed"
+    assert [name.split("/")[0] for name in files_under(comfy.output_dir)] == ["before-error"], (
+        "the failed prompt's result stays (the restarted ComfyUI may replay it); the success's before the restart go"
+    )
+
+    after = qm.store.submit("alice", quick(workflows, 2))
+    assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0
+    assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, after.id, Path("."))}
+
