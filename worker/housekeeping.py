@@ -20,7 +20,8 @@ own first success, as the killed run would have.
 A run of the worker killed mid-job (a bare comfy-worker beside a ComfyUI that goes on running) left its prompt's
 history entry and files. The next run with the same WORKER_ID finds them by the mark in each prompt's extra_data:
 the finished ones in ComfyUI's latest EARLIER_RUN_HISTORY_ITEMS entries at start, the one it interrupted at start
-once that is over (after the run's first prompt, which ComfyUI runs after it). A retry of a job interrupts the
+once that is over (after the run's first prompt, which ComfyUI runs after it; if that prompt timed out queued
+behind one that ignored its interrupt, after the first that ran). A retry of a job interrupts the
 prompt its earlier attempt left running, on whichever worker, and tidies it the same way. Their files go as any
 other prompt's: a result file ComfyUI's cache may name again is kept until a later prompt succeeded without naming
 it. ComfyUI runs its prompts one at a time, so each of them ran after every prompt this run tidied before.
@@ -199,20 +200,26 @@ class ComfyUIHousekeeping:
             if not await self._tidy_entry(prompt_id, entry, timeout_s):
                 return
 
-    async def tidy_once_over(self, prompt_ids: set[str], timeout_s: float) -> None:
+    async def tidy_once_over(self, prompt_ids: set[str], timeout_s: float) -> set[str]:
         """Delete the history entries and files of these prompts, interrupted at start or by a job's retry, once
-        ComfyUI has finished them. Asked once, after a later prompt: ComfyUI runs its prompts in turn, so they are
-        over by then."""
+        ComfyUI has finished them. Asked after a later prompt: ComfyUI runs its prompts in turn, so they are over
+        by then, unless one ignored its interrupt and the later prompt timed out queued behind it. The ids of those
+        ComfyUI still runs or queues, to ask again after the next prompt."""
+        waiting: set[str] = set()
         for prompt_id in sorted(prompt_ids):
             try:
                 async with asyncio.timeout(timeout_s):
                     entry = await self.comfy.history(prompt_id)
+                    if entry is None:
+                        running, pending = await self.comfy.queued_prompt_ids()
+                        waiting |= {prompt_id} & (running | pending)
             except (TimeoutError, ComfyUIUnavailable, ReplyTooLarge) as exc:
                 log.warning("Could not read the history entry of a prompt an earlier run left", prompt_id=prompt_id,
                             error=str(exc) or f"no answer within {timeout_s:g} s")  # fmt: skip
-                return
+                return waiting
             if entry is not None and not await self._tidy_entry(prompt_id, entry, timeout_s):
-                return
+                return waiting
+        return waiting
 
     async def _tidy_entry(self, prompt_id: str, entry: dict[str, Any], timeout_s: float) -> bool:
         """False when ComfyUI did not confirm the deletion of a history entry (forget)."""

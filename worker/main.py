@@ -623,9 +623,9 @@ class Worker:
         HOUSEKEEPING_WAIT_S and is asked again before the next job is taken."""
         try:
             async with self.deadline.bounded(), self.state.beating(self._beat_interval_s):
-                if self._left_running:  # over by now: ComfyUI ran them before this prompt
+                if self._left_running:  # over by now (ComfyUI ran them before this prompt), or still holding it
                     left, self._left_running = self._left_running, set()
-                    await self.housekeeping.tidy_once_over(left, self._housekeeping_wait_s)
+                    self._left_running |= await self.housekeeping.tidy_once_over(left, self._housekeeping_wait_s)
                 answered = await self.housekeeping.tidy(
                     prompt.prompt_id, prompt.outputs, succeeded=prompt.ok, timeout_s=self._housekeeping_wait_s
                 )

@@ -593,3 +593,37 @@ async def test_the_result_files_kept_for_a_replay_go_once_comfyui_is_seen_restar
     assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0
     assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, after.id, Path("."))}
 
+
+async def test_a_prompt_left_running_that_ignores_its_interrupt_is_tidied_once_it_ends(
+    qm, comfy, make_worker, workflows
+):
+    """A killed run's prompt is interrupted at the restart and tidied after the run's first prompt, which ComfyUI
+    runs after it. A node that ignores the interrupt holds ComfyUI's queue: the first prompt timed out queued behind
+    it and never ran. Before, the killed run's prompt was looked for then, not found (not over yet) and forgotten:
+    its history entry, result and preview stayed for the replica's life."""
+    from worker.comfyui import WORKER_ID_KEY
+
+    comfy.freeze(class_type="ImageBlur")  # ignores interrupts until released
+    async with httpx.AsyncClient(base_url=comfy.url) as client:
+        answer = await client.post(
+            "/prompt", json={"prompt": saves_around_a_slow_node(color=1), "extra_data": {WORKER_ID_KEY: "w1"}}
+        )
+    left = answer.json()["prompt_id"]
+    await asyncio.wait_for(comfy.wait_until_frozen(), 10)
+    folders = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
+    worker = make_worker(worker_id="w1", job_timeout_s=1, serverless_max_idle_polls=1_000_000, **folders)
+    run = asyncio.create_task(worker.run())
+    behind = qm.store.submit("alice", quick(workflows, 2))
+    await until(lambda: qm.reports.landed(behind.id) and worker.state.current_job_id is None)
+    assert "timed out" in qm.reports.landed(behind.id)[0].body["error"]
+    comfy.release()  # the interrupt lands at the next node
+    async with asyncio.timeout(10):
+        while left not in await history(comfy):
+            await asyncio.sleep(0.01)
+    later = qm.store.submit("alice", quick(workflows, 3))
+    await until(lambda: qm.reports.landed(later.id) and worker.state.current_job_id is None)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 20) == 0
+    assert set(await history(comfy)) == {prompt_of(qm, later.id)}
+    assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, later.id, Path("."))}
+    assert files_under(comfy.temp_dir) == set()
