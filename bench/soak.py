@@ -214,8 +214,10 @@ class Soak:
                     job = self.rng.choice(listed)
                     answer = await http.delete(f"/api/jobs/{job['id']}")
                     self.cancels[f"{status}:{answer.status_code}"] += 1
-                    if answer.status_code == 204 and status == "pending":
-                        self.deleted.add(job["id"])  # the peer deletes a cancelled pending job outright
+                    # The peer deletes a cancelled pending job outright, and a job listed running may have been
+                    # handed back to pending before the cancel: judged by the listing, it read as lost.
+                    if answer.status_code == 204 and (await http.get(f"/api/jobs/{job['id']}")).status_code == 404:
+                        self.deleted.add(job["id"])
 
     async def comfyui_faults(self) -> None:
         while len(self.submitted) < self.args.jobs:
@@ -493,7 +495,8 @@ def main() -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     summary = asyncio.run(Soak(args).run())
     print(json.dumps(summary, indent=2))
-    return 0 if summary["not_terminal"] == summary["reports_landed_twice"] == 0 and summary["drain_s"] else 1
+    drained = summary["drain_s"] is not None  # 0.0: the queue was empty when the churn ended
+    return 0 if summary["not_terminal"] == summary["reports_landed_twice"] == 0 and drained else 1
 
 
 if __name__ == "__main__":
