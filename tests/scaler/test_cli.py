@@ -138,6 +138,7 @@ async def test_once_run_with_another_billing_interval_converts_the_intervals_the
     assert changed["setting"] == "SCALER_BILLING_INTERVAL_S"
     assert json.loads(state_file.read_text())["billing"]["interval_s"] == 3600.0
 
+
 async def test_once_exits_1_and_holds_when_the_queue_is_unreachable(
     cli_env, monkeypatch, verda_scaling, scaling_patches
 ):

@@ -400,6 +400,7 @@ async def test_a_billing_interval_changed_between_two_runs_never_charges_less_th
     changed = [entry for entry in logs if entry["event"] == "cost_ledger_billing_changed"]
     assert [entry["setting"] for entry in changed] == (["SCALER_BILLING_INTERVAL_S"] if saved_s != now_s else [])
 
+
 async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_while_the_listing_lags(
     make_verda_client, fake_verda: FakeVerda, wall
 ):

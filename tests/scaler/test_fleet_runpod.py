@@ -328,7 +328,6 @@ async def test_a_provider_without_its_credential_is_not_stopped_and_the_others_a
     assert missing in capsys.readouterr().err
 
 
-
 def listed_pod(status: str | None) -> dict:
     """One of our pods as a RunPod listing shows it, with the status given."""
     return {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": status, "cost": 0.69,

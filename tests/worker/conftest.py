@@ -18,7 +18,6 @@ FAST_TIMINGS = RunTimings(
 )
 
 
-
 @pytest.fixture
 async def comfy(tmp_path: Path):
     sim = ComfyUISimulator(tmp_path / "comfy-output", tmp_path / "comfy-temp", node_seconds={"ImageBlur": 0.4})

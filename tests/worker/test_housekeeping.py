@@ -540,7 +540,6 @@ async def test_the_files_of_a_prompt_lost_with_a_crashed_comfyui_go_once_it_is_s
     assert restarted["files"] == 2
 
 
-
 async def test_the_files_of_a_job_cancelled_while_comfyui_was_down_go_once_it_is_seen_restarted(
     comfy, make_worker, workflows
 ):
@@ -567,6 +566,7 @@ async def test_the_files_of_a_job_cancelled_while_comfyui_was_down_go_once_it_is
         kept = {path.name for path, _ in delivered(qm, later.id, Path("."))}
     assert files_under(comfy.output_dir) == kept
     assert files_under(comfy.temp_dir) == set()
+
 
 async def test_the_result_files_kept_for_a_replay_go_once_comfyui_is_seen_restarted(qm, comfy, make_worker, workflows):
     """A restarted ComfyUI's cache is empty: it can name no file of a prompt before the restart again. Before, the
