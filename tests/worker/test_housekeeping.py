@@ -5,6 +5,7 @@ it, so a restart finds their names). Against the stand-in ComfyUI and the embedd
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -389,16 +390,23 @@ def saves_around_a_slow_node(color: int) -> dict[str, Any]:
     }
 
 
+@contextlib.asynccontextmanager
+async def leased_queue_and_worker(comfy, make_worker):
+    """A queue manager that leases its jobs (the worker hears of a cancel through its heartbeat) and a worker on it
+    that tidies the stand-in's folders and takes any number of jobs."""
+    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
+        yield qm, make_worker(
+            queue_manager_url=qm.url, lease_heartbeat_s=0.2, serverless_max_idle_polls=1_000_000,
+            comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir,
+        )  # fmt: skip
+
+
 async def test_jobs_cancelled_while_they_run_leave_nothing_in_comfyui(comfy, make_worker, workflows):
     """A running job cancelled in the queue (or taken back by its lease) is abandoned: its prompt is interrupted.
     ComfyUI still writes the interrupted prompt's history entry (its whole workflow) and keeps the files the nodes
     before the interrupt made. Before, an abandoned job was never tidied: each cancel left one entry in ComfyUI's
     memory and its files on the replica's disk, for the replica's whole life."""
-    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
-        worker = make_worker(
-            queue_manager_url=qm.url, lease_heartbeat_s=0.2, serverless_max_idle_polls=1_000_000,
-            comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir,
-        )  # fmt: skip
+    async with leased_queue_and_worker(comfy, make_worker) as (qm, worker):
         run = asyncio.create_task(worker.run())
         cancels = 4
         for done in range(1, cancels + 1):
@@ -545,11 +553,7 @@ async def test_the_files_of_a_job_cancelled_while_comfyui_was_down_go_once_it_is
 ):
     """The case bench/soak.py hit most: ComfyUI died in a slow prompt whose job was then cancelled. The interrupt
     found no ComfyUI, so the job was abandoned untidied, and the prompt's result and preview stayed for good."""
-    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
-        worker = make_worker(
-            queue_manager_url=qm.url, lease_heartbeat_s=0.2, serverless_max_idle_polls=1_000_000,
-            comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir,
-        )  # fmt: skip
+    async with leased_queue_and_worker(comfy, make_worker) as (qm, worker):
         run = asyncio.create_task(worker.run())
         comfy.freeze(class_type="ImageBlur")
         cancelled = qm.store.submit("alice", saves_around_a_slow_node(color=1))
