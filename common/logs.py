@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
 from common.urls import is_secret_parameter
@@ -171,6 +172,8 @@ class _MalformedRequestAsWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError) and isinstance(exc.__cause__, HttpProcessingError):
+            exc = exc.__cause__  # a body aiohttp drained after the answer, unreadable (gzip that is not gzip)
         if isinstance(exc, HttpProcessingError):
             refused = self._throttle.occurred()
             if refused is None:

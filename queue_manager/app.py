@@ -2,7 +2,8 @@
 heartbeat, hand back), on aiohttp.
 
 Middlewares, outermost first: check the bearer token → [test hooks only: record reports → inject faults] →
-shape errors. Nothing reads a body before the token is checked; each route reads at most its own limit.
+close the connection after a body left unread → shape errors → bound the bodies read together.
+Nothing reads a body before the token is checked; each route reads at most its own limit.
 """
 
 from __future__ import annotations
@@ -622,6 +623,16 @@ def _is_compressed(request: web.Request) -> bool:
 
 
 @web.middleware
+async def _close_if_body_unread(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body left unread (a GET's, a 404's) is drained after the answer, and the connection dropped when it cannot
+    be (gzip that is not): the answer says so, or the client's next request on that connection was reset."""
+    response = await handler(request)
+    if request.can_read_body:
+        response.force_close()
+    return response
+
+
+@web.middleware
 async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -669,7 +680,7 @@ def build_app(
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     app = web.Application(
         client_max_size=MAX_REQUEST_BYTES,
-        middlewares=[*middlewares, _fastapi_errors, _body_budget_middleware(BodyBudget())],
+        middlewares=[*middlewares, _close_if_body_unread, _fastapi_errors, _body_budget_middleware(BodyBudget())],
     )
     # No HEAD: a poll hands out a job, and a safe method (what monitors probe with) must not.
     app.router.add_get("/api/workers/next-job", api.next_job, name="next-job", allow_head=False)

@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from common.limits import PROBE_HEADS
 from common.logs import MALFORMED_WARN_EVERY_S, _MalformedRequestAsWarning, configure_logging
 from health.server import HealthServer
+from queue_manager import QueueManagerServer
 from worker.state import WorkerState
 
 
@@ -89,3 +90,28 @@ async def test_a_head_too_large_is_one_warning_naming_the_limit_without_its_byte
                     f"Request head longer than {PROBE_HEADS.max_head_bytes} bytes")
     ]  # fmt: skip
     assert "sss" not in log_buffer.getvalue()
+
+
+async def test_an_undecodable_body_a_route_never_read_is_one_warning_and_the_answer_closes_the_connection(
+    log_buffer: io.StringIO,
+) -> None:
+    """A GET (or a heartbeat) carrying a gzip body that is not gzip: the route answers without reading it, then
+    aiohttp drains it, fails, and logged "Unhandled exception" with a traceback, an error at every such request
+    (found by tests/hostile/test_fuzz_queue_http.py). The answer also kept the connection alive, then the server
+    closed it: the client's next request on it was reset. Now one warning, and the answer says Connection: close."""
+    async with QueueManagerServer() as queue:
+        host, port = queue.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b"not gzip at all"
+        writer.write(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in head, head
+    lines = [json.loads(line) for line in log_buffer.getvalue().splitlines()]
+    assert [line["level"] for line in lines if line["level"] in ("error", "critical")] == []
+    refused = [line["event"] for line in lines if "Malformed HTTP" in line["event"]]
+    assert refused == [
+        "Malformed HTTP request refused (400): Unhandled exception: Can not decode content-encoding: gzip"
+    ]
