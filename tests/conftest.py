@@ -6,12 +6,16 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from common import logs
+
+T = TypeVar("T")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORKFLOWS = FIXTURES / "workflows"
@@ -114,3 +118,24 @@ async def half_sent_requests(
         await writer.drain()
         connections.append((reader, writer))
     return connections
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, for synchronous tests (hypothesis drives only those) that
+    need real servers on loopback: `run(coro)` runs a coroutine there and returns its result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def __enter__(self) -> LoopThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
