@@ -75,6 +75,8 @@ BODY_LIMITS = {
 }
 MAX_REQUEST_BYTES = max(BODY_LIMITS.values())
 BODY = web.RequestKey("body", bytearray)
+# What aiohttp's parser decodes (brotli and zstd only with libraries this project does not install).
+DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 # A client that sends nothing for this long mid-body has gone or is stalling on purpose, holding what it sent
 # (up to its route's limit); nginx's client_body_timeout is the same idea, 60 s there too.
 BODY_IDLE_TIMEOUT_S = 60.0
@@ -171,6 +173,9 @@ async def read_body(request: web.Request) -> bytearray:
     limit = BODY_LIMITS.get(_endpoint(request) or "", 0)
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit, request.content_length)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in DECODED_ENCODINGS:  # aiohttp would hand these over undecoded, as if sent as they are
+        raise UnreadableBody(415, f"Content-Encoding {encoding!r} is not supported: send the body as it is, or gzip")
     body = bytearray()
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -271,6 +271,22 @@ async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400_not_50
     assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == []
 
 
+@pytest.mark.parametrize("encoding", ["x-nope", "gzip, gzip", "compress"])
+async def test_a_body_in_an_encoding_aiohttp_does_not_decode_is_415_naming_it(
+    client: httpx.AsyncClient, encoding: str
+) -> None:
+    """aiohttp hands such a body over undecoded, as if it were sent as it is: an `x-nope` submission was queued
+    (201), and a compressed one would have reached the JSON parser as bytes."""
+    body = json.dumps({"user_id": "alice", "workflow": {"1": {"class_type": "Noop", "inputs": {}}}})
+    answer = await client.post("/api/jobs", content=body,
+                               headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+    assert answer.status_code == 415
+    assert answer.json() == {
+        "detail": f"Content-Encoding {encoding!r} is not supported: send the body as it is, or gzip"
+    }
+    assert (await client.get("/api/jobs")).json() == []
+
+
 async def test_a_client_that_hangs_up_mid_body_is_logged_as_that_not_as_a_server_failure(
     queue: QueueManagerServer,
 ) -> None:
