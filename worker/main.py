@@ -111,6 +111,9 @@ class Worker:
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
         self._lease_lost: str | None = None
+        # Why the worker exits when no fatal fault says it (a refused token, ComfyUI never up): "Worker shutdown
+        # complete" carries it, as ComfyWorkerRestarting's runbook reads it there.
+        self._exit_reason: str | None = None
         self._comfyui_lost: str | None = None  # what the running job saw of ComfyUI going away
         self._comfyui_answered_at = -math.inf
         self._execution: asyncio.Task[Report] | None = None
@@ -169,6 +172,7 @@ class Worker:
         except ComfyUIUnavailable as exc:
             log.error("ComfyUI never came up; exiting", error=str(exc), timeout_s=s.comfyui_startup_timeout_s)
             self.state.mark_not_ready(f"ComfyUI never came up: {exc}")
+            self._exit_reason = f"ComfyUI never came up: {exc}"
             return 1
         except StoppedWaiting:
             return self._exit_code()
@@ -230,6 +234,7 @@ class Worker:
         if problem:
             log.error("Warm-up failed; the worker stays not ready", path=str(path), error=problem)
             self.state.mark_not_ready(f"warm-up failed: {problem}")
+            self._exit_reason = f"warm-up failed: {problem}"
             return False
         log.info("Warm-up finished", seconds=round(outcome.execution_s, 3))
         return True
@@ -263,6 +268,7 @@ class Worker:
                 if s.serverless_mode and refused >= MAX_REFUSED_POLLS:
                     log.error("Queue manager refused this worker's credentials; exiting", error=str(exc),
                               refused_polls=refused)
+                    self._exit_reason = str(exc)
                     return EXIT_CONFIGURATION
                 log.warning("Poll failed; backing off", error=str(exc), retry_in_s=round(backoff, 2))
                 await self._sleep(backoff)
@@ -351,7 +357,7 @@ class Worker:
         log.info(
             "Worker shutdown complete", jobs_completed=self.state.jobs_completed, jobs_failed=self.state.jobs_failed,
             jobs_handed_back=self.state.jobs_handed_back, uptime_s=round(self.state.uptime_s(), 1),
-            reason=self.state.fatal_reason,
+            reason=self.state.fatal_reason or self._exit_reason,
         )
 
     def _exit_code(self) -> int:

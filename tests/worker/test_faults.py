@@ -351,6 +351,8 @@ async def test_a_serverless_worker_whose_token_is_refused_exits_2_after_3_refusa
     assert exit_line["error"].endswith("QUEUE_MANAGER_TOKEN is wrong")
     assert "not-the-token" not in str(logs)
     assert events[-1] == "Worker shutdown complete"
+    # ComfyWorkerRestarting's runbook reads the last "Worker shutdown complete" line's reason: it was null here.
+    assert logs[-1]["reason"].endswith("QUEUE_MANAGER_TOKEN is wrong")
 
 
 async def test_refusals_that_stop_before_the_third_are_a_blip(qm, comfy, make_worker, workflows):

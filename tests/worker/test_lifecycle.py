@@ -182,6 +182,9 @@ async def test_comfyui_never_up_exits_1(qm, make_worker, comfy):
     assert events.index("Waiting for ComfyUI to answer") < events.index("ComfyUI never came up; exiting")
     [waiting] = [e for e in logs if e["event"] == "Waiting for ComfyUI to answer"]
     assert waiting["comfyui"] == comfy.url and waiting["timeout_s"] == 0.3 and "unreachable" in waiting["error"]
+    # ComfyWorkerRestarting's runbook reads the last "Worker shutdown complete" line's reason: it was null here.
+    [complete] = [e for e in logs if e["event"] == "Worker shutdown complete"]
+    assert complete["reason"].startswith("ComfyUI never came up: ") and "unreachable" in complete["reason"]
 
 
 async def test_warmup_runs_before_ready(qm, comfy, make_worker, workflows, tmp_path):
@@ -210,6 +213,8 @@ async def test_an_unreadable_warmup_file_leaves_the_worker_unready_saying_why(ma
         assert await worker.run() == 1
     failed = [entry for entry in logs if entry["event"] == "Warm-up failed; the worker stays not ready"]
     assert failed and str(path) == failed[0]["path"]
+    [complete] = [e for e in logs if e["event"] == "Worker shutdown complete"]
+    assert complete["reason"].startswith("warm-up failed: "), "it was null: the runbook reads the exit's reason there"
 
 
 async def test_bearer_token_is_sent_and_never_logged(comfy, make_worker, workflows):
