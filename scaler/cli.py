@@ -33,7 +33,7 @@ from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
 from scaler.providers import Backend, VerdaBackend
-from scaler.providers.verda.client import VerdaAPIError
+from scaler.providers.verda.client import CREDENTIALS_HINT, VerdaAPIError
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import (
     KILL_CONFIRM_TIMEOUT_S,
@@ -269,8 +269,8 @@ def _warn_if_spend_forgotten(settings: ScalerSettings) -> None:
 
 def _platform_error(exc: Exception) -> str:
     """What went wrong, for stderr: without a secret the provider may have echoed back (print is not scrubbed)."""
-    if isinstance(exc, VerdaAPIError) and exc.status in (401, 403):
-        return scrub(f"{exc} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)")
+    if isinstance(exc, VerdaAPIError) and exc.status == 403:  # a 401 says so itself
+        return scrub(f"{exc} {CREDENTIALS_HINT}")
     if isinstance(exc, VerdaAPIError) and exc.status == 404:
         return scrub(f"{exc} (check VERDA_DEPLOYMENT_NAME)")
     return scrub(f"{type(exc).__name__}: {exc}")

@@ -230,8 +230,6 @@ RUN_AGAIN = "run the same command again later: it sends only what is missing"
 
 
 def _explain(error: VerdaAPIError) -> str:
-    if error.status == 401:
-        return f"{error} (check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
     if error.retryable:
         return f"{error}; Verda is failing after retries: {RUN_AGAIN}"
     return str(error)

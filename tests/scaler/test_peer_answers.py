@@ -410,3 +410,19 @@ def test_an_id_listed_again_long_after_its_replica_went_is_a_new_replica():
     ledger.charge("verda", [], 1200.0, price_per_hour=6.0, rule=VERDA_BILLING)
     ledger.charge("verda", [Replica("r1", 1300.0)], 1320.0, price_per_hour=6.0, rule=VERDA_BILLING)
     assert ledger.spent_since(-1) == pytest.approx(2 * 6.0 * 600 / 3600)
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["once", "--dry-run"]])
+async def test_verda_refusing_the_credentials_names_the_settings_to_fix(cli_env, fake_verda, capsys, command,
+                                                                        monkeypatch):
+    """Drilled: a client secret revoked in Verda's console held the count (right) and logged at error level, but
+    neither the "Scaling decision" line's verda_error nor `status` said which setting to fix, while the worker
+    names QUEUE_MANAGER_TOKEN for the queue manager's 401."""
+    monkeypatch.setenv("SCALER_PRICE_PER_REPLICA_HOUR", "2.3")
+    monkeypatch.setenv("VERDA_CLIENT_SECRET", "a-revoked-secret")  # the fake accepts only VERDA_SECRET
+    assert await asyncio.to_thread(main, command) == 1
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "401 unauthorized_request" in shown
+    assert "(check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)" in shown.replace("\n", " ")
+    assert "a-revoked-secret" not in shown

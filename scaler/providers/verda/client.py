@@ -49,6 +49,9 @@ MAX_PLAUSIBLE_REPLICAS = 10_000  # SCALER_MAX_REPLICAS is at most 100; a larger 
 MIN_SCRUBBED_TOKEN = 8  # Verda issues tokens of dozens of characters; a shorter one is no secret worth a mask
 
 
+CREDENTIALS_HINT = "(check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
+
+
 class VerdaAPIError(Exception):
     """An error answer from Verda: HTTP status plus Verda's `code` (lower-cased) and `message`."""
 
@@ -76,7 +79,10 @@ class VerdaAPIError(Exception):
 
     def __str__(self) -> str:
         where = f" on {self.request}" if self.request else ""
-        return f"Verda API error {self.status} {self.code}{where}: {self.message}"
+        # Verda's 401 is always the credentials (the token request's, or a token issued for them): say which
+        # settings, in every line that shows it (the scaler's decisions, `status`, stop, deploy).
+        hint = f" {CREDENTIALS_HINT}" if self.status == 401 else ""
+        return f"Verda API error {self.status} {self.code}{where}: {self.message}{hint}"
 
 
 @dataclass(frozen=True)
