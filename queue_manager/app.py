@@ -278,6 +278,8 @@ class QueueApi:
             log.warning("poll_id_taken", worker_id=query.worker_id, poll_id=poll_id)
             return _detail(409, str(exc))
         except sqlite3.Error as exc:
+            if is_storage_fault(exc):
+                raise  # one line for every write the storage refused: storage_failed, with SQLite's code
             log.error("next_job_failed", worker_id=query.worker_id, error=str(exc))
             return _database_failure(exc)
         job = poll.job

@@ -154,6 +154,32 @@ async def test_a_full_database_answers_503_retry_later_changes_nothing_and_recov
         assert (health["status"], health["queue_depth"]) == ("healthy", 1), "the refused job was never stored"
 
 
+async def test_a_poll_on_a_full_disk_logs_storage_failed_with_its_code(tmp_path: Path) -> None:
+    """Drilled (the --db folder on a 4 MiB tmpfs filled mid-run): reports logged storage_failed code=SQLITE_FULL as
+    documented, but each poll logged next_job_failed without a code, a line the docs never name."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    tiny = sqlite3.connect(":memory:")
+    tiny.execute("PRAGMA max_page_count = 1")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        tiny.execute("CREATE TABLE t (x)")  # a real SQLITE_FULL
+
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise full.value
+
+    async with QueueManagerServer(tmp_path / "queue.db") as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        queue.store.submit("alice", {"1": {}})
+        queue.store.poll = full_disk  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            answer = await client.get("/api/workers/next-job", params={"worker_id": "w1"})
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "10", answer.text
+    assert [(e["event"], e["code"], e["path"]) for e in logs if e["log_level"] == "error"] == [
+        ("storage_failed", "SQLITE_FULL", "/api/workers/next-job")
+    ]
+
+
 async def test_a_reaper_pass_on_a_full_disk_names_the_cause_without_a_traceback(tmp_path: Path) -> None:
     """Before: a traceback every pass (every 15 s with the default lease) while the disk stayed full."""
     import sqlite3
