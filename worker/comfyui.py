@@ -168,7 +168,8 @@ class ComfyUIClient:
         self, timeout_s: float, *, interval_s: float = 1.0,
         on_waiting: Callable[[float, str], None] | None = None, report_every_s: float = 60.0,
     ) -> dict[str, Any]:
-        """Poll /system_stats until it answers (its stats) or the deadline passes (ComfyUIUnavailable). No probe
+        """Poll /system_stats until it answers (its stats) or the deadline passes (ComfyUIUnavailable, the last probe's
+        error). No probe
         outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the HTTP timeout.
         The caller cancels it on a stop. on_waiting(waited_s, error) is called at the first unanswered probe, then
         every report_every_s."""
@@ -180,7 +181,7 @@ class ComfyUIClient:
                 return await self.probe(deadline)
             except ComfyUIUnavailable as exc:
                 if time.monotonic() >= deadline:
-                    raise ComfyUIUnavailable(f"ComfyUI not up after {timeout_s:g} s: {exc}") from None
+                    raise ComfyUIUnavailable(str(exc)) from None  # the caller says how long it waited
                 if on_waiting is not None and time.monotonic() >= next_report:
                     on_waiting(time.monotonic() - started, str(exc))
                     next_report = time.monotonic() + report_every_s

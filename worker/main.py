@@ -171,8 +171,8 @@ class Worker:
             )
         except ComfyUIUnavailable as exc:
             log.error("ComfyUI never came up; exiting", error=str(exc), timeout_s=s.comfyui_startup_timeout_s)
-            self.state.mark_not_ready(f"ComfyUI never came up: {exc}")
-            self._exit_reason = f"ComfyUI never came up: {exc}"
+            self._exit_reason = f"ComfyUI never came up within {s.comfyui_startup_timeout_s:g} s: {exc}"
+            self.state.mark_not_ready(self._exit_reason)
             return 1
         except StoppedWaiting:
             return self._exit_code()
@@ -336,7 +336,9 @@ class Worker:
                     max(0.0, since + timeout_s - time.monotonic()), interval_s=STARTUP_PROBE_INTERVAL_S
                 ))
         except ComfyUIUnavailable as exc:
-            log.error("ComfyUI did not come back; exiting", error=str(exc), timeout_s=timeout_s)
+            # Not "not up after 0 s": the wait's budget is what was left of the timeout once the job was lost.
+            log.error("ComfyUI did not come back; exiting", error=str(exc), timeout_s=timeout_s,
+                      silent_s=round(time.monotonic() - since, 1))
             self.state.mark_fatal(f"ComfyUI stopped answering and did not come back within {timeout_s:g} s")
             return False
         except StoppedWaiting:

@@ -184,7 +184,7 @@ async def test_comfyui_never_up_exits_1(qm, make_worker, comfy):
     assert waiting["comfyui"] == comfy.url and waiting["timeout_s"] == 0.3 and "unreachable" in waiting["error"]
     # ComfyWorkerRestarting's runbook reads the last "Worker shutdown complete" line's reason: it was null here.
     [complete] = [e for e in logs if e["event"] == "Worker shutdown complete"]
-    assert complete["reason"].startswith("ComfyUI never came up: ") and "unreachable" in complete["reason"]
+    assert complete["reason"].startswith("ComfyUI never came up within 0.3 s: ") and "unreachable" in complete["reason"]
 
 
 async def test_warmup_runs_before_ready(qm, comfy, make_worker, workflows, tmp_path):
