@@ -129,8 +129,9 @@ class BodyTooLarge(web.HTTPRequestEntityTooLarge):
 
 
 class UnreadableBody(Exception):
-    """The body was not read to its end, by the client's doing: it is not what its headers announce (400), the
-    client hung up (400, to nobody) or stopped sending (408). Never a 500; the connection is closed."""
+    """The body was not read to its end, by the client's doing: it is not what its headers announce (400), in an
+    encoding not decoded here (415), the client hung up (400, to nobody) or stopped sending (408). Never a 500; the
+    connection is closed."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
