@@ -169,10 +169,9 @@ class ComfyUIClient:
         on_waiting: Callable[[float, str], None] | None = None, report_every_s: float = 60.0,
     ) -> dict[str, Any]:
         """Poll /system_stats until it answers (its stats) or the deadline passes (ComfyUIUnavailable, the last probe's
-        error). No probe
-        outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the HTTP timeout.
-        The caller cancels it on a stop. on_waiting(waited_s, error) is called at the first unanswered probe, then
-        every report_every_s."""
+        error). No probe outlasts the deadline by more than MIN_QUESTION_S: a hung ComfyUI would hold each one for the
+        HTTP timeout. The caller cancels it on a stop. on_waiting(waited_s, error) is called at the first unanswered
+        probe, then every report_every_s."""
         started = time.monotonic()
         deadline = started + timeout_s
         next_report = started
