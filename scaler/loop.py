@@ -35,7 +35,7 @@ from scaler.ledger import (
     set_aside,
     write_json_atomically,
 )
-from scaler.metrics import ScalerMetrics
+from scaler.metrics import QUEUE_MANAGER_HEALTH_UNKNOWN, ScalerMetrics
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
     PAUSED,
@@ -74,6 +74,8 @@ class QueueReader(Protocol):
     async def read(self) -> QueueStatus: ...
 
     async def read_with_timings(self, now: float) -> QueueStatus: ...
+
+    async def healthy(self) -> bool | None: ...
 
 
 # What happened to a decision on its way to the platform, as logged in the "apply" field.
@@ -170,6 +172,24 @@ class ScalerLoop:
 
     async def tick(self) -> Decision:
         deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
+        # Read alongside the tick and awaited once the decision is applied: /health never delays nor alters it.
+        health = asyncio.create_task(self._by(deadline, self.queue.healthy(), "the queue manager's health"))
+        try:
+            decision = await self._decide_and_apply(deadline)
+        except BaseException:
+            health.cancel()
+            raise
+        await self._note_queue_manager_health(health)
+        return decision
+
+    async def _note_queue_manager_health(self, health: asyncio.Task[bool | None]) -> None:
+        try:
+            healthy = await health
+        except Exception:  # no answer by the tick's deadline: cannot tell
+            healthy = None
+        self.metrics.queue_manager_healthy.set(QUEUE_MANAGER_HEALTH_UNKNOWN if healthy is None else int(healthy))
+
+    async def _decide_and_apply(self, deadline: float) -> Decision:
         observation = await self.observe(deadline)
         decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
         self.state = decision.new_state

@@ -14,6 +14,9 @@ from scaler.policy import ScalingConfig
 disable_created_metrics()
 log = structlog.get_logger()
 
+# comfy_scaler_queue_manager_healthy before the first tick's /health read and whenever it reads no status.
+QUEUE_MANAGER_HEALTH_UNKNOWN = -1
+
 
 class ScalerMetrics:
     def __init__(self) -> None:
@@ -56,6 +59,11 @@ class ScalerMetrics:
         self.interval = Gauge(
             "comfy_scaler_interval_seconds", "Seconds between ticks (SCALER_INTERVAL_S).", registry=r
         )
+        self.queue_manager_healthy = Gauge(
+            "comfy_scaler_queue_manager_healthy",
+            "The queue manager's GET /health at the last tick: 1 healthy, 0 unhealthy, -1 unread.", registry=r,
+        )
+        self.queue_manager_healthy.set(QUEUE_MANAGER_HEALTH_UNKNOWN)
         # The limits, beside the figures they bound, so an alert can compare the two (deploy/monitoring).
         self.max_replicas = Gauge("comfy_scaler_max_replicas", "The most replicas the scaler may ask for.", registry=r)
         self.budget = Gauge(

@@ -22,6 +22,10 @@ from common.urls import direct_transport, queue_refusal_cause, redact_url
 log = structlog.get_logger()
 
 STATUS_PATH = "/api/queue/status"
+HEALTH_PATH = "/health"
+# What GET /health says when the manager can serve (ours and comfy-multi's, docs/queue-manager-api.md); ours says
+# "unhealthy" when its database cannot be written (a full or read-only disk) while its reads still answer.
+HEALTHY_STATUSES = frozenset({"healthy"})
 JOBS_PATH = "/api/jobs"
 RECENT_COMPLETIONS = 50
 # Our queue manager lists the latest completions first when asked; a manager that ignores ``order`` answers
@@ -152,6 +156,20 @@ class QueueStatusReader:
         }
         bodies = await asyncio.gather(*(self._job_list(state, query) for state, query in queries.items()))
         return replace(status, **job_timings(dict(zip(queries, bodies, strict=True)), now))
+
+    async def healthy(self) -> bool | None:
+        """Whether GET /health says the manager can serve: True for a 200 naming a status in HEALTHY_STATUSES, False
+        for any other status named, None when no status can be read (no answer, not JSON, too large). Read once,
+        never retried: the status read's errors already speak for a manager that does not answer."""
+        try:
+            response = await self._get(HEALTH_PATH)
+            body = response.json()
+        except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge):
+            return None
+        status = body.get("status") if isinstance(body, dict) else None
+        if not isinstance(status, str):
+            return None
+        return response.status_code == 200 and status in HEALTHY_STATUSES
 
     async def _job_list(self, state: str, query: dict[str, Any]) -> list[Any]:
         try:

@@ -90,6 +90,7 @@ class StubQueue:
         self.running = 0
         self.error: Exception | None = None
         self.reads = 0
+        self.health: bool | None = True
 
     async def read(self) -> QueueStatus:
         self.reads += 1
@@ -99,6 +100,10 @@ class StubQueue:
 
     async def read_with_timings(self, now: float) -> QueueStatus:
         return await self.read()
+
+    async def healthy(self) -> bool | None:
+        return self.health
+
 
 
 class StubBackend:
