@@ -137,19 +137,18 @@ async def test_a_failure_report_retried_after_its_answer_was_lost_counts_as_the_
     assert f"Job {job.id} failed" in [e["event"] for e in logs]
 
 
-async def test_a_hand_back_retried_after_its_answer_was_lost_counts_as_handed_back(
-    leased_qm, comfy, make_worker, workflows
-):
-    qm = leased_qm
-    job = qm.store.submit("alice", workflows["slow"])
-    qm.faults.inject("release-job", status=502, after=True)  # lands; the answer is lost
-    worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, shutdown_grace_s=0.1)
-    run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts_received)
-    with capture_logs() as logs:
-        worker.request_shutdown()
-        assert await asyncio.wait_for(run, 10) == 0
-    again = qm.store.get(job.id)
+async def test_a_hand_back_retried_after_its_answer_was_lost_counts_as_handed_back(comfy, make_worker, workflows):
+    # A lease no heartbeat can miss here: with 0.5 s, a loaded machine once let it expire first (cause "fault").
+    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
+        job = qm.store.submit("alice", workflows["slow"])
+        qm.faults.inject("release-job", status=502, after=True)  # lands; the answer is lost
+        worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, shutdown_grace_s=0.1)
+        run = asyncio.create_task(worker.run())
+        await wait_for(lambda: comfy.prompts_received)
+        with capture_logs() as logs:
+            worker.request_shutdown()
+            assert await asyncio.wait_for(run, 10) == 0
+        again = qm.store.get(job.id)
     assert (again.status, again.attempt, [h["cause"] for h in again.history]) == ("pending", 2, ["shutdown"])
     assert (worker.state.jobs_handed_back, worker.state.jobs_abandoned) == (1, 0)
     assert f"Job {job.id} handed back" in [e["event"] for e in logs]
