@@ -401,6 +401,19 @@ async def assert_only_the_jobs_prompt_and_results_stay(leased_qm, comfy, job_id:
     assert comfy_files(comfy) == kept
 
 
+async def interrupt_then_tidy(worker, leased_qm, comfy, job_id: str, orphan: str) -> None:
+    """The worker interrupts the prompt left running (frozen at its slow node), runs the job and tidies the left
+    prompt once it is over; then it is stopped and must exit 0."""
+    try:
+        await wait_for(lambda: comfy.interrupts_received)
+        comfy.release()  # the interrupt lands at the next node
+        await wait_for(lambda: leased_qm.reports.landed(job_id), timeout=20)
+        await wait_for(lambda: orphan in comfy.history_deletes)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+
+
 async def test_a_restarted_worker_tidies_the_history_and_files_of_the_prompt_its_killed_run_left_running(
     leased_qm, comfy, start_worker, workflows
 ):
@@ -414,14 +427,7 @@ async def test_a_restarted_worker_tidies_the_history_and_files_of_the_prompt_its
     job = leased_qm.store.submit("alice", workflows["quick"])
 
     again = await start_worker("w1", COMFYUI_TEMP_DIR=str(comfy.temp_dir))
-    try:
-        await wait_for(lambda: comfy.interrupts_received)
-        comfy.release()  # the interrupt lands at the next node
-        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
-        await wait_for(lambda: orphan in comfy.history_deletes)
-    finally:
-        again.send_signal(signal.SIGTERM)
-        assert await again.wait() == 0
+    await interrupt_then_tidy(again, leased_qm, comfy, job.id, orphan)
     await assert_only_the_jobs_prompt_and_results_stay(leased_qm, comfy, job.id)
 
 
@@ -463,13 +469,6 @@ async def test_a_retry_on_another_worker_tidies_the_prompt_its_killed_attempt_le
     assert len(comfy_files(comfy)) == 2
 
     second = await start_worker("w2", COMFYUI_TEMP_DIR=str(comfy.temp_dir))  # the retry, attempt 2, comes here
-    try:
-        await wait_for(lambda: comfy.interrupts_received)
-        comfy.release()  # the interrupt lands at the next node
-        await wait_for(lambda: leased_qm.reports.landed(job.id), timeout=20)
-        await wait_for(lambda: orphan in comfy.history_deletes)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        assert await second.wait() == 0
+    await interrupt_then_tidy(second, leased_qm, comfy, job.id, orphan)
     await assert_only_the_jobs_prompt_and_results_stay(leased_qm, comfy, job.id)
     assert leased_qm.store.get(job.id).attempt == 2
