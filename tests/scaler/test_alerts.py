@@ -143,7 +143,7 @@ async def test_a_hanging_webhook_never_blocks_and_the_queue_is_bounded(webhook):
         loop = asyncio.get_running_loop()
         started = loop.time()
         queued = [alerts.raise_(Alert(f"kind_{n}", "x", NOON)) for n in range(5)]
-        assert loop.time() - started < 0.05
+        assert loop.time() - started < 1.0, "the webhook hangs for good: a send that waited on it would never return"
         await asyncio.sleep(0.1)  # the sender has taken one and hangs on it
         assert queued == [True, True, False, False, False], "raise_ never waits: the sender had no turn yet"
         assert alerts.dropped == 3
