@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import structlog
 from dotenv import dotenv_values
-from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rapidfuzz.distance import OSA
 
@@ -50,6 +50,22 @@ def _usable_queue_token(value: SecretStr) -> SecretStr:
 
 
 QueueToken = Annotated[SecretStr, AfterValidator(_usable_queue_token)]
+
+
+def _blank_is_unset(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _blank_is_refused(value: object) -> object:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty: name a folder, or leave the variable unset for the default")
+    return value
+
+
+# Path("") is the working directory, which a blank variable never means: files would be written, or emptied at
+# every start, wherever the process happens to run. A blank optional path is unset; a blank required one, refused.
+OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
+RequiredPath = Annotated[Path, BeforeValidator(_blank_is_refused)]
 
 
 class LogSettings(BaseSettings):

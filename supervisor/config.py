@@ -11,7 +11,7 @@ from typing import ClassVar
 from pydantic import AnyHttpUrl, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import SCALER_CREDENTIALS, settings_from_env
+from common.settings import SCALER_CREDENTIALS, OptionalPath, RequiredPath, settings_from_env
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
@@ -34,26 +34,13 @@ class SupervisorSettings(BaseSettings):
     comfyui_extra_args: str = Field(default="", validation_alias="COMFYUI_EXTRA_ARGS")
     # The worker reads the same variable: ComfyUI listens where the worker looks for it.
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
-    comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
-    scratch_dir: Path = Field(default=Path("/data"), validation_alias="SCRATCH_DIR")
-    models_dir: Path = Field(default=Path("/models"), validation_alias="MODELS_DIR")
+    comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
+    scratch_dir: RequiredPath = Field(default=Path("/data"), validation_alias="SCRATCH_DIR")
+    models_dir: RequiredPath = Field(default=Path("/models"), validation_alias="MODELS_DIR")
     comfyui_stop_timeout_s: float = Field(default=3.0, ge=0, le=3600, validation_alias="COMFYUI_STOP_TIMEOUT_S")
     # Whether COMFYUI_COMMAND's program is looked up on PATH: not by the deploy, which judges a container's
     # settings on the operator's machine, where the image's programs are not installed.
     look_up_programs: ClassVar[bool] = True
-
-    @field_validator("comfyui_output_dir", mode="before")
-    @classmethod
-    def _blank_output_dir_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("scratch_dir", "models_dir", mode="before")
-    @classmethod
-    def _folder_given(cls, value: object) -> object:
-        # Path("") is the working directory: the scratch folders emptied at every start would be made there.
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("is empty: name a folder, or leave the variable unset for the image's default")
-        return value
 
     @field_validator("comfyui_command")
     @classmethod

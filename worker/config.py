@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from common.settings import LogSettings, QueueToken, settings_from_env
+from common.settings import LogSettings, OptionalPath, QueueToken, RequiredPath, settings_from_env
 from common.urls import queue_token_clash
 
 DAY_S = 86_400.0
@@ -29,8 +29,8 @@ class WorkerSettings(LogSettings):
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
     queue_manager_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
-    comfyui_output_dir: Path | None = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
-    comfyui_temp_dir: Path | None = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
+    comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
+    comfyui_temp_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
     worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1)
     poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
@@ -39,8 +39,8 @@ class WorkerSettings(LogSettings):
     inference_provider: str = Field(default="local", min_length=1, validation_alias="INFERENCE_PROVIDER")
     health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
-    health_port_file: Path | None = Field(default=None, validation_alias="HEALTH_PORT_FILE")
-    outputs_path: Path = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
+    health_port_file: OptionalPath = Field(default=None, validation_alias="HEALTH_PORT_FILE")
+    outputs_path: RequiredPath = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
     job_timeout_s: float = Field(default=1800.0, gt=0, le=WEEK_S, validation_alias="JOB_TIMEOUT_S")
     comfyui_startup_timeout_s: float = Field(
         default=600.0, gt=0, le=DAY_S, validation_alias="COMFYUI_STARTUP_TIMEOUT_S"
@@ -56,7 +56,7 @@ class WorkerSettings(LogSettings):
     lease_heartbeat_s: float = Field(default=15.0, gt=0, le=DAY_S, validation_alias="LEASE_HEARTBEAT_S")
     http_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="HTTP_TIMEOUT_S")
     heartbeat_timeout_s: float = Field(default=120.0, gt=0, le=WEEK_S, validation_alias="HEARTBEAT_TIMEOUT_S")
-    warmup_workflow: Path | None = Field(default=None, validation_alias="WARMUP_WORKFLOW")
+    warmup_workflow: OptionalPath = Field(default=None, validation_alias="WARMUP_WORKFLOW")
     max_job_output_files: int = Field(default=10_000, ge=1, le=1_000_000, validation_alias="MAX_JOB_OUTPUT_FILES")
     max_job_output_mb: int = Field(default=8192, ge=1, le=1 << 30, validation_alias="MAX_JOB_OUTPUT_MB")
 
@@ -67,19 +67,6 @@ class WorkerSettings(LogSettings):
         if not value.strip() or not value.isprintable() or len(value) > 200:
             raise ValueError("must be printable, not blank, and at most 200 characters")
         return value
-
-    @field_validator("outputs_path", mode="before")
-    @classmethod
-    def _outputs_path_given(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("is empty; results would land in the working directory and vanish with the replica")
-        return value
-
-    @field_validator("health_port_file", "comfyui_output_dir", "comfyui_temp_dir", "warmup_workflow", mode="before")
-    @classmethod
-    def _blank_path_is_unset(cls, value: object) -> object:
-        # Path("") is the working directory: housekeeping would delete the files ComfyUI names from there.
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("outputs_path")
     @classmethod
