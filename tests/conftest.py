@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +20,13 @@ T = TypeVar("T")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORKFLOWS = FIXTURES / "workflows"
 TRANSCRIPTS = FIXTURES / "comfyui-0.8.0"
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 15.0, step: float = 0.01) -> None:
+    """Poll ``predicate`` every ``step`` seconds until it is true; TimeoutError fails the test after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(step)
 
 
 class ManualClock:

@@ -22,7 +22,7 @@ from scaler.providers.verda.client import VerdaClient
 from scaler.queue_status import QueueStatus, QueueStatusError
 from standins.verda import FakeVerda
 
-from ..conftest import ManualClock
+from ..conftest import ManualClock, wait_for
 
 DEPLOYMENT = "comfyui-worker-serverless"
 VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
@@ -43,12 +43,6 @@ DEPLOYMENT_BODY = {
         "scaling_triggers": {"queue_load": {"threshold": 1}},
     },
 }
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(step)
 
 
 @contextlib.asynccontextmanager

@@ -19,13 +19,8 @@ from demo.replicas import free_loopback_port
 from worker.main import Worker
 from worker.replica_faults import replica_fault
 
+from ..conftest import wait_for
 from .conftest import FAST_TIMINGS
-
-
-async def wait_for(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_deadline_interrupts_the_prompt_and_fails_the_job(qm, comfy, make_worker, workflows):

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,11 @@ from queue_manager.server import QueueManagerServer
 from standins.comfyui import ComfyUISimulator
 from standins.comfyui_nodes import NodeEnv, NodeResult
 
+from ..conftest import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 BIG_BYTES = 1 << 30  # sparse: free to make; copying it takes long enough for a kill to land mid-way
 HOUR_S = 3600
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.002)
 
 
 def files_under(folder: Path) -> list[str]:
@@ -105,7 +101,7 @@ async def test_a_worker_killed_mid_delivery_leaves_nothing_once_its_staging_is_a
     save_big_then_small(comfy)
     job = leased_qm.store.submit("alice", workflows["quick"])
     first = await start_worker("first")
-    await wait_for(lambda: files_under(outputs))  # the copy has started
+    await wait_for(lambda: files_under(outputs), step=0.001)  # the copy has started
     first.kill()
     await first.wait()
     assert leased_qm.reports.for_job(job.id) == []

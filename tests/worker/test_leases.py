@@ -11,11 +11,7 @@ from structlog.testing import capture_logs
 
 from queue_manager.server import QueueManagerServer
 
-
-async def wait_for(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+from ..conftest import wait_for
 
 
 @pytest.fixture

@@ -18,13 +18,9 @@ from structlog.testing import capture_logs
 from common.logs import configure_logging, register_secret
 from queue_manager.server import QueueManagerServer
 
+from ..conftest import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def wait_for(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_idle_exit_after_n_empty_polls(qm, comfy, make_worker):

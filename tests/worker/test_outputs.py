@@ -17,6 +17,8 @@ import pytest
 
 from standins.comfyui_nodes import NodeEnv, NodeResult
 
+from ..conftest import wait_for
+
 BIG_BYTES = 256 << 20  # sparse: free to make, long enough to copy that a stop or a crash lands mid-way
 
 
@@ -38,12 +40,6 @@ def big_file(env: NodeEnv) -> dict[str, Any]:
 
 def files_under(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
-
-
-async def wait_for(predicate, timeout=10.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 @contextlib.asynccontextmanager
@@ -274,7 +270,7 @@ async def test_a_stop_during_a_local_copy_hands_the_job_back_and_leaves_no_file(
     worker = make_worker(comfyui_output_dir=comfy.output_dir)
     run = asyncio.create_task(worker.run())
     outputs = tmp_path / "outputs"
-    await wait_for(lambda: files_under(outputs / ".partial"))  # the copy has started, in its thread
+    await wait_for(lambda: files_under(outputs / ".partial"), step=0.001)  # the copy has started, in its thread
     worker.request_shutdown()
     worker.request_shutdown()
     assert await run == 0
