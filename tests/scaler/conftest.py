@@ -15,17 +15,26 @@ import pytest
 import structlog
 from aiohttp import web
 
+from demo.providers import POD_BODY
 from queue_manager.server import QueueManagerServer
+from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.fleet import FleetBackend, Member
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.policy import Replica
-from scaler.providers import BackendView
+from scaler.providers import BackendView, VerdaBackend
+from scaler.providers.runpod.backend import RunPodBackend
+from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from scaler.providers.verda.client import VerdaClient
 from scaler.queue_status import QueueStatus, QueueStatusError
+from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import ManualClock, wait_for
 
 DEPLOYMENT = "comfyui-worker-serverless"
 VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
+RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
 
 DEPLOYMENT_BODY = {
     "name": DEPLOYMENT,
@@ -180,6 +189,40 @@ def verda_credentials() -> tuple[str, str]:
 def make_verda_client(fake_verda: FakeVerda) -> Callable[[], VerdaClient]:
     def build() -> VerdaClient:
         return VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake_verda.url, max_attempts=2, backoff_initial_s=0.01)
+
+    return build
+
+
+@pytest.fixture
+async def fake_runpod() -> AsyncIterator[FakeRunPod]:
+    """A fake RunPod API holding the demo's network volume."""
+    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as server:
+        yield server
+
+
+@pytest.fixture
+def make_fleet(make_verda_client: Callable[[], VerdaClient], wall: ManualClock) -> Callable[..., FleetBackend]:
+    """``make_fleet(fake_runpod, verda_price=..., runpod_price=...)``: Verda and RunPod (at most 3 each) as a fleet
+    on the wall clock; what is not named is FleetBackend's default. The caller closes it."""
+
+    def build(
+        fake_runpod: FakeRunPod, *, verda_price: float, runpod_price: float, runpod_commit_s: float = 15.0,
+        retry_after_s: float = 60.0, **fleet_options: Any,
+    ) -> FleetBackend:
+        config = AllocatorConfig(
+            providers=(
+                ProviderSpec("verda", max_replicas=3, price_per_hour=verda_price),
+                ProviderSpec("runpod", max_replicas=3, price_per_hour=runpod_price, commit_s=runpod_commit_s),
+            ),
+            error_ticks=2, start_deadline_s=120.0, retry_after_s=retry_after_s,
+        )
+        runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY, clock=wall,
+                               health=PodHealthProbe(fake_runpod.health_url))
+        members = [
+            Member(config.providers[0], VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING),
+            Member(config.providers[1], runpod, RUNPOD_BILLING),
+        ]
+        return FleetBackend(members, config, clock=wall, **fleet_options)
 
     return build
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from demo.providers import POD_BODY
-from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.cli import main
 from scaler.deploy.spec import DEFAULT_SPEC_PATH
-from scaler.fleet import FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
@@ -24,10 +20,8 @@ from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
-from .conftest import FloodingPeer, StubQueue
+from .conftest import DEPLOYMENT, RUNPOD_KEY, FloodingPeer, StubQueue
 
-DEPLOYMENT = "comfyui-worker-serverless"
-RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
 GPU = POD_BODY["gpu"]["id"]
 
 
@@ -35,39 +29,10 @@ async def cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-@pytest.fixture
-async def fake_runpod():
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as server:
-        yield server
-
-
-@pytest.fixture
-def wall(clock):
-    clock.now = time.time()
-    return clock
-
-
-def make_fleet(make_verda_client, fake_runpod, wall, *, verda_price: float, runpod_price: float) -> FleetBackend:
-    config = AllocatorConfig(
-        providers=(
-            ProviderSpec("verda", max_replicas=3, price_per_hour=verda_price),
-            ProviderSpec("runpod", max_replicas=3, price_per_hour=runpod_price, commit_s=15.0),
-        ),
-        error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
-    )
-    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY, clock=wall,
-                           health=PodHealthProbe(fake_runpod.health_url))
-    members = [
-        Member(config.providers[0], VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING),
-        Member(config.providers[1], runpod, RUNPOD_BILLING),
-    ]
-    return FleetBackend(members, config, clock=wall)
-
-
 async def test_verda_quota_falls_back_to_runpod_then_drains_back(
-    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
 ):
-    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
+    fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99)
     try:
         fake_verda.set_status(DEPLOYMENT, "quota_reached")
         await fleet.observe()
@@ -94,10 +59,10 @@ async def test_verda_quota_falls_back_to_runpod_then_drains_back(
 
 
 async def test_runpod_refusing_capacity_sends_its_shortfall_to_verda(
-    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
 ):
     fake_runpod.capacity[GPU] = 1
-    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=0.44)
+    fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=0.44)
     try:
         await fleet.observe()
         await fleet.apply(3)  # RunPod is cheaper: all three asked of it; it places one and refuses the rest
@@ -171,9 +136,9 @@ async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
 
 
 async def test_a_running_fleet_holds_every_provider_at_zero_while_the_kill_switch_is_set(
-    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
 ):
-    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44)
     fleet.stop_file = tmp_path / "ledger.json.stopped"
     fake_runpod.capacity[GPU] = 1
     try:
@@ -369,12 +334,12 @@ async def test_the_kill_switch_asks_no_pods_health_while_it_stops_them():
 
 
 async def test_a_write_decided_before_stop_all_and_landing_after_it_is_undone_in_the_same_tick(
-    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
+    make_fleet, make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
 ):
     """A running fleet's tick read no kill switch, then `stop --all` wrote it, stopped both providers and
     confirmed them empty; the tick's write landed after: RunPod has no pause, so 3 pods were created and ran
     (billed per second) until the next tick, for good if the scaler was stopped before it; Verda kept 3/3."""
-    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44)
     fleet.stop_file = tmp_path / "ledger.json.stopped"
     stoppers = {"verda": VerdaBackend(make_verda_client(), DEPLOYMENT),
                 "runpod": RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)}
@@ -394,11 +359,11 @@ async def test_a_write_decided_before_stop_all_and_landing_after_it_is_undone_in
 
 
 async def test_a_released_kill_switch_places_nothing_before_the_scaler_decides_again(
-    make_verda_client, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, tmp_path
 ):
     """The fleet re-placed the count from before the stop at the tick that saw the kill switch gone, and the
     loop's decision from the (empty) queue took it back in the same tick: 3 pods created and terminated."""
-    fleet = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
+    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44)
     fleet.stop_file = tmp_path / "ledger.json.stopped"
     queue = StubQueue()
     queue.pending = 3
