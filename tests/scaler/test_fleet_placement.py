@@ -4,69 +4,29 @@ and that leave the list while their replicas run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 import pytest
 from structlog.testing import capture_logs
 
 from demo.providers import POD_BODY
-from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.billing import DAY_S, BillingAnchor, SpendLedger, billed_intervals
 from scaler.cli import main
 from scaler.config import load_settings
-from scaler.fleet import PRICE_REFRESH_S, FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
+from scaler.fleet import PRICE_REFRESH_S, FleetBackend
+from scaler.ledger import RUNPOD_BILLING, CostLedger
 from scaler.policy import Replica
-from scaler.providers import VerdaBackend
-from scaler.providers.runpod.backend import RunPodBackend
-from scaler.providers.runpod.client import RunPodClient
-from scaler.providers.runpod.health import PodHealthProbe
 from scaler.wiring import ProviderSetupError, build_fleet
 from standins.runpod import GPU_TYPES, FakeRunPod
 from standins.verda import FakeVerda
 
-DEPLOYMENT = "comfyui-worker-serverless"
-RUNPOD_KEY = "rpa_fleet_placement_key_do_not_log"
+from .conftest import DEPLOYMENT, RUNPOD_KEY
+
 TICK_S = 15.0
 START_DEADLINE_S = 120.0
 RETRY_S = 300.0
-
-
-@pytest.fixture
-def wall(clock):
-    clock.now = time.time()
-    return clock
-
-
-def make_fleet(make_verda_client, fake_runpod: FakeRunPod, wall, *, verda_price: float, runpod_price: float,
-               **fleet_options) -> FleetBackend:
-    config = AllocatorConfig(
-        providers=(
-            ProviderSpec("verda", max_replicas=3, price_per_hour=verda_price),
-            ProviderSpec("runpod", max_replicas=3, price_per_hour=runpod_price, commit_s=TICK_S),
-        ),
-        error_ticks=2, start_deadline_s=START_DEADLINE_S, retry_after_s=RETRY_S,
-    )
-    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY, clock=wall,
-                           health=PodHealthProbe(fake_runpod.health_url))
-    members = [
-        Member(config.providers[0], VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING),
-        Member(config.providers[1], runpod, RUNPOD_BILLING),
-    ]
-    return FleetBackend(members, config, clock=wall, **fleet_options)
-
-
-@contextlib.asynccontextmanager
-async def running_fleet(make_verda_client, fake_runpod: FakeRunPod, wall, **options) -> AsyncIterator[FleetBackend]:
-    """``make_fleet``'s fleet, closed at the end."""
-    fleet = make_fleet(make_verda_client, fake_runpod, wall, **options)
-    try:
-        yield fleet
-    finally:
-        await fleet.aclose()
 
 
 async def ticks(fleet: FleetBackend, wall, count: int) -> None:
@@ -77,7 +37,7 @@ async def ticks(fleet: FleetBackend, wall, count: int) -> None:
 
 @pytest.mark.parametrize("stuck", ["provisioning", "worker_starting"])
 async def test_runpod_pods_that_never_serve_degrade_runpod_and_its_shortfall_goes_to_verda(
-    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling, stuck
+    make_fleet, fake_verda: FakeVerda, wall, verda_scaling, stuck
 ):
     """RunPod's backend reported every listed pod as ready: pods stuck PROVISIONING (no host could pull the
     image), or whose worker never left "starting", kept RunPod healthy for ever (300 s past a 120 s start
@@ -85,7 +45,7 @@ async def test_runpod_pods_that_never_serve_degrade_runpod_and_its_shortfall_goe
     delay_s = 10**6 if stuck == "provisioning" else 0.0
     async with (
         FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), provision_delay_s=delay_s) as fake_runpod,
-        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44) as fleet,
+        aclosing(make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S)) as fleet,
     ):
         await fleet.observe()
         await fleet.apply(2)  # RunPod is the cheaper: both asked of it
@@ -98,11 +58,8 @@ async def test_runpod_pods_that_never_serve_degrade_runpod_and_its_shortfall_goe
         assert fake_runpod.live_pods() == [], "pods that never served are let go"
 
 
-async def test_runpod_pods_count_as_ready_once_their_worker_takes_jobs(make_verda_client, fake_verda, wall):
-    async with (
-        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
-        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44) as fleet,
-    ):
+async def test_runpod_pods_count_as_ready_once_their_worker_takes_jobs(make_fleet, fake_verda, fake_runpod, wall):
+    async with aclosing(make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S)) as fleet:
         await fleet.observe()
         await fleet.apply(2)
         await ticks(fleet, wall, int(START_DEADLINE_S // TICK_S) + 1)  # the fake's workers answer "idle"
@@ -112,16 +69,13 @@ async def test_runpod_pods_count_as_ready_once_their_worker_takes_jobs(make_verd
 
 @pytest.mark.parametrize("verda_answers_again", [True, False])
 async def test_a_provider_that_flapped_into_errors_still_goes_to_zero_when_the_queue_is_empty(
-    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling, verda_answers_again
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, verda_answers_again
 ):
     """Verda failed its reads for 2 ticks (degraded for errors, back-off 300 s), then the queue emptied. The
     unreadable provider's count was kept whatever the queue needed, for the whole back-off even once Verda
     answered again: 3 replicas pinned for 19 ticks (285 s) with nothing to do, up to an hour once the back-off
     has doubled. Its status read failing does not keep the write from landing."""
-    async with (
-        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
-        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99) as fleet,
-    ):
+    async with aclosing(make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99, retry_after_s=RETRY_S)) as fleet:
         await fleet.observe()
         await fleet.apply(3)
         await ticks(fleet, wall, 1)
@@ -138,13 +92,10 @@ async def test_a_provider_that_flapped_into_errors_still_goes_to_zero_when_the_q
 
 
 async def test_an_unreadable_provider_keeps_its_replicas_while_the_queue_needs_them(
-    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
 ):
     """Unreadable, a provider keeps its count while the queue needs it, and follows the queue down."""
-    async with (
-        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
-        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99) as fleet,
-    ):
+    async with aclosing(make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99, retry_after_s=RETRY_S)) as fleet:
         await fleet.observe()
         await fleet.apply(3)
         await ticks(fleet, wall, 1)
@@ -181,42 +132,41 @@ def operator_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_
 
 
 async def test_a_provider_taken_out_of_scaler_providers_is_driven_to_zero_and_charged_until_it_is(
-    operator_env, fake_verda: FakeVerda, verda_scaling
+    operator_env, fake_verda: FakeVerda, fake_runpod: FakeRunPod, verda_scaling
 ):
     """RunPod ran 2 pods when the operator restarted the scaler with `SCALER_PROVIDERS=verda`: nothing read or
     wrote RunPod again, so its pods ran, billed per second, for ever, and the ledger (the budgets) never saw
     them. Measured: 2 pods still running after 5 ticks at an empty queue, none of their time charged."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda,runpod")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
-            await fleet.observe()
-            await fleet.apply(2)  # RunPod is the cheaper: both on it
-            await fleet.observe()
-        finally:
-            await fleet.aclose()
-        assert len(fake_runpod.live_pods()) == 2
-        charged_before = fleet.ledger.spent_since(0, "runpod")
+    operator_env(fake_runpod, "verda,runpod")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        await fleet.observe()
+        await fleet.apply(2)  # RunPod is the cheaper: both on it
+        await fleet.observe()
+    finally:
+        await fleet.aclose()
+    assert len(fake_runpod.live_pods()) == 2
+    charged_before = fleet.ledger.spent_since(0, "runpod")
 
-        operator_env(fake_runpod, "verda")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
+    operator_env(fake_runpod, "verda")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        await fleet.observe()
+        await fleet.apply(0)  # the queue is empty
+        for _ in range(5):
+            await asyncio.sleep(0.2)
             await fleet.observe()
-            await fleet.apply(0)  # the queue is empty
-            for _ in range(5):
-                await asyncio.sleep(0.2)
-                await fleet.observe()
-            assert fake_runpod.live_pods() == [], "the pods of a provider no longer listed are stopped"
-            assert fleet.ledger.spent_since(0, "runpod") > charged_before, "their time till then is charged"
-            assert verda_scaling() == (0, 0)
-        finally:
-            await fleet.aclose()
+        assert fake_runpod.live_pods() == [], "the pods of a provider no longer listed are stopped"
+        assert fleet.ledger.spent_since(0, "runpod") > charged_before, "their time till then is charged"
+        assert verda_scaling() == (0, 0)
+    finally:
+        await fleet.aclose()
 
-        fleet = await build_fleet(load_settings(), with_alerts=False)  # gone to zero: not looked at again
-        try:
-            assert list(fleet.members) == ["verda"]
-        finally:
-            await fleet.aclose()
+    fleet = await build_fleet(load_settings(), with_alerts=False)  # gone to zero: not looked at again
+    try:
+        assert list(fleet.members) == ["verda"]
+    finally:
+        await fleet.aclose()
 
 
 async def test_a_retired_provider_that_cannot_be_reached_stops_the_start_with_what_to_do(
@@ -237,37 +187,33 @@ async def test_a_retired_provider_that_cannot_be_reached_stops_the_start_with_wh
 
 
 async def test_stop_all_also_stops_a_provider_taken_out_of_scaler_providers(
-    operator_env, fake_verda: FakeVerda, capsys
+    operator_env, fake_verda: FakeVerda, fake_runpod: FakeRunPod, capsys
 ):
     """`stop --all` stopped only what SCALER_PROVIDERS listed: the 2 pods of a RunPod just taken out of it
     ran on, and it answered "nothing is running" (exit 0)."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda,runpod")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
-            await fleet.observe()
-            await fleet.apply(2)
-            await fleet.observe()
-        finally:
-            await fleet.aclose()
-        operator_env(fake_runpod, "verda")
-        assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
-        assert fake_runpod.live_pods() == []
-        assert "runpod: stopped" in capsys.readouterr().out
+    operator_env(fake_runpod, "verda,runpod")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        await fleet.observe()
+        await fleet.apply(2)
+        await fleet.observe()
+    finally:
+        await fleet.aclose()
+    operator_env(fake_runpod, "verda")
+    assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
+    assert fake_runpod.live_pods() == []
+    assert "runpod: stopped" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("topped_up", [True, False])
 async def test_runpod_refusing_for_balance_is_tried_again_after_the_back_off(
-    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling, topped_up
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, topped_up
 ):
     """RunPod answered 402 (balance spent): degraded, Verda took the 2 replicas. RunPod reports its last refusal
     until a create succeeds, and a degraded provider is asked for no pod: at every back-off's end it was degraded
     again before being asked. Balance topped up, it stayed out for good (1200 s measured, 4 back-offs), the 2
     replicas on Verda at 2.99/h instead of RunPod's 0.44/h: 5.10 USD an hour until the scaler restarted."""
-    async with (
-        FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod,
-        running_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44) as fleet,
-    ):
+    async with aclosing(make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S)) as fleet:
         fake_runpod.balance_usd = 0.0
         await fleet.observe()
         await fleet.apply(2)
@@ -288,59 +234,57 @@ async def test_runpod_refusing_for_balance_is_tried_again_after_the_back_off(
 
 
 async def test_a_price_list_that_fails_at_start_falls_back_on_the_price_last_charged(
-    operator_env, monkeypatch, fake_verda: FakeVerda
+    operator_env, monkeypatch, fake_verda: FakeVerda, fake_runpod: FakeRunPod
 ):
     """Verda's and RunPod's prices read from their price lists (docs/providers.md, the prices unset). RunPod's
     catalogue answering 500 at a restart stopped the whole fleet from starting (`runpod: price lookup failed`):
     under systemd it restarted every 5 s, deciding nothing, every provider's count pinned and billed."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda,runpod")
-        monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
-            listed = fleet.members["runpod"].spec.price_per_hour
-            await fleet.observe()  # charged, and saved, at that price
-        finally:
-            await fleet.aclose()
-        fake_runpod.fail_next(f"/catalog/gpus/{POD_BODY['gpu']['id']}", 500, times=100)
-        monkeypatch.setenv("SCALER_TICK_DEADLINE_S", "1")  # what a lookup may take: it fails sooner
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
-            assert fleet.members["runpod"].spec.price_per_hour == listed > 0
-        finally:
-            await fleet.aclose()
-        fleet_of_a_new_ledger = load_settings(ledger_file=None)
-        with pytest.raises(ProviderSetupError, match="runpod: price lookup failed"):
-            await build_fleet(fleet_of_a_new_ledger, with_alerts=False)
+    operator_env(fake_runpod, "verda,runpod")
+    monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        listed = fleet.members["runpod"].spec.price_per_hour
+        await fleet.observe()  # charged, and saved, at that price
+    finally:
+        await fleet.aclose()
+    fake_runpod.fail_next(f"/catalog/gpus/{POD_BODY['gpu']['id']}", 500, times=100)
+    monkeypatch.setenv("SCALER_TICK_DEADLINE_S", "1")  # what a lookup may take: it fails sooner
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        assert fleet.members["runpod"].spec.price_per_hour == listed > 0
+    finally:
+        await fleet.aclose()
+    fleet_of_a_new_ledger = load_settings(ledger_file=None)
+    with pytest.raises(ProviderSetupError, match="runpod: price lookup failed"):
+        await build_fleet(fleet_of_a_new_ledger, with_alerts=False)
 
 
 async def test_pods_asked_for_by_a_scaler_stopped_before_it_listed_them_are_not_forgotten(
-    operator_env, fake_verda: FakeVerda
+    operator_env, fake_verda: FakeVerda, fake_runpod: FakeRunPod
 ):
     """The ledger kept the replicas listed at the last read only: 2 pods created at a tick's write, the scaler
     stopped before its next read, RunPod taken out of SCALER_PROVIDERS: both pods left running."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda,runpod")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
-            await fleet.observe()
-            await fleet.apply(2)
-        finally:
-            await fleet.aclose()
-        operator_env(fake_runpod, "verda")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        try:
-            await fleet.observe()
-            await fleet.apply(0)
-            await fleet.observe()
-            assert fake_runpod.live_pods() == []
-        finally:
-            await fleet.aclose()
+    operator_env(fake_runpod, "verda,runpod")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        await fleet.observe()
+        await fleet.apply(2)
+    finally:
+        await fleet.aclose()
+    operator_env(fake_runpod, "verda")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    try:
+        await fleet.observe()
+        await fleet.apply(0)
+        await fleet.observe()
+        assert fake_runpod.live_pods() == []
+    finally:
+        await fleet.aclose()
 
 
 @pytest.mark.parametrize("anchor", ["started_at", "wall_clock"])
 async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_policy_plans_with(
-    operator_env, monkeypatch, fake_verda: FakeVerda, anchor
+    operator_env, monkeypatch, fake_verda: FakeVerda, fake_runpod: FakeRunPod, anchor
 ):
     """The fleet's Verda ledger charged 600-s intervals from each start whatever SCALER_BILLING_INTERVAL_S and
     SCALER_BILLING_ANCHOR said, while the single-backend scaler (the policy's SpendLedger) honours them: a
@@ -350,17 +294,16 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
     fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=5, body={
         "list": [{"id": "replica-a", "status": "running",
                   "started_at": datetime.fromtimestamp(started_at, UTC).isoformat()}]})
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda")
-        monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
-        monkeypatch.setenv("SCALER_BILLING_ANCHOR", anchor)
-        settings = load_settings()
-        fleet = await build_fleet(settings, with_alerts=False)
-        try:
-            await fleet.observe()
-            now = fleet.ledger.looked_at["verda"]
-        finally:
-            await fleet.aclose()
+    operator_env(fake_runpod, "verda")
+    monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
+    monkeypatch.setenv("SCALER_BILLING_ANCHOR", anchor)
+    settings = load_settings()
+    fleet = await build_fleet(settings, with_alerts=False)
+    try:
+        await fleet.observe()
+        now = fleet.ledger.looked_at["verda"]
+    finally:
+        await fleet.aclose()
     policy = SpendLedger().observe(
         [Replica("replica-a", started_at)], now, interval_s=settings.billing_interval_s,
         anchor=settings.billing_anchor, price_per_hour=2.99,
@@ -372,7 +315,7 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
 
 @pytest.mark.parametrize(("saved_s", "now_s"), [(600, 3600), (3600, 600), (600, 600)])
 async def test_a_billing_interval_changed_between_two_runs_never_charges_less_than_verda_bills(
-    operator_env, monkeypatch, fake_verda: FakeVerda, saved_s, now_s
+    operator_env, monkeypatch, fake_verda: FakeVerda, fake_runpod: FakeRunPod, saved_s, now_s
 ):
     """The ledger kept intervals charged as counts and read them back in the new SCALER_BILLING_INTERVAL_S: 3
     intervals of 10 minutes became 3 of an hour, and a replica that ran on 2 h 55 min was charged 1.495 where
@@ -382,17 +325,16 @@ async def test_a_billing_interval_changed_between_two_runs_never_charges_less_th
     fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/replicas", 200, method="GET", times=10, body={
         "list": [{"id": "replica-a", "status": "running",
                   "started_at": datetime.fromtimestamp(started_at, UTC).isoformat()}]})
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda")
-        for interval_s, at in ((saved_s, started_at + 25 * 60), (now_s, now)):
-            monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", str(interval_s))
-            fleet = await build_fleet(load_settings(), with_alerts=False)  # the ledger file saved by the last run
-            fleet.clock = lambda at=at: at
-            try:
-                with capture_logs() as logs:
-                    await fleet.observe()
-            finally:
-                await fleet.aclose()
+    operator_env(fake_runpod, "verda")
+    for interval_s, at in ((saved_s, started_at + 25 * 60), (now_s, now)):
+        monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", str(interval_s))
+        fleet = await build_fleet(load_settings(), with_alerts=False)  # the ledger file saved by the last run
+        fleet.clock = lambda at=at: at
+        try:
+            with capture_logs() as logs:
+                await fleet.observe()
+        finally:
+            await fleet.aclose()
     billed = 2.99 * now_s / 3600 * billed_intervals(started_at, now, now_s, BillingAnchor.STARTED_AT)
     spent = fleet.committed_spend(now)["day"]
     overlap = 2.99 * now_s / 3600 if saved_s != now_s else 0.0  # the interval under way at the restart
@@ -402,15 +344,15 @@ async def test_a_billing_interval_changed_between_two_runs_never_charges_less_th
 
 
 async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_while_the_listing_lags(
-    make_verda_client, fake_verda: FakeVerda, wall
+    make_fleet, fake_verda: FakeVerda, wall
 ):
     """The fleet gives each provider call a quarter of the tick; a create that landed but answered after that
     was forgotten. With RunPod's listing a minute behind, the next tick made the pod again: 4 pods created
     and 4 running for 3 asked, over RunPod's max of 3, the extra one billed until the listing caught up."""
     async with (
         FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), clock=wall, listing_lag_s=60.0) as fake_runpod,
-        running_fleet(
-            make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44, member_timeout_s=0.5
+        aclosing(
+            make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S, member_timeout_s=0.5)
         ) as fleet,
     ):
         await fleet.observe()
@@ -424,62 +366,60 @@ async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_whi
 
 
 async def test_runpod_pods_left_by_the_previous_scaler_count_as_ready_at_the_first_apply_after_a_restart(
-    make_verda_client, fake_verda: FakeVerda, wall, verda_scaling
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
 ):
     """A restarted scaler asked no pod's /health before its first apply, so RunPod's 2 serving pods counted as 0
     ready: the dearer RunPod being drained back to Verda was cut to 0 at once, before Verda had a replica, and
     the queue's 2 replicas were ready nowhere for a tick. Now RunPod keeps them until Verda's are there."""
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        before = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.99, runpod_price=0.44)
-        try:
-            await before.observe()
-            await before.apply(2)
-            await ticks(before, wall, 2)
-            assert before.status_report(wall())["providers"]["runpod"]["ready"] == 2
-        finally:
-            await before.aclose()
-        restarted = make_fleet(make_verda_client, fake_runpod, wall, verda_price=2.30, runpod_price=2.99)
-        try:
-            await restarted.observe()
-            await restarted.apply(2)  # Verda is the cheaper now: RunPod is drained once Verda's 2 are ready
-            assert restarted.state.targets == {"verda": 2, "runpod": 2}
-            assert len(fake_runpod.live_pods()) == 2
-            await ticks(restarted, wall, 1)  # Verda lists its 2 (each listed replica counts as ready)
-            assert restarted.state.targets == {"verda": 2, "runpod": 0} and verda_scaling() == (2, 2)
-        finally:
-            await restarted.aclose()
+    before = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S)
+    try:
+        await before.observe()
+        await before.apply(2)
+        await ticks(before, wall, 2)
+        assert before.status_report(wall())["providers"]["runpod"]["ready"] == 2
+    finally:
+        await before.aclose()
+    restarted = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99, retry_after_s=RETRY_S)
+    try:
+        await restarted.observe()
+        await restarted.apply(2)  # Verda is the cheaper now: RunPod is drained once Verda's 2 are ready
+        assert restarted.state.targets == {"verda": 2, "runpod": 2}
+        assert len(fake_runpod.live_pods()) == 2
+        await ticks(restarted, wall, 1)  # Verda lists its 2 (each listed replica counts as ready)
+        assert restarted.state.targets == {"verda": 2, "runpod": 0} and verda_scaling() == (2, 2)
+    finally:
+        await restarted.aclose()
 
 
 async def test_a_price_list_that_changes_is_followed_by_the_ledger_and_the_placement_within_the_hour(
-    operator_env, monkeypatch, fake_verda: FakeVerda, verda_scaling, wall
+    operator_env, monkeypatch, fake_verda: FakeVerda, fake_runpod: FakeRunPod, verda_scaling, wall
 ):
     """Prices were read once at start. RunPod's list price raised from 0.69 to 3.49 (Verda 2.99): the fleet kept
     charging its 2 pods at 0.69 (5.60 an hour under-counted, the budgets reading it) and kept RunPod first
     until a restart. Now the price lists are read again every hour; one that fails keeps the last price."""
     gpu = POD_BODY["gpu"]["id"]
-    async with FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)) as fake_runpod:
-        operator_env(fake_runpod, "verda,runpod")
-        monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
-        fleet = await build_fleet(load_settings(), with_alerts=False)
-        fleet.clock = wall
-        try:
-            await fleet.observe()
-            await fleet.apply(2)
-            assert fleet.members["runpod"].spec.price_per_hour == 0.69 and fleet.state.targets["runpod"] == 2
-            monkeypatch.setitem(GPU_TYPES[gpu]["price"], "secure", 3.49)
-            fake_runpod.fail_next(f"/catalog/gpus/{gpu}", 200, body={"price": None})  # the first hour's read fails
-            wall.advance(PRICE_REFRESH_S + TICK_S)  # the fleet read its prices a little after the wall was set
-            await fleet.observe()
-            assert fleet.members["runpod"].spec.price_per_hour == 0.69, "the last price is kept"
-            wall.advance(PRICE_REFRESH_S + TICK_S)  # the fleet read its prices a little after the wall was set
-            await fleet.observe()
-            assert fleet.members["runpod"].spec.price_per_hour == 3.49
-            charged = fleet.ledger.spent_since(wall(), "runpod")
-            wall.advance(60)
-            await fleet.observe()
-            assert fleet.ledger.spent_since(wall() - 60, "runpod") - charged == pytest.approx(2 * 3.49 / 60, rel=0.05)
-            assert verda_scaling() == (2, 2), "Verda is now the cheaper: the replicas move there"
-            await ticks(fleet, wall, 1)
-            assert fleet.state.targets == {"verda": 2, "runpod": 0}
-        finally:
-            await fleet.aclose()
+    operator_env(fake_runpod, "verda,runpod")
+    monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
+    fleet = await build_fleet(load_settings(), with_alerts=False)
+    fleet.clock = wall
+    try:
+        await fleet.observe()
+        await fleet.apply(2)
+        assert fleet.members["runpod"].spec.price_per_hour == 0.69 and fleet.state.targets["runpod"] == 2
+        monkeypatch.setitem(GPU_TYPES[gpu]["price"], "secure", 3.49)
+        fake_runpod.fail_next(f"/catalog/gpus/{gpu}", 200, body={"price": None})  # the first hour's read fails
+        wall.advance(PRICE_REFRESH_S + TICK_S)  # the fleet read its prices a little after the wall was set
+        await fleet.observe()
+        assert fleet.members["runpod"].spec.price_per_hour == 0.69, "the last price is kept"
+        wall.advance(PRICE_REFRESH_S + TICK_S)  # the fleet read its prices a little after the wall was set
+        await fleet.observe()
+        assert fleet.members["runpod"].spec.price_per_hour == 3.49
+        charged = fleet.ledger.spent_since(wall(), "runpod")
+        wall.advance(60)
+        await fleet.observe()
+        assert fleet.ledger.spent_since(wall() - 60, "runpod") - charged == pytest.approx(2 * 3.49 / 60, rel=0.05)
+        assert verda_scaling() == (2, 2), "Verda is now the cheaper: the replicas move there"
+        await ticks(fleet, wall, 1)
+        assert fleet.state.targets == {"verda": 2, "runpod": 0}
+    finally:
+        await fleet.aclose()
