@@ -29,6 +29,17 @@ async def cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
+async def start_pods(fake_runpod: FakeRunPod, make_verda_client, count: int = 2) -> None:
+    """``count`` pods on the fake RunPod and one replica on the fake Verda, as a running fleet leaves them."""
+    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)
+    await runpod.apply(count)
+    await runpod.aclose()
+    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await verda.apply(1)
+    await verda.aclose()
+    assert len(fake_runpod.live_pods()) == count
+
+
 async def test_verda_quota_falls_back_to_runpod_then_drains_back(
     make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling
 ):
@@ -118,13 +129,7 @@ async def test_stop_all_stops_verda_and_runpod_and_confirms_both(
         monkeypatch.delenv("QUEUE_MANAGER_URL", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await verda.apply(1)
-    await verda.aclose()
-    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)
-    await runpod.apply(2)
-    await runpod.aclose()
-    assert len(fake_runpod.live_pods()) == 2
+    await start_pods(fake_runpod, make_verda_client)
     capsys.readouterr()
 
     assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
@@ -188,16 +193,6 @@ def stop_env(cli_env, monkeypatch, fake_runpod: FakeRunPod, tmp_path: Path) -> d
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
     return {**cli_env, **extra}
-
-
-async def start_pods(fake_runpod: FakeRunPod, make_verda_client, count: int = 2) -> None:
-    runpod = RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY)
-    await runpod.apply(count)
-    await runpod.aclose()
-    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await verda.apply(1)
-    await verda.aclose()
-    assert len(fake_runpod.live_pods()) == count
 
 
 def write_spec(tmp_path: Path, text: str) -> str:
