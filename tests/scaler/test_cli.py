@@ -17,9 +17,8 @@ from scaler.loop import save_policy_state
 from scaler.policy import PolicyState
 from standins.verda import CONTAINER_TYPES
 
-from .conftest import running_scaler, sigterm_and_wait
+from .conftest import DEPLOYMENT, running_scaler, sigterm_and_wait
 
-DEPLOYMENT = "comfyui-worker-serverless"
 QUEUE_TOKEN = "queue-token-do-not-log"
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 

@@ -21,7 +21,8 @@ from scaler.policy import ScalingConfig
 from scaler.providers import LocalBackend, VerdaBackend
 from standins.verda import FakeVerda
 
-DEPLOYMENT = "comfyui-worker-serverless"
+from .conftest import DEPLOYMENT
+
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
 STATUS_PATH = f"/container-deployments/{DEPLOYMENT}/status"
 

@@ -22,9 +22,7 @@ from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.wiring import build_fleet, stop_all, stop_provider
 
-from .conftest import running_scaler, sigterm_and_wait
-
-DEPLOYMENT = "comfyui-worker-serverless"
+from .conftest import DEPLOYMENT, running_scaler, sigterm_and_wait
 
 
 async def cli(*argv: str) -> int:

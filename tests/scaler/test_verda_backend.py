@@ -17,7 +17,7 @@ from scaler.providers import VerdaBackend
 from scaler.queue_status import QueueStatusReader
 from standins.verda import FakeVerda
 
-DEPLOYMENT = "comfyui-worker-serverless"
+from .conftest import DEPLOYMENT
 
 
 async def test_apply_pins_min_and_max_and_writes_only_on_change(
