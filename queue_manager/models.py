@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from common.handbacks import HandBackCause
+from common.identifiers import Identifier
 
 USER_ID_PATTERN = re.compile(r"[a-zA-Z0-9_-]{1,100}")  # matched whole (fullmatch): "alice\n" is refused
 MAX_WORKFLOW_BYTES = 10 * 1024 * 1024
@@ -19,8 +20,6 @@ MAX_RESULT_BYTES = 50 * 1024 * 1024
 MAX_ERROR_CHARS = 10000
 MAX_REASON_CHARS = 2000
 MAX_LIST_LIMIT = 1000
-# The worker refuses a WORKER_ID longer than this at start (worker/config.py); job ids are UUIDs (36).
-MAX_ID_CHARS = 200
 
 
 class JobStatus(StrEnum):
@@ -112,21 +111,6 @@ class JobFailureRequest(BaseModel):
         if not value.strip():
             raise ValueError("error message cannot be empty")
         return value.strip()
-
-
-def _id_is_printable_and_not_blank(value: str) -> str:
-    # An empty worker id took a job that then ran under no one; a control character went into every log line.
-    if not value.strip():
-        raise ValueError("must not be empty or blank")
-    if not value.isprintable():
-        raise ValueError("must be printable (no control characters)")
-    if "\ufffd" in value:  # what a byte that is not UTF-8 decodes to: %ff and %fe would be the same worker
-        raise ValueError("must be valid UTF-8 (it holds U+FFFD, what an undecodable byte becomes)")
-    return value
-
-
-# A worker id or job id in a query: what a correct worker sends, nothing a log line or a lease cannot name.
-Identifier = Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_id_is_printable_and_not_blank)]
 
 
 class NextJobQuery(BaseModel):

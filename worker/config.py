@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from common.identifiers import Identifier
 from common.settings import LogSettings, OptionalPath, QueueToken, RequiredPath, settings_from_env
 from common.urls import queue_token_clash
 
@@ -31,7 +32,7 @@ class WorkerSettings(LogSettings):
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
     comfyui_temp_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
-    worker_id: str = Field(default_factory=default_worker_id, validation_alias="WORKER_ID", min_length=1)
+    worker_id: Identifier = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
     serverless_max_idle_polls: int = Field(default=10, ge=1, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
@@ -59,14 +60,6 @@ class WorkerSettings(LogSettings):
     warmup_workflow: OptionalPath = Field(default=None, validation_alias="WARMUP_WORKFLOW")
     max_job_output_files: int = Field(default=10_000, ge=1, le=1_000_000, validation_alias="MAX_JOB_OUTPUT_FILES")
     max_job_output_mb: int = Field(default=8192, ge=1, le=1 << 30, validation_alias="MAX_JOB_OUTPUT_MB")
-
-    @field_validator("worker_id")
-    @classmethod
-    def _printable_worker_id(cls, value: str) -> str:
-        # What the queue manager accepts as a worker_id: it answers every poll of another one with 422.
-        if not value.strip() or not value.isprintable() or len(value) > 200:
-            raise ValueError("must be printable, not blank, and at most 200 characters")
-        return value
 
     @field_validator("outputs_path")
     @classmethod

@@ -54,6 +54,8 @@ WORKER_CASES = {
     "worker-id-control-chars": ("WORKER_ID", "w\x1b[31m"),
     "worker-id-blank": ("WORKER_ID", "   "),
     "worker-id-too-long": ("WORKER_ID", "w" * 201),
+    # What the queue manager refuses in every poll (422), the worker refuses at start.
+    "worker-id-replacement-character": ("WORKER_ID", "w\ufffd"),
     "outputs-path-empty": ("OUTPUTS_PATH", ""),
     "poll-interval-inf": ("WORKER_POLL_INTERVAL", "inf"),
     "poll-interval-nan": ("WORKER_POLL_INTERVAL", "nan"),
