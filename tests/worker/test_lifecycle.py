@@ -151,9 +151,10 @@ async def test_a_stop_signal_around_comfyui_dying_never_makes_the_hand_back_a_sh
 ):
     """The supervisor's abort (ComfyUI died) wins over a stop signal, whichever came first: a fault."""
     job = qm.store.submit("alice", workflows["slow"])
+    comfy.freeze(class_type="ImageBlur")  # the job cannot end before the abort, however late this test is
     worker = make_worker(shutdown_grace_s=60, platform_kill_delay_s=90)
     run = asyncio.create_task(worker.run())
-    await wait_for(lambda: comfy.prompts_received)
+    await comfy.wait_until_frozen()
     if signals == "abort, then SIGTERM":
         worker.abort("ComfyUI process exited unexpectedly with code -9")
         worker.request_shutdown()
