@@ -131,7 +131,7 @@ async def test_comfyui_failing_the_history_delete_changes_no_report_and_holds_th
 ):
     comfy.break_history_posts(status=500) if how == "500" else comfy.break_history_posts(hang=True)
     job = qm.store.submit("alice", workflows["quick"])
-    worker = make_worker(serverless_job_limit=1)
+    worker = make_worker(serverless_job_limit=1, http_timeout_s=30)
     with capture_logs() as logs:
         run = asyncio.create_task(worker.run())
         async with asyncio.timeout(10):
@@ -140,7 +140,7 @@ async def test_comfyui_failing_the_history_delete_changes_no_report_and_holds_th
         asked_at = time.monotonic()
         assert qm.store.get(job.id).status == "completed", "the report goes first: the user waits for it"
         assert await asyncio.wait_for(run, 10) == 0
-    assert time.monotonic() - asked_at < HOUSEKEEPING_WAIT_S + 1.0
+    assert time.monotonic() - asked_at < HOUSEKEEPING_WAIT_S + 5, "held HOUSEKEEPING_WAIT_S, not HTTP_TIMEOUT_S"
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
     assert list(await history(comfy)) == comfy.history_deletes, "nothing was deleted: the entry stays"
     [warning] = [e for e in logs if e["event"].startswith("Could not delete the prompt from ComfyUI's history")]
