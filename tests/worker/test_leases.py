@@ -20,6 +20,13 @@ async def leased_qm():
         yield server
 
 
+@pytest.fixture
+async def long_leased_qm():
+    """For a test whose lease must not expire: a loaded machine's stall outran 0.5 s."""
+    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as server:
+        yield server
+
+
 async def test_a_worker_whose_lease_expired_abandons_the_job_without_a_report(
     leased_qm, comfy, make_worker, workflows
 ):
@@ -75,12 +82,12 @@ async def test_a_retry_of_the_same_job_id_writes_to_its_own_attempt_folder(lease
 
 
 async def test_a_heartbeat_refused_because_the_report_landed_is_not_a_lost_job(
-    leased_qm, comfy, make_worker, workflows
+    long_leased_qm, comfy, make_worker, workflows
 ):
     """The completion lands, its answer is lost, the worker retries it: a heartbeat in between is told 409 (the
     job is completed). That is the report's own success, not the job taken away: before, the worker logged
     "abandoning it without a report" right after "Job X completed"."""
-    qm = leased_qm
+    qm = long_leased_qm
     job = qm.store.submit("alice", workflows["quick"])
     qm.faults.inject("complete-job", status=502, after=True)  # lands; the answer is lost
     worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.05, serverless_job_limit=1)
@@ -118,11 +125,11 @@ async def test_one_heartbeat_that_hangs_does_not_cost_the_lease(comfy, make_work
 
 
 async def test_a_failure_report_retried_after_its_answer_was_lost_counts_as_the_failure_it_was(
-    leased_qm, comfy, make_worker, workflows
+    long_leased_qm, comfy, make_worker, workflows
 ):
     """Its retry is told 409 (the job is failed): by our own report, not taken away. Before, the worker counted
     the job abandoned, logged "no longer this worker's", and never "Job X failed"."""
-    qm = leased_qm
+    qm = long_leased_qm
     job = qm.store.submit("alice", workflows["invalid_unknown_node"])
     qm.faults.inject("fail-job", status=502, after=True)  # lands; the answer is lost
     worker = make_worker(queue_manager_url=qm.url, serverless_job_limit=1)
@@ -133,18 +140,19 @@ async def test_a_failure_report_retried_after_its_answer_was_lost_counts_as_the_
     assert f"Job {job.id} failed" in [e["event"] for e in logs]
 
 
-async def test_a_hand_back_retried_after_its_answer_was_lost_counts_as_handed_back(comfy, make_worker, workflows):
-    # A lease no heartbeat can miss here: with 0.5 s, a loaded machine once let it expire first (cause "fault").
-    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
-        job = qm.store.submit("alice", workflows["slow"])
-        qm.faults.inject("release-job", status=502, after=True)  # lands; the answer is lost
-        worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, shutdown_grace_s=0.1)
-        run = asyncio.create_task(worker.run())
-        await wait_for(lambda: comfy.prompts_received)
-        with capture_logs() as logs:
-            worker.request_shutdown()
-            assert await asyncio.wait_for(run, 10) == 0
-        again = qm.store.get(job.id)
+async def test_a_hand_back_retried_after_its_answer_was_lost_counts_as_handed_back(
+    long_leased_qm, comfy, make_worker, workflows
+):
+    qm = long_leased_qm  # with 0.5 s, a loaded machine once let the lease expire first (cause "fault")
+    job = qm.store.submit("alice", workflows["slow"])
+    qm.faults.inject("release-job", status=502, after=True)  # lands; the answer is lost
+    worker = make_worker(queue_manager_url=qm.url, lease_heartbeat_s=0.1, shutdown_grace_s=0.1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 10) == 0
+    again = qm.store.get(job.id)
     assert (again.status, again.attempt, [h["cause"] for h in again.history]) == ("pending", 2, ["shutdown"])
     assert (worker.state.jobs_handed_back, worker.state.jobs_abandoned) == (1, 0)
     assert f"Job {job.id} handed back" in [e["event"] for e in logs]
