@@ -407,16 +407,18 @@ async def test_a_wait_on_the_queue_longer_than_the_heartbeat_limit_is_not_a_wedg
     a heartbeat 1.1-1.5 s old against a 0.5 s limit)."""
     from health.verdict import liveness
 
+    # A 1-s limit (a beat every 0.25 s) and waits of 2.5 s: a stall of the test's process up to 0.75 s long is
+    # not mistaken for the loop's.
     if wait == "a slow queue manager":
-        qm.faults.inject("next-job", delay_s=1.5, times=2)
-        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=0.5)
+        qm.faults.inject("next-job", delay_s=2.5, times=2)
+        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=1)
     else:
-        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=0.5, poll_interval_s=1.5)
+        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=1, poll_interval_s=2.5)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.phase.value == "idle")
     verdicts = []
-    for _ in range(30):  # 1.5 s in all: the whole of one wait
-        verdicts.append(liveness(worker.state, 0.5))
+    for _ in range(50):  # 2.5 s in all: the whole of one wait
+        verdicts.append(liveness(worker.state, 1))
         await asyncio.sleep(0.05)
     worker.request_shutdown()
     assert await run == 0
@@ -512,17 +514,19 @@ async def test_report_budget_exhausted_is_logged_with_the_reason(qm, comfy, make
 async def test_a_report_retried_for_a_while_keeps_the_worker_alive(qm, comfy, make_worker, workflows):
     from health.verdict import liveness
 
-    qm.faults.inject("complete-job", status=503, times=3)
+    # Four refusals: the retries wait about 0.25, 0.5, 1 and 2 s, the last well past the 1-s limit (a beat every
+    # 0.25 s), so a stall of the test's process up to 0.75 s long is not mistaken for the loop's.
+    qm.faults.inject("complete-job", status=503, times=4)
     job = qm.store.submit("alice", workflows["quick"])
-    worker = make_worker(heartbeat_timeout_s=0.5)
+    worker = make_worker(heartbeat_timeout_s=1)
     run = asyncio.create_task(worker.run())
     verdicts = []
     while not run.done():
-        verdicts.append(liveness(worker.state, 0.5))
+        verdicts.append(liveness(worker.state, 1))
         await asyncio.sleep(0.05)
     assert await run == 0
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
-    assert len(qm.reports.for_job(job.id)) == 4, "three refusals, then the report landed"
+    assert len(qm.reports.for_job(job.id)) == 5, "four refusals, then the report landed"
     assert all(v.healthy for v in verdicts), [v.reason for v in verdicts if not v.healthy]
 
 
