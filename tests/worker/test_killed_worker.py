@@ -40,7 +40,9 @@ def age(folder: Path, seconds: float) -> None:
 
 @pytest.fixture
 async def leased_qm() -> AsyncIterator[QueueManagerServer]:
-    async with QueueManagerServer(lease_timeout_s=1.0, reaper_interval_s=0.2, test_hooks=True) as server:
+    # 2 s: a killed worker's job comes back soon, and a live worker beating every 0.2 s keeps it through a 1.8-s
+    # stall of its process on a loaded machine.
+    async with QueueManagerServer(lease_timeout_s=2.0, reaper_interval_s=0.2, test_hooks=True) as server:
         yield server
 
 
