@@ -168,17 +168,25 @@ async def test_run_with_a_fleet_serves_provider_metrics_keeps_the_ledger_and_obe
     async with running_scaler(env) as process:
         await wait(lambda: verda_scaling() == (1, 1), timeout=20)
         await wait(lambda: verda_charged(tmp_path / "ledger.json"), timeout=20)
-        async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-        assert 'comfy_scaler_provider_target_replicas{provider="verda"} 1.0' in metrics
-        assert 'comfy_scaler_provider_spend{provider="total",window="last_day"}' in metrics
-        assert await cli("stop", "--all") == 0
-        await asyncio.sleep(2.5)  # two ticks of the running scaler with the kill switch set
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            metrics = (await http.get("/metrics")).text
+            assert 'comfy_scaler_provider_target_replicas{provider="verda"} 1.0' in metrics
+            assert 'comfy_scaler_provider_spend{provider="total",window="last_day"}' in metrics
+            assert await cli("stop", "--all") == 0
+            decided = await decisions_made(http)
+            async with asyncio.timeout(20):  # two ticks of the running scaler, the second begun with the switch set
+                while await decisions_made(http) < decided + 2:
+                    await asyncio.sleep(0.1)
         assert verda_scaling() == (0, 0), "the running scaler does not undo the kill switch"
         err = await sigterm_and_wait(process)
     assert process.returncode == 0
     assert b"kill_switch_seen" in err
     assert verda_charged(tmp_path / "ledger.json"), "the ledger file keeps the day's charges"
+
+
+async def decisions_made(http: httpx.AsyncClient) -> float:
+    lines = (await http.get("/metrics")).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("comfy_scaler_decisions_total{"))
 
 
 def verda_charged(ledger_file: Path) -> bool:
