@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from common.settings import ConfigError, LogSettings, QueueToken, env_name, settings_from_env
+from common.settings import ConfigError, LogSettings, OptionalPath, QueueToken, env_name, settings_from_env
 from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
@@ -70,8 +70,8 @@ class ScalerSettings(LogSettings):
     queue_outage_hold_s: float | None = Field(
         default=1800.0, ge=MIN_DURATION_S, validation_alias="SCALER_QUEUE_OUTAGE_HOLD_S"
     )
-    state_file: Path | None = Field(default=None, validation_alias="SCALER_STATE_FILE")
-    local_log_dir: Path | None = Field(default=None, validation_alias="SCALER_LOCAL_LOG_DIR")
+    state_file: OptionalPath = Field(default=None, validation_alias="SCALER_STATE_FILE")
+    local_log_dir: OptionalPath = Field(default=None, validation_alias="SCALER_LOCAL_LOG_DIR")
     # Several providers with fallback (docs/providers.md); unset: the one SCALER_BACKEND.
     providers: str | None = Field(default=None, pattern=r"^[a-z, -]+$", validation_alias="SCALER_PROVIDERS")
     local_max_replicas: int = Field(
@@ -94,9 +94,9 @@ class ScalerSettings(LogSettings):
     fallback_retry_max_s: float = Field(
         default=3600.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_MAX_S"
     )
-    ledger_file: Path | None = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
+    ledger_file: OptionalPath = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
     # The deploy spec RunPod pods are built from (image, env, [runpod] table); unset: verda/deployment.toml.
-    deploy_spec: Path | None = Field(default=None, validation_alias="SCALER_DEPLOY_SPEC")
+    deploy_spec: OptionalPath = Field(default=None, validation_alias="SCALER_DEPLOY_SPEC")
     runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
     alert_webhook_url: SecretStr | None = Field(default=None, validation_alias="SCALER_ALERT_WEBHOOK_URL")
     alert_format: AlertFormat = Field(default=AlertFormat.SLACK, validation_alias="SCALER_ALERT_FORMAT")

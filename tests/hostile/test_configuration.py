@@ -160,6 +160,16 @@ def test_an_empty_optional_path_is_unset_not_the_working_directory(
     assert getattr(settings, variable.lower()) is None
 
 
+@pytest.mark.parametrize("variable", ["SCALER_STATE_FILE", "SCALER_LEDGER_FILE", "SCALER_LOCAL_LOG_DIR",
+                                      "SCALER_DEPLOY_SPEC"])
+def test_a_blank_scaler_path_is_unset_not_a_file_named_by_spaces(monkeypatch: pytest.MonkeyPatch, variable: str):
+    """Before: an empty value was ignored, but SCALER_STATE_FILE="  " saved the scaler's state in a file named by two
+    spaces in its working folder."""
+    _clean_env(monkeypatch, SCALER_BASE, variable, "  ")
+    settings = load_scaler_settings()
+    assert getattr(settings, variable.removeprefix("SCALER_").lower()) is None
+
+
 @pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
 def test_an_empty_comfyui_output_dir_is_the_supervisors_own_folder(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     """Before: ComfyUI got --output-directory "." (the container's home folder), and the worker tidied there."""
