@@ -138,19 +138,15 @@ async def test_a_provider_taken_out_of_scaler_providers_is_driven_to_zero_and_ch
     wrote RunPod again, so its pods ran, billed per second, for ever, and the ledger (the budgets) never saw
     them. Measured: 2 pods still running after 5 ticks at an empty queue, none of their time charged."""
     operator_env(fake_runpod, "verda,runpod")
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()
         await fleet.apply(2)  # RunPod is the cheaper: both on it
         await fleet.observe()
-    finally:
-        await fleet.aclose()
     assert len(fake_runpod.live_pods()) == 2
     charged_before = fleet.ledger.spent_since(0, "runpod")
 
     operator_env(fake_runpod, "verda")
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()
         await fleet.apply(0)  # the queue is empty
         for _ in range(5):
@@ -159,14 +155,10 @@ async def test_a_provider_taken_out_of_scaler_providers_is_driven_to_zero_and_ch
         assert fake_runpod.live_pods() == [], "the pods of a provider no longer listed are stopped"
         assert fleet.ledger.spent_since(0, "runpod") > charged_before, "their time till then is charged"
         assert verda_scaling() == (0, 0)
-    finally:
-        await fleet.aclose()
 
-    fleet = await build_fleet(load_settings(), with_alerts=False)  # gone to zero: not looked at again
-    try:
+    # Gone to zero: not looked at again.
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         assert list(fleet.members) == ["verda"]
-    finally:
-        await fleet.aclose()
 
 
 async def test_a_retired_provider_that_cannot_be_reached_stops_the_start_with_what_to_do(
@@ -192,13 +184,10 @@ async def test_stop_all_also_stops_a_provider_taken_out_of_scaler_providers(
     """`stop --all` stopped only what SCALER_PROVIDERS listed: the 2 pods of a RunPod just taken out of it
     ran on, and it answered "nothing is running" (exit 0)."""
     operator_env(fake_runpod, "verda,runpod")
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()
         await fleet.apply(2)
         await fleet.observe()
-    finally:
-        await fleet.aclose()
     operator_env(fake_runpod, "verda")
     assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
     assert fake_runpod.live_pods() == []
@@ -241,19 +230,13 @@ async def test_a_price_list_that_fails_at_start_falls_back_on_the_price_last_cha
     under systemd it restarted every 5 s, deciding nothing, every provider's count pinned and billed."""
     operator_env(fake_runpod, "verda,runpod")
     monkeypatch.delenv("SCALER_RUNPOD_PRICE_PER_HOUR")
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         listed = fleet.members["runpod"].spec.price_per_hour
         await fleet.observe()  # charged, and saved, at that price
-    finally:
-        await fleet.aclose()
     fake_runpod.fail_next(f"/catalog/gpus/{POD_BODY['gpu']['id']}", 500, times=100)
     monkeypatch.setenv("SCALER_TICK_DEADLINE_S", "1")  # what a lookup may take: it fails sooner
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         assert fleet.members["runpod"].spec.price_per_hour == listed > 0
-    finally:
-        await fleet.aclose()
     fleet_of_a_new_ledger = load_settings(ledger_file=None)
     with pytest.raises(ProviderSetupError, match="runpod: price lookup failed"):
         await build_fleet(fleet_of_a_new_ledger, with_alerts=False)
@@ -265,21 +248,15 @@ async def test_pods_asked_for_by_a_scaler_stopped_before_it_listed_them_are_not_
     """The ledger kept the replicas listed at the last read only: 2 pods created at a tick's write, the scaler
     stopped before its next read, RunPod taken out of SCALER_PROVIDERS: both pods left running."""
     operator_env(fake_runpod, "verda,runpod")
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()
         await fleet.apply(2)
-    finally:
-        await fleet.aclose()
     operator_env(fake_runpod, "verda")
-    fleet = await build_fleet(load_settings(), with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()
         await fleet.apply(0)
         await fleet.observe()
         assert fake_runpod.live_pods() == []
-    finally:
-        await fleet.aclose()
 
 
 @pytest.mark.parametrize("anchor", ["started_at", "wall_clock"])
@@ -298,12 +275,9 @@ async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_po
     monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
     monkeypatch.setenv("SCALER_BILLING_ANCHOR", anchor)
     settings = load_settings()
-    fleet = await build_fleet(settings, with_alerts=False)
-    try:
+    async with aclosing(await build_fleet(settings, with_alerts=False)) as fleet:
         await fleet.observe()
         now = fleet.ledger.looked_at["verda"]
-    finally:
-        await fleet.aclose()
     policy = SpendLedger().observe(
         [Replica("replica-a", started_at)], now, interval_s=settings.billing_interval_s,
         anchor=settings.billing_anchor, price_per_hour=2.99,
