@@ -174,7 +174,7 @@ async def read_body(request: web.Request) -> bytearray:
     limit = BODY_LIMITS.get(_endpoint(request) or "", 0)
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit, request.content_length)
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = _content_encoding(request)
     if encoding not in DECODED_ENCODINGS:  # aiohttp would hand these over undecoded, as if sent as they are
         raise UnreadableBody(415, f"Content-Encoding {encoding!r} is not supported: send the body as it is, or gzip")
     body = bytearray()
@@ -626,8 +626,12 @@ def _body_budget_middleware(budget: BodyBudget) -> Any:
     return bound_bodies_together
 
 
+def _content_encoding(request: web.Request) -> str:
+    return request.headers.get("Content-Encoding", "").strip().lower()
+
+
 def _is_compressed(request: web.Request) -> bool:
-    return request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    return _content_encoding(request) not in ("", "identity")
 
 
 @web.middleware

@@ -233,8 +233,8 @@ class Worker:
             self._prompt_run = None
         if problem:
             log.error("Warm-up failed; the worker stays not ready", path=str(path), error=problem)
-            self.state.mark_not_ready(f"warm-up failed: {problem}")
             self._exit_reason = f"warm-up failed: {problem}"
+            self.state.mark_not_ready(self._exit_reason)
             return False
         log.info("Warm-up finished", seconds=round(outcome.execution_s, 3))
         return True
