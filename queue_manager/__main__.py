@@ -11,6 +11,7 @@ import math
 import signal
 import sqlite3
 import sys
+from pathlib import Path
 
 import structlog
 from pydantic import Field
@@ -86,6 +87,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _database_file(text: str) -> str:
+    """A file name: blank would open SQLite's private temporary database (or a file named by spaces), a
+    folder cannot be opened."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the SQLite file that keeps the jobs")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {Path(text) / 'jobs.db'}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-serverless queue",
@@ -101,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=_port, default=8080, help="port to bind (default: %(default)s)")
     parser.add_argument(
         "--db",
+        type=_database_file,
         metavar="PATH",
         default="queue-manager.db",
         help="SQLite database file; jobs survive restarts (default: %(default)s)",

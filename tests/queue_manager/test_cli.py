@@ -224,6 +224,22 @@ async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("db", "said"),
+    [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder")],
+    ids=["empty", "blank", "folder"],
+)
+async def test_a_db_that_names_no_file_exits_2_before_creating_anything(tmp_path: Path, db: str, said: str) -> None:
+    """Before: '  ' served from a file named by two spaces; '' and a folder exited 2 saying the folder must exist."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", db, env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path,
+        timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert said in err
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) -> None:
     """Before: only 'address already in use', with nothing about --port."""
     with socket.socket() as taken:
