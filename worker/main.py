@@ -587,7 +587,8 @@ class Worker:
             reason = await self._explain_lost_comfyui(f"Output delivery failed: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)
         except OutputsDiskFailed as exc:
-            reason = f"Output delivery failed on worker {self.settings.worker_id}: {exc}"
+            reason = (f"Output delivery failed on worker {self.settings.worker_id}: the outputs disk (OUTPUTS_PATH "
+                      f"{self.delivery.outputs_root}) refused a write: {exc}")
             self.state.mark_fatal(reason)  # every job would fail here the same way: let the platform replace us
             return Report(job.id, job.attempt, handback=reason, job=job)
         except OutputDeliveryError as exc:

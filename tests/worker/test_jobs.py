@@ -236,7 +236,8 @@ async def test_a_delivery_that_fails_midway_leaves_no_partial_results(qm, comfy,
     worker.delivery._copy = second_copy_fails
     assert await worker.run() == 1, "a full disk is this replica's fault, not the job's"
     error = qm.reports.landed(job.id)[0].body["error"]
-    assert error.startswith("Handed back: Output delivery failed on worker test-worker:"), error
+    assert error.startswith("Handed back: Output delivery failed on worker test-worker: the outputs disk (OUTPUTS_PATH "
+                            f"{tmp_path / 'outputs'}) refused a write:"), error
     assert "No space left on device" in error
     assert copied and not copied[0].exists(), "the first file was delivered, then removed"
     assert not (tmp_path / "outputs" / "alice" / job.id).exists()
