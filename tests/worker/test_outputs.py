@@ -302,8 +302,9 @@ async def test_a_full_outputs_disk_hands_the_job_back_and_takes_no_new_job(
     worker = make_worker(comfyui_output_dir=comfy.output_dir, serverless_max_idle_polls=100)
     assert await worker.run() == 1
     error = qm.reports.landed(job.id)[0].body["error"]
-    assert error.startswith(f"Handed back: Output delivery failed on worker test-worker: the outputs disk (OUTPUTS_PATH "
-                            f"{worker.delivery.outputs_root}) refused a write: could not deliver output big"), error
+    disk = f"the outputs disk (OUTPUTS_PATH {worker.delivery.outputs_root}) refused a write"
+    assert error.startswith(f"Handed back: Output delivery failed on worker test-worker: {disk}: could not"), error
+    assert "could not deliver output big" in error
     assert "No space left on device" in error
     assert qm.store.get(waiting.id).status == "pending", "a replica that cannot deliver takes no new job"
     assert worker.state.fatal_reason and "No space left on device" in worker.state.fatal_reason
