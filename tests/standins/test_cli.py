@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -30,47 +32,54 @@ def comfyui_argv(tmp_path: Path, port: int, startup_delay_s: float) -> list[str]
     ]  # fmt: skip
 
 
-async def test_cli_starts_late_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    argv = comfyui_argv(tmp_path, port, startup_delay_s=0.5)
-    started = time.monotonic()  # before the child exists: its delay cannot have begun earlier
+@contextlib.asynccontextmanager
+async def comfyui_process(argv: list[str]) -> AsyncIterator[asyncio.subprocess.Process]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "standins.comfyui", *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE
     )
     try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            while True:
-                try:
-                    response = await client.get(f"http://127.0.0.1:{port}/system_stats")
-                    break
-                except httpx.ConnectError:
-                    assert time.monotonic() - started < 10, "simulator never came up"
-                    await asyncio.sleep(0.05)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def stop_with_sigterm(process: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then everything the process printed."""
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=10)
+    return stdout.decode()
+
+
+async def test_cli_starts_late_serves_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    argv = comfyui_argv(tmp_path, port, startup_delay_s=0.5)
+    started = time.monotonic()  # before the child exists: its delay cannot have begun earlier
+    async with comfyui_process(argv) as process, httpx.AsyncClient(timeout=2) as client:
+        while True:
+            try:
+                response = await client.get(f"http://127.0.0.1:{port}/system_stats")
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() - started < 10, "simulator never came up"
+                await asyncio.sleep(0.05)
         assert time.monotonic() - started >= 0.5
         stats = response.json()
         assert stats["system"]["comfyui_version"] == "0.8.0"
         assert stats["system"]["argv"] == ["main.py", *argv]
         assert (tmp_path / "tmp" / "temp").is_dir(), "as ComfyUI, previews go to <--temp-directory>/temp"
-        process.send_signal(signal.SIGTERM)
-        stdout, _ = await asyncio.wait_for(process.communicate(), timeout=10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        stdout = await stop_with_sigterm(process)
     assert process.returncode == 0
-    assert "Starting server" in stdout.decode()
-    assert f"To see the GUI go to: http://127.0.0.1:{port}" in stdout.decode()
+    assert "Starting server" in stdout
+    assert f"To see the GUI go to: http://127.0.0.1:{port}" in stdout
 
 
 async def test_cli_refuses_connections_during_its_startup_delay_and_stops_in_it(tmp_path: Path) -> None:
     """As ComfyUI while it scans nodes and models: the process runs, its port is closed. The delay (60 s) is far
     longer than the test, so a simulator that ignored it would be listening by the time the test connects."""
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "standins.comfyui", *comfyui_argv(tmp_path, port, startup_delay_s=60), cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
+    async with comfyui_process(comfyui_argv(tmp_path, port, startup_delay_s=60)) as process:
         async with asyncio.timeout(10):
             first_line = (await process.stdout.readline()).decode()
         assert first_line.startswith("Adding extra search path from"), first_line
@@ -79,11 +88,6 @@ async def test_cli_refuses_connections_during_its_startup_delay_and_stops_in_it(
                 with pytest.raises(httpx.ConnectError):
                     await client.get(f"http://127.0.0.1:{port}/system_stats")
                 await asyncio.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        stdout, _ = await asyncio.wait_for(process.communicate(), timeout=10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        stdout = await stop_with_sigterm(process)
     assert process.returncode == 0
-    assert "Starting server" not in stdout.decode()
+    assert "Starting server" not in stdout
