@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -33,6 +34,8 @@ log = structlog.get_logger()
 
 WORKER_COMMAND = (sys.executable, "-m", "worker")
 HEALTHY = "healthy"
+# An idle worker restarts about every 22 s, each run in a new log file: 1000 runs are ~6 hours of one replica.
+LOG_FILES_KEPT = 1000
 
 
 @dataclass
@@ -58,8 +61,10 @@ class LocalBackend:
     ``worker_env`` is the workers' complete environment (QUEUE_MANAGER_URL, COMFYUI_URL, OUTPUTS_PATH, PATH...);
     ``replica_env(replica_id)`` adds what differs per replica (e.g. its own ComfyUI port). Each replica also gets
     its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given, SERVERLESS_MODE=true. With
-    ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log``. Each replica leads its own process
-    group, so what it started (the supervisor's ComfyUI) is killed with it.
+    ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log`` (``<id_prefix>-<N>.log``); each start
+    keeps ``log_files_kept`` of those, the running replicas' and the most recently written of the others, and
+    removes the oldest others (an earlier run's too; never a file named otherwise). Each replica leads its own
+    process group, so what it started (the supervisor's ComfyUI) is killed with it.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class LocalBackend:
         clock: Callable[[], float] = time.time,
         stop_timeout_s: float = 30.0,
         log_dir: Path | None = None,
+        log_files_kept: int = LOG_FILES_KEPT,
     ) -> None:
         self._env = {"SERVERLESS_MODE": "true", **worker_env, "HEALTH_PORT": "0"}
         self._command = tuple(command)
@@ -80,6 +86,7 @@ class LocalBackend:
         self._clock = clock
         self._stop_timeout_s = stop_timeout_s
         self._log_dir = log_dir
+        self._log_files_kept = log_files_kept
         self._desired = 0
         self._paused = False
         self._live: list[_LocalReplica] = []
@@ -168,6 +175,7 @@ class LocalBackend:
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_file = (self._log_dir / f"{replica_id}.log").open("ab")
+            self._remove_old_logs(self._log_dir, running={replica_id, *(r.id for r in self._live + self._stopping)})
         process = await asyncio.create_subprocess_exec(
             *self._command,
             env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id},
@@ -182,6 +190,19 @@ class LocalBackend:
         self.pids_started.append(process.pid)
         log.info("local_replica_started", replica=replica_id, pid=process.pid)
         return _LocalReplica(replica_id, process, self._clock(), log_file)
+
+    def _remove_old_logs(self, log_dir: Path, running: set[str]) -> None:
+        own = re.compile(rf"{re.escape(self._id_prefix)}-(\d+)\.log")
+        exited = []
+        with os.scandir(log_dir) as entries:
+            for entry in entries:
+                number = own.fullmatch(entry.name)
+                if number and entry.name.removesuffix(".log") not in running and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        exited.append((entry.stat(follow_symlinks=False).st_mtime_ns, int(number[1]), entry.path))
+        for *_, path in sorted(exited)[: max(0, len(exited) + len(running) - self._log_files_kept)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _terminate(self, replica: _LocalReplica) -> None:
         if replica.stopping_since is None:

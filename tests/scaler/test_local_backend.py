@@ -189,3 +189,40 @@ def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monk
     assert env["HF_TOKEN"] == "the-workers-own" and env["PATH"] == os.environ["PATH"]
     assert "not-for-workers" not in repr(env)
     assert "VERDA_CLIENT_ID" not in env
+
+
+# A replica that writes its id to its log and exits at once (an idle worker, quicker); local-worker-1 stays.
+ONE_RUN = ("sh", "-c", 'echo "$WORKER_ID"; if [ -n "$STAY" ]; then exec sleep 600; fi')
+
+
+async def restart_until(backend: LocalBackend, starts: int) -> None:
+    async with asyncio.timeout(120):
+        while backend.starts < starts:
+            await backend.observe()  # restarts the replica that exited, as the scaler's tick does
+            await asyncio.sleep(0.002)
+
+
+async def test_a_long_running_backend_keeps_only_its_newest_log_files_and_the_running_ones(tmp_path):
+    """Each restart of an idle worker (one every ~22 s) created a new <log_dir>/local-worker-<N>.log and none was
+    ever removed: ~3,900 files a day in SCALER_LOCAL_LOG_DIR, for ever."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    foreign = {"notes.txt": "mine", "other-worker-1.log": "another backend's", "local-worker-3.log.1": "rotated",
+               "local-worker-old.log": "kept by hand"}
+    for name, text in foreign.items():
+        (logs / name).write_text(text)
+    earlier_run = logs / "local-worker-900.log"  # this backend's name, left by a scaler that ran before
+    earlier_run.write_text("local-worker-900\n")
+    os.utime(earlier_run, (1, 1))
+    backend = LocalBackend(os.environ, command=ONE_RUN, log_dir=logs, log_files_kept=5,
+                           replica_env=lambda replica: {"STAY": "1"} if replica == "local-worker-1" else {})
+    try:
+        await backend.apply(2)
+        await restart_until(backend, 60)
+        files, starts = {path.name for path in logs.iterdir()}, backend.starts
+    finally:
+        await backend.aclose()
+    newest = {f"local-worker-{n}.log" for n in range(starts - 3, starts + 1)}
+    assert files - set(foreign) == {"local-worker-1.log"} | newest, "the running replica's and the 4 newest"
+    assert all((logs / name).read_text() == f"{name.removesuffix('.log')}\n" for name in newest)
+    assert {name: (logs / name).read_text() for name in foreign} == foreign
