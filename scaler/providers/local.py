@@ -156,17 +156,21 @@ class LocalBackend:
     def _reap(self) -> None:
         for replica in [r for r in self._live if r.exited]:
             self._live.remove(replica)
-            _kill_group(replica.process.pid)  # a supervisor's ComfyUI must not outlive it
-            replica.close_log()
+            self._retire(replica)
             log.info("local_replica_exited", replica=replica.id, exit_code=replica.process.returncode)
         now = time.monotonic()
         for replica in list(self._stopping):
             if replica.exited:
                 self._stopping.remove(replica)
-                replica.close_log()
+                self._retire(replica)
             elif replica.stopping_since is not None and now - replica.stopping_since > self._stop_timeout_s:
                 log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
                 _kill_group(replica.process.pid)
+
+    @staticmethod
+    def _retire(replica: _LocalReplica) -> None:
+        _kill_group(replica.process.pid)  # a supervisor's ComfyUI must not outlive it
+        replica.close_log()
 
     async def _start(self) -> _LocalReplica:
         self.starts += 1

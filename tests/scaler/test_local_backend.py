@@ -226,3 +226,35 @@ async def test_a_long_running_backend_keeps_only_its_newest_log_files_and_the_ru
     assert files - set(foreign) == {"local-worker-1.log"} | newest, "the running replica's and the 4 newest"
     assert all((logs / name).read_text() == f"{name.removesuffix('.log')}\n" for name in newest)
     assert {name: (logs / name).read_text() for name in foreign} == foreign
+
+
+# A replica that starts a helper in its process group (as the supervisor starts ComfyUI), records the helper's
+# pid, and exits on SIGTERM without stopping it.
+WITH_A_HELPER = (
+    "import os, pathlib, subprocess, sys, time\n"
+    "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    "pathlib.Path(os.environ['MARK_DIR'], str(helper.pid)).touch()\n"
+    "time.sleep(600)\n"
+)
+
+
+async def test_what_a_scaled_down_replica_left_in_its_group_does_not_outlive_it(tmp_path, wait):
+    """A replica stopped by a scale-down that exited on SIGTERM was dropped without its process group being
+    killed: a helper it left (a supervisor's ComfyUI) ran on after the replica and after the backend."""
+    backend = LocalBackend({**os.environ, "MARK_DIR": str(tmp_path)}, command=(sys.executable, "-c", WITH_A_HELPER))
+    try:
+        await backend.apply(1)
+        await wait(lambda: len(list(tmp_path.iterdir())) == 1, timeout=10)
+        helper = int(next(tmp_path.iterdir()).name)
+        await backend.apply(0)
+        async with asyncio.timeout(10):
+            while backend.pids:  # the replica exits on SIGTERM and a reconcile drops it
+                await backend.observe()
+                await asyncio.sleep(0.02)
+        await backend.aclose()
+        await wait(lambda: not alive(helper), timeout=5)
+    finally:
+        await backend.aclose()
+        for mark in tmp_path.iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(mark.name), signal.SIGKILL)
