@@ -92,6 +92,9 @@ class LocalBackend:
         self._live: list[_LocalReplica] = []
         self._stopping: list[_LocalReplica] = []
         self.starts = 0
+        # Each replica's pid from its start until a reconcile sees it exit and kills its group (once it has exited,
+        # the pid may be another process's): as long as the count, not one per restart. After aclose it holds
+        # what ran until then, none of which may be alive.
         self.pids_started: list[int] = []
 
     def __repr__(self) -> str:
@@ -167,10 +170,10 @@ class LocalBackend:
                 log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
                 _kill_group(replica.process.pid)
 
-    @staticmethod
-    def _retire(replica: _LocalReplica) -> None:
+    def _retire(self, replica: _LocalReplica) -> None:
         _kill_group(replica.process.pid)  # a supervisor's ComfyUI must not outlive it
         replica.close_log()
+        self.pids_started.remove(replica.process.pid)
 
     async def _start(self) -> _LocalReplica:
         self.starts += 1
