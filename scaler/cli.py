@@ -446,8 +446,8 @@ async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     log.info("kill_switch_released", deployment=settings.deployment_name)
     print(
-        f"{settings.deployment_name}: resumed. The scaler sets the replica count at its next tick "
-        "(or run: comfy-scaler once)."
+        f"{settings.deployment_name}: resumed. The scaler sets the replica count at its next tick"
+        + ("." if settings.provider_names else " (or run: comfy-scaler once).")  # `once` refuses a fleet
     )
     return EXIT_OK
 
