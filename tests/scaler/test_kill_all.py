@@ -49,7 +49,6 @@ async def test_stop_all_pins_zero_pauses_and_confirms_from_the_providers_state(
     assert (tmp_path / "ledger.json.stopped").exists(), "the kill switch a running scaler watches"
     assert await cli("stop", "--all") == 0
     assert "alert (dry run" not in capsys.readouterr().out, "the kill switch alert goes out once a day"
-    capsys.readouterr()
     assert await cli("resume") == 0
     assert not (tmp_path / "ledger.json.stopped").exists()
     assert fake_verda.deployments[DEPLOYMENT].status == "healthy"
