@@ -8,9 +8,10 @@ otherwise), and per-second billing from creation until the pod stops or is termi
 of "billed per second"; RunPod does not say whether provisioning time is billed, so the fake counts it).
 
 Tests steer it with `fail_next` (fault injection, optionally after the request took effect), `delay_next` (an
-answer that comes after the caller gave up), `listing_lag_s` (GET /pods lists a new pod only that long after
-its creation), `capacity`, `balance_usd`, `exit_pod` (the container stops on its own) and read `requests` and
-`billed_usd()`.
+answer that comes after the caller gave up), `latency_s` (a slow API), `hold_writes` (pod stops and
+terminations wait for one another), `listing_lag_s` (GET /pods lists a new pod only that long after its
+creation), `capacity`, `balance_usd`, `exit_pod` (the container stops on its own) and read `requests`,
+`most_in_flight` and `billed_usd()`.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ class FakeRunPod(FakeApi):
         # that a pod is listed as soon as its POST answered. GET /pods/{id} finds it at once.
         self.listing_lag_s = listing_lag_s
         self._answer_delays: list[tuple[str, str | None, float]] = []  # (path, method, seconds), first match first
+        self.latency_s = 0.0  # every API request is carried out and answered only this long after it came in
+        self.in_flight = 0  # API requests received and not answered yet
+        self.most_in_flight = 0  # the most there were at once
+        self._writes_gate: asyncio.Event | None = None  # set: held pod writes go on
+        self._writes_open_at: int | None = None
         self.data_center = data_center
         self.network_volumes = dict.fromkeys(network_volumes, data_center)  # volume id -> its data center
         self.capacity: dict[str, int] = {}  # GPU id -> most GPUs of that type placeable at once; absent = unlimited
@@ -202,6 +208,20 @@ class FakeRunPod(FakeApi):
         that arrives after the caller gave up on it."""
         self._answer_delays.append((path, method.upper() if method else None, seconds))
 
+    def hold_writes(self, until_in_flight: int | None = None) -> None:
+        """From now on a pod's actions (stop, start, ...) and terminations are held, not carried out, until
+        ``until_in_flight`` requests are in flight at once, or until ``release_writes``: a caller that sends them
+        one at a time waits for ever."""
+        self._writes_gate, self._writes_open_at = asyncio.Event(), until_in_flight
+
+    def release_writes(self) -> None:
+        if self._writes_gate is not None:
+            self._writes_gate.set()
+
+    async def stop(self) -> None:
+        self.release_writes()  # a held request would hold the server's shutdown
+        await super().stop()
+
     def exit_pod(self, pod_id: str, status: str = "EXITED") -> None:
         """The pod's container stops on its own (EXITED) or fails (ERROR): compute billing stops."""
         pod = self.pods[pod_id]
@@ -243,12 +263,18 @@ class FakeRunPod(FakeApi):
         fault = self._faults.take(path, request.method)
         if fault is not None and not fault.after_effect:
             return self._fault_response(fault)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
             response = await handler(request)
         except ApiError as error:
             response = _problem(error.status, error.detail, error.errors)
         except web.HTTPException as error:
             response = _problem(error.status, error.reason)
+        finally:
+            self.in_flight -= 1
         if fault is not None:
             return self._fault_response(fault)
         for delay in self._answer_delays:
@@ -423,6 +449,7 @@ class FakeRunPod(FakeApi):
         return web.json_response(self._pod_json(pod), status=201)
 
     async def _delete_pod(self, request: web.Request) -> web.Response:
+        await self._held()
         pod = self._pod(request)
         self._terminate(pod)
         return web.Response(status=204)
@@ -432,7 +459,15 @@ class FakeRunPod(FakeApi):
         self._set_status(pod, "TERMINATED")
         self.terminated[pod.id] = self.pods.pop(pod.id)
 
+    async def _held(self) -> None:
+        gate = self._writes_gate
+        if gate is not None:
+            if self._writes_open_at is not None and self.in_flight >= self._writes_open_at:
+                gate.set()
+            await gate.wait()
+
     async def _action(self, request: web.Request) -> web.Response:
+        await self._held()
         pod = self._pod(request)
         body = await request.json()
         if not isinstance(body, dict) or set(body) != {"action"}:
