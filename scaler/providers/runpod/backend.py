@@ -12,11 +12,13 @@ holds and a fallback can take over.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -25,14 +27,21 @@ from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import BackendView, FirstSeen
 from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
+from scaler.settle import settled
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 HEALTHY = "healthy"
 REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
+# Pods stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it announces
+# in RateLimit-Policy), not how many are in flight: the bound spreads a large scale-down's burst without changing how
+# many calls it takes. 10 is twice the default SCALER_RUNPOD_MAX_REPLICAS: the kill switch stops such a fleet in one
+# round, the time of one stop and one terminate, where one after another it took the sum of them all.
+STOP_CONCURRENCY = 10
 
 
 class RunPodBackend:
@@ -153,16 +162,16 @@ class RunPodBackend:
     async def _reconcile(self, pods: list[Pod]) -> bool:
         """Terminate dead and surplus pods, create missing ones. True when anything was written."""
         target = self._target()
-        wrote = False
-        for pod in pods:
-            if pod.status in DEAD_STATUSES:
-                log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
-                wrote |= await self._terminate(pod)
+        dead = [pod for pod in pods if pod.status in DEAD_STATUSES]
+        for pod in dead:
+            log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
         live = [pod for pod in pods if pod.live]
-        for pod in _surplus(live, target):
+        surplus = _surplus(live, target)
+        for pod in surplus:
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
-            await self._stop_then_terminate(pod)
-            wrote = True
+        terminated = await _each_pod([*(partial(self._terminate, pod) for pod in dead),
+                                      *(partial(self._stop_then_terminate, pod) for pod in surplus)])
+        wrote = bool(surplus) or any(terminated)
         for _ in range(target - len(live) - len(self._unlisted)):
             if not await self._create():
                 break
@@ -175,9 +184,12 @@ class RunPodBackend:
         judged = await self.health.unhealthy(running)
         for pod_id, reason in judged.items():
             log.warning("runpod_pod_unhealthy", pod=pod_id, reason=reason)
-            await self._stop_then_terminate(running[pod_id])
-            self.health.forget(pod_id)
+        await _each_pod(partial(self._replace_unhealthy, running[pod_id]) for pod_id in judged)
         return bool(judged)
+
+    async def _replace_unhealthy(self, pod: Pod) -> None:
+        await self._stop_then_terminate(pod)
+        self.health.forget(pod.id)
 
     async def _terminate(self, pod: Pod) -> bool:
         return await self.client.terminate_pod(pod.id)
@@ -208,6 +220,22 @@ class RunPodBackend:
         self.refusal = None
         log.info("runpod_pod_created", pod=pod.id, name=name)
         return True
+
+
+async def _each_pod(calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Every call made, at most STOP_CONCURRENCY at once; then the first failure is raised: a pod refusing its stop
+    must not keep the others running, and billed. Cancelled, it ends every call under way before it returns."""
+    slots = asyncio.Semaphore(STOP_CONCURRENCY)
+
+    async def bounded(call: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            return await call()
+
+    results = await settled(bounded(call) for call in calls)
+    failure = next((result for result in results if isinstance(result, Exception)), None)
+    if failure is not None:
+        raise failure
+    return results  # type: ignore[return-value]  # no Exception left
 
 
 def _surplus(live: list[Pod], target: int) -> list[Pod]:

@@ -1,0 +1,108 @@
+"""RunPod's pods are stopped and terminated at once, a few at a time, against the fake RunPod on loopback.
+
+They were stopped one after another: with 10 pods and 1 s per call, `pause()` (the kill switch) took 20 s, and at
+5 s per call it ran past the kill switch's 120-s bound and left pods billing. The fake holds each stop until the
+number asked for are in flight at once: code that sends them in turn waits for ever, cut by the test's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import scaler
+from demo.providers import POD_BODY
+from scaler.providers.runpod.backend import STOP_CONCURRENCY, RunPodBackend
+from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
+from standins.runpod import FakeRunPod
+
+from ..conftest import wait_for
+from .conftest import DEPLOYMENT, RUNPOD_KEY
+
+PODS = STOP_CONCURRENCY + 2
+SCALER_CODE = Path(scaler.__file__).parent
+UNHEALTHY = {"status": "unhealthy", "reason": "ComfyUI process exited unexpectedly with code 1"}
+
+
+@pytest.fixture
+async def backend(fake_runpod: FakeRunPod) -> AsyncIterator[RunPodBackend]:
+    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
+    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, health=PodHealthProbe(fake_runpod.health_url))
+    yield backend
+    await backend.aclose()
+
+
+def stops(fake: FakeRunPod) -> int:
+    return sum(1 for r in fake.requests if r.path.endswith("/action") and r.json == {"action": "stop"})
+
+
+async def test_pause_stops_the_pods_at_once_never_more_than_the_bound(backend: RunPodBackend, fake_runpod):
+    await backend.apply(PODS)
+    fake_runpod.hold_writes()
+    pausing = asyncio.create_task(backend.pause())
+    async with asyncio.timeout(10):  # one at a time, the second stop is never sent: fails here, does not hang
+        await wait_for(lambda: fake_runpod.in_flight >= STOP_CONCURRENCY)
+    await asyncio.sleep(0.2)  # time for a request past the bound to arrive, if one were sent
+    assert fake_runpod.in_flight == STOP_CONCURRENCY, "more pods stopped at once than the bound"
+    fake_runpod.release_writes()
+    async with asyncio.timeout(10):
+        await pausing
+    assert fake_runpod.live_pods() == [] and fake_runpod.pods == {}, "every pod stopped, then terminated"
+    assert fake_runpod.most_in_flight == STOP_CONCURRENCY
+    assert stops(fake_runpod) == PODS
+
+
+async def test_one_pod_refusing_its_stop_leaves_the_others_stopped_and_the_error_raised(
+    backend: RunPodBackend, fake_runpod: FakeRunPod
+):
+    await backend.apply(4)
+    refusing = next(iter(fake_runpod.pods))
+    fake_runpod.pods[refusing].created_at = datetime.now(UTC) + timedelta(hours=1)  # the newest: stopped first
+    fake_runpod.fail_next(f"/pods/{refusing}/action", 400, method="POST")
+    with pytest.raises(RunPodAPIError) as raised:
+        await backend.pause()
+    assert raised.value.status == 400 and f"/pods/{refusing}/action" in raised.value.request
+    assert list(fake_runpod.pods) == [refusing], "the other three stopped and terminated"
+    assert stops(fake_runpod) == 4
+    await backend.pause()  # and the next reconcile stops the one left
+    assert fake_runpod.pods == {}
+
+
+async def test_a_pause_cancelled_mid_stop_leaves_no_call_running(backend: RunPodBackend, fake_runpod: FakeRunPod):
+    """The kill switch's 120-s bound and the tick's deadline cancel the pause: every stop in flight must end with it,
+    not run on unseen (and terminate pods after the caller was told it gave up)."""
+    await backend.apply(PODS)
+    fake_runpod.hold_writes()
+    pausing = asyncio.create_task(backend.pause())
+    async with asyncio.timeout(10):
+        await wait_for(lambda: fake_runpod.in_flight >= STOP_CONCURRENCY)
+    pausing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pausing
+    running = [task for task in asyncio.all_tasks() if SCALER_CODE in Path(task.get_coro().cr_code.co_filename).parents]
+    assert running == [], "calls left running after the pause was cancelled"
+    sent = len(fake_runpod.requests)
+    fake_runpod.release_writes()
+    await wait_for(lambda: fake_runpod.in_flight == 0)
+    assert len(fake_runpod.requests) == sent, "no stop or terminate sent after the cancellation"
+    assert stops(fake_runpod) == STOP_CONCURRENCY
+
+
+async def test_pods_unhealthy_together_are_replaced_at_once(backend: RunPodBackend, fake_runpod: FakeRunPod):
+    await backend.apply(3)
+    await backend.observe()
+    sick = list(fake_runpod.pods)
+    for pod_id in sick:
+        fake_runpod.set_health(pod_id, 503, UNHEALTHY)
+    for _ in range(2):
+        await backend.observe()
+    fake_runpod.hold_writes(until_in_flight=len(sick))
+    async with asyncio.timeout(10):  # one at a time, the first stop waits for ever for the others
+        view = await backend.observe()
+    assert set(sick) <= set(fake_runpod.terminated)
+    assert len(view.replicas) == 3 and not set(sick) & {r.id for r in view.replicas}
