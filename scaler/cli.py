@@ -538,6 +538,9 @@ def _print_status(report: dict[str, Any]) -> None:
 
 
 def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
+    if fleet["kill_switch"]:
+        console.print(f"[bold red]kill switch on[/bold red] ({fleet['kill_switch']}): a running scaler holds every "
+                      "provider at 0. Undo with: comfy-scaler resume")
     providers = Table(title="providers (cheapest first is preferred)")
     for column in ("provider", "price/h", "billing", "max", "live", "ready", "status", "degraded"):
         providers.add_column(column)

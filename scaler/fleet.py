@@ -181,8 +181,12 @@ class FleetBackend:
 
         RunPod has no paused state another process could set, so the running scaler must see the kill switch
         itself; Verda's pause is seen anyway. Removed by `comfy-scaler resume`: the providers are resumed here.
+        A dry run (`comfy-scaler status`) reports it as the running scaler does, paused, and writes nothing:
+        ignored there, `status` printed `change 0 → 1: wake_from_zero` while nothing was allowed to run.
         """
-        stopped = self.stop_file is not None and not self.dry_run and self.stop_file.exists()
+        stopped = self.stop_file is not None and self.stop_file.exists()
+        if self.dry_run:
+            return stopped
         if stopped and not self._held:
             log.warning("kill_switch_seen", stop_file=str(self.stop_file))
             self._held, self._written, self._not_stopped = True, {}, set(self.members)
@@ -426,7 +430,8 @@ class FleetBackend:
             raise FleetStopError(action, failures)
 
     def status_report(self, now: float) -> dict[str, Any]:
-        """Per provider: price, billing, max, target, live/ready, health; and the ledger, for `status`."""
+        """Per provider: price, billing, max, target, live/ready, health; the ledger and the kill switch, for
+        `status`."""
         providers = {}
         for name, member in self.members.items():
             seen = self._seen.get(name)
@@ -443,4 +448,6 @@ class FleetBackend:
                 "degraded": str(health.degraded) if health and health.degraded else None,
                 "retry_in_s": round(health.retry_at - now) if health and health.retry_at else None,
             }
-        return {"providers": providers, "spend": self.ledger.summary(now)}
+        stopped = self.stop_file is not None and self.stop_file.exists()
+        return {"providers": providers, "spend": self.ledger.summary(now),
+                "kill_switch": str(self.stop_file) if stopped else None}
