@@ -29,7 +29,7 @@ from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
 from scaler.ledger import BillingRule
-from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state
+from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state, tick_deadline
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
 from scaler.providers import Backend, VerdaBackend
@@ -61,6 +61,8 @@ INTERRUPTED = {  # what an operator who pressed Ctrl-C needs to know
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DELEGATED = ("simulate", "deploy")
 VERDA_STOP_GRACE_S = 30.0  # Verda's SIGTERM-to-SIGKILL grace on a scale-down
+# A running fleet saves its provider health every tick: a record older than this many ticks is not trusted.
+HEALTH_RECORD_STALE_TICKS = 3
 LOCAL_ONLY_IN_RUN = {  # what each command would do with the local backend, whose workers live inside `run`
     "once": "the local backend's workers live inside `comfy-scaler run`, so one decision cannot be applied from "
     "another process: `comfy-scaler status` shows the decision, `comfy-scaler run` applies it",
@@ -365,7 +367,10 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
                           tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings))
         pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
         decision = decide(pricing.config, loop.state, observation)
-        fleet = backend.status_report(observation.now) if isinstance(backend, FleetBackend) else None
+        fleet = None
+        if isinstance(backend, FleetBackend):
+            tick_s = max(settings.interval_s, tick_deadline(settings.interval_s, settings.tick_deadline_s))
+            fleet = backend.status_report(observation.now, stale_after_s=HEALTH_RECORD_STALE_TICKS * tick_s)
     report = _status_report(settings, loop, decision, pricing, observation.now)
     if fleet is not None:
         report["fleet"] = fleet
@@ -546,12 +551,21 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
         providers.add_column(column)
     for name, row in fleet["providers"].items():
         degraded = row["degraded"] or ""
-        if degraded and row["retry_in_s"] is not None:
-            degraded += f" (retry in {row['retry_in_s']} s)"
         status = row["status"] if row["error"] is None else f"[red]unreadable: {row['error']}[/red]"
         providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
                           str(row["live"]), str(row["ready"]), str(status), degraded)
     console.print(providers)
+    health = fleet["health"]
+    if health["known"]:
+        console.print(f"degraded: as the running scaler saved it at {health['recorded_at']} ({health['age_s']} s ago)")
+        for name, row in fleet["providers"].items():
+            if row["degraded"]:
+                until = f"; back-off until {row['retry_at']} (in {row['retry_in_s']} s)" if row["retry_at"] else ""
+                console.print(f"  {name}: {row['degraded']}: {row['degraded_detail'] or 'no detail'}{until}",
+                              soft_wrap=True)
+    else:
+        console.print(f"[yellow]degraded: unknown[/yellow]: {health['unknown']}. The running scaler's log "
+                      "(`Provider degraded`) and /metrics (comfy_scaler_provider_degraded) say it.")
     spend = Table(title="billed cost (ledger)")
     for column in ("provider", "last hour", "last 24 h", "today (UTC)"):
         spend.add_column(column)

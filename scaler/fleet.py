@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +40,7 @@ from scaler.allocator import (
     allocate,
 )
 from scaler.billing import DAY_S
+from scaler.health_record import HealthReading, HealthRecord, read_health
 from scaler.ledger import UNREADABLE, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
@@ -130,6 +133,7 @@ class FleetBackend:
         self.dry_run = dry_run
         self.state = AllocatorState()
         self.last_allocation: Allocation | None = None
+        self._degraded_notes: dict[str, tuple[float, str]] = {}  # provider -> since when degraded, and why
         self._desired: int | None = None
         self._seen: dict[str, _Seen] = {}
         self._write_errors: dict[str, str] = {}
@@ -326,6 +330,8 @@ class FleetBackend:
         if self.alerts is not None:
             self._take_in_alerts_booked_elsewhere(self.ledger_file, self.alerts.book)
             self.ledger.alerts = self.alerts.book.to_json()
+        # For `comfy-scaler status`, another process: which providers this fleet holds degraded, as of now.
+        self.ledger.health = HealthRecord.of(self.state.health, self._degraded_notes, self.clock()).to_json()
         try:
             self.ledger.save(self.ledger_file)
             self._saved = _identity(self.ledger_file)
@@ -367,11 +373,13 @@ class FleetBackend:
                 continue
             self._written[name] = target
             wrote = wrote or bool(result)
-        if any(target > self.ledger.live.get(name, 0) for name, target in allocation.targets.items()):
+        grew = any(target > self.ledger.live.get(name, 0) for name, target in allocation.targets.items())
+        if grew:
             # Saved at once, not at the next tick: replicas asked for by a scaler stopped before it lists them
             # are still found by the next one if their provider leaves SCALER_PROVIDERS (scaler.wiring).
             for name, target in allocation.targets.items():
                 self.ledger.live[name] = max(target, self.ledger.live.get(name, 0))
+        if grew or allocation.health_changes:  # a degradation shows in `status` now, not a tick later
             self.save()
         return wrote
 
@@ -380,8 +388,10 @@ class FleetBackend:
             self.move_log.append({"at": now, "provider": change.provider, "health": str(change.degraded or "back"),
                                   "detail": change.detail})
             if change.degraded is None:
+                self._degraded_notes.pop(change.provider, None)
                 log.info("Provider back in service", provider=change.provider, detail=change.detail)
             else:
+                self._degraded_notes[change.provider] = (now, change.detail)
                 log.warning("Provider degraded", provider=change.provider, reason=str(change.degraded),
                             retry_in_s=change.retry_in_s, detail=change.detail)
                 if self.metrics is not None:
@@ -429,13 +439,18 @@ class FleetBackend:
         if failures:
             raise FleetStopError(action, failures)
 
-    def status_report(self, now: float) -> dict[str, Any]:
+    def status_report(self, now: float, stale_after_s: float = math.inf) -> dict[str, Any]:
         """Per provider: price, billing, max, target, live/ready, health; the ledger and the kill switch, for
-        `status`."""
+        `status`. A dry run (`status` is one, in a process of its own) never degraded anything: the health shown
+        is the running scaler's record in the ledger file, or ``unknown`` without one newer than
+        ``stale_after_s``. Built from its own empty memory, `status` showed RunPod healthy while the running
+        scaler had degraded it and fallen back to Verda."""
+        reading = self._health_reading(now, stale_after_s)
+        known = reading.unknown is None and reading.record is not None
         providers = {}
         for name, member in self.members.items():
             seen = self._seen.get(name)
-            health = self.state.health.get(name)
+            degraded = reading.record.degraded.get(name) if known and reading.record else None
             providers[name] = {
                 "price_per_hour": member.spec.price_per_hour,
                 "billing": member.billing.describe(),
@@ -445,9 +460,26 @@ class FleetBackend:
                 "ready": seen.view.ready if seen else None,
                 "status": seen.view.status if seen else None,
                 "error": seen.view.error if seen else None,
-                "degraded": str(health.degraded) if health and health.degraded else None,
-                "retry_in_s": round(health.retry_at - now) if health and health.retry_at else None,
+                "degraded": (degraded.reason if degraded else None) if known else "unknown",
+                "degraded_detail": degraded.detail if degraded else None,
+                "degraded_since": _iso(degraded.since) if degraded else None,
+                "retry_at": _iso(degraded.retry_at) if degraded else None,
+                "retry_in_s": round(degraded.retry_at - now) if degraded and degraded.retry_at else None,
             }
         stopped = self.stop_file is not None and self.stop_file.exists()
-        return {"providers": providers, "spend": self.ledger.summary(now),
+        health = {"known": known, "recorded_at": _iso(reading.record.at) if reading.record else None,
+                  "age_s": reading.age_s(now), "unknown": reading.unknown}
+        return {"providers": providers, "health": health, "spend": self.ledger.summary(now),
                 "kill_switch": str(self.stop_file) if stopped else None}
+
+    def _health_reading(self, now: float, stale_after_s: float) -> HealthReading:
+        if not self.dry_run:
+            return HealthReading(HealthRecord.of(self.state.health, self._degraded_notes, now))
+        if self.ledger_file is None:
+            return HealthReading(None, "no SCALER_LEDGER_FILE: the running scaler keeps provider health in its "
+                                 "memory only")
+        return read_health(self.ledger.health, now, stale_after_s)
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")

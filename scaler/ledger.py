@@ -138,6 +138,9 @@ class CostLedger:
         # SCALER_BILLING_INTERVAL_S read 3 intervals of 10 minutes as 3 of an hour, and charged 2 hours less.
         self.rules: dict[str, BillingRule] = {}
         self.alerts: dict[str, Any] | None = None  # the alert book (scaler.alerts), saved in the same file
+        # The running fleet's provider health (scaler.health_record), for `comfy-scaler status`; kept as read,
+        # checked by its reader: a record of the wrong shape must not cost the day's spend.
+        self.health: Any = None
 
     def charge(
         self, provider: str, replicas: Iterable[BilledReplica], now: float, *, price_per_hour: float,
@@ -265,6 +268,7 @@ class CostLedger:
             "looked_at": self.looked_at,
             "rules": {name: rule.to_json() for name, rule in self.rules.items()},
             "alerts": self.alerts,
+            "health": self.health,
         }
 
     @classmethod
@@ -272,6 +276,7 @@ class CostLedger:
         ledger = cls()
         ledger.updated_at = raw.get("updated_at")
         ledger.alerts = _alert_book(raw.get("alerts"))
+        ledger.health = raw.get("health")
         ledger.buckets = {
             str(name): {int(at): saved_number(v, "buckets") for at, v in buckets.items()}
             for name, buckets in raw["buckets"].items()

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from demo.providers import POD_BODY
 from scaler.cli import main
+from scaler.config import load_settings
+from scaler.ledger import CostLedger
+from scaler.wiring import build_fleet
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
@@ -90,3 +95,94 @@ async def test_status_of_a_fleet_reports_the_kill_switch_as_the_running_scaler_h
     report = json.loads(capsys.readouterr().out)
     assert report["decision"]["reason"] == "wake_from_zero" and report["fleet"]["kill_switch"] is None
 
+
+# --- which provider the running scaler degraded ------------------------------------------------------------------
+
+
+async def test_status_shows_the_provider_the_running_scaler_degraded_why_and_until_when(
+    runpod_fleet_env, fake_runpod: FakeRunPod, fake_verda: FakeVerda, capsys
+):
+    """Drill: RunPod out of capacity, the running scaler degraded it (quota_reached) and fell back to Verda;
+    `status`, a fresh fleet that never asked RunPod for a pod, showed RunPod `healthy`, its degraded column empty."""
+    fake_runpod.capacity[GPU] = 1
+    running = await build_fleet(load_settings())  # the running scaler's fleet, as `comfy-scaler run` builds it
+    try:
+        await running.observe()
+        await running.apply(3)  # RunPod is cheaper: all three asked of it; it places one and refuses the rest
+        await running.observe()
+        assert running.state.health["runpod"].degraded == "quota_reached"
+        retry_at = running.state.health["runpod"].retry_at
+        capsys.readouterr()
+
+        assert await cli("status", "--json") == 0
+        report = json.loads(capsys.readouterr().out)
+        runpod, verda = report["fleet"]["providers"]["runpod"], report["fleet"]["providers"]["verda"]
+        assert runpod["status"] == "healthy", "what a fresh read of RunPod says: the refusal is not listed"
+        assert runpod["degraded"] == "quota_reached"
+        assert runpod["degraded_detail"] == "provider reports quota_reached"
+        assert runpod["retry_at"] == datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="seconds")
+        assert 0 < runpod["retry_in_s"] <= 300  # SCALER_FALLBACK_RETRY_S's default: the first back-off
+        assert verda["degraded"] is None
+        health = report["fleet"]["health"]
+        assert health["known"] and health["unknown"] is None and health["age_s"] is not None
+
+        assert await cli("status") == 0
+        out = capsys.readouterr().out
+        assert "quota_reached: provider reports quota_reached; back-off until" in out, out
+        assert "as the running scaler saved it at" in out
+    finally:
+        await running.aclose()
+
+
+def save_ledger(path: Path, health: object) -> CostLedger:
+    ledger = CostLedger()
+    ledger.buckets["verda"] = {int(time.time() // 60 * 60): 0.5}
+    ledger.health = health
+    ledger.save(path)
+    return ledger
+
+
+@pytest.mark.parametrize(("health", "said"), [
+    (None, "no record in SCALER_LEDGER_FILE"),  # a ledger saved before the record was (old format), or by `stop`
+    ("not a record", "unreadable"),
+    ({"at": "yesterday", "degraded": {}}, "unreadable"),
+    ({"at": 1.0, "degraded": []}, "unreadable"),
+    ({"at": 4e9, "degraded": {}}, "ahead of this machine's clock"),
+    ({"at": "now", "degraded": {"runpod": {"reason": "errors", "retry_at": 1e300}}}, "unreadable"),
+    ({"at": "stale", "degraded": {"runpod": {"reason": "quota_reached", "retry_at": None}}}, "s old (more than"),
+], ids=["old-format", "not-a-dict", "at-not-a-time", "degraded-not-a-dict", "from-the-future", "retry-at-absurd",
+        "stale"])
+async def test_status_says_it_cannot_know_without_a_fresh_readable_record(
+    runpod_fleet_env, tmp_path, capsys, health, said
+):
+    """Not healthy: unknown, and why. A record of the wrong shape costs neither `status` nor the day's spend."""
+    if isinstance(health, dict) and health["at"] in ("stale", "now"):
+        # "stale": no `comfy-scaler run` has saved for an hour
+        health = {**health, "at": time.time() - (3600 if health["at"] == "stale" else 0)}
+    path = tmp_path / "ledger.json"
+    save_ledger(path, health)
+    assert await cli("status", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {row["degraded"] for row in report["fleet"]["providers"].values()} == {"unknown"}
+    assert not report["fleet"]["health"]["known"] and said in report["fleet"]["health"]["unknown"]
+    assert report["fleet"]["spend"]["verda"]["last_hour"] == 0.5, "the ledger was read, not set aside"
+    assert json.loads(path.read_text())["health"] == health, "status wrote the ledger file"
+
+    assert await cli("status") == 0
+    assert "degraded: unknown" in capsys.readouterr().out
+
+    running = await build_fleet(load_settings())  # `run` starts from it, and writes its own record over it
+    try:
+        assert running.ledger.spent_since(time.time() - 3600, "verda") == 0.5
+        await running.observe()
+        record = json.loads(path.read_text())["health"]
+        assert record["degraded"] == {} and record["at"] <= time.time()
+    finally:
+        await running.aclose()
+
+
+async def test_status_without_a_ledger_file_says_it_cannot_know(runpod_fleet_env, monkeypatch, capsys):
+    monkeypatch.delenv("SCALER_LEDGER_FILE")
+    assert await cli("status", "--json") == 0
+    health = json.loads(capsys.readouterr().out)["fleet"]["health"]
+    assert not health["known"] and "no SCALER_LEDGER_FILE" in health["unknown"]

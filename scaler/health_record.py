@@ -1,0 +1,104 @@
+"""The running fleet's provider health, saved beside its costs in SCALER_LEDGER_FILE for `comfy-scaler status`.
+
+Degradation (quota refusals, the start deadline, errors, their back-off: scaler.allocator) lives in the
+`comfy-scaler run` process; `status` is another process, whose fresh fleet never asked a provider for a
+replica. The running fleet writes which providers it holds degraded, why and until when, with the time it
+wrote it, at every save of the ledger (scaler.fleet); `status` reads it back. A record that is missing,
+unreadable or older than a few ticks is reported as unknown: never as healthy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from scaler.allocator import ProviderHealth
+
+DETAIL_LIMIT = 300  # the record stays small: one short line per degraded provider
+FUTURE_SLACK_S = 60.0  # a record this far ahead of the reader's clock is not trusted
+LAST_MOMENT = 253_402_300_799.0  # 9999-12-31T23:59:59Z: a later time cannot be printed as a date
+
+
+@dataclass(frozen=True, slots=True)
+class Degraded:
+    reason: str
+    detail: str
+    since: float | None
+    retry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRecord:
+    at: float  # when the running fleet wrote it
+    degraded: dict[str, Degraded]
+
+    @classmethod
+    def of(cls, health: dict[str, ProviderHealth], notes: dict[str, tuple[float, str]], at: float) -> HealthRecord:
+        """The record of the allocator's ``health``; ``notes``: provider -> (since, detail) of its degradation."""
+        degraded = {}
+        for name, h in health.items():
+            if h.degraded is not None:
+                since, detail = notes.get(name, (None, ""))
+                degraded[name] = Degraded(str(h.degraded), detail[:DETAIL_LIMIT], since, h.retry_at)
+        return cls(at, degraded)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "degraded": {
+            name: {"reason": d.reason, "detail": d.detail, "since": d.since, "retry_at": d.retry_at}
+            for name, d in self.degraded.items()
+        }}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> HealthRecord:
+        """Raises ValueError (or a LookupError, TypeError, AttributeError) for a record of the wrong shape."""
+        degraded = {}
+        for name, d in raw["degraded"].items():
+            degraded[str(name)] = Degraded(
+                _text(d["reason"]), _text(d.get("detail", "")), _moment(d.get("since")), _moment(d.get("retry_at")),
+            )
+        at = _moment(raw["at"])
+        if at is None:
+            raise ValueError("at: not a time")
+        return cls(at, degraded)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReading:
+    """What `status` can say of the running scaler's provider health: the record, or why it cannot know."""
+
+    record: HealthRecord | None
+    unknown: str | None = None  # why there is no usable record
+
+    def age_s(self, now: float) -> float | None:
+        return None if self.record is None else round(max(0.0, now - self.record.at), 1)
+
+
+def read_health(raw: Any, now: float, stale_after_s: float) -> HealthReading:
+    """``raw``: the ``health`` section of the ledger file as read (None when it has none)."""
+    if raw is None:
+        return HealthReading(None, "no record in SCALER_LEDGER_FILE: no `comfy-scaler run` has saved one there")
+    try:
+        record = HealthRecord.from_json(raw)
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        return HealthReading(None, f"the record in SCALER_LEDGER_FILE is unreadable ({type(exc).__name__})")
+    if record.at > now + FUTURE_SLACK_S:
+        return HealthReading(None, f"the record in SCALER_LEDGER_FILE is dated {record.at - now:.0f} s ahead of this "
+                             "machine's clock")
+    if now - record.at > stale_after_s:
+        return HealthReading(record, f"the running scaler's record is {now - record.at:.0f} s old (more than "
+                             f"{stale_after_s:g} s): is `comfy-scaler run` running, with this SCALER_LEDGER_FILE?")
+    return HealthReading(record)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a text")
+    return value[:DETAIL_LIMIT]
+
+
+def _moment(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LAST_MOMENT:
+        raise ValueError(f"{value!r} is not a time")
+    return float(value)
