@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from scaler.wiring import build_fleet
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
-from .conftest import RUNPOD_KEY
+from .conftest import RUNPOD_KEY, running_scaler, sigterm_and_wait
 
 GPU = POD_BODY["gpu"]["id"]
 
@@ -38,6 +39,7 @@ def runpod_fleet_env(cli_env, monkeypatch, fake_runpod: FakeRunPod, tmp_path: Pa
         "SCALER_PROVIDERS": "runpod,verda",
         "RUNPOD_API_KEY": RUNPOD_KEY,
         "RUNPOD_API_URL": fake_runpod.url,
+        "RUNPOD_HEALTH_URL": fake_runpod.health_url,  # the pods' /health through the stand-in's proxy
         "RUNPOD_VOLUME_ID": "vol-demo",
         "RUNPOD_DATA_CENTER_IDS": "US-TX-3",
         "RUNPOD_GPU": GPU,
@@ -186,3 +188,45 @@ async def test_status_without_a_ledger_file_says_it_cannot_know(runpod_fleet_env
     assert await cli("status", "--json") == 0
     health = json.loads(capsys.readouterr().out)["fleet"]["health"]
     assert not health["known"] and "no SCALER_LEDGER_FILE" in health["unknown"]
+
+
+def saved_health(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()).get("health") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+async def test_the_drill_status_beside_a_running_scaler_shows_its_fallback_then_its_kill_switch(
+    runpod_fleet_env, qm, fake_runpod: FakeRunPod, tmp_path, capsys, wait
+):
+    """The morning's drill end to end, `comfy-scaler run` as its own process: RunPod (cheaper) out of capacity
+    after one pod, the running scaler degrades it and falls back to Verda; then `comfy-scaler stop`."""
+    fake_runpod.capacity[GPU] = 1
+    for _ in range(3):
+        qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+    env = {**os.environ, **runpod_fleet_env, "SCALER_INTERVAL_S": "1", "SCALER_IDLE_TO_ZERO_S": "0"}
+    ledger = tmp_path / "ledger.json"
+    async with running_scaler(env) as process:
+        await wait(lambda: "runpod" in saved_health(ledger).get("degraded", {}), timeout=30)
+        capsys.readouterr()
+        assert await cli("status", "--json") == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["fleet"]["providers"]["runpod"]["degraded"] == "quota_reached"
+        assert report["fleet"]["providers"]["verda"]["degraded"] is None
+        assert report["fleet"]["health"]["known"]
+
+        assert await cli("stop") == 0
+        stopped_at = time.time()
+        # Two saves since the stop: the second one's tick began after it, and read the kill switch file.
+        await wait(lambda: saved_health(ledger).get("at", 0) > stopped_at, timeout=30)
+        first = saved_health(ledger)["at"]
+        await wait(lambda: saved_health(ledger).get("at", 0) > first, timeout=30)
+        assert fake_runpod.live_pods() == []
+        capsys.readouterr()
+        assert await cli("status", "--json") == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["decision"]["reason"] == "hold_paused" and report["deployment"]["status"] == "paused"
+        err = await sigterm_and_wait(process)
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert b"kill_switch_seen" in err
