@@ -160,7 +160,7 @@ class LocalBackend:
         for replica in [r for r in self._live if r.exited]:
             self._live.remove(replica)
             self._retire(replica)
-            log.info("local_replica_exited", replica=replica.id, exit_code=replica.process.returncode)
+            self._note_exit(replica)
         now = time.monotonic()
         for replica in list(self._stopping):
             if replica.exited:
@@ -169,6 +169,23 @@ class LocalBackend:
             elif replica.stopping_since is not None and now - replica.stopping_since > self._stop_timeout_s:
                 log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
                 _kill_group(replica.process.pid)
+
+    def _note_exit(self, replica: _LocalReplica) -> None:
+        """An idle exit (0) is routine; any other is a warning, with where to read why."""
+        exit_code = replica.process.returncode
+        ran_s = round(self._clock() - replica.started_at, 1)  # seen at this reconcile: at most a tick late
+        if exit_code == 0:
+            log.info("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s)
+        else:
+            log.warning("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s,
+                        output=self._output_of(replica.id))
+
+    def _output_of(self, replica_id: str) -> str:
+        return "the scaler's stderr" if self._log_dir is None else str(self._log_path(replica_id))
+
+    def _log_path(self, replica_id: str) -> Path:
+        assert self._log_dir is not None
+        return self._log_dir / f"{replica_id}.log"
 
     def _retire(self, replica: _LocalReplica) -> None:
         _kill_group(replica.process.pid)  # a supervisor's ComfyUI must not outlive it
@@ -181,7 +198,7 @@ class LocalBackend:
         log_file = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = (self._log_dir / f"{replica_id}.log").open("ab")
+            log_file = self._log_path(replica_id).open("ab")
             self._remove_old_logs(self._log_dir, running={replica_id, *(r.id for r in self._live + self._stopping)})
         process = await asyncio.create_subprocess_exec(
             *self._command,

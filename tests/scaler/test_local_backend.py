@@ -11,14 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from scaler.config import load_settings
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
-from scaler.providers import LocalBackend
+from scaler.providers import BackendView, LocalBackend
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import worker_environment
 from standins.comfyui import ComfyUISimulator
+
+from ..conftest import ManualClock
 
 # A stand-in replica: marks itself ready (after installing its SIGTERM disposition), then sleeps.
 SLEEPER = (
@@ -275,3 +278,44 @@ async def test_the_record_of_started_pids_holds_the_running_replicas_not_every_r
         await backend.aclose()
     assert backend.pids_started == running, "what ran until aclose is still checked"
     assert not [pid for pid in backend.pids_started if alive(pid)]
+
+
+# A worker stand-in: exits $CODE at once, by default 2 as a worker refusing its settings does (saying so); with
+# $STAY set it runs, as a good worker does.
+WORKER = ("sh", "-c", 'if [ -n "$STAY" ]; then exec sleep 600; fi; code="${CODE:-2}"; '
+                      '[ "$code" = 0 ] || echo "Invalid worker configuration"; exit "$code"')
+TICK_S = 3.0  # the scaler's interval in the operator drill
+
+
+async def tick(backend: LocalBackend, clock: ManualClock, wait, *, exits: bool = True) -> BackendView:
+    """One scaler tick on the moved clock; with ``exits``, once the workers started (real processes) have exited."""
+    if exits:
+        await wait(lambda: all(replica.exited for replica in backend._live), timeout=10)
+    clock.advance(TICK_S)
+    return await backend.observe()
+
+
+async def test_a_failing_worker_is_a_warning_with_its_exit_code_run_time_and_output(tmp_path, wait):
+    """A worker that refused its settings exited 2 and was logged at info, `local_replica_exited exit_code=2`,
+    at every tick: nothing told the operator. An idle exit (0) stays info."""
+    clock = ManualClock()
+    setting: dict[str, str] = {}
+    backend = LocalBackend(os.environ, command=WORKER, clock=clock, log_dir=tmp_path / "logs",
+                           replica_env=lambda _: setting)
+    try:
+        await backend.apply(1)
+        setting["CODE"] = "0"  # fixed: the worker restarted at the next tick exits 0 when idle
+        with capture_logs() as logs:
+            await tick(backend, clock, wait)
+        with capture_logs() as idle_logs:
+            await tick(backend, clock, wait)
+    finally:
+        await backend.aclose()
+    [failed] = [e for e in logs if e["event"] == "local_replica_exited"]
+    assert failed["log_level"] == "warning"
+    assert (failed["exit_code"], failed["ran_s"], failed["replica"]) == (2, TICK_S, "local-worker-1")
+    assert Path(failed["output"]) == tmp_path / "logs" / "local-worker-1.log"
+    assert Path(failed["output"]).read_text() == "Invalid worker configuration\n"
+    [idle] = [e for e in idle_logs if e["event"] == "local_replica_exited"]
+    assert (idle["log_level"], idle["exit_code"]) == ("info", 0)
+    assert not [e for e in idle_logs if e["log_level"] == "warning"]
