@@ -4,6 +4,9 @@ It copies what a pinned Verda deployment does, as far as it is known (docs/verda
 - ``apply(n)`` pins n replicas; the platform keeps n running. A worker that exits on its own (a serverless
   worker exits when idle) is restarted in its place at the next ``observe``, as Kubernetes would; Verda does
   not document which it does, and the scaler is safe either way because it never relies on workers exiting.
+- A worker that keeps failing its start (a non-zero exit within ``FAILED_START_S``) is restarted after a
+  back-off, as Kubernetes' CrashLoopBackOff does, and is not counted as ready meanwhile: in a fleet its provider
+  is then degraded at the start deadline and its replicas go elsewhere (scaler/allocator.py).
 - On a scale-down the most recently started replicas get SIGTERM (Verda picks without saying how); they
   are SIGKILLed if still alive ``stop_timeout_s`` later, as Verda does after 30 s.
 - ``pause`` stops every replica and holds the count at 0 until ``resume``.
@@ -36,6 +39,12 @@ WORKER_COMMAND = (sys.executable, "-m", "worker")
 HEALTHY = "healthy"
 # An idle worker restarts about every 22 s, each run in a new log file: 1000 runs are ~6 hours of one replica.
 LOG_FILES_KEPT = 1000
+# From a worker's normal start: `python -m worker` refusing its settings exits 2 after 0.7-1 s; a good one polls the
+# queue ~1 s after its start (a few seconds more while its ComfyUI comes up), and an idle one exits 0 ~22 s later.
+MIN_READY_S = 10.0  # a new worker counts as ready (serving) once it has run this long, as minReadySeconds
+FAILED_START_S = 60.0  # a non-zero exit sooner than this is a failed start; a longer run resets the back-off
+RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failed start in a row; doubles on each next
+RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
 
 
 @dataclass
@@ -44,15 +53,39 @@ class _LocalReplica:
     process: asyncio.subprocess.Process
     started_at: float
     log_file: IO[bytes] | None
+    failed_starts: int = 0  # failed starts in a row of the replicas it replaces
     stopping_since: float | None = None
 
     @property
     def exited(self) -> bool:
         return self.process.returncode is not None
 
+    def ready(self, now: float) -> bool:
+        """Running long enough to count as serving; after failed starts, long enough to be past them."""
+        return not self.exited and now - self.started_at >= (FAILED_START_S if self.failed_starts else MIN_READY_S)
+
     def close_log(self) -> None:
         if self.log_file is not None:
             self.log_file.close()
+
+
+@dataclass
+class _BackingOff:
+    """A replica's place while its restart waits out the back-off after a failed start."""
+
+    failed_starts: int
+    failed_at: float
+    restart_at: float
+
+    def due(self, now: float) -> bool:
+        return not self.failed_at <= now < self.restart_at  # a clock set back does not hold the restart
+
+
+def restart_delay_s(failed_starts: int) -> float:
+    """The first failed start is restarted at once (a worker killed once is not crash-looping); then the back-off."""
+    if failed_starts < 2:
+        return 0.0
+    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (failed_starts - 2))
 
 
 class LocalBackend:
@@ -64,7 +97,8 @@ class LocalBackend:
     ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log`` (``<id_prefix>-<N>.log``); each start
     keeps ``log_files_kept`` of those, the running replicas' and the most recently written of the others, and
     removes the oldest others (an earlier run's too; never a file named otherwise). Each replica leads its own
-    process group, so what it started (the supervisor's ComfyUI) is killed with it.
+    process group, so what it started (the supervisor's ComfyUI) is killed with it. ``clock`` (epoch seconds) times
+    the replicas' starts, their runs and the restart back-off.
     """
 
     def __init__(
@@ -90,6 +124,7 @@ class LocalBackend:
         self._desired = 0
         self._paused = False
         self._live: list[_LocalReplica] = []
+        self._backing_off: list[_BackingOff] = []
         self._stopping: list[_LocalReplica] = []
         self.starts = 0
         # Each replica's pid from its start until a reconcile sees it exit and kills its group (once it has exited,
@@ -98,7 +133,8 @@ class LocalBackend:
         self.pids_started: list[int] = []
 
     def __repr__(self) -> str:
-        return f"LocalBackend(desired={self._desired}, live={len(self._live)}, paused={self._paused})"
+        return (f"LocalBackend(desired={self._desired}, live={len(self._live)}, "
+                f"backing_off={len(self._backing_off)}, paused={self._paused})")
 
     @property
     def pids(self) -> list[int]:
@@ -108,7 +144,8 @@ class LocalBackend:
     async def observe(self) -> BackendView:
         await self._reconcile()
         replicas = tuple(Replica(r.id, r.started_at) for r in self._live)
-        return BackendView(replicas=replicas, status=PAUSED if self._paused else HEALTHY)
+        ready = sum(r.ready(self._clock()) for r in self._live)
+        return BackendView(replicas=replicas, status=PAUSED if self._paused else HEALTHY, ready=ready)
 
     async def apply(self, desired: int) -> bool:
         if desired < 0:
@@ -132,6 +169,7 @@ class LocalBackend:
             self._terminate(replica)
         self._stopping.extend(self._live)
         self._live.clear()
+        self._backing_off.clear()
         waits = [asyncio.ensure_future(replica.process.wait()) for replica in self._stopping]
         if waits:
             _, still_running = await asyncio.wait(waits, timeout=self._stop_timeout_s)
@@ -149,7 +187,13 @@ class LocalBackend:
     async def _reconcile(self) -> None:
         self._reap()
         target = 0 if self._paused else self._desired
-        while len(self._live) < target:
+        # A place backing off counts toward the target; a scale-down gives those up first.
+        del self._backing_off[max(0, target - len(self._live)):]
+        now = self._clock()
+        for place in [p for p in self._backing_off if p.due(now)]:
+            self._backing_off.remove(place)
+            self._live.append(await self._start(place.failed_starts))
+        while len(self._live) + len(self._backing_off) < target:
             self._live.append(await self._start())
         while len(self._live) > target:
             replica = self._live.pop()
@@ -171,14 +215,18 @@ class LocalBackend:
                 _kill_group(replica.process.pid)
 
     def _note_exit(self, replica: _LocalReplica) -> None:
-        """An idle exit (0) is routine; any other is a warning, with where to read why."""
+        """An idle exit (0) is restarted at once; a failed start backs off, and is a warning, as any failure is."""
+        now = self._clock()
         exit_code = replica.process.returncode
-        ran_s = round(self._clock() - replica.started_at, 1)  # seen at this reconcile: at most a tick late
+        ran_s = round(now - replica.started_at, 1)  # seen at this reconcile: at most a tick late
         if exit_code == 0:
             log.info("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s)
-        else:
-            log.warning("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s,
-                        output=self._output_of(replica.id))
+            return
+        failed_starts = replica.failed_starts + 1 if ran_s < FAILED_START_S else 1
+        delay_s = restart_delay_s(failed_starts)
+        log.warning("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s,
+                    failed_starts=failed_starts, restart_in_s=delay_s, output=self._output_of(replica.id))
+        self._backing_off.append(_BackingOff(failed_starts, now, now + delay_s))
 
     def _output_of(self, replica_id: str) -> str:
         return "the scaler's stderr" if self._log_dir is None else str(self._log_path(replica_id))
@@ -192,7 +240,7 @@ class LocalBackend:
         replica.close_log()
         self.pids_started.remove(replica.process.pid)
 
-    async def _start(self) -> _LocalReplica:
+    async def _start(self, failed_starts: int = 0) -> _LocalReplica:
         self.starts += 1
         replica_id = f"{self._id_prefix}-{self.starts}"
         log_file = None
@@ -213,7 +261,7 @@ class LocalBackend:
         )
         self.pids_started.append(process.pid)
         log.info("local_replica_started", replica=replica_id, pid=process.pid)
-        return _LocalReplica(replica_id, process, self._clock(), log_file)
+        return _LocalReplica(replica_id, process, self._clock(), log_file, failed_starts)
 
     def _remove_old_logs(self, log_dir: Path, running: set[str]) -> None:
         own = re.compile(rf"{re.escape(self._id_prefix)}-(\d+)\.log")

@@ -249,3 +249,54 @@ async def test_a_write_cut_short_by_a_cancellation_is_not_taken_for_a_write(flee
     with pytest.raises(asyncio.CancelledError):
         await fleet.apply(2)
     assert "verda" not in fleet._written
+
+
+REFUSES_ITS_SETTINGS = ("sh", "-c", "exit 2")  # a local worker whose settings the worker refuses
+
+
+async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_back(
+    make_verda_client, wall, verda_scaling, wait
+):
+    """Operator drill: local workers refusing their settings (exit 2) were started again at every tick and
+    counted as serving, so with SCALER_PROVIDERS=local,verda the local provider was never judged broken and the
+    jobs never ran. Now they are not ready, local is degraded at the start deadline and Verda takes the count;
+    tried again after its back-off, local fails again and Verda's replicas are not drained for it."""
+    local = LocalBackend(dict(os.environ), command=REFUSES_ITS_SETTINGS, clock=wall, stop_timeout_s=2.0)
+    config = AllocatorConfig(
+        providers=(ProviderSpec("local", max_replicas=2, price_per_hour=0.0, commit_s=15.0),
+                   ProviderSpec("verda", max_replicas=3, price_per_hour=2.30)),
+        error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
+    )
+    verda = VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall)
+    fleet = FleetBackend([Member(config.providers[0], local, RUNPOD_BILLING),
+                          Member(config.providers[1], verda, VERDA_BILLING)], config, clock=wall)
+
+    async def tick() -> None:  # 3 s later, once the local workers started have exited
+        await wait(lambda: all(replica.exited for replica in local._live), timeout=10)
+        wall.advance(3)
+        await fleet.observe()
+
+    try:
+        await fleet.observe()
+        await fleet.apply(2)
+        began = wall()
+        assert fleet.state.targets == {"local": 2, "verda": 0}
+        with capture_logs() as logs:
+            for _ in range(60):
+                await tick()
+                if fleet.state.health["local"].degraded:
+                    break
+            assert fleet.state.health["local"].degraded == "start_deadline", "within 3 min (deadline 2 min)"
+            assert fleet.state.targets == {"local": 0, "verda": 2} and verda_scaling() == (2, 2)
+            assert local.starts <= 12, f"{local.starts} starts of 2 local replicas in {wall() - began:g} s"
+            for _ in range(70):  # through local's back-off (60 s), its retry and its failing again
+                await tick()
+                assert fleet.state.targets["verda"] == 2, "Verda is not drained for local workers that fail"
+        assert verda_scaling() == (2, 2)
+        lines = [(e["event"], e.get("provider"), e.get("reason")) for e in logs]
+        assert ("Provider degraded", "local", "start_deadline") in lines
+        assert ("Provider move", "verda", "fallback") in lines
+        assert ("Provider back in service", "local", None) in lines, "local was tried again"
+        assert fleet.state.health["local"].degraded == "start_deadline", "and degraded again"
+    finally:
+        await fleet.aclose()

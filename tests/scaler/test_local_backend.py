@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from scaler.config import load_settings
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.providers import BackendView, LocalBackend
+from scaler.providers.local import FAILED_START_S, MIN_READY_S, RESTART_BACKOFF_MAX_S
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import worker_environment
 from standins.comfyui import ComfyUISimulator
@@ -319,3 +321,57 @@ async def test_a_failing_worker_is_a_warning_with_its_exit_code_run_time_and_out
     [idle] = [e for e in idle_logs if e["event"] == "local_replica_exited"]
     assert (idle["log_level"], idle["exit_code"]) == ("info", 0)
     assert not [e for e in idle_logs if e["log_level"] == "warning"]
+
+
+async def test_a_crash_looping_worker_backs_off_growing_capped_and_a_good_run_resets_it(tmp_path, wait):
+    """Operator drill: 3 workers refusing their settings were started again at every 3-s tick (9 starts in 8 s,
+    20 a minute each) and listed as 3 serving replicas. Now: restarts back off, and none counts as ready."""
+    clock = ManualClock()
+    setting: dict[str, str] = {}
+    backend = LocalBackend(os.environ, command=WORKER, clock=clock, replica_env=lambda _: setting)
+    try:
+        await backend.apply(1)
+        starts_at = [clock()]
+        for _ in range(round(1800 / TICK_S)):  # half an hour of ticks
+            starts = backend.starts
+            view = await tick(backend, clock, wait)
+            assert view.ready == 0, "a crash-looping worker is not serving"
+            starts_at += [clock()] * (backend.starts - starts)
+        gaps = [round(b - a) for a, b in itertools.pairwise(starts_at)]
+        assert backend.starts <= 12, f"{backend.starts} starts in 30 min (600 ticks; one a tick before)"
+        assert gaps == sorted(gaps) and gaps[0] == TICK_S, f"the first restart at once, then growing: {gaps}"
+        assert max(gaps) <= RESTART_BACKOFF_MAX_S + 2 * TICK_S and gaps[-1] == gaps[-2], f"capped: {gaps}"
+
+        setting["STAY"] = "1"  # the setting is fixed: the next start runs
+        starts = backend.starts
+        while backend.starts == starts:
+            view = await tick(backend, clock, wait, exits=False)
+        good_start = clock()
+        assert view.ready == 0, "restarted after failed starts, it is not ready at once"
+        while clock() - good_start < FAILED_START_S:
+            view = await tick(backend, clock, wait, exits=False)
+        assert view.ready == 1
+        del setting["STAY"]  # it fails after a good run: restarted at once, then the back-off starts over
+        os.kill(backend.pids[0], signal.SIGTERM)
+        starts = backend.starts
+        await tick(backend, clock, wait)
+        assert backend.starts == starts + 1, "restarted at the next tick"
+        for _ in range(5):  # fails at the first, restarted 10 s later (at its cap: 300 s later)
+            await tick(backend, clock, wait)
+        assert backend.starts == starts + 2, "the back-off starts over from its first step"
+    finally:
+        await backend.aclose()
+    assert not [pid for pid in backend.pids_started if alive(pid)]
+
+
+async def test_a_new_worker_counts_as_ready_once_it_has_run_a_while(tmp_path, wait):
+    """Every listed local replica counted as serving from the instant it was spawned."""
+    clock = ManualClock()
+    backend = sleeper_backend(tmp_path, clock=clock)
+    try:
+        await backend.apply(2)
+        assert (await backend.observe()).ready == 0
+        clock.advance(MIN_READY_S)
+        assert (await backend.observe()).ready == 2
+    finally:
+        await backend.aclose()
