@@ -251,7 +251,8 @@ async def test_a_write_cut_short_by_a_cancellation_is_not_taken_for_a_write(flee
     assert "verda" not in fleet._written
 
 
-REFUSES_ITS_SETTINGS = ("sh", "-c", "exit 2")  # a local worker whose settings the worker refuses
+# A local worker that refuses its settings (exits 2 at once); with STAY set it is fixed, and runs.
+LOCAL_WORKER = ("sh", "-c", 'if [ -n "$STAY" ]; then exec sleep 600; fi; exit 2')
 
 
 async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_back(
@@ -260,8 +261,11 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
     """Operator drill: local workers refusing their settings (exit 2) were started again at every tick and
     counted as serving, so with SCALER_PROVIDERS=local,verda the local provider was never judged broken and the
     jobs never ran. Now they are not ready, local is degraded at the start deadline and Verda takes the count;
-    tried again after its back-off, local fails again and Verda's replicas are not drained for it."""
-    local = LocalBackend(dict(os.environ), command=REFUSES_ITS_SETTINGS, clock=wall, stop_timeout_s=2.0)
+    tried again after its back-off, local fails again and Verda's replicas are not drained for it. Once the
+    setting is fixed, local comes back and Verda is drained."""
+    setting: dict[str, str] = {}
+    local = LocalBackend(dict(os.environ), command=LOCAL_WORKER, clock=wall, stop_timeout_s=2.0,
+                         replica_env=lambda _: setting)
     config = AllocatorConfig(
         providers=(ProviderSpec("local", max_replicas=2, price_per_hour=0.0, commit_s=15.0),
                    ProviderSpec("verda", max_replicas=3, price_per_hour=2.30)),
@@ -271,8 +275,8 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
     fleet = FleetBackend([Member(config.providers[0], local, RUNPOD_BILLING),
                           Member(config.providers[1], verda, VERDA_BILLING)], config, clock=wall)
 
-    async def tick() -> None:  # 3 s later, once the local workers started have exited
-        await wait(lambda: all(replica.exited for replica in local._live), timeout=10)
+    async def tick() -> None:  # 3 s later, once the local workers started have exited (unless fixed)
+        await wait(lambda: setting or all(replica.exited for replica in local._live), timeout=10)
         wall.advance(3)
         await fleet.observe()
 
@@ -298,5 +302,11 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
         assert ("Provider move", "verda", "fallback") in lines
         assert ("Provider back in service", "local", None) in lines, "local was tried again"
         assert fleet.state.health["local"].degraded == "start_deadline", "and degraded again"
+
+        setting["STAY"] = "1"  # fixed: the workers started from now on run
+        for _ in range(150):  # past local's second back-off (120 s), and more than a start deadline on
+            await tick()
+        assert fleet.state.health["local"].degraded is None
+        assert fleet.state.targets == {"local": 2, "verda": 0} and verda_scaling() == (0, 0), "Verda drained"
     finally:
         await fleet.aclose()
