@@ -207,7 +207,7 @@ async def restart_until(backend: LocalBackend, starts: int) -> None:
             await asyncio.sleep(0.002)
 
 
-async def test_a_long_running_backend_keeps_only_its_newest_log_files_and_the_running_ones(tmp_path):
+async def test_a_long_running_backend_keeps_only_its_newest_log_files_and_the_running_ones(tmp_path, wait):
     """Each restart of an idle worker (one every ~22 s) created a new <log_dir>/local-worker-<N>.log and none was
     ever removed: ~3,900 files a day in SCALER_LOCAL_LOG_DIR, for ever."""
     logs = tmp_path / "logs"
@@ -225,6 +225,8 @@ async def test_a_long_running_backend_keeps_only_its_newest_log_files_and_the_ru
         await backend.apply(2)
         await restart_until(backend, 60)
         files, starts = {path.name for path in logs.iterdir()}, backend.starts
+        # The replica started last may not have written its line yet: closing now would kill it before it does.
+        await wait(lambda: (logs / f"local-worker-{starts}.log").read_text(), timeout=10)
     finally:
         await backend.aclose()
     newest = {f"local-worker-{n}.log" for n in range(starts - 3, starts + 1)}
