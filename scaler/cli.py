@@ -278,9 +278,11 @@ def _platform_error(exc: Exception) -> str:
     return scrub(f"{type(exc).__name__}: {exc}")
 
 
-def _load_state(settings: ScalerSettings) -> PolicyState:
+def _load_state(settings: ScalerSettings, *, dry_run: bool) -> PolicyState:
     billing = BillingRule(interval_s=settings.billing_interval_s, anchor=settings.billing_anchor)
-    return load_policy_state(settings.state_file, billing) if settings.state_file else PolicyState()
+    if not settings.state_file:
+        return PolicyState()
+    return load_policy_state(settings.state_file, billing, read_only=dry_run)
 
 
 # --- commands ---------------------------------------------------------------------------------------------
@@ -355,7 +357,7 @@ def _scaler_loop(
     return ScalerLoop(
         config, backend, queue,
         interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=dry_run, metrics=metrics,
-        failure_alert_after=settings.failure_alert_after, state=_load_state(settings),
+        failure_alert_after=settings.failure_alert_after, state=_load_state(settings, dry_run=dry_run),
         state_file=settings.state_file, queue_outage_hold_s=settings.queue_outage_hold_s,
     )
 
@@ -364,7 +366,7 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings, dry_run=True) as (backend, queue):
         # The price does not change what is read: both at once, so silent peers cost one deadline, not two.
         loop = ScalerLoop(settings.scaling_config(), backend, queue, dry_run=True, interval_s=settings.interval_s,
-                          tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings))
+                          tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings, dry_run=True))
         pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
         decision = decide(pricing.config, loop.state, observation)
         fleet = None

@@ -300,16 +300,18 @@ class CostLedger:
         write_json_atomically(path, self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> CostLedger:
+    def load(cls, path: Path, *, read_only: bool = False) -> CostLedger:
         """The saved ledger; a fresh one when there is none. A file that cannot be read is kept aside
-        (``<name>.corrupt-<time>``) and logged, never silently overwritten."""
-        remove_stale_scratch(path)
+        (``<name>.corrupt-<time>``) and logged, never silently overwritten. ``read_only`` (a dry run, which
+        saves nothing): the folder is left as it is, an unreadable file where it lies."""
+        if not read_only:
+            remove_stale_scratch(path)
         if not path.exists():
             return cls()
         try:
             return cls.from_json(json.loads(path.read_text()))
         except UNREADABLE as exc:
-            log.error("cost_ledger_unreadable", path=str(path), kept_as=str(set_aside(path)),
+            log.error("cost_ledger_unreadable", path=str(path), kept_as=kept_aside(path, read_only),
                       error=f"{type(exc).__name__}: {exc}")
             return cls()
 
@@ -404,6 +406,11 @@ def _running(pid: int) -> bool:
     except OSError:  # another user's process (EPERM), or a pid this platform cannot ask about: leave it
         return True
     return True
+
+
+def kept_aside(path: Path, read_only: bool) -> str:
+    """Where an unreadable file is kept: set aside, or (read only) where it lies, for the process that saves."""
+    return f"{path} (left in place: a dry run moves nothing)" if read_only else str(set_aside(path))
 
 
 def set_aside(path: Path) -> Path:

@@ -29,10 +29,10 @@ from scaler.ledger import (
     UNREADABLE,
     BillingRule,
     changed_settings,
+    kept_aside,
     recounted,
     remove_stale_scratch,
     saved_number,
-    set_aside,
     write_json_atomically,
 )
 from scaler.metrics import QUEUE_MANAGER_HEALTH_UNKNOWN, ScalerMetrics
@@ -399,18 +399,20 @@ def save_policy_state(path: Path, state: PolicyState, billing: BillingRule | Non
     write_json_atomically(path, content)
 
 
-def load_policy_state(path: Path, billing: BillingRule | None = None) -> PolicyState:
+def load_policy_state(path: Path, billing: BillingRule | None = None, *, read_only: bool = False) -> PolicyState:
     """The saved state, or a fresh one when there is none (first run). A file that cannot be read (truncated,
     not JSON, a value of the wrong type) is kept aside as ``<name>.corrupt-<time>`` and logged: the scaler
     starts afresh rather than not at all, and says that the spend it remembered is gone. Intervals saved under
-    another rule than ``billing`` are converted to it."""
-    remove_stale_scratch(path)
+    another rule than ``billing`` are converted to it. ``read_only`` (a dry run, which saves nothing): the
+    folder is left as it is, an unreadable file where it lies."""
+    if not read_only:
+        remove_stale_scratch(path)
     if not path.exists():
         return PolicyState()
     try:
         return _policy_state(json.loads(path.read_text()), billing)
     except UNREADABLE as exc:
-        log.error("policy_state_unreadable", path=str(path), kept_as=str(set_aside(path)), error=error_text(exc),
+        log.error("policy_state_unreadable", path=str(path), kept_as=kept_aside(path, read_only), error=error_text(exc),
                   hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "
                   "from zero again")
         return PolicyState()

@@ -172,7 +172,7 @@ async def build_fleet(
 ) -> FleetBackend:
     """The fleet of SCALER_PROVIDERS, priced (setting, else the provider's price list). Closes what it built
     when a provider cannot be set up."""
-    ledger = CostLedger.load(settings.ledger_file) if settings.ledger_file else CostLedger()
+    ledger = CostLedger.load(settings.ledger_file, read_only=dry_run) if settings.ledger_file else CostLedger()
     retired = retired_providers(settings, ledger)
     for name, why in retired.items():
         log.warning("provider_retired_with_replicas", provider=name, detail=why,

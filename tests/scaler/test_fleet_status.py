@@ -230,3 +230,26 @@ async def test_the_drill_status_beside_a_running_scaler_shows_its_fallback_then_
         err = await sigterm_and_wait(process)
     assert process.returncode == 0, err.decode()[-2000:]
     assert b"kill_switch_seen" in err
+
+
+async def test_status_moves_and_removes_nothing_an_unreadable_file_or_a_killed_write_left(
+    runpod_fleet_env, qm, tmp_path, monkeypatch, capsys
+):
+    """`status` is a dry run: it saves nothing, so it must not tidy either. Before, it set an unreadable ledger or
+    state file aside as `<name>.corrupt-<time>` and removed the scratch files of killed writes, under the feet
+    of the running scaler that owns them."""
+    monkeypatch.setenv("SCALER_STATE_FILE", str(tmp_path / "scaler.json"))
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()
+    folder = {
+        "ledger.json": '{"buckets": {"runpod": {"1": 0.5',
+        "scaler.json": '{"applied": "two"}',
+        f".ledger.json.{dead.pid}.0badc0de.tmp": "a killed write",
+        f".scaler.json.{dead.pid}.0badc0de.tmp": "a killed write",
+    }
+    for name, text in folder.items():
+        (tmp_path / name).write_text(text)
+    before = {path.name: path.read_text() for path in tmp_path.iterdir() if path.is_file()}
+    assert await cli("status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["fleet"]["providers"].keys() == {"runpod", "verda"}
+    assert {path.name: path.read_text() for path in tmp_path.iterdir() if path.is_file()} == before
