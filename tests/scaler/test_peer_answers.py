@@ -20,6 +20,7 @@ from scaler.loop import ScalerLoop
 from scaler.policy import Replica, ScalingConfig
 from scaler.providers.runpod.backend import LISTING_LAG_S, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from scaler.providers.verda.backend import VerdaBackend
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient
 from scaler.queue_status import QueueStatusReader
@@ -122,8 +123,8 @@ async def test_a_runpod_pod_missing_from_one_listing_is_not_charged_its_runtime_
         for listed, times in (([pod], 8), ([], 1), ([pod], 8)):
             fake.fail_next("/pods", 200, method="GET", times=times, body={"pods": listed})
         client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
-        fleet = one_provider_fleet("runpod", RunPodBackend(client, "comfy", {}, clock=clock), 0.69, RUNPOD_BILLING,
-                                   clock)
+        backend = RunPodBackend(client, "comfy", {}, clock=clock, health=PodHealthProbe(fake.health_url))
+        fleet = one_provider_fleet("runpod", backend, 0.69, RUNPOD_BILLING, clock)
         try:
             for _ in range(17):  # a read a minute; the one at minute 8 does not list it
                 await fleet.observe()
@@ -140,8 +141,8 @@ async def test_a_runpod_pod_listed_without_created_at_is_charged_per_second_from
     async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
         fake.fail_next("/pods", 200, method="GET", times=10, body={"pods": [pod]})
         client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
-        fleet = one_provider_fleet("runpod", RunPodBackend(client, "comfy", {}, clock=clock), 0.69, RUNPOD_BILLING,
-                                   clock)
+        backend = RunPodBackend(client, "comfy", {}, clock=clock, health=PodHealthProbe(fake.health_url))
+        fleet = one_provider_fleet("runpod", backend, 0.69, RUNPOD_BILLING, clock)
         try:
             for _ in range(5):
                 await fleet.observe()
