@@ -19,6 +19,7 @@ from scaler.providers.base import Backend, BackendView
 from scaler.providers.local import LocalBackend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
+from scaler.providers.runpod.health import PodHealthProbe
 from scaler.providers.verda.backend import VerdaBackend
 from scaler.providers.verda.client import VerdaClient
 from standins.runpod import FakeRunPod
@@ -153,7 +154,9 @@ async def _verda(stack: AsyncExitStack) -> VerdaBackend:
 
 async def _runpod(stack: AsyncExitStack) -> RunPodBackend:
     fake = await stack.enter_async_context(FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",)))
-    return RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake.url), DEPLOYMENT, POD_BODY)
+    # The pods' /health through the fake's proxy: the default is RunPod's real proxy, on the internet.
+    health = PodHealthProbe(fake.health_url)
+    return RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake.url), DEPLOYMENT, POD_BODY, health=health)
 
 
 def parse_providers(text: str) -> list[str]:
