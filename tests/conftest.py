@@ -1,10 +1,15 @@
-"""Fixtures every test folder may use: the recorded data in tests/fixtures (see its README), a hand-moved clock."""
+"""Fixtures every test folder may use: the recorded data in tests/fixtures (see its README), a hand-moved clock,
+and the guard that keeps every test off the internet."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import ipaddress
 import json
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -40,6 +45,92 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# Names and addresses no test may reach but that tests use on purpose as "a host nothing answers": the names
+# RFC 2606/6761 reserve for documentation and tests, and RFC 5737's documentation networks (TEST-NET-1/2/3). They
+# are refused like any other host, but a test naming them is not a mistake, so they are not reported.
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org", "example", "invalid", "test")
+RESERVED_NETWORKS = tuple(map(ipaddress.ip_network, ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")))
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@functools.cache
+def _this_machines(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is one of this machine's own addresses (a socket can bind to it), as servers under test
+    bound to 0.0.0.0 or to the machine's address are reached."""
+    with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
+
+
+class NoNetwork:
+    """Refuses, at once, to resolve any name but localhost and to connect anywhere but this machine, and records
+    each refused host that is not reserved for tests. Covers the test process only (the asyncio loop, anyio, httpx,
+    aiohttp and requests all resolve through socket.getaddrinfo and connect through socket.socket.connect); the
+    child processes that supervisor, worker and demo tests start are not covered, and talk to loopback only."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self._getaddrinfo = socket.getaddrinfo
+        self._connect = socket.socket.connect
+
+    def allowed(self, host: str | bytes | None, port: object) -> bool:
+        """Whether ``host`` is this machine; if it is not, and not reserved for tests, the attempt is recorded."""
+        name = (host.decode() if isinstance(host, bytes) else host or "").lower().rstrip(".")
+        ip = _ip(name.split("%")[0])  # an IPv6 address may carry its interface: fe80::1%eth0
+        if name in ("", "localhost") or (ip is not None and (ip.is_loopback or _this_machines(ip))):
+            return True
+        reserved = any(name == domain or name.endswith("." + domain) for domain in RESERVED_DOMAINS) or (
+            ip is not None and any(ip in network for network in RESERVED_NETWORKS)
+        )
+        if not reserved:
+            self.attempts.append(f"{name}:{port}")
+        return False
+
+    def getaddrinfo(self, host: str | bytes | None, port: object, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if _ip(name or "") is None and not self.allowed(name, port):  # an address is checked when connected to
+            raise socket.gaierror(socket.EAI_NONAME, f"{name}: refused by the test suite's network guard")
+        return self._getaddrinfo(host, port, *args, **kwargs)
+
+    def connect(self, sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not self.allowed(address[0], address[1]):
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{address[0]}: refused by the test suite's network guard")
+        return self._connect(sock, address)
+
+    def connect_ex(self, sock: socket.socket, address: Any) -> int:
+        try:
+            self.connect(sock, address)
+        except OSError as exc:
+            return exc.errno or errno.ECONNREFUSED
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def no_network(request: pytest.FixtureRequest) -> Iterator[NoNetwork]:
+    """Nothing may leave this machine at test time: a test that tried fails, naming the hosts, even when the
+    refusal was swallowed on the way (a test must not pass because a request it should not make failed)."""
+    guard = NoNetwork()
+    with pytest.MonkeyPatch.context() as patch:  # a context of its own: a test's monkeypatch.undo() keeps it
+        patch.setattr(socket, "getaddrinfo", guard.getaddrinfo)
+        patch.setattr(socket.socket, "connect", lambda sock, address: guard.connect(sock, address))
+        patch.setattr(socket.socket, "connect_ex", lambda sock, address: guard.connect_ex(sock, address))
+        yield guard
+    if guard.attempts:
+        pytest.fail(
+            f"{request.node.name} tried to reach {', '.join(dict.fromkeys(guard.attempts))} over the network: "
+            "point it at a stand-in on loopback (standins/)"
+        )
 
 
 @pytest.fixture(scope="session")
