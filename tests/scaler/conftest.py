@@ -275,18 +275,22 @@ def cli_env(monkeypatch, qm, fake_verda: FakeVerda, verda_credentials, tmp_path,
     return env
 
 
+def operator_env_with(cli_env: dict[str, str], monkeypatch, extra: dict[str, str]) -> dict[str, str]:
+    """cli_env with ``extra`` set as well, in this process and in what is returned (for a child process)."""
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return {**cli_env, **extra}
+
+
 @pytest.fixture
 def fleet_env(cli_env, monkeypatch, tmp_path):
     """The operator's environment (cli_env) with Verda as a fleet of one."""
-    extra = {
+    return operator_env_with(cli_env, monkeypatch, {
         "SCALER_PROVIDERS": "verda",
         "SCALER_VERDA_PRICE_PER_HOUR": "2.30",
         "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
         "SCALER_ALERT_DRY_RUN": "true",
-    }
-    for name, value in extra.items():
-        monkeypatch.setenv(name, value)
-    return {**cli_env, **extra}
+    })
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from scaler.wiring import stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
-from .conftest import DEPLOYMENT, RUNPOD_KEY, FloodingPeer, StubQueue
+from .conftest import DEPLOYMENT, RUNPOD_KEY, FloodingPeer, StubQueue, operator_env_with
 
 GPU = POD_BODY["gpu"]["id"]
 
@@ -183,16 +183,13 @@ SPEC = (Path(__file__).resolve().parents[2] / "verda" / "deployment.toml").read_
 def stop_env(cli_env, monkeypatch, fake_runpod: FakeRunPod, tmp_path: Path) -> dict[str, str]:
     """The operator's environment with Verda and RunPod as a fleet, RunPod's pods built from the repo's spec;
     nothing of the spec's own variables (VERDA_IMAGE, RUNPOD_VOLUME_ID, ...) set."""
-    extra = {
+    return operator_env_with(cli_env, monkeypatch, {
         "SCALER_PROVIDERS": "verda,runpod",
         "RUNPOD_API_KEY": RUNPOD_KEY,
         "RUNPOD_API_URL": fake_runpod.url,
         "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
         "SCALER_ALERT_DRY_RUN": "true",
-    }
-    for name, value in extra.items():
-        monkeypatch.setenv(name, value)
-    return {**cli_env, **extra}
+    })
 
 
 def write_spec(tmp_path: Path, text: str) -> str:

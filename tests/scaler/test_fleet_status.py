@@ -23,7 +23,7 @@ from scaler.wiring import build_fleet
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
-from .conftest import RUNPOD_KEY, running_scaler, sigterm_and_wait
+from .conftest import RUNPOD_KEY, operator_env_with, running_scaler, sigterm_and_wait
 
 GPU = POD_BODY["gpu"]["id"]
 
@@ -35,7 +35,7 @@ async def cli(*argv: str) -> int:
 @pytest.fixture
 def runpod_fleet_env(cli_env, monkeypatch, fake_runpod: FakeRunPod, tmp_path: Path) -> dict[str, str]:
     """The operator's environment with RunPod (cheaper) and Verda as a fleet, and a ledger file."""
-    extra = {
+    return operator_env_with(cli_env, monkeypatch, {
         "SCALER_PROVIDERS": "runpod,verda",
         "RUNPOD_API_KEY": RUNPOD_KEY,
         "RUNPOD_API_URL": fake_runpod.url,
@@ -48,10 +48,7 @@ def runpod_fleet_env(cli_env, monkeypatch, fake_runpod: FakeRunPod, tmp_path: Pa
         "SCALER_VERDA_PRICE_PER_HOUR": "2.99",
         "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json"),
         "SCALER_ALERT_DRY_RUN": "true",
-    }
-    for name, value in extra.items():
-        monkeypatch.setenv(name, value)
-    return {**cli_env, **extra}
+    })
 
 
 def writes(fake_runpod: FakeRunPod, fake_verda: FakeVerda) -> int:
