@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.logs import scrubbed_excerpt
 from scaler.allocator import ProviderHealth
 
 DETAIL_LIMIT = 300  # the record stays small: one short line per degraded provider
@@ -39,7 +40,8 @@ class HealthRecord:
         for name, h in health.items():
             if h.degraded is not None:
                 since, detail = notes.get(name, (None, ""))
-                degraded[name] = Degraded(str(h.degraded), detail[:DETAIL_LIMIT], since, h.retry_at)
+                # scrubbed: a provider's error may echo a secret, and this file is read by another process
+                degraded[name] = Degraded(str(h.degraded), scrubbed_excerpt(detail, DETAIL_LIMIT), since, h.retry_at)
         return cls(at, degraded)
 
     def to_json(self) -> dict[str, Any]:

@@ -426,3 +426,20 @@ async def test_a_peers_answer_quoted_in_an_error_keeps_no_part_of_the_token_acro
     shown += [str(comfy_not_json.value), str(TransientHTTPError(503, answer["text"]))]
     assert all("x" * 90 in text for text in shown), shown  # the answer is quoted ...
     assert not [text for text in shown if TOKEN[:6] in text], shown  # ... but no part of the token
+
+
+def test_a_secret_a_provider_echoed_never_reaches_the_health_record_status_reads() -> None:
+    """The running fleet writes why a provider is degraded into SCALER_LEDGER_FILE for `comfy-scaler status`: a
+    provider's error that echoes a secret must not land in that file."""
+    from scaler.allocator import DegradedReason, ProviderHealth
+    from scaler.health_record import HealthRecord
+
+    register_secret("runpod-key-echoed-5e1d")
+    record = HealthRecord.of(
+        {"runpod": ProviderHealth(degraded=DegradedReason.ERRORS, retry_at=200.0)},
+        {"runpod": (100.0, "3 errors in a row: 401 invalid key runpod-key-echoed-5e1d")},
+        150.0,
+    )
+    saved = json.dumps(record.to_json())
+    assert "runpod-key-echoed-5e1d" not in saved
+    assert "3 errors in a row: 401 invalid key ***" in saved
