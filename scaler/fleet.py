@@ -176,7 +176,7 @@ class FleetBackend:
         """True when the kill switch was set while this tick wrote, now honoured. `stop --all` writes its file
         before it stops any provider, so a write decided before the file and landing after the stop (RunPod:
         pods created after `runpod: stopped`) is followed by a file already there: undone now, not a tick later."""
-        if self._held or self.stop_file is None or self.dry_run or not self.stop_file.exists():
+        if self._held or self.dry_run or not self._kill_switch_on():
             return False
         return await self._honour_kill_switch()
 
@@ -188,7 +188,7 @@ class FleetBackend:
         A dry run (`comfy-scaler status`) reports it as the running scaler does, paused, and writes nothing:
         ignored there, `status` printed `change 0 → 1: wake_from_zero` while nothing was allowed to run.
         """
-        stopped = self.stop_file is not None and self.stop_file.exists()
+        stopped = self._kill_switch_on()
         if self.dry_run:
             return stopped
         if stopped and not self._held:
@@ -447,10 +447,11 @@ class FleetBackend:
         scaler had degraded it and fallen back to Verda."""
         reading = self._health_reading(now, stale_after_s)
         known = reading.unknown is None and reading.record is not None
+        degraded_now = reading.record.degraded if known and reading.record else {}
         providers = {}
         for name, member in self.members.items():
             seen = self._seen.get(name)
-            degraded = reading.record.degraded.get(name) if known and reading.record else None
+            degraded = degraded_now.get(name)
             providers[name] = {
                 "price_per_hour": member.spec.price_per_hour,
                 "billing": member.billing.describe(),
@@ -466,11 +467,14 @@ class FleetBackend:
                 "retry_at": _iso(degraded.retry_at) if degraded else None,
                 "retry_in_s": round(degraded.retry_at - now) if degraded and degraded.retry_at else None,
             }
-        stopped = self.stop_file is not None and self.stop_file.exists()
         health = {"known": known, "recorded_at": _iso(reading.record.at) if reading.record else None,
                   "age_s": reading.age_s(now), "unknown": reading.unknown}
         return {"providers": providers, "health": health, "spend": self.ledger.summary(now),
-                "kill_switch": str(self.stop_file) if stopped else None}
+                "kill_switch": str(self.stop_file) if self._kill_switch_on() else None}
+
+    def _kill_switch_on(self) -> bool:
+        """Whether `comfy-scaler stop --all` left its file (``stop_file``) for this fleet to honour."""
+        return self.stop_file is not None and self.stop_file.exists()
 
     def _health_reading(self, now: float, stale_after_s: float) -> HealthReading:
         if not self.dry_run:
