@@ -14,6 +14,7 @@ from typing import Any
 
 from common.logs import scrubbed_excerpt
 from scaler.allocator import ProviderHealth
+from scaler.ledger import UNREADABLE
 
 DETAIL_LIMIT = 300  # the record stays small: one short line per degraded provider
 FUTURE_SLACK_S = 60.0  # a record this far ahead of the reader's clock is not trusted
@@ -52,7 +53,7 @@ class HealthRecord:
 
     @classmethod
     def from_json(cls, raw: Any) -> HealthRecord:
-        """Raises ValueError (or a LookupError, TypeError, AttributeError) for a record of the wrong shape."""
+        """Raises one of scaler.ledger.UNREADABLE for a record of the wrong shape."""
         degraded = {}
         for name, d in raw["degraded"].items():
             degraded[str(name)] = Degraded(
@@ -81,7 +82,7 @@ def read_health(raw: Any, now: float, stale_after_s: float) -> HealthReading:
         return HealthReading(None, "no record in SCALER_LEDGER_FILE: no `comfy-scaler run` has saved one there")
     try:
         record = HealthRecord.from_json(raw)
-    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+    except UNREADABLE as exc:
         return HealthReading(None, f"the record in SCALER_LEDGER_FILE is unreadable ({type(exc).__name__})")
     if record.at > now + FUTURE_SLACK_S:
         return HealthReading(None, f"the record in SCALER_LEDGER_FILE is dated {record.at - now:.0f} s ahead of this "
