@@ -111,6 +111,9 @@ class ScalerSettings(LogSettings):
     activation_threshold: int = Field(
         default=DEFAULTS.activation_threshold, ge=0, validation_alias=_scaler("activation_threshold")
     )
+    activation_max_wait_s: float = Field(
+        default=DEFAULTS.activation_max_wait_s, ge=0, validation_alias=_scaler("activation_max_wait_s")
+    )
     stabilization_window_s: float = Field(
         default=DEFAULTS.stabilization_window_s, ge=0, le=MAX_WINDOW_S,
         validation_alias=_scaler("stabilization_window_s"),

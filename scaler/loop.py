@@ -432,6 +432,7 @@ def _policy_state(raw: dict[str, Any], billing: BillingRule | None) -> PolicySta
         opening_started_at=_moment(raw.get("opening_started_at"), "opening_started_at"),
         opening_load=(saved_number(opening_load[0], "opening_load"), int(opening_load[1])),
         learned_prewarm=_count(raw.get("learned_prewarm", 0), "learned_prewarm"),
+        held_at_zero_since=_moment(raw.get("held_at_zero_since"), "held_at_zero_since"),
         ledger=SpendLedger(
             charges=tuple((saved_number(t, "charges"), saved_number(amount, "charges"))
                           for t, amount in ledger.get("charges", ())),

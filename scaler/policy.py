@@ -67,6 +67,7 @@ class ScalingConfig:
     max_replicas: int = 5
     jobs_per_replica: int = 1
     activation_threshold: int = 0
+    activation_max_wait_s: float = 300.0  # ... but a job held at zero that long wakes the fleet all the same
     stabilization_window_s: float = 120.0
     scale_down_cooldown_s: float = 30.0
     idle_to_zero_s: float = 180.0
@@ -111,11 +112,16 @@ class ScalingConfig:
             problems.append("need 0 <= early_release_s < billing_interval_s")
         if self.target_wait_s is not None and self.target_wait_s <= 0:
             problems.append("target_wait_s must be > 0 (or unset)")
+        if self.target_wait_s is not None and self.activation_threshold:
+            problems.append("activation_threshold holds jobs at zero only without a wait target (with target_wait_s "
+                            "set, the target decides when to wake): set target_wait_s to none or activation_threshold "
+                            "to 0")
         if self.target_wait_s is not None and self.jobs_per_replica != 1:
-            problems.append("target_wait_s plans one job per replica: with jobs_per_replica > 1 unset target_wait_s")
+            problems.append("target_wait_s plans one job per replica: with jobs_per_replica > 1 set target_wait_s to "
+                            "none")
         if self.default_job_duration_s <= 0:
             problems.append("default_job_duration_s must be > 0")
-        for name in ("stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",
+        for name in ("activation_max_wait_s", "stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",
                      "price_per_replica_hour", "replica_boot_s", "prewarm_lead_s", "worker_drain_s", "max_lost_work_s",
                      "lost_work_weight"):
             if getattr(self, name) < 0:
@@ -186,6 +192,8 @@ class PolicyState:
     opening_started_at: float | None = None
     opening_load: tuple[float, int] = (0.0, 0)
     learned_prewarm: int = 0
+    # Since when activation_threshold has kept queued jobs waiting at zero (None: it keeps none waiting).
+    held_at_zero_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +219,8 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
         return _hold_on_failure(config, state, observation)
     now = observation.now
     current = state.applied if state.applied is not None else len(observation.replicas)
-    demand = _demand(config, observation, current)
+    held_at_zero_since = _held_at_zero_since(config, state, observation, current)
+    demand = _demand(config, observation, held_at_zero_since)
     work_seen = observation.pending > 0 or observation.running > 0
     state = replace(
         state,
@@ -220,6 +229,7 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
         consecutive_failures=0,
         queue_unreadable_since=None,
         ledger=_observe_spend(config, state.ledger, observation),
+        held_at_zero_since=held_at_zero_since,
     )
     state = _learn_from_opening(config, state, observation)
     details: dict[str, Any] = {
@@ -232,6 +242,8 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
         "idle_for_s": round(now - state.last_work_seen_at, 3),
         **estimated_spend(config, state, now),
     }
+    if held_at_zero_since is not None:
+        details["held_at_zero_for_s"] = round(_held_for(observation, held_at_zero_since), 3)
     if observation.deployment_status == PAUSED:
         desired, reason = current, Reason.HOLD_PAUSED
     elif config.target_wait_s is not None:
@@ -249,13 +261,28 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
     return Decision(desired, current, str(reason), details, changed, new_state)
 
 
-def _demand(config: ScalingConfig, observation: Observation, current: int) -> int:
+def _demand(config: ScalingConfig, observation: Observation, held_at_zero_since: float | None) -> int:
     in_flight = observation.pending + observation.running
-    asleep = current == 0 and observation.running == 0
-    if asleep and observation.pending <= config.activation_threshold:
+    if held_at_zero_since is not None and _held_for(observation, held_at_zero_since) < config.activation_max_wait_s:
         return config.min_replicas
     wanted = math.ceil(in_flight / config.jobs_per_replica)
     return min(max(wanted, config.min_replicas), config.max_replicas)
+
+
+def _held_at_zero_since(
+    config: ScalingConfig, state: PolicyState, observation: Observation, current: int
+) -> float | None:
+    """Since when ``activation_threshold`` has kept the queued jobs waiting at zero; None when it keeps none."""
+    asleep = current == 0 and observation.running == 0
+    if not (asleep and 0 < observation.pending <= config.activation_threshold):
+        return None
+    return observation.now if state.held_at_zero_since is None else state.held_at_zero_since
+
+
+def _held_for(observation: Observation, held_at_zero_since: float) -> float:
+    """How long the oldest queued job has waited at zero: by our own memory or, when longer (a scaler restarted
+    without its state), by the queue's ages."""
+    return max(observation.now - held_at_zero_since, _queued_ages(observation)[0])
 
 
 def _running_need(config: ScalingConfig, observation: Observation) -> int:

@@ -14,6 +14,7 @@ _settings = dict(
     min_replicas=st.integers(0, 2),
     max_replicas=st.integers(2, 8),
     activation_threshold=st.integers(0, 2),
+    activation_max_wait_s=st.sampled_from([0, 60, 300]),
     stabilization_window_s=st.sampled_from([0, 60, 120, 300]),
     scale_down_cooldown_s=st.sampled_from([0, 30, 120]),
     idle_to_zero_s=st.sampled_from([0, 60, 300]),
@@ -25,7 +26,8 @@ _settings = dict(
 # The in-flight rule with several jobs per replica, or wait-target planning (one job per replica).
 configs = st.one_of(
     st.builds(ScalingConfig, jobs_per_replica=st.integers(1, 3), target_wait_s=st.none(), **_settings),
-    st.builds(ScalingConfig, target_wait_s=st.sampled_from([30.0, 120.0, 180.0, 600.0]), **_settings),
+    st.builds(ScalingConfig, target_wait_s=st.sampled_from([30.0, 120.0, 180.0, 600.0]),
+              **{**_settings, "activation_threshold": st.just(0)}),
 )
 ticks = st.lists(
     st.tuples(st.integers(1, 60), st.integers(0, 20), st.integers(0, 10),

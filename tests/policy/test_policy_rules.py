@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import pytest
+
 from scaler.billing import BillingAnchor
 from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
 
@@ -28,6 +30,40 @@ def test_activation_threshold_keeps_zero_until_exceeded():
     config = replace(PLAIN, activation_threshold=2)
     assert tick(config, PolicyState(applied=0), 0, pending=2).desired == 0
     assert tick(config, PolicyState(applied=0), 0, pending=3).desired == 3
+
+
+def test_jobs_the_activation_threshold_holds_at_zero_wake_the_fleet_after_activation_max_wait_s():
+    """Held with no bound, 2 jobs under a threshold of 2 waited at zero until a third came: for ever on a quiet day."""
+    config = replace(PLAIN, activation_threshold=2, activation_max_wait_s=300)
+    state = PolicyState(applied=0)
+    for now in (0, 100, 299):
+        decision = tick(config, state, now, pending=2)
+        assert (decision.desired, decision.details["held_at_zero_for_s"]) == (0, now)
+        state = decision.new_state
+    decision = tick(config, state, 300, pending=2)
+    assert (decision.desired, decision.reason) == (2, Reason.WAKE_FROM_ZERO)
+    awake = tick(config, decision.new_state, 315, pending=2)
+    assert awake.new_state.held_at_zero_since is None and "held_at_zero_for_s" not in awake.details
+
+
+def test_a_job_older_than_activation_max_wait_s_in_the_queue_wakes_a_scaler_that_forgot_it():
+    config = replace(PLAIN, activation_threshold=2, activation_max_wait_s=300)
+    assert tick(config, PolicyState(applied=0), 0, pending=1, pending_ages_s=(299.0,)).desired == 0
+    assert tick(config, PolicyState(applied=0), 0, pending=1, pending_ages_s=(301.0,)).desired == 1
+
+
+def test_an_emptied_queue_forgets_the_hold():
+    config = replace(PLAIN, activation_threshold=2, activation_max_wait_s=300)
+    state = tick(config, PolicyState(applied=0), 0, pending=1).new_state
+    state = tick(config, state, 200, pending=0).new_state
+    assert state.held_at_zero_since is None
+    assert tick(config, state, 400, pending=1).desired == 0, "the new job's wait counts from its own arrival"
+
+
+def test_an_activation_threshold_with_a_wait_target_is_refused():
+    """Accepted, it did nothing: the wait-target planner wakes for the first job whatever the threshold says."""
+    with pytest.raises(ValueError, match="activation_threshold holds jobs at zero only without a wait target"):
+        ScalingConfig(target_wait_s=120, activation_threshold=2)
 
 
 def test_demand_counts_running_jobs_and_is_clamped():

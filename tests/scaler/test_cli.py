@@ -39,6 +39,17 @@ def test_bad_configuration_exits_2_naming_every_bad_variable(monkeypatch, tmp_pa
         assert name in err
 
 
+def test_an_activation_threshold_under_the_default_wait_target_is_refused_naming_both(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SCALER_BACKEND", "local")
+    monkeypatch.setenv("SCALER_ACTIVATION_THRESHOLD", "3")
+    with pytest.raises(ConfigError, match=r"SCALER_ACTIVATION_THRESHOLD.*SCALER_TARGET_WAIT_S"):
+        load_settings()
+    monkeypatch.setenv("SCALER_TARGET_WAIT_S", "none")
+    assert load_settings().scaling_config().activation_threshold == 3
+
+
 def test_missing_verda_credentials_are_named(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")

@@ -249,7 +249,8 @@ async def test_policy_state_survives_a_save_and_load(make_loop, queue, clock, tm
     save_policy_state(path, loop.state)
     assert load_policy_state(path) == loop.state
     assert load_policy_state(tmp_path / "missing.json") == PolicyState()
-    learned = replace(loop.state, opening_started_at=32_400.0, opening_load=(36.0, 10), learned_prewarm=4)
+    learned = replace(loop.state, opening_started_at=32_400.0, opening_load=(36.0, 10), learned_prewarm=4,
+                      held_at_zero_since=32_100.0)
     save_policy_state(path, learned)
     assert load_policy_state(path) == learned
 
