@@ -562,7 +562,8 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
         console.print(f"degraded: as the running scaler saved it at {health['recorded_at']} ({health['age_s']} s ago)")
         for name, row in fleet["providers"].items():
             if row["degraded"]:
-                until = f"; back-off until {row['retry_at']} (in {row['retry_in_s']} s)" if row["retry_at"] else ""
+                wait = f"in {row['retry_in_s']} s" if row["retry_in_s"] else "due now"
+                until = f"; back-off until {row['retry_at']} ({wait})" if row["retry_at"] else ""
                 console.print(f"  {name}: {row['degraded']}: {row['degraded_detail'] or 'no detail'}{until}",
                               soft_wrap=True)
     else:

@@ -465,7 +465,8 @@ class FleetBackend:
                 "degraded_detail": degraded.detail if degraded else None,
                 "degraded_since": _iso(degraded.since) if degraded else None,
                 "retry_at": _iso(degraded.retry_at) if degraded else None,
-                "retry_in_s": round(degraded.retry_at - now) if degraded and degraded.retry_at else None,
+                # 0 from the back-off's end to the running scaler's next tick, which tries the provider again
+                "retry_in_s": max(0, round(degraded.retry_at - now)) if degraded and degraded.retry_at else None,
             }
         health = {"known": known, "recorded_at": _iso(reading.record.at) if reading.record else None,
                   "age_s": reading.age_s(now), "unknown": reading.unknown}

@@ -250,3 +250,19 @@ async def test_status_moves_and_removes_nothing_an_unreadable_file_or_a_killed_w
     assert await cli("status", "--json") == 0
     assert json.loads(capsys.readouterr().out)["fleet"]["providers"].keys() == {"runpod", "verda"}
     assert {path.name: path.read_text() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+async def test_a_back_off_just_ended_reads_due_now_never_a_negative_wait(runpod_fleet_env, tmp_path, capsys):
+    """Drill: between the end of RunPod's back-off and the running scaler's next tick (up to SCALER_INTERVAL_S),
+    `status` read `retry_in_s: -3` and `back-off until … (in -3 s)`."""
+    now = time.time()
+    save_ledger(tmp_path / "ledger.json", {"at": now - 5, "degraded": {"runpod": {
+        "reason": "quota_reached", "detail": "provider reports quota_reached", "since": now - 305,
+        "retry_at": now - 3}}})
+    assert await cli("status", "--json") == 0
+    runpod = json.loads(capsys.readouterr().out)["fleet"]["providers"]["runpod"]
+    assert (runpod["degraded"], runpod["retry_in_s"]) == ("quota_reached", 0)
+
+    assert await cli("status") == 0
+    out = capsys.readouterr().out
+    assert "(due now)" in out and "in -" not in out, out
