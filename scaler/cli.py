@@ -63,6 +63,7 @@ DELEGATED = ("simulate", "deploy")
 VERDA_STOP_GRACE_S = 30.0  # Verda's SIGTERM-to-SIGKILL grace on a scale-down
 # A running fleet saves its provider health every tick: a record older than this many ticks is not trusted.
 HEALTH_RECORD_STALE_TICKS = 3
+PROVIDER_KIND = {"local": "workers on this machine", "verda": "Verda containers", "runpod": "RunPod pods"}
 LOCAL_ONLY_IN_RUN = {  # what each command would do with the local backend, whose workers live inside `run`
     "once": "the local backend's workers live inside `comfy-scaler run`, so one decision cannot be applied from "
     "another process: `comfy-scaler status` shows the decision, `comfy-scaler run` applies it",
@@ -376,6 +377,13 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     report = _status_report(settings, loop, decision, pricing, observation.now)
     if fleet is not None:
         report["fleet"] = fleet
+        # One deployment at the policy's price is the single backend's view: a fleet's are its providers'.
+        report["deployment"]["backend"] = "fleet"
+        report["deployment"]["providers"] = [
+            {"name": name, "kind": PROVIDER_KIND.get(name, name), "price_per_hour": row["price_per_hour"]}
+            for name, row in fleet["providers"].items()
+        ]
+        report["price_per_replica_hour"] = None
     report = scrub_all(report)  # print() is not the log scrubber: a provider may echo a secret in its error
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -524,11 +532,14 @@ def _print_status(report: dict[str, Any]) -> None:
             pinned = f", min/max {deployment['min_replica_count']}/{deployment['max_replica_count']}"
         where = f"{deployment['name']} ({deployment['backend']})"
         overview.add_row("deployment", f"{where}: {deployment['status']}{pinned}")
+    for provider in deployment.get("providers", ()):
+        overview.add_row(f"  {provider['name']}", f"{provider['kind']}, {provider['price_per_hour']}/h")
     overview.add_row("replicas", str(len(report["replicas"])))
     verb = "change" if decision["changed"] else "keep"
     overview.add_row("decision", f"{verb} {decision['current']} → {decision['desired']}: {decision['reason']}")
     overview.add_row("why", ", ".join(f"{k}={v}" for k, v in decision["details"].items() if v is not None))
-    price = f"{report['price_per_replica_hour']}/h ({report['price_source']})"
+    price = report["price_source"] if report["price_per_replica_hour"] is None else (
+        f"{report['price_per_replica_hour']}/h ({report['price_source']})")
     if report["price_error"]:
         price += f" [yellow]lookup failed: {report['price_error']}[/yellow]"
     overview.add_row("price", price)

@@ -266,3 +266,21 @@ async def test_a_back_off_just_ended_reads_due_now_never_a_negative_wait(runpod_
     assert await cli("status") == 0
     out = capsys.readouterr().out
     assert "(due now)" in out and "in -" not in out, out
+
+
+async def test_the_overview_of_a_fleet_names_each_provider_its_kind_and_price(runpod_fleet_env, capsys):
+    """Drill: with SCALER_PROVIDERS=runpod,verda the overview read `deployment comfyui-… (verda): healthy` and
+    `price 0.0/h (per provider)`: one Verda deployment, free, as if no fleet ran."""
+    assert await cli("status", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deployment"]["backend"] == "fleet"
+    assert report["deployment"]["providers"] == [
+        {"name": "runpod", "kind": "RunPod pods", "price_per_hour": 0.44},
+        {"name": "verda", "kind": "Verda containers", "price_per_hour": 2.99},
+    ]
+    assert (report["price_per_replica_hour"], report["price_source"]) == (None, "per provider")
+
+    assert await cli("status") == 0
+    out = capsys.readouterr().out
+    assert "(verda)" not in out and "0.0/h" not in out, out
+    assert "RunPod pods, 0.44/h" in out and "Verda containers, 2.99/h" in out, out
