@@ -140,12 +140,42 @@ class FleetBackend:
         self._written: dict[str, int] = {}
         self._saved: tuple[int, int] | None = None  # the ledger file as this fleet last wrote it
         self._prices_read_at = clock()  # the prices were read when the fleet was built
+        if not dry_run:
+            self._keep_recorded_degradations(clock())
         if metrics is not None:
             for member in members:
                 metrics.price.labels(provider=member.name).set(member.spec.price_per_hour)
 
     def __repr__(self) -> str:
         return f"FleetBackend(providers={list(self.members)}, dry_run={self.dry_run})"
+
+    def _keep_recorded_degradations(self, now: float) -> None:
+        """A restarted scaler keeps the degradations the last one recorded in the ledger file, each until its
+        back-off ends. Started with every provider in service, it wrote "nothing degraded" at its first save
+        (`status` showed RunPod healthy again) and placed its next replicas on the provider it had just fallen back
+        from. A record that cannot be read, or is dated ahead of this clock, keeps nothing and is logged; one older
+        than the longest back-off (SCALER_FALLBACK_RETRY_MAX_S) holds none still running."""
+        reading = read_health(self.ledger.health, now, self.config.retry_max_s)
+        if reading.record is None:
+            if self.ledger.health is not None:
+                log.warning("provider_health_not_restored", why=reading.unknown,
+                            hint="every provider starts in service; degraded again as it fails")
+            return
+        if reading.unknown is not None:
+            return
+        health = dict(self.state.health)
+        for name, degraded in reading.record.degraded.items():
+            kept = degraded.kept(now, self.config.retry_max_s) if name in self.members else None
+            if kept is None:
+                continue
+            health[name] = kept
+            self._degraded_notes[name] = (degraded.since or reading.record.at, degraded.detail)
+            log.warning("Provider still degraded", provider=name, reason=degraded.reason,
+                        retry_in_s=round(kept.retry_at - now) if kept.retry_at else None, detail=degraded.detail,
+                        since=_iso(degraded.since))
+            if self.metrics is not None:
+                self.metrics.degraded.labels(provider=name).set(1)
+        self.state = replace(self.state, health=health)
 
     # --- Backend ----------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Degradation (quota refusals, the start deadline, errors, their back-off: scaler.
 `comfy-scaler run` process; `status` is another process, whose fresh fleet never asked a provider for a
 replica. The running fleet writes which providers it holds degraded, why and until when, with the time it
 wrote it, at every save of the ledger (scaler.fleet); `status` reads it back. A record that is missing,
-unreadable or older than a few ticks is reported as unknown: never as healthy.
+unreadable or older than a few ticks is reported as unknown: never as healthy. A restarted `run` reads it back
+too, and keeps each degradation until its back-off ends (``Degraded.kept``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.logs import scrubbed_excerpt
-from scaler.allocator import ProviderHealth
+from scaler.allocator import DegradedReason, ProviderHealth
 from scaler.ledger import UNREADABLE
 
 DETAIL_LIMIT = 300  # the record stays small: one short line per degraded provider
 FUTURE_SLACK_S = 60.0  # a record this far ahead of the reader's clock is not trusted
 LAST_MOMENT = 253_402_300_799.0  # 9999-12-31T23:59:59Z: a later time cannot be printed as a date
+# What a restarted fleet keeps: not a pause, which its first read of the provider sees again (or not).
+KEPT_OVER_A_RESTART = frozenset(DegradedReason) - {DegradedReason.PAUSED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,15 @@ class Degraded:
     detail: str
     since: float | None
     retry_at: float | None
+
+    def kept(self, now: float, longest_backoff_s: float) -> ProviderHealth | None:
+        """This degradation as a restarted fleet's allocator holds it, or None when its back-off is over (or it has
+        none, or it was a pause). Its back-off ends no later than ``longest_backoff_s`` from now (SCALER_FALLBACK_
+        RETRY_MAX_S), and doubles on a relapse as it would have in the scaler that degraded it."""
+        if self.retry_at is None or self.retry_at <= now or self.reason not in KEPT_OVER_A_RESTART:
+            return None
+        backoff_s = None if self.since is None else min(longest_backoff_s, self.retry_at - self.since) or None
+        return ProviderHealth(DegradedReason(self.reason), min(self.retry_at, now + longest_backoff_s), backoff_s)
 
 
 @dataclass(frozen=True, slots=True)

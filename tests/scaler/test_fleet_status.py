@@ -284,3 +284,64 @@ async def test_the_overview_of_a_fleet_names_each_provider_its_kind_and_price(ru
     out = capsys.readouterr().out
     assert "(verda)" not in out and "0.0/h" not in out, out
     assert "RunPod pods, 0.44/h" in out and "Verda containers, 2.99/h" in out, out
+
+
+def creates(fake_runpod: FakeRunPod) -> int:
+    return sum(1 for r in fake_runpod.requests if r.method == "POST")
+
+
+async def test_a_restarted_scaler_keeps_the_degradation_its_predecessor_recorded_until_its_back_off_ends(
+    runpod_fleet_env, fake_runpod: FakeRunPod, fake_verda: FakeVerda, tmp_path, capsys
+):
+    """Drill: RunPod out of capacity, degraded (quota_reached), the scaler restarted: its first save recorded
+    "nothing degraded", `status` showed RunPod in service again, and the next scale-up asked RunPod for pods it
+    had just refused."""
+    fake_runpod.capacity[GPU] = 1
+    first = await build_fleet(load_settings())
+    try:
+        await first.observe()
+        await first.apply(3)
+        await first.observe()
+        assert first.state.health["runpod"].degraded == "quota_reached"
+        retry_at, backoff_s = first.state.health["runpod"].retry_at, first.state.health["runpod"].backoff_s
+    finally:
+        await first.aclose()
+
+    asked = creates(fake_runpod)
+    restarted = await build_fleet(load_settings())
+    try:
+        assert restarted.state.health["runpod"].degraded == "quota_reached"
+        assert (restarted.state.health["runpod"].retry_at, restarted.state.health["runpod"].backoff_s) == (
+            retry_at, backoff_s), "the same back-off, doubling on a relapse as before"
+        await restarted.observe()  # its first save
+        record = json.loads((tmp_path / "ledger.json").read_text())["health"]
+        assert record["degraded"]["runpod"]["reason"] == "quota_reached"
+        assert record["degraded"]["runpod"]["retry_at"] == retry_at
+        await restarted.apply(3)
+        assert creates(fake_runpod) == asked, "RunPod was asked for pods during its back-off"
+        assert restarted.state.targets["verda"] >= 2
+        capsys.readouterr()
+        assert await cli("status", "--json") == 0
+        runpod = json.loads(capsys.readouterr().out)["fleet"]["providers"]["runpod"]
+        assert runpod["degraded"] == "quota_reached" and runpod["retry_in_s"] > 0
+    finally:
+        await restarted.aclose()
+
+
+@pytest.mark.parametrize(("degraded", "why"), [
+    ({"reason": "quota_reached", "since": 1.0, "retry_at": 2.0}, "back-off over"),
+    ({"reason": "paused", "since": "now", "retry_at": "later"}, "a pause is read again"),
+    ({"reason": "struck_by_lightning", "since": "now", "retry_at": "later"}, "not a reason of ours"),
+])
+async def test_a_restarted_scaler_keeps_no_degradation_that_is_over_or_not_its_own(
+    runpod_fleet_env, tmp_path, degraded, why
+):
+    now = time.time()
+    times = {"now": now, "later": now + 300}
+    degraded = {key: times.get(value, value) for key, value in degraded.items()}
+    save_ledger(tmp_path / "ledger.json", {"at": now - 1, "degraded": {"runpod": degraded}})
+    restarted = await build_fleet(load_settings())
+    try:
+        assert restarted.state.health.get("runpod") is None, why
+    finally:
+        await restarted.aclose()
