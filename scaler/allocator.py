@@ -162,7 +162,7 @@ def allocate(
     committed spend over the last 24 h (all providers together)."""
     specs = config.preference
     before = {p.name: state.targets.get(p.name, views.get(p.name, ProviderView()).live) for p in specs}
-    health, changes = _update_health(config, state, views, before, now)
+    health, changes = update_health(config, state, views, before, now)
     available = {p.name: _capacity(p, health[p.name], views.get(p.name, ProviderView()), before[p.name])
                  for p in specs}
 
@@ -191,13 +191,15 @@ def allocate(
     return Allocation(targets, moves, tuple(changes), engaged, tuple(sorted(budget_capped)), new_state)
 
 
-def _update_health(
+def update_health(
     config: AllocatorConfig,
     state: AllocatorState,
     views: dict[str, ProviderView],
     asked: dict[str, int],
     now: float,
 ) -> tuple[dict[str, ProviderHealth], list[HealthChange]]:
+    """Each provider's health after this tick's ``views``, ``asked`` replicas of each, and what changed. Also judges
+    a single backend (scaler.health_record.BackendHealth), which has nowhere to fall back to."""
     health: dict[str, ProviderHealth] = {}
     changes: list[HealthChange] = []
     for spec in config.providers:

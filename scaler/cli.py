@@ -26,10 +26,12 @@ from common.limits import allow_many_connections
 from common.logs import configure_logging, error_text, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
 from common.urls import redact_url, secret_url_secrets, url_secrets
+from scaler.allocator import ProviderSpec
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
+from scaler.health_record import BackendHealth, HealthReading, degraded_fields, read_health, reading_fields
 from scaler.ledger import BillingRule
-from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state, tick_deadline
+from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state, saved_health, tick_deadline
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
 from scaler.providers import Backend, VerdaBackend
@@ -39,6 +41,7 @@ from scaler.wiring import (
     KILL_CONFIRM_TIMEOUT_S,
     STOP_STEPS,
     ProviderSetupError,
+    allocator_config,
     build_fleet,
     fleet_policy_config,
     look_up_price,
@@ -354,12 +357,18 @@ def _scaler_loop(
     settings: ScalerSettings, config: ScalingConfig, backend: Backend, queue: QueueStatusReader, *, dry_run: bool,
     metrics: ScalerMetrics | None = None,
 ) -> ScalerLoop:
-    """The loop `run` and `once` drive, with the state the last run saved."""
+    """The loop `run` and `once` drive, with the state the last run saved. A single backend's health is judged
+    as a fleet's providers are (SCALER_FALLBACK_*), and only shown."""
+    backend_health = None
+    if not isinstance(backend, FleetBackend):
+        spec = ProviderSpec(settings.backend, config.max_replicas, config.price_per_replica_hour)
+        backend_health = BackendHealth(settings.backend, allocator_config(settings, (spec,)))
     return ScalerLoop(
         config, backend, queue,
         interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=dry_run, metrics=metrics,
         failure_alert_after=settings.failure_alert_after, state=_load_state(settings, dry_run=dry_run),
         state_file=settings.state_file, queue_outage_hold_s=settings.queue_outage_hold_s,
+        backend_health=backend_health,
     )
 
 
@@ -371,11 +380,13 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
         pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
         decision = decide(pricing.config, loop.state, observation)
         fleet = None
+        tick_s = max(settings.interval_s, tick_deadline(settings.interval_s, settings.tick_deadline_s))
         if isinstance(backend, FleetBackend):
-            tick_s = max(settings.interval_s, tick_deadline(settings.interval_s, settings.tick_deadline_s))
             fleet = backend.status_report(observation.now, stale_after_s=HEALTH_RECORD_STALE_TICKS * tick_s)
     report = _status_report(settings, loop, decision, pricing, observation.now)
-    if fleet is not None:
+    if fleet is None:
+        report["health"] = _backend_health(settings, observation.now, HEALTH_RECORD_STALE_TICKS * tick_s)
+    else:
         report["fleet"] = fleet
         # One deployment at the policy's price is the single backend's view: a fleet's are its providers'.
         report["deployment"]["backend"] = "fleet"
@@ -390,6 +401,18 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     else:
         _print_status(report)
     return EXIT_FAILED if observation.failed else EXIT_OK
+
+
+def _backend_health(settings: ScalerSettings, now: float, stale_after_s: float) -> dict[str, Any]:
+    """A single backend's health as the running scaler saved it in SCALER_STATE_FILE (its workers and its memory
+    are in that process: the `local` backend's crash-looping workers are invisible to this one)."""
+    if settings.state_file is None:
+        reading = HealthReading(None, "no SCALER_STATE_FILE: the running scaler keeps its backend's health in its "
+                                "memory only")
+    else:
+        reading = read_health(saved_health(settings.state_file), now, stale_after_s, "SCALER_STATE_FILE")
+    return {**reading_fields(reading, now), "backend": settings.backend,
+            **degraded_fields(reading, settings.backend, now)}
 
 
 async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
@@ -546,6 +569,8 @@ def _print_status(report: dict[str, Any]) -> None:
     console.print(overview)
     if "fleet" in report:
         _print_fleet(console, report["fleet"])
+    else:
+        _print_health(console, report["health"], {report["health"]["backend"]: report["health"]})
     if report["replicas"]:
         table = Table(title="replicas")
         for column in ("id", "started_at", "age_s"):
@@ -568,10 +593,22 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
         providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
                           str(row["live"]), str(row["ready"]), str(status), degraded)
     console.print(providers)
-    health = fleet["health"]
+    _print_health(console, fleet["health"], fleet["providers"])
+    spend = Table(title="billed cost (ledger)")
+    for column in ("provider", "last hour", "last 24 h", "today (UTC)"):
+        spend.add_column(column)
+    for name, windows in fleet["spend"].items():
+        spend.add_row(name, *(f"{windows[w]:.2f}" for w in ("last_hour", "last_day", "today")))
+    console.print(spend)
+
+
+def _print_health(console: Console, health: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    """Which providers (or the one backend) the running scaler holds degraded, from its record; ``rows``: each
+    provider's degraded_fields."""
     if health["known"]:
-        console.print(f"degraded: as the running scaler saved it at {health['recorded_at']} ({health['age_s']} s ago)")
-        for name, row in fleet["providers"].items():
+        console.print(f"degraded: as the running scaler saved it at {health['recorded_at']} ({health['age_s']} s ago)"
+                      + ("" if any(row["degraded"] for row in rows.values()) else ": none"))
+        for name, row in rows.items():
             if row["degraded"]:
                 wait = f"in {row['retry_in_s']} s" if row["retry_in_s"] else "due now"
                 until = f"; back-off until {row['retry_at']} ({wait})" if row["retry_at"] else ""
@@ -580,12 +617,6 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
     else:
         console.print(f"[yellow]degraded: unknown[/yellow]: {health['unknown']}. The running scaler's log "
                       "(`Provider degraded`) and /metrics (comfy_scaler_provider_degraded) say it.")
-    spend = Table(title="billed cost (ledger)")
-    for column in ("provider", "last hour", "last 24 h", "today (UTC)"):
-        spend.add_column(column)
-    for name, windows in fleet["spend"].items():
-        spend.add_row(name, *(f"{windows[w]:.2f}" for w in ("last_hour", "last_day", "today")))
-    console.print(spend)
 
 
 if __name__ == "__main__":

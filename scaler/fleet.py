@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +39,15 @@ from scaler.allocator import (
     allocate,
 )
 from scaler.billing import DAY_S
-from scaler.health_record import HealthReading, HealthRecord, read_health
+from scaler.health_record import (
+    HealthReading,
+    HealthRecord,
+    degraded_fields,
+    iso,
+    log_health_change,
+    read_health,
+    reading_fields,
+)
 from scaler.ledger import UNREADABLE, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
@@ -172,7 +179,7 @@ class FleetBackend:
             self._degraded_notes[name] = (degraded.since or reading.record.at, degraded.detail)
             log.warning("Provider still degraded", provider=name, reason=degraded.reason,
                         retry_in_s=round(kept.retry_at - now) if kept.retry_at else None, detail=degraded.detail,
-                        since=_iso(degraded.since))
+                        since=iso(degraded.since))
             if self.metrics is not None:
                 self.metrics.degraded.labels(provider=name).set(1)
         self.state = replace(self.state, health=health)
@@ -415,15 +422,13 @@ class FleetBackend:
 
     def _report(self, allocation: Allocation, now: float) -> None:
         for change in allocation.health_changes:
+            log_health_change(change)
             self.move_log.append({"at": now, "provider": change.provider, "health": str(change.degraded or "back"),
                                   "detail": change.detail})
             if change.degraded is None:
                 self._degraded_notes.pop(change.provider, None)
-                log.info("Provider back in service", provider=change.provider, detail=change.detail)
             else:
                 self._degraded_notes[change.provider] = (now, change.detail)
-                log.warning("Provider degraded", provider=change.provider, reason=str(change.degraded),
-                            retry_in_s=change.retry_in_s, detail=change.detail)
                 if self.metrics is not None:
                     self.metrics.degradations.labels(provider=change.provider, reason=str(change.degraded)).inc()
         for move in allocation.moves:
@@ -476,12 +481,9 @@ class FleetBackend:
         ``stale_after_s``. Built from its own empty memory, `status` showed RunPod healthy while the running
         scaler had degraded it and fallen back to Verda."""
         reading = self._health_reading(now, stale_after_s)
-        known = reading.unknown is None and reading.record is not None
-        degraded_now = reading.record.degraded if known and reading.record else {}
         providers = {}
         for name, member in self.members.items():
             seen = self._seen.get(name)
-            degraded = degraded_now.get(name)
             providers[name] = {
                 "price_per_hour": member.spec.price_per_hour,
                 "billing": member.billing.describe(),
@@ -491,16 +493,9 @@ class FleetBackend:
                 "ready": seen.view.ready if seen else None,
                 "status": seen.view.status if seen else None,
                 "error": seen.view.error if seen else None,
-                "degraded": (degraded.reason if degraded else None) if known else "unknown",
-                "degraded_detail": degraded.detail if degraded else None,
-                "degraded_since": _iso(degraded.since) if degraded else None,
-                "retry_at": _iso(degraded.retry_at) if degraded else None,
-                # 0 from the back-off's end to the running scaler's next tick, which tries the provider again
-                "retry_in_s": max(0, round(degraded.retry_at - now)) if degraded and degraded.retry_at else None,
+                **degraded_fields(reading, name, now),
             }
-        health = {"known": known, "recorded_at": _iso(reading.record.at) if reading.record else None,
-                  "age_s": reading.age_s(now), "unknown": reading.unknown}
-        return {"providers": providers, "health": health, "spend": self.ledger.summary(now),
+        return {"providers": providers, "health": reading_fields(reading, now), "spend": self.ledger.summary(now),
                 "kill_switch": str(self.stop_file) if self._kill_switch_on() else None}
 
     def _kill_switch_on(self) -> bool:
@@ -515,6 +510,3 @@ class FleetBackend:
                                  "memory only")
         return read_health(self.ledger.health, now, stale_after_s)
 
-
-def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")

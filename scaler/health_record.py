@@ -10,12 +10,26 @@ too, and keeps each degradation until its back-off ends (``Degraded.kept``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from common.logs import scrubbed_excerpt
-from scaler.allocator import DegradedReason, ProviderHealth
+from scaler.allocator import (
+    AllocatorConfig,
+    AllocatorState,
+    DegradedReason,
+    HealthChange,
+    ProviderHealth,
+    ProviderView,
+    update_health,
+)
 from scaler.ledger import UNREADABLE
+from scaler.providers.base import BackendView
+
+log = structlog.get_logger()
 
 DETAIL_LIMIT = 300  # the record stays small: one short line per degraded provider
 FUTURE_SLACK_S = 60.0  # a record this far ahead of the reader's clock is not trusted
@@ -84,24 +98,88 @@ class HealthReading:
     record: HealthRecord | None
     unknown: str | None = None  # why there is no usable record
 
+    @property
+    def known(self) -> bool:
+        return self.unknown is None and self.record is not None
+
     def age_s(self, now: float) -> float | None:
         return None if self.record is None else round(max(0.0, now - self.record.at), 1)
 
 
-def read_health(raw: Any, now: float, stale_after_s: float) -> HealthReading:
-    """``raw``: the ``health`` section of the ledger file as read (None when it has none)."""
+def reading_fields(reading: HealthReading, now: float) -> dict[str, Any]:
+    """Whether `status` knows the running scaler's health, as of when, and else why not."""
+    return {"known": reading.known, "recorded_at": iso(reading.record.at) if reading.record else None,
+            "age_s": reading.age_s(now), "unknown": reading.unknown}
+
+
+def degraded_fields(reading: HealthReading, name: str, now: float) -> dict[str, Any]:
+    """Provider ``name``'s degradation as `status` shows it: ``unknown`` without a usable record."""
+    degraded = reading.record.degraded.get(name) if reading.known and reading.record else None
+    return {
+        "degraded": (degraded.reason if degraded else None) if reading.known else "unknown",
+        "degraded_detail": degraded.detail if degraded else None,
+        "degraded_since": iso(degraded.since) if degraded else None,
+        "retry_at": iso(degraded.retry_at) if degraded else None,
+        # 0 from the back-off's end to the running scaler's next tick, which tries the provider again
+        "retry_in_s": max(0, round(degraded.retry_at - now)) if degraded and degraded.retry_at else None,
+    }
+
+
+def log_health_change(change: HealthChange) -> None:
+    if change.degraded is None:
+        log.info("Provider back in service", provider=change.provider, detail=change.detail)
+    else:
+        log.warning("Provider degraded", provider=change.provider, reason=str(change.degraded),
+                    retry_in_s=change.retry_in_s, detail=change.detail)
+
+
+class BackendHealth:
+    """One backend's health when there is no fleet, judged as the fleet judges each provider's
+    (scaler.allocator.update_health): replicas asked for and not ready past SCALER_FALLBACK_START_DEADLINE_S (local
+    workers crash-looping), SCALER_FALLBACK_ERROR_TICKS failed reads, quota, pause. There is nowhere to fall back
+    to: it is shown (the decision line, `comfy-scaler status` through the state file), never acted on."""
+
+    def __init__(self, name: str, config: AllocatorConfig) -> None:
+        self.name = name
+        self.config = config
+        self.state = AllocatorState()
+        self._notes: dict[str, tuple[float, str]] = {}
+
+    def see(self, view: BackendView | None, error: str | None, asked: int, now: float) -> None:
+        """This tick's read (``view``, or the ``error`` it failed with) of a backend asked for ``asked`` replicas."""
+        if view is None:
+            seen = ProviderView(error=error or "not read")
+        else:
+            seen = ProviderView(len(view.replicas), len(view.replicas) if view.ready is None else view.ready,
+                                view.status)
+        health, changes = update_health(self.config, self.state, {self.name: seen}, {self.name: asked}, now)
+        self.state = replace(self.state, health=health)
+        for change in changes:
+            log_health_change(change)
+            if change.degraded is None:
+                self._notes.pop(change.provider, None)
+            else:
+                self._notes[change.provider] = (now, change.detail)
+
+    def record(self, now: float) -> HealthRecord:
+        return HealthRecord.of(self.state.health, self._notes, now)
+
+
+def read_health(raw: Any, now: float, stale_after_s: float, where: str = "SCALER_LEDGER_FILE") -> HealthReading:
+    """``raw``: the ``health`` section of the file named by ``where`` as read (None when it has none): the ledger
+    file of a fleet, the state file of a single backend."""
     if raw is None:
-        return HealthReading(None, "no record in SCALER_LEDGER_FILE: no `comfy-scaler run` has saved one there")
+        return HealthReading(None, f"no record in {where}: no `comfy-scaler run` has saved one there")
     try:
         record = HealthRecord.from_json(raw)
     except UNREADABLE as exc:
-        return HealthReading(None, f"the record in SCALER_LEDGER_FILE is unreadable ({type(exc).__name__})")
+        return HealthReading(None, f"the record in {where} is unreadable ({type(exc).__name__})")
     if record.at > now + FUTURE_SLACK_S:
-        return HealthReading(None, f"the record in SCALER_LEDGER_FILE is dated {record.at - now:.0f} s ahead of this "
+        return HealthReading(None, f"the record in {where} is dated {record.at - now:.0f} s ahead of this "
                              "machine's clock")
     if now - record.at > stale_after_s:
         return HealthReading(record, f"the running scaler's record is {now - record.at:.0f} s old (more than "
-                             f"{stale_after_s:g} s): is `comfy-scaler run` running, with this SCALER_LEDGER_FILE?")
+                             f"{stale_after_s:g} s): is `comfy-scaler run` running, with this {where}?")
     return HealthReading(record)
 
 
@@ -117,3 +195,7 @@ def _moment(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= LAST_MOMENT:
         raise ValueError(f"{value!r} is not a time")
     return float(value)
+
+
+def iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")

@@ -24,6 +24,7 @@ import structlog
 
 from common.logs import error_text
 from scaler.billing import SpendLedger
+from scaler.health_record import BackendHealth, HealthReading, HealthRecord, degraded_fields
 from scaler.job_duration import DurationFromCounters
 from scaler.ledger import (
     UNREADABLE,
@@ -106,8 +107,12 @@ class ScalerLoop:
         state_file: Path | None = None,
         tick_deadline_s: float | None = None,
         queue_outage_hold_s: float | None = None,
+        backend_health: BackendHealth | None = None,
     ) -> None:
         self.config = config
+        # A single backend's health, judged as a fleet's providers are: shown in the decision line and saved in
+        # the state file for `status`; the policy decides as before (there is nowhere to fall back to).
+        self.backend_health = backend_health
         # How long a queue manager that cannot be read holds the count (None: for ever); then down to the floor.
         self.queue_outage_hold_s = queue_outage_hold_s
         self.tick_deadline_s = tick_deadline(interval_s, tick_deadline_s)
@@ -191,6 +196,9 @@ class ScalerLoop:
 
     async def _decide_and_apply(self, deadline: float) -> Decision:
         observation = await self.observe(deadline)
+        if self.backend_health is not None:
+            view = self.last_view if observation.verda_error is None else None
+            self.backend_health.see(view, observation.verda_error, self.on_backend or 0, observation.now)
         decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
         self.state = decision.new_state
         if observation.deployment_status == PAUSED:
@@ -202,7 +210,8 @@ class ScalerLoop:
         self._record(decision, observation, outcome, apply_error)
         if self.state_file is not None:
             try:
-                save_policy_state(self.state_file, self.state, billing_of(self.config))
+                health = self.backend_health.record(observation.now) if self.backend_health is not None else None
+                save_policy_state(self.state_file, self.state, billing_of(self.config), health)
             except OSError as exc:
                 log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
                           hint="the scaler goes on from its memory; a restart now would start afresh")
@@ -373,13 +382,26 @@ class ScalerLoop:
         }
         if apply_error:
             fields["apply_error"] = apply_error
+        degraded = self._backend_degraded(observation.now)
+        fields.update(degraded)
         failures = self.state.consecutive_failures
         if apply_error or failures >= self.failure_alert_after:
             log.error("Scaling decision", consecutive_failures=failures, **fields)
-        elif observation.failed or observation.deployment_status in (PAUSED, QUOTA_REACHED):
+        elif observation.failed or observation.deployment_status in (PAUSED, QUOTA_REACHED) or degraded:
             log.warning("Scaling decision", **fields)
         else:
             log.info("Scaling decision", **fields)
+
+
+    def _backend_degraded(self, now: float) -> dict[str, Any]:
+        """The single backend's degradation for the decision line (``degraded``, ``degraded_detail``,
+        ``retry_in_s``…), as `status` shows a fleet's provider; empty while it is in service. Without it, local
+        workers crash-looping read `steady` at info: only warnings and comfy_scaler_actual_replicas said so."""
+        if self.backend_health is None:
+            return {}
+        reading = HealthReading(self.backend_health.record(now))
+        fields = degraded_fields(reading, self.backend_health.name, now)
+        return {name: value for name, value in fields.items() if value is not None} if fields["degraded"] else {}
 
 
 # --- memory across processes, for `comfy-scaler once` run from cron ---------------------------------------
@@ -390,13 +412,26 @@ def billing_of(config: ScalingConfig) -> BillingRule:
     return BillingRule(interval_s=config.billing_interval_s, anchor=config.billing_anchor)
 
 
-def save_policy_state(path: Path, state: PolicyState, billing: BillingRule | None = None) -> None:
+def save_policy_state(
+    path: Path, state: PolicyState, billing: BillingRule | None = None, health: HealthRecord | None = None
+) -> None:
     """Write atomically, so a cron run killed mid-write leaves the previous state intact. ``billing``: the rule
-    the ledger's intervals were counted in, saved beside them."""
+    the ledger's intervals were counted in, saved beside them; ``health``: the backend's, for `status`."""
     content = asdict(state)
     if billing is not None:
         content["billing"] = billing.to_json()
+    if health is not None:
+        content["health"] = health.to_json()
     write_json_atomically(path, content)
+
+
+def saved_health(path: Path) -> Any:
+    """The ``health`` record a running scaler saved in its state file; None without one (or without the file)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, *UNREADABLE):
+        return None
+    return raw.get("health") if isinstance(raw, dict) else None
 
 
 def load_policy_state(path: Path, billing: BillingRule | None = None, *, read_only: bool = False) -> PolicyState:

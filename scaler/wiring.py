@@ -202,8 +202,18 @@ async def build_fleet(
     except BaseException:
         await asyncio.gather(*(backend.aclose() for _, backend in built), return_exceptions=True)
         raise
-    config = AllocatorConfig(
-        providers=tuple(m.spec for m in members),
+    config = allocator_config(settings, tuple(m.spec for m in members))
+    alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
+    # A tick reads, may write while placing, then writes: each provider call gets a quarter of the tick.
+    return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
+                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings),
+                        member_timeout_s=tick_deadline(settings.interval_s, settings.tick_deadline_s) / 4)
+
+
+def allocator_config(settings: ScalerSettings, providers: tuple[ProviderSpec, ...]) -> AllocatorConfig:
+    """How providers are judged (SCALER_FALLBACK_*) and capped: a fleet's, or a single backend's health alone."""
+    return AllocatorConfig(
+        providers=providers,
         error_ticks=settings.fallback_error_ticks,
         start_deadline_s=settings.fallback_start_deadline_s,
         retry_after_s=settings.fallback_retry_s,
@@ -211,11 +221,6 @@ async def build_fleet(
         max_spend_per_hour=settings.max_spend_per_hour,
         max_spend_per_day=settings.max_spend_per_day,
     )
-    alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
-    # A tick reads, may write while placing, then writes: each provider call gets a quarter of the tick.
-    return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
-                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings),
-                        member_timeout_s=tick_deadline(settings.interval_s, settings.tick_deadline_s) / 4)
 
 
 def retired_providers(settings: ScalerSettings, ledger: CostLedger) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from scaler.cli import main
 from scaler.config import load_settings
-from scaler.loop import ScalerLoop
+from scaler.loop import ScalerLoop, saved_health
 from scaler.policy import ScalingConfig
 from scaler.providers import BackendView, LocalBackend
 from scaler.providers.local import FAILED_START_S, MIN_READY_S, RESTART_BACKOFF_MAX_S
@@ -24,6 +26,7 @@ from scaler.wiring import worker_environment
 from standins.comfyui import ComfyUISimulator
 
 from ..conftest import ManualClock
+from .conftest import operator_env_with, running_scaler, sigterm_and_wait
 
 # A stand-in replica: marks itself ready (after installing its SIGTERM disposition), then sleeps.
 SLEEPER = (
@@ -397,3 +400,41 @@ async def test_a_healthy_worker_s_idle_exits_restart_at_every_tick_and_it_stays_
             assert (backend.starts, view.ready) == (2 + 2 * ticks, 2)
     finally:
         await backend.aclose()
+
+
+async def test_a_single_local_backend_s_crash_loop_shows_in_the_decision_line_and_in_status(
+    cli_env, monkeypatch, qm, tmp_path, capsys, wait
+):
+    """Drill: SCALER_BACKEND=local alone, its workers refusing their settings (exit 2 within a second): the
+    decision line read `steady` at info and `status` showed nothing of it; only `local_replica_exited` warnings and
+    comfy_scaler_actual_replicas did. Now it is judged as a fleet judges its local provider (start deadline) and
+    shown, while the policy decides as before."""
+    qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+    state_file = tmp_path / "scaler.json"
+    env = operator_env_with(cli_env, monkeypatch, {
+        "SCALER_BACKEND": "local",
+        "COMFYUI_URL": "not-a-url",  # what the workers refuse (the scaler does not read it)
+        "SCALER_STATE_FILE": str(state_file),
+        "SCALER_INTERVAL_S": "1",
+        "SCALER_FALLBACK_START_DEADLINE_S": "2",
+    })
+    async with running_scaler({**os.environ, **env}) as process:
+        await wait(lambda: "local" in ((saved_health(state_file) or {}).get("degraded") or {}), timeout=30)
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["status", "--json"]) == 0
+        health = json.loads(capsys.readouterr().out)["health"]
+        assert (health["known"], health["backend"], health["degraded"]) == (True, "local", "start_deadline")
+        assert health["degraded_detail"].startswith("replicas not ready after") and health["retry_in_s"] > 0
+        assert await asyncio.to_thread(main, ["status"]) == 0
+        out = capsys.readouterr().out
+        assert "local: start_deadline: replicas not ready after" in out, out
+        err = await sigterm_and_wait(process)
+    assert process.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    [degraded] = [line for line in lines if line["event"] == "Provider degraded"]
+    assert (degraded["provider"], degraded["reason"], degraded["level"]) == ("local", "start_deadline", "warning")
+    decisions = [line for line in lines if line["event"] == "Scaling decision" and "degraded" in line]
+    assert decisions, "no decision line said the backend is degraded"
+    for decision in decisions:
+        assert (decision["degraded"], decision["level"]) == ("start_deadline", "warning")
+        assert (decision["reason"], decision["desired"]) == ("steady", 1), "the policy decides as before"
