@@ -8,8 +8,8 @@ otherwise), and per-second billing from creation until the pod stops or is termi
 of "billed per second"; RunPod does not say whether provisioning time is billed, so the fake counts it).
 
 Tests steer it with `fail_next` (fault injection, optionally after the request took effect), `delay_next` (an
-answer that comes after the caller gave up), `latency_s` (a slow API), `hold_writes` (pod stops and
-terminations wait for one another), `listing_lag_s` (GET /pods lists a new pod only that long after its
+answer that comes after the caller gave up), `latency_s` (a slow API), `hold_writes` (pod creations, stops
+and terminations wait for one another), `listing_lag_s` (GET /pods lists a new pod only that long after its
 creation), `capacity`, `balance_usd`, `exit_pod` (the container stops on its own) and read `requests`,
 `most_in_flight` and `billed_usd()`.
 """
@@ -209,9 +209,9 @@ class FakeRunPod(FakeApi):
         self._answer_delays.append((path, method.upper() if method else None, seconds))
 
     def hold_writes(self, until_in_flight: int | None = None) -> None:
-        """From now on a pod's actions (stop, start, ...) and terminations are held, not carried out, until
-        ``until_in_flight`` requests are in flight at once, or until ``release_writes``: a caller that sends them
-        one at a time waits for ever."""
+        """From now on pod creations, a pod's actions (stop, start, ...) and terminations are held, not carried
+        out, until ``until_in_flight`` requests are in flight at once, or until ``release_writes``: a caller that
+        sends them one at a time waits for ever."""
         self._writes_gate, self._writes_open_at = asyncio.Event(), until_in_flight
 
     def release_writes(self) -> None:
@@ -439,6 +439,7 @@ class FakeRunPod(FakeApi):
         return web.json_response(self._pod_json(self._pod(request)))
 
     async def _create_pod(self, request: web.Request) -> web.Response:
+        await self._held()
         body = await request.json()
         self._validate_create(body)
         self._check_capacity_and_balance(body)

@@ -16,7 +16,7 @@ import pytest
 
 import scaler
 from demo.providers import POD_BODY
-from scaler.providers.runpod.backend import STOP_CONCURRENCY, RunPodBackend
+from scaler.providers.runpod.backend import CALL_CONCURRENCY, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -24,7 +24,7 @@ from standins.runpod import FakeRunPod
 from ..conftest import wait_for
 from .conftest import DEPLOYMENT, RUNPOD_KEY
 
-PODS = STOP_CONCURRENCY + 2
+PODS = CALL_CONCURRENCY + 2
 SCALER_CODE = Path(scaler.__file__).parent
 UNHEALTHY = {"status": "unhealthy", "reason": "ComfyUI process exited unexpectedly with code 1"}
 
@@ -46,14 +46,14 @@ async def test_pause_stops_the_pods_at_once_never_more_than_the_bound(backend: R
     fake_runpod.hold_writes()
     pausing = asyncio.create_task(backend.pause())
     async with asyncio.timeout(10):  # one at a time, the second stop is never sent: fails here, does not hang
-        await wait_for(lambda: fake_runpod.in_flight >= STOP_CONCURRENCY)
+        await wait_for(lambda: fake_runpod.in_flight >= CALL_CONCURRENCY)
     await asyncio.sleep(0.2)  # time for a request past the bound to arrive, if one were sent
-    assert fake_runpod.in_flight == STOP_CONCURRENCY, "more pods stopped at once than the bound"
+    assert fake_runpod.in_flight == CALL_CONCURRENCY, "more pods stopped at once than the bound"
     fake_runpod.release_writes()
     async with asyncio.timeout(10):
         await pausing
     assert fake_runpod.live_pods() == [] and fake_runpod.pods == {}, "every pod stopped, then terminated"
-    assert fake_runpod.most_in_flight == STOP_CONCURRENCY
+    assert fake_runpod.most_in_flight == CALL_CONCURRENCY
     assert stops(fake_runpod) == PODS
 
 
@@ -80,7 +80,7 @@ async def test_a_pause_cancelled_mid_stop_leaves_no_call_running(backend: RunPod
     fake_runpod.hold_writes()
     pausing = asyncio.create_task(backend.pause())
     async with asyncio.timeout(10):
-        await wait_for(lambda: fake_runpod.in_flight >= STOP_CONCURRENCY)
+        await wait_for(lambda: fake_runpod.in_flight >= CALL_CONCURRENCY)
     pausing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pausing
@@ -90,7 +90,7 @@ async def test_a_pause_cancelled_mid_stop_leaves_no_call_running(backend: RunPod
     fake_runpod.release_writes()
     await wait_for(lambda: fake_runpod.in_flight == 0)
     assert len(fake_runpod.requests) == sent, "no stop or terminate sent after the cancellation"
-    assert stops(fake_runpod) == STOP_CONCURRENCY
+    assert stops(fake_runpod) == CALL_CONCURRENCY
 
 
 async def test_pods_unhealthy_together_are_replaced_at_once(backend: RunPodBackend, fake_runpod: FakeRunPod):

@@ -37,11 +37,11 @@ REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
-# Pods stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it announces
-# in RateLimit-Policy), not how many are in flight: the bound spreads a large scale-down's burst without changing how
-# many calls it takes. 10 is twice the default SCALER_RUNPOD_MAX_REPLICAS: the kill switch stops such a fleet in one
-# round, the time of one stop and one terminate, where one after another it took the sum of them all.
-STOP_CONCURRENCY = 10
+# Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
+# announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
+# without changing how many calls it takes. 10 is twice the default SCALER_RUNPOD_MAX_REPLICAS: such a fleet is asked
+# for, or stopped by the kill switch, in one round, the time of one call, where one after another it took the sum.
+CALL_CONCURRENCY = 10
 
 
 class RunPodBackend:
@@ -171,12 +171,8 @@ class RunPodBackend:
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
         terminated = await _each_pod([*(partial(self._terminate, pod) for pod in dead),
                                       *(partial(self._stop_then_terminate, pod) for pod in surplus)])
-        wrote = bool(surplus) or any(terminated)
-        for _ in range(target - len(live) - len(self._unlisted)):
-            if not await self._create():
-                break
-            wrote = True
-        return wrote
+        created = await self._create_missing(target - len(live) - len(self._unlisted))
+        return created or bool(surplus) or any(terminated)
 
     async def _restart_unhealthy(self, pods: list[Pod]) -> bool:
         """What Verda does on failed probes: a pod whose /health says "unhealthy" again and again is replaced."""
@@ -201,7 +197,20 @@ class RunPodBackend:
         if stopped is None or stopped.status in DEAD_STATUSES:
             await self._terminate(pod)
 
-    async def _create(self) -> bool:
+    async def _create_missing(self, missing: int) -> bool:
+        """Ask for ``missing`` pods at once; True when any was made. Once RunPod refuses one, no pod is asked for
+        beyond those already in flight. While it refuses, one create asks whether it still does before the others
+        follow: each observe's one call, not one per missing pod, to notice that capacity is back."""
+        refused = asyncio.Event()  # set by this reconcile's first refusal
+        made: list[bool] = []
+        if self.refusal is not None and missing > 0:
+            made = await _each_pod([partial(self._create, refused)])
+        made += await _each_pod(partial(self._create, refused) for _ in range(missing - len(made)))
+        return any(made)
+
+    async def _create(self, refused: asyncio.Event) -> bool:
+        if refused.is_set():  # waited for a slot while another create was refused
+            return False
         name = f"{self.name}-{secrets.token_hex(4)}"
         self._unlisted[name] = self._clock()
         try:
@@ -214,18 +223,19 @@ class RunPodBackend:
             if self.refusal is None:
                 log.warning("runpod_create_refused", status=error.status, detail=error.detail)
             self.refusal = f"{error.status} {error.detail}"
+            refused.set()
             return False
-        if self.refusal is not None:
+        if self.refusal is not None and not refused.is_set():  # unless another pod of this reconcile was refused
             log.info("runpod_create_accepted_again", previous_refusal=self.refusal)
-        self.refusal = None
+            self.refusal = None
         log.info("runpod_pod_created", pod=pod.id, name=name)
         return True
 
 
 async def _each_pod(calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Every call made, at most STOP_CONCURRENCY at once; then the first failure is raised: a pod refusing its stop
+    """Every call made, at most CALL_CONCURRENCY at once; then the first failure is raised: a pod refusing its stop
     must not keep the others running, and billed. Cancelled, it ends every call under way before it returns."""
-    slots = asyncio.Semaphore(STOP_CONCURRENCY)
+    slots = asyncio.Semaphore(CALL_CONCURRENCY)
 
     async def bounded(call: Callable[[], Awaitable[T]]) -> T:
         async with slots:
