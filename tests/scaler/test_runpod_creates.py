@@ -106,12 +106,14 @@ async def test_a_create_refused_outright_forgets_its_name_and_one_cut_off_keeps_
         backend = backend_of(fake, wall)
         try:
             fake.fail_next("/pods", 409, method="POST")
-            with pytest.raises(RunPodAPIError) as raised:
+            with capture_logs() as logs, pytest.raises(RunPodAPIError) as raised:
                 await backend.apply(3)
             assert raised.value.status == 409
             made = {pod.name for pod in fake.pods.values()}
             asked = {request.json["name"] for request in fake.requests_to("/pods", "POST")}
             assert len(made) == 2 and len(asked) == 3 and set(backend._unlisted) == made
+            [failed] = events(logs, "runpod_pod_call_failed")
+            assert [failed["pod"]] == list(asked - made) and "RunPod API error 409 on POST /pods" in failed["error"]
             fake.delay_next("/pods", 2.5, method="POST")
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(1):

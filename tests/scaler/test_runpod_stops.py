@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 import scaler
 from demo.providers import POD_BODY
@@ -71,6 +72,23 @@ async def test_one_pod_refusing_its_stop_leaves_the_others_stopped_and_the_error
     assert stops(fake_runpod) == 4
     await backend.pause()  # and the next reconcile stops the one left
     assert fake_runpod.pods == {}
+
+
+async def test_each_pod_refusing_its_stop_is_logged_not_only_the_first(backend: RunPodBackend, fake_runpod):
+    """Only the first failure was raised, and so logged: a second pod left running (billed) was named nowhere."""
+    await backend.apply(4)
+    refusing = sorted(fake_runpod.pods)[:2]
+    for pod_id in refusing:
+        fake_runpod.fail_next(f"/pods/{pod_id}/action", 400, method="POST")
+    with capture_logs() as logs, pytest.raises(RunPodAPIError):
+        await backend.pause()
+    failed = [entry for entry in logs if entry["event"] == "runpod_pod_call_failed"]
+    assert sorted(entry["pod"] for entry in failed) == refusing
+    assert all(entry["log_level"] == "warning" for entry in failed)
+    for entry in failed:
+        assert f"RunPod API error 400 on POST /pods/{entry['pod']}/action" in entry["error"]
+    assert RUNPOD_KEY not in repr(logs)
+    assert sorted(fake_runpod.pods) == refusing, "the other two stopped and terminated"
 
 
 async def test_a_pause_cancelled_mid_stop_leaves_no_call_running(backend: RunPodBackend, fake_runpod: FakeRunPod):

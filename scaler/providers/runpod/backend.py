@@ -90,7 +90,7 @@ class RunPodBackend:
                 wrote = await self._restart_unhealthy(pods) if self._target() else False
                 wrote |= await self._reconcile(pods if not wrote else await self._our_pods())
             except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError) as error:
-                log.warning("runpod_reconcile_failed", error=str(error) or type(error).__name__)
+                log.warning("runpod_reconcile_failed", error=_error_text(error))
                 wrote = True
             if wrote:
                 pods = await self._our_pods()
@@ -169,8 +169,8 @@ class RunPodBackend:
         surplus = _surplus(live, target)
         for pod in surplus:
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
-        terminated = await _each_pod([*(partial(self._terminate, pod) for pod in dead),
-                                      *(partial(self._stop_then_terminate, pod) for pod in surplus)])
+        terminated = await _each_pod([*((pod.id, partial(self._terminate, pod)) for pod in dead),
+                                      *((pod.id, partial(self._stop_then_terminate, pod)) for pod in surplus)])
         created = await self._create_missing(target - len(live) - len(self._unlisted))
         return created or bool(surplus) or any(terminated)
 
@@ -180,7 +180,7 @@ class RunPodBackend:
         judged = await self.health.unhealthy(running)
         for pod_id, reason in judged.items():
             log.warning("runpod_pod_unhealthy", pod=pod_id, reason=reason)
-        await _each_pod(partial(self._replace_unhealthy, running[pod_id]) for pod_id in judged)
+        await _each_pod((pod_id, partial(self._replace_unhealthy, running[pod_id])) for pod_id in judged)
         return bool(judged)
 
     async def _replace_unhealthy(self, pod: Pod) -> None:
@@ -204,14 +204,17 @@ class RunPodBackend:
         refused = asyncio.Event()  # set by this reconcile's first refusal
         made: list[bool] = []
         if self.refusal is not None and missing > 0:
-            made = await _each_pod([partial(self._create, refused)])
-        made += await _each_pod(partial(self._create, refused) for _ in range(missing - len(made)))
+            made = await _each_pod(self._creates(1, refused))
+        made += await _each_pod(self._creates(missing - len(made), refused))
         return any(made)
 
-    async def _create(self, refused: asyncio.Event) -> bool:
+    def _creates(self, count: int, refused: asyncio.Event) -> list[tuple[str, Callable[[], Awaitable[bool]]]]:
+        names = (f"{self.name}-{secrets.token_hex(4)}" for _ in range(count))
+        return [(name, partial(self._create, name, refused)) for name in names]
+
+    async def _create(self, name: str, refused: asyncio.Event) -> bool:
         if refused.is_set():  # waited for a slot while another create was refused
             return False
-        name = f"{self.name}-{secrets.token_hex(4)}"
         self._unlisted[name] = self._clock()
         try:
             pod = await self.client.create_pod({"name": name, **self.pod_body})
@@ -232,20 +235,30 @@ class RunPodBackend:
         return True
 
 
-async def _each_pod(calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-    """Every call made, at most CALL_CONCURRENCY at once; then the first failure is raised: a pod refusing its stop
-    must not keep the others running, and billed. Cancelled, it ends every call under way before it returns."""
+async def _each_pod(calls: Iterable[tuple[str, Callable[[], Awaitable[T]]]]) -> list[T]:
+    """Each call (the pod's id, or a new pod's name, and the call) made, at most CALL_CONCURRENCY at once; each
+    failure logged with its pod, then the first raised: a pod refusing its stop must not keep the others running,
+    and billed, nor go unnamed. Cancelled, it ends every call under way before it returns."""
     slots = asyncio.Semaphore(CALL_CONCURRENCY)
+    calls = list(calls)
 
     async def bounded(call: Callable[[], Awaitable[T]]) -> T:
         async with slots:
             return await call()
 
-    results = await settled(bounded(call) for call in calls)
-    failure = next((result for result in results if isinstance(result, Exception)), None)
-    if failure is not None:
-        raise failure
+    results = await settled(bounded(call) for _, call in calls)
+    failures = [(pod, result) for (pod, _), result in zip(calls, results, strict=True) if isinstance(result, Exception)]
+    for pod, error in failures:
+        log.warning("runpod_pod_call_failed", pod=pod, error=_error_text(error))
+    if failures:
+        raise failures[0][1]
     return results  # type: ignore[return-value]  # no Exception left
+
+
+def _error_text(error: Exception) -> str:
+    """What RunPod answered (RunPodAPIError: status, request, problem detail) or the error's own text; never the
+    API key, which travels only in a header."""
+    return str(error) or type(error).__name__
 
 
 def _surplus(live: list[Pod], target: int) -> list[Pod]:
