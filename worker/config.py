@@ -37,6 +37,10 @@ class WorkerSettings(LogSettings):
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
     serverless_max_idle_polls: int = Field(default=10, ge=1, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
     serverless_job_limit: int = Field(default=0, ge=0, validation_alias="SERVERLESS_JOB_LIMIT")
+    # 0 = never. Longer than a queue-manager restart (a minute or two), about one of Verda's 10-min billing intervals.
+    serverless_max_unreachable_s: float = Field(
+        default=600.0, ge=0, le=DAY_S, validation_alias="SERVERLESS_MAX_UNREACHABLE_S"
+    )
     inference_provider: str = Field(default="local", min_length=1, validation_alias="INFERENCE_PROVIDER")
     health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")

@@ -60,6 +60,7 @@ HOUSEKEEPING_WAIT_S = 2 * MIN_QUESTION_S
 # heals, and the replica would bill for ever (about 6 s of refusals at the default poll interval). Not one: a
 # proxy's refusal during a deploy is a blip.
 MAX_REFUSED_POLLS = 3
+EXIT_FATAL = 1
 EXIT_CONFIGURATION = 2
 
 T = TypeVar("T")
@@ -156,7 +157,8 @@ class Worker:
         log.info(
             "Worker started", worker_id=s.worker_id, version=__version__, provider=s.inference_provider,
             serverless=s.serverless_mode, max_idle_polls=s.serverless_max_idle_polls,
-            job_limit=s.serverless_job_limit, queue_manager=redact_url(s.queue_base_url),
+            job_limit=s.serverless_job_limit, max_unreachable_s=s.serverless_max_unreachable_s,
+            queue_manager=redact_url(s.queue_base_url),
             comfyui=redact_url(s.comfyui_base_url), outputs_path=str(s.outputs_path),
             shutdown_grace_s=s.shutdown_grace_s, platform_kill_delay_s=s.platform_kill_delay_s,
         )
@@ -249,6 +251,10 @@ class Worker:
         s = self.settings
         backoff = s.poll_interval_s
         refused = 0
+        # Polls failing in a row: since the first one's start, and how many. Failed polls are not idle ones (a queue
+        # manager restarting must not end every worker), so only SERVERLESS_MAX_UNREACHABLE_S ends this wait.
+        unanswered_since: float | None = None
+        unanswered_polls = 0
         while not self._stop.is_set():
             if s.serverless_mode and 0 < s.serverless_job_limit <= self.state.jobs_finished:
                 log.info("Serverless job limit reached", jobs_finished=self.state.jobs_finished)
@@ -256,6 +262,7 @@ class Worker:
             if not await self._comfyui_answering():
                 break
             await self._sweep_staging_if_due()
+            poll_started = time.monotonic()
             try:
                 async with self.state.beating(self._beat_interval_s):  # a slow queue is not a wedged loop
                     raw = await self._unless_stopped(self.queue.next_job(), grace_s=self._grace_left_s)
@@ -270,12 +277,19 @@ class Worker:
                               refused_polls=refused)
                     self._exit_reason = str(exc)
                     return EXIT_CONFIGURATION
-                log.warning("Poll failed; backing off", error=str(exc), retry_in_s=round(backoff, 2))
-                await self._sleep(backoff)
+                unanswered_since = poll_started if unanswered_since is None else unanswered_since
+                unanswered_polls += 1
+                left_s = self._unanswered_left_s(unanswered_since)
+                if left_s <= 0:
+                    return self._give_up_on_the_queue(unanswered_since, unanswered_polls, exc)
+                wait_s = min(backoff, left_s)  # the last poll at the bound, not up to MAX_POLL_BACKOFF_S after it
+                log.warning("Poll failed; backing off", error=str(exc), retry_in_s=round(wait_s, 2))
+                await self._sleep(wait_s)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
                 continue
             backoff = s.poll_interval_s
             refused = 0
+            unanswered_since, unanswered_polls = None, 0
             self.state.poll_answered()
             if raw is None:
                 self.state.idle_poll()
@@ -293,6 +307,30 @@ class Worker:
             if not self._stop.is_set():
                 self.state.set_phase(Phase.IDLE)
         return self._exit_code()
+
+    def _unanswered_left_s(self, since: float) -> float:
+        """What is left of SERVERLESS_MAX_UNREACHABLE_S for polls failing since ``since``; infinite in always-on
+        mode or with 0 (never give up)."""
+        s = self.settings
+        if not s.serverless_mode or s.serverless_max_unreachable_s == 0:
+            return math.inf
+        return since + s.serverless_max_unreachable_s - time.monotonic()
+
+    def _give_up_on_the_queue(self, since: float, polls: int, exc: PollError) -> int:
+        """No poll answered for SERVERLESS_MAX_UNREACHABLE_S: a wrong QUEUE_MANAGER_URL or a firewall never heals,
+        and the replica would bill for ever while the scaler, reading the queue its own way, adds more."""
+        s = self.settings
+        url = redact_url(s.queue_base_url)
+        tried_s = round(time.monotonic() - since, 1)
+        log.error(
+            "Queue manager unreachable; exiting", queue_manager_url=url, tried_s=tried_s, failed_polls=polls,
+            max_unreachable_s=s.serverless_max_unreachable_s, error=str(exc),
+            fix="check QUEUE_MANAGER_URL (the queue manager's base URL, without /api) and that this replica can "
+            "reach it; SERVERLESS_MAX_UNREACHABLE_S is how long the worker tries",
+        )  # fmt: skip
+        self._exit_reason = (f"no poll of the queue manager at QUEUE_MANAGER_URL {url} answered for {tried_s:g} s "
+                             f"(SERVERLESS_MAX_UNREACHABLE_S {s.serverless_max_unreachable_s:g}): {exc}")
+        return EXIT_FATAL
 
     async def _sweep_staging_if_due(self) -> None:
         """At start and hourly between jobs: remove deliveries left by workers killed mid-way (worker/outputs.py)."""

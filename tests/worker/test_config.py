@@ -30,12 +30,14 @@ def test_defaults_match_the_platform(monkeypatch):
     assert (settings.poll_interval_s, settings.serverless_mode, settings.serverless_max_idle_polls) == (2.0, False, 10)
     assert (settings.serverless_job_limit, settings.inference_provider, settings.health_port) == (0, "local", 8000)
     assert str(settings.outputs_path) == "/outputs" and settings.shutdown_grace_s == 25
+    assert settings.serverless_max_unreachable_s == 600, "longer than a queue manager restart"
     assert settings.worker_id and settings.worker_id != load_settings().worker_id, "unique per container"
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("QUEUE_MANAGER_URL", "not a url"), ("SERVERLESS_MODE", "maybe"), ("JOB_TIMEOUT_S", "0"), ("LOG_FORMAT", "xml")],
+    [("QUEUE_MANAGER_URL", "not a url"), ("SERVERLESS_MODE", "maybe"), ("JOB_TIMEOUT_S", "0"), ("LOG_FORMAT", "xml"),
+     ("SERVERLESS_MAX_UNREACHABLE_S", "-1"), ("SERVERLESS_MAX_UNREACHABLE_S", "inf")],
 )
 def test_bad_values_are_named(monkeypatch, variable, value):
     monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com")
