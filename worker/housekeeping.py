@@ -107,6 +107,7 @@ class ComfyUIHousekeeping:
         self._kept_entries: dict[str, frozenset[PurePosixPath]] = {}
         self._previous: PromptRun | None = None  # this worker's latest prompt
         self._freed_by_restart: list[tuple[Path, PurePosixPath]] = []  # to delete once the job is reported
+        self._temp_dir_checked = False
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -147,6 +148,22 @@ class ComfyUIHousekeeping:
                  "any more", files=len(freed), previous_prompt_id=previous.prompt_id)  # fmt: skip
         self._freed_by_restart += freed
         self._replayable, self._kept_entries = set(), {}
+
+    def check_temp_dir(self, outputs: dict[str, Any]) -> None:
+        """Once, on the first prompt this worker ran that wrote previews: warn when COMFYUI_TEMP_DIR holds none of
+        them. ComfyUI writes them to <--temp-directory>/temp; given --temp-directory itself, the worker deleted
+        nothing (a missing file is no error: ComfyUI clears its temp folder at start) and they piled up unsaid."""
+        previews = [] if self._temp_dir_checked else _files_in(self.temp_dir, outputs, "temp")
+        if not previews:
+            return
+        self._temp_dir_checked = True
+        if any((folder / relative).exists() for folder, relative in previews):
+            return
+        folder, relative = previews[0]
+        likely = folder / "temp"
+        log.warning("COMFYUI_TEMP_DIR holds none of the previews ComfyUI wrote: they are never deleted and pile up "
+                    "there; ComfyUI writes them to <--temp-directory>/temp", COMFYUI_TEMP_DIR=str(folder),
+                    preview=str(relative), found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
 
     async def delete_freed_by_restart(self) -> None:
         if self._freed_by_restart:

@@ -631,3 +631,35 @@ async def test_a_prompt_left_running_that_ignores_its_interrupt_is_tidied_once_i
     assert set(await history(comfy)) == {prompt_of(qm, later.id)}
     assert files_under(comfy.output_dir) == {path.name for path, _ in delivered(qm, later.id, Path("."))}
     assert files_under(comfy.temp_dir) == set()
+
+
+async def test_a_temp_dir_set_to_comfyuis_temp_directory_flag_is_named_once_not_left_silent(
+    qm, make_worker, workflows, tmp_path
+):
+    """ComfyUI writes previews to <--temp-directory>/temp. A bare worker given --temp-directory itself deleted
+    nothing there, silently: 876 previews were left in the drill's folder after 600 jobs. Now it says so, once."""
+    temp_directory = tmp_path / "comfy-temp-directory"  # ComfyUI's --temp-directory
+    comfy = ComfyUISimulator(tmp_path / "comfy-output", temp_directory / "temp")
+    await comfy.start()
+    try:
+        jobs = [qm.store.submit("alice", quick(workflows, color)) for color in (11, 12)]
+        worker = make_worker(comfyui_url=comfy.url, comfyui_temp_dir=temp_directory)
+        with capture_logs() as logs:
+            assert await asyncio.wait_for(worker.run(), 20) == 0
+    finally:
+        await comfy.stop()
+    assert [qm.store.get(job.id).status for job in jobs] == ["completed", "completed"]
+    [warning] = [line for line in logs if line["event"].startswith("COMFYUI_TEMP_DIR holds none of")]
+    assert warning["log_level"] == "warning"
+    assert warning["COMFYUI_TEMP_DIR"] == str(temp_directory)
+    assert warning["found_in"] == str(temp_directory / "temp"), "where the previews are: the value to set"
+    assert len(files_under(temp_directory / "temp")) == 4, "both jobs' two previews each were left there"
+
+
+async def test_a_right_temp_dir_gives_no_such_warning(qm, comfy, make_worker, workflows):
+    qm.store.submit("alice", quick(workflows, 13))
+    worker = make_worker(comfyui_temp_dir=comfy.temp_dir)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(worker.run(), 20) == 0
+    assert not [line for line in logs if line["event"].startswith("COMFYUI_TEMP_DIR holds none of")]
+    assert files_under(comfy.temp_dir) == set()
