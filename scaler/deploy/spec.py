@@ -274,6 +274,22 @@ def _token_clash(raw: dict[str, Any], names: list[Any], environ: Mapping[str, st
     return [f"QUEUE_MANAGER_URL: {clash} (for the URL's, take QUEUE_MANAGER_TOKEN out of the spec)"] if clash else []
 
 
+def _secrets_in_plain_env(env: Any) -> list[str]:
+    """The `[env]` entries that hold a secret written into the spec: a name like a secret's (HF_TOKEN) or a URL
+    with a user, password or token in it. `[env]` is sent in clear (Verda's console shows it to every member of
+    the project) and printed by --dry-run and --console; the value itself is never quoted."""
+    if not isinstance(env, dict):
+        return []
+    clear = "its value would sit in the deployment in clear and show in --dry-run and --console"
+    problems = [f"env.{name}: is named like a secret: {clear}; move it to [secrets] (a Verda secret made from "
+                f"${name})" for name in env if is_secret_parameter(name)]
+    problems += [f"env.{name}: a URL with a user, password or token in it: {clear}; move {name} to "
+                 "env_from_environment.names (the deploy makes it a Verda secret)"
+                 for name, value in env.items()
+                 if isinstance(value, str) and not is_secret_parameter(name) and url_has_credentials(value)]
+    return problems
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read."""
     try:
@@ -304,6 +320,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     missing += [f"env_from_environment.names: {n} is named like a secret: its value would sit in the deployment in "
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
                 for n in names if isinstance(n, str) and is_secret_parameter(n)]
+    missing += _secrets_in_plain_env(raw.get("env", {}))
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

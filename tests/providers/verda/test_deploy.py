@@ -364,6 +364,29 @@ async def test_a_variable_named_like_a_secret_is_refused_as_a_plain_env_var(depl
     assert "hf-value-do-not-print" not in out + err
 
 
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('HF_TOKEN = "hf-value-do-not-print"', "env.HF_TOKEN: is named like a secret"),
+        ('PROXY_URL = "https://proxy:hf-value-do-not-print@proxy.example.com"', "env.PROXY_URL: a URL with a user"),
+        ('MODELS_URL = "https://models.example.com/?sig=hf-value-do-not-print"', "env.MODELS_URL: a URL with a user"),
+    ],
+)
+async def test_a_secret_written_in_the_plain_env_table_is_refused(
+    fake: FakeVerda, deploy_env, tmp_path: Path, line: str, problem: str, capsys
+) -> None:
+    """Before: a secret the operator wrote into [env] (a token, a URL with its password) was printed by --dry-run
+    and --console and sent to Verda as a plain env var, exit 0; the same value from env_from_environment was
+    refused or made a secret. Now exit 2 naming the entry, before any call, the value never printed."""
+    spec = edited_spec(tmp_path, 'OUTPUTS_PATH = "/outputs"', f'OUTPUTS_PATH = "/outputs"\n{line}')
+    for options in (["--dry-run"], ["--console"], []):
+        assert await deploy_main([*options, "--spec", str(spec)], deploy_env) == 2
+        out, err = capsys.readouterr()
+        assert problem in err and "in clear" in err, err
+        assert "hf-value-do-not-print" not in out + err
+    assert fake.requests == []
+
+
 async def test_a_url_without_credentials_stays_plain(spec_path: Path, deploy_env) -> None:
     env = build_body(load_spec(spec_path, deploy_env))["containers"][0]["env"]
     plain = {"name": "QUEUE_MANAGER_URL", "value_or_reference_to_secret": "https://queue.example.com", "type": "plain"}
