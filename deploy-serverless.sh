@@ -7,10 +7,8 @@
 # All logic lives in scaler/deploy/ (command.py dispatches, verda.py deploys); see docs/deploy-verda.md.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")" && pwd)
-PYTHON=python3
-if [ -x "$repo/.venv/bin/python" ]; then
-  PYTHON="$repo/.venv/bin/python"
-fi
+# In the project's .venv, which ./dev creates on first use and updates when pyproject.toml changed (its lines go to
+# stderr): the system's python3 of a fresh clone has none of the dependencies (ModuleNotFoundError: structlog).
 # Run from the caller's folder, so a relative --spec is the caller's file, not one of the same name here;
 # -P keeps a folder there named like one of ours (scaler/, common/) from being imported instead.
-PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -P -m scaler.deploy "$@"
+PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$repo/dev" python -P -m scaler.deploy "$@"

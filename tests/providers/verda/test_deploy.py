@@ -194,6 +194,25 @@ def test_the_shell_wrapper_reads_a_relative_spec_from_the_callers_folder(deploy_
     assert json.loads(done.stdout)["name"] == "mine"
 
 
+def test_the_shell_wrapper_runs_in_the_venv_dev_makes_not_the_systems_python(deploy_env, tmp_path: Path) -> None:
+    """Before, a fresh clone (no .venv) ran the system's python3: `./deploy-serverless.sh --dry-run`, the first
+    command of docs/deploy-verda.md, ended in `ModuleNotFoundError: No module named 'structlog'`. Now the script
+    goes through ./dev, which creates or updates .venv first. Here a clone without .venv whose ./dev only says
+    what it was asked to run (creating a venv would download)."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    (clone / "deploy-serverless.sh").write_text((REPO / "deploy-serverless.sh").read_text())
+    (clone / "dev").write_text('#!/usr/bin/env bash\necho "dev $*"\n')
+    for script in ("deploy-serverless.sh", "dev"):
+        (clone / script).chmod(0o755)
+    done = subprocess.run(
+        [str(clone / "deploy-serverless.sh"), "--dry-run"], env={**os.environ, **deploy_env}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "dev python -P -m scaler.deploy --dry-run\n"
+
+
 # --- apply ------------------------------------------------------------------------------------
 
 
