@@ -39,6 +39,14 @@ from scaler.providers.verda.client import (
 
 # Top-level keys of a deployment that a PATCH of /container-deployments/{name} may carry (scaling has its own call).
 DEPLOYMENT_KEYS = ("is_spot", "compute", "container_registry_settings")
+# A change of these runs new containers: the replicas that were running are stopped, busy ones included.
+REPLICA_RESTARTING_KEYS = {"containers", "compute", "is_spot"}
+REPLACED_REPLICAS = (
+    "the replicas above started before this update: Verda replaces them with the new version (status"
+    " version_updating meanwhile; the order is not documented). Each gets SIGTERM: a job still running"
+    " SHUTDOWN_GRACE_S (default 25 s) later is handed back to the queue and starts again from the beginning on another"
+    " replica; none is lost"
+)
 
 
 def _covers(live: Any, wanted: Any) -> bool:
@@ -150,7 +158,8 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
         print(f"secret {secret_name}: created from ${env_name}")
 
 
-async def print_state(verda: VerdaClient, name: str) -> None:
+async def print_state(verda: VerdaClient, name: str) -> int:
+    """Print status, scaling bounds and replicas; the number of replicas."""
     print(f"status: {await verda.get_status(name)}")
     scaling = await verda.get_scaling_options(name)
     print(f"scaling: min {scaling.get('min_replica_count')} max {scaling.get('max_replica_count')}")
@@ -159,6 +168,7 @@ async def print_state(verda: VerdaClient, name: str) -> None:
     for replica in replicas:
         since = replica.started_at.isoformat() if replica.started_at else "?"
         print(f"  {replica.id} {replica.status} since {since}")
+    return len(replicas)
 
 
 async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
@@ -167,6 +177,7 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
     name = body["name"]
     await ensure_secrets(verda, spec, environ)
     live = await verda.find_deployment(name)
+    replaced = False
     if live is None:
         live = await verda.create_deployment(body)
         print(f"deployment {name}: created")
@@ -176,6 +187,7 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
             described = describe_changes(changes, live)
             live = await verda.update_deployment(name, changes) or live
             print(f"deployment {name}: updated ({described})")
+            replaced = bool(changes.keys() & REPLICA_RESTARTING_KEYS)
         else:
             print(f"deployment {name}: unchanged")
         scaling = scaling_changes(body["scaling"], await verda.get_scaling_options(name))
@@ -186,7 +198,8 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
             print("scaling: unchanged")
     if endpoint := live.get("endpoint_base_url"):
         print(f"endpoint: {endpoint}")
-    await print_state(verda, name)
+    if await print_state(verda, name) and replaced:
+        print(REPLACED_REPLICAS)
 
 
 async def delete(verda: VerdaClient, name: str) -> None:

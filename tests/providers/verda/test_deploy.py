@@ -238,6 +238,29 @@ async def test_apply_creates_then_updates_in_place(fake: FakeVerda, deploy_env, 
     assert len(fake.requests_to("/container-deployments", "POST")) == 1
 
 
+async def test_a_redeploy_that_replaces_running_replicas_says_what_becomes_of_their_jobs(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before, a new image deployed over 2 running replicas printed `updated (containers: image …)` and the two
+    replicas as if nothing would happen to them; Verda replaces them, stopping busy ones. Now a line says so and
+    what becomes of their jobs; an update that restarts nothing (scaling only) and an empty deployment say nothing."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.deployments[NAME].body["scaling"].update(min_replica_count=2, max_replica_count=2)  # the scaler's pin
+    assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.2.0"}) == 0
+    out = capsys.readouterr().out
+    assert "replicas: 2" in out
+    last = out.rstrip().splitlines()[-1]
+    assert "Verda replaces them" in last and "handed back to the queue" in last, out
+    fake.deployments[NAME].body["scaling"]["scale_down_policy"] = {"delay_seconds": 60}
+    assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.2.0"}) == 0
+    out = capsys.readouterr().out
+    assert "scaling: updated" in out and "replicas: 2" in out and "SIGTERM" not in out
+    fake.deployments[NAME].body["scaling"].update(min_replica_count=0, max_replica_count=0)
+    assert await deploy_main([], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert "updated (containers" in out and "replicas: 0" in out and "SIGTERM" not in out
+
+
 async def test_a_second_apply_changes_nothing(fake: FakeVerda, deploy_env, capsys) -> None:
     """Documented as "changes only what differs": against Verda's real answers (image objects, no scaling in
     the GET) a redeploy of the same spec sends no PATCH at all."""
