@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from common.http_answers import AnswerTooLarge
+from common.settings import misspelling_of
 from scaler.deploy.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -27,7 +28,15 @@ from scaler.deploy.errors import (
     print_error,
     unreachable,
 )
-from scaler.deploy.spec import DEFAULT_SPEC_PATH, DeploymentSpec, SpecError, build_body, load_spec
+from scaler.deploy.spec import (
+    DEFAULT_SPEC_PATH,
+    ENV_OVERRIDES,
+    SHARED_VOLUME_ENVS,
+    DeploymentSpec,
+    SpecError,
+    build_body,
+    load_spec,
+)
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
     DEFAULT_BASE_URL,
@@ -218,6 +227,17 @@ HAS_CONSOLE = True  # --console prints the walkthrough values (scaler/deploy/ver
 CLIENT_ENV = ("VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "VERDA_API_URL")
 
 
+def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line per variable of ``environ`` one typo away from one the deploy reads: it would be ignored and the
+    spec's value deployed in its place (VERDA_COMPUTER=A100 deployed the spec's H100, exit 0). The deploy reads
+    its variables as written, so a lower-case one is a typo too."""
+    known = {*ENV_OVERRIDES, *SHARED_VOLUME_ENVS.values(), *CLIENT_ENV}
+    near = {variable: variable.upper() if variable.upper() in known else misspelling_of(variable, known)
+            for variable in environ if variable not in known}
+    return [f"{variable}: the deploy reads no variable of this name (the spec's value would be deployed instead):"
+            f" did you mean {name}?" for variable, name in sorted(near.items()) if name]
+
+
 def make_client(environ: Mapping[str, str]) -> VerdaClient:
     client_id, client_secret = environ.get("VERDA_CLIENT_ID"), environ.get("VERDA_CLIENT_SECRET")
     if not client_id or not client_secret:
@@ -249,10 +269,14 @@ def _explain(error: VerdaAPIError) -> str:
 
 
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    misspelt = misspelt_variables(environ)
     try:
         spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
     except SpecError as error:
-        print(error, file=sys.stderr)
+        print(SpecError(error.problems + misspelt), file=sys.stderr)
+        return EXIT_USAGE
+    if misspelt:
+        print(SpecError(misspelt), file=sys.stderr)
         return EXIT_USAGE
     if args.console:
         print("\n".join(console_lines(spec)))

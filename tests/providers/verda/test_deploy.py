@@ -162,6 +162,30 @@ async def test_dry_run_is_refused_for_anything_but_apply(fake: FakeVerda, deploy
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("VERDA_COMPUTER", "VERDA_COMPUTE"),
+        ("VERDA_MAX_REPLICA", "VERDA_MAX_REPLICAS"),
+        ("verda_is_spot", "VERDA_IS_SPOT"),
+    ],
+)
+async def test_a_misspelt_deploy_variable_is_refused_not_replaced_by_the_specs_value(
+    fake: FakeVerda, deploy_env, typo: str, meant: str, capsys
+) -> None:
+    """Before, VERDA_COMPUTER=A100 was ignored: the spec's H100 was created, exit 0, nothing said (and a typo'd
+    VERDA_IMAGES read as the OWNER placeholder, with no word of the variable). Now exit 2 naming it."""
+    for options in (["--dry-run"], []):
+        assert await deploy_main(options, {**deploy_env, typo: "A100"}) == 2
+        err = capsys.readouterr().err
+        assert f"{typo}: the deploy reads no variable of this name" in err and f"did you mean {meant}?" in err, err
+    assert fake.requests == [] and fake.deployments == {}
+    env = {key: value for key, value in deploy_env.items() if key != "VERDA_IMAGE"}
+    assert await deploy_main(["--dry-run"], {**env, "VERDA_IMAGES": deploy_env["VERDA_IMAGE"]}) == 2
+    err = capsys.readouterr().err
+    assert "deployment.image" in err and "did you mean VERDA_IMAGE?" in err, err
+
+
 async def test_invalid_spec_exits_2_before_any_call(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/worker:latest"}) == 2
     assert "deployment.image" in capsys.readouterr().err
