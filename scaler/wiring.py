@@ -204,10 +204,15 @@ async def build_fleet(
         raise
     config = allocator_config(settings, tuple(m.spec for m in members))
     alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
-    # A tick reads, may write while placing, then writes: each provider call gets a quarter of the tick.
     return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
                         alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings),
-                        member_timeout_s=tick_deadline(settings.interval_s, settings.tick_deadline_s) / 4)
+                        member_timeout_s=member_timeout(settings.interval_s, settings.tick_deadline_s))
+
+
+def member_timeout(interval_s: float, tick_deadline_s: float | None) -> float:
+    """How long one call to one provider of a fleet may take. A tick reads, may write while placing, then writes:
+    each provider call gets a quarter of the tick."""
+    return tick_deadline(interval_s, tick_deadline_s) / 4
 
 
 def allocator_config(settings: ScalerSettings, providers: tuple[ProviderSpec, ...]) -> AllocatorConfig:

@@ -6,11 +6,12 @@ to deployment bodies, assigned container names; a deployment read (GET, POST and
 carries no `scaling` and gives `containers[].image` as an object; `/scaling` PATCHes may be partial; a DELETE
 only starts the deletion (the deployment stays visible for a while); replicas follow `min_replica_count`.
 Tests steer it with `fail_next` (fault injection, also "500 after the work was done"), `set_status`,
-`expire_tokens` and read `requests` to assert what was sent.
+`expire_tokens`, `latency_s` (a slow API) and read `requests` to assert what was sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -159,6 +160,7 @@ class FakeVerda(FakeApi):
         self._refresh_tokens: set[str] = set()
         self.deployments: dict[str, FakeDeployment] = {}
         self.secrets: dict[str, str] = {}
+        self.latency_s = 0.0  # each API request, the token too, is answered this long after it came in
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -211,6 +213,8 @@ class FakeVerda(FakeApi):
         fault = self._faults.take(path, request.method)
         if fault is not None and not fault.after_effect:
             return self._fault_response(fault)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         try:
             if path != "/oauth2/token":
                 self._check_bearer(request)
