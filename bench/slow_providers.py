@@ -137,7 +137,7 @@ def _errors(backend: Backend) -> dict[str, str]:
         error = seen.view.error
         if error is not None:
             errors[f"{name} {'read' if not seen.fresh else 'counted'}"] = error.removeprefix("write failed: ")
-    for name, error in backend._write_errors.items():
+    for name, (_, error) in backend._write_errors.items():
         errors[f"{name} write"] = error
     return errors
 

@@ -96,6 +96,11 @@ class _Seen:
     fresh: bool = True  # read at this tick (else the last known state, kept for the allocator)
 
 
+def _holds(view: BackendView, target: int) -> bool:
+    """Whether the provider holds ``target``: pinned so (Verda's bounds), else that many replicas listed."""
+    return view.bounds == (target, target) if view.bounds is not None else len(view.replicas) == target
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     """Which file ``path`` is now: each atomic save is a new file (a new inode), whoever wrote it."""
     try:
@@ -143,7 +148,7 @@ class FleetBackend:
         self._degraded_notes: dict[str, tuple[float, str]] = {}  # provider -> since when degraded, and why
         self._desired: int | None = None
         self._seen: dict[str, _Seen] = {}
-        self._write_errors: dict[str, str] = {}
+        self._write_errors: dict[str, tuple[int, str]] = {}  # provider -> the count whose write failed, and why
         self._written: dict[str, int] = {}
         self._saved: tuple[int, int] | None = None  # the ledger file as this fleet last wrote it
         self._prices_read_at = clock()  # the prices were read when the fleet was built
@@ -332,7 +337,14 @@ class FleetBackend:
             self._seen[name] = _Seen(view, previous.replicas if previous else (), fresh=False)
             return
         ready = len(result.replicas) if result.ready is None else result.ready
-        error = f"write failed: {write_error}" if write_error else None
+        error = None
+        if write_error is not None and not _holds(result, write_error[0]):
+            error = f"write failed: {write_error[1]}"
+        elif write_error is not None:
+            # Cut off by member_timeout_s (a slow API: RunPod's listing then creates, 2 answers) or failed after
+            # the provider did the work: what it holds now says it works. Counted as errors, jobs arriving 3 a tick
+            # at 2 s an answer degraded RunPod while its pods ran, and the fleet held 6 replicas for 10 jobs.
+            log.info("provider_write_landed", provider=name, target=write_error[0], error=write_error[1])
         self._seen[name] = _Seen(ProviderView(len(result.replicas), ready, result.status, error), result.replicas)
         if self.metrics is not None:
             self.metrics.replicas.labels(provider=name, state="live").set(len(result.replicas))
@@ -405,8 +417,8 @@ class FleetBackend:
         for (name, target), result in zip(writes, results, strict=True):
             if isinstance(result, Exception):
                 self._written.pop(name, None)
-                self._write_errors[name] = error_text(result)
-                log.error("provider_write_failed", provider=name, target=target, error=self._write_errors[name])
+                self._write_errors[name] = (target, error_text(result))
+                log.error("provider_write_failed", provider=name, target=target, error=self._write_errors[name][1])
                 continue
             self._written[name] = target
             wrote = wrote or bool(result)
