@@ -147,6 +147,7 @@ class FleetBackend:
         self.last_allocation: Allocation | None = None
         self._degraded_notes: dict[str, tuple[float, str]] = {}  # provider -> since when degraded, and why
         self._desired: int | None = None
+        self._judged = False  # the providers' health was judged from this tick's reads (by a first _place)
         self._seen: dict[str, _Seen] = {}
         self._write_errors: dict[str, tuple[int, str]] = {}  # provider -> the count whose write failed, and why
         self._written: dict[str, int] = {}
@@ -192,6 +193,7 @@ class FleetBackend:
     # --- Backend ----------------------------------------------------------------------------------------
 
     async def observe(self) -> BackendView:
+        self._judged = False
         held = await self._honour_kill_switch()
         now = self.clock()
         _, results = await asyncio.gather(
@@ -401,10 +403,10 @@ class FleetBackend:
     async def _place(self, desired: int, now: float) -> bool:
         views = {name: seen.view for name, seen in self._seen.items()}
         allocation = allocate(
-            self.config, self.state, desired, views, now,
+            self.config, self._state_to_judge(views), desired, views, now,
             spent_last_day=self.ledger.spent_since(now - DAY_S),
         )
-        self.state = allocation.new_state
+        self.state, self._judged = allocation.new_state, True
         self.last_allocation = allocation
         self._report(allocation, now)
         if self.dry_run:
@@ -431,6 +433,17 @@ class FleetBackend:
         if grew or allocation.health_changes:  # a degradation shows in `status` now, not a tick later
             self.save()
         return wrote
+
+    def _state_to_judge(self, views: dict[str, ProviderView]) -> AllocatorState:
+        """The state the allocator judges this tick's reads from. The loop's write after a read places again from the
+        same reads: their errors are one failed tick, not two. Counted at both, a failed read at a tick whose count
+        changed was 2 of SCALER_FALLBACK_ERROR_TICKS' 3: jobs arriving degraded a provider after 2 failed reads."""
+        if not self._judged:
+            return self.state
+        health = {name: replace(h, consecutive_errors=h.consecutive_errors - 1)
+                  if views.get(name) is not None and views[name].error is not None and h.consecutive_errors > 0 else h
+                  for name, h in self.state.health.items()}
+        return replace(self.state, health=health)
 
     def _report(self, allocation: Allocation, now: float) -> None:
         for change in allocation.health_changes:

@@ -98,12 +98,14 @@ async def test_errors_for_n_ticks_degrade_the_provider(fleet, fake_verda: FakeVe
     await fleet.observe()
     assert fleet.state.targets == {"verda": 1, "local": 0}, "one failed read is not a degradation"
     await fleet.apply(2)
+    assert fleet.state.health["verda"].degraded is None, "nor is it when the loop writes at the same tick"
+    assert fleet.state.targets == {"verda": 2, "local": 0}
     wall.advance(15)
     await fleet.observe()
     assert fleet.state.health["verda"].degraded == "errors"
-    # Verda's replica was never seen: it is not counted (local covers the whole need) and not cut either.
-    assert fleet.state.targets == {"verda": 1, "local": 2}
-    assert verda_scaling() == (1, 1)
+    # Verda's replicas were never seen: they are not counted (local covers the whole need) and not cut either.
+    assert fleet.state.targets == {"verda": 2, "local": 2}
+    assert verda_scaling() == (2, 2)
 
 
 async def test_the_ledger_charges_each_provider_by_its_rule_and_survives_a_restart(fleet, wall, tmp_path):

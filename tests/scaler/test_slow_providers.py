@@ -1,6 +1,7 @@
 """A fleet over slow but working provider APIs (the fake Verda and the fake RunPod on loopback): each provider call
 is cut off after ``member_timeout_s``, and a provider that answers within it, or whose cut-off write landed, is
-neither an error nor fallen back from (bench/slow_providers.py measures it at 0.5-3 s an answer)."""
+neither an error nor fallen back from (bench/slow_providers.py measures it at 0.5-3 s an answer); a call that
+fails is one failed tick, however many times the tick places."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import wait_for
+from .conftest import DEPLOYMENT
 
 
 async def test_verda_answering_in_a_third_of_the_member_time_is_read_and_keeps_its_replicas(
@@ -61,3 +63,22 @@ async def test_a_write_cut_off_that_did_not_land_still_counts(make_fleet, fake_r
         fake_runpod.release_writes()
         await fleet.aclose()
 
+
+async def test_a_failed_read_at_a_tick_whose_count_changes_is_one_failed_tick(
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod
+):
+    # The loop's write places again from the tick's reads: the read's error was counted again there.
+    fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99)
+    try:
+        await fleet.observe()
+        await fleet.apply(1)
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 500, times=10)
+        await fleet.observe()
+        await fleet.apply(2)  # jobs arriving: the loop writes a new count at this tick
+        assert fleet.state.health["verda"].consecutive_errors == 1
+        assert fleet.state.health["verda"].degraded is None, "SCALER_FALLBACK_ERROR_TICKS is 2 here"
+        assert fleet.state.targets == {"verda": 2, "runpod": 0}
+        await fleet.observe()  # the second failed tick
+        assert fleet.state.health["verda"].degraded is not None
+    finally:
+        await fleet.aclose()
