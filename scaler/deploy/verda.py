@@ -51,10 +51,10 @@ DEPLOYMENT_KEYS = ("is_spot", "compute", "container_registry_settings")
 # A change of these runs new containers: the replicas that were running are stopped, busy ones included.
 REPLICA_RESTARTING_KEYS = {"containers", "compute", "is_spot"}
 REPLACED_REPLICAS = (
-    "the replicas above started before this update: Verda replaces them with the new version (status"
-    " version_updating meanwhile; the order is not documented). Each gets SIGTERM: a job still running"
-    " SHUTDOWN_GRACE_S (default 25 s) later is handed back to the queue and starts again from the beginning on another"
-    " replica; none is lost"
+    "the replicas above started before this update: Verda rolls them over to the new version (status"
+    " version_updating meanwhile; how and in which order is not documented). Expect each to get SIGTERM: a job still"
+    " running SHUTDOWN_GRACE_S (default 25 s) later is handed back to the queue and starts again from the beginning"
+    " on another replica; none is lost"
 )
 
 

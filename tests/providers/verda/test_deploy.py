@@ -274,7 +274,7 @@ async def test_a_redeploy_that_replaces_running_replicas_says_what_becomes_of_th
     out = capsys.readouterr().out
     assert "replicas: 2" in out
     last = out.rstrip().splitlines()[-1]
-    assert "Verda replaces them" in last and "handed back to the queue" in last, out
+    assert "Verda rolls them over" in last and "handed back to the queue" in last, out
     fake.deployments[NAME].body["scaling"]["scale_down_policy"] = {"delay_seconds": 60}
     assert await deploy_main([], {**deploy_env, "VERDA_IMAGE": "ghcr.io/acme/comfyui-worker-serverless:0.2.0"}) == 0
     out = capsys.readouterr().out
