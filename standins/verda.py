@@ -6,12 +6,14 @@ to deployment bodies, assigned container names; a deployment read (GET, POST and
 carries no `scaling` and gives `containers[].image` as an object; `/scaling` PATCHes may be partial; a DELETE
 only starts the deletion (the deployment stays visible for a while); replicas follow `min_replica_count`.
 Tests steer it with `fail_next` (fault injection, also "500 after the work was done"), `set_status`,
-`expire_tokens`, `latency_s` (a slow API) and read `requests` to assert what was sent.
+`expire_tokens`, `latency_s` (a slow API), `hold_creates` (creates wait for one another: two deploys at
+once) and read `requests` to assert what was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -161,6 +163,7 @@ class FakeVerda(FakeApi):
         self.deployments: dict[str, FakeDeployment] = {}
         self.secrets: dict[str, str] = {}
         self.latency_s = 0.0  # each API request, the token too, is answered this long after it came in
+        self._creates_held: asyncio.Barrier | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -196,6 +199,22 @@ class FakeVerda(FakeApi):
 
     def revoke_refresh_tokens(self) -> None:
         self._refresh_tokens.clear()
+
+    def hold_creates(self, together: int = 2) -> None:
+        """From now on each create (a deployment's, a secret's) is held until ``together`` of them are held, then
+        they go on at once, in turn: two deploys that both looked before either created. Until
+        ``release_creates``."""
+        self._creates_held = asyncio.Barrier(together)
+
+    async def release_creates(self) -> None:
+        """Held creates go on, and no more is held (a deploy that ended leaves the other nothing to wait for)."""
+        held, self._creates_held = self._creates_held, None
+        if held is not None:
+            await held.abort()
+
+    async def stop(self) -> None:
+        await self.release_creates()  # a held request would hold the server's shutdown
+        await super().stop()
 
     def set_status(self, name: str, status: str | None) -> None:
         """Force the status the API reports (e.g. "quota_reached"); None goes back to the natural one."""
@@ -235,6 +254,11 @@ class FakeVerda(FakeApi):
         )
         body = {"code": code, "message": f"injected {fault.status}"}
         return web.json_response(body, status=fault.status, headers=headers)
+
+    async def _held(self) -> None:
+        if self._creates_held is not None:
+            with contextlib.suppress(asyncio.BrokenBarrierError):  # released
+                await self._creates_held.wait()
 
     def _check_bearer(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -342,6 +366,7 @@ class FakeVerda(FakeApi):
         return web.json_response([self._read_shape(d) for d in self.deployments.values()])
 
     async def _create_deployment(self, request: web.Request) -> web.Response:
+        await self._held()
         body = await request.json()
         name = body.get("name")
         _require(
@@ -435,6 +460,7 @@ class FakeVerda(FakeApi):
         )
 
     async def _create_secret(self, request: web.Request) -> web.Response:
+        await self._held()
         body = await request.json()
         name, value = body.get("name"), body.get("value")
         _require(isinstance(name, str) and bool(NAME_RULE.match(name)), "secret name must match [a-z0-9-]")

@@ -152,18 +152,33 @@ def scaling_changes(wanted: dict[str, Any], live: dict[str, Any]) -> dict[str, A
     return {key: value for key, value in wanted.items() if not _covers(live.get(key), value)}
 
 
+KEPT_AS_IT_IS = "kept; Verda cannot update a secret, rename it to rotate"
+RACED = "created by another deploy since this one looked"
+
+
+def _already_exists(error: VerdaAPIError) -> bool:
+    """Verda's answer to a create of what exists: here, what another deploy created since this one looked."""
+    return error.status == 409
+
+
 async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
     existing = set(await verda.list_secrets())
     for env_name, secret_name in spec.secrets.items():
         if secret_name in existing:
-            print(f"secret {secret_name}: exists (kept; Verda cannot update a secret, rename it to rotate)")
+            print(f"secret {secret_name}: exists ({KEPT_AS_IT_IS})")
             continue
         value = environ.get(env_name)
         if not value:
             raise DeployError(
                 f"secrets.{env_name}: Verda secret {secret_name!r} does not exist; set {env_name} to create it"
             )
-        await verda.create_secret(secret_name, value)
+        try:
+            await verda.create_secret(secret_name, value)
+        except VerdaAPIError as error:
+            if not _already_exists(error) or secret_name not in await verda.list_secrets():
+                raise
+            print(f"secret {secret_name}: {RACED} ({KEPT_AS_IT_IS})")
+            continue
         print(f"secret {secret_name}: created from ${env_name}")
 
 
@@ -180,31 +195,54 @@ async def print_state(verda: VerdaClient, name: str) -> int:
     return len(replicas)
 
 
+async def create(verda: VerdaClient, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(Verda's answer, True) once created; or, when another deploy created it since this one looked (409), (the
+    deployment read once more, False): the caller updates it to this spec, so that the last deploy's is applied."""
+    name = body["name"]
+    try:
+        created = await verda.create_deployment(body)
+    except VerdaAPIError as error:
+        if not _already_exists(error) or (live := await verda.find_deployment(name)) is None:
+            raise
+        print(f"deployment {name}: {RACED}; updating it to this spec")
+        return live, False
+    print(f"deployment {name}: created")
+    return created, True
+
+
+async def update(verda: VerdaClient, body: dict[str, Any], live: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Change only what differs from the spec; (the deployment as Verda answered, whether replicas are replaced)."""
+    name = body["name"]
+    replaced = False
+    changes = deployment_changes(body, live)
+    if changes:
+        described = describe_changes(changes, live)
+        live = await verda.update_deployment(name, changes) or live
+        print(f"deployment {name}: updated ({described})")
+        replaced = bool(changes.keys() & REPLICA_RESTARTING_KEYS)
+    else:
+        print(f"deployment {name}: unchanged")
+    scaling = scaling_changes(body["scaling"], await verda.get_scaling_options(name))
+    if scaling:
+        await verda.update_scaling(name, scaling)
+        print(f"scaling: updated ({', '.join(scaling)})")
+    else:
+        print("scaling: unchanged")
+    return live, replaced
+
+
 async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
     """Create the deployment, or change only what differs from the spec; print what was done."""
     body = build_body(spec)
     name = body["name"]
     await ensure_secrets(verda, spec, environ)
     live = await verda.find_deployment(name)
-    replaced = False
+    created = False
     if live is None:
-        live = await verda.create_deployment(body)
-        print(f"deployment {name}: created")
-    else:
-        changes = deployment_changes(body, live)
-        if changes:
-            described = describe_changes(changes, live)
-            live = await verda.update_deployment(name, changes) or live
-            print(f"deployment {name}: updated ({described})")
-            replaced = bool(changes.keys() & REPLICA_RESTARTING_KEYS)
-        else:
-            print(f"deployment {name}: unchanged")
-        scaling = scaling_changes(body["scaling"], await verda.get_scaling_options(name))
-        if scaling:
-            await verda.update_scaling(name, scaling)
-            print(f"scaling: updated ({', '.join(scaling)})")
-        else:
-            print("scaling: unchanged")
+        live, created = await create(verda, body)
+    replaced = False
+    if not created:
+        live, replaced = await update(verda, body, live)
     if endpoint := live.get("endpoint_base_url"):
         print(f"endpoint: {endpoint}")
     if await print_state(verda, name) and replaced:

@@ -334,6 +334,42 @@ async def test_a_create_answered_500_that_did_create_counts_as_done(fake: FakeVe
     assert NAME in fake.deployments and "comfyui-worker-queue-manager-token" in fake.secrets
 
 
+@pytest.mark.parametrize("secret_there", [False, True])
+async def test_two_deploys_at_once_both_converge_on_the_last_ones_spec(
+    fake: FakeVerda, deploy_env, queue_token: str, secret_there: bool, capsys
+) -> None:
+    """Before, two deploys that both looked before either created (two operators, CI and a laptop) ended one in
+    `error: Verda API error 409 … Secret … already exists` (or `Deployment … already exists`), exit 1, its spec
+    not applied. Now the one answered 409 reads it once more and goes on as an update: both exit 0, and the
+    deployment runs the spec of the one that wrote last."""
+    secret = "comfyui-worker-queue-manager-token"
+    if secret_there:
+        fake.secrets[secret] = queue_token
+    fake.hold_creates(together=2)
+    images = [f"ghcr.io/acme/comfyui-worker-serverless:0.{minor}.0" for minor in (1, 2)]
+
+    async def one_deploy(image: str) -> int:
+        try:
+            return await deploy_main([], {**deploy_env, "VERDA_IMAGE": image})
+        finally:
+            await fake.release_creates()  # the other deploy has no create left to meet
+
+    codes = await asyncio.gather(*(one_deploy(image) for image in images))
+    out, err = capsys.readouterr()
+    assert codes == [0, 0], err
+    assert len(fake.requests_to("/container-deployments", "POST")) == 2, "both created: the race did happen"
+    live = fake.deployments[NAME].body["containers"][0]["image"]
+    [first] = [image for image in images if image != live]
+    assert out.count(f"deployment {NAME}: created\n") == 1
+    assert f"deployment {NAME}: created by another deploy since this one looked; updating it to this spec" in out
+    assert f"deployment {NAME}: updated (containers: image {first} -> {live})" in out
+    assert fake.secrets == {secret: queue_token}
+    if not secret_there:
+        assert len(fake.requests_to("/secrets", "POST")) == 2
+        assert f"secret {secret}: created from $QUEUE_MANAGER_TOKEN" in out
+        assert f"secret {secret}: created by another deploy since this one looked (kept;" in out
+
+
 async def test_a_create_that_really_failed_is_retried(fake: FakeVerda, deploy_env, capsys) -> None:
     fake.fail_next("/container-deployments", 503, method="POST")
     assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
