@@ -34,10 +34,12 @@ from scaler.deploy.errors import (
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
     SHARED_VOLUME_ENVS,
+    SPEC_VARIABLES,
     DeploymentSpec,
     SpecError,
     load_spec,
     read_spec_file,
+    refusing_misspelt,
     text_problems,
 )
 from scaler.providers.runpod.backend import NAME_RULE, RunPodBackend
@@ -56,6 +58,8 @@ ENV_OVERRIDES = {
 }
 # Variables read besides the overrides: the key, and where the API and the pods' proxied /health are.
 CLIENT_ENV = ("RUNPOD_API_KEY", "RUNPOD_API_URL", "RUNPOD_HEALTH_URL")
+# Every variable the deploy reads: the spec's (VERDA_IMAGE and the others load_spec reads), then RunPod's.
+DEPLOY_VARIABLES = (*SPEC_VARIABLES, *ENV_OVERRIDES, *CLIENT_ENV)
 UNUSED_ON_RUNPOD = "unused-on-runpod"
 
 
@@ -254,7 +258,8 @@ async def run(
 
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
-        spec, settings = load_runpod_spec(args.spec or DEFAULT_SPEC_PATH, environ)
+        with refusing_misspelt(environ, DEPLOY_VARIABLES):
+            spec, settings = load_runpod_spec(args.spec or DEFAULT_SPEC_PATH, environ)
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE

@@ -8,12 +8,14 @@ from __future__ import annotations
 import re
 import tomllib
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.settings import misspelling_of
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
 from scaler.deploy.container_env import container_env_problems, misspelt_problems
@@ -43,6 +45,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 # Shared (SFS) mounts whose volume id comes from the deploy-time environment: the models, and the outputs,
 # which must outlive the replica that wrote them (a scratch disk goes with the replica on scale-down).
 SHARED_VOLUME_ENVS = {"/models": "VERDA_MODELS_VOLUME_ID", "/outputs": "VERDA_OUTPUTS_VOLUME_ID"}
+# The deploy variables load_spec reads, whichever the provider.
+SPEC_VARIABLES = (*ENV_OVERRIDES, *SHARED_VOLUME_ENVS.values())
 # Far above any name, id, URL or setting the spec carries: a longer value is a file pasted by mistake.
 MAX_VALUE_CHARS = 32 * 1024
 
@@ -53,6 +57,29 @@ class SpecError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid deployment spec:\n  " + "\n  ".join(problems))
         self.problems = problems
+
+
+def misspelt_variables(environ: Mapping[str, str], known: Collection[str]) -> list[str]:
+    """A line per variable of ``environ`` one typo away from one of ``known``, the variables a deploy reads: it
+    would be ignored and the spec's value deployed in its place (VERDA_COMPUTER=A100 deployed the spec's H100,
+    exit 0). The deploy reads its variables as written, so a lower-case one is a typo too."""
+    near = {variable: variable.upper() if variable.upper() in known else misspelling_of(variable, set(known))
+            for variable in environ if variable not in known}
+    return [f"{variable}: the deploy reads no variable of this name (the spec's value would be deployed instead):"
+            f" did you mean {name}?" for variable, name in sorted(near.items()) if name]
+
+
+@contextmanager
+def refusing_misspelt(environ: Mapping[str, str], known: Collection[str]) -> Iterator[None]:
+    """Around a deploy's loading of its spec: SpecError with a line per misspelt variable (misspelt_variables)
+    added to the problems the load found, or alone when it found none."""
+    misspelt = misspelt_variables(environ, known)
+    try:
+        yield
+    except SpecError as error:
+        raise SpecError(error.problems + misspelt) from None
+    if misspelt:
+        raise SpecError(misspelt)
 
 
 def check_env_name(name: str) -> str:

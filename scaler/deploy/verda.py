@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 
 from common.http_answers import AnswerTooLarge
-from common.settings import misspelling_of
 from scaler.deploy.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -30,12 +29,12 @@ from scaler.deploy.errors import (
 )
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
-    ENV_OVERRIDES,
-    SHARED_VOLUME_ENVS,
+    SPEC_VARIABLES,
     DeploymentSpec,
     SpecError,
     build_body,
     load_spec,
+    refusing_misspelt,
 )
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -263,17 +262,7 @@ HAS_CONSOLE = True  # --console prints the walkthrough values (scaler/deploy/ver
 # The deploy's own variables; the spec adds its overrides (spec.ENV_OVERRIDES, SHARED_VOLUME_ENVS) and the
 # container variables taken from the environment (env_from_environment, [secrets]).
 CLIENT_ENV = ("VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "VERDA_API_URL")
-
-
-def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
-    """A line per variable of ``environ`` one typo away from one the deploy reads: it would be ignored and the
-    spec's value deployed in its place (VERDA_COMPUTER=A100 deployed the spec's H100, exit 0). The deploy reads
-    its variables as written, so a lower-case one is a typo too."""
-    known = {*ENV_OVERRIDES, *SHARED_VOLUME_ENVS.values(), *CLIENT_ENV}
-    near = {variable: variable.upper() if variable.upper() in known else misspelling_of(variable, known)
-            for variable in environ if variable not in known}
-    return [f"{variable}: the deploy reads no variable of this name (the spec's value would be deployed instead):"
-            f" did you mean {name}?" for variable, name in sorted(near.items()) if name]
+DEPLOY_VARIABLES = (*SPEC_VARIABLES, *CLIENT_ENV)
 
 
 def make_client(environ: Mapping[str, str]) -> VerdaClient:
@@ -307,14 +296,11 @@ def _explain(error: VerdaAPIError) -> str:
 
 
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    misspelt = misspelt_variables(environ)
     try:
-        spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
+        with refusing_misspelt(environ, DEPLOY_VARIABLES):
+            spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
     except SpecError as error:
-        print(SpecError(error.problems + misspelt), file=sys.stderr)
-        return EXIT_USAGE
-    if misspelt:
-        print(SpecError(misspelt), file=sys.stderr)
+        print(error, file=sys.stderr)
         return EXIT_USAGE
     if args.console:
         print("\n".join(console_lines(spec)))

@@ -134,6 +134,29 @@ async def test_a_misspelt_setting_is_refused_before_any_call(
     assert out == "" and fake.requests == []
 
 
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("RUNPOD_GPUU", "RUNPOD_GPU"),
+        ("RUNPOD_DATA_CENTER_ID", "RUNPOD_DATA_CENTER_IDS"),
+        ("runpod_cloud", "RUNPOD_CLOUD"),
+        ("RUNPOD_HEALTH_URI", "RUNPOD_HEALTH_URL"),
+        ("VERDA_IMAGES", "VERDA_IMAGE"),
+    ],
+)
+async def test_a_misspelt_deploy_variable_is_refused_not_replaced_by_the_specs_value(
+    fake: FakeRunPod, deploy_env, typo: str, meant: str, capsys
+) -> None:
+    """Before, RUNPOD_GPUU="NVIDIA A100 80GB PCIe" was ignored: the spec's GPU was checked and shown, exit 0,
+    nothing said. Now exit 2 naming it, as the Verda deploy does, before any call."""
+    for options in (["--dry-run"], []):
+        assert await deploy_main(runpod_args(*options), {**deploy_env, typo: "NVIDIA A100 80GB PCIe"}) == 2
+        out, err = capsys.readouterr()
+        assert f"{typo}: the deploy reads no variable of this name" in err and f"did you mean {meant}?" in err, err
+        assert out == ""
+    assert fake.requests == []
+
+
 def test_shell_wrapper_takes_the_provider(deploy_env) -> None:
     env = {**os.environ, **deploy_env}
     done = subprocess.run(
