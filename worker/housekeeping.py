@@ -107,7 +107,7 @@ class ComfyUIHousekeeping:
         self._kept_entries: dict[str, frozenset[PurePosixPath]] = {}
         self._previous: PromptRun | None = None  # this worker's latest prompt
         self._freed_by_restart: list[tuple[Path, PurePosixPath]] = []  # to delete once the job is reported
-        self._temp_dir_checked = False
+        self._folders_checked: set[str] = set()  # the folder types check_folders looked at
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -149,21 +149,16 @@ class ComfyUIHousekeeping:
         self._freed_by_restart += freed
         self._replayable, self._kept_entries = set(), {}
 
-    def check_temp_dir(self, outputs: dict[str, Any]) -> None:
-        """Once, on the first prompt this worker ran that wrote previews: warn when COMFYUI_TEMP_DIR holds none of
-        them. ComfyUI writes them to <--temp-directory>/temp; given --temp-directory itself, the worker deleted
-        nothing (a missing file is no error: ComfyUI clears its temp folder at start) and they piled up unsaid."""
-        previews = [] if self._temp_dir_checked else _files_in(self.temp_dir, outputs, "temp")
-        if not previews:
-            return
-        self._temp_dir_checked = True
-        if any((folder / relative).exists() for folder, relative in previews):
-            return
-        folder, relative = previews[0]
-        likely = folder / "temp"
-        log.warning("COMFYUI_TEMP_DIR holds none of the previews ComfyUI wrote: they are never deleted and pile up "
-                    "there; ComfyUI writes them to <--temp-directory>/temp", COMFYUI_TEMP_DIR=str(folder),
-                    preview=str(relative), found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
+    def check_folders(self, outputs: dict[str, Any]) -> None:
+        """Once per folder, on the first prompt of this worker that wrote files there: warn when COMFYUI_OUTPUT_DIR
+        (COMFYUI_TEMP_DIR) holds none of the results (previews) ComfyUI named. Set to another folder (ComfyUI's
+        base directory, --temp-directory without the temp ComfyUI appends, a typo), the worker deleted nothing
+        (a missing file is no error: ComfyUI clears its temp folder at start) and the files piled up unsaid."""
+        for folder, folder_type in ((self.output_dir, "output"), (self.temp_dir, "temp")):
+            files = [] if folder_type in self._folders_checked else _files_in(folder, outputs, folder_type)
+            if files:
+                self._folders_checked.add(folder_type)
+                _warn_if_none_there(files, folder_type)
 
     async def delete_freed_by_restart(self) -> None:
         if self._freed_by_restart:
@@ -290,6 +285,20 @@ class ComfyUIHousekeeping:
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("Could not delete a file of ComfyUI's", file=str(path), error=error)
+
+
+def _warn_if_none_there(files: list[tuple[Path, PurePosixPath]], folder_type: str) -> None:
+    """files: those a prompt wrote, in the folder the setting names. Where the first one is when not there:
+    <folder>/output for ComfyUI's base directory, <folder>/temp for its --temp-directory."""
+    if any((folder / relative).exists() for folder, relative in files):
+        return
+    folder, relative = files[0]
+    likely = folder / folder_type
+    setting = f"COMFYUI_{folder_type.upper()}_DIR"
+    what = "previews" if folder_type == "temp" else "result files"
+    log.warning(f"{setting} holds none of the {what} ComfyUI wrote: they are never deleted and pile up on "
+                "ComfyUI's disk", **{setting: str(folder)}, file=str(relative),
+                found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
 
 
 def _files_in(folder: Path | None, outputs: dict[str, Any], folder_type: str) -> list[tuple[Path, PurePosixPath]]:

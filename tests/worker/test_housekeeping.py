@@ -656,10 +656,40 @@ async def test_a_temp_dir_set_to_comfyuis_temp_directory_flag_is_named_once_not_
     assert len(files_under(temp_directory / "temp")) == 4, "both jobs' two previews each were left there"
 
 
-async def test_a_right_temp_dir_gives_no_such_warning(qm, comfy, make_worker, workflows):
+@pytest.mark.parametrize("wrong", ["base directory", "typo"])
+async def test_an_output_dir_that_is_not_comfyuis_output_folder_is_named_once_not_left_silent(
+    qm, make_worker, workflows, tmp_path, wrong
+):
+    """ComfyUI writes results to its --output-directory (<base>/output by default). A worker given ComfyUI's base
+    directory, or a typo, fetched each result over /view and deleted none of them, saying nothing but an info line
+    per file: they piled up on ComfyUI's disk until it was full. Now it says so, once, and where they are."""
+    base = tmp_path / "comfyui"  # ComfyUI's base directory
+    comfy = ComfyUISimulator(base / "output", base / "temp")
+    await comfy.start()
+    setting = base if wrong == "base directory" else tmp_path / "comfyui-outptu"
+    try:
+        jobs = [qm.store.submit("alice", quick(workflows, color)) for color in (21, 22)]
+        worker = make_worker(comfyui_url=comfy.url, comfyui_output_dir=setting, comfyui_temp_dir=comfy.temp_dir)
+        with capture_logs() as logs:
+            assert await asyncio.wait_for(worker.run(), 20) == 0
+    finally:
+        await comfy.stop()
+    results = [path.name for job in jobs for path, _ in delivered(qm, job.id, Path("."))]
+    assert len(results) == 4, "two images a job, delivered all the same, over /view"
+    [warning] = [line for line in logs if line["event"].startswith("COMFYUI_OUTPUT_DIR holds none of")]
+    assert warning["log_level"] == "warning"
+    assert warning["COMFYUI_OUTPUT_DIR"] == str(setting)
+    assert warning["file"] == results[0], "the first job's result, which the folder lacked"
+    assert warning["found_in"] == (str(base / "output") if wrong == "base directory" else None)
+    assert files_under(base / "output") == set(results), "both jobs' results were left in ComfyUI's output folder"
+    assert not [line for line in logs if line["event"].startswith("COMFYUI_TEMP_DIR holds none of")]
+
+
+async def test_right_output_and_temp_dirs_give_no_such_warning(qm, comfy, make_worker, workflows):
     qm.store.submit("alice", quick(workflows, 13))
-    worker = make_worker(comfyui_temp_dir=comfy.temp_dir)
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
     with capture_logs() as logs:
         assert await asyncio.wait_for(worker.run(), 20) == 0
-    assert not [line for line in logs if line["event"].startswith("COMFYUI_TEMP_DIR holds none of")]
+    assert not [line for line in logs if "holds none of" in line["event"]]
     assert files_under(comfy.temp_dir) == set()
+    assert len(files_under(comfy.output_dir)) == 2, "the latest success's two images, kept for a replay"
