@@ -187,6 +187,7 @@ class OutputDelivery:
         self.comfyui_output_dir = comfyui_output_dir
         self.limits = limits
         self._swept_at = -math.inf
+        self._fetched_over_view = False  # said once: with COMFYUI_OUTPUT_DIR wrong it is every file of every job
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
         """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
@@ -349,7 +350,10 @@ class OutputDelivery:
             raise OutputDeliveryError(f"output {relative} is a symbolic link leading out of ComfyUI's output folder")
         if source.is_file():
             return source
-        log.info("Output not in the local ComfyUI output folder; fetching it over /view", file=str(relative))
+        if not self._fetched_over_view:
+            self._fetched_over_view = True
+            log.info("Output not in the local ComfyUI output folder; fetching it over /view (said once per worker)",
+                     file=str(relative), COMFYUI_OUTPUT_DIR=str(self.comfyui_output_dir))  # fmt: skip
         return None
 
 

@@ -682,6 +682,8 @@ async def test_an_output_dir_that_is_not_comfyuis_output_folder_is_named_once_no
     assert warning["file"] == results[0], "the first job's result, which the folder lacked"
     assert warning["found_in"] == (str(base / "output") if wrong == "base directory" else None)
     assert files_under(base / "output") == set(results), "both jobs' results were left in ComfyUI's output folder"
+    [fetched] = [line for line in logs if line["event"].startswith("Output not in the local ComfyUI output folder")]
+    assert fetched["file"] == results[0], "said once, for the first result, not for each of the 4"
     assert not [line for line in logs if line["event"].startswith("COMFYUI_TEMP_DIR holds none of")]
 
 
