@@ -50,6 +50,9 @@ class Outcome:
     replica_fault: str | None = None  # what on this replica broke the run (worker/replica_faults.py)
     comfyui_stuck: bool = False  # a timed-out prompt ComfyUI did not stop: it holds ComfyUI's queue
     warnings: list[str] = field(default_factory=list)
+    # time.time() just before the prompt was sent: no file it wrote is older (a file of the same name that is,
+    # in COMFYUI_OUTPUT_DIR, was not written by it). None for a prompt never sent.
+    written_since: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -129,6 +132,7 @@ class PromptRun:
         self.prompt_id = str(uuid.uuid4())
         self.number: int | None = None  # ComfyUI's number of the prompt, once queued (None if its answer was lost)
         self._submitted_at = 0.0
+        self._sent_at: float | None = None  # time.time() just before POST /prompt (Outcome.written_since)
         self._started_at: float | None = None
         self._heard_at = time.monotonic()  # the last time ComfyUI answered anything, over HTTP or the websocket
         self._executed_outputs: dict[str, Any] = {}  # node id -> output, in case the history entry never comes
@@ -152,11 +156,17 @@ class PromptRun:
         """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome.
 
         Without a websocket (a proxy that refuses upgrades, say) the prompt is followed over HTTP alone."""
+        outcome = await self._run(workflow)
+        outcome.written_since = self._sent_at
+        return outcome
+
+    async def _run(self, workflow: dict[str, Any]) -> Outcome:
         try:
             await self.events.ensure_open()  # before POST /prompt, or its events are missed
         except ComfyUIUnavailable as exc:
             log.warning("ComfyUI websocket unavailable; following the prompt over HTTP", error=str(exc))
         try:
+            self._sent_at = time.time()
             accepted = await self._submit(workflow)
             self._submitted_at = self._heard_at = time.monotonic()
             if accepted.get("node_errors"):
@@ -249,7 +259,8 @@ class PromptRun:
         if entry is None:
             return None
         outputs = entry.get("outputs")
-        return Outcome("interrupted", self.prompt_id, outputs=outputs if isinstance(outputs, dict) else {})
+        outputs = outputs if isinstance(outputs, dict) else {}
+        return Outcome("interrupted", self.prompt_id, outputs=outputs, written_since=self._sent_at)
 
     async def _follow(self) -> _Terminal:
         missing_since: float | None = None

@@ -620,7 +620,9 @@ class Worker:
         delivery_started = time.monotonic()
         try:
             async with self.state.beating(self._beat_interval_s):
-                files = await self.delivery.deliver(outcome.outputs, job.user_id, job.id, attempt=job.attempt)
+                files = await self.delivery.deliver(
+                    outcome.outputs, job.user_id, job.id, attempt=job.attempt, written_since=outcome.written_since
+                )
         except ComfyUILostDuringDelivery as exc:
             reason = await self._explain_lost_comfyui(f"Output delivery failed: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)

@@ -48,6 +48,10 @@ PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<
 # A node id (the workflow's: "3", "12:5" in a subgraph) and an output kind ("images", "gifs", "audio") are named in
 # the report for each file: one of megabytes, from the workflow or a custom node, would be repeated per file.
 MAX_LABEL_CHARS = 256
+# A result file in COMFYUI_OUTPUT_DIR whose mtime is older than its prompt's sending by more than this was not
+# written by it: last week's file of the same name (ComfyUI names by counters). 2 s: FAT's mtime granularity, far
+# above the kernel's coarse file clock (a few ms behind time.time()).
+MTIME_SLACK_S = 2.0
 
 
 class OutputDeliveryError(Exception):
@@ -188,6 +192,8 @@ class OutputDelivery:
         self.limits = limits
         self._swept_at = -math.inf
         self._fetched_over_view = False  # said once: with COMFYUI_OUTPUT_DIR wrong it is every file of every job
+        # COMFYUI_OUTPUT_DIR held a file of a result's name with other bytes than ComfyUI served: not its folder
+        self.found_look_alikes = False
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
         """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
@@ -200,11 +206,18 @@ class OutputDelivery:
         return job_dir
 
     async def deliver(
-        self, history_outputs: dict[str, Any], user_id: str, job_id: str, *, attempt: int | None = None
+        self,
+        history_outputs: dict[str, Any],
+        user_id: str,
+        job_id: str,
+        *,
+        attempt: int | None = None,
+        written_since: float | None = None,
     ) -> list[DeliveredFile]:
         """Copy every result file into a staging folder, then rename it into place; on any failure (or
         cancellation) the staging folder goes, so a job that does not complete leaves nothing that looks like
-        a result, and a worker killed midway leaves nothing outside OUTPUTS_PATH/.partial/."""
+        a result, and a worker killed midway leaves nothing outside OUTPUTS_PATH/.partial/. written_since: when
+        the prompt was sent (time.time()); a file in COMFYUI_OUTPUT_DIR older than that is fetched over /view."""
         job_dir = self.job_dir(user_id, job_id, attempt)
         items = result_files(history_outputs, limits=self.limits)
         if not items:  # previews only: no folder, as no result
@@ -215,7 +228,7 @@ class OutputDelivery:
             async with _kept_fresh(staging):
                 for item in items:
                     allowance = self.limits.bytes - sum(file.bytes for file in delivered)
-                    delivered.append(await self._deliver_one(item, staging, job_dir, allowance))
+                    delivered.append(await self._deliver_one(item, staging, job_dir, allowance, written_since))
             await self._rename_into_place(staging, job_dir, user_id, delivered)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -249,14 +262,16 @@ class OutputDelivery:
                 raise OutputsDiskFailed(problem) from exc
             raise OutputDeliveryError(problem) from exc
 
-    async def _deliver_one(self, item: OutputFile, staging: Path, job_dir: Path, allowance: int) -> DeliveredFile:
+    async def _deliver_one(
+        self, item: OutputFile, staging: Path, job_dir: Path, allowance: int, written_since: float | None
+    ) -> DeliveredFile:
         """One file into the staging folder; OutputsTooLarge before more than `allowance` bytes are written."""
         relative = relative_output_path(item.subfolder, item.filename)
         target = staging / relative
         if not inside(target, staging):
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
         try:
-            size, digest = await self._copy(item, relative, target, allowance)
+            size, digest = await self._copy(item, relative, target, allowance, written_since)
         except _OverAllowance:
             raise self.limits.too_many_bytes(relative) from None
         except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged) as exc:
@@ -329,9 +344,9 @@ class OutputDelivery:
             remove_empty_parents(path.parent, keep=root / path.relative_to(root).parts[0])  # OUTPUTS_PATH/<user>
 
     async def _copy(
-        self, item: OutputFile, relative: PurePosixPath, target: Path, allowance: int
+        self, item: OutputFile, relative: PurePosixPath, target: Path, allowance: int, written_since: float | None
     ) -> tuple[int, str]:
-        local = self._local_source(relative)
+        local, older = self._local_source(relative, written_since)
         if local is not None:
             assert self.comfyui_output_dir is not None
             return await _copy_in_thread(local, target, allowance, self.comfyui_output_dir)
@@ -339,22 +354,50 @@ class OutputDelivery:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
             await asyncio.to_thread(out.sync)
+        if older is not None:
+            await asyncio.to_thread(self._compare_older, older, relative, out.size, out.sha256)
         return out.size, out.sha256
 
-    def _local_source(self, relative: PurePosixPath) -> Path | None:
+    def _local_source(self, relative: PurePosixPath, written_since: float | None) -> tuple[Path | None, Path | None]:
+        """(the file in COMFYUI_OUTPUT_DIR to copy, None); (None, a file of that name older than the prompt); or
+        (None, None), to fetch the result over /view."""
         if self.comfyui_output_dir is None:
-            return None
+            return None, None
         source = self.comfyui_output_dir / relative
         if not inside(source, self.comfyui_output_dir):
             # ComfyUI's /view would follow the same link: fetching it there instead is no way round.
             raise OutputDeliveryError(f"output {relative} is a symbolic link leading out of ComfyUI's output folder")
-        if source.is_file():
-            return source
+        with contextlib.suppress(OSError):
+            info = source.stat()  # the one stat is_file() made before: the check costs no system call
+            if not stat.S_ISREG(info.st_mode):
+                pass
+            elif written_since is None or info.st_mtime >= written_since - MTIME_SLACK_S:
+                return source, None
+            else:  # written before the prompt: a replay of ComfyUI's cache, or another folder's file of that name
+                return None, source
         if not self._fetched_over_view:
             self._fetched_over_view = True
             log.info("Output not in the local ComfyUI output folder; fetching it over /view (said once per worker)",
                      file=str(relative), COMFYUI_OUTPUT_DIR=str(self.comfyui_output_dir))  # fmt: skip
-        return None
+        return None, None
+
+    def _compare_older(self, older: Path, relative: PurePosixPath, size: int, sha256: str) -> None:
+        """A file of a result's name, older than its prompt, in COMFYUI_OUTPUT_DIR. The bytes ComfyUI served: a
+        result its cache replayed. Other bytes: the folder is not where this ComfyUI writes (last week's files, an
+        old copy, another ComfyUI's), so no file there is this worker's to delete (found_look_alikes)."""
+        try:
+            with older.open("rb") as file:
+                same_size = os.fstat(file.fileno()).st_size == size
+                if same_size and hashlib.file_digest(file, "sha256").hexdigest() == sha256:
+                    return
+        except OSError:  # gone or unreadable: nothing tells the folder is wrong
+            return
+        if not self.found_look_alikes:
+            self.found_look_alikes = True
+            log.warning("COMFYUI_OUTPUT_DIR holds files of the same names as ComfyUI's results, written before "
+                        "them and with other bytes: it is not ComfyUI's output folder; results are fetched over "
+                        "/view and nothing there is deleted", COMFYUI_OUTPUT_DIR=str(self.comfyui_output_dir),
+                        file=str(relative))  # fmt: skip
 
 
 PROC_FDS = Path("/proc/self/fd")  # where an open file's real path is read (Linux)

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -685,6 +686,67 @@ async def test_an_output_dir_that_is_not_comfyuis_output_folder_is_named_once_no
     [fetched] = [line for line in logs if line["event"].startswith("Output not in the local ComfyUI output folder")]
     assert fetched["file"] == results[0], "said once, for the first result, not for each of the 4"
     assert not [line for line in logs if line["event"].startswith("COMFYUI_TEMP_DIR holds none of")]
+
+
+async def test_an_output_dir_holding_older_files_of_the_same_names_delivers_what_comfyui_wrote(
+    qm, make_worker, workflows, tmp_path
+):
+    """ComfyUI names results with counters (quick_00001_.png), so last week's files on a persistent volume, an old
+    copy of the output folder or another ComfyUI's folder hold the very names of the next results. A worker whose
+    COMFYUI_OUTPUT_DIR was such a folder copied those and delivered last week's images in place of the job's,
+    silently (the folder held every name, so no warning). Now a file older than the prompt is fetched over /view,
+    and the folder is named once."""
+    base = tmp_path / "comfyui"
+    comfy = ComfyUISimulator(base / "output", base / "temp")
+    stale = tmp_path / "last-week"
+    stale.mkdir()
+    week_ago = time.time() - 7 * 86400
+    for name in ("quick_00001_.png", "quick_00002_.png"):  # the stand-in's first two results, by their counters
+        (stale / name).write_bytes(b"last week's image " + name.encode())
+        os.utime(stale / name, (week_ago, week_ago))
+    await comfy.start()
+    try:
+        jobs = [qm.store.submit("alice", quick(workflows, color)) for color in (51, 52)]
+        worker = make_worker(comfyui_url=comfy.url, comfyui_output_dir=stale, comfyui_temp_dir=comfy.temp_dir)
+        with capture_logs() as logs:
+            assert await asyncio.wait_for(worker.run(), 20) == 0
+        first = delivered(qm, jobs[0].id, tmp_path / "outputs")
+        async with httpx.AsyncClient(base_url=comfy.url) as client:
+            served = {path.name: (await client.get("/view", params={"filename": path.name, "type": "output"})).content
+                      for path, _ in first}  # fmt: skip
+    finally:
+        await comfy.stop()
+    assert sorted(served) == ["quick_00001_.png", "quick_00002_.png"], "the names the folder held"
+    got = {path.name: path.read_bytes() for path, _ in first}
+    assert got == served, "the job's images as ComfyUI serves them, not last week's files of the same names"
+    assert [hashlib.sha256(data).hexdigest() for data in got.values()] == [sha for _, sha in first]
+    [warning] = [line for line in logs if line["event"].startswith("COMFYUI_OUTPUT_DIR holds files of the same")]
+    assert warning["log_level"] == "warning"
+    assert warning["COMFYUI_OUTPUT_DIR"] == str(stale)
+    assert warning["file"] == "quick_00001_.png"
+    assert qm.store.get(jobs[1].id).status == "completed"
+
+
+async def test_results_replayed_from_comfyuis_cache_older_than_their_prompt_are_delivered_without_a_warning(
+    qm, comfy, make_worker, workflows
+):
+    """A prompt replaying an earlier one's results names files written before it was sent: fetched over /view
+    (the bytes ComfyUI serves, the same), with no warning, and deleted once a later success frees them."""
+    first = qm.store.submit("alice", quick(workflows, 7))
+    settings = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
+    assert await asyncio.wait_for(make_worker(**settings).run(), 20) == 0
+    week_ago = time.time() - 7 * 86400
+    for name in files_under(comfy.output_dir):
+        os.utime(comfy.output_dir / name, (week_ago, week_ago))
+    again = qm.store.submit("alice", quick(workflows, 7))
+    other = qm.store.submit("alice", quick(workflows, 8))
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(make_worker(**settings).run(), 20) == 0
+    [before, replayed] = [[(p.name, sha) for p, sha in delivered(qm, job.id, Path("."))] for job in (first, again)]
+    assert replayed == before, "the same files, replayed from ComfyUI's cache, with the same bytes"
+    assert not [line for line in logs if line["event"].startswith("COMFYUI_OUTPUT_DIR holds")]
+    assert qm.store.get(other.id).status == "completed"
+    assert files_under(comfy.output_dir).isdisjoint(name for name, _ in replayed), "freed by the later success"
 
 
 async def test_right_output_and_temp_dirs_give_no_such_warning(qm, comfy, make_worker, workflows):

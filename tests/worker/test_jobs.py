@@ -227,11 +227,11 @@ async def test_a_delivery_that_fails_midway_leaves_no_partial_results(qm, comfy,
     copy = worker.delivery._copy
     copied = []
 
-    async def second_copy_fails(item, relative, target, allowance):
+    async def second_copy_fails(item, relative, target, *rest):
         if copied:
             raise OSError(28, "No space left on device")
         copied.append(target)
-        return await copy(item, relative, target, allowance)
+        return await copy(item, relative, target, *rest)
 
     worker.delivery._copy = second_copy_fails
     assert await worker.run() == 1, "a full disk is this replica's fault, not the job's"
