@@ -108,6 +108,7 @@ class ComfyUIHousekeeping:
         self._previous: PromptRun | None = None  # this worker's latest prompt
         self._freed_by_restart: list[tuple[Path, PurePosixPath]] = []  # to delete once the job is reported
         self._folders_checked: set[str] = set()  # the folder types check_folders looked at
+        self._not_ours: Path | None = None  # COMFYUI_OUTPUT_DIR once shown not ComfyUI's (keep_output_folder)
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -118,6 +119,14 @@ class ComfyUIHousekeeping:
             )
             return None
         return folder
+
+    def keep_output_folder(self) -> None:
+        """COMFYUI_OUTPUT_DIR was shown not to be ComfyUI's output folder (it holds files of results' names that
+        ComfyUI did not write: worker/outputs.py): from now on no file there is deleted, queued ones included."""
+        if self.output_dir is not None:
+            self._not_ours = self.output_dir
+        self.output_dir = None
+        self._replayable = set()  # and the history entries kept for their names go at the next tidy
 
     def check_cache(self, comfyui_argv: object) -> None:
         """At start, from ComfyUI's /system_stats: keep result files if its cache may replay old ones."""
@@ -274,6 +283,8 @@ class ComfyUIHousekeeping:
 
     def _delete(self, files: list[tuple[Path, PurePosixPath]]) -> None:
         for root, relative in files:
+            if root == self._not_ours:
+                continue
             path = root / relative
             try:
                 if not inside(path, root) or inside(path, self.outputs_root):

@@ -675,6 +675,8 @@ class Worker:
                 if self._left_running:  # over by now (ComfyUI ran them before this prompt), or still holding it
                     left, self._left_running = self._left_running, set()
                     self._left_running |= await self.housekeeping.tidy_once_over(left, self._housekeeping_wait_s)
+                if self.delivery.found_look_alikes:  # files of results' names ComfyUI did not write: not ours
+                    self.housekeeping.keep_output_folder()
                 self.housekeeping.check_folders(prompt.outputs)
                 answered = await self.housekeeping.tidy(
                     prompt.prompt_id, prompt.outputs, succeeded=prompt.ok, timeout_s=self._housekeeping_wait_s

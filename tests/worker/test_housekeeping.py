@@ -694,8 +694,8 @@ async def test_an_output_dir_holding_older_files_of_the_same_names_delivers_what
     """ComfyUI names results with counters (quick_00001_.png), so last week's files on a persistent volume, an old
     copy of the output folder or another ComfyUI's folder hold the very names of the next results. A worker whose
     COMFYUI_OUTPUT_DIR was such a folder copied those and delivered last week's images in place of the job's,
-    silently (the folder held every name, so no warning). Now a file older than the prompt is fetched over /view,
-    and the folder is named once."""
+    silently (the folder held every name, so no warning), and its tidy-up deleted them. Now a file older than
+    the prompt is fetched over /view, the folder is named once, and nothing of it is deleted."""
     base = tmp_path / "comfyui"
     comfy = ComfyUISimulator(base / "output", base / "temp")
     stale = tmp_path / "last-week"
@@ -704,6 +704,7 @@ async def test_an_output_dir_holding_older_files_of_the_same_names_delivers_what
     for name in ("quick_00001_.png", "quick_00002_.png"):  # the stand-in's first two results, by their counters
         (stale / name).write_bytes(b"last week's image " + name.encode())
         os.utime(stale / name, (week_ago, week_ago))
+    before = {name: (stale / name).read_bytes() for name in files_under(stale)}
     await comfy.start()
     try:
         jobs = [qm.store.submit("alice", quick(workflows, color)) for color in (51, 52)]
@@ -720,6 +721,7 @@ async def test_an_output_dir_holding_older_files_of_the_same_names_delivers_what
     got = {path.name: path.read_bytes() for path, _ in first}
     assert got == served, "the job's images as ComfyUI serves them, not last week's files of the same names"
     assert [hashlib.sha256(data).hexdigest() for data in got.values()] == [sha for _, sha in first]
+    assert {name: (stale / name).read_bytes() for name in files_under(stale)} == before, "none of it deleted"
     [warning] = [line for line in logs if line["event"].startswith("COMFYUI_OUTPUT_DIR holds files of the same")]
     assert warning["log_level"] == "warning"
     assert warning["COMFYUI_OUTPUT_DIR"] == str(stale)
