@@ -207,10 +207,10 @@ class ScalerLoop:
             # the stop cut short) and started again for an empty queue.
             self.state = replace(self.state, applied=None)
         outcome, apply_error = await self._apply(decision, observation, deadline)
-        self._record(decision, observation, outcome, apply_error)
+        health = self.backend_health.record(observation.now) if self.backend_health is not None else None
+        self._record(decision, observation, outcome, apply_error, health)
         if self.state_file is not None:
             try:
-                health = self.backend_health.record(observation.now) if self.backend_health is not None else None
                 save_policy_state(self.state_file, self.state, billing_of(self.config), health)
             except OSError as exc:
                 log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
@@ -353,7 +353,10 @@ class ScalerLoop:
         spend = estimated_spend(self.config, self.state, now)
         return {"hour": spend["spend_last_hour"], "day": spend["spend_last_day"]}
 
-    def _record(self, decision: Decision, observation: Observation, outcome: str, apply_error: str | None) -> None:
+    def _record(
+        self, decision: Decision, observation: Observation, outcome: str, apply_error: str | None,
+        health: HealthRecord | None,
+    ) -> None:
         m = self.metrics
         m.decisions.labels(reason=decision.reason).inc()
         m.desired_replicas.set(decision.desired)
@@ -382,7 +385,7 @@ class ScalerLoop:
         }
         if apply_error:
             fields["apply_error"] = apply_error
-        degraded = self._backend_degraded(observation.now)
+        degraded = self._backend_degraded(health, observation.now)
         fields.update(degraded)
         failures = self.state.consecutive_failures
         if apply_error or failures >= self.failure_alert_after:
@@ -392,15 +395,14 @@ class ScalerLoop:
         else:
             log.info("Scaling decision", **fields)
 
-
-    def _backend_degraded(self, now: float) -> dict[str, Any]:
+    def _backend_degraded(self, health: HealthRecord | None, now: float) -> dict[str, Any]:
         """The single backend's degradation for the decision line (``degraded``, ``degraded_detail``,
-        ``retry_in_s``…), as `status` shows a fleet's provider; empty while it is in service. Without it, local
-        workers crash-looping read `steady` at info: only warnings and comfy_scaler_actual_replicas said so."""
-        if self.backend_health is None:
+        ``retry_in_s``…) from this tick's ``health`` record, as `status` shows a fleet's provider; empty while it is
+        in service. Without it, local workers crash-looping read `steady` at info: only warnings and
+        comfy_scaler_actual_replicas said so."""
+        if health is None or self.backend_health is None:
             return {}
-        reading = HealthReading(self.backend_health.record(now))
-        fields = degraded_fields(reading, self.backend_health.name, now)
+        fields = degraded_fields(HealthReading(health), self.backend_health.name, now)
         return {name: value for name, value in fields.items() if value is not None} if fields["degraded"] else {}
 
 
