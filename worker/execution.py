@@ -148,6 +148,11 @@ class PromptRun:
         return dict(self._executed_outputs)
 
     @property
+    def sent_at(self) -> float | None:
+        """time.time() just before the prompt was sent (None before): no file it wrote is older."""
+        return self._sent_at
+
+    @property
     def heard_at(self) -> float:
         """When ComfyUI last answered this run anything, over HTTP or the websocket (time.monotonic)."""
         return self._heard_at

@@ -38,18 +38,36 @@ No job may deliver more than MAX_JOB_OUTPUT_FILES results, so no more than that 
 prompt that named more has its files deleted at once, and failed prompts in a row that named more together have
 all but the latest one's deleted. Otherwise the names the worker keeps (a set in memory) grew with every failed
 prompt until the next success, however many files each one named.
+
+No file is deleted that cannot be shown written for the prompt that named it: its mtime must not be older than
+that prompt's sending by more than MTIME_SLACK_S. For a result ComfyUI's cache replayed that is the first prompt
+that named it; for a prompt an earlier run left, the `execution_start` its history entry gives (without one,
+its files are kept); a result whose bytes the delivery found to be those ComfyUI served is ComfyUI's whatever
+its age. An older file means the folder setting names a folder that is not ComfyUI's alone (an old copy of its
+outputs, a persistent volume, another ComfyUI's folder), whose files of the names ComfyUI counts up were never
+the worker's: the first one is named in a warning and nothing in that folder is deleted from then on, as when
+the delivery finds a look-alike there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from worker.comfyui import WORKER_ID_KEY, ComfyUIClient, ComfyUIUnavailable, ReplyTooLarge
-from worker.outputs import OutputDeliveryError, inside, relative_output_path, remove_empty_parents, result_files
+from worker.outputs import (
+    MTIME_SLACK_S,
+    OutputDeliveryError,
+    inside,
+    relative_output_path,
+    remove_empty_parents,
+    result_files,
+)
 
 if TYPE_CHECKING:
     from worker.execution import PromptRun
@@ -63,6 +81,12 @@ EARLIER_RUN_HISTORY_ITEMS = 50
 # History entries kept for the names of the result files a replay may need (each holds its whole workflow): past
 # it the oldest is deleted, and its files are known to this run alone.
 KEPT_HISTORY_ENTRIES = 10
+# When the prompt that named a file was sent (time.time()): the file was written for it if its mtime is not older
+# (MTIME_SLACK_S aside). UNKNOWN: no file is shown written for it, all are kept. SHOWN: the delivery found the
+# file's bytes to be those ComfyUI served for the prompt (a replay of its cache).
+UNKNOWN = math.inf
+SHOWN = -math.inf
+Doomed = tuple[Path, PurePosixPath, float]  # a folder, a file in it, and when the prompt that named it was sent
 
 
 def caches_earlier_prompts(argv: object) -> bool | None:
@@ -102,13 +126,16 @@ class ComfyUIHousekeeping:
         self.outputs_root = outputs_root
         self.output_dir = self._deletable(output_dir, "COMFYUI_OUTPUT_DIR")
         self.temp_dir = self._deletable(temp_dir, "COMFYUI_TEMP_DIR")
-        self._replayable: set[PurePosixPath] = set()  # result files ComfyUI's cache may still name again
+        self._settings = {folder: name for folder, name in ((output_dir, "COMFYUI_OUTPUT_DIR"),
+                                                            (temp_dir, "COMFYUI_TEMP_DIR")) if folder}  # fmt: skip
+        # Result files ComfyUI's cache may still name again, with when the first prompt that named them was sent.
+        self._replayable: dict[PurePosixPath, float] = {}
         # Prompts whose result files are kept, oldest first, with those files: their history entries stay as long.
         self._kept_entries: dict[str, frozenset[PurePosixPath]] = {}
         self._previous: PromptRun | None = None  # this worker's latest prompt
-        self._freed_by_restart: list[tuple[Path, PurePosixPath]] = []  # to delete once the job is reported
+        self._freed_by_restart: list[Doomed] = []  # to delete once the job is reported
         self._folders_checked: set[str] = set()  # the folder types check_folders looked at
-        self._not_ours: Path | None = None  # COMFYUI_OUTPUT_DIR once shown not ComfyUI's (keep_output_folder)
+        self._kept_folders: set[Path] = set()  # shown not ComfyUI's alone: nothing there is deleted (_keep_folder)
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -124,9 +151,22 @@ class ComfyUIHousekeeping:
         """COMFYUI_OUTPUT_DIR was shown not to be ComfyUI's output folder (it holds files of results' names that
         ComfyUI did not write: worker/outputs.py): from now on no file there is deleted, queued ones included."""
         if self.output_dir is not None:
-            self._not_ours = self.output_dir
+            self._kept_folders.add(self.output_dir)
         self.output_dir = None
-        self._replayable = set()  # and the history entries kept for their names go at the next tidy
+        self._replayable = {}  # and the history entries kept for their names go at the next tidy
+
+    def _keep_folder(self, folder: Path, relative: PurePosixPath, older_by_s: float) -> None:
+        """A file of a name ComfyUI gave a prompt was written before that prompt was sent: not for it, so the
+        folder is not ComfyUI's alone, and from now on nothing there is deleted. Said once a folder."""
+        if folder == self.output_dir:
+            self.keep_output_folder()
+        if folder == self.temp_dir:
+            self.temp_dir = None
+        self._kept_folders.add(folder)
+        setting = self._settings.get(folder, "COMFYUI_OUTPUT_DIR")
+        log.warning(f"{setting} holds a file of a name ComfyUI gave a prompt, written before that prompt was sent: "
+                    "it is not ComfyUI's folder alone, and nothing there is deleted from now on",
+                    **{setting: str(folder)}, file=str(relative), older_by_s=round(older_by_s, 1))  # fmt: skip
 
     def check_cache(self, comfyui_argv: object) -> None:
         """At start, from ComfyUI's /system_stats: keep result files if its cache may replay old ones."""
@@ -149,14 +189,16 @@ class ComfyUIHousekeeping:
         previous, self._previous = self._previous, run
         if run.number is None or previous is None or previous.number is None or run.number > previous.number:
             return
-        outputs = previous.executed_outputs
+        outputs, sent = previous.executed_outputs, _known(previous.sent_at)
         named = [*_files_in(self.temp_dir, outputs, "temp"), *_files_in(self.output_dir, outputs, "output")]
-        kept = [] if self.output_dir is None else [(self.output_dir, name) for name in self._replayable]
-        freed = sorted(set(kept) | set(named))
+        since = {} if self.output_dir is None else {(self.output_dir, n): t for n, t in self._replayable.items()}
+        for file in named:
+            since[file] = min(since.get(file, sent), sent)
+        freed = sorted((folder, name, at) for (folder, name), at in since.items())
         log.info("ComfyUI restarted since this worker's previous prompt: deleting the files no prompt can name "
                  "any more", files=len(freed), previous_prompt_id=previous.prompt_id)  # fmt: skip
         self._freed_by_restart += freed
-        self._replayable, self._kept_entries = set(), {}
+        self._replayable, self._kept_entries = {}, {}
 
     def check_folders(self, outputs: dict[str, Any]) -> None:
         """Once per folder, on the first prompt of this worker that wrote files there: warn when COMFYUI_OUTPUT_DIR
@@ -174,12 +216,22 @@ class ComfyUIHousekeeping:
             doomed, self._freed_by_restart = self._freed_by_restart, []
             await asyncio.to_thread(self._delete, doomed)
 
-    async def tidy(self, prompt_id: str, outputs: dict[str, Any], *, succeeded: bool, timeout_s: float) -> bool:
+    async def tidy(
+        self,
+        prompt_id: str,
+        outputs: dict[str, Any],
+        *,
+        succeeded: bool,
+        sent_at: float | None,
+        timeout_s: float,
+        replays: Collection[PurePosixPath] = (),
+    ) -> bool:
         """A prompt is over: delete its files (delete_files) and its history entry, unless its result files are
         kept for a replay; and the entries of earlier prompts whose files are gone. False when ComfyUI did not
         confirm a deletion (forget)."""
-        kept = await self.delete_files(outputs, succeeded=succeeded)
-        doomed = [earlier for earlier, its in self._kept_entries.items() if succeeded or not its <= self._replayable]
+        kept = await self.delete_files(outputs, succeeded=succeeded, sent_at=sent_at, replays=replays)
+        replayable = self._replayable.keys()
+        doomed = [earlier for earlier, its in self._kept_entries.items() if succeeded or not its <= replayable]
         for earlier in doomed:
             del self._kept_entries[earlier]
         if kept:
@@ -247,7 +299,11 @@ class ComfyUIHousekeeping:
         outputs = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
         status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
         succeeded = status.get("status_str") == "success"
-        if not await self.tidy(prompt_id, outputs, succeeded=succeeded, timeout_s=timeout_s):
+        started = execution_start(status)
+        if started is None and (result_files(outputs) or result_files(outputs, "temp")):
+            log.warning("Keeping the files of a prompt an earlier run left: ComfyUI's history does not say when it "
+                        "ran, so none of them is shown written for it", prompt_id=prompt_id)  # fmt: skip
+        if not await self.tidy(prompt_id, outputs, succeeded=succeeded, sent_at=started, timeout_s=timeout_s):
             return False
         if prompt_id in self._kept_entries:
             log.info("Keeping the result files of a prompt an earlier run left until a prompt succeeds: ComfyUI's "
@@ -258,38 +314,54 @@ class ComfyUIHousekeeping:
                      prompt_id=prompt_id, status=status.get("status_str"))
         return True
 
-    async def delete_files(self, outputs: dict[str, Any], *, succeeded: bool) -> frozenset[PurePosixPath]:
+    async def delete_files(
+        self,
+        outputs: dict[str, Any],
+        *,
+        succeeded: bool,
+        sent_at: float | None,
+        replays: Collection[PurePosixPath] = (),
+    ) -> frozenset[PurePosixPath]:
         """The files of a prompt that is over (its history `outputs`, all of them or those the worker saw), and
-        the result files of earlier prompts that ComfyUI's cache can no longer name. Its result files kept."""
-        doomed, kept = self._done_with(outputs, succeeded)
+        the result files of earlier prompts that ComfyUI's cache can no longer name. Its result files kept.
+        sent_at: when the prompt was sent (time.time()); replays: its result files the delivery found to have
+        the bytes ComfyUI served."""
+        doomed, kept = self._done_with(outputs, succeeded, _known(sent_at), replays)
         if doomed:
             await asyncio.to_thread(self._delete, doomed)
         return kept
 
     def _done_with(
-        self, outputs: dict[str, Any], succeeded: bool
-    ) -> tuple[list[tuple[Path, PurePosixPath]], frozenset[PurePosixPath]]:
-        doomed = _files_in(self.temp_dir, outputs, "temp")
+        self, outputs: dict[str, Any], succeeded: bool, sent: float, replays: Collection[PurePosixPath]
+    ) -> tuple[list[Doomed], frozenset[PurePosixPath]]:
+        doomed = [(folder, name, sent) for folder, name in _files_in(self.temp_dir, outputs, "temp")]
         keep: set[PurePosixPath] = set()
         if self.output_dir is not None:
             named = _named(outputs, "output")
             keep = named if len(named) <= self.max_files else set()  # more than a job may deliver: never replayed
-            kept = keep if succeeded else self._replayable | keep
+            kept = keep if succeeded else self._replayable.keys() | keep
             if len(kept) > self.max_files:  # failed prompts in a row: the latest one's are kept
                 kept = keep
-            doomed += [(self.output_dir, relative) for relative in sorted((self._replayable | named) - kept)]
-            self._replayable = kept
+            # A name ComfyUI's cache replayed was written for the first prompt that named it.
+            since = self._replayable | {name: min(self._replayable.get(name, sent), sent) for name in named}
+            since |= dict.fromkeys(named.intersection(replays), SHOWN)
+            doomed += [(self.output_dir, name, since[name]) for name in sorted(since.keys() - kept)]
+            self._replayable = {name: since[name] for name in kept}
         return doomed, frozenset(keep)
 
-    def _delete(self, files: list[tuple[Path, PurePosixPath]]) -> None:
-        for root, relative in files:
-            if root == self._not_ours:
+    def _delete(self, files: list[Doomed]) -> None:
+        for root, relative, sent in files:
+            if root in self._kept_folders or sent == UNKNOWN:
                 continue
             path = root / relative
             try:
                 if not inside(path, root) or inside(path, self.outputs_root):
                     log.warning("Not deleting a file ComfyUI named: it leads out of ComfyUI's folder or into "
                                 "OUTPUTS_PATH", file=str(path))  # fmt: skip
+                    continue
+                written = _mtime(path)
+                if written < sent - MTIME_SLACK_S:
+                    self._keep_folder(root, relative, sent - written)
                     continue
                 path.unlink(missing_ok=True)
                 remove_empty_parents(path.parent, keep=root)
@@ -310,6 +382,30 @@ def _warn_if_none_there(files: list[tuple[Path, PurePosixPath]], folder_type: st
     log.warning(f"{setting} holds none of the {what} ComfyUI wrote: they are never deleted and pile up on "
                 "ComfyUI's disk", **{setting: str(folder)}, file=str(relative),
                 found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
+
+
+def execution_start(status: dict[str, Any]) -> float | None:
+    """When ComfyUI started the prompt (time.time()), from its history entry's `status`: the timestamp (ms) of
+    its `execution_start` message; None when not there (a ComfyUI older than those timestamps)."""
+    messages = status.get("messages") if isinstance(status.get("messages"), list) else []
+    for message in messages:
+        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_start":
+            stamp = message[1].get("timestamp") if isinstance(message[1], dict) else None
+            if isinstance(stamp, int | float) and not isinstance(stamp, bool) and math.isfinite(stamp):
+                return stamp / 1000
+    return None
+
+
+def _known(sent_at: float | None) -> float:
+    return UNKNOWN if sent_at is None else sent_at
+
+
+def _mtime(path: Path) -> float:
+    """The mtime of the file itself (a link's own); infinity when there is none: nothing to keep."""
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:
+        return math.inf
 
 
 def _files_in(folder: Path | None, outputs: dict[str, Any], folder_type: str) -> list[tuple[Path, PurePosixPath]]:

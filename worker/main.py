@@ -679,8 +679,9 @@ class Worker:
                     self.housekeeping.keep_output_folder()
                 self.housekeeping.check_folders(prompt.outputs)
                 answered = await self.housekeeping.tidy(
-                    prompt.prompt_id, prompt.outputs, succeeded=prompt.ok, timeout_s=self._housekeeping_wait_s
-                )
+                    prompt.prompt_id, prompt.outputs, succeeded=prompt.ok, sent_at=prompt.written_since,
+                    replays=self.delivery.take_replays(), timeout_s=self._housekeeping_wait_s,
+                )  # fmt: skip
         except TimeoutError:
             log.warning("Stopping before ComfyUI's history entry of the prompt was deleted", prompt_id=prompt.prompt_id)
             return

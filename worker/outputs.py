@@ -194,6 +194,9 @@ class OutputDelivery:
         self._fetched_over_view = False  # said once: with COMFYUI_OUTPUT_DIR wrong it is every file of every job
         # COMFYUI_OUTPUT_DIR held a file of a result's name with other bytes than ComfyUI served: not its folder
         self.found_look_alikes = False
+        # Result files older than their prompt with the bytes ComfyUI served: its cache's replays, so ComfyUI's own
+        # files, which housekeeping may delete (take_replays). Of the latest delivery.
+        self._replays: set[PurePosixPath] = set()
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
         """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
@@ -219,6 +222,7 @@ class OutputDelivery:
         a result, and a worker killed midway leaves nothing outside OUTPUTS_PATH/.partial/. written_since: when
         the prompt was sent (time.time()); a file in COMFYUI_OUTPUT_DIR older than that is fetched over /view."""
         job_dir = self.job_dir(user_id, job_id, attempt)
+        self._replays = set()
         items = result_files(history_outputs, limits=self.limits)
         if not items:  # previews only: no folder, as no result
             return []
@@ -283,6 +287,12 @@ class OutputDelivery:
             raise OutputDeliveryError(problem) from exc
         final = (job_dir / relative).relative_to(self.outputs_root).as_posix()
         return DeliveredFile(item.node_id, item.kind, final, size, digest)
+
+    def take_replays(self) -> frozenset[PurePosixPath]:
+        """The latest delivery's result files found in COMFYUI_OUTPUT_DIR older than their prompt, with the bytes
+        ComfyUI served: replays of its cache, ComfyUI's own files. Said once."""
+        replays, self._replays = frozenset(self._replays), set()
+        return replays
 
     def sweep_due(self) -> bool:
         """Whether remove_abandoned() should run: at start, then every STALE_STAGING_S, so a worker that lives
@@ -389,6 +399,7 @@ class OutputDelivery:
             with older.open("rb") as file:
                 same_size = os.fstat(file.fileno()).st_size == size
                 if same_size and hashlib.file_digest(file, "sha256").hexdigest() == sha256:
+                    self._replays.add(relative)
                     return
         except OSError:  # gone or unreadable: nothing tells the folder is wrong
             return

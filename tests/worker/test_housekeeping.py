@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 
 from queue_manager.server import QueueManagerServer
 from standins.comfyui import ComfyUISimulator
-from standins.comfyui_nodes import NodeResult
-from worker.housekeeping import caches_earlier_prompts
+from standins.comfyui_nodes import NodeResult, png_bytes
+from worker.housekeeping import caches_earlier_prompts, execution_start
 from worker.main import HOUSEKEEPING_WAIT_S
 
 
@@ -759,3 +759,124 @@ async def test_right_output_and_temp_dirs_give_no_such_warning(qm, comfy, make_w
     assert not [line for line in logs if "holds none of" in line["event"]]
     assert files_under(comfy.temp_dir) == set()
     assert len(files_under(comfy.output_dir)) == 2, "the latest success's two images, kept for a replay"
+
+
+def previews_named_in_order(comfy) -> None:
+    """The stand-in names previews ComfyUI_temp_<5 random letters>_NNNNN_.png, as ComfyUI does; here preview_<n>.png,
+    counted over the whole test (restarts included), so a folder can hold their names before they are made."""
+    preview, made = comfy.catalogue["PreviewImage"], []
+
+    def in_order(inputs, env) -> NodeResult:
+        names = []
+        for image in inputs["images"]:
+            made.append(image)
+            names.append(f"preview_{len(made)}.png")
+            (env.temp_dir / names[-1]).write_bytes(png_bytes(image))
+        return NodeResult((), {"images": [{"filename": n, "subfolder": "", "type": "temp"} for n in names]})
+
+    comfy.catalogue["PreviewImage"] = replace(preview, run=in_order)
+
+
+def write_last_weeks(folder: Path, names: list[str]) -> dict[str, tuple[bytes, float]]:
+    """A user's files of these names in the folder, written a week ago: what must stay as it is."""
+    week_ago = time.time() - 7 * 86400
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"last week's " + name.encode())
+        os.utime(folder / name, (week_ago, week_ago))
+    return as_found(folder)
+
+
+def as_found(folder: Path) -> dict[str, tuple[bytes, float]]:
+    return {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime) for name in files_under(folder)}
+
+
+def saves_only(color: int) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "only"}},
+    }
+
+
+async def fail_a_prompt_then_succeed(qm, comfy, folders, make_worker, workflows) -> None:
+    """A failed prompt's result (before-error/x_00001_.png) is kept until a success (whose previews are
+    preview_1.png and preview_2.png) frees it."""
+    comfy.inject_error("out of coffee", node_id="30")
+    jobs = [qm.store.submit("bob", saves_then_fails()), qm.store.submit("alice", quick(workflows, 1))]
+    assert await asyncio.wait_for(make_worker(**folders).run(), 20) == 0
+    assert [qm.store.get(job.id).status for job in jobs] == ["failed", "completed"]
+
+
+async def tidy_a_killed_runs_prompt(qm, comfy, folders, make_worker, workflows) -> None:
+    """A killed run of w1 left a finished prompt (quick_00001_.png, quick_00002_.png; preview_1.png, preview_2.png):
+    its previews go at the restart, its results at the restart's first success."""
+    from worker.comfyui import WORKER_ID_KEY
+
+    async with httpx.AsyncClient(base_url=comfy.url) as client:
+        body = {"prompt": quick(workflows, 1), "extra_data": {WORKER_ID_KEY: "w1"}}
+        left = (await client.post("/prompt", json=body)).json()["prompt_id"]
+    async with asyncio.timeout(5):
+        while left not in await history(comfy):
+            await asyncio.sleep(0.01)
+    job = qm.store.submit("alice", saves_only(2))
+    assert await asyncio.wait_for(make_worker(worker_id="w1", **folders).run(), 20) == 0
+    assert qm.store.get(job.id).status == "completed"
+    assert left in comfy.history_deletes
+
+
+async def lose_a_prompt_to_a_comfyui_restart(qm, comfy, folders, make_worker, workflows) -> None:
+    """ComfyUI dies in a prompt that wrote early_00001_.png and preview_1.png; the next prompt's number shows the
+    restart, and they go after its job's report."""
+    worker = make_worker(serverless_max_idle_polls=1_000_000, **folders)
+    run = asyncio.create_task(worker.run())
+    comfy.freeze(class_type="ImageBlur")
+    qm.store.submit("alice", saves_around_a_slow_node(color=1))
+    await asyncio.wait_for(comfy.wait_until_frozen(), 10)
+    await crash_and_restart(comfy)
+    comfy.release()
+    await until(lambda: worker.state.jobs_handed_back == 1)
+    later = qm.store.submit("bob", saves_only(2))
+    await until(lambda: qm.reports.landed(later.id) and worker.state.current_job_id is None)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 20) == 0
+    assert qm.store.get(later.id).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("tidied", "results", "previews"),
+    [
+        (fail_a_prompt_then_succeed, ["before-error/x_00001_.png"], ["preview_1.png", "preview_2.png"]),
+        (tidy_a_killed_runs_prompt, ["quick_00001_.png", "quick_00002_.png"], ["preview_1.png", "preview_2.png"]),
+        (lose_a_prompt_to_a_comfyui_restart, ["early_00001_.png"], ["preview_1.png"]),
+    ],
+    ids=["failed prompt", "killed run", "comfyui restart"],
+)
+async def test_folders_holding_older_files_of_the_names_comfyui_gave_keep_them_all(
+    qm, comfy, make_worker, workflows, tmp_path, tidied, results, previews
+):
+    """COMFYUI_OUTPUT_DIR and COMFYUI_TEMP_DIR set to folders that are not ComfyUI's (an old copy of its outputs, a
+    persistent volume, another ComfyUI's folder) hold last week's files of the very names ComfyUI counts up. Before,
+    only a delivered result older than its prompt with other bytes kept the output folder: the files a failed
+    prompt, a killed run's prompt or a prompt lost with ComfyUI named were deleted unchecked, and so were the
+    previews, unchecked always. Now a file older than the prompt that named it is kept, and its folder named once."""
+    previews_named_in_order(comfy)
+    folders = {"comfyui_output_dir": tmp_path / "user-outputs", "comfyui_temp_dir": tmp_path / "user-previews"}
+    before = {setting: write_last_weeks(folder, results if "output" in setting else previews)
+              for setting, folder in folders.items()}  # fmt: skip
+    with capture_logs() as logs:
+        await tidied(qm, comfy, folders, make_worker, workflows)
+    assert {setting: as_found(folder) for setting, folder in folders.items()} == before, "none of it deleted"
+    for setting, folder in folders.items():
+        [warning] = [line for line in logs if line["event"].startswith(f"{setting.upper()} holds a file of a name")]
+        assert warning["log_level"] == "warning"
+        assert warning[setting.upper()] == str(folder)
+        assert warning["file"] in before[setting]
+        assert warning["older_by_s"] > 6 * 86400
+
+
+def test_when_comfyui_started_a_prompt_is_read_from_its_history_status_or_unknown():
+    stamped = [["execution_start", {"prompt_id": "p", "timestamp": 1795546488995}], ["execution_success", {}]]
+    assert execution_start({"messages": stamped}) == 1795546488.995
+    assert execution_start({"messages": [["execution_start", {"prompt_id": "p"}]]}) is None, "an older ComfyUI"
+    assert execution_start({"messages": [["execution_start", {"timestamp": True}]], "x": 1}) is None
+    assert execution_start({}) is None
