@@ -4,9 +4,10 @@ It copies what a pinned Verda deployment does, as far as it is known (docs/verda
 - ``apply(n)`` pins n replicas; the platform keeps n running. A worker that exits on its own (a serverless
   worker exits when idle) is restarted in its place at the next ``observe``, as Kubernetes would; Verda does
   not document which it does, and the scaler is safe either way because it never relies on workers exiting.
-- A worker that keeps failing its start (a non-zero exit within ``FAILED_START_S``) is restarted after a
-  back-off, as Kubernetes' CrashLoopBackOff does, and is not counted as ready meanwhile: in a fleet its provider
-  is then degraded at the start deadline and its replicas go elsewhere (scaler/allocator.py).
+- A worker that keeps failing (non-zero exits in a row, however long each ran: a worker that cannot reach its
+  queue manager exits 1 after SERVERLESS_MAX_UNREACHABLE_S, 10 min) is restarted after a back-off, as Kubernetes'
+  CrashLoopBackOff does, and is not counted as ready meanwhile: in a fleet its provider is then degraded at the
+  start deadline and its replicas go elsewhere (scaler/allocator.py). See ``_note_exit`` for what ends a streak.
 - On a scale-down the most recently started replicas get SIGTERM (Verda picks without saying how); they
   are SIGKILLed if still alive ``stop_timeout_s`` later, as Verda does after 30 s.
 - ``pause`` stops every replica and holds the count at 0 until ``resume``.
@@ -42,8 +43,10 @@ LOG_FILES_KEPT = 1000
 # From a worker's normal start: `python -m worker` refusing its settings exits 2 after 0.7-1 s; a good one polls the
 # queue ~1 s after its start (a few seconds more while its ComfyUI comes up), and an idle one exits 0 ~22 s later.
 MIN_READY_S = 10.0  # a worker in a new place counts as ready (serving) once it has run this long, as minReadySeconds
-FAILED_START_S = 60.0  # a non-zero exit sooner than this is a failed start; a longer run resets the back-off
-RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failed start in a row; doubles on each next
+# A replacement after one failure counts as ready once it has run this long; after failures in a row, once it has
+# run this much longer than the failed run it replaces.
+FAILED_START_S = 60.0
+RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failure in a row; doubles on each next
 RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
 
 
@@ -53,7 +56,7 @@ class _LocalReplica:
     process: asyncio.subprocess.Process
     started_at: float
     log_file: IO[bytes] | None
-    failed_starts: int = 0  # failed starts in a row of the replicas it replaces
+    failed_starts: int = 0  # non-zero exits in a row of the replicas it replaces
     ready_after_s: float = MIN_READY_S
     stopping_since: float | None = None
 
@@ -72,11 +75,12 @@ class _LocalReplica:
 @dataclass
 class _Vacancy:
     """A replica's place from its exit until its replacement starts: at once after an idle exit, after the
-    back-off after a failed start."""
+    back-off after a failed run."""
 
     failed_starts: int
     exited_at: float
     restart_at: float
+    failed_run_s: float = 0.0  # how long the failed run that left it ran
 
     def due(self, now: float) -> bool:
         return not self.exited_at <= now < self.restart_at  # a clock set back does not hold the restart
@@ -84,12 +88,17 @@ class _Vacancy:
     @property
     def ready_after_s(self) -> float:
         """An idle exit's replacement serves at once, as its predecessor did (made to wait MIN_READY_S, idle
-        workers restarting every ~22 s were un-ready ~45 % of the time); after failed starts, only once past them."""
-        return FAILED_START_S if self.failed_starts else 0.0
+        workers restarting every ~22 s were un-ready ~45 % of the time). After one failure, once past a failed
+        start. After failures in a row, once it has outlived the failed run by FAILED_START_S: workers that cannot
+        reach the queue manager each run SERVERLESS_MAX_UNREACHABLE_S (10 min) and would otherwise count as
+        serving for most of it, and the provider would never reach the fleet's start deadline."""
+        if self.failed_starts < 2:
+            return FAILED_START_S if self.failed_starts else 0.0
+        return self.failed_run_s + FAILED_START_S
 
 
 def restart_delay_s(failed_starts: int) -> float:
-    """The first failed start is restarted at once (a worker killed once is not crash-looping); then the back-off."""
+    """The first failure is restarted at once (a worker killed once is not crash-looping); then the back-off."""
     if failed_starts < 2:
         return 0.0
     return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (failed_starts - 2))
@@ -103,9 +112,11 @@ class LocalBackend:
     its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given, SERVERLESS_MODE=true. With
     ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log`` (``<id_prefix>-<N>.log``); each start
     keeps ``log_files_kept`` of those, the running replicas' and the most recently written of the others, and
-    removes the oldest others (an earlier run's too; never a file named otherwise). Each replica leads its own
-    process group, so what it started (the supervisor's ComfyUI) is killed with it. ``clock`` (epoch seconds) times
-    the replicas' starts, their runs and the restart back-off.
+    removes the oldest others (an earlier run's too; never a file named otherwise). Replica numbers restart at 1
+    with the backend: a new replica's file replaces an earlier run's of the same name, never appends to it (its
+    output would read as the earlier worker's). Each replica leads its own process group, so what it started (the
+    supervisor's ComfyUI) is killed with it. ``clock`` (epoch seconds) times the replicas' starts, their runs and
+    the restart back-off.
     """
 
     def __init__(
@@ -120,6 +131,9 @@ class LocalBackend:
         log_dir: Path | None = None,
         log_files_kept: int = LOG_FILES_KEPT,
     ) -> None:
+        if log_files_kept < 1:
+            raise ValueError(f"log_files_kept must be >= 1 (the running replicas' files are always kept), "
+                             f"got {log_files_kept}")
         self._env = {"SERVERLESS_MODE": "true", **worker_env, "HEALTH_PORT": "0"}
         self._command = tuple(command)
         self._replica_env = replica_env
@@ -222,7 +236,15 @@ class LocalBackend:
                 _kill_group(replica.process.pid)
 
     def _note_exit(self, replica: _LocalReplica) -> None:
-        """An idle exit (0) is restarted at once; a failed start backs off, and is a warning, as any failure is."""
+        """An idle exit (0) is restarted at once; a non-zero exit is a failure, however long the run, backs off
+        when it follows another, and is a warning, as any failure is.
+
+        What the backend knows of a run is its exit code and its length, nothing of the jobs it served (the queue
+        manager does not track workers). Exit 0 is the worker's word that it ran well: a serverless worker exits 0
+        when idle (its polls were answered), at its job limit, or when stopped; it ends a streak. Length alone is no
+        evidence: a worker that cannot reach its queue manager exits 1 after 10 min. A streak also ends when a
+        replica outlived the failed run it replaced by FAILED_START_S (it was counted ready on that evidence): its
+        own failure is then the first of a new streak."""
         now = self._clock()
         exit_code = replica.process.returncode
         ran_s = round(now - replica.started_at, 1)  # seen at this reconcile: at most a tick late
@@ -230,11 +252,12 @@ class LocalBackend:
             log.info("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s)
             self._vacancies.append(_Vacancy(0, now, now))
             return
-        failed_starts = replica.failed_starts + 1 if ran_s < FAILED_START_S else 1
+        outlived_the_streak = replica.failed_starts >= 2 and ran_s >= replica.ready_after_s
+        failed_starts = 1 if outlived_the_streak else replica.failed_starts + 1
         delay_s = restart_delay_s(failed_starts)
         log.warning("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s,
                     failed_starts=failed_starts, restart_in_s=delay_s, output=self._output_of(replica.id))
-        self._vacancies.append(_Vacancy(failed_starts, now, now + delay_s))
+        self._vacancies.append(_Vacancy(failed_starts, now, now + delay_s, ran_s))
 
     def _output_of(self, replica_id: str) -> str:
         return "the scaler's stderr" if self._log_dir is None else str(self._log_path(replica_id))
@@ -254,7 +277,7 @@ class LocalBackend:
         log_file = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = self._log_path(replica_id).open("ab")
+            log_file = self._log_path(replica_id).open("wb")
             self._remove_old_logs(self._log_dir, running={replica_id, *(r.id for r in self._live + self._stopping)})
         process = await asyncio.create_subprocess_exec(
             *self._command,

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from scaler.allocator import AllocatorConfig, DegradedReason, ProviderHealth, ProviderSpec
 from scaler.cli import main
 from scaler.config import load_settings
+from scaler.health_record import BackendHealth
 from scaler.loop import ScalerLoop, saved_health
 from scaler.policy import ScalingConfig
 from scaler.providers import BackendView, LocalBackend
@@ -356,6 +359,9 @@ async def test_a_crash_looping_worker_backs_off_growing_capped_and_a_good_run_re
         assert view.ready == 0, "restarted after failed starts, it is not ready at once"
         while clock() - good_start < FAILED_START_S:
             view = await tick(backend, clock, wait, exits=False)
+        assert view.ready == 0, "not before it has outlived the failed run it replaces"
+        while clock() - good_start < FAILED_START_S + RESTART_BACKOFF_MAX_S:
+            view = await tick(backend, clock, wait, exits=False)
         assert view.ready == 1
         del setting["STAY"]  # it fails after a good run: restarted at once, then the back-off starts over
         os.kill(backend.pids[0], signal.SIGTERM)
@@ -438,3 +444,93 @@ async def test_a_single_local_backend_s_crash_loop_shows_in_the_decision_line_an
     for decision in decisions:
         assert (decision["degraded"], decision["level"]) == ("start_deadline", "warning")
         assert (decision["reason"], decision["desired"]) == ("steady", 1), "the policy decides as before"
+
+
+async def test_workers_that_cannot_reach_the_queue_manager_back_off_however_long_each_ran(comfy, tmp_path, wait):
+    """A serverless worker that cannot reach its queue manager exits 1 after SERVERLESS_MAX_UNREACHABLE_S (10 min
+    by default). A non-zero exit counted as a failure only within 60 s of the start: each was restarted at once
+    with failed_starts=1, for ever, and counted as serving for 9 of its 10 minutes."""
+    clock = ManualClock()
+    with socket.socket() as closed:  # bound and never listening: the queue manager's port refuses every poll
+        closed.bind(("127.0.0.1", 0))
+        env = {
+            **os.environ,
+            "QUEUE_MANAGER_URL": f"http://127.0.0.1:{closed.getsockname()[1]}",
+            "COMFYUI_URL": comfy.url,
+            "OUTPUTS_PATH": str(tmp_path / "outputs"),
+            "WORKER_POLL_INTERVAL": "0.05",
+            "SERVERLESS_MAX_UNREACHABLE_S": "0.3",
+            "COMFYUI_STARTUP_TIMEOUT_S": "10",
+            "LOG_FORMAT": "json",
+        }
+        backend = LocalBackend(env, clock=clock, log_dir=tmp_path / "logs")
+        exits, views = [], []
+        try:
+            await backend.apply(1)
+            for _ in range(4):
+                await wait(lambda: backend.pids and all(r.exited for r in backend._live), timeout=60)
+                clock.advance(600)  # the backend's clock: each ran the default SERVERLESS_MAX_UNREACHABLE_S
+                with capture_logs() as logs:
+                    views.append(await backend.observe())
+                [exited] = [e for e in logs if e["event"] == "local_replica_exited"]
+                exits.append(exited)
+                clock.advance(exited["restart_in_s"])
+                await backend.observe()
+        finally:
+            await backend.aclose()
+    assert [(e["exit_code"], e["ran_s"], e["log_level"]) for e in exits] == [(1, 600.0, "warning")] * 4
+    assert [(e["failed_starts"], e["restart_in_s"]) for e in exits] == [(1, 0.0), (2, 10.0), (3, 20.0), (4, 40.0)]
+    assert [len(v.replicas) for v in views] == [1, 0, 0, 0], "restarted at once after the first, then backing off"
+    said = Path(exits[0]["output"]).read_text()
+    assert "Queue manager unreachable; exiting" in said, said
+    assert backend.starts == 5
+
+
+async def test_workers_failing_after_ten_minutes_each_degrade_the_provider_at_the_start_deadline(tmp_path, wait):
+    """Workers exiting 1 after 10 min each (unreachable queue manager) counted as ready from their 10th (then 60th)
+    second to their exit: never short for SCALER_FALLBACK_START_DEADLINE_S, the provider was never degraded and a
+    fleet kept its replicas there for ever."""
+    clock = ManualClock()
+    backend = LocalBackend(os.environ, command=WORKER, clock=clock,
+                           replica_env=lambda _: {"CODE": "1", "HOLD": str(tmp_path)})
+    health = BackendHealth("local", AllocatorConfig((ProviderSpec("local", 1, 0.0),), start_deadline_s=600))
+    began = clock()
+    try:
+        await backend.apply(1)
+        view = await backend.observe()
+        while clock() - began < 3 * 3600 and health.state.health.get("local", ProviderHealth()).degraded is None:
+            for replica in view.replicas:
+                if clock() - replica.started_at >= 600:  # its 10 min are up: it exits 1
+                    (tmp_path / replica.id).touch()
+                    await wait(lambda: all(r.exited for r in backend._live), timeout=10)
+            clock.advance(TICK_S * 10)
+            view = await backend.observe()
+            health.see(view, None, 1, clock())
+    finally:
+        await backend.aclose()
+    degraded = health.state.health["local"]
+    assert degraded.degraded is DegradedReason.START_DEADLINE, f"not degraded in {clock() - began:.0f} s"
+    # 2 runs of 10 min, then short from the second's exit: the replacements must outlive a failed run to count
+    assert clock() - began <= 2 * (600 + TICK_S * 10) + 600 + TICK_S * 20, f"degraded {clock() - began:.0f} s in"
+    assert backend.starts <= 4
+
+
+async def test_a_new_run_s_replica_does_not_append_to_an_earlier_run_s_log_of_the_same_name(tmp_path, wait):
+    """Replica numbers restart at 1 with the scaler: local-worker-1 of a new run appended to the kept file of the
+    earlier run's local-worker-1, whose failure then read as the new worker's (the `output` of its warning)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "local-worker-1.log").write_text("Queue manager unreachable; exiting (an earlier run)\n")
+    backend = LocalBackend(os.environ, command=ONE_RUN, log_dir=logs, replica_env=lambda _: {"STAY": "1"})
+    try:
+        await backend.apply(1)
+        await wait(lambda: (logs / "local-worker-1.log").read_text() != "", timeout=10)
+    finally:
+        await backend.aclose()
+    assert (logs / "local-worker-1.log").read_text() == "local-worker-1\n"
+
+
+@pytest.mark.parametrize("kept", [0, -1])
+def test_keeping_no_log_file_is_refused_naming_the_setting(tmp_path, kept):
+    with pytest.raises(ValueError, match=rf"log_files_kept must be >= 1.*got {kept}"):
+        LocalBackend(os.environ, log_dir=tmp_path, log_files_kept=kept)
