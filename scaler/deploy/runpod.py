@@ -166,8 +166,10 @@ def make_backend(
 
 
 def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
-    """The scaler's RunPod backend for the deployment in the spec at ``path`` (close it with ``aclose``)."""
-    spec, settings = load_runpod_spec(path, environ)
+    """The scaler's RunPod backend for the deployment in the spec at ``path`` (close it with ``aclose``). A
+    misspelt variable is refused, as by the deploy: the scaler would create pods with the spec's value instead."""
+    with refusing_misspelt(environ, DEPLOY_VARIABLES):
+        spec, settings = load_runpod_spec(path, environ)
     return make_backend(make_client(environ), spec, settings, environ)
 
 

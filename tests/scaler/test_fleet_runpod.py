@@ -235,6 +235,29 @@ async def test_stop_terminates_runpod_pods_whatever_else_the_deploy_spec_lacks(
         assert "runpod: invalid deployment spec" in capsys.readouterr().err
 
 
+async def test_the_scaler_refuses_a_misspelt_runpod_variable_as_the_deploy_does_and_still_stops(
+    stop_env, monkeypatch, fake_runpod: FakeRunPod, fake_verda: FakeVerda, make_verda_client, capsys,
+):
+    """`deploy-serverless.sh --provider runpod` refused RUNPOD_GUP=...; `comfy-scaler run` read the same spec
+    without a word and created its pods on the spec's GPU. The kill switch reads neither: it still stops."""
+    for name, value in (("VERDA_IMAGE", "ghcr.io/acme/comfyui-worker-serverless:0.1.0"),
+                        ("RUNPOD_VOLUME_ID", "vol-demo"), ("RUNPOD_DATA_CENTER_IDS", "US-TX-3"),
+                        ("RUNPOD_HEALTH_URL", fake_runpod.health_url)):
+        monkeypatch.setenv(name, value)
+    assert await cli("status") == 0, capsys.readouterr().err
+    await start_pods(fake_runpod, make_verda_client)
+    monkeypatch.setenv("RUNPOD_GUP", "NVIDIA H100 80GB HBM3")
+    capsys.readouterr()
+
+    assert await cli("status") == 1
+    err = capsys.readouterr().err
+    assert "runpod: " in err and "RUNPOD_GUP: the deploy reads no variable of this name" in err, err
+    assert "did you mean RUNPOD_GPU?" in err, err
+    assert await cli("stop") == 0
+    assert "runpod: stopped: 0 replicas" in capsys.readouterr().out
+    assert fake_runpod.live_pods() == []
+
+
 @pytest.mark.parametrize(
     ("spec", "named"),
     [
