@@ -46,9 +46,11 @@ from scaler.wiring import (
     fleet_policy_config,
     look_up_price,
     make_provider,
+    member_timeout,
     pin_and_pause,
     release_stop_file,
     stop_all,
+    tokens_ahead,
 )
 
 log = structlog.get_logger()
@@ -204,6 +206,7 @@ async def _opened(
         else:
             backend = make_backend(settings)
         stack.push_async_callback(backend.aclose)
+        await tokens_ahead(backend, member_timeout(settings.interval_s, settings.tick_deadline_s))
         yield backend, queue
 
 

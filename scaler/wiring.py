@@ -209,6 +209,17 @@ async def build_fleet(
                         member_timeout_s=member_timeout(settings.interval_s, settings.tick_deadline_s))
 
 
+async def tokens_ahead(backend: Backend, limit_s: float) -> None:
+    """Verda's OAuth token asked for before the first tick, waited for up to ``limit_s``: asked by the first read,
+    it made that read two answers long, and at 2 s an answer a fleet's 3.75 s cut it off. A request that fails
+    or is late is no error here: it goes on, and the read that needs the token reports it."""
+    members = [m.backend for m in backend.members.values()] if isinstance(backend, FleetBackend) else [backend]
+    requests = [b.client.fetch_token_ahead() for b in members if isinstance(b, VerdaBackend)]
+    pending = {request for request in requests if request is not None}
+    if pending:
+        await asyncio.wait(pending, timeout=limit_s)
+
+
 def member_timeout(interval_s: float, tick_deadline_s: float | None) -> float:
     """How long one call to one provider of a fleet may take. A tick reads, may write while placing, then writes:
     each provider call gets a quarter of the tick."""

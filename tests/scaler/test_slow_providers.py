@@ -18,7 +18,7 @@ async def test_verda_answering_in_a_third_of_the_member_time_is_read_and_keeps_i
     # Verda's three reads were asked one after another: 3 answers' time, past the member's 1 s at 0.4 s an answer.
     fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99, member_timeout_s=1.0)
     try:
-        await fleet.observe()  # the token, once an hour, is one answer more
+        await fleet.observe()  # the token first (the CLI asks for it before the first tick: tokens_ahead)
         fake_verda.latency_s = fake_runpod.latency_s = 0.4
         await fleet.apply(3)
         for _ in range(3):  # SCALER_FALLBACK_ERROR_TICKS is 2 here

@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
+from scaler.config import load_settings
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
 from scaler.queue_status import QueueStatusReader
+from scaler.wiring import make_provider, tokens_ahead
 from standins.verda import FakeVerda
 
 from .conftest import DEPLOYMENT
@@ -330,3 +332,21 @@ async def test_a_started_at_without_an_offset_is_utc_whatever_the_hosts_zone(
         await backend.aclose()
     nine_utc = datetime(2026, 12, 1, 9, tzinfo=UTC).timestamp()
     assert {r.id: r.started_at for r in view.replicas} == {"naive": nine_utc, "zulu": nine_utc, "offset": nine_utc}
+
+
+async def test_the_token_is_asked_for_at_start_so_the_first_read_needs_no_token_request(
+    cli_env, fake_verda: FakeVerda
+):
+    """In a fleet a read gets a quarter of the tick (3.75 s). The token was asked for by the first read, before
+    its three reads: at 2 s an answer that read was cut off, and the first tick of every run failed. The token
+    is now asked for before the first tick, and the first read sends its three requests and no other."""
+    fake_verda.latency_s = 0.2
+    backend = make_provider(load_settings(), "verda")
+    try:
+        await tokens_ahead(backend, 30)
+        sent_before = len(fake_verda.requests)
+        assert (await backend.observe()).status == "healthy"
+        sent = sorted(r.path.rsplit("/", 1)[-1] for r in fake_verda.requests[sent_before:])
+        assert sent == ["replicas", "scaling", "status"], "no token request"
+    finally:
+        await backend.aclose()

@@ -1,9 +1,15 @@
 """Async client for Verda's container-deployments API.
 
-OAuth2 client credentials with refresh ahead of expiry, one re-authentication on a 401, and transport
-retries (tenacity) on 408/429/5xx and connection errors. The official SDK sets no timeout and never
-retries, so this client exists instead of wrapping it. Secrets and tokens are held as pydantic SecretStr
-so they cannot leak through a repr, a log line or an exception.
+OAuth2 client credentials, one re-authentication on a 401, and transport retries (tenacity) on 408/429/5xx
+and connection errors. The official SDK sets no timeout and never retries, so this client exists instead of
+wrapping it. Secrets and tokens are held as pydantic SecretStr so they cannot leak through a repr, a log line
+or an exception.
+
+The token is never a read's first answer when it can be helped: `fetch_token_ahead` asks for it before the first
+read, and a token nine tenths through its life is renewed in the background while the reads go on with it. A
+fleet gives a read a quarter of the tick (3.75 s): at 2 s an answer, a token request first cut the read off.
+Only a read without a valid token waits for one. Every caller shares the one token request under way, and that
+request outlives a caller cut off by its deadline, so the next tick finds the token it fetched.
 
 A create is not retried blindly: Verda has answered 500 to a POST that did create the deployment, so before
 each retry the client looks for what it was creating and counts it as done when it is there. A DELETE only
@@ -27,7 +33,7 @@ import structlog
 from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
-from common.logs import forget_secret, register_secret, scrubbed_excerpt
+from common.logs import error_text, forget_secret, register_secret, scrubbed_excerpt
 from common.urls import direct_transport
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
@@ -42,7 +48,7 @@ DELETE_WAIT_S = 60.0  # how long Verda's side waits for a deletion (its `timeout
 DELETE_FIRST_POLL_S = 0.25  # most deletions are quick: poll soon, then back off to DELETE_POLL_S
 DELETE_POLL_S = 5.0
 DELETE_DEADLINE_S = 300.0
-REFRESH_AT_FRACTION = 0.9
+REFRESH_AT_FRACTION = 0.9  # from there the token is renewed in the background; it serves until it expires
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
 MAX_PLAUSIBLE_REPLICAS = 10_000  # SCALER_MAX_REPLICAS is at most 100; a larger count read back is a broken answer
@@ -114,6 +120,7 @@ class _Token:
     access: SecretStr
     refresh: SecretStr | None
     refresh_at: float
+    expires_at: float  # counted from when it was asked for: Verda's clock started no earlier
 
 
 def _lifetime_s(expires_in: Any) -> float:
@@ -129,6 +136,14 @@ def _lifetime_s(expires_in: Any) -> float:
 def _values(token: _Token | None) -> list[str]:
     secrets = [token.access, token.refresh] if token is not None else []
     return [str(secret.get_secret_value()) for secret in secrets if secret is not None]
+
+
+def _log_token_failure(request: asyncio.Task[_Token]) -> None:
+    """A token request that failed: said here too, for one asked in the background that no read waited for
+    (a read that did wait fails with the error itself)."""
+    if not request.cancelled() and (error := request.exception()) is not None:
+        log.warning("verda_token_request_failed", error=error_text(error),
+                    hint="a token still valid serves the reads; without one they fail with this error and ask again")
 
 
 def error_from_response(response: httpx.Response) -> VerdaAPIError:
@@ -234,7 +249,7 @@ class VerdaClient:
         )
         self._token: _Token | None = None
         self._retired_token: _Token | None = None
-        self._auth_lock = asyncio.Lock()
+        self._token_request: asyncio.Task[_Token] | None = None  # the one under way, shared by every caller
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True, transport=direct_transport(base_url)
         )
@@ -253,6 +268,9 @@ class VerdaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._token_request is not None:
+            self._token_request.cancel()
+            await asyncio.gather(self._token_request, return_exceptions=True)
         await self._http.aclose()
 
     # --- authentication -------------------------------------------------------------------------
@@ -260,7 +278,7 @@ class VerdaClient:
     async def _post_token(self, payload: dict[str, str]) -> httpx.Response:
         return await self._bounded("POST", "/oauth2/token", json=payload)
 
-    def _store_token(self, response: httpx.Response) -> _Token:
+    def _store_token(self, response: httpx.Response, asked_at: float) -> _Token:
         if response.is_error:
             raise error_from_response(response)
         data = self._parse(response)
@@ -268,10 +286,12 @@ class VerdaClient:
         if not isinstance(access, str) or not access:
             raise VerdaAPIError(200, "unexpected_answer", "POST /oauth2/token: no access_token string in the answer")
         refresh = data.get("refresh_token")
+        lifetime_s = _lifetime_s(data.get("expires_in"))
         token = _Token(
             access=SecretStr(access),
             refresh=SecretStr(refresh) if isinstance(refresh, str) and refresh else None,
-            refresh_at=self._clock() + REFRESH_AT_FRACTION * _lifetime_s(data.get("expires_in")),
+            refresh_at=asked_at + REFRESH_AT_FRACTION * lifetime_s,
+            expires_at=asked_at + lifetime_s,
         )
         # Verda may quote a token in an error message: the scrubber knows the tokens in use and the ones just
         # replaced (an answer under way may still carry them); older ones are forgotten, so the list stays short.
@@ -285,6 +305,7 @@ class VerdaClient:
 
     async def _authenticate(self) -> _Token:
         log.info("verda_authenticating", client_id=self._client_id)
+        asked_at = self._clock()
         response = await self._post_token(
             {
                 "grant_type": "client_credentials",
@@ -292,36 +313,57 @@ class VerdaClient:
                 "client_secret": self._client_secret.get_secret_value(),
             }
         )
-        return self._store_token(response)
+        return self._store_token(response, asked_at)
 
     async def _refresh(self, token: _Token) -> _Token:
         if token.refresh is None:
             return await self._authenticate()
         log.info("verda_refreshing_token")
+        asked_at = self._clock()
         response = await self._post_token(
             {"grant_type": "refresh_token", "refresh_token": token.refresh.get_secret_value()}
         )
         if response.status_code in (400, 401):
             log.info("verda_refresh_rejected", status=response.status_code)
             return await self._authenticate()
-        return self._store_token(response)
+        return self._store_token(response, asked_at)
+
+    def _new_token(self, *, authenticate: bool = False) -> asyncio.Task[_Token]:
+        """The token request under way, or a new one: a refresh of the token in hand, or (none in hand, or
+        ``authenticate``) the client credentials. Its own task, so a caller cut off does not cut it off."""
+        if self._token_request is None or self._token_request.done():
+            token = self._token
+            fetch = self._authenticate() if token is None or authenticate else self._refresh(token)
+            self._token_request = asyncio.create_task(fetch)
+            self._token_request.add_done_callback(_log_token_failure)
+        return self._token_request
+
+    def fetch_token_ahead(self) -> asyncio.Task[_Token] | None:
+        """Ask for a token now, in the background, unless one in hand is not yet due for renewal: the first read
+        then needs no token request of its own. The request under way (awaiting it is optional), or None."""
+        token = self._token
+        if token is not None and self._clock() < token.refresh_at:
+            return None
+        return self._new_token()
 
     async def _access_token(self) -> SecretStr:
-        async with self._auth_lock:
-            token = self._token
-            if token is None:
-                token = await self._authenticate()
-            elif self._clock() >= token.refresh_at:
-                token = await self._refresh(token)
+        """The token in hand while it is valid (one due for renewal is renewed beside the read); else the token
+        request's answer, shared with every other caller waiting for one."""
+        token = self._token
+        if token is not None and self._clock() < token.expires_at:
+            self.fetch_token_ahead()
             return token.access
+        return (await asyncio.shield(self._new_token())).access
 
     async def _replace_rejected_token(self, rejected: SecretStr) -> SecretStr:
-        async with self._auth_lock:
-            # Another request may already have replaced the token this one was refused with.
-            if self._token is None or self._token.access == rejected:
-                await self._authenticate()
-            assert self._token is not None
-            return self._token.access
+        """A new token after a 401: the one another caller got meanwhile, the request under way, or a new
+        authentication (only one at a time). The refused token serves no other read: they wait for the new one."""
+        token = self._token
+        if token is None or token.access == rejected:
+            if token is not None:
+                token.expires_at = -math.inf
+            token = await asyncio.shield(self._new_token(authenticate=True))
+        return token.access
 
     # --- requests -------------------------------------------------------------------------------
 

@@ -10,11 +10,13 @@ from datetime import datetime
 import httpx
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from common.logs import error_text
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient, check_deployment_name
 from standins.verda import FakeVerda
 
+from ...conftest import wait_for
 from .conftest import NAME, h100_deployment
 
 LIST = "/container-deployments"
@@ -35,6 +37,13 @@ def deployment_body(name: str = NAME, min_replicas: int = 0) -> dict:
 
 def grants(fake: FakeVerda) -> list[str]:
     return [r.json["grant_type"] for r in fake.requests_to("/oauth2/token")]
+
+
+async def renewal_done(verda: VerdaClient) -> None:
+    """Wait for the token renewal under way, if any."""
+    renewal = verda.fetch_token_ahead()
+    if renewal is not None:
+        await renewal
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -62,7 +71,8 @@ async def test_refreshes_ahead_of_expiry(fake: FakeVerda, verda: VerdaClient, cl
     await verda.list_deployments()
     assert grants(fake) == ["client_credentials"]
     clock.advance(2)
-    await verda.list_deployments()
+    await verda.list_deployments()  # with the token in hand; the renewal goes on beside it
+    await renewal_done(verda)
     assert grants(fake) == ["client_credentials", "refresh_token"]
 
 
@@ -71,6 +81,7 @@ async def test_rejected_refresh_falls_back_to_full_authentication(fake: FakeVerd
     fake.revoke_refresh_tokens()
     clock.advance(95)
     await verda.list_deployments()
+    await renewal_done(verda)
     assert grants(fake) == ["client_credentials", "refresh_token", "client_credentials"]
 
 
@@ -80,6 +91,53 @@ async def test_expired_token_is_replaced_once_on_401(fake: FakeVerda, verda: Ver
     assert await verda.list_deployments() == []
     assert grants(fake) == ["client_credentials", "client_credentials"]
     assert len(fake.requests_to(LIST)) == 3  # ok, 401, ok
+
+
+async def test_a_token_due_for_renewal_serves_the_reads_while_it_is_renewed(
+    fake: FakeVerda, make_client, clock
+) -> None:
+    """A fleet gives a read 3.75 s; a renewal asked for before the reads made them two answers long, and one
+    that failed failed the read with a token still valid for minutes. Now the token in hand serves until it
+    expires, and the renewal is asked for beside the reads."""
+    verda = make_client(max_attempts=1)
+    await verda.list_deployments()
+    clock.advance(95)  # token_ttl_s=100: past the 90% mark, not expired
+    fake.fail_next("/oauth2/token", 503)
+    with capture_logs() as logs:
+        assert await verda.list_deployments() == [], "the token in hand still serves"
+        await wait_for(lambda: any(e["event"] == "verda_token_request_failed" for e in logs))
+    assert await verda.list_deployments() == []  # and asks for a renewal again
+    await renewal_done(verda)
+    clock.advance(10)  # the first token has expired
+    assert await verda.list_deployments() == []
+    assert grants(fake) == ["client_credentials", "refresh_token", "refresh_token"]
+    assert len(fake.requests_to(LIST)) == 4, "no read was refused on the way"
+
+
+async def test_callers_cut_off_and_at_once_share_one_token_request(fake: FakeVerda, verda: VerdaClient) -> None:
+    """A read cut off by the fleet's deadline while its token request was under way took the request with it:
+    the next read asked again, and at 2 s an answer never got further than the token."""
+    fake.latency_s = 0.2
+    first = asyncio.create_task(verda.list_deployments())
+    await wait_for(lambda: grants(fake))
+    first.cancel()
+    assert await asyncio.gather(verda.list_deployments(), verda.list_deployments()) == [[], []]
+    assert grants(fake) == ["client_credentials"]
+
+
+async def test_a_401_asks_for_one_new_token_even_when_its_reader_is_cut_off(
+    fake: FakeVerda, verda: VerdaClient
+) -> None:
+    """After a 401 the read waits for a new token; cut off meanwhile (a fleet's 3.75 s at 2 s an answer), it
+    took the token request with it, and every later tick was refused, asked again and cut off again."""
+    await verda.list_deployments()
+    fake.expire_tokens()
+    fake.latency_s = 0.2
+    first = asyncio.create_task(verda.list_deployments())
+    await wait_for(lambda: len(grants(fake)) == 2)  # refused: a new token asked for
+    first.cancel()
+    assert await verda.list_deployments() == []
+    assert grants(fake) == ["client_credentials", "client_credentials"], "one new token, not one per read"
 
 
 async def test_second_401_raises(fake: FakeVerda, verda: VerdaClient) -> None:
@@ -179,6 +237,7 @@ async def test_secret_and_tokens_never_logged_or_shown(
         await verda.list_deployments()
         clock.advance(95)
         await verda.list_deployments()  # refresh
+        await renewal_done(verda)
         fake.expire_tokens()
         await verda.list_deployments()  # 401, re-authenticate
         fake.fail_next(LIST, 503)
