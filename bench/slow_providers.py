@@ -10,6 +10,11 @@ RunPod backend alone. Per set-up: the ticks
 until the 10 replicas are listed, the provider calls cut off by the fleet's per-call timeout, whether a
 provider was degraded, and the replicas each provider holds once the writes in flight landed (10 in all:
 none doubled, none lost).
+
+``--setup "verda token"``: Verda's OAuth token in a fleet (Verda first): the ticks until Verda's first read
+succeeds, then the Verda reads failed over the token's renewal (the clock moved to 9/10 of its hour: due) and
+after Verda refused the token in hand (401: a new one is asked for), ``TOKEN_TICKS`` ticks each; ticks start
+every SCALER_INTERVAL_S here, as ``comfy-scaler run`` starts them (about 3 minutes per latency).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -35,7 +41,7 @@ from scaler.providers.runpod.client import RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from scaler.providers.verda.client import VerdaClient
 from scaler.queue_status import QueueStatus
-from scaler.wiring import member_timeout
+from scaler.wiring import member_timeout, tokens_ahead
 from standins.runpod import DEFAULT_API_KEY, FakeRunPod
 from standins.verda import FakeVerda
 
@@ -74,10 +80,10 @@ def runpod_backend(fake: FakeRunPod) -> RunPodBackend:
     return RunPodBackend(client, NAME, POD_BODY, health=PodHealthProbe(fake.health_url))
 
 
-async def verda_backend(fake: FakeVerda) -> VerdaBackend:
+async def verda_backend(fake: FakeVerda, clock: Callable[[], float] = time.monotonic) -> VerdaBackend:
     async with VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake.url) as client:
         await client.create_deployment({**copy.deepcopy(VERDA_BODY), "name": NAME})
-    return VerdaBackend(VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake.url), NAME)
+    return VerdaBackend(VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake.url, clock=clock), NAME)
 
 
 def fleet(runpod: Backend, verda: Backend, first: str) -> FleetBackend:
@@ -96,6 +102,7 @@ async def wake(setup: str, latency_s: float, most_ticks: int) -> Outcome:
         backend: Backend = runpod
         if setup != "runpod alone":
             backend = fleet(runpod, await verda_backend(verda_api), "runpod" if "runpod first" in setup else "verda")
+            await tokens_ahead(backend, member_timeout(INTERVAL_S, None))
         runpod_api.latency_s = verda_api.latency_s = latency_s
         queue = WaitingJobs(3 if "arriving" in setup else WANTED)
         loop = ScalerLoop(ScalingConfig(max_replicas=WANTED, target_wait_s=None), backend, queue,
@@ -142,7 +149,67 @@ def _errors(backend: Backend) -> dict[str, str]:
     return errors
 
 
-SETUPS = ("fleet, runpod first", "fleet, verda first", "fleet, runpod first, jobs arriving", "runpod alone")
+TOKEN_TICKS = 3
+TOKEN_LIFETIME_S = 3600.0  # the fake's; Verda states none
+
+
+class ShiftedClock:
+    """The monotonic clock, moved ahead by hand: the fake Verda and the client share it."""
+
+    def __init__(self) -> None:
+        self.shift_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.shift_s
+
+
+async def paced(loop: ScalerLoop) -> None:
+    """One tick, then the rest of its SCALER_INTERVAL_S, as ``run`` paces them: what a tick cut off left under
+    way (a token request) has that long to land."""
+    started = time.perf_counter()
+    await loop.tick()
+    await asyncio.sleep(max(0.0, started + INTERVAL_S - time.perf_counter()))
+
+
+async def token_phases(latency_s: float, most_ticks: int) -> list[str]:
+    """Verda's failed reads per phase: until its first good read, over the token's renewal, after a 401."""
+    clock = ShiftedClock()
+    async with (FakeRunPod(network_volumes=("vol-demo",)) as runpod_api,
+                FakeVerda(VERDA_ID, VERDA_SECRET, token_ttl_s=TOKEN_LIFETIME_S, clock=clock) as verda_api):
+        verda_api.latency_s = runpod_api.latency_s = latency_s
+        backend = fleet(runpod_backend(runpod_api), await verda_backend(verda_api, clock), "verda")
+        await tokens_ahead(backend, member_timeout(INTERVAL_S, None))  # as the CLI does before the first tick
+        loop = ScalerLoop(ScalingConfig(max_replicas=WANTED, target_wait_s=None), backend, WaitingJobs(),
+                          interval_s=INTERVAL_S)
+        lines = []
+        try:
+            first_good = None
+            for tick in range(1, most_ticks + 1):
+                await paced(loop)
+                if "verda read" not in _errors(backend):
+                    first_good = tick
+                    break
+            lines.append(f"first good Verda read at tick {first_good or f'> {most_ticks}'}")
+            due = 0.9 * TOKEN_LIFETIME_S + 60  # past the client's renewal mark, an hour's token still valid
+            for phase, act in (("token due for renewal", lambda: setattr(clock, "shift_s", due)),
+                               ("token refused (401)", verda_api.expire_tokens)):
+                act()
+                failed = []
+                for _ in range(TOKEN_TICKS):
+                    await paced(loop)
+                    failed += [_errors(backend)["verda read"]] if "verda read" in _errors(backend) else []
+                tokens = len(verda_api.requests_to("/oauth2/token"))
+                lines.append(f"{phase}: {len(failed)} of {TOKEN_TICKS} Verda reads failed "
+                             f"({'; '.join(sorted(set(failed))) or 'none'}), {tokens} token requests so far")
+            degraded = sorted(n for n, h in backend.state.health.items() if h.degraded is not None)
+            lines.append(f"degraded: {degraded or 'none'}")
+        finally:
+            await backend.aclose()
+        return lines
+
+
+SETUPS = ("fleet, runpod first", "fleet, verda first", "fleet, runpod first, jobs arriving", "runpod alone",
+          "verda token")
 
 
 async def measure(setups: list[str], latencies: list[float], most_ticks: int) -> None:
@@ -150,6 +217,11 @@ async def measure(setups: list[str], latencies: list[float], most_ticks: int) ->
           f"{WANTED} jobs waiting")
     for setup in setups:
         for latency_s in latencies:
+            if setup == "verda token":
+                print(f"{setup}, {latency_s:g} s per call:")
+                for line in await token_phases(latency_s, most_ticks):
+                    print(f"    {line}")
+                continue
             outcome = await wake(setup, latency_s, most_ticks)
             ready = f"{outcome.ready_at_tick} ticks" if outcome.ready_at_tick else f"not in {most_ticks} ticks"
             print(f"{setup}, {latency_s:g} s per call: {WANTED} replicas in {ready}, "
