@@ -203,10 +203,12 @@ async def _opened(
             backend: Backend = await build_fleet(
                 settings, metrics=provider_metrics, dry_run=dry_run, with_alerts=with_alerts
             )
+            stack.push_async_callback(backend.aclose)
+            # A fleet's provider call gets a quarter of the tick: the first read's token is asked for now.
+            await tokens_ahead(backend, member_timeout(settings.interval_s, settings.tick_deadline_s))
         else:
             backend = make_backend(settings)
-        stack.push_async_callback(backend.aclose)
-        await tokens_ahead(backend, member_timeout(settings.interval_s, settings.tick_deadline_s))
+            stack.push_async_callback(backend.aclose)
         yield backend, queue
 
 

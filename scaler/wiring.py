@@ -211,8 +211,9 @@ async def build_fleet(
 
 async def tokens_ahead(backend: Backend, limit_s: float) -> None:
     """Verda's OAuth token asked for before the first tick, waited for up to ``limit_s``: asked by the first read,
-    it made that read two answers long, and at 2 s an answer a fleet's 3.75 s cut it off. A request that fails
-    or is late is no error here: it goes on, and the read that needs the token reports it."""
+    it made that read two answers long, and at 2 s an answer a fleet's 3.75 s cut it off (a single backend's
+    read has the whole tick). A request that fails or is late is no error here: it goes on, and the read that
+    needs the token reports it."""
     members = [m.backend for m in backend.members.values()] if isinstance(backend, FleetBackend) else [backend]
     requests = [b.client.fetch_token_ahead() for b in members if isinstance(b, VerdaBackend)]
     pending = {request for request in requests if request is not None}
