@@ -15,6 +15,7 @@ from scaler.config import load_settings
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
+from scaler.providers.verda.client import VerdaAPIError
 from scaler.queue_status import QueueStatusReader
 from scaler.wiring import make_provider, tokens_ahead
 from standins.verda import FakeVerda
@@ -348,5 +349,20 @@ async def test_the_token_is_asked_for_at_start_so_the_first_read_needs_no_token_
         assert (await backend.observe()).status == "healthy"
         sent = sorted(r.path.rsplit("/", 1)[-1] for r in fake_verda.requests[sent_before:])
         assert sent == ["replicas", "scaling", "status"], "no token request"
+    finally:
+        await backend.aclose()
+
+
+async def test_a_token_refused_at_start_is_the_first_reads_error(cli_env, fake_verda: FakeVerda, monkeypatch):
+    """Asked for ahead, a token request that fails is no error at start, but it is the read's: the health
+    judgement sees the 401 naming the credentials, as when the read asked for the token itself."""
+    monkeypatch.setenv("VERDA_CLIENT_SECRET", "not-the-secret")
+    backend = make_provider(load_settings(), "verda")
+    try:
+        with capture_logs() as logs:
+            await tokens_ahead(backend, 30)
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["verda_token_request_failed"]
+        with pytest.raises(VerdaAPIError, match="401 unauthorized_request on POST /v1/oauth2/token"):
+            await backend.observe()
     finally:
         await backend.aclose()
