@@ -39,6 +39,7 @@ from queue_manager.models import (
     JobSubmitRequest,
     ListJobsQuery,
     NextJobQuery,
+    PagedListJobsQuery,
     PolledNextJobQuery,
     QueueMode,
     QueueStatusResponse,
@@ -54,9 +55,11 @@ from queue_manager.store import (
     FencedOut,
     JobRecord,
     JobStore,
+    ListCursor,
     PollIdTaken,
     QueueFullError,
     is_storage_fault,
+    list_order,
 )
 from queue_manager.validation import RefusedJson, ValidationErrors, parse_json_body, parse_query
 
@@ -418,19 +421,32 @@ class QueueApi:
         return _json({**view, "metadata": job.metadata} if self._settings.extensions else view)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        query, errors = parse_query(ListJobsQuery, request.query)
+        query, errors = parse_query(PagedListJobsQuery if self.extensions else ListJobsQuery, request.query)
         if query is None:
             return _detail(422, errors)
-        jobs = await self._db(
-            self._store.list,
+        newest_first = self.extensions and query.order == "newest"
+        after, errors = _list_cursor(getattr(query, "after", None), list_order(query.status, newest_first))
+        if errors:
+            return _detail(422, errors)
+        page = await self._db(
+            self._store.page,
             user_id=query.user_id or None,
             status=query.status,
             limit=query.limit,
-            newest_first=self._settings.extensions and query.order == "newest",
+            newest_first=newest_first,
             with_workflow=False,
+            after=after,
         )
-        positions = await self._positions(jobs)
-        return _json([self._job_view(job, positions) for job in jobs])
+        positions = await self._positions(page.jobs)
+        response = _json([self._job_view(job, positions) for job in page.jobs])
+        if self.extensions:  # headers only: the body stays the contract's list
+            if page.next is not None:
+                cursor = page.next.encode()
+                response.headers["X-Next-Cursor"] = cursor
+                response.headers["Link"] = f'<{request.rel_url.update_query(after=cursor)}>; rel="next"'
+            if page.cut:
+                response.headers["X-List-Truncated"] = "size"
+        return response
 
     async def _positions(self, shown: list[JobRecord]) -> dict[str, int]:
         """Places in line, ranked only when a pending job is shown: ranking reads every pending job."""
@@ -477,6 +493,22 @@ class QueueApi:
 def _fenced(endpoint: str, job_id: str, exc: FencedOut) -> web.Response:
     log.warning("report_fenced_out", endpoint=endpoint, job_id=job_id, reason=str(exc))
     return _detail(409, str(exc))
+
+
+def _list_cursor(text: str | None, order: str) -> tuple[ListCursor | None, ValidationErrors]:
+    """The `after` of GET /api/jobs, decoded, or the 422 naming it."""
+    if text is None:
+        return None, []
+    try:
+        cursor = ListCursor.decode(text)
+    except ValueError:
+        why = "must be the X-Next-Cursor header of an earlier page, sent back as it came"
+    else:
+        if cursor.order == order:
+            return cursor, []
+        why = (f"this cursor is from a listing in {cursor.order} order, not {order}: ask with the order and status "
+               f"of the page it came with")
+    return None, [{"type": "value_error", "loc": ["query", "after"], "msg": f"Value error, {why}"}]
 
 
 def _job_view(job: JobRecord, positions: dict[str, int]) -> dict[str, Any]:

@@ -176,6 +176,12 @@ class ListJobsQuery(BaseModel):
         return value
 
 
+class PagedListJobsQuery(ListJobsQuery):
+    """Our extension: `after`, the X-Next-Cursor header of the page before, lists the jobs that follow it."""
+
+    after: str | None = None  # decoded, and checked against the order asked for, by the handler
+
+
 class JobResponse(BaseModel):
     id: str
     user_id: str

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -283,32 +285,61 @@ class JobStore:
         newest_first: bool = False,
         with_workflow: bool = True,
     ) -> list[JobRecord]:
+        """The first page of `page` with these arguments: its jobs."""
+        return self.page(
+            user_id=user_id, status=status, limit=limit, newest_first=newest_first, with_workflow=with_workflow
+        ).jobs
+
+    def page(
+        self,
+        *,
+        user_id: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        with_workflow: bool = True,
+        after: ListCursor | None = None,
+    ) -> JobPage:
         """Jobs in submission order, filtered; ``newest_first``: latest first, finished ones by completion time.
-        The list stops before the jobs it holds pass ``LIST_BUDGET_BYTES`` (it holds one job at least).
+        ``after``: only the jobs past that cursor in this order (raises ValueError when the cursor is of another
+        order). The page stops before the jobs it holds pass ``LIST_BUDGET_BYTES`` (it holds one job at least).
+
+        A job submitted while a client pages comes after every job it has listed (newest first: before), so pages
+        taken one after another never repeat or skip a job that still matches.
 
         ``with_workflow=False`` leaves each job's workflow and metadata empty, unread: what GET /api/jobs shows
         (up to 1000 jobs of up to 11 MB each would otherwise be decoded to be thrown away).
         """
-        clauses, params = [], []
+        order = list_order(status, newest_first)
+        if after is not None and after.order != order:
+            raise ValueError(f"this cursor is from a listing in another order ({after.order}, not {order})")
+        filters, params = [], []
         if user_id is not None:
-            clauses.append("user_id = ?")
+            filters.append("user_id = ?")
             params.append(user_id)
         if status is not None:
-            clauses.append("status = ?")
+            filters.append("status = ?")
             params.append(status.value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows, size = [], 0
+        where, where_params = _where(filters, params, after)
+        rows, size, cut = [], 0, False
         with self._transaction(write=False) as conn:
             for row in conn.execute(
                 f"SELECT {'*' if with_workflow else _COLUMNS_BUT_WORKFLOW} FROM jobs {where}"  # noqa: S608
-                f" ORDER BY {_list_order(status, newest_first)} LIMIT ?",
-                (*params, max(limit, 0)),
+                f" ORDER BY {_ORDER_BY[order]} LIMIT ?",
+                (*where_params, max(limit, 0)),
             ):
                 size += sum(len(row[column] or "") for column in ("workflow", "metadata", "result", "history"))
                 if rows and size > LIST_BUDGET_BYTES:
+                    cut = True
                     break
                 rows.append(row)
-        return [JobRecord.from_row(row) for row in rows]
+            next_cursor = None
+            if rows and (cut or len(rows) == limit):  # more may follow: say where, if any does
+                last = ListCursor(order, rows[-1]["seq"], rows[-1]["completed_at"])
+                where, where_params = _where(filters, params, last)
+                if conn.execute(f"SELECT 1 FROM jobs {where} LIMIT 1", where_params).fetchone():  # noqa: S608
+                    next_cursor = last
+        return JobPage([JobRecord.from_row(row) for row in rows], next_cursor, cut)
 
     def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel as the peer does: a pending job is deleted outright, a running one is marked `cancelled`
@@ -603,13 +634,80 @@ def _count(conn: sqlite3.Connection, status: JobStatus) -> int:
     return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
 
 
-def _list_order(status: JobStatus | None, newest_first: bool) -> str:
-    """A fixed ORDER BY clause; finished jobs listed newest first come by completion time (jobs_by_finish)."""
+def list_order(status: JobStatus | None, newest_first: bool) -> str:
+    """Which order a listing is in; finished jobs listed newest first come by completion time (jobs_by_finish)."""
     if not newest_first:
-        return "seq"
+        return "oldest"
     if status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
-        return "completed_at DESC, seq DESC"
-    return "seq DESC"
+        return "finished"
+    return "newest"
+
+
+# Fixed ORDER BY clauses. SQLite puts NULLs last in a descending order: cancelled jobs have no completed_at.
+_ORDER_BY = {"oldest": "seq", "newest": "seq DESC", "finished": "completed_at DESC, seq DESC"}
+
+
+@dataclass(frozen=True)
+class ListCursor:
+    """Where a page of a listing ended: the order it is in and the sort key of its last job. ``seq`` only grows
+    (AUTOINCREMENT, committed one write at a time), so a job submitted later always sorts after it."""
+
+    order: str
+    seq: int
+    completed_at: float | None = None
+
+    def clause(self) -> str:
+        if self.order == "oldest":
+            return "seq > ?"
+        if self.order == "newest":
+            return "seq < ?"
+        if self.completed_at is None:
+            return "(completed_at IS NULL AND seq < ?)"
+        return "(completed_at < ? OR (completed_at = ? AND seq < ?) OR completed_at IS NULL)"
+
+    def params(self) -> tuple[Any, ...]:
+        if self.order != "finished" or self.completed_at is None:
+            return (self.seq,)
+        return (self.completed_at, self.completed_at, self.seq)
+
+    def encode(self) -> str:
+        if self.order != "finished":
+            return f"{self.order}-{self.seq}"
+        return f"finished-{'none' if self.completed_at is None else repr(self.completed_at)}-{self.seq}"
+
+    @classmethod
+    def decode(cls, text: str) -> ListCursor:
+        """Raises ValueError for anything `encode` did not write."""
+        if match := _SEQ_CURSOR.fullmatch(text):
+            return cls(match["order"], int(match["seq"]))
+        if match := _FINISHED_CURSOR.fullmatch(text):
+            completed_at = None if match["at"] == "none" else float(match["at"])
+            if completed_at is None or math.isfinite(completed_at):
+                return cls("finished", int(match["seq"]), completed_at)
+        raise ValueError("not a cursor this server gave")
+
+
+# A seq fits SQLite's 64-bit integer (a longer one would not bind: OverflowError, a 500).
+_SEQ_CURSOR = re.compile(r"(?P<order>oldest|newest)-(?P<seq>[0-9]{1,18})")
+_FINISHED_CURSOR = re.compile(
+    r"finished-(?P<at>none|-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:e[-+]?[0-9]{1,3})?)-(?P<seq>[0-9]{1,18})"
+)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of a listing. ``next`` is where the next page starts, None when no job follows; ``cut`` when the
+    page stopped at LIST_BUDGET_BYTES before its limit."""
+
+    jobs: list[JobRecord]
+    next: ListCursor | None
+    cut: bool
+
+
+def _where(filters: list[str], params: list[Any], after: ListCursor | None) -> tuple[str, tuple[Any, ...]]:
+    clauses = [*filters, after.clause()] if after is not None else filters
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return where, (*params, *(after.params() if after is not None else ()))
 
 
 def _pending_in_pop_order(conn: sqlite3.Connection, mode: QueueMode, *, first_only: bool = False) -> list[str]:
