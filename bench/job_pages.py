@@ -1,0 +1,71 @@
+"""A full listing of a large queue through GET /api/jobs, in pages of 1000 followed by X-Next-Cursor: time, bytes.
+
+    ./dev python -m bench.job_pages --jobs 10000
+
+Fills an in-process queue manager with jobs, half finished (each result four output records, as the worker
+reports them) and half pending, then lists them all, oldest first and newest first, and times each page: the
+first and the last page cost the same (a cursor is a key in the primary index, not an offset to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import httpx
+
+from queue_manager.server import QueueManagerServer
+
+WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
+RESULT = {
+    "prompt_id": "0" * 36,
+    "outputs": [
+        {"filename": f"ComfyUI_{n:05d}_.png", "subfolder": "alice", "type": "output", "bytes": 1_234_567,
+         "sha256": "0" * 64, "path": f"/outputs/alice/ComfyUI_{n:05d}_.png"}
+        for n in range(4)
+    ],
+}
+
+
+async def list_all(client: httpx.AsyncClient, params: dict[str, str | int]) -> tuple[int, int, list[float]]:
+    """Jobs listed, bytes received and each page's seconds."""
+    listed, received, seconds = 0, 0, []
+    while True:
+        started = time.perf_counter()
+        response = await client.get("/api/jobs", params=params)
+        seconds.append(time.perf_counter() - started)
+        listed += len(response.json())
+        received += len(response.content)
+        if "X-Next-Cursor" not in response.headers:
+            return listed, received, seconds
+        params = {**params, "after": response.headers["X-Next-Cursor"]}
+
+
+async def measure(jobs: int, page: int) -> None:
+    async with QueueManagerServer(max_queue_depth=0) as server:
+        store = server.store
+        for n in range(jobs):
+            job = store.submit(f"user{n % 20}", WORKFLOW)
+            if n < jobs // 2:
+                store.pop_next("bench", server.mode)
+                store.complete(job.id, RESULT)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60.0) as client:
+            one = await client.get("/api/jobs", params={"limit": page})
+            print(f"one page (all a client could see before): {len(one.json())} jobs, {len(one.content)} bytes")
+            for order in ("oldest", "newest"):
+                listed, received, seconds = await list_all(client, {"limit": page, "order": order})
+                print(f"order={order}: {listed} jobs in {len(seconds)} pages, {received} bytes, "
+                      f"{sum(seconds):.2f} s; first page {seconds[0] * 1000:.0f} ms, last {seconds[-1] * 1000:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--page", type=int, default=1000)
+    args = parser.parse_args()
+    asyncio.run(measure(args.jobs, args.page))
+
+
+if __name__ == "__main__":
+    main()
