@@ -443,7 +443,8 @@ class QueueApi:
             if page.next is not None:
                 cursor = page.next.encode()
                 response.headers["X-Next-Cursor"] = cursor
-                response.headers["Link"] = f'<{request.rel_url.update_query(after=cursor)}>; rel="next"'
+                asked = {name: request.query[name] for name in ListJobsQuery.model_fields if name in request.query}
+                response.headers["Link"] = f'<{request.rel_url.with_query({**asked, "after": cursor})}>; rel="next"'
             if page.cut:
                 response.headers["X-List-Truncated"] = "size"
         return response
