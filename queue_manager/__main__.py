@@ -33,11 +33,13 @@ from queue_manager.server import (
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_MAX_ATTEMPTS,
     QueueManagerServer,
+    token_pair_problem,
 )
 
 log = structlog.get_logger()
 
 TOKEN_ENV = "QUEUE_MANAGER_TOKEN"  # noqa: S105 - the variable's name, not a secret
+WORKER_TOKEN_ENV = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
 class QueueManagerEnv(LogSettings):
@@ -46,6 +48,7 @@ class QueueManagerEnv(LogSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     token: QueueToken | None = Field(default=None, validation_alias=TOKEN_ENV)
+    worker_token: QueueToken | None = Field(default=None, validation_alias=WORKER_TOKEN_ENV)
     lease_timeout_s: float = Field(
         default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="comfy-serverless queue",
         description="Serve the comfy-multi Queue Manager HTTP contract from a local SQLite database.",
         epilog=(
-            f"Environment: {TOKEN_ENV}, LEASE_TIMEOUT_S (default {DEFAULT_LEASE_TIMEOUT_S:g}; 0 = no lease), "
-            f"MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
+            f"Environment: {TOKEN_ENV}, {WORKER_TOKEN_ENV}, LEASE_TIMEOUT_S (default {DEFAULT_LEASE_TIMEOUT_S:g}; "
+            f"0 = no lease), MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
             f"{DEFAULT_FINISHED_JOB_RETENTION_S:g}; 0 = keep finished jobs for good), LOG_FORMAT (auto|json|console), "
             "LOG_LEVEL."
         ),
@@ -148,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"require 'Authorization: Bearer <token>' on /api/ (default: ${TOKEN_ENV}, else no auth)",
     )
+    parser.add_argument(
+        "--worker-token",
+        default=None,
+        help=f"with --token: the only token /api/workers/ takes; the other routes take either (default: "
+        f"${WORKER_TOKEN_ENV}, else one token for all)",
+    )
     return parser
 
 
@@ -177,10 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     warn_misspelt_variables(QueueManagerEnv)
     allow_many_connections()
     token = args.token or (env.token.get_secret_value() if env.token else None) or None
-    if args.token and (problem := queue_token_problem(args.token)):
-        print(f"--token {problem}", file=sys.stderr)
-        return 2
+    worker_token = args.worker_token or (env.worker_token.get_secret_value() if env.worker_token else None) or None
     register_secret(token)
+    register_secret(worker_token)
+    for flag, value in (("--token", args.token), ("--worker-token", args.worker_token)):
+        if value and (problem := queue_token_problem(value)):
+            print(f"{flag} {problem}", file=sys.stderr)
+            return 2
+    if problem := token_pair_problem(token, worker_token):
+        print(problem, file=sys.stderr)
+        return 2
     server = QueueManagerServer(
         args.db,
         max_queue_depth=args.max_queue_depth,
@@ -188,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         reaper_interval_s=args.reaper_interval,
         mode=args.mode,
         token=token,
+        worker_token=worker_token,
         lease_timeout_s=env.lease_timeout_s,
         max_attempts=env.max_attempts,
         finished_job_retention_s=env.finished_job_retention_s,

@@ -608,8 +608,32 @@ def _fault_response(status: int, body: dict[str, Any] | list[Any] | str | None) 
     return _json(body if body is not None else {"detail": HTTPStatus(status).phrase}, status)
 
 
-def _auth_middleware(token: str | None) -> Any:
-    expected = f"Bearer {token}".encode() if token else None
+# Routes only workers call: with a worker token set, only it opens them (a participant's token could take, read or
+# report other people's jobs).
+WORKER_ENDPOINTS = frozenset({"next-job", "complete-job", "fail-job", "heartbeat", "release-job"})
+WORKER_PATH_PREFIX = "/api/workers/"
+PARTICIPANTS_ON_WORKER_ROUTE = (
+    "Worker routes take only the queue manager's worker token (its QUEUE_MANAGER_WORKER_TOKEN); this is the "
+    "participants' token (its QUEUE_MANAGER_TOKEN)"
+)
+WORKER_ROUTE_UNAUTHENTICATED = (
+    "Not authenticated: worker routes take only the queue manager's worker token (QUEUE_MANAGER_WORKER_TOKEN)"
+)
+
+
+def _bearer(token: str | None) -> bytes | None:
+    return f"Bearer {token}".encode() if token else None
+
+
+def _is_worker_route(request: web.Request) -> bool:
+    return _endpoint(request) in WORKER_ENDPOINTS or request.path.startswith(WORKER_PATH_PREFIX)
+
+
+def _auth_middleware(token: str | None, worker_token: str | None = None) -> Any:
+    """One token for every /api/ route; or, with a worker token too, /api/workers/ takes only the worker token and
+    every other /api/ route takes either. Both are always compared, in constant time."""
+    expected = _bearer(token)
+    worker_expected = _bearer(worker_token)
 
     @web.middleware
     async def require_bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -617,16 +641,27 @@ def _auth_middleware(token: str | None) -> Any:
             return await handler(request)
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         presented = f"Bearer {credentials.strip()}".encode() if scheme.lower() == "bearer" else b""
-        if not hmac.compare_digest(presented, expected):
-            response = web.json_response(
-                {"detail": "Not authenticated"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-            )
-            if request.can_read_body:
-                response.force_close()  # the unread body is dropped with the connection, never read
-            return response
-        return await handler(request)
+        is_participant = hmac.compare_digest(presented, expected)
+        is_worker = worker_expected is not None and hmac.compare_digest(presented, worker_expected)
+        if worker_expected is not None and _is_worker_route(request):
+            if is_worker:
+                return await handler(request)
+            if is_participant:
+                return _refused(request, 403, PARTICIPANTS_ON_WORKER_ROUTE)
+            return _refused(request, 401, WORKER_ROUTE_UNAUTHENTICATED)
+        if is_participant or is_worker:
+            return await handler(request)
+        return _refused(request, 401, "Not authenticated")
 
     return require_bearer
+
+
+def _refused(request: web.Request, status: int, detail: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    response = web.json_response({"detail": detail}, status=status, headers=headers)
+    if request.can_read_body:
+        response.force_close()  # the unread body is dropped with the connection, never read
+    return response
 
 
 def _body_budget_middleware(budget: BodyBudget) -> Any:
@@ -716,11 +751,12 @@ def build_app(
     *,
     token: str | None,
     clock: Callable[[], float],
+    worker_token: str | None = None,
     test_hooks: TestHooks | None = None,
     waiting: WaitingConnections | None = None,
 ) -> web.Application:
     middlewares = [waiting.middleware] if waiting is not None else []
-    middlewares += [_auth_middleware(token)]
+    middlewares += [_auth_middleware(token, worker_token)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     app = web.Application(

@@ -33,6 +33,19 @@ DEFAULT_FINISHED_JOB_RETENTION_S = 7 * 24 * 3600.0
 T = TypeVar("T")
 
 
+
+def token_pair_problem(token: str | None, worker_token: str | None) -> str | None:
+    """Why this participants' token and worker token cannot go together, or None."""
+    if worker_token and not token:
+        return ("QUEUE_MANAGER_WORKER_TOKEN (--worker-token) is set without QUEUE_MANAGER_TOKEN (--token): every route "
+                "but /api/workers/ would be open to anyone; set QUEUE_MANAGER_TOKEN (the participants' token) too, "
+                "or neither")
+    if worker_token and worker_token == token:
+        return ("QUEUE_MANAGER_TOKEN (--token) and QUEUE_MANAGER_WORKER_TOKEN (--worker-token) are the same: "
+                "participants would hold the workers' token; give the workers a different one")
+    return None
+
+
 def _version() -> str:
     try:
         return metadata.version("comfyui-serverless-worker")
@@ -59,6 +72,7 @@ class QueueManagerServer:
         reaper_interval_s: float = 60,
         mode: QueueMode | str = QueueMode.FIFO,
         token: str | None = None,
+        worker_token: str | None = None,
         clock: Callable[[], float] = time.time,
         steady_clock: Callable[[], float] | None = None,
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
@@ -79,7 +93,10 @@ class QueueManagerServer:
         self.clock = clock
         # What the lease and the uptime tell clock steps by. A test's hand-moved clock is its own, unless it passes one.
         self.steady_clock = steady_clock or (time.monotonic if clock is time.time else clock)
+        if problem := token_pair_problem(token, worker_token):
+            raise ValueError(problem)
         self._token = token
+        self._worker_token = worker_token or None
         self._test_hooks = TestHooks(FaultInjector(), ReportLog()) if test_hooks else None
         self.url: str | None = None
         self._store: JobStore | None = None
@@ -147,7 +164,8 @@ class QueueManagerServer:
             steady_clock=self.steady_clock,
         )
         waiting = WaitingConnections("queue_manager", QUEUE_HEADS)
-        app = build_app(api, token=self._token, clock=self.clock, test_hooks=self._test_hooks, waiting=waiting)
+        app = build_app(api, token=self._token, worker_token=self._worker_token, clock=self.clock,
+                        test_hooks=self._test_hooks, waiting=waiting)
         self._runner = await waiting.start_runner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -167,6 +185,7 @@ class QueueManagerServer:
             finished_job_retention_s=self.finished_job_retention_s,
             running_jobs_leases_renewed=renewed,
             auth=self._token is not None,
+            worker_token=self._worker_token is not None,
             test_hooks=self._test_hooks is not None,
         )
         return self.url
