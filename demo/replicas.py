@@ -20,8 +20,10 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def worker_env(queue_url: str, outputs: Path, *, idle_polls: int, poll_interval_s: float) -> dict[str, str]:
-    """What every replica shares: the queue, where results go, serverless behaviour."""
+def worker_env(
+    queue_url: str, outputs: Path, *, idle_polls: int, poll_interval_s: float, token: str | None = None
+) -> dict[str, str]:
+    """What every replica shares: the queue (and its worker token), where results go, serverless behaviour."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
     env = {name: os.environ[name] for name in keep if name in os.environ}
     env.update({
@@ -35,6 +37,8 @@ def worker_env(queue_url: str, outputs: Path, *, idle_polls: int, poll_interval_
         "INFERENCE_PROVIDER": "local-demo",
         "LOG_FORMAT": "json",
     })
+    if token:
+        env["QUEUE_MANAGER_TOKEN"] = token
     return env
 
 

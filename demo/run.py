@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from common.logs import register_secret
 from demo.progress import Progress
 from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
@@ -95,9 +97,16 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    async with QueueManagerServer(options.db or scratch / "queue.db", max_queue_depth=max(100, options.jobs)) as qm:
+    # As a workshop runs: participants submit with their token; the workers and the scaler hold the worker token.
+    participants_token, workers_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    register_secret(participants_token)
+    register_secret(workers_token)
+    async with QueueManagerServer(
+        options.db or scratch / "queue.db", max_queue_depth=max(100, options.jobs),
+        token=participants_token, worker_token=workers_token,
+    ) as qm:
         env = worker_env(qm.url, outputs, idle_polls=_worker_idle_polls(options),
-                         poll_interval_s=options.worker_poll_interval_s)
+                         poll_interval_s=options.worker_poll_interval_s, token=workers_token)
 
         def workers(name: str = "local") -> LocalBackend:
             return worker_processes(env, replicas.command, replicas.env_for, output_dir / "logs", name)
@@ -114,12 +123,14 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
             else:
                 backend = workers()
                 processes = {"local": backend}
-            async with QueueStatusReader(qm.url) as queue_reader:
+            async with QueueStatusReader(qm.url, token=workers_token) as queue_reader:
                 scaling = demo_scaling(options, fleet=bool(options.providers))
                 scaler = ScalerLoop(scaling, backend, queue_reader, interval_s=options.scaler_interval_s)
                 scaler_task = asyncio.create_task(scaler.run(stop))
                 submissions = workshop_burst(options.jobs, options.users, options.bad_jobs, spread_s=options.spread_s)
-                submit_task = asyncio.create_task(submit_all(qm.url, submissions, started=loop.time()))
+                submit_task = asyncio.create_task(
+                    submit_all(qm.url, submissions, started=loop.time(), token=participants_token)
+                )
                 progress = Progress(options.price_per_hour, live=options.live)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:

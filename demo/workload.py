@@ -42,12 +42,16 @@ def workshop_burst(jobs: int, users: int, bad_jobs: int, *, seed: int = 7, sprea
     return sorted(submissions, key=lambda s: s.at_s)
 
 
-async def submit_all(queue_url: str, submissions: list[Submission], *, started: float) -> list[str]:
-    """Submit each job at its time; a full queue (429) is waited out, never dropped."""
+async def submit_all(
+    queue_url: str, submissions: list[Submission], *, started: float, token: str | None = None
+) -> list[str]:
+    """Submit each job at its time, as the participants would (with their token); a full queue (429) is waited
+    out, never dropped."""
     loop = asyncio.get_running_loop()
     workflows = {name: load_workflow(name) for name in {s.workflow_name for s in submissions}}
     ids = []
-    async with httpx.AsyncClient(base_url=queue_url, timeout=10) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with httpx.AsyncClient(base_url=queue_url, timeout=10, headers=headers) as http:
         for submission in submissions:
             await asyncio.sleep(max(0.0, started + submission.at_s - loop.time()))
             body = {
