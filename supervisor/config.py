@@ -15,10 +15,11 @@ from common.settings import SCALER_CREDENTIALS, OptionalPath, RequiredPath, sett
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
-# Credentials ComfyUI and its custom nodes have no use for: the queue's (in the token, and maybe in the URL)
+# Credentials ComfyUI and its custom nodes have no use for: the queue's (in the tokens, and maybe in the URL)
 # and the scaler's (a RunPod pod carries an API key). Anything else (HF_TOKEN for a model downloader, say) is
 # passed through.
-WITHHELD_FROM_COMFYUI = frozenset({"QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL"}) | SCALER_CREDENTIALS
+QUEUE_CREDENTIALS = frozenset({"QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN", "QUEUE_MANAGER_URL"})
+WITHHELD_FROM_COMFYUI = QUEUE_CREDENTIALS | SCALER_CREDENTIALS
 
 
 def comfyui_environment(environ: Mapping[str, str]) -> dict[str, str]:

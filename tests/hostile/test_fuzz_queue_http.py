@@ -406,7 +406,7 @@ class JobLives(RuleBasedStateMachine):
 @pytest.mark.timeout(180)  # ~30 s alone; 60 s was overrun three times on a loaded 2-core machine
 def test_job_lives_keep_the_store_consistent() -> None:
     with LoopThread() as loop, served_on(loop, max_queue_depth=1000) as server, \
-            httpx.Client(base_url=server.url, timeout=10.0) as client:
+            httpx.Client(base_url=server.url, timeout=30.0) as client:
         JobLives.client = client
         machine = JobLives.TestCase
         machine.settings = settings(

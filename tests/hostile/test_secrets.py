@@ -134,6 +134,8 @@ async def test_control_characters_in_a_logged_value_reach_an_operators_terminal_
     ("variable", "value"),
     [
         ("QUEUE_MANAGER_TOKEN", "child-must-not-see-this"),
+        # An image that runs the queue manager beside the worker holds its worker token too.
+        ("QUEUE_MANAGER_WORKER_TOKEN", "child-must-not-see-this"),
         ("QUEUE_MANAGER_URL", "https://user:child-must-not-see-this@queue.example.com"),
         ("VERDA_CLIENT_SECRET", "child-must-not-see-this"),
         # A RunPod pod carries an API key (RunPod's pod-scoped one, or the operator's), and an image that runs the
@@ -141,8 +143,8 @@ async def test_control_characters_in_a_logged_value_reach_an_operators_terminal_
         ("RUNPOD_API_KEY", "child-must-not-see-this"),
         ("SCALER_ALERT_WEBHOOK_URL", "https://hooks.example.com/services/child-must-not-see-this"),
     ],
-    ids=["queue-token", "queue-url-password", "verda-secret", "runpod-key", "alert-webhook"],  # not the values:
-    # PYTEST_CURRENT_TEST would carry them
+    # The ids are not the values: PYTEST_CURRENT_TEST would carry them.
+    ids=["queue-token", "queue-worker-token", "queue-url-password", "verda-secret", "runpod-key", "alert-webhook"],
 )
 async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
