@@ -32,6 +32,7 @@ from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_ROUND_ROBIN_WINDOW_S,
     QueueManagerServer,
     token_pair_problem,
 )
@@ -59,6 +60,12 @@ class QueueManagerEnv(LogSettings):
         ge=0,
         allow_inf_nan=False,
         validation_alias="FINISHED_JOB_RETENTION_S",
+    )
+    # 0 = no limit per user (only --max-queue-depth).
+    max_pending_per_user: int = Field(default=0, ge=0, validation_alias="MAX_PENDING_PER_USER")
+    # 0 = round robin counts every job kept, as before.
+    round_robin_window_s: float = Field(
+        default=DEFAULT_ROUND_ROBIN_WINDOW_S, ge=0, allow_inf_nan=False, validation_alias="ROUND_ROBIN_WINDOW_S"
     )
 
 
@@ -107,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"Environment: {TOKEN_ENV}, {WORKER_TOKEN_ENV}, LEASE_TIMEOUT_S (default {DEFAULT_LEASE_TIMEOUT_S:g}; "
             f"0 = no lease), MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
-            f"{DEFAULT_FINISHED_JOB_RETENTION_S:g}; 0 = keep finished jobs for good), LOG_FORMAT (auto|json|console), "
-            "LOG_LEVEL."
+            f"{DEFAULT_FINISHED_JOB_RETENTION_S:g}; 0 = keep finished jobs for good), MAX_PENDING_PER_USER (default 0 "
+            f"= no limit), ROUND_ROBIN_WINDOW_S (default {DEFAULT_ROUND_ROBIN_WINDOW_S:g}; 0 = every job kept), "
+            "LOG_FORMAT (auto|json|console), LOG_LEVEL."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -207,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         lease_timeout_s=env.lease_timeout_s,
         max_attempts=env.max_attempts,
         finished_job_retention_s=env.finished_job_retention_s,
+        max_pending_per_user=env.max_pending_per_user,
+        round_robin_window_s=env.round_robin_window_s,
     )
     try:
         asyncio.run(serve(server, args.host, args.port))

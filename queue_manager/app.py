@@ -58,6 +58,7 @@ from queue_manager.store import (
     ListCursor,
     PollIdTaken,
     QueueFullError,
+    UserLimitError,
     is_storage_fault,
     list_order,
 )
@@ -118,6 +119,7 @@ class QueueSettings:
     max_queue_depth: int
     token: str | None
     version: str
+    max_pending_per_user: int = 0
     max_attempts: int = 3
     # Off: answer exactly as comfy-multi does (no attempt, no heartbeat or release-job route, reports unfenced),
     # so a test can run the worker's comfy-multi fallback against this server.
@@ -406,9 +408,13 @@ class QueueApi:
                 priority=body.priority,
                 metadata=body.metadata,
                 max_depth=self._settings.max_queue_depth,
+                max_pending_per_user=self._settings.max_pending_per_user,
             )
         except QueueFullError as exc:
             log.warning("queue_full", user_id=body.user_id, max_queue_depth=exc.max_depth)
+            return _detail(429, str(exc))
+        except UserLimitError as exc:
+            log.warning("user_pending_limit", user_id=exc.user_id, pending=exc.pending, max_pending_per_user=exc.limit)
             return _detail(429, str(exc))
         log.info("job_submitted", job_id=job.id, user_id=job.user_id, priority=job.priority)
         return _json(self._job_view(job, await self._positions([job])), 201)

@@ -29,6 +29,7 @@ _SHUTDOWN_TIMEOUT_S = 5.0
 DEFAULT_LEASE_TIMEOUT_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_FINISHED_JOB_RETENTION_S = 7 * 24 * 3600.0
+DEFAULT_ROUND_ROBIN_WINDOW_S = 3600.0
 
 T = TypeVar("T")
 
@@ -59,6 +60,8 @@ class QueueManagerServer:
     `db_path=None` uses a private temporary database removed on stop; give a path to keep jobs across
     restarts. Construction does no I/O; `start()` opens the database and binds the port.
     Finished jobs are deleted `finished_job_retention_s` after they finished (0 = kept for good).
+    `max_pending_per_user` (0 = none) refuses a user's submission past that many of their jobs pending;
+    `round_robin` counts the jobs handed out in the last `round_robin_window_s` (0 = every job kept).
     `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
     reports): the worker's comfy-multi fallback is tested against that.
     """
@@ -78,6 +81,8 @@ class QueueManagerServer:
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         finished_job_retention_s: float = DEFAULT_FINISHED_JOB_RETENTION_S,
+        max_pending_per_user: int = 0,
+        round_robin_window_s: float = DEFAULT_ROUND_ROBIN_WINDOW_S,
         test_hooks: bool = False,
         extensions: bool = True,
     ) -> None:
@@ -89,6 +94,8 @@ class QueueManagerServer:
         self.extensions = extensions
         self.max_attempts = max_attempts
         self.finished_job_retention_s = finished_job_retention_s
+        self.max_pending_per_user = max_pending_per_user
+        self.round_robin_window_s = round_robin_window_s
         self.mode = QueueMode(mode)
         self.clock = clock
         # What the lease and the uptime tell clock steps by. A test's hand-moved clock is its own, unless it passes one.
@@ -122,6 +129,9 @@ class QueueManagerServer:
             raise RuntimeError("test hooks are off; construct QueueManagerServer(test_hooks=True)")
         return self._test_hooks
 
+    def _open_store(self) -> JobStore:
+        return JobStore(self.db_path, clock=self.clock, round_robin_window_s=self.round_robin_window_s)
+
     @property
     def store(self) -> JobStore:
         """The job store, for tests: `qm.store.submit(...)`, `.get(id)`, `.list(...)`. Valid after start()."""
@@ -134,7 +144,7 @@ class QueueManagerServer:
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         self._body_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-body")
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._db_executor, lambda: JobStore(self.db_path, clock=self.clock))
+        self._store = await loop.run_in_executor(self._db_executor, self._open_store)
         # Time the queue was down is nobody's silence: every running job starts a fresh lease.
         renewed = await loop.run_in_executor(self._db_executor, self._store.renew_all_leases)
         self._reaper = JobReaper(
@@ -150,6 +160,7 @@ class QueueManagerServer:
         settings = QueueSettings(
             mode=self.mode,
             max_queue_depth=self.max_queue_depth,
+            max_pending_per_user=self.max_pending_per_user,
             token=self._token,
             version=_version(),
             max_attempts=self.max_attempts,
@@ -179,6 +190,8 @@ class QueueManagerServer:
             db=str(self._store.path),
             mode=self.mode.value,
             max_queue_depth=self.max_queue_depth,
+            max_pending_per_user=self.max_pending_per_user,
+            round_robin_window_s=self.round_robin_window_s,
             job_timeout_s=self.job_timeout_s,
             lease_timeout_s=self.lease_timeout_s,
             max_attempts=self.max_attempts,

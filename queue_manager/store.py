@@ -50,6 +50,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, priority, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (status, completed_at);
 CREATE INDEX IF NOT EXISTS jobs_by_user_start ON jobs (user_id, started_at);
+CREATE INDEX IF NOT EXISTS jobs_by_status_user ON jobs (status, user_id);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL
@@ -94,6 +95,14 @@ class QueueFullError(Exception):
     def __init__(self, max_depth: int) -> None:
         super().__init__(f"Queue is full (max depth: {max_depth})")
         self.max_depth = max_depth
+
+
+class UserLimitError(Exception):
+    def __init__(self, user_id: str, pending: int, limit: int) -> None:
+        super().__init__(f"User {user_id} has {pending} jobs pending (max per user: {limit})")
+        self.user_id = user_id
+        self.pending = pending
+        self.limit = limit
 
 
 class FencedOut(Exception):
@@ -191,8 +200,15 @@ class JobStore:
 
     storage_fault: str | None = None
 
-    def __init__(self, db_path: str | Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db_path: str | Path | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        round_robin_window_s: float = 0,
+    ) -> None:
         self._clock = clock
+        self.round_robin_window_s = round_robin_window_s
         self._temp_dir = None if db_path is not None else tempfile.mkdtemp(prefix="queue-manager-")
         self.path = Path(db_path) if db_path is not None else Path(self._temp_dir) / "queue.db"
         # One connection guarded by a lock: the server's DB thread and a test calling in directly never
@@ -248,15 +264,19 @@ class JobStore:
         priority: int = JobPriority.NORMAL,
         metadata: dict[str, Any] | None = None,
         max_depth: int | None = None,
+        max_pending_per_user: int | None = None,
     ) -> JobRecord:
         """Queue a job. No validation here on purpose: tests may plant hostile values the HTTP layer refuses.
 
-        Raises QueueFullError when `max_depth` (> 0) jobs are already pending.
+        Raises QueueFullError when `max_depth` (> 0) jobs are already pending, UserLimitError when
+        `max_pending_per_user` (> 0) of this user's are. Counted in the insert's transaction: never passed.
         """
         job_id = str(uuid.uuid4())
         with self._transaction() as conn:
             if max_depth and _count(conn, JobStatus.PENDING) >= max_depth:
                 raise QueueFullError(max_depth)
+            if max_pending_per_user and (mine := _pending_of(conn, user_id)) >= max_pending_per_user:
+                raise UserLimitError(user_id, mine, max_pending_per_user)
             conn.execute(
                 "INSERT INTO jobs (id, user_id, status, priority, workflow, metadata, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -359,7 +379,12 @@ class JobStore:
     def pending_positions(self, mode: QueueMode) -> dict[str, int]:
         """0-based place of each pending job in the order `pop_next` would hand them out."""
         with self._transaction(write=False) as conn:
-            return {job_id: index for index, job_id in enumerate(_pending_in_pop_order(conn, mode))}
+            order = _pending_in_pop_order(conn, mode, served_since=self._served_since())
+            return {job_id: index for index, job_id in enumerate(order)}
+
+    def _served_since(self) -> float | None:
+        """Round robin counts the jobs each user was handed since then; None: every job kept."""
+        return self._clock() - self.round_robin_window_s if self.round_robin_window_s > 0 else None
 
     # -- worker side -----------------------------------------------------------------------------------
 
@@ -390,7 +415,7 @@ class JobStore:
             if poll_id is not None and (answered := _answered(conn, poll_id, worker_id)) is not None:
                 conn.execute("UPDATE jobs SET lease_at = ? WHERE id = ?", (now, answered))
                 return Poll(_get(conn, answered), again=True)
-            while order := _pending_in_pop_order(conn, mode, first_only=True):
+            while order := _pending_in_pop_order(conn, mode, first_only=True, served_since=self._served_since()):
                 job_id = order[0]
                 conn.execute(
                     "UPDATE jobs SET status = ?, worker_id = ?, started_at = ?, lease_at = ?, poll_id = ?"
@@ -634,6 +659,13 @@ def _count(conn: sqlite3.Connection, status: JobStatus) -> int:
     return conn.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status.value,)).fetchone()[0]
 
 
+def _pending_of(conn: sqlite3.Connection, user_id: str) -> int:
+    """From jobs_by_status_user alone: only that user's pending entries of the index are counted, no row read."""
+    return conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status = ?", (user_id, JobStatus.PENDING.value)
+    ).fetchone()[0]
+
+
 def list_order(status: JobStatus | None, newest_first: bool) -> str:
     """Which order a listing is in; finished jobs listed newest first come by completion time (jobs_by_finish)."""
     if not newest_first:
@@ -710,10 +742,11 @@ def _where(filters: list[str], params: list[Any], after: ListCursor | None) -> t
     return where, (*params, *(after.params() if after is not None else ()))
 
 
-def _pending_in_pop_order(conn: sqlite3.Connection, mode: QueueMode, *, first_only: bool = False) -> list[str]:
+def _pending_in_pop_order(
+    conn: sqlite3.Connection, mode: QueueMode, *, first_only: bool = False, served_since: float | None = None
+) -> list[str]:
     if mode is QueueMode.ROUND_ROBIN:
-        order = _round_robin_order(conn)
-        return order[:1] if first_only else order
+        return _round_robin_first(conn, served_since) if first_only else _round_robin_order(conn, served_since)
     order_by = "seq" if mode is QueueMode.FIFO else "priority, seq"
     limit = "LIMIT 1" if first_only else ""
     rows = conn.execute(
@@ -726,17 +759,36 @@ def _pending_in_pop_order(conn: sqlite3.Connection, mode: QueueMode, *, first_on
 # Answered from jobs_by_user_start alone: reading the rows would read every workflow (28 ms a pop with 3,500
 # finished jobs of 20 KiB, 0.7 ms from the index; docs/benchmarks.md).
 SERVED_PER_USER = "SELECT user_id, COUNT(*) AS n FROM jobs WHERE started_at IS NOT NULL GROUP BY user_id"
+SERVED_PER_USER_SINCE = "SELECT user_id, COUNT(*) AS n FROM jobs WHERE started_at >= ? GROUP BY user_id"
+# Each waiting user's oldest job, from jobs_by_status_user alone (seq is the rowid every index holds).
+OLDEST_PENDING_PER_USER = "SELECT user_id, MIN(seq) AS seq FROM jobs WHERE status = ? GROUP BY user_id"
 
 
-def _round_robin_order(conn: sqlite3.Connection) -> list[str]:
-    """Serve next the user who has been handed the fewest jobs so far; ties go to the oldest waiting job.
+def _served_per_user(conn: sqlite3.Connection, served_since: float | None) -> dict[str, int]:
+    counted = conn.execute(SERVED_PER_USER) if served_since is None else conn.execute(
+        SERVED_PER_USER_SINCE, (served_since,)
+    )
+    return {row["user_id"]: row["n"] for row in counted}
+
+
+def _round_robin_first(conn: sqlite3.Connection, served_since: float | None) -> list[str]:
+    """The head of `_round_robin_order` without ranking every pending job: 10,000 of them made each pop read
+    them all (bench/queue_fairness.py)."""
+    served = _served_per_user(conn, served_since)
+    firsts = conn.execute(OLDEST_PENDING_PER_USER, (JobStatus.PENDING.value,)).fetchall()
+    if not firsts:
+        return []
+    seq = min((served.get(row["user_id"], 0), row["seq"]) for row in firsts)[1]
+    return [conn.execute("SELECT id FROM jobs WHERE seq = ?", (seq,)).fetchone()["id"]]
+
+
+def _round_robin_order(conn: sqlite3.Connection, served_since: float | None) -> list[str]:
+    """Serve next the user who has been handed the fewest jobs so far (since `served_since`, when given); ties go
+    to the oldest waiting job.
 
     Replaying that rule over the pending jobs gives the whole order, so positions agree with pops.
     """
-    served = {
-        row["user_id"]: row["n"]
-        for row in conn.execute(SERVED_PER_USER)
-    }
+    served = _served_per_user(conn, served_since)
     waiting: dict[str, deque[tuple[int, str]]] = defaultdict(deque)
     for row in conn.execute("SELECT seq, id, user_id FROM jobs WHERE status = ? ORDER BY seq", ("pending",)):
         waiting[row["user_id"]].append((row["seq"], row["id"]))

@@ -154,6 +154,10 @@ async def test_cli_logs_one_json_object_per_line_off_a_terminal(tmp_path: Path) 
         ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
         ({"MAX_ATTEMPTS": "three"}, "MAX_ATTEMPTS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"MAX_PENDING_PER_USER": "-1"}, "MAX_PENDING_PER_USER"),
+        ({"MAX_PENDING_PER_USER": "ten"}, "MAX_PENDING_PER_USER"),
+        ({"ROUND_ROBIN_WINDOW_S": "inf"}, "ROUND_ROBIN_WINDOW_S"),
+        ({"ROUND_ROBIN_WINDOW_S": "-60"}, "ROUND_ROBIN_WINDOW_S"),
     ],
 )
 async def test_cli_bad_environment_exits_2_naming_the_variable(
