@@ -66,6 +66,8 @@ def _blank_is_refused(value: object) -> object:
 # every start, wherever the process happens to run. A blank optional path is unset; a blank required one, refused.
 OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
 RequiredPath = Annotated[Path, BeforeValidator(_blank_is_refused)]
+# A secret set blank is unset, as a shell's `VAR=` or compose's `${VAR:-}` leaves it.
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 
 
 class LogSettings(BaseSettings):

@@ -81,9 +81,18 @@ def queue_token_clash(queue_url: str) -> str | None:
     )
 
 
-def queue_refusal_cause(status: int, has_token: bool) -> str | None:
-    """The setting behind a queue manager's refusal (401/403: the token; 404: the URL), as the worker's polls and
-    the scaler's reads name it; None for other answers."""
+# A queue manager with a worker token answers a worker route 403 for the participants' token (401 for any other).
+PARTICIPANTS_ON_WORKER_ROUTE = (
+    "QUEUE_MANAGER_TOKEN is the participants' token: worker routes take only the queue manager's worker token (its "
+    "QUEUE_MANAGER_WORKER_TOKEN); give the worker that one as its QUEUE_MANAGER_TOKEN"
+)
+
+
+def queue_refusal_cause(status: int, has_token: bool, *, worker_route: bool = False) -> str | None:
+    """The setting behind a queue manager's refusal (401/403: the token; 404: the URL), as the worker's polls
+    (``worker_route``: /api/workers/) and the scaler's reads name it; None for other answers."""
+    if status == 403 and has_token and worker_route:
+        return PARTICIPANTS_ON_WORKER_ROUTE
     if status in (401, 403):
         return f"QUEUE_MANAGER_TOKEN is {'wrong' if has_token else 'unset'}"
     if status == 404:  # a URL with /api already in it, a path, the port of another server

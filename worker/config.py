@@ -10,9 +10,20 @@ from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.identifiers import Identifier
-from common.settings import LogSettings, OptionalPath, QueueToken, RequiredPath, settings_from_env
+from common.settings import (
+    LogSettings,
+    OptionalPath,
+    OptionalSecret,
+    QueueToken,
+    RequiredPath,
+    settings_from_env,
+)
 from common.urls import queue_token_clash
 
+QUEUE_MANAGERS_VARIABLE_ALONE = (
+    "QUEUE_MANAGER_WORKER_TOKEN is set and QUEUE_MANAGER_TOKEN is not: the worker sends QUEUE_MANAGER_TOKEN only, "
+    "so it would poll with no token and be refused (401). Put the queue manager's worker token in QUEUE_MANAGER_TOKEN"
+)
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
 
@@ -29,6 +40,11 @@ class WorkerSettings(LogSettings):
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
     queue_manager_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    # The queue manager's variable, never sent: read only to refuse a worker given it in place of
+    # QUEUE_MANAGER_TOKEN, which would poll with no token and be refused.
+    queue_manager_worker_token: OptionalSecret = Field(
+        default=None, validation_alias="QUEUE_MANAGER_WORKER_TOKEN", exclude=True
+    )
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
     comfyui_temp_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
@@ -93,6 +109,12 @@ class WorkerSettings(LogSettings):
         clash = queue_token_clash(self.queue_base_url) if self.queue_manager_token is not None else None
         if clash:
             raise ValueError(clash)
+        return self
+
+    @model_validator(mode="after")
+    def _worker_token_where_the_worker_reads_it(self) -> WorkerSettings:
+        if self.queue_manager_worker_token is not None and not self.queue_manager_token:
+            raise ValueError(QUEUE_MANAGERS_VARIABLE_ALONE)
         return self
 
     @property

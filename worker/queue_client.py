@@ -47,7 +47,8 @@ class PollError(Exception):
 
 
 class CredentialsRefused(PollError):
-    """401 or 403: the queue manager does not take QUEUE_MANAGER_TOKEN (wrong or unset); waiting cannot fix it."""
+    """401 or 403: the queue manager does not take QUEUE_MANAGER_TOKEN (wrong or unset, or the participants' token
+    where a worker token is set); waiting cannot fix it."""
 
 
 class JobGone(Exception):
@@ -145,7 +146,7 @@ class QueueClient:
             # Answered (a job, none, or this poll id refused): the next poll is a new one. Even a 200 this worker
             # cannot read: its retry would get it again, renewing the job's lease each time, for ever.
             self._poll_id = None
-        cause = queue_refusal_cause(response.status_code, self._has_token)
+        cause = queue_refusal_cause(response.status_code, self._has_token, worker_route=True)
         if response.status_code in (401, 403):
             raise CredentialsRefused(
                 f"queue manager refused this worker's credentials (HTTP {response.status_code}: "

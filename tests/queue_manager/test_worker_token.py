@@ -145,6 +145,38 @@ async def test_a_worker_given_the_participants_token_stops_saying_so(tmp_path: P
     assert PARTICIPANTS not in repr(logs)
 
 
+EXIT_LINE = "Queue manager refused this worker's credentials; exiting"
+
+
+async def test_the_workers_line_tells_the_participants_token_from_a_wrong_one(tmp_path: Path) -> None:
+    """Before: a 403 for the participants' token ended "QUEUE_MANAGER_TOKEN is wrong", as a wrong token's 401 does;
+    the operator checked the token and found it right (it opens every participants' route). Now the worker's own
+    line says which token it holds and which to give it, after the queue manager's detail; a 401 keeps its cause."""
+    participants = (
+        "QUEUE_MANAGER_TOKEN is the participants' token: worker routes take only the queue manager's worker token "
+        "(its QUEUE_MANAGER_WORKER_TOKEN); give the worker that one as its QUEUE_MANAGER_TOKEN"
+    )
+    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp")
+    await comfy.start()
+    lines = {}
+    try:
+        async with QueueManagerServer(token=PARTICIPANTS, worker_token=WORKERS) as queue:
+            for sent in (PARTICIPANTS, "not-a-token", None):
+                with capture_logs() as logs:
+                    worker = make_worker(queue, comfy, tmp_path, queue_manager_token=sent)
+                    assert await asyncio.wait_for(worker.run(), 10) == 2
+                [exit_line] = [e for e in logs if e["event"] == EXIT_LINE]
+                lines[sent] = exit_line["error"]
+                assert PARTICIPANTS not in repr(logs) and WORKERS not in repr(logs)
+    finally:
+        await comfy.stop()
+    for sent, status, cause in ((PARTICIPANTS, 403, participants), ("not-a-token", 401, "QUEUE_MANAGER_TOKEN is wrong"),
+                                (None, 401, "QUEUE_MANAGER_TOKEN is unset")):
+        assert lines[sent].startswith(f"queue manager refused this worker's credentials (HTTP {status}: ")
+        assert lines[sent].endswith(f"): {cause}"), lines[sent]
+        assert "QUEUE_MANAGER_WORKER_TOKEN" in lines[sent].removesuffix(cause), "the manager's detail is kept"
+
+
 @pytest.mark.parametrize(
     ("token", "worker_token", "named"),
     [

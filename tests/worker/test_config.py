@@ -85,6 +85,31 @@ def test_the_worker_process_exits_2_naming_the_variable_without_a_traceback(vari
     assert variable in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("token", [None, ""], ids=["token-unset", "token-blank"])
+def test_the_queue_managers_worker_token_alone_is_refused_at_start_naming_both(monkeypatch, tmp_path, token):
+    """Before: the worker ignored QUEUE_MANAGER_WORKER_TOKEN and polled with no token, refused (401) until it
+    exited 2 saying only "QUEUE_MANAGER_TOKEN is unset". Now it refuses at start, naming both, the value unsaid.
+    Beside QUEUE_MANAGER_TOKEN (one shell holding the queue manager's variables too) it is no refusal: the worker
+    polls with QUEUE_MANAGER_TOKEN; blank (compose's ${VAR:-}), it is unset."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
+           "QUEUE_MANAGER_WORKER_TOKEN": "workers-token-do-not-print"}
+    if token is not None:
+        env["QUEUE_MANAGER_TOKEN"] = token
+    run = subprocess.run(
+        [sys.executable, "-m", "worker"], capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 2, run.stderr
+    assert "QUEUE_MANAGER_WORKER_TOKEN is set and QUEUE_MANAGER_TOKEN is not" in run.stderr, run.stderr
+    assert "Put the queue manager's worker token in QUEUE_MANAGER_TOKEN" in run.stderr
+    assert "workers-token-do-not-print" not in run.stderr and "Traceback" not in run.stderr
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com")
+    monkeypatch.setenv("QUEUE_MANAGER_WORKER_TOKEN", "")
+    assert load_settings().queue_manager_token is None
+    monkeypatch.setenv("QUEUE_MANAGER_WORKER_TOKEN", "workers-token")
+    monkeypatch.setenv("QUEUE_MANAGER_TOKEN", "workers-token")
+    assert load_settings().queue_manager_token.get_secret_value() == "workers-token"
+
+
 def test_outputs_path_is_made_absolute(monkeypatch, tmp_path):
     monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com")
     monkeypatch.chdir(tmp_path)
