@@ -47,6 +47,13 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 SHARED_VOLUME_ENVS = {"/models": "VERDA_MODELS_VOLUME_ID", "/outputs": "VERDA_OUTPUTS_VOLUME_ID"}
 # The deploy variables load_spec reads, whichever the provider.
 SPEC_VARIABLES = (*ENV_OVERRIDES, *SHARED_VOLUME_ENVS.values())
+# The queue manager's worker token under that manager's own variable, which the worker never reads.
+WORKER_TOKEN_VARIABLE = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - a variable's name, not a secret
+UNREAD_BY_THE_WORKER = (
+    "the worker reads its token from QUEUE_MANAGER_TOKEN only, never from this variable (every replica would poll "
+    "with no token, be refused and exit 2): take this entry out and give the queue manager's worker token as "
+    "QUEUE_MANAGER_TOKEN, under [secrets]"
+)
 # Far above any name, id, URL or setting the spec carries: a longer value is a file pasted by mistake.
 MAX_VALUE_CHARS = 32 * 1024
 
@@ -301,6 +308,15 @@ def _token_clash(raw: dict[str, Any], names: list[Any], environ: Mapping[str, st
     return [f"QUEUE_MANAGER_URL: {clash} (for the URL's, take QUEUE_MANAGER_TOKEN out of the spec)"] if clash else []
 
 
+def _worker_token_entries(raw: dict[str, Any], names: list[Any]) -> list[str]:
+    """The entries that give a replica QUEUE_MANAGER_WORKER_TOKEN, the queue manager's own variable: the worker
+    reads its token from QUEUE_MANAGER_TOKEN alone, so every replica would poll with no token, be refused (401)
+    and exit 2 ("QUEUE_MANAGER_TOKEN is unset"), restarted and billed meanwhile."""
+    given = [("env", raw.get("env", {})), ("env_from_environment", names), ("secrets", raw.get("secrets", {}))]
+    return [f"{section}.{WORKER_TOKEN_VARIABLE}: {UNREAD_BY_THE_WORKER}" for section, entries in given
+            if isinstance(entries, dict | list) and WORKER_TOKEN_VARIABLE in entries]
+
+
 def _secrets_in_plain_env(env: Any) -> list[str]:
     """The `[env]` entries that hold a secret written into the spec: a name like a secret's (HF_TOKEN) or a URL
     with a user, password or token in it. `[env]` is sent in clear (Verda's console shows it to every member of
@@ -309,7 +325,7 @@ def _secrets_in_plain_env(env: Any) -> list[str]:
         return []
     clear = "its value would sit in the deployment in clear and show in --dry-run and --console"
     problems = [f"env.{name}: is named like a secret: {clear}; move it to [secrets] (a Verda secret made from "
-                f"${name})" for name in env if is_secret_parameter(name)]
+                f"${name})" for name in env if is_secret_parameter(name) and name != WORKER_TOKEN_VARIABLE]
     problems += [f"env.{name}: a URL with a user, password or token in it: {clear}; move {name} to "
                  "env_from_environment.names (the deploy makes it a Verda secret)"
                  for name, value in env.items()
@@ -335,7 +351,8 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
         raise SpecError(shape)
     raw = _credential_urls_to_secrets(_apply_overrides(raw, environ), environ)
     names = raw.get("env_from_environment", {}).get("names", [])
-    missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names if not environ.get(n)]
+    missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names
+               if not environ.get(n) and n != WORKER_TOKEN_VARIABLE]
     # Checked before anything is sent: the spec's values, those read from the environment, and the values the
     # deploy may create secrets from (a newline pasted with a token would reach every worker's requests).
     secrets = raw.get("secrets", {})
@@ -346,8 +363,8 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     missing += text_problems(raw, "") + text_problems(from_environment, "") + _token_clash(raw, names, environ)
     missing += [f"env_from_environment.names: {n} is named like a secret: its value would sit in the deployment in "
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
-                for n in names if isinstance(n, str) and is_secret_parameter(n)]
-    missing += _secrets_in_plain_env(raw.get("env", {}))
+                for n in names if isinstance(n, str) and is_secret_parameter(n) and n != WORKER_TOKEN_VARIABLE]
+    missing += _secrets_in_plain_env(raw.get("env", {})) + _worker_token_entries(raw, names)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

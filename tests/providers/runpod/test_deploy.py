@@ -134,6 +134,22 @@ async def test_a_misspelt_setting_is_refused_before_any_call(
     assert out == "" and fake.requests == []
 
 
+async def test_the_queue_managers_worker_token_variable_is_refused_before_any_call(
+    fake: FakeRunPod, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """Before: pods were given QUEUE_MANAGER_WORKER_TOKEN, which the worker never reads: each polled with no token,
+    was refused (401) and exited 2 ("QUEUE_MANAGER_TOKEN is unset"). Now exit 2 naming the entry, as on Verda."""
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(DEFAULT_SPEC_PATH.read_text().replace(
+        'QUEUE_MANAGER_TOKEN = "comfyui', 'QUEUE_MANAGER_WORKER_TOKEN = "comfyui'))
+    for options in (["--dry-run"], []):
+        assert await deploy_main(runpod_args(*options, "--spec", str(spec)), deploy_env) == 2
+        out, err = capsys.readouterr()
+        assert "secrets.QUEUE_MANAGER_WORKER_TOKEN: the worker reads its token from QUEUE_MANAGER_TOKEN only" in err
+        assert out == ""
+    assert fake.requests == []
+
+
 @pytest.mark.parametrize(
     ("typo", "meant"),
     [

@@ -489,6 +489,41 @@ async def test_a_secret_written_in_the_plain_env_table_is_refused(
     assert fake.requests == []
 
 
+WORKER_TOKEN = "workers-token-do-not-print"
+TOKEN_SECRET = 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "entry"),
+    [
+        (TOKEN_SECRET, TOKEN_SECRET.replace("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN"), "secrets"),
+        (TOKEN_SECRET, f'{TOKEN_SECRET}\nQUEUE_MANAGER_WORKER_TOKEN = "workers-token"', "secrets"),
+        ('OUTPUTS_PATH = "/outputs"', f'OUTPUTS_PATH = "/outputs"\nQUEUE_MANAGER_WORKER_TOKEN = "{WORKER_TOKEN}"',
+         "env"),
+        ('names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "QUEUE_MANAGER_WORKER_TOKEN"]',
+         "env_from_environment"),
+    ],
+    ids=["secret-in-place-of-the-token", "secret-beside-the-token", "plain-env", "env-from-environment"],
+)
+async def test_the_queue_managers_worker_token_variable_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys, old: str, new: str, entry: str
+) -> None:
+    """Before: the worker token listed under the queue manager's own name, QUEUE_MANAGER_WORKER_TOKEN, was
+    deployed (exit 0): the worker reads no such variable, so every replica polled with no token, was refused (401)
+    and exited 2 saying "QUEUE_MANAGER_TOKEN is unset", restarted and billed. Now exit 2 naming the entry and
+    where the token goes, before any call, the value never printed."""
+    spec = edited_spec(tmp_path, old, new)
+    env = {**deploy_env, "QUEUE_MANAGER_WORKER_TOKEN": WORKER_TOKEN}
+    for options in (["--dry-run"], ["--console"], []):
+        assert await deploy_main([*options, "--spec", str(spec)], env) == 2
+        out, err = capsys.readouterr()
+        assert f"{entry}.QUEUE_MANAGER_WORKER_TOKEN: the worker reads its token from QUEUE_MANAGER_TOKEN only" in err
+        assert "give the queue manager's worker token as QUEUE_MANAGER_TOKEN, under [secrets]" in err, err
+        assert "named like a secret" not in err and "set QUEUE_MANAGER_WORKER_TOKEN" not in err, err
+        assert WORKER_TOKEN not in out + err
+    assert fake.requests == []
+
+
 async def test_a_url_without_credentials_stays_plain(spec_path: Path, deploy_env) -> None:
     env = build_body(load_spec(spec_path, deploy_env))["containers"][0]["env"]
     plain = {"name": "QUEUE_MANAGER_URL", "value_or_reference_to_secret": "https://queue.example.com", "type": "plain"}
