@@ -27,6 +27,7 @@ import httpx
 
 BODY_MB = 50
 _URL = re.compile(r'url["=:\s]+"?(http://[0-9.]+:[0-9]+)')
+QUEUE_TOKENS = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -37,7 +38,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 def start(db: Path, token: str | None) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "LOG_FORMAT": "json"}
-    env.pop("QUEUE_MANAGER_TOKEN", None)
+    for variable in QUEUE_TOKENS:  # this shell's: a worker token without a token, the queue manager refuses to start
+        env.pop(variable, None)
     if token:
         env["QUEUE_MANAGER_TOKEN"] = token
     process = subprocess.Popen(

@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 _URL = re.compile(r'(?:url|port)["=:\s]+"?(?:http://[0-9.]+:)?([0-9]+)')
+QUEUE_TOKENS = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN")
 HEADER = b"X-Slow-%03d: " + b"a" * 8000 + b"\r\n"
 _HEALTH = """
 import asyncio
@@ -71,7 +72,8 @@ def rss_mb(pid: int) -> float:
 
 def start(server: str, scratch: Path) -> tuple[subprocess.Popen[bytes], int]:
     env = {**os.environ, "LOG_FORMAT": "json"}
-    env.pop("QUEUE_MANAGER_TOKEN", None)
+    for variable in QUEUE_TOKENS:  # this shell's: a worker token without a token, the queue manager refuses to start
+        env.pop(variable, None)
     if server == "health":
         command = [sys.executable, "-c", _HEALTH]
     elif server == "metrics":
