@@ -123,6 +123,7 @@ class FleetBackend:
         metrics: ProviderMetrics | None = None,
         alerts: AlertSender | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         dry_run: bool = False,
         stop_file: Path | None = None,
         member_timeout_s: float | None = None,
@@ -142,6 +143,10 @@ class FleetBackend:
         self.metrics = metrics
         self.alerts = alerts
         self.clock = clock
+        # A clock never stepped (time.monotonic), by which the ledger tells a wall clock stepped by NTP from a slow
+        # tick; without one the wall clock is taken as never stepped.
+        self.monotonic = monotonic or clock
+        self._charged_at: dict[str, float] = {}  # provider -> monotonic time of its last charge
         self.dry_run = dry_run
         self.state = AllocatorState()
         self.last_allocation: Allocation | None = None
@@ -355,9 +360,11 @@ class FleetBackend:
     def _charge(self, now: float) -> None:
         for name, seen in self._seen.items():
             if seen.fresh:
-                member = self.members[name]
+                member, charged_at = self.members[name], self.monotonic()
+                elapsed_s = charged_at - self._charged_at[name] if name in self._charged_at else None
                 self.ledger.charge(name, seen.replicas, now, price_per_hour=member.spec.price_per_hour,
-                                   rule=member.billing)
+                                   rule=member.billing, elapsed_s=elapsed_s)
+                self._charged_at[name] = charged_at
         summary = self.ledger.summary(now)
         if self.metrics is not None:
             for name, windows in summary.items():

@@ -44,6 +44,9 @@ BUCKET_S = 60.0
 KEEP_S = 2 * DAY_S  # a rolling day plus the whole calendar day before it
 PER_SECOND = 0.0
 LEDGER_VERSION = 1
+# A wall clock that moved further than this from what the ledger expects has been stepped (NTP correcting a host
+# whose clock was wrong): smaller differences are a slow tick or a slewed clock, and are charged as they come.
+CLOCK_STEP_TOLERANCE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,17 @@ RUNPOD_BILLING = BillingRule(interval_s=PER_SECOND)
 
 def _bucket(at: float) -> int:
     return int(at // BUCKET_S * BUCKET_S)
+
+
+def _per_second(rule: BillingRule | None) -> bool:
+    return rule is not None and rule.per_second
+
+
+def _moved(buckets: dict[int, float], by: float) -> dict[int, float]:
+    moved: dict[int, float] = {}
+    for at, amount in buckets.items():
+        moved[_bucket(at + by)] = moved.get(_bucket(at + by), 0.0) + amount
+    return moved
 
 
 def _key(replica: BilledReplica) -> str:
@@ -144,10 +158,13 @@ class CostLedger:
 
     def charge(
         self, provider: str, replicas: Iterable[BilledReplica], now: float, *, price_per_hour: float,
-        rule: BillingRule,
+        rule: BillingRule, elapsed_s: float | None = None,
     ) -> float:
-        """Charge what ``replicas`` (the provider's live list) have begun or run up to ``now``; returns it."""
+        """Charge what ``replicas`` (the provider's live list) have begun or run up to ``now``; returns it.
+        ``elapsed_s``: the time since the provider's last charge on a clock that is never stepped (the fleet's
+        monotonic clock; None at a process's first charge), by which a stepped wall clock is told from a slow tick."""
         replicas = tuple(replicas)
+        stepped_s = self._follow_clock(provider, now, elapsed_s)
         self.live[provider] = len(replicas)
         self.prices[provider] = price_per_hour
         buckets = self.buckets.setdefault(provider, {})
@@ -167,8 +184,11 @@ class CostLedger:
                 key, started_at = same, _start_of(same)
             if rule.per_second:
                 # A start in the future (a skewed or garbage clock) is charged from now on, not never; one
-                # older than a day is charged for the day only: no window reads further back.
+                # older than a day is charged for the day only: no window reads further back. A clock stepped
+                # forward charges the time that passed, not the step.
                 since = max(before.get(key, min(started_at, now)), now - DAY_S)
+                if stepped_s > 0 and elapsed_s is not None:
+                    since = max(since, now - elapsed_s)
                 until = max(since, now)
                 amount = (until - since) * price_per_hour / HOUR_S
                 if amount > 0:
@@ -178,11 +198,18 @@ class CostLedger:
                 continue
             # Intervals begun before the horizon are dropped below anyway (a minute early: buckets are minutes).
             first = first_interval_after(started_at, horizon - BUCKET_S, rule.interval_s, rule.anchor)
-            done = max(int(before.get(key, 0)), first)
             due = billed_intervals(started_at, now, rule.interval_s, rule.anchor)
+            # After a step back, intervals charged while the clock was ahead are counted again from now's.
+            done = max(min(int(before.get(key, 0)), due) if stepped_s < 0 else int(before.get(key, 0)), first)
+            # After a step forward, only the intervals begun in the time that passed (dated as if the clock had
+            # always shown this time); those the step skipped over are not owed.
+            begun = due if stepped_s <= 0 else billed_intervals(started_at, now - stepped_s, rule.interval_s,
+                                                                 rule.anchor)
             amount = price_per_hour * rule.interval_s / HOUR_S
-            for index in range(done, due):
-                at = _bucket(interval_start(started_at, index, rule.interval_s, rule.anchor))
+            for index in range(done, begun):
+                # Never dated after now (a start ahead of this clock): the next charge would read it as a step back.
+                at = _bucket(min(interval_start(started_at, index, rule.interval_s, rule.anchor) + max(stepped_s, 0.0),
+                                 now))
                 buckets[at] = buckets.get(at, 0.0) + amount
                 total += amount
             billed[key] = max(done, due)
@@ -196,6 +223,57 @@ class CostLedger:
             del buckets[old]
         self.updated_at = now
         return total
+
+    def _follow_clock(self, provider: str, now: float, elapsed_s: float | None) -> float:
+        """Move every date kept with a wall-clock step, so that the windows read what they read before it; returns
+        the step (positive forward, negative back, 0 without one). A step is measured by ``elapsed_s`` when given;
+        without it (a scaler started while its clock was ahead) only a step back shows, as charges dated after
+        ``now``: those are moved to ``now``, never dropped, so the spend may read high for a day, never low."""
+        last = self.looked_at.get(provider)
+        step = 0.0
+        if elapsed_s is not None and last is not None and abs(now - last - elapsed_s) > CLOCK_STEP_TOLERANCE_S:
+            step = now - last - elapsed_s
+            self._shift(step)
+        latest = max([self.updated_at or now, *self.looked_at.values(),
+                      *(at for buckets in self.buckets.values() for at in buckets)], default=now)
+        moved = sum(amount for buckets in self.buckets.values() for amount in buckets.values()) if step else 0.0
+        if latest > now + CLOCK_STEP_TOLERANCE_S:
+            step = min(step, now - latest)
+            moved += sum(amount for buckets in self.buckets.values() for at, amount in buckets.items() if at > now)
+            self._redate_after(now)
+        if step > 0:
+            log.warning("ledger_clock_stepped_forward", provider=provider, stepped_s=round(step),
+                        moved_spend=round(moved, 4),
+                        hint="the time that passed is charged, not the step; the spend's dates moved with the clock")
+        elif step < 0:
+            log.warning("ledger_clock_stepped_back", provider=provider, stepped_back_s=round(-step),
+                        moved_spend=round(moved, 4),
+                        hint="spend dated after now is counted as spent now: the caps may read high for a day at "
+                        "most, never low")
+        return step
+
+    def _shift(self, by: float) -> None:
+        """Every date kept moved by ``by`` seconds: the buckets, when replicas were charged until (per second) and
+        last looked at. Interval counts are the provider's, counted from its own start times: they stay."""
+        self.buckets = {name: _moved(buckets, by) for name, buckets in self.buckets.items()}
+        for name, billed in self.billed.items():
+            if _per_second(self.rules.get(name)):
+                self.billed[name] = {key: value + by for key, value in billed.items()}
+        self.looked_at = {name: at + by for name, at in self.looked_at.items()}
+        if self.updated_at is not None:
+            self.updated_at += by
+
+    def _redate_after(self, now: float) -> None:
+        """Whatever is dated after ``now`` (a clock that was ahead) dated ``now``: the spend is kept, in the
+        windows for a day from now; per-second replicas are charged on from now."""
+        for name, buckets in self.buckets.items():
+            ahead = [at for at in buckets if at > now]
+            for at in ahead:
+                buckets[_bucket(now)] = buckets.get(_bucket(now), 0.0) + buckets.pop(at)
+            if _per_second(self.rules.get(name)):
+                self.billed[name] = {key: min(value, now) for key, value in self.billed.get(name, {}).items()}
+        self.looked_at = {name: min(at, now) for name, at in self.looked_at.items()}
+        self.updated_at = now
 
     def _billed_in(self, provider: str, rule: BillingRule) -> dict[str, float]:
         """What the provider's replicas were charged, counted in ``rule``: converted when it was saved under

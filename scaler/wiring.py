@@ -205,7 +205,7 @@ async def build_fleet(
     config = allocator_config(settings, tuple(m.spec for m in members))
     alerts = make_alerts(settings, AlertBook.from_json(ledger.alerts), dry_run=dry_run) if with_alerts else None
     return FleetBackend(members, config, ledger=ledger, ledger_file=settings.ledger_file, metrics=metrics,
-                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings),
+                        alerts=alerts, dry_run=dry_run, stop_file=stop_file_for(settings), monotonic=boot_clock,
                         member_timeout_s=member_timeout(settings.interval_s, settings.tick_deadline_s))
 
 
@@ -219,6 +219,12 @@ async def tokens_ahead(backend: Backend, limit_s: float) -> None:
     pending = {request for request in requests if request is not None}
     if pending:
         await asyncio.wait(pending, timeout=limit_s)
+
+
+def boot_clock() -> float:
+    """Seconds since boot, never stepped: the ledger's measure of a tick. Unlike time.monotonic it counts a host's
+    suspension, whose time the providers billed (read as a clock step, it would not be charged)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
 def member_timeout(interval_s: float, tick_deadline_s: float | None) -> float:

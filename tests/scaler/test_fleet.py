@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.billing import DAY_S
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.loop import ScalerLoop
@@ -21,6 +22,7 @@ from scaler.policy import ScalingConfig
 from scaler.providers import LocalBackend, VerdaBackend
 from standins.verda import FakeVerda
 
+from ..conftest import ManualClock
 from .conftest import DEPLOYMENT
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
@@ -310,5 +312,34 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
             await tick()
         assert fleet.state.health["local"].degraded is None
         assert fleet.state.targets == {"local": 2, "verda": 0} and verda_scaling() == (0, 0), "Verda drained"
+    finally:
+        await fleet.aclose()
+
+
+async def test_scale_ups_are_not_capped_after_the_clock_was_two_days_ahead(make_verda_client, wall, queue,
+                                                                           verda_scaling, tmp_path):
+    """Before: the tick while the wall clock was 2 days ahead charged the Verda replica 2 days of intervals
+    ($165.60), dated in the future; once NTP set the clock back they read as today's spend, and the $20 daily cap
+    held every scale-up until real time passed them."""
+    spec = ProviderSpec("verda", max_replicas=3, price_per_hour=3.45)
+    config = AllocatorConfig(providers=(spec,), error_ticks=2, start_deadline_s=120.0, retry_after_s=60.0,
+                             max_spend_per_day=20.0)
+    monotonic = ManualClock(0.0)
+    member = Member(spec, VerdaBackend(make_verda_client(), DEPLOYMENT, clock=wall), VERDA_BILLING)
+    fleet = FleetBackend([member], config, clock=wall, monotonic=monotonic, ledger_file=tmp_path / "ledger.json")
+    loop = ScalerLoop(fleet_policy_config_for_test(), fleet, queue, clock=wall)
+    try:
+        queue.pending = 1
+        for wall_step in (0.0, 15.0, 2 * DAY_S + 15.0, 15.0, 15.0 - 2 * DAY_S):
+            wall.advance(wall_step)
+            monotonic.advance(15.0)
+            await loop.tick()
+        assert verda_scaling() == (1, 1)
+        queue.pending = 10
+        wall.advance(15.0)
+        monotonic.advance(15.0)
+        await loop.tick()
+        assert verda_scaling() == (3, 3), fleet.ledger.summary(wall())["total"]
+        assert fleet.ledger.summary(wall())["total"]["last_day"] <= 5 * 3.45 / 6, "3 intervals, 2 new ones"
     finally:
         await fleet.aclose()
