@@ -456,10 +456,11 @@ class QueueApi:
         return response
 
     async def _positions(self, shown: list[JobRecord]) -> dict[str, int]:
-        """Places in line, ranked only when a pending job is shown: ranking reads every pending job."""
-        if not any(job.status is JobStatus.PENDING for job in shown):
+        """Places in line of the pending jobs shown, and only theirs."""
+        pending = [job.id for job in shown if job.status is JobStatus.PENDING]
+        if not pending:
             return {}
-        return await self._db(self._store.pending_positions, self._settings.mode)
+        return await self._db(self._store.positions_of, self._settings.mode, pending)
 
     def _job_view(self, job: JobRecord, positions: dict[str, int]) -> dict[str, Any]:
         view = _job_view(job, positions)

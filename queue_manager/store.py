@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,10 +377,28 @@ class JobStore:
             return job.status
 
     def pending_positions(self, mode: QueueMode) -> dict[str, int]:
-        """0-based place of each pending job in the order `pop_next` would hand them out."""
+        """0-based place of each pending job in the order `pop_next` would hand them out: every pending job
+        ranked, the round-robin replay in full. What `positions_of` must agree with (tests, bench)."""
         with self._transaction(write=False) as conn:
             order = _pending_in_pop_order(conn, mode, served_since=self._served_since())
             return {job_id: index for index, job_id in enumerate(order)}
+
+    def positions_of(self, mode: QueueMode, job_ids: Collection[str]) -> dict[str, int]:
+        """The `pending_positions` of these jobs, those of them still pending, from indexes alone: a few are counted
+        one by one, more are ranked with the others' index entries; no other job's row is read."""
+        if not job_ids:
+            return {}
+        with self._transaction(write=False) as conn:
+            shown = [
+                job for job in conn.execute(SHOWN_JOBS, (json.dumps(list(job_ids)),)) if job["status"] == PENDING
+            ]
+            if not shown:
+                return {}
+            served = _served_per_user(conn, self._served_since()) if mode is QueueMode.ROUND_ROBIN else {}
+            if len(shown) > COUNTED_ONE_BY_ONE:
+                place_of = _pending_places(conn, mode, served)
+                return {job["id"]: place_of[job["seq"]] for job in shown}
+            return {job["id"]: _pending_place(conn, mode, served, job) for job in shown}
 
     def _served_since(self) -> float | None:
         """Round robin counts the jobs each user was handed since then; None: every job kept."""
@@ -801,3 +819,68 @@ def _round_robin_order(conn: sqlite3.Connection, served_since: float | None) -> 
         if waiting[user]:
             heapq.heappush(heap, (times_served + 1, waiting[user][0][0], user))
     return order
+
+
+PENDING = JobStatus.PENDING.value
+# The jobs shown, each by the id index (filtering on status here would scan jobs_by_finish's pending entries).
+SHOWN_JOBS = "SELECT id, status, seq, user_id, priority FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+# A job's place in fifo and priority: the pending jobs ahead of it, counted on an index, no row read.
+PENDING_BEFORE_SEQ = "SELECT COUNT(*) FROM jobs WHERE status = ? AND seq < ?"
+PENDING_BEFORE_PRIORITY = "SELECT COUNT(*) FROM jobs WHERE status = ? AND (priority, seq) < (?, ?)"  # jobs_by_status
+# Each waiting user's pending jobs, and how many of them are older than a given job, from jobs_by_status_user.
+PENDING_PER_USER_BEFORE = (
+    "SELECT user_id, COUNT(*) AS n, SUM(seq < ?) AS older FROM jobs WHERE status = ? GROUP BY user_id"
+)
+# Every pending job's sort key in pop order (see `_pending_place`), from an index alone.
+PENDING_KEYS = {
+    QueueMode.FIFO: "SELECT seq FROM jobs WHERE status = ?",
+    QueueMode.PRIORITY: "SELECT priority, seq FROM jobs WHERE status = ?",
+    QueueMode.ROUND_ROBIN: "SELECT user_id, seq FROM jobs WHERE status = ? ORDER BY user_id, seq",
+}
+# Up to this many places are counted one at a time, each count passing over up to every pending index entry;
+# more (a page of pending jobs) are read off one ranking of every pending job's index entry.
+COUNTED_ONE_BY_ONE = 4
+
+
+def _pending_place(conn: sqlite3.Connection, mode: QueueMode, served: dict[str, int], job: sqlite3.Row) -> int:
+    """The place `_pending_in_pop_order` gives this pending job, counted.
+
+    Fifo hands out by seq, priority by (priority, seq): the place is the count of pending jobs with a smaller key.
+    Round robin: the replay hands a user's pending jobs out oldest first, and while user v waits with its i-th
+    pending job (0-based) at its head, that head's key is (served[v] + i, its seq); each pop takes the smallest
+    key. A user's keys only grow, so the replay merges sorted runs: it is every pending job sorted by its key (no
+    two tie: seqs are unique). This job's key is (t, seq), t = served[its user] + its user's pending jobs older
+    than it. Ahead of it, of user v's n pending jobs, go those with i < t - served[v] (m, say), and the one with
+    i = m when its seq is smaller, i.e. when m < v's pending jobs older than this one.
+    """
+    if mode is QueueMode.FIFO:
+        return conn.execute(PENDING_BEFORE_SEQ, (PENDING, job["seq"])).fetchone()[0]
+    if mode is QueueMode.PRIORITY:
+        return conn.execute(PENDING_BEFORE_PRIORITY, (PENDING, job["priority"], job["seq"])).fetchone()[0]
+    users = conn.execute(PENDING_PER_USER_BEFORE, (job["seq"], PENDING)).fetchall()
+    turn = served.get(job["user_id"], 0) + next(user["older"] for user in users if user["user_id"] == job["user_id"])
+    place = 0
+    for user in users:
+        ahead = turn - served.get(user["user_id"], 0)
+        place += max(0, min(user["n"], ahead + 1 if ahead < user["older"] else ahead))
+    return place
+
+
+def _pending_places(conn: sqlite3.Connection, mode: QueueMode, served: dict[str, int]) -> dict[int, int]:
+    """Every pending job's place by its seq: the keys of `_pending_place`, read off the index and sorted."""
+    rows = conn.cursor()
+    rows.row_factory = None  # plain tuples: a third of the time of sqlite3.Row for 10,000 entries
+    keyed = rows.execute(PENDING_KEYS[mode], (PENDING,))
+    if mode is QueueMode.FIFO:
+        keys = [(seq,) for (seq,) in keyed]
+    elif mode is QueueMode.PRIORITY:
+        keys = keyed.fetchall()
+    else:
+        keys, user, turn = [], None, 0
+        for user_id, seq in keyed:
+            if user_id != user:
+                user, turn = user_id, served.get(user_id, 0)
+            keys.append((turn, seq))
+            turn += 1
+    keys.sort()
+    return {key[-1]: place for place, key in enumerate(keys)}

@@ -166,24 +166,24 @@ async def test_the_job_list_never_reads_the_workflows_it_does_not_show(
 async def test_showing_no_pending_job_never_ranks_the_pending_queue(
     client: httpx.AsyncClient, queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ranking reads every pending job (round robin replays them all): 19 ms a call at 10,000 pending. The
-    scaler's list of completed jobs every tick and a status poll of a finished job show no place in line."""
+    """Placing a job counts on an index (a page of them reads every pending job's index entry): the scaler's list
+    of completed jobs every tick and a status poll of a finished job show no place in line, so count nothing."""
     done = queue.store.submit("alice", WORKFLOW)
     queue.store.pop_next("w", queue.mode)
     queue.store.complete(done.id, {})
     waiting = queue.store.submit("bob", WORKFLOW)
-    ranked = []
-    rank = queue.store.pending_positions
-    monkeypatch.setattr(queue.store, "pending_positions", lambda mode: ranked.append(mode) or rank(mode))
+    placed = []
+    place = queue.store.positions_of
+    monkeypatch.setattr(queue.store, "positions_of", lambda mode, ids: placed.append(ids) or place(mode, ids))
 
     assert (await client.get(f"/api/jobs/{done.id}")).json()["position_in_queue"] is None
     listed = await client.get("/api/jobs", params={"status": "completed", "limit": "50", "order": "newest"})
     assert [job["id"] for job in listed.json()] == [done.id]
-    assert ranked == []
+    assert placed == []
 
     assert (await client.get(f"/api/jobs/{waiting.id}")).json()["position_in_queue"] == 0
     assert [job["position_in_queue"] for job in (await client.get("/api/jobs")).json()] == [None, 0]
-    assert len(ranked) == 2
+    assert placed == [[waiting.id], [waiting.id]], "only the pending job shown is placed"
 
 
 # -- bounded bodies: 413 as JSON, at each route's own limit ------------------------------------------------
