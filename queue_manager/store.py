@@ -869,7 +869,7 @@ def _pending_place(conn: sqlite3.Connection, mode: QueueMode, served: dict[str, 
 def _pending_places(conn: sqlite3.Connection, mode: QueueMode, served: dict[str, int]) -> dict[int, int]:
     """Every pending job's place by its seq: the keys of `_pending_place`, read off the index and sorted."""
     rows = conn.cursor()
-    rows.row_factory = None  # plain tuples: a third of the time of sqlite3.Row for 10,000 entries
+    rows.row_factory = None  # plain tuples: half the time of sqlite3.Row for 10,000 entries
     keyed = rows.execute(PENDING_KEYS[mode], (PENDING,))
     if mode is QueueMode.FIFO:
         keys = [(seq,) for (seq,) in keyed]
