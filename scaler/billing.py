@@ -16,6 +16,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Protocol
 
+from scaler.clock_step import measured_step, unmeasured_step_back
+
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
 
@@ -78,11 +80,16 @@ class SpendLedger:
     """Money committed by begun intervals, kept for a rolling day. Immutable: ``observe`` returns a new one.
 
     ``charges`` are ``(charged_at, amount)`` in time order; ``billed`` remembers, per live replica
-    ``(id, started_at)``, how many of its intervals are already charged, so each is charged once.
+    ``(id, started_at)``, how many of its intervals are already charged, so each is charged once; ``observed_at``:
+    the wall-clock time of the last observation, from which a step of the clock is measured; ``clock_step``: the
+    step that observation followed (positive forward, negative back, 0 without one) and the $ whose dates moved
+    with it, for the loop to log (not saved).
     """
 
     charges: tuple[tuple[float, float], ...] = ()
     billed: tuple[tuple[tuple[str, float], int], ...] = ()
+    observed_at: float | None = None
+    clock_step: tuple[float, float] = (0.0, 0.0)
 
     @cached_property
     def _totals(self) -> tuple[float, ...]:
@@ -98,7 +105,12 @@ class SpendLedger:
         anchor: BillingAnchor,
         price_per_hour: float,
         keep_s: float = DAY_S,
+        elapsed_s: float | None = None,
     ) -> SpendLedger:
+        """``elapsed_s``: the time since the last observation on a clock never stepped (None: not measured, as at a
+        process's first tick), by which a stepped wall clock is told from a slow tick."""
+        charges, stepped_s, moved = self._following_clock(now, elapsed_s)
+        ahead_s = max(stepped_s, 0.0)
         amount = price_per_hour * interval_s / HOUR_S
         horizon = now - keep_s
         already = dict(self.billed)
@@ -106,11 +118,16 @@ class SpendLedger:
         new_charges: list[tuple[float, float]] = []
         for replica in replicas:
             key = (replica.id, replica.started_at)
-            done = max(already.get(key, 0), first_interval_after(replica.started_at, horizon, interval_s, anchor))
             due = billed_intervals(replica.started_at, now, interval_s, anchor)
+            # After a step back, intervals charged while the clock was ahead are counted again from now's.
+            before = min(already.get(key, 0), due) if stepped_s < 0 else already.get(key, 0)
+            done = max(before, first_interval_after(replica.started_at, horizon - ahead_s, interval_s, anchor))
+            # After a step forward, only the intervals begun in the time that passed, dated as if the clock had
+            # always shown this time (never after now); those the step skipped over are not owed.
+            begun = billed_intervals(replica.started_at, now - ahead_s, interval_s, anchor)
             new_charges.extend(
-                (interval_start(replica.started_at, index, interval_s, anchor), amount)
-                for index in range(done, due)
+                (min(interval_start(replica.started_at, index, interval_s, anchor) + ahead_s, now), amount)
+                for index in range(done, begun)
             )
             billed[key] = max(done, due)
         # A replica missing from one listing and back at the next is the same replica: forgotten, its intervals were
@@ -118,15 +135,28 @@ class SpendLedger:
         for key, count in already.items():
             if key not in billed and interval_start(key[1], count - 1, interval_s, anchor) > horizon:
                 billed[key] = count
-        charges = self.charges
         if new_charges:
             charges = tuple(sorted(charges + tuple(new_charges)))
         if charges and charges[0][0] <= horizon:
             charges = tuple(charge for charge in charges if charge[0] > horizon)
-        billed_items = tuple(billed.items())
-        if charges is self.charges and billed_items == self.billed:
-            return self
-        return SpendLedger(charges=charges, billed=billed_items)
+        return SpendLedger(charges, tuple(billed.items()), observed_at=now, clock_step=(stepped_s, moved))
+
+    def _following_clock(
+        self, now: float, elapsed_s: float | None
+    ) -> tuple[tuple[tuple[float, float], ...], float, float]:
+        """The charges with their dates moved by a wall-clock step, so that the windows read what they read before
+        it; the step (positive forward, negative back, 0 without one); the $ whose dates moved. Without ``elapsed_s``
+        only a step back shows, as charges dated after ``now``: those are dated ``now``, never dropped (high for a
+        day, never low)."""
+        step = measured_step(self.observed_at, now, elapsed_s)
+        charges = tuple((at + step, amount) for at, amount in self.charges) if step else self.charges
+        moved = sum(amount for _, amount in charges) if step else 0.0
+        latest = max([now if self.observed_at is None else self.observed_at + step, *(at for at, _ in charges[-1:])])
+        if back := unmeasured_step_back(latest, now):
+            step = min(step, back)
+            moved += sum(amount for at, amount in charges if at > now)
+            charges = tuple((min(at, now), amount) for at, amount in charges)
+        return charges, step, moved
 
     def spent_since(self, since: float) -> float:
         """Charges made after ``since`` (exclusive)."""

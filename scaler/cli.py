@@ -42,6 +42,7 @@ from scaler.wiring import (
     STOP_STEPS,
     ProviderSetupError,
     allocator_config,
+    boot_clock,
     build_fleet,
     fleet_policy_config,
     look_up_price,
@@ -370,10 +371,10 @@ def _scaler_loop(
         backend_health = BackendHealth(settings.backend, allocator_config(settings, (spec,)))
     return ScalerLoop(
         config, backend, queue,
-        interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s, dry_run=dry_run, metrics=metrics,
-        failure_alert_after=settings.failure_alert_after, state=_load_state(settings, dry_run=dry_run),
-        state_file=settings.state_file, queue_outage_hold_s=settings.queue_outage_hold_s,
-        backend_health=backend_health,
+        monotonic=boot_clock, interval_s=settings.interval_s, tick_deadline_s=settings.tick_deadline_s,
+        dry_run=dry_run, metrics=metrics, failure_alert_after=settings.failure_alert_after,
+        state=_load_state(settings, dry_run=dry_run), state_file=settings.state_file,
+        queue_outage_hold_s=settings.queue_outage_hold_s, backend_health=backend_health,
     )
 
 

@@ -37,6 +37,7 @@ from scaler.billing import (
     first_interval_after,
     interval_start,
 )
+from scaler.clock_step import measured_step, unmeasured_step_back
 
 log = structlog.get_logger()
 
@@ -44,9 +45,6 @@ BUCKET_S = 60.0
 KEEP_S = 2 * DAY_S  # a rolling day plus the whole calendar day before it
 PER_SECOND = 0.0
 LEDGER_VERSION = 1
-# A wall clock that moved further than this from what the ledger expects has been stepped (NTP correcting a host
-# whose clock was wrong): smaller differences are a slow tick or a slewed clock, and are charged as they come.
-CLOCK_STEP_TOLERANCE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +78,18 @@ RUNPOD_BILLING = BillingRule(interval_s=PER_SECOND)
 
 def _bucket(at: float) -> int:
     return int(at // BUCKET_S * BUCKET_S)
+
+
+def log_clock_step(step: float, moved_spend: float, **fields: Any) -> None:
+    """The operator's line for a ledger that followed a wall-clock step (docs/scaler.md); none for 0."""
+    if step > 0:
+        log.warning("ledger_clock_stepped_forward", **fields, stepped_s=round(step), moved_spend=round(moved_spend, 4),
+                    hint="the time that passed is charged, not the step; the spend's dates moved with the clock")
+    elif step < 0:
+        log.warning("ledger_clock_stepped_back", **fields, stepped_back_s=round(-step),
+                    moved_spend=round(moved_spend, 4),
+                    hint="spend dated after now is counted as spent now: the caps may read high for a day at most, "
+                    "never low")
 
 
 def _per_second(rule: BillingRule | None) -> bool:
@@ -229,27 +239,17 @@ class CostLedger:
         the step (positive forward, negative back, 0 without one). A step is measured by ``elapsed_s`` when given;
         without it (a scaler started while its clock was ahead) only a step back shows, as charges dated after
         ``now``: those are moved to ``now``, never dropped, so the spend may read high for a day, never low."""
-        last = self.looked_at.get(provider)
-        step = 0.0
-        if elapsed_s is not None and last is not None and abs(now - last - elapsed_s) > CLOCK_STEP_TOLERANCE_S:
-            step = now - last - elapsed_s
+        step = measured_step(self.looked_at.get(provider), now, elapsed_s)
+        if step:
             self._shift(step)
         latest = max([self.updated_at or now, *self.looked_at.values(),
                       *(at for buckets in self.buckets.values() for at in buckets)], default=now)
         moved = sum(amount for buckets in self.buckets.values() for amount in buckets.values()) if step else 0.0
-        if latest > now + CLOCK_STEP_TOLERANCE_S:
-            step = min(step, now - latest)
+        if back := unmeasured_step_back(latest, now):
+            step = min(step, back)
             moved += sum(amount for buckets in self.buckets.values() for at, amount in buckets.items() if at > now)
             self._redate_after(now)
-        if step > 0:
-            log.warning("ledger_clock_stepped_forward", provider=provider, stepped_s=round(step),
-                        moved_spend=round(moved, 4),
-                        hint="the time that passed is charged, not the step; the spend's dates moved with the clock")
-        elif step < 0:
-            log.warning("ledger_clock_stepped_back", provider=provider, stepped_back_s=round(-step),
-                        moved_spend=round(moved, 4),
-                        hint="spend dated after now is counted as spent now: the caps may read high for a day at "
-                        "most, never low")
+        log_clock_step(step, moved, provider=provider)
         return step
 
     def _shift(self, by: float) -> None:

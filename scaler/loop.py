@@ -31,6 +31,7 @@ from scaler.ledger import (
     BillingRule,
     changed_settings,
     kept_aside,
+    log_clock_step,
     recounted,
     remove_stale_scratch,
     saved_number,
@@ -99,6 +100,7 @@ class ScalerLoop:
         queue: QueueReader,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         interval_s: float = 15.0,
         dry_run: bool = False,
         metrics: ScalerMetrics | None = None,
@@ -119,6 +121,11 @@ class ScalerLoop:
         self.backend = backend
         self.queue = queue
         self.clock = clock
+        # A clock never stepped, by which the spend ledger tells a wall clock stepped by NTP from a slow tick;
+        # without one the wall clock is taken as never stepped.
+        self.monotonic = monotonic or clock
+        self._observed_on = 0.0  # monotonic time of the last observation
+        self._spend_observed_on: float | None = None  # ... and of the last one the spend ledger took
         self.interval_s = interval_s
         self.dry_run = dry_run
         self.metrics = metrics or ScalerMetrics()
@@ -200,6 +207,9 @@ class ScalerLoop:
             view = self.last_view if observation.verda_error is None else None
             self.backend_health.see(view, observation.verda_error, self.on_backend or 0, observation.now)
         decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
+        if decision.new_state.ledger.observed_at == observation.now:  # not after a failed read of the platform
+            self._spend_observed_on = self._observed_on
+            log_clock_step(*decision.new_state.ledger.clock_step)
         self.state = decision.new_state
         if observation.deployment_status == PAUSED:
             # Paused, the platform runs nothing (`comfy-scaler stop`): the count is what it lists once resumed. Kept
@@ -260,7 +270,7 @@ class ScalerLoop:
             self._by(deadline, read, "the queue manager's status"),
             self._by(deadline, self.backend.observe(), "the platform's replicas"),
         ])
-        now = self.clock()
+        now, self._observed_on = self.clock(), self.monotonic()
         queue_error = verda_error = None
         if isinstance(queue, Exception):
             queue_error = error_text(queue)
@@ -289,6 +299,7 @@ class ScalerLoop:
             if isinstance(queue, QueueStatus) else None,
             queue_error=queue_error,
             verda_error=verda_error,
+            elapsed_s=None if self._spend_observed_on is None else self._observed_on - self._spend_observed_on,
         )
 
     def _job_duration(self, now: float, queue: QueueStatus) -> float:
@@ -420,6 +431,7 @@ def save_policy_state(
     """Write atomically, so a cron run killed mid-write leaves the previous state intact. ``billing``: the rule
     the ledger's intervals were counted in, saved beside them; ``health``: the backend's, for `status`."""
     content = asdict(state)
+    del content["ledger"]["clock_step"]  # what the last tick logged, not memory
     if billing is not None:
         content["billing"] = billing.to_json()
     if health is not None:
@@ -476,6 +488,7 @@ def _policy_state(raw: dict[str, Any], billing: BillingRule | None) -> PolicySta
             billed=_billed_in(raw.get("billing"), billing, tuple(
                 ((str(key[0]), saved_number(key[1], "billed")), int(count)) for key, count in ledger.get("billed", ())
             )),
+            observed_at=_moment(ledger.get("observed_at"), "observed_at"),
         ),
     )
 

@@ -167,6 +167,9 @@ class Observation:
     recent_waits_s: tuple[float, ...] = ()  # how long the last jobs to start had waited, any order
     queue_error: str | None = None
     verda_error: str | None = None
+    # Since the spend ledger last took an observation, on a clock never stepped (None: not measured, as at a
+    # process's first tick): by it the ledger tells a wall clock stepped by NTP from a slow tick.
+    elapsed_s: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -303,6 +306,7 @@ def _observe_spend(config: ScalingConfig, ledger: SpendLedger, observation: Obse
         interval_s=config.billing_interval_s,
         anchor=config.billing_anchor,
         price_per_hour=config.price_per_replica_hour,
+        elapsed_s=observation.elapsed_s,
     )
 
 

@@ -18,8 +18,10 @@ from aiohttp import web
 from demo.providers import POD_BODY
 from queue_manager.server import QueueManagerServer
 from scaler.allocator import AllocatorConfig, ProviderSpec
+from scaler.billing import DAY_S
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.loop import ScalerLoop
 from scaler.policy import Replica
 from scaler.providers import BackendView, VerdaBackend
 from scaler.providers.runpod.backend import RunPodBackend
@@ -366,3 +368,12 @@ class FloodingPeer:
 async def flooding_peer() -> AsyncIterator[FloodingPeer]:
     async with FloodingPeer() as peer:
         yield peer
+
+
+async def tick_with_the_clock_two_days_ahead_and_back(loop: ScalerLoop, wall: ManualClock, monotonic: ManualClock):
+    """5 ticks 15 s apart (on ``monotonic``, a clock never stepped); after the second the wall clock is 2 days
+    ahead, and NTP sets it back before the fifth."""
+    for wall_step in (0.0, 15.0, 2 * DAY_S + 15.0, 15.0, 15.0 - 2 * DAY_S):
+        wall.advance(wall_step)
+        monotonic.advance(15.0)
+        await loop.tick()

@@ -13,7 +13,6 @@ from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
-from scaler.billing import DAY_S
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.loop import ScalerLoop
@@ -23,7 +22,7 @@ from scaler.providers import LocalBackend, VerdaBackend
 from standins.verda import FakeVerda
 
 from ..conftest import ManualClock
-from .conftest import DEPLOYMENT
+from .conftest import DEPLOYMENT, tick_with_the_clock_two_days_ahead_and_back
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
 STATUS_PATH = f"/container-deployments/{DEPLOYMENT}/status"
@@ -330,10 +329,7 @@ async def test_scale_ups_are_not_capped_after_the_clock_was_two_days_ahead(make_
     loop = ScalerLoop(fleet_policy_config_for_test(), fleet, queue, clock=wall)
     try:
         queue.pending = 1
-        for wall_step in (0.0, 15.0, 2 * DAY_S + 15.0, 15.0, 15.0 - 2 * DAY_S):
-            wall.advance(wall_step)
-            monotonic.advance(15.0)
-            await loop.tick()
+        await tick_with_the_clock_two_days_ahead_and_back(loop, wall, monotonic)
         assert verda_scaling() == (1, 1)
         queue.pending = 10
         wall.advance(15.0)
