@@ -158,10 +158,10 @@ def test_the_single_backends_spend_reads_the_truth_across_two_days_ahead_and_bac
     assert [step for step, _ in ticks.steps] == [AHEAD_S, -AHEAD_S]
 
 
-def test_a_scaler_restarted_after_the_step_back_brings_its_saved_spend_back_to_now(tmp_path: Path):
+def test_the_single_backends_spend_saved_while_ahead_is_brought_back_to_now(tmp_path: Path):
     """No elapsed time to measure the step back by (the scaler restarted once NTP corrected the clock): what the
     state file dates after now is dated now, never dropped; the over-count leaves the windows an hour and a day
-    later (before: the day read $165.60 and the hour $82.80 for 2 days)."""
+    later (before: for 2 days the last hour read the $82.80 charged while the clock was ahead)."""
     ticks = Ticks(Replica("v1", T0 - 2 * DAY_S))
     ticks.run(T0 - DAY_S, T0)
     ticks.run(T0 + TICK_S, T0 + 600, AHEAD_S)
@@ -196,8 +196,9 @@ def test_on_the_single_backend_a_step_forward_charges_a_new_replica_its_half_hou
         assert abs(day - 82.80) <= ONE_INTERVAL and abs(hour - PRICE) <= ONE_INTERVAL, (now - T0, day, hour)
 
 
-async def test_a_single_verda_backend_is_not_capped_after_the_clock_was_two_days_ahead(make_verda_client, wall, queue,
-                                                                           verda_scaling, tmp_path: Path):
+async def test_a_single_verda_backend_is_not_capped_after_the_clock_was_two_days_ahead(
+    make_verda_client, wall, queue, verda_scaling, tmp_path: Path
+):
     """A single Verda backend with a $20 daily cap. Before: the tick while the wall clock was 2 days ahead charged
     the replica a day of intervals ($82.80), dated in the future; once NTP set the clock back they read as today's
     spend, and the cap held every scale-up until real time passed them."""
