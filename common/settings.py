@@ -23,6 +23,10 @@ log = structlog.get_logger()
 # The scaler's own credentials: its cloud accounts and its alert webhook. No worker, and no ComfyUI, has use for
 # them: the local backend's workers and the supervisor's ComfyUI are started without them.
 SCALER_CREDENTIALS = frozenset({"VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET", "RUNPOD_API_KEY", "SCALER_ALERT_WEBHOOK_URL"})
+# The variables of the queue manager's two tokens: the one every client sends (a worker included), and the one the
+# queue manager alone reads, to tell its workers' token from the participants'.
+QUEUE_TOKEN_ENV = "QUEUE_MANAGER_TOKEN"  # noqa: S105 - a variable's name, not a secret
+QUEUE_WORKER_TOKEN_ENV = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - a variable's name, not a secret
 
 
 # The queue token travels as "Authorization: Bearer <token>", a header's value, which the queue manager reads up to

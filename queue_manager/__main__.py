@@ -20,6 +20,8 @@ from pydantic_settings import SettingsConfigDict
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import (
+    QUEUE_TOKEN_ENV,
+    QUEUE_WORKER_TOKEN_ENV,
     ConfigError,
     LogSettings,
     QueueToken,
@@ -39,17 +41,14 @@ from queue_manager.server import (
 
 log = structlog.get_logger()
 
-TOKEN_ENV = "QUEUE_MANAGER_TOKEN"  # noqa: S105 - the variable's name, not a secret
-WORKER_TOKEN_ENV = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - the variable's name, not a secret
-
 
 class QueueManagerEnv(LogSettings):
     """What the queue manager reads from the environment (flags, where they exist, win)."""
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    token: QueueToken | None = Field(default=None, validation_alias=TOKEN_ENV)
-    worker_token: QueueToken | None = Field(default=None, validation_alias=WORKER_TOKEN_ENV)
+    token: QueueToken | None = Field(default=None, validation_alias=QUEUE_TOKEN_ENV)
+    worker_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV)
     lease_timeout_s: float = Field(
         default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
@@ -112,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="comfy-serverless queue",
         description="Serve the comfy-multi Queue Manager HTTP contract from a local SQLite database.",
         epilog=(
-            f"Environment: {TOKEN_ENV}, {WORKER_TOKEN_ENV}, LEASE_TIMEOUT_S (default {DEFAULT_LEASE_TIMEOUT_S:g}; "
+            f"Environment: {QUEUE_TOKEN_ENV}, {QUEUE_WORKER_TOKEN_ENV}, LEASE_TIMEOUT_S (default "
+            f"{DEFAULT_LEASE_TIMEOUT_S:g}; "
             f"0 = no lease), MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
             f"{DEFAULT_FINISHED_JOB_RETENTION_S:g}; 0 = keep finished jobs for good), MAX_PENDING_PER_USER (default 0 "
             f"= no limit), ROUND_ROBIN_WINDOW_S (default {DEFAULT_ROUND_ROBIN_WINDOW_S:g}; 0 = every job kept), "
@@ -157,13 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token",
         default=None,
-        help=f"require 'Authorization: Bearer <token>' on /api/ (default: ${TOKEN_ENV}, else no auth)",
+        help=f"require 'Authorization: Bearer <token>' on /api/ (default: ${QUEUE_TOKEN_ENV}, else no auth)",
     )
     parser.add_argument(
         "--worker-token",
         default=None,
         help=f"with --token: the only token /api/workers/ takes; the other routes take either (default: "
-        f"${WORKER_TOKEN_ENV}, else one token for all)",
+        f"${QUEUE_WORKER_TOKEN_ENV}, else one token for all)",
     )
     return parser
 

@@ -34,7 +34,6 @@ DEFAULT_ROUND_ROBIN_WINDOW_S = 3600.0
 T = TypeVar("T")
 
 
-
 def token_pair_problem(token: str | None, worker_token: str | None) -> str | None:
     """Why this participants' token and worker token cannot go together, or None."""
     if worker_token and not token:

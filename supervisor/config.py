@@ -11,14 +11,21 @@ from typing import ClassVar
 from pydantic import AnyHttpUrl, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import SCALER_CREDENTIALS, OptionalPath, RequiredPath, settings_from_env
+from common.settings import (
+    QUEUE_TOKEN_ENV,
+    QUEUE_WORKER_TOKEN_ENV,
+    SCALER_CREDENTIALS,
+    OptionalPath,
+    RequiredPath,
+    settings_from_env,
+)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
 # Credentials ComfyUI and its custom nodes have no use for: the queue's (in the tokens, and maybe in the URL)
 # and the scaler's (a RunPod pod carries an API key). Anything else (HF_TOKEN for a model downloader, say) is
 # passed through.
-QUEUE_CREDENTIALS = frozenset({"QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN", "QUEUE_MANAGER_URL"})
+QUEUE_CREDENTIALS = frozenset({QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, "QUEUE_MANAGER_URL"})
 WITHHELD_FROM_COMFYUI = QUEUE_CREDENTIALS | SCALER_CREDENTIALS
 
 

@@ -11,6 +11,8 @@ from pydantic_settings import SettingsConfigDict
 
 from common.identifiers import Identifier
 from common.settings import (
+    QUEUE_TOKEN_ENV,
+    QUEUE_WORKER_TOKEN_ENV,
     LogSettings,
     OptionalPath,
     OptionalSecret,
@@ -39,11 +41,11 @@ class WorkerSettings(LogSettings):
     )
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
-    queue_manager_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    queue_manager_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_TOKEN_ENV)
     # The queue manager's variable, never sent: read only to refuse a worker given it in place of
     # QUEUE_MANAGER_TOKEN, which would poll with no token and be refused.
     queue_manager_worker_token: OptionalSecret = Field(
-        default=None, validation_alias="QUEUE_MANAGER_WORKER_TOKEN", exclude=True
+        default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV, exclude=True
     )
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")

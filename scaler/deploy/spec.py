@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.settings import misspelling_of
+from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
 from scaler.deploy.container_env import container_env_problems, misspelt_problems
@@ -47,8 +47,6 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 SHARED_VOLUME_ENVS = {"/models": "VERDA_MODELS_VOLUME_ID", "/outputs": "VERDA_OUTPUTS_VOLUME_ID"}
 # The deploy variables load_spec reads, whichever the provider.
 SPEC_VARIABLES = (*ENV_OVERRIDES, *SHARED_VOLUME_ENVS.values())
-# The queue manager's worker token under that manager's own variable, which the worker never reads.
-WORKER_TOKEN_VARIABLE = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - a variable's name, not a secret
 UNREAD_BY_THE_WORKER = (
     "the worker reads its token from QUEUE_MANAGER_TOKEN only, never from this variable (every replica would poll "
     "with no token, be refused and exit 2): take this entry out and give the queue manager's worker token as "
@@ -313,8 +311,8 @@ def _worker_token_entries(raw: dict[str, Any], names: list[Any]) -> list[str]:
     reads its token from QUEUE_MANAGER_TOKEN alone, so every replica would poll with no token, be refused (401)
     and exit 2 ("QUEUE_MANAGER_TOKEN is unset"), restarted and billed meanwhile."""
     given = [("env", raw.get("env", {})), ("env_from_environment", names), ("secrets", raw.get("secrets", {}))]
-    return [f"{section}.{WORKER_TOKEN_VARIABLE}: {UNREAD_BY_THE_WORKER}" for section, entries in given
-            if isinstance(entries, dict | list) and WORKER_TOKEN_VARIABLE in entries]
+    return [f"{section}.{QUEUE_WORKER_TOKEN_ENV}: {UNREAD_BY_THE_WORKER}" for section, entries in given
+            if isinstance(entries, dict | list) and QUEUE_WORKER_TOKEN_ENV in entries]
 
 
 def _secrets_in_plain_env(env: Any) -> list[str]:
@@ -325,7 +323,7 @@ def _secrets_in_plain_env(env: Any) -> list[str]:
         return []
     clear = "its value would sit in the deployment in clear and show in --dry-run and --console"
     problems = [f"env.{name}: is named like a secret: {clear}; move it to [secrets] (a Verda secret made from "
-                f"${name})" for name in env if is_secret_parameter(name) and name != WORKER_TOKEN_VARIABLE]
+                f"${name})" for name in env if is_secret_parameter(name) and name != QUEUE_WORKER_TOKEN_ENV]
     problems += [f"env.{name}: a URL with a user, password or token in it: {clear}; move {name} to "
                  "env_from_environment.names (the deploy makes it a Verda secret)"
                  for name, value in env.items()
@@ -352,7 +350,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     raw = _credential_urls_to_secrets(_apply_overrides(raw, environ), environ)
     names = raw.get("env_from_environment", {}).get("names", [])
     missing = [f"env_from_environment.{n}: required; set {n} in the environment" for n in names
-               if not environ.get(n) and n != WORKER_TOKEN_VARIABLE]
+               if not environ.get(n) and n != QUEUE_WORKER_TOKEN_ENV]
     # Checked before anything is sent: the spec's values, those read from the environment, and the values the
     # deploy may create secrets from (a newline pasted with a token would reach every worker's requests).
     secrets = raw.get("secrets", {})
@@ -363,7 +361,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     missing += text_problems(raw, "") + text_problems(from_environment, "") + _token_clash(raw, names, environ)
     missing += [f"env_from_environment.names: {n} is named like a secret: its value would sit in the deployment in "
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
-                for n in names if isinstance(n, str) and is_secret_parameter(n) and n != WORKER_TOKEN_VARIABLE]
+                for n in names if isinstance(n, str) and is_secret_parameter(n) and n != QUEUE_WORKER_TOKEN_ENV]
     missing += _secrets_in_plain_env(raw.get("env", {})) + _worker_token_entries(raw, names)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
