@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from common.http_answers import AnswerTooLarge
+from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV
 from scaler.deploy.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -153,6 +154,11 @@ def scaling_changes(wanted: dict[str, Any], live: dict[str, Any]) -> dict[str, A
 
 KEPT_AS_IT_IS = "kept; Verda cannot update a secret, rename it to rotate"
 RACED = "created by another deploy since this one looked"
+# The replicas poll with QUEUE_MANAGER_TOKEN, so against a queue manager run with a worker token its value is that one.
+WORKER_TOKEN_HINT = (
+    f" (if your queue manager has a worker token, {QUEUE_WORKER_TOKEN_ENV}, give its value here: the replicas only "
+    "poll, and the participants' token is refused on the worker routes)"
+)
 
 
 def _already_exists(error: VerdaAPIError) -> bool:
@@ -170,6 +176,7 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
         if not value:
             raise DeployError(
                 f"secrets.{env_name}: Verda secret {secret_name!r} does not exist; set {env_name} to create it"
+                + (WORKER_TOKEN_HINT if env_name == QUEUE_TOKEN_ENV else "")
             )
         try:
             await verda.create_secret(secret_name, value)

@@ -380,7 +380,9 @@ async def test_a_create_that_really_failed_is_retried(fake: FakeVerda, deploy_en
 async def test_missing_secret_value_stops_before_the_deployment(fake: FakeVerda, deploy_env, capsys) -> None:
     env = {k: v for k, v in deploy_env.items() if k != "QUEUE_MANAGER_TOKEN"}
     assert await deploy_main([], env) == 1
-    assert "secrets.QUEUE_MANAGER_TOKEN" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "secrets.QUEUE_MANAGER_TOKEN" in err
+    assert "worker token, QUEUE_MANAGER_WORKER_TOKEN, give its value here" in err  # where the split queue's goes
     assert fake.deployments == {} and fake.secrets == {}
 
 
