@@ -284,7 +284,7 @@ class FaultRun:
     def verify(self, submitted: list[str]) -> dict[str, Any]:
         store = JobStore(self.queue.db)
         try:
-            jobs = {job.id: job for job in store.list(limit=10**9)}
+            jobs = {job.id: job for job in store.every()}
         finally:
             store.close()
         copies = {job.metadata["requeued_from"]: job.id for job in jobs.values() if "requeued_from" in job.metadata}

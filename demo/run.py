@@ -147,7 +147,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
         report = build_report(
-            qm.store.list(limit=1_000_000), submitted, ledger, span_s=time.monotonic() - started,
+            list(qm.store.every()), submitted, ledger, span_s=time.monotonic() - started,
             price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
             outputs=str(outputs), replicas_at_end=sum(len(p.pids) for p in processes.values()),
         )
@@ -193,7 +193,7 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
         progress.update(counts, len(view.replicas), starts, now - started, ledger)
         if submit_task.done():
             submitted = submit_task.result()
-            all_terminal = all(job.status.value in TERMINAL for job in qm.store.list(limit=1_000_000))
+            all_terminal = all(job.status.value in TERMINAL for job in qm.store.every(with_workflow=False))
             if all_terminal and not view.replicas:
                 break
         if now - started > options.timeout_s:

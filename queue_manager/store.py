@@ -310,6 +310,17 @@ class JobStore:
             user_id=user_id, status=status, limit=limit, newest_first=newest_first, with_workflow=with_workflow
         ).jobs
 
+    def every(self, **filters: Any) -> Iterator[JobRecord]:
+        """Every job `page` with these filters lists, page after page (one page of jobs in memory at a time):
+        what a caller wanting them all uses, since a single page stops at LIST_BUDGET_BYTES."""
+        after = None
+        while True:
+            page = self.page(**filters, after=after)
+            yield from page.jobs
+            if page.next is None:
+                return
+            after = page.next
+
     def page(
         self,
         *,

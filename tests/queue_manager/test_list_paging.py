@@ -159,3 +159,19 @@ async def test_a_list_cut_at_the_size_bound_says_so_and_its_cursor_fetches_the_r
         rest, response = await page(client, limit=100, after=response.headers["X-Next-Cursor"])
         assert rest == jobs[2:], "the next page starts at the job that did not fit"
         assert {"x-list-truncated", "x-next-cursor"}.isdisjoint(response.headers)
+
+
+def test_every_yields_all_jobs_past_the_size_bound_where_one_list_stops(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What demo/run.py and bench/fault_run.py read: a list with a huge limit stops at the bound unsaid."""
+    from queue_manager import store as store_module
+
+    monkeypatch.setattr(store_module, "LIST_BUDGET_BYTES", 5_000)
+    jobs = [queue.store.submit("alice", {"1": {}}).id for _ in range(5)]
+    for job_id in jobs:
+        queue.store.pop_next("w1", queue.mode)
+        queue.store.complete(job_id, {"blob": "x" * 3_000})
+    assert len(queue.store.list(limit=10**9)) == 1, "one page holds one 3 KB result under a 5 KB bound"
+    assert [job.id for job in queue.store.every()] == jobs
+    assert [job.id for job in queue.store.every(status=JobStatus.COMPLETED, newest_first=True)] == jobs[::-1]
