@@ -10,6 +10,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from scaler.providers.local import worker_environment
+
 SUPERVISOR_COMMAND = (sys.executable, "-m", "supervisor")
 WORKER_COMMAND = (sys.executable, "-m", "worker")
 
@@ -25,9 +27,8 @@ def worker_env(
 ) -> dict[str, str]:
     """What every replica shares: the queue (and its worker token), where results go, serverless behaviour."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
-    env = {name: os.environ[name] for name in keep if name in os.environ}
+    env = worker_environment({name: os.environ[name] for name in keep if name in os.environ}, queue_url, token)
     env.update({
-        "QUEUE_MANAGER_URL": queue_url,
         "OUTPUTS_PATH": str(outputs),
         "SERVERLESS_MODE": "true",
         "SERVERLESS_MAX_IDLE_POLLS": str(idle_polls),
@@ -37,8 +38,6 @@ def worker_env(
         "INFERENCE_PROVIDER": "local-demo",
         "LOG_FORMAT": "json",
     })
-    if token:
-        env["QUEUE_MANAGER_TOKEN"] = token
     return env
 
 

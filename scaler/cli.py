@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ignored:
         print(f"{ignored}\nstop: going on: the kill switch reads none of those; fix them before `run` or `resume`.",
               file=sys.stderr)
-    for secret in (settings.queue_manager_token, settings.verda_client_secret, settings.runpod_api_key):
+    for secret in (settings.queue_manager_token, settings.queue_manager_worker_token, settings.verda_client_secret,
+                   settings.runpod_api_key):
         if secret is not None:
             register_secret(secret.get_secret_value())
     if settings.alert_webhook_url is not None:

@@ -52,6 +52,9 @@ class ScalerSettings(LogSettings):
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
     queue_manager_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    # A split queue manager's workers' token: the local backend gives it to its workers as their QUEUE_MANAGER_TOKEN;
+    # the scaler's own reads never send it.
+    queue_manager_worker_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_WORKER_TOKEN")
     backend: Literal["verda", "local"] = Field(default="verda", validation_alias="SCALER_BACKEND")
     verda_client_id: str | None = Field(default=None, validation_alias="VERDA_CLIENT_ID")
     verda_client_secret: SecretStr | None = Field(default=None, validation_alias="VERDA_CLIENT_SECRET")
@@ -187,6 +190,10 @@ class ScalerSettings(LogSettings):
             )
         if self.queue_manager_token is not None and (clash := queue_token_clash(self.queue_base_url)):
             problems.append(clash)
+        if self.queue_manager_worker_token is not None and self.queue_manager_token is None:
+            problems.append("QUEUE_MANAGER_WORKER_TOKEN is set and QUEUE_MANAGER_TOKEN is not: the scaler reads the "
+                            "queue with QUEUE_MANAGER_TOKEN (either of the queue manager's tokens) and gives "
+                            "QUEUE_MANAGER_WORKER_TOKEN to its local workers only; set QUEUE_MANAGER_TOKEN too")
         problems += budget_conflicts(self, self._price_known_at_start())
         try:
             self.scaling_config()
@@ -232,7 +239,8 @@ class ScalerSettings(LogSettings):
 
     def public_summary(self) -> dict[str, object]:
         """The settings without secrets, for `status`."""
-        hidden = {"queue_manager_token", "verda_client_secret", "alert_webhook_url", "runpod_api_key"}
+        hidden = {"queue_manager_token", "queue_manager_worker_token", "verda_client_secret", "alert_webhook_url",
+                  "runpod_api_key"}
         summary = {name: getattr(self, name) for name in type(self).model_fields if name not in hidden}
         return {
             name: redact_url(str(value)) if isinstance(value, AnyHttpUrl) else str(value) if isinstance(value, Path)

@@ -17,7 +17,6 @@ from pathlib import Path
 import structlog
 
 from common.logs import error_text, scrub
-from common.settings import SCALER_CREDENTIALS
 from scaler.alerts import Alert, AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import PROVIDER_KINDS, ScalerSettings
@@ -32,6 +31,7 @@ from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig
 from scaler.providers import Backend, LocalBackend, VerdaBackend
 from scaler.providers.base import BackendView
+from scaler.providers.local import worker_environment as local_worker_environment
 from scaler.providers.verda.client import VerdaClient
 
 log = structlog.get_logger()
@@ -51,13 +51,10 @@ class ProviderSetupError(Exception):
 
 
 def worker_environment(settings: ScalerSettings, environ: Mapping[str, str]) -> dict[str, str]:
-    """The local workers' environment: the scaler's, with the queue's URL and token, without the credentials
-    only the scaler uses (the cloud accounts and the alert webhook)."""
-    env = {name: value for name, value in environ.items() if name not in SCALER_CREDENTIALS}
-    env["QUEUE_MANAGER_URL"] = settings.queue_base_url
-    if settings.queue_manager_token is not None:
-        env["QUEUE_MANAGER_TOKEN"] = settings.queue_manager_token.get_secret_value()
-    return env
+    """The local workers' environment (scaler.providers.local.worker_environment): their token is the split queue
+    manager's worker token (QUEUE_MANAGER_WORKER_TOKEN) when the scaler has one, else the scaler's own."""
+    token = settings.queue_manager_worker_token or settings.queue_manager_token
+    return local_worker_environment(environ, settings.queue_base_url, token.get_secret_value() if token else None)
 
 
 def make_provider(settings: ScalerSettings, name: str) -> Backend:

@@ -31,6 +31,7 @@ from typing import IO
 import structlog
 
 from common.children import die_with_parent
+from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, SCALER_CREDENTIALS
 from scaler.policy import PAUSED, Replica
 from scaler.providers.base import BackendView
 
@@ -46,6 +47,8 @@ MIN_READY_S = 10.0  # a worker in a new place counts as ready (serving) once it 
 # A replacement after one failure counts as ready once it has run this long; after failures in a row, once it has
 # run this much longer than the failed run it replaces.
 FAILED_START_S = 60.0
+# The worker's SERVERLESS_MAX_UNREACHABLE_S default: a worker no poll of which is answered exits 1 this long after.
+UNREACHABLE_LIMIT_S = 600.0
 RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failure in a row; doubles on each next
 RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
 
@@ -80,21 +83,50 @@ class _Vacancy:
     failed_starts: int
     exited_at: float
     restart_at: float
-    failed_run_s: float = 0.0  # how long the failed run that left it ran
+    ready_after_s: float = 0.0  # how long its replacement runs before it counts as ready (``ready_after_s``)
 
     def due(self, now: float) -> bool:
         return not self.exited_at <= now < self.restart_at  # a clock set back does not hold the restart
 
-    @property
-    def ready_after_s(self) -> float:
-        """An idle exit's replacement serves at once, as its predecessor did (made to wait MIN_READY_S, idle
-        workers restarting every ~22 s were un-ready ~45 % of the time). After one failure, once past a failed
-        start. After failures in a row, once it has outlived the failed run by FAILED_START_S: workers that cannot
-        reach the queue manager each run SERVERLESS_MAX_UNREACHABLE_S (10 min) and would otherwise count as
-        serving for most of it, and the provider would never reach the fleet's start deadline."""
-        if self.failed_starts < 2:
-            return FAILED_START_S if self.failed_starts else 0.0
-        return self.failed_run_s + FAILED_START_S
+
+
+def ready_after_s(failed_starts: int, failed_run_s: float, unreachable_s: float) -> float:
+    """How long a replacement runs before it counts as ready. An idle exit's at once, as its predecessor did (made
+    to wait MIN_READY_S, idle workers restarting every ~22 s were un-ready ~45 % of the time). After one failure,
+    once past a failed start. After failures in a row, once it has outlived the failed run by FAILED_START_S, when
+    that run was no longer than a worker that reaches no queue manager runs (``unreachable_s``, its
+    SERVERLESS_MAX_UNREACHABLE_S, plus a start): those would otherwise count as serving for most of their 10 min,
+    and the provider never reach the fleet's start deadline. A longer run had its polls answered: its crash says
+    nothing of the queue, and its replacement is ready past a failed start (waiting out hours-long busy runs, a
+    fleet's local provider was degraded at the start deadline)."""
+    if failed_starts < 2:
+        return FAILED_START_S if failed_starts else 0.0
+    if failed_run_s > unreachable_s + FAILED_START_S:
+        return FAILED_START_S
+    return failed_run_s + FAILED_START_S
+
+
+def unreachable_limit_s(env: Mapping[str, str]) -> float:
+    """The workers' SERVERLESS_MAX_UNREACHABLE_S (0: they never give up); the default when unset or unreadable (the
+    worker then refuses it at start)."""
+    try:
+        limit = float(env.get("SERVERLESS_MAX_UNREACHABLE_S") or UNREACHABLE_LIMIT_S)
+    except ValueError:
+        return UNREACHABLE_LIMIT_S
+    return limit if 0 <= limit < float("inf") else UNREACHABLE_LIMIT_S
+
+
+def worker_environment(environ: Mapping[str, str], queue_url: str, token: str | None) -> dict[str, str]:
+    """A local worker's environment: ``environ`` with the queue's URL and the workers' ``token`` as their
+    QUEUE_MANAGER_TOKEN, without what only the scaler holds: its cloud accounts and alert webhook, the queue manager's
+    QUEUE_MANAGER_WORKER_TOKEN variable (beside no QUEUE_MANAGER_TOKEN a worker refuses to start) and any other
+    QUEUE_MANAGER_TOKEN (the participants', when the workers have their own)."""
+    withheld = SCALER_CREDENTIALS | {QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV}
+    env = {name: value for name, value in environ.items() if name not in withheld}
+    env["QUEUE_MANAGER_URL"] = queue_url
+    if token:
+        env[QUEUE_TOKEN_ENV] = token
+    return env
 
 
 def restart_delay_s(failed_starts: int) -> float:
@@ -135,6 +167,7 @@ class LocalBackend:
             raise ValueError(f"log_files_kept must be >= 1 (the running replicas' files are always kept), "
                              f"got {log_files_kept}")
         self._env = {"SERVERLESS_MODE": "true", **worker_env, "HEALTH_PORT": "0"}
+        self._unreachable_s = unreachable_limit_s(self._env)
         self._command = tuple(command)
         self._replica_env = replica_env
         self._id_prefix = id_prefix
@@ -257,7 +290,9 @@ class LocalBackend:
         delay_s = restart_delay_s(failed_starts)
         log.warning("local_replica_exited", replica=replica.id, exit_code=exit_code, ran_s=ran_s,
                     failed_starts=failed_starts, restart_in_s=delay_s, output=self._output_of(replica.id))
-        self._vacancies.append(_Vacancy(failed_starts, now, now + delay_s, ran_s))
+        self._vacancies.append(
+            _Vacancy(failed_starts, now, now + delay_s, ready_after_s(failed_starts, ran_s, self._unreachable_s))
+        )
 
     def _output_of(self, replica_id: str) -> str:
         return "the scaler's stderr" if self._log_dir is None else str(self._log_path(replica_id))

@@ -469,7 +469,7 @@ async def test_workers_that_cannot_reach_the_queue_manager_back_off_however_long
             await backend.apply(1)
             for _ in range(4):
                 await wait(lambda: backend.pids and all(r.exited for r in backend._live), timeout=60)
-                clock.advance(600)  # the backend's clock: each ran the default SERVERLESS_MAX_UNREACHABLE_S
+                clock.advance(60)  # the backend's clock: each ran its SERVERLESS_MAX_UNREACHABLE_S and a slow start
                 with capture_logs() as logs:
                     views.append(await backend.observe())
                 [exited] = [e for e in logs if e["event"] == "local_replica_exited"]
@@ -478,7 +478,7 @@ async def test_workers_that_cannot_reach_the_queue_manager_back_off_however_long
                 await backend.observe()
         finally:
             await backend.aclose()
-    assert [(e["exit_code"], e["ran_s"], e["log_level"]) for e in exits] == [(1, 600.0, "warning")] * 4
+    assert [(e["exit_code"], e["ran_s"], e["log_level"]) for e in exits] == [(1, 60.0, "warning")] * 4
     assert [(e["failed_starts"], e["restart_in_s"]) for e in exits] == [(1, 0.0), (2, 10.0), (3, 20.0), (4, 40.0)]
     assert [len(v.replicas) for v in views] == [1, 0, 0, 0], "restarted at once after the first, then backing off"
     said = Path(exits[0]["output"]).read_text()
@@ -534,3 +534,86 @@ async def test_a_new_run_s_replica_does_not_append_to_an_earlier_run_s_log_of_th
 def test_keeping_no_log_file_is_refused_naming_the_setting(tmp_path, kept):
     with pytest.raises(ValueError, match=rf"log_files_kept must be >= 1.*got {kept}"):
         LocalBackend(os.environ, log_dir=tmp_path, log_files_kept=kept)
+
+
+async def test_after_crashes_ending_long_busy_runs_the_next_worker_is_ready_within_the_start_deadline(tmp_path, wait):
+    """Two crashes in a row after 3-hour runs: the next worker counted as ready only once it had run 3 h + 60 s,
+    so a fleet degraded a local provider whose polls had been answered for hours at its 600-s start deadline."""
+    clock = ManualClock()
+    backend = LocalBackend(os.environ, command=WORKER, clock=clock,
+                           replica_env=lambda _: {"CODE": "1", "HOLD": str(tmp_path)})
+    health = BackendHealth("local", AllocatorConfig((ProviderSpec("local", 1, 0.0),), start_deadline_s=600))
+    try:
+        await backend.apply(1)
+        for _ in range(2):  # a 3-hour busy run, then a crash (exit 1)
+            crash_at = clock() + 3 * 3600
+            while clock() < crash_at:
+                clock.advance(TICK_S * 10)
+                health.see(await backend.observe(), None, 1, clock())
+            [replica] = backend._live
+            (tmp_path / replica.id).touch()
+            await wait(lambda: all(r.exited for r in backend._live), timeout=10)
+        crashed_at = clock()
+        while clock() - crashed_at < 900:
+            clock.advance(TICK_S * 10)
+            view = await backend.observe()
+            health.see(view, None, 1, clock())
+    finally:
+        await backend.aclose()
+    assert view.ready == 1 and backend.starts == 3
+    assert health.state.health["local"].degraded is None
+
+
+def test_local_workers_of_a_split_queue_get_the_worker_token_and_no_scaler_secret(monkeypatch, tmp_path):
+    """One shell running the queue manager and the scaler: QUEUE_MANAGER_WORKER_TOKEN reached the workers (alone, a
+    worker exits 2) and they were given the participants' token (403 on every poll)."""
+    monkeypatch.chdir(tmp_path)
+    environ = {
+        "PATH": os.environ["PATH"],
+        "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
+        "QUEUE_MANAGER_TOKEN": "participants-not-for-workers",
+        "QUEUE_MANAGER_WORKER_TOKEN": "workers-token",
+        "VERDA_CLIENT_ID": "verda-id-not-for-workers",
+        "VERDA_CLIENT_SECRET": "verda-secret-not-for-workers",
+        "RUNPOD_API_KEY": "runpod-key-not-for-workers",
+        "SCALER_ALERT_WEBHOOK_URL": "https://hooks.example.com/not-for-workers",
+        "SCALER_PROVIDERS": "local,verda,runpod",
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    env = worker_environment(load_settings(), environ)
+    assert env["QUEUE_MANAGER_TOKEN"] == "workers-token" and "QUEUE_MANAGER_WORKER_TOKEN" not in env
+    assert "not-for-workers" not in repr(env)
+
+
+def test_every_secret_the_scaler_holds_is_withheld_from_its_workers():
+    """A secret setting added to the scaler must be kept from its local workers too."""
+    from common.settings import SCALER_CREDENTIALS
+    from scaler.config import ScalerSettings
+
+    secrets = {field.validation_alias for field in ScalerSettings.model_fields.values()
+               if "SecretStr" in repr(field.annotation) or "SecretStr" in repr(field.metadata)}
+    assert "QUEUE_MANAGER_WORKER_TOKEN" in secrets
+    assert secrets <= SCALER_CREDENTIALS | {"QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN"}
+
+
+async def test_local_workers_poll_a_split_token_queue_with_its_worker_token(monkeypatch, comfy, workflows, tmp_path,
+                                                                           wait):
+    """A queue manager with both tokens and a scaler given both: its local workers complete jobs."""
+    from queue_manager.server import QueueManagerServer
+
+    async with QueueManagerServer(tmp_path / "q.db", token="participants-t", worker_token="workers-w") as server:
+        monkeypatch.chdir(tmp_path)
+        for name, value in {"QUEUE_MANAGER_URL": server.url, "QUEUE_MANAGER_TOKEN": "participants-t",
+                            "QUEUE_MANAGER_WORKER_TOKEN": "workers-w", "SCALER_BACKEND": "local"}.items():
+            monkeypatch.setenv(name, value)
+        env = {**worker_environment(load_settings(), os.environ), "COMFYUI_URL": comfy.url,
+               "OUTPUTS_PATH": str(tmp_path / "outputs"), "WORKER_POLL_INTERVAL": "0.05",
+               "SERVERLESS_MAX_IDLE_POLLS": "400", "COMFYUI_STARTUP_TIMEOUT_S": "10", "LOG_FORMAT": "json"}
+        backend = LocalBackend(env, log_dir=tmp_path / "logs", stop_timeout_s=5)
+        try:
+            jobs = [server.store.submit("alice", workflows["quick"]) for _ in range(2)]
+            await backend.apply(2)
+            await wait(lambda: all(server.store.get(job.id).status == "completed" for job in jobs), timeout=30)
+        finally:
+            await backend.aclose()
