@@ -617,3 +617,14 @@ async def test_local_workers_poll_a_split_token_queue_with_its_worker_token(monk
             await wait(lambda: all(server.store.get(job.id).status == "completed" for job in jobs), timeout=30)
         finally:
             await backend.aclose()
+
+
+def test_a_worker_token_without_the_scaler_s_own_is_refused_naming_both(monkeypatch, tmp_path):
+    from common.settings import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QUEUE_MANAGER_TOKEN", raising=False)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("QUEUE_MANAGER_WORKER_TOKEN", "workers-token")
+    with pytest.raises((ConfigError, ValueError), match="QUEUE_MANAGER_WORKER_TOKEN is set and QUEUE_MANAGER_TOKEN"):
+        load_settings()
