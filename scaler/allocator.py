@@ -2,11 +2,12 @@
 
 ``scaler.policy.decide`` says how many replicas the queue needs; ``allocate`` says where. Cheapest healthy
 provider first (list position breaks ties). A provider that answers ``quota_reached``, fails to be read or
-written for ``error_ticks`` ticks in a row, or leaves asked-for replicas un-ready past ``start_deadline_s`` is
-degraded: it keeps the replicas it has ready, its shortfall goes to the next provider, and it is tried again
-after a back-off that doubles on each relapse. Capacity moves back to a cheaper provider by draining: a dearer
-provider's count is lowered only by replicas whose replacement is already ready, so the ready capacity never
-drops below what the queue needs while the move is under way. Scale-down takes the dearest provider first.
+written for ``error_ticks`` ticks in a row, leaves asked-for replicas un-ready past ``start_deadline_s``, or holds
+a replica back after failed runs in a row (crash-looping) is degraded: it keeps the replicas it has ready, its
+shortfall goes to the next provider, and it is tried again after a back-off that doubles on each relapse.
+Capacity moves back to a cheaper provider by draining: a dearer provider's count is lowered only by replicas
+whose replacement is already ready, so the ready capacity never drops below what the queue needs while the move
+is under way. Scale-down takes the dearest provider first.
 Budgets: the hourly rate of the fleet never grows past ``max_spend_per_hour``, and new replicas are only
 started while the day's budget covers their first billed interval.
 
@@ -38,6 +39,7 @@ class DegradedReason(StrEnum):
     QUOTA_REACHED = "quota_reached"
     ERRORS = "errors"
     START_DEADLINE = "start_deadline"
+    CRASH_LOOP = "crash_loop"
     PAUSED = "paused"
 
 
@@ -104,6 +106,9 @@ class ProviderView:
     ready: int = 0
     status: str = HEALTHY
     error: str | None = None
+    # Set while a replica is held back after failed runs in a row: how many, and when it is started again.
+    exits_in_a_row: int = 0
+    next_start_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +245,10 @@ def _degradation(
         return DegradedReason.PAUSED, "provider is paused"
     if h.consecutive_errors >= config.error_ticks:
         return DegradedReason.ERRORS, f"{h.consecutive_errors} failed ticks in a row: {view.error}"
+    if view.error is None and view.next_start_at is not None:
+        # Not ready, and known not to be for a while: no need to wait out the start deadline to say so.
+        return DegradedReason.CRASH_LOOP, (f"crash-looping: {view.exits_in_a_row} exits in a row, next start in "
+                                           f"{max(0, round(view.next_start_at - now))} s")
     if h.short_since is not None and now - h.short_since >= config.start_deadline_s:
         waited = round(now - h.short_since)
         return DegradedReason.START_DEADLINE, f"replicas not ready after {waited} s ({view.ready} ready)"

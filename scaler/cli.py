@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -29,7 +30,14 @@ from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.allocator import ProviderSpec
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
 from scaler.fleet import FleetBackend
-from scaler.health_record import BackendHealth, HealthReading, degraded_fields, read_health, reading_fields
+from scaler.health_record import (
+    BackendHealth,
+    HealthReading,
+    RecordedBackend,
+    degraded_fields,
+    read_health,
+    reading_fields,
+)
 from scaler.ledger import BillingRule
 from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state, saved_health, tick_deadline
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
@@ -195,8 +203,9 @@ def make_queue_reader(settings: ScalerSettings) -> QueueStatusReader:
 @asynccontextmanager
 async def _opened(
     settings: ScalerSettings, *, metrics: ScalerMetrics | None = None, dry_run: bool = False,
-    with_alerts: bool = False,
+    with_alerts: bool = False, single: Backend | None = None,
 ) -> AsyncIterator[tuple[Backend, QueueStatusReader]]:
+    """The queue reader and the backend (a fleet, else ``single`` when given, else the one SCALER_BACKEND names)."""
     async with AsyncExitStack() as stack:
         queue = make_queue_reader(settings)
         stack.push_async_callback(queue.aclose)
@@ -209,7 +218,7 @@ async def _opened(
             # A fleet's provider call gets a quarter of the tick: the first read's token is asked for now.
             await tokens_ahead(backend, member_timeout(settings.interval_s, settings.tick_deadline_s))
         else:
-            backend = make_backend(settings)
+            backend = single or make_backend(settings)
             stack.push_async_callback(backend.aclose)
         yield backend, queue
 
@@ -347,6 +356,8 @@ async def _run_loop(
         for sig in STOP_SIGNALS:
             event_loop.remove_signal_handler(sig)
         await server.stop()
+    if settings.backend == "local" and not settings.provider_names:
+        loop.record_stopped()  # its workers are stopped on the way out (LocalBackend.aclose)
     return EXIT_OK
 
 
@@ -380,20 +391,28 @@ def _scaler_loop(
 
 
 async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
-    async with _opened(settings, dry_run=True) as (backend, queue):
+    tick_s = max(settings.interval_s, tick_deadline(settings.interval_s, settings.tick_deadline_s))
+    stale_after_s = HEALTH_RECORD_STALE_TICKS * tick_s
+    reading = None if settings.provider_names else _saved_reading(settings, time.time(), stale_after_s)
+    # The local workers live in `comfy-scaler run`: shown as it last read them, not as a backend built here.
+    recorded = RecordedBackend(reading) if reading is not None and settings.backend == "local" else None
+    async with _opened(settings, dry_run=True, single=recorded) as (backend, queue):
         # The price does not change what is read: both at once, so silent peers cost one deadline, not two.
         loop = ScalerLoop(settings.scaling_config(), backend, queue, dry_run=True, interval_s=settings.interval_s,
                           tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings, dry_run=True))
         pricing, observation = await asyncio.gather(resolve_pricing(settings, backend), loop.observe())
         decision = decide(pricing.config, loop.state, observation)
         fleet = None
-        tick_s = max(settings.interval_s, tick_deadline(settings.interval_s, settings.tick_deadline_s))
         if isinstance(backend, FleetBackend):
-            fleet = backend.status_report(observation.now, stale_after_s=HEALTH_RECORD_STALE_TICKS * tick_s)
+            fleet = backend.status_report(observation.now, stale_after_s=stale_after_s)
     report = _status_report(settings, loop, decision, pricing, observation.now)
-    if fleet is None:
-        report["health"] = _backend_health(settings, observation.now, HEALTH_RECORD_STALE_TICKS * tick_s)
-    else:
+    if reading is not None:
+        report["health"] = {**reading_fields(reading, observation.now), "backend": settings.backend,
+                            **degraded_fields(reading, settings.backend, observation.now)}
+        if recorded is not None and loop.last_view is not None:
+            report["deployment"]["read_at"] = report["health"]["recorded_at"]
+            report["deployment"]["read_age_s"] = report["health"]["age_s"]
+    if fleet is not None:
         report["fleet"] = fleet
         # One deployment at the policy's price is the single backend's view: a fleet's are its providers'.
         report["deployment"]["backend"] = "fleet"
@@ -410,16 +429,13 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     return EXIT_FAILED if observation.failed else EXIT_OK
 
 
-def _backend_health(settings: ScalerSettings, now: float, stale_after_s: float) -> dict[str, Any]:
-    """A single backend's health as the running scaler saved it in SCALER_STATE_FILE (its workers and its memory
-    are in that process: the `local` backend's crash-looping workers are invisible to this one)."""
+def _saved_reading(settings: ScalerSettings, now: float, stale_after_s: float) -> HealthReading:
+    """A single backend's health (and read) as the running scaler saved it in SCALER_STATE_FILE (its workers and its
+    memory are in that process: the `local` backend's crash-looping workers are invisible to this one)."""
     if settings.state_file is None:
-        reading = HealthReading(None, "no SCALER_STATE_FILE: the running scaler keeps its backend's health in its "
-                                "memory only")
-    else:
-        reading = read_health(saved_health(settings.state_file), now, stale_after_s, "SCALER_STATE_FILE")
-    return {**reading_fields(reading, now), "backend": settings.backend,
-            **degraded_fields(reading, settings.backend, now)}
+        return HealthReading(None, "no SCALER_STATE_FILE: the running scaler keeps its backend's health in its "
+                             "memory only")
+    return read_health(saved_health(settings.state_file), now, stale_after_s, "SCALER_STATE_FILE")
 
 
 async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
@@ -513,6 +529,7 @@ def _status_report(
     replicas: list[dict[str, Any]] = []
     if loop.last_view is not None:
         deployment["status"] = loop.last_view.status
+        deployment["ready"] = loop.last_view.ready
         if loop.last_view.bounds is not None:
             deployment["min_replica_count"], deployment["max_replica_count"] = loop.last_view.bounds
         replicas = [
@@ -561,10 +578,16 @@ def _print_status(report: dict[str, Any]) -> None:
         if "min_replica_count" in deployment:
             pinned = f", min/max {deployment['min_replica_count']}/{deployment['max_replica_count']}"
         where = f"{deployment['name']} ({deployment['backend']})"
-        overview.add_row("deployment", f"{where}: {deployment['status']}{pinned}")
+        read = (f" (from `comfy-scaler run`'s record at {deployment['read_at']}, {deployment['read_age_s']} s ago)"
+                if "read_age_s" in deployment else "")
+        overview.add_row("deployment", f"{where}: {deployment['status']}{pinned}{read}")
     for provider in deployment.get("providers", ()):
         overview.add_row(f"  {provider['name']}", f"{provider['kind']}, {provider['price_per_hour']}/h")
-    overview.add_row("replicas", str(len(report["replicas"])))
+    if "error" in deployment:
+        overview.add_row("replicas", "[red]unknown[/red] (see the deployment line)")
+    else:
+        ready = "" if deployment.get("ready") is None else f" ({deployment['ready']} ready)"
+        overview.add_row("replicas", f"{len(report['replicas'])}{ready}")
     verb = "change" if decision["changed"] else "keep"
     overview.add_row("decision", f"{verb} {decision['current']} → {decision['desired']}: {decision['reason']}")
     overview.add_row("why", ", ".join(f"{k}={v}" for k, v in decision["details"].items() if v is not None))

@@ -45,6 +45,7 @@ from scaler.health_record import (
     degraded_fields,
     iso,
     log_health_change,
+    provider_view,
     read_health,
     reading_fields,
 )
@@ -343,7 +344,6 @@ class FleetBackend:
             view = replace(last, error=error_text(result))
             self._seen[name] = _Seen(view, previous.replicas if previous else (), fresh=False)
             return
-        ready = len(result.replicas) if result.ready is None else result.ready
         error = None
         if write_error is not None and not _holds(result, write_error[0]):
             error = f"write failed: {write_error[1]}"
@@ -352,10 +352,11 @@ class FleetBackend:
             # the provider did the work: what it holds now says it works. Counted as errors, jobs arriving 3 a tick
             # at 2 s an answer degraded RunPod while its pods ran, and the fleet held 6 replicas for 10 jobs.
             log.info("provider_write_landed", provider=name, target=write_error[0], error=write_error[1])
-        self._seen[name] = _Seen(ProviderView(len(result.replicas), ready, result.status, error), result.replicas)
+        view = provider_view(result, error)
+        self._seen[name] = _Seen(view, result.replicas)
         if self.metrics is not None:
-            self.metrics.replicas.labels(provider=name, state="live").set(len(result.replicas))
-            self.metrics.replicas.labels(provider=name, state="ready").set(ready)
+            self.metrics.replicas.labels(provider=name, state="live").set(view.live)
+            self.metrics.replicas.labels(provider=name, state="ready").set(view.ready)
 
     def _charge(self, now: float) -> None:
         for name, seen in self._seen.items():

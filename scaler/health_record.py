@@ -18,6 +18,7 @@ import structlog
 
 from common.logs import scrubbed_excerpt
 from scaler.allocator import (
+    PAUSED,
     AllocatorConfig,
     AllocatorState,
     DegradedReason,
@@ -27,12 +28,15 @@ from scaler.allocator import (
     update_health,
 )
 from scaler.ledger import UNREADABLE
+from scaler.policy import Replica
 from scaler.providers.base import BackendView
 
 log = structlog.get_logger()
 
 DETAIL_LIMIT = 300  # the record stays small: one short line per degraded provider
 FUTURE_SLACK_S = 60.0  # a record this far ahead of the reader's clock is not trusted
+STOPPED = "stopped"  # the status a `local` scaler records as it stops: its workers stop with it
+MAX_REPLICAS_READ = 10_000  # more than any backend runs: a longer list in the record is cut, not held
 LAST_MOMENT = 253_402_300_799.0  # 9999-12-31T23:59:59Z: a later time cannot be printed as a date
 # What a restarted fleet keeps: not a pause, which its first read of the provider sees again (or not).
 KEPT_OVER_A_RESTART = frozenset(DegradedReason) - {DegradedReason.PAUSED}
@@ -59,9 +63,15 @@ class Degraded:
 class HealthRecord:
     at: float  # when the running fleet wrote it
     degraded: dict[str, Degraded]
+    # A single backend's replicas as the running scaler read them at ``at`` (None: not read): the `local` backend's
+    # workers live in that process, and `status` shows them from here.
+    view: BackendView | None = None
 
     @classmethod
-    def of(cls, health: dict[str, ProviderHealth], notes: dict[str, tuple[float, str]], at: float) -> HealthRecord:
+    def of(
+        cls, health: dict[str, ProviderHealth], notes: dict[str, tuple[float, str]], at: float,
+        view: BackendView | None = None,
+    ) -> HealthRecord:
         """The record of the allocator's ``health``; ``notes``: provider -> (since, detail) of its degradation."""
         degraded = {}
         for name, h in health.items():
@@ -69,13 +79,17 @@ class HealthRecord:
                 since, detail = notes.get(name, (None, ""))
                 # scrubbed: a provider's error may echo a secret, and this file is read by another process
                 degraded[name] = Degraded(str(h.degraded), scrubbed_excerpt(detail, DETAIL_LIMIT), since, h.retry_at)
-        return cls(at, degraded)
+        return cls(at, degraded, view)
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": self.at, "degraded": {
+        raw: dict[str, Any] = {"at": self.at, "degraded": {
             name: {"reason": d.reason, "detail": d.detail, "since": d.since, "retry_at": d.retry_at}
             for name, d in self.degraded.items()
         }}
+        if self.view is not None:
+            raw["view"] = {"status": self.view.status, "ready": self.view.ready,
+                           "replicas": [[r.id, r.started_at] for r in self.view.replicas]}
+        return raw
 
     @classmethod
     def from_json(cls, raw: Any) -> HealthRecord:
@@ -88,7 +102,12 @@ class HealthRecord:
         at = _moment(raw["at"])
         if at is None:
             raise ValueError("at: not a time")
-        return cls(at, degraded)
+        view = None
+        if raw.get("view") is not None:
+            seen = raw["view"]
+            replicas = tuple(Replica(_text(i), _moment(t) or 0.0) for i, t in seen["replicas"][:MAX_REPLICAS_READ])
+            view = BackendView(replicas, _text(seen["status"]), ready=_count(seen.get("ready")))
+        return cls(at, degraded, view)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +144,13 @@ def degraded_fields(reading: HealthReading, name: str, now: float) -> dict[str, 
     }
 
 
+def provider_view(view: BackendView, error: str | None = None) -> ProviderView:
+    """How the allocator sees a provider's (or the single backend's) read; ``error``: a write that did not land."""
+    crash_loop = view.crash_loop
+    return ProviderView(len(view.replicas), len(view.replicas) if view.ready is None else view.ready, view.status,
+                        error, crash_loop.exits if crash_loop else 0, crash_loop.next_start_at if crash_loop else None)
+
+
 def log_health_change(change: HealthChange) -> None:
     if change.degraded is None:
         log.info("Provider back in service", provider=change.provider, detail=change.detail)
@@ -143,15 +169,18 @@ class BackendHealth:
         self.name = name
         self.config = config
         self.state = AllocatorState()
+        self.view: BackendView | None = None  # this tick's read
         self._notes: dict[str, tuple[float, str]] = {}
 
     def see(self, view: BackendView | None, error: str | None, asked: int, now: float) -> None:
         """This tick's read (``view``, or the ``error`` it failed with) of a backend asked for ``asked`` replicas."""
-        if view is None:
-            seen = ProviderView(error=error or "not read")
-        else:
-            seen = ProviderView(len(view.replicas), len(view.replicas) if view.ready is None else view.ready,
-                                view.status)
+        self.view = view
+        if view is not None and view.status == PAUSED:
+            # `comfy-scaler stop`: the decision line and `status` say paused already. Judged, it was also logged
+            # "Provider degraded: paused" and retried every SCALER_FALLBACK_RETRY_AFTER_S. It starts afresh.
+            self.state, self._notes = AllocatorState(), {}
+            return
+        seen = ProviderView(error=error or "not read") if view is None else provider_view(view)
         health, changes = update_health(self.config, self.state, {self.name: seen}, {self.name: asked}, now)
         self.state = replace(self.state, health=health)
         for change in changes:
@@ -162,7 +191,41 @@ class BackendHealth:
                 self._notes[change.provider] = (now, change.detail)
 
     def record(self, now: float) -> HealthRecord:
-        return HealthRecord.of(self.state.health, self._notes, now)
+        return HealthRecord.of(self.state.health, self._notes, now, self.view)
+
+
+class RunningScalerUnknown(Exception):
+    """`status` cannot say what the running scaler's backend holds: no usable record of it."""
+
+
+class RecordedBackend:
+    """The single `local` backend as `comfy-scaler status` shows it: its workers live in the `comfy-scaler run`
+    process, so a backend built here listed none (`healthy`, 0 replicas) while that one ran 3, or crash-looped.
+    ``observe`` gives the running scaler's last read, from its record (``reading``), or raises saying why it is not
+    known. Only read: the other calls refuse."""
+
+    def __init__(self, reading: HealthReading) -> None:
+        self.reading = reading
+
+    async def observe(self) -> BackendView:
+        record = self.reading.record
+        if not self.reading.known or record is None or record.view is None:
+            why = self.reading.unknown or "its record holds no read of its workers (the last read failed)"
+            raise RunningScalerUnknown(f"the local workers live in `comfy-scaler run`, and what it runs is not "
+                                       f"known: {why}")
+        return record.view
+
+    async def apply(self, desired: int) -> bool:
+        raise RunningScalerUnknown("the local workers live in `comfy-scaler run`: only it can change them")
+
+    async def pause(self) -> None:
+        await self.apply(0)
+
+    async def resume(self) -> None:
+        await self.apply(0)
+
+    async def aclose(self) -> None:
+        return None
 
 
 def read_health(raw: Any, now: float, stale_after_s: float, where: str = "SCALER_LEDGER_FILE") -> HealthReading:
@@ -187,6 +250,14 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{value!r} is not a text")
     return value[:DETAIL_LIMIT]
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
 
 
 def _moment(value: Any) -> float | None:

@@ -24,7 +24,7 @@ import structlog
 
 from common.logs import error_text
 from scaler.billing import SpendLedger
-from scaler.health_record import BackendHealth, HealthReading, HealthRecord, degraded_fields
+from scaler.health_record import STOPPED, BackendHealth, HealthReading, HealthRecord, degraded_fields
 from scaler.job_duration import DurationFromCounters
 from scaler.ledger import (
     UNREADABLE,
@@ -219,13 +219,24 @@ class ScalerLoop:
         outcome, apply_error = await self._apply(decision, observation, deadline)
         health = self.backend_health.record(observation.now) if self.backend_health is not None else None
         self._record(decision, observation, outcome, apply_error, health)
-        if self.state_file is not None:
-            try:
-                save_policy_state(self.state_file, self.state, billing_of(self.config), health)
-            except OSError as exc:
-                log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
-                          hint="the scaler goes on from its memory; a restart now would start afresh")
+        self._save(health)
         return decision
+
+    def _save(self, health: HealthRecord | None) -> None:
+        if self.state_file is None:
+            return
+        try:
+            save_policy_state(self.state_file, self.state, billing_of(self.config), health)
+        except OSError as exc:
+            log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
+                      hint="the scaler goes on from its memory; a restart now would start afresh")
+
+    def record_stopped(self) -> None:
+        """Saves that this scaler stopped and its replicas with it (the `local` backend's workers die with it):
+        `status` then says so, not the last tick's workers as running until the record is stale."""
+        if self.backend_health is not None:
+            self.backend_health.view = BackendView((), STOPPED)
+            self._save(self.backend_health.record(self.clock()))
 
     def _count_from_the_platform(self) -> None:
         """The policy's ``current`` is what the platform holds whenever that is not what this process left there: at

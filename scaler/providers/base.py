@@ -16,12 +16,23 @@ class BackendView:
     the replica bounds it holds now as (min, max), or None for a platform that has none to report.
 
     ``ready``: how many of the replicas serve, when the platform says; None counts every listed replica as ready.
+    ``crash_loop``: set while the platform holds a replica back after repeated failed runs (its CrashLoopBackOff).
     """
 
     replicas: tuple[Replica, ...]
     status: str
     bounds: tuple[int, int] | None = None
     ready: int | None = None
+    crash_loop: CrashLoop | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CrashLoop:
+    """A replica whose worker exited with an error ``exits`` times in a row, held back until ``next_start_at``
+    (epoch seconds) before it is started again (the worst of them, when several are)."""
+
+    exits: int
+    next_start_at: float
 
 
 class FirstSeen:

@@ -6,8 +6,9 @@ It copies what a pinned Verda deployment does, as far as it is known (docs/verda
   not document which it does, and the scaler is safe either way because it never relies on workers exiting.
 - A worker that keeps failing (non-zero exits in a row, however long each ran: a worker that cannot reach its
   queue manager exits 1 after SERVERLESS_MAX_UNREACHABLE_S, 10 min) is restarted after a back-off, as Kubernetes'
-  CrashLoopBackOff does, and is not counted as ready meanwhile: in a fleet its provider is then degraded at the
-  start deadline and its replicas go elsewhere (scaler/allocator.py). See ``_note_exit`` for what ends a streak.
+  CrashLoopBackOff does, and is not counted as ready meanwhile. ``observe`` says so (``crash_loop``): the provider
+  is degraded as crash-looping from its first back-off, and in a fleet its replicas go elsewhere
+  (scaler/allocator.py). See ``_note_exit`` for what ends a streak.
 - On a scale-down the most recently started replicas get SIGTERM (Verda picks without saying how); they
   are SIGKILLed if still alive ``stop_timeout_s`` later, as Verda does after 30 s.
 - ``pause`` stops every replica and holds the count at 0 until ``resume``.
@@ -33,7 +34,7 @@ import structlog
 from common.children import die_with_parent
 from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, SCALER_CREDENTIALS
 from scaler.policy import PAUSED, Replica
-from scaler.providers.base import BackendView
+from scaler.providers.base import BackendView, CrashLoop
 
 log = structlog.get_logger()
 
@@ -198,8 +199,17 @@ class LocalBackend:
     async def observe(self) -> BackendView:
         await self._reconcile()
         replicas = tuple(Replica(r.id, r.started_at) for r in self._live)
-        ready = sum(r.ready(self._clock()) for r in self._live)
-        return BackendView(replicas=replicas, status=PAUSED if self._paused else HEALTHY, ready=ready)
+        now = self._clock()
+        ready = sum(r.ready(now) for r in self._live)
+        return BackendView(replicas=replicas, status=PAUSED if self._paused else HEALTHY, ready=ready,
+                           crash_loop=self._crash_loop(now))
+
+    def _crash_loop(self, now: float) -> CrashLoop | None:
+        """The worst place backing off after failed runs in a row, once reconciled (a due restart has started)."""
+        held = [v for v in self._vacancies if v.failed_starts >= 2 and not v.due(now)]
+        if not held:
+            return None
+        return CrashLoop(max(v.failed_starts for v in held), min(v.restart_at for v in held))
 
     async def apply(self, desired: int) -> bool:
         if desired < 0:

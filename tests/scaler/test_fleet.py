@@ -263,7 +263,9 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
 ):
     """Operator drill: local workers refusing their settings (exit 2) were started again at every tick and
     counted as serving, so with SCALER_PROVIDERS=local,verda the local provider was never judged broken and the
-    jobs never ran. Now they are not ready, local is degraded at the start deadline and Verda takes the count;
+    jobs never ran; then it was judged at the start deadline only, reading healthy for 2 min (10 by default) while
+    its workers were held back after failing. Now local is degraded as crash-looping at its first back-off, well
+    before the start deadline, and Verda takes the count;
     tried again after its back-off, local fails again and Verda's replicas are not drained for it. Once the
     setting is fixed, local comes back and Verda is drained."""
     setting: dict[str, str] = {}
@@ -293,7 +295,8 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
                 await tick()
                 if fleet.state.health["local"].degraded:
                     break
-            assert fleet.state.health["local"].degraded == "start_deadline", "within 3 min (deadline 2 min)"
+            assert fleet.state.health["local"].degraded == "crash_loop"
+            assert wall() - began <= 3 * 3, "at the first back-off, not at the start deadline (2 min)"
             assert fleet.state.targets == {"local": 0, "verda": 2} and verda_scaling() == (2, 2)
             assert local.starts <= 12, f"{local.starts} starts of 2 local replicas in {wall() - began:g} s"
             for _ in range(70):  # through local's back-off (60 s), its retry and its failing again
@@ -301,10 +304,10 @@ async def test_a_crash_looping_local_provider_is_degraded_and_the_fleet_falls_ba
                 assert fleet.state.targets["verda"] == 2, "Verda is not drained for local workers that fail"
         assert verda_scaling() == (2, 2)
         lines = [(e["event"], e.get("provider"), e.get("reason")) for e in logs]
-        assert ("Provider degraded", "local", "start_deadline") in lines
+        assert ("Provider degraded", "local", "crash_loop") in lines
         assert ("Provider move", "verda", "fallback") in lines
         assert ("Provider back in service", "local", None) in lines, "local was tried again"
-        assert fleet.state.health["local"].degraded == "start_deadline", "and degraded again"
+        assert fleet.state.health["local"].degraded == "crash_loop", "and degraded again"
 
         setting["STAY"] = "1"  # fixed: the workers started from now on run
         for _ in range(150):  # past local's second back-off (120 s), and more than a start deadline on

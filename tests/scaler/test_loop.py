@@ -12,7 +12,9 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.billing import BillingAnchor, SpendLedger, billed_intervals
+from scaler.health_record import BackendHealth
 from scaler.ledger import BillingRule, CostLedger
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
@@ -151,6 +153,24 @@ async def test_paused_deployment_warns_and_holds(make_loop, backend, queue):
     assert backend.applied == []
     [event] = decisions(logs)
     assert (event["log_level"], event["apply"]) == ("warning", "skipped_paused")
+
+
+async def test_a_paused_single_backend_is_not_also_logged_as_degraded(make_loop, backend, queue, clock):
+    """`comfy-scaler stop` on a single Verda backend: the decision line, a warning already (apply=skipped_paused),
+    also said degraded=paused with a back-off of 300 s that meant nothing, and "Provider degraded: paused" and
+    "Provider back in service" were logged by turns every 5 minutes while it stayed paused."""
+    health = BackendHealth("verda", AllocatorConfig((ProviderSpec("verda", 5, 3.0),), retry_after_s=300.0))
+    loop = make_loop(backend_health=health)
+    backend.status = "paused"
+    with capture_logs() as logs:
+        for _ in range(3):
+            await loop.tick()
+            clock.advance(400)
+    events = decisions(logs)
+    assert [(e["log_level"], e["apply"]) for e in events] == [("warning", "skipped_paused")] * 3
+    assert not [e for e in events if "degraded" in e], events
+    assert not [e for e in logs if e["event"] in ("Provider degraded", "Provider back in service")]
+    assert health.record(clock()).degraded == {}
 
 
 async def test_quota_reached_never_adds_replicas(make_loop, backend, queue, clock):
