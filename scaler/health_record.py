@@ -6,6 +6,10 @@ replica. The running fleet writes which providers it holds degraded, why and unt
 wrote it, at every save of the ledger (scaler.fleet); `status` reads it back. A record that is missing,
 unreadable or older than a few ticks is reported as unknown: never as healthy. A restarted `run` reads it back
 too, and keeps each degradation until its back-off ends (``Degraded.kept``).
+
+Without a fleet the same record, in SCALER_STATE_FILE, also holds the backend's replicas as the running scaler last
+read them (``HealthRecord.view``): `status` shows the `local` backend's workers, which live in that process, from
+there (``RecordedBackend``).
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ FUTURE_SLACK_S = 60.0  # a record this far ahead of the reader's clock is not tr
 STOPPED = "stopped"  # the status a `local` scaler records as it stops: its workers stop with it
 MAX_REPLICAS_READ = 10_000  # more than any backend runs: a longer list in the record is cut, not held
 LAST_MOMENT = 253_402_300_799.0  # 9999-12-31T23:59:59Z: a later time cannot be printed as a date
-# What a restarted fleet keeps: not a pause, which its first read of the provider sees again (or not).
-KEPT_OVER_A_RESTART = frozenset(DegradedReason) - {DegradedReason.PAUSED}
+# What a restarted fleet keeps: not a pause, which its first read of the provider sees again (or not), nor a crash
+# loop, whose local workers died with the scaler: the restarted one's start with its settings (the usual fix).
+KEPT_OVER_A_RESTART = frozenset(DegradedReason) - {DegradedReason.PAUSED, DegradedReason.CRASH_LOOP}
 
 
 @dataclass(frozen=True, slots=True)

@@ -331,6 +331,7 @@ async def test_a_restarted_scaler_keeps_the_degradation_its_predecessor_recorded
 @pytest.mark.parametrize(("degraded", "why"), [
     ({"reason": "quota_reached", "since": 1.0, "retry_at": 2.0}, "back-off over"),
     ({"reason": "paused", "since": "now", "retry_at": "later"}, "a pause is read again"),
+    ({"reason": "crash_loop", "since": "now", "retry_at": "later"}, "its local workers died with the scaler"),
     ({"reason": "struck_by_lightning", "since": "now", "retry_at": "later"}, "not a reason of ours"),
 ])
 async def test_a_restarted_scaler_keeps_no_degradation_that_is_over_or_not_its_own(
