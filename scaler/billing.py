@@ -75,6 +75,27 @@ def bill_for_runtime(
     return math.ceil((stopped_at - started_at) / interval_s)
 
 
+def intervals_to_charge(
+    started_at: float, charged: int, now: float, *, keep_after: float, stepped_s: float, interval_s: float,
+    anchor: BillingAnchor,
+) -> tuple[list[float], int]:
+    """The one rule both spend ledgers (this module's SpendLedger, scaler.ledger's CostLedger) charge a replica's
+    intervals by: when each interval not yet charged is charged, and how many count as charged after.
+    ``charged``: the intervals charged before; ``keep_after``: no charge dated before it is kept (none is made);
+    ``stepped_s``: the wall-clock step this charge follows (positive forward, negative back, 0 without one)."""
+    ahead_s = max(stepped_s, 0.0)
+    due = billed_intervals(started_at, now, interval_s, anchor)
+    # After a step back, intervals charged while the clock was ahead are counted again from now's.
+    before = min(charged, due) if stepped_s < 0 else charged
+    done = max(before, first_interval_after(started_at, keep_after - ahead_s, interval_s, anchor))
+    # After a step forward, only the intervals begun in the time that passed, dated as if the clock had always
+    # shown this time, and never after now (a start ahead of this clock: the next charge would read it as a step
+    # back); those the step skipped over are not owed.
+    begun = billed_intervals(started_at, now - ahead_s, interval_s, anchor)
+    dates = [min(interval_start(started_at, index, interval_s, anchor) + ahead_s, now) for index in range(done, begun)]
+    return dates, max(done, due)
+
+
 @dataclass(frozen=True)
 class SpendLedger:
     """Money committed by begun intervals, kept for a rolling day. Immutable: ``observe`` returns a new one.
@@ -110,7 +131,6 @@ class SpendLedger:
         """``elapsed_s``: the time since the last observation on a clock never stepped (None: not measured, as at a
         process's first tick), by which a stepped wall clock is told from a slow tick."""
         charges, stepped_s, moved = self._following_clock(now, elapsed_s)
-        ahead_s = max(stepped_s, 0.0)
         amount = price_per_hour * interval_s / HOUR_S
         horizon = now - keep_s
         already = dict(self.billed)
@@ -118,18 +138,9 @@ class SpendLedger:
         new_charges: list[tuple[float, float]] = []
         for replica in replicas:
             key = (replica.id, replica.started_at)
-            due = billed_intervals(replica.started_at, now, interval_s, anchor)
-            # After a step back, intervals charged while the clock was ahead are counted again from now's.
-            before = min(already.get(key, 0), due) if stepped_s < 0 else already.get(key, 0)
-            done = max(before, first_interval_after(replica.started_at, horizon - ahead_s, interval_s, anchor))
-            # After a step forward, only the intervals begun in the time that passed, dated as if the clock had
-            # always shown this time (never after now); those the step skipped over are not owed.
-            begun = billed_intervals(replica.started_at, now - ahead_s, interval_s, anchor)
-            new_charges.extend(
-                (min(interval_start(replica.started_at, index, interval_s, anchor) + ahead_s, now), amount)
-                for index in range(done, begun)
-            )
-            billed[key] = max(done, due)
+            dates, billed[key] = intervals_to_charge(replica.started_at, already.get(key, 0), now, keep_after=horizon,
+                                                     stepped_s=stepped_s, interval_s=interval_s, anchor=anchor)
+            new_charges.extend((at, amount) for at in dates)
         # A replica missing from one listing and back at the next is the same replica: forgotten, its intervals were
         # charged again. Kept while one of its charges is within the window (after that none would be again).
         for key, count in already.items():

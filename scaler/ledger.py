@@ -34,8 +34,8 @@ from scaler.billing import (
     BilledReplica,
     BillingAnchor,
     billed_intervals,
-    first_interval_after,
     interval_start,
+    intervals_to_charge,
 )
 from scaler.clock_step import measured_step, unmeasured_step_back
 
@@ -207,22 +207,13 @@ class CostLedger:
                 billed[key] = until
                 continue
             # Intervals begun before the horizon are dropped below anyway (a minute early: buckets are minutes).
-            first = first_interval_after(started_at, horizon - BUCKET_S, rule.interval_s, rule.anchor)
-            due = billed_intervals(started_at, now, rule.interval_s, rule.anchor)
-            # After a step back, intervals charged while the clock was ahead are counted again from now's.
-            done = max(min(int(before.get(key, 0)), due) if stepped_s < 0 else int(before.get(key, 0)), first)
-            # After a step forward, only the intervals begun in the time that passed (dated as if the clock had
-            # always shown this time); those the step skipped over are not owed.
-            begun = due if stepped_s <= 0 else billed_intervals(started_at, now - stepped_s, rule.interval_s,
-                                                                 rule.anchor)
+            dates, billed[key] = intervals_to_charge(
+                started_at, int(before.get(key, 0)), now, keep_after=horizon - BUCKET_S, stepped_s=stepped_s,
+                interval_s=rule.interval_s, anchor=rule.anchor)
             amount = price_per_hour * rule.interval_s / HOUR_S
-            for index in range(done, begun):
-                # Never dated after now (a start ahead of this clock): the next charge would read it as a step back.
-                at = _bucket(min(interval_start(started_at, index, rule.interval_s, rule.anchor) + max(stepped_s, 0.0),
-                                 now))
-                buckets[at] = buckets.get(at, 0.0) + amount
+            for at in dates:
+                buckets[_bucket(at)] = buckets.get(_bucket(at), 0.0) + amount
                 total += amount
-            billed[key] = max(done, due)
         # A replica missing from one listing and back at the next is the same replica: forgotten, it was charged
         # again (its intervals, or its whole runtime). Kept while one of its charges is within the window.
         for key, value in before.items():
