@@ -165,6 +165,9 @@ class CostLedger:
         # The running fleet's provider health (scaler.health_record), for `comfy-scaler status`; kept as read,
         # checked by its reader: a record of the wrong shape must not cost the day's spend.
         self.health: Any = None
+        # The latest bucket of any provider (None: not known yet, found at the next charge): a step back is told
+        # by it at every charge, and scanning every bucket for it cost a charge ~0.8 ms with full ledgers.
+        self._latest_bucket: int | None = None
 
     def charge(
         self, provider: str, replicas: Iterable[BilledReplica], now: float, *, price_per_hour: float,
@@ -202,7 +205,7 @@ class CostLedger:
                 until = max(since, now)
                 amount = (until - since) * price_per_hour / HOUR_S
                 if amount > 0:
-                    buckets[_bucket(until)] = buckets.get(_bucket(until), 0.0) + amount
+                    self._add(buckets, until, amount)
                     total += amount
                 billed[key] = until
                 continue
@@ -212,7 +215,7 @@ class CostLedger:
                 interval_s=rule.interval_s, anchor=rule.anchor)
             amount = price_per_hour * rule.interval_s / HOUR_S
             for at in dates:
-                buckets[_bucket(at)] = buckets.get(_bucket(at), 0.0) + amount
+                self._add(buckets, at, amount)
                 total += amount
         # A replica missing from one listing and back at the next is the same replica: forgotten, it was charged
         # again (its intervals, or its whole runtime). Kept while one of its charges is within the window.
@@ -222,8 +225,21 @@ class CostLedger:
         self.billed[provider] = billed
         for old in [at for at in buckets if at < horizon]:
             del buckets[old]
+        if self._latest_bucket is not None and self._latest_bucket < horizon:
+            self._latest_bucket = None  # it may have been one of those
         self.updated_at = now
         return total
+
+    def _add(self, buckets: dict[int, float], at: float, amount: float) -> None:
+        bucket = _bucket(at)
+        buckets[bucket] = buckets.get(bucket, 0.0) + amount
+        if self._latest_bucket is not None:
+            self._latest_bucket = max(self._latest_bucket, bucket)
+
+    def _latest(self) -> int | None:
+        if self._latest_bucket is None:
+            self._latest_bucket = max((at for buckets in self.buckets.values() for at in buckets), default=None)
+        return self._latest_bucket
 
     def _follow_clock(self, provider: str, now: float, elapsed_s: float | None) -> float:
         """Move every date kept with a wall-clock step, so that the windows read what they read before it; returns
@@ -234,7 +250,7 @@ class CostLedger:
         if step:
             self._shift(step)
         latest = max([self.updated_at or now, *self.looked_at.values(),
-                      *(at for buckets in self.buckets.values() for at in buckets)], default=now)
+                      *[at for at in [self._latest()] if at is not None]])
         moved = sum(amount for buckets in self.buckets.values() for amount in buckets.values()) if step else 0.0
         if back := unmeasured_step_back(latest, now):
             step = min(step, back)
@@ -247,6 +263,7 @@ class CostLedger:
         """Every date kept moved by ``by`` seconds: the buckets, when replicas were charged until (per second) and
         last looked at. Interval counts are the provider's, counted from its own start times: they stay."""
         self.buckets = {name: _moved(buckets, by) for name, buckets in self.buckets.items()}
+        self._latest_bucket = None
         for name, billed in self.billed.items():
             if _per_second(self.rules.get(name)):
                 self.billed[name] = {key: value + by for key, value in billed.items()}
@@ -263,6 +280,7 @@ class CostLedger:
                 buckets[_bucket(now)] = buckets.get(_bucket(now), 0.0) + buckets.pop(at)
             if _per_second(self.rules.get(name)):
                 self.billed[name] = {key: min(value, now) for key, value in self.billed.get(name, {}).items()}
+        self._latest_bucket = None
         self.looked_at = {name: min(at, now) for name, at in self.looked_at.items()}
         self.updated_at = now
 
