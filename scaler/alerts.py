@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from common.http_answers import AnswerTooLarge, read_at_most
 from common.logs import error_text, scrubbed_excerpt
 from common.urls import direct_transport
+from scaler.billing import DAY_S
 from scaler.ledger import day_start
 
 log = structlog.get_logger()
@@ -73,8 +74,10 @@ class AlertBook:
     sent: set[str] = field(default_factory=set)
 
     def first_today(self, kind: str, now: float) -> bool:
+        """A wall clock stepped back across one midnight is still on the day the book holds: what went out then (the
+        same day, in truth) is not sent again. Further back (a clock that was days ahead), the book starts again."""
         today = day_start(now)
-        if self.day != today:
+        if self.day is None or not self.day - DAY_S <= today <= self.day:
             self.day, self.sent = today, set()
         if kind in self.sent:
             return False

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger, seconds_to_boundary
+from scaler.clock_step import measured_step
 from scaler.planning import (
     LATE_LIMIT,
     excess,
@@ -218,6 +219,7 @@ def estimated_spend(config: ScalingConfig, state: PolicyState, now: float) -> di
 
 
 def decide(config: ScalingConfig, state: PolicyState, observation: Observation) -> Decision:
+    state = _following_clock(state, observation)
     if observation.failed:
         return _hold_on_failure(config, state, observation)
     now = observation.now
@@ -262,6 +264,27 @@ def decide(config: ScalingConfig, state: PolicyState, observation: Observation) 
         last_scale_down_at=now if desired < current else state.last_scale_down_at,
     )
     return Decision(desired, current, str(reason), details, changed, new_state)
+
+
+def _following_clock(state: PolicyState, observation: Observation) -> PolicyState:
+    """The policy's own dates moved with a wall-clock step, measured as the spend ledger measures it (since its
+    last observation, by ``elapsed_s``): a step back of an hour held every scale-down in cooldown and the last
+    replica in its idle window for that hour. None is ever after now (a step back with nothing to measure it by,
+    as at a process's first tick: it counts from now). The timetable's opening is wall-clock time: it stays."""
+    now = observation.now
+    step = measured_step(state.ledger.observed_at, now, observation.elapsed_s)
+
+    def moved(at: float | None) -> float | None:
+        return None if at is None else min(at + step, now)
+
+    return replace(
+        state,
+        demand_samples=tuple((min(at + step, now), demand) for at, demand in state.demand_samples),
+        last_work_seen_at=moved(state.last_work_seen_at),
+        last_scale_down_at=moved(state.last_scale_down_at),
+        queue_unreadable_since=moved(state.queue_unreadable_since),
+        held_at_zero_since=moved(state.held_at_zero_since),
+    )
 
 
 def _demand(config: ScalingConfig, observation: Observation, held_at_zero_since: float | None) -> int:

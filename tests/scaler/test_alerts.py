@@ -213,3 +213,17 @@ def test_a_book_takes_in_what_another_process_sent_today_not_what_it_sent_on_an_
     assert not book.first_today("kill_switch", today + 60)
     book.take_in(AlertBook(day=today + 86_400.0, sent={"kill_switch"}))
     assert (book.day, book.sent) == (today + 86_400.0, {"kill_switch"})
+
+
+def test_a_clock_stepped_back_across_midnight_does_not_send_the_days_alerts_again():
+    """The budget alerts went out at 00:10; NTP sets the clock back an hour (23:10 the day before). Before: the book
+    took it for a new day and sent them again, and again at the real midnight's next tick."""
+    after_midnight = datetime(2027, 3, 2, 0, 10, tzinfo=UTC).timestamp()
+    book = AlertBook()
+    assert book.first_today("budget_50", after_midnight)
+    assert not book.first_today("budget_50", after_midnight - 3600), "the same day, in truth"
+    assert not book.first_today("budget_50", after_midnight + 60), "and not again once the clock is past midnight"
+    assert book.first_today("budget_50", after_midnight + 86_400), "the next day's goes out"
+    ahead = AlertBook()
+    assert ahead.first_today("budget_50", after_midnight + 2 * 86_400), "the clock 2 days ahead"
+    assert ahead.first_today("budget_50", after_midnight), "set back 2 days: today's alert is not lost"
