@@ -14,7 +14,16 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from common.settings import ConfigError, LogSettings, OptionalPath, QueueToken, env_name, settings_from_env
+from common.settings import (
+    QUEUE_TOKEN_ENV,
+    QUEUE_WORKER_TOKEN_ENV,
+    ConfigError,
+    LogSettings,
+    OptionalPath,
+    QueueToken,
+    env_name,
+    settings_from_env,
+)
 from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
@@ -51,10 +60,10 @@ class ScalerSettings(LogSettings):
     )
 
     queue_manager_url: AnyHttpUrl = Field(validation_alias="QUEUE_MANAGER_URL")
-    queue_manager_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_TOKEN")
+    queue_manager_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_TOKEN_ENV)
     # A split queue manager's workers' token: the local backend gives it to its workers as their QUEUE_MANAGER_TOKEN;
     # the scaler's own reads never send it.
-    queue_manager_worker_token: QueueToken | None = Field(default=None, validation_alias="QUEUE_MANAGER_WORKER_TOKEN")
+    queue_manager_worker_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV)
     backend: Literal["verda", "local"] = Field(default="verda", validation_alias="SCALER_BACKEND")
     verda_client_id: str | None = Field(default=None, validation_alias="VERDA_CLIENT_ID")
     verda_client_secret: SecretStr | None = Field(default=None, validation_alias="VERDA_CLIENT_SECRET")
