@@ -180,14 +180,14 @@ async def test_workers_do_not_outlive_a_scaler_killed_with_sigkill(tmp_path, wai
                 os.kill(int(mark.name), signal.SIGKILL)
 
 
-def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monkeypatch, tmp_path):
-    """A fleet local,verda,runpod has every secret in the scaler's environment; a worker needs the queue's only."""
+def fleet_workers_environment(monkeypatch, tmp_path, **queue_tokens: str) -> dict[str, str]:
+    """The local workers' environment of a fleet local,verda,runpod, every secret in the scaler's environment."""
     monkeypatch.chdir(tmp_path)
     environ = {
         "PATH": os.environ["PATH"],
         "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
-        "QUEUE_MANAGER_TOKEN": "queue-token",
-        "VERDA_CLIENT_ID": "verda-id",
+        **queue_tokens,
+        "VERDA_CLIENT_ID": "verda-id-not-for-workers",
         "VERDA_CLIENT_SECRET": "verda-secret-not-for-workers",
         "RUNPOD_API_KEY": "runpod-key-not-for-workers",
         "SCALER_ALERT_WEBHOOK_URL": "https://hooks.example.com/not-for-workers",
@@ -196,7 +196,12 @@ def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monk
     }
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    env = worker_environment(load_settings(), environ)
+    return worker_environment(load_settings(), environ)
+
+
+def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monkeypatch, tmp_path):
+    """A worker needs the queue's credentials only."""
+    env = fleet_workers_environment(monkeypatch, tmp_path, QUEUE_MANAGER_TOKEN="queue-token")
     assert env["QUEUE_MANAGER_TOKEN"] == "queue-token" and env["QUEUE_MANAGER_URL"] == "http://127.0.0.1:9"
     assert env["HF_TOKEN"] == "the-workers-own" and env["PATH"] == os.environ["PATH"]
     assert "not-for-workers" not in repr(env)
@@ -617,21 +622,8 @@ async def test_after_crashes_ending_long_busy_runs_the_next_worker_is_ready_with
 def test_local_workers_of_a_split_queue_get_the_worker_token_and_no_scaler_secret(monkeypatch, tmp_path):
     """One shell running the queue manager and the scaler: QUEUE_MANAGER_WORKER_TOKEN reached the workers (alone, a
     worker exits 2) and they were given the participants' token (403 on every poll)."""
-    monkeypatch.chdir(tmp_path)
-    environ = {
-        "PATH": os.environ["PATH"],
-        "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
-        "QUEUE_MANAGER_TOKEN": "participants-not-for-workers",
-        "QUEUE_MANAGER_WORKER_TOKEN": "workers-token",
-        "VERDA_CLIENT_ID": "verda-id-not-for-workers",
-        "VERDA_CLIENT_SECRET": "verda-secret-not-for-workers",
-        "RUNPOD_API_KEY": "runpod-key-not-for-workers",
-        "SCALER_ALERT_WEBHOOK_URL": "https://hooks.example.com/not-for-workers",
-        "SCALER_PROVIDERS": "local,verda,runpod",
-    }
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    env = worker_environment(load_settings(), environ)
+    env = fleet_workers_environment(monkeypatch, tmp_path, QUEUE_MANAGER_TOKEN="participants-not-for-workers",
+                                    QUEUE_MANAGER_WORKER_TOKEN="workers-token")
     assert env["QUEUE_MANAGER_TOKEN"] == "workers-token" and "QUEUE_MANAGER_WORKER_TOKEN" not in env
     assert "not-for-workers" not in repr(env)
 
