@@ -49,6 +49,7 @@ from queue_manager.models import (
     created_at_datetime,
     event_datetime,
 )
+from queue_manager.refusal_log import refusal_log_middleware
 from queue_manager.reports import Report, ReportLog
 from queue_manager.store import (
     Fence,
@@ -763,7 +764,7 @@ def build_app(
     waiting: WaitingConnections | None = None,
 ) -> web.Application:
     middlewares = [waiting.middleware] if waiting is not None else []
-    middlewares += [_auth_middleware(token, worker_token)]
+    middlewares += [refusal_log_middleware(), _auth_middleware(token, worker_token)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     app = web.Application(

@@ -1,0 +1,60 @@
+"""Refused requests in the log: one warning line per kind of refusal, throttled.
+
+An operator at 2 a.m. tells a worker with the wrong token (401/403 on every poll) from a client sending bad jobs
+(422) or a flood, without the tokens or the bodies: the line names the status, the route (never the raw path), the
+peer and the cause the client was given. A client can repeat a refusal thousands of times a second, so each status
+logs its first, then at most one a minute, telling how many more there were.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from common.log_throttle import LogThrottle
+from common.logs import scrubbed_excerpt
+
+log = structlog.get_logger()
+
+REFUSAL_LOG_EVERY_S = 60.0
+CAUSE_LIMIT = 200
+CAUSES_NAMED = 3  # of a 422's list of fields
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def refusal_cause(response: web.StreamResponse) -> str:
+    """What the client was told, from the answer's {"detail": ...}: its text, or a 422's fields and messages (never
+    the values the client sent)."""
+    body = getattr(response, "body", None)
+    try:
+        detail = json.loads(body)["detail"] if isinstance(body, bytes) else None
+    except (ValueError, TypeError, KeyError):
+        detail = None
+    if isinstance(detail, list):
+        named = [f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', '')}"
+                 for error in detail[:CAUSES_NAMED] if isinstance(error, dict)]
+        more = f" (+{len(detail) - CAUSES_NAMED} more)" if len(detail) > CAUSES_NAMED else ""
+        detail = "; ".join(named) + more
+    return scrubbed_excerpt(detail, CAUSE_LIMIT) if isinstance(detail, str) else ""
+
+
+def refusal_log_middleware(clock: Callable[[], float] = time.monotonic) -> Any:
+    throttles: dict[int, LogThrottle] = {}
+
+    @web.middleware
+    async def log_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if 400 <= response.status < 500:
+            throttle = throttles.setdefault(response.status, LogThrottle(REFUSAL_LOG_EVERY_S, clock))
+            if (refused := throttle.occurred()) is not None:
+                route = request.match_info.route.name or "no such route"
+                log.warning("Request refused", status=response.status, method=request.method, route=route,
+                            peer=request.remote, cause=refusal_cause(response), more_since_last=refused - 1)
+        return response
+
+    return log_refusals
