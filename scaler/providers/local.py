@@ -90,7 +90,6 @@ class _Vacancy:
         return not self.exited_at <= now < self.restart_at  # a clock set back does not hold the restart
 
 
-
 def ready_after_s(failed_starts: int, failed_run_s: float, unreachable_s: float) -> float:
     """How long a replacement runs before it counts as ready. An idle exit's at once, as its predecessor did (made
     to wait MIN_READY_S, idle workers restarting every ~22 s were un-ready ~45 % of the time). After one failure,

@@ -110,7 +110,6 @@ class StubQueue:
         return self.health
 
 
-
 class StubBackend:
     """Behaves like a pinned platform: replicas follow the applied count at once; records every call."""
 
