@@ -22,7 +22,7 @@ from scaler.wiring import ProviderSetupError, build_fleet
 from standins.runpod import GPU_TYPES, FakeRunPod
 from standins.verda import FakeVerda
 
-from .conftest import DEPLOYMENT, RUNPOD_KEY
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, RUNPOD_KEY
 
 TICK_S = 15.0
 START_DEADLINE_S = 120.0
@@ -326,11 +326,12 @@ async def test_a_runpod_create_cut_off_by_the_call_timeout_is_not_made_again_whi
     async with (
         FakeRunPod(RUNPOD_KEY, network_volumes=("vol-demo",), clock=wall, listing_lag_s=60.0) as fake_runpod,
         aclosing(
-            make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S, member_timeout_s=0.5)
+            make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, retry_after_s=RETRY_S,
+                       member_timeout_s=CALL_CUT_OFF_S)
         ) as fleet,
     ):
         await fleet.observe()
-        fake_runpod.delay_next("/pods", 2.0, method="POST")
+        fake_runpod.delay_next("/pods", 2 * CALL_CUT_OFF_S, method="POST")
         await fleet.apply(3)  # all 3 asked of RunPod, the cheaper; its first create answers too late
         most_running = 0
         for _ in range(8):

@@ -9,17 +9,17 @@ from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import wait_for
-from .conftest import DEPLOYMENT
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT
 
 
 async def test_verda_answering_in_a_third_of_the_member_time_is_read_and_keeps_its_replicas(
     make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, verda_scaling
 ):
-    # Verda's three reads were asked one after another: 3 answers' time, past the member's 1 s at 0.4 s an answer.
-    fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99, member_timeout_s=1.0)
+    # Verda's three reads were asked one after another: 3 answers' time, past the member's cut-off at 0.4 of it each.
+    fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99, member_timeout_s=CALL_CUT_OFF_S)
     try:
         await fleet.observe()  # the token first (the CLI asks for it before the first tick: tokens_ahead)
-        fake_verda.latency_s = fake_runpod.latency_s = 0.4
+        fake_verda.latency_s = fake_runpod.latency_s = 0.4 * CALL_CUT_OFF_S
         await fleet.apply(3)
         for _ in range(3):  # SCALER_FALLBACK_ERROR_TICKS is 2 here
             await fleet.observe()
@@ -33,7 +33,7 @@ async def test_verda_answering_in_a_third_of_the_member_time_is_read_and_keeps_i
 
 
 async def test_runpod_writes_cut_off_that_land_are_no_errors(make_fleet, fake_runpod: FakeRunPod, verda_scaling):
-    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, member_timeout_s=0.5)
+    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, member_timeout_s=CALL_CUT_OFF_S)
     try:
         await fleet.observe()
         for count in (1, 2, 3):  # jobs arriving: a count higher at each tick
@@ -52,13 +52,13 @@ async def test_runpod_writes_cut_off_that_land_are_no_errors(make_fleet, fake_ru
 
 
 async def test_a_write_cut_off_that_did_not_land_still_counts(make_fleet, fake_runpod: FakeRunPod):
-    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, member_timeout_s=0.5)
+    fleet = make_fleet(fake_runpod, verda_price=2.99, runpod_price=0.44, member_timeout_s=CALL_CUT_OFF_S)
     try:
         await fleet.observe()
         fake_runpod.hold_writes()
         await fleet.apply(2)
         await fleet.observe()  # the creates still held: nothing listed
-        assert fleet._seen["runpod"].view.error == "write failed: TimeoutError: no answer within 0.5 s"
+        assert fleet._seen["runpod"].view.error == f"write failed: TimeoutError: no answer within {CALL_CUT_OFF_S:g} s"
     finally:
         fake_runpod.release_writes()
         await fleet.aclose()
