@@ -144,11 +144,11 @@ class LocalBackend:
     its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given, SERVERLESS_MODE=true. With
     ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log`` (``<id_prefix>-<N>.log``); each start
     keeps ``log_files_kept`` of those, the running replicas' and the most recently written of the others, and
-    removes the oldest others (an earlier run's too; never a file named otherwise). Replica numbers restart at 1
-    with the backend: a new replica's file replaces an earlier run's of the same name, never appends to it (its
-    output would read as the earlier worker's). Each replica leads its own process group, so what it started (the
-    supervisor's ComfyUI) is killed with it. ``clock`` (epoch seconds) times the replicas' starts, their runs and
-    the restart back-off.
+    removes the oldest others (an earlier run's too; never a file named otherwise). Replica numbers go on after the
+    highest one in ``log_dir`` (from 1 without files or ``log_dir``), so a restarted scaler's workers neither
+    replace nor append to the files of the run before (whose last lines may say why it ended). Each replica leads
+    its own process group, so what it started (the supervisor's ComfyUI) is killed with it. ``clock`` (epoch
+    seconds) times the replicas' starts, their runs and the restart back-off.
     """
 
     def __init__(
@@ -181,6 +181,7 @@ class LocalBackend:
         self._vacancies: list[_Vacancy] = []
         self._stopping: list[_LocalReplica] = []
         self.starts = 0
+        self._numbered_after = 0 if log_dir is None else self._highest_log_number(log_dir)
         # Each replica's pid from its start until a reconcile sees it exit and kills its group (once it has exited,
         # the pid may be another process's): as long as the count, not one per restart. After aclose it holds
         # what ran until then, none of which may be alive.
@@ -317,7 +318,7 @@ class LocalBackend:
 
     async def _start(self, failed_starts: int = 0, ready_after_s: float = MIN_READY_S) -> _LocalReplica:
         self.starts += 1
-        replica_id = f"{self._id_prefix}-{self.starts}"
+        replica_id = f"{self._id_prefix}-{self._numbered_after + self.starts}"
         log_file = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -338,15 +339,24 @@ class LocalBackend:
         log.info("local_replica_started", replica=replica_id, pid=process.pid)
         return _LocalReplica(replica_id, process, self._clock(), log_file, failed_starts, ready_after_s)
 
+    def _own_log_number(self, name: str) -> int | None:
+        number = re.fullmatch(rf"{re.escape(self._id_prefix)}-(\d+)\.log", name)
+        return int(number[1]) if number else None
+
+    def _highest_log_number(self, log_dir: Path) -> int:
+        with contextlib.suppress(FileNotFoundError), os.scandir(log_dir) as entries:
+            return max((n for entry in entries if (n := self._own_log_number(entry.name)) is not None), default=0)
+        return 0
+
     def _remove_old_logs(self, log_dir: Path, running: set[str]) -> None:
-        own = re.compile(rf"{re.escape(self._id_prefix)}-(\d+)\.log")
         exited = []
         with os.scandir(log_dir) as entries:
             for entry in entries:
-                number = own.fullmatch(entry.name)
-                if number and entry.name.removesuffix(".log") not in running and entry.is_file(follow_symlinks=False):
+                number = self._own_log_number(entry.name)
+                if (number is not None and entry.name.removesuffix(".log") not in running
+                        and entry.is_file(follow_symlinks=False)):
                     with contextlib.suppress(FileNotFoundError):
-                        exited.append((entry.stat(follow_symlinks=False).st_mtime_ns, int(number[1]), entry.path))
+                        exited.append((entry.stat(follow_symlinks=False).st_mtime_ns, number, entry.path))
         for *_, path in sorted(exited)[: max(0, len(exited) + len(running) - self._log_files_kept)]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

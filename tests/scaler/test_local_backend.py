@@ -232,17 +232,17 @@ async def test_a_long_running_backend_keeps_only_its_newest_log_files_and_the_ru
     earlier_run.write_text("local-worker-900\n")
     os.utime(earlier_run, (1, 1))
     backend = LocalBackend(os.environ, command=ONE_RUN, log_dir=logs, log_files_kept=5,
-                           replica_env=lambda replica: {"STAY": "1"} if replica == "local-worker-1" else {})
+                           replica_env=lambda replica: {"STAY": "1"} if replica == "local-worker-901" else {})
     try:
         await backend.apply(2)
         await restart_until(backend, 60)
-        files, starts = {path.name for path in logs.iterdir()}, backend.starts
+        files, last = {path.name for path in logs.iterdir()}, 900 + backend.starts
         # The replica started last may not have written its line yet: closing now would kill it before it does.
-        await wait(lambda: (logs / f"local-worker-{starts}.log").read_text(), timeout=10)
+        await wait(lambda: (logs / f"local-worker-{last}.log").read_text(), timeout=10)
     finally:
         await backend.aclose()
-    newest = {f"local-worker-{n}.log" for n in range(starts - 3, starts + 1)}
-    assert files - set(foreign) == {"local-worker-1.log"} | newest, "the running replica's and the 4 newest"
+    newest = {f"local-worker-{n}.log" for n in range(last - 3, last + 1)}
+    assert files - set(foreign) == {"local-worker-901.log"} | newest, "the running replica's and the 4 newest"
     assert all((logs / name).read_text() == f"{name.removesuffix('.log')}\n" for name in newest)
     assert {name: (logs / name).read_text() for name in foreign} == foreign
 
@@ -570,19 +570,25 @@ async def test_workers_failing_after_ten_minutes_each_degrade_the_provider_once_
     assert backend.starts == 2
 
 
-async def test_a_new_run_s_replica_does_not_append_to_an_earlier_run_s_log_of_the_same_name(tmp_path, wait):
-    """Replica numbers restart at 1 with the scaler: local-worker-1 of a new run appended to the kept file of the
-    earlier run's local-worker-1, whose failure then read as the new worker's (the `output` of its warning)."""
+async def test_a_restarted_scaler_s_workers_keep_the_earlier_run_s_logs_and_write_their_own(tmp_path, wait):
+    """Replica numbers restarted at 1 with the scaler: first local-worker-1 of a new run appended to the earlier
+    run's local-worker-1.log (its failure then read as the new worker's), then it replaced that file, so the lines
+    that said why the earlier run ended were gone as soon as the restarted scaler started its first worker."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "local-worker-1.log").write_text("Queue manager unreachable; exiting (an earlier run)\n")
+    earlier = {"local-worker-1.log": "local-worker-1\n",
+               "local-worker-2.log": "Queue manager unreachable; exiting (an earlier run)\n"}
+    for name, text in earlier.items():
+        (logs / name).write_text(text)
     backend = LocalBackend(os.environ, command=ONE_RUN, log_dir=logs, replica_env=lambda _: {"STAY": "1"})
     try:
         await backend.apply(1)
-        await wait(lambda: (logs / "local-worker-1.log").read_text() != "", timeout=10)
+        await wait(lambda: (logs / "local-worker-3.log").exists() and (logs / "local-worker-3.log").read_text(),
+                   timeout=10)
     finally:
         await backend.aclose()
-    assert (logs / "local-worker-1.log").read_text() == "local-worker-1\n"
+    files = {path.name: path.read_text() for path in logs.iterdir()}
+    assert files == {**earlier, "local-worker-3.log": "local-worker-3\n"}
 
 
 @pytest.mark.parametrize("kept", [0, -1])
