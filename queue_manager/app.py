@@ -511,7 +511,8 @@ def _list_cursor(text: str | None, order: str) -> tuple[ListCursor | None, Valid
     try:
         cursor = ListCursor.decode(text)
     except ValueError:
-        why = "must be the X-Next-Cursor header of an earlier page, sent back as it came"
+        why = ("must be the X-Next-Cursor header of an earlier page, sent back as it came (one given before this"
+               " queue manager was upgraded may no longer page: list again from the first page)")
     else:
         if cursor.order == order:
             return cursor, []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 import re
 import shutil
 import sqlite3
@@ -64,15 +63,37 @@ _ADDED_COLUMNS = {
     "history": "TEXT NOT NULL DEFAULT '[]'",
     "lease_at": "REAL",
     "poll_id": "TEXT",
+    "finish_seq": "INTEGER",
 }
 # Made after the columns are there (a database from before poll ids gains the column first). At most one job per
 # poll id: the one that poll was last answered with, while it runs.
 _POLL_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_poll ON jobs (poll_id) WHERE poll_id IS NOT NULL"
+# Finished jobs are listed newest first by the order they finished in: a number from one counter, taken by the
+# write that finishes a job (completed_at would not do: a clock stepped back, two jobs in the same instant).
+_FINISH_ORDER = """
+CREATE INDEX IF NOT EXISTS jobs_by_finish_seq ON jobs (status, finish_seq);
+CREATE TABLE IF NOT EXISTS finish_counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+INSERT OR IGNORE INTO finish_counter (id, last) VALUES (1, 0);
+"""
+# Jobs finished without a number (all of them in a database from before finish numbers; one finished by an older
+# version sharing the file) are numbered on open in the order they finished, after every number already taken.
+_ANY_UNNUMBERED = (
+    "SELECT 1 FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finish_seq IS NULL LIMIT 1"
+)
+_NUMBER_UNNUMBERED = """
+UPDATE jobs SET finish_seq = numbered.n + (SELECT last FROM finish_counter)
+FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY completed_at, seq) AS n FROM jobs
+      WHERE status IN ('completed', 'failed', 'cancelled') AND finish_seq IS NULL) AS numbered
+WHERE jobs.seq = numbered.seq
+"""
+_COUNT_NUMBERED = "UPDATE finish_counter SET last = MAX(last, (SELECT MAX(finish_seq) FROM jobs))"
+# The next number, taken in the transaction of the write that finishes a job.
+_NEXT_FINISH_SEQ = "UPDATE finish_counter SET last = last + 1 RETURNING last"
 
 _BUSY_TIMEOUT_S = 10.0
 _COLUMNS_BUT_WORKFLOW = (
     "seq, id, user_id, status, priority, '{}' AS workflow, '{}' AS metadata, result, error, worker_id, created_at,"
-    " started_at, completed_at, attempt, history, lease_at"
+    " started_at, completed_at, attempt, history, lease_at, finish_seq"
 )
 # A list holds at most this much stored JSON (results, histories; workflows when asked for): 50 completed jobs of
 # up to 50 MB results each made one GET /api/jobs hold 1.5 GB (8 of them: 1567 MB peak RSS, a 384 MB answer).
@@ -228,6 +249,11 @@ class JobStore:
                 if column not in present:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
             self._conn.execute(_POLL_INDEX)
+            self._conn.executescript(_FINISH_ORDER)
+        with self._transaction() as conn:
+            if conn.execute(_ANY_UNNUMBERED).fetchone():
+                conn.execute(_NUMBER_UNNUMBERED)
+                conn.execute(_COUNT_NUMBERED)
 
     def close(self) -> None:
         with self._lock:
@@ -366,7 +392,7 @@ class JobStore:
                 rows.append(row)
             next_cursor = None
             if rows and (cut or len(rows) == limit):  # more may follow: say where, if any does
-                last = ListCursor(order, rows[-1]["seq"], rows[-1]["completed_at"])
+                last = ListCursor(order, rows[-1]["seq"], rows[-1]["finish_seq"])
                 where, where_params = _where(filters, params, last)
                 if conn.execute(f"SELECT 1 FROM jobs {where} LIMIT 1", where_params).fetchone():  # noqa: S608
                     next_cursor = last
@@ -383,7 +409,8 @@ class JobStore:
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             elif job.status is JobStatus.RUNNING:
                 conn.execute(
-                    "UPDATE jobs SET status = ?, poll_id = NULL WHERE id = ?", (JobStatus.CANCELLED.value, job_id)
+                    "UPDATE jobs SET status = ?, poll_id = NULL, finish_seq = ? WHERE id = ?",
+                    (JobStatus.CANCELLED.value, _next_finish_seq(conn), job_id),
                 )
             return job.status
 
@@ -454,10 +481,7 @@ class JobStore:
                 problem = _unservable(conn, job_id)
                 if problem is None:
                     return Poll(_get(conn, job_id))
-                conn.execute(
-                    "UPDATE jobs SET status = ?, error = ?, completed_at = ?, poll_id = NULL WHERE id = ?",
-                    (JobStatus.FAILED.value, f"Job cannot be served as JSON: {problem}", now, job_id),
-                )
+                _fail(conn, job_id, f"Job cannot be served as JSON: {problem}", now)
             return Poll(None)
 
     def heartbeat(self, worker_id: str, job_id: str, attempt: int | None) -> None:
@@ -490,9 +514,9 @@ class JobStore:
                 return None
             fence.check(job)
             conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL"
-                " WHERE id = ?",
-                (status.value, result, error, self._clock(), job_id),
+                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL,"
+                " finish_seq = ? WHERE id = ?",
+                (status.value, result, error, self._clock(), _next_finish_seq(conn), job_id),
             )
             return job.status
 
@@ -549,10 +573,9 @@ class JobStore:
                 (JobStatus.RUNNING.value, cutoff),
             ).fetchall()
             stale = [row["id"] for row in rows]
-            conn.executemany(
-                "UPDATE jobs SET status = ?, error = ?, completed_at = ?, poll_id = NULL WHERE id = ?",
-                [(JobStatus.FAILED.value, error, self._clock(), job_id) for job_id in stale],
-            )
+            now = self._clock()
+            for job_id in stale:
+                _fail(conn, job_id, error, now)
             return stale
 
     def purge_finished_before(
@@ -667,16 +690,28 @@ def _hand_back(
         reasons = "; ".join(entry["reason"] for entry in history)
         error = f"Gave up after {job.attempt} attempts: {reasons}"[:MAX_ERROR_CHARS]
         conn.execute(
-            "UPDATE jobs SET status = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL, history = ?"
-            " WHERE id = ?",
-            (JobStatus.FAILED.value, error, now, json.dumps(history), job.id),
+            "UPDATE jobs SET status = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL, history = ?,"
+            " finish_seq = ? WHERE id = ?",
+            (JobStatus.FAILED.value, error, now, json.dumps(history), _next_finish_seq(conn), job.id),
         )
         return
     conn.execute(
         "UPDATE jobs SET status = ?, worker_id = NULL, started_at = NULL, lease_at = NULL, poll_id = NULL, attempt = ?,"
-        " history = ? WHERE id = ?",
+        " history = ?, finish_seq = NULL WHERE id = ?",
         (JobStatus.PENDING.value, job.attempt + 1, json.dumps(history), job.id),
     )
+
+
+def _fail(conn: sqlite3.Connection, job_id: str, error: str, now: float) -> None:
+    conn.execute(
+        "UPDATE jobs SET status = ?, error = ?, completed_at = ?, poll_id = NULL, finish_seq = ? WHERE id = ?",
+        (JobStatus.FAILED.value, error, now, _next_finish_seq(conn), job_id),
+    )
+
+
+def _next_finish_seq(conn: sqlite3.Connection) -> int:
+    """The number of a job finishing in this transaction: later than every job finished before it."""
+    return conn.execute(_NEXT_FINISH_SEQ).fetchall()[0][0]
 
 
 def _get(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -696,7 +731,8 @@ def _pending_of(conn: sqlite3.Connection, user_id: str) -> int:
 
 
 def list_order(status: JobStatus | None, newest_first: bool) -> str:
-    """Which order a listing is in; finished jobs listed newest first come by completion time (jobs_by_finish)."""
+    """Which order a listing is in; finished jobs listed newest first come in the order they finished
+    (jobs_by_finish_seq)."""
     if not newest_first:
         return "oldest"
     if status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
@@ -704,37 +740,39 @@ def list_order(status: JobStatus | None, newest_first: bool) -> str:
     return "newest"
 
 
-# Fixed ORDER BY clauses. SQLite puts NULLs last in a descending order: cancelled jobs have no completed_at.
-_ORDER_BY = {"oldest": "seq", "newest": "seq DESC", "finished": "completed_at DESC, seq DESC"}
+# Fixed ORDER BY clauses. SQLite puts NULLs last in a descending order: a job an older version finished while
+# sharing the file has no finish number until the next open.
+_ORDER_BY = {"oldest": "seq", "newest": "seq DESC", "finished": "finish_seq DESC, seq DESC"}
 
 
 @dataclass(frozen=True)
 class ListCursor:
-    """Where a page of a listing ended: the order it is in and the sort key of its last job. ``seq`` only grows
-    (AUTOINCREMENT, committed one write at a time), so a job submitted later always sorts after it."""
+    """Where a page of a listing ended: the order it is in and the sort key of its last job. ``seq`` and
+    ``finish_seq`` only grow (AUTOINCREMENT, a counter; committed one write at a time), so a job submitted, or
+    finished, later always sorts after it."""
 
     order: str
     seq: int
-    completed_at: float | None = None
+    finish_seq: int | None = None
 
     def clause(self) -> str:
         if self.order == "oldest":
             return "seq > ?"
         if self.order == "newest":
             return "seq < ?"
-        if self.completed_at is None:
-            return "(completed_at IS NULL AND seq < ?)"
-        return "(completed_at < ? OR (completed_at = ? AND seq < ?) OR completed_at IS NULL)"
+        if self.finish_seq is None:
+            return "(finish_seq IS NULL AND seq < ?)"
+        return "(finish_seq < ? OR finish_seq IS NULL)"
 
     def params(self) -> tuple[Any, ...]:
-        if self.order != "finished" or self.completed_at is None:
+        if self.order != "finished" or self.finish_seq is None:
             return (self.seq,)
-        return (self.completed_at, self.completed_at, self.seq)
+        return (self.finish_seq,)
 
     def encode(self) -> str:
         if self.order != "finished":
             return f"{self.order}-{self.seq}"
-        return f"finished-{'none' if self.completed_at is None else repr(self.completed_at)}-{self.seq}"
+        return f"finished-{'none' if self.finish_seq is None else self.finish_seq}-{self.seq}"
 
     @classmethod
     def decode(cls, text: str) -> ListCursor:
@@ -742,17 +780,14 @@ class ListCursor:
         if match := _SEQ_CURSOR.fullmatch(text):
             return cls(match["order"], int(match["seq"]))
         if match := _FINISHED_CURSOR.fullmatch(text):
-            completed_at = None if match["at"] == "none" else float(match["at"])
-            if completed_at is None or math.isfinite(completed_at):
-                return cls("finished", int(match["seq"]), completed_at)
+            return cls("finished", int(match["seq"]), None if match["at"] == "none" else int(match["at"]))
         raise ValueError("not a cursor this server gave")
 
 
 # A seq fits SQLite's 64-bit integer (a longer one would not bind: OverflowError, a 500).
 _SEQ_CURSOR = re.compile(r"(?P<order>oldest|newest)-(?P<seq>[0-9]{1,18})")
-_FINISHED_CURSOR = re.compile(
-    r"finished-(?P<at>none|-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:e[-+]?[0-9]{1,3})?)-(?P<seq>[0-9]{1,18})"
-)
+# Before finish numbers it held the completion time ("finished-1700000001.5-3"), refused now: it would page wrong.
+_FINISHED_CURSOR = re.compile(r"finished-(?P<at>none|[0-9]{1,18})-(?P<seq>[0-9]{1,18})")
 
 
 @dataclass(frozen=True)
