@@ -203,16 +203,18 @@ def make_queue_reader(settings: ScalerSettings) -> QueueStatusReader:
 @asynccontextmanager
 async def _opened(
     settings: ScalerSettings, *, metrics: ScalerMetrics | None = None, dry_run: bool = False,
-    with_alerts: bool = False, single: Backend | None = None,
+    with_alerts: bool = False, single: Backend | None = None, record_stale_after_s: float | None = None,
 ) -> AsyncIterator[tuple[Backend, QueueStatusReader]]:
-    """The queue reader and the backend (a fleet, else ``single`` when given, else the one SCALER_BACKEND names)."""
+    """The queue reader and the backend (a fleet, else ``single`` when given, else the one SCALER_BACKEND names);
+    ``record_stale_after_s``: a fleet's `local` workers as the running scaler recorded them (build_fleet)."""
     async with AsyncExitStack() as stack:
         queue = make_queue_reader(settings)
         stack.push_async_callback(queue.aclose)
         if settings.provider_names:
             provider_metrics = ProviderMetrics(metrics.registry) if metrics is not None else None
             backend: Backend = await build_fleet(
-                settings, metrics=provider_metrics, dry_run=dry_run, with_alerts=with_alerts
+                settings, metrics=provider_metrics, dry_run=dry_run, with_alerts=with_alerts,
+                record_stale_after_s=record_stale_after_s,
             )
             stack.push_async_callback(backend.aclose)
             # A fleet's provider call gets a quarter of the tick: the first read's token is asked for now.
@@ -356,8 +358,10 @@ async def _run_loop(
         for sig in STOP_SIGNALS:
             event_loop.remove_signal_handler(sig)
         await server.stop()
-    if settings.backend == "local" and not settings.provider_names:
-        loop.record_stopped()  # its workers are stopped on the way out (LocalBackend.aclose)
+    if isinstance(backend, FleetBackend):
+        backend.record_stopped()  # its `local` workers are stopped on the way out (LocalBackend.aclose)
+    elif settings.backend == "local":
+        loop.record_stopped()
     return EXIT_OK
 
 
@@ -396,7 +400,9 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     reading = None if settings.provider_names else _saved_reading(settings, time.time(), stale_after_s)
     # The local workers live in `comfy-scaler run`: shown as it last read them, not as a backend built here.
     recorded = RecordedBackend(reading) if reading is not None and settings.backend == "local" else None
-    async with _opened(settings, dry_run=True, single=recorded) as (backend, queue):
+    async with _opened(settings, dry_run=True, single=recorded, record_stale_after_s=stale_after_s) as (
+        backend, queue
+    ):
         # The price does not change what is read: both at once, so silent peers cost one deadline, not two.
         loop = ScalerLoop(settings.scaling_config(), backend, queue, dry_run=True, interval_s=settings.interval_s,
                           tick_deadline_s=settings.tick_deadline_s, state=_load_state(settings, dry_run=True))
@@ -620,9 +626,14 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
     for name, row in fleet["providers"].items():
         degraded = row["degraded"] or ""
         status = row["status"] if row["error"] is None else f"[red]unreadable: {row['error']}[/red]"
+        if "read_age_s" in row:
+            status = f"{status} (`comfy-scaler run`'s read, {row['read_age_s']} s ago)"
         providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
-                          str(row["live"]), str(row["ready"]), str(status), degraded)
+                          _count(row["live"]), _count(row["ready"]), str(status), degraded)
     console.print(providers)
+    for name, row in fleet["providers"].items():
+        if row["live"] is None:
+            console.print(f"[yellow]{name}: not read, its replicas are not counted in the decision above[/yellow]")
     _print_health(console, fleet["health"], fleet["providers"])
     spend = Table(title="billed cost (ledger)")
     for column in ("provider", "last hour", "last 24 h", "today (UTC)"):
@@ -630,6 +641,10 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
     for name, windows in fleet["spend"].items():
         spend.add_row(name, *(f"{windows[w]:.2f}" for w in ("last_hour", "last_day", "today")))
     console.print(spend)
+
+
+def _count(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
 
 
 def _print_health(console: Console, health: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:

@@ -40,6 +40,7 @@ from scaler.allocator import (
 )
 from scaler.billing import DAY_S
 from scaler.health_record import (
+    STOPPED,
     HealthReading,
     HealthRecord,
     degraded_fields,
@@ -84,6 +85,9 @@ class Member:
     billing: BillingRule = field(default_factory=BillingRule)
     # The provider's price list, read again every PRICE_REFRESH_S; None when the operator set the price.
     price_lookup: Callable[[], Awaitable[float]] | None = None
+    # Its replicas live in this process (the `local` workers): `status`, another process, shows them from the
+    # fleet's record (HealthRecord.views), not from a backend of its own.
+    in_process: bool = False
 
     @property
     def name(self) -> str:
@@ -155,6 +159,7 @@ class FleetBackend:
         self._desired: int | None = None
         self._judged = False  # the providers' health was judged from this tick's reads (by a first _place)
         self._seen: dict[str, _Seen] = {}
+        self._in_process_views: dict[str, BackendView] = {}  # this tick's reads of the in-process members
         self._write_errors: dict[str, tuple[int, str]] = {}  # provider -> the count whose write failed, and why
         self._written: dict[str, int] = {}
         self._saved: tuple[int, int] | None = None  # the ledger file as this fleet last wrote it
@@ -339,6 +344,11 @@ class FleetBackend:
         name = member.name
         previous = self._seen.get(name)
         write_error = self._write_errors.pop(name, None)
+        if member.in_process:
+            if isinstance(result, Exception):
+                self._in_process_views.pop(name, None)
+            else:
+                self._in_process_views[name] = result
         if isinstance(result, Exception):
             last = previous.view if previous else ProviderView()
             view = replace(last, error=error_text(result))
@@ -376,6 +386,13 @@ class FleetBackend:
                 self.alerts.raise_(alert)
         self.save()
 
+    def record_stopped(self) -> None:
+        """Saves that the in-process members' replicas stop with this scaler (the `local` workers, on aclose):
+        `status` then says so, not the last tick's workers as running until the record is stale."""
+        for name in self._in_process_views:
+            self._in_process_views[name] = BackendView((), STOPPED)
+        self.save()
+
     def committed_spend(self, now: float) -> dict[str, float]:
         total = self.ledger.summary(now)["total"]
         return {"hour": total["last_hour"], "day": total["last_day"]}
@@ -389,8 +406,11 @@ class FleetBackend:
         if self.alerts is not None:
             self._take_in_alerts_booked_elsewhere(self.ledger_file, self.alerts.book)
             self.ledger.alerts = self.alerts.book.to_json()
-        # For `comfy-scaler status`, another process: which providers this fleet holds degraded, as of now.
-        self.ledger.health = HealthRecord.of(self.state.health, self._degraded_notes, self.clock()).to_json()
+        # For `comfy-scaler status`, another process: which providers this fleet holds degraded, as of now, and
+        # the replicas of those that live in this process.
+        self.ledger.health = HealthRecord.of(
+            self.state.health, self._degraded_notes, self.clock(), views=self._in_process_views
+        ).to_json()
         try:
             self.ledger.save(self.ledger_file)
             self._saved = _identity(self.ledger_file)
@@ -517,17 +537,21 @@ class FleetBackend:
         providers = {}
         for name, member in self.members.items():
             seen = self._seen.get(name)
+            read = seen is not None and seen.fresh  # else its counts are not known: none, never 0
             providers[name] = {
                 "price_per_hour": member.spec.price_per_hour,
                 "billing": member.billing.describe(),
                 "max_replicas": member.spec.max_replicas,
                 "target": self.state.targets.get(name),
-                "live": seen.view.live if seen else None,
-                "ready": seen.view.ready if seen else None,
-                "status": seen.view.status if seen else None,
+                "live": seen.view.live if read else None,
+                "ready": seen.view.ready if read else None,
+                "status": seen.view.status if read else None,
                 "error": seen.view.error if seen else None,
                 **degraded_fields(reading, name, now),
             }
+            if member.in_process and self.dry_run and read and reading.record is not None:
+                providers[name]["read_at"] = iso(reading.record.at)  # from `comfy-scaler run`'s record
+                providers[name]["read_age_s"] = reading.age_s(now)
         return {"providers": providers, "health": reading_fields(reading, now), "spend": self.ledger.summary(now),
                 "kill_switch": str(self.stop_file) if self._kill_switch_on() else None}
 

@@ -8,13 +8,13 @@ unreadable or older than a few ticks is reported as unknown: never as healthy. A
 too, and keeps each degradation until its back-off ends (``Degraded.kept``).
 
 Without a fleet the same record, in SCALER_STATE_FILE, also holds the backend's replicas as the running scaler last
-read them (``HealthRecord.view``): `status` shows the `local` backend's workers, which live in that process, from
-there (``RecordedBackend``).
+read them (``HealthRecord.view``); a fleet's holds its `local` provider's (``HealthRecord.views``): `status` shows
+the `local` workers, which live in that process, from there (``RecordedBackend``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,13 +69,15 @@ class HealthRecord:
     at: float  # when the running fleet wrote it
     degraded: dict[str, Degraded]
     # A single backend's replicas as the running scaler read them at ``at`` (None: not read): the `local` backend's
-    # workers live in that process, and `status` shows them from here.
+    # workers live in that process, and `status` shows them from here. ``views``: a fleet's, per provider whose
+    # replicas live in its process (its `local` one), those read at ``at``.
     view: BackendView | None = None
+    views: dict[str, BackendView] = field(default_factory=dict)
 
     @classmethod
     def of(
         cls, health: dict[str, ProviderHealth], notes: dict[str, tuple[float, str]], at: float,
-        view: BackendView | None = None,
+        view: BackendView | None = None, views: dict[str, BackendView] | None = None,
     ) -> HealthRecord:
         """The record of the allocator's ``health``; ``notes``: provider -> (since, detail) of its degradation."""
         degraded = {}
@@ -84,7 +86,7 @@ class HealthRecord:
                 since, detail = notes.get(name, (None, ""))
                 # scrubbed: a provider's error may echo a secret, and this file is read by another process
                 degraded[name] = Degraded(str(h.degraded), scrubbed_excerpt(detail, DETAIL_LIMIT), since, h.retry_at)
-        return cls(at, degraded, view)
+        return cls(at, degraded, view, dict(views or {}))
 
     def to_json(self) -> dict[str, Any]:
         raw: dict[str, Any] = {"at": self.at, "degraded": {
@@ -92,8 +94,9 @@ class HealthRecord:
             for name, d in self.degraded.items()
         }}
         if self.view is not None:
-            raw["view"] = {"status": self.view.status, "ready": self.view.ready,
-                           "replicas": [[r.id, r.started_at] for r in self.view.replicas]}
+            raw["view"] = _view_json(self.view)
+        if self.views:
+            raw["views"] = {name: _view_json(view) for name, view in self.views.items()}
         return raw
 
     @classmethod
@@ -107,12 +110,18 @@ class HealthRecord:
         at = _moment(raw["at"])
         if at is None:
             raise ValueError("at: not a time")
-        view = None
-        if raw.get("view") is not None:
-            seen = raw["view"]
-            replicas = tuple(Replica(_text(i), _moment(t) or 0.0) for i, t in seen["replicas"][:MAX_REPLICAS_READ])
-            view = BackendView(replicas, _text(seen["status"]), ready=_count(seen.get("ready")))
-        return cls(at, degraded, view)
+        view = None if raw.get("view") is None else _view_of(raw["view"])
+        views = {_text(name): _view_of(seen) for name, seen in (raw.get("views") or {}).items()}
+        return cls(at, degraded, view, views)
+
+
+def _view_json(view: BackendView) -> dict[str, Any]:
+    return {"status": view.status, "ready": view.ready, "replicas": [[r.id, r.started_at] for r in view.replicas]}
+
+
+def _view_of(seen: Any) -> BackendView:
+    replicas = tuple(Replica(_text(i), _moment(t) or 0.0) for i, t in seen["replicas"][:MAX_REPLICAS_READ])
+    return BackendView(replicas, _text(seen["status"]), ready=_count(seen.get("ready")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,21 +213,23 @@ class RunningScalerUnknown(Exception):
 
 
 class RecordedBackend:
-    """The single `local` backend as `comfy-scaler status` shows it: its workers live in the `comfy-scaler run`
-    process, so a backend built here listed none (`healthy`, 0 replicas) while that one ran 3, or crash-looped.
-    ``observe`` gives the running scaler's last read, from its record (``reading``), or raises saying why it is not
-    known. Only read: the other calls refuse."""
+    """The `local` backend (alone, or ``provider`` of a fleet) as `comfy-scaler status` shows it: its workers live in
+    the `comfy-scaler run` process, so a backend built here listed none (`healthy`, 0 replicas) while that one ran 3,
+    or crash-looped. ``observe`` gives the running scaler's last read, from its record (``reading``), or raises
+    saying why it is not known. Only read: the other calls refuse."""
 
-    def __init__(self, reading: HealthReading) -> None:
+    def __init__(self, reading: HealthReading, provider: str | None = None) -> None:
         self.reading = reading
+        self.provider = provider
 
     async def observe(self) -> BackendView:
         record = self.reading.record
-        if not self.reading.known or record is None or record.view is None:
-            why = self.reading.unknown or "its record holds no read of its workers (the last read failed)"
-            raise RunningScalerUnknown(f"the local workers live in `comfy-scaler run`, and what it runs is not "
-                                       f"known: {why}")
-        return record.view
+        view = None if record is None else record.view if self.provider is None else record.views.get(self.provider)
+        if view is not None and (self.reading.known or view.status == STOPPED):  # a stop stays true however old
+            return view
+        why = self.reading.unknown or "its record holds no read of its workers (the last read failed)"
+        raise RunningScalerUnknown(f"the local workers live in `comfy-scaler run`, and what it runs is not known: "
+                                   f"{why}")
 
     async def apply(self, desired: int) -> bool:
         raise RunningScalerUnknown("the local workers live in `comfy-scaler run`: only it can change them")

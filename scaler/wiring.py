@@ -25,6 +25,7 @@ from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
 from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_from_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from scaler.fleet import FleetBackend, Member
+from scaler.health_record import RecordedBackend, read_health
 from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger
 from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
@@ -166,9 +167,12 @@ async def build_fleet(
     metrics: ProviderMetrics | None = None,
     dry_run: bool = False,
     with_alerts: bool = True,
+    record_stale_after_s: float | None = None,
 ) -> FleetBackend:
     """The fleet of SCALER_PROVIDERS, priced (setting, else the provider's price list). Closes what it built
-    when a provider cannot be set up."""
+    when a provider cannot be set up. With ``record_stale_after_s`` (`status`) the `local` provider's workers are
+    those of the running scaler's record in the ledger file, unknown once it is older than that: a local backend
+    built here would start none and list none."""
     ledger = CostLedger.load(settings.ledger_file, read_only=dry_run) if settings.ledger_file else CostLedger()
     retired = retired_providers(settings, ledger)
     for name, why in retired.items():
@@ -177,6 +181,10 @@ async def build_fleet(
     built: list[tuple[str, Backend]] = []
     try:
         for name in [*settings.provider_names, *retired]:
+            if name == "local" and record_stale_after_s is not None:
+                reading = read_health(ledger.health, time.time(), record_stale_after_s)
+                built.append((name, RecordedBackend(reading, provider=name)))
+                continue
             try:
                 built.append((name, make_provider(settings, name)))
             except ProviderSetupError as exc:
@@ -195,7 +203,7 @@ async def build_fleet(
                 name, most, await _price(settings, name, lookup, ledger.prices.get(name)),
                 commit_s=billing.interval_s if not billing.per_second else tick_s,
             )
-            members.append(Member(spec, backend, billing, lookup))
+            members.append(Member(spec, backend, billing, lookup, in_process=name == "local"))
     except BaseException:
         await asyncio.gather(*(backend.aclose() for _, backend in built), return_exceptions=True)
         raise

@@ -499,6 +499,64 @@ async def test_status_shows_the_running_scaler_s_local_workers_and_says_when_non
     assert await asyncio.to_thread(main, ["status", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["deployment"]["status"], report["replicas"]) == ("stopped", []), "its workers stopped with it"
+    saved = json.loads(state_file.read_text())
+    saved["health"]["at"] -= 3600  # an hour later: stopped it stays (it read unknown, exit 1, once stale)
+    state_file.write_text(json.dumps(saved))
+    assert await asyncio.to_thread(main, ["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["deployment"]["status"], report["replicas"]) == ("stopped", [])
+
+
+async def test_status_of_a_fleet_shows_the_running_scaler_s_local_workers_and_says_when_none_runs(
+    fleet_env, monkeypatch, qm, comfy, tmp_path, capsys, wait
+):
+    """In a fleet, `status` built a local backend of its own, which had started nothing: the local row read 0 live,
+    healthy, while `comfy-scaler run` kept 2 workers there, and the decision line said to start 2 more. Now the row
+    is the running scaler's last read (with its age); with no scaler running it is unknown and counts none; once
+    the scaler stopped, stopped, however old that record is."""
+    ledger = Path(fleet_env["SCALER_LEDGER_FILE"])
+    env = operator_env_with(fleet_env, monkeypatch, {
+        "SCALER_PROVIDERS": "local,verda",  # local is the cheaper (free): both workers go there
+        "SCALER_INTERVAL_S": "1",
+        "SCALER_MIN_REPLICAS": "2",
+        "COMFYUI_URL": comfy.url,
+        "OUTPUTS_PATH": str(tmp_path / "outputs"),
+        "COMFYUI_STARTUP_TIMEOUT_S": "10",
+    })
+
+    async def status() -> dict:
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["status", "--json"]) == 0, "Verda was read"
+        return json.loads(capsys.readouterr().out)
+
+    report = await status()
+    local = report["fleet"]["providers"]["local"]
+    assert (local["live"], local["ready"], local["status"]) == (None, None, None), "no scaler ran: not known"
+    assert "no `comfy-scaler run` has saved one there" in local["error"], local
+    assert await asyncio.to_thread(main, ["status"]) == 0
+    out = capsys.readouterr().out
+    assert "local: not read, its replicas are not counted" in out, out
+
+    def recorded() -> list:
+        return (((saved_health(ledger) or {}).get("views") or {}).get("local") or {}).get("replicas") or []
+
+    async with running_scaler({**os.environ, **env}) as process:
+        await wait(lambda: len(recorded()) == 2, timeout=30)
+        report = await status()
+        local = report["fleet"]["providers"]["local"]
+        assert (local["live"], local["status"], local["error"]) == (2, "healthy", None), local
+        assert local["read_age_s"] >= 0 and local["read_at"]
+        assert (report["decision"]["current"], report["decision"]["desired"]) == (2, 2), report["decision"]
+        assert {r["id"] for r in report["replicas"]} == {"local/local-worker-1", "local/local-worker-2"}
+        err = await sigterm_and_wait(process)
+    assert process.returncode == 0, err.decode()[-2000:]
+    for age_s in (0, 3600):  # a stop is believed however old its record: nothing restarts the workers
+        os.utime(ledger, (time.time() - age_s,) * 2)
+        saved = json.loads(ledger.read_text())
+        saved["health"]["at"] -= age_s
+        ledger.write_text(json.dumps(saved))
+        local = (await status())["fleet"]["providers"]["local"]
+        assert (local["live"], local["status"], local["error"]) == (0, "stopped", None), local
 
 
 async def test_workers_that_cannot_reach_the_queue_manager_back_off_however_long_each_ran(comfy, tmp_path, wait):
