@@ -60,10 +60,11 @@ async def test_comfyui_dying_hands_the_job_back_in_place_not_as_a_copy(tmp_path:
 
 
 async def test_heartbeats_hold_the_lease_through_a_job_longer_than_it(tmp_path: Path) -> None:
-    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": 2.0})
+    # Heartbeats every 0.2 s hold a 2-s lease through a 3-s job; a loaded machine may stall a heartbeat 1 s.
+    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": 3.0})
     await comfy.start()
     try:
-        async with QueueManagerServer(lease_timeout_s=1.0, test_hooks=True) as qm:
+        async with QueueManagerServer(lease_timeout_s=2.0, test_hooks=True) as qm:
             job = qm.store.submit("alice", SLOW)
             assert await make_worker(qm, comfy, tmp_path).run() == 0
             done = qm.store.get(job.id)
