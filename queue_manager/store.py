@@ -73,20 +73,22 @@ _POLL_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_poll ON jobs (poll_id) 
 _FINISH_ORDER = """
 CREATE INDEX IF NOT EXISTS jobs_by_finish_seq ON jobs (status, finish_seq);
 CREATE TABLE IF NOT EXISTS finish_counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
-INSERT OR IGNORE INTO finish_counter (id, last) VALUES (1, 0);
 """
 # Jobs finished without a number (all of them in a database from before finish numbers; one finished by an older
 # version sharing the file) are numbered on open in the order they finished, after every number already taken.
-_ANY_UNNUMBERED = (
-    "SELECT 1 FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finish_seq IS NULL LIMIT 1"
-)
+# Only then does opening the file write to it.
+_TO_NUMBER = """
+SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM finish_counter)
+    OR EXISTS (SELECT 1 FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finish_seq IS NULL)
+"""
+_START_COUNTER = "INSERT OR IGNORE INTO finish_counter (id, last) VALUES (1, 0)"
 _NUMBER_UNNUMBERED = """
 UPDATE jobs SET finish_seq = numbered.n + (SELECT last FROM finish_counter)
 FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY completed_at, seq) AS n FROM jobs
       WHERE status IN ('completed', 'failed', 'cancelled') AND finish_seq IS NULL) AS numbered
 WHERE jobs.seq = numbered.seq
 """
-_COUNT_NUMBERED = "UPDATE finish_counter SET last = MAX(last, (SELECT MAX(finish_seq) FROM jobs))"
+_COUNT_NUMBERED = "UPDATE finish_counter SET last = MAX(last, (SELECT COALESCE(MAX(finish_seq), 0) FROM jobs))"
 # The next number, taken in the transaction of the write that finishes a job.
 _NEXT_FINISH_SEQ = "UPDATE finish_counter SET last = last + 1 RETURNING last"
 
@@ -250,8 +252,10 @@ class JobStore:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
             self._conn.execute(_POLL_INDEX)
             self._conn.executescript(_FINISH_ORDER)
-        with self._transaction() as conn:
-            if conn.execute(_ANY_UNNUMBERED).fetchone():
+            to_number = self._conn.execute(_TO_NUMBER).fetchone() is not None
+        if to_number:
+            with self._transaction() as conn:
+                conn.execute(_START_COUNTER)
                 conn.execute(_NUMBER_UNNUMBERED)
                 conn.execute(_COUNT_NUMBERED)
 
