@@ -25,7 +25,7 @@ from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
 from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_from_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from scaler.fleet import FleetBackend, Member
-from scaler.health_record import RecordedBackend, read_health
+from scaler.health_record import HealthReading, RecordedBackend, read_health
 from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger
 from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
@@ -182,7 +182,9 @@ async def build_fleet(
     try:
         for name in [*settings.provider_names, *retired]:
             if name == "local" and record_stale_after_s is not None:
-                reading = read_health(ledger.health, time.time(), record_stale_after_s)
+                reading = read_health(ledger.health, time.time(), record_stale_after_s) if settings.ledger_file else (
+                    HealthReading(None, "no SCALER_LEDGER_FILE: the running scaler keeps what its local workers do "
+                                  "in its memory only"))
                 built.append((name, RecordedBackend(reading, provider=name)))
                 continue
             try:
