@@ -784,14 +784,14 @@ class ListCursor:
         if match := _SEQ_CURSOR.fullmatch(text):
             return cls(match["order"], int(match["seq"]))
         if match := _FINISHED_CURSOR.fullmatch(text):
-            return cls("finished", int(match["seq"]), None if match["at"] == "none" else int(match["at"]))
+            return cls("finished", int(match["seq"]), None if match["finish"] == "none" else int(match["finish"]))
         raise ValueError("not a cursor this server gave")
 
 
 # A seq fits SQLite's 64-bit integer (a longer one would not bind: OverflowError, a 500).
 _SEQ_CURSOR = re.compile(r"(?P<order>oldest|newest)-(?P<seq>[0-9]{1,18})")
 # Before finish numbers it held the completion time ("finished-1700000001.5-3"), refused now: it would page wrong.
-_FINISHED_CURSOR = re.compile(r"finished-(?P<at>none|[0-9]{1,18})-(?P<seq>[0-9]{1,18})")
+_FINISHED_CURSOR = re.compile(r"finished-(?P<finish>none|[0-9]{1,18})-(?P<seq>[0-9]{1,18})")
 
 
 @dataclass(frozen=True)
