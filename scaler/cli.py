@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.children import keep_environment_private
@@ -593,7 +594,7 @@ def _print_status(report: dict[str, Any]) -> None:
         overview.add_row("replicas", "[red]unknown[/red] (see the deployment line)")
     else:
         ready = "" if deployment.get("ready") is None else f" ({deployment['ready']} ready)"
-        overview.add_row("replicas", f"{len(report['replicas'])}{ready}")
+        overview.add_row("replicas", f"{len(report['replicas'])}{ready}{_not_counted(report.get('fleet'))}")
     verb = "change" if decision["changed"] else "keep"
     overview.add_row("decision", f"{verb} {decision['current']} → {decision['desired']}: {decision['reason']}")
     overview.add_row("why", ", ".join(f"{k}={v}" for k, v in decision["details"].items() if v is not None))
@@ -621,19 +622,17 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
         console.print(f"[bold red]kill switch on[/bold red] ({fleet['kill_switch']}): a running scaler holds every "
                       "provider at 0. Undo with: comfy-scaler resume")
     providers = Table(title="providers (cheapest first is preferred)")
-    for column in ("provider", "price/h", "billing", "max", "live", "ready", "status", "degraded"):
+    for column in ("provider", "price/h", "billing", "max", "live", "ready", "status", "read", "degraded"):
         providers.add_column(column)
     for name, row in fleet["providers"].items():
-        degraded = row["degraded"] or ""
-        status = row["status"] if row["error"] is None else f"[red]unreadable: {row['error']}[/red]"
-        if "read_age_s" in row:
-            status = f"{status} (`comfy-scaler run`'s read, {row['read_age_s']} s ago)"
         providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
-                          _count(row["live"]), _count(row["ready"]), str(status), degraded)
+                          _count(row["live"]), _count(row["ready"]), _provider_status(row), _read_when(row),
+                          row["degraded"] or "")
     console.print(providers)
     for name, row in fleet["providers"].items():
         if row["live"] is None:
-            console.print(f"[yellow]{name}: not read, its replicas are not counted in the decision above[/yellow]")
+            console.print(f"[yellow]+ unknown on {name} (not counted in the decision above)[/yellow]: "
+                          f"{escape(row['error'] or 'not read')}", soft_wrap=True)
     _print_health(console, fleet["health"], fleet["providers"])
     spend = Table(title="billed cost (ledger)")
     for column in ("provider", "last hour", "last 24 h", "today (UTC)"):
@@ -645,6 +644,26 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
 
 def _count(value: int | None) -> str:
     return "unknown" if value is None else str(value)
+
+
+def _provider_status(row: dict[str, Any]) -> str:
+    """Why a provider was not read is said below the table, on one line: in this column it took 25 lines."""
+    if row["live"] is None:
+        return "[red]unknown[/red]"
+    return row["status"] if row["error"] is None else f"[red]unreadable: {escape(row['error'])}[/red]"
+
+
+def _read_when(row: dict[str, Any]) -> str:
+    """When the row was read: by this command, or (the `local` workers) by `comfy-scaler run`, from its record."""
+    if row["live"] is None:
+        return "-"
+    return "now" if row.get("read_age_s") is None else f"{row['read_age_s']} s ago"
+
+
+def _not_counted(fleet: dict[str, Any] | None) -> str:
+    """The providers whose replicas the count beside it leaves out: none of them could be read."""
+    unread = [name for name, row in (fleet or {}).get("providers", {}).items() if row["live"] is None]
+    return f" + unknown on {', '.join(unread)} (not counted)" if unread else ""
 
 
 def _print_health(console: Console, health: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:

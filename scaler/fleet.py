@@ -549,9 +549,10 @@ class FleetBackend:
                 "error": seen.view.error if seen else None,
                 **degraded_fields(reading, name, now),
             }
-            if member.in_process and self.dry_run and read and reading.record is not None:
-                providers[name]["read_at"] = iso(reading.record.at)  # from `comfy-scaler run`'s record
-                providers[name]["read_age_s"] = reading.age_s(now)
+            if member.in_process and self.dry_run:  # read from `comfy-scaler run`'s record: as of when (else null)
+                record = reading.record if read else None
+                providers[name]["read_at"] = iso(record.at) if record else None
+                providers[name]["read_age_s"] = reading.age_s(now) if record else None
         return {"providers": providers, "health": reading_fields(reading, now), "spend": self.ledger.summary(now),
                 "kill_switch": str(self.stop_file) if self._kill_switch_on() else None}
 

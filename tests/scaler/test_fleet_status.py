@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,10 @@ import pytest
 from demo.providers import POD_BODY
 from scaler.cli import main
 from scaler.config import load_settings
+from scaler.health_record import STOPPED, HealthRecord
 from scaler.ledger import CostLedger
+from scaler.policy import Replica
+from scaler.providers.base import BackendView
 from scaler.wiring import build_fleet
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
@@ -346,3 +350,90 @@ async def test_a_restarted_scaler_keeps_no_degradation_that_is_over_or_not_its_o
         assert restarted.state.health.get("runpod") is None, why
     finally:
         await restarted.aclose()
+
+
+@pytest.fixture
+def local_fleet_env(fleet_env, monkeypatch) -> dict[str, str]:
+    """`local` (free: placed first) and the Verda stand-in; 2 replicas wanted. COLUMNS: no cell of the table cut."""
+    return operator_env_with(fleet_env, monkeypatch, {
+        "SCALER_PROVIDERS": "local,verda", "SCALER_MIN_REPLICAS": "2", "COLUMNS": "200",
+    })
+
+
+TWO_LOCAL_WORKERS = BackendView((Replica("local-worker-1", 1.0), Replica("local-worker-2", 1.0)), "healthy", ready=2)
+
+
+def record_local_workers(path: Path, view: BackendView, age_s: float) -> None:
+    """The record `comfy-scaler run` saves in SCALER_LEDGER_FILE, its `local` workers read ``age_s`` ago."""
+    save_ledger(path, HealthRecord.of({}, {}, time.time() - age_s, views={"local": view}).to_json())
+
+
+PROVIDER_COLUMNS = ("provider", "price/h", "billing", "max", "live", "ready", "status", "read", "degraded")
+
+
+async def status_now(capsys) -> tuple[dict, dict[str, str], dict[str, dict[str, str]], str]:
+    """`status --json` and `status`: the report; from the text, the overview's values and each provider's row by
+    column; and the text."""
+    assert await cli("status", "--json") == 0, "Verda was read"
+    report = json.loads(capsys.readouterr().out)
+    assert await cli("status") == 0
+    text = capsys.readouterr().out
+    overview, providers = {}, {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 2 and cells[0]:
+            overview[cells[0]] = cells[1]
+        elif len(cells) == len(PROVIDER_COLUMNS) and cells[0]:
+            providers[cells[0]] = dict(zip(PROVIDER_COLUMNS, cells, strict=True))
+    return report, overview, providers, text
+
+
+async def test_status_of_a_fleet_counts_the_local_workers_the_running_scaler_read(local_fleet_env, tmp_path, capsys):
+    """A fresh `local` backend in `status` listed none: 0 live and `change 0 → 2` while the running scaler kept 2."""
+    record_local_workers(tmp_path / "ledger.json", TWO_LOCAL_WORKERS, age_s=1)
+    report, overview, providers, text = await status_now(capsys)
+    local = report["fleet"]["providers"]["local"]
+    assert (local["live"], local["ready"], local["status"]) == (2, 2, "healthy"), local
+    assert local["read_age_s"] >= 1 and local["read_at"]
+    assert (report["decision"]["current"], report["decision"]["desired"]) == (2, 2)
+    cells = providers["local"]
+    assert (cells["live"], cells["ready"], cells["status"]) == ("2", "2", "healthy")
+    assert re.fullmatch(r"\d+\.\d s ago", cells["read"]), cells
+    assert providers["verda"]["read"] == "now", "Verda is read by `status` itself"
+    assert overview["replicas"] == "2" and overview["decision"] == "keep 2 → 2: steady", text
+    assert "unknown on" not in text
+
+
+@pytest.mark.parametrize("ledger", ["stale", "no record"])
+async def test_status_of_a_fleet_shows_local_unknown_and_counts_none_of_it_without_a_fresh_record(
+    local_fleet_env, tmp_path, capsys, ledger
+):
+    """A scaler killed an hour ago (its workers died with it), or none ever ran: not 0, not 2 workers, unknown."""
+    if ledger == "stale":
+        record_local_workers(tmp_path / "ledger.json", TWO_LOCAL_WORKERS, age_s=3600)
+    else:
+        save_ledger(tmp_path / "ledger.json", None)
+    report, overview, providers, text = await status_now(capsys)
+    local = report["fleet"]["providers"]["local"]
+    assert {local[key] for key in ("live", "ready", "status", "read_at", "read_age_s")} == {None}, local
+    why = "s old (more than" if ledger == "stale" else "no record in SCALER_LEDGER_FILE"
+    assert why in local["error"]
+    assert report["decision"]["current"] == 0, "none of the recorded workers counted"
+    cells = providers["local"]
+    assert (cells["live"], cells["ready"], cells["status"], cells["read"]) == ("unknown", "unknown", "unknown", "-")
+    assert overview["replicas"] == "0 + unknown on local (not counted)", text
+    said = [line for line in text.splitlines() if line.startswith("+ unknown on local (not counted")]
+    assert len(said) == 1 and why in said[0], text
+
+
+async def test_status_of_a_fleet_believes_a_stopped_scaler_s_record_however_old(local_fleet_env, tmp_path, capsys):
+    """Nothing restarts the workers of a scaler that stopped: its last word stands a day later."""
+    record_local_workers(tmp_path / "ledger.json", BackendView((), STOPPED), age_s=86_400)
+    report, overview, providers, text = await status_now(capsys)
+    local = report["fleet"]["providers"]["local"]
+    assert (local["live"], local["ready"], local["status"], local["error"]) == (0, 0, STOPPED, None), local
+    assert local["read_age_s"] >= 86_400
+    cells = providers["local"]
+    assert (cells["live"], cells["status"]) == ("0", STOPPED)
+    assert re.fullmatch(r"86\d\d\d\.\d s ago", cells["read"]), cells
+    assert overview["replicas"] == "0" and "unknown on" not in text, text

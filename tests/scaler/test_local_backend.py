@@ -535,7 +535,7 @@ async def test_status_of_a_fleet_shows_the_running_scaler_s_local_workers_and_sa
     assert "no `comfy-scaler run` has saved one there" in local["error"], local
     assert await asyncio.to_thread(main, ["status"]) == 0
     out = capsys.readouterr().out
-    assert "local: not read, its replicas are not counted" in out, out
+    assert "+ unknown on local (not counted in the decision above)" in out, out
     monkeypatch.delenv("SCALER_LEDGER_FILE")
     assert "no SCALER_LEDGER_FILE" in (await status())["fleet"]["providers"]["local"]["error"]
     monkeypatch.setenv("SCALER_LEDGER_FILE", str(ledger))
