@@ -196,6 +196,7 @@ class QueueManagerServer:
             max_attempts=self.max_attempts,
             finished_job_retention_s=self.finished_job_retention_s,
             running_jobs_leases_renewed=renewed,
+            finished_jobs_numbered=self._store.numbered_on_open,
             auth=self._token is not None,
             worker_token=self._worker_token is not None,
             test_hooks=self._test_hooks is not None,
