@@ -73,7 +73,7 @@ _POLL_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_poll ON jobs (poll_id) 
 # Our own writes set the number in the UPDATE that finishes the job. The triggers number the jobs someone else
 # finishes without one: an older version sharing the file during a rolling restart, a row inserted by hand. They
 # fire only when the writing statement left finish_seq alone; numbering every finish by trigger instead rewrote
-# the job's row a second time (10.7 ms against 6.2 ms a finish with a 1 MB result: bench/finish_order.py).
+# the job's row a second time (8.7-10 ms against 3.7-4.7 ms a finish with a 1 MB result: bench/finish_order.py).
 _FINISH_ORDER = (
     "CREATE INDEX IF NOT EXISTS jobs_by_finish_seq ON jobs (status, finish_seq)",
     "CREATE TABLE IF NOT EXISTS finish_counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL)",

@@ -163,7 +163,8 @@ async def test_a_cursor_an_older_version_gave_for_cancelled_jobs_is_422_naming_a
     job = queue.store.submit("alice", {"1": {}}).id
     queue.store.pop_next("w1", queue.mode)
     queue.store.cancel(job)
-    response = await client.get("/api/jobs", params={"status": "cancelled", "order": "newest", "after": "finished-none-9"})
+    older = {"status": "cancelled", "order": "newest", "after": "finished-none-9"}
+    response = await client.get("/api/jobs", params=older)
     assert response.status_code == 422, response.text
     [error] = response.json()["detail"]
     assert error["loc"] == ["query", "after"], error
@@ -188,7 +189,7 @@ def test_two_queue_processes_starting_on_one_older_database_both_open_it_numbere
     def start() -> None:
         try:
             opened.append(JobStore(path))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             failed.append(exc)
 
     writer = sqlite3.connect(path, isolation_level=None)  # another process writing: both starts wait for it
