@@ -5,7 +5,8 @@ backend keeps exactly that many of its pods alive (PROVISIONING, STARTING or RUN
 (``<name>-<8 hex>``). A pod whose container stopped or failed (EXITED, ERROR) is terminated and replaced at
 the next observe, as Verda or Kubernetes would restart it. Scale-down stops a pod (the container's own
 shutdown, so the worker can hand its job back) and then terminates it (a stopped pod keeps its disk, which is
-billed). Pods still starting go first (no job on them yet), then the newest. A create refused for capacity,
+billed). Pods still starting go first (no job on them yet), then those whose worker said it was idle at its
+last /health, busy ones last; the newest first within each. A create refused for capacity,
 access or balance (400, 402, 403) reports ``quota_reached`` until a create succeeds again, so the scaler
 holds and a fallback can take over.
 """
@@ -37,6 +38,10 @@ REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
+# Which pods a scale-down stops first, by the phase their worker last reported on /health: no job to lose first,
+# a running job last (the worker hands it back, and it starts over elsewhere); a phase not known in between.
+STOP_ORDER = {"starting": 0, "idle": 1, "busy": 3}
+UNKNOWN_PHASE_RANK = 2
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
 # without changing how many calls it takes. 10 is twice the default SCALER_RUNPOD_MAX_REPLICAS: such a fleet is asked
@@ -166,9 +171,10 @@ class RunPodBackend:
         for pod in dead:
             log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
         live = [pod for pod in pods if pod.live]
-        surplus = _surplus(live, target)
+        surplus = _surplus(live, target, self.health.phase)
         for pod in surplus:
-            log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, target=target)
+            log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, phase=self.health.phase.get(pod.id),
+                     target=target)
         terminated = await _each_pod([*((pod.id, partial(self._terminate, pod)) for pod in dead),
                                       *((pod.id, partial(self._stop_then_terminate, pod)) for pod in surplus)])
         created = await self._create_missing(target - len(live) - len(self._unlisted))
@@ -261,13 +267,18 @@ def _error_text(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def _surplus(live: list[Pod], target: int) -> list[Pod]:
-    """Which pods to terminate to get down to ``target``: pods not yet running first, then the newest."""
+def _surplus(live: list[Pod], target: int, phases: Mapping[str, str]) -> list[Pod]:
+    """Which pods to terminate to get down to ``target``: pods not yet running first, then by their worker's last
+    phase (``STOP_ORDER``), the newest first within each."""
     excess = len(live) - target
     if excess <= 0:
         return []
-    newest_first = sorted(live, key=lambda pod: (pod.status == "RUNNING", -_created(pod)))
-    return newest_first[:excess]
+
+    def stop_rank(pod: Pod) -> tuple[bool, int, float]:
+        phase_rank = STOP_ORDER.get(phases.get(pod.id, ""), UNKNOWN_PHASE_RANK)
+        return pod.status == "RUNNING", phase_rank, -_created(pod)
+
+    return sorted(live, key=stop_rank)[:excess]
 
 
 def _created(pod: Pod) -> float:

@@ -99,6 +99,22 @@ async def test_scale_down_terminates_starting_pods_first_then_the_newest(
     assert fake.live_pods() == []
 
 
+async def test_scale_down_stops_idle_pods_before_busy_ones(
+    backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock
+) -> None:
+    fake.start_delay_s = 100
+    await backend.apply(3)
+    clock.advance(100)
+    oldest, middle, newest = sorted(fake.live_pods(), key=lambda pod: pod.created_at)
+    for pod in (oldest, newest):
+        fake.set_health(pod.id, 200, {"status": "ok", "phase": "busy"})
+    await backend.observe()  # the backend reads each pod's /health here
+    await backend.apply(2)
+    assert fake.requests_to(f"/pods/{middle.id}/action", "POST")  # idle, though not the newest
+    assert not fake.requests_to(f"/pods/{newest.id}/action", "POST")
+    assert not fake.requests_to(f"/pods/{oldest.id}/action", "POST")
+
+
 async def test_scale_down_stops_the_container_before_terminating(backend: RunPodBackend, fake: FakeRunPod) -> None:
     await backend.apply(1)
     (pod_id,) = fake.pods
