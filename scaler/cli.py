@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from common.children import keep_environment_private
@@ -628,7 +629,15 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
         providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
                           _count(row["live"]), _count(row["ready"]), _provider_status(row), _read_when(row),
                           row["degraded"] or "")
-    console.print(providers)
+    if Measurement.get(console, console.options.update_width(10_000), providers).maximum <= console.width:
+        console.print(providers)
+    else:  # a narrow terminal cut the table's cells (`healt…`, `unkno…`): a line per provider instead
+        console.print(f"[italic]{providers.title}[/italic]")
+        for name, row in fleet["providers"].items():
+            console.print(f"  [bold]{name}[/bold]: status {_provider_status(row)}, live {_count(row['live'])}, "
+                          f"ready {_count(row['ready'])}, read {_read_when(row)}; {row['price_per_hour']:.2f}/h, "
+                          f"max {row['max_replicas']}, billing {row['billing']}"
+                          + (f"; degraded {row['degraded']}" if row["degraded"] else ""))
     for name, row in fleet["providers"].items():
         if row["live"] is None:
             console.print(f"[yellow]+ unknown on {name} (not counted in the decision above)[/yellow]: "

@@ -437,3 +437,19 @@ async def test_status_of_a_fleet_believes_a_stopped_scaler_s_record_however_old(
     assert (cells["live"], cells["status"]) == ("0", STOPPED)
     assert re.fullmatch(r"86\d\d\d\.\d s ago", cells["read"]), cells
     assert overview["replicas"] == "0" and "unknown on" not in text, text
+
+
+async def test_status_of_a_fleet_on_an_80_column_terminal_cuts_no_provider_s_cell(
+    local_fleet_env, tmp_path, monkeypatch, capsys
+):
+    """At 80 columns the providers table showed `healt…`, `unkno…`: too narrow for it, a line per provider."""
+    monkeypatch.setenv("COLUMNS", "80")
+    record_local_workers(tmp_path / "ledger.json", TWO_LOCAL_WORKERS, age_s=1)
+    assert await cli("status") == 0
+    text = capsys.readouterr().out
+    assert "…" not in text, text
+    lines = {line.split(":")[0].strip(): line for line in text.splitlines() if line.startswith("  ")}
+    local_line = r"  local: status healthy, live 2, ready 2, read \d+\.\d s ago; 0\.00/h, max 2"
+    assert re.match(local_line, lines["local"]), text
+    assert lines["verda"].startswith("  verda: status healthy, live 0, ready 0, read now; 2.30/h, max 5"), text
+    assert max(len(line) for line in text.splitlines()) <= 80, text
