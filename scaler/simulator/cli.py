@@ -210,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
                           default=BillingAnchor.STARTED_AT.value, help="how Verda really bills, in the model")
     platform.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per replica")
     platform.add_argument("--scale-down-victim", choices=[v.value for v in Victim], default=Victim.WORST.value,
-                          help="who leaves on a scale-down: the worst case, or idle workers retiring themselves")
+                          help="who leaves on a scale-down: the worst case, idle workers retiring themselves, "
+                               "or idle first (the RunPod backend's choice)")
     platform.add_argument("--max-shutdown-handbacks", type=int, default=MAX_SHUTDOWN_HANDBACKS,
                           help="the queue's bound on one job's replica-stop hand-backs: then it fails (0: none)")
     ours = parser.add_argument_group("ours: ScalingConfig overrides")

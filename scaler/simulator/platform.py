@@ -5,7 +5,8 @@ Modelled (each choice explained in docs/simulator.md):
   takes work after cold start + health-check delay.
 - On a scale-down Verda picks the replica (``PlatformModel.scale_down_victim``): by default the worst
   case, a busy one with the most work left; ``idle-nearest-boundary`` models workers that retire
-  themselves (the idle replica whose paid interval ends soonest leaves). The victim gets SIGTERM;
+  themselves (the idle replica whose paid interval ends soonest leaves); ``idle-first`` the RunPod backend,
+  which stops starting, then idle, then busy pods, the newest first within each. The victim gets SIGTERM;
   the worker finishes the job if it can within its drain time, otherwise requeues it (an interruption)
   and the container is gone; SIGKILL follows 30 s after SIGTERM at the latest. A replica stop does not use
   up the job's attempts (MAX_ATTEMPTS counts faults); the queue fails a job only after its
@@ -38,6 +39,7 @@ class Victim(StrEnum):
 
     WORST = "worst"  # busy with the most work left, then starting, then the newest idle one
     IDLE_NEAREST_BOUNDARY = "idle-nearest-boundary"  # idle first, the one whose paid interval ends soonest
+    IDLE_FIRST = "idle-first"  # the RunPod backend's choice: starting, then idle, busy last; the newest within each
 
 
 MIN_TICK_S, MAX_TICK_S = 1.0, 3_600.0
@@ -249,6 +251,8 @@ class Simulation:
     def _victim_rank(self, replica: SimReplica, now: float) -> tuple[int, float]:
         if self.platform.scale_down_victim is Victim.IDLE_NEAREST_BOUNDARY:
             return self._kind_victim_rank(replica, now)
+        if self.platform.scale_down_victim is Victim.IDLE_FIRST:
+            return (0 if replica.state == "starting" else 1 if replica.job is None else 2, -replica.started_at)
         # Worst case first: busy with the most work left, then starting, then the newest idle one.
         if replica.job is not None:
             left = replica.job.attempt_started_s + replica.job.duration_s

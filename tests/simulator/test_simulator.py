@@ -9,7 +9,7 @@ import pytest
 from scaler.billing import BillingAnchor, bill_for_runtime
 from scaler.policy import ScalingConfig
 from scaler.simulator.cli import run_policy, simulate_main
-from scaler.simulator.platform import PlatformModel, Simulation
+from scaler.simulator.platform import PlatformModel, Simulation, Victim
 from scaler.simulator.policies import WorkerModel
 from scaler.simulator.report import summarize
 from scaler.simulator.workloads import JobSpec, Workload, built_in, load_trace
@@ -58,6 +58,16 @@ def test_a_busy_replica_chosen_for_scale_down_requeues_its_job():
     assert report.jobs_done == 2
     assert report.jobs_interrupted >= 1
     assert outcome.interruptions == report.jobs_interrupted
+
+
+def test_the_runpod_backend_s_choice_stops_the_idle_replica_and_interrupts_no_job():
+    # The same two jobs: with idle first (the RunPod backend), 2 -> 1 stops the replica the short job left idle.
+    workload = Workload("two", (JobSpec(0, 300), JobSpec(0, 10)), horizon_s=3_600)
+    config = ScalingConfig(billing_aware=False, stabilization_window_s=0, scale_down_cooldown_s=0)
+    platform = PlatformModel(scale_down_victim=Victim.IDLE_FIRST)
+    report, outcome = run_policy(workload, "ours", config, platform, seed=0)
+    assert report.jobs_done == 2 and report.jobs_interrupted == 0
+    assert len(outcome.replicas) == 2 and min(r.stopped_at for r in outcome.replicas) < 300, "it did scale down"
 
 
 def test_billing_aware_saves_money_on_the_batch():
