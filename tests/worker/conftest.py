@@ -16,6 +16,12 @@ FAST_TIMINGS = RunTimings(
     check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
     history_wait_s=1.0, interrupt_wait_s=2.0,
 )
+# A limit that a test waits out on purpose but that healthy work must also meet (a job's deadline that its prompt must
+# reach ComfyUI within, a call to a ComfyUI that later hangs): past the 1-2 s a loaded 2-core CI machine has stalled
+# the whole test process, as 0.3, 0.5 and 1 s were not.
+HEALTHY_WITHIN_S = 2.5
+# HEARTBEAT_TIMEOUT_S for the liveness tests: the loop beats every 0.75 s, so a stall up to 2.25 s is not the loop's.
+HEARTBEAT_LIMIT_S = 3.0
 
 
 @pytest.fixture

@@ -20,16 +20,22 @@ from worker.main import Worker
 from worker.replica_faults import replica_fault
 
 from ..conftest import wait_for
-from .conftest import FAST_TIMINGS
+from .conftest import FAST_TIMINGS, HEALTHY_WITHIN_S, HEARTBEAT_LIMIT_S
 
 
 async def test_deadline_interrupts_the_prompt_and_fails_the_job(qm, comfy, make_worker, workflows):
-    job = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(job_timeout_s=0.3)
+    # The prompt must be running when the deadline comes (with 0.3 s a stall before the submission beat it): ten
+    # blurs of 0.4 s, which the interrupt stops between two of them.
+    slow = workflows["slow"]
+    blurs = {str(n): {**slow["2"], "inputs": {**slow["2"]["inputs"], "image": [str(n - 1), 0]}} for n in range(2, 12)}
+    save = {**slow["4"], "inputs": {**slow["4"]["inputs"], "images": ["11", 0]}}
+    job = qm.store.submit("alice", {"1": slow["1"], **blurs, "12": save})
+    worker = make_worker(job_timeout_s=HEALTHY_WITHIN_S)
+    worker.timings = replace(worker.timings, interrupt_wait_s=HEALTHY_WITHIN_S)
     assert await worker.run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
-    assert "timed out after 0.3 s" in report.body["error"]
+    assert f"timed out after {HEALTHY_WITHIN_S:g} s" in report.body["error"]
     assert "stopped it at node" in report.body["error"]
     [prompt] = comfy.prompts_received
     assert {"prompt_id": prompt.prompt_id} in [i.body for i in comfy.interrupts_received]
@@ -407,18 +413,18 @@ async def test_a_wait_on_the_queue_longer_than_the_heartbeat_limit_is_not_a_wedg
     a heartbeat 1.1-1.5 s old against a 0.5 s limit)."""
     from health.verdict import liveness
 
-    # A 1-s limit (a beat every 0.25 s) and waits of 2.5 s: a stall of the test's process up to 0.75 s long is
-    # not mistaken for the loop's.
+    # Waits 1 s longer than the limit, which lets a stall of the test's process up to 2.25 s pass (1 s did not).
+    wait_s = HEARTBEAT_LIMIT_S + 1
     if wait == "a slow queue manager":
-        qm.faults.inject("next-job", delay_s=2.5, times=2)
-        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=1)
+        qm.faults.inject("next-job", delay_s=wait_s, times=2)
+        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
     else:
-        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=1, poll_interval_s=2.5)
+        worker = make_worker(serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, poll_interval_s=wait_s)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.phase.value == "idle")
     verdicts = []
-    for _ in range(50):  # 2.5 s in all: the whole of one wait
-        verdicts.append(liveness(worker.state, 1))
+    for _ in range(int(wait_s / 0.05)):  # the whole of one wait
+        verdicts.append(liveness(worker.state, HEARTBEAT_LIMIT_S))
         await asyncio.sleep(0.05)
     worker.request_shutdown()
     assert await run == 0
@@ -514,15 +520,15 @@ async def test_report_budget_exhausted_is_logged_with_the_reason(qm, comfy, make
 async def test_a_report_retried_for_a_while_keeps_the_worker_alive(qm, comfy, make_worker, workflows):
     from health.verdict import liveness
 
-    # Four refusals: the retries wait about 0.25, 0.5, 1 and 2 s, the last well past the 1-s limit (a beat every
-    # 0.25 s), so a stall of the test's process up to 0.75 s long is not mistaken for the loop's.
+    # Four refusals: the retries wait about 0.25, 0.5, 1 and 2 s, 3.75 s in all, past the 3-s limit, which lets
+    # a stall of the test's process up to 2.25 s pass (the 1-s limit before: 0.75 s).
     qm.faults.inject("complete-job", status=503, times=4)
     job = qm.store.submit("alice", workflows["quick"])
-    worker = make_worker(heartbeat_timeout_s=1)
+    worker = make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
     run = asyncio.create_task(worker.run())
     verdicts = []
     while not run.done():
-        verdicts.append(liveness(worker.state, 1))
+        verdicts.append(liveness(worker.state, HEARTBEAT_LIMIT_S))
         await asyncio.sleep(0.05)
     assert await run == 0
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
@@ -580,15 +586,15 @@ async def test_a_lost_post_prompt_request_hands_the_job_back(qm, comfy, make_wor
 async def test_no_job_is_popped_while_comfyui_is_not_answering(qm, comfy, make_worker, workflows):
     from health.verdict import liveness, readiness
 
-    worker = make_worker(serverless_mode=False, heartbeat_timeout_s=1)
+    worker = make_worker(serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
     await comfy.crash()
     job = qm.store.submit("alice", workflows["quick"])
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(HEARTBEAT_LIMIT_S + 0.5)
     assert qm.store.get(job.id).status == "pending", "a worker without ComfyUI must not take jobs"
     assert readiness(worker.state).reason.startswith("ComfyUI not answering")
-    assert liveness(worker.state, 1).healthy, "waiting for ComfyUI is not a wedged loop"
+    assert liveness(worker.state, HEARTBEAT_LIMIT_S).healthy, "waiting for ComfyUI is not a wedged loop"
     await comfy.start(port=comfy.port)
     await wait_for(lambda: qm.reports.landed(job.id), timeout=10)
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
@@ -634,21 +640,24 @@ async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_lon
     process, url = comfyui_process
     job = qm.store.submit("alice", workflows["slow"])
     waiting = qm.store.submit("bob", workflows["quick"])
+    # ComfyUI runs in a process of its own: on a loaded machine its answers before the hang took longer than the
+    # 0.5-s HTTP timeout, 0.6-s silence and 1-s unresponsive limit this test once had.
     worker = make_worker(
-        comfyui_url=url, serverless_mode=False, http_timeout_s=0.5,
-        comfyui_unresponsive_timeout_s=1, comfyui_startup_timeout_s=300,
+        comfyui_url=url, serverless_mode=False, http_timeout_s=HEALTHY_WITHIN_S,
+        comfyui_unresponsive_timeout_s=HEALTHY_WITHIN_S, comfyui_startup_timeout_s=300,
     )  # fmt: skip
+    worker.timings = replace(worker.timings, lost_after_s=HEALTHY_WITHIN_S)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.current_prompt_id is not None)
     process.send_signal(signal.SIGSTOP)  # alive, its sockets open, answering nothing: a deadlocked ComfyUI
     assert await asyncio.wait_for(run, 20) == 1
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job"
-    assert report.body["error"].startswith("Handed back: ComfyUI stopped answering for 0.6 s during the job")
+    assert report.body["error"].startswith(f"Handed back: ComfyUI stopped answering for {HEALTHY_WITHIN_S:g} s during")
     [copy] = [j for j in qm.store.list() if j.id not in (job.id, waiting.id)]
     assert copy.status == "pending", "the job is retried elsewhere, not failed"
     assert qm.store.get(waiting.id).status == "pending", "no job is popped in front of a hung ComfyUI"
-    assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 1 s"
+    assert worker.state.fatal_reason == f"ComfyUI stopped answering and did not come back within {HEALTHY_WITHIN_S:g} s"
     assert worker.state.jobs_failed == 0 and worker.state.jobs_handed_back == 1
 
 
@@ -865,7 +874,9 @@ async def test_a_prompt_comfyui_cannot_stop_fails_its_job_and_takes_no_other_dow
     comfy.freeze(class_type="ImageBlur")  # a node that ignores interrupts and never returns
     stuck = qm.store.submit("alice", workflows["slow"])
     next_in_line = qm.store.submit("bob", workflows["quick"])
-    worker = make_worker(job_timeout_s=0.3)
+    # The prompt must reach ComfyUI before the deadline (0.3 s was beaten by a stall); the interrupt is meant to
+    # go unheeded, so its short wait stays.
+    worker = make_worker(job_timeout_s=HEALTHY_WITHIN_S)
     worker.timings = replace(worker.timings, interrupt_wait_s=0.3)
     try:
         assert await asyncio.wait_for(worker.run(), 10) == 1
