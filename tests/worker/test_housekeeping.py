@@ -25,6 +25,8 @@ from standins.comfyui_nodes import NodeResult, png_bytes
 from worker.housekeeping import caches_earlier_prompts, execution_start
 from worker.main import HOUSEKEEPING_WAIT_S
 
+from .conftest import HEALTHY_WITHIN_S
+
 
 def files_under(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
@@ -616,7 +618,10 @@ async def test_a_prompt_left_running_that_ignores_its_interrupt_is_tidied_once_i
     left = answer.json()["prompt_id"]
     await asyncio.wait_for(comfy.wait_until_frozen(), 10)
     folders = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
-    worker = make_worker(worker_id="w1", job_timeout_s=1, serverless_max_idle_polls=1_000_000, **folders)
+    # The deadline times out the first job and must let the last, healthy one finish: 1 s did not, through a stall.
+    worker = make_worker(
+        worker_id="w1", job_timeout_s=HEALTHY_WITHIN_S, serverless_max_idle_polls=1_000_000, **folders
+    )
     run = asyncio.create_task(worker.run())
     behind = qm.store.submit("alice", quick(workflows, 2))
     await until(lambda: qm.reports.landed(behind.id) and worker.state.current_job_id is None)
