@@ -37,8 +37,9 @@ from ..conftest import ManualClock, wait_for
 DEPLOYMENT = "comfyui-worker-serverless"
 VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
 RUNPOD_KEY = "rpa_fleet_test_key_do_not_log"
-# A provider call the fleet cuts off (member_timeout_s) in tests where the healthy calls must answer in time: long
-# enough that a loaded CI machine answers a loopback read within it (0.5 s did not, once in 2,100 tests).
+# A provider call the fleet cuts off (member_timeout_s), a stop's confirmation or a tick's deadline, in tests where
+# the healthy calls must answer in time: long enough that a loaded CI machine answers a loopback read within it (0.5 s
+# did not, once in 2,100 tests).
 CALL_CUT_OFF_S = 2.0
 
 DEPLOYMENT_BODY = {

@@ -22,7 +22,7 @@ from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.wiring import build_fleet, stop_all, stop_provider
 
-from .conftest import DEPLOYMENT, running_scaler, sigterm_and_wait
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, running_scaler, sigterm_and_wait
 
 
 async def cli(*argv: str) -> int:
@@ -130,7 +130,7 @@ async def test_stop_is_not_confirmed_while_the_provider_still_lists_replicas(fle
 
 async def test_stop_all_names_a_provider_without_a_backend(fleet_env, monkeypatch):
     monkeypatch.setenv("SCALER_PROVIDERS", "verda")
-    results = await stop_all(load_settings(), ["verda", "kubernetes"], timeout_s=1, poll_s=0.05)
+    results = await stop_all(load_settings(), ["verda", "kubernetes"], timeout_s=CALL_CUT_OFF_S, poll_s=0.05)
     assert [(r.provider, r.stopped) for r in results] == [("verda", True), ("kubernetes", False)]
 
 
@@ -388,9 +388,10 @@ async def test_an_unconfirmed_stop_names_the_replicas_last_seen_listed():
     """Before: only the last call's failure was said ("ConnectionError: proxy gone"), not that a replica was still
     listed when the provider last answered; under load the RunPod kill-switch test saw that and failed."""
     provider = ListsOnceThenFails()
-    result = await stop_provider("verda", provider, timeout_s=0.5, poll_s=0.05)
+    # A second listing must come before the time is up: within 0.5 s, a stall of a loaded machine once beat it.
+    result = await stop_provider("verda", provider, timeout_s=CALL_CUT_OFF_S, poll_s=0.05)
     assert not result.stopped and provider.listings > 1
-    assert result.detail == ("not confirmed after 0.5 s: 1 replicas still listed (status paused), "
+    assert result.detail == (f"not confirmed after {CALL_CUT_OFF_S:g} s: 1 replicas still listed (status paused), "
                              "then ConnectionError: proxy gone"), result.detail
 
 
