@@ -29,7 +29,7 @@ from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import ManualClock
-from .conftest import DEPLOYMENT, VERDA_ID, VERDA_SECRET
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, VERDA_ID, VERDA_SECRET
 
 TICK_S = 15.0
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
@@ -165,7 +165,8 @@ async def test_a_pod_listing_without_names_is_an_error_not_zero_pods_to_create_a
             for _ in range(5):
                 with pytest.raises(RunPodAPIError, match=r"pods\[0\]\.name=None is not a non-empty string"):
                     await backend.observe()
-            result = await stop_provider("runpod", backend, timeout_s=1.0, poll_s=0.1)
+            # The pin and the pause must answer in time for the listing's error to be the one named.
+            result = await stop_provider("runpod", backend, timeout_s=CALL_CUT_OFF_S, poll_s=0.1)
         finally:
             await backend.aclose()
         assert len(fake.live_pods()) == 2
