@@ -23,7 +23,7 @@ from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
 from ..conftest import ManualClock, wait_for
-from .conftest import DEPLOYMENT, RUNPOD_KEY
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, RUNPOD_KEY
 
 PODS = CALL_CONCURRENCY + 2
 GPU = POD_BODY["gpu"]["id"]
@@ -114,9 +114,9 @@ async def test_a_create_refused_outright_forgets_its_name_and_one_cut_off_keeps_
             assert len(made) == 2 and len(asked) == 3 and set(backend._unlisted) == made
             [failed] = events(logs, "runpod_pod_call_failed")
             assert [failed["pod"]] == list(asked - made) and "RunPod API error 409 on POST /pods" in failed["error"]
-            fake.delay_next("/pods", 2.5, method="POST")
+            fake.delay_next("/pods", CALL_CUT_OFF_S + 1.5, method="POST")
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(1):
+                async with asyncio.timeout(CALL_CUT_OFF_S):  # the other create must land within it
                     await backend.apply(4)  # the missing one asked again and one more: one answers too late
             running = [task for task in asyncio.all_tasks()
                        if SCALER_CODE in Path(task.get_coro().cr_code.co_filename).parents]
