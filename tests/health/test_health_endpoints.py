@@ -109,7 +109,7 @@ async def test_wedged_heartbeat_is_unhealthy_then_recovers(
 ) -> None:
     idle_and_ready(state)
     state.set_phase(phase)
-    state.heartbeat_at -= 5.0  # far beyond the 0.2 s heartbeat timeout the fixture injects
+    state.heartbeat_at -= 5.0  # beyond the 3-s heartbeat timeout the fixture injects
 
     health = await client.get("/health")
     assert health.status_code == 503
