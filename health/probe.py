@@ -46,13 +46,18 @@ def bound_address(environ: dict[str, str]) -> tuple[str, int]:
     return probe_host(host), port
 
 
+def health_url(environ: dict[str, str]) -> str:
+    """The URL of /health on the server ``bound_address`` finds. ValueError for no port."""
+    host, port = bound_address(environ)
+    netloc = f"[{host}]" if ":" in host else host
+    return f"http://{netloc}:{port}/health"
+
+
 def probe(environ: dict[str, str]) -> str | None:
     """None when /health answers 200; otherwise why not."""
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through the machine's HTTP_PROXY
     try:
-        host, port = bound_address(environ)
-        netloc = f"[{host}]" if ":" in host else host
-        with direct.open(f"http://{netloc}:{port}/health", timeout=TIMEOUT_S):
+        with direct.open(health_url(environ), timeout=TIMEOUT_S):
             return None
     except (OSError, ValueError) as exc:  # HTTPError (a 503) is an OSError
         return f"{type(exc).__name__}: {exc}"

@@ -9,8 +9,11 @@ It copies what a pinned Verda deployment does, as far as it is known (docs/verda
   CrashLoopBackOff does, and is not counted as ready meanwhile. ``observe`` says so (``crash_loop``): the provider
   is degraded as crash-looping from its first back-off, and in a fleet its replicas go elsewhere
   (scaler/allocator.py). See ``_note_exit`` for what ends a streak.
-- On a scale-down the most recently started replicas get SIGTERM (Verda picks without saying how); they
-  are SIGKILLed if still alive ``stop_timeout_s`` later, as Verda does after 30 s.
+- On a scale-down the replicas stopped are picked by the phase their worker's /health gives at that moment (each
+  asked once, then, on loopback): those still starting first, then idle ones, then those whose phase is not known
+  (no answer, draining), busy ones last, whose job would be handed back and start over; the newest first within each,
+  as on RunPod (Verda picks without saying how). They get SIGTERM, and SIGKILL if still alive ``stop_timeout_s``
+  later, as Verda does after 30 s.
 - ``pause`` stops every replica and holds the count at 0 until ``resume``.
 - ``aclose`` leaves no process behind: SIGTERM to all, wait, SIGKILL what is left.
 """
@@ -21,18 +24,23 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import httpx
 import structlog
 
 from common.children import die_with_parent
+from common.http_answers import AnswerTooLarge, request_bounded
 from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, SCALER_CREDENTIALS
+from health.probe import health_url
 from scaler.policy import PAUSED, Replica
 from scaler.providers.base import BackendView, CrashLoop
 
@@ -52,6 +60,12 @@ FAILED_START_S = 60.0
 UNREACHABLE_LIMIT_S = 600.0
 RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failure in a row; doubles on each next
 RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
+# Which replicas a scale-down stops first, by the phase their worker's /health gives: no job to lose first, a running
+# job last (the worker hands it back, and it starts over); a phase not known in between. RunPod's STOP_ORDER.
+STOP_ORDER = {"starting": 0, "idle": 1, "busy": 3}
+UNKNOWN_PHASE_RANK = 2
+PHASE_READ_TIMEOUT_S = 1.0  # a worker's /health answers on loopback in milliseconds; one that does not is unknown
+HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
 
 
 @dataclass
@@ -141,12 +155,14 @@ class LocalBackend:
 
     ``worker_env`` is the workers' complete environment (QUEUE_MANAGER_URL, COMFYUI_URL, OUTPUTS_PATH, PATH...);
     ``replica_env(replica_id)`` adds what differs per replica (e.g. its own ComfyUI port). Each replica also gets
-    its own WORKER_ID, HEALTH_PORT=0 (several share this machine) and, unless given, SERVERLESS_MODE=true. With
-    ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log`` (``<id_prefix>-<N>.log``); each start
-    keeps ``log_files_kept`` of those, the running replicas' and the most recently written of the others, and
-    removes the oldest others (an earlier run's too; never a file named otherwise). Replica numbers go on after the
-    highest one in ``log_dir`` (from 1 without files or ``log_dir``), so a restarted scaler's workers neither
-    replace nor append to the files of the run before (whose last lines may say why it ended). Each replica leads
+    its own WORKER_ID, HEALTH_PORT=0 (several share this machine), a HEALTH_PORT_FILE in a folder of the backend's
+    own (where a scale-down finds each worker's /health; removed at ``aclose``) and, unless given,
+    SERVERLESS_MODE=true. With ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log``
+    (``<id_prefix>-<N>.log``); each start keeps ``log_files_kept`` of those, the running replicas' and the most
+    recently written of the others, and removes the oldest others (an earlier run's too; never a file named
+    otherwise). Replica numbers go on after the highest one in ``log_dir`` (from 1 without files or ``log_dir``), so
+    a restarted scaler's workers neither replace nor append to the files of the run before (whose last lines may say
+    why it ended). Each replica leads
     its own process group, so what it started (the supervisor's ComfyUI) is killed with it. ``clock`` (epoch
     seconds) times the replicas' starts, their runs and the restart back-off.
     """
@@ -180,6 +196,7 @@ class LocalBackend:
         self._live: list[_LocalReplica] = []
         self._vacancies: list[_Vacancy] = []
         self._stopping: list[_LocalReplica] = []
+        self._port_files: Path | None = None  # made at the first start
         self.starts = 0
         self._numbered_after = 0 if log_dir is None else self._highest_log_number(log_dir)
         # Each replica's pid from its start until a reconcile sees it exit and kills its group (once it has exited,
@@ -247,10 +264,16 @@ class LocalBackend:
             _kill_group(replica.process.pid)  # whatever the replica left behind in its group
             replica.close_log()
         self._stopping.clear()
+        if self._port_files is not None:
+            shutil.rmtree(self._port_files, ignore_errors=True)
+            self._port_files = None
+
+    def _target(self) -> int:
+        return 0 if self._paused else self._desired
 
     async def _reconcile(self) -> None:
         self._reap()
-        target = 0 if self._paused else self._desired
+        target = self._target()
         # A vacancy (a place backing off) counts toward the target; a scale-down gives those up first.
         del self._vacancies[max(0, target - len(self._live)):]
         now = self._clock()
@@ -259,10 +282,31 @@ class LocalBackend:
             self._live.append(await self._start(vacancy.failed_starts, vacancy.ready_after_s))
         while len(self._live) + len(self._vacancies) < target:
             self._live.append(await self._start())
-        while len(self._live) > target:
-            replica = self._live.pop()
-            self._terminate(replica)
+        if len(self._live) > target:
+            await self._stop_surplus()
+
+    async def _stop_surplus(self) -> None:
+        """Stop replicas down to the target, in ``STOP_ORDER`` of their worker's phase, the newest first within each.
+        Stopping them all asks none."""
+        phases = await self._phases(list(self._live)) if self._target() else {}
+        # What changed while the phases were read (another reconcile) counts: the target and the replicas now.
+        newest_first = reversed(self._live)
+        ranked = sorted(newest_first, key=lambda r: STOP_ORDER.get(phases.get(r.id, ""), UNKNOWN_PHASE_RANK))
+        for replica in ranked[: max(0, len(self._live) - self._target())]:
+            self._live.remove(replica)
+            self._terminate(replica, phases.get(replica.id))
             self._stopping.append(replica)
+
+    async def _phases(self, replicas: list[_LocalReplica]) -> dict[str, str]:
+        """Each replica's phase, as its worker's /health gives it now (all asked at once); none for those that did
+        not answer within PHASE_READ_TIMEOUT_S."""
+        async with httpx.AsyncClient(trust_env=False) as http:  # the workers are on this machine: never a proxy
+            phases = await asyncio.gather(*(_read_phase(http, self._port_file(r.id)) for r in replicas))
+        return {replica.id: phase for replica, phase in zip(replicas, phases, strict=True) if phase is not None}
+
+    def _port_file(self, replica_id: str) -> Path:
+        assert self._port_files is not None
+        return self._port_files / f"{replica_id}.port"
 
     def _reap(self) -> None:
         for replica in [r for r in self._live if r.exited]:
@@ -314,19 +358,23 @@ class LocalBackend:
     def _retire(self, replica: _LocalReplica) -> None:
         _kill_group(replica.process.pid)  # a supervisor's ComfyUI must not outlive it
         replica.close_log()
+        self._port_file(replica.id).unlink(missing_ok=True)  # a killed worker's: its health server did not remove it
         self.pids_started.remove(replica.process.pid)
 
     async def _start(self, failed_starts: int = 0, ready_after_s: float = MIN_READY_S) -> _LocalReplica:
         self.starts += 1
         replica_id = f"{self._id_prefix}-{self._numbered_after + self.starts}"
         log_file = None
+        if self._port_files is None:
+            self._port_files = Path(tempfile.mkdtemp(prefix=f"{self._id_prefix}-health-ports-"))
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_file = self._log_path(replica_id).open("wb")
             self._remove_old_logs(self._log_dir, running={replica_id, *(r.id for r in self._live + self._stopping)})
         process = await asyncio.create_subprocess_exec(
             *self._command,
-            env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id},
+            env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id,
+                 "HEALTH_PORT_FILE": str(self._port_file(replica_id))},
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
             # A scaler killed outright (OOM killer, kill -9) must not leave its workers running: restarted, it
@@ -361,13 +409,28 @@ class LocalBackend:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
-    def _terminate(self, replica: _LocalReplica) -> None:
+    def _terminate(self, replica: _LocalReplica, phase: str | None = None) -> None:
         if replica.stopping_since is None:
             replica.stopping_since = time.monotonic()
         if not replica.exited:
-            log.info("local_replica_stopping", replica=replica.id, pid=replica.process.pid)
+            log.info("local_replica_stopping", replica=replica.id, pid=replica.process.pid, phase=phase)
             with contextlib.suppress(ProcessLookupError):
                 replica.process.terminate()
+
+
+async def _read_phase(http: httpx.AsyncClient, port_file: Path) -> str | None:
+    """The phase (starting, idle, busy, draining) the worker's /health gives, found through the port file its health
+    server writes; None without a file (not listening yet, or gone), an answer within PHASE_READ_TIMEOUT_S or a
+    phase in it."""
+    try:
+        url = health_url({"HEALTH_PORT_FILE": str(port_file), "HEALTH_PORT": "0"})  # no file: ValueError, no port
+        response = await request_bounded(http, "GET", url, peer="local worker /health",
+                                         limit_bytes=HEALTH_ANSWER_LIMIT_BYTES, deadline_s=PHASE_READ_TIMEOUT_S)
+        body = response.json()
+    except (OSError, ValueError, RecursionError, httpx.HTTPError, AnswerTooLarge):
+        return None
+    phase = body.get("phase") if isinstance(body, dict) else None  # a 503 (unhealthy) still says where it was
+    return phase if isinstance(phase, str) else None
 
 
 def _kill_group(pgid: int) -> None:
