@@ -229,12 +229,13 @@ SCALER_WITH_TWO_REPLICAS = (
 async def test_workers_do_not_outlive_a_scaler_killed_with_sigkill(tmp_path, wait):
     """kill -9 of `comfy-scaler run` (OOM killer, a crash) left its local workers running in their own sessions:
     restarted, it started 2 more beside them (4 workers for a count of 2, on one machine's GPU)."""
-    scaler = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SCALER_WITH_TWO_REPLICAS, env={**os.environ, "MARK_DIR": str(tmp_path)},
-    )
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, "MARK_DIR": str(marks), "TMPDIR": str(tmp_path)}  # the folder of port files it leaves
+    scaler = await asyncio.create_subprocess_exec(sys.executable, "-c", SCALER_WITH_TWO_REPLICAS, env=env)
     try:
-        await wait(lambda: len(list(tmp_path.iterdir())) == 2, timeout=10)
-        pids = [int(mark.name) for mark in tmp_path.iterdir()]
+        await wait(lambda: len(list(marks.iterdir())) == 2, timeout=10)
+        pids = [int(mark.name) for mark in marks.iterdir()]
         assert all(alive(pid) for pid in pids)
         scaler.kill()
         await scaler.wait()
@@ -242,7 +243,7 @@ async def test_workers_do_not_outlive_a_scaler_killed_with_sigkill(tmp_path, wai
     finally:
         if scaler.returncode is None:
             scaler.kill()
-        for mark in tmp_path.iterdir():
+        for mark in marks.iterdir():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(mark.name), signal.SIGKILL)
 
