@@ -9,6 +9,18 @@ from typing import Protocol, runtime_checkable
 
 from scaler.policy import Replica
 
+HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
+# Which replicas a scale-down stops first, where the backend chooses (RunPod, local), by the phase their worker's
+# /health last gave: no job to lose first, a running job last (the worker hands it back, and it starts over); a
+# phase not known (no answer, draining) in between.
+_STOP_ORDER = {"starting": 0, "idle": 1, "busy": 3}
+_UNKNOWN_PHASE_RANK = 2
+
+
+def stop_rank(phase: str | None) -> int:
+    """Where a replica whose worker is in ``phase`` comes in a scale-down: the lowest is stopped first."""
+    return _STOP_ORDER.get(phase or "", _UNKNOWN_PHASE_RANK)
+
 
 @dataclass(frozen=True, slots=True)
 class BackendView:

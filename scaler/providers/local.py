@@ -42,7 +42,7 @@ from common.http_answers import AnswerTooLarge, request_bounded
 from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, SCALER_CREDENTIALS
 from health.probe import health_url
 from scaler.policy import PAUSED, Replica
-from scaler.providers.base import BackendView, CrashLoop
+from scaler.providers.base import HEALTH_ANSWER_LIMIT_BYTES, BackendView, CrashLoop, stop_rank
 
 log = structlog.get_logger()
 
@@ -60,12 +60,7 @@ FAILED_START_S = 60.0
 UNREACHABLE_LIMIT_S = 600.0
 RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failure in a row; doubles on each next
 RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
-# Which replicas a scale-down stops first, by the phase their worker's /health gives: no job to lose first, a running
-# job last (the worker hands it back, and it starts over); a phase not known in between. RunPod's STOP_ORDER.
-STOP_ORDER = {"starting": 0, "idle": 1, "busy": 3}
-UNKNOWN_PHASE_RANK = 2
 PHASE_READ_TIMEOUT_S = 1.0  # a worker's /health answers on loopback in milliseconds; one that does not is unknown
-HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
 
 
 @dataclass
@@ -286,12 +281,12 @@ class LocalBackend:
             await self._stop_surplus()
 
     async def _stop_surplus(self) -> None:
-        """Stop replicas down to the target, in ``STOP_ORDER`` of their worker's phase, the newest first within each.
+        """Stop replicas down to the target, by their worker's phase (``stop_rank``), the newest first within each.
         Stopping them all asks none."""
         phases = await self._phases(list(self._live)) if self._target() else {}
         # What changed while the phases were read (another reconcile) counts: the target and the replicas now.
         newest_first = reversed(self._live)
-        ranked = sorted(newest_first, key=lambda r: STOP_ORDER.get(phases.get(r.id, ""), UNKNOWN_PHASE_RANK))
+        ranked = sorted(newest_first, key=lambda r: stop_rank(phases.get(r.id)))
         for replica in ranked[: max(0, len(self._live) - self._target())]:
             self._live.remove(replica)
             self._terminate(replica, phases.get(replica.id))

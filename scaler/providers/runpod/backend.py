@@ -25,7 +25,7 @@ import httpx
 import structlog
 
 from scaler.policy import PAUSED, QUOTA_REACHED
-from scaler.providers.base import BackendView, FirstSeen
+from scaler.providers.base import BackendView, FirstSeen, stop_rank
 from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from scaler.settle import settled
@@ -38,10 +38,6 @@ REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
-# Which pods a scale-down stops first, by the phase their worker last reported on /health: no job to lose first,
-# a running job last (the worker hands it back, and it starts over elsewhere); a phase not known in between.
-STOP_ORDER = {"starting": 0, "idle": 1, "busy": 3}
-UNKNOWN_PHASE_RANK = 2
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
 # without changing how many calls it takes. 10 is twice the default SCALER_RUNPOD_MAX_REPLICAS: such a fleet is asked
@@ -269,16 +265,12 @@ def _error_text(error: Exception) -> str:
 
 def _surplus(live: list[Pod], target: int, phases: Mapping[str, str]) -> list[Pod]:
     """Which pods to terminate to get down to ``target``: pods not yet running first, then by their worker's last
-    phase (``STOP_ORDER``), the newest first within each."""
+    phase (``stop_rank``), the newest first within each."""
     excess = len(live) - target
     if excess <= 0:
         return []
-
-    def stop_rank(pod: Pod) -> tuple[bool, int, float]:
-        phase_rank = STOP_ORDER.get(phases.get(pod.id, ""), UNKNOWN_PHASE_RANK)
-        return pod.status == "RUNNING", phase_rank, -_created(pod)
-
-    return sorted(live, key=stop_rank)[:excess]
+    ranked = sorted(live, key=lambda pod: (pod.status == "RUNNING", stop_rank(phases.get(pod.id)), -_created(pod)))
+    return ranked[:excess]
 
 
 def _created(pod: Pod) -> float:

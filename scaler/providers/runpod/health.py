@@ -17,10 +17,10 @@ import structlog
 
 from common.http_answers import AnswerTooLarge, request_bounded
 from common.urls import direct_transport
+from scaler.providers.base import HEALTH_ANSWER_LIMIT_BYTES
 
 log = structlog.get_logger()
 
-HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
 PROXY_HEALTH_URL = "https://{pod_id}-{port}.proxy.runpod.net/health"  # RunPod's proxy: https://[POD_ID]-[PORT]...
 
 
