@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +121,7 @@ class Container:
     """One `docker run` of the image: host network, CPU ComfyUI, outputs from the host."""
 
     def __init__(self, docker: Docker, image: str, name: str, queue_url: str, outputs: Path,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, extra_volumes: tuple[str, ...] = ()) -> None:
         self.docker, self.image, self.name = docker, image, name
         self.health_port = free_loopback_port()
         self.env = {
@@ -132,12 +134,13 @@ class Container:
             **(extra_env or {}),
         }
         self.outputs = outputs
+        self.volumes = (f"{outputs}:/outputs", *extra_volumes)
         self.started_at = 0.0
 
     def argv(self) -> list[str]:
         env = [arg for key, value in self.env.items() for arg in ("--env", f"{key}={value}")]
-        return ["run", "--name", self.name, "--network", "host", *env,
-                "--volume", f"{self.outputs}:/outputs", self.image]
+        volumes = [arg for volume in self.volumes for arg in ("--volume", volume)]
+        return ["run", "--name", self.name, "--network", "host", *env, *volumes, self.image]
 
     def start(self) -> float:
         """Start detached; seconds the `docker run` call took."""
@@ -371,8 +374,14 @@ def _root_owned_outputs(docker: Docker, image: str, queue: QueueManager, outputs
 
 def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
                           report: Report) -> None:
-    env = {"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}
-    container = Container(docker, image, "comfyui-image-test-serverless", queue.url, outputs, env)
+    """A serverless replica with the participants' uploads on a read-only volume (COMFYUI_INPUT_DIR): it runs the
+    jobs that load them, then exits by itself once the queue stays empty."""
+    inputs = _uploads(workdir)
+    loaded = queue.submit("alice", _load_image_workflow(f"alice/{UPLOAD_NAME}"))
+    missing = queue.submit("bob", _load_image_workflow("bob/never-uploaded.png"))
+    env = {"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3", "COMFYUI_INPUT_DIR": "/inputs"}
+    container = Container(docker, image, "comfyui-image-test-serverless", queue.url, outputs, env,
+                          (f"{inputs}:/inputs:ro",))
     try:
         container.start()
         result = docker.run("wait", container.name, timeout_s=SERVERLESS_EXIT_TIMEOUT_S, check=False)
@@ -383,9 +392,63 @@ def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: Queu
                      code == "0" and "Serverless idle timeout reached" in logs,
                      f"exit {code or '?'} after {seconds:.1f} s; idle timeout logged: "
                      f"{'Serverless idle timeout reached' in logs}")
+        failed_imports = [line for line in logs.splitlines() if "IMPORT FAILED" in line]
+        report.check("ComfyUI loads every node with a read-only input volume", not failed_imports,
+                     "; ".join(failed_imports) or "no IMPORT FAILED line")
     except Exception as exc:  # e.g. docker wait timed out: the container never exited
         report.check("SERVERLESS_MODE=true, SERVERLESS_MAX_IDLE_POLLS=3: exits 0 by itself on an empty queue",
                      False, f"{type(exc).__name__}: {exc}")
     finally:
         container.save_logs(workdir)
         container.remove()
+    _uploads_loaded(queue, loaded, missing, outputs, report)
+
+
+UPLOAD_NAME = "photo.png"
+UPLOAD_SIZE = (7, 5)  # not a size any workflow here makes: a result this size came from the upload
+
+
+def _uploads(workdir: Path) -> Path:
+    """A folder like an uploads volume: root's, readable by all, one user's subfolder holding a PNG, and the `3d`
+    folder ComfyUI's 3D nodes make at start, which they cannot on a read-only volume (docs/container.md)."""
+    inputs = workdir / "inputs"
+    for folder in (inputs / "alice", inputs / "3d"):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+    inputs.chmod(0o755)
+    (inputs / "alice" / UPLOAD_NAME).write_bytes(_png(*UPLOAD_SIZE))
+    return inputs
+
+
+def _png(width: int, height: int) -> bytes:
+    """An opaque orange RGB PNG, written by hand: the test environment has no imaging library."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\xff\x80\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    return width, height
+
+
+def _load_image_workflow(image: str) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded"}},
+    }
+
+
+def _uploads_loaded(queue: QueueManager, loaded: str, missing: str, outputs: Path, report: Report) -> None:
+    job, lost = queue.job(loaded), queue.job(missing)
+    delivered = [outputs / item["path"] for item in (job.get("result") or {}).get("outputs", [])]
+    sizes = [_png_size(path) for path in delivered if path.is_file()]
+    report.check("a workflow loads an upload from COMFYUI_INPUT_DIR (a read-only volume)",
+                 job["status"] == "completed" and sizes == [UPLOAD_SIZE],
+                 f"{job['status']}: {job.get('error') or ''}; results {sizes} (the upload is {UPLOAD_SIZE})")
+    error = lost.get("error") or ""
+    report.check("a workflow loading a file that is not there fails naming it", lost["status"] == "failed"
+                 and "Invalid image file: bob/never-uploaded.png" in error and "Traceback" not in error,
+                 f"{lost['status']}: {error[:200]!r}")

@@ -19,7 +19,7 @@ from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
 from supervisor.scratch import empty_scratch_results
 from supervisor.scratch_lock import ScratchInUse, lock_scratch
-from supervisor.writable_dirs import unwritable_directories
+from supervisor.writable_dirs import unreadable_directories, unwritable_directories
 from worker.__main__ import usage as worker_usage
 from worker.config import WorkerSettings, load_settings
 
@@ -83,6 +83,8 @@ def main() -> int:
         sys.stderr.write(f"{exc}\n")
         return EXIT_CONFIG
     problems = unwritable_directories({"OUTPUTS_PATH": settings.outputs_path, "SCRATCH_DIR": config.scratch_dir})
+    if config.comfyui_input_dir is not None:
+        problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
     if problems:
         sys.stderr.write("\n".join(problems) + "\n")
         return EXIT_CONFIG

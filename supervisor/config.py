@@ -43,6 +43,8 @@ class SupervisorSettings(BaseSettings):
     # The worker reads the same variable: ComfyUI listens where the worker looks for it.
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
+    # The files workflows load by name (LoadImage's image), e.g. a shared volume the participants' uploads land on.
+    comfyui_input_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_INPUT_DIR")
     scratch_dir: RequiredPath = Field(default=Path("/data"), validation_alias="SCRATCH_DIR")
     models_dir: RequiredPath = Field(default=Path("/models"), validation_alias="MODELS_DIR")
     comfyui_stop_timeout_s: float = Field(default=3.0, ge=0, le=3600, validation_alias="COMFYUI_STOP_TIMEOUT_S")
@@ -82,12 +84,16 @@ class SupervisorSettings(BaseSettings):
 
     @property
     def comfyui_dir(self) -> Path:
-        """ComfyUI's writable directories (input, temp, user) and the model paths file it reads."""
+        """ComfyUI's writable directories (input unless set, temp, user) and the model paths file it reads."""
         return self.scratch_dir / "comfyui"
 
     @property
     def output_dir(self) -> Path:
         return self.comfyui_output_dir or self.comfyui_dir / "output"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.comfyui_input_dir or self.comfyui_dir / "input"
 
     @property
     def temp_dir(self) -> Path:
@@ -104,7 +110,7 @@ class SupervisorSettings(BaseSettings):
             "--listen", COMFYUI_HOST,
             "--port", str(self.comfyui_port),
             "--output-directory", str(self.output_dir),
-            "--input-directory", str(self.comfyui_dir / "input"),
+            "--input-directory", str(self.input_dir),
             "--temp-directory", str(self.comfyui_dir),  # ComfyUI appends "temp" itself
             "--user-directory", str(self.comfyui_dir / "user"),
             # ComfyUI keeps its database in its install folder otherwise, read-only in the image.

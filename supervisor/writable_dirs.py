@@ -1,5 +1,6 @@
 """Fail fast on directories the container must write to: a mount that uid 10001 cannot write would otherwise give
-a "ready" container whose every job fails at delivery.
+a "ready" container whose every job fails at delivery. Likewise a folder it only reads (COMFYUI_INPUT_DIR): missing
+or unreadable, every job loading a file from it would fail with "Invalid image file".
 
 The check writes a `.write-check-*` file and removes it at once. One left by a process killed in between is
 removed by a later check once it is STALE_WRITE_CHECK_S old by the directory's own clock (the mtime of the new
@@ -28,6 +29,30 @@ def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
         if error is not None:
             problems.append(_describe(variable, path, error))
     return problems
+
+
+def unreadable_directories(directories: Mapping[str, Path]) -> list[str]:
+    """One line per variable whose directory this process cannot list; empty when all can."""
+    problems = []
+    for variable, path in directories.items():
+        try:
+            with os.scandir(path) as entries:
+                next(entries, None)
+        except OSError as exc:
+            problems.append(
+                f"{variable}={path} is not a readable directory ({exc.strerror or type(exc).__name__}): "
+                f"{_ownership(path)}; this container runs as uid {os.getuid()} gid {os.getgid()}. "
+                f"Fix: {_fix_reading(variable, path, exc.errno)}"
+            )
+    return problems
+
+
+def _fix_reading(variable: str, path: Path, number: int | None) -> str:
+    if number == errno.ENOENT:
+        return f"mount the volume holding the files there, or unset {variable}."
+    if number == errno.ENOTDIR:
+        return f"a file stands where a folder should be; mount a folder at {path}."
+    return "let every user read it and enter its folders (chmod -R a+rX <host dir>), or chown it to that uid."
 
 
 def _why_unwritable(path: Path) -> OSError | None:

@@ -42,9 +42,14 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "VERDA_MIN_REPLICAS": ("scaling", "min_replica_count"),
     "VERDA_MAX_REPLICAS": ("scaling", "max_replica_count"),
 }
-# Shared (SFS) mounts whose volume id comes from the deploy-time environment: the models, and the outputs,
-# which must outlive the replica that wrote them (a scratch disk goes with the replica on scale-down).
-SHARED_VOLUME_ENVS = {"/models": "VERDA_MODELS_VOLUME_ID", "/outputs": "VERDA_OUTPUTS_VOLUME_ID"}
+# Shared (SFS) mounts whose volume id comes from the deploy-time environment: the models, the outputs, which must
+# outlive the replica that wrote them (a scratch disk goes with the replica on scale-down), and, when the spec
+# mounts one, the files workflows load (COMFYUI_INPUT_DIR).
+SHARED_VOLUME_ENVS = {
+    "/models": "VERDA_MODELS_VOLUME_ID",
+    "/outputs": "VERDA_OUTPUTS_VOLUME_ID",
+    "/inputs": "VERDA_INPUTS_VOLUME_ID",
+}
 # The deploy variables load_spec reads, whichever the provider.
 SPEC_VARIABLES = (*ENV_OVERRIDES, *SHARED_VOLUME_ENVS.values())
 UNREAD_BY_THE_WORKER = (

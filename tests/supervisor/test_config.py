@@ -57,6 +57,13 @@ def test_port_output_dir_and_extra_args_from_the_environment(monkeypatch: pytest
     assert argv[-3:] == ["--highvram", "--preview-method", "latent2rgb"]
 
 
+def test_an_input_folder_of_the_operators_is_comfyuis_input_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMFYUI_INPUT_DIR", "/inputs")
+    argv = settings().comfyui_argv()
+    assert argv[argv.index("--input-directory") + 1] == "/inputs"
+    assert argv.count("--input-directory") == 1
+
+
 def test_every_bad_variable_is_named() -> None:
     with pytest.raises(ConfigError) as caught:
         load_supervisor_settings(

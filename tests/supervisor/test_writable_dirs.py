@@ -1,5 +1,6 @@
 """The start-up check on OUTPUTS_PATH and SCRATCH_DIR: a directory the process cannot write is named, with its owner,
-mode, the uid the process runs as and the fix, on one line; and the supervisor exits 2 before starting anything."""
+mode, the uid the process runs as and the fix, on one line; and the supervisor exits 2 before starting anything.
+The same for COMFYUI_INPUT_DIR, which the container only reads."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from supervisor.writable_dirs import unwritable_directories
+from supervisor.writable_dirs import unreadable_directories, unwritable_directories
 
 from .conftest import NOBODY, run_as_nobody
 
@@ -127,4 +128,55 @@ async def test_supervisor_exits_2_before_starting_comfyui(base_env, run_supervis
     lines = supervisor.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"OUTPUTS_PATH={blocker} is not a writable directory"), lines
     assert supervisor.stdout == b""
+    assert not marker.exists()
+
+
+def test_a_readable_input_folder_passes_even_read_only_and_nothing_is_written_to_it(shared_tmp: Path) -> None:
+    inputs = shared_tmp / "inputs"
+    (inputs / "alice").mkdir(parents=True)
+    (inputs / "alice" / "photo.png").write_bytes(b"png")
+    for path in (inputs / "alice", inputs):
+        path.chmod(0o555)
+
+    assert run_as_nobody(lambda: unreadable_directories({"COMFYUI_INPUT_DIR": inputs})) == []
+    assert sorted(p.name for p in inputs.iterdir()) == ["alice"]
+
+
+def test_a_missing_input_folder_says_to_mount_it_or_unset_the_variable(tmp_path: Path) -> None:
+    missing = tmp_path / "inputs"
+
+    (line,) = unreadable_directories({"COMFYUI_INPUT_DIR": missing})
+
+    assert line.startswith(f"COMFYUI_INPUT_DIR={missing} is not a readable directory (No such file or directory)")
+    assert "mount the volume holding the files there, or unset COMFYUI_INPUT_DIR" in line
+    assert not missing.exists()  # never made: an empty folder would hide the missing mount
+
+
+def test_an_input_folder_others_cannot_read_is_named_with_owner_mode_uid_and_fix(shared_tmp: Path) -> None:
+    inputs = shared_tmp / "inputs"
+    inputs.mkdir()
+    inputs.chmod(0o700 if os.getuid() == 0 else 0o000)  # root reads anything: the check runs as nobody then
+
+    (line,) = run_as_nobody(lambda: unreadable_directories({"COMFYUI_INPUT_DIR": inputs}))
+
+    assert line.startswith(f"COMFYUI_INPUT_DIR={inputs} is not a readable directory (Permission denied)"), line
+    checker_uid = NOBODY if os.getuid() == 0 else os.getuid()
+    assert f"with mode {stat.filemode(inputs.stat().st_mode)}" in line and f"runs as uid {checker_uid}" in line
+    assert "chmod -R a+rX <host dir>" in line
+
+
+async def test_supervisor_exits_2_when_the_input_folder_is_not_mounted(base_env, run_supervisor,
+                                                                     tmp_path: Path) -> None:
+    marker = tmp_path / "comfyui-was-started"
+    env = {
+        **base_env,
+        "COMFYUI_INPUT_DIR": str(tmp_path / "not-mounted"),
+        "COMFYUI_COMMAND": f"{sys.executable} -c \"open({str(marker)!r}, 'w').close()\"",
+    }
+    supervisor = await run_supervisor(env)
+
+    assert await supervisor.wait() == 2
+    lines = supervisor.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"COMFYUI_INPUT_DIR={tmp_path / 'not-mounted'} is not a "
+                                                   "readable directory"), lines
     assert not marker.exists()

@@ -118,6 +118,30 @@ def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:
     assert load_spec(spec_path, {**deploy_env, "VERDA_IMAGE": digest}).deployment.image == digest
 
 
+def test_the_commented_inputs_volume_once_uncommented_takes_its_id_from_the_environment(
+    spec_path: Path, deploy_env, tmp_path: Path
+) -> None:
+    """The spec's optional uploads volume (docs/container.md, "Workflows that load files"), as an operator enables
+    it: the block uncommented and COMFYUI_INPUT_DIR set; its id from VERDA_INPUTS_VOLUME_ID like the others'."""
+    text = spec_path.read_text()
+    block = '# [[volume_mounts]]\n# type = "shared"\n# mount_path = "/inputs"\n'
+    assert block in text
+    text = text.replace(block, block.replace("# ", "")).replace("# volume_id = \"\"", "volume_id = \"\"", 1)
+    text = text.replace('OUTPUTS_PATH = "/outputs"', 'OUTPUTS_PATH = "/outputs"\nCOMFYUI_INPUT_DIR = "/inputs"')
+    enabled = tmp_path / "deployment.toml"
+    enabled.write_text(text)
+
+    body = build_body(load_spec(enabled, {**deploy_env, "VERDA_INPUTS_VOLUME_ID": "sfs-uploads-1"}))
+
+    mounts = body["containers"][0]["volume_mounts"]
+    assert {"type": "shared", "mount_path": "/inputs", "volume_id": "sfs-uploads-1"} in mounts
+    env = {e["name"]: e["value_or_reference_to_secret"] for e in body["containers"][0]["env"]}
+    assert env["COMFYUI_INPUT_DIR"] == "/inputs"
+    assert problems_for(enabled, deploy_env) == [
+        "volume_mounts.2: volume_id is required for the shared mount at /inputs (set VERDA_INPUTS_VOLUME_ID)"
+    ]
+
+
 def test_body_matches_the_platform_defaults(spec_path: Path, deploy_env) -> None:
     body = build_body(load_spec(spec_path, deploy_env))
     container = body["containers"][0]
