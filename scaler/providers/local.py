@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, SCALER_CRED
 from health.probe import health_url
 from scaler.policy import PAUSED, Replica
 from scaler.providers.base import HEALTH_ANSWER_LIMIT_BYTES, BackendView, CrashLoop, stop_rank
+from scaler.providers.owned_folders import OwnedFolder, make_owned_folder, remove_abandoned_folders
 
 log = structlog.get_logger()
 
@@ -151,7 +151,8 @@ class LocalBackend:
     ``worker_env`` is the workers' complete environment (QUEUE_MANAGER_URL, COMFYUI_URL, OUTPUTS_PATH, PATH...);
     ``replica_env(replica_id)`` adds what differs per replica (e.g. its own ComfyUI port). Each replica also gets
     its own WORKER_ID, HEALTH_PORT=0 (several share this machine), a HEALTH_PORT_FILE in a folder of the backend's
-    own (where a scale-down finds each worker's /health; removed at ``aclose``) and, unless given,
+    own (where a scale-down finds each worker's /health; removed at ``aclose``, and at a later start when a scaler
+    killed outright left it: scaler/providers/owned_folders.py) and, unless given,
     SERVERLESS_MODE=true. With ``log_dir`` each replica writes its output to ``<log_dir>/<id>.log``
     (``<id_prefix>-<N>.log``); each start keeps ``log_files_kept`` of those, the running replicas' and the most
     recently written of the others, and removes the oldest others (an earlier run's too; never a file named
@@ -191,7 +192,7 @@ class LocalBackend:
         self._live: list[_LocalReplica] = []
         self._vacancies: list[_Vacancy] = []
         self._stopping: list[_LocalReplica] = []
-        self._port_files: Path | None = None  # made at the first start
+        self._port_files: OwnedFolder | None = None  # made at the first start
         self.starts = 0
         self._numbered_after = 0 if log_dir is None else self._highest_log_number(log_dir)
         # Each replica's pid from its start until a reconcile sees it exit and kills its group (once it has exited,
@@ -260,7 +261,7 @@ class LocalBackend:
             replica.close_log()
         self._stopping.clear()
         if self._port_files is not None:
-            shutil.rmtree(self._port_files, ignore_errors=True)
+            self._port_files.remove()
             self._port_files = None
 
     def _target(self) -> int:
@@ -301,7 +302,7 @@ class LocalBackend:
 
     def _port_file(self, replica_id: str) -> Path:
         assert self._port_files is not None
-        return self._port_files / f"{replica_id}.port"
+        return self._port_files.path / f"{replica_id}.port"
 
     def _reap(self) -> None:
         for replica in [r for r in self._live if r.exited]:
@@ -361,7 +362,7 @@ class LocalBackend:
         replica_id = f"{self._id_prefix}-{self._numbered_after + self.starts}"
         log_file = None
         if self._port_files is None:
-            self._port_files = Path(tempfile.mkdtemp(prefix=f"{self._id_prefix}-health-ports-"))
+            self._port_files = self._make_port_folder()
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             log_file = self._log_path(replica_id).open("wb")
@@ -381,6 +382,15 @@ class LocalBackend:
         self.pids_started.append(process.pid)
         log.info("local_replica_started", replica=replica_id, pid=process.pid)
         return _LocalReplica(replica_id, process, self._clock(), log_file, failed_starts, ready_after_s)
+
+    def _make_port_folder(self) -> OwnedFolder:
+        """This backend's folder of port files, held as long as it runs; the ones scalers killed outright left
+        (aclose removes its own) are removed first."""
+        prefix = f"{self._id_prefix}-health-ports-"
+        if removed := remove_abandoned_folders(prefix):
+            log.info("local_abandoned_port_folders_removed", count=removed, folder=tempfile.gettempdir(),
+                     pattern=f"{prefix}*")
+        return make_owned_folder(prefix)
 
     def _own_log_number(self, name: str) -> int | None:
         number = re.fullmatch(rf"{re.escape(self._id_prefix)}-(\d+)\.log", name)

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,7 +174,7 @@ async def test_a_scale_down_stops_an_idle_worker_and_keeps_the_busy_one(tmp_path
         port_files = backend._port_files
     finally:
         await backend.aclose()
-    assert port_files is not None and not port_files.exists(), "the backend's folder of port files is removed"
+    assert port_files is not None and not port_files.path.exists(), "the backend's folder of port files is removed"
 
 
 async def test_a_scale_down_stops_starting_then_idle_then_unknown_workers_and_busy_ones_last(tmp_path, wait):
@@ -246,6 +247,49 @@ async def test_workers_do_not_outlive_a_scaler_killed_with_sigkill(tmp_path, wai
         for mark in marks.iterdir():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(mark.name), signal.SIGKILL)
+
+
+async def test_a_start_removes_the_port_files_folder_a_killed_scaler_left_and_keeps_a_running_one_s(
+    tmp_path, wait, monkeypatch
+):
+    """A scaler killed outright left its folder of port files in $TMPDIR, one more for each such end, forever. The
+    next start removes those, and never the folder of a scaler still running (two on one machine) or one without a
+    lock file (an earlier version's, or one being made)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def folders() -> set[Path]:
+        return set(tmp_path.glob("local-worker-health-ports-*"))
+
+    async def scaler_with_workers(marks: Path) -> asyncio.subprocess.Process:
+        marks.mkdir()
+        env = {**os.environ, "MARK_DIR": str(marks), "TMPDIR": str(tmp_path)}
+        scaler = await asyncio.create_subprocess_exec(sys.executable, "-c", SCALER_WITH_TWO_REPLICAS, env=env)
+        await wait(lambda: len(list(marks.iterdir())) == 2, timeout=10)
+        return scaler
+
+    earlier_version = tmp_path / "local-worker-health-ports-earlier"
+    earlier_version.mkdir()
+    scalers = []
+    backend = sleeper_backend(tmp_path)
+    try:
+        scalers.append(await scaler_with_workers(tmp_path / "running"))
+        [running_s] = folders() - {earlier_version}
+        scalers.append(killed := await scaler_with_workers(tmp_path / "killed"))
+        assert len(folders()) == 3, "a second scaler on the machine keeps the first one's folder"
+        killed.kill()
+        await killed.wait()
+        with capture_logs() as logs:
+            await backend.apply(1)
+        assert len(folders()) == 3, "the killed scaler's folder went, the backend's own came"
+        [removed] = [e for e in logs if e["event"] == "local_abandoned_port_folders_removed"]
+        assert (removed["count"], removed["folder"]) == (1, str(tmp_path))
+    finally:
+        await backend.aclose()
+        for scaler in scalers:
+            with contextlib.suppress(ProcessLookupError):
+                scaler.kill()
+            await scaler.wait()
+    assert folders() == {earlier_version, running_s}, "a scaler killed outright left its folder"
 
 
 def fleet_workers_environment(monkeypatch, tmp_path, **queue_tokens: str) -> dict[str, str]:
