@@ -18,6 +18,8 @@ BAD_IMPORTS = {
     "common": ("common/settings.py", "worker.config", "common.settings -> worker.config"),
     "worker-process": ("health/status.py", "queue_manager.models", "health.status -> queue_manager.models"),
     "worker-core": ("worker/execution.py", "health.status", "worker.execution -> health.status"),
+    "scaler-health": ("scaler/queue_status.py", "health.probe", "scaler.queue_status -> health.probe"),
+    "health-probe": ("health/probe.py", "structlog", "health.probe -> structlog"),
     "peers": ("standins/comfyui.py", "worker.comfyui", "standins.comfyui -> worker.comfyui"),
     "pure-policy": ("scaler/policy.py", "time", "scaler.policy -> time"),
     "scaler-layers": ("scaler/loop.py", "scaler.cli", "scaler.loop -> scaler.cli"),
