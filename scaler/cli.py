@@ -615,7 +615,10 @@ def _print_status(report: dict[str, Any]) -> None:
             table.add_column(column)
         for replica in report["replicas"]:
             table.add_row(replica["id"], replica["started_at"], str(replica["age_s"]))
-        console.print(table)
+        _print_uncut(console, table, [
+            f"  [bold]{escape(r['id'])}[/bold]: started_at {r['started_at']}, age_s {r['age_s']}"
+            for r in report["replicas"]
+        ])
 
 
 def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
@@ -629,15 +632,13 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
         providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
                           _count(row["live"]), _count(row["ready"]), _provider_status(row), _read_when(row),
                           row["degraded"] or "")
-    if Measurement.get(console, console.options.update_width(10_000), providers).maximum <= console.width:
-        console.print(providers)
-    else:  # a narrow terminal cut the table's cells (`healt…`, `unkno…`): a line per provider instead
-        console.print(f"[italic]{providers.title}[/italic]")
-        for name, row in fleet["providers"].items():
-            console.print(f"  [bold]{name}[/bold]: status {_provider_status(row)}, live {_count(row['live'])}, "
-                          f"ready {_count(row['ready'])}, read {_read_when(row)}; {row['price_per_hour']:.2f}/h, "
-                          f"max {row['max_replicas']}, billing {row['billing']}"
-                          + (f"; degraded {row['degraded']}" if row["degraded"] else ""))
+    _print_uncut(console, providers, [
+        f"  [bold]{name}[/bold]: status {_provider_status(row)}, live {_count(row['live'])}, "
+        f"ready {_count(row['ready'])}, read {_read_when(row)}; {row['price_per_hour']:.2f}/h, "
+        f"max {row['max_replicas']}, billing {row['billing']}"
+        + (f"; degraded {row['degraded']}" if row["degraded"] else "")
+        for name, row in fleet["providers"].items()
+    ])
     for name, row in fleet["providers"].items():
         if row["live"] is None:
             console.print(f"[yellow]+ unknown on {name} (not counted in the decision above)[/yellow]: "
@@ -649,6 +650,17 @@ def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
     for name, windows in fleet["spend"].items():
         spend.add_row(name, *(f"{windows[w]:.2f}" for w in ("last_hour", "last_day", "today")))
     console.print(spend)
+
+
+def _print_uncut(console: Console, table: Table, lines: list[str]) -> None:
+    """``table`` when the terminal is wide enough for all of its cells; else its title and ``lines``, one per row: a
+    narrow terminal cut the cells (`healt…`, `unkno…`, a replica's id)."""
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+        console.print(table)
+    else:
+        console.print(f"[italic]{table.title}[/italic]")
+        for line in lines:
+            console.print(line)
 
 
 def _count(value: int | None) -> str:

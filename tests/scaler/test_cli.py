@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,25 @@ async def test_status_table_is_readable(cli_env, capsys):
     out = capsys.readouterr().out
     assert "0 pending, 0 running" in out
     assert f"{DEPLOYMENT} (verda): healthy" in out
+
+
+async def test_status_on_an_80_column_terminal_cuts_no_replica_s_cell(cli_env, qm, fake_verda, monkeypatch, capsys):
+    """At 80 columns the replicas table cut ids as long as a UUID (Verda does not document its replicas' ids; the
+    fake's are 16 characters): `9373b1e7-8a02-467b-bd20-…`, with their start to the microsecond beside them."""
+    for _ in range(2):
+        qm.store.submit("alice", WORKFLOW)
+    assert await cli("once") == 0
+    replicas = fake_verda.deployments[DEPLOYMENT].replicas
+    for replica in replicas:
+        replica.id = str(uuid.uuid4())
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert await cli("status") == 0
+    text = capsys.readouterr().out
+    assert "…" not in text, text
+    starts = {line.split(":")[0].strip(): line for line in text.splitlines() if ": started_at" in line}
+    assert set(starts) == {replica.id for replica in replicas}, text
+    assert max(len(line) for line in text.splitlines()) <= 80, text
 
 
 async def test_stop_pins_zero_and_pauses_then_resume(cli_env, qm, fake_verda, verda_scaling):
