@@ -134,6 +134,8 @@ def build_pod_body(spec: DeploymentSpec, settings: RunPodSettings) -> dict[str, 
             "INFERENCE_PROVIDER": INFERENCE_PROVIDER,
         }
     )
+    if spec.env.get("COMFYUI_INPUT_DIR"):  # the uploads Verda mounts on a volume of their own
+        env["COMFYUI_INPUT_DIR"] = f"{settings.volume_path}/inputs"
     ports = sorted({spec.deployment.exposed_port, spec.deployment.healthcheck_port})
     body: dict[str, Any] = {
         "image": spec.deployment.image,

@@ -57,6 +57,20 @@ def test_body_from_the_shared_spec(deploy_env) -> None:
     assert env["MODELS_DIR"] == "/runpod-volume/models" and env["OUTPUTS_PATH"] == "/runpod-volume/outputs"
     assert env["INFERENCE_PROVIDER"] == "runpod-pod"
     assert QUEUE_TOKEN not in json.dumps(body)
+    assert "COMFYUI_INPUT_DIR" not in env  # the replica's own input folder, as on Verda
+
+
+def test_uploads_set_for_verda_are_the_volume_s_inputs_folder_on_a_pod(deploy_env, tmp_path: Path) -> None:
+    """COMFYUI_INPUT_DIR = "/inputs" names Verda's uploads volume; a pod has one network volume, so there the
+    uploads are its inputs/ folder, beside models/ and outputs/."""
+    text = DEFAULT_SPEC_PATH.read_text().replace('OUTPUTS_PATH = "/outputs"',
+                                                 'OUTPUTS_PATH = "/outputs"\nCOMFYUI_INPUT_DIR = "/inputs"')
+    spec_path = tmp_path / "deployment.toml"
+    spec_path.write_text(text)
+
+    body = build_pod_body(*load_runpod_spec(spec_path, deploy_env))
+
+    assert body["env"]["COMFYUI_INPUT_DIR"] == "/runpod-volume/inputs"
 
 
 @pytest.mark.parametrize(
