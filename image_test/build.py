@@ -19,6 +19,9 @@ TORCH_INDEX = "https://download.pytorch.org/whl/cu128/torch/"
 PYPI_INDEX = "https://pypi.org/simple"
 CONTEXT_TARBALL = Path("vendor/comfyui.tar.gz")
 BUILD_TIMEOUT_S = 45 * 60
+# The recipe docs/container.md gives for custom nodes, built on the image under test.
+CUSTOM_NODES_CONTEXT = Path(__file__).resolve().parent / "custom_nodes"
+CUSTOM_NODES_IMAGE = f"{IMAGE}-custom-nodes"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,17 @@ def build_image(docker: Docker, repo: Path, base: str, comfyui_src: Path | None,
               for size_text, _, created_by in (line.partition("\t") for line in history.stdout.splitlines())]
     steps, cached = _step_counts(log_path.read_text(errors="replace"))
     return BuiltImage(IMAGE, seconds, size, layers, steps, cached)
+
+
+def build_custom_nodes_image(docker: Docker, base_ref: str, log_path: Path) -> str:
+    """image_test/custom_nodes/Dockerfile on top of ``base_ref``, as an operator adds custom nodes."""
+    result = docker.run("build", "--network", "host", "--progress", "plain", "--build-arg", f"BASE_IMAGE={base_ref}",
+                        "-t", CUSTOM_NODES_IMAGE, str(CUSTOM_NODES_CONTEXT), timeout_s=BUILD_TIMEOUT_S, check=False)
+    log_path.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = "\n  ".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise DockerError(f"docker build of {CUSTOM_NODES_CONTEXT}/Dockerfile failed (full log: {log_path}):\n  {tail}")
+    return CUSTOM_NODES_IMAGE
 
 
 def _step_counts(build_log: str) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from demo.replicas import free_loopback_port
+from image_test.build import build_custom_nodes_image
 from image_test.docker import Docker, DockerError
 
 IMAGE_UID = 10001
@@ -374,11 +375,19 @@ def _root_owned_outputs(docker: Docker, image: str, queue: QueueManager, outputs
 
 def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
                           report: Report) -> None:
-    """A serverless replica with the participants' uploads on a read-only volume (COMFYUI_INPUT_DIR): it runs the
-    jobs that load them, then exits by itself once the queue stays empty."""
+    """A serverless replica of the image with a custom node added (docs/container.md, "Custom nodes") and the
+    participants' uploads on a read-only volume (COMFYUI_INPUT_DIR): it runs the jobs that use them, then exits by
+    itself once the queue stays empty."""
+    try:
+        image = build_custom_nodes_image(docker, image, workdir / "build-custom-nodes.log")
+        report.check("an image derived with a custom node builds (image_test/custom_nodes/Dockerfile)", True, image)
+    except DockerError as exc:
+        report.check("an image derived with a custom node builds (image_test/custom_nodes/Dockerfile)", False,
+                     str(exc))
     inputs = _uploads(workdir)
     loaded = queue.submit("alice", _load_image_workflow(f"alice/{UPLOAD_NAME}"))
     missing = queue.submit("bob", _load_image_workflow("bob/never-uploaded.png"))
+    inverted = queue.submit("carol", _custom_node_workflow())
     env = {"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3", "COMFYUI_INPUT_DIR": "/inputs"}
     container = Container(docker, image, "comfyui-image-test-serverless", queue.url, outputs, env,
                           (f"{inputs}:/inputs:ro",))
@@ -402,6 +411,18 @@ def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: Queu
         container.save_logs(workdir)
         container.remove()
     _uploads_loaded(queue, loaded, missing, outputs, report)
+    job = queue.job(inverted)
+    results = (job.get("result") or {}).get("outputs", [])
+    report.check("a job runs through the custom node", job["status"] == "completed" and len(results) == 1,
+                 f"{job['status']}: {job.get('error') or ''}; {len(results)} result files")
+
+
+def _custom_node_workflow() -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0x123456}},
+        "2": {"class_type": "ImageTestInvert", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}},
+    }
 
 
 UPLOAD_NAME = "photo.png"
