@@ -576,33 +576,35 @@ def _print_status(report: dict[str, Any]) -> None:
     overview.add_column()
     queue, deployment, decision = report["queue"], report["deployment"], report["decision"]
     if "error" in queue:
-        overview.add_row("queue", f"[red]unreadable: {queue['error']}[/red]")
+        overview.add_row("queue", f"[red]unreadable: {escape(queue['error'])}[/red]")
     else:
-        overview.add_row("queue", f"{queue['pending_jobs']} pending, {queue['running_jobs']} running ({queue['url']})")
+        overview.add_row("queue",
+                         f"{queue['pending_jobs']} pending, {queue['running_jobs']} running ({escape(queue['url'])})")
     if "error" in deployment:
-        overview.add_row("deployment", f"[red]{deployment['name']}: unreadable: {deployment['error']}[/red]")
+        overview.add_row("deployment",
+                         f"[red]{escape(deployment['name'])}: unreadable: {escape(deployment['error'])}[/red]")
     else:
         pinned = ""
         if "min_replica_count" in deployment:
             pinned = f", min/max {deployment['min_replica_count']}/{deployment['max_replica_count']}"
-        where = f"{deployment['name']} ({deployment['backend']})"
+        where = escape(f"{deployment['name']} ({deployment['backend']})")
         read = (f" (from `comfy-scaler run`'s record at {deployment['read_at']}, {deployment['read_age_s']} s ago)"
                 if "read_age_s" in deployment else "")
-        overview.add_row("deployment", f"{where}: {deployment['status']}{pinned}{read}")
+        overview.add_row("deployment", f"{where}: {escape(str(deployment['status']))}{pinned}{read}")
     for provider in deployment.get("providers", ()):
-        overview.add_row(f"  {provider['name']}", f"{provider['kind']}, {provider['price_per_hour']}/h")
+        overview.add_row(escape(f"  {provider['name']}"), escape(f"{provider['kind']}, {provider['price_per_hour']}/h"))
     if "error" in deployment:
         overview.add_row("replicas", "[red]unknown[/red] (see the deployment line)")
     else:
         ready = "" if deployment.get("ready") is None else f" ({deployment['ready']} ready)"
         overview.add_row("replicas", f"{len(report['replicas'])}{ready}{_not_counted(report.get('fleet'))}")
     verb = "change" if decision["changed"] else "keep"
-    overview.add_row("decision", f"{verb} {decision['current']} → {decision['desired']}: {decision['reason']}")
-    overview.add_row("why", ", ".join(f"{k}={v}" for k, v in decision["details"].items() if v is not None))
+    overview.add_row("decision", f"{verb} {decision['current']} → {decision['desired']}: {escape(decision['reason'])}")
+    overview.add_row("why", escape(", ".join(f"{k}={v}" for k, v in decision["details"].items() if v is not None)))
     price = report["price_source"] if report["price_per_replica_hour"] is None else (
         f"{report['price_per_replica_hour']}/h ({report['price_source']})")
     if report["price_error"]:
-        price += f" [yellow]lookup failed: {report['price_error']}[/yellow]"
+        price += f" [yellow]lookup failed: {escape(report['price_error'])}[/yellow]"
     overview.add_row("price", price)
     console.print(overview)
     if "fleet" in report:
@@ -614,7 +616,7 @@ def _print_status(report: dict[str, Any]) -> None:
         for column in ("id", "started_at", "age_s"):
             table.add_column(column)
         for replica in report["replicas"]:
-            table.add_row(replica["id"], replica["started_at"], str(replica["age_s"]))
+            table.add_row(escape(replica["id"]), replica["started_at"], str(replica["age_s"]))
         _print_uncut(console, table, [
             f"  [bold]{escape(r['id'])}[/bold]: started_at {r['started_at']}, age_s {r['age_s']}"
             for r in report["replicas"]
@@ -623,25 +625,25 @@ def _print_status(report: dict[str, Any]) -> None:
 
 def _print_fleet(console: Console, fleet: dict[str, Any]) -> None:
     if fleet["kill_switch"]:
-        console.print(f"[bold red]kill switch on[/bold red] ({fleet['kill_switch']}): a running scaler holds every "
-                      "provider at 0. Undo with: comfy-scaler resume")
+        console.print(f"[bold red]kill switch on[/bold red] ({escape(fleet['kill_switch'])}): a running scaler holds "
+                      "every provider at 0. Undo with: comfy-scaler resume")
     providers = Table(title="providers (cheapest first is preferred)")
     for column in ("provider", "price/h", "billing", "max", "live", "ready", "status", "read", "degraded"):
         providers.add_column(column)
     for name, row in fleet["providers"].items():
-        providers.add_row(name, f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
+        providers.add_row(escape(name), f"{row['price_per_hour']:.2f}", row["billing"], str(row["max_replicas"]),
                           _count(row["live"]), _count(row["ready"]), _provider_status(row), _read_when(row),
-                          row["degraded"] or "")
+                          escape(row["degraded"] or ""))
     _print_uncut(console, providers, [
-        f"  [bold]{name}[/bold]: status {_provider_status(row)}, live {_count(row['live'])}, "
+        f"  [bold]{escape(name)}[/bold]: status {_provider_status(row)}, live {_count(row['live'])}, "
         f"ready {_count(row['ready'])}, read {_read_when(row)}; {row['price_per_hour']:.2f}/h, "
         f"max {row['max_replicas']}, billing {row['billing']}"
-        + (f"; degraded {row['degraded']}" if row["degraded"] else "")
+        + (f"; degraded {escape(row['degraded'])}" if row["degraded"] else "")
         for name, row in fleet["providers"].items()
     ])
     for name, row in fleet["providers"].items():
         if row["live"] is None:
-            console.print(f"[yellow]+ unknown on {name} (not counted in the decision above)[/yellow]: "
+            console.print(f"[yellow]+ unknown on {escape(name)} (not counted in the decision above)[/yellow]: "
                           f"{escape(row['error'] or 'not read')}", soft_wrap=True)
     _print_health(console, fleet["health"], fleet["providers"])
     spend = Table(title="billed cost (ledger)")
@@ -671,7 +673,7 @@ def _provider_status(row: dict[str, Any]) -> str:
     """Why a provider was not read is said below the table, on one line: in this column it took 25 lines."""
     if row["live"] is None:
         return "[red]unknown[/red]"
-    return row["status"] if row["error"] is None else f"[red]unreadable: {escape(row['error'])}[/red]"
+    return escape(row["status"]) if row["error"] is None else f"[red]unreadable: {escape(row['error'])}[/red]"
 
 
 def _read_when(row: dict[str, Any]) -> str:
@@ -697,10 +699,10 @@ def _print_health(console: Console, health: dict[str, Any], rows: dict[str, dict
             if row["degraded"]:
                 wait = f"in {row['retry_in_s']} s" if row["retry_in_s"] else "due now"
                 until = f"; back-off until {row['retry_at']} ({wait})" if row["retry_at"] else ""
-                console.print(f"  {name}: {row['degraded']}: {row['degraded_detail'] or 'no detail'}{until}",
+                console.print(escape(f"  {name}: {row['degraded']}: {row['degraded_detail'] or 'no detail'}{until}"),
                               soft_wrap=True)
     else:
-        console.print(f"[yellow]degraded: unknown[/yellow]: {health['unknown']}. The running scaler's log "
+        console.print(f"[yellow]degraded: unknown[/yellow]: {escape(health['unknown'])}. The running scaler's log "
                       "(`Provider degraded`) and /metrics (comfy_scaler_provider_degraded) say it.")
 
 

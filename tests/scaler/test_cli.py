@@ -264,6 +264,20 @@ async def test_status_on_an_80_column_terminal_cuts_no_replica_s_cell(cli_env, q
     assert max(len(line) for line in text.splitlines()) <= 80, text
 
 
+async def test_status_prints_what_peers_send_as_text_never_as_rich_markup(cli_env, qm, fake_verda, capsys):
+    """Replica ids, error texts and names come from the providers and the queue: rich read `[/x]` in one as a
+    closing tag and `status` died with MarkupError, and `[bold]` vanished from the id it was part of."""
+    for _ in range(2):
+        qm.store.submit("alice", WORKFLOW)
+    assert await cli("once") == 0
+    first, second = fake_verda.deployments[DEPLOYMENT].replicas
+    first.id, second.id = "[bold]r-1", "r-2[/x]"
+    capsys.readouterr()
+    assert await cli("status") == 0
+    out = capsys.readouterr().out
+    assert "[bold]r-1" in out and "r-2[/x]" in out, out
+
+
 async def test_stop_pins_zero_and_pauses_then_resume(cli_env, qm, fake_verda, verda_scaling):
     qm.store.submit("alice", WORKFLOW)
     assert await cli("once") == 0
