@@ -573,7 +573,7 @@ def _print_status(report: dict[str, Any]) -> None:
     console = Console()
     overview = Table(title="comfy-scaler status", show_header=False)
     overview.add_column(style="bold")
-    overview.add_column()
+    overview.add_column(overflow="fold")  # a URL or an error longer than the terminal goes on, not `…`
     queue, deployment, decision = report["queue"], report["deployment"], report["decision"]
     if "error" in queue:
         overview.add_row("queue", f"[red]unreadable: {escape(queue['error'])}[/red]")

@@ -278,6 +278,19 @@ async def test_status_prints_what_peers_send_as_text_never_as_rich_markup(cli_en
     assert "[bold]r-1" in out and "r-2[/x]" in out, out
 
 
+async def test_status_on_an_80_column_terminal_folds_a_long_queue_url_instead_of_cutting_it(cli_env, qm, monkeypatch,
+                                                                                             capsys):
+    """A word longer than the overview's value column (a queue URL over ~61 characters) was cut to `…`."""
+    url = f"{qm.url}/behind/a/reverse/proxy/with/a/long/prefix/for/the/queue-manager-of-the-workshop"
+    monkeypatch.setenv("QUEUE_MANAGER_URL", url)
+    monkeypatch.setenv("COLUMNS", "80")
+    await cli("status")
+    out = capsys.readouterr().out
+    assert "…" not in out, out
+    folded = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3)
+    assert url in folded, out
+
+
 async def test_stop_pins_zero_and_pauses_then_resume(cli_env, qm, fake_verda, verda_scaling):
     qm.store.submit("alice", WORKFLOW)
     assert await cli("once") == 0
