@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from queue_manager import JobStatus, QueueManagerServer
 from standins.comfyui import ComfyUISimulator
 from worker.config import load_settings
-from worker.execution import RunTimings
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job
 from worker.main import Worker
 from worker.reports import _previous_faults, _previous_reasons
 
 from ..conftest import LoopThread
+from ..worker.conftest import HEALTHY_TIMINGS
 
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
 
@@ -102,10 +102,6 @@ QUICK: dict[str, Any] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "quick"}},
 }
-TIMINGS = RunTimings(
-    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
-    history_wait_s=1.0, interrupt_wait_s=2.0,
-)  # fmt: skip
 
 
 def _sendable(value: Any) -> bool:
@@ -140,7 +136,7 @@ class Peers:
             comfyui_startup_timeout_s=5, report_retry_budget_s=5, shutdown_grace_s=2, worker_id="fuzz-worker",
             health_port=0,
         )  # fmt: skip
-        return Worker(settings, timings=TIMINGS)
+        return Worker(settings, timings=HEALTHY_TIMINGS)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,10 @@ import pytest
 from queue_manager import JobStatus, QueueManagerServer
 from standins.comfyui import ComfyUISimulator
 from worker.config import load_settings
-from worker.execution import RunTimings
 from worker.main import Worker
 
-TIMINGS = RunTimings(
-    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
-    history_wait_s=1.0, interrupt_wait_s=2.0,
-)  # fmt: skip
+from ..worker.conftest import HEALTHY_TIMINGS
+
 QUICK: dict[str, Any] = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "quick"}},
@@ -65,7 +62,7 @@ async def _run_all(root: Path) -> dict[str, Any]:
                 serverless_mode=True, serverless_max_idle_polls=3, job_timeout_s=10, comfyui_startup_timeout_s=5,
                 report_retry_budget_s=5, shutdown_grace_s=2, worker_id="hostile-worker", health_port=0,
             )  # fmt: skip
-            exit_code = await Worker(settings, timings=TIMINGS).run()
+            exit_code = await Worker(settings, timings=HEALTHY_TIMINGS).run()
             jobs = {case: qm.store.get(job_id) for case, job_id in ids.items()}
         finally:
             await sim.stop()

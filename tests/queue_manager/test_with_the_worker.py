@@ -14,10 +14,8 @@ from worker.config import load_settings
 from worker.execution import RunTimings
 from worker.main import Worker
 
-TIMINGS = RunTimings(
-    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
-    history_wait_s=1.0, interrupt_wait_s=2.0,
-)  # fmt: skip
+from ..worker.conftest import COMFYUI_KILLED_TIMINGS, HEALTHY_TIMINGS
+
 SLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
@@ -25,14 +23,17 @@ SLOW = {
 }
 
 
-def make_worker(qm: QueueManagerServer, comfy: ComfyUISimulator, tmp_path: Path, **overrides: Any) -> Worker:
+def make_worker(
+    qm: QueueManagerServer, comfy: ComfyUISimulator, tmp_path: Path, *, timings: RunTimings = HEALTHY_TIMINGS,
+    **overrides: Any,
+) -> Worker:  # fmt: skip
     values: dict[str, Any] = {
         "queue_manager_url": qm.url, "comfyui_url": comfy.url, "outputs_path": tmp_path / "outputs",
         "poll_interval_s": 0.02, "serverless_mode": True, "serverless_max_idle_polls": 3, "job_timeout_s": 10,
         "comfyui_startup_timeout_s": 5, "report_retry_budget_s": 5, "shutdown_grace_s": 2,
         "worker_id": "embedded-worker", "health_port": 0, "lease_heartbeat_s": 0.2,
     }  # fmt: skip
-    return Worker(load_settings(**{**values, **overrides}), timings=TIMINGS)
+    return Worker(load_settings(**{**values, **overrides}), timings=timings)
 
 
 async def test_comfyui_dying_hands_the_job_back_in_place_not_as_a_copy(tmp_path: Path) -> None:
@@ -42,7 +43,8 @@ async def test_comfyui_dying_hands_the_job_back_in_place_not_as_a_copy(tmp_path:
         async with QueueManagerServer(mode="priority", test_hooks=True) as qm:
             job = qm.store.submit("alice", SLOW, priority=0)
             behind = qm.store.submit("bob", SLOW, priority=0)
-            run = asyncio.create_task(make_worker(qm, comfy, tmp_path, serverless_job_limit=1).run())
+            worker = make_worker(qm, comfy, tmp_path, serverless_job_limit=1, timings=COMFYUI_KILLED_TIMINGS)
+            run = asyncio.create_task(worker.run())
             async with asyncio.timeout(5):
                 while not comfy.prompts_received:
                     await asyncio.sleep(0.01)

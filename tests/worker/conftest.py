@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,20 @@ from worker.config import WorkerSettings, load_settings
 from worker.execution import RunTimings
 from worker.main import Worker
 
-FAST_TIMINGS = RunTimings(
-    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=0.6, lost_confirm_s=0.3,
-    history_wait_s=1.0, interrupt_wait_s=2.0,
-)
 # A limit that a test waits out on purpose but that healthy work must also meet (a job's deadline that its prompt must
 # reach ComfyUI within, a call to a ComfyUI that later hangs): past the 1-2 s a loaded 2-core CI machine has stalled
 # the whole test process, as 0.3, 0.5 and 1 s were not.
 HEALTHY_WITHIN_S = 2.5
 # HEARTBEAT_TIMEOUT_S for the liveness tests: the loop beats every 0.75 s, so a stall up to 2.25 s is not the loop's.
 HEARTBEAT_LIMIT_S = 3.0
+# Fast paces for a ComfyUI that stays up. It is given up after HEALTHY_WITHIN_S of silence: at 0.6 s every question of
+# a job waited only the 1-s floor (MIN_QUESTION_S), and a stall of the test process past it handed healthy work back.
+HEALTHY_TIMINGS = RunTimings(
+    check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=HEALTHY_WITHIN_S, lost_confirm_s=0.3,
+    history_wait_s=1.0, interrupt_wait_s=2.0,
+)  # fmt: skip
+# For the tests that kill or hang ComfyUI mid-job and wait for the worker to give it up: 0.6 s of silence, not 2.5.
+COMFYUI_KILLED_TIMINGS = replace(HEALTHY_TIMINGS, lost_after_s=0.6)
 
 
 @pytest.fixture
@@ -66,8 +71,8 @@ def settings_for(tmp_path: Path, qm: QueueManagerServer, comfy: ComfyUISimulator
 
 @pytest.fixture
 def make_worker(settings_for):
-    def make(**overrides) -> Worker:
-        return Worker(settings_for(**overrides), timings=FAST_TIMINGS)
+    def make(*, timings: RunTimings = HEALTHY_TIMINGS, **overrides) -> Worker:
+        return Worker(settings_for(**overrides), timings=timings)
 
     return make
 

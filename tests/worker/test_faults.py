@@ -20,7 +20,7 @@ from worker.main import Worker
 from worker.replica_faults import replica_fault
 
 from ..conftest import wait_for
-from .conftest import FAST_TIMINGS, HEALTHY_WITHIN_S, HEARTBEAT_LIMIT_S
+from .conftest import COMFYUI_KILLED_TIMINGS, HEALTHY_TIMINGS, HEALTHY_WITHIN_S, HEARTBEAT_LIMIT_S
 
 
 async def test_deadline_interrupts_the_prompt_and_fails_the_job(qm, comfy, make_worker, workflows):
@@ -58,7 +58,7 @@ async def test_websocket_drop_mid_job_reconnects_and_completes(qm, comfy, make_w
 
 async def test_comfyui_gone_mid_job_hands_the_job_back(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(serverless_job_limit=1)
+    worker = make_worker(serverless_job_limit=1, timings=COMFYUI_KILLED_TIMINGS)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
     await comfy.crash()
@@ -77,7 +77,7 @@ async def test_comfyui_back_at_once_after_a_lost_job_is_reported_up_again(qm, co
     "comfyui_up": false and comfy_worker_comfyui_up stayed 0 while the worker completed the next job, which
     fires ComfyUIDown after 5 minutes on a replica that renders fine."""
     lost = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(serverless_max_idle_polls=1_000_000)
+    worker = make_worker(serverless_max_idle_polls=1_000_000, timings=COMFYUI_KILLED_TIMINGS)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
     port = comfy.port
@@ -103,7 +103,9 @@ async def test_a_password_in_comfyui_url_reaches_neither_the_probes_nor_the_hand
     from health.server import HealthServer
 
     job = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(comfyui_url=comfy.url.replace("http://", "http://comfy:hunter2@"))
+    worker = make_worker(
+        comfyui_url=comfy.url.replace("http://", "http://comfy:hunter2@"), timings=COMFYUI_KILLED_TIMINGS
+    )
     health = HealthServer(worker.state, host="127.0.0.1", port=0)
     port = await health.start()
     run = asyncio.create_task(worker.run())
@@ -641,12 +643,12 @@ async def test_a_hung_comfyui_hands_the_running_job_back_and_ends_the_worker_lon
     job = qm.store.submit("alice", workflows["slow"])
     waiting = qm.store.submit("bob", workflows["quick"])
     # ComfyUI runs in a process of its own: on a loaded machine its answers before the hang took longer than the
-    # 0.5-s HTTP timeout, 0.6-s silence and 1-s unresponsive limit this test once had.
+    # 0.5-s HTTP timeout, 0.6-s silence and 1-s unresponsive limit this test once had (the silence is now
+    # HEALTHY_TIMINGS' HEALTHY_WITHIN_S).
     worker = make_worker(
         comfyui_url=url, serverless_mode=False, http_timeout_s=HEALTHY_WITHIN_S,
         comfyui_unresponsive_timeout_s=HEALTHY_WITHIN_S, comfyui_startup_timeout_s=300,
     )  # fmt: skip
-    worker.timings = replace(worker.timings, lost_after_s=HEALTHY_WITHIN_S)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.current_prompt_id is not None)
     process.send_signal(signal.SIGSTOP)  # alive, its sockets open, answering nothing: a deadlocked ComfyUI
@@ -673,7 +675,7 @@ async def test_a_hang_mid_job_ends_the_worker_its_unresponsive_timeout_after_com
         comfyui_url=url, serverless_mode=False, http_timeout_s=20, comfyui_unresponsive_timeout_s=5,
         comfyui_startup_timeout_s=300,
     )  # fmt: skip
-    worker = Worker(settings, timings=replace(FAST_TIMINGS, lost_after_s=4.0))
+    worker = Worker(settings, timings=replace(HEALTHY_TIMINGS, lost_after_s=4.0))
     with capture_logs() as logs:
         run = asyncio.create_task(worker.run())
         await wait_for(lambda: worker.state.current_prompt_id is not None)
@@ -713,7 +715,10 @@ async def test_the_silence_before_a_hand_back_counts_from_comfyuis_last_answer_n
     not first given the whole HTTP timeout (30 s, as in production), which made it about 70 s."""
     process, url = comfyui_process
     job = qm.store.submit("alice", workflows["slow"])
-    worker = make_worker(comfyui_url=url, serverless_mode=False, http_timeout_s=30, comfyui_unresponsive_timeout_s=60)
+    worker = make_worker(
+        comfyui_url=url, serverless_mode=False, http_timeout_s=30, comfyui_unresponsive_timeout_s=60,
+        timings=COMFYUI_KILLED_TIMINGS,
+    )  # fmt: skip
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.current_prompt_id is not None)
     process.send_signal(signal.SIGSTOP)
@@ -722,7 +727,9 @@ async def test_the_silence_before_a_hand_back_counts_from_comfyuis_last_answer_n
     worker.request_shutdown()
     await asyncio.wait_for(run, 10)
     [report] = qm.reports.landed(job.id)
-    assert report.body["error"].startswith("Handed back: ComfyUI stopped answering for 0.6 s during the job")
+    assert report.body["error"].startswith(
+        f"Handed back: ComfyUI stopped answering for {COMFYUI_KILLED_TIMINGS.lost_after_s:g} s during the job"
+    )
     assert "nothing heard from ComfyUI for" in report.body["error"]
 
 
@@ -734,7 +741,7 @@ async def test_a_busy_comfyui_that_answers_over_http_keeps_its_job_however_quiet
     worker = make_worker(serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
     await comfy.wait_until_frozen()
-    await asyncio.sleep(4 * 0.6)  # four times lost_after_s
+    await asyncio.sleep(2 * worker.timings.lost_after_s)
     assert qm.reports.for_job(job.id) == [], "a busy ComfyUI is not a silent one"
     comfy.release()
     assert await asyncio.wait_for(run, 10) == 0
@@ -751,7 +758,7 @@ async def test_the_fallback_hand_back_gives_up_after_max_job_attempts(qm, comfy,
     metadata = {"requeued_from": "job-0", "attempt": 3, "requeue_reasons": ["worker a was stopped", "ComfyUI died"]}
     comfy.node_seconds["ImageBlur"] = STOPPED_BEFORE_IT_ENDS_S
     job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
-    worker = make_worker(max_job_attempts=3, serverless_job_limit=1)
+    worker = make_worker(max_job_attempts=3, serverless_job_limit=1, timings=COMFYUI_KILLED_TIMINGS)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
     await comfy.crash()
@@ -798,7 +805,9 @@ async def test_the_fallback_bounds_faults_by_max_job_attempts_and_stops_by_twent
     metadata = {"requeued_from": "job-0", **earlier, "requeue_reasons": ["earlier"]}
     comfy.node_seconds["ImageBlur"] = STOPPED_BEFORE_IT_ENDS_S
     job = qm.store.submit("alice", workflows["slow"], metadata=metadata)
-    worker = make_worker(max_job_attempts=3, serverless_job_limit=1, shutdown_grace_s=0.1)
+    worker = make_worker(
+        max_job_attempts=3, serverless_job_limit=1, shutdown_grace_s=0.1, timings=COMFYUI_KILLED_TIMINGS
+    )
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
     if how == "crash":

@@ -322,7 +322,7 @@ async def test_a_long_lived_worker_removes_a_delivery_abandoned_after_its_own_st
     """A replica killed mid-delivery just after this worker started left a staging folder too young to go at
     this worker's start; a worker that then lives for days removed it only at its next start."""
     import worker.outputs
-    from tests.worker.conftest import FAST_TIMINGS
+    from tests.worker.conftest import HEALTHY_TIMINGS
     from worker.config import load_settings
     from worker.main import Worker
 
@@ -335,7 +335,7 @@ async def test_a_long_lived_worker_removes_a_delivery_abandoned_after_its_own_st
                 queue_manager_url=str(qm.url), comfyui_url=sim.url, outputs_path=tmp_path / "outputs",
                 poll_interval_s=0.05, health_port=0, worker_id="long-lived",
             )  # fmt: skip
-            running = Worker(settings, timings=FAST_TIMINGS)
+            running = Worker(settings, timings=HEALTHY_TIMINGS)
             run = asyncio.create_task(running.run())
             await wait_for(lambda: running.state.consecutive_idle_polls > 0)  # started, swept, polling
             orphan = tmp_path / "outputs" / ".partial" / "alice.job-1.killed"
