@@ -21,9 +21,10 @@ HEALTHY_WITHIN_S = 2.5
 HEARTBEAT_LIMIT_S = 3.0
 # Fast paces for a ComfyUI that stays up. It is given up after HEALTHY_WITHIN_S of silence: at 0.6 s every question of
 # a job waited only the 1-s floor (MIN_QUESTION_S), and a stall of the test process past it handed healthy work back.
+# The wait for a finished prompt's history entry is as long: at 1 s a stall left a cancelled prompt's entry untidied.
 HEALTHY_TIMINGS = RunTimings(
     check_interval_s=0.2, poll_interval_s=0.05, lost_after_s=HEALTHY_WITHIN_S, lost_confirm_s=0.3,
-    history_wait_s=1.0, interrupt_wait_s=2.0,
+    history_wait_s=HEALTHY_WITHIN_S, interrupt_wait_s=2.0,
 )  # fmt: skip
 # For the tests that kill or hang ComfyUI mid-job and wait for the worker to give it up: 0.6 s of silence, not 2.5.
 COMFYUI_KILLED_TIMINGS = replace(HEALTHY_TIMINGS, lost_after_s=0.6)

@@ -1010,7 +1010,7 @@ async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_pi
     assert "so the workflow made it that large" in report.body["error"]
 
 
-async def complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, send):
+async def complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, send, timings=HEALTHY_TIMINGS):
     """The slow workflow with its ImageBlur nodes calling send() (what any custom node may do) before they run:
     the job's one report, which must be a completion."""
     blur = comfy.catalogue["ImageBlur"]
@@ -1021,7 +1021,7 @@ async def complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, 
 
     comfy.catalogue["ImageBlur"] = replace(blur, run=sending)
     job = qm.store.submit("alice", workflows["slow"])
-    assert await asyncio.wait_for(make_worker().run(), 20) == 0
+    assert await asyncio.wait_for(make_worker(timings=timings).run(), 20) == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     return report
@@ -1033,7 +1033,7 @@ async def test_a_premature_end_event_does_not_end_a_job_whose_prompt_still_runs(
 ):
     """A custom node sends an end event for the running prompt long before it ends (any node may call send_sync):
     the job must end as the prompt really does, not as a success with no outputs or a failure it made up."""
-    comfy.node_seconds["ImageBlur"] = 2.5  # the real end comes past the worker's 2 s wait for the history
+    comfy.node_seconds["ImageBlur"] = 2.5  # the real end comes past the worker's 1-s wait for the history entry
     said: list[str] = []
 
     def says_it_is_over():  # in the first of the workflow's two ImageBlur nodes
@@ -1043,7 +1043,8 @@ async def test_a_premature_end_event_does_not_end_a_job_whose_prompt_still_runs(
                     "exception_type": "RuntimeError", "exception_message": "made up", "timestamp": 0}  # fmt: skip
             comfy.send_sync(event, data)
 
-    report = await complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, says_it_is_over)
+    report = await complete_slow_job_while_blur_sends(qm, comfy, make_worker, workflows, says_it_is_over,
+                                                      replace(HEALTHY_TIMINGS, history_wait_s=1.0))
     assert [o["kind"] for o in report.body["result"]["outputs"]] == ["images"], "the SaveImage result is delivered"
 
 
