@@ -14,7 +14,7 @@ from worker.config import load_settings
 from worker.execution import RunTimings
 from worker.main import Worker
 
-from ..worker.conftest import COMFYUI_KILLED_TIMINGS, HEALTHY_TIMINGS
+from ..worker.conftest import COMFYUI_KILLED_TIMINGS, HEALTHY_TIMINGS, HEALTHY_WITHIN_S
 
 SLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -62,11 +62,13 @@ async def test_comfyui_dying_hands_the_job_back_in_place_not_as_a_copy(tmp_path:
 
 
 async def test_heartbeats_hold_the_lease_through_a_job_longer_than_it(tmp_path: Path) -> None:
-    # Heartbeats every 0.2 s hold a 2-s lease through a 3-s job; a loaded machine may stall a heartbeat 1 s.
-    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": 3.0})
+    # Heartbeats every 0.2 s hold a lease through a job longer than it; the lease outlasts a stall of a loaded
+    # machine (HEALTHY_WITHIN_S: at 2 s a 2-s stall expired it).
+    lease_s = HEALTHY_WITHIN_S + 0.5
+    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": lease_s + 1.0})
     await comfy.start()
     try:
-        async with QueueManagerServer(lease_timeout_s=2.0, test_hooks=True) as qm:
+        async with QueueManagerServer(lease_timeout_s=lease_s, test_hooks=True) as qm:
             job = qm.store.submit("alice", SLOW)
             assert await make_worker(qm, comfy, tmp_path).run() == 0
             done = qm.store.get(job.id)
