@@ -385,6 +385,17 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     return spec
 
 
+def unmounted_input_dir(spec: DeploymentSpec) -> list[str]:
+    """On Verda, COMFYUI_INPUT_DIR must lie on a shared volume the spec mounts: the replicas would exit 2 at start
+    (nothing there). A RunPod pod has it on its own network volume instead (build_pod_body)."""
+    inputs = spec.env.get("COMFYUI_INPUT_DIR")
+    if not inputs or any(mount.type == "shared" and Path(inputs).is_relative_to(mount.mount_path)
+                         for mount in spec.volume_mounts):
+        return []
+    return [f"env.COMFYUI_INPUT_DIR: no shared volume is mounted at {inputs}: every replica would exit 2 at start; "
+            "uncomment the [[volume_mounts]] for /inputs (its id in VERDA_INPUTS_VOLUME_ID), or remove the setting"]
+
+
 def _env_entries(spec: DeploymentSpec) -> list[dict[str, str]]:
     plain = {**spec.env, **spec.resolved_env}
     entries = [{"name": n, "value_or_reference_to_secret": v, "type": "plain"} for n, v in plain.items()]

@@ -36,6 +36,7 @@ from scaler.deploy.spec import (
     build_body,
     load_spec,
     refusing_misspelt,
+    unmounted_input_dir,
 )
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -306,6 +307,8 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         with refusing_misspelt(environ, DEPLOY_VARIABLES):
             spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
+            if unmounted_input_dir(spec):
+                raise SpecError(unmounted_input_dir(spec))
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE

@@ -142,6 +142,21 @@ def test_the_commented_inputs_volume_once_uncommented_takes_its_id_from_the_envi
     ]
 
 
+async def test_an_uploads_folder_on_no_volume_is_refused_before_anything_is_sent(
+    fake: FakeVerda, spec_path: Path, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """COMFYUI_INPUT_DIR set but its volume left commented out: every replica would exit 2 at start."""
+    enabled = tmp_path / "deployment.toml"
+    enabled.write_text(spec_path.read_text().replace('OUTPUTS_PATH = "/outputs"',
+                                                     'OUTPUTS_PATH = "/outputs"\nCOMFYUI_INPUT_DIR = "/inputs"'))
+
+    assert await deploy_main(["--spec", str(enabled), "--dry-run"], deploy_env) == 2
+
+    err = capsys.readouterr().err
+    assert "env.COMFYUI_INPUT_DIR: no shared volume is mounted at /inputs" in err, err
+    assert fake.requests == []
+
+
 def test_body_matches_the_platform_defaults(spec_path: Path, deploy_env) -> None:
     body = build_body(load_spec(spec_path, deploy_env))
     container = body["containers"][0]
