@@ -437,7 +437,9 @@ def _uploads(workdir: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
     inputs.chmod(0o755)
-    (inputs / "alice" / UPLOAD_NAME).write_bytes(_png(*UPLOAD_SIZE))
+    upload = inputs / "alice" / UPLOAD_NAME
+    upload.write_bytes(_png(*UPLOAD_SIZE))
+    upload.chmod(0o644)  # whatever the umask: the container reads it as uid 10001
     return inputs
 
 
