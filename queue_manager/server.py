@@ -14,6 +14,7 @@ from typing import TypeVar
 import structlog
 from aiohttp import web
 
+from common.heap_trim import TRIM_EVERY_S, HeapTrimmer, malloc_trim
 from common.limits import QUEUE_HEADS
 from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
@@ -63,6 +64,7 @@ class QueueManagerServer:
     `round_robin` counts the jobs handed out in the last `round_robin_window_s` (0 = every job kept).
     `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
     reports): the worker's comfy-multi fallback is tested against that.
+    Every `heap_trim_interval_s` the C heap's free pages go back to the system with `trim_heap` (common.heap_trim).
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class QueueManagerServer:
         round_robin_window_s: float = DEFAULT_ROUND_ROBIN_WINDOW_S,
         test_hooks: bool = False,
         extensions: bool = True,
+        heap_trim_interval_s: float = TRIM_EVERY_S,
+        trim_heap: Callable[[], object] = malloc_trim,
     ) -> None:
         self.db_path = db_path
         self.max_queue_depth = max_queue_depth
@@ -112,6 +116,9 @@ class QueueManagerServer:
         self._runner: web.AppRunner | None = None
         self._stop_reaper = asyncio.Event()
         self._reaper_task: asyncio.Task[None] | None = None
+        self._heap_trimmer = HeapTrimmer("queue_manager", every_s=heap_trim_interval_s, trim=trim_heap)
+        self._stop_trimming = asyncio.Event()
+        self._trimming_task: asyncio.Task[None] | None = None
 
     @property
     def faults(self) -> FaultInjector:
@@ -183,6 +190,8 @@ class QueueManagerServer:
         self.url = f"http://{host}:{bound_port}"
         self._stop_reaper.clear()
         self._reaper_task = asyncio.create_task(self._reaper.run(self._stop_reaper, self._run_in_db))
+        self._stop_trimming.clear()
+        self._trimming_task = asyncio.create_task(self._heap_trimmer.run(self._stop_trimming))
         log.info(
             "queue_manager_started",
             url=self.url,
@@ -209,6 +218,10 @@ class QueueManagerServer:
         if self._reaper_task is not None:
             await self._reaper_task
             self._reaper_task = None
+        self._stop_trimming.set()
+        if self._trimming_task is not None:
+            await self._trimming_task
+            self._trimming_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
