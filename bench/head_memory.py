@@ -4,6 +4,7 @@ server's process holds while they last.
     ./dev python -m bench.head_memory                                    # every server, 100, 500, 1000 clients
     ./dev python -m bench.head_memory --server queue --clients 1000
     ./dev python -m bench.head_memory --server health --headers 32 --field-bytes 8190   # aiohttp's field limit
+    ./dev python -m bench.head_memory --server queue --clients 1000 --after-close 65   # past the heap trim's minute
     cd /tmp && PYTHONPATH=<another checkout> <venv>/bin/python -m bench.head_memory ...  # another version
 
 Each server in its own process, as bench/slow_headers.py starts it (the health server as the worker does, the
@@ -13,8 +14,9 @@ that, one header per client per round, 20 ms between rounds, and never the blank
 default the head is the largest the server reads (common.limits: as many headers as it allows, each as long as
 the limit on the whole head lets them be).
 The server's RSS is read from its /proc status every 0.1 s while the clients send and for `--hold` seconds after.
-Printed: RSS before, its peak, RSS at the end, the connections the server still kept open then, and a fresh
-probe's answer (the health servers' /health, the metrics server's /metrics).
+Printed: RSS before, its peak, RSS at the end, the connections the server still kept open then, a fresh
+probe's answer (the health servers' /health, the metrics server's /metrics), and RSS `--after-close` seconds after
+every client closed: what the process keeps (the queue manager trims its heap once a minute, common.heap_trim).
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class PeakRss(threading.Thread):
                 self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
 
 
-def run(server: str, clients: int, headers: int, field_bytes: int, hold_s: float) -> dict[str, object]:
+def run(
+    server: str, clients: int, headers: int, field_bytes: int, hold_s: float, after_close_s: float
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch:
         process, port = start(server, Path(scratch))
         socks: list[socket.socket] = []
@@ -99,6 +103,10 @@ def run(server: str, clients: int, headers: int, field_bytes: int, hold_s: float
                 probe = str(httpx.get(f"http://127.0.0.1:{port}{PROBE_PATH[server]}", timeout=5).status_code)
             except httpx.HTTPError as exc:
                 probe = type(exc).__name__
+            for sock in socks:
+                sock.close()
+            time.sleep(after_close_s)
+            closed = rss_mb(process.pid)
         finally:
             for sock in socks:
                 sock.close()
@@ -108,7 +116,7 @@ def run(server: str, clients: int, headers: int, field_bytes: int, hold_s: float
         "server": server, "clients": clients, "headers": headers, "field_bytes": field_bytes,
         "head_kib": round(headers * len(header(0, field_bytes)) / 1024), "sent_in_s": round(sent_s, 1),
         "rss_before_mb": round(before), "rss_peak_mb": round(max(peak.peak_mb, end)), "rss_end_mb": round(end),
-        "open_at_end": open_after, "probe": probe,
+        "open_at_end": open_after, "probe": probe, "after_close_s": after_close_s, "rss_closed_mb": round(closed),
     }  # fmt: skip
 
 
@@ -119,13 +127,15 @@ def main() -> None:
     parser.add_argument("--headers", type=int, help="headers each (default: the most the server reads)")
     parser.add_argument("--field-bytes", type=int, help="bytes of each header (default: the most the server reads)")
     parser.add_argument("--hold", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--after-close", type=float, default=2.0, metavar="SECONDS", help="RSS read this long after")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket each
     for server in ["health", "metrics", "queue"] if args.server == "all" else [args.server]:
         most_headers, most_field_bytes = largest_head(server)
         for clients in args.clients:
-            result = run(server, clients, args.headers or most_headers, args.field_bytes or most_field_bytes, args.hold)
+            head = (args.headers or most_headers, args.field_bytes or most_field_bytes)
+            result = run(server, clients, *head, args.hold, args.after_close)
             print(json.dumps(result), flush=True)
 
 
