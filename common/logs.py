@@ -70,11 +70,13 @@ def _redact_query_value(match: re.Match[str]) -> str:
 
 def scrub_all(value: Any) -> Any:
     """``value`` with every string in it scrubbed, however deep in dicts, lists and tuples (a key named like a
-    credential masks its whole value): for what is printed rather than logged, e.g. a status report."""
+    credential masks its whole value, unless that is a yes/no or nothing: `worker_token=true` says whether one is
+    set): for what is printed rather than logged, e.g. a status report."""
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
-        return {key: "***" if _names_a_secret(key) else scrub_all(item) for key, item in value.items()}
+        return {key: "***" if _names_a_secret(key) and not isinstance(item, bool | None) else scrub_all(item)
+                for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [scrub_all(item) for item in value]
     return value

@@ -87,6 +87,22 @@ async def test_a_header_too_long_for_the_parser_is_refused_without_its_value_in_
     assert "eyJhbGci" not in log_buffer.getvalue()
 
 
+async def test_the_queue_managers_start_line_says_whether_tokens_are_set_and_never_shows_one(
+    log_buffer: io.StringIO,
+) -> None:
+    """A field named like a credential had its whole value masked, so `worker_token=true` (whether one is set, as
+    docs/queue-manager.md tells the operator to check) read `***` whatever the setting."""
+    async with QueueManagerServer(token=TOKEN, worker_token=TOKEN + "-workers"):
+        pass
+    async with QueueManagerServer(token=TOKEN):
+        pass
+    started = [json.loads(line) for line in log_buffer.getvalue().splitlines() if "queue_manager_started" in line]
+    assert [(line["auth"], line["worker_token"]) for line in started] == [(True, True), (True, False)]
+    assert TOKEN not in log_buffer.getvalue()
+    structlog.get_logger().info("a secret-named field that holds text", worker_token=TOKEN, api_key="k-123")
+    assert '"worker_token": "***"' in log_buffer.getvalue() and "k-123" not in log_buffer.getvalue()
+
+
 async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log_buffer: io.StringIO) -> None:
     """A worker id, a failure message or a hand-back reason that happens to contain the token."""
     async with QueueManagerServer(token=TOKEN) as queue, httpx.AsyncClient(
