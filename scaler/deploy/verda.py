@@ -307,8 +307,8 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         with refusing_misspelt(environ, DEPLOY_VARIABLES):
             spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
-            if unmounted_input_dir(spec):
-                raise SpecError(unmounted_input_dir(spec))
+            if problems := unmounted_input_dir(spec):
+                raise SpecError(problems)
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
