@@ -83,6 +83,8 @@ def proc_figures(pid: int) -> dict[str, float] | None:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, ValueError):
         return None
+    if "VmRSS" not in status:  # exited, not yet reaped: a zombie has no memory lines
+        return None
     return {"rss_mib": int(status["VmRSS"].split()[0]) / 1024, "fds": fds, "threads": int(status["Threads"])}
 
 
