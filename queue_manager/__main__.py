@@ -24,22 +24,28 @@ from common.settings import (
     QUEUE_WORKER_TOKEN_ENV,
     ConfigError,
     LogSettings,
+    OptionalPath,
     QueueToken,
     queue_token_problem,
     settings_from_env,
     warn_misspelt_variables,
 )
 from queue_manager.models import QueueMode
+from queue_manager.participants import ParticipantsFileError, add_participant
 from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
     DEFAULT_LEASE_TIMEOUT_S,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_ROUND_ROBIN_WINDOW_S,
     QueueManagerServer,
+    participants_problem,
     token_pair_problem,
 )
 
 log = structlog.get_logger()
+
+PARTICIPANTS_FILE_ENV = "QUEUE_MANAGER_PARTICIPANTS_FILE"
+ADD_PARTICIPANT = "add-participant"
 
 
 class QueueManagerEnv(LogSettings):
@@ -49,6 +55,7 @@ class QueueManagerEnv(LogSettings):
 
     token: QueueToken | None = Field(default=None, validation_alias=QUEUE_TOKEN_ENV)
     worker_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV)
+    participants_file: OptionalPath = Field(default=None, validation_alias=PARTICIPANTS_FILE_ENV)
     lease_timeout_s: float = Field(
         default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
@@ -111,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="comfy-serverless queue",
         description="Serve the comfy-multi Queue Manager HTTP contract from a local SQLite database.",
         epilog=(
-            f"Environment: {QUEUE_TOKEN_ENV}, {QUEUE_WORKER_TOKEN_ENV}, LEASE_TIMEOUT_S (default "
+            f"Give a participant their own token: comfy-serverless queue {ADD_PARTICIPANT} USER_ID (see its --help). "
+            f"Environment: {QUEUE_TOKEN_ENV}, {QUEUE_WORKER_TOKEN_ENV}, {PARTICIPANTS_FILE_ENV}, LEASE_TIMEOUT_S "
+            "(default "
             f"{DEFAULT_LEASE_TIMEOUT_S:g}; "
             f"0 = no lease), MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
             f"{DEFAULT_FINISHED_JOB_RETENTION_S:g}; 0 = keep finished jobs for good), MAX_PENDING_PER_USER (default 0 "
@@ -165,7 +174,57 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --token: the only token /api/workers/ takes; the other routes take either (default: "
         f"${QUEUE_WORKER_TOKEN_ENV}, else one token for all)",
     )
+    parser.add_argument(
+        "--participants-file",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help=f"with --token: each participant's own token, by its hash; each sees and cancels only their jobs; "
+        f"re-read when it changes (default: ${PARTICIPANTS_FILE_ENV}, else none)",
+    )
     return parser
+
+
+def build_add_participant_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"comfy-serverless queue {ADD_PARTICIPANT}",
+        description="Give a participant a new token: print it once, keep only its hash in the participants file "
+        "(created 0600 if missing). Run again for the same user_id to replace their token; the old one stops "
+        "working at once, the running queue manager need not restart.",
+    )
+    parser.add_argument("user_id", help="the participant's user_id: 1 to 100 letters, digits, '_' or '-'")
+    parser.add_argument(
+        "--participants-file",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help=f"the file the queue manager reads (default: ${PARTICIPANTS_FILE_ENV})",
+    )
+    return parser
+
+
+def add_participant_main(argv: list[str]) -> int:
+    args = build_add_participant_parser().parse_args(argv)
+    try:
+        env = settings_from_env(QueueManagerEnv, "queue manager")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    path = args.participants_file or env.participants_file
+    if path is None:
+        print(f"name the participants file: --participants-file PATH or {PARTICIPANTS_FILE_ENV}", file=sys.stderr)
+        return 2
+    try:
+        token = add_participant(path, args.user_id)
+    except (ValueError, ParticipantsFileError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"participants file {path}: cannot be written: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(token)
+    print(f"{args.user_id}'s token (above) is shown once; {path} keeps only its hash", file=sys.stderr)
+    return 0
 
 
 async def serve(server: QueueManagerServer, host: str, port: int) -> None:
@@ -184,6 +243,9 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [ADD_PARTICIPANT]:
+        return add_participant_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         env = settings_from_env(QueueManagerEnv, "queue manager")
@@ -201,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         if value and (problem := queue_token_problem(value)):
             print(f"{flag} {problem}", file=sys.stderr)
             return 2
-    if problem := token_pair_problem(token, worker_token):
+    participants_file = args.participants_file or env.participants_file
+    if problem := token_pair_problem(token, worker_token) or participants_problem(token, participants_file):
         print(problem, file=sys.stderr)
         return 2
     server = QueueManagerServer(
@@ -212,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         token=token,
         worker_token=worker_token,
+        participants_file=participants_file,
         lease_timeout_s=env.lease_timeout_s,
         max_attempts=env.max_attempts,
         finished_job_retention_s=env.finished_job_retention_s,
@@ -220,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(server, args.host, args.port))
+    except ParticipantsFileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except sqlite3.Error as exc:
         hint = (" (its folder must exist and this user must be able to write there: SQLite adds -wal and -shm "
                 "files beside it)" if getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN" else "")

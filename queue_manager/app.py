@@ -49,6 +49,7 @@ from queue_manager.models import (
     created_at_datetime,
     event_datetime,
 )
+from queue_manager.participants import ParticipantsFile
 from queue_manager.refusal_log import refusal_log_middleware
 from queue_manager.reports import Report, ReportLog
 from queue_manager.store import (
@@ -401,6 +402,8 @@ class QueueApi:
         body, errors = await self._parse_body(request, JobSubmitRequest)
         if body is None:
             return _detail(422, errors)
+        if (participant := request.get(PARTICIPANT)) is not None and body.user_id != participant:
+            return _not_yours(participant)
         try:
             job = await self._db(
                 self._store.submit,
@@ -422,8 +425,8 @@ class QueueApi:
 
     async def get_job(self, request: web.Request) -> web.Response:
         job = await self._db(self._store.get, request.match_info["job_id"])
-        if job is None:
-            return _detail(404, "Job not found")
+        if job is None or request.get(PARTICIPANT, job.user_id) != job.user_id:
+            return _detail(404, "Job not found")  # another participant's job: as if there were none
         view = self._job_view(job, await self._positions([job]))
         return _json({**view, "metadata": job.metadata} if self._settings.extensions else view)
 
@@ -431,13 +434,18 @@ class QueueApi:
         query, errors = parse_query(PagedListJobsQuery if self.extensions else ListJobsQuery, request.query)
         if query is None:
             return _detail(422, errors)
+        user_id = query.user_id or None
+        if (participant := request.get(PARTICIPANT)) is not None:
+            if user_id not in (None, participant):
+                return _not_yours(participant)
+            user_id = participant
         newest_first = self.extensions and query.order == "newest"
         after, errors = _list_cursor(getattr(query, "after", None), list_order(query.status, newest_first))
         if errors:
             return _detail(422, errors)
         page = await self._db(
             self._store.page,
-            user_id=query.user_id or None,
+            user_id=user_id,
             status=query.status,
             limit=query.limit,
             newest_first=newest_first,
@@ -474,7 +482,7 @@ class QueueApi:
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
-        previous = await self._db(self._store.cancel, job_id)
+        previous = await self._db(self._store.cancel, job_id, user_id=request.get(PARTICIPANT))
         if previous is None:
             return _detail(404, "Job not found")
         if previous not in (JobStatus.PENDING, JobStatus.RUNNING):
@@ -497,6 +505,11 @@ class QueueApi:
             return None, None, body_errors  # FastAPI stops at a body it cannot decode
         query, query_errors = parse_query(query_model, request.query)
         return query, body, query_errors + body_errors
+
+
+def _not_yours(participant: str) -> web.Response:
+    return _detail(403, f"user_id must be {participant}: this is {participant}'s own token, which submits and "
+                        f"lists {participant}'s jobs only")
 
 
 def _fenced(endpoint: str, job_id: str, exc: FencedOut) -> web.Response:
@@ -628,6 +641,12 @@ PARTICIPANTS_ON_WORKER_ROUTE = (
 WORKER_ROUTE_UNAUTHENTICATED = (
     "Not authenticated: worker routes take only the queue manager's worker token (QUEUE_MANAGER_WORKER_TOKEN)"
 )
+PARTICIPANT_ON_WORKER_ROUTE = (
+    "Worker routes take only a worker's token; this is participant {user_id}'s own token (from the queue manager's "
+    "QUEUE_MANAGER_PARTICIPANTS_FILE), which submits, lists, reads and cancels {user_id}'s jobs only"
+)
+# Who holds a participant's own token, set by the auth middleware: that request sees and changes their jobs only.
+PARTICIPANT = web.RequestKey("participant", str)
 
 
 def _bearer(token: str | None) -> bytes | None:
@@ -638,9 +657,13 @@ def _is_worker_route(request: web.Request) -> bool:
     return _endpoint(request) in WORKER_ENDPOINTS or request.path.startswith(WORKER_PATH_PREFIX)
 
 
-def _auth_middleware(token: str | None, worker_token: str | None = None) -> Any:
+def _auth_middleware(
+    token: str | None, worker_token: str | None = None, participants: ParticipantsFile | None = None
+) -> Any:
     """One token for every /api/ route; or, with a worker token too, /api/workers/ takes only the worker token and
-    every other /api/ route takes either. Both are always compared, in constant time."""
+    every other /api/ route takes either. Both are always compared, in constant time. A participant's own token
+    (from the participants file) opens the other routes for that participant's jobs only (the handlers see who in
+    request[PARTICIPANT])."""
     expected = _bearer(token)
     worker_expected = _bearer(worker_token)
 
@@ -652,6 +675,14 @@ def _auth_middleware(token: str | None, worker_token: str | None = None) -> Any:
         presented = f"Bearer {credentials.strip()}".encode() if scheme.lower() == "bearer" else b""
         is_participant = hmac.compare_digest(presented, expected)
         is_worker = worker_expected is not None and hmac.compare_digest(presented, worker_expected)
+        holder = None
+        if participants is not None and presented and not (is_participant or is_worker):
+            holder = participants.current().holder(credentials.strip())
+        if holder is not None:
+            if _is_worker_route(request):
+                return _refused(request, 403, PARTICIPANT_ON_WORKER_ROUTE.format(user_id=holder))
+            request[PARTICIPANT] = holder
+            return await handler(request)
         if worker_expected is not None and _is_worker_route(request):
             if is_worker:
                 return await handler(request)
@@ -761,11 +792,12 @@ def build_app(
     token: str | None,
     clock: Callable[[], float],
     worker_token: str | None = None,
+    participants: ParticipantsFile | None = None,
     test_hooks: TestHooks | None = None,
     waiting: WaitingConnections | None = None,
 ) -> web.Application:
     middlewares = [waiting.middleware] if waiting is not None else []
-    middlewares += [refusal_log_middleware(), _auth_middleware(token, worker_token)]
+    middlewares += [refusal_log_middleware(), _auth_middleware(token, worker_token, participants)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     app = web.Application(

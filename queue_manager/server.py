@@ -20,6 +20,7 @@ from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
 from queue_manager.faults import FaultInjector
 from queue_manager.models import QueueMode
+from queue_manager.participants import ParticipantsFile
 from queue_manager.reaper import JobReaper
 from queue_manager.reports import ReportLog
 from queue_manager.store import JobStore
@@ -44,6 +45,15 @@ def token_pair_problem(token: str | None, worker_token: str | None) -> str | Non
     if worker_token and worker_token == token:
         return ("QUEUE_MANAGER_TOKEN (--token) and QUEUE_MANAGER_WORKER_TOKEN (--worker-token) are the same: "
                 "participants would hold the workers' token; give the workers a different one")
+    return None
+
+
+def participants_problem(token: str | None, participants_file: str | Path | None) -> str | None:
+    """Why a participants file cannot be used with this operator's token, or None."""
+    if participants_file is not None and not token:
+        return ("QUEUE_MANAGER_PARTICIPANTS_FILE (--participants-file) is set without QUEUE_MANAGER_TOKEN (--token): "
+                "with no token every route would be open to anyone; set QUEUE_MANAGER_TOKEN (the operator's token) "
+                "too, or neither")
     return None
 
 
@@ -77,6 +87,7 @@ class QueueManagerServer:
         mode: QueueMode | str = QueueMode.FIFO,
         token: str | None = None,
         worker_token: str | None = None,
+        participants_file: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         steady_clock: Callable[[], float] | None = None,
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
@@ -105,8 +116,11 @@ class QueueManagerServer:
         self.steady_clock = steady_clock or (time.monotonic if clock is time.time else clock)
         if problem := token_pair_problem(token, worker_token):
             raise ValueError(problem)
+        if problem := participants_problem(token, participants_file):
+            raise ValueError(problem)
         self._token = token
         self._worker_token = worker_token or None
+        self._participants = ParticipantsFile(Path(participants_file)) if participants_file is not None else None
         self._test_hooks = TestHooks(FaultInjector(), ReportLog()) if test_hooks else None
         self.url: str | None = None
         self._store: JobStore | None = None
@@ -146,7 +160,9 @@ class QueueManagerServer:
         return self._store
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Open the store, serve HTTP and start the reaper. Returns the base URL (port 0 picks a free one)."""
+        """Open the store, serve HTTP and start the reaper. Returns the base URL (port 0 picks a free one).
+        ParticipantsFileError, before anything else, when the participants file cannot be used."""
+        participants = self._participants.load() if self._participants is not None else None
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         self._body_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-body")
         loop = asyncio.get_running_loop()
@@ -181,8 +197,8 @@ class QueueManagerServer:
             steady_clock=self.steady_clock,
         )
         waiting = WaitingConnections("queue_manager", QUEUE_HEADS)
-        app = build_app(api, token=self._token, worker_token=self._worker_token, clock=self.clock,
-                        test_hooks=self._test_hooks, waiting=waiting)
+        app = build_app(api, token=self._token, worker_token=self._worker_token, participants=self._participants,
+                        clock=self.clock, test_hooks=self._test_hooks, waiting=waiting)
         self._runner = await waiting.start_runner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -208,6 +224,8 @@ class QueueManagerServer:
             finished_jobs_numbered=self._store.numbered_on_open,
             auth=self._token is not None,
             worker_token=self._worker_token is not None,
+            participants=len(participants) if participants is not None else 0,
+            participants_file=str(self._participants.path) if self._participants is not None else None,
             test_hooks=self._test_hooks is not None,
         )
         return self.url

@@ -412,12 +412,13 @@ class JobStore:
                     next_cursor = last
         return JobPage([JobRecord.from_row(row) for row in rows], next_cursor, cut)
 
-    def cancel(self, job_id: str) -> JobStatus | None:
+    def cancel(self, job_id: str, *, user_id: str | None = None) -> JobStatus | None:
         """Cancel as the peer does: a pending job is deleted outright, a running one is marked `cancelled`
-        (its worker is not told; a later report still lands). Returns the status the job had, or None."""
+        (its worker is not told; a later report still lands). Returns the status the job had, or None (also for
+        a job that is not `user_id`'s, when given)."""
         with self._transaction() as conn:
             job = _get(conn, job_id)
-            if job is None:
+            if job is None or (user_id is not None and job.user_id != user_id):
                 return None
             if job.status is JobStatus.PENDING:
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

@@ -1,0 +1,328 @@
+"""A token per participant (QUEUE_MANAGER_PARTICIPANTS_FILE): each sees, lists and cancels only their own jobs.
+Before it, a workshop's 20 people held one token, user_id was whatever the client said, and anyone could read, list
+or cancel anyone's job and see where its outputs went."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from queue_manager import JobStatus, QueueManagerServer
+from queue_manager.participants import ParticipantsFileError, add_participant, read_participants, token_hash
+
+from ..conftest import run_module_to_exit
+from .test_cli import REPO, start_cli
+from .test_worker_token import WORKER_ROUTES, bearer
+
+OPERATOR = "operator-token-1"
+WORKERS = "workers-token-2"
+WORKFLOW = {"1": {}}
+ZEROS = "sha256:" + "0" * 64
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("QUEUE_MANAGER")}, **extra}
+
+
+@pytest.fixture
+def participants_file(tmp_path: Path) -> Path:
+    return tmp_path / "participants"
+
+
+@pytest.fixture
+def tokens(participants_file: Path) -> dict[str, str]:
+    return {user: add_participant(participants_file, user) for user in ("alice", "bob")}
+
+
+@pytest.fixture
+async def queue(participants_file: Path, tokens: dict[str, str]) -> AsyncIterator[QueueManagerServer]:
+    async with QueueManagerServer(token=OPERATOR, participants_file=participants_file) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(queue: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=queue.url, timeout=5.0) as http:
+        yield http
+
+
+async def test_a_participant_submits_as_themselves_only(client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
+    with capture_logs() as logs:
+        other = await client.post("/api/jobs", json={"user_id": "bob", "workflow": WORKFLOW},
+                                  headers=bearer(tokens["alice"]))
+    own = await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW},
+                            headers=bearer(tokens["alice"]))
+    assert other.status_code == 403
+    assert "user_id" in other.json()["detail"] and "alice's own token" in other.json()["detail"]
+    assert own.status_code == 201 and own.json()["user_id"] == "alice"
+    [refusal] = [line for line in logs if line["event"] == "Request refused"]
+    assert (refusal["status"], refusal["route"]) == (403, "submit-job")
+    assert tokens["alice"] not in repr(logs)
+
+
+async def test_another_participants_job_answers_as_an_unknown_one(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    bobs = queue.store.submit("bob", WORKFLOW)
+    alice = bearer(tokens["alice"])
+    unknown_get = await client.get("/api/jobs/no-such-job", headers=alice)
+    unknown_delete = await client.delete("/api/jobs/no-such-job", headers=alice)
+    got = await client.get(f"/api/jobs/{bobs.id}", headers=alice)
+    deleted = await client.delete(f"/api/jobs/{bobs.id}", headers=alice)
+    assert (got.status_code, got.json()) == (unknown_get.status_code, unknown_get.json()) == (404, {
+        "detail": "Job not found"})
+    assert (deleted.status_code, deleted.json()) == (unknown_delete.status_code, unknown_delete.json())
+    assert queue.store.get(bobs.id).status is JobStatus.PENDING, "not cancelled"
+    own = await client.get(f"/api/jobs/{bobs.id}", headers=bearer(tokens["bob"]))
+    cancelled = await client.delete(f"/api/jobs/{bobs.id}", headers=bearer(tokens["bob"]))
+    assert (own.status_code, cancelled.status_code) == (200, 204)
+
+
+async def test_a_participant_lists_their_own_jobs_page_by_page(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    ids = {user: [] for user in ("alice", "bob")}
+    for user in ("bob", "alice", "bob", "alice", "bob", "alice"):
+        ids[user].append(queue.store.submit(user, WORKFLOW).id)
+    alice = bearer(tokens["alice"])
+    seen, positions, params = [], [], {"limit": "1"}
+    while True:
+        page = await client.get("/api/jobs", params=params, headers=alice)
+        assert page.status_code == 200
+        seen += [job["id"] for job in page.json()]
+        positions += [job["position_in_queue"] for job in page.json()]
+        if "X-Next-Cursor" not in page.headers:
+            break
+        params = {"limit": "1", "after": page.headers["X-Next-Cursor"]}
+    named = await client.get("/api/jobs", params={"user_id": "alice"}, headers=alice)
+    other = await client.get("/api/jobs", params={"user_id": "bob"}, headers=alice)
+    assert seen == ids["alice"]
+    assert positions == [1, 3, 5], "places in the whole line, as before: bob's jobs ahead count, unnamed"
+    assert [job["id"] for job in named.json()] == ids["alice"]
+    assert other.status_code == 403 and "user_id" in other.json()["detail"]
+
+
+async def test_a_participant_reads_the_queue_status_which_names_nobody(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    queue.store.submit("bob", WORKFLOW)
+    theirs = await client.get("/api/queue/status", headers=bearer(tokens["alice"]))
+    operators = await client.get("/api/queue/status", headers=bearer(OPERATOR))
+    assert theirs.status_code == 200
+    assert theirs.json() == operators.json()
+    assert "bob" not in theirs.text
+
+
+@pytest.mark.parametrize("worker_token", [None, WORKERS], ids=["one-token", "worker-token"])
+@pytest.mark.parametrize(("method", "path"), WORKER_ROUTES)
+async def test_a_participants_token_is_refused_on_every_worker_route(
+    participants_file: Path, tokens: dict[str, str], worker_token: str | None, method: str, path: str
+) -> None:
+    async with (
+        QueueManagerServer(token=OPERATOR, worker_token=worker_token, participants_file=participants_file) as queue,
+        httpx.AsyncClient(base_url=queue.url) as client,
+    ):
+        job = queue.store.submit("alice", WORKFLOW)
+        refused = await client.request(method, path, headers=bearer(tokens["alice"]),
+                                       json={"result": {}, "error": "x", "reason": "x"})
+        untouched = queue.store.get(job.id)
+    assert refused.status_code == 403
+    assert "participant alice's own token" in refused.json()["detail"]
+    assert (untouched.status, untouched.worker_id) == (JobStatus.PENDING, None)
+
+
+async def test_a_participants_report_is_refused_before_its_body_is_read(
+    queue: QueueManagerServer, tokens: dict[str, str]
+) -> None:
+    host, port = queue.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/workers/complete-job?job_id=x HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n" + f"Authorization: Bearer {tokens['alice']}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 403 ")
+    assert b"Connection: close" in head
+
+
+async def test_the_operators_token_still_sees_and_does_everything(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    alices = queue.store.submit("alice", WORKFLOW)
+    operator = bearer(OPERATOR)
+    submitted = await client.post("/api/jobs", json={"user_id": "carol", "workflow": WORKFLOW}, headers=operator)
+    listed = await client.get("/api/jobs", headers=operator)
+    got = await client.get(f"/api/jobs/{alices.id}", headers=operator)
+    polled = await client.get("/api/workers/next-job", params={"worker_id": "w"}, headers=operator)
+    cancelled = await client.delete(f"/api/jobs/{submitted.json()['id']}", headers=operator)
+    nobody = await client.get("/api/jobs", headers=bearer("not-a-token"))
+    assert submitted.status_code == 201
+    assert {job["user_id"] for job in listed.json()} == {"alice", "carol"}
+    assert got.status_code == 200
+    assert polled.json()["job"]["id"] == alices.id
+    assert cancelled.status_code == 204
+    assert (nobody.status_code, nobody.json()) == (401, {"detail": "Not authenticated"})
+
+
+async def test_the_running_server_follows_the_file(
+    queue: QueueManagerServer, client: httpx.AsyncClient, participants_file: Path, tokens: dict[str, str]
+) -> None:
+    async def status(token: str) -> int:
+        return (await client.get("/api/jobs", headers=bearer(token))).status_code
+
+    carol = add_participant(participants_file, "carol")
+    with capture_logs() as logs:
+        assert await status(carol) == 200, "added while running"
+        new_alice = add_participant(participants_file, "alice")
+        assert (await status(tokens["alice"]), await status(new_alice)) == (401, 200), "replaced: the old one stops"
+    reloads = [line for line in logs if line["event"] == "participants_file_reloaded"]
+    assert [line["participants"] for line in reloads] == [3, 3]
+
+
+@pytest.mark.parametrize("breakage", ["invalid", "unreadable"])
+async def test_a_broken_file_while_running_keeps_the_last_set_and_says_so_once(
+    queue: QueueManagerServer, client: httpx.AsyncClient, participants_file: Path, tokens: dict[str, str],
+    breakage: str,
+) -> None:
+    good = participants_file.read_text()
+    with capture_logs() as logs:
+        if breakage == "invalid":
+            participants_file.write_text(good + "carol not-a-hash\n")
+        else:
+            participants_file.unlink()
+        answers = [(await client.get("/api/jobs", headers=bearer(tokens[user]))).status_code
+                   for user in ("alice", "bob", "alice")]
+        participants_file.write_text(good.replace("bob ", "bobby "))
+        after_fix = (await client.get("/api/jobs", headers=bearer(tokens["bob"]))).json()
+    assert answers == [200, 200, 200]
+    [invalid] = [line for line in logs if line["event"] == "participants_file_invalid"]
+    assert invalid["log_level"] == "error"
+    assert invalid["file"] == str(participants_file)
+    if breakage == "invalid":
+        assert invalid["line"] == 3 and "hash" in invalid["reason"]
+    else:
+        assert invalid["line"] is None and "cannot be read" in invalid["reason"]
+    for token in tokens.values():
+        assert token not in repr(logs) and token_hash(token).removeprefix("sha256:") not in repr(logs)
+    assert after_fix == [], "the fixed file is read: the token is bobby's now"
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        ("# workshop\n\nalice\n", 3, "expected 'user_id sha256:"),
+        ("alice sha256:" + "0" * 64 + "\nbad/name sha256:" + "1" * 64 + "\n", 2, "user_id must be"),
+        ("alice sha256:" + "A" * 64 + "\n", 1, "64 lowercase hex"),
+        ("alice " + "0" * 64 + "\n", 1, "hash must be 'sha256:'"),
+        (f"alice {ZEROS}\nalice sha256:" + "1" * 64 + "\n", 2, "alice is listed twice (first on line 1)"),
+        (f"alice {ZEROS}\nbob {ZEROS}\n", 2, "the same token as alice's"),
+    ],
+    ids=["one-field", "user-id", "uppercase", "no-prefix", "twice", "shared-token"],
+)
+def test_a_bad_line_is_named_with_its_number(tmp_path: Path, content: str, line: int, reason: str) -> None:
+    path = tmp_path / "participants"
+    path.write_text(content)
+    with pytest.raises(ParticipantsFileError) as raised:
+        read_participants(path)
+    assert raised.value.line == line
+    assert reason in raised.value.reason
+
+
+async def test_the_cli_exits_2_naming_the_file_and_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "participants"
+    path.write_text("# workshop\nalice sha256:" + "0" * 64 + "\nbob sha256:nothex\n")
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--participants-file", str(path),
+        env=clean_env(QUEUE_MANAGER_TOKEN=OPERATOR), cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert f"{path} line 3: the hash must be" in line
+
+
+@pytest.mark.parametrize("by", ["flag", "variable"])
+async def test_the_cli_refuses_a_participants_file_without_the_operators_token(tmp_path: Path, by: str) -> None:
+    path = tmp_path / "participants"
+    add_participant(path, "alice")
+    env = clean_env(QUEUE_MANAGER_PARTICIPANTS_FILE=str(path)) if by == "variable" else clean_env()
+    flag = ("--participants-file", str(path)) if by == "flag" else ()
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), *flag, env=env, cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert "QUEUE_MANAGER_PARTICIPANTS_FILE" in err and "without QUEUE_MANAGER_TOKEN" in err
+
+
+async def add_by_cli(path: Path, user_id: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "queue_manager", "add-participant", user_id, cwd=REPO,
+        env=clean_env(QUEUE_MANAGER_PARTICIPANTS_FILE=str(path)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err
+    [token] = out.decode().splitlines()
+    assert token not in err.decode()
+    return token
+
+
+async def test_add_participant_prints_a_token_that_opens_their_jobs_and_a_rerun_replaces_it(tmp_path: Path) -> None:
+    path = tmp_path / "participants"
+    alice = await add_by_cli(path, "alice")
+    bob = await add_by_cli(path, "bob")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    process, url = await start_cli(
+        "--db", str(tmp_path / "q.db"),
+        env={"QUEUE_MANAGER_TOKEN": OPERATOR, "QUEUE_MANAGER_PARTICIPANTS_FILE": str(path)},
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            async def submit(token: str, user_id: str) -> int:
+                body: dict[str, Any] = {"user_id": user_id, "workflow": WORKFLOW}
+                return (await client.post("/api/jobs", json=body, headers=bearer(token))).status_code
+
+            before = (await submit(alice, "alice"), await submit(bob, "bob"), await submit(bob, "alice"))
+            new_alice = await add_by_cli(path, "alice")
+            after = (await submit(alice, "alice"), await submit(new_alice, "alice"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            assert await process.wait() == 0
+    assert before == (201, 201, 403)
+    assert after == (401, 201)
+    assert "participants=2" in output or '"participants": 2' in output
+    text = path.read_text()
+    assert [line.split()[0] for line in text.splitlines()] == ["alice", "bob"], "alice's line replaced in place"
+    assert token_hash(new_alice) in text
+    for token in (alice, bob, new_alice):
+        assert token not in text and token not in output
+
+
+async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -> None:
+    path = tmp_path / "participants"
+    path.write_text("alice\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "queue_manager", "add-participant", "bob", "--participants-file", str(path), cwd=REPO,
+        env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        out, err = await process.communicate()
+    assert process.returncode == 2
+    assert out == b""
+    assert f"{path} line 1" in err.decode()
+    assert path.read_text() == "alice\n"
