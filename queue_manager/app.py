@@ -673,10 +673,10 @@ def _auth_middleware(
             return await handler(request)
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         presented = f"Bearer {credentials.strip()}".encode() if scheme.lower() == "bearer" else b""
-        is_participant = hmac.compare_digest(presented, expected)
+        is_operator = hmac.compare_digest(presented, expected)  # QUEUE_MANAGER_TOKEN
         is_worker = worker_expected is not None and hmac.compare_digest(presented, worker_expected)
         holder = None
-        if participants is not None and presented and not (is_participant or is_worker):
+        if participants is not None and presented and not (is_operator or is_worker):
             holder = participants.current().holder(credentials.strip())
         if holder is not None:
             if _is_worker_route(request):
@@ -686,10 +686,10 @@ def _auth_middleware(
         if worker_expected is not None and _is_worker_route(request):
             if is_worker:
                 return await handler(request)
-            if is_participant:
+            if is_operator:
                 return _refused(request, 403, PARTICIPANTS_ON_WORKER_ROUTE)
             return _refused(request, 401, WORKER_ROUTE_UNAUTHENTICATED)
-        if is_participant or is_worker:
+        if is_operator or is_worker:
             return await handler(request)
         return _refused(request, 401, "Not authenticated")
 
