@@ -85,6 +85,8 @@ def code_strings() -> tuple[list[str], dict[str, set[str]]]:
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     literals += _spelled_out(node)
                 if isinstance(node, ast.Call) and node.args and (event := _literal(node.args[0])) is not None:
+                    if not re.search("[A-Za-z]", event):
+                        continue  # `text.startswith("#")`: no event is only punctuation
                     names = calls.setdefault(event, set())
                     names.update(keyword.arg or "**" for keyword in node.keywords)
     return literals, calls
