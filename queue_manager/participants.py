@@ -22,6 +22,8 @@ log = structlog.get_logger()
 
 HASH_PREFIX = "sha256:"
 _HEX_DIGITS = frozenset("0123456789abcdef")
+# About 80 bytes a participant: room for tens of thousands, and a bound on what the server reads.
+MAX_FILE_BYTES = 4 * 2**20
 
 
 class ParticipantsFileError(Exception):
@@ -97,7 +99,12 @@ def parse(path: Path, text: str) -> Participants:
 
 def read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ParticipantsFileError(path, None, f"is larger than {MAX_FILE_BYTES // 2**20} MiB: not a "
+                                                    "participants file")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ParticipantsFileError(path, None, "is not UTF-8 text") from None
     except OSError as exc:

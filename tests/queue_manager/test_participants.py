@@ -18,7 +18,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from queue_manager import JobStatus, QueueManagerServer
-from queue_manager.participants import ParticipantsFileError, add_participant, read_participants, token_hash
+from queue_manager.participants import (
+    MAX_FILE_BYTES,
+    ParticipantsFileError,
+    add_participant,
+    read_participants,
+    token_hash,
+)
 
 from ..conftest import run_module_to_exit
 from .test_cli import REPO, start_cli
@@ -239,6 +245,17 @@ def test_a_bad_line_is_named_with_its_number(tmp_path: Path, content: str, line:
         read_participants(path)
     assert raised.value.line == line
     assert reason in raised.value.reason
+
+
+def test_a_file_larger_than_any_participants_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "participants"
+    path.write_text(f"alice {ZEROS}\n" + "#" * MAX_FILE_BYTES)
+    with pytest.raises(ParticipantsFileError) as raised:
+        read_participants(path)
+    assert raised.value.line is None and "larger than 4 MiB" in raised.value.reason
+    endless = Path("/dev/zero")  # a size of 0 to stat, and no end: only a bounded read stops
+    with pytest.raises(ParticipantsFileError, match="larger than"):
+        read_participants(endless)
 
 
 async def test_the_cli_exits_2_naming_the_file_and_the_bad_line(tmp_path: Path) -> None:
