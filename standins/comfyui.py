@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import errno
 import hashlib
 import heapq
 import itertools
@@ -94,6 +95,15 @@ class ReceivedPrompt:
     @property
     def extra_data(self) -> dict[str, Any]:
         return self.body.get("extra_data", {}) if isinstance(self.body, dict) else {}
+
+
+@dataclass(frozen=True)
+class ReceivedUpload:
+    """One `POST /upload/image`: the status answered and, when saved, the answer and the file's size."""
+
+    status: int
+    answer: dict[str, Any] | None
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -240,6 +250,7 @@ class ComfyUISimulator:
         send_previews: bool = False,
         cache_outputs: bool = True,
         max_upload_size_mb: float = 100.0,
+        read_only_input: bool = False,
         argv: list[str] | None = None,
         records_kept: int | None = None,
     ) -> None:
@@ -253,6 +264,8 @@ class ComfyUISimulator:
         self.cache_outputs = cache_outputs
         # ComfyUI's --max-upload-size (MB, default 100) is its aiohttp client_max_size: larger bodies get 413.
         self.max_upload_bytes = round(max_upload_size_mb * 1024 * 1024)
+        # The input folder on a read-only volume (COMFYUI_INPUT_DIR mounted :ro): an upload's write raises EROFS.
+        self.read_only_input = read_only_input
         self.argv = argv or ["main.py"]
         self.catalogue = build_catalogue(checkpoints)
         # Records for assertions; they survive crashes and restarts. A long-running process (the demo, the CLI)
@@ -262,6 +275,7 @@ class ComfyUISimulator:
         self.free_requests: Records[dict[str, Any]] = Records(records_kept)
         self.view_requests: Records[dict[str, str]] = Records(records_kept)
         self.history_deletes: Records[str] = Records(records_kept)  # prompt ids POST /history was asked to delete
+        self.uploads_received: Records[ReceivedUpload] = Records(records_kept)
         self.ws_connections: Counter[str] = Counter()
         self.injected_errors: list[InjectedError] = []
         self.url = ""
@@ -281,7 +295,7 @@ class ComfyUISimulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Start (or restart after `crash`/`stop`) with the empty state of a fresh process."""
-        for folder in (self.output_dir, self.temp_dir):
+        for folder in (self.output_dir, self.temp_dir, self.input_dir):  # ComfyUI's 3D nodes make input/3d at start
             folder.mkdir(parents=True, exist_ok=True)
         self._state = _ServerState()
         self._outbox = asyncio.Queue()
@@ -400,6 +414,7 @@ class ComfyUISimulator:
             ("POST", "/interrupt", self._post_interrupt),
             ("POST", "/free", self._post_free),
             ("GET", "/view", self._view),
+            ("POST", "/upload/image", self._upload_image),
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
         ]
@@ -466,7 +481,7 @@ class ComfyUISimulator:
             return 400, {"error": error, "node_errors": {}}
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
-        validation = validate_prompt(prompt, self.catalogue)
+        validation = validate_prompt(prompt, self.catalogue, self._env)
         if not validation.ok:
             log.warning("invalid prompt", error=validation.error)
             return 400, {"error": validation.error, "node_errors": validation.node_errors}
@@ -595,12 +610,69 @@ class ComfyUISimulator:
         return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(kind)
 
     async def _object_info(self, request: web.Request) -> web.Response:
-        return web.json_response({name: node.object_info() for name, node in self.catalogue.items()})
+        return web.json_response({name: node.object_info(self._env) for name, node in self.catalogue.items()})
 
     async def _object_info_one(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
         node = self.catalogue.get(name)
-        return web.json_response({name: node.object_info()} if node else {})
+        return web.json_response({name: node.object_info(self._env)} if node else {})
+
+    @property
+    def _env(self) -> NodeEnv:
+        return NodeEnv(self.output_dir, self.temp_dir, self.input_dir)
+
+    async def _upload_image(self, request: web.Request) -> web.Response:
+        """ComfyUI's `POST /upload/image` (server.py image_upload), step for step: its 400s have no body, and what
+        it raises (a type it does not know, a read-only input folder) is aiohttp's plain 500."""
+        return self._image_upload(await request.post())
+
+    def _image_upload(self, post: Any) -> web.Response:
+        image = post.get("image")
+        overwrite = post.get("overwrite")
+        image_is_duplicate = False
+        upload_type = post.get("type")
+        upload_type = "input" if upload_type is None else upload_type
+        upload_dir = self._folder(str(upload_type))
+        if upload_dir is None:
+            raise UnboundLocalError("cannot access local variable 'type_dir' where it is not associated with a value")
+        if not (image and image.file):
+            return self._uploaded(400)
+        filename = image.filename
+        if not filename:
+            return self._uploaded(400)
+        subfolder = post.get("subfolder", "")
+        full_output_folder = os.path.join(upload_dir, os.path.normpath(subfolder))
+        filepath = os.path.abspath(os.path.join(full_output_folder, filename))
+        if os.path.commonpath((upload_dir, filepath)) != str(upload_dir):
+            return self._uploaded(400)
+        data = image.file.read()
+        if not os.path.exists(full_output_folder):
+            self._check_writable(upload_dir)
+            os.makedirs(full_output_folder)
+        if overwrite not in ("true", "1"):
+            stem, extension = os.path.splitext(filename)
+            i = 1
+            while os.path.exists(filepath):
+                if Path(filepath).read_bytes() == data:  # ComfyUI compares hashes: the same file is not saved twice
+                    image_is_duplicate = True
+                    break
+                filename = f"{stem} ({i}){extension}"
+                filepath = os.path.join(full_output_folder, filename)
+                i += 1
+        if not image_is_duplicate:
+            self._check_writable(upload_dir)
+            Path(filepath).write_bytes(data)
+        answer = {"name": filename, "subfolder": subfolder, "type": upload_type}
+        return self._uploaded(200, answer, len(data))
+
+    def _uploaded(self, status: int, answer: dict[str, Any] | None = None, size: int = 0) -> web.Response:
+        self.uploads_received.append(ReceivedUpload(status, answer, size))
+        return web.json_response(answer) if answer is not None else web.Response(status=status)
+
+    def _check_writable(self, folder: Path) -> None:
+        if self.read_only_input and folder == self.input_dir:
+            self.uploads_received.append(ReceivedUpload(500, None, 0))
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
 
     # --- websocket ---------------------------------------------------------------------------
 
@@ -807,7 +879,7 @@ class ComfyUISimulator:
             self._send_preview(run)
         self._raise_injected_error(run, node_id, class_type)
         try:
-            result = node_def.run(inputs, NodeEnv(self.output_dir, self.temp_dir))
+            result = node_def.run(inputs, self._env)
         except NodeError:
             raise
         except Exception as ex:  # ComfyUI reports any exception a node raises as execution_error
@@ -862,7 +934,9 @@ class ComfyUISimulator:
                     name: ["link", _digest(signature(v[0])), v[1]] if _is_link(v) and v[0] in prompt else v
                     for name, v in node["inputs"].items()
                 }
-                memo[node_id] = json.dumps([node["class_type"], inputs], sort_keys=True, default=str)
+                node_def = self.catalogue[node["class_type"]]
+                changed = node_def.is_changed(node["inputs"], self._env) if node_def.is_changed else None
+                memo[node_id] = json.dumps([node["class_type"], inputs, changed], sort_keys=True, default=str)
             return memo[node_id]
 
         return {node_id: signature(node_id) for node_id in prompt}

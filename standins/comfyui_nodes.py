@@ -8,7 +8,9 @@ solid colour) that flow between nodes and end up as small but valid PNG files.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mimetypes
 import os
 import random
 import string
@@ -107,10 +109,11 @@ class Opaque:
 
 @dataclass
 class NodeEnv:
-    """What a running node may touch on disk."""
+    """What a node may touch on disk, running or validating."""
 
     output_dir: Path
     temp_dir: Path
+    input_dir: Path
 
 
 @dataclass(frozen=True)
@@ -135,10 +138,23 @@ class NodeDef:
     steps_input: str | None = None  # input holding a step count: the node reports progress per step
     # ComfyUI validates inputs in `set()` order, which is per-process; this pins the recorded order.
     validation_order: tuple[str, ...] | None = None
+    # INPUT_TYPES read anew at each question (LoadImage lists the input folder); `required` otherwise.
+    input_types: Callable[[NodeEnv], dict[str, tuple]] | None = None
+    # VALIDATE_INPUTS(env, **the inputs it names): True, False or a message. Its inputs skip the range and list
+    # checks, as in ComfyUI.
+    validate: Callable[..., Any] | None = None
+    validate_inputs: tuple[str, ...] = ()
+    # IS_CHANGED: a value that changes when the node's output would (LoadImage: its file's hash); part of the
+    # cache key.
+    is_changed: Callable[[dict[str, Any], NodeEnv], Any] | None = None
 
-    def object_info(self) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"required": {k: list(v) for k, v in self.required.items()}}
-        order: dict[str, list[str]] = {"required": list(self.required)}
+    def inputs_now(self, env: NodeEnv) -> dict[str, tuple]:
+        return self.input_types(env) if self.input_types else self.required
+
+    def object_info(self, env: NodeEnv) -> dict[str, Any]:
+        required = self.inputs_now(env)
+        inputs: dict[str, Any] = {"required": {k: list(v) for k, v in required.items()}}
+        order: dict[str, list[str]] = {"required": list(required)}
         if self.hidden:
             inputs["hidden"] = dict(self.hidden)
             order["hidden"] = list(self.hidden)
@@ -220,6 +236,67 @@ def _preview_any(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
     else:
         value = "None"
     return NodeResult((), {"text": [value]})
+
+
+def annotated_filepath(name: str, env: NodeEnv) -> str:
+    """folder_paths.get_annotated_filepath: `name`, or `name [output]`, `[input]`, `[temp]`, in the input folder or
+    the one named."""
+    for suffix, folder in ((" [output]", env.output_dir), (" [input]", env.input_dir), (" [temp]", env.temp_dir)):
+        if name.endswith(suffix[1:]):
+            return os.path.join(folder, name[: -len(suffix)])
+    return os.path.join(env.input_dir, name)
+
+
+def _load_image(inputs: dict[str, Any], env: NodeEnv) -> NodeResult:
+    path = annotated_filepath(inputs["image"], env)
+    with open(path, "rb") as file:  # PIL's open: FileNotFoundError, IsADirectoryError as they come
+        size = image_size(file.read())
+    if size is None:
+        raise NodeError(f"cannot identify image file {path!r}", "PIL.UnidentifiedImageError", EXECUTE_FRAMES)
+    return NodeResult(([Image(*size, (128, 128, 128))], Opaque("MASK")))
+
+
+def _validate_load_image(env: NodeEnv, image: Any) -> bool | str:
+    """LoadImage.VALIDATE_INPUTS: the file must exist (any file: ComfyUI opens it only when the node runs)."""
+    if not os.path.exists(annotated_filepath(image, env)):
+        return f"Invalid image file: {image}"
+    return True
+
+
+_validate_load_image.__qualname__ = "LoadImage.VALIDATE_INPUTS"  # as ComfyUI's TypeError names it
+
+
+def _load_image_changed(inputs: dict[str, Any], env: NodeEnv) -> str | None:
+    try:
+        with open(annotated_filepath(inputs["image"], env), "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()
+    except (OSError, TypeError, AttributeError):
+        return None
+
+
+def _load_image_inputs(env: NodeEnv) -> dict[str, tuple]:
+    """LoadImage.INPUT_TYPES: the input folder's files (not its subfolders) whose type is an image, sorted."""
+    folder = env.input_dir
+    files = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))]
+    images = [f for f in files if (mimetypes.guess_type(f, strict=False)[0] or "").split("/")[0] == "image"]
+    return {"image": (sorted(images), {"image_upload": True})}
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG or a JPEG, which the stand-in reads; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker, length = data[at + 1], struct.unpack(">H", data[at + 2 : at + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return width, height
+        at += 2 + length
+    return None
 
 
 def _save_images(images: Sequence[Image], folder: Path, filename_prefix: str, kind: str) -> dict[str, Any]:
@@ -316,6 +393,11 @@ def build_catalogue(checkpoints: Iterable[str]) -> dict[str, NodeDef]:
                 "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}),
             },
             ("IMAGE",), _blur, python_module="comfy_extras.nodes_post_processing",
+        ),
+        NodeDef(
+            "LoadImage", "Load Image", "image", {"image": ([], {"image_upload": True})}, ("IMAGE", "MASK"),
+            _load_image, input_types=_load_image_inputs, validate=_validate_load_image, validate_inputs=("image",),
+            is_changed=_load_image_changed,
         ),
         NodeDef(
             "SaveImage", "Save Image", "image",
@@ -424,9 +506,10 @@ def _convert(value: Any, input_type: Any) -> Any:
 
 
 class _Validator:
-    def __init__(self, prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> None:
+    def __init__(self, prompt: dict[str, Any], catalogue: dict[str, NodeDef], env: NodeEnv) -> None:
         self.prompt = prompt
         self.catalogue = catalogue
+        self.env = env
         self.validated: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
 
     def node(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
@@ -436,8 +519,9 @@ class _Validator:
         node_def = self.catalogue[self.prompt[node_id]["class_type"]]
         errors: list[dict[str, Any]] = []
         valid = True
-        for name in node_def.validation_order or tuple(node_def.required):
-            input_type, *rest = node_def.required[name]
+        required = node_def.inputs_now(self.env)
+        for name in node_def.validation_order or tuple(required):
+            input_type, *rest = required[name]
             info = rest[0] if rest else {}
             if name not in inputs:
                 errors.append(_error("required_input_missing", "Required input is missing", name, {"input_name": name}))
@@ -464,9 +548,13 @@ class _Validator:
                     )
                 )
                 continue
-            error = _range_or_choice_error(name, value, input_type, info, config)
+            error = None if name in node_def.validate_inputs else _range_or_choice_error(
+                name, value, input_type, info, config
+            )
             if error:
                 errors.append(error)
+        if node_def.validate is not None:
+            errors += _custom_validation(node_def, inputs, self.env)
         result = (not errors and valid, errors)
         self.validated[node_id] = result
         return result
@@ -518,6 +606,23 @@ class _Validator:
             return False
 
 
+def _custom_validation(node_def: NodeDef, inputs: dict[str, Any], env: NodeEnv) -> list[dict[str, Any]]:
+    """VALIDATE_INPUTS with the inputs it names that the prompt gives (a missing one raises, as in ComfyUI)."""
+    given = {name: inputs[name] for name in node_def.validate_inputs if name in inputs and not _is_link(inputs[name])}
+    verdict = node_def.validate(env, **given)
+    if verdict is True:
+        return []
+    return [
+        _error("custom_validation_failed", "Custom validation failed for node",
+               name + ("" if verdict is False else f" - {verdict}"), {"input_name": name})
+        for name in given
+    ]  # fmt: skip
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
 def _range_or_choice_error(name: str, value: Any, input_type: Any, info: dict, config: list) -> dict | None:
     extra = {"input_name": name, "input_config": config, "received_value": value}
     if "min" in info and value < info["min"]:
@@ -532,7 +637,7 @@ def _range_or_choice_error(name: str, value: Any, input_type: Any, info: dict, c
     return None
 
 
-def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> Validation:
+def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef], env: NodeEnv) -> Validation:
     """ComfyUI's `execution.validate_prompt`; converts widget values in place, as ComfyUI does."""
     outputs = []
     for node_id in prompt:
@@ -564,7 +669,7 @@ def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> Va
     if not outputs:
         return Validation(False, _error("prompt_no_outputs", "Prompt has no outputs"), [], {})
 
-    validator = _Validator(prompt, catalogue)
+    validator = _Validator(prompt, catalogue, env)
     good_outputs: list[str] = []
     failures: list[dict[str, Any]] = []
     node_errors: dict[str, Any] = {}
