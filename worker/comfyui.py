@@ -41,8 +41,16 @@ class ComfyUIUnavailable(Exception):
     """ComfyUI did not answer, or answered with a server error."""
 
 
+class ComfyUIServerError(ComfyUIUnavailable):
+    """ComfyUI answered with a server error (5xx): an exception in its handler, told in its own log."""
+
+
 class PromptRejected(Exception):
     """POST /prompt refused the workflow; the message lists the error and every node error."""
+
+
+class UploadRefused(Exception):
+    """POST /upload/image refused a job's image (4xx): the job's input, not ComfyUI, is at fault."""
 
 
 class FileNotServed(Exception):
@@ -127,7 +135,7 @@ class ComfyUIClient:
         try:
             async with self._http.stream(method, path, **kwargs) as response:
                 if response.status_code >= 500:
-                    raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}")
+                    raise ComfyUIServerError(f"ComfyUI {method} {path} answered HTTP {response.status_code}")
                 yield response
         except httpx.HTTPError as exc:
             # Redacted: the reason reaches /ready, /status and the job's hand-back reason, which no log scrubber sees.
@@ -214,6 +222,32 @@ class ComfyUIClient:
             quoted = scrubbed_excerpt(str(payload), 200)
             raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {quoted}")
         return payload
+
+    async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
+        """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
+        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx; ComfyUIUnavailable for no
+        answer, a server error (5xx) or an answer not of its shape."""
+        form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
+        files = {"image": (filename, data, "application/octet-stream")}
+        try:
+            response = await self._request("POST", "/upload/image", data=form, files=files)
+        except ComfyUIServerError as exc:  # it raises on a failed write, e.g. to a read-only COMFYUI_INPUT_DIR
+            raise ComfyUIServerError(
+                f"{exc} (its log has the reason): it could not save the image in its input folder; if "
+                "COMFYUI_INPUT_DIR is a read-only volume, mount it read-write or unset it on replicas that take "
+                "jobs carrying images (docs/container.md, 'Workflows that load files')"
+            ) from None
+        if 400 <= response.status_code < 500:  # ComfyUI 0.8.0 says nothing more than the status
+            said = f": {scrubbed_excerpt(response.text, 200)}" if response.content else " with no reason"
+            raise UploadRefused(f"ComfyUI refused the image (POST /upload/image answered HTTP "
+                                f"{response.status_code}{said})")
+        try:
+            saved = response.json() if response.status_code == 200 else None
+        except ValueError:
+            saved = None
+        if not isinstance(saved, dict) or saved.get("name") != filename:
+            quoted = scrubbed_excerpt(response.text, 200)
+            raise ComfyUIUnavailable(f"ComfyUI POST /upload/image answered HTTP {response.status_code}: {quoted}")
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished prompt's history entry, or None while it is queued, running or unknown."""

@@ -28,8 +28,10 @@ from worker.comfyui import (
     ComfyUIUnavailable,
     EventSocket,
     ReplyTooLarge,
+    UploadRefused,
     describe_prompt_error,
 )
+from worker.input_images import InputImage
 from worker.replica_faults import replica_fault
 
 log = structlog.get_logger()
@@ -157,13 +159,30 @@ class PromptRun:
         """When ComfyUI last answered this run anything, over HTTP or the websocket (time.monotonic)."""
         return self._heard_at
 
-    async def run(self, workflow: dict[str, Any]) -> Outcome:
-        """Raises PromptRejected (400) or ComfyUIUnavailable (could not submit); else one Outcome.
+    async def run(self, workflow: dict[str, Any], images: Sequence[InputImage] = ()) -> Outcome:
+        """Uploads ``images`` to ComfyUI's input folder, then queues the workflow. Raises UploadRefused or
+        PromptRejected (4xx), or ComfyUIUnavailable (could not upload or submit); else one Outcome.
 
         Without a websocket (a proxy that refuses upgrades, say) the prompt is followed over HTTP alone."""
+        await self._upload(images)
         outcome = await self._run(workflow)
         outcome.written_since = self._sent_at
         return outcome
+
+    async def _upload(self, images: Sequence[InputImage]) -> None:
+        """Every attempt uploads them again: a retry may run on a replica that never had them."""
+        if not images:
+            return
+        started = time.monotonic()
+        for index, image in enumerate(images):
+            try:
+                await self.comfy.upload_image(image.filename, image.data, image.subfolder)
+            except UploadRefused as exc:
+                raise UploadRefused(f"metadata.images[{index}] {image.name!r}: {exc}") from None
+            except ComfyUIUnavailable as exc:
+                raise type(exc)(f"uploading metadata.images[{index}] {image.name!r}: {exc}") from None
+        log.info("Input images uploaded to ComfyUI", images=len(images), bytes=sum(len(i.data) for i in images),
+                 seconds=round(time.monotonic() - started, 3))
 
     async def _run(self, workflow: dict[str, Any]) -> Outcome:
         try:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.input_images import InputImage, InvalidImages, input_images
+
 # The queue manager's own rule for user_id; job ids are UUIDs there, and both become path components here.
 SAFE_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
@@ -33,6 +35,7 @@ class Job:
     workflow: dict[str, Any]
     metadata: dict[str, Any] = field(default_factory=dict)
     attempt: int | None = None  # from the embedded queue manager (contract item 1); comfy-multi sends none
+    images: tuple[InputImage, ...] = field(default=(), repr=False)  # metadata.images, decoded (worker/input_images.py)
 
     @property
     def attempt_number(self) -> int:
@@ -74,12 +77,16 @@ def parse_job(raw: dict[str, Any]) -> Job:
         metadata = {}
     if not isinstance(metadata, dict):
         raise InvalidJob(f"job 'metadata' must be a JSON object, got {type(metadata).__name__}")
+    try:
+        images = input_images(metadata)
+    except InvalidImages as exc:
+        raise InvalidJob(str(exc)) from None
 
     attempt = raw.get("attempt")
     if attempt is not None and not _is_count(attempt):
         raise InvalidJob(f"job 'attempt' must be a positive integer, got {attempt!r:.40}")
     workflow = validate_workflow(raw.get("workflow"))
-    return Job(id=job_id, user_id=user_id, workflow=workflow, metadata=metadata, attempt=attempt)
+    return Job(id=job_id, user_id=user_id, workflow=workflow, metadata=metadata, attempt=attempt, images=images)
 
 
 def attempt_of(raw: object) -> int | None:

@@ -30,6 +30,7 @@ from worker.comfyui import (
     EventSocket,
     PromptRejected,
     ReplyTooLarge,
+    UploadRefused,
 )
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
@@ -589,8 +590,8 @@ class Worker:
         if job.attempt is not None and job.attempt > 1:
             self._left_running |= await run.stop_earlier_attempts()
         try:
-            outcome = await run.run(job.workflow)
-        except PromptRejected as exc:
+            outcome = await run.run(job.workflow, job.images)
+        except (PromptRejected, UploadRefused) as exc:
             return Report(job.id, job.attempt, error=str(exc), workflow_fault=True)
         except ComfyUIUnavailable as exc:
             reason = await self._explain_lost_comfyui(f"ComfyUI unavailable while submitting the workflow: {exc}")
