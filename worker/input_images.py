@@ -61,8 +61,9 @@ def input_images(metadata: dict[str, Any]) -> tuple[InputImage, ...]:
         if missing := sorted({"name", "image"} - entry.keys()):
             raise InvalidImages(f"{where}: missing {', '.join(repr(key) for key in missing)}")
         if extra := sorted(str(key) for key in entry.keys() - {"name", "image"}):
-            raise InvalidImages(f"{where}: unexpected {', '.join(repr(key)[:40] for key in extra)} (only 'name' "
-                                "and 'image')")
+            raise InvalidImages(
+                f"{where}: unexpected {', '.join(repr(key)[:40] for key in extra)} (only 'name' and 'image')"
+            )
         name = _checked_name(entry["name"], f"{where}.name")
         if any(image.name == name for image in images):
             raise InvalidImages(f"{where}.name: {name!r} is named twice")
@@ -71,8 +72,10 @@ def input_images(metadata: dict[str, Any]) -> tuple[InputImage, ...]:
             raise InvalidImages(f"{where}.image: must be a base64 string, got {type(text).__name__}")
         base64_chars += len(text)
         if base64_chars > MAX_METADATA_BYTES:  # the queue manager refuses such a job; another one is not decoded
-            raise InvalidImages(f"{where}.image: the images are larger than {MAX_METADATA_BYTES} bytes of base64 "
-                                "in all, the queue manager's cap on a job's metadata")
+            raise InvalidImages(
+                f"{where}.image: the images are larger than {MAX_METADATA_BYTES} bytes of base64 "
+                "in all, the queue manager's cap on a job's metadata"
+            )
         images.append(InputImage(name, _decoded(text, f"{where}.image")))
     return tuple(images)
 
@@ -95,9 +98,10 @@ def _decoded(text: str, where: str) -> bytes:
     if text.startswith("data:"):
         prefix = DATA_URI.match(text)
         if prefix is None:
-            raise InvalidImages(f"{where}: a data URI must start data:image/<type>;base64, (the image's own bytes, "
-                                "base64-encoded)")
-        text = text[prefix.end():]
+            raise InvalidImages(
+                f"{where}: a data URI must start data:image/<type>;base64, (the image's own bytes, base64-encoded)"
+            )
+        text = text[prefix.end() :]
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):

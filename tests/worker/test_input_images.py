@@ -1,0 +1,202 @@
+"""A job that carries its input images (metadata.images): checked, uploaded to ComfyUI before its prompt, on
+every attempt, and never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import structlog
+
+from common.logs import configure_logging
+
+from ..conftest import wait_for
+from .conftest import COMFYUI_KILLED_TIMINGS
+
+
+def png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\xff\x80\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+TINY = base64.b64encode(png(2, 2)).decode()
+
+
+def load_and_save(*names: str, blur: bool = False) -> dict:
+    """LoadImage -> SaveImage for each name; with ``blur`` an ImageBlur (0.4 s in the stand-in) in between."""
+    workflow: dict = {}
+    for n, name in enumerate(names):
+        load, blurred, save = str(3 * n + 1), str(3 * n + 2), str(3 * n + 3)
+        workflow[load] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        source = load
+        if blur:
+            workflow[blurred] = {"class_type": "ImageBlur", "inputs": {"image": [load, 0], "blur_radius": 1,
+                                                                       "sigma": 1.0}}  # fmt: skip
+            source = blurred
+        workflow[save] = {"class_type": "SaveImage", "inputs": {"images": [source, 0], "filename_prefix": f"in{n}"}}
+    return workflow
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    return width, height
+
+
+@pytest.fixture
+def log_buffer():
+    buffer = io.StringIO()
+    configure_logging("json", "debug", stream=buffer)
+    yield buffer
+    structlog.reset_defaults()
+
+
+async def test_a_job_carrying_images_loads_them_and_completes(qm, comfy, make_worker, tmp_path, log_buffer):
+    photo, face = png(7, 5), png(3, 9)
+    images = [{"name": "photo.png", "image": b64(photo)},
+              {"name": "alice/face.png", "image": "data:image/png;base64," + b64(face)}]  # fmt: skip
+    job = qm.store.submit("alice", load_and_save("photo.png", "alice/face.png"), metadata={"images": images})
+    assert await make_worker().run() == 0
+
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    outputs = report.body["result"]["outputs"]
+    sizes = {item["node_id"]: png_size(tmp_path / "outputs" / item["path"]) for item in outputs}
+    assert sizes == {"3": (7, 5), "6": (3, 9)}
+    assert (comfy.input_dir / "photo.png").read_bytes() == photo
+    assert (comfy.input_dir / "alice" / "face.png").read_bytes() == face
+    assert [u.answer for u in comfy.uploads_received] == [
+        {"name": "photo.png", "subfolder": "", "type": "input"},
+        {"name": "face.png", "subfolder": "alice", "type": "input"},
+    ]
+    lines = [json.loads(line) for line in log_buffer.getvalue().splitlines() if line.startswith("{")]
+    [uploaded] = [line for line in lines if line["event"] == "Input images uploaded to ComfyUI"]
+    assert uploaded["images"] == 2 and uploaded["bytes"] == len(photo) + len(face)
+    assert uploaded["job_id"] == job.id
+    for encoded in (b64(photo), b64(face)):
+        assert encoded[8:40] not in log_buffer.getvalue(), "no base64 of an image in the log"
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        ("photo.png", "metadata.images: must be a list"),
+        ([["photo.png", "AAAA"]], "metadata.images[0]: must be an object with 'name' and 'image', got list"),
+        ([{"name": "photo.png"}], "metadata.images[0]: missing 'image'"),
+        ([{"name": "a.png", "image": "AAAA", "type": "input"}], "metadata.images[0]: unexpected 'type'"),
+        ([{"name": "a.png", "image": "AAAA"}, {"name": "../b.png", "image": "AAAA"}],
+         "metadata.images[1].name: '../b.png' is not a safe file name"),
+        ([{"name": "a/b/c.png", "image": "AAAA"}], "metadata.images[0].name: 'a/b/c.png' is not a safe file name"),
+        ([{"name": "/etc/passwd", "image": "AAAA"}], "metadata.images[0].name: '/etc/passwd' is not a safe"),
+        ([{"name": ".hidden.png", "image": "AAAA"}], "metadata.images[0].name: '.hidden.png' is not a safe"),
+        ([{"name": "a\\b.png", "image": "AAAA"}], "metadata.images[0].name: 'a\\\\b.png' is not a safe"),
+        ([{"name": "a\nb.png", "image": "AAAA"}], "metadata.images[0].name: 'a\\nb.png' is not a safe"),
+        ([{"name": "a..png", "image": "AAAA"}], "metadata.images[0].name: 'a..png' is not a safe"),
+        ([{"name": "", "image": "AAAA"}], "metadata.images[0].name: empty"),
+        ([{"name": 7, "image": "AAAA"}], "metadata.images[0].name: must be a string, got int"),
+        ([{"name": "x" * 129, "image": "AAAA"}], "metadata.images[0].name: 129 characters, at most 128"),
+        ([{"name": "a.png", "image": "AAAA"}, {"name": "a.png", "image": "AAAA"}],
+         "metadata.images[1].name: 'a.png' is named twice"),
+        ([{"name": f"{n}.png", "image": "AAAA"} for n in range(17)], "metadata.images: 17 images, at most 16"),
+        ([{"name": "a.png", "image": "not base64!"}], "metadata.images[0].image: not base64"),
+        ([{"name": "a.png", "image": "AAA"}], "metadata.images[0].image: not base64"),
+        ([{"name": "a.png", "image": "data:text/plain;base64,AAAA"}], "metadata.images[0].image: a data URI"),
+        ([{"name": "a.png", "image": ""}], "metadata.images[0].image: empty"),
+        ([{"name": "a.png", "image": None}], "metadata.images[0].image: must be a base64 string, got NoneType"),
+        ([{"name": "a.png", "image": "A" * 600_000}, {"name": "b.png", "image": "A" * 600_000}],
+         "metadata.images[1].image: the images are larger than 1048576 bytes of base64 in all"),
+    ],
+)  # fmt: skip
+async def test_a_bad_image_list_fails_the_job_naming_the_field_and_never_reaches_comfyui(
+    qm, comfy, make_worker, images, expected
+):
+    job = qm.store.submit("alice", load_and_save("a.png"), metadata={"images": images})
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert report.body["error"].startswith(f"Invalid job: {expected}"), report.body["error"]
+    assert comfy.uploads_received == [] and comfy.prompts_received == []
+    assert [j.id for j in qm.store.list()] == [job.id], "failed for good: no copy to retry"
+
+
+async def test_comfyui_gone_during_the_upload_hands_the_job_back(qm, comfy, make_worker):
+    job = qm.store.submit("alice", load_and_save("a.png"), metadata={"images": [{"name": "a.png", "image": TINY}]})
+    worker = make_worker(serverless_job_limit=1)
+    upload = worker.comfy.upload_image
+
+    async def upload_as_comfyui_dies(*args, **kwargs):
+        await comfy.crash()
+        return await upload(*args, **kwargs)
+
+    worker.comfy.upload_image = upload_as_comfyui_dies
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.body["error"].startswith(
+        "Handed back: ComfyUI unavailable while submitting the workflow: uploading metadata.images[0] 'a.png': "
+        "ComfyUI at http://127.0.0.1:"
+    ), report.body["error"]
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    assert copy.status == "pending" and copy.metadata["images"] == job.metadata["images"]
+    assert worker.state.jobs_failed == 0
+
+
+async def test_a_read_only_input_folder_hands_the_job_back_saying_what_to_do(qm, comfy, make_worker):
+    """ComfyUI 0.8.0 writes the upload with open(path, "wb"): on a read-only COMFYUI_INPUT_DIR that raises and aiohttp
+    answers its plain 500, which says nothing of why."""
+    comfy.read_only_input = True
+    job = qm.store.submit("alice", load_and_save("a.png"), metadata={"images": [{"name": "a.png", "image": TINY}]})
+    assert await make_worker(serverless_job_limit=1).run() == 0
+    error = qm.reports.landed(job.id)[0].body["error"]
+    assert error.startswith(
+        "Handed back: ComfyUI unavailable while submitting the workflow: uploading "
+        "metadata.images[0] 'a.png': ComfyUI POST /upload/image answered HTTP 500"
+    ), error
+    assert "if COMFYUI_INPUT_DIR is a read-only volume, mount it read-write or unset it" in error
+    assert [u.status for u in comfy.uploads_received] == [500] and comfy.prompts_received == []
+
+
+async def test_a_retry_uploads_the_images_again(qm, comfy, make_worker, tmp_path):
+    """The copy of a handed-back job may run on a replica that never had its images: here ComfyUI dies mid-prompt
+    and comes back with an empty input folder, as another replica's would be."""
+    photo = png(7, 5)
+    job = qm.store.submit("alice", load_and_save("photo.png", blur=True),
+                          metadata={"images": [{"name": "photo.png", "image": b64(photo)}]})  # fmt: skip
+    worker = make_worker(serverless_max_idle_polls=1_000_000, timings=COMFYUI_KILLED_TIMINGS)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    await comfy.crash()
+    await wait_for(lambda: qm.reports.landed(job.id))
+    comfy.input_dir = tmp_path / "another-replicas-input"
+    await comfy.start(port=comfy.port)
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    await wait_for(lambda: qm.store.get(copy.id).status in ("completed", "failed"), timeout=10)
+    worker.request_shutdown()
+    assert await run == 0
+    assert qm.store.get(copy.id).status == "completed", qm.store.get(copy.id).error
+    assert [u.answer["name"] for u in comfy.uploads_received] == ["photo.png", "photo.png"]
+    assert (comfy.input_dir / "photo.png").read_bytes() == photo
+
+
+async def test_a_job_naming_an_image_it_did_not_carry_fails_as_on_the_real_comfyui(qm, comfy, make_worker):
+    """The real ComfyUI's words, measured by the image test (docs/container.md, "Workflows that load files")."""
+    job = qm.store.submit("bob", load_and_save("bob/never-uploaded.png"))
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert (
+        "node 1 (LoadImage) input 'image': Custom validation failed for node: image - Invalid image file: "
+        "bob/never-uploaded.png" in report.body["error"]
+    )
