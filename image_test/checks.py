@@ -3,6 +3,7 @@ what it saw; none stops the others unless it makes them meaningless."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -72,8 +73,9 @@ class QueueManager:
             return self.http.get("/health").status_code == 200
         return False
 
-    def submit(self, user_id: str, workflow: dict[str, Any]) -> str:
-        answer = self.http.post("/api/jobs", json={"user_id": user_id, "workflow": workflow})
+    def submit(self, user_id: str, workflow: dict[str, Any], metadata: dict[str, Any] | None = None) -> str:
+        body = {"user_id": user_id, "workflow": workflow, "metadata": metadata or {}}
+        answer = self.http.post("/api/jobs", json=body)
         answer.raise_for_status()
         return answer.json()["id"]
 
@@ -197,6 +199,9 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
                 report: Report) -> None:
     jobs = {queue.submit(user, _quick_workflow(colour)): user for colour, user in enumerate(JOB_USERS)}
     invalid = queue.submit("mallory", load_workflow("invalid_unknown_node.json"))
+    carried = queue.submit("dana", _load_image_workflow(CARRIED_NAME), {"images": [
+        {"name": CARRIED_NAME, "image": base64.b64encode(_png(*CARRIED_SIZE)).decode()}
+    ]})  # fmt: skip
     container = Container(docker, image, "comfyui-image-test", queue.url, outputs)
     try:
         run_s = container.start()
@@ -221,7 +226,8 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
             return
         _process_owners(docker, container, report)
         _jobs_delivered(queue, jobs, invalid, outputs, report)
-        _comfyui_tidied(docker, container, queue, list(jobs), report)
+        _carried_image_loaded(queue, carried, outputs, report)
+        _comfyui_tidied(docker, container, queue, [*jobs, carried], report)
         _metrics_count(container, report)
         _docker_healthy(container, report)
         _stop_cleanly(docker, container, report)
@@ -321,7 +327,7 @@ def _metrics_count(container: Container, report: Report) -> None:
     counts = {
         outcome: _sample(text, f'comfy_worker_jobs_total{{outcome="{outcome}"}}') for outcome in ("completed", "failed")
     }
-    report.check("/metrics counts the jobs", counts == {"completed": 3.0, "failed": 1.0},
+    report.check("/metrics counts the jobs", counts == {"completed": 4.0, "failed": 1.0},
                  f"comfy_worker_jobs_total {counts}")
 
 
@@ -462,6 +468,26 @@ def _load_image_workflow(image: str) -> dict[str, Any]:
         "1": {"class_type": "LoadImage", "inputs": {"image": image}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded"}},
     }
+
+
+CARRIED_NAME = "dana/carried.png"  # in a subfolder: ComfyUI makes it in its input folder
+CARRIED_SIZE = (9, 4)
+
+
+def _carried_image_loaded(queue: QueueManager, job_id: str, outputs: Path, report: Report) -> None:
+    """The job carries its image in metadata.images; the worker uploads it to ComfyUI (its input folder on the
+    scratch disk here) before the prompt."""
+    name = "a job carrying its image in metadata.images loads it (LoadImage -> SaveImage)"
+    try:
+        job = wait_until(lambda: (j := queue.job(job_id))["status"] in ("completed", "failed", "cancelled") and j,
+                         JOBS_TIMEOUT_S, "end to the job carrying an image", interval_s=1)  # fmt: skip
+    except TimeoutError as exc:
+        report.check(name, False, str(exc))
+        return
+    delivered = [outputs / item["path"] for item in (job.get("result") or {}).get("outputs", [])]
+    sizes = [_png_size(path) for path in delivered if path.is_file()]
+    report.check(name, job["status"] == "completed" and sizes == [CARRIED_SIZE],
+                 f"{job['status']}: {job.get('error') or ''}; results {sizes} (the image is {CARRIED_SIZE})")
 
 
 def _uploads_loaded(queue: QueueManager, loaded: str, missing: str, outputs: Path, report: Report) -> None:
