@@ -200,3 +200,19 @@ async def test_a_job_naming_an_image_it_did_not_carry_fails_as_on_the_real_comfy
         "node 1 (LoadImage) input 'image': Custom validation failed for node: image - Invalid image file: "
         "bob/never-uploaded.png" in report.body["error"]
     )
+
+
+async def test_an_image_comfyui_refuses_fails_the_job_with_comfyuis_words(qm, comfy, make_worker):
+    """A 4xx is the image's fault, not the replica's: here ComfyUI's --max-upload-size is below the upload's size."""
+    comfy.max_upload_bytes = 200
+    await comfy.stop()
+    await comfy.start(port=comfy.port)
+    job = qm.store.submit("alice", load_and_save("a.png"), metadata={"images": [{"name": "a.png", "image": TINY}]})
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert report.body["error"].startswith(
+        "metadata.images[0] 'a.png': ComfyUI refused the image (POST /upload/image answered HTTP 413: Maximum "
+        "request body size 200 exceeded"
+    ), report.body["error"]
+    assert [j.id for j in qm.store.list()] == [job.id], "failed for good: no copy to retry"
