@@ -4,13 +4,13 @@ recording: read from its source; the image test runs a job through the real ones
 from __future__ import annotations
 
 import struct
-import zlib
 
 import aiohttp
 import httpx
 import pytest
 
 from standins.comfyui import ComfyUISimulator
+from standins.comfyui_nodes import Image, png_bytes
 
 from .conftest import collect_until_done, submit
 
@@ -18,12 +18,7 @@ AIOHTTP_500 = "500 Internal Server Error\n\nServer got itself in trouble"
 
 
 def png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\x00" + b"\x10\x20\x30" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return png_bytes(Image(width, height, (0x10, 0x20, 0x30)))
 
 
 def form(data: bytes | None, filename: str = "photo.png", **fields: str) -> aiohttp.FormData:

@@ -8,25 +8,20 @@ import base64
 import io
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
 import structlog
 
 from common.logs import configure_logging
+from standins.comfyui_nodes import Image, png_bytes
 
 from ..conftest import wait_for
 from .conftest import COMFYUI_KILLED_TIMINGS
 
 
 def png(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\x00" + b"\xff\x80\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return png_bytes(Image(width, height, (0xFF, 0x80, 0x00)))
 
 
 def b64(data: bytes) -> str:
