@@ -31,6 +31,7 @@ from common.settings import (
     warn_misspelt_variables,
 )
 from queue_manager.models import QueueMode
+from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
 from queue_manager.participants import ParticipantsFileError, add_participant
 from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
@@ -56,6 +57,7 @@ class QueueManagerEnv(LogSettings):
     token: QueueToken | None = Field(default=None, validation_alias=QUEUE_TOKEN_ENV)
     worker_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV)
     participants_file: OptionalPath = Field(default=None, validation_alias=PARTICIPANTS_FILE_ENV)
+    outputs_dir: OptionalPath = Field(default=None, validation_alias=OUTPUTS_DIR_ENV)
     lease_timeout_s: float = Field(
         default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the comfy-multi Queue Manager HTTP contract from a local SQLite database.",
         epilog=(
             f"Give a participant their own token: comfy-serverless queue {ADD_PARTICIPANT} USER_ID (see its --help). "
-            f"Environment: {QUEUE_TOKEN_ENV}, {QUEUE_WORKER_TOKEN_ENV}, {PARTICIPANTS_FILE_ENV}, LEASE_TIMEOUT_S "
+            f"Environment: {QUEUE_TOKEN_ENV}, {QUEUE_WORKER_TOKEN_ENV}, {PARTICIPANTS_FILE_ENV}, {OUTPUTS_DIR_ENV}, "
+            "LEASE_TIMEOUT_S "
             "(default "
             f"{DEFAULT_LEASE_TIMEOUT_S:g}; "
             f"0 = no lease), MAX_ATTEMPTS (default {DEFAULT_MAX_ATTEMPTS}), FINISHED_JOB_RETENTION_S (default "
@@ -181,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"with --token: each participant's own token, by its hash; each sees and cancels only their jobs; "
         f"re-read when it changes (default: ${PARTICIPANTS_FILE_ENV}, else none)",
+    )
+    parser.add_argument(
+        "--outputs-dir",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help=f"where the workers' OUTPUTS_PATH volume is mounted (read-only is fine): serve completed jobs' result "
+        f"files at GET /api/jobs/ID/outputs/PATH (default: ${OUTPUTS_DIR_ENV}, else not served)",
     )
     return parser
 
@@ -267,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem := token_pair_problem(token, worker_token) or participants_problem(token, participants_file):
         print(problem, file=sys.stderr)
         return 2
+    outputs_dir = args.outputs_dir or env.outputs_dir
+    if outputs_dir is not None and (problem := outputs_dir_problem(outputs_dir)):
+        print(problem, file=sys.stderr)
+        return 2
     server = QueueManagerServer(
         args.db,
         max_queue_depth=args.max_queue_depth,
@@ -276,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         token=token,
         worker_token=worker_token,
         participants_file=participants_file,
+        outputs_dir=outputs_dir,
         lease_timeout_s=env.lease_timeout_s,
         max_attempts=env.max_attempts,
         finished_job_retention_s=env.finished_job_retention_s,

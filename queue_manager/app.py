@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -49,6 +50,7 @@ from queue_manager.models import (
     created_at_datetime,
     event_datetime,
 )
+from queue_manager.outputs import NOT_SERVED, OutputFileResponse, OutputNotServed, download_headers, listed_output
 from queue_manager.participants import ParticipantsFile
 from queue_manager.refusal_log import refusal_log_middleware
 from queue_manager.reports import Report, ReportLog
@@ -126,6 +128,8 @@ class QueueSettings:
     # Off: answer exactly as comfy-multi does (no attempt, no heartbeat or release-job route, reports unfenced),
     # so a test can run the worker's comfy-multi fallback against this server.
     extensions: bool = True
+    # Where the workers' OUTPUTS_PATH is mounted here (resolved), to serve completed jobs' files; None: not served.
+    outputs_dir: Path | None = None
 
 
 class BodyTooLarge(web.HTTPRequestEntityTooLarge):
@@ -429,6 +433,23 @@ class QueueApi:
             return _detail(404, "Job not found")  # another participant's job: as if there were none
         view = self._job_view(job, await self._positions([job]))
         return _json({**view, "metadata": job.metadata} if self._settings.extensions else view)
+
+    async def job_output(self, request: web.Request) -> web.StreamResponse:
+        """One file of a completed job's result, streamed from the outputs volume (queue_manager/outputs.py)."""
+        root = self._settings.outputs_dir
+        if root is None:
+            return _detail(404, NOT_SERVED)
+        job = await self._db(self._store.get, request.match_info["job_id"])
+        if job is None or request.get(PARTICIPANT, job.user_id) != job.user_id:
+            return _detail(404, "Job not found")  # another participant's job: as if there were none
+        if job.status is not JobStatus.COMPLETED:
+            return _detail(409, f"Job is {job.status.value}: only a completed job's outputs are served")
+        try:
+            path = await asyncio.to_thread(listed_output, root, job.user_id, job.id, job.result,
+                                           request.match_info["path"])
+        except OutputNotServed as exc:
+            return _detail(exc.status, exc.detail)
+        return OutputFileResponse(path, headers=download_headers(path.name))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         query, errors = parse_query(PagedListJobsQuery if self.extensions else ListJobsQuery, request.query)
@@ -817,4 +838,6 @@ def build_app(
     app.router.add_get("/api/jobs", api.list_jobs, name="list-jobs")
     app.router.add_get("/api/jobs/{job_id}", api.get_job, name="get-job")
     app.router.add_delete("/api/jobs/{job_id}", api.cancel_job, name="cancel-job")
+    if api.extensions:
+        app.router.add_get("/api/jobs/{job_id}/outputs/{path:.+}", api.job_output, name="job-output")
     return app

@@ -72,6 +72,8 @@ class QueueManagerServer:
     Finished jobs are deleted `finished_job_retention_s` after they finished (0 = kept for good).
     `max_pending_per_user` (0 = none) refuses a user's submission past that many of their jobs pending;
     `round_robin` counts the jobs handed out in the last `round_robin_window_s` (0 = every job kept).
+    `outputs_dir`: where the workers' OUTPUTS_PATH is mounted, to serve completed jobs' result files
+    (GET /api/jobs/{id}/outputs/{path}); None answers that route 404, saying it is off.
     `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
     reports): the worker's comfy-multi fallback is tested against that.
     Every `heap_trim_interval_s` the C heap's free pages go back to the system with `trim_heap` (common.heap_trim).
@@ -88,6 +90,7 @@ class QueueManagerServer:
         token: str | None = None,
         worker_token: str | None = None,
         participants_file: str | Path | None = None,
+        outputs_dir: str | Path | None = None,
         clock: Callable[[], float] = time.time,
         steady_clock: Callable[[], float] | None = None,
         lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S,
@@ -120,6 +123,7 @@ class QueueManagerServer:
             raise ValueError(problem)
         self._token = token
         self._worker_token = worker_token or None
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self._participants = ParticipantsFile(Path(participants_file)) if participants_file is not None else None
         self._test_hooks = TestHooks(FaultInjector(), ReportLog()) if test_hooks else None
         self.url: str | None = None
@@ -187,6 +191,7 @@ class QueueManagerServer:
             version=_version(),
             max_attempts=self.max_attempts,
             extensions=self.extensions,
+            outputs_dir=self.outputs_dir.resolve() if self.outputs_dir is not None else None,
         )
         api = QueueApi(
             self._store,
@@ -226,6 +231,7 @@ class QueueManagerServer:
             worker_token=self._worker_token is not None,
             participants=len(participants) if participants is not None else 0,
             participants_file=str(self._participants.path) if self._participants is not None else None,
+            outputs_dir=str(settings.outputs_dir) if settings.outputs_dir is not None else None,
             test_hooks=self._test_hooks is not None,
         )
         return self.url

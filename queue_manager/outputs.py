@@ -1,0 +1,131 @@
+"""A completed job's result files, served from QUEUE_MANAGER_OUTPUTS_DIR: the folder where the workers' OUTPUTS_PATH
+volume is mounted on the queue manager's host.
+
+A path is served only when it is one of those the job's own result lists (`result.outputs[].path`, relative to
+OUTPUTS_PATH, as the worker wrote it), lies in the job's own folder `<user_id>/<job_id>/`, and is, links resolved,
+that very place under the folder: a link planted on the volume leads nowhere, and no other file can be named.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger()
+
+OUTPUTS_DIR_ENV = "QUEUE_MANAGER_OUTPUTS_DIR"
+NOT_SERVED = (
+    f"Job outputs are not served by this queue manager: its operator turns it on with {OUTPUTS_DIR_ENV} (the "
+    "folder where the workers' OUTPUTS_PATH volume is mounted)"
+)
+NOT_LISTED = "Output not found: ask for one of the paths the job's result lists in outputs[].path, as listed"
+# The kinds of files ComfyUI saves. Anything else is sent as application/octet-stream (a download): never as
+# text/html or image/svg+xml, from which a browser would run script.
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".avif": "image/avif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".wav": "audio/wav",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/opus",
+}
+DOWNLOAD_TYPE = "application/octet-stream"
+
+
+class OutputNotServed(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def outputs_dir_problem(folder: Path) -> str | None:
+    """Why the queue manager cannot serve outputs from this folder, or None (checked once, at start)."""
+    named = f"{OUTPUTS_DIR_ENV} (--outputs-dir) {folder}"
+    if not folder.is_dir():
+        return (f"{named} is not a folder: mount the workers' OUTPUTS_PATH volume there (read-only is fine), or "
+                f"unset {OUTPUTS_DIR_ENV}")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return (f"{named} cannot be read by this user (uid {os.getuid()}): make it readable to the queue manager, "
+                f"or unset {OUTPUTS_DIR_ENV}")
+    return None
+
+
+def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str) -> Path:
+    """The file `asked` names, under `root` (resolved), if the job's result lists it; OutputNotServed otherwise.
+    Touches the disk: run it in a thread."""
+    if asked not in _listed_paths(result):
+        raise OutputNotServed(404, NOT_LISTED)
+    parts = asked.split("/")
+    if len(parts) < 3 or parts[:2] != [user_id, job_id] or any(part in ("", ".", "..") for part in parts):
+        raise _refused(job_id, asked, "the result lists a path outside the job's folder <user_id>/<job_id>/")
+    if not root.is_dir():
+        log.error("outputs_dir_missing", outputs_dir=str(root), job_id=job_id)
+        raise OutputNotServed(503, "The queue manager's outputs folder is missing (its volume is not mounted?): tell "
+                                   "the operator")
+    place = root.joinpath(*parts)
+    try:
+        real = place.resolve(strict=True)
+        is_file = stat.S_ISREG(real.stat().st_mode)
+    except FileNotFoundError:
+        log.warning("output_gone", job_id=job_id, path=asked)
+        raise OutputNotServed(404, f"Output {asked} is listed in the job's result but no longer on the volume "
+                                   "(deleted, or removed by the outputs' retention)") from None
+    except (OSError, RuntimeError) as exc:  # a loop of links, a name too long
+        raise _refused(job_id, asked, f"cannot be resolved: {exc}") from None
+    if real != place:
+        raise _refused(job_id, asked, f"a symbolic link on the way leads to {real}")
+    if not is_file:
+        raise _refused(job_id, asked, "not a regular file")
+    return real
+
+
+def _listed_paths(result: Any) -> set[str]:
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    if not isinstance(outputs, list):
+        return set()
+    return {item["path"] for item in outputs if isinstance(item, dict) and isinstance(item.get("path"), str)}
+
+
+def _refused(job_id: str, asked: str, reason: str) -> OutputNotServed:
+    """A listed path that is not served: the client hears only that it is not an output; the log says why."""
+    log.warning("output_refused", job_id=job_id, path=asked, reason=reason)
+    return OutputNotServed(404, NOT_LISTED)
+
+
+def download_headers(name: str) -> dict[str, str]:
+    """What makes a browser show an image or a video and never run an output: HTML or SVG included."""
+    fallback = "".join(char if 0x20 <= ord(char) < 0x7F and char not in '"\\' else "_" for char in name)
+    return {
+        "Content-Type": MEDIA_TYPES.get(Path(name).suffix.lower(), DOWNLOAD_TYPE),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Content-Disposition": f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}",
+    }
+
+
+class OutputFileResponse(web.FileResponse):
+    """aiohttp's FileResponse (streamed, Range and conditional requests), sending the file named and only it:
+    FileResponse would send a `NAME.gz` or `NAME.br` lying beside it, to a client accepting gzip or br, in its
+    place, a file no result lists."""
+
+    def _get_file_path_stat_encoding(self, accept_encoding: str) -> tuple[Path | None, os.stat_result, str | None]:
+        return super()._get_file_path_stat_encoding("")

@@ -1,0 +1,334 @@
+"""Participants fetch their completed jobs' files from the queue manager (QUEUE_MANAGER_OUTPUTS_DIR): before, nothing
+served them, and the operator had to serve the workers' OUTPUTS_PATH volume by other means. Only a file the job's
+own result lists is ever served, only to whoever may read the job, and never through a link out of the folder."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from queue_manager import JobStatus, QueueManagerServer
+from queue_manager.participants import add_participant
+from standins.comfyui import ComfyUISimulator
+from worker.outputs import DeliveredFile
+
+from ..conftest import run_module_to_exit
+from .test_cli import REPO, start_cli
+from .test_participants import clean_env
+from .test_with_the_worker import make_worker
+from .test_worker_token import bearer
+
+OPERATOR = "operator-token-1"
+WORKERS = "workers-token-2"
+WORKFLOW = {"1": {}}
+IMAGE = bytes(range(256)) * 64  # 16 KiB, every byte value
+NOT_LISTED = "Output not found: ask for one of the paths the job's result lists in outputs[].path, as listed"
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    """The workers' OUTPUTS_PATH, as mounted on the queue manager's host."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> dict[str, str]:
+    return {user: add_participant(tmp_path / "participants", user) for user in ("alice", "bob")}
+
+
+@pytest.fixture
+async def queue(tmp_path: Path, volume: Path, tokens: dict[str, str]) -> AsyncIterator[QueueManagerServer]:
+    async with QueueManagerServer(token=OPERATOR, worker_token=WORKERS, participants_file=tmp_path / "participants",
+                                  outputs_dir=volume) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(queue: QueueManagerServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=queue.url, timeout=5.0) as http:
+        yield http
+
+
+def output_url(job_id: str, path: str) -> str:
+    """How a client builds the URL of one of result.outputs[].path: each segment percent-encoded."""
+    return f"/api/jobs/{job_id}/outputs/{quote(path)}"
+
+
+async def fetch(client: httpx.AsyncClient, raw_path: str, headers: dict[str, str]) -> httpx.Response:
+    """GET raw_path as it is: httpx would remove dot segments before sending."""
+    request = client.build_request("GET", "/", headers=headers)
+    request.url = request.url.copy_with(raw_path=raw_path.encode())
+    return await client.send(request)
+
+
+async def completed_job(
+    queue: QueueManagerServer, client: httpx.AsyncClient, user_id: str, files: dict[str, bytes]
+) -> tuple[str, list[str]]:
+    """A job taken and completed through the worker routes, its files written first as the worker delivers them
+    (OUTPUTS_PATH/<user_id>/<job_id>/<name>): its id and its result's paths."""
+    job = queue.store.submit(user_id, WORKFLOW)
+    taken = await client.get("/api/workers/next-job", params={"worker_id": "w1"}, headers=bearer(WORKERS))
+    assert taken.json()["job"]["id"] == job.id
+    outputs = []
+    for name, data in files.items():
+        path = f"{user_id}/{job.id}/{name}"
+        (queue.outputs_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (queue.outputs_dir / path).write_bytes(data)
+        outputs.append(DeliveredFile("9", "images", path, len(data), hashlib.sha256(data).hexdigest()).as_dict())
+    result = {"prompt_id": "p1", "outputs": outputs, "outputs_root": "/outputs", "worker_id": "w1"}
+    reported = await client.post("/api/workers/complete-job", params={"job_id": job.id, "worker_id": "w1",
+                                 "attempt": "1"}, json={"result": result}, headers=bearer(WORKERS))
+    assert reported.status_code == 200, reported.text
+    return job.id, [item["path"] for item in outputs]
+
+
+async def test_a_worker_delivered_file_is_fetched_byte_exact_by_its_owner(tmp_path: Path, volume: Path) -> None:
+    comfy = ComfyUISimulator(tmp_path / "comfy-out", tmp_path / "comfy-temp")
+    await comfy.start()
+    alice = add_participant(tmp_path / "participants", "alice")
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "fetch"}},
+    }
+    try:
+        async with (
+            QueueManagerServer(token=OPERATOR, worker_token=WORKERS, participants_file=tmp_path / "participants",
+                               outputs_dir=volume) as qm,
+            httpx.AsyncClient(base_url=qm.url, timeout=5.0) as client,
+        ):  # fmt: skip
+            job = qm.store.submit("alice", workflow)
+            worker = make_worker(qm, comfy, tmp_path, outputs_path=volume, queue_manager_token=WORKERS,
+                                 serverless_job_limit=1)
+            assert await worker.run() == 0
+            done = (await client.get(f"/api/jobs/{job.id}", headers=bearer(alice))).json()
+            assert done["status"] == "completed", done
+            [output] = done["result"]["outputs"]
+            fetched = await client.get(output_url(job.id, output["path"]), headers=bearer(alice))
+    finally:
+        await comfy.stop()
+    assert fetched.status_code == 200, fetched.text
+    assert hashlib.sha256(fetched.content).hexdigest() == output["sha256"]
+    assert len(fetched.content) == output["bytes"]
+    assert fetched.headers["Content-Type"] == "image/png"
+
+
+async def test_the_operator_and_the_workers_token_fetch_any_job_another_participant_none(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    answers = {who: await client.get(output_url(job_id, path), headers=bearer(token))
+               for who, token in (("alice", tokens["alice"]), ("operator", OPERATOR), ("workers", WORKERS),
+                                  ("bob", tokens["bob"]))}
+    unknown = await client.get(output_url("no-such-job", path), headers=bearer(tokens["bob"]))
+    nobody = await client.get(output_url(job_id, path))
+    assert [answers[who].content for who in ("alice", "operator", "workers")] == [IMAGE] * 3
+    assert (answers["bob"].status_code, answers["bob"].json()) == (unknown.status_code, unknown.json()) == (
+        404, {"detail": "Job not found"})
+    assert nobody.status_code == 401
+
+
+async def test_a_path_the_result_does_not_list_is_not_served_though_on_the_volume(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str]
+) -> None:
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    (volume / "alice" / job_id / "other.png").write_bytes(b"not in the result")
+    _, [bobs] = await completed_job(queue, client, "bob", {"b.png": b"bob's"})
+    asked = [f"alice/{job_id}/other.png", bobs, path.upper(), f"{path}/", f"{job_id}/a.png", "a.png"]
+    answers = [await client.get(output_url(job_id, p), headers=bearer(tokens["alice"])) for p in asked]
+    assert [(a.status_code, a.json()) for a in answers] == [(404, {"detail": NOT_LISTED})] * len(asked)
+    assert all(b"bob's" not in a.content and b"not in the result" not in a.content for a in answers)
+
+
+@pytest.mark.parametrize("raw", [
+    "alice%2F{job}%2F..%2F..%2F..%2Fsecret.txt", "..%2F..%2Fsecret.txt", "%2E%2E/%2E%2E/secret.txt",
+    "%2Fetc%2Fpasswd", "/etc/passwd", "alice/{job}/%2E%2E/%2E%2E/%2E%2E/secret.txt",
+])  # fmt: skip
+async def test_dot_dot_and_absolute_paths_are_not_served(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tmp_path: Path, tokens: dict[str, str], raw: str
+) -> None:
+    (tmp_path / "secret.txt").write_text("QUEUE_MANAGER_TOKEN=hunter2")
+    job_id, _ = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    target = raw.replace("{job}", job_id)
+    answer = await fetch(client, f"/api/jobs/{job_id}/outputs/{target}", bearer(tokens["alice"]))
+    assert answer.status_code == 404
+    assert "hunter2" not in answer.text and "root:" not in answer.text
+    assert answer.json() == {"detail": NOT_LISTED}
+
+
+async def test_a_result_listing_a_path_out_of_the_jobs_folder_is_not_served(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str]
+) -> None:
+    """A result is whatever was reported: one naming another's file, or climbing out, serves nothing."""
+    (volume.parent / "secret.txt").write_text("QUEUE_MANAGER_TOKEN=hunter2")
+    _, [bobs] = await completed_job(queue, client, "bob", {"b.png": b"bob's"})
+    job = queue.store.submit("alice", WORKFLOW)
+    await client.get("/api/workers/next-job", params={"worker_id": "w1"}, headers=bearer(WORKERS))
+    forged = [bobs, f"alice/{job.id}/../../../secret.txt", str(volume.parent / "secret.txt"), f"alice/{job.id}//b"]
+    result = {"outputs": [{"path": path} for path in forged]}
+    await client.post("/api/workers/complete-job", params={"job_id": job.id, "worker_id": "w1", "attempt": "1"},
+                      json={"result": result}, headers=bearer(WORKERS))
+    with capture_logs() as logs:
+        answers = [await fetch(client, f"/api/jobs/{job.id}/outputs/{quote(p, safe='')}", bearer(OPERATOR))
+                   for p in forged]
+    assert [(a.status_code, a.json()) for a in answers] == [(404, {"detail": NOT_LISTED})] * len(forged)
+    refused = [line for line in logs if line["event"] == "output_refused"]
+    assert len(refused) == len(forged) and all("outside the job's folder" in line["reason"] for line in refused)
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+async def test_a_link_planted_on_the_volume_out_of_the_folder_is_not_followed(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tmp_path: Path, tokens: dict[str, str],
+    link: str,
+) -> None:  # fmt: skip
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.png").write_text("root:x:0:0:root:/root:/bin/bash")
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    if link == "file":
+        (volume / path).unlink()
+        (volume / path).symlink_to(outside / "a.png")
+    else:  # the job's folder itself
+        job_folder = volume / "alice" / job_id
+        (job_folder / "a.png").unlink()
+        job_folder.rmdir()
+        job_folder.symlink_to(outside)
+    with capture_logs() as logs:
+        answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    assert (answer.status_code, answer.json()) == (404, {"detail": NOT_LISTED})
+    [refused] = [line for line in logs if line["event"] == "output_refused"]
+    assert "symbolic link" in refused["reason"] and refused["job_id"] == job_id
+
+
+async def test_a_file_beside_the_listed_one_is_never_sent_in_its_place(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str]
+) -> None:
+    """aiohttp's FileResponse sends NAME.gz, when there is one, to a client accepting gzip (httpx does)."""
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    (volume / f"{path}.gz").write_bytes(b"\x1f\x8b not the image")
+    answer = await client.get(output_url(job_id, path), headers={**bearer(tokens["alice"]),
+                                                                  "Accept-Encoding": "gzip, br"})
+    assert answer.status_code == 200
+    assert "Content-Encoding" not in answer.headers
+    assert answer.content == IMAGE
+
+
+async def test_a_listed_file_gone_from_the_volume_answers_404_saying_so(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str]
+) -> None:
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    (volume / path).unlink()
+    with capture_logs() as logs:
+        answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    assert answer.status_code == 404
+    assert answer.json()["detail"].startswith(f"Output {path} is listed in the job's result but no longer on the "
+                                              "volume")
+    [gone] = [line for line in logs if line["event"] == "output_gone"]
+    assert (gone["job_id"], gone["path"], gone["log_level"]) == (job_id, path, "warning")
+
+
+@pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.FAILED])
+async def test_a_job_not_completed_answers_409_naming_its_state(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str], status: JobStatus
+) -> None:
+    job = queue.store.submit("alice", WORKFLOW)
+    if status is not JobStatus.PENDING:
+        await client.get("/api/workers/next-job", params={"worker_id": "w1"}, headers=bearer(WORKERS))
+    if status is JobStatus.FAILED:
+        await client.post("/api/workers/fail-job", params={"job_id": job.id, "worker_id": "w1", "attempt": "1"},
+                          json={"error": "boom"}, headers=bearer(WORKERS))
+    assert queue.store.get(job.id).status is status
+    answer = await client.get(output_url(job.id, f"alice/{job.id}/a.png"), headers=bearer(tokens["alice"]))
+    assert (answer.status_code, answer.json()) == (
+        409, {"detail": f"Job is {status.value}: only a completed job's outputs are served"})
+
+
+async def test_a_range_is_answered_206_with_those_bytes(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    job_id, [path] = await completed_job(queue, client, "alice", {"clip.mp4": IMAGE})
+    answer = await client.get(output_url(job_id, path), headers={**bearer(tokens["alice"]), "Range": "bytes=100-199"})
+    assert answer.status_code == 206
+    assert answer.content == IMAGE[100:200]
+    assert answer.headers["Content-Range"] == f"bytes 100-199/{len(IMAGE)}"
+    assert answer.headers["Content-Type"] == "video/mp4"
+
+
+@pytest.mark.parametrize(("name", "content_type"), [
+    ("ComfyUI_00001_.png", "image/png"), ("still.JPG", "image/jpeg"), ("clip.webm", "video/webm"),
+    ("page.html", "application/octet-stream"), ("vector.svg", "application/octet-stream"),
+    ("notes", "application/octet-stream"),
+])  # fmt: skip
+async def test_the_headers_never_let_a_browser_run_an_output(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str], name: str, content_type: str
+) -> None:
+    job_id, [path] = await completed_job(queue, client, "alice", {name: b"<script>alert(1)</script>"})
+    answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == content_type
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in answer.headers["Content-Security-Policy"]
+    assert answer.headers["Content-Disposition"] == f"inline; filename=\"{name}\"; filename*=UTF-8''{name}"
+
+
+async def test_a_file_name_is_quoted_safely_in_content_disposition(
+    queue: QueueManagerServer, client: httpx.AsyncClient, tokens: dict[str, str]
+) -> None:
+    name = 'a"b\\c; d=é.png'
+    job_id, [path] = await completed_job(queue, client, "alice", {name: IMAGE})
+    answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    assert answer.status_code == 200 and answer.content == IMAGE
+    assert answer.headers["Content-Disposition"] == (
+        "inline; filename=\"a_b_c; d=_.png\"; filename*=UTF-8''a%22b%5Cc%3B%20d%3D%C3%A9.png")
+
+
+async def test_without_the_setting_the_route_says_outputs_are_not_served_and_how_to_turn_it_on() -> None:
+    async with QueueManagerServer() as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job = queue.store.submit("alice", WORKFLOW)
+        answer = await client.get(output_url(job.id, f"alice/{job.id}/a.png"))
+    assert answer.status_code == 404
+    assert "not served by this queue manager" in answer.json()["detail"]
+    assert "QUEUE_MANAGER_OUTPUTS_DIR" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("by", ["flag", "variable"])
+@pytest.mark.parametrize("problem", ["missing", "unreadable"])
+async def test_the_cli_exits_2_when_the_outputs_folder_cannot_be_read(tmp_path: Path, by: str, problem: str) -> None:
+    folder = tmp_path / "outputs"
+    if problem == "unreadable":
+        if os.geteuid() == 0:
+            pytest.skip("root reads any folder")
+        folder.mkdir(mode=0o000)
+    env = clean_env(QUEUE_MANAGER_OUTPUTS_DIR=str(folder)) if by == "variable" else clean_env()
+    flag = ("--outputs-dir", str(folder)) if by == "flag" else ()
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), *flag, env=env, cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"QUEUE_MANAGER_OUTPUTS_DIR (--outputs-dir) {folder} ")
+    assert "unset QUEUE_MANAGER_OUTPUTS_DIR" in line
+
+
+async def test_the_cli_serves_outputs_from_the_variables_folder(tmp_path: Path, volume: Path) -> None:
+    process, url = await start_cli("--db", str(tmp_path / "q.db"),
+                                   env=clean_env(QUEUE_MANAGER_OUTPUTS_DIR=str(volume)))
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            answer = await client.get("/api/jobs/no-such-job/outputs/alice/no-such-job/a.png")
+    finally:
+        process.terminate()
+        async with asyncio.timeout(10):
+            await process.wait()
+    assert (answer.status_code, answer.json()) == (404, {"detail": "Job not found"}), "served: the job is looked for"
+
+
