@@ -26,7 +26,7 @@ ROUTE = re.compile(r"router\.add_(get|post|delete|put|patch)\(\s*\"([^\"]+)\"")
 def routes(module: str) -> set[tuple[str, str]]:
     """(METHOD, path) of a server's route table, path parameters written {id}."""
     text = (REPO / module).read_text()
-    return {(method.upper(), re.sub(r"\{[a-z_]+\}", "{id}", path)) for method, path in ROUTE.findall(text)}
+    return {(method.upper(), re.sub(r"\{[a-z_]+(?::[^}]*)?\}", "{id}", path)) for method, path in ROUTE.findall(text)}
 
 
 HEALTH = routes("health/server.py")
