@@ -50,6 +50,7 @@ class WorkerSettings(LogSettings):
     comfyui_url: AnyHttpUrl = Field(default="http://127.0.0.1:8188", validation_alias="COMFYUI_URL")
     comfyui_output_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_OUTPUT_DIR")
     comfyui_temp_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
+    comfyui_input_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_INPUT_DIR")
     worker_id: Identifier = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")

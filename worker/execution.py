@@ -142,6 +142,7 @@ class PromptRun:
         self._executed_bytes = 0
         self._interrupt_sent = False
         self._warnings: list[str] = []
+        self.uploaded: list[InputImage] = []  # the images ComfyUI saved for this attempt, to delete once it is over
 
     @property
     def executed_outputs(self) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class PromptRun:
         for index, image in enumerate(images):
             try:
                 await self.comfy.upload_image(image.filename, image.data, image.subfolder)
+                self.uploaded.append(image)
             except UploadRefused as exc:
                 raise UploadRefused(f"metadata.images[{index}] {image.name!r}: {exc}") from None
             except ComfyUIUnavailable as exc:

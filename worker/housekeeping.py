@@ -47,19 +47,28 @@ its age. An older file means the folder setting names a folder that is not Comfy
 outputs, a persistent volume, another ComfyUI's folder), whose files of the names ComfyUI counts up were never
 the worker's: the first one is named in a warning and nothing in that folder is deleted from then on, as when
 the delivery finds a look-alike there.
+
+The images a job carried (worker/input_images.py) go from COMFYUI_INPUT_DIR once its prompt is over, however it
+ended: on a replica several users share, a later job naming one without carrying it would load it. Only the file
+the upload wrote goes: at the name it was uploaded to, a regular file reached without a symbolic link, still
+holding the bytes uploaded (another client's upload of the name since is kept); and the subfolder the upload
+made for it, once empty. A run killed mid-job leaves them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Collection
+import os
+import stat
+from collections.abc import Collection, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from worker.comfyui import WORKER_ID_KEY, ComfyUIClient, ComfyUIUnavailable, ReplyTooLarge
+from worker.input_images import InputImage
 from worker.outputs import (
     MTIME_SLACK_S,
     OutputDeliveryError,
@@ -120,12 +129,14 @@ class ComfyUIHousekeeping:
         temp_dir: Path | None,
         outputs_root: Path,
         max_files: int = 10_000,
+        input_dir: Path | None = None,
     ) -> None:
         self.comfy = comfy
         self.max_files = max_files
         self.outputs_root = outputs_root
         self.output_dir = self._deletable(output_dir, "COMFYUI_OUTPUT_DIR")
         self.temp_dir = self._deletable(temp_dir, "COMFYUI_TEMP_DIR")
+        self.input_dir = self._deletable(input_dir, "COMFYUI_INPUT_DIR")
         self._settings = {folder: name for folder, name in ((output_dir, "COMFYUI_OUTPUT_DIR"),
                                                             (temp_dir, "COMFYUI_TEMP_DIR")) if folder}  # fmt: skip
         # Result files ComfyUI's cache may still name again, with when the first prompt that named them was sent.
@@ -210,6 +221,25 @@ class ComfyUIHousekeeping:
             if files:
                 self._folders_checked.add(folder_type)
                 _warn_if_none_there(files, folder_type)
+
+    def missing_input_folders(self, images: Sequence[InputImage]) -> frozenset[str]:
+        """Before the upload: the subfolders of the images' names that COMFYUI_INPUT_DIR lacks, which ComfyUI
+        makes for them (delete_uploads removes them once empty)."""
+        if self.input_dir is None:
+            return frozenset()
+        folder = self.input_dir
+        return frozenset(i.subfolder for i in images if i.subfolder and not os.path.lexists(folder / i.subfolder))
+
+    async def delete_uploads(self, images: Sequence[InputImage], made_folders: frozenset[str]) -> None:
+        """The job's prompt is over: delete from COMFYUI_INPUT_DIR the images uploaded for it that are still as
+        the upload left them, and the subfolders it made that are empty."""
+        if self.input_dir is None or not (images or made_folders):
+            return
+        folder = self.input_dir
+        if images and "input" not in self._folders_checked:
+            self._folders_checked.add("input")
+            _warn_if_none_there([(folder, PurePosixPath(image.name)) for image in images], "input")
+        await asyncio.to_thread(_delete_uploads, folder, images, made_folders)
 
     async def delete_freed_by_restart(self) -> None:
         if self._freed_by_restart:
@@ -378,10 +408,41 @@ def _warn_if_none_there(files: list[tuple[Path, PurePosixPath]], folder_type: st
     folder, relative = files[0]
     likely = folder / folder_type
     setting = f"COMFYUI_{folder_type.upper()}_DIR"
-    what = "previews" if folder_type == "temp" else "result files"
+    what = {"temp": "previews", "output": "result files", "input": "uploaded images"}[folder_type]
     log.warning(f"{setting} holds none of the {what} ComfyUI wrote: they are never deleted and pile up on "
                 "ComfyUI's disk", **{setting: str(folder)}, file=str(relative),
                 found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
+
+
+def _delete_uploads(folder: Path, images: Sequence[InputImage], made_folders: frozenset[str]) -> None:
+    for image in images:
+        path = folder / image.name
+        try:
+            if not _still_uploaded(folder, image):
+                log.info("Keeping an image of the job in COMFYUI_INPUT_DIR: it is no longer the file the upload "
+                         "wrote (another client's since, or a link)", file=image.name)  # fmt: skip
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("Could not delete an image of the job from ComfyUI's input folder", file=str(path),
+                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    for subfolder in made_folders:
+        remove_empty_parents(folder / subfolder, keep=folder)
+
+
+def _still_uploaded(folder: Path, image: InputImage) -> bool:
+    """Whether folder/image.name is the file the upload wrote: a regular file reached without a symbolic link,
+    holding image.data. FileNotFoundError when there is none."""
+    path = folder / image.name
+    if path.resolve() != folder.resolve() / image.name:  # a link on the way, the file's own included
+        return False
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return False
+        return file.read(len(image.data) + 1) == image.data
 
 
 def execution_start(status: dict[str, Any]) -> float | None:

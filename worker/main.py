@@ -102,6 +102,7 @@ class Worker:
         self.housekeeping = ComfyUIHousekeeping(
             self.comfy, output_dir=settings.comfyui_output_dir, temp_dir=settings.comfyui_temp_dir,
             outputs_root=settings.outputs_path, max_files=settings.max_job_output_files,
+            input_dir=settings.comfyui_input_dir,
         )
         self.deadline = ShutdownDeadline(settings.platform_kill_delay_s)
         self.reporter = Reporter(self.queue, self.state, self.deadline, max_job_attempts=settings.max_job_attempts)
@@ -568,6 +569,7 @@ class Worker:
     async def _run_job(self, job: Job, picked_up: float) -> Report | None:
         if self._stop.is_set():  # popped while stopping: hand it straight back
             return await self._stopped(job)
+        made_folders = self.housekeeping.missing_input_folders(job.images)
         self._execution = asyncio.create_task(self._execute(job, picked_up))
         try:
             return await self._execution
@@ -581,6 +583,8 @@ class Worker:
             return Report(job.id, job.attempt, handback=reason, job=job)
         finally:
             self._execution = None
+            if self._prompt_run is not None:  # its prompt is over (interrupted above if the job was stopped)
+                await self.housekeeping.delete_uploads(self._prompt_run.uploaded, made_folders)
             self._prompt_run = None
 
     async def _execute(self, job: Job, picked_up: float) -> Report:

@@ -211,3 +211,86 @@ async def test_an_image_comfyui_refuses_fails_the_job_with_comfyuis_words(qm, co
         "request body size 200 exceeded"
     ), report.body["error"]
     assert [j.id for j in qm.store.list()] == [job.id], "failed for good: no copy to retry"
+
+
+# With COMFYUI_INPUT_DIR (the supervisor sets it), a job's images go from ComfyUI's input folder once its prompt is
+# over: on a replica several participants share, bob's job naming alice/photo.png would otherwise load alice's photo.
+
+
+async def test_a_completed_jobs_images_are_deleted_with_the_subfolder_the_upload_made(qm, comfy, make_worker):
+    (comfy.input_dir / "shared").mkdir()
+    images = [{"name": "photo.png", "image": b64(png(7, 5))}, {"name": "alice/face.png", "image": b64(png(3, 9))},
+              {"name": "shared/mask.png", "image": TINY}]  # fmt: skip
+    job = qm.store.submit("alice", load_and_save("photo.png", "alice/face.png", "shared/mask.png"),
+                          metadata={"images": images})  # fmt: skip
+    assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert [u.status for u in comfy.uploads_received] == [200, 200, 200]
+    assert sorted(p.name for p in comfy.input_dir.rglob("*")) == ["shared"], "the folder it did not make stays"
+
+
+async def test_a_failed_jobs_images_are_deleted(qm, comfy, make_worker):
+    images = [{"name": "alice/photo.png", "image": b64(b"not an image")}]
+    job = qm.store.submit("alice", load_and_save("alice/photo.png"), metadata={"images": images})
+    assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job" and "cannot identify image file" in report.body["error"], report.body
+    assert list(comfy.input_dir.iterdir()) == []
+
+
+async def test_the_images_uploaded_before_comfyui_refused_one_are_deleted(qm, comfy, make_worker):
+    comfy.max_upload_bytes = 1000
+    await comfy.stop()
+    await comfy.start(port=comfy.port)
+    images = [{"name": "alice/small.png", "image": TINY}, {"name": "alice/large.png", "image": b64(bytes(2000))}]
+    job = qm.store.submit("alice", load_and_save("alice/small.png", "alice/large.png"), metadata={"images": images})
+    assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
+    assert qm.reports.landed(job.id)[0].body["error"].startswith("metadata.images[1] 'alice/large.png': ComfyUI "
+                                                                 "refused the image")  # fmt: skip
+    assert [u.answer["name"] for u in comfy.uploads_received] == ["small.png"]
+    assert list(comfy.input_dir.iterdir()) == []
+
+
+async def test_an_image_another_client_replaced_since_the_upload_is_kept(qm, comfy, make_worker):
+    theirs = png(4, 4)
+    images = [{"name": "photo.png", "image": TINY}, {"name": "alice/face.png", "image": TINY}]
+    job = qm.store.submit("alice", load_and_save("photo.png", "alice/face.png"), metadata={"images": images})
+    worker = make_worker(comfyui_input_dir=comfy.input_dir)
+    upload = worker.comfy.upload_image
+
+    async def upload_then_another_client_uploads_the_same_name(filename, data, subfolder=""):
+        await upload(filename, data, subfolder)
+        if filename == "photo.png":
+            await upload(filename, theirs, subfolder)  # their POST /upload/image, as any client's
+
+    worker.comfy.upload_image = upload_then_another_client_uploads_the_same_name
+    assert await worker.run() == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert [p.name for p in comfy.input_dir.iterdir()] == ["photo.png"]
+    assert (comfy.input_dir / "photo.png").read_bytes() == theirs
+
+
+async def test_no_symbolic_link_is_followed_out_of_the_input_folder(qm, comfy, make_worker, tmp_path):
+    """ComfyUI writes through a link in its input folder (open(path, "wb")); the worker deletes nothing there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (comfy.input_dir / "linked").symlink_to(elsewhere)
+    images = [{"name": "linked/photo.png", "image": TINY}, {"name": "face.png", "image": TINY}]
+    job = qm.store.submit("alice", load_and_save("linked/photo.png", "face.png"), metadata={"images": images})
+    assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert [p.name for p in comfy.input_dir.iterdir()] == ["linked"]
+    assert (elsewhere / "photo.png").read_bytes() == base64.b64decode(TINY)
+
+
+async def test_a_stopped_jobs_images_are_deleted_once_its_prompt_is_interrupted(qm, comfy, make_worker):
+    images = [{"name": "alice/photo.png", "image": TINY}]
+    job = qm.store.submit("alice", load_and_save("alice/photo.png", blur=True), metadata={"images": images})
+    worker = make_worker(comfyui_input_dir=comfy.input_dir, shutdown_grace_s=0.1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    worker.request_shutdown()
+    assert await run == 0
+    assert "Handed back: worker test-worker was stopped" in qm.reports.landed(job.id)[0].body["error"]
+    assert comfy.interrupts_received
+    assert list(comfy.input_dir.iterdir()) == []
