@@ -34,7 +34,8 @@ def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
         config = load_supervisor_settings()
     except ConfigError as exc:
         problems.append(str(exc))
-    overrides = {"comfyui_output_dir": config.output_dir, "comfyui_temp_dir": config.temp_dir} if config else {}
+    overrides = {"comfyui_output_dir": config.output_dir, "comfyui_temp_dir": config.temp_dir,
+                 "comfyui_input_dir": config.input_dir} if config else {}  # fmt: skip
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:

@@ -113,6 +113,24 @@ def test_the_worker_is_told_where_comfyui_writes_results_and_previews(monkeypatc
     assert worker.comfyui_temp_dir == Path(argv[argv.index("--temp-directory") + 1]) / "temp"
 
 
+@pytest.mark.parametrize("operators", [None, "/shared/inputs"])
+def test_the_worker_is_told_comfyuis_input_folder(monkeypatch: pytest.MonkeyPatch, operators: str | None) -> None:
+    """The worker deletes a job's uploaded images from it: the scratch default or the operator's."""
+    from supervisor.__main__ import load_configuration
+
+    monkeypatch.setenv("COMFYUI_COMMAND", f"{sys.executable} /opt/ComfyUI/main.py")
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SCRATCH_DIR", "/scratch")
+    if operators is None:
+        monkeypatch.delenv("COMFYUI_INPUT_DIR", raising=False)
+    else:
+        monkeypatch.setenv("COMFYUI_INPUT_DIR", operators)
+    config, worker = load_configuration()
+    argv = config.comfyui_argv()
+    assert worker.comfyui_input_dir == Path(argv[argv.index("--input-directory") + 1])
+    assert worker.comfyui_input_dir == Path(operators or "/scratch/comfyui/input")
+
+
 def test_help_lists_every_variable_and_starts_nothing(tmp_path: Path) -> None:
     """`docker run <image> --help` reaches comfy-supervisor: it printed a configuration error, or, configured,
     started ComfyUI and the worker."""
