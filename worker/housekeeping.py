@@ -408,7 +408,7 @@ def _warn_if_none_there(files: list[tuple[Path, PurePosixPath]], folder_type: st
     folder, relative = files[0]
     likely = folder / folder_type
     setting = f"COMFYUI_{folder_type.upper()}_DIR"
-    what = {"temp": "previews", "output": "result files", "input": "uploaded images"}[folder_type]
+    what = "previews" if folder_type == "temp" else "uploaded images" if folder_type == "input" else "result files"
     log.warning(f"{setting} holds none of the {what} ComfyUI wrote: they are never deleted and pile up on "
                 "ComfyUI's disk", **{setting: str(folder)}, file=str(relative),
                 found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip

@@ -71,6 +71,7 @@ async def test_a_job_carrying_images_loads_them_and_completes(qm, comfy, make_wo
     outputs = report.body["result"]["outputs"]
     sizes = {item["node_id"]: png_size(tmp_path / "outputs" / item["path"]) for item in outputs}
     assert sizes == {"3": (7, 5), "6": (3, 9)}
+    # COMFYUI_INPUT_DIR unset (a bare worker beside a remote ComfyUI): nothing is deleted.
     assert (comfy.input_dir / "photo.png").read_bytes() == photo
     assert (comfy.input_dir / "alice" / "face.png").read_bytes() == face
     assert [u.answer for u in comfy.uploads_received] == [
@@ -294,3 +295,17 @@ async def test_a_stopped_jobs_images_are_deleted_once_its_prompt_is_interrupted(
     assert "Handed back: worker test-worker was stopped" in qm.reports.landed(job.id)[0].body["error"]
     assert comfy.interrupts_received
     assert list(comfy.input_dir.iterdir()) == []
+
+
+async def test_an_input_folder_setting_that_is_not_comfyuis_is_said_once_and_nothing_is_deleted(
+    qm, comfy, make_worker, log_buffer
+):
+    """ComfyUI's base directory, say, in place of its input/: the images stay, and the operator is told where."""
+    for _ in range(2):
+        qm.store.submit("alice", load_and_save("alice/photo.png"),
+                        metadata={"images": [{"name": "alice/photo.png", "image": TINY}]})  # fmt: skip
+    assert await make_worker(comfyui_input_dir=comfy.input_dir.parent).run() == 0
+    assert (comfy.input_dir / "alice" / "photo.png").is_file()
+    lines = [json.loads(line) for line in log_buffer.getvalue().splitlines() if line.startswith("{")]
+    [warning] = [line for line in lines if line["event"].startswith("COMFYUI_INPUT_DIR holds none of the uploaded")]
+    assert warning["file"] == "alice/photo.png" and warning["found_in"] == str(comfy.input_dir)
