@@ -7,6 +7,7 @@ The file holds the SHA-256 of each token, never a token: a copy of it leaks nobo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
@@ -160,10 +161,20 @@ class ParticipantsFile:
 
 def add_participant(path: Path, user_id: str) -> str:
     """Give `user_id` a new token: their line in the file (added, or replacing the one they had) holds its hash.
-    The file is replaced whole (a temporary file renamed onto it), so a server reading it never sees half of it.
-    Returns the token, which is kept nowhere."""
+    The file is replaced whole (a temporary file renamed onto it), so a server reading it never sees half of it;
+    runs at once take turns (a lock on its folder), so none loses another's line. Returns the token, which is kept
+    nowhere."""
     if not USER_ID_PATTERN.fullmatch(user_id):
         raise ValueError(f"{user_id!r} cannot be a user_id: 1 to 100 letters, digits, '_' or '-'")
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        return _add_line(path, user_id)
+    finally:
+        os.close(folder)  # and the lock with it
+
+
+def _add_line(path: Path, user_id: str) -> str:
     text = read_text(path) if path.exists() else ""
     parse(path, text)  # a broken file is the operator's to fix: never written over
     token = secrets.token_urlsafe(32)

@@ -10,6 +10,7 @@ import signal
 import stat
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +344,17 @@ async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -
     assert out == b""
     assert f"{path} line 1" in err.decode()
     assert path.read_text() == "alice\n"
+
+
+def test_add_participant_run_many_at_once_loses_nobody(tmp_path: Path) -> None:
+    """Before: each run read the file, added its line and renamed its copy over it, so two runs at once (an operator
+    scripting a workshop's 20 participants with `&`) kept only one of the two new lines, and the other's printed
+    token was refused. Now each run holds a lock on the folder from its read to its rename."""
+    path = tmp_path / "participants"
+    users = [f"user-{n}" for n in range(40)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = dict(zip(users, pool.map(lambda user: add_participant(path, user), users), strict=True))
+    listed = read_participants(path)
+    assert len(listed) == len(users)
+    for user, token in tokens.items():
+        assert listed.holder(token) == user
