@@ -2,7 +2,7 @@
 
 It runs before ComfyUI and the health server start, so it delays the first answer of /health. Fills ComfyUI's
 output folder under a temporary SCRATCH_DIR with --files files of --size bytes (in 20 subfolders, as
-filename_prefix subfolders would), then times empty_scratch_results. Not a test.
+filename_prefix subfolders would), then times empty_scratch_folders. Not a test.
 
     ./dev python -m bench.scratch_emptying --files 10000 --size 4096   (from the repository root)
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from supervisor.config import load_supervisor_settings
-from supervisor.scratch import empty_scratch_results
+from supervisor.scratch import empty_scratch_folders
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
             (folder / f"ComfyUI_{index:05}_.png").write_bytes(blob)
         os.sync()
         started = time.perf_counter()
-        removed = empty_scratch_results(config, Path(base) / "outputs")
+        removed = empty_scratch_folders(config, Path(base) / "outputs")
         took_s = time.perf_counter() - started
     print(f"{removed.files} files of {args.size} B ({removed.bytes / 1e6:.0f} MB) removed in {took_s:.3f} s")
 

@@ -17,7 +17,7 @@ from supervisor.comfyui_process import port_taken
 from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
-from supervisor.scratch import empty_scratch_results
+from supervisor.scratch import empty_scratch_folders
 from supervisor.scratch_lock import ScratchInUse, lock_scratch
 from supervisor.writable_dirs import unreadable_directories, unwritable_directories
 from worker.__main__ import usage as worker_usage
@@ -116,7 +116,7 @@ def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
     log = structlog.get_logger()
     if not comfyui_port_free(config):
         return 1
-    empty_scratch_results(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
+    empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)
     except OSError as exc:

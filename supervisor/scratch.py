@@ -1,14 +1,16 @@
-"""At start, before ComfyUI runs: empty ComfyUI's result folders (output, temp) on the container's scratch disk.
+"""At start, before ComfyUI runs: empty ComfyUI's folders (output, temp, input) on the container's scratch disk.
 
 When ComfyUI's own disk fills, the worker hands the job back and exits 1 so the platform replaces the replica
 (worker/replica_faults.py). A platform that restarts the container in place keeps the scratch volume, and the
 full disk with it: every later job would be handed back too, each losing an attempt. A ComfyUI that just started
-has an empty cache, so no prompt can name a file left in these folders again: all of them can go.
+has an empty cache, so no prompt can name a file left in these folders again: all of them can go. The input
+folder holds the images jobs carried (worker/input_images.py): the worker deletes them once a job's prompt is
+over, but a run killed mid-job leaves them, and a later job naming one would load another user's image.
 
 Only the supervisor's own folders under SCRATCH_DIR/comfyui are emptied, and the folders themselves stay. Never a
-folder an operator chose (COMFYUI_OUTPUT_DIR set elsewhere), one that is a symbolic link, or one that is, holds
-or sits inside OUTPUTS_PATH or MODELS_DIR. No symbolic link inside is followed: the link itself is removed. What
-cannot be removed is counted and logged; the start goes on.
+folder an operator chose (COMFYUI_OUTPUT_DIR or COMFYUI_INPUT_DIR set elsewhere), one that is a symbolic link, or
+one that is, holds or sits inside OUTPUTS_PATH or MODELS_DIR. No symbolic link inside is followed: the link itself
+is removed. What cannot be removed is counted and logged; the start goes on.
 """
 
 from __future__ import annotations
@@ -39,17 +41,19 @@ class Removed:
             self.first_error = f"{path}: {exc.strerror or type(exc).__name__}"
 
 
-def scratch_result_folders(config: SupervisorSettings, outputs_path: Path) -> tuple[list[Path], dict[str, str]]:
+def scratch_folders(config: SupervisorSettings, outputs_path: Path) -> tuple[list[Path], dict[str, str]]:
     """The folders to empty, and those left alone with the reason."""
-    own_output = config.comfyui_dir / "output"
-    candidates = [config.temp_dir]
+    candidates: list[Path] = []
     kept: dict[str, str] = {}
-    if os.path.normpath(config.output_dir) == os.path.normpath(own_output):
-        candidates.insert(0, own_output)
-    else:
-        kept[str(config.output_dir)] = (
-            "COMFYUI_OUTPUT_DIR names a folder of the operator's, not the container's scratch: never emptied"
-        )
+    for setting, folder, own in (("COMFYUI_OUTPUT_DIR", config.output_dir, config.comfyui_dir / "output"),
+                                 ("COMFYUI_INPUT_DIR", config.input_dir, config.comfyui_dir / "input")):  # fmt: skip
+        if os.path.normpath(folder) == os.path.normpath(own):
+            candidates.append(folder)
+        else:
+            kept[str(folder)] = (
+                f"{setting} names a folder of the operator's, not the container's scratch: never emptied"
+            )
+    candidates.append(config.temp_dir)  # always the container's own
     to_empty = []
     for folder in candidates:
         reason = _why_kept(folder, {"OUTPUTS_PATH": outputs_path, "MODELS_DIR": config.models_dir})
@@ -114,9 +118,9 @@ def _remove_subfolder(directory: Path, removed: Removed) -> None:
     removed.subfolders += 1
 
 
-def empty_scratch_results(config: SupervisorSettings, outputs_path: Path) -> Removed:
+def empty_scratch_folders(config: SupervisorSettings, outputs_path: Path) -> Removed:
     """Empty the folders and log what went in one line (a warning when something could not be removed)."""
-    folders, kept = scratch_result_folders(config, outputs_path)
+    folders, kept = scratch_folders(config, outputs_path)
     for folder, reason in kept.items():
         log.info("supervisor.scratch_folder_kept", folder=folder, reason=reason)
     removed = Removed()

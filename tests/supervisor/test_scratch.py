@@ -1,5 +1,6 @@
-"""At start, ComfyUI's output and temp folders on the scratch disk are emptied: a container restarted in place
-(scratch volume kept) must not find ComfyUI's full disk again. Nothing else is touched."""
+"""At start, ComfyUI's output, temp and input folders on the scratch disk are emptied: a container restarted in
+place (scratch volume kept) must not find ComfyUI's full disk again, nor the images a killed run's job carried.
+Nothing else is touched."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from queue_manager import QueueManagerServer
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
-from supervisor.scratch import empty_scratch_results
+from supervisor.scratch import empty_scratch_folders
 
 from .conftest import NOBODY, run_as_nobody
 from .test_supervisor_with_simulator import job_status, submit
@@ -56,17 +57,17 @@ def tree(root: Path) -> dict[str, int | str]:
 
 @pytest.fixture
 def untouchable(tmp_path: Path) -> dict[str, Path]:
-    """What must survive: the results volume, the models, ComfyUI's input and user folders."""
+    """What must survive: the results volume, the models, ComfyUI's user folder (its settings and database)."""
     return {
         "result": write(tmp_path / "outputs" / "alice" / "job-1" / "ComfyUI_00001_.png", 300),
         "model": write(tmp_path / "models" / "checkpoints" / "sd.safetensors", 700),
-        "input": write(tmp_path / "data" / "comfyui" / "input" / "photo.png", 50),
         "database": write(tmp_path / "data" / "comfyui" / "user" / "comfyui.db", 40),
     }
 
 
-def test_output_and_temp_are_emptied_and_nothing_else_is_touched(tmp_path: Path, untouchable) -> None:
+def test_output_temp_and_input_are_emptied_and_nothing_else_is_touched(tmp_path: Path, untouchable) -> None:
     comfyui = tmp_path / "data" / "comfyui"
+    write(comfyui / "input" / "alice" / "photo.png", 50)  # a job's image a killed run left
     write(comfyui / "output" / "ComfyUI_00001_.png", 1000)
     write(comfyui / "output" / "sub" / "deeper" / "video_00001_.mp4", 2000)
     write(comfyui / "output" / ".ComfyUI_00002_.png.partial", 10)
@@ -76,22 +77,23 @@ def test_output_and_temp_are_emptied_and_nothing_else_is_touched(tmp_path: Path,
     (comfyui / "output" / "to-the-models").symlink_to(tmp_path / "models", target_is_directory=True)
     (comfyui / "temp" / "dangling").symlink_to(tmp_path / "nowhere")
     before = {name: tree(tmp_path / name) for name in ("outputs", "models")}
-    before["comfyui"] = {k: v for k, v in tree(comfyui).items() if not k.startswith(("output", "temp"))}
+    emptied = ("output", "temp", "input")
+    before["comfyui"] = {k: v for k, v in tree(comfyui).items() if not k.startswith(emptied)}
 
-    removed = empty_scratch_results(settings(tmp_path), tmp_path / "outputs")
+    removed = empty_scratch_folders(settings(tmp_path), tmp_path / "outputs")
 
-    assert tree(comfyui / "output") == {} and tree(comfyui / "temp") == {}
-    assert (comfyui / "output").is_dir() and (comfyui / "temp").is_dir(), "the folders themselves stay"
+    assert all(tree(comfyui / folder) == {} for folder in emptied)
+    assert all((comfyui / folder).is_dir() for folder in emptied), "the folders themselves stay"
     assert {name: tree(tmp_path / name) for name in ("outputs", "models")} == {
         name: before[name] for name in ("outputs", "models")
     }
-    assert {k: v for k, v in tree(comfyui).items() if not k.startswith(("output", "temp"))} == before["comfyui"]
+    assert {k: v for k, v in tree(comfyui).items() if not k.startswith(emptied)} == before["comfyui"]
     assert all(path.read_bytes() for path in untouchable.values())
     link_bytes = sum(len(str(target)) for target in (untouchable["result"], tmp_path / "models", tmp_path / "nowhere"))
     assert dataclasses.asdict(removed) == {
-        "files": 4 + 3,
-        "subfolders": 2,
-        "bytes": 3110 + link_bytes,
+        "files": 5 + 3,
+        "subfolders": 3,
+        "bytes": 3160 + link_bytes,
         "not_removed": 0,
         "first_error": None,
     }
@@ -102,11 +104,22 @@ def test_an_output_folder_the_operator_chose_is_left_and_said_why(tmp_path: Path
     kept_file = write(persistent / "ComfyUI_00001_.png", 10)
     preview = write(tmp_path / "data" / "comfyui" / "temp" / "preview.png", 10)
 
-    removed = empty_scratch_results(settings(tmp_path, COMFYUI_OUTPUT_DIR=str(persistent)), tmp_path / "outputs")
+    removed = empty_scratch_folders(settings(tmp_path, COMFYUI_OUTPUT_DIR=str(persistent)), tmp_path / "outputs")
 
     assert kept_file.exists()
     assert not preview.exists() and removed.files == 1, "the temp folder is still the container's own"
     assert "COMFYUI_OUTPUT_DIR names a folder of the operator's" in capsys.readouterr().out
+
+
+def test_an_input_folder_the_operator_chose_is_left_and_said_why(tmp_path: Path, capsys) -> None:
+    uploads = write(tmp_path / "uploads" / "alice" / "photo.png", 10)
+    config = settings(tmp_path, COMFYUI_INPUT_DIR=str(uploads.parent.parent))
+    own_input = write(tmp_path / "data" / "comfyui" / "input" / "photo.png", 10)  # ComfyUI does not use it now
+
+    removed = empty_scratch_folders(config, tmp_path / "outputs")
+
+    assert uploads.exists() and own_input.exists() and removed.files == 0
+    assert "COMFYUI_INPUT_DIR names a folder of the operator's" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layout", ["scratch inside OUTPUTS_PATH", "models inside the output folder"])
@@ -119,7 +132,7 @@ def test_a_folder_that_overlaps_the_results_or_the_models_is_left(tmp_path: Path
         outputs, reason = tmp_path / "outputs", "it is MODELS_DIR, inside it or holds it"
     result = write(config.output_dir / "models" / "x.png", 10)
 
-    empty_scratch_results(config, outputs)
+    empty_scratch_folders(config, outputs)
 
     assert result.exists()
     assert reason in capsys.readouterr().out
@@ -131,7 +144,7 @@ def test_an_output_folder_that_is_a_symbolic_link_is_not_followed(tmp_path: Path
     output.parent.mkdir(parents=True)
     output.symlink_to(elsewhere.parent, target_is_directory=True)
 
-    removed = empty_scratch_results(settings(tmp_path), tmp_path / "outputs")
+    removed = empty_scratch_folders(settings(tmp_path), tmp_path / "outputs")
 
     assert elsewhere.exists() and removed.files == 0
     assert "it is a symbolic link" in capsys.readouterr().out
@@ -139,7 +152,7 @@ def test_an_output_folder_that_is_a_symbolic_link_is_not_followed(tmp_path: Path
 
 def empty_as_the_container_user(config: SupervisorSettings, outputs: Path) -> dict[str, object]:
     """Run the emptying as nobody (root removes anything), as the container's uid 10001 runs."""
-    return run_as_nobody(lambda: dataclasses.asdict(empty_scratch_results(config, outputs)))
+    return run_as_nobody(lambda: dataclasses.asdict(empty_scratch_folders(config, outputs)))
 
 
 def test_what_cannot_be_removed_is_counted_and_the_rest_goes(shared_tmp: Path) -> None:
@@ -177,6 +190,7 @@ async def test_the_supervisor_empties_them_before_comfyui_starts(
     write(comfyui / "output" / "ComfyUI_00001_.png", 4096)
     write(comfyui / "output" / "sub" / "video_00001_.mp4", 8192)
     write(comfyui / "temp" / "ComfyUI_temp_abcde_00001_.png", 1024)
+    write(comfyui / "input" / "alice" / "photo.png", 512)
     kept = {name: tree(tmp_path / name) for name in ("outputs", "models")}
     supervisor = await run_supervisor(base_env)
 
@@ -185,14 +199,16 @@ async def test_the_supervisor_empties_them_before_comfyui_starts(
     assert await supervisor.wait() == 0
 
     assert tree(comfyui / "output") == {} and tree(comfyui / "temp") == {}
+    assert "alice" not in tree(comfyui / "input"), "ComfyUI makes its own subfolders there (3d) once started"
     assert {name: tree(tmp_path / name) for name in ("outputs", "models")} == kept
     assert all(path.exists() for path in untouchable.values())
     events = supervisor.log_events()
     names = [event["event"] for event in events]
     assert names.index("supervisor.scratch_emptied") < names.index("comfyui.started")
     [line] = [event for event in events if event["event"] == "supervisor.scratch_emptied"]
-    assert (line["level"], line["files"], line["subfolders"], line["bytes"]) == ("info", 3, 1, 4096 + 8192 + 1024)
-    assert line["folders"] == [str(comfyui / "output"), str(comfyui / "temp")]
+    assert (line["level"], line["files"], line["subfolders"]) == ("info", 4, 2)
+    assert line["bytes"] == 4096 + 8192 + 1024 + 512
+    assert line["folders"] == [str(comfyui / "output"), str(comfyui / "input"), str(comfyui / "temp")]
 
 
 async def _ready(supervisor) -> bool:
