@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,27 +24,9 @@ from urllib.parse import quote
 import httpx
 
 from bench.queue_memory import rss_mb
+from bench.queue_memory import start as start_queue_manager
 
 MB = 1000 * 1000
-_URL = re.compile(r'url["=:\s]+"?(http://[0-9.]+:[0-9]+)')
-
-
-def start(db: Path, outputs: Path, *, sendfile: bool) -> tuple[subprocess.Popen[str], str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
-    env |= {"LOG_FORMAT": "json", "QUEUE_MANAGER_OUTPUTS_DIR": str(outputs)}
-    if not sendfile:
-        env["AIOHTTP_NOSENDFILE"] = "1"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(db)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if match := _URL.search(process.stdout.readline()):  # type: ignore[union-attr]
-            threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]
-            return process, match.group(1)
-    process.kill()
-    raise RuntimeError("the queue manager never printed its URL")
 
 
 def completed_job(client: httpx.Client, outputs: Path, file_mb: int) -> str:
@@ -82,7 +61,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         outputs = Path(scratch) / "outputs"
         outputs.mkdir()
-        process, url = start(Path(scratch) / "q.db", outputs, sendfile=not args.no_sendfile)
+        sendfile = {"AIOHTTP_NOSENDFILE": "1"} if args.no_sendfile else {}
+        process, url = start_queue_manager(Path(scratch) / "q.db", None, QUEUE_MANAGER_OUTPUTS_DIR=str(outputs),
+                                           **sendfile)  # fmt: skip
         try:
             with httpx.Client(base_url=url, timeout=60) as client:
                 path = completed_job(client, outputs, args.file_mb)

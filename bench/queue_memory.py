@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,6 @@ import httpx
 
 BODY_MB = 50
 _URL = re.compile(r'url["=:\s]+"?(http://[0-9.]+:[0-9]+)')
-QUEUE_TOKENS = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN")
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -36,10 +36,11 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def start(db: Path, token: str | None) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "LOG_FORMAT": "json"}
-    for variable in QUEUE_TOKENS:  # this shell's: a worker token without a token, the queue manager refuses to start
-        env.pop(variable, None)
+def start(db: Path, token: str | None, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """A queue manager of its own process, its URL; `env` on top of this shell's, without its QUEUE_MANAGER_*
+    (a worker token without a token, say, and the queue manager refuses to start)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")} | env
+    env["LOG_FORMAT"] = "json"
     if token:
         env["QUEUE_MANAGER_TOKEN"] = token
     process = subprocess.Popen(
@@ -48,8 +49,8 @@ def start(db: Path, token: str | None) -> tuple[subprocess.Popen[str], str]:
     )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        if match := _URL.search(line):
+        if match := _URL.search(process.stdout.readline()):  # type: ignore[union-attr]
+            threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]  # never full
             return process, match.group(1)
     process.kill()
     raise RuntimeError("the queue manager never printed its URL")
