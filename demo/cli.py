@@ -12,9 +12,11 @@ from typing import TypeVar
 
 import structlog
 from rich.console import Console
+from rich.markup import escape
 
 from common.logs import configure_logging
 from demo.providers import PROVIDERS, parse_providers
+from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
 from scaler.policy import MAX_REPLICAS_LIMIT
 
@@ -121,6 +123,7 @@ def print_report(report: dict, path: Path) -> None:
     if "providers" in report:
         _print_providers(console, report["providers"])
     console.print(f"  outputs: {report['outputs']}")
+    _print_results(console, report["results"])
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
     if report["unfinished"]:
@@ -156,6 +159,15 @@ def _providers(text: str) -> tuple[str, ...]:
         return tuple(parse_providers(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _print_results(console: Console, results: dict) -> None:
+    line = (f"  Results: {results['fetched']} files fetched through the queue manager ({ROUTE}), "
+            f"{results['failed']} failed")
+    console.print(line if not results["failed"] else f"[red]{line}[/red]")
+    if first := results["first_failure"]:
+        where = f"job {first['job_id']}, {first['path']}"
+        console.print(f"    [red]first: {escape(where)}: {escape(first['reason'])}[/red]")
 
 
 def _print_providers(console: Console, fleet: dict) -> None:

@@ -52,8 +52,9 @@ def final_jobs(jobs: list[JobRecord], submitted: list[str]) -> dict[str, JobReco
 
 def build_report(
     jobs: list[JobRecord], submitted: list[str], ledger: ReplicaLedger, *, span_s: float, price_per_hour: float,
-    replica_starts: int, outputs: str, replicas_at_end: int,
+    replica_starts: int, outputs: str, results: dict[str, Any], replicas_at_end: int,
 ) -> dict[str, Any]:
+    """`results`: demo.results.fetch_results's counts of the files fetched back through the queue manager."""
     final = final_jobs(jobs, submitted)
     outcomes = Counter(job.status.value for job in final.values())
     failures = Counter(job.error[:240] for job in final.values() if job.status == "failed" and job.error)
@@ -90,5 +91,6 @@ def build_report(
             "always_on_one_gpu_same_span": round(always_on, 2),
         },
         "outputs": outputs,
-        "ok": not unfinished and replicas_at_end == 0,
+        "results": results,
+        "ok": not unfinished and replicas_at_end == 0 and results["failed"] == 0,
     }

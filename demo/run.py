@@ -22,7 +22,8 @@ from common.logs import register_secret
 from demo.progress import Progress
 from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
-from demo.report import TERMINAL, ReplicaLedger, build_report
+from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs
+from demo.results import fetch_results
 from demo.workload import submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
 from scaler.fleet import FleetBackend
@@ -103,7 +104,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     register_secret(workers_token)
     async with QueueManagerServer(
         options.db or scratch / "queue.db", max_queue_depth=max(100, options.jobs),
-        token=participants_token, worker_token=workers_token,
+        token=participants_token, worker_token=workers_token, outputs_dir=outputs,
     ) as qm:
         env = worker_env(qm.url, outputs, idle_polls=_worker_idle_polls(options),
                          poll_interval_s=options.worker_poll_interval_s, token=workers_token)
@@ -146,10 +147,15 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
                 loop.remove_signal_handler(sig)
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
+        span_s = time.monotonic() - started
+        jobs = list(qm.store.every())
+        # As the participants would: their token, the queue manager's route, the files their results list.
+        results = await fetch_results(qm.url, list(final_jobs(jobs, submitted).values()), outputs,
+                                      token=participants_token)
         report = build_report(
-            list(qm.store.every()), submitted, ledger, span_s=time.monotonic() - started,
+            jobs, submitted, ledger, span_s=span_s,
             price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
-            outputs=str(outputs), replicas_at_end=sum(len(p.pids) for p in processes.values()),
+            outputs=str(outputs), results=results, replicas_at_end=sum(len(p.pids) for p in processes.values()),
         )
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)

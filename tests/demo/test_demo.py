@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import demo.run
 from demo.cli import demo_parser
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
@@ -35,6 +36,9 @@ async def test_short_demo_finishes_every_job_and_returns_to_zero(tmp_path):
         jobs = qm.store.list(limit=1000)
     completed = [job for job in jobs if job.status == "completed"]
     assert len(completed) >= 28
+    # Every file every result lists came back through GET /api/jobs/{id}/outputs/{path}, as written.
+    listed = sum(len(job.result["outputs"]) for job in completed)
+    assert report["results"] == {"files": listed, "fetched": listed, "failed": 0, "first_failure": None}
     for job in completed:
         outputs = job.result["outputs"]
         assert outputs, job.id
@@ -75,6 +79,36 @@ def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys)
 
 
 @pytest.mark.timeout(180)
+async def test_a_result_file_removed_or_altered_before_the_fetch_fails_the_demo(tmp_path, monkeypatch):
+    """The fetch reads what the volume holds: one result's file deleted, another's bytes changed after the job
+    reported them; the first is not served (404), the second is served but not as the result's sha256 says."""
+    fetch_results = demo.run.fetch_results
+    spoiled = {}
+
+    async def after_spoiling_two(queue_url, jobs, outputs, *, token):
+        removed, altered = (job.result["outputs"][0]["path"] for job in jobs[:2])
+        (outputs / removed).unlink()
+        (outputs / altered).write_bytes(b"not what the worker wrote")
+        spoiled.update(removed=removed, altered=altered, job_id=jobs[0].id)
+        return await fetch_results(queue_url, jobs, outputs, token=token)
+
+    monkeypatch.setattr(demo.run, "fetch_results", after_spoiling_two)
+    options = DemoOptions(
+        jobs=3, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+    )
+    report = await run_demo(options)
+
+    assert report["completed"] == 3 and report["unfinished"] == [] and report["orphan_processes"] == []
+    results = report["results"]
+    assert results["failed"] == 2 and results["fetched"] == results["files"] - 2, results
+    first = results["first_failure"]
+    assert (first["job_id"], first["path"]) == (spoiled["job_id"], spoiled["removed"])
+    assert first["reason"].startswith("HTTP 404") and "no longer on the volume" in first["reason"]
+    assert report["ok"] is False
+
+
+@pytest.mark.timeout(180)
 async def test_demo_with_the_first_provider_failing_falls_back_to_the_fakes(tmp_path):
     options = DemoOptions(
         jobs=12, users=4, bad_jobs=0, max_replicas=4, node_seconds=0.05, spread_s=1.0,
@@ -105,6 +139,10 @@ def test_without_a_terminal_the_demo_logs_its_progress(tmp_path):
         capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
     )
     assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "report.json").read_text())["results"]
+    assert results["fetched"] == results["files"] >= 2 and results["failed"] == 0
+    assert (f"Results: {results['fetched']} files fetched through the queue manager "
+            "(GET /api/jobs/<id>/outputs/<path>), 0 failed") in " ".join(run.stdout.split()), run.stdout
     lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
     progress = [line for line in lines if line["event"] == "Demo progress"]
     assert progress, run.stderr[-2000:]
