@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import structlog
@@ -444,12 +444,12 @@ class QueueApi:
             return _detail(404, "Job not found")  # another participant's job: as if there were none
         if job.status is not JobStatus.COMPLETED:
             return _detail(409, f"Job is {job.status.value}: only a completed job's outputs are served")
+        asked = request.match_info["path"]
         try:
-            path = await asyncio.to_thread(listed_output, root, job.user_id, job.id, job.result,
-                                           request.match_info["path"])
+            opened = await asyncio.to_thread(listed_output, root, job.user_id, job.id, job.result, asked)
         except OutputNotServed as exc:
             return _detail(exc.status, exc.detail)
-        return OutputFileResponse(path, headers=download_headers(path.name))
+        return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         query, errors = parse_query(PagedListJobsQuery if self.extensions else ListJobsQuery, request.query)

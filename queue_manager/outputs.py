@@ -2,12 +2,14 @@
 volume is mounted on the queue manager's host.
 
 A path is served only when it is one of those the job's own result lists (`result.outputs[].path`, relative to
-OUTPUTS_PATH, as the worker wrote it), lies in the job's own folder `<user_id>/<job_id>/`, and is, links resolved,
-that very place under the folder: a link planted on the volume leads nowhere, and no other file can be named.
+OUTPUTS_PATH, as the worker wrote it), lies in the job's own folder `<user_id>/<job_id>/`, and is a regular file
+reached from the folder without following a link: a link planted on the volume leads nowhere, and no other file
+can be named. The file sent is the one opened then, even if its name is swapped for a link a moment later.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
@@ -16,6 +18,7 @@ from urllib.parse import quote
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 log = structlog.get_logger()
 
@@ -48,6 +51,10 @@ MEDIA_TYPES = {
     ".opus": "audio/opus",
 }
 DOWNLOAD_TYPE = "application/octet-stream"
+# Each step opened without following a link (a link there fails), folders for the lookup only (O_PATH: no read
+# permission needed), the file without waiting (O_NONBLOCK: a FIFO planted there would hold the thread for a writer).
+FOLDER_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class OutputNotServed(Exception):
@@ -69,33 +76,51 @@ def outputs_dir_problem(folder: Path) -> str | None:
     return None
 
 
-def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str) -> Path:
-    """The file `asked` names, under `root` (resolved), if the job's result lists it; OutputNotServed otherwise.
-    Touches the disk: run it in a thread."""
+def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str) -> io.FileIO:
+    """The file `asked` names under `root`, opened for reading, if the job's result lists it and it is a regular file
+    reached without following a link; OutputNotServed otherwise. Serve this very file (OutputFileResponse): its name
+    may lead elsewhere a moment later. Touches the disk: run it in a thread."""
     if asked not in _listed_paths(result):
         raise OutputNotServed(404, NOT_LISTED)
     parts = asked.split("/")
     if len(parts) < 3 or parts[:2] != [user_id, job_id] or any(part in ("", ".", "..") for part in parts):
         raise _refused(job_id, asked, "the result lists a path outside the job's folder <user_id>/<job_id>/")
-    if not root.is_dir():
+    try:
+        folder = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
         log.error("outputs_dir_missing", outputs_dir=str(root), job_id=job_id)
         raise OutputNotServed(503, "The queue manager's outputs folder is missing (its volume is not mounted?): tell "
-                                   "the operator")
-    place = root.joinpath(*parts)
+                                   "the operator") from None
     try:
-        real = place.resolve(strict=True)
-        is_file = stat.S_ISREG(real.stat().st_mode)
+        for name in parts[:-1]:
+            inner = os.open(name, FOLDER_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        name = parts[-1]
+        descriptor = os.open(name, FILE_FLAGS, dir_fd=folder)
     except FileNotFoundError:
         log.warning("output_gone", job_id=job_id, path=asked)
         raise OutputNotServed(404, f"Output {asked} is listed in the job's result but no longer on the volume "
                                    "(deleted, or removed by the outputs' retention)") from None
-    except (OSError, RuntimeError) as exc:  # a loop of links, a name too long
-        raise _refused(job_id, asked, f"cannot be resolved: {exc}") from None
-    if real != place:
-        raise _refused(job_id, asked, f"a symbolic link on the way leads to {real}")
-    if not is_file:
+    except PermissionError as exc:
+        log.error("output_unreadable", job_id=job_id, path=asked, error=str(exc))
+        raise OutputNotServed(503, f"Output {asked} is listed in the job's result but cannot be read by the queue "
+                                   "manager (file permissions on the outputs volume): tell the operator") from None
+    except OSError as exc:  # a link (O_NOFOLLOW), a file where a folder should be, a socket, a name too long
+        raise _refused(job_id, asked, _not_opened_because(folder, name, exc)) from None
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
         raise _refused(job_id, asked, "not a regular file")
-    return real
+    return io.FileIO(descriptor, "rb")  # closed by OutputFileResponse, or when dropped
+
+
+def _not_opened_because(folder: int, name: str, exc: OSError) -> str:
+    try:
+        return f"a symbolic link on the way leads to {os.readlink(name, dir_fd=folder)}"
+    except OSError:
+        return f"cannot be opened: {exc}"
 
 
 def _listed_paths(result: Any) -> set[str]:
@@ -123,9 +148,20 @@ def download_headers(name: str) -> dict[str, str]:
 
 
 class OutputFileResponse(web.FileResponse):
-    """aiohttp's FileResponse (streamed, Range and conditional requests), sending the file named and only it:
-    FileResponse would send a `NAME.gz` or `NAME.br` lying beside it, to a client accepting gzip or br, in its
-    place, a file no result lists."""
+    """aiohttp's FileResponse (streamed, Range and conditional requests), sending the file listed_output opened and
+    only it. FileResponse stats and opens a name: handed /proc/self/fd/N, the name of that open file, it reaches that
+    very file, whatever its name on the volume leads to by then. And FileResponse would send a `NAME.gz` or `NAME.br`
+    lying beside it, to a client accepting gzip or br, in its place, a file no result lists."""
+
+    def __init__(self, opened: io.FileIO, headers: dict[str, str]) -> None:
+        super().__init__(f"/proc/self/fd/{opened.fileno()}", headers=headers)
+        self._opened = opened
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._opened.close()  # FileResponse opened its own, or never will
 
     def _get_file_path_stat_encoding(self, accept_encoding: str) -> tuple[Path | None, os.stat_result, str | None]:
         return super()._get_file_path_stat_encoding("")

@@ -5,7 +5,10 @@ own result lists is ever served, only to whoever may read the job, and never thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from queue_manager import JobStatus, QueueManagerServer
+from queue_manager import app as queue_manager_app
 from queue_manager.participants import add_participant
 from standins.comfyui import ComfyUISimulator
 from worker.outputs import DeliveredFile
@@ -23,7 +27,7 @@ from worker.outputs import DeliveredFile
 from ..conftest import run_module_to_exit
 from .test_cli import REPO, start_cli
 from .test_participants import clean_env
-from .test_with_the_worker import make_worker
+from .test_with_the_worker import make_worker, wait_until
 from .test_worker_token import bearer
 
 OPERATOR = "operator-token-1"
@@ -234,6 +238,111 @@ async def test_a_listed_file_gone_from_the_volume_answers_404_saying_so(
                                               "volume")
     [gone] = [line for line in logs if line["event"] == "output_gone"]
     assert (gone["job_id"], gone["path"], gone["log_level"]) == (job_id, path, "warning")
+
+
+@pytest.mark.parametrize("ask", ["whole", "range", "unchanged"])
+async def test_a_file_swapped_for_a_link_after_the_check_is_not_what_is_sent(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tmp_path: Path, tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, ask: str,
+) -> None:  # fmt: skip
+    """Whoever writes the volume swaps the file for a link between the check and the sending: the file checked
+    is sent, or nothing."""
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:$6$salt$hash:19000:0:99999:7:::")
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    etag = (await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))).headers["ETag"]
+    check = queue_manager_app.listed_output
+
+    def check_then_swap(*args: object) -> object:
+        checked = check(*args)
+        (volume / path).unlink()
+        (volume / path).symlink_to(shadow)
+        return checked
+
+    monkeypatch.setattr(queue_manager_app, "listed_output", check_then_swap)
+    headers = {"whole": {}, "range": {"Range": "bytes=100-199"}, "unchanged": {"If-None-Match": etag}}[ask]
+    answer = await client.get(output_url(job_id, path), headers={**bearer(tokens["alice"]), **headers})
+    assert b"root:" not in answer.content
+    assert (answer.status_code, answer.content) == {"whole": (200, IMAGE), "range": (206, IMAGE[100:200]),
+                                                    "unchanged": (304, b"")}[ask]
+
+
+def held_open_under(folder: Path) -> list[str]:
+    """The files under `folder` this process (the queue manager's, in these tests) holds a descriptor on."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            if (target := os.readlink(f"/proc/self/fd/{fd}")).startswith(f"{folder}/"):
+                held.append(target)
+    return held
+
+
+async def test_no_descriptor_is_left_open_after_many_downloads_finished_refused_or_aborted(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str]
+) -> None:
+    big = os.urandom(1 << 20) * 32  # 32 MiB: far more than the sockets buffer, so an abort cuts a download short
+    job_id, [small, large, folder] = await completed_job(queue, client, "alice", {"a.png": IMAGE, "b.mp4": big,
+                                                                                 "c": b""})
+    (volume / folder).unlink()
+    (volume / folder).mkdir()  # listed, opened, and refused: not a regular file
+    alice = bearer(tokens["alice"])
+    etag = (await client.get(output_url(job_id, small), headers=alice)).headers["ETag"]
+    for _ in range(20):
+        assert (await client.get(output_url(job_id, small), headers=alice)).content == IMAGE
+        for asked, status in (({"Range": "bytes=-10"}, 206), ({"If-None-Match": etag}, 304)):
+            assert (await client.get(output_url(job_id, small), headers={**alice, **asked})).status_code == status
+        assert (await client.get(output_url(job_id, folder), headers=alice)).status_code == 404
+        async with client.stream("GET", output_url(job_id, large), headers=alice) as download:
+            assert len(await anext(download.aiter_raw())) < len(big)
+            assert held_open_under(volume), "the download is under way"
+        # leaving the block unread closes the connection mid-download
+    await wait_until(lambda: not held_open_under(volume))
+
+
+PR_CAPBSET_DROP = 24  # linux/prctl.h
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h: what lets root read any file
+
+
+def reading_only_what_its_modes_allow() -> None:
+    """In the queue manager's process, before it starts: root reads any file, the container's uid 10001 does not.
+    Root without these two capabilities reads by the files' modes, as any user (a drop to another uid cannot
+    start this interpreter: pyenv's lives in root's 0700 home)."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):  # gone from the bounding set: gone after exec
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability})")
+
+
+async def test_a_listed_file_the_queue_manager_cannot_read_answers_503_saying_so(
+    tmp_path: Path, volume: Path
+) -> None:
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), "--outputs-dir", str(volume), env=clean_env(),
+                                   preexec_fn=reading_only_what_its_modes_allow)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+            job_id = (await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW})).json()["id"]
+            await client.get("/api/workers/next-job", params={"worker_id": "w1"})
+            path = f"alice/{job_id}/a.png"
+            (volume / path).parent.mkdir(parents=True)
+            (volume / path).write_bytes(IMAGE)
+            (volume / path).chmod(0o000)  # a worker that wrote it with another owner and mode 600
+            await client.post("/api/workers/complete-job", params={"job_id": job_id, "worker_id": "w1",
+                              "attempt": "1"}, json={"result": {"outputs": [{"path": path}]}})
+            answer = await client.get(output_url(job_id, path))
+    finally:
+        process.terminate()
+        async with asyncio.timeout(10):
+            log = (await process.stdout.read()).decode()
+            await process.wait()
+    assert answer.status_code == 503, f"{answer.status_code} {answer.text!r}"
+    assert answer.json() == {"detail": (
+        f"Output {path} is listed in the job's result but cannot be read by the queue manager (file permissions on "
+        "the outputs volume): tell the operator")}
+    [line] = [event for event in map(json.loads, log.splitlines()) if event["event"] == "output_unreadable"]
+    assert (line["job_id"], line["path"], line["level"]) == (job_id, path, "error")
+    assert "Permission denied" in line["error"]
 
 
 @pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.FAILED])
