@@ -160,11 +160,12 @@ def forget_registered_secrets() -> Iterator[None]:
 
 
 async def run_module_to_exit(
-    module: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 30
+    module: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 30,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> tuple[int, str]:
     """Run `python -m module args` to its end (killed if it outlives timeout_s): its exit code and stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, *args, cwd=cwd, env=env,
+        sys.executable, "-m", module, *args, cwd=cwd, env=env, preexec_fn=preexec_fn,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
