@@ -52,7 +52,8 @@ The images a job carried (worker/input_images.py) go from COMFYUI_INPUT_DIR once
 ended: on a replica several users share, a later job naming one without carrying it would load it. Only the file
 the upload wrote goes: at the name it was uploaded to, a regular file reached without a symbolic link, still
 holding the bytes uploaded (another client's upload of the name since is kept); and the subfolder the upload
-made for it, once empty. A run killed mid-job leaves them.
+made for it, once empty. A run killed mid-job leaves them (in the image, the default folder is emptied at the
+container's next start: supervisor/scratch.py).
 """
 
 from __future__ import annotations
