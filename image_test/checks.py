@@ -36,7 +36,7 @@ DOCKER_HEALTHY_TIMEOUT_S = 90
 STOP_WITHIN_S = 30
 SERVERLESS_EXIT_TIMEOUT_S = 300
 JOB_USERS = ("alice", "bob", "alice")
-COMFYUI_SCRATCH = "/data/comfyui"  # SCRATCH_DIR/comfyui: ComfyUI's output and temp folders (supervisor/config.py)
+COMFYUI_SCRATCH = "/data/comfyui"  # SCRATCH_DIR/comfyui: ComfyUI's output, temp and input folders (supervisor/config.py)
 
 
 @dataclass
@@ -227,6 +227,7 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
         _process_owners(docker, container, report)
         _jobs_delivered(queue, jobs, invalid, outputs, report)
         _carried_image_loaded(queue, carried, outputs, report)
+        _carried_image_deleted(docker, container, report)
         _comfyui_tidied(docker, container, queue, [*jobs, carried], report)
         _metrics_count(container, report)
         _docker_healthy(container, report)
@@ -488,6 +489,20 @@ def _carried_image_loaded(queue: QueueManager, job_id: str, outputs: Path, repor
     sizes = [_png_size(path) for path in delivered if path.is_file()]
     report.check(name, job["status"] == "completed" and sizes == [CARRIED_SIZE],
                  f"{job['status']}: {job.get('error') or ''}; results {sizes} (the image is {CARRIED_SIZE})")
+
+
+def _carried_image_deleted(docker: Docker, container: Container, report: Report) -> None:
+    """Once the job's prompt is over, before its report, the worker deletes the image it uploaded, and the subfolder
+    ComfyUI made for it: a later job on the replica naming it without carrying it cannot load it."""
+    name = "the job's carried image is deleted from ComfyUI's input folder once its prompt is over"
+    subfolder = CARRIED_NAME.split("/")[0]
+    try:
+        left = docker.run("exec", container.name, "find", f"{COMFYUI_SCRATCH}/input", "-path",
+                          f"*/{subfolder}*").stdout.split()  # fmt: skip
+    except DockerError as exc:
+        report.check(name, False, f"{type(exc).__name__}: {exc}")
+        return
+    report.check(name, not left, f"left in {COMFYUI_SCRATCH}/input: {left}" if left else f"no {subfolder}/ left")
 
 
 def _uploads_loaded(queue: QueueManager, loaded: str, missing: str, outputs: Path, report: Report) -> None:
