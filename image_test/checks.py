@@ -36,7 +36,7 @@ DOCKER_HEALTHY_TIMEOUT_S = 90
 STOP_WITHIN_S = 30
 SERVERLESS_EXIT_TIMEOUT_S = 300
 JOB_USERS = ("alice", "bob", "alice")
-COMFYUI_SCRATCH = "/data/comfyui"  # SCRATCH_DIR/comfyui: ComfyUI's output, temp and input folders (supervisor/config.py)
+COMFYUI_SCRATCH = "/data/comfyui"  # SCRATCH_DIR/comfyui: ComfyUI's output, temp and input (supervisor/config.py)
 
 
 @dataclass
