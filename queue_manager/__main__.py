@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         default=None,
-        help=f"where the workers' OUTPUTS_PATH volume is mounted (read-only is fine): serve completed jobs' result "
-        f"files at GET /api/jobs/ID/outputs/PATH (default: ${OUTPUTS_DIR_ENV}, else not served)",
+        help=f"where the workers' OUTPUTS_PATH volume is mounted (read-write: a job the retention deletes has its "
+        f"folder there deleted too): serve completed jobs' result files at GET /api/jobs/ID/outputs/PATH (default: "
+        f"${OUTPUTS_DIR_ENV}, else not served)",
     )
     return parser
 

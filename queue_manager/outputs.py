@@ -68,8 +68,8 @@ def outputs_dir_problem(folder: Path) -> str | None:
     """Why the queue manager cannot serve outputs from this folder, or None (checked once, at start)."""
     named = f"{OUTPUTS_DIR_ENV} (--outputs-dir) {folder}"
     if not folder.is_dir():
-        return (f"{named} is not a folder: mount the workers' OUTPUTS_PATH volume there (read-only is fine), or "
-                f"unset {OUTPUTS_DIR_ENV}")
+        return (f"{named} is not a folder: mount the workers' OUTPUTS_PATH volume there (read-write, for the "
+                f"outputs' retention), or unset {OUTPUTS_DIR_ENV}")
     if not os.access(folder, os.R_OK | os.X_OK):
         return (f"{named} cannot be read by this user (uid {os.getuid()}): make it readable to the queue manager, "
                 f"or unset {OUTPUTS_DIR_ENV}")

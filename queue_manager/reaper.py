@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 
-from queue_manager.store import JobStore, is_storage_fault
+from queue_manager.outputs_retention import prune_job_folders
+from queue_manager.store import JobStore, PurgedJob, is_storage_fault
 
 log = structlog.get_logger()
 
@@ -33,12 +36,17 @@ class JobReaper:
         lease_timeout_s: float = 0,
         max_attempts: int = 3,
         finished_job_retention_s: float = 0,
+        outputs_dir: Path | None = None,
     ):
         self._store = store
         self._job_timeout_s = job_timeout_s
         self._lease_timeout_s = lease_timeout_s
         self._max_attempts = max_attempts
         self._retention_s = finished_job_retention_s
+        self._outputs_dir = outputs_dir
+        # Jobs deleted by the last retention pass (on the database's thread) whose folders prune_outputs deletes
+        # next (in a worker thread): each is tried once.
+        self._to_prune: deque[PurgedJob] = deque()
         # A lease is checked a few times within its timeout, so a silent worker's job waits at most ~1.25x it.
         self._interval_s = min(interval_s, lease_timeout_s / 4) if lease_timeout_s > 0 else interval_s
         self._clock = clock
@@ -90,17 +98,29 @@ class JobReaper:
 
     def purge_finished(self) -> int:
         """One pass: delete one batch of jobs that finished more than the retention ago, and of workers not seen
-        for as long that hold no running job (0 = keep them all). Returns how many jobs."""
+        for as long that hold no running job (0 = keep them all). Returns how many jobs. With outputs_dir, their
+        folders there are deleted by the next prune_outputs()."""
         if self._retention_s <= 0:
             return 0
         cutoff = self._clock() - self._retention_s
         purged = self._store.purge_finished_before(cutoff)
         if purged:
-            log.info("jobs_purged", count=purged, retention_s=self._retention_s)
+            log.info("jobs_purged", count=len(purged), retention_s=self._retention_s)
+            if self._outputs_dir is not None:
+                self._to_prune.extend(purged)
         workers = self._store.purge_workers_seen_before(cutoff)
         if workers:
             log.info("workers_purged", count=workers, retention_s=self._retention_s)
-        return purged
+        return len(purged)
+
+    async def prune_outputs(self) -> int:
+        """Delete, in a worker thread, the folders of the jobs purged since the last call. Returns how many."""
+        jobs = []
+        while self._to_prune:
+            jobs.append(self._to_prune.popleft())
+        if not jobs or self._outputs_dir is None:
+            return 0
+        return await asyncio.to_thread(prune_job_folders, self._outputs_dir, jobs)
 
     async def run(
         self, stop: asyncio.Event, run_in_db: Callable[[Callable[[], None]], Awaitable[None]]
@@ -120,3 +140,7 @@ class JobReaper:
                     log.error("reaper_pass_failed", error=str(exc), code=exc.sqlite_errorname)
             except Exception:
                 log.exception("reaper_pass_failed")
+            try:  # also after a failed pass: the jobs it deleted before failing are gone
+                await self.prune_outputs()
+            except Exception:
+                log.exception("outputs_pruning_failed")

@@ -73,7 +73,8 @@ class QueueManagerServer:
     `max_pending_per_user` (0 = none) refuses a user's submission past that many of their jobs pending;
     `round_robin` counts the jobs handed out in the last `round_robin_window_s` (0 = every job kept).
     `outputs_dir`: where the workers' OUTPUTS_PATH is mounted, to serve completed jobs' result files
-    (GET /api/jobs/{id}/outputs/{path}); None answers that route 404, saying it is off.
+    (GET /api/jobs/{id}/outputs/{path}); None answers that route 404, saying it is off. A job the retention deletes
+    has its folder there deleted too.
     `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
     reports): the worker's comfy-multi fallback is tested against that.
     Every `heap_trim_interval_s` the C heap's free pages go back to the system with `trim_heap` (common.heap_trim).
@@ -182,6 +183,7 @@ class QueueManagerServer:
             lease_timeout_s=self.lease_timeout_s,
             max_attempts=self.max_attempts,
             finished_job_retention_s=self.finished_job_retention_s,
+            outputs_dir=self.outputs_dir.resolve() if self.outputs_dir is not None else None,
         )
         settings = QueueSettings(
             mode=self.mode,
@@ -275,10 +277,13 @@ class QueueManagerServer:
         return await self._run_in_db(self._reaper.expire_leases)
 
     async def purge_finished(self) -> int:
-        """Run one retention pass now: delete a batch of jobs that finished more than the retention ago."""
+        """Run one retention pass now: delete a batch of jobs that finished more than the retention ago, then their
+        folders in outputs_dir."""
         if self._reaper is None:
             raise RuntimeError("QueueManagerServer is not started")
-        return await self._run_in_db(self._reaper.purge_finished)
+        purged = await self._run_in_db(self._reaper.purge_finished)
+        await self._reaper.prune_outputs()
+        return purged
 
     async def _run_in_db(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_executor, call)

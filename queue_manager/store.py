@@ -127,6 +127,7 @@ _DELETE_ONE_EXPIRED = (
     " UNION ALL"
     " SELECT seq FROM jobs WHERE status = ? AND COALESCE(completed_at, lease_at, started_at) < ?"
     " LIMIT 1)"
+    " RETURNING user_id, id"
 )
 
 
@@ -158,6 +159,14 @@ class Poll:
 
     job: JobRecord | None
     again: bool = False
+
+
+@dataclass(frozen=True)
+class PurgedJob:
+    """A job the retention deleted: whose it was, to find its result folder <user_id>/<job_id>/."""
+
+    user_id: str
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -595,10 +604,10 @@ class JobStore:
 
     def purge_finished_before(
         self, cutoff: float, *, limit: int = PURGE_BATCH, budget_s: float = PURGE_BUDGET_S
-    ) -> int:
+    ) -> list[PurgedJob]:
         """The retention step: delete finished jobs (completed, failed, cancelled) that finished before `cutoff`,
-        one transaction each, at most `limit`, stopping after the one that used up `budget_s`. Returns how many;
-        what is left goes on the next call.
+        one transaction each, at most `limit`, stopping after the one that used up `budget_s`. Returns those
+        deleted; what is left goes on the next call.
 
         A cancelled job has no `completed_at` (as in comfy-multi): it counts from its last heartbeat, which is
         its start when its worker never sent one.
@@ -611,12 +620,13 @@ class JobStore:
             cutoff,
         )
         started = time.perf_counter()
-        purged = 0
-        while purged < limit:
+        purged: list[PurgedJob] = []
+        while len(purged) < limit:
             with self._transaction() as conn:
-                if conn.execute(_DELETE_ONE_EXPIRED, expired).rowcount == 0:
-                    break
-            purged += 1
+                deleted = conn.execute(_DELETE_ONE_EXPIRED, expired).fetchall()
+            if not deleted:
+                break
+            purged.extend(PurgedJob(row["user_id"], row["id"]) for row in deleted)
             if time.perf_counter() - started >= budget_s:
                 break
         return purged

@@ -15,7 +15,7 @@ from common.settings import ConfigError, settings_from_env
 from queue_manager import JobPriority, JobStatus, JobStore, QueueManagerServer, QueueMode
 from queue_manager.__main__ import QueueManagerEnv
 from queue_manager.reaper import JobReaper
-from queue_manager.store import PURGE_BATCH
+from queue_manager.store import PURGE_BATCH, PurgedJob
 
 from .conftest import FakeClock
 
@@ -55,7 +55,7 @@ def test_purge_deletes_old_finished_jobs_of_every_status_and_keeps_the_rest(
     clock.advance(1)
     young = [finished(store, status) for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)]
 
-    assert store.purge_finished_before(clock.now - DAY) == 3
+    assert store.purge_finished_before(clock.now - DAY) == [PurgedJob("alice", job_id) for job_id in old]
 
     assert [store.get(job_id) for job_id in old] == [None, None, None]
     assert store.get(running).status is JobStatus.RUNNING, "a running job is never purged, however old"
@@ -78,9 +78,9 @@ def test_a_cancelled_job_counts_from_its_last_heartbeat(store: JobStore, clock: 
     store.heartbeat("w", job_id, attempt=1)
     store.cancel(job_id)
     clock.advance(DAY)
-    assert store.purge_finished_before(clock.now - DAY) == 0, "cancelled a day ago, not two"
+    assert store.purge_finished_before(clock.now - DAY) == [], "cancelled a day ago, not two"
     clock.advance(1)
-    assert store.purge_finished_before(clock.now - DAY) == 1
+    assert store.purge_finished_before(clock.now - DAY) == [PurgedJob("alice", job_id)]
 
 
 def test_purge_deletes_at_most_a_batch_per_call_and_the_rest_on_later_calls(
@@ -90,7 +90,7 @@ def test_purge_deletes_at_most_a_batch_per_call_and_the_rest_on_later_calls(
     clock.advance(DAY)
     cutoff = clock.now - 1
 
-    assert [store.purge_finished_before(cutoff, limit=10, budget_s=60) for _ in range(4)] == [10, 10, 5, 0]
+    assert [len(store.purge_finished_before(cutoff, limit=10, budget_s=60)) for _ in range(4)] == [10, 10, 5, 0]
     assert [store.get(job_id) for job_id in ids] == [None] * 25
 
 
@@ -99,7 +99,7 @@ def test_purge_stops_after_the_row_that_used_up_its_time_budget(store: JobStore,
         finished(store, JobStatus.COMPLETED)
     clock.advance(DAY)
 
-    assert [store.purge_finished_before(clock.now, budget_s=0) for _ in range(4)] == [1, 1, 1, 0]
+    assert [len(store.purge_finished_before(clock.now, budget_s=0)) for _ in range(4)] == [1, 1, 1, 0]
 
 
 def test_reaper_purges_at_most_a_batch_per_pass_and_the_rest_on_later_passes(
@@ -192,7 +192,7 @@ def test_a_database_from_the_first_release_gains_the_finish_index_and_is_purged(
                 "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < 0"
             ).fetchall()
         assert any("jobs_by_finish" in row[-1] for row in plan), plan
-        assert store.purge_finished_before(clock.now - DAY) == 1
+        assert store.purge_finished_before(clock.now - DAY) == [PurgedJob("alice", "old")]
         assert store.get("old") is None
     finally:
         store.close()

@@ -1,0 +1,186 @@
+"""A job the retention deletes has its result folder QUEUE_MANAGER_OUTPUTS_DIR/<user_id>/<job_id>/ deleted too, and
+<user_id>/ when that leaves it empty. Before, the folders stayed on the volume for ever, no route reaching them, until
+the disk filled. Nothing else on the volume is deleted, and no link is followed."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from queue_manager import QueueManagerServer
+from queue_manager.outputs_retention import prune_job_folders
+from queue_manager.store import PurgedJob
+
+from .conftest import FakeClock
+from .test_with_the_worker import wait_until
+
+RETENTION_S = 3600.0
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    """The workers' OUTPUTS_PATH, as mounted on the queue manager's host."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    return folder
+
+
+def retaining(clock: FakeClock, outputs_dir: Path | None, **settings: Any) -> QueueManagerServer:
+    return QueueManagerServer(clock=clock, outputs_dir=outputs_dir, finished_job_retention_s=RETENTION_S,
+                              lease_timeout_s=0, job_timeout_s=100 * RETENTION_S, **settings)
+
+
+async def finished_job(client: httpx.AsyncClient, user_id: str, volume: Path | None = None) -> str:
+    """A job submitted, taken and completed over HTTP; with `volume`, its result files written there first, as a
+    worker delivers them (<user_id>/<job_id>/, a subfolder included)."""
+    job_id = (await client.post("/api/jobs", json={"user_id": user_id, "workflow": {"1": {}}})).json()["id"]
+    taken = await client.get("/api/workers/next-job", params={"worker_id": "w1"})
+    assert taken.json()["job"]["id"] == job_id
+    if volume is not None:
+        (volume / user_id / job_id / "sub").mkdir(parents=True)
+        (volume / user_id / job_id / "image.png").write_bytes(b"png")
+        (volume / user_id / job_id / "sub" / "video.mp4").write_bytes(b"mp4")
+    done = await client.post("/api/workers/complete-job", params={"job_id": job_id}, json={"result": {}})
+    assert done.status_code == 200, done.text
+    return job_id
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*"))
+
+
+def pruning_events(logs: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(e["event"], e["count"]) for e in logs if e["event"] in ("outputs_pruned", "outputs_not_pruned")]
+
+
+async def test_a_purged_jobs_folder_goes_with_its_empty_user_folder_and_nothing_else(
+    clock: FakeClock, volume: Path
+) -> None:
+    (volume / "other-tool").mkdir()
+    (volume / "other-tool" / "data.bin").write_bytes(b"not ours")
+    (volume / "dave" / "0f0f0f0f-not-a-job-of-ours").mkdir(parents=True)
+    async with retaining(clock, volume) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        alice_old = await finished_job(client, "alice", volume)
+        bob_old = await finished_job(client, "bob", volume)
+        await finished_job(client, "carol")  # no outputs: no folder
+        clock.advance(RETENTION_S / 2)
+        alice_young = await finished_job(client, "alice", volume)
+        clock.advance(RETENTION_S / 2 + 1)
+        with capture_logs() as logs:
+            assert await queue.purge_finished() == 3
+
+        assert not (volume / "alice" / alice_old).exists()
+        assert not (volume / "bob").exists(), "bob's folder, left empty, goes too"
+        assert files_under(volume) == sorted([
+            "alice", f"alice/{alice_young}", f"alice/{alice_young}/image.png", f"alice/{alice_young}/sub",
+            f"alice/{alice_young}/sub/video.mp4",  # a job the retention has not deleted yet keeps its files
+            "dave", "dave/0f0f0f0f-not-a-job-of-ours",  # a folder no job of ours names
+            "other-tool", "other-tool/data.bin",  # another tool's, on a shared volume
+        ])
+        assert (await client.get(f"/api/jobs/{bob_old}")).status_code == 404
+    assert pruning_events(logs) == [("outputs_pruned", 2)], "carol's job had no folder: nothing to say"
+
+
+@pytest.mark.parametrize("linked", ["job_id", "user_id"])
+async def test_a_link_at_the_user_or_job_folder_is_not_followed(
+    clock: FakeClock, volume: Path, tmp_path: Path, linked: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    async with retaining(clock, volume) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await finished_job(client, "alice")
+        (elsewhere / job_id).mkdir(parents=True)
+        (elsewhere / job_id / "precious.txt").write_text("keep me")
+        if linked == "job_id":
+            (volume / "alice").mkdir()
+            (volume / "alice" / job_id).symlink_to(elsewhere / job_id, target_is_directory=True)
+        else:
+            (volume / "alice").symlink_to(elsewhere, target_is_directory=True)
+        clock.advance(RETENTION_S + 1)
+        with capture_logs() as logs:
+            assert await queue.purge_finished() == 1
+
+    assert (elsewhere / job_id / "precious.txt").read_text() == "keep me"
+    assert (volume / "alice" / job_id).is_symlink() if linked == "job_id" else (volume / "alice").is_symlink()
+    refused = [e for e in logs if e["event"] == "output_folder_refused"]
+    assert [(e["job_id"], e["reason"].split(" is not a folder but a symbolic link to ")[-1]) for e in refused] == [
+        (job_id, str(elsewhere / job_id) if linked == "job_id" else str(elsewhere))
+    ]
+    assert pruning_events(logs) == []
+
+
+@pytest.mark.parametrize(
+    ("user_id", "job_id"), [("alice", ".."), ("alice", "."), ("..", "outputs"), ("alice", ""), ("alice", "a/b"),
+                            ("alice", "a\0b"), ("", "job")],
+)
+def test_an_id_that_is_not_one_folder_name_is_never_used(volume: Path, user_id: str, job_id: str) -> None:
+    for folder in ("alice/a/b", "alice/job", "job"):
+        (volume / folder).mkdir(parents=True)
+        (volume / folder / "file").write_text("kept")
+    before = files_under(volume.parent)
+
+    with capture_logs() as logs:
+        assert prune_job_folders(volume, [PurgedJob(user_id, job_id)]) == 0
+
+    assert files_under(volume.parent) == before
+    assert [e["event"] for e in logs] == ["output_folder_refused"]
+
+
+async def test_a_removal_refused_by_a_read_only_volume_is_logged_once_a_pass_and_the_reaper_keeps_running(
+    clock: FakeClock, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(real: Any) -> Any:
+        def refused(path: str, *, dir_fd: int | None = None) -> None:
+            if dir_fd is None:  # not the pruning's: the test's own temporary database
+                return real(path)
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return refused
+
+    monkeypatch.setattr(os, "unlink", read_only(os.unlink))
+    monkeypatch.setattr(os, "rmdir", read_only(os.rmdir))
+    async with (
+        retaining(clock, volume, reaper_interval_s=0.02) as queue,
+        httpx.AsyncClient(base_url=queue.url) as client,
+    ):
+        with capture_logs() as logs:
+            first = [await finished_job(client, "alice", volume) for _ in range(2)]
+            clock.advance(RETENTION_S + 1)
+            await wait_until(lambda: pruning_events(logs), timeout_s=3)
+            assert [queue.store.get(job_id) for job_id in first] == [None, None]
+
+            later = await finished_job(client, "alice", volume)  # the reaper still runs its passes
+            clock.advance(RETENTION_S + 1)
+            await wait_until(lambda: len(pruning_events(logs)) == 2, timeout_s=3)
+            assert queue.store.get(later) is None
+
+    assert pruning_events(logs) == [("outputs_not_pruned", 2), ("outputs_not_pruned", 1)]
+    not_pruned = next(e for e in logs if e["event"] == "outputs_not_pruned")
+    assert not_pruned["job_id"] == first[0]
+    assert "Read-only file system" in not_pruned["error"]
+    assert not_pruned["fix"].startswith("mount the outputs volume read-write into the queue manager, or prune "
+                                        f"{volume.resolve()} yourself")
+    assert not [e for e in logs if e["event"] in ("reaper_pass_failed", "outputs_pruning_failed")]
+    assert files_under(volume / "alice") == sorted(
+        f"{job_id}{name}" for job_id in [*first, later] for name in ("", "/image.png", "/sub", "/sub/video.mp4")
+    ), "nothing could be deleted"
+
+
+async def test_without_an_outputs_dir_nothing_on_disk_is_touched(
+    clock: FakeClock, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(volume)  # where a relative <user_id>/<job_id> would land
+    async with retaining(clock, None) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await finished_job(client, "alice", volume)
+        clock.advance(RETENTION_S + 1)
+        with capture_logs() as logs:
+            assert await queue.purge_finished() == 1
+        assert queue.store.get(job_id) is None
+
+    assert files_under(volume) == ["alice", f"alice/{job_id}", f"alice/{job_id}/image.png", f"alice/{job_id}/sub",
+                                   f"alice/{job_id}/sub/video.mp4"]
+    assert pruning_events(logs) == []
