@@ -458,8 +458,7 @@ def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
     try:
         for folder, _, _ in os.walk(staging):  # the staging folder's own entries, before it is published
             sync_folder(Path(folder))
-        job_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging, job_dir)
+        _rename_into_place(staging, job_dir)
         for folder in (job_dir.parent, *job_dir.parent.parents):  # the rename, and any folder made for it
             sync_folder(folder)
             if folder == user_dir.parent:
@@ -477,6 +476,22 @@ def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
             problem = (f"{job_dir.parent} is on another file system than {staging.parent}, so the delivery cannot "
                        "be renamed into place: mount OUTPUTS_PATH as one volume, with nothing mounted inside it")
         raise OutputDeliveryError(problem) from exc
+
+
+# The queue manager's retention removes a user's folder once its last old job's folder is gone: between our
+# mkdir and our rename. Made again, the rename goes through.
+RENAME_TRIES = 3
+
+
+def _rename_into_place(staging: Path, job_dir: Path) -> None:
+    for tries_left in range(RENAME_TRIES - 1, -1, -1):
+        job_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staging, job_dir)
+            return
+        except FileNotFoundError:
+            if tries_left == 0 or not staging.is_dir():
+                raise
 
 
 @contextlib.asynccontextmanager

@@ -177,6 +177,33 @@ async def test_a_delivery_cancelled_while_its_folder_is_renamed_into_place_leave
     assert sorted(p.name for p in outputs.iterdir()) == [".partial", "alice"]
 
 
+async def test_a_user_folder_the_retention_removes_just_before_the_rename_is_made_again(
+    comfy, tmp_path: Path, monkeypatch
+):
+    """The queue manager's retention deletes a user's last old job folder, then the user's folder, now empty:
+    if that lands between the delivery's mkdir and its rename, the rename finds no folder. Before, the delivery
+    failed (and with it a job that had rendered); now the folder is made again and the rename goes through."""
+    import os
+
+    import worker.outputs as outputs_module
+
+    real_rename, raced = os.rename, []
+
+    def rename_after_the_retention(src: Any, dst: Any) -> None:
+        if not raced:
+            raced.append(dst)
+            os.rmdir(Path(dst).parent)  # the retention's os.rmdir(<user_id>) of a folder left empty
+        real_rename(src, dst)
+
+    monkeypatch.setattr(outputs_module.os, "rename", rename_after_the_retention)
+    outputs = tmp_path / "outputs"
+    (comfy.output_dir / "ok.png").write_bytes(b"png")
+    async with output_delivery(comfy, outputs, local=True) as delivery:
+        await delivery.deliver({"9": one_output("ok.png")}, "alice", "job-1")
+    assert raced == [outputs / "alice" / "job-1"]
+    assert files_under(outputs) == [outputs / "alice" / "job-1" / "ok.png"]
+
+
 @pytest.mark.parametrize("local", [True, False], ids=["copied from ComfyUI's folder", "fetched over /view"])
 async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reported(
     comfy, tmp_path: Path, monkeypatch, local: bool
