@@ -51,10 +51,13 @@ MEDIA_TYPES = {
     ".opus": "audio/opus",
 }
 DOWNLOAD_TYPE = "application/octet-stream"
-# Each step opened without following a link (a link there fails), folders for the lookup only (O_PATH: no read
-# permission needed), the file without waiting (O_NONBLOCK: a FIFO planted there would hold the thread for a writer).
+# Each step opened without following a link (a link there fails, or is itself what is opened) and for the lookup
+# only (O_PATH: no read permission needed, and no side effect: opening a device node can act on the device). Only a
+# regular file is then opened for reading, through /proc/self/fd/N (that very inode), without waiting.
 FOLDER_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+PROC_FDS = "/proc/self/fd"  # the names of this process's open files: Linux, mounted in any container
 
 
 class OutputNotServed(Exception):
@@ -73,6 +76,26 @@ def outputs_dir_problem(folder: Path) -> str | None:
     if not os.access(folder, os.R_OK | os.X_OK):
         return (f"{named} cannot be read by this user (uid {os.getuid()}): make it readable to the queue manager, "
                 f"or unset {OUTPUTS_DIR_ENV}")
+    if problem := _proc_fds_problem(folder):
+        return (f"{named} cannot be served: every file is sent through {PROC_FDS}, which {problem}: mount /proc "
+                f"(container runtimes do by default), or unset {OUTPUTS_DIR_ENV}")
+    return None
+
+
+def _proc_fds_problem(folder: Path) -> str | None:
+    """Why PROC_FDS/N does not lead to the file this process opened as N, or None."""
+    try:
+        opened = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"could not be checked ({exc})"  # the folder, gone since it was checked
+    try:
+        seen, found = os.stat(f"{PROC_FDS}/{opened}"), os.fstat(opened)
+    except OSError as exc:
+        return f"does not lead to this process's open files ({exc.strerror}; is /proc mounted?)"
+    finally:
+        os.close(opened)
+    if (seen.st_dev, seen.st_ino) != (found.st_dev, found.st_ino):
+        return "leads to other files than this process's open ones (is /proc this container's own?)"
     return None
 
 
@@ -97,7 +120,14 @@ def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str
             os.close(folder)
             folder = inner
         name = parts[-1]
-        descriptor = os.open(name, FILE_FLAGS, dir_fd=folder)
+        found = os.open(name, LOOKUP_FLAGS, dir_fd=folder)  # a link there is itself what is found
+        try:
+            checked = os.fstat(found)
+            if not stat.S_ISREG(checked.st_mode):
+                raise _refused(job_id, asked, _not_a_file_because(folder, name, checked))
+            descriptor = os.open(f"{PROC_FDS}/{found}", READ_FLAGS)  # the file found, whatever its name leads to now
+        finally:
+            os.close(found)
     except FileNotFoundError:
         log.warning("output_gone", job_id=job_id, path=asked)
         raise OutputNotServed(404, f"Output {asked} is listed in the job's result but no longer on the volume "
@@ -106,14 +136,24 @@ def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str
         log.error("output_unreadable", job_id=job_id, path=asked, error=str(exc))
         raise OutputNotServed(503, f"Output {asked} is listed in the job's result but cannot be read by the queue "
                                    "manager (file permissions on the outputs volume): tell the operator") from None
-    except OSError as exc:  # a link (O_NOFOLLOW), a file where a folder should be, a socket, a name too long
+    except OSError as exc:  # a link on the way (O_NOFOLLOW), a file where a folder should be, a name too long
         raise _refused(job_id, asked, _not_opened_because(folder, name, exc)) from None
     finally:
         os.close(folder)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+    sent = os.fstat(descriptor)
+    if (sent.st_dev, sent.st_ino) != (checked.st_dev, checked.st_ino):
         os.close(descriptor)
-        raise _refused(job_id, asked, "not a regular file")
+        raise _refused(job_id, asked, f"{PROC_FDS} reopened another file than the one checked")
     return io.FileIO(descriptor, "rb")  # closed by OutputFileResponse, or when dropped
+
+
+def _not_a_file_because(folder: int, name: str, found: os.stat_result) -> str:
+    if not stat.S_ISLNK(found.st_mode):
+        return "not a regular file"  # a folder, a FIFO, a device, a socket
+    try:
+        return f"a symbolic link on the way leads to {os.readlink(name, dir_fd=folder)}"
+    except OSError:
+        return "a symbolic link on the way"
 
 
 def _not_opened_because(folder: int, name: str, exc: OSError) -> str:
@@ -154,7 +194,7 @@ class OutputFileResponse(web.FileResponse):
     lying beside it, to a client accepting gzip or br, in its place, a file no result lists."""
 
     def __init__(self, opened: io.FileIO, headers: dict[str, str]) -> None:
-        super().__init__(f"/proc/self/fd/{opened.fileno()}", headers=headers)
+        super().__init__(f"{PROC_FDS}/{opened.fileno()}", headers=headers)
         self._opened = opened
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:

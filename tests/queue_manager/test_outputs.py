@@ -10,6 +10,8 @@ import ctypes
 import hashlib
 import json
 import os
+import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -20,6 +22,7 @@ from structlog.testing import capture_logs
 
 from queue_manager import JobStatus, QueueManagerServer
 from queue_manager import app as queue_manager_app
+from queue_manager import outputs as queue_manager_outputs
 from queue_manager.participants import add_participant
 from standins.comfyui import ComfyUISimulator
 from worker.outputs import DeliveredFile
@@ -213,6 +216,44 @@ async def test_a_link_planted_on_the_volume_out_of_the_folder_is_not_followed(
     assert "symbolic link" in refused["reason"] and refused["job_id"] == job_id
 
 
+def plant(path: Path, kind: str) -> None:
+    """A FIFO or a character device (1, 3: the kernel's /dev/null) where a listed file was."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+async def test_a_device_or_fifo_planted_at_a_listed_path_is_refused_and_never_opened_for_reading(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, kind: str,
+) -> None:  # fmt: skip
+    """Opening a device can act on it (a tape rewinds, a terminal hangs up): it is looked at (O_PATH), never opened."""
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    plant(volume / path, kind)
+    opened_for_reading = []
+    real_open = os.open
+
+    def spy(name: object, flags: int, *args: object, **kwargs: object) -> int:
+        if not flags & os.O_PATH:
+            opened_for_reading.append(name)
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(queue_manager_outputs.os, "open", spy)
+    with capture_logs() as logs:
+        answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    monkeypatch.undo()
+    assert (answer.status_code, answer.json()) == (404, {"detail": NOT_LISTED})
+    [refused] = [line for line in logs if line["event"] == "output_refused"]
+    assert (refused["path"], refused["reason"]) == (path, "not a regular file")
+    assert opened_for_reading == []
+
+
 async def test_a_file_beside_the_listed_one_is_never_sent_in_its_place(
     queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str]
 ) -> None:
@@ -284,7 +325,7 @@ async def test_no_descriptor_is_left_open_after_many_downloads_finished_refused_
     job_id, [small, large, folder] = await completed_job(queue, client, "alice", {"a.png": IMAGE, "b.mp4": big,
                                                                                  "c": b""})
     (volume / folder).unlink()
-    (volume / folder).mkdir()  # listed, opened, and refused: not a regular file
+    (volume / folder).mkdir()  # listed, looked at, and refused: not a regular file
     alice = bearer(tokens["alice"])
     etag = (await client.get(output_url(job_id, small), headers=alice)).headers["ETag"]
     for _ in range(20):
@@ -440,3 +481,30 @@ async def test_the_cli_serves_outputs_from_the_variables_folder(tmp_path: Path, 
     assert (answer.status_code, answer.json()) == (404, {"detail": "Job not found"}), "served: the job is looked for"
 
 
+
+
+NO_PROC = """import sys
+from queue_manager import __main__, outputs
+outputs.PROC_FDS = sys.argv[1]
+sys.exit(__main__.main(sys.argv[2:]))
+"""
+
+
+async def test_the_cli_exits_2_when_proc_self_fd_cannot_reach_its_open_files(tmp_path: Path, volume: Path) -> None:
+    """Every download is streamed through /proc/self/fd/N: without /proc, each would answer a bare 404."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", NO_PROC, str(tmp_path / "no-proc" / "self" / "fd"), "--port", "0", "--db",
+        str(tmp_path / "q.db"), "--outputs-dir", str(volume), cwd=REPO, env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(20):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 2, err.decode()
+    [line] = err.decode().strip().splitlines()
+    assert line.startswith(f"QUEUE_MANAGER_OUTPUTS_DIR (--outputs-dir) {volume} cannot be served: ")
+    assert "mount /proc" in line and "unset QUEUE_MANAGER_OUTPUTS_DIR" in line
