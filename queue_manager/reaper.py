@@ -103,15 +103,19 @@ class JobReaper:
         if self._retention_s <= 0:
             return 0
         cutoff = self._clock() - self._retention_s
-        purged = self._store.purge_finished_before(cutoff)
-        if purged:
-            log.info("jobs_purged", count=len(purged), retention_s=self._retention_s)
-            if self._outputs_dir is not None:
-                self._to_prune.extend(purged)
+        purged = 0
+        try:
+            for job in self._store.purging_finished_before(cutoff):
+                purged += 1
+                if self._outputs_dir is not None:
+                    self._to_prune.append(job)  # even if a later deletion fails: this job is gone
+        finally:
+            if purged:
+                log.info("jobs_purged", count=purged, retention_s=self._retention_s)
         workers = self._store.purge_workers_seen_before(cutoff)
         if workers:
             log.info("workers_purged", count=workers, retention_s=self._retention_s)
-        return len(purged)
+        return purged
 
     async def prune_outputs(self) -> int:
         """Delete, in a worker thread, the folders of the jobs purged since the last call. Returns how many."""

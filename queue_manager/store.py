@@ -612,6 +612,13 @@ class JobStore:
         A cancelled job has no `completed_at` (as in comfy-multi): it counts from its last heartbeat, which is
         its start when its worker never sent one.
         """
+        return list(self.purging_finished_before(cutoff, limit=limit, budget_s=budget_s))
+
+    def purging_finished_before(
+        self, cutoff: float, *, limit: int = PURGE_BATCH, budget_s: float = PURGE_BUDGET_S
+    ) -> Iterator[PurgedJob]:
+        """purge_finished_before, each job yielded once its deletion is committed: when a later one fails (a full
+        disk), the caller still has those already gone."""
         expired = (
             JobStatus.COMPLETED.value,
             JobStatus.FAILED.value,
@@ -620,16 +627,14 @@ class JobStore:
             cutoff,
         )
         started = time.perf_counter()
-        purged: list[PurgedJob] = []
-        while len(purged) < limit:
+        for _ in range(limit):
             with self._transaction() as conn:
                 deleted = conn.execute(_DELETE_ONE_EXPIRED, expired).fetchall()
             if not deleted:
-                break
-            purged.extend(PurgedJob(row["user_id"], row["id"]) for row in deleted)
+                return
+            yield from (PurgedJob(row["user_id"], row["id"]) for row in deleted)
             if time.perf_counter() - started >= budget_s:
-                break
-        return purged
+                return
 
     def purge_workers_seen_before(self, cutoff: float, *, limit: int = PURGE_BATCH) -> int:
         """The retention step for workers: forget at most `limit` workers last seen before `cutoff` (serverless

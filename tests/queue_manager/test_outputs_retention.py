@@ -4,8 +4,11 @@ the disk filled. Nothing else on the volume is deleted, and no link is followed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +187,36 @@ async def test_without_an_outputs_dir_nothing_on_disk_is_touched(
     assert files_under(volume) == ["alice", f"alice/{job_id}", f"alice/{job_id}/image.png", f"alice/{job_id}/sub",
                                    f"alice/{job_id}/sub/video.mp4"]
     assert pruning_events(logs) == []
+
+
+async def test_jobs_deleted_before_the_disk_fills_mid_pass_still_have_their_folders_deleted(
+    clock: FakeClock, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retention deletes one job per transaction: when the third fails (a full disk), the two already gone
+    are gone for good. Before, the failing pass lost their ids with the exception, and their folders stayed."""
+    async with (
+        retaining(clock, volume, reaper_interval_s=0.02) as queue,
+        httpx.AsyncClient(base_url=queue.url) as client,
+    ):
+        jobs = [await finished_job(client, "alice", volume) for _ in range(3)]
+        real_transaction = queue.store._transaction
+
+        @contextlib.contextmanager
+        def filling_up(**kwargs: Any) -> Iterator[Any]:
+            with contextlib.closing(sqlite3.connect(queue.store.path)) as look:
+                left = look.execute("SELECT count(*) FROM jobs").fetchone()[0]
+            if left <= 1:
+                raise sqlite3.OperationalError("database or disk is full")
+            with real_transaction(**kwargs) as conn:
+                yield conn
+
+        with capture_logs() as logs:
+            monkeypatch.setattr(queue.store, "_transaction", filling_up)
+            clock.advance(RETENTION_S + 1)
+            await wait_until(lambda: sum(e["event"] == "reaper_pass_failed" for e in logs) >= 2, timeout_s=3)
+            monkeypatch.undo()
+
+    gone = [job_id for job_id in jobs if not (volume / "alice" / job_id).exists()]
+    assert len(gone) == 2, f"the two jobs deleted before the disk filled lose their folders, not {gone}"
+    assert ("jobs_purged", 2) in [(e["event"], e.get("count")) for e in logs]
+    assert pruning_events(logs)[0] == ("outputs_pruned", 2)
