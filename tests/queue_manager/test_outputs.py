@@ -281,6 +281,30 @@ async def test_a_listed_file_gone_from_the_volume_answers_404_saying_so(
     assert (gone["job_id"], gone["path"], gone["log_level"]) == (job_id, path, "warning")
 
 
+async def test_a_file_reopened_as_another_than_the_one_checked_is_not_sent(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tmp_path: Path, tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The checked file is opened for reading through its own descriptor's name in /proc/self/fd: were that name
+    to reach another file, that file is not sent."""
+    shadow = tmp_path / "shadow"
+    shadow.write_text("root:$6$salt$hash:19000:0:99999:7:::")
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    real_open = os.open
+
+    def reopening_another(name: object, flags: int, *args: object, **kwargs: object) -> int:
+        elsewhere = str(name).startswith("/proc/self/fd/")
+        return real_open(shadow if elsewhere else name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", reopening_another)
+    with capture_logs() as logs:
+        answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    assert answer.status_code == 404, f"{answer.status_code}: sent {len(answer.content)} bytes"
+    assert answer.json() == {"detail": NOT_LISTED}
+    [refused] = [line for line in logs if line["event"] == "output_refused"]
+    assert refused["reason"] == "/proc/self/fd reopened another file than the one checked"
+
+
 @pytest.mark.parametrize("ask", ["whole", "range", "unchanged"])
 async def test_a_file_swapped_for_a_link_after_the_check_is_not_what_is_sent(
     queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tmp_path: Path, tokens: dict[str, str],
