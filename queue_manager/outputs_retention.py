@@ -5,9 +5,9 @@ a way out of it. A folder that could not be deleted is not tried again: its job 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +18,9 @@ from queue_manager.store import PurgedJob
 
 log = structlog.get_logger()
 
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Each folder opened from its parent's descriptor: a link (O_NOFOLLOW) or anything not a folder (O_DIRECTORY) there
+# fails at once, a FIFO included (O_NONBLOCK: never waits for a writer), whatever was there a moment before.
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 NOT_PRUNED_FIX = ("mount the outputs volume read-write into the queue manager, or prune {root} yourself: these jobs "
                   "are deleted, their folders will not be tried again")
 
@@ -33,9 +35,6 @@ def prune_job_folders(root: Path, jobs: Iterable[PurgedJob]) -> int:
     as long as a large folder takes: run it in a worker thread, never the database's."""
     jobs = list(jobs)
     if not jobs:
-        return 0
-    if not shutil.rmtree.avoids_symlink_attacks:
-        _not_pruned(root, len(jobs), jobs[0], "this platform's shutil.rmtree can be led out of a folder by a link")
         return 0
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -67,24 +66,15 @@ def _remove_job_folder(root_fd: int, job: PurgedJob) -> bool:
         if not _is_one_folder_name(name):
             raise _Refused(f"{name!r} is not a single folder name")
     try:
-        user_fd = os.open(job.user_id, FOLDER_FLAGS, dir_fd=root_fd)
+        user_fd = _open_folder(root_fd, job.user_id, job.user_id)
     except FileNotFoundError:
         return False
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW: a link; or a file
-            raise _Refused(f"{job.user_id} is not a folder but a {_kind(root_fd, job.user_id)}") from None
-        raise
     try:
         try:
-            found = os.stat(job.job_id, dir_fd=user_fd, follow_symlinks=False)
-        except FileNotFoundError:
+            _empty(_open_folder(user_fd, job.job_id, f"{job.user_id}/{job.job_id}"))
+            os.rmdir(job.job_id, dir_fd=user_fd)
+        except FileNotFoundError:  # no folder: the job wrote nothing, or it was deleted meanwhile
             return False
-        if not stat.S_ISDIR(found.st_mode):
-            raise _Refused(f"{job.user_id}/{job.job_id} is not a folder but a {_kind(user_fd, job.job_id)}")
-        # With dir_fd, rmtree opens every folder below without following a link, and refuses a link swapped in.
-        shutil.rmtree(job.job_id, dir_fd=user_fd)
-    except FileNotFoundError:  # deleted meanwhile, by someone else
-        return False
     finally:
         os.close(user_fd)
     try:
@@ -95,6 +85,29 @@ def _remove_job_folder(root_fd: int, job: PurgedJob) -> bool:
     return True
 
 
+def _open_folder(parent_fd: int, name: str, shown: str) -> int:
+    try:
+        return os.open(name, FOLDER_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW: a link; O_DIRECTORY: a file, a FIFO
+            raise _Refused(f"{shown} is not a folder but a {_kind(parent_fd, name)}") from None
+        raise
+
+
+def _empty(folder_fd: int) -> None:
+    """Delete everything in the folder (its descriptor, closed here): a link as a file, never followed."""
+    try:
+        for name in os.listdir(folder_fd):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                if stat.S_ISDIR(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+                    _empty(_open_folder(folder_fd, name, name))
+                    os.rmdir(name, dir_fd=folder_fd)
+                else:
+                    os.unlink(name, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
 def _is_one_folder_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
@@ -103,7 +116,7 @@ def _kind(folder_fd: int, name: str) -> str:
     try:
         return f"symbolic link to {os.readlink(name, dir_fd=folder_fd)}"
     except OSError:
-        return "file"
+        return "file"  # or a FIFO, a socket, a device
 
 
 def _not_pruned(root: Path, count: int, first: PurgedJob, error: str) -> None:

@@ -4,10 +4,14 @@ the disk filled. Nothing else on the volume is deleted, and no link is followed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
+import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +224,83 @@ async def test_jobs_deleted_before_the_disk_fills_mid_pass_still_have_their_fold
     assert len(gone) == 2, f"the two jobs deleted before the disk filled lose their folders, not {gone}"
     assert ("jobs_purged", 2) in [(e["event"], e.get("count")) for e in logs]
     assert pruning_events(logs)[0] == ("outputs_pruned", 2)
+
+
+async def test_a_fifo_swapped_in_for_the_job_folder_after_a_look_never_holds_the_pruning(
+    clock: FakeClock, volume: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever writes the volume swaps <job_id> for a link to a FIFO right after the pruning looked at it. Before,
+    shutil.rmtree (Python 3.11) opened the name, link followed, without O_NONBLOCK: the thread waited for a writer
+    for ever, and the reaper, awaiting it, ran no pass again (no lease, no timeout, no retention)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    swapped = []
+
+    def swapping_after_the_first_look(real: Any) -> Any:
+        def look(path: Any, *args: Any, **kwargs: Any) -> Any:
+            found = real(path, *args, **kwargs)
+            if path == job_id and kwargs.get("dir_fd") is not None and not swapped:
+                swapped.append(real.__name__)
+                shutil.rmtree(volume / "alice" / job_id)
+                (volume / "alice" / job_id).symlink_to(fifo)
+            return found
+        return look
+
+    async with retaining(clock, volume) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await finished_job(client, "alice", volume)
+        clock.advance(RETENTION_S + 1)
+        monkeypatch.setattr(os, "stat", swapping_after_the_first_look(os.stat))
+        monkeypatch.setattr(os, "open", swapping_after_the_first_look(os.open))
+        try:
+            with capture_logs() as logs:
+                async with asyncio.timeout(3):
+                    assert await queue.purge_finished() == 1
+        finally:
+            monkeypatch.undo()
+            with contextlib.suppress(OSError):  # a reader held on the FIFO gets its end of file
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert swapped, "the pruning looked at the job's folder"
+    assert (volume / "alice" / job_id).is_symlink(), "left as it is, the FIFO never opened"
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert not [e for e in logs if e["event"] == "outputs_pruned"]
+
+
+async def test_a_link_inside_the_job_folder_is_deleted_itself_never_what_it_leads_to(
+    clock: FakeClock, volume: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "folder").mkdir(parents=True)
+    (elsewhere / "folder" / "precious.txt").write_text("keep me")
+    async with retaining(clock, volume) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await finished_job(client, "alice", volume)
+        (volume / "alice" / job_id / "sub" / "folder-link").symlink_to(elsewhere / "folder", target_is_directory=True)
+        (volume / "alice" / job_id / "file-link").symlink_to(elsewhere / "folder" / "precious.txt")
+        clock.advance(RETENTION_S + 1)
+        with capture_logs() as logs:
+            assert await queue.purge_finished() == 1
+
+    assert files_under(volume) == []
+    assert files_under(elsewhere) == ["folder", "folder/precious.txt"]
+    assert pruning_events(logs) == [("outputs_pruned", 1)]
+
+
+async def test_the_folders_are_deleted_off_the_database_thread_and_the_event_loop(
+    clock: FakeClock, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = []
+    real_unlink = os.unlink
+
+    def recorded(path: Any, *args: Any, **kwargs: Any) -> None:
+        threads.append(threading.current_thread())
+        real_unlink(path, *args, **kwargs)
+
+    async with retaining(clock, volume) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        await finished_job(client, "alice", volume)
+        clock.advance(RETENTION_S + 1)
+        monkeypatch.setattr(os, "unlink", recorded)
+        assert await queue.purge_finished() == 1
+        monkeypatch.undo()  # the temporary database is removed on stop
+
+    assert len(threads) == 2 and files_under(volume) == []
+    assert not any(thread.name.startswith("queue-db") for thread in threads), "a large folder held the database"
+    assert threading.main_thread() not in threads, "a large folder held the event loop"
