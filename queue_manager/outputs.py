@@ -131,7 +131,7 @@ def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str
     except FileNotFoundError:
         log.warning("output_gone", job_id=job_id, path=asked)
         raise OutputNotServed(404, f"Output {asked} is listed in the job's result but no longer on the volume "
-                                   "(deleted, or removed by the outputs' retention)") from None
+                                   "(deleted from it by hand or by another tool)") from None
     except PermissionError as exc:
         log.error("output_unreadable", job_id=job_id, path=asked, error=str(exc))
         raise OutputNotServed(503, f"Output {asked} is listed in the job's result but cannot be read by the queue "
