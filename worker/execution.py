@@ -108,6 +108,10 @@ def terminal_from_history(entry: dict[str, Any]) -> _Terminal:
     return _Terminal("execution_error", {"exception_message": f"ComfyUI status {status.get('status_str')!r}"}, entry)
 
 
+async def _nothing_to_note(_: InputImage) -> None:
+    return None
+
+
 class PromptRun:
     def __init__(
         self,
@@ -119,6 +123,7 @@ class PromptRun:
         heartbeat: Callable[[], None] = lambda: None,
         on_prompt_id: Callable[[str], None] = lambda _: None,
         on_queued: Callable[[PromptRun], None] = lambda _: None,
+        on_uploaded: Callable[[InputImage], Awaitable[None]] = _nothing_to_note,
         job_id: str | None = None,
         own_folders: Sequence[Path] = (),
     ) -> None:
@@ -130,6 +135,7 @@ class PromptRun:
         self.heartbeat = heartbeat
         self.on_prompt_id = on_prompt_id
         self.on_queued = on_queued
+        self.on_uploaded = on_uploaded  # ComfyUI saved an image (before the next upload)
         self.events = events
         self.prompt_id = str(uuid.uuid4())
         self.number: int | None = None  # ComfyUI's number of the prompt, once queued (None if its answer was lost)
@@ -179,6 +185,7 @@ class PromptRun:
             try:
                 await self.comfy.upload_image(image.filename, image.data, image.subfolder)
                 self.uploaded.append(image)
+                await self.on_uploaded(image)
             except UploadRefused as exc:
                 raise UploadRefused(f"metadata.images[{index}] {image.name!r}: {exc}") from None
             except ComfyUIUnavailable as exc:

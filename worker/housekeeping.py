@@ -51,9 +51,11 @@ the delivery finds a look-alike there.
 The images a job carried (worker/input_images.py) go from COMFYUI_INPUT_DIR once its prompt is over, however it
 ended: on a replica several users share, a later job naming one without carrying it would load it. Only the file
 the upload wrote goes: at the name it was uploaded to, a regular file reached without a symbolic link, still
-holding the bytes uploaded (another client's upload of the name since is kept); and the subfolder the upload
-made for it, once empty. A run killed mid-job leaves them (in the image, the default folder is emptied at the
-container's next start: supervisor/scratch.py).
+holding the bytes uploaded and, when the worker could see it right after the upload, still the file it saw then
+(device, inode, mtime and size: another client's upload of the name since is kept, of the same bytes too, which
+ComfyUI writes over the same inode with a later mtime); and the subfolder the upload made for it, once empty. A
+run killed mid-job leaves them (in the image, the default folder is emptied at the container's next start:
+supervisor/scratch.py).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ KEPT_HISTORY_ENTRIES = 10
 UNKNOWN = math.inf
 SHOWN = -math.inf
 Doomed = tuple[Path, PurePosixPath, float]  # a folder, a file in it, and when the prompt that named it was sent
+# A file as it is on disk: st_dev, st_ino, st_mtime_ns, st_size. A write over it (ComfyUI's upload of the name
+# opens it "wb") changes the mtime, whatever bytes it writes.
+FileIdentity = tuple[int, int, int, int]
 
 
 def caches_earlier_prompts(argv: object) -> bool | None:
@@ -148,6 +153,7 @@ class ComfyUIHousekeeping:
         self._freed_by_restart: list[Doomed] = []  # to delete once the job is reported
         self._folders_checked: set[str] = set()  # the folder types check_folders looked at
         self._kept_folders: set[Path] = set()  # shown not ComfyUI's alone: nothing there is deleted (_keep_folder)
+        self._uploads_seen: dict[str, FileIdentity] = {}  # the current job's images as each upload left them
 
     def _deletable(self, folder: Path | None, setting: str) -> Path | None:
         """The folder, or None when it is OUTPUTS_PATH or inside it: no file there is ever deleted."""
@@ -231,16 +237,30 @@ class ComfyUIHousekeeping:
         folder = self.input_dir
         return frozenset(i.subfolder for i in images if i.subfolder and not os.path.lexists(folder / i.subfolder))
 
+    async def image_uploaded(self, image: InputImage) -> None:
+        """ComfyUI saved the image: note the file as it is now, so that delete_uploads tells it from a file of the
+        same name and bytes another client uploads later. Nothing noted when COMFYUI_INPUT_DIR does not show it
+        (unset, or not ComfyUI's input folder)."""
+        if self.input_dir is None:
+            return
+        try:
+            found = await asyncio.to_thread(_read_uploaded, self.input_dir, image, 0)
+        except OSError:
+            return
+        if found is not None:
+            self._uploads_seen[image.name] = found[0]
+
     async def delete_uploads(self, images: Sequence[InputImage], made_folders: frozenset[str]) -> None:
         """The job's prompt is over: delete from COMFYUI_INPUT_DIR the images uploaded for it that are still as
         the upload left them, and the subfolders it made that are empty."""
+        seen, self._uploads_seen = self._uploads_seen, {}
         if self.input_dir is None or not (images or made_folders):
             return
         folder = self.input_dir
         if images and "input" not in self._folders_checked:
             self._folders_checked.add("input")
             _warn_if_none_there([(folder, PurePosixPath(image.name)) for image in images], "input")
-        await asyncio.to_thread(_delete_uploads, folder, images, made_folders)
+        await asyncio.to_thread(_delete_uploads, folder, images, made_folders, seen)
 
     async def delete_freed_by_restart(self) -> None:
         if self._freed_by_restart:
@@ -415,11 +435,13 @@ def _warn_if_none_there(files: list[tuple[Path, PurePosixPath]], folder_type: st
                 found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
 
 
-def _delete_uploads(folder: Path, images: Sequence[InputImage], made_folders: frozenset[str]) -> None:
+def _delete_uploads(
+    folder: Path, images: Sequence[InputImage], made_folders: frozenset[str], seen: dict[str, FileIdentity]
+) -> None:
     for image in images:
         path = folder / image.name
         try:
-            if not _still_uploaded(folder, image):
+            if not _still_uploaded(folder, image, seen.get(image.name)):
                 log.info("Keeping an image of the job in COMFYUI_INPUT_DIR: it is no longer the file the upload "
                          "wrote (another client's since, or a link)", file=image.name)  # fmt: skip
                 continue
@@ -433,17 +455,28 @@ def _delete_uploads(folder: Path, images: Sequence[InputImage], made_folders: fr
         remove_empty_parents(folder / subfolder, keep=folder)
 
 
-def _still_uploaded(folder: Path, image: InputImage) -> bool:
+def _still_uploaded(folder: Path, image: InputImage, seen: FileIdentity | None) -> bool:
     """Whether folder/image.name is the file the upload wrote: a regular file reached without a symbolic link,
-    holding image.data. FileNotFoundError when there is none."""
+    holding image.data, and the file image_uploaded saw (when it saw one). FileNotFoundError when there is none."""
+    found = _read_uploaded(folder, image, len(image.data) + 1)
+    if found is None:
+        return False
+    identity, data = found
+    return data == image.data and (seen is None or seen == identity)
+
+
+def _read_uploaded(folder: Path, image: InputImage, size: int) -> tuple[FileIdentity, bytes] | None:
+    """The identity and first ``size`` bytes of folder/image.name; None when it is not a regular file reached
+    without a symbolic link. FileNotFoundError when there is none."""
     path = folder / image.name
     if path.resolve() != folder.resolve() / image.name:  # a link on the way, the file's own included
-        return False
+        return None
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            return False
-        return file.read(len(image.data) + 1) == image.data
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode):
+            return None
+        return (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size), file.read(size)
 
 
 def execution_start(status: dict[str, Any]) -> float | None:

@@ -705,7 +705,7 @@ class Worker:
         return PromptRun(
             self.comfy, self.events, timeout_s=s.job_timeout_s, timings=self.timings,
             heartbeat=self.state.beat, on_prompt_id=on_prompt_id, on_queued=self.housekeeping.prompt_queued,
-            job_id=job_id, own_folders=own_folders,
+            on_uploaded=self.housekeeping.image_uploaded, job_id=job_id, own_folders=own_folders,
         )
 
     def _on_prompt_id(self, prompt_id: str) -> None:

@@ -10,6 +10,7 @@ import json
 import struct
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog
 
@@ -269,6 +270,26 @@ async def test_an_image_another_client_replaced_since_the_upload_is_kept(qm, com
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
     assert [p.name for p in comfy.input_dir.iterdir()] == ["photo.png"]
     assert (comfy.input_dir / "photo.png").read_bytes() == theirs
+
+
+async def test_an_image_another_client_uploaded_again_with_the_same_bytes_is_kept(qm, comfy, make_worker):
+    """Their upload of the name while the prompt runs, bytes identical to ours: ComfyUI wrote it over the same file
+    (open(path, "wb")), which is theirs now and stays."""
+    photo = png(7, 5)
+    job = qm.store.submit("alice", load_and_save("photo.png"),
+                          metadata={"images": [{"name": "photo.png", "image": b64(photo)}]})  # fmt: skip
+    comfy.freeze(class_type="SaveImage")
+    run = asyncio.create_task(make_worker(comfyui_input_dir=comfy.input_dir).run())
+    await comfy.wait_until_frozen()
+    async with httpx.AsyncClient() as another_client:
+        answer = await another_client.post(f"{comfy.url}/upload/image", data={"type": "input", "overwrite": "true"},
+                                           files={"image": ("photo.png", photo)})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    comfy.release()
+    assert await run == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert [u.answer["name"] for u in comfy.uploads_received] == ["photo.png", "photo.png"]
+    assert (comfy.input_dir / "photo.png").read_bytes() == photo
 
 
 async def test_no_symbolic_link_is_followed_out_of_the_input_folder(qm, comfy, make_worker, tmp_path):
