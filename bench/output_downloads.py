@@ -23,8 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bench.queue_memory import rss_mb
-from bench.queue_memory import start as start_queue_manager
+from bench.queue_memory import rss_mb, running, settled_rss_mb
 
 MB = 1000 * 1000
 
@@ -62,34 +61,30 @@ def main() -> int:
         outputs = Path(scratch) / "outputs"
         outputs.mkdir()
         sendfile = {"AIOHTTP_NOSENDFILE": "1"} if args.no_sendfile else {}
-        process, url = start_queue_manager(Path(scratch) / "q.db", None, QUEUE_MANAGER_OUTPUTS_DIR=str(outputs),
-                                           **sendfile)  # fmt: skip
-        try:
-            with httpx.Client(base_url=url, timeout=60) as client:
-                path = completed_job(client, outputs, args.file_mb)
-                client.get("/health")
-                before, _ = rss_mb(process.pid)
-                samples: list[float] = []
-                done = threading.Event()
+        env = {"QUEUE_MANAGER_OUTPUTS_DIR": str(outputs), **sendfile}
+        with (
+            running(Path(scratch) / "q.db", None, **env) as (process, url),
+            httpx.Client(base_url=url, timeout=60) as client,
+        ):
+            path = completed_job(client, outputs, args.file_mb)
+            client.get("/health")
+            before, _ = rss_mb(process.pid)
+            samples: list[float] = []
+            done = threading.Event()
 
-                def sample() -> None:
-                    while not done.wait(0.05):
-                        samples.append(rss_mb(process.pid)[0])
+            def sample() -> None:
+                while not done.wait(0.05):
+                    samples.append(rss_mb(process.pid)[0])
 
-                sampler = threading.Thread(target=sample)
-                sampler.start()
-                started = time.monotonic()
-                with ThreadPoolExecutor(max_workers=args.clients) as pool:
-                    received = list(pool.map(lambda _: download(url, path), range(args.clients)))
-                elapsed = time.monotonic() - started
-                done.set()
-                sampler.join()
-                time.sleep(1.0)
-                client.get("/health")
-                after, peak = rss_mb(process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=args.clients) as pool:
+                received = list(pool.map(lambda _: download(url, path), range(args.clients)))
+            elapsed = time.monotonic() - started
+            done.set()
+            sampler.join()
+            after, peak = settled_rss_mb(client, process.pid)
     whole = sum(1 for count in received if count == args.file_mb * MB)
     print(f"{args.clients} clients x {args.file_mb} MB: {whole}/{args.clients} received whole, "
           f"{sum(received) / MB:.0f} MB in {elapsed:.1f} s ({sum(received) / MB / elapsed:.0f} MB/s)")

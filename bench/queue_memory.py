@@ -21,7 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,9 +38,18 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def start(db: Path, token: str | None, **env: str) -> tuple[subprocess.Popen[str], str]:
-    """A queue manager of its own process, its URL; `env` on top of this shell's, without its QUEUE_MANAGER_*
-    (a worker token without a token, say, and the queue manager refuses to start)."""
+def settled_rss_mb(client: httpx.Client, pid: int) -> tuple[float, float]:
+    """rss_mb once the queue manager has had a second to settle and answered a /health since."""
+    time.sleep(1.0)
+    client.get("/health")
+    return rss_mb(pid)
+
+
+@contextmanager
+def running(db: Path, token: str | None, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A queue manager of its own process and its URL, terminated on exit (killed if still there after 20 s);
+    `env` on top of this shell's, without its QUEUE_MANAGER_* (a worker token without a token, say, and the
+    queue manager refuses to start)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")} | env
     env["LOG_FORMAT"] = "json"
     if token:
@@ -47,12 +58,23 @@ def start(db: Path, token: str | None, **env: str) -> tuple[subprocess.Popen[str
         [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(db)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    try:
+        yield process, _url_printed(process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _url_printed(process: subprocess.Popen[str]) -> str:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if match := _URL.search(process.stdout.readline()):  # type: ignore[union-attr]
             threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]  # never full
-            return process, match.group(1)
-    process.kill()
+            return match.group(1)
     raise RuntimeError("the queue manager never printed its URL")
 
 
@@ -68,44 +90,38 @@ def post(url: str, path: str, params: dict[str, str], body: bytes) -> str:
 def scenario(
     name: str, token: str | None, posts: list[tuple[str, dict[str, str], bytes]], *, at_once: bool = False
 ) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as scratch:
-        process, url = start(Path(scratch) / "q.db", token)
-        try:
-            with httpx.Client(base_url=url, timeout=120) as client:
-                client.get("/health")
-                before, _ = rss_mb(process.pid)
-                with ThreadPoolExecutor(max_workers=len(posts) if at_once else 1) as pool:
-                    answers = list(pool.map(lambda post_: post(url, *post_), posts))
-                statuses = [f"{answers.count(answer)} x {answer}" for answer in sorted(set(answers))]
-                time.sleep(1.0)
-                client.get("/health")
-                after, peak = rss_mb(process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running(Path(scratch) / "q.db", token) as (process, url),
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
+        client.get("/health")
+        before, _ = rss_mb(process.pid)
+        with ThreadPoolExecutor(max_workers=len(posts) if at_once else 1) as pool:
+            answers = list(pool.map(lambda post_: post(url, *post_), posts))
+        statuses = [f"{answers.count(answer)} x {answer}" for answer in sorted(set(answers))]
+        after, peak = settled_rss_mb(client, process.pid)
     return {"scenario": name, "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
 
 
 def list_scenario(jobs: int, result_mb: int) -> dict[str, object]:
     """``jobs`` jobs completed with a ``result_mb`` result each, then one list of the completed ones."""
-    with tempfile.TemporaryDirectory() as scratch:
-        process, url = start(Path(scratch) / "q.db", None)
-        try:
-            with httpx.Client(base_url=url, timeout=300) as client:
-                report = ('{"result": {"blob": "' + "x" * (result_mb * 1000 * 1000) + '"}}').encode()
-                for _ in range(jobs):
-                    workflow = {"1": {"class_type": "SaveImage", "inputs": {}}}
-                    client.post("/api/jobs", json={"user_id": "alice", "workflow": workflow}).raise_for_status()
-                    job = client.get("/api/workers/next-job", params={"worker_id": "bench"}).json()["job"]
-                    client.post("/api/workers/complete-job", params={"job_id": job["id"]}, content=report)
-                time.sleep(1.0)
-                before, _ = rss_mb(process.pid)
-                answer = client.get("/api/jobs", params={"status": "completed", "limit": 50})
-                listed = len(answer.json()) if answer.status_code == 200 else 0
-                after, peak = rss_mb(process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running(Path(scratch) / "q.db", None) as (process, url),
+        httpx.Client(base_url=url, timeout=300) as client,
+    ):
+        report = ('{"result": {"blob": "' + "x" * (result_mb * 1000 * 1000) + '"}}').encode()
+        for _ in range(jobs):
+            workflow = {"1": {"class_type": "SaveImage", "inputs": {}}}
+            client.post("/api/jobs", json={"user_id": "alice", "workflow": workflow}).raise_for_status()
+            job = client.get("/api/workers/next-job", params={"worker_id": "bench"}).json()["job"]
+            client.post("/api/workers/complete-job", params={"job_id": job["id"]}, content=report)
+        time.sleep(1.0)
+        before, _ = rss_mb(process.pid)
+        answer = client.get("/api/jobs", params={"status": "completed", "limit": 50})
+        listed = len(answer.json()) if answer.status_code == 200 else 0
+        after, peak = rss_mb(process.pid)
     statuses = [f"{answer.status_code}: {listed} jobs, {len(answer.content) / 1e6:.0f} MB answer"]
     return {"scenario": "list-results", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
 
