@@ -215,12 +215,18 @@ def build_add_participant_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_participant_main(argv: list[str]) -> int:
-    args = build_add_participant_parser().parse_args(argv)
+def _environment() -> QueueManagerEnv | None:
+    """The settings from the environment; None, the error naming the variable on stderr, when one is wrong."""
     try:
-        env = settings_from_env(QueueManagerEnv, "queue manager")
+        return settings_from_env(QueueManagerEnv, "queue manager")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def add_participant_main(argv: list[str]) -> int:
+    args = build_add_participant_parser().parse_args(argv)
+    if (env := _environment()) is None:
         return 2
     path = args.participants_file or env.participants_file
     if path is None:
@@ -259,10 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [ADD_PARTICIPANT]:
         return add_participant_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        env = settings_from_env(QueueManagerEnv, "queue manager")
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    if (env := _environment()) is None:
         return 2
     configure_logging(env.log_format, env.log_level)
     warn_misspelt_variables(QueueManagerEnv)

@@ -171,6 +171,18 @@ async def test_cli_bad_environment_exits_2_naming_the_variable(
     assert variable in err
 
 
+async def test_add_participant_with_a_bad_environment_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    """The same settings as the server's, the same words: and no file written."""
+    path = tmp_path / "participants"
+    code, err = await run_module_to_exit(
+        "queue_manager", "add-participant", "alice", "--participants-file", str(path),
+        env={**os.environ, "MAX_ATTEMPTS": "three"}, cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert "MAX_ATTEMPTS" in err
+    assert not path.exists()
+
+
 @pytest.mark.parametrize(
     ("request_head", "reason"),
     [
