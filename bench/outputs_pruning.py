@@ -1,0 +1,108 @@
+"""What the outputs' retention costs: deleting the result folders of a retention pass's jobs, and the API meanwhile.
+
+    ./dev python -m bench.outputs_pruning --jobs 1000 --files 4 --file-kb 512
+
+A queue manager (in this process, simulated clock) with QUEUE_MANAGER_OUTPUTS_DIR: `--jobs` jobs completed, each
+with a folder of `--files` result files written under <user_id>/<job_id>/ as a worker delivers them, then the
+clock moved past the retention and one retention pass run (the database pass, then the folders in a thread).
+Meanwhile a client asks GET /api/queue/status back to back: its latency during the pass against before it. Then
+the same without QUEUE_MANAGER_OUTPUTS_DIR (the database passes alone, the folders left): what the folders add.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import structlog
+
+from bench.queue_retention import SimulatedClock
+from queue_manager import QueueManagerServer
+
+RETENTION_S = 3600.0
+USERS = 20
+
+
+async def latencies_ms(client: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
+    samples = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        answer = await client.get("/api/queue/status")
+        answer.raise_for_status()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def summary(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    p50, worst = statistics.median(ordered), ordered[-1]
+    return f"{len(samples)} requests, p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms"
+
+
+async def run(jobs: int, files: int, file_kb: int, *, serve_outputs: bool) -> None:
+    payload = b"\x89PNG" + bytes(file_kb * 1024 - 4)
+    with tempfile.TemporaryDirectory(prefix="outputs-pruning-") as tmp:
+        volume = Path(tmp) / "outputs"
+        volume.mkdir()
+        clock = SimulatedClock()
+        server = QueueManagerServer(db_path=Path(tmp) / "queue.db", clock=clock,
+                                    outputs_dir=volume if serve_outputs else None,
+                                    finished_job_retention_s=RETENTION_S, lease_timeout_s=0,
+                                    job_timeout_s=100 * RETENTION_S, reaper_interval_s=3600)
+        async with server as queue, httpx.AsyncClient(base_url=queue.url, timeout=30) as client:
+            for n in range(jobs):
+                user = f"user{n % USERS}"
+                job_id = (await client.post("/api/jobs", json={"user_id": user, "workflow": {"1": {}}})).json()["id"]
+                await client.get("/api/workers/next-job", params={"worker_id": "bench"})
+                folder = volume / user / job_id
+                folder.mkdir(parents=True)
+                for index in range(files):
+                    (folder / f"ComfyUI_{index:05}_.png").write_bytes(payload)
+                done = await client.post("/api/workers/complete-job", params={"job_id": job_id}, json={"result": {}})
+                done.raise_for_status()
+
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(latencies_ms(client, stop))
+            await asyncio.sleep(2)
+            stop.set()
+            before = await sampler
+
+            clock.now += RETENTION_S + 1
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(latencies_ms(client, stop))
+            started = time.perf_counter()
+            purged = 0
+            while count := await queue.purge_finished():  # a pass deletes at most a batch (or 0.25 s of rows)
+                purged += count
+            pass_s = time.perf_counter() - started
+            stop.set()
+            during = await sampler
+            left = sum(1 for _ in volume.rglob("*"))
+    mb = jobs * files * file_kb / 1024
+    print(f"{jobs} jobs, {files} files of {file_kb} KiB each ({mb:,.0f} MB), {USERS} users, "
+          f"{'with' if serve_outputs else 'without'} QUEUE_MANAGER_OUTPUTS_DIR")
+    print(f"retention passes: {purged} jobs deleted in {pass_s:.2f} s; entries left on the volume: {left}")
+    print(f"GET /api/queue/status before: {summary(before)}")
+    print(f"GET /api/queue/status during: {summary(during)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--file-kb", type=int, default=512)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # its own lines only
+    for serve_outputs in (True, False):  # without: the database passes alone, the folders left
+        asyncio.run(run(args.jobs, args.files, args.file_kb, serve_outputs=serve_outputs))
+
+
+if __name__ == "__main__":
+    main()
