@@ -9,6 +9,7 @@ can be named. The file sent is the one opened then, even if its name is swapped 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -59,6 +60,8 @@ LOOKUP_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 PROC_FDS = "/proc/self/fd"  # the names of this process's open files: Linux, mounted in any container
 
+# The queue manager's own trouble (out of descriptors or memory, a failing disk), not the client's: 503, not 404.
+OUR_TROUBLE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO})
 
 class OutputNotServed(Exception):
     def __init__(self, status: int, detail: str) -> None:
@@ -137,6 +140,10 @@ def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str
         raise OutputNotServed(503, f"Output {asked} is listed in the job's result but cannot be read by the queue "
                                    "manager (file permissions on the outputs volume): tell the operator") from None
     except OSError as exc:  # a link on the way (O_NOFOLLOW), a file where a folder should be, a name too long
+        if exc.errno in OUR_TROUBLE:
+            log.error("output_open_failed", job_id=job_id, path=asked, error=str(exc))
+            raise OutputNotServed(503, f"Output {asked} cannot be opened by the queue manager right now ("
+                                       f"{os.strerror(exc.errno)}): try again later") from None
         raise _refused(job_id, asked, _not_opened_because(folder, name, exc)) from None
     finally:
         os.close(folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -303,6 +304,31 @@ async def test_a_file_reopened_as_another_than_the_one_checked_is_not_sent(
     assert answer.json() == {"detail": NOT_LISTED}
     [refused] = [line for line in logs if line["event"] == "output_refused"]
     assert refused["reason"] == "/proc/self/fd reopened another file than the one checked"
+
+
+async def test_a_queue_manager_out_of_descriptors_answers_503_not_that_the_output_does_not_exist(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Its own trouble (here: no descriptor left for the reopen) is not the client's: before, 404 "Output not
+    found", which tells a client to give up on a file that is there."""
+    job_id, [path] = await completed_job(queue, client, "alice", {"a.png": IMAGE})
+    real_open = os.open
+
+    def out_of_descriptors(name: object, flags: int, *args: object, **kwargs: object) -> int:
+        if str(name).startswith("/proc/self/fd/"):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", out_of_descriptors)
+    with capture_logs() as logs:
+        answer = await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))
+    monkeypatch.undo()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["detail"] == (f"Output {path} cannot be opened by the queue manager right now (Too many open "
+                                       "files): try again later")
+    assert [line["event"] for line in logs if line["log_level"] == "error"] == ["output_open_failed"]
+    assert (await client.get(output_url(job_id, path), headers=bearer(tokens["alice"]))).content == IMAGE
 
 
 @pytest.mark.parametrize("ask", ["whole", "range", "unchanged"])
