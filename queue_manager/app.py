@@ -439,14 +439,15 @@ class QueueApi:
         root = self._settings.outputs_dir
         if root is None:
             return _detail(404, NOT_SERVED)
-        job = await self._db(self._store.get, request.match_info["job_id"])
+        job_id = request.match_info["job_id"]
+        job = await self._db(self._store.output_listing, job_id)
         if job is None or request.get(PARTICIPANT, job.user_id) != job.user_id:
             return _detail(404, "Job not found")  # another participant's job: as if there were none
         if job.status is not JobStatus.COMPLETED:
             return _detail(409, f"Job is {job.status.value}: only a completed job's outputs are served")
         asked = request.match_info["path"]
         try:
-            opened = await asyncio.to_thread(listed_output, root, job.user_id, job.id, job.result, asked)
+            opened = await asyncio.to_thread(listed_output, root, job.user_id, job_id, job.paths, asked)
         except OutputNotServed as exc:
             return _detail(exc.status, exc.detail)
         return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name))

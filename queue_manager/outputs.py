@@ -13,8 +13,8 @@ import errno
 import io
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -102,11 +102,12 @@ def _proc_fds_problem(folder: Path) -> str | None:
     return None
 
 
-def listed_output(root: Path, user_id: str, job_id: str, result: Any, asked: str) -> io.FileIO:
-    """The file `asked` names under `root`, opened for reading, if the job's result lists it and it is a regular file
-    reached without following a link; OutputNotServed otherwise. Serve this very file (OutputFileResponse): its name
+def listed_output(root: Path, user_id: str, job_id: str, listed: Collection[str], asked: str) -> io.FileIO:
+    """The file `asked` names under `root`, opened for reading, if the job's result lists it (`listed`: its
+    `outputs[].path`, JobStore.output_listing) and it is a regular file reached without following a link;
+    OutputNotServed otherwise. Serve this very file (OutputFileResponse): its name
     may lead elsewhere a moment later. Touches the disk: run it in a thread."""
-    if asked not in _listed_paths(result):
+    if asked not in listed:
         raise OutputNotServed(404, NOT_LISTED)
     parts = asked.split("/")
     if len(parts) < 3 or parts[:2] != [user_id, job_id] or any(part in ("", ".", "..") for part in parts):
@@ -168,13 +169,6 @@ def _not_opened_because(folder: int, name: str, exc: OSError) -> str:
         return f"a symbolic link on the way leads to {os.readlink(name, dir_fd=folder)}"
     except OSError:
         return f"cannot be opened: {exc}"
-
-
-def _listed_paths(result: Any) -> set[str]:
-    outputs = result.get("outputs") if isinstance(result, dict) else None
-    if not isinstance(outputs, list):
-        return set()
-    return {item["path"] for item in outputs if isinstance(item, dict) and isinstance(item.get("path"), str)}
 
 
 def _refused(job_id: str, asked: str, reason: str) -> OutputNotServed:

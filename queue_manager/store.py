@@ -6,6 +6,7 @@ and a job is still handed out once. WAL mode lets readers proceed while a writer
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import re
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,15 @@ _DELETE_ONE_EXPIRED = (
     " RETURNING user_id, id"
 )
 
+# result.outputs[].path of one job: only from an array, only objects' text paths; the result parsed once (48 MB:
+# ~0.1 s). As bytes: a lone surrogate's escape decodes to bytes that are not UTF-8, which no request can name (and
+# sqlite3 would raise on as text).
+_LISTED_OUTPUT_PATHS = (
+    "SELECT CAST(json_extract(item.value, '$.path') AS BLOB) FROM jobs, json_each(jobs.result, '$.outputs') AS item"
+    " WHERE jobs.id = ? AND typeof(item.key) = 'integer'"  # an array's items (an object's members have text keys)
+    " AND item.type = 'object' AND json_type(item.value, '$.path') = 'text'"
+)
+
 
 class QueueFullError(Exception):
     def __init__(self, max_depth: int) -> None:
@@ -159,6 +169,15 @@ class Poll:
 
     job: JobRecord | None
     again: bool = False
+
+
+@dataclass(frozen=True)
+class OutputListing:
+    """What the outputs route needs of a job (JobStore.output_listing)."""
+
+    user_id: str
+    status: JobStatus
+    paths: frozenset[str]  # result.outputs[].path, the text ones of the objects listed
 
 
 @dataclass(frozen=True)
@@ -342,6 +361,22 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         with self._transaction(write=False) as conn:
             return _get(conn, job_id)
+
+    def output_listing(self, job_id: str) -> OutputListing | None:
+        """Whose the job is, its status and the paths its result lists in `outputs[].path`: what serving one of its
+        files needs. SQLite picks the paths out of the stored result, so a download does not load a large
+        workflow or result into Python (a whole row of 9 + 48 MB took ~285 ms of the database thread each)."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute("SELECT user_id, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            try:
+                paths = conn.execute(_LISTED_OUTPUT_PATHS, (job_id,)).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "malformed JSON" not in str(exc):
+                    raise
+                paths = []  # a result no version of ours wrote: it lists nothing
+        return OutputListing(row["user_id"], JobStatus(row["status"]), frozenset(_texts(path for (path,) in paths)))
 
     def list(
         self,
@@ -772,6 +807,12 @@ def _finish_seq_as(conn: sqlite3.Connection, job_id: str, status: JobStatus) -> 
 def _next_finish_seq(conn: sqlite3.Connection) -> int:
     """The number of a job finishing in this transaction: later than every job finished before it."""
     return conn.execute(_NEXT_FINISH_SEQ).fetchall()[0][0]
+
+
+def _texts(encoded: Iterable[bytes]) -> Iterator[str]:
+    for value in encoded:
+        with contextlib.suppress(UnicodeDecodeError):
+            yield value.decode()
 
 
 def _get(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:

@@ -558,3 +558,54 @@ async def test_the_cli_exits_2_when_proc_self_fd_cannot_reach_its_open_files(tmp
     [line] = err.decode().strip().splitlines()
     assert line.startswith(f"QUEUE_MANAGER_OUTPUTS_DIR (--outputs-dir) {volume} cannot be served: ")
     assert "mount /proc" in line and "unset QUEUE_MANAGER_OUTPUTS_DIR" in line
+
+
+@pytest.mark.parametrize(
+    ("result", "listed"),
+    [
+        ({"outputs": [{"path": "a/b/é.png"}, {"path": 3}, "a/b/c.png", {"name": "x"}, None, [{"path": "d"}]]},
+         {"a/b/é.png"}),
+        ({"outputs": {"path": "a/b/c.png"}}, set()),  # not a list
+        ({"outputs": "a/b/c.png"}, set()),
+        ({"images": [{"path": "a/b/c.png"}]}, set()),
+        ({"outputs": [{"path": "a/b/\ud800.png"}, {"path": "a/b/ok.png"}]}, {"a/b/ok.png"}),  # no request names it
+        ({"outputs": []}, set()),
+    ],
+    ids=["mixed items", "an object", "a string", "no outputs", "a lone surrogate", "empty"],
+)
+def test_the_store_lists_only_the_text_paths_of_the_objects_in_result_outputs(
+    tmp_path: Path, result: dict, listed: set[str]
+) -> None:
+    """The route asks the store for `outputs[].path` alone (SQLite picks them out of the stored result): the same
+    paths the whole result, loaded into Python, would list, and never an error for an odd result."""
+    from queue_manager import JobStore, QueueMode
+
+    store = JobStore(tmp_path / "q.db")
+    try:
+        job_id = store.submit("alice", {"1": {}}).id
+        store.pop_next("w", QueueMode.FIFO)
+        store.complete(job_id, result)
+        listing = store.output_listing(job_id)
+        assert listing is not None
+        assert (listing.user_id, listing.status, set(listing.paths)) == ("alice", JobStatus.COMPLETED, listed)
+        assert store.output_listing("no-such-job") is None
+    finally:
+        store.close()
+
+
+def test_a_stored_result_that_is_not_json_lists_nothing_instead_of_failing(tmp_path: Path) -> None:
+    import sqlite3
+
+    from queue_manager import JobStore, QueueMode
+
+    store = JobStore(tmp_path / "q.db")
+    try:
+        job_id = store.submit("alice", {"1": {}}).id
+        store.pop_next("w", QueueMode.FIFO)
+        store.complete(job_id, {"outputs": [{"path": "a/b/c.png"}]})
+        with contextlib.closing(sqlite3.connect(tmp_path / "q.db")) as other, other:
+            other.execute("UPDATE jobs SET result = ? WHERE id = ?", ('{"outputs": [{"path": "a/b/c.png"', job_id))
+        listing = store.output_listing(job_id)
+        assert listing is not None and listing.paths == frozenset()
+    finally:
+        store.close()
