@@ -52,10 +52,12 @@ The images a job carried (worker/input_images.py) go from COMFYUI_INPUT_DIR once
 ended: on a replica several users share, a later job naming one without carrying it would load it. Only the file
 the upload wrote goes: at the name it was uploaded to, a regular file reached without a symbolic link, still
 holding the bytes uploaded and, when the worker could see it right after the upload, still the file it saw then
-(device, inode, mtime and size: another client's upload of the name since is kept, of the same bytes too, which
-ComfyUI writes over the same inode with a later mtime); and the subfolder the upload made for it, once empty. A
-run killed mid-job leaves them (in the image, the default folder is emptied at the container's next start:
-supervisor/scratch.py).
+(device, inode, mtime and size: another client's upload of the name since with `overwrite` is kept, of the same
+bytes too, which ComfyUI writes over the same inode with a later mtime); and the subfolder the upload made for it,
+once empty. Two uploads of the same bytes look like one: without `overwrite` ComfyUI writes nothing (the file is
+there already), and one written over in the timestamp tick of ours (coarse clocks: Linux before 6.13, FAT, some NFS
+servers) leaves the mtime as it was; that client's file goes with the job. A run killed mid-job leaves them (in the
+image, the default folder is emptied at the container's next start: supervisor/scratch.py).
 """
 
 from __future__ import annotations
