@@ -63,6 +63,7 @@ PROC_FDS = "/proc/self/fd"  # the names of this process's open files: Linux, mou
 # The queue manager's own trouble (out of descriptors or memory, a failing disk), not the client's: 503, not 404.
 OUR_TROUBLE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO})
 
+
 class OutputNotServed(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -105,8 +106,8 @@ def _proc_fds_problem(folder: Path) -> str | None:
 def listed_output(root: Path, user_id: str, job_id: str, listed: Collection[str], asked: str) -> io.FileIO:
     """The file `asked` names under `root`, opened for reading, if the job's result lists it (`listed`: its
     `outputs[].path`, JobStore.output_listing) and it is a regular file reached without following a link;
-    OutputNotServed otherwise. Serve this very file (OutputFileResponse): its name
-    may lead elsewhere a moment later. Touches the disk: run it in a thread."""
+    OutputNotServed otherwise. Serve this very file (OutputFileResponse): its name may lead elsewhere a moment
+    later. Touches the disk: run it in a thread."""
     if asked not in listed:
         raise OutputNotServed(404, NOT_LISTED)
     parts = asked.split("/")
@@ -158,17 +159,19 @@ def listed_output(root: Path, user_id: str, job_id: str, listed: Collection[str]
 def _not_a_file_because(folder: int, name: str, found: os.stat_result) -> str:
     if not stat.S_ISLNK(found.st_mode):
         return "not a regular file"  # a folder, a FIFO, a device, a socket
-    try:
-        return f"a symbolic link on the way leads to {os.readlink(name, dir_fd=folder)}"
-    except OSError:
-        return "a symbolic link on the way"
+    return _link_leading(folder, name) or "a symbolic link on the way"
 
 
 def _not_opened_because(folder: int, name: str, exc: OSError) -> str:
+    return _link_leading(folder, name) or f"cannot be opened: {exc}"
+
+
+def _link_leading(folder: int, name: str) -> str | None:
+    """Where `name` in `folder` leads, said, if it is a symbolic link whose target can be read."""
     try:
         return f"a symbolic link on the way leads to {os.readlink(name, dir_fd=folder)}"
     except OSError:
-        return f"cannot be opened: {exc}"
+        return None
 
 
 def _refused(job_id: str, asked: str, reason: str) -> OutputNotServed:

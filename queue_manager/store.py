@@ -6,7 +6,6 @@ and a job is still handed out once. WAL mode lets readers proceed while a writer
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import re
@@ -18,7 +17,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -811,7 +810,7 @@ def _next_finish_seq(conn: sqlite3.Connection) -> int:
 
 def _texts(encoded: Iterable[bytes]) -> Iterator[str]:
     for value in encoded:
-        with contextlib.suppress(UnicodeDecodeError):
+        with suppress(UnicodeDecodeError):
             yield value.decode()
 
 
