@@ -120,16 +120,18 @@ def listed_output(root: Path, user_id: str, job_id: str, listed: Collection[str]
         raise OutputNotServed(503, "The queue manager's outputs folder is missing (its volume is not mounted?): tell "
                                    "the operator") from None
     try:
-        for name in parts[:-1]:
+        for depth, name in enumerate(parts[:-1]):
+            doing = f"searching {'/'.join(parts[:depth]) or 'the outputs folder'}"  # a lookup needs x on the folder
             inner = os.open(name, FOLDER_FLAGS, dir_fd=folder)
             os.close(folder)
             folder = inner
-        name = parts[-1]
+        name, doing = parts[-1], f"searching {'/'.join(parts[:-1])}"
         found = os.open(name, LOOKUP_FLAGS, dir_fd=folder)  # a link there is itself what is found
         try:
             checked = os.fstat(found)
             if not stat.S_ISREG(checked.st_mode):
                 raise _refused(job_id, asked, _not_a_file_because(folder, name, checked))
+            doing = f"reading {asked}"
             descriptor = os.open(f"{PROC_FDS}/{found}", READ_FLAGS)  # the file found, whatever its name leads to now
         finally:
             os.close(found)
@@ -138,12 +140,12 @@ def listed_output(root: Path, user_id: str, job_id: str, listed: Collection[str]
         raise OutputNotServed(404, f"Output {asked} is listed in the job's result but no longer on the volume "
                                    "(deleted from it by hand or by another tool)") from None
     except PermissionError as exc:
-        log.error("output_unreadable", job_id=job_id, path=asked, error=str(exc))
+        log.error("output_unreadable", job_id=job_id, path=asked, error=f"{exc.strerror} {doing}")
         raise OutputNotServed(503, f"Output {asked} is listed in the job's result but cannot be read by the queue "
                                    "manager (file permissions on the outputs volume): tell the operator") from None
     except OSError as exc:  # a link on the way (O_NOFOLLOW), a file where a folder should be, a name too long
         if exc.errno in OUR_TROUBLE:
-            log.error("output_open_failed", job_id=job_id, path=asked, error=str(exc))
+            log.error("output_open_failed", job_id=job_id, path=asked, error=f"{exc.strerror} {doing}")
             raise OutputNotServed(503, f"Output {asked} cannot be opened by the queue manager right now ("
                                        f"{os.strerror(exc.errno)}): try again later") from None
         raise _refused(job_id, asked, _not_opened_because(folder, name, exc)) from None

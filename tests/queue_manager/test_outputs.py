@@ -406,8 +406,9 @@ def reading_only_what_its_modes_allow() -> None:
             raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability})")
 
 
+@pytest.mark.parametrize("locked", ["file", "job folder"])
 async def test_a_listed_file_the_queue_manager_cannot_read_answers_503_saying_so(
-    tmp_path: Path, volume: Path
+    tmp_path: Path, volume: Path, locked: str
 ) -> None:
     process, url = await start_cli("--db", str(tmp_path / "q.db"), "--outputs-dir", str(volume), env=clean_env(),
                                    preexec_fn=reading_only_what_its_modes_allow)
@@ -418,11 +419,13 @@ async def test_a_listed_file_the_queue_manager_cannot_read_answers_503_saying_so
             path = f"alice/{job_id}/a.png"
             (volume / path).parent.mkdir(parents=True)
             (volume / path).write_bytes(IMAGE)
-            (volume / path).chmod(0o000)  # a worker that wrote it with another owner and mode 600
+            # A worker that wrote it with another owner and mode 600 (or its folder 700).
+            (volume / path if locked == "file" else (volume / path).parent).chmod(0o000)
             await client.post("/api/workers/complete-job", params={"job_id": job_id, "worker_id": "w1",
                               "attempt": "1"}, json={"result": {"outputs": [{"path": path}]}})
             answer = await client.get(output_url(job_id, path))
     finally:
+        (volume / "alice" / job_id).chmod(0o755)  # for tmp_path's clean-up
         process.terminate()
         async with asyncio.timeout(10):
             log = (await process.stdout.read()).decode()
@@ -433,7 +436,9 @@ async def test_a_listed_file_the_queue_manager_cannot_read_answers_503_saying_so
         "the outputs volume): tell the operator")}
     [line] = [event for event in map(json.loads, log.splitlines()) if event["event"] == "output_unreadable"]
     assert (line["job_id"], line["path"], line["level"]) == (job_id, path, "error")
-    assert "Permission denied" in line["error"]
+    # The operator's next step: `ls -ld` what it names (the file itself or the folder it cannot search).
+    assert line["error"] == ("Permission denied " + (f"reading {path}" if locked == "file" else
+                                                     f"searching alice/{job_id}"))
 
 
 @pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.FAILED])
