@@ -67,12 +67,12 @@ def cheapest_from(
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="batch", choices=("batch", "mixed-batch"))  # all jobs at once
     parser.add_argument("--seeds", default="1-5")
     parser.add_argument("--max-replicas", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     low, _, high = args.seeds.partition("-")
     platform = PlatformModel()
     print("| seed | ours: intervals / p95 / max | cheapest plan starting when the jobs arrive | "

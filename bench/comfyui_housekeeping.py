@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from bench._processes import child
 from bench.comfyui_reply_memory import REPO, wait_until_up
 from demo.replicas import free_loopback_port
 
@@ -94,14 +95,10 @@ def bench(source: Path, jobs: int, pad_mib: float) -> dict[str, Any]:
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": REPO}
-    queue = subprocess.Popen(
-        [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
-         "--max-queue-depth", str(BACKLOG * 2)], **quiet,
-    )  # fmt: skip
-    comfyui = subprocess.Popen(
-        [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
-         str(comfyui_dir / "output"), "--temp-directory", str(comfyui_dir)], **quiet,
-    )  # fmt: skip
+    queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
+                     "--max-queue-depth", str(BACKLOG * 2)]  # fmt: skip
+    comfyui_command = [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
+                       str(comfyui_dir / "output"), "--temp-directory", str(comfyui_dir)]  # fmt: skip
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "QUEUE_MANAGER_URL": queue_url, "COMFYUI_URL": comfy_url,
         "OUTPUTS_PATH": str(root / "outputs"), "COMFYUI_OUTPUT_DIR": str(comfyui_dir / "output"),
@@ -109,30 +106,25 @@ def bench(source: Path, jobs: int, pad_mib: float) -> dict[str, Any]:
         "SERVERLESS_MAX_IDLE_POLLS": "1000", "WORKER_POLL_INTERVAL": "0.05", "HEALTH_PORT": "0",
         "HEALTH_HOST": "127.0.0.1", "LOG_FORMAT": "json", "PYTHONPATH": str(source),
     }
-    worker = None
+    worker_output = {"stdout": subprocess.DEVNULL,
+                     "stderr": None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL}  # fmt: skip
     try:
-        wait_until_up(queue_url, "/health")
-        wait_until_up(comfy_url, "/system_stats")
-        rss_before = rss_mib(comfyui.pid)
-        with httpx.Client(base_url=queue_url, timeout=60) as http:
-            started = time.monotonic()
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "worker"], cwd=source, env=env, stdout=subprocess.DEVNULL,
-                stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
-            )
-            statuses = run_jobs(http, jobs, int(pad_mib * (1 << 20)), worker)
-            seconds = time.monotonic() - started
-        history = httpx.get(comfy_url + "/history", timeout=120).content
-        rss_after = rss_mib(comfyui.pid)
-        usage = {name: folder_usage(folder) for name, folder in (
-            ("comfyui_output_folder", comfyui_dir / "output"), ("comfyui_temp_folder", comfyui_dir / "temp"),
-            ("outputs_path", root / "outputs"),
-        )}  # fmt: skip
+        with child(queue_command, **quiet), child(comfyui_command, **quiet) as comfyui:
+            wait_until_up(queue_url, "/health")
+            wait_until_up(comfy_url, "/system_stats")
+            rss_before = rss_mib(comfyui.pid)
+            with httpx.Client(base_url=queue_url, timeout=60) as http:
+                started = time.monotonic()
+                with child([sys.executable, "-m", "worker"], cwd=source, env=env, **worker_output) as worker:
+                    statuses = run_jobs(http, jobs, int(pad_mib * (1 << 20)), worker)
+                seconds = time.monotonic() - started
+            history = httpx.get(comfy_url + "/history", timeout=120).content
+            rss_after = rss_mib(comfyui.pid)
+            usage = {name: folder_usage(folder) for name, folder in (
+                ("comfyui_output_folder", comfyui_dir / "output"), ("comfyui_temp_folder", comfyui_dir / "temp"),
+                ("outputs_path", root / "outputs"),
+            )}  # fmt: skip
     finally:
-        for child in (worker, comfyui, queue):
-            if child is not None and child.poll() is None:
-                child.terminate()
-                child.wait()
         shutil.rmtree(root, ignore_errors=True)
     return {
         "worker_source": str(source),
@@ -146,12 +138,12 @@ def bench(source: Path, jobs: int, pad_mib: float) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300, help="jobs to run; default 300")
     parser.add_argument("--pad-mib", type=float, default=1.0, help="workflow padding (MiB); default 1")
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(bench(args.worker_source.resolve(), args.jobs, args.pad_mib), indent=2))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench._processes import child
 from demo.replicas import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,33 +86,21 @@ def bench(text_mb: float, source: Path) -> dict[str, Any]:
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": REPO}
-    peers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db")],
-            **quiet,
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
-             str(root / "comfy-out"), "--cache-none"],
-            **quiet,
-        ),
-    ]
+    queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db")]
+    comfyui_command = [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
+                       str(root / "comfy-out"), "--cache-none"]  # fmt: skip
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "QUEUE_MANAGER_URL": queue_url, "COMFYUI_URL": comfy_url,
         "OUTPUTS_PATH": str(root / "outputs"), "SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "1",
         "WORKER_POLL_INTERVAL": "0.1", "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1", "LOG_FORMAT": "json",
     }
     workflow = text_output_workflow(int(text_mb * 1_000_000))
-    try:
+    with child(queue_command, **quiet), child(comfyui_command, **quiet):
         wait_until_up(queue_url, "/health")
         wait_until_up(comfy_url, "/system_stats")
         with httpx.Client(base_url=queue_url, timeout=30) as http:
             baseline = one_job(http, source, env, QUICK)
             hostile = one_job(http, source, env, workflow)
-    finally:
-        for peer in peers:
-            peer.terminate()
-            peer.wait()
     return {
         "worker_source": str(source),
         "workflow_bytes": len(json.dumps(workflow)),
@@ -121,11 +110,11 @@ def bench(text_mb: float, source: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=60.0, help="size of the text output (MB); default 60")
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(bench(args.mb, args.worker_source.resolve()), indent=2))
 
 

@@ -333,7 +333,7 @@ class FaultRun:
         )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=RunConfig.jobs)
     parser.add_argument("--replicas", type=int, default=RunConfig.replicas)
@@ -341,7 +341,7 @@ def main() -> int:
     parser.add_argument("--lease-timeout", type=float, default=RunConfig.lease_timeout_s)
     parser.add_argument("--node-seconds", type=float, default=RunConfig.node_seconds)
     parser.add_argument("--keep", type=Path, default=None, help="copy logs, database and outputs here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = RunConfig(
         jobs=args.jobs, replicas=args.replicas, cycles=args.cycles, lease_timeout_s=args.lease_timeout,
         node_seconds=args.node_seconds, keep=args.keep,

@@ -132,11 +132,11 @@ def finish_write_us(numbered_by: str, result_bytes: int, jobs: int) -> float:
     return elapsed / jobs * 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--workflow-kb", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "queue.db"
         old_database(path, args.jobs, args.workflow_kb)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.slow_headers import rss_mb, start, still_open
+from bench.slow_headers import rss_mb, server_process, still_open
 from common import limits
 
 HEADS = {"health": "PROBE_HEADS", "metrics": "PROBE_HEADS", "queue": "QUEUE_HEADS"}
@@ -75,8 +75,7 @@ class PeakRss(threading.Thread):
 def run(
     server: str, clients: int, headers: int, field_bytes: int, hold_s: float, after_close_s: float
 ) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as scratch:
-        process, port = start(server, Path(scratch))
+    with tempfile.TemporaryDirectory() as scratch, server_process(server, Path(scratch)) as (process, port):
         socks: list[socket.socket] = []
         try:
             time.sleep(0.5)
@@ -110,8 +109,6 @@ def run(
         finally:
             for sock in socks:
                 sock.close()
-            process.terminate()
-            process.wait(timeout=20)
     return {
         "server": server, "clients": clients, "headers": headers, "field_bytes": field_bytes,
         "head_kib": round(headers * len(header(0, field_bytes)) / 1024), "sent_in_s": round(sent_s, 1),
@@ -120,7 +117,7 @@ def run(
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["health", "queue", "metrics", "all"], default="all")
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 500, 1000])
@@ -128,7 +125,7 @@ def main() -> None:
     parser.add_argument("--field-bytes", type=int, help="bytes of each header (default: the most the server reads)")
     parser.add_argument("--hold", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--after-close", type=float, default=2.0, metavar="SECONDS", help="RSS read this long after")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket each
     for server in ["health", "metrics", "queue"] if args.server == "all" else [args.server]:

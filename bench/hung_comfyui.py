@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench._processes import child
 from bench.comfyui_reply_memory import REPO, wait_until_up
 from demo.replicas import free_loopback_port
 
@@ -48,41 +49,31 @@ def bench(source: Path, extra_env: dict[str, str]) -> dict[str, Any]:
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": REPO}
-    queue = subprocess.Popen(
-        [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db")], **quiet
-    )
-    comfyui = subprocess.Popen(
-        [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
-         str(root / "comfy-out"), "--node-seconds", "ImageBlur=3600"],
-        **quiet,
-    )
+    queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db")]
+    comfyui_command = [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
+                       str(root / "comfy-out"), "--node-seconds", "ImageBlur=3600"]  # fmt: skip
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "QUEUE_MANAGER_URL": queue_url, "COMFYUI_URL": comfy_url,
         "OUTPUTS_PATH": str(root / "outputs"), "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1", "LOG_FORMAT": "json",
         "PYTHONPATH": str(source), **extra_env,
     }
-    worker = None
-    try:
+    # grace_s=0 for the stopped ComfyUI: its SIGTERM would wait for a SIGCONT that never comes.
+    with child(queue_command, **quiet), child(comfyui_command, grace_s=0, **quiet) as comfyui:
         wait_until_up(queue_url, "/health")
         wait_until_up(comfy_url, "/system_stats")
         with httpx.Client(base_url=queue_url, timeout=30) as http:
             job_id = http.post("/api/jobs", json={"user_id": "bench", "workflow": SLOW}).raise_for_status().json()["id"]
-            worker = subprocess.Popen([sys.executable, "-m", "worker"], cwd=source, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-            wait_for_status(http, job_id, {"running"}, 60)
-            time.sleep(2)
-            comfyui.send_signal(signal.SIGSTOP)
-            hung_at = time.monotonic()
-            wait_for_status(http, job_id, {"pending", "failed", "completed"}, 3600)
-            handed_back_s = time.monotonic() - hung_at
-            code = worker.wait(3600)
-            exited_s = time.monotonic() - hung_at
+            with child([sys.executable, "-m", "worker"], cwd=source, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL) as worker:  # fmt: skip
+                wait_for_status(http, job_id, {"running"}, 60)
+                time.sleep(2)
+                comfyui.send_signal(signal.SIGSTOP)
+                hung_at = time.monotonic()
+                wait_for_status(http, job_id, {"pending", "failed", "completed"}, 3600)
+                handed_back_s = time.monotonic() - hung_at
+                code = worker.wait(3600)
+                exited_s = time.monotonic() - hung_at
             job = http.get(f"/api/jobs/{job_id}").json()
-    finally:
-        for process in (worker, comfyui, queue):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
     return {
         "worker_source": str(source),
         "env": extra_env,
@@ -93,11 +84,11 @@ def bench(source: Path, extra_env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra worker setting")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
     print(json.dumps(bench(args.worker_source.resolve(), extra), indent=2))
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.slow_headers import rss_mb, start
+from bench.slow_headers import rss_mb, server_process
 
 PER_HOLDER = 2500
 _HOLDER = """
@@ -71,8 +71,7 @@ def probe(port: int, path: str, times: int = 20) -> dict[str, object]:
 
 
 def run(server: str, connections: int, kind: str) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as scratch:
-        process, port = start(server, Path(scratch))
+    with tempfile.TemporaryDirectory() as scratch, server_process(server, Path(scratch)) as (process, port):
         holders: list[subprocess.Popen[str]] = []
         try:
             time.sleep(0.5)
@@ -95,8 +94,6 @@ def run(server: str, connections: int, kind: str) -> dict[str, object]:
         finally:
             for holder in holders:
                 holder.communicate("")
-            process.terminate()
-            process.wait(timeout=20)
     return {
         "server": server, "kind": kind, "connections": connections, "connected": connected,
         "server_open_files": files_held, "rss_before_mb": round(before), "rss_held_mb": round(held),
@@ -104,12 +101,12 @@ def run(server: str, connections: int, kind: str) -> dict[str, object]:
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["health", "queue", "both"], default="both")
     parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--kind", choices=["idle", "half", "both"], default="both")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for server in ["health", "queue"] if args.server == "both" else [args.server]:
         for kind in ["idle", "half"] if args.kind == "both" else [args.kind]:
             for connections in args.connections:

@@ -49,11 +49,11 @@ async def measure(completed: int, repeats: int) -> None:
                 print(f"{label}: {len(response.content)} bytes, {min(times) * 1000:.1f} ms (best of {repeats})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--completed", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     asyncio.run(measure(args.completed, args.repeats))
 
 

@@ -59,11 +59,11 @@ async def measure(jobs: int, page: int) -> None:
                       f"{sum(seconds):.2f} s; first page {seconds[0] * 1000:.0f} ms, last {seconds[-1] * 1000:.0f} ms")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--page", type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     asyncio.run(measure(args.jobs, args.page))
 
 

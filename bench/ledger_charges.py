@@ -6,6 +6,7 @@ provider, for 3 providers), as a running fleet makes one per provider per tick.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 
@@ -28,7 +29,10 @@ def full_ledger() -> CostLedger:
     return ledger
 
 
-def main(charges: int = 3000) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--charges", type=int, default=3000, help="ticks charged, each to every provider")
+    charges = parser.parse_args(argv).charges
     ledger, replicas = full_ledger(), [Replica(f"r{n}", T0 - 3600) for n in range(3)]
     now = T0
     started = time.perf_counter()

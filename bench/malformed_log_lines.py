@@ -58,11 +58,11 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=50)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(run(args.requests, args.concurrency))), flush=True)
 
 

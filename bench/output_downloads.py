@@ -51,12 +51,12 @@ def download(url: str, path: str) -> int:
     return received
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--file-mb", type=int, default=200)
     parser.add_argument("--no-sendfile", action="store_true", help="aiohttp's fallback: read and sent in chunks")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         outputs = Path(scratch) / "outputs"
         outputs.mkdir()

@@ -57,12 +57,12 @@ async def run(workflow_mb: int, result_mb: int, downloads: int) -> None:
           f"{peak / 1e6:.1f} MB")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflow-mb", type=int, default=9)
     parser.add_argument("--result-mb", type=int, default=48)
     parser.add_argument("--downloads", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(run(args.workflow_mb, args.result_mb, args.downloads))
 

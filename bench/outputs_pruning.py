@@ -93,12 +93,12 @@ async def run(jobs: int, files: int, file_kb: int, *, serve_outputs: bool) -> No
     print(f"GET /api/queue/status during: {summary(during)}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--file-kb", type=int, default=512)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # its own lines only
     for serve_outputs in (True, False):  # without: the database passes alone, the folders left
         asyncio.run(run(args.jobs, args.files, args.file_kb, serve_outputs=serve_outputs))

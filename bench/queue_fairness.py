@@ -31,6 +31,7 @@ from queue_manager import QueueManagerServer
 from queue_manager.models import JobPriority, QueueMode
 
 SAMPLES = 30
+PAGE = 1000
 WORKSHOP_USERS = 25
 WORKSHOP_JOBS = 20
 DAY_S = 24 * 3600.0
@@ -79,9 +80,9 @@ async def measure(args: argparse.Namespace, settings: dict[str, Any]) -> dict[st
                 statuses.append(time.perf_counter() - began)
                 assert answer.json()["position_in_queue"] is not None, answer.text
                 began = time.perf_counter()
-                answer = await http.get("/api/jobs", params={"status": "pending", "limit": "1000"})
+                answer = await http.get("/api/jobs", params={"status": "pending", "limit": str(PAGE)})
                 pages.append(time.perf_counter() - began)
-                assert len(answer.json()) == 1000, answer.text
+                assert len(answer.json()) == PAGE, answer.text
                 began = time.perf_counter()
                 job = (await http.get("/api/workers/next-job", params={"worker_id": "bench"})).json()["job"]
                 pops.append(time.perf_counter() - began)
@@ -105,7 +106,7 @@ async def measure(args: argparse.Namespace, settings: dict[str, Any]) -> dict[st
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=[mode.value for mode in QueueMode], default="round_robin")
     parser.add_argument("--pending", type=int, default=10_000)
@@ -113,7 +114,9 @@ def main() -> None:
     parser.add_argument("--workflow-kb", type=int, default=2)
     parser.add_argument("--max-pending-per-user", type=int, default=None)
     parser.add_argument("--round-robin-window-s", type=float, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.pending < PAGE:  # every sample lists a full page of pending jobs, the batch's last among them
+        parser.error(f"--pending must be at least {PAGE} (a full page of pending jobs), not {args.pending}")
     settings: dict[str, Any] = {}
     args.submit_kwargs = {}
     if args.max_pending_per_user is not None:

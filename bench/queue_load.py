@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from bench._processes import child
 from demo.replicas import free_loopback_port, worker_env
 from demo.workload import load_workflow
 from scaler.providers.local import LocalBackend
@@ -50,47 +52,41 @@ async def load(jobs: int, replicas: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="queue-load-"))
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
-    queue = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
-        "--max-queue-depth", str(jobs + 1), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    comfy = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
-        str(root / "comfy-out"), "--cache-none", "--history-lag", "0",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
+    queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
+                     "--max-queue-depth", str(jobs + 1)]  # fmt: skip
+    comfy_command = [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
+                     str(root / "comfy-out"), "--cache-none", "--history-lag", "0"]  # fmt: skip
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     env = worker_env(queue_url, root / "outputs", idle_polls=100, poll_interval_s=0.05)
     backend = LocalBackend({**env, "COMFYUI_URL": comfy_url, "LOG_LEVEL": "warning"}, log_dir=root / "logs")
     latencies: list[float] = []
-    try:
-        await wait_until_up(queue_url, "/health")
-        await wait_until_up(comfy_url, "/system_stats")
-        await backend.apply(replicas)
-        workflow = load_workflow("quick")
-        async with httpx.AsyncClient(base_url=queue_url, timeout=10) as http:
+    with child(queue_command, **quiet) as queue, child(comfy_command, **quiet):
+        try:
+            await wait_until_up(queue_url, "/health")
+            await wait_until_up(comfy_url, "/system_stats")
+            await backend.apply(replicas)
+            workflow = load_workflow("quick")
+            async with httpx.AsyncClient(base_url=queue_url, timeout=10) as http:
 
-            async def timed(method: str, path: str, **kwargs) -> httpx.Response:
+                async def timed(method: str, path: str, **kwargs) -> httpx.Response:
+                    started = time.perf_counter()
+                    response = await http.request(method, path, **kwargs)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    return response
+
                 started = time.perf_counter()
-                response = await http.request(method, path, **kwargs)
-                latencies.append((time.perf_counter() - started) * 1000)
-                return response
-
-            started = time.perf_counter()
-            for index in range(jobs):
-                body = {"user_id": f"user-{index % 20}", "workflow": workflow}
-                (await timed("POST", "/api/jobs", json=body)).raise_for_status()
-            while True:
-                status = (await timed("GET", "/api/queue/status")).json()
-                if status["completed_jobs"] + status["failed_jobs"] >= jobs:
-                    break
-                await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - started
-        peak = peak_rss_mib(queue.pid)
-    finally:
-        await backend.aclose()
-        for process in (queue, comfy):
-            process.terminate()
-            await process.wait()
+                for index in range(jobs):
+                    body = {"user_id": f"user-{index % 20}", "workflow": workflow}
+                    (await timed("POST", "/api/jobs", json=body)).raise_for_status()
+                while True:
+                    status = (await timed("GET", "/api/queue/status")).json()
+                    if status["completed_jobs"] + status["failed_jobs"] >= jobs:
+                        break
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - started
+            peak = peak_rss_mib(queue.pid)
+        finally:
+            await backend.aclose()
     return {
         "jobs": jobs, "replicas": replicas, "completed": status["completed_jobs"], "failed": status["failed_jobs"],
         "wall_s": round(elapsed, 2), "jobs_per_s": round(jobs / elapsed, 1),
@@ -100,11 +96,11 @@ async def load(jobs: int, replicas: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--replicas", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(load(args.jobs, args.replicas)), indent=2))
 
 

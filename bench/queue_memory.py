@@ -1,6 +1,7 @@
 """Memory of `python -m queue_manager` under 50 MB request bodies: RSS before, after and at peak.
 
     ./dev python -m bench.queue_memory            # the code on sys.path (PYTHONPATH=<checkout> for another)
+    ./dev python -m bench.queue_memory --body-mb 1 --result-mb 1   # a quick check that it runs
 
 Runs the production CLI in a child process and reads its /proc status (Linux only). Scenarios:
   unauthenticated  a token is set; three 50 MB complete-job posts without it (they must be refused unread)
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from bench._processes import child
+
 BODY_MB = 50
 _URL = re.compile(r'url["=:\s]+"?(http://[0-9.]+:[0-9]+)')
 
@@ -47,26 +50,16 @@ def settled_rss_mb(client: httpx.Client, pid: int) -> tuple[float, float]:
 
 @contextmanager
 def running(db: Path, token: str | None, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A queue manager of its own process and its URL, terminated on exit (killed if still there after 20 s);
+    """A queue manager of its own process and its URL, ended on exit (bench._processes.child);
     `env` on top of this shell's, without its QUEUE_MANAGER_* (a worker token without a token, say, and the
     queue manager refuses to start)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")} | env
     env["LOG_FORMAT"] = "json"
     if token:
         env["QUEUE_MANAGER_TOKEN"] = token
-    process = subprocess.Popen(
-        [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(db)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
+    command = [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(db)]
+    with child(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         yield process, _url_printed(process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _url_printed(process: subprocess.Popen[str]) -> str:
@@ -126,18 +119,20 @@ def list_scenario(jobs: int, result_mb: int) -> dict[str, object]:
     return {"scenario": "list-results", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()
-    blob = "x" * (BODY_MB * 1000 * 1000)
+    parser.add_argument("--body-mb", type=int, default=BODY_MB, help=f"size of each request body; default {BODY_MB}")
+    parser.add_argument("--result-mb", type=int, default=48, help="result of each listed job; default 48")
+    args = parser.parse_args(argv)
+    blob = "x" * (args.body_mb * 1000 * 1000)
     report = ('{"result": {"blob": "' + blob + '"}}').encode()
     submit = ('{"user_id": "alice", "workflow": "' + blob + '"}').encode()
     runs = [
         scenario("unauthenticated", "bench-token", [("/api/workers/complete-job", {"job_id": "j"}, report)] * 3),
         scenario("oversized-submit", None, [("/api/jobs", {}, submit)]),
-        scenario("result-50MB", None, [("/api/workers/complete-job", {"job_id": "j"}, report)]),
+        scenario(f"result-{args.body_mb}MB", None, [("/api/workers/complete-job", {"job_id": "j"}, report)]),
         scenario("20-concurrent", None, [("/api/workers/complete-job", {"job_id": "j"}, report)] * 20, at_once=True),
-        list_scenario(jobs=8, result_mb=48),
+        list_scenario(jobs=8, result_mb=args.result_mb),
     ]
     print(f"{'scenario':<18} {'RSS before':>11} {'RSS after':>10} {'peak':>8}  answers")
     for run in runs:

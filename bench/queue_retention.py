@@ -85,13 +85,13 @@ def first_purge(db: Path, retention_s: float) -> tuple[int, float]:
     return purged, elapsed * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--jobs-per-day", type=int, default=500)
     parser.add_argument("--workflow-kb", type=int, default=20)
     parser.add_argument("--report-every", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     workflow = workflow_of(args.workflow_kb)
     retention = DEFAULT_FINISHED_JOB_RETENTION_S
     with tempfile.TemporaryDirectory(prefix="queue-retention-") as tmp:

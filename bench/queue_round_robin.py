@@ -48,12 +48,12 @@ def measure(finished: int, users: int, workflow: dict) -> tuple[float, float]:
         return statistics.median(pops) * 1000, statistics.median(listings) * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--finished", type=int, nargs="+", default=[3500, 15000])
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--workflow-kb", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     workflow = workflow_of(args.workflow_kb)
     print("| finished jobs | round-robin pop, median ms | positions, median ms |")
     print("|---:|---:|---:|")

@@ -36,11 +36,11 @@ async def measure(pods: int, latency_s: float) -> None:
               f"{len(fake.requests) - before} requests, at most {fake.most_in_flight} in flight")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=10)
     parser.add_argument("--latency-s", type=float, default=1.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     asyncio.run(measure(args.pods, args.latency_s))
 
 

@@ -124,12 +124,7 @@ async def silent_run(source: Path, sigterm_after_s: float) -> tuple[list[float],
     return decisions, exit_s
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scaler-source", type=Path, default=REPO, help="checkout whose scaler is measured")
-    parser.add_argument("--flood-mb", type=int, default=256, help="size of the flooded queue status answer")
-    parser.add_argument("--sigterm-after", type=float, default=35.0, help="seconds into the run SIGTERM is sent")
-    args = parser.parse_args()
+async def measure(args: argparse.Namespace) -> None:
     took, rss = await flooded_rss(args.scaler_source, args.flood_mb)
     print(f"flooded queue status ({args.flood_mb} MB): status took {took:.1f} s, peak RSS {rss:.0f} MiB")
     print(f"silent peers: status (price looked up) took {await silent_status(args.scaler_source):.1f} s")
@@ -137,5 +132,13 @@ async def main() -> None:
     print(f"silent peers: decisions at {decisions} s; SIGTERM at {args.sigterm_after:g} s, exit {exit_s:.1f} s later")
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scaler-source", type=Path, default=REPO, help="checkout whose scaler is measured")
+    parser.add_argument("--flood-mb", type=int, default=256, help="size of the flooded queue status answer")
+    parser.add_argument("--sigterm-after", type=float, default=35.0, help="seconds into the run SIGTERM is sent")
+    asyncio.run(measure(parser.parse_args(argv)))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -22,12 +22,12 @@ from supervisor.config import load_supervisor_settings
 from supervisor.scratch import empty_scratch_folders
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=4096, help="bytes per file")
     parser.add_argument("--dir", type=Path, default=None, help="where to make the scratch folder (default: /tmp)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(open(os.devnull, "w")))  # noqa: SIM115
     with tempfile.TemporaryDirectory(prefix="scratch-bench-", dir=args.dir) as base:
         config = load_supervisor_settings(

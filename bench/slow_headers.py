@@ -30,9 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from bench._processes import child
 
 _URL = re.compile(r'(?:url|port)["=:\s]+"?(?:http://[0-9.]+:)?([0-9]+)')
 QUEUE_TOKENS = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN")
@@ -70,7 +74,9 @@ def rss_mb(pid: int) -> float:
     return int(fields["VmRSS"].split()[0]) / 1024
 
 
-def start(server: str, scratch: Path) -> tuple[subprocess.Popen[bytes], int]:
+@contextmanager
+def server_process(server: str, scratch: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The server (`health`, `metrics` or `queue`) in its own process and its port, ended on exit (bench._processes)."""
     env = {**os.environ, "LOG_FORMAT": "json"}
     for variable in QUEUE_TOKENS:  # this shell's: a worker token without a token, the queue manager refuses to start
         env.pop(variable, None)
@@ -82,15 +88,13 @@ def start(server: str, scratch: Path) -> tuple[subprocess.Popen[bytes], int]:
         command = [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(scratch / "q.db")]
     # Its log goes to a file: a pipe nobody reads fills up and stops the server mid-write.
     log = scratch / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if match := _URL.search(log.read_text()):
-            return process, int(match.group(1))
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"the {server} server never printed its port")
+    with log.open("wb") as sink, child(command, env=env, stdout=sink, stderr=subprocess.STDOUT) as process:
+        deadline = time.monotonic() + 20
+        while not (match := _URL.search(log.read_text())):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {server} server never printed its port")
+            time.sleep(0.1)
+        yield process, int(match.group(1))
 
 
 def still_open(sock: socket.socket) -> bool:
@@ -107,8 +111,7 @@ def still_open(sock: socket.socket) -> bool:
 
 
 def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as scratch:
-        process, port = start(server, Path(scratch))
+    with tempfile.TemporaryDirectory() as scratch, server_process(server, Path(scratch)) as (process, port):
         socks: list[socket.socket] = []
         try:
             time.sleep(0.5)
@@ -132,8 +135,6 @@ def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, obj
         finally:
             for sock in socks:
                 sock.close()
-            process.terminate()
-            process.wait(timeout=10)
     return {
         "server": server, "clients": clients, "head_kib": len(head) // 1024, "rss_before_mb": round(before),
         "rss_held_mb": round(held), "hold_s": hold_s, "open_after_hold": open_after, "rss_after_hold_mb": round(after),
@@ -147,8 +148,7 @@ HONEST_SUBMIT = ('{"user_id": "alice", "workflow": {"1": {"class_type": "SaveIma
 
 
 def run_bodies(clients: int, hold_s: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as scratch:
-        process, port = start("queue", Path(scratch))
+    with tempfile.TemporaryDirectory() as scratch, server_process("queue", Path(scratch)) as (_, port):
         socks: list[socket.socket] = []
         honest: list[str] = []
         try:
@@ -178,20 +178,18 @@ def run_bodies(clients: int, hold_s: float) -> dict[str, object]:
         finally:
             for sock in socks:
                 sock.close()
-            process.terminate()
-            process.wait(timeout=10)
     return {"clients": clients, "declared_mib": BODY_DECLARED >> 20, "hold_s": hold_s, "open_after_hold": open_after,
             "honest_2mib_submits": " ".join(honest)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["health", "queue", "both"], default="both")
     parser.add_argument("--clients", type=int, default=300)
     parser.add_argument("--headers", type=int, default=120)
     parser.add_argument("--hold", type=float, default=20.0, metavar="SECONDS")
     parser.add_argument("--bodies", action="store_true", help="drip request bodies to the queue manager instead")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bodies:
         print(run_bodies(args.clients, args.hold), flush=True)
         return

@@ -230,12 +230,12 @@ async def measure(setups: list[str], latencies: list[float], most_ticks: int) ->
                 print(f"    {line}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-s", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
     parser.add_argument("--ticks", type=int, default=6)
     parser.add_argument("--setup", choices=SETUPS, nargs="+", default=list(SETUPS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))  # the figures say what failed
     asyncio.run(measure(args.setup, args.latency_s, args.ticks))
 

@@ -477,7 +477,7 @@ class Soak:
         }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="churn time (default 3); then the drain")
     parser.add_argument("--jobs", type=int, default=100_000, help="stop submitting after this many")
@@ -492,7 +492,7 @@ def main() -> int:
     parser.add_argument("--fixed-worker-ids", action="store_true",
                         help="a restarted worker keeps its WORKER_ID (default: a new one at every start)")
     parser.add_argument("--verbose", action="store_true", help="print every sample")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.worker_source = args.worker_source.resolve()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     summary = asyncio.run(Soak(args).run())

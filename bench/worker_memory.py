@@ -153,13 +153,13 @@ async def bench(source: Path, jobs: int, flood_mb: int, outputs: int) -> dict[st
     return report
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
     parser.add_argument("--jobs", type=int, default=500, help="quick jobs through one worker; default 500")
     parser.add_argument("--flood-mb", type=int, default=200, help="MB of `executed` events of one job; default 200")
     parser.add_argument("--outputs", type=int, default=100_000, help="output files one job lists; default 100000")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     report = asyncio.run(bench(args.worker_source.resolve(), args.jobs, args.flood_mb, args.outputs))
     print(json.dumps(report, indent=2))
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from bench._processes import child
 from bench.queue_load import percentile, wait_until_up
 from demo.replicas import free_loopback_port
 from worker.config import load_settings
@@ -43,18 +45,12 @@ async def bench(jobs: int, history_lag_s: float) -> dict:
     root = Path(tempfile.mkdtemp(prefix="worker-bench-"))
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
-    peers = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
-            "--max-queue-depth", str(jobs + 1), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        ),
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
-            str(root / "comfy-out"), "--cache-none", "--history-lag", str(history_lag_s),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        ),
-    ]
-    try:
+    queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
+                     "--max-queue-depth", str(jobs + 1)]  # fmt: skip
+    comfy_command = [sys.executable, "-m", "standins.comfyui", "--port", str(comfy_port), "--output-directory",
+                     str(root / "comfy-out"), "--cache-none", "--history-lag", str(history_lag_s)]  # fmt: skip
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    with child(queue_command, **quiet), child(comfy_command, **quiet):
         await wait_until_up(queue_url, "/health")
         await wait_until_up(comfy_url, "/system_stats")
         async with httpx.AsyncClient(base_url=queue_url, timeout=10) as http:
@@ -76,10 +72,6 @@ async def bench(jobs: int, history_lag_s: float) -> dict:
                 assert job["status"] == "completed", job
                 busy = seconds_between(job["started_at"], job["completed_at"])
                 overheads.append((busy - job["result"]["timings"]["execution_s"]) * 1000)
-    finally:
-        for peer in peers:
-            peer.terminate()
-            await peer.wait()
     return {
         "jobs": jobs,
         "history_lag_ms": history_lag_s * 1000,
@@ -91,11 +83,11 @@ async def bench(jobs: int, history_lag_s: float) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--history-lag-ms", type=float, default=0.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(bench(args.jobs, args.history_lag_ms / 1000)), indent=2))
 
 
