@@ -54,7 +54,7 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
 # Only imported and their arguments parsed, each for the reason given.
 IMPORT_ONLY = {
     "fault_run": "tests/faults/test_fault_run.py runs it reduced (~25 s alone)",
-    "hung_comfyui": "waits for the production timeouts after ComfyUI hangs: minutes",
+    "hung_comfyui": "waits for the worker to give up on a hung ComfyUI: ~40 s with 3 s timeouts, minutes by default",
     "outputs_pruning": "samples the API for seconds before and during each pass, whatever the size: ~5 s",
     "scaler_broken_peers": "the scaler waits out its clients' production timeouts against silent peers: minutes",
     "slow_providers": "paces every tick to the 15 s SCALER_INTERVAL_S: minutes",
