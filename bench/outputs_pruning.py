@@ -7,6 +7,12 @@ with a folder of `--files` result files written under <user_id>/<job_id>/ as a w
 clock moved past the retention and one retention pass run (the database pass, then the folders in a thread).
 Meanwhile a client asks GET /api/queue/status back to back: its latency during the pass against before it. Then
 the same without QUEUE_MANAGER_OUTPUTS_DIR (the database passes alone, the folders left): what the folders add.
+
+    ./dev python -m bench.outputs_pruning --orphans 10000 --files 1 --file-kb 4
+
+The orphan sweep instead: `--orphans` job folders (`--files` files each) no job of the database names, last modified
+before the retention, and as many `--young` ones (a volume's kept jobs: walked, never looked up); one sweep, timed,
+the status latency meanwhile, and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import resource
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -93,13 +102,58 @@ async def run(jobs: int, files: int, file_kb: int, *, serve_outputs: bool) -> No
     print(f"GET /api/queue/status during: {summary(during)}")
 
 
+async def sweep_orphans(orphans: int, young: int, files: int, file_kb: int) -> None:
+    payload = b"\x89PNG" + bytes(file_kb * 1024 - 4)
+    with tempfile.TemporaryDirectory(prefix="orphan-sweep-") as tmp:
+        volume = Path(tmp) / "outputs"
+        clock = SimulatedClock()
+        old = clock.now - 2 * RETENTION_S
+        for n in range(orphans + young):
+            folder = volume / f"user{n % USERS}" / str(uuid.uuid4())
+            folder.mkdir(parents=True)
+            for index in range(files):
+                (folder / f"ComfyUI_{index:05}_.png").write_bytes(payload)
+            if n < orphans:
+                os.utime(folder, (old, old))
+            else:
+                os.utime(folder, (clock.now, clock.now))
+        server = QueueManagerServer(db_path=Path(tmp) / "queue.db", clock=clock, outputs_dir=volume,
+                                    finished_job_retention_s=RETENTION_S, lease_timeout_s=0, reaper_interval_s=3600)
+        async with server as queue, httpx.AsyncClient(base_url=queue.url, timeout=30) as client:
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(latencies_ms(client, stop))
+            await asyncio.sleep(2)
+            stop.set()
+            before = await sampler
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(latencies_ms(client, stop))
+            started = time.perf_counter()
+            deleted = await queue.sweep_orphan_outputs()
+            sweep_s = time.perf_counter() - started
+            stop.set()
+            during = await sampler
+            rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        left = sum(1 for _ in volume.iterdir() for _ in _.iterdir())
+    print(f"{orphans} orphan and {young} young job folders, {files} files of {file_kb} KiB each, {USERS} users")
+    print(f"one sweep: {deleted} deleted in {sweep_s:.2f} s; job folders left: {left}; "
+          f"peak RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+    print(f"GET /api/queue/status before: {summary(before)}")
+    print(f"GET /api/queue/status during: {summary(during)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--file-kb", type=int, default=512)
+    parser.add_argument("--orphans", type=int, default=None, help="time the orphan sweep instead, over this many")
+    parser.add_argument("--young", type=int, default=0, help="with --orphans: folders too young to be swept")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # its own lines only
+    if args.orphans is not None:
+        asyncio.run(sweep_orphans(args.orphans, args.young, args.files, args.file_kb))
+        return
     for serve_outputs in (True, False):  # without: the database passes alone, the folders left
         asyncio.run(run(args.jobs, args.files, args.file_kb, serve_outputs=serve_outputs))
 

@@ -1,7 +1,7 @@
 """The outputs' retention: when the retention deletes a job, its result folder QUEUE_MANAGER_OUTPUTS_DIR/<user_id>/
 <job_id>/ goes too, then <user_id>/ if that leaves it empty. Nothing else on the volume is ever deleted (other tools
 may share it), and no symbolic link is followed: a link at <user_id> or <job_id>, or inside the folder, is never
-a way out of it. A folder that could not be deleted is not tried again: its job is gone."""
+a way out of it. A folder that could not be deleted is left to the orphan sweep (orphan_outputs): its job is gone."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -21,43 +22,60 @@ log = structlog.get_logger()
 # Each folder opened from its parent's descriptor: a link (O_NOFOLLOW) or anything not a folder (O_DIRECTORY) there
 # fails at once, a FIFO included (O_NONBLOCK: never waits for a writer), whatever was there a moment before.
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-NOT_PRUNED_FIX = ("mount the outputs volume read-write into the queue manager, or prune {root} yourself: these jobs "
-                  "are deleted, their folders will not be tried again")
+NOT_PRUNED_FIX = ("mount the outputs volume read-write into the queue manager (as the workers' user): these jobs are "
+                  "deleted, their folders go in the orphan sweep once it can (shortly after start, then every 24 h)")
 
 
 class _Refused(Exception):
     """A name that is not a folder of ours to delete: a link, a file, an id that is not one folder name."""
 
 
+@dataclass
+class Deletion:
+    """What delete_job_folders did: folders deleted, folders that could not be, and the first of those with why."""
+
+    deleted: int = 0
+    failed: int = 0
+    first_failure: tuple[PurgedJob, OSError] | None = None
+
+
 def prune_job_folders(root: Path, jobs: Iterable[PurgedJob]) -> int:
     """Delete the folder of each job the retention deleted, and its user's folder when left empty. One log line for
     the deleted, one for the failed (the first error named). Returns how many were deleted. Touches the disk, for
     as long as a large folder takes: run it in a worker thread, never the database's."""
+    deletion = delete_job_folders(root, jobs)
+    if deletion.deleted:
+        log.info("outputs_pruned", count=deletion.deleted, outputs_dir=str(root))
+    if deletion.first_failure is not None:
+        first, error = deletion.first_failure
+        log.error("outputs_not_pruned", count=deletion.failed, outputs_dir=str(root), job_id=first.job_id,
+                  user_id=first.user_id, error=str(error), fix=NOT_PRUNED_FIX)
+    return deletion.deleted
+
+
+def delete_job_folders(root: Path, jobs: Iterable[PurgedJob]) -> Deletion:
+    """Delete <user_id>/<job_id>/ under root for each job, then <user_id>/ when left empty; a link or a file there is
+    refused (logged output_folder_refused), never followed. Says nothing else: the caller logs the outcome."""
     jobs = list(jobs)
+    deletion = Deletion()
     if not jobs:
-        return 0
+        return deletion
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        _not_pruned(root, len(jobs), jobs[0], str(exc))
-        return 0
-    pruned, failed, first_failure = 0, 0, None
+        return Deletion(failed=len(jobs), first_failure=(jobs[0], exc))
     try:
         for job in jobs:
             try:
-                pruned += _remove_job_folder(root_fd, job)
+                deletion.deleted += _remove_job_folder(root_fd, job)
             except _Refused as refusal:
                 log.warning("output_folder_refused", job_id=job.job_id, user_id=job.user_id, reason=str(refusal))
             except OSError as exc:
-                failed += 1
-                first_failure = first_failure or (job, str(exc))
+                deletion.failed += 1
+                deletion.first_failure = deletion.first_failure or (job, exc)
     finally:
         os.close(root_fd)
-    if pruned:
-        log.info("outputs_pruned", count=pruned, outputs_dir=str(root))
-    if first_failure is not None:
-        _not_pruned(root, failed, *first_failure)
-    return pruned
+    return deletion
 
 
 def _remove_job_folder(root_fd: int, job: PurgedJob) -> bool:
@@ -117,8 +135,3 @@ def _kind(folder_fd: int, name: str) -> str:
         return f"symbolic link to {os.readlink(name, dir_fd=folder_fd)}"
     except OSError:
         return "file"  # or a FIFO, a socket, a device
-
-
-def _not_pruned(root: Path, count: int, first: PurgedJob, error: str) -> None:
-    log.error("outputs_not_pruned", count=count, outputs_dir=str(root), job_id=first.job_id, user_id=first.user_id,
-              error=error, fix=NOT_PRUNED_FIX.format(root=root))

@@ -20,6 +20,7 @@ from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
 from queue_manager.faults import FaultInjector
 from queue_manager.models import QueueMode
+from queue_manager.orphan_outputs import OrphanSweeper
 from queue_manager.participants import ParticipantsFile
 from queue_manager.reaper import JobReaper
 from queue_manager.reports import ReportLog
@@ -74,7 +75,8 @@ class QueueManagerServer:
     `round_robin` counts the jobs handed out in the last `round_robin_window_s` (0 = every job kept).
     `outputs_dir`: where the workers' OUTPUTS_PATH is mounted, to serve completed jobs' result files
     (GET /api/jobs/{id}/outputs/{path}); None answers that route 404, saying it is off. A job the retention deletes
-    has its folder there deleted too.
+    has its folder there deleted too; a folder whose job is gone, untouched for the retention, goes in the orphan
+    sweep (shortly after start, then daily).
     `extensions=False` answers exactly as comfy-multi does (no attempts, heartbeat, hand back, lease or fenced
     reports): the worker's comfy-multi fallback is tested against that.
     Every `heap_trim_interval_s` the C heap's free pages go back to the system with `trim_heap` (common.heap_trim).
@@ -135,6 +137,8 @@ class QueueManagerServer:
         self._runner: web.AppRunner | None = None
         self._stop_reaper = asyncio.Event()
         self._reaper_task: asyncio.Task[None] | None = None
+        self._orphan_sweeper: OrphanSweeper | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None
         self._heap_trimmer = HeapTrimmer("queue_manager", every_s=heap_trim_interval_s, trim=trim_heap)
         self._stop_trimming = asyncio.Event()
         self._trimming_task: asyncio.Task[None] | None = None
@@ -213,6 +217,12 @@ class QueueManagerServer:
         self.url = f"http://{host}:{bound_port}"
         self._stop_reaper.clear()
         self._reaper_task = asyncio.create_task(self._reaper.run(self._stop_reaper, self._run_in_db))
+        if settings.outputs_dir is not None and self.finished_job_retention_s > 0:
+            self._orphan_sweeper = OrphanSweeper(self._store, settings.outputs_dir, clock=self.clock,
+                                                 retention_s=self.finished_job_retention_s, run_in_db=self._run_in_db)
+            self._sweeper_task = asyncio.create_task(
+                self._orphan_sweeper.run(self._stop_reaper, first_after_s=self.reaper_interval_s)
+            )
         self._stop_trimming.clear()
         self._trimming_task = asyncio.create_task(self._heap_trimmer.run(self._stop_trimming))
         log.info(
@@ -244,6 +254,10 @@ class QueueManagerServer:
         if self._reaper_task is not None:
             await self._reaper_task
             self._reaper_task = None
+        if self._sweeper_task is not None:
+            await self._sweeper_task
+            self._sweeper_task = None
+        self._orphan_sweeper = None
         self._stop_trimming.set()
         if self._trimming_task is not None:
             await self._trimming_task
@@ -284,6 +298,13 @@ class QueueManagerServer:
         purged = await self._run_in_db(self._reaper.purge_finished)
         await self._reaper.prune_outputs()
         return purged
+
+    async def sweep_orphan_outputs(self) -> int:
+        """Run one orphan sweep now: delete the folders in outputs_dir whose job is gone, untouched for longer than the
+        retention. 0 without outputs_dir or with the retention off (nothing is swept then)."""
+        if self._store is None:
+            raise RuntimeError("QueueManagerServer is not started")
+        return await self._orphan_sweeper.sweep() if self._orphan_sweeper is not None else 0
 
     async def _run_in_db(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_executor, call)

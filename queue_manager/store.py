@@ -121,6 +121,9 @@ LIST_BUDGET_BYTES = 16 * 1024 * 1024
 # nor the queue's database thread is held long, even on a first pass over a large old database.
 PURGE_BATCH = 1000
 PURGE_BUDGET_S = 0.25
+# A job's id, as submit makes it (str(uuid.uuid4())): the only ids a job of this queue manager ever has.
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_EXISTING_IDS = "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"  # the unique index on id, covering
 _DELETE_ONE_EXPIRED = (
     "DELETE FROM jobs WHERE seq IN ("
     " SELECT seq FROM jobs WHERE status IN (?, ?) AND completed_at < ?"  # jobs_by_finish
@@ -669,6 +672,15 @@ class JobStore:
             yield from (PurgedJob(row["user_id"], row["id"]) for row in deleted)
             if time.perf_counter() - started >= budget_s:
                 return
+
+    def existing_job_ids(self, job_ids: Collection[str]) -> set[str]:
+        """Which of these ids a job still has (the ids alone, never the rows; its unique index answers each). Ask
+        a few hundred at a time: each call holds the database's thread for all of them."""
+        if not job_ids:
+            return set()
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(_EXISTING_IDS, (json.dumps(list(job_ids)),)).fetchall()
+        return {row["id"] for row in rows}
 
     def purge_workers_seen_before(self, cutoff: float, *, limit: int = PURGE_BATCH) -> int:
         """The retention step for workers: forget at most `limit` workers last seen before `cutoff` (serverless

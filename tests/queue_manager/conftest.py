@@ -36,6 +36,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    """The workers' OUTPUTS_PATH, as mounted on the queue manager's host."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 async def queue(clock: FakeClock) -> AsyncIterator[QueueManagerServer]:
     async with QueueManagerServer(clock=clock, test_hooks=True) as server:
         yield server

@@ -42,14 +42,6 @@ NOT_LISTED = "Output not found: ask for one of the paths the job's result lists 
 
 
 @pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    """The workers' OUTPUTS_PATH, as mounted on the queue manager's host."""
-    folder = tmp_path / "outputs"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def tokens(tmp_path: Path) -> dict[str, str]:
     return {user: add_participant(tmp_path / "participants", user) for user in ("alice", "bob")}
 
