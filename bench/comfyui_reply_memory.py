@@ -12,8 +12,10 @@ its peak RSS is the kernel's ru_maxrss for that child. A quick job first gives t
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +85,7 @@ def one_job(http: httpx.Client, source: Path, env: dict[str, str], workflow: dic
 
 def bench(text_mb: float, source: Path) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="reply-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": REPO}

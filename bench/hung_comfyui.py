@@ -11,8 +11,10 @@ simulator gets SIGSTOP. Prints the seconds from the hang to the job being handed
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +48,7 @@ def wait_for_status(http: httpx.Client, job_id: str, done: set[str], timeout_s: 
 
 def bench(source: Path, extra_env: dict[str, str]) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="hung-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": REPO}

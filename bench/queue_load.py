@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ async def wait_until_up(url: str, path: str) -> None:
 
 async def load(jobs: int, replicas: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="queue-load-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,7 @@ def seconds_between(start: str, end: str) -> float:
 async def bench(jobs: int, history_lag_s: float) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     root = Path(tempfile.mkdtemp(prefix="worker-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
     queue_url, comfy_url = f"http://127.0.0.1:{queue_port}", f"http://127.0.0.1:{comfy_port}"
     queue_command = [sys.executable, "-m", "queue_manager", "--port", str(queue_port), "--db", str(root / "queue.db"),
