@@ -23,7 +23,7 @@ from queue_manager import QueueManagerServer, orphan_outputs
 from queue_manager.store import JobStore
 
 from .conftest import FakeClock
-from .test_outputs_retention import RETENTION_S, files_under, finished_job, retaining
+from .test_outputs_retention import RETENTION_S, files_under, finished_job, read_only, retaining
 from .test_with_the_worker import wait_until
 
 OLD_S = 10 * RETENTION_S
@@ -189,13 +189,6 @@ async def test_the_queue_manager_sweeps_shortly_after_start(clock: FakeClock, vo
 async def test_a_read_only_volume_is_one_warning_a_sweep_naming_the_fix(
     clock: FakeClock, volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def read_only(real: Any) -> Any:
-        def refused(path: str, *, dir_fd: int | None = None) -> None:
-            if dir_fd is None:  # not the sweep's: the test's own temporary database
-                return real(path)
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
-        return refused
-
     orphans = [job_folder(volume, clock) for _ in range(3)]
     async with retaining(clock, volume) as queue:
         monkeypatch.setattr(os, "unlink", read_only(os.unlink))

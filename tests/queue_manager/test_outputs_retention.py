@@ -130,16 +130,18 @@ def test_an_id_that_is_not_one_folder_name_is_never_used(volume: Path, user_id: 
     assert [e["event"] for e in logs] == ["output_folder_refused"]
 
 
+def read_only(real: Any) -> Any:
+    """`os.unlink` or `os.rmdir` as on a read-only volume, for the deletions (by a folder's descriptor) alone."""
+    def refused(path: str, *, dir_fd: int | None = None) -> None:
+        if dir_fd is None:  # not a deletion of ours: the test's own temporary database
+            return real(path)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    return refused
+
+
 async def test_a_removal_refused_by_a_read_only_volume_is_logged_once_a_pass_and_the_reaper_keeps_running(
     clock: FakeClock, volume: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def read_only(real: Any) -> Any:
-        def refused(path: str, *, dir_fd: int | None = None) -> None:
-            if dir_fd is None:  # not the pruning's: the test's own temporary database
-                return real(path)
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
-        return refused
-
     monkeypatch.setattr(os, "unlink", read_only(os.unlink))
     monkeypatch.setattr(os, "rmdir", read_only(os.rmdir))
     async with (
