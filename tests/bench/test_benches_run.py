@@ -35,6 +35,8 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
     "output_downloads": (["--clients", "2", "--file-mb", "1"], [r"^2 clients x 1 MB: 2/2 received whole",
                                                                  r"^queue manager RSS: before \d+ MB"]),
     "output_lookups": (["--workflow-mb", "1", "--result-mb", "1", "--downloads", "2"], [r"2 downloads .*: median"]),
+    "outputs_pruning": (["--orphans", "20", "--young", "5", "--files", "1", "--file-kb", "1"],  # the sweep's mode: ~3 s
+                        [r"^one sweep: 20 deleted in [\d.]+ s; job folders left: 5;", r"^GET /api/queue/status dur"]),
     "queue_fairness": (["--pending", "1000", "--finished", "10", "--workflow-kb", "1"],
                        [r"^round_robin, pending 1,000", r"^  POST /api/jobs: [\d.]+ ms", r"^  store.poll: [\d.]+ ms"]),
     "queue_load": (["--jobs", "4", "--replicas", "1"], [r'"completed": 4', r'"queue_peak_rss_mib": [\d.]+']),
@@ -55,7 +57,6 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
 IMPORT_ONLY = {
     "fault_run": "tests/faults/test_fault_run.py runs it reduced (~25 s alone)",
     "hung_comfyui": "waits for the worker to give up on a hung ComfyUI: ~40 s with 3 s timeouts, minutes by default",
-    "outputs_pruning": "samples the API for seconds before and during each pass, whatever the size: ~5 s",
     "scaler_broken_peers": "the scaler waits out its clients' production timeouts against silent peers: minutes",
     "slow_providers": "paces every tick to the 15 s SCALER_INTERVAL_S: minutes",
     "soak": "churn, hard kills and a drain of minutes are what it measures",
