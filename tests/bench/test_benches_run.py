@@ -51,6 +51,9 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
     "scratch_emptying": (["--files", "10", "--size", "1"], [r"^10 files of 1 B .* removed in [\d.]+ s"]),
     "slow_headers": (["--server", "health", "--clients", "2", "--headers", "2", "--hold", "0"],
                      [r"^\{'server': 'health', 'clients': 2, .*'probe': 200\}"]),
+    "worker_memory": (["--jobs", "3", "--flood-mb", "1", "--outputs", "100"],  # four workers one after the other: ~5 s
+                      [r'"completed": 3', r'"executed_flood_1_mb": \{\n +"worker_exit": 0',
+                       r'"listing_100_outputs": \{\n +"worker_exit": 0']),
     "worker_overhead": (["--jobs", "3"], [r'"jobs_per_s": [\d.]+', r'"overhead_ms_p50": [\d.]+']),
 }  # fmt: skip
 # Only imported and their arguments parsed, each for the reason given.
@@ -60,7 +63,6 @@ IMPORT_ONLY = {
     "scaler_broken_peers": "the scaler waits out its clients' production timeouts against silent peers: minutes",
     "slow_providers": "paces every tick to the 15 s SCALER_INTERVAL_S: minutes",
     "soak": "churn, hard kills and a drain of minutes are what it measures",
-    "worker_memory": "starts four workers one after the other: ~5 s",
 }
 
 
