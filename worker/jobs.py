@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.input_images import InputImage, InvalidImages, input_images
+from worker.workflow_paths import check_folder_names
 
 # The queue manager's own rule for user_id; job ids are UUIDs there, and both become path components here.
 SAFE_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -116,8 +117,12 @@ def validate_workflow(workflow: object) -> dict[str, Any]:
         class_type = node.get("class_type")
         if not isinstance(class_type, str) or not class_type:
             raise InvalidJob(f"{where} has no 'class_type'; is this an API-format workflow? {API_FORMAT_HINT}")
-        if not isinstance(node.get("inputs", {}), dict):
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict):
             raise InvalidJob(f"{where} ({class_type}) 'inputs' must be an object")
+        outside = check_folder_names(class_type, inputs)
+        if outside:
+            raise InvalidJob(f"{where} ({class_type}) {outside}")
     cycle = find_link_cycle(workflow)
     if cycle:
         shown = [f"{node_id} ({workflow[node_id]['class_type']})" for node_id in cycle[:MAX_CYCLE_NODES_SHOWN]]
