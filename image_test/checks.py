@@ -9,10 +9,8 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import httpx
 from demo.replicas import free_loopback_port
 from image_test.build import build_custom_nodes_image
 from image_test.docker import Docker, DockerError
+from standins.comfyui_nodes import Image, image_size, png_bytes
 
 IMAGE_UID = 10001
 WORKFLOWS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "workflows"
@@ -451,17 +450,8 @@ def _uploads(workdir: Path) -> Path:
 
 
 def _png(width: int, height: int) -> bytes:
-    """An opaque orange RGB PNG, written by hand: the test environment has no imaging library."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    rows = b"".join(b"\x00" + b"\xff\x80\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    width, height = struct.unpack(">II", path.read_bytes()[16:24])
-    return width, height
+    """An opaque orange RGB PNG (the stand-in's writer: this environment has no imaging library)."""
+    return png_bytes(Image(width, height, (0xFF, 0x80, 0x00)))
 
 
 def _load_image_workflow(image: str) -> dict[str, Any]:
@@ -486,7 +476,7 @@ def _carried_image_loaded(queue: QueueManager, job_id: str, outputs: Path, repor
         report.check(name, False, str(exc))
         return
     delivered = [outputs / item["path"] for item in (job.get("result") or {}).get("outputs", [])]
-    sizes = [_png_size(path) for path in delivered if path.is_file()]
+    sizes = [image_size(path.read_bytes()) for path in delivered if path.is_file()]
     report.check(name, job["status"] == "completed" and sizes == [CARRIED_SIZE],
                  f"{job['status']}: {job.get('error') or ''}; results {sizes} (the image is {CARRIED_SIZE})")
 
@@ -508,7 +498,7 @@ def _carried_image_deleted(docker: Docker, container: Container, report: Report)
 def _uploads_loaded(queue: QueueManager, loaded: str, missing: str, outputs: Path, report: Report) -> None:
     job, lost = queue.job(loaded), queue.job(missing)
     delivered = [outputs / item["path"] for item in (job.get("result") or {}).get("outputs", [])]
-    sizes = [_png_size(path) for path in delivered if path.is_file()]
+    sizes = [image_size(path.read_bytes()) for path in delivered if path.is_file()]
     report.check("a workflow loads an upload from COMFYUI_INPUT_DIR (a read-only volume)",
                  job["status"] == "completed" and sizes == [UPLOAD_SIZE],
                  f"{job['status']}: {job.get('error') or ''}; results {sizes} (the upload is {UPLOAD_SIZE})")

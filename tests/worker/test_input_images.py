@@ -7,15 +7,13 @@ import asyncio
 import base64
 import io
 import json
-import struct
-from pathlib import Path
 
 import httpx
 import pytest
 import structlog
 
 from common.logs import configure_logging
-from standins.comfyui_nodes import Image, png_bytes
+from standins.comfyui_nodes import Image, image_size, png_bytes
 
 from ..conftest import wait_for
 from .conftest import COMFYUI_KILLED_TIMINGS
@@ -47,11 +45,6 @@ def load_and_save(*names: str, blur: bool = False) -> dict:
     return workflow
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    width, height = struct.unpack(">II", path.read_bytes()[16:24])
-    return width, height
-
-
 @pytest.fixture
 def log_buffer():
     buffer = io.StringIO()
@@ -70,7 +63,7 @@ async def test_a_job_carrying_images_loads_them_and_completes(qm, comfy, make_wo
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     outputs = report.body["result"]["outputs"]
-    sizes = {item["node_id"]: png_size(tmp_path / "outputs" / item["path"]) for item in outputs}
+    sizes = {item["node_id"]: image_size((tmp_path / "outputs" / item["path"]).read_bytes()) for item in outputs}
     assert sizes == {"3": (7, 5), "6": (3, 9)}
     # COMFYUI_INPUT_DIR unset (a bare worker beside a remote ComfyUI): nothing is deleted.
     assert (comfy.input_dir / "photo.png").read_bytes() == photo

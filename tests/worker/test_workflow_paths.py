@@ -4,13 +4,12 @@ folder is refused before anything reaches ComfyUI (worker/workflow_paths.py)."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
 
 from standins.comfyui import ComfyUISimulator
-from standins.comfyui_nodes import Image, png_bytes
+from standins.comfyui_nodes import Image, image_size, png_bytes
 
 # Another user's result on the shared outputs volume: what a hostile LoadImage is after.
 BOBS = "outputs/bob/j1/ComfyUI_00001_.png"
@@ -40,11 +39,6 @@ def load_and_save(name: str) -> dict:
         "1": {"class_type": "LoadImage", "inputs": {"image": name}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded"}},
     }
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    width, height = struct.unpack(">II", path.read_bytes()[16:24])
-    return width, height
 
 
 @pytest.mark.parametrize(
@@ -137,7 +131,8 @@ async def test_names_inside_their_folder_and_dots_in_a_prompt_pass_while_a_way_o
 
     [done] = qm.reports.landed(fine.id)
     assert done.endpoint == "complete-job", done.body
-    sizes = {item["node_id"]: png_size(tmp_path / "outputs" / item["path"]) for item in done.body["result"]["outputs"]}
+    outputs = done.body["result"]["outputs"]
+    sizes = {item["node_id"]: image_size((tmp_path / "outputs" / item["path"]).read_bytes()) for item in outputs}
     assert sizes == {"9": (64, 64), "s0": (7, 5), "s1": (2, 3), "s2": (3, 9)}
     [sent] = comfy.prompts_received
     assert sent.body["prompt"]["6"]["inputs"]["text"] == prompt, "the prompt reached ComfyUI as written"
