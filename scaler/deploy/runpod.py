@@ -152,6 +152,22 @@ def build_pod_body(spec: DeploymentSpec, settings: RunPodSettings) -> dict[str, 
     return body
 
 
+# RunPod sets these in every pod, about that pod (docs.runpod.io, Pods > Environment variables, "Runpod-provided
+# variables"), and the deploy reads the same names as its own settings.
+POD_PRESETS = ("RUNPOD_API_KEY", "RUNPOD_GPU_COUNT", "RUNPOD_VOLUME_ID")
+INSIDE_A_POD = (
+    "RUNPOD_POD_ID is set: this runs inside a RunPod pod, where RunPod sets " + ", ".join(POD_PRESETS) + " (a key "
+    "scoped to that pod, its GPU count, its volume), names the deploy reads as its own: it would create pods with "
+    "that pod's values. Run the RunPod deploy and the scaler on another machine (a small VM, your own)"
+)
+
+
+def refuse_inside_a_pod(environ: Mapping[str, str]) -> None:
+    """DeployError inside a RunPod pod (RUNPOD_POD_ID set): its preset variables would be taken as the deploy's."""
+    if "RUNPOD_POD_ID" in environ:
+        raise DeployError(INSIDE_A_POD)
+
+
 def make_client(environ: Mapping[str, str]) -> RunPodClient:
     api_key = environ.get("RUNPOD_API_KEY")
     if not api_key:
@@ -169,7 +185,9 @@ def make_backend(
 
 def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
     """The scaler's RunPod backend for the deployment in the spec at ``path`` (close it with ``aclose``). A
-    misspelt variable is refused, as by the deploy: the scaler would create pods with the spec's value instead."""
+    misspelt variable is refused, as by the deploy: the scaler would create pods with the spec's value instead;
+    so is a run inside a RunPod pod (refuse_inside_a_pod)."""
+    refuse_inside_a_pod(environ)
     with refusing_misspelt(environ, DEPLOY_VARIABLES):
         spec, settings = load_runpod_spec(path, environ)
     return make_backend(make_client(environ), spec, settings, environ)
@@ -262,10 +280,14 @@ async def run(
 
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
+        refuse_inside_a_pod(environ)
         with refusing_misspelt(environ, DEPLOY_VARIABLES):
             spec, settings = load_runpod_spec(args.spec or DEFAULT_SPEC_PATH, environ)
     except SpecError as error:
         print(error, file=sys.stderr)
+        return EXIT_USAGE
+    except DeployError as error:  # inside a RunPod pod
+        print_error(str(error))
         return EXIT_USAGE
     if options_misused(
         args, f"terminates every pod of {spec.deployment.name} now, busy ones included (the network volume is "

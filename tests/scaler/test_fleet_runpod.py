@@ -258,6 +258,28 @@ async def test_the_scaler_refuses_a_misspelt_runpod_variable_as_the_deploy_does_
     assert fake_runpod.live_pods() == []
 
 
+async def test_inside_a_runpod_pod_the_scaler_refuses_that_pods_variables_and_still_stops(
+    stop_env, monkeypatch, fake_runpod: FakeRunPod, fake_verda: FakeVerda, make_verda_client, capsys,
+):
+    """RunPod sets RUNPOD_CPU_COUNT, RUNPOD_GPU_COUNT and RUNPOD_VOLUME_ID in every pod: before, a scaler there
+    stopped with "RUNPOD_CPU_COUNT: … did you mean RUNPOD_GPU_COUNT?". Now it says why. The kill switch reads no
+    pod settings: it still stops (with a key that may; RunPod's pod-scoped one may not)."""
+    for name, value in (("VERDA_IMAGE", "ghcr.io/acme/comfyui-worker-serverless:0.1.0"),
+                        ("RUNPOD_VOLUME_ID", "vol-demo"), ("RUNPOD_DATA_CENTER_IDS", "US-TX-3"),
+                        ("RUNPOD_HEALTH_URL", fake_runpod.health_url), ("RUNPOD_POD_ID", "4qbhkxh0hvkfy3"),
+                        ("RUNPOD_CPU_COUNT", "8"), ("RUNPOD_GPU_COUNT", "1")):
+        monkeypatch.setenv(name, value)
+    await start_pods(fake_runpod, make_verda_client)
+    capsys.readouterr()
+
+    assert await cli("status") == 1
+    err = capsys.readouterr().err
+    assert "runpod: RUNPOD_POD_ID is set: this runs inside a RunPod pod" in err and "did you mean" not in err, err
+    assert await cli("stop") == 0
+    assert "runpod: stopped: 0 replicas" in capsys.readouterr().out
+    assert fake_runpod.live_pods() == []
+
+
 @pytest.mark.parametrize(
     ("spec", "named"),
     [

@@ -187,6 +187,24 @@ async def test_a_misspelt_deploy_variable_is_refused_not_replaced_by_the_specs_v
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("cpu_count_set", [True, False])
+async def test_inside_a_runpod_pod_the_deploy_refuses_to_take_that_pods_variables_as_its_own(
+    fake: FakeRunPod, deploy_env, capsys, cpu_count_set: bool
+) -> None:
+    """RunPod sets RUNPOD_POD_ID, RUNPOD_API_KEY (scoped to that pod), RUNPOD_GPU_COUNT, RUNPOD_CPU_COUNT and
+    RUNPOD_VOLUME_ID in every pod. Before: exit 2 with "RUNPOD_CPU_COUNT: … did you mean RUNPOD_GPU_COUNT?", which
+    hides the cause; without that one variable, the dry run showed pods on that pod's own volume, exit 0."""
+    pod = {"RUNPOD_POD_ID": "4qbhkxh0hvkfy3", "RUNPOD_GPU_COUNT": "1", "RUNPOD_VOLUME_ID": "vol-of-the-scaler-pod",
+           "RUNPOD_API_KEY": "pod-scoped-key", **({"RUNPOD_CPU_COUNT": "8"} if cpu_count_set else {})}  # fmt: skip
+    for options in (["--dry-run"], []):
+        assert await deploy_main(runpod_args(*options), {**deploy_env, **pod}) == 2
+        out, err = capsys.readouterr()
+        assert "RUNPOD_POD_ID is set: this runs inside a RunPod pod" in err, err
+        assert "RUNPOD_API_KEY, RUNPOD_GPU_COUNT, RUNPOD_VOLUME_ID" in err and "did you mean" not in err, err
+        assert out == "" and "pod-scoped-key" not in err
+    assert fake.requests == []
+
+
 def test_shell_wrapper_takes_the_provider(deploy_env) -> None:
     env = {**os.environ, **deploy_env}
     done = subprocess.run(
@@ -269,10 +287,11 @@ async def _create_unrelated_pod(fake: FakeRunPod, body: dict) -> None:
 def test_the_docs_name_exactly_the_variables_read() -> None:
     section = (REPO / "docs" / "providers.md").read_text().split("## RunPod", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"`(RUNPOD_[A-Z_]+)[`=]", section))
-    runpods_own = {"RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_PING"}  # the official SDK's, quoted as evidence
+    # The official SDK's, quoted as evidence; and the one RunPod sets in its pods, read to refuse running in one.
+    runpods_own = {"RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_PING", "RUNPOD_POD_ID"}
     assert named - runpods_own == set(CLIENT_ENV) | set(ENV_OVERRIDES)
     source = (REPO / "scaler" / "deploy" / "runpod.py").read_text()
-    assert set(re.findall(r'"(RUNPOD_[A-Z_]+)"', source)) == set(CLIENT_ENV) | set(ENV_OVERRIDES)
+    assert set(re.findall(r'"(RUNPOD_[A-Z_]+)"', source)) - runpods_own == set(CLIENT_ENV) | set(ENV_OVERRIDES)
 
 
 @pytest.mark.parametrize(
