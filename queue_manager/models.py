@@ -117,13 +117,14 @@ class NextJobQuery(BaseModel):
     worker_id: Identifier
 
 
-# A poll id is a UUID in its usual text form (8-4-4-4-12 hex digits), any case; kept lower-case.
-POLL_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A UUID in its usual lower-case text form (8-4-4-4-12 hex digits), as str(uuid.uuid4()) writes it: every job id
+# the store makes, and a poll id (sent in any case, kept lower-case).
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _poll_id_is_a_uuid(value: str) -> str:
     value = value.lower()
-    if not POLL_ID_PATTERN.fullmatch(value):
+    if not UUID_PATTERN.fullmatch(value):
         raise ValueError("must be a UUID (8-4-4-4-12 hex digits), new for each poll")
     return value
 

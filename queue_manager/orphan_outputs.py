@@ -20,9 +20,9 @@ from pathlib import Path
 
 import structlog
 
-from queue_manager.models import USER_ID_PATTERN
+from queue_manager.models import USER_ID_PATTERN, UUID_PATTERN
 from queue_manager.outputs_retention import FOLDER_FLAGS, delete_job_folders
-from queue_manager.store import JOB_ID_PATTERN, JobStore, PurgedJob
+from queue_manager.store import JobStore, PurgedJob
 
 log = structlog.get_logger()
 
@@ -74,7 +74,7 @@ def _add_old_folders_of(root_fd: int, user_id: str, modified_before: float, walk
         return
     try:
         for job_id in os.listdir(user_fd):
-            if not JOB_ID_PATTERN.fullmatch(job_id):
+            if not UUID_PATTERN.fullmatch(job_id):  # as submit makes every job id
                 continue
             with contextlib.suppress(FileNotFoundError):
                 found = os.stat(job_id, dir_fd=user_fd, follow_symlinks=False)

@@ -121,8 +121,6 @@ LIST_BUDGET_BYTES = 16 * 1024 * 1024
 # nor the queue's database thread is held long, even on a first pass over a large old database.
 PURGE_BATCH = 1000
 PURGE_BUDGET_S = 0.25
-# A job's id, as submit makes it (str(uuid.uuid4())): the only ids a job of this queue manager ever has.
-JOB_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EXISTING_IDS = "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"  # the unique index on id, covering
 _DELETE_ONE_EXPIRED = (
     "DELETE FROM jobs WHERE seq IN ("
