@@ -26,7 +26,9 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import structlog
@@ -36,6 +38,7 @@ from queue_manager import QueueManagerServer
 
 RETENTION_S = 3600.0
 USERS = 20
+T = TypeVar("T")
 
 
 async def latencies_ms(client: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
@@ -46,6 +49,35 @@ async def latencies_ms(client: httpx.AsyncClient, stop: asyncio.Event) -> list[f
         answer.raise_for_status()
         samples.append((time.perf_counter() - started) * 1000)
     return samples
+
+
+async def quiet_latencies_ms(client: httpx.AsyncClient) -> list[float]:
+    """The status latency over 2 s with nothing else going on."""
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(latencies_ms(client, stop))
+    await asyncio.sleep(2)
+    stop.set()
+    return await sampler
+
+
+async def latencies_during(
+    client: httpx.AsyncClient, action: Callable[[], Awaitable[T]]
+) -> tuple[list[float], T, float]:
+    """The status latency while `action` runs; what it returned, and how long it took (s)."""
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(latencies_ms(client, stop))
+    started = time.perf_counter()
+    result = await action()
+    took_s = time.perf_counter() - started
+    stop.set()
+    return await sampler, result, took_s
+
+
+def write_results(folder: Path, files: int, payload: bytes) -> None:
+    """A job's result folder as a worker delivers it."""
+    folder.mkdir(parents=True)
+    for index in range(files):
+        (folder / f"ComfyUI_{index:05}_.png").write_bytes(payload)
 
 
 def summary(samples: list[float]) -> str:
@@ -70,29 +102,20 @@ async def run(jobs: int, files: int, file_kb: int, *, serve_outputs: bool) -> No
                 user = f"user{n % USERS}"
                 job_id = (await client.post("/api/jobs", json={"user_id": user, "workflow": {"1": {}}})).json()["id"]
                 await client.get("/api/workers/next-job", params={"worker_id": "bench"})
-                folder = volume / user / job_id
-                folder.mkdir(parents=True)
-                for index in range(files):
-                    (folder / f"ComfyUI_{index:05}_.png").write_bytes(payload)
+                write_results(volume / user / job_id, files, payload)
                 done = await client.post("/api/workers/complete-job", params={"job_id": job_id}, json={"result": {}})
                 done.raise_for_status()
 
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(latencies_ms(client, stop))
-            await asyncio.sleep(2)
-            stop.set()
-            before = await sampler
+            before = await quiet_latencies_ms(client)
+
+            async def purge_all() -> int:
+                purged = 0
+                while count := await queue.purge_finished():  # a pass deletes at most a batch (or 0.25 s of rows)
+                    purged += count
+                return purged
 
             clock.now += RETENTION_S + 1
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(latencies_ms(client, stop))
-            started = time.perf_counter()
-            purged = 0
-            while count := await queue.purge_finished():  # a pass deletes at most a batch (or 0.25 s of rows)
-                purged += count
-            pass_s = time.perf_counter() - started
-            stop.set()
-            during = await sampler
+            during, purged, pass_s = await latencies_during(client, purge_all)
             left = sum(1 for _ in volume.rglob("*"))
     mb = jobs * files * file_kb / 1024
     print(f"{jobs} jobs, {files} files of {file_kb} KiB each ({mb:,.0f} MB), {USERS} users, "
@@ -110,9 +133,7 @@ async def sweep_orphans(orphans: int, young: int, files: int, file_kb: int) -> N
         old = clock.now - 2 * RETENTION_S
         for n in range(orphans + young):
             folder = volume / f"user{n % USERS}" / str(uuid.uuid4())
-            folder.mkdir(parents=True)
-            for index in range(files):
-                (folder / f"ComfyUI_{index:05}_.png").write_bytes(payload)
+            write_results(folder, files, payload)
             if n < orphans:
                 os.utime(folder, (old, old))
             else:
@@ -120,19 +141,9 @@ async def sweep_orphans(orphans: int, young: int, files: int, file_kb: int) -> N
         server = QueueManagerServer(db_path=Path(tmp) / "queue.db", clock=clock, outputs_dir=volume,
                                     finished_job_retention_s=RETENTION_S, lease_timeout_s=0, reaper_interval_s=3600)
         async with server as queue, httpx.AsyncClient(base_url=queue.url, timeout=30) as client:
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(latencies_ms(client, stop))
-            await asyncio.sleep(2)
-            stop.set()
-            before = await sampler
+            before = await quiet_latencies_ms(client)
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(latencies_ms(client, stop))
-            started = time.perf_counter()
-            deleted = await queue.sweep_orphan_outputs()
-            sweep_s = time.perf_counter() - started
-            stop.set()
-            during = await sampler
+            during, deleted, sweep_s = await latencies_during(client, queue.sweep_orphan_outputs)
             rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         left = sum(1 for _ in volume.iterdir() for _ in _.iterdir())
     print(f"{orphans} orphan and {young} young job folders, {files} files of {file_kb} KiB each, {USERS} users")
