@@ -37,9 +37,14 @@ SEPARATOR = re.compile(r"[/\\]")  # a backslash separates on Windows: counted as
 
 def check_folder_names(class_type: str, inputs: dict[str, Any]) -> str | None:
     """Why one of this node's file-name inputs leaves its folder ("input 'image': '../x.png' leaves ComfyUI's
-    input folder"), or None. Links and other non-strings are not names here."""
+    input folder") or may leave it (a link: the name another node makes is not known before it runs), or None."""
     for input_name, folder in FOLDER_NAME_INPUTS.get(class_type, {}).items():
-        for where, name in _names(input_name, inputs.get(input_name)):
+        value = inputs.get(input_name)
+        if isinstance(value, list):  # ComfyUI reads every list here as a link [node_id, output_index]
+            source = f" to node {value[0]!r:.40}" if value and isinstance(value[0], str) else ""
+            return (f"input {input_name!r} is linked{source}: ComfyUI would join the name that node makes to its "
+                    f"{folder} folder unchecked; write the name in the workflow itself")
+        for where, name in _names(input_name, value):
             stripped, named_folder = _annotation_cut(name) if folder == "input" else (name, None)
             if _leaves(name) or _leaves(stripped):
                 return f"{where}: {name!r:.80} leaves ComfyUI's {named_folder or folder} folder"

@@ -110,6 +110,41 @@ async def test_every_core_node_that_joins_a_name_to_a_folder_is_checked(qm, comf
     assert comfy.prompts_received == []
 
 
+@pytest.mark.parametrize(
+    ("node", "where", "folder"),
+    [
+        # a STRING output meets a STRING input: ComfyUI's validation passes it, and the node writes where it says
+        ({"class_type": "SaveImageDataSetToFolder", "inputs": {"images": ["9", 0], "folder_name": ["s", 0],
+                                                               "filename_prefix": "image"}},
+         "input 'folder_name' is linked to node 's'", "output"),
+        ({"class_type": "SaveImageTextDataSetToFolder", "inputs": {"images": ["9", 0], "texts": "t",
+                                                                   "folder_name": "d", "filename_prefix": ["s", 0]}},
+         "input 'filename_prefix' is linked to node 's'", "output"),
+        # ComfySwitchNode's output matches any input type, RecordAudio's custom type has no validation
+        ({"class_type": "RecordAudio", "inputs": {"audio": ["w", 0]}}, "input 'audio' is linked to node 'w'", "input"),
+        ({"class_type": "LoadImage", "inputs": {"image": ["w", 0]}}, "input 'image' is linked to node 'w'", "input"),
+        ({"class_type": "LoadTrainingDataset", "inputs": {"folder_name": [7, 0]}}, "input 'folder_name' is linked",
+         "output"),
+    ],
+)  # fmt: skip
+async def test_a_name_made_by_another_node_is_refused(qm, comfy, make_worker, node, where, folder):
+    workflow = {
+        "9": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "s": {"class_type": "StringConcatenate", "inputs": {"string_a": "../../", "string_b": BOBS, "delimiter": ""}},
+        "w": {"class_type": "ComfySwitchNode", "inputs": {"switch": True, "on_true": ["s", 0], "on_false": ["s", 0]}},
+        "1": node,
+    }
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert report.body["error"] == (
+        f"Invalid job: job 'workflow' node '1' ({node['class_type']}) {where}: ComfyUI would join the name that "
+        f"node makes to its {folder} folder unchecked; write the name in the workflow itself"
+    )
+    assert comfy.prompts_received == []
+
+
 async def test_names_inside_their_folder_and_dots_in_a_prompt_pass_while_a_way_out_is_refused(
     qm, comfy, make_worker, workflows, tmp_path
 ):
