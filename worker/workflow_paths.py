@@ -25,6 +25,11 @@ FOLDER_NAME_INPUTS: dict[str, dict[str, str]] = {
     "SaveImageTextDataSetToFolder": {"folder_name": "output", "filename_prefix": "output"},
     "SaveTrainingDataset": {"folder_name": "output"},
     "LoadTrainingDataset": {"folder_name": "output"},
+    # ... and choices, which ComfyUI checks against its list only when written in the workflow, not when linked
+    "LoadImageDataSetFromFolder": {"folder": "input"},
+    "LoadImageTextDataSetFromFolder": {"folder": "input"},
+    "GeminiInputFiles": {"file": "input"},
+    "OpenAIInputFiles": {"file": "input"},
 }
 
 # folder_paths.annotated_filepath: a name ending so is in that folder, and it cuts the annotation with the

@@ -95,6 +95,7 @@ async def test_an_absolute_path_is_refused_and_a_long_one_is_not_echoed_whole(qm
          "input 'filename_prefix'", "output"),
         ({"class_type": "LoadTrainingDataset", "inputs": {"folder_name": "../../srv"}}, "input 'folder_name'",
          "output"),
+        ({"class_type": "OpenAIInputFiles", "inputs": {"file": "../../x.txt"}}, "input 'file'", "input"),
     ],
 )  # fmt: skip
 async def test_every_core_node_that_joins_a_name_to_a_folder_is_checked(qm, comfy, make_worker, node, where, folder):
@@ -123,6 +124,11 @@ async def test_every_core_node_that_joins_a_name_to_a_folder_is_checked(qm, comf
         # ComfySwitchNode's output matches any input type, RecordAudio's custom type has no validation
         ({"class_type": "RecordAudio", "inputs": {"audio": ["w", 0]}}, "input 'audio' is linked to node 'w'", "input"),
         ({"class_type": "LoadImage", "inputs": {"image": ["w", 0]}}, "input 'image' is linked to node 'w'", "input"),
+        # a choice ComfyUI checks against its list when written, not when linked: bob's results, as a dataset
+        ({"class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": ["w", 0]}},
+         "input 'folder' is linked to node 'w'", "input"),
+        ({"class_type": "GeminiInputFiles", "inputs": {"file": ["w", 0]}}, "input 'file' is linked to node 'w'",
+         "input"),
         ({"class_type": "LoadTrainingDataset", "inputs": {"folder_name": [7, 0]}}, "input 'folder_name' is linked",
          "output"),
     ],
