@@ -497,15 +497,18 @@ def _running(pid: int) -> bool:
 
 def kept_aside(path: Path, read_only: bool) -> str:
     """Where an unreadable file is kept: set aside, or (read only) where it lies, for the process that saves."""
-    return f"{path} (left in place: a dry run moves nothing)" if read_only else str(set_aside(path))
+    return f"{path} (left in place: a dry run moves nothing)" if read_only else set_aside(path)
 
 
-def set_aside(path: Path) -> Path:
-    """Move an unreadable file to ``<name>.corrupt-<time>`` so that nothing overwrites it; returns where.
-    Anything but a file (a directory given by mistake) stays where it is: it is not ours to move."""
+def set_aside(path: Path) -> str:
+    """Move an unreadable file to ``<name>.corrupt-<time>`` so that nothing overwrites it; says where it is now.
+    Anything but a file (a directory given by mistake) stays where it is: it is not ours to move. A file that
+    cannot be moved (a read-only folder) is said to be left where it lies, not named by a path that does not exist."""
     if not path.is_file():
-        return path
+        return str(path)
     aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-    with contextlib.suppress(OSError):
+    try:
         os.replace(path, aside)
-    return aside
+    except OSError as exc:
+        return f"{path} (left in place: it could not be moved aside: {type(exc).__name__}: {exc.strerror or exc})"
+    return str(aside)

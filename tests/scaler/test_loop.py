@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -353,6 +354,25 @@ def test_a_state_file_path_that_is_a_directory_is_reported_and_left_where_it_is(
     assert (tmp_path / "scaler" / "kept.txt").read_text() == "the operator's"
     assert [entry["event"] for entry in logs] == ["policy_state_unreadable", "cost_ledger_unreadable"]
     assert "IsADirectoryError" in logs[0]["error"]
+
+
+@pytest.mark.parametrize("load", [load_policy_state, CostLedger.load], ids=["state", "ledger"])
+def test_an_unreadable_file_that_cannot_be_moved_aside_is_said_to_be_left_in_place(tmp_path, monkeypatch, load):
+    """On a read-only folder the rename fails: the one log line said `kept_as=<name>.corrupt-<time>`, a file that
+    does not exist, while the unreadable one lay where it was (to be read, and refused, at every start)."""
+    path = tmp_path / "scaler.json"
+    path.write_text('{"applied": 2, "ledger": {"charges": [[1, 0.5')
+
+    def read_only_folder(source, target):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(source))
+
+    monkeypatch.setattr(os, "replace", read_only_folder)
+    with capture_logs() as logs:
+        load(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["scaler.json"]
+    [entry] = [entry for entry in logs if entry["event"].endswith("_unreadable")]
+    assert entry["kept_as"].startswith(f"{path} (left in place: it could not be moved aside: OSError")
+    assert "Read-only file system" in entry["kept_as"] and ".corrupt-" not in entry["kept_as"]
 
 
 def test_a_saved_state_file_is_on_disk_rename_included(tmp_path, monkeypatch):
