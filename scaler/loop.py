@@ -145,6 +145,9 @@ class ScalerLoop:
         self.counted_from_platform = False
         self.last_view: BackendView | None = None
         self.last_queue: QueueStatus | None = None
+        # (count before, count written) while a write to the platform is under way: a tick cut short then may
+        # have changed the count, in whole or in part (a fleet writes to its providers one by one).
+        self._writing: tuple[int, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """A tick every ``interval_s`` (start to start) until ``stop`` is set; a tick under way when it is set gets
@@ -167,12 +170,22 @@ class ScalerLoop:
             if not tick.done():
                 await asyncio.wait({tick}, timeout=STOP_GRACE_S)
             if not tick.done():
-                log.warning("scaler_tick_cut_short", grace_s=STOP_GRACE_S,
-                            hint="stopping: the tick under way applied nothing more; the platform keeps its count")
+                self._log_cut_short()
         finally:
             for task in (tick, stopped):
                 task.cancel()
             await asyncio.wait({tick, stopped})
+
+    def _log_cut_short(self) -> None:
+        if self._writing is None:
+            log.warning("scaler_tick_cut_short", grace_s=STOP_GRACE_S,
+                        hint="stopping before the tick under way wrote its decision: the platform keeps its count")
+            return
+        before, desired = self._writing
+        log.warning("scaler_tick_cut_short", grace_s=STOP_GRACE_S, write_under_way=desired, count_before=before,
+                    hint=f"stopping while the write of {desired} replicas was under way: it may have landed in whole, "
+                    "in part or not at all, and the platform keeps whatever did; `comfy-scaler status` shows the count "
+                    "now, the next start counts from it")
 
     async def _logged_tick(self) -> None:
         try:
@@ -358,11 +371,14 @@ class ScalerLoop:
             return ALREADY_SET, None
         if bounds is None and decision.desired == self.on_backend:
             return ALREADY_SET, None
+        self._writing = (decision.current, decision.desired)
         try:
             wrote = await self._by(deadline, self.backend.apply(decision.desired), "the platform's write")
         except Exception as exc:
             self.metrics.apply_errors.inc()
             return FAILED, error_text(exc)
+        finally:
+            self._writing = None
         self.on_backend = decision.desired
         if wrote:
             self.metrics.applies.inc()

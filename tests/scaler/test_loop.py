@@ -20,7 +20,11 @@ from scaler.ledger import BillingRule, CostLedger
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import PolicyState, Reason, Replica, ScalingConfig
+from scaler.providers import BackendView
 from scaler.providers.verda.client import VerdaAPIError
+
+from ..conftest import ManualClock
+from .conftest import StubBackend
 
 CONFIG = ScalingConfig(
     target_wait_s=None,
@@ -257,6 +261,51 @@ async def test_run_ticks_until_the_stop_event(make_loop, queue, wait):
     async with asyncio.timeout(10):  # well short of the 60-s interval: the stop, not the interval, ended it
         await task
     assert queue.reads == 1, "the stop event cuts the interval short"
+
+
+class WriteLandsUnanswered(StubBackend):
+    """A platform that takes a write (its count changes) and never answers it, or (``silent_reads``) never
+    answers a read."""
+
+    def __init__(self, clock: ManualClock, *, silent_reads: bool = False) -> None:
+        super().__init__(clock)
+        self.silent_reads = silent_reads
+
+    async def observe(self) -> BackendView:
+        if self.silent_reads:
+            await asyncio.Event().wait()
+        return await super().observe()
+
+    async def apply(self, desired: int) -> bool:
+        await super().apply(desired)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("silent_reads", [False, True], ids=["during-the-write", "during-the-reads"])
+async def test_a_stop_that_cuts_a_tick_short_says_whether_a_write_was_under_way(
+    queue, clock, wait, monkeypatch, silent_reads
+):
+    """SIGTERM while the write of a scale-up was under way: the write landed (3 replicas started), and the one line
+    said "the tick under way applied nothing more; the platform keeps its count"."""
+    monkeypatch.setattr("scaler.loop.STOP_GRACE_S", 0.05)
+    backend = WriteLandsUnanswered(clock, silent_reads=silent_reads)
+    loop = ScalerLoop(CONFIG, backend, queue, clock=clock, interval_s=60)
+    queue.pending = 3
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(loop.run(stop))
+        await wait(lambda: backend.applied == [3] if not silent_reads else queue.reads == 1)
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    [cut] = [entry for entry in logs if entry["event"] == "scaler_tick_cut_short"]
+    if silent_reads:
+        assert "write_under_way" not in cut and "before the tick under way wrote its decision" in cut["hint"]
+    else:
+        assert (cut["write_under_way"], cut["count_before"]) == (3, 0)
+        assert "may have landed in whole, in part or not at all" in cut["hint"]
+    assert logs[-1]["event"] == "scaler_stopped"
 
 
 async def test_policy_state_survives_a_save_and_load(make_loop, queue, clock, tmp_path):
