@@ -439,6 +439,15 @@ class FleetBackend:
         self._report(allocation, now)
         if self.dry_run:
             return bool(allocation.moves)
+        grew = any(target > self.ledger.live.get(name, 0) for name, target in allocation.targets.items())
+        if grew:
+            # Saved before the writes, not at the next tick: replicas asked for by a scaler stopped before it lists
+            # them (a write cut short included) are still found by the next one if their provider leaves
+            # SCALER_PROVIDERS (scaler.wiring).
+            for name, target in allocation.targets.items():
+                self.ledger.live[name] = max(target, self.ledger.live.get(name, 0))
+        if grew or allocation.health_changes:  # a degradation shows in `status` now, not a tick later
+            self.save()
         # Write what changed, and again after a failed write or a count the provider does not show.
         writes = [(name, target) for name, target in allocation.targets.items()
                   if target != self._written.get(name) or target != self._seen[name].view.live]
@@ -452,14 +461,6 @@ class FleetBackend:
                 continue
             self._written[name] = target
             wrote = wrote or bool(result)
-        grew = any(target > self.ledger.live.get(name, 0) for name, target in allocation.targets.items())
-        if grew:
-            # Saved at once, not at the next tick: replicas asked for by a scaler stopped before it lists them
-            # are still found by the next one if their provider leaves SCALER_PROVIDERS (scaler.wiring).
-            for name, target in allocation.targets.items():
-                self.ledger.live[name] = max(target, self.ledger.live.get(name, 0))
-        if grew or allocation.health_changes:  # a degradation shows in `status` now, not a tick later
-            self.save()
         return wrote
 
     def _state_to_judge(self, views: dict[str, ProviderView]) -> AllocatorState:

@@ -259,6 +259,30 @@ async def test_pods_asked_for_by_a_scaler_stopped_before_it_listed_them_are_not_
         assert fake_runpod.live_pods() == []
 
 
+async def test_pods_asked_for_by_a_write_cut_short_are_not_forgotten(
+    operator_env, fake_verda: FakeVerda, fake_runpod: FakeRunPod
+):
+    """The pods asked for were recorded only once RunPod's writes had answered: a scaler stopped while a create
+    was under way (a slow answer, SIGTERM past the loop's grace) saved nothing, RunPod was then taken out of
+    SCALER_PROVIDERS, and the pod it had created ran on, billed, with nothing to stop it."""
+    operator_env(fake_runpod, "verda,runpod")
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
+        await fleet.observe()
+        fake_runpod.delay_next("/pods", 3, method="POST")
+        write = asyncio.create_task(fleet.apply(2))
+        while not fake_runpod.live_pods():
+            await asyncio.sleep(0.01)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+    assert fake_runpod.live_pods(), "the create was carried out"
+    operator_env(fake_runpod, "verda")
+    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
+        await fleet.observe()
+        await fleet.apply(0)
+        await fleet.observe()
+        assert fake_runpod.live_pods() == []
+
+
 @pytest.mark.parametrize("anchor", ["started_at", "wall_clock"])
 async def test_the_fleet_charges_verda_by_the_billing_interval_and_anchor_the_policy_plans_with(
     operator_env, monkeypatch, fake_verda: FakeVerda, fake_runpod: FakeRunPod, anchor
