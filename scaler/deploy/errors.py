@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import sys
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -45,8 +48,33 @@ def unreachable(api: str, error: httpx.HTTPError) -> str:
     return f"cannot reach the {api} API{where}: {type(error).__name__}: {error or 'no answer'}"
 
 
+HOST_NAME_RULE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+
+
+def _unusable_host(url: str) -> str | None:
+    """What makes ``url`` no address an API can be reached at, or None. The URL is never quoted: it may carry a
+    user and password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        host = parts.hostname or ""
+    except ValueError as error:
+        return f"not a URL ({error})"
+    if not host:
+        return None  # no scheme either ("api.verda.com/v1"): refused as in clear
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_NAME_RULE.fullmatch(host):
+            return "its host name has characters no host name has (a space, a quote?)"
+    return None
+
+
 def check_api_url(variable: str, url: str) -> str:
-    """``url`` itself, or DeployError when it would carry the credentials unencrypted."""
+    """``url`` itself, or DeployError when it is no URL to reach an API at (an unparsable one was tried five
+    times over ten seconds, then reported as the API unreachable) or would carry the credentials unencrypted."""
+    if (problem := _unusable_host(url)) is not None:
+        raise DeployError(f"{variable}: {problem}: give the API's https:// URL")
     if encrypted_or_local(url):
         return url
     raise DeployError(f"{variable}: {IN_CLEAR}")

@@ -256,9 +256,10 @@ async def print_pods(backend: RunPodBackend) -> None:
 
 
 async def run(
-    args: argparse.Namespace, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str]
+    args: argparse.Namespace, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str],
+    client: RunPodClient,
 ) -> None:
-    backend = make_backend(make_client(environ), spec, settings, environ)
+    backend = make_backend(client, spec, settings, environ)
     try:
         if args.action == "apply":
             await check_placement(backend.client, settings)
@@ -300,7 +301,12 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"# {env_name} is read from the RunPod secret {secret!r}; create it in the console", file=sys.stderr)
         return EXIT_OK
     try:
-        await run(args, spec, settings, environ)
+        client = make_client(environ)
+    except DeployError as error:  # a deploy variable: as invalid as the spec, and nothing was sent
+        print_error(error)
+        return EXIT_USAGE
+    try:
+        await run(args, spec, settings, environ, client)
     except (DeployError, RunPodAPIError, AnswerTooLarge) as error:
         print_error(error)
         return EXIT_FAILED

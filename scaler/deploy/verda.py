@@ -281,8 +281,10 @@ def make_client(environ: Mapping[str, str]) -> VerdaClient:
     return VerdaClient(client_id, client_secret, base_url=base_url)
 
 
-async def run(args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
-    async with make_client(environ) as verda:
+async def run(
+    args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[str, str], client: VerdaClient
+) -> None:
+    async with client as verda:
         name = spec.deployment.name
         if args.action == "apply":
             await apply(verda, spec, environ)
@@ -325,7 +327,12 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"# secret {secret_name} (env {env_name}) is created from ${env_name} if missing", file=sys.stderr)
         return EXIT_OK
     try:
-        await run(args, spec, environ)
+        client = make_client(environ)
+    except DeployError as error:  # a deploy variable: as invalid as the spec, and nothing was sent
+        print_error(error)
+        return EXIT_USAGE
+    try:
+        await run(args, spec, environ, client)
     except (DeployError, AnswerTooLarge) as error:
         print_error(error)
         return EXIT_FAILED

@@ -245,7 +245,7 @@ async def test_bad_or_missing_key_is_explained_and_hidden(fake: FakeRunPod, depl
     err = capsys.readouterr().err
     assert "401" in err and "RUNPOD_API_KEY" in err and "rpa_wrong_value" not in err
     env = {k: v for k, v in deploy_env.items() if k != "RUNPOD_API_KEY"}
-    assert await deploy_main(runpod_args("status"), env) == 1
+    assert await deploy_main(runpod_args("status"), env) == 2  # an invalid deploy variable, as the docs say
     assert "set RUNPOD_API_KEY" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from scaler.deploy import verda as verda_deploy
@@ -432,10 +433,15 @@ async def test_bad_credentials_explain_and_hide_the_secret(fake: FakeVerda, depl
     assert "401" in err and "VERDA_CLIENT_SECRET" in err and "wrong-secret-value" not in err
 
 
-async def test_missing_credentials_are_named(deploy_env, capsys) -> None:
-    env = {k: v for k, v in deploy_env.items() if k != "VERDA_CLIENT_ID"}
-    assert await deploy_main(["status"], env) == 1
-    assert "VERDA_CLIENT_ID" in capsys.readouterr().err
+async def test_missing_credentials_are_named_and_exit_2_as_any_invalid_setting(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before: exit 1, as if Verda had refused; docs/deploy-verda.md says 2 for an invalid deploy variable."""
+    for unset in ("VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET"):
+        env = {k: v for k, v in deploy_env.items() if k != unset}
+        assert await deploy_main([], env) == 2
+        assert "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET" in capsys.readouterr().err
+    assert fake.requests == []
 
 
 async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
@@ -801,12 +807,40 @@ async def test_a_deployment_edited_in_the_console_is_put_back_saying_what_was_ch
 async def test_an_api_url_that_would_send_the_credentials_in_clear_is_refused(
     deploy_env, capsys, variable: str, url: str, provider: str
 ) -> None:
-    """Before, http://api.verda.com sent the client secret (and every secret's value) unencrypted."""
+    """Before, http://api.verda.com sent the client secret (and every secret's value) unencrypted. An invalid deploy
+    variable exits 2, as the docs say (it was 1, as if the API had refused)."""
     env = {**deploy_env, variable: url, "RUNPOD_API_KEY": "rpa_key_do_not_log", "RUNPOD_VOLUME_ID": "vol",
            "RUNPOD_DATA_CENTER_IDS": "EU-RO-1"}
-    assert await deploy_main(["--provider", provider, "status"], env) == 1
+    assert await deploy_main(["--provider", provider, "status"], env) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {variable}: must be an https:// URL (http:// only to a loopback address)"), err
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://api verda.com/v1", "its host name has characters no host name has"),
+        ("https://api.verda.com:99999/v1", "not a URL (Port out of range"),
+        ("https://api.verda.com:v1", "not a URL (Port could not be cast"),
+        ("https://[::1/v1", "not a URL (Invalid IPv6 URL)"),
+    ],
+)
+async def test_an_api_url_no_request_can_go_to_is_refused_before_anything_is_tried(
+    fake: FakeVerda, deploy_env, capsys, monkeypatch, url: str, problem: str
+) -> None:
+    """Before: five tries over ten seconds (a DNS lookup of "api verda.com"), then exit 1 with "cannot reach the
+    Verda API ...; run the same command again later", or "must be an https:// URL" for one that was https."""
+    tried: list[object] = []
+
+    async def refuse(self: object, request: httpx.Request) -> httpx.Response:
+        tried.append(request)
+        raise httpx.ConnectError("no request should be tried", request=request)
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", refuse)
+    assert await deploy_main([], {**deploy_env, "VERDA_API_URL": url}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: VERDA_API_URL: {problem}"), err
+    assert tried == [] and fake.requests == []
 
 
 async def test_the_user_name_of_the_queue_url_does_not_garble_what_is_printed(
