@@ -277,6 +277,49 @@ def test_the_shell_wrapper_runs_in_the_venv_dev_makes_not_the_systems_python(dep
     assert done.stdout == "dev python -P -m scaler.deploy --dry-run\n"
 
 
+PRINT_ENV = """#!/usr/bin/env bash
+# The venv's python, as a stub: pip install and the deploy each write the environment they were given.
+if [ "$1 $2" = "-m pip" ]; then env > "$(dirname "$0")/pip.env"; else env > "$(dirname "$0")/deploy.env"; fi
+"""
+
+
+def test_pip_installing_the_venv_gets_none_of_the_deploys_secrets(deploy_env, tmp_path: Path) -> None:
+    """Before, the first `./deploy-serverless.sh` (or the first after pyproject.toml changed) ran `pip install`,
+    which runs build code downloaded from PyPI, with VERDA_CLIENT_SECRET, QUEUE_MANAGER_TOKEN, the spec's other
+    secrets and a QUEUE_MANAGER_URL's password in its environment. The deploy itself still gets them all. Here a
+    clone with the real ./dev and a stub python (no download)."""
+    clone = tmp_path / "clone"
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    for script in ("deploy-serverless.sh", "dev", "pyproject.toml"):
+        (clone / script).write_text((REPO / script).read_text())
+    (clone / ".venv" / "bin" / "python").write_text(PRINT_ENV)
+    for script in ("deploy-serverless.sh", "dev", ".venv/bin/python"):
+        (clone / script).chmod(0o755)
+    secrets = {
+        **deploy_env,
+        "QUEUE_MANAGER_URL": "https://worker:url-password-do-not-log@queue.example.com",
+        "RUNPOD_API_KEY": "rpa_key_do_not_log",
+        "HF_TOKEN": "hf_token_do_not_log",
+        "COMFY_ORG_API_KEY": "comfy_key_do_not_log",
+        "REGISTRY_PASSWORD": "registry_password_do_not_log",
+    }
+    kept = {"PIP_INDEX_URL": "https://mirror.example.com/simple", "HTTPS_PROXY": "https://u:proxy-pw@proxy:3128",
+            "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
+    done = subprocess.run(
+        [str(clone / "deploy-serverless.sh"), "--dry-run"], env={**os.environ, **secrets, **kept}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    pip_env = (clone / ".venv" / "bin" / "pip.env").read_text()
+    deploy_env_seen = (clone / ".venv" / "bin" / "deploy.env").read_text()
+    for name in ("VERDA_CLIENT_SECRET", "QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL", "RUNPOD_API_KEY", "HF_TOKEN",
+                 "COMFY_ORG_API_KEY", "REGISTRY_PASSWORD"):
+        assert f"{name}=" not in pip_env and secrets[name] not in pip_env, name
+        assert f"{name}={secrets[name]}\n" in deploy_env_seen, name
+    for name, value in {**kept, "VERDA_CLIENT_ID": "test-id", "VERDA_IMAGE": deploy_env["VERDA_IMAGE"]}.items():
+        assert f"{name}={value}\n" in pip_env, name
+
+
 # --- apply ------------------------------------------------------------------------------------
 
 
