@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from common.http_answers import AnswerTooLarge
+from common.logs import register_secret
 from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV
 from scaler.deploy.errors import (
     EXIT_FAILED,
@@ -305,6 +306,13 @@ def _explain(error: VerdaAPIError) -> str:
     return str(error)
 
 
+def mask_secret_values(spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """Every value a Verda secret may be created from ([secrets], a URL with credentials moved there) is masked in
+    what is printed and logged, as the client secret is: Verda's error may quote what was sent."""
+    for env_name in spec.secrets:
+        register_secret(environ.get(env_name))
+
+
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         with refusing_misspelt(environ, DEPLOY_VARIABLES):
@@ -314,6 +322,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    mask_secret_values(spec, environ)
     if args.console:
         print("\n".join(console_lines(spec)))
         return EXIT_OK

@@ -700,6 +700,30 @@ async def test_a_secret_quoted_in_verdas_error_is_masked_in_the_error_printed(
     assert "do-not-log" not in out + err
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "spec_lines"),
+    [
+        ("HF_TOKEN", "hf-value-do-not-log", ["[secrets]", 'HF_TOKEN = "comfyui-worker-hf-token"']),
+        ("CIVITAI_API_KEY", "civitai-key-do-not-log", ["[secrets]", 'CIVITAI_API_KEY = "comfyui-worker-civitai"']),
+    ],
+)
+async def test_the_value_of_any_secret_the_deploy_creates_is_masked_in_the_error_printed(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys, variable: str, value: str, spec_lines: list[str]
+) -> None:
+    """Before, only QUEUE_MANAGER_TOKEN (and credentials in URLs) were masked: a Verda error quoting the value of
+    another [secrets] entry, which the deploy creates a Verda secret from, was printed as Verda wrote it."""
+    section, line = spec_lines
+    text = (REPO / "verda" / "deployment.toml").read_text().replace(section, f"{section}\n{line}", 1)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    fake.secrets["comfyui-worker-queue-manager-token"] = "created-before"  # only the new secret is created
+    fake.fail_next("/secrets", 400, method="POST", body={"code": "invalid_request", "message": f"invalid {value}"})
+    assert await deploy_main(["--spec", str(spec)], {**deploy_env, variable: value}) == 1
+    out, err = capsys.readouterr()
+    assert "error: Verda API error 400 invalid_request on POST /v1/secrets: invalid " in err, err
+    assert "do-not-log" not in out + err
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_an_interrupted_deploy_says_so_and_exits_128_plus_the_signal(
     dripping_peer, deploy_env, signum: int, code: int
