@@ -16,7 +16,8 @@ import random
 import string
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,18 +51,50 @@ BROKEN_CHECKPOINT_FRAMES = [
     '  File "/opt/ComfyUI/comfy/utils.py", line 64, in load_torch_file\n    with safetensors.safe_open(ckpt, '
     'framework="pt", device=device.type) as f:\n         ' + "^" * 63 + "\n",
 ]
-VALIDATION_FRAMES = [
-    '  File "/opt/ComfyUI/execution.py", line 1043, in validate_prompt\n    m = await validate_inputs(prompt_id, '
-    "prompt, o, validated)\n        " + "^" * 54 + "\n",
-    '  File "/opt/ComfyUI/execution.py", line 818, in validate_inputs\n'
-    "    o_class_type = prompt[o_id]['class_type']\n"
-    "                   ~~~~~~^^^^^^\n",
-]
-INNER_VALIDATION_FRAMES = [
-    '  File "/opt/ComfyUI/execution.py", line 871, in validate_inputs\n    r = await validate_inputs(prompt_id, '
-    "prompt, o_id, validated)\n        " + "^" * 57 + "\n",
-    VALIDATION_FRAMES[1],
-]
+
+
+def _frame(file: str, line: int, function: str, code: str, expression: str = "", tildes: int = 0) -> str:
+    """One `traceback.format_tb` entry as the recorded server's Python 3.11 writes it: the source line, then marks
+    under the expression that raised (`~` under a subscript's value, `^` under the rest), unless that is the line."""
+    text = f'  File "/opt/ComfyUI/{file}", line {line}, in {function}\n    {code}\n'
+    if expression:
+        text += " " * (4 + code.index(expression)) + "~" * tildes + "^" * (len(expression) - tildes) + "\n"
+    return text
+
+
+# Where execution.validate_prompt / validate_inputs raise, as lines of ComfyUI 0.8.0's source.
+VALIDATE_PROMPT_FRAME = _frame(
+    "execution.py", 1043, "validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)",
+    "await validate_inputs(prompt_id, prompt, o, validated)",
+)
+INNER_VALIDATION_FRAME = _frame(
+    "execution.py", 838, "validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)",
+    "await validate_inputs(prompt_id, prompt, o_id, validated)",
+)
+NODE_INPUTS_FRAME = _frame(
+    "execution.py", 755, "validate_inputs", "inputs = prompt[unique_id]['inputs']", "prompt[unique_id]['inputs']", 17
+)
+LINKED_NODE_FRAME = _frame(
+    "execution.py", 818, "validate_inputs", "o_class_type = prompt[o_id]['class_type']", "prompt[o_id]", 6
+)
+LINKED_SLOT_FRAME = _frame("execution.py", 820, "validate_inputs", "received_type = r[val[1]]", "r[val[1]]", 1)
+_MAP_CALL = (
+    "await _async_map_node_over_list(prompt_id, unique_id, obj_class, input_filtered, validate_function_name, "
+    "v3_data=v3_data)"
+)
+CUSTOM_VALIDATION_FRAME = _frame("execution.py", 965, "validate_inputs", f"ret = {_MAP_CALL}", _MAP_CALL)
+MAP_NO_INPUTS_FRAME = _frame("execution.py", 299, "_async_map_node_over_list", "await process_inputs({})")
+MAP_INPUTS_FRAME = _frame("execution.py", 303, "_async_map_node_over_list", "await process_inputs(input_dict, i)")
+PROCESS_INPUTS_FRAME = _frame("execution.py", 291, "process_inputs", "result = f(**inputs)", "f(**inputs)")
+# Inside LoadImage.VALIDATE_INPUTS down to folder_paths.annotated_filepath's `name.endswith`, where a non-string raises.
+LOAD_IMAGE_VALIDATE_FRAMES = (
+    _frame("nodes.py", 1719, "VALIDATE_INPUTS", "if not folder_paths.exists_annotated_filepath(image):",
+           "folder_paths.exists_annotated_filepath(image)"),
+    _frame("folder_paths.py", 272, "exists_annotated_filepath", "name, base_dir = annotated_filepath(name)",
+           "annotated_filepath(name)"),
+    _frame("folder_paths.py", 244, "annotated_filepath", 'if name.endswith("[output]"):', "name.endswith"),
+)  # fmt: skip
+
 
 SAMPLERS = [
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
@@ -144,6 +177,8 @@ class NodeDef:
     # checks, as in ComfyUI.
     validate: Callable[..., Any] | None = None
     validate_inputs: tuple[str, ...] = ()
+    # The traceback frames inside VALIDATE_INPUTS down to where it raises (ComfyUI's source lines).
+    validate_frames: tuple[str, ...] = ()
     # IS_CHANGED: a value that changes when the node's output would (LoadImage: its file's hash); part of the
     # cache key.
     is_changed: Callable[[dict[str, Any], NodeEnv], Any] | None = None
@@ -397,7 +432,7 @@ def build_catalogue(checkpoints: Iterable[str]) -> dict[str, NodeDef]:
         NodeDef(
             "LoadImage", "Load Image", "image", {"image": ([], {"image_upload": True})}, ("IMAGE", "MASK"),
             _load_image, input_types=_load_image_inputs, validate=_validate_load_image, validate_inputs=("image",),
-            is_changed=_load_image_changed,
+            validate_frames=LOAD_IMAGE_VALIDATE_FRAMES, is_changed=_load_image_changed,
         ),
         NodeDef(
             "SaveImage", "Save Image", "image",
@@ -515,7 +550,8 @@ class _Validator:
     def node(self, node_id: str) -> tuple[bool, list[dict[str, Any]]]:
         if node_id in self.validated:
             return self.validated[node_id]
-        inputs = self.prompt[node_id]["inputs"]
+        with _raising_at(NODE_INPUTS_FRAME):
+            inputs = self.prompt[node_id]["inputs"]
         node_def = self.catalogue[self.prompt[node_id]["class_type"]]
         errors: list[dict[str, Any]] = []
         valid = True
@@ -531,6 +567,8 @@ class _Validator:
             if isinstance(value, list):
                 valid = self._link(name, value, input_type, config, errors) and valid
                 continue
+            if isinstance(value, dict) and "__value__" in value:  # a list widget value, wrapped so it is no link
+                value = inputs[name] = value["__value__"]
             try:
                 value = inputs[name] = _convert(value, input_type)
             except Exception as ex:
@@ -571,7 +609,10 @@ class _Validator:
             )
             return True
         source_id, slot = link
-        received_type = self.catalogue[self.prompt[source_id]["class_type"]].return_types[slot]
+        with _raising_at(LINKED_NODE_FRAME):
+            source_class = self.prompt[source_id]["class_type"]
+        with _raising_at(LINKED_SLOT_FRAME):
+            received_type = self.catalogue[source_class].return_types[slot]
         if not _types_match(received_type, input_type):
             errors.append(
                 _error(
@@ -597,7 +638,7 @@ class _Validator:
                             "input_config": config,
                             "exception_message": str(ex),
                             "exception_type": type(ex).__name__,
-                            "traceback": INNER_VALIDATION_FRAMES,
+                            "traceback": [INNER_VALIDATION_FRAME, *_frames_of(ex)],
                             "linked_node": link,
                         },
                     )
@@ -607,9 +648,18 @@ class _Validator:
 
 
 def _custom_validation(node_def: NodeDef, inputs: dict[str, Any], env: NodeEnv) -> list[dict[str, Any]]:
-    """VALIDATE_INPUTS with the inputs it names that the prompt gives (a missing one raises, as in ComfyUI)."""
-    given = {name: inputs[name] for name in node_def.validate_inputs if name in inputs and not _is_link(inputs[name])}
-    verdict = node_def.validate(env, **given)
+    """VALIDATE_INPUTS with the inputs it names that the prompt gives, a linked one as None (a missing one raises,
+    as in ComfyUI)."""
+    named = [name for name in node_def.validate_inputs if name in inputs]
+    given = {name: None if _is_link(inputs[name]) else inputs[name] for name in named}
+    try:
+        verdict = node_def.validate(env, **given)
+    except Exception as ex:
+        raised_inside = ex.__traceback__ is not None and ex.__traceback__.tb_next is not None  # not at the call
+        map_frame = MAP_INPUTS_FRAME if given else MAP_NO_INPUTS_FRAME
+        inside = node_def.validate_frames if raised_inside else ()
+        _tag(ex, (CUSTOM_VALIDATION_FRAME, map_frame, PROCESS_INPUTS_FRAME, *inside))
+        raise
     if verdict is True:
         return []
     return [
@@ -620,7 +670,29 @@ def _custom_validation(node_def: NodeDef, inputs: dict[str, Any], env: NodeEnv) 
 
 
 def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+    """comfy_execution.graph_utils.is_link."""
+    if not isinstance(value, list) or len(value) != 2:
+        return False
+    return isinstance(value[0], str) and isinstance(value[1], (int, float))
+
+
+@contextmanager
+def _raising_at(frame: str) -> Iterator[None]:
+    """An exception from the block is tagged with the ComfyUI source line its traceback would end on."""
+    try:
+        yield
+    except Exception as ex:
+        _tag(ex, (frame,))
+        raise
+
+
+def _tag(ex: Exception, frames: tuple[str, ...]) -> None:
+    ex.comfyui_frames = frames  # type: ignore[attr-defined]
+
+
+def _frames_of(ex: Exception) -> tuple[str, ...]:
+    """The frames below validate_inputs' caller that ComfyUI's traceback shows for `ex`."""
+    return getattr(ex, "comfyui_frames", ())
 
 
 def _range_or_choice_error(name: str, value: Any, input_type: Any, info: dict, config: list) -> dict | None:
@@ -684,7 +756,7 @@ def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef], env: 
                         "exception_during_validation",
                         "Exception when validating node",
                         str(ex),
-                        {"exception_type": type(ex).__name__, "traceback": VALIDATION_FRAMES},
+                        {"exception_type": type(ex).__name__, "traceback": [VALIDATE_PROMPT_FRAME, *_frames_of(ex)]},
                     )
                 ],
             )
