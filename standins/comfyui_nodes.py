@@ -53,7 +53,7 @@ BROKEN_CHECKPOINT_FRAMES = [
 ]
 
 
-def _frame(file: str, line: int, function: str, code: str, expression: str = "", tildes: int = 0) -> str:
+def source_frame(file: str, line: int, function: str, code: str, expression: str = "", tildes: int = 0) -> str:
     """One `traceback.format_tb` entry as the recorded server's Python 3.11 writes it: the source line, then marks
     under the expression that raised (`~` under a subscript's value, `^` under the rest), unless that is the line."""
     text = f'  File "/opt/ComfyUI/{file}", line {line}, in {function}\n    {code}\n'
@@ -63,36 +63,36 @@ def _frame(file: str, line: int, function: str, code: str, expression: str = "",
 
 
 # Where execution.validate_prompt / validate_inputs raise, as lines of ComfyUI 0.8.0's source.
-VALIDATE_PROMPT_FRAME = _frame(
+VALIDATE_PROMPT_FRAME = source_frame(
     "execution.py", 1043, "validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)",
     "await validate_inputs(prompt_id, prompt, o, validated)",
 )
-INNER_VALIDATION_FRAME = _frame(
+INNER_VALIDATION_FRAME = source_frame(
     "execution.py", 838, "validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)",
     "await validate_inputs(prompt_id, prompt, o_id, validated)",
 )
-NODE_INPUTS_FRAME = _frame(
+NODE_INPUTS_FRAME = source_frame(
     "execution.py", 755, "validate_inputs", "inputs = prompt[unique_id]['inputs']", "prompt[unique_id]['inputs']", 17
 )
-LINKED_NODE_FRAME = _frame(
+LINKED_NODE_FRAME = source_frame(
     "execution.py", 818, "validate_inputs", "o_class_type = prompt[o_id]['class_type']", "prompt[o_id]", 6
 )
-LINKED_SLOT_FRAME = _frame("execution.py", 820, "validate_inputs", "received_type = r[val[1]]", "r[val[1]]", 1)
+LINKED_SLOT_FRAME = source_frame("execution.py", 820, "validate_inputs", "received_type = r[val[1]]", "r[val[1]]", 1)
 _MAP_CALL = (
     "await _async_map_node_over_list(prompt_id, unique_id, obj_class, input_filtered, validate_function_name, "
     "v3_data=v3_data)"
 )
-CUSTOM_VALIDATION_FRAME = _frame("execution.py", 965, "validate_inputs", f"ret = {_MAP_CALL}", _MAP_CALL)
-MAP_NO_INPUTS_FRAME = _frame("execution.py", 299, "_async_map_node_over_list", "await process_inputs({})")
-MAP_INPUTS_FRAME = _frame("execution.py", 303, "_async_map_node_over_list", "await process_inputs(input_dict, i)")
-PROCESS_INPUTS_FRAME = _frame("execution.py", 291, "process_inputs", "result = f(**inputs)", "f(**inputs)")
+CUSTOM_VALIDATION_FRAME = source_frame("execution.py", 965, "validate_inputs", f"ret = {_MAP_CALL}", _MAP_CALL)
+MAP_NO_INPUTS_FRAME = source_frame("execution.py", 299, "_async_map_node_over_list", "await process_inputs({})")
+MAP_INPUTS_FRAME = source_frame("execution.py", 303, "_async_map_node_over_list", "await process_inputs(input_dict, i)")
+PROCESS_INPUTS_FRAME = source_frame("execution.py", 291, "process_inputs", "result = f(**inputs)", "f(**inputs)")
 # Inside LoadImage.VALIDATE_INPUTS down to folder_paths.annotated_filepath's `name.endswith`, where a non-string raises.
 LOAD_IMAGE_VALIDATE_FRAMES = (
-    _frame("nodes.py", 1719, "VALIDATE_INPUTS", "if not folder_paths.exists_annotated_filepath(image):",
+    source_frame("nodes.py", 1719, "VALIDATE_INPUTS", "if not folder_paths.exists_annotated_filepath(image):",
            "folder_paths.exists_annotated_filepath(image)"),
-    _frame("folder_paths.py", 272, "exists_annotated_filepath", "name, base_dir = annotated_filepath(name)",
+    source_frame("folder_paths.py", 272, "exists_annotated_filepath", "name, base_dir = annotated_filepath(name)",
            "annotated_filepath(name)"),
-    _frame("folder_paths.py", 244, "annotated_filepath", 'if name.endswith("[output]"):', "name.endswith"),
+    source_frame("folder_paths.py", 244, "annotated_filepath", 'if name.endswith("[output]"):', "name.endswith"),
 )  # fmt: skip
 
 

@@ -251,12 +251,7 @@ async def test_pods_asked_for_by_a_scaler_stopped_before_it_listed_them_are_not_
     async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()
         await fleet.apply(2)
-    operator_env(fake_runpod, "verda")
-    async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
-        await fleet.observe()
-        await fleet.apply(0)
-        await fleet.observe()
-        assert fake_runpod.live_pods() == []
+    await assert_driven_to_zero_once_out_of_the_fleet(operator_env, fake_runpod)
 
 
 async def test_pods_asked_for_by_a_write_cut_short_are_not_forgotten(
@@ -275,6 +270,11 @@ async def test_pods_asked_for_by_a_write_cut_short_are_not_forgotten(
         write.cancel()
         await asyncio.gather(write, return_exceptions=True)
     assert fake_runpod.live_pods(), "the create was carried out"
+    await assert_driven_to_zero_once_out_of_the_fleet(operator_env, fake_runpod)
+
+
+async def assert_driven_to_zero_once_out_of_the_fleet(operator_env, fake_runpod: FakeRunPod) -> None:
+    """A scaler restarted with RunPod taken out of SCALER_PROVIDERS stops the pods the ledger remembers."""
     operator_env(fake_runpod, "verda")
     async with aclosing(await build_fleet(load_settings(), with_alerts=False)) as fleet:
         await fleet.observe()

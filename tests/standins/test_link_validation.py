@@ -1,5 +1,6 @@
 """How POST /prompt judges links and wrapped values, as ComfyUI 0.8.0's execution.validate_inputs does (no recording
-for these: read from its source; the tracebacks are what its Python 3.11 writes for those source lines)."""
+for these: read from its source; the tracebacks are what its Python 3.11 writes for those source lines, in the
+format the recordings pin: tests/standins/test_validation.py replays bad_link's byte for byte)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,9 @@ from typing import Any
 import aiohttp
 
 from standins.comfyui import ComfyUISimulator
+from standins.comfyui_nodes import source_frame as frame
 
 from .conftest import collect_until_done, submit
-
-
-def frame(file: str, line: int, function: str, code: str, expression: str = "", tildes: int = 0) -> str:
-    text = f'  File "/opt/ComfyUI/{file}", line {line}, in {function}\n    {code}\n'
-    if expression:
-        text += " " * (4 + code.index(expression)) + "~" * tildes + "^" * (len(expression) - tildes) + "\n"
-    return text
-
 
 VALIDATE_PROMPT = frame(
     "execution.py", 1043, "validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)",
