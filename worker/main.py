@@ -527,7 +527,7 @@ class Worker:
                      note="an earlier try of the report had landed")
             return "completed"
         files = [DeliveredFile(**f) for f in (report.result or {}).get("outputs", [])]
-        self.delivery.remove(files)
+        await asyncio.to_thread(self.delivery.remove, files)
         log.warning("Removed the outputs of a completion the queue manager refused", files=len(files))
         if refusal == "rejected":
             why = f"Output delivery failed: the queue manager refused the result ({self.reporter.last_rejection})"
