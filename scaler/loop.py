@@ -146,7 +146,7 @@ class ScalerLoop:
         self.last_view: BackendView | None = None
         self.last_queue: QueueStatus | None = None
         # (count before, count written) while a write to the platform is under way: a tick cut short then may
-        # have changed the count, in whole or in part (a fleet writes to its providers one by one).
+        # have changed the count, in whole or in part (a fleet writes to each of its providers separately).
         self._writing: tuple[int, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
