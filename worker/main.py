@@ -39,6 +39,7 @@ from worker.housekeeping import ComfyUIHousekeeping
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
 from worker.lease import JobLease
 from worker.outputs import (
+    REMOVAL_BUDGET_S,
     ComfyUILostDuringDelivery,
     DeliveredFile,
     OutputDelivery,
@@ -131,11 +132,12 @@ class Worker:
     # -- flags, safe to call from a signal handler or another task ------------------------------------------
     def request_shutdown(self) -> None:
         """First call: stop polling, start the shutdown deadline and drain within the grace period.
-        Second call: skip the grace."""
+        Second call: skip the grace. /ready says not ready at once, even while a poll keeps its grace."""
         if self._stop.is_set():
             self._force.set()
         self.deadline.start()
         self._stop.set()
+        self.state.mark_not_ready("stopping: shutting down")
 
     def abort(self, reason: str) -> None:
         """ComfyUI is gone: the running job is handed back with `reason` now, and run() returns 1."""
@@ -337,15 +339,24 @@ class Worker:
     async def _sweep_staging_if_due(self) -> None:
         """At start and hourly between jobs: remove deliveries left by workers killed mid-way (worker/outputs.py)."""
         if self.delivery.sweep_due():
-            await asyncio.to_thread(self.delivery.remove_abandoned)
+            await self._remove_in_thread(self.delivery.remove_abandoned)
+
+    async def _remove_in_thread(self, remove: Callable[..., object], *args: object) -> None:
+        """A removal from OUTPUTS_PATH given REMOVAL_BUDGET_S (it starts no entry after it): slow on a network
+        volume is not wedged, and a volume hung inside one entry still is, HEARTBEAT_TIMEOUT_S after the budget."""
+        budget_s = REMOVAL_BUDGET_S
+        async with self.state.beating(self._beat_interval_s, for_at_most_s=budget_s):
+            await asyncio.to_thread(remove, *args, budget_s=budget_s)
 
     async def _comfyui_answering(self) -> bool:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""
         if time.monotonic() - self._comfyui_answered_at < self.settings.poll_interval_s:
             return True
         silent_since = time.monotonic() if self._silent_since is None else self._silent_since
-        try:  # never longer than the worker would wait for a silent ComfyUI in all
-            await self._unless_stopped(self.comfy.probe(silent_since + self.settings.comfyui_unresponsive_timeout_s))
+        give_up_at = silent_since + self.settings.comfyui_unresponsive_timeout_s
+        try:  # never longer than the worker would wait for a silent ComfyUI in all: bounded, so beating
+            async with self.state.beating(self._beat_interval_s):
+                await self._unless_stopped(self.comfy.probe(give_up_at))
         except ComfyUIUnavailable as exc:
             return await self._wait_for_comfyui(str(exc), since=silent_since)
         except StoppedWaiting:
@@ -589,7 +600,7 @@ class Worker:
 
     async def _execute(self, job: Job, picked_up: float) -> Report:
         picked_up_at = datetime.now(UTC).isoformat()
-        await asyncio.to_thread(self.delivery.remove_earlier_attempts, job.user_id, job.id, job.attempt)
+        await self._remove_in_thread(self.delivery.remove_earlier_attempts, job.user_id, job.id, job.attempt)
         run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id, job_id=job.id)
         if job.attempt is not None and job.attempt > 1:
             self._left_running |= await run.stop_earlier_attempts()

@@ -42,6 +42,12 @@ STAGING_TOUCH_S = 30.0  # a live delivery touches its staging folder this often
 # Untouched this long by the volume's clock, a staging folder's writer is dead: 120 missed touches, far above an
 # NFS client's attribute cache (60 s at most by default) and any clock step.
 STALE_STAGING_S = 3600.0
+# A removal run in a thread (the sweep of abandoned deliveries, the files of a job's earlier attempts) starts no new
+# entry after this long: well under HEARTBEAT_TIMEOUT_S (120 s), and the worker keeps its heartbeat fresh only this
+# long for it, so a slow volume is no wedged loop while one hung inside a single entry still is.
+REMOVAL_BUDGET_S = 30.0
+# A sweep that ran out of its budget goes on this long after, not STALE_STAGING_S: jobs are taken in between.
+SWEEP_RESUME_S = 60.0
 ATTEMPT_FOLDER = re.compile(r"attempt-([0-9]+)")  # OUTPUTS_PATH/<user>/<job>/attempt-N/: the job's Nth attempt
 NAME_MAX_BYTES = 255  # Linux's NAME_MAX: the longest name of one file or folder
 PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<job>/attempt-N/ comes on top
@@ -190,7 +196,7 @@ class OutputDelivery:
         self.comfy = comfy
         self.comfyui_output_dir = comfyui_output_dir
         self.limits = limits
-        self._swept_at = -math.inf
+        self._next_sweep_at = -math.inf
         self._fetched_over_view = False  # said once: with COMFYUI_OUTPUT_DIR wrong it is every file of every job
         # COMFYUI_OUTPUT_DIR held a file of a result's name with other bytes than ComfyUI served: not its folder
         self.found_look_alikes = False
@@ -296,23 +302,28 @@ class OutputDelivery:
 
     def sweep_due(self) -> bool:
         """Whether remove_abandoned() should run: at start, then every STALE_STAGING_S, so a worker that lives
-        for days still removes what a replica killed just before its own start left."""
-        return time.monotonic() - self._swept_at >= STALE_STAGING_S
+        for days still removes what a replica killed just before its own start left; SWEEP_RESUME_S after a
+        sweep that ran out of its budget."""
+        return time.monotonic() >= self._next_sweep_at
 
-    def remove_abandoned(self) -> SweptStaging:
-        """Remove what workers killed mid-delivery left in OUTPUTS_PATH/.partial/ (one log line if any)."""
-        self._swept_at = time.monotonic()
-        swept = remove_abandoned_deliveries(self.outputs_root)
-        if swept.folders or swept.errors:
+    def remove_abandoned(self, budget_s: float = REMOVAL_BUDGET_S) -> SweptStaging:
+        """Remove what workers killed mid-delivery left in OUTPUTS_PATH/.partial/ (one log line if any), starting
+        no new entry after budget_s: the rest waits for the next sweep, SWEEP_RESUME_S later."""
+        swept = remove_abandoned_deliveries(self.outputs_root, budget_s=budget_s)
+        self._next_sweep_at = time.monotonic() + (SWEEP_RESUME_S if swept.left else STALE_STAGING_S)
+        if swept.folders or swept.errors or swept.left:
             report = log.warning if swept.errors else log.info
             report(
                 "Removed abandoned partial deliveries", folders=swept.folders, bytes=swept.bytes,
                 in_progress=swept.kept, not_removed=len(swept.errors), first_error=next(iter(swept.errors), None),
+                left_for_next_sweep=swept.left, next_sweep_in_s=SWEEP_RESUME_S if swept.left else STALE_STAGING_S,
                 staging=str(self.outputs_root / STAGING_FOLDER), stale_after_s=STALE_STAGING_S,
             )  # fmt: skip
         return swept
 
-    def remove_earlier_attempts(self, user_id: str, job_id: str, attempt: int | None) -> int:
+    def remove_earlier_attempts(
+        self, user_id: str, job_id: str, attempt: int | None, budget_s: float = REMOVAL_BUDGET_S
+    ) -> int:
         """At the start of attempt N (N >= 2): remove what earlier attempts left in OUTPUTS_PATH/<user>/<job>/
         (their files, attempt-K/ for K < N), and say how many entries went. The queue manager fenced those
         attempts off when it handed the job out again, so none of their files can become a result; a worker
@@ -320,12 +331,17 @@ class OutputDelivery:
         for M >= N: a later attempt's, should this one be late itself. Best effort: a failure is logged."""
         if attempt is None or attempt < 2:
             return 0
+        stop_at = time.monotonic() + budget_s
         try:
             entries = list(os.scandir(self.job_dir(user_id, job_id)))
         except (OSError, OutputDeliveryError):  # no earlier delivery (the usual case), or an unreadable folder
             return 0
         removed = 0
-        for entry in entries:
+        left = 0
+        for done, entry in enumerate(entries):
+            if done and time.monotonic() >= stop_at:  # a slow volume: the job waits no longer for them
+                left = len(entries) - done
+                break
             later = ATTEMPT_FOLDER.fullmatch(entry.name)
             if later and int(later.group(1)) >= attempt and entry.is_dir(follow_symlinks=False):
                 continue
@@ -338,8 +354,10 @@ class OutputDelivery:
                 log.warning("Could not remove a file of an earlier attempt", path=entry.path, error=str(exc))
                 continue
             removed += 1
-        if removed:
-            log.info("Removed the files of earlier attempts of the job", entries=removed, attempt=attempt)
+        if removed or left:
+            report = log.warning if left else log.info
+            report("Removed the files of earlier attempts of the job", entries=removed, attempt=attempt,
+                   left_in_place=left, budget_s=budget_s)
         return removed
 
     def remove(self, files: list[DeliveredFile]) -> None:
@@ -562,13 +580,18 @@ class SweptStaging:
     folders: int = 0
     bytes: int = 0
     kept: int = 0  # folders of deliveries still in progress (touched within STALE_STAGING_S)
+    left: int = 0  # entries not looked at: the budget ran out
     errors: list[str] = field(default_factory=list)
 
 
-def remove_abandoned_deliveries(outputs_root: Path, stale_after_s: float | None = None) -> SweptStaging:
+def remove_abandoned_deliveries(
+    outputs_root: Path, stale_after_s: float | None = None, budget_s: float = math.inf
+) -> SweptStaging:
     """Remove the staging folders under OUTPUTS_PATH/.partial/ that nothing touched for stale_after_s: those of
     workers killed mid-delivery. Age is read against the volume's own clock (the mtime of a folder made now),
-    so a replica whose clock is off cannot take another's live delivery for an abandoned one."""
+    so a replica whose clock is off cannot take another's live delivery for an abandoned one. No entry is
+    started after budget_s, but one always is: what is left is counted in ``left``."""
+    stop_at = time.monotonic() + budget_s
     swept = SweptStaging()
     stale_after_s = STALE_STAGING_S if stale_after_s is None else stale_after_s
     staging_root = outputs_root / STAGING_FOLDER
@@ -584,7 +607,10 @@ def remove_abandoned_deliveries(outputs_root: Path, stale_after_s: float | None 
     except OSError as exc:
         swept.errors.append(f"{staging_root}: {exc.strerror or type(exc).__name__}")
         return swept
-    for entry in entries:
+    for done, entry in enumerate(entries):
+        if done and time.monotonic() >= stop_at:
+            swept.left = len(entries) - done
+            break
         try:
             newest, size = _newest_change(Path(entry.path))
             if now - newest < stale_after_s:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -52,12 +53,15 @@ class WorkerState:
         self.heartbeat_at = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def beating(self, interval_s: float = 1.0) -> AsyncIterator[None]:
+    async def beating(self, interval_s: float = 1.0, *, for_at_most_s: float = math.inf) -> AsyncIterator[None]:
         """Keep the heartbeat fresh through a step that is bounded by its own deadline but may be slow
-        (a report retried while the queue manager restarts, a large output copied): slow is not wedged."""
+        (a report retried while the queue manager restarts, a large output copied): slow is not wedged.
+        for_at_most_s: for work in a thread, which no deadline can cancel: it beats only that long (its budget),
+        so a thread hung past it still shows as wedged HEARTBEAT_TIMEOUT_S later."""
 
         async def beat_forever() -> None:
-            while True:
+            stop_at = time.monotonic() + for_at_most_s
+            while time.monotonic() < stop_at:
                 self.beat()
                 await asyncio.sleep(interval_s)
 

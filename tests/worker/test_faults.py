@@ -708,6 +708,31 @@ async def test_an_idle_worker_gives_up_on_a_hung_comfyui_at_its_unresponsive_tim
     assert worker.state.fatal_reason == "ComfyUI stopped answering and did not come back within 2 s"
 
 
+async def test_a_probe_of_a_hung_comfyui_longer_than_the_heartbeat_limit_is_not_a_wedged_loop(
+    qm, comfyui_process, make_worker
+):
+    """HTTP_TIMEOUT_S and COMFYUI_UNRESPONSIVE_TIMEOUT_S both above HEARTBEAT_TIMEOUT_S: before, the first probe of a
+    hung ComfyUI held the loop that long with no heartbeat, so /health said "worker loop wedged" (a restart that
+    loses the reason) before the worker could give ComfyUI up as "ComfyUI stopped answering"."""
+    from health.verdict import liveness
+
+    process, url = comfyui_process
+    worker = make_worker(
+        comfyui_url=url, serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, http_timeout_s=20,
+        comfyui_unresponsive_timeout_s=HEARTBEAT_LIMIT_S + 2, comfyui_startup_timeout_s=300,
+    )  # fmt: skip
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
+    process.send_signal(signal.SIGSTOP)
+    reasons = set()
+    while not run.done():
+        reasons.add(liveness(worker.state, HEARTBEAT_LIMIT_S).reason)
+        await asyncio.sleep(0.05)
+    assert await run == 1
+    assert [r for r in reasons if r and r.startswith("worker loop wedged")] == []
+    assert worker.state.fatal_reason.startswith("ComfyUI stopped answering")
+
+
 async def test_the_silence_before_a_hand_back_counts_from_comfyuis_last_answer_not_from_a_timed_out_call(
     qm, comfyui_process, make_worker, workflows
 ):

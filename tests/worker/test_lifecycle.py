@@ -69,6 +69,26 @@ async def test_sigterm_while_idle_exits_at_once(qm, comfy, make_worker):
     assert await asyncio.wait_for(run, 5) == 0, "at once: not after the 30-s poll interval"
 
 
+@pytest.mark.parametrize("when", ["between polls", "during a poll the queue manager is slow to answer"])
+async def test_sigterm_while_idle_makes_the_worker_not_ready_at_once(qm, comfy, make_worker, when):
+    """Before, during a poll: /ready answered 200 "ready" after the signal for as long as the poll kept its grace
+    (SHUTDOWN_GRACE_S, 25 s by default), while the worker only waited to exit."""
+    from health.verdict import readiness
+
+    if when != "between polls":
+        qm.faults.inject("next-job", delay_s=60)
+    worker = make_worker(poll_interval_s=30, serverless_mode=False, shutdown_grace_s=5, platform_kill_delay_s=10)
+    run = asyncio.create_task(worker.run())
+    if when == "between polls":
+        await wait_for(lambda: worker.state.consecutive_idle_polls == 1)
+    else:
+        await wait_for(lambda: qm.faults.pending("next-job") == 0)  # the poll is at the manager, unanswered
+    worker.request_shutdown()
+    verdict = readiness(worker.state)  # what /ready answers next
+    assert await asyncio.wait_for(run, 10) == 0
+    assert (verdict.healthy, verdict.reason) == (False, "stopping: shutting down")
+
+
 async def test_sigterm_mid_job_within_grace_lets_it_finish(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(shutdown_grace_s=5)

@@ -1,0 +1,203 @@
+"""Removals from OUTPUTS_PATH on a slow volume (a network share with many abandoned folders): the worker loop
+waits for them in a thread, so they are given a budget and the heartbeat is kept fresh that long. Slow is not
+wedged; a volume hung inside one entry still is. The slow volume is a stand-in: a gate the test holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from queue_manager.server import QueueManagerServer
+
+from ..conftest import wait_for
+from .conftest import HEARTBEAT_LIMIT_S
+
+HELD_S = HEARTBEAT_LIMIT_S + 1  # held past the heartbeat limit, as a slow volume would
+GATE_TIMEOUT_S = 30  # a test that fails never leaves a thread waiting for ever
+
+
+def abandoned(outputs: Path, count: int) -> list[Path]:
+    """Staging folders of workers killed mid-delivery, untouched for two hours."""
+    folders = []
+    then = time.time() - 7200
+    for n in range(count):
+        folder = outputs / ".partial" / f"alice.job-{n}.killed"
+        folder.mkdir(parents=True)
+        (folder / "ComfyUI_00001_.png").write_bytes(b"half")
+        for path in (folder / "ComfyUI_00001_.png", folder):
+            os.utime(path, (then, then))
+        folders.append(folder)
+    return folders
+
+
+class Gate:
+    """Holds every call of a wrapped function in its thread until opened: a volume that answers slowly."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.waiting = threading.Event()
+
+    def wrap(self, original: Callable[..., object], holds: Callable[..., bool] = lambda *_: True):
+        def gated(*args, **kwargs):
+            if holds(*args):
+                self.waiting.set()
+                self.opened.wait(GATE_TIMEOUT_S)
+            return original(*args, **kwargs)
+
+        return gated
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    held = Gate()
+    yield held
+    held.opened.set()
+
+
+async def liveness_while(worker, seconds: float) -> list:
+    from health.verdict import liveness
+
+    verdicts = []
+    for _ in range(int(seconds / 0.05)):
+        verdicts.append(liveness(worker.state, HEARTBEAT_LIMIT_S))
+        await asyncio.sleep(0.05)
+    return verdicts
+
+
+async def test_a_sweep_out_of_budget_leaves_the_rest_for_a_sweep_soon_after_and_says_so(monkeypatch, tmp_path):
+    """Before: the sweep removed every abandoned folder in one go, however long that took on the volume."""
+    import worker.outputs
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery
+
+    outputs = tmp_path / "outputs"
+    folders = abandoned(outputs, 3)
+    client = ComfyUIClient("http://127.0.0.1:9")
+    try:
+        delivery = OutputDelivery(outputs, client)
+        with capture_logs() as logs:
+            swept = delivery.remove_abandoned(budget_s=0)  # one entry is always removed, none after the budget
+        assert (swept.folders, swept.left) == (1, 2)
+        assert sum(folder.exists() for folder in folders) == 2
+        [line] = [e for e in logs if e["event"] == "Removed abandoned partial deliveries"]
+        assert (line["left_for_next_sweep"], line["next_sweep_in_s"]) == (2, worker.outputs.SWEEP_RESUME_S)
+        assert not delivery.sweep_due(), "jobs are taken before the sweep goes on"
+        monkeypatch.setattr(worker.outputs, "SWEEP_RESUME_S", 0)  # a minute, made nothing
+        delivery.remove_abandoned(budget_s=0)
+        assert delivery.sweep_due(), "the rest goes on SWEEP_RESUME_S later, not an hour later"
+        swept = delivery.remove_abandoned()
+        assert (swept.folders, swept.left) == (1, 0)
+        assert not any(folder.exists() for folder in folders)
+        assert not delivery.sweep_due(), "all done: the next sweep is an hour later"
+    finally:
+        await client.aclose()
+
+
+async def test_the_removal_of_earlier_attempts_files_stops_at_its_budget_and_says_what_it_left(tmp_path):
+    """Before: every file an earlier attempt left was removed before the job's prompt was sent, however long."""
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import OutputDelivery
+
+    job_dir = tmp_path / "outputs" / "alice" / "job-1"
+    job_dir.mkdir(parents=True)
+    for n in range(3):
+        (job_dir / f"ComfyUI_0000{n}_.png").write_bytes(b"x")
+    client = ComfyUIClient("http://127.0.0.1:9")
+    try:
+        with capture_logs() as logs:
+            removed = OutputDelivery(tmp_path / "outputs", client).remove_earlier_attempts(
+                "alice", "job-1", 2, budget_s=0
+            )
+    finally:
+        await client.aclose()
+    assert removed == 1 and len(list(job_dir.iterdir())) == 2
+    [line] = [e for e in logs if e["event"] == "Removed the files of earlier attempts of the job"]
+    assert (line["log_level"], line["entries"], line["left_in_place"]) == ("warning", 1, 2)
+
+
+async def test_a_slow_sweep_between_polls_is_not_a_wedged_loop(monkeypatch, make_worker, tmp_path, gate):
+    """Before: the hourly sweep ran in a thread with no heartbeat: on a slow volume with many abandoned folders it
+    passed HEARTBEAT_TIMEOUT_S and /health said "worker loop wedged", so the supervisor restarted a working worker."""
+    import worker.outputs
+
+    monkeypatch.setattr(worker.outputs, "_newest_change", gate.wrap(worker.outputs._newest_change))
+    monkeypatch.setattr(worker.outputs, "STALE_STAGING_S", 0.5)  # the hourly sweep, made frequent
+    worker = make_worker(serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
+    run = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: worker.state.consecutive_idle_polls > 0)  # started, swept, polling
+        folders = abandoned(tmp_path / "outputs", 2)
+        await wait_for(gate.waiting.is_set)
+        verdicts = await liveness_while(worker, HELD_S)
+        gate.opened.set()
+        await wait_for(lambda: not any(folder.exists() for folder in folders))
+    finally:
+        gate.opened.set()
+        worker.request_shutdown()
+        assert await run == 0
+    assert [v.reason for v in verdicts if not v.healthy] == []
+
+
+async def test_a_sweep_hung_past_its_budget_is_still_a_wedged_loop(monkeypatch, make_worker, tmp_path, gate):
+    """The heartbeat is kept only for the sweep's budget: a volume hung inside one entry is not hidden for ever."""
+    import worker.main
+    import worker.outputs
+    from health.verdict import liveness
+
+    monkeypatch.setattr(worker.main, "REMOVAL_BUDGET_S", 0.5)
+    monkeypatch.setattr(worker.outputs, "_newest_change", gate.wrap(worker.outputs._newest_change))
+    monkeypatch.setattr(worker.outputs, "STALE_STAGING_S", 0.5)
+    worker_ = make_worker(serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
+    run = asyncio.create_task(worker_.run())
+    try:
+        await wait_for(lambda: worker_.state.consecutive_idle_polls > 0)
+        abandoned(tmp_path / "outputs", 1)
+        await wait_for(gate.waiting.is_set)
+        await wait_for(lambda: not liveness(worker_.state, HEARTBEAT_LIMIT_S).healthy, timeout=GATE_TIMEOUT_S / 2)
+        assert liveness(worker_.state, HEARTBEAT_LIMIT_S).reason.startswith("worker loop wedged")
+    finally:
+        gate.opened.set()
+        worker_.request_shutdown()
+        assert await run == 0
+
+
+async def expire_lease(qm: QueueManagerServer, job_id: str) -> None:
+    attempt = qm.store.get(job_id).attempt
+    async with asyncio.timeout(15):
+        while qm.store.get(job_id).attempt == attempt:
+            qm.clock.advance(1)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_slow_removal_of_an_earlier_attempts_files_is_not_a_wedged_loop(
+    monkeypatch, comfy, make_worker, workflows, tmp_path, gate
+):
+    """Before: attempt N removed what earlier attempts left in a thread with no heartbeat: many files on a slow
+    volume held it past HEARTBEAT_TIMEOUT_S, /health said wedged, and the restart handed the job back again."""
+    from tests.conftest import ManualClock
+
+    async with QueueManagerServer(lease_timeout_s=0.5, clock=ManualClock(), test_hooks=True) as qm:
+        job = qm.store.submit("alice", workflows["quick"])
+        assert qm.store.pop_next("killed-worker", qm.mode).id == job.id
+        await expire_lease(qm, job.id)  # the killed worker's attempt 1 is handed back
+        earlier = tmp_path / "outputs" / "alice" / job.id
+        earlier.mkdir(parents=True)
+        (earlier / "ComfyUI_00001_.png").write_bytes(b"attempt 1's")
+        monkeypatch.setattr(os, "unlink", gate.wrap(os.unlink, lambda path, *_: str(path).startswith(str(earlier))))
+        worker = make_worker(queue_manager_url=qm.url, serverless_job_limit=1, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
+        run = asyncio.create_task(worker.run())
+        await wait_for(gate.waiting.is_set)
+        verdicts = await liveness_while(worker, HELD_S)
+        gate.opened.set()
+        assert await run == 0
+        [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    assert not (earlier / "ComfyUI_00001_.png").exists()
+    assert [v.reason for v in verdicts if not v.healthy] == []
