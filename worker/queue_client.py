@@ -88,8 +88,16 @@ def _is_unknown_route(response: httpx.Response) -> bool:
 
 
 def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` with its white space folded, cut to ``limit``: only the words the quote needs are folded."""
+    words: list[str] = []
+    length = -1
+    for word in re.finditer(r"\S+", text):
+        words.append(word[0])
+        length += 1 + len(word[0])
+        if length > limit:
+            break
+    folded = " ".join(words)
+    return folded if len(folded) <= limit else folded[: limit - 1] + "…"
 
 
 class QueueClient:

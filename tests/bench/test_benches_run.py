@@ -22,6 +22,8 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
     "comfyui_housekeeping": (["--jobs", "2", "--pad-mib", "0.01"],
                              [r'"completed": 2', r'"comfyui_history_entries": \d+', r'"comfyui_rss_mib"']),
     "comfyui_reply_memory": (["--mb", "0.1"], [r'"quick_job"', r'"worker_peak_rss_mib": [\d.]+', r'"text_output_job"']),
+    "error_quotes": (["--kib", "4", "--page-mib", "0.01"],
+                     [r"^scrub 4 KiB of letters: [\d.]+ s", r"^quote a 0.01 MiB page of short words: [\d.]+ s"]),
     "finish_order": (["--jobs", "50", "--workflow-kb", "1"],
                      [r"^50 finished jobs, .*first open", r"^a page of 100 completed jobs", r"^a finish numbered by"]),
     "head_memory": (["--server", "health", "--clients", "2", "--headers", "2", "--field-bytes", "10", "--hold", "0",
