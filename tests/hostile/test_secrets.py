@@ -194,6 +194,9 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
     assert url_has_credentials(url) == bool(secrets)
     assert redact_url(url) == shown
     assert scrub(f"GET {url} failed") == f"GET {shown} failed"
+    # Glued to what comes before it (a scheme is tried once per run of scheme characters, from its start).
+    for before in ("...", "-", "1", "x1.", "("):
+        assert scrub(f"GET {before}{url} failed") == f"GET {before}{shown} failed"
 
 
 @pytest.mark.parametrize(
