@@ -282,6 +282,7 @@ class ComfyUISimulator:
         self.port = 0
         self._freeze: tuple[str | None, str | None] | None = None
         self._history_post_fault: int | str | None = None
+        self._slow_paths: dict[str, float] = {}
         self._thaw = asyncio.Event()
         self._frozen = asyncio.Event()
         self._state = _ServerState()
@@ -387,6 +388,11 @@ class ComfyUISimulator:
         with neither."""
         self._history_post_fault = "hang" if hang else status
 
+    def slow_down(self, path: str, seconds: float) -> None:
+        """Requests to ``path`` (with or without the /api prefix) are answered ``seconds`` late, as by a ComfyUI whose
+        event loop a custom node holds; 0 answers at once again."""
+        self._slow_paths[path] = seconds
+
     def release(self) -> None:
         self._freeze = None
         self._thaw.set()
@@ -418,11 +424,18 @@ class ComfyUISimulator:
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
         ]
-        app = web.Application(client_max_size=self.max_upload_bytes)
+        app = web.Application(client_max_size=self.max_upload_bytes, middlewares=[self._answer_late])
         for prefix in ("/api", ""):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
         return app
+
+    @web.middleware
+    async def _answer_late(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path.removeprefix("/api") if request.path.startswith("/api/") else request.path
+        if seconds := self._slow_paths.get(path, 0.0):
+            await asyncio.sleep(seconds)
+        return await handler(request)
 
     def _queue_remaining(self) -> int:
         return len(self._state.pending) + (1 if self._state.running else 0)

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,6 +122,7 @@ class PromptRun:
         timeout_s: float,
         timings: RunTimings = RunTimings(),
         heartbeat: Callable[[], None] = lambda: None,
+        beating: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
         on_prompt_id: Callable[[str], None] = lambda _: None,
         on_queued: Callable[[PromptRun], None] = lambda _: None,
         on_uploaded: Callable[[InputImage], Awaitable[None]] = _nothing_to_note,
@@ -133,6 +135,7 @@ class PromptRun:
         self.timeout_s = timeout_s
         self.timings = timings
         self.heartbeat = heartbeat
+        self.beating = beating  # keeps the heartbeat fresh through the uploads and the submission
         self.on_prompt_id = on_prompt_id
         self.on_queued = on_queued
         self.on_uploaded = on_uploaded  # ComfyUI saved an image (before the next upload)
@@ -171,7 +174,8 @@ class PromptRun:
         PromptRejected (4xx), or ComfyUIUnavailable (could not upload or submit); else one Outcome.
 
         Without a websocket (a proxy that refuses upgrades, say) the prompt is followed over HTTP alone."""
-        await self._upload(images)
+        async with self.beating():  # 16 images, each up to HTTP_TIMEOUT_S: slow, bounded, not wedged
+            await self._upload(images)
         outcome = await self._run(workflow)
         outcome.written_since = self._sent_at
         return outcome
@@ -195,12 +199,14 @@ class PromptRun:
 
     async def _run(self, workflow: dict[str, Any]) -> Outcome:
         try:
-            await self.events.ensure_open()  # before POST /prompt, or its events are missed
+            async with self.beating():
+                await self.events.ensure_open()  # before POST /prompt, or its events are missed
         except ComfyUIUnavailable as exc:
             log.warning("ComfyUI websocket unavailable; following the prompt over HTTP", error=str(exc))
         try:
             self._sent_at = time.time()
-            accepted = await self._submit(workflow)
+            async with self.beating():  # a lost answer is looked for: up to three HTTP timeouts
+                accepted = await self._submit(workflow)
             self._submitted_at = self._heard_at = time.monotonic()
             if accepted.get("node_errors"):
                 skipped = describe_prompt_error({"error": {"message": "outputs that will not run"}, **accepted})
@@ -265,8 +271,9 @@ class PromptRun:
         """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised."""
         self._interrupt_sent = True
         try:
-            await self.comfy.interrupt(self.prompt_id)
-            await self.comfy.delete_pending(self.prompt_id)
+            async with self.beating():
+                await self.comfy.interrupt(self.prompt_id)
+                await self.comfy.delete_pending(self.prompt_id)
         except ComfyUIUnavailable as exc:
             log.warning("Could not interrupt the prompt", prompt_id=self.prompt_id, error=str(exc))
             return str(exc)

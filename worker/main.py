@@ -603,7 +603,8 @@ class Worker:
         await self._remove_in_thread(self.delivery.remove_earlier_attempts, job.user_id, job.id, job.attempt)
         run = self._prompt_run = self._new_run(on_prompt_id=self._on_prompt_id, job_id=job.id)
         if job.attempt is not None and job.attempt > 1:
-            self._left_running |= await run.stop_earlier_attempts()
+            async with self.state.beating(self._beat_interval_s):
+                self._left_running |= await run.stop_earlier_attempts()
         try:
             outcome = await run.run(job.workflow, job.images)
         except (PromptRejected, UploadRefused) as exc:
@@ -715,7 +716,8 @@ class Worker:
         own_folders = [folder for folder in (s.comfyui_output_dir, s.comfyui_temp_dir) if folder is not None]
         return PromptRun(
             self.comfy, self.events, timeout_s=s.job_timeout_s, timings=self.timings,
-            heartbeat=self.state.beat, on_prompt_id=on_prompt_id, on_queued=self.housekeeping.prompt_queued,
+            heartbeat=self.state.beat, beating=lambda: self.state.beating(self._beat_interval_s),
+            on_prompt_id=on_prompt_id, on_queued=self.housekeeping.prompt_queued,
             on_uploaded=self.housekeeping.image_uploaded, job_id=job_id, own_folders=own_folders,
         )
 
