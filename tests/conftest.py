@@ -4,6 +4,7 @@ and the guard that keeps every test off the internet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -12,11 +13,12 @@ import logging
 import socket
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
+from aiohttp import web
 
 from common import logs
 
@@ -32,6 +34,40 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 15.0, step:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(step)
+
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port while the block runs: its base URL. ``runner_options`` go to
+    aiohttp's AppRunner (a short ``shutdown_timeout`` for a handler that never ends)."""
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+class LoopbackPeer:
+    """A loopback HTTP server answering every method and path with ``answer``: a peer of one misbehaviour."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._serving = contextlib.AsyncExitStack()
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self.answer)
+        self.url = await self._serving.enter_async_context(served(app))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._serving.aclose()
 
 
 class ManualClock:

@@ -18,6 +18,8 @@ from common.logs import configure_logging
 from worker.config import load_settings
 from worker.state import Phase, WorkerState
 
+from ..conftest import served
+
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
@@ -113,16 +115,12 @@ async def json_log_of_one_request(
     configure_logging("json", level, stream=buffer)
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     try:
-        async with httpx.AsyncClient() as http:
-            status = (await http.get(f"http://127.0.0.1:{runner.addresses[0][1]}/")).status_code
-        then()
+        async with served(app) as url:
+            async with httpx.AsyncClient() as http:
+                status = (await http.get(f"{url}/")).status_code
+            then()
     finally:
-        await runner.cleanup()
         structlog.reset_defaults()
     return status, buffer.getvalue()
 

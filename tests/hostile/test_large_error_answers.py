@@ -16,7 +16,7 @@ from scaler.queue_status import QueueStatusError, QueueStatusReader
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
 from worker.queue_client import PollError, QueueClient, TransientHTTPError
 
-from ..conftest import LoopThread
+from ..conftest import LoopbackPeer, LoopThread
 
 ONE_MIB = 1 << 20
 # Scrubbing a quote once read the whole answer again from every letter of it: 1 MiB of letters took ~13 minutes
@@ -24,29 +24,14 @@ ONE_MIB = 1 << 20
 STALL_GUARD_S = 60.0
 
 
-class ErrorPage:
+class ErrorPage(LoopbackPeer):
     """A loopback server answering every request with ``status`` and ``body`` (text/html, as a proxy's page)."""
 
     def __init__(self, status: int, body: bytes) -> None:
         self.status, self.body = status, body
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+        super().__init__()
 
-    async def __aenter__(self) -> ErrorPage:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _answer(self, _request: web.Request) -> web.Response:
+    async def answer(self, _request: web.Request) -> web.Response:
         return web.Response(status=self.status, body=self.body, content_type="text/html")
 
 

@@ -37,6 +37,8 @@ from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
 from worker.queue_client import QueueClient, TransientHTTPError
 from worker.state import WorkerState
 
+from ..conftest import served
+
 TOKEN = "qm-secret-token-7f3a"
 RUNPOD_KEY = "rpa_proxy_test_key"
 RUNPOD_POD = {"name": "comfy-proxy-00000000", "image": "ghcr.io/acme/worker:1.0.0",
@@ -234,11 +236,8 @@ async def recording_proxy():
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
-    await runner.cleanup()
+    async with served(app, access_log=None) as url:
+        yield url, seen
 
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
@@ -287,15 +286,15 @@ async def test_the_scalers_peers_on_loopback_are_never_reached_through_a_proxy(
 
     app = web.Application()
     app.router.add_post("/hook/{token}", hook)
-    webhook = web.AppRunner(app, access_log=None)
-    await webhook.setup()
-    await web.TCPSite(webhook, "127.0.0.1", 0).start()
-    hook_url = f"http://127.0.0.1:{webhook.addresses[0][1]}/hook/T0KEN-secret"
-    async with FakeVerda("verda-id", "verda-secret") as verda_api, FakeRunPod(RUNPOD_KEY) as runpod_api:
+    async with (
+        served(app, access_log=None) as webhook_url,
+        FakeVerda("verda-id", "verda-secret") as verda_api,
+        FakeRunPod(RUNPOD_KEY) as runpod_api,
+    ):
         verda = VerdaClient("verda-id", "verda-secret", base_url=verda_api.url, max_attempts=1)
         runpod = RunPodClient(RUNPOD_KEY, base_url=runpod_api.url, max_attempts=1)
         probe = PodHealthProbe(runpod_api.health_url)
-        alerts = AlertSender(hook_url, attempts=1)
+        alerts = AlertSender(f"{webhook_url}/hook/T0KEN-secret", attempts=1)
         try:
             assert await verda.list_deployments() == []
             pod = await runpod.create_pod(RUNPOD_POD)
@@ -306,7 +305,6 @@ async def test_the_scalers_peers_on_loopback_are_never_reached_through_a_proxy(
             await runpod.aclose()
             await probe.aclose()
             await alerts.aclose()
-            await webhook.cleanup()
     assert len(posted) == 1
     assert seen == []
 
@@ -411,12 +409,8 @@ async def echoing_peer():
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", answer
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url, answer
 
 
 @pytest.mark.parametrize("offset", [180, 190])

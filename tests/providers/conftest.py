@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from scaler.deploy.spec import DEFAULT_SPEC_PATH
 
-from ..conftest import ManualClock
+from ..conftest import LoopbackPeer, ManualClock
 
 
 class RecordingSleep:
@@ -61,30 +61,6 @@ async def closed_after() -> AsyncIterator[Callable[[Any], Any]]:
     yield keep
     for client in clients:
         await client.aclose()
-
-
-class LoopbackPeer:
-    """A loopback HTTP server answering every method and path with ``answer``: a peer of one misbehaviour."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def answer(self, request: web.Request) -> web.StreamResponse:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self.answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 class DrippingPeer(LoopbackPeer):

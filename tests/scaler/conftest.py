@@ -32,7 +32,7 @@ from scaler.queue_status import QueueStatus, QueueStatusError
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
-from ..conftest import ManualClock, wait_for
+from ..conftest import LoopbackPeer, ManualClock, wait_for
 
 DEPLOYMENT = "comfyui-worker-serverless"
 VERDA_ID, VERDA_SECRET = "scaler-test-id", "scaler-test-secret-do-not-log"
@@ -324,7 +324,7 @@ def wall(clock: ManualClock) -> ManualClock:
     return clock
 
 
-class FloodingPeer:
+class FloodingPeer(LoopbackPeer):
     """A loopback HTTP server, broken or hostile: each path in ``answers`` gets that JSON; any other path a 200
     of ``flood_bytes`` of JSON-looking bytes, streamed without a Content-Length (or announcing it, with
     ``announce``). ``sent`` counts what it managed to write before the client hung up."""
@@ -336,24 +336,9 @@ class FloodingPeer:
         self.flood_bytes = flood_bytes
         self.announce: int | None = None
         self.sent = 0
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+        super().__init__()
 
-    async def __aenter__(self) -> FloodingPeer:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._answer)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
+    async def answer(self, request: web.Request) -> web.StreamResponse:
         if request.path in self.answers:
             return web.json_response(self.answers[request.path])
         response = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 
 from scaler.alerts import MAX_WEBHOOK_ANSWER_BYTES, Alert, AlertBook, AlertFormat, AlertSender, budget_alerts
 
+from ..conftest import served
+
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
 DAY = 86_400.0
 
@@ -31,21 +33,17 @@ class Webhook:
         self.flood_bytes = 0
         self.sent = 0
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._serving = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook/{token}", self._post)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook/T0KEN-secret"
+        base_url = await self._serving.enter_async_context(served(app, access_log=None))
+        self.url = f"{base_url}/hook/T0KEN-secret"
 
     async def stop(self) -> None:
         self.hang.clear()
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await self._serving.aclose()
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1

@@ -22,6 +22,7 @@ from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.wiring import build_fleet, stop_all, stop_provider
 
+from ..conftest import served
 from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, running_scaler, sigterm_and_wait
 
 
@@ -328,15 +329,10 @@ async def test_a_webhook_echoing_its_path_never_reaches_the_log(fleet_env, monke
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", refuse)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        monkeypatch.setenv("SCALER_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{runner.addresses[0][1]}{secret_path}")
+    async with served(app, access_log=None) as url:  # the access log would name the secret path
+        monkeypatch.setenv("SCALER_ALERT_WEBHOOK_URL", f"{url}{secret_path}")
         monkeypatch.setenv("SCALER_ALERT_DRY_RUN", "false")
         assert await cli("stop", "--all") == 0
-    finally:
-        await runner.cleanup()
     captured = capsys.readouterr()
     assert "alert_not_delivered" in captured.err and "Cannot POST" in captured.err, captured.err
     assert "/services/T0" not in captured.out + captured.err

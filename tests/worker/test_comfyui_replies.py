@@ -13,6 +13,8 @@ import worker.comfyui
 from bench.comfyui_reply_memory import text_output_workflow
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, ReplyTooLarge
 
+from ..conftest import served
+
 SMALL_BOUND = 256 << 10
 
 
@@ -48,15 +50,10 @@ async def endless_comfyui():
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", endless)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    client = ComfyUIClient(f"http://127.0.0.1:{port}", timeout_s=5)
-    yield client
-    await client.aclose()
-    await runner.cleanup()
+    async with served(app) as url:
+        client = ComfyUIClient(url, timeout_s=5)
+        yield client
+        await client.aclose()
 
 
 async def test_an_answer_without_end_is_cut_at_the_bound(endless_comfyui, monkeypatch):

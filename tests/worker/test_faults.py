@@ -19,7 +19,7 @@ from demo.replicas import free_loopback_port
 from worker.main import Worker
 from worker.replica_faults import replica_fault
 
-from ..conftest import wait_for
+from ..conftest import served, wait_for
 from .conftest import COMFYUI_KILLED_TIMINGS, HEALTHY_TIMINGS, HEALTHY_WITHIN_S, HEARTBEAT_LIMIT_S
 
 
@@ -453,20 +453,16 @@ async def test_a_poll_answer_dripped_byte_by_byte_ends_at_http_timeout_s_and_the
 
     app = web.Application()
     app.router.add_get("/api/workers/next-job", drip)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    worker = make_worker(queue_manager_url=f"http://127.0.0.1:{runner.addresses[0][1]}", http_timeout_s=0.5,
-                         serverless_mode=False)
-    run = asyncio.create_task(worker.run())
-    try:
-        with capture_logs() as logs:
-            await wait_for(lambda: worker.state.metrics.poll_errors._value.get() >= 1)
-        assert not readiness(worker.state).healthy
-    finally:
-        worker.request_shutdown()
-        await run
-        await runner.cleanup()
+    async with served(app, shutdown_timeout=0.1) as url:
+        worker = make_worker(queue_manager_url=url, http_timeout_s=0.5, serverless_mode=False)
+        run = asyncio.create_task(worker.run())
+        try:
+            with capture_logs() as logs:
+                await wait_for(lambda: worker.state.metrics.poll_errors._value.get() >= 1)
+            assert not readiness(worker.state).healthy
+        finally:
+            worker.request_shutdown()
+            await run
     [failure, *_] = [e for e in logs if e["event"] == "Poll failed; backing off"]
     assert "took more than 0.5 s" in failure["error"]
 
