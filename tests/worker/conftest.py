@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,21 @@ HEALTHY_TIMINGS = RunTimings(
 )  # fmt: skip
 # For the tests that kill or hang ComfyUI mid-job and wait for the worker to give it up: 0.6 s of silence, not 2.5.
 COMFYUI_KILLED_TIMINGS = replace(HEALTHY_TIMINGS, lost_after_s=0.6)
+
+
+async def wedged_verdicts(worker: Worker, run: asyncio.Task[int] | None = None) -> tuple[int, list[str]]:
+    """Run ``worker`` to its end (or wait for its ``run`` task), reading /health's verdict (HEARTBEAT_LIMIT_S)
+    every 50 ms: its exit code, and the "worker loop wedged" reasons /health would have answered."""
+    from health.verdict import liveness
+
+    run = run or asyncio.create_task(worker.run())
+    reasons: list[str] = []
+    while not run.done():
+        reason = liveness(worker.state, HEARTBEAT_LIMIT_S).reason
+        if reason and reason.startswith("worker loop wedged") and reason not in reasons:
+            reasons.append(reason)
+        await asyncio.sleep(0.05)
+    return await run, reasons
 
 
 @pytest.fixture

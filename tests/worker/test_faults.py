@@ -20,7 +20,13 @@ from worker.main import Worker
 from worker.replica_faults import replica_fault
 
 from ..conftest import served, wait_for
-from .conftest import COMFYUI_KILLED_TIMINGS, HEALTHY_TIMINGS, HEALTHY_WITHIN_S, HEARTBEAT_LIMIT_S
+from .conftest import (
+    COMFYUI_KILLED_TIMINGS,
+    HEALTHY_TIMINGS,
+    HEALTHY_WITHIN_S,
+    HEARTBEAT_LIMIT_S,
+    wedged_verdicts,
+)
 
 
 async def test_deadline_interrupts_the_prompt_and_fails_the_job(qm, comfy, make_worker, workflows):
@@ -710,8 +716,6 @@ async def test_a_probe_of_a_hung_comfyui_longer_than_the_heartbeat_limit_is_not_
     """HTTP_TIMEOUT_S and COMFYUI_UNRESPONSIVE_TIMEOUT_S both above HEARTBEAT_TIMEOUT_S: before, the first probe of a
     hung ComfyUI held the loop that long with no heartbeat, so /health said "worker loop wedged" (a restart that
     loses the reason) before the worker could give ComfyUI up as "ComfyUI stopped answering"."""
-    from health.verdict import liveness
-
     process, url = comfyui_process
     worker = make_worker(
         comfyui_url=url, serverless_mode=False, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, http_timeout_s=20,
@@ -720,12 +724,7 @@ async def test_a_probe_of_a_hung_comfyui_longer_than_the_heartbeat_limit_is_not_
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: worker.state.consecutive_idle_polls >= 1)
     process.send_signal(signal.SIGSTOP)
-    reasons = set()
-    while not run.done():
-        reasons.add(liveness(worker.state, HEARTBEAT_LIMIT_S).reason)
-        await asyncio.sleep(0.05)
-    assert await run == 1
-    assert [r for r in reasons if r and r.startswith("worker loop wedged")] == []
+    assert await wedged_verdicts(worker, run) == (1, [])
     assert worker.state.fatal_reason.startswith("ComfyUI stopped answering")
 
 

@@ -16,7 +16,7 @@ from common.logs import configure_logging
 from standins.comfyui_nodes import Image, image_size, png_bytes
 
 from ..conftest import wait_for
-from .conftest import COMFYUI_KILLED_TIMINGS, HEARTBEAT_LIMIT_S
+from .conftest import COMFYUI_KILLED_TIMINGS, HEARTBEAT_LIMIT_S, wedged_verdicts
 
 
 def png(width: int, height: int) -> bytes:
@@ -330,31 +330,20 @@ async def test_slow_uploads_and_a_slow_submission_keep_the_heartbeat_fresh(qm, c
     HTTP_TIMEOUT_S each, so slow, not wedged. Before, the worker did not beat from the first upload until the
     prompt was queued: 16 images at up to HTTP_TIMEOUT_S each could pass HEARTBEAT_TIMEOUT_S, and /health said
     "worker loop wedged" (the platform restarts the replica) while the job was on its way."""
-    from health.verdict import liveness
-
     names = [f"slow{n}.png" for n in range(3)]
     images = [{"name": name, "image": TINY} for name in names]
     job = qm.store.submit("alice", load_and_save(*names), metadata={"images": images})
     comfy.slow_down("/upload/image", HEARTBEAT_LIMIT_S / 2)
     comfy.slow_down("/prompt", HEARTBEAT_LIMIT_S * 2 / 3)  # 3 x 1.5 s + 2 s unbeaten before: past the 3-s limit
-    worker = make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
-    run = asyncio.create_task(worker.run())
-    reasons = set()
-    while not run.done():
-        reasons.add(liveness(worker.state, HEARTBEAT_LIMIT_S).reason)
-        await asyncio.sleep(0.05)
-    assert await run == 0
+    assert await wedged_verdicts(make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S)) == (0, [])
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     assert len(comfy.uploads_received) == 3
-    assert [r for r in reasons if r and r.startswith("worker loop wedged")] == []
 
 
 async def test_a_slow_interrupt_at_the_job_deadline_keeps_the_heartbeat_fresh(qm, comfy, make_worker):
     """POST /interrupt and POST /queue (delete) answered late when the job's deadline stops its prompt: two calls
     of up to HTTP_TIMEOUT_S each, before the wait for ComfyUI to stop; slow, not wedged."""
-    from health.verdict import liveness
-
     workflow = load_and_save("long.png")  # 1 LoadImage -> 3 SaveImage; 30 ImageBlur nodes of 0.4 s between
     for n in range(30):
         workflow[f"b{n}"] = {"class_type": "ImageBlur", "inputs": {"image": [f"b{n - 1}" if n else "1", 0],
@@ -364,13 +353,6 @@ async def test_a_slow_interrupt_at_the_job_deadline_keeps_the_heartbeat_fresh(qm
     job = qm.store.submit("alice", workflow, metadata={"images": images})
     comfy.slow_down("/interrupt", HEARTBEAT_LIMIT_S * 2 / 3)
     comfy.slow_down("/queue", HEARTBEAT_LIMIT_S * 2 / 3)
-    worker = make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=1)
-    run = asyncio.create_task(worker.run())
-    reasons = set()
-    while not run.done():
-        reasons.add(liveness(worker.state, HEARTBEAT_LIMIT_S).reason)
-        await asyncio.sleep(0.05)
-    assert await run == 0
+    assert await wedged_verdicts(make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=1)) == (0, [])
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job" and "Job timed out after 1 s" in report.body["error"], report.body
-    assert [r for r in reasons if r and r.startswith("worker loop wedged")] == []
