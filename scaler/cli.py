@@ -40,7 +40,7 @@ from scaler.health_record import (
     read_health,
     reading_fields,
 )
-from scaler.ledger import BillingRule
+from scaler.ledger import BillingRule, SavedFileUnreadable
 from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state, saved_health, tick_deadline
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return asyncio.run(command(settings, args))
-    except ProviderSetupError as exc:
+    except (ProviderSetupError, SavedFileUnreadable) as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM (Terminated), while a provider is slow to answer

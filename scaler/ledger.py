@@ -390,17 +390,41 @@ class CostLedger:
     def load(cls, path: Path, *, read_only: bool = False) -> CostLedger:
         """The saved ledger; a fresh one when there is none. A file that cannot be read is kept aside
         (``<name>.corrupt-<time>``) and logged, never silently overwritten. ``read_only`` (a dry run, which
-        saves nothing): the folder is left as it is, an unreadable file where it lies."""
+        saves nothing): the folder is left as it is, an unreadable file where it lies. SavedFileUnreadable when
+        the file cannot be read at all (``read_saved``)."""
         if not read_only:
             remove_stale_scratch(path)
-        if not path.exists():
+        if (text := read_saved(path, "SCALER_LEDGER_FILE")) is None:
             return cls()
         try:
-            return cls.from_json(json.loads(path.read_text()))
+            return cls.from_json(json.loads(text))
         except UNREADABLE as exc:
             log.error("cost_ledger_unreadable", path=str(path), kept_as=kept_aside(path, read_only),
                       error=f"{type(exc).__name__}: {exc}")
             return cls()
+
+
+class SavedFileUnreadable(Exception):
+    """A file the scaler saved is there but cannot be read at all: not corrupt, so left as it is."""
+
+
+def read_saved(path: Path, setting: str) -> str | None:
+    """The text of a file the scaler saved (``setting`` names it); None when there is none.
+
+    A file that is there but cannot be read at all (no permission for the scaler's user, an I/O error, a
+    directory) raises SavedFileUnreadable: it is not corrupt, and a scaler started afresh beside it would forget
+    the day's spend (the budget caps counting from zero) and write over it at its first tick.
+    """
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SavedFileUnreadable(
+            f"{setting} {path} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); nothing was changed: "
+            f"give the scaler's user (uid 10001 in the image) read and write access to it and its folder, or set "
+            f"{setting} to a file that can be"
+        ) from exc
 
 
 # What reading a JSON file of the wrong shape raises: not there, not JSON (or nested past the parser's depth), a key

@@ -32,6 +32,7 @@ from scaler.ledger import (
     changed_settings,
     kept_aside,
     log_clock_step,
+    read_saved,
     recounted,
     remove_stale_scratch,
     saved_number,
@@ -480,13 +481,14 @@ def load_policy_state(path: Path, billing: BillingRule | None = None, *, read_on
     not JSON, a value of the wrong type) is kept aside as ``<name>.corrupt-<time>`` and logged: the scaler
     starts afresh rather than not at all, and says that the spend it remembered is gone. Intervals saved under
     another rule than ``billing`` are converted to it. ``read_only`` (a dry run, which saves nothing): the
-    folder is left as it is, an unreadable file where it lies."""
+    folder is left as it is, an unreadable file where it lies. A file that cannot be read at all (no
+    permission, a directory) raises SavedFileUnreadable (``read_saved``): it is not corrupt."""
     if not read_only:
         remove_stale_scratch(path)
-    if not path.exists():
+    if (text := read_saved(path, "SCALER_STATE_FILE")) is None:
         return PolicyState()
     try:
-        return _policy_state(json.loads(path.read_text()), billing)
+        return _policy_state(json.loads(text), billing)
     except UNREADABLE as exc:
         log.error("policy_state_unreadable", path=str(path), kept_as=kept_aside(path, read_only), error=error_text(exc),
                   hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "

@@ -26,7 +26,7 @@ from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_f
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from scaler.fleet import FleetBackend, Member
 from scaler.health_record import HealthReading, RecordedBackend, read_health
-from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger
+from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger, SavedFileUnreadable
 from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig
@@ -351,6 +351,19 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
         await asyncio.sleep(poll_s)
 
 
+def _kill_switch_ledger(settings: ScalerSettings) -> CostLedger | None:
+    """The fleet's ledger for `stop --all`, which stops what it can whatever it cannot read: None without one, or
+    when it cannot be read at all (logged; its retired providers and today's alerts are then not known)."""
+    if not settings.ledger_file:
+        return None
+    try:
+        return CostLedger.load(settings.ledger_file)
+    except SavedFileUnreadable as exc:
+        log.error("cost_ledger_unreadable", error=str(exc),
+                  hint="stopping the providers listed in SCALER_PROVIDERS; a retired one still running is not seen")
+        return None
+
+
 async def stop_all(
     settings: ScalerSettings,
     names: Sequence[str],
@@ -361,8 +374,8 @@ async def stop_all(
     """`comfy-scaler stop --all`: every provider at once, each confirmed from its own state. The stop file is
     written first, so a running scaler holds everything at zero too (RunPod has no pause of its own)."""
     results: list[StopResult] = []
-    if settings.provider_names and settings.ledger_file:
-        names = [*names, *retired_providers(settings, CostLedger.load(settings.ledger_file))]
+    if settings.provider_names and (ledger := _kill_switch_ledger(settings)) is not None:
+        names = [*names, *retired_providers(settings, ledger)]
     stop_file = stop_file_for(settings)
     if stop_file is not None:
         try:
@@ -387,7 +400,8 @@ async def stop_all(
         )
     finally:
         await asyncio.gather(*(backend.aclose() for _, backend in backends), return_exceptions=True)
-    book = AlertBook.from_json(CostLedger.load(settings.ledger_file).alerts) if settings.ledger_file else AlertBook()
+    ledger = _kill_switch_ledger(settings)  # read again: a running scaler may have sent an alert meanwhile
+    book = AlertBook.from_json(ledger.alerts) if ledger is not None else AlertBook()
     alerts = make_alerts(settings, book)
     try:
         stopped = [r.provider for r in results if r.stopped]
@@ -398,8 +412,7 @@ async def stop_all(
         await alerts.flush(timeout_s=30.0)
     finally:
         await alerts.aclose()
-    if settings.ledger_file:
-        ledger = CostLedger.load(settings.ledger_file)
+    if (ledger := _kill_switch_ledger(settings)) is not None:  # as a running scaler left it
         ledger.alerts = book.to_json()
         try:
             ledger.save(settings.ledger_file)

@@ -10,8 +10,10 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -68,6 +70,40 @@ class LoopbackPeer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._serving.aclose()
+
+
+NOBODY = 65534
+
+
+def run_as_nobody(work: Callable[[], Any]) -> Any:
+    """``work()`` in a forked child running as nobody when we are root (root writes and removes anywhere, the
+    container's uid 10001 does not); its result comes back as JSON through a pipe. The child leaves without
+    running pytest's clean-up."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            if os.getuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            os.write(write_end, json.dumps(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(report)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder another uid can reach (pytest's tmp_path sits under a 0700 folder)."""
+    with tempfile.TemporaryDirectory(prefix="shared-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
 
 
 class ManualClock:

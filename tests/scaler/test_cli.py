@@ -472,3 +472,20 @@ def test_a_command_the_local_backend_cannot_serve_says_what_to_run_instead(
     assert main([command]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{command}: ") and says in err
+
+
+@pytest.mark.parametrize("command", ["once", "run"])
+async def test_a_state_file_that_cannot_be_read_stops_the_scaler_before_it_decides(
+    cli_env, qm, verda_scaling, scaling_patches, monkeypatch, tmp_path, capsys, command
+):
+    """Not corrupt, only unreadable (here a directory; a file of another user's fails the same way): the scaler
+    says which setting and why, and exits 1 before it decides anything, leaving the file as it is."""
+    (tmp_path / "state").mkdir()
+    monkeypatch.setenv("SCALER_STATE_FILE", str(tmp_path / "state"))
+    qm.store.submit("alice", WORKFLOW)
+    assert await cli(command) == 1
+    err = capsys.readouterr().err
+    state = tmp_path / "state"
+    assert f"{command}: SCALER_STATE_FILE {state} cannot be read (IsADirectoryError: Is a directory)" in err
+    assert scaling_patches() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]

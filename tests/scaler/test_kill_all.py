@@ -86,6 +86,27 @@ async def test_stop_all_still_stops_every_provider_when_the_kill_switch_file_can
     assert "kill switch file" in captured.err and "a running scaler" in captured.err
 
 
+async def test_stop_all_stops_every_provider_when_the_ledger_cannot_be_read(
+    fleet_env, monkeypatch, make_verda_client, fake_verda, verda_scaling, capsys, tmp_path
+):
+    """A ledger the scaler's user may not read (here a directory) stops `run` with exit 1; the kill switch goes
+    on without it, and leaves it as it is."""
+    (tmp_path / "ledger").mkdir()
+    monkeypatch.setenv("SCALER_LEDGER_FILE", str(tmp_path / "ledger"))
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(2)
+    await backend.aclose()
+    assert await cli("stop", "--all") == 0
+    assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+    captured = capsys.readouterr()
+    assert "verda: stopped" in captured.out
+    assert "cost_ledger_unreadable" in captured.err and "IsADirectoryError" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger", "ledger.stopped"]
+    assert list((tmp_path / "ledger").iterdir()) == []
+    assert await cli("run") == 1
+    assert f"run: SCALER_LEDGER_FILE {tmp_path / 'ledger'} cannot be read" in capsys.readouterr().err
+
+
 async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_starts_nothing(
     fleet_env, fake_verda, verda_scaling, capsys, tmp_path
 ):

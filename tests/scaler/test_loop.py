@@ -16,14 +16,14 @@ from structlog.testing import capture_logs
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.billing import BillingAnchor, SpendLedger, billed_intervals
 from scaler.health_record import BackendHealth
-from scaler.ledger import BillingRule, CostLedger
+from scaler.ledger import BillingRule, CostLedger, SavedFileUnreadable
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import PolicyState, Reason, Replica, ScalingConfig
 from scaler.providers import BackendView
 from scaler.providers.verda.client import VerdaAPIError
 
-from ..conftest import ManualClock
+from ..conftest import ManualClock, run_as_nobody
 from .conftest import StubBackend
 
 CONFIG = ScalingConfig(
@@ -393,16 +393,43 @@ async def test_a_tick_that_fails_unexpectedly_is_logged_and_the_loop_holds_and_g
     assert failed and failed[0]["log_level"] == "error" and "OverflowError" in failed[0]["error"]
 
 
-def test_a_state_file_path_that_is_a_directory_is_reported_and_left_where_it_is(tmp_path):
-    """SCALER_STATE_FILE=/var/lib/comfy-scaler (the directory, by mistake) must not get the directory renamed."""
+@pytest.mark.parametrize(("load", "setting"), [(load_policy_state, "SCALER_STATE_FILE"),
+                                               (CostLedger.load, "SCALER_LEDGER_FILE")], ids=["state", "ledger"])
+def test_a_state_file_path_that_is_a_directory_is_refused_and_left_where_it_is(tmp_path, load, setting):
+    """SCALER_STATE_FILE=/var/lib/comfy-scaler (the directory, by mistake): named, never renamed, and no scaler
+    starts on it (before, it started afresh and failed to save at every tick, its budgets counting from zero)."""
     (tmp_path / "scaler" / "kept.txt").parent.mkdir()
     (tmp_path / "scaler" / "kept.txt").write_text("the operator's")
-    with capture_logs() as logs:
-        assert load_policy_state(tmp_path / "scaler") == PolicyState()
-        assert CostLedger.load(tmp_path / "scaler").spent_since(0) == 0
+    with pytest.raises(SavedFileUnreadable, match=rf"^{setting} {tmp_path}/scaler cannot be read \(IsADirectoryError"):
+        load(tmp_path / "scaler")
     assert (tmp_path / "scaler" / "kept.txt").read_text() == "the operator's"
-    assert [entry["event"] for entry in logs] == ["policy_state_unreadable", "cost_ledger_unreadable"]
-    assert "IsADirectoryError" in logs[0]["error"]
+    assert [p.name for p in tmp_path.iterdir()] == ["scaler"]
+
+
+@pytest.mark.parametrize("load", [load_policy_state, CostLedger.load], ids=["state", "ledger"])
+def test_a_state_file_the_scalers_user_may_not_read_is_refused_not_moved_aside_as_corrupt(shared_tmp, load):
+    """A volume whose files another user wrote (root, before the image ran as uid 10001): the file is intact,
+    only not ours to read. Before, it was moved aside as `<name>.corrupt-<time>` and the scaler started afresh:
+    the day's spend forgotten, SCALER_MAX_SPEND_PER_* counting from zero, the file to be put back by hand."""
+    shared_tmp.chmod(0o777)  # the folder is the scaler's to write: only the file is not
+    path = shared_tmp / "scaler.json"
+    save_policy_state(path, PolicyState(applied=3))
+    path.chmod(0o600 if os.getuid() == 0 else 0o000)  # root reads anything: the load runs as nobody then
+
+    def load_it() -> str:
+        try:
+            load(path)
+        except SavedFileUnreadable as exc:
+            return str(exc)
+        return "loaded"
+
+    said = run_as_nobody(load_it)
+    assert said.startswith(f"{path} cannot be read (PermissionError: Permission denied)") or (
+        said.split(" ", 1)[1].startswith(f"{path} cannot be read (PermissionError: Permission denied)")
+    ), said
+    assert "uid 10001" in said
+    assert [p.name for p in shared_tmp.iterdir()] == ["scaler.json"]
+    assert load_policy_state(path).applied == 3, "intact, where it was"
 
 
 @pytest.mark.parametrize("load", [load_policy_state, CostLedger.load], ids=["state", "ledger"])

@@ -9,9 +9,8 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +21,6 @@ from queue_manager import QueueManagerServer
 
 SIMULATOR_COMMAND = f"{sys.executable} -m standins.comfyui"
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "workflows"
-
-
-NOBODY = 65534
-
-
-def run_as_nobody(work: Callable[[], Any]) -> Any:
-    """``work()`` in a forked child running as nobody when we are root (root writes and removes anywhere, the
-    container's uid 10001 does not); its result comes back as JSON through a pipe. The child leaves without
-    running pytest's clean-up."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            if os.getuid() == 0:
-                os.setgroups([])
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-            os.write(write_end, json.dumps(work()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(report)
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder another uid can reach (pytest's tmp_path sits under a 0700 folder)."""
-    with tempfile.TemporaryDirectory(prefix="supervisor-") as name:
-        os.chmod(name, 0o755)
-        yield Path(name)
 
 
 def free_ports(count: int) -> list[int]:

@@ -20,7 +20,7 @@ from supervisor.config import SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
 from supervisor.scratch import empty_scratch_folders
 
-from .conftest import NOBODY, run_as_nobody
+from ..conftest import NOBODY, run_as_nobody
 from .test_supervisor_with_simulator import job_status, submit
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from supervisor.writable_dirs import unreadable_directories, unwritable_directories
 
-from .conftest import NOBODY, run_as_nobody
+from ..conftest import NOBODY, run_as_nobody
 
 
 def check_as_another_user(directories: dict[str, Path]) -> list[str]:

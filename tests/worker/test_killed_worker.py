@@ -296,7 +296,7 @@ def test_an_outputs_path_the_worker_cannot_enter_is_a_warning_at_start_not_a_cra
     import json
     import tempfile
 
-    from tests.supervisor.conftest import run_as_nobody
+    from tests.conftest import run_as_nobody
     from worker.outputs import remove_abandoned_deliveries
 
     if os.getuid() != 0:
