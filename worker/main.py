@@ -341,12 +341,12 @@ class Worker:
         if self.delivery.sweep_due():
             await self._remove_in_thread(self.delivery.remove_abandoned)
 
-    async def _remove_in_thread(self, remove: Callable[..., object], *args: object) -> None:
+    async def _remove_in_thread(self, remove: Callable[..., T], *args: object) -> T:
         """A removal from OUTPUTS_PATH given REMOVAL_BUDGET_S (it starts no entry after it): slow on a network
         volume is not wedged, and a volume hung inside one entry still is, HEARTBEAT_TIMEOUT_S after the budget."""
         budget_s = REMOVAL_BUDGET_S
         async with self.state.beating(self._beat_interval_s, for_at_most_s=budget_s):
-            await asyncio.to_thread(remove, *args, budget_s=budget_s)
+            return await asyncio.to_thread(remove, *args, budget_s=budget_s)
 
     async def _comfyui_answering(self) -> bool:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""
@@ -538,8 +538,9 @@ class Worker:
                      note="an earlier try of the report had landed")
             return "completed"
         files = [DeliveredFile(**f) for f in (report.result or {}).get("outputs", [])]
-        await asyncio.to_thread(self.delivery.remove, files)
-        log.warning("Removed the outputs of a completion the queue manager refused", files=len(files))
+        left = await self._remove_in_thread(self.delivery.remove, files)
+        log.warning("Removed the outputs of a completion the queue manager refused", files=len(files) - left,
+                    left_in_place=left)
         if refusal == "rejected":
             why = f"Output delivery failed: the queue manager refused the result ({self.reporter.last_rejection})"
             async with self.state.beating(self._beat_interval_s):

@@ -360,16 +360,21 @@ class OutputDelivery:
                    left_in_place=left, budget_s=budget_s)
         return removed
 
-    def remove(self, files: list[DeliveredFile]) -> None:
-        """Delete delivered files and the folders they leave empty, up to OUTPUTS_PATH/<user>; never outside."""
+    def remove(self, files: list[DeliveredFile], budget_s: float = math.inf) -> int:
+        """Delete delivered files and the folders they leave empty, up to OUTPUTS_PATH/<user>; never outside.
+        No file is started after budget_s (one always is): how many were left in place."""
         root = self.outputs_root.resolve()
-        for file in files:
+        stop_at = time.monotonic() + budget_s
+        for done, file in enumerate(files):
+            if done and time.monotonic() >= stop_at:
+                return len(files) - done
             path = (self.outputs_root / file.path).resolve()
             if not path.is_relative_to(root):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             remove_empty_parents(path.parent, keep=root / path.relative_to(root).parts[0])  # OUTPUTS_PATH/<user>
+        return 0
 
     async def _copy(
         self, item: OutputFile, relative: PurePosixPath, target: Path, allowance: int, written_since: float | None

@@ -254,9 +254,9 @@ async def test_a_completion_the_queue_manager_refuses_for_good_leaves_no_orphan_
     worker = make_worker()
     remove, removed_on = worker.delivery.remove, []
 
-    def remove_noting_the_thread(files):
+    def remove_noting_the_thread(files, **budget):
         removed_on.append(threading.current_thread())
-        remove(files)
+        return remove(files, **budget)
 
     worker.delivery.remove = remove_noting_the_thread
     with capture_logs() as logs:

@@ -201,3 +201,48 @@ async def test_a_slow_removal_of_an_earlier_attempts_files_is_not_a_wedged_loop(
     assert report.endpoint == "complete-job"
     assert not (earlier / "ComfyUI_00001_.png").exists()
     assert [v.reason for v in verdicts if not v.healthy] == []
+
+
+async def test_a_slow_removal_of_a_refused_completions_outputs_is_not_a_wedged_loop(
+    monkeypatch, qm, comfy, make_worker, workflows, tmp_path, gate
+):
+    """A completion the queue manager refuses for good leaves files that are no one's result: up to
+    MAX_JOB_OUTPUT_FILES of them were removed in a thread with no heartbeat, and on a slow volume /health said
+    "worker loop wedged". Now they get the removal budget (the rest is left in place, and said) and beat."""
+    qm.faults.inject("complete-job", status=404, body={"detail": "Job not found"})
+    qm.faults.inject("get-job", status=404, body={"detail": "Job not found"})
+    job = qm.store.submit("alice", workflows["quick"])
+    delivered = tmp_path / "outputs" / "alice" / job.id
+    monkeypatch.setattr(os, "unlink", gate.wrap(os.unlink, lambda path, *_: str(path).startswith(str(delivered))))
+    worker = make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
+    with capture_logs() as logs:
+        run = asyncio.create_task(worker.run())
+        await wait_for(gate.waiting.is_set)
+        verdicts = await liveness_while(worker, HELD_S)
+        gate.opened.set()
+        assert await run == 0
+    assert [v.reason for v in verdicts if not v.healthy] == []
+    [removed] = [e for e in logs if e["event"] == "Removed the outputs of a completion the queue manager refused"]
+    assert (removed["files"], removed["left_in_place"]) == (2, 0), "the quick workflow delivers 2 files"
+    assert not list(delivered.parent.rglob("*.png"))
+
+
+async def test_a_removal_of_delivered_files_stops_at_its_budget_and_says_how_many_it_left(tmp_path):
+    from worker.comfyui import ComfyUIClient
+    from worker.outputs import DeliveredFile, OutputDelivery
+
+    folder = tmp_path / "outputs" / "alice" / "job-1"
+    folder.mkdir(parents=True)
+    files = []
+    for n in range(3):
+        (folder / f"ComfyUI_0000{n}_.png").write_bytes(b"x")
+        files.append(DeliveredFile(node_id="9", kind="images", path=f"alice/job-1/ComfyUI_0000{n}_.png", bytes=1,
+                                   sha256="0" * 64))
+    client = ComfyUIClient("http://127.0.0.1:9")
+    try:
+        delivery = OutputDelivery(tmp_path / "outputs", client)
+        assert delivery.remove(files, budget_s=0) == 2, "one file is always removed, none after the budget"
+        assert len(list(folder.iterdir())) == 2
+        assert delivery.remove(files) == 0 and not folder.exists()
+    finally:
+        await client.aclose()
