@@ -206,6 +206,8 @@ class QueueStatusReader:
             body = response.json()
         except ValueError:
             raise QueueStatusError(f"queue status is not JSON: {scrubbed_excerpt(response.text, 200)}") from None
+        except RecursionError:
+            raise QueueStatusError("queue status is JSON nested deeper than the parser reads: not a status") from None
         return QueueStatus.from_json(body)
 
 

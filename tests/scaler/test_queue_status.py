@@ -59,13 +59,14 @@ async def test_retries_a_restarting_manager_within_the_read(qm):
         ["not", "a", "dict"],
         {"pending_jobs": 10**400, "running_jobs": 0},  # planning walks every queued job: this never ends
         {"pending_jobs": 0, "running_jobs": 10**12},
+        "[" * 100_000 + "]" * 100_000,  # JSON, nested past what the parser reads (RecursionError)
     ],
-    ids=["html", "negative", "missing", "a-list", "pending-10e400", "running-10e12"],
+    ids=["html", "negative", "missing", "a-list", "pending-10e400", "running-10e12", "nested-past-the-parser"],
 )
 async def test_a_bad_answer_is_an_error_not_a_zero(qm, body):
     qm.faults.inject("queue-status", status=200, body=body)
     async with QueueStatusReader(qm.url, attempts=1) as reader:
-        with pytest.raises(QueueStatusError):
+        with pytest.raises(QueueStatusError, match=r"^queue status "):  # names what it read, for the log's reason
             await reader.read()
 
 
