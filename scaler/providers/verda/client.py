@@ -570,9 +570,12 @@ class VerdaClient:
         entries = data.get("list") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
             raise _unexpected(path, f"expected {{\"list\": [replica objects]}}, got {scrubbed_excerpt(str(data), 100)}")
+        # The spend ledger charges a replica by its id and start: replicas without one would share a charge.
+        if not all(isinstance(entry.get("id"), str | int) and str(entry["id"]) for entry in entries):
+            raise _unexpected(path, f"a replica without an id: {scrubbed_excerpt(str(entries), 100)}")
         return [
             Replica(
-                id=str(entry.get("id", "")),
+                id=str(entry["id"]),
                 status=str(entry.get("status", "unknown")).lower(),
                 started_at=parse_timestamp(entry.get("started_at")),
             )

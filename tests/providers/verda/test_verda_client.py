@@ -383,8 +383,12 @@ async def test_replicas_follow_min_replica_count(fake: FakeVerda, verda: VerdaCl
 
 @pytest.mark.parametrize(
     "body",
-    [[], {}, {"list": None}, {"items": []}, {"list": "replica-1"}, {"list": [["replica-1", "running"]]}],
-    ids=["a-list", "empty-object", "list-null", "other-key", "list-a-string", "entries-not-objects"],
+    [[], {}, {"list": None}, {"items": []}, {"list": "replica-1"}, {"list": [["replica-1", "running"]]},
+     {"list": [{"status": "running", "started_at": "2026-12-05T10:00:00Z"}] * 2},
+     {"list": [{"id": "", "status": "running"}]}, {"list": [{"id": None, "status": "running"}]}],
+    ids=["a-list", "empty-object", "list-null", "other-key", "list-a-string", "entries-not-objects",
+         # Charged by (id, start): two replicas started together without ids were one replica's spend.
+         "entries-without-id", "empty-id", "null-id"],
 )
 async def test_replicas_of_the_wrong_shape_are_an_error_not_zero_replicas(
     fake: FakeVerda, verda: VerdaClient, body
