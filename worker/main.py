@@ -139,6 +139,11 @@ class Worker:
         self._stop.set()
         self.state.mark_not_ready("stopping: shutting down")
 
+    def _mark_ready(self) -> None:
+        """Ready for jobs, unless a stop came meanwhile: then /ready goes on saying that it is stopping."""
+        if not self._stop.is_set():
+            self.state.mark_ready()
+
     def abort(self, reason: str) -> None:
         """ComfyUI is gone: the running job is handed back with `reason` now, and run() returns 1."""
         self._abort_reason = reason
@@ -195,7 +200,7 @@ class Worker:
         await self.housekeeping.tidy_earlier_run(s.worker_id, self._housekeeping_wait_s)
         if s.warmup_workflow is not None and not await self.warm_up():
             return self._exit_code() if self._stop.is_set() else await self._stay_unready()
-        self.state.mark_ready()
+        self._mark_ready()
         self.state.set_phase(Phase.IDLE)
         return None
 
@@ -396,7 +401,7 @@ class Worker:
             return False
         log.info("ComfyUI is answering again")
         self.state.set_comfyui(True)
-        self.state.mark_ready()
+        self._mark_ready()
         self._comfyui_answered_at = time.monotonic()
         self._silent_since = None
         return True

@@ -89,6 +89,29 @@ async def test_sigterm_while_idle_makes_the_worker_not_ready_at_once(qm, comfy, 
     assert (verdict.healthy, verdict.reason) == (False, "stopping: shutting down")
 
 
+async def test_a_stop_during_the_start_up_never_makes_the_worker_ready(qm, comfy, make_worker):
+    """A signal while the worker tidied ComfyUI at start: start-up then marked it ready all the same, and /ready
+    answered "ready" until the loop saw the stop."""
+    from health.verdict import readiness
+
+    worker = make_worker()
+    tidy, said = worker.housekeeping.tidy_earlier_run, []
+
+    async def tidy_then_signalled(*args, **kwargs):
+        await tidy(*args, **kwargs)
+        worker.request_shutdown()
+
+    def mark_ready_and_note():
+        mark_ready()
+        said.append(readiness(worker.state))
+
+    mark_ready = worker.state.mark_ready
+    worker.housekeeping.tidy_earlier_run = tidy_then_signalled
+    worker.state.mark_ready = mark_ready_and_note
+    assert await asyncio.wait_for(worker.run(), 10) == 0
+    assert [verdict for verdict in said if verdict.healthy] == []
+
+
 async def test_sigterm_mid_job_within_grace_lets_it_finish(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker(shutdown_grace_s=5)
