@@ -30,12 +30,17 @@ async def cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
+async def verda_replicas(make_verda_client, count: int) -> None:
+    """The deployment scaled to ``count`` replicas, as a running scaler would have left it."""
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    await backend.apply(count)
+    await backend.aclose()
+
+
 async def test_stop_all_pins_zero_pauses_and_confirms_from_the_providers_state(
     fleet_env, make_verda_client, fake_verda, verda_scaling, capsys, tmp_path
 ):
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(2)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 2)
     assert len(fake_verda.deployments[DEPLOYMENT].replicas) == 2
     capsys.readouterr()
     assert await cli("stop", "--all") == 0
@@ -76,9 +81,7 @@ async def test_stop_all_still_stops_every_provider_when_the_kill_switch_file_can
     """The disk that filled up at 2 a.m. must not turn the emergency stop into a traceback that stops nothing."""
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("SCALER_LEDGER_FILE", str(tmp_path / "a-file" / "ledger.json"))  # like a full disk
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(2)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 2)
     assert await cli("stop", "--all") == 1
     assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
     captured = capsys.readouterr()
@@ -93,9 +96,7 @@ async def test_stop_all_stops_every_provider_when_the_ledger_cannot_be_read(
     on without it, and leaves it as it is."""
     (tmp_path / "ledger").mkdir()
     monkeypatch.setenv("SCALER_LEDGER_FILE", str(tmp_path / "ledger"))
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(2)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 2)
     assert await cli("stop", "--all") == 0
     assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
     captured = capsys.readouterr()
@@ -157,9 +158,7 @@ async def test_stop_all_names_a_provider_without_a_backend(fleet_env, monkeypatc
 
 
 async def test_status_json_shows_each_provider_and_the_ledger(fleet_env, make_verda_client, capsys):
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(1)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 1)
     capsys.readouterr()
     assert await cli("status", "--json") == 0
     report = json.loads(capsys.readouterr().out)
@@ -224,9 +223,7 @@ def verda_charged(ledger_file: Path) -> bool:
 async def test_stop_all_works_when_settings_it_does_not_read_are_invalid(
     fleet_env, make_verda_client, fake_verda, monkeypatch, capsys
 ):
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(2)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 2)
     monkeypatch.setenv("SCALER_FALLBACK_RETRY_S", "600")  # above SCALER_FALLBACK_RETRY_MAX_S: a check across both
     monkeypatch.setenv("SCALER_FALLBACK_RETRY_MAX_S", "300")
     capsys.readouterr()
@@ -251,9 +248,7 @@ async def test_stop_all_stops_the_other_providers_when_the_runpod_deploy_spec_is
 ):
     """A deploy spec RunPod's backend cannot be built from (missing, of the wrong shape, not UTF-8) was a
     traceback that stopped nothing, not even Verda listed beside it."""
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(2)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 2)
     path = tmp_path / ("no-such-spec.toml" if spec is None else "spec.toml")
     if spec is not None:
         path.write_bytes(spec)
@@ -366,9 +361,7 @@ async def test_a_refused_pin_to_zero_still_pauses(fleet_env, make_verda_client, 
     pause, which alone would have stopped the replicas: they ran on. Now it pauses, and still says what failed."""
     if command == ["stop"]:
         monkeypatch.delenv("SCALER_PROVIDERS")
-    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
-    await backend.apply(2)
-    await backend.aclose()
+    await verda_replicas(make_verda_client, 2)
     fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/scaling", 400, method="PATCH", times=10)
     capsys.readouterr()
     assert await cli(*command) == 1
