@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -111,6 +112,7 @@ class Worker:
         self.timings = timings or RunTimings()
         self._beat_interval_s = min(1.0, settings.heartbeat_timeout_s / 4)
         self._stop = asyncio.Event()
+        self._stopping = threading.Event()  # the same, for removals running in a thread
         self._force = asyncio.Event()
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
@@ -137,6 +139,7 @@ class Worker:
             self._force.set()
         self.deadline.start()
         self._stop.set()
+        self._stopping.set()
         self.state.mark_not_ready("stopping: shutting down")
 
     def _mark_ready(self) -> None:
@@ -150,6 +153,7 @@ class Worker:
         self.state.mark_fatal(reason)
         self._aborted.set()
         self._stop.set()
+        self._stopping.set()
         self._force.set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -347,11 +351,12 @@ class Worker:
             await self._remove_in_thread(self.delivery.remove_abandoned)
 
     async def _remove_in_thread(self, remove: Callable[..., T], *args: object) -> T:
-        """A removal from OUTPUTS_PATH given REMOVAL_BUDGET_S (it starts no entry after it): slow on a network
-        volume is not wedged, and a volume hung inside one entry still is, HEARTBEAT_TIMEOUT_S after the budget."""
+        """A removal from OUTPUTS_PATH given REMOVAL_BUDGET_S (it starts no entry after it, nor after a stop): slow
+        on a network volume is not wedged, and a volume hung inside one entry still is, HEARTBEAT_TIMEOUT_S after
+        the budget."""
         budget_s = REMOVAL_BUDGET_S
         async with self.state.beating(self._beat_interval_s, for_at_most_s=budget_s):
-            return await asyncio.to_thread(remove, *args, budget_s=budget_s)
+            return await asyncio.to_thread(remove, *args, budget_s=budget_s, stop=self._stopping)
 
     async def _comfyui_answering(self) -> bool:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""

@@ -246,3 +246,24 @@ async def test_a_removal_of_delivered_files_stops_at_its_budget_and_says_how_man
         assert delivery.remove(files) == 0 and not folder.exists()
     finally:
         await client.aclose()
+
+
+async def test_a_stop_during_a_slow_sweep_starts_no_further_folder(monkeypatch, make_worker, tmp_path, gate):
+    """Before: a stop waited for the whole sweep, up to its 30-s budget, which is the platform's default kill
+    delay: the worker could be killed before "Worker shutdown complete". Now the sweep starts no folder after the
+    stop, and the next worker's sweep takes the rest."""
+    import worker.outputs
+
+    monkeypatch.setattr(worker.outputs, "_newest_change", gate.wrap(worker.outputs._newest_change))
+    folders = abandoned(tmp_path / "outputs", 3)
+    worker = make_worker(serverless_mode=False)
+    with capture_logs() as logs:
+        run = asyncio.create_task(worker.run())
+        await wait_for(gate.waiting.is_set)  # the start-up sweep is inside its first folder
+        worker.request_shutdown()
+        gate.opened.set()
+        assert await run == 0
+    [swept] = [e for e in logs if e["event"] == "Removed abandoned partial deliveries"]
+    assert (swept["folders"], swept["left_for_next_sweep"]) == (1, 2)
+    assert sum(folder.exists() for folder in folders) == 2
+    assert "Worker shutdown complete" in [e["event"] for e in logs]
