@@ -341,7 +341,7 @@ class OutputDelivery:
         removed = 0
         left = 0
         for done, entry in enumerate(entries):
-            if done and out_of_time(stop_at, stop):  # a slow volume: the job waits no longer for them
+            if done and _out_of_time(stop_at, stop):  # a slow volume: the job waits no longer for them
                 left = len(entries) - done
                 break
             later = ATTEMPT_FOLDER.fullmatch(entry.name)
@@ -370,7 +370,7 @@ class OutputDelivery:
         root = self.outputs_root.resolve()
         stop_at = time.monotonic() + budget_s
         for done, file in enumerate(files):
-            if done and out_of_time(stop_at, stop):
+            if done and _out_of_time(stop_at, stop):
                 return len(files) - done
             path = (self.outputs_root / file.path).resolve()
             if not path.is_relative_to(root):
@@ -618,7 +618,7 @@ def remove_abandoned_deliveries(
         swept.errors.append(f"{staging_root}: {exc.strerror or type(exc).__name__}")
         return swept
     for done, entry in enumerate(entries):
-        if done and out_of_time(stop_at, stop):
+        if done and _out_of_time(stop_at, stop):
             swept.left = len(entries) - done
             break
         try:
@@ -638,7 +638,7 @@ def remove_abandoned_deliveries(
     return swept
 
 
-def out_of_time(stop_at: float, stop: threading.Event | None) -> bool:
+def _out_of_time(stop_at: float, stop: threading.Event | None) -> bool:
     """A removal's budget is spent (time.monotonic() past ``stop_at``) or the worker is stopping (``stop`` set)."""
     return time.monotonic() >= stop_at or (stop is not None and stop.is_set())
 
