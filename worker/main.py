@@ -40,6 +40,7 @@ from worker.housekeeping import ComfyUIHousekeeping
 from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
 from worker.lease import JobLease
 from worker.outputs import (
+    DELIVERY_STALL_S,
     REMOVAL_BUDGET_S,
     ComfyUILostDuringDelivery,
     DeliveredFile,
@@ -647,7 +648,8 @@ class Worker:
 
         delivery_started = time.monotonic()
         try:
-            async with self.state.beating(self._beat_interval_s):
+            async with self.state.beating(self._beat_interval_s, progressed_at=lambda: self.delivery.progressed_at,
+                                          stall_s=DELIVERY_STALL_S):
                 files = await self.delivery.deliver(
                     outcome.outputs, job.user_id, job.id, attempt=job.attempt, written_since=outcome.written_since
                 )

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -46,6 +46,11 @@ STALE_STAGING_S = 3600.0
 # entry after this long: well under HEARTBEAT_TIMEOUT_S (120 s), and the worker keeps its heartbeat fresh only this
 # long for it, so a slow volume is no wedged loop while one hung inside a single entry still is.
 REMOVAL_BUDGET_S = 30.0
+# A delivery keeps the worker's heartbeat fresh only while it moves: a chunk written, a file on disk, a step done
+# within this long. A volume hung inside a write (an NFS server gone, a hard mount) then shows as a wedged worker
+# this long plus HEARTBEAT_TIMEOUT_S later, and the platform replaces the replica (the job is retried), instead of
+# /health saying ok while the job waits for ever. Generous: the fsync of GBs of outputs on a slow volume is one step.
+DELIVERY_STALL_S = 600.0
 # A sweep that ran out of its budget goes on this long after, not STALE_STAGING_S: jobs are taken in between.
 SWEEP_RESUME_S = 60.0
 ATTEMPT_FOLDER = re.compile(r"attempt-([0-9]+)")  # OUTPUTS_PATH/<user>/<job>/attempt-N/: the job's Nth attempt
@@ -197,6 +202,9 @@ class OutputDelivery:
         self.comfyui_output_dir = comfyui_output_dir
         self.limits = limits
         self._next_sweep_at = -math.inf
+        # When the delivery under way last wrote a chunk or finished a step (time.monotonic()): a volume hung
+        # inside a write stops moving it, though the event loop, which waits for the copy's thread, is fine.
+        self.progressed_at = time.monotonic()
         self._fetched_over_view = False  # said once: with COMFYUI_OUTPUT_DIR wrong it is every file of every job
         # COMFYUI_OUTPUT_DIR held a file of a result's name with other bytes than ComfyUI served: not its folder
         self.found_look_alikes = False
@@ -229,6 +237,7 @@ class OutputDelivery:
         the prompt was sent (time.time()); a file in COMFYUI_OUTPUT_DIR older than that is fetched over /view."""
         job_dir = self.job_dir(user_id, job_id, attempt)
         self._replays = set()
+        self._progressed()
         items = result_files(history_outputs, limits=self.limits)
         if not items:  # previews only: no folder, as no result
             return []
@@ -240,6 +249,7 @@ class OutputDelivery:
                     allowance = self.limits.bytes - sum(file.bytes for file in delivered)
                     delivered.append(await self._deliver_one(item, staging, job_dir, allowance, written_since))
             await self._rename_into_place(staging, job_dir, user_id, delivered)
+            self._progressed()
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -258,6 +268,9 @@ class OutputDelivery:
                 await publish
                 await asyncio.to_thread(self.remove, delivered)
             raise
+
+    def _progressed(self) -> None:
+        self.progressed_at = time.monotonic()
 
     def _new_staging(self, user_id: str, job_id: str) -> Path:
         folder = self.outputs_root / STAGING_FOLDER
@@ -386,8 +399,8 @@ class OutputDelivery:
         local, older = self._local_source(relative, written_since)
         if local is not None:
             assert self.comfyui_output_dir is not None
-            return await _copy_in_thread(local, target, allowance, self.comfyui_output_dir)
-        with _staged_file(target, allowance) as out:
+            return await _copy_in_thread(local, target, allowance, self.comfyui_output_dir, self._progressed)
+        with _staged_file(target, allowance, self._progressed) as out:
             async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
                 out.write(chunk)
             await asyncio.to_thread(out.sync)
@@ -446,8 +459,9 @@ class _OverAllowance(Exception):
 
 
 class _HashingFile:
-    def __init__(self, raw: BinaryIO, allowance: int) -> None:
+    def __init__(self, raw: BinaryIO, allowance: int, on_progress: Callable[[], None]) -> None:
         self._raw = raw
+        self._on_progress = on_progress
         self._digest = hashlib.sha256()
         self.size = 0
         self.allowance = allowance
@@ -458,6 +472,7 @@ class _HashingFile:
         self._raw.write(chunk)
         self._digest.update(chunk)
         self.size += len(chunk)
+        self._on_progress()
 
     @property
     def sha256(self) -> str:
@@ -467,14 +482,16 @@ class _HashingFile:
         """On disk before the job is reported: a power loss after the report must not leave it empty or short."""
         self._raw.flush()
         sync(self._raw.fileno())
+        self._on_progress()
 
 
 @contextlib.contextmanager
-def _staged_file(target: Path, allowance: int) -> Iterator[_HashingFile]:
-    """The target, in the delivery's staging folder: no reader sees it before the whole folder is published."""
+def _staged_file(target: Path, allowance: int, on_progress: Callable[[], None]) -> Iterator[_HashingFile]:
+    """The target, in the delivery's staging folder: no reader sees it before the whole folder is published.
+    ``on_progress`` is called after each chunk written and once the file is on disk."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("wb") as raw:
-        yield _HashingFile(raw, allowance)
+        yield _HashingFile(raw, allowance, on_progress)
 
 
 def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
@@ -547,11 +564,13 @@ class _SourceChanged(Exception):
     """The file changed size while it was copied: something is still writing it."""
 
 
-async def _copy_in_thread(source: Path, target: Path, allowance: int, root: Path) -> tuple[int, str]:
+async def _copy_in_thread(
+    source: Path, target: Path, allowance: int, root: Path, on_progress: Callable[[], None]
+) -> tuple[int, str]:
     """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
     awaited (one chunk at most), so it writes nothing more once the staging folder is removed."""
     stop = threading.Event()
-    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop, allowance, root))
+    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop, allowance, root, on_progress))
     try:
         return await asyncio.shield(copy)
     except asyncio.CancelledError:
@@ -561,13 +580,15 @@ async def _copy_in_thread(source: Path, target: Path, allowance: int, root: Path
         raise
 
 
-def _copy_file(source: Path, target: Path, stop: threading.Event, allowance: int, root: Path) -> tuple[int, str]:
+def _copy_file(
+    source: Path, target: Path, stop: threading.Event, allowance: int, root: Path, on_progress: Callable[[], None]
+) -> tuple[int, str]:
     """The file as it was when opened, or _SourceChanged: a file still being written is not a result, and one
     that grows for ever would hold the job for ever. _OverAllowance before a byte of a file too large is copied.
     OutputDeliveryError when what was opened lies outside ``root``: ComfyUI's custom nodes may swap the file, or
     a folder above it, for a link after _local_source checked it (to /proc/self/environ, which the worker reads
     and ComfyUI may not), and only the open file tells where it is."""
-    with _staged_file(target, allowance) as out, source.open("rb") as src:
+    with _staged_file(target, allowance, on_progress) as out, source.open("rb") as src:
         opened = Path(os.readlink(f"/proc/self/fd/{src.fileno()}")) if PROC_FDS.is_dir() else source.resolve()
         if not opened.is_relative_to(root.resolve()):
             raise OutputDeliveryError(f"output {source.name} leads out of ComfyUI's output folder")

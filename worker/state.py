@@ -10,7 +10,7 @@ import contextlib
 import enum
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from worker.metrics import WorkerMetrics
@@ -53,16 +53,22 @@ class WorkerState:
         self.heartbeat_at = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def beating(self, interval_s: float = 1.0, *, for_at_most_s: float = math.inf) -> AsyncIterator[None]:
+    async def beating(
+        self, interval_s: float = 1.0, *, for_at_most_s: float = math.inf,
+        progressed_at: Callable[[], float] | None = None, stall_s: float = math.inf,
+    ) -> AsyncIterator[None]:
         """Keep the heartbeat fresh through a step that is bounded by its own deadline but may be slow
         (a report retried while the queue manager restarts, a large output copied): slow is not wedged.
         for_at_most_s: for work in a thread, which no deadline can cancel: it beats only that long (its budget),
-        so a thread hung past it still shows as wedged HEARTBEAT_TIMEOUT_S later."""
+        so a thread hung past it still shows as wedged HEARTBEAT_TIMEOUT_S later. progressed_at, stall_s: for
+        work in a thread that says when it last moved (time.monotonic()): it beats only while that is within
+        stall_s, so a thread hung inside one step shows as wedged stall_s + HEARTBEAT_TIMEOUT_S later."""
 
         async def beat_forever() -> None:
             stop_at = time.monotonic() + for_at_most_s
             while time.monotonic() < stop_at:
-                self.beat()
+                if progressed_at is None or time.monotonic() - progressed_at() < stall_s:
+                    self.beat()
                 await asyncio.sleep(interval_s)
 
         ticker = asyncio.create_task(beat_forever())

@@ -5,6 +5,7 @@ wedged; a volume hung inside one entry still is. The slow volume is a stand-in: 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from structlog.testing import capture_logs
 from queue_manager.server import QueueManagerServer
 
 from ..conftest import wait_for
-from .conftest import HEARTBEAT_LIMIT_S
+from .conftest import HEARTBEAT_LIMIT_S, wedged_verdicts
 
 HELD_S = HEARTBEAT_LIMIT_S + 1  # held past the heartbeat limit, as a slow volume would
 GATE_TIMEOUT_S = 30  # a test that fails never leaves a thread waiting for ever
@@ -267,3 +268,56 @@ async def test_a_stop_during_a_slow_sweep_starts_no_further_folder(monkeypatch, 
     assert (swept["folders"], swept["left_for_next_sweep"]) == (1, 2)
     assert sum(folder.exists() for folder in folders) == 2
     assert "Worker shutdown complete" in [e["event"] for e in logs]
+
+
+async def test_a_delivery_hung_inside_a_write_shows_as_a_wedged_worker(
+    monkeypatch, qm, comfy, make_worker, workflows, gate
+):
+    """Before: the delivery kept the heartbeat fresh for as long as it took, so a volume hung inside a write (an NFS
+    server gone) left /health ok and the job running for ever. Now the heartbeat stops DELIVERY_STALL_S after the
+    delivery last moved, and /health says wedged: the platform replaces the replica and the job is retried."""
+    import worker.main
+    import worker.outputs
+    from health.verdict import liveness
+
+    monkeypatch.setattr(worker.main, "DELIVERY_STALL_S", 1.0)
+    monkeypatch.setattr(worker.outputs._HashingFile, "write", gate.wrap(worker.outputs._HashingFile.write))
+    job = qm.store.submit("alice", workflows["quick"])
+    worker_ = make_worker(comfyui_output_dir=comfy.output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
+    run = asyncio.create_task(worker_.run())
+    try:
+        await wait_for(gate.waiting.is_set)  # the copy's thread is inside its first write
+        await wait_for(lambda: not liveness(worker_.state, HEARTBEAT_LIMIT_S).healthy, timeout=GATE_TIMEOUT_S / 2)
+        assert liveness(worker_.state, HEARTBEAT_LIMIT_S).reason.startswith("worker loop wedged")
+    finally:
+        gate.opened.set()
+        assert await run == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", "the volume came back: the job completes"
+
+
+async def test_a_slow_delivery_that_keeps_moving_is_not_a_wedged_worker(
+    monkeypatch, qm, comfy, make_worker, workflows
+):
+    """Each chunk written 0.3 s after the last (a slow volume, well within DELIVERY_STALL_S, here 1 s), for longer
+    than HEARTBEAT_TIMEOUT_S and the stall together: slow, not wedged."""
+    import worker.main
+    import worker.outputs
+
+    write = worker.outputs._HashingFile.write
+
+    def slow_write(self, chunk):
+        time.sleep(0.3)
+        write(self, chunk)
+
+    monkeypatch.setattr(worker.main, "DELIVERY_STALL_S", 1.0)
+    monkeypatch.setattr(worker.outputs, "CHUNK", 16)  # the quick workflow's two images: 13 chunks each
+    monkeypatch.setattr(worker.outputs._HashingFile, "write", slow_write)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker_ = make_worker(comfyui_output_dir=comfy.output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=60)
+    code, wedged = await wedged_verdicts(worker_)
+    assert (code, wedged) == (0, [])
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    chunks = sum(math.ceil(e["bytes"] / 16) for e in report.body["result"]["outputs"])
+    assert chunks * 0.3 > HEARTBEAT_LIMIT_S + 1.0, "it outlasted the heartbeat limit and the stall together"
