@@ -38,7 +38,6 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 15.0, step:
             await asyncio.sleep(step)
 
 
-
 @contextlib.asynccontextmanager
 async def served(app: web.Application, **runner_options: Any) -> AsyncIterator[str]:
     """``app`` served on a free loopback port while the block runs: its base URL. ``runner_options`` go to

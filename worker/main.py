@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import math
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -113,7 +112,6 @@ class Worker:
         self.timings = timings or RunTimings()
         self._beat_interval_s = min(1.0, settings.heartbeat_timeout_s / 4)
         self._stop = asyncio.Event()
-        self._stopping = threading.Event()  # the same, for removals running in a thread
         self._force = asyncio.Event()
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
@@ -140,7 +138,6 @@ class Worker:
             self._force.set()
         self.deadline.start()
         self._stop.set()
-        self._stopping.set()
         self.state.mark_not_ready("stopping: shutting down")
 
     def _mark_ready(self) -> None:
@@ -154,7 +151,6 @@ class Worker:
         self.state.mark_fatal(reason)
         self._aborted.set()
         self._stop.set()
-        self._stopping.set()
         self._force.set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -357,7 +353,8 @@ class Worker:
         the budget."""
         budget_s = REMOVAL_BUDGET_S
         async with self.state.beating(self._beat_interval_s, for_at_most_s=budget_s):
-            return await asyncio.to_thread(remove, *args, budget_s=budget_s, stop=self._stopping)
+            # Event.is_set only reads a flag: the thread may ask it, though only the event loop sets it.
+            return await asyncio.to_thread(remove, *args, budget_s=budget_s, stopping=self._stop.is_set)
 
     async def _comfyui_answering(self) -> bool:
         """Never pop a job ComfyUI cannot run. False: it did not come back in time, or the worker is stopping."""

@@ -319,11 +319,13 @@ class OutputDelivery:
         sweep that ran out of its budget."""
         return time.monotonic() >= self._next_sweep_at
 
-    def remove_abandoned(self, budget_s: float = REMOVAL_BUDGET_S, stop: threading.Event | None = None) -> SweptStaging:
+    def remove_abandoned(
+        self, budget_s: float = REMOVAL_BUDGET_S, stopping: Callable[[], bool] = lambda: False
+    ) -> SweptStaging:
         """Remove what workers killed mid-delivery left in OUTPUTS_PATH/.partial/ (one log line if any), starting
-        no new entry after budget_s or once ``stop`` is set: the rest waits for the next sweep, SWEEP_RESUME_S
+        no new entry after budget_s or once ``stopping()`` is true: the rest waits for the next sweep, SWEEP_RESUME_S
         later."""
-        swept = remove_abandoned_deliveries(self.outputs_root, budget_s=budget_s, stop=stop)
+        swept = remove_abandoned_deliveries(self.outputs_root, budget_s=budget_s, stopping=stopping)
         self._next_sweep_at = time.monotonic() + (SWEEP_RESUME_S if swept.left else STALE_STAGING_S)
         if swept.folders or swept.errors or swept.left:
             report = log.warning if swept.errors else log.info
@@ -337,7 +339,7 @@ class OutputDelivery:
 
     def remove_earlier_attempts(
         self, user_id: str, job_id: str, attempt: int | None, budget_s: float = REMOVAL_BUDGET_S,
-        stop: threading.Event | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> int:
         """At the start of attempt N (N >= 2): remove what earlier attempts left in OUTPUTS_PATH/<user>/<job>/
         (their files, attempt-K/ for K < N), and say how many entries went. The queue manager fenced those
@@ -354,7 +356,7 @@ class OutputDelivery:
         removed = 0
         left = 0
         for done, entry in enumerate(entries):
-            if done and _out_of_time(stop_at, stop):  # a slow volume: the job waits no longer for them
+            if done and _out_of_time(stop_at, stopping):  # a slow volume: the job waits no longer for them
                 left = len(entries) - done
                 break
             later = ATTEMPT_FOLDER.fullmatch(entry.name)
@@ -376,14 +378,15 @@ class OutputDelivery:
         return removed
 
     def remove(
-        self, files: list[DeliveredFile], budget_s: float = math.inf, stop: threading.Event | None = None
+        self, files: list[DeliveredFile], budget_s: float = math.inf, stopping: Callable[[], bool] = lambda: False
     ) -> int:
         """Delete delivered files and the folders they leave empty, up to OUTPUTS_PATH/<user>; never outside.
-        No file is started after budget_s or once ``stop`` is set (one always is): how many were left in place."""
+        No file is started after budget_s or once ``stopping()`` is true (one always is): how many were left in
+        place."""
         root = self.outputs_root.resolve()
         stop_at = time.monotonic() + budget_s
         for done, file in enumerate(files):
-            if done and _out_of_time(stop_at, stop):
+            if done and _out_of_time(stop_at, stopping):
                 return len(files) - done
             path = (self.outputs_root / file.path).resolve()
             if not path.is_relative_to(root):
@@ -616,12 +619,12 @@ class SweptStaging:
 
 def remove_abandoned_deliveries(
     outputs_root: Path, stale_after_s: float | None = None, budget_s: float = math.inf,
-    stop: threading.Event | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> SweptStaging:
     """Remove the staging folders under OUTPUTS_PATH/.partial/ that nothing touched for stale_after_s: those of
     workers killed mid-delivery. Age is read against the volume's own clock (the mtime of a folder made now),
     so a replica whose clock is off cannot take another's live delivery for an abandoned one. No entry is
-    started after budget_s or once ``stop`` is set, but one always is: what is left is counted in ``left``."""
+    started after budget_s or once ``stopping()`` is true, but one always is: what is left is counted in ``left``."""
     stop_at = time.monotonic() + budget_s
     swept = SweptStaging()
     stale_after_s = STALE_STAGING_S if stale_after_s is None else stale_after_s
@@ -639,7 +642,7 @@ def remove_abandoned_deliveries(
         swept.errors.append(f"{staging_root}: {exc.strerror or type(exc).__name__}")
         return swept
     for done, entry in enumerate(entries):
-        if done and _out_of_time(stop_at, stop):
+        if done and _out_of_time(stop_at, stopping):
             swept.left = len(entries) - done
             break
         try:
@@ -659,9 +662,9 @@ def remove_abandoned_deliveries(
     return swept
 
 
-def _out_of_time(stop_at: float, stop: threading.Event | None) -> bool:
-    """A removal's budget is spent (time.monotonic() past ``stop_at``) or the worker is stopping (``stop`` set)."""
-    return time.monotonic() >= stop_at or (stop is not None and stop.is_set())
+def _out_of_time(stop_at: float, stopping: Callable[[], bool]) -> bool:
+    """A removal's budget is spent (time.monotonic() past ``stop_at``) or the worker is stopping."""
+    return time.monotonic() >= stop_at or stopping()
 
 
 def _newest_change(path: Path) -> tuple[float, int]:
