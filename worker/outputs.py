@@ -22,10 +22,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
@@ -34,6 +34,7 @@ from common.text import encodes_as_utf8
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, FileNotServed
 
 log = structlog.get_logger()
+T = TypeVar("T")
 CHUNK = 1 << 20
 # Errors of the disk OUTPUTS_PATH is on, not of the job: full, over quota, read-only, failing.
 OUR_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
@@ -251,7 +252,7 @@ class OutputDelivery:
             await self._rename_into_place(staging, job_dir, user_id, delivered)
             self._progressed()
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            await _in_thread(shutil.rmtree, staging, True)
             raise
         return delivered
 
@@ -403,13 +404,29 @@ class OutputDelivery:
         if local is not None:
             assert self.comfyui_output_dir is not None
             return await _copy_in_thread(local, target, allowance, self.comfyui_output_dir, self._progressed)
-        with _staged_file(target, allowance, self._progressed) as out:
-            async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
-                out.write(chunk)
-            await asyncio.to_thread(out.sync)
+        out = await self._fetch(item, target, allowance)
         if older is not None:
             await asyncio.to_thread(self._compare_older, older, relative, out.size, out.sha256)
         return out.size, out.sha256
+
+    async def _fetch(self, item: OutputFile, target: Path, allowance: int) -> _HashingFile:
+        """Over /view, written in threads a MiB at a time: a volume hung inside a write holds this delivery, never
+        the event loop, on which the health server answers and the job's lease is renewed."""
+        out = await _in_thread(_open_staged, target, allowance, self._progressed)
+        try:
+            received = bytearray()
+            async for chunk in self.comfy.download(item.filename, item.subfolder, "output"):
+                if out.size + len(received) + len(chunk) > allowance:
+                    raise _OverAllowance
+                received += chunk
+                if len(received) >= CHUNK:
+                    await _in_thread(out.write, received)
+                    received = bytearray()
+            await _in_thread(out.write, received)
+            await _in_thread(out.sync)
+        finally:
+            await _in_thread(out.close)
+        return out
 
     def _local_source(self, relative: PurePosixPath, written_since: float | None) -> tuple[Path | None, Path | None]:
         """(the file in COMFYUI_OUTPUT_DIR to copy, None); (None, a file of that name older than the prompt); or
@@ -469,7 +486,16 @@ class _HashingFile:
         self.size = 0
         self.allowance = allowance
 
-    def write(self, chunk: bytes) -> None:
+    def __enter__(self) -> _HashingFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def write(self, chunk: bytes | bytearray) -> None:
         if self.size + len(chunk) > self.allowance:
             raise _OverAllowance
         self._raw.write(chunk)
@@ -488,13 +514,11 @@ class _HashingFile:
         self._on_progress()
 
 
-@contextlib.contextmanager
-def _staged_file(target: Path, allowance: int, on_progress: Callable[[], None]) -> Iterator[_HashingFile]:
+def _open_staged(target: Path, allowance: int, on_progress: Callable[[], None]) -> _HashingFile:
     """The target, in the delivery's staging folder: no reader sees it before the whole folder is published.
     ``on_progress`` is called after each chunk written and once the file is on disk."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as raw:
-        yield _HashingFile(raw, allowance, on_progress)
+    return _HashingFile(target.open("wb"), allowance, on_progress)
 
 
 def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
@@ -570,16 +594,21 @@ class _SourceChanged(Exception):
 async def _copy_in_thread(
     source: Path, target: Path, allowance: int, root: Path, on_progress: Callable[[], None]
 ) -> tuple[int, str]:
-    """The copy runs in a thread, which a cancelled task cannot stop: on cancellation it is told to stop and
-    awaited (one chunk at most), so it writes nothing more once the staging folder is removed."""
+    """The copy runs in a thread; on cancellation it is told to stop after the chunk it is writing."""
     stop = threading.Event()
-    copy = asyncio.ensure_future(asyncio.to_thread(_copy_file, source, target, stop, allowance, root, on_progress))
+    return await _in_thread(_copy_file, source, target, stop, allowance, root, on_progress, on_cancel=stop.set)
+
+
+async def _in_thread(function: Callable[..., T], *args: Any, on_cancel: Callable[[], None] = lambda: None) -> T:
+    """``function`` in a thread, which a cancelled task cannot stop: on cancellation (after ``on_cancel``) it is
+    awaited, so it writes nothing more once the staging folder is removed."""
+    running = asyncio.ensure_future(asyncio.to_thread(function, *args))
     try:
-        return await asyncio.shield(copy)
+        return await asyncio.shield(running)
     except asyncio.CancelledError:
-        stop.set()
+        on_cancel()
         with contextlib.suppress(Exception):  # stopped, failed or done: the cancellation is what goes on
-            await copy
+            await running
         raise
 
 
@@ -591,7 +620,7 @@ def _copy_file(
     OutputDeliveryError when what was opened lies outside ``root``: ComfyUI's custom nodes may swap the file, or
     a folder above it, for a link after _local_source checked it (to /proc/self/environ, which the worker reads
     and ComfyUI may not), and only the open file tells where it is."""
-    with _staged_file(target, allowance, on_progress) as out, source.open("rb") as src:
+    with _open_staged(target, allowance, on_progress) as out, source.open("rb") as src:
         opened = Path(os.readlink(f"/proc/self/fd/{src.fileno()}")) if PROC_FDS.is_dir() else source.resolve()
         if not opened.is_relative_to(root.resolve()):
             raise OutputDeliveryError(f"output {source.name} leads out of ComfyUI's output folder")

@@ -270,12 +270,15 @@ async def test_a_stop_during_a_slow_sweep_starts_no_further_folder(monkeypatch, 
     assert "Worker shutdown complete" in [e["event"] for e in logs]
 
 
+@pytest.mark.parametrize("source", ["COMFYUI_OUTPUT_DIR", "/view"])
 async def test_a_delivery_hung_inside_a_write_shows_as_a_wedged_worker(
-    monkeypatch, qm, comfy, make_worker, workflows, gate
+    monkeypatch, qm, comfy, make_worker, workflows, gate, source
 ):
     """Before: the delivery kept the heartbeat fresh for as long as it took, so a volume hung inside a write (an NFS
     server gone) left /health ok and the job running for ever. Now the heartbeat stops DELIVERY_STALL_S after the
-    delivery last moved, and /health says wedged: the platform replaces the replica and the job is retried."""
+    delivery last moved, and /health says wedged: the platform replaces the replica and the job is retried.
+    Over /view the file was written on the event loop: a hung write froze the health server, the lease and SIGTERM's
+    handler with it (here the test's own checks, until the gate gave up after GATE_TIMEOUT_S)."""
     import worker.main
     import worker.outputs
     from health.verdict import liveness
@@ -283,7 +286,8 @@ async def test_a_delivery_hung_inside_a_write_shows_as_a_wedged_worker(
     monkeypatch.setattr(worker.main, "DELIVERY_STALL_S", 1.0)
     monkeypatch.setattr(worker.outputs._HashingFile, "write", gate.wrap(worker.outputs._HashingFile.write))
     job = qm.store.submit("alice", workflows["quick"])
-    worker_ = make_worker(comfyui_output_dir=comfy.output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
+    output_dir = comfy.output_dir if source == "COMFYUI_OUTPUT_DIR" else None
+    worker_ = make_worker(comfyui_output_dir=output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S)
     run = asyncio.create_task(worker_.run())
     try:
         await wait_for(gate.waiting.is_set)  # the copy's thread is inside its first write
