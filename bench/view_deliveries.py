@@ -54,7 +54,7 @@ async def longest_stall_while(work) -> tuple[float, float]:
     return took, max(stalls)
 
 
-async def main(file_mib: int, runs: int, folder: str | None) -> None:
+async def deliveries(file_mib: int, runs: int, folder: str | None) -> None:
     comfy = cast(ComfyUIClient, ChunkedView(file_mib))
     history = {"9": {"images": [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}]}}
     with tempfile.TemporaryDirectory(dir=folder) as root:
@@ -65,10 +65,14 @@ async def main(file_mib: int, runs: int, folder: str | None) -> None:
                   f"longest event-loop stall {stall * 1000:.0f} ms")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file-mib", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where OUTPUTS_PATH is made (default: the system's temp folder)")
-    arguments = parser.parse_args()
-    asyncio.run(main(arguments.file_mib, arguments.runs, arguments.dir))
+    arguments = parser.parse_args(argv)
+    asyncio.run(deliveries(arguments.file_mib, arguments.runs, arguments.dir))
+
+
+if __name__ == "__main__":
+    main()

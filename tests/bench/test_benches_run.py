@@ -53,6 +53,8 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
     "scratch_emptying": (["--files", "10", "--size", "1"], [r"^10 files of 1 B .* removed in [\d.]+ s"]),
     "slow_headers": (["--server", "health", "--clients", "2", "--headers", "2", "--hold", "0"],
                      [r"^\{'server': 'health', 'clients': 2, .*'probe': 200\}"]),
+    "view_deliveries": (["--file-mib", "1", "--runs", "1"],
+                        [r"^run 1: 1 MiB in [\d.]+ s \(\d+ MiB/s\), longest event-loop stall \d+ ms"]),
     "worker_memory": (["--jobs", "3", "--flood-mb", "1", "--outputs", "100"],  # four workers one after the other: ~5 s
                       [r'"completed": 3', r'"executed_flood_1_mb": \{\n +"worker_exit": 0',
                        r'"listing_100_outputs": \{\n +"worker_exit": 0']),
