@@ -57,6 +57,9 @@ log = structlog.get_logger()
 STARTUP_PROBE_INTERVAL_S = 0.5
 MAX_POLL_BACKOFF_S = 30.0
 ABORT_EXPLAIN_WAIT_S = 1.0  # a lost ComfyUI may be a dead process the supervisor is about to report
+# A cancelled job (a stop, the lease lost) waits this long at most for its delivery to end: a thread inside a write
+# to a hung volume cannot be stopped, and the job is handed back without waiting for it.
+CANCELLED_DELIVERY_WAIT_S = 2.0
 # Between jobs ComfyUI is idle and answers in milliseconds on loopback: a hung one costs a job at most this.
 HOUSEKEEPING_WAIT_S = 2 * MIN_QUESTION_S
 # A serverless worker whose token the queue manager refuses this many polls in a row exits: a wrong token never
@@ -122,6 +125,8 @@ class Worker:
         self._comfyui_lost: str | None = None  # what the running job saw of ComfyUI going away
         self._comfyui_answered_at = -math.inf
         self._execution: asyncio.Task[Report] | None = None
+        self._execution_cancelled = asyncio.Event()
+        self._left_behind: set[asyncio.Task[Report]] = set()  # executions still inside a delivery's thread
         self._prompt_run: PromptRun | None = None
         self._prompt_over: Outcome | None = None  # the job's prompt, once ComfyUI is done with it
         # When ComfyUI went silent, if a run that lost it knows: COMFYUI_UNRESPONSIVE_TIMEOUT_S counts from then.
@@ -455,8 +460,8 @@ class Worker:
             forced = asyncio.create_task(self._force.wait())
             await asyncio.wait({handler, forced}, timeout=grace_left_s, return_when=asyncio.FIRST_COMPLETED)
             forced.cancel()
-        if not handler.done() and self._execution is not None:
-            self._execution.cancel()
+        if not handler.done():
+            self._cancel_execution()
 
     def _grace_left_s(self) -> float:
         """What is left of SHUTDOWN_GRACE_S since the signal; the rest of the deadline is for handing the job back,
@@ -584,17 +589,26 @@ class Worker:
             return
         self._lease_lost = why
         log.warning("The queue manager took the job back; abandoning it without a report", error=why)
-        self._execution.cancel()
+        self._cancel_execution()
+
+    def _cancel_execution(self) -> None:
+        if self._execution is not None:
+            self._execution.cancel()
+            self._execution_cancelled.set()
 
     async def _run_job(self, job: Job, picked_up: float) -> Report | None:
         if self._stop.is_set():  # popped while stopping: hand it straight back
             return await self._stopped(job)
         made_folders = self.housekeeping.missing_input_folders(job.images)
-        self._execution = asyncio.create_task(self._execute(job, picked_up))
+        self._execution_cancelled.clear()
+        execution = self._execution = asyncio.create_task(self._execute(job, picked_up))
         try:
-            return await self._execution
+            if not await self._settled(execution):
+                self._leave_behind(execution)
+                return await self._stopped(job)
+            return execution.result()
         except asyncio.CancelledError:
-            if not self._execution.cancelled():
+            if not execution.cancelled():
                 raise
             return await self._stopped(job)
         except Exception as exc:  # a bug, or an answer no check foresaw: the job still ends, the worker goes on
@@ -606,6 +620,29 @@ class Worker:
             if self._prompt_run is not None:  # its prompt is over (interrupted above if the job was stopped)
                 await self.housekeeping.delete_uploads(self._prompt_run.uploaded, made_folders)
             self._prompt_run = None
+
+    async def _settled(self, execution: asyncio.Task[Report]) -> bool:
+        """Whether ``execution`` ended: by itself, or within CANCELLED_DELIVERY_WAIT_S of being cancelled."""
+        cancelled = asyncio.create_task(self._execution_cancelled.wait())
+        try:
+            await asyncio.wait({execution, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if not execution.done():
+                await asyncio.wait({execution}, timeout=CANCELLED_DELIVERY_WAIT_S)
+        except asyncio.CancelledError:
+            execution.cancel()
+            raise
+        finally:
+            cancelled.cancel()
+        return execution.done()
+
+    def _leave_behind(self, execution: asyncio.Task[Report]) -> None:
+        """Let a cancelled execution end in its own time: once its thread returns, it removes its staging folder."""
+        log.warning("The job's delivery did not stop: a write to OUTPUTS_PATH has not returned (a hung volume?); "
+                    "handing the job back without waiting for it", waited_s=CANCELLED_DELIVERY_WAIT_S,
+                    outputs_path=str(self.delivery.outputs_root))
+        self._left_behind.add(execution)
+        execution.add_done_callback(self._left_behind.discard)
+        execution.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     async def _execute(self, job: Job, picked_up: float) -> Report:
         picked_up_at = datetime.now(UTC).isoformat()

@@ -325,3 +325,37 @@ async def test_a_slow_delivery_that_keeps_moving_is_not_a_wedged_worker(
     assert report.endpoint == "complete-job", report.body
     chunks = sum(math.ceil(e["bytes"] / 16) for e in report.body["result"]["outputs"])
     assert chunks * 0.3 > HEARTBEAT_LIMIT_S + 1.0, "it outlasted the heartbeat limit and the stall together"
+
+
+@pytest.mark.parametrize("source", ["COMFYUI_OUTPUT_DIR", "/view"])
+async def test_a_stop_hands_the_job_back_while_its_delivery_hangs_inside_a_write(
+    monkeypatch, qm, comfy, make_worker, workflows, gate, source
+):
+    """Before: at the end of the grace the stopping worker cancelled the delivery and waited for its thread, held
+    inside a write by a hung volume, so the job was never handed back before the platform's kill: it stayed
+    running until its lease ran out (on comfy-multi, which has no leases, for ever). Now the hand back waits
+    CANCELLED_DELIVERY_WAIT_S for the thread at most; the thread, once the volume answers, still removes its
+    staging folder."""
+    import worker.main
+    import worker.outputs
+
+    monkeypatch.setattr(worker.main, "CANCELLED_DELIVERY_WAIT_S", 0.2, raising=False)
+    monkeypatch.setattr(worker.outputs._HashingFile, "write", gate.wrap(worker.outputs._HashingFile.write))
+    job = qm.store.submit("alice", workflows["quick"])
+    output_dir = comfy.output_dir if source == "COMFYUI_OUTPUT_DIR" else None
+    worker_ = make_worker(comfyui_output_dir=output_dir, shutdown_grace_s=0.5, platform_kill_delay_s=5)
+    run = asyncio.create_task(worker_.run())
+    try:
+        await wait_for(gate.waiting.is_set)  # the delivery's thread is inside its first write
+        worker_.request_shutdown()
+        await wait_for(lambda: qm.reports.landed(job.id), timeout=4)  # before the platform's kill
+        assert not gate.opened.is_set()
+        [report] = qm.reports.landed(job.id)
+        assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
+        assert "was stopped (shutdown signal)" in report.body["error"]
+        assert await asyncio.wait_for(run, 4) == 0, "the worker stops without the thread"
+    finally:
+        gate.opened.set()
+        await run
+    staging = worker_.delivery.outputs_root / ".partial"
+    await wait_for(lambda: not any(staging.iterdir()), timeout=5)
