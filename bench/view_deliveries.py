@@ -1,4 +1,5 @@
-"""Delivery of a large result fetched over ComfyUI's /view: time taken and how long the event loop stalls.
+"""Delivery of a large result fetched over ComfyUI's /view: time taken, how long the event loop stalls, and the
+longest step (a write, an fsync) the delivery took without saying it moved, which DELIVERY_STALL_S bounds.
 
     ./dev python -m bench.view_deliveries               # 5 deliveries of a 200 MiB file
     ./dev python -m bench.view_deliveries --file-mib 50 --runs 3
@@ -36,22 +37,25 @@ class ChunkedView:
             yield self.payload
 
 
-async def longest_stall_while(work) -> tuple[float, float]:
-    """(seconds the work took, the longest the event loop did not run a 10 ms timer on time)."""
+async def longest_stall_while(work, delivery: OutputDelivery) -> tuple[float, float, float]:
+    """(seconds the work took, the longest the event loop did not run a 10 ms timer on time, the longest the
+    delivery did not say it moved: what DELIVERY_STALL_S is measured against)."""
     stalls: list[float] = [0.0]
+    still: list[float] = [0.0]
 
     async def probe() -> None:
         while True:
             started = time.perf_counter()
             await asyncio.sleep(PROBE_S)
             stalls.append(time.perf_counter() - started - PROBE_S)
+            still.append(time.monotonic() - delivery.progressed_at)
 
     prober = asyncio.create_task(probe())
     started = time.perf_counter()
     await work
     took = time.perf_counter() - started
     prober.cancel()
-    return took, max(stalls)
+    return took, max(stalls), max(still)
 
 
 async def deliveries(file_mib: int, runs: int, folder: str | None) -> None:
@@ -60,9 +64,10 @@ async def deliveries(file_mib: int, runs: int, folder: str | None) -> None:
     with tempfile.TemporaryDirectory(dir=folder) as root:
         delivery = OutputDelivery(Path(root), comfy)
         for run in range(runs):
-            took, stall = await longest_stall_while(delivery.deliver(history, "alice", f"job-{run}"))
+            took, stall, still = await longest_stall_while(delivery.deliver(history, "alice", f"job-{run}"), delivery)
             print(f"run {run + 1}: {file_mib} MiB in {took:.2f} s ({file_mib / took:.0f} MiB/s), "
-                  f"longest event-loop stall {stall * 1000:.0f} ms")
+                  f"longest event-loop stall {stall * 1000:.0f} ms, "
+                  f"longest step without progress {still * 1000:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,8 +50,13 @@ REMOVAL_BUDGET_S = 30.0
 # A delivery keeps the worker's heartbeat fresh only while it moves: a chunk written, a file on disk, a step done
 # within this long. A volume hung inside a write (an NFS server gone, a hard mount) then shows as a wedged worker
 # this long plus HEARTBEAT_TIMEOUT_S later, and the platform replaces the replica (the job is retried), instead of
-# /health saying ok while the job waits for ever. Generous: the fsync of GBs of outputs on a slow volume is one step.
+# /health saying ok while the job waits for ever. Generous: a step may be the fsync of SYNC_EVERY_BYTES on a slow
+# volume.
 DELIVERY_STALL_S = 600.0
+# A file being delivered is synced every this many bytes, so no fsync has more to write: with one at the end, a
+# machine with tens of GB of memory held GBs of a video in dirty pages, and their fsync on a slow volume (10 MB/s)
+# took longer than DELIVERY_STALL_S in one step, so a healthy delivery showed as a wedged worker.
+SYNC_EVERY_BYTES = 64 << 20
 # A sweep that ran out of its budget goes on this long after, not STALE_STAGING_S: jobs are taken in between.
 SWEEP_RESUME_S = 60.0
 ATTEMPT_FOLDER = re.compile(r"attempt-([0-9]+)")  # OUTPUTS_PATH/<user>/<job>/attempt-N/: the job's Nth attempt
@@ -485,6 +490,7 @@ class _HashingFile:
         self._digest = hashlib.sha256()
         self.size = 0
         self.allowance = allowance
+        self._unsynced = 0
 
     def __enter__(self) -> _HashingFile:
         return self
@@ -501,7 +507,10 @@ class _HashingFile:
         self._raw.write(chunk)
         self._digest.update(chunk)
         self.size += len(chunk)
+        self._unsynced += len(chunk)
         self._on_progress()
+        if self._unsynced >= SYNC_EVERY_BYTES:
+            self.sync()
 
     @property
     def sha256(self) -> str:
@@ -511,6 +520,7 @@ class _HashingFile:
         """On disk before the job is reported: a power loss after the report must not leave it empty or short."""
         self._raw.flush()
         sync(self._raw.fileno())
+        self._unsynced = 0
         self._on_progress()
 
 

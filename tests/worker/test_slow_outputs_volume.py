@@ -5,6 +5,7 @@ wedged; a volume hung inside one entry still is. The slow volume is a stand-in: 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import threading
@@ -359,3 +360,37 @@ async def test_a_stop_hands_the_job_back_while_its_delivery_hangs_inside_a_write
         await run
     staging = worker_.delivery.outputs_root / ".partial"
     await wait_for(lambda: not any(staging.iterdir()), timeout=5)
+
+
+async def test_a_slow_volume_syncing_a_large_result_is_not_a_wedged_worker(
+    monkeypatch, qm, comfy, make_worker, workflows
+):
+    """An fsync takes as long as the bytes it still has to write (here 0.35 s a 16-byte chunk, a slow volume).
+    Before: each file was synced once, at its end, in one step longer than DELIVERY_STALL_S and the heartbeat limit
+    together (13 chunks: 4.5 s), so the delivery showed as a wedged worker and the platform would replace the replica
+    at every attempt. Now a file is synced every SYNC_EVERY_BYTES, each sync a step of its own."""
+    import worker.main
+    import worker.outputs
+
+    synced: dict[tuple[int, int], int] = {}  # bytes on disk, by file
+
+    def sync_as_slow_as_its_bytes(descriptor: int) -> None:
+        info = os.fstat(descriptor)
+        time.sleep(0.35 * (info.st_size - synced.get((info.st_dev, info.st_ino), 0)) / 16)
+        synced[info.st_dev, info.st_ino] = info.st_size
+        os.fsync(descriptor)
+
+    monkeypatch.setattr(worker.main, "DELIVERY_STALL_S", 1.0)
+    monkeypatch.setattr(worker.outputs, "CHUNK", 16)
+    monkeypatch.setattr(worker.outputs, "SYNC_EVERY_BYTES", 32)
+    monkeypatch.setattr(worker.outputs, "sync", sync_as_slow_as_its_bytes)
+    job = qm.store.submit("alice", workflows["quick"])
+    worker_ = make_worker(comfyui_output_dir=comfy.output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=60)
+    code, wedged = await wedged_verdicts(worker_)
+    assert (code, wedged) == (0, [])
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    for entry in report.body["result"]["outputs"]:
+        path = worker_.delivery.outputs_root / entry["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], "whole and as hashed"
+    assert min(math.ceil(e["bytes"] / 16) for e in report.body["result"]["outputs"]) * 0.35 > HEARTBEAT_LIMIT_S + 1.0
