@@ -63,6 +63,15 @@ def gate() -> Iterator[Gate]:
     held.opened.set()
 
 
+async def completed_never_wedged(qm, job, worker) -> list[dict]:
+    """Run ``worker`` through ``job``: /health never said wedged and the job completed. Its outputs."""
+    code, wedged = await wedged_verdicts(worker)
+    assert (code, wedged) == (0, [])
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", report.body
+    return report.body["result"]["outputs"]
+
+
 async def liveness_while(worker, seconds: float) -> list:
     from health.verdict import liveness
 
@@ -320,11 +329,8 @@ async def test_a_slow_delivery_that_keeps_moving_is_not_a_wedged_worker(
     monkeypatch.setattr(worker.outputs._HashingFile, "write", slow_write)
     job = qm.store.submit("alice", workflows["quick"])
     worker_ = make_worker(comfyui_output_dir=comfy.output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=60)
-    code, wedged = await wedged_verdicts(worker_)
-    assert (code, wedged) == (0, [])
-    [report] = qm.reports.landed(job.id)
-    assert report.endpoint == "complete-job", report.body
-    chunks = sum(math.ceil(e["bytes"] / 16) for e in report.body["result"]["outputs"])
+    outputs = await completed_never_wedged(qm, job, worker_)
+    chunks = sum(math.ceil(entry["bytes"] / 16) for entry in outputs)
     assert chunks * 0.3 > HEARTBEAT_LIMIT_S + 1.0, "it outlasted the heartbeat limit and the stall together"
 
 
@@ -386,11 +392,8 @@ async def test_a_slow_volume_syncing_a_large_result_is_not_a_wedged_worker(
     monkeypatch.setattr(worker.outputs, "sync", sync_as_slow_as_its_bytes)
     job = qm.store.submit("alice", workflows["quick"])
     worker_ = make_worker(comfyui_output_dir=comfy.output_dir, heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=60)
-    code, wedged = await wedged_verdicts(worker_)
-    assert (code, wedged) == (0, [])
-    [report] = qm.reports.landed(job.id)
-    assert report.endpoint == "complete-job", report.body
-    for entry in report.body["result"]["outputs"]:
+    outputs = await completed_never_wedged(qm, job, worker_)
+    for entry in outputs:
         path = worker_.delivery.outputs_root / entry["path"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], "whole and as hashed"
-    assert min(math.ceil(e["bytes"] / 16) for e in report.body["result"]["outputs"]) * 0.35 > HEARTBEAT_LIMIT_S + 1.0
+    assert min(math.ceil(entry["bytes"] / 16) for entry in outputs) * 0.35 > HEARTBEAT_LIMIT_S + 1.0
