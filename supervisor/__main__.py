@@ -4,7 +4,6 @@ a queue token refused on 3 polls in a row)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import structlog
@@ -22,6 +21,7 @@ from supervisor.scratch_lock import ScratchInUse, lock_scratch
 from supervisor.writable_dirs import unreadable_directories, unwritable_directories
 from worker.__main__ import usage as worker_usage
 from worker.config import WorkerSettings, load_settings
+from worker.service import run_process
 
 EXIT_CONFIG = 2
 
@@ -125,7 +125,7 @@ def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
     if not config.models_dir.is_dir():
         log.warning("supervisor.models_dir_missing", models_dir=str(config.models_dir))
     try:
-        return asyncio.run(supervise(config, settings))
+        return run_process(lambda worker: supervise(config, settings, worker), settings)
     except OSError as exc:  # e.g. HEALTH_PORT already taken, COMFYUI_COMMAND not executable
         log.error("supervisor.failed", error=f"{type(exc).__name__}: {exc}")
         return 1

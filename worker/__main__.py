@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, env_name, warn_misspelt_variables
 from worker.config import WorkerSettings, load_settings
-from worker.service import serve
+from worker.service import run_process, serve
 
 MISSING_PEER_HINT = (
     "The worker needs a queue manager (QUEUE_MANAGER_URL, e.g. https://queue.example.com) and a ComfyUI "
@@ -41,7 +40,7 @@ def main() -> int:
     allow_many_connections()
     if settings.queue_manager_token:
         register_secret(settings.queue_manager_token.get_secret_value())
-    return asyncio.run(serve(settings))
+    return run_process(lambda worker: serve(settings, worker), settings)
 
 
 if __name__ == "__main__":

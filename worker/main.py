@@ -635,6 +635,11 @@ class Worker:
             cancelled.cancel()
         return execution.done()
 
+    @property
+    def left_behind(self) -> bool:
+        """Whether a job's delivery, handed back without waiting for it, is still inside a thread's write."""
+        return bool(self._left_behind)
+
     def _leave_behind(self, execution: asyncio.Task[Report]) -> None:
         """Let a cancelled execution end in its own time: once its thread returns, it removes its staging folder."""
         log.warning("The job's delivery did not stop: a write to OUTPUTS_PATH has not returned (a hung volume?); "

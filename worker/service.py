@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -43,3 +46,23 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         await health.stop()
+
+
+def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettings) -> int:
+    """``asyncio.run(main(worker))``: the process's exit code. When the worker handed a job back without waiting
+    for its delivery's thread, still inside a write to a hung OUTPUTS_PATH, the process exits at once with that
+    code: asyncio.run's teardown and the interpreter's exit wait for every thread, and the replica would go on
+    running (and billing) until the platform killed it."""
+
+    async def run_then_exit() -> int:
+        worker = Worker(settings)
+        code = await main(worker)
+        if worker.left_behind:
+            log.warning("Exiting without waiting for a write to OUTPUTS_PATH that has not returned", code=code,
+                        outputs_path=str(settings.outputs_path))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+
+    return asyncio.run(run_then_exit())

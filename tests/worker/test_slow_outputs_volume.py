@@ -8,6 +8,8 @@ import asyncio
 import hashlib
 import math
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -397,3 +399,54 @@ async def test_a_slow_volume_syncing_a_large_result_is_not_a_wedged_worker(
         path = worker_.delivery.outputs_root / entry["path"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], "whole and as hashed"
     assert min(math.ceil(entry["bytes"] / 16) for entry in outputs) * 0.35 > HEARTBEAT_LIMIT_S + 1.0
+
+
+HUNG_WORKER = """
+import os, sys, threading
+from pathlib import Path
+
+import worker.outputs
+from worker.__main__ import main
+
+
+def hung(self, chunk):  # a volume that never answers
+    Path(os.environ["HUNG_MARKER"]).touch()
+    threading.Event().wait()
+
+
+worker.outputs._HashingFile.write = hung
+sys.exit(main())
+"""
+
+
+async def test_a_worker_process_left_holding_a_hung_write_still_exits(qm, comfy, workflows, tmp_path):
+    """`python -m worker` with every write to OUTPUTS_PATH hung for ever, stopped by SIGTERM. Before: the job was
+    handed back, but the process never exited (asyncio.run's teardown and the interpreter's exit wait for every
+    thread), so the replica ran until the platform's kill, and a serverless one that had reached its idle exit would
+    run, and bill, until something replaced it. Now it exits with its own code once the job is handed back."""
+    marker = tmp_path / "inside-a-write"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "PYTHONUNBUFFERED": "1", "QUEUE_MANAGER_URL": qm.url, "COMFYUI_URL": comfy.url,
+        "OUTPUTS_PATH": str(tmp_path / "outputs"), "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1",
+        "WORKER_POLL_INTERVAL": "0.05", "SHUTDOWN_GRACE_S": "0.5", "PLATFORM_KILL_DELAY_S": "20", "LOG_FORMAT": "json",
+        "HUNG_MARKER": str(marker),
+    }  # fmt: skip
+    job = qm.store.submit("alice", workflows["quick"])
+    with (tmp_path / "worker.log").open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HUNG_WORKER, env=env, cwd=tmp_path, stdout=log_file, stderr=log_file
+        )
+    try:
+        await wait_for(marker.exists, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 10)  # half the platform's kill delay
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
+    assert "Exiting without waiting for a write to OUTPUTS_PATH that has not returned" in log
