@@ -348,7 +348,7 @@ async def test_a_stop_hands_the_job_back_while_its_delivery_hangs_inside_a_write
     import worker.main
     import worker.outputs
 
-    monkeypatch.setattr(worker.main, "CANCELLED_DELIVERY_WAIT_S", 0.2, raising=False)
+    monkeypatch.setattr(worker.main, "CANCELLED_DELIVERY_WAIT_S", 0.2)
     monkeypatch.setattr(worker.outputs._HashingFile, "write", gate.wrap(worker.outputs._HashingFile.write))
     job = qm.store.submit("alice", workflows["quick"])
     output_dir = comfy.output_dir if source == "COMFYUI_OUTPUT_DIR" else None
