@@ -19,11 +19,11 @@ Modelled (each choice explained in docs/simulator.md):
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import random
 from collections import deque
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -155,11 +155,10 @@ class Simulation:
     def __post_init__(self) -> None:
         self._rng = random.Random(f"platform:{self.seed}")
         self._events: list[tuple[float, int, int, object, int]] = []
-        self._sequence = itertools.count()
+        self._scheduled = 0  # events scheduled so far: ties at equal times keep that order
         self._queue: deque[SimJob] = deque()
         self._replicas: list[SimReplica] = []  # not yet stopped
         self._target = 0
-        self._names = (f"replica-{n}" for n in itertools.count(1))
         # What the live scaler reads from GET /api/jobs?status=completed: recent run times.
         self._recent_durations: deque[float] = deque(maxlen=RECENT_COMPLETIONS)
         # ... and how long the last jobs to start had waited (created_at -> started_at).
@@ -175,24 +174,8 @@ class Simulation:
         for job in self.outcome.jobs:
             self._schedule(job.submit_s, Event.ARRIVAL, job)
         self._schedule(0.0, Event.TICK, None)
-        handlers: dict[int, Callable[[float, object], None]] = {  # by the int the heap holds
-            Event.ARRIVAL: self._on_arrival,
-            Event.TICK: self._on_tick,
-            Event.READY: self._on_ready,
-            Event.CLAIM: self._on_claim,
-            Event.FINISH: self._on_finish,
-            Event.WORKER_EXIT: self._on_worker_exit,
-            Event.INTERRUPT: self._on_interrupt,
-            Event.RECLAIM: self._on_reclaim,
-        }
         horizon = self.workload.horizon_s
-        while self._events and self._events[0][0] < horizon:
-            at, kind, _, subject, generation = heapq.heappop(self._events)
-            if isinstance(subject, SimReplica) and generation != ANY_GENERATION and (
-                subject.generation != generation
-            ):
-                continue
-            handlers[kind](at, subject)
+        self.advance(horizon)
         for replica in list(self._replicas):
             self._stop(horizon, replica)
         self.outcome.billed_intervals = sum(
@@ -206,9 +189,49 @@ class Simulation:
         )
         return self.outcome
 
+    def advance(self, until: float) -> None:
+        """Play every event before ``until``."""
+        handlers: dict[int, Callable[[float, object], None]] = {  # by the int the heap holds
+            Event.ARRIVAL: self._on_arrival,
+            Event.TICK: self._on_tick,
+            Event.READY: self._on_ready,
+            Event.CLAIM: self._on_claim,
+            Event.FINISH: self._on_finish,
+            Event.WORKER_EXIT: self._on_worker_exit,
+            Event.INTERRUPT: self._on_interrupt,
+            Event.RECLAIM: self._on_reclaim,
+        }
+        while self._events and self._events[0][0] < until:
+            at, kind, _, subject, generation = heapq.heappop(self._events)
+            if isinstance(subject, SimReplica) and generation != ANY_GENERATION and (
+                subject.generation != generation
+            ):
+                continue
+            handlers[kind](at, subject)
+
+    def what_if(self, now: float, target: int, controller: Controller) -> Simulation:
+        """A copy of this simulation, called from its controller at the tick ``now``, in which that tick's count
+        is ``target`` and ``controller`` decides from the next tick on (the rollout oracle in bench/)."""
+        memo: dict[int, object] = {id(self.workload): self.workload, id(self.controller): controller,
+                                   id(self.outcome.samples): []}
+        copy = deepcopy(self, memo)
+        copy._target = target
+        copy._reconcile(now)
+        copy._schedule(now + self.platform.tick_s, Event.TICK, None)
+        return copy
+
+    @property
+    def queued(self) -> tuple[SimJob, ...]:
+        """The jobs waiting to be claimed, oldest first."""
+        return tuple(self._queue)
+
     def _schedule(self, at: float, kind: Event, subject: object) -> None:
         generation = subject.generation if isinstance(subject, SimReplica) else 0
-        heapq.heappush(self._events, (at, int(kind), next(self._sequence), subject, generation))
+        self._push(at, kind, subject, generation)
+
+    def _push(self, at: float, kind: Event, subject: object, generation: int) -> None:
+        self._scheduled += 1
+        heapq.heappush(self._events, (at, int(kind), self._scheduled, subject, generation))
 
     def _live(self) -> list[SimReplica]:
         return [replica for replica in self._replicas if not replica.draining]
@@ -271,15 +294,14 @@ class Simulation:
     # Replica lifecycle.
 
     def _start_replica(self, now: float) -> None:
-        replica = SimReplica(next(self._names), started_at=now)
+        replica = SimReplica(f"replica-{self.outcome.replica_starts + 1}", started_at=now)
         self._replicas.append(replica)
         self.outcome.replicas.append(replica)
         self.outcome.replica_starts += 1
         self._boot(now, replica)
         if self.platform.spot_reclaims_per_hour > 0:
             reclaim_in = self._rng.expovariate(self.platform.spot_reclaims_per_hour / 3600.0)
-            heapq.heappush(self._events, (now + reclaim_in, int(Event.RECLAIM), next(self._sequence),
-                                          replica, ANY_GENERATION))
+            self._push(now + reclaim_in, Event.RECLAIM, replica, ANY_GENERATION)
 
     def _boot(self, now: float, replica: SimReplica) -> None:
         replica.state = "starting"

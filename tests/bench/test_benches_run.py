@@ -48,6 +48,9 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                         [r"^\| 1 \| 10 \| ", r"^status count: "]),
     "queue_round_robin": (["--finished", "10", "--users", "2", "--workflow-kb", "1"],
                           [r"^\| 10 \| [\d.]+ \| [\d.]+ \|"]),
+    "rollout_oracle": (["--workload", "studio", "--seeds", "1", "--max-replicas", "3", "--ahead-min", "5"],
+                       [r"^\| 1 \| [\d.]+ / \d+ \| [\d.]+ / \d+ \([1-9]\d*\) \| [\d.]+ / \d+ \| [\d.]+ \| "
+                        r"(yes|no) \|$"]),
     "runpod_creates": (["--pods", "1", "--latency-s", "0"], [r"^apply\(1\) from 0 pods .*: [\d.]+ s"]),
     "runpod_stops": (["--pods", "1", "--latency-s", "0"], [r"^pause\(\) of 1 pods .*: [\d.]+ s"]),
     "scratch_emptying": (["--files", "10", "--size", "1"], [r"^10 files of 1 B .* removed in [\d.]+ s"]),
