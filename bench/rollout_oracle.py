@@ -17,10 +17,10 @@ import argparse
 import math
 from dataclasses import dataclass, replace
 
-from scaler.billing import seconds_to_boundary
+from scaler.billing import bill_for_runtime, seconds_to_boundary
 from scaler.policy import Replica, ScalingConfig
 from scaler.simulator.cli import run_policy
-from scaler.simulator.platform import PlatformModel, Simulation
+from scaler.simulator.platform import PlatformModel, SimReplica, Simulation
 from scaler.simulator.policies import Ours, QueueView
 from scaler.simulator.report import summarize
 from scaler.simulator.workloads import BUILT_IN, built_in
@@ -68,18 +68,21 @@ class RolloutOurs(Ours):
         ahead = self.simulation.what_if(now, option, plain)
         end = now + self.ahead_s
         ahead.advance(end)
-        interval = self.config.billing_interval_s
-        begun = 0
-        for replica in ahead.outcome.replicas:
-            until = min(end, replica.stopped_at if replica.stopped_at is not None else math.inf)
-            first = max(0, math.ceil((now - replica.started_at) / interval - 1e-9))
-            begun += max(0, math.ceil((until - replica.started_at) / interval - 1e-9) - first)
+        begun = sum(self._begun_between(replica, now, end) for replica in ahead.outcome.replicas)
         target = self.config.target_wait_s
         late = sum(1 for job in ahead.outcome.jobs
-                   if job.submit_s <= end and now < job.attempt_started_s <= end
-                   and job.attempt_started_s - job.submit_s > target)
+                   if now < job.attempt_started_s <= end and job.attempt_started_s - job.submit_s > target)
         late += sum(1 for job in ahead.queued if end - job.submit_s > target)
         return begun + self.late_weight * late
+
+    def _begun_between(self, replica: SimReplica, now: float, end: float) -> int:
+        """The replica's billing intervals that begin at ``now`` or later and before ``end``."""
+        until = min(end, replica.stopped_at if replica.stopped_at is not None else math.inf)
+        if until <= replica.started_at:
+            return 0
+        interval, anchor = self.config.billing_interval_s, self.config.billing_anchor
+        before = bill_for_runtime(replica.started_at, now, interval, anchor) if replica.started_at < now else 0
+        return max(0, bill_for_runtime(replica.started_at, until, interval, anchor) - before)
 
 
 def main(argv: list[str] | None = None) -> None:
