@@ -10,6 +10,8 @@ Runs the production CLI in a child process and reads its /proc status (Linux onl
   20-concurrent    twenty of those at once (each route bounds its own body; what bounds them together?)
   list-results     8 jobs completed with a 48 MB result each, then GET /api/jobs?status=completed&limit=50 (what
                    the scaler asks every tick): does a list answer hold every result in memory at once?
+  job-views        one queued job with a 9 MB workflow (10,000 nodes), then 200 GET /api/jobs/{id} at once
+                   (participants polling their job): does each view, which shows no workflow, decode it?
 """
 
 from __future__ import annotations
@@ -119,10 +121,36 @@ def list_scenario(jobs: int, result_mb: int) -> dict[str, object]:
     return {"scenario": "list-results", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
 
 
+def views_scenario(readers: int, workflow_mb: int) -> dict[str, object]:
+    """One queued job with a ``workflow_mb`` workflow of 1 kB nodes, then ``readers`` reads of it at once."""
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running(Path(scratch) / "q.db", None) as (process, url),
+        httpx.Client(base_url=url, timeout=300) as client,
+    ):
+        node = {"class_type": "CLIPTextEncode", "inputs": {"text": "y" * 900}}
+        workflow = {str(n): node for n in range(workflow_mb * 1000)}
+        job_id = client.post("/api/jobs", json={"user_id": "alice", "workflow": workflow}).json()["id"]
+        before, _ = settled_rss_mb(client, process.pid)
+
+        def view(_: int) -> str:
+            with httpx.Client(base_url=url, timeout=300) as reader:
+                answer = reader.get(f"/api/jobs/{job_id}")
+            return f"{answer.status_code} ({len(answer.content)} B answer)"
+
+        with ThreadPoolExecutor(max_workers=readers) as pool:
+            answers = list(pool.map(view, range(readers)))
+        after, peak = settled_rss_mb(client, process.pid)
+    statuses = [f"{answers.count(answer)} x {answer}" for answer in sorted(set(answers))]
+    return {"scenario": "job-views", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--body-mb", type=int, default=BODY_MB, help=f"size of each request body; default {BODY_MB}")
     parser.add_argument("--result-mb", type=int, default=48, help="result of each listed job; default 48")
+    parser.add_argument("--views", type=int, default=200, help="reads of the job in job-views; default 200")
+    parser.add_argument("--workflow-mb", type=int, default=9, help="its workflow; default 9")
     args = parser.parse_args(argv)
     blob = "x" * (args.body_mb * 1000 * 1000)
     report = ('{"result": {"blob": "' + blob + '"}}').encode()
@@ -133,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario(f"result-{args.body_mb}MB", None, [("/api/workers/complete-job", {"job_id": "j"}, report)]),
         scenario("20-concurrent", None, [("/api/workers/complete-job", {"job_id": "j"}, report)] * 20, at_once=True),
         list_scenario(jobs=8, result_mb=args.result_mb),
+        views_scenario(args.views, args.workflow_mb),
     ]
     print(f"{'scenario':<18} {'RSS before':>11} {'RSS after':>10} {'peak':>8}  answers")
     for run in runs:

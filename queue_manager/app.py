@@ -428,7 +428,7 @@ class QueueApi:
         return _json(self._job_view(job, await self._positions([job])), 201)
 
     async def get_job(self, request: web.Request) -> web.Response:
-        job = await self._db(self._store.get, request.match_info["job_id"])
+        job = await self._db(self._store.get, request.match_info["job_id"], with_workflow=False)
         if job is None or request.get(PARTICIPANT, job.user_id) != job.user_id:
             return _detail(404, "Job not found")  # another participant's job: as if there were none
         view = self._job_view(job, await self._positions([job]))

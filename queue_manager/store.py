@@ -109,10 +109,17 @@ _COUNT_NUMBERED = "UPDATE finish_counter SET last = MAX(last, (SELECT COALESCE(M
 _NEXT_FINISH_SEQ = "UPDATE finish_counter SET last = last + 1 RETURNING last"
 
 _BUSY_TIMEOUT_S = 10.0
-_COLUMNS_BUT_WORKFLOW = (
-    "seq, id, user_id, status, priority, '{}' AS workflow, '{}' AS metadata, result, error, worker_id, created_at,"
-    " started_at, completed_at, attempt, history, lease_at, finish_seq"
+_PLAIN_COLUMNS = (
+    "seq, id, user_id, status, priority, error, worker_id, created_at, started_at, completed_at, attempt, lease_at,"
+    " finish_seq"
 )
+# The JSON a read leaves out is empty and never decoded (a workflow or metadata is up to 11 MB, a result 50 MB):
+# a list shows no workflow or metadata, ...
+_COLUMNS_BUT_WORKFLOW = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, '{{}}' AS metadata, result, history"
+# ... one job's view no workflow, ...
+_SHOWN_COLUMNS = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, metadata, result, history"
+# ... and a heartbeat's, a report's or a cancel's check needs only who holds the job and its status.
+_HOLDER_COLUMNS = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, '{{}}' AS metadata, NULL AS result, '[]' AS history"
 # A list holds at most this much stored JSON (results, histories; workflows when asked for): 50 completed jobs of
 # up to 50 MB results each made one GET /api/jobs hold 1.5 GB (8 of them: 1567 MB peak RSS, a 384 MB answer).
 LIST_BUDGET_BYTES = 16 * 1024 * 1024
@@ -358,9 +365,11 @@ class JobStore:
             )
             return _get(conn, job_id)  # type: ignore[return-value]
 
-    def get(self, job_id: str) -> JobRecord | None:
+    def get(self, job_id: str, *, with_workflow: bool = True) -> JobRecord | None:
+        """The job; ``with_workflow=False`` leaves its workflow empty, unread: what GET /api/jobs/{id} shows (200
+        polls of a job with a 9 MB workflow took the server from 344 MB to 2.8 GB decoding it to throw it away)."""
         with self._transaction(write=False) as conn:
-            return _get(conn, job_id)
+            return _get(conn, job_id, "*" if with_workflow else _SHOWN_COLUMNS)
 
     def output_listing(self, job_id: str) -> OutputListing | None:
         """Whose the job is, its status and the paths its result lists in `outputs[].path`: what serving one of its
@@ -461,7 +470,7 @@ class JobStore:
         (its worker is not told; a later report still lands). Returns the status the job had, or None (also for
         a job that is not `user_id`'s, when given)."""
         with self._transaction() as conn:
-            job = _get(conn, job_id)
+            job = _get(conn, job_id, _HOLDER_COLUMNS)
             if job is None or (user_id is not None and job.user_id != user_id):
                 return None
             if job.status is JobStatus.PENDING:
@@ -548,7 +557,7 @@ class JobStore:
         now = self._clock()
         with self._transaction() as conn:
             _seen(conn, worker_id, now)
-            job = _get(conn, job_id)
+            job = _get(conn, job_id, _HOLDER_COLUMNS)
             if job is None:
                 raise FencedOut(f"Job {job_id} does not exist")
             Fence(worker_id, attempt).check(job)
@@ -568,7 +577,7 @@ class JobStore:
         self, job_id: str, status: JobStatus, *, result: str | None, error: str | None, fence: Fence
     ) -> JobStatus | None:
         with self._transaction() as conn:
-            job = _get(conn, job_id)
+            job = _get(conn, job_id, _HOLDER_COLUMNS)
             if job is None:
                 return None
             fence.check(job)
@@ -824,8 +833,8 @@ def _texts(encoded: Iterable[bytes]) -> Iterator[str]:
             yield value.decode()
 
 
-def _get(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def _get(conn: sqlite3.Connection, job_id: str, columns: str = "*") -> JobRecord | None:
+    row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
     return None if row is None else JobRecord.from_row(row)
 
 
