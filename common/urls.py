@@ -12,15 +12,18 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import httpx
 
-# The words of a query parameter's name (split at "_", "-", ".") that make its value a credential.
+# The words of a query parameter's name (split at "_", "-", ".", and "aB" as in accessToken) that make its value a
+# credential; and a word ending in one of _SECRET_ENDINGS does too (accesstoken, clientsecret).
 _SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "key", "apikey", "signature", "sig", "auth", "credential",
-     "credentials"}
+    {"token", "secret", "password", "passwd", "pwd", "key", "apikey", "accesskey", "signature", "sig", "auth",
+     "credential", "credentials", "bearer", "jwt", "session", "sessionid"}
 )
+_SECRET_ENDINGS = ("token", "secret", "password", "passwd")
 
 
 def is_secret_parameter(name: str) -> bool:
-    return any(word in _SECRET_WORDS for word in re.split(r"[_.\-]", name.lower()))
+    words = re.split(r"[_.\-]", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    return any(word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS) for word in words)
 
 
 def url_credentials(url: str) -> list[str]:

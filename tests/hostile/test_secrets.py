@@ -189,6 +189,16 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
         ("https://u:p-5@q.example.com/?access%5Ftoken=t-5", "https://***@q.example.com/?access%5Ftoken=***",
          ["u", "p-5", "t-5"]),
         ("https://queue.example.com/api?design=a&monkey=b", "https://queue.example.com/api?design=a&monkey=b", []),
+        # Before, names in camelCase or run together were not seen: accessToken's value was shown in clear.
+        ("https://q.example.com/?accessToken=t-6&page=2", "https://q.example.com/?accessToken=***&page=2", ["t-6"]),
+        ("https://q.example.com/?authToken=t-7&clientSecret=s-7", "https://q.example.com/?authToken=***&clientSecret=***",
+         ["t-7", "s-7"]),
+        ("https://q.example.com/?refreshtoken=t-8&jwt=j-8", "https://q.example.com/?refreshtoken=***&jwt=***",
+         ["t-8", "j-8"]),
+        ("https://q.example.com/?bearer=b-9&session=s-9", "https://q.example.com/?bearer=***&session=***",
+         ["b-9", "s-9"]),
+        ("https://q.example.com/?maxTokens=5&keyboard=us&tokens=3", "https://q.example.com/?maxTokens=5&keyboard=us&tokens=3",
+         []),
     ],
 )
 def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:
