@@ -41,6 +41,7 @@ from scaler.health_record import (
     reading_fields,
 )
 from scaler.ledger import BillingRule, SavedFileUnreadable
+from scaler.loop import FAILED as APPLY_FAILED
 from scaler.loop import RELEASE_QUEUE_UNREACHABLE, ScalerLoop, load_policy_state, saved_health, tick_deadline
 from scaler.metrics import MetricsServer, ProviderMetrics, ScalerMetrics
 from scaler.policy import Decision, PolicyState, Reason, ScalingConfig, decide
@@ -345,7 +346,9 @@ async def _run_loop(
     if settings.metrics_port:
         try:
             await server.start()
-        except OSError as exc:  # the port is taken, or the host is not one of this machine's addresses
+        # The port is taken, the host is not one of this machine's addresses, or no host name at all (UnicodeError:
+        # "a..b", a label over 63 characters).
+        except (OSError, UnicodeError) as exc:
             log.error("metrics_server_failed", host=settings.metrics_host, port=settings.metrics_port,
                       error=f"{type(exc).__name__}: {exc}",
                       hint="check SCALER_METRICS_HOST and SCALER_METRICS_PORT (SCALER_METRICS_PORT=0: no metrics)")
@@ -374,7 +377,8 @@ async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:
             return pricing
         loop = _scaler_loop(settings, pricing.config, backend, queue, dry_run=args.dry_run)
         decision = await loop.tick()
-    return EXIT_FAILED if decision.reason in (Reason.HOLD_OBSERVATION_FAILED, RELEASE_QUEUE_UNREACHABLE) else EXIT_OK
+    unread = decision.reason in (Reason.HOLD_OBSERVATION_FAILED, RELEASE_QUEUE_UNREACHABLE)
+    return EXIT_FAILED if unread or loop.last_apply == APPLY_FAILED else EXIT_OK
 
 
 def _scaler_loop(

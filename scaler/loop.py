@@ -149,6 +149,7 @@ class ScalerLoop:
         # (count before, count written) while a write to the platform is under way: a tick cut short then may
         # have changed the count, in whole or in part (a fleet writes to each of its providers separately).
         self._writing: tuple[int, int] | None = None
+        self.last_apply: str | None = None  # the last tick's outcome of writing its count (WROTE, FAILED, ...)
 
     async def run(self, stop: asyncio.Event) -> None:
         """A tick every ``interval_s`` (start to start) until ``stop`` is set; a tick under way when it is set gets
@@ -231,6 +232,7 @@ class ScalerLoop:
             # the stop cut short) and started again for an empty queue.
             self.state = replace(self.state, applied=None)
         outcome, apply_error = await self._apply(decision, observation, deadline)
+        self.last_apply = outcome
         health = self.backend_health.record(observation.now) if self.backend_health is not None else None
         self._record(decision, observation, outcome, apply_error, health)
         self._save(health)

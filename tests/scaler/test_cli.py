@@ -158,6 +158,17 @@ async def test_once_exits_1_and_holds_when_the_queue_is_unreachable(
     assert scaling_patches() == []
 
 
+async def test_once_exits_1_when_the_platform_refuses_its_write(cli_env, qm, fake_verda, verda_scaling, capsys):
+    """From cron the exit code is all there is: a scale-up the platform refused exited 0, as if it had landed."""
+    qm.store.submit("alice", WORKFLOW)
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/scaling", 503, method="PATCH", times=100)
+    assert await cli("once") == 1
+    assert verda_scaling() == (0, 5)
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [decision] = [entry for entry in logged if entry["event"] == "Scaling decision"]
+    assert (decision["desired"], decision["apply"]) == (1, "failed")
+
+
 async def test_once_from_cron_releases_the_replicas_once_the_queue_outage_outlasts_the_hold(
     cli_env, qm, verda_scaling, monkeypatch, tmp_path
 ):
@@ -376,6 +387,21 @@ async def test_a_metrics_port_that_cannot_be_bound_exits_1_naming_the_settings(c
     assert "SCALER_METRICS_PORT" in failed["hint"] and "SCALER_METRICS_HOST" in failed["hint"]
     assert b"Traceback" not in err
     assert scaling_patches() == [], "nothing is decided without the metrics it was asked to serve"
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example"])
+async def test_a_metrics_host_that_is_no_host_name_exits_1_naming_the_settings(cli_env, scaling_patches, host):
+    """An empty or over-long label in SCALER_METRICS_HOST failed in IDNA encoding (UnicodeError), a traceback."""
+    env = {**os.environ, **cli_env, "SCALER_METRICS_HOST": host, "SCALER_METRICS_PORT": "1"}
+    async with running_scaler(env) as process:
+        async with asyncio.timeout(30):
+            _, err = await process.communicate()
+    assert process.returncode == 1
+    logged = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    [failed] = [entry for entry in logged if entry["event"] == "metrics_server_failed"]
+    assert "SCALER_METRICS_HOST" in failed["hint"]
+    assert b"Traceback" not in err
+    assert scaling_patches() == []
 
 
 @pytest.mark.parametrize(("lead", "interval"), [("0", "15"), ("10", "15"), ("30", "60")])
