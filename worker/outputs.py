@@ -157,8 +157,10 @@ def result_files(
 
 
 def relative_output_path(subfolder: str, filename: str) -> PurePosixPath:
-    """subfolder/filename as ComfyUI named them, refused if it could climb out of a directory."""
-    relative = PurePosixPath(subfolder.replace("\\", "/")) / filename.replace("\\", "/")
+    """subfolder/filename as ComfyUI named them, refused if it could climb out of a directory. A backslash is part
+    of a name, as on the Linux ComfyUI runs on: read as a folder, ``x\\y_00001_.png`` was taken for ``x/y_00001_.png``,
+    another prompt's file (another user's)."""
+    relative = PurePosixPath(subfolder) / filename
     unsafe = not relative.parts or relative.is_absolute() or any(part in ("..", "") for part in relative.parts)
     if unsafe or "\0" in str(relative):  # no parts: "." or "./", the folder itself
         raise OutputDeliveryError(

@@ -239,6 +239,23 @@ async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reporte
     assert (outputs / "alice" / "job-1" / "attempt-2" / "sub" / "a.png").read_bytes() == b"a"
 
 
+@pytest.mark.parametrize("local", [True, False], ids=["copied from ComfyUI's folder", "fetched over /view"])
+async def test_a_backslash_is_part_of_a_name_so_the_file_comfyui_wrote_is_the_one_delivered(
+    comfy, tmp_path: Path, local: bool
+):
+    """ComfyUI on Linux saves filename_prefix "x\\y" as the file "x\\y_00001_.png" in its output folder. The worker
+    read the backslash as a folder and copied x/y_00001_.png: another user's image, saved a moment before."""
+    (comfy.output_dir / "x").mkdir()
+    (comfy.output_dir / "x" / "y_00001_.png").write_bytes(b"ivy's")
+    (comfy.output_dir / "x\\y_00001_.png").write_bytes(b"jack's")
+    history_outputs = {"3": {"images": [{"filename": "x\\y_00001_.png", "subfolder": "", "type": "output"}]}}
+    async with output_delivery(comfy, tmp_path / "outputs", local=local) as delivery:
+        await delivery.deliver(history_outputs, "jack", "job-2", attempt=1)
+    assert [(p.name, p.read_bytes()) for p in files_under(tmp_path / "outputs" / "jack")] == [
+        ("x\\y_00001_.png", b"jack's")
+    ]
+
+
 @pytest.mark.parametrize(("error", "delivered"), [("EINVAL", True), ("EIO", False)])
 async def test_a_volume_that_cannot_sync_still_gets_its_delivery_and_a_failing_sync_is_a_disk_fault(
     comfy, tmp_path: Path, monkeypatch, error: str, delivered: bool
@@ -451,7 +468,6 @@ async def test_a_10_kb_output_name_fails_the_job_with_a_short_error_naming_it(qm
         ("", "/etc/passwd"),
         ("a\0b", "x.png"),
         ("", "x\0.png"),
-        ("sub\\..\\..", "x.png"),
         ("", "."),
         (".", "./"),
     ],
