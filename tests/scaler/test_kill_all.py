@@ -281,7 +281,7 @@ async def test_stop_provider_ends_within_its_bound_when_the_api_never_answers(si
 
 
 @pytest.mark.parametrize(("command", "said"), [
-    ("stop", "stop failed: Verda did not answer within"),
+    ("stop", "stop failed: pause: TimeoutError: no answer within 0.25 s"),
     # `resume` had no bound: against a Verda dripping one byte every 5 s it was still running after 200 s.
     ("resume", "resume failed: no answer within 0.5 s: the deployment may or may not be resumed"),
 ])
@@ -372,6 +372,32 @@ async def test_a_refused_pin_to_zero_still_pauses(fleet_env, make_verda_client, 
         assert "stop failed: pin to 0: VerdaAPIError: Verda API error 400" in err and "done: pause" in err
     else:
         assert "verda: NOT STOPPED: 0 replicas, status paused, but pin to 0 failed: VerdaAPIError" in err
+
+
+@pytest.mark.parametrize("command", [["stop"], ["stop", "--all"]])
+async def test_a_pin_to_zero_that_gets_no_answer_in_time_still_pauses(
+    fleet_env, make_verda_client, fake_verda, monkeypatch, capsys, command
+):
+    """Verda answering GET .../scaling with a 503 and Retry-After (or not at all): the pin to 0 waited out the one
+    bound around both steps, the pause was never sent and 3 replicas ran on, at every `stop`. Each step now has
+    half the bound."""
+    if command == ["stop"]:
+        monkeypatch.delenv("SCALER_PROVIDERS")
+    monkeypatch.setattr("scaler.cli.KILL_CONFIRM_TIMEOUT_S", 0.5)
+    await verda_replicas(make_verda_client, 2)
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/scaling", 503, method="GET", retry_after="30")
+    capsys.readouterr()
+    started = time.monotonic()
+    assert await cli(*command) == 1
+    assert time.monotonic() - started < 5
+    assert fake_verda.requests_to(f"/container-deployments/{DEPLOYMENT}/pause", "POST")
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert fake_verda.deployments[DEPLOYMENT].replicas == []
+    err = capsys.readouterr().err
+    if command == ["stop"]:
+        assert "stop failed: pin to 0: TimeoutError: no answer within 0.25 s" in err and "done: pause" in err
+    else:
+        assert "verda: NOT STOPPED: 0 replicas, status paused, but pin to 0 failed: TimeoutError" in err
 
 
 class ListsOnceThenFails:
