@@ -108,6 +108,35 @@ async def test_stop_all_stops_every_provider_when_the_ledger_cannot_be_read(
     assert f"run: SCALER_LEDGER_FILE {tmp_path / 'ledger'} cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe{\x00}\x00", b'{"buckets": {}, "billed": {}, "updated_at": "yesterday"}',
+], ids=["not-utf-8", "updated-as-text"])
+async def test_a_corrupt_ledger_is_set_aside_and_stop_status_and_run_go_on(
+    fleet_env, qm, make_verda_client, fake_verda, verda_scaling, capsys, tmp_path, wait, content
+):
+    """Before, a ledger that was not UTF-8 crashed `stop` (the kill switch stopped nothing), `status` and `run`
+    with a UnicodeDecodeError traceback."""
+    ledger = tmp_path / "ledger.json"
+    ledger.write_bytes(content)
+    await verda_replicas(make_verda_client, 2)
+    assert await cli("status") == 0
+    assert ledger.read_bytes() == content, "status moves nothing"
+    capsys.readouterr()
+    assert await cli("stop") == 0
+    assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert "cost_ledger_unreadable" in capsys.readouterr().err
+    [aside] = tmp_path.glob("ledger.json.corrupt-*")
+    assert aside.read_bytes() == content
+    assert await cli("resume") == 0
+    ledger.write_bytes(content)
+    qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+    env = {**os.environ, **fleet_env, "SCALER_INTERVAL_S": "1"}
+    async with running_scaler(env) as process:
+        await wait(lambda: verda_charged(ledger), timeout=20)
+        err = await sigterm_and_wait(process)
+    assert process.returncode == 0 and b"cost_ledger_unreadable" in err
+
+
 async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_starts_nothing(
     fleet_env, fake_verda, verda_scaling, capsys, tmp_path
 ):
