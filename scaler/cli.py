@@ -452,19 +452,14 @@ def _saved_reading(settings: ScalerSettings, now: float, stale_after_s: float) -
 
 async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
     async with _opened(settings) as (backend, _):
-        try:
-            async with asyncio.timeout(KILL_CONFIRM_TIMEOUT_S):  # a slow API must not hold the kill switch
-                failures = await pin_and_pause(backend)
-        except TimeoutError:
-            print(f"stop failed: Verda did not answer within {KILL_CONFIRM_TIMEOUT_S:.0f} s: the replicas may still "
-                  "run; run it again or pause the deployment in Verda's console", file=sys.stderr)
-            return EXIT_FAILED
+        failures = await pin_and_pause(backend, timeout_s=KILL_CONFIRM_TIMEOUT_S)
     for step, exc in failures:
         print(f"stop failed: {step}: {_platform_error(exc)}", file=sys.stderr)
     if failures:
         done = [step for step in STOP_STEPS if step not in dict(failures)]
-        print(f"{settings.deployment_name}: {'done: ' + done[0] if done else 'nothing changed'}; check it in "
-              "Verda's console and run comfy-scaler stop again", file=sys.stderr)
+        print(f"{settings.deployment_name}: {'done: ' + done[0] if done else 'neither step went through'}: the "
+              "replicas may still run; run comfy-scaler stop again or pause the deployment in Verda's console",
+              file=sys.stderr)
         return EXIT_FAILED
     log.warning("kill_switch_engaged", deployment=settings.deployment_name)
     print(
@@ -476,7 +471,7 @@ async def _stop(settings: ScalerSettings, args: argparse.Namespace) -> int:
 
 async def _stop_all(settings: ScalerSettings, args: argparse.Namespace) -> int:
     names = settings.provider_names or [settings.backend]
-    results = await stop_all(settings, names)
+    results = await stop_all(settings, names, timeout_s=KILL_CONFIRM_TIMEOUT_S)
     for result in results:
         mark = "stopped" if result.stopped else "NOT STOPPED"
         print(f"{result.provider}: {mark}: {scrub(result.detail)}", file=sys.stdout if result.stopped else sys.stderr)

@@ -297,7 +297,9 @@ class CostLedger:
                     "so the spend may read high until it leaves the window, never low")
         converted = {}
         for key, value in before.items():
-            with contextlib.suppress(ValueError):  # a key of another shape, read from the file: nothing to keep
+            # A key of another shape, or a count past any date (infinity once dated), read from the file: nothing
+            # to keep.
+            with contextlib.suppress(ValueError, OverflowError):
                 converted[key] = recounted(_start_of(key), value, saved, rule)
         return converted
 
@@ -361,11 +363,11 @@ class CostLedger:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> CostLedger:
         ledger = cls()
-        ledger.updated_at = raw.get("updated_at")
+        ledger.updated_at = None if raw.get("updated_at") is None else saved_number(raw["updated_at"], "updated_at")
         ledger.alerts = _alert_book(raw.get("alerts"))
         ledger.health = raw.get("health")
         ledger.buckets = {
-            str(name): {int(at): saved_number(v, "buckets") for at, v in buckets.items()}
+            str(name): {int(saved_number(at, "buckets")): saved_number(v, "buckets") for at, v in buckets.items()}
             for name, buckets in raw["buckets"].items()
         }
         ledger.billed = {
@@ -394,10 +396,10 @@ class CostLedger:
         the file cannot be read at all (``read_saved``)."""
         if not read_only:
             remove_stale_scratch(path)
-        if (text := read_saved(path, "SCALER_LEDGER_FILE")) is None:
+        if (saved := read_saved(path, "SCALER_LEDGER_FILE")) is None:
             return cls()
         try:
-            return cls.from_json(json.loads(text))
+            return cls.from_json(json.loads(saved.decode()))
         except UNREADABLE as exc:
             log.error("cost_ledger_unreadable", path=str(path), kept_as=kept_aside(path, read_only),
                       error=f"{type(exc).__name__}: {exc}")
@@ -408,15 +410,16 @@ class SavedFileUnreadable(Exception):
     """A file the scaler saved is there but cannot be read at all: not corrupt, so left as it is."""
 
 
-def read_saved(path: Path, setting: str) -> str | None:
-    """The text of a file the scaler saved (``setting`` names it); None when there is none.
+def read_saved(path: Path, setting: str) -> bytes | None:
+    """The bytes of a file the scaler saved (``setting`` names it); None when there is none. Decoded by the
+    caller, where a file that is not UTF-8 is corrupt (UnicodeDecodeError is a ValueError: UNREADABLE).
 
     A file that is there but cannot be read at all (no permission for the scaler's user, an I/O error, a
     directory) raises SavedFileUnreadable: it is not corrupt, and a scaler started afresh beside it would forget
     the day's spend (the budget caps counting from zero) and write over it at its first tick.
     """
     try:
-        return path.read_text()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -427,9 +430,9 @@ def read_saved(path: Path, setting: str) -> str | None:
         ) from exc
 
 
-# What reading a JSON file of the wrong shape raises: not there, not JSON (or nested past the parser's depth), a key
-# or an item missing, a value of the wrong type.
-UNREADABLE = (OSError, ValueError, LookupError, TypeError, AttributeError, RecursionError)
+# What reading a JSON file of the wrong shape raises: not there, not UTF-8, not JSON (or nested past the parser's
+# depth), a key or an item missing, a value of the wrong type, infinity where a count is (``int`` of it).
+UNREADABLE = (OSError, ValueError, LookupError, TypeError, AttributeError, RecursionError, OverflowError)
 
 
 def _alert_book(raw: Any) -> dict[str, Any] | None:
@@ -437,7 +440,7 @@ def _alert_book(raw: Any) -> dict[str, Any] | None:
     if raw is None:
         return None
     if raw.get("day") is not None:
-        saved_number(raw["day"], "alerts.day")
+        raw = {**raw, "day": saved_number(raw["day"], "alerts.day")}
     sent = raw.get("sent", [])
     if not isinstance(sent, list) or not all(isinstance(kind, str) for kind in sent):
         raise ValueError(f"alerts.sent: {str(sent)[:80]} is not a list of alert kinds")

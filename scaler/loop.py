@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
@@ -41,6 +42,7 @@ from scaler.ledger import (
 from scaler.metrics import QUEUE_MANAGER_HEALTH_UNKNOWN, ScalerMetrics
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import (
+    MAX_REPLICAS_LIMIT,
     PAUSED,
     QUOTA_REACHED,
     Decision,
@@ -487,10 +489,10 @@ def load_policy_state(path: Path, billing: BillingRule | None = None, *, read_on
     permission, a directory) raises SavedFileUnreadable (``read_saved``): it is not corrupt."""
     if not read_only:
         remove_stale_scratch(path)
-    if (text := read_saved(path, "SCALER_STATE_FILE")) is None:
+    if (saved := read_saved(path, "SCALER_STATE_FILE")) is None:
         return PolicyState()
     try:
-        return _policy_state(json.loads(text), billing)
+        return _policy_state(json.loads(saved.decode()), billing)
     except UNREADABLE as exc:
         log.error("policy_state_unreadable", path=str(path), kept_as=kept_aside(path, read_only), error=error_text(exc),
                   hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "
@@ -503,21 +505,23 @@ def _policy_state(raw: dict[str, Any], billing: BillingRule | None) -> PolicySta
     opening_load = raw.get("opening_load") or (0.0, 0)
     applied = raw.get("applied")
     return PolicyState(
-        applied=None if applied is None else _count(applied, "applied"),
-        demand_samples=tuple((saved_number(t, "demand_samples"), int(n)) for t, n in raw.get("demand_samples", ())),
+        applied=None if applied is None else _count(applied, "applied", most=MAX_REPLICAS_LIMIT),
+        demand_samples=tuple((saved_number(t, "demand_samples"), _whole(n, "demand_samples"))
+                             for t, n in raw.get("demand_samples", ())),
         last_work_seen_at=_moment(raw.get("last_work_seen_at"), "last_work_seen_at"),
         last_scale_down_at=_moment(raw.get("last_scale_down_at"), "last_scale_down_at"),
         consecutive_failures=_count(raw.get("consecutive_failures", 0), "consecutive_failures"),
         queue_unreadable_since=_moment(raw.get("queue_unreadable_since"), "queue_unreadable_since"),
         opening_started_at=_moment(raw.get("opening_started_at"), "opening_started_at"),
-        opening_load=(saved_number(opening_load[0], "opening_load"), int(opening_load[1])),
+        opening_load=(saved_number(opening_load[0], "opening_load"), _whole(opening_load[1], "opening_load")),
         learned_prewarm=_count(raw.get("learned_prewarm", 0), "learned_prewarm"),
         held_at_zero_since=_moment(raw.get("held_at_zero_since"), "held_at_zero_since"),
         ledger=SpendLedger(
             charges=tuple((saved_number(t, "charges"), saved_number(amount, "charges"))
                           for t, amount in ledger.get("charges", ())),
             billed=_billed_in(raw.get("billing"), billing, tuple(
-                ((str(key[0]), saved_number(key[1], "billed")), int(count)) for key, count in ledger.get("billed", ())
+                ((str(key[0]), saved_number(key[1], "billed")), _whole(count, "billed"))
+                for key, count in ledger.get("billed", ())
             )),
             observed_at=_moment(ledger.get("observed_at"), "observed_at"),
         ),
@@ -540,10 +544,16 @@ def _billed_in(
     return tuple((key, int(recounted(key[1], count, saved, billing))) for key, count in billed)
 
 
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+def _count(value: Any, name: str, most: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
         raise ValueError(f"{name}={value!r} is not a count")
     return value
+
+
+def _whole(value: Any, name: str) -> int:
+    """A number read back as a whole one: infinity, NaN or an integer past any float is corruption, as in
+    ``saved_number``."""
+    return int(saved_number(value, name))
 
 
 def _moment(value: Any, name: str) -> float | None:

@@ -299,13 +299,18 @@ def release_stop_file(settings: ScalerSettings) -> bool:
 STOP_STEPS = ("pin to 0", "pause")
 
 
-async def pin_and_pause(backend: Backend) -> list[tuple[str, Exception]]:
-    """The kill switch's two writes, each tried even when the other failed (Verda: either alone makes the
-    replicas go; RunPod: the pause reads the pods again); the steps that failed, with why."""
+async def pin_and_pause(backend: Backend, *, timeout_s: float) -> list[tuple[str, Exception]]:
+    """The kill switch's two writes within ``timeout_s``, each step in its own half: each is tried even when the
+    other failed or hung (Verda: either alone makes the replicas go; RunPod: the pause reads the pods again).
+    The steps that failed, with why."""
+    step_s = timeout_s / len(STOP_STEPS)
     failed: list[tuple[str, Exception]] = []
     for step, write in zip(STOP_STEPS, (lambda: backend.apply(0), backend.pause), strict=True):
         try:
-            await write()
+            async with asyncio.timeout(step_s):
+                await write()
+        except TimeoutError:
+            failed.append((step, TimeoutError(f"no answer within {step_s:g} s")))
         except Exception as exc:  # the API's errors, an answer too large or of a shape nobody expected
             failed.append((step, exc))
     return failed
@@ -318,11 +323,7 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
     for an hour's Retry-After): the kill switch always ends, saying what it could not confirm."""
     if isinstance(backend, LocalBackend):
         return StopResult(name, False, "its workers live inside `comfy-scaler run`: stop that process (Ctrl-C)")
-    try:
-        async with asyncio.timeout(timeout_s):
-            failures = await pin_and_pause(backend)
-    except TimeoutError:
-        return StopResult(name, False, f"could not pin to 0 and pause: no answer within {timeout_s:.0f} s")
+    failures = await pin_and_pause(backend, timeout_s=timeout_s)
     failed = "; ".join(f"{step} failed: {error_text(exc)}" for step, exc in failures)
     if len(failures) == len(STOP_STEPS):
         return StopResult(name, False, f"could not pin to 0 and pause: {failed}")

@@ -150,6 +150,31 @@ async def test_once_run_with_another_billing_interval_converts_the_intervals_the
     assert json.loads(state_file.read_text())["billing"]["interval_s"] == 3600.0
 
 
+@pytest.mark.parametrize("content", [
+    b'{"demand_samples": [[1, Infinity]]}', b'{"opening_load": [0, 1e400]}',
+    b'{"ledger": {"billed": [[["r", 1], 1e999]]}}',
+    b"\xff\xfe{\x00}\x00",
+], ids=["sample-count-infinite", "opening-count-infinite", "billed-count-infinite", "not-utf-8"])
+async def test_a_corrupt_state_file_is_set_aside_by_once_and_left_by_status_neither_crashing(
+    cli_env, qm, verda_scaling, monkeypatch, tmp_path, capsys, content
+):
+    """Before, these raised OverflowError or UnicodeDecodeError: `run`, `once` and `status` exited 1 with a
+    traceback and left the file, so a scaler under systemd's Restart=always crashed on it for ever."""
+    state_file = tmp_path / "scaler-state.json"
+    state_file.write_bytes(content)
+    monkeypatch.setenv("SCALER_STATE_FILE", str(state_file))
+    assert await cli("status") == 0
+    assert state_file.read_bytes() == content, "status saves nothing and moves nothing"
+    qm.store.submit("alice", WORKFLOW)
+    capsys.readouterr()
+    assert await cli("once") == 0
+    assert verda_scaling() == (1, 1)
+    assert "policy_state_unreadable" in capsys.readouterr().err
+    [aside] = tmp_path.glob("scaler-state.json.corrupt-*")
+    assert aside.read_bytes() == content
+    assert json.loads(state_file.read_text())["applied"] == 1, "a good file again"
+
+
 async def test_once_exits_1_and_holds_when_the_queue_is_unreachable(
     cli_env, monkeypatch, verda_scaling, scaling_patches
 ):

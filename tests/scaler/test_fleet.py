@@ -139,14 +139,40 @@ def test_ledger_per_second_and_interval_rules():
     "{not json", "[" * 100_000, '{"buckets": {"verda": {"0": NaN}}, "billed": {}}',
     '{"buckets": {}, "billed": {"verda": {"r1@0": Infinity}}}',
     '{"buckets": {}, "billed": {}, "alerts": "budget_80"}', '{"buckets": {}, "billed": {}, "alerts": {"sent": [[1]]}}',
-], ids=["not-json", "nested-past-the-parser", "spend-nan", "billed-infinite", "alerts-text", "alert-kind-a-list"])
+    b'\xff\xfe{\x00}\x00', b'{"buckets": {}, "billed": {}, "x": "\xe9"}',
+    '{"buckets": {}, "billed": {}, "updated_at": NaN}',
+    '{"buckets": {}, "billed": {}, "updated_at": "yesterday"}',
+    '{"buckets": {"verda": {"1%s": 1}}, "billed": {}}' % ("0" * 4000),
+], ids=["not-json", "nested-past-the-parser", "spend-nan", "billed-infinite", "alerts-text", "alert-kind-a-list",
+        "utf-16", "latin-1", "updated-nan", "updated-as-text", "bucket-past-any-float"])
 def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
-    """A NaN kept would make every spend sum NaN, and a budget compared with NaN caps nothing."""
+    """A NaN kept would make every spend sum NaN, and a budget compared with NaN caps nothing. Bytes that are not
+    UTF-8 escaped as UnicodeDecodeError (every command crashed, the kill switch too); a time kept as text failed
+    every charge after the start."""
     path = tmp_path / "ledger.json"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert CostLedger.load(path).spent_since(0) == 0
     assert not path.exists()
     assert [p.name.startswith("ledger.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_a_ledger_s_times_are_read_back_as_numbers(tmp_path):
+    """Kept as text, they failed every charge (the clock-step check) or every alert after the start."""
+    path = tmp_path / "ledger.json"
+    path.write_text('{"buckets": {}, "billed": {}, "updated_at": "5", "alerts": {"day": "86400"}}')
+    ledger = CostLedger.load(path)
+    assert (ledger.updated_at, ledger.alerts["day"]) == (5.0, 86400.0)
+
+
+def test_a_count_saved_under_a_rule_it_cannot_be_dated_in_is_dropped_not_failing_every_charge(tmp_path):
+    """2 intervals of 1e308 s end past any float: converting them to today's rule raised OverflowError at every
+    charge. The replica is charged afresh instead."""
+    path = tmp_path / "ledger.json"
+    path.write_text('{"buckets": {}, "billed": {"verda": {"a@0.000": 2}}, '
+                    '"rules": {"verda": {"interval_s": 1e308, "anchor": "started_at"}}}')
+    ledger = CostLedger.load(path)
+    replica = type("R", (), {"id": "a", "started_at": 0.0})()
+    assert ledger.charge("verda", [replica], 601.0, price_per_hour=6.0, rule=VERDA_BILLING) == pytest.approx(2.0)
 
 
 async def test_the_loop_drives_the_fleet_as_one_backend(fleet, queue, wall, verda_scaling):

@@ -108,6 +108,35 @@ async def test_stop_all_stops_every_provider_when_the_ledger_cannot_be_read(
     assert f"run: SCALER_LEDGER_FILE {tmp_path / 'ledger'} cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [
+    b"\xff\xfe{\x00}\x00", b'{"buckets": {}, "billed": {}, "updated_at": "yesterday"}',
+], ids=["not-utf-8", "updated-as-text"])
+async def test_a_corrupt_ledger_is_set_aside_and_stop_status_and_run_go_on(
+    fleet_env, qm, make_verda_client, fake_verda, verda_scaling, capsys, tmp_path, wait, content
+):
+    """Before, a ledger that was not UTF-8 crashed `stop` (the kill switch stopped nothing), `status` and `run`
+    with a UnicodeDecodeError traceback."""
+    ledger = tmp_path / "ledger.json"
+    ledger.write_bytes(content)
+    await verda_replicas(make_verda_client, 2)
+    assert await cli("status") == 0
+    assert ledger.read_bytes() == content, "status moves nothing"
+    capsys.readouterr()
+    assert await cli("stop") == 0
+    assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert "cost_ledger_unreadable" in capsys.readouterr().err
+    [aside] = tmp_path.glob("ledger.json.corrupt-*")
+    assert aside.read_bytes() == content
+    assert await cli("resume") == 0
+    ledger.write_bytes(content)
+    qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+    env = {**os.environ, **fleet_env, "SCALER_INTERVAL_S": "1"}
+    async with running_scaler(env) as process:
+        await wait(lambda: verda_charged(ledger), timeout=20)
+        err = await sigterm_and_wait(process)
+    assert process.returncode == 0 and b"cost_ledger_unreadable" in err
+
+
 async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_starts_nothing(
     fleet_env, fake_verda, verda_scaling, capsys, tmp_path
 ):
@@ -281,7 +310,7 @@ async def test_stop_provider_ends_within_its_bound_when_the_api_never_answers(si
 
 
 @pytest.mark.parametrize(("command", "said"), [
-    ("stop", "stop failed: Verda did not answer within"),
+    ("stop", "stop failed: pause: TimeoutError: no answer within 0.25 s"),
     # `resume` had no bound: against a Verda dripping one byte every 5 s it was still running after 200 s.
     ("resume", "resume failed: no answer within 0.5 s: the deployment may or may not be resumed"),
 ])
@@ -372,6 +401,32 @@ async def test_a_refused_pin_to_zero_still_pauses(fleet_env, make_verda_client, 
         assert "stop failed: pin to 0: VerdaAPIError: Verda API error 400" in err and "done: pause" in err
     else:
         assert "verda: NOT STOPPED: 0 replicas, status paused, but pin to 0 failed: VerdaAPIError" in err
+
+
+@pytest.mark.parametrize("command", [["stop"], ["stop", "--all"]])
+async def test_a_pin_to_zero_that_gets_no_answer_in_time_still_pauses(
+    fleet_env, make_verda_client, fake_verda, monkeypatch, capsys, command
+):
+    """Verda answering GET .../scaling with a 503 and Retry-After (or not at all): the pin to 0 waited out the one
+    bound around both steps, the pause was never sent and 3 replicas ran on, at every `stop`. Each step now has
+    half the bound."""
+    if command == ["stop"]:
+        monkeypatch.delenv("SCALER_PROVIDERS")
+    monkeypatch.setattr("scaler.cli.KILL_CONFIRM_TIMEOUT_S", 0.5)
+    await verda_replicas(make_verda_client, 2)
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/scaling", 503, method="GET", retry_after="30")
+    capsys.readouterr()
+    started = time.monotonic()
+    assert await cli(*command) == 1
+    assert time.monotonic() - started < 5
+    assert fake_verda.requests_to(f"/container-deployments/{DEPLOYMENT}/pause", "POST")
+    assert fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert fake_verda.deployments[DEPLOYMENT].replicas == []
+    err = capsys.readouterr().err
+    if command == ["stop"]:
+        assert "stop failed: pin to 0: TimeoutError: no answer within 0.25 s" in err and "done: pause" in err
+    else:
+        assert "verda: NOT STOPPED: 0 replicas, status paused, but pin to 0 failed: TimeoutError" in err
 
 
 class ListsOnceThenFails:

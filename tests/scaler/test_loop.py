@@ -346,15 +346,22 @@ async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run
     ['{"applied": 2, "ledger": {"charges": [[1, 0.5', '{"applied": "two"}', '["not", "an", "object"]',
      '{"demand_samples": [[1, "many"]]}', '{"last_work_seen_at": "yesterday"}', "",
      '{"opening_load": [1]}', '{"ledger": {"billed": [[[], 1]]}}', "[" * 100_000,
-     '{"ledger": {"charges": [[100, NaN]]}}', '{"last_work_seen_at": NaN}', '{"demand_samples": [[Infinity, 1]]}'],
+     '{"ledger": {"charges": [[100, NaN]]}}', '{"last_work_seen_at": NaN}', '{"demand_samples": [[Infinity, 1]]}',
+     '{"demand_samples": [[1, Infinity]]}', '{"demand_samples": [[1, NaN]]}', '{"opening_load": [0, 1e400]}',
+     '{"ledger": {"billed": [[["r", 1], 1e999]]}}', '{"opening_load": [0, 1%s]}' % ("0" * 4000),
+     '{"applied": 9007199254740992}', b'\xff\xfe{\x00}\x00', b'{"applied": 1, "x": "\xe9"}'],
     ids=["truncated", "count-as-text", "a-list", "sample-as-text", "time-as-text", "empty",
-         "item-missing", "key-too-short", "nested-past-the-parser", "spend-nan", "time-nan", "sample-infinite"],
+         "item-missing", "key-too-short", "nested-past-the-parser", "spend-nan", "time-nan", "sample-infinite",
+         "sample-count-infinite", "sample-count-nan", "opening-count-infinite", "billed-count-infinite",
+         "opening-count-past-any-float", "applied-past-any-replica-count", "utf-16", "latin-1"],
 )
 async def test_an_unreadable_state_file_is_kept_aside_and_the_scaler_starts_fresh_saying_so(
     make_loop, queue, tmp_path, content
 ):
+    """Any content at all: before, infinity in a count (OverflowError) or bytes that are not UTF-8
+    (UnicodeDecodeError) escaped, and every start crashed on the file, never setting it aside."""
     path = tmp_path / "scaler.json"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with capture_logs() as logs:
         state = load_policy_state(path)
     assert state == PolicyState()

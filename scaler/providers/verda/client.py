@@ -555,7 +555,13 @@ class VerdaClient:
         """Set min/max replica counts, nothing else. True when it wrote, False when Verda already held them."""
         if not 0 <= min_replicas <= max_replicas:
             raise ValueError(f"replica bounds need 0 <= min <= max, got min={min_replicas} max={max_replicas}")
-        scaling = await self.get_scaling(name)
+        path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
+        try:
+            scaling = self._parse(await self._request("GET", path))
+        except VerdaAPIError as exc:  # a 2xx that is not JSON holds no bounds: they are written over it
+            if exc.code != "non_json_response":
+                raise
+            scaling = None
         if replica_bounds(scaling) == (min_replicas, max_replicas):
             return False
         await self.update_scaling(name, {"min_replica_count": min_replicas, "max_replica_count": max_replicas})

@@ -362,6 +362,17 @@ async def test_set_replica_bounds_writes_only_the_count(fake: FakeVerda, verda: 
     assert len(fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")) == 1
 
 
+async def test_set_replica_bounds_writes_over_a_scaling_answer_that_is_not_json(
+    fake: FakeVerda, verda: VerdaClient
+) -> None:
+    """A 200 of an HTML page on GET .../scaling kept the kill switch from pinning to 0: nothing was written."""
+    await verda.create_deployment(deployment_body())
+    fake.fail_next(f"{LIST}/{NAME}/scaling", 200, method="GET", non_json=True)
+    assert await verda.set_replica_bounds(NAME, 0, 0) is True
+    scaling = await verda.get_scaling(NAME)
+    assert (scaling["min_replica_count"], scaling["max_replica_count"]) == (0, 0)
+
+
 async def test_set_replica_bounds_rejects_inverted_bounds(verda: VerdaClient) -> None:
     with pytest.raises(ValueError, match="min <= max"):
         await verda.set_replica_bounds(NAME, 3, 2)
