@@ -12,13 +12,12 @@ from typing import Any, TypeVar
 from multidict import MultiMapping
 from pydantic import BaseModel, ValidationError
 
+from common.json_depth import MAX_JSON_DEPTH, deeper_than
 from common.text import encodes_as_utf8
 
 ValidationErrors = list[dict[str, Any]]
 M = TypeVar("M", bound=BaseModel)
 
-# A workflow is ~5 levels deep; metadata rarely more. Beyond this a body is an attack, not a job.
-MAX_JSON_DEPTH = 64
 # A 5000-node workflow has ~100 000 values. Each parsed value costs ~150 bytes of memory against its 2-3 bytes of
 # text ("{}," parses to a dict): unbounded, a 50 MB body of them peaked at 2.4 GB while parsed.
 MAX_JSON_VALUES = 1_000_000
@@ -87,21 +86,9 @@ def strict_json_loads(raw: bytes | bytearray) -> Any:
     except RecursionError:
         raise RefusedJson(_too_deep_at(raw), f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     check_strings = _SURROGATE.search(raw) is not None or json.detect_encoding(raw) not in ("utf-8", "utf-8-sig")
-    if refused or check_strings or _deeper_than(value, MAX_JSON_DEPTH):
+    if refused or check_strings or deeper_than(value):
         _locate_refusal(value, check_strings)
     return value
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack = [(value, 0)] if isinstance(value, dict | list) else []
-    while stack:
-        item, depth = stack.pop()
-        if depth >= limit:
-            return True
-        for child in item.values() if isinstance(item, dict) else item:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
 
 
 def _locate_refusal(value: Any, check_strings: bool) -> None:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.json_depth import MAX_JSON_DEPTH, deeper_than
 from worker.input_images import InputImage, InvalidImages, input_images
 from worker.workflow_paths import check_folder_names
 
@@ -14,6 +15,8 @@ SAFE_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 MAX_CYCLE_NODES_SHOWN = 12
+# The key of a job the queue client could read only the id of (unreadable_job): why. No JSON field is named so.
+UNREADABLE = "\0unreadable"
 
 API_FORMAT_HINT = (
     "export it in API format: in ComfyUI open Settings, enable 'Dev mode', then use "
@@ -60,11 +63,18 @@ def job_id_of(raw: object) -> str:
     return job_id
 
 
+def unreadable_job(job_id: str, problem: str) -> dict[str, Any]:
+    """A job of which only the id could be read: parse_job fails it, saying ``problem``."""
+    return {"id": job_id, UNREADABLE: problem}
+
+
 def parse_job(raw: dict[str, Any]) -> Job:
     """Validate a job popped from the queue; InvalidJob names the first field that is wrong."""
     job_id = job_id_of(raw)
     if not SAFE_JOB_ID.fullmatch(job_id):
         raise InvalidJob(f"job 'id' {job_id!r:.80} is not safe as a folder name (letters, digits, '_', '-', '.')")
+    if UNREADABLE in raw:
+        raise InvalidJob(str(raw[UNREADABLE]))
 
     user_id = raw.get("user_id")
     if not isinstance(user_id, str) or not SAFE_USER_ID.fullmatch(user_id):
@@ -110,6 +120,9 @@ def validate_workflow(workflow: object) -> dict[str, Any]:
         )
     if not workflow:
         raise InvalidJob("job 'workflow' is empty: it has no nodes")
+    if deeper_than(workflow):  # ComfyUI answers 500 to one nested ~900 deep: a fault of ours, retried for ever
+        raise InvalidJob(f"job 'workflow' nests lists and objects deeper than {MAX_JSON_DEPTH} levels (a workflow "
+                         "is about 5)")
     for node_id, node in workflow.items():
         where = f"job 'workflow' node {node_id!r:.40}"
         if not isinstance(node, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
 from common.logs import scrub, scrubbed_excerpt
 from common.urls import direct_transport, queue_refusal_cause, redact_url
+from worker.jobs import unreadable_job
 
 log = structlog.get_logger()
 
@@ -85,6 +87,21 @@ def _is_unknown_route(response: httpx.Response) -> bool:
         return response.status_code == 404 and response.json() == {"detail": "Not Found"}
     except ValueError:
         return False
+
+
+# comfy-multi sends {"job": {"id": …, "workflow": …}}: the id comes first, readable when what follows is not.
+_LEADING_JOB_ID = re.compile(r'\s*\{\s*"job"\s*:\s*\{\s*"id"\s*:\s*("(?:[^"\\]|\\.){1,200}")')
+
+
+def _too_deep_to_read(text: str) -> dict[str, Any]:
+    """A job nested past Python's recursion limit (~1000 levels; the embedded queue manager refuses 64, comfy-multi
+    lets it through): the job to fail when its id comes first; else a failed poll, and the job waits for
+    comfy-multi's job timeout."""
+    head = _LEADING_JOB_ID.match(text)
+    if head is None:
+        raise PollError(f"queue manager answered JSON nested too deeply to read: {_short(text)!r}")
+    problem = f"job JSON nests deeper than the worker can read (~{sys.getrecursionlimit()} levels; a workflow: ~5)"
+    return unreadable_job(json.loads(head.group(1)), problem)
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -169,6 +186,8 @@ class QueueClient:
             raise PollError(f"queue manager answered HTTP {response.status_code}: {_short(response.text)}")
         try:
             payload = response.json()
+        except RecursionError:
+            return _too_deep_to_read(response.text)
         except ValueError as exc:
             raise PollError(f"queue manager answered non-JSON: {_short(response.text)!r}") from exc
         if not isinstance(payload, dict) or "job" not in payload:

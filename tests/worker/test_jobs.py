@@ -136,6 +136,32 @@ async def test_malformed_jobs_from_the_queue_do_not_stop_the_worker(qm, comfy, m
     assert qm.reports.landed(good.id)[0].endpoint == "complete-job"
 
 
+async def test_a_job_nested_too_deep_fails_naming_it_and_the_worker_goes_on(qm, comfy, make_worker, workflows):
+    """comfy-multi lets any nesting through. 5000 levels made the worker's json parse raise RecursionError, which
+    nothing caught: the worker died and the job stayed running till the manager's hour-long timeout. 900 reached
+    ComfyUI, whose 500 was taken for our fault, and the job was retried."""
+    deep = "[" * 5000 + "]" * 5000
+    body = f'{{"job": {{"id": "job-5000", "workflow": {deep}, "user_id": "x"}}}}'
+    qm.faults.inject("next-job", status=200, body=body)
+    qm.faults.inject("next-job", status=200, body=f'{{"job": {{"workflow": {deep}, "id": "job-unnamed"}}}}')
+    nested: object = 1
+    for _ in range(100):
+        nested = [nested]
+    hundred = {"1": {"class_type": "EmptyImage", "inputs": {"width": nested}}}
+    qm.faults.inject("next-job", status=200, body={"job": {"id": "job-100", "workflow": hundred, "user_id": "x"}})
+    good = qm.store.submit("alice", workflows["quick"])
+    with capture_logs() as logs:
+        assert await make_worker().run() == 0
+    [too_deep] = qm.reports.for_job("job-5000")
+    assert too_deep.endpoint == "fail-job" and "nests deeper than the worker can read" in too_deep.body["error"]
+    [unnamed] = [e for e in logs if e["event"] == "Poll failed; backing off"]
+    assert "nested too deeply to read" in unnamed["error"]
+    [hundred_deep] = qm.reports.for_job("job-100")
+    assert hundred_deep.endpoint == "fail-job" and "deeper than 64 levels" in hundred_deep.body["error"]
+    assert qm.reports.landed(good.id)[0].endpoint == "complete-job"
+    assert not [e for e in logs if e["event"] == "uncaught_exception"]
+
+
 async def test_unknown_node_400_becomes_a_readable_failure(qm, comfy, make_worker, workflows):
     job = qm.store.submit("alice", workflows["invalid_unknown_node"])
     assert await make_worker().run() == 0
