@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from scaler.policy import Replica
+import structlog
+
+from scaler.policy import MAX_REPLICAS_LIMIT, Replica
+
+log = structlog.get_logger()
 
 HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
 # Which replicas a scale-down stops first, where the backend chooses (RunPod, local), by the phase their worker's
@@ -15,6 +19,19 @@ HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hund
 # phase not known (no answer, draining) in between.
 _STOP_ORDER = {"starting": 0, "idle": 1, "busy": 3}
 _UNKNOWN_PHASE_RANK = 2
+# The most replicas a platform's list may hold: ten times the most the scaler ever asks for (SCALER_MAX_REPLICAS is
+# at most 100), room for a count raised in the console to be read and pinned back. A longer list is a broken answer,
+# refused as a failed read: the spend ledger charges each replica up to 144 intervals, and 70,000 replicas (a 3.9 MB
+# answer) made a tick take 77 s and 2237 MiB and wrote a 375 MB state file; 1,000 take 1 s, 105 MiB and 6 MB.
+MAX_LISTED_REPLICAS = 10 * MAX_REPLICAS_LIMIT
+# A replica's start is believed from this long before the scaler's clock to a few minutes after it (clock skew, as
+# the queue's job times). Outside, it is a placeholder (Go's zero time, year 1; Unix's 0, 1970) or a broken clock,
+# and is taken as missing: Go's zero time charged a full day at first sight (55.20 at 2.30/h) and capped every
+# scale-up for a day. The past bound is far wider than the queue's 7 days: the ledger charges any start older than
+# a day the same day, so the width changes no real replica's charge, while a start that aged out of a narrower
+# window would be taken as missing, given a new start, and charged a second first interval.
+OLDEST_START_S = 10 * 365 * 86_400.0
+START_CLOCK_SKEW_S = 300.0
 
 
 def stop_rank(phase: str | None) -> int:
@@ -60,11 +77,25 @@ class FirstSeen:
         self._at: dict[str, float] = {}
 
     def replicas(self, listed: Sequence[tuple[str, datetime | None]], now: float) -> tuple[Replica, ...]:
-        """The listed (id, start) replicas, each started when first listed without a start, else at its own."""
-        self._at = {replica: self._at.get(replica, now) for replica, start in listed
+        """The listed (id, start) replicas, each started when first listed without a believable start (see
+        OLDEST_START_S), else at its own."""
+        believed = [(replica, self._believed(replica, start, now)) for replica, start in listed]
+        self._at = {replica: self._at.get(replica, now) for replica, start in believed
                     if start is None or replica in self._at}
-        return tuple(Replica(replica, self._at[replica] if replica in self._at or start is None else start.timestamp())
-                     for replica, start in listed)
+        return tuple(Replica(replica, self._at.get(replica, start)) for replica, start in believed)
+
+    def _believed(self, replica: str, start: datetime | None, now: float) -> float | None:
+        if start is None:
+            return None
+        moment = start.timestamp()
+        if now - OLDEST_START_S <= moment <= now + START_CLOCK_SKEW_S:
+            return moment
+        if replica not in self._at:
+            log.warning("replica_start_implausible", replica=replica, started_at=start.isoformat(),
+                        believed=f"from {OLDEST_START_S / 86_400 / 365:g} years ago to {START_CLOCK_SKEW_S:g} s "
+                                 "ahead of this host's clock",
+                        hint="taken as started when first listed so; check the platform's answer and this host's clock")
+        return None
 
 
 class Backend(Protocol):

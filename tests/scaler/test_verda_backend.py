@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from structlog.testing import capture_logs
@@ -285,16 +285,17 @@ async def test_a_restart_counts_from_what_verda_holds_not_from_the_state_file(
         await backend.aclose()
 
 
-async def test_a_replica_listed_as_started_in_year_1_is_billed_for_the_last_day_and_the_tick_ends(
+async def test_a_replica_listed_as_started_nine_years_ago_is_billed_for_the_last_day_and_the_tick_ends(
     make_verda_client, fake_verda: FakeVerda, queue
 ):
-    """Walking every 10-minute interval since year 1 was ~10^8 steps: the tick never ended (nor did memory)."""
+    """Walking every 10-minute interval since year 1 was ~10^8 steps: the tick never ended (nor did memory). Such a
+    start is now taken as missing (test_replica_list_plausibility); the oldest believed, 10 years, is ~5x10^5."""
     backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
     loop = ScalerLoop(ScalingConfig(price_per_replica_hour=6.0, max_spend_per_day=1000.0), backend, queue)
     try:
         queue.running = 1
         await loop.tick()
-        fake_verda.deployments[DEPLOYMENT].replicas[0].started_at = datetime(1, 1, 1, tzinfo=UTC)
+        fake_verda.deployments[DEPLOYMENT].replicas[0].started_at = datetime.now(UTC) - timedelta(days=9 * 365)
         decision = await loop.tick()
         assert decision.desired == 1
         assert loop.state.ledger.spent_since(time.time() - 86_400) == pytest.approx(145.0, abs=1.0)

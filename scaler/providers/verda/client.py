@@ -35,6 +35,7 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import error_text, forget_secret, register_secret, scrubbed_excerpt
 from common.urls import direct_transport
+from scaler.providers.base import MAX_LISTED_REPLICAS
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -570,12 +571,16 @@ class VerdaClient:
 
     async def get_replicas(self, name: str) -> list[Replica]:
         """``{"list": [replica, …]}`` as the official SDK reads it. Any other shape is an error, never "no
-        replicas": that would stop the billing and look like replicas that never started."""
+        replicas": that would stop the billing and look like replicas that never started. So is a list longer than
+        MAX_LISTED_REPLICAS: charged, it made a tick take minutes."""
         path = f"{DEPLOYMENTS}/{_path(name)}/replicas"
         data = await self._json("GET", path)
         entries = data.get("list") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
             raise _unexpected(path, f"expected {{\"list\": [replica objects]}}, got {scrubbed_excerpt(str(data), 100)}")
+        if len(entries) > MAX_LISTED_REPLICAS:
+            listed = f"{len(entries)} replicas listed: more than {MAX_LISTED_REPLICAS} is not a plausible list"
+            raise _unexpected(path, listed)
         # The spend ledger charges a replica by its id and start: replicas without one would share a charge.
         if not all(isinstance(entry.get("id"), str | int) and str(entry["id"]) for entry in entries):
             raise _unexpected(path, f"a replica without an id: {scrubbed_excerpt(str(entries), 100)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -55,6 +56,7 @@ async def test_apply_pins_the_count(backend: RunPodBackend, fake: FakeRunPod) ->
 
 
 async def test_replicas_carry_their_creation_time(backend: RunPodBackend, fake: FakeRunPod, clock: ManualClock) -> None:
+    clock.now = time.time()  # the fake stamps createdAt with the real time: a start far ahead of the clock is no start
     await backend.apply(1)
     (replica,) = (await backend.observe()).replicas
     pod = next(iter(fake.pods.values()))
