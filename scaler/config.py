@@ -27,7 +27,7 @@ from common.settings import (
 from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
-from scaler.policy import MAX_REPLICAS_LIMIT, ScalingConfig
+from scaler.policy import MAX_REPLICAS_LIMIT, PRICE_RANGE, ScalingConfig, is_a_price
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
 from scaler.timetable import parse_timetable
 
@@ -170,6 +170,13 @@ class ScalerSettings(LogSettings):
     @classmethod
     def _none_means_off(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
+
+    @field_validator("price_per_replica_hour", "local_price_per_hour", "verda_price_per_hour", "runpod_price_per_hour")
+    @classmethod
+    def _a_price_or_free(cls, value: float | None) -> float | None:
+        if value is not None and not is_a_price(value):
+            raise ValueError(PRICE_RANGE)
+        return value
 
     @field_validator("verda_api_url")
     @classmethod

@@ -110,6 +110,12 @@ SCALER_CASES = {
     "runpod-max-replicas-a-billion": ("SCALER_RUNPOD_MAX_REPLICAS", "1000000000"),
     # The client secret and the tokens it buys travel with every request to Verda.
     "verda-api-url-in-clear": ("VERDA_API_URL", "http://api.verda.com/v1"),
+    # Taken, any budget paid for replicas by the 1e300 (every scale-up an OverflowError) or a day's spend by inf.
+    "price-denormal": ("SCALER_PRICE_PER_REPLICA_HOUR", "1e-320"),
+    "price-near-max-float": ("SCALER_PRICE_PER_REPLICA_HOUR", "1e308"),
+    "verda-price-denormal": ("SCALER_VERDA_PRICE_PER_HOUR", "1e-320"),
+    "runpod-price-near-max-float": ("SCALER_RUNPOD_PRICE_PER_HOUR", "1e308"),
+    "local-price-below-the-floor": ("SCALER_LOCAL_PRICE_PER_HOUR", "0.0001"),
 }
 
 
@@ -168,6 +174,21 @@ def test_a_blank_scaler_path_is_unset_not_a_file_named_by_spaces(monkeypatch: py
     _clean_env(monkeypatch, SCALER_BASE, variable, "  ")
     settings = load_scaler_settings()
     assert getattr(settings, variable.removeprefix("SCALER_").lower()) is None
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("SCALER_PRICE_PER_REPLICA_HOUR", "1e-320", "SCALER_PRICE_PER_REPLICA_HOUR: must be 0 (free) or between"),
+])
+def test_the_scaler_given_a_bad_credential_or_price_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, named: str
+) -> None:
+    """Before: `status` printed a traceback (OverflowError) for the price."""
+    from scaler.cli import main as scaler_main
+
+    _clean_env(monkeypatch, {**SCALER_BASE, "SCALER_BACKEND": "verda", "VERDA_API_URL": "http://127.0.0.1:9/v1",
+                             "VERDA_CLIENT_ID": "cid", "VERDA_CLIENT_SECRET": "a-long-enough-secret"}, variable, value)
+    assert scaler_main(["status"]) == 2
+    assert named in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
