@@ -12,13 +12,20 @@ Runs the production CLI in a child process and reads its /proc status (Linux onl
                    the scaler asks every tick): does a list answer hold every result in memory at once?
   job-views        one queued job with a 9 MB workflow (10,000 nodes), then 200 GET /api/jobs/{id} at once
                    (participants polling their job): does each view, which shows no workflow, decode it?
+  result-views     one job completed with a 48 MB result of a million short strings, then 16 GET /api/jobs/{id} at
+                   once (--result-views): is the memory of answers in flight bounded, and does the database thread
+                   (what /health and next-job wait on) stall while they are built?
+  unread-views     the same job; 20 raw connections (4 KB receive buffers) send that GET and never read the
+                   answer (--unread); RSS and /health --unread-s seconds later, then once they have closed
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -145,12 +152,100 @@ def views_scenario(readers: int, workflow_mb: int) -> dict[str, object]:
     return {"scenario": "job-views", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
 
 
+def completed_with_result(client: httpx.Client, result_mb: int) -> str:
+    """A job completed with a result of ~``result_mb`` MB of 48-character strings (costly to decode): its id."""
+    job_id = client.post("/api/jobs", json={"user_id": "alice", "workflow": {"1": {}}}).json()["id"]
+    client.get("/api/workers/next-job", params={"worker_id": "bench"}).raise_for_status()
+    strings = [f"{n:048d}" for n in range(result_mb * 1000 * 1000 // 51)]  # under the million values refused
+    report = json.dumps({"result": {"outputs": [], "v": strings}}).encode()
+    client.post("/api/workers/complete-job", params={"job_id": job_id}, content=report).raise_for_status()
+    return job_id
+
+
+def result_views_scenario(readers: int, result_mb: int) -> dict[str, object]:
+    """``readers`` GETs at once of a job with a ``result_mb`` result; the slowest /health and next-job meanwhile."""
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running(Path(scratch) / "q.db", None) as (process, url),
+        httpx.Client(base_url=url, timeout=300) as client,
+    ):
+        job_id = completed_with_result(client, result_mb)
+        before, _ = settled_rss_mb(client, process.pid)
+        done, slowest, peak = threading.Event(), {"/health": 0.0, "/api/workers/next-job": 0.0}, [before]
+
+        def probe(path: str) -> None:
+            with httpx.Client(base_url=url, timeout=300) as prober:
+                while not done.is_set():
+                    started = time.monotonic()
+                    prober.get(path, params={"worker_id": "idle"} if "next-job" in path else None)
+                    slowest[path] = max(slowest[path], time.monotonic() - started)
+                    time.sleep(0.05)
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb(process.pid)[0])
+                time.sleep(0.05)
+
+        def view(_: int) -> str:
+            with httpx.Client(base_url=url, timeout=300) as reader:
+                answer = reader.get(f"/api/jobs/{job_id}")
+            return f"{answer.status_code} ({len(answer.content) / 1e6:.0f} MB answer)"
+
+        watchers = [threading.Thread(target=probe, args=(path,)) for path in slowest] + [threading.Thread(target=watch)]
+        for thread in watchers:
+            thread.start()
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=readers) as pool:
+            answers = list(pool.map(view, range(readers)))
+        took = time.monotonic() - started
+        done.set()
+        for thread in watchers:
+            thread.join()
+        after, _ = settled_rss_mb(client, process.pid)
+    statuses = [f"{answers.count(answer)} x {answer}" for answer in sorted(set(answers))]
+    statuses += [f"all in {took:.1f} s; slowest /health {slowest['/health']:.2f} s, "
+                 f"next-job {slowest['/api/workers/next-job']:.2f} s"]
+    return {"scenario": "result-views", "before_mb": before, "after_mb": after, "peak_mb": peak[0], "answers": statuses}
+
+
+def unread_views_scenario(readers: int, result_mb: int, hold_s: float) -> dict[str, object]:
+    """``readers`` connections GET a job with a ``result_mb`` result and never read; RSS ``hold_s`` later."""
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        running(Path(scratch) / "q.db", None) as (process, url),
+        httpx.Client(base_url=url, timeout=300) as client,
+    ):
+        job_id = completed_with_result(client, result_mb)
+        before, _ = settled_rss_mb(client, process.pid)
+        host, port = url.removeprefix("http://").split(":")
+        sockets = []
+        for _ in range(readers):
+            unread = socket.socket()
+            unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            unread.connect((host, int(port)))
+            unread.sendall(f"GET /api/jobs/{job_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sockets.append(unread)
+        time.sleep(hold_s)
+        started = time.monotonic()
+        client.get("/health")
+        health_s = time.monotonic() - started
+        held, peak = rss_mb(process.pid)
+        for unread in sockets:
+            unread.close()
+        after, _ = settled_rss_mb(client, process.pid)
+    statuses = [f"after {hold_s:g} s: RSS {held:.0f} MB, /health {health_s:.2f} s"]
+    return {"scenario": "unread-views", "before_mb": before, "after_mb": after, "peak_mb": peak, "answers": statuses}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--body-mb", type=int, default=BODY_MB, help=f"size of each request body; default {BODY_MB}")
     parser.add_argument("--result-mb", type=int, default=48, help="result of each listed job; default 48")
     parser.add_argument("--views", type=int, default=200, help="reads of the job in job-views; default 200")
     parser.add_argument("--workflow-mb", type=int, default=9, help="its workflow; default 9")
+    parser.add_argument("--result-views", type=int, default=16, help="GETs at once in result-views; default 16")
+    parser.add_argument("--unread", type=int, default=20, help="unread GETs in unread-views; default 20")
+    parser.add_argument("--unread-s", type=float, default=30, help="how long they stay unread; default 30")
     args = parser.parse_args(argv)
     blob = "x" * (args.body_mb * 1000 * 1000)
     report = ('{"result": {"blob": "' + blob + '"}}').encode()
@@ -162,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         scenario("20-concurrent", None, [("/api/workers/complete-job", {"job_id": "j"}, report)] * 20, at_once=True),
         list_scenario(jobs=8, result_mb=args.result_mb),
         views_scenario(args.views, args.workflow_mb),
+        result_views_scenario(args.result_views, args.result_mb),
+        unread_views_scenario(args.unread, args.result_mb, args.unread_s),
     ]
     print(f"{'scenario':<18} {'RSS before':>11} {'RSS after':>10} {'peak':>8}  answers")
     for run in runs:

@@ -34,9 +34,18 @@ _URL_CREDENTIALS = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][
 _QUERY_PARAMETER = re.compile(r"(?P<lead>[?&](?P<name>[A-Za-z0-9_.%-]+)=)(?P<value>[^&#\s\"'<>]+)")
 
 
+# The shortest value the scrubber masks. Every occurrence of a registered value in any text becomes ***: a secret
+# " " or "e" masked every space or every e of every log line ("v***rda_auth***nticating"), and the 5-7 letter words
+# logs are made of ("error", "token", "verda") would fare no better. Real credentials are far longer (a Verda client
+# secret, a RunPod API key, a queue manager's token: dozens of characters), and the settings refuse a shorter one,
+# naming it (common.settings.secret_length_problem), so a credential is never left unmasked here.
+MIN_SECRET_CHARS = 8
+
+
 def register_secret(value: str | None) -> None:
-    """Values that must never reach a log line, whatever key they travel under."""
-    if value:
+    """Values that must never reach a log line, whatever key they travel under; one shorter than MIN_SECRET_CHARS
+    is not one: masking it would garble every line that holds those characters."""
+    if value and len(value) >= MIN_SECRET_CHARS:
         _secret_values.add(value)
 
 

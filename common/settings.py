@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rapidfuzz.distance import OSA
 
 from common.limits import QUEUE_HEADS
+from common.logs import MIN_SECRET_CHARS
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 log = structlog.get_logger()
@@ -34,12 +35,24 @@ QUEUE_WORKER_TOKEN_ENV = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - a variable
 MAX_QUEUE_TOKEN_CHARS = QUEUE_HEADS.max_field_bytes - len("Bearer ")
 
 
+def secret_length_problem(secret: str) -> str | None:
+    """Why ``secret`` is too short to be a credential, or None: the log scrubber masks no value shorter than
+    MIN_SECRET_CHARS (masking "e" garbled every line), and such a credential would be printed in clear."""
+    if len(secret) < MIN_SECRET_CHARS:
+        return (f"is {len(secret)} characters; a credential needs at least {MIN_SECRET_CHARS} (shorter, the logs "
+                "could not mask it without garbling every line): set the real one")
+    return None
+
+
 def queue_token_problem(token: str) -> str | None:
     """Why ``token`` cannot work as the queue manager's bearer token, or None. Not ASCII, an HTTP client cannot
     send it (every request failed); with a space at either end the queue manager, which strips what it is sent,
-    never matched it (every request 401); too long, the queue manager refuses the header (every request 400)."""
+    never matched it (every request 401); too long, the queue manager refuses the header (every request 400); too
+    short, the logs cannot mask it (secret_length_problem)."""
     if not token.isascii() or not token.isprintable() or token != token.strip():
         return "must be printable ASCII with no space at either end: it travels in an HTTP header"
+    if token and (problem := secret_length_problem(token)):  # "" is no token: unset
+        return problem
     if len(token) > MAX_QUEUE_TOKEN_CHARS:
         return (f"is {len(token)} characters; at most {MAX_QUEUE_TOKEN_CHARS} fit the Authorization header the "
                 f"queue manager reads ({QUEUE_HEADS.max_field_bytes} bytes)")
@@ -72,6 +85,18 @@ OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
 RequiredPath = Annotated[Path, BeforeValidator(_blank_is_refused)]
 # A secret set blank is unset, as a shell's `VAR=` or compose's `${VAR:-}` leaves it.
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
+# ... a text too (a name, an id).
+OptionalText = Annotated[str | None, BeforeValidator(_blank_is_unset)]
+
+
+def _long_enough(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and (problem := secret_length_problem(value.get_secret_value())):
+        raise ValueError(problem)
+    return value
+
+
+# A credential the logs mask (a cloud account's secret, an API key): blank is unset, too short is refused.
+Credential = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset), AfterValidator(_long_enough)]
 
 
 class LogSettings(BaseSettings):

@@ -1,8 +1,9 @@
 """The HTTP surface of the comfy-multi Queue Manager contract, plus our extensions (attempts, fenced reports,
 heartbeat, hand back), on aiohttp.
 
-Middlewares, outermost first: check the bearer token → [test hooks only: record reports → inject faults] →
-close the connection after a body left unread → shape errors → bound the bodies read together.
+Middlewares, outermost first: write answers over 64 KiB within a stall timeout → check the bearer token →
+[test hooks only: record reports → inject faults] → close the connection after a body left unread → shape
+errors → bound the bodies read together.
 Nothing reads a body before the token is checked; each route reads at most its own limit.
 """
 
@@ -47,6 +48,7 @@ from queue_manager.models import (
     ReleaseQuery,
     ReleaseRequest,
     ReportQuery,
+    answer_json,
     created_at_datetime,
     event_datetime,
 )
@@ -105,6 +107,18 @@ BODY_BUDGET_WAIT_S = 10.0
 # declaring 51 MiB and sending a byte a minute held the whole budget and every report of a few KB waited, then
 # 503. What such small bodies hold is what their clients really sent.
 UNCOUNTED_BODY_BYTES = _MiB
+# Bytes of answers held at once, across requests, the same way: a GET of a job holding a 48 MB result built the
+# whole answer for each client (16 at once: 1.7 GB), and kept it for as long as a client left it unread. A job's
+# view of more than UNCOUNTED_ANSWER_BYTES of stored JSON reserves that before it is read and keeps it until the
+# answer is written: two of the largest fit. One that finds no room within ANSWER_BUDGET_WAIT_S is 503.
+ANSWERS_IN_FLIGHT_BYTES = 128 * _MiB
+ANSWER_BUDGET_WAIT_S = 10.0
+UNCOUNTED_ANSWER_BYTES = 64 * 1024
+# An answer larger than that is written ANSWER_CHUNK_BYTES at a time, each within ANSWER_STALL_TIMEOUT_S, or the
+# connection is closed and what it held freed: a client that stops reading (or reads under ~17 KiB/s) is cut off,
+# as a client that stops sending its body is (nginx's send_timeout is the same idea, 60 s there too).
+ANSWER_CHUNK_BYTES = _MiB
+ANSWER_STALL_TIMEOUT_S = 60.0
 # A worker counts towards total_workers while its last poll is this recent (the peer's heartbeat TTL).
 WORKER_HEARTBEAT_TIMEOUT_S = 60.0
 REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
@@ -114,7 +128,7 @@ STORAGE_RETRY_AFTER_S = 10
 HANDLED_STATUS = web.RequestKey("handled_status", int)
 DROPPED = web.RequestKey("dropped", bool)
 
-_dumps = functools.partial(json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_dumps = answer_json
 
 
 @dataclass(frozen=True)
@@ -155,18 +169,25 @@ class BodyBudgetFull(Exception):
 
 
 class BodyBudget:
-    """Bytes reserved by the request bodies being read, parsed or stored (BODIES_IN_FLIGHT_BYTES at most)."""
+    """Bytes reserved by the request bodies being read, parsed or stored (BODIES_IN_FLIGHT_BYTES at most), or,
+    with ``answers``, by the answers being built and written (ANSWERS_IN_FLIGHT_BYTES at most)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, answers: bool = False) -> None:
         self.held = 0
+        self._answers = answers
         self._changed = asyncio.Condition()
+
+    @property
+    def limit(self) -> int:
+        return ANSWERS_IN_FLIGHT_BYTES if self._answers else BODIES_IN_FLIGHT_BYTES
 
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
-        """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S."""
+        """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S (for
+        answers ANSWER_BUDGET_WAIT_S)."""
         try:
-            async with self._changed, asyncio.timeout(BODY_BUDGET_WAIT_S):
-                await self._changed.wait_for(lambda: self.held + size <= BODIES_IN_FLIGHT_BYTES)
+            async with self._changed, asyncio.timeout(ANSWER_BUDGET_WAIT_S if self._answers else BODY_BUDGET_WAIT_S):
+                await self._changed.wait_for(lambda: self.held + size <= self.limit)
                 self.held += size
         except TimeoutError:
             raise BodyBudgetFull from None
@@ -230,6 +251,51 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=_dumps)
 
 
+async def send_json(request: web.Request, parts: list[bytes | bytearray], headers: Any = None, status: int = 200,
+                    *, keep_alive: bool = True) -> web.StreamResponse:
+    """An answer of these bytes, written here (the caller holds what it reserved until it is), ANSWER_CHUNK_BYTES
+    at a time, each within ANSWER_STALL_TIMEOUT_S, else the connection is closed: a client that stops reading
+    holds its answer no longer than that."""
+    response = web.StreamResponse(status=status, headers=headers)
+    if "Content-Type" not in response.headers:
+        response.content_type, response.charset = "application/json", "utf-8"
+    response.content_length = sum(len(part) for part in parts)
+    if not keep_alive:
+        response.force_close()
+    await response.prepare(request)
+    sent = 0
+    try:
+        for part in parts:
+            view = memoryview(part)
+            for start in range(0, len(view), ANSWER_CHUNK_BYTES):
+                chunk = view[start : start + ANSWER_CHUNK_BYTES]
+                async with asyncio.timeout(ANSWER_STALL_TIMEOUT_S):
+                    await response.write(chunk)
+                sent += len(chunk)
+    except TimeoutError:
+        log.info("answer_write_stalled", method=request.method, path=request.path, bytes_sent=sent,
+                 bytes=response.content_length, timeout_s=ANSWER_STALL_TIMEOUT_S)
+        if request.transport is not None:
+            request.transport.abort()  # what it buffered goes with it
+    except ConnectionError:
+        pass  # the client hung up: nothing to send to
+    return response
+
+
+@web.middleware
+async def _send_large_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Any answer over UNCOUNTED_ANSWER_BYTES built whole (a list, a job handed to a worker) is written by
+    send_json: aiohttp would hand it to the connection and hold it for as long as its client left it unread."""
+    response = await handler(request)
+    if type(response) is web.Response and isinstance(response.body, bytes | bytearray) and not response.prepared:
+        body = response.body
+        if len(body) > UNCOUNTED_ANSWER_BYTES:
+            headers = {name: value for name, value in response.headers.items() if name != "Content-Length"}
+            return await send_json(request, [body], headers, response.status,
+                                   keep_alive=response.keep_alive is not False)
+    return response
+
+
 def _detail(status: int, detail: Any) -> web.Response:
     return _json({"detail": detail}, status)
 
@@ -267,6 +333,7 @@ class QueueApi:
         # Uptime by the steady clock: a wall clock stepped back (NTP, a resumed host) showed a negative uptime.
         self._steady_clock = steady_clock
         self._started_at = steady_clock()
+        self._answers = BodyBudget(answers=True)
 
     @property
     def extensions(self) -> bool:
@@ -427,12 +494,47 @@ class QueueApi:
         log.info("job_submitted", job_id=job.id, user_id=job.user_id, priority=job.priority)
         return _json(self._job_view(job, await self._positions([job])), 201)
 
-    async def get_job(self, request: web.Request) -> web.Response:
-        job = await self._db(self._store.get, request.match_info["job_id"], with_workflow=False)
+    async def get_job(self, request: web.Request) -> web.StreamResponse:
+        """A job's view. One holding more than UNCOUNTED_ANSWER_BYTES of stored JSON reserves that from the
+        answers' budget before it is read, until it is written (503 when there is no room in time)."""
+        job_id = request.match_info["job_id"]
+        size = await self._db(self._store.shown_bytes, job_id)
+        if size is None:
+            return _detail(404, "Job not found")
+        if size <= UNCOUNTED_ANSWER_BYTES:
+            return await self._job_answer(request, job_id)
+        try:
+            async with self._answers.reserve(size):
+                return await self._job_answer(request, job_id)
+        except BodyBudgetFull:
+            pass
+        log.warning("answer_budget_full", path=request.path, needs=size, held=self._answers.held)
+        response = _detail(
+            503,
+            f"Busy: answers being sent hold {self._answers.held} of {ANSWERS_IN_FLIGHT_BYTES} bytes and this one "
+            f"needs {size}; retry shortly",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
+    async def _job_answer(self, request: web.Request, job_id: str) -> web.StreamResponse:
+        job = await self._db(self._store.shown, job_id)
         if job is None or request.get(PARTICIPANT, job.user_id) != job.user_id:
             return _detail(404, "Job not found")  # another participant's job: as if there were none
         view = self._job_view(job, await self._positions([job]))
-        return _json({**view, "metadata": job.metadata} if self._settings.extensions else view)
+        if self._settings.extensions:
+            view["metadata"] = job.metadata
+        if job.result_json is None:
+            return _json(view)
+        # The stored result's text goes in as it is, between the fields before it and those after.
+        names = list(view)
+        at = names.index("result")
+        before = _dumps({name: view[name] for name in names[:at]}).encode()
+        after = _dumps({name: view[name] for name in names[at + 1 :]}).encode()
+        parts = [before[:-1] + b',"result":', job.result_json, b"," + after[1:]]
+        if sum(len(part) for part in parts) <= UNCOUNTED_ANSWER_BYTES:
+            return web.Response(body=b"".join(parts), content_type="application/json", charset="utf-8")
+        return await send_json(request, parts)
 
     async def job_output(self, request: web.Request) -> web.StreamResponse:
         """One file of a completed job's result, streamed from the outputs volume (queue_manager/outputs.py)."""
@@ -819,6 +921,7 @@ def build_app(
     waiting: WaitingConnections | None = None,
 ) -> web.Application:
     middlewares = [waiting.middleware] if waiting is not None else []
+    middlewares.append(_send_large_answers)
     middlewares += [refusal_log_middleware(), _auth_middleware(token, worker_token, participants)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import UTC, datetime
@@ -41,6 +42,11 @@ class JobPriority(IntEnum):
     HIGH = 1
     NORMAL = 2
     LOW = 3
+
+
+# JSON as every answer writes it: compact, UTF-8 (not \u-escaped), strict. A completed job's result is stored so
+# too, so that its view sends the stored text as it is.
+answer_json = functools.partial(json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _json_size(value: Any) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.handbacks import HandBackCause, gives_up
-from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode
+from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode, answer_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -64,6 +64,9 @@ _ADDED_COLUMNS = {
     "lease_at": "REAL",
     "poll_id": "TEXT",
     "finish_seq": "INTEGER",
+    # The bytes of the result's text when it is stored as an answer writes it (see complete); NULL when an older
+    # version wrote it (json.dumps' default spacing and escapes), or a later write by one left it stale.
+    "result_bytes": "INTEGER",
 }
 # Made after the columns are there (a database from before poll ids gains the column first). At most one job per
 # poll id: the one that poll was last answered with, while it runs.
@@ -118,6 +121,16 @@ _PLAIN_COLUMNS = (
 _COLUMNS_BUT_WORKFLOW = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, '{{}}' AS metadata, result, history"
 # ... one job's view no workflow, ...
 _SHOWN_COLUMNS = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, metadata, result, history"
+# ... and the same with its result as the stored JSON text, never decoded (a 48 MB result took ~0.5 s of the
+# database thread to decode, only for the answer to encode it again), ...
+_SHOWN_AS_TEXT_COLUMNS = (
+    f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, metadata, NULL AS result, CAST(result AS BLOB) AS result_json,"
+    " result_bytes, history"
+)
+# ... the bytes of stored JSON such a view holds, read from the row's header for a result this version stored, ...
+_SHOWN_BYTES = (
+    "SELECT COALESCE(result_bytes, length(result), 0) + length(metadata) + length(history) FROM jobs WHERE id = ?"
+)
 # ... and a heartbeat's, a report's or a cancel's check needs only who holds the job and its status.
 _HOLDER_COLUMNS = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, '{{}}' AS metadata, NULL AS result, '[]' AS history"
 # A list holds at most this much stored JSON (results, histories; workflows when asked for): 50 completed jobs of
@@ -233,9 +246,14 @@ class JobRecord:
     completed_at: float | None
     attempt: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Only from `shown`: the result as the UTF-8 JSON text an answer writes (result is None then).
+    result_json: bytes | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        raw = row["result_json"] if "result_json" in row.keys() else None  # noqa: SIM118 (sqlite3.Row)
+        if raw is not None and len(raw) != row["result_bytes"]:  # stored by an older version: decoded, as it was
+            raw = answer_json(json.loads(raw)).encode()
         return cls(
             id=row["id"],
             user_id=row["user_id"],
@@ -251,6 +269,7 @@ class JobRecord:
             completed_at=row["completed_at"],
             attempt=row["attempt"],
             history=json.loads(row["history"]),
+            result_json=raw,
         )
 
 
@@ -370,6 +389,19 @@ class JobStore:
         polls of a job with a 9 MB workflow took the server from 344 MB to 2.8 GB decoding it to throw it away)."""
         with self._transaction(write=False) as conn:
             return _get(conn, job_id, "*" if with_workflow else _SHOWN_COLUMNS)
+
+    def shown_bytes(self, job_id: str) -> int | None:
+        """How many bytes of stored JSON `shown` would read (result, metadata, history), read without them; None:
+        no such job. What an answer reserves before it is built."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(_SHOWN_BYTES, (job_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def shown(self, job_id: str) -> JobRecord | None:
+        """The job as GET /api/jobs/{id} shows it: no workflow, and its result in ``result_json`` as the text an
+        answer writes, not decoded (``result`` is None)."""
+        with self._transaction(write=False) as conn:
+            return _get(conn, job_id, _SHOWN_AS_TEXT_COLUMNS)
 
     def output_listing(self, job_id: str) -> OutputListing | None:
         """Whose the job is, its status and the paths its result lists in `outputs[].path`: what serving one of its
@@ -566,7 +598,13 @@ class JobStore:
     def complete(self, job_id: str, result: dict[str, Any], fence: Fence = Fence()) -> JobStatus | None:
         """Mark the job completed. Unfenced, whatever its state, as the peer does. Returns its previous
         status or None; raises FencedOut when the fence does not match."""
-        return self._finish(job_id, JobStatus.COMPLETED, result=json.dumps(result), error=None, fence=fence)
+        # Stored as an answer writes it (compact, UTF-8), with its length: a view sends it as it is, undecoded.
+        text: str = answer_json(result)
+        try:
+            size: int | None = len(text.encode())
+        except UnicodeEncodeError:  # a lone surrogate (a request carrying one is refused): escaped, decoded when shown
+            text, size = json.dumps(result), None
+        return self._finish(job_id, JobStatus.COMPLETED, result=text, error=None, fence=fence, result_bytes=size)
 
     def fail(self, job_id: str, error: str, fence: Fence = Fence()) -> JobStatus | None:
         """Mark the job failed. Unfenced, whatever its state, as the peer does. Returns its previous status or
@@ -574,7 +612,14 @@ class JobStore:
         return self._finish(job_id, JobStatus.FAILED, result=None, error=error, fence=fence)
 
     def _finish(
-        self, job_id: str, status: JobStatus, *, result: str | None, error: str | None, fence: Fence
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: str | None,
+        error: str | None,
+        fence: Fence,
+        result_bytes: int | None = None,
     ) -> JobStatus | None:
         with self._transaction() as conn:
             job = _get(conn, job_id, _HOLDER_COLUMNS)
@@ -582,9 +627,10 @@ class JobStore:
                 return None
             fence.check(job)
             conn.execute(
-                "UPDATE jobs SET status = ?, result = ?, error = ?, completed_at = ?, lease_at = NULL, poll_id = NULL,"
-                " finish_seq = ? WHERE id = ?",
-                (status.value, result, error, self._clock(), _finish_seq_as(conn, job_id, status), job_id),
+                "UPDATE jobs SET status = ?, result = ?, result_bytes = ?, error = ?, completed_at = ?,"
+                " lease_at = NULL, poll_id = NULL, finish_seq = ? WHERE id = ?",
+                (status.value, result, result_bytes, error, self._clock(), _finish_seq_as(conn, job_id, status),
+                 job_id),
             )
             return job.status
 

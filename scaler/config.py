@@ -18,8 +18,10 @@ from common.settings import (
     QUEUE_TOKEN_ENV,
     QUEUE_WORKER_TOKEN_ENV,
     ConfigError,
+    Credential,
     LogSettings,
     OptionalPath,
+    OptionalText,
     QueueToken,
     env_name,
     settings_from_env,
@@ -27,7 +29,7 @@ from common.settings import (
 from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
 from scaler.billing import DAY_S, BillingAnchor
-from scaler.policy import MAX_REPLICAS_LIMIT, ScalingConfig
+from scaler.policy import MAX_REPLICAS_LIMIT, PRICE_RANGE, ScalingConfig, is_a_price
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
 from scaler.timetable import parse_timetable
 
@@ -65,8 +67,9 @@ class ScalerSettings(LogSettings):
     # the scaler's own reads never send it.
     queue_manager_worker_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV)
     backend: Literal["verda", "local"] = Field(default="verda", validation_alias="SCALER_BACKEND")
-    verda_client_id: str | None = Field(default=None, validation_alias="VERDA_CLIENT_ID")
-    verda_client_secret: SecretStr | None = Field(default=None, validation_alias="VERDA_CLIENT_SECRET")
+    # Blank is unset (then refused, naming it, when Verda is driven); a secret too short to mask, refused.
+    verda_client_id: OptionalText = Field(default=None, validation_alias="VERDA_CLIENT_ID")
+    verda_client_secret: Credential = Field(default=None, validation_alias="VERDA_CLIENT_SECRET")
     # One name per setting across every command: the deploy reads the same two.
     verda_api_url: AnyHttpUrl = Field(default=DEFAULT_BASE_URL, validation_alias="VERDA_API_URL")
     deployment_name: str = Field(default="comfyui-worker-serverless", validation_alias="VERDA_DEPLOYMENT_NAME")
@@ -109,7 +112,7 @@ class ScalerSettings(LogSettings):
     ledger_file: OptionalPath = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
     # The deploy spec RunPod pods are built from (image, env, [runpod] table); unset: verda/deployment.toml.
     deploy_spec: OptionalPath = Field(default=None, validation_alias="SCALER_DEPLOY_SPEC")
-    runpod_api_key: SecretStr | None = Field(default=None, validation_alias="RUNPOD_API_KEY")
+    runpod_api_key: Credential = Field(default=None, validation_alias="RUNPOD_API_KEY")
     alert_webhook_url: SecretStr | None = Field(default=None, validation_alias="SCALER_ALERT_WEBHOOK_URL")
     alert_format: AlertFormat = Field(default=AlertFormat.SLACK, validation_alias="SCALER_ALERT_FORMAT")
     alert_dry_run: bool = Field(default=False, validation_alias="SCALER_ALERT_DRY_RUN")
@@ -170,6 +173,13 @@ class ScalerSettings(LogSettings):
     @classmethod
     def _none_means_off(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
+
+    @field_validator("price_per_replica_hour", "local_price_per_hour", "verda_price_per_hour", "runpod_price_per_hour")
+    @classmethod
+    def _a_price_or_free(cls, value: float | None) -> float | None:
+        if value is not None and not is_a_price(value):
+            raise ValueError(PRICE_RANGE)
+        return value
 
     @field_validator("verda_api_url")
     @classmethod

@@ -30,6 +30,11 @@ QUOTA_REACHED = "quota_reached"
 # planning weighs up to that many new replicas against every queued job: with no bound, 3000 old queued jobs
 # made one decision take 9.1 s (0.23 s at 100).
 MAX_REPLICAS_LIMIT = 100
+# What a replica-hour may cost but 0 (free), in any currency: outside, a price is a typo (1e-320 an hour made any
+# budget pay for replicas by the 1e300; 1e308, a day's spend past the largest float).
+MIN_PRICE_PER_HOUR = 0.001
+MAX_PRICE_PER_HOUR = 1e9
+PRICE_RANGE = f"must be 0 (free) or between {MIN_PRICE_PER_HOUR:g} and {MAX_PRICE_PER_HOUR:g} an hour"
 
 
 class Reason(StrEnum):
@@ -58,6 +63,11 @@ def non_finite_fields(settings: object) -> list[str]:
     check and inf is no time, either would make the arithmetic that follows wrong."""
     return [f"{item.name} must be a finite number" for item in fields(settings)
             if isinstance(value := getattr(settings, item.name), float) and not math.isfinite(value)]
+
+
+def is_a_price(per_hour: float) -> bool:
+    """Whether ``per_hour`` may be what a replica-hour costs (PRICE_RANGE); NaN is not."""
+    return per_hour == 0 or MIN_PRICE_PER_HOUR <= per_hour <= MAX_PRICE_PER_HOUR
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +133,14 @@ class ScalingConfig:
         if self.default_job_duration_s <= 0:
             problems.append("default_job_duration_s must be > 0")
         for name in ("activation_max_wait_s", "stabilization_window_s", "scale_down_cooldown_s", "idle_to_zero_s",
-                     "price_per_replica_hour", "replica_boot_s", "prewarm_lead_s", "worker_drain_s", "max_lost_work_s",
-                     "lost_work_weight"):
+                     "replica_boot_s", "prewarm_lead_s", "worker_drain_s", "max_lost_work_s", "lost_work_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         for name in ("max_spend_per_hour", "max_spend_per_day"):
             if (getattr(self, name) or 0) < 0:
                 problems.append(f"{name} must be >= 0")
+        if not is_a_price(self.price_per_replica_hour):
+            problems.append(f"price_per_replica_hour {PRICE_RANGE}")
         if problems:
             raise ValueError("invalid ScalingConfig: " + "; ".join(problems))
         object.__setattr__(self, "billing_anchor", BillingAnchor(self.billing_anchor))
@@ -368,15 +379,24 @@ def _scale_up(
     reason = Reason.WAKE_FROM_ZERO if current == 0 else Reason.SCALE_UP
     desired = demand
     if config.max_spend_per_hour is not None and config.price_per_replica_hour > 0:
-        affordable_rate = math.floor(config.max_spend_per_hour / config.price_per_replica_hour + 1e-9)
+        affordable_rate = _affordable(config.max_spend_per_hour, config.price_per_replica_hour, desired)
         if desired > affordable_rate:
             desired, reason = max(current, affordable_rate), Reason.CAPPED_HOURLY_BUDGET
     if config.max_spend_per_day is not None and config.interval_cost > 0:
         left_today = config.max_spend_per_day - state.ledger.spent_since(observation.now - DAY_S)
-        affordable_new = max(0, math.floor(left_today / config.interval_cost + 1e-9))
+        affordable_new = _affordable(left_today, config.interval_cost, desired - current)
         if desired - current > affordable_new:
             desired, reason = current + affordable_new, Reason.CAPPED_DAILY_BUDGET
     return desired, reason
+
+
+def _affordable(budget: float, cost: float, wanted: int) -> int:
+    """How many of ``cost`` (> 0) ``budget`` pays for, whole, counted up to ``wanted``: a budget that pays for all
+    of them does not cap. Never floors a quotient out of range: 1e308 / 0.38 is inf."""
+    count = budget / cost + 1e-9
+    if count >= wanted:
+        return wanted
+    return math.floor(count) if count >= 1 else 0  # NaN too (a day's spend of inf - inf): nothing affordable
 
 
 def _scale_down(

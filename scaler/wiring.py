@@ -7,7 +7,6 @@ Kept apart from the CLI so the commands stay thin: ``make_provider`` builds one 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,7 +28,7 @@ from scaler.health_record import HealthReading, RecordedBackend, read_health
 from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger, SavedFileUnreadable
 from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
-from scaler.policy import ScalingConfig
+from scaler.policy import ScalingConfig, is_a_price
 from scaler.providers import Backend, LocalBackend, VerdaBackend
 from scaler.providers.base import BackendView
 from scaler.providers.local import worker_environment as local_worker_environment
@@ -123,7 +122,7 @@ async def look_up_price(settings: ScalerSettings, lookup: Callable[[], Awaitable
         price = float(await asyncio.wait_for(lookup(), limit_s))
     except TimeoutError:
         raise TimeoutError(f"no answer within {limit_s:g} s (SCALER_TICK_DEADLINE_S)") from None
-    if not 0 <= price < math.inf:  # NaN too: the budgets and the bill would be computed from it
+    if not is_a_price(price):  # NaN, inf, 1e-320 too: the budgets and the bill would be computed from it
         raise ValueError(f"the price list answered {price!r} an hour")
     return price
 

@@ -35,6 +35,8 @@ TOKEN_CASES = {
     "queue-token-not-ascii": ("QUEUE_MANAGER_TOKEN", "tökén"),
     "queue-token-trailing-space": ("QUEUE_MANAGER_TOKEN", "token "),
     "queue-token-newline": ("QUEUE_MANAGER_TOKEN", "tok\nen"),
+    # The logs mask no secret this short (one "e" masked every e of every line): it would be printed in clear.
+    "queue-token-too-short": ("QUEUE_MANAGER_TOKEN", "e"),
 }
 
 WORKER_CASES = {
@@ -110,6 +112,16 @@ SCALER_CASES = {
     "runpod-max-replicas-a-billion": ("SCALER_RUNPOD_MAX_REPLICAS", "1000000000"),
     # The client secret and the tokens it buys travel with every request to Verda.
     "verda-api-url-in-clear": ("VERDA_API_URL", "http://api.verda.com/v1"),
+    # Taken, any budget paid for replicas by the 1e300 (every scale-up an OverflowError) or a day's spend by inf.
+    "price-denormal": ("SCALER_PRICE_PER_REPLICA_HOUR", "1e-320"),
+    "price-near-max-float": ("SCALER_PRICE_PER_REPLICA_HOUR", "1e308"),
+    "verda-price-denormal": ("SCALER_VERDA_PRICE_PER_HOUR", "1e-320"),
+    "runpod-price-near-max-float": ("SCALER_RUNPOD_PRICE_PER_HOUR", "1e308"),
+    "local-price-below-the-floor": ("SCALER_LOCAL_PRICE_PER_HOUR", "0.0001"),
+    # Too short for the logs to mask: "e" masked every e of every line ("v***rda_auth***nticating").
+    "verda-client-secret-too-short": ("VERDA_CLIENT_SECRET", "e"),
+    "runpod-api-key-too-short": ("RUNPOD_API_KEY", "rpa_x"),
+    "queue-worker-token-too-short": ("QUEUE_MANAGER_WORKER_TOKEN", "w-token"),
 }
 
 
@@ -170,6 +182,41 @@ def test_a_blank_scaler_path_is_unset_not_a_file_named_by_spaces(monkeypatch: py
     assert getattr(settings, variable.removeprefix("SCALER_").lower()) is None
 
 
+@pytest.mark.parametrize("value", ["", " ", " \t "], ids=["empty", "space", "blank"])
+def test_a_blank_verda_credential_is_unset_and_refused_naming_it(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Before: VERDA_CLIENT_SECRET=" " was taken, and masked as a secret: every space of every log line became ***,
+    and the only error was Verda's 401."""
+    _clean_env(monkeypatch, {**SCALER_BASE, "SCALER_BACKEND": "verda"}, "VERDA_CLIENT_SECRET", value)
+    monkeypatch.setenv("VERDA_CLIENT_ID", value)
+    with pytest.raises(ConfigError) as refused:
+        load_scaler_settings()
+    for variable in ("VERDA_CLIENT_ID", "VERDA_CLIENT_SECRET"):
+        assert f"  {variable}: required to drive Verda" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("VERDA_CLIENT_SECRET", " ", "VERDA_CLIENT_SECRET: required to drive Verda"),
+    ("VERDA_CLIENT_SECRET", "e", "VERDA_CLIENT_SECRET: is 1 characters; a credential needs at least 8"),
+    ("SCALER_PRICE_PER_REPLICA_HOUR", "1e-320", "SCALER_PRICE_PER_REPLICA_HOUR: must be 0 (free) or between"),
+])
+def test_the_scaler_given_a_bad_credential_or_price_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, named: str
+) -> None:
+    """Before: `status` printed a traceback (OverflowError) for the price, and took the blank secret."""
+    from scaler.cli import main as scaler_main
+
+    _clean_env(monkeypatch, {**SCALER_BASE, "SCALER_BACKEND": "verda", "VERDA_API_URL": "http://127.0.0.1:9/v1",
+                             "VERDA_CLIENT_ID": "cid", "VERDA_CLIENT_SECRET": "a-long-enough-secret"}, variable, value)
+    assert scaler_main(["status"]) == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_a_blank_runpod_api_key_is_unset(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    _clean_env(monkeypatch, SCALER_BASE, "RUNPOD_API_KEY", value)
+    assert load_scaler_settings().runpod_api_key is None
+
+
 @pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
 def test_an_empty_comfyui_output_dir_is_the_supervisors_own_folder(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     """Before: ComfyUI got --output-directory "." (the container's home folder), and the worker tidied there."""
@@ -187,7 +234,7 @@ def test_a_queue_url_with_a_password_is_refused_beside_a_token_it_would_replace(
     """httpx sends a URL's user name and password as the Authorization header in place of the bearer token: the
     queue manager refused every request with 401, and the worker said QUEUE_MANAGER_TOKEN was wrong."""
     _clean_env(monkeypatch, base, "QUEUE_MANAGER_URL", "https://worker:pw@queue.example.com")
-    monkeypatch.setenv("QUEUE_MANAGER_TOKEN", "a-token")
+    monkeypatch.setenv("QUEUE_MANAGER_TOKEN", "a-queue-token")
     with pytest.raises(ConfigError, match="QUEUE_MANAGER_URL carries a user name or password and QUEUE_MANAGER_TOKEN"):
         load()
     monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com/?sig=abc")  # leaves the header to the token

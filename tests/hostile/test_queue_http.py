@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import sqlite3
 import threading
 import zlib
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 
 import common.waiting_connections
 import queue_manager.server
+import queue_manager.store
 from common.limits import QUEUE_HEADS
 from queue_manager import JobRecord, JobStatus, QueueManagerServer, app
 
@@ -727,6 +729,130 @@ async def test_a_compressed_body_reserves_its_routes_limit_not_its_declared_leng
         assert queue.store.get(job.id).status is JobStatus.RUNNING
     finally:
         compressed.close()
+
+
+# -- answers: bounded together, cut off when unread, the stored result sent undecoded ------------------------
+
+
+def completed_with_a_large_result(queue: QueueManagerServer, size: int = 6_000_000) -> tuple[str, dict[str, Any]]:
+    """A job completed with a result of ``size`` bytes (more than loopback's socket buffers take), and it."""
+    job = queue.store.submit("alice", WORKFLOW)
+    queue.store.pop_next("w", queue.mode)
+    result = {"outputs": [], "blob": "x" * size}
+    queue.store.complete(job.id, result)
+    return job.id, result
+
+
+async def unread_get(queue: QueueManagerServer, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection with a 4 KB receive buffer that sends GET ``path`` and reads nothing (yet)."""
+    host, port = queue.url.removeprefix("http://").split(":")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=raw, limit=2**16)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the server has begun to answer
+    return reader, writer
+
+
+async def test_answers_held_at_once_are_bounded_and_a_view_past_the_budget_is_503(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing bounded the answers held together: 16 GETs at once of a job with a 48 MB result took the queue
+    manager to 1.7 GB, and each client that left its answer unread held it for as long as it liked."""
+    monkeypatch.setattr(app, "ANSWERS_IN_FLIGHT_BYTES", 10_000_000, raising=False)
+    monkeypatch.setattr(app, "ANSWER_BUDGET_WAIT_S", 0.3, raising=False)
+    job_id, result = completed_with_a_large_result(queue)
+    _, holder = await unread_get(queue, f"/api/jobs/{job_id}")
+    async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+        refused = await client.get(f"/api/jobs/{job_id}")
+        assert refused.status_code == 503, refused.text[:300]
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["detail"].startswith("Busy: answers being sent hold")
+        holder.close()  # its reservation ends with it
+        await asyncio.sleep(0.3)
+        shown = await client.get(f"/api/jobs/{job_id}")
+        assert shown.status_code == 200, shown.text[:300]
+        assert shown.json()["result"] == result
+
+
+async def test_a_client_that_stops_reading_its_answer_is_cut_off_and_what_it_held_freed(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that sent GET and never read the answer held it until it hung up: 20 such clients kept 1.9 GB for
+    as long as they stayed, the 1000-connection cap their only bound. It now has ANSWER_STALL_TIMEOUT_S."""
+    monkeypatch.setattr(app, "ANSWER_STALL_TIMEOUT_S", 0.3, raising=False)
+    monkeypatch.setattr(app, "ANSWERS_IN_FLIGHT_BYTES", 10_000_000, raising=False)
+    monkeypatch.setattr(app, "ANSWER_BUDGET_WAIT_S", 3, raising=False)
+    job_id, result = completed_with_a_large_result(queue)
+    with capture_logs() as logs:
+        reader, writer = await unread_get(queue, f"/api/jobs/{job_id}")
+        async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+            shown = await client.get(f"/api/jobs/{job_id}")  # waits for the room the stalled one held
+        assert shown.status_code == 200, shown.text[:300]
+        assert shown.json()["result"] == result
+        received = b""
+        async with asyncio.timeout(5):
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await reader.read(2**16):
+                    received += chunk
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200") and len(received) < len(shown.content), len(received)
+    assert [entry["event"] for entry in logs if entry["event"] == "answer_write_stalled"] == ["answer_write_stalled"]
+
+
+async def test_a_large_list_left_unread_is_cut_off_too(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any answer built whole (a list of jobs, up to 16 MB of results) was handed to the connection and held for
+    as long as its client left it unread."""
+    monkeypatch.setattr(app, "ANSWER_STALL_TIMEOUT_S", 0.3, raising=False)
+    completed_with_a_large_result(queue)
+    reader, writer = await unread_get(queue, "/api/jobs")
+    await asyncio.sleep(0.5)
+    received = b""
+    async with asyncio.timeout(5):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(2**16):
+                received += chunk
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200") and len(received) < 6_000_000, len(received)
+
+
+async def test_a_job_view_sends_the_stored_result_undecoded_and_byte_for_byte_as_before(
+    client: httpx.AsyncClient, queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored result was decoded on the database thread only to be encoded again: 16 views at once of a 48 MB
+    result held /health and next-job up for seconds (and a heartbeating worker lost its job to the lease reaper).
+    It is sent as stored, the same bytes as before; a result an older version stored is still decoded."""
+    job = queue.store.submit("alice", WORKFLOW, metadata={"seat": "é"})
+    queue.store.pop_next("w", queue.mode)
+    result = {"outputs": [{"path": "a/ü 😀.png"}], "f": [0.1, 1e100, -0.0, 2**62], "s": 'q"\\\n\u0001', "e": {}}
+    done = await client.post("/api/workers/complete-job", params={"job_id": job.id}, json={"result": result})
+    assert done.status_code == 200, done.text
+    decoded: list[int] = []
+
+    class CountingJson:
+        dumps = staticmethod(json.dumps)
+
+        @staticmethod
+        def loads(text: Any) -> Any:
+            decoded.append(len(text))
+            return json.loads(text)
+
+    monkeypatch.setattr(queue_manager.store, "json", CountingJson)
+    shown = await client.get(f"/api/jobs/{job.id}")
+    assert shown.status_code == 200 and shown.json()["result"] == result
+    result_text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+    assert b"," + b'"result":' + result_text.encode() + b',"error":null' in shown.content
+    assert decoded and max(decoded) < len(result_text), "the result was decoded"
+    with contextlib.closing(sqlite3.connect(queue.store.path)) as db, db:  # as an older version stored it
+        db.execute("UPDATE jobs SET result = ?, result_bytes = NULL WHERE id = ?", (json.dumps(result), job.id))
+    again = await client.get(f"/api/jobs/{job.id}")
+    assert again.content == shown.content
+    assert again.headers["Content-Type"] == shown.headers["Content-Type"] == "application/json; charset=utf-8"
 
 
 async def test_racing_fenced_reports_and_a_hand_back_end_the_job_once(

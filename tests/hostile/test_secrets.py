@@ -226,6 +226,17 @@ def test_a_user_name_beside_a_password_is_no_secret_to_mask_everywhere(url, secr
     assert url_secrets(url) == secrets
 
 
+@pytest.mark.parametrize("secret", [" ", "e", "\t", "verda", "1234567"])
+def test_a_value_too_short_to_be_a_secret_is_never_masked_everywhere(secret: str) -> None:
+    """VERDA_CLIENT_SECRET=" " or "e" was registered: every space, or every e, of every log line and message became
+    *** ("v***rda_auth***nticating"). The settings refuse a credential that short, naming it."""
+    register_secret(secret)
+    line = "verda_authenticating client_id=cid error=1234567 \t verda"
+    assert scrub(line) == line
+    register_secret("12345678")
+    assert scrub(line + " 12345678") == line + " ***"
+
+
 def test_a_token_in_a_urls_query_never_reaches_a_log_line(log_buffer: io.StringIO) -> None:
     structlog.get_logger().error(
         "Queue manager unreachable", error="ConnectError for https://queue.example.com/api/jobs?token=qs-token-91"

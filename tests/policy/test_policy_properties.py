@@ -2,13 +2,22 @@
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scaler.billing import BillingAnchor, SpendLedger, bill_for_runtime, seconds_to_boundary
-from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
+from scaler.policy import (
+    MAX_PRICE_PER_HOUR,
+    MIN_PRICE_PER_HOUR,
+    Observation,
+    PolicyState,
+    Replica,
+    ScalingConfig,
+    decide,
+)
 
 _settings = dict(
     min_replicas=st.integers(0, 2),
@@ -79,6 +88,27 @@ def test_never_below_what_running_jobs_need_nor_zero_with_work(config, sequence)
         assert decision.desired >= need
         if observation.pending + observation.running > 0 and decision.current > 0:
             assert decision.desired > 0
+
+
+# Any budget and price the settings take, the ends of their ranges included.
+budgets = st.one_of(st.none(), st.just(0.0), st.floats(0, 1.7976931348623157e308), st.sampled_from([1e-300, 1e308]))
+prices = st.one_of(st.just(0.0), st.floats(MIN_PRICE_PER_HOUR, MAX_PRICE_PER_HOUR),
+                   st.sampled_from([MIN_PRICE_PER_HOUR, MAX_PRICE_PER_HOUR]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(configs, budgets, budgets, prices, ticks)
+def test_any_budget_at_any_price_decides_and_one_that_pays_for_the_fleet_never_caps(
+    config, per_hour, per_day, price, sequence
+):
+    """Before: a budget of 1e308 (or a price of 1e-320) was floor(inf), an OverflowError at every tick with work."""
+    config = replace(config, max_spend_per_hour=per_hour, max_spend_per_day=per_day, price_per_replica_hour=price)
+    whole_day = config.max_replicas * price * 24
+    for _, decision in run(config, sequence):
+        assert decision.desired <= config.max_replicas
+        affords_the_fleet = per_hour is None or per_hour >= config.max_replicas * price
+        if affords_the_fleet and (per_day is None or per_day > 2 * whole_day):
+            assert "budget" not in decision.reason
 
 
 @settings(max_examples=100, deadline=None)

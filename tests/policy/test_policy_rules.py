@@ -1,11 +1,12 @@
 """One example per rule of the scaling policy."""
 
+import re
 from dataclasses import replace
 
 import pytest
 
 from scaler.billing import BillingAnchor
-from scaler.policy import Observation, PolicyState, Reason, Replica, ScalingConfig, decide
+from scaler.policy import PRICE_RANGE, Observation, PolicyState, Reason, Replica, ScalingConfig, decide
 
 PLAIN = ScalingConfig(target_wait_s=None, billing_aware=False, stabilization_window_s=120, scale_down_cooldown_s=30,
                       idle_to_zero_s=180)
@@ -152,6 +153,30 @@ def test_daily_budget_counts_committed_intervals():
     decision = tick(config, state, 1800, pending=5, running=1)
     assert (decision.desired, decision.reason) == (2, Reason.CAPPED_DAILY_BUDGET)
     assert decision.details["spend_last_day"] == 1.5333
+
+
+@pytest.mark.parametrize(("price", "budgets"), [
+    (2.30, {"max_spend_per_day": 1e308}),
+    (2.30, {"max_spend_per_hour": 1e308, "max_spend_per_day": 1.7e308}),
+    (0.001, {"max_spend_per_hour": 1e307, "max_spend_per_day": 1e307}),  # the cheapest price the settings take
+], ids=["day-1e308", "both-near-max-float", "cheapest-price"])
+def test_a_budget_that_pays_for_more_than_the_fleet_does_not_cap(price, budgets):
+    """Before: math.floor(1e308 / 0.383) is floor(inf): OverflowError at every tick with work, never scaling up."""
+    config = replace(PLAIN, price_per_replica_hour=price, **budgets)
+    decision = tick(config, PolicyState(applied=0), 0, pending=6)
+    assert (decision.desired, decision.reason) == (PLAIN.max_replicas, Reason.WAKE_FROM_ZERO)
+
+
+@pytest.mark.parametrize("price", [1e-320, 0.0009, 1.1e9, 1e308])
+def test_a_price_no_replica_hour_costs_is_refused(price):
+    """Before: 1e-320 an hour was taken, and any budget then paid for replicas by the 1e300 (OverflowError)."""
+    with pytest.raises(ValueError, match=re.escape(f"price_per_replica_hour {PRICE_RANGE}")):
+        replace(PLAIN, price_per_replica_hour=price)
+
+
+@pytest.mark.parametrize("price", [0.0, 0.001, 1e9])
+def test_free_and_the_ends_of_the_price_range_are_taken(price):
+    assert replace(PLAIN, price_per_replica_hour=price).price_per_replica_hour == price
 
 
 def test_steady_load_changes_nothing():

@@ -384,7 +384,7 @@ async def test_a_price_list_of_the_wrong_shape_exits_1_saying_so_and_writes_noth
     assert "SCALER_PRICE_PER_REPLICA_HOUR" in failed["hint"]
 
 
-@pytest.mark.parametrize("price", ["NaN", "Infinity", "-2.30"])
+@pytest.mark.parametrize("price", ["NaN", "Infinity", "-2.30", "1e-320", "1e308"])  # 1e-320: every scale-up raised
 async def test_a_price_that_is_no_price_exits_1_naming_it_and_writes_nothing(
     cli_env, fake_verda, scaling_patches, capsys, price
 ):
