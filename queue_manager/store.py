@@ -119,10 +119,8 @@ _PLAIN_COLUMNS = (
 # The JSON a read leaves out is empty and never decoded (a workflow or metadata is up to 11 MB, a result 50 MB):
 # a list shows no workflow or metadata, ...
 _COLUMNS_BUT_WORKFLOW = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, '{{}}' AS metadata, result, history"
-# ... one job's view no workflow, ...
-_SHOWN_COLUMNS = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, metadata, result, history"
-# ... and the same with its result as the stored JSON text, never decoded (a 48 MB result took ~0.5 s of the
-# database thread to decode, only for the answer to encode it again), ...
+# ... one job's view no workflow, and its result as the stored JSON text, never decoded (a 48 MB result took
+# ~0.5 s of the database thread to decode, only for the answer to encode it again), ...
 _SHOWN_AS_TEXT_COLUMNS = (
     f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, metadata, NULL AS result, CAST(result AS BLOB) AS result_json,"
     " result_bytes, history"
@@ -384,11 +382,9 @@ class JobStore:
             )
             return _get(conn, job_id)  # type: ignore[return-value]
 
-    def get(self, job_id: str, *, with_workflow: bool = True) -> JobRecord | None:
-        """The job; ``with_workflow=False`` leaves its workflow empty, unread: what GET /api/jobs/{id} shows (200
-        polls of a job with a 9 MB workflow took the server from 344 MB to 2.8 GB decoding it to throw it away)."""
+    def get(self, job_id: str) -> JobRecord | None:
         with self._transaction(write=False) as conn:
-            return _get(conn, job_id, "*" if with_workflow else _SHOWN_COLUMNS)
+            return _get(conn, job_id)
 
     def shown_bytes(self, job_id: str) -> int | None:
         """How many bytes of stored JSON `shown` would read (result, metadata, history), read without them; None:
@@ -398,8 +394,9 @@ class JobStore:
         return None if row is None else row[0]
 
     def shown(self, job_id: str) -> JobRecord | None:
-        """The job as GET /api/jobs/{id} shows it: no workflow, and its result in ``result_json`` as the text an
-        answer writes, not decoded (``result`` is None)."""
+        """The job as GET /api/jobs/{id} shows it: no workflow (200 reads of a job with a 9 MB one took the server
+        from 344 MB to 2.8 GB decoding it to throw it away), and its result in ``result_json`` as the text an answer
+        writes, not decoded (``result`` is None)."""
         with self._transaction(write=False) as conn:
             return _get(conn, job_id, _SHOWN_AS_TEXT_COLUMNS)
 
