@@ -13,6 +13,7 @@ mid-write leaves the previous ledger; a scaler restarted later charges its repli
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -533,7 +534,12 @@ def set_aside(path: Path) -> str:
     cannot be moved (a read-only folder) is said to be left where it lies, not named by a path that does not exist."""
     if not path.is_file():
         return str(path)
-    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    stamp = f"{path.name}.corrupt-{int(time.time())}"
+    aside = path.with_name(stamp)
+    for n in itertools.count(1):  # a second corrupt file within the same second gets a name of its own
+        if not aside.exists():
+            break
+        aside = path.with_name(f"{stamp}-{n}")
     try:
         os.replace(path, aside)
     except OSError as exc:

@@ -156,6 +156,18 @@ def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
     assert [p.name.startswith("ledger.json.corrupt-") for p in tmp_path.iterdir()] == [True]
 
 
+def test_two_unreadable_ledgers_set_aside_in_the_same_second_are_both_kept(tmp_path, monkeypatch):
+    """The aside's name had whole seconds only: a second corrupt file within the same second replaced the first,
+    and the evidence of what went wrong went with it."""
+    monkeypatch.setattr("scaler.ledger.time.time", lambda: 1_800_000_000.5)
+    path = tmp_path / "ledger.json"
+    for content in ("first", "second", "third"):
+        path.write_text(content)
+        CostLedger.load(path)
+    kept = sorted(p.read_text() for p in tmp_path.glob("ledger.json.corrupt-*"))
+    assert kept == ["first", "second", "third"]
+
+
 def test_a_ledger_s_times_are_read_back_as_numbers(tmp_path):
     """Kept as text, they failed every charge (the clock-step check) or every alert after the start."""
     path = tmp_path / "ledger.json"
