@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret, scrubbed_excerpt
 from common.urls import direct_transport
+from scaler.providers.base import MAX_LISTED_REPLICAS
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -258,8 +259,13 @@ class RunPodClient:
     # --- pods -----------------------------------------------------------------------------------
 
     async def list_pods(self) -> list[Pod]:
-        data = await self._json("GET", "/pods")
-        return [listed_pod(pod, index) for index, pod in enumerate(_field(data, "pods", "GET /pods"))]
+        """GET /pods. A list longer than MAX_LISTED_REPLICAS is a broken answer, an error (a failed read), as the
+        Verda client's replica list: charged, it made a tick take minutes."""
+        pods = _field(await self._json("GET", "/pods"), "pods", "GET /pods")
+        if len(pods) > MAX_LISTED_REPLICAS:
+            listed = f"{len(pods)} pods listed: more than {MAX_LISTED_REPLICAS} is not a plausible list"
+            raise _unexpected("GET /pods", listed)
+        return [listed_pod(pod, index) for index, pod in enumerate(pods)]
 
     async def get_pod(self, pod_id: str) -> Pod:
         return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"), "GET /pods/{id}")

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from common.logs import configure_logging, error_text
+from scaler.providers.base import MAX_LISTED_REPLICAS
 from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -214,3 +215,17 @@ async def test_a_pods_health_that_drips_or_nests_says_nothing_about_the_worker(p
                 assert await probe.unhealthy(["pod-1"]) == {}
         finally:
             await probe.aclose()
+
+
+async def test_a_pod_list_longer_than_any_deployment_is_an_error_naming_the_request(
+    fake: FakeRunPod, runpod: RunPodClient
+) -> None:
+    """As the Verda client's replica list: more than MAX_LISTED_REPLICAS is a broken answer, a failed read (the
+    spend ledger would charge every pod of it)."""
+    listed = MAX_LISTED_REPLICAS + 1
+    pods = [{"id": f"p{n}", "name": f"comfy-{n:08x}", "status": "RUNNING", "cost": 0.69} for n in range(listed)]
+    fake.fail_next("/pods", 200, method="GET", body={"pods": pods})
+    with pytest.raises(RunPodAPIError, match=f"GET /pods.*{listed} pods listed: more than {listed - 1}"):
+        await runpod.list_pods()
+    fake.fail_next("/pods", 200, method="GET", body={"pods": pods[:-1]})
+    assert len(await runpod.list_pods()) == listed - 1
