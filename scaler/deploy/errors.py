@@ -6,11 +6,13 @@ import argparse
 import ipaddress
 import re
 import sys
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
 
 from common.logs import scrub
+from common.settings import secret_length_problem
 from common.urls import IN_CLEAR, encrypted_or_local
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -24,6 +26,17 @@ def print_error(message: object) -> None:
     """``error: <message>`` on stderr, with the secrets the log scrubber knows masked: a provider's error body
     may quote what was sent (a secret's value, the client secret)."""
     print(f"error: {scrub(str(message))}", file=sys.stderr)
+
+
+def credential(environ: Mapping[str, str], variable: str, missing: str) -> str:
+    """The value of ``variable``, a credential; DeployError ``missing`` when it is unset or blank, or naming it when
+    too short for the logs to mask (secret_length_problem), as the scaler refuses them."""
+    value = environ.get(variable, "")
+    if not value.strip():
+        raise DeployError(missing)
+    if problem := secret_length_problem(value):
+        raise DeployError(f"{variable}: {problem}")
+    return value
 
 
 def options_misused(args: argparse.Namespace, what_delete_does: str) -> bool:

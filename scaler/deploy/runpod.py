@@ -27,6 +27,7 @@ from scaler.deploy.errors import (
     EXIT_USAGE,
     DeployError,
     check_api_url,
+    credential,
     options_misused,
     print_error,
     unreachable,
@@ -169,9 +170,7 @@ def refuse_inside_a_pod(environ: Mapping[str, str]) -> None:
 
 
 def make_client(environ: Mapping[str, str]) -> RunPodClient:
-    api_key = environ.get("RUNPOD_API_KEY")
-    if not api_key:
-        raise DeployError("set RUNPOD_API_KEY (RunPod console > Settings > API Keys)")
+    api_key = credential(environ, "RUNPOD_API_KEY", "set RUNPOD_API_KEY (RunPod console > Settings > API Keys)")
     base_url = check_api_url("RUNPOD_API_URL", environ.get("RUNPOD_API_URL", DEFAULT_BASE_URL))
     return RunPodClient(api_key, base_url=base_url)
 

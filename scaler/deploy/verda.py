@@ -25,6 +25,7 @@ from scaler.deploy.errors import (
     EXIT_USAGE,
     DeployError,
     check_api_url,
+    credential,
     options_misused,
     print_error,
     unreachable,
@@ -275,9 +276,11 @@ DEPLOY_VARIABLES = (*SPEC_VARIABLES, *CLIENT_ENV)
 
 
 def make_client(environ: Mapping[str, str]) -> VerdaClient:
-    client_id, client_secret = environ.get("VERDA_CLIENT_ID"), environ.get("VERDA_CLIENT_SECRET")
-    if not client_id or not client_secret:
-        raise DeployError("set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")
+    missing = "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)"
+    client_id = environ.get("VERDA_CLIENT_ID", "")
+    client_secret = credential(environ, "VERDA_CLIENT_SECRET", missing)
+    if not client_id.strip():
+        raise DeployError(missing)
     base_url = check_api_url("VERDA_API_URL", environ.get("VERDA_API_URL") or DEFAULT_BASE_URL)
     return VerdaClient(client_id, client_secret, base_url=base_url)
 

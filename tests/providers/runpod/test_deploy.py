@@ -249,6 +249,19 @@ async def test_bad_or_missing_key_is_explained_and_hidden(fake: FakeRunPod, depl
     assert "set RUNPOD_API_KEY" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "named"), [
+    ("  ", "set RUNPOD_API_KEY"), ("rpa_x12", "RUNPOD_API_KEY: is 7 characters; a credential needs at least 8"),
+])
+async def test_a_blank_or_short_key_is_refused_naming_it_as_the_scaler_does(
+    fake: FakeRunPod, deploy_env, capsys, value, named
+) -> None:
+    """Before: sent (RunPod's 401, exit 1), and a key under 8 characters is one the logs cannot mask; the scaler
+    refuses both, naming RUNPOD_API_KEY."""
+    assert await deploy_main(runpod_args("status"), {**deploy_env, "RUNPOD_API_KEY": value}) == 2
+    assert named in capsys.readouterr().err
+    assert fake.requests_to("/pods") == []
+
+
 async def test_status_and_delete_touch_only_this_deployment(fake: FakeRunPod, deploy_env, capsys) -> None:
     backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
     try:

@@ -487,6 +487,21 @@ async def test_missing_credentials_are_named_and_exit_2_as_any_invalid_setting(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("VERDA_CLIENT_SECRET", "   ", "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET"),
+    ("VERDA_CLIENT_ID", " ", "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET"),
+    ("VERDA_CLIENT_SECRET", "secr3t!", "VERDA_CLIENT_SECRET: is 7 characters; a credential needs at least 8"),
+])
+async def test_a_blank_or_short_client_secret_is_refused_naming_it_as_the_scaler_does(
+    fake: FakeVerda, deploy_env, capsys, variable, value, named
+) -> None:
+    """Before: taken and sent (exit 0 against an API that takes it), and a secret under 8 characters is one the
+    logs cannot mask; the scaler refuses both, naming the variable."""
+    assert await deploy_main(["status"], {**deploy_env, variable: value}) == 2
+    assert named in capsys.readouterr().err
+    assert fake.requests == []
+
+
 async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main(["status"], deploy_env) == 1
     assert await deploy_main([], deploy_env) == 0
