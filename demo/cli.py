@@ -18,7 +18,7 @@ from common.logs import configure_logging
 from demo.providers import PROVIDERS, parse_providers
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
-from scaler.policy import MAX_REPLICAS_LIMIT
+from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
 HOUR_S, DAY_S = 3_600.0, 86_400.0
 # The info lines a run without the live table shows: its progress and the fleet's moves (docs/demo.md).
@@ -51,7 +51,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="simulated seconds per ComfyUI node (default %(default)s)")
     parser.add_argument("--spread-s", type=_number(0, DAY_S), default=defaults.spread_s,
                         help="submissions spread over this many seconds (default %(default)s)")
-    parser.add_argument("--price-per-hour", type=_number(0, MAX_PRICE_PER_HOUR), default=defaults.price_per_hour,
+    parser.add_argument("--price-per-hour", type=_price, default=defaults.price_per_hour,
                         help="USD per GPU-hour for the spend estimate (default: Verda H100 serverless, %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
                         help="outputs, logs and report.json go here (default %(default)s)")
@@ -137,6 +137,15 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 
 def _number(low: float, high: float) -> Callable[[str], float]:
     return _ranged(float, "a number", low, high)
+
+
+def _price(text: str) -> float:
+    """A price the scaler takes (scaler.policy.is_a_price) up to the demo's own bound: 0 (free), or from
+    MIN_PRICE_PER_HOUR; one between made ScalingConfig raise once everything had started (a traceback)."""
+    value = _number(0, MAX_PRICE_PER_HOUR)(text)
+    if 0 < value < MIN_PRICE_PER_HOUR:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 (free) or {MIN_PRICE_PER_HOUR:g}-{MAX_PRICE_PER_HOUR:g}")
+    return value
 
 
 def _ranged(convert: Callable[[str], Number], kind: str, low: Number, high: Number) -> Callable[[str], Number]:

@@ -67,6 +67,9 @@ def test_cli_explains_itself():
     (["--node-seconds", "inf"], "--node-seconds: inf is not 0-3600"),
     (["--spread-s", "-5"], "--spread-s: -5 is not 0-86400"),
     (["--price-per-hour", "nan"], "--price-per-hour: nan is not 0-1000"),
+    # Under the scaler's least price: a traceback (ValueError from ScalingConfig) once everything had started.
+    (["--price-per-hour", "0.0005"], "--price-per-hour: 0.0005 is not 0 (free) or 0.001-1000"),
+    (["--price-per-hour", "1e-320"], "--price-per-hour: 1e-320 is not 0 (free) or 0.001-1000"),
     (["--idle-to-zero-s", "nan"], "--idle-to-zero-s: nan is not 0-86400"),
     (["--timeout-s", "0"], "--timeout-s: 0 is not 1-86400"),
     (["--jobs", "ten"], "--jobs: 'ten' is not a whole number"),
