@@ -261,17 +261,24 @@ def _format_errors(error: ValidationError) -> list[str]:
 
 
 def _shape_problems(raw: dict[str, Any]) -> list[str]:
-    """The sections read before validation, of the wrong kind: `deployment = "x"` where a table belongs."""
-    tables = {section for section, _ in ENV_OVERRIDES.values()} | {"env_from_environment"}
+    """The sections read before validation, of the wrong kind: `deployment = "x"` where a table belongs, a name or
+    a mount path that is not a string (each was a TypeError traceback: not iterable, unhashable)."""
+    tables = {section for section, _ in ENV_OVERRIDES.values()} | {"env_from_environment", "env", "secrets"}
     problems = [f"{name}: must be a table" for name in sorted(tables) if not isinstance(raw.get(name, {}), dict)]
     source = raw.get("env_from_environment", {})
-    if isinstance(source, dict) and not isinstance(source.get("names", []), list):
+    names = source.get("names", []) if isinstance(source, dict) else []
+    if not isinstance(names, list):
         problems.append("env_from_environment.names: must be a list")
+    else:
+        problems += [f"env_from_environment.names.{i}: must be a string" for i, n in enumerate(names)
+                     if not isinstance(n, str)]
     mounts = raw.get("volume_mounts", [])
     if not isinstance(mounts, list):
         problems.append("volume_mounts: must be a list of tables")
     else:
-        problems += [f"volume_mounts.{i}: must be a table" for i, m in enumerate(mounts) if not isinstance(m, dict)]
+        problems += [f"volume_mounts.{i}: must be a table" if not isinstance(m, dict) else
+                     f"volume_mounts.{i}.mount_path: must be a string" for i, m in enumerate(mounts)
+                     if not isinstance(m, dict) or not isinstance(m.get("mount_path", ""), str)]
     return problems
 
 

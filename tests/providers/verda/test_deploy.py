@@ -95,6 +95,13 @@ def test_spec_file_errors_name_the_field(tmp_path: Path, spec_path: Path, deploy
         ('[env_from_environment]\nnames = "QUEUE_MANAGER_URL"\n', "env_from_environment.names: must be a list"),
         ('volume_mounts = "/models"\n', "volume_mounts: must be a list of tables"),
         ("volume_mounts = [1]\n", "volume_mounts.0: must be a table"),
+        # Before: TypeError tracebacks ('int' object is not iterable, unhashable type: 'list').
+        ("env = 5\n", "env: must be a table"),
+        ("secrets = [[1]]\n", "secrets: must be a table"),
+        ('[env_from_environment]\nnames = ["QUEUE_MANAGER_URL", [1]]\n',
+         "env_from_environment.names.1: must be a string"),
+        ('[[volume_mounts]]\ntype = "shared"\nmount_path = ["/models"]\n',
+         "volume_mounts.0.mount_path: must be a string"),
     ],
 )
 def test_a_spec_of_the_wrong_shape_is_refused_naming_the_field_not_a_traceback(
