@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret, scrubbed_excerpt
 from common.urls import direct_transport
+from scaler.policy import PRICE_RANGE, is_a_price
 from scaler.providers.base import MAX_LISTED_REPLICAS
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
@@ -332,13 +333,18 @@ class RunPodClient:
     # --- catalogue ------------------------------------------------------------------------------
 
     async def gpu_price_per_hour(self, gpu_id: str, *, cloud: str = "SECURE") -> float:
-        """List price in USD per hour of one GPU of ``gpu_id`` on pods in ``cloud`` (SECURE or COMMUNITY)."""
+        """List price in USD per hour of one GPU of ``gpu_id`` on pods in ``cloud`` (SECURE or COMMUNITY). One that is
+        no price (true, read as 1.0; negative, NaN) is an error naming the field, as any other broken answer."""
         data = await self._json("GET", f"/catalog/gpus/{quote(gpu_id, safe='')}")
         prices = data.get("price") if isinstance(data, dict) else None
         key = cloud.lower()
         if not isinstance(prices, dict) or not isinstance(prices.get(key), int | float):
             raise LookupError(f"RunPod lists no {cloud} pod price for GPU {gpu_id!r}")
-        return float(prices[key])
+        price = prices[key]
+        if isinstance(price, bool) or not is_a_price(price):
+            shown = scrubbed_excerpt(repr(price), 60)
+            raise _unexpected("GET /catalog/gpus/{id}", f"price.{key}={shown}: a price {PRICE_RANGE}")
+        return float(price)
 
 
 def _decode(response: httpx.Response, request: str) -> Any:

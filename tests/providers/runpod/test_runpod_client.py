@@ -148,6 +148,17 @@ async def test_gpu_price(runpod: RunPodClient) -> None:
         await runpod.gpu_price_per_hour("NVIDIA Imaginary")
 
 
+@pytest.mark.parametrize("price", [True, -0.69, float("nan"), 1e-320], ids=["true", "negative", "nan", "tiny"])
+async def test_a_catalogue_price_that_is_no_price_is_an_error_naming_it(
+    fake: FakeRunPod, runpod: RunPodClient, price: float
+) -> None:
+    """Before: `true` was read as 1.0 an hour (a bool is an int), and -0.69 or NaN printed by the deploy as the
+    pod's price; now an error naming the request and the field, as any other broken answer."""
+    fake.fail_next(f"/catalog/gpus/{GPU}", 200, method="GET", body={"id": GPU, "price": {"secure": price}})
+    with pytest.raises(RunPodAPIError, match=r"GET /catalog/gpus/\{id\}.*price\.secure="):
+        await runpod.gpu_price_per_hour(GPU)
+
+
 async def test_the_api_key_never_reaches_logs_or_errors(
     fake: FakeRunPod, make_client: Callable[..., RunPodClient]
 ) -> None:
