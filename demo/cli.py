@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,9 +55,9 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="submissions spread over this many seconds (default %(default)s)")
     parser.add_argument("--price-per-hour", type=_price, default=defaults.price_per_hour,
                         help="USD per GPU-hour for the spend estimate (default: Verda H100 serverless, %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
+    parser.add_argument("--output-dir", type=_output_dir, default=defaults.output_dir,
                         help="outputs, logs and report.json go here (default %(default)s)")
-    parser.add_argument("--db", type=Path, help="queue database (default: a temporary one)")
+    parser.add_argument("--db", type=_database, help="queue database (default: a temporary one)")
     parser.add_argument("--idle-to-zero-s", type=_number(0, DAY_S), default=defaults.idle_to_zero_s,
                         help="idle seconds before the scaler goes to zero (default %(default)s)")
     parser.add_argument("--target-wait-s", type=_number(1, DAY_S), default=defaults.target_wait_s,
@@ -161,6 +163,27 @@ def _ranged(convert: Callable[[str], Number], kind: str, low: Number, high: Numb
         return value
 
     return parse
+
+
+def _output_dir(text: str) -> Path:
+    """A folder the demo can write its outputs to (created here); one it cannot was a traceback once started."""
+    path = Path(text)
+    try:
+        (path / "outputs").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot create {error.filename or text}: {error.strerror}") from None
+    return path
+
+
+def _database(text: str) -> Path:
+    """A file SQLite can open as a database (a new one is created): a folder, a file in a missing folder or one
+    that is no database was a traceback once the queue manager was starting."""
+    try:
+        with contextlib.closing(sqlite3.connect(text)) as connection:
+            connection.execute("PRAGMA schema_version")
+    except sqlite3.Error as error:
+        raise argparse.ArgumentTypeError(f"cannot open {text}: {error}") from None
+    return Path(text)
 
 
 def _providers(text: str) -> tuple[str, ...]:

@@ -81,6 +81,23 @@ def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys)
     assert named in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("option", "where", "named"), [
+    ("--output-dir", "a-file", "--output-dir: cannot create"),
+    ("--output-dir", "a-file/below", "--output-dir: cannot create"),
+    ("--db", "no-such-folder/queue.db", "--db: cannot open"),
+    ("--db", ".", "--db: cannot open"),
+    ("--db", "a-file", "--db: cannot open"),
+])
+def test_demo_refuses_a_folder_or_database_it_cannot_use_naming_the_option(tmp_path, capsys, option, where, named):
+    """Before: each a traceback (FileExistsError, NotADirectoryError, sqlite3 'unable to open database file' or
+    'file is not a database'), the last two once the queue manager was starting."""
+    (tmp_path / "a-file").write_bytes(b"not a database, and long enough to have a header: " * 4)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_parser().parse_args([option, str(tmp_path / where)])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
 @pytest.mark.timeout(180)
 async def test_a_result_file_removed_or_altered_before_the_fetch_fails_the_demo(tmp_path, monkeypatch):
     """The fetch reads what the volume holds: one result's file deleted, another's bytes changed after the job
