@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import structlog
+from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from common.logs import configure_logging
+from common.logs import configure_logging, scrub
 from demo.providers import PROVIDERS, parse_providers
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
@@ -48,7 +49,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help=f"1-{MAX_REPLICAS_LIMIT} (default %(default)s)")
     parser.add_argument("--workload", choices=["workshop"], default="workshop",
                         help="submission pattern: most jobs in the first seconds, the rest trailing off")
-    parser.add_argument("--comfyui-url", help="a real ComfyUI to use instead of the simulator")
+    parser.add_argument("--comfyui-url", type=_comfyui_url, help="a real ComfyUI to use instead of the simulator")
     parser.add_argument("--node-seconds", type=_number(0, HOUR_S), default=defaults.node_seconds,
                         help="simulated seconds per ComfyUI node (default %(default)s)")
     parser.add_argument("--spread-s", type=_number(0, DAY_S), default=defaults.spread_s,
@@ -163,6 +164,16 @@ def _ranged(convert: Callable[[str], Number], kind: str, low: Number, high: Numb
         return value
 
     return parse
+
+
+def _comfyui_url(text: str) -> str:
+    """A URL the workers take as COMFYUI_URL (worker.config reads it as AnyHttpUrl): refused by every worker at
+    start, each was started again until --timeout-s."""
+    try:
+        TypeAdapter(AnyHttpUrl).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{scrub(repr(text))} is not an http:// or https:// URL") from None
+    return text
 
 
 def _output_dir(text: str) -> Path:

@@ -73,6 +73,9 @@ def test_cli_explains_itself():
     (["--idle-to-zero-s", "nan"], "--idle-to-zero-s: nan is not 0-86400"),
     (["--timeout-s", "0"], "--timeout-s: 0 is not 1-86400"),
     (["--jobs", "ten"], "--jobs: 'ten' is not a whole number"),
+    # Every worker refused it at start and was started again, until --timeout-s (900 s by default): NOT OK.
+    (["--comfyui-url", "notaurl"], "--comfyui-url: 'notaurl' is not an http:// or https:// URL"),
+    (["--comfyui-url", "ftp://127.0.0.1:8188"], "--comfyui-url: 'ftp://127.0.0.1:8188' is not an http:// or https://"),
 ])
 def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
