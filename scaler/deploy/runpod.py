@@ -175,10 +175,26 @@ def make_client(environ: Mapping[str, str]) -> RunPodClient:
     return RunPodClient(api_key, base_url=base_url)
 
 
+def health_url(environ: Mapping[str, str]) -> str:
+    """RUNPOD_HEALTH_URL (RunPod's proxy when unset): a template the probe fills with each pod's {pod_id} and {port}.
+    DeployError naming it otherwise: any other brace made every observe a traceback (KeyError, IndexError), and
+    without {pod_id} every pod's /health was asked at the one address."""
+    url = environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL)
+    try:
+        url.format(pod_id="pod", port=8000)
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise DeployError(f"RUNPOD_HEALTH_URL: {type(error).__name__} {error}: only {{pod_id}} and {{port}} may "
+                          f"stand in braces (as in {PROXY_HEALTH_URL})") from None
+    if "{pod_id}" not in url:
+        raise DeployError(f"RUNPOD_HEALTH_URL: names no {{pod_id}}: every pod's /health would be asked at one "
+                          f"address (as in {PROXY_HEALTH_URL})")
+    return url
+
+
 def make_backend(
     runpod: RunPodClient, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str]
 ) -> RunPodBackend:
-    health = PodHealthProbe(environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL), port=spec.deployment.healthcheck_port)
+    health = PodHealthProbe(health_url(environ), port=spec.deployment.healthcheck_port)
     return RunPodBackend(runpod, spec.deployment.name, build_pod_body(spec, settings), health=health)
 
 
@@ -189,6 +205,7 @@ def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
     refuse_inside_a_pod(environ)
     with refusing_misspelt(environ, DEPLOY_VARIABLES):
         spec, settings = load_runpod_spec(path, environ)
+    health_url(environ)  # before the client, which make_backend would otherwise leave open
     return make_backend(make_client(environ), spec, settings, environ)
 
 
@@ -216,8 +233,11 @@ def stop_backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBack
     so a spec whose image, env or [runpod] table is unset or broken cannot keep the pods running. Its pod body
     is empty: it cannot create a pod (RunPod would refuse the body)."""
     name = pod_name_prefix(path, environ)
-    client = make_client(environ)
-    return RunPodBackend(client, name, {}, health=PodHealthProbe(environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL)))
+    try:
+        url = health_url(environ)
+    except DeployError:  # pods are stopped whatever their /health: a broken template must not keep them running
+        url = PROXY_HEALTH_URL
+    return RunPodBackend(make_client(environ), name, {}, health=PodHealthProbe(url))
 
 
 async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> None:
@@ -300,6 +320,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"# {env_name} is read from the RunPod secret {secret!r}; create it in the console", file=sys.stderr)
         return EXIT_OK
     try:
+        health_url(environ)
         client = make_client(environ)
     except DeployError as error:  # a deploy variable: as invalid as the spec, and nothing was sent
         print_error(error)

@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from scaler.deploy.command import deploy_main
-from scaler.deploy.runpod import CLIENT_ENV, ENV_OVERRIDES, backend_from_spec, build_pod_body, load_runpod_spec
+from scaler.deploy.errors import DeployError
+from scaler.deploy.runpod import (
+    CLIENT_ENV,
+    ENV_OVERRIDES,
+    backend_from_spec,
+    build_pod_body,
+    load_runpod_spec,
+    stop_backend_from_spec,
+)
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from standins.runpod import FakeRunPod
 
@@ -278,6 +286,30 @@ async def test_status_and_delete_touch_only_this_deployment(fake: FakeRunPod, de
     assert await deploy_main(runpod_args("delete", "--yes"), deploy_env) == 0
     assert "every pod terminated" in capsys.readouterr().out
     assert [pod.name for pod in fake.live_pods()] == ["someone-elses-notebook"]
+
+
+@pytest.mark.parametrize("url", ["https://{pod}-{port}.proxy.runpod.net/health", "https://{0}.example/health",
+                                 "https://{pod_id:d}.example/health", "https://pods.example/health"])
+async def test_a_health_url_that_names_no_pod_is_refused_naming_it(fake: FakeRunPod, deploy_env, capsys, url) -> None:
+    """Before: `status` with a pod running was a KeyError/IndexError/ValueError traceback, as was every scaler
+    observe (the probe formats the URL per pod); without {pod_id}, every pod's /health was asked at one address."""
+    backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
+    try:
+        await backend.apply(1)
+    finally:
+        await backend.aclose()
+    assert [pod.status for pod in fake.live_pods()] == ["RUNNING"]
+    env = {**deploy_env, "RUNPOD_HEALTH_URL": url}
+    assert await deploy_main(runpod_args("status"), env) == 2
+    assert "RUNPOD_HEALTH_URL: " in capsys.readouterr().err
+    with pytest.raises(DeployError, match="RUNPOD_HEALTH_URL: "):
+        backend_from_spec(DEFAULT_SPEC_PATH, env)
+    stopper = stop_backend_from_spec(DEFAULT_SPEC_PATH, env)  # the kill switch is not kept from stopping pods
+    try:
+        await stopper.apply(0)
+    finally:
+        await stopper.aclose()
+    assert fake.live_pods() == []
 
 
 async def test_backend_from_spec_creates_pods_the_api_accepts(fake: FakeRunPod, deploy_env) -> None:
