@@ -746,6 +746,19 @@ async def test_the_value_of_any_secret_the_deploy_creates_is_masked_in_the_error
     assert "do-not-log" not in out + err
 
 
+@pytest.mark.parametrize("options", [[], ["--dry-run"]], ids=["apply", "dry-run"])
+async def test_a_secret_the_deploy_would_create_too_short_to_mask_is_refused_naming_it(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys, options: list[str]
+) -> None:
+    """Before: HF_TOKEN=hf12345 (7 characters, under what the scrubber masks) was sent to create the Verda secret,
+    and a Verda error quoting it printed it in clear; the scaler refuses such a credential, naming it."""
+    spec = edited_spec(tmp_path, "[secrets]\n", '[secrets]\nHF_TOKEN = "comfyui-worker-hf-token"\n')
+    assert await deploy_main(["--spec", str(spec), *options], {**deploy_env, "HF_TOKEN": "hf12345"}) == 2
+    out, err = capsys.readouterr()
+    assert "secrets.HF_TOKEN: $HF_TOKEN is 7 characters; a credential needs at least 8" in err, err
+    assert "hf12345" not in out + err and fake.requests == []
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_an_interrupted_deploy_says_so_and_exits_128_plus_the_signal(
     dripping_peer, deploy_env, signum: int, code: int
