@@ -73,8 +73,18 @@ def demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_demo_args(argv: list[str]) -> argparse.Namespace:
+    """The demo's options; exits 2 naming the option for one that argparse alone cannot judge."""
+    parser = demo_parser()
+    args = parser.parse_args(argv)
+    if args.fail is not None and args.fail not in args.providers:  # ignored, nothing failed, no fallback shown
+        parser.error(f"--fail: {args.fail} is not one of the providers the demo runs "
+                     f"(--providers {','.join(args.providers) or 'not given: the local workers alone'})")
+    return args
+
+
 def run_demo_command(argv: list[str]) -> int:
-    args = demo_parser().parse_args(argv)
+    args = parse_demo_args(argv)
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
     configure_logging("console" if sys.stderr.isatty() else "json", "warning" if live else "info")

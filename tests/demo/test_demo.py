@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import demo.run
-from demo.cli import demo_parser
+from demo.cli import demo_parser, parse_demo_args
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
@@ -82,6 +82,18 @@ def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys)
         demo_parser().parse_args(argv)
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--fail", "fake-verda"],
+                                  ["--providers", "local,fake-runpod", "--fail", "fake-verda"]])
+def test_demo_refuses_to_fail_a_provider_it_does_not_run(capsys, argv):
+    """Before: --fail was ignored when the provider was not in --providers (or with no --providers at all): the
+    demo ran with nothing failing, and reported no fallback, while the operator asked for one."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_demo_args(argv)
+    assert exit_info.value.code == 2
+    assert "--fail: fake-verda is not one of the providers the demo runs" in capsys.readouterr().err
+    assert parse_demo_args(["--providers", "local,fake-verda", "--fail", "fake-verda"]).fail == "fake-verda"
 
 
 @pytest.mark.parametrize(("option", "where", "named"), [
