@@ -32,6 +32,7 @@ log = structlog.get_logger()
 DEFAULT_BASE_URL = "https://api.runpod.io/v2"
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
+MAX_QUOTED_ERRORS = 5  # of a problem body's "errors": a create's body has few fields to be wrong
 DEAD_STATUSES = frozenset({"EXITED", "ERROR"})  # the container stopped; the pod keeps its disk until terminated
 GONE_STATUSES = DEAD_STATUSES | {"TERMINATED"}
 
@@ -154,13 +155,17 @@ def error_from_response(response: httpx.Response, request: str) -> RunPodAPIErro
     except (ValueError, RecursionError):  # RecursionError: JSON nested past what the parser reads
         body = None
     if isinstance(body, dict) and ("title" in body or "detail" in body):
-        errors = body.get("errors")
+        # Each part quoted in part: a problem body of megabytes was logged whole at every tick.
+        errors = body.get("errors") if isinstance(body.get("errors"), list) else []
+        quoted = [scrubbed_excerpt(str(e), ERROR_TEXT_LIMIT) for e in errors[:MAX_QUOTED_ERRORS]]
+        if len(errors) > MAX_QUOTED_ERRORS:
+            quoted.append(f"{len(errors) - MAX_QUOTED_ERRORS} more")
         return RunPodAPIError(
             response.status_code,
-            str(body.get("title") or ""),
-            str(body.get("detail") or ""),
+            scrubbed_excerpt(str(body.get("title") or ""), ERROR_TEXT_LIMIT),
+            scrubbed_excerpt(str(body.get("detail") or ""), ERROR_TEXT_LIMIT),
             request=request,
-            errors=[str(e) for e in errors] if isinstance(errors, list) else None,
+            errors=quoted,
             retry_after_s=retry_after_s,
         )
     return RunPodAPIError(

@@ -159,6 +159,17 @@ async def test_a_catalogue_price_that_is_no_price_is_an_error_naming_it(
         await runpod.gpu_price_per_hour(GPU)
 
 
+async def test_an_error_answer_of_megabytes_is_quoted_only_in_part(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    """Before: a 400 whose title, detail and errors held 3 MB made an error text of 3 MB, logged whole at every
+    scaler tick (runpod_reconcile_failed) and kept as the backend's refusal shown in its status."""
+    body = {"title": "t" * 1_000_000, "detail": "d" * 1_000_000, "errors": ["e" * 1_000] * 1_000}
+    fake.fail_next("/pods", 400, method="POST", body=body)
+    with pytest.raises(RunPodAPIError) as caught:
+        await runpod.create_pod(pod_body())
+    assert caught.value.status == 400 and caught.value.detail.startswith("ddd")
+    assert len(str(caught.value)) < 2_000
+
+
 async def test_the_api_key_never_reaches_logs_or_errors(
     fake: FakeRunPod, make_client: Callable[..., RunPodClient]
 ) -> None:
