@@ -62,13 +62,16 @@ CLIENT_ENV = ("RUNPOD_API_KEY", "RUNPOD_API_URL", "RUNPOD_HEALTH_URL")
 # Every variable the deploy reads: the spec's (VERDA_IMAGE and the others load_spec reads), then RunPod's.
 DEPLOY_VARIABLES = (*SPEC_VARIABLES, *ENV_OVERRIDES, *CLIENT_ENV)
 UNUSED_ON_RUNPOD = "unused-on-runpod"
+# GPUs per pod: RunPod's hosts hold a handful (8 at most as offered); twice that leaves room, and a count past it is
+# a typo (100000 was "ready" at $69000.00/h per pod; 1e400 an OverflowError traceback, the price per pod).
+MAX_GPUS_PER_POD = 16
 
 
 class RunPodSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpu: str = Field(min_length=1)
-    gpu_count: int = Field(default=1, ge=1)
+    gpu_count: int = Field(default=1, ge=1, le=MAX_GPUS_PER_POD)
     cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
     disk_gb: int = Field(default=50, ge=1)
     volume_id: str = Field(default="", validate_default=True)

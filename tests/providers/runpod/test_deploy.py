@@ -88,6 +88,10 @@ def test_uploads_set_for_verda_are_the_volume_s_inputs_folder_on_a_pod(deploy_en
         ({"RUNPOD_DATA_CENTER_IDS": " , "}, "runpod.data_center_ids"),
         ({"RUNPOD_CLOUD": "ALL"}, "runpod.cloud"),
         ({"RUNPOD_GPU_COUNT": "0"}, "runpod.gpu_count"),
+        # Before: 1e400 as a whole number was an OverflowError traceback (the price per pod), 100000 "ready" at
+        # $69000.00/h per pod.
+        ({"RUNPOD_GPU_COUNT": "1" + "0" * 400}, "runpod.gpu_count"),
+        ({"RUNPOD_GPU_COUNT": "100000"}, "runpod.gpu_count"),
         ({"RUNPOD_GPU": ""}, "runpod.gpu"),
         ({"VERDA_DEPLOYMENT_NAME": "a" * 60}, "deployment.name"),
         ({"RUNPOD_GPU": "NVIDIA GeForce RTX 4090\n"}, "runpod.gpu"),  # before: sent as is
