@@ -11,6 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import structlog
+from aiohttp import web
 
 from common.logs import configure_logging, error_text
 from scaler.providers.base import MAX_LISTED_REPLICAS
@@ -237,6 +238,28 @@ async def test_a_pods_health_that_drips_or_nests_says_nothing_about_the_worker(p
                 assert await probe.unhealthy(["pod-1"]) == {}
         finally:
             await probe.aclose()
+
+
+async def test_a_pod_id_cannot_send_the_health_probe_to_another_host() -> None:
+    """A pod id is RunPod's answer, put into the proxy's host name. Before: the id "127.0.0.1:<port>/x?" sent the
+    probe to that address, whose 503 "unhealthy" had the pod judged unhealthy (stopped and terminated); now the
+    id is quoted into the host name, which no such id leaves."""
+    async def unhealthy(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "unhealthy", "reason": "says who"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", unhealthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    probe = PodHealthProbe("http://{pod_id}-{port}.proxy.invalid/health", timeout_s=2, unhealthy_after=1)
+    try:
+        assert await probe.unhealthy([f"127.0.0.1:{port}/x?"]) == {}
+    finally:
+        await probe.aclose()
+        await runner.cleanup()
 
 
 async def test_a_pod_list_longer_than_any_deployment_is_an_error_naming_the_request(
