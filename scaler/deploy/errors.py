@@ -28,13 +28,18 @@ def print_error(message: object) -> None:
     print(f"error: {scrub(str(message))}", file=sys.stderr)
 
 
-def credential(environ: Mapping[str, str], variable: str, missing: str) -> str:
+def credential(environ: Mapping[str, str], variable: str, missing: str, *, secret: bool = True) -> str:
     """The value of ``variable``, a credential; DeployError ``missing`` when it is unset or blank, or naming it when
-    too short for the logs to mask (secret_length_problem), as the scaler refuses them."""
+    it cannot be sent as is (not ASCII, bytes the environment could not decode: a UnicodeEncodeError traceback; a
+    newline pasted with it) or, a ``secret``, is too short for the logs to mask (secret_length_problem), as the
+    scaler refuses them."""
     value = environ.get(variable, "")
     if not value.strip():
         raise DeployError(missing)
-    if problem := secret_length_problem(value):
+    if not value.isascii() or not value.isprintable() or value != value.strip():
+        raise DeployError(f"{variable}: must be printable ASCII with no space at either end: it is sent with every "
+                          "request (a newline pasted with it?)")
+    if secret and (problem := secret_length_problem(value)):
         raise DeployError(f"{variable}: {problem}")
     return value
 

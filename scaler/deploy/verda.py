@@ -277,10 +277,8 @@ DEPLOY_VARIABLES = (*SPEC_VARIABLES, *CLIENT_ENV)
 
 def make_client(environ: Mapping[str, str]) -> VerdaClient:
     missing = "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)"
-    client_id = environ.get("VERDA_CLIENT_ID", "")
     client_secret = credential(environ, "VERDA_CLIENT_SECRET", missing)
-    if not client_id.strip():
-        raise DeployError(missing)
+    client_id = credential(environ, "VERDA_CLIENT_ID", missing, secret=False)
     base_url = check_api_url("VERDA_API_URL", environ.get("VERDA_API_URL") or DEFAULT_BASE_URL)
     return VerdaClient(client_id, client_secret, base_url=base_url)
 

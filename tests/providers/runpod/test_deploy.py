@@ -274,6 +274,15 @@ async def test_a_blank_or_short_key_is_refused_naming_it_as_the_scaler_does(
     assert fake.requests_to("/pods") == []
 
 
+@pytest.mark.parametrize("value", ["rpa_abcd\u00e9fgh", "rpa_abc\udcffdefgh", "rpa_abcdefgh\n"])
+async def test_a_key_that_cannot_be_sent_as_a_header_is_refused_naming_it(fake: FakeRunPod, deploy_env, capsys, value):
+    """Before: a letter outside ASCII (or bytes the environment could not decode) was a UnicodeEncodeError
+    traceback, a newline pasted with it 'cannot reach the RunPod API: LocalProtocolError', exit 1."""
+    assert await deploy_main(runpod_args("status"), {**deploy_env, "RUNPOD_API_KEY": value}) == 2
+    assert "RUNPOD_API_KEY: must be printable ASCII with no space at either end" in capsys.readouterr().err
+    assert fake.requests_to("/pods") == []
+
+
 async def test_status_and_delete_touch_only_this_deployment(fake: FakeRunPod, deploy_env, capsys) -> None:
     backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
     try:

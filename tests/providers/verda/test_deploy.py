@@ -509,6 +509,20 @@ async def test_a_blank_or_short_client_secret_is_refused_naming_it_as_the_scaler
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(("variable", "value"), [
+    ("VERDA_CLIENT_SECRET", "secret-\udcff-undecodable"), ("VERDA_CLIENT_ID", "client-\udcff"),
+    ("VERDA_CLIENT_SECRET", "secret-with-a-newline\n"),
+])
+async def test_a_credential_that_cannot_be_sent_as_is_is_refused_naming_it(
+    fake: FakeVerda, deploy_env, capsys, variable, value
+) -> None:
+    """Before: bytes the environment could not decode were a UnicodeEncodeError traceback (the token request), a
+    newline pasted with the secret Verda's 401, exit 1."""
+    assert await deploy_main(["status"], {**deploy_env, variable: value}) == 2
+    assert f"{variable}: must be printable ASCII with no space at either end" in capsys.readouterr().err
+    assert fake.requests == []
+
+
 async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main(["status"], deploy_env) == 1
     assert await deploy_main([], deploy_env) == 0
