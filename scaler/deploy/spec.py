@@ -59,6 +59,7 @@ UNREAD_BY_THE_WORKER = (
 )
 # Far above any name, id, URL or setting the spec carries: a longer value is a file pasted by mistake.
 MAX_VALUE_CHARS = 32 * 1024
+MAX_SPEC_BYTES = 1024 * 1024  # the spec file: the shipped one is 5 KB
 
 
 class SpecError(ValueError):
@@ -344,10 +345,18 @@ def _secrets_in_plain_env(env: Any) -> list[str]:
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
-    """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read."""
+    """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read, or holds
+    more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end)."""
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        with path.open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except OSError as error:
+        raise SpecError([f"{path}: {error}"]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([f"{path}: more than {MAX_SPEC_BYTES} bytes: no deployment spec (the shipped one is 5 KB)"])
+    try:
+        return tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
     except RecursionError:
         raise SpecError([f"{path}: nested deeper than the TOML parser reads"]) from None
