@@ -344,6 +344,18 @@ def _secrets_in_plain_env(env: Any) -> list[str]:
     return problems
 
 
+def _one_secret_two_values(secrets: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """A line per secret name that entries of [secrets] with different values in the environment share: the
+    secret is made from the first, and each of them reads that one value (QUEUE_MANAGER_TOKEN got $HF_TOKEN)."""
+    by_secret: dict[str, list[str]] = {}
+    for env_name, secret_name in secrets.items():
+        if isinstance(secret_name, str):
+            by_secret.setdefault(secret_name, []).append(env_name)
+    return [f"secrets: {' and '.join(sorted(names))} name the one secret {secret!r} and their values differ: each "
+            "would read the value it is made from first; give each its own secret name"
+            for secret, names in by_secret.items() if len({environ[n] for n in names if n in environ}) > 1]
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read, or holds
     more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end)."""
@@ -384,6 +396,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
                 for n in names if isinstance(n, str) and is_secret_parameter(n) and n != QUEUE_WORKER_TOKEN_ENV]
     missing += _secrets_in_plain_env(raw.get("env", {})) + _worker_token_entries(raw, names)
+    missing += _one_secret_two_values(secrets, environ)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

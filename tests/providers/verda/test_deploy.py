@@ -21,6 +21,7 @@ from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
 from ..conftest import RecordingSleep
+from .conftest import QUEUE_TOKEN
 
 REPO = Path(__file__).resolve().parents[3]
 NAME = "comfyui-worker-serverless"
@@ -767,6 +768,21 @@ async def test_the_value_of_any_secret_the_deploy_creates_is_masked_in_the_error
     out, err = capsys.readouterr()
     assert "error: Verda API error 400 invalid_request on POST /v1/secrets: invalid " in err, err
     assert "do-not-log" not in out + err
+
+
+async def test_two_secrets_entries_naming_one_secret_with_different_values_are_refused(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """Before: the Verda secret of QUEUE_MANAGER_TOKEN was created from $HF_TOKEN (the entry listed first), and
+    the second create reported "created by another deploy": exit 0, every replica polling with the Hugging Face
+    token (401). Two entries of one value may share a secret."""
+    spec = edited_spec(tmp_path, "[secrets]\n", '[secrets]\nHF_TOKEN = "comfyui-worker-queue-manager-token"\n')
+    assert await deploy_main(["--spec", str(spec)], {**deploy_env, "HF_TOKEN": "hf-value-do-not-log"}) == 2
+    out, err = capsys.readouterr()
+    assert ("secrets: HF_TOKEN and QUEUE_MANAGER_TOKEN name the one secret 'comfyui-worker-queue-manager-token'"
+            in err), err
+    assert "do-not-log" not in out + err and fake.requests == []
+    assert await deploy_main(["--spec", str(spec), "--dry-run"], {**deploy_env, "HF_TOKEN": QUEUE_TOKEN}) == 0
 
 
 @pytest.mark.parametrize("options", [[], ["--dry-run"]], ids=["apply", "dry-run"])
