@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import structlog
+from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from common.logs import configure_logging
+from common.logs import configure_logging, scrub
 from demo.providers import PROVIDERS, parse_providers
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
-from scaler.policy import MAX_REPLICAS_LIMIT
+from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
 HOUR_S, DAY_S = 3_600.0, 86_400.0
 # The info lines a run without the live table shows: its progress and the fleet's moves (docs/demo.md).
@@ -46,16 +49,16 @@ def demo_parser() -> argparse.ArgumentParser:
                         help=f"1-{MAX_REPLICAS_LIMIT} (default %(default)s)")
     parser.add_argument("--workload", choices=["workshop"], default="workshop",
                         help="submission pattern: most jobs in the first seconds, the rest trailing off")
-    parser.add_argument("--comfyui-url", help="a real ComfyUI to use instead of the simulator")
+    parser.add_argument("--comfyui-url", type=_comfyui_url, help="a real ComfyUI to use instead of the simulator")
     parser.add_argument("--node-seconds", type=_number(0, HOUR_S), default=defaults.node_seconds,
                         help="simulated seconds per ComfyUI node (default %(default)s)")
     parser.add_argument("--spread-s", type=_number(0, DAY_S), default=defaults.spread_s,
                         help="submissions spread over this many seconds (default %(default)s)")
-    parser.add_argument("--price-per-hour", type=_number(0, MAX_PRICE_PER_HOUR), default=defaults.price_per_hour,
+    parser.add_argument("--price-per-hour", type=_price, default=defaults.price_per_hour,
                         help="USD per GPU-hour for the spend estimate (default: Verda H100 serverless, %(default)s)")
-    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir,
+    parser.add_argument("--output-dir", type=_output_dir, default=defaults.output_dir,
                         help="outputs, logs and report.json go here (default %(default)s)")
-    parser.add_argument("--db", type=Path, help="queue database (default: a temporary one)")
+    parser.add_argument("--db", type=_database, help="queue database (default: a temporary one)")
     parser.add_argument("--idle-to-zero-s", type=_number(0, DAY_S), default=defaults.idle_to_zero_s,
                         help="idle seconds before the scaler goes to zero (default %(default)s)")
     parser.add_argument("--target-wait-s", type=_number(1, DAY_S), default=defaults.target_wait_s,
@@ -70,8 +73,18 @@ def demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_demo_args(argv: list[str]) -> argparse.Namespace:
+    """The demo's options; exits 2 naming the option for one that argparse alone cannot judge."""
+    parser = demo_parser()
+    args = parser.parse_args(argv)
+    if args.fail is not None and args.fail not in args.providers:  # ignored, nothing failed, no fallback shown
+        parser.error(f"--fail: {args.fail} is not one of the providers the demo runs "
+                     f"(--providers {','.join(args.providers) or 'not given: the local workers alone'})")
+    return args
+
+
 def run_demo_command(argv: list[str]) -> int:
-    args = demo_parser().parse_args(argv)
+    args = parse_demo_args(argv)
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
     configure_logging("console" if sys.stderr.isatty() else "json", "warning" if live else "info")
@@ -139,6 +152,15 @@ def _number(low: float, high: float) -> Callable[[str], float]:
     return _ranged(float, "a number", low, high)
 
 
+def _price(text: str) -> float:
+    """A price the scaler takes (scaler.policy.is_a_price) up to the demo's own bound: 0 (free), or from
+    MIN_PRICE_PER_HOUR; one between made ScalingConfig raise once everything had started (a traceback)."""
+    value = _number(0, MAX_PRICE_PER_HOUR)(text)
+    if 0 < value < MIN_PRICE_PER_HOUR:
+        raise argparse.ArgumentTypeError(f"{text} is not 0 (free) or {MIN_PRICE_PER_HOUR:g}-{MAX_PRICE_PER_HOUR:g}")
+    return value
+
+
 def _ranged(convert: Callable[[str], Number], kind: str, low: Number, high: Number) -> Callable[[str], Number]:
     """An argparse type: ``kind`` from ``low`` to ``high``; nan, inf or out of range is refused (argparse names
     the flag)."""
@@ -152,6 +174,37 @@ def _ranged(convert: Callable[[str], Number], kind: str, low: Number, high: Numb
         return value
 
     return parse
+
+
+def _comfyui_url(text: str) -> str:
+    """A URL the workers take as COMFYUI_URL (worker.config reads it as AnyHttpUrl): refused by every worker at
+    start, each was started again until --timeout-s."""
+    try:
+        TypeAdapter(AnyHttpUrl).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{scrub(repr(text))} is not an http:// or https:// URL") from None
+    return text
+
+
+def _output_dir(text: str) -> Path:
+    """A folder the demo can write its outputs to (created here); one it cannot was a traceback once started."""
+    path = Path(text)
+    try:
+        (path / "outputs").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot create {error.filename or text}: {error.strerror}") from None
+    return path
+
+
+def _database(text: str) -> Path:
+    """A file SQLite can open as a database (a new one is created): a folder, a file in a missing folder or one
+    that is no database was a traceback once the queue manager was starting."""
+    try:
+        with contextlib.closing(sqlite3.connect(text)) as connection:
+            connection.execute("PRAGMA schema_version")
+    except sqlite3.Error as error:
+        raise argparse.ArgumentTypeError(f"cannot open {text}: {error}") from None
+    return Path(text)
 
 
 def _providers(text: str) -> tuple[str, ...]:

@@ -6,11 +6,13 @@ import argparse
 import ipaddress
 import re
 import sys
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
 
 from common.logs import scrub
+from common.settings import secret_length_problem
 from common.urls import IN_CLEAR, encrypted_or_local
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -24,6 +26,22 @@ def print_error(message: object) -> None:
     """``error: <message>`` on stderr, with the secrets the log scrubber knows masked: a provider's error body
     may quote what was sent (a secret's value, the client secret)."""
     print(f"error: {scrub(str(message))}", file=sys.stderr)
+
+
+def credential(environ: Mapping[str, str], variable: str, missing: str, *, secret: bool = True) -> str:
+    """The value of ``variable``, a credential; DeployError ``missing`` when it is unset or blank, or naming it when
+    it cannot be sent as is (not ASCII, bytes the environment could not decode: a UnicodeEncodeError traceback; a
+    newline pasted with it) or, a ``secret``, is too short for the logs to mask (secret_length_problem), as the
+    scaler refuses them."""
+    value = environ.get(variable, "")
+    if not value.strip():
+        raise DeployError(missing)
+    if not value.isascii() or not value.isprintable() or value != value.strip():
+        raise DeployError(f"{variable}: must be printable ASCII with no space at either end: it is sent with every "
+                          "request (a newline pasted with it?)")
+    if secret and (problem := secret_length_problem(value)):
+        raise DeployError(f"{variable}: {problem}")
+    return value
 
 
 def options_misused(args: argparse.Namespace, what_delete_does: str) -> bool:

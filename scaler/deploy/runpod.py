@@ -27,6 +27,7 @@ from scaler.deploy.errors import (
     EXIT_USAGE,
     DeployError,
     check_api_url,
+    credential,
     options_misused,
     print_error,
     unreachable,
@@ -61,13 +62,16 @@ CLIENT_ENV = ("RUNPOD_API_KEY", "RUNPOD_API_URL", "RUNPOD_HEALTH_URL")
 # Every variable the deploy reads: the spec's (VERDA_IMAGE and the others load_spec reads), then RunPod's.
 DEPLOY_VARIABLES = (*SPEC_VARIABLES, *ENV_OVERRIDES, *CLIENT_ENV)
 UNUSED_ON_RUNPOD = "unused-on-runpod"
+# GPUs per pod: RunPod's hosts hold a handful (8 at most as offered); twice that leaves room, and a count past it is
+# a typo (100000 was "ready" at $69000.00/h per pod; 1e400 an OverflowError traceback, the price per pod).
+MAX_GPUS_PER_POD = 16
 
 
 class RunPodSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpu: str = Field(min_length=1)
-    gpu_count: int = Field(default=1, ge=1)
+    gpu_count: int = Field(default=1, ge=1, le=MAX_GPUS_PER_POD)
     cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
     disk_gb: int = Field(default=50, ge=1)
     volume_id: str = Field(default="", validate_default=True)
@@ -169,17 +173,31 @@ def refuse_inside_a_pod(environ: Mapping[str, str]) -> None:
 
 
 def make_client(environ: Mapping[str, str]) -> RunPodClient:
-    api_key = environ.get("RUNPOD_API_KEY")
-    if not api_key:
-        raise DeployError("set RUNPOD_API_KEY (RunPod console > Settings > API Keys)")
+    api_key = credential(environ, "RUNPOD_API_KEY", "set RUNPOD_API_KEY (RunPod console > Settings > API Keys)")
     base_url = check_api_url("RUNPOD_API_URL", environ.get("RUNPOD_API_URL", DEFAULT_BASE_URL))
     return RunPodClient(api_key, base_url=base_url)
+
+
+def health_url(environ: Mapping[str, str]) -> str:
+    """RUNPOD_HEALTH_URL (RunPod's proxy when unset): a template the probe fills with each pod's {pod_id} and {port}.
+    DeployError naming it otherwise: any other brace made every observe a traceback (KeyError, IndexError), and
+    without {pod_id} every pod's /health was asked at the one address."""
+    url = environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL)
+    try:
+        url.format(pod_id="pod", port=8000)
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise DeployError(f"RUNPOD_HEALTH_URL: {type(error).__name__} {error}: only {{pod_id}} and {{port}} may "
+                          f"stand in braces (as in {PROXY_HEALTH_URL})") from None
+    if "{pod_id}" not in url:
+        raise DeployError(f"RUNPOD_HEALTH_URL: names no {{pod_id}}: every pod's /health would be asked at one "
+                          f"address (as in {PROXY_HEALTH_URL})")
+    return url
 
 
 def make_backend(
     runpod: RunPodClient, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str]
 ) -> RunPodBackend:
-    health = PodHealthProbe(environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL), port=spec.deployment.healthcheck_port)
+    health = PodHealthProbe(health_url(environ), port=spec.deployment.healthcheck_port)
     return RunPodBackend(runpod, spec.deployment.name, build_pod_body(spec, settings), health=health)
 
 
@@ -190,6 +208,7 @@ def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
     refuse_inside_a_pod(environ)
     with refusing_misspelt(environ, DEPLOY_VARIABLES):
         spec, settings = load_runpod_spec(path, environ)
+    health_url(environ)  # before the client, which make_backend would otherwise leave open
     return make_backend(make_client(environ), spec, settings, environ)
 
 
@@ -217,8 +236,11 @@ def stop_backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBack
     so a spec whose image, env or [runpod] table is unset or broken cannot keep the pods running. Its pod body
     is empty: it cannot create a pod (RunPod would refuse the body)."""
     name = pod_name_prefix(path, environ)
-    client = make_client(environ)
-    return RunPodBackend(client, name, {}, health=PodHealthProbe(environ.get("RUNPOD_HEALTH_URL", PROXY_HEALTH_URL)))
+    try:
+        url = health_url(environ)
+    except DeployError:  # pods are stopped whatever their /health: a broken template must not keep them running
+        url = PROXY_HEALTH_URL
+    return RunPodBackend(make_client(environ), name, {}, health=PodHealthProbe(url))
 
 
 async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> None:
@@ -301,6 +323,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"# {env_name} is read from the RunPod secret {secret!r}; create it in the console", file=sys.stderr)
         return EXIT_OK
     try:
+        health_url(environ)
         client = make_client(environ)
     except DeployError as error:  # a deploy variable: as invalid as the spec, and nothing was sent
         print_error(error)

@@ -59,6 +59,7 @@ UNREAD_BY_THE_WORKER = (
 )
 # Far above any name, id, URL or setting the spec carries: a longer value is a file pasted by mistake.
 MAX_VALUE_CHARS = 32 * 1024
+MAX_SPEC_BYTES = 1024 * 1024  # the spec file: the shipped one is 5 KB
 
 
 class SpecError(ValueError):
@@ -261,17 +262,24 @@ def _format_errors(error: ValidationError) -> list[str]:
 
 
 def _shape_problems(raw: dict[str, Any]) -> list[str]:
-    """The sections read before validation, of the wrong kind: `deployment = "x"` where a table belongs."""
-    tables = {section for section, _ in ENV_OVERRIDES.values()} | {"env_from_environment"}
+    """The sections read before validation, of the wrong kind: `deployment = "x"` where a table belongs, a name or
+    a mount path that is not a string (each was a TypeError traceback: not iterable, unhashable)."""
+    tables = {section for section, _ in ENV_OVERRIDES.values()} | {"env_from_environment", "env", "secrets"}
     problems = [f"{name}: must be a table" for name in sorted(tables) if not isinstance(raw.get(name, {}), dict)]
     source = raw.get("env_from_environment", {})
-    if isinstance(source, dict) and not isinstance(source.get("names", []), list):
+    names = source.get("names", []) if isinstance(source, dict) else []
+    if not isinstance(names, list):
         problems.append("env_from_environment.names: must be a list")
+    else:
+        problems += [f"env_from_environment.names.{i}: must be a string" for i, n in enumerate(names)
+                     if not isinstance(n, str)]
     mounts = raw.get("volume_mounts", [])
     if not isinstance(mounts, list):
         problems.append("volume_mounts: must be a list of tables")
     else:
-        problems += [f"volume_mounts.{i}: must be a table" for i, m in enumerate(mounts) if not isinstance(m, dict)]
+        problems += [f"volume_mounts.{i}: must be a table" if not isinstance(m, dict) else
+                     f"volume_mounts.{i}.mount_path: must be a string" for i, m in enumerate(mounts)
+                     if not isinstance(m, dict) or not isinstance(m.get("mount_path", ""), str)]
     return problems
 
 
@@ -336,11 +344,31 @@ def _secrets_in_plain_env(env: Any) -> list[str]:
     return problems
 
 
+def _one_secret_two_values(secrets: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """A line per secret name that entries of [secrets] with different values in the environment share: the
+    secret is made from the first, and each of them reads that one value (QUEUE_MANAGER_TOKEN got $HF_TOKEN)."""
+    by_secret: dict[str, list[str]] = {}
+    for env_name, secret_name in secrets.items():
+        if isinstance(secret_name, str):
+            by_secret.setdefault(secret_name, []).append(env_name)
+    return [f"secrets: {' and '.join(sorted(names))} name the one secret {secret!r} and their values differ: each "
+            "would read the value it is made from first; give each its own secret name"
+            for secret, names in by_secret.items() if len({environ[n] for n in names if n in environ}) > 1]
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
-    """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read."""
+    """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read, or holds
+    more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end)."""
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        with path.open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except OSError as error:
+        raise SpecError([f"{path}: {error}"]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([f"{path}: more than {MAX_SPEC_BYTES} bytes: no deployment spec (the shipped one is 5 KB)"])
+    try:
+        return tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise SpecError([f"{path}: {error}"]) from None
     except RecursionError:
         raise SpecError([f"{path}: nested deeper than the TOML parser reads"]) from None
@@ -368,6 +396,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
                 for n in names if isinstance(n, str) and is_secret_parameter(n) and n != QUEUE_WORKER_TOKEN_ENV]
     missing += _secrets_in_plain_env(raw.get("env", {})) + _worker_token_entries(raw, names)
+    missing += _one_secret_two_values(secrets, environ)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)

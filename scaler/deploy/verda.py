@@ -18,13 +18,14 @@ import httpx
 
 from common.http_answers import AnswerTooLarge
 from common.logs import register_secret
-from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV
+from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, secret_length_problem
 from scaler.deploy.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     DeployError,
     check_api_url,
+    credential,
     options_misused,
     print_error,
     unreachable,
@@ -275,9 +276,9 @@ DEPLOY_VARIABLES = (*SPEC_VARIABLES, *CLIENT_ENV)
 
 
 def make_client(environ: Mapping[str, str]) -> VerdaClient:
-    client_id, client_secret = environ.get("VERDA_CLIENT_ID"), environ.get("VERDA_CLIENT_SECRET")
-    if not client_id or not client_secret:
-        raise DeployError("set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")
+    missing = "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)"
+    client_secret = credential(environ, "VERDA_CLIENT_SECRET", missing)
+    client_id = credential(environ, "VERDA_CLIENT_ID", missing, secret=False)
     base_url = check_api_url("VERDA_API_URL", environ.get("VERDA_API_URL") or DEFAULT_BASE_URL)
     return VerdaClient(client_id, client_secret, base_url=base_url)
 
@@ -306,6 +307,13 @@ def _explain(error: VerdaAPIError) -> str:
     return str(error)
 
 
+def short_secret_values(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
+    """A line per [secrets] entry whose value, which a Verda secret is created from, is too short for the logs to
+    mask (secret_length_problem): a Verda error quoting it would print it in clear. The value is never quoted."""
+    return [f"secrets.{name}: ${name} {problem}" for name in spec.secrets
+            if environ.get(name) and (problem := secret_length_problem(environ[name]))]
+
+
 def mask_secret_values(spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
     """Every value a Verda secret may be created from ([secrets], a URL with credentials moved there) is masked in
     what is printed and logged, as the client secret is: Verda's error may quote what was sent."""
@@ -317,7 +325,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         with refusing_misspelt(environ, DEPLOY_VARIABLES):
             spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
-            if problems := unmounted_input_dir(spec):
+            if problems := unmounted_input_dir(spec) + short_secret_values(spec, environ):
                 raise SpecError(problems)
     except SpecError as error:
         print(error, file=sys.stderr)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import demo.run
-from demo.cli import demo_parser
+from demo.cli import demo_parser, parse_demo_args
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
@@ -67,13 +67,48 @@ def test_cli_explains_itself():
     (["--node-seconds", "inf"], "--node-seconds: inf is not 0-3600"),
     (["--spread-s", "-5"], "--spread-s: -5 is not 0-86400"),
     (["--price-per-hour", "nan"], "--price-per-hour: nan is not 0-1000"),
+    # Under the scaler's least price: a traceback (ValueError from ScalingConfig) once everything had started.
+    (["--price-per-hour", "0.0005"], "--price-per-hour: 0.0005 is not 0 (free) or 0.001-1000"),
+    (["--price-per-hour", "1e-320"], "--price-per-hour: 1e-320 is not 0 (free) or 0.001-1000"),
     (["--idle-to-zero-s", "nan"], "--idle-to-zero-s: nan is not 0-86400"),
     (["--timeout-s", "0"], "--timeout-s: 0 is not 1-86400"),
     (["--jobs", "ten"], "--jobs: 'ten' is not a whole number"),
+    # Every worker refused it at start and was started again, until --timeout-s (900 s by default): NOT OK.
+    (["--comfyui-url", "notaurl"], "--comfyui-url: 'notaurl' is not an http:// or https:// URL"),
+    (["--comfyui-url", "ftp://127.0.0.1:8188"], "--comfyui-url: 'ftp://127.0.0.1:8188' is not an http:// or https://"),
 ])
 def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--fail", "fake-verda"],
+                                  ["--providers", "local,fake-runpod", "--fail", "fake-verda"]])
+def test_demo_refuses_to_fail_a_provider_it_does_not_run(capsys, argv):
+    """Before: --fail was ignored when the provider was not in --providers (or with no --providers at all): the
+    demo ran with nothing failing, and reported no fallback, while the operator asked for one."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_demo_args(argv)
+    assert exit_info.value.code == 2
+    assert "--fail: fake-verda is not one of the providers the demo runs" in capsys.readouterr().err
+    assert parse_demo_args(["--providers", "local,fake-verda", "--fail", "fake-verda"]).fail == "fake-verda"
+
+
+@pytest.mark.parametrize(("option", "where", "named"), [
+    ("--output-dir", "a-file", "--output-dir: cannot create"),
+    ("--output-dir", "a-file/below", "--output-dir: cannot create"),
+    ("--db", "no-such-folder/queue.db", "--db: cannot open"),
+    ("--db", ".", "--db: cannot open"),
+    ("--db", "a-file", "--db: cannot open"),
+])
+def test_demo_refuses_a_folder_or_database_it_cannot_use_naming_the_option(tmp_path, capsys, option, where, named):
+    """Before: each a traceback (FileExistsError, NotADirectoryError, sqlite3 'unable to open database file' or
+    'file is not a database'), the last two once the queue manager was starting."""
+    (tmp_path / "a-file").write_bytes(b"not a database, and long enough to have a header: " * 4)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_parser().parse_args([option, str(tmp_path / where)])
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
 

@@ -23,6 +23,8 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret, scrubbed_excerpt
 from common.urls import direct_transport
+from scaler.policy import PRICE_RANGE, is_a_price
+from scaler.providers.base import MAX_LISTED_REPLICAS
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -30,6 +32,7 @@ log = structlog.get_logger()
 DEFAULT_BASE_URL = "https://api.runpod.io/v2"
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
+MAX_QUOTED_ERRORS = 5  # of a problem body's "errors": a create's body has few fields to be wrong
 DEAD_STATUSES = frozenset({"EXITED", "ERROR"})  # the container stopped; the pod keeps its disk until terminated
 GONE_STATUSES = DEAD_STATUSES | {"TERMINATED"}
 
@@ -152,13 +155,17 @@ def error_from_response(response: httpx.Response, request: str) -> RunPodAPIErro
     except (ValueError, RecursionError):  # RecursionError: JSON nested past what the parser reads
         body = None
     if isinstance(body, dict) and ("title" in body or "detail" in body):
-        errors = body.get("errors")
+        # Each part quoted in part: a problem body of megabytes was logged whole at every tick.
+        errors = body.get("errors") if isinstance(body.get("errors"), list) else []
+        quoted = [scrubbed_excerpt(str(e), ERROR_TEXT_LIMIT) for e in errors[:MAX_QUOTED_ERRORS]]
+        if len(errors) > MAX_QUOTED_ERRORS:
+            quoted.append(f"{len(errors) - MAX_QUOTED_ERRORS} more")
         return RunPodAPIError(
             response.status_code,
-            str(body.get("title") or ""),
-            str(body.get("detail") or ""),
+            scrubbed_excerpt(str(body.get("title") or ""), ERROR_TEXT_LIMIT),
+            scrubbed_excerpt(str(body.get("detail") or ""), ERROR_TEXT_LIMIT),
             request=request,
-            errors=[str(e) for e in errors] if isinstance(errors, list) else None,
+            errors=quoted,
             retry_after_s=retry_after_s,
         )
     return RunPodAPIError(
@@ -258,8 +265,13 @@ class RunPodClient:
     # --- pods -----------------------------------------------------------------------------------
 
     async def list_pods(self) -> list[Pod]:
-        data = await self._json("GET", "/pods")
-        return [listed_pod(pod, index) for index, pod in enumerate(_field(data, "pods", "GET /pods"))]
+        """GET /pods. A list longer than MAX_LISTED_REPLICAS is a broken answer, an error (a failed read), as the
+        Verda client's replica list: charged, it made a tick take minutes."""
+        pods = _field(await self._json("GET", "/pods"), "pods", "GET /pods")
+        if len(pods) > MAX_LISTED_REPLICAS:
+            listed = f"{len(pods)} pods listed: more than {MAX_LISTED_REPLICAS} is not a plausible list"
+            raise _unexpected("GET /pods", listed)
+        return [listed_pod(pod, index) for index, pod in enumerate(pods)]
 
     async def get_pod(self, pod_id: str) -> Pod:
         return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"), "GET /pods/{id}")
@@ -326,13 +338,18 @@ class RunPodClient:
     # --- catalogue ------------------------------------------------------------------------------
 
     async def gpu_price_per_hour(self, gpu_id: str, *, cloud: str = "SECURE") -> float:
-        """List price in USD per hour of one GPU of ``gpu_id`` on pods in ``cloud`` (SECURE or COMMUNITY)."""
+        """List price in USD per hour of one GPU of ``gpu_id`` on pods in ``cloud`` (SECURE or COMMUNITY). One that is
+        no price (true, read as 1.0; negative, NaN) is an error naming the field, as any other broken answer."""
         data = await self._json("GET", f"/catalog/gpus/{quote(gpu_id, safe='')}")
         prices = data.get("price") if isinstance(data, dict) else None
         key = cloud.lower()
         if not isinstance(prices, dict) or not isinstance(prices.get(key), int | float):
             raise LookupError(f"RunPod lists no {cloud} pod price for GPU {gpu_id!r}")
-        return float(prices[key])
+        price = prices[key]
+        if isinstance(price, bool) or not is_a_price(price):
+            shown = scrubbed_excerpt(repr(price), 60)
+            raise _unexpected("GET /catalog/gpus/{id}", f"price.{key}={shown}: a price {PRICE_RANGE}")
+        return float(price)
 
 
 def _decode(response: httpx.Response, request: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -73,7 +74,9 @@ class PodHealthProbe:
         self._strikes.pop(pod_id, None)
 
     async def _ask(self, pod_id: str) -> HealthAnswer:
-        url = self._url.format(pod_id=pod_id, port=self._port)
+        # The id is RunPod's answer: quoted, it cannot leave the host name (a "/" or "@" in it sent the probe, and
+        # the judgement of the pod, to any address).
+        url = self._url.format(pod_id=quote(pod_id, safe=""), port=self._port)
         try:
             response = await request_bounded(
                 self._http, "GET", url, peer="RunPod pod /health", limit_bytes=HEALTH_ANSWER_LIMIT_BYTES,

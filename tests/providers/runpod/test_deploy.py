@@ -12,7 +12,15 @@ import httpx
 import pytest
 
 from scaler.deploy.command import deploy_main
-from scaler.deploy.runpod import CLIENT_ENV, ENV_OVERRIDES, backend_from_spec, build_pod_body, load_runpod_spec
+from scaler.deploy.errors import DeployError
+from scaler.deploy.runpod import (
+    CLIENT_ENV,
+    ENV_OVERRIDES,
+    backend_from_spec,
+    build_pod_body,
+    load_runpod_spec,
+    stop_backend_from_spec,
+)
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from standins.runpod import FakeRunPod
 
@@ -80,6 +88,10 @@ def test_uploads_set_for_verda_are_the_volume_s_inputs_folder_on_a_pod(deploy_en
         ({"RUNPOD_DATA_CENTER_IDS": " , "}, "runpod.data_center_ids"),
         ({"RUNPOD_CLOUD": "ALL"}, "runpod.cloud"),
         ({"RUNPOD_GPU_COUNT": "0"}, "runpod.gpu_count"),
+        # Before: 1e400 as a whole number was an OverflowError traceback (the price per pod), 100000 "ready" at
+        # $69000.00/h per pod.
+        ({"RUNPOD_GPU_COUNT": "1" + "0" * 400}, "runpod.gpu_count"),
+        ({"RUNPOD_GPU_COUNT": "100000"}, "runpod.gpu_count"),
         ({"RUNPOD_GPU": ""}, "runpod.gpu"),
         ({"VERDA_DEPLOYMENT_NAME": "a" * 60}, "deployment.name"),
         ({"RUNPOD_GPU": "NVIDIA GeForce RTX 4090\n"}, "runpod.gpu"),  # before: sent as is
@@ -249,6 +261,28 @@ async def test_bad_or_missing_key_is_explained_and_hidden(fake: FakeRunPod, depl
     assert "set RUNPOD_API_KEY" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("value", "named"), [
+    ("  ", "set RUNPOD_API_KEY"), ("rpa_x12", "RUNPOD_API_KEY: is 7 characters; a credential needs at least 8"),
+])
+async def test_a_blank_or_short_key_is_refused_naming_it_as_the_scaler_does(
+    fake: FakeRunPod, deploy_env, capsys, value, named
+) -> None:
+    """Before: sent (RunPod's 401, exit 1), and a key under 8 characters is one the logs cannot mask; the scaler
+    refuses both, naming RUNPOD_API_KEY."""
+    assert await deploy_main(runpod_args("status"), {**deploy_env, "RUNPOD_API_KEY": value}) == 2
+    assert named in capsys.readouterr().err
+    assert fake.requests_to("/pods") == []
+
+
+@pytest.mark.parametrize("value", ["rpa_abcd\u00e9fgh", "rpa_abc\udcffdefgh", "rpa_abcdefgh\n"])
+async def test_a_key_that_cannot_be_sent_as_a_header_is_refused_naming_it(fake: FakeRunPod, deploy_env, capsys, value):
+    """Before: a letter outside ASCII (or bytes the environment could not decode) was a UnicodeEncodeError
+    traceback, a newline pasted with it 'cannot reach the RunPod API: LocalProtocolError', exit 1."""
+    assert await deploy_main(runpod_args("status"), {**deploy_env, "RUNPOD_API_KEY": value}) == 2
+    assert "RUNPOD_API_KEY: must be printable ASCII with no space at either end" in capsys.readouterr().err
+    assert fake.requests_to("/pods") == []
+
+
 async def test_status_and_delete_touch_only_this_deployment(fake: FakeRunPod, deploy_env, capsys) -> None:
     backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
     try:
@@ -265,6 +299,30 @@ async def test_status_and_delete_touch_only_this_deployment(fake: FakeRunPod, de
     assert await deploy_main(runpod_args("delete", "--yes"), deploy_env) == 0
     assert "every pod terminated" in capsys.readouterr().out
     assert [pod.name for pod in fake.live_pods()] == ["someone-elses-notebook"]
+
+
+@pytest.mark.parametrize("url", ["https://{pod}-{port}.proxy.runpod.net/health", "https://{0}.example/health",
+                                 "https://{pod_id:d}.example/health", "https://pods.example/health"])
+async def test_a_health_url_that_names_no_pod_is_refused_naming_it(fake: FakeRunPod, deploy_env, capsys, url) -> None:
+    """Before: `status` with a pod running was a KeyError/IndexError/ValueError traceback, as was every scaler
+    observe (the probe formats the URL per pod); without {pod_id}, every pod's /health was asked at one address."""
+    backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
+    try:
+        await backend.apply(1)
+    finally:
+        await backend.aclose()
+    assert [pod.status for pod in fake.live_pods()] == ["RUNNING"]
+    env = {**deploy_env, "RUNPOD_HEALTH_URL": url}
+    assert await deploy_main(runpod_args("status"), env) == 2
+    assert "RUNPOD_HEALTH_URL: " in capsys.readouterr().err
+    with pytest.raises(DeployError, match="RUNPOD_HEALTH_URL: "):
+        backend_from_spec(DEFAULT_SPEC_PATH, env)
+    stopper = stop_backend_from_spec(DEFAULT_SPEC_PATH, env)  # the kill switch is not kept from stopping pods
+    try:
+        await stopper.apply(0)
+    finally:
+        await stopper.aclose()
+    assert fake.live_pods() == []
 
 
 async def test_backend_from_spec_creates_pods_the_api_accepts(fake: FakeRunPod, deploy_env) -> None:

@@ -11,8 +11,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 import structlog
+from aiohttp import web
 
 from common.logs import configure_logging, error_text
+from scaler.providers.base import MAX_LISTED_REPLICAS
 from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -147,6 +149,28 @@ async def test_gpu_price(runpod: RunPodClient) -> None:
         await runpod.gpu_price_per_hour("NVIDIA Imaginary")
 
 
+@pytest.mark.parametrize("price", [True, -0.69, float("nan"), 1e-320], ids=["true", "negative", "nan", "tiny"])
+async def test_a_catalogue_price_that_is_no_price_is_an_error_naming_it(
+    fake: FakeRunPod, runpod: RunPodClient, price: float
+) -> None:
+    """Before: `true` was read as 1.0 an hour (a bool is an int), and -0.69 or NaN printed by the deploy as the
+    pod's price; now an error naming the request and the field, as any other broken answer."""
+    fake.fail_next(f"/catalog/gpus/{GPU}", 200, method="GET", body={"id": GPU, "price": {"secure": price}})
+    with pytest.raises(RunPodAPIError, match=r"GET /catalog/gpus/\{id\}.*price\.secure="):
+        await runpod.gpu_price_per_hour(GPU)
+
+
+async def test_an_error_answer_of_megabytes_is_quoted_only_in_part(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    """Before: a 400 whose title, detail and errors held 3 MB made an error text of 3 MB, logged whole at every
+    scaler tick (runpod_reconcile_failed) and kept as the backend's refusal shown in its status."""
+    body = {"title": "t" * 1_000_000, "detail": "d" * 1_000_000, "errors": ["e" * 1_000] * 1_000}
+    fake.fail_next("/pods", 400, method="POST", body=body)
+    with pytest.raises(RunPodAPIError) as caught:
+        await runpod.create_pod(pod_body())
+    assert caught.value.status == 400 and caught.value.detail.startswith("ddd")
+    assert len(str(caught.value)) < 2_000
+
+
 async def test_the_api_key_never_reaches_logs_or_errors(
     fake: FakeRunPod, make_client: Callable[..., RunPodClient]
 ) -> None:
@@ -214,3 +238,39 @@ async def test_a_pods_health_that_drips_or_nests_says_nothing_about_the_worker(p
                 assert await probe.unhealthy(["pod-1"]) == {}
         finally:
             await probe.aclose()
+
+
+async def test_a_pod_id_cannot_send_the_health_probe_to_another_host() -> None:
+    """A pod id is RunPod's answer, put into the proxy's host name. Before: the id "127.0.0.1:<port>/x?" sent the
+    probe to that address, whose 503 "unhealthy" had the pod judged unhealthy (stopped and terminated); now the
+    id is quoted into the host name, which no such id leaves."""
+    async def unhealthy(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "unhealthy", "reason": "says who"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", unhealthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    probe = PodHealthProbe("http://{pod_id}-{port}.proxy.invalid/health", timeout_s=2, unhealthy_after=1)
+    try:
+        assert await probe.unhealthy([f"127.0.0.1:{port}/x?"]) == {}
+    finally:
+        await probe.aclose()
+        await runner.cleanup()
+
+
+async def test_a_pod_list_longer_than_any_deployment_is_an_error_naming_the_request(
+    fake: FakeRunPod, runpod: RunPodClient
+) -> None:
+    """As the Verda client's replica list: more than MAX_LISTED_REPLICAS is a broken answer, a failed read (the
+    spend ledger would charge every pod of it)."""
+    listed = MAX_LISTED_REPLICAS + 1
+    pods = [{"id": f"p{n}", "name": f"comfy-{n:08x}", "status": "RUNNING", "cost": 0.69} for n in range(listed)]
+    fake.fail_next("/pods", 200, method="GET", body={"pods": pods})
+    with pytest.raises(RunPodAPIError, match=f"GET /pods.*{listed} pods listed: more than {listed - 1}"):
+        await runpod.list_pods()
+    fake.fail_next("/pods", 200, method="GET", body={"pods": pods[:-1]})
+    assert len(await runpod.list_pods()) == listed - 1

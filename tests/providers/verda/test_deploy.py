@@ -21,6 +21,7 @@ from scaler.providers.verda.client import VerdaClient
 from standins.verda import FakeVerda
 
 from ..conftest import RecordingSleep
+from .conftest import QUEUE_TOKEN
 
 REPO = Path(__file__).resolve().parents[3]
 NAME = "comfyui-worker-serverless"
@@ -95,6 +96,13 @@ def test_spec_file_errors_name_the_field(tmp_path: Path, spec_path: Path, deploy
         ('[env_from_environment]\nnames = "QUEUE_MANAGER_URL"\n', "env_from_environment.names: must be a list"),
         ('volume_mounts = "/models"\n', "volume_mounts: must be a list of tables"),
         ("volume_mounts = [1]\n", "volume_mounts.0: must be a table"),
+        # Before: TypeError tracebacks ('int' object is not iterable, unhashable type: 'list').
+        ("env = 5\n", "env: must be a table"),
+        ("secrets = [[1]]\n", "secrets: must be a table"),
+        ('[env_from_environment]\nnames = ["QUEUE_MANAGER_URL", [1]]\n',
+         "env_from_environment.names.1: must be a string"),
+        ('[[volume_mounts]]\ntype = "shared"\nmount_path = ["/models"]\n',
+         "volume_mounts.0.mount_path: must be a string"),
     ],
 )
 def test_a_spec_of_the_wrong_shape_is_refused_naming_the_field_not_a_traceback(
@@ -112,6 +120,15 @@ def test_a_spec_nested_past_the_toml_parser_is_refused_naming_the_file(tmp_path:
     spec.write_text("env = " + "[" * 100_000 + "]" * 100_000 + "\n")
     [problem] = problems_for(spec, deploy_env)
     assert problem.startswith(f"{spec}: ") and "nested" in problem
+
+
+def test_a_spec_file_past_a_megabyte_is_refused_naming_the_file_unread(tmp_path: Path, deploy_env) -> None:
+    """Before: read whole whatever its size: --spec naming a 300 MB file took 674 MB (a model file, /dev/zero: as
+    much memory as it holds, or without end) before a parse error."""
+    spec = tmp_path / "deployment.toml"
+    spec.write_text(DEFAULT_SPEC_PATH.read_text() + "#" * (1024 * 1024))
+    [problem] = problems_for(spec, deploy_env)
+    assert problem.startswith(f"{spec}: more than 1048576 bytes"), problem
 
 
 def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:
@@ -487,6 +504,35 @@ async def test_missing_credentials_are_named_and_exit_2_as_any_invalid_setting(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("VERDA_CLIENT_SECRET", "   ", "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET"),
+    ("VERDA_CLIENT_ID", " ", "set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET"),
+    ("VERDA_CLIENT_SECRET", "secr3t!", "VERDA_CLIENT_SECRET: is 7 characters; a credential needs at least 8"),
+])
+async def test_a_blank_or_short_client_secret_is_refused_naming_it_as_the_scaler_does(
+    fake: FakeVerda, deploy_env, capsys, variable, value, named
+) -> None:
+    """Before: taken and sent (exit 0 against an API that takes it), and a secret under 8 characters is one the
+    logs cannot mask; the scaler refuses both, naming the variable."""
+    assert await deploy_main(["status"], {**deploy_env, variable: value}) == 2
+    assert named in capsys.readouterr().err
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("VERDA_CLIENT_SECRET", "secret-\udcff-undecodable"), ("VERDA_CLIENT_ID", "client-\udcff"),
+    ("VERDA_CLIENT_SECRET", "secret-with-a-newline\n"),
+])
+async def test_a_credential_that_cannot_be_sent_as_is_is_refused_naming_it(
+    fake: FakeVerda, deploy_env, capsys, variable, value
+) -> None:
+    """Before: bytes the environment could not decode were a UnicodeEncodeError traceback (the token request), a
+    newline pasted with the secret Verda's 401, exit 1."""
+    assert await deploy_main(["status"], {**deploy_env, variable: value}) == 2
+    assert f"{variable}: must be printable ASCII with no space at either end" in capsys.readouterr().err
+    assert fake.requests == []
+
+
 async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main(["status"], deploy_env) == 1
     assert await deploy_main([], deploy_env) == 0
@@ -722,6 +768,34 @@ async def test_the_value_of_any_secret_the_deploy_creates_is_masked_in_the_error
     out, err = capsys.readouterr()
     assert "error: Verda API error 400 invalid_request on POST /v1/secrets: invalid " in err, err
     assert "do-not-log" not in out + err
+
+
+async def test_two_secrets_entries_naming_one_secret_with_different_values_are_refused(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """Before: the Verda secret of QUEUE_MANAGER_TOKEN was created from $HF_TOKEN (the entry listed first), and
+    the second create reported "created by another deploy": exit 0, every replica polling with the Hugging Face
+    token (401). Two entries of one value may share a secret."""
+    spec = edited_spec(tmp_path, "[secrets]\n", '[secrets]\nHF_TOKEN = "comfyui-worker-queue-manager-token"\n')
+    assert await deploy_main(["--spec", str(spec)], {**deploy_env, "HF_TOKEN": "hf-value-do-not-log"}) == 2
+    out, err = capsys.readouterr()
+    assert ("secrets: HF_TOKEN and QUEUE_MANAGER_TOKEN name the one secret 'comfyui-worker-queue-manager-token'"
+            in err), err
+    assert "do-not-log" not in out + err and fake.requests == []
+    assert await deploy_main(["--spec", str(spec), "--dry-run"], {**deploy_env, "HF_TOKEN": QUEUE_TOKEN}) == 0
+
+
+@pytest.mark.parametrize("options", [[], ["--dry-run"]], ids=["apply", "dry-run"])
+async def test_a_secret_the_deploy_would_create_too_short_to_mask_is_refused_naming_it(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys, options: list[str]
+) -> None:
+    """Before: HF_TOKEN=hf12345 (7 characters, under what the scrubber masks) was sent to create the Verda secret,
+    and a Verda error quoting it printed it in clear; the scaler refuses such a credential, naming it."""
+    spec = edited_spec(tmp_path, "[secrets]\n", '[secrets]\nHF_TOKEN = "comfyui-worker-hf-token"\n')
+    assert await deploy_main(["--spec", str(spec), *options], {**deploy_env, "HF_TOKEN": "hf12345"}) == 2
+    out, err = capsys.readouterr()
+    assert "secrets.HF_TOKEN: $HF_TOKEN is 7 characters; a credential needs at least 8" in err, err
+    assert "hf12345" not in out + err and fake.requests == []
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
