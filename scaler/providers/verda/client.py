@@ -52,6 +52,7 @@ DELETE_DEADLINE_S = 300.0
 REFRESH_AT_FRACTION = 0.9  # from there the token is renewed in the background; it serves until it expires
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
+ERROR_CODE_LIMIT = 60  # Verda's codes are words such as not_found
 MAX_PLAUSIBLE_REPLICAS = 10_000  # SCALER_MAX_REPLICAS is at most 100; a larger count read back is a broken answer
 
 
@@ -160,10 +161,10 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
             request=request,
         )
     if isinstance(body, dict) and ("code" in body or "message" in body):
-        return VerdaAPIError(
+        return VerdaAPIError(  # quoted in part: an error of megabytes was logged whole at every tick
             response.status_code,
-            str(body.get("code") or "unknown"),
-            str(body.get("message") or ""),
+            scrubbed_excerpt(str(body.get("code") or "unknown"), ERROR_CODE_LIMIT),
+            scrubbed_excerpt(str(body.get("message") or ""), ERROR_TEXT_LIMIT),
             details=body.get("details"),
             retry_after_s=retry_after_s,
             request=request,

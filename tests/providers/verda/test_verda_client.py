@@ -198,6 +198,16 @@ async def test_no_retry_on_client_errors(fake: FakeVerda, verda: VerdaClient, sl
     assert sleeps.waits == []
 
 
+async def test_an_error_answer_of_megabytes_is_quoted_only_in_part(fake: FakeVerda, verda: VerdaClient) -> None:
+    """Before: a 400 whose code and message held 2 MB made an error text of 2 MB, logged whole at every scaler tick
+    and shown by `status` and the deploy (as RunPod's, quoted in part since fee3a39)."""
+    fake.fail_next(LIST, 400, body={"code": "c" * 1_000_000, "message": "m" * 1_000_000, "details": ["d" * 1_000]})
+    with pytest.raises(VerdaAPIError) as caught:
+        await verda.list_deployments()
+    assert caught.value.status == 400 and caught.value.message.startswith("mmm")
+    assert len(str(caught.value)) < 1_000
+
+
 async def test_not_found_surfaces_verda_code_and_message(verda: VerdaClient) -> None:
     with pytest.raises(VerdaAPIError) as caught:
         await verda.get_deployment("missing")
