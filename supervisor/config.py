@@ -30,7 +30,8 @@ WITHHELD_FROM_COMFYUI = QUEUE_CREDENTIALS | SCALER_CREDENTIALS
 
 
 def comfyui_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name, value in environ.items() if name not in WITHHELD_FROM_COMFYUI}
+    # In any case: the settings read queue_manager_token as QUEUE_MANAGER_TOKEN.
+    return {name: value for name, value in environ.items() if name.upper() not in WITHHELD_FROM_COMFYUI}
 
 
 class SupervisorSettings(BaseSettings):

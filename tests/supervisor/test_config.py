@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import ConfigError, env_name
-from supervisor.config import SupervisorSettings, load_supervisor_settings
+from supervisor.config import SupervisorSettings, comfyui_environment, load_supervisor_settings
 from supervisor.model_paths import MODEL_FOLDERS, render_model_paths, write_model_paths
 from worker.config import WorkerSettings
 
@@ -143,3 +144,15 @@ def test_help_lists_every_variable_and_starts_nothing(tmp_path: Path) -> None:
         for name in settings_cls.model_fields:
             assert env_name(settings_cls, name) in run.stdout
     assert not (tmp_path / "data").exists(), "the supervisor prepared its scratch folder: it was starting"
+
+
+def test_credentials_set_in_any_case_are_withheld_from_comfyui(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The settings read variables whatever their case: queue_manager_token is the worker's token too.
+    token = "lower-case-queue-token-1234"
+    for name in ("queue_manager_token", "Queue_Manager_Url", "runpod_api_key"):
+        monkeypatch.setenv(name, token)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    assert WorkerSettings().queue_manager_token.get_secret_value() == token
+    passed = comfyui_environment(os.environ)
+    assert token not in passed.values()
+    assert passed["PATH"] == os.environ["PATH"]
