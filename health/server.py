@@ -89,7 +89,10 @@ class HealthServer:
         return _verdict_response(readiness(self._state), self._state)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
+            encode, content_type = choose_encoder("")
         response = web.Response(body=encode(self._scrape_registry))
         response.headers["Content-Type"] = content_type
         return response
