@@ -76,6 +76,8 @@ class SupervisorSettings(BaseSettings):
             raise ValueError(
                 f"the supervisor runs ComfyUI on this machine; use http://127.0.0.1:<port>, not {value.host}"
             )
+        if value.port == 0:
+            raise ValueError("needs the port ComfyUI is to listen on, not port 0: the worker could not find it there")
         return value
 
     @property

@@ -156,3 +156,10 @@ def test_credentials_set_in_any_case_are_withheld_from_comfyui(monkeypatch: pyte
     passed = comfyui_environment(os.environ)
     assert token not in passed.values()
     assert passed["PATH"] == os.environ["PATH"]
+
+
+def test_port_0_in_comfyui_url_is_refused() -> None:
+    """Before: ComfyUI listened on a port the OS picked, the worker looked for it at port 0 and waited out
+    COMFYUI_STARTUP_TIMEOUT_S (10 minutes by default) before exiting with "ComfyUI never came up"."""
+    with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*port 0"):
+        settings(COMFYUI_URL="http://127.0.0.1:0")
