@@ -33,7 +33,8 @@ def probe_host(bound: str) -> str:
 
 def bound_address(environ: dict[str, str]) -> tuple[str, int]:
     """HEALTH_PORT_FILE's port and address when that file exists, else HEALTH_PORT (8000 unset) on HEALTH_HOST
-    (every address unset). ValueError for no port."""
+    (every address unset). ValueError for no port. Names in any case, as the worker's settings read them."""
+    environ = {name.upper(): value for name, value in environ.items()}  # the last of two spellings wins, as there
     port_file = environ.get("HEALTH_PORT_FILE", "")
     text = f"{environ.get('HEALTH_PORT', '8000')} {probe_host(environ.get('HEALTH_HOST', '').strip())}"
     if port_file:

@@ -164,3 +164,20 @@ async def test_a_server_on_every_address_is_probed_on_loopback(host: str, probed
         assert await run_healthcheck(tmp_path / "port", health_host=host) == (0, "")
     finally:
         await server.stop()
+
+
+async def test_the_healthcheck_reads_the_variables_in_any_case_as_the_worker_does(tmp_path: Path) -> None:
+    """The worker's settings read health_port as HEALTH_PORT. Before: the probe read HEALTH_PORT alone, probed
+    8000 while the server listened on health_port's port, and the container was unhealthy forever."""
+    server = HealthServer(make_state(), host="127.0.0.1", port=0)
+    port = await server.start()
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "health_host": "127.0.0.1", "Health_Port": str(port)}  # fmt: skip
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *healthcheck_command(), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await process.communicate()
+    finally:
+        await server.stop()
+    assert (process.returncode, stderr.decode()) == (0, "")
