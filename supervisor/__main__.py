@@ -45,6 +45,17 @@ def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
     return config, settings
 
 
+def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> list[str]:
+    """A line per folder the container cannot use: every job would fail there, in a container reported ready."""
+    writes = {"OUTPUTS_PATH": settings.outputs_path, "SCRATCH_DIR": config.scratch_dir}
+    if config.comfyui_output_dir is not None:  # the operator's folder, not under SCRATCH_DIR: ComfyUI saves there
+        writes["COMFYUI_OUTPUT_DIR"] = config.comfyui_output_dir
+    problems = unwritable_directories(writes)
+    if config.comfyui_input_dir is not None:
+        problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
+    return problems
+
+
 def prepare_directories(config: SupervisorSettings) -> None:
     """ComfyUI's writable directories and its model paths file; an unwritable SCRATCH_DIR is a config error."""
     for directory in (config.output_dir, config.comfyui_dir / "input", config.comfyui_dir / "user"):
@@ -83,9 +94,7 @@ def main() -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_CONFIG
-    problems = unwritable_directories({"OUTPUTS_PATH": settings.outputs_path, "SCRATCH_DIR": config.scratch_dir})
-    if config.comfyui_input_dir is not None:
-        problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
+    problems = directory_problems(config, settings)
     if problems:
         sys.stderr.write("\n".join(problems) + "\n")
         return EXIT_CONFIG
