@@ -163,3 +163,18 @@ def test_port_0_in_comfyui_url_is_refused() -> None:
     COMFYUI_STARTUP_TIMEOUT_S (10 minutes by default) before exiting with "ComfyUI never came up"."""
     with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*port 0"):
         settings(COMFYUI_URL="http://127.0.0.1:0")
+
+
+@pytest.mark.parametrize("extra", ["--cpu --listen 0.0.0.0", "--listen", "--listen=0.0.0.0", "--lis 0.0.0.0",
+                                   "--port 9000", "--port=9000"])
+def test_extra_args_may_not_move_comfyui_off_loopback_or_its_port(extra: str) -> None:
+    """They come last and win. Before: --listen 0.0.0.0 (or --listen alone: every address) served ComfyUI's API,
+    unauthenticated, on the network (Verda runs --network host); --port 9000 left the worker waiting at 8188
+    for COMFYUI_STARTUP_TIMEOUT_S, then "ComfyUI never came up"."""
+    with pytest.raises(ConfigError, match=r"COMFYUI_EXTRA_ARGS: .*COMFYUI_URL"):
+        settings(COMFYUI_EXTRA_ARGS=extra)
+
+
+def test_extra_args_that_only_look_alike_pass() -> None:
+    assert settings(COMFYUI_EXTRA_ARGS="--cpu --lowvram --preview-method auto").comfyui_argv()[-4:] == [
+        "--cpu", "--lowvram", "--preview-method", "auto"]
