@@ -40,9 +40,18 @@ def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
         settings = load_settings(**overrides)
     except ConfigError as exc:
         problems.append(str(exc))
+    if config is not None and settings is not None and _health_port_clashes(config, settings):
+        problems.append(f"Invalid worker configuration:\n  HEALTH_PORT: {settings.health_port} is ComfyUI's port "
+                        "(COMFYUI_URL) too: give the health server another one")
     if problems or config is None or settings is None:
         raise ConfigError("\n".join(problems))
     return config, settings
+
+
+def _health_port_clashes(config: SupervisorSettings, settings: WorkerSettings) -> bool:
+    """The health server would listen on ComfyUI's loopback port: whichever binds second dies."""
+    every_or_loopback = settings.health_host.strip() in ("", "0.0.0.0", COMFYUI_HOST, "localhost")
+    return every_or_loopback and settings.health_port == config.comfyui_port
 
 
 def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> list[str]:

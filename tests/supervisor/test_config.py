@@ -178,3 +178,19 @@ def test_extra_args_may_not_move_comfyui_off_loopback_or_its_port(extra: str) ->
 def test_extra_args_that_only_look_alike_pass() -> None:
     assert settings(COMFYUI_EXTRA_ARGS="--cpu --lowvram --preview-method auto").comfyui_argv()[-4:] == [
         "--cpu", "--lowvram", "--preview-method", "auto"]
+
+
+def test_a_health_port_that_is_comfyuis_port_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: both were started; the health server bound the port first (ComfyUI binds once its models are
+    loaded), and ComfyUI died with 'address already in use' in its own traceback: exit 1, restarted, again."""
+    from supervisor.__main__ import load_configuration
+
+    monkeypatch.setenv("COMFYUI_COMMAND", sys.executable)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("COMFYUI_URL", "http://127.0.0.1:8188")
+    monkeypatch.setenv("HEALTH_PORT", "8188")
+    monkeypatch.delenv("HEALTH_HOST", raising=False)
+    with pytest.raises(ConfigError, match="HEALTH_PORT: 8188 is ComfyUI's port"):
+        load_configuration()
+    monkeypatch.setenv("HEALTH_HOST", "10.0.0.5")  # an address of its own: no clash
+    load_configuration()
