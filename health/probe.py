@@ -38,7 +38,9 @@ def bound_address(environ: dict[str, str]) -> tuple[str, int]:
     port_file = environ.get("HEALTH_PORT_FILE", "")
     text = f"{environ.get('HEALTH_PORT', '8000')} {probe_host(environ.get('HEALTH_HOST', '').strip())}"
     if port_file:
-        with contextlib.suppress(FileNotFoundError), open(port_file) as written:  # absent: not bound (yet)
+        # Absent: not bound (yet). Unreadable (a folder in its place, a file above it): the server could not write
+        # it either, and said so: it listens on HEALTH_PORT.
+        with contextlib.suppress(OSError), open(port_file) as written:
             text = written.read(128)
     port_text, _, host = text.strip().partition(" ")
     port = int(port_text)

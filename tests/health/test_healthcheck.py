@@ -181,3 +181,24 @@ async def test_the_healthcheck_reads_the_variables_in_any_case_as_the_worker_doe
     finally:
         await server.stop()
     assert (process.returncode, stderr.decode()) == (0, "")
+
+
+async def test_a_port_file_that_cannot_be_written_leaves_the_healthcheck_on_health_port(tmp_path: Path) -> None:
+    """The server says so when it cannot write HEALTH_PORT_FILE: "the image's HEALTHCHECK probes HEALTH_PORT instead".
+    Before: it did only when the file was missing; under a file (ENOTDIR) or a folder in its place, the probe
+    failed on reading it, "unhealthy: NotADirectoryError", for a server answering 200."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    for port_file in (tmp_path / "a-file" / "port", tmp_path / "a-folder"):
+        server = HealthServer(make_state(), host="127.0.0.1", port=0, port_file=port_file)
+        port = await server.start()
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": str(port), "HEALTH_PORT_FILE": str(port_file)}  # fmt: skip
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *healthcheck_command(), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+            )
+            _, stderr = await process.communicate()
+        finally:
+            await server.stop()
+        assert (process.returncode, stderr.decode()) == (0, "")
