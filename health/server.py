@@ -70,7 +70,7 @@ class HealthServer:
         if self._port_file is not None:
             try:
                 write_port_file(self._port_file, port, host)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a path with no file name (HEALTH_PORT_FILE=.)
                 log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
                           path=str(self._port_file), error=f"{type(exc).__name__}: {exc}")
         return port

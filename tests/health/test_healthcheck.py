@@ -202,3 +202,15 @@ async def test_a_port_file_that_cannot_be_written_leaves_the_healthcheck_on_heal
         finally:
             await server.stop()
         assert (process.returncode, stderr.decode()) == (0, "")
+
+
+@pytest.mark.parametrize("port_file", [".", "/"])
+async def test_a_port_file_path_with_no_file_name_is_an_error_line_not_a_crash(port_file: str, capsys) -> None:
+    """Before: HEALTH_PORT_FILE=. or / raised ValueError ("has an empty name") out of start(): the worker ended in
+    a traceback, exit 1, where any other unwritable port file is the error line below."""
+    server = HealthServer(make_state(), host="127.0.0.1", port=0, port_file=Path(port_file))
+    try:
+        assert await server.start() > 0
+    finally:
+        await server.stop()
+    assert "Could not write HEALTH_PORT_FILE" in capsys.readouterr().out
