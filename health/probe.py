@@ -10,6 +10,7 @@ library only, nothing of the worker imported.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import sys
 import urllib.request
@@ -42,11 +43,11 @@ def bound_address(environ: dict[str, str]) -> tuple[str, int]:
         # it either, and said so: it listens on HEALTH_PORT.
         with contextlib.suppress(OSError), open(port_file) as written:
             text = written.read(128)
-    port_text, _, host = text.strip().partition(" ")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"no port to probe: {port} (HEALTH_PORT=0 needs HEALTH_PORT_FILE)")
-    return probe_host(host), port
+    port_text, host = [*text.split(), "", ""][:2]
+    number = float(port_text)  # as the worker's settings read HEALTH_PORT: ' 8000 ' and '8000.0' are 8000
+    if not (number.is_integer() and 0 < number < 65536):
+        raise ValueError(f"no port to probe: {port_text} (HEALTH_PORT=0 needs HEALTH_PORT_FILE)")
+    return probe_host(host), int(number)
 
 
 def health_url(environ: dict[str, str]) -> str:
@@ -62,7 +63,7 @@ def probe(environ: dict[str, str]) -> str | None:
     try:
         with direct.open(health_url(environ), timeout=TIMEOUT_S):
             return None
-    except (OSError, ValueError) as exc:  # HTTPError (a 503) is an OSError
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPError (a 503) is an OSError
         return f"{type(exc).__name__}: {exc}"
 
 

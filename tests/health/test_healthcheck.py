@@ -214,3 +214,15 @@ async def test_a_port_file_path_with_no_file_name_is_an_error_line_not_a_crash(p
     finally:
         await server.stop()
     assert "Could not write HEALTH_PORT_FILE" in capsys.readouterr().out
+
+
+async def test_without_a_port_file_health_port_is_read_as_the_worker_reads_it(tmp_path: Path) -> None:
+    """The worker takes ' 8000 ' and '8000.0' for 8000. Before: the probe went to 'http:// 127.0.0.1:8000/health'
+    or refused '8000.0' (ValueError): unhealthy, exit 1, for a server answering 200."""
+    server = HealthServer(make_state(), host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        for written in (f" {port} ", f"{port}\t", f"{port}.0"):
+            assert await run_healthcheck(tmp_path / "none", health_port=written) == (0, ""), written
+    finally:
+        await server.stop()
