@@ -220,11 +220,14 @@ class ComfyUIHousekeeping:
         self._freed_by_restart += freed
         self._replayable, self._kept_entries = {}, {}
 
-    def check_folders(self, outputs: dict[str, Any]) -> None:
+    def check_folders(self, outputs: dict[str, Any], cached_nodes: Collection[str] = ()) -> None:
         """Once per folder, on the first prompt of this worker that wrote files there: warn when COMFYUI_OUTPUT_DIR
         (COMFYUI_TEMP_DIR) holds none of the results (previews) ComfyUI named. Set to another folder (ComfyUI's
         base directory, --temp-directory without the temp ComfyUI appends, a typo), the worker deleted nothing
-        (a missing file is no error: ComfyUI clears its temp folder at start) and the files piled up unsaid."""
+        (a missing file is no error: ComfyUI clears its temp folder at start) and the files piled up unsaid.
+        The files of cached_nodes are left out: ComfyUI's cache replayed them, and an earlier prompt wrote them,
+        which may have been tidied away since (a preview, deleted once its prompt was over)."""
+        outputs = {node: output for node, output in outputs.items() if node not in cached_nodes}
         for folder, folder_type in ((self.output_dir, "output"), (self.temp_dir, "temp")):
             files = [] if folder_type in self._folders_checked else _files_in(folder, outputs, folder_type)
             if files:
