@@ -186,7 +186,12 @@ def _shown(text: str, chars: int = 120) -> str:
 
 
 def inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
+    """Whether path, its links followed, is under root. A symbolic link loop on the way leads nowhere: False
+    (Python 3.11's resolve() raises RuntimeError for one, which a custom node's file name made a crash)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except RuntimeError:
+        return False
 
 
 def remove_empty_parents(folder: Path, keep: Path) -> None:

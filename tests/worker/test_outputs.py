@@ -575,3 +575,39 @@ async def test_an_output_whose_first_folder_is_named_like_the_workers_retry_fold
     assert report.endpoint == "fail-job"
     assert "a first folder named @attempt-<number> is the worker's" in report.body["error"]
     assert files_under(tmp_path / "outputs") == []
+
+
+def _named_through_a_link_loop(folder_type: str) -> Callable[[NodeEnv], dict[str, Any]]:
+    """A custom node makes loop/ a symbolic link to itself and names loop/x.png as its output (or preview)."""
+
+    def node(env: NodeEnv) -> dict[str, Any]:
+        folder = env.output_dir if folder_type == "output" else env.temp_dir
+        with contextlib.suppress(FileExistsError):
+            (folder / "loop").symlink_to("loop")
+        return {"images": [{"filename": "x.png", "subfolder": "loop", "type": folder_type}]}
+
+    return node
+
+
+async def test_an_output_named_through_a_symbolic_link_loop_fails_the_job_once(qm, comfy, make_worker, workflows):
+    """Before: Path.resolve() raised RuntimeError ("Symlink loop from …"), taken for a bug of the worker: the job
+    was handed back, ComfyUI ran it again on each attempt, and it failed in the end as "hit an unexpected error"."""
+    hostile_save_image(comfy, _named_through_a_link_loop("output"))
+    job = qm.store.submit("mallory", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "loop/x.png is a symbolic link leading out of ComfyUI's output folder" in report.body["error"]
+    assert "resubmitted" not in report.body["error"], "not handed back: the job's output is at fault"
+
+
+async def test_a_preview_named_through_a_symbolic_link_loop_does_not_crash_the_worker(
+    qm, comfy, make_worker, workflows
+):
+    """Before: the tidy-up after the report raised RuntimeError out of the worker's run: the worker died, and the
+    next job waited for another replica."""
+    hostile_save_image(comfy, _named_through_a_link_loop("temp"))
+    jobs = [qm.store.submit("mallory", workflows["quick"]) for _ in range(2)]
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
+    assert await worker.run() == 0
+    assert [qm.store.get(job.id).status for job in jobs] == ["completed", "completed"]
