@@ -474,7 +474,11 @@ def _read_uploaded(folder: Path, image: InputImage, size: int) -> tuple[FileIden
     """The identity and first ``size`` bytes of folder/image.name; None when it is not a regular file reached
     without a symbolic link. FileNotFoundError when there is none."""
     path = folder / image.name
-    if path.resolve() != folder.resolve() / image.name:  # a link on the way, the file's own included
+    try:
+        linked = path.resolve() != folder.resolve() / image.name  # a link on the way, the file's own included
+    except RuntimeError:  # a symbolic link loop on the way (Python 3.11's resolve() raises it): a link too
+        return None
+    if linked:
         return None
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(descriptor, "rb") as file:
