@@ -10,6 +10,7 @@ library only, nothing of the worker imported.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import sys
 import urllib.request
@@ -33,17 +34,20 @@ def probe_host(bound: str) -> str:
 
 def bound_address(environ: dict[str, str]) -> tuple[str, int]:
     """HEALTH_PORT_FILE's port and address when that file exists, else HEALTH_PORT (8000 unset) on HEALTH_HOST
-    (every address unset). ValueError for no port."""
+    (every address unset). ValueError for no port. Names in any case, as the worker's settings read them."""
+    environ = {name.upper(): value for name, value in environ.items()}  # the last of two spellings wins, as there
     port_file = environ.get("HEALTH_PORT_FILE", "")
     text = f"{environ.get('HEALTH_PORT', '8000')} {probe_host(environ.get('HEALTH_HOST', '').strip())}"
     if port_file:
-        with contextlib.suppress(FileNotFoundError), open(port_file) as written:  # absent: not bound (yet)
+        # Absent: not bound (yet). Unreadable (a folder in its place, a file above it): the server could not write
+        # it either, and said so: it listens on HEALTH_PORT.
+        with contextlib.suppress(OSError), open(port_file) as written:
             text = written.read(128)
-    port_text, _, host = text.strip().partition(" ")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"no port to probe: {port} (HEALTH_PORT=0 needs HEALTH_PORT_FILE)")
-    return probe_host(host), port
+    port_text, host = [*text.split(), "", ""][:2]
+    number = float(port_text)  # as the worker's settings read HEALTH_PORT: ' 8000 ' and '8000.0' are 8000
+    if not (number.is_integer() and 0 < number < 65536):
+        raise ValueError(f"no port to probe: {port_text} (HEALTH_PORT=0 needs HEALTH_PORT_FILE)")
+    return probe_host(host), int(number)
 
 
 def health_url(environ: dict[str, str]) -> str:
@@ -59,7 +63,7 @@ def probe(environ: dict[str, str]) -> str | None:
     try:
         with direct.open(health_url(environ), timeout=TIMEOUT_S):
             return None
-    except (OSError, ValueError) as exc:  # HTTPError (a 503) is an OSError
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPError (a 503) is an OSError
         return f"{type(exc).__name__}: {exc}"
 
 

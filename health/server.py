@@ -22,6 +22,11 @@ from worker.state import WorkerState
 
 log = structlog.get_logger()
 
+# Every handler answers from memory in microseconds: one still running at stop is writing to a client that does not
+# read (or lingering on a body it never sends). aiohttp's default gave it 60 s, then 60 s more once cancelled, while
+# the worker's exit (and ComfyUI's stop after it) waited.
+_SHUTDOWN_TIMEOUT_S = 1.0
+
 
 class HealthServer:
     def __init__(
@@ -52,7 +57,7 @@ class HealthServer:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
-        self._runner = await self._waiting.start_runner(self._app())
+        self._runner = await self._waiting.start_runner(self._app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
         site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await site.start()
@@ -65,7 +70,7 @@ class HealthServer:
         if self._port_file is not None:
             try:
                 write_port_file(self._port_file, port, host)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a path with no file name (HEALTH_PORT_FILE=.)
                 log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
                           path=str(self._port_file), error=f"{type(exc).__name__}: {exc}")
         return port
@@ -89,7 +94,10 @@ class HealthServer:
         return _verdict_response(readiness(self._state), self._state)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
+            encode, content_type = choose_encoder("")
         response = web.Response(body=encode(self._scrape_registry))
         response.headers["Content-Type"] = content_type
         return response

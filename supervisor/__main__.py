@@ -40,9 +40,29 @@ def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
         settings = load_settings(**overrides)
     except ConfigError as exc:
         problems.append(str(exc))
+    if config is not None and settings is not None and _health_port_clashes(config, settings):
+        problems.append(f"Invalid worker configuration:\n  HEALTH_PORT: {settings.health_port} is ComfyUI's port "
+                        "(COMFYUI_URL) too: give the health server another one")
     if problems or config is None or settings is None:
         raise ConfigError("\n".join(problems))
     return config, settings
+
+
+def _health_port_clashes(config: SupervisorSettings, settings: WorkerSettings) -> bool:
+    """The health server would listen on ComfyUI's loopback port: whichever binds second dies."""
+    every_or_loopback = settings.health_host.strip() in ("", "0.0.0.0", COMFYUI_HOST, "localhost")
+    return every_or_loopback and settings.health_port == config.comfyui_port
+
+
+def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> list[str]:
+    """A line per folder the container cannot use: every job would fail there, in a container reported ready."""
+    writes = {"OUTPUTS_PATH": settings.outputs_path, "SCRATCH_DIR": config.scratch_dir}
+    if config.comfyui_output_dir is not None:  # the operator's folder, not under SCRATCH_DIR: ComfyUI saves there
+        writes["COMFYUI_OUTPUT_DIR"] = config.comfyui_output_dir
+    problems = unwritable_directories(writes)
+    if config.comfyui_input_dir is not None:
+        problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
+    return problems
 
 
 def prepare_directories(config: SupervisorSettings) -> None:
@@ -83,9 +103,7 @@ def main() -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_CONFIG
-    problems = unwritable_directories({"OUTPUTS_PATH": settings.outputs_path, "SCRATCH_DIR": config.scratch_dir})
-    if config.comfyui_input_dir is not None:
-        problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
+    problems = directory_problems(config, settings)
     if problems:
         sys.stderr.write("\n".join(problems) + "\n")
         return EXIT_CONFIG

@@ -112,9 +112,20 @@ async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO) -> None:
         try:
             line = await stream.readline()
         except ValueError:  # longer than _MAX_LINE_BYTES: asyncio drops it; keep copying what follows
-            sink.write(f"{LOG_PREFIX}<line longer than {_MAX_LINE_BYTES} bytes dropped>\n")
+            _write_line(sink, f"<line longer than {_MAX_LINE_BYTES} bytes dropped>")
             continue
         if not line:
             return
-        sink.write(LOG_PREFIX + line.decode("utf-8", errors="replace").rstrip("\r\n") + "\n")
+        _write_line(sink, line.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+
+def _write_line(sink: TextIO, text: str) -> None:
+    """Never raises: a copy that stopped would leave ComfyUI blocked on its next write once the pipe is full."""
+    try:
+        try:
+            sink.write(f"{LOG_PREFIX}{text}\n")
+        except UnicodeEncodeError:  # a log that is not UTF-8 (PYTHONIOENCODING=ascii, a Latin-1 locale)
+            sink.write(f"{LOG_PREFIX}{text.encode('ascii', 'backslashreplace').decode('ascii')}\n")
         sink.flush()
+    except (OSError, ValueError):  # a closed or full log: the line is lost, the copying goes on
+        pass

@@ -21,6 +21,7 @@ from common.settings import (
 )
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+_SUPERVISOR_OPTIONS = ("--listen", "--port")  # ComfyUI's, which COMFYUI_EXTRA_ARGS may not override
 COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
 # Credentials ComfyUI and its custom nodes have no use for: the queue's (in the tokens, and maybe in the URL)
 # and the scaler's (a RunPod pod carries an API key). Anything else (HF_TOKEN for a model downloader, say) is
@@ -30,7 +31,8 @@ WITHHELD_FROM_COMFYUI = QUEUE_CREDENTIALS | SCALER_CREDENTIALS
 
 
 def comfyui_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    return {name: value for name, value in environ.items() if name not in WITHHELD_FROM_COMFYUI}
+    # In any case: the settings read queue_manager_token as QUEUE_MANAGER_TOKEN.
+    return {name: value for name, value in environ.items() if name.upper() not in WITHHELD_FROM_COMFYUI}
 
 
 class SupervisorSettings(BaseSettings):
@@ -65,7 +67,14 @@ class SupervisorSettings(BaseSettings):
     @field_validator("comfyui_extra_args")
     @classmethod
     def _parsable_args(cls, value: str) -> str:
-        shlex.split(value)  # raises ValueError (e.g. "No closing quotation"), reported under the variable
+        args = shlex.split(value)  # raises ValueError (e.g. "No closing quotation"), reported under the variable
+        for arg in args:
+            name = arg.partition("=")[0]
+            # Appended last, they would win: ComfyUI's unauthenticated API on the network, or a port the worker
+            # never looks at. argparse takes any unambiguous abbreviation (--lis) too.
+            if len(name) > 3 and any(option.startswith(name) for option in _SUPERVISOR_OPTIONS):
+                raise ValueError(f"{arg}: the supervisor sets --listen (loopback only) and --port (COMFYUI_URL's "
+                                 "port): drop it; to move ComfyUI's port, change COMFYUI_URL")
         return value
 
     @field_validator("comfyui_url")
@@ -75,6 +84,8 @@ class SupervisorSettings(BaseSettings):
             raise ValueError(
                 f"the supervisor runs ComfyUI on this machine; use http://127.0.0.1:<port>, not {value.host}"
             )
+        if value.port == 0:
+            raise ValueError("needs the port ComfyUI is to listen on, not port 0: the worker could not find it there")
         return value
 
     @property

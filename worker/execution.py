@@ -56,6 +56,8 @@ class Outcome:
     # time.time() just before the prompt was sent: no file it wrote is older (a file of the same name that is,
     # in COMFYUI_OUTPUT_DIR, was not written by it). None for a prompt never sent.
     written_since: float | None = None
+    # The nodes ComfyUI's cache replayed (`execution_cached`): the files it names for them an earlier prompt wrote.
+    cached_nodes: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -109,6 +111,23 @@ def terminal_from_history(entry: dict[str, Any]) -> _Terminal:
     return _Terminal("execution_error", {"exception_message": f"ComfyUI status {status.get('status_str')!r}"}, entry)
 
 
+def cached_nodes(data: object) -> set[str]:
+    """The node ids of an `execution_cached` message's data: those ComfyUI's cache answered for the prompt."""
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    return {str(node) for node in nodes} if isinstance(nodes, list) else set()
+
+
+def cached_in_history(entry: dict[str, Any] | None) -> set[str]:
+    """The nodes a history entry's `execution_cached` status message names (the websocket's may have been missed)."""
+    status = entry.get("status") if isinstance(entry, dict) and isinstance(entry.get("status"), dict) else {}
+    messages = status.get("messages") if isinstance(status.get("messages"), list) else []
+    found: set[str] = set()
+    for message in messages:
+        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_cached":
+            found |= cached_nodes(message[1])
+    return found
+
+
 async def _nothing_to_note(_: InputImage) -> None:
     return None
 
@@ -149,6 +168,7 @@ class PromptRun:
         self._executed_outputs: dict[str, Any] = {}  # node id -> output, in case the history entry never comes
         self._executed_sizes: dict[str, int] = {}  # node id -> bytes of the event its output came in
         self._executed_bytes = 0
+        self._cached_nodes: set[str] = set()
         self._interrupt_sent = False
         self._warnings: list[str] = []
         self.uploaded: list[InputImage] = []  # the images ComfyUI saved for this attempt, to delete once it is over
@@ -405,6 +425,8 @@ class PromptRun:
             if self._executed_bytes > MAX_COMFYUI_MESSAGE_BYTES:
                 raise EventsTooLarge
             self._executed_outputs[node], self._executed_sizes[node] = data["output"], size
+        elif kind == "execution_cached":
+            self._cached_nodes |= cached_nodes(data)
         elif kind in TERMINAL_EVENTS:
             return _Terminal(kind, data)
         return None
@@ -470,12 +492,14 @@ class PromptRun:
             "success", self.prompt_id, comfyui_queue_s=queue_s, execution_s=self._elapsed(), warnings=self._warnings
         )
         data = terminal.data
+        self._cached_nodes |= cached_in_history(terminal.history)
         if terminal.history is None and not terminal.settled:  # the prompt is over once its history is written
             await self._wait_for_finished_marker()
         if terminal.event == "execution_success":
             entry = terminal.history
             if entry is None and not terminal.settled:
                 entry = await self._wait_for_history()
+            self._cached_nodes |= cached_in_history(entry)
             outputs = entry.get("outputs") if entry else None
             if entry is None or (outputs is not None and not isinstance(outputs, dict)):
                 log.warning("History never appeared or has no outputs object; using outputs from websocket events",
@@ -500,6 +524,7 @@ class PromptRun:
             outcome.message = (
                 f"The prompt was interrupted {by} at node {data.get('node_id')} ({data.get('node_type')})"
             )
+        outcome.cached_nodes = frozenset(self._cached_nodes)
         return outcome
 
     def _listed_before_failing(self, terminal: _Terminal) -> dict[str, Any]:

@@ -220,11 +220,14 @@ class ComfyUIHousekeeping:
         self._freed_by_restart += freed
         self._replayable, self._kept_entries = {}, {}
 
-    def check_folders(self, outputs: dict[str, Any]) -> None:
+    def check_folders(self, outputs: dict[str, Any], cached_nodes: Collection[str] = ()) -> None:
         """Once per folder, on the first prompt of this worker that wrote files there: warn when COMFYUI_OUTPUT_DIR
         (COMFYUI_TEMP_DIR) holds none of the results (previews) ComfyUI named. Set to another folder (ComfyUI's
         base directory, --temp-directory without the temp ComfyUI appends, a typo), the worker deleted nothing
-        (a missing file is no error: ComfyUI clears its temp folder at start) and the files piled up unsaid."""
+        (a missing file is no error: ComfyUI clears its temp folder at start) and the files piled up unsaid.
+        The files of cached_nodes are left out: ComfyUI's cache replayed them, and an earlier prompt wrote them,
+        which may have been tidied away since (a preview, deleted once its prompt was over)."""
+        outputs = {node: output for node, output in outputs.items() if node not in cached_nodes}
         for folder, folder_type in ((self.output_dir, "output"), (self.temp_dir, "temp")):
             files = [] if folder_type in self._folders_checked else _files_in(folder, outputs, folder_type)
             if files:
@@ -471,7 +474,11 @@ def _read_uploaded(folder: Path, image: InputImage, size: int) -> tuple[FileIden
     """The identity and first ``size`` bytes of folder/image.name; None when it is not a regular file reached
     without a symbolic link. FileNotFoundError when there is none."""
     path = folder / image.name
-    if path.resolve() != folder.resolve() / image.name:  # a link on the way, the file's own included
+    try:
+        linked = path.resolve() != folder.resolve() / image.name  # a link on the way, the file's own included
+    except RuntimeError:  # a symbolic link loop on the way (Python 3.11's resolve() raises it): a link too
+        return None
+    if linked:
         return None
     descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(descriptor, "rb") as file:

@@ -746,7 +746,7 @@ class Worker:
                     self._left_running |= await self.housekeeping.tidy_once_over(left, self._housekeeping_wait_s)
                 if self.delivery.found_look_alikes:  # files of results' names ComfyUI did not write: not ours
                     self.housekeeping.keep_output_folder()
-                self.housekeeping.check_folders(prompt.outputs)
+                self.housekeeping.check_folders(prompt.outputs, prompt.cached_nodes)
                 answered = await self.housekeeping.tidy(
                     prompt.prompt_id, prompt.outputs, succeeded=prompt.ok, sent_at=prompt.written_since,
                     replays=self.delivery.take_replays(), timeout_s=self._housekeeping_wait_s,

@@ -59,9 +59,11 @@ DELIVERY_STALL_S = 600.0
 SYNC_EVERY_BYTES = 64 << 20
 # A sweep that ran out of its budget goes on this long after, not STALE_STAGING_S: jobs are taken in between.
 SWEEP_RESUME_S = 60.0
-ATTEMPT_FOLDER = re.compile(r"attempt-([0-9]+)")  # OUTPUTS_PATH/<user>/<job>/attempt-N/: the job's Nth attempt
+# OUTPUTS_PATH/<user>/<job>/@attempt-N/: the job's Nth attempt (N >= 2). Its own name, which no output's first
+# folder may take, so a user's subfolder is never taken for one: "attempt-N/" (before) was also a filename_prefix's.
+ATTEMPT_FOLDER = re.compile(r"@attempt-([0-9]+)")
 NAME_MAX_BYTES = 255  # Linux's NAME_MAX: the longest name of one file or folder
-PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<job>/attempt-N/ comes on top
+PATH_MAX_BYTES = 1024  # subfolder/filename of one output; OUTPUTS_PATH/<user>/<job>/@attempt-N/ comes on top
 # A node id (the workflow's: "3", "12:5" in a subgraph) and an output kind ("images", "gifs", "audio") are named in
 # the report for each file: one of megabytes, from the workflow or a custom node, would be repeated per file.
 MAX_LABEL_CHARS = 256
@@ -184,7 +186,12 @@ def _shown(text: str, chars: int = 120) -> str:
 
 
 def inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
+    """Whether path, its links followed, is under root. A symbolic link loop on the way leads nowhere: False
+    (Python 3.11's resolve() raises RuntimeError for one, which a custom node's file name made a crash)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except RuntimeError:
+        return False
 
 
 def remove_empty_parents(folder: Path, keep: Path) -> None:
@@ -221,11 +228,11 @@ class OutputDelivery:
         self._replays: set[PurePosixPath] = set()
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
-        """OUTPUTS_PATH/<user>/<job>/, and its attempt-N/ subfolder for a retry of the same job id (N >= 2), so
+        """OUTPUTS_PATH/<user>/<job>/, and its @attempt-N/ subfolder for a retry of the same job id (N >= 2), so
         a late earlier attempt can never overwrite, or remove, the files of the one that counts."""
         job_dir = self.outputs_root / user_id / job_id
         if attempt is not None and attempt > 1:
-            job_dir = job_dir / f"attempt-{attempt}"
+            job_dir = job_dir / f"@attempt-{attempt}"
         if not inside(job_dir, self.outputs_root):
             raise OutputDeliveryError(f"output folder for user {user_id!r} job {job_id!r} would leave OUTPUTS_PATH")
         return job_dir
@@ -298,6 +305,11 @@ class OutputDelivery:
     ) -> DeliveredFile:
         """One file into the staging folder; OutputsTooLarge before more than `allowance` bytes are written."""
         relative = relative_output_path(item.subfolder, item.filename)
+        if ATTEMPT_FOLDER.fullmatch(relative.parts[0]):
+            raise OutputDeliveryError(
+                f"output {_shown(str(relative))!r}: a first folder named @attempt-<number> is the worker's, for the "
+                "retries of a job; choose another filename_prefix"
+            )
         target = staging / relative
         if not inside(target, staging):
             raise OutputDeliveryError(f"output {relative} would leave the job's folder")
@@ -350,9 +362,9 @@ class OutputDelivery:
         stopping: Callable[[], bool] = lambda: False,
     ) -> int:
         """At the start of attempt N (N >= 2): remove what earlier attempts left in OUTPUTS_PATH/<user>/<job>/
-        (their files, attempt-K/ for K < N), and say how many entries went. The queue manager fenced those
+        (their files, @attempt-K/ for K < N), and say how many entries went. The queue manager fenced those
         attempts off when it handed the job out again, so none of their files can become a result; a worker
-        killed after publishing its delivery and before its report landed left them for ever. Never attempt-M/
+        killed after publishing its delivery and before its report landed left them for ever. Never @attempt-M/
         for M >= N: a later attempt's, should this one be late itself. Best effort: a failure is logged."""
         if attempt is None or attempt < 2:
             return 0
@@ -536,7 +548,7 @@ def _open_staged(target: Path, allowance: int, on_progress: Callable[[], None]) 
 def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
     """Rename the complete staging folder to the job's folder: one step, so readers see all of it or nothing;
     on disk, folders and all, before the job is reported."""
-    job_folder = job_dir.parent if job_dir.parent != user_dir else None  # <job>/ of an attempt-N/ folder
+    job_folder = job_dir.parent if job_dir.parent != user_dir else None  # <job>/ of an @attempt-N/ folder
     made_job_folder = job_folder is not None and not job_folder.exists()
     try:
         for folder, _, _ in os.walk(staging):  # the staging folder's own entries, before it is published

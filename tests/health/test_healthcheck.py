@@ -164,3 +164,65 @@ async def test_a_server_on_every_address_is_probed_on_loopback(host: str, probed
         assert await run_healthcheck(tmp_path / "port", health_host=host) == (0, "")
     finally:
         await server.stop()
+
+
+async def test_the_healthcheck_reads_the_variables_in_any_case_as_the_worker_does(tmp_path: Path) -> None:
+    """The worker's settings read health_port as HEALTH_PORT. Before: the probe read HEALTH_PORT alone, probed
+    8000 while the server listened on health_port's port, and the container was unhealthy forever."""
+    server = HealthServer(make_state(), host="127.0.0.1", port=0)
+    port = await server.start()
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "health_host": "127.0.0.1", "Health_Port": str(port)}  # fmt: skip
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *healthcheck_command(), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await process.communicate()
+    finally:
+        await server.stop()
+    assert (process.returncode, stderr.decode()) == (0, "")
+
+
+async def test_a_port_file_that_cannot_be_written_leaves_the_healthcheck_on_health_port(tmp_path: Path) -> None:
+    """The server says so when it cannot write HEALTH_PORT_FILE: "the image's HEALTHCHECK probes HEALTH_PORT instead".
+    Before: it did only when the file was missing; under a file (ENOTDIR) or a folder in its place, the probe
+    failed on reading it, "unhealthy: NotADirectoryError", for a server answering 200."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    for port_file in (tmp_path / "a-file" / "port", tmp_path / "a-folder"):
+        server = HealthServer(make_state(), host="127.0.0.1", port=0, port_file=port_file)
+        port = await server.start()
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": str(port), "HEALTH_PORT_FILE": str(port_file)}  # fmt: skip
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *healthcheck_command(), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+            )
+            _, stderr = await process.communicate()
+        finally:
+            await server.stop()
+        assert (process.returncode, stderr.decode()) == (0, "")
+
+
+@pytest.mark.parametrize("port_file", [".", "/"])
+async def test_a_port_file_path_with_no_file_name_is_an_error_line_not_a_crash(port_file: str, capsys) -> None:
+    """Before: HEALTH_PORT_FILE=. or / raised ValueError ("has an empty name") out of start(): the worker ended in
+    a traceback, exit 1, where any other unwritable port file is the error line below."""
+    server = HealthServer(make_state(), host="127.0.0.1", port=0, port_file=Path(port_file))
+    try:
+        assert await server.start() > 0
+    finally:
+        await server.stop()
+    assert "Could not write HEALTH_PORT_FILE" in capsys.readouterr().out
+
+
+async def test_without_a_port_file_health_port_is_read_as_the_worker_reads_it(tmp_path: Path) -> None:
+    """The worker takes ' 8000 ' and '8000.0' for 8000. Before: the probe went to 'http:// 127.0.0.1:8000/health'
+    or refused '8000.0' (ValueError): unhealthy, exit 1, for a server answering 200."""
+    server = HealthServer(make_state(), host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        for written in (f" {port} ", f"{port}\t", f"{port}.0"):
+            assert await run_healthcheck(tmp_path / "none", health_port=written) == (0, ""), written
+    finally:
+        await server.stop()

@@ -156,3 +156,18 @@ async def test_httpx_request_lines_only_at_debug(level: str, logged: bool) -> No
     assert status == 200
     records = [json.loads(line) for line in log.splitlines()]
     assert any(r["event"].startswith("HTTP Request: GET") for r in records) is logged
+
+
+@pytest.mark.parametrize("accept", [
+    "application/openmetrics-text; version=abc",
+    "application/openmetrics-text; version=1.0.x",
+    "text/plain; version=1.0.0-rc1",
+])
+async def test_an_accept_header_the_exporter_cannot_parse_gets_the_plain_text_format(
+    client: httpx.AsyncClient, accept: str
+) -> None:
+    """Before: prometheus_client compared the version's parts, text against numbers, and the scrape was a 500."""
+    response = await client.get("/metrics", headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
+    assert samples(response.text)[("comfy_worker_ready", ())] in (0, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import ConfigError, env_name
-from supervisor.config import SupervisorSettings, load_supervisor_settings
+from supervisor.config import SupervisorSettings, comfyui_environment, load_supervisor_settings
 from supervisor.model_paths import MODEL_FOLDERS, render_model_paths, write_model_paths
 from worker.config import WorkerSettings
 
@@ -143,3 +144,53 @@ def test_help_lists_every_variable_and_starts_nothing(tmp_path: Path) -> None:
         for name in settings_cls.model_fields:
             assert env_name(settings_cls, name) in run.stdout
     assert not (tmp_path / "data").exists(), "the supervisor prepared its scratch folder: it was starting"
+
+
+def test_credentials_set_in_any_case_are_withheld_from_comfyui(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The settings read variables whatever their case: queue_manager_token is the worker's token too.
+    token = "lower-case-queue-token-1234"
+    for name in ("queue_manager_token", "Queue_Manager_Url", "runpod_api_key"):
+        monkeypatch.setenv(name, token)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    assert WorkerSettings().queue_manager_token.get_secret_value() == token
+    passed = comfyui_environment(os.environ)
+    assert token not in passed.values()
+    assert passed["PATH"] == os.environ["PATH"]
+
+
+def test_port_0_in_comfyui_url_is_refused() -> None:
+    """Before: ComfyUI listened on a port the OS picked, the worker looked for it at port 0 and waited out
+    COMFYUI_STARTUP_TIMEOUT_S (10 minutes by default) before exiting with "ComfyUI never came up"."""
+    with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*port 0"):
+        settings(COMFYUI_URL="http://127.0.0.1:0")
+
+
+@pytest.mark.parametrize("extra", ["--cpu --listen 0.0.0.0", "--listen", "--listen=0.0.0.0", "--lis 0.0.0.0",
+                                   "--port 9000", "--port=9000"])
+def test_extra_args_may_not_move_comfyui_off_loopback_or_its_port(extra: str) -> None:
+    """They come last and win. Before: --listen 0.0.0.0 (or --listen alone: every address) served ComfyUI's API,
+    unauthenticated, on the network (Verda runs --network host); --port 9000 left the worker waiting at 8188
+    for COMFYUI_STARTUP_TIMEOUT_S, then "ComfyUI never came up"."""
+    with pytest.raises(ConfigError, match=r"COMFYUI_EXTRA_ARGS: .*COMFYUI_URL"):
+        settings(COMFYUI_EXTRA_ARGS=extra)
+
+
+def test_extra_args_that_only_look_alike_pass() -> None:
+    assert settings(COMFYUI_EXTRA_ARGS="--cpu --lowvram --preview-method auto").comfyui_argv()[-4:] == [
+        "--cpu", "--lowvram", "--preview-method", "auto"]
+
+
+def test_a_health_port_that_is_comfyuis_port_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: both were started; the health server bound the port first (ComfyUI binds once its models are
+    loaded), and ComfyUI died with 'address already in use' in its own traceback: exit 1, restarted, again."""
+    from supervisor.__main__ import load_configuration
+
+    monkeypatch.setenv("COMFYUI_COMMAND", sys.executable)
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("COMFYUI_URL", "http://127.0.0.1:8188")
+    monkeypatch.setenv("HEALTH_PORT", "8188")
+    monkeypatch.delenv("HEALTH_HOST", raising=False)
+    with pytest.raises(ConfigError, match="HEALTH_PORT: 8188 is ComfyUI's port"):
+        load_configuration()
+    monkeypatch.setenv("HEALTH_HOST", "10.0.0.5")  # an address of its own: no clash
+    load_configuration()

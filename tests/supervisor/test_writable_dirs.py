@@ -12,7 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from supervisor.__main__ import directory_problems
+from supervisor.config import SupervisorSettings
 from supervisor.writable_dirs import unreadable_directories, unwritable_directories
+from worker.config import WorkerSettings
 
 from ..conftest import NOBODY, run_as_nobody
 
@@ -180,3 +183,20 @@ async def test_supervisor_exits_2_when_the_input_folder_is_not_mounted(base_env,
     assert len(lines) == 1 and lines[0].startswith(f"COMFYUI_INPUT_DIR={tmp_path / 'not-mounted'} is not a "
                                                    "readable directory"), lines
     assert not marker.exists()
+
+
+def test_a_comfyui_output_dir_the_container_cannot_write_is_named(shared_tmp: Path) -> None:
+    """Before: only OUTPUTS_PATH and SCRATCH_DIR were checked; an existing COMFYUI_OUTPUT_DIR the container cannot
+    write passed, and a container reported ready failed every job at ComfyUI's save."""
+    for name in ("data", "outputs"):
+        (shared_tmp / name).mkdir(mode=0o777)
+        (shared_tmp / name).chmod(0o777)
+    theirs = shared_tmp / "comfyui-output"
+    theirs.mkdir()
+    if os.getuid() != 0:
+        theirs.chmod(0o555)
+    config = SupervisorSettings(COMFYUI_COMMAND=sys.executable, SCRATCH_DIR=shared_tmp / "data",
+                                COMFYUI_OUTPUT_DIR=theirs)  # fmt: skip
+    settings = WorkerSettings(QUEUE_MANAGER_URL="http://127.0.0.1:9", OUTPUTS_PATH=shared_tmp / "outputs")
+    problems = run_as_nobody(lambda: directory_problems(config, settings))
+    assert [line.split(" is ")[0] for line in problems] == [f"COMFYUI_OUTPUT_DIR={theirs}"]

@@ -756,6 +756,26 @@ async def test_results_replayed_from_comfyuis_cache_older_than_their_prompt_are_
     assert files_under(comfy.output_dir).isdisjoint(name for name, _ in replayed), "freed by the later success"
 
 
+async def test_a_preview_comfyuis_cache_replays_after_it_was_tidied_away_gives_no_temp_dir_warning(
+    qm, comfy, make_worker, workflows
+):
+    """A run deleted its prompt's preview; the next run's first prompt is the same one, and ComfyUI's cache names
+    that preview again without writing it. Before: "COMFYUI_TEMP_DIR holds none of the previews ComfyUI wrote"
+    though the setting was right, a warning of normal operation that trains operators to ignore it."""
+    settings = {"comfyui_output_dir": comfy.output_dir, "comfyui_temp_dir": comfy.temp_dir}
+    first = qm.store.submit("alice", quick(workflows, 9))
+    assert await asyncio.wait_for(make_worker(**settings).run(), 20) == 0
+    assert files_under(comfy.temp_dir) == set(), "its preview tidied away"
+    again = qm.store.submit("alice", quick(workflows, 9))
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(make_worker(**settings).run(), 20) == 0
+    assert [qm.store.get(job.id).status for job in (first, again)] == ["completed", "completed"]
+    named = [image for entry in (await history(comfy)).values() for node in entry["outputs"].values()
+             for image in node["images"]]  # fmt: skip
+    assert any(image["type"] == "temp" for image in named), "the tidied preview, named again"
+    assert not [line for line in logs if "holds none of" in line["event"]]
+
+
 async def test_right_output_and_temp_dirs_give_no_such_warning(qm, comfy, make_worker, workflows):
     qm.store.submit("alice", quick(workflows, 13))
     worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)

@@ -356,3 +356,29 @@ async def test_a_slow_interrupt_at_the_job_deadline_keeps_the_heartbeat_fresh(qm
     assert await wedged_verdicts(make_worker(heartbeat_timeout_s=HEARTBEAT_LIMIT_S, job_timeout_s=1)) == (0, [])
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job" and "Job timed out after 1 s" in report.body["error"], report.body
+
+
+async def test_an_image_folder_made_a_link_loop_after_the_upload_does_not_crash_the_worker(
+    qm, comfy, make_worker
+):
+    """Another client (or a custom node) makes alice/ a symbolic link to itself once the job's image is uploaded.
+    Before: Path.resolve() raised RuntimeError ("Symlink loop from …") in the check of the upload, and again while
+    deleting it, which the worker did not survive. Now the image counts as behind a link: kept, and the job ends as
+    ComfyUI says."""
+    images = [{"name": "alice/face.png", "image": TINY}]
+    job = qm.store.submit("alice", load_and_save("alice/face.png"), metadata={"images": images})
+    worker = make_worker(comfyui_input_dir=comfy.input_dir)
+    upload = worker.comfy.upload_image
+
+    async def upload_then_the_folder_becomes_a_loop(filename, data, subfolder=""):
+        await upload(filename, data, subfolder)
+        if not (comfy.input_dir / "alice").is_symlink():
+            (comfy.input_dir / "alice" / filename).unlink()
+            (comfy.input_dir / "alice").rmdir()
+            (comfy.input_dir / "alice").symlink_to("alice")
+
+    worker.comfy.upload_image = upload_then_the_folder_becomes_a_loop
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job" and "Invalid image file" in report.body["error"], "ComfyUI's word on it"
+    assert (comfy.input_dir / "alice").is_symlink(), "not ours: left alone"

@@ -121,9 +121,9 @@ async def test_a_worker_killed_mid_delivery_leaves_nothing_once_its_staging_is_a
     [report] = leased_qm.reports.landed(job.id)
     assert report.endpoint == "complete-job"
     [result] = report.body["result"]["outputs"]
-    assert result["path"] == f"alice/{job.id}/attempt-2/small.bin"
+    assert result["path"] == f"alice/{job.id}/@attempt-2/small.bin"
     assert files_under(outputs) == [
-        ".partial/bob.job-9.another-replica/ComfyUI_00001_.png", f"alice/{job.id}/attempt-2/small.bin",
+        ".partial/bob.job-9.another-replica/ComfyUI_00001_.png", f"alice/{job.id}/@attempt-2/small.bin",
     ], "the killed attempt left nothing; the live replica's delivery was not touched"  # fmt: skip
 
 
@@ -178,7 +178,7 @@ async def test_a_job_whose_worker_is_killed_at_any_step_ends_exactly_once_comple
     done = leased_qm.store.get(job.id)
     assert (done.status, done.attempt, done.worker_id) == ("completed", 2, "second")
     delivered = sorted(item["path"] for item in report.body["result"]["outputs"])
-    assert delivered and all(path.startswith(f"alice/{job.id}/attempt-2/") for path in delivered)
+    assert delivered and all(path.startswith(f"alice/{job.id}/@attempt-2/") for path in delivered)
     assert files_under(outputs) == delivered, "nothing of the killed attempt is left, even once it had delivered"
 
 

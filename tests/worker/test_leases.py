@@ -89,7 +89,7 @@ async def test_a_retry_of_the_same_job_id_writes_to_its_own_attempt_folder(lease
     assert await make_worker(queue_manager_url=qm.url).run() == 0
     [report] = qm.reports.landed(job.id)
     paths = [o["path"] for o in report.body["result"]["outputs"]]
-    assert paths and all(p.startswith(f"alice/{job.id}/attempt-2/") for p in paths)
+    assert paths and all(p.startswith(f"alice/{job.id}/@attempt-2/") for p in paths)
 
 
 async def test_a_heartbeat_refused_because_the_report_landed_is_not_a_lost_job(

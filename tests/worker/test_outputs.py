@@ -236,7 +236,7 @@ async def test_a_delivery_is_on_disk_files_and_folders_before_the_job_is_reporte
         staged / "sub" / "a.png", staged / "b.png", staged, staged / "sub",  # the files, then their folders
         outputs / "alice" / "job-1", outputs / "alice", outputs,  # the rename, and the folders made for it
     ])  # fmt: skip
-    assert (outputs / "alice" / "job-1" / "attempt-2" / "sub" / "a.png").read_bytes() == b"a"
+    assert (outputs / "alice" / "job-1" / "@attempt-2" / "sub" / "a.png").read_bytes() == b"a"
 
 
 @pytest.mark.parametrize("local", [True, False], ids=["copied from ComfyUI's folder", "fetched over /view"])
@@ -535,3 +535,79 @@ async def test_a_job_with_no_result_files_leaves_no_folder_in_outputs_path(qm, c
     outputs = tmp_path / "outputs"
     assert not (outputs / "alice").exists()
     assert not any((outputs / ".partial").glob("*"))
+
+
+@pytest.mark.parametrize("user_folder", ["attempt-2", "attempt-3"])
+async def test_a_users_subfolder_named_like_a_retry_folder_neither_blocks_the_retry_nor_outlives_it(
+    comfy, tmp_path: Path, user_folder: str
+):
+    """A filename_prefix "attempt-2/img": attempt 1 published alice/job-1/attempt-2/img_00001_.png, then its report
+    was lost (a queue outage). Before: attempt 2 took that folder for its own, left it, and its delivery failed with
+    "… already holds files of another delivery of the same job and attempt" ("attempt-3": attempt 2 completed, and
+    attempt 1's file stayed beside its result for ever)."""
+    outputs = tmp_path / "outputs"
+    (comfy.output_dir / user_folder).mkdir()
+    (comfy.output_dir / user_folder / "img_00001_.png").write_bytes(b"first")
+    history_outputs = {"9": {"images": [{"filename": "img_00001_.png", "subfolder": user_folder, "type": "output"}]}}
+    async with output_delivery(comfy, outputs, local=True) as delivery:
+        await delivery.deliver(history_outputs, "alice", "job-1", attempt=1)
+        (comfy.output_dir / user_folder / "img_00001_.png").write_bytes(b"retry")
+        await asyncio.to_thread(delivery.remove_earlier_attempts, "alice", "job-1", 2)
+        [file] = await delivery.deliver(history_outputs, "alice", "job-1", attempt=2)
+    assert (outputs / file.path).read_bytes() == b"retry"
+    assert files_under(outputs / "alice") == [outputs / file.path], "nothing of attempt 1 is left"
+
+
+async def test_an_output_whose_first_folder_is_named_like_the_workers_retry_folders_fails_the_job_naming_why(
+    qm, comfy, make_worker, workflows, tmp_path: Path
+):
+    """@attempt-N/ is the worker's: an output there would be taken for a retry's folder (kept, or in its way)."""
+
+    def under_a_retry_folders_name(env: NodeEnv) -> dict[str, Any]:
+        (env.output_dir / "@attempt-2").mkdir(exist_ok=True)
+        (env.output_dir / "@attempt-2" / "img_00001_.png").write_bytes(b"png")
+        return listing(("@attempt-2", "img_00001_.png"))
+
+    hostile_save_image(comfy, under_a_retry_folders_name)
+    job = qm.store.submit("alice", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "a first folder named @attempt-<number> is the worker's" in report.body["error"]
+    assert files_under(tmp_path / "outputs") == []
+
+
+def _named_through_a_link_loop(folder_type: str) -> Callable[[NodeEnv], dict[str, Any]]:
+    """A custom node makes loop/ a symbolic link to itself and names loop/x.png as its output (or preview)."""
+
+    def node(env: NodeEnv) -> dict[str, Any]:
+        folder = env.output_dir if folder_type == "output" else env.temp_dir
+        with contextlib.suppress(FileExistsError):
+            (folder / "loop").symlink_to("loop")
+        return {"images": [{"filename": "x.png", "subfolder": "loop", "type": folder_type}]}
+
+    return node
+
+
+async def test_an_output_named_through_a_symbolic_link_loop_fails_the_job_once(qm, comfy, make_worker, workflows):
+    """Before: Path.resolve() raised RuntimeError ("Symlink loop from …"), taken for a bug of the worker: the job
+    was handed back, ComfyUI ran it again on each attempt, and it failed in the end as "hit an unexpected error"."""
+    hostile_save_image(comfy, _named_through_a_link_loop("output"))
+    job = qm.store.submit("mallory", workflows["quick"])
+    assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job"
+    assert "loop/x.png is a symbolic link leading out of ComfyUI's output folder" in report.body["error"]
+    assert "resubmitted" not in report.body["error"], "not handed back: the job's output is at fault"
+
+
+async def test_a_preview_named_through_a_symbolic_link_loop_does_not_crash_the_worker(
+    qm, comfy, make_worker, workflows
+):
+    """Before: the tidy-up after the report raised RuntimeError out of the worker's run: the worker died, and the
+    next job waited for another replica."""
+    hostile_save_image(comfy, _named_through_a_link_loop("temp"))
+    jobs = [qm.store.submit("mallory", workflows["quick"]) for _ in range(2)]
+    worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
+    assert await worker.run() == 0
+    assert [qm.store.get(job.id).status for job in jobs] == ["completed", "completed"]
