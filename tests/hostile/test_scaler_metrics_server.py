@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import time
 from dataclasses import replace
 
 import httpx
@@ -71,3 +73,20 @@ async def test_past_the_cap_the_connections_waiting_longest_are_closed_and_the_s
             with contextlib.suppress(Exception):
                 writer.close()
         await server.stop()
+
+
+async def test_stop_does_not_wait_on_clients_that_never_read_or_never_finish_a_body() -> None:
+    """The scaler's exit awaits stop(). Before: aiohttp gave each unfinished connection 60 s to end its handler and
+    60 s more once cancelled, and lingered 10 s on an unsent body: one client that pipelined scrapes and never read
+    the answers kept the scaler's stop running for minutes."""
+    server = MetricsServer(ScalerMetrics(), host="127.0.0.1", port=0)
+    port = await server.start()
+    with socket.socket() as never_reads, socket.create_connection(("127.0.0.1", port)) as never_sends_its_body:
+        never_reads.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        never_reads.connect(("127.0.0.1", port))
+        never_reads.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+        never_sends_its_body.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        await asyncio.sleep(0.5)  # both in the server's hands: a handler blocked writing, a body lingered on
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(), 30)
+        assert time.monotonic() - started < 5
