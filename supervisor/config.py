@@ -21,7 +21,20 @@ from common.settings import (
 )
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-_SUPERVISOR_OPTIONS = ("--listen", "--port")  # ComfyUI's, which COMFYUI_EXTRA_ARGS may not override
+# ComfyUI's options COMFYUI_EXTRA_ARGS may not override, each with what to set instead. Appended last, they would
+# win: ComfyUI's unauthenticated API on the network, a port the worker never looks at, or folders it never reads.
+_LISTEN = ("the supervisor sets --listen (loopback only) and --port (COMFYUI_URL's port): drop it; to move ComfyUI's "
+           "port, change COMFYUI_URL")
+_SUPERVISOR_OPTIONS = {
+    "--listen": _LISTEN,
+    "--port": _LISTEN,
+    "--output-directory": "the supervisor sets it, and the worker copies outputs from there: set COMFYUI_OUTPUT_DIR",
+    "--input-directory": "the supervisor sets it, and the worker uploads job images there: set COMFYUI_INPUT_DIR",
+    "--temp-directory": "the supervisor sets it under SCRATCH_DIR: set SCRATCH_DIR",
+    "--user-directory": "the supervisor sets it under SCRATCH_DIR: set SCRATCH_DIR",
+    "--base-directory": "it would move the image's custom nodes and models: set SCRATCH_DIR (ComfyUI's writable "
+                        "folders), COMFYUI_OUTPUT_DIR, COMFYUI_INPUT_DIR or MODELS_DIR",
+}
 COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
 # Credentials ComfyUI and its custom nodes have no use for: the queue's (in the tokens, and maybe in the URL)
 # and the scaler's (a RunPod pod carries an API key). Anything else (HF_TOKEN for a model downloader, say) is
@@ -70,11 +83,10 @@ class SupervisorSettings(BaseSettings):
         args = shlex.split(value)  # raises ValueError (e.g. "No closing quotation"), reported under the variable
         for arg in args:
             name = arg.partition("=")[0]
-            # Appended last, they would win: ComfyUI's unauthenticated API on the network, or a port the worker
-            # never looks at. argparse takes any unambiguous abbreviation (--lis) too.
-            if len(name) > 3 and any(option.startswith(name) for option in _SUPERVISOR_OPTIONS):
-                raise ValueError(f"{arg}: the supervisor sets --listen (loopback only) and --port (COMFYUI_URL's "
-                                 "port): drop it; to move ComfyUI's port, change COMFYUI_URL")
+            # argparse takes any unambiguous abbreviation (--lis) too.
+            for option, instead in _SUPERVISOR_OPTIONS.items():
+                if len(name) > 3 and option.startswith(name):
+                    raise ValueError(f"{arg}: {instead}")
         return value
 
     @field_validator("comfyui_url")

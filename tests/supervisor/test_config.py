@@ -175,6 +175,20 @@ def test_extra_args_may_not_move_comfyui_off_loopback_or_its_port(extra: str) ->
         settings(COMFYUI_EXTRA_ARGS=extra)
 
 
+@pytest.mark.parametrize(("extra", "instead"), [
+    ("--output-directory /tmp/out", "COMFYUI_OUTPUT_DIR"), ("--output-dir=/tmp/out", "COMFYUI_OUTPUT_DIR"),
+    ("--input-directory /tmp/in", "COMFYUI_INPUT_DIR"), ("--inp /tmp/in", "COMFYUI_INPUT_DIR"),
+    ("--temp-directory /tmp", "SCRATCH_DIR"), ("--user-directory=/tmp/user", "SCRATCH_DIR"),
+    ("--base-directory /tmp/base", "SCRATCH_DIR"),
+])
+def test_extra_args_may_not_move_the_folders_the_supervisor_sets(extra: str, instead: str) -> None:
+    """They come last and win. Before: accepted; --output-directory made ComfyUI write where the worker never
+    looks (every job's outputs missing), --input-directory load job images from a folder the worker does not
+    upload to, and --base-directory moved the custom nodes and models away from the image's."""
+    with pytest.raises(ConfigError, match=rf"COMFYUI_EXTRA_ARGS: {extra.split()[0]}.*{instead}"):
+        settings(COMFYUI_EXTRA_ARGS=extra)
+
+
 def test_extra_args_that_only_look_alike_pass() -> None:
     assert settings(COMFYUI_EXTRA_ARGS="--cpu --lowvram --preview-method auto").comfyui_argv()[-4:] == [
         "--cpu", "--lowvram", "--preview-method", "auto"]
