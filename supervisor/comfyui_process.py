@@ -20,6 +20,9 @@ log = structlog.get_logger()
 LOG_PREFIX = "[comfyui] "
 _MAX_LINE_BYTES = 1 << 20  # progress bars redraw with \r and can make one very long "line"
 _PUMP_DRAIN_TIMEOUT_S = 2.0
+# A process in uninterruptible sleep (a GPU driver call, a hung network mount) outlives its SIGKILL until it leaves
+# it: the supervisor goes on and exits rather than wait without end; the container's end takes the process.
+_KILL_WAIT_S = 5.0
 
 
 def port_taken(host: str, port: int) -> str | None:
@@ -75,7 +78,7 @@ class ComfyUIProcess:
 
     async def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL after timeout_s (default stop_timeout_s); returns the exit code (None if never
-        started)."""
+        started, or if it outlived its SIGKILL by _KILL_WAIT_S)."""
         process = self._process
         if process is None:
             return None
@@ -88,7 +91,10 @@ class ComfyUIProcess:
             except TimeoutError:
                 log.warning("comfyui.kill", pid=process.pid, after_s=round(wait_s, 2))
                 self._signal_group(signal.SIGKILL)
-                await process.wait()
+                try:
+                    await asyncio.wait_for(process.wait(), _KILL_WAIT_S)
+                except TimeoutError:
+                    log.error("comfyui.kill_ignored", pid=process.pid, after_s=_KILL_WAIT_S)
         # Children ComfyUI left behind are killed with it; they would hold the pipes open otherwise.
         self._signal_group(signal.SIGKILL)
         await self._drain_pumps()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +38,37 @@ async def test_a_line_the_log_cannot_encode_does_not_wedge_comfyui(monkeypatch: 
     assert lines[0] == rb"[comfyui] loading caf\xe9.safetensors"
     assert lines[-1] == b"[comfyui] done"
     assert len(lines) == 40_002
+
+
+IGNORES_SIGTERM = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path(sys.argv[1]).touch()
+time.sleep(600)
+"""
+
+
+async def test_stop_goes_on_when_comfyui_outlives_its_sigkill(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A process in uninterruptible sleep (a GPU driver call, a hung network mount) does not die at SIGKILL until it
+    leaves it. Before: stop() waited for it without limit, and the supervisor never exited. Here the SIGKILL is
+    withheld to stand for such a process."""
+    real_killpg = os.killpg
+
+    def killpg_without_sigkill(pgid: int, sig: int) -> None:
+        if sig != signal.SIGKILL:
+            real_killpg(pgid, sig)
+
+    ready = tmp_path / "ready"
+    comfyui = ComfyUIProcess([sys.executable, "-c", IGNORES_SIGTERM, str(ready)], stop_timeout_s=0.2)
+    await comfyui.start()
+    pid = comfyui.pid
+    assert pid is not None
+    try:
+        while not ready.exists():  # its SIGTERM handler installed
+            await asyncio.sleep(0.05)
+        monkeypatch.setattr(os, "killpg", killpg_without_sigkill)
+        assert await asyncio.wait_for(comfyui.stop(), 30) is None
+    finally:
+        monkeypatch.undo()
+        os.killpg(pid, signal.SIGKILL)
+        await comfyui.stop()
