@@ -29,7 +29,9 @@ def lock_scratch(scratch_dir: Path) -> tuple[IO[str] | None, str | None]:
     """
     path = scratch_dir / LOCK_NAME
     try:
-        handle = path.open("a+")  # never truncated before it is ours: the holder's pid stays readable
+        # Never truncated before it is ours: the holder's pid stays readable. Bytes that are not UTF-8 in it (another
+        # tool's, a damaged disk) or in our hostname are replaced, not an error.
+        handle = path.open("a+", encoding="utf-8", errors="replace")
     except OSError as exc:
         return None, f"{path}: {exc.strerror or type(exc).__name__}"
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import signal
 import subprocess
@@ -255,3 +256,17 @@ async def test_a_container_restarted_in_place_on_a_full_scratch_disk_runs_the_ne
 
 async def _has_status(queue_manager: QueueManagerServer, job_id: str, status: str) -> bool:
     return (await job_status(queue_manager, job_id))["status"] == status
+
+
+def test_a_lock_file_that_is_not_utf8_still_names_its_holder(tmp_path: Path) -> None:
+    """Before: a lock file holding bytes that are not UTF-8 (written by another tool, a hostname in another
+    encoding, a damaged disk) made the read of its holder raise UnicodeDecodeError: a traceback at start instead of
+    the message naming the container in the way."""
+    from supervisor.scratch_lock import LOCK_NAME, ScratchInUse, lock_scratch
+
+    lock_file = tmp_path / LOCK_NAME
+    lock_file.write_bytes(b"host caf\xe9\xff, pid 4321\n")
+    with lock_file.open("rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ScratchInUse, match=r"in use by another running container \(host caf.*, pid 4321\)"):
+            lock_scratch(tmp_path)
