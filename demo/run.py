@@ -38,6 +38,7 @@ log = structlog.get_logger()
 
 # A demo replica (supervisor, simulator, worker on this machine) takes its first job about 2 s after it is started.
 DEMO_REPLICA_BOOT_S = 3.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # set the demo's stop while the replicas run
 
 
 @dataclass(frozen=True)
@@ -85,18 +86,34 @@ def _worker_idle_polls(options: DemoOptions) -> int:
 
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """The demo's report; its scratch folder and its Ctrl-C handling go however it ends."""
+    scratch = Path(tempfile.mkdtemp(prefix="comfy-demo-"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await _run_demo(options, scratch, stop)
+    finally:
+        _remove_stop_handlers(loop)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    """Once the replicas are stopped, a Ctrl-C interrupts again; a second call does nothing."""
+    for sig in _STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+
+
+async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) -> dict[str, Any]:
     output_dir = options.output_dir.resolve()
     outputs = output_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="comfy-demo-"))
     replicas = (
         RealComfyUIReplicas(options.comfyui_url) if options.comfyui_url
         else SimulatedReplicas(scratch, options.node_seconds)
     )
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
     # As a workshop runs: participants submit with their token; the workers and the scaler hold the worker token.
     participants_token, workers_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -143,8 +160,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
             stop.set()
             await backend.aclose()
             await fleet_stack.aclose()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            _remove_stop_handlers(loop)
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
         span_s = time.monotonic() - started
@@ -159,7 +175,6 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         )
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
-    shutil.rmtree(scratch, ignore_errors=True)
     report["orphan_processes"] = survivors
     report["ok"] = report["ok"] and not survivors and len(submitted) == options.jobs
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))

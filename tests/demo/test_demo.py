@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -199,3 +203,27 @@ def test_the_demo_s_burst_keeps_its_replicas_while_jobs_wait_past_the_demo_s_tar
     config = demo_scaling(DemoOptions(), fleet=fleet)
     decision = decide(config, PolicyState(applied=5), burst)
     assert decision.desired == 5, decision
+
+
+@pytest.mark.parametrize("failure", ["queue manager does not start", "error while running"])
+async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers(tmp_path, monkeypatch, failure):
+    """Before: the scratch folder (comfy-demo-*, the replicas' ComfyUI folders) was removed only on the normal
+    path, and when the queue manager could not start the demo's SIGINT/SIGTERM handlers stayed installed: a
+    Ctrl-C after it set an event nobody waits for."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    db = tmp_path / "queue.db"
+    if failure == "queue manager does not start":
+        db.mkdir()  # not a database: sqlite cannot open it
+    else:
+        def fails(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(demo.run, "demo_scaling", fails)
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", db=db, live=False)
+    with pytest.raises((sqlite3.Error, RuntimeError)):
+        await run_demo(options)
+    assert list(temp.iterdir()) == []
+    loop = asyncio.get_running_loop()
+    assert not loop.remove_signal_handler(signal.SIGINT) and not loop.remove_signal_handler(signal.SIGTERM)
