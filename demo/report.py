@@ -37,17 +37,23 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def final_jobs(jobs: list[JobRecord], submitted: list[str]) -> dict[str, JobRecord]:
-    """Each submitted job's last incarnation: a job stopped by a scale-down continues as the job it was requeued as."""
+def job_chains(jobs: list[JobRecord], submitted: list[str]) -> dict[str, list[JobRecord]]:
+    """Each submitted job's incarnations, first to last: a job stopped by a scale-down continues as the job it was
+    requeued as. Only these: with --db reused, `jobs` holds earlier runs' too."""
     requeued_as = {job.metadata["requeued_from"]: job for job in jobs if job.metadata.get("requeued_from")}
     by_id = {job.id: job for job in jobs}
-    final = {}
+    chains = {}
     for job_id in submitted:
-        job = by_id[job_id]
-        while job.id in requeued_as:
-            job = requeued_as[job.id]
-        final[job_id] = job
-    return final
+        chain = [by_id[job_id]]
+        while chain[-1].id in requeued_as:
+            chain.append(requeued_as[chain[-1].id])
+        chains[job_id] = chain
+    return chains
+
+
+def final_jobs(jobs: list[JobRecord], submitted: list[str]) -> dict[str, JobRecord]:
+    """Each submitted job's last incarnation."""
+    return {job_id: chain[-1] for job_id, chain in job_chains(jobs, submitted).items()}
 
 
 def build_report(
@@ -55,7 +61,8 @@ def build_report(
     replica_starts: int, outputs: str, results: dict[str, Any], replicas_at_end: int,
 ) -> dict[str, Any]:
     """`results`: demo.results.fetch_results's counts of the files fetched back through the queue manager."""
-    final = final_jobs(jobs, submitted)
+    chains = job_chains(jobs, submitted)
+    final = {job_id: chain[-1] for job_id, chain in chains.items()}
     outcomes = Counter(job.status.value for job in final.values())
     failures = Counter(job.error[:240] for job in final.values() if job.status == "failed" and job.error)
     first_of = {job.id: job for job in jobs}
@@ -76,7 +83,7 @@ def build_report(
         "cancelled": outcomes.get("cancelled", 0),
         "unfinished": unfinished,
         "failure_reasons": dict(failures.most_common()),
-        "requeued_by_scale_down": sum(1 for job in jobs if job.metadata.get("requeued_from")),
+        "requeued_by_scale_down": sum(len(chain) - 1 for chain in chains.values()),
         "wait_s": {"p50": seconds(percentile(waits, 0.5)), "p95": seconds(percentile(waits, 0.95))},
         "run_s": {"p50": seconds(percentile(runs, 0.5)), "p95": seconds(percentile(runs, 0.95))},
         "replica_starts": replica_starts,

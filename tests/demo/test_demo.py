@@ -227,3 +227,27 @@ async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers
     assert list(temp.iterdir()) == []
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGINT) and not loop.remove_signal_handler(signal.SIGTERM)
+
+
+def test_requeues_are_counted_for_this_run_s_jobs_only() -> None:
+    """With --db reused the store holds earlier runs' jobs too. Before: every requeued job in it was counted, the
+    earlier run's as well (2 here, for 1 requeue in this run)."""
+    from demo.report import ReplicaLedger, build_report
+    from queue_manager import JobRecord
+    from queue_manager.store import JobStatus
+
+    def job(job_id: str, requeued_from: str | None = None) -> JobRecord:
+        return JobRecord(
+            id=job_id, user_id="u", status=JobStatus("completed"), priority=0, workflow={},
+            metadata={"requeued_from": requeued_from} if requeued_from else {}, result={"outputs": []}, error=None,
+            worker_id="w", created_at=1.0, started_at=2.0, completed_at=3.0,
+        )
+
+    jobs = [job("old"), job("old-again", requeued_from="old"), job("new"), job("new-again", requeued_from="new"),
+            job("other")]
+    report = build_report(
+        jobs, ["new", "other"], ReplicaLedger(), span_s=10.0, price_per_hour=1.0, replica_starts=1, outputs="o",
+        results={"failed": 0}, replicas_at_end=0,
+    )
+    assert report["jobs_submitted"] == 2 and report["completed"] == 2
+    assert report["requeued_by_scale_down"] == 1
