@@ -290,6 +290,20 @@ async def half_sent_requests(
     return connections
 
 
+@contextlib.asynccontextmanager
+async def stalling_clients(port: int, post_path: str) -> AsyncIterator[None]:
+    """Two clients a server's stop must not wait on: one pipelines 2000 scrapes and never reads the answers (a
+    handler blocked writing), one sends a POST head and never its body (lingered on)."""
+    with socket.socket() as never_reads, socket.create_connection(("127.0.0.1", port)) as never_sends_its_body:
+        never_reads.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        never_reads.connect(("127.0.0.1", port))
+        never_reads.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+        head = f"POST {post_path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+        never_sends_its_body.sendall(head.encode() + b"abc")
+        await asyncio.sleep(0.5)  # both in the server's hands
+        yield
+
+
 class LoopThread:
     """An event loop running in a thread of its own, for synchronous tests (hypothesis drives only those) that
     need real servers on loopback: `run(coro)` runs a coroutine there and returns its result."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import httpx
 import pytest
@@ -12,6 +11,8 @@ import pytest
 from health.server import HealthServer
 from worker.replica_faults import replica_fault
 from worker.state import Phase, WorkerState
+
+from ..conftest import stalling_clients
 
 
 def idle_and_ready(state: WorkerState) -> None:
@@ -200,12 +201,5 @@ async def test_stop_does_not_wait_on_clients_that_never_read_or_never_finish_a_b
     read the answers kept stop() running for over 2 minutes, past the platform's kill, with ComfyUI not stopped."""
     server = HealthServer(state, host="127.0.0.1", port=0)
     port = await server.start()
-    with socket.socket() as never_reads, socket.create_connection(("127.0.0.1", port)) as never_sends_its_body:
-        never_reads.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        never_reads.connect(("127.0.0.1", port))
-        never_reads.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
-        never_sends_its_body.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
-        await asyncio.sleep(0.5)  # both in the server's hands: a handler blocked writing, a body lingered on
-        started = time.monotonic()
-        await asyncio.wait_for(server.stop(), 30)
-        assert time.monotonic() - started < 5
+    async with stalling_clients(port, "/health"):
+        await asyncio.wait_for(server.stop(), 30)  # before: over 2 minutes

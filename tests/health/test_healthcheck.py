@@ -36,14 +36,16 @@ def image_env(name: str) -> str:
 async def run_healthcheck(
     port_file: Path, health_port: str = "0", health_host: str = image_env("HEALTH_HOST")
 ) -> tuple[int, str]:
-    """The command with the image's variables (the port file moved into the test's folder), `python` first on
-    PATH as in the image's venv."""
-    env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HEALTH_HOST": health_host, "HEALTH_PORT": health_port, "HEALTH_PORT_FILE": str(port_file),
-    }  # fmt: skip
+    """The command with the image's variables (the port file moved into the test's folder)."""
+    variables = {"HEALTH_HOST": health_host, "HEALTH_PORT": health_port, "HEALTH_PORT_FILE": str(port_file)}
+    return await run_healthcheck_with(variables, port_file.parent)
+
+
+async def run_healthcheck_with(variables: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """The command with these variables alone, `python` first on PATH as in the image's venv."""
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **variables}
     process = await asyncio.create_subprocess_exec(
-        *healthcheck_command(), env=env, cwd=port_file.parent, stderr=asyncio.subprocess.PIPE
+        *healthcheck_command(), env=env, cwd=cwd, stderr=asyncio.subprocess.PIPE
     )
     _, stderr = await process.communicate()
     return process.returncode or 0, stderr.decode()
@@ -171,16 +173,11 @@ async def test_the_healthcheck_reads_the_variables_in_any_case_as_the_worker_doe
     8000 while the server listened on health_port's port, and the container was unhealthy forever."""
     server = HealthServer(make_state(), host="127.0.0.1", port=0)
     port = await server.start()
-    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "health_host": "127.0.0.1", "Health_Port": str(port)}  # fmt: skip
     try:
-        process = await asyncio.create_subprocess_exec(
-            *healthcheck_command(), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-        )
-        _, stderr = await process.communicate()
+        answer = await run_healthcheck_with({"health_host": "127.0.0.1", "Health_Port": str(port)}, tmp_path)
     finally:
         await server.stop()
-    assert (process.returncode, stderr.decode()) == (0, "")
+    assert answer == (0, "")
 
 
 async def test_a_port_file_that_cannot_be_written_leaves_the_healthcheck_on_health_port(tmp_path: Path) -> None:
@@ -192,16 +189,12 @@ async def test_a_port_file_that_cannot_be_written_leaves_the_healthcheck_on_heal
     for port_file in (tmp_path / "a-file" / "port", tmp_path / "a-folder"):
         server = HealthServer(make_state(), host="127.0.0.1", port=0, port_file=port_file)
         port = await server.start()
-        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": str(port), "HEALTH_PORT_FILE": str(port_file)}  # fmt: skip
+        variables = {"HEALTH_HOST": "127.0.0.1", "HEALTH_PORT": str(port), "HEALTH_PORT_FILE": str(port_file)}
         try:
-            process = await asyncio.create_subprocess_exec(
-                *healthcheck_command(), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
-            )
-            _, stderr = await process.communicate()
+            answer = await run_healthcheck_with(variables, tmp_path)
         finally:
             await server.stop()
-        assert (process.returncode, stderr.decode()) == (0, "")
+        assert answer == (0, "")
 
 
 @pytest.mark.parametrize("port_file", [".", "/"])
