@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,11 @@ def parse(path: Path, text: str) -> Participants:
 
 def read_text(path: Path) -> str:
     try:
-        with path.open("rb") as file:
+        # Opened without waiting: a FIFO named here (no writer) blocked the open for good, the server's start or
+        # its event loop with it, and SIGTERM could not end it.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ParticipantsFileError(path, None, "is not a regular file")
             data = file.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise ParticipantsFileError(path, None, f"is larger than {MAX_FILE_BYTES // 2**20} MiB: not a "

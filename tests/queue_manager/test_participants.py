@@ -254,8 +254,8 @@ def test_a_file_larger_than_any_participants_file_is_refused_unread(tmp_path: Pa
     with pytest.raises(ParticipantsFileError) as raised:
         read_participants(path)
     assert raised.value.line is None and "larger than 4 MiB" in raised.value.reason
-    endless = Path("/dev/zero")  # a size of 0 to stat, and no end: only a bounded read stops
-    with pytest.raises(ParticipantsFileError, match="larger than"):
+    endless = Path("/dev/zero")  # a size of 0 to stat, and no end: refused, never read
+    with pytest.raises(ParticipantsFileError, match="is not a regular file"):
         read_participants(endless)
 
 
@@ -282,6 +282,25 @@ async def test_the_cli_refuses_a_participants_file_without_the_operators_token(t
     )  # fmt: skip
     assert code == 2
     assert "QUEUE_MANAGER_PARTICIPANTS_FILE" in err and "without QUEUE_MANAGER_TOKEN" in err
+
+
+async def test_a_fifo_as_participants_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Before: the server's start, and add-participant, blocked opening a FIFO named as the participants file (no
+    writer) for good; SIGTERM could not end them. Now both exit 2 naming it, and add-participant leaves it be."""
+    fifo = tmp_path / "participants"
+    os.mkfifo(fifo)
+    served = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--participants-file", str(fifo),
+        env=clean_env(QUEUE_MANAGER_TOKEN=OPERATOR), cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    added = await run_module_to_exit(
+        "queue_manager", "add-participant", "alice", "--participants-file", str(fifo),
+        env=clean_env(), cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    for code, err in (served, added):
+        assert code == 2, err
+        assert f"participants file {fifo}: is not a regular file" in err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 async def add_by_cli(path: Path, user_id: str) -> str:
