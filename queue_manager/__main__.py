@@ -110,7 +110,11 @@ def _database_file(text: str) -> str:
     folder cannot be opened."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name the SQLite file that keeps the jobs")
-    if Path(text).is_dir():
+    try:
+        is_folder = Path(text).is_dir()
+    except OSError as exc:  # a name longer than the system takes (ENAMETOOLONG), say
+        raise argparse.ArgumentTypeError(f"cannot name a file: {exc.strerror or exc}") from None
+    if is_folder:
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {Path(text) / 'jobs.db'}")
     return text
 

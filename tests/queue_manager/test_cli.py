@@ -242,11 +242,13 @@ async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(
 
 @pytest.mark.parametrize(
     ("db", "said"),
-    [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder")],
-    ids=["empty", "blank", "folder"],
+    [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder"),
+     ("q" * 300 + ".db", "argument --db: cannot name a file: File name too long")],
+    ids=["empty", "blank", "folder", "name-too-long"],
 )
 async def test_a_db_that_names_no_file_exits_2_before_creating_anything(tmp_path: Path, db: str, said: str) -> None:
-    """Before: '  ' served from a file named by two spaces; '' and a folder exited 2 saying the folder must exist."""
+    """Before: '  ' served from a file named by two spaces; '' and a folder exited 2 saying the folder must exist; a
+    name longer than the system takes, a 30-line argparse traceback (OSError: File name too long) and exit 1."""
     code, err = await run_module_to_exit(
         "queue_manager", "--port", "0", "--db", db, env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path,
         timeout_s=20,
