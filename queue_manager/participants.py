@@ -171,6 +171,9 @@ def add_participant(path: Path, user_id: str) -> str:
     nowhere."""
     if not USER_ID_PATTERN.fullmatch(user_id):
         raise ValueError(f"{user_id!r} cannot be a user_id: 1 to 100 letters, digits, '_' or '-'")
+    # A symbolic link's file is the one to change: renamed onto the link, the new file replaced the link and the
+    # file it names (the one a server may read) never had the line.
+    path = Path(os.path.realpath(path))
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)

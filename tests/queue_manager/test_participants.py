@@ -365,6 +365,21 @@ async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -
     assert path.read_text() == "alice\n"
 
 
+def test_add_participant_through_a_symbolic_link_changes_the_file_it_names(tmp_path: Path) -> None:
+    """Before: the new file was renamed onto the link, which became a file of its own; the file it named, the one
+    a server may read, never had the line and the printed token was refused."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "participants"
+    bob = add_participant(target, "bob")
+    link = tmp_path / "participants"
+    link.symlink_to(target)
+    alice = add_participant(link, "alice")
+    assert link.is_symlink()
+    listed = read_participants(target)
+    assert (listed.holder(alice), listed.holder(bob)) == ("alice", "bob")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
 def test_add_participant_run_many_at_once_loses_nobody(tmp_path: Path) -> None:
     """Before: each run read the file, added its line and renamed its copy over it, so two runs at once (an operator
     scripting a workshop's 20 participants with `&`) kept only one of the two new lines, and the other's printed
