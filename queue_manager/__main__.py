@@ -244,7 +244,15 @@ def add_participant_main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"participants file {path}: cannot be written: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(token)
+    try:
+        if sys.stdout is None:  # closed (`>&-`): print() would drop the token and say nothing
+            raise OSError("standard output is closed")
+        print(token, flush=True)
+    except OSError as exc:  # a full disk, a closed pipe: the token is lost, never shown (nor logged)
+        print(f"{args.user_id}'s new token could not be printed ({exc.strerror or exc}): {path} holds its hash, "
+              "so any token they had no longer works; run this again with a working standard output",
+              file=sys.stderr)
+        return 1
     print(f"{args.user_id}'s token (above) is shown once; {path} keeps only its hash", file=sys.stderr)
     return 0
 

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -348,6 +349,25 @@ async def test_add_participant_prints_a_token_that_opens_their_jobs_and_a_rerun_
     assert token_hash(new_alice) in text
     for token in (alice, bob, new_alice):
         assert token not in text and token not in output
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_add_participant_whose_token_cannot_be_printed_exits_1_saying_so(tmp_path: Path, stdout: str) -> None:
+    """Before: standard output full (/dev/full), a 10-line traceback (OSError: No space left on device); closed
+    (`>&-`), exit 0 and "alice's token (above) is shown once", a token nobody ever saw."""
+    path = tmp_path / "participants"
+    redirect = ">/dev/full" if stdout == "full" else ">&-"
+    process = subprocess.run(
+        ["sh", "-c", f'exec "$0" -m queue_manager add-participant alice --participants-file "$1" {redirect}',
+         sys.executable, str(path)],
+        cwd=REPO, env=clean_env(), stderr=subprocess.PIPE, timeout=20, check=False,
+    )  # fmt: skip
+    err = process.stderr.decode()
+    assert process.returncode == 1, err
+    assert "Traceback" not in err and "shown once" not in err
+    assert err.startswith("alice's new token could not be printed (")
+    [line] = path.read_text().splitlines()
+    assert line.split()[1] not in err
 
 
 async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -> None:
