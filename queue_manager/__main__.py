@@ -105,6 +105,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    """An address to bind. Blank, aiohttp binds every interface (each on its own port with --port 0): a queue open to
+    the network, from `--host "$UNSET"`."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the address to bind (127.0.0.1: this machine only; "
+                                         "0.0.0.0: every interface)")
+    return text
+
+
 def _database_file(text: str) -> str:
     """A file name: blank would open SQLite's private temporary database (or a file named by spaces), a
     folder cannot be opened."""
@@ -135,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
             "LOG_FORMAT (auto|json|console), LOG_LEVEL."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--host", type=_host, default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=8080, help="port to bind (default: %(default)s)")
     parser.add_argument(
         "--db",

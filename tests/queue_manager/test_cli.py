@@ -258,6 +258,18 @@ async def test_a_db_that_names_no_file_exits_2_before_creating_anything(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("host", ["", "  "], ids=["empty", "blank"])
+async def test_a_blank_host_exits_2_rather_than_binding_every_interface(tmp_path: Path, host: str) -> None:
+    """Before: --host "" served on every interface (0.0.0.0 and ::, each on a port of its own with --port 0), the
+    queue open to the network, and logged url http://:PORT."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--host", host,
+        env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path, timeout_s=10,
+    )  # fmt: skip
+    assert code == 2
+    assert "argument --host: is empty: name the address to bind" in err
+
+
 async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) -> None:
     """Before: only 'address already in use', with nothing about --port."""
     with socket.socket() as taken:
