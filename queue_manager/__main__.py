@@ -111,6 +111,10 @@ def _host(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name the address to bind (127.0.0.1: this machine only; "
                                          "0.0.0.0: every interface)")
+    try:
+        text.encode("idna")  # as the resolver will: a label over 63 characters ended the start in a traceback
+    except UnicodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is no address or host name ({exc.__cause__ or exc})") from None
     return text
 
 

@@ -270,6 +270,19 @@ async def test_a_blank_host_exits_2_rather_than_binding_every_interface(tmp_path
     assert "argument --host: is empty: name the address to bind" in err
 
 
+@pytest.mark.parametrize("host", ["h" * 64, "a..b"], ids=["label-too-long", "empty-label"])
+async def test_a_host_no_resolver_takes_exits_2_without_a_traceback(tmp_path: Path, host: str) -> None:
+    """Before: the server's start ended in an uncaught UnicodeError (label too long / empty), logged critical with
+    its traceback."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--host", host,
+        env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2, err
+    assert f"argument --host: {host!r} is no address or host name (label" in err
+    assert "Traceback" not in err
+
+
 async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) -> None:
     """Before: only 'address already in use', with nothing about --port."""
     with socket.socket() as taken:
