@@ -110,7 +110,7 @@ def read_text(path: Path) -> str:
         if len(data) > MAX_FILE_BYTES:
             raise ParticipantsFileError(path, None, f"is larger than {MAX_FILE_BYTES // 2**20} MiB: not a "
                                                     "participants file")
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a BOM (Windows' Notepad) read as part of line 1's user_id refused the file
     except UnicodeDecodeError:
         raise ParticipantsFileError(path, None, "is not UTF-8 text") from None
     except OSError as exc:

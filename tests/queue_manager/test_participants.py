@@ -249,6 +249,16 @@ def test_a_bad_line_is_named_with_its_number(tmp_path: Path, content: str, line:
     assert reason in raised.value.reason
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Before: the BOM an editor on Windows puts first was read as part of line 1's user_id, and the file refused
+    ('line 1: the user_id must be 1 to 100 letters…'): the server did not start, add-participant did not add."""
+    path = tmp_path / "participants"
+    path.write_text(f"alice {ZEROS}\r\n", encoding="utf-8-sig")
+    assert read_participants(path).user_by_hash == {ZEROS: "alice"}
+    bob = add_participant(path, "bob")
+    assert read_participants(path).holder(bob) == "bob"
+
+
 def test_a_file_larger_than_any_participants_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "participants"
     path.write_text(f"alice {ZEROS}\n" + "#" * MAX_FILE_BYTES)
