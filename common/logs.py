@@ -26,10 +26,11 @@ from common.urls import is_secret_parameter
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
 _secret_values: set[str] = set()
 # Credentials inside any URL in free text (an error message, a traceback): scheme://user:password@host ->
-# scheme://***@host, as common.urls.redact_url shows a single URL. Tried once per run of scheme characters, from
+# scheme://***@host, as common.urls.redact_url shows a single URL: up to the last "@" before the path, as clients read
+# it (a password with an unencoded "@" kept its tail). Tried once per run of scheme characters, from
 # its start (`...https://` too): tried from every letter of a run, a megabyte of letters (a peer's error page)
 # took minutes to scrub.
-_URL_CREDENTIALS = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s?#]+@")
+_URL_CREDENTIALS = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s?#]+@")
 # ... and the values of query parameters named like credentials (?token=..., &api_key=...).
 _QUERY_PARAMETER = re.compile(r"(?P<lead>[?&](?P<name>[A-Za-z0-9_.%-]+)=)(?P<value>[^&#\s\"'<>]+)")
 

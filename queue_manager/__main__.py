@@ -105,12 +105,29 @@ def _port(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    """An address to bind. Blank, aiohttp binds every interface (each on its own port with --port 0): a queue open to
+    the network, from `--host "$UNSET"`."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the address to bind (127.0.0.1: this machine only; "
+                                         "0.0.0.0: every interface)")
+    try:
+        text.encode("idna")  # as the resolver will: a label over 63 characters ended the start in a traceback
+    except UnicodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is no address or host name ({exc.__cause__ or exc})") from None
+    return text
+
+
 def _database_file(text: str) -> str:
     """A file name: blank would open SQLite's private temporary database (or a file named by spaces), a
     folder cannot be opened."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name the SQLite file that keeps the jobs")
-    if Path(text).is_dir():
+    try:
+        is_folder = Path(text).is_dir()
+    except OSError as exc:  # a name longer than the system takes (ENAMETOOLONG), say
+        raise argparse.ArgumentTypeError(f"cannot name a file: {exc.strerror or exc}") from None
+    if is_folder:
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {Path(text) / 'jobs.db'}")
     return text
 
@@ -131,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
             "LOG_FORMAT (auto|json|console), LOG_LEVEL."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--host", type=_host, default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=8080, help="port to bind (default: %(default)s)")
     parser.add_argument(
         "--db",
@@ -240,7 +257,15 @@ def add_participant_main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"participants file {path}: cannot be written: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(token)
+    try:
+        if sys.stdout is None:  # closed (`>&-`): print() would drop the token and say nothing
+            raise OSError("standard output is closed")
+        print(token, flush=True)
+    except OSError as exc:  # a full disk, a closed pipe: the token is lost, never shown (nor logged)
+        print(f"{args.user_id}'s new token could not be printed ({exc.strerror or exc}): {path} holds its hash, "
+              "so any token they had no longer works; run this again with a working standard output",
+              file=sys.stderr)
+        return 1
     print(f"{args.user_id}'s token (above) is shown once; {path} keeps only its hash", file=sys.stderr)
     return 0
 

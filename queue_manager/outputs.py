@@ -74,7 +74,11 @@ class OutputNotServed(Exception):
 def outputs_dir_problem(folder: Path) -> str | None:
     """Why the queue manager cannot serve outputs from this folder, or None (checked once, at start)."""
     named = f"{OUTPUTS_DIR_ENV} (--outputs-dir) {folder}"
-    if not folder.is_dir():
+    try:
+        is_folder = folder.is_dir()
+    except OSError as exc:  # a name longer than the system takes (ENAMETOOLONG), say: not a traceback
+        return f"{named} cannot be looked at ({exc.strerror or exc}): name the folder, or unset {OUTPUTS_DIR_ENV}"
+    if not is_folder:
         return (f"{named} is not a folder: mount the workers' OUTPUTS_PATH volume there (read-write, for the "
                 f"outputs' retention), or unset {OUTPUTS_DIR_ENV}")
     if not os.access(folder, os.R_OK | os.X_OK):

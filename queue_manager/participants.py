@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,12 +101,16 @@ def parse(path: Path, text: str) -> Participants:
 
 def read_text(path: Path) -> str:
     try:
-        with path.open("rb") as file:
+        # Opened without waiting: a FIFO named here (no writer) blocked the open for good, the server's start or
+        # its event loop with it, and SIGTERM could not end it.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ParticipantsFileError(path, None, "is not a regular file")
             data = file.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise ParticipantsFileError(path, None, f"is larger than {MAX_FILE_BYTES // 2**20} MiB: not a "
                                                     "participants file")
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a BOM (Windows' Notepad) read as part of line 1's user_id refused the file
     except UnicodeDecodeError:
         raise ParticipantsFileError(path, None, "is not UTF-8 text") from None
     except OSError as exc:
@@ -166,6 +171,9 @@ def add_participant(path: Path, user_id: str) -> str:
     nowhere."""
     if not USER_ID_PATTERN.fullmatch(user_id):
         raise ValueError(f"{user_id!r} cannot be a user_id: 1 to 100 letters, digits, '_' or '-'")
+    # A symbolic link's file is the one to change: renamed onto the link, the new file replaced the link and the
+    # file it names (the one a server may read) never had the line.
+    path = Path(os.path.realpath(path))
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)

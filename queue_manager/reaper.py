@@ -18,6 +18,8 @@ from queue_manager.store import JobStore, PurgedJob, is_storage_fault
 
 log = structlog.get_logger()
 
+# The shortest wait between passes: 100 a second at most, however small the interval or the lease asked.
+MIN_INTERVAL_S = 0.01
 TIMEOUT_ERROR = "Job timeout exceeded"
 # The wall clock moving this much more (or less) than the steady clock between two lease passes was stepped (NTP,
 # a host resumed from a pause), not slewed: slewing drifts at most 0.5 ms/s, 7.5 ms over a 15 s pass.
@@ -48,7 +50,9 @@ class JobReaper:
         # next (in a worker thread): each is tried once.
         self._to_prune: deque[PurgedJob] = deque()
         # A lease is checked a few times within its timeout, so a silent worker's job waits at most ~1.25x it.
-        self._interval_s = min(interval_s, lease_timeout_s / 4) if lease_timeout_s > 0 else interval_s
+        # Never shorter than MIN_INTERVAL_S: --reaper-interval 1e-300, or LEASE_TIMEOUT_S=1e-9, spun a CPU at 100%.
+        interval_s = min(interval_s, lease_timeout_s / 4) if lease_timeout_s > 0 else interval_s
+        self._interval_s = max(interval_s, MIN_INTERVAL_S)
         self._clock = clock
         # None: the wall clock is its own steady clock (a test's hand-moved clock), so it is never seen to step.
         self._steady_clock = steady_clock or clock

@@ -199,6 +199,9 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
          ["b-9", "s-9"]),
         ("https://q.example.com/?maxTokens=5&keyboard=us&tokens=3", "https://q.example.com/?maxTokens=5&keyboard=us&tokens=3",
          []),
+        # An "@" left unencoded in the password: clients take the userinfo up to the last "@" (before: the log
+        # scrubber stopped at the first, and "ss-10" reached the log line).
+        ("https://u:p@ss-10@q.example.com/a@b", "https://***@q.example.com/a@b", ["u", "p@ss-10"]),
     ],
 )
 def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:

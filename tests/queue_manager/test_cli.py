@@ -242,11 +242,13 @@ async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(
 
 @pytest.mark.parametrize(
     ("db", "said"),
-    [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder")],
-    ids=["empty", "blank", "folder"],
+    [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder"),
+     ("q" * 300 + ".db", "argument --db: cannot name a file: File name too long")],
+    ids=["empty", "blank", "folder", "name-too-long"],
 )
 async def test_a_db_that_names_no_file_exits_2_before_creating_anything(tmp_path: Path, db: str, said: str) -> None:
-    """Before: '  ' served from a file named by two spaces; '' and a folder exited 2 saying the folder must exist."""
+    """Before: '  ' served from a file named by two spaces; '' and a folder exited 2 saying the folder must exist; a
+    name longer than the system takes, a 30-line argparse traceback (OSError: File name too long) and exit 1."""
     code, err = await run_module_to_exit(
         "queue_manager", "--port", "0", "--db", db, env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path,
         timeout_s=20,
@@ -254,6 +256,31 @@ async def test_a_db_that_names_no_file_exits_2_before_creating_anything(tmp_path
     assert code == 2
     assert said in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("host", ["", "  "], ids=["empty", "blank"])
+async def test_a_blank_host_exits_2_rather_than_binding_every_interface(tmp_path: Path, host: str) -> None:
+    """Before: --host "" served on every interface (0.0.0.0 and ::, each on a port of its own with --port 0), the
+    queue open to the network, and logged url http://:PORT."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--host", host,
+        env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path, timeout_s=10,
+    )  # fmt: skip
+    assert code == 2
+    assert "argument --host: is empty: name the address to bind" in err
+
+
+@pytest.mark.parametrize("host", ["h" * 64, "a..b"], ids=["label-too-long", "empty-label"])
+async def test_a_host_no_resolver_takes_exits_2_without_a_traceback(tmp_path: Path, host: str) -> None:
+    """Before: the server's start ended in an uncaught UnicodeError (label too long / empty), logged critical with
+    its traceback."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--host", host,
+        env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2, err
+    assert f"argument --host: {host!r} is no address or host name (label" in err
+    assert "Traceback" not in err
 
 
 async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) -> None:

@@ -498,9 +498,10 @@ async def test_without_the_setting_the_route_says_outputs_are_not_served_and_how
 
 
 @pytest.mark.parametrize("by", ["flag", "variable"])
-@pytest.mark.parametrize("problem", ["missing", "unreadable"])
+@pytest.mark.parametrize("problem", ["missing", "unreadable", "name-too-long"])
 async def test_the_cli_exits_2_when_the_outputs_folder_cannot_be_read(tmp_path: Path, by: str, problem: str) -> None:
-    folder = tmp_path / "outputs"
+    """name-too-long, before: an uncaught OSError (File name too long) from is_dir, a traceback and exit 1."""
+    folder = tmp_path / ("o" * 300 if problem == "name-too-long" else "outputs")
     if problem == "unreadable":
         folder.mkdir(mode=0o000)
     env = clean_env(QUEUE_MANAGER_OUTPUTS_DIR=str(folder)) if by == "variable" else clean_env()

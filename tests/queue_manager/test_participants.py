@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -248,14 +249,24 @@ def test_a_bad_line_is_named_with_its_number(tmp_path: Path, content: str, line:
     assert reason in raised.value.reason
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Before: the BOM an editor on Windows puts first was read as part of line 1's user_id, and the file refused
+    ('line 1: the user_id must be 1 to 100 letters…'): the server did not start, add-participant did not add."""
+    path = tmp_path / "participants"
+    path.write_text(f"alice {ZEROS}\r\n", encoding="utf-8-sig")
+    assert read_participants(path).user_by_hash == {ZEROS: "alice"}
+    bob = add_participant(path, "bob")
+    assert read_participants(path).holder(bob) == "bob"
+
+
 def test_a_file_larger_than_any_participants_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "participants"
     path.write_text(f"alice {ZEROS}\n" + "#" * MAX_FILE_BYTES)
     with pytest.raises(ParticipantsFileError) as raised:
         read_participants(path)
     assert raised.value.line is None and "larger than 4 MiB" in raised.value.reason
-    endless = Path("/dev/zero")  # a size of 0 to stat, and no end: only a bounded read stops
-    with pytest.raises(ParticipantsFileError, match="larger than"):
+    endless = Path("/dev/zero")  # a size of 0 to stat, and no end: refused, never read
+    with pytest.raises(ParticipantsFileError, match="is not a regular file"):
         read_participants(endless)
 
 
@@ -282,6 +293,25 @@ async def test_the_cli_refuses_a_participants_file_without_the_operators_token(t
     )  # fmt: skip
     assert code == 2
     assert "QUEUE_MANAGER_PARTICIPANTS_FILE" in err and "without QUEUE_MANAGER_TOKEN" in err
+
+
+async def test_a_fifo_as_participants_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Before: the server's start, and add-participant, blocked opening a FIFO named as the participants file (no
+    writer) for good; SIGTERM could not end them. Now both exit 2 naming it, and add-participant leaves it be."""
+    fifo = tmp_path / "participants"
+    os.mkfifo(fifo)
+    served = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--participants-file", str(fifo),
+        env=clean_env(QUEUE_MANAGER_TOKEN=OPERATOR), cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    added = await run_module_to_exit(
+        "queue_manager", "add-participant", "alice", "--participants-file", str(fifo),
+        env=clean_env(), cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    for code, err in (served, added):
+        assert code == 2, err
+        assert f"participants file {fifo}: is not a regular file" in err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 async def add_by_cli(path: Path, user_id: str) -> str:
@@ -331,6 +361,25 @@ async def test_add_participant_prints_a_token_that_opens_their_jobs_and_a_rerun_
         assert token not in text and token not in output
 
 
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_add_participant_whose_token_cannot_be_printed_exits_1_saying_so(tmp_path: Path, stdout: str) -> None:
+    """Before: standard output full (/dev/full), a 10-line traceback (OSError: No space left on device); closed
+    (`>&-`), exit 0 and "alice's token (above) is shown once", a token nobody ever saw."""
+    path = tmp_path / "participants"
+    redirect = ">/dev/full" if stdout == "full" else ">&-"
+    process = subprocess.run(
+        ["sh", "-c", f'exec "$0" -m queue_manager add-participant alice --participants-file "$1" {redirect}',
+         sys.executable, str(path)],
+        cwd=REPO, env=clean_env(), stderr=subprocess.PIPE, timeout=20, check=False,
+    )  # fmt: skip
+    err = process.stderr.decode()
+    assert process.returncode == 1, err
+    assert "Traceback" not in err and "shown once" not in err
+    assert err.startswith("alice's new token could not be printed (")
+    [line] = path.read_text().splitlines()
+    assert line.split()[1] not in err
+
+
 async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -> None:
     path = tmp_path / "participants"
     path.write_text("alice\n")
@@ -344,6 +393,21 @@ async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -
     assert out == b""
     assert f"{path} line 1" in err.decode()
     assert path.read_text() == "alice\n"
+
+
+def test_add_participant_through_a_symbolic_link_changes_the_file_it_names(tmp_path: Path) -> None:
+    """Before: the new file was renamed onto the link, which became a file of its own; the file it named, the one
+    a server may read, never had the line and the printed token was refused."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "participants"
+    bob = add_participant(target, "bob")
+    link = tmp_path / "participants"
+    link.symlink_to(target)
+    alice = add_participant(link, "alice")
+    assert link.is_symlink()
+    listed = read_participants(target)
+    assert (listed.holder(alice), listed.holder(bob)) == ("alice", "bob")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
 def test_add_participant_run_many_at_once_loses_nobody(tmp_path: Path) -> None:

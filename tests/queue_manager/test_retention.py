@@ -290,3 +290,26 @@ def test_a_bad_retention_is_a_config_error_naming_the_variable(monkeypatch: pyte
     monkeypatch.setenv("FINISHED_JOB_RETENTION_S", value)
     with pytest.raises(ConfigError, match="FINISHED_JOB_RETENTION_S"):
         settings_from_env(QueueManagerEnv, "queue manager")
+
+
+@pytest.mark.parametrize("asked", [{"interval_s": 1e-300}, {"interval_s": 60, "lease_timeout_s": 1e-9}],
+                         ids=["reaper-interval", "lease-timeout"])
+async def test_a_tiny_interval_or_lease_never_spins_the_reaper(tmp_path: Path, asked: dict[str, float]) -> None:
+    """Before: --reaper-interval 1e-300 (finite, above 0: accepted) or LEASE_TIMEOUT_S=1e-9 (a quarter of it is the
+    interval) ran passes back to back, thousands in 0.3 s, the process at 94% of a CPU. Now at most 100 a second
+    (a slower machine runs fewer, never more)."""
+    store = JobStore(tmp_path / "queue.db")
+    reaper = JobReaper(store, job_timeout_s=60, clock=lambda: 0.0, **asked)
+    passes = 0
+
+    async def count(_step: object) -> None:
+        nonlocal passes
+        passes += 1
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(reaper.run(stop, count))
+    await asyncio.sleep(0.3)
+    stop.set()
+    await task
+    store.close()
+    assert passes <= 40, passes
