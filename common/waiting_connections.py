@@ -28,6 +28,9 @@ log = structlog.get_logger()
 MAX_WAITING_CONNECTIONS = 1000
 # One warning line at most this often while connections are being closed, with how many.
 WARN_EVERY_S = 60.0
+# What a handler still running at stop gets to end: one writing to a client that does not read, or lingering on a
+# body never sent. aiohttp's default (60 s, then 60 s more once cancelled) kept a process's exit waiting minutes.
+SHUTDOWN_TIMEOUT_S = 1.0
 
 
 class WaitingConnections:
@@ -45,10 +48,15 @@ class WaitingConnections:
         self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
         self._warnings = LogThrottle(WARN_EVERY_S)
 
-    async def start_runner(self, app: web.Application, **runner_options: Any) -> web.AppRunner:
-        """``app``'s runner, set up: its connections watched, their heads read within ``heads``. No access log:
-        probes, scrapes and workers' polls arrive every few seconds and would drown every other line."""
-        runner = web.AppRunner(app, access_log=None, **self._heads.runner_kwargs(), **runner_options)
+    async def start_runner(
+        self, app: web.Application, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
+    ) -> web.AppRunner:
+        """``app``'s runner, set up: its connections watched, their heads read within ``heads``, its stop bounded by
+        ``shutdown_timeout_s``. No access log: probes, scrapes and workers' polls arrive every few seconds and would
+        drown every other line."""
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=shutdown_timeout_s, **self._heads.runner_kwargs()
+        )
         await runner.setup()
         self._watch(runner.server)
         return runner

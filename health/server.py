@@ -22,11 +22,6 @@ from worker.state import WorkerState
 
 log = structlog.get_logger()
 
-# Every handler answers from memory in microseconds: one still running at stop is writing to a client that does not
-# read (or lingering on a body it never sends). aiohttp's default gave it 60 s, then 60 s more once cancelled, while
-# the worker's exit (and ComfyUI's stop after it) waited.
-_SHUTDOWN_TIMEOUT_S = 1.0
-
 
 class HealthServer:
     def __init__(
@@ -57,7 +52,7 @@ class HealthServer:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port (useful with port 0)."""
-        self._runner = await self._waiting.start_runner(self._app(), shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        self._runner = await self._waiting.start_runner(self._app())
         site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await site.start()

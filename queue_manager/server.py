@@ -210,7 +210,7 @@ class QueueManagerServer:
         waiting = WaitingConnections("queue_manager", QUEUE_HEADS)
         app = build_app(api, token=self._token, worker_token=self._worker_token, participants=self._participants,
                         clock=self.clock, test_hooks=self._test_hooks, waiting=waiting)
-        self._runner = await waiting.start_runner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        self._runner = await waiting.start_runner(app, _SHUTDOWN_TIMEOUT_S)
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]

@@ -16,10 +16,6 @@ log = structlog.get_logger()
 
 # comfy_scaler_queue_manager_healthy before the first tick's /health read and whenever it reads no status.
 QUEUE_MANAGER_HEALTH_UNKNOWN = -1
-# The one handler answers from memory: one still running at stop is writing to a client that does not read (or
-# lingering on a body it never sends). aiohttp's default gave it 60 s, then 60 s more once cancelled, while the
-# scaler's exit waited. As the worker's health server (health/server.py).
-_SHUTDOWN_TIMEOUT_S = 1.0
 
 
 class ScalerMetrics:
@@ -145,7 +141,7 @@ class MetricsServer:
     async def start(self) -> int:
         app = web.Application(middlewares=[self._waiting.middleware])
         app.router.add_get("/metrics", self._serve_metrics)
-        self._runner = await self._waiting.start_runner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        self._runner = await self._waiting.start_runner(app)
         await web.TCPSite(self._runner, self._host, self._port).start()
         port = self._runner.addresses[0][1]
         log.info("scaler_metrics_listening", host=self._host, port=port)
