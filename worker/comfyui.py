@@ -58,8 +58,9 @@ class FileNotServed(Exception):
 
 
 class ReplyTooLarge(Exception):
-    """An answer over MAX_COMFYUI_MESSAGE_BYTES, abandoned at that size: from /history, /queue or /prompt the
-    workflow's doing (they repeat what it made and sent), so the job fails; from /system_stats, ComfyUI's."""
+    """An answer over MAX_COMFYUI_MESSAGE_BYTES, abandoned at that size: from /history or /prompt the workflow's
+    doing (they repeat what it made and sent), so the job fails; from /system_stats or /queue (every client's
+    prompts), not: those raise ComfyUIUnavailable instead."""
 
     def __init__(self, what: str) -> None:
         super().__init__(
@@ -293,8 +294,13 @@ class ComfyUIClient:
         return running, pending
 
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
-        """(running, pending) as (prompt id, extra_data): elements 1 and 3 of each queue item."""
-        payload = await self._json("GET", "/queue")
+        """(running, pending) as (prompt id, extra_data): elements 1 and 3 of each queue item. ComfyUIUnavailable
+        for an answer past the bound: it lists every client's prompts, so whether one is there cannot be told, and
+        no workflow is to blame (one is at most 10 MiB)."""
+        try:
+            payload = await self._json("GET", "/queue")
+        except ReplyTooLarge as exc:
+            raise ComfyUIUnavailable(str(exc)) from exc
         if not isinstance(payload, dict):
             raise ComfyUIUnavailable(f"ComfyUI GET /queue answered a JSON {type(payload).__name__}, not its queue")
 

@@ -40,6 +40,9 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
+# The skipped outputs' warning quotes this much of ComfyUI's node_errors, which may run to its 32-MiB answer: a
+# result carrying it all could pass the queue manager's limit, and its log line would be as long.
+MAX_WARNING_CHARS = 4_000
 
 
 @dataclass
@@ -230,6 +233,8 @@ class PromptRun:
             self._submitted_at = self._heard_at = time.monotonic()
             if accepted.get("node_errors"):
                 skipped = describe_prompt_error({"error": {"message": "outputs that will not run"}, **accepted})
+                if len(skipped) > MAX_WARNING_CHARS:
+                    skipped = f"{skipped[:MAX_WARNING_CHARS]}… ({len(skipped)} characters)"
                 log.warning("ComfyUI accepted the workflow but will skip invalid outputs", details=skipped)
                 self._warnings.append(skipped.replace("ComfyUI rejected the workflow: ", "ComfyUI skipped ", 1))
             self.on_prompt_id(self.prompt_id)

@@ -48,7 +48,7 @@ from worker.outputs import (
     OutputLimits,
     OutputsDiskFailed,
 )
-from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected
+from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_error
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
 
@@ -577,7 +577,8 @@ class Worker:
         except (TimeoutError, httpx.HTTPError, ReportRejected, ValueError):
             return "refused"
         if landed == "failed":
-            log.warning(f"Job {report.job_id} failed", error=report.error or report.handback,
+            error = stored_error(report.error or "") if report.handback is None else report.handback
+            log.warning(f"Job {report.job_id} failed", error=error,
                         note="an earlier try of the report had landed")
         elif landed == "handed_back":
             log.info(f"Job {report.job_id} handed back", reason=report.handback, cause=report.cause.value,

@@ -202,7 +202,7 @@ class QueueClient:
         await self._report("complete-job", job_id, {"result": result}, attempt)
 
     async def fail_job(self, job_id: str, error: str, *, attempt: int | None = None) -> None:
-        await self._report("fail-job", job_id, {"error": _clip(error, MAX_ERROR_CHARS, "unknown error")}, attempt)
+        await self._report("fail-job", job_id, {"error": stored_error(error)}, attempt)
 
     async def release_job(
         self, job_id: str, reason: str, *, attempt: int | None, cause: HandBackCause
@@ -254,7 +254,7 @@ class QueueClient:
     async def job_failed_with(self, job_id: str, error: str) -> bool:
         """Whether the job ended failed with this error: an earlier try of this fail-job landed, its answer lost."""
         job = await self._job(job_id) or {}
-        return job.get("status") == "failed" and job.get("error") == _clip(error, MAX_ERROR_CHARS, "unknown error")
+        return job.get("status") == "failed" and job.get("error") == stored_error(error)
 
     async def handed_back_by(self, job_id: str, attempt: int, reason: str, cause: HandBackCause) -> str | None:
         """"handed_back" ("failed" when that gave the job up) if this worker's hand back of that attempt is in the
@@ -341,6 +341,12 @@ def _json_body(body: dict[str, Any]) -> bytes:
     an error message, say) becomes U+FFFD instead of an exception here or a refusal there (strict JSON)."""
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+def stored_error(error: str) -> str:
+    """A failure message as the manager stores it: what its log line says too (a node's exception message, or
+    ComfyUI's list of invalid nodes, may run to 32 MiB)."""
+    return _clip(error, MAX_ERROR_CHARS, "unknown error")
 
 
 def _clip(text: str, limit: int, empty: str = "unknown reason") -> str:

@@ -19,7 +19,15 @@ import structlog
 from common.handbacks import HandBackCause, gives_up
 from worker.deadline import ShutdownDeadline
 from worker.jobs import Job
-from worker.queue_client import JobGone, NotMine, QueueClient, ReportRejected, RouteUnknown, TransientHTTPError
+from worker.queue_client import (
+    JobGone,
+    NotMine,
+    QueueClient,
+    ReportRejected,
+    RouteUnknown,
+    TransientHTTPError,
+    stored_error,
+)
 from worker.state import WorkerState
 
 log = structlog.get_logger()
@@ -109,7 +117,8 @@ class Reporter:
             log.error(
                 f"Report could not be delivered within {why}; the queue manager hands the job back when its lease "
                 "runs out (comfy-multi's fails it at its job timeout)",
-                outcome=kind, error=f"{type(exc).__name__}: {exc}", job_error=report.error or report.handback,
+                outcome=kind, error=f"{type(exc).__name__}: {exc}",
+                job_error=stored_error(report.error) if report.error is not None else report.handback,
             )
             return "undelivered"
         finally:
@@ -118,7 +127,7 @@ class Reporter:
         if kind == "completed":
             log.info(f"Job {report.job_id} completed", outputs=len((report.result or {}).get("outputs", [])))
         elif kind == "failed":
-            log.warning(f"Job {report.job_id} failed", error=report.error)
+            log.warning(f"Job {report.job_id} failed", error=report.error and stored_error(report.error))
         return kind
 
     async def _hand_back(self, report: Report) -> str:

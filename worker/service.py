@@ -43,9 +43,11 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
     try:
         return await worker.run()
     finally:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-        await health.stop()
+        try:  # a signal meanwhile asks the stopped worker to stop again: the default would kill the process
+            await health.stop()
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
 
 
 def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettings) -> int:

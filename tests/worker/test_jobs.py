@@ -208,6 +208,35 @@ async def test_outputs_comfyui_skips_are_reported_as_warnings(qm, comfy, make_wo
     assert warning.startswith("ComfyUI skipped outputs that will not run") and "node 9 (SaveImage)" in warning
 
 
+async def test_many_skipped_outputs_make_a_bounded_warning_not_a_result_too_large(qm, comfy, make_worker, workflows):
+    """ComfyUI's node_errors may run to its 32-MiB answer: the warning and its log line quote only the start."""
+    broken_output = {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "x"}}
+    broken = {f"{index:04d}" + "n" * 100: broken_output for index in range(300)}
+    job = qm.store.submit("alice", {**workflows["quick"], **broken})
+    with capture_logs() as logs:
+        assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job", str(report.body)[:2000]
+    [warning] = report.body["result"]["warnings"]
+    assert warning.startswith("ComfyUI skipped outputs that will not run; node 0000nnn")
+    assert len(warning) <= 10_000, len(warning)
+    [line] = [e for e in logs if e["event"] == "ComfyUI accepted the workflow but will skip invalid outputs"]
+    assert len(line["details"]) <= 10_000, len(line["details"])
+
+
+async def test_a_failure_is_logged_as_the_queue_manager_stores_it_not_at_its_full_length(qm, comfy, make_worker):
+    """ComfyUI's 400 lists every invalid output, up to its 32-MiB answer: the failure the manager stores is cut
+    to its 10,000-character limit, and so is the log line saying it."""
+    broken_output = {"class_type": "SaveImage", "inputs": {"images": ["99", 0], "filename_prefix": "x"}}
+    job = qm.store.submit("alice", {f"{index:04d}" + "n" * 100: broken_output for index in range(300)})
+    with capture_logs() as logs:
+        assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job" and report.body["error"].startswith("ComfyUI rejected the workflow")
+    [line] = [e for e in logs if e["event"] == f"Job {job.id} failed"]
+    assert line["error"] == report.body["error"], (len(line["error"]), len(report.body["error"]))
+
+
 async def test_a_link_cycle_is_refused_naming_the_cycle(qm, comfy, make_worker, workflows):
     workflow = json.loads(json.dumps(workflows["quick"]))
     workflow["1"] = {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}}  # 1 <- 2 <- 1

@@ -442,3 +442,39 @@ async def test_a_health_port_already_taken_exits_1_saying_what_to_do(tmp_path):
     [failed] = [json.loads(line) for line in err.decode().splitlines() if "Health server cannot listen" in line]
     assert failed["event"] == "Health server cannot listen; exiting" and failed["port"] == port
     assert "HEALTH_PORT" in failed["hint"] and "address already in use" in failed["error"]
+
+
+# The worker's entry point, with a health server whose stop first sends the process a SIGTERM (a platform that
+# repeats its stop signal, an impatient operator), then takes a while (aiohttp waits for requests in flight).
+_SIGNALLED_WHILE_HEALTH_STOPS = """
+import asyncio, os, signal, sys
+from health.server import HealthServer
+
+stop = HealthServer.stop
+
+async def signalled_stop(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    await stop(self)
+
+HealthServer.stop = signalled_stop
+from worker.__main__ import main
+sys.exit(main())
+"""
+
+
+async def test_a_stop_signal_while_the_health_server_stops_does_not_kill_the_process(qm, comfy, tmp_path):
+    """Before: serve() removed its signal handlers before stopping the health server, so a SIGTERM then killed
+    the process outright (exit -15 instead of the worker's 0, the health server never stopped)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SIGNALLED_WHILE_HEALTH_STOPS,
+        env=_env(
+            QUEUE_MANAGER_URL=qm.url, COMFYUI_URL=comfy.url, OUTPUTS_PATH=tmp_path / "out", HEALTH_PORT=0,
+            WORKER_POLL_INTERVAL=0.05, SERVERLESS_MODE="true", SERVERLESS_MAX_IDLE_POLLS=1, LOG_FORMAT="json",
+        ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
+    assert events.index("Worker shutdown complete") < events.index("health.stopped")
