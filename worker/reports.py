@@ -126,7 +126,7 @@ class Reporter:
 
         if kind == "completed":
             log.info(f"Job {report.job_id} completed", outputs=len((report.result or {}).get("outputs", [])))
-        elif kind == "failed":
+        elif kind == "failed" and report.handback is None:  # a hand back turned failure is logged by _hand_back
             log.warning(f"Job {report.job_id} failed", error=report.error and stored_error(report.error))
         return kind
 

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from queue_manager.server import QueueManagerServer
 
 from ..conftest import ManualClock, wait_for
+from .conftest import COMFYUI_KILLED_TIMINGS
 
 
 @pytest.fixture
@@ -167,3 +168,19 @@ async def test_a_hand_back_retried_after_its_answer_was_lost_counts_as_handed_ba
     assert (again.status, again.attempt, [h["cause"] for h in again.history]) == ("pending", 2, ["shutdown"])
     assert (worker.state.jobs_handed_back, worker.state.jobs_abandoned) == (1, 0)
     assert f"Job {job.id} handed back" in [e["event"] for e in logs]
+
+
+async def test_a_hand_back_the_queue_manager_turns_into_a_failure_is_logged_failed_once(comfy, make_worker, workflows):
+    """Its last attempt used up, release-job answers "failed". Before: "Job X failed" twice, the second with
+    error=None, and log-based alerts counted two failures."""
+    async with QueueManagerServer(lease_timeout_s=30, max_attempts=1, test_hooks=True) as qm:
+        job = qm.store.submit("alice", workflows["slow"])
+        worker = make_worker(queue_manager_url=qm.url, serverless_job_limit=1, timings=COMFYUI_KILLED_TIMINGS)
+        with capture_logs() as logs:
+            run = asyncio.create_task(worker.run())
+            await wait_for(lambda: comfy.prompts_received)
+            await comfy.crash()
+            assert await asyncio.wait_for(run, 20) == 0
+        assert qm.store.get(job.id).status == "failed"
+    failed = [e for e in logs if e["event"] == f"Job {job.id} failed"]
+    assert [e["error"].startswith("gave up after 1 attempts") for e in failed] == [True]
