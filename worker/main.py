@@ -48,7 +48,7 @@ from worker.outputs import (
     OutputLimits,
     OutputsDiskFailed,
 )
-from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_error
+from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_error, stored_reason
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
 
@@ -577,12 +577,12 @@ class Worker:
         except (TimeoutError, httpx.HTTPError, ReportRejected, ValueError):
             return "refused"
         if landed == "failed":
-            error = stored_error(report.error or "") if report.handback is None else report.handback
+            error = stored_error(report.error or "") if report.handback is None else stored_reason(report.handback)
             log.warning(f"Job {report.job_id} failed", error=error,
                         note="an earlier try of the report had landed")
         elif landed == "handed_back":
-            log.info(f"Job {report.job_id} handed back", reason=report.handback, cause=report.cause.value,
-                     note="an earlier try of the report had landed")
+            log.info(f"Job {report.job_id} handed back", reason=stored_reason(report.handback or ""),
+                     cause=report.cause.value, note="an earlier try of the report had landed")
         return landed or "refused"
 
     def _lose_lease(self, why: str) -> None:
@@ -671,7 +671,7 @@ class Worker:
         metrics.observe_phase("execution", outcome.execution_s)
         if outcome.replica_fault:
             reason = f"{outcome.replica_fault} on worker {self.settings.worker_id}: {outcome.message}"
-            self.state.mark_fatal(reason)
+            self.state.mark_fatal(stored_reason(reason))  # logged as it goes
             return Report(job.id, job.attempt, handback=reason, job=job)
         if outcome.status == "lost":
             reason = await self._explain_lost_comfyui(outcome.message, silent_since=run.heard_at)

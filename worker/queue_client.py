@@ -349,6 +349,12 @@ def stored_error(error: str) -> str:
     return _clip(error, MAX_ERROR_CHARS, "unknown error")
 
 
+def stored_reason(reason: str) -> str:
+    """A hand-back reason as the manager stores it: what its log line says too (it may carry a node's exception
+    message, up to 32 MiB)."""
+    return _clip(reason, MAX_REASON_CHARS)
+
+
 def _clip(text: str, limit: int, empty: str = "unknown reason") -> str:
     """A failure message or hand-back reason as the queue manager stores it, and shows whoever submitted the job:
     scrubbed (no log scrubber sees it; some carry an exception's text as is), then cut to the manager's limit."""

@@ -27,6 +27,7 @@ from worker.queue_client import (
     RouteUnknown,
     TransientHTTPError,
     stored_error,
+    stored_reason,
 )
 from worker.state import WorkerState
 
@@ -118,7 +119,8 @@ class Reporter:
                 f"Report could not be delivered within {why}; the queue manager hands the job back when its lease "
                 "runs out (comfy-multi's fails it at its job timeout)",
                 outcome=kind, error=f"{type(exc).__name__}: {exc}",
-                job_error=stored_error(report.error) if report.error is not None else report.handback,
+                job_error=(stored_error(report.error) if report.error is not None
+                           else report.handback and stored_reason(report.handback)),
             )
             return "undelivered"
         finally:
@@ -137,9 +139,10 @@ class Reporter:
         except RouteUnknown:
             return await self._resubmit(report, reason)
         if answer.get("status") == "failed":
-            log.warning(f"Job {report.job_id} failed", error=f"gave up after {report.attempt} attempts: {reason}")
+            log.warning(f"Job {report.job_id} failed",
+                        error=stored_error(f"gave up after {report.attempt} attempts: {reason}"))
             return "failed"
-        log.info(f"Job {report.job_id} handed back", reason=reason, cause=report.cause.value,
+        log.info(f"Job {report.job_id} handed back", reason=stored_reason(reason), cause=report.cause.value,
                  next_attempt=answer.get("attempt"))
         return "handed_back"
 
@@ -159,7 +162,7 @@ class Reporter:
         if gives_up(faults, shutdowns, self.max_job_attempts):
             error = f"Gave up after {attempt} attempts: " + "; ".join(reasons)
             await self.queue.fail_job(job.id, error)
-            log.warning(f"Job {job.id} failed", error=error)
+            log.warning(f"Job {job.id} failed", error=stored_error(error))
             return "failed"
         try:
             priority = await self.queue.job_priority(job.id)
@@ -174,10 +177,10 @@ class Reporter:
             log.error("Could not resubmit the job", error=f"{type(exc).__name__}: {exc}")
             error = f"{reason}; resubmitting it failed ({exc}): please submit it again"
             await self.queue.fail_job(job.id, error)
-            log.warning(f"Job {job.id} failed", error=error)
+            log.warning(f"Job {job.id} failed", error=stored_error(error))
             return "failed"
         await self.queue.fail_job(job.id, f"Handed back: {reason}; resubmitted as {new_id}")
-        log.info(f"Job {job.id} handed back", reason=reason, cause=report.cause.value, new_job_id=new_id,
+        log.info(f"Job {job.id} handed back", reason=stored_reason(reason), cause=report.cause.value, new_job_id=new_id,
                  next_attempt=attempt + 1)
         return "handed_back"
 

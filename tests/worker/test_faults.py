@@ -1179,3 +1179,27 @@ async def test_a_queue_url_that_is_not_the_base_url_is_a_poll_error_naming_the_u
     assert f"HTTP 404 to GET {qm.url}/api/api/workers/next-job:" in failure["error"]
     assert "QUEUE_MANAGER_URL must be the queue manager's base URL" in failure["error"]
     assert "worker_id" not in failure["error"]
+
+
+
+@pytest.mark.parametrize("extensions", [True, False], ids=["release-job", "comfy-multi-resubmit"])
+async def test_a_huge_exception_message_of_a_broken_replica_is_logged_clipped(
+    comfy, make_worker, workflows, extensions
+):
+    """A node's exception message may run to ComfyUI's 32 MiB websocket limit; when it is a replica fault it
+    becomes the hand-back reason, which the logs carried whole (only release-job's body clipped it). Before:
+    "Job X handed back" logged a reason of 1,000,159 chars; after, at most MAX_REASON_CHARS."""
+    from queue_manager.server import QueueManagerServer
+    from worker.queue_client import MAX_ERROR_CHARS, MAX_REASON_CHARS
+
+    comfy.inject_error("CUDA error: an illegal memory access was encountered " + "x" * 1_000_000,
+                       exception_type="torch.AcceleratorError", node_id="2", prompts=None)
+    async with QueueManagerServer(test_hooks=True, extensions=extensions) as qm:
+        job = qm.store.submit("alice", workflows["quick"])
+        worker = make_worker(queue_manager_url=qm.url, serverless_max_idle_polls=100)
+        with capture_logs() as logs:
+            assert await asyncio.wait_for(worker.run(), 10) == 1
+    handed_back = [e for e in logs if e["event"] == f"Job {job.id} handed back"]
+    assert handed_back and len(handed_back[0]["reason"]) <= MAX_REASON_CHARS
+    longest = max((len(v), e["event"]) for e in logs for v in e.values() if isinstance(v, str))
+    assert longest[0] <= MAX_ERROR_CHARS, longest
