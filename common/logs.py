@@ -31,8 +31,9 @@ _secret_values: set[str] = set()
 # its start (`...https://` too): tried from every letter of a run, a megabyte of letters (a peer's error page)
 # took minutes to scrub.
 _URL_CREDENTIALS = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s?#]+@")
-# ... and the values of query parameters named like credentials (?token=..., &api_key=...).
-_QUERY_PARAMETER = re.compile(r"(?P<lead>[?&](?P<name>[A-Za-z0-9_.%-]+)=)(?P<value>[^&#\s\"'<>]+)")
+# ... and the values of query and fragment parameters named like credentials (?token=..., &api_key=...,
+# #access_token=... as OAuth's implicit flow sends it).
+_QUERY_PARAMETER = re.compile(r"(?P<lead>[?&#](?P<name>[A-Za-z0-9_.%-]+)=)(?P<value>[^&#\s\"'<>]+)")
 
 
 # The shortest value the scrubber masks. Every occurrence of a registered value in any text becomes ***: a secret

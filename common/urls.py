@@ -1,7 +1,7 @@
 """URLs that may carry credentials: detect them, and show them without.
 
-A credential is the user name and password (``https://user:password@host/…``), or the value of a query
-parameter named like one (``…?token=…``, ``&api_key=…``, ``&X-Amz-Signature=…``).
+A credential is the user name and password (``https://user:password@host/…``), or the value of a query or
+fragment parameter named like one (``…?token=…``, ``&api_key=…``, ``&X-Amz-Signature=…``, ``#access_token=…``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def is_secret_parameter(name: str) -> bool:
 
 
 def url_credentials(url: str) -> list[str]:
-    """The user name, password and secret query values in `url`, those present (for common.logs.register_secret)."""
+    """The user name, password and secret query and fragment values in `url`, those present (for
+    common.logs.register_secret)."""
     try:
         parts = urlsplit(url)
-        query = parse_qsl(parts.query)
+        query = parse_qsl(parts.query) + parse_qsl(parts.fragment)
     except ValueError:
         return []
     values = [parts.username, parts.password, *(value for name, value in query if is_secret_parameter(name))]
@@ -109,16 +110,17 @@ def url_has_credentials(url: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` with its user name, password and secret query values replaced by ***, for output, status pages
-    and logs."""
+    """`url` with its user name, password and secret query and fragment values replaced by ***, for output,
+    status pages and logs."""
     if not url_has_credentials(url):
         return url
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.username or parts.password:
         netloc = f"***@{netloc.rpartition('@')[2]}"
-    query = "&".join(_redact_parameter(pair) for pair in parts.query.split("&"))
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    query, fragment = ("&".join(_redact_parameter(pair) for pair in part.split("&"))
+                       for part in (parts.query, parts.fragment))
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
 
 
 def _redact_parameter(pair: str) -> str:

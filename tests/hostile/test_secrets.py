@@ -202,6 +202,12 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
         # An "@" left unencoded in the password: clients take the userinfo up to the last "@" (before: the log
         # scrubber stopped at the first, and "ss-10" reached the log line).
         ("https://u:p@ss-10@q.example.com/a@b", "https://***@q.example.com/a@b", ["u", "p@ss-10"]),
+        # A token in the fragment (OAuth's implicit flow: …/callback#access_token=…). Before: shown in clear.
+        ("https://app.example.com/cb#access_token=at-11&state=xyz", "https://app.example.com/cb#access_token=***&state=xyz",
+         ["at-11"]),
+        ("https://app.example.com/cb?code=c&token=t-12#id_token=i-12", "https://app.example.com/cb?code=c&token=***#id_token=***",
+         ["t-12", "i-12"]),
+        ("https://docs.example.com/guide#section-2&page=3", "https://docs.example.com/guide#section-2&page=3", []),
     ],
 )
 def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:
