@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -26,14 +26,26 @@ def is_secret_parameter(name: str) -> bool:
     return any(word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS) for word in words)
 
 
+# RFC 3986's appendix B: the parts of any URL, checking nothing (urlsplit refuses an unclosed "[" in the host).
+_URL_PARTS = re.compile(r"(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?", re.DOTALL)
+
+
+def _split(url: str) -> SplitResult:
+    """urlsplit's parts of ``url``; of one it cannot parse, the parts as written: such a URL may still carry a
+    password or a token, which must be found and hidden all the same (it went into a deployment's plain env)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        match = _URL_PARTS.fullmatch(url)
+        assert match is not None, "every part is optional: any text matches"
+        return SplitResult(*(part or "" for part in match.groups()))
+
+
 def url_credentials(url: str) -> list[str]:
     """The user name, password and secret query and fragment values in `url`, those present (for
     common.logs.register_secret)."""
-    try:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query) + parse_qsl(parts.fragment)
-    except ValueError:
-        return []
+    parts = _split(url)
+    query = parse_qsl(parts.query) + parse_qsl(parts.fragment)
     values = [parts.username, parts.password, *(value for name, value in query if is_secret_parameter(name))]
     return [value for value in values if value]
 
@@ -43,10 +55,7 @@ def url_secrets(url: str) -> list[str]:
     and its user name when it has no password (``https://<token>@host``). A user name beside a password says who,
     and masked in every line, ``worker`` garbled every name holding it (``comfyui-***-serverless``)."""
     credentials = url_credentials(url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return credentials
+    parts = _split(url)
     if parts.password and parts.username:
         credentials.remove(parts.username)
     return credentials
@@ -114,7 +123,7 @@ def redact_url(url: str) -> str:
     status pages and logs."""
     if not url_has_credentials(url):
         return url
-    parts = urlsplit(url)
+    parts = _split(url)
     netloc = parts.netloc
     if parts.username or parts.password:
         netloc = f"***@{netloc.rpartition('@')[2]}"

@@ -208,6 +208,10 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
         ("https://app.example.com/cb?code=c&token=t-12#id_token=i-12", "https://app.example.com/cb?code=c&token=***#id_token=***",
          ["t-12", "i-12"]),
         ("https://docs.example.com/guide#section-2&page=3", "https://docs.example.com/guide#section-2&page=3", []),
+        # A URL urlsplit cannot parse (an unclosed "["): before, no credentials and shown as is.
+        ("https://u:pw-13@[q.example.com/x?token=t-13", "https://***@[q.example.com/x?token=***",
+         ["u", "pw-13", "t-13"]),
+        ("https://[q.example.com/x#access_token=t-14", "https://[q.example.com/x#access_token=***", ["t-14"]),
     ],
 )
 def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:
@@ -226,8 +230,9 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
         ("https://worker:pw-1@queue.example.com", ["pw-1"]),
         ("https://ghp-token-2@queue.example.com", ["ghp-token-2"]),
         ("https://worker:pw-3@q.example.com/?token=t-3", ["pw-3", "t-3"]),
+        ("https://worker:pw-4@[q.example.com/?token=t-4", ["pw-4", "t-4"]),
     ],
-    ids=["user-and-password", "token-as-user", "and-a-query-token"],
+    ids=["user-and-password", "token-as-user", "and-a-query-token", "unparseable"],
 )
 def test_a_user_name_beside_a_password_is_no_secret_to_mask_everywhere(url, secrets) -> None:
     """The scaler registered "worker" of https://worker:…@… as a secret, and every "worker" in its log lines and

@@ -583,6 +583,22 @@ async def test_a_url_with_a_password_is_deployed_as_a_secret(
     assert "url-password-do-not-log" not in json.dumps(stored)
 
 
+@pytest.mark.parametrize(
+    "url", ["https://u:url-password-do-not-log@[models.example.com/x", "https://[m.example.com/?sig=url-password-do-not-log"]
+)
+async def test_a_url_urlsplit_cannot_parse_with_credentials_in_it_is_deployed_as_a_secret(
+    url: str, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """An unclosed "[": urlsplit raises, and before no credentials were found in it: the URL went into the
+    deployment as a plain env var, its password printed by --dry-run (exit 0)."""
+    spec = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "MODELS_URL"]')
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], {**deploy_env, "MODELS_URL": url}) == 0
+    out, err = capsys.readouterr()
+    assert "url-password-do-not-log" not in out + err
+    entries = {e["name"]: e for e in json.loads(out)["containers"][0]["env"]}
+    assert entries["MODELS_URL"]["type"] == "secret"
+
+
 async def test_a_url_with_a_password_is_refused_beside_the_token_it_would_replace(deploy_env, capsys) -> None:
     """Deployed, every worker refused to start (exit 2): the URL's user and password would replace the token."""
     url = "https://worker:url-password-do-not-log@queue.example.com"
@@ -608,6 +624,8 @@ async def test_a_variable_named_like_a_secret_is_refused_as_a_plain_env_var(depl
         ('HF_TOKEN = "hf-value-do-not-print"', "env.HF_TOKEN: is named like a secret"),
         ('PROXY_URL = "https://proxy:hf-value-do-not-print@proxy.example.com"', "env.PROXY_URL: a URL with a user"),
         ('MODELS_URL = "https://models.example.com/?sig=hf-value-do-not-print"', "env.MODELS_URL: a URL with a user"),
+        ('PROXY_URL = "https://proxy:hf-value-do-not-print@[proxy.example.com"', "env.PROXY_URL: a URL with a user"),
+        ('MODELS_URL = "https://[models.example.com/?sig=hf-value-do-not-print"', "env.MODELS_URL: a URL with a user"),
     ],
 )
 async def test_a_secret_written_in_the_plain_env_table_is_refused(
