@@ -587,10 +587,25 @@ async def test_a_lost_post_prompt_request_hands_the_job_back(qm, comfy, make_wor
     assert error.startswith("Handed back: ComfyUI unavailable while submitting the workflow: connection refused;")
 
 
+def answer_queue_too_large(worker: Worker) -> None:
+    """ComfyUI's GET /queue past the bound, as other clients' prompts make it (the client's bound itself is tested
+    against a real server in test_comfyui_replies.py)."""
+    from worker.comfyui import ReplyTooLarge
+
+    read = worker.comfy._json
+
+    async def queue_too_large(method, path, **kwargs):
+        if path == "/queue":
+            raise ReplyTooLarge(f"{method} {path}")
+        return await read(method, path, **kwargs)
+
+    worker.comfy._json = queue_too_large
+
+
 async def test_a_lost_post_prompt_with_a_queue_too_large_to_read_hands_the_job_back(qm, comfy, make_worker, workflows):
     """Whether ComfyUI has the prompt cannot be told when its /queue, full of other clients' prompts, is past the
     bound: the job is handed back as the infrastructure fault it is, not failed as its workflow's doing."""
-    from worker.comfyui import ComfyUIUnavailable, ReplyTooLarge
+    from worker.comfyui import ComfyUIUnavailable
 
     async def request_lost(*_args, **_kwargs):
         raise ComfyUIUnavailable("connection refused")
@@ -598,14 +613,7 @@ async def test_a_lost_post_prompt_with_a_queue_too_large_to_read_hands_the_job_b
     job = qm.store.submit("alice", workflows["quick"])
     worker = make_worker(serverless_job_limit=1)
     worker.comfy.queue_prompt = request_lost
-    read_queue = worker.comfy._json
-
-    async def queue_too_large(method, path, **kwargs):
-        if path == "/queue":
-            raise ReplyTooLarge(f"{method} {path}")
-        return await read_queue(method, path, **kwargs)
-
-    worker.comfy._json = queue_too_large
+    answer_queue_too_large(worker)
     assert await worker.run() == 0
     error = qm.reports.landed(job.id)[0].body["error"]
     assert error.startswith("Handed back: ComfyUI unavailable while submitting the workflow: connection refused;")
@@ -616,7 +624,7 @@ async def test_a_queue_too_large_to_read_while_following_the_prompt_does_not_fai
 ):
     """Over HTTP the prompt is followed by /history and /queue: a /queue past the bound (other clients' prompts)
     says nothing of this one, which /history reports once it ends. Before, the job failed as its workflow's doing."""
-    from worker.comfyui import ComfyUIUnavailable, ReplyTooLarge
+    from worker.comfyui import ComfyUIUnavailable
 
     async def refuse(*_args, **_kwargs):
         raise ComfyUIUnavailable("websocket upgrade refused by a proxy")
@@ -624,14 +632,7 @@ async def test_a_queue_too_large_to_read_while_following_the_prompt_does_not_fai
     job = qm.store.submit("alice", workflows["slow"])
     worker = make_worker()
     worker.comfy.connect_websocket = refuse
-    read_queue = worker.comfy._json
-
-    async def queue_too_large(method, path, **kwargs):
-        if path == "/queue":
-            raise ReplyTooLarge(f"{method} {path}")
-        return await read_queue(method, path, **kwargs)
-
-    worker.comfy._json = queue_too_large
+    answer_queue_too_large(worker)
     assert await worker.run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
