@@ -44,13 +44,21 @@ def secret_length_problem(secret: str) -> str | None:
     return None
 
 
+def sendable_problem(value: str) -> str | None:
+    """Why ``value``, a credential, cannot be sent as is, or None: not ASCII, an HTTP client cannot send it (bytes
+    the environment could not decode too); with a space or a pasted newline at either end, the peer never matches it."""
+    if not value.isascii() or not value.isprintable() or value != value.strip():
+        return "must be printable ASCII with no space at either end"
+    return None
+
+
 def queue_token_problem(token: str) -> str | None:
     """Why ``token`` cannot work as the queue manager's bearer token, or None. Not ASCII, an HTTP client cannot
     send it (every request failed); with a space at either end the queue manager, which strips what it is sent,
     never matched it (every request 401); too long, the queue manager refuses the header (every request 400); too
     short, the logs cannot mask it (secret_length_problem)."""
-    if not token.isascii() or not token.isprintable() or token != token.strip():
-        return "must be printable ASCII with no space at either end: it travels in an HTTP header"
+    if problem := sendable_problem(token):
+        return f"{problem}: it travels in an HTTP header"
     if token and (problem := secret_length_problem(token)):  # "" is no token: unset
         return problem
     if len(token) > MAX_QUEUE_TOKEN_CHARS:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from common.logs import scrub
-from common.settings import secret_length_problem
+from common.settings import secret_length_problem, sendable_problem
 from common.urls import IN_CLEAR, encrypted_or_local
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -36,9 +36,8 @@ def credential(environ: Mapping[str, str], variable: str, missing: str, *, secre
     value = environ.get(variable, "")
     if not value.strip():
         raise DeployError(missing)
-    if not value.isascii() or not value.isprintable() or value != value.strip():
-        raise DeployError(f"{variable}: must be printable ASCII with no space at either end: it is sent with every "
-                          "request (a newline pasted with it?)")
+    if problem := sendable_problem(value):
+        raise DeployError(f"{variable}: {problem}: it is sent with every request (a newline pasted with it?)")
     if secret and (problem := secret_length_problem(value)):
         raise DeployError(f"{variable}: {problem}")
     return value
