@@ -162,8 +162,10 @@ def completed_with_result(client: httpx.Client, result_mb: int) -> str:
     return job_id
 
 
-def result_views_scenario(readers: int, result_mb: int) -> dict[str, object]:
-    """``readers`` GETs at once of a job with a ``result_mb`` result; the slowest /health and next-job meanwhile."""
+@contextmanager
+def serving_a_result(result_mb: int) -> Iterator[tuple[subprocess.Popen[str], str, httpx.Client, str, float]]:
+    """A queue manager holding one job completed with a ``result_mb`` result: its process, URL, a client, the
+    job's id and the settled RSS before anything reads it."""
     with (
         tempfile.TemporaryDirectory() as scratch,
         running(Path(scratch) / "q.db", None) as (process, url),
@@ -171,6 +173,12 @@ def result_views_scenario(readers: int, result_mb: int) -> dict[str, object]:
     ):
         job_id = completed_with_result(client, result_mb)
         before, _ = settled_rss_mb(client, process.pid)
+        yield process, url, client, job_id, before
+
+
+def result_views_scenario(readers: int, result_mb: int) -> dict[str, object]:
+    """``readers`` GETs at once of a job with a ``result_mb`` result; the slowest /health and next-job meanwhile."""
+    with serving_a_result(result_mb) as (process, url, client, job_id, before):
         done, slowest, peak = threading.Event(), {"/health": 0.0, "/api/workers/next-job": 0.0}, [before]
 
         def probe(path: str) -> None:
@@ -210,13 +218,7 @@ def result_views_scenario(readers: int, result_mb: int) -> dict[str, object]:
 
 def unread_views_scenario(readers: int, result_mb: int, hold_s: float) -> dict[str, object]:
     """``readers`` connections GET a job with a ``result_mb`` result and never read; RSS ``hold_s`` later."""
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        running(Path(scratch) / "q.db", None) as (process, url),
-        httpx.Client(base_url=url, timeout=300) as client,
-    ):
-        job_id = completed_with_result(client, result_mb)
-        before, _ = settled_rss_mb(client, process.pid)
+    with serving_a_result(result_mb) as (process, url, client, job_id, before):
         host, port = url.removeprefix("http://").split(":")
         sockets = []
         for _ in range(readers):
