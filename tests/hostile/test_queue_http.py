@@ -757,6 +757,16 @@ async def unread_get(queue: QueueManagerServer, path: str) -> tuple[asyncio.Stre
     return reader, writer
 
 
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed the connection (within 5 s)."""
+    received = b""
+    async with asyncio.timeout(5):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(2**16):
+                received += chunk
+    return received
+
+
 async def test_answers_held_at_once_are_bounded_and_a_view_past_the_budget_is_503(
     queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -793,11 +803,7 @@ async def test_a_client_that_stops_reading_its_answer_is_cut_off_and_what_it_hel
             shown = await client.get(f"/api/jobs/{job_id}")  # waits for the room the stalled one held
         assert shown.status_code == 200, shown.text[:300]
         assert shown.json()["result"] == result
-        received = b""
-        async with asyncio.timeout(5):
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := await reader.read(2**16):
-                    received += chunk
+        received = await read_until_closed(reader)
     writer.close()
     assert received.startswith(b"HTTP/1.1 200") and len(received) < len(shown.content), len(received)
     assert [entry["event"] for entry in logs if entry["event"] == "answer_write_stalled"] == ["answer_write_stalled"]
@@ -812,11 +818,7 @@ async def test_a_large_list_left_unread_is_cut_off_too(
     completed_with_a_large_result(queue)
     reader, writer = await unread_get(queue, "/api/jobs")
     await asyncio.sleep(0.5)
-    received = b""
-    async with asyncio.timeout(5):
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := await reader.read(2**16):
-                received += chunk
+    received = await read_until_closed(reader)
     writer.close()
     assert received.startswith(b"HTTP/1.1 200") and len(received) < 6_000_000, len(received)
 
