@@ -241,6 +241,8 @@ def _seeds(text: str) -> list[int]:
         first, _, last = part.strip().partition("-")
         if not first.isdigit() or (last and not last.isdigit()):
             raise ValueError(f"--seeds {text!r}: use e.g. 1-5 or 1,2,7")
+        if last and int(last) < int(first):
+            raise ValueError(f"--seeds {text!r}: {part.strip()} runs backwards: write the first seed first, e.g. 1-5")
         if len(seeds) + int(last or first) - int(first) + 1 > MAX_SEEDS:
             raise ValueError(f"--seeds {text!r}: at most {MAX_SEEDS} seeds in one run")
         seeds += range(int(first), int(last or first) + 1)
