@@ -118,6 +118,9 @@ class Ours:
         return decision.desired
 
 
+BOOLEANS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
 def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfig]:
     """``kind[:arg][,field=value...]`` -> (kind, arg, config with the overrides), e.g.
     ``ours:target_wait_s=120,max_replicas=10`` or ``clairvoyant:120,max_replicas=10``."""
@@ -136,11 +139,13 @@ def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfi
             if value.lower() == "none":
                 overrides[name] = None
             elif isinstance(default, bool):
-                overrides[name] = value.lower() in ("1", "true", "yes")
+                overrides[name] = BOOLEANS[value.lower()]
             elif isinstance(default, int):
                 overrides[name] = int(value)
             else:
                 overrides[name] = float(value) if not isinstance(default, str) else value
+        except KeyError:
+            raise ValueError(f"{spec!r}: {name}={value!r} is not one of {', '.join(BOOLEANS)}") from None
         except ValueError:
             raise ValueError(f"{spec!r}: {name}={value!r} is not a number") from None
     return kind, arg, replace(config, **overrides)

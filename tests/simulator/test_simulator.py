@@ -172,6 +172,7 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "clairvoyant:inf"], "the p95 target must be seconds > 0"),
     (["--seeds", "1-100000000"], "at most 1000 seeds"),
     (["--seeds", "5-1"], "5-1 runs backwards"),  # simulated nothing, exit 0
+    (["--policy", "ours:billing_aware=flase"], "billing_aware='flase' is not one of true"),  # was taken as false
 ])
 def test_cli_refuses_a_value_it_cannot_simulate_naming_it(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
