@@ -91,7 +91,7 @@ def simulate_main(argv: list[str]) -> int:
             (seed, built_in(name, seed)) for seed in seeds for name in args.workload or ["workshop"]
         ]
         for policy in args.policy or DEFAULT_POLICIES:
-            check_policy(policy)
+            check_policy(policy, config)
         for flag, target in (("--json", args.json), ("--chart", args.chart)):
             if target and target != "-":
                 _check_writable(flag, Path(target))

@@ -148,7 +148,10 @@ def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfi
             raise ValueError(f"{spec!r}: {name}={value!r} is not one of {', '.join(BOOLEANS)}") from None
         except ValueError:
             raise ValueError(f"{spec!r}: {name}={value!r} is not a number") from None
-    return kind, arg, replace(config, **overrides)
+    try:
+        return kind, arg, replace(config, **overrides)
+    except ValueError as error:
+        raise ValueError(f"{spec!r}: {error}") from None
 
 
 def parse_policy(spec: str, config: ScalingConfig) -> Controller:
@@ -173,11 +176,11 @@ def parse_policy(spec: str, config: ScalingConfig) -> Controller:
     )
 
 
-def check_policy(spec: str) -> None:
-    """Raise ValueError for a spec no controller answers to."""
-    kind, arg, _config = split_spec(spec, ScalingConfig())
+def check_policy(spec: str, config: ScalingConfig) -> None:
+    """Raise ValueError for a spec no controller answers to, or whose overrides do not fit ``config``."""
+    kind, arg, _config = split_spec(spec, config)
     if kind != "clairvoyant":
-        parse_policy(spec, ScalingConfig())
+        parse_policy(spec, config)
         return
     try:
         if arg and not 0 < float(arg) < math.inf:
