@@ -92,6 +92,9 @@ def simulate_main(argv: list[str]) -> int:
         ]
         for policy in args.policy or DEFAULT_POLICIES:
             check_policy(policy, config)
+            if args.clairvoyant_ratio and split_spec(policy, config)[2].max_replicas < 1:
+                raise ValueError(f"{policy!r}: with max_replicas 0 no clairvoyant can be planned for the x clairv. "
+                                 "column: add --no-clairvoyant-ratio")
         for flag, target in (("--json", args.json), ("--chart", args.chart)):
             if target and target != "-":
                 _check_writable(flag, Path(target))

@@ -178,10 +178,12 @@ def parse_policy(spec: str, config: ScalingConfig) -> Controller:
 
 def check_policy(spec: str, config: ScalingConfig) -> None:
     """Raise ValueError for a spec no controller answers to, or whose overrides do not fit ``config``."""
-    kind, arg, _config = split_spec(spec, config)
+    kind, arg, config = split_spec(spec, config)
     if kind != "clairvoyant":
         parse_policy(spec, config)
         return
+    if config.max_replicas < 1:
+        raise ValueError(f"{spec!r}: the clairvoyant plans with max_replicas >= 1")
     try:
         if arg and not 0 < float(arg) < math.inf:
             raise ValueError

@@ -170,6 +170,7 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "always-on:100000000"], "at most 100 replicas"),
     (["--policy", "clairvoyant:nan"], "the p95 target must be seconds > 0"),
     (["--policy", "clairvoyant:inf"], "the p95 target must be seconds > 0"),
+    (["--policy", "clairvoyant:120,max_replicas=0"], "the clairvoyant plans with max_replicas >= 1"),  # traceback
     (["--seeds", "1-100000000"], "at most 1000 seeds"),
     (["--seeds", "5-1"], "5-1 runs backwards"),  # simulated nothing, exit 0
     (["--policy", "ours:billing_aware=flase"], "billing_aware='flase' is not one of true"),  # was taken as false
@@ -182,6 +183,13 @@ def test_cli_refuses_a_value_it_cannot_simulate_naming_it(argv, named, capsys):
         simulate_main(["--workload", "trickle", "--no-clairvoyant-ratio", *argv])
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_cli_refuses_a_clairvoyant_ratio_with_no_replica_to_plan_with(capsys):
+    with pytest.raises(SystemExit) as exit_info:  # was a traceback from the planner
+        simulate_main(["--workload", "trickle", "--max-replicas", "0", "--policy", "naive"])
+    assert exit_info.value.code == 2
+    assert "'naive': with max_replicas 0 no clairvoyant can be planned" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("row", "named"), [
