@@ -104,21 +104,28 @@ def load_trace(path: Path) -> Workload:
     """
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = {"submit_s", "duration_s"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        jobs = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                job = JobSpec(float(row["submit_s"]), float(row["duration_s"]))
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}:{line}: {error}") from error
-            if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
-                raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")
-            if not 0 < job.duration_s <= MAX_TRACE_DURATION_S:
-                limit = f"{MAX_TRACE_DURATION_S:.0f}"
-                raise ValueError(f"{path}:{line}: duration_s must be > 0 and <= {limit} s, not {row['duration_s']}")
-            jobs.append(job)
+        try:
+            return _trace(path, reader)
+        except csv.Error as error:  # a field over csv's limit (131072 characters), a quote left open
+            raise ValueError(f"{path}: after line {reader.line_num}: {error}") from None
+
+
+def _trace(path: Path, reader: csv.DictReader) -> Workload:
+    missing = {"submit_s", "duration_s"} - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    jobs = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            job = JobSpec(float(row["submit_s"]), float(row["duration_s"]))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}:{line}: {error}") from error
+        if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
+            raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")
+        if not 0 < job.duration_s <= MAX_TRACE_DURATION_S:
+            limit = f"{MAX_TRACE_DURATION_S:.0f}"
+            raise ValueError(f"{path}:{line}: duration_s must be > 0 and <= {limit} s, not {row['duration_s']}")
+        jobs.append(job)
     if not jobs:
         raise ValueError(f"{path}: no jobs")
     horizon = max(job.submit_s + job.duration_s for job in jobs) + HOUR_S

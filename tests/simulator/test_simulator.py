@@ -208,6 +208,15 @@ def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_p
     assert f"day.csv:3: {named}" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s\n20,100\n10," + "1" * 200_000 + "\n")
+    with pytest.raises(SystemExit) as exit_info:  # was a traceback (_csv.Error)
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert "day.csv: after line 2: field larger than field limit" in capsys.readouterr().err
+
+
 def test_benchmark_a_day_of_workshop(capsys):
     workload = built_in("workshop", seed=1)
     began = time.perf_counter()
