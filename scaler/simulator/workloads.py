@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ DAY_S = 86_400.0
 # A trace is simulated tick by tick over its whole span: a month of days at most, no job longer than a day.
 MAX_TRACE_SUBMIT_S = 31 * DAY_S
 MAX_TRACE_DURATION_S = DAY_S
+# Read whole before parsing: /dev/zero, or a file of one endless line, took memory without end. 64 MB is some
+# 3 million jobs, more than a month of them simulated in minutes.
+MAX_TRACE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +106,15 @@ def load_trace(path: Path) -> Workload:
     ``duration_s`` (at most a day). Other columns are ignored. The horizon is one hour past the end of the
     last job.
     """
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            return _trace(path, reader)
-        except csv.Error as error:  # a field over csv's limit (131072 characters), a quote left open
-            raise ValueError(f"{path}: after line {reader.line_num}: {error}") from None
+    with path.open("rb") as handle:
+        data = handle.read(MAX_TRACE_BYTES + 1)
+    if len(data) > MAX_TRACE_BYTES:
+        raise ValueError(f"{path}: more than {MAX_TRACE_BYTES} bytes: no trace the simulator can run")
+    reader = csv.DictReader(io.StringIO(data.decode(), newline=""))
+    try:
+        return _trace(path, reader)
+    except csv.Error as error:  # a field over csv's limit (131072 characters), a quote left open
+        raise ValueError(f"{path}: after line {reader.line_num}: {error}") from None
 
 
 def _trace(path: Path, reader: csv.DictReader) -> Workload:

@@ -12,7 +12,7 @@ from scaler.simulator.cli import run_policy, simulate_main
 from scaler.simulator.platform import PlatformModel, Simulation, Victim
 from scaler.simulator.policies import WorkerModel
 from scaler.simulator.report import summarize
-from scaler.simulator.workloads import JobSpec, Workload, built_in, load_trace
+from scaler.simulator.workloads import MAX_TRACE_BYTES, JobSpec, Workload, built_in, load_trace
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +215,17 @@ def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
         simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
     assert exit_info.value.code == 2
     assert "day.csv: after line 2: field larger than field limit" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_trace_larger_than_it_reads(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s\n20,100\n")
+    with trace.open("r+b") as handle:  # one endless line of NULs, as /dev/zero: was read whole, memory without end
+        handle.truncate(MAX_TRACE_BYTES + 1)
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert f"day.csv: more than {MAX_TRACE_BYTES} bytes" in capsys.readouterr().err
 
 
 def test_benchmark_a_day_of_workshop(capsys):
