@@ -179,3 +179,38 @@ def test_the_decision_reasons_the_docs_name_are_the_policys():
     }
     assert {"hold_paused", "scale_up_capped_by_daily_budget"} <= named
     assert named - {reason.value for reason in Reason} == set()
+
+
+# Where the warnings and errors an operator must be able to look up are written. The scaler's (scaler.md,
+# providers.md) are not checked here yet.
+WARNING_DIRS = ("common", "worker", "health", "supervisor", "queue_manager")
+LEVELS = {"warning", "error", "exception", "critical"}
+
+
+def warnings_and_errors() -> list[tuple[str, str]]:
+    """(file:line, event) of each log call at warning level or above whose event is a literal."""
+    found = []
+    for folder in WARNING_DIRS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LEVELS
+                        and node.args and (event := _literal(node.args[0])) is not None):
+                    found.append((f"{path.relative_to(REPO)}:{node.lineno}", event))
+    return found
+
+
+def test_every_warning_and_error_the_code_logs_is_explained_in_a_doc():
+    """A warning or an error no doc names leaves the operator at 2 a.m. with nothing to read. An event is named
+    when the start of one of its literal parts (between the values the code fills in) is in some doc, or, for a
+    short one (`queue_full`, `Job X failed`), the whole of it."""
+    docs = " ".join(" ".join(doc.read_text().split()) for doc in DOCS)
+
+    def named(event: str) -> bool:
+        parts = [part.strip() for part in event.split(HOLE) if len(part.strip()) >= 12]
+        if parts:
+            return any(part[:30] in docs for part in parts)
+        return event.replace(HOLE, "X") in docs
+
+    events = warnings_and_errors()
+    assert len(events) > 50
+    assert [f"{where}: {event!r}" for where, event in events if not named(event)] == []
