@@ -110,7 +110,11 @@ def load_trace(path: Path) -> Workload:
         data = handle.read(MAX_TRACE_BYTES + 1)
     if len(data) > MAX_TRACE_BYTES:
         raise ValueError(f"{path}: more than {MAX_TRACE_BYTES} bytes: no trace the simulator can run")
-    reader = csv.DictReader(io.StringIO(data.decode(), newline=""))
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}): save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         return _trace(path, reader)
     except csv.Error as error:  # a field over csv's limit (131072 characters), a quote left open

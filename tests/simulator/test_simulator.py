@@ -217,6 +217,15 @@ def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
     assert "day.csv: after line 2: field larger than field limit" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_trace_that_is_not_utf8_naming_the_file(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_bytes("submit_s,duration_s\n20,100\n# caf\u00e9\n".encode("latin-1"))  # a spreadsheet's export
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert "day.csv: not UTF-8 text (byte 32: invalid continuation byte)" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_trace_larger_than_it_reads(tmp_path, capsys):
     trace = tmp_path / "day.csv"
     trace.write_text("submit_s,duration_s\n20,100\n")
