@@ -134,7 +134,11 @@ def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfi
             continue
         if name not in fields or name == "timetable":
             raise ValueError(f"{spec!r}: {name!r} is not a ScalingConfig setting")
+        if name in overrides:
+            raise ValueError(f"{spec!r}: {name} is set twice")
         default = fields[name].default
+        if value.lower() == "none" and "None" not in str(fields[name].type):
+            raise ValueError(f"{spec!r}: {name} cannot be none")
         try:
             if value.lower() == "none":
                 overrides[name] = None

@@ -174,6 +174,8 @@ def test_cli_rejects_an_unknown_policy():
     (["--seeds", "1-100000000"], "at most 1000 seeds"),
     (["--seeds", "5-1"], "5-1 runs backwards"),  # simulated nothing, exit 0
     (["--policy", "ours:billing_aware=flase"], "billing_aware='flase' is not one of true"),  # was taken as false
+    (["--policy", "ours:max_replicas=3,max_replicas=10"], "max_replicas is set twice"),  # the last one won
+    (["--policy", "ours:billing_aware=none"], "billing_aware cannot be none"),  # ran as None, taken as false
     # Checked against the defaults, then run against --max-replicas 3: a traceback after the other rows.
     (["--max-replicas", "3", "--policy", "naive", "--policy", "ours:min_replicas=5"],
      "'ours:min_replicas=5': invalid ScalingConfig: need 0 <= min_replicas <= max_replicas"),
