@@ -148,6 +148,7 @@ class AlertSender:
         self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=queue_size)
         self._attempts = attempts
         self._wait = wait_exponential_jitter(multiplier=retry_initial_s, max=retry_max_s, jitter=retry_initial_s)
+        self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(timeout=timeout_s, transport=direct_transport(webhook_url or ""))
         self._task: asyncio.Task[None] | None = None
         self._out = out
@@ -231,13 +232,22 @@ class AlertSender:
         its log line names the URL's path, and a Slack webhook's path is its secret."""
         assert self.webhook_url is not None
         request = self._http.build_request("POST", self.webhook_url, json=body, headers={"Accept-Encoding": "identity"})
-        response = await self._http.send(request, stream=True)
+        response = None
         try:
-            text = (await read_at_most(response, MAX_WEBHOOK_ANSWER_BYTES)).decode("utf-8", errors="replace")
+            # The whole exchange, not each read (httpx's timeout): a webhook dripping a byte a second held the one
+            # sender task for hours, and every alert after it.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._http.send(request, stream=True)
+                text = (await read_at_most(response, MAX_WEBHOOK_ANSWER_BYTES)).decode("utf-8", errors="replace")
         except AnswerTooLarge as exc:
             text = f"(answer not read: {exc})"
+        except TimeoutError:
+            if response is None:
+                raise httpx.ReadTimeout(f"no answer within {self._timeout_s:g} s") from None
+            text = f"(answer not read: not over within {self._timeout_s:g} s)"
         finally:
-            await response.aclose()
+            if response is not None:
+                await response.aclose()
         if response.is_success:
             return
         raise WebhookError(

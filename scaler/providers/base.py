@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import structlog
 
 from scaler.policy import MAX_REPLICAS_LIMIT, Replica
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 HEALTH_ANSWER_LIMIT_BYTES = 64 * 1024  # the worker's /health answers a few hundred bytes
 # Which replicas a scale-down stops first, where the backend chooses (RunPod, local), by the phase their worker's
@@ -37,6 +38,19 @@ START_CLOCK_SKEW_S = 300.0
 def stop_rank(phase: str | None) -> int:
     """Where a replica whose worker is in ``phase`` comes in a scale-down: the lowest is stopped first."""
     return _STOP_ORDER.get(phase or "", _UNKNOWN_PHASE_RANK)
+
+
+def listed_once(entries: Sequence[T], id_of: Callable[[T], str], *, peer: str, request: str) -> list[T]:
+    """A platform's listing with each replica once, as first listed. One id listed twice is one replica: counted
+    twice, Verda's first tick pinned a count of 2 for the one replica running (a second started, and both were
+    charged), and RunPod's backend stopped its only pod as the surplus of a count of 1."""
+    seen: dict[str, T] = {}
+    for entry in entries:
+        seen.setdefault(id_of(entry), entry)
+    if len(seen) < len(entries):
+        log.warning("replicas_listed_twice", peer=peer, request=request, listed=len(entries), distinct=len(seen),
+                    hint="each id is counted once; the platform's API lists some replicas more than once")
+    return list(seen.values())
 
 
 @dataclass(frozen=True, slots=True)

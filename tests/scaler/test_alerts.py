@@ -200,6 +200,29 @@ async def test_an_oversized_failure_is_logged_without_the_webhooks_secret_path(w
     assert webhook.sent < webhook.attempts * webhook.flood_bytes
 
 
+async def test_a_webhook_dripping_its_answer_does_not_hold_the_alerts_after_it():
+    # Before: httpx's timeout bounds each read, so a webhook (or a proxy before it) sending a byte every second held
+    # the one sender task for up to 64 KiB of them, 18 hours: every alert after it waited, then was dropped.
+    async def drip(request: web.Request) -> web.StreamResponse:
+        received.append((await request.json())["text"])
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(MAX_WEBHOOK_ANSWER_BYTES):
+                await response.write(b"x")
+                await asyncio.sleep(0.5)
+        return response
+
+    received: list[str] = []
+    app = web.Application()
+    app.router.add_post("/hook", drip)
+    async with served(app, shutdown_timeout=0.1) as base_url:
+        first, second = Alert("budget_50", "first", NOON), Alert("budget_80", "second", NOON)
+        alerts = await deliver(f"{base_url}/hook", first, second, attempts=1)
+    assert received == ["[comfy-scaler] first", "[comfy-scaler] second"]
+    assert [alert.kind for alert in alerts.sent] == ["budget_50", "budget_80"], "a 200 delivered each"
+
+
 def test_a_book_takes_in_what_another_process_sent_today_not_what_it_sent_on_an_older_day():
     today, yesterday = 86_400.0 * 20_000, 86_400.0 * 19_999
     book = AlertBook(day=today, sent={"budget_50"})

@@ -17,12 +17,12 @@ from structlog.testing import capture_logs
 
 import scaler
 from demo.providers import POD_BODY
-from scaler.providers.runpod.backend import CALL_CONCURRENCY, RunPodBackend
+from scaler.providers.runpod.backend import CALL_CONCURRENCY, STOP_LAG_S, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
-from ..conftest import wait_for
+from ..conftest import ManualClock, wait_for
 from .conftest import DEPLOYMENT, RUNPOD_KEY
 
 PODS = CALL_CONCURRENCY + 2
@@ -124,3 +124,24 @@ async def test_pods_unhealthy_together_are_replaced_at_once(backend: RunPodBacke
         view = await backend.observe()
     assert set(sick) <= set(fake_runpod.terminated)
     assert len(view.replicas) == 3 and not set(sick) & {r.id for r in view.replicas}
+
+
+async def test_a_pod_whose_stop_is_accepted_and_never_happens_is_terminated(fake_runpod: FakeRunPod):
+    # Before: RunPod answered each stop with the pod still RUNNING and never stopped it; asked again at every observe,
+    # the pod ran on, billed, for as long as the scaler ran (0.69 $/h for ever). Now terminated STOP_LAG_S on.
+    clock = ManualClock(1_000_000.0)
+    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
+    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
+    try:
+        await backend.apply(1)
+        [pod] = fake_runpod.live_pods()
+        fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=1000, body=fake_runpod._pod_json(pod))
+        with capture_logs() as logs:
+            await backend.apply(0)
+            while clock() - 1_000_000.0 <= STOP_LAG_S:
+                clock.advance(15.0)
+                await backend.observe()
+    finally:
+        await backend.aclose()
+    assert fake_runpod.live_pods() == []
+    assert [entry["pod"] for entry in logs if entry["event"] == "runpod_pod_stop_not_taken"] == [pod.id]

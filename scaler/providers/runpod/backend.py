@@ -37,6 +37,7 @@ HEALTHY = "healthy"
 REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
+STOP_LAG_S = 120.0  # a pod still live this long after its stop was asked is terminated without its stop
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
@@ -76,6 +77,9 @@ class RunPodBackend:
         # A name goes in before its POST is sent: a create cut off before its answer (the fleet's per-call timeout,
         # a lost connection) may have made the pod, and forgotten, it was made again (4 pods for a max of 3).
         self._unlisted: dict[str, float] = {}
+        # Pods asked to stop (id -> when first asked): RunPod may accept a stop that never happens, and asked again
+        # at every observe, such a pod ran on, billed, for as long as the scaler did.
+        self._stopping: dict[str, float] = {}
         self.health = health if health is not None else PodHealthProbe()
 
     def __repr__(self) -> str:
@@ -155,6 +159,8 @@ class RunPodBackend:
         listed, now = {pod.name for pod in pods}, self._clock()
         self._unlisted = {name: at for name, at in self._unlisted.items()
                           if name not in listed and now - at < LISTING_LAG_S}
+        live = {pod.id for pod in pods if pod.live}
+        self._stopping = {pod_id: at for pod_id, at in self._stopping.items() if pod_id in live}
         return pods
 
     def _target(self) -> int:
@@ -194,7 +200,15 @@ class RunPodBackend:
 
     async def _stop_then_terminate(self, pod: Pod) -> None:
         """Stop first so the container gets its normal shutdown; terminate once it is down. A pod still stopping
-        is terminated by the next reconcile, which finds it EXITED."""
+        is terminated by the next reconcile, which finds it EXITED; one still live STOP_LAG_S after its first stop
+        is terminated as it is."""
+        asked_at = self._stopping.setdefault(pod.id, self._clock())
+        if self._clock() - asked_at >= STOP_LAG_S:
+            log.warning("runpod_pod_stop_not_taken", pod=pod.id, status=pod.status,
+                        stop_asked_s_ago=round(self._clock() - asked_at),
+                        hint="terminated without its stop: a job it still ran is not handed back")
+            await self._terminate(pod)
+            return
         stopped = await self.client.stop_pod(pod.id)
         if stopped is None or stopped.status in DEAD_STATUSES:
             await self._terminate(pod)

@@ -24,7 +24,7 @@ from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret, scrubbed_excerpt
 from common.urls import direct_transport
 from scaler.policy import PRICE_RANGE, is_a_price
-from scaler.providers.base import MAX_LISTED_REPLICAS
+from scaler.providers.base import MAX_LISTED_REPLICAS, listed_once
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -271,7 +271,8 @@ class RunPodClient:
         if len(pods) > MAX_LISTED_REPLICAS:
             listed = f"{len(pods)} pods listed: more than {MAX_LISTED_REPLICAS} is not a plausible list"
             raise _unexpected("GET /pods", listed)
-        return [listed_pod(pod, index) for index, pod in enumerate(pods)]
+        listed = [listed_pod(pod, index) for index, pod in enumerate(pods)]
+        return listed_once(listed, lambda pod: pod.id, peer="RunPod", request="GET /pods")
 
     async def get_pod(self, pod_id: str) -> Pod:
         return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"), "GET /pods/{id}")

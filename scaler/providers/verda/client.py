@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import error_text, forget_secret, register_secret, scrubbed_excerpt
 from common.urls import direct_transport
-from scaler.providers.base import MAX_LISTED_REPLICAS
+from scaler.providers.base import MAX_LISTED_REPLICAS, listed_once
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
 log = structlog.get_logger()
@@ -582,7 +582,7 @@ class VerdaClient:
         # The spend ledger charges a replica by its id and start: replicas without one would share a charge.
         if not all(isinstance(entry.get("id"), str | int) and str(entry["id"]) for entry in entries):
             raise _unexpected(path, f"a replica without an id: {scrubbed_excerpt(str(entries), 100)}")
-        return [
+        replicas = [
             Replica(
                 id=str(entry["id"]),
                 status=str(entry.get("status", "unknown")).lower(),
@@ -590,6 +590,7 @@ class VerdaClient:
             )
             for entry in entries
         ]
+        return listed_once(replicas, lambda replica: replica.id, peer="Verda", request=f"GET {path}")
 
     async def pause(self, name: str) -> None:
         await self._request("POST", f"{DEPLOYMENTS}/{_path(name)}/pause")
