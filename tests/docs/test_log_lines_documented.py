@@ -181,9 +181,8 @@ def test_the_decision_reasons_the_docs_name_are_the_policys():
     assert named - {reason.value for reason in Reason} == set()
 
 
-# Where the warnings and errors an operator must be able to look up are written. The scaler's (scaler.md,
-# providers.md) are not checked here yet.
-WARNING_DIRS = ("common", "worker", "health", "supervisor", "queue_manager")
+# Where the warnings and errors an operator must be able to look up are written.
+WARNING_DIRS = ("common", "worker", "health", "supervisor", "queue_manager", "scaler")
 LEVELS = {"warning", "error", "exception", "critical"}
 
 
