@@ -85,3 +85,24 @@ async def test_sdxl_workflow_runs_when_the_checkpoint_exists(tmp_path, fixtures_
 async def queue_is_empty(http: aiohttp.ClientSession, url: str) -> bool:
     async with http.get(f"{url}/queue") as response:
         return await response.json() == {"queue_running": [], "queue_pending": []}
+
+
+async def test_body_not_an_object_is_judged_as_comfyui_does(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    # server.py uses `in` on the body: a list without "prompt" is a missing prompt; elsewhere Python fails (500).
+    no_prompt = CASES["no_prompt_key"]["response"]
+    invalid = CASES["unknown_node"]["request_body"]["prompt"]
+    answers = []
+    for body in (
+        [],
+        ["workflow"],
+        ["front"],
+        ["prompt"],
+        "a prompt",
+        7,
+        None,
+        {"prompt": invalid, "extra_data": [], "client_id": "c"},
+    ):
+        async with http.post(f"{sim.url}/prompt", json=body) as response:
+            answers.append((response.status, await response.json() if response.status == 400 else None))
+    assert answers == [(400, no_prompt["body"]), (400, no_prompt["body"])] + [(500, None)] * 6
+    assert await queue_is_empty(http, sim.url)
