@@ -499,7 +499,8 @@ class ComfyUISimulator:
             return 400, {"error": error, "node_errors": {}}
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
-        validation = validate_prompt(prompt, self.catalogue, self._env)
+        partial_execution_targets = body.get("partial_execution_targets")
+        validation = validate_prompt(prompt, self.catalogue, self._env, partial_execution_targets)
         extra_data = body.get("extra_data", {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
