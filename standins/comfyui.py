@@ -709,17 +709,29 @@ class ComfyUISimulator:
                 await ws.send_json({"type": "executing", "data": {"node": self._state.last_node_id}})
             first = True
             async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT and first:
-                    first = False
-                    if json.loads(msg.data).get("type") == "feature_flags":
-                        features = {"supports_preview_metadata": False, "max_upload_size": self.max_upload_bytes}
-                        await ws.send_json({"type": "feature_flags", "data": features})
-        except (ConnectionError, json.JSONDecodeError, AttributeError):
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    first = await self._client_message(ws, msg.data, first)
+        except ConnectionError:
             pass
         finally:
             if self._sockets.get(sid, (None,))[0] is ws:
                 del self._sockets[sid]
         return ws
+
+    async def _client_message(self, ws: web.WebSocketResponse, text: str, first: bool) -> bool:
+        """ComfyUI answers a first message of type feature_flags with its own; text it cannot read (not JSON, not an
+        object) is logged and the socket stays open. Whether the next message still counts as the first."""
+        try:
+            if first and json.loads(text).get("type") == "feature_flags":
+                features = {"supports_preview_metadata": False, "max_upload_size": self.max_upload_bytes}
+                await ws.send_json({"type": "feature_flags", "data": features})
+        except json.JSONDecodeError:
+            log.warning("Invalid JSON received from client")
+            return first
+        except AttributeError as error:
+            log.error(f"Error processing WebSocket message: {error}")
+            return first
+        return False
 
     def _send(self, event: str | int, data: Any, sid: str | None = None) -> None:
         """ComfyUI's `send_sync`: sid None means every socket; unknown sid means nobody."""
