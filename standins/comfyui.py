@@ -482,11 +482,16 @@ class ComfyUISimulator:
         self.prompts_received.append(ReceivedPrompt(record, status, answer.get("prompt_id")))
         return web.json_response(answer, status=status)
 
-    def _accept_prompt(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _accept_prompt(self, body: Any) -> tuple[int, dict[str, Any]]:
+        # As ComfyUI's server.py, line for line, on whatever JSON came: a list body is searched with `in` and,
+        # holding no "prompt", gets the 400 below; where Python fails (an int, a string holding "prompt", a
+        # non-object extra_data with a client_id, even for an invalid prompt) aiohttp's plain 500.
         if "number" in body:
             number: float = float(body["number"])
         else:
-            number = -self._state.number if body.get("front") else self._state.number
+            number = self._state.number
+            if "front" in body and body["front"]:  # noqa: RUF019 (any JSON, not only an object)
+                number = -number
             self._state.number += 1
         if "prompt" not in body:
             error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
@@ -494,15 +499,17 @@ class ComfyUISimulator:
             return 400, {"error": error, "node_errors": {}}
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
-        validation = validate_prompt(prompt, self.catalogue, self._env)
-        if not validation.ok:
-            log.warning("invalid prompt", error=validation.error)
-            return 400, {"error": validation.error, "node_errors": validation.node_errors}
+        partial_execution_targets = body.get("partial_execution_targets")
+        validation = validate_prompt(prompt, self.catalogue, self._env, partial_execution_targets)
         extra_data = body.get("extra_data", {})
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
+        if not validation.ok:
+            log.warning("invalid prompt", error=validation.error)
+            return 400, {"error": validation.error, "node_errors": validation.node_errors}
         for key in SENSITIVE_EXTRA_DATA_KEYS:
-            extra_data.pop(key, None)
+            if key in extra_data:
+                extra_data.pop(key)
         extra_data["create_time"] = _now_ms()
         item = [number, prompt_id, prompt, extra_data, validation.outputs]
         heapq.heappush(self._state.pending, _QueueEntry(number, next(self._state.seq), item))
@@ -702,17 +709,29 @@ class ComfyUISimulator:
                 await ws.send_json({"type": "executing", "data": {"node": self._state.last_node_id}})
             first = True
             async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT and first:
-                    first = False
-                    if json.loads(msg.data).get("type") == "feature_flags":
-                        features = {"supports_preview_metadata": False, "max_upload_size": self.max_upload_bytes}
-                        await ws.send_json({"type": "feature_flags", "data": features})
-        except (ConnectionError, json.JSONDecodeError, AttributeError):
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    first = await self._client_message(ws, msg.data, first)
+        except ConnectionError:
             pass
         finally:
             if self._sockets.get(sid, (None,))[0] is ws:
                 del self._sockets[sid]
         return ws
+
+    async def _client_message(self, ws: web.WebSocketResponse, text: str, first: bool) -> bool:
+        """ComfyUI answers a first message of type feature_flags with its own; text it cannot read (not JSON, not an
+        object) is logged and the socket stays open. Whether the next message still counts as the first."""
+        try:
+            if first and json.loads(text).get("type") == "feature_flags":
+                features = {"supports_preview_metadata": False, "max_upload_size": self.max_upload_bytes}
+                await ws.send_json({"type": "feature_flags", "data": features})
+        except json.JSONDecodeError:
+            log.warning("Invalid JSON received from client")
+            return first
+        except AttributeError as error:
+            log.error(f"Error processing WebSocket message: {error}")
+            return first
+        return False
 
     def _send(self, event: str | int, data: Any, sid: str | None = None) -> None:
         """ComfyUI's `send_sync`: sid None means every socket; unknown sid means nobody."""

@@ -709,8 +709,11 @@ def _range_or_choice_error(name: str, value: Any, input_type: Any, info: dict, c
     return None
 
 
-def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef], env: NodeEnv) -> Validation:
-    """ComfyUI's `execution.validate_prompt`; converts widget values in place, as ComfyUI does."""
+def validate_prompt(
+    prompt: dict[str, Any], catalogue: dict[str, NodeDef], env: NodeEnv, partial_execution_list: Any = None
+) -> Validation:
+    """ComfyUI's `execution.validate_prompt`; converts widget values in place, as ComfyUI does. With a
+    `partial_execution_list` (any JSON: it is searched with `in`) only the output nodes it holds are run."""
     outputs = []
     for node_id in prompt:
         if "class_type" not in prompt[node_id]:
@@ -736,7 +739,7 @@ def validate_prompt(prompt: dict[str, Any], catalogue: dict[str, NodeDef], env: 
                 [],
                 {},
             )
-        if catalogue[class_type].output_node:
+        if catalogue[class_type].output_node and (partial_execution_list is None or node_id in partial_execution_list):
             outputs.append(node_id)
     if not outputs:
         return Validation(False, _error("prompt_no_outputs", "Prompt has no outputs"), [], {})

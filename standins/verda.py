@@ -111,27 +111,37 @@ def _require(condition: bool, message: str) -> None:
         raise _invalid(message)
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """Verda answers a body or field of the wrong JSON type with its 400, never a 500."""
+    _require(isinstance(value, dict), f"{what} must be an object")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate_scaling(scaling: Any) -> None:
-    _require(isinstance(scaling, dict), "scaling must be an object")
+    _object(scaling, "scaling")
     missing = [key for key in SCALING_KEYS if key not in scaling]
     _require(not missing, f"scaling is missing {', '.join(missing)}")
     low, high = scaling["min_replica_count"], scaling["max_replica_count"]
-    _require(isinstance(low, int) and isinstance(high, int), "replica counts must be integers")
+    _require(_is_int(low) and _is_int(high), "replica counts must be integers")
     _require(0 <= low <= high, "scaling needs 0 <= min_replica_count <= max_replica_count")
-    queue_load = (scaling["scaling_triggers"] or {}).get("queue_load")
+    queue_load = _object(scaling["scaling_triggers"] or {}, "scaling_triggers").get("queue_load")
     if queue_load is not None:
-        threshold = queue_load.get("threshold")
+        threshold = _object(queue_load, "queue_load").get("threshold")
         _require(isinstance(threshold, int | float) and threshold >= 1, "queue_load.threshold must be >= 1")
 
 
 def _validate_volume_mount(mount: Any) -> None:
-    _require(isinstance(mount, dict), "volume_mounts entries must be objects")
+    _object(mount, "volume_mounts entries")
     kind = mount.get("type")
     _require(kind in VOLUME_MOUNT_TYPES, f"volume mount type must be one of {sorted(VOLUME_MOUNT_TYPES)}")
     _require(isinstance(mount.get("mount_path"), str) and mount["mount_path"].startswith("/"), "bad mount_path")
     if kind == "memory":
         _require(mount["mount_path"] == SHM_PATH, "memory mounts must use /dev/shm")
-        _require(isinstance(mount.get("size_in_mb"), int) and mount["size_in_mb"] > 0, "memory needs size_in_mb")
+        _require(_is_int(mount.get("size_in_mb")) and mount["size_in_mb"] > 0, "memory needs size_in_mb")
     if kind == "shared":
         _require(bool(mount.get("volume_id")), "shared mounts need a volume_id")
     if kind == "secret":
@@ -282,7 +292,7 @@ class FakeVerda(FakeApi):
         )
 
     async def _token(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = _object(await request.json(), "body")
         grant = body.get("grant_type")
         if grant == "client_credentials":
             if (body.get("client_id"), body.get("client_secret")) != (self.client_id, self._client_secret):
@@ -324,23 +334,28 @@ class FakeVerda(FakeApi):
     def _validate_containers(self, containers: Any, assigned: list[str] | None) -> None:
         _require(isinstance(containers, list) and len(containers) > 0, "containers must be a non-empty list")
         for container in containers:
+            _object(container, "containers entries")
             _require(isinstance(container.get("image"), str) and container["image"] != "", "containers need image")
-            _require(isinstance(container.get("exposed_port"), int), "containers need an integer exposed_port")
+            _require(_is_int(container.get("exposed_port")), "containers need an integer exposed_port")
             if assigned is not None:
                 _require(container.get("name") in assigned, "containers in an update must carry their name")
+            _require(isinstance(container.get("env") or [], list), "env must be a list")
+            _require(isinstance(container.get("volume_mounts") or [], list), "volume_mounts must be a list")
             for env in container.get("env") or []:
+                _object(env, "env entries")
                 _require(bool(ENV_NAME_RULE.match(str(env.get("name", "")))), f"invalid env name {env.get('name')!r}")
                 _require(env.get("type") in ("plain", "secret"), "env type must be plain or secret")
                 if env["type"] == "secret":
                     ref = env.get("value_or_reference_to_secret")
-                    _require(ref in self.secrets, f"secret {ref!r} does not exist")
+                    _require(isinstance(ref, str) and ref in self.secrets, f"secret {ref!r} does not exist")
             for mount in container.get("volume_mounts") or []:
                 _validate_volume_mount(mount)
 
     def _validate_compute(self, compute: Any) -> None:
-        known = {(r["name"], r["size"]) for r in COMPUTE_RESOURCES}
-        _require(isinstance(compute, dict), "compute must be an object")
-        _require((compute.get("name"), compute.get("size")) in known, f"unknown compute {compute}")
+        known = [(r["name"], r["size"]) for r in COMPUTE_RESOURCES]
+        _object(compute, "compute")
+        name, size = compute.get("name"), compute.get("size")
+        _require(_is_int(size) and (name, size) in known, f"unknown compute {compute}")
 
     # --- replicas -------------------------------------------------------------------------------
 
@@ -367,7 +382,7 @@ class FakeVerda(FakeApi):
 
     async def _create_deployment(self, request: web.Request) -> web.Response:
         await self._held()
-        body = await request.json()
+        body = _object(await request.json(), "body")
         name = body.get("name")
         _require(
             isinstance(name, str) and len(name) <= 63 and bool(DEPLOYMENT_NAME_RULE.match(name)),
@@ -394,7 +409,7 @@ class FakeVerda(FakeApi):
 
     async def _update_deployment(self, request: web.Request) -> web.Response:
         deployment = self._deployment(request)
-        body = await request.json()
+        body = _object(await request.json(), "body")
         _require(body.get("name", deployment.body["name"]) == deployment.body["name"], "name is immutable")
         if "compute" in body:
             self._validate_compute(body["compute"])
@@ -461,7 +476,7 @@ class FakeVerda(FakeApi):
 
     async def _create_secret(self, request: web.Request) -> web.Response:
         await self._held()
-        body = await request.json()
+        body = _object(await request.json(), "body")
         name, value = body.get("name"), body.get("value")
         _require(isinstance(name, str) and bool(NAME_RULE.match(name)), "secret name must match [a-z0-9-]")
         _require(isinstance(value, str) and value != "", "secret value must be a non-empty string")

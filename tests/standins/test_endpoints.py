@@ -225,3 +225,18 @@ async def test_queue_post_does_what_comfyui_does_with_any_json(
     """POST /queue reads its body as POST /history does (above)."""
     async with http.post(f"{sim.url}/queue", data=body, headers={"Content-Type": "application/json"}) as answer:
         assert answer.status == status
+
+
+async def test_unreadable_client_text_leaves_the_socket_open(
+    sim: ComfyUISimulator, http: aiohttp.ClientSession
+) -> None:
+    # ComfyUI logs text it cannot read and goes on; such a message does not count as the first one.
+    async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        for text in ("not json", "[]"):
+            await ws.send_str(text)
+        await ws.send_json({"type": "feature_flags", "data": {}})
+        assert (await receive_json(ws))["type"] == "feature_flags"
+        prompt_id = (await submit(http, sim.url, load_transcript("success")["workflow"], "c"))["prompt_id"]
+        messages = await collect_until_done(ws, prompt_id)
+    assert "execution_success" in [m["type"] for m in messages]

@@ -9,7 +9,7 @@ import pytest
 
 from standins.comfyui import ComfyUISimulator
 
-from .conftest import FIXTURES, load_transcript
+from .conftest import FIXTURES, collect_until_done, load_transcript, receive_json, submit
 
 CASES = load_transcript("validation_errors")
 JSON_CASES = [name for name, case in CASES.items() if "request_body" in case]
@@ -85,3 +85,44 @@ async def test_sdxl_workflow_runs_when_the_checkpoint_exists(tmp_path, fixtures_
 async def queue_is_empty(http: aiohttp.ClientSession, url: str) -> bool:
     async with http.get(f"{url}/queue") as response:
         return await response.json() == {"queue_running": [], "queue_pending": []}
+
+
+async def test_body_not_an_object_is_judged_as_comfyui_does(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    # server.py uses `in` on the body: a list without "prompt" is a missing prompt; elsewhere Python fails (500).
+    no_prompt = CASES["no_prompt_key"]["response"]
+    invalid = CASES["unknown_node"]["request_body"]["prompt"]
+    answers = []
+    for body in (
+        [],
+        ["workflow"],
+        ["front"],
+        ["prompt"],
+        "a prompt",
+        7,
+        None,
+        {"prompt": invalid, "extra_data": [], "client_id": "c"},
+    ):
+        async with http.post(f"{sim.url}/prompt", json=body) as response:
+            answers.append((response.status, await response.json() if response.status == 400 else None))
+    assert answers == [(400, no_prompt["body"]), (400, no_prompt["body"])] + [(500, None)] * 6
+    assert await queue_is_empty(http, sim.url)
+
+
+async def test_partial_execution_targets_pick_the_outputs_to_run(
+    sim: ComfyUISimulator, http: aiohttp.ClientSession
+) -> None:
+    workflow = load_transcript("success")["workflow"]  # outputs: 3 SaveImage, 4 PreviewImage
+    body = {"prompt": workflow, "partial_execution_targets": ["9"]}
+    async with http.post(f"{sim.url}/prompt", json=body) as response:
+        assert response.status == 400
+        assert await response.json() == CASES["no_outputs"]["response"]["body"]
+    async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        answer = await submit(http, sim.url, workflow, "c", partial_execution_targets=["4"])
+        messages = await collect_until_done(ws, answer["prompt_id"])
+    executed = [m["data"]["node"] for m in messages if m["type"] == "executing" and m["data"]["node"]]
+    assert executed == ["1", "4"]
+    async with http.get(f"{sim.url}/history/{answer['prompt_id']}") as response:
+        entry = (await response.json())[answer["prompt_id"]]
+    assert entry["prompt"][4] == ["4"]
+    assert list(sim.output_dir.iterdir()) == []

@@ -54,6 +54,21 @@ INVALID_CREATES = {
     "memory path": ("containers.0.volume_mounts", [{"type": "memory", "mount_path": "/shm", "size_in_mb": 1}]),
     "shared without id": ("containers.0.volume_mounts", [{"type": "shared", "mount_path": "/models"}]),
     "unknown compute": ("compute", {"name": "TPU", "size": 1}),
+    # Wrong JSON types: Verda's 400, not a 500 a client would retry.
+    "container not an object": ("containers", ["ghcr.io/acme/worker:1.0.0"]),
+    "env not a list": ("containers.0.env", {"TOKEN": "x"}),
+    "env entry not an object": ("containers.0.env", ["TOKEN=x"]),
+    "secret reference not a string": (
+        "containers.0.env",
+        [{"name": "TOKEN", "value_or_reference_to_secret": ["qm-token"], "type": "secret"}],
+    ),
+    "mounts not a list": ("containers.0.volume_mounts", {"type": "scratch"}),
+    "boolean port": ("containers.0.exposed_port", True),
+    "boolean replica count": ("scaling.max_replica_count", True),
+    "triggers not an object": ("scaling.scaling_triggers", ["queue_load"]),
+    "queue_load not an object": ("scaling.scaling_triggers.queue_load", [1]),
+    "compute name not a string": ("compute", {"name": ["H100"], "size": 1}),
+    "boolean compute size": ("compute", {"name": "H100", "size": True}),
 }
 
 
@@ -69,6 +84,20 @@ async def test_create_rejects_what_verda_rejects(with_secret: VerdaClient, fake:
         await with_secret.create_deployment(_set(valid_body(), path, value))
     assert (caught.value.status, caught.value.code) == (400, "invalid_request")
     assert fake.deployments == {}
+
+
+async def test_a_body_not_an_object_is_verdas_400(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    token = await with_secret._access_token()
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
+    async with httpx.AsyncClient(base_url=fake.url, headers=headers) as http:
+        await http.post("/container-deployments", json=valid_body())
+        answers = [
+            await http.post("/oauth2/token", json=[]),
+            await http.post("/container-deployments", json=[valid_body()]),
+            await http.patch(f"/container-deployments/{NAME}", json=["scaling"]),
+            await http.post("/secrets", json="qm-token"),
+        ]
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(400, "invalid_request")] * 4
 
 
 async def test_valid_body_is_accepted(with_secret: VerdaClient, fake: FakeVerda) -> None:
