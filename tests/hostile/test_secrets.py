@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import io
@@ -232,17 +233,20 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
 @pytest.mark.parametrize(
     ("url", "secrets"),
     [
-        ("https://worker:pw-1@queue.example.com", ["pw-1"]),
-        ("https://ghp-token-2@queue.example.com", ["ghp-token-2"]),
-        ("https://worker:pw-3@q.example.com/?token=t-3", ["pw-3", "t-3"]),
-        ("https://worker:pw-4@[q.example.com/?token=t-4", ["pw-4", "t-4"]),
+        ("https://worker:pw-1@queue.example.com", ["pw-1", "worker:pw-1"]),
+        ("https://ghp-token-2@queue.example.com", ["ghp-token-2", "ghp-token-2:"]),
+        ("https://worker:pw-3@q.example.com/?token=t-3", ["pw-3", "t-3", "worker:pw-3"]),
+        ("https://worker:pw-4@[q.example.com/?token=t-4", ["pw-4", "t-4", "worker:pw-4"]),
+        ("https://worker:p%40ss-5@q.example.com", ["p%40ss-5", "worker:p@ss-5"]),
     ],
-    ids=["user-and-password", "token-as-user", "and-a-query-token", "unparseable"],
+    ids=["user-and-password", "token-as-user", "and-a-query-token", "unparseable", "percent-encoded"],
 )
 def test_a_user_name_beside_a_password_is_no_secret_to_mask_everywhere(url, secrets) -> None:
     """The scaler registered "worker" of https://worker:…@… as a secret, and every "worker" in its log lines and
-    `status` became *** (comfyui-***-serverless). A user name with no password is the token itself."""
-    assert url_secrets(url) == secrets
+    `status` became *** (comfyui-***-serverless). A user name with no password is the token itself. The last is
+    the ``Authorization: Basic`` value a client sends for them (base64 of the URL's user:password, unquoted)."""
+    *plain, basic = secrets
+    assert url_secrets(url) == [*plain, base64.b64encode(basic.encode()).decode()]
 
 
 @pytest.mark.parametrize("secret", [" ", "e", "\t", "verda", "1234567"])
