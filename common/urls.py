@@ -6,6 +6,7 @@ fragment parameter named like one (``…?token=…``, ``&api_key=…``, ``&X-Amz
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
@@ -52,12 +53,17 @@ def url_credentials(url: str) -> list[str]:
 
 def url_secrets(url: str) -> list[str]:
     """What of ``url`` no output may show (for common.logs.register_secret): its password and secret query values,
-    and its user name when it has no password (``https://<token>@host``). A user name beside a password says who,
-    and masked in every line, ``worker`` garbled every name holding it (``comfyui-***-serverless``)."""
+    its user name when it has no password (``https://<token>@host``), and the ``Authorization: Basic`` value a
+    client sends for them, which a peer's error page may echo (base64: read back by anyone). A user name beside a
+    password says who, and masked in every line, ``worker`` garbled every name holding it
+    (``comfyui-***-serverless``)."""
     credentials = url_credentials(url)
     parts = _split(url)
     if parts.password and parts.username:
         credentials.remove(parts.username)
+    if parts.username or parts.password:  # as httpx encodes them: the URL's user and password, unquoted, in UTF-8
+        userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        credentials.append(base64.b64encode(userinfo.encode()).decode())
     return credentials
 
 

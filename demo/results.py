@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from common.urls import direct_transport
 from queue_manager import JobRecord
 
 log = structlog.get_logger()
@@ -34,7 +35,9 @@ async def fetch_results(queue_url: str, jobs: list[JobRecord], outputs: Path, *,
     listed = [(job.id, item) for job in jobs if job.status == "completed" for item in _outputs(job.result)]
     gate = asyncio.Semaphore(CONCURRENT_FETCHES)
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with httpx.AsyncClient(base_url=queue_url, timeout=30, headers=headers) as http:
+    async with httpx.AsyncClient(
+        base_url=queue_url, timeout=30, headers=headers, transport=direct_transport(queue_url)
+    ) as http:
 
         async def one(job_id: str, item: dict[str, Any]) -> Failure | None:
             async with gate:

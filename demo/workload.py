@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import structlog
 
+from common.urls import direct_transport
+
 log = structlog.get_logger()
 
 # Intentionally broken jobs show how a failure reaches the user: an unknown node, a missing model file.
@@ -51,7 +53,9 @@ async def submit_all(
     workflows = {name: load_workflow(name) for name in {s.workflow_name for s in submissions}}
     ids = []
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with httpx.AsyncClient(base_url=queue_url, timeout=10, headers=headers) as http:
+    async with httpx.AsyncClient(
+        base_url=queue_url, timeout=10, headers=headers, transport=direct_transport(queue_url)
+    ) as http:
         for submission in submissions:
             await asyncio.sleep(max(0.0, started + submission.at_s - loop.time()))
             body = {

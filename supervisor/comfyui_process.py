@@ -1,4 +1,5 @@
-"""ComfyUI as a child process: start it, copy its output into the container log, stop it in bounded time."""
+"""ComfyUI as a child process: start it, copy its output (scrubbed) into the container log, stop it in bounded
+time."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TextIO
 import structlog
 
 from common.children import die_with_parent
+from common.logs import scrub
 
 log = structlog.get_logger()
 
@@ -122,7 +124,8 @@ async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO) -> None:
             continue
         if not line:
             return
-        _write_line(sink, line.decode("utf-8", errors="replace").rstrip("\r\n"))
+        # Scrubbed as every other line: ComfyUI prints a workflow's inputs (a presigned URL) in its errors.
+        _write_line(sink, scrub(line.decode("utf-8", errors="replace").rstrip("\r\n")))
 
 
 def _write_line(sink: TextIO, text: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import inspect
 import io
 import json
@@ -9,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -20,8 +24,10 @@ import supervisor.__main__ as supervisor_main
 from common.handbacks import HandBackCause
 from common.logs import configure_logging, error_text, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
+from demo.results import fetch_results
+from demo.workload import Submission, submit_all
 from health.server import HealthServer
-from queue_manager import QueueManagerServer
+from queue_manager import JobStatus, QueueManagerServer
 from scaler import cli as scaler_cli
 from scaler.alerts import Alert, AlertSender
 from scaler.providers.runpod.client import RunPodClient
@@ -227,17 +233,20 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
 @pytest.mark.parametrize(
     ("url", "secrets"),
     [
-        ("https://worker:pw-1@queue.example.com", ["pw-1"]),
-        ("https://ghp-token-2@queue.example.com", ["ghp-token-2"]),
-        ("https://worker:pw-3@q.example.com/?token=t-3", ["pw-3", "t-3"]),
-        ("https://worker:pw-4@[q.example.com/?token=t-4", ["pw-4", "t-4"]),
+        ("https://worker:pw-1@queue.example.com", ["pw-1", "worker:pw-1"]),
+        ("https://ghp-token-2@queue.example.com", ["ghp-token-2", "ghp-token-2:"]),
+        ("https://worker:pw-3@q.example.com/?token=t-3", ["pw-3", "t-3", "worker:pw-3"]),
+        ("https://worker:pw-4@[q.example.com/?token=t-4", ["pw-4", "t-4", "worker:pw-4"]),
+        ("https://worker:p%40ss-5@q.example.com", ["p%40ss-5", "worker:p@ss-5"]),
     ],
-    ids=["user-and-password", "token-as-user", "and-a-query-token", "unparseable"],
+    ids=["user-and-password", "token-as-user", "and-a-query-token", "unparseable", "percent-encoded"],
 )
 def test_a_user_name_beside_a_password_is_no_secret_to_mask_everywhere(url, secrets) -> None:
     """The scaler registered "worker" of https://worker:…@… as a secret, and every "worker" in its log lines and
-    `status` became *** (comfyui-***-serverless). A user name with no password is the token itself."""
-    assert url_secrets(url) == secrets
+    `status` became *** (comfyui-***-serverless). A user name with no password is the token itself. The last is
+    the ``Authorization: Basic`` value a client sends for them (base64 of the URL's user:password, unquoted)."""
+    *plain, basic = secrets
+    assert url_secrets(url) == [*plain, base64.b64encode(basic.encode()).decode()]
 
 
 @pytest.mark.parametrize("secret", [" ", "e", "\t", "verda", "1234567"])
@@ -275,6 +284,14 @@ async def recording_proxy():
         yield url, seen
 
 
+def only_proxy(monkeypatch: pytest.MonkeyPatch, variable: str, proxy_url: str) -> None:
+    """``variable`` the one proxy setting of the environment, NO_PROXY unset."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, proxy_url)
+
+
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
 async def test_a_peer_on_loopback_is_never_reached_through_a_proxy(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, recording_proxy, variable: str
@@ -283,10 +300,7 @@ async def test_a_peer_on_loopback_is_never_reached_through_a_proxy(
     worker's polls with QUEUE_MANAGER_TOKEN, the scaler's reads, every workflow sent to ComfyUI and every result
     read back went in clear to the proxy, whose 127.0.0.1 is not ours (the worker never saw its ComfyUI)."""
     proxy_url, seen = recording_proxy
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(variable, proxy_url)
+    only_proxy(monkeypatch, variable, proxy_url)
     comfy = ComfyUISimulator(tmp_path)
     async with QueueManagerServer(token=TOKEN) as queue, comfy:
         worker_queue = QueueClient(queue.url, "w", token=TOKEN)
@@ -309,10 +323,7 @@ async def test_the_scalers_peers_on_loopback_are_never_reached_through_a_proxy(
     """The same rule (common.urls.direct_transport) for the scaler's other peers: a Verda or RunPod API, a pod's
     /health and the alert webhook on this machine went to the proxy, the API key and bearer token in clear."""
     proxy_url, seen = recording_proxy
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(variable, proxy_url)
+    only_proxy(monkeypatch, variable, proxy_url)
     posted: list[dict] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -342,6 +353,26 @@ async def test_the_scalers_peers_on_loopback_are_never_reached_through_a_proxy(
             await alerts.aclose()
     assert len(posted) == 1
     assert seen == []
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+async def test_the_demos_participants_reach_its_loopback_queue_directly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, recording_proxy, variable: str
+) -> None:
+    """The demo submits its workload and fetches the results with the participants' token. With a proxy set for the
+    machine, both went to the proxy, the token in clear, and the demo failed (the proxy's 502)."""
+    proxy_url, seen = recording_proxy
+    only_proxy(monkeypatch, variable, proxy_url)
+    async with QueueManagerServer(token=TOKEN) as queue:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(httpx.HTTPStatusError):
+            await submit_all(queue.url, [Submission(0.0, "alice", "quick")], started=loop.time(), token=TOKEN)
+        done = replace(queue.store.submit("bob", {"1": {}}), status=JobStatus.COMPLETED,
+                       result={"outputs": [{"path": "a.png"}]})
+        results = await fetch_results(queue.url, [done], tmp_path, token=TOKEN)
+        submitted = list(queue.store.every(user_id="alice"))
+    assert seen == []
+    assert len(submitted) == 1 and results["files"] == 1
+
 
 _READ_PARENT_ENVIRONMENT = """
 import ctypes, os, subprocess, sys

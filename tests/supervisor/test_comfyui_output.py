@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.logs import register_secret
 from supervisor.comfyui_process import ComfyUIProcess
 
 # A non-ASCII line, then far more than a pipe and the reader's buffer hold (~2 MB), then a last line.
@@ -72,3 +73,34 @@ async def test_stop_goes_on_when_comfyui_outlives_its_sigkill(monkeypatch: pytes
         monkeypatch.undo()
         os.killpg(pid, signal.SIGKILL)
         await comfyui.stop()
+
+
+PRINTS_WHAT_A_WORKFLOW_GAVE_IT = r"""
+import sys
+print("!!! Exception during processing !!! 403 Forbidden for url: "
+      "https://bucket.example.com/in.png?X-Amz-Signature=sig-in-a-workflow-5c1e&X-Amz-Date=1")
+print("Failed to validate prompt: image: 'https://user:pw-in-a-workflow-8d2f@images.example.com/a.png' not in []",
+      file=sys.stderr)
+print("echoed registered-secret-3b9a7c")
+"""
+
+
+async def test_what_comfyui_prints_reaches_the_log_without_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI prints a workflow's inputs in its errors (a value not in a list, a download's failed URL): a
+    presigned URL's signature or a URL's password went into the container log as is, past the scrubber that
+    masks them in every other line."""
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    register_secret("registered-secret-3b9a7c")
+    comfyui = ComfyUIProcess([sys.executable, "-c", PRINTS_WHAT_A_WORKFLOW_GAVE_IT], stop_timeout_s=1)
+    await comfyui.start()
+    try:
+        assert await asyncio.wait_for(comfyui.wait(), 10) == 0
+    finally:
+        await comfyui.stop()
+    log = "\n".join(line for line in (out.getvalue() + err.getvalue()).splitlines() if line.startswith("[comfyui] "))
+    assert "X-Amz-Signature=***&X-Amz-Date=1" in log and "https://***@images.example.com/a.png" in log, log
+    assert "[comfyui] echoed ***" in log, log
+    for secret in ("sig-in-a-workflow-5c1e", "pw-in-a-workflow-8d2f", "registered-secret-3b9a7c"):
+        assert secret not in log, log

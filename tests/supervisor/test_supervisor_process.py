@@ -3,6 +3,7 @@ must be exact: one that never answers, one that ignores SIGTERM, one that crashe
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import signal
@@ -10,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from aiohttp import web
+
 from standins.comfyui import ComfyUISimulator
 
+from ..conftest import served
 from .test_supervisor_with_simulator import job_status, submit
 
 
@@ -160,3 +164,26 @@ async def test_a_comfyui_left_over_on_the_port_gets_no_job_and_the_start_stops_w
         assert its_result.exists(), "nothing of the scratch folders is touched either"
     finally:
         await left_over.stop()
+
+
+async def test_a_queue_url_password_a_peer_echoes_never_reaches_the_log(base_env, run_supervisor) -> None:
+    """A proxy's or a broken server's error page quoting the request's Authorization header: the worker quotes the
+    answer in its "Poll failed" line. The queue token was masked there, but a QUEUE_MANAGER_URL's user and
+    password travel as ``Basic <base64 of user:password>``, which went into the log as is (decoded by anyone)."""
+    password = "url-password-echoed-4e7a"
+    basic = base64.b64encode(f"worker:{password}".encode()).decode()
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=503, text=f"upstream down; you sent {request.headers.get('Authorization')}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    async with served(app) as peer:
+        env = {**base_env, "QUEUE_MANAGER_URL": peer.replace("http://", f"http://worker:{password}@")}
+        supervisor = await run_supervisor(env)
+        await supervisor.wait_until(lambda: "Poll failed" in supervisor.output, timeout_s=30, what="a failed poll")
+        supervisor.signal(signal.SIGTERM)
+        assert await supervisor.wait() == 0
+    polls = [event["error"] for event in supervisor.log_events() if event["event"].startswith("Poll failed")]
+    assert polls and "you sent Basic ***" in polls[0], polls
+    assert basic not in supervisor.output and password not in supervisor.output
