@@ -139,6 +139,7 @@ class QueueSettings:
     version: str
     max_pending_per_user: int = 0
     max_attempts: int = 3
+    lease_timeout_s: float = 0  # told with each job handed out, so a worker beats within it; 0 = no lease
     # Off: answer exactly as comfy-multi does (no attempt, no heartbeat or release-job route, reports unfenced),
     # so a test can run the worker's comfy-multi fallback against this server.
     extensions: bool = True
@@ -367,7 +368,10 @@ class QueueApi:
         log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id,
                  attempt=job.attempt, poll_id=poll_id, again=poll.again)
         job_view = {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}
-        return _json({"job": {**job_view, "attempt": job.attempt} if self._settings.extensions else job_view})
+        if not self._settings.extensions:
+            return _json({"job": job_view})
+        lease = {"lease_timeout_s": self._settings.lease_timeout_s} if self._settings.lease_timeout_s > 0 else {}
+        return _json({"job": {**job_view, "attempt": job.attempt, **lease}})
 
     async def complete_job(self, request: web.Request) -> web.Response:
         query, body, errors = await self._query_and_body(request, ReportQuery, JobCompletionRequest)

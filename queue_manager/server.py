@@ -196,6 +196,7 @@ class QueueManagerServer:
             token=self._token,
             version=_version(),
             max_attempts=self.max_attempts,
+            lease_timeout_s=self.lease_timeout_s,
             extensions=self.extensions,
             outputs_dir=self.outputs_dir.resolve() if self.outputs_dir is not None else None,
         )

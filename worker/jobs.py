@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,13 @@ def attempt_of(raw: object) -> int | None:
     """The fence of a raw job (even one too malformed to run), so its report reaches the right attempt."""
     attempt = raw.get("attempt") if isinstance(raw, dict) else None
     return attempt if _is_count(attempt) else None
+
+
+def lease_timeout_of(raw: object) -> float | None:
+    """The lease the embedded queue manager said it holds the job for (seconds), or None when it said none."""
+    lease = raw.get("lease_timeout_s") if isinstance(raw, dict) else None
+    valid = isinstance(lease, int | float) and not isinstance(lease, bool) and 0 < lease < math.inf
+    return float(lease) if valid else None
 
 
 def validate_workflow(workflow: object) -> dict[str, Any]:

@@ -17,6 +17,9 @@ from worker.queue_client import JobGone, NotMine, QueueClient, ReportRejected, R
 
 log = structlog.get_logger()
 
+BEATS_PER_LEASE = 4  # a lease the manager says is shorter than LEASE_HEARTBEAT_S is renewed this often within it
+MIN_INTERVAL_S = 0.05  # however short a lease it says
+
 
 class JobLease:
     def __init__(self, queue: QueueClient, interval_s: float) -> None:
@@ -24,16 +27,22 @@ class JobLease:
         self.interval_s = interval_s
         self.supported = True
 
-    async def keep(self, job_id: str, attempt: int | None, on_lost: Callable[[str], None]) -> None:
-        """Heartbeat until cancelled; call on_lost(why) once when the job is no longer this worker's."""
+    async def keep(
+        self, job_id: str, attempt: int | None, on_lost: Callable[[str], None], lease_timeout_s: float | None = None
+    ) -> None:
+        """Heartbeat until cancelled; call on_lost(why) once when the job is no longer this worker's.
+        lease_timeout_s: the lease the manager said it holds the job for; beaten BEATS_PER_LEASE times within."""
         if attempt is None or not self.supported:
             return
+        interval_s = self.interval_s
+        if lease_timeout_s is not None:
+            interval_s = min(interval_s, max(lease_timeout_s / BEATS_PER_LEASE, MIN_INTERVAL_S))
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(interval_s)
             try:
                 # Within one interval: a heartbeat left to HTTP_TIMEOUT_S (30 s) on a stalled connection put
                 # 15 + 30 + 15 s of silence between renewals, the whole 60 s lease.
-                await self.queue.heartbeat(job_id, attempt, deadline_s=self.interval_s)
+                await self.queue.heartbeat(job_id, attempt, deadline_s=interval_s)
             except RouteUnknown:
                 self.supported = False
                 log.info("The queue manager has no heartbeat route; not sending job heartbeats")

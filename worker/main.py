@@ -36,7 +36,16 @@ from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
 from worker.execution import Outcome, PromptRun, RunTimings
 from worker.housekeeping import ComfyUIHousekeeping
-from worker.jobs import InvalidJob, Job, UnreportableJob, attempt_of, job_id_of, parse_job, validate_workflow
+from worker.jobs import (
+    InvalidJob,
+    Job,
+    UnreportableJob,
+    attempt_of,
+    job_id_of,
+    lease_timeout_of,
+    parse_job,
+    validate_workflow,
+)
 from worker.lease import JobLease
 from worker.outputs import (
     DELIVERY_STALL_S,
@@ -504,7 +513,9 @@ class Worker:
         self._lease_lost = None
         self._comfyui_lost = None
         self._prompt_over = None
-        lease = asyncio.create_task(self.lease.keep(job_id, attempt, on_lost=self._lose_lease))
+        lease = asyncio.create_task(
+            self.lease.keep(job_id, attempt, on_lost=self._lose_lease, lease_timeout_s=lease_timeout_of(raw))
+        )
         try:
             self.state.job_started(job_id)
             picked_up = time.monotonic()

@@ -51,7 +51,8 @@ async def test_next_job_pops_the_job_marks_it_running_and_records_worker(
 
     job = await next_job(client, "gpu-7")
 
-    assert job == {"id": created["id"], "workflow": workflow, "user_id": "alice", "metadata": {"run": 7}, "attempt": 1}
+    assert job == {"id": created["id"], "workflow": workflow, "user_id": "alice", "metadata": {"run": 7}, "attempt": 1,
+                   "lease_timeout_s": 60.0}
     assert await next_job(client, "gpu-8") is None, "a popped job must not be handed out again"
     stored = (await client.get(f"/api/jobs/{created['id']}")).json()
     assert stored["status"] == "running"

@@ -142,7 +142,8 @@ async def test_a_retried_poll_id_gets_the_job_it_was_answered_with_and_a_new_one
     assert lost.status_code == 502
     retried = await client.get("/api/workers/next-job", params={"worker_id": "gpu-1", "poll_id": poll_id.upper()})
     assert retried.json() == {
-        "job": {"id": first.id, "workflow": SLOW, "user_id": "alice", "metadata": {}, "attempt": 1}
+        "job": {"id": first.id, "workflow": SLOW, "user_id": "alice", "metadata": {}, "attempt": 1,
+                "lease_timeout_s": 60.0}
     }
     assert queue.store.get(second.id).status is JobStatus.PENDING, "the retry popped nothing else"
     following = await client.get("/api/workers/next-job", params={"worker_id": "gpu-1", "poll_id": str(uuid.uuid4())})

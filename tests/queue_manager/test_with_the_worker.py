@@ -79,6 +79,24 @@ async def test_heartbeats_hold_the_lease_through_a_job_longer_than_it(tmp_path: 
         await comfy.stop()
 
 
+async def test_a_lease_shorter_than_the_workers_heartbeat_interval_still_holds_through_a_job(tmp_path: Path) -> None:
+    """LEASE_TIMEOUT_S set below the workers' LEASE_HEARTBEAT_S (15 s by default): the job answer says the lease,
+    and the worker beats at least four times within it. Before, every job longer than the lease was handed back
+    before its first heartbeat, each run, until MAX_ATTEMPTS failed it."""
+    lease_s = HEALTHY_WITHIN_S + 0.5
+    comfy = ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": lease_s + 1.0})
+    await comfy.start()
+    try:
+        async with QueueManagerServer(lease_timeout_s=lease_s, test_hooks=True) as qm:
+            job = qm.store.submit("alice", SLOW)
+            worker = make_worker(qm, comfy, tmp_path, lease_heartbeat_s=15, serverless_job_limit=1)
+            assert await asyncio.wait_for(worker.run(), 60) == 0
+            done = qm.store.get(job.id)
+            assert (done.status, done.attempt, done.history) == (JobStatus.COMPLETED, 1, [])
+    finally:
+        await comfy.stop()
+
+
 def simulator(tmp_path: Path, *, blur_s: float) -> ComfyUISimulator:
     return ComfyUISimulator(tmp_path / "out", tmp_path / "temp", node_seconds={"ImageBlur": blur_s})
 

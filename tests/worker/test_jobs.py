@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from worker.jobs import lease_timeout_of
+
 
 async def test_success_copies_and_hashes_outputs(qm, comfy, make_worker, workflows, tmp_path):
     job = qm.store.submit("alice", workflows["quick"], metadata={"source": "test"})
@@ -352,3 +354,12 @@ async def test_a_completion_whose_earlier_try_landed_keeps_its_outputs(qm, comfy
     assert qm.store.get(job.id).status == "completed"
     assert len(list((tmp_path / "outputs").rglob("*.png"))) == 2
     assert worker.state.jobs_completed == 1
+
+
+@pytest.mark.parametrize(
+    ("said", "lease"),
+    [(60, 60.0), (2.5, 2.5), (0, None), (-1, None), (float("nan"), None), (float("inf"), None), (True, None),
+     ("60", None), (None, None)],
+)  # fmt: skip
+def test_only_a_positive_finite_lease_in_the_job_answer_shortens_the_heartbeat(said: object, lease: float | None):
+    assert lease_timeout_of({"id": "j", "lease_timeout_s": said}) == lease
