@@ -105,15 +105,15 @@ def _too_deep_to_read(text: str) -> dict[str, Any]:
 
 
 def _short(text: str, limit: int = 200) -> str:
-    """``text`` with its white space folded, cut to ``limit``: only the words the quote needs are folded."""
-    words: list[str] = []
-    length = -1
+    """``text`` scrubbed, its white space folded, cut to ``limit``: only the words the quote needs are folded.
+    Scrubbed before the cut: a token a peer echoed across it kept its first characters in the log."""
+    end, length = len(text), -1
     for word in re.finditer(r"\S+", text):
-        words.append(word[0])
         length += 1 + len(word[0])
         if length > limit:
+            end = word.end()
             break
-    folded = " ".join(words)
+    folded = " ".join(scrubbed_excerpt(text, end).split())
     return folded if len(folded) <= limit else folded[: limit - 1] + "…"
 
 

@@ -40,7 +40,7 @@ from standins.verda import FakeVerda
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import comfyui_environment
 from worker.comfyui import ComfyUIClient, ComfyUIUnavailable
-from worker.queue_client import QueueClient, TransientHTTPError
+from worker.queue_client import PollError, QueueClient, TransientHTTPError
 from worker.state import WorkerState
 
 from ..conftest import served
@@ -464,6 +464,14 @@ def test_an_error_cut_for_a_log_line_keeps_no_part_of_a_secret_across_the_cut(of
     assert secret[:6] not in text, "scrubbed first, then cut: no prefix of the secret survives"
 
 
+def test_a_secret_longer_than_the_scrubbed_margin_is_masked_across_the_cut() -> None:
+    """Only the head of a long text is scrubbed, with room for the longest registered secret past the cut."""
+    secret = "long-secret-" + "q" * 20_000
+    register_secret(secret)
+    text = error_text(RuntimeError("x" * 280 + secret + " and more" + " y" * 1_000_000))
+    assert text.startswith("RuntimeError: " + "x" * 280) and "long-s" not in text, text[:400]
+
+
 @pytest.fixture
 async def echoing_peer():
     """A peer on loopback that answers every request with the status and text the test sets: a proxy's or a
@@ -505,6 +513,14 @@ async def test_a_peers_answer_quoted_in_an_error_keeps_no_part_of_the_token_acro
     finally:
         await comfy.aclose()
     shown += [str(comfy_not_json.value), str(TransientHTTPError(503, answer["text"]))]
+    queue = QueueClient(url, "gpu-1", token=TOKEN)
+    try:
+        for answer["status"] in (503, 200):  # an error page, then an answer that is not JSON
+            with pytest.raises(PollError) as poll_failed:
+                await queue.next_job()
+            shown.append(str(poll_failed.value))
+    finally:
+        await queue.aclose()
     assert all("x" * 90 in text for text in shown), shown  # the answer is quoted ...
     assert not [text for text in shown if TOKEN[:6] in text], shown  # ... but no part of the token
 
