@@ -12,7 +12,6 @@ from common.children import keep_environment_private
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, env_name, warn_misspelt_variables
-from common.urls import url_secrets
 from supervisor.comfyui_process import port_taken
 from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
 from supervisor.model_paths import write_model_paths
@@ -112,10 +111,8 @@ def main() -> int:
     warn_misspelt_variables(SupervisorSettings, WorkerSettings)  # SERVERLESS_MOD=true: a replica that never exits
     allow_many_connections()
     keep_environment_private()  # ComfyUI, started without the secrets, must not read them at /proc/<ppid>/environ
-    if settings.queue_manager_token is not None:
-        register_secret(settings.queue_manager_token.get_secret_value())
-    for credential in url_secrets(settings.queue_base_url):
-        register_secret(credential)
+    for secret in settings.secrets:
+        register_secret(secret)
     log = structlog.get_logger()
     try:
         scratch_lock, unlocked = lock_scratch(config.scratch_dir)

@@ -38,8 +38,8 @@ def main() -> int:
     configure_logging(settings.log_format, settings.log_level)
     warn_misspelt_variables(WorkerSettings)
     allow_many_connections()
-    if settings.queue_manager_token:
-        register_secret(settings.queue_manager_token.get_secret_value())
+    for secret in settings.secrets:
+        register_secret(secret)
     return run_process(lambda worker: serve(settings, worker), settings)
 
 

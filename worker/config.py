@@ -20,7 +20,7 @@ from common.settings import (
     RequiredPath,
     settings_from_env,
 )
-from common.urls import queue_token_clash
+from common.urls import queue_token_clash, url_secrets
 
 QUEUE_MANAGERS_VARIABLE_ALONE = (
     "QUEUE_MANAGER_WORKER_TOKEN is set and QUEUE_MANAGER_TOKEN is not: the worker sends QUEUE_MANAGER_TOKEN only, "
@@ -127,6 +127,13 @@ class WorkerSettings(LogSettings):
     @property
     def comfyui_base_url(self) -> str:
         return str(self.comfyui_url).rstrip("/")
+
+    @property
+    def secrets(self) -> list[str]:
+        """What no log line may show (for common.logs.register_secret): the queue tokens and QUEUE_MANAGER_URL's
+        credentials, which a peer's error page may echo (as ``Authorization: Basic …`` too)."""
+        tokens = (self.queue_manager_token, self.queue_manager_worker_token)
+        return [token.get_secret_value() for token in tokens if token] + url_secrets(self.queue_base_url)
 
 
 def load_settings(**overrides: object) -> WorkerSettings:

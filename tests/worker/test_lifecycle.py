@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import structlog
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from common.logs import configure_logging, register_secret
 from queue_manager.server import QueueManagerServer
 
-from ..conftest import wait_for
+from ..conftest import served, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -478,3 +480,35 @@ async def test_a_stop_signal_while_the_health_server_stops_does_not_kill_the_pro
     assert proc.returncode == 0, err.decode()[-2000:]
     events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
     assert events.index("Worker shutdown complete") < events.index("health.stopped")
+
+
+async def test_a_queue_url_password_a_peer_echoes_never_reaches_the_workers_log(comfy, tmp_path):
+    """comfy-worker on its own (no supervisor) masked the queue token only: a QUEUE_MANAGER_URL's user and password,
+    sent as ``Authorization: Basic <base64>``, went into every "Poll failed" line when a proxy's error page echoed
+    the header (decoded by anyone)."""
+    password = "url-password-echoed-9c1d"
+    basic = base64.b64encode(f"worker:{password}".encode()).decode()
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=503, text=f"upstream down; you sent {request.headers.get('Authorization')}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    async with served(app) as peer:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker",
+            env=_env(QUEUE_MANAGER_URL=peer.replace("http://", f"http://worker:{password}@"), HEALTH_PORT=0,
+                     OUTPUTS_PATH=tmp_path / "out", COMFYUI_URL=comfy.url, LOG_FORMAT="json"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        )
+        lines = []
+        async with asyncio.timeout(30):
+            while not any("Poll failed" in line for line in lines):
+                lines.append((await proc.stderr.readline()).decode())
+                assert lines[-1], "".join(lines)[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(proc.communicate(), 30)
+    output = "".join(lines) + rest.decode()
+    [poll] = [json.loads(line) for line in lines if "Poll failed" in line]
+    assert "you sent Basic ***" in poll["error"], poll
+    assert basic not in output and password not in output
