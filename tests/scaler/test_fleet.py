@@ -245,6 +245,33 @@ async def test_a_kill_switch_seen_while_the_api_is_down_is_retried_until_it_land
     assert view.status == "paused"
 
 
+@pytest.mark.parametrize("unreadable", [False, True])
+async def test_a_kill_switch_that_is_a_dangling_symlink_or_cannot_be_looked_for_holds_every_provider_at_zero(
+    fleet, fake_verda: FakeVerda, wall, verda_scaling, tmp_path, unreadable
+):
+    """A symlink to nothing read as "off": the replicas ran on, billed. A switch that could not be looked for
+    (PermissionError in a folder that cannot be searched; here ENAMETOOLONG, which root meets too) failed every
+    tick with scaler_tick_failed, the count left as it stood."""
+    await fleet.observe()
+    await fleet.apply(2)
+    assert verda_scaling() == (2, 2)
+    if unreadable:
+        fleet.stop_file = tmp_path / ("ledger.json" + "x" * 250 + ".stopped")
+    else:
+        fleet.stop_file = tmp_path / "ledger.json.stopped"
+        fleet.stop_file.symlink_to(tmp_path / "nowhere")
+    with capture_logs() as logs:
+        for _ in range(2):
+            wall.advance(15)
+            view = await fleet.observe()
+    assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert view.status == "paused"
+    said = [entry for entry in logs if entry["event"] == "kill_switch_unreadable"]
+    assert len(said) == (1 if unreadable else 0), "said once, not at every tick"
+    if unreadable:
+        assert said[0]["log_level"] == "error" and str(fleet.stop_file) == said[0]["stop_file"]
+
+
 async def test_a_ledger_that_cannot_be_saved_is_logged_and_the_fleet_still_scales(fleet, wall, verda_scaling, tmp_path):
     (tmp_path / "a-file").write_text("")
     fleet.ledger_file = tmp_path / "a-file" / "ledger.json"  # a full disk fails the same way
