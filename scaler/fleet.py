@@ -54,6 +54,7 @@ from scaler.ledger import UNREADABLE, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
+from scaler.save_failures import SaveFailures
 from scaler.settle import settled
 
 log = structlog.get_logger()
@@ -162,6 +163,9 @@ class FleetBackend:
         # A clock never stepped (time.monotonic), by which the ledger tells a wall clock stepped by NTP from a slow
         # tick; without one the wall clock is taken as never stepped.
         self.monotonic = monotonic or clock
+        self._save_failures = SaveFailures(
+            "cost_ledger_save_failed", "cost_ledger_saved_again",
+            "the fleet goes on from its memory; a restart now would lose the day's charges", self.monotonic)
         self._charged_at: dict[str, float] = {}  # provider -> monotonic time of its last charge
         self.dry_run = dry_run
         self.state = AllocatorState()
@@ -427,8 +431,9 @@ class FleetBackend:
             self._saved = _identity(self.ledger_file)
         except OSError as exc:
             # The charges stay in memory and the caps keep reading them: a full disk must not freeze the fleet.
-            log.error("cost_ledger_save_failed", path=str(self.ledger_file), error=error_text(exc),
-                      hint="the fleet goes on from its memory; a restart now would lose the day's charges")
+            self._save_failures.failed(self.ledger_file, exc)
+        else:
+            self._save_failures.saved(self.ledger_file)
 
     def _take_in_alerts_booked_elsewhere(self, path: Path, book: AlertBook) -> None:
         """`comfy-scaler stop --all` books its kill_switch alert in the ledger file from another process: taken

@@ -275,14 +275,35 @@ async def test_a_kill_switch_that_is_a_dangling_symlink_or_cannot_be_looked_for_
 async def test_a_ledger_that_cannot_be_saved_is_logged_and_the_fleet_still_scales(fleet, wall, verda_scaling, tmp_path):
     (tmp_path / "a-file").write_text("")
     fleet.ledger_file = tmp_path / "a-file" / "ledger.json"  # a full disk fails the same way
-    await fleet.observe()
-    await fleet.apply(1)
-    wall.advance(15)
     with capture_logs() as logs:
+        await fleet.observe()
+        await fleet.apply(1)
+        wall.advance(15)
         view = await fleet.observe()
     assert verda_scaling() == (1, 1) and len(view.replicas) == 1
     assert fleet.ledger.spent_since(wall() - 3600) > 0, "the charges are kept in memory"
     assert "cost_ledger_save_failed" in [entry["event"] for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_a_ledger_that_cannot_be_saved_is_logged_at_most_every_ten_minutes_and_its_recovery_once(
+    fleet, wall, tmp_path
+):
+    """At an error line every tick, a full disk wrote 5 760 lines a day at 15 s."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fleet.ledger_file = blocker / "ledger.json"
+    with capture_logs() as logs:
+        for _ in range(41):  # 10 minutes of ticks, both ends included
+            await fleet.observe()
+            wall.advance(15)
+        blocker.unlink()
+        blocker.mkdir()
+        await fleet.observe()
+        await fleet.observe()
+    failed = [entry for entry in logs if entry["event"] == "cost_ledger_save_failed"]
+    assert [entry["more_since_last"] for entry in failed] == [0, 39]
+    [again] = [entry for entry in logs if entry["event"] == "cost_ledger_saved_again"]
+    assert again["failures"] == 41 and (blocker / "ledger.json").exists()
 
 
 async def test_a_kill_switch_released_while_the_api_is_down_resumes_the_provider_once_it_answers(
