@@ -50,6 +50,7 @@ DELETE_WAIT_S = 60.0  # how long Verda's side waits for a deletion (its `timeout
 DELETE_FIRST_POLL_S = 0.25  # most deletions are quick: poll soon, then back off to DELETE_POLL_S
 DELETE_POLL_S = 5.0
 DELETE_DEADLINE_S = 300.0
+MIN_TOKEN_LIFETIME_S = 60.0
 REFRESH_AT_FRACTION = 0.9  # from there the token is renewed in the background; it serves until it expires
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
@@ -129,9 +130,14 @@ class _Token:
 
 def _lifetime_s(expires_in: Any) -> float:
     """A token's lifetime; one Verda does not state as a positive number of seconds is renewed when refused (401),
-    not before every request as a lifetime of 0 would have it."""
+    not before every request as a lifetime of 0 would have it. One stated shorter than MIN_TOKEN_LIFETIME_S
+    (1e-300) is taken as that: a token was asked for before every read."""
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < math.inf:
-        return float(expires_in)
+        if expires_in >= MIN_TOKEN_LIFETIME_S:
+            return float(expires_in)
+        log.warning("verda_token_lifetime_short", expires_in=expires_in, taken_as_s=MIN_TOKEN_LIFETIME_S,
+                    hint="a token Verda refuses before then is renewed at once")
+        return MIN_TOKEN_LIFETIME_S
     log.warning("verda_token_lifetime_unknown", expires_in=scrubbed_excerpt(str(expires_in), 40),
                 hint="the token is renewed when Verda refuses it")
     return math.inf
