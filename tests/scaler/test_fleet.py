@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger, SavedFileUnreadable
 from scaler.loop import ScalerLoop
 from scaler.metrics import ProviderMetrics, ScalerMetrics
 from scaler.policy import ScalingConfig
@@ -143,8 +143,10 @@ def test_ledger_per_second_and_interval_rules():
     '{"buckets": {}, "billed": {}, "updated_at": NaN}',
     '{"buckets": {}, "billed": {}, "updated_at": "yesterday"}',
     '{"buckets": {"verda": {"1%s": 1}}, "billed": {}}' % ("0" * 4000),
+    '{"version": "2", "buckets": {}, "billed": {}}', '{"version": 0, "buckets": {}, "billed": {}}',
 ], ids=["not-json", "nested-past-the-parser", "spend-nan", "billed-infinite", "alerts-text", "alert-kind-a-list",
-        "utf-16", "latin-1", "updated-nan", "updated-as-text", "bucket-past-any-float"])
+        "utf-16", "latin-1", "updated-nan", "updated-as-text", "bucket-past-any-float", "version-as-text",
+        "version-0"])
 def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
     """A NaN kept would make every spend sum NaN, and a budget compared with NaN caps nothing. Bytes that are not
     UTF-8 escaped as UnicodeDecodeError (every command crashed, the kill switch too); a time kept as text failed
@@ -154,6 +156,18 @@ def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
     assert CostLedger.load(path).spent_since(0) == 0
     assert not path.exists()
     assert [p.name.startswith("ledger.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_a_ledger_of_a_newer_version_is_refused_naming_it_and_left_as_it_is(tmp_path):
+    """Read as version 1, it was written back in the old shape at the first save, what the newer scaler kept in it
+    lost without a word."""
+    path = tmp_path / "ledger.json"
+    content = '{"version": 2, "buckets": {"verda": {"0": 1.5}}, "billed": {}, "kept_by_version_2": {"a": 1}}'
+    path.write_text(content)
+    with pytest.raises(SavedFileUnreadable, match=r"written by a newer comfy-scaler \(ledger version 2; this one "
+                                                  r"reads 1\); nothing was changed"):
+        CostLedger.load(path)
+    assert path.read_text() == content and [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
 
 
 def test_two_unreadable_ledgers_set_aside_in_the_same_second_are_both_kept(tmp_path, monkeypatch):
