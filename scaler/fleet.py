@@ -54,6 +54,7 @@ from scaler.ledger import UNREADABLE, BillingRule, CostLedger
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
+from scaler.save_failures import SaveFailures
 from scaler.settle import settled
 
 log = structlog.get_logger()
@@ -115,6 +116,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
+def stop_file_present(stop_file: Path) -> bool:
+    """Whether the kill switch ``stop_file`` is there; a symlink is, even one to nothing (whoever made it meant to
+    stop). OSError when it cannot be looked for."""
+    try:
+        stop_file.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 class FleetBackend:
     """Owns the members' backends (closed by ``aclose``) and, when given, the alert sender."""
 
@@ -138,6 +149,7 @@ class FleetBackend:
         # never answers is degraded and fallen back from, instead of costing the loop its tick deadline.
         self.member_timeout_s = member_timeout_s
         self.stop_file = stop_file
+        self._stop_file_unreadable = False  # said once, until it can be looked for again
         self._held = False
         self._not_stopped: set[str] = set()  # providers the kill switch has not reached yet
         self._not_resumed: set[str] = set()  # ... and those its release has not reached yet
@@ -151,6 +163,9 @@ class FleetBackend:
         # A clock never stepped (time.monotonic), by which the ledger tells a wall clock stepped by NTP from a slow
         # tick; without one the wall clock is taken as never stepped.
         self.monotonic = monotonic or clock
+        self._save_failures = SaveFailures(
+            "cost_ledger_save_failed", "cost_ledger_saved_again",
+            "the fleet goes on from its memory; a restart now would lose the day's charges", self.monotonic)
         self._charged_at: dict[str, float] = {}  # provider -> monotonic time of its last charge
         self.dry_run = dry_run
         self.state = AllocatorState()
@@ -416,8 +431,9 @@ class FleetBackend:
             self._saved = _identity(self.ledger_file)
         except OSError as exc:
             # The charges stay in memory and the caps keep reading them: a full disk must not freeze the fleet.
-            log.error("cost_ledger_save_failed", path=str(self.ledger_file), error=error_text(exc),
-                      hint="the fleet goes on from its memory; a restart now would lose the day's charges")
+            self._save_failures.failed(self.ledger_file, exc)
+        else:
+            self._save_failures.saved(self.ledger_file)
 
     def _take_in_alerts_booked_elsewhere(self, path: Path, book: AlertBook) -> None:
         """`comfy-scaler stop --all` books its kill_switch alert in the ledger file from another process: taken
@@ -558,8 +574,22 @@ class FleetBackend:
                 "kill_switch": str(self.stop_file) if self._kill_switch_on() else None}
 
     def _kill_switch_on(self) -> bool:
-        """Whether `comfy-scaler stop --all` left its file (``stop_file``) for this fleet to honour."""
-        return self.stop_file is not None and self.stop_file.exists()
+        """Whether `comfy-scaler stop --all` left its file (``stop_file``) for this fleet to honour. One that cannot
+        be looked for (a folder that cannot be searched) counts as set: a fault of the disk must not turn off the
+        safety stop, nor fail every tick as it did."""
+        if self.stop_file is None:
+            return False
+        try:
+            present = stop_file_present(self.stop_file)
+        except OSError as exc:
+            if not self._stop_file_unreadable:
+                log.error("kill_switch_unreadable", stop_file=str(self.stop_file), error=error_text(exc),
+                          hint="every provider is held at zero until the scaler can look for this file: "
+                               "let it search the folder")
+            self._stop_file_unreadable = True
+            return True
+        self._stop_file_unreadable = False
+        return present
 
     def _health_reading(self, now: float, stale_after_s: float) -> HealthReading:
         if not self.dry_run:

@@ -400,7 +400,14 @@ class CostLedger:
         if (saved := read_saved(path, "SCALER_LEDGER_FILE")) is None:
             return cls()
         try:
-            return cls.from_json(json.loads(saved.decode()))
+            raw = json.loads(saved.decode())
+            if _version(raw.get("version", LEDGER_VERSION)) > LEDGER_VERSION:
+                raise SavedFileUnreadable(
+                    f"SCALER_LEDGER_FILE {path} was written by a newer comfy-scaler (ledger version {raw['version']}; "
+                    f"this one reads {LEDGER_VERSION}); nothing was changed: run that version, or move the file "
+                    "aside to start a fresh ledger (the day's spend then counts from zero)"
+                )
+            return cls.from_json(raw)
         except UNREADABLE as exc:
             log.error("cost_ledger_unreadable", path=str(path), kept_as=kept_aside(path, read_only),
                       error=f"{type(exc).__name__}: {exc}")
@@ -446,6 +453,12 @@ def _alert_book(raw: Any) -> dict[str, Any] | None:
     if not isinstance(sent, list) or not all(isinstance(kind, str) for kind in sent):
         raise ValueError(f"alerts.sent: {str(sent)[:80]} is not a list of alert kinds")
     return raw
+
+
+def _version(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"version: {str(value)[:40]!r} is not a ledger version")
+    return value
 
 
 def _replica_count(value: Any) -> int:

@@ -54,6 +54,7 @@ from scaler.policy import (
 )
 from scaler.providers.base import Backend, BackendView, KeepsItsOwnBill
 from scaler.queue_status import QueueStatus
+from scaler.save_failures import SaveFailures
 from scaler.settle import settled
 
 log = structlog.get_logger()
@@ -127,6 +128,9 @@ class ScalerLoop:
         # A clock never stepped, by which the spend ledger tells a wall clock stepped by NTP from a slow tick;
         # without one the wall clock is taken as never stepped.
         self.monotonic = monotonic or clock
+        self._save_failures = SaveFailures(
+            "policy_state_save_failed", "policy_state_saved_again",
+            "the scaler goes on from its memory; a restart now would start afresh", self.monotonic)
         self._observed_on = 0.0  # monotonic time of the last observation
         self._spend_observed_on: float | None = None  # ... and of the last one the spend ledger took
         self.interval_s = interval_s
@@ -246,8 +250,9 @@ class ScalerLoop:
         try:
             save_policy_state(self.state_file, self.state, billing_of(self.config), health)
         except OSError as exc:
-            log.error("policy_state_save_failed", path=str(self.state_file), error=error_text(exc),
-                      hint="the scaler goes on from its memory; a restart now would start afresh")
+            self._save_failures.failed(self.state_file, exc)
+        else:
+            self._save_failures.saved(self.state_file)
 
     def record_stopped(self) -> None:
         """Saves that this scaler stopped and its replicas with it (the `local` backend's workers die with it):

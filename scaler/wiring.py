@@ -23,7 +23,7 @@ from scaler.deploy.errors import DeployError
 from scaler.deploy.runpod import backend_from_spec as runpod_backend_from_spec
 from scaler.deploy.runpod import stop_backend_from_spec as runpod_stop_backend_from_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
-from scaler.fleet import FleetBackend, Member
+from scaler.fleet import FleetBackend, Member, stop_file_present
 from scaler.health_record import HealthReading, RecordedBackend, read_health
 from scaler.ledger import RUNPOD_BILLING, BillingRule, CostLedger, SavedFileUnreadable
 from scaler.loop import tick_deadline
@@ -289,7 +289,7 @@ class StopResult:
 def release_stop_file(settings: ScalerSettings) -> bool:
     """`comfy-scaler resume`: remove the kill switch; True when there was one."""
     stop_file = stop_file_for(settings)
-    if stop_file is None or not stop_file.exists():
+    if stop_file is None or not stop_file_present(stop_file):
         return False
     stop_file.unlink()
     return True

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
-from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger, SavedFileUnreadable
 from scaler.loop import ScalerLoop
 from scaler.metrics import ProviderMetrics, ScalerMetrics
 from scaler.policy import ScalingConfig
@@ -143,8 +143,10 @@ def test_ledger_per_second_and_interval_rules():
     '{"buckets": {}, "billed": {}, "updated_at": NaN}',
     '{"buckets": {}, "billed": {}, "updated_at": "yesterday"}',
     '{"buckets": {"verda": {"1%s": 1}}, "billed": {}}' % ("0" * 4000),
+    '{"version": "2", "buckets": {}, "billed": {}}', '{"version": 0, "buckets": {}, "billed": {}}',
 ], ids=["not-json", "nested-past-the-parser", "spend-nan", "billed-infinite", "alerts-text", "alert-kind-a-list",
-        "utf-16", "latin-1", "updated-nan", "updated-as-text", "bucket-past-any-float"])
+        "utf-16", "latin-1", "updated-nan", "updated-as-text", "bucket-past-any-float", "version-as-text",
+        "version-0"])
 def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
     """A NaN kept would make every spend sum NaN, and a budget compared with NaN caps nothing. Bytes that are not
     UTF-8 escaped as UnicodeDecodeError (every command crashed, the kill switch too); a time kept as text failed
@@ -154,6 +156,18 @@ def test_an_unreadable_ledger_is_kept_aside_not_overwritten(tmp_path, content):
     assert CostLedger.load(path).spent_since(0) == 0
     assert not path.exists()
     assert [p.name.startswith("ledger.json.corrupt-") for p in tmp_path.iterdir()] == [True]
+
+
+def test_a_ledger_of_a_newer_version_is_refused_naming_it_and_left_as_it_is(tmp_path):
+    """Read as version 1, it was written back in the old shape at the first save, what the newer scaler kept in it
+    lost without a word."""
+    path = tmp_path / "ledger.json"
+    content = '{"version": 2, "buckets": {"verda": {"0": 1.5}}, "billed": {}, "kept_by_version_2": {"a": 1}}'
+    path.write_text(content)
+    with pytest.raises(SavedFileUnreadable, match=r"written by a newer comfy-scaler \(ledger version 2; this one "
+                                                  r"reads 1\); nothing was changed"):
+        CostLedger.load(path)
+    assert path.read_text() == content and [p.name for p in tmp_path.iterdir()] == ["ledger.json"]
 
 
 def test_two_unreadable_ledgers_set_aside_in_the_same_second_are_both_kept(tmp_path, monkeypatch):
@@ -245,17 +259,65 @@ async def test_a_kill_switch_seen_while_the_api_is_down_is_retried_until_it_land
     assert view.status == "paused"
 
 
+@pytest.mark.parametrize("unreadable", [False, True])
+async def test_a_kill_switch_that_is_a_dangling_symlink_or_cannot_be_looked_for_holds_every_provider_at_zero(
+    fleet, fake_verda: FakeVerda, wall, verda_scaling, tmp_path, unreadable
+):
+    """A symlink to nothing read as "off": the replicas ran on, billed. A switch that could not be looked for
+    (PermissionError in a folder that cannot be searched; here ENAMETOOLONG, which root meets too) failed every
+    tick with scaler_tick_failed, the count left as it stood."""
+    await fleet.observe()
+    await fleet.apply(2)
+    assert verda_scaling() == (2, 2)
+    if unreadable:
+        fleet.stop_file = tmp_path / ("ledger.json" + "x" * 250 + ".stopped")
+    else:
+        fleet.stop_file = tmp_path / "ledger.json.stopped"
+        fleet.stop_file.symlink_to(tmp_path / "nowhere")
+    with capture_logs() as logs:
+        for _ in range(2):
+            wall.advance(15)
+            view = await fleet.observe()
+    assert verda_scaling() == (0, 0) and fake_verda.deployments[DEPLOYMENT].status == "paused"
+    assert view.status == "paused"
+    said = [entry for entry in logs if entry["event"] == "kill_switch_unreadable"]
+    assert len(said) == (1 if unreadable else 0), "said once, not at every tick"
+    if unreadable:
+        assert said[0]["log_level"] == "error" and str(fleet.stop_file) == said[0]["stop_file"]
+
+
 async def test_a_ledger_that_cannot_be_saved_is_logged_and_the_fleet_still_scales(fleet, wall, verda_scaling, tmp_path):
     (tmp_path / "a-file").write_text("")
     fleet.ledger_file = tmp_path / "a-file" / "ledger.json"  # a full disk fails the same way
-    await fleet.observe()
-    await fleet.apply(1)
-    wall.advance(15)
     with capture_logs() as logs:
+        await fleet.observe()
+        await fleet.apply(1)
+        wall.advance(15)
         view = await fleet.observe()
     assert verda_scaling() == (1, 1) and len(view.replicas) == 1
     assert fleet.ledger.spent_since(wall() - 3600) > 0, "the charges are kept in memory"
     assert "cost_ledger_save_failed" in [entry["event"] for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_a_ledger_that_cannot_be_saved_is_logged_at_most_every_ten_minutes_and_its_recovery_once(
+    fleet, wall, tmp_path
+):
+    """At an error line every tick, a full disk wrote 5 760 lines a day at 15 s."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fleet.ledger_file = blocker / "ledger.json"
+    with capture_logs() as logs:
+        for _ in range(41):  # 10 minutes of ticks, both ends included
+            await fleet.observe()
+            wall.advance(15)
+        blocker.unlink()
+        blocker.mkdir()
+        await fleet.observe()
+        await fleet.observe()
+    failed = [entry for entry in logs if entry["event"] == "cost_ledger_save_failed"]
+    assert [entry["more_since_last"] for entry in failed] == [0, 39]
+    [again] = [entry for entry in logs if entry["event"] == "cost_ledger_saved_again"]
+    assert again["failures"] == 41 and (blocker / "ledger.json").exists()
 
 
 async def test_a_kill_switch_released_while_the_api_is_down_resumes_the_provider_once_it_answers(

@@ -153,6 +153,17 @@ async def test_resume_with_a_kill_switch_it_cannot_remove_says_so_and_starts_not
     assert fake_verda.deployments[DEPLOYMENT].replicas == [] and verda_scaling() == (0, 0)
 
 
+async def test_resume_removes_a_kill_switch_that_is_a_symlink_to_nothing(fleet_env, fake_verda, capsys, tmp_path):
+    """A running fleet holds at zero while the switch is a symlink, even to nothing: `resume` must remove it."""
+    assert await cli("stop", "--all") == 0
+    (tmp_path / "ledger.json.stopped").unlink()
+    (tmp_path / "ledger.json.stopped").symlink_to(tmp_path / "nowhere")
+    capsys.readouterr()
+    assert await cli("resume") == 0
+    assert "kill switch removed" in capsys.readouterr().out
+    assert not (tmp_path / "ledger.json.stopped").is_symlink()
+
+
 async def test_resume_removes_the_kill_switch_even_when_it_cannot_set_the_fleet_up(
     fleet_env, monkeypatch, fake_verda, capsys, tmp_path
 ):

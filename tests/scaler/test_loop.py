@@ -383,6 +383,30 @@ async def test_a_state_file_that_cannot_be_written_is_logged_and_the_loop_goes_o
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["policy_state_save_failed"]
 
 
+async def test_a_state_file_that_cannot_be_written_is_logged_at_most_every_ten_minutes_and_its_recovery_once(
+    make_loop, queue, clock, tmp_path
+):
+    """At an error line every tick, a full disk wrote 5 760 lines a day at 15 s."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    loop = make_loop(state_file=blocker / "scaler.json")
+    queue.pending = 1
+    with capture_logs() as logs:
+        for _ in range(41):  # 10 minutes of ticks, both ends included
+            await loop.tick()
+            clock.advance(15)
+        blocker.unlink()
+        blocker.mkdir()
+        await loop.tick()
+        await loop.tick()
+    failed = [entry for entry in logs if entry["event"] == "policy_state_save_failed"]
+    assert [entry["more_since_last"] for entry in failed] == [0, 39]
+    assert all(entry["log_level"] == "error" for entry in failed)
+    [again] = [entry for entry in logs if entry["event"] == "policy_state_saved_again"]
+    assert again["failures"] == 41 and again["path"] == str(blocker / "scaler.json")
+    assert load_policy_state(blocker / "scaler.json").applied == 1
+
+
 async def test_a_tick_that_fails_unexpectedly_is_logged_and_the_loop_holds_and_goes_on(make_loop, backend, queue, wait):
     """Whatever a tick raises (here the policy's arithmetic on a count no reader should pass), nothing is applied
     and the next tick runs: a crashed scaler makes no decisions at all."""

@@ -313,6 +313,24 @@ async def test_a_token_expiry_that_is_no_duration_refreshes_on_the_first_401_not
     assert len(fake_verda.requests_to("/oauth2/token")) - before == 1
 
 
+@pytest.mark.parametrize("expires_in", [1e-300, 0.5])
+async def test_a_token_lifetime_too_short_to_use_is_taken_as_a_minute(fake_verda, expires_in):
+    # Before: 1e-300 was taken as the token's lifetime, expired as soon as issued: a token request before every
+    # read (3 for 3 reads here).
+    fake_verda.fail_next("/oauth2/token", 200, body={"access_token": "issued-by-hand-0123", "expires_in": expires_in})
+    fake_verda._access_tokens["issued-by-hand-0123"] = float("inf")
+    clock = ManualClock()
+    before = len(fake_verda.requests_to("/oauth2/token"))  # the fixture's own client
+    with capture_logs() as logs:
+        async with VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake_verda.url, clock=clock) as verda:
+            for _ in range(3):
+                await verda.get_status(DEPLOYMENT)
+                clock.advance(10)
+    assert len(fake_verda.requests_to("/oauth2/token")) - before == 1
+    [short] = [entry for entry in logs if entry["event"] == "verda_token_lifetime_short"]
+    assert short["log_level"] == "warning" and short["taken_as_s"] == 60
+
+
 @pytest.mark.parametrize(("where", "answer", "named"), [
     ("status", {"status": 5}, "status=5 is not a status"),  # before: "5", taken as running
     ("status", {}, "status=None is not a status"),  # before: "unknown", taken as running

@@ -17,7 +17,13 @@ from structlog.testing import capture_logs
 
 import scaler
 from demo.providers import POD_BODY
-from scaler.providers.runpod.backend import CALL_CONCURRENCY, STOP_LAG_S, RunPodBackend
+from scaler.providers.runpod.backend import (
+    CALL_CONCURRENCY,
+    STOP_LAG_S,
+    TERMINATE_LAG_S,
+    TERMINATE_RETRY_S,
+    RunPodBackend,
+)
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -145,3 +151,38 @@ async def test_a_pod_whose_stop_is_accepted_and_never_happens_is_terminated(fake
         await backend.aclose()
     assert fake_runpod.live_pods() == []
     assert [entry["pod"] for entry in logs if entry["event"] == "runpod_pod_stop_not_taken"] == [pod.id]
+
+
+async def test_a_dead_pod_whose_delete_is_accepted_and_never_happens_is_said_once_and_asked_less_often(
+    fake_runpod: FakeRunPod,
+):
+    # Before: RunPod answered each DELETE of an EXITED pod and kept the pod; asked again at every observe, with a
+    # warning each time and no end, its disk was billed, never said as an error (5 760 DELETEs a day at 15 s).
+    clock = ManualClock(1_000_000.0)
+    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
+    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
+
+    def deletes() -> int:
+        return len(fake_runpod.requests_to(f"/pods/{pod.id}", "DELETE"))
+
+    try:
+        await backend.apply(1)
+        [pod] = fake_runpod.live_pods()
+        fake_runpod.exit_pod(pod.id)
+        fake_runpod.fail_next(f"/pods/{pod.id}", 200, method="DELETE", times=10_000, body={})
+        with capture_logs() as logs:
+            for _ in range(int(TERMINATE_LAG_S // 15) + 1):  # until the bound
+                await backend.observe()
+                clock.advance(15.0)
+            asked_within_the_bound = deletes()
+            for _ in range(int(TERMINATE_RETRY_S // 15)):  # one retry's span past it
+                await backend.observe()
+                clock.advance(15.0)
+    finally:
+        await backend.aclose()
+    assert pod.id in fake_runpod.pods, "RunPod kept the pod"
+    assert asked_within_the_bound == TERMINATE_LAG_S // 15 + 1
+    assert deletes() - asked_within_the_bound == 1, "past the bound, asked once every TERMINATE_RETRY_S"
+    said = [entry for entry in logs if entry["event"] == "runpod_pod_not_terminated"]
+    assert [(entry["pod"], entry["log_level"]) for entry in said] == [(pod.id, "error")]
+    assert "console" in said[0]["hint"]

@@ -14,6 +14,7 @@ holds and a fallback can take over.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import secrets
 import time
@@ -38,6 +39,8 @@ REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 STOP_LAG_S = 120.0  # a pod still live this long after its stop was asked is terminated without its stop
+TERMINATE_LAG_S = 300.0  # a dead pod still listed this long after RunPod accepted its DELETE: said, as an error
+TERMINATE_RETRY_S = 600.0  # ... and from then on its DELETE is asked again this often, not at every observe
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
@@ -80,6 +83,10 @@ class RunPodBackend:
         # Pods asked to stop (id -> when first asked): RunPod may accept a stop that never happens, and asked again
         # at every observe, such a pod ran on, billed, for as long as the scaler did.
         self._stopping: dict[str, float] = {}
+        # Dead pods whose DELETE RunPod accepted (id -> when first), and those still listed TERMINATE_LAG_S after
+        # it (id -> when to ask again): asked at every observe, such a pod's disk was billed with no end, unsaid.
+        self._terminated_at: dict[str, float] = {}
+        self._terminate_again_at: dict[str, float] = {}
         self.health = health if health is not None else PodHealthProbe()
 
     def __repr__(self) -> str:
@@ -161,6 +168,9 @@ class RunPodBackend:
                           if name not in listed and now - at < LISTING_LAG_S}
         live = {pod.id for pod in pods if pod.live}
         self._stopping = {pod_id: at for pod_id, at in self._stopping.items() if pod_id in live}
+        ids = {pod.id for pod in pods}
+        self._terminated_at = {pod_id: at for pod_id, at in self._terminated_at.items() if pod_id in ids}
+        self._terminate_again_at = {pod_id: at for pod_id, at in self._terminate_again_at.items() if pod_id in ids}
         return pods
 
     def _target(self) -> int:
@@ -169,7 +179,9 @@ class RunPodBackend:
     async def _reconcile(self, pods: list[Pod]) -> bool:
         """Terminate dead and surplus pods, create missing ones. True when anything was written."""
         target = self._target()
-        dead = [pod for pod in pods if pod.status in DEAD_STATUSES]
+        now = self._clock()
+        dead = [pod for pod in pods
+                if pod.status in DEAD_STATUSES and now >= self._terminate_again_at.get(pod.id, -math.inf)]
         for pod in dead:
             log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
         live = [pod for pod in pods if pod.live]
@@ -177,7 +189,7 @@ class RunPodBackend:
         for pod in surplus:
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, phase=self.health.phase.get(pod.id),
                      target=target)
-        terminated = await _each_pod([*((pod.id, partial(self._terminate, pod)) for pod in dead),
+        terminated = await _each_pod([*((pod.id, partial(self._terminate_dead, pod)) for pod in dead),
                                       *((pod.id, partial(self._stop_then_terminate, pod)) for pod in surplus)])
         created = await self._create_missing(target - len(live) - len(self._unlisted))
         return created or bool(surplus) or any(terminated)
@@ -197,6 +209,20 @@ class RunPodBackend:
 
     async def _terminate(self, pod: Pod) -> bool:
         return await self.client.terminate_pod(pod.id)
+
+    async def _terminate_dead(self, pod: Pod) -> bool:
+        accepted = await self._terminate(pod)
+        if accepted:
+            now = self._clock()
+            first = self._terminated_at.setdefault(pod.id, now)
+            if now - first >= TERMINATE_LAG_S:
+                if pod.id not in self._terminate_again_at:
+                    log.error("runpod_pod_not_terminated", pod=pod.id, status=pod.status,
+                              first_terminated_s_ago=round(now - first), retry_every_s=TERMINATE_RETRY_S,
+                              hint="RunPod accepts its DELETE and keeps the pod, whose disk is billed: terminate "
+                                   "it in RunPod's console")
+                self._terminate_again_at[pod.id] = now + TERMINATE_RETRY_S
+        return accepted
 
     async def _stop_then_terminate(self, pod: Pod) -> None:
         """Stop first so the container gets its normal shutdown; terminate once it is down. A pod still stopping

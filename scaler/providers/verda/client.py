@@ -19,13 +19,14 @@ starts the deletion; the client then polls until the deployment answers 404.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -49,12 +50,15 @@ DELETE_WAIT_S = 60.0  # how long Verda's side waits for a deletion (its `timeout
 DELETE_FIRST_POLL_S = 0.25  # most deletions are quick: poll soon, then back off to DELETE_POLL_S
 DELETE_POLL_S = 5.0
 DELETE_DEADLINE_S = 300.0
+MIN_TOKEN_LIFETIME_S = 60.0
 REFRESH_AT_FRACTION = 0.9  # from there the token is renewed in the background; it serves until it expires
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
 ERROR_CODE_LIMIT = 60  # Verda's codes are words such as not_found
 MAX_PLAUSIBLE_REPLICAS = 10_000  # SCALER_MAX_REPLICAS is at most 100; a larger count read back is a broken answer
 
+
+Number = TypeVar("Number", int, float)
 
 CREDENTIALS_HINT = "(check VERDA_CLIENT_ID / VERDA_CLIENT_SECRET)"
 
@@ -126,9 +130,14 @@ class _Token:
 
 def _lifetime_s(expires_in: Any) -> float:
     """A token's lifetime; one Verda does not state as a positive number of seconds is renewed when refused (401),
-    not before every request as a lifetime of 0 would have it."""
+    not before every request as a lifetime of 0 would have it. One stated shorter than MIN_TOKEN_LIFETIME_S
+    (1e-300) is taken as that: a token was asked for before every read."""
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < math.inf:
-        return float(expires_in)
+        if expires_in >= MIN_TOKEN_LIFETIME_S:
+            return float(expires_in)
+        log.warning("verda_token_lifetime_short", expires_in=expires_in, taken_as_s=MIN_TOKEN_LIFETIME_S,
+                    hint="a token Verda refuses before then is renewed at once")
+        return MIN_TOKEN_LIFETIME_S
     log.warning("verda_token_lifetime_unknown", expires_in=scrubbed_excerpt(str(expires_in), 40),
                 hint="the token is renewed when Verda refuses it")
     return math.inf
@@ -180,6 +189,30 @@ def error_from_response(response: httpx.Response) -> VerdaAPIError:
 
 def _unexpected(path: str, detail: str) -> VerdaAPIError:
     return VerdaAPIError(200, "unexpected_answer", f"GET {path}: {detail}")
+
+
+def _number(path: str, field: str, value: Any, kind: type[Number]) -> Number:
+    """``value`` as a ``kind``; an error naming the field when it is none (true, null, "abc", an object)."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError, OverflowError):
+            return kind(value)
+    raise _unexpected(path, f"{field}={scrubbed_excerpt(repr(value), 60)} is not a number")
+
+
+def _container_type(path: str, entry: dict[str, Any], currency: str) -> ContainerType:
+    name = scrubbed_excerpt(str(entry.get("name", "")), 60)
+    gpu = entry.get("gpu")
+    gpu_count = (gpu.get("number_of_gpus") if isinstance(gpu, dict) else None) or 1
+    prices = [_number(path, f"{name}: {key}", entry.get(key), float)
+              for key in ("serverless_price", "serverless_spot_price")]
+    return ContainerType(
+        name=str(entry.get("name", "")),
+        model=str(entry.get("model", "")),
+        gpu_count=_number(path, f"{name}: gpu.number_of_gpus", gpu_count, int),
+        serverless_price=prices[0],
+        serverless_spot_price=prices[1],
+        currency=str(entry.get("currency", currency)),
+    )
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -633,18 +666,13 @@ class VerdaClient:
         ]
 
     async def list_container_types(self, currency: str = "usd") -> list[ContainerType]:
-        data = await self._json("GET", "/container-types", params={"currency": currency})
-        return [
-            ContainerType(
-                name=str(e.get("name", "")),
-                model=str(e.get("model", "")),
-                gpu_count=int((e.get("gpu") or {}).get("number_of_gpus") or 1),
-                serverless_price=float(e["serverless_price"]),
-                serverless_spot_price=float(e["serverless_spot_price"]),
-                currency=str(e.get("currency", currency)),
-            )
-            for e in data
-        ]
+        """The price list. Any other shape, or a price or GPU count that is no number, is an error naming the field:
+        a price of true was read as 1.0 an hour, and a missing one failed as a bare KeyError naming neither."""
+        path = "/container-types"
+        data = await self._json("GET", path, params={"currency": currency})
+        if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+            raise _unexpected(path, f"expected [container type objects], got {scrubbed_excerpt(str(data), 100)}")
+        return [_container_type(path, entry, currency) for entry in data]
 
     async def price_per_hour(self, compute_name: str, *, spot: bool = False, size: int = 1) -> float:
         """Hourly price of one replica of `size` GPUs of `compute_name` (e.g. "H100")."""

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from common.logs import error_text
 from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient, check_deployment_name
-from standins.verda import FakeVerda
+from standins.verda import CONTAINER_TYPES, FakeVerda
 
 from ...conftest import wait_for
 from .conftest import NAME, h100_deployment
@@ -468,6 +468,27 @@ async def test_compute_resources_and_prices(verda: VerdaClient) -> None:
     assert await verda.price_per_hour("h100", spot=True) < 2.30
     with pytest.raises(LookupError):
         await verda.price_per_hour("H100", size=8)
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ([{**CONTAINER_TYPES[0], "serverless_price": True}], "H100 SXM5 80GB: serverless_price=True"),
+        ([{**CONTAINER_TYPES[0], "serverless_spot_price": None}], "serverless_spot_price=None"),
+        ([{**CONTAINER_TYPES[0], "gpu": {"number_of_gpus": "one"}}], "gpu.number_of_gpus='one'"),
+        ({"container_types": "H100 2.30"}, "expected [container type objects]"),
+        (["H100 2.30"], "expected [container type objects]"),
+    ],
+)
+async def test_a_price_list_that_is_no_price_list_is_an_error_naming_the_field(
+    fake: FakeVerda, verda: VerdaClient, answer, named
+) -> None:
+    """A price of true was read as 1.0 an hour (and passed the price check); the other shapes failed as a bare
+    KeyError, AttributeError or ValueError naming neither Verda nor the field."""
+    fake.fail_next("/container-types", 200, body=answer)
+    with pytest.raises(VerdaAPIError, match="unexpected_answer") as caught:
+        await verda.price_per_hour("H100")
+    assert "GET /container-types" in str(caught.value) and named in str(caught.value)
 
 
 async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripping_peer, sleeps) -> None:
