@@ -129,9 +129,10 @@ def worker_environment(environ: Mapping[str, str], queue_url: str, token: str | 
     """A local worker's environment: ``environ`` with the queue's URL and the workers' ``token`` as their
     QUEUE_MANAGER_TOKEN, without what only the scaler holds: its cloud accounts and alert webhook, the queue manager's
     QUEUE_MANAGER_WORKER_TOKEN variable (beside no QUEUE_MANAGER_TOKEN a worker refuses to start) and any other
-    QUEUE_MANAGER_TOKEN (the participants', when the workers have their own)."""
-    withheld = SCALER_CREDENTIALS | {QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV}
-    env = {name: value for name, value in environ.items() if name not in withheld}
+    QUEUE_MANAGER_TOKEN (the participants', when the workers have their own). In any case: settings read
+    runpod_api_key as RUNPOD_API_KEY, and a queue_manager_url left beside ours might be the one a worker reads."""
+    withheld = SCALER_CREDENTIALS | {QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, "QUEUE_MANAGER_URL"}
+    env = {name: value for name, value in environ.items() if name.upper() not in withheld}
     env["QUEUE_MANAGER_URL"] = queue_url
     if token:
         env[QUEUE_TOKEN_ENV] = token

@@ -320,6 +320,21 @@ def test_local_workers_get_the_queue_credentials_but_not_the_cloud_accounts(monk
     assert "VERDA_CLIENT_ID" not in env
 
 
+def test_local_workers_get_no_credential_of_the_scalers_in_any_case(monkeypatch, tmp_path):
+    """The settings read variables in any case (runpod_api_key is RUNPOD_API_KEY); only the upper-case names were
+    withheld, so a lower- or mixed-case cloud key or participants' token went into every local worker."""
+    monkeypatch.chdir(tmp_path)
+    environ = {"PATH": os.environ["PATH"], "queue_manager_url": "http://127.0.0.1:9",
+               "queue_manager_token": "participants-not-for-workers", "Queue_Manager_Worker_Token": "workers-token",
+               "runpod_api_key": "runpod-key-not-for-workers", "Verda_Client_Secret": "verda-secret-not-for-workers",
+               "SCALER_PROVIDERS": "local,runpod"}
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    env = worker_environment(load_settings(), environ)
+    assert env == {"PATH": os.environ["PATH"], "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
+                   "QUEUE_MANAGER_TOKEN": "workers-token", "SCALER_PROVIDERS": "local,runpod"}
+
+
 # A replica that writes its id to its log and exits at once (an idle worker, quicker); local-worker-1 stays.
 ONE_RUN = ("sh", "-c", 'echo "$WORKER_ID"; if [ -n "$STAY" ]; then exec sleep 600; fi')
 
