@@ -155,7 +155,8 @@ async def test_direct_submission_bypasses_http_validation(queue: QueueManagerSer
     """Tests may plant a job with a hostile user_id to prove the worker checks it again."""
     job = queue.store.submit("../../etc", {"1": {}}, priority=0, metadata={"k": "v"})
     handed = (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json()["job"]
-    assert handed == {"id": job.id, "workflow": {"1": {}}, "user_id": "../../etc", "metadata": {"k": "v"}, "attempt": 1}
+    assert handed == {"id": job.id, "workflow": {"1": {}}, "user_id": "../../etc", "metadata": {"k": "v"}, "attempt": 1,
+                      "lease_timeout_s": 60.0}
     assert [j.id for j in queue.store.list(status=JobStatus.RUNNING)] == [job.id]
 
 
