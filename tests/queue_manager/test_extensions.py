@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from queue_manager import JobStatus, QueueManagerServer
 
 from ..conftest import ManualClock
 from .conftest import FakeClock
+from .test_cli import start_cli
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}}
 
@@ -208,6 +210,33 @@ async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock,
         for moved in (clock, steady):  # the worker dies: 61 s of silence by either clock
             moved.advance(61)
         assert await queue.expire_leases() == [job_id]
+
+
+async def test_a_frozen_queue_manager_hands_back_no_live_worker_s_job(tmp_path: Path) -> None:
+    """The queue manager stopped (SIGSTOP; a suspended VM, a long swap) for longer than the lease: on SIGCONT the
+    overdue lease pass ran before the live worker's next heartbeat and handed its job back as a fault (attempt 2,
+    one of MAX_ATTEMPTS used; the worker's heartbeat then 409). The lease pass now sees it woke late, renews."""
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), env={"LEASE_TIMEOUT_S": "1", "LOG_FORMAT": "json"})
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            job_id = await submit(client)
+            await pop(client, "w1")
+            beat = {"worker_id": "w1", "job_id": job_id, "attempt": 1}
+            assert (await client.post("/api/workers/heartbeat", params=beat)).status_code == 200
+            process.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(6.5)  # past the lease, and the reaper's next pass by more than 5 s
+            process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.2)  # the worker's next heartbeat, within its cadence (a quarter of the lease)
+            assert (await client.post("/api/workers/heartbeat", params=beat)).status_code == 200
+            stored = await job(client, job_id)
+            assert (stored["status"], stored["attempt"]) == ("running", 1)
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            await process.wait()
+    assert "queue_manager_was_frozen" in output
 
 
 async def test_a_database_from_before_the_extensions_gains_them(tmp_path: Path) -> None:
