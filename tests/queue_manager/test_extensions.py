@@ -193,6 +193,30 @@ async def test_a_restart_renews_every_lease(tmp_path: Path, clock: FakeClock) ->
         assert await queue.expire_leases() == [job_id]
 
 
+async def test_a_queue_manager_restarting_faster_than_the_lease_still_hands_a_dead_worker_s_job_back(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Each start renewed every running lease to a full one: a queue manager crash-looping (up 30 s, down 5 s)
+    faster than LEASE_TIMEOUT_S kept a dead worker's job running until --job-timeout failed it. A start now adds
+    only the time it was down (since the last worker it heard from), so the live worker's job stays."""
+    db = tmp_path / "q.db"
+    async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+        dead_job = queue.store.submit("alice", WORKFLOW).id
+        live_job = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("dead", queue.mode)
+        queue.store.pop_next("alive", queue.mode)
+    handed_back = []
+    for _ in range(4):
+        clock.advance(5)
+        async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+            for _ in range(3):
+                clock.advance(10)
+                queue.store.heartbeat("alive", live_job, 1)
+            handed_back.append(await queue.expire_leases())
+            assert queue.store.get(live_job).status == JobStatus.RUNNING
+    assert handed_back == [[], [], [dead_job], []], "after 90 s of the queue's uptime since the worker died"
+
+
 @pytest.mark.parametrize("step_s", [7200, -3600])
 async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock, step_s: float) -> None:
     """NTP stepping the clock, or the host resuming from a pause: forward, every running job was handed back as a
