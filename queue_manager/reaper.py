@@ -63,9 +63,9 @@ class JobReaper:
 
     def expire_leases(self) -> list[str]:
         """One pass: hand back every running job whose worker has been silent for lease_timeout_s."""
+        self._renew_leases_if_the_clock_stepped()
         if self._lease_timeout_s <= 0:
             return []
-        self._renew_leases_if_the_clock_stepped()
         self._renew_leases_if_the_queue_was_frozen()
         released = self._store.release_expired_leases(
             self._clock() - self._lease_timeout_s, max_attempts=self._max_attempts
@@ -84,11 +84,13 @@ class JobReaper:
     def _renew_leases_if_the_clock_stepped(self) -> None:
         """Leases are stored in wall-clock time (they outlive the process): a step of that clock is no worker's
         silence. Forward, it handed every running job back as a fault; back, a dead worker's job stayed running
-        for the step. Either way every running lease starts afresh, as when the queue manager starts."""
+        for the step. Either way every running lease starts afresh, as when the queue manager starts. Nor did any
+        job run for it: forward, the job timeout failed every running job; back, it grew by the step."""
         wall, steady = self._clock(), self._steady_clock()
         step_s = (wall - self._clocks_read[0]) - (steady - self._clocks_read[1])
         if abs(step_s) > CLOCK_STEP_TOLERANCE_S:
-            renewed = self._store.renew_all_leases()  # when the database cannot take it, the next pass sees the step
+            # when the database cannot take it, the next pass sees the step
+            renewed = self._store.renew_all_leases(clock_step_s=step_s)
             log.warning("wall_clock_stepped", step_s=round(step_s, 1), running_jobs_leases_renewed=renewed)
         self._clocks_read = (wall, steady)
 
@@ -107,6 +109,7 @@ class JobReaper:
 
     def reap(self) -> list[str]:
         """One pass: fail every job that started more than job_timeout_s ago and is still running."""
+        self._renew_leases_if_the_clock_stepped()
         stale = self._store.fail_running_started_before(self._clock() - self._job_timeout_s, TIMEOUT_ERROR)
         if stale:
             log.warning("jobs_timed_out", count=len(stale), job_ids=stale, job_timeout_s=self._job_timeout_s)

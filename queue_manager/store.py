@@ -675,11 +675,13 @@ class JobStore:
                 released.append(_get(conn, row["id"]))
             return released
 
-    def renew_all_leases(self) -> int:
-        """Renew every running job's lease now: time the queue itself was down is not a worker's silence."""
+    def renew_all_leases(self, *, clock_step_s: float = 0) -> int:
+        """Renew every running job's lease now: time the queue itself was down is not a worker's silence. A step
+        of the wall clock moves the running jobs' start with it: no job ran for it."""
         with self._transaction() as conn:
             cursor = conn.execute(
-                "UPDATE jobs SET lease_at = ? WHERE status = ?", (self._clock(), JobStatus.RUNNING.value)
+                "UPDATE jobs SET lease_at = ?, started_at = started_at + ? WHERE status = ?",
+                (self._clock(), clock_step_s, JobStatus.RUNNING.value),
             )
             return cursor.rowcount
 
