@@ -22,7 +22,8 @@ log = structlog.get_logger()
 MIN_INTERVAL_S = 0.01
 TIMEOUT_ERROR = "Job timeout exceeded"
 # The wall clock moving this much more (or less) than the steady clock between two lease passes was stepped (NTP,
-# a host resumed from a pause), not slewed: slewing drifts at most 0.5 ms/s, 7.5 ms over a 15 s pass.
+# a host resumed from a pause), not slewed: slewing drifts at most 0.5 ms/s, 7.5 ms over a 15 s pass. A pass
+# this much later than its interval: the process was stopped (SIGSTOP, a suspended VM, swapping) or its loop blocked.
 CLOCK_STEP_TOLERANCE_S = 5.0
 
 
@@ -57,12 +58,15 @@ class JobReaper:
         # None: the wall clock is its own steady clock (a test's hand-moved clock), so it is never seen to step.
         self._steady_clock = steady_clock or clock
         self._clocks_read = (clock(), self._steady_clock())
+        # How late run() woke for the pass to come, by the event loop's clock, until that pass renews the leases.
+        self._late_s = 0.0
 
     def expire_leases(self) -> list[str]:
         """One pass: hand back every running job whose worker has been silent for lease_timeout_s."""
+        self._renew_leases_if_the_clock_stepped()
         if self._lease_timeout_s <= 0:
             return []
-        self._renew_leases_if_the_clock_stepped()
+        self._renew_leases_if_the_queue_was_frozen()
         released = self._store.release_expired_leases(
             self._clock() - self._lease_timeout_s, max_attempts=self._max_attempts
         )
@@ -80,13 +84,23 @@ class JobReaper:
     def _renew_leases_if_the_clock_stepped(self) -> None:
         """Leases are stored in wall-clock time (they outlive the process): a step of that clock is no worker's
         silence. Forward, it handed every running job back as a fault; back, a dead worker's job stayed running
-        for the step. Either way every running lease starts afresh, as when the queue manager starts."""
+        for the step. Either way every running lease starts afresh, as when the queue manager starts. Nor did any
+        job run for it: forward, the job timeout failed every running job; back, it grew by the step."""
         wall, steady = self._clock(), self._steady_clock()
         step_s = (wall - self._clocks_read[0]) - (steady - self._clocks_read[1])
         if abs(step_s) > CLOCK_STEP_TOLERANCE_S:
-            renewed = self._store.renew_all_leases()  # when the database cannot take it, the next pass sees the step
+            # when the database cannot take it, the next pass sees the step
+            renewed = self._store.renew_all_leases(clock_step_s=step_s)
             log.warning("wall_clock_stepped", step_s=round(step_s, 1), running_jobs_leases_renewed=renewed)
         self._clocks_read = (wall, steady)
+
+    def _renew_leases_if_the_queue_was_frozen(self) -> None:
+        """The workers' heartbeats could not land while this process was stopped, and the overdue pass runs
+        before the ones they send on its waking: every running lease starts afresh, as after a restart."""
+        if self._late_s > CLOCK_STEP_TOLERANCE_S:
+            renewed = self._store.renew_all_leases()  # when the database cannot take it, the next pass tries again
+            log.warning("queue_manager_was_frozen", late_s=round(self._late_s, 1), running_jobs_leases_renewed=renewed)
+        self._late_s = 0.0
 
     def run_pass(self) -> None:
         self.expire_leases()
@@ -95,6 +109,7 @@ class JobReaper:
 
     def reap(self) -> list[str]:
         """One pass: fail every job that started more than job_timeout_s ago and is still running."""
+        self._renew_leases_if_the_clock_stepped()
         stale = self._store.fail_running_started_before(self._clock() - self._job_timeout_s, TIMEOUT_ERROR)
         if stale:
             log.warning("jobs_timed_out", count=len(stale), job_ids=stale, job_timeout_s=self._job_timeout_s)
@@ -134,11 +149,14 @@ class JobReaper:
         self, stop: asyncio.Event, run_in_db: Callable[[Callable[[], None]], Awaitable[None]]
     ) -> None:
         """Run a pass every interval_s until `stop` is set. A failed pass is logged and retried next interval."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            due = loop.time() + self._interval_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
             if stop.is_set():
                 return
+            self._late_s = max(self._late_s, loop.time() - due)
             try:
                 await run_in_db(self.run_pass)
             except sqlite3.Error as exc:

@@ -176,8 +176,8 @@ class QueueManagerServer:
         self._body_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-body")
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(self._db_executor, self._open_store)
-        # Time the queue was down is nobody's silence: every running job starts a fresh lease.
-        renewed = await loop.run_in_executor(self._db_executor, self._store.renew_all_leases)
+        # Time the queue was down is nobody's silence: every running lease is extended by it.
+        renewed = await loop.run_in_executor(self._db_executor, self._store.renew_leases_for_downtime)
         self._reaper = JobReaper(
             self._store,
             job_timeout_s=self.job_timeout_s,

@@ -148,6 +148,13 @@ _DELETE_ONE_EXPIRED = (
     " LIMIT 1)"
     " RETURNING user_id, id"
 )
+# A lease whose worker was never recorded (an older version's) is renewed in full, as is one stored in the future
+# (the clock stepped back while the queue was down).
+_RENEW_FOR_DOWNTIME = """
+UPDATE jobs SET lease_at = MIN(?1, COALESCE(lease_at, started_at, ?1)
+    + MAX(0, ?1 - COALESCE((SELECT MAX(last_seen) FROM workers), lease_at, started_at, ?1)))
+WHERE status = ?2
+"""
 
 # result.outputs[].path of one job: only from an array, only objects' text paths; the result parsed once (48 MB:
 # ~0.1 s). As bytes: a lone surrogate's escape decodes to bytes that are not UTF-8, which no request can name (and
@@ -668,13 +675,22 @@ class JobStore:
                 released.append(_get(conn, row["id"]))
             return released
 
-    def renew_all_leases(self) -> int:
-        """Renew every running job's lease now: time the queue itself was down is not a worker's silence."""
+    def renew_all_leases(self, *, clock_step_s: float = 0) -> int:
+        """Renew every running job's lease now: time the queue itself was down is not a worker's silence. A step
+        of the wall clock moves the running jobs' start with it: no job ran for it."""
         with self._transaction() as conn:
             cursor = conn.execute(
-                "UPDATE jobs SET lease_at = ? WHERE status = ?", (self._clock(), JobStatus.RUNNING.value)
+                "UPDATE jobs SET lease_at = ?, started_at = started_at + ? WHERE status = ?",
+                (self._clock(), clock_step_s, JobStatus.RUNNING.value),
             )
             return cursor.rowcount
+
+    def renew_leases_for_downtime(self) -> int:
+        """On start: add to every running job's lease the time since a worker was last heard from (so at least the
+        time the queue was down), never past now. Renewing them in full kept a dead worker's job running for ever
+        under a queue restarting more often than the lease."""
+        with self._transaction() as conn:
+            return conn.execute(_RENEW_FOR_DOWNTIME, (self._clock(), JobStatus.RUNNING.value)).rowcount
 
     def fail_running_started_before(self, cutoff: float, error: str) -> list[str]:
         """The reaper's step: fail every job still running that started before `cutoff`."""

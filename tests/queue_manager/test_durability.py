@@ -11,6 +11,7 @@ import pytest
 
 from queue_manager import JobStatus, QueueManagerServer
 
+from ..conftest import ManualClock
 from .conftest import FakeClock
 
 
@@ -97,6 +98,25 @@ async def test_reaper_fails_jobs_running_longer_than_the_timeout(clock: FakeCloc
         )
         assert queue.store.get(fresh.id).status is JobStatus.RUNNING
         assert queue.store.get(waiting.id).status is JobStatus.PENDING
+
+
+@pytest.mark.parametrize("step_s", [7200, -3600])
+async def test_a_step_of_the_wall_clock_does_not_move_the_job_timeout(clock: FakeClock, step_s: float) -> None:
+    """NTP stepping the clock, or the host resuming from a pause: forward past --job-timeout, every running job
+    failed at once with "Job timeout exceeded" (7200 s past 3600 s); back, the timeout grew by the step (3600 s).
+    The job's run counts by the queue's steady clock, with the lease off too."""
+    steady = ManualClock()
+    async with QueueManagerServer(job_timeout_s=3600, lease_timeout_s=0, clock=clock, steady_clock=steady) as queue:
+        job = queue.store.submit("alice", {"1": {}})
+        queue.store.pop_next("w", queue.mode)
+        clock.advance(step_s)
+        assert await queue.reap() == []
+        for moved in (clock, steady):
+            moved.advance(3600)
+        assert await queue.reap() == [], "exactly --job-timeout of running is not yet over"
+        for moved in (clock, steady):
+            moved.advance(1)
+        assert await queue.reap() == [job.id]
 
 
 async def test_reaper_runs_on_its_own_every_interval(clock: FakeClock) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from queue_manager import JobStatus, QueueManagerServer
 
 from ..conftest import ManualClock
 from .conftest import FakeClock
+from .test_cli import start_cli
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}}
 
@@ -191,6 +193,30 @@ async def test_a_restart_renews_every_lease(tmp_path: Path, clock: FakeClock) ->
         assert await queue.expire_leases() == [job_id]
 
 
+async def test_a_queue_manager_restarting_faster_than_the_lease_still_hands_a_dead_worker_s_job_back(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Each start renewed every running lease to a full one: a queue manager crash-looping (up 30 s, down 5 s)
+    faster than LEASE_TIMEOUT_S kept a dead worker's job running until --job-timeout failed it. A start now adds
+    only the time it was down (since the last worker it heard from), so the live worker's job stays."""
+    db = tmp_path / "q.db"
+    async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+        dead_job = queue.store.submit("alice", WORKFLOW).id
+        live_job = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("dead", queue.mode)
+        queue.store.pop_next("alive", queue.mode)
+    handed_back = []
+    for _ in range(4):
+        clock.advance(5)
+        async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+            for _ in range(3):
+                clock.advance(10)
+                queue.store.heartbeat("alive", live_job, 1)
+            handed_back.append(await queue.expire_leases())
+            assert queue.store.get(live_job).status == JobStatus.RUNNING
+    assert handed_back == [[], [], [dead_job], []], "after 90 s of the queue's uptime since the worker died"
+
+
 @pytest.mark.parametrize("step_s", [7200, -3600])
 async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock, step_s: float) -> None:
     """NTP stepping the clock, or the host resuming from a pause: forward, every running job was handed back as a
@@ -208,6 +234,33 @@ async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock,
         for moved in (clock, steady):  # the worker dies: 61 s of silence by either clock
             moved.advance(61)
         assert await queue.expire_leases() == [job_id]
+
+
+async def test_a_frozen_queue_manager_hands_back_no_live_worker_s_job(tmp_path: Path) -> None:
+    """The queue manager stopped (SIGSTOP; a suspended VM, a long swap) for longer than the lease: on SIGCONT the
+    overdue lease pass ran before the live worker's next heartbeat and handed its job back as a fault (attempt 2,
+    one of MAX_ATTEMPTS used; the worker's heartbeat then 409). The lease pass now sees it woke late, renews."""
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), env={"LEASE_TIMEOUT_S": "1", "LOG_FORMAT": "json"})
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            job_id = await submit(client)
+            await pop(client, "w1")
+            beat = {"worker_id": "w1", "job_id": job_id, "attempt": 1}
+            assert (await client.post("/api/workers/heartbeat", params=beat)).status_code == 200
+            process.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(6.5)  # past the lease, and the reaper's next pass by more than 5 s
+            process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.2)  # the worker's next heartbeat, within its cadence (a quarter of the lease)
+            assert (await client.post("/api/workers/heartbeat", params=beat)).status_code == 200
+            stored = await job(client, job_id)
+            assert (stored["status"], stored["attempt"]) == ("running", 1)
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            output = (await process.stdout.read()).decode()
+            await process.wait()
+    assert "queue_manager_was_frozen" in output
 
 
 async def test_a_database_from_before_the_extensions_gains_them(tmp_path: Path) -> None:
