@@ -440,7 +440,7 @@ class FakeRunPod(FakeApi):
 
     async def _create_pod(self, request: web.Request) -> web.Response:
         await self._held()
-        body = await request.json()
+        body = await _body(request)
         self._validate_create(body)
         self._check_capacity_and_balance(body)
         pod_id = secrets.token_hex(7)
@@ -470,7 +470,7 @@ class FakeRunPod(FakeApi):
     async def _action(self, request: web.Request) -> web.Response:
         await self._held()
         pod = self._pod(request)
-        body = await request.json()
+        body = await _body(request)
         if not isinstance(body, dict) or set(body) != {"action"}:
             raise ApiError(422, "Request validation failed.", ["$: exactly the property 'action' is required"])
         action = body["action"]
@@ -532,6 +532,13 @@ def _ceil(seconds: float) -> int:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+async def _body(request: web.Request) -> Any:
+    """The JSON body (the middleware refused one that is not JSON); none at all is malformed too."""
+    if not request.body_exists:
+        raise ApiError(400, "request body is required")
+    return await request.json()
 
 
 def _contract_errors(body: dict[str, Any]) -> list[str]:

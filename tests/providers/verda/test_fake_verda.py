@@ -100,6 +100,23 @@ async def test_a_body_not_an_object_is_verdas_400(with_secret: VerdaClient, fake
     assert [(a.status_code, a.json()["code"]) for a in answers] == [(400, "invalid_request")] * 4
 
 
+async def test_a_post_or_patch_without_a_body_is_verdas_400(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    await with_secret.create_deployment(valid_body())
+    token = await with_secret._access_token()
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=fake.url, headers=headers) as http:
+        answers = [
+            await http.post("/oauth2/token"),
+            await http.post("/container-deployments"),
+            await http.patch(f"/container-deployments/{NAME}"),
+            await http.patch(f"/container-deployments/{NAME}/scaling"),
+            await http.post("/secrets"),
+        ]
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (400, {"code": "invalid_request", "message": "body is required"})
+    ] * 5
+
+
 async def test_valid_body_is_accepted(with_secret: VerdaClient, fake: FakeVerda) -> None:
     created = await with_secret.create_deployment(valid_body())
     assert created["containers"][0]["name"].startswith(NAME)
