@@ -134,10 +134,20 @@ def validate_scaling(scaling: Any) -> None:
     low, high = scaling["min_replica_count"], scaling["max_replica_count"]
     _require(_is_int(low) and _is_int(high), "replica counts must be integers")
     _require(0 <= low <= high, "scaling needs 0 <= min_replica_count <= max_replica_count")
-    queue_load = _object(scaling["scaling_triggers"] or {}, "scaling_triggers").get("queue_load")
+    for policy in ("scale_down_policy", "scale_up_policy"):
+        delay = _object(scaling[policy], policy).get("delay_seconds")
+        _require(_is_int(delay), f"{policy}.delay_seconds must be an integer")
+    for key in ("queue_message_ttl_seconds", "concurrent_requests_per_replica"):
+        _require(_is_int(scaling[key]), f"{key} must be an integer")
+    triggers = _object(scaling["scaling_triggers"] or {}, "scaling_triggers")
+    queue_load = triggers.get("queue_load")
     if queue_load is not None:
         threshold = _object(queue_load, "queue_load").get("threshold")
         _require(isinstance(threshold, int | float) and threshold >= 1, "queue_load.threshold must be >= 1")
+    for utilization in ("cpu_utilization", "gpu_utilization"):
+        if triggers.get(utilization) is not None:
+            enabled = _object(triggers[utilization], utilization).get("enabled")
+            _require(isinstance(enabled, bool), f"{utilization}.enabled must be a boolean")
 
 
 def _validate_volume_mount(mount: Any) -> None:

@@ -67,6 +67,13 @@ INVALID_CREATES = {
     "boolean replica count": ("scaling.max_replica_count", True),
     "triggers not an object": ("scaling.scaling_triggers", ["queue_load"]),
     "queue_load not an object": ("scaling.scaling_triggers.queue_load", [1]),
+    "policy not an object": ("scaling.scale_down_policy", 300),
+    "delay not an integer": ("scaling.scale_up_policy", {"delay_seconds": "0"}),
+    "delay missing": ("scaling.scale_down_policy", {}),
+    "ttl not an integer": ("scaling.queue_message_ttl_seconds", "300"),
+    "boolean concurrency": ("scaling.concurrent_requests_per_replica", True),
+    "utilization not an object": ("scaling.scaling_triggers.cpu_utilization", False),
+    "utilization enabled not a boolean": ("scaling.scaling_triggers.gpu_utilization", {"enabled": "false"}),
     "compute name not a string": ("compute", {"name": ["H100"], "size": 1}),
     "boolean compute size": ("compute", {"name": "H100", "size": True}),
 }
