@@ -576,8 +576,13 @@ def _contract_errors(body: dict[str, Any]) -> list[str]:
     if "dataCenterIds" in body:
         ids = body["dataCenterIds"]
         need(isinstance(ids, list) and all(isinstance(i, str) for i in ids), "/dataCenterIds", "expected string[]")
+    if "templateId" in body:
+        template = body["templateId"]
+        need(isinstance(template, str) and template != "", "/templateId", "a non-empty string is required")
     if "gpu" in body:
         errors += _gpu_errors(body["gpu"])
+    if "cpu" in body:
+        errors += _cpu_errors(body["cpu"])
     if "mounts" in body:
         errors += _mount_errors(body["mounts"])
     return errors
@@ -598,6 +603,15 @@ def _gpu_errors(gpu: Any) -> list[str]:
     floor = gpu.get("minCudaVersion", "0.0")
     if not (isinstance(floor, str) and CUDA_RULE.match(floor)):
         errors.append("/gpu/minCudaVersion: expected major.minor")
+    return errors
+
+
+def _cpu_errors(cpu: Any) -> list[str]:
+    errors = _object_errors(cpu, "/cpu", {"id": str, "vcpuCount": int})
+    if isinstance(cpu, dict) and cpu.get("id") == "":
+        errors.append("/cpu/id: a non-empty string is required")
+    if isinstance(cpu, dict) and _is_int(cpu.get("vcpuCount")) and cpu["vcpuCount"] < 2:
+        errors.append("/cpu/vcpuCount: expected integer >= 2")
     return errors
 
 
