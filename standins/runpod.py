@@ -440,7 +440,7 @@ class FakeRunPod(FakeApi):
 
     async def _create_pod(self, request: web.Request) -> web.Response:
         await self._held()
-        body = await request.json()
+        body = await _body(request)
         self._validate_create(body)
         self._check_capacity_and_balance(body)
         pod_id = secrets.token_hex(7)
@@ -470,7 +470,7 @@ class FakeRunPod(FakeApi):
     async def _action(self, request: web.Request) -> web.Response:
         await self._held()
         pod = self._pod(request)
-        body = await request.json()
+        body = await _body(request)
         if not isinstance(body, dict) or set(body) != {"action"}:
             raise ApiError(422, "Request validation failed.", ["$: exactly the property 'action' is required"])
         action = body["action"]
@@ -534,6 +534,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+async def _body(request: web.Request) -> Any:
+    """The JSON body (the middleware refused one that is not JSON); none at all is malformed too."""
+    if not request.body_exists:
+        raise ApiError(400, "request body is required")
+    return await request.json()
+
+
 def _contract_errors(body: dict[str, Any]) -> list[str]:
     """What the OpenAPI schema of CreatePodRequest rejects, in the wording of the real API's `errors`."""
     errors: list[str] = []
@@ -569,8 +576,13 @@ def _contract_errors(body: dict[str, Any]) -> list[str]:
     if "dataCenterIds" in body:
         ids = body["dataCenterIds"]
         need(isinstance(ids, list) and all(isinstance(i, str) for i in ids), "/dataCenterIds", "expected string[]")
+    if "templateId" in body:
+        template = body["templateId"]
+        need(isinstance(template, str) and template != "", "/templateId", "a non-empty string is required")
     if "gpu" in body:
         errors += _gpu_errors(body["gpu"])
+    if "cpu" in body:
+        errors += _cpu_errors(body["cpu"])
     if "mounts" in body:
         errors += _mount_errors(body["mounts"])
     return errors
@@ -591,6 +603,15 @@ def _gpu_errors(gpu: Any) -> list[str]:
     floor = gpu.get("minCudaVersion", "0.0")
     if not (isinstance(floor, str) and CUDA_RULE.match(floor)):
         errors.append("/gpu/minCudaVersion: expected major.minor")
+    return errors
+
+
+def _cpu_errors(cpu: Any) -> list[str]:
+    errors = _object_errors(cpu, "/cpu", {"id": str, "vcpuCount": int})
+    if isinstance(cpu, dict) and cpu.get("id") == "":
+        errors.append("/cpu/id: a non-empty string is required")
+    if isinstance(cpu, dict) and _is_int(cpu.get("vcpuCount")) and cpu["vcpuCount"] < 2:
+        errors.append("/cpu/vcpuCount: expected integer >= 2")
     return errors
 
 

@@ -117,6 +117,12 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+async def _body(request: web.Request) -> Any:
+    """The JSON body (the middleware refused one that is not JSON); none at all is Verda's 400 too."""
+    _require(request.body_exists, "body is required")
+    return await request.json()
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -128,10 +134,20 @@ def validate_scaling(scaling: Any) -> None:
     low, high = scaling["min_replica_count"], scaling["max_replica_count"]
     _require(_is_int(low) and _is_int(high), "replica counts must be integers")
     _require(0 <= low <= high, "scaling needs 0 <= min_replica_count <= max_replica_count")
-    queue_load = _object(scaling["scaling_triggers"] or {}, "scaling_triggers").get("queue_load")
+    for policy in ("scale_down_policy", "scale_up_policy"):
+        delay = _object(scaling[policy], policy).get("delay_seconds")
+        _require(_is_int(delay), f"{policy}.delay_seconds must be an integer")
+    for key in ("queue_message_ttl_seconds", "concurrent_requests_per_replica"):
+        _require(_is_int(scaling[key]), f"{key} must be an integer")
+    triggers = _object(scaling["scaling_triggers"] or {}, "scaling_triggers")
+    queue_load = triggers.get("queue_load")
     if queue_load is not None:
         threshold = _object(queue_load, "queue_load").get("threshold")
         _require(isinstance(threshold, int | float) and threshold >= 1, "queue_load.threshold must be >= 1")
+    for utilization in ("cpu_utilization", "gpu_utilization"):
+        if triggers.get(utilization) is not None:
+            enabled = _object(triggers[utilization], utilization).get("enabled")
+            _require(isinstance(enabled, bool), f"{utilization}.enabled must be a boolean")
 
 
 def _validate_volume_mount(mount: Any) -> None:
@@ -292,7 +308,7 @@ class FakeVerda(FakeApi):
         )
 
     async def _token(self, request: web.Request) -> web.Response:
-        body = _object(await request.json(), "body")
+        body = _object(await _body(request), "body")
         grant = body.get("grant_type")
         if grant == "client_credentials":
             if (body.get("client_id"), body.get("client_secret")) != (self.client_id, self._client_secret):
@@ -382,7 +398,7 @@ class FakeVerda(FakeApi):
 
     async def _create_deployment(self, request: web.Request) -> web.Response:
         await self._held()
-        body = _object(await request.json(), "body")
+        body = _object(await _body(request), "body")
         name = body.get("name")
         _require(
             isinstance(name, str) and len(name) <= 63 and bool(DEPLOYMENT_NAME_RULE.match(name)),
@@ -409,7 +425,7 @@ class FakeVerda(FakeApi):
 
     async def _update_deployment(self, request: web.Request) -> web.Response:
         deployment = self._deployment(request)
-        body = _object(await request.json(), "body")
+        body = _object(await _body(request), "body")
         _require(body.get("name", deployment.body["name"]) == deployment.body["name"], "name is immutable")
         if "compute" in body:
             self._validate_compute(body["compute"])
@@ -443,7 +459,7 @@ class FakeVerda(FakeApi):
     async def _update_scaling(self, request: web.Request) -> web.Response:
         """A partial object changes only the keys it carries."""
         deployment = self._deployment(request)
-        update = await request.json()
+        update = await _body(request)
         _require(isinstance(update, dict), "scaling must be an object")
         unknown = sorted(set(update) - set(SCALING_KEYS))
         _require(not unknown, f"unknown scaling keys {unknown}")
@@ -476,7 +492,7 @@ class FakeVerda(FakeApi):
 
     async def _create_secret(self, request: web.Request) -> web.Response:
         await self._held()
-        body = _object(await request.json(), "body")
+        body = _object(await _body(request), "body")
         name, value = body.get("name"), body.get("value")
         _require(isinstance(name, str) and bool(NAME_RULE.match(name)), "secret name must match [a-z0-9-]")
         _require(isinstance(value, str) and value != "", "secret value must be a non-empty string")

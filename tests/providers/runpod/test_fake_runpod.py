@@ -83,6 +83,15 @@ async def test_missing_or_wrong_key_is_401(fake: FakeRunPod) -> None:
         assert wrong.status_code == 401 and wrong.json()["detail"]
 
 
+async def test_a_post_without_a_body_is_a_400_not_a_500(http: httpx.AsyncClient, fake: FakeRunPod) -> None:
+    pod_id = (await create(http)).json()["id"]
+    for path in ("/pods", f"/pods/{pod_id}/action"):
+        response = await http.post(path, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"] == "request body is required"
+    assert len(fake.pods) == 1 and (await http.get(f"/pods/{pod_id}")).json()["status"] == "RUNNING"
+
+
 async def test_pods_provision_asynchronously(http: httpx.AsyncClient, fake: FakeRunPod, clock: ManualClock) -> None:
     fake.provision_delay_s, fake.start_delay_s = 10, 20
     pod = (await create(http)).json()

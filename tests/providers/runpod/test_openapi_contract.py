@@ -101,6 +101,12 @@ INVALID_BODIES = [
     {"mounts": {"network": [{"volumeId": "vol-models", "path": "/a"}, {"volumeId": "vol-models", "path": "/b"}]}},
     {"mounts": {"persistent": {"size": 5, "path": "/w"}}},
     {"registry": 3},
+    {"templateId": 5},
+    {"templateId": ""},
+    {"cpu": "cpu5c"},
+    {"cpu": {"id": "cpu5c"}},
+    {"cpu": {"id": "cpu5c", "vcpuCount": 1}},
+    {"cpu": {"id": "cpu5c", "vcpuCount": 4, "memory": 16}},
 ]
 
 

@@ -67,6 +67,13 @@ INVALID_CREATES = {
     "boolean replica count": ("scaling.max_replica_count", True),
     "triggers not an object": ("scaling.scaling_triggers", ["queue_load"]),
     "queue_load not an object": ("scaling.scaling_triggers.queue_load", [1]),
+    "policy not an object": ("scaling.scale_down_policy", 300),
+    "delay not an integer": ("scaling.scale_up_policy", {"delay_seconds": "0"}),
+    "delay missing": ("scaling.scale_down_policy", {}),
+    "ttl not an integer": ("scaling.queue_message_ttl_seconds", "300"),
+    "boolean concurrency": ("scaling.concurrent_requests_per_replica", True),
+    "utilization not an object": ("scaling.scaling_triggers.cpu_utilization", False),
+    "utilization enabled not a boolean": ("scaling.scaling_triggers.gpu_utilization", {"enabled": "false"}),
     "compute name not a string": ("compute", {"name": ["H100"], "size": 1}),
     "boolean compute size": ("compute", {"name": "H100", "size": True}),
 }
@@ -98,6 +105,23 @@ async def test_a_body_not_an_object_is_verdas_400(with_secret: VerdaClient, fake
             await http.post("/secrets", json="qm-token"),
         ]
     assert [(a.status_code, a.json()["code"]) for a in answers] == [(400, "invalid_request")] * 4
+
+
+async def test_a_post_or_patch_without_a_body_is_verdas_400(with_secret: VerdaClient, fake: FakeVerda) -> None:
+    await with_secret.create_deployment(valid_body())
+    token = await with_secret._access_token()
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=fake.url, headers=headers) as http:
+        answers = [
+            await http.post("/oauth2/token"),
+            await http.post("/container-deployments"),
+            await http.patch(f"/container-deployments/{NAME}"),
+            await http.patch(f"/container-deployments/{NAME}/scaling"),
+            await http.post("/secrets"),
+        ]
+    assert [(a.status_code, a.json()) for a in answers] == [
+        (400, {"code": "invalid_request", "message": "body is required"})
+    ] * 5
 
 
 async def test_valid_body_is_accepted(with_secret: VerdaClient, fake: FakeVerda) -> None:
