@@ -186,13 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token",
         default=None,
-        help=f"require 'Authorization: Bearer <token>' on /api/ (default: ${QUEUE_TOKEN_ENV}, else no auth)",
+        help=f"require 'Authorization: Bearer <token>' on /api/ (default: ${QUEUE_TOKEN_ENV}, else no auth; "
+        "prefer the variable: every user of this machine sees a command line's arguments in `ps`)",
     )
     parser.add_argument(
         "--worker-token",
         default=None,
         help=f"with --token: the only token /api/workers/ takes; the other routes take either (default: "
-        f"${QUEUE_WORKER_TOKEN_ENV}, else one token for all)",
+        f"${QUEUE_WORKER_TOKEN_ENV}, else one token for all; prefer the variable, as for --token)",
     )
     parser.add_argument(
         "--participants-file",
