@@ -71,6 +71,13 @@ class LoopbackPeer:
         await self._serving.aclose()
 
 
+class AuthorizationEchoingPeer(LoopbackPeer):
+    """A proxy's or a broken server's error page, 503, quoting the request's Authorization header."""
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503, text=f"upstream down; you sent {request.headers.get('Authorization')}")
+
+
 NOBODY = 65534
 
 

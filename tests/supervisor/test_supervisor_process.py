@@ -11,11 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from aiohttp import web
-
 from standins.comfyui import ComfyUISimulator
 
-from ..conftest import served
+from ..conftest import AuthorizationEchoingPeer
 from .test_supervisor_with_simulator import job_status, submit
 
 
@@ -172,14 +170,8 @@ async def test_a_queue_url_password_a_peer_echoes_never_reaches_the_log(base_env
     password travel as ``Basic <base64 of user:password>``, which went into the log as is (decoded by anyone)."""
     password = "url-password-echoed-4e7a"
     basic = base64.b64encode(f"worker:{password}".encode()).decode()
-
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(status=503, text=f"upstream down; you sent {request.headers.get('Authorization')}")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    async with served(app) as peer:
-        env = {**base_env, "QUEUE_MANAGER_URL": peer.replace("http://", f"http://worker:{password}@")}
+    async with AuthorizationEchoingPeer() as peer:
+        env = {**base_env, "QUEUE_MANAGER_URL": peer.url.replace("http://", f"http://worker:{password}@")}
         supervisor = await run_supervisor(env)
         await supervisor.wait_until(lambda: "Poll failed" in supervisor.output, timeout_s=30, what="a failed poll")
         supervisor.signal(signal.SIGTERM)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import structlog
-from aiohttp import web
 from structlog.testing import capture_logs
 
 from common.logs import configure_logging, register_secret
 from queue_manager.server import QueueManagerServer
 
-from ..conftest import served, wait_for
+from ..conftest import AuthorizationEchoingPeer, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -488,16 +487,10 @@ async def test_a_queue_url_password_a_peer_echoes_never_reaches_the_workers_log(
     the header (decoded by anyone)."""
     password = "url-password-echoed-9c1d"
     basic = base64.b64encode(f"worker:{password}".encode()).decode()
-
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(status=503, text=f"upstream down; you sent {request.headers.get('Authorization')}")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    async with served(app) as peer:
+    async with AuthorizationEchoingPeer() as peer:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker",
-            env=_env(QUEUE_MANAGER_URL=peer.replace("http://", f"http://worker:{password}@"), HEALTH_PORT=0,
+            env=_env(QUEUE_MANAGER_URL=peer.url.replace("http://", f"http://worker:{password}@"), HEALTH_PORT=0,
                      OUTPUTS_PATH=tmp_path / "out", COMFYUI_URL=comfy.url, LOG_FORMAT="json"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
         )
