@@ -714,8 +714,8 @@ class ComfyUISimulator:
         except ConnectionError:
             pass
         finally:
-            if self._sockets.get(sid, (None,))[0] is ws:
-                del self._sockets[sid]
+            # As ComfyUI: by sid, so an older socket of a reconnected client that closes now forgets the newer one.
+            self._sockets.pop(sid, None)
         return ws
 
     async def _client_message(self, ws: web.WebSocketResponse, text: str, first: bool) -> bool:
