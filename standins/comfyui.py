@@ -610,9 +610,10 @@ class ComfyUISimulator:
         if "filename" not in query:
             return 404
         filename, folder = query["filename"], None
-        for kind in ("output", "input", "temp"):
-            if filename.endswith(f" [{kind}]"):
+        for kind in ("output", "input", "temp"):  # folder_paths.annotated_filepath: one tag, and one character more
+            if filename.endswith(f"[{kind}]"):
                 filename, folder = filename[: -len(kind) - 3], self._folder(kind)
+                break
         if not filename or filename[0] == "/" or ".." in filename:
             return 400
         folder = folder or self._folder(query.get("type", "output"))

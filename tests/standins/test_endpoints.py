@@ -66,6 +66,24 @@ async def test_view_serves_outputs_and_refuses_traversal(sim: ComfyUISimulator, 
             assert response.status == status, params
 
 
+async def test_view_reads_a_folder_tag_as_comfyui_does(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    # folder_paths.annotated_filepath: endswith("[output]") (no space needed), then the last 9 characters go; a
+    # single tag is read, and it overrides `type`.
+    (sim.output_dir / "a.png").write_bytes(b"in output")
+    (sim.temp_dir / "a.png").write_bytes(b"in temp")
+    answers = {}
+    for filename in ("a.png [output]", "a.png_[output]", "a.png[output]", "a.png_[temp]", "a.png [temp] [output]"):
+        async with http.get(f"{sim.url}/view", params={"filename": filename, "type": "input"}) as response:
+            answers[filename] = (response.status, await response.read() if response.status == 200 else None)
+    assert answers == {
+        "a.png [output]": (200, b"in output"),
+        "a.png_[output]": (200, b"in output"),
+        "a.png[output]": (404, None),  # looks for "a.pn"
+        "a.png_[temp]": (200, b"in temp"),
+        "a.png [temp] [output]": (404, None),  # looks for "a.png [temp]" in the output folder
+    }
+
+
 async def test_queue_delete_history_delete_and_free(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("success")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0, cache_outputs=False)
