@@ -245,6 +245,24 @@ async def test_queue_post_does_what_comfyui_does_with_any_json(
         assert answer.status == status
 
 
+@pytest.mark.parametrize(
+    ("max_upload_size_mb", "max_upload_size"), [(100, "104857600"), (0.5, "524288.0"), (100.0, "104857600.0")]
+)
+async def test_feature_flags_answer_is_comfyuis(
+    max_upload_size_mb: float, max_upload_size: str, tmp_path, http: aiohttp.ClientSession
+) -> None:
+    # comfy_api/feature_flags.py SERVER_FEATURE_FLAGS; --max-upload-size is a float when given, 100 (an int) if not.
+    sim = ComfyUISimulator(tmp_path / "out", max_upload_size_mb=max_upload_size_mb)
+    async with sim, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        await ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+        answer = await ws.receive(timeout=5)
+    assert answer.data == (
+        '{"type": "feature_flags", "data": {"supports_preview_metadata": true, '
+        f'"max_upload_size": {max_upload_size}, "extension": {{"manager": {{"supports_v4": true}}}}}}}}'
+    )
+
+
 async def test_unreadable_client_text_leaves_the_socket_open(
     sim: ComfyUISimulator, http: aiohttp.ClientSession
 ) -> None:
