@@ -249,7 +249,7 @@ class ComfyUISimulator:
         checkpoints: tuple[str, ...] | list[str] = ("broken.safetensors",),
         send_previews: bool = False,
         cache_outputs: bool = True,
-        max_upload_size_mb: float = 100.0,
+        max_upload_size_mb: float = 100,
         read_only_input: bool = False,
         argv: list[str] | None = None,
         records_kept: int | None = None,
@@ -264,6 +264,9 @@ class ComfyUISimulator:
         self.cache_outputs = cache_outputs
         # ComfyUI's --max-upload-size (MB, default 100) is its aiohttp client_max_size: larger bodies get 413.
         self.max_upload_bytes = round(max_upload_size_mb * 1024 * 1024)
+        # Its feature flags give the product as is: 104857600 for the default (an int), 104857600.0 for a float.
+        self.feature_flags = {"supports_preview_metadata": True, "max_upload_size": max_upload_size_mb * 1024 * 1024,
+                              "extension": {"manager": {"supports_v4": True}}}  # fmt: skip
         # The input folder on a read-only volume (COMFYUI_INPUT_DIR mounted :ro): an upload's write raises EROFS.
         self.read_only_input = read_only_input
         self.argv = argv or ["main.py"]
@@ -610,9 +613,10 @@ class ComfyUISimulator:
         if "filename" not in query:
             return 404
         filename, folder = query["filename"], None
-        for kind in ("output", "input", "temp"):
-            if filename.endswith(f" [{kind}]"):
+        for kind in ("output", "input", "temp"):  # folder_paths.annotated_filepath: one tag, and one character more
+            if filename.endswith(f"[{kind}]"):
                 filename, folder = filename[: -len(kind) - 3], self._folder(kind)
+                break
         if not filename or filename[0] == "/" or ".." in filename:
             return 400
         folder = folder or self._folder(query.get("type", "output"))
@@ -714,8 +718,8 @@ class ComfyUISimulator:
         except ConnectionError:
             pass
         finally:
-            if self._sockets.get(sid, (None,))[0] is ws:
-                del self._sockets[sid]
+            # As ComfyUI: by sid, so an older socket of a reconnected client that closes now forgets the newer one.
+            self._sockets.pop(sid, None)
         return ws
 
     async def _client_message(self, ws: web.WebSocketResponse, text: str, first: bool) -> bool:
@@ -723,8 +727,7 @@ class ComfyUISimulator:
         object) is logged and the socket stays open. Whether the next message still counts as the first."""
         try:
             if first and json.loads(text).get("type") == "feature_flags":
-                features = {"supports_preview_metadata": False, "max_upload_size": self.max_upload_bytes}
-                await ws.send_json({"type": "feature_flags", "data": features})
+                await ws.send_json({"type": "feature_flags", "data": copy.deepcopy(self.feature_flags)})
         except json.JSONDecodeError:
             log.warning("Invalid JSON received from client")
             return first
@@ -993,7 +996,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-directory", type=Path, default=None)
     parser.add_argument("--extra-model-paths-config", nargs="+", action="append", default=[])
     parser.add_argument("--cache-none", action="store_true")
-    parser.add_argument("--max-upload-size", type=float, default=100.0, metavar="MB")
+    parser.add_argument("--max-upload-size", type=float, default=100, metavar="MB")
     sim = parser.add_argument_group("simulator")
     sim.add_argument("--node-seconds", action="append", default=[], metavar="CLASS=SECONDS")
     sim.add_argument("--default-node-seconds", type=float, default=0.0)

@@ -168,6 +168,7 @@ class PromptRun:
         self._sent_at: float | None = None  # time.time() just before POST /prompt (Outcome.written_since)
         self._started_at: float | None = None
         self._heard_at = time.monotonic()  # the last time ComfyUI answered anything, over HTTP or the websocket
+        self._socket_heard_at = 0.0  # the last time the websocket brought a message
         self._executed_outputs: dict[str, Any] = {}  # node id -> output, in case the history entry never comes
         self._executed_sizes: dict[str, int] = {}  # node id -> bytes of the event its output came in
         self._executed_bytes = 0
@@ -331,15 +332,22 @@ class PromptRun:
         missing_since: float | None = None
         while True:
             self.heartbeat()
+            deaf = False
             if self.events.is_open:
+                listening_since = time.monotonic()
                 terminal = await self._read_socket()
                 if terminal is not None:
                     return terminal
+                deaf = self.events.is_open and self._socket_heard_at < listening_since
             else:
                 await self._reconnect()  # then ask over HTTP at once: events sent while away are lost
             try:
                 entry = await self._ask(self.comfy.history(self.prompt_id))
                 if entry is not None:
+                    if deaf:  # it missed the prompt's end: ComfyUI forgot it (see docs/comfyui-simulator.md)
+                        log.warning("ComfyUI's websocket missed the prompt's end; reconnecting for the next prompt",
+                                    prompt_id=self.prompt_id)  # fmt: skip
+                        await self.events.close()
                     return terminal_from_history(entry)
                 running, pending = await self._ask(self.comfy.queued_prompt_ids())
                 if self.prompt_id in running or self.prompt_id in pending:
@@ -387,7 +395,7 @@ class PromptRun:
             except TimeoutError:
                 return None
             if message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                self._heard_at = time.monotonic()
+                self._heard_at = self._socket_heard_at = time.monotonic()
             if message.type == aiohttp.WSMsgType.BINARY:
                 continue  # preview images
             if message.type != aiohttp.WSMsgType.TEXT:

@@ -66,6 +66,24 @@ async def test_view_serves_outputs_and_refuses_traversal(sim: ComfyUISimulator, 
             assert response.status == status, params
 
 
+async def test_view_reads_a_folder_tag_as_comfyui_does(sim: ComfyUISimulator, http: aiohttp.ClientSession) -> None:
+    # folder_paths.annotated_filepath: endswith("[output]") (no space needed), then the last 9 characters go; a
+    # single tag is read, and it overrides `type`.
+    (sim.output_dir / "a.png").write_bytes(b"in output")
+    (sim.temp_dir / "a.png").write_bytes(b"in temp")
+    answers = {}
+    for filename in ("a.png [output]", "a.png_[output]", "a.png[output]", "a.png_[temp]", "a.png [temp] [output]"):
+        async with http.get(f"{sim.url}/view", params={"filename": filename, "type": "input"}) as response:
+            answers[filename] = (response.status, await response.read() if response.status == 200 else None)
+    assert answers == {
+        "a.png [output]": (200, b"in output"),
+        "a.png_[output]": (200, b"in output"),
+        "a.png[output]": (404, None),  # looks for "a.pn"
+        "a.png_[temp]": (200, b"in temp"),
+        "a.png [temp] [output]": (404, None),  # looks for "a.png [temp]" in the output folder
+    }
+
+
 async def test_queue_delete_history_delete_and_free(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("success")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0, cache_outputs=False)
@@ -225,6 +243,24 @@ async def test_queue_post_does_what_comfyui_does_with_any_json(
     """POST /queue reads its body as POST /history does (above)."""
     async with http.post(f"{sim.url}/queue", data=body, headers={"Content-Type": "application/json"}) as answer:
         assert answer.status == status
+
+
+@pytest.mark.parametrize(
+    ("max_upload_size_mb", "max_upload_size"), [(100, "104857600"), (0.5, "524288.0"), (100.0, "104857600.0")]
+)
+async def test_feature_flags_answer_is_comfyuis(
+    max_upload_size_mb: float, max_upload_size: str, tmp_path, http: aiohttp.ClientSession
+) -> None:
+    # comfy_api/feature_flags.py SERVER_FEATURE_FLAGS; --max-upload-size is a float when given, 100 (an int) if not.
+    sim = ComfyUISimulator(tmp_path / "out", max_upload_size_mb=max_upload_size_mb)
+    async with sim, http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        await receive_json(ws)
+        await ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+        answer = await ws.receive(timeout=5)
+    assert answer.data == (
+        '{"type": "feature_flags", "data": {"supports_preview_metadata": true, '
+        f'"max_upload_size": {max_upload_size}, "extension": {{"manager": {{"supports_v4": true}}}}}}}}'
+    )
 
 
 async def test_unreadable_client_text_leaves_the_socket_open(

@@ -40,6 +40,27 @@ async def test_drop_websockets_then_reconnect_with_same_client_id(tmp_path, fixt
     assert sim.ws_connections["w1"] == 2
 
 
+async def test_an_older_socket_closing_after_a_reconnect_deafens_the_newer_one(tmp_path, fixtures_dir) -> None:
+    # ComfyUI's websocket_handler ends with `self.sockets.pop(sid, None)`: the old socket takes the new one with it.
+    workflow = load_transcript("success")["workflow"]
+    sim = ComfyUISimulator(tmp_path / "out", history_lag_s=0.0)
+    async with sim, aiohttp.ClientSession() as http:
+        url = f"{sim.url}/ws?clientId=w"
+        async with http.ws_connect(url) as old, http.ws_connect(url) as new:
+            await receive_json(old)
+            await receive_json(new)
+            await old.close()
+            async with http.ws_connect(f"{sim.url}/ws?clientId=witness") as witness:
+                await receive_json(witness)
+                prompt_id = (await submit(http, sim.url, workflow, "w"))["prompt_id"]
+                while (await receive_json(witness))["data"]["status"]["exec_info"]["queue_remaining"]:
+                    pass  # the last broadcast `status`: the prompt ran and its events went out before it
+            with pytest.raises(TimeoutError):
+                await new.receive(timeout=0.5)
+        async with http.get(f"{sim.url}/history/{prompt_id}") as response:
+            assert (await response.json())[prompt_id]["status"]["status_str"] == "success"
+
+
 async def test_crash_refuses_connections_and_loses_the_running_prompt(tmp_path, fixtures_dir) -> None:
     workflow = load_transcript("interrupted")["workflow"]
     sim = ComfyUISimulator(tmp_path / "out", node_seconds={"ImageBlur": 5.0})

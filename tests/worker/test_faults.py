@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 from structlog.testing import capture_logs
@@ -927,6 +928,26 @@ async def test_a_busy_websocket_does_not_hide_a_prompt_comfyui_forgot(qm, comfy,
             comfy.release()
     error = qm.reports.landed(job.id)[0].body["error"]
     assert error.startswith("Handed back: ComfyUI no longer knows the prompt"), error
+
+
+async def test_a_socket_comfyui_forgot_is_replaced_once_a_prompt_ended_unheard(qm, comfy, make_worker, workflows):
+    """ComfyUI forgets a clientId whenever one of its sockets closes (websocket_handler's `finally:
+    sockets.pop(sid)`), even one a reconnect replaced: the worker's open socket then hears nothing. The job ends
+    over HTTP; the worker must then reconnect, or every later job would be learned only a check_interval_s late."""
+    first = qm.store.submit("alice", workflows["slow"])
+    second = qm.store.submit("bob", workflows["quick"])
+    comfy.freeze(class_type="ImageBlur")
+    running = make_worker()
+    run = asyncio.create_task(running.run())
+    await asyncio.wait_for(comfy.wait_until_frozen(), 10)
+    client_id = comfy.prompts_received[0].client_id
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{comfy.url}/ws?clientId={client_id}"):
+        pass  # another socket with the worker's clientId replaces the worker's, then closes
+    comfy.release()
+    assert await asyncio.wait_for(run, 30) == 0
+    assert [r.endpoint for r in qm.reports.landed(first.id)] == ["complete-job"]
+    assert [r.endpoint for r in qm.reports.landed(second.id)] == ["complete-job"]
+    assert comfy.ws_connections[client_id] == 3, "the worker, the other socket, the worker again"
 
 
 async def test_an_oversized_websocket_message_drops_the_socket_not_the_job(
