@@ -68,6 +68,7 @@ TITLES = {
     402: "Payment Required",
     403: "Forbidden",
     404: "Not Found",
+    405: "Method Not Allowed",
     409: "Conflict",
     422: "Unprocessable Entity",
     429: "Too Many Requests",
@@ -271,6 +272,9 @@ class FakeRunPod(FakeApi):
             response = await handler(request)
         except ApiError as error:
             response = _problem(error.status, error.detail, error.errors)
+        except web.HTTPMethodNotAllowed as error:  # the published MethodNotAllowedError names the path's methods
+            allow = ", ".join(sorted(error.allowed_methods))
+            response = _problem(405, "The requested method is not allowed for this path.", headers={"Allow": allow})
         except web.HTTPException as error:
             response = _problem(error.status, error.reason)
         finally:

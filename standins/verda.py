@@ -127,6 +127,48 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+# The types the official `verda` SDK sends (verda.containers): each check accepts null where the SDK's field is
+# optional, since the SDK sends null for an optional field left unset.
+BOOLEAN = (lambda value: isinstance(value, bool), "a boolean")
+HEALTHCHECK_TYPES = {
+    "enabled": BOOLEAN,
+    "port": (_or_null(_is_int), "an integer"),
+    "path": (_or_null(lambda value: isinstance(value, str)), "a string"),
+}
+ENTRYPOINT_TYPES = {
+    "enabled": BOOLEAN,
+    "entrypoint": (_or_null(_strings), "a list of strings"),
+    "cmd": (_or_null(_strings), "a list of strings"),
+}
+CREDENTIALS = (
+    _or_null(lambda value: isinstance(value, dict) and isinstance(value.get("name"), str)),
+    "an object with a name",
+)
+REGISTRY_TYPES = {"is_private": BOOLEAN, "credentials": CREDENTIALS}
+
+
+def _validate_types(value: Any, what: str, types: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Each key `value` carries has its SDK type, else Verda's 400 naming the field."""
+    fields = _object(value, what)
+    for key, (check, expected) in types.items():
+        _require(key not in fields or check(fields[key]), f"{what}.{key} must be {expected}")
+
+
+def _validate_settings(body: dict[str, Any]) -> None:
+    """The deployment-wide settings a create or an update may carry."""
+    _require(isinstance(body.get("is_spot", False), bool), "is_spot must be a boolean")
+    if "container_registry_settings" in body:
+        _validate_types(body["container_registry_settings"], "container_registry_settings", REGISTRY_TYPES)
+
+
 def validate_scaling(scaling: Any) -> None:
     _object(scaling, "scaling")
     missing = [key for key in SCALING_KEYS if key not in scaling]
@@ -357,13 +399,17 @@ class FakeVerda(FakeApi):
                 _require(container.get("name") in assigned, "containers in an update must carry their name")
             _require(isinstance(container.get("env") or [], list), "env must be a list")
             _require(isinstance(container.get("volume_mounts") or [], list), "volume_mounts must be a list")
+            if container.get("healthcheck") is not None:
+                _validate_types(container["healthcheck"], "healthcheck", HEALTHCHECK_TYPES)
+            if container.get("entrypoint_overrides") is not None:
+                _validate_types(container["entrypoint_overrides"], "entrypoint_overrides", ENTRYPOINT_TYPES)
             for env in container.get("env") or []:
                 _object(env, "env entries")
                 _require(bool(ENV_NAME_RULE.match(str(env.get("name", "")))), f"invalid env name {env.get('name')!r}")
                 _require(env.get("type") in ("plain", "secret"), "env type must be plain or secret")
-                if env["type"] == "secret":
-                    ref = env.get("value_or_reference_to_secret")
-                    _require(isinstance(ref, str) and ref in self.secrets, f"secret {ref!r} does not exist")
+                ref = env.get("value_or_reference_to_secret")
+                _require(isinstance(ref, str), "env value_or_reference_to_secret must be a string")
+                _require(env["type"] == "plain" or ref in self.secrets, f"secret {ref!r} does not exist")
             for mount in container.get("volume_mounts") or []:
                 _validate_volume_mount(mount)
 
@@ -406,6 +452,7 @@ class FakeVerda(FakeApi):
         )
         if name in self.deployments:
             raise ApiError(409, "invalid_request", f"Deployment {name} already exists")
+        _validate_settings(body)
         self._validate_compute(body.get("compute"))
         self._validate_containers(body.get("containers"), assigned=None)
         validate_scaling(body.get("scaling"))
@@ -427,6 +474,7 @@ class FakeVerda(FakeApi):
         deployment = self._deployment(request)
         body = _object(await _body(request), "body")
         _require(body.get("name", deployment.body["name"]) == deployment.body["name"], "name is immutable")
+        _validate_settings(body)
         if "compute" in body:
             self._validate_compute(body["compute"])
         if "containers" in body:

@@ -83,6 +83,28 @@ async def test_missing_or_wrong_key_is_401(fake: FakeRunPod) -> None:
         assert wrong.status_code == 401 and wrong.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/pods", {"GET", "POST"}),
+        ("PUT", "/pods/{pod_id}", {"GET", "DELETE"}),  # PATCH is RunPod's updatePod, which the fake lacks
+        ("GET", "/pods/{pod_id}/action", {"POST"}),
+        ("DELETE", "/catalog/gpus", {"GET"}),
+    ],
+)
+async def test_a_wrong_method_is_the_published_405(
+    http: httpx.AsyncClient, fake: FakeRunPod, method: str, path: str, allowed: set[str]
+) -> None:
+    """openapi components.responses.MethodNotAllowedError: problem body titled so, and the path's methods in Allow."""
+    pod_id = (await create(http)).json()["id"]
+    response = await http.request(method, path.format(pod_id=pod_id), json={"action": "stop"})
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert (response.json()["title"], response.json()["status"]) == ("Method Not Allowed", 405)
+    assert set(response.headers["Allow"].split(", ")) - {"HEAD"} == allowed
+    assert (await http.get(f"/pods/{pod_id}")).json()["status"] == "RUNNING"
+
+
 async def test_a_post_without_a_body_is_a_400_not_a_500(http: httpx.AsyncClient, fake: FakeRunPod) -> None:
     pod_id = (await create(http)).json()["id"]
     for path in ("/pods", f"/pods/{pod_id}/action"):

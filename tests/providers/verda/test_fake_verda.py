@@ -6,7 +6,15 @@ import copy
 
 import httpx
 import pytest
-from verda.containers import Deployment
+from verda.containers import (
+    ContainerRegistryCredentials,
+    ContainerRegistrySettings,
+    Deployment,
+    EntrypointOverridesSettings,
+    EnvVar,
+    EnvVarType,
+    HealthcheckSettings,
+)
 
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient, container_image
 from standins.verda import FakeVerda
@@ -76,6 +84,27 @@ INVALID_CREATES = {
     "utilization enabled not a boolean": ("scaling.scaling_triggers.gpu_utilization", {"enabled": "false"}),
     "compute name not a string": ("compute", {"name": ["H100"], "size": 1}),
     "boolean compute size": ("compute", {"name": "H100", "size": True}),
+    # The types the official `verda` SDK sends (verda.containers): EnvVar, HealthcheckSettings,
+    # EntrypointOverridesSettings, ContainerRegistrySettings, Deployment.is_spot.
+    "plain value not a string": (
+        "containers.0.env",
+        [{"name": "RETRIES", "value_or_reference_to_secret": 5, "type": "plain"}],
+    ),
+    "plain value missing": ("containers.0.env", [{"name": "RETRIES", "type": "plain"}]),
+    "healthcheck not an object": ("containers.0.healthcheck", True),
+    "healthcheck enabled not a boolean": ("containers.0.healthcheck", {"enabled": "true"}),
+    "healthcheck port not an integer": ("containers.0.healthcheck", {"enabled": True, "port": "8000"}),
+    "boolean healthcheck port": ("containers.0.healthcheck", {"enabled": True, "port": True}),
+    "healthcheck path not a string": ("containers.0.healthcheck", {"enabled": True, "path": ["/health"]}),
+    "entrypoint_overrides not an object": ("containers.0.entrypoint_overrides", False),
+    "entrypoint_overrides enabled not a boolean": ("containers.0.entrypoint_overrides", {"enabled": 0}),
+    "entrypoint not a list": ("containers.0.entrypoint_overrides", {"enabled": True, "entrypoint": "python"}),
+    "cmd not strings": ("containers.0.entrypoint_overrides", {"enabled": True, "cmd": ["-m", 1]}),
+    "is_spot not a boolean": ("is_spot", "false"),
+    "registry settings not an object": ("container_registry_settings", "public"),
+    "is_private not a boolean": ("container_registry_settings", {"is_private": "false"}),
+    "credentials not an object": ("container_registry_settings", {"is_private": True, "credentials": "ghcr"}),
+    "credentials without a name": ("container_registry_settings", {"is_private": True, "credentials": {}}),
 }
 
 
@@ -130,6 +159,21 @@ async def test_valid_body_is_accepted(with_secret: VerdaClient, fake: FakeVerda)
     assert NAME in fake.deployments
 
 
+@pytest.mark.parametrize(
+    "registry",
+    [ContainerRegistrySettings(False), ContainerRegistrySettings(True, ContainerRegistryCredentials("ghcr"))],
+)
+async def test_the_sdks_settings_are_accepted(with_secret: VerdaClient, fake: FakeVerda, registry) -> None:
+    """What the SDK sends for the settings it types, null for each optional field left unset."""
+    body = valid_body()
+    body["container_registry_settings"] = registry.to_dict()
+    body["containers"][0]["healthcheck"] = HealthcheckSettings(enabled=True, port=8000).to_dict()
+    body["containers"][0]["entrypoint_overrides"] = EntrypointOverridesSettings(enabled=False).to_dict()
+    body["containers"][0]["env"].append(EnvVar("RETRIES", "5", EnvVarType.PLAIN).to_dict(encode_json=True))
+    await with_secret.create_deployment(body)
+    assert fake.deployments[NAME].body["containers"][0]["healthcheck"] == {"enabled": True, "port": 8000, "path": None}
+
+
 async def test_update_requires_assigned_container_names(with_secret: VerdaClient) -> None:
     created = await with_secret.create_deployment(valid_body())
     update = valid_body()
@@ -139,6 +183,26 @@ async def test_update_requires_assigned_container_names(with_secret: VerdaClient
     update["containers"][0]["image"] = "ghcr.io/acme/worker:1.0.1"
     updated = await with_secret.update_deployment(NAME, update)
     assert container_image(updated["containers"][0]).endswith(":1.0.1")
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"is_spot": 1},
+        {"container_registry_settings": {"is_private": "true"}},
+        {"containers": [{"healthcheck": {"enabled": True, "port": "8000"}}]},
+    ],
+    ids=["is_spot", "registry", "container"],
+)
+async def test_an_update_of_the_wrong_type_is_refused(with_secret: VerdaClient, fake: FakeVerda, update) -> None:
+    created = await with_secret.create_deployment(valid_body())
+    for container in update.get("containers", []):
+        container.update({**created["containers"][0], **container, "image": "ghcr.io/acme/worker:1.0.0"})
+    before = copy.deepcopy(fake.deployments[NAME].body)
+    with pytest.raises(VerdaAPIError) as caught:
+        await with_secret.update_deployment(NAME, update)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_request")
+    assert fake.deployments[NAME].body == before
 
 
 async def test_a_deployment_read_has_no_scaling_and_image_objects(with_secret: VerdaClient) -> None:
