@@ -60,7 +60,10 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
             raise
-        host, port = self._runner.addresses[0][:2]
+        address = self._runner.addresses[0]
+        host, port = address[:2]
+        if len(address) == 4 and address[3]:  # a link-local IPv6 address is reached through its interface only
+            host = f"{host}%{address[3]}"
         log.info("health.started", host=self._host, port=port)
         if self._port_file is not None:
             try:

@@ -4,6 +4,7 @@ server that bound the port the OS picked (HEALTH_PORT=0, what the demo uses). No
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -124,11 +125,22 @@ def this_machines_address() -> str | None:
 def can_bind(host: str) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, 0))
+        try:  # through getaddrinfo, as the server binds: a link-local address's interface becomes its scope id
+            sock.bind(socket.getaddrinfo(host, 0, family, socket.SOCK_STREAM)[0][4])
         except OSError:
             return False
     return True
+
+
+def link_local_address() -> str | None:
+    """An IPv6 link-local address of this machine with its interface (``fe80::1%eth0``), if it has one it can bind."""
+    with contextlib.suppress(OSError), open("/proc/net/if_inet6") as table:
+        for line in table:
+            digits, *_, interface = line.split()
+            address = ipaddress.IPv6Address(int(digits, 16))
+            if address.is_link_local and can_bind(f"{address}%{interface}"):
+                return f"{address}%{interface}"
+    return None
 
 
 SINGLE_ADDRESSES = [
@@ -136,6 +148,9 @@ SINGLE_ADDRESSES = [
                  marks=pytest.mark.skipif(this_machines_address() is None, reason="no non-loopback address")),
     pytest.param("127.0.0.2", id="another-loopback-address"),
     pytest.param("::1", id="ipv6-loopback", marks=pytest.mark.skipif(not can_bind("::1"), reason="no IPv6")),
+    # The port file named the address without its interface: "URLError: … [Errno 22] Invalid argument".
+    pytest.param(link_local_address() or "", id="ipv6-link-local",
+                 marks=pytest.mark.skipif(link_local_address() is None, reason="no IPv6 link-local address")),
 ]  # fmt: skip
 
 
