@@ -11,7 +11,9 @@ import math
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from pydantic import Field
@@ -32,7 +34,7 @@ from common.settings import (
 )
 from queue_manager.models import QueueMode
 from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
-from queue_manager.participants import ParticipantsFileError, add_participant
+from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
 from queue_manager.server import (
     DEFAULT_FINISHED_JOB_RETENTION_S,
     DEFAULT_LEASE_TIMEOUT_S,
@@ -44,9 +46,11 @@ from queue_manager.server import (
 )
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 PARTICIPANTS_FILE_ENV = "QUEUE_MANAGER_PARTICIPANTS_FILE"
 ADD_PARTICIPANT = "add-participant"
+REMOVE_PARTICIPANT = "remove-participant"
 
 
 class QueueManagerEnv(LogSettings):
@@ -215,13 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_add_participant_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"comfy-serverless queue {ADD_PARTICIPANT}",
-        description="Give a participant a new token: print it once, keep only its hash in the participants file "
-        "(created 0600 if missing). Run again for the same user_id to replace their token; the old one stops "
-        "working at once, the running queue manager need not restart.",
-    )
+def _participant_parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"comfy-serverless queue {command}", description=description)
     parser.add_argument("user_id", help="the participant's user_id: 1 to 100 letters, digits, '_' or '-'")
     parser.add_argument(
         "--participants-file",
@@ -233,6 +232,24 @@ def build_add_participant_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_add_participant_parser() -> argparse.ArgumentParser:
+    return _participant_parser(
+        ADD_PARTICIPANT,
+        "Give a participant a new token: print it once, keep only its hash in the participants file (created 0600 "
+        "if missing). Run again for the same user_id to replace their token; the old one stops working at once, the "
+        "running queue manager need not restart.",
+    )
+
+
+def build_remove_participant_parser() -> argparse.ArgumentParser:
+    return _participant_parser(
+        REMOVE_PARTICIPANT,
+        "Take a participant's token away: remove their line from the participants file; the token stops working at "
+        "once, the running queue manager need not restart. Their jobs are left as they are (cancel them with "
+        "DELETE /api/jobs/ID). Exits 1 when they have no line.",
+    )
+
+
 def _environment() -> QueueManagerEnv | None:
     """The settings from the environment; None, the error naming the variable on stderr, when one is wrong."""
     try:
@@ -242,32 +259,49 @@ def _environment() -> QueueManagerEnv | None:
         return None
 
 
-def add_participant_main(argv: list[str]) -> int:
-    args = build_add_participant_parser().parse_args(argv)
+def _change_participants(
+    parser: argparse.ArgumentParser, argv: list[str], change: Callable[[Path, str], T]
+) -> tuple[str, Path, T]:
+    """(user_id, file, what `change` returned) for the participants file and user_id argv names. Exits 2, saying
+    why on stderr, on a usage error or a file that cannot be used; 1 when the file cannot be written."""
+    args = parser.parse_args(argv)
     if (env := _environment()) is None:
-        return 2
+        raise SystemExit(2)
     path = args.participants_file or env.participants_file
     if path is None:
         print(f"name the participants file: --participants-file PATH or {PARTICIPANTS_FILE_ENV}", file=sys.stderr)
-        return 2
+        raise SystemExit(2)
     try:
-        token = add_participant(path, args.user_id)
+        return args.user_id, path, change(path, args.user_id)
     except (ValueError, ParticipantsFileError) as exc:
         print(exc, file=sys.stderr)
-        return 2
+        raise SystemExit(2) from None
     except OSError as exc:
         print(f"participants file {path}: cannot be written: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        raise SystemExit(1) from None
+
+
+def add_participant_main(argv: list[str]) -> int:
+    user_id, path, token = _change_participants(build_add_participant_parser(), argv, add_participant)
     try:
         if sys.stdout is None:  # closed (`>&-`): print() would drop the token and say nothing
             raise OSError("standard output is closed")
         print(token, flush=True)
     except OSError as exc:  # a full disk, a closed pipe: the token is lost, never shown (nor logged)
-        print(f"{args.user_id}'s new token could not be printed ({exc.strerror or exc}): {path} holds its hash, "
+        print(f"{user_id}'s new token could not be printed ({exc.strerror or exc}): {path} holds its hash, "
               "so any token they had no longer works; run this again with a working standard output",
               file=sys.stderr)
         return 1
-    print(f"{args.user_id}'s token (above) is shown once; {path} keeps only its hash", file=sys.stderr)
+    print(f"{user_id}'s token (above) is shown once; {path} keeps only its hash", file=sys.stderr)
+    return 0
+
+
+def remove_participant_main(argv: list[str]) -> int:
+    user_id, path, removed = _change_participants(build_remove_participant_parser(), argv, remove_participant)
+    if not removed:
+        print(f"{user_id} has no line in participants file {path}: nothing changed", file=sys.stderr)
+        return 1
+    print(f"{user_id} removed from {path}: their token no longer works (their jobs are left as they are)")
     return 0
 
 
@@ -290,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [ADD_PARTICIPANT]:
         return add_participant_main(argv[1:])
+    if argv[:1] == [REMOVE_PARTICIPANT]:
+        return remove_participant_main(argv[1:])
     args = build_parser().parse_args(argv)
     if (env := _environment()) is None:
         return 2

@@ -13,8 +13,10 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -26,6 +28,8 @@ HASH_PREFIX = "sha256:"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 # About 80 bytes a participant: room for tens of thousands, and a bound on what the server reads.
 MAX_FILE_BYTES = 4 * 2**20
+
+T = TypeVar("T")
 
 
 class ParticipantsFileError(Exception):
@@ -166,20 +170,37 @@ class ParticipantsFile:
 
 def add_participant(path: Path, user_id: str) -> str:
     """Give `user_id` a new token: their line in the file (added, or replacing the one they had) holds its hash.
-    The file is replaced whole (a temporary file renamed onto it), so a server reading it never sees half of it;
-    runs at once take turns (a lock on its folder), so none loses another's line. Returns the token, which is kept
-    nowhere."""
+    Returns the token, which is kept nowhere."""
+    return _change(path, user_id, _add_line)
+
+
+def remove_participant(path: Path, user_id: str) -> bool:
+    """Take `user_id`'s line out of the file: their token stops working at the server's next look. False, the file
+    untouched, when they have no line."""
+    return _change(path, user_id, _remove_line)
+
+
+def _change(path: Path, user_id: str, change: Callable[[Path, str], T]) -> T:
+    """`change(path, user_id)` under a lock on the file's folder, so runs at once take turns and none loses
+    another's line. Changes replace the file whole (`_replace`), so a server reading it never sees half of it."""
     if not USER_ID_PATTERN.fullmatch(user_id):
         raise ValueError(f"{user_id!r} cannot be a user_id: 1 to 100 letters, digits, '_' or '-'")
     # A symbolic link's file is the one to change: renamed onto the link, the new file replaced the link and the
-    # file it names (the one a server may read) never had the line.
+    # file it names (the one a server may read) never had the change.
     path = Path(os.path.realpath(path))
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ParticipantsFileError(path, None, f"its folder cannot be opened: {exc.strerror or exc}") from None
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        return _add_line(path, user_id)
+        return change(path, user_id)
     finally:
         os.close(folder)  # and the lock with it
+
+
+def _user_of(line: str) -> str | None:
+    return entry[0] if (entry := parse_line(line)) is not None else None
 
 
 def _add_line(path: Path, user_id: str) -> str:
@@ -189,7 +210,7 @@ def _add_line(path: Path, user_id: str) -> str:
     line = f"{user_id} {token_hash(token)}\n"
     kept, replaced = [], False
     for existing in text.splitlines(keepends=True):
-        if (entry := parse_line(existing)) is not None and entry[0] == user_id:
+        if _user_of(existing) == user_id:
             kept.append(line)
             replaced = True
         else:
@@ -198,6 +219,17 @@ def _add_line(path: Path, user_id: str) -> str:
         kept.append(line)
     _replace(path, "".join(kept))
     return token
+
+
+def _remove_line(path: Path, user_id: str) -> bool:
+    text = read_text(path)  # a missing file is refused, never created
+    parse(path, text)
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if _user_of(line) != user_id]
+    if len(kept) == len(lines):
+        return False
+    _replace(path, "".join(kept))
+    return True
 
 
 def _replace(path: Path, text: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from demo.cli import demo_parser
-from queue_manager.__main__ import build_add_participant_parser
+from queue_manager.__main__ import build_add_participant_parser, build_remove_participant_parser
 from queue_manager.__main__ import build_parser as queue_parser
 from scaler.cli import _parser as scaler_parser
 from scaler.deploy.command import parse_args as deploy_parse_args
@@ -39,6 +39,8 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "python -m scaler.simulator": lambda argv: simulate_parser().parse_args(argv),
     "comfy-serverless queue add-participant": lambda argv: build_add_participant_parser().parse_args(argv),
     "python -m queue_manager add-participant": lambda argv: build_add_participant_parser().parse_args(argv),
+    "comfy-serverless queue remove-participant": lambda argv: build_remove_participant_parser().parse_args(argv),
+    "python -m queue_manager remove-participant": lambda argv: build_remove_participant_parser().parse_args(argv),
     "comfy-serverless queue": lambda argv: queue_parser().parse_args(argv),
     "python -m queue_manager": lambda argv: queue_parser().parse_args(argv),
     "comfy-serverless demo": lambda argv: demo_parser().parse_args(argv),

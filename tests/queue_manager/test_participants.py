@@ -25,6 +25,7 @@ from queue_manager.participants import (
     ParticipantsFileError,
     add_participant,
     read_participants,
+    remove_participant,
     token_hash,
 )
 
@@ -257,6 +258,8 @@ def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     assert read_participants(path).user_by_hash == {ZEROS: "alice"}
     bob = add_participant(path, "bob")
     assert read_participants(path).holder(bob) == "bob"
+    assert remove_participant(path, "alice")
+    assert read_participants(path).user_by_hash == {token_hash(bob): "bob"}
 
 
 def test_a_file_larger_than_any_participants_file_is_refused_unread(tmp_path: Path) -> None:
@@ -297,18 +300,18 @@ async def test_the_cli_refuses_a_participants_file_without_the_operators_token(t
 
 async def test_a_fifo_as_participants_file_is_refused_not_waited_on(tmp_path: Path) -> None:
     """Before: the server's start, and add-participant, blocked opening a FIFO named as the participants file (no
-    writer) for good; SIGTERM could not end them. Now both exit 2 naming it, and add-participant leaves it be."""
+    writer) for good; SIGTERM could not end them. Now they exit 2 naming it, and add- and remove-participant leave
+    it be."""
     fifo = tmp_path / "participants"
     os.mkfifo(fifo)
     served = await run_module_to_exit(
         "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--participants-file", str(fifo),
         env=clean_env(QUEUE_MANAGER_TOKEN=OPERATOR), cwd=REPO, timeout_s=20,
     )  # fmt: skip
-    added = await run_module_to_exit(
-        "queue_manager", "add-participant", "alice", "--participants-file", str(fifo),
-        env=clean_env(), cwd=REPO, timeout_s=20,
-    )  # fmt: skip
-    for code, err in (served, added):
+    changed = [await run_module_to_exit(
+        "queue_manager", command, "alice", "--participants-file", str(fifo), env=clean_env(), cwd=REPO, timeout_s=20,
+    ) for command in ("add-participant", "remove-participant")]  # fmt: skip
+    for code, err in (served, *changed):
         assert code == 2, err
         assert f"participants file {fifo}: is not a regular file" in err
     assert stat.S_ISFIFO(fifo.stat().st_mode)
@@ -380,11 +383,12 @@ def test_add_participant_whose_token_cannot_be_printed_exits_1_saying_so(tmp_pat
     assert line.split()[1] not in err
 
 
-async def test_add_participant_never_writes_over_a_broken_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["add-participant", "remove-participant"])
+async def test_add_or_remove_participant_never_writes_over_a_broken_file(tmp_path: Path, command: str) -> None:
     path = tmp_path / "participants"
     path.write_text("alice\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "queue_manager", "add-participant", "bob", "--participants-file", str(path), cwd=REPO,
+        sys.executable, "-m", "queue_manager", command, "alice", "--participants-file", str(path), cwd=REPO,
         env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(20):
@@ -422,3 +426,82 @@ def test_add_participant_run_many_at_once_loses_nobody(tmp_path: Path) -> None:
     assert len(listed) == len(users)
     for user, token in tokens.items():
         assert listed.holder(token) == user
+
+
+async def remove_by_cli(path: Path, user_id: str) -> tuple[int | None, str, str]:
+    """remove-participant's exit code, standard output and standard error."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "queue_manager", "remove-participant", user_id, "--participants-file", str(path),
+        cwd=REPO, env=clean_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(20):
+        out, err = await process.communicate()
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_remove_participant_closes_their_token_on_the_running_server_at_once(
+    queue: QueueManagerServer, client: httpx.AsyncClient, participants_file: Path, tokens: dict[str, str]
+) -> None:
+    """Before: taking a participant's access away meant editing the file by hand."""
+    alices = queue.store.submit("alice", WORKFLOW)
+    with capture_logs() as logs:
+        code, out, err = await remove_by_cli(participants_file, "alice")
+        answers = [(await client.get("/api/jobs", headers=bearer(tokens[user]))).status_code
+                   for user in ("alice", "bob")]
+    assert (code, err) == (0, "")
+    assert out == f"alice removed from {participants_file}: their token no longer works (their jobs are left as " \
+                  "they are)\n"
+    assert answers == [401, 200]
+    assert [line["participants"] for line in logs if line["event"] == "participants_file_reloaded"] == [1]
+    assert [line.split()[0] for line in participants_file.read_text().splitlines()] == ["bob"]
+    assert stat.S_IMODE(participants_file.stat().st_mode) == 0o600
+    assert queue.store.get(alices.id).status is JobStatus.PENDING, "their jobs are left as they are"
+
+
+async def test_removing_a_user_without_a_line_exits_1_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "participants"
+    path.write_bytes(f"\ufeff# workshop\r\nalice {ZEROS}".encode())
+    before = path.stat()
+    code, out, err = await remove_by_cli(path, "bob")
+    assert (code, out) == (1, "")
+    assert err == f"bob has no line in participants file {path}: nothing changed\n"
+    assert path.read_bytes() == f"\ufeff# workshop\r\nalice {ZEROS}".encode()
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "not rewritten"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["al/ice", "--participants-file", "{path}"], {}, "'al/ice' cannot be a user_id"),
+        (["alice"], {}, "name the participants file: --participants-file PATH or QUEUE_MANAGER_PARTICIPANTS_FILE"),
+        (["alice"], {"QUEUE_MANAGER_PARTICIPANTS_FILE": "{path}.missing"}, "{path}.missing: cannot be read: No such"),
+        (["alice", "--participants-file", "{path}/x"], {}, "{path}/x: its folder cannot be opened: Not a directory"),
+    ],
+    ids=["bad-user-id", "no-file", "missing-file", "no-folder"],
+)
+async def test_remove_participant_usage_errors_exit_2_saying_which(
+    tmp_path: Path, args: list[str], env: dict[str, str], says: str
+) -> None:
+    path = tmp_path / "participants"
+    add_participant(path, "alice")
+    before = path.read_bytes()
+    code, err = await run_module_to_exit(
+        "queue_manager", "remove-participant", *(arg.format(path=path) for arg in args),
+        env=clean_env(**{name: value.format(path=path) for name, value in env.items()}), cwd=REPO, timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert "Traceback" not in err and says.format(path=path) in err
+    assert path.read_bytes() == before
+
+
+def test_remove_participant_through_a_symbolic_link_changes_the_file_it_names(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "participants"
+    bob = add_participant(target, "bob")
+    add_participant(target, "alice")
+    link = tmp_path / "participants"
+    link.symlink_to(target)
+    assert remove_participant(link, "alice")
+    assert link.is_symlink() and link.resolve() == target
+    assert read_participants(target).user_by_hash == {token_hash(bob): "bob"}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
