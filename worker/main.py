@@ -57,7 +57,7 @@ from worker.outputs import (
     OutputLimits,
     OutputsDiskFailed,
 )
-from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_error, stored_reason
+from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_reason
 from worker.reports import Report, Reporter
 from worker.state import Phase, WorkerState
 
@@ -588,12 +588,11 @@ class Worker:
         except (TimeoutError, httpx.HTTPError, ReportRejected, ValueError):
             return "refused"
         if landed == "failed":
-            error = stored_error(report.error or "") if report.handback is None else stored_reason(report.handback)
-            log.warning(f"Job {report.job_id} failed", error=error,
+            log.warning(f"Job {report.job_id} failed", error=report.stored_text,
                         note="an earlier try of the report had landed")
         elif landed == "handed_back":
-            log.info(f"Job {report.job_id} handed back", reason=stored_reason(report.handback or ""),
-                     cause=report.cause.value, note="an earlier try of the report had landed")
+            log.info(f"Job {report.job_id} handed back", reason=report.stored_text, cause=report.cause.value,
+                     note="an earlier try of the report had landed")
         return landed or "refused"
 
     def _lose_lease(self, why: str) -> None:

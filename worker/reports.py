@@ -55,6 +55,13 @@ class Report:
     def kind(self) -> str:
         return "completed" if self.completed else "handed_back" if self.handback is not None else "failed"
 
+    @property
+    def stored_text(self) -> str | None:
+        """The hand-back reason or failure message as the queue manager stores it, which log lines quote."""
+        if self.handback is not None:
+            return stored_reason(self.handback)
+        return stored_error(self.error) if self.error is not None else None
+
 
 class Reporter:
     """Sends each job's report at most once, and logs why when it cannot reach the queue manager."""
@@ -119,8 +126,7 @@ class Reporter:
                 f"Report could not be delivered within {why}; the queue manager hands the job back when its lease "
                 "runs out (comfy-multi's fails it at its job timeout)",
                 outcome=kind, error=f"{type(exc).__name__}: {exc}",
-                job_error=(stored_error(report.error) if report.error is not None
-                           else report.handback and stored_reason(report.handback)),
+                job_error=report.stored_text,
             )
             return "undelivered"
         finally:
