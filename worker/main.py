@@ -56,6 +56,7 @@ from worker.outputs import (
     OutputDeliveryError,
     OutputLimits,
     OutputsDiskFailed,
+    OutputsFolderRefused,
 )
 from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_reason
 from worker.reports import Report, Reporter
@@ -710,6 +711,9 @@ class Worker:
             reason = (f"Output delivery failed on worker {self.settings.worker_id}: the outputs disk (OUTPUTS_PATH "
                       f"{self.delivery.outputs_root}) refused a write: {exc}")
             self.state.mark_fatal(reason)  # every job would fail here the same way: let the platform replace us
+            return Report(job.id, job.attempt, handback=reason, job=job)
+        except OutputsFolderRefused as exc:  # of some users' folders only, maybe: the worker goes on
+            reason = f"Output delivery failed on worker {self.settings.worker_id}: {exc}"
             return Report(job.id, job.attempt, handback=reason, job=job)
         except OutputDeliveryError as exc:
             return Report(job.id, job.attempt, error=f"Output delivery failed: {exc}")

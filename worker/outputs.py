@@ -85,6 +85,11 @@ class OutputsDiskFailed(OutputDeliveryError):
     """Not the job's fault: the disk under OUTPUTS_PATH refused the write (full, over quota, read-only, failing)."""
 
 
+class OutputsFolderRefused(OutputDeliveryError):
+    """Not the job's fault: a folder under OUTPUTS_PATH refused this worker (EACCES, EPERM), one of another uid on
+    a shared volume, say. Only some jobs' folders may be so: the worker goes on."""
+
+
 class OutputsTooLarge(OutputDeliveryError):
     """The job's own fault: its outputs are more files or more bytes than MAX_JOB_OUTPUT_FILES/_MB allow."""
 
@@ -565,12 +570,26 @@ def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
         problem = f"could not move the delivered files into {job_dir}: {type(exc).__name__}: {exc}"
         if exc.errno in OUR_DISK_ERRORS:
             raise OutputsDiskFailed(problem) from exc
+        if isinstance(exc, PermissionError):
+            raise OutputsFolderRefused(f"{problem}; {_ownership(job_dir.parent)}") from exc
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             problem = f"{job_dir} already holds files of another delivery of the same job and attempt"
         if exc.errno == errno.EXDEV:
             problem = (f"{job_dir.parent} is on another file system than {staging.parent}, so the delivery cannot "
                        "be renamed into place: mount OUTPUTS_PATH as one volume, with nothing mounted inside it")
         raise OutputDeliveryError(problem) from exc
+
+
+def _ownership(folder: Path) -> str:
+    """Who owns the nearest existing folder of ``folder``, and who this worker is: what a refusal comes down to."""
+    for existing in (folder, *folder.parents):
+        try:
+            info = existing.stat()
+        except OSError:
+            continue
+        return (f"{existing} belongs to uid {info.st_uid} gid {info.st_gid} with mode {stat.filemode(info.st_mode)}; "
+                f"this worker runs as uid {os.geteuid()} gid {os.getegid()}")
+    return f"this worker runs as uid {os.geteuid()} gid {os.getegid()}"
 
 
 # The queue manager's retention removes a user's folder once its last old job's folder is gone: between our

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
@@ -611,3 +612,43 @@ async def test_a_preview_named_through_a_symbolic_link_loop_does_not_crash_the_w
     worker = make_worker(comfyui_output_dir=comfy.output_dir, comfyui_temp_dir=comfy.temp_dir)
     assert await worker.run() == 0
     assert [qm.store.get(job.id).status for job in jobs] == ["completed", "completed"]
+
+
+@pytest.fixture
+def immutable_folder(tmp_path: Path):
+    """A folder the kernel refuses to add an entry to, even for root (EPERM): what a folder of another uid
+    on a shared volume is to the container's uid 10001 (EACCES)."""
+    folders: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make a folder immutable here: {made.stderr.decode().strip()}")
+        folders.append(folder)
+        return folder
+
+    yield make
+    for folder in folders:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+async def test_a_user_folder_that_refuses_the_worker_hands_the_job_back_naming_it_and_the_worker_goes_on(
+    qm, comfy, make_worker, workflows, tmp_path: Path, immutable_folder
+):
+    """Before: the rename that publishes the delivery into OUTPUTS_PATH/<user> failed with EPERM/EACCES and the
+    job failed for good ('could not move the delivered files … Permission denied'), though the volume's
+    permissions are ours, not the job's."""
+    refusing = immutable_folder(tmp_path / "outputs" / "alice")
+    job = qm.store.submit("alice", workflows["quick"])
+    other = qm.store.submit("bob", workflows["quick"])
+    worker = make_worker(serverless_max_idle_polls=2)
+    assert await worker.run() == 0
+    [report] = qm.reports.landed(job.id)
+    error = report.body["error"]
+    assert error.startswith("Handed back: Output delivery failed on worker test-worker: could not move"), error
+    assert f"{refusing} belongs to uid {os.geteuid()}" in error and "this worker runs as uid" in error
+    copies = [j for j in qm.store.list() if j.metadata.get("requeued_from") == job.id]
+    assert [copy.metadata["attempt"] for copy in copies] == [2]
+    assert qm.store.get(other.id).status == "completed", "one user's folder does not stop the worker"
+    assert worker.state.fatal_reason is None
