@@ -950,17 +950,14 @@ async def test_a_socket_comfyui_forgot_is_replaced_once_a_prompt_ended_unheard(q
     assert comfy.ws_connections[client_id] == 3, "the worker, the other socket, the worker again"
 
 
-async def test_an_oversized_websocket_message_drops_the_socket_not_the_job(
-    qm, comfy, make_worker, workflows, monkeypatch
-):
-    import worker.comfyui
+async def test_an_oversized_websocket_message_drops_the_socket_not_the_job(qm, comfy, make_worker, workflows):
+    from worker.comfyui import MAX_COMFYUI_MESSAGE_BYTES
 
-    monkeypatch.setattr(worker.comfyui, "MAX_COMFYUI_MESSAGE_BYTES", 64 << 10)
     job = qm.store.submit("alice", workflows["slow"])
     running = make_worker()
     run = asyncio.create_task(running.run())
     await wait_for(lambda: comfy.prompts_received)
-    comfy.send_sync("custom_node_dump", {"blob": "x" * (1 << 20)})
+    comfy.send_sync("custom_node_dump", {"blob": "x" * MAX_COMFYUI_MESSAGE_BYTES})
     assert await run == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
@@ -1077,18 +1074,17 @@ async def test_an_unexpected_error_hands_the_job_back_and_the_worker_goes_on(qm,
 
 
 async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_piling_up_in_memory(
-    qm, comfy, make_worker, workflows, monkeypatch
+    qm, comfy, make_worker, workflows
 ):
     """A custom node may send any number of `executed` events for the running prompt, each naming another node;
     the worker kept every one's output until the prompt ended (a fallback for a missing history entry)."""
-    import worker.execution
+    from worker.comfyui import MAX_COMFYUI_MESSAGE_BYTES
 
-    monkeypatch.setattr(worker.execution, "MAX_COMFYUI_MESSAGE_BYTES", 64 << 10, raising=False)
     save = comfy.catalogue["SaveImage"]
 
     def chatty(inputs, env):
-        for index in range(40):  # 40 x 4 KiB: more than the 64 KiB the worker may hold
-            output = {"text": ["x" * 4096]}
+        for index in range(9):  # 9 x 4 MiB: more than the 32 MiB the worker may hold, each under the socket's bound
+            output = {"text": ["x" * (MAX_COMFYUI_MESSAGE_BYTES // 8)]}
             event = {"node": f"spoof-{index}", "output": output, "prompt_id": comfy.running_prompt_id}
             comfy.send_sync("executed", event)
         return save.run(inputs, env)
@@ -1098,7 +1094,7 @@ async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_pi
     assert await make_worker().run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job", report.body
-    assert "ComfyUI's `executed` events of the prompt are larger than 0.0625 MiB" in report.body["error"]
+    assert "ComfyUI's `executed` events of the prompt are larger than 32 MiB" in report.body["error"]
     assert "so the workflow made it that large" in report.body["error"]
 
 
