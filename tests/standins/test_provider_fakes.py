@@ -1,0 +1,35 @@
+"""The fake provider APIs answer any body a client may send with the API's own error, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from standins.runpod import DEFAULT_API_KEY, FakeRunPod
+from standins.verda import FakeVerda
+
+UNREADABLE_BODIES = [b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000]  # not UTF-8; nested past json's recursion
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+@pytest.mark.parametrize("body", UNREADABLE_BODIES)
+async def test_runpod_answers_an_unreadable_body_with_its_400(body: bytes, http: aiohttp.ClientSession) -> None:
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}", "Content-Type": "application/json"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", data=body, headers=headers) as answer:
+        assert answer.status == 400
+        assert (await answer.json(content_type=None))["detail"] == "request body is not valid JSON"
+
+
+@pytest.mark.parametrize("body", UNREADABLE_BODIES)
+async def test_verda_answers_an_unreadable_body_with_its_400(body: bytes, http: aiohttp.ClientSession) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with FakeVerda() as fake, http.post(f"{fake.url}/oauth2/token", data=body, headers=headers) as answer:
+        assert answer.status == 400
+        assert (await answer.json())["code"] == "invalid_request"
