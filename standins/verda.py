@@ -358,7 +358,7 @@ class FakeVerda(FakeApi):
             return self._issue_tokens()
         if grant == "refresh_token":
             token = body.get("refresh_token")
-            if token not in self._refresh_tokens:
+            if not isinstance(token, str) or token not in self._refresh_tokens:
                 raise ApiError(400, "invalid_request", "Invalid refresh token")
             self._refresh_tokens.discard(token)
             return self._issue_tokens()

@@ -33,3 +33,13 @@ async def test_verda_answers_an_unreadable_body_with_its_400(body: bytes, http: 
     async with FakeVerda() as fake, http.post(f"{fake.url}/oauth2/token", data=body, headers=headers) as answer:
         assert answer.status == 400
         assert (await answer.json())["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("refresh_token", [[], {}, None, 7])
+async def test_verda_refuses_a_refresh_token_that_is_no_string_with_its_400(
+    refresh_token: object, http: aiohttp.ClientSession
+) -> None:
+    body = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    async with FakeVerda() as fake, http.post(f"{fake.url}/oauth2/token", json=body) as answer:
+        assert answer.status == 400
+        assert await answer.json() == {"code": "invalid_request", "message": "Invalid refresh token"}
