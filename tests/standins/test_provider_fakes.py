@@ -69,3 +69,16 @@ async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its
             assert (await answer.json())["code"] == "invalid_request"
         async with http.delete(url, params={"timeout": "1000"}, headers=headers) as answer:
             assert answer.status == 204
+
+
+@pytest.mark.parametrize(
+    "gpu", [{"minCudaVersion": "12.8\n"}, {"allowedCudaVersions": ["12.8\n"]}, {"minCudaVersion": "١٢.٨"}]
+)
+async def test_runpod_refuses_a_cuda_version_its_schema_pattern_refuses(gpu: dict, http: aiohttp.ClientSession) -> None:
+    # CreateGpuConfig: pattern ^\d+\.\d+$, an ECMA-262 regex: \d is 0-9 and $ is the end of the string.
+    body = {"name": "worker", "image": "ghcr.io/org/worker:1.0.0", "gpu": {"id": "NVIDIA L40S", **gpu}}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", json=body, headers=headers) as answer:
+        assert answer.status == 422
+        assert any(error.startswith("/gpu/") for error in (await answer.json(content_type=None))["errors"])
+        assert fake.pods == {}
