@@ -708,9 +708,9 @@ class ComfyUISimulator:
         self.ws_connections[sid] += 1
         log.info("comfyui_sim.ws_connected", sid=sid)
         try:
-            await ws.send_json({"type": "status", "data": {"status": self._queue_info(), "sid": sid}})
+            await _send_catching(ws.send_json, {"type": "status", "data": {"status": self._queue_info(), "sid": sid}})
             if self._state.client_id == sid and self._state.last_node_id is not None:
-                await ws.send_json({"type": "executing", "data": {"node": self._state.last_node_id}})
+                await _send_catching(ws.send_json, {"type": "executing", "data": {"node": self._state.last_node_id}})
             first = True
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
@@ -724,14 +724,16 @@ class ComfyUISimulator:
 
     async def _client_message(self, ws: web.WebSocketResponse, text: str, first: bool) -> bool:
         """ComfyUI answers a first message of type feature_flags with its own; text it cannot read (not JSON, not an
-        object) is logged and the socket stays open. Whether the next message still counts as the first."""
+        object, an integer of over 4300 digits, nesting deeper than Python's recursion limit) is logged and the
+        socket stays open. Whether the next message still counts as the first."""
         try:
-            if first and json.loads(text).get("type") == "feature_flags":
-                await ws.send_json({"type": "feature_flags", "data": copy.deepcopy(self.feature_flags)})
+            data = json.loads(text)
+            if first and data.get("type") == "feature_flags":
+                await _send_catching(ws.send_json, {"type": "feature_flags", "data": copy.deepcopy(self.feature_flags)})
         except json.JSONDecodeError:
             log.warning("Invalid JSON received from client")
             return first
-        except AttributeError as error:
+        except Exception as error:  # as ComfyUI's websocket_handler: logged, the socket stays open
             log.error(f"Error processing WebSocket message: {error}")
             return first
         return False
@@ -748,13 +750,10 @@ class ComfyUISimulator:
             else:
                 targets = [self._sockets[sid][0]] if sid in self._sockets else []
             for ws in targets:
-                try:
-                    if isinstance(event, int):
-                        await ws.send_bytes(struct.pack(">I", event) + data)
-                    else:
-                        await ws.send_json({"type": event, "data": data})
-                except (ConnectionError, aiohttp.ClientError):
-                    pass
+                if isinstance(event, int):
+                    await _send_catching(ws.send_bytes, struct.pack(">I", event) + data)
+                else:
+                    await _send_catching(ws.send_json, {"type": event, "data": data})
 
     # --- execution ---------------------------------------------------------------------------
 
@@ -980,6 +979,14 @@ class ComfyUISimulator:
         # ComfyUI's classic cache keeps only what the latest prompt used.
         used = set(run.signatures.values())
         self._state.cache = {k: v for k, v in self._state.cache.items() if k in used}
+
+
+async def _send_catching(send: Any, message: Any) -> None:
+    """ComfyUI's send_socket_catch_exception: a client gone mid-send is a warning, and the handler goes on."""
+    try:
+        await send(message)
+    except (ConnectionError, aiohttp.ClientError) as error:
+        log.warning(f"send error: {error}")
 
 
 # --- command line --------------------------------------------------------------------------

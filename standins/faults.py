@@ -3,6 +3,7 @@ injects."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -19,10 +20,14 @@ class RecordedRequest:
 
 
 async def record(request: web.Request, path: str) -> RecordedRequest:
+    """A body that is not UTF-8 or nests deeper than Python's json can read is not JSON either, not a 500."""
+    if not request.can_read_body:
+        return RecordedRequest(request.method, path, None)
+    raw = await request.read()
     try:
-        body = await request.json() if request.can_read_body else None
-    except ValueError:
-        body = await request.text()
+        body = json.loads(raw.decode())
+    except (ValueError, RecursionError):
+        body = raw.decode(errors="replace")
     return RecordedRequest(request.method, path, body)
 
 

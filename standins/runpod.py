@@ -33,7 +33,7 @@ API_PREFIX = "/v2"
 PROXY_PREFIX = "/proxy"
 DEFAULT_API_KEY = "rpa_fake_key"  # the fake's well-known test credential
 PORT_RULE = re.compile(r"^[0-9]{1,5}/(http|tcp|udp)$")
-CUDA_RULE = re.compile(r"^\d+\.\d+$")
+CUDA_RULE = re.compile(r"[0-9]+\.[0-9]+")  # the schema's ^\d+\.\d+$ in ECMA-262: ASCII digits, no trailing newline
 SECRET_REFERENCE = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_.-]+)\s*\}\}")
 CREATE_FIELDS = {
     "name",
@@ -602,10 +602,10 @@ def _gpu_errors(gpu: Any) -> list[str]:
         if key in gpu and not (_is_int(gpu[key]) and gpu[key] >= 1):
             errors.append(f"/gpu/{key}: expected integer >= 1")
     versions = gpu.get("allowedCudaVersions", [])
-    if not (isinstance(versions, list) and all(isinstance(v, str) and CUDA_RULE.match(v) for v in versions)):
+    if not (isinstance(versions, list) and all(isinstance(v, str) and CUDA_RULE.fullmatch(v) for v in versions)):
         errors.append("/gpu/allowedCudaVersions: expected major.minor strings")
     floor = gpu.get("minCudaVersion", "0.0")
-    if not (isinstance(floor, str) and CUDA_RULE.match(floor)):
+    if not (isinstance(floor, str) and CUDA_RULE.fullmatch(floor)):
         errors.append("/gpu/minCudaVersion: expected major.minor")
     return errors
 

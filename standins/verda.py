@@ -358,7 +358,7 @@ class FakeVerda(FakeApi):
             return self._issue_tokens()
         if grant == "refresh_token":
             token = body.get("refresh_token")
-            if token not in self._refresh_tokens:
+            if not isinstance(token, str) or token not in self._refresh_tokens:
                 raise ApiError(400, "invalid_request", "Invalid refresh token")
             self._refresh_tokens.discard(token)
             return self._issue_tokens()
@@ -490,7 +490,10 @@ class FakeVerda(FakeApi):
         """Starts the deletion: the deployment stays readable for `delete_reads` more reads, then it is 404."""
         deployment = self._deployment(request)
         timeout = request.query.get("timeout", "60000")
-        _require(timeout.isdigit() and int(timeout) <= DELETE_TIMEOUT_MAX_MS, "timeout must be 0-300000 (ms)")
+        _require(
+            timeout.isascii() and timeout.isdigit() and int(timeout) <= DELETE_TIMEOUT_MAX_MS,  # not "²", a digit too
+            "timeout must be 0-300000 (ms)",
+        )
         if deployment.reads_until_gone is not None:
             raise ApiError(409, "invalid_request", f"Deployment {deployment.body['name']} is being deleted")
         deployment.reads_until_gone = self.delete_reads

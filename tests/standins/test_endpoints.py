@@ -266,10 +266,11 @@ async def test_feature_flags_answer_is_comfyuis(
 async def test_unreadable_client_text_leaves_the_socket_open(
     sim: ComfyUISimulator, http: aiohttp.ClientSession
 ) -> None:
-    # ComfyUI logs text it cannot read and goes on; such a message does not count as the first one.
+    # ComfyUI logs text it cannot read and goes on; such a message does not count as the first one. Python's
+    # json refuses an integer of over 4300 digits (ValueError) and nesting past its recursion limit (RecursionError).
     async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
         await receive_json(ws)
-        for text in ("not json", "[]"):
+        for text in ("not json", "[]", "1" * 5000, "[" * 100_000 + "]" * 100_000):
             await ws.send_str(text)
         await ws.send_json({"type": "feature_flags", "data": {}})
         assert (await receive_json(ws))["type"] == "feature_flags"

@@ -1,0 +1,84 @@
+"""The fake provider APIs answer any body a client may send with the API's own error, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from standins.runpod import DEFAULT_API_KEY, FakeRunPod
+from standins.verda import FakeVerda
+
+UNREADABLE_BODIES = [b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000]  # not UTF-8; nested past json's recursion
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+@pytest.mark.parametrize("body", UNREADABLE_BODIES)
+async def test_runpod_answers_an_unreadable_body_with_its_400(body: bytes, http: aiohttp.ClientSession) -> None:
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}", "Content-Type": "application/json"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", data=body, headers=headers) as answer:
+        assert answer.status == 400
+        assert (await answer.json(content_type=None))["detail"] == "request body is not valid JSON"
+
+
+@pytest.mark.parametrize("body", UNREADABLE_BODIES)
+async def test_verda_answers_an_unreadable_body_with_its_400(body: bytes, http: aiohttp.ClientSession) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with FakeVerda() as fake, http.post(f"{fake.url}/oauth2/token", data=body, headers=headers) as answer:
+        assert answer.status == 400
+        assert (await answer.json())["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("refresh_token", [[], {}, None, 7])
+async def test_verda_refuses_a_refresh_token_that_is_no_string_with_its_400(
+    refresh_token: object, http: aiohttp.ClientSession
+) -> None:
+    body = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    async with FakeVerda() as fake, http.post(f"{fake.url}/oauth2/token", json=body) as answer:
+        assert answer.status == 400
+        assert await answer.json() == {"code": "invalid_request", "message": "Invalid refresh token"}
+
+
+async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its_400(
+    http: aiohttp.ClientSession,
+) -> None:
+    scaling = {
+        "min_replica_count": 0, "max_replica_count": 1, "scale_down_policy": {"delay_seconds": 300},
+        "scale_up_policy": {"delay_seconds": 0}, "queue_message_ttl_seconds": 300,
+        "concurrent_requests_per_replica": 1, "scaling_triggers": {"queue_load": {"threshold": 1}},
+    }  # fmt: skip
+    deployment = {
+        "name": "worker", "compute": {"name": "H100", "size": 1}, "scaling": scaling,
+        "containers": [{"image": "ghcr.io/org/worker:1.0.0", "exposed_port": 8000}],
+    }  # fmt: skip
+    async with FakeVerda() as fake:
+        credentials = {"grant_type": "client_credentials", "client_id": "test-id", "client_secret": "test-secret"}
+        async with http.post(f"{fake.url}/oauth2/token", json=credentials) as answer:
+            headers = {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+        async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
+            assert answer.status == 201
+        url = f"{fake.url}/container-deployments/worker"
+        async with http.delete(url, params={"timeout": "²"}, headers=headers) as answer:  # str.isdigit says yes
+            assert answer.status == 400
+            assert (await answer.json())["code"] == "invalid_request"
+        async with http.delete(url, params={"timeout": "1000"}, headers=headers) as answer:
+            assert answer.status == 204
+
+
+@pytest.mark.parametrize(
+    "gpu", [{"minCudaVersion": "12.8\n"}, {"allowedCudaVersions": ["12.8\n"]}, {"minCudaVersion": "١٢.٨"}]
+)
+async def test_runpod_refuses_a_cuda_version_its_schema_pattern_refuses(gpu: dict, http: aiohttp.ClientSession) -> None:
+    # CreateGpuConfig: pattern ^\d+\.\d+$, an ECMA-262 regex: \d is 0-9 and $ is the end of the string.
+    body = {"name": "worker", "image": "ghcr.io/org/worker:1.0.0", "gpu": {"id": "NVIDIA L40S", **gpu}}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", json=body, headers=headers) as answer:
+        assert answer.status == 422
+        assert any(error.startswith("/gpu/") for error in (await answer.json(content_type=None))["errors"])
+        assert fake.pods == {}
