@@ -475,11 +475,13 @@ async def _stop_all(settings: ScalerSettings, args: argparse.Namespace) -> int:
     for result in results:
         mark = "stopped" if result.stopped else "NOT STOPPED"
         print(f"{result.provider}: {mark}: {scrub(result.detail)}", file=sys.stdout if result.stopped else sys.stderr)
+    stopped = [r.provider for r in results if r.stopped]  # the retired providers too, each as it went
     failed = [r.provider for r in results if not r.stopped]
-    log.warning("kill_switch_engaged", providers=names, not_stopped=failed)
     if failed:
+        log.error("kill_switch_incomplete", stopped=stopped, not_stopped=failed)
         print(f"stop --all: could not stop {', '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED
+    log.warning("kill_switch_engaged", stopped=stopped)
     print("every provider pinned to 0 and paused; nothing is running. Undo with: comfy-scaler resume")
     return EXIT_OK
 

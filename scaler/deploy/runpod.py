@@ -65,6 +65,9 @@ UNUSED_ON_RUNPOD = "unused-on-runpod"
 # GPUs per pod: RunPod's hosts hold a handful (8 at most as offered); twice that leaves room, and a count past it is
 # a typo (100000 was "ready" at $69000.00/h per pod; 1e400 an OverflowError traceback, the price per pod).
 MAX_GPUS_PER_POD = 16
+# The container disk, wiped with the pod (models are on the network volume): 50 GB by default; past 2000 GB a typo,
+# which RunPod either refuses (a 400, read as a capacity refusal) or bills.
+MAX_DISK_GB = 2000
 
 
 class RunPodSettings(BaseModel):
@@ -73,7 +76,7 @@ class RunPodSettings(BaseModel):
     gpu: str = Field(min_length=1)
     gpu_count: int = Field(default=1, ge=1, le=MAX_GPUS_PER_POD)
     cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
-    disk_gb: int = Field(default=50, ge=1)
+    disk_gb: int = Field(default=50, ge=1, le=MAX_DISK_GB)
     volume_id: str = Field(default="", validate_default=True)
     volume_path: str = Field(default="/runpod-volume", pattern=r"^/[^\s]*$")
     data_center_ids: list[str] = Field(default=[], validate_default=True)

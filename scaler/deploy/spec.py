@@ -60,6 +60,11 @@ UNREAD_BY_THE_WORKER = (
 # Far above any name, id, URL or setting the spec carries: a longer value is a file pasted by mistake.
 MAX_VALUE_CHARS = 32 * 1024
 MAX_SPEC_BYTES = 1024 * 1024  # the spec file: the shipped one is 5 KB
+# Bounds past any real setting (Verda documents none): a value beyond is a typo, refused naming its field before
+# Verda sees it. GPUs per replica: Verda offers 1, 2, 4 or 8. A delay of more than a day; /dev/shm of 1 TiB.
+MAX_GPUS_PER_REPLICA = 16
+MAX_DELAY_S = 24 * 3600
+MAX_MEMORY_MB = 1024 * 1024
 
 
 class SpecError(ValueError):
@@ -143,14 +148,14 @@ class DeploymentSection(_Section):
 
 class ComputeSection(_Section):
     name: str = Field(min_length=1)
-    size: int = Field(ge=1)
+    size: int = Field(ge=1, le=MAX_GPUS_PER_REPLICA)
 
 
 class ScalingSection(_Section):
     min_replica_count: int = Field(ge=0)
     max_replica_count: int = Field(ge=1, le=MAX_REPLICAS_LIMIT)  # more than the scaler can ever drive
-    scale_down_delay_seconds: int = Field(ge=0)
-    scale_up_delay_seconds: int = Field(ge=0)
+    scale_down_delay_seconds: int = Field(ge=0, le=MAX_DELAY_S)
+    scale_up_delay_seconds: int = Field(ge=0, le=MAX_DELAY_S)
     queue_message_ttl_seconds: int = Field(ge=1)
     concurrent_requests_per_replica: int = Field(ge=1)
     queue_load_threshold: int = Field(ge=1)
@@ -166,7 +171,7 @@ class VolumeMount(_Section):
     type: Literal["scratch", "memory", "shared", "secret"]
     mount_path: str = Field(pattern=r"^/")
     volume_id: str | None = None
-    size_in_mb: int | None = Field(default=None, ge=1)
+    size_in_mb: int | None = Field(default=None, ge=1, le=MAX_MEMORY_MB)
     secret_name: str | None = None
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ and that leave the list while their replicas run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -189,9 +190,13 @@ async def test_stop_all_also_stops_a_provider_taken_out_of_scaler_providers(
         await fleet.apply(2)
         await fleet.observe()
     operator_env(fake_runpod, "verda")
+    capsys.readouterr()
     assert await asyncio.to_thread(main, ["stop", "--all"]) == 0
     assert fake_runpod.live_pods() == []
-    assert "runpod: stopped" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "runpod: stopped" in captured.out
+    [logged] = [json.loads(line) for line in captured.err.splitlines() if '"kill_switch_engaged"' in line]
+    assert sorted(logged["stopped"]) == ["runpod", "verda"], "the log names the retired provider it stopped too"
 
 
 @pytest.mark.parametrize("topped_up", [True, False])

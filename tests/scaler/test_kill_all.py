@@ -73,6 +73,10 @@ async def test_stop_all_exits_1_naming_the_providers_it_could_not_stop(
     assert "local: NOT STOPPED" in err and "inside `comfy-scaler run`" in err
     assert "verda: NOT STOPPED: 0 replicas, status healthy, but pause failed: VerdaAPIError" in err
     assert "could not stop local, verda" in err
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert "kill_switch_engaged" not in [entry["event"] for entry in logged], "not said engaged when it was not"
+    [incomplete] = [entry for entry in logged if entry["event"] == "kill_switch_incomplete"]
+    assert (incomplete["stopped"], incomplete["not_stopped"]) == ([], ["local", "verda"])
 
 
 async def test_stop_all_still_stops_every_provider_when_the_kill_switch_file_cannot_be_written(

@@ -331,6 +331,20 @@ async def test_a_token_lifetime_too_short_to_use_is_taken_as_a_minute(fake_verda
     assert short["log_level"] == "warning" and short["taken_as_s"] == 60
 
 
+async def test_a_short_token_lifetime_is_warned_about_once_not_at_every_renewal(fake_verda):
+    # Before: one warning at each token renewal, 5 here, 60 an hour while Verda's tokens last 30 s.
+    fake_verda.token_ttl_s = 30
+    clock = ManualClock()
+    before = len(fake_verda.requests_to("/oauth2/token"))  # the fixture's own client
+    with capture_logs() as logs:
+        async with VerdaClient(VERDA_ID, VERDA_SECRET, base_url=fake_verda.url, clock=clock) as verda:
+            for _ in range(5):
+                await verda.get_status(DEPLOYMENT)
+                clock.advance(61)
+    assert len(fake_verda.requests_to("/oauth2/token")) - before == 5, "renewed as each minute ran out"
+    assert [entry["event"] for entry in logs].count("verda_token_lifetime_short") == 1
+
+
 @pytest.mark.parametrize(("where", "answer", "named"), [
     ("status", {"status": 5}, "status=5 is not a status"),  # before: "5", taken as running
     ("status", {}, "status=None is not a status"),  # before: "unknown", taken as running

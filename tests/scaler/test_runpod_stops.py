@@ -186,3 +186,31 @@ async def test_a_dead_pod_whose_delete_is_accepted_and_never_happens_is_said_onc
     said = [entry for entry in logs if entry["event"] == "runpod_pod_not_terminated"]
     assert [(entry["pod"], entry["log_level"]) for entry in said] == [(pod.id, "error")]
     assert "console" in said[0]["hint"]
+
+
+async def test_a_live_pod_whose_stop_and_delete_are_accepted_and_never_happen_is_said_once_as_an_error(
+    fake_runpod: FakeRunPod,
+):
+    # Before: RunPod took neither the stop nor the DELETE of a RUNNING pod: from STOP_LAG_S on, a DELETE and a
+    # runpod_pod_stop_not_taken warning at every observe (62 in 17 min here), never an error, the GPU billed for ever.
+    clock = ManualClock(1_000_000.0)
+    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
+    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
+    try:
+        await backend.apply(1)
+        [pod] = fake_runpod.live_pods()
+        fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=10_000, body=fake_runpod._pod_json(pod))
+        fake_runpod.fail_next(f"/pods/{pod.id}", 200, method="DELETE", times=10_000, body={})
+        with capture_logs() as logs:
+            await backend.apply(0)
+            for _ in range(int((STOP_LAG_S + TERMINATE_LAG_S + TERMINATE_RETRY_S) // 15) + 1):
+                clock.advance(15.0)
+                await backend.observe()
+    finally:
+        await backend.aclose()
+    assert [p.id for p in fake_runpod.live_pods()] == [pod.id], "RunPod kept the pod"
+    events = [(entry["event"], entry["log_level"]) for entry in logs if entry.get("pod") == pod.id]
+    assert events.count(("runpod_pod_stop_not_taken", "warning")) == 1
+    assert events.count(("runpod_pod_not_terminated", "error")) == 1
+    deletes = len(fake_runpod.requests_to(f"/pods/{pod.id}", "DELETE"))
+    assert deletes == TERMINATE_LAG_S // 15 + 2, "past the bound, asked once every TERMINATE_RETRY_S"

@@ -189,7 +189,7 @@ class RunPodBackend:
         for pod in surplus:
             log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, phase=self.health.phase.get(pod.id),
                      target=target)
-        terminated = await _each_pod([*((pod.id, partial(self._terminate_dead, pod)) for pod in dead),
+        terminated = await _each_pod([*((pod.id, partial(self._terminate_tracked, pod)) for pod in dead),
                                       *((pod.id, partial(self._stop_then_terminate, pod)) for pod in surplus)])
         created = await self._create_missing(target - len(live) - len(self._unlisted))
         return created or bool(surplus) or any(terminated)
@@ -210,7 +210,9 @@ class RunPodBackend:
     async def _terminate(self, pod: Pod) -> bool:
         return await self.client.terminate_pod(pod.id)
 
-    async def _terminate_dead(self, pod: Pod) -> bool:
+    async def _terminate_tracked(self, pod: Pod) -> bool:
+        """Terminate a dead pod, or a live one whose stop was not taken: said once, as an error, when it is still
+        listed TERMINATE_LAG_S after RunPod first accepted its DELETE, then asked only every TERMINATE_RETRY_S."""
         accepted = await self._terminate(pod)
         if accepted:
             now = self._clock()
@@ -219,8 +221,8 @@ class RunPodBackend:
                 if pod.id not in self._terminate_again_at:
                     log.error("runpod_pod_not_terminated", pod=pod.id, status=pod.status,
                               first_terminated_s_ago=round(now - first), retry_every_s=TERMINATE_RETRY_S,
-                              hint="RunPod accepts its DELETE and keeps the pod, whose disk is billed: terminate "
-                                   "it in RunPod's console")
+                              hint="RunPod accepts its DELETE and keeps the pod, billed (a dead one's disk, a live "
+                                   "one's GPU): terminate it in RunPod's console")
                 self._terminate_again_at[pod.id] = now + TERMINATE_RETRY_S
         return accepted
 
@@ -228,12 +230,15 @@ class RunPodBackend:
         """Stop first so the container gets its normal shutdown; terminate once it is down. A pod still stopping
         is terminated by the next reconcile, which finds it EXITED; one still live STOP_LAG_S after its first stop
         is terminated as it is."""
-        asked_at = self._stopping.setdefault(pod.id, self._clock())
-        if self._clock() - asked_at >= STOP_LAG_S:
-            log.warning("runpod_pod_stop_not_taken", pod=pod.id, status=pod.status,
-                        stop_asked_s_ago=round(self._clock() - asked_at),
-                        hint="terminated without its stop: a job it still ran is not handed back")
-            await self._terminate(pod)
+        now = self._clock()
+        asked_at = self._stopping.setdefault(pod.id, now)
+        if now - asked_at >= STOP_LAG_S:
+            if pod.id not in self._terminated_at:
+                log.warning("runpod_pod_stop_not_taken", pod=pod.id, status=pod.status,
+                            stop_asked_s_ago=round(now - asked_at),
+                            hint="terminated without its stop: a job it still ran is not handed back")
+            if now >= self._terminate_again_at.get(pod.id, -math.inf):
+                await self._terminate_tracked(pod)
             return
         stopped = await self.client.stop_pod(pod.id)
         if stopped is None or stopped.status in DEAD_STATUSES:

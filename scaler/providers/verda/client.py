@@ -34,6 +34,7 @@ import structlog
 from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
+from common.log_throttle import LogThrottle
 from common.logs import error_text, forget_secret, register_secret, scrubbed_excerpt
 from common.urls import direct_transport
 from scaler.providers.base import MAX_LISTED_REPLICAS, listed_once
@@ -51,6 +52,7 @@ DELETE_FIRST_POLL_S = 0.25  # most deletions are quick: poll soon, then back off
 DELETE_POLL_S = 5.0
 DELETE_DEADLINE_S = 300.0
 MIN_TOKEN_LIFETIME_S = 60.0
+TOKEN_WARN_EVERY_S = 3600.0
 REFRESH_AT_FRACTION = 0.9  # from there the token is renewed in the background; it serves until it expires
 RETRYABLE_STATUSES = frozenset({408, 429})
 ERROR_TEXT_LIMIT = 200
@@ -128,15 +130,16 @@ class _Token:
     expires_at: float  # counted from when it was asked for: Verda's clock started no earlier
 
 
-def _lifetime_s(expires_in: Any) -> float:
+def _lifetime_s(expires_in: Any, short_warnings: LogThrottle) -> float:
     """A token's lifetime; one Verda does not state as a positive number of seconds is renewed when refused (401),
     not before every request as a lifetime of 0 would have it. One stated shorter than MIN_TOKEN_LIFETIME_S
     (1e-300) is taken as that: a token was asked for before every read."""
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and 0 < expires_in < math.inf:
         if expires_in >= MIN_TOKEN_LIFETIME_S:
             return float(expires_in)
-        log.warning("verda_token_lifetime_short", expires_in=expires_in, taken_as_s=MIN_TOKEN_LIFETIME_S,
-                    hint="a token Verda refuses before then is renewed at once")
+        if (since := short_warnings.occurred()) is not None:  # it is so at every renewal, once a minute
+            log.warning("verda_token_lifetime_short", expires_in=expires_in, taken_as_s=MIN_TOKEN_LIFETIME_S,
+                        more_since_last=since - 1, hint="a token Verda refuses before then is renewed at once")
         return MIN_TOKEN_LIFETIME_S
     log.warning("verda_token_lifetime_unknown", expires_in=scrubbed_excerpt(str(expires_in), 40),
                 hint="the token is renewed when Verda refuses it")
@@ -284,6 +287,7 @@ class VerdaClient:
         self._token: _Token | None = None
         self._retired_token: _Token | None = None
         self._token_request: asyncio.Task[_Token] | None = None  # the one under way, shared by every caller
+        self._short_lifetime_warnings = LogThrottle(TOKEN_WARN_EVERY_S, clock)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True, transport=direct_transport(base_url)
         )
@@ -320,7 +324,7 @@ class VerdaClient:
         if not isinstance(access, str) or not access:
             raise VerdaAPIError(200, "unexpected_answer", "POST /oauth2/token: no access_token string in the answer")
         refresh = data.get("refresh_token")
-        lifetime_s = _lifetime_s(data.get("expires_in"))
+        lifetime_s = _lifetime_s(data.get("expires_in"), self._short_lifetime_warnings)
         token = _Token(
             access=SecretStr(access),
             refresh=SecretStr(refresh) if isinstance(refresh, str) and refresh else None,

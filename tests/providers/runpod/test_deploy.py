@@ -104,6 +104,15 @@ def test_invalid_settings_are_reported_by_field(deploy_env, override, field) -> 
     assert [p.split(":")[0] for p in caught.value.problems] == [field]
 
 
+def test_a_container_disk_past_any_real_one_is_refused_naming_the_field(tmp_path: Path, deploy_env) -> None:
+    """Before: disk_gb = 50000 (a typo for 50) went to RunPod as the pod's disk."""
+    typo = tmp_path / "typo.toml"
+    typo.write_text(DEFAULT_SPEC_PATH.read_text().replace("disk_gb = 50", "disk_gb = 50000"))
+    with pytest.raises(SpecError) as caught:
+        load_runpod_spec(typo, deploy_env)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["runpod.disk_gb"]
+
+
 def test_unknown_runpod_key_and_missing_table_are_named(tmp_path: Path, deploy_env) -> None:
     text = DEFAULT_SPEC_PATH.read_text()
     typo = tmp_path / "typo.toml"

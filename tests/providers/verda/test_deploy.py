@@ -48,6 +48,7 @@ def problems_for(spec_path: Path, env: dict[str, str]) -> list[str]:
         ({"VERDA_DEPLOYMENT_NAME": "-comfy"}, "deployment.name"),
         ({"VERDA_DEPLOYMENT_NAME": "comfy-"}, "deployment.name"),
         ({"VERDA_COMPUTE_SIZE": "0"}, "compute.size"),
+        ({"VERDA_COMPUTE_SIZE": "100000"}, "compute.size"),  # before: sent to Verda as is
         ({"VERDA_MIN_REPLICAS": "6"}, "scaling"),
         ({"QUEUE_MANAGER_URL": ""}, "env_from_environment.QUEUE_MANAGER_URL"),
         ({"VERDA_MODELS_VOLUME_ID": ""}, "volume_mounts.0"),
@@ -75,6 +76,10 @@ def test_placeholder_spec_lists_every_missing_value(spec_path: Path) -> None:
         ("queue_load_threshold = 1", "queue_load_threshold = 0", "scaling.queue_load_threshold"),
         ('type = "scratch"', 'type = "nfs"', "volume_mounts.2.type"),
         ("size_in_mb = 16384", "size_in_mbb = 16384", "volume_mounts.3"),
+        # Before: each sent to Verda as is.
+        ("size_in_mb = 16384", "size_in_mb = 163840000", "volume_mounts.3.size_in_mb"),
+        ("scale_down_delay_seconds = 300", "scale_down_delay_seconds = 3000000", "scaling.scale_down_delay_seconds"),
+        ("scale_up_delay_seconds = 0", "scale_up_delay_seconds = 10000000", "scaling.scale_up_delay_seconds"),
         ('QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"', 'QUEUE_MANAGER_TOKEN = "Bad Name"', "secrets"),
     ],
 )
