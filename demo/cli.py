@@ -119,7 +119,8 @@ def print_report(report: dict, path: Path) -> None:
     cost = report["cost_usd"]
     console.print(f"\n[bold]Demo report[/bold] ({path})")
     console.print(
-        f"  jobs: {report['jobs_submitted']} submitted, {report['completed']} completed, {report['failed']} failed, "
+        f"  jobs: {report['jobs_submitted']} submitted, {report['completed']} completed, {report['failed']} failed "
+        f"({report['failed_on_purpose']} broken on purpose, --bad-jobs), "
         f"{len(report['unfinished'])} unfinished; {report['requeued_by_scale_down']} requeued by a scale-down"
     )
     for reason, count in report["failure_reasons"].items():
@@ -139,6 +140,9 @@ def print_report(report: dict, path: Path) -> None:
     _print_results(console, report["results"])
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
+    if report["failed_unexpectedly"]:
+        failed = ", ".join(report["failed_unexpectedly"])
+        console.print(f"  [red]jobs that failed though not broken on purpose: {failed}[/red]")
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")

@@ -18,6 +18,7 @@ from demo.cli import demo_parser, parse_demo_args
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
+from standins.comfyui import ComfyUISimulator
 
 
 @pytest.mark.timeout(180)
@@ -251,3 +252,21 @@ def test_requeues_are_counted_for_this_run_s_jobs_only() -> None:
     )
     assert report["jobs_submitted"] == 2 and report["completed"] == 2
     assert report["requeued_by_scale_down"] == 1
+
+
+@pytest.mark.timeout(180)
+async def test_a_job_that_fails_though_not_broken_on_purpose_makes_the_demo_not_ok(tmp_path):
+    """Before: any failure counted as one of --bad-jobs' on purpose: a ComfyUI that failed a good job (here one
+    SaveImage raising, as an out-of-memory would) still ended OK, exit 0; with a ComfyUI missing the demo's
+    nodes, every job failed and the demo said OK."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
+        comfyui.inject_error("CUDA out of memory", class_type="SaveImage", prompts=1)
+        options = DemoOptions(
+            jobs=3, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+        )
+        report = await run_demo(options)
+
+    assert report["failed"] == 1 and report["unfinished"] == [] and report["orphan_processes"] == [], report
+    assert report["failed_on_purpose"] == 0 and len(report["failed_unexpectedly"]) == 1
+    assert report["ok"] is False
