@@ -146,14 +146,14 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 scaler = ScalerLoop(scaling, backend, queue_reader, interval_s=options.scaler_interval_s)
                 scaler_task = asyncio.create_task(scaler.run(stop))
                 submissions = workshop_burst(options.jobs, options.users, options.bad_jobs, spread_s=options.spread_s)
+                submitted: list[str] = []
                 submit_task = asyncio.create_task(
-                    submit_all(qm.url, submissions, started=loop.time(), token=participants_token)
+                    submit_all(qm.url, submissions, started=loop.time(), token=participants_token, ids=submitted)
                 )
                 progress = Progress(options.price_per_hour, live=options.live)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
-                    submitted = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop,
-                                                  started, options)
+                    await _until_done(qm, watch, processes, ledger, progress, submit_task, stop, started, options)
                 stop.set()
                 await scaler_task
         finally:
@@ -202,9 +202,8 @@ def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dic
     }
 
 
-async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> list[str]:
-    """Watch until every job is terminal and the replicas are back to zero, or stop/timeout."""
-    submitted: list[str] = []
+async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> None:
+    """Watch until every job is submitted and terminal and the replicas are back to zero, or stop/timeout."""
     while not stop.is_set():
         now = time.monotonic()
         view = await observe()
@@ -213,7 +212,7 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
         starts = sum(p.starts for p in processes.values())
         progress.update(counts, len(view.replicas), starts, now - started, ledger)
         if submit_task.done():
-            submitted = submit_task.result()
+            submit_task.result()  # raises what stopped the submissions
             all_terminal = all(job.status.value in TERMINAL for job in qm.store.every(with_workflow=False))
             if all_terminal and not view.replicas:
                 break
@@ -222,9 +221,7 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
-    if not submit_task.done():
-        submit_task.cancel()
-    return submitted or (submit_task.result() if submit_task.done() and not submit_task.cancelled() else [])
+    submit_task.cancel()
 
 
 def _processes_using(scratch: Path) -> set[int]:

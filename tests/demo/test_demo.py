@@ -270,3 +270,20 @@ async def test_a_job_that_fails_though_not_broken_on_purpose_makes_the_demo_not_
     assert report["failed"] == 1 and report["unfinished"] == [] and report["orphan_processes"] == [], report
     assert report["failed_on_purpose"] == 0 and len(report["failed_unexpectedly"]) == 1
     assert report["ok"] is False
+
+
+@pytest.mark.timeout(120)
+async def test_a_demo_stopped_while_submitting_reports_the_jobs_it_had_submitted(tmp_path):
+    """--timeout-s (or Ctrl-C) before the last submission. Before: the report said 0 submitted, 0 unfinished
+    (wait p50 None) though the queue held the jobs sent so far; now it counts and follows each of them."""
+    options = DemoOptions(
+        jobs=4, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=60.0,  # at 1.8, 5.2, 6.4, 10.9 s
+        output_dir=tmp_path / "demo", db=tmp_path / "queue.db", idle_to_zero_s=1.0, timeout_s=4, live=False,
+    )
+    report = await run_demo(options)
+
+    async with QueueManagerServer(tmp_path / "queue.db") as qm:
+        in_queue = qm.store.list(limit=100)
+    assert 1 <= report["jobs_submitted"] == len(in_queue) < 4, report
+    assert report["completed"] + report["failed"] + len(report["unfinished"]) == len(in_queue)
+    assert report["ok"] is False
