@@ -138,6 +138,8 @@ def print_report(report: dict, path: Path) -> None:
         _print_providers(console, report["providers"])
     console.print(f"  outputs: {report['outputs']}")
     _print_results(console, report["results"])
+    if report["stopped"]:
+        console.print(f"  [red]stopped before the end: {report['stopped']}[/red]")
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
     if report["failed_unexpectedly"]:

@@ -153,7 +153,8 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 progress = Progress(options.price_per_hour, live=options.live)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
-                    await _until_done(qm, watch, processes, ledger, progress, submit_task, stop, started, options)
+                    stopped = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop, started,
+                                                options)
                 stop.set()
                 await scaler_task
         finally:
@@ -176,7 +177,8 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
     report["orphan_processes"] = survivors
-    report["ok"] = report["ok"] and not survivors and len(submitted) == options.jobs
+    report["stopped"] = stopped
+    report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -202,8 +204,10 @@ def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dic
     }
 
 
-async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> None:
-    """Watch until every job is submitted and terminal and the replicas are back to zero, or stop/timeout."""
+async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> str | None:
+    """Watch until every job is submitted and terminal and the replicas are back to zero: None; or why it stopped
+    before (Ctrl-C, timeout)."""
+    stopped = None
     while not stop.is_set():
         now = time.monotonic()
         view = await observe()
@@ -218,10 +222,14 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
                 break
         if now - started > options.timeout_s:
             log.error("Demo timed out", timeout_s=options.timeout_s)
+            stopped = f"timed out after --timeout-s {options.timeout_s:g} s"
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
+    if stop.is_set():
+        stopped = "interrupted (Ctrl-C or SIGTERM)"
     submit_task.cancel()
+    return stopped
 
 
 def _processes_using(scratch: Path) -> set[int]:

@@ -14,7 +14,7 @@ import tempfile
 import pytest
 
 import demo.run
-from demo.cli import demo_parser, parse_demo_args
+from demo.cli import demo_parser, parse_demo_args, print_report
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
@@ -287,3 +287,19 @@ async def test_a_demo_stopped_while_submitting_reports_the_jobs_it_had_submitted
     assert 1 <= report["jobs_submitted"] == len(in_queue) < 4, report
     assert report["completed"] + report["failed"] + len(report["unfinished"]) == len(in_queue)
     assert report["ok"] is False
+
+
+
+@pytest.mark.timeout(120)
+async def test_a_demo_that_times_out_says_so(tmp_path, capsys):
+    """Stopped by --timeout-s with the jobs sent so far done. Before: 'NOT OK' (exit 1) and not a word why: no
+    unfinished job, no failure; now the report says it timed out."""
+    options = DemoOptions(
+        jobs=4, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=60.0,  # at 1.8, 5.2, 6.4, 10.9 s
+        output_dir=tmp_path / "demo", timeout_s=4, live=False,
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    assert report["stopped"] == "timed out after --timeout-s 4 s" and report["ok"] is False, report
+    assert "stopped before the end: timed out after --timeout-s 4 s" in capsys.readouterr().out
