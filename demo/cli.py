@@ -117,14 +117,14 @@ def _show_only_the_demo_s_own_info_lines() -> None:
 def print_report(report: dict, path: Path) -> None:
     console = Console(soft_wrap=True)
     cost = report["cost_usd"]
-    console.print(f"\n[bold]Demo report[/bold] ({path})")
+    console.print(f"\n[bold]Demo report[/bold] ({escape(str(path))})")
     console.print(
         f"  jobs: {report['jobs_submitted']} submitted, {report['completed']} completed, {report['failed']} failed "
         f"({report['failed_on_purpose']} broken on purpose, --bad-jobs), "
         f"{len(report['unfinished'])} unfinished; {report['requeued_by_scale_down']} requeued by a scale-down"
     )
     for reason, count in report["failure_reasons"].items():
-        console.print(f"    {count} x {reason}")
+        console.print(f"    {count} x {escape(reason)}")
     console.print(f"  wait p50/p95: {report['wait_s']['p50']} / {report['wait_s']['p95']} s; "
                   f"run p50/p95: {report['run_s']['p50']} / {report['run_s']['p95']} s")
     console.print(f"  replica starts: {report['replica_starts']}; replicas at the end: {report['replicas_at_end']}")
@@ -136,7 +136,7 @@ def print_report(report: dict, path: Path) -> None:
     )
     if "providers" in report:
         _print_providers(console, report["providers"])
-    console.print(f"  outputs: {report['outputs']}")
+    console.print(f"  outputs: {escape(report['outputs'])}")
     _print_results(console, report["results"])
     if report["stopped"]:
         console.print(f"  [red]stopped before the end: {report['stopped']}[/red]")

@@ -303,3 +303,22 @@ async def test_a_demo_that_times_out_says_so(tmp_path, capsys):
 
     assert report["stopped"] == "timed out after --timeout-s 4 s" and report["ok"] is False, report
     assert "stopped before the end: timed out after --timeout-s 4 s" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(180)
+async def test_a_failure_reason_is_printed_as_comfyui_gave_it(tmp_path, capsys):
+    """Failure reasons went through rich markup: '[/models]' in a ComfyUI error was a MarkupError traceback in
+    place of the report's end, and '[a]' vanished from the line."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
+        comfyui.inject_error("cannot read [a].png in [/models]", class_type="SaveImage", prompts=1)
+        options = DemoOptions(
+            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+        )
+        report = await run_demo(options)
+    capsys.readouterr()
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    (reason,) = report["failure_reasons"]
+    assert "cannot read [a].png in [/models]" in reason
+    assert f"1 x {reason}" in capsys.readouterr().out
