@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import sys
@@ -21,6 +20,7 @@ from common.logs import configure_logging, scrub
 from demo.providers import PROVIDERS, parse_providers
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
+from queue_manager import JobStore
 from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
 HOUR_S, DAY_S = 3_600.0, 86_400.0
@@ -203,11 +203,10 @@ def _output_dir(text: str) -> Path:
 
 
 def _database(text: str) -> Path:
-    """A file SQLite can open as a database (a new one is created): a folder, a file in a missing folder or one
-    that is no database was a traceback once the queue manager was starting."""
+    """A file the queue manager can open as its database (a new one is created): a folder, a file in a missing
+    folder, one that is no database or one another process holds locked was a traceback once it was starting."""
     try:
-        with contextlib.closing(sqlite3.connect(text)) as connection:
-            connection.execute("PRAGMA schema_version")
+        JobStore(text).close()
     except sqlite3.Error as error:
         raise argparse.ArgumentTypeError(f"cannot open {text}: {error}") from None
     return Path(text)

@@ -322,3 +322,21 @@ async def test_a_failure_reason_is_printed_as_comfyui_gave_it(tmp_path, capsys):
     (reason,) = report["failure_reasons"]
     assert "cannot read [a].png in [/models]" in reason
     assert f"1 x {reason}" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_demo_refuses_a_database_another_process_holds_naming_the_option(tmp_path, capsys):
+    """A --db another program is writing (an sqlite3 shell in a transaction, say). Before: accepted, then a
+    traceback (sqlite3.OperationalError: database is locked) once the queue manager was starting, exit 1."""
+    db = tmp_path / "queue.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE notes (text)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO notes VALUES ('mid-transaction')")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            demo_parser().parse_args(["--db", str(db)])
+    finally:
+        holder.close()
+    assert exit_info.value.code == 2
+    assert "--db: cannot open" in capsys.readouterr().err
