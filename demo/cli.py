@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import structlog
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from common.logs import configure_logging, scrub
+from common.urls import direct_transport, redact_url
 from demo.providers import PROVIDERS, parse_providers
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
@@ -29,6 +31,7 @@ DEMO_INFO_LINES = {"Demo progress", "Provider move", "Provider back in service"}
 # Bounds of the demo's own knobs: it runs everything on this machine, and a day is longer than anyone waits.
 MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
+COMFYUI_PROBE_S = 10.0
 Number = TypeVar("Number", int, float)
 
 
@@ -80,7 +83,20 @@ def parse_demo_args(argv: list[str]) -> argparse.Namespace:
     if args.fail is not None and args.fail not in args.providers:  # ignored, nothing failed, no fallback shown
         parser.error(f"--fail: {args.fail} is not one of the providers the demo runs "
                      f"(--providers {','.join(args.providers) or 'not given: the local workers alone'})")
+    if args.comfyui_url is not None and (why := asyncio.run(_comfyui_unreachable(args.comfyui_url))):
+        parser.error(f"--comfyui-url: no ComfyUI answers at {redact_url(args.comfyui_url)} ({why})")
     return args
+
+
+async def _comfyui_unreachable(url: str) -> str | None:
+    """Why GET /system_stats (as the workers ask it) fails, or None. Before, every worker waited for it in vain,
+    was started again, until --timeout-s (15 minutes by default)."""
+    try:
+        async with httpx.AsyncClient(timeout=COMFYUI_PROBE_S, transport=direct_transport(url)) as http:
+            response = await http.get(f"{url.rstrip('/')}/system_stats")
+    except httpx.HTTPError as exc:
+        return type(exc).__name__  # its text holds the URL, credentials and all
+    return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
 
 def run_demo_command(argv: list[str]) -> int:

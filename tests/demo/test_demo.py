@@ -15,6 +15,7 @@ import pytest
 
 import demo.run
 from demo.cli import demo_parser, parse_demo_args, print_report
+from demo.replicas import free_loopback_port
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
@@ -340,3 +341,18 @@ def test_demo_refuses_a_database_another_process_holds_naming_the_option(tmp_pat
         holder.close()
     assert exit_info.value.code == 2
     assert "--db: cannot open" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, capsys):
+    """A mistyped port. Before: accepted; every worker waited 60 s for that ComfyUI, was started again, until
+    --timeout-s (900 s by default), then NOT OK. Now exit 2 at once, naming the option."""
+    nobody = f"http://user:hunter2@127.0.0.1:{free_loopback_port()}"
+    with pytest.raises(SystemExit) as exit_info:
+        await asyncio.to_thread(parse_demo_args, ["--comfyui-url", nobody])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--comfyui-url: no ComfyUI answers at http://" in err and "hunter2" not in err, err
+    async with ComfyUISimulator(tmp_path / "output") as comfyui:
+        args = await asyncio.to_thread(parse_demo_args, ["--comfyui-url", comfyui.url])
+    assert args.comfyui_url == comfyui.url
