@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import sys
@@ -12,15 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import structlog
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from common.logs import configure_logging, scrub
+from common.urls import direct_transport, redact_url
 from demo.providers import PROVIDERS, parse_providers
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
+from queue_manager import JobStore
 from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
 HOUR_S, DAY_S = 3_600.0, 86_400.0
@@ -29,6 +31,7 @@ DEMO_INFO_LINES = {"Demo progress", "Provider move", "Provider back in service"}
 # Bounds of the demo's own knobs: it runs everything on this machine, and a day is longer than anyone waits.
 MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
+COMFYUI_PROBE_S = 10.0
 Number = TypeVar("Number", int, float)
 
 
@@ -80,7 +83,20 @@ def parse_demo_args(argv: list[str]) -> argparse.Namespace:
     if args.fail is not None and args.fail not in args.providers:  # ignored, nothing failed, no fallback shown
         parser.error(f"--fail: {args.fail} is not one of the providers the demo runs "
                      f"(--providers {','.join(args.providers) or 'not given: the local workers alone'})")
+    if args.comfyui_url is not None and (why := asyncio.run(_comfyui_unreachable(args.comfyui_url))):
+        parser.error(f"--comfyui-url: no ComfyUI answers at {redact_url(args.comfyui_url)} ({why})")
     return args
+
+
+async def _comfyui_unreachable(url: str) -> str | None:
+    """Why GET /system_stats (as the workers ask it) fails, or None. Before, every worker waited for it in vain,
+    was started again, until --timeout-s (15 minutes by default)."""
+    try:
+        async with httpx.AsyncClient(timeout=COMFYUI_PROBE_S, transport=direct_transport(url)) as http:
+            response = await http.get(f"{url.rstrip('/')}/system_stats")
+    except httpx.HTTPError as exc:
+        return type(exc).__name__  # its text holds the URL, credentials and all
+    return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
 
 def run_demo_command(argv: list[str]) -> int:
@@ -117,13 +133,14 @@ def _show_only_the_demo_s_own_info_lines() -> None:
 def print_report(report: dict, path: Path) -> None:
     console = Console(soft_wrap=True)
     cost = report["cost_usd"]
-    console.print(f"\n[bold]Demo report[/bold] ({path})")
+    console.print(f"\n[bold]Demo report[/bold] ({escape(str(path))})")
     console.print(
-        f"  jobs: {report['jobs_submitted']} submitted, {report['completed']} completed, {report['failed']} failed, "
+        f"  jobs: {report['jobs_submitted']} submitted, {report['completed']} completed, {report['failed']} failed "
+        f"({report['failed_on_purpose']} broken on purpose, --bad-jobs), "
         f"{len(report['unfinished'])} unfinished; {report['requeued_by_scale_down']} requeued by a scale-down"
     )
     for reason, count in report["failure_reasons"].items():
-        console.print(f"    {count} x {reason}")
+        console.print(f"    {count} x {escape(reason)}")
     console.print(f"  wait p50/p95: {report['wait_s']['p50']} / {report['wait_s']['p95']} s; "
                   f"run p50/p95: {report['run_s']['p50']} / {report['run_s']['p95']} s")
     console.print(f"  replica starts: {report['replica_starts']}; replicas at the end: {report['replicas_at_end']}")
@@ -135,10 +152,15 @@ def print_report(report: dict, path: Path) -> None:
     )
     if "providers" in report:
         _print_providers(console, report["providers"])
-    console.print(f"  outputs: {report['outputs']}")
+    console.print(f"  outputs: {escape(report['outputs'])}")
     _print_results(console, report["results"])
+    if report["stopped"]:
+        console.print(f"  [red]stopped before the end: {report['stopped']}[/red]")
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
+    if report["failed_unexpectedly"]:
+        failed = ", ".join(report["failed_unexpectedly"])
+        console.print(f"  [red]jobs that failed though not broken on purpose: {failed}[/red]")
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
@@ -197,11 +219,10 @@ def _output_dir(text: str) -> Path:
 
 
 def _database(text: str) -> Path:
-    """A file SQLite can open as a database (a new one is created): a folder, a file in a missing folder or one
-    that is no database was a traceback once the queue manager was starting."""
+    """A file the queue manager can open as its database (a new one is created): a folder, a file in a missing
+    folder, one that is no database or one another process holds locked was a traceback once it was starting."""
     try:
-        with contextlib.closing(sqlite3.connect(text)) as connection:
-            connection.execute("PRAGMA schema_version")
+        JobStore(text).close()
     except sqlite3.Error as error:
         raise argparse.ArgumentTypeError(f"cannot open {text}: {error}") from None
     return Path(text)

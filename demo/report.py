@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from demo.workload import BAD_WORKFLOWS
 from queue_manager import JobRecord
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -69,6 +70,8 @@ def build_report(
     waits = [j.started_at - first_of[i].created_at for i, j in final.items() if j.started_at]
     runs = [j.completed_at - j.started_at for j in final.values() if j.completed_at and j.started_at]
     unfinished = sorted(i for i, j in final.items() if j.status.value not in TERMINAL)
+    failed = [i for i, j in final.items() if j.status == "failed"]
+    on_purpose = [i for i in failed if chains[i][0].metadata.get("demo_workflow") in BAD_WORKFLOWS]  # --bad-jobs
     per_second = ledger.replica_seconds() / 3600 * price_per_hour
     billed = ledger.billed_intervals() * BILLING_INTERVAL_S / 3600 * price_per_hour
     always_on = max(1, math.ceil(span_s / BILLING_INTERVAL_S)) * BILLING_INTERVAL_S / 3600 * price_per_hour
@@ -80,6 +83,8 @@ def build_report(
         "jobs_submitted": len(submitted),
         "completed": outcomes.get("completed", 0),
         "failed": outcomes.get("failed", 0),
+        "failed_on_purpose": len(on_purpose),
+        "failed_unexpectedly": sorted(set(failed) - set(on_purpose)),
         "cancelled": outcomes.get("cancelled", 0),
         "unfinished": unfinished,
         "failure_reasons": dict(failures.most_common()),
@@ -99,5 +104,5 @@ def build_report(
         },
         "outputs": outputs,
         "results": results,
-        "ok": not unfinished and replicas_at_end == 0 and results["failed"] == 0,
+        "ok": not unfinished and len(failed) == len(on_purpose) and replicas_at_end == 0 and results["failed"] == 0,
     }

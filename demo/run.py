@@ -146,14 +146,15 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 scaler = ScalerLoop(scaling, backend, queue_reader, interval_s=options.scaler_interval_s)
                 scaler_task = asyncio.create_task(scaler.run(stop))
                 submissions = workshop_burst(options.jobs, options.users, options.bad_jobs, spread_s=options.spread_s)
+                submitted: list[str] = []
                 submit_task = asyncio.create_task(
-                    submit_all(qm.url, submissions, started=loop.time(), token=participants_token)
+                    submit_all(qm.url, submissions, started=loop.time(), token=participants_token, ids=submitted)
                 )
                 progress = Progress(options.price_per_hour, live=options.live)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
-                    submitted = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop,
-                                                  started, options)
+                    stopped = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop, started,
+                                                options)
                 stop.set()
                 await scaler_task
         finally:
@@ -176,7 +177,8 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
     report["orphan_processes"] = survivors
-    report["ok"] = report["ok"] and not survivors and len(submitted) == options.jobs
+    report["stopped"] = stopped
+    report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -202,9 +204,10 @@ def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dic
     }
 
 
-async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> list[str]:
-    """Watch until every job is terminal and the replicas are back to zero, or stop/timeout."""
-    submitted: list[str] = []
+async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> str | None:
+    """Watch until every job is submitted and terminal and the replicas are back to zero: None; or why it stopped
+    before (Ctrl-C, timeout)."""
+    stopped = None
     while not stop.is_set():
         now = time.monotonic()
         view = await observe()
@@ -213,18 +216,20 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
         starts = sum(p.starts for p in processes.values())
         progress.update(counts, len(view.replicas), starts, now - started, ledger)
         if submit_task.done():
-            submitted = submit_task.result()
+            submit_task.result()  # raises what stopped the submissions
             all_terminal = all(job.status.value in TERMINAL for job in qm.store.every(with_workflow=False))
             if all_terminal and not view.replicas:
                 break
         if now - started > options.timeout_s:
             log.error("Demo timed out", timeout_s=options.timeout_s)
+            stopped = f"timed out after --timeout-s {options.timeout_s:g} s"
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
-    if not submit_task.done():
-        submit_task.cancel()
-    return submitted or (submit_task.result() if submit_task.done() and not submit_task.cancelled() else [])
+    if stop.is_set():
+        stopped = "interrupted (Ctrl-C or SIGTERM)"
+    submit_task.cancel()
+    return stopped
 
 
 def _processes_using(scratch: Path) -> set[int]:

@@ -45,13 +45,14 @@ def workshop_burst(jobs: int, users: int, bad_jobs: int, *, seed: int = 7, sprea
 
 
 async def submit_all(
-    queue_url: str, submissions: list[Submission], *, started: float, token: str | None = None
+    queue_url: str, submissions: list[Submission], *, started: float, token: str | None = None,
+    ids: list[str] | None = None,
 ) -> list[str]:
-    """Submit each job at its time, as the participants would (with their token); a full queue (429) is waited
-    out, never dropped."""
+    """Submit each job at its time, as the participants would (with their token), each id added to `ids` as it is
+    accepted (a demo stopped halfway reports those); a full queue (429) is waited out, never dropped."""
     loop = asyncio.get_running_loop()
     workflows = {name: load_workflow(name) for name in {s.workflow_name for s in submissions}}
-    ids = []
+    ids = [] if ids is None else ids
     headers = {"Authorization": f"Bearer {token}"} if token else None
     async with httpx.AsyncClient(
         base_url=queue_url, timeout=10, headers=headers, transport=direct_transport(queue_url)

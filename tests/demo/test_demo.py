@@ -14,10 +14,12 @@ import tempfile
 import pytest
 
 import demo.run
-from demo.cli import demo_parser, parse_demo_args
+from demo.cli import demo_parser, parse_demo_args, print_report
+from demo.replicas import free_loopback_port
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
+from standins.comfyui import ComfyUISimulator
 
 
 @pytest.mark.timeout(180)
@@ -251,3 +253,106 @@ def test_requeues_are_counted_for_this_run_s_jobs_only() -> None:
     )
     assert report["jobs_submitted"] == 2 and report["completed"] == 2
     assert report["requeued_by_scale_down"] == 1
+
+
+@pytest.mark.timeout(180)
+async def test_a_job_that_fails_though_not_broken_on_purpose_makes_the_demo_not_ok(tmp_path):
+    """Before: any failure counted as one of --bad-jobs' on purpose: a ComfyUI that failed a good job (here one
+    SaveImage raising, as an out-of-memory would) still ended OK, exit 0; with a ComfyUI missing the demo's
+    nodes, every job failed and the demo said OK."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
+        comfyui.inject_error("CUDA out of memory", class_type="SaveImage", prompts=1)
+        options = DemoOptions(
+            jobs=3, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+        )
+        report = await run_demo(options)
+
+    assert report["failed"] == 1 and report["unfinished"] == [] and report["orphan_processes"] == [], report
+    assert report["failed_on_purpose"] == 0 and len(report["failed_unexpectedly"]) == 1
+    assert report["ok"] is False
+
+
+@pytest.mark.timeout(120)
+async def test_a_demo_stopped_while_submitting_reports_the_jobs_it_had_submitted(tmp_path):
+    """--timeout-s (or Ctrl-C) before the last submission. Before: the report said 0 submitted, 0 unfinished
+    (wait p50 None) though the queue held the jobs sent so far; now it counts and follows each of them."""
+    options = DemoOptions(
+        jobs=4, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=60.0,  # at 1.8, 5.2, 6.4, 10.9 s
+        output_dir=tmp_path / "demo", db=tmp_path / "queue.db", idle_to_zero_s=1.0, timeout_s=4, live=False,
+    )
+    report = await run_demo(options)
+
+    async with QueueManagerServer(tmp_path / "queue.db") as qm:
+        in_queue = qm.store.list(limit=100)
+    assert 1 <= report["jobs_submitted"] == len(in_queue) < 4, report
+    assert report["completed"] + report["failed"] + len(report["unfinished"]) == len(in_queue)
+    assert report["ok"] is False
+
+
+
+@pytest.mark.timeout(120)
+async def test_a_demo_that_times_out_says_so(tmp_path, capsys):
+    """Stopped by --timeout-s with the jobs sent so far done. Before: 'NOT OK' (exit 1) and not a word why: no
+    unfinished job, no failure; now the report says it timed out."""
+    options = DemoOptions(
+        jobs=4, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=60.0,  # at 1.8, 5.2, 6.4, 10.9 s
+        output_dir=tmp_path / "demo", timeout_s=4, live=False,
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    assert report["stopped"] == "timed out after --timeout-s 4 s" and report["ok"] is False, report
+    assert "stopped before the end: timed out after --timeout-s 4 s" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(180)
+async def test_a_failure_reason_is_printed_as_comfyui_gave_it(tmp_path, capsys):
+    """Failure reasons went through rich markup: '[/models]' in a ComfyUI error was a MarkupError traceback in
+    place of the report's end, and '[a]' vanished from the line."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
+        comfyui.inject_error("cannot read [a].png in [/models]", class_type="SaveImage", prompts=1)
+        options = DemoOptions(
+            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+        )
+        report = await run_demo(options)
+    capsys.readouterr()
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    (reason,) = report["failure_reasons"]
+    assert "cannot read [a].png in [/models]" in reason
+    assert f"1 x {reason}" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_demo_refuses_a_database_another_process_holds_naming_the_option(tmp_path, capsys):
+    """A --db another program is writing (an sqlite3 shell in a transaction, say). Before: accepted, then a
+    traceback (sqlite3.OperationalError: database is locked) once the queue manager was starting, exit 1."""
+    db = tmp_path / "queue.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE notes (text)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO notes VALUES ('mid-transaction')")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            demo_parser().parse_args(["--db", str(db)])
+    finally:
+        holder.close()
+    assert exit_info.value.code == 2
+    assert "--db: cannot open" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, capsys):
+    """A mistyped port. Before: accepted; every worker waited 60 s for that ComfyUI, was started again, until
+    --timeout-s (900 s by default), then NOT OK. Now exit 2 at once, naming the option."""
+    nobody = f"http://user:hunter2@127.0.0.1:{free_loopback_port()}"
+    with pytest.raises(SystemExit) as exit_info:
+        await asyncio.to_thread(parse_demo_args, ["--comfyui-url", nobody])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--comfyui-url: no ComfyUI answers at http://" in err and "hunter2" not in err, err
+    async with ComfyUISimulator(tmp_path / "output") as comfyui:
+        args = await asyncio.to_thread(parse_demo_args, ["--comfyui-url", comfyui.url])
+    assert args.comfyui_url == comfyui.url
