@@ -302,11 +302,10 @@ def _detail(status: int, detail: Any) -> web.Response:
 
 
 def _database_failure(exc: sqlite3.Error) -> web.Response:
-    """503 and Retry-After when the database cannot take the request (the transaction was rolled back, so
-    nothing changed and a retry is safe); 500 for any other database error."""
-    if not is_storage_fault(exc):
-        return _detail(500, str(exc))
-    response = _detail(503, f"The queue's database cannot be written: {exc}; nothing was changed, retry later")
+    """503 and Retry-After for any database error: the transaction was rolled back, so nothing changed and a
+    retry is safe."""
+    why = "cannot be written" if is_storage_fault(exc) else "refused the request"
+    response = _detail(503, f"The queue's database {why}: {exc}; nothing was changed, retry later")
     response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_S)
     return response
 
@@ -357,11 +356,6 @@ class QueueApi:
         except PollIdTaken as exc:
             log.warning("poll_id_taken", worker_id=query.worker_id, poll_id=poll_id)
             return _detail(409, str(exc))
-        except sqlite3.Error as exc:
-            if is_storage_fault(exc):
-                raise  # one line for every write the storage refused: storage_failed, with SQLite's code
-            log.error("next_job_failed", worker_id=query.worker_id, error=str(exc))
-            return _database_failure(exc)
         job = poll.job
         if job is None:
             return _json({"job": None})
@@ -895,10 +889,8 @@ async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamR
             raise
         return _detail(exc.status, exc.reason)
     except sqlite3.Error as exc:
-        if not is_storage_fault(exc):
-            raise
-        log.error("storage_failed", method=request.method, path=request.path, error=str(exc),
-                  code=exc.sqlite_errorname)
+        log.error("storage_failed" if is_storage_fault(exc) else "database_failed", method=request.method,
+                  path=request.path, error=str(exc), code=exc.sqlite_errorname)
         return _database_failure(exc)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
