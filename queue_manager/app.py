@@ -287,7 +287,10 @@ async def send_json(request: web.Request, parts: list[bytes | bytearray], header
 async def _send_large_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Any answer over UNCOUNTED_ANSWER_BYTES built whole (a list, a job handed to a worker) is written by
     send_json: aiohttp would hand it to the connection and hold it for as long as its client left it unread."""
-    response = await handler(request)
+    return await _written_if_large(request, await handler(request))
+
+
+async def _written_if_large(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     if type(response) is web.Response and isinstance(response.body, bytes | bytearray) and not response.prepared:
         body = response.body
         if len(body) > UNCOUNTED_ANSWER_BYTES:
@@ -302,11 +305,10 @@ def _detail(status: int, detail: Any) -> web.Response:
 
 
 def _database_failure(exc: sqlite3.Error) -> web.Response:
-    """503 and Retry-After when the database cannot take the request (the transaction was rolled back, so
-    nothing changed and a retry is safe); 500 for any other database error."""
-    if not is_storage_fault(exc):
-        return _detail(500, str(exc))
-    response = _detail(503, f"The queue's database cannot be written: {exc}; nothing was changed, retry later")
+    """503 and Retry-After for any database error: the transaction was rolled back, so nothing changed and a
+    retry is safe."""
+    why = "cannot be written" if is_storage_fault(exc) else "refused the request"
+    response = _detail(503, f"The queue's database {why}: {exc}; nothing was changed, retry later")
     response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_S)
     return response
 
@@ -357,11 +359,6 @@ class QueueApi:
         except PollIdTaken as exc:
             log.warning("poll_id_taken", worker_id=query.worker_id, poll_id=poll_id)
             return _detail(409, str(exc))
-        except sqlite3.Error as exc:
-            if is_storage_fault(exc):
-                raise  # one line for every write the storage refused: storage_failed, with SQLite's code
-            log.error("next_job_failed", worker_id=query.worker_id, error=str(exc))
-            return _database_failure(exc)
         job = poll.job
         if job is None:
             return _json({"job": None})
@@ -505,11 +502,18 @@ class QueueApi:
         size = await self._db(self._store.shown_bytes, job_id)
         if size is None:
             return _detail(404, "Job not found")
+        return await self._within_answers_budget(request, size, functools.partial(self._job_answer, request, job_id))
+
+    async def _within_answers_budget(
+        self, request: web.Request, size: int, answer: Callable[[], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The answer, built and written holding `size` bytes of the answers' budget when that is more than
+        UNCOUNTED_ANSWER_BYTES; 503 when there is no room in time."""
         if size <= UNCOUNTED_ANSWER_BYTES:
-            return await self._job_answer(request, job_id)
+            return await answer()
         try:
             async with self._answers.reserve(size):
-                return await self._job_answer(request, job_id)
+                return await answer()
         except BodyBudgetFull:
             pass
         log.warning("answer_budget_full", path=request.path, needs=size, held=self._answers.held)
@@ -558,7 +562,9 @@ class QueueApi:
             return _detail(exc.status, exc.detail)
         return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name))
 
-    async def list_jobs(self, request: web.Request) -> web.Response:
+    async def list_jobs(self, request: web.Request) -> web.StreamResponse:
+        """A page of jobs. One holding more than UNCOUNTED_ANSWER_BYTES of stored JSON reserves that from the
+        answers' budget before it is read, until it is written (503 when there is no room in time)."""
         query, errors = parse_query(PagedListJobsQuery if self.extensions else ListJobsQuery, request.query)
         if query is None:
             return _detail(422, errors)
@@ -571,15 +577,13 @@ class QueueApi:
         after, errors = _list_cursor(getattr(query, "after", None), list_order(query.status, newest_first))
         if errors:
             return _detail(422, errors)
-        page = await self._db(
-            self._store.page,
-            user_id=user_id,
-            status=query.status,
-            limit=query.limit,
-            newest_first=newest_first,
-            with_workflow=False,
-            after=after,
-        )
+        listing = {"user_id": user_id, "status": query.status, "limit": query.limit, "newest_first": newest_first,
+                   "after": after}
+        size = await self._db(self._store.page_bytes, **listing)
+        return await self._within_answers_budget(request, size, functools.partial(self._list_answer, request, listing))
+
+    async def _list_answer(self, request: web.Request, listing: dict[str, Any]) -> web.StreamResponse:
+        page = await self._db(self._store.page, with_workflow=False, **listing)
         positions = await self._positions(page.jobs)
         response = _json([self._job_view(job, positions) for job in page.jobs])
         if self.extensions:  # headers only: the body stays the contract's list
@@ -590,7 +594,7 @@ class QueueApi:
                 response.headers["Link"] = f'<{request.rel_url.with_query({**asked, "after": cursor})}>; rel="next"'
             if page.cut:
                 response.headers["X-List-Truncated"] = "size"
-        return response
+        return await _written_if_large(request, response)  # while its reservation is held
 
     async def _positions(self, shown: list[JobRecord]) -> dict[str, int]:
         """Places in line of the pending jobs shown, and only theirs."""
@@ -895,10 +899,8 @@ async def _fastapi_errors(request: web.Request, handler: Handler) -> web.StreamR
             raise
         return _detail(exc.status, exc.reason)
     except sqlite3.Error as exc:
-        if not is_storage_fault(exc):
-            raise
-        log.error("storage_failed", method=request.method, path=request.path, error=str(exc),
-                  code=exc.sqlite_errorname)
+        log.error("storage_failed" if is_storage_fault(exc) else "database_failed", method=request.method,
+                  path=request.path, error=str(exc), code=exc.sqlite_errorname)
         return _database_failure(exc)
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)

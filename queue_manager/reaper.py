@@ -157,16 +157,20 @@ class JobReaper:
             if stop.is_set():
                 return
             self._late_s = max(self._late_s, loop.time() - due)
-            try:
-                await run_in_db(self.run_pass)
-            except sqlite3.Error as exc:
-                if not is_storage_fault(exc):
-                    log.exception("reaper_pass_failed")
-                else:  # the cause is named; a traceback each pass while the disk stays full tells nothing more
-                    log.error("reaper_pass_failed", error=str(exc), code=exc.sqlite_errorname)
-            except Exception:
+            await self.logged_pass(run_in_db)
+
+    async def logged_pass(self, run_in_db: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+        """One pass, then the folders of the jobs it purged; a failure is logged, never raised."""
+        try:
+            await run_in_db(self.run_pass)
+        except sqlite3.Error as exc:
+            if not is_storage_fault(exc):
                 log.exception("reaper_pass_failed")
-            try:  # also after a failed pass: the jobs it deleted before failing are gone
-                await self.prune_outputs()
-            except Exception:
-                log.exception("outputs_pruning_failed")
+            else:  # the cause is named; a traceback each pass while the disk stays full tells nothing more
+                log.error("reaper_pass_failed", error=str(exc), code=exc.sqlite_errorname)
+        except Exception:
+            log.exception("reaper_pass_failed")
+        try:  # also after a failed pass: the jobs it deleted before failing are gone
+            await self.prune_outputs()
+        except Exception:
+            log.exception("outputs_pruning_failed")

@@ -189,6 +189,9 @@ class QueueManagerServer:
             finished_job_retention_s=self.finished_job_retention_s,
             outputs_dir=self.outputs_dir.resolve() if self.outputs_dir is not None else None,
         )
+        # Before serving, not an interval later: a queue manager restarting more often than that never handed back
+        # an expired lease.
+        await self._reaper.logged_pass(self._run_in_db)
         settings = QueueSettings(
             mode=self.mode,
             max_queue_depth=self.max_queue_depth,

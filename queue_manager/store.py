@@ -129,6 +129,7 @@ _SHOWN_AS_TEXT_COLUMNS = (
 _SHOWN_BYTES = (
     "SELECT COALESCE(result_bytes, length(result), 0) + length(metadata) + length(history) FROM jobs WHERE id = ?"
 )
+_LISTED_BYTES = "COALESCE(result_bytes, length(result), 0) + length(history)"  # a list shows no metadata
 # ... and a heartbeat's, a report's or a cancel's check needs only who holds the job and its status.
 _HOLDER_COLUMNS = f"{_PLAIN_COLUMNS}, '{{}}' AS workflow, '{{}}' AS metadata, NULL AS result, '[]' AS history"
 # A list holds at most this much stored JSON (results, histories; workflows when asked for): 50 completed jobs of
@@ -468,18 +469,7 @@ class JobStore:
         ``with_workflow=False`` leaves each job's workflow and metadata empty, unread: what GET /api/jobs shows
         (up to 1000 jobs of up to 11 MB each would otherwise be decoded to be thrown away).
         """
-        order = list_order(status, newest_first)
-        if after is not None and after.order != order:
-            raise ValueError(f"this cursor is from a listing in another order ({after.order}, not {order})")
-        filters, params = [], []
-        if user_id is not None:
-            filters.append("user_id = ?")
-            params.append(user_id)
-        if status is not None:
-            filters.append("status = ?")
-            params.append(status.value)
-        if order == "finished":
-            filters.append(_NUMBERED)
+        order, filters, params = _listing(user_id, status, newest_first, after)
         where, where_params = _where(filters, params, after)
         rows, size, cut = [], 0, False
         with self._transaction(write=False) as conn:
@@ -500,6 +490,30 @@ class JobStore:
                 if conn.execute(f"SELECT 1 FROM jobs {where} LIMIT 1", where_params).fetchone():  # noqa: S608
                     next_cursor = last
         return JobPage([JobRecord.from_row(row) for row in rows], next_cursor, cut)
+
+    def page_bytes(
+        self,
+        *,
+        user_id: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        after: ListCursor | None = None,
+    ) -> int:
+        """About how many bytes of stored JSON `page(with_workflow=False)` would read now (results and histories),
+        read without them: what a listing reserves before it is built."""
+        order, filters, params = _listing(user_id, status, newest_first, after)
+        where, where_params = _where(filters, params, after)
+        total = 0
+        with self._transaction(write=False) as conn:
+            for (size,) in conn.execute(
+                f"SELECT {_LISTED_BYTES} FROM jobs {where} ORDER BY {_ORDER_BY[order]} LIMIT ?",  # noqa: S608
+                (*where_params, max(limit, 0)),
+            ):
+                if total and total + size > LIST_BUDGET_BYTES:
+                    break
+                total += size
+        return total
 
     def cancel(self, job_id: str, *, user_id: str | None = None) -> JobStatus | None:
         """Cancel as the peer does: a pending job is deleted outright, a running one is marked `cancelled`
@@ -971,6 +985,25 @@ class JobPage:
     jobs: list[JobRecord]
     next: ListCursor | None
     cut: bool
+
+
+def _listing(
+    user_id: str | None, status: JobStatus | None, newest_first: bool, after: ListCursor | None
+) -> tuple[str, list[str], list[Any]]:
+    """A listing's order, filters and their parameters; ValueError when `after` is a cursor of another order."""
+    order = list_order(status, newest_first)
+    if after is not None and after.order != order:
+        raise ValueError(f"this cursor is from a listing in another order ({after.order}, not {order})")
+    filters, params = [], []
+    if user_id is not None:
+        filters.append("user_id = ?")
+        params.append(user_id)
+    if status is not None:
+        filters.append("status = ?")
+        params.append(status.value)
+    if order == "finished":
+        filters.append(_NUMBERED)
+    return order, filters, params
 
 
 def _where(filters: list[str], params: list[Any], after: ListCursor | None) -> tuple[str, tuple[Any, ...]]:

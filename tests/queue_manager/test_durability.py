@@ -270,3 +270,37 @@ def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
     finally:
         store._conn = real
         store.close()
+
+
+async def test_a_database_error_that_is_no_storage_fault_answers_503_retry_later_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A database that refuses a write for another reason than its disk (here a trigger someone added to the file:
+    SQLITE_CONSTRAINT_TRIGGER). Before: a submission got aiohttp's 500 page and a traceback, a poll 500 with
+    SQLite's message and no Retry-After."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    db = tmp_path / "queue.db"
+    async with QueueManagerServer(db) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        pending = queue.store.submit("alice", {"1": {}}).id
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("CREATE TRIGGER no_inserts BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'no inserts'); END")
+        other.execute("CREATE TRIGGER no_updates BEFORE UPDATE ON jobs BEGIN SELECT RAISE(ABORT, 'no updates'); END")
+        other.close()
+        with capture_logs() as logs:
+            submitted = await client.post("/api/jobs", json={"user_id": "alice", "workflow": {"1": {}}})
+            polled = await client.get("/api/workers/next-job", params={"worker_id": "w1"})
+        for answer, why in ((submitted, "no inserts"), (polled, "no updates")):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "10"
+            assert answer.json()["detail"] == (
+                f"The queue's database refused the request: {why}; nothing was changed, retry later"
+            )
+        assert [(e["event"], e["code"], e["path"]) for e in logs if e["log_level"] == "error"] == [
+            ("database_failed", "SQLITE_CONSTRAINT_TRIGGER", "/api/jobs"),
+            ("database_failed", "SQLITE_CONSTRAINT_TRIGGER", "/api/workers/next-job"),
+        ]
+        assert queue.store.get(pending).status is JobStatus.PENDING
+        assert [job.id for job in queue.store.list()] == [pending], "the refused submission was not stored"

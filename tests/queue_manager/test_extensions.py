@@ -217,6 +217,21 @@ async def test_a_queue_manager_restarting_faster_than_the_lease_still_hands_a_de
     assert handed_back == [[], [], [dead_job], []], "after 90 s of the queue's uptime since the worker died"
 
 
+async def test_a_start_hands_back_the_leases_that_expired_before_it(tmp_path: Path, clock: FakeClock) -> None:
+    """The first lease pass ran one interval (LEASE_TIMEOUT_S / 4) after start: a queue manager crash-looping faster
+    than that never handed back a dead worker's job, however long ago its lease ran out. Now a pass runs at start."""
+    db = tmp_path / "q.db"
+    async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+        dead_job = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("dead", queue.mode)
+        clock.advance(100)  # the job's worker silent for 100 s, another worker polling, no pass due yet
+        queue.store.pop_next("alive", queue.mode)
+    clock.advance(5)
+    async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+        stored = queue.store.get(dead_job)
+        assert (stored.status, stored.attempt) == (JobStatus.PENDING, 2), "its lease ran out 40 s before the restart"
+
+
 @pytest.mark.parametrize("step_s", [7200, -3600])
 async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock, step_s: float) -> None:
     """NTP stepping the clock, or the host resuming from a pause: forward, every running job was handed back as a

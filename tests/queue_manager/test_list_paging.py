@@ -176,3 +176,40 @@ def test_every_yields_all_jobs_past_the_size_bound_where_one_list_stops(
     assert len(queue.store.list(limit=10**9)) == 1, "one page holds one 3 KB result under a 5 KB bound"
     assert [job.id for job in queue.store.every()] == jobs
     assert [job.id for job in queue.store.every(status=JobStatus.COMPLETED, newest_first=True)] == jobs[::-1]
+
+
+async def test_lists_answered_at_once_hold_no_more_than_the_answers_budget(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a job's view reserved from the answers' budget: a list (up to 16 MiB of results) did not, so 40 lists
+    at once, each left unread for 5 s, took the queue manager to 789 MB and /health to 4 s. A list past the
+    budget now waits for room, then is 503 with Retry-After, as a job's view is."""
+    import asyncio
+    import socket
+
+    from queue_manager import app
+
+    monkeypatch.setattr(app, "ANSWERS_IN_FLIGHT_BYTES", 10_000_000)
+    monkeypatch.setattr(app, "ANSWER_BUDGET_WAIT_S", 0.3)
+    job = queue.store.submit("alice", {"1": {}})
+    queue.store.pop_next("w", queue.mode)
+    queue.store.complete(job.id, {"outputs": [], "blob": "x" * 6_000_000})  # more than loopback buffers take
+    host, port = queue.url.removeprefix("http://").split(":")
+    unread = socket.create_connection((host, int(port)))
+    unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        unread.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+            async with asyncio.timeout(5):
+                while (refused := await client.get("/api/jobs")).status_code == 200:
+                    await asyncio.sleep(0.05)  # until the unread list holds its reservation
+            assert refused.status_code == 503, refused.text[:300]
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["detail"].startswith("Busy: answers being sent hold")
+            unread.close()  # its reservation ends with it (its write fails or stalls out)
+            async with asyncio.timeout(5):
+                while (listed := await client.get("/api/jobs")).status_code == 503:
+                    await asyncio.sleep(0.05)
+            assert [shown["id"] for shown in listed.json()] == [job.id]
+    finally:
+        unread.close()
