@@ -277,6 +277,20 @@ async def test_a_setting_the_wait_target_planner_does_not_read_is_warned_of_when
     assert ignored() == [], "the in-flight rule reads them"
 
 
+async def test_a_setting_the_in_flight_rule_does_not_read_is_warned_of_when_set(cli_env, monkeypatch, capfd):
+    """SCALER_JOBS_PER_REPLICA=2 needs SCALER_TARGET_WAIT_S=none, and then SCALER_TIMETABLE pre-warmed nothing,
+    unsaid: the in-flight rule does not read it."""
+    monkeypatch.setenv("SCALER_TARGET_WAIT_S", "none")
+    monkeypatch.setenv("SCALER_JOBS_PER_REPLICA", "2")
+    monkeypatch.setenv("SCALER_TIMETABLE", "09:00-09:50*3")
+    monkeypatch.setenv("SCALER_EARLY_RELEASE_S", "120")
+    assert await cli("once", "--dry-run") == 0
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    ignored = [line for line in lines if line["event"] == "setting_ignored"]
+    assert [line["setting"] for line in ignored] == ["SCALER_TIMETABLE", "SCALER_EARLY_RELEASE_S"]
+    assert "SCALER_TARGET_WAIT_S" in ignored[0]["hint"]
+
+
 async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch, capsys):
     """`https://user:pass@…`: masked in `status --json` and in every log line, whatever carries it."""
     monkeypatch.setenv("QUEUE_MANAGER_URL", qm.url.replace("http://", "http://worker:url-pass-do-not-log@"))
