@@ -63,7 +63,9 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="outputs, logs and report.json go here (default %(default)s)")
     parser.add_argument("--db", type=_database, help="queue database (default: a temporary one)")
     parser.add_argument("--idle-to-zero-s", type=_number(0, DAY_S), default=defaults.idle_to_zero_s,
-                        help="idle seconds before the scaler goes to zero (default %(default)s)")
+                        help="how long an idle worker keeps polling, plus 5 scaler intervals, before it exits by "
+                        "itself (default %(default)s); the demo's scaler plans for --target-wait-s and stops a "
+                        "replica the queue does not need at once, without waiting for it")
     parser.add_argument("--target-wait-s", type=_number(1, DAY_S), default=defaults.target_wait_s,
                         help="the wait the scaler plans for, as target_wait_s in production (default %(default)s)")
     parser.add_argument("--timeout-s", type=_number(1, DAY_S), default=defaults.timeout_s,

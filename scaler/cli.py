@@ -278,6 +278,7 @@ async def _usable_pricing(settings: ScalerSettings, backend: Backend) -> Pricing
     if refuse_budget_conflicts(settings, backend, pricing):
         return EXIT_USAGE
     _warn_if_spend_forgotten(settings)
+    _warn_if_settings_unread(settings)
     return pricing
 
 
@@ -292,6 +293,22 @@ def _warn_if_spend_forgotten(settings: ScalerSettings) -> None:
         log.warning("budget_spend_not_kept", setting=where,
                     hint=f"SCALER_MAX_SPEND_PER_DAY counts the last 24 h of spend: set {where}, or a restart forgets "
                     "the day's spend and the budget can be spent again")
+
+
+def _warn_if_settings_unread(settings: ScalerSettings) -> None:
+    """A setting the rule in use does not read did nothing, unsaid: SCALER_IDLE_TO_ZERO_S=1800 set to keep a replica
+    warm, it went at its billing boundary all the same."""
+    if settings.target_wait_s is None:
+        hint = ("the in-flight rule (SCALER_TARGET_WAIT_S=none) does not read it: only wait-target planning does "
+                "(set SCALER_TARGET_WAIT_S, with SCALER_JOBS_PER_REPLICA=1); to keep replicas warm with the in-flight "
+                "rule set SCALER_MIN_REPLICAS")
+    else:
+        hint = ("the wait-target planner does not read it: a replica the queue does not need leaves at its billing "
+                "boundary (or up to SCALER_EARLY_RELEASE_S before it, at once if not billing-aware); to keep replicas "
+                "warm set SCALER_MIN_REPLICAS or SCALER_TIMETABLE, or set SCALER_TARGET_WAIT_S=none for the in-flight "
+                "rule, which reads it")
+    for name in settings.unread_settings():
+        log.warning("setting_ignored", setting=name, target_wait_s=settings.target_wait_s, hint=hint)
 
 
 def _platform_error(exc: Exception) -> str:

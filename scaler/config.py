@@ -44,6 +44,13 @@ MIN_INTERVAL_S = 1.0  # one tick reads Verda 3 times and the queue manager up to
 MIN_BILLING_INTERVAL_S = 60.0  # the ledger keeps one charge per interval per replica for a day
 MIN_DURATION_S = 1.0  # a wait target, a job length, a provider's start deadline or back-off
 MAX_WINDOW_S = DAY_S  # the stabilization window keeps one demand sample per tick for its whole length
+# The policy settings only the in-flight rule reads: the wait-target planner (scaler.policy._plan) reads none of
+# them, nor the cooldown while billing-aware; and those only the planner reads.
+IN_FLIGHT_RULE_ONLY = ("idle_to_zero_s", "stabilization_window_s", "activation_max_wait_s")
+WAIT_TARGET_ONLY = (
+    "timetable", "prewarm_lead_s", "early_release_s", "default_job_duration_s", "replica_boot_s", "worker_drain_s",
+    "victim_may_be_busy", "max_lost_work_s", "lost_work_weight",
+)
 
 
 def _scaler(name: str) -> str:
@@ -232,6 +239,15 @@ class ScalerSettings(LogSettings):
         if self.price_per_replica_hour is not None:
             return self.price_per_replica_hour
         return DEFAULTS.price_per_replica_hour if self.backend == "local" else math.inf
+
+    def unread_settings(self) -> list[str]:
+        """The policy settings set in the environment (or .env) that the rule chosen by SCALER_TARGET_WAIT_S does not
+        read."""
+        if self.target_wait_s is None:
+            unread = WAIT_TARGET_ONLY
+        else:
+            unread = (*IN_FLIGHT_RULE_ONLY, *(("scale_down_cooldown_s",) if self.billing_aware else ()))
+        return [env_name(ScalerSettings, name) for name in unread if name in self.model_fields_set]
 
     @property
     def provider_names(self) -> list[str]:

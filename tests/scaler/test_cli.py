@@ -251,6 +251,46 @@ async def test_a_daily_budget_without_a_file_to_keep_its_spend_is_warned_of(cli_
     assert "budget_spend_not_kept" not in capfd.readouterr().err
 
 
+async def test_a_setting_the_wait_target_planner_does_not_read_is_warned_of_when_set(cli_env, monkeypatch, capfd):
+    """SCALER_IDLE_TO_ZERO_S=1800, set to keep a replica warm, did nothing beside the default wait target, unsaid
+    (the demo's replica went to zero 0.95 s idle with 600 s set). The cooldown is read here: not billing-aware."""
+
+    def ignored() -> list[str]:
+        lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+        return [line["setting"] for line in lines if line["event"] == "setting_ignored"]
+
+    assert await cli("once", "--dry-run") == 0
+    assert ignored() == [], "not set: nothing to say"
+    monkeypatch.setenv("SCALER_IDLE_TO_ZERO_S", "1800")
+    monkeypatch.setenv("SCALER_STABILIZATION_WINDOW_S", "300")
+    monkeypatch.setenv("SCALER_ACTIVATION_MAX_WAIT_S", "60")
+    monkeypatch.setenv("SCALER_SCALE_DOWN_COOLDOWN_S", "60")
+    in_flight_rule_only = ["SCALER_IDLE_TO_ZERO_S", "SCALER_STABILIZATION_WINDOW_S", "SCALER_ACTIVATION_MAX_WAIT_S"]
+    for command in (("once", "--dry-run"), ("once",)):
+        assert await cli(*command) == 0
+        assert ignored() == in_flight_rule_only
+    monkeypatch.setenv("SCALER_BILLING_AWARE", "true")
+    assert await cli("once", "--dry-run") == 0
+    assert ignored() == [*in_flight_rule_only, "SCALER_SCALE_DOWN_COOLDOWN_S"]
+    monkeypatch.setenv("SCALER_TARGET_WAIT_S", "none")
+    assert await cli("once") == 0
+    assert ignored() == [], "the in-flight rule reads them"
+
+
+async def test_a_setting_the_in_flight_rule_does_not_read_is_warned_of_when_set(cli_env, monkeypatch, capfd):
+    """SCALER_JOBS_PER_REPLICA=2 needs SCALER_TARGET_WAIT_S=none, and then SCALER_TIMETABLE pre-warmed nothing,
+    unsaid: the in-flight rule does not read it."""
+    monkeypatch.setenv("SCALER_TARGET_WAIT_S", "none")
+    monkeypatch.setenv("SCALER_JOBS_PER_REPLICA", "2")
+    monkeypatch.setenv("SCALER_TIMETABLE", "09:00-09:50*3")
+    monkeypatch.setenv("SCALER_EARLY_RELEASE_S", "120")
+    assert await cli("once", "--dry-run") == 0
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    ignored = [line for line in lines if line["event"] == "setting_ignored"]
+    assert [line["setting"] for line in ignored] == ["SCALER_TIMETABLE", "SCALER_EARLY_RELEASE_S"]
+    assert "SCALER_TARGET_WAIT_S" in ignored[0]["hint"]
+
+
 async def test_a_password_in_the_queue_url_never_shows(cli_env, qm, monkeypatch, capsys):
     """`https://user:pass@…`: masked in `status --json` and in every log line, whatever carries it."""
     monkeypatch.setenv("QUEUE_MANAGER_URL", qm.url.replace("http://", "http://worker:url-pass-do-not-log@"))

@@ -187,8 +187,9 @@ class RunPodBackend:
         live = [pod for pod in pods if pod.live]
         surplus = _surplus(live, target, self.health.phase)
         for pod in surplus:
-            log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, phase=self.health.phase.get(pod.id),
-                     target=target)
+            if pod.id not in self._stopping:  # said when its stop is first asked, not at every observe it takes
+                log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, phase=self.health.phase.get(pod.id),
+                         target=target)
         terminated = await _each_pod([*((pod.id, partial(self._terminate_tracked, pod)) for pod in dead),
                                       *((pod.id, partial(self._stop_then_terminate, pod)) for pod in surplus)])
         created = await self._create_missing(target - len(live) - len(self._unlisted))
