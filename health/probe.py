@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import signal
 import sys
 import urllib.request
 from pathlib import Path
@@ -67,8 +68,17 @@ def probe(environ: dict[str, str]) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _out_of_time(_signum: int, _frame: object) -> None:
+    raise TimeoutError(f"no answer within {TIMEOUT_S:g} s")
+
+
 def main() -> int:
+    # TIMEOUT_S bounds each connect and read, not the whole: a server sending its answer a byte at a time kept
+    # the probe past Docker's --timeout, which then killed it without a word.
+    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.setitimer(signal.ITIMER_REAL, TIMEOUT_S)
     problem = probe(dict(os.environ))
+    signal.setitimer(signal.ITIMER_REAL, 0)
     if problem is not None:
         print(f"unhealthy: {problem}", file=sys.stderr)  # Docker keeps it in the container's health log
         return 1

@@ -4,6 +4,7 @@ a queue token refused on 3 polls in a row)."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import structlog
@@ -98,6 +99,11 @@ def main() -> int:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(usage())
         return 0
+    if sys.argv[1:]:  # `docker run <image> bash` meant a shell: it started ComfyUI and a worker taking jobs
+        sys.stderr.write(f"comfy-supervisor takes no arguments, got: {shlex.join(sys.argv[1:])}; it is configured by "
+                         "environment variables (--help lists them). For a shell in the image: docker run "
+                         "--entrypoint bash <image>\n")
+        return EXIT_CONFIG
     try:
         config, settings = load_configuration()
     except ConfigError as exc:

@@ -68,6 +68,7 @@ async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Work
     code = await comfyui.wait()
     reason = f"ComfyUI process exited unexpectedly with code {code}"
     log.error("comfyui.exited_unexpectedly", code=code)
+    worker.state.set_comfyui(False)  # /status and comfy_worker_comfyui_up said 1 for as long as the hand-back took
     worker.abort(reason)  # hands the running job back with the reason and marks the state fatal: /health 503
 
 

@@ -146,6 +146,21 @@ def test_help_lists_every_variable_and_starts_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists(), "the supervisor prepared its scratch folder: it was starting"
 
 
+@pytest.mark.parametrize("argv", [["bash"], ["--dry-run"], ["python", "-m", "worker"]])
+def test_an_argument_is_refused_and_starts_nothing(tmp_path: Path, argv: list[str]) -> None:
+    """`docker run <image> bash` meant a shell. Before: the arguments were ignored and the supervisor started
+    ComfyUI and a worker that took jobs from the queue."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "QUEUE_MANAGER_URL": "http://127.0.0.1:9",
+           "COMFYUI_COMMAND": "/bin/false", "SCRATCH_DIR": str(tmp_path / "data"), "OUTPUTS_PATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "supervisor", *argv], capture_output=True, text=True, timeout=30,
+                         env=env, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == (f"comfy-supervisor takes no arguments, got: {' '.join(argv)}; it is configured by "
+                          "environment variables (--help lists them). For a shell in the image: docker run "
+                          "--entrypoint bash <image>\n")
+    assert not (tmp_path / "data").exists(), "the supervisor prepared its scratch folder: it was starting"
+
+
 def test_credentials_set_in_any_case_are_withheld_from_comfyui(monkeypatch: pytest.MonkeyPatch) -> None:
     # The settings read variables whatever their case: queue_manager_token is the worker's token too.
     token = "lower-case-queue-token-1234"

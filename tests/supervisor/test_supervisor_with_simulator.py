@@ -115,6 +115,27 @@ async def test_comfyui_death_hands_the_job_back_with_its_priority_and_turns_heal
     assert copy.metadata["faults"] == 1
 
 
+async def test_status_and_metrics_say_comfyui_is_down_once_it_died(
+    base_env, run_supervisor, queue_manager: QueueManagerServer
+) -> None:
+    """An idle worker does not talk to ComfyUI: after its death /status and comfy_worker_comfyui_up went on saying
+    it was up until the process exited (a poll in flight, a job's hand-back: seconds)."""
+    supervisor = await run_supervisor(base_env)
+    child = await supervisor.comfyui_pid()
+    await supervisor.wait_until(lambda: _is(supervisor.status_of("/ready"), 200), timeout_s=15, what="/ready 200")
+    queue_manager.faults.inject("next-job", delay_s=2)  # a poll in flight keeps the worker alive meanwhile
+    await supervisor.wait_until(lambda: not queue_manager.faults.pending("next-job"), what="the slow poll")
+
+    os.kill(child, signal.SIGKILL)
+    await supervisor.wait_until(lambda: _response_if(supervisor.get("/health"), 503), what="/health 503")
+    status = (await supervisor.get("/status")).json()
+    metrics = (await supervisor.get("/metrics")).text
+
+    assert status["comfyui_up"] is False
+    assert "comfy_worker_comfyui_up 0.0" in metrics.splitlines()
+    assert await supervisor.wait() == 1
+
+
 async def test_a_sigterm_right_after_comfyui_died_still_hands_the_job_back_as_a_fault(
     base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
 ) -> None:
