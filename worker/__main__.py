@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from common.limits import allow_many_connections
@@ -28,6 +29,10 @@ def main() -> int:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(usage())
         return 0
+    if sys.argv[1:]:  # `comfy-worker --queue-url …` ran on QUEUE_MANAGER_URL's value (or its default) unsaid
+        sys.stderr.write(f"comfy-worker takes no arguments, got: {shlex.join(sys.argv[1:])}; it is configured by "
+                         "environment variables or a .env file (--help lists them)\n")
+        return 2
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parents[2]
 VARIABLES = [env_name(WorkerSettings, name) for name in WorkerSettings.model_fields]
 
 
+@pytest.mark.parametrize("argv", [["--queue-url", "http://queue.example"], ["run"]])
+def test_an_argument_is_refused_and_nothing_is_polled(tmp_path, argv):
+    """Before: the arguments were ignored and the worker started on the environment's settings, polling a queue."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "QUEUE_MANAGER_URL": "http://127.0.0.1:9"}
+    run = subprocess.run([sys.executable, "-m", "worker", *argv], capture_output=True, text=True, timeout=30, env=env,
+                         cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == (f"comfy-worker takes no arguments, got: {' '.join(argv)}; it is configured by environment "
+                          "variables or a .env file (--help lists them)\n")
+
+
 def test_help_lists_every_variable():
     run = subprocess.run([sys.executable, "-m", "worker", "--help"], capture_output=True, text=True, timeout=30)
     assert run.returncode == 0
