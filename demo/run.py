@@ -24,7 +24,7 @@ from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
 from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs
 from demo.results import fetch_results
-from demo.workload import submit_all, workshop_burst
+from demo.workload import SubmissionFailed, submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
 from scaler.fleet import FleetBackend
 from scaler.loop import ScalerLoop
@@ -206,7 +206,7 @@ def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dic
 
 async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> str | None:
     """Watch until every job is submitted and terminal and the replicas are back to zero: None; or why it stopped
-    before (Ctrl-C, timeout)."""
+    before (Ctrl-C, timeout, a submission the queue manager refused)."""
     stopped = None
     while not stop.is_set():
         now = time.monotonic()
@@ -216,7 +216,11 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
         starts = sum(p.starts for p in processes.values())
         progress.update(counts, len(view.replicas), starts, now - started, ledger)
         if submit_task.done():
-            submit_task.result()  # raises what stopped the submissions
+            if isinstance(failure := submit_task.exception(), SubmissionFailed):
+                log.error("Demo submission failed", reason=str(failure))
+                stopped = f"submission failed: {failure}"
+                break
+            submit_task.result()  # raises what else stopped the submissions
             all_terminal = all(job.status.value in TERMINAL for job in qm.store.every(with_workflow=False))
             if all_terminal and not view.replicas:
                 break

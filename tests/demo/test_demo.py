@@ -356,3 +356,35 @@ async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, cap
     async with ComfyUISimulator(tmp_path / "output") as comfyui:
         args = await asyncio.to_thread(parse_demo_args, ["--comfyui-url", comfyui.url])
     assert args.comfyui_url == comfyui.url
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("fault", "named"), [
+    ({"status": 500, "body": {"detail": "disk of http://admin:hunter2@db.internal/ is full"}},
+     "submission failed: POST /api/jobs answered HTTP 500: disk of http://***@db.internal/ is full"),
+    ({"drop": True}, "submission failed: POST /api/jobs failed: RemoteProtocolError"),
+])
+async def test_a_submission_the_queue_manager_refuses_stops_the_demo_saying_so(tmp_path, monkeypatch, capsys, fault,
+                                                                                named):
+    """The second POST /api/jobs answered neither 2xx nor 429, or not at all. Before: a traceback out of the demo
+    (httpx.HTTPStatusError, RemoteProtocolError) and no report.json; now it stops as on Ctrl-C and says why."""
+
+    class RefusingQueueManager(QueueManagerServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, test_hooks=True, **kwargs)
+            self.faults.inject("submit-job", delay_s=0.01)  # the first is accepted
+            self.faults.inject("submit-job", **fault)
+
+    monkeypatch.setattr(demo.run, "QueueManagerServer", RefusingQueueManager)
+    options = DemoOptions(
+        jobs=3, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False,
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    assert report["stopped"].startswith(named) and report["ok"] is False, report
+    assert report["jobs_submitted"] == 1 and report["orphan_processes"] == [], report
+    assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+    out = capsys.readouterr().out
+    assert f"stopped before the end: {named}" in " ".join(out.split()) and "hunter2" not in out, out
