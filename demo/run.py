@@ -12,9 +12,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,6 +35,7 @@ from scaler.providers.local import LocalBackend
 from scaler.queue_status import QueueStatusReader
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 # A demo replica (supervisor, simulator, worker on this machine) takes its first job about 2 s after it is started.
@@ -100,7 +102,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
 
 
 def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
-    """Once the replicas are stopped, a Ctrl-C interrupts again; a second call does nothing."""
+    """Once the report is written, a Ctrl-C interrupts again; a second call does nothing."""
     for sig in _STOP_SIGNALS:
         loop.remove_signal_handler(sig)
 
@@ -109,6 +111,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     output_dir = options.output_dir.resolve()
     outputs = output_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").unlink(missing_ok=True)  # an earlier run's "ok" is never taken for this one's
     replicas = (
         RealComfyUIReplicas(options.comfyui_url) if options.comfyui_url
         else SimulatedReplicas(scratch, options.node_seconds)
@@ -161,14 +164,17 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
             stop.set()
             await backend.aclose()
             await fleet_stack.aclose()
-            _remove_stop_handlers(loop)
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
         span_s = time.monotonic() - started
         jobs = list(qm.store.every())
         # As the participants would: their token, the queue manager's route, the files their results list.
-        results = await fetch_results(qm.url, list(final_jobs(jobs, submitted).values()), outputs,
-                                      token=participants_token)
+        results = await _unless_interrupted(fetch_results(
+            qm.url, list(final_jobs(jobs, submitted).values()), outputs, token=participants_token
+        ))
+        if results is None:
+            stopped = stopped or "interrupted (Ctrl-C or SIGTERM) while the results were fetched"
+            results = {"files": 0, "fetched": 0, "failed": 0, "first_failure": None}
         report = build_report(
             jobs, submitted, ledger, span_s=span_s,
             price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
@@ -181,6 +187,21 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+async def _unless_interrupted(work: Coroutine[Any, Any, T]) -> T | None:
+    """`work`'s result, or None when a Ctrl-C (or SIGTERM) comes first: the replicas are stopped by then, and the
+    report is still written. A later one, until the report is written, is ignored."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(work)
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # the demo itself is cancelled, not interrupted by a signal
+            raise
+        return None
 
 
 def _watch_fleet(scaler: ScalerLoop):

@@ -211,7 +211,8 @@ def test_the_demo_s_burst_keeps_its_replicas_while_jobs_wait_past_the_demo_s_tar
 async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers(tmp_path, monkeypatch, failure):
     """Before: the scratch folder (comfy-demo-*, the replicas' ComfyUI folders) was removed only on the normal
     path, and when the queue manager could not start the demo's SIGINT/SIGTERM handlers stayed installed: a
-    Ctrl-C after it set an event nobody waits for."""
+    Ctrl-C after it set an event nobody waits for. And an earlier run's report.json (perhaps "ok": true) stayed,
+    to be read as this run's."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
@@ -224,9 +225,12 @@ async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers
 
         monkeypatch.setattr(demo.run, "demo_scaling", fails)
     options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", db=db, live=False)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "report.json").write_text('{"ok": true}')  # an earlier run's
     with pytest.raises((sqlite3.Error, RuntimeError)):
         await run_demo(options)
     assert list(temp.iterdir()) == []
+    assert not (tmp_path / "demo" / "report.json").exists(), "an earlier run's report.json was left as this run's"
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGINT) and not loop.remove_signal_handler(signal.SIGTERM)
 
@@ -388,3 +392,28 @@ async def test_a_submission_the_queue_manager_refuses_stops_the_demo_saying_so(t
     assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
     out = capsys.readouterr().out
     assert f"stopped before the end: {named}" in " ".join(out.split()) and "hunter2" not in out, out
+
+
+@pytest.mark.timeout(120)
+async def test_a_ctrl_c_while_the_results_are_fetched_still_writes_the_report(tmp_path, monkeypatch):
+    """The replicas are stopped, the results being fetched. Before: a KeyboardInterrupt traceback out of the demo
+    and no report.json; now the fetch stops and the report says so."""
+    fetch_results = demo.run.fetch_results
+
+    async def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return await fetch_results(*args, **kwargs)
+
+    monkeypatch.setattr(demo.run, "fetch_results", interrupted)
+    options = DemoOptions(
+        jobs=2, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False,
+    )
+    try:
+        report = await run_demo(options)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C while the results were fetched was a KeyboardInterrupt out of the demo")
+
+    assert report["stopped"] == "interrupted (Ctrl-C or SIGTERM) while the results were fetched", report
+    assert report["completed"] == 2 and report["ok"] is False and report["orphan_processes"] == [], report
+    assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
