@@ -156,8 +156,8 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 progress = Progress(options.price_per_hour, live=options.live)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
-                    stopped = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop, started,
-                                                options)
+                    stopped, replicas_left = await _until_done(qm, watch, processes, ledger, progress, submit_task,
+                                                               stop, started, options)
                 stop.set()
                 await scaler_task
         finally:
@@ -178,7 +178,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
         report = build_report(
             jobs, submitted, ledger, span_s=span_s,
             price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
-            outputs=str(outputs), results=results, replicas_at_end=sum(len(p.pids) for p in processes.values()),
+            outputs=str(outputs), results=results, replicas_at_end=replicas_left,
         )
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
@@ -225,13 +225,17 @@ def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dic
     }
 
 
-async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> str | None:
+async def _until_done(
+    qm, observe, processes, ledger, progress, submit_task, stop, started, options
+) -> tuple[str | None, int]:
     """Watch until every job is submitted and terminal and the replicas are back to zero: None; or why it stopped
-    before (Ctrl-C, timeout, a submission the queue manager refused)."""
-    stopped = None
+    before (Ctrl-C, timeout, a submission the queue manager refused). And the replicas the scaler left running, as
+    last seen before the demo stops them itself."""
+    stopped, running = None, 0
     while not stop.is_set():
         now = time.monotonic()
         view = await observe()
+        running = len(view.replicas)
         ledger.observe([r.id for r in view.replicas], now)
         counts = {status.value: count for status, count in qm.store.counts().items()}
         starts = sum(p.starts for p in processes.values())
@@ -254,7 +258,7 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
     if stop.is_set():
         stopped = "interrupted (Ctrl-C or SIGTERM)"
     submit_task.cancel()
-    return stopped
+    return stopped, running
 
 
 def _processes_using(scratch: Path) -> set[int]:

@@ -417,3 +417,20 @@ async def test_a_ctrl_c_while_the_results_are_fetched_still_writes_the_report(tm
     assert report["stopped"] == "interrupted (Ctrl-C or SIGTERM) while the results were fetched", report
     assert report["completed"] == 2 and report["ok"] is False and report["orphan_processes"] == [], report
     assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+
+
+@pytest.mark.timeout(120)
+async def test_replicas_the_scaler_left_running_are_counted_at_the_end(tmp_path, capsys):
+    """The fleet not back to zero when the demo stops (here --timeout-s with a job still running on its replica).
+    Before: 'replicas at the end: 0', counted after the demo had stopped them itself; now the replica the scaler
+    left running is counted."""
+    options = DemoOptions(
+        jobs=1, users=1, bad_jobs=0, max_replicas=1, node_seconds=60.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=8, live=False,
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    assert report["replicas_at_end"] == 1 and report["ok"] is False, report
+    assert report["orphan_processes"] == [], "the demo still stops it"
+    assert "replicas at the end: 1" in capsys.readouterr().out
