@@ -41,6 +41,7 @@ T = TypeVar("T")
 # A demo replica (supervisor, simulator, worker on this machine) takes its first job about 2 s after it is started.
 DEMO_REPLICA_BOOT_S = 3.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # set the demo's stop while the replicas run
+SCRATCH_PREFIX, PID_FILE = "comfy-demo-", "demo.pid"  # a scratch folder names the run it belongs to
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ def _worker_idle_polls(options: DemoOptions) -> int:
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
     """The demo's report; its scratch folder and its Ctrl-C handling go however it ends."""
-    scratch = Path(tempfile.mkdtemp(prefix="comfy-demo-"))
+    _sweep_scratch_of_killed_runs(Path(tempfile.gettempdir()))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    (scratch / PID_FILE).write_text(str(os.getpid()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -99,6 +102,29 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     finally:
         _remove_stop_handlers(loop)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sweep_scratch_of_killed_runs(temp: Path) -> None:
+    """Scratch folders of earlier runs killed outright (SIGKILL: no `finally` ran), each known by the pid in it;
+    one without that file, or whose process is alive, is left alone."""
+    for folder in temp.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int((folder / PID_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid > 0 and not _process_alive(pid):
+            log.info("Demo scratch folder of a killed run removed", folder=str(folder), pid=pid)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's, or not a pid: not ours to judge
+    return True
 
 
 def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -434,3 +435,38 @@ async def test_replicas_the_scaler_left_running_are_counted_at_the_end(tmp_path,
     assert report["replicas_at_end"] == 1 and report["ok"] is False, report
     assert report["orphan_processes"] == [], "the demo still stops it"
     assert "replicas at the end: 1" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+async def test_the_scratch_folder_of_a_demo_killed_outright_goes_at_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL runs no `finally`. Before: its comfy-demo-* scratch folder stayed for good; now the next run removes
+    it, and only it: not a live run's, nor a folder without the run's pid file."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "1", "--spread-s", "60", "--no-live",
+         "--output-dir", str(tmp_path / "killed")],
+        env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            left = [folder for folder in temp.glob("comfy-demo-*") if (folder / "queue.db").exists()]
+            if left or killed.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+    assert left, "the demo never made its scratch folder"
+    live, unmarked = temp / "comfy-demo-live", temp / "comfy-demo-unmarked"
+    live.mkdir()
+    (live / "demo.pid").write_text(str(os.getpid()))
+    unmarked.mkdir()
+
+    db = tmp_path / "not-a-database"
+    db.mkdir()  # this run stops at once: the sweep is at its start
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", db=db, live=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(sqlite3.Error):
+        await run_demo(options)
+    assert sorted(temp.iterdir()) == [live, unmarked]
