@@ -72,7 +72,7 @@ async def _fetch_and_check(http: httpx.AsyncClient, job_id: str, item: dict[str,
         async with http.stream("GET", f"/api/jobs/{job_id}/outputs/{quote(path, safe='/')}") as response:
             if response.status_code != 200:
                 await response.aread()
-                return f"HTTP {response.status_code}: {_detail(response)[:240]}"
+                return f"HTTP {response.status_code}: {answer_detail(response)[:240]}"
             async for chunk in response.aiter_bytes():
                 digest.update(chunk)
                 size += len(chunk)
@@ -89,7 +89,8 @@ async def _fetch_and_check(http: httpx.AsyncClient, job_id: str, item: dict[str,
     return None
 
 
-def _detail(response: httpx.Response) -> str:
+def answer_detail(response: httpx.Response) -> str:
+    """The queue manager's {"detail": ...}, or the body as it came."""
     try:
         return str(response.json()["detail"])
     except (ValueError, KeyError, TypeError):

@@ -12,9 +12,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,7 +25,7 @@ from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
 from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs
 from demo.results import fetch_results
-from demo.workload import submit_all, workshop_burst
+from demo.workload import SubmissionFailed, submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
 from scaler.fleet import FleetBackend
 from scaler.loop import ScalerLoop
@@ -34,11 +35,13 @@ from scaler.providers.local import LocalBackend
 from scaler.queue_status import QueueStatusReader
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 # A demo replica (supervisor, simulator, worker on this machine) takes its first job about 2 s after it is started.
 DEMO_REPLICA_BOOT_S = 3.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # set the demo's stop while the replicas run
+SCRATCH_PREFIX, PID_FILE = "comfy-demo-", "demo.pid"  # a scratch folder names the run it belongs to
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,9 @@ def _worker_idle_polls(options: DemoOptions) -> int:
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
     """The demo's report; its scratch folder and its Ctrl-C handling go however it ends."""
-    scratch = Path(tempfile.mkdtemp(prefix="comfy-demo-"))
+    _sweep_scratch_of_killed_runs(Path(tempfile.gettempdir()))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    (scratch / PID_FILE).write_text(str(os.getpid()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -99,8 +104,31 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _sweep_scratch_of_killed_runs(temp: Path) -> None:
+    """Scratch folders of earlier runs killed outright (SIGKILL: no `finally` ran), each known by the pid in it;
+    one without that file, or whose process is alive, is left alone."""
+    for folder in temp.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int((folder / PID_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if pid > 0 and not _process_alive(pid):
+            log.info("Demo scratch folder of a killed run removed", folder=str(folder), pid=pid)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's, or not a pid: not ours to judge
+    return True
+
+
 def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
-    """Once the replicas are stopped, a Ctrl-C interrupts again; a second call does nothing."""
+    """Once the report is written, a Ctrl-C interrupts again; a second call does nothing."""
     for sig in _STOP_SIGNALS:
         loop.remove_signal_handler(sig)
 
@@ -109,6 +137,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     output_dir = options.output_dir.resolve()
     outputs = output_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").unlink(missing_ok=True)  # an earlier run's "ok" is never taken for this one's
     replicas = (
         RealComfyUIReplicas(options.comfyui_url) if options.comfyui_url
         else SimulatedReplicas(scratch, options.node_seconds)
@@ -153,26 +182,29 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 progress = Progress(options.price_per_hour, live=options.live)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
-                    stopped = await _until_done(qm, watch, processes, ledger, progress, submit_task, stop, started,
-                                                options)
+                    stopped, replicas_left = await _until_done(qm, watch, processes, ledger, progress, submit_task,
+                                                               stop, started, options)
                 stop.set()
                 await scaler_task
         finally:
             stop.set()
             await backend.aclose()
             await fleet_stack.aclose()
-            _remove_stop_handlers(loop)
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
         span_s = time.monotonic() - started
         jobs = list(qm.store.every())
         # As the participants would: their token, the queue manager's route, the files their results list.
-        results = await fetch_results(qm.url, list(final_jobs(jobs, submitted).values()), outputs,
-                                      token=participants_token)
+        results = await _unless_interrupted(fetch_results(
+            qm.url, list(final_jobs(jobs, submitted).values()), outputs, token=participants_token
+        ))
+        if results is None:
+            stopped = stopped or "interrupted (Ctrl-C or SIGTERM) while the results were fetched"
+            results = {"files": 0, "fetched": 0, "failed": 0, "first_failure": None}
         report = build_report(
             jobs, submitted, ledger, span_s=span_s,
             price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
-            outputs=str(outputs), results=results, replicas_at_end=sum(len(p.pids) for p in processes.values()),
+            outputs=str(outputs), results=results, replicas_at_end=replicas_left,
         )
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
@@ -181,6 +213,21 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+async def _unless_interrupted(work: Coroutine[Any, Any, T]) -> T | None:
+    """`work`'s result, or None when a Ctrl-C (or SIGTERM) comes first: the replicas are stopped by then, and the
+    report is still written. A later one, until the report is written, is ignored."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(work)
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # the demo itself is cancelled, not interrupted by a signal
+            raise
+        return None
 
 
 def _watch_fleet(scaler: ScalerLoop):
@@ -204,19 +251,27 @@ def fleet_report(fleet: FleetBackend, processes: dict[str, LocalBackend]) -> dic
     }
 
 
-async def _until_done(qm, observe, processes, ledger, progress, submit_task, stop, started, options) -> str | None:
+async def _until_done(
+    qm, observe, processes, ledger, progress, submit_task, stop, started, options
+) -> tuple[str | None, int]:
     """Watch until every job is submitted and terminal and the replicas are back to zero: None; or why it stopped
-    before (Ctrl-C, timeout)."""
-    stopped = None
+    before (Ctrl-C, timeout, a submission the queue manager refused). And the replicas the scaler left running, as
+    last seen before the demo stops them itself."""
+    stopped, running = None, 0
     while not stop.is_set():
         now = time.monotonic()
         view = await observe()
+        running = len(view.replicas)
         ledger.observe([r.id for r in view.replicas], now)
         counts = {status.value: count for status, count in qm.store.counts().items()}
         starts = sum(p.starts for p in processes.values())
         progress.update(counts, len(view.replicas), starts, now - started, ledger)
         if submit_task.done():
-            submit_task.result()  # raises what stopped the submissions
+            if isinstance(failure := submit_task.exception(), SubmissionFailed):
+                log.error("Demo submission failed", reason=str(failure))
+                stopped = f"submission failed: {failure}"
+                break
+            submit_task.result()  # raises what else stopped the submissions
             all_terminal = all(job.status.value in TERMINAL for job in qm.store.every(with_workflow=False))
             if all_terminal and not view.replicas:
                 break
@@ -229,7 +284,7 @@ async def _until_done(qm, observe, processes, ledger, progress, submit_task, sto
     if stop.is_set():
         stopped = "interrupted (Ctrl-C or SIGTERM)"
     submit_task.cancel()
-    return stopped
+    return stopped, running
 
 
 def _processes_using(scratch: Path) -> set[int]:

@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import structlog
 
+from common.logs import error_text, scrubbed_excerpt
 from common.urls import direct_transport
+from demo.results import answer_detail
 
 log = structlog.get_logger()
 
@@ -22,6 +24,10 @@ BAD_WORKFLOWS = ("invalid_unknown_node", "sdxl_txt2img")
 
 def load_workflow(name: str) -> dict[str, Any]:
     return json.loads(resources.files("demo.workflows").joinpath(f"{name}.json").read_text())
+
+
+class SubmissionFailed(Exception):
+    """POST /api/jobs answered neither 2xx nor 429 (full: waited out), or did not answer: what, scrubbed."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ async def submit_all(
     ids: list[str] | None = None,
 ) -> list[str]:
     """Submit each job at its time, as the participants would (with their token), each id added to `ids` as it is
-    accepted (a demo stopped halfway reports those); a full queue (429) is waited out, never dropped."""
+    accepted (a demo stopped halfway reports those); a full queue (429) is waited out, never dropped; any other
+    refusal, or no answer, is SubmissionFailed."""
     loop = asyncio.get_running_loop()
     workflows = {name: load_workflow(name) for name in {s.workflow_name for s in submissions}}
     ids = [] if ids is None else ids
@@ -65,11 +72,16 @@ async def submit_all(
                 "metadata": {"demo_workflow": submission.workflow_name},
             }
             while True:
-                response = await http.post("/api/jobs", json=body)
+                try:
+                    response = await http.post("/api/jobs", json=body)
+                except httpx.HTTPError as exc:
+                    raise SubmissionFailed(f"POST /api/jobs failed: {error_text(exc)}") from None
                 if response.status_code != 429:
                     break
                 await asyncio.sleep(0.5)
-            response.raise_for_status()
+            if not response.is_success:
+                detail = scrubbed_excerpt(answer_detail(response), 240)
+                raise SubmissionFailed(f"POST /api/jobs answered HTTP {response.status_code}: {detail}")
             ids.append(response.json()["id"])
     log.info("Workload submitted", jobs=len(ids))
     return ids

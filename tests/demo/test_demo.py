@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -211,7 +212,8 @@ def test_the_demo_s_burst_keeps_its_replicas_while_jobs_wait_past_the_demo_s_tar
 async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers(tmp_path, monkeypatch, failure):
     """Before: the scratch folder (comfy-demo-*, the replicas' ComfyUI folders) was removed only on the normal
     path, and when the queue manager could not start the demo's SIGINT/SIGTERM handlers stayed installed: a
-    Ctrl-C after it set an event nobody waits for."""
+    Ctrl-C after it set an event nobody waits for. And an earlier run's report.json (perhaps "ok": true) stayed,
+    to be read as this run's."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
@@ -224,9 +226,12 @@ async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers
 
         monkeypatch.setattr(demo.run, "demo_scaling", fails)
     options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", db=db, live=False)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "report.json").write_text('{"ok": true}')  # an earlier run's
     with pytest.raises((sqlite3.Error, RuntimeError)):
         await run_demo(options)
     assert list(temp.iterdir()) == []
+    assert not (tmp_path / "demo" / "report.json").exists(), "an earlier run's report.json was left as this run's"
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGINT) and not loop.remove_signal_handler(signal.SIGTERM)
 
@@ -356,3 +361,112 @@ async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, cap
     async with ComfyUISimulator(tmp_path / "output") as comfyui:
         args = await asyncio.to_thread(parse_demo_args, ["--comfyui-url", comfyui.url])
     assert args.comfyui_url == comfyui.url
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("fault", "named"), [
+    ({"status": 500, "body": {"detail": "disk of http://admin:hunter2@db.internal/ is full"}},
+     "submission failed: POST /api/jobs answered HTTP 500: disk of http://***@db.internal/ is full"),
+    ({"drop": True}, "submission failed: POST /api/jobs failed: RemoteProtocolError"),
+])
+async def test_a_submission_the_queue_manager_refuses_stops_the_demo_saying_so(tmp_path, monkeypatch, capsys, fault,
+                                                                                named):
+    """The second POST /api/jobs answered neither 2xx nor 429, or not at all. Before: a traceback out of the demo
+    (httpx.HTTPStatusError, RemoteProtocolError) and no report.json; now it stops as on Ctrl-C and says why."""
+
+    class RefusingQueueManager(QueueManagerServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, test_hooks=True, **kwargs)
+            self.faults.inject("submit-job", delay_s=0.01)  # the first is accepted
+            self.faults.inject("submit-job", **fault)
+
+    monkeypatch.setattr(demo.run, "QueueManagerServer", RefusingQueueManager)
+    options = DemoOptions(
+        jobs=3, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False,
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    assert report["stopped"].startswith(named) and report["ok"] is False, report
+    assert report["jobs_submitted"] == 1 and report["orphan_processes"] == [], report
+    assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+    out = capsys.readouterr().out
+    assert f"stopped before the end: {named}" in " ".join(out.split()) and "hunter2" not in out, out
+
+
+@pytest.mark.timeout(120)
+async def test_a_ctrl_c_while_the_results_are_fetched_still_writes_the_report(tmp_path, monkeypatch):
+    """The replicas are stopped, the results being fetched. Before: a KeyboardInterrupt traceback out of the demo
+    and no report.json; now the fetch stops and the report says so."""
+    fetch_results = demo.run.fetch_results
+
+    async def interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return await fetch_results(*args, **kwargs)
+
+    monkeypatch.setattr(demo.run, "fetch_results", interrupted)
+    options = DemoOptions(
+        jobs=2, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False,
+    )
+    try:
+        report = await run_demo(options)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C while the results were fetched was a KeyboardInterrupt out of the demo")
+
+    assert report["stopped"] == "interrupted (Ctrl-C or SIGTERM) while the results were fetched", report
+    assert report["completed"] == 2 and report["ok"] is False and report["orphan_processes"] == [], report
+    assert json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+
+
+@pytest.mark.timeout(120)
+async def test_replicas_the_scaler_left_running_are_counted_at_the_end(tmp_path, capsys):
+    """The fleet not back to zero when the demo stops (here --timeout-s with a job still running on its replica).
+    Before: 'replicas at the end: 0', counted after the demo had stopped them itself; now the replica the scaler
+    left running is counted."""
+    options = DemoOptions(
+        jobs=1, users=1, bad_jobs=0, max_replicas=1, node_seconds=60.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=8, live=False,
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+
+    assert report["replicas_at_end"] == 1 and report["ok"] is False, report
+    assert report["orphan_processes"] == [], "the demo still stops it"
+    assert "replicas at the end: 1" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+async def test_the_scratch_folder_of_a_demo_killed_outright_goes_at_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL runs no `finally`. Before: its comfy-demo-* scratch folder stayed for good; now the next run removes
+    it, and only it: not a live run's, nor a folder without the run's pid file."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "1", "--spread-s", "60", "--no-live",
+         "--output-dir", str(tmp_path / "killed")],
+        env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            left = [folder for folder in temp.glob("comfy-demo-*") if (folder / "queue.db").exists()]
+            if left or killed.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+    assert left, "the demo never made its scratch folder"
+    live, unmarked = temp / "comfy-demo-live", temp / "comfy-demo-unmarked"
+    live.mkdir()
+    (live / "demo.pid").write_text(str(os.getpid()))
+    unmarked.mkdir()
+
+    db = tmp_path / "not-a-database"
+    db.mkdir()  # this run stops at once: the sweep is at its start
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", db=db, live=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with pytest.raises(sqlite3.Error):
+        await run_demo(options)
+    assert sorted(temp.iterdir()) == [live, unmarked]
