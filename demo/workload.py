@@ -26,8 +26,12 @@ def load_workflow(name: str) -> dict[str, Any]:
     return json.loads(resources.files("demo.workflows").joinpath(f"{name}.json").read_text())
 
 
+# A full queue (429) and a queue manager that cannot take the job now (503: a busy database, nothing changed).
+WAITED_OUT = frozenset({429, 503})
+
+
 class SubmissionFailed(Exception):
-    """POST /api/jobs answered neither 2xx nor 429 (full: waited out), or did not answer: what, scrubbed."""
+    """POST /api/jobs answered neither 2xx nor one of WAITED_OUT, or did not answer: what, scrubbed."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ async def submit_all(
     ids: list[str] | None = None,
 ) -> list[str]:
     """Submit each job at its time, as the participants would (with their token), each id added to `ids` as it is
-    accepted (a demo stopped halfway reports those); a full queue (429) is waited out, never dropped; any other
+    accepted (a demo stopped halfway reports those); a full queue (429) or a busy one (503) is waited out, never
+    dropped; any other
     refusal, or no answer, is SubmissionFailed."""
     loop = asyncio.get_running_loop()
     workflows = {name: load_workflow(name) for name in {s.workflow_name for s in submissions}}
@@ -76,7 +81,7 @@ async def submit_all(
                     response = await http.post("/api/jobs", json=body)
                 except httpx.HTTPError as exc:
                     raise SubmissionFailed(f"POST /api/jobs failed: {error_text(exc)}") from None
-                if response.status_code != 429:
+                if response.status_code not in WAITED_OUT:
                     break
                 await asyncio.sleep(0.5)
             if not response.is_success:

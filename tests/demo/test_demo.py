@@ -395,6 +395,26 @@ async def test_a_submission_the_queue_manager_refuses_stops_the_demo_saying_so(t
     assert f"stopped before the end: {named}" in " ".join(out.split()) and "hunter2" not in out, out
 
 
+async def test_a_queue_manager_answering_503_for_a_while_is_waited_out(tmp_path, monkeypatch):
+    """503 is the queue manager's "cannot take it now, nothing was changed, retry later" (a busy database). Before:
+    the demo stopped at the first one, 'submission failed', with the job never submitted."""
+
+    class BusyQueueManager(QueueManagerServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, test_hooks=True, **kwargs)
+            self.faults.inject("submit-job", status=503, times=3)
+
+    monkeypatch.setattr(demo.run, "QueueManagerServer", BusyQueueManager)
+    options = DemoOptions(
+        jobs=2, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False,
+    )
+    report = await run_demo(options)
+
+    assert report["stopped"] is None and report["jobs_submitted"] == 2 and report["completed"] == 2, report
+    assert report["ok"] is True, report
+
+
 @pytest.mark.timeout(120)
 async def test_a_ctrl_c_while_the_results_are_fetched_still_writes_the_report(tmp_path, monkeypatch):
     """The replicas are stopped, the results being fetched. Before: a KeyboardInterrupt traceback out of the demo
