@@ -48,15 +48,28 @@ class RequestHeads:
     max_headers: int
     max_field_bytes: int  # a header's value (its name too)
     max_head_bytes: int  # the request line and every header, to the blank line
+    reads_bodies: bool = True  # False: no route reads one, and a body sent anyway is not read on (runner_kwargs)
 
     def runner_kwargs(self) -> dict[str, float | int]:
         """For ``web.AppRunner``, which passes them on to each connection's parser."""
-        return {
+        kwargs: dict[str, float | int] = {
             "keepalive_timeout": self.timeout_s,  # aiohttp's one timer on a head: an hour by default
             "max_line_size": self.max_line_bytes,
             "max_headers": self.max_headers,
             "max_field_size": self.max_field_bytes,
         }
+        if not self.reads_bodies:
+            # A body nobody reads: aiohttp buffers up to 128 KiB of it, then after the answer reads on and discards
+            # it for 10 s (its lingering close). 200 clients sending endless bodies, each reconnecting at once, held
+            # the health server at 99-130 MB, its probe at 150-350 ms p50 (360-860 ms worst); closing once answered
+            # alone churned connections to no gain; with 16 KiB buffered, 55-64 MB, 70-120 ms (200-305 ms worst).
+            # bench/body_flood.py
+            kwargs |= {"read_bufsize": UNREAD_BODY_BUFFER_BYTES, "lingering_time": 0}
+        return kwargs
+
+
+# What a server that reads no body buffers of one (aiohttp pauses reading past twice this) before its answer.
+UNREAD_BODY_BUFFER_BYTES = 8 * 1024
 
 
 # The worker's health server (:8000) and the scaler's metrics server. A probe (Verda's, a kubelet's, curl) sends
@@ -67,7 +80,12 @@ class RequestHeads:
 # still fit. 12 s: not a common probe period (5, 10, 15, 30 s), so a client reusing a connection that often never races
 # our close; a keep-alive scraper reconnects.
 PROBE_HEADS = RequestHeads(
-    timeout_s=12.0, max_line_bytes=8190, max_headers=32, max_field_bytes=4096, max_head_bytes=16 * 1024
+    timeout_s=12.0,
+    max_line_bytes=8190,
+    max_headers=32,
+    max_field_bytes=4096,
+    max_head_bytes=16 * 1024,
+    reads_bodies=False,  # every route is a GET
 )
 
 # The queue manager. The worker and the scaler send 5-8 headers, the longest their bearer token; a reverse proxy

@@ -19,6 +19,8 @@ BENCHES = sorted(path.stem for path in (REPO / "bench").glob("*.py") if not path
 # Each: the smallest arguments the bench accepts, then lines (regular expressions) its figures must print.
 REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
     "batch_online_bound": (["--seeds", "1", "--max-replicas", "1"], [r"^\| 1 \| \d+ / "]),
+    "body_flood": (["--clients", "2", "--seconds", "1", "--after", "0"],
+                   [r'^\{"server": "health", "clients": 2, .*"max_ms": [\d.]+, .*"rss_peak_mb": \d+']),
     "comfyui_housekeeping": (["--jobs", "2", "--pad-mib", "0.01"],
                              [r'"completed": 2', r'"comfyui_history_entries": \d+', r'"comfyui_rss_mib"']),
     "comfyui_reply_memory": (["--mb", "0.1"], [r'"quick_job"', r'"worker_peak_rss_mib": [\d.]+', r'"text_output_job"']),
