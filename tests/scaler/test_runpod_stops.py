@@ -237,3 +237,25 @@ async def test_a_pod_still_stopping_is_said_once_not_at_every_observe(fake_runpo
     assert [p.id for p in fake_runpod.live_pods()] == [pod.id], "RunPod kept the pod"
     said = [entry for entry in logs if entry["event"] == "runpod_pod_stopping"]
     assert [(entry["pod"], entry["status"]) for entry in said] == [(pod.id, "RUNNING")]
+
+
+async def test_a_pod_the_scaler_stopped_that_ends_exited_is_not_said_replaced(fake_runpod: FakeRunPod):
+    # Before: RunPod answered the stop with the pod still RUNNING; the next observe found it EXITED, the end asked
+    # for, and warned runpod_pod_replaced though nothing replaced it: a false warning at every such scale-down.
+    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
+    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, health=PodHealthProbe(fake_runpod.health_url))
+    try:
+        await backend.apply(2)
+        stopped, kept = fake_runpod.live_pods()
+        stopped.created_at = datetime.now(UTC) + timedelta(hours=1)  # the newest: stopped first
+        fake_runpod.fail_next(f"/pods/{stopped.id}/action", 200, body=fake_runpod._pod_json(stopped))
+        with capture_logs() as logs:
+            await backend.apply(1)
+            fake_runpod.exit_pod(stopped.id)  # the stop carried out after RunPod answered it
+            fake_runpod.exit_pod(kept.id)  # and a pod whose container ended on its own
+            await backend.observe()
+    finally:
+        await backend.aclose()
+    assert stopped.id not in fake_runpod.pods and kept.id not in fake_runpod.pods, "both terminated"
+    warned = [(entry["event"], entry["pod"]) for entry in logs if entry["log_level"] == "warning"]
+    assert warned == [("runpod_pod_replaced", kept.id)]

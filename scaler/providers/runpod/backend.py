@@ -166,9 +166,8 @@ class RunPodBackend:
         listed, now = {pod.name for pod in pods}, self._clock()
         self._unlisted = {name: at for name, at in self._unlisted.items()
                           if name not in listed and now - at < LISTING_LAG_S}
-        live = {pod.id for pod in pods if pod.live}
-        self._stopping = {pod_id: at for pod_id, at in self._stopping.items() if pod_id in live}
         ids = {pod.id for pod in pods}
+        self._stopping = {pod_id: at for pod_id, at in self._stopping.items() if pod_id in ids}
         self._terminated_at = {pod_id: at for pod_id, at in self._terminated_at.items() if pod_id in ids}
         self._terminate_again_at = {pod_id: at for pod_id, at in self._terminate_again_at.items() if pod_id in ids}
         return pods
@@ -183,7 +182,8 @@ class RunPodBackend:
         dead = [pod for pod in pods
                 if pod.status in DEAD_STATUSES and now >= self._terminate_again_at.get(pod.id, -math.inf)]
         for pod in dead:
-            log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
+            if pod.id not in self._stopping:  # one the scaler stopped ended as asked (runpod_pod_stopping said it)
+                log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
         live = [pod for pod in pods if pod.live]
         surplus = _surplus(live, target, self.health.phase)
         for pod in surplus:

@@ -1072,7 +1072,7 @@ async def test_a_value_the_worker_would_refuse_is_refused_before_any_call(
 ) -> None:
     """Before: deployed as given, every replica's worker exited 2 at start, was restarted, and billed meanwhile."""
     refused = 'SERVERLESS_MAX_IDLE_POLLS = "0"\nJOB_TIMEOUT_S = "soon"'
-    spec = edited_spec(tmp_path, 'SERVERLESS_MAX_IDLE_POLLS = "10"', refused)
+    spec = edited_spec(tmp_path, 'SERVERLESS_MAX_IDLE_POLLS = "310"', refused)
     env = {**deploy_env, "QUEUE_MANAGER_URL": "queue.example.com"}
     assert await deploy_main(["--spec", str(spec)], env) == 2
     err = capsys.readouterr().err
