@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -203,7 +204,8 @@ def settings_from_env(
 def trust_store_problems(environ: Mapping[str, str]) -> list[str]:
     """What is wrong with the CA certificates httpx trusts in place of its own bundle: SSL_CERT_FILE, else
     SSL_CERT_DIR. A file it cannot load ended the process at its first client in a traceback; a folder that does
-    not exist failed every TLS connection ("certificate verify failed"), for as long as the process ran."""
+    not exist, or holds no certificate OpenSSL can find, failed every TLS connection ("certificate verify failed"),
+    for as long as the process ran."""
     cafile, capath = environ.get("SSL_CERT_FILE"), environ.get("SSL_CERT_DIR")
     fix = "point it at CA certificates in PEM, or unset it to trust the usual ones"
     if cafile:
@@ -213,9 +215,22 @@ def trust_store_problems(environ: Mapping[str, str]) -> list[str]:
             return [f"SSL_CERT_FILE: {cafile} holds no CA certificate ({exc.reason}): {fix}"]
         except OSError as exc:
             return [f"SSL_CERT_FILE: {cafile} cannot be read ({exc.strerror or exc}): {fix}"]
-    elif capath and not os.path.isdir(capath):
-        return [f"SSL_CERT_DIR: {capath} is not a folder: every TLS connection would fail; {fix}"]
+    elif capath and not any(map(_holds_hashed_certificates, capath.split(os.pathsep))):
+        return [f"SSL_CERT_DIR: {capath} is no folder of certificates named by their hash (<hash>.0, as `openssl "
+                f"rehash` names them): every TLS connection would fail; {fix}"]
     return []
+
+
+# OpenSSL finds a certificate of SSL_CERT_DIR (a folder, or several separated by ":") only by the name `openssl rehash`
+# gives it, its subject's hash: a folder of my-ca.pem failed every TLS connection ("certificate verify failed").
+_HASHED_CERTIFICATE = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def _holds_hashed_certificates(folder: str) -> bool:
+    try:
+        return any(_HASHED_CERTIFICATE.fullmatch(name) for name in os.listdir(folder))
+    except OSError:  # no such folder, not a folder, unreadable
+        return False
 
 
 def problems_in(settings_cls: type[BaseSettings], values: Mapping[str, str]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -390,7 +391,7 @@ async def test_a_process_that_starts_warns_of_a_misspelt_variable(tmp_path: Path
     assert warned["did_you_mean"] == "LEASE_TIMEOUT_S"
 
 
-@pytest.mark.parametrize("trust", ["missing-file", "not-certificates", "missing-folder"])
+@pytest.mark.parametrize("trust", ["missing-file", "not-certificates", "missing-folder", "unhashed-folder"])
 @pytest.mark.parametrize(
     ("module", "args", "env"),
     [("worker", (), WORKER_BASE), ("scaler.cli", ("status",), SCALER_BASE), ("scaler.deploy", ("status",), {})],
@@ -401,13 +402,19 @@ async def test_a_trust_store_that_cannot_be_used_is_refused_naming_it(
 ) -> None:
     """httpx trusts SSL_CERT_FILE (else SSL_CERT_DIR) in place of its own CA bundle. A file it cannot load ended the
     worker and the scaler at their first HTTP client in a FileNotFoundError or ssl.SSLError traceback (exit 1); a
-    folder that does not exist failed every TLS connection with "certificate verify failed", for ever. Now: exit 2
-    naming the variable, before anything starts."""
+    folder that does not exist, or whose certificates OpenSSL cannot find (not named by their hash, as `openssl
+    rehash` names them), failed every TLS connection with "certificate verify failed", for ever. Now: exit 2 naming
+    the variable, before anything starts."""
+    import certifi
+
     (tmp_path / "words.txt").write_text("not a certificate\n")
+    (tmp_path / "my-cas").mkdir()
+    shutil.copy(certifi.where(), tmp_path / "my-cas" / "my-ca.pem")
     variable, value = {
         "missing-file": ("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem")),
         "not-certificates": ("SSL_CERT_FILE", str(tmp_path / "words.txt")),
         "missing-folder": ("SSL_CERT_DIR", str(tmp_path / "no-such-folder")),
+        "unhashed-folder": ("SSL_CERT_DIR", str(tmp_path / "my-cas")),
     }[trust]
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("QUEUE_MANAGER", "WORKER_", "SCALER_", "SSL_CERT", "VERDA_"))}
@@ -418,14 +425,19 @@ async def test_a_trust_store_that_cannot_be_used_is_refused_naming_it(
     assert f"  {variable}: {value}" in err, err
 
 
-def test_the_usual_trust_store_settings_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A PEM bundle, a folder of certificates, or neither: nothing to refuse."""
+def test_the_usual_trust_store_settings_are_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A PEM bundle, a folder of certificates named by their hash (or a list of folders, as OpenSSL reads it), or
+    neither: nothing to refuse."""
     import certifi
 
     _clean_env(monkeypatch, WORKER_BASE, "SSL_CERT_FILE", certifi.where())
     load_worker_settings()
     monkeypatch.delenv("SSL_CERT_FILE")
-    monkeypatch.setenv("SSL_CERT_DIR", str(Path(certifi.where()).parent))
+    (tmp_path / "hashed").mkdir()
+    (tmp_path / "hashed" / "5ad8a5d6.0").symlink_to(certifi.where())  # as `openssl rehash` names a certificate
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "hashed"))
+    load_worker_settings()
+    monkeypatch.setenv("SSL_CERT_DIR", f"{tmp_path / 'no-such-folder'}:{tmp_path / 'hashed'}")
     load_worker_settings()
     monkeypatch.delenv("SSL_CERT_DIR")
     load_worker_settings()
