@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -154,7 +155,8 @@ class _LinesLostIfUnwritable(structlog.PrintLogger):
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
-    stream = stream or sys.stderr
+    # No stderr (started with it closed, `2>&-`): Python's sys.stderr is None, and the lines go nowhere.
+    stream = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - open for as long as the process logs
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     last = [_scrub, renderer] if use_json else [_scrub, _escape_controls, renderer]
