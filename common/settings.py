@@ -196,6 +196,10 @@ def settings_from_env(
             f"Invalid {title} configuration:\n"
             f"  .env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
+    except OSError as exc:  # the .env file unreadable (another user's, mode 0600): a traceback before
+        raise ConfigError(
+            f"Invalid {title} configuration:\n  {exc.filename or '.env'}: cannot be read ({exc.strerror or exc})"
+        ) from None
     if problems:
         raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
     return settings

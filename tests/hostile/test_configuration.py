@@ -263,6 +263,23 @@ def test_a_dot_env_file_that_is_not_utf8_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
+    "load", [load_worker_settings, load_supervisor_settings, load_scaler_settings],
+    ids=["worker", "supervisor", "scaler"],
+)
+def test_a_dot_env_file_that_cannot_be_read_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object]
+) -> None:
+    """A .env the process cannot read (another user's, mode 0600) was an OSError traceback. /dev/full's reads
+    succeed; /proc/self/mem's first page fails as an unreadable file does, for root too."""
+    _clean_env(monkeypatch, SCALER_BASE, "LOG_LEVEL", "info")
+    (tmp_path / ".env").symlink_to("/proc/self/mem")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert "  .env: cannot be read (" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("module", "env", "variable"),
     [
         ("worker", {**WORKER_BASE, "HEALTH_PORT": "70000"}, "HEALTH_PORT"),
