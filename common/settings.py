@@ -98,14 +98,16 @@ OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 OptionalText = Annotated[str | None, BeforeValidator(_blank_is_unset)]
 
 
-def _long_enough(value: SecretStr | None) -> SecretStr | None:
-    if value is not None and (problem := secret_length_problem(value.get_secret_value())):
+def _usable_credential(value: SecretStr | None) -> SecretStr | None:
+    secret = value.get_secret_value() if value is not None else ""
+    if value is not None and (problem := sendable_problem(secret) or secret_length_problem(secret)):
         raise ValueError(problem)
     return value
 
 
-# A credential the logs mask (a cloud account's secret, an API key): blank is unset, too short is refused.
-Credential = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset), AfterValidator(_long_enough)]
+# A credential the logs mask (a cloud account's secret, an API key): blank is unset; too short, or one no request can
+# carry as is (a pasted newline: every RunPod request failed "Illegal header value", every Verda login 401), refused.
+Credential = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset), AfterValidator(_usable_credential)]
 
 
 class LogSettings(BaseSettings):

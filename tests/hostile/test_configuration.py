@@ -122,6 +122,11 @@ SCALER_CASES = {
     # Too short for the logs to mask: "e" masked every e of every line ("v***rda_auth***nticating").
     "verda-client-secret-too-short": ("VERDA_CLIENT_SECRET", "e"),
     "runpod-api-key-too-short": ("RUNPOD_API_KEY", "rpa_x"),
+    # Pasted with a newline (a secret made from a file), a space, or not ASCII: every RunPod request failed
+    # ("Illegal header value", UnicodeEncodeError), every Verda login was refused (401), for ever.
+    "runpod-api-key-pasted-newline": ("RUNPOD_API_KEY", "rpa_0123456789abcdef\n"),
+    "runpod-api-key-not-ascii": ("RUNPOD_API_KEY", "rpa_0123456789abcdéf"),
+    "verda-client-secret-trailing-space": ("VERDA_CLIENT_SECRET", "a-long-enough-secret "),
     "queue-worker-token-too-short": ("QUEUE_MANAGER_WORKER_TOKEN", "w-token"),
 }
 
