@@ -88,10 +88,19 @@ def _blank_is_refused(value: object) -> object:
     return value
 
 
+def _no_space_at_either_end(value: object) -> object:
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError("has a space or a line break at either end: it would name another folder or file than the "
+                         "one meant (made beside it, empty); remove it")
+    return value
+
+
 # Path("") is the working directory, which a blank variable never means: files would be written, or emptied at
 # every start, wherever the process happens to run. A blank optional path is unset; a blank required one, refused.
-OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
-RequiredPath = Annotated[Path, BeforeValidator(_blank_is_refused)]
+# "/outputs " or "/outputs\r" (an env file saved on Windows) is another folder: the results went to the container's
+# own disk, not the volume at /outputs.
+OptionalPath = Annotated[Path | None, BeforeValidator(_no_space_at_either_end), BeforeValidator(_blank_is_unset)]
+RequiredPath = Annotated[Path, BeforeValidator(_no_space_at_either_end), BeforeValidator(_blank_is_refused)]
 # A secret set blank is unset, as a shell's `VAR=` or compose's `${VAR:-}` leaves it.
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 # ... a text too (a name, an id).

@@ -60,6 +60,9 @@ WORKER_CASES = {
     # What the queue manager refuses in every poll (422), the worker refuses at start.
     "worker-id-replacement-character": ("WORKER_ID", "w\ufffd"),
     "outputs-path-empty": ("OUTPUTS_PATH", ""),
+    # Another folder than the volume's, made on the container's own disk: every job's results went there.
+    "outputs-path-trailing-space": ("OUTPUTS_PATH", "/outputs "),
+    "comfyui-output-dir-carriage-return": ("COMFYUI_OUTPUT_DIR", "/data/comfyui/output\r"),
     "poll-interval-inf": ("WORKER_POLL_INTERVAL", "inf"),
     "poll-interval-nan": ("WORKER_POLL_INTERVAL", "nan"),
     "job-timeout-inf": ("JOB_TIMEOUT_S", "inf"),
@@ -77,6 +80,7 @@ SUPERVISOR_CASES = {
     "scratch-dir-empty": ("SCRATCH_DIR", ""),
     "scratch-dir-blank": ("SCRATCH_DIR", "  "),
     "models-dir-empty": ("MODELS_DIR", ""),
+    "scratch-dir-carriage-return": ("SCRATCH_DIR", "/data\r"),  # an env file saved on Windows
 }
 
 SCALER_CASES = {
