@@ -7,7 +7,9 @@ JSON object per line whoever wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -139,8 +141,22 @@ def _escape_controls(_logger: object, _name: str, event_dict: dict) -> dict:
     return event_dict
 
 
+class _LinesLostIfUnwritable(structlog.PrintLogger):
+    """A log that cannot be written (a full disk, a reader gone: EPIPE, a closed file) loses the line, as the
+    standard logging module's handlers do: a log call that raised ended the process at its first line, or a job
+    mid-way."""
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
-    stream = stream or sys.stderr
+    # No stderr (started with it closed, `2>&-`): Python's sys.stderr is None, and the lines go nowhere.
+    stream = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - open for as long as the process logs
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     last = [_scrub, renderer] if use_json else [_scrub, _escape_controls, renderer]
@@ -154,7 +170,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
     structlog.configure(
         processors=list(processors),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *_: _LinesLostIfUnwritable(stream),
         cache_logger_on_first_use=False,
     )
     _route_stdlib_logging(shared, last, level, stream)

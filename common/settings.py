@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -87,24 +88,35 @@ def _blank_is_refused(value: object) -> object:
     return value
 
 
+def _no_space_at_either_end(value: object) -> object:
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError("has a space or a line break at either end: it would name another folder or file than the "
+                         "one meant (made beside it, empty); remove it")
+    return value
+
+
 # Path("") is the working directory, which a blank variable never means: files would be written, or emptied at
 # every start, wherever the process happens to run. A blank optional path is unset; a blank required one, refused.
-OptionalPath = Annotated[Path | None, BeforeValidator(_blank_is_unset)]
-RequiredPath = Annotated[Path, BeforeValidator(_blank_is_refused)]
+# "/outputs " or "/outputs\r" (an env file saved on Windows) is another folder: the results went to the container's
+# own disk, not the volume at /outputs.
+OptionalPath = Annotated[Path | None, BeforeValidator(_no_space_at_either_end), BeforeValidator(_blank_is_unset)]
+RequiredPath = Annotated[Path, BeforeValidator(_no_space_at_either_end), BeforeValidator(_blank_is_refused)]
 # A secret set blank is unset, as a shell's `VAR=` or compose's `${VAR:-}` leaves it.
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 # ... a text too (a name, an id).
 OptionalText = Annotated[str | None, BeforeValidator(_blank_is_unset)]
 
 
-def _long_enough(value: SecretStr | None) -> SecretStr | None:
-    if value is not None and (problem := secret_length_problem(value.get_secret_value())):
+def _usable_credential(value: SecretStr | None) -> SecretStr | None:
+    secret = value.get_secret_value() if value is not None else ""
+    if value is not None and (problem := sendable_problem(secret) or secret_length_problem(secret)):
         raise ValueError(problem)
     return value
 
 
-# A credential the logs mask (a cloud account's secret, an API key): blank is unset, too short is refused.
-Credential = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset), AfterValidator(_long_enough)]
+# A credential the logs mask (a cloud account's secret, an API key): blank is unset; too short, or one no request can
+# carry as is (a pasted newline: every RunPod request failed "Illegal header value", every Verda login 401), refused.
+Credential = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset), AfterValidator(_usable_credential)]
 
 
 class LogSettings(BaseSettings):
@@ -195,6 +207,10 @@ def settings_from_env(
             f"Invalid {title} configuration:\n"
             f"  .env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from None
+    except OSError as exc:  # the .env file unreadable (another user's, mode 0600): a traceback before
+        raise ConfigError(
+            f"Invalid {title} configuration:\n  {exc.filename or '.env'}: cannot be read ({exc.strerror or exc})"
+        ) from None
     if problems:
         raise ConfigError(f"Invalid {title} configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
     return settings
@@ -203,7 +219,8 @@ def settings_from_env(
 def trust_store_problems(environ: Mapping[str, str]) -> list[str]:
     """What is wrong with the CA certificates httpx trusts in place of its own bundle: SSL_CERT_FILE, else
     SSL_CERT_DIR. A file it cannot load ended the process at its first client in a traceback; a folder that does
-    not exist failed every TLS connection ("certificate verify failed"), for as long as the process ran."""
+    not exist, or holds no certificate OpenSSL can find, failed every TLS connection ("certificate verify failed"),
+    for as long as the process ran."""
     cafile, capath = environ.get("SSL_CERT_FILE"), environ.get("SSL_CERT_DIR")
     fix = "point it at CA certificates in PEM, or unset it to trust the usual ones"
     if cafile:
@@ -213,9 +230,22 @@ def trust_store_problems(environ: Mapping[str, str]) -> list[str]:
             return [f"SSL_CERT_FILE: {cafile} holds no CA certificate ({exc.reason}): {fix}"]
         except OSError as exc:
             return [f"SSL_CERT_FILE: {cafile} cannot be read ({exc.strerror or exc}): {fix}"]
-    elif capath and not os.path.isdir(capath):
-        return [f"SSL_CERT_DIR: {capath} is not a folder: every TLS connection would fail; {fix}"]
+    elif capath and not any(map(_holds_hashed_certificates, capath.split(os.pathsep))):
+        return [f"SSL_CERT_DIR: {capath} is no folder of certificates named by their hash (<hash>.0, as `openssl "
+                f"rehash` names them): every TLS connection would fail; {fix}"]
     return []
+
+
+# OpenSSL finds a certificate of SSL_CERT_DIR (a folder, or several separated by ":") only by the name `openssl rehash`
+# gives it, its subject's hash: a folder of my-ca.pem failed every TLS connection ("certificate verify failed").
+_HASHED_CERTIFICATE = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def _holds_hashed_certificates(folder: str) -> bool:
+    try:
+        return any(_HASHED_CERTIFICATE.fullmatch(name) for name in os.listdir(folder))
+    except OSError:  # no such folder, not a folder, unreadable
+        return False
 
 
 def problems_in(settings_cls: type[BaseSettings], values: Mapping[str, str]) -> list[str]:

@@ -17,7 +17,7 @@ import httpx
 # credential; and a word ending in one of _SECRET_ENDINGS does too (accesstoken, clientsecret).
 _SECRET_WORDS = frozenset(
     {"token", "secret", "password", "passwd", "pwd", "key", "apikey", "accesskey", "signature", "sig", "auth",
-     "credential", "credentials", "bearer", "jwt", "session", "sessionid"}
+     "authorization", "credential", "credentials", "bearer", "jwt", "session", "sessionid"}
 )
 _SECRET_ENDINGS = ("token", "secret", "password", "passwd")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,9 @@ WORKER_CASES = {
     # What the queue manager refuses in every poll (422), the worker refuses at start.
     "worker-id-replacement-character": ("WORKER_ID", "w\ufffd"),
     "outputs-path-empty": ("OUTPUTS_PATH", ""),
+    # Another folder than the volume's, made on the container's own disk: every job's results went there.
+    "outputs-path-trailing-space": ("OUTPUTS_PATH", "/outputs "),
+    "comfyui-output-dir-carriage-return": ("COMFYUI_OUTPUT_DIR", "/data/comfyui/output\r"),
     "poll-interval-inf": ("WORKER_POLL_INTERVAL", "inf"),
     "poll-interval-nan": ("WORKER_POLL_INTERVAL", "nan"),
     "job-timeout-inf": ("JOB_TIMEOUT_S", "inf"),
@@ -76,6 +80,7 @@ SUPERVISOR_CASES = {
     "scratch-dir-empty": ("SCRATCH_DIR", ""),
     "scratch-dir-blank": ("SCRATCH_DIR", "  "),
     "models-dir-empty": ("MODELS_DIR", ""),
+    "scratch-dir-carriage-return": ("SCRATCH_DIR", "/data\r"),  # an env file saved on Windows
 }
 
 SCALER_CASES = {
@@ -121,6 +126,11 @@ SCALER_CASES = {
     # Too short for the logs to mask: "e" masked every e of every line ("v***rda_auth***nticating").
     "verda-client-secret-too-short": ("VERDA_CLIENT_SECRET", "e"),
     "runpod-api-key-too-short": ("RUNPOD_API_KEY", "rpa_x"),
+    # Pasted with a newline (a secret made from a file), a space, or not ASCII: every RunPod request failed
+    # ("Illegal header value", UnicodeEncodeError), every Verda login was refused (401), for ever.
+    "runpod-api-key-pasted-newline": ("RUNPOD_API_KEY", "rpa_0123456789abcdef\n"),
+    "runpod-api-key-not-ascii": ("RUNPOD_API_KEY", "rpa_0123456789abcdéf"),
+    "verda-client-secret-trailing-space": ("VERDA_CLIENT_SECRET", "a-long-enough-secret "),
     "queue-worker-token-too-short": ("QUEUE_MANAGER_WORKER_TOKEN", "w-token"),
 }
 
@@ -262,6 +272,23 @@ def test_a_dot_env_file_that_is_not_utf8_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
+    "load", [load_worker_settings, load_supervisor_settings, load_scaler_settings],
+    ids=["worker", "supervisor", "scaler"],
+)
+def test_a_dot_env_file_that_cannot_be_read_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object]
+) -> None:
+    """A .env the process cannot read (another user's, mode 0600) was an OSError traceback. /dev/full's reads
+    succeed; /proc/self/mem's first page fails as an unreadable file does, for root too."""
+    _clean_env(monkeypatch, SCALER_BASE, "LOG_LEVEL", "info")
+    (tmp_path / ".env").symlink_to("/proc/self/mem")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert "  .env: cannot be read (" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("module", "env", "variable"),
     [
         ("worker", {**WORKER_BASE, "HEALTH_PORT": "70000"}, "HEALTH_PORT"),
@@ -390,7 +417,7 @@ async def test_a_process_that_starts_warns_of_a_misspelt_variable(tmp_path: Path
     assert warned["did_you_mean"] == "LEASE_TIMEOUT_S"
 
 
-@pytest.mark.parametrize("trust", ["missing-file", "not-certificates", "missing-folder"])
+@pytest.mark.parametrize("trust", ["missing-file", "not-certificates", "missing-folder", "unhashed-folder"])
 @pytest.mark.parametrize(
     ("module", "args", "env"),
     [("worker", (), WORKER_BASE), ("scaler.cli", ("status",), SCALER_BASE), ("scaler.deploy", ("status",), {})],
@@ -401,13 +428,19 @@ async def test_a_trust_store_that_cannot_be_used_is_refused_naming_it(
 ) -> None:
     """httpx trusts SSL_CERT_FILE (else SSL_CERT_DIR) in place of its own CA bundle. A file it cannot load ended the
     worker and the scaler at their first HTTP client in a FileNotFoundError or ssl.SSLError traceback (exit 1); a
-    folder that does not exist failed every TLS connection with "certificate verify failed", for ever. Now: exit 2
-    naming the variable, before anything starts."""
+    folder that does not exist, or whose certificates OpenSSL cannot find (not named by their hash, as `openssl
+    rehash` names them), failed every TLS connection with "certificate verify failed", for ever. Now: exit 2 naming
+    the variable, before anything starts."""
+    import certifi
+
     (tmp_path / "words.txt").write_text("not a certificate\n")
+    (tmp_path / "my-cas").mkdir()
+    shutil.copy(certifi.where(), tmp_path / "my-cas" / "my-ca.pem")
     variable, value = {
         "missing-file": ("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem")),
         "not-certificates": ("SSL_CERT_FILE", str(tmp_path / "words.txt")),
         "missing-folder": ("SSL_CERT_DIR", str(tmp_path / "no-such-folder")),
+        "unhashed-folder": ("SSL_CERT_DIR", str(tmp_path / "my-cas")),
     }[trust]
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("QUEUE_MANAGER", "WORKER_", "SCALER_", "SSL_CERT", "VERDA_"))}
@@ -418,14 +451,19 @@ async def test_a_trust_store_that_cannot_be_used_is_refused_naming_it(
     assert f"  {variable}: {value}" in err, err
 
 
-def test_the_usual_trust_store_settings_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A PEM bundle, a folder of certificates, or neither: nothing to refuse."""
+def test_the_usual_trust_store_settings_are_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A PEM bundle, a folder of certificates named by their hash (or a list of folders, as OpenSSL reads it), or
+    neither: nothing to refuse."""
     import certifi
 
     _clean_env(monkeypatch, WORKER_BASE, "SSL_CERT_FILE", certifi.where())
     load_worker_settings()
     monkeypatch.delenv("SSL_CERT_FILE")
-    monkeypatch.setenv("SSL_CERT_DIR", str(Path(certifi.where()).parent))
+    (tmp_path / "hashed").mkdir()
+    (tmp_path / "hashed" / "5ad8a5d6.0").symlink_to(certifi.where())  # as `openssl rehash` names a certificate
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "hashed"))
+    load_worker_settings()
+    monkeypatch.setenv("SSL_CERT_DIR", f"{tmp_path / 'no-such-folder'}:{tmp_path / 'hashed'}")
     load_worker_settings()
     monkeypatch.delenv("SSL_CERT_DIR")
     load_worker_settings()

@@ -218,6 +218,10 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
         ("https://u:pw-13@[q.example.com/x?token=t-13", "https://***@[q.example.com/x?token=***",
          ["u", "pw-13", "t-13"]),
         ("https://[q.example.com/x#access_token=t-14", "https://[q.example.com/x#access_token=***", ["t-14"]),
+        # Backblaze B2's download link (and Baidu BOS's presigned one) carries its token as ?Authorization=: shown in
+        # clear before.
+        ("https://f0.backblazeb2.com/file/b/in.png?Authorization=t-15", "https://f0.backblazeb2.com/file/b/in.png?Authorization=***",
+         ["t-15"]),
     ],
 )
 def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:
