@@ -383,7 +383,7 @@ def load_kill_switch_settings() -> tuple[ScalerSettings, str | None]:
         ScalerSettings()
     except ValidationError as exc:
         invalid = {field_of.get(str(error["loc"][0]), str(error["loc"][0])) for error in exc.errors() if error["loc"]}
-    except UnicodeDecodeError:  # the .env file, which load_settings named
+    except (UnicodeDecodeError, OSError):  # the .env file, not UTF-8 or unreadable, which load_settings named
         raise ConfigError(problems) from None
     else:
         invalid = set()

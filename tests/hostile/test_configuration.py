@@ -272,8 +272,9 @@ def test_a_dot_env_file_that_is_not_utf8_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
-    "load", [load_worker_settings, load_supervisor_settings, load_scaler_settings],
-    ids=["worker", "supervisor", "scaler"],
+    "load",
+    [load_worker_settings, load_supervisor_settings, load_scaler_settings, load_kill_switch_settings],
+    ids=["worker", "supervisor", "scaler", "kill-switch"],
 )
 def test_a_dot_env_file_that_cannot_be_read_is_refused_naming_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object]
