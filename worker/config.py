@@ -130,10 +130,12 @@ class WorkerSettings(LogSettings):
 
     @property
     def secrets(self) -> list[str]:
-        """What no log line may show (for common.logs.register_secret): the queue tokens and QUEUE_MANAGER_URL's
-        credentials, which a peer's error page may echo (as ``Authorization: Basic …`` too)."""
+        """What no log line may show (for common.logs.register_secret): the queue tokens and the credentials of
+        QUEUE_MANAGER_URL and COMFYUI_URL (a proxy's in front of a ComfyUI elsewhere), which a peer's error page may
+        echo (as ``Authorization: Basic …`` too)."""
         tokens = (self.queue_manager_token, self.queue_manager_worker_token)
-        return [token.get_secret_value() for token in tokens if token] + url_secrets(self.queue_base_url)
+        return ([token.get_secret_value() for token in tokens if token] + url_secrets(self.queue_base_url)
+                + url_secrets(self.comfyui_base_url))
 
 
 def load_settings(**overrides: object) -> WorkerSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,16 @@ def test_an_argument_is_refused_and_nothing_is_polled(tmp_path, argv):
     assert run.returncode == 2, run.stderr
     assert run.stderr == (f"comfy-worker takes no arguments, got: {' '.join(argv)}; it is configured by environment "
                           "variables or a .env file (--help lists them)\n")
+
+
+def test_the_credentials_of_both_urls_are_secrets_the_logs_mask(monkeypatch):
+    """A bare worker reaching ComfyUI through a proxy with a password: before, only QUEUE_MANAGER_URL's were
+    registered, and a proxy's error page echoing ``Authorization: Basic …`` went into the log as it came."""
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example")
+    monkeypatch.setenv("COMFYUI_URL", "https://comfy:proxy-password-5e1f@comfyui.example")
+    secrets = load_settings().secrets
+    assert "proxy-password-5e1f" in secrets, secrets
+    assert base64.b64encode(b"comfy:proxy-password-5e1f").decode() in secrets, secrets
 
 
 def test_help_lists_every_variable():
