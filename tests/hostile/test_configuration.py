@@ -131,6 +131,7 @@ SCALER_CASES = {
     "runpod-api-key-pasted-newline": ("RUNPOD_API_KEY", "rpa_0123456789abcdef\n"),
     "runpod-api-key-not-ascii": ("RUNPOD_API_KEY", "rpa_0123456789abcdéf"),
     "verda-client-secret-trailing-space": ("VERDA_CLIENT_SECRET", "a-long-enough-secret "),
+    "verda-client-id-pasted-newline": ("VERDA_CLIENT_ID", "verda-client-id\n"),
     "queue-worker-token-too-short": ("QUEUE_MANAGER_WORKER_TOKEN", "w-token"),
 }
 
