@@ -54,7 +54,8 @@ class WorkerSettings(LogSettings):
     worker_id: Identifier = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
     poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
-    serverless_max_idle_polls: int = Field(default=10, ge=1, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
+    # 0 = never: the scaler or the platform ends the replica.
+    serverless_max_idle_polls: int = Field(default=10, ge=0, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
     serverless_job_limit: int = Field(default=0, ge=0, validation_alias="SERVERLESS_JOB_LIMIT")
     # 0 = never. Longer than a queue-manager restart (a minute or two), about one of Verda's 10-min billing intervals.
     serverless_max_unreachable_s: float = Field(

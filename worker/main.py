@@ -318,7 +318,7 @@ class Worker:
             self.state.poll_answered()
             if raw is None:
                 self.state.idle_poll()
-                if s.serverless_mode and self.state.consecutive_idle_polls >= s.serverless_max_idle_polls:
+                if s.serverless_mode and 0 < s.serverless_max_idle_polls <= self.state.consecutive_idle_polls:
                     log.info("Serverless idle timeout reached", idle_polls=self.state.consecutive_idle_polls)
                     break
                 await self._sleep(s.poll_interval_s)

@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -60,6 +61,36 @@ async def test_non_serverless_worker_keeps_polling_until_stopped(qm, comfy, make
     assert not run.done()
     worker.request_shutdown()
     assert await asyncio.wait_for(run, 5) == 0
+
+
+async def test_a_serverless_worker_with_no_idle_limit_polls_until_stopped(qm, comfy, tmp_path):
+    """SERVERLESS_MAX_IDLE_POLLS=0: no idle exit, the scaler or the platform ends the replica. Before: 0 was refused
+    at start (exit 2), and any limit had a replica the scaler kept warm exit and restart cold when it ran out."""
+    port_file = tmp_path / "health-port"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker",
+        env=_env(
+            QUEUE_MANAGER_URL=qm.url, COMFYUI_URL=comfy.url, OUTPUTS_PATH=tmp_path / "out", HEALTH_PORT=0,
+            HEALTH_HOST="127.0.0.1", HEALTH_PORT_FILE=port_file, WORKER_POLL_INTERVAL=0.02, SERVERLESS_MODE="true",
+            SERVERLESS_MAX_IDLE_POLLS=0, LOG_FORMAT="json",
+        ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    idle_polls = 0
+    async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(30):
+        while idle_polls < 100:
+            assert proc.returncode is None, (await proc.communicate())[1].decode()[-2000:]
+            if port_file.exists():
+                port, host = port_file.read_text().split()
+                status = (await client.get(f"http://{host}:{port}/status")).json()
+                idle_polls = status["consecutive_idle_polls"]
+            await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    events = [json.loads(line)["event"] for line in err.decode().splitlines() if line.startswith("{")]
+    assert "Serverless idle timeout reached" not in events
+    assert "Worker shutdown complete" in events
 
 
 async def test_sigterm_while_idle_exits_at_once(qm, comfy, make_worker):

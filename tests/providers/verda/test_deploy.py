@@ -1071,8 +1071,8 @@ async def test_a_value_the_worker_would_refuse_is_refused_before_any_call(
     fake: FakeVerda, deploy_env, tmp_path: Path, capsys
 ) -> None:
     """Before: deployed as given, every replica's worker exited 2 at start, was restarted, and billed meanwhile."""
-    refused = 'SERVERLESS_MAX_IDLE_POLLS = "0"\nJOB_TIMEOUT_S = "soon"'
-    spec = edited_spec(tmp_path, 'SERVERLESS_MAX_IDLE_POLLS = "310"', refused)
+    refused = 'SERVERLESS_MAX_IDLE_POLLS = "-1"\nJOB_TIMEOUT_S = "soon"'
+    spec = edited_spec(tmp_path, 'SERVERLESS_MAX_IDLE_POLLS = "0"', refused)
     env = {**deploy_env, "QUEUE_MANAGER_URL": "queue.example.com"}
     assert await deploy_main(["--spec", str(spec)], env) == 2
     err = capsys.readouterr().err
@@ -1154,7 +1154,7 @@ async def test_the_program_comfyui_starts_with_is_looked_up_in_the_container_not
 
 async def test_the_settings_of_the_deploying_machine_are_not_what_is_judged(deploy_env, monkeypatch, capsys) -> None:
     """The container's environment is judged alone: not the deploying shell's variables or .env file."""
-    monkeypatch.setenv("SERVERLESS_MAX_IDLE_POLLS", "0")
+    monkeypatch.setenv("SERVERLESS_MAX_IDLE_POLLS", "-1")
     assert await deploy_main(["--dry-run"], deploy_env) == 0
     capsys.readouterr()
 
