@@ -65,7 +65,7 @@ class NaiveVerda:
     Verda's queue only fills if every job is also sent to the deployment's endpoint, so this models a
     user who does that: one queued request per job in flight, ``queue_load.threshold`` 1, scale-up
     delay 0, scale-down only after the lower load has lasted ``scale_down_delay_s``. Workers run in
-    serverless mode with the deploy defaults: no job limit, exit after 10 idle polls of 2 s (Verda
+    serverless mode with the worker's defaults: no job limit, exit after 10 idle polls of 2 s (Verda
     restarts them in place while it still wants the replica). ``naive-job-limit-1`` also exits after
     every job.
     """

@@ -44,7 +44,7 @@ WORKER_CASES = {
     "poll-interval-negative": ("WORKER_POLL_INTERVAL", "-1"),
     "poll-interval-word": ("WORKER_POLL_INTERVAL", "often"),
     "idle-polls-word": ("SERVERLESS_MAX_IDLE_POLLS", "many"),
-    "idle-polls-zero": ("SERVERLESS_MAX_IDLE_POLLS", "0"),
+    "idle-polls-negative": ("SERVERLESS_MAX_IDLE_POLLS", "-1"),
     "health-port-70000": ("HEALTH_PORT", "70000"),
     "health-port-negative": ("HEALTH_PORT", "-1"),
     "job-timeout-zero": ("JOB_TIMEOUT_S", "0"),
