@@ -9,6 +9,8 @@ from common.text import encodes_as_utf8
 disable_created_metrics()
 
 PHASES = ("starting", "idle", "busy", "draining", "stopped")
+OUTCOMES = ("completed", "failed", "handed_back", "abandoned")
+JOB_PHASES = ("wait", "execution", "delivery", "report")
 # A label value in every scrape and every Prometheus series: ComfyUI's are like "0.8.0".
 MAX_VERSION_CHARS = 64
 JOB_PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -48,6 +50,12 @@ class WorkerMetrics:
         self.info = Info("comfy_worker_build", "Worker and ComfyUI versions.", registry=r)
         for phase in PHASES:
             self.state.labels(state=phase).set(1 if phase == "starting" else 0)
+        # Each series exported at 0 from the start: one born at 1 with a worker's first job (a serverless worker
+        # may run one) shows Prometheus no increase, and rate() and the alerts on it never counted that job.
+        for outcome in OUTCOMES:
+            self.jobs.labels(outcome=outcome)
+        for phase in JOB_PHASES:
+            self.job_phase_seconds.labels(phase=phase)
 
     def set_phase(self, current: str) -> None:
         for phase in PHASES:
