@@ -153,7 +153,10 @@ class MetricsServer:
             self._runner = None
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
+            encoder, content_type = choose_encoder("")
         response = web.Response(body=encoder(self._metrics.registry))
         response.headers["Content-Type"] = content_type
         return response
