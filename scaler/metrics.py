@@ -9,11 +9,12 @@ from prometheus_client.exposition import choose_encoder
 
 from common.limits import PROBE_HEADS
 from common.waiting_connections import WaitingConnections
-from scaler.policy import ScalingConfig
+from scaler.policy import Reason, ScalingConfig
 
 disable_created_metrics()
 log = structlog.get_logger()
 
+READ_SOURCES = ("queue", "backend")
 # comfy_scaler_queue_manager_healthy before the first tick's /health read and whenever it reads no status.
 QUEUE_MANAGER_HEALTH_UNKNOWN = -1
 
@@ -64,6 +65,12 @@ class ScalerMetrics:
             "The queue manager's GET /health at the last tick: 1 healthy, 0 unhealthy, -1 unread.", registry=r,
         )
         self.queue_manager_healthy.set(QUEUE_MANAGER_HEALTH_UNKNOWN)
+        # Exported at 0 from the start: a series born at 1 shows Prometheus no increase, and the first read error
+        # (or decision of a reason) after each start was missing from every rate() and increase().
+        for source in READ_SOURCES:
+            self.read_errors.labels(source=source)
+        for reason in Reason:
+            self.decisions.labels(reason=reason)
         # The limits, beside the figures they bound, so an alert can compare the two (deploy/monitoring).
         self.max_replicas = Gauge("comfy_scaler_max_replicas", "The most replicas the scaler may ask for.", registry=r)
         self.budget = Gauge(
@@ -153,7 +160,10 @@ class MetricsServer:
             self._runner = None
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
+            encoder, content_type = choose_encoder("")
         response = web.Response(body=encoder(self._metrics.registry))
         response.headers["Content-Type"] = content_type
         return response

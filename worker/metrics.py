@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
+from common.text import encodes_as_utf8
+
 disable_created_metrics()
 
 PHASES = ("starting", "idle", "busy", "draining", "stopped")
+OUTCOMES = ("completed", "failed", "handed_back", "abandoned")
+JOB_PHASES = ("wait", "execution", "delivery", "report")
+# A label value in every scrape and every Prometheus series: ComfyUI's are like "0.8.0".
+MAX_VERSION_CHARS = 64
 JOB_PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -44,13 +50,24 @@ class WorkerMetrics:
         self.info = Info("comfy_worker_build", "Worker and ComfyUI versions.", registry=r)
         for phase in PHASES:
             self.state.labels(state=phase).set(1 if phase == "starting" else 0)
+        # Each series exported at 0 from the start: one born at 1 with a worker's first job (a serverless worker
+        # may run one) shows Prometheus no increase, and rate() and the alerts on it never counted that job.
+        for outcome in OUTCOMES:
+            self.jobs.labels(outcome=outcome)
+        for phase in JOB_PHASES:
+            self.job_phase_seconds.labels(phase=phase)
 
     def set_phase(self, current: str) -> None:
         for phase in PHASES:
             self.state.labels(state=phase).set(1 if phase == current else 0)
 
-    def set_versions(self, worker_version: str, comfyui_version: str | None) -> None:
-        self.info.info({"worker_version": worker_version, "comfyui_version": comfyui_version or "unknown"})
+    def set_versions(self, worker_version: str, comfyui_version: object) -> None:
+        """comfyui_version: as /system_stats gave it; anything but text that UTF-8 can carry shows as "unknown"
+        (a number there failed every scrape of /metrics with a 500)."""
+        shown = "unknown"
+        if isinstance(comfyui_version, str) and comfyui_version and encodes_as_utf8(comfyui_version):
+            shown = comfyui_version[:MAX_VERSION_CHARS]
+        self.info.info({"worker_version": worker_version, "comfyui_version": shown})
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.job_phase_seconds.labels(phase=phase).observe(max(0.0, seconds))

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from health.live_metrics import scrape_registry
 from scaler.metrics import ScalerMetrics
@@ -259,3 +261,44 @@ def test_each_runbook_gives_its_alert_s_severity_and_duration_as_in_the_rules():
         elif minutes[-1:] != expected:
             wrong.append(f"{name}: for {duration}, runbook says {minutes}")
     assert wrong == []
+
+
+def test_each_worker_s_first_failed_job_counts_toward_comfyjobsfailing(tmp_path: Path):
+    """Serverless workers live a job or two: a series born at 1 at its first job showed Prometheus no increase,
+    and four workers whose one job each failed never paged. Scraped from the real registries each minute."""
+    states = [
+        WorkerState(worker_id=f"w{n}", provider="local", version="0", max_idle_polls=3, serverless=True)
+        for n in range(4)
+    ]
+    series: dict[str, list[str]] = {}
+    minutes = 15
+    for minute in range(minutes):
+        if minute == 2:
+            for state in states:
+                state.job_started("job")
+                state.job_finished("failed")  # not the workflow's fault
+        for n, state in enumerate(states):
+            exposition = generate_latest(scrape_registry(state, heartbeat_timeout_s=60)).decode()
+            for family in text_string_to_metric_families(exposition):
+                for sample in family.samples:
+                    labels = {"job": "comfy-worker", "instance": f"w{n}", **sample.labels}
+                    selector = ", ".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+                    series.setdefault(f"{sample.name}{{{selector}}}", ["_"] * minutes)[minute] = repr(sample.value)
+    tests = {
+        "rule_files": [str(MONITORING / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": name, "values": " ".join(values)} for name, values in series.items()],
+            "alert_rule_test": [{"eval_time": "10m", "alertname": "ComfyJobsFailing", "exp_alerts": [{
+                "exp_labels": {"severity": "page"},
+                "exp_annotations": {
+                    "summary": "100% of jobs failed over the last 15 minutes, not by their workflow",
+                    "runbook": "docs/monitoring.md#comfyjobsfailing",
+                },
+            }]}],
+        }],
+    }
+    (tmp_path / "first-job.test.yml").write_text(json.dumps(tests))
+
+    assert "SUCCESS" in run_promtool("test", "rules", "first-job.test.yml", cwd=tmp_path)
