@@ -207,7 +207,7 @@ class Worker:
         version = system.get("comfyui_version") if isinstance(system, dict) else None
         self.state.set_comfyui(True, version)
         self._comfyui_answered_at = time.monotonic()
-        log.info("ComfyUI is up", comfyui_version=version)
+        log.info("ComfyUI is up", comfyui_version=self.state.comfyui_version)
         # A worker killed mid-job (a bare comfy-worker; in the image ComfyUI dies with it) left its prompt running:
         # every job of this run would queue behind it, and its result goes to no one. Its history entries and
         # files would stay in ComfyUI for good.

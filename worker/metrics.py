@@ -16,6 +16,15 @@ MAX_VERSION_CHARS = 64
 JOB_PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
+def readable_version(answered: object) -> str | None:
+    """ComfyUI's version as /system_stats gave it, if it is text UTF-8 can carry, cut to MAX_VERSION_CHARS; else None.
+    A number there failed every scrape of /metrics with a 500; 100k characters went into every series' label, the
+    worker's /status and every job's report."""
+    if isinstance(answered, str) and answered and encodes_as_utf8(answered):
+        return answered[:MAX_VERSION_CHARS]
+    return None
+
+
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -62,12 +71,8 @@ class WorkerMetrics:
             self.state.labels(state=phase).set(1 if phase == current else 0)
 
     def set_versions(self, worker_version: str, comfyui_version: object) -> None:
-        """comfyui_version: as /system_stats gave it; anything but text that UTF-8 can carry shows as "unknown"
-        (a number there failed every scrape of /metrics with a 500)."""
-        shown = "unknown"
-        if isinstance(comfyui_version, str) and comfyui_version and encodes_as_utf8(comfyui_version):
-            shown = comfyui_version[:MAX_VERSION_CHARS]
-        self.info.info({"worker_version": worker_version, "comfyui_version": shown})
+        self.info.info({"worker_version": worker_version, "comfyui_version": readable_version(comfyui_version)
+                        or "unknown"})
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.job_phase_seconds.labels(phase=phase).observe(max(0.0, seconds))

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from worker.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics, readable_version
 
 
 class Phase(enum.StrEnum):
@@ -83,10 +83,11 @@ class WorkerState:
         self.metrics.set_phase(phase.value)
         self.beat()
 
-    def set_comfyui(self, up: bool, version: str | None = None) -> None:
+    def set_comfyui(self, up: bool, version: object = None) -> None:
+        """``version``: as ComfyUI's /system_stats gave it; kept only when readable (readable_version)."""
         self.comfyui_up = up
-        if version:
-            self.comfyui_version = version
+        if shown := readable_version(version):
+            self.comfyui_version = shown
         self.metrics.comfyui_up.set(1 if up else 0)
         self.metrics.set_versions(self.version, self.comfyui_version)
 

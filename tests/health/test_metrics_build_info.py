@@ -42,3 +42,6 @@ async def test_any_version_comfyui_answers_leaves_metrics_answering(
 
     assert response.status_code == 200, response.text[:300]
     assert comfyui_version_shown(response.text) == shown
+    # ... and /status (and so every job's report) keeps the same readable version, or none
+    status = (await client.get("/status")).json()
+    assert status["versions"]["comfyui"] == (None if shown == "unknown" else shown), status["versions"]
