@@ -41,7 +41,7 @@ class WorkerMetrics:
         )
         self.job_phase_seconds = Histogram(
             "comfy_worker_job_phase_seconds",
-            "Duration of each phase of a job: wait (queued until picked up), execution (ComfyUI), "
+            "Duration of each phase of a job: wait (queued in ComfyUI until it started), execution (ComfyUI), "
             "delivery (copying outputs), report (queue manager accepted the report).",
             ["phase"], buckets=JOB_PHASE_BUCKETS, registry=r,
         )
