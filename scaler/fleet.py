@@ -238,7 +238,8 @@ class FleetBackend:
                 await self._place(self._desired, now)
             status = PAUSED if await self._stopped_while_writing() else self._fleet_status()
         replicas = tuple(
-            Replica(f"{name}{SEPARATOR}{r.id}", r.started_at) for name, s in self._seen.items() for r in s.replicas
+            Replica(f"{name}{SEPARATOR}{r.id}", r.started_at, per_second=self.members[name].billing.per_second)
+            for name, s in self._seen.items() for r in s.replicas
         )
         return BackendView(replicas=replicas, status=status)
 

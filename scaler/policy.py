@@ -154,6 +154,8 @@ class ScalingConfig:
 class Replica:
     id: str
     started_at: float
+    # Billed per second (RunPod, local, in a fleet): no paid interval to wait out, it may leave at any tick.
+    per_second: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,9 +539,11 @@ def _learn_from_opening(config: ScalingConfig, state: PolicyState, observation: 
 
 
 def _paid_left(config: ScalingConfig, observation: Observation, details: dict[str, Any]) -> list[float]:
-    """Seconds each replica has left in its paid interval, soonest first; the soonest goes into the details."""
+    """Seconds each replica has left in its paid interval (none when billed per second), soonest first; the soonest
+    goes into the details."""
     paid_left = sorted(
-        seconds_to_boundary(replica.started_at, observation.now, config.billing_interval_s, config.billing_anchor)
+        0.0 if replica.per_second
+        else seconds_to_boundary(replica.started_at, observation.now, config.billing_interval_s, config.billing_anchor)
         for replica in observation.replicas
     )
     if paid_left:

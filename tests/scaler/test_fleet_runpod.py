@@ -425,3 +425,33 @@ async def test_a_released_kill_switch_places_nothing_before_the_scaler_decides_a
         assert len(fake_runpod.live_pods()) == 2, "and the fleet places what the loop decides"
     finally:
         await fleet.aclose()
+
+
+async def test_a_runpod_pod_the_queue_no_longer_needs_leaves_at_the_next_tick_while_verda_waits_for_its_boundary(
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, verda_scaling, queue
+):
+    """RunPod bills per second, yet the policy held its idle pods, as it holds Verda's, until 180 s before a
+    10-minute "boundary" counted from their start: a pod 60 s old when the queue emptied ran on, billed, for
+    360 s more (up to 420 s). Verda's replicas, paid to their boundary, still wait for it."""
+    fleet = make_fleet(fake_runpod, verda_price=2.30, runpod_price=2.99)
+    loop = ScalerLoop(ScalingConfig(max_replicas=4, price_per_replica_hour=0.0), fleet, queue, clock=wall)
+    try:
+        queue.pending = 4
+        await loop.tick()
+        assert fleet.state.targets == {"verda": 3, "runpod": 1}
+        queue.pending, queue.running = 0, 4
+        for _ in range(4):
+            wall.advance(15)
+            await loop.tick()
+        assert len(fake_runpod.live_pods()) == 1 and verda_scaling() == (3, 3)
+
+        queue.running = 0  # the last jobs end: the queue is empty
+        ticks = 0
+        while fake_runpod.live_pods() and ticks < 40:  # bounded: 10 minutes of ticks, past any boundary
+            wall.advance(15)
+            await loop.tick()
+            ticks += 1
+        assert ticks == 1, "released at the first tick the queue does not need it (before: 24 ticks, 360 s)"
+        assert verda_scaling() == (3, 3), "Verda's replicas keep the interval they are paid for"
+    finally:
+        await fleet.aclose()
