@@ -112,7 +112,8 @@ def simulate(
             next_tick += tick_s
             busy = sum(1 for r in replicas if r.job is not None)
             observation = Observation(now=now, pending=len(queue), running=busy,
-                                      replicas=tuple(Replica(r.id, r.started_at) for r in replicas))
+                                      replicas=tuple(Replica(r.id, r.started_at, by_name[r.provider].billing.per_second)
+                                                     for r in replicas))
             decision = decide(policy, state, observation)
             state = decision.new_state
             views = {
