@@ -255,39 +255,37 @@ def test_a_queue_url_with_a_password_is_refused_beside_a_token_it_would_replace(
     load()
 
 
+def _dot_env_not_utf8(path: Path) -> None:
+    path.write_text("SCALER_BACKEND=local\n", encoding="utf-16")  # Windows Notepad's "Unicode"
+
+
+def _dot_env_unreadable(path: Path) -> None:
+    # Another user's, mode 0600. /dev/full's reads succeed; /proc/self/mem's first page fails as an unreadable file
+    # does, for root too.
+    path.symlink_to("/proc/self/mem")
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [(_dot_env_not_utf8, "  .env: not UTF-8"), (_dot_env_unreadable, "  .env: cannot be read (")],
+    ids=["not-utf8", "unreadable"],
+)
 @pytest.mark.parametrize(
     "load",
     [load_worker_settings, load_supervisor_settings, load_scaler_settings, load_kill_switch_settings],
     ids=["worker", "supervisor", "scaler", "kill-switch"],
 )
-def test_a_dot_env_file_that_is_not_utf8_is_refused_naming_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object]
+def test_a_dot_env_file_that_cannot_be_read_as_text_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object], make: Callable[[Path], None],
+    said: str,
 ) -> None:
-    """Saved as UTF-16 (Windows Notepad's "Unicode"), the .env file was a UnicodeDecodeError traceback."""
+    """Before: a UnicodeDecodeError or OSError traceback (the kill switch too: nothing stopped)."""
     _clean_env(monkeypatch, SCALER_BASE, "LOG_LEVEL", "info")
-    (tmp_path / ".env").write_text("SCALER_BACKEND=local\n", encoding="utf-16")
+    make(tmp_path / ".env")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as refused:
         load()
-    assert "  .env: not UTF-8" in str(refused.value), str(refused.value)
-
-
-@pytest.mark.parametrize(
-    "load",
-    [load_worker_settings, load_supervisor_settings, load_scaler_settings, load_kill_switch_settings],
-    ids=["worker", "supervisor", "scaler", "kill-switch"],
-)
-def test_a_dot_env_file_that_cannot_be_read_is_refused_naming_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, load: Callable[[], object]
-) -> None:
-    """A .env the process cannot read (another user's, mode 0600) was an OSError traceback. /dev/full's reads
-    succeed; /proc/self/mem's first page fails as an unreadable file does, for root too."""
-    _clean_env(monkeypatch, SCALER_BASE, "LOG_LEVEL", "info")
-    (tmp_path / ".env").symlink_to("/proc/self/mem")
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError) as refused:
-        load()
-    assert "  .env: cannot be read (" in str(refused.value), str(refused.value)
+    assert said in str(refused.value), str(refused.value)
 
 
 @pytest.mark.parametrize(
