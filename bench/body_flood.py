@@ -13,6 +13,10 @@ send, a fresh probe (the health servers' /health, the metrics server's /metrics)
 0.2 s, 5 s timeout each; the server's RSS read from its /proc status every 0.1 s. Printed: the probes' statuses,
 p50 and worst latency, RSS before, its peak, at the end, the connections the clients made (how often the server
 closed them), the CPU seconds the server used, and its RSS `--after` seconds after the clients stopped.
+
+`--large-bodies N` (the queue manager only): what a setting costs legitimate clients, without a flood: N
+submissions of a 10 MB workflow (`POST /api/jobs`, each read, validated and stored) and N 40 MB reports of an
+unknown job (read whole, then 422), one at a time; printed: the p50 of each and the server's CPU seconds for them.
 """
 
 from __future__ import annotations
@@ -113,13 +117,41 @@ def run(server: str, clients: int, seconds: float, after_s: float) -> dict[str, 
     }  # fmt: skip
 
 
+def large_bodies(posts: int) -> dict[str, object]:
+    node = {"class_type": "CLIPTextEncode", "inputs": {"text": "y" * 900}}
+    submission = json.dumps({"user_id": "alice", "workflow": {str(n): node for n in range(10_500)}}).encode()
+    report = b"x" * (40 * 1024 * 1024)
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        server_process("queue", Path(scratch)) as (process, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client,
+    ):
+        figures: dict[str, object] = {"posts": posts}
+        for name, path, body in [
+            ("submit_10MB", "/api/jobs", submission),
+            ("report_40MB", "/api/workers/complete-job?job_id=unknown", report),
+        ]:
+            cpu_before, took = cpu_s(process.pid), []
+            for _ in range(posts):
+                started = time.perf_counter()
+                client.post(path, content=body, headers={"Content-Type": "application/json"})
+                took.append((time.perf_counter() - started) * 1000)
+            figures |= {f"{name}_p50_ms": round(sorted(took)[len(took) // 2]),
+                        f"{name}_cpu_s": round(cpu_s(process.pid) - cpu_before, 2)}  # fmt: skip
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["health", "queue", "metrics", "all"], default="health")
     parser.add_argument("--clients", type=int, nargs="+", default=[200])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--after", type=float, default=2.0, metavar="SECONDS", help="RSS read this long after")
+    parser.add_argument("--large-bodies", type=int, default=0, metavar="N", help="no flood: N large posts timed")
     args = parser.parse_args(argv)
+    if args.large_bodies:
+        print(json.dumps(large_bodies(args.large_bodies)), flush=True)
+        return
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for server in ["health", "metrics", "queue"] if args.server == "all" else [args.server]:
