@@ -19,7 +19,7 @@ from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
 from supervisor.scratch import empty_scratch_folders
 from supervisor.scratch_lock import ScratchInUse, lock_scratch
-from supervisor.writable_dirs import unreadable_directories, unwritable_directories
+from supervisor.writable_dirs import unreadable_directories, unwritable_directories, unwritable_file
 from worker.__main__ import usage as worker_usage
 from worker.config import WorkerSettings, load_settings
 from worker.service import run_process
@@ -63,7 +63,19 @@ def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> 
     problems = unwritable_directories(writes)
     if config.comfyui_input_dir is not None:
         problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
-    return problems
+    return problems + _port_file_problems(settings)
+
+
+def _port_file_problems(settings: WorkerSettings) -> list[str]:
+    """With HEALTH_PORT=0 the image's HEALTHCHECK finds the port in HEALTH_PORT_FILE only: one the health server
+    cannot write is a replica unhealthy for ever. With a fixed port the HEALTHCHECK falls back on HEALTH_PORT."""
+    if settings.health_port != 0 or settings.health_port_file is None:
+        return []
+    problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file)
+    if problem is None:
+        return []
+    return [f"{problem} HEALTH_PORT=0 needs it: the image's HEALTHCHECK finds the port the OS picked there only "
+            "(or set a fixed HEALTH_PORT)."]
 
 
 def prepare_directories(config: SupervisorSettings) -> None:
