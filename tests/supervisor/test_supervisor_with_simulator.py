@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import sys
 from typing import Any
 
 import httpx
 import pytest
 
 from queue_manager import QueueManagerServer
+
+from .conftest import child_pids
 
 
 async def submit(queue_manager: QueueManagerServer, workflow: dict[str, Any], priority: int = 2) -> str:
@@ -173,6 +177,33 @@ async def test_a_hung_comfyui_ends_the_container_with_1_after_the_unresponsive_t
     assert events["ComfyUI did not come back; exiting"]["timeout_s"] == 1
     assert "comfyui.kill" in events
     assert events["Worker shutdown complete"]["reason"] == "ComfyUI stopped answering and did not come back within 1 s"
+
+
+# ComfyUI with a helper of its own holding its output (as a custom node starts one), then the simulator in its place.
+WITH_A_HELPER = shlex.join([sys.executable, "-c", (
+    "import os, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'standins.comfyui', *sys.argv[1:]])"
+)])
+
+
+async def test_a_comfyui_crash_is_seen_while_a_helper_it_started_holds_its_output(
+    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
+) -> None:
+    """Before: the supervisor waited for ComfyUI's pipes to close as well: with a helper holding them its crash went
+    unseen, /health said 200, and the job was handed back only after COMFYUI_UNRESPONSIVE_TIMEOUT_S (120 s)."""
+    env = {**base_env, "COMFYUI_COMMAND": WITH_A_HELPER, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=30"}
+    supervisor = await run_supervisor(env)
+    comfyui = await supervisor.comfyui_pid()
+    (helper,) = await supervisor.wait_until(lambda: child_pids(comfyui), what="ComfyUI's helper")
+    job_id = await submit(queue_manager, load_workflow("slow.json"))
+    await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
+
+    os.kill(comfyui, signal.SIGKILL)
+
+    assert await supervisor.wait() == 1
+    job = await job_status(queue_manager, job_id)
+    assert job["error"].startswith("Handed back: ComfyUI process exited unexpectedly with code -9"), job
+    assert not supervisor.is_running(helper)
 
 
 @pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])
