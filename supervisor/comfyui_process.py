@@ -102,11 +102,14 @@ class ComfyUIProcess:
                     await asyncio.wait_for(self.wait(), _KILL_WAIT_S)
                 except TimeoutError:
                     log.error("comfyui.kill_ignored", pid=process.pid, after_s=_KILL_WAIT_S)
-        # Children ComfyUI left behind are killed with it; they would hold the pipes open otherwise.
-        self._signal_group(signal.SIGKILL)
+        self.kill_leftovers()  # they would hold the pipes open otherwise
         await self._drain_pumps()
         log.info("comfyui.stopped", pid=process.pid, code=process.returncode)
         return process.returncode
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what is left of ComfyUI's group (its session): the children it started (custom nodes' helpers)."""
+        self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._process is not None

@@ -66,6 +66,7 @@ def _stop_routing_signals() -> None:
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:
     code = await comfyui.wait()
+    comfyui.kill_leftovers()  # its helpers held the GPU until stop(), for ever if this process is killed before
     reason = f"ComfyUI process exited unexpectedly with code {code}"
     log.error("comfyui.exited_unexpectedly", code=code)
     worker.state.set_comfyui(False)  # /status and comfy_worker_comfyui_up said 1 for as long as the hand-back took

@@ -206,6 +206,26 @@ async def test_a_comfyui_crash_is_seen_while_a_helper_it_started_holds_its_outpu
     assert not supervisor.is_running(helper)
 
 
+async def test_comfyuis_own_children_die_with_it_before_the_worker_has_finished(
+    base_env, run_supervisor, queue_manager: QueueManagerServer
+) -> None:
+    """Before: a helper ComfyUI started outlived its crash until the worker had finished (a poll in flight, a job's
+    hand-back), holding the GPU meanwhile; and for ever if the supervisor was killed in between."""
+    supervisor = await run_supervisor({**base_env, "COMFYUI_COMMAND": WITH_A_HELPER})
+    comfyui = await supervisor.comfyui_pid()
+    (helper,) = await supervisor.wait_until(lambda: child_pids(comfyui), what="ComfyUI's helper")
+    await supervisor.wait_until(lambda: _is(supervisor.status_of("/ready"), 200), timeout_s=15, what="/ready 200")
+    queue_manager.faults.inject("next-job", delay_s=30)  # a poll in flight keeps the worker alive meanwhile
+    await supervisor.wait_until(lambda: not queue_manager.faults.pending("next-job"), what="the slow poll")
+
+    os.kill(comfyui, signal.SIGKILL)
+    await supervisor.wait_until(lambda: not supervisor.is_running(helper), what="the helper to be killed")
+
+    assert supervisor.process is not None and supervisor.process.returncode is None, "killed before the stop"
+    supervisor.signal(signal.SIGKILL)
+    await supervisor.wait()
+
+
 @pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])
 async def test_idle_exit_code_passes_through_and_comfyui_is_stopped(
     base_env, run_supervisor, extra_env: dict[str, str]
