@@ -1,6 +1,6 @@
 """comfy-supervisor: the container's entry point. Exit codes are the worker's: 0 idle/limit/signal, 1 fatal,
 2 configuration (reported before ComfyUI starts, one line per bad variable, no traceback; or, in serverless mode,
-a queue token refused on 3 polls in a row)."""
+a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI started, one line, no traceback."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from worker.config import WorkerSettings, load_settings
 from worker.service import run_process
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 
 
 def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
@@ -116,6 +117,15 @@ def main() -> int:
                          "environment variables (--help lists them). For a shell in the image: docker run "
                          "--entrypoint bash <image>\n")
         return EXIT_CONFIG
+    try:
+        return _checked_start()
+    except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
+        sys.stderr.write("comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n")
+        return EXIT_INTERRUPTED
+
+
+def _checked_start() -> int:
+    """Check the configuration and the folders, take SCRATCH_DIR, start."""
     try:
         config, settings = load_configuration()
     except ConfigError as exc:
