@@ -24,8 +24,13 @@ LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # a server on
 def write_port_file(path: Path, port: int, host: str) -> None:
     """The port and the address a probe reaches the server on. Whole or not at all: a probe never reads half."""
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(f"{port} {probe_host(host)}\n")
-    os.replace(partial, path)
+    try:
+        partial.write_text(f"{port} {probe_host(host)}\n")
+        os.replace(partial, path)
+    except OSError:  # a folder where the file should be, a full disk: no temporary file left at every start
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
 
 
 def probe_host(bound: str) -> str:

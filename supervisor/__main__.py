@@ -1,6 +1,6 @@
 """comfy-supervisor: the container's entry point. Exit codes are the worker's: 0 idle/limit/signal, 1 fatal,
 2 configuration (reported before ComfyUI starts, one line per bad variable, no traceback; or, in serverless mode,
-a queue token refused on 3 polls in a row)."""
+a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI started, one line, no traceback."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from supervisor.model_paths import write_model_paths
 from supervisor.run import supervise
 from supervisor.scratch import empty_scratch_folders
 from supervisor.scratch_lock import ScratchInUse, lock_scratch
-from supervisor.writable_dirs import unreadable_directories, unwritable_directories
+from supervisor.writable_dirs import unreadable_directories, unwritable_directories, unwritable_file
 from worker.__main__ import usage as worker_usage
 from worker.config import WorkerSettings, load_settings
 from worker.service import run_process
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 
 
 def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
@@ -63,7 +64,19 @@ def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> 
     problems = unwritable_directories(writes)
     if config.comfyui_input_dir is not None:
         problems += unreadable_directories({"COMFYUI_INPUT_DIR": config.comfyui_input_dir})
-    return problems
+    return problems + _port_file_problems(settings)
+
+
+def _port_file_problems(settings: WorkerSettings) -> list[str]:
+    """With HEALTH_PORT=0 the image's HEALTHCHECK finds the port in HEALTH_PORT_FILE only: one the health server
+    cannot write is a replica unhealthy for ever. With a fixed port the HEALTHCHECK falls back on HEALTH_PORT."""
+    if settings.health_port != 0 or settings.health_port_file is None:
+        return []
+    problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file)
+    if problem is None:
+        return []
+    return [f"{problem} HEALTH_PORT=0 needs it: the image's HEALTHCHECK finds the port the OS picked there only "
+            "(or set a fixed HEALTH_PORT)."]
 
 
 def prepare_directories(config: SupervisorSettings) -> None:
@@ -104,6 +117,15 @@ def main() -> int:
                          "environment variables (--help lists them). For a shell in the image: docker run "
                          "--entrypoint bash <image>\n")
         return EXIT_CONFIG
+    try:
+        return _checked_start()
+    except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
+        sys.stderr.write("comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n")
+        return EXIT_INTERRUPTED
+
+
+def _checked_start() -> int:
+    """Check the configuration and the folders, take SCRATCH_DIR, start."""
     try:
         config, settings = load_configuration()
     except ConfigError as exc:

@@ -25,6 +25,7 @@ _PUMP_DRAIN_TIMEOUT_S = 2.0
 # A process in uninterruptible sleep (a GPU driver call, a hung network mount) outlives its SIGKILL until it leaves
 # it: the supervisor goes on and exits rather than wait without end; the container's end takes the process.
 _KILL_WAIT_S = 5.0
+_EXIT_POLL_S = 0.1
 
 
 def port_taken(host: str, port: int) -> str | None:
@@ -75,8 +76,12 @@ class ComfyUIProcess:
         return self._process.pid
 
     async def wait(self) -> int:
+        """The exit code once ComfyUI's own process has exited. Not Process.wait(), which also waits until every
+        holder of its output pipes closed them: a helper it started left its crash unseen."""
         assert self._process is not None, "start() first"
-        return await self._process.wait()
+        while self._process.returncode is None:  # noqa: ASYNC110 (asyncio has no event for the exit alone)
+            await asyncio.sleep(_EXIT_POLL_S)
+        return self._process.returncode
 
     async def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL after timeout_s (default stop_timeout_s); returns the exit code (None if never
@@ -89,19 +94,22 @@ class ComfyUIProcess:
             log.info("comfyui.stopping", pid=process.pid, kill_after_s=round(wait_s, 2))
             self._signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), wait_s)
+                await asyncio.wait_for(self.wait(), wait_s)
             except TimeoutError:
                 log.warning("comfyui.kill", pid=process.pid, after_s=round(wait_s, 2))
                 self._signal_group(signal.SIGKILL)
                 try:
-                    await asyncio.wait_for(process.wait(), _KILL_WAIT_S)
+                    await asyncio.wait_for(self.wait(), _KILL_WAIT_S)
                 except TimeoutError:
                     log.error("comfyui.kill_ignored", pid=process.pid, after_s=_KILL_WAIT_S)
-        # Children ComfyUI left behind are killed with it; they would hold the pipes open otherwise.
-        self._signal_group(signal.SIGKILL)
+        self.kill_leftovers()  # they would hold the pipes open otherwise
         await self._drain_pumps()
         log.info("comfyui.stopped", pid=process.pid, code=process.returncode)
         return process.returncode
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL what is left of ComfyUI's group (its session): the children it started (custom nodes' helpers)."""
+        self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._process is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import structlog
 
@@ -59,13 +60,17 @@ def _route_stop_signals_to(worker: Worker) -> None:
 
 
 def _stop_routing_signals() -> None:
+    """Ignored from now on: with nothing left to stop, their default would end the process with 143 (or Ctrl-C's
+    KeyboardInterrupt) in place of the worker's exit code, which the platform reads."""
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:
     code = await comfyui.wait()
+    comfyui.kill_leftovers()  # its helpers held the GPU until stop(), for ever if this process is killed before
     reason = f"ComfyUI process exited unexpectedly with code {code}"
     log.error("comfyui.exited_unexpectedly", code=code)
     worker.state.set_comfyui(False)  # /status and comfy_worker_comfyui_up said 1 for as long as the hand-back took

@@ -31,6 +31,14 @@ def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
     return problems
 
 
+def unwritable_file(variable: str, path: Path) -> str | None:
+    """Why this process cannot write the file at path (its folder made if missing), or None when it can."""
+    if not path.name or path.is_dir():
+        return f"{variable}={path} is a folder, not a file. Fix: name a file in a writable folder."
+    error = _why_unwritable(path.parent)
+    return None if error is None else _describe(variable, path, error, folder=path.parent)
+
+
 def unreadable_directories(directories: Mapping[str, Path]) -> list[str]:
     """One line per variable whose directory this process cannot list; empty when all can."""
     problems = []
@@ -80,12 +88,14 @@ def _remove_stale_probes(path: Path, now: float) -> None:
                     os.unlink(entry.path)
 
 
-def _describe(variable: str, path: Path, error: OSError) -> str:
+def _describe(variable: str, path: Path, error: OSError, folder: Path | None = None) -> str:
     uid, gid = os.getuid(), os.getgid()
     reason = error.strerror or type(error).__name__
+    what = "is" if folder is None else f"cannot be written: its folder {folder} is"
+    folder = folder or path
     return (
-        f"{variable}={path} is not a writable directory ({reason}): {_ownership(path)}; this container runs as "
-        f"uid {uid} gid {gid}. Fix: {_fix(path, error.errno, uid, gid)}"
+        f"{variable}={path} {what} not a writable directory ({reason}): {_ownership(folder)}; this container runs as "
+        f"uid {uid} gid {gid}. Fix: {_fix(folder, error.errno, uid, gid)}"
     )
 
 

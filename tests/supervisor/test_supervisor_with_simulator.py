@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import sys
 from typing import Any
 
 import httpx
 import pytest
 
 from queue_manager import QueueManagerServer
+
+from .conftest import child_pids
 
 
 async def submit(queue_manager: QueueManagerServer, workflow: dict[str, Any], priority: int = 2) -> str:
@@ -173,6 +177,53 @@ async def test_a_hung_comfyui_ends_the_container_with_1_after_the_unresponsive_t
     assert events["ComfyUI did not come back; exiting"]["timeout_s"] == 1
     assert "comfyui.kill" in events
     assert events["Worker shutdown complete"]["reason"] == "ComfyUI stopped answering and did not come back within 1 s"
+
+
+# ComfyUI with a helper of its own holding its output (as a custom node starts one), then the simulator in its place.
+WITH_A_HELPER = shlex.join([sys.executable, "-c", (
+    "import os, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'standins.comfyui', *sys.argv[1:]])"
+)])
+
+
+async def test_a_comfyui_crash_is_seen_while_a_helper_it_started_holds_its_output(
+    base_env, run_supervisor, queue_manager: QueueManagerServer, load_workflow
+) -> None:
+    """Before: the supervisor waited for ComfyUI's pipes to close as well: with a helper holding them its crash went
+    unseen, /health said 200, and the job was handed back only after COMFYUI_UNRESPONSIVE_TIMEOUT_S (120 s)."""
+    env = {**base_env, "COMFYUI_COMMAND": WITH_A_HELPER, "COMFYUI_EXTRA_ARGS": "--node-seconds ImageBlur=30"}
+    supervisor = await run_supervisor(env)
+    comfyui = await supervisor.comfyui_pid()
+    (helper,) = await supervisor.wait_until(lambda: child_pids(comfyui), what="ComfyUI's helper")
+    job_id = await submit(queue_manager, load_workflow("slow.json"))
+    await supervisor.wait_until(lambda: running_job(supervisor, job_id), what="the job to start")
+
+    os.kill(comfyui, signal.SIGKILL)
+
+    assert await supervisor.wait() == 1
+    job = await job_status(queue_manager, job_id)
+    assert job["error"].startswith("Handed back: ComfyUI process exited unexpectedly with code -9"), job
+    assert not supervisor.is_running(helper)
+
+
+async def test_comfyuis_own_children_die_with_it_before_the_worker_has_finished(
+    base_env, run_supervisor, queue_manager: QueueManagerServer
+) -> None:
+    """Before: a helper ComfyUI started outlived its crash until the worker had finished (a poll in flight, a job's
+    hand-back), holding the GPU meanwhile; and for ever if the supervisor was killed in between."""
+    supervisor = await run_supervisor({**base_env, "COMFYUI_COMMAND": WITH_A_HELPER})
+    comfyui = await supervisor.comfyui_pid()
+    (helper,) = await supervisor.wait_until(lambda: child_pids(comfyui), what="ComfyUI's helper")
+    await supervisor.wait_until(lambda: _is(supervisor.status_of("/ready"), 200), timeout_s=15, what="/ready 200")
+    queue_manager.faults.inject("next-job", delay_s=30)  # a poll in flight keeps the worker alive meanwhile
+    await supervisor.wait_until(lambda: not queue_manager.faults.pending("next-job"), what="the slow poll")
+
+    os.kill(comfyui, signal.SIGKILL)
+    await supervisor.wait_until(lambda: not supervisor.is_running(helper), what="the helper to be killed")
+
+    assert supervisor.process is not None and supervisor.process.returncode is None, "killed before the stop"
+    supervisor.signal(signal.SIGKILL)
+    await supervisor.wait()
 
 
 @pytest.mark.parametrize("extra_env", [{"SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}])

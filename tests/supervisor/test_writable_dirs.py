@@ -200,3 +200,47 @@ def test_a_comfyui_output_dir_the_container_cannot_write_is_named(shared_tmp: Pa
     settings = WorkerSettings(QUEUE_MANAGER_URL="http://127.0.0.1:9", OUTPUTS_PATH=shared_tmp / "outputs")
     problems = run_as_nobody(lambda: directory_problems(config, settings))
     assert [line.split(" is ")[0] for line in problems] == [f"COMFYUI_OUTPUT_DIR={theirs}"]
+
+
+def test_a_health_port_file_the_container_cannot_write_is_refused_with_health_port_0_only(shared_tmp: Path) -> None:
+    """Before: with HEALTH_PORT=0 and HEALTH_PORT_FILE in a folder the container cannot write (a read-only /tmp), the
+    worker logged "Could not write HEALTH_PORT_FILE" and went on, and Docker's HEALTHCHECK said unhealthy for ever on
+    a working replica. With a fixed HEALTH_PORT the HEALTHCHECK falls back on it: that start goes on."""
+    for name in ("data", "outputs"):
+        (shared_tmp / name).mkdir(mode=0o777)
+        (shared_tmp / name).chmod(0o777)
+    read_only = shared_tmp / "tmp"
+    read_only.mkdir(mode=0o555)
+    config = SupervisorSettings(COMFYUI_COMMAND=sys.executable, SCRATCH_DIR=shared_tmp / "data")
+
+    def problems(health_port: int) -> list[str]:
+        settings = WorkerSettings(QUEUE_MANAGER_URL="http://127.0.0.1:9", OUTPUTS_PATH=shared_tmp / "outputs",
+                                  HEALTH_PORT=health_port, HEALTH_PORT_FILE=read_only / "health-port")  # fmt: skip
+        return run_as_nobody(lambda: directory_problems(config, settings))
+
+    (line,) = problems(0)
+    assert line.startswith(f"HEALTH_PORT_FILE={read_only / 'health-port'} cannot be written: its folder {read_only} "
+                           "is not a writable directory (Permission denied)"), line
+    assert "HEALTH_PORT=0" in line
+    assert problems(8000) == []
+
+
+async def test_supervisor_with_health_port_0_and_a_folder_for_its_port_file_exits_2_before_comfyui(
+    base_env, run_supervisor, tmp_path: Path
+) -> None:
+    marker = tmp_path / "comfyui-was-started"
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    env = {
+        **base_env,
+        "HEALTH_PORT": "0",
+        "HEALTH_PORT_FILE": str(folder),
+        "COMFYUI_COMMAND": f"{sys.executable} -c \"open({str(marker)!r}, 'w').close()\"",
+    }
+    supervisor = await run_supervisor(env)
+
+    assert await supervisor.wait() == 2
+    lines = supervisor.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"HEALTH_PORT_FILE={folder} is a folder, not a file"), lines
+    assert "HEALTH_PORT=0" in lines[0]
+    assert not marker.exists()

@@ -1,0 +1,72 @@
+"""Stop signals outside the time the worker takes them: after the supervisor's stop, and before its event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+# The supervisor's main(), then a stop signal to itself: one arriving once the supervisor has stopped everything,
+# in the moment before the process ends (a platform's scale-down meeting an idle exit).
+MAIN_THEN_SIGNAL = (
+    "import os, signal, sys\n"
+    "from supervisor.__main__ import main\n"
+    "sig = signal.Signals[sys.argv.pop()]\n"
+    "code = main()\n"
+    "os.kill(os.getpid(), sig)\n"
+    "sys.exit(code)\n"
+)
+
+
+async def run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 30.0) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"still running after {timeout_s} s") from None
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_after_the_stop_leaves_the_workers_exit_code(
+    base_env, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Before: the stop signals went back to their defaults once ComfyUI was stopped: a SIGTERM then ended the
+    process with 143 (a SIGINT with a KeyboardInterrupt traceback and 130) in place of the worker's exit code."""
+    env = {**base_env, "SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}
+    code, output = await run([sys.executable, "-c", MAIN_THEN_SIGNAL, sig.name], env, tmp_path)
+
+    assert "Serverless idle timeout reached" in output
+    assert code == 0, output
+    assert "Traceback" not in output
+
+
+async def test_ctrl_c_before_comfyui_started_is_one_line_and_exit_130(base_env, run_supervisor, tmp_path: Path) -> None:
+    """Before: a SIGINT (Ctrl-C in `docker run -it`) during the start's checks or the emptying of the scratch folders,
+    before the event loop, printed a KeyboardInterrupt traceback. The start is held here by a FIFO in place of
+    ComfyUI's model paths file, which the supervisor writes last before the event loop."""
+    marker = tmp_path / "comfyui-was-started"
+    model_paths = tmp_path / "data" / "comfyui" / "extra_model_paths.yaml"
+    model_paths.parent.mkdir(parents=True)
+    os.mkfifo(model_paths)
+    env = {**base_env, "COMFYUI_COMMAND": f"{sys.executable} -c \"open({str(marker)!r}, 'w').close()\""}
+    supervisor = await run_supervisor(env)
+    await supervisor.wait_until(lambda: "supervisor.scratch_emptied" in supervisor.output, what="the scratch emptied")
+
+    supervisor.signal(signal.SIGINT)
+
+    assert await supervisor.wait() == 130
+    assert supervisor.stderr.decode().splitlines()[-1:] == [
+        "comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting"
+    ], supervisor.output
+    assert "Traceback" not in supervisor.output
+    assert not marker.exists()
