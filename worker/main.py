@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -651,6 +652,13 @@ class Worker:
     def left_behind(self) -> bool:
         """Whether a job's delivery, handed back without waiting for it, is still inside a thread's write."""
         return bool(self._left_behind)
+
+    def withdraw_left_behind(self) -> None:
+        """Remove what a delivery left behind published once its job was handed back, waiting
+        CANCELLED_DELIVERY_WAIT_S at most (a volume hung inside the removal): the process exits next."""
+        withdrawal = threading.Thread(target=self.delivery.withdraw_unclaimed, name="withdraw-outputs", daemon=True)
+        withdrawal.start()
+        withdrawal.join(CANCELLED_DELIVERY_WAIT_S)
 
     def _leave_behind(self, execution: asyncio.Task[Report]) -> None:
         """Let a cancelled execution end in its own time: once its thread returns, it removes its staging folder."""

@@ -231,6 +231,8 @@ class OutputDelivery:
         # Result files older than their prompt with the bytes ComfyUI served: its cache's replays, so ComfyUI's own
         # files, which housekeeping may delete (take_replays). Of the latest delivery.
         self._replays: set[PurePosixPath] = set()
+        # Publishes a cancellation left running: their job is handed back, so what they publish is no result.
+        self._unclaimed: list[_Publication] = []
 
     def job_dir(self, user_id: str, job_id: str, attempt: int | None = None) -> Path:
         """OUTPUTS_PATH/<user>/<job>/, and its @attempt-N/ subfolder for a retry of the same job id (N >= 2), so
@@ -280,14 +282,31 @@ class OutputDelivery:
     ) -> None:
         """_publish in a thread, which a cancellation (the job taken away, a forced stop) cannot stop: once the
         rename is done, what it published is removed, for no report will name it."""
-        publish = asyncio.ensure_future(asyncio.to_thread(_publish, staging, job_dir, self.outputs_root / user_id))
+        publication = _Publication(delivered)
+        publish = asyncio.ensure_future(
+            asyncio.to_thread(_publish, staging, job_dir, self.outputs_root / user_id, publication)
+        )
         try:
             await asyncio.shield(publish)
         except asyncio.CancelledError:
+            self._unclaimed.append(publication)
             with contextlib.suppress(Exception):  # a rename that failed published nothing
                 await publish
                 await asyncio.to_thread(self.remove, delivered)
+            self._unclaimed.remove(publication)
             raise
+
+    def withdraw_unclaimed(self) -> None:
+        """Before the process exits without the threads of cancelled deliveries: stop each that has not renamed
+        its folder into place from doing so, and remove what the others published. Blocks while a rename is
+        under way: the caller bounds the wait."""
+        for publication in list(self._unclaimed):
+            with publication.lock:
+                publication.withdrawn = True
+            if publication.renamed:
+                left = self.remove(publication.delivered)
+                log.warning("Removed the outputs a stopped delivery had published: its job was handed back",
+                            files=len(publication.delivered) - left, left_in_place=left)
 
     def _progressed(self) -> None:
         self.progressed_at = time.monotonic()
@@ -550,15 +569,29 @@ def _open_staged(target: Path, allowance: int, on_progress: Callable[[], None]) 
     return _HashingFile(target.open("wb"), allowance, on_progress)
 
 
-def _publish(staging: Path, job_dir: Path, user_dir: Path) -> None:
+@dataclass(eq=False)
+class _Publication:
+    """One delivery's rename into place: done under ``lock``, and never once ``withdrawn``."""
+
+    delivered: list[DeliveredFile]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    withdrawn: bool = False
+    renamed: bool = False
+
+
+def _publish(staging: Path, job_dir: Path, user_dir: Path, publication: _Publication) -> None:
     """Rename the complete staging folder to the job's folder: one step, so readers see all of it or nothing;
-    on disk, folders and all, before the job is reported."""
+    on disk, folders and all, before the job is reported. A withdrawn publication leaves the staging folder."""
     job_folder = job_dir.parent if job_dir.parent != user_dir else None  # <job>/ of an @attempt-N/ folder
     made_job_folder = job_folder is not None and not job_folder.exists()
     try:
         for folder, _, _ in os.walk(staging):  # the staging folder's own entries, before it is published
             sync_folder(Path(folder))
-        _rename_into_place(staging, job_dir)
+        with publication.lock:
+            if publication.withdrawn:
+                return
+            _rename_into_place(staging, job_dir)
+            publication.renamed = True
         for folder in (job_dir.parent, *job_dir.parent.parents):  # the rename, and any folder made for it
             sync_folder(folder)
             if folder == user_dir.parent:

@@ -52,9 +52,10 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
 
 def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettings) -> int:
     """``asyncio.run(main(worker))``: the process's exit code. When the worker handed a job back without waiting
-    for its delivery's thread, still inside a write to a hung OUTPUTS_PATH, the process exits at once with that
-    code: asyncio.run's teardown and the interpreter's exit wait for every thread, and the replica would go on
-    running (and billing) until the platform killed it."""
+    for its delivery's thread, still inside a write to a hung OUTPUTS_PATH, the process exits with that code once
+    what that delivery published is removed (Worker.withdraw_left_behind, bounded): asyncio.run's teardown and
+    the interpreter's exit wait for every thread, and the replica would go on running (and billing) until the
+    platform killed it."""
 
     async def run_then_exit() -> int:
         worker = Worker(settings)
@@ -62,6 +63,7 @@ def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettin
         if worker.left_behind:
             log.warning("Exiting without waiting for a write to OUTPUTS_PATH that has not returned", code=code,
                         outputs_path=str(settings.outputs_path))
+            worker.withdraw_left_behind()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

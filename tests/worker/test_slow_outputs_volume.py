@@ -450,3 +450,63 @@ async def test_a_worker_process_left_holding_a_hung_write_still_exits(qm, comfy,
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
     assert "Exiting without waiting for a write to OUTPUTS_PATH that has not returned" in log
+
+
+HUNG_AFTER_THE_RENAME = """
+import os, sys, threading
+from pathlib import Path
+
+import worker.outputs
+from worker.__main__ import main
+
+synced = worker.outputs.sync_folder
+
+
+def hung_once_published(folder):  # the staging folder syncs; the folders the rename changed never answer
+    if ".partial" not in folder.parts:
+        Path(os.environ["HUNG_MARKER"]).touch()
+        threading.Event().wait()
+    synced(folder)
+
+
+worker.outputs.sync_folder = hung_once_published
+sys.exit(main())
+"""
+
+
+async def test_a_stop_while_a_published_delivery_syncs_leaves_no_result_for_the_handed_back_job(
+    qm, comfy, workflows, tmp_path
+):
+    """`python -m worker` stopped by SIGTERM while its delivery, renamed into OUTPUTS_PATH/<user>/<job>/, is still
+    syncing the folders (a slow or hung volume). Before: the job was handed back and the process exited at once,
+    the published folder with it: a whole result (2 files) for a job the manager saw handed back, which nothing
+    removed on comfy-multi. Now the exit removes what the rename published (0 files left), still without waiting
+    for the thread inside the sync."""
+    marker = tmp_path / "inside-a-sync"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "PYTHONUNBUFFERED": "1", "QUEUE_MANAGER_URL": qm.url, "COMFYUI_URL": comfy.url,
+        "OUTPUTS_PATH": str(tmp_path / "outputs"), "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1",
+        "WORKER_POLL_INTERVAL": "0.05", "SHUTDOWN_GRACE_S": "0.5", "PLATFORM_KILL_DELAY_S": "20", "LOG_FORMAT": "json",
+        "HUNG_MARKER": str(marker),
+    }  # fmt: skip
+    job = qm.store.submit("alice", workflows["quick"])
+    with (tmp_path / "worker.log").open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HUNG_AFTER_THE_RENAME, env=env, cwd=tmp_path, stdout=log_file, stderr=log_file
+        )
+    try:
+        await wait_for(marker.exists, timeout=30)
+        assert len(list((tmp_path / "outputs" / "alice" / job.id).iterdir())) == 2, "published: the rename landed"
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 10)  # half the platform's kill delay
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
+    assert not (tmp_path / "outputs" / "alice" / job.id).exists(), log
+    assert "Removed the outputs a stopped delivery had published: its job was handed back" in log
