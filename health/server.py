@@ -10,9 +10,9 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
 from common.limits import PROBE_HEADS
+from common.metrics_answer import metrics_response
 from common.waiting_connections import WaitingConnections
 from health.live_metrics import scrape_registry
 from health.probe import write_port_file
@@ -95,13 +95,7 @@ class HealthServer:
         return _verdict_response(readiness(self._state), self._state)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        try:
-            encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
-            encode, content_type = choose_encoder("")
-        response = web.Response(body=encode(self._scrape_registry))
-        response.headers["Content-Type"] = content_type
-        return response
+        return metrics_response(self._scrape_registry, request.headers.get("Accept", ""))
 
     async def _status(self, _request: web.Request) -> web.Response:
         return web.json_response(status_document(self._state, self._heartbeat_timeout_s))
