@@ -10,9 +10,9 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
 from common.limits import PROBE_HEADS
+from common.metrics_answer import metrics_response
 from common.waiting_connections import WaitingConnections
 from health.live_metrics import scrape_registry
 from health.probe import write_port_file
@@ -37,6 +37,7 @@ class HealthServer:
         self._host = host
         self._port = port
         self._port_file = port_file  # where the image's HEALTHCHECK (health/probe.py) reads the bound port
+        self._written_port_file: Path | None = None  # only what this server wrote is its to remove
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._scrape_registry = scrape_registry(state, heartbeat_timeout_s)
         self._runner: web.AppRunner | None = None
@@ -68,6 +69,7 @@ class HealthServer:
         if self._port_file is not None:
             try:
                 write_port_file(self._port_file, port, host)
+                self._written_port_file = self._port_file
             except (OSError, ValueError) as exc:  # ValueError: a path with no file name (HEALTH_PORT_FILE=.)
                 log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
                           path=str(self._port_file), error=f"{type(exc).__name__}: {exc}")
@@ -77,11 +79,12 @@ class HealthServer:
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
-        if self._port_file is not None:  # a later server may bind that port: no probe may take it for this one
+        port_file, self._written_port_file = self._written_port_file, None
+        if port_file is not None:  # a later server may bind that port: no probe may take it for this one
             try:
-                self._port_file.unlink(missing_ok=True)
+                port_file.unlink(missing_ok=True)
             except OSError as exc:
-                log.warning("Could not remove HEALTH_PORT_FILE", path=str(self._port_file), error=str(exc))
+                log.warning("Could not remove HEALTH_PORT_FILE", path=str(port_file), error=str(exc))
         await runner.cleanup()
         log.info("health.stopped")
 
@@ -92,13 +95,7 @@ class HealthServer:
         return _verdict_response(readiness(self._state), self._state)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        try:
-            encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
-            encode, content_type = choose_encoder("")
-        response = web.Response(body=encode(self._scrape_registry))
-        response.headers["Content-Type"] = content_type
-        return response
+        return metrics_response(self._scrape_registry, request.headers.get("Accept", ""))
 
     async def _status(self, _request: web.Request) -> web.Response:
         return web.json_response(status_document(self._state, self._heartbeat_timeout_s))

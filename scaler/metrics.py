@@ -5,9 +5,9 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.exposition import choose_encoder
 
 from common.limits import PROBE_HEADS
+from common.metrics_answer import metrics_response
 from common.waiting_connections import WaitingConnections
 from scaler.policy import Reason, ScalingConfig
 
@@ -160,10 +160,4 @@ class MetricsServer:
             self._runner = None
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
-        try:
-            encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        except TypeError:  # a version it cannot compare (version=abc): the format of a scrape with no Accept
-            encoder, content_type = choose_encoder("")
-        response = web.Response(body=encoder(self._metrics.registry))
-        response.headers["Content-Type"] = content_type
-        return response
+        return metrics_response(self._metrics.registry, request.headers.get("Accept", ""))

@@ -52,12 +52,12 @@ async def test_a_stop_signal_after_the_stop_leaves_the_workers_exit_code(
 
 async def test_ctrl_c_before_comfyui_started_is_one_line_and_exit_130(base_env, run_supervisor, tmp_path: Path) -> None:
     """Before: a SIGINT (Ctrl-C in `docker run -it`) during the start's checks or the emptying of the scratch folders,
-    before the event loop, printed a KeyboardInterrupt traceback. The start is held here by a FIFO in place of
-    ComfyUI's model paths file, which the supervisor writes last before the event loop."""
+    before the event loop, printed a KeyboardInterrupt traceback. The start is held here by a FIFO in place of the
+    temporary file ComfyUI's model paths file is written to, which the supervisor writes last before the event loop."""
     marker = tmp_path / "comfyui-was-started"
-    model_paths = tmp_path / "data" / "comfyui" / "extra_model_paths.yaml"
-    model_paths.parent.mkdir(parents=True)
-    os.mkfifo(model_paths)
+    partial_model_paths = tmp_path / "data" / "comfyui" / ".extra_model_paths.yaml.partial"
+    partial_model_paths.parent.mkdir(parents=True)
+    os.mkfifo(partial_model_paths)
     env = {**base_env, "COMFYUI_COMMAND": f"{sys.executable} -c \"open({str(marker)!r}, 'w').close()\""}
     supervisor = await run_supervisor(env)
     await supervisor.wait_until(lambda: "supervisor.scratch_emptied" in supervisor.output, what="the scratch emptied")
@@ -70,3 +70,4 @@ async def test_ctrl_c_before_comfyui_started_is_one_line_and_exit_130(base_env, 
     ], supervisor.output
     assert "Traceback" not in supervisor.output
     assert not marker.exists()
+    assert not partial_model_paths.exists()
