@@ -155,7 +155,7 @@ def _any_but_encoded(*codes: str) -> str:
 # (`...https://` too): tried from every letter of a run, a megabyte of letters (a peer's error page) took minutes.
 _URL_CREDENTIALS = re.compile(
     rf"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][a-zA-Z0-9+.-]*+(?:(?P<plain>://)|{_encoded('3A')}"
-    rf"{_encoded('2F')}{_encoded('2F')}))"
+    rf"(?:/|{_encoded('2F')}){{2}}))"  # "/" as is too: Python's quote() keeps it (https%3A//user%3Apass%40host)
     rf"(?(plain)[^/\s?#]+@|(?:[^/\s?#%]++|{_any_but_encoded('2F', '3F', '23')})+(?P<at>{_encoded('40')}))"
 )
 # ... and the values of query and fragment parameters named like credentials (?token=..., &api_key=...,

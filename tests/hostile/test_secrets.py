@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -275,6 +276,19 @@ def _lower_hex(text: str) -> str:
     for code in ("3A", "2F", "3F", "3D"):
         text = text.replace(code, code.lower())
     return text
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_url_quoted_by_pythons_quote_keeps_no_credential(times: int) -> None:
+    """urllib.parse.quote, as a custom node calls it, keeps the "/": before, https%3A//user%3Apass%40host kept
+    its password in the log line that quoted it."""
+    url = "https://user:pw-7@host.example.com/k?X-Amz-Signature=sig-7&a=1"
+    shown = "https://***@host.example.com/k?X-Amz-Signature=***&a=1"
+    for _ in range(times):
+        url, shown = quote(url), quote(shown, safe="/*")
+    proxy = "https://proxy.example.com/?url="
+    assert scrub(f"GET {proxy}{url} failed") == f"GET {proxy}{shown} failed"
+    assert redact_url(f"{proxy}{url}") == f"{proxy}{shown}"
 
 
 def test_percent_encoded_text_that_is_no_url_is_left_as_it_is() -> None:
