@@ -16,29 +16,19 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
-from urllib.parse import unquote
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
-from common.urls import is_secret_parameter
+from common.urls import redact_urls_in
 
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
 _secret_values: set[str] = set()
 # How far past a cut a URL's user name and password may run and still be masked as a URL's (ours are registered
 # secrets, masked however long).
 URL_CREDENTIALS_MARGIN = 4096
-# Credentials inside any URL in free text (an error message, a traceback): scheme://user:password@host ->
-# scheme://***@host, as common.urls.redact_url shows a single URL: up to the last "@" before the path, as clients read
-# it (a password with an unencoded "@" kept its tail). Tried once per run of scheme characters, from
-# its start (`...https://` too): tried from every letter of a run, a megabyte of letters (a peer's error page)
-# took minutes to scrub.
-_URL_CREDENTIALS = re.compile(r"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s?#]+@")
-# ... and the values of query and fragment parameters named like credentials (?token=..., &api_key=...,
-# #access_token=... as OAuth's implicit flow sends it).
-_QUERY_PARAMETER = re.compile(r"(?P<lead>[?&#](?P<name>[A-Za-z0-9_.%-]+)=)(?P<value>[^&#\s\"'<>]+)")
 
 
 # The shortest value the scrubber masks. Every occurrence of a registered value in any text becomes ***: a secret
@@ -63,8 +53,7 @@ def forget_secret(value: str | None) -> None:
 
 def scrub(text: str) -> str:
     """`text` without URL credentials or registered secrets."""
-    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-    text = _QUERY_PARAMETER.sub(_redact_query_value, text)
+    text = redact_urls_in(text)
     for secret in _secret_values:
         if secret in text:
             text = text.replace(secret, "***")
@@ -82,10 +71,6 @@ def scrubbed_excerpt(text: str, limit: int) -> str:
 def error_text(error: BaseException, limit: int = 300) -> str:
     """``Type: message`` of an error for a log field, a status or a report: scrubbed, then cut to ``limit``."""
     return scrubbed_excerpt(f"{type(error).__name__}: {error}", limit)
-
-
-def _redact_query_value(match: re.Match[str]) -> str:
-    return match["lead"] + "***" if is_secret_parameter(unquote(match["name"])) else match[0]
 
 
 def scrub_all(value: Any) -> Any:

@@ -126,16 +126,63 @@ def url_has_credentials(url: str) -> bool:
 
 def redact_url(url: str) -> str:
     """`url` with its user name, password and secret query and fragment values replaced by ***, for output,
-    status pages and logs."""
-    if not url_has_credentials(url):
-        return url
-    parts = _split(url)
-    netloc = parts.netloc
-    if parts.username or parts.password:
-        netloc = f"***@{netloc.rpartition('@')[2]}"
-    query, fragment = ("&".join(_redact_parameter(pair) for pair in part.split("&"))
-                       for part in (parts.query, parts.fragment))
-    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
+    status pages and logs; those of a URL nested in its query too (https://proxy/?url=https%3A%2F%2F…)."""
+    if url_has_credentials(url):
+        parts = _split(url)
+        netloc = parts.netloc
+        if parts.username or parts.password:
+            netloc = f"***@{netloc.rpartition('@')[2]}"
+        query, fragment = ("&".join(_redact_parameter(pair) for pair in part.split("&"))
+                           for part in (parts.query, parts.fragment))
+        url = urlunsplit(parts._replace(netloc=netloc, query=query, fragment=fragment))
+    return redact_urls_in(url)
+
+
+# A URL nested in another's query (a proxy's ?url=…, a download error quoting a presigned link) has its "://",
+# "@", "?", "&", "#" and "=" percent-encoded: %3A%2F%2F, %40, %3F, %26, %23, %3D; once more per level of nesting,
+# each "%" as %25 (%253F, %25253F, ...). These match any level at once: nothing recurses, however deep.
+def _encoded(*codes: str) -> str:
+    return rf"%(?:25)*+(?i:{'|'.join(codes)})"
+
+
+def _any_but_encoded(*codes: str) -> str:
+    return rf"%(?!(?:25)*+(?i:{'|'.join(codes)}))"
+
+
+# Credentials inside any URL in free text (an error message, a traceback): scheme://user:password@host ->
+# scheme://***@host, as redact_url shows a single URL: up to the last "@" before the path, as clients read it (a
+# password with an unencoded "@" kept its tail). Tried once per run of scheme characters, from its start
+# (`...https://` too): tried from every letter of a run, a megabyte of letters (a peer's error page) took minutes.
+_URL_CREDENTIALS = re.compile(
+    rf"(?<![a-zA-Z0-9+.-])(?P<scheme>[0-9+.-]*[a-zA-Z][a-zA-Z0-9+.-]*+(?:(?P<plain>://)|{_encoded('3A')}"
+    rf"(?:/|{_encoded('2F')}){{2}}))"  # "/" as is too: Python's quote() keeps it (https%3A//user%3Apass%40host)
+    rf"(?(plain)[^/\s?#]+@|(?:[^/\s?#%]++|{_any_but_encoded('2F', '3F', '23')})+(?P<at>{_encoded('40')}))"
+)
+# ... and the values of query and fragment parameters named like credentials (?token=..., &api_key=...,
+# #access_token=... as OAuth's implicit flow sends it). A value is skipped only when masked: a URL nested in
+# another parameter's value is searched too.
+_PARAMETER = re.compile(
+    # "[?&#]" or _encoded("3F", "26", "23"), in a form a search skips the other characters three times faster in
+    rf"(?P<lead>[?&#%](?:(?<=%)(?:25)*+(?i:3F|26|23)|(?<!%)))"
+    rf"(?P<name>(?:[A-Za-z0-9_.-]|{_any_but_encoded('3F', '26', '23', '3D')})++)(?:=|{_encoded('3D')})"
+)
+_VALUE = re.compile(r"[^&#\s\"'<>]+")
+_ENCODED_VALUE = re.compile(rf"(?:[^&#\s\"'<>%]++|{_any_but_encoded('26', '23')})+")
+_ESCAPE = re.compile(r"%(?:25)*([0-9A-Fa-f]{2})")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` with the user name, password and secret query and fragment values of every URL in it masked,
+    those of URLs nested percent-encoded in another's query however many times (for common.logs.scrub)."""
+    text = _URL_CREDENTIALS.sub(lambda found: f"{found['scheme']}***{found['at'] or '@'}", text)
+    pieces, kept, at = [], 0, 0
+    while found := _PARAMETER.search(text, at):
+        at = found.end()
+        value = (_VALUE if found["lead"] in "?&#" else _ENCODED_VALUE).match(text, at)
+        if value and is_secret_parameter(_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), found["name"])):
+            pieces += [text[kept:at], "***"]
+            kept = at = value.end()
+    return "".join(pieces) + text[kept:]
 
 
 def _redact_parameter(pair: str) -> str:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -232,6 +233,68 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
     # Glued to what comes before it (a scheme is tried once per run of scheme characters, from its start).
     for before in ("...", "-", "1", "x1.", "("):
         assert scrub(f"GET {before}{url} failed") == f"GET {before}{shown} failed"
+
+
+def _nested(levels: int, url: str) -> str:
+    """``url`` as it reads nested ``levels`` deep in other URLs' queries: each of its ://, @, ?, &, # and =
+    percent-encoded, each % of that as %25 once more per further level (test data: nothing checks it)."""
+    url = url.replace("%", "%" + "25" * levels)
+    for char, code in ((":", "3A"), ("/", "2F"), ("@", "40"), ("?", "3F"), ("&", "26"), ("#", "23"), ("=", "3D")):
+        url = url.replace(char, f"%{'25' * (levels - 1)}{code}")
+    return url
+
+
+@pytest.mark.parametrize(
+    ("levels", "nested", "shown"),
+    [
+        # The presigned link a custom node failed to download, quoted in ComfyUI's error, or a proxy's error page.
+        (1, "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=sig-1&X-Amz-Date=1",
+         "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=***&X-Amz-Date=1"),
+        (2, "https://b.example.com/k?token=tk-2&page=2#id_token=id-2", "https://b.example.com/k?token=***&page=2#id_token=***"),
+        (1, "https://user:pw-3@host.example.com/k", "https://***@host.example.com/k"),
+        (2, "https://user:pw-4@host.example.com/k", "https://***@host.example.com/k"),
+        (3, "https://u:pw-5@h.example.com/k?access%5Ftoken=at-5&s=1", "https://***@h.example.com/k?access%5Ftoken=***&s=1"),
+        # Deeper than any recursion could go.
+        (5000, "https://u:pw-6@h.example.com/k?a=1&X-Amz-Signature=sig-6", "https://***@h.example.com/k?a=1&X-Amz-Signature=***"),
+        # Nothing named like a credential: as it was.
+        (1, "https://h.example.com/k?sort=new&page=2#top", "https://h.example.com/k?sort=new&page=2#top"),
+        (2, "https://h.example.com/k?maxTokens=5&keyboard=us", "https://h.example.com/k?maxTokens=5&keyboard=us"),
+    ],
+)
+def test_the_credentials_of_a_url_nested_percent_encoded_in_anothers_query_are_masked(levels, nested, shown) -> None:
+    """Before, only the outer URL was searched: ?url=https%3A%2F%2F…%3FX-Amz-Signature%3D… kept the signature, and
+    https%3A%2F%2Fuser%3Apassword%40… the password, in every log line, error and status that quoted it."""
+    url = f"https://proxy.example.com/fetch?url={_nested(levels, nested)}&lang=en"
+    expected = f"https://proxy.example.com/fetch?url={_nested(levels, shown)}&lang=en"
+    assert redact_url(url) == expected
+    assert scrub(f"download failed (HTTP 403): {url}. Retrying") == f"download failed (HTTP 403): {expected}. Retrying"
+    url, expected = _lower_hex(url), _lower_hex(expected)
+    assert (redact_url(url), scrub(url)) == (expected, expected), "hex in lower case too"
+
+
+def _lower_hex(text: str) -> str:
+    for code in ("3A", "2F", "3F", "3D"):
+        text = text.replace(code, code.lower())
+    return text
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_url_quoted_by_pythons_quote_keeps_no_credential(times: int) -> None:
+    """urllib.parse.quote, as a custom node calls it, keeps the "/": before, https%3A//user%3Apass%40host kept
+    its password in the log line that quoted it."""
+    url = "https://user:pw-7@host.example.com/k?X-Amz-Signature=sig-7&a=1"
+    shown = "https://***@host.example.com/k?X-Amz-Signature=***&a=1"
+    for _ in range(times):
+        url, shown = quote(url), quote(shown, safe="/*")
+    proxy = "https://proxy.example.com/?url="
+    assert scrub(f"GET {proxy}{url} failed") == f"GET {proxy}{shown} failed"
+    assert redact_url(f"{proxy}{url}") == f"{proxy}{shown}"
+
+
+def test_percent_encoded_text_that_is_no_url_is_left_as_it_is() -> None:
+    text = "50%25 done%3F 100%25%3D%25 of a%3Fb%26c%3Dd; %252525; https%3A%2F%2Fh.example.com%2Fa%40b"
+    assert scrub(text) == text
+    assert redact_url(f"https://h.example.com/?q={text}") == f"https://h.example.com/?q={text}"
 
 
 @pytest.mark.parametrize(
