@@ -4,7 +4,8 @@
     ./dev python -m bench.error_quotes [--kib 1024 8192] [--page-mib 8 64]
 
 Pages of one letter repeated and of short words: the shapes that made the old code quadratic (a scheme tried from
-every letter) or split a whole page into words.
+every letter) or split a whole page into words; and those the query parameter search walks slowest: ``?a=b&``
+pairs (a name at every step), runs of ``%25`` (an escape at every step) and an encoded scheme then letters.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import tracemalloc
 from common.logs import scrub
 from worker.queue_client import _short
 
+# Each: a name, the text before the repeated part, and the part repeated to the size scrubbed.
+SHAPES = (("letters", "", "a"), ("dotted", "", "a."), ("query pairs", "", "?a=b&"), ("%25 runs", "", "%25"),
+          ("https%3A%2F%2F then letters", "https%3A%2F%2F", "a"))
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -23,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-mib", type=float, nargs="+", default=[8, 64], help="error pages quoted (MiB)")
     args = parser.parse_args(argv)
     for kib in args.kib:
-        for name, unit in (("letters", "a"), ("dotted", "a.")):
-            text = unit * (kib * 1024 // len(unit))
+        for name, head, unit in SHAPES:
+            text = head + unit * ((kib * 1024 - len(head)) // len(unit))
             started = time.perf_counter()
             scrub(text)
             print(f"scrub {kib} KiB of {name}: {time.perf_counter() - started:.3f} s")
