@@ -14,12 +14,13 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 import httpx
 
 # The words of a query parameter's name (split at "_", "-", ".", and "aB" as in accessToken) that make its value a
-# credential; and a word ending in one of _SECRET_ENDINGS does too (accesstoken, clientsecret).
+# credential; and a word ending in one of _SECRET_ENDINGS does too (accesstoken, clientsecret, jsessionid).
 _SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "key", "apikey", "accesskey", "signature", "sig", "auth",
-     "authorization", "credential", "credentials", "bearer", "jwt", "session", "sessionid"}
+    {"token", "secret", "password", "passwd", "pwd", "pass", "pw", "key", "apikey", "accesskey", "secretkey",
+     "privatekey", "signature", "sig", "auth", "authorization", "credential", "credentials", "bearer", "jwt",
+     "session"}
 )
-_SECRET_ENDINGS = ("token", "secret", "password", "passwd")
+_SECRET_ENDINGS = ("token", "secret", "password", "passwd", "passphrase", "sessionid", "sessid")
 
 
 def is_secret_parameter(name: str) -> bool:

@@ -235,6 +235,24 @@ def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(u
         assert scrub(f"GET {before}{url} failed") == f"GET {before}{shown} failed"
 
 
+@pytest.mark.parametrize(
+    "name", ["jsessionid", "JSESSIONID", "PHPSESSID", "pass", "db_pass", "pw", "userPw", "passphrase",
+             "ssh_passphrase", "secretkey", "privatekey"],
+)
+def test_a_query_parameter_named_like_a_password_or_a_session_id_is_masked(name: str) -> None:
+    """Before, ?pass=…, ?pw=…, ?passphrase=… and a Java or PHP session id (?jsessionid=…, which signs its
+    holder in) were not seen as credentials: shown in clear in every log line, error and status quoting the URL."""
+    url = f"https://app.example.com/login?user=ann&{name}=s3cr3t-val&page=2"
+    shown = f"https://app.example.com/login?user=ann&{name}=***&page=2"
+    assert url_credentials(url) == ["s3cr3t-val"]
+    assert (redact_url(url), scrub(f"GET {url} failed")) == (shown, f"GET {shown} failed")
+
+
+def test_a_parameter_whose_name_only_contains_a_secret_word_is_left_as_it_is() -> None:
+    url = "https://h.example.com/a?compass=n&bypass=1&passage=3&pwm=4&sessionids=5&code=c&country_code=fr"
+    assert (url_credentials(url), redact_url(url), scrub(url)) == ([], url, url)
+
+
 def _nested(levels: int, url: str) -> str:
     """``url`` as it reads nested ``levels`` deep in other URLs' queries: each of its ://, @, ?, &, # and =
     percent-encoded, each % of that as %25 once more per further level (test data: nothing checks it)."""
