@@ -18,8 +18,8 @@ from common.logs import scrub
 from worker.queue_client import _short
 
 # Each: a name, the text before the repeated part, and the part repeated to the size scrubbed.
-SHAPES = (("letters", "", "a"), ("dotted", "", "a."), ("query pairs", "", "?a=b&"), ("%25 runs", "", "%25"),
-          ("https%3A%2F%2F then letters", "https%3A%2F%2F", "a"))
+SHAPES = (("letters", "", "a"), ("dotted", "", "a."), ("query pairs", "", "?a=b&"), ("unended pairs", "", "?a=b"),
+          ("%25 runs", "", "%25"), ("https%3A%2F%2F then letters", "https%3A%2F%2F", "a"))
 
 
 def main(argv: list[str] | None = None) -> None:

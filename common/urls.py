@@ -179,8 +179,9 @@ def redact_urls_in(text: str) -> str:
     pieces, kept, at = [], 0, 0
     while found := _PARAMETER.search(text, at):
         at = found.end()
-        value = (_VALUE if found["lead"] in "?&#" else _ENCODED_VALUE).match(text, at)
-        if value and is_secret_parameter(_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), found["name"])):
+        if not is_secret_parameter(_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), found["name"])):
+            continue  # its value unread: one with no end (?a=b?a=b…) was read again from each name in it
+        if value := (_VALUE if found["lead"] in "?&#" else _ENCODED_VALUE).match(text, at):
             pieces += [text[kept:at], "***"]
             kept = at = value.end()
     return "".join(pieces) + text[kept:]
