@@ -160,12 +160,12 @@ _URL_CREDENTIALS = re.compile(
     rf"(?(plain)[^/\s?#]+@|(?:[^/\s?#%]++|{_any_but_encoded('2F', '3F', '23')})+(?P<at>{_encoded('40')}))"
 )
 # ... and the values of query and fragment parameters named like credentials (?token=..., &api_key=...,
-# #access_token=... as OAuth's implicit flow sends it). A value is skipped only when masked: a URL nested in
-# another parameter's value is searched too.
+# #access_token=... as OAuth's implicit flow sends it), and of path parameters (/app;jsessionid=...). A value is
+# skipped only when masked: a URL nested in another parameter's value is searched too.
 _PARAMETER = re.compile(
-    # "[?&#]" or _encoded("3F", "26", "23"), in a form a search skips the other characters three times faster in
-    rf"(?P<lead>[?&#%](?:(?<=%)(?:25)*+(?i:3F|26|23)|(?<!%)))"
-    rf"(?P<name>(?:[A-Za-z0-9_.-]|{_any_but_encoded('3F', '26', '23', '3D')})++)(?:=|{_encoded('3D')})"
+    # "[?&#;]" or _encoded("3F", "26", "23", "3B"), in a form a search skips the other characters three times faster in
+    rf"(?P<lead>[?&#;%](?:(?<=%)(?:25)*+(?i:3F|26|23|3B)|(?<!%)))"
+    rf"(?P<name>(?:[A-Za-z0-9_.-]|{_any_but_encoded('3F', '26', '23', '3B', '3D')})++)(?:=|{_encoded('3D')})"
 )
 _VALUE = re.compile(r"[^&#\s\"'<>]+")
 _ENCODED_VALUE = re.compile(rf"(?:[^&#\s\"'<>%]++|{_any_but_encoded('26', '23')})+")
@@ -181,7 +181,7 @@ def redact_urls_in(text: str) -> str:
         at = found.end()
         if not is_secret_parameter(_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), found["name"])):
             continue  # its value unread: one with no end (?a=b?a=b…) was read again from each name in it
-        if value := (_VALUE if found["lead"] in "?&#" else _ENCODED_VALUE).match(text, at):
+        if value := (_VALUE if found["lead"] in "?&#;" else _ENCODED_VALUE).match(text, at):
             pieces += [text[kept:at], "***"]
             kept = at = value.end()
     return "".join(pieces) + text[kept:]

@@ -253,12 +253,32 @@ def test_a_parameter_whose_name_only_contains_a_secret_word_is_left_as_it_is() -
     assert (url_credentials(url), redact_url(url), scrub(url)) == ([], url, url)
 
 
-@pytest.mark.parametrize("unit", ["?a=b", "%3Fa%3Db"])
+@pytest.mark.parametrize("unit", ["?a=b", "%3Fa%3Db", ";a=b"])
 def test_a_megabyte_of_parameters_whose_values_never_end_is_scrubbed_whole(unit: str) -> None:
     """Each parameter's value was read before its name was checked, to the end of the text when nothing ended it:
     a megabyte of ?a=b?a=b… took minutes (40 KiB: 0.56 s; quadratic). In a child, killed at the guard if it stalls."""
     code = f"from common.logs import scrub; text = {unit!r} * ({1 << 20} // {len(unit)}); assert scrub(text) == text"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://app.example.com/shop;jsessionid=0AB1CD2EF3", "https://app.example.com/shop;jsessionid=***"),
+        ("https://app.example.com/a;v=2/b;JSESSIONID=0AB1CD2EF3#top", "https://app.example.com/a;v=2/b;JSESSIONID=***#top"),
+        ("https://proxy.example.com/?url=https%3A%2F%2Fapp.example.com%2Fshop%3Bjsessionid%3D0AB1CD2EF3&lang=en",
+         "https://proxy.example.com/?url=https%3A%2F%2Fapp.example.com%2Fshop%3Bjsessionid%3D***&lang=en"),
+        ("https://proxy.example.com/?url=https%3A%2F%2Fapp.example.com%2Fshop%3bpassword%3Dhunter2-pw",
+         "https://proxy.example.com/?url=https%3A%2F%2Fapp.example.com%2Fshop%3bpassword%3D***"),
+        ("https://app.example.com/a;v=2;lang=en/b?page=2", "https://app.example.com/a;v=2;lang=en/b?page=2"),
+    ],
+)
+def test_a_path_parameter_named_like_a_credential_is_masked(url: str, shown: str) -> None:
+    """A Java server's session id rides in the path (…/shop;jsessionid=…) and signs in whoever holds it: before,
+    ";" was no parameter separator and the id reached every log line and status quoting the URL, nested too."""
+    assert (redact_url(url), scrub(f"GET {url} failed")) == (shown, f"GET {shown} failed")
+    line = "Content-Type: multipart/form-data;boundary=x-1; charset=utf-8"
+    assert scrub(line) == line
 
 
 def _nested(levels: int, url: str) -> str:
