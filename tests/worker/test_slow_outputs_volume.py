@@ -424,28 +424,8 @@ async def test_a_worker_process_left_holding_a_hung_write_still_exits(qm, comfy,
     handed back, but the process never exited (asyncio.run's teardown and the interpreter's exit wait for every
     thread), so the replica ran until the platform's kill, and a serverless one that had reached its idle exit would
     run, and bill, until something replaced it. Now it exits with its own code once the job is handed back."""
-    marker = tmp_path / "inside-a-write"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "PYTHONUNBUFFERED": "1", "QUEUE_MANAGER_URL": qm.url, "COMFYUI_URL": comfy.url,
-        "OUTPUTS_PATH": str(tmp_path / "outputs"), "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1",
-        "WORKER_POLL_INTERVAL": "0.05", "SHUTDOWN_GRACE_S": "0.5", "PLATFORM_KILL_DELAY_S": "20", "LOG_FORMAT": "json",
-        "HUNG_MARKER": str(marker),
-    }  # fmt: skip
     job = qm.store.submit("alice", workflows["quick"])
-    with (tmp_path / "worker.log").open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", HUNG_WORKER, env=env, cwd=tmp_path, stdout=log_file, stderr=log_file
-        )
-    try:
-        await wait_for(marker.exists, timeout=30)
-        process.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 10)  # half the platform's kill delay
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    log = (tmp_path / "worker.log").read_text()
+    code, log = await _stopped_once_hung(HUNG_WORKER, qm, comfy, tmp_path)
     assert code == 0, log
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
@@ -482,7 +462,23 @@ async def test_a_stop_while_a_published_delivery_syncs_leaves_no_result_for_the_
     the published folder with it: a whole result (2 files) for a job the manager saw handed back, which nothing
     removed on comfy-multi. Now the exit removes what the rename published (0 files left), still without waiting
     for the thread inside the sync."""
-    marker = tmp_path / "inside-a-sync"
+    job = qm.store.submit("alice", workflows["quick"])
+
+    def published() -> None:
+        assert len(list((tmp_path / "outputs" / "alice" / job.id).iterdir())) == 2, "published: the rename landed"
+
+    code, log = await _stopped_once_hung(HUNG_AFTER_THE_RENAME, qm, comfy, tmp_path, before_the_stop=published)
+    assert code == 0, log
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
+    assert not (tmp_path / "outputs" / "alice" / job.id).exists(), log
+    assert "Removed the outputs a stopped delivery had published: its job was handed back" in log
+
+
+async def _stopped_once_hung(script, qm, comfy, tmp_path, before_the_stop=lambda: None) -> tuple[int, str]:
+    """`python -m worker` run by ``script`` (which hangs a write to OUTPUTS_PATH and touches HUNG_MARKER), stopped
+    by SIGTERM once hung: its exit code, within half the platform's kill delay, and its log."""
+    marker = tmp_path / "hung"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
         "PYTHONUNBUFFERED": "1", "QUEUE_MANAGER_URL": qm.url, "COMFYUI_URL": comfy.url,
@@ -490,23 +486,17 @@ async def test_a_stop_while_a_published_delivery_syncs_leaves_no_result_for_the_
         "WORKER_POLL_INTERVAL": "0.05", "SHUTDOWN_GRACE_S": "0.5", "PLATFORM_KILL_DELAY_S": "20", "LOG_FORMAT": "json",
         "HUNG_MARKER": str(marker),
     }  # fmt: skip
-    job = qm.store.submit("alice", workflows["quick"])
     with (tmp_path / "worker.log").open("wb") as log_file:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", HUNG_AFTER_THE_RENAME, env=env, cwd=tmp_path, stdout=log_file, stderr=log_file
+            sys.executable, "-c", script, env=env, cwd=tmp_path, stdout=log_file, stderr=log_file
         )
     try:
         await wait_for(marker.exists, timeout=30)
-        assert len(list((tmp_path / "outputs" / "alice" / job.id).iterdir())) == 2, "published: the rename landed"
+        before_the_stop()
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 10)  # half the platform's kill delay
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    log = (tmp_path / "worker.log").read_text()
-    assert code == 0, log
-    [report] = qm.reports.landed(job.id)
-    assert report.endpoint == "fail-job" and report.body["error"].startswith("Handed back"), report.body
-    assert not (tmp_path / "outputs" / "alice" / job.id).exists(), log
-    assert "Removed the outputs a stopped delivery had published: its job was handed back" in log
+    return code, (tmp_path / "worker.log").read_text()
