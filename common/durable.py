@@ -3,6 +3,7 @@ synced to disk."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -27,3 +28,21 @@ def sync_folder(folder: Path) -> None:
         sync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def replace_whole(path: Path, text: str, partial: Path, mode: int | None = None) -> None:
+    """``path`` holds ``text`` whole or keeps what it held: written to ``partial`` beside it (given ``mode``), synced,
+    renamed onto it. A reader never sees half a file, and a failure (a full disk, a folder in its place, a Ctrl-C)
+    leaves no ``partial`` behind."""
+    try:
+        with partial.open("w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            sync(file.fileno())
+        if mode is not None:
+            os.chmod(partial, mode)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise

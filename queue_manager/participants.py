@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import structlog
 
+from common.durable import replace_whole
 from queue_manager.models import USER_ID_PATTERN
 
 log = structlog.get_logger()
@@ -235,13 +236,5 @@ def _remove_line(path: Path, user_id: str) -> bool:
 def _replace(path: Path, text: str) -> None:
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    os.close(descriptor)
+    replace_whole(path, text, Path(temporary), mode)

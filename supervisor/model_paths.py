@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
-from common.durable import sync
+from common.durable import replace_whole
 
 # ComfyUI 0.8.0's model folder names. "clip" and "unet" are the legacy names many model trees still use;
 # ComfyUI maps them onto text_encoders and diffusion_models, so both layouts work.
@@ -34,14 +32,4 @@ def render_model_paths(models_dir: Path) -> str:
 def write_model_paths(path: Path, models_dir: Path) -> None:
     """Whole or not at all: a crash or a full disk mid-write leaves the previous file, never half a YAML."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("w", encoding="utf-8") as file:
-            file.write(render_model_paths(models_dir))
-            file.flush()
-            sync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:  # a Ctrl-C during the start too: no temporary file left
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        raise
+    replace_whole(path, render_model_paths(models_dir), path.with_name(f".{path.name}.partial"))
