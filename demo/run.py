@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import structlog
 
 from common.logs import register_secret
+from common.processes import pid_running
 from demo.progress import Progress
 from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
@@ -112,19 +113,9 @@ def _sweep_scratch_of_killed_runs(temp: Path) -> None:
             pid = int((folder / PID_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if pid > 0 and not _process_alive(pid):
+        if pid > 0 and not pid_running(pid):
             log.info("Demo scratch folder of a killed run removed", folder=str(folder), pid=pid)
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's, or not a pid: not ours to judge
-    return True
 
 
 def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:

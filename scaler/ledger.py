@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from common.durable import sync, sync_folder
+from common.processes import pid_running
 from scaler.billing import (
     DAY_S,
     HOUR_S,
@@ -518,22 +519,14 @@ def remove_stale_scratch(path: Path) -> None:
     with contextlib.suppress(OSError):
         for leftover in path.parent.iterdir():
             found = pattern.fullmatch(leftover.name)
-            if found and not _running(int(found[1])) and leftover.is_file():
+            if found and _stale(int(found[1])) and leftover.is_file():
                 with contextlib.suppress(OSError):
                     leftover.unlink()
                     log.info("stale_scratch_file_removed", path=str(leftover))
 
 
-def _running(pid: int) -> bool:
-    if pid == os.getpid():  # a pid reused: this process writes nothing while it starts
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process (EPERM), or a pid this platform cannot ask about: leave it
-        return True
-    return True
+def _stale(pid: int) -> bool:
+    return pid == os.getpid() or not pid_running(pid)  # our own pid, reused: this process writes nothing at start
 
 
 def kept_aside(path: Path, read_only: bool) -> str:
