@@ -70,9 +70,9 @@ class WorkerMetrics:
         for phase in PHASES:
             self.state.labels(state=phase).set(1 if phase == current else 0)
 
-    def set_versions(self, worker_version: str, comfyui_version: object) -> None:
-        self.info.info({"worker_version": worker_version, "comfyui_version": readable_version(comfyui_version)
-                        or "unknown"})
+    def set_versions(self, worker_version: str, comfyui_version: str | None) -> None:
+        """``comfyui_version``: as WorkerState keeps it, readable (readable_version) or None."""
+        self.info.info({"worker_version": worker_version, "comfyui_version": comfyui_version or "unknown"})
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         self.job_phase_seconds.labels(phase=phase).observe(max(0.0, seconds))
