@@ -88,30 +88,34 @@ def _blank_is_refused(value: object) -> object:
     return value
 
 
-def _no_space_at_either_end(value: object) -> object:
-    if isinstance(value, str) and value != value.strip():
-        raise ValueError("has a space or a line break at either end: it would name another folder or file than the "
-                         "one meant (made beside it, empty); remove it")
-    return value
+def _no_space_at_either_end(consequence: str) -> BeforeValidator:
+    """A value with a space or a line break at either end (a blank one is left to the validator run before)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError(f"has a space or a line break at either end: {consequence}; remove it")
+        return value
+
+    return BeforeValidator(check)
 
 
-def _no_text_space_at_either_end(value: object) -> object:
-    if isinstance(value, str) and value.strip() and value != value.strip():
-        raise ValueError("has a space or a line break at either end: the peer would match another id; remove it")
-    return value
+_ANOTHER_FOLDER = _no_space_at_either_end("it would name another folder or file than the one meant (made beside it, "
+                                          "empty)")
 
 
 # Path("") is the working directory, which a blank variable never means: files would be written, or emptied at
 # every start, wherever the process happens to run. A blank optional path is unset; a blank required one, refused.
 # "/outputs " or "/outputs\r" (an env file saved on Windows) is another folder: the results went to the container's
 # own disk, not the volume at /outputs.
-OptionalPath = Annotated[Path | None, BeforeValidator(_no_space_at_either_end), BeforeValidator(_blank_is_unset)]
-RequiredPath = Annotated[Path, BeforeValidator(_no_space_at_either_end), BeforeValidator(_blank_is_refused)]
+OptionalPath = Annotated[Path | None, _ANOTHER_FOLDER, BeforeValidator(_blank_is_unset)]
+RequiredPath = Annotated[Path, _ANOTHER_FOLDER, BeforeValidator(_blank_is_refused)]
 # A secret set blank is unset, as a shell's `VAR=` or compose's `${VAR:-}` leaves it.
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 # ... a text too (a name, an id): one with a space or a line break at either end never matches its account's (a
 # VERDA_CLIENT_ID pasted with its newline: every login 401), refused.
-OptionalText = Annotated[str | None, BeforeValidator(_no_text_space_at_either_end), BeforeValidator(_blank_is_unset)]
+OptionalText = Annotated[
+    str | None, _no_space_at_either_end("the peer would match another id"), BeforeValidator(_blank_is_unset)
+]
 
 
 def _usable_credential(value: SecretStr | None) -> SecretStr | None:
