@@ -44,6 +44,16 @@ async def backend(fake_runpod: FakeRunPod) -> AsyncIterator[RunPodBackend]:
     await backend.aclose()
 
 
+@pytest.fixture
+async def clocked(fake_runpod: FakeRunPod, clock: ManualClock) -> AsyncIterator[RunPodBackend]:
+    """The backend on the test's clock, holding one pod."""
+    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
+    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
+    await backend.apply(1)
+    yield backend
+    await backend.aclose()
+
+
 def stops(fake: FakeRunPod) -> int:
     return sum(1 for r in fake.requests if r.path.endswith("/action") and r.json == {"action": "stop"})
 
@@ -132,54 +142,43 @@ async def test_pods_unhealthy_together_are_replaced_at_once(backend: RunPodBacke
     assert len(view.replicas) == 3 and not set(sick) & {r.id for r in view.replicas}
 
 
-async def test_a_pod_whose_stop_is_accepted_and_never_happens_is_terminated(fake_runpod: FakeRunPod):
+async def test_a_pod_whose_stop_is_accepted_and_never_happens_is_terminated(
+    clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
+):
     # Before: RunPod answered each stop with the pod still RUNNING and never stopped it; asked again at every observe,
     # the pod ran on, billed, for as long as the scaler ran (0.69 $/h for ever). Now terminated STOP_LAG_S on.
-    clock = ManualClock(1_000_000.0)
-    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
-    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
-    try:
-        await backend.apply(1)
-        [pod] = fake_runpod.live_pods()
-        fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=1000, body=fake_runpod._pod_json(pod))
-        with capture_logs() as logs:
-            await backend.apply(0)
-            while clock() - 1_000_000.0 <= STOP_LAG_S:
-                clock.advance(15.0)
-                await backend.observe()
-    finally:
-        await backend.aclose()
+    [pod] = fake_runpod.live_pods()
+    fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=1000, body=fake_runpod._pod_json(pod))
+    started = clock()
+    with capture_logs() as logs:
+        await clocked.apply(0)
+        while clock() - started <= STOP_LAG_S:
+            clock.advance(15.0)
+            await clocked.observe()
     assert fake_runpod.live_pods() == []
     assert [entry["pod"] for entry in logs if entry["event"] == "runpod_pod_stop_not_taken"] == [pod.id]
 
 
 async def test_a_dead_pod_whose_delete_is_accepted_and_never_happens_is_said_once_and_asked_less_often(
-    fake_runpod: FakeRunPod,
+    clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
 ):
     # Before: RunPod answered each DELETE of an EXITED pod and kept the pod; asked again at every observe, with a
     # warning each time and no end, its disk was billed, never said as an error (5 760 DELETEs a day at 15 s).
-    clock = ManualClock(1_000_000.0)
-    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
-    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
+    [pod] = fake_runpod.live_pods()
 
     def deletes() -> int:
         return len(fake_runpod.requests_to(f"/pods/{pod.id}", "DELETE"))
 
-    try:
-        await backend.apply(1)
-        [pod] = fake_runpod.live_pods()
-        fake_runpod.exit_pod(pod.id)
-        fake_runpod.fail_next(f"/pods/{pod.id}", 200, method="DELETE", times=10_000, body={})
-        with capture_logs() as logs:
-            for _ in range(int(TERMINATE_LAG_S // 15) + 1):  # until the bound
-                await backend.observe()
-                clock.advance(15.0)
-            asked_within_the_bound = deletes()
-            for _ in range(int(TERMINATE_RETRY_S // 15)):  # one retry's span past it
-                await backend.observe()
-                clock.advance(15.0)
-    finally:
-        await backend.aclose()
+    fake_runpod.exit_pod(pod.id)
+    fake_runpod.fail_next(f"/pods/{pod.id}", 200, method="DELETE", times=10_000, body={})
+    with capture_logs() as logs:
+        for _ in range(int(TERMINATE_LAG_S // 15) + 1):  # until the bound
+            await clocked.observe()
+            clock.advance(15.0)
+        asked_within_the_bound = deletes()
+        for _ in range(int(TERMINATE_RETRY_S // 15)):  # one retry's span past it
+            await clocked.observe()
+            clock.advance(15.0)
     assert pod.id in fake_runpod.pods, "RunPod kept the pod"
     assert asked_within_the_bound == TERMINATE_LAG_S // 15 + 1
     assert deletes() - asked_within_the_bound == 1, "past the bound, asked once every TERMINATE_RETRY_S"
@@ -189,25 +188,18 @@ async def test_a_dead_pod_whose_delete_is_accepted_and_never_happens_is_said_onc
 
 
 async def test_a_live_pod_whose_stop_and_delete_are_accepted_and_never_happen_is_said_once_as_an_error(
-    fake_runpod: FakeRunPod,
+    clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
 ):
     # Before: RunPod took neither the stop nor the DELETE of a RUNNING pod: from STOP_LAG_S on, a DELETE and a
     # runpod_pod_stop_not_taken warning at every observe (62 in 17 min here), never an error, the GPU billed for ever.
-    clock = ManualClock(1_000_000.0)
-    client = RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url, max_attempts=1)
-    backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, clock=clock, health=PodHealthProbe(fake_runpod.health_url))
-    try:
-        await backend.apply(1)
-        [pod] = fake_runpod.live_pods()
-        fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=10_000, body=fake_runpod._pod_json(pod))
-        fake_runpod.fail_next(f"/pods/{pod.id}", 200, method="DELETE", times=10_000, body={})
-        with capture_logs() as logs:
-            await backend.apply(0)
-            for _ in range(int((STOP_LAG_S + TERMINATE_LAG_S + TERMINATE_RETRY_S) // 15) + 1):
-                clock.advance(15.0)
-                await backend.observe()
-    finally:
-        await backend.aclose()
+    [pod] = fake_runpod.live_pods()
+    fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=10_000, body=fake_runpod._pod_json(pod))
+    fake_runpod.fail_next(f"/pods/{pod.id}", 200, method="DELETE", times=10_000, body={})
+    with capture_logs() as logs:
+        await clocked.apply(0)
+        for _ in range(int((STOP_LAG_S + TERMINATE_LAG_S + TERMINATE_RETRY_S) // 15) + 1):
+            clock.advance(15.0)
+            await clocked.observe()
     assert [p.id for p in fake_runpod.live_pods()] == [pod.id], "RunPod kept the pod"
     events = [(entry["event"], entry["log_level"]) for entry in logs if entry.get("pod") == pod.id]
     assert events.count(("runpod_pod_stop_not_taken", "warning")) == 1
