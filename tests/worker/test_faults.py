@@ -1080,18 +1080,29 @@ async def test_executed_events_past_the_message_bound_fail_the_job_instead_of_pi
     the worker kept every one's output until the prompt ended (a fallback for a missing history entry)."""
     from worker.comfyui import MAX_COMFYUI_MESSAGE_BYTES
 
-    save = comfy.catalogue["SaveImage"]
+    blur = comfy.catalogue["ImageBlur"]
+    sent: list[bool] = []
 
     def chatty(inputs, env):
-        for index in range(9):  # 9 x 4 MiB: more than the 32 MiB the worker may hold, each under the socket's bound
-            output = {"text": ["x" * (MAX_COMFYUI_MESSAGE_BYTES // 8)]}
-            event = {"node": f"spoof-{index}", "output": output, "prompt_id": comfy.running_prompt_id}
-            comfy.send_sync("executed", event)
-        return save.run(inputs, env)
+        if not sent:  # in the first of the workflow's two ImageBlur nodes
+            for index in range(9):  # 9 x 4 MiB: more than the 32 MiB the worker may hold, each under the socket's bound
+                output = {"text": ["x" * (MAX_COMFYUI_MESSAGE_BYTES // 8)]}
+                event = {"node": f"spoof-{index}", "output": output, "prompt_id": comfy.running_prompt_id}
+                comfy.send_sync("executed", event)
+            sent.append(True)
+        return blur.run(inputs, env)
 
-    comfy.catalogue["SaveImage"] = replace(save, run=chatty)
+    comfy.catalogue["ImageBlur"] = replace(blur, run=chatty)
+    # The prompt runs on until the job's report: a history entry found over HTTP before the worker read every
+    # event (a loaded machine sends 36 MiB slowly) would end the job as its prompt did, with the events unread.
+    comfy.freeze(class_type="SaveImage")
     job = qm.store.submit("alice", workflows["slow"])
-    assert await make_worker().run() == 0
+    run = asyncio.create_task(make_worker().run())
+    try:
+        await wait_for(lambda: qm.reports.landed(job.id), timeout=30)
+    finally:
+        comfy.release()
+    assert await asyncio.wait_for(run, 20) == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job", report.body
     assert "ComfyUI's `executed` events of the prompt are larger than 32 MiB" in report.body["error"]
