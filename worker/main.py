@@ -546,6 +546,7 @@ class Worker:
                 await self._tidy_comfyui(self._prompt_over)
         finally:
             lease.cancel()
+            self._prompt_over = None  # its history outputs: up to MAX_COMFYUI_MESSAGE_BYTES, held until the next job
             structlog.contextvars.unbind_contextvars("job_id", "user_id", "prompt_id", "attempt")
 
     async def _after_refused_completion(self, report: Report, refusal: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import tracemalloc
 
 import pytest
 from aiohttp import web
@@ -66,3 +68,21 @@ async def test_an_answer_without_end_is_cut_at_the_bound(endless_comfyui, monkey
     with pytest.raises(ComfyUIUnavailable, match=r"GET /system_stats is larger than 0\.25 MiB"):
         await asyncio.wait_for(endless_comfyui.system_stats(), 5)
     await asyncio.wait_for(endless_comfyui.interrupt("p1"), 5)  # an answer that says nothing is not read
+
+
+async def test_a_finished_job_leaves_none_of_its_comfyui_answers_in_the_worker(qm, comfy, make_worker):
+    """The worker kept the last job's outcome, its prompt's history outputs with it, until the next job came: a
+    workflow's 16 MiB text stayed in an idle worker's memory for as long as none did."""
+    text_bytes = 16 << 20
+    job = qm.store.submit("mallory", text_output_workflow(text_bytes))
+    worker = make_worker()
+    tracemalloc.start()
+    try:
+        assert await asyncio.wait_for(worker.run(), 30) == 0
+        gc.collect()
+        traces = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, "*/standins/*")])
+    finally:
+        tracemalloc.stop()
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    held = sum(stat.size for stat in traces.statistics("filename"))
+    assert held < text_bytes // 4, f"{held / (1 << 20):.1f} MiB still held by the worker"
