@@ -106,13 +106,6 @@ class Replica:
 
 
 @dataclass(frozen=True)
-class ComputeResource:
-    name: str
-    size: int
-    is_available: bool
-
-
-@dataclass(frozen=True)
 class ContainerType:
     name: str
     model: str
@@ -661,13 +654,6 @@ class VerdaClient:
         await self._request("DELETE", f"/secrets/{_path(name)}", params={"force": str(force).lower()})
 
     # --- catalogue ------------------------------------------------------------------------------
-
-    async def list_compute_resources(self) -> list[ComputeResource]:
-        data = await self._json("GET", "/serverless-compute-resources")
-        return [
-            ComputeResource(name=str(e["name"]), size=int(e["size"]), is_available=bool(e.get("is_available")))
-            for e in data
-        ]
 
     async def list_container_types(self, currency: str = "usd") -> list[ContainerType]:
         """The price list. Any other shape, or a price or GPU count that is no number, is an error naming the field:
