@@ -12,7 +12,7 @@ from typing import Any
 
 from scaler.policy import PAUSED
 from scaler.providers.base import BackendView, FirstSeen
-from scaler.providers.verda.client import VerdaClient
+from scaler.providers.verda.client import VerdaClient, priced_compute
 from scaler.settle import settled
 
 
@@ -63,10 +63,8 @@ class VerdaBackend:
     async def price_per_hour(self) -> float:
         """Hourly price of one replica of this deployment's compute, from GET /container-types."""
         deployment = await self.client.get_deployment(self.deployment)
-        compute = deployment.get("compute") or {}
-        return await self.client.price_per_hour(
-            str(compute.get("name", "")), spot=bool(deployment.get("is_spot")), size=int(compute.get("size") or 1)
-        )
+        compute, size, spot = priced_compute(self.deployment, deployment)
+        return await self.client.price_per_hour(compute, spot=spot, size=size)
 
 
 async def _each(*calls: Awaitable[Any]) -> list[Any]:

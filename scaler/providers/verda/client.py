@@ -106,13 +106,6 @@ class Replica:
 
 
 @dataclass(frozen=True)
-class ComputeResource:
-    name: str
-    size: int
-    is_available: bool
-
-
-@dataclass(frozen=True)
 class ContainerType:
     name: str
     model: str
@@ -250,6 +243,24 @@ def replica_bounds(scaling: Any) -> tuple[int, int] | None:
         return None
     low, high = scaling.get("min_replica_count"), scaling.get("max_replica_count")
     return (low, high) if isinstance(low, int) and isinstance(high, int) else None
+
+
+def priced_compute(name: str, deployment: dict[str, Any]) -> tuple[str, int, bool]:
+    """(compute name, GPUs per replica, spot) of deployment ``name`` as Verda answers it: what its price depends on.
+    An error naming the field when one is of another kind: is_spot "false" was priced as spot, a string compute
+    failed as an AttributeError naming neither Verda nor the field."""
+    compute, spot = deployment.get("compute"), deployment.get("is_spot", False)
+    compute_name = compute.get("name") if isinstance(compute, dict) else None
+    size = compute.get("size", 1) if isinstance(compute, dict) else None
+    for field, value, kind, fits in (
+        ("compute.name", compute_name, "a name", isinstance(compute_name, str) and compute_name),
+        ("compute.size", size, "a GPU count", isinstance(size, int) and not isinstance(size, bool) and size >= 1),
+        ("is_spot", spot, "true or false", isinstance(spot, bool)),
+    ):
+        if not fits:
+            shown = scrubbed_excerpt(repr(value), 60)
+            raise _unexpected(f"{DEPLOYMENTS}/{_path(name)}", f"{field}={shown} is not {kind}")
+    return compute_name, size, spot
 
 
 class VerdaClient:
@@ -661,13 +672,6 @@ class VerdaClient:
         await self._request("DELETE", f"/secrets/{_path(name)}", params={"force": str(force).lower()})
 
     # --- catalogue ------------------------------------------------------------------------------
-
-    async def list_compute_resources(self) -> list[ComputeResource]:
-        data = await self._json("GET", "/serverless-compute-resources")
-        return [
-            ComputeResource(name=str(e["name"]), size=int(e["size"]), is_available=bool(e.get("is_available")))
-            for e in data
-        ]
 
     async def list_container_types(self, currency: str = "usd") -> list[ContainerType]:
         """The price list. Any other shape, or a price or GPU count that is no number, is an error naming the field:

@@ -346,6 +346,27 @@ async def test_backend_from_spec_creates_pods_the_api_accepts(fake: FakeRunPod, 
     assert pod.body["env"]["QUEUE_MANAGER_TOKEN"] == SECRET_REF
 
 
+async def test_delete_terminates_a_pod_whose_stop_is_accepted_but_never_taken(
+    fake: FakeRunPod, deploy_env, capsys
+) -> None:
+    """Before: delete stopped each pod and terminated only those the stop had ended; a pod RunPod answered the stop
+    of (200, still RUNNING) and kept running was stopped again and `delete --yes` failed (exit 1, "2 pods still
+    live after terminating") at every run, the pods billed on. Now what the stop left live is terminated as it is."""
+    backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
+    try:
+        await backend.apply(2)
+    finally:
+        await backend.aclose()
+    for pod in fake.live_pods():
+        answer = {"id": pod.id, "name": pod.body["name"], "status": "RUNNING"}
+        fake.fail_next(f"/pods/{pod.id}/action", 200, method="POST", body=answer, times=100)
+    capsys.readouterr()
+    assert await deploy_main(runpod_args("delete", "--yes"), deploy_env) == 0, capsys.readouterr().err
+    assert "every pod terminated" in capsys.readouterr().out
+    assert fake.live_pods() == []
+    assert all(fake.requests_to(f"/pods/{pod_id}/action", "POST") for pod_id in fake.terminated), "stopped first"
+
+
 async def _create_unrelated_pod(fake: FakeRunPod, body: dict) -> None:
     async with httpx.AsyncClient(base_url=fake.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         assert (await http.post("/pods", json=body)).status_code == 201

@@ -648,6 +648,32 @@ async def test_a_secret_written_in_the_plain_env_table_is_refused(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("name", ["SECOND_PASS_STEPS", "HIRES_PASS_DENOISE", "CACHE_KEY_PREFIX", "AUTH_ENABLED",
+                                  "SESSION_TIMEOUT_S", "PW_MODE", "SIG_FIGS", "SSH_KEY_PATH"])
+async def test_a_setting_with_a_credential_word_inside_its_name_is_deployed(
+    deploy_env, tmp_path: Path, name: str, capsys
+) -> None:
+    """Before: a workflow setting such as SECOND_PASS_STEPS (PASS, a word of its name) was refused as "named like
+    a secret", in [env] and in env_from_environment alike, exit 2: no way to deploy it but as a Verda secret. Such
+    words name a credential only at the end of the name (DB_PASS, SSH_KEY), as the next test pins."""
+    spec = edited_spec(tmp_path, 'OUTPUTS_PATH = "/outputs"', f'OUTPUTS_PATH = "/outputs"\n{name} = "2"')
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], deploy_env) == 0, capsys.readouterr().err
+    entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)["containers"][0]["env"]}
+    assert entries[name] == {"name": name, "value_or_reference_to_secret": "2", "type": "plain"}
+    spec = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]', f'names = ["QUEUE_MANAGER_URL", "{name}"]')
+    assert await deploy_main(["--dry-run", "--spec", str(spec)], {**deploy_env, name: "2"}) == 0, capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["PASSWORD", "DB_PASS", "MYSQL_PWD", "PASSWD", "DB_PW", "API_KEY", "SSH_KEY",
+                                  "AWS_SECRET_ACCESS_KEY", "SECRET_KEY_BASE", "HF_TOKEN", "TOKEN_FOR_HUB",
+                                  "CLIENT_SECRET", "REDIS_AUTH", "GPG_PASSPHRASE", "GCP_CREDENTIALS", "CIVITAI_APIKEY"])
+def test_a_variable_named_like_a_credential_is_still_refused_in_clear(
+    spec_path: Path, deploy_env, tmp_path: Path, name: str
+) -> None:
+    spec = edited_spec(tmp_path, 'OUTPUTS_PATH = "/outputs"', f'OUTPUTS_PATH = "/outputs"\n{name} = "value-12345"')
+    assert f"env.{name}: is named like a secret" in "\n".join(problems_for(spec, deploy_env))
+
+
 WORKER_TOKEN = "workers-token-do-not-print"
 TOKEN_SECRET = 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"'
 

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from common.logs import error_text
 from scaler.policy import MAX_REPLICAS_LIMIT
+from scaler.providers.verda.backend import VerdaBackend
 from scaler.providers.verda.client import VerdaAPIError, VerdaClient, check_deployment_name
 from standins.verda import CONTAINER_TYPES, FakeVerda
 
@@ -461,9 +462,7 @@ async def test_secrets_create_list_delete(fake: FakeVerda, verda: VerdaClient) -
     assert fake.requests_to("/secrets/queue-token", "DELETE")[0].json is None
 
 
-async def test_compute_resources_and_prices(verda: VerdaClient) -> None:
-    resources = await verda.list_compute_resources()
-    assert any(r.name == "H100" and r.size == 1 and r.is_available for r in resources)
+async def test_prices(verda: VerdaClient) -> None:
     assert await verda.price_per_hour("H100") == pytest.approx(2.30)
     assert await verda.price_per_hour("h100", spot=True) < 2.30
     with pytest.raises(LookupError):
@@ -489,6 +488,31 @@ async def test_a_price_list_that_is_no_price_list_is_an_error_naming_the_field(
     with pytest.raises(VerdaAPIError, match="unexpected_answer") as caught:
         await verda.price_per_hour("H100")
     assert "GET /container-types" in str(caught.value) and named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"is_spot": "false"}, "is_spot='false' is not true or false"),
+        ({"compute": "H100"}, "compute.name=None is not a name"),
+        ({"compute": {"name": "H100", "size": True}}, "compute.size=True is not a GPU count"),
+        ({"compute": {"name": "H100", "size": 1.5}}, "compute.size=1.5 is not a GPU count"),
+        ({"compute": {"size": 1}}, "compute.name=None is not a name"),
+    ],
+)
+async def test_a_deployment_priced_by_a_field_of_another_kind_is_an_error_naming_it(
+    fake: FakeVerda, verda: VerdaClient, change, named
+) -> None:
+    """Before: is_spot "false" (a string, true as a bool) was priced at the spot price, 2.30 -> 0.92 an hour for
+    the budgets and the bill; a compute that was no object failed as an AttributeError naming neither the field
+    nor Verda; a size of 1.5 priced one GPU."""
+    backend = VerdaBackend(verda, NAME)
+    await verda.create_deployment(deployment_body())
+    assert await backend.price_per_hour() == pytest.approx(2.30)
+    fake.fail_next(f"{LIST}/{NAME}", 200, method="GET", body={**await verda.get_deployment(NAME), **change})
+    with pytest.raises(VerdaAPIError, match="unexpected_answer") as caught:
+        await backend.price_per_hour()
+    assert f"GET {LIST}/{NAME}" in str(caught.value) and named in str(caught.value)
 
 
 async def test_an_answer_that_drips_is_given_up_at_the_timeout_and_retried(dripping_peer, sleeps) -> None:
