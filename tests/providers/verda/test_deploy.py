@@ -324,6 +324,10 @@ def test_pip_installing_the_venv_gets_none_of_the_deploys_secrets(deploy_env, tm
         "HF_TOKEN": "hf_token_do_not_log",
         "COMFY_ORG_API_KEY": "comfy_key_do_not_log",
         "REGISTRY_PASSWORD": "registry_password_do_not_log",
+        "DB_PASS": "db_pass_do_not_log",
+        "MYSQL_PWD": "mysql_pwd_do_not_log",
+        "REDIS_AUTH": "redis_auth_do_not_log",
+        "SMTP_PW": "smtp_pw_do_not_log",
     }
     kept = {"PIP_INDEX_URL": "https://mirror.example.com/simple", "HTTPS_PROXY": "https://u:proxy-pw@proxy:3128",
             "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
@@ -335,7 +339,7 @@ def test_pip_installing_the_venv_gets_none_of_the_deploys_secrets(deploy_env, tm
     pip_env = (clone / ".venv" / "bin" / "pip.env").read_text()
     deploy_env_seen = (clone / ".venv" / "bin" / "deploy.env").read_text()
     for name in ("VERDA_CLIENT_SECRET", "QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_URL", "RUNPOD_API_KEY", "HF_TOKEN",
-                 "COMFY_ORG_API_KEY", "REGISTRY_PASSWORD"):
+                 "COMFY_ORG_API_KEY", "REGISTRY_PASSWORD", "DB_PASS", "MYSQL_PWD", "REDIS_AUTH", "SMTP_PW"):
         assert f"{name}=" not in pip_env and secrets[name] not in pip_env, name
         assert f"{name}={secrets[name]}\n" in deploy_env_seen, name
     for name, value in {**kept, "VERDA_CLIENT_ID": "test-id", "VERDA_IMAGE": deploy_env["VERDA_IMAGE"]}.items():
