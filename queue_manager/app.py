@@ -103,10 +103,13 @@ BODY_MIN_BYTES_PER_S = 16 * 1024
 # largest reports fit. One that finds no room within BODY_BUDGET_WAIT_S is 503; the worker retries.
 BODIES_IN_FLIGHT_BYTES = 128 * _MiB
 BODY_BUDGET_WAIT_S = 10.0
-# A body declaring at most this is not counted: a reservation is taken before a byte arrives, so three clients
-# declaring 51 MiB and sending a byte a minute held the whole budget and every report of a few KB waited, then
-# 503. What such small bodies hold is what their clients really sent.
+# A body declaring at most this reserves nothing before it arrives: a reservation is taken before a byte does, so
+# three clients declaring 51 MiB and sending a byte a minute held the whole budget and every report of a few KB
+# waited, then 503. Such bodies take what their clients really send, as it arrives, from a budget of their own
+# (reservations never crowd them out), and one that finds no room there is 503: counted nowhere, 800 clients each
+# holding 1 MiB less a byte took the queue manager from 63 to 1018 MB.
 UNCOUNTED_BODY_BYTES = _MiB
+ARRIVING_BODIES_BYTES = 64 * _MiB
 # Bytes of answers held at once, across requests, the same way: a GET of a job holding a 48 MB result built the
 # whole answer for each client (16 at once: 1.7 GB), and kept it for as long as a client left it unread. A job's
 # view of more than UNCOUNTED_ANSWER_BYTES of stored JSON reserves that before it is read and keeps it until the
@@ -182,6 +185,17 @@ class BodyBudget:
     def limit(self) -> int:
         return ANSWERS_IN_FLIGHT_BYTES if self._answers else BODIES_IN_FLIGHT_BYTES
 
+    def take(self, size: int) -> None:
+        """Hold `size` more bytes now, without waiting (BodyBudgetFull when they do not fit); `give_back` them."""
+        if self.held + size > self.limit:
+            raise BodyBudgetFull
+        self.held += size
+
+    async def give_back(self, size: int) -> None:
+        async with self._changed:
+            self.held -= size
+            self._changed.notify_all()
+
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
         """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S (for
@@ -195,9 +209,30 @@ class BodyBudget:
         try:
             yield
         finally:
-            async with self._changed:
-                self.held -= size
-                self._changed.notify_all()
+            await self.give_back(size)
+
+
+class ArrivingBudget(BodyBudget):
+    """Bytes received of the bodies that reserved nothing (ARRIVING_BODIES_BYTES at most)."""
+
+    @property
+    def limit(self) -> int:
+        return ARRIVING_BODIES_BYTES
+
+
+@dataclass
+class ArrivingBody:
+    """What a body that reserved nothing has taken of the budget so far, as its bytes arrived."""
+
+    budget: BodyBudget
+    taken: int = 0
+
+    def take(self, size: int) -> None:
+        self.budget.take(size)
+        self.taken += size
+
+
+ARRIVING = web.RequestKey("arriving", ArrivingBody)
 
 
 async def read_body(request: web.Request) -> bytearray:
@@ -220,6 +255,8 @@ async def read_body(request: web.Request) -> bytearray:
                 chunk = await request.content.readany()
             if not chunk:
                 break
+            if (arriving := request.get(ARRIVING)) is not None:
+                arriving.take(len(chunk))
             body += chunk
             if len(body) > limit:
                 raise BodyTooLarge(limit, None)
@@ -836,7 +873,7 @@ def _refused(request: web.Request, status: int, detail: str) -> web.Response:
     return response
 
 
-def _body_budget_middleware(budget: BodyBudget) -> Any:
+def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any:
     @web.middleware
     async def bound_bodies_together(request: web.Request, handler: Handler) -> web.StreamResponse:
         limit = BODY_LIMITS.get(_endpoint(request) or "")
@@ -845,18 +882,24 @@ def _body_budget_middleware(budget: BodyBudget) -> Any:
             return await handler(request)  # nothing to read, or refused (413) unread
         if _is_compressed(request):
             declared = None  # what it holds is its decompressed size: 47 KB of gzip held 48 MB, uncounted
-        if declared is not None and declared <= UNCOUNTED_BODY_BYTES:
-            return await handler(request)
         size = declared if declared is not None else limit
+        full = budget
         try:
+            if declared is not None and declared <= UNCOUNTED_BODY_BYTES:
+                full = arriving
+                request[ARRIVING] = ArrivingBody(arriving)
+                try:
+                    return await handler(request)
+                finally:  # what is read of it later (the test hooks' report log) is no longer counted
+                    await arriving.give_back(request.pop(ARRIVING).taken)
             async with budget.reserve(size):
                 return await handler(request)
         except BodyBudgetFull:
             pass
-        log.warning("request_body_budget_full", path=request.path, needs=size, held=budget.held)
+        log.warning("request_body_budget_full", path=request.path, needs=size, held=full.held)
         response = _detail(
             503,
-            f"Busy: request bodies being read hold {budget.held} of {BODIES_IN_FLIGHT_BYTES} bytes and this one "
+            f"Busy: request bodies being read hold {full.held} of {full.limit} bytes and this one "
             f"needs {size}; retry shortly",
         )
         response.headers["Retry-After"] = "1"
@@ -931,9 +974,10 @@ def build_app(
     middlewares += [refusal_log_middleware(), _auth_middleware(token, worker_token, participants)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
+    bounded_bodies = _body_budget_middleware(BodyBudget(), ArrivingBudget())
     app = web.Application(
         client_max_size=MAX_REQUEST_BYTES,
-        middlewares=[*middlewares, _close_if_body_unread, _fastapi_errors, _body_budget_middleware(BodyBudget())],
+        middlewares=[*middlewares, _close_if_body_unread, _fastapi_errors, bounded_bodies],
     )
     # No HEAD: a poll hands out a job, and a safe method (what monitors probe with) must not.
     app.router.add_get("/api/workers/next-job", api.next_job, name="next-job", allow_head=False)

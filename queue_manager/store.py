@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS workers (
     last_seen REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS workers_by_last_seen ON workers (last_seen);
+CREATE TABLE IF NOT EXISTS queue_alive (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 """
 
 # Columns added after the first release: a database written by an older version gains them on open.
@@ -149,13 +153,16 @@ _DELETE_ONE_EXPIRED = (
     " LIMIT 1)"
     " RETURNING user_id, id"
 )
-# A lease whose worker was never recorded (an older version's) is renewed in full, as is one stored in the future
-# (the clock stepped back while the queue was down).
+# The queue was down since the later of its own last lease pass (or start) and the last worker it heard from. A lease
+# whose worker was never recorded (an older version's) is renewed in full, as is one stored in the future (the clock
+# stepped back while the queue was down).
 _RENEW_FOR_DOWNTIME = """
 UPDATE jobs SET lease_at = MIN(?1, COALESCE(lease_at, started_at, ?1)
-    + MAX(0, ?1 - COALESCE((SELECT MAX(last_seen) FROM workers), lease_at, started_at, ?1)))
+    + MAX(0, ?1 - COALESCE((SELECT MAX(at) FROM (SELECT MAX(last_seen) AS at FROM workers
+                                                UNION ALL SELECT at FROM queue_alive)), lease_at, started_at, ?1)))
 WHERE status = ?2
 """
+_STAMP_ALIVE = "INSERT INTO queue_alive (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
 
 # result.outputs[].path of one job: only from an array, only objects' text paths; the result parsed once (48 MB:
 # ~0.1 s). As bytes: a lone surrogate's escape decodes to bytes that are not UTF-8, which no request can name (and
@@ -674,9 +681,11 @@ class JobStore:
 
     def release_expired_leases(self, cutoff: float, *, max_attempts: int) -> list[JobRecord]:
         """The lease step: hand back every running job whose lease was last renewed before `cutoff`. A fault:
-        a worker that stopped heartbeating (SIGKILL, OOM) cannot be told apart from one its job killed."""
+        a worker that stopped heartbeating (SIGKILL, OOM) cannot be told apart from one its job killed. Stamps the
+        queue alive (see renew_leases_for_downtime)."""
         now = self._clock()
         with self._transaction() as conn:
+            conn.execute(_STAMP_ALIVE, (now,))
             rows = conn.execute(
                 "SELECT id FROM jobs WHERE status = ? AND COALESCE(lease_at, started_at) < ? ORDER BY seq",
                 (JobStatus.RUNNING.value, cutoff),
@@ -702,9 +711,13 @@ class JobStore:
     def renew_leases_for_downtime(self) -> int:
         """On start: add to every running job's lease the time since a worker was last heard from (so at least the
         time the queue was down), never past now. Renewing them in full kept a dead worker's job running for ever
-        under a queue restarting more often than the lease."""
+        under a queue restarting more often than the lease. Each lease pass stamps the queue alive: a restart that
+        no worker reached in between would otherwise count every earlier outage again and renew the leases in full."""
+        now = self._clock()
         with self._transaction() as conn:
-            return conn.execute(_RENEW_FOR_DOWNTIME, (self._clock(), JobStatus.RUNNING.value)).rowcount
+            renewed = conn.execute(_RENEW_FOR_DOWNTIME, (now, JobStatus.RUNNING.value)).rowcount
+            conn.execute(_STAMP_ALIVE, (now,))
+            return renewed
 
     def fail_running_started_before(self, cutoff: float, error: str) -> list[str]:
         """The reaper's step: fail every job still running that started before `cutoff`."""

@@ -217,6 +217,24 @@ async def test_a_queue_manager_restarting_faster_than_the_lease_still_hands_a_de
     assert handed_back == [[], [], [dead_job], []], "after 90 s of the queue's uptime since the worker died"
 
 
+async def test_a_crash_loop_no_worker_reaches_counts_only_its_downtime(tmp_path: Path, clock: FakeClock) -> None:
+    """A start added the time since the last worker it heard from: with no worker heard from between two starts
+    (each up 10 s, down 5 s: the survivors' retries back off), every earlier outage was counted again and each start
+    renewed the dead worker's lease in full, so it ran until --job-timeout failed it. The queue now stamps its own
+    lease passes and a start adds only the time since the later of that stamp and the last worker heard from."""
+    db = tmp_path / "q.db"
+    async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+        dead_job = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("dead", queue.mode)
+    handed_back = []
+    for _ in range(8):
+        clock.advance(5)
+        async with QueueManagerServer(db, clock=clock, lease_timeout_s=60) as queue:
+            clock.advance(10)
+            handed_back.append(await queue.expire_leases())
+    assert handed_back.index([dead_job]) == 6, "at the first pass over 60 s of the queue's uptime since it died"
+
+
 async def test_a_start_hands_back_the_leases_that_expired_before_it(tmp_path: Path, clock: FakeClock) -> None:
     """The first lease pass ran one interval (LEASE_TIMEOUT_S / 4) after start: a queue manager crash-looping faster
     than that never handed back a dead worker's job, however long ago its lease ran out. Now a pass runs at start."""
