@@ -223,6 +223,32 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path):
     )
 
 
+def test_the_idle_poll_limit_line_is_drawn_only_for_a_limit(tmp_path: Path):
+    """SERVERLESS_MAX_IDLE_POLLS=0 means "never exit idle". Before: the panel drew it as a limit of 0, under every
+    count of idle polls, as if each worker were past it. Now: no limit line for it; a limit of 10 is drawn."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    [panel] = [panel for panel in dashboard["panels"] if panel["title"] == "Idle polls before exit"]
+    [limit] = [target["expr"] for target in panel["targets"] if target["legendFormat"] == "limit"]
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": f'comfy_worker_max_idle_polls{{instance="{instance}"}}', "values": values}
+                for instance, values in (("never", "0x5"), ("ten", "_x2 10x3"))
+            ],
+            "promql_expr_test": [
+                {"expr": limit, "eval_time": "1m", "exp_samples": []},
+                {"expr": limit, "eval_time": "4m", "exp_samples": [{"labels": "{}", "value": 10}]},
+            ],
+        }],
+    }
+    (tmp_path / "limit.test.yml").write_text(json.dumps(tests))
+
+    assert "SUCCESS" in run_promtool("test", "rules", "limit.test.yml", cwd=tmp_path)
+
+
 def test_every_alert_has_its_runbook_section():
     rules = (MONITORING / "alerts.yml").read_text()
     alerts = re.findall(r"- alert: (\w+)", rules)
