@@ -94,6 +94,9 @@ FAILED = "failed"
 
 # The reason of the decision that ends a queue outage's hold (SCALER_QUEUE_OUTAGE_HOLD_S).
 RELEASE_QUEUE_UNREACHABLE = "release_queue_unreachable"
+# A gap between the saved state's last tick and a start longer than this is not counted as queue outage: the
+# scaler was down. Longer than the period of any cron running `once`, whose gaps count whatever the hold.
+UNSEEN_GAP_S = 3600.0
 
 
 class ScalerLoop:
@@ -155,6 +158,7 @@ class ScalerLoop:
         # (count before, count written) while a write to the platform is under way: a tick cut short then may
         # have changed the count, in whole or in part (a fleet writes to each of its providers separately).
         self._writing: tuple[int, int] | None = None
+        self._ticked = False  # this process has decided once: the gap since the saved state's last tick is behind it
         self.last_apply: str | None = None  # the last tick's outcome of writing its count (WROTE, FAILED, ...)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -227,6 +231,8 @@ class ScalerLoop:
         if self.backend_health is not None:
             view = self.last_view if observation.verda_error is None else None
             self.backend_health.see(view, observation.verda_error, self.on_backend or 0, observation.now)
+        if not self._ticked:
+            self.state, self._ticked = self._outage_as_seen(observation.now), True
         decision = self._bounded_hold(decide(self.config, self.state, observation), observation)
         if decision.new_state.ledger.observed_at == observation.now:  # not after a failed read of the platform
             self._spend_observed_on = self._observed_on
@@ -275,6 +281,22 @@ class ScalerLoop:
         pinned = bounds is not None and bounds[0] == bounds[1]
         # Not pinned (a deploy's min 0 / max 5, or a platform without bounds): the policy counts the listed replicas.
         self.state = replace(self.state, applied=bounds[0] if pinned else None)
+
+    def _outage_as_seen(self, now: float) -> PolicyState:
+        """The saved queue outage, without the gap since the last process's last tick when it is longer than
+        UNSEEN_GAP_S: nobody read the queue then. Counted, a scaler started 5 hours after one that saw a minute of
+        outage released the replicas at its first failed read, though the queue may have answered all that time.
+        Shorter gaps (`once` from cron, a restart) count, as before."""
+        since = self.state.queue_unreadable_since
+        last_tick = self.state.last_work_seen_at  # a failed read sets it: with an outage saved, the last tick's time
+        if since is None or last_tick is None or self.queue_outage_hold_s is None:
+            return self.state
+        gap_s = now - last_tick
+        if gap_s <= UNSEEN_GAP_S:
+            return self.state
+        log.info("queue_outage_gap_left_out", gap_s=round(gap_s), seen_s=round(last_tick - since),
+                 hint="the scaler was not running: the outage counts from what it saw, and from now")
+        return replace(self.state, queue_unreadable_since=since + gap_s)
 
     def _bounded_hold(self, decision: Decision, observation: Observation) -> Decision:
         """A queue manager unreadable for ``queue_outage_hold_s`` while the platform answers: the workers can take no

@@ -195,6 +195,66 @@ async def test_a_long_queue_outage_releases_the_replicas_after_the_bounded_hold(
         await backend.aclose()
 
 
+async def test_a_scaler_started_hours_after_a_queue_outage_was_seen_holds_before_releasing(
+    qm, make_verda_client, verda_scaling, wall, tmp_path
+):
+    """The last scaler saw the queue fail for 5 minutes, then stopped; the next starts 5 hours later and the queue
+    still fails at its first read (a blip). Before: released at once, 5 h 5 min counted as outage though nobody read
+    the queue then. Now: the 5 minutes seen count, the gap does not: held until 30 minutes of outage are seen."""
+    state_file = tmp_path / "state.json"
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    config = ScalingConfig(min_replicas=1)
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        first = ScalerLoop(config, backend, reader, clock=wall, state_file=state_file, queue_outage_hold_s=1800)
+        for _ in range(3):
+            qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+        await first.tick()
+        assert verda_scaling() == (3, 3)
+        qm.faults.inject("queue-status", status=503, times=1000)
+        for _ in range(21):  # the first failed tick and 5 minutes after it
+            wall.advance(15)
+            await first.tick()
+        wall.advance(5 * 3600)
+        restarted = ScalerLoop(config, backend, reader, clock=wall, state=load_policy_state(state_file),
+                               state_file=state_file, queue_outage_hold_s=1800)
+        assert (await restarted.tick()).reason == "hold_observation_failed"
+        assert verda_scaling() == (3, 3)
+        for _ in range(99):  # 5 + 24 min 45 s seen
+            wall.advance(15)
+            assert (await restarted.tick()).reason == "hold_observation_failed"
+        wall.advance(15)
+        decision = await restarted.tick()
+        assert (decision.desired, decision.reason) == (1, "release_queue_unreachable")
+        assert decision.details["queue_unreadable_for_s"] == 1800
+        assert verda_scaling() == (1, 1)
+    await backend.aclose()
+
+
+async def test_a_restart_within_the_hold_counts_the_outage_from_its_first_failed_read(
+    qm, make_verda_client, verda_scaling, wall, tmp_path
+):
+    """A restart, or `once` from cron, between two failed reads within the hour: the gap counts, the hold is not
+    started again."""
+    state_file = tmp_path / "state.json"
+    backend = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    config = ScalingConfig(min_replicas=1)
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        first = ScalerLoop(config, backend, reader, clock=wall, state_file=state_file, queue_outage_hold_s=1800)
+        for _ in range(3):
+            qm.store.submit("alice", {"1": {"class_type": "Noop", "inputs": {}}})
+        await first.tick()
+        qm.faults.inject("queue-status", status=503, times=1000)
+        wall.advance(15)
+        await first.tick()
+        wall.advance(1800)
+        restarted = ScalerLoop(config, backend, reader, clock=wall, state=load_policy_state(state_file),
+                               state_file=state_file, queue_outage_hold_s=1800)
+        decision = await restarted.tick()
+        assert (decision.desired, decision.reason) == (1, "release_queue_unreachable")
+        assert verda_scaling() == (1, 1)
+    await backend.aclose()
+
+
 async def test_the_scaler_converges_on_what_verda_really_holds(
     qm, fake_verda: FakeVerda, make_verda_client, verda_scaling, scaling_patches
 ):
