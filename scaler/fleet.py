@@ -369,6 +369,9 @@ class FleetBackend:
             last = previous.view if previous else ProviderView()
             view = replace(last, error=error_text(result))
             self._seen[name] = _Seen(view, previous.replicas if previous else (), fresh=False)
+            if self.metrics is not None:  # not the count of the last read: nobody knows it now
+                for state in ("live", "ready"):
+                    self.metrics.replicas.labels(provider=name, state=state).set(math.nan)
             return
         error = None
         if write_error is not None and not _holds(result, write_error[0]):

@@ -98,7 +98,8 @@ class ProviderMetrics:
             registry=r,
         )
         self.replicas = Gauge(
-            "comfy_scaler_provider_replicas", "Replicas the provider reports, by state (live|ready).",
+            "comfy_scaler_provider_replicas",
+            "Replicas the provider reports, by state (live|ready); NaN while it cannot be read.",
             ["provider", "state"], registry=r,
         )
         self.degraded = Gauge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 from dataclasses import replace
@@ -107,6 +108,27 @@ async def test_errors_for_n_ticks_degrade_the_provider(fleet, fake_verda: FakeVe
     # Verda's replicas were never seen: they are not counted (local covers the whole need) and not cut either.
     assert fleet.state.targets == {"verda": 2, "local": 2}
     assert verda_scaling() == (2, 2)
+
+
+async def test_a_provider_that_cannot_be_read_exports_no_replica_count(
+    fleet, fake_verda: FakeVerda, wall, metrics, verda_scaling
+):
+    """Before: comfy_scaler_provider_replicas kept the count of the last read through the outage (1, as if known).
+    Now: NaN until the provider answers again, then its count."""
+    await fleet.observe()
+    await fleet.apply(1)
+    wall.advance(15)
+    await fleet.observe()
+    live = 'comfy_scaler_provider_replicas{provider="verda",state="live"}'
+    assert metric(metrics, live) == 1
+    fake_verda.fail_next(STATUS_PATH, 503, times=2)  # both attempts of the client
+    wall.advance(15)
+    await fleet.observe()
+    assert math.isnan(metric(metrics, live))
+    assert math.isnan(metric(metrics, 'comfy_scaler_provider_replicas{provider="verda",state="ready"}'))
+    wall.advance(15)
+    await fleet.observe()
+    assert metric(metrics, live) == 1
 
 
 async def test_the_ledger_charges_each_provider_by_its_rule_and_survives_a_restart(fleet, wall, tmp_path):
