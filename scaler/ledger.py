@@ -402,12 +402,7 @@ class CostLedger:
             return cls()
         try:
             raw = json.loads(saved.decode())
-            if _version(raw.get("version", LEDGER_VERSION)) > LEDGER_VERSION:
-                raise SavedFileUnreadable(
-                    f"SCALER_LEDGER_FILE {path} was written by a newer comfy-scaler (ledger version {raw['version']}; "
-                    f"this one reads {LEDGER_VERSION}); nothing was changed: run that version, or move the file "
-                    "aside to start a fresh ledger (the day's spend then counts from zero)"
-                )
+            refuse_newer(raw, LEDGER_VERSION, f"SCALER_LEDGER_FILE {path}", "ledger")
             return cls.from_json(raw)
         except UNREADABLE as exc:
             log.error("cost_ledger_unreadable", path=str(path), kept_as=kept_aside(path, read_only),
@@ -456,10 +451,19 @@ def _alert_book(raw: Any) -> dict[str, Any] | None:
     return raw
 
 
-def _version(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"version: {str(value)[:40]!r} is not a ledger version")
-    return value
+def refuse_newer(raw: Any, current: int, where: str, what: str) -> None:
+    """SavedFileUnreadable when ``raw`` (a saved file's JSON) was written in a version after ``current``: read by
+    the older scaler it would be taken for corrupt and set aside, or its fields misread. ValueError (corrupt) for a
+    version that is none; a file without one is of the first version."""
+    version = raw.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version: {str(version)[:40]!r} is not a {what} version")
+    if version > current:
+        raise SavedFileUnreadable(
+            f"{where} was written by a newer comfy-scaler ({what} version {version}; this one reads {current}); "
+            "nothing was changed: run that version, or move the file aside to start afresh (the day's spend then "
+            "counts from zero)"
+        )
 
 
 def _replica_count(value: Any) -> int:

@@ -35,6 +35,7 @@ from scaler.ledger import (
     log_clock_step,
     read_saved,
     recounted,
+    refuse_newer,
     remove_stale_scratch,
     saved_number,
     write_json_atomically,
@@ -478,6 +479,9 @@ class ScalerLoop:
 
 # --- memory across processes, for `comfy-scaler once` run from cron ---------------------------------------
 
+# The state file's format: raised when a field changes meaning, so that an older scaler refuses the file.
+POLICY_STATE_VERSION = 1
+
 
 def billing_of(config: ScalingConfig) -> BillingRule:
     """The rule the policy's spend ledger counts its intervals in."""
@@ -489,7 +493,7 @@ def save_policy_state(
 ) -> None:
     """Write atomically, so a cron run killed mid-write leaves the previous state intact. ``billing``: the rule
     the ledger's intervals were counted in, saved beside them; ``health``: the backend's, for `status`."""
-    content = asdict(state)
+    content = {"version": POLICY_STATE_VERSION, **asdict(state)}
     del content["ledger"]["clock_step"]  # what the last tick logged, not memory
     if billing is not None:
         content["billing"] = billing.to_json()
@@ -513,13 +517,15 @@ def load_policy_state(path: Path, billing: BillingRule | None = None, *, read_on
     starts afresh rather than not at all, and says that the spend it remembered is gone. Intervals saved under
     another rule than ``billing`` are converted to it. ``read_only`` (a dry run, which saves nothing): the
     folder is left as it is, an unreadable file where it lies. A file that cannot be read at all (no
-    permission, a directory) raises SavedFileUnreadable (``read_saved``): it is not corrupt."""
+    permission, a directory) or written by a newer scaler raises SavedFileUnreadable: it is not corrupt."""
     if not read_only:
         remove_stale_scratch(path)
     if (saved := read_saved(path, "SCALER_STATE_FILE")) is None:
         return PolicyState()
     try:
-        return _policy_state(json.loads(saved.decode()), billing)
+        raw = json.loads(saved.decode())
+        refuse_newer(raw, POLICY_STATE_VERSION, f"SCALER_STATE_FILE {path}", "state")
+        return _policy_state(raw, billing)
     except UNREADABLE as exc:
         log.error("policy_state_unreadable", path=str(path), kept_as=kept_aside(path, read_only), error=error_text(exc),
                   hint="started with a fresh state: the spend of the last day (SCALER_MAX_SPEND_PER_*) counts "

@@ -424,6 +424,24 @@ async def test_a_tick_that_fails_unexpectedly_is_logged_and_the_loop_holds_and_g
     assert failed and failed[0]["log_level"] == "error" and "OverflowError" in failed[0]["error"]
 
 
+def test_a_state_file_a_newer_scaler_wrote_is_refused_naming_it_and_left_as_it_is(tmp_path):
+    """A rollback after an upgrade that changed the file. Before: the state file had no version; the older scaler
+    set a file it could not read aside as corrupt (the day's spend forgotten) or misread the fields it could.
+    Now: refused at the start, the file untouched; one of this version (or of none, as before) is read."""
+    path = tmp_path / "scaler.json"
+    save_policy_state(path, PolicyState(applied=3))
+    assert load_policy_state(path).applied == 3
+    newer = json.loads(path.read_text()) | {"version": 2, "applied": "three"}
+    path.write_text(json.dumps(newer))
+
+    with pytest.raises(SavedFileUnreadable, match=rf"^SCALER_STATE_FILE {path} was written by a newer comfy-scaler "
+                                                   r"\(state version 2; this one reads 1\)"):
+        load_policy_state(path)
+    assert json.loads(path.read_text()) == newer and [p.name for p in tmp_path.iterdir()] == ["scaler.json"]
+    path.write_text(json.dumps({key: value for key, value in newer.items() if key != "version"} | {"applied": 2}))
+    assert load_policy_state(path).applied == 2
+
+
 @pytest.mark.parametrize(("load", "setting"), [(load_policy_state, "SCALER_STATE_FILE"),
                                                (CostLedger.load, "SCALER_LEDGER_FILE")], ids=["state", "ledger"])
 def test_a_state_file_path_that_is_a_directory_is_refused_and_left_where_it_is(tmp_path, load, setting):
