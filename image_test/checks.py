@@ -56,7 +56,7 @@ class Report:
 class QueueManager:
     """`comfy-serverless queue` on the host's loopback, as a user runs it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, start_timeout_s: float = 30) -> None:
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = shutil.which("comfy-serverless") or "comfy-serverless"
@@ -65,7 +65,11 @@ class QueueManager:
             stdout=open(workdir / "queue-manager.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         self.http = httpx.Client(base_url=self.url, timeout=10)
-        wait_until(lambda: self._answers(), 30, "the queue manager to answer")
+        try:
+            wait_until(lambda: self._answers(), start_timeout_s, "the queue manager to answer")
+        except BaseException:  # no one else holds the process to stop it
+            self.close()
+            raise
 
     def _answers(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
