@@ -185,6 +185,7 @@ def sha256_of(path: Path) -> str:
 
 def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     report = Report()
+    _no_apt_cache(docker, image, report)
     queue = QueueManager(workdir)
     try:
         with outputs_dir(workdir, "outputs", IMAGE_UID) as outputs:
@@ -196,6 +197,19 @@ def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     finally:
         queue.close()
     return report
+
+
+def _no_apt_cache(docker: Docker, image: str, report: Report) -> None:
+    """apt's package cache and downloaded packages are no use at run time (a derived image runs apt-get update)."""
+    name = "no apt cache in the image (/var/cache/apt: *.bin, *.deb)"
+    listing = docker.run("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "find", image,
+                         "/var/cache/apt", "-type", "f", "(", "-name", "*.bin", "-o", "-name", "*.deb", ")",
+                         "-printf", "%s %p\n", check=False, timeout_s=60)  # fmt: skip
+    found = [line.split(" ", 1) for line in listing.stdout.splitlines()]
+    size = sum(int(bytes_text) for bytes_text, _ in found)
+    report.check(name, listing.returncode == 0 and not found,
+                 f"find exited {listing.returncode}; {len(found)} files, {size / 1e6:.1f} MB"
+                 + (f", e.g. {found[0][1]}" if found else ""))
 
 
 def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
