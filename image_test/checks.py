@@ -56,7 +56,7 @@ class Report:
 class QueueManager:
     """`comfy-serverless queue` on the host's loopback, as a user runs it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, start_timeout_s: float = 30) -> None:
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = shutil.which("comfy-serverless") or "comfy-serverless"
@@ -65,7 +65,11 @@ class QueueManager:
             stdout=open(workdir / "queue-manager.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         self.http = httpx.Client(base_url=self.url, timeout=10)
-        wait_until(lambda: self._answers(), 30, "the queue manager to answer")
+        try:
+            wait_until(lambda: self._answers(), start_timeout_s, "the queue manager to answer")
+        except BaseException:  # no one else holds the process to stop it
+            self.close()
+            raise
 
     def _answers(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -181,6 +185,7 @@ def sha256_of(path: Path) -> str:
 
 def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     report = Report()
+    _no_apt_cache(docker, image, report)
     queue = QueueManager(workdir)
     try:
         with outputs_dir(workdir, "outputs", IMAGE_UID) as outputs:
@@ -192,6 +197,19 @@ def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     finally:
         queue.close()
     return report
+
+
+def _no_apt_cache(docker: Docker, image: str, report: Report) -> None:
+    """apt's package cache and downloaded packages are no use at run time (a derived image runs apt-get update)."""
+    name = "no apt cache in the image (/var/cache/apt: *.bin, *.deb)"
+    listing = docker.run("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "find", image,
+                         "/var/cache/apt", "-type", "f", "(", "-name", "*.bin", "-o", "-name", "*.deb", ")",
+                         "-printf", "%s %p\n", check=False, timeout_s=60)  # fmt: skip
+    found = [line.split(" ", 1) for line in listing.stdout.splitlines()]
+    size = sum(int(bytes_text) for bytes_text, _ in found)
+    report.check(name, listing.returncode == 0 and not found,
+                 f"find exited {listing.returncode}; {len(found)} files, {size / 1e6:.1f} MB"
+                 + (f", e.g. {found[0][1]}" if found else ""))
 
 
 def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, outputs: Path,
