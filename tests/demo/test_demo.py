@@ -349,6 +349,27 @@ def test_demo_refuses_a_database_another_process_holds_naming_the_option(tmp_pat
 
 
 @pytest.mark.timeout(60)
+def test_demo_refuses_the_database_of_a_queue_manager_serving_it_naming_the_option(tmp_path, capsys):
+    """Before: accepted (the serving queue manager holds no transaction open), and the demo's simulated workers
+    took that queue manager's jobs as well as its own, completing them with simulated images."""
+    db = tmp_path / "queue.db"
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "queue_manager", "--db", str(db), "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert b"queue_manager_started" in serving.stderr.readline()  # the database is open
+        with pytest.raises(SystemExit) as exit_info:
+            demo_parser().parse_args(["--db", str(db)])
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+    assert exit_info.value.code == 2
+    assert f"--db: {db} is in use by another process" in capsys.readouterr().err
+    assert demo_parser().parse_args(["--db", str(db)]).db == db  # once it has stopped
+
+
+@pytest.mark.timeout(60)
 async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, capsys):
     """A mistyped port. Before: accepted; every worker waited 60 s for that ComfyUI, was started again, until
     --timeout-s (900 s by default), then NOT OK. Now exit 2 at once, naming the option."""
