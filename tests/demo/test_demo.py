@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -11,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -511,3 +514,42 @@ async def test_the_scratch_folder_of_a_demo_killed_outright_goes_at_the_next_run
     with pytest.raises(sqlite3.Error):
         await run_demo(options)
     assert sorted(temp.iterdir()) == [live, unmarked]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_the_replicas_of_a_demo_killed_outright_are_killed_with_it(tmp_path):
+    """SIGKILL runs no `finally`. Before: each replica got SIGTERM, let its job finish and retried the queue manager
+    that had died with the demo until its 30 s stop deadline, then logged its exit; now it is killed with the demo,
+    its ComfyUI with it."""
+    log_file = tmp_path / "demo" / "logs" / "local-worker-1.log"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "20", "--spread-s", "60", "--max-replicas", "1",
+         "--no-live", "--output-dir", str(tmp_path / "demo")],
+        env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(1200):  # until the replica has taken a job
+            if (log_file.exists() and "Processing job" in log_file.read_text()) or killed.poll() is not None:
+                break
+            time.sleep(0.05)
+        replica = _children(killed.pid)
+        comfyui = [child for pid in replica for child in _children(pid)]
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+    assert len(replica) == 1 and len(comfyui) == 1, (replica, comfyui)
+    for _ in range(1200):  # bounded: a regression fails here rather than hangs
+        if not any(Path(f"/proc/{pid}").exists() for pid in replica + comfyui):
+            break
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in replica + comfyui)
+    assert "supervisor.exit" not in log_file.read_text(), "it was asked to stop, not killed"
