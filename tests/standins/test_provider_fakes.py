@@ -45,8 +45,10 @@ async def test_verda_refuses_a_refresh_token_that_is_no_string_with_its_400(
         assert await answer.json() == {"code": "invalid_request", "message": "Invalid refresh token"}
 
 
+# "²": str.isdigit says yes; 5,000 digits: more than int() reads (sys.get_int_max_str_digits, 4,300), a 500 before.
+@pytest.mark.parametrize("timeout", ["²", "9" * 5000, "0" * 5000 + "1"])
 async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its_400(
-    http: aiohttp.ClientSession,
+    timeout: str, http: aiohttp.ClientSession,
 ) -> None:
     scaling = {
         "min_replica_count": 0, "max_replica_count": 1, "scale_down_policy": {"delay_seconds": 300},
@@ -64,7 +66,7 @@ async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its
         async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
             assert answer.status == 201
         url = f"{fake.url}/container-deployments/worker"
-        async with http.delete(url, params={"timeout": "²"}, headers=headers) as answer:  # str.isdigit says yes
+        async with http.delete(url, params={"timeout": timeout}, headers=headers) as answer:
             assert answer.status == 400
             assert (await answer.json())["code"] == "invalid_request"
         async with http.delete(url, params={"timeout": "1000"}, headers=headers) as answer:
