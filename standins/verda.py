@@ -196,7 +196,8 @@ def validate_scaling(scaling: Any) -> None:
 def _validate_volume_mount(mount: Any) -> None:
     _object(mount, "volume_mounts entries")
     kind = mount.get("type")
-    _require(kind in VOLUME_MOUNT_TYPES, f"volume mount type must be one of {sorted(VOLUME_MOUNT_TYPES)}")
+    _require(isinstance(kind, str) and kind in VOLUME_MOUNT_TYPES,
+             f"volume mount type must be one of {sorted(VOLUME_MOUNT_TYPES)}")
     _require(isinstance(mount.get("mount_path"), str) and mount["mount_path"].startswith("/"), "bad mount_path")
     if kind == "memory":
         _require(mount["mount_path"] == SHM_PATH, "memory mounts must use /dev/shm")
