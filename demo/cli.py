@@ -32,6 +32,7 @@ DEMO_INFO_LINES = {"Demo progress", "Provider move", "Provider back in service"}
 MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
 COMFYUI_PROBE_S = 10.0
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 DB_IN_USE_WAIT_S = 1.0  # a commit of the process holding it takes milliseconds
 Number = TypeVar("Number", int, float)
 
@@ -103,7 +104,11 @@ async def _comfyui_unreachable(url: str) -> str | None:
 
 
 def run_demo_command(argv: list[str]) -> int:
-    args = parse_demo_args(argv)
+    try:
+        args = parse_demo_args(argv)
+    except KeyboardInterrupt:  # the --comfyui-url probe waits up to COMFYUI_PROBE_S
+        print("comfy-serverless demo: interrupted (Ctrl-C); nothing was started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
     configure_logging("console" if sys.stderr.isatty() else "json", "warning" if live else "info")

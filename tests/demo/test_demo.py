@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -553,3 +554,26 @@ def test_the_replicas_of_a_demo_killed_outright_are_killed_with_it(tmp_path):
         time.sleep(0.05)
     assert not any(Path(f"/proc/{pid}").exists() for pid in replica + comfyui)
     assert "supervisor.exit" not in log_file.read_text(), "it was asked to stop, not killed"
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_while_the_comfyui_url_is_probed_is_one_line_and_exit_130(tmp_path):
+    """Before: a KeyboardInterrupt traceback (the probe waits up to 10 s for an answer), killed by SIGINT."""
+    with socket.socket() as silent:  # takes the probe's connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "demo", "demo", "--comfyui-url", f"http://127.0.0.1:{silent.getsockname()[1]}",
+             "--output-dir", str(tmp_path / "demo")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+        )
+        try:
+            with silent.accept()[0]:  # the demo now waits for an answer
+                demo.send_signal(signal.SIGINT)
+                _, err = demo.communicate(timeout=30)
+        finally:
+            demo.kill()
+    assert demo.returncode == 130
+    assert err.splitlines() == ["comfy-serverless demo: interrupted (Ctrl-C); nothing was started"]
