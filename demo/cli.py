@@ -32,6 +32,8 @@ DEMO_INFO_LINES = {"Demo progress", "Provider move", "Provider back in service"}
 MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
 COMFYUI_PROBE_S = 10.0
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+DB_IN_USE_WAIT_S = 1.0  # a commit of the process holding it takes milliseconds
 Number = TypeVar("Number", int, float)
 
 
@@ -102,7 +104,11 @@ async def _comfyui_unreachable(url: str) -> str | None:
 
 
 def run_demo_command(argv: list[str]) -> int:
-    args = parse_demo_args(argv)
+    try:
+        args = parse_demo_args(argv)
+    except KeyboardInterrupt:  # the --comfyui-url probe waits up to COMFYUI_PROBE_S
+        print("comfy-serverless demo: interrupted (Ctrl-C); nothing was started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
     configure_logging("console" if sys.stderr.isatty() else "json", "warning" if live else "info")
@@ -222,12 +228,31 @@ def _output_dir(text: str) -> Path:
 
 def _database(text: str) -> Path:
     """A file the queue manager can open as its database (a new one is created): a folder, a file in a missing
-    folder, one that is no database or one another process holds locked was a traceback once it was starting."""
+    folder, one that is no database or one another process holds locked was a traceback once it was starting.
+    And one no other process has open: the demo's simulated workers took a serving queue manager's jobs too."""
     try:
         JobStore(text).close()
     except sqlite3.Error as error:
         raise argparse.ArgumentTypeError(f"cannot open {text}: {error}") from None
+    if _opened_elsewhere(text):
+        raise argparse.ArgumentTypeError(f"{text} is in use by another process (a queue manager serving it?); "
+                                         "stop it or give the demo a database of its own")
     return Path(text)
+
+
+def _opened_elsewhere(path: str) -> bool:
+    """Whether another connection has the database open: in WAL mode (the queue manager's) an idle one holds no
+    transaction, but it keeps an exclusive lock from being taken."""
+    probe = sqlite3.connect(path, timeout=DB_IN_USE_WAIT_S, isolation_level=None)
+    try:
+        probe.execute("PRAGMA locking_mode=EXCLUSIVE")
+        probe.execute("BEGIN EXCLUSIVE")
+        probe.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+    return False
 
 
 def _providers(text: str) -> tuple[str, ...]:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from scaler.providers.local import worker_environment
 
-SUPERVISOR_COMMAND = (sys.executable, "-m", "supervisor")
-WORKER_COMMAND = (sys.executable, "-m", "worker")
+_DIES_WITH_DEMO = (sys.executable, "-m", "demo.dies_with_demo")
+SUPERVISOR_COMMAND = (*_DIES_WITH_DEMO, sys.executable, "-m", "supervisor")
+WORKER_COMMAND = (*_DIES_WITH_DEMO, sys.executable, "-m", "worker")
 
 
 def free_loopback_port() -> int:

@@ -30,6 +30,7 @@ API_PREFIX = "/v1"
 NAME_RULE = re.compile(r"^[a-z0-9-]{1,63}$")  # secrets
 DEPLOYMENT_NAME_RULE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # Verda's CLI; at most 63 characters
 DELETE_TIMEOUT_MAX_MS = 300_000
+DELETE_TIMEOUT_RULE = re.compile(r"[0-9]{1,6}\Z")  # not "²" (str.isdigit's), nor more digits than int() reads
 ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 VOLUME_MOUNT_TYPES = {"scratch", "memory", "secret", "shared"}
 SHM_PATH = "/dev/shm"  # noqa: S108 - Verda mounts memory volumes here; not a temporary file
@@ -195,7 +196,8 @@ def validate_scaling(scaling: Any) -> None:
 def _validate_volume_mount(mount: Any) -> None:
     _object(mount, "volume_mounts entries")
     kind = mount.get("type")
-    _require(kind in VOLUME_MOUNT_TYPES, f"volume mount type must be one of {sorted(VOLUME_MOUNT_TYPES)}")
+    _require(isinstance(kind, str) and kind in VOLUME_MOUNT_TYPES,
+             f"volume mount type must be one of {sorted(VOLUME_MOUNT_TYPES)}")
     _require(isinstance(mount.get("mount_path"), str) and mount["mount_path"].startswith("/"), "bad mount_path")
     if kind == "memory":
         _require(mount["mount_path"] == SHM_PATH, "memory mounts must use /dev/shm")
@@ -491,7 +493,7 @@ class FakeVerda(FakeApi):
         deployment = self._deployment(request)
         timeout = request.query.get("timeout", "60000")
         _require(
-            timeout.isascii() and timeout.isdigit() and int(timeout) <= DELETE_TIMEOUT_MAX_MS,  # not "²", a digit too
+            bool(DELETE_TIMEOUT_RULE.match(timeout)) and int(timeout) <= DELETE_TIMEOUT_MAX_MS,
             "timeout must be 0-300000 (ms)",
         )
         if deployment.reads_until_gone is not None:

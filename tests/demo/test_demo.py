@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -349,6 +353,27 @@ def test_demo_refuses_a_database_another_process_holds_naming_the_option(tmp_pat
 
 
 @pytest.mark.timeout(60)
+def test_demo_refuses_the_database_of_a_queue_manager_serving_it_naming_the_option(tmp_path, capsys):
+    """Before: accepted (the serving queue manager holds no transaction open), and the demo's simulated workers
+    took that queue manager's jobs as well as its own, completing them with simulated images."""
+    db = tmp_path / "queue.db"
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "queue_manager", "--db", str(db), "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert b"queue_manager_started" in serving.stderr.readline()  # the database is open
+        with pytest.raises(SystemExit) as exit_info:
+            demo_parser().parse_args(["--db", str(db)])
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+    assert exit_info.value.code == 2
+    assert f"--db: {db} is in use by another process" in capsys.readouterr().err
+    assert demo_parser().parse_args(["--db", str(db)]).db == db  # once it has stopped
+
+
+@pytest.mark.timeout(60)
 async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, capsys):
     """A mistyped port. Before: accepted; every worker waited 60 s for that ComfyUI, was started again, until
     --timeout-s (900 s by default), then NOT OK. Now exit 2 at once, naming the option."""
@@ -490,3 +515,65 @@ async def test_the_scratch_folder_of_a_demo_killed_outright_goes_at_the_next_run
     with pytest.raises(sqlite3.Error):
         await run_demo(options)
     assert sorted(temp.iterdir()) == [live, unmarked]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_the_replicas_of_a_demo_killed_outright_are_killed_with_it(tmp_path):
+    """SIGKILL runs no `finally`. Before: each replica got SIGTERM, let its job finish and retried the queue manager
+    that had died with the demo until its 30 s stop deadline, then logged its exit; now it is killed with the demo,
+    its ComfyUI with it."""
+    log_file = tmp_path / "demo" / "logs" / "local-worker-1.log"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "20", "--spread-s", "60", "--max-replicas", "1",
+         "--no-live", "--output-dir", str(tmp_path / "demo")],
+        env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(1200):  # until the replica has taken a job
+            if (log_file.exists() and "Processing job" in log_file.read_text()) or killed.poll() is not None:
+                break
+            time.sleep(0.05)
+        replica = _children(killed.pid)
+        comfyui = [child for pid in replica for child in _children(pid)]
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+    assert len(replica) == 1 and len(comfyui) == 1, (replica, comfyui)
+    for _ in range(1200):  # bounded: a regression fails here rather than hangs
+        if not any(Path(f"/proc/{pid}").exists() for pid in replica + comfyui):
+            break
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in replica + comfyui)
+    assert "supervisor.exit" not in log_file.read_text(), "it was asked to stop, not killed"
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_while_the_comfyui_url_is_probed_is_one_line_and_exit_130(tmp_path):
+    """Before: a KeyboardInterrupt traceback (the probe waits up to 10 s for an answer), killed by SIGINT."""
+    with socket.socket() as silent:  # takes the probe's connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "demo", "demo", "--comfyui-url", f"http://127.0.0.1:{silent.getsockname()[1]}",
+             "--output-dir", str(tmp_path / "demo")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+        )
+        try:
+            with silent.accept()[0]:  # the demo now waits for an answer
+                demo.send_signal(signal.SIGINT)
+                _, err = demo.communicate(timeout=30)
+        finally:
+            demo.kill()
+    assert demo.returncode == 130
+    assert err.splitlines() == ["comfy-serverless demo: interrupted (Ctrl-C); nothing was started"]

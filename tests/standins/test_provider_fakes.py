@@ -45,26 +45,49 @@ async def test_verda_refuses_a_refresh_token_that_is_no_string_with_its_400(
         assert await answer.json() == {"code": "invalid_request", "message": "Invalid refresh token"}
 
 
-async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its_400(
-    http: aiohttp.ClientSession,
-) -> None:
-    scaling = {
+VERDA_DEPLOYMENT = {
+    "name": "worker", "compute": {"name": "H100", "size": 1},
+    "containers": [{"image": "ghcr.io/org/worker:1.0.0", "exposed_port": 8000}],
+    "scaling": {
         "min_replica_count": 0, "max_replica_count": 1, "scale_down_policy": {"delay_seconds": 300},
         "scale_up_policy": {"delay_seconds": 0}, "queue_message_ttl_seconds": 300,
         "concurrent_requests_per_replica": 1, "scaling_triggers": {"queue_load": {"threshold": 1}},
-    }  # fmt: skip
-    deployment = {
-        "name": "worker", "compute": {"name": "H100", "size": 1}, "scaling": scaling,
-        "containers": [{"image": "ghcr.io/org/worker:1.0.0", "exposed_port": 8000}],
-    }  # fmt: skip
+    },
+}  # fmt: skip
+
+
+async def verda_headers(fake: FakeVerda, http: aiohttp.ClientSession) -> dict[str, str]:
+    credentials = {"grant_type": "client_credentials", "client_id": "test-id", "client_secret": "test-secret"}
+    async with http.post(f"{fake.url}/oauth2/token", json=credentials) as answer:
+        return {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["scratch"]])
+async def test_verda_refuses_a_volume_mount_type_that_is_no_string_with_its_400(
+    kind: object, http: aiohttp.ClientSession
+) -> None:
+    """Before: a 500 traceback (unhashable type, looked up in the set of mount types)."""
+    mount = {"type": kind, "mount_path": "/data"}
+    deployment = {**VERDA_DEPLOYMENT, "containers": [{**VERDA_DEPLOYMENT["containers"][0], "volume_mounts": [mount]}]}
     async with FakeVerda() as fake:
-        credentials = {"grant_type": "client_credentials", "client_id": "test-id", "client_secret": "test-secret"}
-        async with http.post(f"{fake.url}/oauth2/token", json=credentials) as answer:
-            headers = {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+        headers = await verda_headers(fake, http)
         async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
+            assert answer.status == 400
+            assert (await answer.json())["code"] == "invalid_request"
+        assert fake.deployments == {}
+
+
+# "²": str.isdigit says yes; 5,000 digits: more than int() reads (sys.get_int_max_str_digits, 4,300), a 500 before.
+@pytest.mark.parametrize("timeout", ["²", "9" * 5000, "0" * 5000 + "1"])
+async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its_400(
+    timeout: str, http: aiohttp.ClientSession,
+) -> None:
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=VERDA_DEPLOYMENT, headers=headers) as answer:
             assert answer.status == 201
         url = f"{fake.url}/container-deployments/worker"
-        async with http.delete(url, params={"timeout": "²"}, headers=headers) as answer:  # str.isdigit says yes
+        async with http.delete(url, params={"timeout": timeout}, headers=headers) as answer:
             assert answer.status == 400
             assert (await answer.json())["code"] == "invalid_request"
         async with http.delete(url, params={"timeout": "1000"}, headers=headers) as answer:
