@@ -68,10 +68,14 @@ def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> 
 
 
 def _port_file_problems(settings: WorkerSettings) -> list[str]:
-    """With HEALTH_PORT=0 the image's HEALTHCHECK finds the port in HEALTH_PORT_FILE only: one the health server
-    cannot write is a replica unhealthy for ever. With a fixed port the HEALTHCHECK falls back on HEALTH_PORT."""
-    if settings.health_port != 0 or settings.health_port_file is None:
+    """With HEALTH_PORT=0 the image's HEALTHCHECK finds the port in HEALTH_PORT_FILE only: none, or one the health
+    server cannot write, is a replica unhealthy for ever. With a fixed port the HEALTHCHECK falls back on it."""
+    if settings.health_port != 0:
         return []
+    if settings.health_port_file is None:
+        return ["HEALTH_PORT=0 with HEALTH_PORT_FILE empty: the image's HEALTHCHECK finds the port the OS picked in "
+                "that file only, and would report this replica unhealthy for ever. Fix: set HEALTH_PORT_FILE (the "
+                "image's is /tmp/comfy-worker-health-port) or a fixed HEALTH_PORT."]
     problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file)
     if problem is None:
         return []
