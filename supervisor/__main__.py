@@ -7,25 +7,30 @@ from __future__ import annotations
 import shlex
 import sys
 
-import structlog
-
-from common.children import keep_environment_private
-from common.limits import allow_many_connections
-from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, env_name, warn_misspelt_variables
-from supervisor.comfyui_process import port_taken
-from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
-from supervisor.model_paths import write_model_paths
-from supervisor.run import supervise
-from supervisor.scratch import empty_scratch_folders
-from supervisor.scratch_lock import ScratchInUse, lock_scratch
-from supervisor.writable_dirs import unreadable_directories, unwritable_directories, unwritable_file
-from worker.__main__ import usage as worker_usage
-from worker.config import WorkerSettings, load_settings
-from worker.service import run_process
-
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n"
+
+try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ctrl-C later in the start says
+    import structlog
+
+    from common.children import keep_environment_private
+    from common.limits import allow_many_connections
+    from common.logs import configure_logging, register_secret
+    from common.settings import ConfigError, env_name, warn_misspelt_variables
+    from supervisor.comfyui_process import port_taken
+    from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
+    from supervisor.model_paths import write_model_paths
+    from supervisor.run import supervise
+    from supervisor.scratch import empty_scratch_folders
+    from supervisor.scratch_lock import ScratchInUse, lock_scratch
+    from supervisor.writable_dirs import unreadable_directories, unwritable_directories, unwritable_file
+    from worker.__main__ import usage as worker_usage
+    from worker.config import WorkerSettings, load_settings
+    from worker.service import run_process
+except KeyboardInterrupt:
+    sys.stderr.write(INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
@@ -68,10 +73,14 @@ def directory_problems(config: SupervisorSettings, settings: WorkerSettings) -> 
 
 
 def _port_file_problems(settings: WorkerSettings) -> list[str]:
-    """With HEALTH_PORT=0 the image's HEALTHCHECK finds the port in HEALTH_PORT_FILE only: one the health server
-    cannot write is a replica unhealthy for ever. With a fixed port the HEALTHCHECK falls back on HEALTH_PORT."""
-    if settings.health_port != 0 or settings.health_port_file is None:
+    """With HEALTH_PORT=0 the image's HEALTHCHECK finds the port in HEALTH_PORT_FILE only: none, or one the health
+    server cannot write, is a replica unhealthy for ever. With a fixed port the HEALTHCHECK falls back on it."""
+    if settings.health_port != 0:
         return []
+    if settings.health_port_file is None:
+        return ["HEALTH_PORT=0 with HEALTH_PORT_FILE empty: the image's HEALTHCHECK finds the port the OS picked in "
+                "that file only, and would report this replica unhealthy for ever. Fix: set HEALTH_PORT_FILE (the "
+                "image's is /tmp/comfy-worker-health-port) or a fixed HEALTH_PORT."]
     problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file)
     if problem is None:
         return []
@@ -120,7 +129,7 @@ def main() -> int:
     try:
         return _checked_start()
     except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
-        sys.stderr.write("comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n")
+        sys.stderr.write(INTERRUPTED)
         return EXIT_INTERRUPTED
 
 

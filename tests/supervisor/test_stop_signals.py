@@ -20,6 +20,18 @@ MAIN_THEN_SIGNAL = (
     "os.kill(os.getpid(), sig)\n"
     "sys.exit(code)\n"
 )
+# `python -m supervisor` with its import of structlog held (a marker file says when) until a signal comes.
+IMPORTS_HELD = (
+    "import runpy, sys, time\n"
+    "marker = sys.argv.pop()\n"
+    "class Hold:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'structlog':\n"
+    "            open(marker, 'w').close()\n"
+    "            time.sleep(60)\n"
+    "sys.meta_path.insert(0, Hold())\n"
+    "runpy.run_module('supervisor', run_name='__main__', alter_sys=True)\n"
+)
 
 
 async def run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 30.0) -> tuple[int, str]:
@@ -71,3 +83,26 @@ async def test_ctrl_c_before_comfyui_started_is_one_line_and_exit_130(base_env, 
     assert "Traceback" not in supervisor.output
     assert not marker.exists()
     assert not partial_model_paths.exists()
+
+
+async def test_ctrl_c_while_the_supervisor_loads_is_one_line_and_exit_130(base_env, tmp_path: Path) -> None:
+    """Before: a SIGINT during the supervisor's imports (0.4 s at every start, seconds from a cold disk) printed a
+    KeyboardInterrupt traceback and ended the process by the signal (-2), not the start's one line and 130."""
+    marker = tmp_path / "imports-held"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", IMPORTS_HELD, str(marker), env=base_env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not marker.exists():
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 130, stderr.decode()
+    assert stderr.decode().splitlines() == ["comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting"]

@@ -244,3 +244,23 @@ async def test_supervisor_with_health_port_0_and_a_folder_for_its_port_file_exit
     assert len(lines) == 1 and lines[0].startswith(f"HEALTH_PORT_FILE={folder} is a folder, not a file"), lines
     assert "HEALTH_PORT=0" in lines[0]
     assert not marker.exists()
+
+
+async def test_supervisor_with_health_port_0_and_no_port_file_exits_2_before_comfyui(
+    base_env, run_supervisor, tmp_path: Path
+) -> None:
+    """Before: HEALTH_PORT=0 with HEALTH_PORT_FILE empty started, and the image's HEALTHCHECK, with no file to find
+    the port in, said `unhealthy: ValueError: no port to probe: 0` for ever on a working replica."""
+    marker = tmp_path / "comfyui-was-started"
+    env = {
+        **base_env,
+        "HEALTH_PORT": "0",
+        "HEALTH_PORT_FILE": "",
+        "COMFYUI_COMMAND": f"{sys.executable} -c \"open({str(marker)!r}, 'w').close()\"",
+    }
+    supervisor = await run_supervisor(env)
+
+    assert await supervisor.wait() == 2
+    lines = supervisor.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("HEALTH_PORT=0 with HEALTH_PORT_FILE empty"), lines
+    assert not marker.exists()
