@@ -127,10 +127,7 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     jobs = []
     for line, row in enumerate(reader, start=2):
-        try:
-            job = JobSpec(float(row["submit_s"]), float(row["duration_s"]))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{line}: {error}") from error
+        job = JobSpec(_seconds(path, line, row, "submit_s"), _seconds(path, line, row, "duration_s"))
         if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
             raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")
         if not 0 < job.duration_s <= MAX_TRACE_DURATION_S:
@@ -141,6 +138,16 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
         raise ValueError(f"{path}: no jobs")
     horizon = max(job.submit_s + job.duration_s for job in jobs) + HOUR_S
     return Workload(path.stem, _sorted(jobs), horizon)
+
+
+def _seconds(path: Path, line: int, row: dict[str, str | None], column: str) -> float:
+    text = row[column]
+    if text is None:
+        raise ValueError(f"{path}:{line}: {column} is missing: the row has fewer fields than the header")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {column} must be a number of seconds, not {text[:40]!r}") from None
 
 
 def _sorted(jobs: list[JobSpec]) -> tuple[JobSpec, ...]:

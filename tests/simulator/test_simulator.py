@@ -200,6 +200,9 @@ def test_cli_refuses_a_clairvoyant_ratio_with_no_replica_to_plan_with(capsys):
     ("10,1e12", "duration_s must be > 0 and <= 86400 s"),  # ran for ever
     ("-1,100", "submit_s must be 0-2678400 s"),
     ("10,0", "duration_s must be > 0"),
+    ("ten,100", "submit_s must be a number of seconds, not 'ten'"),  # named no column
+    ("10,", "duration_s must be a number of seconds, not ''"),  # named no column
+    ("10", "duration_s is missing"),  # "float() argument must be a string or a real number, not 'NoneType'"
 ])
 def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_path, capsys, row, named):
     trace = tmp_path / "day.csv"
