@@ -126,7 +126,8 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     jobs = []
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # not a count of rows: csv skips blank lines
         job = JobSpec(_seconds(path, line, row, "submit_s"), _seconds(path, line, row, "duration_s"))
         if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
             raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")

@@ -213,6 +213,15 @@ def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_p
     assert f"day.csv:3: {named}" in capsys.readouterr().err
 
 
+def test_a_trace_error_names_the_line_in_the_file_after_blank_lines(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s\n20,100\n\n\n10,0\n")  # a blank line a spreadsheet leaves
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert "day.csv:5: duration_s must be > 0" in capsys.readouterr().err  # was day.csv:3
+
+
 def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
     trace = tmp_path / "day.csv"
     trace.write_text("submit_s,duration_s\n20,100\n10," + "1" * 200_000 + "\n")
