@@ -111,7 +111,7 @@ def load_trace(path: Path) -> Workload:
     if len(data) > MAX_TRACE_BYTES:
         raise ValueError(f"{path}: more than {MAX_TRACE_BYTES} bytes: no trace the simulator can run")
     try:
-        text = data.decode()
+        text = data.decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}): save it as UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))

@@ -222,6 +222,13 @@ def test_a_trace_error_names_the_line_in_the_file_after_blank_lines(tmp_path, ca
     assert "day.csv:5: duration_s must be > 0" in capsys.readouterr().err  # was day.csv:3
 
 
+def test_a_trace_saved_with_a_byte_order_mark_is_read(tmp_path):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s\n0,30\n90.5,12\n", encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    workload = load_trace(trace)  # was "missing column(s) submit_s"
+    assert workload.jobs == (JobSpec(0.0, 30.0), JobSpec(90.5, 12.0))
+
+
 def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
     trace = tmp_path / "day.csv"
     trace.write_text("submit_s,duration_s\n20,100\n10," + "1" * 200_000 + "\n")
