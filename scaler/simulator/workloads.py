@@ -125,6 +125,9 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
     missing = {"submit_s", "duration_s"} - set(reader.fieldnames or ())
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    twice = sorted(name for name in ("submit_s", "duration_s") if reader.fieldnames.count(name) > 1)
+    if twice:  # csv keeps the last one's values, silently
+        raise ValueError(f"{path}: column(s) {', '.join(twice)} more than once in the header: which one is meant?")
     jobs = []
     for row in reader:
         line = reader.line_num  # not a count of rows: csv skips blank lines

@@ -229,6 +229,15 @@ def test_a_trace_saved_with_a_byte_order_mark_is_read(tmp_path):
     assert workload.jobs == (JobSpec(0.0, 30.0), JobSpec(90.5, 12.0))
 
 
+def test_cli_refuses_a_trace_with_a_column_twice(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s,submit_s\n0,30,7200\n")  # two exports pasted side by side
+    with pytest.raises(SystemExit) as exit_info:  # was run with the last column's submit_s, silently
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert "day.csv: column(s) submit_s more than once in the header" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
     trace = tmp_path / "day.csv"
     trace.write_text("submit_s,duration_s\n20,100\n10," + "1" * 200_000 + "\n")
