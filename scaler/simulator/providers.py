@@ -27,6 +27,7 @@ from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, deci
 from scaler.simulator.workloads import HOUR_S, Workload, built_in
 
 STEP_S = 5.0
+DAY_H = 24.0  # the workshop day the outage falls in
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +194,13 @@ def print_runs(console: Console, runs: list[ProviderRun]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaler.simulator.providers", description=__doc__)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--outage-start-h", type=float, default=10.0, help="hour of the day Verda runs out")
-    parser.add_argument("--outage-h", type=float, default=1.0, help="how long it has no capacity")
+    parser.add_argument("--outage-start-h", type=float, default=10.0, help="hour of the day Verda runs out (0-24)")
+    parser.add_argument("--outage-h", type=float, default=1.0, help="how long it has no capacity (> 0 h, to 24)")
     args = parser.parse_args(argv)
+    if not 0 <= args.outage_start_h < DAY_H:  # each also refuses nan
+        parser.error(f"--outage-start-h {args.outage_start_h:g}: an hour of the day, 0 to under {DAY_H:g}")
+    if not 0 < args.outage_h <= DAY_H:
+        parser.error(f"--outage-h {args.outage_h:g}: more than 0 and at most {DAY_H:g} hours")
     print_runs(Console(width=150), outage_day(args.seed, args.outage_start_h, args.outage_h))
     return 0
 
