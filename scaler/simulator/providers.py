@@ -55,7 +55,10 @@ class _Replica:
 
 @dataclass
 class ProviderRun:
-    """One simulated day: jobs done, waits (s), cost per provider, and when fallback was engaged."""
+    """One simulated day: jobs done, waits (s), cost per provider, and when fallback was engaged.
+
+    ``waits``: one per job, until its last start; a job never started waits until the end of the day.
+    """
 
     name: str
     jobs: int
@@ -96,6 +99,7 @@ def simulate(
     ledger = CostLedger()
     run = ProviderRun(name, len(jobs), 0)
     state, allocator = PolicyState(), AllocatorState()
+    started: dict[int, float] = {}  # job -> when it last started
     next_job, serial, now, next_tick = 0, 0, 0.0, 0.0
     while now <= workload.horizon_s:
         while next_job < len(jobs) and jobs[next_job].submit_s <= now:
@@ -108,7 +112,7 @@ def simulate(
             if replica.job is None and replica.ready_at <= now and queue:
                 job = queue.popleft()
                 replica.job, replica.busy_until = job, now + jobs[job].duration_s
-                run.waits.append(now - jobs[job].submit_s)
+                started[job] = now
         if now >= next_tick:
             next_tick += tick_s
             busy = sum(1 for r in replicas if r.job is not None)
@@ -140,6 +144,7 @@ def simulate(
                 for replica in sorted(mine, key=lambda r: (r.job is not None, -r.started_at))[: len(mine) - target]:
                     if replica.job is not None:
                         queue.appendleft(replica.job)
+                        del started[replica.job]
                     replicas.remove(replica)
                     _bill_stop(run, provider, replica, now)
             for p in providers:
@@ -152,6 +157,7 @@ def simulate(
         ledger.charge(p.name, [r for r in replicas if r.provider == p.name], now,
                       price_per_hour=p.price_per_hour, rule=p.billing)
         run.cost[p.name] = round(ledger.spent_since(-1.0, p.name), 2)
+    run.waits = [started.get(n, workload.horizon_s) - job.submit_s for n, job in enumerate(jobs)]
     return run
 
 

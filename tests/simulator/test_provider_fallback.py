@@ -50,3 +50,11 @@ def test_the_command_refuses_an_outage_outside_the_day_naming_the_flag(argv, nam
         main(argv)
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_jobs_an_outage_never_lets_start_count_as_waiting_to_the_day_s_end():
+    # Verda out from 09:00, before the first job, to midnight, no fallback: no job ever starts.
+    stuck = next(run for run in outage_day(seed=1, outage_start_h=9.0, outage_h=15.0) if "no fallback" in run.name)
+    assert stuck.done == 0
+    assert len(stuck.waits) == stuck.jobs == 415  # were 0 waits: p95 and max wait 0 s
+    assert stuck.p95_wait_s() > 8 * 3600
