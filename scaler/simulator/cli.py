@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from scaler.simulator.workloads import BUILT_IN, Workload, built_in, load_trace
 from scaler.timetable import parse_timetable
 
 DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
+SEED_RANGE = re.compile(r"[0-9]{1,18}(-[0-9]{1,18})?")
 MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds are a quarter of an hour each
 
 
@@ -86,7 +88,7 @@ def simulate_main(argv: list[str]) -> int:
         console.width = 200
     try:
         config = _config_from(args)
-        seeds = _seeds(args.seeds) if args.seeds else [args.seed]
+        seeds = _seeds(args.seeds) if args.seeds is not None else [args.seed]
         runs = [(seed, load_trace(Path(args.trace))) for seed in seeds] if args.trace else [
             (seed, built_in(name, seed)) for seed in seeds for name in args.workload or ["workshop"]
         ]
@@ -241,14 +243,16 @@ def _parser() -> argparse.ArgumentParser:
 def _seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        if not first.isdigit() or (last and not last.isdigit()):
+        if not SEED_RANGE.fullmatch(part.strip()):
             raise ValueError(f"--seeds {text!r}: use e.g. 1-5 or 1,2,7")
+        first, _, last = part.strip().partition("-")
         if last and int(last) < int(first):
             raise ValueError(f"--seeds {text!r}: {part.strip()} runs backwards: write the first seed first, e.g. 1-5")
         if len(seeds) + int(last or first) - int(first) + 1 > MAX_SEEDS:
             raise ValueError(f"--seeds {text!r}: at most {MAX_SEEDS} seeds in one run")
         seeds += range(int(first), int(last or first) + 1)
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {text!r}: a seed twice would count twice in the summary")
     return seeds
 
 

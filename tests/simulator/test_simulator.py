@@ -173,6 +173,11 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "clairvoyant:120,max_replicas=0"], "the clairvoyant plans with max_replicas >= 1"),  # traceback
     (["--seeds", "1-100000000"], "at most 1000 seeds"),
     (["--seeds", "5-1"], "5-1 runs backwards"),  # simulated nothing, exit 0
+    (["--seeds", "1-"], "--seeds '1-': use e.g. 1-5"),  # ran seed 1 alone
+    (["--seeds", ""], "--seeds '': use e.g. 1-5"),  # ran --seed's 1
+    (["--seeds", "\u00b2"], "--seeds '\u00b2': use e.g. 1-5"),  # "invalid literal for int() with base 10"
+    (["--seeds", "9" * 5000], "use e.g. 1-5"),  # "Exceeds the limit (4300 digits) for integer string conversion"
+    (["--seeds", "1-3,2"], "a seed twice"),  # seed 2 ran twice and counted twice in the summary
     (["--policy", "ours:billing_aware=flase"], "billing_aware='flase' is not one of true"),  # was taken as false
     (["--policy", "ours:max_replicas=3,max_replicas=10"], "max_replicas is set twice"),  # the last one won
     (["--policy", "ours:billing_aware=none"], "billing_aware cannot be none"),  # ran as None, taken as false
