@@ -180,6 +180,7 @@ def test_cli_rejects_an_unknown_policy():
     (["--seeds", "1-3,2"], "a seed twice"),  # seed 2 ran twice and counted twice in the summary
     (["--policy", "ours:billing_aware=flase"], "billing_aware='flase' is not one of true"),  # was taken as false
     (["--policy", "ours:max_replicas=3,max_replicas=10"], "max_replicas is set twice"),  # the last one won
+    (["--policy", "clairvoyant:120,150"], "'120' and '150': one value without a name"),  # planned at 150 s
     (["--policy", "ours:billing_aware=none"], "billing_aware cannot be none"),  # ran as None, taken as false
     # Checked against the defaults, then run against --max-replicas 3: a traceback after the other rows.
     (["--max-replicas", "3", "--policy", "naive", "--policy", "ours:min_replicas=5"],
