@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
@@ -67,17 +66,23 @@ def with_clairvoyant_ratio(
 
     ``cost_vs_clairvoyant`` compares with the clairvoyant's replay; ``cost_vs_plan`` with what its plan
     bills in the planner's own arithmetic (where it chooses which replica leaves): the stricter reference.
+    Both compare billed hours, which are the cost at any price, free (0) or a fraction of a cent included.
     """
     _kind, _arg, config = split_spec(report.policy, config)
     plan, outcome = best_plan(workload, platform, config.max_replicas, report.wait_p95_s, report.wait_max_s,
                               seed=seed)
     reference = summarize(workload.name, "clairvoyant", outcome, platform)
-    plan_cost = plan.intervals * platform.billing_interval_s / 3600.0 * platform.price_per_hour
+    plan_hours = plan.intervals * platform.billing_interval_s / 3600.0
     return dataclasses.replace(
         report,
-        cost_vs_clairvoyant=round(report.cost_usd / reference.cost_usd, 3) if reference.cost_usd else math.inf,
-        cost_vs_plan=round(report.cost_usd / plan_cost, 3) if plan_cost else math.inf,
+        cost_vs_clairvoyant=_ratio(report.billed_gpu_hours, reference.billed_gpu_hours),
+        cost_vs_plan=_ratio(report.billed_gpu_hours, plan_hours),
     )
+
+
+def _ratio(hours: float, reference_hours: float) -> float | None:
+    """None when the reference bills nothing: no ratio (JSON has no infinity)."""
+    return round(hours / reference_hours, 3) if reference_hours else None
 
 
 def simulate_main(argv: list[str]) -> int:

@@ -147,6 +147,22 @@ def test_cli_json_to_stdout_is_pure_json(capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["jobs_done"] == 500
 
 
+@pytest.mark.parametrize("price", ["0", "0.01"])
+def test_the_clairvoyant_ratio_is_the_same_at_any_price_and_the_json_stays_json(tmp_path, price):
+    ratios = {}
+    for each in ("2.30", price):  # 0: a free local GPU; 0.01: intervals of a fifth of a cent, rounded to $0.00
+        out = tmp_path / f"{each}.json"
+        assert simulate_main(["--workload", "trickle", "--policy", "naive", "--price-per-hour", each,
+                              "--json", str(out)]) == 0
+
+        def refuse(constant):
+            raise AssertionError(f"not JSON: {constant}")  # was Infinity at price 0: jq stopped at it
+
+        (result,) = json.loads(out.read_text(), parse_constant=refuse)["results"]
+        ratios[each] = (result["cost_vs_clairvoyant"], result["cost_vs_plan"])
+    assert ratios[price] == ratios["2.30"]  # was (inf, inf) at 0; at 0.01 (2.0, 1.333) against (1.11, 1.11)
+
+
 def test_cli_rejects_an_unknown_policy():
     with pytest.raises(SystemExit):
         simulate_main(["--policy", "sometimes"])
