@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,7 @@ from scaler.simulator.workloads import BUILT_IN, Workload, built_in, load_trace
 from scaler.timetable import parse_timetable
 
 DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
+SEED_RANGE = re.compile(r"[0-9]{1,18}(-[0-9]{1,18})?")
 MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds are a quarter of an hour each
 
 
@@ -65,17 +66,23 @@ def with_clairvoyant_ratio(
 
     ``cost_vs_clairvoyant`` compares with the clairvoyant's replay; ``cost_vs_plan`` with what its plan
     bills in the planner's own arithmetic (where it chooses which replica leaves): the stricter reference.
+    Both compare billed hours, which are the cost at any price, free (0) or a fraction of a cent included.
     """
     _kind, _arg, config = split_spec(report.policy, config)
     plan, outcome = best_plan(workload, platform, config.max_replicas, report.wait_p95_s, report.wait_max_s,
                               seed=seed)
     reference = summarize(workload.name, "clairvoyant", outcome, platform)
-    plan_cost = plan.intervals * platform.billing_interval_s / 3600.0 * platform.price_per_hour
+    plan_hours = plan.intervals * platform.billing_interval_s / 3600.0
     return dataclasses.replace(
         report,
-        cost_vs_clairvoyant=round(report.cost_usd / reference.cost_usd, 3) if reference.cost_usd else math.inf,
-        cost_vs_plan=round(report.cost_usd / plan_cost, 3) if plan_cost else math.inf,
+        cost_vs_clairvoyant=_ratio(report.billed_gpu_hours, reference.billed_gpu_hours),
+        cost_vs_plan=_ratio(report.billed_gpu_hours, plan_hours),
     )
+
+
+def _ratio(hours: float, reference_hours: float) -> float | None:
+    """None when the reference bills nothing: no ratio (JSON has no infinity)."""
+    return round(hours / reference_hours, 3) if reference_hours else None
 
 
 def simulate_main(argv: list[str]) -> int:
@@ -86,7 +93,7 @@ def simulate_main(argv: list[str]) -> int:
         console.width = 200
     try:
         config = _config_from(args)
-        seeds = _seeds(args.seeds) if args.seeds else [args.seed]
+        seeds = _seeds(args.seeds) if args.seeds is not None else [args.seed]
         runs = [(seed, load_trace(Path(args.trace))) for seed in seeds] if args.trace else [
             (seed, built_in(name, seed)) for seed in seeds for name in args.workload or ["workshop"]
         ]
@@ -241,14 +248,16 @@ def _parser() -> argparse.ArgumentParser:
 def _seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        if not first.isdigit() or (last and not last.isdigit()):
+        if not SEED_RANGE.fullmatch(part.strip()):
             raise ValueError(f"--seeds {text!r}: use e.g. 1-5 or 1,2,7")
+        first, _, last = part.strip().partition("-")
         if last and int(last) < int(first):
             raise ValueError(f"--seeds {text!r}: {part.strip()} runs backwards: write the first seed first, e.g. 1-5")
         if len(seeds) + int(last or first) - int(first) + 1 > MAX_SEEDS:
             raise ValueError(f"--seeds {text!r}: at most {MAX_SEEDS} seeds in one run")
         seeds += range(int(first), int(last or first) + 1)
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {text!r}: a seed twice would count twice in the summary")
     return seeds
 
 

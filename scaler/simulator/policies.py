@@ -130,6 +130,8 @@ def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfi
     for item in filter(None, (part.strip() for part in rest.split(","))):
         name, has_value, value = item.partition("=")
         if not has_value:
+            if arg:
+                raise ValueError(f"{spec!r}: {arg!r} and {item!r}: one value without a name at most")
             arg = item
             continue
         if name not in fields or name == "timetable":

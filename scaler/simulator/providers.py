@@ -27,6 +27,7 @@ from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, deci
 from scaler.simulator.workloads import HOUR_S, Workload, built_in
 
 STEP_S = 5.0
+DAY_H = 24.0  # the workshop day the outage falls in
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,10 @@ class _Replica:
 
 @dataclass
 class ProviderRun:
-    """One simulated day: jobs done, waits (s), cost per provider, and when fallback was engaged."""
+    """One simulated day: jobs done, waits (s), cost per provider, and when fallback was engaged.
+
+    ``waits``: one per job, until its last start; a job never started waits until the end of the day.
+    """
 
     name: str
     jobs: int
@@ -95,6 +99,7 @@ def simulate(
     ledger = CostLedger()
     run = ProviderRun(name, len(jobs), 0)
     state, allocator = PolicyState(), AllocatorState()
+    started: dict[int, float] = {}  # job -> when it last started
     next_job, serial, now, next_tick = 0, 0, 0.0, 0.0
     while now <= workload.horizon_s:
         while next_job < len(jobs) and jobs[next_job].submit_s <= now:
@@ -107,7 +112,7 @@ def simulate(
             if replica.job is None and replica.ready_at <= now and queue:
                 job = queue.popleft()
                 replica.job, replica.busy_until = job, now + jobs[job].duration_s
-                run.waits.append(now - jobs[job].submit_s)
+                started[job] = now
         if now >= next_tick:
             next_tick += tick_s
             busy = sum(1 for r in replicas if r.job is not None)
@@ -139,6 +144,7 @@ def simulate(
                 for replica in sorted(mine, key=lambda r: (r.job is not None, -r.started_at))[: len(mine) - target]:
                     if replica.job is not None:
                         queue.appendleft(replica.job)
+                        del started[replica.job]
                     replicas.remove(replica)
                     _bill_stop(run, provider, replica, now)
             for p in providers:
@@ -151,6 +157,7 @@ def simulate(
         ledger.charge(p.name, [r for r in replicas if r.provider == p.name], now,
                       price_per_hour=p.price_per_hour, rule=p.billing)
         run.cost[p.name] = round(ledger.spent_since(-1.0, p.name), 2)
+    run.waits = [started.get(n, workload.horizon_s) - job.submit_s for n, job in enumerate(jobs)]
     return run
 
 
@@ -193,9 +200,13 @@ def print_runs(console: Console, runs: list[ProviderRun]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaler.simulator.providers", description=__doc__)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--outage-start-h", type=float, default=10.0, help="hour of the day Verda runs out")
-    parser.add_argument("--outage-h", type=float, default=1.0, help="how long it has no capacity")
+    parser.add_argument("--outage-start-h", type=float, default=10.0, help="hour of the day Verda runs out (0-24)")
+    parser.add_argument("--outage-h", type=float, default=1.0, help="how long it has no capacity (> 0 h, to 24)")
     args = parser.parse_args(argv)
+    if not 0 <= args.outage_start_h < DAY_H:  # each also refuses nan
+        parser.error(f"--outage-start-h {args.outage_start_h:g}: an hour of the day, 0 to under {DAY_H:g}")
+    if not 0 < args.outage_h <= DAY_H:
+        parser.error(f"--outage-h {args.outage_h:g}: more than 0 and at most {DAY_H:g} hours")
     print_runs(Console(width=150), outage_day(args.seed, args.outage_start_h, args.outage_h))
     return 0
 

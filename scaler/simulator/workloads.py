@@ -111,7 +111,7 @@ def load_trace(path: Path) -> Workload:
     if len(data) > MAX_TRACE_BYTES:
         raise ValueError(f"{path}: more than {MAX_TRACE_BYTES} bytes: no trace the simulator can run")
     try:
-        text = data.decode()
+        text = data.decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}): save it as UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -125,12 +125,13 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
     missing = {"submit_s", "duration_s"} - set(reader.fieldnames or ())
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    twice = sorted(name for name in ("submit_s", "duration_s") if reader.fieldnames.count(name) > 1)
+    if twice:  # csv keeps the last one's values, silently
+        raise ValueError(f"{path}: column(s) {', '.join(twice)} more than once in the header: which one is meant?")
     jobs = []
-    for line, row in enumerate(reader, start=2):
-        try:
-            job = JobSpec(float(row["submit_s"]), float(row["duration_s"]))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{line}: {error}") from error
+    for row in reader:
+        line = reader.line_num  # not a count of rows: csv skips blank lines
+        job = JobSpec(_seconds(path, line, row, "submit_s"), _seconds(path, line, row, "duration_s"))
         if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
             raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")
         if not 0 < job.duration_s <= MAX_TRACE_DURATION_S:
@@ -141,6 +142,16 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
         raise ValueError(f"{path}: no jobs")
     horizon = max(job.submit_s + job.duration_s for job in jobs) + HOUR_S
     return Workload(path.stem, _sorted(jobs), horizon)
+
+
+def _seconds(path: Path, line: int, row: dict[str, str | None], column: str) -> float:
+    text = row[column]
+    if text is None:
+        raise ValueError(f"{path}:{line}: {column} is missing: the row has fewer fields than the header")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {column} must be a number of seconds, not {text[:40]!r}") from None
 
 
 def _sorted(jobs: list[JobSpec]) -> tuple[JobSpec, ...]:

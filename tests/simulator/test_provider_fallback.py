@@ -34,3 +34,27 @@ def test_the_command_prints_the_table(capsys):
     assert main(["--seed", "1", "--outage-h", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "Verda out 0.5 h, RunPod fallback" in out and "p95 wait s" in out
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    # Each simulated no outage at all and printed rows headed "Verda out -1 h" / "Verda out nan h".
+    (["--outage-h", "-1"], "--outage-h -1: more than 0"),
+    (["--outage-h", "nan"], "--outage-h nan: more than 0"),
+    (["--outage-h", "0"], "--outage-h 0: more than 0"),
+    (["--outage-start-h", "-5"], "--outage-start-h -5: an hour of the day"),
+    (["--outage-start-h", "inf"], "--outage-start-h inf: an hour of the day"),
+    (["--outage-start-h", "30"], "--outage-start-h 30: an hour of the day"),
+])
+def test_the_command_refuses_an_outage_outside_the_day_naming_the_flag(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_jobs_an_outage_never_lets_start_count_as_waiting_to_the_day_s_end():
+    # Verda out from 09:00, before the first job, to midnight, no fallback: no job ever starts.
+    stuck = next(run for run in outage_day(seed=1, outage_start_h=9.0, outage_h=15.0) if "no fallback" in run.name)
+    assert stuck.done == 0
+    assert len(stuck.waits) == stuck.jobs == 415  # were 0 waits: p95 and max wait 0 s
+    assert stuck.p95_wait_s() > 8 * 3600

@@ -147,6 +147,22 @@ def test_cli_json_to_stdout_is_pure_json(capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["jobs_done"] == 500
 
 
+@pytest.mark.parametrize("price", ["0", "0.01"])
+def test_the_clairvoyant_ratio_is_the_same_at_any_price_and_the_json_stays_json(tmp_path, price):
+    ratios = {}
+    for each in ("2.30", price):  # 0: a free local GPU; 0.01: intervals of a fifth of a cent, rounded to $0.00
+        out = tmp_path / f"{each}.json"
+        assert simulate_main(["--workload", "trickle", "--policy", "naive", "--price-per-hour", each,
+                              "--json", str(out)]) == 0
+
+        def refuse(constant):
+            raise AssertionError(f"not JSON: {constant}")  # was Infinity at price 0: jq stopped at it
+
+        (result,) = json.loads(out.read_text(), parse_constant=refuse)["results"]
+        ratios[each] = (result["cost_vs_clairvoyant"], result["cost_vs_plan"])
+    assert ratios[price] == ratios["2.30"]  # was (inf, inf) at 0; at 0.01 (2.0, 1.333) against (1.11, 1.11)
+
+
 def test_cli_rejects_an_unknown_policy():
     with pytest.raises(SystemExit):
         simulate_main(["--policy", "sometimes"])
@@ -173,8 +189,14 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "clairvoyant:120,max_replicas=0"], "the clairvoyant plans with max_replicas >= 1"),  # traceback
     (["--seeds", "1-100000000"], "at most 1000 seeds"),
     (["--seeds", "5-1"], "5-1 runs backwards"),  # simulated nothing, exit 0
+    (["--seeds", "1-"], "--seeds '1-': use e.g. 1-5"),  # ran seed 1 alone
+    (["--seeds", ""], "--seeds '': use e.g. 1-5"),  # ran --seed's 1
+    (["--seeds", "\u00b2"], "--seeds '\u00b2': use e.g. 1-5"),  # "invalid literal for int() with base 10"
+    (["--seeds", "9" * 5000], "use e.g. 1-5"),  # "Exceeds the limit (4300 digits) for integer string conversion"
+    (["--seeds", "1-3,2"], "a seed twice"),  # seed 2 ran twice and counted twice in the summary
     (["--policy", "ours:billing_aware=flase"], "billing_aware='flase' is not one of true"),  # was taken as false
     (["--policy", "ours:max_replicas=3,max_replicas=10"], "max_replicas is set twice"),  # the last one won
+    (["--policy", "clairvoyant:120,150"], "'120' and '150': one value without a name"),  # planned at 150 s
     (["--policy", "ours:billing_aware=none"], "billing_aware cannot be none"),  # ran as None, taken as false
     # Checked against the defaults, then run against --max-replicas 3: a traceback after the other rows.
     (["--max-replicas", "3", "--policy", "naive", "--policy", "ours:min_replicas=5"],
@@ -200,6 +222,9 @@ def test_cli_refuses_a_clairvoyant_ratio_with_no_replica_to_plan_with(capsys):
     ("10,1e12", "duration_s must be > 0 and <= 86400 s"),  # ran for ever
     ("-1,100", "submit_s must be 0-2678400 s"),
     ("10,0", "duration_s must be > 0"),
+    ("ten,100", "submit_s must be a number of seconds, not 'ten'"),  # named no column
+    ("10,", "duration_s must be a number of seconds, not ''"),  # named no column
+    ("10", "duration_s is missing"),  # "float() argument must be a string or a real number, not 'NoneType'"
 ])
 def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_path, capsys, row, named):
     trace = tmp_path / "day.csv"
@@ -208,6 +233,31 @@ def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_p
         simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
     assert exit_info.value.code == 2
     assert f"day.csv:3: {named}" in capsys.readouterr().err
+
+
+def test_a_trace_error_names_the_line_in_the_file_after_blank_lines(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s\n20,100\n\n\n10,0\n")  # a blank line a spreadsheet leaves
+    with pytest.raises(SystemExit) as exit_info:
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert "day.csv:5: duration_s must be > 0" in capsys.readouterr().err  # was day.csv:3
+
+
+def test_a_trace_saved_with_a_byte_order_mark_is_read(tmp_path):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s\n0,30\n90.5,12\n", encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    workload = load_trace(trace)  # was "missing column(s) submit_s"
+    assert workload.jobs == (JobSpec(0.0, 30.0), JobSpec(90.5, 12.0))
+
+
+def test_cli_refuses_a_trace_with_a_column_twice(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text("submit_s,duration_s,submit_s\n0,30,7200\n")  # two exports pasted side by side
+    with pytest.raises(SystemExit) as exit_info:  # was run with the last column's submit_s, silently
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    assert exit_info.value.code == 2
+    assert "day.csv: column(s) submit_s more than once in the header" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_trace_csv_cannot_read(tmp_path, capsys):
