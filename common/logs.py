@@ -7,6 +7,7 @@ JSON object per line whoever wrote it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -184,12 +185,19 @@ MALFORMED_WARN_EVERY_S = 60.0
 class _MalformedRequestAsWarning(logging.Filter):
     """aiohttp logs a request it cannot parse (a port scan, a broken client; answered 400) as an error with a
     traceback, which reads as a server failure at 2 a.m. It is the client's fault: one warning line, no traceback,
-    the first then at most one a minute, telling how many more were refused since. A handler's own exception (a
-    500) stays an error, each one logged."""
+    the first then at most one a minute, telling how many more were refused since (those of the last minute at its
+    end, or at exit). A handler's own exception (a 500) stays an error, each one logged."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._throttle = LogThrottle(MALFORMED_WARN_EVERY_S, clock)
+        self._throttle = LogThrottle(MALFORMED_WARN_EVERY_S, clock, report_held_back=self._report_held_back)
+        self.flush = self._throttle.flush
+
+    @staticmethod
+    def _report_held_back(refused: int) -> None:
+        logging.getLogger("aiohttp.server").warning(
+            "Malformed HTTP requests refused: %d more since the last one logged", refused
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -213,7 +221,10 @@ def _quiet_malformed_requests() -> None:
     server_logger = logging.getLogger("aiohttp.server")
     for old in [f for f in server_logger.filters if isinstance(f, _MalformedRequestAsWarning)]:
         server_logger.removeFilter(old)
-    server_logger.addFilter(_MalformedRequestAsWarning())
+        atexit.unregister(old.flush)
+    quiet = _MalformedRequestAsWarning()
+    server_logger.addFilter(quiet)
+    atexit.register(quiet.flush)
 
 
 def _route_stdlib_logging(shared: list, last: list, level: str, stream) -> None:
