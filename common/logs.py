@@ -74,17 +74,20 @@ def error_text(error: BaseException, limit: int = 300) -> str:
     return scrubbed_excerpt(f"{type(error).__name__}: {error}", limit)
 
 
-def scrub_all(value: Any) -> Any:
+def scrub_all(value: Any, limit: int | None = None) -> Any:
     """``value`` with every string in it scrubbed, however deep in dicts, lists and tuples (a key named like a
     credential masks its whole value, unless that is a yes/no or nothing: `worker_token=true` says whether one is
-    set): for what is printed rather than logged, e.g. a status report."""
+    set): for what is printed rather than logged, e.g. a status report. A string longer than ``limit`` is cut to
+    it, saying so."""
     if isinstance(value, str):
+        if limit is not None and len(value) > limit:
+            return f"{scrubbed_excerpt(value, limit)}… (cut: {len(value)} characters)"
         return scrub(value)
     if isinstance(value, dict):
-        return {key: "***" if _names_a_secret(key) and not isinstance(item, bool | None) else scrub_all(item)
+        return {key: "***" if _names_a_secret(key) and not isinstance(item, bool | None) else scrub_all(item, limit)
                 for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [scrub_all(item) for item in value]
+        return [scrub_all(item, limit) for item in value]
     return value
 
 
@@ -92,9 +95,14 @@ def _names_a_secret(key: object) -> bool:
     return isinstance(key, str) and any(marker in key.lower() for marker in _SECRET_KEYS)
 
 
+# The longest text a log value keeps: a peer's or a client's megabytes quoted whole took seconds to scrub (8 MiB of
+# "?a=b&": 13 s, the process stalled) and made a line no log collector takes.
+MAX_LOG_VALUE_CHARS = 64 * 1024
+
+
 def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:
     # Nested values too: the scaler's "Scaling decision" carries a provider's error inside `details`.
-    return scrub_all(event_dict)
+    return scrub_all(event_dict, MAX_LOG_VALUE_CHARS)
 
 
 # Control characters a terminal would obey (colours, a new title, a cleared screen, a forged next line) reach
