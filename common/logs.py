@@ -7,6 +7,7 @@ JSON object per line whoever wrote it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -73,17 +74,20 @@ def error_text(error: BaseException, limit: int = 300) -> str:
     return scrubbed_excerpt(f"{type(error).__name__}: {error}", limit)
 
 
-def scrub_all(value: Any) -> Any:
+def scrub_all(value: Any, limit: int | None = None) -> Any:
     """``value`` with every string in it scrubbed, however deep in dicts, lists and tuples (a key named like a
     credential masks its whole value, unless that is a yes/no or nothing: `worker_token=true` says whether one is
-    set): for what is printed rather than logged, e.g. a status report."""
+    set): for what is printed rather than logged, e.g. a status report. A string longer than ``limit`` is cut to
+    it, saying so."""
     if isinstance(value, str):
+        if limit is not None and len(value) > limit:
+            return f"{scrubbed_excerpt(value, limit)}… (cut: {len(value)} characters)"
         return scrub(value)
     if isinstance(value, dict):
-        return {key: "***" if _names_a_secret(key) and not isinstance(item, bool | None) else scrub_all(item)
+        return {key: "***" if _names_a_secret(key) and not isinstance(item, bool | None) else scrub_all(item, limit)
                 for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [scrub_all(item) for item in value]
+        return [scrub_all(item, limit) for item in value]
     return value
 
 
@@ -91,9 +95,14 @@ def _names_a_secret(key: object) -> bool:
     return isinstance(key, str) and any(marker in key.lower() for marker in _SECRET_KEYS)
 
 
+# The longest text a log value keeps: a peer's or a client's megabytes quoted whole took seconds to scrub (8 MiB of
+# "?a=b&": 13 s, the process stalled) and made a line no log collector takes.
+MAX_LOG_VALUE_CHARS = 64 * 1024
+
+
 def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:
     # Nested values too: the scaler's "Scaling decision" carries a provider's error inside `details`.
-    return scrub_all(event_dict)
+    return scrub_all(event_dict, MAX_LOG_VALUE_CHARS)
 
 
 # Control characters a terminal would obey (colours, a new title, a cleared screen, a forged next line) reach
@@ -184,12 +193,19 @@ MALFORMED_WARN_EVERY_S = 60.0
 class _MalformedRequestAsWarning(logging.Filter):
     """aiohttp logs a request it cannot parse (a port scan, a broken client; answered 400) as an error with a
     traceback, which reads as a server failure at 2 a.m. It is the client's fault: one warning line, no traceback,
-    the first then at most one a minute, telling how many more were refused since. A handler's own exception (a
-    500) stays an error, each one logged."""
+    the first then at most one a minute, telling how many more were refused since (those of the last minute at its
+    end, or at exit). A handler's own exception (a 500) stays an error, each one logged."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._throttle = LogThrottle(MALFORMED_WARN_EVERY_S, clock)
+        self._throttle = LogThrottle(MALFORMED_WARN_EVERY_S, clock, report_held_back=self._report_held_back)
+        self.flush = self._throttle.flush
+
+    @staticmethod
+    def _report_held_back(refused: int) -> None:
+        logging.getLogger("aiohttp.server").warning(
+            "Malformed HTTP requests refused: %d more since the last one logged", refused
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -213,7 +229,10 @@ def _quiet_malformed_requests() -> None:
     server_logger = logging.getLogger("aiohttp.server")
     for old in [f for f in server_logger.filters if isinstance(f, _MalformedRequestAsWarning)]:
         server_logger.removeFilter(old)
-    server_logger.addFilter(_MalformedRequestAsWarning())
+        atexit.unregister(old.flush)
+    quiet = _MalformedRequestAsWarning()
+    server_logger.addFilter(quiet)
+    atexit.register(quiet.flush)
 
 
 def _route_stdlib_logging(shared: list, last: list, level: str, stream) -> None:

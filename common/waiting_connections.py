@@ -46,7 +46,7 @@ class WaitingConnections:
         self._heads = heads
         # handler → (transport, its request while one runs); insertion order = since when it waits.
         self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
-        self._warnings = LogThrottle(WARN_EVERY_S)
+        self._warnings = LogThrottle(WARN_EVERY_S, report_held_back=self._warn_closed)
 
     async def start_runner(
         self, app: web.Application, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
@@ -107,10 +107,13 @@ class WaitingConnections:
     def _warn(self) -> None:
         closed = self._warnings.occurred()
         if closed is not None:
-            log.warning(
-                "connections_over_limit",
-                server=self._server_name,
-                limit=self.limit,
-                closed=closed,
-                hint="more clients than this hold connections open without a request: the longest waiting are closed",
-            )
+            self._warn_closed(closed)
+
+    def _warn_closed(self, closed: int) -> None:
+        log.warning(
+            "connections_over_limit",
+            server=self._server_name,
+            limit=self.limit,
+            closed=closed,
+            hint="more clients than this hold connections open without a request: the longest waiting are closed",
+        )

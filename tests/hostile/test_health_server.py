@@ -132,6 +132,29 @@ async def test_a_client_dripping_its_headers_is_cut_off(
         await server.stop()
 
 
+async def test_the_connections_closed_after_the_first_warning_are_counted_when_the_burst_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first connection closed past the cap was logged; those closed after it in the same window were counted
+    only if another came after the window: a burst of 3 said "closed=1", the other 2 nowhere."""
+    monkeypatch.setattr(common.waiting_connections, "MAX_WAITING_CONNECTIONS", 5, raising=False)
+    monkeypatch.setattr(common.waiting_connections, "WARN_EVERY_S", 0.5)
+    state = WorkerState(worker_id="hostile-1", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
+    server = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
+    port = await server.start()
+    connections = []
+    try:
+        with capture_logs() as logs:
+            connections = await half_sent_requests("127.0.0.1", port, 8)
+            async with asyncio.timeout(10):
+                while sum(e["event"] == "connections_over_limit" for e in logs) < 2:
+                    await asyncio.sleep(0.05)
+        assert [e["closed"] for e in logs if e["event"] == "connections_over_limit"] == [1, 2]
+    finally:
+        _close([writer for _, writer in connections])
+        await server.stop()
+
+
 async def test_past_the_cap_the_connections_waiting_longest_are_closed_and_the_probe_is_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

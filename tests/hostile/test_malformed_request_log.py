@@ -7,7 +7,10 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -114,4 +117,45 @@ async def test_an_undecodable_body_a_route_never_read_is_one_warning_and_the_ans
     refused = [line["event"] for line in lines if "Malformed HTTP" in line["event"]]
     assert refused == [
         "Malformed HTTP request refused (400): Unhandled exception: Can not decode content-encoding: gzip"
+    ]
+
+
+async def test_the_count_of_the_last_minutes_malformed_requests_is_logged_when_the_flood_stops(
+    log_buffer: io.StringIO,
+) -> None:
+    """Only a refusal after the minute logged the count of those before it: a flood that stopped within the minute
+    left its first line alone, the others counted nowhere (1 + 2 refused here: 1 line, "2" never said)."""
+    clock = Clock()
+    quiet = _MalformedRequestAsWarning(clock=clock)
+    server_logger = logging.getLogger("aiohttp.server")
+    for at in (0, MALFORMED_WARN_EVERY_S - 0.3, MALFORMED_WARN_EVERY_S - 0.2):  # the minute ends 0.2 s after
+        clock.now = 1000 + at
+        record = refused_from("203.0.113.9", BadHttpMessage("Invalid method"))
+        if quiet.filter(record):
+            server_logger.handle(record)
+    async with asyncio.timeout(10):
+        while "more since the last one" not in log_buffer.getvalue():
+            await asyncio.sleep(0.05)
+    refused = [json.loads(line)["event"] for line in log_buffer.getvalue().splitlines() if "Malformed" in line]
+    assert refused == [
+        "Malformed HTTP request refused (400): Error handling request from 203.0.113.9: Invalid method",
+        "Malformed HTTP requests refused: 2 more since the last one logged",
+    ]
+
+
+def test_the_count_of_malformed_requests_not_yet_logged_is_logged_at_exit() -> None:
+    code = (
+        "import logging\nfrom aiohttp.http_exceptions import BadHttpMessage\n"
+        "from common.logs import configure_logging\n"
+        "configure_logging('json', 'info')\n"
+        "error = BadHttpMessage('Invalid method')\n"
+        "for _ in range(3):\n"
+        "    logging.getLogger('aiohttp.server').error('Error handling request', exc_info=(type(error), error, None))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert [json.loads(line)["event"] for line in run.stderr.splitlines()] == [
+        "Malformed HTTP request refused (400): Error handling request: Invalid method",
+        "Malformed HTTP requests refused: 2 more since the last one logged",
     ]

@@ -23,7 +23,7 @@ from aiohttp import web
 
 import supervisor.__main__ as supervisor_main
 from common.handbacks import HandBackCause
-from common.logs import configure_logging, error_text, register_secret, scrub
+from common.logs import MAX_LOG_VALUE_CHARS, configure_logging, error_text, register_secret, scrub
 from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
 from demo.results import fetch_results
 from demo.workload import Submission, submit_all
@@ -129,6 +129,22 @@ async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log
     logged = log_buffer.getvalue()
     assert "job_released" in logged and "job_failed" in logged
     assert TOKEN not in logged
+
+
+def test_a_log_value_of_megabytes_is_cut_scrubbed_and_says_so(log_buffer: io.StringIO) -> None:
+    """A value of 8 MiB (a peer's page, a client's text quoted in an error) was scrubbed whole, 13 s for "?a=b&"
+    pairs with the process stalled, then written as one 8 MiB line. Now cut to MAX_LOG_VALUE_CHARS, still
+    scrubbed (a secret across the cut included), the line saying how long the value was."""
+    unit = "?a=b&"
+    head = "?a=b&" * ((MAX_LOG_VALUE_CHARS - len(TOKEN) // 2) // len(unit))
+    value = f"{head}{TOKEN}&token=tk-secret-1&{unit * ((8 << 20) // len(unit))}"
+    structlog.get_logger().warning("peer answered", details={"page": value})
+    [line] = [json.loads(line) for line in log_buffer.getvalue().splitlines()]
+    page = line["details"]["page"]
+    assert page.endswith(f"… (cut: {len(value)} characters)")
+    assert len(page) < MAX_LOG_VALUE_CHARS + 100
+    assert page.startswith(head) and TOKEN[: len(TOKEN) // 2] not in page[len(head):]
+    assert "tk-secret-1" not in log_buffer.getvalue()
 
 
 async def test_control_characters_in_a_logged_value_reach_an_operators_terminal_escaped() -> None:
