@@ -32,8 +32,9 @@ def sync_folder(folder: Path) -> None:
 
 def replace_whole(path: Path, text: str, partial: Path, mode: int | None = None) -> None:
     """``path`` holds ``text`` whole or keeps what it held: written to ``partial`` beside it (given ``mode``), synced,
-    renamed onto it. A reader never sees half a file, and a failure (a full disk, a folder in its place, a Ctrl-C)
-    leaves no ``partial`` behind."""
+    renamed onto it, the folder synced (unsynced, a power loss could undo the rename: a participant removed came
+    back). A reader never sees half a file, and a failure (a full disk, a folder in its place, a Ctrl-C) leaves no
+    ``partial`` behind."""
     try:
         with partial.open("w", encoding="utf-8") as file:
             file.write(text)
@@ -42,6 +43,7 @@ def replace_whole(path: Path, text: str, partial: Path, mode: int | None = None)
         if mode is not None:
             os.chmod(partial, mode)
         os.replace(partial, path)
+        sync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
