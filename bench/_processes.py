@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,3 +28,17 @@ def child(command: list[str], grace_s: float = GRACE_S, **popen: Any) -> Iterato
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def exit_and_peak_rss(process: subprocess.Popen[Any], timeout_s: float) -> tuple[int, float]:
+    """(exit code, peak RSS in MiB: the kernel's ru_maxrss) of a `child` once it exits by itself; TimeoutError if
+    it has not after `timeout_s` seconds (the `child` block then ends it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_maxrss / 1024  # KiB on Linux
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{' '.join(process.args)} still running after {timeout_s:g} s")
+        time.sleep(0.05)

@@ -102,3 +102,22 @@ def test_runs_at_its_smallest_and_prints_its_figures(name: str, tmp_path: Path) 
     assert run.returncode == 0, run.stderr[-3000:]
     for figure in figures:
         assert re.search(figure, run.stdout, re.MULTILINE), f"{figure!r} not in:\n{run.stdout[-3000:]}"
+
+
+HUNG_WORKER = "import os, sys, time; open(sys.argv[0] + '.pid', 'w').write(str(os.getpid())); time.sleep(600)"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
+def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_path: Path) -> None:
+    """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker with it."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)
+    command = [sys.executable, "-m", f"bench.{name}", "--worker-source", str(tmp_path), "--worker-timeout", "2"]
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=100)
+    assert run.returncode != 0
+    assert "TimeoutError" in run.stderr
+    pid = int((tmp_path / "worker" / "__main__.py.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the hung worker was left running"
