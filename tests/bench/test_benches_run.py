@@ -5,9 +5,11 @@ numbers and verdicts (all jobs completed, every probe answered), never for speed
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +147,23 @@ IMPORT_ONLY = {
 }
 
 
+def run_bench(name: str, arguments: list[str], tmp_path: Path, timeout_s: float = 100) -> subprocess.CompletedProcess:
+    """`python -m bench.<name>` in a session of its own: a bench still running after `timeout_s` is killed with
+    every server it started (a bench killed alone leaves its children running)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)  # what a bench leaves behind goes with the test's folder
+    command = [sys.executable, "-m", f"bench.{name}", *arguments]
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as bench:  # fmt: skip
+        try:
+            stdout, stderr = bench.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.communicate()
+            raise
+    return subprocess.CompletedProcess(command, bench.returncode, stdout, stderr)
+
+
 def test_every_bench_is_run_or_says_why_not() -> None:
     assert sorted([*REAL_RUNS, *IMPORT_ONLY]) == BENCHES
     assert not set(REAL_RUNS) & set(IMPORT_ONLY)
@@ -162,10 +181,7 @@ def test_parses_its_arguments(name: str, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize("name", sorted(REAL_RUNS))
 def test_runs_at_its_smallest_and_prints_its_figures(name: str, tmp_path: Path) -> None:
     arguments, figures = REAL_RUNS[name]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
-    env["TMPDIR"] = str(tmp_path)  # what a bench leaves behind goes with the test's folder
-    run = subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=100)  # fmt: skip
+    run = run_bench(name, arguments, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for figure in figures:
         line = figure.replace("#", NUMBER)
@@ -182,11 +198,28 @@ def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_p
     """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker with it."""
     (tmp_path / "worker").mkdir()
     (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
-    env["TMPDIR"] = str(tmp_path)
-    command = [sys.executable, "-m", f"bench.{name}", "--worker-source", str(tmp_path), "--worker-timeout", "2"]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=100)
+    run = run_bench(name, ["--worker-source", str(tmp_path), "--worker-timeout", "2"], tmp_path)
     assert run.returncode != 0
     assert "TimeoutError" in run.stderr
     pid = int((tmp_path / "worker" / "__main__.py.pid").read_text())
     assert not Path(f"/proc/{pid}").exists(), "the hung worker was left running"
+
+
+@pytest.mark.timeout(60)
+def test_a_bench_past_its_time_is_killed_with_the_servers_it_started(tmp_path: Path) -> None:
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
+    with pytest.raises(subprocess.TimeoutExpired):  # the queue manager and ComfyUI up, the worker hung
+        run_bench("comfyui_reply_memory", ["--worker-source", str(tmp_path)], tmp_path, timeout_s=10)
+    worker = (tmp_path / "worker" / "__main__.py.pid").read_text()
+    assert [pid for pid, command in processes() if pid == worker or str(tmp_path) in command] == []
+
+
+def processes() -> list[tuple[str, str]]:
+    """(pid, command line) of every process still running (a zombie is dead, its parent yet to reap it)."""
+    found = []
+    for pid in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if pid.name.isdigit() and (pid / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append((pid.name, (pid / "cmdline").read_bytes().decode(errors="replace")))
+    return found
