@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,29 @@ def processes() -> list[tuple[str, str]]:
             if pid.name.isdigit() and (pid / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                 found.append((pid.name, (pid / "cmdline").read_bytes().decode(errors="replace")))
     return found
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
+def test_a_bench_stopped_with_sigterm_ends_the_processes_it_started(name: str, tmp_path: Path) -> None:
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
+    pid_file = tmp_path / "worker" / "__main__.py.pid"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)
+    command = [sys.executable, "-m", f"bench.{name}", "--worker-source", str(tmp_path)]
+    with subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True) as bench:
+        try:
+            for _ in range(300):  # the worker up: the bench's servers are too
+                if pid_file.exists() and pid_file.read_text():
+                    break
+                time.sleep(0.1)
+            bench.send_signal(signal.SIGTERM)
+            code = bench.wait(timeout=30)
+            worker = pid_file.read_text()
+            left = [pid for pid, command in processes() if pid == worker or str(tmp_path) in command]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # what the bench left in its session: a failure leaves none
+                os.killpg(bench.pid, signal.SIGKILL)
+    assert left == []
+    assert code == 128 + signal.SIGTERM
