@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +19,7 @@ def child(command: list[str], grace_s: float = GRACE_S, **popen: Any) -> Iterato
     """`command` in its own process (`popen`: subprocess.Popen's keywords), ended on exit however the block ends:
     SIGTERM, then SIGKILL if it is still there after `grace_s` seconds. In a coroutine the exit blocks the event
     loop until the child is gone: the benches leave it once their figures are taken."""
+    _exit_on_sigterm()
     process = subprocess.Popen(command, **popen)
     try:
         yield process
@@ -26,3 +31,28 @@ def child(command: list[str], grace_s: float = GRACE_S, **popen: Any) -> Iterato
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _exit_on_sigterm() -> None:
+    """A bench stopped with SIGTERM (timeout(1), a CI job cancelled) unwinds as on Ctrl-C, so every `child` block
+    ends its process; by default Python dies at once and leaves them running."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_and_peak_rss(process: subprocess.Popen[Any], timeout_s: float) -> tuple[int, float]:
+    """(exit code, peak RSS in MiB: the kernel's ru_maxrss) of a `child` once it exits by itself; TimeoutError if
+    it has not after `timeout_s` seconds (the `child` block then ends it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_maxrss / 1024  # KiB on Linux
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{' '.join(process.args)} still running after {timeout_s:g} s")
+        time.sleep(0.05)

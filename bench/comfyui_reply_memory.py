@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bench._processes import child
+from bench._processes import child, exit_and_peak_rss
 from demo.replicas import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,26 +64,26 @@ def wait_until_up(url: str, path: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def run_worker(source: Path, env: dict[str, str]) -> tuple[int, float]:
+def run_worker(source: Path, env: dict[str, str], timeout_s: float) -> tuple[int, float]:
     """(exit code, peak RSS in MiB) of one `python -m worker` run to its idle exit."""
-    child = subprocess.Popen(
+    with child(
         [sys.executable, "-m", "worker"], cwd=source, env={**env, "PYTHONPATH": str(source)},
         stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
-    )
-    _pid, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, usage.ru_maxrss / 1024  # KiB on Linux
+    ) as worker:  # fmt: skip
+        return exit_and_peak_rss(worker, timeout_s)
 
 
-def one_job(http: httpx.Client, source: Path, env: dict[str, str], workflow: dict[str, Any]) -> dict[str, Any]:
+def one_job(
+    http: httpx.Client, source: Path, env: dict[str, str], workflow: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
     job_id = http.post("/api/jobs", json={"user_id": "bench", "workflow": workflow}).raise_for_status().json()["id"]
-    code, peak_mib = run_worker(source, env)
+    code, peak_mib = run_worker(source, env, timeout_s)
     job = http.get(f"/api/jobs/{job_id}").json()
     return {"worker_exit": code, "worker_peak_rss_mib": round(peak_mib, 1), "job_status": job["status"],
             "job_error": (job.get("error") or "")[:160] or None}
 
 
-def bench(text_mb: float, source: Path) -> dict[str, Any]:
+def bench(text_mb: float, source: Path, worker_timeout_s: float) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="reply-bench-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
@@ -102,8 +102,8 @@ def bench(text_mb: float, source: Path) -> dict[str, Any]:
         wait_until_up(queue_url, "/health")
         wait_until_up(comfy_url, "/system_stats")
         with httpx.Client(base_url=queue_url, timeout=30) as http:
-            baseline = one_job(http, source, env, QUICK)
-            hostile = one_job(http, source, env, workflow)
+            baseline = one_job(http, source, env, QUICK, worker_timeout_s)
+            hostile = one_job(http, source, env, workflow, worker_timeout_s)
     return {
         "worker_source": str(source),
         "workflow_bytes": len(json.dumps(workflow)),
@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=60.0, help="size of the text output (MB); default 60")
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
+    parser.add_argument("--worker-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="a worker still running this long fails the bench; default 600")
     args = parser.parse_args(argv)
-    print(json.dumps(bench(args.mb, args.worker_source.resolve()), indent=2))
+    print(json.dumps(bench(args.mb, args.worker_source.resolve(), args.worker_timeout), indent=2))
 
 
 if __name__ == "__main__":

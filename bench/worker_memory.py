@@ -25,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from bench._processes import child, exit_and_peak_rss
 from queue_manager.server import QueueManagerServer
 from standins.comfyui import ComfyUISimulator
 from standins.comfyui_nodes import NodeEnv, NodeResult
@@ -51,21 +53,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-class WorkerRun:
-    """One `python -m worker` from `source`, its peak RSS once it exited."""
-
-    def __init__(self, source: Path, env: dict[str, str]) -> None:
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "worker"], cwd=source, env={**env, "PYTHONPATH": str(source)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.peak_mib = 0.0
-
-    async def wait(self) -> int:
-        _pid, status, usage = await asyncio.to_thread(os.wait4, self.child.pid, 0)
-        self.child.returncode = os.waitstatus_to_exitcode(status)
-        self.peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
-        return self.child.returncode
+@contextmanager
+def worker_run(source: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """One `python -m worker` from `source`, ended on exit if it is still running (bench._processes)."""
+    with child(
+        [sys.executable, "-m", "worker"], cwd=source, env={**env, "PYTHONPATH": str(source)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ) as worker:  # fmt: skip
+        yield worker
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
@@ -76,27 +71,29 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def many_jobs(qm: QueueManagerServer, source: Path, env: dict[str, str], jobs: int) -> dict[str, Any]:
+async def many_jobs(
+    qm: QueueManagerServer, source: Path, env: dict[str, str], jobs: int, timeout_s: float
+) -> dict[str, Any]:
     ids = [qm.store.submit(f"user{index % 20}", QUICK).id for index in range(jobs)]
-    run = WorkerRun(source, {**env, "SERVERLESS_MAX_IDLE_POLLS": "20"})
     samples = []
-    for index, job_id in enumerate(ids, 1):
-        await wait_for(lambda job_id=job_id: qm.store.get(job_id).status in ("completed", "failed"), 120)
-        if index == 1 or index % max(1, jobs // 10) == 0:
-            samples.append(f"{index}: {rss_mib(run.child.pid):.1f}")
-    await run.wait()
+    with worker_run(source, {**env, "SERVERLESS_MAX_IDLE_POLLS": "20"}) as worker:
+        for index, job_id in enumerate(ids, 1):
+            await wait_for(lambda job_id=job_id: qm.store.get(job_id).status in ("completed", "failed"), timeout_s)
+            if index == 1 or index % max(1, jobs // 10) == 0:
+                samples.append(f"{index}: {rss_mib(worker.pid):.1f}")
+        _code, peak_mib = await asyncio.to_thread(exit_and_peak_rss, worker, timeout_s)
     completed = sum(qm.store.get(job_id).status == "completed" for job_id in ids)
-    return {"jobs": jobs, "completed": completed, "rss_mib_after_n_jobs": samples, "peak_rss_mib": run.peak_mib}
+    return {"jobs": jobs, "completed": completed, "rss_mib_after_n_jobs": samples, "peak_rss_mib": round(peak_mib, 1)}
 
 
-async def one_job(qm: QueueManagerServer, source: Path, env: dict[str, str]) -> dict[str, Any]:
+async def one_job(qm: QueueManagerServer, source: Path, env: dict[str, str], timeout_s: float) -> dict[str, Any]:
     job = qm.store.submit("bench", QUICK)
-    run = WorkerRun(source, env)
     started = time.monotonic()
-    code = await run.wait()
+    with worker_run(source, env) as worker:
+        code, peak_mib = await asyncio.to_thread(exit_and_peak_rss, worker, timeout_s)
     done = qm.store.get(job.id)
     return {
-        "worker_exit": code, "worker_peak_rss_mib": round(run.peak_mib, 1),
+        "worker_exit": code, "worker_peak_rss_mib": round(peak_mib, 1),
         "seconds": round(time.monotonic() - started, 2), "job_status": done.status,
         "job_error": (done.error or "")[:200] or None,
     }  # fmt: skip
@@ -126,7 +123,7 @@ def listing_save(comfy: ComfyUISimulator, outputs: int) -> None:
     comfy.catalogue["SaveImage"] = replace(save, run=run)
 
 
-async def bench(source: Path, jobs: int, flood_mb: int, outputs: int) -> dict[str, Any]:
+async def bench(source: Path, jobs: int, flood_mb: int, outputs: int, timeout_s: float) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     root = Path(tempfile.mkdtemp(prefix="worker-memory-"))
     comfy = ComfyUISimulator(root / "comfy-out", root / "comfy-temp", cache_outputs=False)
@@ -140,14 +137,14 @@ async def bench(source: Path, jobs: int, flood_mb: int, outputs: int) -> dict[st
             "HEALTH_PORT": "0", "HEALTH_HOST": "127.0.0.1", "LOG_FORMAT": "json",
         }  # fmt: skip
         try:
-            report["many_jobs"] = await many_jobs(qm, source, env, jobs)
-            report["quick_job"] = await one_job(qm, source, env)
+            report["many_jobs"] = await many_jobs(qm, source, env, jobs, timeout_s)
+            report["quick_job"] = await one_job(qm, source, env, timeout_s)
             save = comfy.catalogue["SaveImage"]
             flooding_save(comfy, flood_mb)
-            report[f"executed_flood_{flood_mb}_mb"] = await one_job(qm, source, env)
+            report[f"executed_flood_{flood_mb}_mb"] = await one_job(qm, source, env, timeout_s)
             comfy.catalogue["SaveImage"] = save
             listing_save(comfy, outputs)
-            report[f"listing_{outputs}_outputs"] = await one_job(qm, source, env)
+            report[f"listing_{outputs}_outputs"] = await one_job(qm, source, env, timeout_s)
         finally:
             await comfy.stop()
     return report
@@ -159,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=500, help="quick jobs through one worker; default 500")
     parser.add_argument("--flood-mb", type=int, default=200, help="MB of `executed` events of one job; default 200")
     parser.add_argument("--outputs", type=int, default=100_000, help="output files one job lists; default 100000")
+    parser.add_argument("--worker-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="a worker still running (or a job unfinished) this long fails the bench; default 600")
     args = parser.parse_args(argv)
-    report = asyncio.run(bench(args.worker_source.resolve(), args.jobs, args.flood_mb, args.outputs))
+    report = asyncio.run(bench(args.worker_source.resolve(), args.jobs, args.flood_mb, args.outputs,
+                               args.worker_timeout))
     print(json.dumps(report, indent=2))
 
 

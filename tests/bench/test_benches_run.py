@@ -1,14 +1,18 @@
 """Every bench in bench/ still runs: each parses its arguments (`main(["--help"])`), and most run for real at
 their smallest sizes (`python -m bench.<name>`, as docs/benchmarks.md runs them) and print their figures. Nothing
-else runs them, so this is what keeps them from rotting; the figures are not checked (no timing asserts)."""
+else runs them, so this is what keeps them from rotting: every figure line is checked for its shape, units, finite
+numbers and verdicts (all jobs completed, every probe answered), never for speed."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,58 +20,124 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BENCHES = sorted(path.stem for path in (REPO / "bench").glob("*.py") if not path.stem.startswith("_"))
 
-# Each: the smallest arguments the bench accepts, then lines (regular expressions) its figures must print.
+# Each: the smallest arguments the bench accepts, then lines (regular expressions) its figures must print: every
+# figure line, whole, with its units and its verdicts (all answered, none left open); `#` stands for a finite number.
 REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
-    "batch_online_bound": (["--seeds", "1", "--max-replicas", "1"], [r"^\| 1 \| \d+ / "]),
+    "batch_online_bound": (["--seeds", "1", "--max-replicas", "1"],
+                           [r"^\| seed \| ours: intervals / p95 / max \| cheapest plan",
+                            r"^\| 1 \| # / # / # \| (# / # / # \(.+ from # s, .+ from # s\)|none meets the p95) \| "
+                            r"(# / # / # \(.+ from # s, .+ from # s\)|none meets the p95) \| # \|$"]),
     "body_flood": (["--clients", "2", "--seconds", "1", "--after", "0"],
-                   [r'^\{"server": "health", "clients": 2, .*"max_ms": [\d.]+, .*"rss_peak_mb": \d+']),
+                   [r'^\{"server": "health", "clients": 2, "seconds": 1.0, "connections": [1-9]\d*, '
+                    r'"probes": \{"200": [1-9]\d*\}, "p50_ms": #, "max_ms": #, "server_cpu_s": #, "rss_before_mb": #, '
+                    r'"rss_peak_mb": #, "rss_end_mb": #, "after_s": 0.0, "rss_after_mb": #\}$']),
     "comfyui_housekeeping": (["--jobs", "2", "--pad-mib", "0.01"],
-                             [r'"completed": 2', r'"comfyui_history_entries": \d+', r'"comfyui_rss_mib"']),
-    "comfyui_reply_memory": (["--mb", "0.1"], [r'"quick_job"', r'"worker_peak_rss_mib": [\d.]+', r'"text_output_job"']),
+                             [r'"jobs": \{\n +"completed": 2\n +\},\n +"seconds": #,\n +'
+                              r'"comfyui_history_entries": \d+,\n +"comfyui_history_json_mib": #,\n +'
+                              r'"comfyui_rss_mib": \{\n +"before": #,\n +"after": #', r'"one_parsed_prompt_mib": #',
+                              r'"comfyui_output_folder": \{\n +"files": \d+,\n +"bytes": \d+',
+                              r'"comfyui_temp_folder": \{\n +"files": \d+,\n +"bytes": \d+',
+                              r'"outputs_path": \{\n +"files": 2,\n +"bytes": [1-9]\d*']),
+    "comfyui_reply_memory": (["--mb", "0.1"],
+                             [r'"text_output_mb": #',
+                              *(rf'"{job}": \{{\n +"worker_exit": 0,\n +"worker_peak_rss_mib": #,\n +'
+                                r'"job_status": "completed"' for job in ["quick_job", "text_output_job"])]),
     "error_quotes": (["--kib", "4", "--page-mib", "0.01"],
-                     [r"^scrub 4 KiB of letters: [\d.]+ s", r"^quote a 0.01 MiB page of short words: [\d.]+ s"]),
+                     [*(rf"^scrub 4 KiB of {re.escape(shape)}: # s$" for shape in ["letters", "dotted", "query pairs",
+                                                                                 "unended pairs", "%25 runs",
+                                                                                 "https%3A%2F%2F then letters"]),
+                      r"^quote a 0.01 MiB page of short words: # s, # MiB allocated at peak$"]),
     "finish_order": (["--jobs", "50", "--workflow-kb", "1"],
-                     [r"^50 finished jobs, .*first open", r"^a page of 100 completed jobs", r"^a finish numbered by"]),
+                     [r"^50 finished jobs, 1 KiB workflows, # MB: first open \(numbering\) # s, second open # ms$",
+                      *(rf"^a page of 100 completed jobs, newest first, {code}, {where}: # ms \(best of 20\)$"
+                        for code in ["before", "after"] for where in ["first page", "halfway"]),
+                      *(rf"^a finish numbered by the {by}, {result}: # us \({jobs} jobs\)$"
+                        for by in ["update", "trigger"]
+                        for result, jobs in [("2-byte result", 2000), ("1000000-byte result", 200)])]),
     "head_memory": (["--server", "health", "--clients", "2", "--headers", "2", "--field-bytes", "10", "--hold", "0",
-                     "--after-close", "0"], [r'^\{"server": "health", "clients": 2, .*"rss_peak_mb": \d+']),
+                     "--after-close", "0"],
+                    [r'^\{"server": "health", "clients": 2, "headers": 2, "field_bytes": 10, "head_kib": \d+, '
+                     r'"sent_in_s": #, "rss_before_mb": #, "rss_peak_mb": #, "rss_end_mb": #, "open_at_end": 2, '
+                     r'"probe": "200", "after_close_s": 0.0, "rss_closed_mb": #\}$']),
     "idle_connections": (["--server", "health", "--connections", "2", "--kind", "idle"],
-                         [r'^\{"server": "health", "kind": "idle", "connections": 2, "connected": 2']),
-    "job_lists": (["--completed", "20", "--repeats", "1"], [r"^before: .* bytes", r"^after: .* bytes"]),
-    "job_pages": (["--jobs", "20", "--page", "5"], [r"^order=oldest: 20 jobs", r"^order=newest: 20 jobs"]),
-    "ledger_charges": (["--charges", "10"], [r"^buckets kept: \d+; one charge: [\d.]+ µs"]),
-    "malformed_log_lines": (["--requests", "20", "--concurrency", "5"], [r'"answered_400": 20, .*"log_lines": \d+']),
-    "output_downloads": (["--clients", "2", "--file-mb", "1"], [r"^2 clients x 1 MB: 2/2 received whole",
-                                                                 r"^queue manager RSS: before \d+ MB"]),
-    "output_lookups": (["--workflow-mb", "1", "--result-mb", "1", "--downloads", "2"], [r"2 downloads .*: median"]),
+                         [r'^\{"server": "health", "kind": "idle", "connections": 2, "connected": 2, '
+                          r'"server_open_files": \d+, "rss_before_mb": #, "rss_held_mb": #, "kb_per_connection": -?#, '
+                          r'"alive": true, "/health": \{"answers": \{"200": 20\}, "p50_ms": #, "max_ms": #\}, '
+                          r'"/ready": \{"answers": \{"503": 20\}, "p50_ms": #, "max_ms": #\}\}$']),  # no ComfyUI
+    "job_lists": (["--completed", "20", "--repeats", "1"],
+                  [r"^before: status=completed&limit=500: # bytes, # ms \(best of 1\)$",
+                   r"^after: status=completed&limit=50&order=newest: # bytes, # ms \(best of 1\)$"]),
+    "job_pages": (["--jobs", "20", "--page", "5"],
+                  [r"^one page \(all a client could see before\): 5 jobs, # bytes$",
+                   *(rf"^order={order}: 20 jobs in 4 pages, # bytes, # s; first page # ms, last # ms$"
+                     for order in ["oldest", "newest"])]),
+    "ledger_charges": (["--charges", "10"], [r"^buckets kept: \d+; one charge: # µs$"]),
+    "malformed_log_lines": (["--requests", "20", "--concurrency", "5"],
+                            [r'^\{"requests": 20, "answered_400": 20, "in_s": #, "log_lines": 1, "log_bytes": \d+, '
+                             r'"last_line": "Malformed HTTP request refused \(400\)']),
+    "output_downloads": (["--clients", "2", "--file-mb", "1"],
+                         [r"^2 clients x 1 MB: 2/2 received whole, 2 MB in # s \(# MB/s\)$",
+                          r"^queue manager RSS: before # MB, during #-# MB \(\d+ samples\), after # MB, peak # MB$"]),
+    "output_lookups": (["--workflow-mb", "1", "--result-mb", "1", "--downloads", "2"],
+                       [r"^workflow ~1 MB, result ~1 MB, 2 downloads of a 16 KiB output: median # ms, max # ms; "
+                        r"Python's peak allocation # MB$"]),
     "outputs_pruning": (["--orphans", "20", "--young", "5", "--files", "1", "--file-kb", "1"],  # the sweep's mode: ~3 s
-                        [r"^one sweep: 20 deleted in [\d.]+ s; job folders left: 5;", r"^GET /api/queue/status dur"]),
+                        [r"^20 orphan and 5 young job folders, 1 files of 1 KiB each, 20 users$",
+                         r"^one sweep: 20 deleted in # s; job folders left: 5; peak RSS # -> # MB$",
+                         *(rf"^GET /api/queue/status {when}: [1-9]\d* requests, p50 # ms, p99 # ms, max # ms$"
+                           for when in ["before", "during"])]),
     "queue_fairness": (["--pending", "1000", "--finished", "10", "--workflow-kb", "1"],
-                       [r"^round_robin, pending 1,000", r"^  POST /api/jobs: [\d.]+ ms", r"^  store.poll: [\d.]+ ms"]),
-    "queue_load": (["--jobs", "4", "--replicas", "1"], [r'"completed": 4', r'"queue_peak_rss_mib": [\d.]+']),
+                       [r"^round_robin, pending 1,000, finished 10, settings none; median of \d+:$",
+                        *(rf"^  {re.escape(measure)}: # ms$" for measure in [
+                            "POST /api/jobs", "GET /api/jobs/{id} (pending)", "GET /api/jobs, 1000 pending",
+                            "GET next-job", "store.submit", "store.poll"])]),
+    "queue_load": (["--jobs", "4", "--replicas", "1"],
+                   [r'"jobs": 4,\n +"replicas": 1,\n +"completed": 4,\n +"failed": 0,\n +"wall_s": #,\n +'
+                    r'"jobs_per_s": #,\n +"queue_latency_ms_p50": #,\n +"queue_latency_ms_p99": #,\n +'
+                    r'"queue_requests_timed": [1-9]\d*,\n +"queue_peak_rss_mib": #\n\}']),
     "queue_memory": (["--body-mb", "1", "--result-mb", "1", "--views", "5", "--workflow-mb", "1",
                       "--result-views", "3", "--unread", "2", "--unread-s", "0.5"],
-                     [r"^unauthenticated +\d+ MB", r"^20-concurrent +\d+ MB", r"^list-results .*200: 8 jobs",
-                      r"^job-views .*5 x 200", r"^result-views .*3 x 200 .*slowest /health [\d.]+ s",
-                      r"^unread-views .*after 0.5 s: RSS \d+ MB"]),
+                     [r"^scenario +RSS before +RSS after +peak +answers$",
+                      r"^unauthenticated +# MB +# MB +# MB +3 x 401 \(\d+ B answer\)$",
+                      r"^oversized-submit +# MB +# MB +# MB +1 x 4(13|22) \(\d+ B answer\)$",
+                      r"^result-1MB +# MB +# MB +# MB +1 x 404 \(\d+ B answer\)$",
+                      r"^20-concurrent +# MB +# MB +# MB +(\d+ x (404|503) \(\d+ B answer\)(, )?)+$",
+                      r"^list-results +# MB +# MB +# MB +200: 8 jobs, # MB answer$",
+                      r"^job-views +# MB +# MB +# MB +5 x 200 \(\d+ B answer\)$",
+                      r"^result-views +# MB +# MB +# MB +3 x 200 \(1 MB answer\), all in # s; slowest /health # s, "
+                      r"next-job # s$",
+                      r"^unread-views +# MB +# MB +# MB +after 0.5 s: RSS # MB, /health # s$"]),
     "queue_retention": (["--days", "1", "--jobs-per-day", "10", "--workflow-kb", "1", "--report-every", "1"],
-                        [r"^\| 1 \| 10 \| ", r"^status count: "]),
-    "queue_round_robin": (["--finished", "10", "--users", "2", "--workflow-kb", "1"],
-                          [r"^\| 10 \| [\d.]+ \| [\d.]+ \|"]),
+                        [r"^\| 1 \| 10 \| # \| 10 \| # \|$", r"^slowest reaper pass with retention: # ms$",
+                         r"^status count: # ms \(retention\) vs # ms \(kept for good\)$",
+                         r"^first pass over the kept-for-good database: 10 rows purged in # ms$"]),
+    "queue_round_robin": (["--finished", "10", "--users", "2", "--workflow-kb", "1"], [r"^\| 10 \| # \| # \|$"]),
     "rollout_oracle": (["--workload", "studio", "--seeds", "1", "--max-replicas", "3", "--ahead-min", "5"],
-                       [r"^\| 1 \| [\d.]+ / \d+ \| [\d.]+ / \d+ \([1-9]\d*\) \| [\d.]+ / \d+ \| [\d.]+ \| "
-                        r"(yes|no) \|$"]),
-    "runpod_creates": (["--pods", "1", "--latency-s", "0"], [r"^apply\(1\) from 0 pods .*: [\d.]+ s"]),
-    "runpod_stops": (["--pods", "1", "--latency-s", "0"], [r"^pause\(\) of 1 pods .*: [\d.]+ s"]),
-    "scratch_emptying": (["--files", "10", "--size", "1"], [r"^10 files of 1 B .* removed in [\d.]+ s"]),
+                       [r"^\| seed \| ours \| rollout oracle \(overrides\) \| clairvoyant \|",
+                        r"^\| 1 \| # / \d+ \| # / \d+ \([1-9]\d*\) \| # / \d+ \| # \| (yes|no) \|$"]),
+    "runpod_creates": (["--pods", "1", "--latency-s", "0"],
+                       [r"^apply\(1\) from 0 pods at 0 s per request: # s, [1-9]\d* requests, at most 1 in flight$"]),
+    "runpod_stops": (["--pods", "1", "--latency-s", "0"],
+                     [r"^pause\(\) of 1 pods at 0 s per request: # s, [1-9]\d* requests, at most 1 in flight$"]),
+    "scratch_emptying": (["--files", "10", "--size", "1"], [r"^10 files of 1 B \(0 MB\) removed in # s$"]),
     "slow_headers": (["--server", "health", "--clients", "2", "--headers", "2", "--hold", "0"],
-                     [r"^\{'server': 'health', 'clients': 2, .*'probe': 200\}"]),
+                     [r"^\{'server': 'health', 'clients': 2, 'head_kib': \d+, 'rss_before_mb': \d+, "
+                      r"'rss_held_mb': \d+, 'hold_s': 0.0, 'open_after_hold': 0, 'rss_after_hold_mb': \d+, "
+                      r"'probe': 200\}$"]),
     "view_deliveries": (["--file-mib", "1", "--runs", "1"],
-                        [r"^run 1: 1 MiB in [\d.]+ s \(\d+ MiB/s\), longest event-loop stall \d+ ms"]),
+                        [r"^run 1: 1 MiB in # s \(\d+ MiB/s\), longest event-loop stall \d+ ms, "
+                         r"longest step without progress \d+ ms$"]),
     "worker_memory": (["--jobs", "3", "--flood-mb", "1", "--outputs", "100"],  # four workers one after the other: ~5 s
-                      [r'"completed": 3', r'"executed_flood_1_mb": \{\n +"worker_exit": 0',
-                       r'"listing_100_outputs": \{\n +"worker_exit": 0']),
-    "worker_overhead": (["--jobs", "3"], [r'"jobs_per_s": [\d.]+', r'"overhead_ms_p50": [\d.]+']),
+                      [r'"jobs": 3,\n +"completed": 3,\n +"rss_mib_after_n_jobs": \[\n +"1: #",\n +"2: #",\n +'
+                       r'"3: #"\n +\],\n +"peak_rss_mib": #\n',
+                       *(rf'"{run}": \{{\n +"worker_exit": 0,\n +"worker_peak_rss_mib": #,\n +"seconds": #,\n +'
+                         r'"job_status": "completed"' for run in ["quick_job", "executed_flood_1_mb",
+                                                                 "listing_100_outputs"])]),
+    "worker_overhead": (["--jobs", "3"],
+                        [r'"jobs": 3,\n +"history_lag_ms": #,\n +"wall_s": #,\n +"jobs_per_s": #,\n +'
+                         r'"overhead_ms_p50": #,\n +"overhead_ms_p99": #,\n +"overhead_ms_max": #\n\}']),
 }  # fmt: skip
+NUMBER = r"\d+(?:\.\d+)?"  # what `#` stands for: no nan, no inf, no sign
 # Only imported and their arguments parsed, each for the reason given.
 IMPORT_ONLY = {
     "fault_run": "tests/faults/test_fault_run.py runs it reduced (~25 s alone)",
@@ -76,6 +146,23 @@ IMPORT_ONLY = {
     "slow_providers": "paces every tick to the 15 s SCALER_INTERVAL_S: minutes",
     "soak": "churn, hard kills and a drain of minutes are what it measures",
 }
+
+
+def run_bench(name: str, arguments: list[str], tmp_path: Path, timeout_s: float = 100) -> subprocess.CompletedProcess:
+    """`python -m bench.<name>` in a session of its own: a bench still running after `timeout_s` is killed with
+    every server it started (a bench killed alone leaves its children running)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)  # what a bench leaves behind goes with the test's folder
+    command = [sys.executable, "-m", f"bench.{name}", *arguments]
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as bench:  # fmt: skip
+        try:
+            stdout, stderr = bench.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.communicate()
+            raise
+    return subprocess.CompletedProcess(command, bench.returncode, stdout, stderr)
 
 
 def test_every_bench_is_run_or_says_why_not() -> None:
@@ -95,10 +182,71 @@ def test_parses_its_arguments(name: str, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize("name", sorted(REAL_RUNS))
 def test_runs_at_its_smallest_and_prints_its_figures(name: str, tmp_path: Path) -> None:
     arguments, figures = REAL_RUNS[name]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
-    env["TMPDIR"] = str(tmp_path)  # what a bench leaves behind goes with the test's folder
-    run = subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=100)  # fmt: skip
+    run = run_bench(name, arguments, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for figure in figures:
-        assert re.search(figure, run.stdout, re.MULTILINE), f"{figure!r} not in:\n{run.stdout[-3000:]}"
+        line = figure.replace("#", NUMBER)
+        assert re.search(line, run.stdout, re.MULTILINE), f"{figure!r} not in:\n{run.stdout[-3000:]}"
+    assert not re.search(r"\b(nan|inf)\b", run.stdout, re.IGNORECASE), run.stdout[-3000:]
+
+
+HUNG_WORKER = "import os, sys, time; open(sys.argv[0] + '.pid', 'w').write(str(os.getpid())); time.sleep(600)"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
+def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_path: Path) -> None:
+    """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker with it."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
+    run = run_bench(name, ["--worker-source", str(tmp_path), "--worker-timeout", "2"], tmp_path)
+    assert run.returncode != 0
+    assert "TimeoutError" in run.stderr
+    pid = int((tmp_path / "worker" / "__main__.py.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the hung worker was left running"
+
+
+@pytest.mark.timeout(60)
+def test_a_bench_past_its_time_is_killed_with_the_servers_it_started(tmp_path: Path) -> None:
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
+    with pytest.raises(subprocess.TimeoutExpired):  # the queue manager and ComfyUI up, the worker hung
+        run_bench("comfyui_reply_memory", ["--worker-source", str(tmp_path)], tmp_path, timeout_s=10)
+    worker = (tmp_path / "worker" / "__main__.py.pid").read_text()
+    assert [pid for pid, command in processes() if pid == worker or str(tmp_path) in command] == []
+
+
+def processes() -> list[tuple[str, str]]:
+    """(pid, command line) of every process still running (a zombie is dead, its parent yet to reap it)."""
+    found = []
+    for pid in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if pid.name.isdigit() and (pid / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append((pid.name, (pid / "cmdline").read_bytes().decode(errors="replace")))
+    return found
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
+def test_a_bench_stopped_with_sigterm_ends_the_processes_it_started(name: str, tmp_path: Path) -> None:
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
+    pid_file = tmp_path / "worker" / "__main__.py.pid"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)
+    command = [sys.executable, "-m", f"bench.{name}", "--worker-source", str(tmp_path)]
+    with subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True) as bench:
+        try:
+            for _ in range(300):  # the worker up: the bench's servers are too
+                if pid_file.exists() and pid_file.read_text():
+                    break
+                time.sleep(0.1)
+            bench.send_signal(signal.SIGTERM)
+            code = bench.wait(timeout=30)
+            worker = pid_file.read_text()
+            left = [pid for pid, command in processes() if pid == worker or str(tmp_path) in command]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # what the bench left in its session: a failure leaves none
+                os.killpg(bench.pid, signal.SIGKILL)
+    assert left == []
+    assert code == 128 + signal.SIGTERM
