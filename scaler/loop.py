@@ -430,7 +430,9 @@ class ScalerLoop:
     ) -> None:
         m = self.metrics
         m.decisions.labels(reason=decision.reason).inc()
-        m.desired_replicas.set(decision.desired)
+        # Paused (`comfy-scaler stop`), the decision holds the count it sees; the operator asked for none, and
+        # replicas a platform kept up after the stop raised no ComfyReplicasNotStopping.
+        m.desired_replicas.set(0 if observation.deployment_status == PAUSED else decision.desired)
         m.consecutive_failures.set(self.state.consecutive_failures)
         m.last_decision.set(observation.now)
         if observation.verda_error is None:
