@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import signal
 import sys
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
+    # A peer's JSON may carry a lone surrogate (an escaped \\ud800) into what is printed (`status` quotes its
+    # errors); no UTF-8 stream can write one, and the command ended in a traceback. Written escaped instead.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     warn_misspelt_variables(ScalerSettings)
     keep_environment_private()  # a local worker, started without the credentials, must not read them at /proc
     if ignored:

@@ -350,7 +350,7 @@ class ScalerLoop:
             running_elapsed_s=queue.running_elapsed_s if isinstance(queue, QueueStatus) else (),
             running_waited_s=queue.running_waited_s if isinstance(queue, QueueStatus) else (),
             recent_waits_s=queue.recent_waits_s if isinstance(queue, QueueStatus) else (),
-            job_duration_s=self._job_duration(now, queue) if isinstance(queue, QueueStatus) else None,
+            job_duration_s=self._job_duration(queue) if isinstance(queue, QueueStatus) else None,
             # Without listed completions there is no spread to read: a long job is then the typical one.
             long_job_duration_s=long_duration(queue.recent_durations_s, 0.0) or None
             if isinstance(queue, QueueStatus) else None,
@@ -359,10 +359,12 @@ class ScalerLoop:
             elapsed_s=None if self._spend_observed_on is None else self._observed_on - self._spend_observed_on,
         )
 
-    def _job_duration(self, now: float, queue: QueueStatus) -> float:
-        """The median of the listed recent completions; without them, the mean from the counters; else the default."""
+    def _job_duration(self, queue: QueueStatus) -> float:
+        """The median of the listed recent completions; without them, the mean from the counters; else the default.
+        The counters are timed on the clock never stepped: on the wall clock, NTP stepping it an hour forward
+        counted the hour as time the running jobs ran."""
         from_counters = self.durations_from_counters.observe(
-            now, queue.running_jobs, queue.completed_jobs + queue.failed_jobs
+            self._observed_on, queue.running_jobs, queue.completed_jobs + queue.failed_jobs
         )
         return robust_duration(queue.recent_durations_s, from_counters or self.config.default_job_duration_s)
 
@@ -430,7 +432,9 @@ class ScalerLoop:
     ) -> None:
         m = self.metrics
         m.decisions.labels(reason=decision.reason).inc()
-        m.desired_replicas.set(decision.desired)
+        # Paused (`comfy-scaler stop`), the decision holds the count it sees; the operator asked for none, and
+        # replicas a platform kept up after the stop raised no ComfyReplicasNotStopping.
+        m.desired_replicas.set(0 if observation.deployment_status == PAUSED else decision.desired)
         m.consecutive_failures.set(self.state.consecutive_failures)
         m.last_decision.set(observation.now)
         if observation.verda_error is None:

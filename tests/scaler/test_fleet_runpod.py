@@ -174,6 +174,38 @@ async def test_a_running_fleet_holds_every_provider_at_zero_while_the_kill_switc
         await fleet.aclose()
 
 
+async def test_replicas_kept_up_through_the_kill_switch_show_above_the_zero_asked_for(
+    make_fleet, fake_verda: FakeVerda, fake_runpod: FakeRunPod, wall, tmp_path
+):
+    """Before: paused, the decision holds the count it sees (hold_paused) and comfy_scaler_desired_replicas
+    followed the replicas listed, so replicas Verda kept up after `comfy-scaler stop --all` never raised
+    ComfyReplicasNotStopping (actual 2, desired 2). The stop asked for none: desired is 0 while paused."""
+    fleet = make_fleet(fake_runpod, verda_price=0.44, runpod_price=2.99)
+    fleet.stop_file = tmp_path / "ledger.json.stopped"
+    queue = StubQueue()
+    queue.pending = 2
+    loop = ScalerLoop(ScalingConfig(billing_aware=False, target_wait_s=None), fleet, queue, clock=wall)
+    sample = loop.metrics.registry.get_sample_value
+    try:
+        await loop.tick()
+        kept = list(fake_verda.deployments[DEPLOYMENT].replicas)
+        assert len(kept) == 2
+        fleet.stop_file.write_text("stopped\n")
+        wall.advance(15)
+        assert (await loop.tick()).reason == "hold_paused"
+        fake_verda.deployments[DEPLOYMENT].replicas[:] = kept  # Verda took the stop and kept the replicas up
+        wall.advance(15)
+        assert (await loop.tick()).reason == "hold_paused"
+        assert (sample("comfy_scaler_actual_replicas"), sample("comfy_scaler_desired_replicas")) == (2, 0)
+
+        fleet.stop_file.unlink()  # `comfy-scaler resume`: the decision's count again
+        wall.advance(15)
+        decision = await loop.tick()
+        assert sample("comfy_scaler_desired_replicas") == decision.desired == 2
+    finally:
+        await fleet.aclose()
+
+
 # --- the kill switch reads only what stopping RunPod's pods needs ------------------------------------------------
 
 SPEC = (Path(__file__).resolve().parents[2] / "verda" / "deployment.toml").read_text()

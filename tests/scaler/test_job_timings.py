@@ -143,3 +143,30 @@ async def test_without_listed_completions_the_duration_comes_from_the_counters(b
                 clock.now += 20
     assert learned[0] == 180.0  # the default until three jobs have finished
     assert learned[-1] == pytest.approx(40.0, rel=0.1)
+
+
+async def test_a_wall_clock_stepped_forward_does_not_count_the_step_as_time_jobs_ran(backend):
+    """Before: the counters' estimate measured the busy replica-seconds on the wall clock, so NTP stepping it an hour
+    forward counted the hour as run time: two replicas running 40 s jobs made the mean job up to 1,850 s, and still
+    440 s ten minutes on. Measured on the clock never stepped: 40 s."""
+    clock, boot = Clock(1_700_000_000.0), Clock(5_000.0)
+    async with QueueManagerServer(clock=clock, test_hooks=True) as server:
+        server.faults.inject("list-jobs", status=200, body=[], times=1000)  # comfy-multi's answer
+        store = server.store
+        backend.clock = clock
+        running = []
+        async with QueueStatusReader(server.url) as reader:
+            loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock, monotonic=boot)
+            learned = []
+            for step in range(40):  # a tick every 20 s
+                if step % 2 == 0:
+                    for job in running:
+                        store.complete(job.id, {})
+                    running = [store.submit("alice", WORKFLOW) for _ in range(2)]
+                    for _ in running:
+                        store.pop_next("w1", server.mode)
+                learned.append((await loop.tick()).details["job_duration_s"])
+                clock.now += 20 + (3600 if step == 20 else 0)
+                boot.now += 20
+    assert learned[20] == pytest.approx(40.0, rel=0.1)
+    assert learned[21:] == pytest.approx([40.0] * 19, rel=0.25)

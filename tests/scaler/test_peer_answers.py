@@ -248,6 +248,22 @@ async def test_a_secret_verda_echoes_never_reaches_status_or_the_decision_log(cl
     assert secret not in shown
 
 
+@pytest.mark.parametrize("peer", ["queue manager", "verda"])
+async def test_a_lone_surrogate_a_peer_sends_is_shown_escaped_by_status_not_a_traceback(cli_env, qm, fake_verda, capsys,
+                                                                                       monkeypatch, peer):
+    # Before: JSON may escape a lone UTF-16 surrogate ("\\ud800"), which no UTF-8 stream can write: `status` quoted
+    # the answer in its table and ended in UnicodeEncodeError (a traceback, exit 1) instead of naming the error.
+    monkeypatch.setenv("SCALER_PRICE_PER_REPLICA_HOUR", "2.3")
+    if peer == "verda":
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 400, times=20,
+                             body={"code": "invalid_request", "message": "odd \ud800 text"})
+    else:
+        qm.faults.inject("queue-status", status=200, body='"odd \\ud800 text"', times=20)
+    assert await asyncio.to_thread(main, ["status"]) == 1
+    shown = capsys.readouterr().out
+    assert "unreadable" in shown and "\\ud800" in shown  # the table may wrap the text around it
+
+
 @pytest.mark.parametrize("command", [["status", "--json"], ["once", "--dry-run"]])
 async def test_an_access_token_verda_echoes_never_reaches_status_or_the_log(cli_env, fake_verda, capsys, command,
                                                                             monkeypatch):
