@@ -103,6 +103,9 @@ BODY_MIN_BYTES_PER_S = 16 * 1024
 # largest reports fit. One that finds no room within BODY_BUDGET_WAIT_S is 503; the worker retries.
 BODIES_IN_FLIGHT_BYTES = 128 * _MiB
 BODY_BUDGET_WAIT_S = 10.0
+# Requests waiting for that room at once: aiohttp reads on into each one's buffers meanwhile (~0.65 MB), so 200
+# waiting took the queue manager from 63 to 196 MB. Past this many, one that finds no room is 503 at once.
+BODIES_WAITING_MAX = 16
 # A body declaring at most this reserves nothing before it arrives: a reservation is taken before a byte does, so
 # three clients declaring 51 MiB and sending a byte a minute held the whole budget and every report of a few KB
 # waited, then 503. Such bodies take what their clients really send, as it arrives, from a budget of their own
@@ -178,6 +181,7 @@ class BodyBudget:
 
     def __init__(self, *, answers: bool = False) -> None:
         self.held = 0
+        self.waiting = 0
         self._answers = answers
         self._changed = asyncio.Condition()
 
@@ -199,13 +203,18 @@ class BodyBudget:
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
         """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S (for
-        answers ANSWER_BUDGET_WAIT_S)."""
+        answers ANSWER_BUDGET_WAIT_S); for bodies at once when BODIES_WAITING_MAX wait already."""
+        if self.held + size > self.limit and not self._answers and self.waiting >= BODIES_WAITING_MAX:
+            raise BodyBudgetFull
+        self.waiting += 1
         try:
             async with self._changed, asyncio.timeout(ANSWER_BUDGET_WAIT_S if self._answers else BODY_BUDGET_WAIT_S):
                 await self._changed.wait_for(lambda: self.held + size <= self.limit)
                 self.held += size
         except TimeoutError:
             raise BodyBudgetFull from None
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:
@@ -897,9 +906,10 @@ def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any
         except BodyBudgetFull:
             pass
         log.warning("request_body_budget_full", path=request.path, needs=size, held=full.held)
+        waiting = f", {full.waiting} more wait for room," if full.waiting else ""
         response = _detail(
             503,
-            f"Busy: request bodies being read hold {full.held} of {full.limit} bytes and this one "
+            f"Busy: request bodies being read hold {full.held} of {full.limit} bytes{waiting} and this one "
             f"needs {size}; retry shortly",
         )
         response.headers["Retry-After"] = "1"
