@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from common.log_throttle import LogThrottle
 from common.waiting_connections import WaitingConnections
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
@@ -54,7 +55,7 @@ from queue_manager.models import (
 )
 from queue_manager.outputs import NOT_SERVED, OutputFileResponse, OutputNotServed, download_headers, listed_output
 from queue_manager.participants import ParticipantsFile
-from queue_manager.refusal_log import refusal_log_middleware
+from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, refusal_log_middleware
 from queue_manager.reports import Report, ReportLog
 from queue_manager.store import (
     Fence,
@@ -383,6 +384,7 @@ class QueueApi:
         self._steady_clock = steady_clock
         self._started_at = steady_clock()
         self._answers = BodyBudget(answers=True)
+        self._answers_full_log = LogThrottle(REFUSAL_LOG_EVERY_S)
 
     @property
     def extensions(self) -> bool:
@@ -562,7 +564,9 @@ class QueueApi:
                 return await answer()
         except BodyBudgetFull:
             pass
-        log.warning("answer_budget_full", path=request.path, needs=size, held=self._answers.held)
+        if (refused := self._answers_full_log.occurred()) is not None:
+            log.warning("answer_budget_full", path=request.path, needs=size, held=self._answers.held,
+                        more_since_last=refused - 1)
         response = _detail(
             503,
             f"Busy: answers being sent hold {self._answers.held} of {ANSWERS_IN_FLIGHT_BYTES} bytes and this one "
@@ -883,6 +887,8 @@ def _refused(request: web.Request, status: int, detail: str) -> web.Response:
 
 
 def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any:
+    full_log = LogThrottle(REFUSAL_LOG_EVERY_S)
+
     @web.middleware
     async def bound_bodies_together(request: web.Request, handler: Handler) -> web.StreamResponse:
         limit = BODY_LIMITS.get(_endpoint(request) or "")
@@ -905,7 +911,9 @@ def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any
                 return await handler(request)
         except BodyBudgetFull:
             pass
-        log.warning("request_body_budget_full", path=request.path, needs=size, held=full.held)
+        if (refused := full_log.occurred()) is not None:
+            log.warning("request_body_budget_full", path=request.path, needs=size, held=full.held,
+                        more_since_last=refused - 1)
         waiting = f", {full.waiting} more wait for room," if full.waiting else ""
         response = _detail(
             503,

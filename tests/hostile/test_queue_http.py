@@ -728,6 +728,31 @@ async def test_past_the_cap_of_bodies_waiting_for_room_one_more_is_503_at_once(
     assert queue.store.get(job.id).status is JobStatus.FAILED
 
 
+async def test_a_flood_refused_for_want_of_room_logs_one_line_not_one_each(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refusal of the bodies' or the answers' budget logged a warning, unthrottled: a client repeating one
+    wrote a line each. The first is logged, then one a minute at most, counting the rest."""
+    job, _, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=200_000)
+    monkeypatch.setattr(app, "BODIES_WAITING_MAX", 0, raising=False)
+    monkeypatch.setattr(app, "ANSWERS_IN_FLIGHT_BYTES", 100_000, raising=False)
+    monkeypatch.setattr(app, "ANSWER_BUDGET_WAIT_S", 0.0, raising=False)
+    large_id, _ = completed_with_a_large_result(queue, 200_000)
+    try:
+        with capture_logs() as logs:
+            async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+                for _ in range(20):
+                    refused = await client.post("/api/workers/fail-job", params={"job_id": job.id},
+                                                content=b" " * 150_000)
+                    assert refused.status_code == 503, refused.text[:300]
+                    assert (await client.get(f"/api/jobs/{large_id}")).status_code == 503
+    finally:
+        holder.close()
+    for event in ("request_body_budget_full", "answer_budget_full"):
+        lines = [line for line in logs if line["event"] == event]
+        assert [line.get("more_since_last") for line in lines] == [0], lines
+
+
 async def test_a_compressed_body_reserves_its_routes_limit_not_its_declared_length(
     queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
