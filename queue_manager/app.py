@@ -610,7 +610,8 @@ class QueueApi:
             opened = await asyncio.to_thread(listed_output, root, job.user_id, job_id, job.paths, asked)
         except OutputNotServed as exc:
             return _detail(exc.status, exc.detail)
-        return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name))
+        return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name),
+                                  slice_bytes=ANSWER_CHUNK_BYTES, stall_timeout_s=ANSWER_STALL_TIMEOUT_S)
 
     async def list_jobs(self, request: web.Request) -> web.StreamResponse:
         """A page of jobs. One holding more than UNCOUNTED_ANSWER_BYTES of stored JSON reserves that from the
