@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from common.log_throttle import LogThrottle
 from common.waiting_connections import WaitingConnections
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
@@ -54,7 +55,7 @@ from queue_manager.models import (
 )
 from queue_manager.outputs import NOT_SERVED, OutputFileResponse, OutputNotServed, download_headers, listed_output
 from queue_manager.participants import ParticipantsFile
-from queue_manager.refusal_log import refusal_log_middleware
+from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, refusal_log_middleware
 from queue_manager.reports import Report, ReportLog
 from queue_manager.store import (
     Fence,
@@ -103,6 +104,9 @@ BODY_MIN_BYTES_PER_S = 16 * 1024
 # largest reports fit. One that finds no room within BODY_BUDGET_WAIT_S is 503; the worker retries.
 BODIES_IN_FLIGHT_BYTES = 128 * _MiB
 BODY_BUDGET_WAIT_S = 10.0
+# Requests waiting for that room at once: aiohttp reads on into each one's buffers meanwhile (~0.65 MB), so 200
+# waiting took the queue manager from 63 to 196 MB. Past this many, one that finds no room is 503 at once.
+BODIES_WAITING_MAX = 16
 # A body declaring at most this reserves nothing before it arrives: a reservation is taken before a byte does, so
 # three clients declaring 51 MiB and sending a byte a minute held the whole budget and every report of a few KB
 # waited, then 503. Such bodies take what their clients really send, as it arrives, from a budget of their own
@@ -178,6 +182,7 @@ class BodyBudget:
 
     def __init__(self, *, answers: bool = False) -> None:
         self.held = 0
+        self.waiting = 0
         self._answers = answers
         self._changed = asyncio.Condition()
 
@@ -199,13 +204,18 @@ class BodyBudget:
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
         """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S (for
-        answers ANSWER_BUDGET_WAIT_S)."""
+        answers ANSWER_BUDGET_WAIT_S); for bodies at once when BODIES_WAITING_MAX wait already."""
+        if self.held + size > self.limit and not self._answers and self.waiting >= BODIES_WAITING_MAX:
+            raise BodyBudgetFull
+        self.waiting += 1
         try:
             async with self._changed, asyncio.timeout(ANSWER_BUDGET_WAIT_S if self._answers else BODY_BUDGET_WAIT_S):
                 await self._changed.wait_for(lambda: self.held + size <= self.limit)
                 self.held += size
         except TimeoutError:
             raise BodyBudgetFull from None
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:
@@ -374,6 +384,7 @@ class QueueApi:
         self._steady_clock = steady_clock
         self._started_at = steady_clock()
         self._answers = BodyBudget(answers=True)
+        self._answers_full_log = LogThrottle(REFUSAL_LOG_EVERY_S)
 
     @property
     def extensions(self) -> bool:
@@ -553,7 +564,9 @@ class QueueApi:
                 return await answer()
         except BodyBudgetFull:
             pass
-        log.warning("answer_budget_full", path=request.path, needs=size, held=self._answers.held)
+        if (refused := self._answers_full_log.occurred()) is not None:
+            log.warning("answer_budget_full", path=request.path, needs=size, held=self._answers.held,
+                        more_since_last=refused - 1)
         response = _detail(
             503,
             f"Busy: answers being sent hold {self._answers.held} of {ANSWERS_IN_FLIGHT_BYTES} bytes and this one "
@@ -597,7 +610,8 @@ class QueueApi:
             opened = await asyncio.to_thread(listed_output, root, job.user_id, job_id, job.paths, asked)
         except OutputNotServed as exc:
             return _detail(exc.status, exc.detail)
-        return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name))
+        return OutputFileResponse(opened, headers=download_headers(PurePosixPath(asked).name),
+                                  slice_bytes=ANSWER_CHUNK_BYTES, stall_timeout_s=ANSWER_STALL_TIMEOUT_S)
 
     async def list_jobs(self, request: web.Request) -> web.StreamResponse:
         """A page of jobs. One holding more than UNCOUNTED_ANSWER_BYTES of stored JSON reserves that from the
@@ -874,6 +888,8 @@ def _refused(request: web.Request, status: int, detail: str) -> web.Response:
 
 
 def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any:
+    full_log = LogThrottle(REFUSAL_LOG_EVERY_S)
+
     @web.middleware
     async def bound_bodies_together(request: web.Request, handler: Handler) -> web.StreamResponse:
         limit = BODY_LIMITS.get(_endpoint(request) or "")
@@ -896,10 +912,13 @@ def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any
                 return await handler(request)
         except BodyBudgetFull:
             pass
-        log.warning("request_body_budget_full", path=request.path, needs=size, held=full.held)
+        if (refused := full_log.occurred()) is not None:
+            log.warning("request_body_budget_full", path=request.path, needs=size, held=full.held,
+                        more_since_last=refused - 1)
+        waiting = f", {full.waiting} more wait for room," if full.waiting else ""
         response = _detail(
             503,
-            f"Busy: request bodies being read hold {full.held} of {full.limit} bytes and this one "
+            f"Busy: request bodies being read hold {full.held} of {full.limit} bytes{waiting} and this one "
             f"needs {size}; retry shortly",
         )
         response.headers["Retry-After"] = "1"

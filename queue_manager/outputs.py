@@ -9,12 +9,14 @@ can be named. The file sent is the one opened then, even if its name is swapped 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import os
 import stat
 from collections.abc import Collection
 from pathlib import Path
+from typing import IO, Any
 from urllib.parse import quote
 
 import structlog
@@ -203,15 +205,37 @@ class OutputFileResponse(web.FileResponse):
     very file, whatever its name on the volume leads to by then. And FileResponse would send a `NAME.gz` or `NAME.br`
     lying beside it, to a client accepting gzip or br, in its place, a file no result lists."""
 
-    def __init__(self, opened: io.FileIO, headers: dict[str, str]) -> None:
+    def __init__(self, opened: io.FileIO, headers: dict[str, str], *, slice_bytes: int, stall_timeout_s: float) -> None:
         super().__init__(f"{PROC_FDS}/{opened.fileno()}", headers=headers)
         self._opened = opened
+        self._slice_bytes = slice_bytes
+        self._stall_timeout_s = stall_timeout_s
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         try:
             return await super().prepare(request)
         finally:
             self._opened.close()  # FileResponse opened its own, or never will
+
+    async def _sendfile(self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:
+        """FileResponse's, `slice_bytes` at a time, each within `stall_timeout_s`, else the connection is closed: a
+        client that stopped reading held its connection and the open file for good (aiohttp has no write timeout)."""
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        loop, transport = asyncio.get_running_loop(), request.transport
+        for start in range(offset, offset + count, self._slice_bytes):
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("Connection lost")
+            try:
+                async with asyncio.timeout(self._stall_timeout_s):
+                    await loop.sendfile(transport, fobj, start, min(self._slice_bytes, offset + count - start))
+            except TimeoutError:
+                log.info("output_write_stalled", path=request.path, bytes_sent=start - offset, bytes=count,
+                         timeout_s=self._stall_timeout_s)
+                transport.abort()
+                return writer
+        await web.StreamResponse.write_eof(self)
+        return writer
 
     def _get_file_path_stat_encoding(self, accept_encoding: str) -> tuple[Path | None, os.stat_result, str | None]:
         return super()._get_file_path_stat_encoding("")

@@ -700,12 +700,22 @@ class JobStore:
 
     def renew_all_leases(self, *, clock_step_s: float = 0) -> int:
         """Renew every running job's lease now: time the queue itself was down is not a worker's silence. A step
-        of the wall clock moves the running jobs' start with it: no job ran for it."""
+        of the wall clock moves the running jobs' start with it: no job ran for it. A step forward moves the
+        finished jobs' times and the workers' last sightings too: they did not age by it (the retention deleted
+        them early). A step back leaves them, kept longer: one finished after the step, before a pass saw it, would
+        move back and be deleted early."""
         with self._transaction() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET lease_at = ?, started_at = started_at + ? WHERE status = ?",
                 (self._clock(), clock_step_s, JobStatus.RUNNING.value),
             )
+            if clock_step_s > 0:
+                conn.execute(
+                    "UPDATE jobs SET completed_at = completed_at + ?1, started_at = started_at + ?1,"
+                    " lease_at = lease_at + ?1 WHERE status IN ('completed', 'failed', 'cancelled')",
+                    (clock_step_s,),
+                )
+                conn.execute("UPDATE workers SET last_seen = last_seen + ?", (clock_step_s,))
             return cursor.rowcount
 
     def renew_leases_for_downtime(self) -> int:

@@ -704,6 +704,55 @@ async def test_declared_bodies_that_never_arrive_do_not_hold_up_an_ordinary_repo
         holder.close()
 
 
+async def test_past_the_cap_of_bodies_waiting_for_room_one_more_is_503_at_once(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests waiting for room in the budget were uncapped, and aiohttp reads on into each one's buffers while it
+    waits: 200 complete-jobs declaring 51 MiB behind two holders took the queue manager from 63 to 196 MB. Here (a
+    minute to wait, one waiter at most) the second waiter is 503 at once; the first lands once the holder goes."""
+    job, _, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=200_000)
+    monkeypatch.setattr(app, "BODY_BUDGET_WAIT_S", 60.0, raising=False)
+    monkeypatch.setattr(app, "BODIES_WAITING_MAX", 1, raising=False)
+    report = json.dumps({"error": "x" * 9000}).encode() + b" " * 140_000
+    async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+        waiter = asyncio.create_task(client.post("/api/workers/fail-job", params={"job_id": job.id}, content=report))
+        await asyncio.sleep(0.2)
+        try:
+            refused = await client.post("/api/workers/fail-job", params={"job_id": job.id}, content=report)
+        finally:
+            holder.close()  # its reservation ends with it: the waiter's turn
+        assert refused.status_code == 503, refused.text[:300]
+        assert "1 more wait for room" in refused.json()["detail"]
+        assert refused.headers["Retry-After"] == "1"
+        assert (await waiter).status_code == 200
+    assert queue.store.get(job.id).status is JobStatus.FAILED
+
+
+async def test_a_flood_refused_for_want_of_room_logs_one_line_not_one_each(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refusal of the bodies' or the answers' budget logged a warning, unthrottled: a client repeating one
+    wrote a line each. The first is logged, then one a minute at most, counting the rest."""
+    job, _, holder = await running_job_and_a_body_held(queue, monkeypatch, declared=200_000)
+    monkeypatch.setattr(app, "BODIES_WAITING_MAX", 0, raising=False)
+    monkeypatch.setattr(app, "ANSWERS_IN_FLIGHT_BYTES", 100_000, raising=False)
+    monkeypatch.setattr(app, "ANSWER_BUDGET_WAIT_S", 0.0, raising=False)
+    large_id, _ = completed_with_a_large_result(queue, 200_000)
+    try:
+        with capture_logs() as logs:
+            async with httpx.AsyncClient(base_url=queue.url, timeout=10) as client:
+                for _ in range(20):
+                    refused = await client.post("/api/workers/fail-job", params={"job_id": job.id},
+                                                content=b" " * 150_000)
+                    assert refused.status_code == 503, refused.text[:300]
+                    assert (await client.get(f"/api/jobs/{large_id}")).status_code == 503
+    finally:
+        holder.close()
+    for event in ("request_body_budget_full", "answer_budget_full"):
+        lines = [line for line in logs if line["event"] == event]
+        assert [line.get("more_since_last") for line in lines] == [0], lines
+
+
 async def test_a_compressed_body_reserves_its_routes_limit_not_its_declared_length(
     queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -380,6 +381,39 @@ async def test_no_descriptor_is_left_open_after_many_downloads_finished_refused_
             assert held_open_under(volume), "the download is under way"
         # leaving the block unread closes the connection mid-download
     await wait_until(lambda: not held_open_under(volume))
+
+
+async def test_a_download_left_unread_is_cut_off_and_its_file_closed(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that stopped reading a download held its connection and the open file for good (aiohttp has no
+    write timeout, and the connections' cap never closes one being answered): a 30 MiB output left unread 8 s
+    was still all there to read. Each slice must now go within the stall timeout (here 0.5 s), as answers do."""
+    monkeypatch.setattr(queue_manager_app, "ANSWER_STALL_TIMEOUT_S", 0.5)
+    big = os.urandom(1 << 20) * 30
+    job_id, [large] = await completed_job(queue, client, "alice", {"b.mp4": big})
+    host, port = queue.url.removeprefix("http://").split(":")
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(f"GET {output_url(job_id, large)} HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {tokens['alice']}\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        await wait_until(lambda: held_open_under(volume))  # the download is under way
+        await wait_until(lambda: not held_open_under(volume))  # cut off: the file closed while nothing was read
+        received = b""
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await reader.read(1 << 20):
+                    received += chunk
+        assert len(received) < len(big), "the connection was closed mid-download"
+    finally:
+        writer.close()
+    assert (await client.get(output_url(job_id, large), headers=bearer(tokens["alice"]))).content == big
 
 
 PR_CAPBSET_DROP = 24  # linux/prctl.h

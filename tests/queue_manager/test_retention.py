@@ -313,3 +313,26 @@ async def test_a_tiny_interval_or_lease_never_spins_the_reaper(tmp_path: Path, a
     await task
     store.close()
     assert passes <= 40, passes
+
+
+def test_a_wall_clock_stepped_forward_does_not_age_finished_jobs_or_workers(
+    store: JobStore, clock: FakeClock
+) -> None:
+    """Retention counted by the wall clock alone: NTP stepping a host's clock two days forward (it was behind) had
+    every job finished in the last two days deleted at the next pass, outputs and all, as if it had aged by the
+    step. The step is seen, as the leases see it: each job, and each worker, keeps its full day."""
+    steady = FakeClock(50.0)
+    reaper = JobReaper(store, job_timeout_s=3600, interval_s=60, clock=clock, steady_clock=steady,
+                       finished_job_retention_s=DAY)
+    jobs = [finished(store, status) for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)]
+    clock.advance(2 * DAY)  # a minute passes, and the clock is stepped
+    steady.advance(60)
+    reaper.run_pass()
+    assert all(store.get(job_id) is not None for job_id in jobs), "finished a minute ago"
+    assert store.last_heartbeat("w") == clock.now - 60
+    for elapsed in (DAY - 61, 2):
+        clock.advance(elapsed)
+        steady.advance(elapsed)
+        reaper.run_pass()
+    assert [store.get(job_id) for job_id in jobs] == [None, None, None], "a day and a second old"
+    assert store.last_heartbeat("w") is None
