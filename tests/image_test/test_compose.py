@@ -51,3 +51,33 @@ def test_queue_manager_healthcheck_bypasses_the_containers_http_proxy(monkeypatc
     down = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert up.returncode == 0, up.stderr
     assert down.returncode != 0  # and a queue manager that is not there is unhealthy
+
+
+def worker_setting(line: str) -> tuple[str, str] | None:
+    """(variable, the value it has when the shell leaves it unset) of an environment line `NAME: ${NAME:-default}`."""
+    found = re.fullmatch(r"\s*([A-Z_]+): \$\{\1:-([^}]*)\}\s*(#.*)?", line)
+    return (found[1], found[2]) if found else None
+
+
+def test_a_worker_that_exits_cleanly_is_started_again():
+    """SERVERLESS_MODE=true in the shell: the worker exited 0 after its idle polls, `restart: on-failure` left it
+    stopped, and every job submitted later stayed queued for ever."""
+    lines = service_lines("worker")
+    assert "SERVERLESS_MODE" in dict(filter(None, map(worker_setting, lines)))
+    restart = next(line.split(":", 1)[1].split("#")[0].strip() for line in lines if line.strip().startswith("restart:"))
+    assert restart in ("always", "unless-stopped")
+
+
+def test_the_workers_pass_through_settings_default_to_the_workers_own(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from worker.config import WorkerSettings
+
+    passed = dict(filter(None, map(worker_setting, service_lines("worker"))))
+    for variable in ("SERVERLESS_MAX_IDLE_POLLS", "SERVERLESS_JOB_LIMIT", "WORKER_POLL_INTERVAL"):
+        assert variable in passed, f"{variable} is not passed to the worker"
+    monkeypatch.setenv("QUEUE_MANAGER_URL", "http://queue-manager:8080")
+    for variable in [name for name in os.environ if name.startswith(("SERVERLESS_", "WORKER_"))]:
+        monkeypatch.delenv(variable)
+    defaults = WorkerSettings(_env_file=None).model_dump(exclude={"worker_id"})  # a random one each time
+    from_compose = WorkerSettings(_env_file=None, **passed).model_dump(exclude={"worker_id"})
+    assert from_compose == defaults
