@@ -48,6 +48,14 @@ class Report:
         print(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}", flush=True)
         return passed
 
+    def run(self, step: Callable[..., None], *args: Any) -> None:
+        """``step(*args, self)``, which reports its own checks. One that raises (a peer that went away, a docker
+        command that failed) is a FAIL line naming it, and the checks after it still run."""
+        try:
+            step(*args, self)
+        except Exception as exc:
+            self.check(step.__name__.strip("_").replace("_", " "), False, f"{type(exc).__name__}: {exc}")
+
     @property
     def failed(self) -> int:
         return sum(not passed for _, passed, _ in self.results)
@@ -185,15 +193,19 @@ def sha256_of(path: Path) -> str:
 
 def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     report = Report()
-    _no_apt_cache(docker, image, report)
-    queue = QueueManager(workdir)
+    report.run(_no_apt_cache, docker, image)
+    try:
+        queue = QueueManager(workdir)
+    except Exception as exc:  # every check below submits jobs to it
+        report.check("the queue manager answers", False, f"{type(exc).__name__}: {exc}")
+        return report
     try:
         with outputs_dir(workdir, "outputs", IMAGE_UID) as outputs:
-            _serve_jobs(docker, image, workdir, queue, outputs, report)
+            report.run(_serve_jobs, docker, image, workdir, queue, outputs)
         with outputs_dir(workdir, "outputs-root-owned", 0) as root_owned:
-            _root_owned_outputs(docker, image, queue, root_owned, report)
+            report.run(_root_owned_outputs, docker, image, queue, root_owned)
         with outputs_dir(workdir, "outputs-serverless", IMAGE_UID) as outputs:
-            _serverless_idle_exit(docker, image, workdir, queue, outputs, report)
+            report.run(_serverless_idle_exit, docker, image, workdir, queue, outputs)
     finally:
         queue.close()
     return report
@@ -241,14 +253,14 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
         except TimeoutError as exc:
             report.check("/ready 200 once the real ComfyUI answers", False, f"{exc}; state {container.state()}")
             return
-        _process_owners(docker, container, report)
-        _jobs_delivered(queue, jobs, invalid, outputs, report)
-        _carried_image_loaded(queue, carried, outputs, report)
-        _carried_image_deleted(docker, container, report)
-        _comfyui_tidied(docker, container, queue, [*jobs, carried], report)
-        _metrics_count(container, report)
-        _docker_healthy(container, report)
-        _stop_cleanly(docker, container, report)
+        report.run(_process_owners, docker, container)
+        report.run(_jobs_delivered, queue, jobs, invalid, outputs)
+        report.run(_carried_image_loaded, queue, carried, outputs)
+        report.run(_carried_image_deleted, docker, container)
+        report.run(_comfyui_tidied, docker, container, queue, [*jobs, carried])
+        report.run(_metrics_count, container)
+        report.run(_docker_healthy, container)
+        report.run(_stop_cleanly, docker, container)
     finally:
         log = container.save_logs(workdir)
         if report.failed:
@@ -434,8 +446,12 @@ def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: Queu
     finally:
         container.save_logs(workdir)
         container.remove()
-    _uploads_loaded(queue, loaded, missing, outputs, report)
-    job = queue.job(inverted)
+    report.run(_uploads_loaded, queue, loaded, missing, outputs)
+    report.run(_custom_node_ran, queue, inverted)
+
+
+def _custom_node_ran(queue: QueueManager, job_id: str, report: Report) -> None:
+    job = queue.job(job_id)
     results = (job.get("result") or {}).get("outputs", [])
     report.check("a job runs through the custom node", job["status"] == "completed" and len(results) == 1,
                  f"{job['status']}: {job.get('error') or ''}; {len(results)} result files")
