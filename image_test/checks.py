@@ -32,6 +32,7 @@ HEALTH_MARGIN_S = 3.0
 READY_TIMEOUT_S = 300
 JOBS_TIMEOUT_S = 300
 DOCKER_HEALTHY_TIMEOUT_S = 90
+DOCKER_UNHEALTHY_TIMEOUT_S = 30
 STOP_WITHIN_S = 30
 SERVERLESS_EXIT_TIMEOUT_S = 300
 JOB_USERS = ("alice", "bob", "alice")
@@ -194,6 +195,7 @@ def sha256_of(path: Path) -> str:
 def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     report = Report()
     report.run(_no_apt_cache, docker, image)
+    report.run(_docker_unhealthy, docker, image)
     try:
         queue = QueueManager(workdir)
     except Exception as exc:  # every check below submits jobs to it
@@ -378,6 +380,33 @@ def _docker_healthy(container: Container, report: Report) -> None:
         report.check("Docker HEALTHCHECK reports healthy", True, "healthy")
     except TimeoutError:
         report.check("Docker HEALTHCHECK reports healthy", False, json.dumps(container.state().get("Health")))
+
+
+def _docker_unhealthy(docker: Docker, image: str, report: Report) -> None:
+    """The image's HEALTHCHECK with no health server to answer (sleep in place of the supervisor), probed every
+    second: Docker says unhealthy, so the "healthy" above is the probe's answer, not a HEALTHCHECK that always
+    passes."""
+    name = "Docker HEALTHCHECK reports unhealthy when the health server does not answer"
+    container = "comfyui-image-test-no-health-server"
+    docker.remove_container(container)
+    try:
+        docker.run("run", "--detach", "--name", container, "--network", "none", "--entrypoint", "sleep",
+                   "--health-interval", "1s", "--health-start-period", "1s", "--health-retries", "1",
+                   image, str(DOCKER_UNHEALTHY_TIMEOUT_S * 2), timeout_s=60)  # fmt: skip
+
+        def health() -> dict[str, Any]:
+            return docker.inspect(container)["State"].get("Health") or {}
+
+        try:
+            wait_until(lambda: health().get("Status") == "unhealthy", DOCKER_UNHEALTHY_TIMEOUT_S, "unhealthy",
+                       interval_s=0.5)
+        except TimeoutError:
+            report.check(name, False, json.dumps(health()))
+            return
+        probe_said = (health().get("Log") or [{}])[-1].get("Output", "").strip()
+        report.check(name, True, f"unhealthy; the probe said {probe_said[:120]!r}")
+    finally:
+        docker.remove_container(container)
 
 
 def _stop_cleanly(docker: Docker, container: Container, report: Report) -> None:
