@@ -32,6 +32,7 @@ HEALTH_MARGIN_S = 3.0
 READY_TIMEOUT_S = 300
 JOBS_TIMEOUT_S = 300
 DOCKER_HEALTHY_TIMEOUT_S = 90
+DOCKER_UNHEALTHY_TIMEOUT_S = 30
 STOP_WITHIN_S = 30
 SERVERLESS_EXIT_TIMEOUT_S = 300
 JOB_USERS = ("alice", "bob", "alice")
@@ -47,6 +48,14 @@ class Report:
         self.results.append((name, passed, detail))
         print(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}", flush=True)
         return passed
+
+    def run(self, step: Callable[..., None], *args: Any) -> None:
+        """``step(*args, self)``, which reports its own checks. One that raises (a peer that went away, a docker
+        command that failed) is a FAIL line naming it, and the checks after it still run."""
+        try:
+            step(*args, self)
+        except Exception as exc:
+            self.check(step.__name__.strip("_").replace("_", " "), False, f"{type(exc).__name__}: {exc}")
 
     @property
     def failed(self) -> int:
@@ -185,15 +194,20 @@ def sha256_of(path: Path) -> str:
 
 def run_checks(docker: Docker, image: str, workdir: Path) -> Report:
     report = Report()
-    _no_apt_cache(docker, image, report)
-    queue = QueueManager(workdir)
+    report.run(_no_apt_cache, docker, image)
+    report.run(_docker_unhealthy, docker, image)
+    try:
+        queue = QueueManager(workdir)
+    except Exception as exc:  # every check below submits jobs to it
+        report.check("the queue manager answers", False, f"{type(exc).__name__}: {exc}")
+        return report
     try:
         with outputs_dir(workdir, "outputs", IMAGE_UID) as outputs:
-            _serve_jobs(docker, image, workdir, queue, outputs, report)
+            report.run(_serve_jobs, docker, image, workdir, queue, outputs)
         with outputs_dir(workdir, "outputs-root-owned", 0) as root_owned:
-            _root_owned_outputs(docker, image, queue, root_owned, report)
+            report.run(_root_owned_outputs, docker, image, queue, root_owned)
         with outputs_dir(workdir, "outputs-serverless", IMAGE_UID) as outputs:
-            _serverless_idle_exit(docker, image, workdir, queue, outputs, report)
+            report.run(_serverless_idle_exit, docker, image, workdir, queue, outputs)
     finally:
         queue.close()
     return report
@@ -241,14 +255,14 @@ def _serve_jobs(docker: Docker, image: str, workdir: Path, queue: QueueManager, 
         except TimeoutError as exc:
             report.check("/ready 200 once the real ComfyUI answers", False, f"{exc}; state {container.state()}")
             return
-        _process_owners(docker, container, report)
-        _jobs_delivered(queue, jobs, invalid, outputs, report)
-        _carried_image_loaded(queue, carried, outputs, report)
-        _carried_image_deleted(docker, container, report)
-        _comfyui_tidied(docker, container, queue, [*jobs, carried], report)
-        _metrics_count(container, report)
-        _docker_healthy(container, report)
-        _stop_cleanly(docker, container, report)
+        report.run(_process_owners, docker, container)
+        report.run(_jobs_delivered, queue, jobs, invalid, outputs)
+        report.run(_carried_image_loaded, queue, carried, outputs)
+        report.run(_carried_image_deleted, docker, container)
+        report.run(_comfyui_tidied, docker, container, queue, [*jobs, carried])
+        report.run(_metrics_count, container)
+        report.run(_docker_healthy, container)
+        report.run(_stop_cleanly, docker, container)
     finally:
         log = container.save_logs(workdir)
         if report.failed:
@@ -368,6 +382,33 @@ def _docker_healthy(container: Container, report: Report) -> None:
         report.check("Docker HEALTHCHECK reports healthy", False, json.dumps(container.state().get("Health")))
 
 
+def _docker_unhealthy(docker: Docker, image: str, report: Report) -> None:
+    """The image's HEALTHCHECK with no health server to answer (sleep in place of the supervisor), probed every
+    second: Docker says unhealthy, so the "healthy" above is the probe's answer, not a HEALTHCHECK that always
+    passes."""
+    name = "Docker HEALTHCHECK reports unhealthy when the health server does not answer"
+    container = "comfyui-image-test-no-health-server"
+    docker.remove_container(container)
+    try:
+        docker.run("run", "--detach", "--name", container, "--network", "none", "--entrypoint", "sleep",
+                   "--health-interval", "1s", "--health-start-period", "1s", "--health-retries", "1",
+                   image, str(DOCKER_UNHEALTHY_TIMEOUT_S * 2), timeout_s=60)  # fmt: skip
+
+        def health() -> dict[str, Any]:
+            return docker.inspect(container)["State"].get("Health") or {}
+
+        try:
+            wait_until(lambda: health().get("Status") == "unhealthy", DOCKER_UNHEALTHY_TIMEOUT_S, "unhealthy",
+                       interval_s=0.5)
+        except TimeoutError:
+            report.check(name, False, json.dumps(health()))
+            return
+        probe_said = (health().get("Log") or [{}])[-1].get("Output", "").strip()
+        report.check(name, True, f"unhealthy; the probe said {probe_said[:120]!r}")
+    finally:
+        docker.remove_container(container)
+
+
 def _stop_cleanly(docker: Docker, container: Container, report: Report) -> None:
     started = time.monotonic()
     docker.run("stop", "--time", str(STOP_WITHIN_S), container.name, timeout_s=STOP_WITHIN_S + 30)
@@ -434,8 +475,12 @@ def _serverless_idle_exit(docker: Docker, image: str, workdir: Path, queue: Queu
     finally:
         container.save_logs(workdir)
         container.remove()
-    _uploads_loaded(queue, loaded, missing, outputs, report)
-    job = queue.job(inverted)
+    report.run(_uploads_loaded, queue, loaded, missing, outputs)
+    report.run(_custom_node_ran, queue, inverted)
+
+
+def _custom_node_ran(queue: QueueManager, job_id: str, report: Report) -> None:
+    job = queue.job(job_id)
     results = (job.get("result") or {}).get("outputs", [])
     report.check("a job runs through the custom node", job["status"] == "completed" and len(results) == 1,
                  f"{job['status']}: {job.get('error') or ''}; {len(results)} result files")
