@@ -289,6 +289,7 @@ class ComfyUISimulator:
         self._slow_paths: dict[str, float] = {}
         self._reshapes: dict[str, Callable[[Any], Any]] = {}
         self._refuse_websockets = False
+        self._connections_to_lose: dict[str, tuple[int, bool]] = {}
         self._thaw = asyncio.Event()
         self._frozen = asyncio.Event()
         self._state = _ServerState()
@@ -413,6 +414,12 @@ class ComfyUISimulator:
         """GET /ws answers 403 without upgrading, as a proxy that forbids websockets does; HTTP still answers."""
         self._refuse_websockets = refuse
 
+    def lose_connections(self, path: str, times: int = 1, *, carried_out: bool = False) -> None:
+        """The next ``times`` requests to ``path`` (with or without the /api prefix) get their connection reset
+        without an answer: before ComfyUI reads them (a lost request), or with ``carried_out`` once it carried them
+        out (a lost answer, as when a proxy's connection drops)."""
+        self._connections_to_lose[_without_api_prefix(path)] = (times, carried_out)
+
     def release(self) -> None:
         self._freeze = None
         self._thaw.set()
@@ -444,7 +451,7 @@ class ComfyUISimulator:
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
         ]
-        middlewares = [self._answer_late, self._answer_reshaped]
+        middlewares = [self._answer_late, self._lose_connection, self._answer_reshaped]
         app = web.Application(client_max_size=self.max_upload_bytes, middlewares=middlewares)
         for prefix in ("/api", ""):
             for method, path, handler in routes:
@@ -456,6 +463,18 @@ class ComfyUISimulator:
         if seconds := self._slow_paths.get(_without_api_prefix(request.path), 0.0):
             await asyncio.sleep(seconds)
         return await handler(request)
+
+    @web.middleware
+    async def _lose_connection(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = _without_api_prefix(request.path)
+        times, carried_out = self._connections_to_lose.get(path, (0, False))
+        if times <= 0:
+            return await handler(request)
+        self._connections_to_lose[path] = (times - 1, carried_out)
+        response = await handler(request) if carried_out else web.Response()
+        if request.transport is not None:
+            request.transport.abort()
+        return response
 
     @web.middleware
     async def _answer_reshaped(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -171,3 +171,15 @@ async def test_refused_websockets_get_403_while_http_answers(sim: ComfyUISimulat
     sim.refuse_websockets(False)
     async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
         assert (await receive_json(ws))["type"] == "status"
+
+
+@pytest.mark.parametrize("carried_out", [False, True])
+async def test_a_lost_connection_resets_without_an_answer_before_or_after_the_request_is_carried_out(
+    sim: ComfyUISimulator, http: aiohttp.ClientSession, carried_out: bool
+) -> None:
+    sim.lose_connections("/api/prompt", carried_out=carried_out)
+    workflow = load_transcript("success")["workflow"]
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await submit(http, sim.url, workflow, "c")
+    assert len(sim.prompts_received) == (1 if carried_out else 0)
+    assert (await submit(http, sim.url, workflow, "c"))["prompt_id"], "the next request is answered"
