@@ -1,7 +1,7 @@
 """A ComfyUI 0.8.0 simulator: the HTTP + websocket API of a real ComfyUI server, replaying the
 shapes, ordering, history lag and interrupt semantics recorded in
 `tests/fixtures/comfyui-0.8.0/`, with fault hooks for tests (dropped sockets, crashes,
-runtime errors, frozen nodes).
+runtime errors, frozen nodes, answers of the wrong shape).
 
 In-process: `async with ComfyUISimulator(tmp_path / "output") as sim: ... sim.url ...`.
 As a child process in place of ComfyUI: `python -m standins.comfyui --listen H --port N ...`.
@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ from standins.comfyui_nodes import (
     png_bytes,
     validate_prompt,
 )
+from standins.faults import reshaped
 
 log = structlog.get_logger()
 
@@ -286,6 +287,9 @@ class ComfyUISimulator:
         self._freeze: tuple[str | None, str | None] | None = None
         self._history_post_fault: int | str | None = None
         self._slow_paths: dict[str, float] = {}
+        self._reshapes: dict[str, Callable[[Any], Any]] = {}
+        self._refuse_websockets = False
+        self._connections_to_lose: dict[str, tuple[int, bool]] = {}
         self._thaw = asyncio.Event()
         self._frozen = asyncio.Event()
         self._state = _ServerState()
@@ -396,6 +400,26 @@ class ComfyUISimulator:
         event loop a custom node holds; 0 answers at once again."""
         self._slow_paths[path] = seconds
 
+    def reshape(self, route: str, rewrite: Callable[[Any], Any] | None) -> None:
+        """The JSON answers of ``route`` (as routed: "/queue", "/history/{prompt_id}"; with or without the /api
+        prefix) become ``rewrite(answer)``, as from a ComfyUI that a custom node or a proxy in front of it broke;
+        None answers as ComfyUI again."""
+        route = _without_api_prefix(route)
+        if rewrite is None:
+            self._reshapes.pop(route, None)
+        else:
+            self._reshapes[route] = rewrite
+
+    def refuse_websockets(self, refuse: bool = True) -> None:
+        """GET /ws answers 403 without upgrading, as a proxy that forbids websockets does; HTTP still answers."""
+        self._refuse_websockets = refuse
+
+    def lose_connections(self, path: str, times: int = 1, *, carried_out: bool = False) -> None:
+        """The next ``times`` requests to ``path`` (with or without the /api prefix) get their connection reset
+        without an answer: before ComfyUI reads them (a lost request), or with ``carried_out`` once it carried them
+        out (a lost answer, as when a proxy's connection drops)."""
+        self._connections_to_lose[_without_api_prefix(path)] = (times, carried_out)
+
     def release(self) -> None:
         self._freeze = None
         self._thaw.set()
@@ -427,7 +451,8 @@ class ComfyUISimulator:
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
         ]
-        app = web.Application(client_max_size=self.max_upload_bytes, middlewares=[self._answer_late])
+        middlewares = [self._answer_late, self._lose_connection, self._answer_reshaped]
+        app = web.Application(client_max_size=self.max_upload_bytes, middlewares=middlewares)
         for prefix in ("/api", ""):
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
@@ -435,10 +460,28 @@ class ComfyUISimulator:
 
     @web.middleware
     async def _answer_late(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        path = request.path.removeprefix("/api") if request.path.startswith("/api/") else request.path
-        if seconds := self._slow_paths.get(path, 0.0):
+        if seconds := self._slow_paths.get(_without_api_prefix(request.path), 0.0):
             await asyncio.sleep(seconds)
         return await handler(request)
+
+    @web.middleware
+    async def _lose_connection(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = _without_api_prefix(request.path)
+        times, carried_out = self._connections_to_lose.get(path, (0, False))
+        if times <= 0:
+            return await handler(request)
+        self._connections_to_lose[path] = (times - 1, carried_out)
+        response = await handler(request) if carried_out else web.Response()
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+
+    @web.middleware
+    async def _answer_reshaped(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        resource = request.match_info.route.resource
+        rewrite = self._reshapes.get(_without_api_prefix(resource.canonical)) if resource else None
+        return reshaped(response, rewrite) if rewrite else response
 
     def _queue_remaining(self) -> int:
         return len(self._state.pending) + (1 if self._state.running else 0)
@@ -700,7 +743,9 @@ class ComfyUISimulator:
 
     # --- websocket ---------------------------------------------------------------------------
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if self._refuse_websockets:
+            return web.Response(status=403, text="websocket upgrades are not allowed")
         ws = web.WebSocketResponse(timeout=2.0)
         await ws.prepare(request)
         sid = request.query.get("clientId", "") or uuid.uuid4().hex
@@ -979,6 +1024,10 @@ class ComfyUISimulator:
         # ComfyUI's classic cache keeps only what the latest prompt used.
         used = set(run.signatures.values())
         self._state.cache = {k: v for k, v in self._state.cache.items() if k in used}
+
+
+def _without_api_prefix(path: str) -> str:
+    return path.removeprefix("/api") if path.startswith("/api/") else path
 
 
 async def _send_catching(send: Any, message: Any) -> None:

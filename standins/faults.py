@@ -4,6 +4,7 @@ injects."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -135,3 +136,11 @@ def fault_headers(fault: Fault) -> dict[str, str] | None:
 def proxy_error_page(status: int, headers: dict[str, str] | None = None) -> web.Response:
     """What a gateway in front of the API answers: an HTML page, not the API's JSON."""
     return web.Response(status=status, text=PROXY_ERROR_PAGE, content_type="text/html", headers=headers)
+
+
+def reshaped(response: web.StreamResponse, rewrite: Callable[[Any], Any]) -> web.StreamResponse:
+    """A JSON answer with its JSON replaced by `rewrite(JSON)`, status kept: a 200 of the wrong shape, as a broken
+    server or a proxy or plug-in in front of it may send. Any other answer is left as it is."""
+    if not isinstance(response, web.Response) or response.content_type != "application/json" or not response.body:
+        return response
+    return web.json_response(rewrite(json.loads(response.body)), status=response.status)

@@ -140,3 +140,46 @@ async def test_records_prompts_with_client_id_and_extra_data(sim: ComfyUISimulat
     assert received.extra_data == {"job": "j-1"}
     assert received.status == 200
     assert received.prompt_id
+
+
+async def test_reshape_rewrites_the_json_of_one_route_with_or_without_api_until_undone(
+    sim: ComfyUISimulator, http: aiohttp.ClientSession
+) -> None:
+    sim.reshape("/history/{prompt_id}", lambda answer: [answer])
+    sim.reshape("/api/queue", lambda _answer: "not a queue")
+    for prefix in ("", "/api"):
+        async with http.get(f"{sim.url}{prefix}/history/p1") as response:
+            assert (response.status, await response.json()) == (200, [{}])
+        async with http.get(f"{sim.url}{prefix}/queue") as response:
+            assert await response.json() == "not a queue"
+    async with http.get(f"{sim.url}/history") as response:
+        assert await response.json() == {}, "another route answers as ComfyUI"
+    async with http.post(f"{sim.url}/queue", json={"clear": True}) as response:
+        assert (response.status, await response.read()) == (200, b""), "an answer without JSON is left alone"
+    sim.reshape("/queue", None)
+    async with http.get(f"{sim.url}/queue") as response:
+        assert await response.json() == {"queue_running": [], "queue_pending": []}
+
+
+async def test_refused_websockets_get_403_while_http_answers(sim: ComfyUISimulator, http) -> None:
+    sim.refuse_websockets()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"{sim.url}/ws?clientId=c")
+    assert refused.value.status == 403
+    await submit(http, sim.url, load_transcript("success")["workflow"], "c")
+    assert not sim.ws_connections
+    sim.refuse_websockets(False)
+    async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
+        assert (await receive_json(ws))["type"] == "status"
+
+
+@pytest.mark.parametrize("carried_out", [False, True])
+async def test_a_lost_connection_resets_without_an_answer_before_or_after_the_request_is_carried_out(
+    sim: ComfyUISimulator, http: aiohttp.ClientSession, carried_out: bool
+) -> None:
+    sim.lose_connections("/api/prompt", carried_out=carried_out)
+    workflow = load_transcript("success")["workflow"]
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await submit(http, sim.url, workflow, "c")
+    assert len(sim.prompts_received) == (1 if carried_out else 0)
+    assert (await submit(http, sim.url, workflow, "c"))["prompt_id"], "the next request is answered"

@@ -542,33 +542,20 @@ async def test_a_report_retried_for_a_while_keeps_the_worker_alive(qm, comfy, ma
 
 
 async def test_without_a_websocket_the_job_is_followed_over_http(qm, comfy, make_worker, workflows):
-    from worker.comfyui import ComfyUIUnavailable
-
-    async def refuse(*_args, **_kwargs):
-        raise ComfyUIUnavailable("websocket upgrade refused by a proxy")
-
     job = qm.store.submit("alice", workflows["slow"])
+    comfy.refuse_websockets()  # a proxy that forbids upgrades
     worker = make_worker()
-    worker.comfy.connect_websocket = refuse
-    assert await worker.run() == 0
+    assert await asyncio.wait_for(worker.run(), 10) == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job" and len(report.body["result"]["outputs"]) == 1
     assert comfy.ws_connections == {}
 
 
 async def test_a_lost_answer_to_post_prompt_does_not_lose_the_prompt(qm, comfy, make_worker, workflows):
-    from worker.comfyui import ComfyUIUnavailable
-
     job = qm.store.submit("alice", workflows["slow"])
+    comfy.lose_connections("/prompt", carried_out=True)
     worker = make_worker()
-    submit = worker.comfy.queue_prompt
-
-    async def answer_lost(*args, **kwargs):
-        await submit(*args, **kwargs)
-        raise ComfyUIUnavailable("connection reset while reading the answer")
-
-    worker.comfy.queue_prompt = answer_lost
-    assert await worker.run() == 0
+    assert await asyncio.wait_for(worker.run(), 10) == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
     assert len(comfy.prompts_received) == 1, "not submitted twice"
@@ -986,23 +973,16 @@ async def test_a_prompt_comfyui_cannot_stop_fails_its_job_and_takes_no_other_dow
 
 
 def _history_entry(change):
-    def rewrite(path, answer):
-        if path.startswith("/history/") and isinstance(answer, dict):
-            return {prompt_id: {**entry, **change} for prompt_id, entry in answer.items()}
-        return answer
-
-    return rewrite
+    return "/history/{prompt_id}", lambda answer: {prompt: {**entry, **change} for prompt, entry in answer.items()}
 
 
 # What a broken ComfyUI (or a proxy or plug-in in front of it) may answer with a 200 and JSON of the wrong shape.
 WRONG_SHAPES = {
-    "queue-a-list": (lambda path, answer: [] if path == "/queue" else answer, "completed"),  # history tells
+    "queue-a-list": (("/queue", lambda _answer: []), "completed"),  # history tells
     "history-status-a-string": (_history_entry({"status": "weird"}), "failed"),
     "history-messages-not-pairs": (_history_entry({"status": {"status_str": "error", "messages": [1, "x"]}}), "failed"),
     "history-outputs-a-list": (_history_entry({"outputs": [1, 2]}), "completed"),
-    "system-stats-system-a-string": (
-        lambda path, answer: {"system": "x"} if path == "/system_stats" else answer, "completed"
-    ),
+    "system-stats-system-a-string": (("/system_stats", lambda _answer: {"system": "x"}), "completed"),
 }
 
 
@@ -1010,25 +990,15 @@ WRONG_SHAPES = {
 async def test_json_of_the_wrong_shape_from_comfyui_ends_the_job_and_never_crashes_the_worker(
     leased_qm_for_shapes, comfy, make_worker, workflows, case
 ):
-    from worker.comfyui import ComfyUIUnavailable
-
-    rewrite, status = WRONG_SHAPES[case]
+    (route, rewrite), status = WRONG_SHAPES[case]
     qm = leased_qm_for_shapes
     job = qm.store.submit("alice", workflows["quick"])
+    comfy.refuse_websockets()  # everything goes through the HTTP answers
+    comfy.reshape(route, rewrite)
     worker = make_worker(queue_manager_url=qm.url, serverless_job_limit=1)
-
-    async def no_websocket(*_args, **_kwargs):
-        raise ComfyUIUnavailable("websocket refused: everything goes through the HTTP answers")
-
-    answer = worker.comfy._json
-
-    async def wrong_shape(method, path, **kwargs):
-        return rewrite(path, await answer(method, path, **kwargs))
-
-    worker.comfy.connect_websocket = no_websocket
-    worker.comfy._json = wrong_shape
     assert await asyncio.wait_for(worker.run(), 10) == 0
     assert qm.store.get(job.id).status == status, qm.store.get(job.id).history
+    assert not comfy.ws_connections, "the websocket was refused: the prompt was followed over HTTP"
 
 
 @pytest.fixture
