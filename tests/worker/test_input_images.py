@@ -122,16 +122,10 @@ async def test_a_bad_image_list_fails_the_job_naming_the_field_and_never_reaches
     assert [j.id for j in qm.store.list()] == [job.id], "failed for good: no copy to retry"
 
 
-async def test_comfyui_gone_during_the_upload_hands_the_job_back(qm, comfy, make_worker):
+async def test_a_connection_lost_during_the_upload_hands_the_job_back(qm, comfy, make_worker):
     job = qm.store.submit("alice", load_and_save("a.png"), metadata={"images": [{"name": "a.png", "image": TINY}]})
+    comfy.lose_connections("/upload/image")
     worker = make_worker(serverless_job_limit=1)
-    upload = worker.comfy.upload_image
-
-    async def upload_as_comfyui_dies(*args, **kwargs):
-        await comfy.crash()
-        return await upload(*args, **kwargs)
-
-    worker.comfy.upload_image = upload_as_comfyui_dies
     assert await worker.run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.body["error"].startswith(
@@ -141,6 +135,7 @@ async def test_comfyui_gone_during_the_upload_hands_the_job_back(qm, comfy, make
     [copy] = [j for j in qm.store.list() if j.id != job.id]
     assert copy.status == "pending" and copy.metadata["images"] == job.metadata["images"]
     assert worker.state.jobs_failed == 0
+    assert comfy.uploads_received == [] and comfy.prompts_received == [], "no workflow without its images"
 
 
 async def test_a_read_only_input_folder_hands_the_job_back_saying_what_to_do(qm, comfy, make_worker):
