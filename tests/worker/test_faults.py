@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from demo.replicas import free_loopback_port
+from standins.comfyui import ComfyUISimulator
 from worker.main import Worker
 from worker.replica_faults import replica_fault
 
@@ -571,47 +572,38 @@ async def test_a_lost_post_prompt_request_hands_the_job_back(qm, comfy, make_wor
     assert comfy.prompts_received == [], "the request was lost before ComfyUI read it"
 
 
-def answer_queue_too_large(worker: Worker) -> None:
-    """ComfyUI's GET /queue past the bound, as other clients' prompts make it (the client's bound itself is tested
-    against a real server in test_comfyui_replies.py)."""
-    from worker.comfyui import ReplyTooLarge
-
-    read = worker.comfy._json
-
-    async def queue_too_large(method, path, **kwargs):
-        if path == "/queue":
-            raise ReplyTooLarge(f"{method} {path}")
-        return await read(method, path, **kwargs)
-
-    worker.comfy._json = queue_too_large
+def answer_queue_too_large(comfy: ComfyUISimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI's GET /queue past the worker's bound, as another client's pending prompt makes it; the bound lowered to
+    256 KiB, as in test_comfyui_replies.py, where it is tested itself: 32 MiB answers cost the test 280 MB."""
+    monkeypatch.setattr("worker.comfyui.MAX_COMFYUI_MESSAGE_BYTES", 256 << 10)
+    prompt = {"1": {"class_type": "PrimitiveString", "inputs": {"value": "x" * (256 << 10)}}}
+    other = [1_000, "another-client-s-prompt", prompt, {}, ["1"]]
+    comfy.reshape("/queue", lambda answer: {**answer, "queue_pending": [*answer["queue_pending"], other]})
 
 
-async def test_a_lost_post_prompt_with_a_queue_too_large_to_read_hands_the_job_back(qm, comfy, make_worker, workflows):
+async def test_a_lost_post_prompt_with_a_queue_too_large_to_read_hands_the_job_back(
+    qm, comfy, make_worker, workflows, monkeypatch
+):
     """Whether ComfyUI has the prompt cannot be told when its /queue, full of other clients' prompts, is past the
     bound: the job is handed back as the infrastructure fault it is, not failed as its workflow's doing."""
     job = qm.store.submit("alice", workflows["quick"])
     comfy.lose_connections("/prompt")
+    answer_queue_too_large(comfy, monkeypatch)
     worker = make_worker(serverless_job_limit=1)
-    answer_queue_too_large(worker)
     assert await worker.run() == 0
     error = qm.reports.landed(job.id)[0].body["error"]
     assert error.startswith("Handed back: ComfyUI unavailable while submitting the workflow: ComfyUI at http://"), error
 
 
 async def test_a_queue_too_large_to_read_while_following_the_prompt_does_not_fail_the_job(
-    qm, comfy, make_worker, workflows
+    qm, comfy, make_worker, workflows, monkeypatch
 ):
     """Over HTTP the prompt is followed by /history and /queue: a /queue past the bound (other clients' prompts)
     says nothing of this one, which /history reports once it ends. Before, the job failed as its workflow's doing."""
-    from worker.comfyui import ComfyUIUnavailable
-
-    async def refuse(*_args, **_kwargs):
-        raise ComfyUIUnavailable("websocket upgrade refused by a proxy")
-
     job = qm.store.submit("alice", workflows["slow"])
+    comfy.refuse_websockets()  # a proxy that forbids upgrades
+    answer_queue_too_large(comfy, monkeypatch)
     worker = make_worker()
-    worker.comfy.connect_websocket = refuse
-    answer_queue_too_large(worker)
     assert await worker.run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job", report.body
