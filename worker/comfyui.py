@@ -141,7 +141,7 @@ class ComfyUIClient:
         except httpx.HTTPError as exc:
             # Redacted: the reason reaches /ready, /status and the job's hand-back reason, which no log scrubber sees.
             raise ComfyUIUnavailable(
-                f"ComfyUI at {redact_url(self.base_url)} unreachable: {type(exc).__name__}: {scrub(str(exc))}"
+                f"ComfyUI at {redact_url(self.base_url)} unreachable: {_why(exc)}"
             ) from exc
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
@@ -354,7 +354,7 @@ class ComfyUIClient:
             )
             return await asyncio.wait_for(connecting, timeout_s)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {type(exc).__name__}: {scrub(str(exc))}") from exc
+            raise ComfyUIUnavailable(f"ComfyUI websocket unreachable: {_why(exc)}") from exc
 
 
 class EventSocket:
@@ -384,3 +384,8 @@ class EventSocket:
         if self._ws is not None:
             ws, self._ws = self._ws, None
             await ws.close()
+
+
+def _why(exc: BaseException) -> str:
+    """``Type: text`` of a transport error, scrubbed; httpx gives some (a ReadError on a reset) no text at all."""
+    return f"{type(exc).__name__}: {scrub(str(exc)) or 'no detail given'}"

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 
 import httpx
 import pytest
@@ -132,6 +133,7 @@ async def test_a_connection_lost_during_the_upload_hands_the_job_back(qm, comfy,
         "Handed back: ComfyUI unavailable while submitting the workflow: uploading metadata.images[0] 'a.png': "
         "ComfyUI at http://127.0.0.1:"
     ), report.body["error"]
+    assert re.search(r"unreachable: \w+: \w", report.body["error"]), "the reason says something after the error's type"
     [copy] = [j for j in qm.store.list() if j.id != job.id]
     assert copy.status == "pending" and copy.metadata["images"] == job.metadata["images"]
     assert worker.state.jobs_failed == 0
