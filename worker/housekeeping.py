@@ -67,6 +67,7 @@ import math
 import os
 import stat
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,26 @@ def caches_earlier_prompts(argv: object) -> bool | None:
     return False
 
 
+@dataclass(frozen=True)
+class EarlierPrompt:
+    """Of a prompt whose job is over, what a restart of ComfyUI found at the next prompt needs: the files its
+    `executed` events named, not their whole outputs (a 16 MiB text stayed in an idle worker's memory)."""
+
+    number: int | None
+    prompt_id: str | None
+    sent_at: float | None
+    executed_outputs: dict[str, Any]
+
+    @classmethod
+    def of(cls, run: PromptRun) -> EarlierPrompt:
+        files: dict[str, dict[str, list[dict[str, str]]]] = {}
+        for folder_type in ("temp", "output"):
+            for file in result_files(run.executed_outputs, folder_type):
+                entry = {"filename": file.filename, "subfolder": file.subfolder, "type": folder_type}
+                files.setdefault(file.node_id, {}).setdefault(file.kind, []).append(entry)
+        return cls(run.number, run.prompt_id, run.sent_at, files)
+
+
 class ComfyUIHousekeeping:
     def __init__(
         self,
@@ -151,7 +172,7 @@ class ComfyUIHousekeeping:
         self._replayable: dict[PurePosixPath, float] = {}
         # Prompts whose result files are kept, oldest first, with those files: their history entries stay as long.
         self._kept_entries: dict[str, frozenset[PurePosixPath]] = {}
-        self._previous: PromptRun | None = None  # this worker's latest prompt
+        self._previous: PromptRun | EarlierPrompt | None = None  # this worker's latest prompt
         self._freed_by_restart: list[Doomed] = []  # to delete once the job is reported
         self._folders_checked: set[str] = set()  # the folder types check_folders looked at
         self._kept_folders: set[Path] = set()  # shown not ComfyUI's alone: nothing there is deleted (_keep_folder)
@@ -219,6 +240,11 @@ class ComfyUIHousekeeping:
                  "any more", files=len(freed), previous_prompt_id=previous.prompt_id)  # fmt: skip
         self._freed_by_restart += freed
         self._replayable, self._kept_entries = {}, {}
+
+    def prompt_over(self, run: PromptRun) -> None:
+        """The job of ``run`` is over: of it, only what prompt_queued may need is kept."""
+        if self._previous is run:
+            self._previous = EarlierPrompt.of(run)
 
     def check_folders(self, outputs: dict[str, Any], cached_nodes: Collection[str] = ()) -> None:
         """Once per folder, on the first prompt of this worker that wrote files there: warn when COMFYUI_OUTPUT_DIR

@@ -258,6 +258,8 @@ class Worker:
         except (OSError, ValueError, RecursionError, InvalidJob, PromptRejected, ComfyUIUnavailable) as exc:
             problem = f"{type(exc).__name__}: {exc}"
         finally:
+            if self._prompt_run is not None:
+                self.housekeeping.prompt_over(self._prompt_run)
             self._prompt_run = None
         if problem:
             log.error("Warm-up failed; the worker stays not ready", path=str(path), error=problem)
@@ -633,6 +635,7 @@ class Worker:
             self._execution = None
             if self._prompt_run is not None:  # its prompt is over (interrupted above if the job was stopped)
                 await self.housekeeping.delete_uploads(self._prompt_run.uploaded, made_folders)
+                self.housekeeping.prompt_over(self._prompt_run)
             self._prompt_run = None
 
     async def _settled(self, execution: asyncio.Task[Report]) -> bool:
