@@ -1,6 +1,6 @@
 """`python -m queue_manager`: run the embedded queue manager until SIGTERM or SIGINT.
 
-Exit 0 when stopped, 1 when it cannot serve (port taken, database unreadable), 2 on bad configuration.
+Exit 0 when stopped, 1 when it cannot serve (port taken, database served by another), 2 on bad configuration.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from common.settings import (
     settings_from_env,
     warn_misspelt_variables,
 )
+from queue_manager.db_lock import DatabaseInUse, lock_database
 from queue_manager.models import QueueMode
 from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
 from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
@@ -348,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     if outputs_dir is not None and (problem := outputs_dir_problem(outputs_dir)):
         print(problem, file=sys.stderr)
         return 2
+    try:
+        lock_database(args.db)
+    except DatabaseInUse as exc:
+        log.error("queue_manager_failed", error=str(exc),
+                  hint="one queue manager per database: stop that one first, or give this one a --db of its own")
+        return 1
     server = QueueManagerServer(
         args.db,
         max_queue_depth=args.max_queue_depth,

@@ -855,12 +855,15 @@ def _auth_middleware(
         if expected is None or not request.path.startswith("/api/"):
             return await handler(request)
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        presented = f"Bearer {credentials.strip()}".encode() if scheme.lower() == "bearer" else b""
+        credentials = credentials.strip()
+        # Bytes that are not UTF-8 arrive as lone surrogates: encoded back to those bytes, they match no token (before:
+        # UnicodeEncodeError, a 500).
+        presented = f"Bearer {credentials}".encode(errors="surrogateescape") if scheme.lower() == "bearer" else b""
         is_operator = hmac.compare_digest(presented, expected)  # QUEUE_MANAGER_TOKEN
         is_worker = worker_expected is not None and hmac.compare_digest(presented, worker_expected)
         holder = None
         if participants is not None and presented and not (is_operator or is_worker):
-            holder = participants.current().holder(credentials.strip())
+            holder = participants.current().holder(credentials)
         if holder is not None:
             if _is_worker_route(request):
                 return _refused(request, 403, PARTICIPANT_ON_WORKER_ROUTE.format(user_id=holder))

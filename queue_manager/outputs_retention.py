@@ -9,7 +9,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,8 @@ log = structlog.get_logger()
 # Each folder opened from its parent's descriptor: a link (O_NOFOLLOW) or anything not a folder (O_DIRECTORY) there
 # fails at once, a FIFO included (O_NONBLOCK: never waits for a writer), whatever was there a moment before.
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Descriptors one deletion holds at most: one per level of folders. ComfyUI's subfolders are a few levels deep.
+MAX_FOLDER_DEPTH = 4096
 NOT_PRUNED_FIX = ("mount the outputs volume read-write into the queue manager (as the workers' user): these jobs are "
                   "deleted, their folders go in the orphan sweep once it can (shortly after start, then every 24 h)")
 
@@ -113,17 +115,35 @@ def _open_folder(parent_fd: int, name: str, shown: str) -> int:
 
 
 def _empty(folder_fd: int) -> None:
-    """Delete everything in the folder (its descriptor, closed here): a link as a file, never followed."""
+    """Delete everything in the folder (its descriptor, closed here): a link as a file, never followed. A loop with
+    one descriptor open per level, not recursion: a folder nested 1000 deep (a hostile worker's) raised
+    RecursionError, which stopped the whole batch; one deeper than MAX_FOLDER_DEPTH is an OSError for its job alone."""
+    levels = [(folder_fd, "")]  # the folders open, from folder_fd down to the one being emptied: (descriptor, name)
+    names_left: list[Iterator[str]] = []  # in each of them, the names not yet looked at
     try:
-        for name in os.listdir(folder_fd):
+        names_left.append(iter(os.listdir(folder_fd)))
+        while levels:
+            fd = levels[-1][0]
+            name = next(names_left[-1], None)
+            if name is None:  # it is empty: close it, then delete it from the folder above
+                names_left.pop()
+                _, emptied = levels.pop()
+                os.close(fd)
+                if levels:
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        os.rmdir(emptied, dir_fd=levels[-1][0])
+                continue
             with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                if stat.S_ISDIR(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
-                    _empty(_open_folder(folder_fd, name, name))
-                    os.rmdir(name, dir_fd=folder_fd)
+                if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=fd)
+                elif len(levels) >= MAX_FOLDER_DEPTH:
+                    raise OSError(errno.ELOOP, f"folders nested more than {MAX_FOLDER_DEPTH} deep", name)
                 else:
-                    os.unlink(name, dir_fd=folder_fd)
+                    levels.append((_open_folder(fd, name, name), name))
+                    names_left.append(iter(os.listdir(levels[-1][0])))
     finally:
-        os.close(folder_fd)
+        for fd, _ in levels:
+            os.close(fd)
 
 
 def _is_one_folder_name(name: str) -> bool:

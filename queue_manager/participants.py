@@ -46,7 +46,7 @@ class ParticipantsFileError(Exception):
 
 def token_hash(token: str) -> str:
     """What the file keeps of a token: `sha256:<64 hex digits>`."""
-    return HASH_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+    return HASH_PREFIX + hashlib.sha256(token.encode(errors="surrogateescape")).hexdigest()  # as app.py's bearer
 
 
 @dataclass(frozen=True)

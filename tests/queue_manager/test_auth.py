@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
 from queue_manager import QueueManagerServer
+from queue_manager.participants import add_participant
 
 TOKEN = "s3cret-token-value"
 
@@ -58,3 +62,28 @@ async def test_authorised_worker_round_trip() -> None:
 async def test_no_token_means_no_auth(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/queue/status")).status_code == 200
     assert (await client.get("/api/queue/status", headers={"Authorization": "Bearer anything"})).status_code == 200
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"\xed\xa0\x80abc", b"caf\xe9"], ids=["not-utf8", "surrogate", "latin-1"])
+@pytest.mark.parametrize("with_participants", [False, True], ids=["token", "participants"])
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/workers/next-job?worker_id=w"])
+async def test_a_token_that_is_not_utf8_is_refused_401_not_a_500(
+    tmp_path: Path, raw: bytes, with_participants: bool, path: str
+) -> None:
+    """Before: the bytes arrived as lone surrogates and encoding them raised UnicodeEncodeError: a 500 and a traceback
+    in the log for any client, no token needed."""
+    participants = None
+    if with_participants:
+        participants = tmp_path / "participants"
+        add_participant(participants, "alice")
+    with capture_logs() as logs:
+        async with QueueManagerServer(token=TOKEN, worker_token="w0rker", participants_file=participants) as queue:
+            host, port = queue.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + raw
+                         + b"\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(5):
+                answer = await reader.read()
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs

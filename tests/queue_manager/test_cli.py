@@ -298,3 +298,34 @@ async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) ->
     assert "address already in use" in failed["error"]
     assert f"127.0.0.1:{port}" in failed["hint"] and "--port" in failed["hint"]
     assert "Traceback" not in err
+
+
+async def test_a_second_queue_manager_on_the_same_db_exits_1_naming_the_first_until_that_one_is_killed(
+    tmp_path: Path,
+) -> None:
+    """Before: the second served the same file too (exit 0 on SIGTERM), both handing out its jobs and running lease
+    passes and retention on their own. The lock goes with its process: after a SIGKILL a new one starts at once."""
+    db = tmp_path / "q.db"
+    (tmp_path / "link.db").symlink_to(db)
+    first, url = await start_cli("--db", str(db), env={"LOG_FORMAT": "json"})
+    try:
+        for named in (db, tmp_path / "link.db"):
+            code, err = await run_module_to_exit(
+                "queue_manager", "--port", "0", "--db", str(named), env={**os.environ, "LOG_FORMAT": "json"},
+                cwd=REPO, timeout_s=20,
+            )  # fmt: skip
+            assert code == 1, err
+            [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
+            assert failed["error"] == (f"--db {named} is served by another queue manager (pid {first.pid}, "
+                                       f"holding {db}.lock)")
+            assert "--db" in failed["hint"]
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy"
+    finally:
+        first.kill()
+        await first.wait()
+    second, _ = await start_cli("--db", str(db), env={"LOG_FORMAT": "json"})
+    second.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        await second.communicate()
+    assert second.returncode == 0

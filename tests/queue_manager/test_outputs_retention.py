@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from queue_manager import QueueManagerServer
-from queue_manager.outputs_retention import prune_job_folders
+from queue_manager.outputs_retention import MAX_FOLDER_DEPTH, prune_job_folders
 from queue_manager.store import PurgedJob
 
 from .conftest import FakeClock
@@ -298,3 +299,44 @@ async def test_the_folders_are_deleted_off_the_database_thread_and_the_event_loo
     assert len(threads) == 2 and files_under(volume) == []
     assert not any(thread.name.startswith("queue-db") for thread in threads), "a large folder held the database"
     assert threading.main_thread() not in threads, "a large folder held the event loop"
+
+
+def nest_folders(folder: Path, depth: int) -> None:
+    """`depth` folders one inside the other under `folder`, a file at the bottom: made one level at a time, as a
+    worker can, however long the path grows."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            fd, above = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(above)
+        os.close(os.open("bottom.png", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+async def test_a_job_folder_nested_thousands_deep_is_deleted_and_never_stops_the_batch(
+    clock: FakeClock, volume: Path
+) -> None:
+    """Before: the deletion recursed once per level, and a folder 1500 deep (a hostile worker's) raised RecursionError
+    out of the pass: the batch's other folders stayed, the deep one too. Now it is deleted; one deeper than the
+    bound is an OSError logged for its job alone, the others are deleted."""
+    async with retaining(clock, volume) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        deep = await finished_job(client, "alice", volume)
+        too_deep = await finished_job(client, "bob", volume)
+        plain = await finished_job(client, "carol", volume)
+        nest_folders(volume / "alice" / deep, 1500)
+        nest_folders(volume / "bob" / too_deep, MAX_FOLDER_DEPTH + 10)
+        clock.advance(RETENTION_S + 1)
+        try:
+            with capture_logs() as logs:
+                assert await queue.purge_finished() == 3
+            assert not (volume / "alice").exists()
+            assert not (volume / "carol" / plain).exists()
+            assert pruning_events(logs) == [("outputs_pruned", 2), ("outputs_not_pruned", 1)]
+            [failed] = [e for e in logs if e["event"] == "outputs_not_pruned"]
+            assert failed["job_id"] == too_deep
+            assert f"folders nested more than {MAX_FOLDER_DEPTH} deep" in failed["error"]
+        finally:
+            # rm walks any depth; pytest's own clean-up of old temporary folders recurses, as the pruning did
+            subprocess.run(["rm", "-rf", str(volume)], check=True, timeout=60)

@@ -1,0 +1,37 @@
+"""One serving queue manager per database file. `python -m queue_manager` holds an exclusive lock on <db>.lock for as
+long as it runs: a second one given the same --db refuses to start, naming the first. Two serving one file each
+handed out its jobs and ran the lease passes, the reaper and the retention on its own. The lock is the kernel's
+(flock): it goes with its process, SIGKILLed too, so none is ever left stale. Whatever only reads the database (the
+demo's check, tests, the sqlite3 shell) never takes it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+class DatabaseInUse(Exception):
+    """Another process holds the database's lock."""
+
+
+def lock_database(db: str | Path) -> None:
+    """Lock <db>.lock (beside the file a link named by `db` leads to) for the rest of the process's life, its
+    descriptor never closed, and write this process's id in it. Nothing is locked when it cannot be created (no such
+    folder, a read-only one): opening the database fails then too, saying why. Raises DatabaseInUse naming the
+    holder."""
+    try:
+        path = Path(f"{Path(db).resolve()}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 20).decode(errors="replace").strip() or "unknown"  # empty: it is writing it now
+        os.close(fd)
+        raise DatabaseInUse(f"--db {db} is served by another queue manager (pid {holder}, holding {path})") from None
+    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, only the id is missing
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
