@@ -23,8 +23,9 @@ def lock_database(db: str | Path) -> None:
     holder."""
     try:
         path = Path(f"{Path(db).resolve()}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        # O_NOFOLLOW: a link planted in its place would have its target truncated (the id is written over it).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links; ELOOP: <db>.lock is a link
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -329,3 +329,20 @@ async def test_a_second_queue_manager_on_the_same_db_exits_1_naming_the_first_un
     async with asyncio.timeout(10):
         await second.communicate()
     assert second.returncode == 0
+
+
+async def test_a_link_planted_as_the_db_lock_is_not_followed(tmp_path: Path) -> None:
+    """The lock file gets the serving process's id written over it: through a link planted in its place (a shared
+    folder) that truncated whatever file the link led to."""
+    db, precious = tmp_path / "q.db", tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    Path(f"{db}.lock").symlink_to(precious)
+    server, url = await start_cli("--db", str(db), env={"LOG_FORMAT": "json"})
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await server.communicate()
+    assert precious.read_text() == "keep me\n"
