@@ -738,6 +738,23 @@ async def test_the_deploy_logs_json_lines_to_stderr_apart_from_its_output(fake: 
     assert "verda_request_retry" in [entry["event"] for entry in logged]
 
 
+async def test_replica_bounds_of_true_are_refused_naming_the_field_not_sent_back(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before: bool is an int, so {min: true, max: true} read as a pinned count and the redeploy's PATCH sent
+    min_replica_count true and max_replica_count true back to Verda."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.deployments[NAME].body["scaling"]["scale_down_policy"] = {"delay_seconds": 60}
+    fake.fail_next(f"/container-deployments/{NAME}/scaling", 200, method="GET", body={
+        **fake.deployments[NAME].body["scaling"], "min_replica_count": True, "max_replica_count": True
+    })
+    capsys.readouterr()
+    assert await deploy_main([], deploy_env) == 1
+    err = capsys.readouterr().err
+    assert "unexpected_answer" in err and "min_replica_count=True is not a replica count" in err, err
+    assert fake.requests_to(f"/container-deployments/{NAME}/scaling", "PATCH") == []
+
+
 # --- a broken or hostile Verda ----------------------------------------------------------------
 
 
