@@ -561,6 +561,22 @@ async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     assert "comfyui-worker-queue-manager-token" in fake.secrets
 
 
+async def test_control_characters_in_verdas_answers_reach_the_terminal_escaped(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before: the status, the replicas' ids and statuses were printed as Verda sent them, ESC sequences and all
+    (a recoloured, retitled or cleared terminal, a forged line)."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.fail_next(f"/container-deployments/{NAME}/status", 200, method="GET", body={"status": "healthy\x1b]0;x\x07"})
+    replica = {"id": "r1\x1bc", "status": "running\r\x1b[2Kreplicas: 0", "started_at": "2026-12-05T10:00:00Z"}
+    fake.fail_next(f"/container-deployments/{NAME}/replicas", 200, method="GET", body={"list": [replica]})
+    capsys.readouterr()
+    assert await deploy_main(["status"], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert "status: healthy\\x1b]0;x\\x07" in out and "\x1b" not in out and "\r" not in out, out
+    assert "  r1\\x1bc running\\r\\x1b[2kreplicas: 0 since" in out, out
+
+
 # --- a queue-manager URL with credentials -----------------------------------------------------
 
 
