@@ -50,7 +50,7 @@ from scaler.health_record import (
     read_health,
     reading_fields,
 )
-from scaler.ledger import UNREADABLE, BillingRule, CostLedger
+from scaler.ledger import LEDGER_VERSION, UNREADABLE, BillingRule, CostLedger, SavedFileUnreadable, refuse_newer
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
@@ -423,7 +423,11 @@ class FleetBackend:
         if self.ledger_file is None or self.dry_run:
             return
         if self.alerts is not None:
-            self._take_in_alerts_booked_elsewhere(self.ledger_file, self.alerts.book)
+            try:
+                self._take_in_alerts_booked_elsewhere(self.ledger_file, self.alerts.book)
+            except SavedFileUnreadable as exc:  # a newer scaler's ledger: left as it is, the charges kept in memory
+                self._save_failures.failed(self.ledger_file, exc)
+                return
             self.ledger.alerts = self.alerts.book.to_json()
         # For `comfy-scaler status`, another process: which providers this fleet holds degraded, as of now, and
         # the replicas of those that live in this process.
@@ -442,11 +446,14 @@ class FleetBackend:
     def _take_in_alerts_booked_elsewhere(self, path: Path, book: AlertBook) -> None:
         """`comfy-scaler stop --all` books its kill_switch alert in the ledger file from another process: taken
         into this book before the save writes over it, so that the alert still goes out once a day. Read only
-        when the file is no longer the one this fleet wrote (and once at the first save)."""
+        when the file is no longer the one this fleet wrote (and once at the first save). SavedFileUnreadable when a
+        newer scaler wrote it: written over, what that one kept in it was lost."""
         if _identity(path) == self._saved:
             return
         with contextlib.suppress(*UNREADABLE):  # unreadable: it is overwritten, as before
-            book.take_in(AlertBook.from_json(CostLedger.from_json(json.loads(path.read_text())).alerts))
+            raw = json.loads(path.read_text())
+            refuse_newer(raw, LEDGER_VERSION, f"SCALER_LEDGER_FILE {path}", "ledger")
+            book.take_in(AlertBook.from_json(CostLedger.from_json(raw).alerts))
 
     async def _place(self, desired: int, now: float) -> bool:
         views = {name: seen.view for name, seen in self._seen.items()}

@@ -197,6 +197,10 @@ class QueueStatusReader:
         response = await self._get(STATUS_PATH)
         if response.status_code in RETRYABLE_STATUS:
             raise _Retryable(f"queue status answered HTTP {response.status_code}")
+        if response.is_redirect:  # not followed: it could carry the token to another host
+            where = redact_url(str(response.url.join(response.headers["location"])).removesuffix(STATUS_PATH))
+            raise QueueStatusError(f"queue status answered HTTP {response.status_code} redirect to "
+                                   f"{scrubbed_excerpt(where, 200)} — set QUEUE_MANAGER_URL to it")
         if response.is_error:
             raise QueueStatusError(
                 f"queue status answered HTTP {response.status_code}: {scrubbed_excerpt(response.text, 200)}"

@@ -28,7 +28,7 @@ class SaveFailures:
         self._throttle: LogThrottle | None = None  # while saves fail
         self._failures = 0
 
-    def failed(self, path: Path, error: OSError) -> None:
+    def failed(self, path: Path, error: Exception) -> None:
         if self._throttle is None:
             self._throttle = LogThrottle(SAVE_FAILED_LOG_EVERY_S, self._clock)
         self._failures += 1

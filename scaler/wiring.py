@@ -32,6 +32,7 @@ from scaler.policy import ScalingConfig, is_a_price
 from scaler.providers import Backend, LocalBackend, VerdaBackend
 from scaler.providers.base import BackendView
 from scaler.providers.local import worker_environment as local_worker_environment
+from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.verda.client import VerdaClient
 
 log = structlog.get_logger()
@@ -329,6 +330,9 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
     # One write failed: nothing may run now, but the provider is not held at zero; say so, and exit 1.
     note = f", but {failed}: run the stop again" if failed else ""
     deadline = time.monotonic() + timeout_s
+    # RunPod may accept a stop and never carry it out: what it still lists half way is terminated as it is.
+    terminate_at = time.monotonic() + timeout_s / 2
+    terminated = ""  # which were terminated without their stop, or why they could not be
     listed: BackendView | None = None  # the last listing answered
     while True:
         try:
@@ -341,14 +345,30 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
         else:
             error = None
             if not listed.replicas:
-                return StopResult(name, not failures, f"0 replicas, status {listed.status}{note}")
+                return StopResult(name, not failures, f"0 replicas, status {listed.status}{terminated}{note}")
         if time.monotonic() >= deadline:
             # What was last seen listed says more than the last call's failure alone.
             still = f"{len(listed.replicas)} replicas still listed (status {listed.status})" if listed else error
             if listed is not None and error is not None:
                 still += f", then {error}"
-            return StopResult(name, False, f"not confirmed after {timeout_s:g} s: {still}{note}")
+            return StopResult(name, False, f"not confirmed after {timeout_s:g} s: {still}{terminated}{note}")
+        late = listed is not None and time.monotonic() >= terminate_at  # pods listed live half way
+        if late and isinstance(backend, RunPodBackend) and not terminated:
+            terminated = await _terminate_left(backend, deadline, timeout_s / 2)
         await asyncio.sleep(poll_s)
+
+
+async def _terminate_left(backend: RunPodBackend, deadline: float, waited_s: float) -> str:
+    """Terminate the pods still live after their stop, within what is left of the kill switch's time: what to add
+    to its report."""
+    try:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+            ids = await backend.terminate_live()
+    except TimeoutError:
+        return "; terminating the pods still live failed: no answer in time"
+    except Exception as exc:
+        return f"; terminating the pods still live failed: {error_text(exc)}"
+    return f"; terminated without their stop (still live {waited_s:g} s after it): {', '.join(ids) or 'none'}"
 
 
 def _kill_switch_ledger(settings: ScalerSettings) -> CostLedger | None:

@@ -16,16 +16,24 @@ from common.settings import secret_length_problem, sendable_problem
 from common.urls import IN_CLEAR, encrypted_or_local
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What a terminal obeys rather than shows: an ESC sequence recolours, retitles or clears it, a CR forges a line.
+CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class DeployError(Exception):
     """A problem the operator must fix; the message says what."""
 
 
+def shown(value: object) -> str:
+    """``value`` as text for the terminal, its control characters escaped (``\\x1b``): a provider's string."""
+    return CONTROLS.sub(lambda found: found[0].encode("unicode_escape").decode(), str(value))
+
+
 def print_error(message: object) -> None:
     """``error: <message>`` on stderr, with the secrets the log scrubber knows masked: a provider's error body
-    may quote what was sent (a secret's value, the client secret)."""
-    print(f"error: {scrub(str(message))}", file=sys.stderr)
+    may quote what was sent (a secret's value, the client secret). Its lines are kept, the rest ``shown``."""
+    lines = scrub(str(message)).split("\n")
+    print("error: " + "\n".join(map(shown, lines)), file=sys.stderr)
 
 
 def credential(environ: Mapping[str, str], variable: str, missing: str, *, secret: bool = True) -> str:

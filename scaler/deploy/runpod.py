@@ -30,6 +30,7 @@ from scaler.deploy.errors import (
     credential,
     options_misused,
     print_error,
+    shown,
     unreachable,
 )
 from scaler.deploy.spec import (
@@ -266,10 +267,11 @@ async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> Non
     data_center = volume.get("dataCenter")
     if data_center not in settings.data_center_ids:
         raise DeployError(
-            f"runpod.data_center_ids: volume {settings.volume_id} is in {data_center}, not in"
+            f"runpod.data_center_ids: volume {settings.volume_id} is in {shown(data_center)}, not in"
             f" {settings.data_center_ids}; pods must start where their volume is"
         )
-    print(f"volume: {settings.volume_id} ({volume.get('size')} GB) in {data_center}, mounted at {settings.volume_path}")
+    print(f"volume: {settings.volume_id} ({shown(volume.get('size'))} GB) in {shown(data_center)},"
+          f" mounted at {settings.volume_path}")
 
 
 async def print_pods(backend: RunPodBackend) -> None:
@@ -277,7 +279,7 @@ async def print_pods(backend: RunPodBackend) -> None:
     print(f"pods: {len(view.replicas)} live (the scaler creates and terminates them)")
     for pod in backend.pods:
         since = pod.created_at.isoformat() if pod.created_at else "?"
-        print(f"  {pod.id} {pod.name} {pod.status} ${pod.cost_per_hour:.2f}/h since {since}")
+        print(f"  {shown(pod.id)} {shown(pod.name)} {shown(pod.status)} ${pod.cost_per_hour:.2f}/h since {since}")
 
 
 async def run(

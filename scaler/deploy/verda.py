@@ -28,6 +28,7 @@ from scaler.deploy.errors import (
     credential,
     options_misused,
     print_error,
+    shown,
     unreachable,
 )
 from scaler.deploy.spec import (
@@ -193,14 +194,14 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
 
 async def print_state(verda: VerdaClient, name: str) -> int:
     """Print status, scaling bounds and replicas; the number of replicas."""
-    print(f"status: {await verda.get_status(name)}")
+    print(f"status: {shown(await verda.get_status(name))}")
     scaling = await verda.get_scaling_options(name)
     print(f"scaling: min {scaling.get('min_replica_count')} max {scaling.get('max_replica_count')}")
     replicas = await verda.get_replicas(name)
     print(f"replicas: {len(replicas)}")
     for replica in replicas:
         since = replica.started_at.isoformat() if replica.started_at else "?"
-        print(f"  {replica.id} {replica.status} since {since}")
+        print(f"  {shown(replica.id)} {shown(replica.status)} since {since}")
     return len(replicas)
 
 
@@ -253,7 +254,7 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
     if not created:
         live, replaced = await update(verda, body, live)
     if endpoint := live.get("endpoint_base_url"):
-        print(f"endpoint: {endpoint}")
+        print(f"endpoint: {shown(endpoint)}")
     if await print_state(verda, name) and replaced:
         print(REPLACED_REPLICAS)
 

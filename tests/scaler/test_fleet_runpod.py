@@ -9,6 +9,7 @@ import pytest
 
 from demo.providers import POD_BODY
 from scaler.cli import main
+from scaler.config import load_settings
 from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
@@ -16,7 +17,7 @@ from scaler.providers import VerdaBackend
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
-from scaler.wiring import stop_provider
+from scaler.wiring import stop_all, stop_provider
 from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
@@ -362,6 +363,28 @@ async def test_a_provider_without_its_credential_is_not_stopped_and_the_others_a
     assert missing in capsys.readouterr().err
 
 
+async def test_stop_all_terminates_the_pods_whose_stop_runpod_accepted_and_never_carried_out(
+    stop_env, fake_runpod: FakeRunPod, fake_verda: FakeVerda, make_verda_client
+):
+    """Before: RunPod answered each stop (200, still RUNNING) and kept the pods running; `stop --all` stopped them
+    again at every read, then `runpod: NOT STOPPED: 2 replicas still listed` after its 120 s, and without a running
+    scaler nothing ended them: 2 pods billed for ever. Now what is still live half way is terminated as it is."""
+    await start_pods(fake_runpod, make_verda_client)
+    pods = sorted(pod.id for pod in fake_runpod.live_pods())
+    for pod_id in pods:
+        answer = {"id": pod_id, "name": fake_runpod.pods[pod_id].body["name"], "status": "RUNNING"}
+        fake_runpod.fail_next(f"/pods/{pod_id}/action", 200, method="POST", body=answer, times=1000)
+    async with asyncio.timeout(30):
+        results = await stop_all(load_settings(), ["verda", "runpod"], timeout_s=2, poll_s=0.05)
+    runpod = next(result for result in results if result.provider == "runpod")
+    assert runpod.stopped, runpod.detail
+    assert runpod.detail.startswith("0 replicas, status paused; terminated without their stop (still live 1 s "
+                                    "after it): "), runpod.detail
+    assert sorted(runpod.detail.rsplit(": ", 1)[1].split(", ")) == pods
+    assert fake_runpod.live_pods() == [] and sorted(fake_runpod.terminated) == pods
+    assert all(fake_runpod.requests_to(f"/pods/{pod_id}/action", "POST") for pod_id in pods), "stopped first"
+
+
 def listed_pod(status: str | None) -> dict:
     """One of our pods as a RunPod listing shows it, with the status given."""
     return {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": status, "cost": 0.69,
@@ -390,7 +413,8 @@ async def test_the_kill_switch_asks_no_pods_health_while_it_stops_them():
     """RunPod's stop is asynchronous: a pod still listed RUNNING was probed through RunPod's public proxy at
     every confirming read (3 s each against a proxy that hangs), though it was on its way out."""
     pod = listed_pod("RUNNING")
-    async with FloodingPeer({"/pods": {"pods": [pod]}, "/pods/p1/action": pod}, flood_bytes=1024 * 1024) as peer:
+    answers = {"/pods": {"pods": [pod]}, "/pods/p1/action": pod, "/pods/p1": {}}  # its DELETE taken, not carried out
+    async with FloodingPeer(answers, flood_bytes=1024 * 1024) as peer:
         health = PodHealthProbe(f"{peer.url}/health/{{pod_id}}")  # any path not answered: a flood
         client = RunPodClient(RUNPOD_KEY, base_url=peer.url, max_attempts=1)
         backend = RunPodBackend(client, DEPLOYMENT, POD_BODY, health=health)

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from demo.replicas import free_loopback_port
 from scaler.cli import main
@@ -473,6 +474,24 @@ async def test_an_unconfirmed_stop_names_the_replicas_last_seen_listed():
     assert not result.stopped and provider.listings > 1
     assert result.detail == (f"not confirmed after {CALL_CUT_OFF_S:g} s: 1 replicas still listed (status paused), "
                              "then ConnectionError: proxy gone"), result.detail
+
+
+async def test_a_ledger_a_newer_scaler_wrote_beside_a_running_fleet_is_left_as_it_is(fleet_env, fake_verda, tmp_path):
+    """Before: read loosely for its alerts, then written over in the old shape at the fleet's next tick, what the
+    newer scaler kept in it lost without a word."""
+    fleet = await build_fleet(load_settings())
+    try:
+        await fleet.observe()
+        path = tmp_path / "ledger.json"
+        newer = json.loads(path.read_text()) | {"version": 2, "kept_by_version_2": {"a": 1}}
+        path.write_text(json.dumps(newer))
+        with capture_logs() as logs:
+            await fleet.observe()
+        assert json.loads(path.read_text()) == newer
+        failed = [entry for entry in logs if entry["event"] == "cost_ledger_save_failed"]
+        assert len(failed) == 1 and "written by a newer comfy-scaler (ledger version 2" in failed[0]["error"], logs
+    finally:
+        await fleet.aclose()
 
 
 async def test_the_kill_switch_alert_stays_in_the_book_a_running_fleet_saves_every_tick(

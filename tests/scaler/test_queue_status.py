@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
 from queue_manager.server import QueueManagerServer
 from scaler.queue_status import QueueStatusError, QueueStatusReader
+
+from ..conftest import served
 
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 
@@ -74,3 +77,31 @@ async def test_an_unreachable_manager_is_an_error():
     async with QueueStatusReader("http://127.0.0.1:9", attempts=2, retry_initial_s=0.01) as reader:
         with pytest.raises(QueueStatusError, match="cannot reach"):
             await reader.read()
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("https://qm.example/api/queue/status", "https://qm.example"),
+        ("https://qm.example/api/queue/status?token=hunter22", "https://qm.example/api/queue/status?token=***"),
+        ("/qm/api/queue/status", "{url}/qm"),
+    ],
+)
+async def test_a_redirect_is_named_with_where_it_leads_not_followed(location, shown):
+    """Before: `queue status is not JSON: 301: Moved Permanently`, naming neither the status nor where it led (an
+    http:// QUEUE_MANAGER_URL to an https-only host)."""
+    asked = []
+
+    async def moved(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        raise web.HTTPMovedPermanently(location)
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", moved)
+    async with served(app) as url, QueueStatusReader(url, token="s3cret", attempts=1) as reader:
+        with pytest.raises(QueueStatusError) as refused:
+            await reader.read()
+    assert str(refused.value) == (
+        f"queue status answered HTTP 301 redirect to {shown.format(url=url)} — set QUEUE_MANAGER_URL to it"
+    )
+    assert asked == ["/api/queue/status"], "a redirect is not followed"

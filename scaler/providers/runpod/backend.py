@@ -129,6 +129,14 @@ class RunPodBackend:
         self._paused = True
         await self._reconcile(await self._our_pods())
 
+    async def terminate_live(self) -> list[str]:
+        """Terminate as they are the pods the last read listed live: what the kill switch does with a stop RunPod
+        accepted and did not carry out. The ids whose DELETE RunPod accepted; once every pod was tried, the first
+        failure raised (each logged)."""
+        live = [pod for pod in self.pods if pod.live]
+        accepted = await _each_pod((pod.id, partial(self._terminate_tracked, pod)) for pod in live)
+        return [pod.id for pod, done in zip(live, accepted, strict=True) if done]
+
     async def resume(self) -> None:
         self._paused = False
         if self._desired is not None:

@@ -237,12 +237,17 @@ def container_image(container: dict[str, Any]) -> str:
     return str(image.get("image", "")) if isinstance(image, dict) else str(image or "")
 
 
+def is_replica_count(value: Any) -> bool:
+    """A whole number from 0 to MAX_PLAUSIBLE_REPLICAS; not true, which Python counts as 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PLAUSIBLE_REPLICAS
+
+
 def replica_bounds(scaling: Any) -> tuple[int, int] | None:
-    """(min_replica_count, max_replica_count) from a scaling object; None when either is missing."""
+    """(min_replica_count, max_replica_count) from a scaling object; None when either is missing or no count."""
     if not isinstance(scaling, dict):
         return None
     low, high = scaling.get("min_replica_count"), scaling.get("max_replica_count")
-    return (low, high) if isinstance(low, int) and isinstance(high, int) else None
+    return (low, high) if is_replica_count(low) and is_replica_count(high) else None
 
 
 def priced_compute(name: str, deployment: dict[str, Any]) -> tuple[str, int, bool]:
@@ -576,11 +581,16 @@ class VerdaClient:
         return await self._json("GET", f"{DEPLOYMENTS}/{_path(name)}/scaling")
 
     async def get_scaling_options(self, name: str) -> dict[str, Any]:
-        """The scaling options; an error naming the call when the answer is not an object."""
+        """The scaling options; an error naming the call when the answer is not an object, and naming the field
+        when a replica bound is there but no count: a bound of true was sent back to Verda in the deploy's PATCH."""
         scaling = await self.get_scaling(name)
+        path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
         if not isinstance(scaling, dict):
-            path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
             raise _unexpected(path, f"not an object: {scrubbed_excerpt(str(scaling), 100)}")
+        for key in ("min_replica_count", "max_replica_count"):
+            value = scaling.get(key)
+            if value is not None and not is_replica_count(value):
+                raise _unexpected(path, f"{key}={scrubbed_excerpt(repr(value), 60)} is not a replica count")
         return scaling
 
     async def get_replica_bounds(self, name: str) -> tuple[int, int]:
@@ -590,9 +600,8 @@ class VerdaClient:
         path = f"{DEPLOYMENTS}/{_path(name)}/scaling"
         scaling = await self.get_scaling_options(name)
         for key in ("min_replica_count", "max_replica_count"):
-            value = scaling.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PLAUSIBLE_REPLICAS:
-                raise _unexpected(path, f"{key}={scrubbed_excerpt(repr(value), 60)} is not a replica count")
+            if scaling.get(key) is None:
+                raise _unexpected(path, f"{key}=None is not a replica count")
         return scaling["min_replica_count"], scaling["max_replica_count"]
 
     async def update_scaling(self, name: str, scaling: dict[str, Any]) -> dict[str, Any]:

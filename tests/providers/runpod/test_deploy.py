@@ -261,6 +261,22 @@ async def test_apply_names_what_cannot_be_placed(fake: FakeRunPod, deploy_env, c
     assert message in capsys.readouterr().err
 
 
+async def test_control_characters_in_runpods_answers_reach_the_terminal_escaped(
+    fake: FakeRunPod, deploy_env, capsys
+) -> None:
+    """Before: the volume's size and data centre were printed as RunPod sent them, ESC sequences and all (a
+    recoloured, retitled or cleared terminal)."""
+    volume = {"id": "vol-models", "name": "vol-models", "size": "100\x1b]0;owned\x07", "dataCenter": "US-TX-3"}
+    fake.fail_next("/network-volumes/vol-models", 200, method="GET", body=volume)
+    assert await deploy_main(runpod_args(), deploy_env) == 0
+    out = capsys.readouterr().out
+    assert "volume: vol-models (100\\x1b]0;owned\\x07 GB) in US-TX-3" in out and "\x1b" not in out, out
+    fake.fail_next("/network-volumes/vol-models", 200, method="GET", body={**volume, "dataCenter": "US\x1b[2J"})
+    assert await deploy_main(runpod_args(), deploy_env) == 1
+    err = capsys.readouterr().err
+    assert "volume vol-models is in US\\x1b[2J, not in" in err and "\x1b" not in err, err
+
+
 async def test_bad_or_missing_key_is_explained_and_hidden(fake: FakeRunPod, deploy_env, capsys) -> None:
     assert await deploy_main(runpod_args("status"), {**deploy_env, "RUNPOD_API_KEY": "rpa_wrong_value"}) == 1
     err = capsys.readouterr().err

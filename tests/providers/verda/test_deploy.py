@@ -561,6 +561,22 @@ async def test_status_and_delete(fake: FakeVerda, deploy_env, capsys) -> None:
     assert "comfyui-worker-queue-manager-token" in fake.secrets
 
 
+async def test_control_characters_in_verdas_answers_reach_the_terminal_escaped(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before: the status, the replicas' ids and statuses were printed as Verda sent them, ESC sequences and all
+    (a recoloured, retitled or cleared terminal, a forged line)."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.fail_next(f"/container-deployments/{NAME}/status", 200, method="GET", body={"status": "healthy\x1b]0;x\x07"})
+    replica = {"id": "r1\x1bc", "status": "running\r\x1b[2Kreplicas: 0", "started_at": "2026-12-05T10:00:00Z"}
+    fake.fail_next(f"/container-deployments/{NAME}/replicas", 200, method="GET", body={"list": [replica]})
+    capsys.readouterr()
+    assert await deploy_main(["status"], deploy_env) == 0
+    out = capsys.readouterr().out
+    assert "status: healthy\\x1b]0;x\\x07" in out and "\x1b" not in out and "\r" not in out, out
+    assert "  r1\\x1bc running\\r\\x1b[2kreplicas: 0 since" in out, out
+
+
 # --- a queue-manager URL with credentials -----------------------------------------------------
 
 
@@ -736,6 +752,23 @@ async def test_the_deploy_logs_json_lines_to_stderr_apart_from_its_output(fake: 
     assert out.decode().startswith("status: ")
     logged = [json.loads(line) for line in err.decode().splitlines()]
     assert "verda_request_retry" in [entry["event"] for entry in logged]
+
+
+async def test_replica_bounds_of_true_are_refused_naming_the_field_not_sent_back(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """Before: bool is an int, so {min: true, max: true} read as a pinned count and the redeploy's PATCH sent
+    min_replica_count true and max_replica_count true back to Verda."""
+    assert await deploy_main([], deploy_env) == 0
+    fake.deployments[NAME].body["scaling"]["scale_down_policy"] = {"delay_seconds": 60}
+    fake.fail_next(f"/container-deployments/{NAME}/scaling", 200, method="GET", body={
+        **fake.deployments[NAME].body["scaling"], "min_replica_count": True, "max_replica_count": True
+    })
+    capsys.readouterr()
+    assert await deploy_main([], deploy_env) == 1
+    err = capsys.readouterr().err
+    assert "unexpected_answer" in err and "min_replica_count=True is not a replica count" in err, err
+    assert fake.requests_to(f"/container-deployments/{NAME}/scaling", "PATCH") == []
 
 
 # --- a broken or hostile Verda ----------------------------------------------------------------

@@ -385,6 +385,16 @@ async def test_set_replica_bounds_writes_over_a_scaling_answer_that_is_not_json(
     assert (scaling["min_replica_count"], scaling["max_replica_count"]) == (0, 0)
 
 
+async def test_set_replica_bounds_writes_over_bounds_of_true(fake: FakeVerda, verda: VerdaClient) -> None:
+    """Before: true == 1, so a scaling answer {min: true, max: true} read as the bounds (1, 1) already held."""
+    await verda.create_deployment(deployment_body())
+    scaling = {**await verda.get_scaling(NAME), "min_replica_count": True, "max_replica_count": True}
+    fake.fail_next(f"{LIST}/{NAME}/scaling", 200, method="GET", body=scaling)
+    assert await verda.set_replica_bounds(NAME, 1, 1) is True
+    patches = fake.requests_to(f"{LIST}/{NAME}/scaling", "PATCH")
+    assert [patch.json for patch in patches] == [{"min_replica_count": 1, "max_replica_count": 1}]
+
+
 async def test_set_replica_bounds_rejects_inverted_bounds(verda: VerdaClient) -> None:
     with pytest.raises(ValueError, match="min <= max"):
         await verda.set_replica_bounds(NAME, 3, 2)
