@@ -269,6 +269,22 @@ def test_a_parameter_whose_name_only_contains_a_secret_word_is_left_as_it_is() -
     assert (url_credentials(url), redact_url(url), scrub(url)) == ([], url, url)
 
 
+@pytest.mark.parametrize(
+    ("name", "credential"),
+    [(name, True) for name in ("key", "api_key", "apiKey", "auth", "proxy_auth", "session", "session_id", "sessionId",
+                               "sig", "X-Amz-Signature", "bearer", "jwt", "db_pass", "AWSAccessKeyId", "api_key_2")]
+    + [(name, False) for name in ("auth_mode", "key_frame", "keyframes", "pass_count", "session_state",
+                                  "signature_version", "sig_alg", "bearer_scheme", "jwt_issuer", "author")],
+)
+def test_a_word_that_names_a_credential_only_as_its_last_word_leaves_other_names_alone(name, credential) -> None:
+    """pass, pw, key, auth, session, sig, signature, bearer and jwt made a credential wherever they stood in a
+    parameter's name: a deployment's [env] URL with ?auth_mode=basic or ?key_frame=1 was refused as "a URL with a
+    user, password or token in it" (8 of these 10 names), and logs showed its value as ***."""
+    url = f"https://models.example.com/get?{name}=v-1&page=2"
+    shown = f"https://models.example.com/get?{name}=***&page=2" if credential else url
+    assert (url_has_credentials(url), redact_url(url), scrub(url)) == (credential, shown, shown)
+
+
 @pytest.mark.parametrize("unit", ["?a=b", "%3Fa%3Db", ";a=b"])
 def test_a_megabyte_of_parameters_whose_values_never_end_is_scrubbed_whole(unit: str) -> None:
     """Each parameter's value was read before its name was checked, to the end of the text when nothing ended it:
