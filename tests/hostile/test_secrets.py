@@ -112,6 +112,33 @@ async def test_the_queue_managers_start_line_says_whether_tokens_are_set_and_nev
     assert '"worker_token": "***"' in log_buffer.getvalue() and "k-123" not in log_buffer.getvalue()
 
 
+CREDENTIAL_FIELDS = {
+    "token": "t", "worker_token": "t", "hf_token": "t", "access_token": "t", "accessToken": "t", "api_key": "k",
+    "apiKey": "k", "X-Api-Key": "k", "api_key_id": "k", "key": "k", "private_key": "k", "ssh_key": "k", "secret": "s",
+    "client_secret": "s", "aws_secret_access_key": "s", "password": "p", "passwd": "p", "passphrase": "p", "pass": "p",
+    "db_pass": "p", "pw": "p", "pwd": "p", "Authorization": "b", "auth": "a", "proxy_auth": "a", "session": "s",
+    "session_id": "s", "sessionId": "s", "jsessionid": "s", "sig": "s", "signature": "s", "bearer": "b", "jwt": "j",
+    "credentials": "c", "tokens": ["t-1"], "api_keys": ["k-1"], "passwords": {"db": "p"}, "SECRETS": "s",
+}
+OPERATIONAL_FIELDS = {
+    "max_tokens": 512, "prompt_tokens": 7, "tokens": 3, "tokens_per_s": 41.5, "tokenizer": "clip", "keyframes": 24,
+    "key_frame": 1, "keyboard": "us", "author": "ann", "auth_mode": "basic", "passes": 2, "pass_count": 3,
+    "compass": "n", "session_state": "s", "secretary": "x", "worker_token": True, "auth": False, "api_key": None,
+}
+
+
+def test_a_log_field_is_masked_by_the_words_of_its_name_not_by_letters_inside_them(log_buffer: io.StringIO) -> None:
+    """A field's value was masked when its name held "token", "secret", "password", "authorization" or "api_key"
+    anywhere: max_tokens, tokenizer and tokens_per_s read *** (6 of these 18 operational figures), while apiKey,
+    X-Api-Key, db_pass, pw, key, auth, session_id, sig, jwt, credentials... were shown (22 of these 38 credentials).
+    A plural may hold credentials and is masked unless it holds a number, as a count does."""
+    structlog.get_logger().info("fields", **CREDENTIAL_FIELDS)
+    structlog.get_logger().info("figures", **OPERATIONAL_FIELDS)
+    credentials, figures = (json.loads(line) for line in log_buffer.getvalue().splitlines())
+    assert [name for name in CREDENTIAL_FIELDS if credentials[name] != "***"] == []
+    assert {name: figures[name] for name in OPERATIONAL_FIELDS} == OPERATIONAL_FIELDS
+
+
 async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log_buffer: io.StringIO) -> None:
     """A worker id, a failure message or a hand-back reason that happens to contain the token."""
     async with QueueManagerServer(token=TOKEN) as queue, httpx.AsyncClient(
