@@ -23,9 +23,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
-from common.urls import redact_urls_in
+from common.urls import name_words, names_a_credential, redact_urls_in
 
-_SECRET_KEYS = ("token", "secret", "password", "authorization", "api_key")
 _secret_values: set[str] = set()
 # How far past a cut a URL's user name and password may run and still be masked as a URL's (ours are registered
 # secrets, masked however long).
@@ -84,15 +83,21 @@ def scrub_all(value: Any, limit: int | None = None) -> Any:
             return f"{scrubbed_excerpt(value, limit)}… (cut: {len(value)} characters)"
         return scrub(value)
     if isinstance(value, dict):
-        return {key: "***" if _names_a_secret(key) and not isinstance(item, bool | None) else scrub_all(item, limit)
-                for key, item in value.items()}
+        return {key: "***" if _names_a_secret(key, item) else scrub_all(item, limit) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [scrub_all(item, limit) for item in value]
     return value
 
 
-def _names_a_secret(key: object) -> bool:
-    return isinstance(key, str) and any(marker in key.lower() for marker in _SECRET_KEYS)
+def _names_a_secret(key: object, value: object) -> bool:
+    """Whether ``key`` names a credential by its words, as a URL's parameter (common.urls): not ``max_tokens``,
+    ``tokenizer``, ``keyframes`` or ``author``, which held a word's letters and read ``***``. Its plural
+    (``tokens``, ``api_keys``) may hold credentials too, unless what it holds is a count (``max_tokens=512``)."""
+    if not isinstance(key, str) or isinstance(value, bool | None):
+        return False
+    words = name_words(key)
+    singular = [word if word.endswith("ss") else word.removesuffix("s") for word in words]
+    return names_a_credential(words) or (not isinstance(value, int | float) and names_a_credential(singular))
 
 
 # The longest text a log value keeps: a peer's or a client's megabytes quoted whole took seconds to scrub (8 MiB of

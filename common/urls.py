@@ -13,19 +13,32 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 import httpx
 
-# The words of a query parameter's name (split at "_", "-", ".", and "aB" as in accessToken) that make its value a
-# credential; and a word ending in one of _SECRET_ENDINGS does too (accesstoken, clientsecret, jsessionid).
+# The words of a name (a query parameter's, a log field's: split at "_", "-", ".", and "aB" as in accessToken) that
+# make its value a credential wherever they stand; and a word ending in one of _SECRET_ENDINGS does too (accesstoken,
+# clientsecret, jsessionid).
 _SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "pass", "pw", "key", "apikey", "accesskey", "secretkey",
-     "privatekey", "signature", "sig", "auth", "authorization", "credential", "credentials", "bearer", "jwt",
-     "session"}
+    {"token", "secret", "password", "passwd", "passphrase", "apikey", "accesskey", "secretkey", "privatekey",
+     "authorization", "credential", "credentials"}
 )
 _SECRET_ENDINGS = ("token", "secret", "password", "passwd", "passphrase", "sessionid", "sessid")
+# Words that do only as the last word, an "id" or a number after them aside: db_pass, api_key, ?sig=, session_id and
+# X-Amz-Signature are credentials; auth_mode, key_frame, pass_count and signature_version are not (before, anywhere in
+# a name, ?auth_mode=basic in a deployment's [env] was refused as a URL with credentials).
+_SECRET_LAST_WORDS = frozenset({"pass", "pw", "pwd", "key", "auth", "session", "sig", "signature", "bearer", "jwt"})
+
+
+def name_words(name: str) -> list[str]:
+    """The words of ``name``, in lower case: split at "_", "-", ".", and "aB" as in accessToken."""
+    return [word for word in re.split(r"[_.\-]", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if word]
 
 
 def is_secret_parameter(name: str) -> bool:
-    words = re.split(r"[_.\-]", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
-    return any(word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS) for word in words)
+    return names_a_credential(name_words(name))
+
+
+def names_a_credential(words: list[str]) -> bool:
+    last = next((word for word in reversed(words) if word != "id" and not word.isdigit()), "")
+    return last in _SECRET_LAST_WORDS or any(word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS) for word in words)
 
 
 # RFC 3986's appendix B: the parts of any URL, checking nothing (urlsplit refuses an unclosed "[" in the host).

@@ -112,6 +112,33 @@ async def test_the_queue_managers_start_line_says_whether_tokens_are_set_and_nev
     assert '"worker_token": "***"' in log_buffer.getvalue() and "k-123" not in log_buffer.getvalue()
 
 
+CREDENTIAL_FIELDS = {
+    "token": "t", "worker_token": "t", "hf_token": "t", "access_token": "t", "accessToken": "t", "api_key": "k",
+    "apiKey": "k", "X-Api-Key": "k", "api_key_id": "k", "key": "k", "private_key": "k", "ssh_key": "k", "secret": "s",
+    "client_secret": "s", "aws_secret_access_key": "s", "password": "p", "passwd": "p", "passphrase": "p", "pass": "p",
+    "db_pass": "p", "pw": "p", "pwd": "p", "Authorization": "b", "auth": "a", "proxy_auth": "a", "session": "s",
+    "session_id": "s", "sessionId": "s", "jsessionid": "s", "sig": "s", "signature": "s", "bearer": "b", "jwt": "j",
+    "credentials": "c", "tokens": ["t-1"], "api_keys": ["k-1"], "passwords": {"db": "p"}, "SECRETS": "s",
+}
+OPERATIONAL_FIELDS = {
+    "max_tokens": 512, "prompt_tokens": 7, "tokens": 3, "tokens_per_s": 41.5, "tokenizer": "clip", "keyframes": 24,
+    "key_frame": 1, "keyboard": "us", "author": "ann", "auth_mode": "basic", "passes": 2, "pass_count": 3,
+    "compass": "n", "session_state": "s", "secretary": "x", "worker_token": True, "auth": False, "api_key": None,
+}
+
+
+def test_a_log_field_is_masked_by_the_words_of_its_name_not_by_letters_inside_them(log_buffer: io.StringIO) -> None:
+    """A field's value was masked when its name held "token", "secret", "password", "authorization" or "api_key"
+    anywhere: max_tokens, tokenizer and tokens_per_s read *** (6 of these 18 operational figures), while apiKey,
+    X-Api-Key, db_pass, pw, key, auth, session_id, sig, jwt, credentials... were shown (22 of these 38 credentials).
+    A plural may hold credentials and is masked unless it holds a number, as a count does."""
+    structlog.get_logger().info("fields", **CREDENTIAL_FIELDS)
+    structlog.get_logger().info("figures", **OPERATIONAL_FIELDS)
+    credentials, figures = (json.loads(line) for line in log_buffer.getvalue().splitlines())
+    assert [name for name in CREDENTIAL_FIELDS if credentials[name] != "***"] == []
+    assert {name: figures[name] for name in OPERATIONAL_FIELDS} == OPERATIONAL_FIELDS
+
+
 async def test_a_token_that_travels_in_a_request_field_is_scrubbed_from_logs(log_buffer: io.StringIO) -> None:
     """A worker id, a failure message or a hand-back reason that happens to contain the token."""
     async with QueueManagerServer(token=TOKEN) as queue, httpx.AsyncClient(
@@ -267,6 +294,22 @@ def test_a_query_parameter_named_like_a_password_or_a_session_id_is_masked(name:
 def test_a_parameter_whose_name_only_contains_a_secret_word_is_left_as_it_is() -> None:
     url = "https://h.example.com/a?compass=n&bypass=1&passage=3&pwm=4&sessionids=5&code=c&country_code=fr"
     assert (url_credentials(url), redact_url(url), scrub(url)) == ([], url, url)
+
+
+@pytest.mark.parametrize(
+    ("name", "credential"),
+    [(name, True) for name in ("key", "api_key", "apiKey", "auth", "proxy_auth", "session", "session_id", "sessionId",
+                               "sig", "X-Amz-Signature", "bearer", "jwt", "db_pass", "AWSAccessKeyId", "api_key_2")]
+    + [(name, False) for name in ("auth_mode", "key_frame", "keyframes", "pass_count", "session_state",
+                                  "signature_version", "sig_alg", "bearer_scheme", "jwt_issuer", "author")],
+)
+def test_a_word_that_names_a_credential_only_as_its_last_word_leaves_other_names_alone(name, credential) -> None:
+    """pass, pw, key, auth, session, sig, signature, bearer and jwt made a credential wherever they stood in a
+    parameter's name: a deployment's [env] URL with ?auth_mode=basic or ?key_frame=1 was refused as "a URL with a
+    user, password or token in it" (8 of these 10 names), and logs showed its value as ***."""
+    url = f"https://models.example.com/get?{name}=v-1&page=2"
+    shown = f"https://models.example.com/get?{name}=***&page=2" if credential else url
+    assert (url_has_credentials(url), redact_url(url), scrub(url)) == (credential, shown, shown)
 
 
 @pytest.mark.parametrize("unit", ["?a=b", "%3Fa%3Db", ";a=b"])
