@@ -65,9 +65,6 @@ MAX_SPEC_BYTES = 1024 * 1024  # the spec file: the shipped one is 5 KB
 MAX_GPUS_PER_REPLICA = 16
 MAX_DELAY_S = 24 * 3600
 MAX_MEMORY_MB = 1024 * 1024
-# Words that make a variable a credential only as the last word of its name: DB_PASS, SSH_KEY and REDIS_AUTH are
-# secrets, SECOND_PASS_STEPS, CACHE_KEY_PREFIX and AUTH_ENABLED are settings (TOKEN, SECRET, PASSWORD: anywhere).
-CREDENTIAL_ONLY_LAST = frozenset({"pass", "pw", "pwd", "key", "auth", "session", "sig", "signature", "bearer", "jwt"})
 
 
 class SpecError(ValueError):
@@ -105,13 +102,6 @@ def check_env_name(name: str) -> str:
     if not ENV_NAME_RULE.fullmatch(name):
         raise ValueError(f"env name {name!r} must match ^[A-Z_][A-Z0-9_]*$")
     return name
-
-
-def is_secret_env_name(name: str) -> bool:
-    """Whether variable ``name`` holds a credential, by the words of its name (CREDENTIAL_ONLY_LAST)."""
-    *first, last = [word for word in name.split("_") if word] or [""]
-    return is_secret_parameter(last) or any(
-        is_secret_parameter(word) and word.lower() not in CREDENTIAL_ONLY_LAST for word in first)
 
 
 def check_pinned_image(image: str) -> str:
@@ -351,11 +341,11 @@ def _secrets_in_plain_env(env: Any) -> list[str]:
         return []
     clear = "its value would sit in the deployment in clear and show in --dry-run and --console"
     problems = [f"env.{name}: is named like a secret: {clear}; move it to [secrets] (a Verda secret made from "
-                f"${name})" for name in env if is_secret_env_name(name) and name != QUEUE_WORKER_TOKEN_ENV]
+                f"${name})" for name in env if is_secret_parameter(name) and name != QUEUE_WORKER_TOKEN_ENV]
     problems += [f"env.{name}: a URL with a user, password or token in it: {clear}; move {name} to "
                  "env_from_environment.names (the deploy makes it a Verda secret)"
                  for name, value in env.items()
-                 if isinstance(value, str) and not is_secret_env_name(name) and url_has_credentials(value)]
+                 if isinstance(value, str) and not is_secret_parameter(name) and url_has_credentials(value)]
     return problems
 
 
@@ -409,7 +399,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     missing += text_problems(raw, "") + text_problems(from_environment, "") + _token_clash(raw, names, environ)
     missing += [f"env_from_environment.names: {n} is named like a secret: its value would sit in the deployment in "
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
-                for n in names if isinstance(n, str) and is_secret_env_name(n) and n != QUEUE_WORKER_TOKEN_ENV]
+                for n in names if isinstance(n, str) and is_secret_parameter(n) and n != QUEUE_WORKER_TOKEN_ENV]
     missing += _secrets_in_plain_env(raw.get("env", {})) + _worker_token_entries(raw, names)
     missing += _one_secret_two_values(secrets, environ)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}

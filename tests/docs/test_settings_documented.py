@@ -101,6 +101,7 @@ NOT_OURS = {
     "NUM_WORKERS": "comfy-multi's queue manager setting, in the comparison table of queue-manager.md",
     "DB_PASS": "deploy-verda.md: an example of a name the deploy takes for a secret's",
     "SSH_KEY": "deploy-verda.md: an example of a name the deploy takes for a secret's",
+    "SESSION_ID": "deploy-verda.md: an example of a name the deploy takes for a secret's",
     "SECOND_PASS_STEPS": "deploy-verda.md: an example of a workflow setting the deploy does not take for a secret",
     "HF_TOKEN": "an example of a variable the supervisor passes through to ComfyUI untouched",
     "RUNPOD_WEBHOOK_GET_JOB": "RunPod's own worker SDK reads it (providers.md compares the platforms)",

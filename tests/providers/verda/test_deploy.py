@@ -686,7 +686,8 @@ async def test_a_setting_with_a_credential_word_inside_its_name_is_deployed(
 
 @pytest.mark.parametrize("name", ["PASSWORD", "DB_PASS", "MYSQL_PWD", "PASSWD", "DB_PW", "API_KEY", "SSH_KEY",
                                   "AWS_SECRET_ACCESS_KEY", "SECRET_KEY_BASE", "HF_TOKEN", "TOKEN_FOR_HUB",
-                                  "CLIENT_SECRET", "REDIS_AUTH", "GPG_PASSPHRASE", "GCP_CREDENTIALS", "CIVITAI_APIKEY"])
+                                  "CLIENT_SECRET", "REDIS_AUTH", "GPG_PASSPHRASE", "GCP_CREDENTIALS", "CIVITAI_APIKEY",
+                                  "SESSION_ID", "API_KEY_2", "DB_PASS_1", "SSH_KEY_ID"])
 def test_a_variable_named_like_a_credential_is_still_refused_in_clear(
     spec_path: Path, deploy_env, tmp_path: Path, name: str
 ) -> None:
