@@ -4,10 +4,8 @@ a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI
 
 from __future__ import annotations
 
-import shlex
 import sys
 
-EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 INTERRUPTED = "comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n"
 
@@ -15,6 +13,7 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     import structlog
 
     from common.children import keep_environment_private
+    from common.cli import EXIT_CONFIG, refuse_arguments
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
@@ -121,11 +120,11 @@ def main() -> int:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(usage())
         return 0
-    if sys.argv[1:]:  # `docker run <image> bash` meant a shell: it started ComfyUI and a worker taking jobs
-        sys.stderr.write(f"comfy-supervisor takes no arguments, got: {shlex.join(sys.argv[1:])}; it is configured by "
-                         "environment variables (--help lists them). For a shell in the image: docker run "
-                         "--entrypoint bash <image>\n")
-        return EXIT_CONFIG
+    # `docker run <image> bash` meant a shell: it started ComfyUI and a worker taking jobs
+    refused = refuse_arguments("comfy-supervisor", "it is configured by environment variables (--help lists them). "
+                               "For a shell in the image: docker run --entrypoint bash <image>")
+    if refused is not None:
+        return refused
     try:
         return _checked_start()
     except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 
+from common.cli import EXIT_CONFIG, refuse_arguments
 from common.limits import allow_many_connections
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, env_name, warn_misspelt_variables
@@ -29,17 +29,18 @@ def main() -> int:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(usage())
         return 0
-    if sys.argv[1:]:  # `comfy-worker --queue-url …` ran on QUEUE_MANAGER_URL's value (or its default) unsaid
-        sys.stderr.write(f"comfy-worker takes no arguments, got: {shlex.join(sys.argv[1:])}; it is configured by "
-                         "environment variables or a .env file (--help lists them)\n")
-        return 2
+    # `comfy-worker --queue-url …` ran on QUEUE_MANAGER_URL's value (or its default) unsaid
+    refused = refuse_arguments("comfy-worker", "it is configured by environment variables or a .env file (--help "
+                               "lists them)")
+    if refused is not None:
+        return refused
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         if "QUEUE_MANAGER_URL" in str(exc):
             print(MISSING_PEER_HINT, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
     warn_misspelt_variables(WorkerSettings)
     allow_many_connections()
