@@ -1,15 +1,23 @@
-"""`python -m worker` / `comfy-worker`: exit 0 idle or stopped, 1 fatal, 2 bad configuration (or a refused token)."""
+"""`python -m worker` / `comfy-worker`: exit 0 idle or stopped, 1 fatal, 2 bad configuration (or a refused token),
+130 a SIGINT (Ctrl-C) before the worker took it, one line, no traceback."""
 
 from __future__ import annotations
 
 import sys
 
-from common.cli import EXIT_CONFIG, refuse_arguments
-from common.limits import allow_many_connections
-from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, env_name, warn_misspelt_variables
-from worker.config import WorkerSettings, load_settings
-from worker.service import run_process, serve
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "comfy-worker: interrupted (SIGINT) while starting; exiting\n"
+
+try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start says
+    from common.cli import EXIT_CONFIG, refuse_arguments
+    from common.limits import allow_many_connections
+    from common.logs import configure_logging, register_secret
+    from common.settings import ConfigError, env_name, warn_misspelt_variables
+    from worker.config import WorkerSettings, load_settings
+    from worker.service import run_process, serve
+except KeyboardInterrupt:
+    sys.stderr.write(INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 MISSING_PEER_HINT = (
     "The worker needs a queue manager (QUEUE_MANAGER_URL, e.g. https://queue.example.com) and a ComfyUI "
@@ -34,6 +42,14 @@ def main() -> int:
                                "lists them)")
     if refused is not None:
         return refused
+    try:
+        return _start()
+    except KeyboardInterrupt:  # raised only until serve() takes SIGINT
+        sys.stderr.write(INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+def _start() -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
