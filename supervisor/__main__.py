@@ -4,6 +4,7 @@ a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
@@ -87,6 +88,14 @@ def _port_file_problems(settings: WorkerSettings) -> list[str]:
             "(or set a fixed HEALTH_PORT)."]
 
 
+def remove_stale_port_file(settings: WorkerSettings) -> None:
+    """A HEALTH_PORT_FILE a killed run left (/tmp survives a restart in place) names its port, which another
+    process may hold now: until the health server writes its own, the HEALTHCHECK finds no port rather than that."""
+    if settings.health_port_file is not None:
+        with contextlib.suppress(OSError):  # a folder there: the health server says so when it cannot write it
+            settings.health_port_file.unlink(missing_ok=True)
+
+
 def prepare_directories(config: SupervisorSettings) -> None:
     """ComfyUI's writable directories and its model paths file; an unwritable SCRATCH_DIR is a config error."""
     for directory in (config.output_dir, config.comfyui_dir / "input", config.comfyui_dir / "user"):
@@ -166,8 +175,10 @@ def _checked_start() -> int:
 
 
 def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
-    """With SCRATCH_DIR ours: check ComfyUI's port, empty and prepare the scratch folders, supervise."""
+    """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port, empty and prepare the scratch
+    folders, supervise."""
     log = structlog.get_logger()
+    remove_stale_port_file(settings)
     if not comfyui_port_free(config):
         return 1
     empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
