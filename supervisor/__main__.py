@@ -4,10 +4,9 @@ a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI
 
 from __future__ import annotations
 
-import shlex
+import contextlib
 import sys
 
-EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 INTERRUPTED = "comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n"
 
@@ -15,6 +14,7 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     import structlog
 
     from common.children import keep_environment_private
+    from common.cli import EXIT_CONFIG, refuse_arguments
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
@@ -88,6 +88,14 @@ def _port_file_problems(settings: WorkerSettings) -> list[str]:
             "(or set a fixed HEALTH_PORT)."]
 
 
+def remove_stale_port_file(settings: WorkerSettings) -> None:
+    """A HEALTH_PORT_FILE a killed run left (/tmp survives a restart in place) names its port, which another
+    process may hold now: until the health server writes its own, the HEALTHCHECK finds no port rather than that."""
+    if settings.health_port_file is not None:
+        with contextlib.suppress(OSError):  # a folder there: the health server says so when it cannot write it
+            settings.health_port_file.unlink(missing_ok=True)
+
+
 def prepare_directories(config: SupervisorSettings) -> None:
     """ComfyUI's writable directories and its model paths file; an unwritable SCRATCH_DIR is a config error."""
     for directory in (config.output_dir, config.comfyui_dir / "input", config.comfyui_dir / "user"):
@@ -121,11 +129,11 @@ def main() -> int:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(usage())
         return 0
-    if sys.argv[1:]:  # `docker run <image> bash` meant a shell: it started ComfyUI and a worker taking jobs
-        sys.stderr.write(f"comfy-supervisor takes no arguments, got: {shlex.join(sys.argv[1:])}; it is configured by "
-                         "environment variables (--help lists them). For a shell in the image: docker run "
-                         "--entrypoint bash <image>\n")
-        return EXIT_CONFIG
+    # `docker run <image> bash` meant a shell: it started ComfyUI and a worker taking jobs
+    refused = refuse_arguments("comfy-supervisor", "it is configured by environment variables (--help lists them). "
+                               "For a shell in the image: docker run --entrypoint bash <image>")
+    if refused is not None:
+        return refused
     try:
         return _checked_start()
     except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
@@ -167,8 +175,10 @@ def _checked_start() -> int:
 
 
 def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
-    """With SCRATCH_DIR ours: check ComfyUI's port, empty and prepare the scratch folders, supervise."""
+    """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port, empty and prepare the scratch
+    folders, supervise."""
     log = structlog.get_logger()
+    remove_stale_port_file(settings)
     if not comfyui_port_free(config):
         return 1
     empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows

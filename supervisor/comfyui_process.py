@@ -15,7 +15,7 @@ from typing import TextIO
 import structlog
 
 from common.children import die_with_parent
-from common.logs import scrub
+from common.logs import MAX_LOG_VALUE_CHARS, scrub_all
 
 log = structlog.get_logger()
 
@@ -132,8 +132,11 @@ async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO) -> None:
             continue
         if not line:
             return
-        # Scrubbed as every other line: ComfyUI prints a workflow's inputs (a presigned URL) in its errors.
-        _write_line(sink, scrub(line.decode("utf-8", errors="replace").rstrip("\r\n")))
+        # Scrubbed as every other line: ComfyUI prints a workflow's inputs (a presigned URL) in its errors. Cut as
+        # every other log value first: scrubbing a whole 1 MiB line held this event loop (the worker's, the health
+        # server's) for 0.5 s.
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        _write_line(sink, scrub_all(text, MAX_LOG_VALUE_CHARS))
 
 
 def _write_line(sink: TextIO, text: str) -> None:

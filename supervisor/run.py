@@ -29,8 +29,8 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
     comfyui = ComfyUIProcess(
         config.comfyui_argv(), stop_timeout_s=config.comfyui_stop_timeout_s, env=comfyui_environment(os.environ)
     )
-    # serve() handles signals only while it runs; outside it a SIGTERM would kill this process and orphan
-    # ComfyUI (its own session) before it is spawned-and-watched or while it is being stopped.
+    # serve() takes the signals only once its health server listens; before, a SIGTERM would kill this process and
+    # orphan ComfyUI (its own session) while it is being spawned-and-watched.
     _route_stop_signals_to(worker)
     try:
         await comfyui.start()
@@ -38,7 +38,6 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
         try:
             code = await serve(settings, worker)
         finally:
-            _route_stop_signals_to(worker)  # serve() removed its handlers on the way out
             comfyui_crashed = watcher.done() and not watcher.cancelled()
             watcher.cancel()
             (outcome,) = await asyncio.gather(watcher, return_exceptions=True)

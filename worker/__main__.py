@@ -1,15 +1,23 @@
-"""`python -m worker` / `comfy-worker`: exit 0 idle or stopped, 1 fatal, 2 bad configuration (or a refused token)."""
+"""`python -m worker` / `comfy-worker`: exit 0 idle or stopped, 1 fatal, 2 bad configuration (or a refused token),
+130 a SIGINT (Ctrl-C) before the worker took it, one line, no traceback."""
 
 from __future__ import annotations
 
-import shlex
 import sys
 
-from common.limits import allow_many_connections
-from common.logs import configure_logging, register_secret
-from common.settings import ConfigError, env_name, warn_misspelt_variables
-from worker.config import WorkerSettings, load_settings
-from worker.service import run_process, serve
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "comfy-worker: interrupted (SIGINT) while starting; exiting\n"
+
+try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start says
+    from common.cli import EXIT_CONFIG, refuse_arguments
+    from common.limits import allow_many_connections
+    from common.logs import configure_logging, register_secret
+    from common.settings import ConfigError, env_name, warn_misspelt_variables
+    from worker.config import WorkerSettings, load_settings
+    from worker.service import run_process, serve
+except KeyboardInterrupt:
+    sys.stderr.write(INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 MISSING_PEER_HINT = (
     "The worker needs a queue manager (QUEUE_MANAGER_URL, e.g. https://queue.example.com) and a ComfyUI "
@@ -29,17 +37,26 @@ def main() -> int:
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(usage())
         return 0
-    if sys.argv[1:]:  # `comfy-worker --queue-url …` ran on QUEUE_MANAGER_URL's value (or its default) unsaid
-        sys.stderr.write(f"comfy-worker takes no arguments, got: {shlex.join(sys.argv[1:])}; it is configured by "
-                         "environment variables or a .env file (--help lists them)\n")
-        return 2
+    # `comfy-worker --queue-url …` ran on QUEUE_MANAGER_URL's value (or its default) unsaid
+    refused = refuse_arguments("comfy-worker", "it is configured by environment variables or a .env file (--help "
+                               "lists them)")
+    if refused is not None:
+        return refused
+    try:
+        return _start()
+    except KeyboardInterrupt:  # raised only until serve() takes SIGINT
+        sys.stderr.write(INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+def _start() -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         if "QUEUE_MANAGER_URL" in str(exc):
             print(MISSING_PEER_HINT, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
     warn_misspelt_variables(WorkerSettings)
     allow_many_connections()

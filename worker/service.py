@@ -37,17 +37,15 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
             "HEALTH_HOST must be an address of this machine",
         )
         return 1
+    # Kept on the way out: a signal after the worker stopped asks it to stop again. Removed, the signals went back to
+    # their defaults, and one then (a supervisor stopping ComfyUI, the process's last moments) killed the process.
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, worker.request_shutdown)
     try:
         return await worker.run()
     finally:
-        try:  # a signal meanwhile asks the stopped worker to stop again: the default would kill the process
-            await health.stop()
-        finally:
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+        await health.stop()
 
 
 def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettings) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.logs import register_secret
+from common.logs import MAX_LOG_VALUE_CHARS, register_secret
 from supervisor.comfyui_process import ComfyUIProcess
 
 # A non-ASCII line, then far more than a pipe and the reader's buffer hold (~2 MB), then a last line.
@@ -104,3 +104,29 @@ async def test_what_comfyui_prints_reaches_the_log_without_secrets(monkeypatch: 
     assert "[comfyui] echoed ***" in log, log
     for secret in ("sig-in-a-workflow-5c1e", "pw-in-a-workflow-8d2f", "registered-secret-3b9a7c"):
         assert secret not in log, log
+
+
+PRINTS_A_LONG_LINE = r"""
+print("echo registered-secret-6f1d4e " + "?a=b&" * 200_000)
+print("next")
+"""
+
+
+async def test_a_line_longer_than_a_log_value_is_cut_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: each line of up to 1 MiB was scrubbed whole on the event loop the worker and its health server run
+    on, 0.5 s for a line of `?a=b` pairs (a workflow's text a custom node echoes); now cut to MAX_LOG_VALUE_CHARS
+    first, as every other log value."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    register_secret("registered-secret-6f1d4e")
+    comfyui = ComfyUIProcess([sys.executable, "-c", PRINTS_A_LONG_LINE], stop_timeout_s=1)
+    await comfyui.start()
+    try:
+        assert await asyncio.wait_for(comfyui.wait(), 10) == 0
+    finally:
+        await comfyui.stop()
+    long_line, last = [line for line in out.getvalue().splitlines() if line.startswith("[comfyui] ")]
+    assert long_line.startswith("[comfyui] echo *** ?a=b&")
+    assert long_line.endswith("… (cut: 1000030 characters)")
+    assert len(long_line) < MAX_LOG_VALUE_CHARS + 100
+    assert last == "[comfyui] next"

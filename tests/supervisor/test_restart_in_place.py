@@ -3,15 +3,21 @@ under a job. Verda does not say whether it restarts a container in place or repl
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from queue_manager import QueueManagerServer
 
 from .conftest import free_ports
 from .test_supervisor_with_simulator import job_status, running_job, submit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("worker_id", [None, "fixed-worker"], ids=["default id", "fixed WORKER_ID"])
@@ -77,3 +83,41 @@ async def test_a_second_container_on_the_same_scratch_disk_is_refused_and_delete
     third = await run_supervisor(second_env)  # the lock goes with the process that held it
     await third.wait_until(lambda: "comfyui.started" in third.output, what="ComfyUI to start once the disk is free")
     assert not being_written.exists(), "the scratch disk is emptied as usual once it is this container's"
+
+
+async def test_a_port_file_a_killed_run_left_is_not_probed_before_the_health_server_listens(
+    base_env, run_supervisor, tmp_path: Path
+) -> None:
+    """With HEALTH_PORT=0, a killed run's HEALTH_PORT_FILE (/tmp survives a restart in place) names its port. Before,
+    the HEALTHCHECK probed that port until the new health server wrote its own, and a process holding it now
+    answered for this container (here a server answering 200). The start is held before the event loop by a FIFO in
+    place of the temporary file ComfyUI's model paths file is written to."""
+    async def healthy(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy"})
+
+    other = web.Application()
+    other.router.add_get("/health", healthy)
+    runner = web.AppRunner(other)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port_file = tmp_path / "health-port"
+    port_file.write_text(f"{runner.addresses[0][1]} 127.0.0.1\n")
+    partial_model_paths = tmp_path / "data" / "comfyui" / ".extra_model_paths.yaml.partial"
+    partial_model_paths.parent.mkdir(parents=True)
+    os.mkfifo(partial_model_paths)
+    env = {**base_env, "HEALTH_PORT": "0", "HEALTH_PORT_FILE": str(port_file)}
+    try:
+        supervisor = await run_supervisor(env)
+        await supervisor.wait_until(lambda: "supervisor.scratch_emptied" in supervisor.output, what="the start held")
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "health.probe", env={**env, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, said = await asyncio.wait_for(probe.communicate(), 30)
+        supervisor.signal(signal.SIGINT)
+        assert await supervisor.wait() == 130
+    finally:
+        await runner.cleanup()
+    assert probe.returncode == 1, said
+    assert "no port to probe" in said.decode()

@@ -512,6 +512,40 @@ async def test_a_stop_signal_while_the_health_server_stops_does_not_kill_the_pro
     assert events.index("Worker shutdown complete") < events.index("health.stopped")
 
 
+# serve() to its end, then a stop signal to itself: one arriving once the worker has stopped, before its caller takes
+# the signals (the supervisor stopping ComfyUI; a bare worker's last moments).
+_SERVE_THEN_SIGNAL = """
+import asyncio, os, signal, sys
+from worker.config import load_settings
+from worker.service import serve
+
+async def serve_then_signal(sig):
+    code = await serve(load_settings())
+    os.kill(os.getpid(), sig)
+    await asyncio.sleep(0)
+    return code
+
+sys.exit(asyncio.run(serve_then_signal(signal.Signals[sys.argv[1]])))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_after_serve_returned_leaves_the_workers_exit_code(qm, comfy, tmp_path, sig):
+    """Before: serve() put the stop signals back to their defaults on its way out, so one arriving before the
+    supervisor routed them again killed it (143, ComfyUI never stopped in order; a SIGINT a KeyboardInterrupt)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVE_THEN_SIGNAL, sig.name,
+        env=_env(
+            QUEUE_MANAGER_URL=qm.url, COMFYUI_URL=comfy.url, OUTPUTS_PATH=tmp_path / "out", HEALTH_PORT=0,
+            WORKER_POLL_INTERVAL=0.05, SERVERLESS_MODE="true", SERVERLESS_MAX_IDLE_POLLS=1, LOG_FORMAT="json",
+        ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"Traceback" not in err
+
+
 async def test_a_queue_url_password_a_peer_echoes_never_reaches_the_workers_log(comfy, tmp_path):
     """comfy-worker on its own (no supervisor) masked the queue token only: a QUEUE_MANAGER_URL's user and password,
     sent as ``Authorization: Basic <base64>``, went into every "Poll failed" line when a proxy's error page echoed

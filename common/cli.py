@@ -1,0 +1,18 @@
+"""What the container's programs (comfy-supervisor, comfy-worker) share on their command line: environment
+variables configure them, so an argument is a mistake to name rather than ignore."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+EXIT_CONFIG = 2
+
+
+def refuse_arguments(program: str, hint: str) -> int | None:
+    """EXIT_CONFIG, with a line on stderr naming them and ending with ``hint``, when the command line holds
+    arguments; None when it holds none."""
+    if not sys.argv[1:]:
+        return None
+    sys.stderr.write(f"{program} takes no arguments, got: {shlex.join(sys.argv[1:])}; {hint}\n")
+    return EXIT_CONFIG

@@ -1,0 +1,85 @@
+"""A Ctrl-C while `python -m worker` starts, before serve() takes SIGINT: one line and exit 130, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+INTERRUPTED = "comfy-worker: interrupted (SIGINT) while starting; exiting"
+# `python -m worker` with its import of structlog held (a marker file says when) until a signal comes.
+IMPORTS_HELD = (
+    "import runpy, sys, time\n"
+    "marker = sys.argv.pop()\n"
+    "class Hold:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'structlog':\n"
+    "            open(marker, 'w').close()\n"
+    "            time.sleep(60)\n"
+    "sys.meta_path.insert(0, Hold())\n"
+    "runpy.run_module('worker', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+            "QUEUE_MANAGER_URL": "http://127.0.0.1:9", "HEALTH_PORT": "0"}
+
+
+async def _interrupted(process: asyncio.subprocess.Process, holding) -> tuple[int, str]:
+    """SIGINT once ``holding()`` says the start is held there; the exit code and stderr."""
+    try:
+        async with asyncio.timeout(30):
+            while not holding():
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def test_ctrl_c_while_the_worker_loads_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Before: a SIGINT during the imports (0.6 s at every start) printed a KeyboardInterrupt traceback and ended
+    the process by the signal (-2)."""
+    marker = tmp_path / "imports-held"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", IMPORTS_HELD, str(marker), env=_env(), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    code, stderr = await _interrupted(process, marker.exists)
+    assert code == 130, stderr
+    assert stderr.splitlines() == [INTERRUPTED]
+
+
+async def test_ctrl_c_while_the_worker_reads_its_settings_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Before: a SIGINT while the settings were read printed a KeyboardInterrupt traceback (-2). The reading is held
+    here by a FIFO in place of the .env file, which the worker opens once its imports are done."""
+    dotenv = tmp_path / ".env"
+    os.mkfifo(dotenv)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", env=_env(), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    writer: list[int] = []
+
+    def reading() -> bool:  # a FIFO opens for writing without waiting only once a reader has it open
+        try:
+            writer.append(os.open(dotenv, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return False
+        return True
+
+    try:
+        code, stderr = await _interrupted(process, reading)
+    finally:
+        for fd in writer:
+            os.close(fd)
+    assert code == 130, stderr
+    assert stderr.splitlines() == [INTERRUPTED]
