@@ -198,6 +198,8 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "ours:max_replicas=3,max_replicas=10"], "max_replicas is set twice"),  # the last one won
     (["--policy", "clairvoyant:120,150"], "'120' and '150': one value without a name"),  # planned at 150 s
     (["--policy", "ours:billing_aware=none"], "billing_aware cannot be none"),  # ran as None, taken as false
+    (["--policy", "always-on:1,max_replicas=3"], "always-on reads no setting: drop max_replicas"),  # ignored
+    (["--policy", "naive:target_wait_s=60"], "naive reads only max_replicas: drop target_wait_s"),  # ignored
     # Checked against the defaults, then run against --max-replicas 3: a traceback after the other rows.
     (["--max-replicas", "3", "--policy", "naive", "--policy", "ours:min_replicas=5"],
      "'ours:min_replicas=5': invalid ScalingConfig: need 0 <= min_replicas <= max_replicas"),
