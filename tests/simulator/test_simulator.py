@@ -237,6 +237,15 @@ def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_p
     assert f"day.csv:3: {named}" in capsys.readouterr().err
 
 
+def test_a_trace_value_out_of_range_is_quoted_cut_short(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text(f"submit_s,duration_s\n20,{' ' * 100_000}-1\n")  # float() reads it: -1
+    with pytest.raises(SystemExit):
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "duration_s must be > 0" in line]
+    assert line.endswith("not '-1'") and len(line) < 400  # was the whole 100 000-character cell
+
+
 def test_a_trace_error_names_the_line_in_the_file_after_blank_lines(tmp_path, capsys):
     trace = tmp_path / "day.csv"
     trace.write_text("submit_s,duration_s\n20,100\n\n\n10,0\n")  # a blank line a spreadsheet leaves
