@@ -199,6 +199,32 @@ def best_plan(
            None if target_max_s is None else round(target_max_s, 1), seed, effort)
     if key in _CACHE:
         return _CACHE[key]
+    found = _planned(workload, platform, cap, target_p95_s, target_max_s, seed, effort)
+    if not _meets(sorted(job_waits(found[1])), target_p95_s, target_max_s):
+        # Out of reach: plan for the least wait the cap gives, that of ``cap`` replicas through every busy
+        # stretch (else the plan kept would be whichever missed the target least, at any cost and max wait).
+        held = held_at_cap(workload, platform, cap, seed)
+        waits = sorted(job_waits(held[1]))
+        least_p95, least_max = percentile(waits, 95), waits[-1] if waits else 0.0
+        target_p95_s = max(target_p95_s, least_p95)
+        target_max_s = max(target_max_s if target_max_s is not None else 0.0, least_max)
+        found = _planned(workload, platform, cap, target_p95_s, target_max_s, seed, effort)
+        if not _meets(sorted(job_waits(found[1])), target_p95_s, target_max_s) or (
+                held[1].billed_intervals < found[1].billed_intervals):
+            found = held
+    _CACHE[key] = found
+    return found
+
+
+def _planned(
+    workload: Workload,
+    platform: PlatformModel,
+    cap: int,
+    target_p95_s: float,
+    target_max_s: float | None,
+    seed: int,
+    effort: int,
+) -> tuple[Plan, SimOutcome]:
     _REPLAYED_FOR_THIS_PLAN.clear()
     greedy = _greedy_candidates(workload, platform, cap, target_max_s)
     found = _best_greedy(workload, platform, seed, target_p95_s, target_max_s, greedy)
@@ -207,8 +233,28 @@ def best_plan(
     if searched is not None and (searched[1].billed_intervals <= found[1].billed_intervals or not _meets(
             sorted(job_waits(found[1])), target_p95_s, target_max_s)):
         found = searched
-    _CACHE[key] = found
     return found
+
+
+def held_at_cap(workload: Workload, platform: PlatformModel, cap: int, seed: int) -> tuple[Plan, SimOutcome]:
+    """``cap`` replicas from a boot before each arrival until every job in flight is done: the least wait."""
+    tick = platform.tick_s
+    ticks = math.ceil(workload.horizon_s / tick)
+    first = min((job.submit_s for job in workload.jobs), default=workload.horizon_s)
+    always = [0] * min(ticks, max(0, math.floor((first - platform.boot_s) / tick))) + [cap] * ticks
+    done = Simulation(workload, Clairvoyant(Plan(_leases(tuple(always[:ticks]), tick), 0, ())), platform, seed).run()
+    delta = [0] * (ticks + 1)
+    for job in done.jobs:
+        finished = job.finished_s if job.finished_s is not None else workload.horizon_s
+        delta[max(0, math.floor((job.submit_s - platform.boot_s) / tick))] += 1
+        delta[min(ticks, math.ceil((finished + END_MARGIN_S) / tick) + 1)] -= 1
+    counts, busy = [], 0
+    for index in range(ticks):
+        busy += delta[index]
+        counts.append(cap if busy else 0)
+    plan = Plan(_leases(tuple(counts), tick), 0, ())
+    outcome = Simulation(workload, Clairvoyant(plan), platform, seed).run()
+    return Plan(plan.leases, outcome.billed_intervals, tuple(job_waits(outcome))), outcome
 
 
 def _greedy_candidates(

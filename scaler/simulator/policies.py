@@ -160,9 +160,21 @@ def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfi
         raise ValueError(f"{spec!r}: {error}") from None
 
 
+# The ScalingConfig settings each fixed controller reads (ours and the clairvoyant read them all).
+READS = {"always-on": (), "naive": ("max_replicas",), "naive-job-limit-1": ("max_replicas",)}
+
+
+def _named(spec: str) -> set[str]:
+    return {item.partition("=")[0].strip() for item in spec.partition(":")[2].split(",") if "=" in item}
+
+
 def parse_policy(spec: str, config: ScalingConfig) -> Controller:
     """``always-on:N``, ``naive``, ``naive-job-limit-1`` or ``ours[:field=value,...]``."""
     kind, arg, config = split_spec(spec, config)
+    unread = _named(spec) - set(READS[kind]) if kind in READS else set()
+    if unread:
+        reads = f"reads only {', '.join(READS[kind])}" if READS[kind] else "reads no setting"
+        raise ValueError(f"{spec!r}: {kind} {reads}: drop {', '.join(sorted(unread))}")
     if kind == "naive" and not arg:
         return NaiveVerda(max_replicas=config.max_replicas)
     if kind == "naive-job-limit-1" and not arg:

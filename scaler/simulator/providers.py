@@ -66,7 +66,7 @@ class ProviderRun:
     waits: list[float] = field(default_factory=list)
     cost: dict[str, float] = field(default_factory=dict)
     replica_hours: dict[str, float] = field(default_factory=dict)
-    fallback_ticks: int = 0
+    fallback_s: float = 0.0  # time with fallback engaged
 
     def p95_wait_s(self) -> float:
         if not self.waits:
@@ -132,7 +132,7 @@ def simulate(
             placed = allocate(config, allocator, decision.desired, views, now, busy=busy,
                               spent_last_day=ledger.spent_since(now - 86_400.0))
             allocator = placed.new_state
-            run.fallback_ticks += placed.fallback_engaged
+            run.fallback_s += tick_s * placed.fallback_engaged
             for provider_name, target in placed.targets.items():
                 provider = by_name[provider_name]
                 mine = [r for r in replicas if r.provider == provider_name]
@@ -192,7 +192,7 @@ def print_runs(console: Console, runs: list[ProviderRun]) -> None:
             run.name, f"{run.done}/{run.jobs}", f"{run.p95_wait_s():.0f}", f"{max(run.waits, default=0):.0f}",
             str(sum(1 for wait in run.waits if wait > 600)),
             f"{run.cost.get('verda', 0):.2f}", f"{run.cost.get('runpod', 0):.2f}", f"{sum(run.cost.values()):.2f}",
-            f"{run.fallback_ticks * 15 / 60:.0f}",
+            f"{run.fallback_s / 60:.0f}",
         )
     console.print(table)
 

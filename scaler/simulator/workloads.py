@@ -133,10 +133,11 @@ def _trace(path: Path, reader: csv.DictReader) -> Workload:
         line = reader.line_num  # not a count of rows: csv skips blank lines
         job = JobSpec(_seconds(path, line, row, "submit_s"), _seconds(path, line, row, "duration_s"))
         if not 0 <= job.submit_s <= MAX_TRACE_SUBMIT_S:
-            raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {row['submit_s']}")
+            cell = row["submit_s"].strip()[:40]
+            raise ValueError(f"{path}:{line}: submit_s must be 0-{MAX_TRACE_SUBMIT_S:.0f} s, not {cell!r}")
         if not 0 < job.duration_s <= MAX_TRACE_DURATION_S:
-            limit = f"{MAX_TRACE_DURATION_S:.0f}"
-            raise ValueError(f"{path}:{line}: duration_s must be > 0 and <= {limit} s, not {row['duration_s']}")
+            limit, cell = f"{MAX_TRACE_DURATION_S:.0f}", row["duration_s"].strip()[:40]
+            raise ValueError(f"{path}:{line}: duration_s must be > 0 and <= {limit} s, not {cell!r}")
         jobs.append(job)
     if not jobs:
         raise ValueError(f"{path}: no jobs")

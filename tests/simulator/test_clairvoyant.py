@@ -7,6 +7,7 @@ from scaler.simulator import clairvoyant
 from scaler.simulator.clairvoyant import best_plan, plan_leases, work_floor_intervals
 from scaler.simulator.cli import run_policy, simulate_main, with_clairvoyant_ratio
 from scaler.simulator.platform import PlatformModel, Simulation, Victim
+from scaler.simulator.policies import AlwaysOn
 from scaler.simulator.report import job_waits, summarize
 from scaler.simulator.workloads import JobSpec, Workload, built_in
 
@@ -158,3 +159,17 @@ def test_a_plan_does_not_depend_on_the_plans_made_before_it():
     clairvoyant._REPLAYS.clear()
     best_plan(day, platform, cap=10, target_p95_s=114, target_max_s=173, effort=20_000)
     assert plan_at_120_s() == alone
+
+
+def test_a_target_out_of_reach_is_planned_for_the_least_wait_the_cap_gives():
+    # Three bursts of 5-minute jobs, each far more than 3 replicas clear in 120 s.
+    jobs = [JobSpec(start + 7 * n + 60 * (n % 4), 300 + 40 * (n % 5)) for start in (600, 4_000, 8_000)
+            for n in range(24)]
+    workload = Workload("bursts", tuple(sorted(jobs, key=lambda job: job.submit_s)), 4 * 3_600)
+    platform = PlatformModel()
+    always = summarize("bursts", "always-on:3", Simulation(workload, AlwaysOn(3), platform, 0).run(), platform)
+    assert always.wait_p95_s > 120  # out of reach
+    planned = summarize("bursts", "clairvoyant", best_plan(workload, platform, cap=3, target_p95_s=120)[1], platform)
+    assert planned.jobs_done == planned.jobs_total
+    assert planned.wait_p95_s <= always.wait_p95_s
+    assert planned.wait_max_s <= always.wait_max_s

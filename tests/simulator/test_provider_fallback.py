@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 
-from scaler.simulator.providers import main, outage_day
+from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
+from scaler.policy import ScalingConfig
+from scaler.simulator.providers import SimProvider, main, outage_day, print_runs, simulate
+from scaler.simulator.workloads import built_in
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,8 @@ def test_fallback_is_paid_only_around_the_outage(runs):
     calm, saved = runs["no outage, Verda only"], runs["Verda out 1 h, RunPod fallback"]
     assert calm.cost["verda"] > 0 and "runpod" not in calm.cost
     assert saved.cost["runpod"] > 0
-    assert 60 <= saved.fallback_ticks * 15 / 60 <= 120, "engaged for the hour, plus the back-off and drain back"
-    assert runs["Verda out 1 h, no fallback"].fallback_ticks == 0
+    assert 60 <= saved.fallback_s / 60 <= 120, "engaged for the hour, plus the back-off and drain back"
+    assert runs["Verda out 1 h, no fallback"].fallback_s == 0
 
 
 def test_the_command_prints_the_table(capsys):
@@ -58,3 +62,13 @@ def test_jobs_an_outage_never_lets_start_count_as_waiting_to_the_day_s_end():
     assert stuck.done == 0
     assert len(stuck.waits) == stuck.jobs == 415  # were 0 waits: p95 and max wait 0 s
     assert stuck.p95_wait_s() > 8 * 3600
+
+
+def test_fallback_minutes_are_counted_at_the_tick_the_day_ran_with():
+    verda = SimProvider("verda", 2.30, 60.0, VERDA_BILLING, 10, outages=((10 * 3_600, 11 * 3_600),))
+    runpod = SimProvider("runpod", 2.99, 90.0, RUNPOD_BILLING, 10)
+    run = simulate("30-s ticks", built_in("workshop", 1), (verda, runpod), ScalingConfig(max_replicas=10), tick_s=30.0)
+    console = Console(width=200, record=True)
+    print_runs(console, [run])
+    minutes = int(console.export_text().split("30-s ticks")[1].split("│")[-2])
+    assert 60 <= minutes <= 120, "engaged for the hour, plus the back-off and drain back"  # was 30-60: 15-s ticks

@@ -198,6 +198,8 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "ours:max_replicas=3,max_replicas=10"], "max_replicas is set twice"),  # the last one won
     (["--policy", "clairvoyant:120,150"], "'120' and '150': one value without a name"),  # planned at 150 s
     (["--policy", "ours:billing_aware=none"], "billing_aware cannot be none"),  # ran as None, taken as false
+    (["--policy", "always-on:1,max_replicas=3"], "always-on reads no setting: drop max_replicas"),  # ignored
+    (["--policy", "naive:target_wait_s=60"], "naive reads only max_replicas: drop target_wait_s"),  # ignored
     # Checked against the defaults, then run against --max-replicas 3: a traceback after the other rows.
     (["--max-replicas", "3", "--policy", "naive", "--policy", "ours:min_replicas=5"],
      "'ours:min_replicas=5': invalid ScalingConfig: need 0 <= min_replicas <= max_replicas"),
@@ -233,6 +235,15 @@ def test_cli_refuses_a_trace_row_it_cannot_simulate_naming_line_and_column(tmp_p
         simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
     assert exit_info.value.code == 2
     assert f"day.csv:3: {named}" in capsys.readouterr().err
+
+
+def test_a_trace_value_out_of_range_is_quoted_cut_short(tmp_path, capsys):
+    trace = tmp_path / "day.csv"
+    trace.write_text(f"submit_s,duration_s\n20,{' ' * 100_000}-1\n")  # float() reads it: -1
+    with pytest.raises(SystemExit):
+        simulate_main(["--trace", str(trace), "--policy", "ours", "--no-clairvoyant-ratio"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "duration_s must be > 0" in line]
+    assert line.endswith("not '-1'") and len(line) < 400  # was the whole 100 000-character cell
 
 
 def test_a_trace_error_names_the_line_in_the_file_after_blank_lines(tmp_path, capsys):
