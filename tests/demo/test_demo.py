@@ -577,3 +577,23 @@ def test_a_ctrl_c_while_the_comfyui_url_is_probed_is_one_line_and_exit_130(tmp_p
             demo.kill()
     assert demo.returncode == 130
     assert err.splitlines() == ["comfy-serverless demo: interrupted (Ctrl-C); nothing was started"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_stopped_while_comfyui_is_slow_to_interrupt_hands_its_job_back_before_its_kill(tmp_path):
+    """The demo kills a stopping replica 15 s after its SIGTERM. Before: its worker planned for the platform's 30 s
+    (PLATFORM_KILL_DELAY_S unset), waited 12.5 s for ComfyUI's interrupt after its 5-s grace and was killed first: the
+    job stayed running, for its lease to run out. Now its budget is the demo's: the job is handed back at once."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output", default_node_seconds=60.0) as comfyui:
+        comfyui.slow_down("/interrupt", 60.0)
+        options = DemoOptions(
+            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", db=tmp_path / "queue.db", idle_to_zero_s=1.0, timeout_s=15, live=False,
+        )
+        report = await run_demo(options)
+
+    async with QueueManagerServer(tmp_path / "queue.db") as qm:
+        [job] = qm.store.list(limit=10)
+    assert report["orphan_processes"] == [], report
+    assert job.status == "pending" and job.attempt == 2, job
+    assert [entry["cause"] for entry in job.history] == ["fault"] and "interrupt" in job.history[0]["reason"], job
