@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from common.durable import replace_whole
 from demo.workload import BAD_WORKFLOWS
 from queue_manager import JobRecord
 
@@ -106,3 +109,8 @@ def build_report(
         "results": results,
         "ok": not unfinished and len(failed) == len(on_purpose) and replicas_at_end == 0 and results["failed"] == 0,
     }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """report.json whole, or none: a demo killed while writing it leaves no half of it to be read."""
+    replace_whole(path, json.dumps(report, indent=2), path.with_name(f".{path.name}.partial"))

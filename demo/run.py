@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import secrets
@@ -24,7 +23,7 @@ from common.processes import pid_running
 from demo.progress import Progress
 from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
-from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs
+from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs, write_report
 from demo.results import fetch_results
 from demo.workload import SubmissionFailed, submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
@@ -202,7 +201,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     report["orphan_processes"] = survivors
     report["stopped"] = stopped
     report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_report(output_dir / "report.json", report)
     return report
 
 

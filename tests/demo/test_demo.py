@@ -597,3 +597,29 @@ async def test_a_replica_stopped_while_comfyui_is_slow_to_interrupt_hands_its_jo
     assert report["orphan_processes"] == [], report
     assert job.status == "pending" and job.attempt == 2, job
     assert [entry["cause"] for entry in job.history] == ["fault"] and "interrupt" in job.history[0]["reason"], job
+
+
+# write_report in a process whose files may hold no more than `limit` bytes: killed (SIGXFSZ) the moment a write
+# passes it (Python ignores SIGXFSZ unless told otherwise), as a demo killed while writing its report.
+WRITE_REPORT_KILLED_MIDWAY = (
+    "import resource, signal, sys\n"
+    "from pathlib import Path\n"
+    "from demo.report import write_report\n"
+    "path, limit = sys.argv[1:]\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))\n"
+    "write_report(Path(path), {'ok': True, 'unfinished': ['job-%d' % n for n in range(100)]})\n"
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_demo_killed_while_writing_its_report_leaves_no_half_of_it(tmp_path):
+    """Before: report.json was written in place: a kill midway left its first 200 bytes, not JSON, where a script
+    reading the run's outcome looks. Now it is there whole or not at all."""
+    path = tmp_path / "demo" / "report.json"
+    path.parent.mkdir()
+    run = subprocess.run([sys.executable, "-c", WRITE_REPORT_KILLED_MIDWAY, str(path), "200"],
+                         capture_output=True, text=True, timeout=60)
+
+    assert run.returncode == -signal.SIGXFSZ, run.stderr
+    assert not path.exists(), path.read_text()
