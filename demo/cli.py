@@ -33,6 +33,7 @@ MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
 COMFYUI_PROBE_S = 10.0
 EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "comfy-serverless demo: interrupted (Ctrl-C)"
 DB_IN_USE_WAIT_S = 1.0  # a commit of the process holding it takes milliseconds
 Number = TypeVar("Number", int, float)
 
@@ -107,7 +108,7 @@ def run_demo_command(argv: list[str]) -> int:
     try:
         args = parse_demo_args(argv)
     except KeyboardInterrupt:  # the --comfyui-url probe waits up to COMFYUI_PROBE_S
-        print("comfy-serverless demo: interrupted (Ctrl-C); nothing was started", file=sys.stderr)
+        print(f"{INTERRUPTED}; nothing was started", file=sys.stderr)
         return EXIT_INTERRUPTED
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
@@ -120,8 +121,19 @@ def run_demo_command(argv: list[str]) -> int:
         idle_to_zero_s=args.idle_to_zero_s, target_wait_s=args.target_wait_s, timeout_s=args.timeout_s, live=live,
         providers=args.providers, fail=args.fail,
     )
-    report = asyncio.run(run_demo(options))
-    print_report(report, args.output_dir / "report.json")
+    # Ctrl-C stops the run itself (exit 1, the report saying so); before its handlers are set and after they are
+    # removed it interrupts whatever runs, the replicas stopped by then or never started.
+    path = args.output_dir / "report.json"
+    try:
+        report = asyncio.run(run_demo(options))
+    except KeyboardInterrupt:
+        print(f"{INTERRUPTED}; nothing is left running", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        print_report(report, path)
+    except KeyboardInterrupt:
+        print(f"{INTERRUPTED}; nothing is left running, the report is in {path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if report["ok"] else 1
 
 

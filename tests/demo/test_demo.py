@@ -623,3 +623,81 @@ def test_a_demo_killed_while_writing_its_report_leaves_no_half_of_it(tmp_path):
 
     assert run.returncode == -signal.SIGXFSZ, run.stderr
     assert not path.exists(), path.read_text()
+
+
+def _demo_to_interrupt(tmp_path: Path, stdout: int) -> subprocess.Popen:
+    """A one-job demo in a process of its own, its scratch folders in tmp_path/tmp, its stderr in tmp_path/stderr."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    with (tmp_path / "stderr").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "demo", "demo", "--jobs", "1", "--bad-jobs", "0", "--spread-s", "0",
+             "--node-seconds", "0", "--max-replicas", "1", "--idle-to-zero-s", "1", "--no-live",
+             "--output-dir", str(tmp_path / "demo")],
+            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=stdout, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+        )
+
+
+def _interrupt(demo: subprocess.Popen, tmp_path: Path) -> list[str]:
+    """Ctrl-C to the demo; its exit code checked, its stderr's lines."""
+    try:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    finally:
+        demo.kill()
+    err = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in err, err
+    assert demo.returncode == 130, err
+    return err.splitlines()
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_while_the_report_is_printed_is_one_line_and_exit_130(tmp_path):
+    """The run over, its Ctrl-C handling removed. Before: a KeyboardInterrupt traceback out of print_report. Here
+    the report waits on a terminal that takes no more output (a full pipe) when the Ctrl-C comes."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    try:
+        demo = _demo_to_interrupt(tmp_path, write_end)
+        for _ in range(1200):  # until the report is written and the scratch folder gone: the run is over
+            if (tmp_path / "demo" / "report.json").exists() and not list((tmp_path / "tmp").iterdir()):
+                break
+            if demo.poll() is not None:
+                pytest.fail(f"the demo ended before its report was printed: {(tmp_path / 'stderr').read_text()}")
+            time.sleep(0.05)
+        lines = _interrupt(demo, tmp_path)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert lines[-1].startswith("comfy-serverless demo: interrupted (Ctrl-C); nothing is left running"), lines
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["ok"] is True
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_before_the_demo_s_own_handling_is_set_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while the demo sweeps the scratch folder of a run killed earlier, before it handles Ctrl-C itself.
+    Before: a KeyboardInterrupt traceback."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    killed_run = tmp_path / "tmp" / "comfy-demo-killed"
+    killed_run.mkdir(parents=True)
+    (killed_run / "demo.pid").write_text(str(dead.pid))
+    files = 20_000  # its removal takes long enough to be caught at it
+    for n in range(files):
+        (killed_run / f"{n}.log").touch()
+    demo = _demo_to_interrupt(tmp_path, subprocess.DEVNULL)
+    for _ in range(1200):  # until the sweep has begun removing it
+        with contextlib.suppress(FileNotFoundError):
+            if len(os.listdir(killed_run)) <= files:
+                break
+        if demo.poll() is not None:
+            pytest.fail(f"the demo ended before it swept: {(tmp_path / 'stderr').read_text()}")
+        time.sleep(0.01)
+    lines = _interrupt(demo, tmp_path)
+
+    assert lines == ["comfy-serverless demo: interrupted (Ctrl-C); nothing is left running"]
+    assert not (tmp_path / "demo" / "report.json").exists()
