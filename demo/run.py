@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -42,6 +43,7 @@ T = TypeVar("T")
 DEMO_REPLICA_BOOT_S = 3.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # set the demo's stop while the replicas run
 SCRATCH_PREFIX, PID_FILE = "comfy-demo-", "demo.pid"  # a scratch folder names the run it belongs to
+PID_FILE_MAX_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,30 @@ def _sweep_scratch_of_killed_runs(temp: Path) -> None:
     """Scratch folders of earlier runs killed outright (SIGKILL: no `finally` ran), each known by the pid in it;
     one without that file, or whose process is alive, is left alone."""
     for folder in temp.glob(f"{SCRATCH_PREFIX}*"):
-        try:
-            pid = int((folder / PID_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if pid > 0 and not pid_running(pid):
+        pid = _pid_of_run(folder)
+        if pid is not None and pid > 0 and not pid_running(pid):
             log.info("Demo scratch folder of a killed run removed", folder=str(folder), pid=pid)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_of_run(folder: Path) -> int | None:
+    """The pid in a scratch folder of this user's; None for another user's (the temporary folder is shared), a link,
+    or a pid file that is no plain file (a FIFO held the read for good) or holds no pid."""
+    try:
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        descriptor = os.open(folder / PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return int(os.read(descriptor, PID_FILE_MAX_BYTES))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:

@@ -701,3 +701,26 @@ def test_a_ctrl_c_before_the_demo_s_own_handling_is_set_is_one_line_and_exit_130
 
     assert lines == ["comfy-serverless demo: interrupted (Ctrl-C); nothing is left running"]
     assert not (tmp_path / "demo" / "report.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_scratch_folder_another_user_planted_does_not_hold_the_demo_s_start(tmp_path):
+    """The scratch folders are in the shared temporary folder, where anyone may make one named as the demo's. Before:
+    a FIFO as its demo.pid held every demo at its start for good, reading it (a link to /dev/zero: for ever, its
+    memory growing). Now only this user's folders with a pid file are looked at; the others are left alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    temp = tmp_path / "tmp"
+    fifo, endless, killed_run = temp / "comfy-demo-fifo", temp / "comfy-demo-endless", temp / "comfy-demo-killed"
+    for folder in (fifo, endless, killed_run):
+        folder.mkdir(parents=True)
+    os.mkfifo(fifo / "demo.pid")
+    (endless / "demo.pid").symlink_to("/dev/zero")
+    (killed_run / "demo.pid").write_text(str(dead.pid))
+
+    sweep = "import sys; from pathlib import Path; from demo.run import _sweep_scratch_of_killed_runs as sweep\n" \
+            "sweep(Path(sys.argv[1]))"
+    run = subprocess.run([sys.executable, "-c", sweep, str(temp)], capture_output=True, text=True, timeout=30)
+
+    assert run.returncode == 0, run.stderr
+    assert sorted(temp.iterdir()) == [endless, fifo]
