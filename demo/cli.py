@@ -160,7 +160,7 @@ def print_report(report: dict, path: Path) -> None:
         f"{len(report['unfinished'])} unfinished; {report['requeued_by_scale_down']} requeued by a scale-down"
     )
     for reason, count in report["failure_reasons"].items():
-        console.print(f"    {count} x {escape(reason)}")
+        console.print(f"    {count} x {shown(reason)}")
     console.print(f"  wait p50/p95: {report['wait_s']['p50']} / {report['wait_s']['p95']} s; "
                   f"run p50/p95: {report['run_s']['p50']} / {report['run_s']['p95']} s")
     console.print(f"  replica starts: {report['replica_starts']}; replicas at the end: {report['replicas_at_end']}")
@@ -175,7 +175,7 @@ def print_report(report: dict, path: Path) -> None:
     console.print(f"  outputs: {escape(report['outputs'])}")
     _print_results(console, report["results"])
     if report["stopped"]:
-        console.print(f"  [red]stopped before the end: {report['stopped']}[/red]")
+        console.print(f"  [red]stopped before the end: {shown(report['stopped'])}[/red]")
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
     if report["failed_unexpectedly"]:
@@ -184,6 +184,13 @@ def print_report(report: dict, path: Path) -> None:
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
+
+
+def shown(text: str) -> str:
+    """Text from a job or a peer (ComfyUI's error, a provider's) as the terminal shows it, not obeys it: rich markup
+    and each character that is not printable (colours, a window title, a cleared screen, a line written over)
+    escaped."""
+    return escape("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -280,21 +287,21 @@ def _print_results(console: Console, results: dict) -> None:
     console.print(line if not results["failed"] else f"[red]{line}[/red]")
     if first := results["first_failure"]:
         where = f"job {first['job_id']}, {first['path']}"
-        console.print(f"    [red]first: {escape(where)}: {escape(first['reason'])}[/red]")
+        console.print(f"    [red]first: {shown(where)}: {shown(first['reason'])}[/red]")
 
 
 def _print_providers(console: Console, fleet: dict) -> None:
     console.print("  providers (billed by each one's own rule):")
     for name, row in fleet["providers"].items():
         spend = fleet["spend"].get(name, {}).get("last_day", 0.0)
-        state = f"degraded: {row['degraded']}" if row["degraded"] else "healthy"
+        state = f"degraded: {shown(str(row['degraded']))}" if row["degraded"] else "healthy"
         console.print(f"    {name}: {row['replica_starts']} replica starts, ${spend:.4f} at "
                       f"${row['price_per_hour']:.2f}/h ({row['billing']}), {state}")
     moves: dict[str, int] = {}
     for move in fleet["moves"]:
         key = f"{move['provider']} {move.get('reason') or move['health']}"
         moves[key] = moves.get(key, 0) + 1
-    console.print("  fallback moves: " + (", ".join(f"{k} x{n}" for k, n in moves.items()) or "none"))
+    console.print("  fallback moves: " + (", ".join(f"{shown(k)} x{n}" for k, n in moves.items()) or "none"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -724,3 +724,24 @@ def test_a_scratch_folder_another_user_planted_does_not_hold_the_demo_s_start(tm
 
     assert run.returncode == 0, run.stderr
     assert sorted(temp.iterdir()) == [endless, fifo]
+
+
+@pytest.mark.timeout(180)
+async def test_control_characters_in_a_failure_reason_are_shown_not_obeyed(tmp_path, capsys):
+    """A node's exception message is the job's error as ComfyUI gave it. Before: its escape sequences reached the
+    terminal raw: a new window title, a cleared screen, a line written over. Now each is shown escaped."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
+        comfyui.inject_error("bad\x1b]0;pwned\x07\x1b[2J\rforged\u202eline", class_type="SaveImage", prompts=1)
+        options = DemoOptions(
+            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+        )
+        report = await run_demo(options)
+    capsys.readouterr()
+    print_report(report, tmp_path / "demo" / "report.json")
+    out = capsys.readouterr().out
+
+    (reason,) = report["failure_reasons"]
+    assert "\x1b]0;pwned" in reason, "the report keeps what ComfyUI said"
+    assert not {"\x1b", "\x07", "\r", "\u202e"} & set(out), repr(out)
+    assert "bad\\x1b]0;pwned\\x07\\x1b[2J\\rforged\\u202eline" in out, out
