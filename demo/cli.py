@@ -164,12 +164,17 @@ def print_report(report: dict, path: Path) -> None:
     console.print(f"  wait p50/p95: {report['wait_s']['p50']} / {report['wait_s']['p95']} s; "
                   f"run p50/p95: {report['run_s']['p50']} / {report['run_s']['p95']} s")
     console.print(f"  replica starts: {report['replica_starts']}; replicas at the end: {report['replicas_at_end']}")
-    console.print(
-        f"  GPU spend at ${report['price_per_hour']:.2f}/h: ${cost['per_second']:.4f} by the second, "
-        f"${cost['billed_10_min_intervals']:.2f} billed in 10-minute intervals, against "
-        f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU over the same {report['span_s']} s "
-        f"(which, alone, would have needed {report['gpu_work_s']} s of work for these jobs)"
-    )
+    if "billed_by_the_providers" in cost:
+        spend = (f"  GPU spend: ${cost['per_second']:.4f} by the second at each provider's price, "
+                 f"${cost['billed_by_the_providers']:.2f} billed by the providers (below), against "
+                 f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU at "
+                 f"${report['price_per_hour']:.2f}/h")
+    else:
+        spend = (f"  GPU spend at ${report['price_per_hour']:.2f}/h: ${cost['per_second']:.4f} by the second, "
+                 f"${cost['billed_10_min_intervals']:.2f} billed in 10-minute intervals, against "
+                 f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU")
+    console.print(f"{spend} over the same {report['span_s']} s "
+                  f"(which, alone, would have needed {report['gpu_work_s']} s of work for these jobs)")
     if "providers" in report:
         _print_providers(console, report["providers"])
     console.print(f"  outputs: {escape(report['outputs'])}")

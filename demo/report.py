@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from common.durable import replace_whole
 from demo.workload import BAD_WORKFLOWS
 from queue_manager import JobRecord
+from scaler.fleet import SEPARATOR
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 BILLING_INTERVAL_S = 600.0
@@ -29,6 +31,10 @@ class ReplicaLedger:
 
     def replica_seconds(self) -> float:
         return sum(last - first for first, last in self.spans.values())
+
+    def cost(self, price_per_hour: Callable[[str], float]) -> float:
+        """USD by the second, each replica at its own price."""
+        return sum((last - first) / 3600 * price_per_hour(replica) for replica, (first, last) in self.spans.items())
 
     def billed_intervals(self) -> int:
         return sum(max(1, math.ceil((last - first) / BILLING_INTERVAL_S)) for first, last in self.spans.values())
@@ -108,6 +114,18 @@ def build_report(
         "outputs": outputs,
         "results": results,
         "ok": not unfinished and len(failed) == len(on_purpose) and replicas_at_end == 0 and results["failed"] == 0,
+    }
+
+
+def fleet_cost(ledger: ReplicaLedger, fleet: dict[str, Any], cost: dict[str, float]) -> dict[str, float]:
+    """`cost` (build_report's) with several providers (demo.run.fleet_report's `fleet`): each replica at its
+    provider's price, and what the providers billed by their own rules, not every replica at --price-per-hour in
+    10-minute intervals."""
+    prices = {name: row["price_per_hour"] for name, row in fleet["providers"].items()}
+    return {
+        "per_second": round(ledger.cost(lambda replica: prices[replica.partition(SEPARATOR)[0]]), 4),
+        "billed_by_the_providers": round(fleet["spend"].get("total", {}).get("last_day", 0.0), 2),
+        "always_on_one_gpu_same_span": cost["always_on_one_gpu_same_span"],
     }
 
 

@@ -24,7 +24,7 @@ from common.processes import pid_running
 from demo.progress import Progress
 from demo.providers import start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
-from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs, write_report
+from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs, fleet_cost, write_report
 from demo.results import fetch_results
 from demo.workload import SubmissionFailed, submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
@@ -217,6 +217,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
         )
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
+            report["cost_usd"] = fleet_cost(ledger, report["providers"], report["cost_usd"])
     report["orphan_processes"] = survivors
     report["stopped"] = stopped
     report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs

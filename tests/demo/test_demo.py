@@ -745,3 +745,22 @@ async def test_control_characters_in_a_failure_reason_are_shown_not_obeyed(tmp_p
     assert "\x1b]0;pwned" in reason, "the report keeps what ComfyUI said"
     assert not {"\x1b", "\x07", "\r", "\u202e"} & set(out), repr(out)
     assert "bad\\x1b]0;pwned\\x07\\x1b[2J\\rforged\\u202eline" in out, out
+
+
+@pytest.mark.timeout(180)
+async def test_with_several_providers_the_spend_is_each_provider_s_own(tmp_path, capsys):
+    """Before: the spend line priced every replica of a fleet at --price-per-hour in 10-minute intervals: free
+    `local` replicas cost $0.38 each (a run with --fail local: $1.53 against the $0.78 the providers billed). Now
+    each replica is priced at its provider's price, and the bill is what the providers billed by their rules."""
+    options = DemoOptions(
+        jobs=3, users=1, bad_jobs=0, max_replicas=2, node_seconds=0.05, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False, providers=("local",),
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+    out = " ".join(capsys.readouterr().out.split())
+
+    assert report["completed"] == 3 and report["providers"]["providers"]["local"]["replica_starts"] >= 1, report
+    assert report["replica_seconds"] > 0
+    assert report["cost_usd"]["per_second"] == 0 and report["cost_usd"]["billed_by_the_providers"] == 0, report
+    assert "GPU spend: $0.0000 by the second at each provider's price, $0.00 billed by the providers" in out, out
