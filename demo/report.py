@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,13 +117,18 @@ def build_report(
     }
 
 
+def provider_prices(prices: Mapping[str, float]) -> Callable[[str], float]:
+    """A fleet replica's price per hour: its provider's, named by the fleet's replica id."""
+    return lambda replica: prices[replica.partition(SEPARATOR)[0]]
+
+
 def fleet_cost(ledger: ReplicaLedger, fleet: dict[str, Any], cost: dict[str, float]) -> dict[str, float]:
     """`cost` (build_report's) with several providers (demo.run.fleet_report's `fleet`): each replica at its
     provider's price, and what the providers billed by their own rules, not every replica at --price-per-hour in
     10-minute intervals."""
     prices = {name: row["price_per_hour"] for name, row in fleet["providers"].items()}
     return {
-        "per_second": round(ledger.cost(lambda replica: prices[replica.partition(SEPARATOR)[0]]), 4),
+        "per_second": round(ledger.cost(provider_prices(prices)), 4),
         "billed_by_the_providers": round(fleet["spend"].get("total", {}).get("last_day", 0.0), 2),
         "always_on_one_gpu_same_span": cost["always_on_one_gpu_same_span"],
     }

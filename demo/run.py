@@ -22,9 +22,17 @@ import structlog
 from common.logs import register_secret
 from common.processes import pid_running
 from demo.progress import Progress
-from demo.providers import start_fleet, worker_processes
+from demo.providers import PRICES, start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
-from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs, fleet_cost, write_report
+from demo.report import (
+    TERMINAL,
+    ReplicaLedger,
+    build_report,
+    final_jobs,
+    fleet_cost,
+    provider_prices,
+    write_report,
+)
 from demo.results import fetch_results
 from demo.workload import SubmissionFailed, submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
@@ -188,7 +196,8 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 submit_task = asyncio.create_task(
                     submit_all(qm.url, submissions, started=loop.time(), token=participants_token, ids=submitted)
                 )
-                progress = Progress(options.price_per_hour, live=options.live)
+                prices = provider_prices(PRICES) if options.providers else None
+                progress = Progress(options.price_per_hour, live=options.live, price_of=prices)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
                     stopped, replicas_left = await _until_done(qm, watch, processes, ledger, progress, submit_task,

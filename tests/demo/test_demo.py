@@ -764,3 +764,20 @@ async def test_with_several_providers_the_spend_is_each_provider_s_own(tmp_path,
     assert report["replica_seconds"] > 0
     assert report["cost_usd"]["per_second"] == 0 and report["cost_usd"]["billed_by_the_providers"] == 0, report
     assert "GPU spend: $0.0000 by the second at each provider's price, $0.00 billed by the providers" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_with_several_providers_the_progress_spend_is_each_provider_s_own(tmp_path):
+    """Before: the progress lines (and the live table) priced a fleet's replicas at --price-per-hour: free `local`
+    ones ran up $0.002 a second, which the report then did not bill. Now each at its provider's price."""
+    run = subprocess.run(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "4", "--users", "1", "--bad-jobs", "0", "--max-replicas", "1",
+         "--node-seconds", "1", "--spread-s", "0", "--idle-to-zero-s", "1", "--timeout-s", "100", "--no-live",
+         "--providers", "local", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    progress = [line for line in lines if line["event"] == "Demo progress" and line["replicas"]]
+    assert progress, run.stderr[-2000:]
+    assert {line["spend"] for line in progress} == {"$0.000"}, progress
