@@ -242,6 +242,8 @@ def _comfyui_url(text: str) -> str:
 
 def _output_dir(text: str) -> Path:
     """A folder the demo can write its outputs to (created here); one it cannot was a traceback once started."""
+    if not text.strip():  # `--output-dir "$OUT"` with OUT unset: the current folder was taken
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}): name the folder, e.g. demo-output")
     path = Path(text)
     try:
         (path / "outputs").mkdir(parents=True, exist_ok=True)

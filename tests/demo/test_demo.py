@@ -781,3 +781,15 @@ def test_with_several_providers_the_progress_spend_is_each_provider_s_own(tmp_pa
     progress = [line for line in lines if line["event"] == "Demo progress" and line["replicas"]]
     assert progress, run.stderr[-2000:]
     assert {line["spend"] for line in progress} == {"$0.000"}, progress
+
+
+@pytest.mark.parametrize("where", ["", " "])
+def test_demo_refuses_an_empty_output_dir_naming_the_option(tmp_path, monkeypatch, capsys, where):
+    """`--output-dir "$OUT"` with OUT unset. Before: taken for the current folder, which got outputs/, logs/ and
+    report.json among its own files."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_parser().parse_args(["--output-dir", where])
+    assert exit_info.value.code == 2
+    assert "--output-dir: an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
