@@ -793,3 +793,27 @@ def test_demo_refuses_an_empty_output_dir_naming_the_option(tmp_path, monkeypatc
     assert exit_info.value.code == 2
     assert "--output-dir: an empty path" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_a_scale_down_handed_back_under_its_own_id_is_counted_as_requeued() -> None:
+    """The demo's queue manager takes a stopped job back under its id (attempt 2, the hand back in its history); only
+    a worker of comfy-multi resubmits it as a copy (`requeued_from`). Before: only copies were counted, so the demo
+    always said '0 requeued by a scale-down'."""
+    from demo.report import ReplicaLedger, build_report
+    from queue_manager import JobRecord
+    from queue_manager.store import JobStatus
+
+    def job(job_id: str, history: list[dict]) -> JobRecord:
+        return JobRecord(
+            id=job_id, user_id="u", status=JobStatus("completed"), priority=0, workflow={}, metadata={},
+            result={"outputs": []}, error=None, worker_id="w", created_at=1.0, started_at=2.0, completed_at=3.0,
+            attempt=1 + len(history), history=history,
+        )
+
+    stopped = {"attempt": 1, "worker_id": "w", "reason": "worker w was stopped", "cause": "shutdown", "at": 2.0}
+    died = {**stopped, "attempt": 2, "reason": "ComfyUI died", "cause": "fault"}
+    report = build_report(
+        [job("a", [stopped]), job("b", [stopped, died]), job("c", [])], ["a", "b", "c"], ReplicaLedger(),
+        span_s=10.0, price_per_hour=1.0, replica_starts=1, outputs="o", results={"failed": 0}, replicas_at_end=0,
+    )
+    assert report["requeued_by_scale_down"] == 2
