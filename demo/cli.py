@@ -33,6 +33,7 @@ MAX_JOBS, MAX_USERS = 10_000, 1_000
 MAX_PRICE_PER_HOUR = 1_000.0
 COMFYUI_PROBE_S = 10.0
 EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "comfy-serverless demo: interrupted (Ctrl-C)"
 DB_IN_USE_WAIT_S = 1.0  # a commit of the process holding it takes milliseconds
 Number = TypeVar("Number", int, float)
 
@@ -107,7 +108,7 @@ def run_demo_command(argv: list[str]) -> int:
     try:
         args = parse_demo_args(argv)
     except KeyboardInterrupt:  # the --comfyui-url probe waits up to COMFYUI_PROBE_S
-        print("comfy-serverless demo: interrupted (Ctrl-C); nothing was started", file=sys.stderr)
+        print(f"{INTERRUPTED}; nothing was started", file=sys.stderr)
         return EXIT_INTERRUPTED
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
@@ -120,8 +121,19 @@ def run_demo_command(argv: list[str]) -> int:
         idle_to_zero_s=args.idle_to_zero_s, target_wait_s=args.target_wait_s, timeout_s=args.timeout_s, live=live,
         providers=args.providers, fail=args.fail,
     )
-    report = asyncio.run(run_demo(options))
-    print_report(report, args.output_dir / "report.json")
+    # Ctrl-C stops the run itself (exit 1, the report saying so); before its handlers are set and after they are
+    # removed it interrupts whatever runs, the replicas stopped by then or never started.
+    path = args.output_dir / "report.json"
+    try:
+        report = asyncio.run(run_demo(options))
+    except KeyboardInterrupt:
+        print(f"{INTERRUPTED}; nothing is left running", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        print_report(report, path)
+    except KeyboardInterrupt:
+        print(f"{INTERRUPTED}; nothing is left running, the report is in {path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if report["ok"] else 1
 
 
@@ -148,22 +160,27 @@ def print_report(report: dict, path: Path) -> None:
         f"{len(report['unfinished'])} unfinished; {report['requeued_by_scale_down']} requeued by a scale-down"
     )
     for reason, count in report["failure_reasons"].items():
-        console.print(f"    {count} x {escape(reason)}")
+        console.print(f"    {count} x {shown(reason)}")
     console.print(f"  wait p50/p95: {report['wait_s']['p50']} / {report['wait_s']['p95']} s; "
                   f"run p50/p95: {report['run_s']['p50']} / {report['run_s']['p95']} s")
     console.print(f"  replica starts: {report['replica_starts']}; replicas at the end: {report['replicas_at_end']}")
-    console.print(
-        f"  GPU spend at ${report['price_per_hour']:.2f}/h: ${cost['per_second']:.4f} by the second, "
-        f"${cost['billed_10_min_intervals']:.2f} billed in 10-minute intervals, against "
-        f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU over the same {report['span_s']} s "
-        f"(which, alone, would have needed {report['gpu_work_s']} s of work for these jobs)"
-    )
+    if "billed_by_the_providers" in cost:
+        spend = (f"  GPU spend: ${cost['per_second']:.4f} by the second at each provider's price, "
+                 f"${cost['billed_by_the_providers']:.2f} billed by the providers (below), against "
+                 f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU at "
+                 f"${report['price_per_hour']:.2f}/h")
+    else:
+        spend = (f"  GPU spend at ${report['price_per_hour']:.2f}/h: ${cost['per_second']:.4f} by the second, "
+                 f"${cost['billed_10_min_intervals']:.2f} billed in 10-minute intervals, against "
+                 f"${cost['always_on_one_gpu_same_span']:.2f} for one always-on GPU")
+    console.print(f"{spend} over the same {report['span_s']} s "
+                  f"(which, alone, would have needed {report['gpu_work_s']} s of work for these jobs)")
     if "providers" in report:
         _print_providers(console, report["providers"])
     console.print(f"  outputs: {escape(report['outputs'])}")
     _print_results(console, report["results"])
     if report["stopped"]:
-        console.print(f"  [red]stopped before the end: {report['stopped']}[/red]")
+        console.print(f"  [red]stopped before the end: {shown(report['stopped'])}[/red]")
     if report["orphan_processes"]:
         console.print(f"  [red]processes still alive: {report['orphan_processes']}[/red]")
     if report["failed_unexpectedly"]:
@@ -172,6 +189,13 @@ def print_report(report: dict, path: Path) -> None:
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
+
+
+def shown(text: str) -> str:
+    """Text from a job or a peer (ComfyUI's error, a provider's) as the terminal shows it, not obeys it: rich markup
+    and each character that is not printable (colours, a window title, a cleared screen, a line written over)
+    escaped."""
+    return escape("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -218,6 +242,8 @@ def _comfyui_url(text: str) -> str:
 
 def _output_dir(text: str) -> Path:
     """A folder the demo can write its outputs to (created here); one it cannot was a traceback once started."""
+    if not text.strip():  # `--output-dir "$OUT"` with OUT unset: the current folder was taken
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}): name the folder, e.g. demo-output")
     path = Path(text)
     try:
         (path / "outputs").mkdir(parents=True, exist_ok=True)
@@ -268,21 +294,21 @@ def _print_results(console: Console, results: dict) -> None:
     console.print(line if not results["failed"] else f"[red]{line}[/red]")
     if first := results["first_failure"]:
         where = f"job {first['job_id']}, {first['path']}"
-        console.print(f"    [red]first: {escape(where)}: {escape(first['reason'])}[/red]")
+        console.print(f"    [red]first: {shown(where)}: {shown(first['reason'])}[/red]")
 
 
 def _print_providers(console: Console, fleet: dict) -> None:
     console.print("  providers (billed by each one's own rule):")
     for name, row in fleet["providers"].items():
         spend = fleet["spend"].get(name, {}).get("last_day", 0.0)
-        state = f"degraded: {row['degraded']}" if row["degraded"] else "healthy"
+        state = f"degraded: {shown(str(row['degraded']))}" if row["degraded"] else "healthy"
         console.print(f"    {name}: {row['replica_starts']} replica starts, ${spend:.4f} at "
                       f"${row['price_per_hour']:.2f}/h ({row['billing']}), {state}")
     moves: dict[str, int] = {}
     for move in fleet["moves"]:
         key = f"{move['provider']} {move.get('reason') or move['health']}"
         moves[key] = moves.get(key, 0) + 1
-    console.print("  fallback moves: " + (", ".join(f"{k} x{n}" for k, n in moves.items()) or "none"))
+    console.print("  fallback moves: " + (", ".join(f"{shown(k)} x{n}" for k, n in moves.items()) or "none"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import structlog
 from rich.console import Console
@@ -17,8 +18,13 @@ LOG_EVERY_S = 5.0
 
 
 class Progress:
-    def __init__(self, price_per_hour: float, *, live: bool = True) -> None:
+    """``price_of`` a replica per hour, by its id (several providers: its provider's); by default
+    ``price_per_hour``."""
+
+    def __init__(self, price_per_hour: float, *, live: bool = True,
+                 price_of: Callable[[str], float] | None = None) -> None:
         self.price_per_hour = price_per_hour
+        self.price_of = price_of
         self.console = Console(stderr=True)
         self._live = Live(console=self.console, refresh_per_second=4) if live and sys.stderr.isatty() else None
         self._last_log = 0.0
@@ -33,7 +39,7 @@ class Progress:
             self._live.__exit__(*exc)
 
     def update(self, counts: dict[str, int], replicas: int, starts: int, elapsed_s: float, ledger: ReplicaLedger):
-        spend = ledger.replica_seconds() / 3600 * self.price_per_hour
+        spend = ledger.cost(self.price_of or (lambda _: self.price_per_hour))
         row = {
             "elapsed": f"{elapsed_s:5.0f} s",
             "pending": counts.get("pending", 0),
@@ -45,7 +51,8 @@ class Progress:
             "spend": f"${spend:.3f}",
         }
         if self._live:
-            table = Table(title=f"ComfyUI serverless demo (at ${self.price_per_hour:.2f}/GPU-hour)")
+            prices = "each provider's price" if self.price_of else f"${self.price_per_hour:.2f}/GPU-hour"
+            table = Table(title=f"ComfyUI serverless demo (at {prices})")
             for name in row:
                 table.add_column(name, justify="right")
             table.add_row(*(str(value) for value in row.values()))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from demo.replicas import REPLICA_STOP_S
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule
@@ -170,4 +171,4 @@ def parse_providers(text: str) -> list[str]:
 def worker_processes(env: Mapping[str, str], command: Sequence[str], replica_env, log_dir: Path,
                      name: str) -> LocalBackend:
     return LocalBackend(env, command=command, replica_env=replica_env, log_dir=log_dir,
-                        id_prefix=f"{name}-worker", stop_timeout_s=15.0)
+                        id_prefix=f"{name}-worker", stop_timeout_s=REPLICA_STOP_S)

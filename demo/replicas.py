@@ -15,6 +15,8 @@ from scaler.providers.local import worker_environment
 _DIES_WITH_DEMO = (sys.executable, "-m", "demo.dies_with_demo")
 SUPERVISOR_COMMAND = (*_DIES_WITH_DEMO, sys.executable, "-m", "supervisor")
 WORKER_COMMAND = (*_DIES_WITH_DEMO, sys.executable, "-m", "worker")
+# The demo kills a replica this long after asking it to stop; its worker plans its hand back within it.
+REPLICA_STOP_S = 15.0
 
 
 def free_loopback_port() -> int:
@@ -35,6 +37,7 @@ def worker_env(
         "SERVERLESS_MAX_IDLE_POLLS": str(idle_polls),
         "WORKER_POLL_INTERVAL": str(poll_interval_s),
         "SHUTDOWN_GRACE_S": "5",
+        "PLATFORM_KILL_DELAY_S": str(REPLICA_STOP_S),
         "COMFYUI_STARTUP_TIMEOUT_S": "60",
         "INFERENCE_PROVIDER": "local-demo",
         "LOG_FORMAT": "json",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from common.durable import replace_whole
 from demo.workload import BAD_WORKFLOWS
 from queue_manager import JobRecord
+from scaler.fleet import SEPARATOR
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 BILLING_INTERVAL_S = 600.0
@@ -26,6 +31,10 @@ class ReplicaLedger:
 
     def replica_seconds(self) -> float:
         return sum(last - first for first, last in self.spans.values())
+
+    def cost(self, price_per_hour: Callable[[str], float]) -> float:
+        """USD by the second, each replica at its own price."""
+        return sum((last - first) / 3600 * price_per_hour(replica) for replica, (first, last) in self.spans.items())
 
     def billed_intervals(self) -> int:
         return sum(max(1, math.ceil((last - first) / BILLING_INTERVAL_S)) for first, last in self.spans.values())
@@ -50,6 +59,13 @@ def job_chains(jobs: list[JobRecord], submitted: list[str]) -> dict[str, list[Jo
             chain.append(requeued_as[chain[-1].id])
         chains[job_id] = chain
     return chains
+
+
+def _requeues(chain: list[JobRecord]) -> int:
+    """A stopped job's hand backs: each in its history (the demo's queue manager keeps its id), each copy a worker
+    of comfy-multi resubmitted it as."""
+    handed_back = sum(entry.get("cause") == "shutdown" for job in chain for entry in job.history)
+    return handed_back + len(chain) - 1
 
 
 def final_jobs(jobs: list[JobRecord], submitted: list[str]) -> dict[str, JobRecord]:
@@ -88,7 +104,7 @@ def build_report(
         "cancelled": outcomes.get("cancelled", 0),
         "unfinished": unfinished,
         "failure_reasons": dict(failures.most_common()),
-        "requeued_by_scale_down": sum(len(chain) - 1 for chain in chains.values()),
+        "requeued_by_scale_down": sum(_requeues(chain) for chain in chains.values()),
         "wait_s": {"p50": seconds(percentile(waits, 0.5)), "p95": seconds(percentile(waits, 0.95))},
         "run_s": {"p50": seconds(percentile(runs, 0.5)), "p95": seconds(percentile(runs, 0.95))},
         "replica_starts": replica_starts,
@@ -106,3 +122,25 @@ def build_report(
         "results": results,
         "ok": not unfinished and len(failed) == len(on_purpose) and replicas_at_end == 0 and results["failed"] == 0,
     }
+
+
+def provider_prices(prices: Mapping[str, float]) -> Callable[[str], float]:
+    """A fleet replica's price per hour: its provider's, named by the fleet's replica id."""
+    return lambda replica: prices[replica.partition(SEPARATOR)[0]]
+
+
+def fleet_cost(ledger: ReplicaLedger, fleet: dict[str, Any], cost: dict[str, float]) -> dict[str, float]:
+    """`cost` (build_report's) with several providers (demo.run.fleet_report's `fleet`): each replica at its
+    provider's price, and what the providers billed by their own rules, not every replica at --price-per-hour in
+    10-minute intervals."""
+    prices = {name: row["price_per_hour"] for name, row in fleet["providers"].items()}
+    return {
+        "per_second": round(ledger.cost(provider_prices(prices)), 4),
+        "billed_by_the_providers": round(fleet["spend"].get("total", {}).get("last_day", 0.0), 2),
+        "always_on_one_gpu_same_span": cost["always_on_one_gpu_same_span"],
+    }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """report.json whole, or none: a demo killed while writing it leaves no half of it to be read."""
+    replace_whole(path, json.dumps(report, indent=2), path.with_name(f".{path.name}.partial"))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -22,9 +22,17 @@ import structlog
 from common.logs import register_secret
 from common.processes import pid_running
 from demo.progress import Progress
-from demo.providers import start_fleet, worker_processes
+from demo.providers import PRICES, start_fleet, worker_processes
 from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
-from demo.report import TERMINAL, ReplicaLedger, build_report, final_jobs
+from demo.report import (
+    TERMINAL,
+    ReplicaLedger,
+    build_report,
+    final_jobs,
+    fleet_cost,
+    provider_prices,
+    write_report,
+)
 from demo.results import fetch_results
 from demo.workload import SubmissionFailed, submit_all, workshop_burst
 from queue_manager.server import QueueManagerServer
@@ -43,6 +51,7 @@ T = TypeVar("T")
 DEMO_REPLICA_BOOT_S = 3.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # set the demo's stop while the replicas run
 SCRATCH_PREFIX, PID_FILE = "comfy-demo-", "demo.pid"  # a scratch folder names the run it belongs to
+PID_FILE_MAX_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -109,13 +118,30 @@ def _sweep_scratch_of_killed_runs(temp: Path) -> None:
     """Scratch folders of earlier runs killed outright (SIGKILL: no `finally` ran), each known by the pid in it;
     one without that file, or whose process is alive, is left alone."""
     for folder in temp.glob(f"{SCRATCH_PREFIX}*"):
-        try:
-            pid = int((folder / PID_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if pid > 0 and not pid_running(pid):
+        pid = _pid_of_run(folder)
+        if pid is not None and pid > 0 and not pid_running(pid):
             log.info("Demo scratch folder of a killed run removed", folder=str(folder), pid=pid)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_of_run(folder: Path) -> int | None:
+    """The pid in a scratch folder of this user's; None for another user's (the temporary folder is shared), a link,
+    or a pid file that is no plain file (a FIFO held the read for good) or holds no pid."""
+    try:
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        descriptor = os.open(folder / PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return int(os.read(descriptor, PID_FILE_MAX_BYTES))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
@@ -170,7 +196,8 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 submit_task = asyncio.create_task(
                     submit_all(qm.url, submissions, started=loop.time(), token=participants_token, ids=submitted)
                 )
-                progress = Progress(options.price_per_hour, live=options.live)
+                prices = provider_prices(PRICES) if options.providers else None
+                progress = Progress(options.price_per_hour, live=options.live, price_of=prices)
                 watch = _watch_fleet(scaler) if options.providers else backend.observe
                 with progress:
                     stopped, replicas_left = await _until_done(qm, watch, processes, ledger, progress, submit_task,
@@ -199,10 +226,11 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
         )
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
+            report["cost_usd"] = fleet_cost(ledger, report["providers"], report["cost_usd"])
     report["orphan_processes"] = survivors
     report["stopped"] = stopped
     report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_report(output_dir / "report.json", report)
     return report
 
 

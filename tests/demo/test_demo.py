@@ -577,3 +577,243 @@ def test_a_ctrl_c_while_the_comfyui_url_is_probed_is_one_line_and_exit_130(tmp_p
             demo.kill()
     assert demo.returncode == 130
     assert err.splitlines() == ["comfy-serverless demo: interrupted (Ctrl-C); nothing was started"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_stopped_while_comfyui_is_slow_to_interrupt_hands_its_job_back_before_its_kill(tmp_path):
+    """The demo kills a stopping replica 15 s after its SIGTERM. Before: its worker planned for the platform's 30 s
+    (PLATFORM_KILL_DELAY_S unset), waited 12.5 s for ComfyUI's interrupt after its 5-s grace and was killed first: the
+    job stayed running, for its lease to run out. Now its budget is the demo's: the job is handed back at once."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output", default_node_seconds=60.0) as comfyui:
+        comfyui.slow_down("/interrupt", 60.0)
+        options = DemoOptions(
+            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", db=tmp_path / "queue.db", idle_to_zero_s=1.0, timeout_s=15, live=False,
+        )
+        report = await run_demo(options)
+
+    async with QueueManagerServer(tmp_path / "queue.db") as qm:
+        [job] = qm.store.list(limit=10)
+    assert report["orphan_processes"] == [], report
+    assert job.status == "pending" and job.attempt == 2, job
+    assert [entry["cause"] for entry in job.history] == ["fault"] and "interrupt" in job.history[0]["reason"], job
+
+
+# write_report in a process whose files may hold no more than `limit` bytes: killed (SIGXFSZ) the moment a write
+# passes it (Python ignores SIGXFSZ unless told otherwise), as a demo killed while writing its report.
+WRITE_REPORT_KILLED_MIDWAY = (
+    "import resource, signal, sys\n"
+    "from pathlib import Path\n"
+    "from demo.report import write_report\n"
+    "path, limit = sys.argv[1:]\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))\n"
+    "write_report(Path(path), {'ok': True, 'unfinished': ['job-%d' % n for n in range(100)]})\n"
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_demo_killed_while_writing_its_report_leaves_no_half_of_it(tmp_path):
+    """Before: report.json was written in place: a kill midway left its first 200 bytes, not JSON, where a script
+    reading the run's outcome looks. Now it is there whole or not at all."""
+    path = tmp_path / "demo" / "report.json"
+    path.parent.mkdir()
+    run = subprocess.run([sys.executable, "-c", WRITE_REPORT_KILLED_MIDWAY, str(path), "200"],
+                         capture_output=True, text=True, timeout=60)
+
+    assert run.returncode == -signal.SIGXFSZ, run.stderr
+    assert not path.exists(), path.read_text()
+
+
+def _demo_to_interrupt(tmp_path: Path, stdout: int) -> subprocess.Popen:
+    """A one-job demo in a process of its own, its scratch folders in tmp_path/tmp, its stderr in tmp_path/stderr."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    with (tmp_path / "stderr").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "demo", "demo", "--jobs", "1", "--bad-jobs", "0", "--spread-s", "0",
+             "--node-seconds", "0", "--max-replicas", "1", "--idle-to-zero-s", "1", "--no-live",
+             "--output-dir", str(tmp_path / "demo")],
+            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=stdout, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell's background job ignores it
+        )
+
+
+def _interrupt(demo: subprocess.Popen, tmp_path: Path) -> list[str]:
+    """Ctrl-C to the demo; its exit code checked, its stderr's lines."""
+    try:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    finally:
+        demo.kill()
+    err = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in err, err
+    assert demo.returncode == 130, err
+    return err.splitlines()
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_while_the_report_is_printed_is_one_line_and_exit_130(tmp_path):
+    """The run over, its Ctrl-C handling removed. Before: a KeyboardInterrupt traceback out of print_report. Here
+    the report waits on a terminal that takes no more output (a full pipe) when the Ctrl-C comes."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    try:
+        demo = _demo_to_interrupt(tmp_path, write_end)
+        for _ in range(1200):  # until the report is written and the scratch folder gone: the run is over
+            if (tmp_path / "demo" / "report.json").exists() and not list((tmp_path / "tmp").iterdir()):
+                break
+            if demo.poll() is not None:
+                pytest.fail(f"the demo ended before its report was printed: {(tmp_path / 'stderr').read_text()}")
+            time.sleep(0.05)
+        lines = _interrupt(demo, tmp_path)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert lines[-1].startswith("comfy-serverless demo: interrupted (Ctrl-C); nothing is left running"), lines
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["ok"] is True
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_before_the_demo_s_own_handling_is_set_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while the demo sweeps the scratch folder of a run killed earlier, before it handles Ctrl-C itself.
+    Before: a KeyboardInterrupt traceback."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    killed_run = tmp_path / "tmp" / "comfy-demo-killed"
+    killed_run.mkdir(parents=True)
+    (killed_run / "demo.pid").write_text(str(dead.pid))
+    files = 20_000  # its removal takes long enough to be caught at it
+    for n in range(files):
+        (killed_run / f"{n}.log").touch()
+    demo = _demo_to_interrupt(tmp_path, subprocess.DEVNULL)
+    for _ in range(1200):  # until the sweep has begun removing it
+        with contextlib.suppress(FileNotFoundError):
+            if len(os.listdir(killed_run)) <= files:
+                break
+        if demo.poll() is not None:
+            pytest.fail(f"the demo ended before it swept: {(tmp_path / 'stderr').read_text()}")
+        time.sleep(0.01)
+    lines = _interrupt(demo, tmp_path)
+
+    assert lines == ["comfy-serverless demo: interrupted (Ctrl-C); nothing is left running"]
+    assert not (tmp_path / "demo" / "report.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_scratch_folder_another_user_planted_does_not_hold_the_demo_s_start(tmp_path):
+    """The scratch folders are in the shared temporary folder, where anyone may make one named as the demo's. Before:
+    a FIFO as its demo.pid held every demo at its start for good, reading it (a link to /dev/zero: for ever, its
+    memory growing). Now only this user's folders with a pid file are looked at; the others are left alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    temp = tmp_path / "tmp"
+    fifo, endless, killed_run = temp / "comfy-demo-fifo", temp / "comfy-demo-endless", temp / "comfy-demo-killed"
+    for folder in (fifo, endless, killed_run):
+        folder.mkdir(parents=True)
+    os.mkfifo(fifo / "demo.pid")
+    (endless / "demo.pid").symlink_to("/dev/zero")
+    (killed_run / "demo.pid").write_text(str(dead.pid))
+
+    sweep = "import sys; from pathlib import Path; from demo.run import _sweep_scratch_of_killed_runs as sweep\n" \
+            "sweep(Path(sys.argv[1]))"
+    run = subprocess.run([sys.executable, "-c", sweep, str(temp)], capture_output=True, text=True, timeout=30)
+
+    assert run.returncode == 0, run.stderr
+    assert sorted(temp.iterdir()) == [endless, fifo]
+
+
+@pytest.mark.timeout(180)
+async def test_control_characters_in_a_failure_reason_are_shown_not_obeyed(tmp_path, capsys):
+    """A node's exception message is the job's error as ComfyUI gave it. Before: its escape sequences reached the
+    terminal raw: a new window title, a cleared screen, a line written over. Now each is shown escaped."""
+    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
+        comfyui.inject_error("bad\x1b]0;pwned\x07\x1b[2J\rforged\u202eline", class_type="SaveImage", prompts=1)
+        options = DemoOptions(
+            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
+            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
+        )
+        report = await run_demo(options)
+    capsys.readouterr()
+    print_report(report, tmp_path / "demo" / "report.json")
+    out = capsys.readouterr().out
+
+    (reason,) = report["failure_reasons"]
+    assert "\x1b]0;pwned" in reason, "the report keeps what ComfyUI said"
+    assert not {"\x1b", "\x07", "\r", "\u202e"} & set(out), repr(out)
+    assert "bad\\x1b]0;pwned\\x07\\x1b[2J\\rforged\\u202eline" in out, out
+
+
+@pytest.mark.timeout(180)
+async def test_with_several_providers_the_spend_is_each_provider_s_own(tmp_path, capsys):
+    """Before: the spend line priced every replica of a fleet at --price-per-hour in 10-minute intervals: free
+    `local` replicas cost $0.38 each (a run with --fail local: $1.53 against the $0.78 the providers billed). Now
+    each replica is priced at its provider's price, and the bill is what the providers billed by their rules."""
+    options = DemoOptions(
+        jobs=3, users=1, bad_jobs=0, max_replicas=2, node_seconds=0.05, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False, providers=("local",),
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+    out = " ".join(capsys.readouterr().out.split())
+
+    assert report["completed"] == 3 and report["providers"]["providers"]["local"]["replica_starts"] >= 1, report
+    assert report["replica_seconds"] > 0
+    assert report["cost_usd"]["per_second"] == 0 and report["cost_usd"]["billed_by_the_providers"] == 0, report
+    assert "GPU spend: $0.0000 by the second at each provider's price, $0.00 billed by the providers" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_with_several_providers_the_progress_spend_is_each_provider_s_own(tmp_path):
+    """Before: the progress lines (and the live table) priced a fleet's replicas at --price-per-hour: free `local`
+    ones ran up $0.002 a second, which the report then did not bill. Now each at its provider's price."""
+    run = subprocess.run(
+        [sys.executable, "-m", "demo", "demo", "--jobs", "4", "--users", "1", "--bad-jobs", "0", "--max-replicas", "1",
+         "--node-seconds", "1", "--spread-s", "0", "--idle-to-zero-s", "1", "--timeout-s", "100", "--no-live",
+         "--providers", "local", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    progress = [line for line in lines if line["event"] == "Demo progress" and line["replicas"]]
+    assert progress, run.stderr[-2000:]
+    assert {line["spend"] for line in progress} == {"$0.000"}, progress
+
+
+@pytest.mark.parametrize("where", ["", " "])
+def test_demo_refuses_an_empty_output_dir_naming_the_option(tmp_path, monkeypatch, capsys, where):
+    """`--output-dir "$OUT"` with OUT unset. Before: taken for the current folder, which got outputs/, logs/ and
+    report.json among its own files."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        demo_parser().parse_args(["--output-dir", where])
+    assert exit_info.value.code == 2
+    assert "--output-dir: an empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_a_scale_down_handed_back_under_its_own_id_is_counted_as_requeued() -> None:
+    """The demo's queue manager takes a stopped job back under its id (attempt 2, the hand back in its history); only
+    a worker of comfy-multi resubmits it as a copy (`requeued_from`). Before: only copies were counted, so the demo
+    always said '0 requeued by a scale-down'."""
+    from demo.report import ReplicaLedger, build_report
+    from queue_manager import JobRecord
+    from queue_manager.store import JobStatus
+
+    def job(job_id: str, history: list[dict]) -> JobRecord:
+        return JobRecord(
+            id=job_id, user_id="u", status=JobStatus("completed"), priority=0, workflow={}, metadata={},
+            result={"outputs": []}, error=None, worker_id="w", created_at=1.0, started_at=2.0, completed_at=3.0,
+            attempt=1 + len(history), history=history,
+        )
+
+    stopped = {"attempt": 1, "worker_id": "w", "reason": "worker w was stopped", "cause": "shutdown", "at": 2.0}
+    died = {**stopped, "attempt": 2, "reason": "ComfyUI died", "cause": "fault"}
+    report = build_report(
+        [job("a", [stopped]), job("b", [stopped, died]), job("c", [])], ["a", "b", "c"], ReplicaLedger(),
+        span_s=10.0, price_per_hour=1.0, replica_starts=1, outputs="o", results={"failed": 0}, replicas_at_end=0,
+    )
+    assert report["requeued_by_scale_down"] == 2
