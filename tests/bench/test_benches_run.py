@@ -250,3 +250,30 @@ def test_a_bench_stopped_with_sigterm_ends_the_processes_it_started(name: str, t
                 os.killpg(bench.pid, signal.SIGKILL)
     assert left == []
     assert code == 128 + signal.SIGTERM
+
+
+def scaler_source(tmp_path: Path, program: str) -> Path:
+    """A checkout whose `python -m scaler.cli` is `program`."""
+    (tmp_path / "scaler").mkdir()
+    (tmp_path / "scaler" / "__init__.py").write_text("")
+    (tmp_path / "scaler" / "cli.py").write_text(program)
+    return tmp_path / "scaler" / "cli.py"
+
+
+@pytest.mark.timeout(60)
+def test_a_scaler_that_fails_to_start_fails_the_bench_without_figures(tmp_path: Path) -> None:
+    scaler_source(tmp_path, "import sys; sys.exit('SCALER_INTERVAL_S: not a number')")  # as a bad setting: exit 1
+    run = run_bench("scaler_broken_peers", ["--scaler-source", str(tmp_path), "--flood-mb", "1"], tmp_path)
+    assert run.returncode != 0
+    assert "SCALER_INTERVAL_S: not a number" in run.stderr
+    assert "peak RSS" not in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_scaler_that_never_exits_fails_the_bench_and_is_ended(tmp_path: Path) -> None:
+    cli = scaler_source(tmp_path, HUNG_WORKER)
+    run = run_bench("scaler_broken_peers", ["--scaler-source", str(tmp_path), "--scaler-timeout", "2"], tmp_path)
+    assert run.returncode != 0
+    assert "TimeoutError" in run.stderr
+    pid = int(Path(f"{cli}.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the hung scaler was left running"
