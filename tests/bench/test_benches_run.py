@@ -83,7 +83,8 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                         r"Python's peak allocation # MB$"]),
     "outputs_pruning": (["--orphans", "20", "--young", "5", "--files", "1", "--file-kb", "1"],  # the sweep's mode: ~3 s
                         [r"^20 orphan and 5 young job folders, 1 files of 1 KiB each, 20 users$",
-                         r"^one sweep: 20 deleted in # s; job folders left: 5; peak RSS # -> # MB$",
+                         r"^one sweep: 20 deleted in # s; job folders left: 5; "
+                          r"RSS # MB before it, peak # MB during it$",
                          *(rf"^GET /api/queue/status {when}: [1-9]\d* requests, p50 # ms, p99 # ms, max # ms$"
                            for when in ["before", "during"])]),
     "queue_fairness": (["--pending", "1000", "--finished", "10", "--workflow-kb", "1"],
@@ -308,3 +309,13 @@ def test_large_bodies_refused_fail_the_bench_instead_of_being_timed(tmp_path: Pa
     assert run.returncode != 0
     assert "submit_10MB: POST /api/jobs answered 413, not 201" in run.stderr
     assert "_p50_ms" not in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_orphan_sweeps_peak_rss_is_the_sweeps_alone(tmp_path: Path) -> None:
+    """A 128 MiB result file written before the sweep: its buffer is no part of the sweep's peak."""
+    run = run_bench("outputs_pruning", ["--orphans", "1", "--files", "1", "--file-kb", str(128 * 1024)], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    peak = re.search(r"peak (\d+) MB during it", run.stdout)
+    assert peak, run.stdout
+    assert int(peak.group(1)) < 128, run.stdout
