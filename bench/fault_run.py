@@ -86,7 +86,8 @@ class Pool:
             log_file = (self.log_dir / f"{replica_id}.log").open("ab")
             process = await asyncio.create_subprocess_exec(
                 *SUPERVISOR_COMMAND,
-                env={**self.env, **self.replicas.env_for(replica_id), "WORKER_ID": replica_id},
+                env={**self.env, **self.replicas.env_for(replica_id), "WORKER_ID": replica_id,
+                     "HEALTH_PORT_FILE": str(self.log_dir / f"{replica_id}.port")},  # HEALTH_PORT=0: needs one
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
             )  # fmt: skip
             log_file.close()
