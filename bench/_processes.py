@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +36,11 @@ def child(command: list[str], grace_s: float = GRACE_S, **popen: Any) -> Iterato
 
 def _exit_on_sigterm() -> None:
     """A bench stopped with SIGTERM (timeout(1), a CI job cancelled) unwinds as on Ctrl-C, so every `child` block
-    ends its process; by default Python dies at once and leaves them running."""
+    ends its process; by default Python dies at once and leaves them running. Only in a bench's own process
+    (`python -m bench.<name>`): a program that imports `child` (pytest) keeps its own SIGTERM handling."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None or not spec.name.startswith("bench."):
+        return
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_system_exit)
 

@@ -17,6 +17,7 @@ closed them), the CPU seconds the server used, and its RSS `--after` seconds aft
 `--large-bodies N` (the queue manager only): what a setting costs legitimate clients, without a flood: N
 submissions of a 10 MB workflow (`POST /api/jobs`, each read, validated and stored) and N 40 MB reports of an
 unknown job (read whole, then 422), one at a time; printed: the p50 of each and the server's CPU seconds for them.
+Any other answer (a 401, a 413 of a smaller limit) fails the bench: a refusal is not the legitimate post timed.
 """
 
 from __future__ import annotations
@@ -127,15 +128,18 @@ def large_bodies(posts: int) -> dict[str, object]:
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client,
     ):
         figures: dict[str, object] = {"posts": posts}
-        for name, path, body in [
-            ("submit_10MB", "/api/jobs", submission),
-            ("report_40MB", "/api/workers/complete-job?job_id=unknown", report),
+        for name, path, body, expected in [
+            ("submit_10MB", "/api/jobs", submission, 201),
+            ("report_40MB", "/api/workers/complete-job?job_id=unknown", report, 422),
         ]:
             cpu_before, took = cpu_s(process.pid), []
             for _ in range(posts):
                 started = time.perf_counter()
-                client.post(path, content=body, headers={"Content-Type": "application/json"})
+                reply = client.post(path, content=body, headers={"Content-Type": "application/json"})
                 took.append((time.perf_counter() - started) * 1000)
+                if reply.status_code != expected:  # a refusal (401, 413) is not the legitimate post timed
+                    raise RuntimeError(f"{name}: POST {path} answered {reply.status_code}, not {expected}: "
+                                       f"{reply.text[:300]}")  # fmt: skip
             figures |= {f"{name}_p50_ms": round(sorted(took)[len(took) // 2]),
                         f"{name}_cpu_s": round(cpu_s(process.pid) - cpu_before, 2)}  # fmt: skip
     return figures

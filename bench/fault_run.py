@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from bench._processes import GRACE_S
 from demo.replicas import SUPERVISOR_COMMAND, SimulatedReplicas, free_loopback_port, worker_env
 from demo.workload import load_workflow
 from queue_manager.store import JobRecord, JobStore
@@ -85,7 +86,8 @@ class Pool:
             log_file = (self.log_dir / f"{replica_id}.log").open("ab")
             process = await asyncio.create_subprocess_exec(
                 *SUPERVISOR_COMMAND,
-                env={**self.env, **self.replicas.env_for(replica_id), "WORKER_ID": replica_id},
+                env={**self.env, **self.replicas.env_for(replica_id), "WORKER_ID": replica_id,
+                     "HEALTH_PORT_FILE": str(self.log_dir / f"{replica_id}.port")},  # HEALTH_PORT=0: needs one
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
             )  # fmt: skip
             log_file.close()
@@ -135,10 +137,15 @@ class QueueProcess:
                 await asyncio.sleep(0.05)
         raise RuntimeError("the queue manager did not come up")
 
-    async def stop(self, signum: int = signal.SIGTERM) -> None:
+    async def stop(self, signum: int = signal.SIGTERM, grace_s: float = GRACE_S) -> None:
+        """`signum`, then SIGKILL if it is still running after `grace_s` seconds (frozen, or deaf to `signum`)."""
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signum)
-            await self.process.wait()
+            try:
+                await asyncio.wait_for(self.process.wait(), grace_s)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
 
 
 def comfyui_pids(supervisor_pid: int) -> list[int]:

@@ -12,7 +12,8 @@ the same without QUEUE_MANAGER_OUTPUTS_DIR (the database passes alone, the folde
 
 The orphan sweep instead: `--orphans` job folders (`--files` files each) no job of the database names, last modified
 before the retention, and as many `--young` ones (a volume's kept jobs: walked, never looked up); one sweep, timed,
-the status latency meanwhile, and the process's peak RSS.
+the status latency meanwhile, and the RSS of this process (the queue manager's and the client's) just before the
+sweep and its peak during the sweep alone (the high-water mark reset through /proc/self/clear_refs first).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import asyncio
 import logging
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -33,6 +33,7 @@ from typing import TypeVar
 import httpx
 import structlog
 
+from bench.queue_memory import rss_mb
 from bench.queue_retention import SimulatedClock
 from queue_manager import QueueManagerServer
 
@@ -125,30 +126,38 @@ async def run(jobs: int, files: int, file_kb: int, *, serve_outputs: bool) -> No
     print(f"GET /api/queue/status during: {summary(during)}")
 
 
-async def sweep_orphans(orphans: int, young: int, files: int, file_kb: int) -> None:
+def orphan_volume(volume: Path, now: float, orphans: int, young: int, files: int, file_kb: int) -> None:
+    """`orphans` job folders older than the retention, `young` ones newer."""
     payload = b"\x89PNG" + bytes(file_kb * 1024 - 4)
+    for n in range(orphans + young):
+        folder = volume / f"user{n % USERS}" / str(uuid.uuid4())
+        write_results(folder, files, payload)
+        modified = now - 2 * RETENTION_S if n < orphans else now
+        os.utime(folder, (modified, modified))
+
+
+def rss_with_peak_reset_mb() -> float:
+    """This process's RSS in MB, its peak (VmHWM) reset to it (/proc/self/clear_refs): what follows peaks alone."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return rss_mb(os.getpid())[0]
+
+
+async def sweep_orphans(orphans: int, young: int, files: int, file_kb: int) -> None:
     with tempfile.TemporaryDirectory(prefix="orphan-sweep-") as tmp:
         volume = Path(tmp) / "outputs"
         clock = SimulatedClock()
-        old = clock.now - 2 * RETENTION_S
-        for n in range(orphans + young):
-            folder = volume / f"user{n % USERS}" / str(uuid.uuid4())
-            write_results(folder, files, payload)
-            if n < orphans:
-                os.utime(folder, (old, old))
-            else:
-                os.utime(folder, (clock.now, clock.now))
+        orphan_volume(volume, clock.now, orphans, young, files, file_kb)
         server = QueueManagerServer(db_path=Path(tmp) / "queue.db", clock=clock, outputs_dir=volume,
                                     finished_job_retention_s=RETENTION_S, lease_timeout_s=0, reaper_interval_s=3600)
         async with server as queue, httpx.AsyncClient(base_url=queue.url, timeout=30) as client:
             before = await quiet_latencies_ms(client)
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rss_before = rss_with_peak_reset_mb()
             during, deleted, sweep_s = await latencies_during(client, queue.sweep_orphan_outputs)
-            rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            _, rss_peak = rss_mb(os.getpid())
         left = sum(1 for _ in volume.iterdir() for _ in _.iterdir())
     print(f"{orphans} orphan and {young} young job folders, {files} files of {file_kb} KiB each, {USERS} users")
     print(f"one sweep: {deleted} deleted in {sweep_s:.2f} s; job folders left: {left}; "
-          f"peak RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+          f"RSS {rss_before:.0f} MB before it, peak {rss_peak:.0f} MB during it")
     print(f"GET /api/queue/status before: {summary(before)}")
     print(f"GET /api/queue/status during: {summary(during)}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -68,67 +69,91 @@ def scaler_env(queue_url: str, verda_url: str, **extra: str) -> dict[str, str]:
             "LOG_FORMAT": "json", **extra}
 
 
-async def flooded_rss(source: Path, flood_mb: int) -> tuple[float, float]:
+@contextlib.asynccontextmanager
+async def scaler(
+    source: Path, command: list[str], env: dict[str, str], stdout: int = asyncio.subprocess.PIPE
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m scaler.cli <command>` from `source`, its stderr piped, killed on exit if it is still running."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scaler.cli", *command, cwd=source, env=env, stdout=stdout, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def status_seconds(source: Path, env: dict[str, str], timeout_s: float) -> float:
+    """`comfy-scaler status --json`: the seconds it took. It must print its report (exit 0, or 1 for the peers it
+    could not read) within timeout_s: anything else fails the bench rather than timing a scaler that never ran."""
+    started = time.monotonic()
+    async with scaler(source, ["status", "--json"], env) as process:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+    if process.returncode not in (0, 1) or not stdout.startswith(b"{"):
+        raise RuntimeError(f"comfy-scaler status exited {process.returncode} without its report: "
+                           f"{stderr[-2000:].decode(errors='replace')}")  # fmt: skip
+    return time.monotonic() - started
+
+
+async def flooded_rss(source: Path, flood_mb: int, timeout_s: float) -> tuple[float, float]:
     """`comfy-scaler status --json` (local backend) against a queue manager flooding its status answer:
     (seconds it took, the children's peak RSS in MiB)."""
     async with serving(flooding(flood_mb * 1024 * 1024)) as url:
-        started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scaler.cli", "status", "--json", cwd=source,
-            env=scaler_env(url, url, SCALER_BACKEND="local"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        await process.wait()
-        took = time.monotonic() - started
+        took = await status_seconds(source, scaler_env(url, url, SCALER_BACKEND="local"), timeout_s)
     return took, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-async def silent_status(source: Path) -> float:
+async def silent_status(source: Path, timeout_s: float) -> float:
     """`comfy-scaler status --json` against silent peers, the price looked up in Verda's price list: seconds."""
     async with serving(silent) as url:
         env = scaler_env(url, url)
         del env["SCALER_PRICE_PER_REPLICA_HOUR"]
-        started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scaler.cli", "status", "--json", cwd=source, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        await process.wait()
-        return time.monotonic() - started
+        return await status_seconds(source, env, timeout_s)
 
 
-async def silent_run(source: Path, sigterm_after_s: float) -> tuple[list[float], float]:
+async def silent_run(source: Path, sigterm_after_s: float, timeout_s: float) -> tuple[list[float], float]:
     """`comfy-scaler run` against silent peers, SIGTERM after sigterm_after_s: the seconds (since the start) of
-    each decision logged, and the seconds from SIGTERM to the exit."""
-    async with serving(silent) as url:
+    each decision logged, and the seconds from SIGTERM to the exit (which must be 0 within timeout_s)."""
+    async with (
+        serving(silent) as url,
+        scaler(source, ["run"], scaler_env(url, url), stdout=asyncio.subprocess.DEVNULL) as process,
+    ):
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scaler.cli", "run", cwd=source, env=scaler_env(url, url),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
         decisions: list[float] = []
+        others: collections.deque[bytes] = collections.deque(maxlen=20)
 
         async def watch() -> None:
             assert process.stderr is not None
             async for line in process.stderr:
                 if line.startswith(b"{") and json.loads(line).get("event") == "Scaling decision":
                     decisions.append(round(time.monotonic() - started, 1))
+                else:
+                    others.append(line)
 
-        watcher = asyncio.create_task(watch())
-        await asyncio.sleep(sigterm_after_s)
+        watcher, exited = asyncio.create_task(watch()), asyncio.create_task(process.wait())
+        await asyncio.wait([exited], timeout=sigterm_after_s)
+        if exited.done():
+            raise RuntimeError(f"comfy-scaler run exited {process.returncode} before SIGTERM: "
+                               f"{b''.join(others).decode(errors='replace')}")  # fmt: skip
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        await process.wait()
+        await asyncio.wait_for(exited, timeout_s)
         exit_s = time.monotonic() - signalled
-        await watcher
+        await asyncio.wait_for(watcher, timeout_s)
+        if process.returncode != 0:
+            raise RuntimeError(f"comfy-scaler run exited {process.returncode} after SIGTERM: "
+                               f"{b''.join(others).decode(errors='replace')}")  # fmt: skip
     return decisions, exit_s
 
 
 async def measure(args: argparse.Namespace) -> None:
-    took, rss = await flooded_rss(args.scaler_source, args.flood_mb)
+    took, rss = await flooded_rss(args.scaler_source, args.flood_mb, args.scaler_timeout)
     print(f"flooded queue status ({args.flood_mb} MB): status took {took:.1f} s, peak RSS {rss:.0f} MiB")
-    print(f"silent peers: status (price looked up) took {await silent_status(args.scaler_source):.1f} s")
-    decisions, exit_s = await silent_run(args.scaler_source, args.sigterm_after)
+    took = await silent_status(args.scaler_source, args.scaler_timeout)
+    print(f"silent peers: status (price looked up) took {took:.1f} s")
+    decisions, exit_s = await silent_run(args.scaler_source, args.sigterm_after, args.scaler_timeout)
     print(f"silent peers: decisions at {decisions} s; SIGTERM at {args.sigterm_after:g} s, exit {exit_s:.1f} s later")
 
 
@@ -137,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scaler-source", type=Path, default=REPO, help="checkout whose scaler is measured")
     parser.add_argument("--flood-mb", type=int, default=256, help="size of the flooded queue status answer")
     parser.add_argument("--sigterm-after", type=float, default=35.0, help="seconds into the run SIGTERM is sent")
+    parser.add_argument("--scaler-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="a scaler command still running this long fails the bench; default 600")  # fmt: skip
     asyncio.run(measure(parser.parse_args(argv)))
 
 

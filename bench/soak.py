@@ -177,18 +177,26 @@ class Soak:
             self.workers.append(worker)
 
     async def close(self) -> None:
+        """Every worker (SIGTERM, SIGKILL after 15 s), ComfyUI stand-in and the queue manager ended, even when a
+        step fails or the close is cancelled (a second Ctrl-C): the first failure is raised once all are."""
         for worker in self.workers:
             if worker.alive():
                 worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        for worker in self.workers:
-            if worker.process is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(15):
-                        await worker.process.wait()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(15):
+                    await asyncio.gather(*(w.process.wait() for w in self.workers if w.process is not None))
+        finally:
+            for worker in self.workers:
                 if worker.alive():
                     worker.process.kill()  # type: ignore[union-attr]
-            await worker.comfy.stop()
-        await self.queue.stop()
+            try:
+                stopped = await asyncio.gather(*(w.comfy.stop() for w in self.workers), return_exceptions=True)
+            finally:
+                await self.queue.stop()
+        for result in stopped:
+            if isinstance(result, BaseException):
+                raise result
 
     # --- the churn ---------------------------------------------------------------------------
 

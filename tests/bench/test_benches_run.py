@@ -83,7 +83,8 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                         r"Python's peak allocation # MB$"]),
     "outputs_pruning": (["--orphans", "20", "--young", "5", "--files", "1", "--file-kb", "1"],  # the sweep's mode: ~3 s
                         [r"^20 orphan and 5 young job folders, 1 files of 1 KiB each, 20 users$",
-                         r"^one sweep: 20 deleted in # s; job folders left: 5; peak RSS # -> # MB$",
+                         r"^one sweep: 20 deleted in # s; job folders left: 5; "
+                          r"RSS # MB before it, peak # MB during it$",
                          *(rf"^GET /api/queue/status {when}: [1-9]\d* requests, p50 # ms, p99 # ms, max # ms$"
                            for when in ["before", "during"])]),
     "queue_fairness": (["--pending", "1000", "--finished", "10", "--workflow-kb", "1"],
@@ -148,13 +149,18 @@ IMPORT_ONLY = {
 }
 
 
-def run_bench(name: str, arguments: list[str], tmp_path: Path, timeout_s: float = 100) -> subprocess.CompletedProcess:
+def run_bench(
+    name: str, arguments: list[str], tmp_path: Path, timeout_s: float = 100, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
     """`python -m bench.<name>` in a session of its own: a bench still running after `timeout_s` is killed with
-    every server it started (a bench killed alone leaves its children running)."""
+    every server it started (a bench killed alone leaves its children running). From another `cwd`, the packages
+    there come first (docs/benchmarks.md measures another version so)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
     env["TMPDIR"] = str(tmp_path)  # what a bench leaves behind goes with the test's folder
+    if cwd != REPO:
+        env["PYTHONPATH"] = str(REPO)  # bench/ itself
     command = [sys.executable, "-m", f"bench.{name}", *arguments]
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as bench:  # fmt: skip
         try:
             stdout, stderr = bench.communicate(timeout=timeout_s)
@@ -250,3 +256,66 @@ def test_a_bench_stopped_with_sigterm_ends_the_processes_it_started(name: str, t
                 os.killpg(bench.pid, signal.SIGKILL)
     assert left == []
     assert code == 128 + signal.SIGTERM
+
+
+def scaler_source(tmp_path: Path, program: str) -> Path:
+    """A checkout whose `python -m scaler.cli` is `program`."""
+    (tmp_path / "scaler").mkdir()
+    (tmp_path / "scaler" / "__init__.py").write_text("")
+    (tmp_path / "scaler" / "cli.py").write_text(program)
+    return tmp_path / "scaler" / "cli.py"
+
+
+@pytest.mark.timeout(60)
+def test_a_scaler_that_fails_to_start_fails_the_bench_without_figures(tmp_path: Path) -> None:
+    scaler_source(tmp_path, "import sys; sys.exit('SCALER_INTERVAL_S: not a number')")  # as a bad setting: exit 1
+    run = run_bench("scaler_broken_peers", ["--scaler-source", str(tmp_path), "--flood-mb", "1"], tmp_path)
+    assert run.returncode != 0
+    assert "SCALER_INTERVAL_S: not a number" in run.stderr
+    assert "peak RSS" not in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_scaler_that_never_exits_fails_the_bench_and_is_ended(tmp_path: Path) -> None:
+    cli = scaler_source(tmp_path, HUNG_WORKER)
+    run = run_bench("scaler_broken_peers", ["--scaler-source", str(tmp_path), "--scaler-timeout", "2"], tmp_path)
+    assert run.returncode != 0
+    assert "TimeoutError" in run.stderr
+    pid = int(Path(f"{cli}.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists(), "the hung scaler was left running"
+
+
+REFUSING_QUEUE_MANAGER = """
+import http.server
+class Refusing(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(413)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+server = http.server.HTTPServer(("127.0.0.1", 0), Refusing)
+print(f"url=http://127.0.0.1:{server.server_port}", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_large_bodies_refused_fail_the_bench_instead_of_being_timed(tmp_path: Path) -> None:
+    """A queue manager (another version, another limit) answering 413 to the legitimate posts."""
+    (tmp_path / "queue_manager").mkdir()
+    (tmp_path / "queue_manager" / "__init__.py").write_text("")
+    (tmp_path / "queue_manager" / "__main__.py").write_text(REFUSING_QUEUE_MANAGER)
+    run = run_bench("body_flood", ["--large-bodies", "1"], tmp_path, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "submit_10MB: POST /api/jobs answered 413, not 201" in run.stderr
+    assert "_p50_ms" not in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_orphan_sweeps_peak_rss_is_the_sweeps_alone(tmp_path: Path) -> None:
+    """A 128 MiB result file written before the sweep: its buffer is no part of the sweep's peak."""
+    run = run_bench("outputs_pruning", ["--orphans", "1", "--files", "1", "--file-kb", str(128 * 1024)], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    peak = re.search(r"peak (\d+) MB during it", run.stdout)
+    assert peak, run.stdout
+    assert int(peak.group(1)) < 128, run.stdout

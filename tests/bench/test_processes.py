@@ -35,3 +35,14 @@ def test_a_child_that_already_exited_is_left_as_it_ended() -> None:
     with child([sys.executable, "-c", "raise SystemExit(3)"]) as process:
         process.wait()
     assert process.returncode == 3
+
+
+def test_a_program_that_is_not_a_bench_keeps_its_own_sigterm_handling() -> None:
+    """pytest calls `child` here: SIGTERM must still end it as before, not raise SystemExit inside a test."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with child([sys.executable, "-c", "pass"]) as process:
+            process.wait()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

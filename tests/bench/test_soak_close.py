@@ -1,0 +1,46 @@
+"""bench.soak.Soak.close: the soak's queue manager, workers and ComfyUI stand-ins, ended however the close ends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import signal
+
+import pytest
+
+from bench.soak import REPO, Soak
+
+
+def soak_args(workers: int) -> argparse.Namespace:
+    return argparse.Namespace(workers=workers, lease_timeout=5.0, retention_s=86400.0, seed=1, node_seconds=0.0,
+                              worker_source=REPO, fixed_worker_ids=False)  # fmt: skip
+
+
+@pytest.mark.timeout(90)
+async def test_a_close_cancelled_while_a_worker_drains_still_ends_everything() -> None:
+    """Ctrl-C again while the close waits for a worker: the queue manager and every worker ended all the same."""
+    soak = Soak(soak_args(workers=2))
+    try:
+        await soak.start()
+        frozen = soak.workers[0].process
+        assert frozen is not None
+        frozen.send_signal(signal.SIGSTOP)  # SIGTERM stays pending: the close waits for it
+        closing = asyncio.create_task(soak.close())
+        await asyncio.sleep(0)  # the close under way, waiting for the workers
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(closing, 30)
+        processes = [soak.queue.process, *(worker.process for worker in soak.workers)]
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes if p is not None)), 30)
+    finally:
+        for process in [soak.queue.process, *(worker.process for worker in soak.workers)]:
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        shutil.rmtree(soak.root, ignore_errors=True)
+    assert soak.queue.process is not None
+    assert soak.queue.process.returncode == 0  # stopped by the close (SIGTERM), not killed by this test
+    assert frozen.returncode == -signal.SIGKILL
