@@ -29,6 +29,7 @@ from common.children import keep_environment_private
 from common.limits import allow_many_connections
 from common.logs import configure_logging, error_text, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
+from common.text import escape_controls
 from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.allocator import ProviderSpec
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
@@ -459,7 +460,7 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        _print_status(report)
+        _print_status(_controls_escaped(report))
     return EXIT_FAILED if observation.failed else EXIT_OK
 
 
@@ -590,6 +591,18 @@ def _status_report(
         "settings": settings.public_summary(),
         "checked_at": datetime.fromtimestamp(now, UTC).isoformat(),
     }
+
+
+def _controls_escaped(value: Any) -> Any:
+    """``value`` with every string in it escape_controls'd, however deep: rich's escape() handles markup only, and
+    a peer's ESC sequence (in an error, a status, an id) retitled or cleared the terminal."""
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, dict):
+        return {_controls_escaped(key): _controls_escaped(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(map(_controls_escaped, value))
+    return value
 
 
 def _print_status(report: dict[str, Any]) -> None:

@@ -264,6 +264,24 @@ async def test_a_lone_surrogate_a_peer_sends_is_shown_escaped_by_status_not_a_tr
     assert "unreadable" in shown and "\\ud800" in shown  # the table may wrap the text around it
 
 
+@pytest.mark.parametrize("peer", ["queue manager", "verda"])
+async def test_escape_sequences_a_peer_sends_are_shown_escaped_by_status_not_obeyed(cli_env, qm, fake_verda, capsys,
+                                                                                    monkeypatch, peer):
+    # Before: rich's escape() handles markup only and rich drops BEL, BS, VT, FF and CR alone: an ESC sequence in
+    # a peer's error retitled the operator's terminal (ESC ] 0 ; ... BEL) or cleared it (ESC [ 2 J).
+    monkeypatch.setenv("SCALER_PRICE_PER_REPLICA_HOUR", "2.3")
+    hostile = "odd \x1b]0;pwned\x07 then \x1b[2J text"
+    if peer == "verda":
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 400, times=20,
+                             body={"code": "invalid_request", "message": hostile})
+    else:
+        qm.faults.inject("queue-status", status=200, body='"odd \\u001b]0;pwned\\u0007 then \\u001b[2J text"', times=20)
+    assert await asyncio.to_thread(main, ["status"]) == 1
+    shown = capsys.readouterr().out
+    assert "unreadable" in shown and "\x1b" not in shown, shown
+    assert "\\x1b]0;pwned\\x07" in shown and "\\x1b[2J" in shown, shown
+
+
 @pytest.mark.parametrize("command", [["status", "--json"], ["once", "--dry-run"]])
 async def test_an_access_token_verda_echoes_never_reaches_status_or_the_log(cli_env, fake_verda, capsys, command,
                                                                             monkeypatch):
