@@ -23,6 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
+from common.text import escape_controls
 from common.urls import name_words, names_a_credential, redact_urls_in
 
 _secret_values: set[str] = set()
@@ -113,8 +114,6 @@ def _scrub(_logger: object, _name: str, event_dict: dict) -> dict:
 # Control characters a terminal would obey (colours, a new title, a cleared screen, a forged next line) reach
 # log values from jobs: a workflow's node name in ComfyUI's error, say. JSON escapes them; on a terminal the
 # console renderer prints a value raw unless it holds a space or a quote, and the event never escaped.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _TEXT_KEYS = ("exception", "stack")  # printed as text, a traceback keeping its lines
 
 
@@ -133,8 +132,7 @@ def _escape_controls(_logger: object, _name: str, event_dict: dict) -> dict:
         if not isinstance(value, str) or value.isprintable():
             continue
         if key == "event" or key in _TEXT_KEYS:
-            controls = _CONTROLS_BUT_LINES if key in _TEXT_KEYS else _CONTROLS
-            event_dict[key] = controls.sub(lambda found: found[0].encode("unicode_escape").decode(), value)
+            event_dict[key] = escape_controls(value, keep_lines=key in _TEXT_KEYS)
         else:
             event_dict[key] = _Quoted(value)
     return event_dict

@@ -29,6 +29,7 @@ from common.children import keep_environment_private
 from common.limits import allow_many_connections
 from common.logs import configure_logging, error_text, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
+from common.text import escape_controls
 from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.allocator import ProviderSpec
 from scaler.config import ConfigError, ScalerSettings, budget_conflicts, load_kill_switch_settings, load_settings
@@ -166,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return asyncio.run(command(settings, args))
-    except (ProviderSetupError, SavedFileUnreadable) as exc:
-        print(f"{args.command}: {exc}", file=sys.stderr)
+    except (ProviderSetupError, SavedFileUnreadable) as exc:  # a price list's error among them
+        print(f"{args.command}: {escape_controls(str(exc), keep_lines=True)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as exc:  # Ctrl-C, or a SIGTERM (Terminated), while a provider is slow to answer
         print(f"{args.command}: interrupted. {INTERRUPTED.get(args.command, '')}".rstrip(), file=sys.stderr)
@@ -317,12 +318,13 @@ def _warn_if_settings_unread(settings: ScalerSettings) -> None:
 
 
 def _platform_error(exc: Exception) -> str:
-    """What went wrong, for stderr: without a secret the provider may have echoed back (print is not scrubbed)."""
+    """What went wrong, for stderr: without a secret the provider may have echoed back (print is not scrubbed),
+    nor a control character the terminal would obey."""
     if isinstance(exc, VerdaAPIError) and exc.status == 403:  # a 401 says so itself
-        return scrub(f"{exc} {CREDENTIALS_HINT}")
+        return escape_controls(scrub(f"{exc} {CREDENTIALS_HINT}"))
     if isinstance(exc, VerdaAPIError) and exc.status == 404:
-        return scrub(f"{exc} (check VERDA_DEPLOYMENT_NAME)")
-    return scrub(f"{type(exc).__name__}: {exc}")
+        return escape_controls(scrub(f"{exc} (check VERDA_DEPLOYMENT_NAME)"))
+    return escape_controls(scrub(f"{type(exc).__name__}: {exc}"))
 
 
 def _load_state(settings: ScalerSettings, *, dry_run: bool) -> PolicyState:
@@ -459,7 +461,7 @@ async def _status(settings: ScalerSettings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        _print_status(report)
+        _print_status(_controls_escaped(report))
     return EXIT_FAILED if observation.failed else EXIT_OK
 
 
@@ -496,7 +498,8 @@ async def _stop_all(settings: ScalerSettings, args: argparse.Namespace) -> int:
     results = await stop_all(settings, names, timeout_s=KILL_CONFIRM_TIMEOUT_S)
     for result in results:
         mark = "stopped" if result.stopped else "NOT STOPPED"
-        print(f"{result.provider}: {mark}: {scrub(result.detail)}", file=sys.stdout if result.stopped else sys.stderr)
+        print(f"{result.provider}: {mark}: {escape_controls(scrub(result.detail))}",
+              file=sys.stdout if result.stopped else sys.stderr)
     stopped = [r.provider for r in results if r.stopped]  # the retired providers too, each as it went
     failed = [r.provider for r in results if not r.stopped]
     if failed:
@@ -523,7 +526,7 @@ async def _resume(settings: ScalerSettings, args: argparse.Namespace) -> int:
             except Exception as exc:  # the API's errors, FleetStopError, an answer too large or of an odd shape
                 failed = f"resume failed: {_platform_error(exc)}"
     except ProviderSetupError as exc:  # a price list down: a running fleet, which has its prices, still resumes
-        failed = f"resume failed: {exc}"
+        failed = f"resume failed: {escape_controls(str(exc), keep_lines=True)}"
     try:
         released = release_stop_file(settings)
     except OSError as exc:
@@ -590,6 +593,18 @@ def _status_report(
         "settings": settings.public_summary(),
         "checked_at": datetime.fromtimestamp(now, UTC).isoformat(),
     }
+
+
+def _controls_escaped(value: Any) -> Any:
+    """``value`` with every string in it escape_controls'd, however deep: rich's escape() handles markup only, and
+    a peer's ESC sequence (in an error, a status, an id) retitled or cleared the terminal."""
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, dict):
+        return {_controls_escaped(key): _controls_escaped(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(map(_controls_escaped, value))
+    return value
 
 
 def _print_status(report: dict[str, Any]) -> None:

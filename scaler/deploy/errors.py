@@ -13,11 +13,10 @@ import httpx
 
 from common.logs import scrub
 from common.settings import secret_length_problem, sendable_problem
+from common.text import escape_controls
 from common.urls import IN_CLEAR, encrypted_or_local
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# What a terminal obeys rather than shows: an ESC sequence recolours, retitles or clears it, a CR forges a line.
-CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class DeployError(Exception):
@@ -26,7 +25,7 @@ class DeployError(Exception):
 
 def shown(value: object) -> str:
     """``value`` as text for the terminal, its control characters escaped (``\\x1b``): a provider's string."""
-    return CONTROLS.sub(lambda found: found[0].encode("unicode_escape").decode(), str(value))
+    return escape_controls(str(value))
 
 
 def print_error(message: object) -> None:

@@ -298,9 +298,10 @@ async def run(
             await print_pods(backend)
         else:
             await backend.apply(0)  # a stop first: each worker gets its SIGTERM and hands its job back
-            # A stop RunPod accepted but did not carry out leaves the pod live, stopped again at every run: terminated.
-            for replica in (await backend.observe()).replicas:
-                await backend.client.terminate_pod(replica.id)
+            # A stop RunPod accepted but did not carry out leaves the pod live, stopped again at every run: terminated,
+            # every one tried whichever fails.
+            await backend.observe()
+            await backend.terminate_live()
             left = (await backend.observe()).replicas
             if left:
                 raise DeployError(f"{len(left)} pods still live after terminating: {[r.id for r in left]}")

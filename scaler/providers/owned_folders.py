@@ -57,14 +57,10 @@ def remove_abandoned_folders(prefix: str) -> int:
     removed = 0
     for name in glob.glob(f"{glob.escape(prefix)}*", root_dir=tempfile.gettempdir()):
         path = Path(tempfile.gettempdir(), name)
-        try:
-            info = path.lstat()
-            fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:  # gone, or no lock file: being made now, or an earlier version's
+        fd = _open_lock_file(path)
+        if fd is None:
             continue
         try:
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:  # its owner runs (or the file system cannot lock)
@@ -74,6 +70,23 @@ def remove_abandoned_folders(prefix: str) -> int:
         finally:
             os.close(fd)
     return removed
+
+
+def _open_lock_file(folder: Path) -> int | None:
+    """The lock file of a folder of this user's; None for another user's (the temporary folder is shared), a link,
+    a folder without the file (being made now, or an earlier version's) or a lock file that is no plain file (a
+    FIFO held the open for good)."""
+    try:
+        info = folder.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from scaler.queue_status import QueueStatusReader
 from scaler.wiring import worker_environment
 from standins.comfyui import ComfyUISimulator
 
-from ..conftest import ManualClock
+from ..conftest import NOBODY, ManualClock
 from .conftest import operator_env_with, running_scaler, sigterm_and_wait
 
 # A stand-in replica: marks itself ready (after installing its SIGTERM disposition), then sleeps.
@@ -290,6 +291,36 @@ async def test_a_start_removes_the_port_files_folder_a_killed_scaler_left_and_ke
                 scaler.kill()
             await scaler.wait()
     assert folders() == {earlier_version, running_s}, "a scaler killed outright left its folder"
+
+
+def test_a_fifo_planted_as_a_port_folders_lock_file_does_not_hang_the_start(tmp_path):
+    """The temporary folder is shared: a FIFO planted as `local-worker-health-ports-*/owner.lock` (in a folder of
+    another user's, or of this one's) held every LocalBackend start in its open for good; now it is passed by, and
+    an abandoned folder beside it still goes."""
+    for owner in ("another-user", "this-user"):
+        planted = tmp_path / f"local-worker-health-ports-{owner}"
+        planted.mkdir()
+        os.mkfifo(planted / "owner.lock")
+        if owner == "another-user" and os.getuid() == 0:
+            os.chown(planted, NOBODY, NOBODY)
+    abandoned = tmp_path / "local-worker-health-ports-abandoned"
+    abandoned.mkdir()
+    (abandoned / "owner.lock").touch()
+    start = (
+        "import asyncio, os, sys\n"
+        "from scaler.providers import LocalBackend\n"
+        "async def main():\n"
+        "    backend = LocalBackend(dict(os.environ), command=(sys.executable, '-c', 'import time; time.sleep(60)'))\n"
+        "    await backend.apply(1)\n"
+        "    await backend.aclose()\n"
+        "asyncio.run(main())\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", start], env=env, check=True, timeout=30)
+    assert not abandoned.exists()
+    assert sorted(p.name for p in tmp_path.glob("local-worker-health-ports-*")) == [
+        "local-worker-health-ports-another-user", "local-worker-health-ports-this-user"
+    ]
 
 
 def fleet_workers_environment(monkeypatch, tmp_path, **queue_tokens: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import ManualClock
-from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, VERDA_ID, VERDA_SECRET
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, VERDA_ID, VERDA_SECRET, operator_env_with
 
 TICK_S = 15.0
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
@@ -262,6 +262,42 @@ async def test_a_lone_surrogate_a_peer_sends_is_shown_escaped_by_status_not_a_tr
     assert await asyncio.to_thread(main, ["status"]) == 1
     shown = capsys.readouterr().out
     assert "unreadable" in shown and "\\ud800" in shown  # the table may wrap the text around it
+
+
+@pytest.mark.parametrize("peer", ["queue manager", "verda"])
+async def test_escape_sequences_a_peer_sends_are_shown_escaped_by_status_not_obeyed(cli_env, qm, fake_verda, capsys,
+                                                                                    monkeypatch, peer):
+    # Before: rich's escape() handles markup only and rich drops BEL, BS, VT, FF and CR alone: an ESC sequence in
+    # a peer's error retitled the operator's terminal (ESC ] 0 ; ... BEL) or cleared it (ESC [ 2 J).
+    monkeypatch.setenv("SCALER_PRICE_PER_REPLICA_HOUR", "2.3")
+    hostile = "odd \x1b]0;pwned\x07 then \x1b[2J text"
+    if peer == "verda":
+        fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/status", 400, times=20,
+                             body={"code": "invalid_request", "message": hostile})
+    else:
+        qm.faults.inject("queue-status", status=200, body='"odd \\u001b]0;pwned\\u0007 then \\u001b[2J text"', times=20)
+    assert await asyncio.to_thread(main, ["status"]) == 1
+    shown = capsys.readouterr().out
+    assert "unreadable" in shown and "\x1b" not in shown, shown
+    assert "\\x1b]0;pwned\\x07" in shown and "\\x1b[2J" in shown, shown
+
+
+@pytest.mark.parametrize(("command", "action"), [(["stop"], "pause"), (["stop", "--all"], "pause"),
+                                                 (["resume"], "resume")])
+async def test_escape_sequences_in_a_refusal_are_shown_escaped_by_the_kill_switch(cli_env, fake_verda, capsys,
+                                                                                 monkeypatch, tmp_path, command,
+                                                                                 action):
+    # Before: stop, stop --all and resume printed the provider's refusal as it came: ESC ] 0 ; ... BEL retitled
+    # the operator's terminal, ESC [ 2 J cleared it, right when they read whether the kill switch held.
+    if "--all" in command:
+        operator_env_with(cli_env, monkeypatch, {"SCALER_PROVIDERS": "verda", "SCALER_VERDA_PRICE_PER_HOUR": "2.30",
+                                                 "SCALER_LEDGER_FILE": str(tmp_path / "ledger.json")})
+    fake_verda.fail_next(f"/container-deployments/{DEPLOYMENT}/{action}", 400, times=20,
+                         body={"code": "invalid_request", "message": "odd \x1b]0;pwned\x07 then \x1b[2J text"})
+    assert await asyncio.to_thread(main, command) == 1
+    shown = capsys.readouterr().err
+    assert "invalid_request" in shown and "\x1b" not in shown, shown
+    assert "\\x1b]0;pwned\\x07" in shown and "\\x1b[2J" in shown, shown
 
 
 @pytest.mark.parametrize("command", [["status", "--json"], ["once", "--dry-run"]])

@@ -383,6 +383,25 @@ async def test_delete_terminates_a_pod_whose_stop_is_accepted_but_never_taken(
     assert all(fake.requests_to(f"/pods/{pod_id}/action", "POST") for pod_id in fake.terminated), "stopped first"
 
 
+async def test_delete_terminates_every_live_pod_whichever_refuses(fake: FakeRunPod, deploy_env, capsys) -> None:
+    """Before: delete terminated the pods its stop left live one after another and ended at the first refusal: the
+    pods listed after it were left running, billed (3 pods, the first refusing: 2 left live → 0)."""
+    backend = backend_from_spec(DEFAULT_SPEC_PATH, deploy_env)
+    try:
+        await backend.apply(3)
+    finally:
+        await backend.aclose()
+    pods = fake.live_pods()
+    for pod in pods:
+        answer = {"id": pod.id, "name": pod.body["name"], "status": "RUNNING"}
+        fake.fail_next(f"/pods/{pod.id}/action", 200, method="POST", body=answer, times=100)
+    fake.fail_next(f"/pods/{pods[0].id}", 403, method="DELETE", times=100)
+    capsys.readouterr()
+    assert await deploy_main(runpod_args("delete", "--yes"), deploy_env) == 1
+    assert "403" in capsys.readouterr().err
+    assert [pod.id for pod in fake.live_pods()] == [pods[0].id]
+
+
 async def _create_unrelated_pod(fake: FakeRunPod, body: dict) -> None:
     async with httpx.AsyncClient(base_url=fake.url, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
         assert (await http.post("/pods", json=body)).status_code == 201
