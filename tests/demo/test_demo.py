@@ -373,6 +373,38 @@ def test_demo_refuses_the_database_of_a_queue_manager_serving_it_naming_the_opti
     assert demo_parser().parse_args(["--db", str(db)]).db == db  # once it has stopped
 
 
+@pytest.mark.timeout(120)
+def test_a_queue_manager_started_on_the_database_a_demo_serves_is_refused_naming_the_demo(tmp_path):
+    """The other order of the test above. Before: the demo took no lock, the queue manager served the file too and
+    handed the demo's jobs out to whoever polled it."""
+    db = tmp_path / "queue.db"
+    (tmp_path / "tmp").mkdir()
+    with (tmp_path / "stderr").open("w") as stderr:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "demo", "demo", "--jobs", "1", "--bad-jobs", "0", "--spread-s", "0",
+             "--node-seconds", "60", "--max-replicas", "1", "--no-live", "--db", str(db),
+             "--output-dir", str(tmp_path / "demo")],
+            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        for _ in range(1200):  # until a replica runs its job: the demo's queue manager serves the database
+            if list((tmp_path / "demo" / "logs").glob("*.log")):
+                break
+            assert demo.poll() is None, (tmp_path / "stderr").read_text()
+            time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "-m", "queue_manager", "--db", str(db), "--port", "0"],
+            capture_output=True, text=True, timeout=30,
+        )
+        demo.send_signal(signal.SIGINT)  # the demo stops the run itself: exit 1, "stopped" in its report
+        demo.wait(timeout=60)
+    finally:
+        demo.kill()
+    assert second.returncode == 1, second.stderr
+    assert f"--db {db} is served by another queue manager (pid {demo.pid}" in second.stderr
+
+
 @pytest.mark.timeout(60)
 async def test_demo_refuses_a_comfyui_url_where_no_comfyui_answers(tmp_path, capsys):
     """A mistyped port. Before: accepted; every worker waited 60 s for that ComfyUI, was started again, until
