@@ -20,6 +20,7 @@ from rich.markup import escape
 from common.logs import configure_logging, scrub
 from common.urls import direct_transport, redact_url
 from demo.providers import PROVIDERS, parse_providers
+from demo.report import ReportNotWritten
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
 from queue_manager import JobStore
@@ -136,6 +137,9 @@ def run_demo_command(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"{INTERRUPTED}; nothing is left running", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ReportNotWritten as exc:
+        print(f"comfy-serverless demo: {exc}; nothing is left running", file=sys.stderr)
+        return 1
     try:
         print_report(report, path)
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from demo.report import (
     final_jobs,
     fleet_cost,
     provider_prices,
+    remove_report,
     write_report,
 )
 from demo.results import fetch_results
@@ -154,7 +155,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     output_dir = options.output_dir.resolve()
     outputs = output_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
-    (output_dir / "report.json").unlink(missing_ok=True)  # an earlier run's "ok" is never taken for this one's
+    remove_report(output_dir / "report.json")
     replicas = (
         RealComfyUIReplicas(options.comfyui_url) if options.comfyui_url
         else SimulatedReplicas(scratch, options.node_seconds)

@@ -21,6 +21,7 @@ import pytest
 import demo.run
 from demo.cli import demo_parser, parse_demo_args, print_report
 from demo.replicas import free_loopback_port
+from demo.report import ReportNotWritten
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
@@ -629,6 +630,40 @@ async def test_a_replica_stopped_while_comfyui_is_slow_to_interrupt_hands_its_jo
     assert report["orphan_processes"] == [], report
     assert job.status == "pending" and job.attempt == 2, job
     assert [entry["cause"] for entry in job.history] == ["fault"] and "interrupt" in job.history[0]["reason"], job
+
+
+@pytest.mark.timeout(120)
+def test_a_folder_in_place_of_report_json_is_one_line_naming_it(tmp_path):
+    """Before: an IsADirectoryError traceback from the removal of the earlier report."""
+    (tmp_path / "demo" / "report.json").mkdir(parents=True)
+    demo = _demo_to_interrupt(tmp_path, subprocess.DEVNULL)
+    try:
+        demo.wait(timeout=90)
+    finally:
+        demo.kill()
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    assert lines == [f"comfy-serverless demo: cannot remove the earlier {tmp_path / 'demo' / 'report.json'}: "
+                     "Is a directory; nothing is left running"], lines
+    assert demo.returncode == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_report_json_that_cannot_be_written_at_the_end_says_where(tmp_path):
+    """A folder made in report.json's place while the demo runs, as a full disk would fail the write. Before: the
+    OSError of the write; now ReportNotWritten naming the file, which the command prints as one line."""
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, node_seconds=0, spread_s=0, max_replicas=1,
+                          output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=60, live=False)
+
+    async def block_the_report_once_a_replica_runs():
+        while not list((tmp_path / "demo" / "logs").glob("*.log")):
+            await asyncio.sleep(0.05)
+        (tmp_path / "demo" / "report.json").mkdir()
+
+    blocker = asyncio.create_task(block_the_report_once_a_replica_runs())
+    with pytest.raises(ReportNotWritten, match=f"cannot write {tmp_path / 'demo' / 'report.json'}: Is a directory"):
+        await run_demo(options)
+    await blocker
+    assert list((tmp_path / "demo").glob(".report.json*")) == []
 
 
 # write_report in a process whose files may hold no more than `limit` bytes: killed (SIGXFSZ) the moment a write
