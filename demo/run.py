@@ -308,14 +308,15 @@ async def _until_done(
 
 
 def _processes_using(scratch: Path) -> set[int]:
-    """Processes whose command line names the demo's scratch folder: each replica's ComfyUI runs in a session
-    of its own, out of reach of its replica's process group, but its arguments point into this folder."""
-    marker = str(scratch).encode()
+    """The replicas' ComfyUIs and what they started: each runs in a session of its own, out of reach of its
+    replica's process group, with its replica's SCRATCH_DIR, in this folder, in its environment. Not a program
+    that only names the folder (`ls` of it, a shell in it)."""
+    marker = f"SCRATCH_DIR={scratch}{os.sep}".encode()
     found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if marker in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
+            if any(entry.startswith(marker) for entry in environ.read_bytes().split(b"\0")):
+                found.add(int(environ.parent.name))
         except OSError:
             continue  # gone meanwhile, or not ours to read
     return found

@@ -550,6 +550,25 @@ async def test_the_scratch_folder_of_a_demo_killed_outright_goes_at_the_next_run
     assert sorted(temp.iterdir()) == [live, unmarked]
 
 
+@pytest.mark.timeout(60)
+def test_only_the_demo_s_own_processes_are_taken_for_survivors(tmp_path):
+    """A ComfyUI a replica left running has its replica's SCRATCH_DIR in its environment. Before: any process naming
+    the scratch folder in its arguments was taken for one (an operator's `ls` of it, `watch du -sh` on it), and made
+    the run NOT OK."""
+    scratch = tmp_path / "comfy-demo-run"
+    wait = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    left_running = subprocess.Popen(wait, stdin=subprocess.PIPE,
+                                    env={**os.environ, "SCRATCH_DIR": str(scratch / "local-1")})
+    looking_at_it = subprocess.Popen([*wait, str(scratch)], stdin=subprocess.PIPE)
+    try:
+        found = demo.run._processes_using(scratch)
+    finally:
+        for process in (left_running, looking_at_it):
+            process.stdin.close()
+            process.wait(timeout=30)
+    assert left_running.pid in found and looking_at_it.pid not in found, found
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
