@@ -257,7 +257,8 @@ def _output_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"an empty path ({text!r}): name the folder, e.g. demo-output")
     path = Path(text)
     try:
-        (path / "outputs").mkdir(parents=True, exist_ok=True)
+        for folder in ("outputs", "logs"):  # logs: a file in its place was a traceback once the replicas started
+            (path / folder).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot create {error.filename or text}: {error.strerror}") from None
     return path

@@ -111,14 +111,18 @@ def test_demo_refuses_to_fail_a_provider_it_does_not_run(capsys, argv):
 @pytest.mark.parametrize(("option", "where", "named"), [
     ("--output-dir", "a-file", "--output-dir: cannot create"),
     ("--output-dir", "a-file/below", "--output-dir: cannot create"),
+    ("--output-dir", "a-file-as-logs", "--output-dir: cannot create"),
     ("--db", "no-such-folder/queue.db", "--db: cannot open"),
     ("--db", ".", "--db: cannot open"),
     ("--db", "a-file", "--db: cannot open"),
 ])
 def test_demo_refuses_a_folder_or_database_it_cannot_use_naming_the_option(tmp_path, capsys, option, where, named):
     """Before: each a traceback (FileExistsError, NotADirectoryError, sqlite3 'unable to open database file' or
-    'file is not a database'), the last two once the queue manager was starting."""
+    'file is not a database'), the last two once the queue manager was starting; a file in place of its logs
+    folder, a NotADirectoryError once the replicas were starting, hidden by an UnboundLocalError."""
     (tmp_path / "a-file").write_bytes(b"not a database, and long enough to have a header: " * 4)
+    (tmp_path / "a-file-as-logs").mkdir()
+    (tmp_path / "a-file-as-logs" / "logs").touch()
     with pytest.raises(SystemExit) as exit_info:
         demo_parser().parse_args([option, str(tmp_path / where)])
     assert exit_info.value.code == 2
