@@ -188,6 +188,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
             else:
                 backend = workers()
                 processes = {"local": backend}
+            fleet_stack.push_async_callback(backend.aclose)  # the replicas stopped first, then the fake APIs
             async with QueueStatusReader(qm.url, token=workers_token) as queue_reader:
                 scaling = demo_scaling(options, fleet=bool(options.providers))
                 scaler = ScalerLoop(scaling, backend, queue_reader, interval_s=options.scaler_interval_s)
@@ -207,7 +208,6 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 await scaler_task
         finally:
             stop.set()
-            await backend.aclose()
             await fleet_stack.aclose()
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))

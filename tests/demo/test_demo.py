@@ -245,6 +245,16 @@ async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers
     assert not loop.remove_signal_handler(signal.SIGINT) and not loop.remove_signal_handler(signal.SIGTERM)
 
 
+async def test_a_demo_whose_replicas_cannot_start_raises_why(tmp_path):
+    """Its logs folder a file, as when it was replaced after the command line was checked. Before: an
+    UnboundLocalError (the replicas' backend, never made, closed all the same) in place of the NotADirectoryError."""
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "logs").touch()
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", live=False)
+    with pytest.raises(NotADirectoryError):
+        await run_demo(options)
+
+
 def test_requeues_are_counted_for_this_run_s_jobs_only() -> None:
     """With --db reused the store holds earlier runs' jobs too. Before: every requeued job in it was counted, the
     earlier run's as well (2 here, for 1 requeue in this run)."""
