@@ -20,9 +20,11 @@ from rich.markup import escape
 from common.logs import configure_logging, scrub
 from common.urls import direct_transport, redact_url
 from demo.providers import PROVIDERS, parse_providers
+from demo.report import ReportNotWritten
 from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
 from queue_manager import JobStore
+from queue_manager.db_lock import DatabaseInUse, lock_database
 from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
 HOUR_S, DAY_S = 3_600.0, 86_400.0
@@ -110,6 +112,12 @@ def run_demo_command(argv: list[str]) -> int:
     except KeyboardInterrupt:  # the --comfyui-url probe waits up to COMFYUI_PROBE_S
         print(f"{INTERRUPTED}; nothing was started", file=sys.stderr)
         return EXIT_INTERRUPTED
+    try:
+        if args.db is not None:  # as `python -m queue_manager` does: one started on it later is refused
+            lock_database(args.db)
+    except DatabaseInUse as exc:
+        print(f"comfy-serverless demo: error: {exc}; stop it or give the demo a database of its own", file=sys.stderr)
+        return 2
     # Without a terminal there is no live table: the progress lines (info) are all an operator sees until the end.
     live = not args.no_live and sys.stderr.isatty()
     configure_logging("console" if sys.stderr.isatty() else "json", "warning" if live else "info")
@@ -129,6 +137,9 @@ def run_demo_command(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"{INTERRUPTED}; nothing is left running", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ReportNotWritten as exc:
+        print(f"comfy-serverless demo: {exc}; nothing is left running", file=sys.stderr)
+        return 1
     try:
         print_report(report, path)
     except KeyboardInterrupt:
@@ -246,7 +257,8 @@ def _output_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"an empty path ({text!r}): name the folder, e.g. demo-output")
     path = Path(text)
     try:
-        (path / "outputs").mkdir(parents=True, exist_ok=True)
+        for folder in ("outputs", "logs"):  # logs: a file in its place was a traceback once the replicas started
+            (path / folder).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot create {error.filename or text}: {error.strerror}") from None
     return path

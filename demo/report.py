@@ -141,6 +141,21 @@ def fleet_cost(ledger: ReplicaLedger, fleet: dict[str, Any], cost: dict[str, flo
     }
 
 
+class ReportNotWritten(Exception):
+    """report.json cannot be removed or written: a folder in its place, a full disk."""
+
+
+def remove_report(path: Path) -> None:
+    """An earlier run's report.json, so its "ok" is never taken for this run's."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        raise ReportNotWritten(f"cannot remove the earlier {path}: {error.strerror}") from None
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
     """report.json whole, or none: a demo killed while writing it leaves no half of it to be read."""
-    replace_whole(path, json.dumps(report, indent=2), path.with_name(f".{path.name}.partial"))
+    try:
+        replace_whole(path, json.dumps(report, indent=2), path.with_name(f".{path.name}.partial"))
+    except OSError as error:
+        raise ReportNotWritten(f"cannot write {path}: {error.strerror}") from None

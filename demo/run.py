@@ -31,6 +31,7 @@ from demo.report import (
     final_jobs,
     fleet_cost,
     provider_prices,
+    remove_report,
     write_report,
 )
 from demo.results import fetch_results
@@ -154,7 +155,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
     output_dir = options.output_dir.resolve()
     outputs = output_dir / "outputs"
     outputs.mkdir(parents=True, exist_ok=True)
-    (output_dir / "report.json").unlink(missing_ok=True)  # an earlier run's "ok" is never taken for this one's
+    remove_report(output_dir / "report.json")
     replicas = (
         RealComfyUIReplicas(options.comfyui_url) if options.comfyui_url
         else SimulatedReplicas(scratch, options.node_seconds)
@@ -187,6 +188,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
             else:
                 backend = workers()
                 processes = {"local": backend}
+            fleet_stack.push_async_callback(backend.aclose)  # the replicas stopped first, then the fake APIs
             async with QueueStatusReader(qm.url, token=workers_token) as queue_reader:
                 scaling = demo_scaling(options, fleet=bool(options.providers))
                 scaler = ScalerLoop(scaling, backend, queue_reader, interval_s=options.scaler_interval_s)
@@ -206,7 +208,6 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
                 await scaler_task
         finally:
             stop.set()
-            await backend.aclose()
             await fleet_stack.aclose()
         pids_started = [pid for local in processes.values() for pid in local.pids_started]
         survivors = sorted({pid for pid in pids_started if _alive(pid)} | _processes_using(scratch))
@@ -307,14 +308,15 @@ async def _until_done(
 
 
 def _processes_using(scratch: Path) -> set[int]:
-    """Processes whose command line names the demo's scratch folder: each replica's ComfyUI runs in a session
-    of its own, out of reach of its replica's process group, but its arguments point into this folder."""
-    marker = str(scratch).encode()
+    """The replicas' ComfyUIs and what they started: each runs in a session of its own, out of reach of its
+    replica's process group, with its replica's SCRATCH_DIR, in this folder, in its environment. Not a program
+    that only names the folder (`ls` of it, a shell in it)."""
+    marker = f"SCRATCH_DIR={scratch}{os.sep}".encode()
     found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if marker in cmdline.read_bytes():
-                found.add(int(cmdline.parent.name))
+            if any(entry.startswith(marker) for entry in environ.read_bytes().split(b"\0")):
+                found.add(int(environ.parent.name))
         except OSError:
             continue  # gone meanwhile, or not ours to read
     return found

@@ -21,6 +21,7 @@ import pytest
 import demo.run
 from demo.cli import demo_parser, parse_demo_args, print_report
 from demo.replicas import free_loopback_port
+from demo.report import ReportNotWritten
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
@@ -110,14 +111,18 @@ def test_demo_refuses_to_fail_a_provider_it_does_not_run(capsys, argv):
 @pytest.mark.parametrize(("option", "where", "named"), [
     ("--output-dir", "a-file", "--output-dir: cannot create"),
     ("--output-dir", "a-file/below", "--output-dir: cannot create"),
+    ("--output-dir", "a-file-as-logs", "--output-dir: cannot create"),
     ("--db", "no-such-folder/queue.db", "--db: cannot open"),
     ("--db", ".", "--db: cannot open"),
     ("--db", "a-file", "--db: cannot open"),
 ])
 def test_demo_refuses_a_folder_or_database_it_cannot_use_naming_the_option(tmp_path, capsys, option, where, named):
     """Before: each a traceback (FileExistsError, NotADirectoryError, sqlite3 'unable to open database file' or
-    'file is not a database'), the last two once the queue manager was starting."""
+    'file is not a database'), the last two once the queue manager was starting; a file in place of its logs
+    folder, a NotADirectoryError once the replicas were starting, hidden by an UnboundLocalError."""
     (tmp_path / "a-file").write_bytes(b"not a database, and long enough to have a header: " * 4)
+    (tmp_path / "a-file-as-logs").mkdir()
+    (tmp_path / "a-file-as-logs" / "logs").touch()
     with pytest.raises(SystemExit) as exit_info:
         demo_parser().parse_args([option, str(tmp_path / where)])
     assert exit_info.value.code == 2
@@ -238,6 +243,16 @@ async def test_a_demo_that_fails_leaves_no_scratch_folder_and_no_signal_handlers
     assert not (tmp_path / "demo" / "report.json").exists(), "an earlier run's report.json was left as this run's"
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGINT) and not loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def test_a_demo_whose_replicas_cannot_start_raises_why(tmp_path):
+    """Its logs folder a file, as when it was replaced after the command line was checked. Before: an
+    UnboundLocalError (the replicas' backend, never made, closed all the same) in place of the NotADirectoryError."""
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "logs").touch()
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, output_dir=tmp_path / "demo", live=False)
+    with pytest.raises(NotADirectoryError):
+        await run_demo(options)
 
 
 def test_requeues_are_counted_for_this_run_s_jobs_only() -> None:
@@ -371,6 +386,38 @@ def test_demo_refuses_the_database_of_a_queue_manager_serving_it_naming_the_opti
     assert exit_info.value.code == 2
     assert f"--db: {db} is in use by another process" in capsys.readouterr().err
     assert demo_parser().parse_args(["--db", str(db)]).db == db  # once it has stopped
+
+
+@pytest.mark.timeout(120)
+def test_a_queue_manager_started_on_the_database_a_demo_serves_is_refused_naming_the_demo(tmp_path):
+    """The other order of the test above. Before: the demo took no lock, the queue manager served the file too and
+    handed the demo's jobs out to whoever polled it."""
+    db = tmp_path / "queue.db"
+    (tmp_path / "tmp").mkdir()
+    with (tmp_path / "stderr").open("w") as stderr:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "demo", "demo", "--jobs", "1", "--bad-jobs", "0", "--spread-s", "0",
+             "--node-seconds", "60", "--max-replicas", "1", "--no-live", "--db", str(db),
+             "--output-dir", str(tmp_path / "demo")],
+            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        for _ in range(1200):  # until a replica runs its job: the demo's queue manager serves the database
+            if list((tmp_path / "demo" / "logs").glob("*.log")):
+                break
+            assert demo.poll() is None, (tmp_path / "stderr").read_text()
+            time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "-m", "queue_manager", "--db", str(db), "--port", "0"],
+            capture_output=True, text=True, timeout=30,
+        )
+        demo.send_signal(signal.SIGINT)  # the demo stops the run itself: exit 1, "stopped" in its report
+        demo.wait(timeout=60)
+    finally:
+        demo.kill()
+    assert second.returncode == 1, second.stderr
+    assert f"--db {db} is served by another queue manager (pid {demo.pid}" in second.stderr
 
 
 @pytest.mark.timeout(60)
@@ -517,6 +564,25 @@ async def test_the_scratch_folder_of_a_demo_killed_outright_goes_at_the_next_run
     assert sorted(temp.iterdir()) == [live, unmarked]
 
 
+@pytest.mark.timeout(60)
+def test_only_the_demo_s_own_processes_are_taken_for_survivors(tmp_path):
+    """A ComfyUI a replica left running has its replica's SCRATCH_DIR in its environment. Before: any process naming
+    the scratch folder in its arguments was taken for one (an operator's `ls` of it, `watch du -sh` on it), and made
+    the run NOT OK."""
+    scratch = tmp_path / "comfy-demo-run"
+    wait = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    left_running = subprocess.Popen(wait, stdin=subprocess.PIPE,
+                                    env={**os.environ, "SCRATCH_DIR": str(scratch / "local-1")})
+    looking_at_it = subprocess.Popen([*wait, str(scratch)], stdin=subprocess.PIPE)
+    try:
+        found = demo.run._processes_using(scratch)
+    finally:
+        for process in (left_running, looking_at_it):
+            process.stdin.close()
+            process.wait(timeout=30)
+    assert left_running.pid in found and looking_at_it.pid not in found, found
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -597,6 +663,40 @@ async def test_a_replica_stopped_while_comfyui_is_slow_to_interrupt_hands_its_jo
     assert report["orphan_processes"] == [], report
     assert job.status == "pending" and job.attempt == 2, job
     assert [entry["cause"] for entry in job.history] == ["fault"] and "interrupt" in job.history[0]["reason"], job
+
+
+@pytest.mark.timeout(120)
+def test_a_folder_in_place_of_report_json_is_one_line_naming_it(tmp_path):
+    """Before: an IsADirectoryError traceback from the removal of the earlier report."""
+    (tmp_path / "demo" / "report.json").mkdir(parents=True)
+    demo = _demo_to_interrupt(tmp_path, subprocess.DEVNULL)
+    try:
+        demo.wait(timeout=90)
+    finally:
+        demo.kill()
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    assert lines == [f"comfy-serverless demo: cannot remove the earlier {tmp_path / 'demo' / 'report.json'}: "
+                     "Is a directory; nothing is left running"], lines
+    assert demo.returncode == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_report_json_that_cannot_be_written_at_the_end_says_where(tmp_path):
+    """A folder made in report.json's place while the demo runs, as a full disk would fail the write. Before: the
+    OSError of the write; now ReportNotWritten naming the file, which the command prints as one line."""
+    options = DemoOptions(jobs=1, users=1, bad_jobs=0, node_seconds=0, spread_s=0, max_replicas=1,
+                          output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=60, live=False)
+
+    async def block_the_report_once_a_replica_runs():
+        while not list((tmp_path / "demo" / "logs").glob("*.log")):
+            await asyncio.sleep(0.05)
+        (tmp_path / "demo" / "report.json").mkdir()
+
+    blocker = asyncio.create_task(block_the_report_once_a_replica_runs())
+    with pytest.raises(ReportNotWritten, match=f"cannot write {tmp_path / 'demo' / 'report.json'}: Is a directory"):
+        await run_demo(options)
+    await blocker
+    assert list((tmp_path / "demo").glob(".report.json*")) == []
 
 
 # write_report in a process whose files may hold no more than `limit` bytes: killed (SIGXFSZ) the moment a write
