@@ -25,6 +25,7 @@ from demo.results import ROUTE
 from demo.run import DemoOptions, run_demo
 from queue_manager import JobStore
 from queue_manager.db_lock import DatabaseInUse, lock_database
+from queue_manager.models import JobStatus
 from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
 HOUR_S, DAY_S = 3_600.0, 86_400.0
@@ -267,14 +268,24 @@ def _output_dir(text: str) -> Path:
 def _database(text: str) -> Path:
     """A file the queue manager can open as its database (a new one is created): a folder, a file in a missing
     folder, one that is no database or one another process holds locked was a traceback once it was starting.
-    And one no other process has open: the demo's simulated workers took a serving queue manager's jobs too."""
+    And one no other process has open and no job of which is unfinished: the demo's simulated workers took a serving
+    (or stopped) queue manager's jobs too."""
     try:
-        JobStore(text).close()
+        store = JobStore(text)
+        try:
+            counts = store.counts()
+        finally:
+            store.close()
     except sqlite3.Error as error:
         raise argparse.ArgumentTypeError(f"cannot open {text}: {error}") from None
     if _opened_elsewhere(text):
         raise argparse.ArgumentTypeError(f"{text} is in use by another process (a queue manager serving it?); "
                                          "stop it or give the demo a database of its own")
+    if unfinished := counts[JobStatus.PENDING] + counts[JobStatus.RUNNING]:
+        raise argparse.ArgumentTypeError(
+            f"{text} holds {unfinished} unfinished job{'s' if unfinished > 1 else ''} (pending or running): the "
+            "demo's simulated workers would run them with simulated images (a stopped queue's database?); give the "
+            "demo a database of its own")
     return Path(text)
 
 

@@ -23,6 +23,7 @@ from demo.cli import demo_parser, parse_demo_args, print_report
 from demo.replicas import free_loopback_port
 from demo.report import ReportNotWritten
 from demo.run import DemoOptions, demo_scaling, run_demo
+from queue_manager import JobStore
 from queue_manager.server import QueueManagerServer
 from scaler.policy import Observation, PolicyState, Replica, decide
 from standins.comfyui import ComfyUISimulator
@@ -386,6 +387,21 @@ def test_demo_refuses_the_database_of_a_queue_manager_serving_it_naming_the_opti
     assert exit_info.value.code == 2
     assert f"--db: {db} is in use by another process" in capsys.readouterr().err
     assert demo_parser().parse_args(["--db", str(db)]).db == db  # once it has stopped
+
+
+def test_demo_refuses_a_database_holding_unfinished_jobs_naming_the_option(tmp_path, capsys):
+    """Before: a stopped production queue's database was taken, and the demo's simulated workers ran its pending
+    jobs, completing them with simulated images (the demo also waits for every job in it)."""
+    db = tmp_path / "jobs.db"
+    store = JobStore(str(db))
+    try:
+        store.submit("alice", {"1": {"class_type": "SaveImage", "inputs": {}}})
+    finally:
+        store.close()
+    with pytest.raises(SystemExit) as exit_info:
+        demo_parser().parse_args(["--db", str(db)])
+    assert exit_info.value.code == 2
+    assert f"--db: {db} holds 1 unfinished job (pending or running)" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)
