@@ -11,6 +11,9 @@ import fcntl
 import os
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger()
 
 class DatabaseInUse(Exception):
     """Another process holds the database's lock."""
@@ -25,7 +28,9 @@ def lock_database(db: str | Path) -> None:
         path = Path(f"{Path(db).resolve()}.lock")
         # O_NOFOLLOW: a link planted in its place would have its target truncated (the id is written over it).
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except (OSError, RuntimeError):  # RuntimeError: a loop of links; ELOOP: <db>.lock is a link
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links; ELOOP: <db>.lock is a link
+        log.warning("database_lock_not_taken", path=f"{db}.lock", error=f"{type(exc).__name__}: {exc}",
+                    hint="a second queue manager on this --db would not be refused: remove what is in its place")
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog.testing
 
 from queue_manager.__main__ import build_parser
+from queue_manager.db_lock import lock_database
 
 from ..conftest import run_module_to_exit
 
@@ -346,3 +348,7 @@ async def test_a_link_planted_as_the_db_lock_is_not_followed(tmp_path: Path) -> 
         async with asyncio.timeout(10):
             await server.communicate()
     assert precious.read_text() == "keep me\n"
+    with structlog.testing.capture_logs() as logs:
+        lock_database(db)
+    [warning] = [line for line in logs if line["event"] == "database_lock_not_taken"]
+    assert warning["path"] == f"{db}.lock" and "a second queue manager" in warning["hint"]
