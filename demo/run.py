@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import stat
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -42,6 +41,7 @@ from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.providers.base import BackendView
 from scaler.providers.local import LocalBackend
+from scaler.providers.owned_folders import open_own_plain_file
 from scaler.queue_status import QueueStatusReader
 
 log = structlog.get_logger()
@@ -128,16 +128,9 @@ def _sweep_scratch_of_killed_runs(temp: Path) -> None:
 def _pid_of_run(folder: Path) -> int | None:
     """The pid in a scratch folder of this user's; None for another user's (the temporary folder is shared), a link,
     or a pid file that is no plain file (a FIFO held the read for good) or holds no pid."""
-    try:
-        info = folder.lstat()
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            return None
-        descriptor = os.open(folder / PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    if (descriptor := open_own_plain_file(folder, PID_FILE)) is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            return None
         return int(os.read(descriptor, PID_FILE_MAX_BYTES))
     except (OSError, ValueError):
         return None

@@ -57,7 +57,7 @@ def remove_abandoned_folders(prefix: str) -> int:
     removed = 0
     for name in glob.glob(f"{glob.escape(prefix)}*", root_dir=tempfile.gettempdir()):
         path = Path(tempfile.gettempdir(), name)
-        fd = _open_lock_file(path)
+        fd = open_own_plain_file(path, LOCK_NAME)
         if fd is None:
             continue
         try:
@@ -72,15 +72,15 @@ def remove_abandoned_folders(prefix: str) -> int:
     return removed
 
 
-def _open_lock_file(folder: Path) -> int | None:
-    """The lock file of a folder of this user's; None for another user's (the temporary folder is shared), a link,
-    a folder without the file (being made now, or an earlier version's) or a lock file that is no plain file (a
-    FIFO held the open for good)."""
+def open_own_plain_file(folder: Path, name: str) -> int | None:
+    """A descriptor of ``name`` in a folder of this user's in a shared temporary folder; None for another user's
+    folder, a link, a missing file (being made now, or an earlier version's) or one that is no plain file (a FIFO
+    planted there held the open, or the read, for good)."""
     try:
         info = folder.lstat()
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             return None
-        fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
