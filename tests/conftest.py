@@ -237,6 +237,22 @@ def forget_registered_secrets() -> Iterator[None]:
     logs._secret_values.intersection_update(before)
 
 
+def imports_held(module: str) -> str:
+    """A `python -c` script: `python -m <module>` with its import of structlog held until a signal comes, a marker
+    file (the script's last argument) made once it is held."""
+    return (
+        "import runpy, sys, time\n"
+        "marker = sys.argv.pop()\n"
+        "class Hold:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'structlog':\n"
+        "            open(marker, 'w').close()\n"
+        "            time.sleep(60)\n"
+        "sys.meta_path.insert(0, Hold())\n"
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+    )
+
+
 async def run_module_to_exit(
     module: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 30,
     preexec_fn: Callable[[], None] | None = None,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import imports_held
+
 # The supervisor's main(), then a stop signal to itself: one arriving once the supervisor has stopped everything,
 # in the moment before the process ends (a platform's scale-down meeting an idle exit).
 MAIN_THEN_SIGNAL = (
@@ -20,18 +22,7 @@ MAIN_THEN_SIGNAL = (
     "os.kill(os.getpid(), sig)\n"
     "sys.exit(code)\n"
 )
-# `python -m supervisor` with its import of structlog held (a marker file says when) until a signal comes.
-IMPORTS_HELD = (
-    "import runpy, sys, time\n"
-    "marker = sys.argv.pop()\n"
-    "class Hold:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'structlog':\n"
-    "            open(marker, 'w').close()\n"
-    "            time.sleep(60)\n"
-    "sys.meta_path.insert(0, Hold())\n"
-    "runpy.run_module('supervisor', run_name='__main__', alter_sys=True)\n"
-)
+IMPORTS_HELD = imports_held("supervisor")
 
 
 async def run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 30.0) -> tuple[int, str]:

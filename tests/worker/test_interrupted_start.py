@@ -8,20 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
+from ..conftest import imports_held
+
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED = "comfy-worker: interrupted (SIGINT) while starting; exiting"
-# `python -m worker` with its import of structlog held (a marker file says when) until a signal comes.
-IMPORTS_HELD = (
-    "import runpy, sys, time\n"
-    "marker = sys.argv.pop()\n"
-    "class Hold:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'structlog':\n"
-    "            open(marker, 'w').close()\n"
-    "            time.sleep(60)\n"
-    "sys.meta_path.insert(0, Hold())\n"
-    "runpy.run_module('worker', run_name='__main__', alter_sys=True)\n"
-)
+IMPORTS_HELD = imports_held("worker")
 
 
 def _env() -> dict[str, str]:
