@@ -50,7 +50,15 @@ from scaler.health_record import (
     read_health,
     reading_fields,
 )
-from scaler.ledger import LEDGER_VERSION, UNREADABLE, BillingRule, CostLedger, SavedFileUnreadable, refuse_newer
+from scaler.ledger import (
+    LEDGER_VERSION,
+    UNREADABLE,
+    BillingRule,
+    CostLedger,
+    SavedFileUnreadable,
+    read_saved,
+    refuse_newer,
+)
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
 from scaler.providers.base import Backend, BackendView
@@ -450,8 +458,14 @@ class FleetBackend:
         newer scaler wrote it: written over, what that one kept in it was lost."""
         if _identity(path) == self._saved:
             return
+        try:
+            saved = read_saved(path, "SCALER_LEDGER_FILE")
+        except SavedFileUnreadable:  # cannot be read at all (a FIFO held the read for good): overwritten, as before
+            return
+        if saved is None:
+            return
         with contextlib.suppress(*UNREADABLE):  # unreadable: it is overwritten, as before
-            raw = json.loads(path.read_text())
+            raw = json.loads(saved.decode())
             refuse_newer(raw, LEDGER_VERSION, f"SCALER_LEDGER_FILE {path}", "ledger")
             book.take_in(AlertBook.from_json(CostLedger.from_json(raw).alerts))
 

@@ -13,12 +13,14 @@ mid-write leaves the previous ledger; a scaler restarted later charges its repli
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import math
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +49,9 @@ BUCKET_S = 60.0
 KEEP_S = 2 * DAY_S  # a rolling day plus the whole calendar day before it
 PER_SECOND = 0.0
 LEDGER_VERSION = 1
+# The most of a saved state or ledger file read: ten times the most a scaler writes (three providers each listing
+# MAX_LISTED_REPLICAS, about 6 MB each). Read whole, /dev/zero took memory without end.
+MAX_SAVED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,19 +424,40 @@ def read_saved(path: Path, setting: str) -> bytes | None:
     caller, where a file that is not UTF-8 is corrupt (UnicodeDecodeError is a ValueError: UNREADABLE).
 
     A file that is there but cannot be read at all (no permission for the scaler's user, an I/O error, a
-    directory) raises SavedFileUnreadable: it is not corrupt, and a scaler started afresh beside it would forget
-    the day's spend (the budget caps counting from zero) and write over it at its first tick.
+    directory, a FIFO or a device, more than MAX_SAVED_BYTES) raises SavedFileUnreadable: it is not corrupt, and a
+    scaler started afresh beside it would forget the day's spend (the budget caps counting from zero) and write
+    over it at its first tick. Opened without blocking: a FIFO held the open for good.
     """
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise SavedFileUnreadable(
-            f"{setting} {path} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); nothing was changed: "
-            f"give the scaler's user (uid 10001 in the image) read and write access to it and its folder, or set "
-            f"{setting} to a file that can be"
-        ) from exc
+        raise _cannot_read(path, setting, exc) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise SavedFileUnreadable(_refusal(path, setting, "a FIFO, a device or a socket, not a file"))
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_SAVED_BYTES + 1)
+    except OSError as exc:
+        raise _cannot_read(path, setting, exc) from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SAVED_BYTES:
+        raise SavedFileUnreadable(_refusal(path, setting, f"more than {MAX_SAVED_BYTES} bytes: no file a scaler saved"))
+    return data
+
+
+def _cannot_read(path: Path, setting: str, exc: OSError) -> SavedFileUnreadable:
+    return SavedFileUnreadable(_refusal(path, setting, f"{type(exc).__name__}: {exc.strerror or exc}"))
+
+
+def _refusal(path: Path, setting: str, why: str) -> str:
+    return (f"{setting} {path} cannot be read ({why}); nothing was changed: give the scaler's user (uid 10001 in the "
+            f"image) read and write access to it and its folder, or set {setting} to a file that can be")
 
 
 # What reading a JSON file of the wrong shape raises: not there, not UTF-8, not JSON (or nested past the parser's

@@ -30,6 +30,7 @@ from scaler.job_duration import DurationFromCounters
 from scaler.ledger import (
     UNREADABLE,
     BillingRule,
+    SavedFileUnreadable,
     changed_settings,
     kept_aside,
     log_clock_step,
@@ -509,8 +510,9 @@ def save_policy_state(
 def saved_health(path: Path) -> Any:
     """The ``health`` record a running scaler saved in its state file; None without one (or without the file)."""
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, *UNREADABLE):
+        saved = read_saved(path, "SCALER_STATE_FILE")
+        raw = json.loads(saved) if saved is not None else None
+    except (SavedFileUnreadable, *UNREADABLE):
         return None
     return raw.get("health") if isinstance(raw, dict) else None
 

@@ -5,7 +5,9 @@ Validation happens here, before any API call, and every message names the spec f
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 import unicodedata
 from collections.abc import Collection, Iterator, Mapping
@@ -363,10 +365,17 @@ def _one_secret_two_values(secrets: dict[str, Any], environ: Mapping[str, str]) 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read, or holds
-    more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end)."""
+    more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end), or is no
+    regular file (opened without blocking: a FIFO held the open for good)."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_SPEC_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SpecError([f"{path}: a directory, a FIFO or a device, not a file: no deployment spec"])
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(MAX_SPEC_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as error:
         raise SpecError([f"{path}: {error}"]) from None
     if len(data) > MAX_SPEC_BYTES:

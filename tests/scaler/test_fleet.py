@@ -6,6 +6,7 @@ import asyncio
 import math
 import os
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
+from scaler.alerts import AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger, SavedFileUnreadable
@@ -319,6 +321,23 @@ async def test_a_ledger_that_cannot_be_saved_is_logged_and_the_fleet_still_scale
     assert verda_scaling() == (1, 1) and len(view.replicas) == 1
     assert fleet.ledger.spent_since(wall() - 3600) > 0, "the charges are kept in memory"
     assert "cost_ledger_save_failed" in [entry["event"] for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_a_ledger_file_replaced_by_a_fifo_does_not_hold_the_save_for_good(fleet, tmp_path):
+    """The save reads the ledger file when another process wrote it (`stop --all` books its alert there): a FIFO
+    in its place held every save, and the tick with it, in the open for good. Now written over, as a file that
+    cannot be read is."""
+    fleet.alerts = AlertSender(None)
+    path = tmp_path / "ledger.json"
+    os.mkfifo(path)
+    saving = threading.Thread(target=fleet.save, daemon=True)
+    saving.start()
+    saving.join(timeout=30)
+    if saving.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # ends the read held in the open
+        saving.join(timeout=30)
+        pytest.fail("the save was held in the FIFO's open")
+    assert path.is_file() and CostLedger.load(path).alerts == AlertBook().to_json()
 
 
 async def test_a_ledger_that_cannot_be_saved_is_logged_at_most_every_ten_minutes_and_its_recovery_once(

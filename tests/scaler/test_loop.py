@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import subprocess
 import sys
 from dataclasses import replace
 
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.billing import BillingAnchor, SpendLedger, billed_intervals
 from scaler.health_record import BackendHealth
-from scaler.ledger import BillingRule, CostLedger, SavedFileUnreadable
+from scaler.ledger import MAX_SAVED_BYTES, BillingRule, CostLedger, SavedFileUnreadable
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import PolicyState, Reason, Replica, ScalingConfig
@@ -453,6 +454,53 @@ def test_a_state_file_path_that_is_a_directory_is_refused_and_left_where_it_is(t
         load(tmp_path / "scaler")
     assert (tmp_path / "scaler" / "kept.txt").read_text() == "the operator's"
     assert [p.name for p in tmp_path.iterdir()] == ["scaler"]
+
+
+# Run in a child with a timeout and its memory bounded: a read held in a FIFO's open, or of /dev/zero, fails the test
+# rather than hanging it or taking the machine's memory.
+READ_SAVED_FILE = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from scaler.ledger import CostLedger, SavedFileUnreadable
+from scaler.loop import load_policy_state, saved_health
+path = Path(sys.argv[2])
+if sys.argv[1] == "status":
+    print(f"health {saved_health(path)}")
+    sys.exit()
+try:
+    (load_policy_state if sys.argv[1] == "state" else CostLedger.load)(path)
+    print("loaded")
+except SavedFileUnreadable as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev-zero", "past-the-bound"])
+@pytest.mark.parametrize(("read", "setting"), [("state", "SCALER_STATE_FILE"), ("ledger", "SCALER_LEDGER_FILE"),
+                                               ("status", "SCALER_STATE_FILE")])
+def test_a_state_file_that_is_a_fifo_a_device_or_huge_is_refused_not_read_for_good(tmp_path, planted, read, setting):
+    """SCALER_STATE_FILE or SCALER_LEDGER_FILE naming a FIFO held the scaler's start (and `status`) in the open for
+    good; /dev/zero took memory without end (killed at the 2 GiB this test allows). Now refused, naming the
+    setting, the file left where it is; `status` reads no health record from it."""
+    path = tmp_path / "scaler.json"
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with path.open("wb") as file:
+            file.truncate(MAX_SAVED_BYTES + 1)  # sparse: no disk taken
+    done = subprocess.run([sys.executable, "-c", READ_SAVED_FILE, read, str(path)], capture_output=True, text=True,
+                          timeout=30, check=False)
+    said = done.stdout.strip()
+    if read == "status":
+        assert said == "health None", done.stderr[-2000:]
+    else:
+        why = ("more than 67108864 bytes: no file a scaler saved" if planted == "past-the-bound"
+               else "a FIFO, a device or a socket, not a file")
+        assert said.startswith(f"{setting} {path} cannot be read ({why}); nothing was changed"), done.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["scaler.json"]
 
 
 @pytest.mark.parametrize(("load", "setting"), [(load_policy_state, "SCALER_STATE_FILE"),

@@ -136,6 +136,32 @@ def test_a_spec_file_past_a_megabyte_is_refused_naming_the_file_unread(tmp_path:
     assert problem.startswith(f"{spec}: more than 1048576 bytes"), problem
 
 
+DEPLOY_DRY_RUN = """
+import asyncio, json, sys
+from scaler.deploy.command import deploy_main
+sys.exit(asyncio.run(deploy_main(["--spec", sys.argv[1], "--dry-run"], json.loads(sys.argv[2]))))
+"""
+
+
+@pytest.mark.parametrize("planted", ["fifo", "dev-zero", "directory"])
+def test_a_spec_that_is_a_fifo_a_device_or_a_directory_is_refused_naming_it_not_waited_on(
+    tmp_path: Path, deploy_env, planted
+) -> None:
+    """Before: --spec naming a FIFO held the deploy in the open for good (the size bound came after the open).
+    Run in a child with a timeout: a hold fails the test rather than hanging it."""
+    spec = tmp_path / "deployment.toml"
+    if planted == "fifo":
+        os.mkfifo(spec)
+    elif planted == "dev-zero":
+        spec.symlink_to("/dev/zero")
+    else:
+        spec.mkdir()
+    done = subprocess.run([sys.executable, "-c", DEPLOY_DRY_RUN, str(spec), json.dumps(deploy_env)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{spec}: a directory, a FIFO or a device, not a file: no deployment spec" in done.stderr, done.stderr
+
+
 def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:
     digest = "ghcr.io/acme/worker@sha256:" + "a" * 64
     assert load_spec(spec_path, {**deploy_env, "VERDA_IMAGE": digest}).deployment.image == digest
