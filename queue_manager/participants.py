@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import os
 import secrets
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import TypeVar
 import structlog
 
 from common.durable import replace_whole
+from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from queue_manager.models import USER_ID_PATTERN
 
 log = structlog.get_logger()
@@ -106,18 +106,17 @@ def parse(path: Path, text: str) -> Participants:
 
 def read_text(path: Path) -> str:
     try:
-        # Opened without waiting: a FIFO named here (no writer) blocked the open for good, the server's start or
-        # its event loop with it, and SIGTERM could not end it.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise ParticipantsFileError(path, None, "is not a regular file")
-            data = file.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise ParticipantsFileError(path, None, f"is larger than {MAX_FILE_BYTES // 2**20} MiB: not a "
-                                                    "participants file")
+        # A FIFO named here (no writer) blocked a plain open for good, the server's start or its event loop with
+        # it, and SIGTERM could not end it.
+        data = read_small_file(path, MAX_FILE_BYTES)
         return data.decode("utf-8-sig")  # a BOM (Windows' Notepad) read as part of line 1's user_id refused the file
     except UnicodeDecodeError:
         raise ParticipantsFileError(path, None, "is not UTF-8 text") from None
+    except (IsADirectoryError, NotARegularFile):
+        raise ParticipantsFileError(path, None, "is not a regular file") from None
+    except FileTooLarge:
+        raise ParticipantsFileError(path, None, f"is larger than {MAX_FILE_BYTES // 2**20} MiB: not a "
+                                                "participants file") from None
     except OSError as exc:
         raise ParticipantsFileError(path, None, f"cannot be read: {exc.strerror or exc}") from None
 

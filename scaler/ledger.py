@@ -13,14 +13,12 @@ mid-write leaves the previous ledger; a scaler restarted later charges its repli
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import json
 import math
 import os
 import re
 import secrets
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import structlog
 
 from common.durable import sync, sync_folder
 from common.processes import pid_running
+from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from scaler.billing import (
     DAY_S,
     HOUR_S,
@@ -429,30 +428,16 @@ def read_saved(path: Path, setting: str) -> bytes | None:
     over it at its first tick. Opened without blocking: a FIFO held the open for good.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_small_file(path, MAX_SAVED_BYTES)
     except FileNotFoundError:
         return None
+    except NotARegularFile:
+        raise SavedFileUnreadable(_refusal(path, setting, "a FIFO, a device or a socket, not a file")) from None
+    except FileTooLarge:
+        raise SavedFileUnreadable(_refusal(path, setting, f"more than {MAX_SAVED_BYTES} bytes: no file a scaler saved")
+                                  ) from None
     except OSError as exc:
-        raise _cannot_read(path, setting, exc) from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(mode):
-            raise SavedFileUnreadable(_refusal(path, setting, "a FIFO, a device or a socket, not a file"))
-        with os.fdopen(fd, "rb", closefd=False) as file:
-            data = file.read(MAX_SAVED_BYTES + 1)
-    except OSError as exc:
-        raise _cannot_read(path, setting, exc) from exc
-    finally:
-        os.close(fd)
-    if len(data) > MAX_SAVED_BYTES:
-        raise SavedFileUnreadable(_refusal(path, setting, f"more than {MAX_SAVED_BYTES} bytes: no file a scaler saved"))
-    return data
-
-
-def _cannot_read(path: Path, setting: str, exc: OSError) -> SavedFileUnreadable:
-    return SavedFileUnreadable(_refusal(path, setting, f"{type(exc).__name__}: {exc.strerror or exc}"))
+        raise SavedFileUnreadable(_refusal(path, setting, f"{type(exc).__name__}: {exc.strerror or exc}")) from exc
 
 
 def _refusal(path: Path, setting: str, why: str) -> str:

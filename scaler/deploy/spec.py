@@ -5,9 +5,7 @@ Validation happens here, before any API call, and every message names the spec f
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import tomllib
 import unicodedata
 from collections.abc import Collection, Iterator, Mapping
@@ -18,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
+from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
 from scaler.deploy.container_env import container_env_problems, misspelt_problems
@@ -368,18 +367,14 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end), or is no
     regular file (opened without blocking: a FIFO held the open for good)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SpecError([f"{path}: a directory, a FIFO or a device, not a file: no deployment spec"])
-            with open(fd, "rb", closefd=False) as file:
-                data = file.read(MAX_SPEC_BYTES + 1)
-        finally:
-            os.close(fd)
+        data = read_small_file(path, MAX_SPEC_BYTES)
+    except (IsADirectoryError, NotARegularFile):
+        raise SpecError([f"{path}: a directory, a FIFO or a device, not a file: no deployment spec"]) from None
+    except FileTooLarge:
+        raise SpecError([f"{path}: more than {MAX_SPEC_BYTES} bytes: no deployment spec (the shipped one is 5 KB)"]
+                        ) from None
     except OSError as error:
         raise SpecError([f"{path}: {error}"]) from None
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError([f"{path}: more than {MAX_SPEC_BYTES} bytes: no deployment spec (the shipped one is 5 KB)"])
     try:
         return tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
