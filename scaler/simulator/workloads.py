@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from scaler.timetable import Block
 
 HOUR_S = 3_600.0
@@ -106,10 +107,12 @@ def load_trace(path: Path) -> Workload:
     ``duration_s`` (at most a day). Other columns are ignored. The horizon is one hour past the end of the
     last job.
     """
-    with path.open("rb") as handle:
-        data = handle.read(MAX_TRACE_BYTES + 1)
-    if len(data) > MAX_TRACE_BYTES:
-        raise ValueError(f"{path}: more than {MAX_TRACE_BYTES} bytes: no trace the simulator can run")
+    try:
+        data = read_small_file(path, MAX_TRACE_BYTES)
+    except FileTooLarge:
+        raise ValueError(f"{path}: more than {MAX_TRACE_BYTES} bytes: no trace the simulator can run") from None
+    except (IsADirectoryError, NotARegularFile):  # a FIFO held a plain open for good
+        raise ValueError(f"{path}: a directory, a FIFO or a device, not a file: no trace") from None
     try:
         text = data.decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError as error:

@@ -1,8 +1,12 @@
 """The simulator's checks: known costs, ours beats naive on the workshop, determinism, the CLI."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -260,6 +264,18 @@ def test_a_trace_saved_with_a_byte_order_mark_is_read(tmp_path):
     trace.write_text("submit_s,duration_s\n0,30\n90.5,12\n", encoding="utf-8-sig")  # Excel's "CSV UTF-8"
     workload = load_trace(trace)  # was "missing column(s) submit_s"
     assert workload.jobs == (JobSpec(0.0, 30.0), JobSpec(90.5, 12.0))
+
+
+def test_a_trace_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    """Before: opened as a file, a FIFO with no writer held the simulator for good."""
+    fifo = tmp_path / "day.csv"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "scaler.simulator", "--trace", str(fifo), "--policy", "ours", "--no-clairvoyant-ratio"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{fifo}: a directory, a FIFO or a device, not a file: no trace" in done.stderr
 
 
 def test_cli_refuses_a_trace_with_a_column_twice(tmp_path, capsys):
