@@ -102,12 +102,14 @@ class Pool:
         for replica in self.live:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.terminate()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(20):
-                await asyncio.gather(*(r.process.wait() for r in self.live))
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    await asyncio.gather(*(r.process.wait() for r in self.live))
+        finally:
+            for pid in self.pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
 
 
 class QueueProcess:
@@ -142,10 +144,12 @@ class QueueProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signum)
             try:
-                await asyncio.wait_for(self.process.wait(), grace_s)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.process.wait(), grace_s)
+            finally:
+                if self.process.returncode is None:
+                    self.process.kill()
+            await self.process.wait()
 
 
 def comfyui_pids(supervisor_pid: int) -> list[int]:
@@ -201,11 +205,7 @@ class FaultRun:
                         break
                 await asyncio.sleep(0.2)
         finally:
-            await self.pool.close()
-            await self.queue.stop()
-            for pid in processes_using(self.root):  # a SIGKILLed supervisor's ComfyUI, in its own session
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            await self.close()
         summary = self.verify(submitted)
         summary.update(
             time_to_drain_s=None if drained_at is None else round(drained_at - started, 1),
@@ -218,6 +218,18 @@ class FaultRun:
             shutil.copytree(self.root, self.config.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models"))
         shutil.rmtree(self.root, ignore_errors=True)
         return summary
+
+    async def close(self) -> None:
+        """Every process the run started ended, even when a step fails or the close is cancelled (a second Ctrl-C)."""
+        try:
+            await self.pool.close()
+        finally:
+            try:
+                await self.queue.stop()
+            finally:
+                for pid in processes_using(self.root):  # a SIGKILLed supervisor's ComfyUI, in its own session
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     async def submit_all(self) -> list[str]:
         workflow = load_workflow("quick")
