@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.scaler_broken_peers import silent_run
+
 REPO = Path(__file__).resolve().parents[2]
 BENCHES = sorted(path.stem for path in (REPO / "bench").glob("*.py") if not path.stem.startswith("_"))
 
@@ -283,6 +285,23 @@ def test_a_scaler_that_never_exits_fails_the_bench_and_is_ended(tmp_path: Path) 
     assert "TimeoutError" in run.stderr
     pid = int(Path(f"{cli}.pid").read_text())
     assert not Path(f"/proc/{pid}").exists(), "the hung scaler was left running"
+
+
+SCALER_WITH_A_CUT_LOG_LINE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+sys.stderr.write('{"event": "Scaling decision"}\\n{"event": "Scaling dec\\n')
+sys.stderr.flush()
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_scaler_log_line_that_is_not_json_fails_the_bench_naming_the_line(tmp_path: Path) -> None:
+    scaler_source(tmp_path, SCALER_WITH_A_CUT_LOG_LINE)
+    with pytest.raises(RuntimeError, match="not JSON") as failure:
+        await silent_run(tmp_path, sigterm_after_s=1.0, timeout_s=10.0)
+    assert """{"event": "Scaling dec\\n""" in str(failure.value)
 
 
 REFUSING_QUEUE_MANAGER = """
