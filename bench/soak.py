@@ -173,8 +173,8 @@ class Soak:
             })  # fmt: skip
             log_path = self.root / f"worker-{index}.log"
             worker = Worker(index, comfy, env, log_path, health_port, fixed_id=self.args.fixed_worker_ids)
+            self.workers.append(worker)  # its ComfyUI stand-in stopped by the close even if the worker fails to start
             await worker.start()
-            self.workers.append(worker)
 
     async def close(self) -> None:
         """Every worker (SIGTERM, SIGKILL after 15 s), ComfyUI stand-in and the queue manager ended, even when a
@@ -378,9 +378,9 @@ class Soak:
     # --- the run -----------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
-        await self.start()
-        deadline = self.started + self.args.minutes * 60
         try:
+            await self.start()
+            deadline = self.started + self.args.minutes * 60
             async with httpx.AsyncClient(base_url=self.queue.url, timeout=10) as http:
                 sampler = asyncio.create_task(self.sampler())
                 keeper = asyncio.create_task(self.keep_workers_up())

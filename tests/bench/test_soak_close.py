@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,21 @@ async def test_a_close_cancelled_while_a_worker_drains_still_ends_everything() -
     assert soak.queue.process is not None
     assert soak.queue.process.returncode == 0  # stopped by the close (SIGTERM), not killed by this test
     assert frozen.returncode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(90)
+async def test_a_soak_whose_start_fails_ends_what_it_started(tmp_path: Path) -> None:
+    """A worker that cannot start (its --worker-source is missing): the queue manager already running is ended."""
+    args = soak_args(workers=1)
+    args.worker_source = tmp_path / "missing"
+    soak = Soak(args)
+    try:
+        with pytest.raises(FileNotFoundError):
+            await asyncio.wait_for(soak.run(), 60)
+        assert soak.queue.process is not None
+        assert soak.queue.process.returncode == 0  # stopped by the close (SIGTERM)
+    finally:
+        if soak.queue.process is not None and soak.queue.process.returncode is None:
+            soak.queue.process.kill()
+            await soak.queue.process.wait()
+        shutil.rmtree(soak.root, ignore_errors=True)
