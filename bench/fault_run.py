@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench._processes import GRACE_S
+from bench._processes import GRACE_S, end
 from demo.replicas import SUPERVISOR_COMMAND, SimulatedReplicas, free_loopback_port, worker_env
 from demo.workload import load_workflow
 from queue_manager.store import JobRecord, JobStore
@@ -141,15 +141,8 @@ class QueueProcess:
 
     async def stop(self, signum: int = signal.SIGTERM, grace_s: float = GRACE_S) -> None:
         """`signum`, then SIGKILL if it is still running after `grace_s` seconds (frozen, or deaf to `signum`)."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signum)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.process.wait(), grace_s)
-            finally:
-                if self.process.returncode is None:
-                    self.process.kill()
-            await self.process.wait()
+        if self.process is not None:
+            await end(self.process, signum, grace_s)
 
 
 def comfyui_pids(supervisor_pid: int) -> list[int]:

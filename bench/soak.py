@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 import structlog
 
+from bench._processes import end
 from bench.fault_run import QueueProcess
 from demo.replicas import free_loopback_port, worker_env
 from standins.comfyui import ComfyUISimulator
@@ -69,6 +70,7 @@ def slow(colour: int) -> dict[str, Any]:
 
 
 SLOW_NODE_S = 2.0
+WORKER_GRACE_S = 30.0  # its SHUTDOWN_GRACE_S (2) and PLATFORM_KILL_DELAY_S (10) with room to spare
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,11 +263,15 @@ class Soak:
             victims = [worker for worker in self.workers[1:] if worker.alive()]
             if not victims:
                 continue
-            victim = self.rng.choice(victims)
-            kind = signal.SIGKILL if roll < 0.6 else signal.SIGTERM
-            victim.process.send_signal(kind)  # type: ignore[union-attr]
-            await victim.process.wait()  # type: ignore[union-attr]
-            self.faults[f"worker_{kind.name}"] += 1
+            await self.end_worker(self.rng.choice(victims), signal.SIGKILL if roll < 0.6 else signal.SIGTERM)
+
+    async def end_worker(self, victim: Worker, kind: signal.Signals, grace_s: float = WORKER_GRACE_S) -> None:
+        """`kind` to the worker; one still running after `grace_s` seconds is SIGKILLed and counted."""
+        assert victim.process is not None
+        await end(victim.process, kind, grace_s)
+        self.faults[f"worker_{kind.name}"] += 1
+        if kind != signal.SIGKILL and victim.process.returncode == -signal.SIGKILL:
+            self.faults[f"worker_{kind.name}_outlived_{grace_s:g}s_killed"] += 1
 
     async def keep_workers_up(self) -> None:
         while len(self.submitted) < self.args.jobs or not self.stop_faults.is_set():
