@@ -133,11 +133,18 @@ class QueueProcess:
             )  # fmt: skip
         async with httpx.AsyncClient(base_url=self.url, timeout=1) as http:
             for _ in range(400):
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"the queue manager exited {self.process.returncode}: {self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get("/health")).status_code == 200:
                         return
                 await asyncio.sleep(0.05)
-        raise RuntimeError("the queue manager did not come up")
+        raise RuntimeError(f"the queue manager did not come up in 20 s: {self.log_tail()}")
+
+    def log_tail(self, size: int = 2000) -> str:
+        with self.log.open("rb") as log:
+            log.seek(max(0, self.log.stat().st_size - size))
+            return log.read().decode(errors="replace")
 
     async def stop(self, signum: int = signal.SIGTERM, grace_s: float = GRACE_S) -> None:
         """`signum`, then SIGKILL if it is still running after `grace_s` seconds (frozen, or deaf to `signum`)."""
