@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from bench._processes import GRACE_S, end
+from common.children import die_with_parent
 from demo.replicas import SUPERVISOR_COMMAND, SimulatedReplicas, free_loopback_port, worker_env
 from demo.workload import load_workflow
 from queue_manager.store import JobRecord, JobStore
@@ -130,6 +131,7 @@ class QueueProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "queue_manager", "--port", str(self.port), "--db", str(self.db),
                 "--max-queue-depth", "0", env=self.env, stdout=log_file, stderr=log_file,
+                preexec_fn=die_with_parent(os.getpid()),  # a bench killed (SIGTERM, SIGKILL) takes it along
             )  # fmt: skip
         async with httpx.AsyncClient(base_url=self.url, timeout=1) as http:
             for _ in range(400):

@@ -48,6 +48,7 @@ import structlog
 
 from bench._processes import end
 from bench.fault_run import QueueProcess
+from common.children import die_with_parent
 from demo.replicas import free_loopback_port, worker_env
 from standins.comfyui import ComfyUISimulator
 
@@ -120,6 +121,7 @@ class Worker:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker", env={**self.env, "WORKER_ID": worker_id},
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=self.env["PYTHONPATH"],
+                preexec_fn=die_with_parent(os.getpid()),  # the soak killed (SIGTERM, SIGKILL) takes it along
             )  # fmt: skip
 
     def alive(self) -> bool:

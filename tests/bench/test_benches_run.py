@@ -260,6 +260,51 @@ def test_a_bench_stopped_with_sigterm_ends_the_processes_it_started(name: str, t
     assert code == 128 + signal.SIGTERM
 
 
+def started_under(folder: Path) -> list[str]:
+    """Pids of the live processes whose command line or environment names `folder`."""
+    return [pid for pid, command in processes() if str(folder) in command or str(folder) in environ(pid)]
+
+
+def environ(pid: str) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return ""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("name", "arguments", "worker"),
+                         [("fault_run", ["--jobs", "1000000", "--replicas", "1"], "supervisor"),
+                          ("soak", ["--workers", "1", "--minutes", "10"], "worker")])  # fmt: skip
+def test_a_bench_killed_outright_takes_its_queue_manager_and_workers_along(
+    name: str, arguments: list[str], worker: str, tmp_path: Path
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)  # its scratch folder, named by every process it starts
+    with subprocess.Popen([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, start_new_session=True) as bench:  # fmt: skip
+        try:
+            for _ in range(600):  # its queue manager and a worker past their exec
+                running = {command.split("\0")[2] for pid, command in processes() if pid in started_under(tmp_path)
+                           and command.split("\0")[1:2] == ["-m"]}  # fmt: skip
+                if {"queue_manager", worker} <= running:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"bench.{name} never started its queue manager and {worker}")
+            bench.kill()
+            bench.wait(timeout=30)
+            for _ in range(300):
+                if not started_under(tmp_path):
+                    break
+                time.sleep(0.1)
+            left = [(pid, command) for pid, command in processes() if pid in started_under(tmp_path)]
+        finally:
+            for pid in started_under(tmp_path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    assert left == []
+
+
 def scaler_source(tmp_path: Path, program: str) -> Path:
     """A checkout whose `python -m scaler.cli` is `program`."""
     (tmp_path / "scaler").mkdir()
