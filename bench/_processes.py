@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +34,21 @@ def child(command: list[str], grace_s: float = GRACE_S, **popen: Any) -> Iterato
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def end(process: asyncio.subprocess.Process, signum: int = signal.SIGTERM, grace_s: float = GRACE_S) -> None:
+    """`signum` to an asyncio `process`, then SIGKILL if it is still running after `grace_s` seconds (frozen, or
+    deaf to `signum`) or if the wait is cancelled."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signum)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace_s)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    await process.wait()
 
 
 def _exit_on_sigterm() -> None:

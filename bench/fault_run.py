@@ -31,7 +31,8 @@ from typing import Any
 
 import httpx
 
-from bench._processes import GRACE_S
+from bench._processes import GRACE_S, end
+from common.children import die_with_parent
 from demo.replicas import SUPERVISOR_COMMAND, SimulatedReplicas, free_loopback_port, worker_env
 from demo.workload import load_workflow
 from queue_manager.store import JobRecord, JobStore
@@ -102,12 +103,14 @@ class Pool:
         for replica in self.live:
             with contextlib.suppress(ProcessLookupError):
                 replica.process.terminate()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(20):
-                await asyncio.gather(*(r.process.wait() for r in self.live))
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    await asyncio.gather(*(r.process.wait() for r in self.live))
+        finally:
+            for pid in self.pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
 
 
 class QueueProcess:
@@ -128,24 +131,27 @@ class QueueProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "queue_manager", "--port", str(self.port), "--db", str(self.db),
                 "--max-queue-depth", "0", env=self.env, stdout=log_file, stderr=log_file,
+                preexec_fn=die_with_parent(os.getpid()),  # a bench killed (SIGTERM, SIGKILL) takes it along
             )  # fmt: skip
         async with httpx.AsyncClient(base_url=self.url, timeout=1) as http:
             for _ in range(400):
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"the queue manager exited {self.process.returncode}: {self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get("/health")).status_code == 200:
                         return
                 await asyncio.sleep(0.05)
-        raise RuntimeError("the queue manager did not come up")
+        raise RuntimeError(f"the queue manager did not come up in 20 s: {self.log_tail()}")
+
+    def log_tail(self, size: int = 2000) -> str:
+        with self.log.open("rb") as log:
+            log.seek(max(0, self.log.stat().st_size - size))
+            return log.read().decode(errors="replace")
 
     async def stop(self, signum: int = signal.SIGTERM, grace_s: float = GRACE_S) -> None:
         """`signum`, then SIGKILL if it is still running after `grace_s` seconds (frozen, or deaf to `signum`)."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signum)
-            try:
-                await asyncio.wait_for(self.process.wait(), grace_s)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        if self.process is not None:
+            await end(self.process, signum, grace_s)
 
 
 def comfyui_pids(supervisor_pid: int) -> list[int]:
@@ -201,11 +207,7 @@ class FaultRun:
                         break
                 await asyncio.sleep(0.2)
         finally:
-            await self.pool.close()
-            await self.queue.stop()
-            for pid in processes_using(self.root):  # a SIGKILLed supervisor's ComfyUI, in its own session
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            await self.close()
         summary = self.verify(submitted)
         summary.update(
             time_to_drain_s=None if drained_at is None else round(drained_at - started, 1),
@@ -218,6 +220,18 @@ class FaultRun:
             shutil.copytree(self.root, self.config.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models"))
         shutil.rmtree(self.root, ignore_errors=True)
         return summary
+
+    async def close(self) -> None:
+        """Every process the run started ended, even when a step fails or the close is cancelled (a second Ctrl-C)."""
+        try:
+            await self.pool.close()
+        finally:
+            try:
+                await self.queue.stop()
+            finally:
+                for pid in processes_using(self.root):  # a SIGKILLed supervisor's ComfyUI, in its own session
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     async def submit_all(self) -> list[str]:
         workflow = load_workflow("quick")

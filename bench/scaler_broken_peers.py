@@ -123,11 +123,17 @@ async def silent_run(source: Path, sigterm_after_s: float, timeout_s: float) -> 
         started = time.monotonic()
         decisions: list[float] = []
         others: collections.deque[bytes] = collections.deque(maxlen=20)
+        malformed: list[bytes] = []
 
         async def watch() -> None:
             assert process.stderr is not None
             async for line in process.stderr:
-                if line.startswith(b"{") and json.loads(line).get("event") == "Scaling decision":
+                try:
+                    event = json.loads(line) if line.startswith(b"{") else {}
+                except ValueError:
+                    malformed.append(line)
+                    continue
+                if isinstance(event, dict) and event.get("event") == "Scaling decision":
                     decisions.append(round(time.monotonic() - started, 1))
                 else:
                     others.append(line)
@@ -142,6 +148,8 @@ async def silent_run(source: Path, sigterm_after_s: float, timeout_s: float) -> 
         await asyncio.wait_for(exited, timeout_s)
         exit_s = time.monotonic() - signalled
         await asyncio.wait_for(watcher, timeout_s)
+        if malformed:
+            raise RuntimeError(f"comfy-scaler run logged a line that is not JSON: {malformed[0][:200]!r}")
         if process.returncode != 0:
             raise RuntimeError(f"comfy-scaler run exited {process.returncode} after SIGTERM: "
                                f"{b''.join(others).decode(errors='replace')}")  # fmt: skip

@@ -46,7 +46,9 @@ from typing import Any
 import httpx
 import structlog
 
+from bench._processes import end
 from bench.fault_run import QueueProcess
+from common.children import die_with_parent
 from demo.replicas import free_loopback_port, worker_env
 from standins.comfyui import ComfyUISimulator
 
@@ -69,6 +71,7 @@ def slow(colour: int) -> dict[str, Any]:
 
 
 SLOW_NODE_S = 2.0
+WORKER_GRACE_S = 30.0  # its SHUTDOWN_GRACE_S (2) and PLATFORM_KILL_DELAY_S (10) with room to spare
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +121,7 @@ class Worker:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker", env={**self.env, "WORKER_ID": worker_id},
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=self.env["PYTHONPATH"],
+                preexec_fn=die_with_parent(os.getpid()),  # the soak killed (SIGTERM, SIGKILL) takes it along
             )  # fmt: skip
 
     def alive(self) -> bool:
@@ -173,8 +177,8 @@ class Soak:
             })  # fmt: skip
             log_path = self.root / f"worker-{index}.log"
             worker = Worker(index, comfy, env, log_path, health_port, fixed_id=self.args.fixed_worker_ids)
+            self.workers.append(worker)  # its ComfyUI stand-in stopped by the close even if the worker fails to start
             await worker.start()
-            self.workers.append(worker)
 
     async def close(self) -> None:
         """Every worker (SIGTERM, SIGKILL after 15 s), ComfyUI stand-in and the queue manager ended, even when a
@@ -261,11 +265,15 @@ class Soak:
             victims = [worker for worker in self.workers[1:] if worker.alive()]
             if not victims:
                 continue
-            victim = self.rng.choice(victims)
-            kind = signal.SIGKILL if roll < 0.6 else signal.SIGTERM
-            victim.process.send_signal(kind)  # type: ignore[union-attr]
-            await victim.process.wait()  # type: ignore[union-attr]
-            self.faults[f"worker_{kind.name}"] += 1
+            await self.end_worker(self.rng.choice(victims), signal.SIGKILL if roll < 0.6 else signal.SIGTERM)
+
+    async def end_worker(self, victim: Worker, kind: signal.Signals, grace_s: float = WORKER_GRACE_S) -> None:
+        """`kind` to the worker; one still running after `grace_s` seconds is SIGKILLed and counted."""
+        assert victim.process is not None
+        await end(victim.process, kind, grace_s)
+        self.faults[f"worker_{kind.name}"] += 1
+        if kind != signal.SIGKILL and victim.process.returncode == -signal.SIGKILL:
+            self.faults[f"worker_{kind.name}_outlived_{grace_s:g}s_killed"] += 1
 
     async def keep_workers_up(self) -> None:
         while len(self.submitted) < self.args.jobs or not self.stop_faults.is_set():
@@ -378,9 +386,9 @@ class Soak:
     # --- the run -----------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
-        await self.start()
-        deadline = self.started + self.args.minutes * 60
         try:
+            await self.start()
+            deadline = self.started + self.args.minutes * 60
             async with httpx.AsyncClient(base_url=self.queue.url, timeout=10) as http:
                 sampler = asyncio.create_task(self.sampler())
                 keeper = asyncio.create_task(self.keep_workers_up())

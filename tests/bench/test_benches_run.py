@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.scaler_broken_peers import silent_run
+
 REPO = Path(__file__).resolve().parents[2]
 BENCHES = sorted(path.stem for path in (REPO / "bench").glob("*.py") if not path.stem.startswith("_"))
 
@@ -258,6 +260,51 @@ def test_a_bench_stopped_with_sigterm_ends_the_processes_it_started(name: str, t
     assert code == 128 + signal.SIGTERM
 
 
+def started_under(folder: Path) -> list[str]:
+    """Pids of the live processes whose command line or environment names `folder`."""
+    return [pid for pid, command in processes() if str(folder) in command or str(folder) in environ(pid)]
+
+
+def environ(pid: str) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return ""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("name", "arguments", "worker"),
+                         [("fault_run", ["--jobs", "1000000", "--replicas", "1"], "supervisor"),
+                          ("soak", ["--workers", "1", "--minutes", "10"], "worker")])  # fmt: skip
+def test_a_bench_killed_outright_takes_its_queue_manager_and_workers_along(
+    name: str, arguments: list[str], worker: str, tmp_path: Path
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("QUEUE_MANAGER")}
+    env["TMPDIR"] = str(tmp_path)  # its scratch folder, named by every process it starts
+    with subprocess.Popen([sys.executable, "-m", f"bench.{name}", *arguments], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, start_new_session=True) as bench:  # fmt: skip
+        try:
+            for _ in range(600):  # its queue manager and a worker past their exec
+                running = {command.split("\0")[2] for pid, command in processes() if pid in started_under(tmp_path)
+                           and command.split("\0")[1:2] == ["-m"]}  # fmt: skip
+                if {"queue_manager", worker} <= running:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"bench.{name} never started its queue manager and {worker}")
+            bench.kill()
+            bench.wait(timeout=30)
+            for _ in range(300):
+                if not started_under(tmp_path):
+                    break
+                time.sleep(0.1)
+            left = [(pid, command) for pid, command in processes() if pid in started_under(tmp_path)]
+        finally:
+            for pid in started_under(tmp_path):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    assert left == []
+
+
 def scaler_source(tmp_path: Path, program: str) -> Path:
     """A checkout whose `python -m scaler.cli` is `program`."""
     (tmp_path / "scaler").mkdir()
@@ -283,6 +330,23 @@ def test_a_scaler_that_never_exits_fails_the_bench_and_is_ended(tmp_path: Path) 
     assert "TimeoutError" in run.stderr
     pid = int(Path(f"{cli}.pid").read_text())
     assert not Path(f"/proc/{pid}").exists(), "the hung scaler was left running"
+
+
+SCALER_WITH_A_CUT_LOG_LINE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+sys.stderr.write('{"event": "Scaling decision"}\\n{"event": "Scaling dec\\n')
+sys.stderr.flush()
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_scaler_log_line_that_is_not_json_fails_the_bench_naming_the_line(tmp_path: Path) -> None:
+    scaler_source(tmp_path, SCALER_WITH_A_CUT_LOG_LINE)
+    with pytest.raises(RuntimeError, match="not JSON") as failure:
+        await silent_run(tmp_path, sigterm_after_s=1.0, timeout_s=10.0)
+    assert """{"event": "Scaling dec\\n""" in str(failure.value)
 
 
 REFUSING_QUEUE_MANAGER = """

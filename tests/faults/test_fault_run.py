@@ -5,9 +5,15 @@ worker's SIGTERM)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+
 import pytest
 
-from bench.fault_run import FaultRun, RunConfig
+from bench.fault_run import FaultRun, RunConfig, comfyui_pids, processes_using
 
 
 @pytest.mark.timeout(180)  # ~25 s alone; the margin is for a loaded 2-core runner
@@ -20,3 +26,35 @@ async def test_faults_lose_nothing_report_nothing_twice_and_fail_nothing() -> No
     assert summary["outputs_mismatched"] == 0, summary
     assert summary["failed"] == 0, summary["failure_reasons"]
     assert summary["completed"] == config.jobs
+
+
+@pytest.mark.timeout(120)
+async def test_a_close_cancelled_while_a_replica_is_frozen_still_ends_every_process() -> None:
+    """Ctrl-C again while the close waits for a frozen replica: the queue manager, every supervisor and every
+    ComfyUI the run started are ended all the same."""
+    run = FaultRun(RunConfig(jobs=0, replicas=2))
+    try:
+        await run.queue.start()
+        await run.pool.keep_up()
+        frozen = run.pool.live[0].process
+        async with asyncio.timeout(60):
+            while not comfyui_pids(frozen.pid):  # its ComfyUI running, to be ended too
+                await asyncio.sleep(0.1)
+        frozen.send_signal(signal.SIGSTOP)  # SIGTERM stays pending: the close waits for it
+        closing = asyncio.create_task(run.close())
+        await asyncio.sleep(0)  # the close under way, waiting for the replicas
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(closing, 30)
+        async with asyncio.timeout(30):
+            while processes_using(run.root):
+                await asyncio.sleep(0.1)
+            await asyncio.gather(run.queue.process.wait(), frozen.wait())  # type: ignore[union-attr]
+    finally:
+        for pid in processes_using(run.root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(run.root, ignore_errors=True)
+    assert run.queue.process is not None
+    assert run.queue.process.returncode == 0  # stopped by the close (SIGTERM), not killed by this test
+    assert frozen.returncode == -signal.SIGKILL
