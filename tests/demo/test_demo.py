@@ -335,8 +335,16 @@ async def test_a_demo_that_times_out_says_so(tmp_path, capsys):
 async def test_a_failure_reason_is_printed_as_comfyui_gave_it(tmp_path, capsys):
     """Failure reasons went through rich markup: '[/models]' in a ComfyUI error was a MarkupError traceback in
     place of the report's end, and '[a]' vanished from the line."""
+    reason, out = await _failure_printed(tmp_path, capsys, "cannot read [a].png in [/models]")
+    assert "cannot read [a].png in [/models]" in reason
+    assert f"1 x {reason}" in out
+
+
+async def _failure_printed(tmp_path, capsys, error: str) -> tuple[str, str]:
+    """A one-job demo whose job fails with ComfyUI's ``error``: the report's failure reason, and what the printed
+    report shows."""
     async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
-        comfyui.inject_error("cannot read [a].png in [/models]", class_type="SaveImage", prompts=1)
+        comfyui.inject_error(error, class_type="SaveImage", prompts=1)
         options = DemoOptions(
             jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
             output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
@@ -344,10 +352,8 @@ async def test_a_failure_reason_is_printed_as_comfyui_gave_it(tmp_path, capsys):
         report = await run_demo(options)
     capsys.readouterr()
     print_report(report, tmp_path / "demo" / "report.json")
-
     (reason,) = report["failure_reasons"]
-    assert "cannot read [a].png in [/models]" in reason
-    assert f"1 x {reason}" in capsys.readouterr().out
+    return reason, capsys.readouterr().out
 
 
 @pytest.mark.timeout(60)
@@ -846,18 +852,7 @@ def test_a_scratch_folder_another_user_planted_does_not_hold_the_demo_s_start(tm
 async def test_control_characters_in_a_failure_reason_are_shown_not_obeyed(tmp_path, capsys):
     """A node's exception message is the job's error as ComfyUI gave it. Before: its escape sequences reached the
     terminal raw: a new window title, a cleared screen, a line written over. Now each is shown escaped."""
-    async with ComfyUISimulator(tmp_path / "comfyui" / "output") as comfyui:
-        comfyui.inject_error("bad\x1b]0;pwned\x07\x1b[2J\rforged\u202eline", class_type="SaveImage", prompts=1)
-        options = DemoOptions(
-            jobs=1, users=1, bad_jobs=0, max_replicas=1, comfyui_url=comfyui.url, spread_s=0.0,
-            output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=150, live=False,
-        )
-        report = await run_demo(options)
-    capsys.readouterr()
-    print_report(report, tmp_path / "demo" / "report.json")
-    out = capsys.readouterr().out
-
-    (reason,) = report["failure_reasons"]
+    reason, out = await _failure_printed(tmp_path, capsys, "bad\x1b]0;pwned\x07\x1b[2J\rforged\u202eline")
     assert "\x1b]0;pwned" in reason, "the report keeps what ComfyUI said"
     assert not {"\x1b", "\x07", "\r", "\u202e"} & set(out), repr(out)
     assert "bad\\x1b]0;pwned\\x07\\x1b[2J\\rforged\\u202eline" in out, out
