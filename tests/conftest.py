@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -235,6 +236,22 @@ def forget_registered_secrets() -> Iterator[None]:
     before = set(logs._secret_values)
     yield
     logs._secret_values.intersection_update(before)
+
+
+async def interrupted_when(process: asyncio.subprocess.Process, holding) -> tuple[int, str]:
+    """SIGINT once ``holding()`` says the start is held there; the exit code and stderr."""
+    try:
+        async with asyncio.timeout(30):
+            while not holding():
+                await asyncio.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
 
 
 def imports_held(module: str) -> str:

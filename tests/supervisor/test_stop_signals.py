@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import imports_held
+from ..conftest import imports_held, interrupted_when
 
 # The supervisor's main(), then a stop signal to itself: one arriving once the supervisor has stopped everything,
 # in the moment before the process ends (a platform's scale-down meeting an idle exit).
@@ -84,16 +84,6 @@ async def test_ctrl_c_while_the_supervisor_loads_is_one_line_and_exit_130(base_e
         sys.executable, "-c", IMPORTS_HELD, str(marker), env=base_env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        async with asyncio.timeout(30):
-            while not marker.exists():
-                await asyncio.sleep(0.02)
-            process.send_signal(signal.SIGINT)
-            _, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-    assert process.returncode == 130, stderr.decode()
-    assert stderr.decode().splitlines() == ["comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting"]
+    code, stderr = await interrupted_when(process, marker.exists)
+    assert code == 130, stderr
+    assert stderr.splitlines() == ["comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting"]

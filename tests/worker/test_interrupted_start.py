@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 
-from ..conftest import imports_held
+from ..conftest import imports_held, interrupted_when
 
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED = "comfy-worker: interrupted (SIGINT) while starting; exiting"
@@ -20,22 +19,6 @@ def _env() -> dict[str, str]:
             "QUEUE_MANAGER_URL": "http://127.0.0.1:9", "HEALTH_PORT": "0"}
 
 
-async def _interrupted(process: asyncio.subprocess.Process, holding) -> tuple[int, str]:
-    """SIGINT once ``holding()`` says the start is held there; the exit code and stderr."""
-    try:
-        async with asyncio.timeout(30):
-            while not holding():
-                await asyncio.sleep(0.02)
-            process.send_signal(signal.SIGINT)
-            _, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, stderr.decode()
-
-
 async def test_ctrl_c_while_the_worker_loads_is_one_line_and_exit_130(tmp_path: Path) -> None:
     """Before: a SIGINT during the imports (0.6 s at every start) printed a KeyboardInterrupt traceback and ended
     the process by the signal (-2)."""
@@ -44,7 +27,7 @@ async def test_ctrl_c_while_the_worker_loads_is_one_line_and_exit_130(tmp_path: 
         sys.executable, "-c", IMPORTS_HELD, str(marker), env=_env(), cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    code, stderr = await _interrupted(process, marker.exists)
+    code, stderr = await interrupted_when(process, marker.exists)
     assert code == 130, stderr
     assert stderr.splitlines() == [INTERRUPTED]
 
@@ -68,7 +51,7 @@ async def test_ctrl_c_while_the_worker_reads_its_settings_is_one_line_and_exit_1
         return True
 
     try:
-        code, stderr = await _interrupted(process, reading)
+        code, stderr = await interrupted_when(process, reading)
     finally:
         for fd in writer:
             os.close(fd)
