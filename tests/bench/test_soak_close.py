@@ -9,6 +9,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.soak import REPO, Soak
@@ -19,6 +20,16 @@ def soak_args(workers: int) -> argparse.Namespace:
                               worker_source=REPO, fixed_worker_ids=False)  # fmt: skip
 
 
+async def _answering(health_url: str) -> None:
+    """Until the worker's health server answers: the worker takes its stop signals once it listens."""
+    async with httpx.AsyncClient(timeout=1) as http, asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.get(f"{health_url}/health")
+                return
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.timeout(90)
 async def test_a_close_cancelled_while_a_worker_drains_still_ends_everything() -> None:
     """Ctrl-C again while the close waits for a worker: the queue manager and every worker ended all the same."""
@@ -27,6 +38,7 @@ async def test_a_close_cancelled_while_a_worker_drains_still_ends_everything() -
         await soak.start()
         frozen = soak.workers[0].process
         assert frozen is not None
+        await _answering(soak.workers[0].health_url)  # its SIGTERM handler set: frozen before, SIGTERM killed it
         frozen.send_signal(signal.SIGSTOP)  # SIGTERM stays pending: the close waits for it
         closing = asyncio.create_task(soak.close())
         await asyncio.sleep(0)  # the close under way, waiting for the workers
