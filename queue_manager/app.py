@@ -828,6 +828,10 @@ PARTICIPANT_ON_WORKER_ROUTE = (
     "Worker routes take only a worker's token; this is participant {user_id}'s own token (from the queue manager's "
     "QUEUE_MANAGER_PARTICIPANTS_FILE), which submits, lists, reads and cancels {user_id}'s jobs only"
 )
+PARTICIPANTS_FILE_BROKEN = (
+    "The queue manager's participants file is broken (its operator is told which line): participants' tokens are "
+    "refused until it is fixed; try again later"
+)
 # Who holds a participant's own token, set by the auth middleware: that request sees and changes their jobs only.
 PARTICIPANT = web.RequestKey("participant", str)
 
@@ -863,7 +867,10 @@ def _auth_middleware(
         is_worker = worker_expected is not None and hmac.compare_digest(presented, worker_expected)
         holder = None
         if participants is not None and presented and not (is_operator or is_worker):
-            holder = participants.current().holder(credentials)
+            listed = participants.current()
+            holder = listed.holder(credentials)
+            if holder is not None and listed.problem is not None:
+                return _refused(request, 503, PARTICIPANTS_FILE_BROKEN)
         if holder is not None:
             if _is_worker_route(request):
                 return _refused(request, 403, PARTICIPANT_ON_WORKER_ROUTE.format(user_id=holder))

@@ -13,7 +13,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,6 +54,9 @@ class Participants:
     """Who holds which token, by the token's hash."""
 
     user_by_hash: dict[str, str] = field(default_factory=dict)
+    # Why the file, changed since these were read, cannot be used. Its edit may have revoked any of them, so none is
+    # to be let in (fail closed) until the file is fixed.
+    problem: ParticipantsFileError | None = None
 
     def __len__(self) -> int:
         return len(self.user_by_hash)
@@ -138,7 +141,8 @@ class ParticipantsFile:
     """The participants the server goes by: the file's last good contents, re-read when it changes.
 
     `current()` looks at the file each time it is asked (a stat, 2 µs); a change that cannot be read or parsed
-    keeps the last good set and logs `participants_file_invalid` once, until the file changes again."""
+    marks the last good set with the problem (their tokens are refused, not let in) and logs
+    `participants_file_invalid` once, until the file changes again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -161,7 +165,8 @@ class ParticipantsFile:
             participants = read_participants(self.path)
         except ParticipantsFileError as exc:
             log.error("participants_file_invalid", file=str(self.path), line=exc.line, reason=exc.reason,
-                      kept=len(self._participants))
+                      refused=len(self._participants))
+            self._participants = replace(self._participants, problem=exc)
             return self._participants
         log.info("participants_file_reloaded", file=str(self.path), participants=len(participants))
         self._participants = participants

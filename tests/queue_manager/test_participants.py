@@ -201,32 +201,82 @@ async def test_the_running_server_follows_the_file(
     assert [line["participants"] for line in reloads] == [3, 3]
 
 
-@pytest.mark.parametrize("breakage", ["invalid", "unreadable"])
-async def test_a_broken_file_while_running_keeps_the_last_set_and_says_so_once(
+def break_file(path: Path, breakage: str, good: str) -> None:
+    if breakage == "syntax-error":
+        path.write_text(good.replace("bob sha256:", "bob sha265:"))  # a hand edit's typo on bob's line
+    elif breakage == "half-written":
+        path.write_text(good[: good.index("bob ") + 20])  # an editor's save cut short: bob's hash half there
+    elif breakage == "removed":
+        path.unlink()
+    elif breakage == "directory":
+        path.unlink()
+        path.mkdir()
+    else:
+        path.unlink()
+        os.mkfifo(path)
+
+
+def restore_file(path: Path, text: str) -> None:
+    if path.is_dir():
+        path.rmdir()
+    elif path.exists() and not path.is_file():
+        path.unlink()
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "line", "reason"),
+    [
+        ("syntax-error", 2, "the hash must be"),
+        ("half-written", 2, "the hash must be"),
+        ("removed", None, "cannot be read: No such file"),
+        ("directory", None, "is not a regular file"),
+        ("fifo", None, "is not a regular file"),
+    ],
+    ids=["syntax-error", "half-written", "removed", "directory", "fifo"],
+)
+async def test_a_broken_file_while_running_refuses_participants_with_503_until_fixed(
     queue: QueueManagerServer, client: httpx.AsyncClient, participants_file: Path, tokens: dict[str, str],
-    breakage: str,
+    breakage: str, line: int | None, reason: str,
 ) -> None:
+    """Before: a change that could not be read kept the last good set working, so an edit revoking bob's token
+    with a typo in it (or cut short) left bob's token working, all signs but a log line: 200. Now every
+    participant's token answers 503 saying the file is broken (fail closed) until it is fixed; the operator's and
+    /health answer as before."""
     good = participants_file.read_text()
     with capture_logs() as logs:
-        if breakage == "invalid":
-            participants_file.write_text(good + "carol not-a-hash\n")
-        else:
-            participants_file.unlink()
-        answers = [(await client.get("/api/jobs", headers=bearer(tokens[user]))).status_code
-                   for user in ("alice", "bob", "alice")]
-        participants_file.write_text(good.replace("bob ", "bobby "))
-        after_fix = (await client.get("/api/jobs", headers=bearer(tokens["bob"]))).json()
-    assert answers == [200, 200, 200]
-    [invalid] = [line for line in logs if line["event"] == "participants_file_invalid"]
+        break_file(participants_file, breakage, good)
+        async with asyncio.timeout(10):
+            answers = [await client.get("/api/jobs", headers=bearer(tokens[user])) for user in ("alice", "bob", "bob")]
+            unknown = await client.get("/api/jobs", headers=bearer("not-a-token"))
+            operator = await client.get("/api/jobs", headers=bearer(OPERATOR))
+            health = await client.get("/health")
+            restore_file(participants_file, good.replace("bob ", "bobby "))
+            after_fix = [await client.get("/api/jobs", headers=bearer(tokens[user])) for user in ("alice", "bob")]
+    assert [answer.status_code for answer in answers] == [503, 503, 503]
+    assert "participants file is broken" in answers[0].json()["detail"]
+    assert str(participants_file) not in answers[0].text, "the file's path is the operator's to see"
+    assert (unknown.status_code, operator.status_code, health.json()["status"]) == (401, 200, "healthy")
+    [invalid] = [entry for entry in logs if entry["event"] == "participants_file_invalid"]
     assert invalid["log_level"] == "error"
-    assert invalid["file"] == str(participants_file)
-    if breakage == "invalid":
-        assert invalid["line"] == 3 and "hash" in invalid["reason"]
-    else:
-        assert invalid["line"] is None and "cannot be read" in invalid["reason"]
+    assert (invalid["file"], invalid["line"], invalid["refused"]) == (str(participants_file), line, 2)
+    assert reason in invalid["reason"]
     for token in tokens.values():
         assert token not in repr(logs) and token_hash(token).removeprefix("sha256:") not in repr(logs)
-    assert after_fix == [], "the fixed file is read: the token is bobby's now"
+    assert [answer.status_code for answer in after_fix] == [200, 200]
+    assert after_fix[1].json() == [], "the fixed file is read: the token is bobby's now"
+
+
+async def test_an_emptied_file_while_running_lets_nobody_in_until_refilled(
+    queue: QueueManagerServer, client: httpx.AsyncClient, participants_file: Path, tokens: dict[str, str]
+) -> None:
+    """An empty file is a valid one, listing nobody (as at start): every participant's token answers 401."""
+    good = participants_file.read_text()
+    participants_file.write_text("")
+    emptied = [(await client.get("/api/jobs", headers=bearer(tokens[user]))).status_code for user in ("alice", "bob")]
+    participants_file.write_text(good)
+    refilled = [(await client.get("/api/jobs", headers=bearer(tokens[user]))).status_code for user in ("alice", "bob")]
+    assert (emptied, refilled) == ([401, 401], [200, 200])
 
 
 @pytest.mark.parametrize(
