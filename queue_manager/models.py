@@ -167,6 +167,13 @@ class ReleaseRequest(BaseModel):
     # Absent: a fault, as every hand-back counted before workers told the cause.
     cause: HandBackCause = HandBackCause.FAULT
 
+    @field_validator("reason")
+    @classmethod
+    def _reason_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason cannot be blank: say why the job is handed back")
+        return value
+
 
 class ListJobsQuery(BaseModel):
     user_id: str | None = None  # empty: no filter, as the peer reads it

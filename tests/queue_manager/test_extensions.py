@@ -456,6 +456,7 @@ async def test_lease_hand_backs_count_towards_max_attempts(clock: FakeClock) -> 
         ({"worker_id": "w2", "attempt": 1}, {"reason": "r"}, 409, None),
         ({"worker_id": "w1"}, {"reason": "r"}, 422, ["query", "attempt"]),
         ({"worker_id": "w1", "attempt": 1}, {"reason": ""}, 422, ["body", "reason"]),
+        ({"worker_id": "w1", "attempt": 1}, {"reason": " \n\t"}, 422, ["body", "reason"]),
         ({"worker_id": "w1", "attempt": 1}, {"reason": "x" * 2001}, 422, ["body", "reason"]),
         ({"worker_id": "w1", "attempt": 1}, {}, 422, ["body", "reason"]),
         ({"worker_id": "w1", "attempt": 1}, {"reason": "r", "cause": "crash"}, 422, ["body", "cause"]),
