@@ -27,14 +27,23 @@ MAX_INT_DIGITS = 20
 # holds ED A0..ED BF, and a UTF-16/32 body may hold anything, so such a body has its strings checked.
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"\s*:|"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# How much of each key a field path names: a request is never sent back (a 5 MB key made a 5 MB answer).
+MAX_KEY_CHARS_NAMED = 40
 
 
 class RefusedJson(Exception):
     """The body is JSON only by Python's lenient reading: NaN, Infinity, 1e999, huge ints, deep nesting."""
 
     def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
-        self.field = ".".join(str(part) for part in path) or "body"
+        self.field = ".".join(_named(part) for part in path) or "body"
         super().__init__(f"{self.field}: {reason}")
+
+
+def _named(key: str | int) -> str:
+    """A key as a field path names it: cut short, and a lone surrogate escaped (no answer can encode it: a 500)."""
+    text = str(key)
+    text = text if len(text) <= MAX_KEY_CHARS_NAMED else text[:MAX_KEY_CHARS_NAMED] + "…"
+    return text.encode(errors="backslashreplace").decode()
 
 
 class _Refused:
