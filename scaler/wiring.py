@@ -30,9 +30,8 @@ from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig, is_a_price
 from scaler.providers import Backend, LocalBackend, VerdaBackend
-from scaler.providers.base import BackendView
+from scaler.providers.base import BackendView, OutlivesItsStop
 from scaler.providers.local import worker_environment as local_worker_environment
-from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.verda.client import VerdaClient
 
 log = structlog.get_logger()
@@ -330,7 +329,7 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
     # One write failed: nothing may run now, but the provider is not held at zero; say so, and exit 1.
     note = f", but {failed}: run the stop again" if failed else ""
     deadline = time.monotonic() + timeout_s
-    # RunPod may accept a stop and never carry it out: what it still lists half way is terminated as it is.
+    # A platform may accept a stop and never carry it out (OutlivesItsStop): what it still lists half way is ended.
     terminate_at = time.monotonic() + timeout_s / 2
     terminated = ""  # which were terminated without their stop, or why they could not be
     listed: BackendView | None = None  # the last listing answered
@@ -353,12 +352,12 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
                 still += f", then {error}"
             return StopResult(name, False, f"not confirmed after {timeout_s:g} s: {still}{terminated}{note}")
         late = listed is not None and time.monotonic() >= terminate_at  # pods listed live half way
-        if late and isinstance(backend, RunPodBackend) and not terminated:
+        if late and isinstance(backend, OutlivesItsStop) and not terminated:
             terminated = await _terminate_left(backend, deadline, timeout_s / 2)
         await asyncio.sleep(poll_s)
 
 
-async def _terminate_left(backend: RunPodBackend, deadline: float, waited_s: float) -> str:
+async def _terminate_left(backend: OutlivesItsStop, deadline: float, waited_s: float) -> str:
     """Terminate the pods still live after their stop, within what is left of the kill switch's time: what to add
     to its report."""
     try:

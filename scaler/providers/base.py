@@ -127,6 +127,16 @@ class Backend(Protocol):
 
 
 @runtime_checkable
+class OutlivesItsStop(Protocol):
+    """A backend whose platform may accept a stop and never carry it out (RunPod): the kill switch ends what it
+    still lists half way through its wait as it is."""
+
+    async def terminate_live(self) -> list[str]:
+        """End, without their stop, the replicas the last read listed live; the ids whose end was accepted."""
+        ...
+
+
+@runtime_checkable
 class KeepsItsOwnBill(Protocol):
     """A backend that bills itself (a fleet: each provider at its own price, against the fleet's budgets). The
     policy then prices nothing, so the loop's spend metrics show this bill and these budgets instead."""

@@ -385,6 +385,37 @@ async def test_stop_all_terminates_the_pods_whose_stop_runpod_accepted_and_never
     assert all(fake_runpod.requests_to(f"/pods/{pod_id}/action", "POST") for pod_id in pods), "stopped first"
 
 
+class Recorded:
+    """A backend wrapping another, as a recorder or a health record would: it has what the backend it wraps has."""
+
+    def __init__(self, backend: RunPodBackend) -> None:
+        self.backend = backend
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+
+async def test_the_kill_switch_ends_a_stop_never_carried_out_by_what_the_backend_does_not_its_class(
+    fake_runpod: FakeRunPod, make_verda_client
+):
+    """Before, only an object of the class RunPodBackend had its pods terminated half way: the same backend wrapped
+    was left with its 2 pods listed RUNNING after their stop (`not confirmed after 2 s`), billed until someone
+    ended them. Now any backend that can end them (OutlivesItsStop) does."""
+    await start_pods(fake_runpod, make_verda_client)
+    pods = sorted(pod.id for pod in fake_runpod.live_pods())
+    for pod_id in pods:
+        answer = {"id": pod_id, "name": fake_runpod.pods[pod_id].body["name"], "status": "RUNNING"}
+        fake_runpod.fail_next(f"/pods/{pod_id}/action", 200, method="POST", body=answer, times=1000)
+    backend = Recorded(RunPodBackend(RunPodClient(RUNPOD_KEY, base_url=fake_runpod.url), DEPLOYMENT, POD_BODY))
+    try:
+        async with asyncio.timeout(30):
+            result = await stop_provider("runpod", backend, timeout_s=2, poll_s=0.05)
+    finally:
+        await backend.aclose()
+    assert result.stopped, result.detail
+    assert fake_runpod.live_pods() == [] and sorted(fake_runpod.terminated) == pods
+
+
 def listed_pod(status: str | None) -> dict:
     """One of our pods as a RunPod listing shows it, with the status given."""
     return {"id": "p1", "name": f"{DEPLOYMENT}-0123abcd", "status": status, "cost": 0.69,

@@ -12,26 +12,54 @@ from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.queue_status import QueueStatusReader, job_timings
 
+from ..conftest import ManualClock
+
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
+def complete_jobs(server: QueueManagerServer, clock: ManualClock, durations: list[float]) -> None:
+    """One job after the other, each taken by a worker and completed ``duration`` s later."""
+    for duration in durations:
+        job = server.store.submit("alice", WORKFLOW)
+        server.store.pop_next("w1", server.mode)
+        clock.now += duration
+        server.store.complete(job.id, {})
 
-    def __call__(self) -> float:
-        return self.now
+
+async def learned_from_the_counters(
+    backend, ticks: int, *, step_forward_at: int | None = None, monotonic: ManualClock | None = None
+) -> list[float]:
+    """The job duration each tick learns, a tick every 20 s, from a queue manager that lists no finished jobs
+    (comfy-multi): two replicas each run 40 s jobs back to back. At tick ``step_forward_at`` the wall clock is
+    stepped an hour forward; ``monotonic``, when given, is the clock never stepped."""
+    clock = ManualClock(1_700_000_000.0)
+    async with QueueManagerServer(clock=clock, test_hooks=True) as server:
+        server.faults.inject("list-jobs", status=200, body=[], times=1000)  # comfy-multi's answer
+        store = server.store
+        backend.clock = clock
+        running = []
+        async with QueueStatusReader(server.url) as reader:
+            loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock, monotonic=monotonic)
+            learned = []
+            for step in range(ticks):
+                if step % 2 == 0:
+                    for job in running:
+                        store.complete(job.id, {})
+                    running = [store.submit("alice", WORKFLOW) for _ in range(2)]
+                    for _ in running:
+                        store.pop_next("w1", server.mode)
+                learned.append((await loop.tick()).details["job_duration_s"])
+                clock.now += 20 + (3600 if step == step_forward_at else 0)
+                if monotonic is not None:
+                    monotonic.now += 20
+    return learned
 
 
 async def test_timings_come_from_the_job_lists_and_feed_the_policy(backend):
-    clock = Clock(1_700_000_000.0)
+    clock = ManualClock(1_700_000_000.0)
     async with QueueManagerServer(clock=clock) as server:
         store = server.store
-        for duration in (100.0, 110.0, 400.0, 120.0):  # four completions, one an outlier
-            job = store.submit("alice", WORKFLOW)
-            store.pop_next("w1", server.mode)
-            clock.now += duration
-            store.complete(job.id, {})
+        complete_jobs(server, clock, [100.0, 110.0, 400.0, 120.0])  # four completions, one an outlier
         bob = store.submit("bob", WORKFLOW)
         clock.now += 20
         store.pop_next("w1", server.mode)
@@ -92,14 +120,9 @@ def test_recent_waits_are_the_queue_time_of_the_jobs_that_started_last():
 
 async def test_the_estimate_follows_the_latest_completions_not_the_first_ones():
     """600 jobs of 100 s, then 60 of 300 s: the estimate is 300 s (listing the oldest 500 once gave 100 s)."""
-    clock = Clock(1_700_000_000.0)
+    clock = ManualClock(1_700_000_000.0)
     async with QueueManagerServer(clock=clock) as server:
-        store = server.store
-        for duration in [100.0] * 600 + [300.0] * 60:
-            job = store.submit("alice", WORKFLOW)
-            store.pop_next("w1", server.mode)
-            clock.now += duration
-            store.complete(job.id, {})
+        complete_jobs(server, clock, [100.0] * 600 + [300.0] * 60)
         async with QueueStatusReader(server.url) as reader:
             status = await reader.read_with_timings(clock.now)
     assert len(status.recent_durations_s) == 50
@@ -123,24 +146,7 @@ async def test_newest_first_lists_finished_jobs_by_completion_time(qm):
 
 async def test_without_listed_completions_the_duration_comes_from_the_counters(backend):
     """comfy-multi lists no finished jobs; two replicas each running 40 s jobs back to back teach 40 s."""
-    clock = Clock(1_700_000_000.0)
-    async with QueueManagerServer(clock=clock, test_hooks=True) as server:
-        server.faults.inject("list-jobs", status=200, body=[], times=1000)  # comfy-multi's answer
-        store = server.store
-        backend.clock = clock
-        running = []
-        async with QueueStatusReader(server.url) as reader:
-            loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock)
-            learned = []
-            for step in range(24):  # a tick every 20 s
-                if step % 2 == 0:
-                    for job in running:
-                        store.complete(job.id, {})
-                    running = [store.submit("alice", WORKFLOW) for _ in range(2)]
-                    for _ in running:
-                        store.pop_next("w1", server.mode)
-                learned.append((await loop.tick()).details["job_duration_s"])
-                clock.now += 20
+    learned = await learned_from_the_counters(backend, 24)
     assert learned[0] == 180.0  # the default until three jobs have finished
     assert learned[-1] == pytest.approx(40.0, rel=0.1)
 
@@ -149,24 +155,6 @@ async def test_a_wall_clock_stepped_forward_does_not_count_the_step_as_time_jobs
     """Before: the counters' estimate measured the busy replica-seconds on the wall clock, so NTP stepping it an hour
     forward counted the hour as run time: two replicas running 40 s jobs made the mean job up to 1,850 s, and still
     440 s ten minutes on. Measured on the clock never stepped: 40 s."""
-    clock, boot = Clock(1_700_000_000.0), Clock(5_000.0)
-    async with QueueManagerServer(clock=clock, test_hooks=True) as server:
-        server.faults.inject("list-jobs", status=200, body=[], times=1000)  # comfy-multi's answer
-        store = server.store
-        backend.clock = clock
-        running = []
-        async with QueueStatusReader(server.url) as reader:
-            loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, clock=clock, monotonic=boot)
-            learned = []
-            for step in range(40):  # a tick every 20 s
-                if step % 2 == 0:
-                    for job in running:
-                        store.complete(job.id, {})
-                    running = [store.submit("alice", WORKFLOW) for _ in range(2)]
-                    for _ in running:
-                        store.pop_next("w1", server.mode)
-                learned.append((await loop.tick()).details["job_duration_s"])
-                clock.now += 20 + (3600 if step == 20 else 0)
-                boot.now += 20
+    learned = await learned_from_the_counters(backend, 40, step_forward_at=20, monotonic=ManualClock(5_000.0))
     assert learned[20] == pytest.approx(40.0, rel=0.1)
     assert learned[21:] == pytest.approx([40.0] * 19, rel=0.25)

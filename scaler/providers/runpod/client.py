@@ -341,15 +341,17 @@ class RunPodClient:
     async def gpu_price_per_hour(self, gpu_id: str, *, cloud: str = "SECURE") -> float:
         """List price in USD per hour of one GPU of ``gpu_id`` on pods in ``cloud`` (SECURE or COMMUNITY). One that is
         no price (true, read as 1.0; negative, NaN) is an error naming the field, as any other broken answer."""
+        request = "GET /catalog/gpus/{id}"
         data = await self._json("GET", f"/catalog/gpus/{quote(gpu_id, safe='')}")
-        prices = data.get("price") if isinstance(data, dict) else None
+        prices = (data.get("price") if isinstance(data, dict) else None) or {}
+        if not isinstance(prices, dict):  # not "none listed": the deploy would blame the operator's runpod.cloud
+            raise _unexpected(request, f"price={scrubbed_excerpt(repr(prices), 60)} is not an object")
         key = cloud.lower()
-        if not isinstance(prices, dict) or not isinstance(prices.get(key), int | float):
+        price = prices.get(key)
+        if price is None:
             raise LookupError(f"RunPod lists no {cloud} pod price for GPU {gpu_id!r}")
-        price = prices[key]
-        if isinstance(price, bool) or not is_a_price(price):
-            shown = scrubbed_excerpt(repr(price), 60)
-            raise _unexpected("GET /catalog/gpus/{id}", f"price.{key}={shown}: a price {PRICE_RANGE}")
+        if isinstance(price, bool) or not isinstance(price, int | float) or not is_a_price(price):
+            raise _unexpected(request, f"price.{key}={scrubbed_excerpt(repr(price), 60)}: a price {PRICE_RANGE}")
         return float(price)
 
 

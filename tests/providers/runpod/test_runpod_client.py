@@ -149,15 +149,24 @@ async def test_gpu_price(runpod: RunPodClient) -> None:
         await runpod.gpu_price_per_hour("NVIDIA Imaginary")
 
 
-@pytest.mark.parametrize("price", [True, -0.69, float("nan"), 1e-320], ids=["true", "negative", "nan", "tiny"])
+@pytest.mark.parametrize(
+    ("prices", "field"),
+    [({"secure": True}, "price.secure=True"), ({"secure": -0.69}, "price.secure=-0.69"),
+     ({"secure": float("nan")}, "price.secure=nan"), ({"secure": 1e-320}, "price.secure=1e-320"),
+     ({"secure": "0.69"}, "price.secure='0.69'"), ("0.69", "price='0.69'")],
+    ids=["true", "negative", "nan", "tiny", "string", "not an object"],
+)
 async def test_a_catalogue_price_that_is_no_price_is_an_error_naming_it(
-    fake: FakeRunPod, runpod: RunPodClient, price: float
+    fake: FakeRunPod, runpod: RunPodClient, prices: object, field: str
 ) -> None:
     """Before: `true` was read as 1.0 an hour (a bool is an int), and -0.69 or NaN printed by the deploy as the
-    pod's price; now an error naming the request and the field, as any other broken answer."""
-    fake.fail_next(f"/catalog/gpus/{GPU}", 200, method="GET", body={"id": GPU, "price": {"secure": price}})
-    with pytest.raises(RunPodAPIError, match=r"GET /catalog/gpus/\{id\}.*price\.secure="):
+    pod's price; a price given as a string, or a price that is no object, was read as none listed, which the
+    deploy blamed on the operator (`runpod.cloud: RunPod lists no SECURE pod price`). Now an error naming the
+    request and the field, as any other broken answer."""
+    fake.fail_next(f"/catalog/gpus/{GPU}", 200, method="GET", body={"id": GPU, "price": prices})
+    with pytest.raises(RunPodAPIError, match=r"GET /catalog/gpus/\{id\}") as raised:
         await runpod.gpu_price_per_hour(GPU)
+    assert field in str(raised.value)
 
 
 async def test_an_error_answer_of_megabytes_is_quoted_only_in_part(fake: FakeRunPod, runpod: RunPodClient) -> None:
