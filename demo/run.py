@@ -26,6 +26,7 @@ from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
 from demo.report import (
     TERMINAL,
     ReplicaLedger,
+    ReportNotWritten,
     build_report,
     final_jobs,
     fleet_cost,
@@ -223,8 +224,13 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
             report["cost_usd"] = fleet_cost(ledger, report["providers"], report["cost_usd"])
     report["orphan_processes"] = survivors
     report["stopped"] = stopped
+    report["not_saved"] = []
     report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
-    write_report(output_dir / "report.json", report)
+    try:
+        write_report(output_dir / "report.json", report)
+    except ReportNotWritten as exc:  # a full disk: the report is still printed, NOT OK, naming the file
+        report["not_saved"].append(str(exc))
+        report["ok"] = False
     return report
 
 
