@@ -964,3 +964,23 @@ def test_a_job_a_scale_down_handed_back_under_its_own_id_is_counted_as_requeued(
         span_s=10.0, price_per_hour=1.0, replica_starts=1, outputs="o", results={"failed": 0}, replicas_at_end=0,
     )
     assert report["requeued_by_scale_down"] == 2
+
+
+@pytest.mark.timeout(120)
+async def test_a_ledger_json_that_cannot_be_written_makes_the_demo_not_ok_naming_it(tmp_path, capsys):
+    """ledger.json, the run's money record, with a folder in its place (a full disk fails it alike). Before: the
+    fleet logged each failed save and went on, and the demo said OK; now NOT OK, naming the file."""
+    ledger = tmp_path / "demo" / "ledger.json"
+    ledger.mkdir(parents=True)
+    options = DemoOptions(
+        jobs=1, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False, providers=("local",),
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+    out = " ".join(capsys.readouterr().out.split())
+
+    assert report["completed"] == 1 and report["orphan_processes"] == [] and not report["stopped"], report
+    assert report["not_saved"] == [f"cannot write {ledger}: Is a directory"], report
+    assert report["ok"] is False and json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+    assert f"not saved: cannot write {ledger}: Is a directory" in out and out.endswith("NOT OK"), out
