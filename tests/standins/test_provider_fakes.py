@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -74,6 +75,22 @@ async def test_verda_refuses_a_volume_mount_type_that_is_no_string_with_its_400(
         async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
             assert answer.status == 400
             assert (await answer.json())["code"] == "invalid_request"
+        assert fake.deployments == {}
+
+
+@pytest.mark.parametrize("threshold", ["true", "Infinity", "1e999"])
+async def test_verda_refuses_a_queue_load_threshold_that_is_no_finite_number_with_its_400(
+    threshold: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: true (a bool is an int to Python) and Infinity (which Python's json reads, and JSON has not) were a
+    threshold >= 1, and the deployment was created; Verda's API refuses both."""
+    body = json.dumps(VERDA_DEPLOYMENT).replace('"threshold": 1', f'"threshold": {threshold}')
+    async with FakeVerda() as fake:
+        headers = {**await verda_headers(fake, http), "Content-Type": "application/json"}
+        async with http.post(f"{fake.url}/container-deployments", data=body, headers=headers) as answer:
+            assert answer.status == 400
+            assert await answer.json() == {"code": "invalid_request",
+                                           "message": "queue_load.threshold must be a number >= 1"}
         assert fake.deployments == {}
 
 
