@@ -134,6 +134,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
@@ -209,9 +213,9 @@ def _validate_volume_mount(mount: Any) -> None:
         _require(mount["mount_path"] == SHM_PATH, "memory mounts must use /dev/shm")
         _require(_is_int(mount.get("size_in_mb")) and mount["size_in_mb"] > 0, "memory needs size_in_mb")
     if kind == "shared":
-        _require(bool(mount.get("volume_id")), "shared mounts need a volume_id")
+        _require(_text(mount.get("volume_id")), "shared mounts need a volume_id (a string)")
     if kind == "secret":
-        _require(bool(mount.get("secret_name")), "secret mounts need a secret_name")
+        _require(_text(mount.get("secret_name")), "secret mounts need a secret_name (a string)")
 
 
 class FakeVerda(FakeApi):

@@ -94,6 +94,25 @@ async def test_verda_refuses_a_queue_load_threshold_that_is_no_finite_number_wit
         assert fake.deployments == {}
 
 
+@pytest.mark.parametrize(("mount", "message"), [
+    ({"type": "shared", "mount_path": "/models", "volume_id": 7}, "shared mounts need a volume_id (a string)"),
+    ({"type": "shared", "mount_path": "/models", "volume_id": ["vol-1"]}, "shared mounts need a volume_id (a string)"),
+    ({"type": "secret", "mount_path": "/keys", "secret_name": {"name": "s"}},
+     "secret mounts need a secret_name (a string)"),
+])  # fmt: skip
+async def test_verda_refuses_a_volume_or_secret_of_a_mount_that_is_no_string_with_its_400(
+    mount: dict, message: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: any truthy value named the volume (a number, a list), and the deployment was created."""
+    deployment = {**VERDA_DEPLOYMENT, "containers": [{**VERDA_DEPLOYMENT["containers"][0], "volume_mounts": [mount]}]}
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
+            assert answer.status == 400
+            assert await answer.json() == {"code": "invalid_request", "message": message}
+        assert fake.deployments == {}
+
+
 # "²": str.isdigit says yes; 5,000 digits: more than int() reads (sys.get_int_max_str_digits, 4,300), a 500 before.
 @pytest.mark.parametrize("timeout", ["²", "9" * 5000, "0" * 5000 + "1"])
 async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its_400(
