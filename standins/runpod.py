@@ -424,6 +424,10 @@ class FakeRunPod(FakeApi):
             raise ApiError(400, "gpu.allowedCudaVersions and gpu.minCudaVersion are mutually exclusive")
         if gpu["id"] not in GPU_TYPES:
             raise ApiError(400, f"unknown GPU type {gpu['id']!r}")
+        cloud = body.get("cloud", "SECURE")
+        most = GPU_TYPES[gpu["id"]]["maxCount"][cloud.lower()]  # the catalogue's: no host holds more
+        if gpu.get("count", 1) > most:
+            raise ApiError(400, f"gpu.count {gpu['count']}: a pod has at most {most} {gpu['id']} in {cloud}")
 
     def _check_capacity_and_balance(self, body: dict[str, Any]) -> None:
         if self.balance_usd is not None and self.billed_usd() >= self.balance_usd:

@@ -141,3 +141,21 @@ async def test_runpod_refuses_a_cuda_version_its_schema_pattern_refuses(gpu: dic
         assert answer.status == 422
         assert any(error.startswith("/gpu/") for error in (await answer.json(content_type=None))["errors"])
         assert fake.pods == {}
+
+
+RUNPOD_POD = {"name": "worker", "image": "ghcr.io/org/worker:1.0.0", "gpu": {"id": "NVIDIA L40S", "count": 1}}
+
+
+@pytest.mark.parametrize(("cloud", "count"), [("SECURE", 9), ("COMMUNITY", 16)])
+async def test_runpod_refuses_more_gpus_than_a_pod_of_that_type_can_have_with_its_400(
+    cloud: str, count: int, http: aiohttp.ClientSession
+) -> None:
+    """The catalogue's maxCount (8 for each GPU type of the fake). Before: 9 to 16 GPUs a pod (what the deploy
+    takes) were created and billed, where RunPod has no such host."""
+    body = {**RUNPOD_POD, "cloud": cloud, "gpu": {"id": "NVIDIA L40S", "count": count}}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", json=body, headers=headers) as answer:
+        assert answer.status == 400
+        detail = (await answer.json(content_type=None))["detail"]
+        assert detail == f"gpu.count {count}: a pod has at most 8 NVIDIA L40S in {cloud}"
+        assert fake.pods == {}
