@@ -32,7 +32,7 @@ from standins.faults import FakeApi, Fault, fault_headers, proxy_error_page, rec
 API_PREFIX = "/v2"
 PROXY_PREFIX = "/proxy"
 DEFAULT_API_KEY = "rpa_fake_key"  # the fake's well-known test credential
-PORT_RULE = re.compile(r"^[0-9]{1,5}/(http|tcp|udp)$")
+PORT_RULE = re.compile(r"([0-9]{1,5})/(http|tcp|udp)")  # fullmatch: no trailing newline, as `$` allows
 CUDA_RULE = re.compile(r"[0-9]+\.[0-9]+")  # the schema's ^\d+\.\d+$ in ECMA-262: ASCII digits, no trailing newline
 SECRET_REFERENCE = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_.-]+)\s*\}\}")
 CREATE_FIELDS = {
@@ -404,9 +404,9 @@ class FakeRunPod(FakeApi):
             raise ApiError(400, "CPU pods are not offered by this fake")
         if "templateId" in body:
             raise ApiError(404, f"template {body['templateId']} not found")
-        bad_ports = [p for p in body.get("ports", []) if not PORT_RULE.match(p)]
+        bad_ports = [p for p in body.get("ports", []) if not _port(p)]
         if bad_ports:
-            raise ApiError(400, f"ports must be formatted as port/protocol, got {bad_ports}")
+            raise ApiError(400, f"ports must be formatted as port/protocol, the port 1-65535, got {bad_ports}")
         mounts = body.get("mounts") or {}
         if "persistent" in mounts and "network" in mounts:
             raise ApiError(400, "mounts.persistent and mounts.network are mutually exclusive")
@@ -536,6 +536,12 @@ class FakeRunPod(FakeApi):
 def _ceil(seconds: float) -> int:
     whole = int(seconds)
     return whole if seconds - whole < 1e-9 else whole + 1
+
+
+def _port(text: str) -> bool:
+    """`<port>/<protocol>`, the port 1-65535."""
+    found = PORT_RULE.fullmatch(text)
+    return found is not None and 1 <= int(found[1]) <= 65535
 
 
 def _is_int(value: Any) -> bool:

@@ -159,3 +159,16 @@ async def test_runpod_refuses_more_gpus_than_a_pod_of_that_type_can_have_with_it
         detail = (await answer.json(content_type=None))["detail"]
         assert detail == f"gpu.count {count}: a pod has at most 8 NVIDIA L40S in {cloud}"
         assert fake.pods == {}
+
+
+@pytest.mark.parametrize("port", ["0/http", "70000/http", "8000/http\n"])
+async def test_runpod_refuses_a_port_no_host_can_expose_with_its_400(port: str, http: aiohttp.ClientSession) -> None:
+    """Before: any 1-5 digits passed (0, 70000), and a trailing newline too (Python's `$` allows one), and the pod
+    was created exposing them."""
+    body = {**RUNPOD_POD, "ports": ["8188/http", port]}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", json=body, headers=headers) as answer:
+        assert answer.status == 400
+        detail = (await answer.json(content_type=None))["detail"]
+        assert detail == f"ports must be formatted as port/protocol, the port 1-65535, got {[port]}"
+        assert fake.pods == {}
