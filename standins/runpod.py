@@ -407,6 +407,7 @@ class FakeRunPod(FakeApi):
         bad_ports = [p for p in body.get("ports", []) if not _port(p)]
         if bad_ports:
             raise ApiError(400, f"ports must be formatted as port/protocol, the port 1-65535, got {bad_ports}")
+        wanted = body.get("dataCenterIds") or []
         mounts = body.get("mounts") or {}
         if "persistent" in mounts and "network" in mounts:
             raise ApiError(400, "mounts.persistent and mounts.network are mutually exclusive")
@@ -414,11 +415,12 @@ class FakeRunPod(FakeApi):
             volume_id = mount["volumeId"]
             if volume_id not in self.network_volumes:
                 raise ApiError(400, f"network volume {volume_id} not found")
-            wanted = body.get("dataCenterIds") or []
             if wanted and self.network_volumes[volume_id] not in wanted:
                 raise ApiError(
                     400, f"network volume {volume_id} is in {self.network_volumes[volume_id]}, not in {wanted}"
                 )
+        if wanted and self.data_center not in wanted:  # the fake has hosts in its data center alone
+            raise ApiError(400, f"There are no longer any instances available in the requested data centers {wanted}")
         gpu = body["gpu"]
         if gpu.get("allowedCudaVersions") and "minCudaVersion" in gpu:
             raise ApiError(400, "gpu.allowedCudaVersions and gpu.minCudaVersion are mutually exclusive")

@@ -172,3 +172,19 @@ async def test_runpod_refuses_a_port_no_host_can_expose_with_its_400(port: str, 
         detail = (await answer.json(content_type=None))["detail"]
         assert detail == f"ports must be formatted as port/protocol, the port 1-65535, got {[port]}"
         assert fake.pods == {}
+
+
+async def test_runpod_places_a_pod_only_in_a_data_center_it_was_asked_for(http: aiohttp.ClientSession) -> None:
+    """The fake's hosts are in US-TX-3. Before: a pod asked for in EU-RO-1 was created there all the same, its
+    dataCenterId US-TX-3; now the 400 of a data center without room, as RunPod places a pod only where asked."""
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod(data_center="US-TX-3") as fake:
+        async with http.post(f"{fake.url}/pods", json={**RUNPOD_POD, "dataCenterIds": ["EU-RO-1"]},
+                             headers=headers) as answer:
+            assert answer.status == 400
+            assert "EU-RO-1" in (await answer.json(content_type=None))["detail"]
+            assert fake.pods == {}
+        async with http.post(f"{fake.url}/pods", json={**RUNPOD_POD, "dataCenterIds": ["EU-RO-1", "US-TX-3"]},
+                             headers=headers) as answer:
+            assert answer.status == 201
+            assert (await answer.json())["dataCenterId"] == "US-TX-3"
