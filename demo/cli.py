@@ -200,6 +200,8 @@ def print_report(report: dict, path: Path) -> None:
         console.print(f"  [red]jobs that failed though not broken on purpose: {failed}[/red]")
     if report["unfinished"]:
         console.print(f"  [red]jobs that did not finish: {', '.join(report['unfinished'])}[/red]")
+    for failure in report["not_saved"]:
+        console.print(f"  [red]not saved: {escape(failure)}[/red]")
     console.print("[green]OK[/green]" if report["ok"] else "[red]NOT OK[/red]")
 
 

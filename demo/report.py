@@ -142,7 +142,8 @@ def fleet_cost(ledger: ReplicaLedger, fleet: dict[str, Any], cost: dict[str, flo
 
 
 class ReportNotWritten(Exception):
-    """report.json cannot be removed or written: a folder in its place, a full disk."""
+    """report.json cannot be removed (a folder in its place: the demo does not start) or written (a full disk: the
+    report is printed, NOT OK)."""
 
 
 def remove_report(path: Path) -> None:

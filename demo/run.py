@@ -26,6 +26,7 @@ from demo.replicas import RealComfyUIReplicas, SimulatedReplicas, worker_env
 from demo.report import (
     TERMINAL,
     ReplicaLedger,
+    ReportNotWritten,
     build_report,
     final_jobs,
     fleet_cost,
@@ -146,7 +147,7 @@ def _remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) -> dict[str, Any]:
     output_dir = options.output_dir.resolve()
-    outputs = output_dir / "outputs"
+    outputs, ledger_file = output_dir / "outputs", output_dir / "ledger.json"
     outputs.mkdir(parents=True, exist_ok=True)
     remove_report(output_dir / "report.json")
     replicas = (
@@ -176,7 +177,7 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
             if options.providers:
                 backend, processes = await start_fleet(
                     fleet_stack, options.providers, options.fail, options.max_replicas, workers,
-                    interval_s=options.scaler_interval_s, ledger_file=output_dir / "ledger.json",
+                    interval_s=options.scaler_interval_s, ledger_file=ledger_file,
                 )
             else:
                 backend = workers()
@@ -218,14 +219,31 @@ async def _run_demo(options: DemoOptions, scratch: Path, stop: asyncio.Event) ->
             price_per_hour=options.price_per_hour, replica_starts=sum(p.starts for p in processes.values()),
             outputs=str(outputs), results=results, replicas_at_end=replicas_left,
         )
+        not_saved = []
         if isinstance(backend, FleetBackend):
             report["providers"] = fleet_report(backend, processes)
             report["cost_usd"] = fleet_cost(ledger, report["providers"], report["cost_usd"])
+            not_saved += _ledger_not_saved(backend, ledger_file)
     report["orphan_processes"] = survivors
     report["stopped"] = stopped
-    report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs
-    write_report(output_dir / "report.json", report)
+    report["not_saved"] = not_saved
+    report["ok"] = report["ok"] and not survivors and not stopped and len(submitted) == options.jobs and not not_saved
+    try:
+        write_report(output_dir / "report.json", report)
+    except ReportNotWritten as exc:  # a full disk: the report is still printed, NOT OK, naming the file
+        report["not_saved"].append(str(exc))
+        report["ok"] = False
     return report
+
+
+def _ledger_not_saved(fleet: FleetBackend, path: Path) -> list[str]:
+    """The fleet's ledger, the run's money record, saved once more as the run ends: the fleet logs a save that
+    fails and goes on (a scaler must), which the demo must not call OK."""
+    try:
+        fleet.ledger.save(path)
+    except OSError as error:
+        return [f"cannot write {path}: {error.strerror}"]
+    return []
 
 
 async def _unless_interrupted(work: Coroutine[Any, Any, T]) -> T | None:

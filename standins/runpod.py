@@ -32,7 +32,7 @@ from standins.faults import FakeApi, Fault, fault_headers, proxy_error_page, rec
 API_PREFIX = "/v2"
 PROXY_PREFIX = "/proxy"
 DEFAULT_API_KEY = "rpa_fake_key"  # the fake's well-known test credential
-PORT_RULE = re.compile(r"^[0-9]{1,5}/(http|tcp|udp)$")
+PORT_RULE = re.compile(r"([0-9]{1,5})/(http|tcp|udp)")  # fullmatch: no trailing newline, as `$` allows
 CUDA_RULE = re.compile(r"[0-9]+\.[0-9]+")  # the schema's ^\d+\.\d+$ in ECMA-262: ASCII digits, no trailing newline
 SECRET_REFERENCE = re.compile(r"\{\{\s*RUNPOD_SECRET_([A-Za-z0-9_.-]+)\s*\}\}")
 CREATE_FIELDS = {
@@ -404,9 +404,10 @@ class FakeRunPod(FakeApi):
             raise ApiError(400, "CPU pods are not offered by this fake")
         if "templateId" in body:
             raise ApiError(404, f"template {body['templateId']} not found")
-        bad_ports = [p for p in body.get("ports", []) if not PORT_RULE.match(p)]
+        bad_ports = [p for p in body.get("ports", []) if not _port(p)]
         if bad_ports:
-            raise ApiError(400, f"ports must be formatted as port/protocol, got {bad_ports}")
+            raise ApiError(400, f"ports must be formatted as port/protocol, the port 1-65535, got {bad_ports}")
+        wanted = body.get("dataCenterIds") or []
         mounts = body.get("mounts") or {}
         if "persistent" in mounts and "network" in mounts:
             raise ApiError(400, "mounts.persistent and mounts.network are mutually exclusive")
@@ -414,16 +415,21 @@ class FakeRunPod(FakeApi):
             volume_id = mount["volumeId"]
             if volume_id not in self.network_volumes:
                 raise ApiError(400, f"network volume {volume_id} not found")
-            wanted = body.get("dataCenterIds") or []
             if wanted and self.network_volumes[volume_id] not in wanted:
                 raise ApiError(
                     400, f"network volume {volume_id} is in {self.network_volumes[volume_id]}, not in {wanted}"
                 )
+        if wanted and self.data_center not in wanted:  # the fake has hosts in its data center alone
+            raise ApiError(400, f"There are no longer any instances available in the requested data centers {wanted}")
         gpu = body["gpu"]
         if gpu.get("allowedCudaVersions") and "minCudaVersion" in gpu:
             raise ApiError(400, "gpu.allowedCudaVersions and gpu.minCudaVersion are mutually exclusive")
         if gpu["id"] not in GPU_TYPES:
             raise ApiError(400, f"unknown GPU type {gpu['id']!r}")
+        cloud = body.get("cloud", "SECURE")
+        most = GPU_TYPES[gpu["id"]]["maxCount"][cloud.lower()]  # the catalogue's: no host holds more
+        if gpu.get("count", 1) > most:
+            raise ApiError(400, f"gpu.count {gpu['count']}: a pod has at most {most} {gpu['id']} in {cloud}")
 
     def _check_capacity_and_balance(self, body: dict[str, Any]) -> None:
         if self.balance_usd is not None and self.billed_usd() >= self.balance_usd:
@@ -532,6 +538,12 @@ class FakeRunPod(FakeApi):
 def _ceil(seconds: float) -> int:
     whole = int(seconds)
     return whole if seconds - whole < 1e-9 else whole + 1
+
+
+def _port(text: str) -> bool:
+    """`<port>/<protocol>`, the port 1-65535."""
+    found = PORT_RULE.fullmatch(text)
+    return found is not None and 1 <= int(found[1]) <= 65535
 
 
 def _is_int(value: Any) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import secrets
 import time
@@ -128,6 +129,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number: not true/false, nor Infinity or NaN (which Python's json reads, and JSON has not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
@@ -186,7 +196,7 @@ def validate_scaling(scaling: Any) -> None:
     queue_load = triggers.get("queue_load")
     if queue_load is not None:
         threshold = _object(queue_load, "queue_load").get("threshold")
-        _require(isinstance(threshold, int | float) and threshold >= 1, "queue_load.threshold must be >= 1")
+        _require(_is_number(threshold) and threshold >= 1, "queue_load.threshold must be a number >= 1")
     for utilization in ("cpu_utilization", "gpu_utilization"):
         if triggers.get(utilization) is not None:
             enabled = _object(triggers[utilization], utilization).get("enabled")
@@ -203,9 +213,9 @@ def _validate_volume_mount(mount: Any) -> None:
         _require(mount["mount_path"] == SHM_PATH, "memory mounts must use /dev/shm")
         _require(_is_int(mount.get("size_in_mb")) and mount["size_in_mb"] > 0, "memory needs size_in_mb")
     if kind == "shared":
-        _require(bool(mount.get("volume_id")), "shared mounts need a volume_id")
+        _require(_text(mount.get("volume_id")), "shared mounts need a volume_id (a string)")
     if kind == "secret":
-        _require(bool(mount.get("secret_name")), "secret mounts need a secret_name")
+        _require(_text(mount.get("secret_name")), "secret mounts need a secret_name (a string)")
 
 
 class FakeVerda(FakeApi):

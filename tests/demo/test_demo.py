@@ -21,7 +21,6 @@ import pytest
 import demo.run
 from demo.cli import demo_parser, parse_demo_args, print_report
 from demo.replicas import free_loopback_port
-from demo.report import ReportNotWritten
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager import JobStore
 from queue_manager.server import QueueManagerServer
@@ -704,8 +703,8 @@ def test_a_folder_in_place_of_report_json_is_one_line_naming_it(tmp_path):
 
 @pytest.mark.timeout(120)
 async def test_a_report_json_that_cannot_be_written_at_the_end_says_where(tmp_path):
-    """A folder made in report.json's place while the demo runs, as a full disk would fail the write. Before: the
-    OSError of the write; now ReportNotWritten naming the file, which the command prints as one line."""
+    """A folder made in report.json's place while the demo runs. Before: ReportNotWritten, the report lost; now the
+    report names the file it could not write, and is NOT OK."""
     options = DemoOptions(jobs=1, users=1, bad_jobs=0, node_seconds=0, spread_s=0, max_replicas=1,
                           output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=60, live=False)
 
@@ -715,10 +714,47 @@ async def test_a_report_json_that_cannot_be_written_at_the_end_says_where(tmp_pa
         (tmp_path / "demo" / "report.json").mkdir()
 
     blocker = asyncio.create_task(block_the_report_once_a_replica_runs())
-    with pytest.raises(ReportNotWritten, match=f"cannot write {tmp_path / 'demo' / 'report.json'}: Is a directory"):
-        await run_demo(options)
+    report = await run_demo(options)
     await blocker
+    assert report["not_saved"] == [f"cannot write {tmp_path / 'demo' / 'report.json'}: Is a directory"], report
+    assert report["completed"] == 1 and report["ok"] is False
     assert list((tmp_path / "demo").glob(".report.json*")) == []
+
+
+# The demo, its files limited to 200 bytes once the results are fetched (its replicas stopped by then): each write
+# past that fails (EFBIG; Python ignores SIGXFSZ), as on a full disk.
+DEMO_ON_A_FULL_DISK = (
+    "import resource, sys\n"
+    "import demo.run\n"
+    "from demo.cli import main\n"
+    "fetch_results = demo.run.fetch_results\n"
+    "async def then_the_disk_is_full(*args, **kwargs):\n"
+    "    results = await fetch_results(*args, **kwargs)\n"
+    "    resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))\n"
+    "    return results\n"
+    "demo.run.fetch_results = then_the_disk_is_full\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_report_json_a_full_disk_refuses_is_named_and_the_report_still_printed(tmp_path):
+    """Before: one line, `cannot write DIR/report.json: File too large`, and the report of the run was lost. Now the
+    report is printed, naming the file it could not write, NOT OK, exit 1."""
+    out = tmp_path / "demo"
+    run = subprocess.run(
+        [sys.executable, "-c", DEMO_ON_A_FULL_DISK, "demo", "--jobs", "1", "--bad-jobs", "0", "--spread-s", "0",
+         "--node-seconds", "0", "--max-replicas", "1", "--idle-to-zero-s", "1", "--no-live", "--timeout-s", "90",
+         "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    printed = " ".join(run.stdout.split())
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "jobs: 1 submitted, 1 completed, 0 failed" in printed, (printed, run.stderr[-3000:])
+    assert f"not saved: cannot write {out / 'report.json'}: File too large" in printed, printed
+    assert printed.endswith("NOT OK") and run.returncode == 1, printed
+    assert not (out / "report.json").exists() and list(out.glob(".report.json*")) == []
 
 
 # write_report in a process whose files may hold no more than `limit` bytes: killed (SIGXFSZ) the moment a write
@@ -928,3 +964,23 @@ def test_a_job_a_scale_down_handed_back_under_its_own_id_is_counted_as_requeued(
         span_s=10.0, price_per_hour=1.0, replica_starts=1, outputs="o", results={"failed": 0}, replicas_at_end=0,
     )
     assert report["requeued_by_scale_down"] == 2
+
+
+@pytest.mark.timeout(120)
+async def test_a_ledger_json_that_cannot_be_written_makes_the_demo_not_ok_naming_it(tmp_path, capsys):
+    """ledger.json, the run's money record, with a folder in its place (a full disk fails it alike). Before: the
+    fleet logged each failed save and went on, and the demo said OK; now NOT OK, naming the file."""
+    ledger = tmp_path / "demo" / "ledger.json"
+    ledger.mkdir(parents=True)
+    options = DemoOptions(
+        jobs=1, users=1, bad_jobs=0, max_replicas=1, node_seconds=0.0, spread_s=0.0,
+        output_dir=tmp_path / "demo", idle_to_zero_s=1.0, timeout_s=100, live=False, providers=("local",),
+    )
+    report = await run_demo(options)
+    print_report(report, tmp_path / "demo" / "report.json")
+    out = " ".join(capsys.readouterr().out.split())
+
+    assert report["completed"] == 1 and report["orphan_processes"] == [] and not report["stopped"], report
+    assert report["not_saved"] == [f"cannot write {ledger}: Is a directory"], report
+    assert report["ok"] is False and json.loads((tmp_path / "demo" / "report.json").read_text()) == report
+    assert f"not saved: cannot write {ledger}: Is a directory" in out and out.endswith("NOT OK"), out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -77,6 +78,41 @@ async def test_verda_refuses_a_volume_mount_type_that_is_no_string_with_its_400(
         assert fake.deployments == {}
 
 
+@pytest.mark.parametrize("threshold", ["true", "Infinity", "1e999"])
+async def test_verda_refuses_a_queue_load_threshold_that_is_no_finite_number_with_its_400(
+    threshold: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: true (a bool is an int to Python) and Infinity (which Python's json reads, and JSON has not) were a
+    threshold >= 1, and the deployment was created; Verda's API refuses both."""
+    body = json.dumps(VERDA_DEPLOYMENT).replace('"threshold": 1', f'"threshold": {threshold}')
+    async with FakeVerda() as fake:
+        headers = {**await verda_headers(fake, http), "Content-Type": "application/json"}
+        async with http.post(f"{fake.url}/container-deployments", data=body, headers=headers) as answer:
+            assert answer.status == 400
+            assert await answer.json() == {"code": "invalid_request",
+                                           "message": "queue_load.threshold must be a number >= 1"}
+        assert fake.deployments == {}
+
+
+@pytest.mark.parametrize(("mount", "message"), [
+    ({"type": "shared", "mount_path": "/models", "volume_id": 7}, "shared mounts need a volume_id (a string)"),
+    ({"type": "shared", "mount_path": "/models", "volume_id": ["vol-1"]}, "shared mounts need a volume_id (a string)"),
+    ({"type": "secret", "mount_path": "/keys", "secret_name": {"name": "s"}},
+     "secret mounts need a secret_name (a string)"),
+])  # fmt: skip
+async def test_verda_refuses_a_volume_or_secret_of_a_mount_that_is_no_string_with_its_400(
+    mount: dict, message: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: any truthy value named the volume (a number, a list), and the deployment was created."""
+    deployment = {**VERDA_DEPLOYMENT, "containers": [{**VERDA_DEPLOYMENT["containers"][0], "volume_mounts": [mount]}]}
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
+            assert answer.status == 400
+            assert await answer.json() == {"code": "invalid_request", "message": message}
+        assert fake.deployments == {}
+
+
 # "²": str.isdigit says yes; 5,000 digits: more than int() reads (sys.get_int_max_str_digits, 4,300), a 500 before.
 @pytest.mark.parametrize("timeout", ["²", "9" * 5000, "0" * 5000 + "1"])
 async def test_verda_refuses_a_delete_timeout_of_digits_int_cannot_read_with_its_400(
@@ -105,3 +141,50 @@ async def test_runpod_refuses_a_cuda_version_its_schema_pattern_refuses(gpu: dic
         assert answer.status == 422
         assert any(error.startswith("/gpu/") for error in (await answer.json(content_type=None))["errors"])
         assert fake.pods == {}
+
+
+RUNPOD_POD = {"name": "worker", "image": "ghcr.io/org/worker:1.0.0", "gpu": {"id": "NVIDIA L40S", "count": 1}}
+
+
+@pytest.mark.parametrize(("cloud", "count"), [("SECURE", 9), ("COMMUNITY", 16)])
+async def test_runpod_refuses_more_gpus_than_a_pod_of_that_type_can_have_with_its_400(
+    cloud: str, count: int, http: aiohttp.ClientSession
+) -> None:
+    """The catalogue's maxCount (8 for each GPU type of the fake). Before: 9 to 16 GPUs a pod (what the deploy
+    takes) were created and billed, where RunPod has no such host."""
+    body = {**RUNPOD_POD, "cloud": cloud, "gpu": {"id": "NVIDIA L40S", "count": count}}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", json=body, headers=headers) as answer:
+        assert answer.status == 400
+        detail = (await answer.json(content_type=None))["detail"]
+        assert detail == f"gpu.count {count}: a pod has at most 8 NVIDIA L40S in {cloud}"
+        assert fake.pods == {}
+
+
+@pytest.mark.parametrize("port", ["0/http", "70000/http", "8000/http\n"])
+async def test_runpod_refuses_a_port_no_host_can_expose_with_its_400(port: str, http: aiohttp.ClientSession) -> None:
+    """Before: any 1-5 digits passed (0, 70000), and a trailing newline too (Python's `$` allows one), and the pod
+    was created exposing them."""
+    body = {**RUNPOD_POD, "ports": ["8188/http", port]}
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", json=body, headers=headers) as answer:
+        assert answer.status == 400
+        detail = (await answer.json(content_type=None))["detail"]
+        assert detail == f"ports must be formatted as port/protocol, the port 1-65535, got {[port]}"
+        assert fake.pods == {}
+
+
+async def test_runpod_places_a_pod_only_in_a_data_center_it_was_asked_for(http: aiohttp.ClientSession) -> None:
+    """The fake's hosts are in US-TX-3. Before: a pod asked for in EU-RO-1 was created there all the same, its
+    dataCenterId US-TX-3; now the 400 of a data center without room, as RunPod places a pod only where asked."""
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    async with FakeRunPod(data_center="US-TX-3") as fake:
+        async with http.post(f"{fake.url}/pods", json={**RUNPOD_POD, "dataCenterIds": ["EU-RO-1"]},
+                             headers=headers) as answer:
+            assert answer.status == 400
+            assert "EU-RO-1" in (await answer.json(content_type=None))["detail"]
+            assert fake.pods == {}
+        async with http.post(f"{fake.url}/pods", json={**RUNPOD_POD, "dataCenterIds": ["EU-RO-1", "US-TX-3"]},
+                             headers=headers) as answer:
+            assert answer.status == 201
+            assert (await answer.json())["dataCenterId"] == "US-TX-3"
