@@ -101,6 +101,12 @@ async def test_a_job_carrying_images_loads_them_and_completes(qm, comfy, make_wo
         ([{"name": "x" * 129, "image": "AAAA"}], "metadata.images[0].name: 129 characters, at most 128"),
         ([{"name": "a.png", "image": "AAAA"}, {"name": "a.png", "image": "AAAA"}],
          "metadata.images[1].name: 'a.png' is named twice"),
+        ([{"name": "alice", "image": "AAAA"}, {"name": "alice/a.png", "image": "AAAA"}],
+         "metadata.images[1].name: 'alice/a.png' and metadata.images[0].name 'alice' make 'alice' both a file and "
+         "a folder"),
+        ([{"name": "alice/a.png", "image": "AAAA"}, {"name": "alice", "image": "AAAA"}],
+         "metadata.images[1].name: 'alice' and metadata.images[0].name 'alice/a.png' make 'alice' both a file and "
+         "a folder"),
         ([{"name": f"{n}.png", "image": "AAAA"} for n in range(17)], "metadata.images: 17 images, at most 16"),
         ([{"name": "a.png", "image": "not base64!"}], "metadata.images[0].image: not base64"),
         ([{"name": "a.png", "image": "AAA"}], "metadata.images[0].image: not base64"),
