@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import httpx
 import structlog
 
 from worker.comfyui import (
@@ -26,6 +27,7 @@ from worker.comfyui import (
     MAX_COMFYUI_MESSAGE_BYTES,
     MIN_QUESTION_S,
     ComfyUIClient,
+    ComfyUIServerError,
     ComfyUIUnavailable,
     EventSocket,
     ReplyTooLarge,
@@ -175,7 +177,7 @@ class PromptRun:
         self._cached_nodes: set[str] = set()
         self._interrupt_sent = False
         self._warnings: list[str] = []
-        self.uploaded: list[InputImage] = []  # the images ComfyUI saved for this attempt, to delete once it is over
+        self.uploaded: list[InputImage] = []  # what ComfyUI saved (or may have) for this attempt, to delete once over
 
     @property
     def executed_outputs(self) -> dict[str, Any]:
@@ -217,6 +219,8 @@ class PromptRun:
             except UploadRefused as exc:
                 raise UploadRefused(f"metadata.images[{index}] {image.name!r}: {exc}") from None
             except ComfyUIUnavailable as exc:
+                if not isinstance(exc, ComfyUIServerError) and not isinstance(exc.__cause__, httpx.ConnectError):
+                    self.uploaded.append(image)  # sent, its answer lost: ComfyUI may have saved it
                 raise type(exc)(f"uploading metadata.images[{index}] {image.name!r}: {exc}") from None
         log.info("Input images uploaded to ComfyUI", images=len(images), bytes=sum(len(i.data) for i in images),
                  seconds=round(time.monotonic() - started, 3))

@@ -67,6 +67,13 @@ def input_images(metadata: dict[str, Any]) -> tuple[InputImage, ...]:
         name = _checked_name(entry["name"], f"{where}.name")
         if any(image.name == name for image in images):
             raise InvalidImages(f"{where}.name: {name!r} is named twice")
+        folder = name.rpartition("/")[0]
+        for other, image in enumerate(images):  # ComfyUI cannot save a file and a folder of one name: HTTP 500
+            if name == image.subfolder or (folder and folder == image.name):
+                raise InvalidImages(
+                    f"{where}.name: {name!r} and metadata.images[{other}].name {image.name!r} make "
+                    f"{folder or name!r} both a file and a folder"
+                )
         text = entry["image"]
         if not isinstance(text, str):
             raise InvalidImages(f"{where}.image: must be a base64 string, got {type(text).__name__}")

@@ -144,6 +144,11 @@ class Reporter:
             answer = await self.queue.release_job(report.job_id, reason, attempt=report.attempt, cause=report.cause)
         except RouteUnknown:
             return await self._resubmit(report, reason)
+        except ValueError:  # a 200 that is not JSON: a proxy's page
+            answer = None
+        if not isinstance(answer, dict):
+            raise ReportRejected(f"release-job for job {report.job_id} answered HTTP 200 with no JSON object: the "
+                                 "queue manager's answer did not reach the worker")
         if answer.get("status") == "failed":
             log.warning(f"Job {report.job_id} failed",
                         error=stored_error(f"gave up after {report.attempt} attempts: {reason}"))

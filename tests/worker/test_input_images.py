@@ -101,6 +101,12 @@ async def test_a_job_carrying_images_loads_them_and_completes(qm, comfy, make_wo
         ([{"name": "x" * 129, "image": "AAAA"}], "metadata.images[0].name: 129 characters, at most 128"),
         ([{"name": "a.png", "image": "AAAA"}, {"name": "a.png", "image": "AAAA"}],
          "metadata.images[1].name: 'a.png' is named twice"),
+        ([{"name": "alice", "image": "AAAA"}, {"name": "alice/a.png", "image": "AAAA"}],
+         "metadata.images[1].name: 'alice/a.png' and metadata.images[0].name 'alice' make 'alice' both a file and "
+         "a folder"),
+        ([{"name": "alice/a.png", "image": "AAAA"}, {"name": "alice", "image": "AAAA"}],
+         "metadata.images[1].name: 'alice' and metadata.images[0].name 'alice/a.png' make 'alice' both a file and "
+         "a folder"),
         ([{"name": f"{n}.png", "image": "AAAA"} for n in range(17)], "metadata.images: 17 images, at most 16"),
         ([{"name": "a.png", "image": "not base64!"}], "metadata.images[0].image: not base64"),
         ([{"name": "a.png", "image": "AAA"}], "metadata.images[0].image: not base64"),
@@ -241,6 +247,20 @@ async def test_the_images_uploaded_before_comfyui_refused_one_are_deleted(qm, co
                                                                  "refused the image")  # fmt: skip
     assert [u.answer["name"] for u in comfy.uploads_received] == ["small.png"]
     assert list(comfy.input_dir.iterdir()) == []
+
+
+async def test_an_image_comfyui_saved_but_whose_answer_was_lost_is_deleted(qm, comfy, make_worker):
+    """The job is handed back, but the file ComfyUI wrote stays no more than a confirmed upload's would: a later job
+    on the replica naming alice/a.png would load alice's photo. Before: left in the input folder, with alice/."""
+    images = [{"name": "alice/a.png", "image": TINY}, {"name": "b.png", "image": TINY}]
+    job = qm.store.submit("alice", load_and_save("alice/a.png", "b.png"), metadata={"images": images})
+    comfy.lose_connections("/upload/image", carried_out=True)
+    assert await make_worker(comfyui_input_dir=comfy.input_dir, serverless_job_limit=1).run() == 0
+    assert qm.reports.landed(job.id)[0].body["error"].startswith(
+        "Handed back: ComfyUI unavailable while submitting the workflow: uploading metadata.images[0] 'alice/a.png'"
+    )
+    assert [u.answer for u in comfy.uploads_received] == [{"name": "a.png", "subfolder": "alice", "type": "input"}]
+    assert list(comfy.input_dir.rglob("*")) == []
 
 
 async def test_an_image_another_client_replaced_since_the_upload_is_kept(qm, comfy, make_worker):
