@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from common.logs import configure_logging, scrub
+from common.text import escape_controls
 from common.urls import direct_transport, redact_url
 from demo.providers import PROVIDERS, parse_providers
 from demo.report import ReportNotWritten
@@ -209,7 +210,7 @@ def shown(text: str) -> str:
     """Text from a job or a peer (ComfyUI's error, a provider's) as the terminal shows it, not obeys it: rich markup
     and each character that is not printable (colours, a window title, a cleared screen, a line written over)
     escaped."""
-    return escape("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
+    return escape(escape_controls(text))
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:

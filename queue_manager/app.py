@@ -384,7 +384,10 @@ class QueueApi:
         self._steady_clock = steady_clock
         self._started_at = steady_clock()
         self._answers = BodyBudget(answers=True)
-        self._answers_full_log = LogThrottle(REFUSAL_LOG_EVERY_S)
+        self._answers_full_log = LogThrottle(
+            REFUSAL_LOG_EVERY_S,
+            report_held_back=lambda refused: log.warning("answer_budget_full_held_back", more_since_last=refused),
+        )
 
     @property
     def extensions(self) -> bool:
@@ -898,7 +901,10 @@ def _refused(request: web.Request, status: int, detail: str) -> web.Response:
 
 
 def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any:
-    full_log = LogThrottle(REFUSAL_LOG_EVERY_S)
+    full_log = LogThrottle(
+        REFUSAL_LOG_EVERY_S,
+        report_held_back=lambda refused: log.warning("request_body_budget_full_held_back", more_since_last=refused),
+    )
 
     @web.middleware
     async def bound_bodies_together(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -3,11 +3,13 @@
 An operator at 2 a.m. tells a worker with the wrong token (401/403 on every poll) from a client sending bad jobs
 (422) or a flood, without the tokens or the bodies: the line names the status, the route (never the raw path), the
 peer and the cause the client was given. A client can repeat a refusal thousands of times a second, so each status
-logs its first, then at most one a minute, telling how many more there were.
+logs its first, then at most one a minute, telling how many more there were (those of the last minute of a flood
+in one more line when that minute ends).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -50,11 +52,18 @@ def refusal_log_middleware(clock: Callable[[], float] = time.monotonic) -> Any:
     async def log_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         if 400 <= response.status < 500:
-            throttle = throttles.setdefault(response.status, LogThrottle(REFUSAL_LOG_EVERY_S, clock))
-            if (refused := throttle.occurred()) is not None:
+            if response.status not in throttles:
+                throttles[response.status] = LogThrottle(
+                    REFUSAL_LOG_EVERY_S, clock, report_held_back=functools.partial(_log_held_back, response.status)
+                )
+            if (refused := throttles[response.status].occurred()) is not None:
                 route = request.match_info.route.name or "no such route"
                 log.warning("Request refused", status=response.status, method=request.method, route=route,
                             peer=request.remote, cause=refusal_cause(response), more_since_last=refused - 1)
         return response
 
     return log_refusals
+
+
+def _log_held_back(status: int, refused: int) -> None:
+    log.warning("Request refused held back", status=status, more_since_last=refused)

@@ -19,7 +19,8 @@ SAVE_FAILED_LOG_EVERY_S = 600.0
 
 class SaveFailures:
     """The first failure is logged (``failed_event``, error), then at most one every SAVE_FAILED_LOG_EVERY_S with
-    how many more failed since; the first save that works again is logged once (``saved_event``)."""
+    how many more failed since (those of the last window that no later failure logs: ``failed_event`` +
+    ``_held_back`` when it ends); the first save that works again is logged once (``saved_event``)."""
 
     def __init__(self, failed_event: str, saved_event: str, hint: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -30,13 +31,17 @@ class SaveFailures:
 
     def failed(self, path: Path, error: Exception) -> None:
         if self._throttle is None:
-            self._throttle = LogThrottle(SAVE_FAILED_LOG_EVERY_S, self._clock)
+            self._throttle = LogThrottle(SAVE_FAILED_LOG_EVERY_S, self._clock, report_held_back=self._log_held_back)
         self._failures += 1
         if (since := self._throttle.occurred()) is not None:
             log.error(self._failed_event, path=str(path), error=error_text(error), more_since_last=since - 1,
                       hint=self._hint)
 
+    def _log_held_back(self, since: int) -> None:
+        log.error(self._failed_event + "_held_back", more_since_last=since)
+
     def saved(self, path: Path) -> None:
         if self._throttle is not None:
+            self._throttle.flush()  # before the line saying saves work again, not after it
             log.info(self._saved_event, path=str(path), failures=self._failures)
             self._throttle, self._failures = None, 0

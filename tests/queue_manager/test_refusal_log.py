@@ -11,6 +11,8 @@ from structlog.testing import capture_logs
 from queue_manager import QueueManagerServer
 from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, refusal_log_middleware
 
+from ..conftest import wait_for
+
 PARTICIPANTS = "participants-token-1"
 WORKERS = "workers-token-2"
 
@@ -56,3 +58,25 @@ async def test_a_flood_logs_one_line_per_minute_per_status_counting_the_rest() -
         now[0] += REFUSAL_LOG_EVERY_S
         await log_refusals(make_mocked_request("GET", "/api/queue/status?status=401"), refuse)
     assert [(line["status"], line["more_since_last"]) for line in refusals(logs)] == [(401, 0), (422, 0), (401, 999)]
+
+
+async def test_the_refusals_of_a_floods_last_minute_are_counted_when_it_ends() -> None:
+    """Only a refusal after the minute logged how many came before it: a burst of 37 401s that stopped within the
+    minute logged one line and "more_since_last=0", the other 36 counted nowhere."""
+    now = [1000.0]
+    log_refusals = refusal_log_middleware(clock=lambda: now[0])
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"detail": "Not authenticated"}, status=401)
+
+    with capture_logs() as logs:
+        await log_refusals(make_mocked_request("GET", "/api/queue/status"), refuse)
+        now[0] += REFUSAL_LOG_EVERY_S - 0.2  # the minute ends 0.2 s from now
+        for _ in range(36):
+            await log_refusals(make_mocked_request("GET", "/api/queue/status"), refuse)
+        await wait_for(lambda: any(line["event"] == "Request refused held back" for line in logs))
+    held_back = [line for line in logs if line["event"] == "Request refused held back"]
+    assert [(line["status"], line["more_since_last"], line["log_level"]) for line in held_back] == [
+        (401, 36, "warning")
+    ]
+    assert [line["more_since_last"] for line in refusals(logs)] == [0]

@@ -23,8 +23,9 @@ from scaler.metrics import MetricsServer, ScalerMetrics
 from scaler.policy import PolicyState, Reason, Replica, ScalingConfig
 from scaler.providers import BackendView
 from scaler.providers.verda.client import VerdaAPIError
+from scaler.save_failures import SAVE_FAILED_LOG_EVERY_S
 
-from ..conftest import ManualClock, run_as_nobody
+from ..conftest import ManualClock, run_as_nobody, wait_for
 from .conftest import StubBackend
 
 CONFIG = ScalingConfig(
@@ -406,6 +407,26 @@ async def test_a_state_file_that_cannot_be_written_is_logged_at_most_every_ten_m
     [again] = [entry for entry in logs if entry["event"] == "policy_state_saved_again"]
     assert again["failures"] == 41 and again["path"] == str(blocker / "scaler.json")
     assert load_policy_state(blocker / "scaler.json").applied == 1
+
+
+async def test_the_state_saves_failed_in_the_last_ten_minutes_of_a_failing_spell_are_counted_when_they_end(
+    make_loop, queue, clock, tmp_path
+):
+    """Only a failure after the ten minutes logged how many came before it: a disk full for 3 ticks logged the
+    first (more_since_last=0), the other 2 counted nowhere."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    loop = make_loop(state_file=blocker / "scaler.json")
+    queue.pending = 1
+    with capture_logs() as logs:
+        await loop.tick()
+        clock.advance(SAVE_FAILED_LOG_EVERY_S - 0.4)  # the ten minutes end 0.4 s from now
+        await loop.tick()
+        await loop.tick()
+        await wait_for(lambda: any(entry["event"] == "policy_state_save_failed_held_back" for entry in logs))
+    assert [entry["more_since_last"] for entry in logs if entry["event"] == "policy_state_save_failed"] == [0]
+    [held_back] = [entry for entry in logs if entry["event"] == "policy_state_save_failed_held_back"]
+    assert (held_back["more_since_last"], held_back["log_level"]) == (2, "error")
 
 
 async def test_a_tick_that_fails_unexpectedly_is_logged_and_the_loop_holds_and_goes_on(make_loop, backend, queue, wait):

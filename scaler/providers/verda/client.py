@@ -303,7 +303,11 @@ class VerdaClient:
         self._token: _Token | None = None
         self._retired_token: _Token | None = None
         self._token_request: asyncio.Task[_Token] | None = None  # the one under way, shared by every caller
-        self._short_lifetime_warnings = LogThrottle(TOKEN_WARN_EVERY_S, clock)
+        self._short_lifetime_warnings = LogThrottle(
+            TOKEN_WARN_EVERY_S,
+            clock,
+            report_held_back=lambda since: log.warning("verda_token_lifetime_short_held_back", more_since_last=since),
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True, transport=direct_transport(base_url)
         )

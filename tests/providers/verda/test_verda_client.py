@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from common.logs import error_text
 from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.backend import VerdaBackend
-from scaler.providers.verda.client import VerdaAPIError, VerdaClient, check_deployment_name
+from scaler.providers.verda.client import TOKEN_WARN_EVERY_S, VerdaAPIError, VerdaClient, check_deployment_name
 from standins.verda import CONTAINER_TYPES, FakeVerda
 
 from ...conftest import wait_for
@@ -553,3 +553,22 @@ async def test_an_answer_nested_past_the_json_parser_is_an_error_naming_verda(ne
             await client.list_deployments()
     finally:
         await client.aclose()
+
+
+async def test_short_token_lifetimes_of_the_warnings_last_hour_are_counted_when_it_ends(
+    fake: FakeVerda, verda: VerdaClient, clock
+) -> None:
+    """Only a short token after the hour logged how many came before it: 1 + 3 short tokens within the hour
+    logged one line (more_since_last=0), the other 3 counted nowhere."""
+    fake.token_ttl_s = 30
+    with capture_logs() as logs:
+        await verda.list_deployments()
+        clock.advance(TOKEN_WARN_EVERY_S - 0.3)  # the token has expired; the hour ends 0.3 s from now
+        await verda.list_deployments()
+        for _ in range(2):
+            fake.expire_tokens()  # refused: renewed at once
+            await verda.list_deployments()
+        await wait_for(lambda: any(entry["event"] == "verda_token_lifetime_short_held_back" for entry in logs))
+    assert [entry["more_since_last"] for entry in logs if entry["event"] == "verda_token_lifetime_short"] == [0]
+    [held_back] = [entry for entry in logs if entry["event"] == "verda_token_lifetime_short_held_back"]
+    assert (held_back["more_since_last"], held_back["log_level"]) == (3, "warning")
