@@ -316,9 +316,10 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
         await stop.wait()
         log.info("queue_manager_stopping")
     finally:
+        await server.stop()  # a second signal meanwhile only sets `stop` again: the stop runs to its end
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await server.stop()
+            signal.signal(signum, signal.SIG_IGN)  # nothing is left to stop: their default would end the exit
 
 
 def main(argv: list[str] | None = None) -> int:

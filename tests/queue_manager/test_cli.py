@@ -352,3 +352,37 @@ async def test_a_link_planted_as_the_db_lock_is_not_followed(tmp_path: Path) -> 
         lock_database(db)
     [warning] = [line for line in logs if line["event"] == "database_lock_not_taken"]
     assert warning["path"] == f"{db}.lock" and "a second queue manager" in warning["hint"]
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+async def test_a_second_signal_while_stopping_lets_the_stop_finish(tmp_path: Path, second: int) -> None:
+    """Before: the stop signals' handlers were removed as the stop began, so a second Ctrl-C while requests in flight
+    were finishing (up to 5 s) ended it in a KeyboardInterrupt traceback, and a second SIGTERM killed it (-15),
+    neither saying queue_manager_stopped nor closing the database."""
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), env={"LOG_FORMAT": "json"})
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        async with asyncio.timeout(20):
+            _, in_flight = await asyncio.open_connection(host, int(port))  # a body that never comes: the stop waits
+            in_flight.write(b"POST /api/jobs HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 100\r\n\r\n{")
+            await in_flight.drain()
+            process.send_signal(signal.SIGTERM)
+            while True:  # the listener is closed inside the stop, before it waits for the request in flight
+                try:
+                    _, probe = await asyncio.open_connection(host, int(port))
+                except ConnectionRefusedError:
+                    break
+                probe.close()
+                await asyncio.sleep(0.02)
+            process.send_signal(second)
+            output = (await process.stdout.read()).decode()
+            code = await process.wait()
+            in_flight.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert [json.loads(line)["event"] for line in output.splitlines()][-1] == "queue_manager_stopped"
