@@ -386,3 +386,23 @@ async def test_a_second_signal_while_stopping_lets_the_stop_finish(tmp_path: Pat
     assert code == 0, output
     assert "Traceback" not in output
     assert [json.loads(line)["event"] for line in output.splitlines()][-1] == "queue_manager_stopped"
+
+
+async def test_a_fifo_in_place_of_the_db_lock_never_holds_a_second_queue_manager(tmp_path: Path) -> None:
+    """The second one read the first's id from the lock file to name it: from a FIFO planted in its place (a shared
+    folder), empty, that read waited for good, and the second queue manager neither served nor exited."""
+    db = tmp_path / "q.db"
+    os.mkfifo(f"{db}.lock")
+    first, _ = await start_cli("--db", str(db), env={"LOG_FORMAT": "json"})
+    try:
+        code, err = await run_module_to_exit(
+            "queue_manager", "--port", "0", "--db", str(db), env={**os.environ, "LOG_FORMAT": "json"}, cwd=REPO,
+            timeout_s=20,
+        )  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await first.communicate()
+    assert code == 1, err
+    [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
+    assert failed["error"] == f"--db {db} is served by another queue manager (pid unknown, holding {db}.lock)"
