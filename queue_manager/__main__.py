@@ -137,6 +137,17 @@ def _database_file(text: str) -> str:
     return text
 
 
+def _path_to(what: str) -> Callable[[str], Path]:
+    """A path flag's type, never blank: Path("") is ".", the folder the queue manager was started in."""
+
+    def path(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty: name {what}, or leave the flag out")
+        return Path(text)
+
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-serverless queue",
@@ -202,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--participants-file",
-        type=Path,
+        type=_path_to("the participants file"),
         metavar="PATH",
         default=None,
         help=f"with --token: each participant's own token, by its hash; each sees and cancels only their jobs; "
@@ -210,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--outputs-dir",
-        type=Path,
+        type=_path_to("the folder where the workers' OUTPUTS_PATH volume is mounted"),
         metavar="PATH",
         default=None,
         help=f"where the workers' OUTPUTS_PATH volume is mounted (read-write: a job the retention deletes has its "

@@ -272,6 +272,19 @@ async def test_a_blank_host_exits_2_rather_than_binding_every_interface(tmp_path
     assert "argument --host: is empty: name the address to bind" in err
 
 
+@pytest.mark.parametrize("flag", ["--outputs-dir", "--participants-file"])
+async def test_a_blank_path_flag_exits_2_rather_than_naming_the_current_folder(tmp_path: Path, flag: str) -> None:
+    """Before: --outputs-dir "$UNSET" served job outputs from the folder the queue manager was started in, and its
+    orphan sweep deleted job-like folders there; --participants-file "" said only "participants file .: is not a
+    regular file"."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--token", "operator-token-1", flag, "",
+        env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path, timeout_s=10,
+    )  # fmt: skip
+    assert code == 2, err
+    assert f"argument {flag}: is empty: name" in err
+
+
 @pytest.mark.parametrize("host", ["h" * 64, "a..b"], ids=["label-too-long", "empty-label"])
 async def test_a_host_no_resolver_takes_exits_2_without_a_traceback(tmp_path: Path, host: str) -> None:
     """Before: the server's start ended in an uncaught UnicodeError (label too long / empty), logged critical with
