@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import math
 import signal
 import sqlite3
@@ -393,12 +394,18 @@ def main(argv: list[str] | None = None) -> int:
                 "files beside it)" if getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN" else "")
         log.error("queue_manager_failed", error=f"--db {args.db}: {exc}{hint}")
         return 2
-    except OSError as exc:  # the port is taken (a second queue manager?), or --host is not this machine's
-        log.error("queue_manager_failed", error=str(exc),
-                  hint=f"another process listens on {args.host}:{args.port}: stop it, or choose another --port "
-                  "(and point the workers' QUEUE_MANAGER_URL at it); --host must be an address of this machine")
+    except OSError as exc:  # the port is taken (a second queue manager?) or privileged, or --host is not ours
+        log.error("queue_manager_failed", error=str(exc), hint=_bind_hint(exc, args.host, args.port))
         return 1
     return 0
+
+
+def _bind_hint(exc: OSError, host: str, port: int) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"port {port} is one only root (or a process with CAP_NET_BIND_SERVICE) may listen on: choose "
+                "--port 1024 or above (and point the workers' QUEUE_MANAGER_URL at it)")
+    return (f"another process listens on {host}:{port}: stop it, or choose another --port (and point the "
+            "workers' QUEUE_MANAGER_URL at it); --host must be an address of this machine")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import resource
@@ -313,6 +314,32 @@ async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) ->
     assert "address already in use" in failed["error"]
     assert f"127.0.0.1:{port}" in failed["hint"] and "--port" in failed["hint"]
     assert "Traceback" not in err
+
+
+CAP_NET_BIND_SERVICE = 10  # linux/capability.h
+PR_CAPBSET_DROP = 24  # linux/prctl.h
+
+
+def binding_as_any_user() -> None:
+    """In the queue manager's process: root without this capability binds ports as any user does."""
+    if os.geteuid() == 0 and ctypes.CDLL(None).prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE)")
+
+
+@pytest.mark.skipif(int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 1,
+                    reason="any user may bind any port here (net.ipv4.ip_unprivileged_port_start)")
+async def test_a_privileged_port_exits_1_saying_so_not_that_another_process_has_it(tmp_path: Path) -> None:
+    """Before: --port 80 as a user that may not bind it said "another process listens on 127.0.0.1:80: stop it",
+    sending the operator after a process that does not exist."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "1", "--db", str(tmp_path / "q.db"), env={**os.environ, "LOG_FORMAT": "json"},
+        cwd=REPO, timeout_s=20, preexec_fn=binding_as_any_user,
+    )  # fmt: skip
+    assert code == 1, err
+    [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
+    assert "permission denied" in failed["error"]
+    assert "another process" not in failed["hint"]
+    assert "--port 1024 or above" in failed["hint"]
 
 
 async def test_a_second_queue_manager_on_the_same_db_exits_1_naming_the_first_until_that_one_is_killed(
