@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import math
 import signal
 import sqlite3
@@ -137,6 +138,17 @@ def _database_file(text: str) -> str:
     return text
 
 
+def _path_to(what: str) -> Callable[[str], Path]:
+    """A path flag's type, never blank: Path("") is ".", the folder the queue manager was started in."""
+
+    def path(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty: name {what}, or leave the flag out")
+        return Path(text)
+
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-serverless queue",
@@ -202,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--participants-file",
-        type=Path,
+        type=_path_to("the participants file"),
         metavar="PATH",
         default=None,
         help=f"with --token: each participant's own token, by its hash; each sees and cancels only their jobs; "
@@ -210,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--outputs-dir",
-        type=Path,
+        type=_path_to("the folder where the workers' OUTPUTS_PATH volume is mounted"),
         metavar="PATH",
         default=None,
         help=f"where the workers' OUTPUTS_PATH volume is mounted (read-write: a job the retention deletes has its "
@@ -316,9 +328,10 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
         await stop.wait()
         log.info("queue_manager_stopping")
     finally:
+        await server.stop()  # a second signal meanwhile only sets `stop` again: the stop runs to its end
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await server.stop()
+            signal.signal(signum, signal.SIG_IGN)  # nothing is left to stop: their default would end the exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,12 +394,18 @@ def main(argv: list[str] | None = None) -> int:
                 "files beside it)" if getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN" else "")
         log.error("queue_manager_failed", error=f"--db {args.db}: {exc}{hint}")
         return 2
-    except OSError as exc:  # the port is taken (a second queue manager?), or --host is not this machine's
-        log.error("queue_manager_failed", error=str(exc),
-                  hint=f"another process listens on {args.host}:{args.port}: stop it, or choose another --port "
-                  "(and point the workers' QUEUE_MANAGER_URL at it); --host must be an address of this machine")
+    except OSError as exc:  # the port is taken (a second queue manager?) or privileged, or --host is not ours
+        log.error("queue_manager_failed", error=str(exc), hint=_bind_hint(exc, args.host, args.port))
         return 1
     return 0
+
+
+def _bind_hint(exc: OSError, host: str, port: int) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"port {port} is one only root (or a process with CAP_NET_BIND_SERVICE) may listen on: choose "
+                "--port 1024 or above (and point the workers' QUEUE_MANAGER_URL at it)")
+    return (f"another process listens on {host}:{port}: stop it, or choose another --port (and point the "
+            "workers' QUEUE_MANAGER_URL at it); --host must be an address of this machine")
 
 
 if __name__ == "__main__":

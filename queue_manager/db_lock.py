@@ -27,7 +27,8 @@ def lock_database(db: str | Path) -> None:
     try:
         path = Path(f"{Path(db).resolve()}.lock")
         # O_NOFOLLOW: a link planted in its place would have its target truncated (the id is written over it).
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        # O_NONBLOCK: a FIFO planted there, empty, held the read of the holder's id for good.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links; ELOOP: <db>.lock is a link
         log.warning("database_lock_not_taken", path=f"{db}.lock", error=f"{type(exc).__name__}: {exc}",
                     hint="a second queue manager on this --db would not be refused: remove what is in its place")
@@ -35,7 +36,11 @@ def lock_database(db: str | Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 20).decode(errors="replace").strip() or "unknown"  # empty: it is writing it now
+        try:
+            said = os.read(fd, 20)
+        except BlockingIOError:  # a FIFO with nothing in it
+            said = b""
+        holder = said.decode(errors="replace").strip() or "unknown"  # empty: it is writing it now
         os.close(fd)
         raise DatabaseInUse(f"--db {db} is served by another queue manager (pid {holder}, holding {path})") from None
     with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, only the id is missing

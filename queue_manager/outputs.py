@@ -219,19 +219,25 @@ class OutputFileResponse(web.FileResponse):
 
     async def _sendfile(self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int) -> AbstractStreamWriter:
         """FileResponse's, `slice_bytes` at a time, each within `stall_timeout_s`, else the connection is closed: a
-        client that stopped reading held its connection and the open file for good (aiohttp has no write timeout)."""
+        client that stopped reading held its connection and the open file for good (aiohttp has no write timeout).
+        Closed too when the file ends before the length announced."""
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None
         loop, transport = asyncio.get_running_loop(), request.transport
         for start in range(offset, offset + count, self._slice_bytes):
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("Connection lost")
+            size = min(self._slice_bytes, offset + count - start)
             try:
                 async with asyncio.timeout(self._stall_timeout_s):
-                    await loop.sendfile(transport, fobj, start, min(self._slice_bytes, offset + count - start))
+                    sent = await loop.sendfile(transport, fobj, start, size)
             except TimeoutError:
                 log.info("output_write_stalled", path=request.path, bytes_sent=start - offset, bytes=count,
                          timeout_s=self._stall_timeout_s)
+                transport.abort()
+                return writer
+            if sent < size:  # truncated on the volume meanwhile: the client would wait for the rest until idle
+                log.warning("output_shrank", path=request.path, bytes_sent=start - offset + sent, bytes=count)
                 transport.abort()
                 return writer
         await web.StreamResponse.write_eof(self)

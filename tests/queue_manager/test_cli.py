@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import resource
@@ -272,6 +273,19 @@ async def test_a_blank_host_exits_2_rather_than_binding_every_interface(tmp_path
     assert "argument --host: is empty: name the address to bind" in err
 
 
+@pytest.mark.parametrize("flag", ["--outputs-dir", "--participants-file"])
+async def test_a_blank_path_flag_exits_2_rather_than_naming_the_current_folder(tmp_path: Path, flag: str) -> None:
+    """Before: --outputs-dir "$UNSET" served job outputs from the folder the queue manager was started in, and its
+    orphan sweep deleted job-like folders there; --participants-file "" said only "participants file .: is not a
+    regular file"."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), "--token", "operator-token-1", flag, "",
+        env={**os.environ, "LOG_FORMAT": "json"}, cwd=tmp_path, timeout_s=10,
+    )  # fmt: skip
+    assert code == 2, err
+    assert f"argument {flag}: is empty: name" in err
+
+
 @pytest.mark.parametrize("host", ["h" * 64, "a..b"], ids=["label-too-long", "empty-label"])
 async def test_a_host_no_resolver_takes_exits_2_without_a_traceback(tmp_path: Path, host: str) -> None:
     """Before: the server's start ended in an uncaught UnicodeError (label too long / empty), logged critical with
@@ -300,6 +314,32 @@ async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) ->
     assert "address already in use" in failed["error"]
     assert f"127.0.0.1:{port}" in failed["hint"] and "--port" in failed["hint"]
     assert "Traceback" not in err
+
+
+CAP_NET_BIND_SERVICE = 10  # linux/capability.h
+PR_CAPBSET_DROP = 24  # linux/prctl.h
+
+
+def binding_as_any_user() -> None:
+    """In the queue manager's process: root without this capability binds ports as any user does."""
+    if os.geteuid() == 0 and ctypes.CDLL(None).prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE)")
+
+
+@pytest.mark.skipif(int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 1,
+                    reason="any user may bind any port here (net.ipv4.ip_unprivileged_port_start)")
+async def test_a_privileged_port_exits_1_saying_so_not_that_another_process_has_it(tmp_path: Path) -> None:
+    """Before: --port 80 as a user that may not bind it said "another process listens on 127.0.0.1:80: stop it",
+    sending the operator after a process that does not exist."""
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "1", "--db", str(tmp_path / "q.db"), env={**os.environ, "LOG_FORMAT": "json"},
+        cwd=REPO, timeout_s=20, preexec_fn=binding_as_any_user,
+    )  # fmt: skip
+    assert code == 1, err
+    [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
+    assert "permission denied" in failed["error"]
+    assert "another process" not in failed["hint"]
+    assert "--port 1024 or above" in failed["hint"]
 
 
 async def test_a_second_queue_manager_on_the_same_db_exits_1_naming_the_first_until_that_one_is_killed(
@@ -352,3 +392,57 @@ async def test_a_link_planted_as_the_db_lock_is_not_followed(tmp_path: Path) -> 
         lock_database(db)
     [warning] = [line for line in logs if line["event"] == "database_lock_not_taken"]
     assert warning["path"] == f"{db}.lock" and "a second queue manager" in warning["hint"]
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+async def test_a_second_signal_while_stopping_lets_the_stop_finish(tmp_path: Path, second: int) -> None:
+    """Before: the stop signals' handlers were removed as the stop began, so a second Ctrl-C while requests in flight
+    were finishing (up to 5 s) ended it in a KeyboardInterrupt traceback, and a second SIGTERM killed it (-15),
+    neither saying queue_manager_stopped nor closing the database."""
+    process, url = await start_cli("--db", str(tmp_path / "q.db"), env={"LOG_FORMAT": "json"})
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        async with asyncio.timeout(20):
+            _, in_flight = await asyncio.open_connection(host, int(port))  # a body that never comes: the stop waits
+            in_flight.write(b"POST /api/jobs HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 100\r\n\r\n{")
+            await in_flight.drain()
+            process.send_signal(signal.SIGTERM)
+            while True:  # the listener is closed inside the stop, before it waits for the request in flight
+                try:
+                    _, probe = await asyncio.open_connection(host, int(port))
+                except ConnectionRefusedError:
+                    break
+                probe.close()
+                await asyncio.sleep(0.02)
+            process.send_signal(second)
+            output = (await process.stdout.read()).decode()
+            code = await process.wait()
+            in_flight.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert [json.loads(line)["event"] for line in output.splitlines()][-1] == "queue_manager_stopped"
+
+
+async def test_a_fifo_in_place_of_the_db_lock_never_holds_a_second_queue_manager(tmp_path: Path) -> None:
+    """The second one read the first's id from the lock file to name it: from a FIFO planted in its place (a shared
+    folder), empty, that read waited for good, and the second queue manager neither served nor exited."""
+    db = tmp_path / "q.db"
+    os.mkfifo(f"{db}.lock")
+    first, _ = await start_cli("--db", str(db), env={"LOG_FORMAT": "json"})
+    try:
+        code, err = await run_module_to_exit(
+            "queue_manager", "--port", "0", "--db", str(db), env={**os.environ, "LOG_FORMAT": "json"}, cwd=REPO,
+            timeout_s=20,
+        )  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await first.communicate()
+    assert code == 1, err
+    [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
+    assert failed["error"] == f"--db {db} is served by another queue manager (pid unknown, holding {db}.lock)"

@@ -416,6 +416,28 @@ async def test_a_download_left_unread_is_cut_off_and_its_file_closed(
     assert (await client.get(output_url(job_id, large), headers=bearer(tokens["alice"]))).content == big
 
 
+async def test_a_file_cut_short_while_it_is_sent_ends_the_download_at_once(
+    queue: QueueManagerServer, client: httpx.AsyncClient, volume: Path, tokens: dict[str, str],
+) -> None:
+    """A file truncated on the volume while it was sent: the rest of the Content-Length never came, the connection
+    stayed open, and the client waited for it until the queue manager closed the connection (60 s measured)."""
+    big = os.urandom(1 << 20) * 32
+    job_id, [large] = await completed_job(queue, client, "alice", {"b.mp4": big})
+    received = 0
+    with capture_logs() as logs, pytest.raises(httpx.RemoteProtocolError):
+        async with (
+            httpx.AsyncClient(base_url=queue.url, timeout=10.0) as reading,
+            reading.stream("GET", output_url(job_id, large), headers=bearer(tokens["alice"])) as download,
+        ):  # fmt: skip
+            async for chunk in download.aiter_raw():
+                if not received:
+                    os.truncate(volume / large, 1000)
+                received += len(chunk)
+    assert received < len(big)
+    [shrank] = [line for line in logs if line["event"] == "output_shrank"]
+    assert shrank["bytes"] == len(big) and shrank["bytes_sent"] < len(big)
+
+
 PR_CAPBSET_DROP = 24  # linux/prctl.h
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h: what lets root read any file
 
