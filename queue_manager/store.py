@@ -718,7 +718,8 @@ class JobStore:
         of the wall clock moves the running jobs' start with it: no job ran for it. Not a job started after the
         step, before this pass, already on the new clock: forward, one the step would move past now; back, one
         started at a time earlier than one read before. A step forward moves the finished jobs' times and the
-        workers' last sightings too: they did not age by it (the retention deleted them early). A step back leaves
+        workers' last sightings too, but never past now: they did not age by it (the retention deleted them
+        early). A step back leaves
         them, kept longer: one finished after the step, before a pass saw it, would move back and be deleted
         early."""
         now = self._now()
@@ -738,10 +739,12 @@ class JobStore:
             if clock_step_s > 0:
                 conn.execute(
                     "UPDATE jobs SET completed_at = completed_at + ?1, started_at = started_at + ?1,"
-                    " lease_at = lease_at + ?1 WHERE status IN ('completed', 'failed', 'cancelled')",
-                    (clock_step_s,),
+                    " lease_at = lease_at + ?1 WHERE status IN ('completed', 'failed', 'cancelled')"
+                    " AND COALESCE(completed_at, lease_at, started_at) + ?1 <= ?2",
+                    (clock_step_s, now),
                 )
-                conn.execute("UPDATE workers SET last_seen = last_seen + ?", (clock_step_s,))
+                conn.execute("UPDATE workers SET last_seen = last_seen + ?1 WHERE last_seen + ?1 <= ?2",
+                             (clock_step_s, now))
         if clock_step_s:
             self._latest_read = now
             self._started_after_a_step_back.clear()
