@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import re
 import shutil
 import sqlite3
@@ -316,6 +317,10 @@ class JobStore:
         round_robin_window_s: float = 0,
     ) -> None:
         self._clock = clock
+        # The latest wall-clock time read, and the jobs started at an earlier one: on the clock stepped back, their
+        # start already counts on the new clock (see renew_all_leases).
+        self._latest_read = -math.inf
+        self._started_after_a_step_back: set[tuple[str, int]] = set()
         self.round_robin_window_s = round_robin_window_s
         self._temp_dir = None if db_path is not None else tempfile.mkdtemp(prefix="queue-manager-")
         self.path = Path(db_path) if db_path is not None else Path(self._temp_dir) / "queue.db"
@@ -333,6 +338,11 @@ class JobStore:
         # older version sharing the file never sees the column without the triggers or a finished job unnumbered.
         with self._transaction() as conn:
             self.numbered_on_open = _create_or_upgrade(conn)
+
+    def _now(self) -> float:
+        now = self._clock()
+        self._latest_read = max(self._latest_read, now)
+        return now
 
     def close(self) -> None:
         with self._lock:
@@ -392,7 +402,7 @@ class JobStore:
                     int(priority),
                     json.dumps(workflow),
                     json.dumps(metadata or {}),
-                    self._clock(),
+                    self._now(),
                 ),
             )
             return _get(conn, job_id)  # type: ignore[return-value]
@@ -565,7 +575,7 @@ class JobStore:
 
     def _served_since(self) -> float | None:
         """Round robin counts the jobs each user was handed since then; None: every job kept."""
-        return self._clock() - self.round_robin_window_s if self.round_robin_window_s > 0 else None
+        return self._now() - self.round_robin_window_s if self.round_robin_window_s > 0 else None
 
     # -- worker side -----------------------------------------------------------------------------------
 
@@ -590,7 +600,9 @@ class JobStore:
         that cannot be served as strict JSON (planted directly, or written by an older version) is failed
         instead of handed out.
         """
-        now = self._clock()
+        latest = self._latest_read
+        now = self._now()
+        stepped_back = now < latest
         with self._transaction() as conn:
             _seen(conn, worker_id, now)
             if poll_id is not None and (answered := _answered(conn, poll_id, worker_id)) is not None:
@@ -605,13 +617,16 @@ class JobStore:
                 )
                 problem = _unservable(conn, job_id)
                 if problem is None:
-                    return Poll(_get(conn, job_id))
+                    job = _get(conn, job_id)
+                    if stepped_back:
+                        self._started_after_a_step_back.add((job.id, job.attempt))
+                    return Poll(job)
                 _fail(conn, job_id, f"Job cannot be served as JSON: {problem}", now)
             return Poll(None)
 
     def heartbeat(self, worker_id: str, job_id: str, attempt: int | None) -> None:
         """Renew the lease of a job the worker holds. Raises FencedOut when it no longer holds it."""
-        now = self._clock()
+        now = self._now()
         with self._transaction() as conn:
             _seen(conn, worker_id, now)
             job = _get(conn, job_id, _HOLDER_COLUMNS)
@@ -654,7 +669,7 @@ class JobStore:
             conn.execute(
                 "UPDATE jobs SET status = ?, result = ?, result_bytes = ?, error = ?, completed_at = ?,"
                 " lease_at = NULL, poll_id = NULL, finish_seq = ? WHERE id = ?",
-                (status.value, result, result_bytes, error, self._clock(), _finish_seq_as(conn, job_id, status),
+                (status.value, result, result_bytes, error, self._now(), _finish_seq_as(conn, job_id, status),
                  job_id),
             )
             return job.status
@@ -676,14 +691,14 @@ class JobStore:
             if job is None:
                 return None
             fence.check(job)
-            _hand_back(conn, job, reason, cause, now=self._clock(), max_attempts=max_attempts)
+            _hand_back(conn, job, reason, cause, now=self._now(), max_attempts=max_attempts)
             return _get(conn, job_id)
 
     def release_expired_leases(self, cutoff: float, *, max_attempts: int) -> list[JobRecord]:
         """The lease step: hand back every running job whose lease was last renewed before `cutoff`. A fault:
         a worker that stopped heartbeating (SIGKILL, OOM) cannot be told apart from one its job killed. Stamps the
         queue alive (see renew_leases_for_downtime)."""
-        now = self._clock()
+        now = self._now()
         with self._transaction() as conn:
             conn.execute(_STAMP_ALIVE, (now,))
             rows = conn.execute(
@@ -700,30 +715,47 @@ class JobStore:
 
     def renew_all_leases(self, *, clock_step_s: float = 0) -> int:
         """Renew every running job's lease now: time the queue itself was down is not a worker's silence. A step
-        of the wall clock moves the running jobs' start with it: no job ran for it. A step forward moves the
-        finished jobs' times and the workers' last sightings too: they did not age by it (the retention deleted
-        them early). A step back leaves them, kept longer: one finished after the step, before a pass saw it, would
-        move back and be deleted early."""
+        of the wall clock moves the running jobs' start with it: no job ran for it. Not a job started after the
+        step, before this pass, already on the new clock: forward, one the step would move past now; back, one
+        started at a time earlier than one read before. A step forward moves the finished jobs' times and the
+        workers' last sightings too, but never past now: they did not age by it (the retention deleted them
+        early). A step back leaves
+        them, kept longer: one finished after the step, before a pass saw it, would move back and be deleted
+        early."""
+        now = self._now()
+        started_after = self._started_after_a_step_back if clock_step_s < 0 else set()
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE jobs SET lease_at = ?, started_at = started_at + ? WHERE status = ?",
-                (self._clock(), clock_step_s, JobStatus.RUNNING.value),
-            )
+            started = conn.execute(
+                "SELECT id, attempt, started_at FROM jobs WHERE status = ? AND started_at IS NOT NULL",
+                (JobStatus.RUNNING.value,),
+            ).fetchall()
+            for job in started:
+                moved = job["started_at"] + clock_step_s
+                if moved <= now and (job["id"], job["attempt"]) not in started_after:
+                    conn.execute("UPDATE jobs SET started_at = ? WHERE id = ?", (moved, job["id"]))
+            renewed = conn.execute(
+                "UPDATE jobs SET lease_at = ? WHERE status = ?", (now, JobStatus.RUNNING.value)
+            ).rowcount
             if clock_step_s > 0:
                 conn.execute(
                     "UPDATE jobs SET completed_at = completed_at + ?1, started_at = started_at + ?1,"
-                    " lease_at = lease_at + ?1 WHERE status IN ('completed', 'failed', 'cancelled')",
-                    (clock_step_s,),
+                    " lease_at = lease_at + ?1 WHERE status IN ('completed', 'failed', 'cancelled')"
+                    " AND COALESCE(completed_at, lease_at, started_at) + ?1 <= ?2",
+                    (clock_step_s, now),
                 )
-                conn.execute("UPDATE workers SET last_seen = last_seen + ?", (clock_step_s,))
-            return cursor.rowcount
+                conn.execute("UPDATE workers SET last_seen = last_seen + ?1 WHERE last_seen + ?1 <= ?2",
+                             (clock_step_s, now))
+        if clock_step_s:
+            self._latest_read = now
+            self._started_after_a_step_back.clear()
+        return renewed
 
     def renew_leases_for_downtime(self) -> int:
         """On start: add to every running job's lease the time since a worker was last heard from (so at least the
         time the queue was down), never past now. Renewing them in full kept a dead worker's job running for ever
         under a queue restarting more often than the lease. Each lease pass stamps the queue alive: a restart that
         no worker reached in between would otherwise count every earlier outage again and renew the leases in full."""
-        now = self._clock()
+        now = self._now()
         with self._transaction() as conn:
             renewed = conn.execute(_RENEW_FOR_DOWNTIME, (now, JobStatus.RUNNING.value)).rowcount
             conn.execute(_STAMP_ALIVE, (now,))
@@ -737,7 +769,7 @@ class JobStore:
                 (JobStatus.RUNNING.value, cutoff),
             ).fetchall()
             stale = [row["id"] for row in rows]
-            now = self._clock()
+            now = self._now()
             for job_id in stale:
                 _fail(conn, job_id, error, now)
             return stale

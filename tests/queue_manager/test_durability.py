@@ -119,6 +119,25 @@ async def test_a_step_of_the_wall_clock_does_not_move_the_job_timeout(clock: Fak
         assert await queue.reap() == [job.id]
 
 
+@pytest.mark.parametrize("step_s", [7200, -3600])
+async def test_a_job_started_after_a_wall_clock_step_keeps_its_timeout(clock: FakeClock, step_s: float) -> None:
+    """A job started between a step of the wall clock and the reaper's next pass already counts on the new clock.
+    Before, that pass moved its start by the step too: back 3600 s with a 1800 s timeout, it was failed at once
+    with "Job timeout exceeded"; forward 7200 s, its start went 7200 s into the future, its timeout with it."""
+    steady = ManualClock()
+    async with QueueManagerServer(job_timeout_s=1800, lease_timeout_s=0, clock=clock, steady_clock=steady) as queue:
+        clock.advance(step_s)
+        job = queue.store.submit("alice", {"1": {}})
+        queue.store.pop_next("w", queue.mode)
+        assert await queue.reap() == []
+        for moved in (clock, steady):
+            moved.advance(1800)
+        assert await queue.reap() == [], "exactly --job-timeout of running is not yet over"
+        for moved in (clock, steady):
+            moved.advance(1)
+        assert await queue.reap() == [job.id]
+
+
 async def test_reaper_runs_on_its_own_every_interval(clock: FakeClock) -> None:
     async with QueueManagerServer(job_timeout_s=10, reaper_interval_s=0.02, clock=clock) as queue:
         job = queue.store.submit("alice", {"1": {}})

@@ -336,3 +336,25 @@ def test_a_wall_clock_stepped_forward_does_not_age_finished_jobs_or_workers(
         reaper.run_pass()
     assert [store.get(job_id) for job_id in jobs] == [None, None, None], "a day and a second old"
     assert store.last_heartbeat("w") is None
+
+
+async def test_what_happened_after_a_forward_step_stays_in_the_past(clock: FakeClock) -> None:
+    """A worker polling, and a job finishing, between a step of the wall clock and the pass that sees it are already
+    on the new clock. Before, that pass moved them by the step too: two days forward, /api/queue/status counted a
+    worker dead for a minute in total_workers for two more days, and the job showed a completed_at two days ahead."""
+    steady = FakeClock(50.0)
+    async with (
+        QueueManagerServer(clock=clock, steady_clock=steady, lease_timeout_s=60) as queue,
+        httpx.AsyncClient(base_url=queue.url, timeout=5) as client,
+    ):
+        clock.advance(2 * DAY)
+        job_id = queue.store.submit("alice", {"1": {}}).id
+        assert (await client.get("/api/workers/next-job", params={"worker_id": "w"})).json()["job"]["id"] == job_id
+        done = await client.post("/api/workers/complete-job", params={"job_id": job_id}, json={"result": {}})
+        assert done.status_code == 200
+        finished_at = clock.now
+        await queue.expire_leases()  # sees the step
+        assert queue.store.get(job_id).completed_at == finished_at
+        for moved in (clock, steady):
+            moved.advance(61)  # the worker died after its poll
+        assert (await client.get("/api/queue/status")).json()["total_workers"] == 0
