@@ -54,6 +54,7 @@ class WaitingConnections:
         """``app``'s runner, set up: its connections watched, their heads read within ``heads``, its stop bounded by
         ``shutdown_timeout_s``. No access log: probes, scrapes and workers' polls arrive every few seconds and would
         drown every other line."""
+        app.on_cleanup.append(self._flush_warnings)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=shutdown_timeout_s, **self._heads.runner_kwargs()
         )
@@ -108,6 +109,9 @@ class WaitingConnections:
         closed = self._warnings.occurred()
         if closed is not None:
             self._warn_closed(closed)
+
+    async def _flush_warnings(self, _app: web.Application) -> None:  # at stop: the closes not yet logged
+        self._warnings.flush()
 
     def _warn_closed(self, closed: int) -> None:
         log.warning(

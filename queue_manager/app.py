@@ -55,7 +55,7 @@ from queue_manager.models import (
 )
 from queue_manager.outputs import NOT_SERVED, OutputFileResponse, OutputNotServed, download_headers, listed_output
 from queue_manager.participants import ParticipantsFile
-from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, refusal_log_middleware
+from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, RefusalLog
 from queue_manager.reports import Report, ReportLog
 from queue_manager.store import (
     Fence,
@@ -388,6 +388,9 @@ class QueueApi:
             REFUSAL_LOG_EVERY_S,
             report_held_back=lambda refused: log.warning("answer_budget_full_held_back", more_since_last=refused),
         )
+
+    def flush_logs(self) -> None:
+        self._answers_full_log.flush()
 
     @property
     def extensions(self) -> bool:
@@ -900,12 +903,7 @@ def _refused(request: web.Request, status: int, detail: str) -> web.Response:
     return response
 
 
-def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget) -> Any:
-    full_log = LogThrottle(
-        REFUSAL_LOG_EVERY_S,
-        report_held_back=lambda refused: log.warning("request_body_budget_full_held_back", more_since_last=refused),
-    )
-
+def _body_budget_middleware(budget: BodyBudget, arriving: ArrivingBudget, full_log: LogThrottle) -> Any:
     @web.middleware
     async def bound_bodies_together(request: web.Request, handler: Handler) -> web.StreamResponse:
         limit = BODY_LIMITS.get(_endpoint(request) or "")
@@ -1006,14 +1004,26 @@ def build_app(
 ) -> web.Application:
     middlewares = [waiting.middleware] if waiting is not None else []
     middlewares.append(_send_large_answers)
-    middlewares += [refusal_log_middleware(), _auth_middleware(token, worker_token, participants)]
+    refusals = RefusalLog()
+    middlewares += [refusals.middleware, _auth_middleware(token, worker_token, participants)]
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
-    bounded_bodies = _body_budget_middleware(BodyBudget(), ArrivingBudget())
+    bodies_full_log = LogThrottle(
+        REFUSAL_LOG_EVERY_S,
+        report_held_back=lambda refused: log.warning("request_body_budget_full_held_back", more_since_last=refused),
+    )
+    bounded_bodies = _body_budget_middleware(BodyBudget(), ArrivingBudget(), bodies_full_log)
     app = web.Application(
         client_max_size=MAX_REQUEST_BYTES,
         middlewares=[*middlewares, _close_if_body_unread, _fastapi_errors, bounded_bodies],
     )
+
+    async def flush_logs(_app: web.Application) -> None:  # at stop: a flood's last counts, not lost with the process
+        refusals.flush()
+        bodies_full_log.flush()
+        api.flush_logs()
+
+    app.on_cleanup.append(flush_logs)
     # No HEAD: a poll hands out a job, and a safe method (what monitors probe with) must not.
     app.router.add_get("/api/workers/next-job", api.next_job, name="next-job", allow_head=False)
     app.router.add_post("/api/workers/complete-job", api.complete_job, name="complete-job")

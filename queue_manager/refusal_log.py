@@ -13,7 +13,6 @@ import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -45,24 +44,31 @@ def refusal_cause(response: web.StreamResponse) -> str:
     return scrubbed_excerpt(detail, CAUSE_LIMIT) if isinstance(detail, str) else ""
 
 
-def refusal_log_middleware(clock: Callable[[], float] = time.monotonic) -> Any:
-    throttles: dict[int, LogThrottle] = {}
+class RefusalLog:
+    """The refusal lines of one server: ``middleware`` logs them; ``flush()``, at its stop, the counts held back."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._throttles: dict[int, LogThrottle] = {}
 
     @web.middleware
-    async def log_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         if 400 <= response.status < 500:
-            if response.status not in throttles:
-                throttles[response.status] = LogThrottle(
-                    REFUSAL_LOG_EVERY_S, clock, report_held_back=functools.partial(_log_held_back, response.status)
+            if response.status not in self._throttles:
+                self._throttles[response.status] = LogThrottle(
+                    REFUSAL_LOG_EVERY_S, self._clock,
+                    report_held_back=functools.partial(_log_held_back, response.status),
                 )
-            if (refused := throttles[response.status].occurred()) is not None:
+            if (refused := self._throttles[response.status].occurred()) is not None:
                 route = request.match_info.route.name or "no such route"
                 log.warning("Request refused", status=response.status, method=request.method, route=route,
                             peer=request.remote, cause=refusal_cause(response), more_since_last=refused - 1)
         return response
 
-    return log_refusals
+    def flush(self) -> None:
+        for throttle in self._throttles.values():
+            throttle.flush()
 
 
 def _log_held_back(status: int, refused: int) -> None:

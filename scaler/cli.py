@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             settings = load_settings()
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(escape_controls(str(exc), keep_lines=True), file=sys.stderr)  # it may quote a variable's value
         return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
     # A peer's JSON may carry a lone surrogate (an escaped \\ud800) into what is printed (`status` quotes its

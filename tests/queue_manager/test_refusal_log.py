@@ -9,7 +9,7 @@ from aiohttp.test_utils import make_mocked_request
 from structlog.testing import capture_logs
 
 from queue_manager import QueueManagerServer
-from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, refusal_log_middleware
+from queue_manager.refusal_log import REFUSAL_LOG_EVERY_S, RefusalLog
 
 from ..conftest import wait_for
 
@@ -46,7 +46,7 @@ async def test_each_kind_of_refusal_is_logged_naming_route_cause_and_peer_never_
 
 async def test_a_flood_logs_one_line_per_minute_per_status_counting_the_rest() -> None:
     now = [1000.0]
-    log_refusals = refusal_log_middleware(clock=lambda: now[0])
+    log_refusals = RefusalLog(clock=lambda: now[0]).middleware
 
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"detail": "Not authenticated"}, status=int(request.query["status"]))
@@ -64,7 +64,7 @@ async def test_the_refusals_of_a_floods_last_minute_are_counted_when_it_ends() -
     """Only a refusal after the minute logged how many came before it: a burst of 37 401s that stopped within the
     minute logged one line and "more_since_last=0", the other 36 counted nowhere."""
     now = [1000.0]
-    log_refusals = refusal_log_middleware(clock=lambda: now[0])
+    log_refusals = RefusalLog(clock=lambda: now[0]).middleware
 
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"detail": "Not authenticated"}, status=401)

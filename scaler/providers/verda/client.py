@@ -329,6 +329,7 @@ class VerdaClient:
         if self._token_request is not None:
             self._token_request.cancel()
             await asyncio.gather(self._token_request, return_exceptions=True)
+        self._short_lifetime_warnings.flush()  # the hour's count, not lost with the process
         await self._http.aclose()
 
     # --- authentication -------------------------------------------------------------------------
