@@ -120,6 +120,52 @@ async def test_verda_refuses_a_queue_load_threshold_of_true_with_its_400(http: a
         assert fake.deployments == {}
 
 
+def _container(**changes: object) -> dict:
+    return {**VERDA_DEPLOYMENT, "containers": [{**VERDA_DEPLOYMENT["containers"][0], **changes}]}
+
+
+def _scaling(**changes: object) -> dict:
+    return {**VERDA_DEPLOYMENT, "scaling": {**VERDA_DEPLOYMENT["scaling"], **changes}}
+
+
+@pytest.mark.parametrize(("deployment", "message"), [
+    *((_container(exposed_port=port), "containers need an exposed_port 1-65535") for port in (0, 70000, -8000)),
+    *((_container(healthcheck={"enabled": True, "port": port, "path": "/health"}),
+       "healthcheck.port must be an integer 1-65535") for port in (0, 65536)),
+    (_scaling(scale_down_policy={"delay_seconds": -1}), "scale_down_policy.delay_seconds must be an integer >= 0"),
+    (_scaling(scale_up_policy={"delay_seconds": -300}), "scale_up_policy.delay_seconds must be an integer >= 0"),
+    (_scaling(queue_message_ttl_seconds=-1), "queue_message_ttl_seconds must be an integer >= 0"),
+    (_scaling(concurrent_requests_per_replica=-1), "concurrent_requests_per_replica must be an integer >= 0"),
+    (_scaling(scaling_triggers=None), "scaling_triggers must be an object"),
+    (_scaling(scaling_triggers=[]), "scaling_triggers must be an object"),
+])  # fmt: skip
+async def test_verda_refuses_a_port_out_of_range_a_negative_duration_or_count_or_no_triggers_with_its_400(
+    deployment: dict, message: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: any integer was a port (0, 70000, negative), a negative delay, TTL or count passed, and null or []
+    were the scaling triggers: the deployment was created."""
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
+            assert answer.status == 400
+            assert await answer.json() == {"code": "invalid_request", "message": message}
+        assert fake.deployments == {}
+
+
+async def test_verda_refuses_a_negative_delay_in_a_scaling_patch_with_its_400(http: aiohttp.ClientSession) -> None:
+    """Before: the PATCH was taken and GET …/scaling answered a delay of -1 s."""
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=VERDA_DEPLOYMENT, headers=headers) as answer:
+            assert answer.status == 201
+        patch = {"scale_down_policy": {"delay_seconds": -1}}
+        url = f"{fake.url}/container-deployments/worker/scaling"
+        async with http.patch(url, json=patch, headers=headers) as answer:
+            assert answer.status == 400
+            assert (await answer.json())["message"] == "scale_down_policy.delay_seconds must be an integer >= 0"
+        assert fake.deployments["worker"].body["scaling"]["scale_down_policy"] == {"delay_seconds": 300}
+
+
 @pytest.mark.parametrize(("mount", "message"), [
     ({"type": "shared", "mount_path": "/models", "volume_id": 7}, "shared mounts need a volume_id (a string)"),
     ({"type": "shared", "mount_path": "/models", "volume_id": ["vol-1"]}, "shared mounts need a volume_id (a string)"),
