@@ -15,6 +15,7 @@ import structlog
 
 from common.urls import direct_transport
 from queue_manager import JobRecord
+from scaler.providers.owned_folders import open_own_plain_file
 
 log = structlog.get_logger()
 
@@ -98,8 +99,12 @@ def answer_detail(response: httpx.Response) -> str:
 
 
 def _sha256_of(file: Path) -> str | None:
+    """None for a file that cannot be read, a link (swapped in since the file was served) or no plain file (a FIFO
+    held the read for good)."""
+    if (descriptor := open_own_plain_file(file.parent, file.name)) is None:
+        return None
     try:
-        with file.open("rb") as opened:
+        with open(descriptor, "rb") as opened:
             return hashlib.file_digest(opened, "sha256").hexdigest()
     except OSError:
         return None

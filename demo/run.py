@@ -102,9 +102,7 @@ def _worker_idle_polls(options: DemoOptions) -> int:
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
     """The demo's report; its scratch folder and its Ctrl-C handling go however it ends."""
-    _sweep_scratch_of_killed_runs(Path(tempfile.gettempdir()))
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
-    (scratch / PID_FILE).write_text(str(os.getpid()))
+    scratch = _new_scratch()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -114,6 +112,30 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     finally:
         _remove_stop_handlers(loop)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class ScratchNotCreated(ReportNotWritten):
+    """No scratch folder (a full disk, a temporary folder that cannot be written): the demo does not start, and
+    the CLI says why in one line, exit 1, as for the report it cannot remove."""
+
+
+def _new_scratch() -> Path:
+    """This run's scratch folder, with the pid file that names its run."""
+    try:
+        temp = Path(tempfile.gettempdir())  # the first of TMPDIR, /tmp, …, the current folder that takes a file
+    except OSError as error:
+        raise ScratchNotCreated(f"cannot create a scratch folder: {error.strerror}") from None
+    _sweep_scratch_of_killed_runs(temp)
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    except OSError as error:
+        raise ScratchNotCreated(f"cannot create a scratch folder in {temp}: {error.strerror}") from None
+    try:
+        (scratch / PID_FILE).write_text(str(os.getpid()))
+    except OSError as error:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise ScratchNotCreated(f"cannot write {scratch / PID_FILE}: {error.strerror}") from None
+    return scratch
 
 
 def _sweep_scratch_of_killed_runs(temp: Path) -> None:

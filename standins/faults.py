@@ -4,6 +4,7 @@ injects."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -20,13 +21,25 @@ class RecordedRequest:
     json: Any  # the parsed body; the raw text when it is not JSON; None when there is none
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number} is out of a number's range")
+    return value
+
+
 async def record(request: web.Request, path: str) -> RecordedRequest:
-    """A body that is not UTF-8 or nests deeper than Python's json can read is not JSON either, not a 500."""
+    """A body that is not UTF-8 or nests deeper than Python's json can read is not JSON either, not a 500; nor is
+    NaN, Infinity or 1e999 (which Python's json reads as numbers, and the real APIs refuse)."""
     if not request.can_read_body:
         return RecordedRequest(request.method, path, None)
     raw = await request.read()
     try:
-        body = json.loads(raw.decode())
+        body = json.loads(raw.decode(), parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):
         body = raw.decode(errors="replace")
     return RecordedRequest(request.method, path, body)

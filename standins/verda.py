@@ -129,6 +129,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_port(value: Any) -> bool:
+    return _is_int(value) and 1 <= value <= 65535
+
+
 def _is_number(value: Any) -> bool:
     """A JSON number: not true/false, nor Infinity or NaN (which Python's json reads, and JSON has not)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -151,7 +155,7 @@ def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 BOOLEAN = (lambda value: isinstance(value, bool), "a boolean")
 HEALTHCHECK_TYPES = {
     "enabled": BOOLEAN,
-    "port": (_or_null(_is_int), "an integer"),
+    "port": (_or_null(_is_port), "an integer 1-65535"),
     "path": (_or_null(lambda value: isinstance(value, str)), "a string"),
 }
 ENTRYPOINT_TYPES = {
@@ -189,10 +193,10 @@ def validate_scaling(scaling: Any) -> None:
     _require(0 <= low <= high, "scaling needs 0 <= min_replica_count <= max_replica_count")
     for policy in ("scale_down_policy", "scale_up_policy"):
         delay = _object(scaling[policy], policy).get("delay_seconds")
-        _require(_is_int(delay), f"{policy}.delay_seconds must be an integer")
+        _require(_is_int(delay) and delay >= 0, f"{policy}.delay_seconds must be an integer >= 0")
     for key in ("queue_message_ttl_seconds", "concurrent_requests_per_replica"):
-        _require(_is_int(scaling[key]), f"{key} must be an integer")
-    triggers = _object(scaling["scaling_triggers"] or {}, "scaling_triggers")
+        _require(_is_int(scaling[key]) and scaling[key] >= 0, f"{key} must be an integer >= 0")
+    triggers = _object(scaling["scaling_triggers"], "scaling_triggers")  # the SDK's field is not optional
     queue_load = triggers.get("queue_load")
     if queue_load is not None:
         threshold = _object(queue_load, "queue_load").get("threshold")
@@ -406,7 +410,7 @@ class FakeVerda(FakeApi):
         for container in containers:
             _object(container, "containers entries")
             _require(isinstance(container.get("image"), str) and container["image"] != "", "containers need image")
-            _require(_is_int(container.get("exposed_port")), "containers need an integer exposed_port")
+            _require(_is_port(container.get("exposed_port")), "containers need an exposed_port 1-65535")
             if assigned is not None:
                 _require(container.get("name") in assigned, "containers in an update must carry their name")
             _require(isinstance(container.get("env") or [], list), "env must be a list")

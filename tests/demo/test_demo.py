@@ -984,3 +984,37 @@ async def test_a_ledger_json_that_cannot_be_written_makes_the_demo_not_ok_naming
     assert report["not_saved"] == [f"cannot write {ledger}: Is a directory"], report
     assert report["ok"] is False and json.loads((tmp_path / "demo" / "report.json").read_text()) == report
     assert f"not saved: cannot write {ledger}: Is a directory" in out and out.endswith("NOT OK"), out
+
+
+# The demo on a full disk (each write to a file fails, EFBIG, as ENOSPC would): from its start, so no temporary folder
+# takes tempfile's probe, or from just after the temporary folder was chosen.
+DEMO_ON_A_DISK_FULL_FROM = (
+    "import resource, sys, tempfile\n"
+    "from demo.cli import main\n"
+    "if sys.argv.pop(1) == 'the-folder-chosen':\n"
+    "    tempfile.gettempdir()\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("full_from", "says"), [
+    ("the-start", "cannot create a scratch folder: No usable temporary directory found in ['{temp}'"),
+    ("the-folder-chosen", "cannot write {temp}/comfy-demo-"),
+])  # fmt: skip
+def test_a_temporary_folder_the_demo_cannot_write_to_is_one_line_naming_it(tmp_path, full_from, says):
+    """Before: a traceback (FileNotFoundError from tempfile, or OSError writing demo.pid, which left an empty
+    comfy-demo-* folder no later run removes). Now one line naming the folder, exit 1, no scratch folder left."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-c", DEMO_ON_A_DISK_FULL_FROM, full_from, "demo", "--jobs", "1", "--no-live",
+         "--output-dir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temp)},
+    )
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("comfy-serverless demo: " + says.format(temp=temp)), lines
+    assert run.returncode == 1
+    assert list(temp.iterdir()) == []

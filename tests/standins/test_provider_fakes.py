@@ -36,6 +36,35 @@ async def test_verda_answers_an_unreadable_body_with_its_400(body: bytes, http: 
         assert (await answer.json())["code"] == "invalid_request"
 
 
+NON_FINITE_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999"]  # Python's json reads each as a float
+
+
+@pytest.mark.parametrize("number", NON_FINITE_NUMBERS)
+async def test_runpod_refuses_a_non_finite_number_as_no_json_with_its_400(
+    number: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: the pod was created (201) from a body that is no JSON, which RunPod's API refuses."""
+    body = json.dumps({**RUNPOD_POD, "volumeInGb": 0}).replace('"volumeInGb": 0', f'"volumeInGb": {number}')
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}", "Content-Type": "application/json"}
+    async with FakeRunPod() as fake, http.post(f"{fake.url}/pods", data=body, headers=headers) as answer:
+        assert answer.status == 400
+        assert (await answer.json(content_type=None))["detail"] == "request body is not valid JSON"
+        assert fake.pods == {}
+
+
+@pytest.mark.parametrize("number", NON_FINITE_NUMBERS)
+async def test_verda_refuses_a_non_finite_number_as_no_json_with_its_400(
+    number: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: a token was issued (200) for a body that is no JSON, which Verda's API refuses."""
+    credentials = {"grant_type": "client_credentials", "client_id": "test-id", "client_secret": "test-secret"}
+    body = json.dumps({**credentials, "scope": 0}).replace('"scope": 0', f'"scope": {number}')
+    headers = {"Content-Type": "application/json"}
+    async with FakeVerda() as fake, http.post(f"{fake.url}/oauth2/token", data=body, headers=headers) as answer:
+        assert answer.status == 400
+        assert await answer.json() == {"code": "invalid_request", "message": "body is not JSON"}
+
+
 @pytest.mark.parametrize("refresh_token", [[], {}, None, 7])
 async def test_verda_refuses_a_refresh_token_that_is_no_string_with_its_400(
     refresh_token: object, http: aiohttp.ClientSession
@@ -78,13 +107,10 @@ async def test_verda_refuses_a_volume_mount_type_that_is_no_string_with_its_400(
         assert fake.deployments == {}
 
 
-@pytest.mark.parametrize("threshold", ["true", "Infinity", "1e999"])
-async def test_verda_refuses_a_queue_load_threshold_that_is_no_finite_number_with_its_400(
-    threshold: str, http: aiohttp.ClientSession
-) -> None:
-    """Before: true (a bool is an int to Python) and Infinity (which Python's json reads, and JSON has not) were a
-    threshold >= 1, and the deployment was created; Verda's API refuses both."""
-    body = json.dumps(VERDA_DEPLOYMENT).replace('"threshold": 1', f'"threshold": {threshold}')
+async def test_verda_refuses_a_queue_load_threshold_of_true_with_its_400(http: aiohttp.ClientSession) -> None:
+    """Before: true (a bool is an int to Python) was a threshold >= 1, and the deployment was created; Verda's API
+    refuses it. (Infinity and 1e999 are refused as no JSON: see the tests of non-finite numbers.)"""
+    body = json.dumps(VERDA_DEPLOYMENT).replace('"threshold": 1', '"threshold": true')
     async with FakeVerda() as fake:
         headers = {**await verda_headers(fake, http), "Content-Type": "application/json"}
         async with http.post(f"{fake.url}/container-deployments", data=body, headers=headers) as answer:
@@ -92,6 +118,52 @@ async def test_verda_refuses_a_queue_load_threshold_that_is_no_finite_number_wit
             assert await answer.json() == {"code": "invalid_request",
                                            "message": "queue_load.threshold must be a number >= 1"}
         assert fake.deployments == {}
+
+
+def _container(**changes: object) -> dict:
+    return {**VERDA_DEPLOYMENT, "containers": [{**VERDA_DEPLOYMENT["containers"][0], **changes}]}
+
+
+def _scaling(**changes: object) -> dict:
+    return {**VERDA_DEPLOYMENT, "scaling": {**VERDA_DEPLOYMENT["scaling"], **changes}}
+
+
+@pytest.mark.parametrize(("deployment", "message"), [
+    *((_container(exposed_port=port), "containers need an exposed_port 1-65535") for port in (0, 70000, -8000)),
+    *((_container(healthcheck={"enabled": True, "port": port, "path": "/health"}),
+       "healthcheck.port must be an integer 1-65535") for port in (0, 65536)),
+    (_scaling(scale_down_policy={"delay_seconds": -1}), "scale_down_policy.delay_seconds must be an integer >= 0"),
+    (_scaling(scale_up_policy={"delay_seconds": -300}), "scale_up_policy.delay_seconds must be an integer >= 0"),
+    (_scaling(queue_message_ttl_seconds=-1), "queue_message_ttl_seconds must be an integer >= 0"),
+    (_scaling(concurrent_requests_per_replica=-1), "concurrent_requests_per_replica must be an integer >= 0"),
+    (_scaling(scaling_triggers=None), "scaling_triggers must be an object"),
+    (_scaling(scaling_triggers=[]), "scaling_triggers must be an object"),
+])  # fmt: skip
+async def test_verda_refuses_a_port_out_of_range_a_negative_duration_or_count_or_no_triggers_with_its_400(
+    deployment: dict, message: str, http: aiohttp.ClientSession
+) -> None:
+    """Before: any integer was a port (0, 70000, negative), a negative delay, TTL or count passed, and null or []
+    were the scaling triggers: the deployment was created."""
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=deployment, headers=headers) as answer:
+            assert answer.status == 400
+            assert await answer.json() == {"code": "invalid_request", "message": message}
+        assert fake.deployments == {}
+
+
+async def test_verda_refuses_a_negative_delay_in_a_scaling_patch_with_its_400(http: aiohttp.ClientSession) -> None:
+    """Before: the PATCH was taken and GET …/scaling answered a delay of -1 s."""
+    async with FakeVerda() as fake:
+        headers = await verda_headers(fake, http)
+        async with http.post(f"{fake.url}/container-deployments", json=VERDA_DEPLOYMENT, headers=headers) as answer:
+            assert answer.status == 201
+        patch = {"scale_down_policy": {"delay_seconds": -1}}
+        url = f"{fake.url}/container-deployments/worker/scaling"
+        async with http.patch(url, json=patch, headers=headers) as answer:
+            assert answer.status == 400
+            assert (await answer.json())["message"] == "scale_down_policy.delay_seconds must be an integer >= 0"
+        assert fake.deployments["worker"].body["scaling"]["scale_down_policy"] == {"delay_seconds": 300}
 
 
 @pytest.mark.parametrize(("mount", "message"), [
