@@ -70,6 +70,10 @@ class ReportRejected(Exception):
     MAX_QUEUE_ANSWER_BYTES: retrying cannot help."""
 
 
+class SubmissionUnconfirmed(Exception):
+    """POST /api/jobs may have created the copy, but its answer did not say which (not the manager's)."""
+
+
 class TransientHTTPError(Exception):
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"HTTP {status}: {scrubbed_excerpt(body, 200)}")
@@ -102,6 +106,14 @@ def _too_deep_to_read(text: str) -> dict[str, Any]:
         raise PollError(f"queue manager answered JSON nested too deeply to read: {_short(text)!r}")
     problem = f"job JSON nests deeper than the worker can read (~{sys.getrecursionlimit()} levels; a workflow: ~5)"
     return unreadable_job(json.loads(head.group(1)), problem)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    """The answer's JSON, or None when it has none the worker can read (a proxy's page, nesting too deep)."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -214,7 +226,11 @@ class QueueClient:
         body = {"reason": _clip(reason, MAX_REASON_CHARS), "cause": cause.value}
         response = await self._post_with_retries("/api/workers/release-job", params, body, self.report_budget_s)
         self._raise_for_job_answer("release-job", job_id, response)
-        return response.json()
+        answer = _json_or_none(response)
+        if not isinstance(answer, dict):
+            raise ReportRejected(f"release-job for job {job_id} answered HTTP 200 with no JSON object: the queue "
+                                 "manager's answer did not reach the worker")
+        return answer
 
     async def heartbeat(self, job_id: str, attempt: int, *, deadline_s: float | None = None) -> None:
         """One lease heartbeat (contract item 3), not retried: the next one follows soon. ``deadline_s``: give up
@@ -232,7 +248,7 @@ class QueueClient:
             return None
         if response.status_code != 200:
             raise ReportRejected(f"GET /api/jobs/{job_id} answered HTTP {response.status_code}")
-        job = response.json()
+        job = _json_or_none(response)
         return job if isinstance(job, dict) else None
 
     async def job_priority(self, job_id: str) -> int | None:
@@ -272,14 +288,21 @@ class QueueClient:
     async def submit_job(
         self, user_id: str, workflow: dict[str, Any], metadata: dict[str, Any], *, priority: int | None = None
     ) -> str:
-        """Create a new job through the public user endpoint (the hand-back fallback for comfy-multi)."""
+        """Create a new job through the public user endpoint (the hand-back fallback for comfy-multi): its id.
+        SubmissionUnconfirmed when the manager created it (201) but its answer names no job."""
         body: dict[str, Any] = {"user_id": user_id, "workflow": workflow, "metadata": metadata}
         if priority is not None:
             body["priority"] = priority
         response = await self._post_with_retries("/api/jobs", None, body, self.report_budget_s)
         if response.status_code != 201:
             raise ReportRejected(f"POST /api/jobs answered HTTP {response.status_code}: {_short(response.text)}")
-        return str(response.json()["id"])
+        answer = _json_or_none(response)
+        new_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(new_id, str) or not new_id.strip():
+            raise SubmissionUnconfirmed(
+                f"the queue manager's answer (HTTP 201) named no copy: {_short(response.text)!r}"
+            )
+        return new_id
 
     async def _report(self, endpoint: str, job_id: str, body: dict[str, Any], attempt: int | None) -> None:
         params = {"job_id": job_id, **self._fence(attempt)}

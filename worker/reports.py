@@ -25,6 +25,7 @@ from worker.queue_client import (
     QueueClient,
     ReportRejected,
     RouteUnknown,
+    SubmissionUnconfirmed,
     TransientHTTPError,
     stored_error,
     stored_reason,
@@ -129,6 +130,12 @@ class Reporter:
                 job_error=report.stored_text,
             )
             return "undelivered"
+        except Exception as exc:  # an answer no one foresaw must not end the worker: the job is left to the lease
+            self.state.metrics.report_errors.inc()
+            log.exception("Report failed on an unexpected answer; the queue manager hands the job back when its "
+                          "lease runs out (comfy-multi's fails it at its job timeout)",
+                          outcome=kind, error=f"{type(exc).__name__}: {exc}", job_error=report.stored_text)
+            return "undelivered"
         finally:
             self.state.metrics.observe_phase("report", time.monotonic() - started)
 
@@ -144,11 +151,6 @@ class Reporter:
             answer = await self.queue.release_job(report.job_id, reason, attempt=report.attempt, cause=report.cause)
         except RouteUnknown:
             return await self._resubmit(report, reason)
-        except ValueError:  # a 200 that is not JSON: a proxy's page
-            answer = None
-        if not isinstance(answer, dict):
-            raise ReportRejected(f"release-job for job {report.job_id} answered HTTP 200 with no JSON object: the "
-                                 "queue manager's answer did not reach the worker")
         if answer.get("status") == "failed":
             log.warning(f"Job {report.job_id} failed",
                         error=stored_error(f"gave up after {report.attempt} attempts: {reason}"))
@@ -184,7 +186,13 @@ class Reporter:
         metadata = {**job.metadata, **copy_of}
         try:
             new_id = await self.queue.submit_job(job.user_id, job.workflow, metadata, priority=priority)
-        except (ReportRejected, TransientHTTPError, httpx.HTTPError, ValueError, KeyError) as exc:
+        except SubmissionUnconfirmed as exc:
+            log.error("Resubmitted the job, but could not learn the copy's id", error=str(exc))
+            await self.queue.fail_job(job.id, f"Handed back: {reason}; resubmitted, but {exc}")
+            log.info(f"Job {job.id} handed back", reason=stored_reason(reason), cause=report.cause.value,
+                     next_attempt=attempt + 1)
+            return "handed_back"
+        except (ReportRejected, TransientHTTPError, httpx.HTTPError, ValueError) as exc:
             log.error("Could not resubmit the job", error=f"{type(exc).__name__}: {exc}")
             error = f"{reason}; resubmitting it failed ({exc}): please submit it again"
             await self.queue.fail_job(job.id, error)
