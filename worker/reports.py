@@ -187,8 +187,12 @@ class Reporter:
         try:
             new_id = await self.queue.submit_job(job.user_id, job.workflow, metadata, priority=priority)
         except SubmissionUnconfirmed as exc:
-            log.error("Resubmitted the job, but could not learn the copy's id", error=str(exc))
-            await self.queue.fail_job(job.id, f"Handed back: {reason}; resubmitted, but {exc}")
+            log.error("Could not learn the id of the job's copy", error=str(exc))
+            error = f"Handed back: {reason}; {exc}"
+            await self.queue.fail_job(job.id, error)
+            if not exc.created:
+                log.warning(f"Job {job.id} failed", error=stored_error(error))
+                return "failed"
             log.info(f"Job {job.id} handed back", reason=stored_reason(reason), cause=report.cause.value,
                      next_attempt=attempt + 1)
             return "handed_back"

@@ -56,3 +56,34 @@ async def test_a_hand_back_answered_with_json_nested_too_deep_to_read_is_left_to
         assert (qm.store.get(job.id).status, qm.store.get(job.id).attempt) == ("pending", 2)
     assert (worker.state.jobs_finished, worker.state.jobs_abandoned) == (1, 1)
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["Queue manager refused the report"]
+
+
+@pytest.mark.parametrize("fault", [{"status": 502}, {"status": 504}, {"drop": True}], ids=["502", "504", "dropped"])
+async def test_a_resubmission_whose_answer_was_lost_is_not_submitted_again(qm, comfy, make_worker, workflows, fault):
+    """POST /api/jobs creates a job each time: after a lost answer (a proxy's 502 once the copy was made) a retry ran
+    the job twice. Now only a submission that surely did not land (408, 429, no connection) is sent again."""
+    job = qm.store.submit("alice", workflows["slow"])
+    qm.faults.inject("submit-job", after=True, **fault)
+    worker = make_worker(shutdown_grace_s=0.1, serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 10) == 0
+    copies = [j for j in qm.store.list() if j.id != job.id]
+    assert len(copies) == 1, "one copy, not two"
+    [report] = qm.reports.landed(job.id)
+    assert report.body["error"].startswith("Handed back: worker test-worker")
+    assert "resubmitting it may not have worked: its answer was lost (" in report.body["error"]
+    assert report.body["error"].endswith("look among your jobs for a copy before submitting it again")
+
+
+async def test_a_resubmission_refused_with_429_is_sent_again(qm, comfy, make_worker, workflows):
+    job = qm.store.submit("alice", workflows["slow"])
+    qm.faults.inject("submit-job", status=429, body={"detail": "Queue is full (max depth: 100)"})
+    worker = make_worker(shutdown_grace_s=0.1, serverless_job_limit=1)
+    run = asyncio.create_task(worker.run())
+    await wait_for(lambda: comfy.prompts_received)
+    worker.request_shutdown()
+    assert await asyncio.wait_for(run, 10) == 0
+    [copy] = [j for j in qm.store.list() if j.id != job.id]
+    assert qm.reports.landed(job.id)[0].body["error"].endswith(f"; resubmitted as {copy.id}")
