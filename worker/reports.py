@@ -8,6 +8,7 @@ says whether it may count against the job: a replica that stops never uses up th
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import structlog
 
 from common.handbacks import HandBackCause, gives_up
 from worker.deadline import ShutdownDeadline
+from worker.input_images import MAX_METADATA_BYTES
 from worker.jobs import Job
 from worker.queue_client import (
     JobGone,
@@ -183,7 +185,13 @@ class Reporter:
             log.warning("Could not read the job's priority; the copy gets the default", error=str(exc))
             priority = None
         copy_of = {"requeued_from": job.id, "attempt": attempt + 1, "faults": faults, "requeue_reasons": reasons}
-        metadata = {**job.metadata, **copy_of}
+        metadata = _within_cap({**job.metadata, **copy_of})
+        if metadata is None:
+            error = (f"{reason}; resubmitting it failed: the metadata of its copy would be over the queue manager's "
+                     f"cap ({MAX_METADATA_BYTES} characters of JSON): please submit it again")
+            await self.queue.fail_job(job.id, error)
+            log.warning(f"Job {job.id} failed", error=stored_error(error))
+            return "failed"
         try:
             new_id = await self.queue.submit_job(job.user_id, job.workflow, metadata, priority=priority)
         except SubmissionUnconfirmed as exc:
@@ -206,6 +214,22 @@ class Reporter:
         log.info(f"Job {job.id} handed back", reason=stored_reason(reason), cause=report.cause.value, new_job_id=new_id,
                  next_attempt=attempt + 1)
         return "handed_back"
+
+
+def _within_cap(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy's metadata within the queue manager's cap (the length of its JSON, as the manager measures it), the
+    oldest ``requeue_reasons`` left out as needed; None when even without them it is over."""
+    reasons = metadata["requeue_reasons"]
+    room = MAX_METADATA_BYTES - len(json.dumps({**metadata, "requeue_reasons": []}))
+    if room < 0:
+        return None
+    kept = 0
+    for reason in reversed(reasons):
+        room -= len(json.dumps(reason)) + (2 if kept else 0)  # ", " between two
+        if room < 0:
+            break
+        kept += 1
+    return {**metadata, "requeue_reasons": reasons[len(reasons) - kept:]}
 
 
 def _previous_reasons(job: Job) -> list[str]:
