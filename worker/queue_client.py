@@ -2,7 +2,8 @@
 
 Transport retries live here and nowhere else: reports are retried on connection errors, 408, 429 and 5xx
 within a time budget; a 404 means the job is gone and a 409 that it is no longer this worker's: neither is
-retried. The extensions of the embedded queue manager (attempt fencing, heartbeats, release-job) are used
+retried. A resubmitted copy (POST /api/jobs, which creates a job each time) is sent again only when it surely did
+not land. The extensions of the embedded queue manager (attempt fencing, heartbeats, release-job) are used
 when the job carries an attempt; comfy-multi's manager answers an unknown route with 404 "Not Found".
 """
 
@@ -12,6 +13,7 @@ import json
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -70,6 +72,15 @@ class ReportRejected(Exception):
     MAX_QUEUE_ANSWER_BYTES: retrying cannot help."""
 
 
+class SubmissionUnconfirmed(Exception):
+    """POST /api/jobs may have created the copy, but its answer did not say which (lost, or not the manager's).
+    ``created``: it answered 201, so the copy exists."""
+
+    def __init__(self, message: str, *, created: bool) -> None:
+        super().__init__(message)
+        self.created = created
+
+
 class TransientHTTPError(Exception):
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"HTTP {status}: {scrubbed_excerpt(body, 200)}")
@@ -78,6 +89,14 @@ class TransientHTTPError(Exception):
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientHTTPError | httpx.TransportError)
+
+
+def _surely_not_sent(exc: BaseException) -> bool:
+    """A failure after which a create surely did not land: no connection, or the manager refused to read it (408) or
+    to queue it (429). Any other may come after the job was created (a proxy's 502, a read timeout)."""
+    if isinstance(exc, TransientHTTPError):
+        return exc.status in (408, 429)
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _is_unknown_route(response: httpx.Response) -> bool:
@@ -102,6 +121,14 @@ def _too_deep_to_read(text: str) -> dict[str, Any]:
         raise PollError(f"queue manager answered JSON nested too deeply to read: {_short(text)!r}")
     problem = f"job JSON nests deeper than the worker can read (~{sys.getrecursionlimit()} levels; a workflow: ~5)"
     return unreadable_job(json.loads(head.group(1)), problem)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    """The answer's JSON, or None when it has none the worker can read (a proxy's page, nesting too deep)."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -214,7 +241,11 @@ class QueueClient:
         body = {"reason": _clip(reason, MAX_REASON_CHARS), "cause": cause.value}
         response = await self._post_with_retries("/api/workers/release-job", params, body, self.report_budget_s)
         self._raise_for_job_answer("release-job", job_id, response)
-        return response.json()
+        answer = _json_or_none(response)
+        if not isinstance(answer, dict):
+            raise ReportRejected(f"release-job for job {job_id} answered HTTP 200 with no JSON object: the queue "
+                                 "manager's answer did not reach the worker")
+        return answer
 
     async def heartbeat(self, job_id: str, attempt: int, *, deadline_s: float | None = None) -> None:
         """One lease heartbeat (contract item 3), not retried: the next one follows soon. ``deadline_s``: give up
@@ -232,7 +263,7 @@ class QueueClient:
             return None
         if response.status_code != 200:
             raise ReportRejected(f"GET /api/jobs/{job_id} answered HTTP {response.status_code}")
-        job = response.json()
+        job = _json_or_none(response)
         return job if isinstance(job, dict) else None
 
     async def job_priority(self, job_id: str) -> int | None:
@@ -272,14 +303,30 @@ class QueueClient:
     async def submit_job(
         self, user_id: str, workflow: dict[str, Any], metadata: dict[str, Any], *, priority: int | None = None
     ) -> str:
-        """Create a new job through the public user endpoint (the hand-back fallback for comfy-multi)."""
+        """Create a new job through the public user endpoint (the hand-back fallback for comfy-multi): its id.
+        SubmissionUnconfirmed when the manager created it (201) but its answer names no job."""
         body: dict[str, Any] = {"user_id": user_id, "workflow": workflow, "metadata": metadata}
         if priority is not None:
             body["priority"] = priority
-        response = await self._post_with_retries("/api/jobs", None, body, self.report_budget_s)
+        try:
+            response = await self._post_with_retries("/api/jobs", None, body, self.report_budget_s, _surely_not_sent)
+        except (TransientHTTPError, httpx.TransportError) as exc:
+            if _surely_not_sent(exc):
+                raise
+            raise SubmissionUnconfirmed(
+                f"resubmitting it may not have worked: its answer was lost ({type(exc).__name__}: {exc}): look among "
+                "your jobs for a copy before submitting it again", created=False
+            ) from None
         if response.status_code != 201:
             raise ReportRejected(f"POST /api/jobs answered HTTP {response.status_code}: {_short(response.text)}")
-        return str(response.json()["id"])
+        answer = _json_or_none(response)
+        new_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(new_id, str) or not new_id.strip():
+            raise SubmissionUnconfirmed(
+                f"resubmitted, but the queue manager's answer (HTTP 201) named no copy: {_short(response.text)!r}",
+                created=True,
+            )
+        return new_id
 
     async def _report(self, endpoint: str, job_id: str, body: dict[str, Any], attempt: int | None) -> None:
         params = {"job_id": job_id, **self._fence(attempt)}
@@ -314,10 +361,11 @@ class QueueClient:
         )
 
     async def _post_with_retries(
-        self, path: str, params: dict[str, str] | None, body: dict[str, Any], budget_s: float
+        self, path: str, params: dict[str, str] | None, body: dict[str, Any], budget_s: float,
+        retryable: Callable[[BaseException], bool] = _is_transient,
     ) -> httpx.Response:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(retryable),
             stop=stop_after_delay(budget_s),
             wait=self._retry_wait,
             reraise=True,

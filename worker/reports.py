@@ -8,6 +8,7 @@ says whether it may count against the job: a replica that stops never uses up th
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import structlog
 
 from common.handbacks import HandBackCause, gives_up
 from worker.deadline import ShutdownDeadline
+from worker.input_images import MAX_METADATA_BYTES
 from worker.jobs import Job
 from worker.queue_client import (
     JobGone,
@@ -25,6 +27,7 @@ from worker.queue_client import (
     QueueClient,
     ReportRejected,
     RouteUnknown,
+    SubmissionUnconfirmed,
     TransientHTTPError,
     stored_error,
     stored_reason,
@@ -129,6 +132,12 @@ class Reporter:
                 job_error=report.stored_text,
             )
             return "undelivered"
+        except Exception as exc:  # an answer no one foresaw must not end the worker: the job is left to the lease
+            self.state.metrics.report_errors.inc()
+            log.exception("Report failed on an unexpected answer; the queue manager hands the job back when its "
+                          "lease runs out (comfy-multi's fails it at its job timeout)",
+                          outcome=kind, error=f"{type(exc).__name__}: {exc}", job_error=report.stored_text)
+            return "undelivered"
         finally:
             self.state.metrics.observe_phase("report", time.monotonic() - started)
 
@@ -144,11 +153,6 @@ class Reporter:
             answer = await self.queue.release_job(report.job_id, reason, attempt=report.attempt, cause=report.cause)
         except RouteUnknown:
             return await self._resubmit(report, reason)
-        except ValueError:  # a 200 that is not JSON: a proxy's page
-            answer = None
-        if not isinstance(answer, dict):
-            raise ReportRejected(f"release-job for job {report.job_id} answered HTTP 200 with no JSON object: the "
-                                 "queue manager's answer did not reach the worker")
         if answer.get("status") == "failed":
             log.warning(f"Job {report.job_id} failed",
                         error=stored_error(f"gave up after {report.attempt} attempts: {reason}"))
@@ -181,10 +185,26 @@ class Reporter:
             log.warning("Could not read the job's priority; the copy gets the default", error=str(exc))
             priority = None
         copy_of = {"requeued_from": job.id, "attempt": attempt + 1, "faults": faults, "requeue_reasons": reasons}
-        metadata = {**job.metadata, **copy_of}
+        metadata = _within_cap({**job.metadata, **copy_of})
+        if metadata is None:
+            error = (f"{reason}; resubmitting it failed: the metadata of its copy would be over the queue manager's "
+                     f"cap ({MAX_METADATA_BYTES} characters of JSON): please submit it again")
+            await self.queue.fail_job(job.id, error)
+            log.warning(f"Job {job.id} failed", error=stored_error(error))
+            return "failed"
         try:
             new_id = await self.queue.submit_job(job.user_id, job.workflow, metadata, priority=priority)
-        except (ReportRejected, TransientHTTPError, httpx.HTTPError, ValueError, KeyError) as exc:
+        except SubmissionUnconfirmed as exc:
+            log.error("Could not learn the id of the job's copy", error=str(exc))
+            error = f"Handed back: {reason}; {exc}"
+            await self.queue.fail_job(job.id, error)
+            if not exc.created:
+                log.warning(f"Job {job.id} failed", error=stored_error(error))
+                return "failed"
+            log.info(f"Job {job.id} handed back", reason=stored_reason(reason), cause=report.cause.value,
+                     next_attempt=attempt + 1)
+            return "handed_back"
+        except (ReportRejected, TransientHTTPError, httpx.HTTPError, ValueError) as exc:
             log.error("Could not resubmit the job", error=f"{type(exc).__name__}: {exc}")
             error = f"{reason}; resubmitting it failed ({exc}): please submit it again"
             await self.queue.fail_job(job.id, error)
@@ -194,6 +214,22 @@ class Reporter:
         log.info(f"Job {job.id} handed back", reason=stored_reason(reason), cause=report.cause.value, new_job_id=new_id,
                  next_attempt=attempt + 1)
         return "handed_back"
+
+
+def _within_cap(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """A copy's metadata within the queue manager's cap (the length of its JSON, as the manager measures it), the
+    oldest ``requeue_reasons`` left out as needed; None when even without them it is over."""
+    reasons = metadata["requeue_reasons"]
+    room = MAX_METADATA_BYTES - len(json.dumps({**metadata, "requeue_reasons": []}))
+    if room < 0:
+        return None
+    kept = 0
+    for reason in reversed(reasons):
+        room -= len(json.dumps(reason)) + (2 if kept else 0)  # ", " between two
+        if room < 0:
+            break
+        kept += 1
+    return {**metadata, "requeue_reasons": reasons[len(reasons) - kept:]}
 
 
 def _previous_reasons(job: Job) -> list[str]:
