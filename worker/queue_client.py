@@ -92,10 +92,11 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _surely_not_sent(exc: BaseException) -> bool:
-    """A failure after which a create surely did not land: no connection, or the manager refused to read it (408) or
-    to queue it (429). Any other may come after the job was created (a proxy's 502, a read timeout)."""
+    """A failure after which a create surely did not land: no connection, or the manager (or a proxy with no manager
+    behind it) declined to read it (408), queue it (429) or take it at all (503). Any other may come after the job
+    was created (a proxy's 502 or 504, a read timeout)."""
     if isinstance(exc, TransientHTTPError):
-        return exc.status in (408, 429)
+        return exc.status in (408, 429, 503)
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 

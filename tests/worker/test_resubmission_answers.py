@@ -77,9 +77,12 @@ async def test_a_resubmission_whose_answer_was_lost_is_not_submitted_again(qm, c
     assert report.body["error"].endswith("look among your jobs for a copy before submitting it again")
 
 
-async def test_a_resubmission_refused_with_429_is_sent_again(qm, comfy, make_worker, workflows):
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_resubmission_refused_before_it_was_taken_is_sent_again(qm, comfy, make_worker, workflows, status):
+    """429 (the queue is full) and 503 (a proxy with no manager behind it, a manager at its budget) come before the
+    job is made: sending it again cannot make a second copy, and failing it would lose a job no fault of its own."""
     job = qm.store.submit("alice", workflows["slow"])
-    qm.faults.inject("submit-job", status=429, body={"detail": "Queue is full (max depth: 100)"})
+    qm.faults.inject("submit-job", status=status, body={"detail": "Queue is full (max depth: 100)"})
     worker = make_worker(shutdown_grace_s=0.1, serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
