@@ -30,7 +30,7 @@ from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig, is_a_price
 from scaler.providers import Backend, LocalBackend, VerdaBackend
-from scaler.providers.base import BackendView, OutlivesItsStop
+from scaler.providers.base import AsksForTokensAhead, BackendView, OutlivesItsStop
 from scaler.providers.local import worker_environment as local_worker_environment
 from scaler.providers.verda.client import VerdaClient
 
@@ -220,9 +220,7 @@ async def tokens_ahead(backend: Backend, limit_s: float) -> None:
     it made that read two answers long, and at 2 s an answer a fleet's 3.75 s cut it off (a single backend's
     read has the whole tick). A request that fails or is late is no error here: it goes on, and the read that
     needs the token reports it."""
-    members = [m.backend for m in backend.members.values()] if isinstance(backend, FleetBackend) else [backend]
-    requests = [b.client.fetch_token_ahead() for b in members if isinstance(b, VerdaBackend)]
-    pending = {request for request in requests if request is not None}
+    pending = set(backend.fetch_tokens_ahead()) if isinstance(backend, AsksForTokensAhead) else set()
     if pending:
         await asyncio.wait(pending, timeout=limit_s)
 
