@@ -30,7 +30,7 @@ from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig, is_a_price
 from scaler.providers import Backend, LocalBackend, VerdaBackend
-from scaler.providers.base import AsksForTokensAhead, BackendView, OutlivesItsStop
+from scaler.providers.base import AsksForTokensAhead, BackendView, OutlivesItsStop, RunsItsReplicasHere
 from scaler.providers.local import worker_environment as local_worker_environment
 from scaler.providers.verda.client import VerdaClient
 
@@ -318,7 +318,7 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
 
     Each half takes at most ``timeout_s``, whatever the API does (never answers, answers a byte at a time, asks
     for an hour's Retry-After): the kill switch always ends, saying what it could not confirm."""
-    if isinstance(backend, LocalBackend):
+    if isinstance(backend, RunsItsReplicasHere):
         return StopResult(name, False, "its workers live inside `comfy-scaler run`: stop that process (Ctrl-C)")
     failures = await pin_and_pause(backend, timeout_s=timeout_s)
     failed = "; ".join(f"{step} failed: {error_text(exc)}" for step, exc in failures)

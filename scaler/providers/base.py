@@ -138,6 +138,17 @@ class OutlivesItsStop(Protocol):
 
 
 @runtime_checkable
+class RunsItsReplicasHere(Protocol):
+    """A backend whose replicas are processes of the scaler that runs it (the local workers): another process
+    (`comfy-scaler stop`) can neither see nor stop them."""
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes it tracks (running or being stopped)."""
+        ...
+
+
+@runtime_checkable
 class AsksForTokensAhead(Protocol):
     """A backend whose first read would first ask for a token (Verda's OAuth; a fleet, for its members): asked
     for before the first tick, so that read is not two answers long."""
