@@ -59,7 +59,11 @@ def worker_environment(settings: ScalerSettings, environ: Mapping[str, str]) -> 
 
 def make_provider(settings: ScalerSettings, name: str) -> Backend:
     if name == "local":
-        return LocalBackend(worker_environment(settings, os.environ), log_dir=settings.local_log_dir)
+        try:
+            return LocalBackend(worker_environment(settings, os.environ), log_dir=settings.local_log_dir)
+        except OSError as exc:  # the log folder's earlier files are read at the start
+            raise ProviderSetupError(f"local: SCALER_LOCAL_LOG_DIR {settings.local_log_dir} cannot be read as a "
+                                     f"folder ({type(exc).__name__}: {exc.strerror or exc})") from None
     if name == "verda":
         if not (settings.verda_client_id and settings.verda_client_secret):  # `stop` of a fleet lets it through
             raise ProviderSetupError("verda: set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")

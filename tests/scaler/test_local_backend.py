@@ -834,6 +834,22 @@ async def test_a_restarted_scaler_s_workers_keep_the_earlier_run_s_logs_and_writ
     assert files == {**earlier, "local-worker-3.log": "local-worker-3\n"}
 
 
+@pytest.mark.parametrize("provider", ["SCALER_BACKEND", "SCALER_PROVIDERS"])
+def test_a_log_folder_that_is_a_file_stops_the_start_naming_the_setting(
+    monkeypatch, tmp_path, capsys, restore_logging, provider
+):
+    """SCALER_LOCAL_LOG_DIR naming a file: `comfy-scaler run` died of NotADirectoryError, a 40-line traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").write_text("not a folder")
+    for name, value in {"QUEUE_MANAGER_URL": "http://127.0.0.1:9", provider: "local", "SCALER_METRICS_PORT": "0",
+                        "SCALER_LOCAL_LOG_DIR": str(tmp_path / "notes")}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"run: local: SCALER_LOCAL_LOG_DIR {tmp_path / 'notes'} cannot be read as a folder "
+                          "(NotADirectoryError: Not a directory)"), err
+
+
 @pytest.mark.parametrize("kept", [0, -1])
 def test_keeping_no_log_file_is_refused_naming_the_setting(tmp_path, kept):
     with pytest.raises(ValueError, match=rf"log_files_kept must be >= 1.*got {kept}"):
