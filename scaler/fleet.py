@@ -61,7 +61,7 @@ from scaler.ledger import (
 )
 from scaler.metrics import ProviderMetrics
 from scaler.policy import Replica
-from scaler.providers.base import Backend, BackendView
+from scaler.providers.base import AsksForTokensAhead, Backend, BackendView
 from scaler.save_failures import SaveFailures
 from scaler.settle import settled
 
@@ -329,6 +329,10 @@ class FleetBackend:
                 log.error("provider_close_failed", provider=name, error=error_text(result))
 
     # --- one tick ---------------------------------------------------------------------------------------
+
+    def fetch_tokens_ahead(self) -> list[asyncio.Task[Any]]:
+        return [request for member in self.members.values() if isinstance(member.backend, AsksForTokensAhead)
+                for request in member.backend.fetch_tokens_ahead()]
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         if self.member_timeout_s is None:

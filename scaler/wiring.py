@@ -30,7 +30,7 @@ from scaler.loop import tick_deadline
 from scaler.metrics import ProviderMetrics
 from scaler.policy import ScalingConfig, is_a_price
 from scaler.providers import Backend, LocalBackend, VerdaBackend
-from scaler.providers.base import BackendView, OutlivesItsStop
+from scaler.providers.base import AsksForTokensAhead, BackendView, OutlivesItsStop, RunsItsReplicasHere
 from scaler.providers.local import worker_environment as local_worker_environment
 from scaler.providers.verda.client import VerdaClient
 
@@ -59,7 +59,11 @@ def worker_environment(settings: ScalerSettings, environ: Mapping[str, str]) -> 
 
 def make_provider(settings: ScalerSettings, name: str) -> Backend:
     if name == "local":
-        return LocalBackend(worker_environment(settings, os.environ), log_dir=settings.local_log_dir)
+        try:
+            return LocalBackend(worker_environment(settings, os.environ), log_dir=settings.local_log_dir)
+        except OSError as exc:  # the log folder's earlier files are read at the start
+            raise ProviderSetupError(f"local: SCALER_LOCAL_LOG_DIR {settings.local_log_dir} cannot be read as a "
+                                     f"folder ({type(exc).__name__}: {exc.strerror or exc})") from None
     if name == "verda":
         if not (settings.verda_client_id and settings.verda_client_secret):  # `stop` of a fleet lets it through
             raise ProviderSetupError("verda: set VERDA_CLIENT_ID and VERDA_CLIENT_SECRET (Verda console > API keys)")
@@ -220,9 +224,7 @@ async def tokens_ahead(backend: Backend, limit_s: float) -> None:
     it made that read two answers long, and at 2 s an answer a fleet's 3.75 s cut it off (a single backend's
     read has the whole tick). A request that fails or is late is no error here: it goes on, and the read that
     needs the token reports it."""
-    members = [m.backend for m in backend.members.values()] if isinstance(backend, FleetBackend) else [backend]
-    requests = [b.client.fetch_token_ahead() for b in members if isinstance(b, VerdaBackend)]
-    pending = {request for request in requests if request is not None}
+    pending = set(backend.fetch_tokens_ahead()) if isinstance(backend, AsksForTokensAhead) else set()
     if pending:
         await asyncio.wait(pending, timeout=limit_s)
 
@@ -320,7 +322,7 @@ async def stop_provider(name: str, backend: Backend, *, timeout_s: float, poll_s
 
     Each half takes at most ``timeout_s``, whatever the API does (never answers, answers a byte at a time, asks
     for an hour's Retry-After): the kill switch always ends, saying what it could not confirm."""
-    if isinstance(backend, LocalBackend):
+    if isinstance(backend, RunsItsReplicasHere):
         return StopResult(name, False, "its workers live inside `comfy-scaler run`: stop that process (Ctrl-C)")
     failures = await pin_and_pause(backend, timeout_s=timeout_s)
     failed = "; ".join(f"{step} failed: {error_text(exc)}" for step, exc in failures)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
@@ -133,6 +134,27 @@ class OutlivesItsStop(Protocol):
 
     async def terminate_live(self) -> list[str]:
         """End, without their stop, the replicas the last read listed live; the ids whose end was accepted."""
+        ...
+
+
+@runtime_checkable
+class RunsItsReplicasHere(Protocol):
+    """A backend whose replicas are processes of the scaler that runs it (the local workers): another process
+    (`comfy-scaler stop`) can neither see nor stop them."""
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes it tracks (running or being stopped)."""
+        ...
+
+
+@runtime_checkable
+class AsksForTokensAhead(Protocol):
+    """A backend whose first read would first ask for a token (Verda's OAuth; a fleet, for its members): asked
+    for before the first tick, so that read is not two answers long."""
+
+    def fetch_tokens_ahead(self) -> list[asyncio.Task[Any]]:
+        """The token requests now under way."""
         ...
 
 

@@ -143,7 +143,8 @@ def restart_delay_s(failed_starts: int) -> float:
     """The first failure is restarted at once (a worker killed once is not crash-looping); then the back-off."""
     if failed_starts < 2:
         return 0.0
-    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** (failed_starts - 2))
+    doublings = min(failed_starts - 2, 32)  # past the cap long before; 2 ** 1024 is no float (OverflowError)
+    return min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2**doublings)
 
 
 class LocalBackend:

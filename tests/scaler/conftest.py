@@ -150,6 +150,16 @@ class StubBackend:
         self.closed = True
 
 
+class Wrapped:
+    """A backend wrapping another, as a recorder or a health record would: it has what the backend it wraps has."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(1_000_000.0)

@@ -17,14 +17,14 @@ from demo.replicas import free_loopback_port
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.policy import Replica
-from scaler.providers import VerdaBackend
+from scaler.providers import LocalBackend, VerdaBackend
 from scaler.providers.base import BackendView
 from scaler.providers.runpod.backend import RunPodBackend
 from scaler.providers.runpod.client import RunPodClient
 from scaler.wiring import build_fleet, stop_all, stop_provider
 
 from ..conftest import served
-from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, running_scaler, sigterm_and_wait
+from .conftest import CALL_CUT_OFF_S, DEPLOYMENT, Wrapped, running_scaler, sigterm_and_wait
 
 
 async def cli(*argv: str) -> int:
@@ -512,3 +512,18 @@ async def test_the_kill_switch_alert_stays_in_the_book_a_running_fleet_saves_eve
         assert "alert (dry run" not in capsys.readouterr().out, "the kill switch alert goes out once a day"
     finally:
         await fleet.aclose()
+
+
+async def test_the_kill_switch_leaves_local_workers_to_their_scaler_by_what_the_backend_does_not_its_class():
+    """Before, only an object of the class LocalBackend was refused: a wrapped one, built in `comfy-scaler stop`
+    with no workers of its own, was pinned, paused, read empty and reported `stopped` (0 replicas) while the running
+    scaler's workers ran on. Now any backend whose replicas live in its own process (RunsItsReplicasHere) is not
+    stopped, and the operator is told which process to stop."""
+    backend = Wrapped(LocalBackend({}))
+    try:
+        async with asyncio.timeout(30):
+            result = await stop_provider("local", backend, timeout_s=2, poll_s=0.05)
+    finally:
+        await backend.aclose()
+    assert not result.stopped
+    assert "inside `comfy-scaler run`" in result.detail

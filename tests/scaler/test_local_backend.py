@@ -540,6 +540,30 @@ async def test_a_crash_looping_worker_backs_off_growing_capped_and_a_good_run_re
     assert not [pid for pid in backend.pids_started if alive(pid)]
 
 
+async def test_a_worker_failing_for_days_keeps_backing_off_without_an_error():
+    """The back-off was 10 s doubled at each failure in a row, then capped: at the 1,026th (3.6 days of a worker
+    refusing its settings at the 300-s cap) 10 * 2**1024 raised OverflowError out of observe, a traceback in the
+    tick, and the streak started over from a restart at once. Now it stays at the cap."""
+    clock = ManualClock()
+    backend = LocalBackend(os.environ, command=("false",), clock=clock)
+    try:
+        await backend.apply(1)
+        with capture_logs():  # a warning a failure
+            async with asyncio.timeout(300):
+                while True:
+                    while not all(replica.exited for replica in backend._live):
+                        await asyncio.sleep(0.001)
+                    if backend.starts == 1030:
+                        break
+                    clock.advance(RESTART_BACKOFF_MAX_S)
+                    await backend.observe()
+                view = await backend.observe()
+        assert view.crash_loop is not None and view.crash_loop.exits == 1030
+        assert view.crash_loop.next_start_at == clock() + RESTART_BACKOFF_MAX_S
+    finally:
+        await backend.aclose()
+
+
 async def test_a_new_worker_counts_as_ready_once_it_has_run_a_while(tmp_path, wait):
     """Every listed local replica counted as serving from the instant it was spawned."""
     clock = ManualClock()
@@ -808,6 +832,22 @@ async def test_a_restarted_scaler_s_workers_keep_the_earlier_run_s_logs_and_writ
         await backend.aclose()
     files = {path.name: path.read_text() for path in logs.iterdir()}
     assert files == {**earlier, "local-worker-3.log": "local-worker-3\n"}
+
+
+@pytest.mark.parametrize("provider", ["SCALER_BACKEND", "SCALER_PROVIDERS"])
+def test_a_log_folder_that_is_a_file_stops_the_start_naming_the_setting(
+    monkeypatch, tmp_path, capsys, restore_logging, provider
+):
+    """SCALER_LOCAL_LOG_DIR naming a file: `comfy-scaler run` died of NotADirectoryError, a 40-line traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").write_text("not a folder")
+    for name, value in {"QUEUE_MANAGER_URL": "http://127.0.0.1:9", provider: "local", "SCALER_METRICS_PORT": "0",
+                        "SCALER_LOCAL_LOG_DIR": str(tmp_path / "notes")}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"run: local: SCALER_LOCAL_LOG_DIR {tmp_path / 'notes'} cannot be read as a folder "
+                          "(NotADirectoryError: Not a directory)"), err
 
 
 @pytest.mark.parametrize("kept", [0, -1])

@@ -4,6 +4,7 @@ fake Verda and the fake RunPod on loopback, and what the scaler makes of them.""
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -179,6 +180,10 @@ async def test_a_pod_listing_without_names_is_an_error_not_zero_pods_to_create_a
     ({"id": "p", "name": "comfy-0123abcd", "status": "RUNNING", "cost": "abc"}, "pods[0].cost='abc' is not a number"),
     ({"id": "p", "name": "comfy-0123abcd", "status": "RUNNING", "gpu": {"count": "two"}},
      "pods[0].gpu.count='two' is not a whole number"),
+    # Before: taken, and shown by `comfy-deploy runpod status` as "$nan/h" ("$inf/h", "$-0.69/h"); 10**400 raised
+    # OverflowError: int too large to convert to float.
+    *(({"id": "p", "name": "comfy-0123abcd", "status": "RUNNING", "cost": cost},
+       f"pods[0].cost={repr(cost)[:60]} is not an hourly cost") for cost in (math.nan, math.inf, -0.69, 10**400)),
 ])
 async def test_a_pod_of_the_wrong_shape_is_an_error_naming_the_field_and_runpod(entry, named):
     # Before: AttributeError: 'int' object has no attribute 'get'; ValueError: could not convert string to float.

@@ -12,7 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
+from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import load_settings
+from scaler.fleet import FleetBackend, Member
+from scaler.ledger import VERDA_BILLING
 from scaler.loop import ScalerLoop, load_policy_state
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
@@ -21,7 +24,7 @@ from scaler.queue_status import QueueStatusReader
 from scaler.wiring import make_provider, tokens_ahead
 from standins.verda import FakeVerda
 
-from .conftest import DEPLOYMENT
+from .conftest import DEPLOYMENT, Wrapped
 
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 
@@ -368,6 +371,24 @@ async def test_the_token_is_asked_for_at_start_so_the_first_read_needs_no_token_
         assert sent == ["replicas", "scaling", "status"], "no token request"
     finally:
         await backend.aclose()
+
+
+async def test_the_token_is_asked_for_at_start_by_what_the_backend_does_not_its_class(
+    make_verda_client, fake_verda: FakeVerda
+):
+    """Before, only an object of the class VerdaBackend, alone or in a FleetBackend, had its token asked for at
+    start: a wrapped fleet holding a wrapped Verda backend asked for none (0 token requests), and its first read,
+    a quarter of the tick, was two answers long. Now any backend that asks for tokens (AsksForTokensAhead) does."""
+    verda = VerdaBackend(make_verda_client(), DEPLOYMENT)
+    spec = ProviderSpec("verda", max_replicas=3, price_per_hour=2.99)
+    fleet = FleetBackend([Member(spec, Wrapped(verda), VERDA_BILLING)], AllocatorConfig(providers=(spec,)))
+    sent_before = len(fake_verda.requests)  # the deployment's creation
+    try:
+        async with asyncio.timeout(30):
+            await tokens_ahead(Wrapped(fleet), 30)
+        assert [r.path for r in fake_verda.requests[sent_before:]] == ["/oauth2/token"]
+    finally:
+        await fleet.aclose()
 
 
 async def test_a_token_refused_at_start_is_the_first_reads_error(cli_env, fake_verda: FakeVerda, monkeypatch):

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 import structlog
 
+from common.logs import scrubbed_excerpt
 from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import BackendView, FirstSeen, stop_rank
 from scaler.providers.runpod.client import DEAD_STATUSES, CreateUnconfirmedError, Pod, RunPodAPIError, RunPodClient
@@ -41,6 +42,7 @@ LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, a
 STOP_LAG_S = 120.0  # a pod still live this long after its stop was asked is terminated without its stop
 TERMINATE_LAG_S = 300.0  # a dead pod still listed this long after RunPod accepted its DELETE: said, as an error
 TERMINATE_RETRY_S = 600.0  # ... and from then on its DELETE is asked again this often, not at every observe
+UNHEALTHY_REASON_LIMIT = 300  # of the reason a pod's /health gives, logged: the worker's are a line
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
@@ -208,7 +210,7 @@ class RunPodBackend:
         running = {pod.id: pod for pod in pods if pod.status == "RUNNING"}
         judged = await self.health.unhealthy(running)
         for pod_id, reason in judged.items():
-            log.warning("runpod_pod_unhealthy", pod=pod_id, reason=reason)
+            log.warning("runpod_pod_unhealthy", pod=pod_id, reason=scrubbed_excerpt(reason, UNHEALTHY_REASON_LIMIT))
         await _each_pod((pod_id, partial(self._replace_unhealthy, running[pod_id])) for pod_id in judged)
         return bool(judged)
 

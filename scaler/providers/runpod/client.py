@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.logs import register_secret, scrubbed_excerpt
 from common.urls import direct_transport
-from scaler.policy import PRICE_RANGE, is_a_price
+from scaler.policy import MAX_PRICE_PER_HOUR, PRICE_RANGE, is_a_price
 from scaler.providers.base import MAX_LISTED_REPLICAS, listed_once
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
 
@@ -118,6 +118,9 @@ def pod_from_json(data: Any, request: str, where: str = "pod") -> Pod:
     for name, value, wanted in (("gpu", gpu, dict), ("cost", cost, int | float), ("gpu.count", count, int)):
         if isinstance(value, bool) or not isinstance(value, wanted):
             raise _unexpected(request, f"{where}.{name}={scrubbed_excerpt(repr(value), 60)} is not {_KINDS[name]}")
+    # Not is_a_price: a stopped pod's small volume may cost less than its least (0.001 an hour), and is listed.
+    if not 0 <= cost <= MAX_PRICE_PER_HOUR:  # NaN, inf, negative: "$nan/h" in `comfy-deploy runpod status`
+        raise _unexpected(request, f"{where}.cost={scrubbed_excerpt(repr(cost), 60)} is not {COST_RANGE}")
     return Pod(
         id=str(data.get("id", "")),
         name=str(data.get("name", "")),
@@ -130,6 +133,7 @@ def pod_from_json(data: Any, request: str, where: str = "pod") -> Pod:
     )
 
 
+COST_RANGE = f"an hourly cost from 0 to {MAX_PRICE_PER_HOUR:g}"
 _KINDS = {"gpu": "an object", "cost": "a number", "gpu.count": "a whole number"}
 
 

@@ -6,6 +6,7 @@ min == max leaves it nothing to decide, so the count is ours alone.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -59,6 +60,10 @@ class VerdaBackend:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def fetch_tokens_ahead(self) -> list[asyncio.Task[Any]]:
+        request = self.client.fetch_token_ahead()
+        return [] if request is None else [request]
 
     async def price_per_hour(self) -> float:
         """Hourly price of one replica of this deployment's compute, from GET /container-types."""

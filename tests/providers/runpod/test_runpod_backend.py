@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import Backend
-from scaler.providers.runpod.backend import RunPodBackend
+from scaler.providers.runpod.backend import UNHEALTHY_REASON_LIMIT, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -248,6 +249,19 @@ async def test_a_pod_unhealthy_three_probes_in_a_row_is_replaced(backend: RunPod
     view = await backend.observe()
     assert sick in fake.terminated and fake.terminated[sick].history[-2:] == ["EXITED", "TERMINATED"]
     assert len(view.replicas) == 1 and view.replicas[0].id != sick
+
+
+async def test_the_reason_an_unhealthy_pod_gives_is_logged_cut(backend: RunPodBackend, fake: FakeRunPod) -> None:
+    """A pod's /health reason was logged whole: a pod answering 60,000 characters within the answer's 64 KiB limit
+    wrote a 60,000-character log line at every judgement. It is cut to UNHEALTHY_REASON_LIMIT."""
+    await backend.apply(1)
+    (sick,) = fake.pods
+    fake.set_health(sick, 503, {"status": "unhealthy", "reason": "ComfyUI exited: " + "x" * 60_000})
+    with capture_logs() as logs:
+        for _ in range(3):
+            await backend.observe()
+    (judged,) = [e for e in logs if e["event"] == "runpod_pod_unhealthy"]
+    assert judged["reason"].startswith("ComfyUI exited: x") and len(judged["reason"]) == UNHEALTHY_REASON_LIMIT
 
 
 async def test_a_healthy_answer_resets_the_count(backend: RunPodBackend, fake: FakeRunPod) -> None:
