@@ -189,6 +189,19 @@ class FaultRun:
         self.faults_done: list[dict[str, Any]] = []
 
     async def run(self) -> dict[str, Any]:
+        """The run and its summary; the scratch folder removed (copied to --keep first) however the run ends."""
+        try:
+            return await self._run()
+        finally:
+            try:
+                if self.config.keep:
+                    shutil.copytree(
+                        self.root, self.config.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models")
+                    )
+            finally:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _run(self) -> dict[str, Any]:
         started = time.monotonic()
         drained_at = None
         try:
@@ -219,9 +232,6 @@ class FaultRun:
             replica_starts=self.pool.started,
             config={k: str(v) for k, v in vars(self.config).items()},
         )
-        if self.config.keep:
-            shutil.copytree(self.root, self.config.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models"))
-        shutil.rmtree(self.root, ignore_errors=True)
         return summary
 
     async def close(self) -> None:
