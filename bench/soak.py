@@ -390,22 +390,22 @@ class Soak:
             await self.start()
             deadline = self.started + self.args.minutes * 60
             async with httpx.AsyncClient(base_url=self.queue.url, timeout=10) as http:
-                sampler = asyncio.create_task(self.sampler())
-                keeper = asyncio.create_task(self.keep_workers_up())
-                cancels = self.retrying(self.cancel, http)
-                churn = [
-                    asyncio.create_task(coro)
-                    for coro in (self.comfyui_faults(), self.process_faults(), self.hostile(), cancels)
-                ]
-                submitter = asyncio.create_task(self.retrying(self.submit, http))
-                await asyncio.wait({submitter}, timeout=max(0.0, deadline - time.monotonic()))
-                self.args.jobs = len(self.submitted)  # ends the churn loops
-                submitter.cancel()
-                await asyncio.gather(*churn, submitter, return_exceptions=True)
-                churn_end = time.monotonic()
-                drained = await self.drain(http)
-                self.stop_faults.set()
-                await asyncio.gather(sampler, keeper, return_exceptions=True)
+                async with asyncio.TaskGroup() as tasks:  # one that fails ends the others and fails the soak with it
+                    tasks.create_task(self.sampler())
+                    tasks.create_task(self.keep_workers_up())
+                    cancels = self.retrying(self.cancel, http)
+                    churn = [
+                        tasks.create_task(coro)
+                        for coro in (self.comfyui_faults(), self.process_faults(), self.hostile(), cancels)
+                    ]
+                    submitter = tasks.create_task(self.retrying(self.submit, http))
+                    await asyncio.wait({submitter}, timeout=max(0.0, deadline - time.monotonic()))
+                    self.args.jobs = len(self.submitted)  # ends the churn loops
+                    submitter.cancel()
+                    await asyncio.wait([*churn, submitter])
+                    churn_end = time.monotonic()
+                    drained = await self.drain(http)
+                    self.stop_faults.set()  # ends the sampler and the keeper
                 status = (await http.get("/api/queue/status")).json()
                 self.sample(status["completed_jobs"] + status["failed_jobs"], await self.comfy_history_entries())
                 worker0 = self.workers[0]
