@@ -204,7 +204,8 @@ HUNG_WORKER = "import os, sys, time; open(sys.argv[0] + '.pid', 'w').write(str(o
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
 def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_path: Path) -> None:
-    """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker with it."""
+    """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker and its
+    scratch folder with it."""
     (tmp_path / "worker").mkdir()
     (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
     run = run_bench(name, ["--worker-source", str(tmp_path), "--worker-timeout", "2"], tmp_path)
@@ -212,6 +213,7 @@ def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_p
     assert "TimeoutError" in run.stderr
     pid = int((tmp_path / "worker" / "__main__.py.pid").read_text())
     assert not Path(f"/proc/{pid}").exists(), "the hung worker was left running"
+    assert [path.name for path in tmp_path.iterdir()] == ["worker"], "the bench's scratch (its TMPDIR) was left"
 
 
 @pytest.mark.timeout(60)
