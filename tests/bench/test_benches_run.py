@@ -351,6 +351,20 @@ async def test_a_scaler_log_line_that_is_not_json_fails_the_bench_naming_the_lin
     assert """{"event": "Scaling dec\\n""" in str(failure.value)
 
 
+@pytest.mark.timeout(120)
+def test_jobs_that_never_end_fail_the_queue_load_within_its_timeout(tmp_path: Path) -> None:
+    """Its replicas' worker refuses its settings and exits (nothing starts it again): the bench fails after
+    --timeout naming how many jobs ended, rather than polling the queue for ever."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    (tmp_path / "worker" / "__main__.py").write_text("raise SystemExit('SOME_SETTING: not valid')")
+    run = run_bench("queue_load", ["--jobs", "2", "--replicas", "1", "--timeout", "3"], tmp_path, timeout_s=60,
+                    cwd=tmp_path)  # fmt: skip
+    assert run.returncode != 0
+    assert "TimeoutError: 0 of 2 jobs ended in 3 s (--timeout)" in run.stderr
+    assert "jobs_per_s" not in run.stdout
+
+
 REFUSING_QUEUE_MANAGER = """
 import http.server
 class Refusing(http.server.BaseHTTPRequestHandler):
