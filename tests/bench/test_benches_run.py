@@ -365,6 +365,23 @@ def test_jobs_that_never_end_fail_the_queue_load_within_its_timeout(tmp_path: Pa
     assert "jobs_per_s" not in run.stdout
 
 
+def health_server_source(tmp_path: Path, program: str) -> None:
+    """A checkout whose `health.server` is `program`."""
+    (tmp_path / "health").mkdir()
+    (tmp_path / "health" / "__init__.py").write_text("")
+    (tmp_path / "health" / "server.py").write_text(program)
+
+
+@pytest.mark.timeout(60)
+def test_a_health_server_that_fails_to_start_fails_the_malformed_lines_bench_with_its_reason(tmp_path: Path) -> None:
+    """The bench logs into memory what it measures: its own failure still reaches its stderr."""
+    health_server_source(tmp_path, "class HealthServer:\n    def __init__(self, *args, **kwargs):\n"
+                                   "        raise OSError('no port to bind')\n")  # fmt: skip
+    run = run_bench("malformed_log_lines", ["--requests", "2"], tmp_path, timeout_s=30, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "OSError: no port to bind" in run.stderr
+
+
 REFUSING_QUEUE_MANAGER = """
 import http.server
 class Refusing(http.server.BaseHTTPRequestHandler):
