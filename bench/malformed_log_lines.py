@@ -23,13 +23,20 @@ from health.server import HealthServer
 from worker.state import WorkerState
 
 MALFORMED = b"GET /health HTTP/1.1\r\nHost: bench\r\nNot a header\r\n\r\n"
+ANSWER_TIMEOUT_S = 10.0  # for the server to answer a malformed request and close its connection
 
 
 async def refused(port: int) -> bool:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(MALFORMED)
-        return (await reader.read()).startswith(b"HTTP/1.0 400")
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                return (await reader.read()).startswith(b"HTTP/1.0 400")
+        except TimeoutError:
+            raise RuntimeError(
+                f"the health server did not answer a malformed request and close in {ANSWER_TIMEOUT_S:g} s"
+            ) from None
     finally:
         writer.close()
 

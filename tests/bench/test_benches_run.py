@@ -382,6 +382,42 @@ def test_a_health_server_that_fails_to_start_fails_the_malformed_lines_bench_wit
     assert "OSError: no port to bind" in run.stderr
 
 
+SILENT_HEALTH_SERVER = """
+import asyncio
+
+
+class HealthServer:
+    def __init__(self, *args, **kwargs):
+        self.held = []
+
+    async def start(self):
+        async def hold(reader, writer):  # reads the head, never answers nor closes
+            self.held.append(writer)
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            await asyncio.Event().wait()
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self):
+        self.server.close()
+        for writer in self.held:
+            writer.close()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_server_that_never_answers_fails_the_malformed_lines_bench_within_its_bound(tmp_path: Path) -> None:
+    """A health server (another version) that keeps a malformed request's connection open without answering: the
+    bench fails naming it, rather than waiting for the connection's end for ever."""
+    health_server_source(tmp_path, SILENT_HEALTH_SERVER)
+    run = run_bench("malformed_log_lines", ["--requests", "2", "--concurrency", "2"], tmp_path, timeout_s=60,
+                    cwd=tmp_path)  # fmt: skip
+    assert run.returncode != 0
+    assert "the health server did not answer a malformed request and close in 10 s" in run.stderr
+    assert "answered_400" not in run.stdout
+
+
 REFUSING_QUEUE_MANAGER = """
 import http.server
 class Refusing(http.server.BaseHTTPRequestHandler):
