@@ -202,7 +202,7 @@ HUNG_WORKER = "import os, sys, time; open(sys.argv[0] + '.pid', 'w').write(str(o
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
+@pytest.mark.parametrize("name", ["comfyui_housekeeping", "comfyui_reply_memory", "worker_memory"])
 def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_path: Path) -> None:
     """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker and its
     scratch folder with it."""
