@@ -418,6 +418,19 @@ def test_a_server_that_never_answers_fails_the_malformed_lines_bench_within_its_
     assert "answered_400" not in run.stdout
 
 
+@pytest.mark.timeout(60)
+def test_a_server_that_exits_at_start_fails_the_bench_at_once_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistaken setting in the operator's environment: the queue manager exits at start. The bench says why,
+    from the server's log, rather than 'never printed its port' 20 s later with the log deleted."""
+    monkeypatch.setenv("FINISHED_JOB_RETENTION_S", "not-a-number")
+    run = run_bench("idle_connections", ["--server", "queue", "--connections", "2", "--kind", "idle"], tmp_path)
+    assert run.returncode != 0
+    assert "the queue server exited 2: " in run.stderr
+    assert "FINISHED_JOB_RETENTION_S" in run.stderr
+
+
 REFUSING_QUEUE_MANAGER = """
 import http.server
 class Refusing(http.server.BaseHTTPRequestHandler):
