@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import re
 import signal
@@ -305,6 +306,25 @@ def test_a_bench_killed_outright_takes_its_queue_manager_and_workers_along(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
     assert left == []
+
+
+SILENT_WORKER = "import time; time.sleep(600)"  # runs, but its health server never answers
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_0_that_does_not_answer_at_the_end_fails_the_soak_with_its_figures(tmp_path: Path) -> None:
+    """Worker 0's /health unreachable at the end (crashed, hung): reported as such, the figures printed and the
+    exit 1, rather than a ConnectError traceback after the whole run and nothing printed."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    (tmp_path / "worker" / "__main__.py").write_text(SILENT_WORKER)
+    arguments = ["--jobs", "0", "--workers", "1", "--minutes", "0.05", "--drain-s", "5", "--sample-s", "0.5",
+                 "--worker-source", str(tmp_path)]  # fmt: skip
+    run = run_bench("soak", arguments, tmp_path, timeout_s=90)
+    assert run.returncode == 1, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["worker_0_health_at_end"] == "ConnectError"
+    assert summary["drain_s"] == 0.0 and summary["not_terminal"] == 0  # the health alone fails it
 
 
 def scaler_source(tmp_path: Path, program: str) -> Path:
