@@ -71,10 +71,16 @@ def folder_usage(folder: Path) -> dict[str, int]:
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
-def run_jobs(http: httpx.Client, jobs: int, pad_bytes: int, worker: subprocess.Popen) -> dict[str, int]:
-    """Submit the jobs BACKLOG at a time until the worker has finished them all (it exits at its job limit)."""
+def run_jobs(
+    http: httpx.Client, jobs: int, pad_bytes: int, worker: subprocess.Popen, timeout_s: float
+) -> dict[str, int]:
+    """Submit the jobs BACKLOG at a time until the worker has finished them all (it exits at its job limit);
+    TimeoutError if it is still running after `timeout_s` seconds."""
     submitted: list[str] = []
+    deadline = time.monotonic() + timeout_s
     while worker.poll() is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{' '.join(worker.args)} still running after {timeout_s:g} s")
         waiting = len(http.get("/api/jobs", params={"status": "pending"}).json())
         while len(submitted) < jobs and waiting < BACKLOG:
             workflow = padded_workflow(pad_bytes, color=len(submitted))
@@ -89,7 +95,7 @@ def run_jobs(http: httpx.Client, jobs: int, pad_bytes: int, worker: subprocess.P
     return statuses
 
 
-def bench(source: Path, jobs: int, pad_mib: float) -> dict[str, Any]:
+def bench(source: Path, jobs: int, pad_mib: float, worker_timeout_s: float) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="housekeeping-bench-"))
     comfyui_dir = root / "comfyui"
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
@@ -116,7 +122,7 @@ def bench(source: Path, jobs: int, pad_mib: float) -> dict[str, Any]:
             with httpx.Client(base_url=queue_url, timeout=60) as http:
                 started = time.monotonic()
                 with child([sys.executable, "-m", "worker"], cwd=source, env=env, **worker_output) as worker:
-                    statuses = run_jobs(http, jobs, int(pad_mib * (1 << 20)), worker)
+                    statuses = run_jobs(http, jobs, int(pad_mib * (1 << 20)), worker, worker_timeout_s)
                 seconds = time.monotonic() - started
             history = httpx.get(comfy_url + "/history", timeout=120).content
             rss_after = rss_mib(comfyui.pid)
@@ -143,8 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=300, help="jobs to run; default 300")
     parser.add_argument("--pad-mib", type=float, default=1.0, help="workflow padding (MiB); default 1")
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
+    parser.add_argument("--worker-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="a worker still running this long fails the bench; default 600")  # fmt: skip
     args = parser.parse_args(argv)
-    print(json.dumps(bench(args.worker_source.resolve(), args.jobs, args.pad_mib), indent=2))
+    print(json.dumps(bench(args.worker_source.resolve(), args.jobs, args.pad_mib, args.worker_timeout), indent=2))
 
 
 if __name__ == "__main__":

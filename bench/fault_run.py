@@ -38,6 +38,7 @@ from demo.workload import load_workflow
 from queue_manager.store import JobRecord, JobStore
 
 TERMINAL = {"completed", "failed", "cancelled"}
+START_TIMEOUT_S = 20.0  # for the queue manager's /health to answer once started
 # Each fault, in order, fires when this share of the jobs has ended; the cycle repeats `cycles` times.
 FAULT_CYCLE = (
     "worker_sigkill",
@@ -126,22 +127,24 @@ class QueueProcess:
         }
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until its /health answers 200: RuntimeError if it exits first or has not after `timeout_s` seconds."""
         with self.log.open("ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "queue_manager", "--port", str(self.port), "--db", str(self.db),
                 "--max-queue-depth", "0", env=self.env, stdout=log_file, stderr=log_file,
                 preexec_fn=die_with_parent(os.getpid()),  # a bench killed (SIGTERM, SIGKILL) takes it along
             )  # fmt: skip
-        async with httpx.AsyncClient(base_url=self.url, timeout=1) as http:
-            for _ in range(400):
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(base_url=self.url) as http:
+            while (left := deadline - time.monotonic()) > 0:
                 if self.process.returncode is not None:
                     raise RuntimeError(f"the queue manager exited {self.process.returncode}: {self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/health")).status_code == 200:
+                    if (await http.get("/health", timeout=min(1.0, left))).status_code == 200:
                         return
                 await asyncio.sleep(0.05)
-        raise RuntimeError(f"the queue manager did not come up in 20 s: {self.log_tail()}")
+        raise RuntimeError(f"the queue manager did not come up in {timeout_s:g} s: {self.log_tail()}")
 
     def log_tail(self, size: int = 2000) -> str:
         with self.log.open("rb") as log:
@@ -186,6 +189,19 @@ class FaultRun:
         self.faults_done: list[dict[str, Any]] = []
 
     async def run(self) -> dict[str, Any]:
+        """The run and its summary; the scratch folder removed (copied to --keep first) however the run ends."""
+        try:
+            return await self._run()
+        finally:
+            try:
+                if self.config.keep:
+                    shutil.copytree(
+                        self.root, self.config.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models")
+                    )
+            finally:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _run(self) -> dict[str, Any]:
         started = time.monotonic()
         drained_at = None
         try:
@@ -216,9 +232,6 @@ class FaultRun:
             replica_starts=self.pool.started,
             config={k: str(v) for k, v in vars(self.config).items()},
         )
-        if self.config.keep:
-            shutil.copytree(self.root, self.config.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models"))
-        shutil.rmtree(self.root, ignore_errors=True)
         return summary
 
     async def close(self) -> None:

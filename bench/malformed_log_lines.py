@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import io
 import json
+import sys
 import time
 
 from common.logs import configure_logging
@@ -22,13 +23,20 @@ from health.server import HealthServer
 from worker.state import WorkerState
 
 MALFORMED = b"GET /health HTTP/1.1\r\nHost: bench\r\nNot a header\r\n\r\n"
+ANSWER_TIMEOUT_S = 10.0  # for the server to answer a malformed request and close its connection
 
 
 async def refused(port: int) -> bool:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(MALFORMED)
-        return (await reader.read()).startswith(b"HTTP/1.0 400")
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                return (await reader.read()).startswith(b"HTTP/1.0 400")
+        except TimeoutError:
+            raise RuntimeError(
+                f"the health server did not answer a malformed request and close in {ANSWER_TIMEOUT_S:g} s"
+            ) from None
     finally:
         writer.close()
 
@@ -36,6 +44,7 @@ async def refused(port: int) -> bool:
 async def run(requests: int, concurrency: int) -> dict[str, object]:
     log = io.StringIO()
     configure_logging("json", "info", stream=log)
+    sys.excepthook = sys.__excepthook__  # the bench's own failure to its stderr, not into the log it measures
     state = WorkerState(worker_id="bench", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
     health = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
     port = await health.start()

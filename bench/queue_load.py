@@ -50,7 +50,7 @@ async def wait_until_up(url: str, path: str) -> None:
     raise RuntimeError(f"{url}{path} never answered")
 
 
-async def load(jobs: int, replicas: int) -> dict:
+async def load(jobs: int, replicas: int, timeout_s: float) -> dict:
     root = Path(tempfile.mkdtemp(prefix="queue-load-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     queue_port, comfy_port = free_loopback_port(), free_loopback_port()
@@ -83,8 +83,11 @@ async def load(jobs: int, replicas: int) -> dict:
                     (await timed("POST", "/api/jobs", json=body)).raise_for_status()
                 while True:
                     status = (await timed("GET", "/api/queue/status")).json()
-                    if status["completed_jobs"] + status["failed_jobs"] >= jobs:
+                    ended = status["completed_jobs"] + status["failed_jobs"]
+                    if ended >= jobs:
                         break
+                    if time.perf_counter() - started > timeout_s:
+                        raise TimeoutError(f"{ended} of {jobs} jobs ended in {timeout_s:g} s (--timeout)")
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
             peak = peak_rss_mib(queue.pid)
@@ -103,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--replicas", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="jobs not all ended this long after the first was submitted fail the bench; default 600")
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(load(args.jobs, args.replicas)), indent=2))
+    print(json.dumps(asyncio.run(load(args.jobs, args.replicas, args.timeout)), indent=2))
 
 
 if __name__ == "__main__":

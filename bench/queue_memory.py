@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import socket
 import subprocess
@@ -38,9 +39,10 @@ from pathlib import Path
 
 import httpx
 
-from bench._processes import child
+from bench._processes import GRACE_S, child
 
 BODY_MB = 50
+URL_TIMEOUT_S = 20.0  # for a queue manager started to print its URL
 _URL = re.compile(r'url["=:\s]+"?(http://[0-9.]+:[0-9]+)')
 
 
@@ -68,16 +70,30 @@ def running(db: Path, token: str | None, **env: str) -> Iterator[tuple[subproces
         env["QUEUE_MANAGER_TOKEN"] = token
     command = [sys.executable, "-m", "queue_manager", "--port", "0", "--db", str(db)]
     with child(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        yield process, _url_printed(process)
+        yield process, url_printed(process)
 
 
-def _url_printed(process: subprocess.Popen[str]) -> str:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if match := _URL.search(process.stdout.readline()):  # type: ignore[union-attr]
-            threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]  # never full
-            return match.group(1)
-    raise RuntimeError("the queue manager never printed its URL")
+def url_printed(process: subprocess.Popen[str], timeout_s: float = URL_TIMEOUT_S) -> str:
+    """The URL the queue manager prints as it starts; RuntimeError if it exits first or has not after `timeout_s`
+    seconds. Its output is read to the end by a thread of its own, so the pipe never fills."""
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        url = None
+        for line in process.stdout:  # type: ignore[union-attr]
+            if url is None and (match := _URL.search(line)):
+                url = match.group(1)
+                found.put(url)
+        found.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        url = found.get(timeout=timeout_s)
+    except queue.Empty:
+        raise RuntimeError(f"the queue manager printed no URL in {timeout_s:g} s") from None
+    if url is None:
+        raise RuntimeError(f"the queue manager exited {process.wait(timeout=GRACE_S)} before printing its URL")
+    return url
 
 
 def post(url: str, path: str, params: dict[str, str], body: bytes) -> str:

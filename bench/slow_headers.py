@@ -90,9 +90,11 @@ def server_process(server: str, scratch: Path) -> Iterator[tuple[subprocess.Pope
     log = scratch / "server.log"
     with log.open("wb") as sink, child(command, env=env, stdout=sink, stderr=subprocess.STDOUT) as process:
         deadline = time.monotonic() + 20
-        while not (match := _URL.search(log.read_text())):
+        while not (match := _URL.search(printed := log.read_text(errors="replace"))):
+            if process.poll() is not None:
+                raise RuntimeError(f"the {server} server exited {process.returncode}: {printed[-2000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the {server} server never printed its port")
+                raise RuntimeError(f"the {server} server never printed its port in 20 s: {printed[-2000:]}")
             time.sleep(0.1)
         yield process, int(match.group(1))
 

@@ -390,29 +390,35 @@ class Soak:
             await self.start()
             deadline = self.started + self.args.minutes * 60
             async with httpx.AsyncClient(base_url=self.queue.url, timeout=10) as http:
-                sampler = asyncio.create_task(self.sampler())
-                keeper = asyncio.create_task(self.keep_workers_up())
-                cancels = self.retrying(self.cancel, http)
-                churn = [
-                    asyncio.create_task(coro)
-                    for coro in (self.comfyui_faults(), self.process_faults(), self.hostile(), cancels)
-                ]
-                submitter = asyncio.create_task(self.retrying(self.submit, http))
-                await asyncio.wait({submitter}, timeout=max(0.0, deadline - time.monotonic()))
-                self.args.jobs = len(self.submitted)  # ends the churn loops
-                submitter.cancel()
-                await asyncio.gather(*churn, submitter, return_exceptions=True)
-                churn_end = time.monotonic()
-                drained = await self.drain(http)
-                self.stop_faults.set()
-                await asyncio.gather(sampler, keeper, return_exceptions=True)
+                async with asyncio.TaskGroup() as tasks:  # one that fails ends the others and fails the soak with it
+                    tasks.create_task(self.sampler())
+                    tasks.create_task(self.keep_workers_up())
+                    cancels = self.retrying(self.cancel, http)
+                    churn = [
+                        tasks.create_task(coro)
+                        for coro in (self.comfyui_faults(), self.process_faults(), self.hostile(), cancels)
+                    ]
+                    submitter = tasks.create_task(self.retrying(self.submit, http))
+                    await asyncio.wait({submitter}, timeout=max(0.0, deadline - time.monotonic()))
+                    self.args.jobs = len(self.submitted)  # ends the churn loops
+                    submitter.cancel()
+                    await asyncio.wait([*churn, submitter])
+                    churn_end = time.monotonic()
+                    drained = await self.drain(http)
+                    self.stop_faults.set()  # ends the sampler and the keeper
                 status = (await http.get("/api/queue/status")).json()
                 self.sample(status["completed_jobs"] + status["failed_jobs"], await self.comfy_history_entries())
-                worker0 = self.workers[0]
-                health = (await http.get(f"{worker0.health_url}/health")).status_code
+                health = await self.health_at_end(http)
         finally:
             await self.close()
         return self.summary(churn_end, drained, health)
+
+    async def health_at_end(self, http: httpx.AsyncClient) -> int | str:
+        """Worker 0's /health status, or why it did not answer (the figure the soak is for, not a crash)."""
+        try:
+            return (await http.get(f"{self.workers[0].health_url}/health")).status_code
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
 
     async def retrying(self, step: Any, http: httpx.AsyncClient) -> None:
         """Runs `step` again after the queue manager failed it (it is restarted and killed during the run)."""
@@ -435,7 +441,7 @@ class Soak:
             await asyncio.sleep(0.5)
         return None
 
-    def summary(self, churn_end: float, drained: float | None, health: int) -> dict[str, Any]:
+    def summary(self, churn_end: float, drained: float | None, health: int | str) -> dict[str, Any]:
         with contextlib.closing(sqlite3.connect(self.queue.db)) as db:
             jobs = dict(db.execute("SELECT id, status FROM jobs").fetchall())
         outcome = Counter(
@@ -514,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = asyncio.run(Soak(args).run())
     print(json.dumps(summary, indent=2))
     drained = summary["drain_s"] is not None  # 0.0: the queue was empty when the churn ended
-    return 0 if summary["not_terminal"] == summary["reports_landed_twice"] == 0 and drained else 1
+    healthy = summary["worker_0_health_at_end"] == 200
+    return 0 if summary["not_terminal"] == summary["reports_landed_twice"] == 0 and drained and healthy else 1
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +128,7 @@ def listing_save(comfy: ComfyUISimulator, outputs: int) -> None:
 async def bench(source: Path, jobs: int, flood_mb: int, outputs: int, timeout_s: float) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     root = Path(tempfile.mkdtemp(prefix="worker-memory-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # the bench's scratch goes with its process
     comfy = ComfyUISimulator(root / "comfy-out", root / "comfy-temp", cache_outputs=False)
     report: dict[str, Any] = {"worker_source": str(source)}
     async with QueueManagerServer(max_queue_depth=jobs + 10) as qm:

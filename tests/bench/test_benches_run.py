@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import re
 import signal
@@ -202,9 +203,10 @@ HUNG_WORKER = "import os, sys, time; open(sys.argv[0] + '.pid', 'w').write(str(o
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("name", ["comfyui_reply_memory", "worker_memory"])
+@pytest.mark.parametrize("name", ["comfyui_housekeeping", "comfyui_reply_memory", "worker_memory"])
 def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_path: Path) -> None:
-    """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker with it."""
+    """--worker-source whose worker hangs: the bench fails within --worker-timeout and takes the worker and its
+    scratch folder with it."""
     (tmp_path / "worker").mkdir()
     (tmp_path / "worker" / "__main__.py").write_text(HUNG_WORKER)
     run = run_bench(name, ["--worker-source", str(tmp_path), "--worker-timeout", "2"], tmp_path)
@@ -212,6 +214,7 @@ def test_a_worker_that_never_exits_fails_the_bench_and_is_ended(name: str, tmp_p
     assert "TimeoutError" in run.stderr
     pid = int((tmp_path / "worker" / "__main__.py.pid").read_text())
     assert not Path(f"/proc/{pid}").exists(), "the hung worker was left running"
+    assert [path.name for path in tmp_path.iterdir()] == ["worker"], "the bench's scratch (its TMPDIR) was left"
 
 
 @pytest.mark.timeout(60)
@@ -305,6 +308,25 @@ def test_a_bench_killed_outright_takes_its_queue_manager_and_workers_along(
     assert left == []
 
 
+SILENT_WORKER = "import time; time.sleep(600)"  # runs, but its health server never answers
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_0_that_does_not_answer_at_the_end_fails_the_soak_with_its_figures(tmp_path: Path) -> None:
+    """Worker 0's /health unreachable at the end (crashed, hung): reported as such, the figures printed and the
+    exit 1, rather than a ConnectError traceback after the whole run and nothing printed."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    (tmp_path / "worker" / "__main__.py").write_text(SILENT_WORKER)
+    arguments = ["--jobs", "0", "--workers", "1", "--minutes", "0.05", "--drain-s", "5", "--sample-s", "0.5",
+                 "--worker-source", str(tmp_path)]  # fmt: skip
+    run = run_bench("soak", arguments, tmp_path, timeout_s=90)
+    assert run.returncode == 1, run.stderr[-3000:]
+    summary = json.loads(run.stdout)
+    assert summary["worker_0_health_at_end"] == "ConnectError"
+    assert summary["drain_s"] == 0.0 and summary["not_terminal"] == 0  # the health alone fails it
+
+
 def scaler_source(tmp_path: Path, program: str) -> Path:
     """A checkout whose `python -m scaler.cli` is `program`."""
     (tmp_path / "scaler").mkdir()
@@ -347,6 +369,86 @@ async def test_a_scaler_log_line_that_is_not_json_fails_the_bench_naming_the_lin
     with pytest.raises(RuntimeError, match="not JSON") as failure:
         await silent_run(tmp_path, sigterm_after_s=1.0, timeout_s=10.0)
     assert """{"event": "Scaling dec\\n""" in str(failure.value)
+
+
+@pytest.mark.timeout(120)
+def test_jobs_that_never_end_fail_the_queue_load_within_its_timeout(tmp_path: Path) -> None:
+    """Its replicas' worker refuses its settings and exits (nothing starts it again): the bench fails after
+    --timeout naming how many jobs ended, rather than polling the queue for ever."""
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    (tmp_path / "worker" / "__main__.py").write_text("raise SystemExit('SOME_SETTING: not valid')")
+    run = run_bench("queue_load", ["--jobs", "2", "--replicas", "1", "--timeout", "3"], tmp_path, timeout_s=60,
+                    cwd=tmp_path)  # fmt: skip
+    assert run.returncode != 0
+    assert "TimeoutError: 0 of 2 jobs ended in 3 s (--timeout)" in run.stderr
+    assert "jobs_per_s" not in run.stdout
+
+
+def health_server_source(tmp_path: Path, program: str) -> None:
+    """A checkout whose `health.server` is `program`."""
+    (tmp_path / "health").mkdir()
+    (tmp_path / "health" / "__init__.py").write_text("")
+    (tmp_path / "health" / "server.py").write_text(program)
+
+
+@pytest.mark.timeout(60)
+def test_a_health_server_that_fails_to_start_fails_the_malformed_lines_bench_with_its_reason(tmp_path: Path) -> None:
+    """The bench logs into memory what it measures: its own failure still reaches its stderr."""
+    health_server_source(tmp_path, "class HealthServer:\n    def __init__(self, *args, **kwargs):\n"
+                                   "        raise OSError('no port to bind')\n")  # fmt: skip
+    run = run_bench("malformed_log_lines", ["--requests", "2"], tmp_path, timeout_s=30, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "OSError: no port to bind" in run.stderr
+
+
+SILENT_HEALTH_SERVER = """
+import asyncio
+
+
+class HealthServer:
+    def __init__(self, *args, **kwargs):
+        self.held = []
+
+    async def start(self):
+        async def hold(reader, writer):  # reads the head, never answers nor closes
+            self.held.append(writer)
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            await asyncio.Event().wait()
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def stop(self):
+        self.server.close()
+        for writer in self.held:
+            writer.close()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_server_that_never_answers_fails_the_malformed_lines_bench_within_its_bound(tmp_path: Path) -> None:
+    """A health server (another version) that keeps a malformed request's connection open without answering: the
+    bench fails naming it, rather than waiting for the connection's end for ever."""
+    health_server_source(tmp_path, SILENT_HEALTH_SERVER)
+    run = run_bench("malformed_log_lines", ["--requests", "2", "--concurrency", "2"], tmp_path, timeout_s=60,
+                    cwd=tmp_path)  # fmt: skip
+    assert run.returncode != 0
+    assert "the health server did not answer a malformed request and close in 10 s" in run.stderr
+    assert "answered_400" not in run.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_exits_at_start_fails_the_bench_at_once_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistaken setting in the operator's environment: the queue manager exits at start. The bench says why,
+    from the server's log, rather than 'never printed its port' 20 s later with the log deleted."""
+    monkeypatch.setenv("FINISHED_JOB_RETENTION_S", "not-a-number")
+    run = run_bench("idle_connections", ["--server", "queue", "--connections", "2", "--kind", "idle"], tmp_path)
+    assert run.returncode != 0
+    assert "the queue server exited 2: " in run.stderr
+    assert "FINISHED_JOB_RETENTION_S" in run.stderr
 
 
 REFUSING_QUEUE_MANAGER = """

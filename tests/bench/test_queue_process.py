@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,26 @@ async def test_a_queue_manager_that_exits_at_start_fails_the_start_with_its_reas
     with pytest.raises(RuntimeError, match="the queue manager exited 2: ") as failure:
         await asyncio.wait_for(queue.start(), 30)
     assert "FINISHED_JOB_RETENTION_S: Input should be a valid number" in str(failure.value)
+
+
+@pytest.mark.timeout(60)
+async def test_a_queue_manager_that_never_answers_fails_the_start_within_its_bound(tmp_path: Path) -> None:
+    """Its port accepts connections but nothing answers (the process frozen before it could listen, a silent
+    program on the port): the start fails after the bound its message states, not after 400 one-second polls."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(100)  # connections completed by the kernel, never accepted
+        queue = QueueProcess(tmp_path, silent.getsockname()[1], lease_timeout_s=30)
+        starting = asyncio.create_task(queue.start(timeout_s=3))
+        try:
+            async with asyncio.timeout(10):
+                while queue.process is None:
+                    await asyncio.sleep(0)
+            queue.process.send_signal(signal.SIGSTOP)  # before its interpreter is up: it never takes the port
+            with pytest.raises(RuntimeError, match="the queue manager did not come up in 3 s"):
+                await asyncio.wait_for(starting, 30)
+        finally:
+            starting.cancel()
+            if queue.process is not None and queue.process.returncode is None:
+                queue.process.kill()
+                await queue.process.wait()
