@@ -1,51 +1,60 @@
 """`python -m queue_manager`: run the embedded queue manager until SIGTERM or SIGINT.
 
-Exit 0 when stopped, 1 when it cannot serve (port taken, database served by another), 2 on bad configuration.
+Exit 0 when stopped, 1 when it cannot serve (port taken, database served by another), 2 on bad configuration, 130
+on a SIGINT (Ctrl-C) before it serves: one line, no traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import errno
-import math
-import signal
-import sqlite3
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
-import structlog
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "queue manager: interrupted (SIGINT) while starting; exiting\n"
 
-from common.limits import allow_many_connections
-from common.logs import configure_logging, register_secret
-from common.settings import (
-    QUEUE_TOKEN_ENV,
-    QUEUE_WORKER_TOKEN_ENV,
-    ConfigError,
-    LogSettings,
-    OptionalPath,
-    QueueToken,
-    queue_token_problem,
-    settings_from_env,
-    warn_misspelt_variables,
-)
-from queue_manager.db_lock import DatabaseInUse, lock_database
-from queue_manager.models import QueueMode
-from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
-from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
-from queue_manager.server import (
-    DEFAULT_FINISHED_JOB_RETENTION_S,
-    DEFAULT_LEASE_TIMEOUT_S,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_ROUND_ROBIN_WINDOW_S,
-    QueueManagerServer,
-    participants_problem,
-    token_pair_problem,
-)
+try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
+    import argparse
+    import asyncio
+    import errno
+    import math
+    import signal
+    import sqlite3
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import TypeVar
+
+    import structlog
+    from pydantic import Field
+    from pydantic_settings import SettingsConfigDict
+
+    from common.limits import allow_many_connections
+    from common.logs import configure_logging, register_secret
+    from common.settings import (
+        QUEUE_TOKEN_ENV,
+        QUEUE_WORKER_TOKEN_ENV,
+        ConfigError,
+        LogSettings,
+        OptionalPath,
+        QueueToken,
+        queue_token_problem,
+        settings_from_env,
+        warn_misspelt_variables,
+    )
+    from queue_manager.db_lock import DatabaseInUse, lock_database
+    from queue_manager.models import QueueMode
+    from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
+    from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
+    from queue_manager.server import (
+        DEFAULT_FINISHED_JOB_RETENTION_S,
+        DEFAULT_LEASE_TIMEOUT_S,
+        DEFAULT_MAX_ATTEMPTS,
+        DEFAULT_ROUND_ROBIN_WINDOW_S,
+        QueueManagerServer,
+        participants_problem,
+        token_pair_problem,
+    )
+except KeyboardInterrupt:
+    sys.stderr.write(INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -335,7 +344,14 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # raised only until serve() takes SIGINT
+        sys.stderr.write(INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == [ADD_PARTICIPANT]:
         return add_participant_main(argv[1:])
     if argv[:1] == [REMOVE_PARTICIPANT]:
