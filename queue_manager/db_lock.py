@@ -29,6 +29,8 @@ def lock_database(db: str | Path) -> None:
         # O_NOFOLLOW: a link planted in its place would have its target truncated (the id is written over it).
         # O_NONBLOCK: a FIFO planted there, empty, held the read of the holder's id for good.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except FileNotFoundError:  # no such folder: opening the database fails next, saying so
+        return
     except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links; ELOOP: <db>.lock is a link
         log.warning("database_lock_not_taken", path=f"{db}.lock", error=f"{type(exc).__name__}: {exc}",
                     hint="a second queue manager on this --db would not be refused: remove what is in its place")

@@ -243,6 +243,17 @@ async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(
     assert "Traceback" not in err
 
 
+async def test_a_db_in_a_missing_folder_says_only_that(tmp_path: Path) -> None:
+    """Before: a database_lock_not_taken warning ("remove what is in its place": nothing is) came first."""
+    db = tmp_path / "no-such-folder" / "q.db"
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(db), env={**os.environ, "LOG_FORMAT": "json"}, cwd=REPO,
+        timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert [json.loads(line)["event"] for line in err.splitlines()] == ["queue_manager_failed"], err
+
+
 @pytest.mark.parametrize(
     ("db", "said"),
     [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder"),
