@@ -40,7 +40,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         warn_misspelt_variables,
     )
     from common.text import escape_controls
-    from queue_manager.db_lock import DatabaseInUse, lock_database
+    from queue_manager.db_lock import DatabaseInUse, lock_database, lock_outputs
     from queue_manager.models import QueueMode
     from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
     from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
@@ -388,6 +388,14 @@ def _main(argv: list[str]) -> int:
     except DatabaseInUse as exc:
         log.error("queue_manager_failed", error=str(exc),
                   hint="one queue manager per database: stop that one first, or give this one a --db of its own")
+        return 1
+    try:
+        if outputs_dir is not None:
+            lock_outputs(outputs_dir)
+    except DatabaseInUse as exc:
+        log.error("queue_manager_failed", error=str(exc),
+                  hint="one outputs folder per queue manager: give each queue's workers their own OUTPUTS_PATH "
+                       "folder, and this one its --outputs-dir")
         return 1
     server = QueueManagerServer(
         args.db,
