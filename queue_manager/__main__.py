@@ -1,51 +1,61 @@
 """`python -m queue_manager`: run the embedded queue manager until SIGTERM or SIGINT.
 
-Exit 0 when stopped, 1 when it cannot serve (port taken, database served by another), 2 on bad configuration.
+Exit 0 when stopped, 1 when it cannot serve (port taken, database served by another), 2 on bad configuration, 130
+on a SIGINT (Ctrl-C) before it serves: one line, no traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import errno
-import math
-import signal
-import sqlite3
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
-import structlog
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
+INTERRUPTED = "queue manager: interrupted (SIGINT) while starting; exiting\n"
 
-from common.limits import allow_many_connections
-from common.logs import configure_logging, register_secret
-from common.settings import (
-    QUEUE_TOKEN_ENV,
-    QUEUE_WORKER_TOKEN_ENV,
-    ConfigError,
-    LogSettings,
-    OptionalPath,
-    QueueToken,
-    queue_token_problem,
-    settings_from_env,
-    warn_misspelt_variables,
-)
-from queue_manager.db_lock import DatabaseInUse, lock_database
-from queue_manager.models import QueueMode
-from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
-from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
-from queue_manager.server import (
-    DEFAULT_FINISHED_JOB_RETENTION_S,
-    DEFAULT_LEASE_TIMEOUT_S,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_ROUND_ROBIN_WINDOW_S,
-    QueueManagerServer,
-    participants_problem,
-    token_pair_problem,
-)
+try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
+    import argparse
+    import asyncio
+    import errno
+    import math
+    import signal
+    import sqlite3
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import TypeVar
+
+    import structlog
+    from pydantic import Field
+    from pydantic_settings import SettingsConfigDict
+
+    from common.limits import allow_many_connections
+    from common.logs import configure_logging, register_secret
+    from common.settings import (
+        QUEUE_TOKEN_ENV,
+        QUEUE_WORKER_TOKEN_ENV,
+        ConfigError,
+        LogSettings,
+        OptionalPath,
+        QueueToken,
+        queue_token_problem,
+        settings_from_env,
+        warn_misspelt_variables,
+    )
+    from common.text import escape_controls
+    from queue_manager.db_lock import DatabaseInUse, lock_database, lock_outputs
+    from queue_manager.models import QueueMode
+    from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
+    from queue_manager.participants import ParticipantsFileError, add_participant, remove_participant
+    from queue_manager.server import (
+        DEFAULT_FINISHED_JOB_RETENTION_S,
+        DEFAULT_LEASE_TIMEOUT_S,
+        DEFAULT_MAX_ATTEMPTS,
+        DEFAULT_ROUND_ROBIN_WINDOW_S,
+        QueueManagerServer,
+        participants_problem,
+        token_pair_problem,
+    )
+except KeyboardInterrupt:
+    sys.stderr.write(INTERRUPTED)
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -263,12 +273,17 @@ def build_remove_participant_parser() -> argparse.ArgumentParser:
     )
 
 
+def _say(problem: object) -> None:
+    """A problem on stderr as a terminal shows it, never obeys it: it may quote a variable's value (a path)."""
+    print(escape_controls(str(problem), keep_lines=True), file=sys.stderr)
+
+
 def _environment() -> QueueManagerEnv | None:
     """The settings from the environment; None, the error naming the variable on stderr, when one is wrong."""
     try:
         return settings_from_env(QueueManagerEnv, "queue manager")
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        _say(exc)
         return None
 
 
@@ -282,15 +297,15 @@ def _change_participants(
         raise SystemExit(2)
     path = args.participants_file or env.participants_file
     if path is None:
-        print(f"name the participants file: --participants-file PATH or {PARTICIPANTS_FILE_ENV}", file=sys.stderr)
+        _say(f"name the participants file: --participants-file PATH or {PARTICIPANTS_FILE_ENV}")
         raise SystemExit(2)
     try:
         return args.user_id, path, change(path, args.user_id)
     except (ValueError, ParticipantsFileError) as exc:
-        print(exc, file=sys.stderr)
+        _say(exc)
         raise SystemExit(2) from None
     except OSError as exc:
-        print(f"participants file {path}: cannot be written: {exc.strerror or exc}", file=sys.stderr)
+        _say(f"participants file {path}: cannot be written: {exc.strerror or exc}")
         raise SystemExit(1) from None
 
 
@@ -301,18 +316,17 @@ def add_participant_main(argv: list[str]) -> int:
             raise OSError("standard output is closed")
         print(token, flush=True)
     except OSError as exc:  # a full disk, a closed pipe: the token is lost, never shown (nor logged)
-        print(f"{user_id}'s new token could not be printed ({exc.strerror or exc}): {path} holds its hash, "
-              "so any token they had no longer works; run this again with a working standard output",
-              file=sys.stderr)
+        _say(f"{user_id}'s new token could not be printed ({exc.strerror or exc}): {path} holds its hash, "
+             "so any token they had no longer works; run this again with a working standard output")
         return 1
-    print(f"{user_id}'s token (above) is shown once; {path} keeps only its hash", file=sys.stderr)
+    _say(f"{user_id}'s token (above) is shown once; {path} keeps only its hash")
     return 0
 
 
 def remove_participant_main(argv: list[str]) -> int:
     user_id, path, removed = _change_participants(build_remove_participant_parser(), argv, remove_participant)
     if not removed:
-        print(f"{user_id} has no line in participants file {path}: nothing changed", file=sys.stderr)
+        _say(f"{user_id} has no line in participants file {path}: nothing changed")
         return 1
     print(f"{user_id} removed from {path}: their token no longer works (their jobs are left as they are)")
     return 0
@@ -335,7 +349,14 @@ async def serve(server: QueueManagerServer, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # raised only until serve() takes SIGINT
+        sys.stderr.write(INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == [ADD_PARTICIPANT]:
         return add_participant_main(argv[1:])
     if argv[:1] == [REMOVE_PARTICIPANT]:
@@ -352,21 +373,29 @@ def main(argv: list[str] | None = None) -> int:
     register_secret(worker_token)
     for flag, value in (("--token", args.token), ("--worker-token", args.worker_token)):
         if value and (problem := queue_token_problem(value)):
-            print(f"{flag} {problem}", file=sys.stderr)
+            _say(f"{flag} {problem}")
             return 2
     participants_file = args.participants_file or env.participants_file
     if problem := token_pair_problem(token, worker_token) or participants_problem(token, participants_file):
-        print(problem, file=sys.stderr)
+        _say(problem)
         return 2
     outputs_dir = args.outputs_dir or env.outputs_dir
     if outputs_dir is not None and (problem := outputs_dir_problem(outputs_dir)):
-        print(problem, file=sys.stderr)
+        _say(problem)
         return 2
     try:
         lock_database(args.db)
     except DatabaseInUse as exc:
         log.error("queue_manager_failed", error=str(exc),
                   hint="one queue manager per database: stop that one first, or give this one a --db of its own")
+        return 1
+    try:
+        if outputs_dir is not None:
+            lock_outputs(outputs_dir)
+    except DatabaseInUse as exc:
+        log.error("queue_manager_failed", error=str(exc),
+                  hint="one outputs folder per queue manager: give each queue's workers their own OUTPUTS_PATH "
+                       "folder, and this one its --outputs-dir")
         return 1
     server = QueueManagerServer(
         args.db,
@@ -387,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(server, args.host, args.port))
     except ParticipantsFileError as exc:
-        print(exc, file=sys.stderr)
+        _say(exc)
         return 2
     except sqlite3.Error as exc:
         hint = (" (its folder must exist and this user must be able to write there: SQLite adds -wal and -shm "

@@ -218,7 +218,8 @@ class QueueManagerServer:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound_port}"
+        netloc = f"[{host}]" if ":" in host else host  # an IPv6 address: http://[::1]:8080
+        self.url = f"http://{netloc}:{bound_port}"
         self._stop_reaper.clear()
         self._reaper_task = asyncio.create_task(self._reaper.run(self._stop_reaper, self._run_in_db))
         if settings.outputs_dir is not None and self.finished_job_retention_s > 0:

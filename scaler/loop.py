@@ -174,6 +174,7 @@ class ScalerLoop:
             await self._tick_unless_stopped(stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, started + self.interval_s - clock()))
+        self._save_failures.flush()
         log.info("scaler_stopped", desired=self.state.applied)
 
     async def _tick_unless_stopped(self, stop: asyncio.Event) -> None:
@@ -268,6 +269,7 @@ class ScalerLoop:
         if self.backend_health is not None:
             self.backend_health.view = BackendView((), STOPPED)
             self._save(self.backend_health.record(self.clock()))
+            self._save_failures.flush()
 
     def _count_from_the_platform(self) -> None:
         """The policy's ``current`` is what the platform holds whenever that is not what this process left there: at

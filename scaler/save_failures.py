@@ -40,6 +40,11 @@ class SaveFailures:
     def _log_held_back(self, since: int) -> None:
         log.error(self._failed_event + "_held_back", more_since_last=since)
 
+    def flush(self) -> None:
+        """Report the failures held back now (at exit: no later failure nor the window's end will)."""
+        if self._throttle is not None:
+            self._throttle.flush()
+
     def saved(self, path: Path) -> None:
         if self._throttle is not None:
             self._throttle.flush()  # before the line saying saves work again, not after it

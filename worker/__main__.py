@@ -13,6 +13,7 @@ try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start sa
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
+    from common.text import escape_controls
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process, serve
 except KeyboardInterrupt:
@@ -53,7 +54,7 @@ def _start() -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(escape_controls(str(exc), keep_lines=True), file=sys.stderr)  # it may quote a variable's value
         if "QUEUE_MANAGER_URL" in str(exc):
             print(MISSING_PEER_HINT, file=sys.stderr)
         return EXIT_CONFIG

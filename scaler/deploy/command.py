@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.logs import configure_logging, register_secret
 from common.settings import ConfigError, LogSettings, settings_from_env
+from common.text import escape_controls
 from common.urls import url_secrets
 from scaler.deploy.errors import EXIT_USAGE
 
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         logging = settings_from_env(DeployLogSettings, "deploy", trust_store=True)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(escape_controls(str(exc), keep_lines=True), file=sys.stderr)  # it may quote a variable's value
         return EXIT_USAGE
     # Log lines (retries, waits) go to stderr as in every process, apart from what the deploy prints.
     configure_logging(logging.log_format, logging.log_level)

@@ -243,6 +243,17 @@ async def test_a_db_that_cannot_be_opened_exits_2_naming_db_without_a_traceback(
     assert "Traceback" not in err
 
 
+async def test_a_db_in_a_missing_folder_says_only_that(tmp_path: Path) -> None:
+    """Before: a database_lock_not_taken warning ("remove what is in its place": nothing is) came first."""
+    db = tmp_path / "no-such-folder" / "q.db"
+    code, err = await run_module_to_exit(
+        "queue_manager", "--port", "0", "--db", str(db), env={**os.environ, "LOG_FORMAT": "json"}, cwd=REPO,
+        timeout_s=20,
+    )  # fmt: skip
+    assert code == 2
+    assert [json.loads(line)["event"] for line in err.splitlines()] == ["queue_manager_failed"], err
+
+
 @pytest.mark.parametrize(
     ("db", "said"),
     [("", "argument --db: is empty"), ("  ", "argument --db: is empty"), (".", "argument --db: '.' is a folder"),
@@ -446,3 +457,25 @@ async def test_a_fifo_in_place_of_the_db_lock_never_holds_a_second_queue_manager
     assert code == 1, err
     [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]
     assert failed["error"] == f"--db {db} is served by another queue manager (pid unknown, holding {db}.lock)"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+async def test_an_ipv6_host_is_logged_as_a_url_that_reaches_the_queue_manager(tmp_path: Path) -> None:
+    """Before: `--host ::1` logged `url=http://::1:PORT`, which no client parses (the address needs brackets)."""
+    process, url = await start_cli("--db", str(tmp_path / "jobs.db"), "--host", "::1")
+    try:
+        assert url.startswith("http://[::1]:")
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            assert (await client.get("/health")).json()["status"] == "healthy"
+    finally:
+        process.kill()
+        await process.wait()
