@@ -4,8 +4,8 @@ Each open connection holds a file descriptor and a few KB (up to its whole head 
 bounded how many a client may open: every server raises its open-file limit on purpose (common/limits.py), and
 20 000 half-sent requests left the queue manager at its limit, /health timing out (bench/idle_connections.py).
 Past the cap the connection that has waited longest for its request (idle, or still sending its head or body) is
-closed: a fresh request, a probe's /health, arrives whole in a few milliseconds and is served. A request the
-server is working on, its body all in, is never closed.
+closed, answers not yet taken by its client dropped: a fresh request, a probe's /health, arrives whole in a few
+milliseconds and is served. A request the server is working on, its body all in, is never closed.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class WaitingConnections:
         for handler, (transport, request) in self._open.items():
             if request is None or not request.content.is_eof():
                 del self._open[handler]
-                transport.close()
+                transport.abort()  # close() waited to send its answers first, to a client that may never take them
                 self._warn()
                 return
 

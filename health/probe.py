@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import os
 import signal
+import stat
 import sys
 import urllib.request
 from pathlib import Path
@@ -46,9 +47,20 @@ def bound_address(environ: dict[str, str]) -> tuple[str, int]:
     text = f"{environ.get('HEALTH_PORT', '8000')} {probe_host(environ.get('HEALTH_HOST', '').strip())}"
     if port_file:
         # Absent: not bound (yet). Unreadable (a folder in its place, a file above it): the server could not write
-        # it either, and said so: it listens on HEALTH_PORT.
-        with contextlib.suppress(OSError), open(port_file) as written:
-            text = written.read(128)
+        # it either, and said so: it listens on HEALTH_PORT. Not a file (a FIFO, which a plain open waits on for a
+        # writer): the server replaces it with one when it binds.
+        try:
+            fd = os.open(port_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    with open(fd, closefd=False) as written:
+                        text = written.read(128)
+            finally:
+                os.close(fd)
+        except TimeoutError:  # main's deadline, on a hung file system: the probe's answer, not a cause to go on
+            raise
+        except OSError:
+            pass
     port_text, host = [*text.split(), "", ""][:2]
     number = float(port_text)  # as the worker's settings read HEALTH_PORT: ' 8000 ' and '8000.0' are 8000
     if not (number.is_integer() and 0 < number < 65536):
