@@ -22,7 +22,6 @@ from .test_input_images import TINY, load_and_save
 async def test_an_image_named_where_comfyui_cannot_save_it_fails_the_job_naming_the_field(
     qm, comfy, make_worker, name, expected
 ):
-    (comfy.input_dir / "3d").mkdir(exist_ok=True)
     (comfy.input_dir / "taken.png").write_bytes(b"another client's")
     images = [{"name": "a.png", "image": TINY}, {"name": name, "image": TINY}]
     job = qm.store.submit("alice", load_and_save("a.png", name), metadata={"images": images})
@@ -38,7 +37,6 @@ async def test_an_image_named_where_comfyui_cannot_save_it_fails_the_job_naming_
 
 
 async def test_without_the_input_folder_in_sight_comfyuis_500_hands_the_job_back_as_before(qm, comfy, make_worker):
-    (comfy.input_dir / "3d").mkdir(exist_ok=True)
     job = qm.store.submit("alice", load_and_save("3d"), metadata={"images": [{"name": "3d", "image": TINY}]})
     assert await make_worker(serverless_job_limit=1).run() == 0
     error = qm.reports.landed(job.id)[0].body["error"]
