@@ -303,8 +303,9 @@ class ComfyUISimulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Start (or restart after `crash`/`stop`) with the empty state of a fresh process."""
-        for folder in (self.output_dir, self.temp_dir, self.input_dir):  # ComfyUI's 3D nodes make input/3d at start
+        for folder in (self.output_dir, self.temp_dir, self.input_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._make_3d_folder()
         self._state = _ServerState()
         self._outbox = asyncio.Queue()
         self._wakeup = asyncio.Event()
@@ -676,7 +677,15 @@ class ComfyUISimulator:
     def _folder(self, kind: str) -> Path | None:
         return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(kind)
 
+    def _make_3d_folder(self) -> None:
+        """ComfyUI 0.8.0's Load3D node makes input/3d whenever its schema is read (comfy_extras/nodes_load_3d.py
+        define_schema): once as the nodes load at start, again at each GET /object_info. On a read-only input
+        folder its os.makedirs raises, and ComfyUI goes on without its 3D nodes."""
+        if not self.read_only_input:
+            (self.input_dir / "3d").mkdir(exist_ok=True)
+
     async def _object_info(self, request: web.Request) -> web.Response:
+        self._make_3d_folder()
         return web.json_response({name: node.object_info(self._env) for name, node in self.catalogue.items()})
 
     async def _object_info_one(self, request: web.Request) -> web.Response:

@@ -268,6 +268,15 @@ class ComfyUIHousekeeping:
         folder = self.input_dir
         return frozenset(i.subfolder for i in images if i.subfolder and not os.path.lexists(folder / i.subfolder))
 
+    async def unsavable_image(self, images: Sequence[InputImage]) -> str | None:
+        """Before the upload: why ComfyUI cannot save an image where its name puts it in COMFYUI_INPUT_DIR (a
+        folder of that name, as ComfyUI's own `3d/`, or a file where its folder would be), naming the field;
+        None when it can, or when the folder is not visible. ComfyUI's upload answers such a name HTTP 500, like
+        a read-only folder's, and a retry of the job would get the same."""
+        if self.input_dir is None:
+            return None
+        return await asyncio.to_thread(_unsavable, self.input_dir, images)
+
     async def image_uploaded(self, image: InputImage) -> None:
         """ComfyUI saved the image: note the file as it is now, so that delete_uploads tells it from a file of the
         same name and bytes another client uploads later. Nothing noted when COMFYUI_INPUT_DIR does not show it
@@ -464,6 +473,18 @@ def _warn_if_none_there(files: list[tuple[Path, PurePosixPath]], folder_type: st
     log.warning(f"{setting} holds none of the {what} ComfyUI wrote: they are never deleted and pile up on "
                 "ComfyUI's disk", **{setting: str(folder)}, file=str(relative),
                 found_in=str(likely) if (likely / relative).is_file() else None)  # fmt: skip
+
+
+def _unsavable(folder: Path, images: Sequence[InputImage]) -> str | None:
+    for index, image in enumerate(images):
+        where = f"metadata.images[{index}].name: {image.name!r}"
+        if os.path.isdir(folder / image.name):
+            return f"{where} is a folder in ComfyUI's input folder: ComfyUI cannot save a file there; name it otherwise"
+        parent = folder / image.subfolder
+        if image.subfolder and os.path.lexists(parent) and not os.path.isdir(parent):
+            return (f"{where} puts it in {image.subfolder!r}, a file in ComfyUI's input folder, not a folder; "
+                    "name it otherwise")  # fmt: skip
+    return None
 
 
 def _delete_uploads(

@@ -680,6 +680,8 @@ class Worker:
         if job.attempt is not None and job.attempt > 1:
             async with self.state.beating(self._beat_interval_s):
                 self._left_running |= await run.stop_earlier_attempts()
+        if unsavable := await self.housekeeping.unsavable_image(job.images):
+            return Report(job.id, job.attempt, error=f"Invalid job: {unsavable}", workflow_fault=True)
         try:
             outcome = await run.run(job.workflow, job.images)
         except (PromptRejected, UploadRefused) as exc:

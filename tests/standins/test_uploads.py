@@ -61,7 +61,7 @@ async def test_overwrite_replaces_and_without_it_a_new_name_is_found_unless_the_
     assert await upload(http, sim, form(png(3, 3), overwrite="true")) == (
         200, '{"name": "photo.png", "subfolder": "", "type": "input"}'
     )  # fmt: skip
-    assert sorted(p.name for p in sim.input_dir.iterdir()) == ["photo (1).png", "photo.png"]
+    assert sorted(p.name for p in sim.input_dir.iterdir()) == ["3d", "photo (1).png", "photo.png"]
     assert (sim.input_dir / "photo.png").read_bytes() == png(3, 3)
 
 
@@ -76,14 +76,14 @@ async def test_what_comfyui_refuses_is_a_400_with_no_body(sim, files, fields):
     async with httpx.AsyncClient() as client:
         response = await client.post(f"{sim.url}/upload/image", files=files, data=fields)
     assert (response.status_code, response.text) == (400, "")
-    assert not any(sim.input_dir.iterdir()) and not (sim.input_dir.parent / "elsewhere.png").exists()
+    assert [p.name for p in sim.input_dir.iterdir()] == ["3d"] and not (sim.input_dir.parent / "elsewhere.png").exists()
 
 
 async def test_an_unknown_type_and_a_read_only_input_folder_are_aiohttps_plain_500(sim, http):
     assert await upload(http, sim, form(png(1, 1), type="models")) == (500, AIOHTTP_500)
     sim.read_only_input = True
     assert await upload(http, sim, form(png(1, 1), overwrite="true")) == (500, AIOHTTP_500)
-    assert not any(sim.input_dir.iterdir())
+    assert [p.name for p in sim.input_dir.iterdir()] == ["3d"]
 
 
 async def test_load_image_of_a_missing_file_fails_validation_as_measured_on_comfyui(sim, http):
@@ -138,3 +138,21 @@ async def test_object_info_lists_the_images_at_the_top_of_the_input_folder(sim, 
         info = (await response.json())["LoadImage"]
     assert info["input"]["required"]["image"] == [["a.jpg", "b.png"], {"image_upload": True}]
     assert info["output"] == ["IMAGE", "MASK"] and info["output_node"] is False
+
+
+async def test_the_input_folder_holds_3d_from_the_start_and_again_after_object_info_as_comfyuis_load3d_makes_it(
+    tmp_path, http
+):
+    """ComfyUI 0.8.0's Load3D makes input/3d as its schema is read (nodes_load_3d.py): at start, at /object_info;
+    an image named 3d then cannot be saved."""
+    sim = ComfyUISimulator(tmp_path / "output", tmp_path / "temp", input_dir=tmp_path / "fresh" / "input")
+    await sim.start()
+    try:
+        assert [p.name for p in sim.input_dir.iterdir()] == ["3d"] and (sim.input_dir / "3d").is_dir()
+        (sim.input_dir / "3d").rmdir()
+        async with http.get(f"{sim.url}/object_info") as response:
+            assert response.status == 200
+        assert (sim.input_dir / "3d").is_dir()
+        assert await upload(http, sim, form(png(1, 1), filename="3d", overwrite="true")) == (500, AIOHTTP_500)
+    finally:
+        await sim.stop()

@@ -224,7 +224,7 @@ async def test_a_completed_jobs_images_are_deleted_with_the_subfolder_the_upload
     assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
     assert [u.status for u in comfy.uploads_received] == [200, 200, 200]
-    assert sorted(p.name for p in comfy.input_dir.rglob("*")) == ["shared"], "the folder it did not make stays"
+    assert sorted(p.name for p in comfy.input_dir.rglob("*")) == ["3d", "shared"], "the folders it did not make stay"
 
 
 async def test_a_failed_jobs_images_are_deleted(qm, comfy, make_worker):
@@ -233,7 +233,7 @@ async def test_a_failed_jobs_images_are_deleted(qm, comfy, make_worker):
     assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job" and "cannot identify image file" in report.body["error"], report.body
-    assert list(comfy.input_dir.iterdir()) == []
+    assert [p.name for p in comfy.input_dir.iterdir()] == ["3d"]
 
 
 async def test_the_images_uploaded_before_comfyui_refused_one_are_deleted(qm, comfy, make_worker):
@@ -246,7 +246,7 @@ async def test_the_images_uploaded_before_comfyui_refused_one_are_deleted(qm, co
     assert qm.reports.landed(job.id)[0].body["error"].startswith("metadata.images[1] 'alice/large.png': ComfyUI "
                                                                  "refused the image")  # fmt: skip
     assert [u.answer["name"] for u in comfy.uploads_received] == ["small.png"]
-    assert list(comfy.input_dir.iterdir()) == []
+    assert [p.name for p in comfy.input_dir.iterdir()] == ["3d"]
 
 
 async def test_an_image_comfyui_saved_but_whose_answer_was_lost_is_deleted(qm, comfy, make_worker):
@@ -260,7 +260,7 @@ async def test_an_image_comfyui_saved_but_whose_answer_was_lost_is_deleted(qm, c
         "Handed back: ComfyUI unavailable while submitting the workflow: uploading metadata.images[0] 'alice/a.png'"
     )
     assert [u.answer for u in comfy.uploads_received] == [{"name": "a.png", "subfolder": "alice", "type": "input"}]
-    assert list(comfy.input_dir.rglob("*")) == []
+    assert [p.name for p in comfy.input_dir.rglob("*")] == ["3d"]
 
 
 async def test_an_image_another_client_replaced_since_the_upload_is_kept(qm, comfy, make_worker):
@@ -278,7 +278,7 @@ async def test_an_image_another_client_replaced_since_the_upload_is_kept(qm, com
     worker.comfy.upload_image = upload_then_another_client_uploads_the_same_name
     assert await worker.run() == 0
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
-    assert [p.name for p in comfy.input_dir.iterdir()] == ["photo.png"]
+    assert sorted(p.name for p in comfy.input_dir.iterdir()) == ["3d", "photo.png"]
     assert (comfy.input_dir / "photo.png").read_bytes() == theirs
 
 
@@ -311,7 +311,7 @@ async def test_no_symbolic_link_is_followed_out_of_the_input_folder(qm, comfy, m
     job = qm.store.submit("alice", load_and_save("linked/photo.png", "face.png"), metadata={"images": images})
     assert await make_worker(comfyui_input_dir=comfy.input_dir).run() == 0
     assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
-    assert [p.name for p in comfy.input_dir.iterdir()] == ["linked"]
+    assert sorted(p.name for p in comfy.input_dir.iterdir()) == ["3d", "linked"]
     assert (elsewhere / "photo.png").read_bytes() == base64.b64decode(TINY)
 
 
@@ -325,7 +325,7 @@ async def test_a_stopped_jobs_images_are_deleted_once_its_prompt_is_interrupted(
     assert await run == 0
     assert "Handed back: worker test-worker was stopped" in qm.reports.landed(job.id)[0].body["error"]
     assert comfy.interrupts_received
-    assert list(comfy.input_dir.iterdir()) == []
+    assert [p.name for p in comfy.input_dir.iterdir()] == ["3d"]
 
 
 async def test_an_input_folder_setting_that_is_not_comfyuis_is_said_once_and_nothing_is_deleted(
