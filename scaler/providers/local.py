@@ -15,7 +15,8 @@ It copies what a pinned Verda deployment does, as far as it is known (docs/verda
   as on RunPod (Verda picks without saying how). They get SIGTERM, and SIGKILL if still alive ``stop_timeout_s``
   later, as Verda does after 30 s.
 - ``pause`` stops every replica and holds the count at 0 until ``resume``.
-- ``aclose`` leaves no process behind: SIGTERM to all, wait, SIGKILL what is left.
+- ``aclose`` leaves no process behind: SIGTERM to all, wait, SIGKILL what is left (one stuck in the kernel past
+  KILLED_EXIT_WAIT_S is named and left).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ FAILED_START_S = 60.0
 UNREACHABLE_LIMIT_S = 600.0
 RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failure in a row; doubles on each next
 RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
+# A process ends at its SIGKILL unless stuck in the kernel (uninterruptible I/O: a hung NFS mount), which the scaler's
+# exit must not wait for.
+KILLED_EXIT_WAIT_S = 10.0
 PHASE_READ_TIMEOUT_S = 1.0  # a worker's /health answers on loopback in milliseconds; one that does not is unknown
 
 
@@ -259,7 +263,14 @@ class LocalBackend:
                     log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
                     _kill_group(replica.process.pid)
             if still_running:
-                await asyncio.wait(still_running)
+                _, stuck = await asyncio.wait(still_running, timeout=KILLED_EXIT_WAIT_S)
+                for wait in stuck:
+                    wait.cancel()
+                if stuck:
+                    log.error("local_replicas_not_ended", pids=[r.process.pid for r in self._stopping if not r.exited],
+                              waited_s=KILLED_EXIT_WAIT_S,
+                              hint="still running after SIGKILL: stuck in the kernel (a hung NFS mount?); "
+                                   "they end when it answers, or with a reboot")
         for replica in self._stopping:
             _kill_group(replica.process.pid)  # whatever the replica left behind in its group
             replica.close_log()
