@@ -15,7 +15,8 @@ It copies what a pinned Verda deployment does, as far as it is known (docs/verda
   as on RunPod (Verda picks without saying how). They get SIGTERM, and SIGKILL if still alive ``stop_timeout_s``
   later, as Verda does after 30 s.
 - ``pause`` stops every replica and holds the count at 0 until ``resume``.
-- ``aclose`` leaves no process behind: SIGTERM to all, wait, SIGKILL what is left.
+- ``aclose`` leaves no process behind: SIGTERM to all, wait, SIGKILL what is left (one stuck in the kernel past
+  KILLED_EXIT_WAIT_S is named and left).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ import structlog
 
 from common.children import die_with_parent
 from common.http_answers import AnswerTooLarge, request_bounded
+from common.logs import error_text
 from common.settings import QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, SCALER_CREDENTIALS
 from health.probe import health_url
 from scaler.policy import PAUSED, Replica
@@ -60,6 +63,9 @@ FAILED_START_S = 60.0
 UNREACHABLE_LIMIT_S = 600.0
 RESTART_BACKOFF_S = 10.0  # the wait before the restart after a second failure in a row; doubles on each next
 RESTART_BACKOFF_MAX_S = 300.0  # Kubernetes' CrashLoopBackOff: 10 s doubling to 5 min
+# A process ends at its SIGKILL unless stuck in the kernel (uninterruptible I/O: a hung NFS mount), which the scaler's
+# exit must not wait for.
+KILLED_EXIT_WAIT_S = 10.0
 PHASE_READ_TIMEOUT_S = 1.0  # a worker's /health answers on loopback in milliseconds; one that does not is unknown
 
 
@@ -257,7 +263,14 @@ class LocalBackend:
                     log.warning("local_replica_killed", replica=replica.id, pid=replica.process.pid)
                     _kill_group(replica.process.pid)
             if still_running:
-                await asyncio.wait(still_running)
+                _, stuck = await asyncio.wait(still_running, timeout=KILLED_EXIT_WAIT_S)
+                for wait in stuck:
+                    wait.cancel()
+                if stuck:
+                    log.error("local_replicas_not_ended", pids=[r.process.pid for r in self._stopping if not r.exited],
+                              waited_s=KILLED_EXIT_WAIT_S,
+                              hint="still running after SIGKILL: stuck in the kernel (a hung NFS mount?); "
+                                   "they end when it answers, or with a reboot")
         for replica in self._stopping:
             _kill_group(replica.process.pid)  # whatever the replica left behind in its group
             replica.close_log()
@@ -277,9 +290,9 @@ class LocalBackend:
         now = self._clock()
         for vacancy in [v for v in self._vacancies if v.due(now)]:
             self._vacancies.remove(vacancy)
-            self._live.append(await self._start(vacancy.failed_starts, vacancy.ready_after_s))
+            await self._start(vacancy.failed_starts, vacancy.ready_after_s)
         while len(self._live) + len(self._vacancies) < target:
-            self._live.append(await self._start())
+            await self._start()
         if len(self._live) > target:
             await self._stop_surplus()
 
@@ -359,31 +372,51 @@ class LocalBackend:
         self._port_file(replica.id).unlink(missing_ok=True)  # a killed worker's: its health server did not remove it
         self.pids_started.remove(replica.process.pid)
 
-    async def _start(self, failed_starts: int = 0, ready_after_s: float = MIN_READY_S) -> _LocalReplica:
+    async def _start(self, failed_starts: int = 0, ready_after_s: float = MIN_READY_S) -> None:
+        """A replica in a place (live), or the place backing off as after a failed run when its process cannot be
+        started (command missing, fork limit): started again at every tick, each left an empty log file that
+        rotated out the earlier run's."""
         self.starts += 1
         replica_id = f"{self._id_prefix}-{self._numbered_after + self.starts}"
-        log_file = None
         if self._port_files is None:
             self._port_files = self._make_port_folder()
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            log_file = self._log_path(replica_id).open("wb")
-            self._remove_old_logs(self._log_dir, running={replica_id, *(r.id for r in self._live + self._stopping)})
-        process = await asyncio.create_subprocess_exec(
-            *self._command,
-            env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id,
-                 "HEALTH_PORT_FILE": str(self._port_file(replica_id))},
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-            # A scaler killed outright (OOM killer, kill -9) must not leave its workers running: restarted, it
-            # would start as many again beside them. SIGTERM: the worker hands its job back, as on a scale-down.
-            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
-            stdout=log_file,
-            stderr=log_file,
-        )
+        log_file = None
+        try:
+            if self._log_dir is not None:
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                log_file = self._log_path(replica_id).open("wb")
+            process = await asyncio.create_subprocess_exec(
+                *self._command,
+                env={**self._env, **self._replica_env(replica_id), "WORKER_ID": replica_id,
+                     "HEALTH_PORT_FILE": str(self._port_file(replica_id))},
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                # A scaler killed outright (OOM killer, kill -9) must not leave its workers running: restarted, it
+                # would start as many again beside them. SIGTERM: the worker hands its job back, as on a scale-down.
+                preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
+                stdout=log_file,
+                stderr=log_file,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            if log_file is not None:
+                log_file.close()
+                self._log_path(replica_id).unlink(missing_ok=True)
+            self._start_failed(replica_id, failed_starts + 1, exc)
+            return
         self.pids_started.append(process.pid)
         log.info("local_replica_started", replica=replica_id, pid=process.pid)
-        return _LocalReplica(replica_id, process, self._clock(), log_file, failed_starts, ready_after_s)
+        self._live.append(_LocalReplica(replica_id, process, self._clock(), log_file, failed_starts, ready_after_s))
+        if self._log_dir is not None:
+            self._remove_old_logs(self._log_dir, running={r.id for r in [*self._live, *self._stopping]})
+
+    def _start_failed(self, replica_id: str, failed_starts: int, error: BaseException) -> None:
+        now = self._clock()
+        delay_s = restart_delay_s(failed_starts)
+        log.warning("local_replica_start_failed", replica=replica_id, command=self._command[0],
+                    error=error_text(error), failed_starts=failed_starts, restart_in_s=delay_s)
+        self._vacancies.append(
+            _Vacancy(failed_starts, now, now + delay_s, ready_after_s(failed_starts, 0.0, self._unreachable_s))
+        )
 
     def _make_port_folder(self) -> OwnedFolder:
         """This backend's folder of port files, held as long as it runs; the ones scalers killed outright left

@@ -564,6 +564,32 @@ async def test_a_worker_failing_for_days_keeps_backing_off_without_an_error():
         await backend.aclose()
 
 
+async def test_a_worker_command_that_cannot_be_started_backs_off_and_leaves_no_log_files(tmp_path):
+    """A command that cannot be started (missing, fork limit) raised out of observe with its place's failures
+    forgotten: started again at every tick (601 starts in 30 min of 3-s ticks), each leaving an empty log file that
+    rotated out the earlier run's, its handle left open. Now it is a failed run: backed off, crash-looping, no file."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "local-worker-1.log").write_text("why the earlier run ended\n")
+    clock = ManualClock()
+    backend = LocalBackend(os.environ, command=(str(tmp_path / "no-such-worker"),), clock=clock, log_dir=logs,
+                           log_files_kept=1)
+    try:
+        with capture_logs() as said:
+            await backend.apply(1)
+            for _ in range(round(1800 / TICK_S)):  # half an hour of ticks
+                clock.advance(TICK_S)
+                view = await backend.observe()
+    finally:
+        await backend.aclose()
+    assert backend.starts <= 12, f"{backend.starts} starts in 30 min (600 ticks; one a tick before)"
+    assert view.crash_loop is not None and view.crash_loop.exits == backend.starts
+    assert [p.name for p in logs.iterdir()] == ["local-worker-1.log"], "the earlier run's log is kept, no new one"
+    failed = [e for e in said if e["event"] == "local_replica_start_failed"]
+    assert len(failed) == backend.starts and failed[0]["log_level"] == "warning"
+    assert "FileNotFoundError" in failed[0]["error"] and failed[0]["command"].endswith("no-such-worker")
+
+
 async def test_a_new_worker_counts_as_ready_once_it_has_run_a_while(tmp_path, wait):
     """Every listed local replica counted as serving from the instant it was spawned."""
     clock = ManualClock()

@@ -22,6 +22,7 @@ from scaler.providers.runpod.backend import (
     STOP_LAG_S,
     TERMINATE_LAG_S,
     TERMINATE_RETRY_S,
+    UNHEALTHY_REASON_LIMIT,
     RunPodBackend,
 )
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
@@ -232,3 +233,28 @@ async def test_a_pod_the_scaler_stopped_that_ends_exited_is_not_said_replaced(fa
     assert stopped.id not in fake_runpod.pods and kept.id not in fake_runpod.pods, "both terminated"
     warned = [(entry["event"], entry["pod"]) for entry in logs if entry["log_level"] == "warning"]
     assert warned == [("runpod_pod_replaced", kept.id)]
+
+
+async def test_what_a_pod_says_of_itself_is_logged_cut_when_it_is_stopped(
+    clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
+):
+    # Before: runpod_pod_stopping logged the phase the pod's /health gave (up to 64 KiB) and runpod_pod_stop_not_taken
+    # the status RunPod listed, whole: a 60,000-character line each. Now cut to UNHEALTHY_REASON_LIMIT, as the reason.
+    [pod] = fake_runpod.live_pods()
+    fake_runpod.set_health(pod.id, 200, {"status": "idle", "phase": "idle" + "p" * 60_000})
+    await clocked.observe()
+    listed = {**fake_runpod._pod_json(pod), "status": "RUNNING" + "S" * 60_000}
+    fake_runpod.fail_next("/pods", 200, method="GET", times=1000, body={"pods": [listed]})
+    started = clock()
+    with capture_logs() as logs:
+        await clocked.apply(0)
+        while clock() - started <= STOP_LAG_S:
+            clock.advance(15.0)
+            await clocked.observe()
+    [stopping] = [entry for entry in logs if entry["event"] == "runpod_pod_stopping"]
+    not_taken = [entry for entry in logs if entry["event"] == "runpod_pod_stop_not_taken"]
+    assert stopping["phase"].startswith("idlep") and len(stopping["phase"]) == UNHEALTHY_REASON_LIMIT
+    assert not_taken, "the stop never taken is said"
+    for said in (stopping, *not_taken):
+        assert said["status"].startswith("RUNNINGS") and len(said["status"]) == UNHEALTHY_REASON_LIMIT
+        assert said["pod"] == pod.id

@@ -42,7 +42,7 @@ LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, a
 STOP_LAG_S = 120.0  # a pod still live this long after its stop was asked is terminated without its stop
 TERMINATE_LAG_S = 300.0  # a dead pod still listed this long after RunPod accepted its DELETE: said, as an error
 TERMINATE_RETRY_S = 600.0  # ... and from then on its DELETE is asked again this often, not at every observe
-UNHEALTHY_REASON_LIMIT = 300  # of the reason a pod's /health gives, logged: the worker's are a line
+UNHEALTHY_REASON_LIMIT = 300  # of what a pod's /health or RunPod's listing gives, logged: the worker's are a line
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
@@ -193,13 +193,13 @@ class RunPodBackend:
                 if pod.status in DEAD_STATUSES and now >= self._terminate_again_at.get(pod.id, -math.inf)]
         for pod in dead:
             if pod.id not in self._stopping:  # one the scaler stopped ended as asked (runpod_pod_stopping said it)
-                log.warning("runpod_pod_replaced", pod=pod.id, status=pod.status)
+                log.warning("runpod_pod_replaced", pod=_said(pod.id), status=_said(pod.status))
         live = [pod for pod in pods if pod.live]
         surplus = _surplus(live, target, self.health.phase)
         for pod in surplus:
             if pod.id not in self._stopping:  # said when its stop is first asked, not at every observe it takes
-                log.info("runpod_pod_stopping", pod=pod.id, status=pod.status, phase=self.health.phase.get(pod.id),
-                         target=target)
+                log.info("runpod_pod_stopping", pod=_said(pod.id), status=_said(pod.status),
+                         phase=_said(self.health.phase.get(pod.id)), target=target)
         terminated = await _each_pod([*((pod.id, partial(self._terminate_tracked, pod)) for pod in dead),
                                       *((pod.id, partial(self._stop_then_terminate, pod)) for pod in surplus)])
         created = await self._create_missing(target - len(live) - len(self._unlisted))
@@ -230,7 +230,7 @@ class RunPodBackend:
             first = self._terminated_at.setdefault(pod.id, now)
             if now - first >= TERMINATE_LAG_S:
                 if pod.id not in self._terminate_again_at:
-                    log.error("runpod_pod_not_terminated", pod=pod.id, status=pod.status,
+                    log.error("runpod_pod_not_terminated", pod=_said(pod.id), status=_said(pod.status),
                               first_terminated_s_ago=round(now - first), retry_every_s=TERMINATE_RETRY_S,
                               hint="RunPod accepts its DELETE and keeps the pod, billed (a dead one's disk, a live "
                                    "one's GPU): terminate it in RunPod's console")
@@ -245,7 +245,7 @@ class RunPodBackend:
         asked_at = self._stopping.setdefault(pod.id, now)
         if now - asked_at >= STOP_LAG_S:
             if pod.id not in self._terminated_at:
-                log.warning("runpod_pod_stop_not_taken", pod=pod.id, status=pod.status,
+                log.warning("runpod_pod_stop_not_taken", pod=_said(pod.id), status=_said(pod.status),
                             stop_asked_s_ago=round(now - asked_at),
                             hint="terminated without its stop: a job it still ran is not handed back")
             if now >= self._terminate_again_at.get(pod.id, -math.inf):
@@ -311,6 +311,11 @@ async def _each_pod(calls: Iterable[tuple[str, Callable[[], Awaitable[T]]]]) -> 
     if failures:
         raise failures[0][1]
     return results  # type: ignore[return-value]  # no Exception left
+
+
+def _said(text: str | None) -> str | None:
+    """A pod's id, status or phase for a log line: RunPod's listing and the pod's /health may give any length."""
+    return None if text is None else scrubbed_excerpt(text, UNHEALTHY_REASON_LIMIT)
 
 
 def _error_text(error: Exception) -> str:
