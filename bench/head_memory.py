@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.slow_headers import rss_mb, server_process, still_open
+from bench.slow_headers import connect, rss_mb, send, server_process, still_open
 from common import limits
 
 HEADS = {"health": "PROBE_HEADS", "metrics": "PROBE_HEADS", "queue": "QUEUE_HEADS"}
@@ -84,14 +84,11 @@ def run(
             peak.start()
             started = time.monotonic()
             for _ in range(clients):
-                sock = socket.create_connection(("127.0.0.1", port))
-                sock.sendall(b"GET %s HTTP/1.1\r\nHost: bench\r\n" % PROBE_PATH[server].encode())
-                socks.append(sock)
+                socks.append(connect(port, b"GET %s HTTP/1.1\r\nHost: bench\r\n" % PROBE_PATH[server].encode()))
             for number in range(headers - 1):  # Host is one
                 line = header(number, field_bytes)
                 for sock in socks:
-                    with contextlib.suppress(OSError):  # closed by the server: its limit
-                        sock.sendall(line)
+                    send(sock, line)
                 time.sleep(0.02)
             sent_s = time.monotonic() - started
             time.sleep(hold_s)

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-source", type=Path, default=REPO, help="checkout whose worker is measured")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra worker setting")
     args = parser.parse_args(argv)
+    if unset := [item for item in args.env if "=" not in item]:
+        parser.error(f"--env {unset[0]!r}: not NAME=VALUE")
     extra = dict(item.split("=", 1) for item in args.env)
     print(json.dumps(bench(args.worker_source.resolve(), extra), indent=2))
 

@@ -28,18 +28,25 @@ RESULT = {
 }
 
 
-async def list_all(client: httpx.AsyncClient, params: dict[str, str | int]) -> tuple[int, int, list[float]]:
-    """Jobs listed, bytes received and each page's seconds."""
-    listed, received, seconds = 0, 0, []
+async def list_all(client: httpx.AsyncClient, params: dict[str, str | int], jobs: int) -> tuple[int, int, list[float]]:
+    """Jobs listed, bytes received and each page's seconds. A server whose next-page cursor never moves on, or
+    that lists more pages than its ``jobs`` jobs fill, fails the bench: it was asked for pages for ever."""
+    listed, received, seconds, cursors = 0, 0, [], set()
     while True:
         started = time.perf_counter()
         response = await client.get("/api/jobs", params=params)
         seconds.append(time.perf_counter() - started)
         listed += len(response.json())
         received += len(response.content)
-        if "X-Next-Cursor" not in response.headers:
+        cursor = response.headers.get("X-Next-Cursor")
+        if cursor is None:
             return listed, received, seconds
-        params = {**params, "after": response.headers["X-Next-Cursor"]}
+        if cursor in cursors:
+            raise RuntimeError(f"GET /api/jobs gave the next-page cursor {cursor[:100]!r} twice, after {listed} jobs")
+        if len(seconds) > jobs:
+            raise RuntimeError(f"GET /api/jobs listed {len(seconds)} pages ({listed} jobs) of {jobs} jobs, and more")
+        cursors.add(cursor)
+        params = {**params, "after": cursor}
 
 
 async def measure(jobs: int, page: int) -> None:
@@ -54,7 +61,7 @@ async def measure(jobs: int, page: int) -> None:
             one = await client.get("/api/jobs", params={"limit": page})
             print(f"one page (all a client could see before): {len(one.json())} jobs, {len(one.content)} bytes")
             for order in ("oldest", "newest"):
-                listed, received, seconds = await list_all(client, {"limit": page, "order": order})
+                listed, received, seconds = await list_all(client, {"limit": page, "order": order}, jobs)
                 print(f"order={order}: {listed} jobs in {len(seconds)} pages, {received} bytes, "
                       f"{sum(seconds):.2f} s; first page {seconds[0] * 1000:.0f} ms, last {seconds[-1] * 1000:.0f} ms")
 

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import io
 import json
-import sys
 import time
 
 from common.logs import configure_logging
@@ -44,7 +43,6 @@ async def refused(port: int) -> bool:
 async def run(requests: int, concurrency: int) -> dict[str, object]:
     log = io.StringIO()
     configure_logging("json", "info", stream=log)
-    sys.excepthook = sys.__excepthook__  # the bench's own failure to its stderr, not into the log it measures
     state = WorkerState(worker_id="bench", provider="verda", version="1.0", max_idle_polls=10, serverless=True)
     health = HealthServer(state, host="127.0.0.1", port=0, heartbeat_timeout_s=30)
     port = await health.start()

@@ -79,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             sampler = threading.Thread(target=sample)
             sampler.start()
             started = time.monotonic()
-            with ThreadPoolExecutor(max_workers=args.clients) as pool:
-                received = list(pool.map(lambda _: download(url, path), range(args.clients)))
-            elapsed = time.monotonic() - started
-            done.set()
-            sampler.join()
+            try:
+                with ThreadPoolExecutor(max_workers=args.clients) as pool:
+                    received = list(pool.map(lambda _: download(url, path), range(args.clients)))
+                elapsed = time.monotonic() - started
+            finally:  # a failed download too: the queue manager is ended next, its /proc status gone
+                done.set()
+                sampler.join()
             after, peak = settled_rss_mb(client, process.pid)
     whole = sum(1 for count in received if count == args.file_mb * MB)
     print(f"{args.clients} clients x {args.file_mb} MB: {whole}/{args.clients} received whole, "

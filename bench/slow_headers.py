@@ -22,7 +22,6 @@ dripping connections the server still kept open after `--hold` seconds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import socket
@@ -41,6 +40,9 @@ from bench._processes import child
 _URL = re.compile(r'(?:url|port)["=:\s]+"?(?:http://[0-9.]+:)?([0-9]+)')
 QUEUE_TOKENS = ("QUEUE_MANAGER_TOKEN", "QUEUE_MANAGER_WORKER_TOKEN")
 HEADER = b"X-Slow-%03d: " + b"a" * 8000 + b"\r\n"
+# For a connection to be accepted and for each send to be taken: a server that keeps a connection open but no
+# longer reads from it (or never accepts) blocked the bench for ever.
+SOCKET_TIMEOUT_S = 10.0
 _HEALTH = """
 import asyncio
 from common.limits import allow_many_connections
@@ -112,6 +114,32 @@ def still_open(sock: socket.socket) -> bool:
     return False
 
 
+def connect(port: int, head: bytes) -> socket.socket:
+    """A connection to the server on ``port`` that has sent ``head``."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT_S)
+    except TimeoutError:
+        raise RuntimeError(f"the server did not accept a connection in {SOCKET_TIMEOUT_S:g} s") from None
+    try:
+        sock.sendall(head)
+    except TimeoutError:
+        sock.close()
+        raise RuntimeError(f"the server did not read a request's first bytes in {SOCKET_TIMEOUT_S:g} s") from None
+    return sock
+
+
+def send(sock: socket.socket, data: bytes) -> None:
+    """``data`` sent on ``sock``, unless the server closed it (its limit)."""
+    try:
+        sock.sendall(data)
+    except TimeoutError:
+        raise RuntimeError(
+            f"the server read nothing of an open connection for {SOCKET_TIMEOUT_S:g} s (SOCKET_TIMEOUT_S)"
+        ) from None
+    except OSError:
+        pass
+
+
 def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch, server_process(server, Path(scratch)) as (process, port):
         socks: list[socket.socket] = []
@@ -120,16 +148,13 @@ def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, obj
             before = rss_mb(process.pid)
             head = b"GET /health HTTP/1.1\r\nHost: bench\r\n" + b"".join(HEADER % i for i in range(headers))
             for _ in range(clients):
-                sock = socket.create_connection(("127.0.0.1", port))
-                sock.sendall(head)
-                socks.append(sock)
+                socks.append(connect(port, head))
             time.sleep(1)
             held = rss_mb(process.pid)
             deadline = time.monotonic() + hold_s
             while time.monotonic() < deadline:
                 for sock in socks:
-                    with contextlib.suppress(OSError):
-                        sock.send(b"a")  # still sending: never idle, never done
+                    send(sock, b"a")  # still sending: never idle, never done
                 time.sleep(1)
             open_after = sum(still_open(sock) for sock in socks)
             after = rss_mb(process.pid)
@@ -157,15 +182,12 @@ def run_bodies(clients: int, hold_s: float) -> dict[str, object]:
             time.sleep(0.5)
             head = b"POST /api/jobs HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % BODY_DECLARED
             for _ in range(clients):
-                sock = socket.create_connection(("127.0.0.1", port))
-                sock.sendall(head)
-                socks.append(sock)
+                socks.append(connect(port, head))
             started = time.monotonic()
             next_honest = started + 5
             while time.monotonic() < started + hold_s:
                 for sock in socks:
-                    with contextlib.suppress(OSError):
-                        sock.send(b" ")
+                    send(sock, b" ")
                 if time.monotonic() >= next_honest:
                     sent = time.monotonic() - started
                     try:

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
+from traceback import format_exception
 from types import TracebackType
 from typing import Any
 
@@ -172,7 +173,17 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
     )
     _route_stdlib_logging(shared, last, level, stream)
     _quiet_malformed_requests()
-    sys.excepthook = _log_uncaught
+    sys.excepthook = _log_uncaught if _writes_to_a_file(stream) else _print_uncaught
+
+
+def _writes_to_a_file(stream) -> bool:
+    """Whether lines written to ``stream`` leave the process (a terminal, a pipe, a file), unlike an in-memory
+    buffer a program reads its own lines from (a bench counting them)."""
+    try:
+        stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, traceback: TracebackType | None) -> None:
@@ -182,6 +193,13 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, traceback: Trac
         sys.__excepthook__(kind, exc, traceback)
         return
     structlog.get_logger().critical("uncaught_exception", exc_info=(kind, exc, traceback))
+
+
+def _print_uncaught(kind: type[BaseException], exc: BaseException, traceback: TracebackType | None) -> None:
+    """An exception nothing caught, in a process whose log is kept in memory: Python's traceback, scrubbed, on
+    stderr. Into that log it went unseen: an exit 1 with nothing printed."""
+    if sys.stderr is not None:
+        sys.stderr.write(scrub("".join(format_exception(kind, exc, traceback))))
 
 
 # aiohttp's reason quotes the client's bytes (`Got more than 4096 bytes when reading: b'Bearer eyJ…'.`): the first

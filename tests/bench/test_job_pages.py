@@ -1,0 +1,39 @@
+"""bench/job_pages against a server whose pages never end."""
+
+from __future__ import annotations
+
+import itertools
+
+import httpx
+import pytest
+from aiohttp import web
+
+from bench.job_pages import list_all
+from tests.conftest import served
+
+
+def pages(next_cursor) -> web.Application:
+    """A GET /api/jobs answering one job a page, each followed by ``next_cursor()``."""
+
+    async def jobs(_request: web.Request) -> web.Response:
+        return web.json_response([{"id": "x"}], headers={"X-Next-Cursor": next_cursor()})
+
+    app = web.Application()
+    app.router.add_get("/api/jobs", jobs)
+    return app
+
+
+@pytest.mark.timeout(30)
+async def test_a_next_page_cursor_that_never_moves_on_fails_the_listing_naming_it() -> None:
+    """Before, the bench asked for the same page for ever, its list of page times growing without limit."""
+    async with served(pages(lambda: "stuck")) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        with pytest.raises(RuntimeError, match="gave the next-page cursor 'stuck' twice, after 2 jobs"):
+            await list_all(client, {"limit": 1}, jobs=100)
+
+
+@pytest.mark.timeout(30)
+async def test_pages_past_the_jobs_there_are_fail_the_listing() -> None:
+    counter = itertools.count()
+    async with served(pages(lambda: str(next(counter)))) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        with pytest.raises(RuntimeError, match="listed 6 pages \\(6 jobs\\) of 5 jobs, and more"):
+            await list_all(client, {"limit": 1}, jobs=5)
