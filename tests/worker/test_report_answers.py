@@ -1,6 +1,6 @@
-"""A hand back whose answer is not what the queue manager sends (a proxy's page with 200, a JSON list): the job
-still ends once, by the queue manager's lease if the hand back did not land, and the worker goes on. Before, the
-answer's JSONDecodeError or AttributeError ended the worker with a traceback."""
+"""A hand back whose answer is not what the queue manager sends (a proxy's page with 200, a JSON list, nesting too
+deep to read): the job still ends once, by the queue manager's lease if the hand back did not land, and the worker
+goes on. Before, the answer's JSONDecodeError, AttributeError or RecursionError ended the worker with a traceback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from queue_manager.server import QueueManagerServer
 from ..conftest import wait_for
 
 
-@pytest.mark.parametrize("body", ["<html>maintenance</html>", ["pending"]], ids=["html", "list"])
+@pytest.mark.parametrize(
+    "body", ["<html>maintenance</html>", ["pending"], "[" * 100_000 + "]" * 100_000], ids=["html", "list", "deep"]
+)
 async def test_a_hand_back_answered_200_with_a_body_not_of_its_shape_ends_the_job_and_the_worker_goes_on(
     comfy, make_worker, workflows, body
 ):

@@ -9,8 +9,6 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from queue_manager.server import QueueManagerServer
-
 from ..conftest import wait_for
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -39,23 +37,6 @@ async def test_a_resubmission_answered_201_without_a_job_id_fails_the_original_n
     assert copy.metadata["requeued_from"] == job.id
     assert worker.state.jobs_finished == 1
     assert not [e for e in logs if e.get("exc_info")]
-
-
-async def test_a_hand_back_answered_with_json_nested_too_deep_to_read_is_left_to_the_lease_and_the_worker_goes_on(
-    comfy, make_worker, workflows
-):
-    async with QueueManagerServer(lease_timeout_s=30, test_hooks=True) as qm:
-        job = qm.store.submit("alice", workflows["slow"])
-        qm.faults.inject("release-job", status=200, body=DEEP, after=True)
-        worker = make_worker(queue_manager_url=qm.url, shutdown_grace_s=0.1)
-        run = asyncio.create_task(worker.run())
-        await wait_for(lambda: comfy.prompts_received)
-        with capture_logs() as logs:
-            worker.request_shutdown()
-            assert await asyncio.wait_for(run, 10) == 0
-        assert (qm.store.get(job.id).status, qm.store.get(job.id).attempt) == ("pending", 2)
-    assert (worker.state.jobs_finished, worker.state.jobs_abandoned) == (1, 1)
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["Queue manager refused the report"]
 
 
 @pytest.mark.parametrize("fault", [{"status": 502}, {"status": 504}, {"drop": True}], ids=["502", "504", "dropped"])
