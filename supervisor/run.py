@@ -60,15 +60,11 @@ def _route_stop_signals_to(worker: Worker) -> None:
 
 def _stop_routing_signals() -> None:
     """Ignored from now on: with nothing left to stop, their default would end the process with 143 (or Ctrl-C's
-    KeyboardInterrupt) in place of the worker's exit code, which the platform reads. SIG_IGN replaces the loop's
-    handler in one step; the loop's remove_signal_handler would put the default back first, for a moment."""
+    KeyboardInterrupt) in place of the worker's exit code, which the platform reads."""
     loop = asyncio.get_running_loop()
-    handlers = loop._signal_handlers  # type: ignore[attr-defined]  # what remove_signal_handler would delete
     for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
-        handlers.pop(sig, None)
-    if not handlers:
-        signal.set_wakeup_fd(-1)  # as remove_signal_handler does once the loop takes no signal
 
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:
