@@ -8,6 +8,9 @@ from common.settings import misspelt_names, problems_in
 from supervisor.config import SupervisorSettings
 from worker.config import WorkerSettings
 
+# The port the worker's health server listens on when the container is given no HEALTH_PORT.
+DEFAULT_HEALTH_PORT: int = WorkerSettings.model_fields["health_port"].default
+
 
 class SupervisorSettingsOffImage(SupervisorSettings):
     """The supervisor's settings judged on the deploying machine: COMFYUI_COMMAND's program is installed in the

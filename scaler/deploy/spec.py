@@ -19,7 +19,7 @@ from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
-from scaler.deploy.container_env import container_env_problems, misspelt_problems
+from scaler.deploy.container_env import DEFAULT_HEALTH_PORT, container_env_problems, misspelt_problems
 from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.client import check_deployment_name
 
@@ -229,8 +229,13 @@ class DeploymentSpec(_Section):
         doubled = (sources[0] & sources[1]) | (sources[0] & sources[2]) | (sources[1] & sources[2])
         if doubled:
             raise ValueError(f"env names defined twice across env/env_from_environment/secrets: {sorted(doubled)}")
-        if self.env.get("HEALTH_PORT", str(self.deployment.healthcheck_port)) != str(self.deployment.healthcheck_port):
-            raise ValueError("env.HEALTH_PORT must equal deployment.healthcheck_port")
+        # The worker listens where HEALTH_PORT says, on its default when the container is given none.
+        section = "env_from_environment" if "HEALTH_PORT" in self.resolved_env else "env"
+        listens = {**self.env, **self.resolved_env}.get("HEALTH_PORT", str(DEFAULT_HEALTH_PORT))
+        if listens != str(self.deployment.healthcheck_port):
+            raise ValueError(f"{section}.HEALTH_PORT must equal deployment.healthcheck_port: the worker's health "
+                             f"server listens on {listens} (HEALTH_PORT, default {DEFAULT_HEALTH_PORT}), Verda "
+                             f"probes {self.deployment.healthcheck_port}: every replica would be unhealthy")
         return self
 
 

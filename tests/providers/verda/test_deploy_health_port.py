@@ -1,0 +1,48 @@
+"""The port Verda probes for health is the one the worker's health server listens on, wherever HEALTH_PORT is set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scaler.deploy.command import deploy_main
+from standins.verda import FakeVerda
+
+from .test_deploy import edited_spec
+
+NAME = "comfyui-worker-serverless"
+PORTS = "exposed_port = 8000\nhealthcheck_port = 8000"
+
+
+async def test_a_health_check_port_with_health_port_unset_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """Before: HEALTH_PORT taken out of [env] and the probe moved to 9000 was deployed; the worker listens on its
+    default 8000, so Verda's probe found nothing on 9000 and every replica was unhealthy, restarted and billed."""
+    text = edited_spec(tmp_path, PORTS, "exposed_port = 9000\nhealthcheck_port = 9000").read_text()
+    spec = tmp_path / "no-health-port.toml"
+    spec.write_text(text.replace('HEALTH_PORT = "8000"\n', ""))
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 2
+    err = capsys.readouterr().err
+    assert "HEALTH_PORT" in err and "healthcheck_port" in err and "8000" in err, err
+    assert fake.requests == []
+
+
+async def test_a_health_port_read_from_the_environment_must_be_the_probed_one(
+    fake: FakeVerda, deploy_env, tmp_path: Path, capsys
+) -> None:
+    """Before: HEALTH_PORT listed in env_from_environment escaped the check made of [env] alone."""
+    text = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "HEALTH_PORT"]')
+    spec = tmp_path / "health-port-from-env.toml"
+    spec.write_text(text.read_text().replace('HEALTH_PORT = "8000"\n', ""))
+    assert await deploy_main(["--spec", str(spec)], {**deploy_env, "HEALTH_PORT": "9000"}) == 2
+    err = capsys.readouterr().err
+    assert "env_from_environment.HEALTH_PORT" in err and "healthcheck_port" in err, err
+    assert fake.requests == []
+
+
+async def test_health_port_unset_is_deployed_when_the_probe_is_on_the_workers_default(
+    fake: FakeVerda, deploy_env, tmp_path: Path
+) -> None:
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', "")
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 0
+    assert NAME in fake.deployments
