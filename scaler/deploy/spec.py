@@ -388,6 +388,26 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         raise SpecError([f"{path}: nested deeper than the TOML parser reads"]) from None
 
 
+def deployment_name(path: Path, environ: Mapping[str, str]) -> str:
+    """The deployment's name as load_spec reads it (VERDA_DEPLOYMENT_NAME, else deployment.name), nothing else of
+    the spec read or checked: all `status` and `delete` need (they refused to run until the image, the volume ids
+    and the queue's URL were set, none of which they send)."""
+    if "VERDA_DEPLOYMENT_NAME" in environ:
+        name: Any = environ["VERDA_DEPLOYMENT_NAME"]
+        where = "VERDA_DEPLOYMENT_NAME"
+    else:
+        deployment = read_spec_file(path).get("deployment", {})
+        if not isinstance(deployment, dict):
+            raise SpecError([f"deployment: must be a table ({path})"])
+        name, where = deployment.get("name"), f"deployment.name ({path})"
+    if not isinstance(name, str):
+        raise SpecError([f"{where}: required, a string (or set VERDA_DEPLOYMENT_NAME)"])
+    try:
+        return check_deployment_name(name)
+    except ValueError as error:
+        raise SpecError([f"{where}: {error}"]) from None
+
+
 def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     """Read the TOML spec, apply environment overrides and validate; raises SpecError naming each field."""
     raw = read_spec_file(path)

@@ -37,6 +37,7 @@ from scaler.deploy.spec import (
     DeploymentSpec,
     SpecError,
     build_body,
+    deployment_name,
     load_spec,
     refusing_misspelt,
     unmounted_input_dir,
@@ -285,11 +286,10 @@ def make_client(environ: Mapping[str, str]) -> VerdaClient:
 
 
 async def run(
-    args: argparse.Namespace, spec: DeploymentSpec, environ: Mapping[str, str], client: VerdaClient
+    args: argparse.Namespace, name: str, spec: DeploymentSpec | None, environ: Mapping[str, str], client: VerdaClient
 ) -> None:
     async with client as verda:
-        name = spec.deployment.name
-        if args.action == "apply":
+        if spec is not None:
             await apply(verda, spec, environ)
         elif args.action == "status":
             if await verda.find_deployment(name) is None:
@@ -322,24 +322,34 @@ def mask_secret_values(spec: DeploymentSpec, environ: Mapping[str, str]) -> None
         register_secret(environ.get(env_name))
 
 
+def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, DeploymentSpec | None]:
+    """(the deployment's name, the spec checked whole); the spec is None for `status` and `delete`, which need
+    the name alone. SpecError for each problem found, a misspelt deploy variable too."""
+    path = args.spec or DEFAULT_SPEC_PATH
+    with refusing_misspelt(environ, DEPLOY_VARIABLES):
+        if args.action != "apply" and not args.console:
+            return deployment_name(path, environ), None
+        spec = load_spec(path, environ)
+        if problems := unmounted_input_dir(spec) + short_secret_values(spec, environ):
+            raise SpecError(problems)
+    mask_secret_values(spec, environ)
+    return spec.deployment.name, spec
+
+
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
-        with refusing_misspelt(environ, DEPLOY_VARIABLES):
-            spec = load_spec(args.spec or DEFAULT_SPEC_PATH, environ)
-            if problems := unmounted_input_dir(spec) + short_secret_values(spec, environ):
-                raise SpecError(problems)
+        name, spec = load(args, environ)
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    mask_secret_values(spec, environ)
-    if args.console:
+    if args.console and spec is not None:
         print("\n".join(console_lines(spec)))
         return EXIT_OK
     if options_misused(
-        args, f"removes deployment {spec.deployment.name} and stops its running replicas now, busy ones "
+        args, f"removes deployment {name} and stops its running replicas now, busy ones "
         "included (a worker that gets SIGTERM in time hands its job back)"):
         return EXIT_USAGE
-    if args.dry_run:
+    if args.dry_run and spec is not None:
         print(json.dumps(build_body(spec), indent=2))
         for env_name, secret_name in spec.secrets.items():
             print(f"# secret {secret_name} (env {env_name}) is created from ${env_name} if missing", file=sys.stderr)
@@ -350,7 +360,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(error)
         return EXIT_USAGE
     try:
-        await run(args, spec, environ, client)
+        await run(args, name, spec, environ, client)
     except (DeployError, AnswerTooLarge) as error:
         print_error(error)
         return EXIT_FAILED
