@@ -5,6 +5,7 @@ Validation happens here, before any API call, and every message names the spec f
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 import unicodedata
@@ -230,13 +231,27 @@ class DeploymentSpec(_Section):
         if doubled:
             raise ValueError(f"env names defined twice across env/env_from_environment/secrets: {sorted(doubled)}")
         # The worker listens where HEALTH_PORT says, on its default when the container is given none.
+        container = {**self.env, **self.resolved_env}
         section = "env_from_environment" if "HEALTH_PORT" in self.resolved_env else "env"
-        listens = {**self.env, **self.resolved_env}.get("HEALTH_PORT", str(DEFAULT_HEALTH_PORT))
+        listens = container.get("HEALTH_PORT", str(DEFAULT_HEALTH_PORT))
         if listens != str(self.deployment.healthcheck_port):
             raise ValueError(f"{section}.HEALTH_PORT must equal deployment.healthcheck_port: the worker's health "
                              f"server listens on {listens} (HEALTH_PORT, default {DEFAULT_HEALTH_PORT}), Verda "
                              f"probes {self.deployment.healthcheck_port}: every replica would be unhealthy")
+        host = container.get("HEALTH_HOST", "").strip()
+        if host == "localhost" or _is_loopback_address(host):
+            section = "env_from_environment" if "HEALTH_HOST" in self.resolved_env else "env"
+            raise ValueError(f"{section}.HEALTH_HOST: {host} is the container's own loopback, and the health probe "
+                             "comes from outside it: every replica would be unhealthy; leave HEALTH_HOST unset "
+                             "(every address, 0.0.0.0)")
         return self
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def text_problem(value: str) -> str | None:

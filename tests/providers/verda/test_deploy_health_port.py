@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from scaler.deploy.command import deploy_main
 from standins.verda import FakeVerda
 
@@ -44,5 +46,24 @@ async def test_health_port_unset_is_deployed_when_the_probe_is_on_the_workers_de
     fake: FakeVerda, deploy_env, tmp_path: Path
 ) -> None:
     spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', "")
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 0
+    assert NAME in fake.deployments
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.1.1"])
+async def test_a_health_server_on_the_containers_loopback_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, tmp_path: Path, host: str, capsys
+) -> None:
+    """Before: deployed; the health server listened inside the container only, Verda's probe from outside found
+    nothing on 8000, and every replica was unhealthy, restarted and billed."""
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"', f'HEALTH_PORT = "8000"\nHEALTH_HOST = "{host}"')
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 2
+    err = capsys.readouterr().err
+    assert "env.HEALTH_HOST" in err and "loopback" in err, err
+    assert fake.requests == []
+
+
+async def test_a_health_server_on_every_address_is_deployed(fake: FakeVerda, deploy_env, tmp_path: Path) -> None:
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"', 'HEALTH_PORT = "8000"\nHEALTH_HOST = "0.0.0.0"')
     assert await deploy_main(["--spec", str(spec)], deploy_env) == 0
     assert NAME in fake.deployments
