@@ -282,13 +282,20 @@ async def print_pods(backend: RunPodBackend) -> None:
         print(f"  {shown(pod.id)} {shown(pod.name)} {shown(pod.status)} ${pod.cost_per_hour:.2f}/h since {since}")
 
 
+Loaded = tuple[DeploymentSpec, RunPodSettings]
+
+
 async def run(
-    args: argparse.Namespace, spec: DeploymentSpec, settings: RunPodSettings, environ: Mapping[str, str],
-    client: RunPodClient,
+    args: argparse.Namespace, name: str, loaded: Loaded | None,
+    environ: Mapping[str, str], client: RunPodClient,
 ) -> None:
-    backend = make_backend(client, spec, settings, environ)
+    if loaded is None:  # status, delete: the pods are found by their name; none is created
+        backend = RunPodBackend(client, name, {}, health=PodHealthProbe(health_url(environ)))
+    else:
+        backend = make_backend(client, *loaded, environ)
     try:
-        if args.action == "apply":
+        if loaded is not None:
+            spec, settings = loaded
             await check_placement(backend.client, settings)
             for env_name, secret in spec.secrets.items():
                 print(f"secret {secret}: pods read {env_name} from it; create it in the RunPod console if missing")
@@ -305,16 +312,27 @@ async def run(
             left = (await backend.observe()).replicas
             if left:
                 raise DeployError(f"{len(left)} pods still live after terminating: {[r.id for r in left]}")
-            print(f"deployment {spec.deployment.name}: every pod terminated (volume and secrets kept)")
+            print(f"deployment {name}: every pod terminated (volume and secrets kept)")
     finally:
         await backend.aclose()
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, Loaded | None]:
+    """(the pods' name, the spec and its [runpod] table checked whole); None for `status` and `delete`, which need
+    the name alone (they refused to run until the image, the volume, its data centre and the queue's URL were set).
+    SpecError for each problem found, a misspelt deploy variable too."""
+    path = args.spec or DEFAULT_SPEC_PATH
+    with refusing_misspelt(environ, DEPLOY_VARIABLES):
+        if args.action != "apply":
+            return pod_name_prefix(path, environ), None
+        spec, settings = load_runpod_spec(path, environ)
+    return spec.deployment.name, (spec, settings)
 
 
 async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         refuse_inside_a_pod(environ)
-        with refusing_misspelt(environ, DEPLOY_VARIABLES):
-            spec, settings = load_runpod_spec(args.spec or DEFAULT_SPEC_PATH, environ)
+        name, loaded = load(args, environ)
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
@@ -322,10 +340,10 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(str(error))
         return EXIT_USAGE
     if options_misused(
-        args, f"terminates every pod of {spec.deployment.name} now, busy ones included (the network volume is "
-        "kept)"):
+        args, f"terminates every pod of {name} now, busy ones included (the network volume is kept)"):
         return EXIT_USAGE
-    if args.dry_run:
+    if args.dry_run and loaded is not None:
+        spec, settings = loaded
         body = {"name": f"{spec.deployment.name}-<8 hex digits, one per pod>", **build_pod_body(spec, settings)}
         print(json.dumps(body, indent=2))
         for env_name, secret in spec.secrets.items():
@@ -338,7 +356,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(error)
         return EXIT_USAGE
     try:
-        await run(args, spec, settings, environ, client)
+        await run(args, name, loaded, environ, client)
     except (DeployError, RunPodAPIError, AnswerTooLarge) as error:
         print_error(error)
         return EXIT_FAILED
