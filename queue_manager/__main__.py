@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
-INTERRUPTED = "queue manager: interrupted (SIGINT) while starting; exiting\n"
+from common.cli import interrupted
 
 try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
     import argparse
@@ -54,8 +53,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         token_pair_problem,
     )
 except KeyboardInterrupt:
-    sys.stderr.write(INTERRUPTED)
-    raise SystemExit(EXIT_INTERRUPTED) from None
+    raise SystemExit(interrupted("queue manager")) from None
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -352,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # raised only until serve() takes SIGINT
-        sys.stderr.write(INTERRUPTED)
-        return EXIT_INTERRUPTED
+        return interrupted("queue manager")
 
 
 def _main(argv: list[str]) -> int:
