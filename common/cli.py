@@ -7,6 +7,7 @@ import shlex
 import sys
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
 
 
 def refuse_arguments(program: str, hint: str) -> int | None:
@@ -16,3 +17,10 @@ def refuse_arguments(program: str, hint: str) -> int | None:
         return None
     sys.stderr.write(f"{program} takes no arguments, got: {shlex.join(sys.argv[1:])}; {hint}\n")
     return EXIT_CONFIG
+
+
+def interrupted(program: str, when: str = "while starting") -> int:
+    """EXIT_INTERRUPTED, with one line on stderr in place of a KeyboardInterrupt traceback: for a Ctrl-C (SIGINT)
+    before ``program`` takes the signal itself."""
+    sys.stderr.write(f"{program}: interrupted (SIGINT) {when}; exiting\n")
+    return EXIT_INTERRUPTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 class LogThrottle:
@@ -52,3 +53,9 @@ class LogThrottle:
         except RuntimeError:  # no event loop here: flush() alone reports them
             return
         self._window_end = loop.call_later(delay_s, self.flush)
+
+
+def held_back_logger(log: Any, level: str, event: str, **fields: Any) -> Callable[[int], None]:
+    """A ``report_held_back`` logging ``event`` at ``level`` with ``more_since_last`` (and ``fields``)."""
+    # log's method is looked up at each report: one bound now would keep the logging configuration of now
+    return lambda since: getattr(log, level)(event, more_since_last=since, **fields)

@@ -134,6 +134,11 @@ def queue_refusal_cause(status: int, has_token: bool, *, worker_route: bool = Fa
     return None
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8080``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def url_has_credentials(url: str) -> bool:
     return bool(url_credentials(url))
 

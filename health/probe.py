@@ -53,8 +53,7 @@ def bound_address(environ: dict[str, str]) -> tuple[str, int]:
             fd = os.open(port_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
                 if stat.S_ISREG(os.fstat(fd).st_mode):
-                    with open(fd, closefd=False) as written:
-                        text = written.read(128)
+                    text = os.read(fd, 128).decode()
             finally:
                 os.close(fd)
         except TimeoutError:  # main's deadline, on a hung file system: the probe's answer, not a cause to go on

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
-INTERRUPTED = "queue manager: interrupted (SIGINT) while starting; exiting\n"
+from common.cli import interrupted
 
 try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
     import argparse
@@ -40,6 +39,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         warn_misspelt_variables,
     )
     from common.text import escape_controls
+    from common.urls import host_port
     from queue_manager.db_lock import DatabaseInUse, lock_database, lock_outputs
     from queue_manager.models import QueueMode
     from queue_manager.outputs import OUTPUTS_DIR_ENV, outputs_dir_problem
@@ -54,8 +54,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         token_pair_problem,
     )
 except KeyboardInterrupt:
-    sys.stderr.write(INTERRUPTED)
-    raise SystemExit(EXIT_INTERRUPTED) from None
+    raise SystemExit(interrupted("queue manager")) from None
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -352,8 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # raised only until serve() takes SIGINT
-        sys.stderr.write(INTERRUPTED)
-        return EXIT_INTERRUPTED
+        return interrupted("queue manager")
 
 
 def _main(argv: list[str]) -> int:
@@ -433,7 +431,7 @@ def _bind_hint(exc: OSError, host: str, port: int) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return (f"port {port} is one only root (or a process with CAP_NET_BIND_SERVICE) may listen on: choose "
                 "--port 1024 or above (and point the workers' QUEUE_MANAGER_URL at it)")
-    return (f"another process listens on {host}:{port}: stop it, or choose another --port (and point the "
+    return (f"another process listens on {host_port(host, port)}: stop it, or choose another --port (and point the "
             "workers' QUEUE_MANAGER_URL at it); --host must be an address of this machine")
 
 

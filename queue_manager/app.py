@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from common.log_throttle import LogThrottle
+from common.log_throttle import LogThrottle, held_back_logger
 from common.waiting_connections import WaitingConnections
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
@@ -385,8 +385,7 @@ class QueueApi:
         self._started_at = steady_clock()
         self._answers = BodyBudget(answers=True)
         self._answers_full_log = LogThrottle(
-            REFUSAL_LOG_EVERY_S,
-            report_held_back=lambda refused: log.warning("answer_budget_full_held_back", more_since_last=refused),
+            REFUSAL_LOG_EVERY_S, report_held_back=held_back_logger(log, "warning", "answer_budget_full_held_back")
         )
 
     def flush_logs(self) -> None:
@@ -1009,8 +1008,7 @@ def build_app(
     if test_hooks is not None:
         middlewares += [_report_middleware(test_hooks.reports, clock), _fault_middleware(test_hooks.faults)]
     bodies_full_log = LogThrottle(
-        REFUSAL_LOG_EVERY_S,
-        report_held_back=lambda refused: log.warning("request_body_budget_full_held_back", more_since_last=refused),
+        REFUSAL_LOG_EVERY_S, report_held_back=held_back_logger(log, "warning", "request_body_budget_full_held_back")
     )
     bounded_bodies = _body_budget_middleware(BodyBudget(), ArrivingBudget(), bodies_full_log)
     app = web.Application(

@@ -9,7 +9,6 @@ in one more line when that minute ends).
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from common.log_throttle import LogThrottle
+from common.log_throttle import LogThrottle, held_back_logger
 from common.logs import scrubbed_excerpt
 
 log = structlog.get_logger()
@@ -58,7 +57,8 @@ class RefusalLog:
             if response.status not in self._throttles:
                 self._throttles[response.status] = LogThrottle(
                     REFUSAL_LOG_EVERY_S, self._clock,
-                    report_held_back=functools.partial(_log_held_back, response.status),
+                    report_held_back=held_back_logger(log, "warning", "Request refused held back",
+                                                      status=response.status),
                 )
             if (refused := self._throttles[response.status].occurred()) is not None:
                 route = request.match_info.route.name or "no such route"
@@ -69,7 +69,3 @@ class RefusalLog:
     def flush(self) -> None:
         for throttle in self._throttles.values():
             throttle.flush()
-
-
-def _log_held_back(status: int, refused: int) -> None:
-    log.warning("Request refused held back", status=status, more_since_last=refused)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common.heap_trim import TRIM_EVERY_S, HeapTrimmer, malloc_trim
 from common.limits import QUEUE_HEADS
+from common.urls import host_port
 from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
 from queue_manager.faults import FaultInjector
@@ -218,8 +219,7 @@ class QueueManagerServer:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]
-        netloc = f"[{host}]" if ":" in host else host  # an IPv6 address: http://[::1]:8080
-        self.url = f"http://{netloc}:{bound_port}"
+        self.url = f"http://{host_port(host, bound_port)}"
         self._stop_reaper.clear()
         self._reaper_task = asyncio.create_task(self._reaper.run(self._stop_reaper, self._run_in_db))
         if settings.outputs_dir is not None and self.finished_job_retention_s > 0:

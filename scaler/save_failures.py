@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from common.log_throttle import LogThrottle
+from common.log_throttle import LogThrottle, held_back_logger
 from common.logs import error_text
 
 log = structlog.get_logger()
@@ -31,14 +31,12 @@ class SaveFailures:
 
     def failed(self, path: Path, error: Exception) -> None:
         if self._throttle is None:
-            self._throttle = LogThrottle(SAVE_FAILED_LOG_EVERY_S, self._clock, report_held_back=self._log_held_back)
+            held_back = held_back_logger(log, "error", self._failed_event + "_held_back")
+            self._throttle = LogThrottle(SAVE_FAILED_LOG_EVERY_S, self._clock, report_held_back=held_back)
         self._failures += 1
         if (since := self._throttle.occurred()) is not None:
             log.error(self._failed_event, path=str(path), error=error_text(error), more_since_last=since - 1,
                       hint=self._hint)
-
-    def _log_held_back(self, since: int) -> None:
-        log.error(self._failed_event + "_held_back", more_since_last=since)
 
     def flush(self) -> None:
         """Report the failures held back now (at exit: no later failure nor the window's end will)."""

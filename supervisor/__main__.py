@@ -7,14 +7,14 @@ from __future__ import annotations
 import contextlib
 import sys
 
-EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
-INTERRUPTED = "comfy-supervisor: interrupted (SIGINT) before ComfyUI started; exiting\n"
+from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
+
+INTERRUPTED_WHEN = "before ComfyUI started"
 
 try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ctrl-C later in the start says
     import structlog
 
     from common.children import keep_environment_private
-    from common.cli import EXIT_CONFIG, refuse_arguments
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
@@ -29,8 +29,7 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process
 except KeyboardInterrupt:
-    sys.stderr.write(INTERRUPTED)
-    raise SystemExit(EXIT_INTERRUPTED) from None
+    raise SystemExit(interrupted("comfy-supervisor", INTERRUPTED_WHEN)) from None
 
 
 def load_configuration() -> tuple[SupervisorSettings, WorkerSettings]:
@@ -137,8 +136,7 @@ def main() -> int:
     try:
         return _checked_start()
     except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
-        sys.stderr.write(INTERRUPTED)
-        return EXIT_INTERRUPTED
+        return interrupted("comfy-supervisor", INTERRUPTED_WHEN)
 
 
 def _checked_start() -> int:

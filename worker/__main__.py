@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import sys
 
-EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C ended
-INTERRUPTED = "comfy-worker: interrupted (SIGINT) while starting; exiting\n"
+from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
 
 try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start says
-    from common.cli import EXIT_CONFIG, refuse_arguments
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
@@ -17,8 +15,7 @@ try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start sa
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process, serve
 except KeyboardInterrupt:
-    sys.stderr.write(INTERRUPTED)
-    raise SystemExit(EXIT_INTERRUPTED) from None
+    raise SystemExit(interrupted("comfy-worker")) from None
 
 MISSING_PEER_HINT = (
     "The worker needs a queue manager (QUEUE_MANAGER_URL, e.g. https://queue.example.com) and a ComfyUI "
@@ -46,8 +43,7 @@ def main() -> int:
     try:
         return _start()
     except KeyboardInterrupt:  # raised only until serve() takes SIGINT
-        sys.stderr.write(INTERRUPTED)
-        return EXIT_INTERRUPTED
+        return interrupted("comfy-worker")
 
 
 def _start() -> int:

@@ -34,7 +34,7 @@ import structlog
 from pydantic import SecretStr
 
 from common.http_answers import API_ANSWER_BYTES, request_bounded
-from common.log_throttle import LogThrottle
+from common.log_throttle import LogThrottle, held_back_logger
 from common.logs import error_text, forget_secret, register_secret, scrubbed_excerpt
 from common.urls import direct_transport
 from scaler.providers.base import MAX_LISTED_REPLICAS, listed_once
@@ -306,7 +306,7 @@ class VerdaClient:
         self._short_lifetime_warnings = LogThrottle(
             TOKEN_WARN_EVERY_S,
             clock,
-            report_held_back=lambda since: log.warning("verda_token_lifetime_short_held_back", more_since_last=since),
+            report_held_back=held_back_logger(log, "warning", "verda_token_lifetime_short_held_back"),
         )
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout_s, verify=True, transport=direct_transport(base_url)
