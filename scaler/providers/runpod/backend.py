@@ -42,7 +42,7 @@ LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, a
 STOP_LAG_S = 120.0  # a pod still live this long after its stop was asked is terminated without its stop
 TERMINATE_LAG_S = 300.0  # a dead pod still listed this long after RunPod answered its DELETE: said, as an error
 TERMINATE_RETRY_S = 600.0  # ... and from then on its DELETE is asked again this often, not at every observe
-UNHEALTHY_REASON_LIMIT = 300  # of what a pod's /health or RunPod's listing gives, logged: the worker's are a line
+QUOTED_TEXT_LIMIT = 300  # characters logged of a text RunPod (an id, a status) or a pod's /health (a reason) gives
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
@@ -212,7 +212,7 @@ class RunPodBackend:
         running = {pod.id: pod for pod in pods if pod.status == "RUNNING"}
         judged = await self.health.unhealthy(running)
         for pod_id, reason in judged.items():
-            log.warning("runpod_pod_unhealthy", pod=pod_id, reason=scrubbed_excerpt(reason, UNHEALTHY_REASON_LIMIT))
+            log.warning("runpod_pod_unhealthy", pod=_said(pod_id), reason=_said(reason))
         await _each_pod((pod_id, partial(self._replace_unhealthy, running[pod_id])) for pod_id in judged)
         return bool(judged)
 
@@ -292,7 +292,7 @@ class RunPodBackend:
         if self.refusal is not None and not refused.is_set():  # unless another pod of this reconcile was refused
             log.info("runpod_create_accepted_again", previous_refusal=self.refusal)
             self.refusal = None
-        log.info("runpod_pod_created", pod=pod.id, name=name)
+        log.info("runpod_pod_created", pod=_said(pod.id), name=name)
         return True
 
 
@@ -310,15 +310,16 @@ async def _each_pod(calls: Iterable[tuple[str, Callable[[], Awaitable[T]]]]) -> 
     results = await settled(bounded(call) for _, call in calls)
     failures = [(pod, result) for (pod, _), result in zip(calls, results, strict=True) if isinstance(result, Exception)]
     for pod, error in failures:
-        log.warning("runpod_pod_call_failed", pod=pod, error=_error_text(error))
+        log.warning("runpod_pod_call_failed", pod=_said(pod), error=_error_text(error))
     if failures:
         raise failures[0][1]
     return results  # type: ignore[return-value]  # no Exception left
 
 
 def _said(text: str | None) -> str | None:
-    """A pod's id, status or phase for a log line: RunPod's listing and the pod's /health may give any length."""
-    return None if text is None else scrubbed_excerpt(text, UNHEALTHY_REASON_LIMIT)
+    """A pod's id, status, phase or reason for a log line: RunPod's answers and the pod's /health may give any
+    length."""
+    return None if text is None else scrubbed_excerpt(text, QUOTED_TEXT_LIMIT)
 
 
 def _error_text(error: Exception) -> str:
