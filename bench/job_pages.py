@@ -15,8 +15,10 @@ import time
 
 import httpx
 
+from common.logs import scrubbed_excerpt
 from queue_manager.server import QueueManagerServer
 
+ANSWER_QUOTED = 300  # characters of an answer that is not a page, in the error
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 RESULT = {
     "prompt_id": "0" * 36,
@@ -36,7 +38,7 @@ async def list_all(client: httpx.AsyncClient, params: dict[str, str | int], jobs
         started = time.perf_counter()
         response = await client.get("/api/jobs", params=params)
         seconds.append(time.perf_counter() - started)
-        listed += len(response.json())
+        listed += len(jobs_of(response))
         received += len(response.content)
         cursor = response.headers.get("X-Next-Cursor")
         if cursor is None:
@@ -49,6 +51,19 @@ async def list_all(client: httpx.AsyncClient, params: dict[str, str | int], jobs
         params = {**params, "after": cursor}
 
 
+def jobs_of(response: httpx.Response) -> list[object]:
+    """The page's jobs; RuntimeError quoting the answer when it is none (a 401, a 500's page): a 401's object was
+    counted as one job listed, a 500's HTML a JSONDecodeError that named neither the request nor its status."""
+    try:
+        page = response.json() if response.status_code == 200 else None
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past what the parser reads
+        page = None
+    if not isinstance(page, list):
+        answer = scrubbed_excerpt(response.text, ANSWER_QUOTED)
+        raise RuntimeError(f"GET /api/jobs answered {response.status_code}, not a list of jobs: {answer}")
+    return page
+
+
 async def measure(jobs: int, page: int) -> None:
     async with QueueManagerServer(max_queue_depth=0) as server:
         store = server.store
@@ -59,7 +74,7 @@ async def measure(jobs: int, page: int) -> None:
                 store.complete(job.id, RESULT)
         async with httpx.AsyncClient(base_url=server.url, timeout=60.0) as client:
             one = await client.get("/api/jobs", params={"limit": page})
-            print(f"one page (all a client could see before): {len(one.json())} jobs, {len(one.content)} bytes")
+            print(f"one page (all a client could see before): {len(jobs_of(one))} jobs, {len(one.content)} bytes")
             for order in ("oldest", "newest"):
                 listed, received, seconds = await list_all(client, {"limit": page, "order": order}, jobs)
                 print(f"order={order}: {listed} jobs in {len(seconds)} pages, {received} bytes, "

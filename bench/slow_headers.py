@@ -11,7 +11,8 @@ Each server runs in its own process (the health server as the worker starts it, 
 default 120 (just under aiohttp's own limit of 128) is past every server's limits now (common.limits: 32 headers,
 a 16/32 KiB head), so each client is refused early: what this measures is how fast. bench/head_memory.py measures
 the largest head a server does read. Printed: RSS before, once all are connected, after
-`--hold` seconds, and how many connections the server still kept open then.
+`--hold` seconds, how many connections the server still kept open then, and what a fresh GET /health got (its
+status, or `no answer: <error>`).
 
 `--bodies` (queue manager only): each client sends a complete head for `POST /api/jobs` declaring 16 MiB (the
 route's limit; eight of them reserve the whole 128 MiB budget for bodies in flight), then one byte of body a
@@ -43,6 +44,7 @@ HEADER = b"X-Slow-%03d: " + b"a" * 8000 + b"\r\n"
 # For a connection to be accepted and for each send to be taken: a server that keeps a connection open but no
 # longer reads from it (or never accepts) blocked the bench for ever.
 SOCKET_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 5.0  # for each step of the final GET /health (connect, send, each read)
 _HEALTH = """
 import asyncio
 from common.limits import allow_many_connections
@@ -140,6 +142,15 @@ def send(sock: socket.socket, data: bytes) -> None:
         pass
 
 
+def health_probe(port: int) -> int | str:
+    """The status of GET /health once the clients held their connections, or why there is none: a server they left
+    unable to answer is what this bench finds, not a traceback that loses the figures."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=PROBE_TIMEOUT_S).status_code
+    except httpx.HTTPError as exc:
+        return f"no answer: {type(exc).__name__} ({PROBE_TIMEOUT_S:g} s timeout)"
+
+
 def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch, server_process(server, Path(scratch)) as (process, port):
         socks: list[socket.socket] = []
@@ -158,7 +169,7 @@ def run(server: str, clients: int, headers: int, hold_s: float) -> dict[str, obj
                 time.sleep(1)
             open_after = sum(still_open(sock) for sock in socks)
             after = rss_mb(process.pid)
-            probe = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
+            probe = health_probe(port)
         finally:
             for sock in socks:
                 sock.close()

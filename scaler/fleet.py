@@ -419,10 +419,12 @@ class FleetBackend:
 
     def record_stopped(self) -> None:
         """Saves that the in-process members' replicas stop with this scaler (the `local` workers, on aclose):
-        `status` then says so, not the last tick's workers as running until the record is stale."""
+        `status` then says so, not the last tick's workers as running until the record is stale. The failed saves
+        held back are counted then: no later one will."""
         for name in self._in_process_views:
             self._in_process_views[name] = BackendView((), STOPPED)
         self.save()
+        self._save_failures.flush()
 
     def committed_spend(self, now: float) -> dict[str, float]:
         total = self.ledger.summary(now)["total"]

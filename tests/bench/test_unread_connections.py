@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.test_benches_run import health_server_source, run_bench
+from tests.bench.test_benches_run import SILENT_HEALTH_SERVER, health_server_source, run_bench
 
 NEVER_READS = """
 import socket
@@ -41,3 +41,16 @@ def test_a_server_that_never_reads_fails_the_bench_within_its_bound(
     assert run.returncode != 0
     assert f"RuntimeError: {failure}" in run.stderr, run.stderr[-3000:]
     assert "rss_" not in run.stdout
+
+
+@pytest.mark.timeout(90)
+def test_a_server_that_never_answers_the_last_probe_is_said_in_the_figures(tmp_path: Path) -> None:
+    """A health server (another version, a wedged one) that reads the final GET /health and never answers: before,
+    the probe's ReadTimeout ended the bench in a traceback, its figures unprinted. Now they are, the probe's with why
+    it has no status."""
+    health_server_source(tmp_path, SILENT_HEALTH_SERVER)
+    run = run_bench("slow_headers", ["--server", "health", "--clients", "1", "--headers", "2", "--hold", "0"],
+                    tmp_path, timeout_s=60, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "'rss_after_hold_mb': " in run.stdout
+    assert "'probe': 'no answer: ReadTimeout (5 s timeout)'}" in run.stdout, run.stdout

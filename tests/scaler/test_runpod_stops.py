@@ -19,10 +19,10 @@ import scaler
 from demo.providers import POD_BODY
 from scaler.providers.runpod.backend import (
     CALL_CONCURRENCY,
+    QUOTED_TEXT_LIMIT,
     STOP_LAG_S,
     TERMINATE_LAG_S,
     TERMINATE_RETRY_S,
-    UNHEALTHY_REASON_LIMIT,
     RunPodBackend,
 )
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
@@ -239,7 +239,7 @@ async def test_what_a_pod_says_of_itself_is_logged_cut_when_it_is_stopped(
     clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
 ):
     # Before: runpod_pod_stopping logged the phase the pod's /health gave (up to 64 KiB) and runpod_pod_stop_not_taken
-    # the status RunPod listed, whole: a 60,000-character line each. Now cut to UNHEALTHY_REASON_LIMIT, as the reason.
+    # the status RunPod listed, whole: a 60,000-character line each. Now cut to QUOTED_TEXT_LIMIT, as the reason.
     [pod] = fake_runpod.live_pods()
     fake_runpod.set_health(pod.id, 200, {"status": "idle", "phase": "idle" + "p" * 60_000})
     await clocked.observe()
@@ -253,8 +253,8 @@ async def test_what_a_pod_says_of_itself_is_logged_cut_when_it_is_stopped(
             await clocked.observe()
     [stopping] = [entry for entry in logs if entry["event"] == "runpod_pod_stopping"]
     not_taken = [entry for entry in logs if entry["event"] == "runpod_pod_stop_not_taken"]
-    assert stopping["phase"].startswith("idlep") and len(stopping["phase"]) == UNHEALTHY_REASON_LIMIT
+    assert stopping["phase"].startswith("idlep") and len(stopping["phase"]) == QUOTED_TEXT_LIMIT
     assert not_taken, "the stop never taken is said"
     for said in (stopping, *not_taken):
-        assert said["status"].startswith("RUNNINGS") and len(said["status"]) == UNHEALTHY_REASON_LIMIT
+        assert said["status"].startswith("RUNNINGS") and len(said["status"]) == QUOTED_TEXT_LIMIT
         assert said["pod"] == pod.id

@@ -40,9 +40,9 @@ REFUSAL_STATUSES = frozenset({400, 402, 403})
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9-]{0,53}$")
 LISTING_LAG_S = 120.0  # a created pod not listed after this is taken as lost, and made again
 STOP_LAG_S = 120.0  # a pod still live this long after its stop was asked is terminated without its stop
-TERMINATE_LAG_S = 300.0  # a dead pod still listed this long after RunPod accepted its DELETE: said, as an error
+TERMINATE_LAG_S = 300.0  # a dead pod still listed this long after RunPod answered its DELETE: said, as an error
 TERMINATE_RETRY_S = 600.0  # ... and from then on its DELETE is asked again this often, not at every observe
-UNHEALTHY_REASON_LIMIT = 300  # of what a pod's /health or RunPod's listing gives, logged: the worker's are a line
+QUOTED_TEXT_LIMIT = 300  # characters logged of a text RunPod (an id, a status) or a pod's /health (a reason) gives
 READY_PHASES = frozenset({"idle", "busy"})  # the worker's /health phases of a pod that takes jobs
 # Pods created, stopped or terminated at once. RunPod limits requests per account and minute, hour and day (quotas it
 # announces in RateLimit-Policy), not how many are in flight: the bound spreads a large wake-up's or scale-down's burst
@@ -85,8 +85,9 @@ class RunPodBackend:
         # Pods asked to stop (id -> when first asked): RunPod may accept a stop that never happens, and asked again
         # at every observe, such a pod ran on, billed, for as long as the scaler did.
         self._stopping: dict[str, float] = {}
-        # Dead pods whose DELETE RunPod accepted (id -> when first), and those still listed TERMINATE_LAG_S after
-        # it (id -> when to ask again): asked at every observe, such a pod's disk was billed with no end, unsaid.
+        # Dead pods whose DELETE RunPod answered, accepted or 404 (id -> when first), and those still listed
+        # TERMINATE_LAG_S after it (id -> when to ask again): asked at every observe, such a pod's disk was billed
+        # with no end, unsaid.
         self._terminated_at: dict[str, float] = {}
         self._terminate_again_at: dict[str, float] = {}
         self.health = health if health is not None else PodHealthProbe()
@@ -192,7 +193,8 @@ class RunPodBackend:
         dead = [pod for pod in pods
                 if pod.status in DEAD_STATUSES and now >= self._terminate_again_at.get(pod.id, -math.inf)]
         for pod in dead:
-            if pod.id not in self._stopping:  # one the scaler stopped ended as asked (runpod_pod_stopping said it)
+            # Not one the scaler stopped, which ended as asked (runpod_pod_stopping said it), nor one said already.
+            if pod.id not in self._stopping and pod.id not in self._terminated_at:
                 log.warning("runpod_pod_replaced", pod=_said(pod.id), status=_said(pod.status))
         live = [pod for pod in pods if pod.live]
         surplus = _surplus(live, target, self.health.phase)
@@ -210,7 +212,7 @@ class RunPodBackend:
         running = {pod.id: pod for pod in pods if pod.status == "RUNNING"}
         judged = await self.health.unhealthy(running)
         for pod_id, reason in judged.items():
-            log.warning("runpod_pod_unhealthy", pod=pod_id, reason=scrubbed_excerpt(reason, UNHEALTHY_REASON_LIMIT))
+            log.warning("runpod_pod_unhealthy", pod=_said(pod_id), reason=_said(reason))
         await _each_pod((pod_id, partial(self._replace_unhealthy, running[pod_id])) for pod_id in judged)
         return bool(judged)
 
@@ -223,18 +225,19 @@ class RunPodBackend:
 
     async def _terminate_tracked(self, pod: Pod) -> bool:
         """Terminate a dead pod, or a live one whose stop was not taken: said once, as an error, when it is still
-        listed TERMINATE_LAG_S after RunPod first accepted its DELETE, then asked only every TERMINATE_RETRY_S."""
+        listed TERMINATE_LAG_S after RunPod first answered its DELETE (accepted it, or 404: not found though
+        listed), then asked only every TERMINATE_RETRY_S."""
         accepted = await self._terminate(pod)
-        if accepted:
-            now = self._clock()
-            first = self._terminated_at.setdefault(pod.id, now)
-            if now - first >= TERMINATE_LAG_S:
-                if pod.id not in self._terminate_again_at:
-                    log.error("runpod_pod_not_terminated", pod=_said(pod.id), status=_said(pod.status),
-                              first_terminated_s_ago=round(now - first), retry_every_s=TERMINATE_RETRY_S,
-                              hint="RunPod accepts its DELETE and keeps the pod, billed (a dead one's disk, a live "
-                                   "one's GPU): terminate it in RunPod's console")
-                self._terminate_again_at[pod.id] = now + TERMINATE_RETRY_S
+        now = self._clock()
+        first = self._terminated_at.setdefault(pod.id, now)
+        if now - first >= TERMINATE_LAG_S:
+            if pod.id not in self._terminate_again_at:
+                log.error("runpod_pod_not_terminated", pod=_said(pod.id), status=_said(pod.status),
+                          delete_answer="accepted" if accepted else "404 not found",
+                          first_terminated_s_ago=round(now - first), retry_every_s=TERMINATE_RETRY_S,
+                          hint="RunPod answers its DELETE and keeps listing the pod, maybe billed (a dead one's disk, "
+                               "a live one's GPU): terminate it in RunPod's console")
+            self._terminate_again_at[pod.id] = now + TERMINATE_RETRY_S
         return accepted
 
     async def _stop_then_terminate(self, pod: Pod) -> None:
@@ -289,7 +292,7 @@ class RunPodBackend:
         if self.refusal is not None and not refused.is_set():  # unless another pod of this reconcile was refused
             log.info("runpod_create_accepted_again", previous_refusal=self.refusal)
             self.refusal = None
-        log.info("runpod_pod_created", pod=pod.id, name=name)
+        log.info("runpod_pod_created", pod=_said(pod.id), name=name)
         return True
 
 
@@ -307,15 +310,16 @@ async def _each_pod(calls: Iterable[tuple[str, Callable[[], Awaitable[T]]]]) -> 
     results = await settled(bounded(call) for _, call in calls)
     failures = [(pod, result) for (pod, _), result in zip(calls, results, strict=True) if isinstance(result, Exception)]
     for pod, error in failures:
-        log.warning("runpod_pod_call_failed", pod=pod, error=_error_text(error))
+        log.warning("runpod_pod_call_failed", pod=_said(pod), error=_error_text(error))
     if failures:
         raise failures[0][1]
     return results  # type: ignore[return-value]  # no Exception left
 
 
 def _said(text: str | None) -> str | None:
-    """A pod's id, status or phase for a log line: RunPod's listing and the pod's /health may give any length."""
-    return None if text is None else scrubbed_excerpt(text, UNHEALTHY_REASON_LIMIT)
+    """A pod's id, status, phase or reason for a log line: RunPod's answers and the pod's /health may give any
+    length."""
+    return None if text is None else scrubbed_excerpt(text, QUOTED_TEXT_LIMIT)
 
 
 def _error_text(error: Exception) -> str:

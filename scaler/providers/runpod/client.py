@@ -54,7 +54,7 @@ class RunPodAPIError(Exception):
         self.status = status
         self.title = title
         self.detail = detail
-        self.request = request
+        self.request = scrubbed_excerpt(request, ERROR_TEXT_LIMIT)  # its path holds a pod id, RunPod's, of any length
         self.errors = errors or []
         self.retry_after_s = retry_after_s
 
@@ -297,7 +297,8 @@ class RunPodClient:
                         raise
                     made = await self._confirm_created(name, error)
                     if made is not None:
-                        log.info("runpod_create_confirmed_by_listing", pod=made.id, name=name)
+                        pod_id = scrubbed_excerpt(made.id, ERROR_TEXT_LIMIT)
+                        log.info("runpod_create_confirmed_by_listing", pod=pod_id, name=name)
                         return made
                     raise
                 return pod_from_json(_decode(response, "POST /pods"), "POST /pods")

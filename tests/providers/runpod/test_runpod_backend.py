@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import Backend
-from scaler.providers.runpod.backend import UNHEALTHY_REASON_LIMIT, RunPodBackend
+from scaler.providers.runpod.backend import QUOTED_TEXT_LIMIT, RunPodBackend
 from scaler.providers.runpod.client import RunPodAPIError, RunPodClient
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
@@ -253,7 +253,7 @@ async def test_a_pod_unhealthy_three_probes_in_a_row_is_replaced(backend: RunPod
 
 async def test_the_reason_an_unhealthy_pod_gives_is_logged_cut(backend: RunPodBackend, fake: FakeRunPod) -> None:
     """A pod's /health reason was logged whole: a pod answering 60,000 characters within the answer's 64 KiB limit
-    wrote a 60,000-character log line at every judgement. It is cut to UNHEALTHY_REASON_LIMIT."""
+    wrote a 60,000-character log line at every judgement. It is cut to QUOTED_TEXT_LIMIT."""
     await backend.apply(1)
     (sick,) = fake.pods
     fake.set_health(sick, 503, {"status": "unhealthy", "reason": "ComfyUI exited: " + "x" * 60_000})
@@ -261,7 +261,7 @@ async def test_the_reason_an_unhealthy_pod_gives_is_logged_cut(backend: RunPodBa
         for _ in range(3):
             await backend.observe()
     (judged,) = [e for e in logs if e["event"] == "runpod_pod_unhealthy"]
-    assert judged["reason"].startswith("ComfyUI exited: x") and len(judged["reason"]) == UNHEALTHY_REASON_LIMIT
+    assert judged["reason"].startswith("ComfyUI exited: x") and len(judged["reason"]) == QUOTED_TEXT_LIMIT
 
 
 async def test_a_healthy_answer_resets_the_count(backend: RunPodBackend, fake: FakeRunPod) -> None:
