@@ -71,6 +71,18 @@ def _spelled_out(function: ast.AST) -> list[str]:
     return variants
 
 
+def _held_back_logger(node: ast.AST) -> tuple[str, str, set[str]] | None:
+    """(level, event, keyword names) of a `held_back_logger(log, "level", "event", **fields)` call: a log line
+    written later, by the throttle, with `more_since_last` and the fields."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "held_back_logger"
+            and len(node.args) == 3):
+        return None
+    level, event = _literal(node.args[1]), _literal(node.args[2])
+    if level is None or event is None:
+        return None
+    return level, event, {"more_since_last"} | {keyword.arg or "**" for keyword in node.keywords}
+
+
 @functools.cache
 def code_strings() -> tuple[list[str], dict[str, set[str]]]:
     """Every string literal of the code, and event -> keyword names of the calls that take it first."""
@@ -89,6 +101,8 @@ def code_strings() -> tuple[list[str], dict[str, set[str]]]:
                         continue  # `text.startswith("#")`: no event is only punctuation
                     names = calls.setdefault(event, set())
                     names.update(keyword.arg or "**" for keyword in node.keywords)
+                if (held_back := _held_back_logger(node)) is not None:
+                    calls.setdefault(held_back[1], set()).update(held_back[2])
     return literals, calls
 
 
@@ -195,6 +209,8 @@ def warnings_and_errors() -> list[tuple[str, str]]:
                 if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LEVELS
                         and node.args and (event := _literal(node.args[0])) is not None):
                     found.append((f"{path.relative_to(REPO)}:{node.lineno}", event))
+                elif (held_back := _held_back_logger(node)) is not None and held_back[0] in LEVELS:
+                    found.append((f"{path.relative_to(REPO)}:{node.lineno}", held_back[1]))
     return found
 
 
