@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -54,6 +55,12 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
 
 def _route_stop_signals_to(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
+    # asyncio.to_thread's threads never take a stop signal (see _stop_routing_signals): the loop's thread alone does.
+    loop.set_default_executor(
+        ThreadPoolExecutor(
+            thread_name_prefix="asyncio", initializer=signal.pthread_sigmask, initargs=(signal.SIG_BLOCK, STOP_SIGNALS)
+        )
+    )
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, worker.request_shutdown)
 
@@ -62,9 +69,13 @@ def _stop_routing_signals() -> None:
     """Ignored from now on: with nothing left to stop, their default would end the process with 143 (or Ctrl-C's
     KeyboardInterrupt) in place of the worker's exit code, which the platform reads."""
     loop = asyncio.get_running_loop()
+    # remove_signal_handler puts the default action back before SIG_IGN replaces it: blocked meanwhile in this thread,
+    # as in the executor's from their start (the only others), one sent in between waits, and SIG_IGN discards it.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for sig in STOP_SIGNALS:
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:

@@ -23,6 +23,26 @@ MAIN_THEN_SIGNAL = (
     "sys.exit(code)\n"
 )
 IMPORTS_HELD = imports_held("supervisor")
+# The supervisor's hand-over of the stop signals, the loop's handler to "ignored", over and over while another process
+# sends exactly SENDS SIGTERMs, a thread of asyncio.to_thread's alive as in the supervisor: any moment in between with
+# the default action ends this process with -15. It ends when the sender has sent them all, however loaded the machine.
+SENDS = 200_000
+SWAPS_WHILE_SIGTERMS_ARRIVE = (
+    "import asyncio, os, signal, subprocess, sys, types\n"
+    "from supervisor.run import _route_stop_signals_to, _stop_routing_signals\n"
+    "SENDER = 'import os, signal, sys\\nfor _ in range(int(sys.argv[2])): os.kill(int(sys.argv[1]), signal.SIGTERM)'\n"
+    "async def swaps():\n"
+    "    _route_stop_signals_to(types.SimpleNamespace(request_shutdown=lambda: None))\n"
+    "    await asyncio.to_thread(int)\n"
+    "    sender = subprocess.Popen([sys.executable, '-c', SENDER, str(os.getpid()), sys.argv[1]],\n"
+    "                              stderr=subprocess.DEVNULL)\n"
+    "    while sender.poll() is None:\n"
+    "        _stop_routing_signals()\n"
+    "        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)\n"
+    "        await asyncio.sleep(0)\n"
+    "    print('all swapped, the sender exited with', sender.returncode)\n"
+    "asyncio.run(swaps())\n"
+)
 
 
 async def run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 30.0) -> tuple[int, str]:
@@ -51,6 +71,17 @@ async def test_a_stop_signal_after_the_stop_leaves_the_workers_exit_code(
     assert "Serverless idle timeout reached" in output
     assert code == 0, output
     assert "Traceback" not in output
+
+
+async def test_no_sigterm_meets_the_default_action_while_the_supervisor_stops_taking_signals(tmp_path: Path) -> None:
+    """Before: the loop's handlers were removed (the default action back) and SIG_IGN set after: a SIGTERM between
+    the two, the platform's stop meeting the worker's own exit, killed the process (-15 in 31 runs of 40 here)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    argv = [sys.executable, "-c", SWAPS_WHILE_SIGTERMS_ARRIVE, str(SENDS)]
+    code, output = await run(argv, env, tmp_path, timeout_s=60.0)
+
+    # (a loaded machine may fill the loop's wakeup socket: Python's "Exception ignored" lines come before)
+    assert (code, output.splitlines()[-1:]) == (0, ["all swapped, the sender exited with 0"]), output[-2000:]
 
 
 async def test_ctrl_c_before_comfyui_started_is_one_line_and_exit_130(base_env, run_supervisor, tmp_path: Path) -> None:
