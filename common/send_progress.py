@@ -43,11 +43,11 @@ def send_progress(transport: asyncio.Transport) -> tuple[int, int]:
 
 
 def drop(transport: asyncio.Transport) -> None:
-    """Close ``transport`` at once and reset it, dropping what the kernel holds unsent: closed, or aborted, the
-    kernel keeps it and goes on offering it to a peer that takes none for minutes (nginx's
-    reset_timedout_connection)."""
+    """Close ``transport`` at once, dropping what it has not sent: closed, or aborted, the kernel keeps what it holds
+    and goes on offering it for minutes to a peer that takes none, so a connection with bytes unsent is reset
+    (nginx's reset_timedout_connection)."""
     sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and send_progress(transport)[0]:
         with contextlib.suppress(OSError):  # closed meanwhile
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()

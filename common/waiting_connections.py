@@ -115,7 +115,7 @@ class WaitingConnections:
         for handler, (transport, request) in self._open.items():
             if request is None or not request.content.is_eof():
                 del self._open[handler]
-                transport.abort()  # close() waited to send its answers first, to a client that may never take them
+                drop(transport)  # close() or abort() left its answers to be sent to a client that may never take them
                 self._warn()
                 return
 

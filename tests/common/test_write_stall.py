@@ -74,3 +74,41 @@ async def test_a_client_reading_none_of_its_answer_is_closed_one_reading_slowly_
         for client in clients:
             client.close()
         await runner.cleanup()
+
+
+async def test_a_connection_closed_past_the_cap_drops_what_the_kernel_holds_of_its_answer() -> None:
+    """Before: past the cap the oldest connection was aborted, yet the kernel went on offering its client the answer
+    it had queued (up to 4 MB a connection, for minutes): the client got all 256 KiB once it read. Now it is reset."""
+    waiting = WaitingConnections("test", PROBE_HEADS)
+    app = web.Application(middlewares=[waiting.middleware])
+    app.router.add_get("/answer", _answer)
+    runner = await waiting.start_runner(app)
+    waiting.limit = 1
+    clients: list[socket.socket] = []
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        clients.append(never_read := await _client(port))
+        await wait_for(lambda: _has_bytes_waiting(never_read), 10)  # answered: it waits for its next request
+        with capture_logs() as logs:
+            clients.append(await _client(port))  # past the cap: the one waiting longest is closed
+            await wait_for(lambda: any(line["event"] == "connections_over_limit" for line in logs), 10)
+        async with asyncio.timeout(10):
+            received = b""
+            try:
+                while chunk := await asyncio.get_running_loop().sock_recv(never_read, 65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+        assert len(received) < len(ANSWER)
+    finally:
+        for client in clients:
+            client.close()
+        await runner.cleanup()
+
+
+def _has_bytes_waiting(client: socket.socket) -> bool:
+    try:
+        return bool(client.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
