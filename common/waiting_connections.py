@@ -6,6 +6,11 @@ bounded how many a client may open: every server raises its open-file limit on p
 Past the cap the connection that has waited longest for its request (idle, or still sending its head or body) is
 closed, answers not yet taken by its client dropped: a fresh request, a probe's /health, arrives whole in a few
 milliseconds and is served. A request the server is working on, its body all in, is never closed.
+
+Below the cap, a client that asks for answers and never reads them kept its connection, and the answers it left
+unsent, for ever: aiohttp has no write timeout, and its keep-alive close waits to send them first
+(bench/stalled_readers.py). A connection with bytes unsent whose client has taken none of them for WRITE_STALL_S
+(nginx's send_timeout) is reset, its answers dropped; one whose client reads, however slowly, is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from aiohttp import web
 from common.head_size import limit_head_size
 from common.limits import RequestHeads
 from common.log_throttle import LogThrottle
+from common.send_progress import drop, send_progress
 
 log = structlog.get_logger()
 
@@ -31,6 +37,8 @@ WARN_EVERY_S = 60.0
 # What a handler still running at stop gets to end: one writing to a client that does not read, or lingering on a
 # body never sent. aiohttp's default (60 s, then 60 s more once cancelled) kept a process's exit waiting minutes.
 SHUTDOWN_TIMEOUT_S = 1.0
+# How long a connection may have bytes unsent with its client taking none of them (common.send_progress).
+WRITE_STALL_S = 60.0
 
 
 class WaitingConnections:
@@ -40,13 +48,18 @@ class WaitingConnections:
     ``start_runner(app)`` to set the server up (it sees connections open and close, and bounds each one's request
     heads to ``heads``)."""
 
-    def __init__(self, server_name: str, heads: RequestHeads) -> None:
+    def __init__(self, server_name: str, heads: RequestHeads, write_stall_s: float = WRITE_STALL_S) -> None:
         self.limit = MAX_WAITING_CONNECTIONS
+        self._write_stall_s = write_stall_s
         self._server_name = server_name
         self._heads = heads
         # handler → (transport, its request while one runs); insertion order = since when it waits.
-        self._open: dict[Any, tuple[asyncio.BaseTransport, web.BaseRequest | None]] = {}
+        self._open: dict[Any, tuple[asyncio.Transport, web.BaseRequest | None]] = {}
         self._warnings = LogThrottle(WARN_EVERY_S, report_held_back=self._warn_closed)
+        # handler → (its send_progress mark, since when that mark), for those with bytes unsent at the last sweep.
+        self._unsent: dict[Any, tuple[int, float]] = {}
+        self._stalls = LogThrottle(WARN_EVERY_S, report_held_back=self._warn_stalled)
+        self._sweeping: asyncio.Task[None] | None = None
 
     async def start_runner(
         self, app: web.Application, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
@@ -54,7 +67,8 @@ class WaitingConnections:
         """``app``'s runner, set up: its connections watched, their heads read within ``heads``, its stop bounded by
         ``shutdown_timeout_s``. No access log: probes, scrapes and workers' polls arrive every few seconds and would
         drown every other line."""
-        app.on_cleanup.append(self._flush_warnings)
+        app.on_startup.append(self._start_sweeping)
+        app.on_cleanup.append(self._stop)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=shutdown_timeout_s, **self._heads.runner_kwargs()
         )
@@ -101,7 +115,7 @@ class WaitingConnections:
         for handler, (transport, request) in self._open.items():
             if request is None or not request.content.is_eof():
                 del self._open[handler]
-                transport.abort()  # close() waited to send its answers first, to a client that may never take them
+                drop(transport)  # close() or abort() left its answers to be sent to a client that may never take them
                 self._warn()
                 return
 
@@ -110,8 +124,39 @@ class WaitingConnections:
         if closed is not None:
             self._warn_closed(closed)
 
-    async def _flush_warnings(self, _app: web.Application) -> None:  # at stop: the closes not yet logged
+    async def _start_sweeping(self, _app: web.Application) -> None:
+        self._sweeping = asyncio.create_task(self._sweep_every(self._write_stall_s / 4))
+
+    async def _sweep_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self._close_the_stalled(asyncio.get_running_loop().time())
+
+    def _close_the_stalled(self, now: float) -> None:
+        """Close each connection that had bytes unsent at every sweep for WRITE_STALL_S, its client taking none."""
+        unsent, stalled = {}, []
+        for handler, (transport, _) in self._open.items():  # at most `limit` of them
+            size, mark = send_progress(transport)
+            if not size:
+                continue
+            last_mark, since = self._unsent.get(handler, (mark, now))
+            since = since if last_mark == mark else now
+            if now - since >= self._write_stall_s:
+                stalled.append(handler)
+            else:
+                unsent[handler] = (mark, since)
+        self._unsent = unsent
+        for handler in stalled:
+            drop(self._open.pop(handler)[0])
+            closed = self._stalls.occurred()
+            if closed is not None:
+                self._warn_stalled(closed)
+
+    async def _stop(self, _app: web.Application) -> None:  # at stop: no more sweeps; the closes not yet logged are
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         self._warnings.flush()
+        self._stalls.flush()
 
     def _warn_closed(self, closed: int) -> None:
         log.warning(
@@ -120,4 +165,13 @@ class WaitingConnections:
             limit=self.limit,
             closed=closed,
             hint="more clients than this hold connections open without a request: the longest waiting are closed",
+        )
+
+    def _warn_stalled(self, closed: int) -> None:
+        log.warning(
+            "connections_not_reading_closed",
+            server=self._server_name,
+            stall_s=self._write_stall_s,
+            closed=closed,
+            hint="clients asked for answers and read none of them for stall_s seconds: their connections are closed",
         )
