@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import sys
 
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked (u64) and tcpi_notsent_bytes (u32), in kernels since 4.6.
 _BYTES_ACKED = struct.Struct("=Q")
@@ -28,7 +29,7 @@ def send_progress(transport: asyncio.Transport) -> tuple[int, int]:
     the kernel takes from it."""
     unsent = transport.get_write_buffer_size()
     sock = transport.get_extra_info("socket")
-    tcp_info = getattr(socket, "TCP_INFO", None)
+    tcp_info = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None  # the offsets are Linux's
     if sock is None or tcp_info is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return unsent, unsent
     try:
