@@ -626,10 +626,17 @@ class JobStore:
                 if problem is None:
                     job = _get(conn, job_id)
                     if stepped_back:
-                        self._started_after_a_step_back.add((job.id, job.attempt))
+                        self._mark_started_after_a_step_back(conn, job)
                     return Poll(job)
                 _fail(conn, job_id, f"Job cannot be served as JSON: {problem}", now)
             return Poll(None)
+
+    def _mark_started_after_a_step_back(self, conn: sqlite3.Connection, job: JobRecord) -> None:
+        """Only running jobs' marks count (see renew_all_leases): the others' go, or a step back too small for the
+        reaper to apply, which never clears them, left one per job started in it for the process's life."""
+        running = conn.execute("SELECT id, attempt FROM jobs WHERE status = ?", (JobStatus.RUNNING.value,))
+        self._started_after_a_step_back.add((job.id, job.attempt))
+        self._started_after_a_step_back.intersection_update((row["id"], row["attempt"]) for row in running)
 
     def heartbeat(self, worker_id: str, job_id: str, attempt: int | None) -> None:
         """Renew the lease of a job the worker holds. Raises FencedOut when it no longer holds it."""
