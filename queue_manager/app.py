@@ -131,6 +131,9 @@ WORKER_HEARTBEAT_TIMEOUT_S = 60.0
 REPORT_ENDPOINTS = frozenset({"complete-job", "fail-job"})
 # A full disk or a failing one is fixed by a person, not in a second: clients wait this long before retrying.
 STORAGE_RETRY_AFTER_S = 10
+# While a storage fault stands, /health tries a write at most this often: a flood of /health is no flood of writes
+# to a failing disk, nor of waits of up to 10 s for a lock another process holds (every other request behind them).
+STORAGE_PROBE_EVERY_S = STORAGE_RETRY_AFTER_S
 # Set by the fault middleware for the report recorder outside it.
 HANDLED_STATUS = web.RequestKey("handled_status", int)
 DROPPED = web.RequestKey("dropped", bool)
@@ -380,6 +383,7 @@ class QueueApi:
         self._db_executor = db_executor
         self._body_executor = body_executor
         self._clock = clock
+        self._storage_probed_at: float | None = None
         # Uptime by the steady clock: a wall clock stepped back (NTP, a resumed host) showed a negative uptime.
         self._steady_clock = steady_clock
         self._started_at = steady_clock()
@@ -510,6 +514,13 @@ class QueueApi:
 
     async def health(self, request: web.Request) -> web.Response:
         connected = await self._db(self._store.ping)
+        now = self._steady_clock()
+        if connected and self._store.storage_fault is not None and (
+            self._storage_probed_at is None or now - self._storage_probed_at >= STORAGE_PROBE_EVERY_S
+        ):
+            self._storage_probed_at = now
+            with contextlib.suppress(sqlite3.Error):  # the fault stands, its cause kept by the store
+                await self._db(self._store.probe_storage)
         depth = (await self._db(self._store.counts))[JobStatus.PENDING] if connected else 0
         health = HealthResponse(
             status="healthy" if connected and self._store.storage_fault is None else "unhealthy",

@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS queue_alive (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS storage_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    room BLOB NOT NULL
+);
 """
 
 # Columns added after the first release: a database written by an older version gains them on open.
@@ -164,6 +168,9 @@ UPDATE jobs SET lease_at = MIN(?1, COALESCE(lease_at, started_at, ?1)
 WHERE status = ?2
 """
 _STAMP_ALIVE = "INSERT INTO queue_alive (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
+# How much a probe of the storage writes (see probe_storage): a write of a few bytes still fits in a database too
+# full for a job's.
+STORAGE_PROBE_BYTES = 64 * 1024
 
 # result.outputs[].path of one job: only from an array, only objects' text paths; the result parsed once (48 MB:
 # ~0.1 s). As bytes: a lone surrogate's escape decodes to bytes that are not UTF-8, which no request can name (and
@@ -619,10 +626,17 @@ class JobStore:
                 if problem is None:
                     job = _get(conn, job_id)
                     if stepped_back:
-                        self._started_after_a_step_back.add((job.id, job.attempt))
+                        self._mark_started_after_a_step_back(conn, job)
                     return Poll(job)
                 _fail(conn, job_id, f"Job cannot be served as JSON: {problem}", now)
             return Poll(None)
+
+    def _mark_started_after_a_step_back(self, conn: sqlite3.Connection, job: JobRecord) -> None:
+        """Only running jobs' marks count (see renew_all_leases): the others' go, or a step back too small for the
+        reaper to apply, which never clears them, left one per job started in it for the process's life."""
+        running = conn.execute("SELECT id, attempt FROM jobs WHERE status = ?", (JobStatus.RUNNING.value,))
+        self._started_after_a_step_back.add((job.id, job.attempt))
+        self._started_after_a_step_back.intersection_update((row["id"], row["attempt"]) for row in running)
 
     def heartbeat(self, worker_id: str, job_id: str, attempt: int | None) -> None:
         """Renew the lease of a job the worker holds. Raises FencedOut when it no longer holds it."""
@@ -846,6 +860,16 @@ class JobStore:
         with self._transaction(write=False) as conn:
             row = conn.execute("SELECT last_seen FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()
         return None if row is None else row["last_seen"]
+
+    def probe_storage(self) -> None:
+        """Write STORAGE_PROBE_BYTES: storage_fault is None again once the database takes them, when nothing else
+        writes (an idle queue). Raises sqlite3.Error while it cannot. Deleted in a second transaction, so the next
+        probe needs that much room again (pages it held and rewrote in place would always fit)."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO storage_probe (id, room) VALUES (1, zeroblob(?))",
+                         (STORAGE_PROBE_BYTES,))
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM storage_probe")
 
     def ping(self) -> bool:
         try:

@@ -7,6 +7,7 @@ import email.message
 import json
 import math
 import re
+from collections import Counter
 from typing import Any, TypeVar
 
 from multidict import MultiMapping
@@ -32,7 +33,8 @@ MAX_KEY_CHARS_NAMED = 40
 
 
 class RefusedJson(Exception):
-    """The body is JSON only by Python's lenient reading: NaN, Infinity, 1e999, huge ints, deep nesting."""
+    """The body is JSON only by Python's lenient reading: NaN, Infinity, 1e999, huge ints, deep nesting, a key
+    given twice in one object."""
 
     def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
         self.field = ".".join(_named(part) for part in path) or "body"
@@ -85,9 +87,19 @@ def strict_json_loads(raw: bytes | bytearray) -> Any:
             refused.append(value)
         return value
 
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # json.loads keeps the last of a key given twice; a proxy or validator before us may read the first.
+        value = dict(pairs)
+        if len(value) < len(pairs):
+            for key, times in Counter(key for key, _ in pairs).items():
+                if times > 1:
+                    value[key] = mark(_Refused(f"given {times} times in one object (strict JSON): send it once"))
+        return value
+
     try:
         value = json.loads(
             raw,
+            object_pairs_hook=unique_keys,
             parse_constant=lambda name: mark(_constant(name)),
             parse_float=lambda text: mark(_float(text)),
             parse_int=lambda text: mark(_int(text)),
