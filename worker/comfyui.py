@@ -227,11 +227,17 @@ class ComfyUIClient:
     async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
         """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
         ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx; ComfyUIUnavailable for no
-        answer, a server error (5xx) or an answer not of its shape or past MAX_COMFYUI_MESSAGE_BYTES."""
+        whole answer within the HTTP timeout, a server error (5xx) or an answer not of its shape or past
+        MAX_COMFYUI_MESSAGE_BYTES."""
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:
-            response = await self._request("POST", "/upload/image", data=form, files=files)
+            async with asyncio.timeout(self._timeout_s):  # httpx's bounds each read: a drip would hold it for ever
+                response = await self._request("POST", "/upload/image", data=form, files=files)
+        except TimeoutError:
+            raise ComfyUIUnavailable(
+                f"ComfyUI POST /upload/image: no whole answer within {self._timeout_s:g} s (HTTP_TIMEOUT_S)"
+            ) from None
         except ComfyUIServerError as exc:  # it raises on a failed write, e.g. to a read-only COMFYUI_INPUT_DIR
             raise ComfyUIServerError(
                 f"{exc} (its log has the reason): it could not save the image in its input folder; if "
