@@ -145,13 +145,21 @@ class ComfyUIClient:
             ) from exc
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
-        """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read."""
-        async with self._stream(method, path, **kwargs) as response:
-            try:
-                body = await read_at_most(response, MAX_COMFYUI_MESSAGE_BYTES)
-            except AnswerTooLarge:
-                raise ReplyTooLarge(f"{method} {path}") from None
-            return Reply(response.status_code, body)
+        """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read.
+        ComfyUIUnavailable unless it all came within the timeout: httpx's bounds each read, and a ComfyUI (or a
+        proxy) dripping a byte at a time held the caller for as long as it liked."""
+        timeout_s = kwargs.get("timeout", self._timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s), self._stream(method, path, **kwargs) as response:
+                try:
+                    body = await read_at_most(response, MAX_COMFYUI_MESSAGE_BYTES)
+                except AnswerTooLarge:
+                    raise ReplyTooLarge(f"{method} {path}") from None
+                return Reply(response.status_code, body)
+        except TimeoutError:
+            raise ComfyUIUnavailable(
+                f"ComfyUI {method} {path}: no whole answer within {timeout_s:g} s (HTTP_TIMEOUT_S)"
+            ) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
@@ -232,12 +240,7 @@ class ComfyUIClient:
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:
-            async with asyncio.timeout(self._timeout_s):  # httpx's bounds each read: a drip would hold it for ever
-                response = await self._request("POST", "/upload/image", data=form, files=files)
-        except TimeoutError:
-            raise ComfyUIUnavailable(
-                f"ComfyUI POST /upload/image: no whole answer within {self._timeout_s:g} s (HTTP_TIMEOUT_S)"
-            ) from None
+            response = await self._request("POST", "/upload/image", data=form, files=files)
         except ComfyUIServerError as exc:  # it raises on a failed write, e.g. to a read-only COMFYUI_INPUT_DIR
             raise ComfyUIServerError(
                 f"{exc} (its log has the reason): it could not save the image in its input folder; if "
