@@ -145,13 +145,21 @@ class ComfyUIClient:
             ) from exc
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
-        """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read."""
-        async with self._stream(method, path, **kwargs) as response:
-            try:
-                body = await read_at_most(response, MAX_COMFYUI_MESSAGE_BYTES)
-            except AnswerTooLarge:
-                raise ReplyTooLarge(f"{method} {path}") from None
-            return Reply(response.status_code, body)
+        """The answer, read into memory up to MAX_COMFYUI_MESSAGE_BYTES; ReplyTooLarge before more is read.
+        ComfyUIUnavailable unless it all came within the timeout: httpx's bounds each read, and a ComfyUI (or a
+        proxy) dripping a byte at a time held the caller for as long as it liked."""
+        timeout_s = kwargs.get("timeout", self._timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s), self._stream(method, path, **kwargs) as response:
+                try:
+                    body = await read_at_most(response, MAX_COMFYUI_MESSAGE_BYTES)
+                except AnswerTooLarge:
+                    raise ReplyTooLarge(f"{method} {path}") from None
+                return Reply(response.status_code, body)
+        except TimeoutError:
+            raise ComfyUIUnavailable(
+                f"ComfyUI {method} {path}: no whole answer within {timeout_s:g} s (HTTP_TIMEOUT_S)"
+            ) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
@@ -227,7 +235,8 @@ class ComfyUIClient:
     async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
         """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
         ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx; ComfyUIUnavailable for no
-        answer, a server error (5xx) or an answer not of its shape or past MAX_COMFYUI_MESSAGE_BYTES."""
+        whole answer within the HTTP timeout, a server error (5xx) or an answer not of its shape or past
+        MAX_COMFYUI_MESSAGE_BYTES."""
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:

@@ -165,7 +165,8 @@ class ComfyUIHousekeeping:
         self.outputs_root = outputs_root
         self.output_dir = self._deletable(output_dir, "COMFYUI_OUTPUT_DIR")
         self.temp_dir = self._deletable(temp_dir, "COMFYUI_TEMP_DIR")
-        self.input_dir = self._deletable(input_dir, "COMFYUI_INPUT_DIR")
+        self.input_dir = input_dir  # looked at before an upload even where nothing in it is deleted
+        self._delete_inputs = self._deletable(input_dir, "COMFYUI_INPUT_DIR") is not None
         self._settings = {folder: name for folder, name in ((output_dir, "COMFYUI_OUTPUT_DIR"),
                                                             (temp_dir, "COMFYUI_TEMP_DIR")) if folder}  # fmt: skip
         # Result files ComfyUI's cache may still name again, with when the first prompt that named them was sent.
@@ -263,7 +264,7 @@ class ComfyUIHousekeeping:
     def missing_input_folders(self, images: Sequence[InputImage]) -> frozenset[str]:
         """Before the upload: the subfolders of the images' names that COMFYUI_INPUT_DIR lacks, which ComfyUI
         makes for them (delete_uploads removes them once empty)."""
-        if self.input_dir is None:
+        if self.input_dir is None or not self._delete_inputs:
             return frozenset()
         folder = self.input_dir
         return frozenset(i.subfolder for i in images if i.subfolder and not os.path.lexists(folder / i.subfolder))
@@ -281,7 +282,7 @@ class ComfyUIHousekeeping:
         """ComfyUI saved the image: note the file as it is now, so that delete_uploads tells it from a file of the
         same name and bytes another client uploads later. Nothing noted when COMFYUI_INPUT_DIR does not show it
         (unset, or not ComfyUI's input folder)."""
-        if self.input_dir is None:
+        if self.input_dir is None or not self._delete_inputs:
             return
         try:
             found = await asyncio.to_thread(_read_uploaded, self.input_dir, image, 0)
@@ -300,7 +301,8 @@ class ComfyUIHousekeeping:
         if images and "input" not in self._folders_checked:
             self._folders_checked.add("input")
             _warn_if_none_there([(folder, PurePosixPath(image.name)) for image in images], "input")
-        await asyncio.to_thread(_delete_uploads, folder, images, made_folders, seen)
+        if self._delete_inputs:
+            await asyncio.to_thread(_delete_uploads, folder, images, made_folders, seen)
 
     async def delete_freed_by_restart(self) -> None:
         if self._freed_by_restart:

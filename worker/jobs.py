@@ -9,6 +9,7 @@ from typing import Any
 
 from common.json_depth import MAX_JSON_DEPTH, deeper_than
 from worker.input_images import InputImage, InvalidImages, input_images
+from worker.outputs import MAX_LABEL_CHARS
 from worker.workflow_paths import check_folder_names
 
 # The queue manager's own rule for user_id; job ids are UUIDs there, and both become path components here.
@@ -133,6 +134,9 @@ def validate_workflow(workflow: object) -> dict[str, Any]:
                          "is about 5)")
     for node_id, node in workflow.items():
         where = f"job 'workflow' node {node_id!r:.40}"
+        if len(node_id) > MAX_LABEL_CHARS:  # the report names it for each file: found only once ComfyUI ran
+            raise InvalidJob(f"{where} has an id {len(node_id)} characters long; at most {MAX_LABEL_CHARS}, as the "
+                             "report names it for each file")  # fmt: skip
         if not isinstance(node, dict):
             raise InvalidJob(f"{where} must be an object with 'class_type' and 'inputs', got {type(node).__name__}")
         class_type = node.get("class_type")

@@ -485,19 +485,26 @@ async def test_an_output_path_that_could_leave_its_folder_fails_the_job_and_writ
     assert not (tmp_path / "escape.png").exists() and files_under(tmp_path / "outputs") == []
 
 
-async def test_a_long_node_id_fails_the_job_instead_of_being_repeated_in_the_report_for_every_file(
+async def test_a_long_node_id_in_comfyuis_history_fails_the_job_instead_of_being_repeated_for_every_file(
     qm, comfy, make_worker, workflows, tmp_path: Path
 ):
-    """The node id is the workflow's (client input, up to the 10 MiB a workflow may be) and each delivered file
-    names it in the report: a 3 MB id on a SaveImage of a 4096-image batch made a 12 GB report."""
+    """Each delivered file names its node id in the report: a 3 MB id on a SaveImage of a 4096-image batch made a
+    12 GB report. A workflow's own ids are refused before it runs (test_long_node_ids.py), but the history names
+    others too (a node's expansion, "12.0.5"), which a custom node or a proxy can make as long: here only the
+    history has it."""
     def many(env: NodeEnv) -> dict[str, Any]:
         for index in range(40):
             (env.output_dir / f"frame_{index:03}.png").write_bytes(b"png")
         return listing(*(("", f"frame_{index:03}.png") for index in range(40)))
 
+    def long_node_ids(answer: dict[str, Any]) -> dict[str, Any]:
+        for entry in answer.values():
+            entry["outputs"]["n" * 100_000] = entry["outputs"].pop("3")  # SaveImage's
+        return answer
+
     hostile_save_image(comfy, many)
-    workflow = json.loads(json.dumps(workflows["quick"]).replace('"3"', '"' + "n" * 100_000 + '"'))
-    job = qm.store.submit("alice", workflow)
+    comfy.reshape("/history/{prompt_id}", long_node_ids)
+    job = qm.store.submit("alice", workflows["quick"])
     assert await make_worker(comfyui_output_dir=comfy.output_dir).run() == 0
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "fail-job", f"a report of {len(json.dumps(report.body))} bytes"
