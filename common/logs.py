@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
+from common.log_writer import QueuedLogWriter
 from common.text import escape_controls
 from common.urls import name_words, names_a_credential, redact_urls_in
 
@@ -152,10 +153,50 @@ class _LinesLostIfUnwritable(structlog.PrintLogger):
     fatal = failure = err = error = critical = exception = msg
 
 
+class _QueuedLines:
+    """structlog's logger for a log written by a QueuedLogWriter: a line and its newline in one piece."""
+
+    def __init__(self, writer: QueuedLogWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write(message + "\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+_writer: QueuedLogWriter | None = None
+
+
+def _queued(stream) -> QueuedLogWriter:
+    """The one writer of ``stream``'s file descriptor; lines still queued at exit get EXIT_FLUSH_S to be written."""
+    global _writer
+    if _writer is None or _writer.fd != stream.fileno():
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()  # what was written to it before comes first
+        _writer = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
+        atexit.register(_writer.wait_written)  # first: it runs after the exit handlers that log (_quiet_…)
+    return _writer
+
+
+def flush_logs() -> None:
+    """The lines still queued written, EXIT_FLUSH_S at most: before os._exit, which runs no exit handler."""
+    if _writer is not None:
+        _writer.wait_written()
+
+
+def _report_dropped(dropped: int) -> None:
+    structlog.get_logger().warning("Log lines dropped: the log's reader fell behind", dropped=dropped)
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
     # No stderr (started with it closed, `2>&-`): Python's sys.stderr is None, and the lines go nowhere.
     stream = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - open for as long as the process logs
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    # Written by a thread of its own: a reader that stops reading (a pipe full) must not block the event loop.
+    # Into memory (a test, a bench reading its own lines), each line is there at once.
+    sink = _queued(stream) if _writes_to_a_file(stream) else stream
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     last = [_scrub, renderer] if use_json else [_scrub, _escape_controls, renderer]
     shared: list = [
@@ -168,10 +209,10 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
     structlog.configure(
         processors=list(processors),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=lambda *_: _LinesLostIfUnwritable(stream),
+        logger_factory=lambda *_: _QueuedLines(sink) if sink is not stream else _LinesLostIfUnwritable(stream),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib_logging(shared, last, level, stream)
+    _route_stdlib_logging(shared, last, level, sink)
     _quiet_malformed_requests()
     sys.excepthook = _log_uncaught if _writes_to_a_file(stream) else _print_uncaught
 

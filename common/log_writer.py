@@ -1,0 +1,71 @@
+"""Log lines written to a file descriptor by one thread, so a log's reader that stalls never stalls the process.
+
+Written where they were made, a reader that stopped reading (a log collector, `docker run` attached to a paused
+terminal) filled the pipe (64 KiB), and the next line blocked the event loop: /health went unanswered, and the
+platform killed the replica mid-job."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+
+# What waits for a reader, in characters; past it, lines are dropped and counted.
+MAX_QUEUED_CHARS = 4 * 1024 * 1024
+# How long the exit waits for the queued lines to be written (a reader that stalled may never take them).
+EXIT_FLUSH_S = 5.0
+
+
+class QueuedLogWriter:
+    """Lines (each ending in a newline) kept in order in a bounded queue and written to ``fd`` by a thread of its
+    own. A line that does not fit is dropped and counted; once the queue is written out, ``report_dropped`` gets
+    the count (it logs one line saying so, through this writer)."""
+
+    def __init__(
+        self, fd: int, encoding: str, report_dropped: Callable[[int], None], max_queued_chars: int = MAX_QUEUED_CHARS
+    ) -> None:
+        self.fd = fd
+        self._encoding = encoding
+        self._report_dropped = report_dropped
+        self._max_queued_chars = max_queued_chars
+        self._lines: collections.deque[str] = collections.deque()
+        self._queued_chars = 0
+        self._dropped = 0
+        self._changed = threading.Condition(threading.RLock())
+        threading.Thread(target=self._write_forever, name="log-writer", daemon=True).start()
+
+    def write(self, line: str) -> None:
+        with self._changed:
+            if self._queued_chars + len(line) > self._max_queued_chars:
+                self._dropped += 1
+                return
+            self._lines.append(line)
+            self._queued_chars += len(line)
+            self._changed.notify_all()
+
+    def wait_written(self, timeout_s: float = EXIT_FLUSH_S) -> bool:
+        """Whether every line queued was written within ``timeout_s``."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._lines, timeout_s)
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._lines)
+                line = self._lines[0]
+            self._write(line.encode(self._encoding, "backslashreplace"))
+            with self._changed:  # reentrant: the report of lines dropped is queued through write()
+                self._lines.popleft()
+                self._queued_chars -= len(line)
+                if self._dropped and not self._lines:
+                    dropped, self._dropped = self._dropped, 0
+                    self._report_dropped(dropped)
+                self._changed.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        # Lost if it cannot be written (a full disk, a reader gone: EPIPE), as the logging module's handlers do.
+        with contextlib.suppress(OSError):
+            while data:
+                data = data[os.write(self.fd, data) :]
