@@ -45,6 +45,9 @@ class QueuedLogWriter:
             self._queued_chars += len(line)
             self._changed.notify_all()
 
+    def flush(self) -> None:
+        """Nothing to do: the thread writes every line in order (for callers that flush a text stream)."""
+
     def wait_written(self, timeout_s: float = EXIT_FLUSH_S) -> bool:
         """Whether every line queued was written within ``timeout_s``."""
         with self._changed:

@@ -166,24 +166,33 @@ class _QueuedLines:
     fatal = failure = err = error = critical = exception = msg
 
 
-_writer: QueuedLogWriter | None = None
+# One writer a file (fds 1 and 2 may be the same pipe): two threads writing to it would interleave long lines.
+_writers: dict[tuple[int, int], QueuedLogWriter] = {}
 
 
 def _queued(stream) -> QueuedLogWriter:
-    """The one writer of ``stream``'s file descriptor; lines still queued at exit get EXIT_FLUSH_S to be written."""
-    global _writer
-    if _writer is None or _writer.fd != stream.fileno():
+    """The one writer of the file ``stream`` writes to; lines still queued at exit get EXIT_FLUSH_S to be written."""
+    status = os.fstat(stream.fileno())
+    file = (status.st_dev, status.st_ino)
+    if file not in _writers:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # what was written to it before comes first
-        _writer = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
-        atexit.register(_writer.wait_written)  # first: it runs after the exit handlers that log (_quiet_…)
-    return _writer
+        writer = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
+        atexit.register(writer.wait_written)  # early: it runs after the exit handlers that log (_quiet_…)
+        _writers[file] = writer
+    return _writers[file]
+
+
+def unblocking(stream):
+    """Where to write whole lines meant for ``stream`` without ever blocking the caller (a reader that stalls):
+    its file's queued writer, shared with the log lines, so they stay in order; in memory, ``stream`` itself."""
+    return _queued(stream) if _writes_to_a_file(stream) else stream
 
 
 def flush_logs() -> None:
     """The lines still queued written, EXIT_FLUSH_S at most: before os._exit, which runs no exit handler."""
-    if _writer is not None:
-        _writer.wait_written()
+    for writer in list(_writers.values()):
+        writer.wait_written()
 
 
 def _report_dropped(dropped: int) -> None:
@@ -196,7 +205,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     # Written by a thread of its own: a reader that stops reading (a pipe full) must not block the event loop.
     # Into memory (a test, a bench reading its own lines), each line is there at once.
-    sink = _queued(stream) if _writes_to_a_file(stream) else stream
+    sink = unblocking(stream)
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     last = [_scrub, renderer] if use_json else [_scrub, _escape_controls, renderer]
     shared: list = [

@@ -15,7 +15,8 @@ from typing import TextIO
 import structlog
 
 from common.children import die_with_parent
-from common.logs import MAX_LOG_VALUE_CHARS, scrub_all
+from common.log_writer import QueuedLogWriter
+from common.logs import MAX_LOG_VALUE_CHARS, scrub_all, unblocking
 
 log = structlog.get_logger()
 
@@ -69,8 +70,9 @@ class ComfyUIProcess:
         )
         assert self._process.stdout is not None and self._process.stderr is not None
         self._pumps = [
-            asyncio.create_task(_copy_lines(self._process.stdout, sys.stdout)),
-            asyncio.create_task(_copy_lines(self._process.stderr, sys.stderr)),
+            # Through the log's own writer: a log reader that stalls must not block this event loop (/health).
+            asyncio.create_task(_copy_lines(self._process.stdout, unblocking(sys.stdout))),
+            asyncio.create_task(_copy_lines(self._process.stderr, unblocking(sys.stderr))),
         ]
         log.info("comfyui.started", pid=self._process.pid, argv=self._argv)
         return self._process.pid
@@ -123,7 +125,7 @@ class ComfyUIProcess:
         await asyncio.gather(*self._pumps, return_exceptions=True)
 
 
-async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO) -> None:
+async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO | QueuedLogWriter) -> None:
     while True:
         try:
             line = await stream.readline()
@@ -139,7 +141,7 @@ async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO) -> None:
         _write_line(sink, scrub_all(text, MAX_LOG_VALUE_CHARS))
 
 
-def _write_line(sink: TextIO, text: str) -> None:
+def _write_line(sink: TextIO | QueuedLogWriter, text: str) -> None:
     """Never raises: a copy that stopped would leave ComfyUI blocked on its next write once the pipe is full."""
     try:
         try:
