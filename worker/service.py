@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from common.logs import flush_logs
 from worker.config import WorkerSettings
 from worker.main import Worker
 
@@ -64,6 +65,7 @@ def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettin
             worker.withdraw_left_behind()
             sys.stdout.flush()
             sys.stderr.flush()
+            flush_logs()  # os._exit runs no exit handler: the lines still queued (common.log_writer) go first
             os._exit(code)
         return code
 
