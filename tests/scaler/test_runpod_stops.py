@@ -33,6 +33,7 @@ from ..conftest import ManualClock, wait_for
 from .conftest import DEPLOYMENT, RUNPOD_KEY
 
 PODS = CALL_CONCURRENCY + 2
+OBSERVE_EVERY_S = 15.0
 SCALER_CODE = Path(scaler.__file__).parent
 UNHEALTHY = {"status": "unhealthy", "reason": "ComfyUI process exited unexpectedly with code 1"}
 
@@ -258,3 +259,26 @@ async def test_what_a_pod_says_of_itself_is_logged_cut_when_it_is_stopped(
     for said in (stopping, *not_taken):
         assert said["status"].startswith("RUNNINGS") and len(said["status"]) == QUOTED_TEXT_LIMIT
         assert said["pod"] == pod.id
+
+
+async def test_a_dead_pod_still_listed_whose_delete_answers_404_is_said_once_and_asked_less_often(
+    clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
+):
+    # Before: a 404 was taken as "already gone" and nothing was remembered, so the pod RunPod still listed was
+    # DELETEd again at every observe, for ever, each with a runpod_pod_replaced warning (61 of each in 15 min at
+    # 15 s), and never said as an error. Now as a DELETE accepted and not carried out: one runpod_pod_replaced, one
+    # runpod_pod_not_terminated error after TERMINATE_LAG_S, then a DELETE every TERMINATE_RETRY_S.
+    [pod] = fake_runpod.live_pods()
+    fake_runpod.exit_pod(pod.id)
+    fake_runpod.fail_next(f"/pods/{pod.id}", 404, method="DELETE", times=10_000)
+    with capture_logs() as logs:
+        for _ in range(int((TERMINATE_LAG_S + TERMINATE_RETRY_S) // OBSERVE_EVERY_S) + 1):
+            await clocked.observe()
+            clock.advance(OBSERVE_EVERY_S)
+    assert pod.id in fake_runpod.pods, "RunPod still lists the pod"
+    deletes = len(fake_runpod.requests_to(f"/pods/{pod.id}", "DELETE"))
+    assert deletes == TERMINATE_LAG_S // OBSERVE_EVERY_S + 2, "past the bound, asked once every TERMINATE_RETRY_S"
+    said = [(entry["event"], entry["log_level"]) for entry in logs if entry.get("pod") == pod.id]
+    assert said == [("runpod_pod_replaced", "warning"), ("runpod_pod_not_terminated", "error")]
+    [not_terminated] = [entry for entry in logs if entry["event"] == "runpod_pod_not_terminated"]
+    assert not_terminated["delete_answer"] == "404 not found" and "console" in not_terminated["hint"]
