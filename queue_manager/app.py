@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from common.log_throttle import LogThrottle, held_back_logger
+from common.send_progress import drop
 from common.waiting_connections import WaitingConnections
 from queue_manager.faults import FaultInjector
 from queue_manager.models import (
@@ -327,7 +328,7 @@ async def send_json(request: web.Request, parts: list[bytes | bytearray], header
         log.info("answer_write_stalled", method=request.method, path=request.path, bytes_sent=sent,
                  bytes=response.content_length, timeout_s=ANSWER_STALL_TIMEOUT_S)
         if request.transport is not None:
-            request.transport.abort()  # what it buffered goes with it
+            drop(request.transport)  # abort() alone left the kernel offering its client what it had queued
     except ConnectionError:
         pass  # the client hung up: nothing to send to
     return response

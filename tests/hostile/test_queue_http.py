@@ -24,7 +24,7 @@ import queue_manager.store
 from common.limits import QUEUE_HEADS
 from queue_manager import JobRecord, JobStatus, QueueManagerServer, app
 
-from ..conftest import closed_by_server, drip_until_closed, half_sent_requests
+from ..conftest import closed_by_server, drip_until_closed, half_sent_requests, wait_for
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"seed": 1}}}
 MARKER = "HOSTILE-ECHO-MARKER"
@@ -856,6 +856,30 @@ async def test_a_client_that_stops_reading_its_answer_is_cut_off_and_what_it_hel
     writer.close()
     assert received.startswith(b"HTTP/1.1 200") and len(received) < len(shown.content), len(received)
     assert [entry["event"] for entry in logs if entry["event"] == "answer_write_stalled"] == ["answer_write_stalled"]
+
+
+async def test_an_answer_cut_off_unread_is_reset_not_left_for_the_kernel_to_deliver(
+    queue: QueueManagerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a connection cut off for an unread answer was aborted, which drops only asyncio's buffer: the kernel
+    went on offering the client what it had queued (up to 4 MB, for minutes) and the client got it once it read.
+    Now the connection is reset: the client gets what its receive buffer held, then the reset."""
+    monkeypatch.setattr(app, "ANSWER_STALL_TIMEOUT_S", 0.3, raising=False)
+    job_id, _ = completed_with_a_large_result(queue)
+    host, port = queue.url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+    with socket.socket() as raw, capture_logs() as logs:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await loop.sock_connect(raw, (host, int(port)))
+        await loop.sock_sendall(raw, f"GET /api/jobs/{job_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await wait_for(lambda: any(entry["event"] == "answer_write_stalled" for entry in logs), 10)
+        received = b""
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await loop.sock_recv(raw, 2**16):
+                    received += chunk
+    assert received.startswith(b"HTTP/1.1 200") and len(received) < 256 * 1024, len(received)
 
 
 async def test_a_large_list_left_unread_is_cut_off_too(
