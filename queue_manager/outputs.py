@@ -23,6 +23,8 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from common.send_progress import drop
+
 log = structlog.get_logger()
 
 OUTPUTS_DIR_ENV = "QUEUE_MANAGER_OUTPUTS_DIR"
@@ -234,7 +236,7 @@ class OutputFileResponse(web.FileResponse):
             except TimeoutError:
                 log.info("output_write_stalled", path=request.path, bytes_sent=start - offset, bytes=count,
                          timeout_s=self._stall_timeout_s)
-                transport.abort()
+                drop(transport)
                 return writer
             if sent < size:  # truncated on the volume meanwhile: the client would wait for the rest until idle
                 log.warning("output_shrank", path=request.path, bytes_sent=start - offset + sent, bytes=count)

@@ -410,7 +410,8 @@ async def test_a_download_left_unread_is_cut_off_and_its_file_closed(
             with contextlib.suppress(ConnectionResetError):
                 while chunk := await reader.read(1 << 20):
                     received += chunk
-        assert len(received) < len(big), "the connection was closed mid-download"
+        # reset, not closed: a close left the kernel offering what it had queued (2 MB of it measured)
+        assert len(received) < 256 * 1024, len(received)
     finally:
         writer.close()
     assert (await client.get(output_url(job_id, large), headers=bearer(tokens["alice"]))).content == big
