@@ -246,6 +246,8 @@ async def test_what_a_pod_says_of_itself_is_logged_cut_when_it_is_stopped(
     await clocked.observe()
     listed = {**fake_runpod._pod_json(pod), "status": "RUNNING" + "S" * 60_000}
     fake_runpod.fail_next("/pods", 200, method="GET", times=1000, body={"pods": [listed]})
+    # Its stop accepted and never carried out: stopped, the pod listed on is one RunPod no longer finds, not counted.
+    fake_runpod.fail_next(f"/pods/{pod.id}/action", 200, times=1000, body=fake_runpod._pod_json(pod))
     started = clock()
     with capture_logs() as logs:
         await clocked.apply(0)
@@ -282,3 +284,29 @@ async def test_a_dead_pod_still_listed_whose_delete_answers_404_is_said_once_and
     assert said == [("runpod_pod_replaced", "warning"), ("runpod_pod_not_terminated", "error")]
     [not_terminated] = [entry for entry in logs if entry["event"] == "runpod_pod_not_terminated"]
     assert not_terminated["delete_answer"] == "404 not found" and "console" in not_terminated["hint"]
+
+
+async def test_a_pod_listed_live_that_runpod_says_is_not_found_holds_no_replica_place(
+    clocked: RunPodBackend, fake_runpod: FakeRunPod, clock: ManualClock
+):
+    # Before: a pod RunPod still listed RUNNING but answered 404 to its stop and its DELETE (a listing lagging behind
+    # a pod gone) counted as a live replica and in cost_per_hour, and was sent a stop and a DELETE at every observe
+    # (8 stops in 120 s at 15 s); a count raised back to 2 created nothing, 1 pod served. Now it is handled as a
+    # dead pod: not counted, never stopped again, and the count raised is made.
+    await clocked.apply(2)
+    ghost, kept = sorted(fake_runpod.live_pods(), key=lambda pod: pod.id)
+    ghost.created_at = datetime.now(UTC) + timedelta(hours=1)  # the newest: the one scaled down
+    fake_runpod.fail_next(f"/pods/{ghost.id}/action", 404, method="POST", times=1000)
+    fake_runpod.fail_next(f"/pods/{ghost.id}", 404, method="DELETE", times=1000)
+    await clocked.apply(1)
+    counted = []
+    for _ in range(int(STOP_LAG_S // OBSERVE_EVERY_S)):
+        clock.advance(OBSERVE_EVERY_S)
+        counted.append([replica.id for replica in (await clocked.observe()).replicas])
+    assert counted == [[kept.id]] * len(counted)
+    [kept_listed] = [pod for pod in clocked.pods if pod.id == kept.id]
+    assert clocked.cost_per_hour == pytest.approx(kept_listed.cost_per_hour)
+    assert len([r for r in fake_runpod.requests_to(f"/pods/{ghost.id}/action") if r.json == {"action": "stop"}]) == 1
+    await clocked.apply(2)
+    assert ghost.id in fake_runpod.pods, "RunPod still lists it"
+    assert len(fake_runpod.live_pods()) == 3, "the count raised to 2 is made beside the pod not found"

@@ -90,6 +90,9 @@ class RunPodBackend:
         # with no end, unsaid.
         self._terminated_at: dict[str, float] = {}
         self._terminate_again_at: dict[str, float] = {}
+        # Pods listed live whose DELETE RunPod answered 404 (a listing that lags behind pods gone): counted live,
+        # such a pod held a replica's place (and its price) that nothing filled; handled as a dead one instead.
+        self._not_found: set[str] = set()
         self.health = health if health is not None else PodHealthProbe()
 
     def __repr__(self) -> str:
@@ -113,7 +116,7 @@ class RunPodBackend:
             # Not told a count yet (a scaler just restarted): nothing is touched, but the pods left running are
             # asked their /health, or they count as 0 ready at the first apply and a drain cuts them at once.
             await self.health.unhealthy(pod.id for pod in pods if pod.status == "RUNNING")
-        live = [pod for pod in pods if pod.live]
+        live = self._live(pods)
         # Billing begins at creation, as far as the API tells; a pod listed without it, when first listed so.
         replicas = self._first_seen.replicas([(pod.id, pod.created_at) for pod in live], self._clock())
         # Listed is not serving: a pod stuck provisioning, or whose worker never leaves "starting", must count
@@ -136,7 +139,7 @@ class RunPodBackend:
         """Terminate as they are the pods the last read listed live: what the kill switch does with a stop RunPod
         accepted and did not carry out. The ids whose DELETE RunPod accepted; once every pod was tried, the first
         failure raised (each logged)."""
-        live = [pod for pod in self.pods if pod.live]
+        live = self._live(self.pods)
         accepted = await _each_pod((pod.id, partial(self._terminate_tracked, pod)) for pod in live)
         return [pod.id for pod, done in zip(live, accepted, strict=True) if done]
 
@@ -152,7 +155,7 @@ class RunPodBackend:
     @property
     def cost_per_hour(self) -> float:
         """What the pods as last read cost per hour together, as RunPod bills them (each pod's ``cost``)."""
-        return sum(pod.cost_per_hour for pod in self.pods if pod.live)
+        return sum(pod.cost_per_hour for pod in self._live(self.pods))
 
     async def price_per_hour(self) -> float:
         """List price in USD per hour of one pod of ``pod_body`` (GPU price x count, in its cloud)."""
@@ -181,7 +184,11 @@ class RunPodBackend:
         self._stopping = {pod_id: at for pod_id, at in self._stopping.items() if pod_id in ids}
         self._terminated_at = {pod_id: at for pod_id, at in self._terminated_at.items() if pod_id in ids}
         self._terminate_again_at = {pod_id: at for pod_id, at in self._terminate_again_at.items() if pod_id in ids}
+        self._not_found &= ids
         return pods
+
+    def _live(self, pods: Iterable[Pod]) -> list[Pod]:
+        return [pod for pod in pods if pod.live and pod.id not in self._not_found]
 
     def _target(self) -> int:
         return 0 if self._paused or self._desired is None else self._desired
@@ -190,13 +197,13 @@ class RunPodBackend:
         """Terminate dead and surplus pods, create missing ones. True when anything was written."""
         target = self._target()
         now = self._clock()
-        dead = [pod for pod in pods
-                if pod.status in DEAD_STATUSES and now >= self._terminate_again_at.get(pod.id, -math.inf)]
+        dead = [pod for pod in pods if (pod.status in DEAD_STATUSES or pod.id in self._not_found)
+                and now >= self._terminate_again_at.get(pod.id, -math.inf)]
         for pod in dead:
             # Not one the scaler stopped, which ended as asked (runpod_pod_stopping said it), nor one said already.
             if pod.id not in self._stopping and pod.id not in self._terminated_at:
                 log.warning("runpod_pod_replaced", pod=_said(pod.id), status=_said(pod.status))
-        live = [pod for pod in pods if pod.live]
+        live = self._live(pods)
         surplus = _surplus(live, target, self.health.phase)
         for pod in surplus:
             if pod.id not in self._stopping:  # said when its stop is first asked, not at every observe it takes
@@ -221,7 +228,10 @@ class RunPodBackend:
         self.health.forget(pod.id)
 
     async def _terminate(self, pod: Pod) -> bool:
-        return await self.client.terminate_pod(pod.id)
+        accepted = await self.client.terminate_pod(pod.id)
+        if not accepted and pod.live:
+            self._not_found.add(pod.id)
+        return accepted
 
     async def _terminate_tracked(self, pod: Pod) -> bool:
         """Terminate a dead pod, or a live one whose stop was not taken: said once, as an error, when it is still
