@@ -152,6 +152,15 @@ class ComputeSection(_Section):
     name: str = Field(min_length=1)
     size: int = Field(ge=1, le=MAX_GPUS_PER_REPLICA)
 
+    @field_validator("name")
+    @classmethod
+    def _no_blank_ends(cls, value: str) -> str:
+        # Verda's names hold spaces ("General Compute"), never at either end: such a name is a paste.
+        if value != value.strip():
+            raise ValueError("blank, or a space at either end: Verda has no such compute (its names: GET "
+                             "/serverless-compute-resources)")
+        return value
+
 
 class ScalingSection(_Section):
     min_replica_count: int = Field(ge=0)
