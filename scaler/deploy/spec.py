@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
@@ -67,6 +67,7 @@ MAX_SPEC_BYTES = 1024 * 1024  # the spec file: the shipped one is 5 KB
 MAX_GPUS_PER_REPLICA = 16
 MAX_DELAY_S = 24 * 3600
 MAX_MEMORY_MB = 1024 * 1024
+_INTEGER = TypeAdapter(int)  # a setting's integer, read as the worker's settings read it
 
 
 class SpecError(ValueError):
@@ -242,8 +243,11 @@ class DeploymentSpec(_Section):
         # The worker listens where HEALTH_PORT says, on its default when the container is given none.
         container = {**self.env, **self.resolved_env}
         section = "env_from_environment" if "HEALTH_PORT" in self.resolved_env else "env"
-        listens = container.get("HEALTH_PORT", str(DEFAULT_HEALTH_PORT))
-        if listens != str(self.deployment.healthcheck_port):
+        try:  # as the worker reads it: " 8000" and "8000.0" are 8000
+            listens = _INTEGER.validate_python(container.get("HEALTH_PORT", DEFAULT_HEALTH_PORT))
+        except ValidationError:  # refused by container_env_problems, as the worker would refuse it
+            listens = self.deployment.healthcheck_port
+        if listens != self.deployment.healthcheck_port:
             raise ValueError(f"{section}.HEALTH_PORT must equal deployment.healthcheck_port: the worker's health "
                              f"server listens on {listens} (HEALTH_PORT, default {DEFAULT_HEALTH_PORT}), Verda "
                              f"probes {self.deployment.healthcheck_port}: every replica would be unhealthy")
