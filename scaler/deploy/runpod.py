@@ -40,6 +40,7 @@ from scaler.deploy.spec import (
     DeploymentSpec,
     SpecError,
     load_spec,
+    not_digits,
     read_spec_file,
     refusing_misspelt,
     text_problems,
@@ -112,7 +113,7 @@ def load_runpod_spec(path: Path, environ: Mapping[str, str]) -> tuple[Deployment
             raw[key] = (
                 [part.strip() for part in value.split(",") if part.strip()] if key == "data_center_ids" else value
             )
-    problems = text_problems(raw, "runpod")
+    problems = text_problems(raw, "runpod") + not_digits(environ, ("RUNPOD_GPU_COUNT",))
     if not NAME_RULE.fullmatch(spec.deployment.name):
         problems.append("deployment.name: pod names on RunPod take at most 54 characters of [a-z0-9-]")
     try:

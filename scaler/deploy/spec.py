@@ -44,6 +44,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "VERDA_MIN_REPLICAS": ("scaling", "min_replica_count"),
     "VERDA_MAX_REPLICAS": ("scaling", "max_replica_count"),
 }
+# The overrides of a whole number, written in the digits 0-9 alone: pydantic reads "1_0" as 10, "5.0" as 5.
+INTEGER_OVERRIDES = ("VERDA_COMPUTE_SIZE", "VERDA_MIN_REPLICAS", "VERDA_MAX_REPLICAS")
 # Shared (SFS) mounts whose volume id comes from the deploy-time environment: the models, the outputs, which must
 # outlive the replica that wrote them (a scratch disk goes with the replica on scale-down), and, when the spec
 # mounts one, the files workflows load (COMFYUI_INPUT_DIR).
@@ -333,6 +335,13 @@ def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[st
     return raw
 
 
+def not_digits(environ: Mapping[str, str], variables: Collection[str]) -> list[str]:
+    """A line per variable of ``variables`` set in ``environ`` to anything but the digits 0-9: a whole number
+    written otherwise ("1_0", " 5", "5.0", "+5") is a typo, which pydantic would read as another number."""
+    return [f"{variable}: must be a whole number in the digits 0-9 alone (no _, sign, point or space)"
+            for variable in variables if variable in environ and not re.fullmatch(r"[0-9]+", environ[variable])]
+
+
 def _credential_urls_to_secrets(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """A URL from the environment that carries a user or password (https://user:pass@…) must not sit in the
     deployment in clear: it becomes a secret env var, in a Verda secret named after the deployment and the
@@ -458,7 +467,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
                 f"clear and show in --dry-run; list it under [secrets] instead (a Verda secret made from ${n})"
                 for n in names if isinstance(n, str) and is_secret_parameter(n) and n != QUEUE_WORKER_TOKEN_ENV]
     missing += _secrets_in_plain_env(raw.get("env", {})) + _worker_token_entries(raw, names)
-    missing += _one_secret_two_values(secrets, environ)
+    missing += _one_secret_two_values(secrets, environ) + not_digits(environ, INTEGER_OVERRIDES)
     raw["resolved_env"] = {n: environ[n] for n in names if environ.get(n)}
     try:
         spec = DeploymentSpec.model_validate(raw)
