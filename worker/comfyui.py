@@ -28,6 +28,10 @@ log = structlog.get_logger()
 # and the `executed` event), not read: a 60 MB one took the worker from 61 to 290 MiB RSS (bench/
 # comfyui_reply_memory.py). One bound for both, or the larger would still decide.
 MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
+# A result file over GET /view (up to GBs) is read in pieces of this size, each of which, or the rest of the file,
+# must come within the HTTP timeout as a whole answer must: 32 MiB in 30 s, about 1 MiB/s, where loopback serves
+# 700 MiB/s. A ComfyUI or proxy dripping the file held the job for as long as it dripped.
+VIEW_PIECE_BYTES = 32 << 20
 # However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
 # gets at least this long: on loopback an answering ComfyUI takes milliseconds.
 MIN_QUESTION_S = 1.0
@@ -343,6 +347,31 @@ class ComfyUIClient:
             raise ComfyUIUnavailable(f"ComfyUI POST /history: no answer within {timeout_s:.1f} s") from None
 
     async def download(self, filename: str, subfolder: str, folder_type: str) -> AsyncIterator[bytes]:
+        """The file's bytes as they come; ComfyUIUnavailable unless each VIEW_PIECE_BYTES of them (or the rest of
+        the file) came within the HTTP timeout. Only the waits for ComfyUI count, not the caller's between chunks."""
+        chunks = self._view(filename, subfolder, folder_type)
+        left_s, piece = self._timeout_s, 0
+        try:
+            while True:
+                started = time.monotonic()
+                async with asyncio.timeout(left_s):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    return
+                left_s -= time.monotonic() - started
+                piece += len(chunk)
+                if piece >= VIEW_PIECE_BYTES:
+                    left_s, piece = self._timeout_s, 0
+                yield chunk
+        except TimeoutError:
+            raise ComfyUIUnavailable(
+                f"ComfyUI GET /view {filename!r}: less than {VIEW_PIECE_BYTES >> 20} MiB, and not the whole file, "
+                f"came within {self._timeout_s:g} s (HTTP_TIMEOUT_S)"
+            ) from None
+        finally:
+            await chunks.aclose()
+
+    async def _view(self, filename: str, subfolder: str, folder_type: str) -> AsyncIterator[bytes]:
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
         try:
             async with self._http.stream("GET", "/view", params=params) as response:
