@@ -128,6 +128,9 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                      [r"^\{'server': 'health', 'clients': 2, 'head_kib': \d+, 'rss_before_mb': \d+, "
                       r"'rss_held_mb': \d+, 'hold_s': 0.0, 'open_after_hold': 0, 'rss_after_hold_mb': \d+, "
                       r"'probe': 200\}$"]),
+    "stalled_readers": (["--clients", "2", "--watch", "0"],  # the clients send for 5 s
+                        [r'^\{"clients": 2, "rss_before_mb": \d+, "samples": \[\], "/health": \{"answers": '
+                         r'\{"200": 20\}, "p50_ms": #, "max_ms": #\}\}$']),
     "view_deliveries": (["--file-mib", "1", "--runs", "1"],
                         [r"^run 1: 1 MiB in # s \(\d+ MiB/s\), longest event-loop stall \d+ ms, "
                          r"longest step without progress \d+ ms$"]),
