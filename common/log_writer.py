@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import signal
 import threading
 from collections.abc import Callable
 
@@ -54,6 +55,9 @@ class QueuedLogWriter:
             return self._changed.wait_for(lambda: not self._lines, timeout_s)
 
     def _write_forever(self) -> None:
+        # Python runs its handlers in the main thread alone; a signal the kernel gave this one while the main thread
+        # swaps a handler (the default action back for a moment) would end the process (worker.service).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._lines)

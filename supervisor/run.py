@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -18,7 +16,7 @@ from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import SupervisorSettings, comfyui_environment
 from worker.config import WorkerSettings
 from worker.main import Worker
-from worker.service import STOP_SIGNALS, serve
+from worker.service import STOP_SIGNALS, executor_without_stop_signals, ignore_stop_signals, serve
 
 log = structlog.get_logger()
 
@@ -46,7 +44,7 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
                 log.error("supervisor.abort_failed", error=repr(outcome))
             await comfyui.stop(min(config.comfyui_stop_timeout_s, worker.deadline.remaining()))
     finally:
-        _stop_routing_signals()
+        ignore_stop_signals()  # nothing left to stop: their default would replace the worker's exit code
     if comfyui_crashed and code == 0:
         code = 1  # the worker may have been on its way out already; a dead ComfyUI is still a failure
     log.info("supervisor.exit", code=code)
@@ -55,27 +53,9 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
 
 def _route_stop_signals_to(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
-    # asyncio.to_thread's threads never take a stop signal (see _stop_routing_signals): the loop's thread alone does.
-    loop.set_default_executor(
-        ThreadPoolExecutor(
-            thread_name_prefix="asyncio", initializer=signal.pthread_sigmask, initargs=(signal.SIG_BLOCK, STOP_SIGNALS)
-        )
-    )
+    loop.set_default_executor(executor_without_stop_signals())  # as run_process does: supervise may run without it
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, worker.request_shutdown)
-
-
-def _stop_routing_signals() -> None:
-    """Ignored from now on: with nothing left to stop, their default would end the process with 143 (or Ctrl-C's
-    KeyboardInterrupt) in place of the worker's exit code, which the platform reads."""
-    loop = asyncio.get_running_loop()
-    # remove_signal_handler puts the default action back before SIG_IGN replaces it: blocked meanwhile in this thread,
-    # as in the executor's from their start (the only others), one sent in between waits, and SIG_IGN discards it.
-    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    for sig in STOP_SIGNALS:
-        loop.remove_signal_handler(sig)
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:

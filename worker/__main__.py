@@ -13,7 +13,7 @@ try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start sa
     from common.settings import ConfigError, env_name, warn_misspelt_variables
     from common.text import escape_controls
     from worker.config import WorkerSettings, load_settings
-    from worker.service import run_process, serve, stop_signals_held
+    from worker.service import run_process, serve
 except KeyboardInterrupt:
     raise SystemExit(interrupted("comfy-worker")) from None
 
@@ -54,8 +54,7 @@ def _start() -> int:
         if "QUEUE_MANAGER_URL" in str(exc):
             print(MISSING_PEER_HINT, file=sys.stderr)
         return EXIT_CONFIG
-    with stop_signals_held():  # the log's thread, started here, never takes one (see worker.service)
-        configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level)
     warn_misspelt_variables(WorkerSettings)
     allow_many_connections()
     for secret in settings.secrets:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -59,14 +58,7 @@ def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettin
     platform killed it."""
 
     async def run_then_exit() -> int:
-        # asyncio.to_thread's threads never take a stop signal (see ignore_stop_signals): the loop's thread alone does.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(
-                thread_name_prefix="asyncio",
-                initializer=signal.pthread_sigmask,
-                initargs=(signal.SIG_BLOCK, STOP_SIGNALS),
-            )
-        )
+        asyncio.get_running_loop().set_default_executor(executor_without_stop_signals())
         worker = Worker(settings)
         code = await main(worker)
         ignore_stop_signals()
@@ -83,15 +75,12 @@ def run_process(main: Callable[[Worker], Awaitable[int]], settings: WorkerSettin
     return asyncio.run(run_then_exit())
 
 
-@contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """The stop signals blocked in this thread while it lasts (one sent meanwhile waits), in the threads started
-    meanwhile for good."""
-    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+def executor_without_stop_signals() -> ThreadPoolExecutor:
+    """asyncio.to_thread's threads, which never take a stop signal (see ignore_stop_signals): the loop's thread
+    alone does."""
+    return ThreadPoolExecutor(
+        thread_name_prefix="asyncio", initializer=signal.pthread_sigmask, initargs=(signal.SIG_BLOCK, STOP_SIGNALS)
+    )
 
 
 def ignore_stop_signals() -> None:
@@ -99,8 +88,11 @@ def ignore_stop_signals() -> None:
     platform's stop meeting an idle exit) ended the process with 143 (a SIGINT a traceback) in place of that code."""
     loop = asyncio.get_running_loop()
     # remove_signal_handler puts the default action back before SIG_IGN replaces it: blocked meanwhile in this thread,
-    # as in every other (the log's, the executor's), one sent in between waits, and SIG_IGN discards it.
-    with stop_signals_held():
+    # as in every other from its start (the log's, the executor's), one sent in between waits, and SIG_IGN discards it.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)

@@ -24,12 +24,16 @@ MAIN_THEN_SIGNAL = (
 )
 IMPORTS_HELD = imports_held("supervisor")
 # The supervisor's hand-over of the stop signals, the loop's handler to "ignored", over and over while another process
-# sends exactly SENDS SIGTERMs, a thread of asyncio.to_thread's alive as in the supervisor: any moment in between with
-# the default action ends this process with -15. It ends when the sender has sent them all, however loaded the machine.
+# sends exactly SENDS SIGTERMs, threads alive as in the supervisor (asyncio.to_thread's, the log's): any moment in
+# between with the default action ends this process with -15. It ends when the sender has sent them all, however
+# loaded the machine.
 SENDS = 200_000
 SWAPS_WHILE_SIGTERMS_ARRIVE = (
     "import asyncio, os, signal, subprocess, sys, types\n"
-    "from supervisor.run import _route_stop_signals_to, _stop_routing_signals\n"
+    "from common.logs import configure_logging\n"
+    "from supervisor.run import _route_stop_signals_to\n"
+    "from worker.service import ignore_stop_signals\n"
+    "configure_logging('json')  # its writer's thread alive, as in the supervisor\n"
     "SENDER = 'import os, signal, sys\\nfor _ in range(int(sys.argv[2])): os.kill(int(sys.argv[1]), signal.SIGTERM)'\n"
     "async def swaps():\n"
     "    _route_stop_signals_to(types.SimpleNamespace(request_shutdown=lambda: None))\n"
@@ -37,7 +41,7 @@ SWAPS_WHILE_SIGTERMS_ARRIVE = (
     "    sender = subprocess.Popen([sys.executable, '-c', SENDER, str(os.getpid()), sys.argv[1]],\n"
     "                              stderr=subprocess.DEVNULL)\n"
     "    while sender.poll() is None:\n"
-    "        _stop_routing_signals()\n"
+    "        ignore_stop_signals()\n"
     "        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)\n"
     "        await asyncio.sleep(0)\n"
     "    print('all swapped, the sender exited with', sender.returncode)\n"
