@@ -42,12 +42,28 @@ async def test_a_health_port_read_from_the_environment_must_be_the_probed_one(
     assert fake.requests == []
 
 
-async def test_health_port_unset_is_deployed_when_the_probe_is_on_the_workers_default(
-    fake: FakeVerda, deploy_env, tmp_path: Path
+@pytest.mark.parametrize("written", [None, " 8000", "8000 ", "8000.0", "+8000"])
+async def test_a_health_port_the_worker_reads_as_the_probed_one_is_deployed(
+    fake: FakeVerda, deploy_env, tmp_path: Path, written: str | None
 ) -> None:
-    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', "")
+    """Unset, the worker listens on its default, the port probed. Before: " 8000" and "8000.0", which the worker
+    reads as 8000, were refused, exit 2, "the worker's health server listens on  8000 ... every replica would be
+    unhealthy"."""
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"\n', "" if written is None else f'HEALTH_PORT = "{written}"\n')
     assert await deploy_main(["--spec", str(spec)], deploy_env) == 0
     assert NAME in fake.deployments
+
+
+@pytest.mark.parametrize("written", ["eight thousand", "", "8000.5", "0x1f40"])
+async def test_a_health_port_the_worker_would_refuse_is_refused_as_the_worker_refuses_it(
+    fake: FakeVerda, deploy_env, tmp_path: Path, written: str, capsys
+) -> None:
+    """Before: refused as a port other than the probed one ("listens on eight thousand"), not as what it is."""
+    spec = edited_spec(tmp_path, 'HEALTH_PORT = "8000"', f'HEALTH_PORT = "{written}"')
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 2
+    err = capsys.readouterr().err
+    assert "HEALTH_PORT: " in err and "worker would refuse this" in err, err
+    assert fake.requests == []
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.1.1"])
