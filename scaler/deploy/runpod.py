@@ -39,9 +39,9 @@ from scaler.deploy.spec import (
     SPEC_VARIABLES,
     DeploymentSpec,
     SpecError,
+    given_deployment_name,
     load_spec,
     not_digits,
-    read_spec_file,
     refusing_misspelt,
     text_problems,
 )
@@ -220,15 +220,7 @@ def backend_from_spec(path: Path, environ: Mapping[str, str]) -> RunPodBackend:
 def pod_name_prefix(path: Path, environ: Mapping[str, str]) -> str:
     """The name this deployment's pods carry (``<name>-<8 hex>``), as load_runpod_spec reads it:
     VERDA_DEPLOYMENT_NAME, else the spec's deployment.name. Nothing else of the spec is read or checked."""
-    if "VERDA_DEPLOYMENT_NAME" in environ:
-        name: object = environ["VERDA_DEPLOYMENT_NAME"]
-        where = "VERDA_DEPLOYMENT_NAME"
-    else:
-        deployment = read_spec_file(path).get("deployment", {})
-        if not isinstance(deployment, dict):
-            raise SpecError([f"deployment: must be a table ({path})"])
-        name = deployment.get("name")
-        where = f"deployment.name ({path})"
+    name, where = given_deployment_name(path, environ)
     if name is None:
         raise SpecError([f"{where}: required: RunPod's pods are named after it (or set VERDA_DEPLOYMENT_NAME)"])
     if not isinstance(name, str) or not NAME_RULE.fullmatch(name):

@@ -425,18 +425,21 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         raise SpecError([f"{path}: nested deeper than the TOML parser reads"]) from None
 
 
-def deployment_name(path: Path, environ: Mapping[str, str]) -> str:
-    """The deployment's name as load_spec reads it (VERDA_DEPLOYMENT_NAME, else deployment.name), nothing else of
-    the spec read or checked: all `status` and `delete` need (they refused to run until the image, the volume ids
-    and the queue's URL were set, none of which they send)."""
+def given_deployment_name(path: Path, environ: Mapping[str, str]) -> tuple[Any, str]:
+    """The deployment's name as given, unchecked (VERDA_DEPLOYMENT_NAME, else the spec's deployment.name; None when
+    neither), and where it was given; nothing else of the spec read or checked."""
     if "VERDA_DEPLOYMENT_NAME" in environ:
-        name: Any = environ["VERDA_DEPLOYMENT_NAME"]
-        where = "VERDA_DEPLOYMENT_NAME"
-    else:
-        deployment = read_spec_file(path).get("deployment", {})
-        if not isinstance(deployment, dict):
-            raise SpecError([f"deployment: must be a table ({path})"])
-        name, where = deployment.get("name"), f"deployment.name ({path})"
+        return environ["VERDA_DEPLOYMENT_NAME"], "VERDA_DEPLOYMENT_NAME"
+    deployment = read_spec_file(path).get("deployment", {})
+    if not isinstance(deployment, dict):
+        raise SpecError([f"deployment: must be a table ({path})"])
+    return deployment.get("name"), f"deployment.name ({path})"
+
+
+def deployment_name(path: Path, environ: Mapping[str, str]) -> str:
+    """The deployment's name as load_spec reads it, checked by Verda's rule: all `status` and `delete` need (they
+    refused to run until the image, the volume ids and the queue's URL were set, none of which they send)."""
+    name, where = given_deployment_name(path, environ)
     if not isinstance(name, str):
         raise SpecError([f"{where}: required, a string (or set VERDA_DEPLOYMENT_NAME)"])
     try:
