@@ -34,6 +34,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from common.urls import host_port
 from standins.comfyui_nodes import (
     EXECUTE_FRAMES,
     Image,
@@ -313,7 +314,7 @@ class ComfyUISimulator:
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         self.port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"http://{host_port(host, self.port)}"
         self._tasks = [asyncio.create_task(self._execute_queue()), asyncio.create_task(self._publish())]
         log.info("comfyui_sim.started", url=self.url)
         return self.url
@@ -1112,7 +1113,7 @@ async def _serve(args: argparse.Namespace, argv: list[str]) -> None:
     host = args.listen.split(",")[0]
     await sim.start(host, args.port)
     log.info("Starting server")
-    log.info(f"To see the GUI go to: http://{host}:{sim.port}")
+    log.info(f"To see the GUI go to: {sim.url}")
     await stop.wait()
     log.info("Stopping server")
     await sim.stop()

@@ -11,6 +11,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from common.urls import host_port
+
 PROXY_ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
 
 
@@ -102,7 +104,7 @@ class FakeApi:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound_port}{self.api_prefix}"
+        self.url = f"http://{host_port(host, bound_port)}{self.api_prefix}"
         return bound_port
 
     async def stop(self) -> None:

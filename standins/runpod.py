@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.urls import host_port
 from standins.faults import FakeApi, Fault, fault_headers, proxy_error_page, record
 
 API_PREFIX = "/v2"
@@ -195,7 +196,7 @@ class FakeRunPod(FakeApi):
         app.router.add_get(f"{PROXY_PREFIX}/{{target}}/health", self._proxied_health)
         app.router.add_get(f"{API_PREFIX}/catalog/gpus/{{id}}", self._get_gpu)
         bound_port = await self._serve(app, host, port)
-        self.health_url = f"http://{host}:{bound_port}{PROXY_PREFIX}/{{pod_id}}-{{port}}/health"
+        self.health_url = f"http://{host_port(host, bound_port)}{PROXY_PREFIX}/{{pod_id}}-{{port}}/health"
         return self.url
 
     # --- test controls (also fail_next and requests_to, from FakeApi) ----------------------------
