@@ -270,23 +270,37 @@ def imports_held(module: str) -> str:
     )
 
 
-async def run_module_to_exit(
-    module: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 30,
-    preexec_fn: Callable[[], None] | None = None,
-) -> tuple[int, str]:
-    """Run `python -m module args` to its end (killed if it outlives timeout_s): its exit code and stderr."""
+async def run_to_exit(
+    argv: list[str], *, env: dict[str, str], cwd: Path | None = None, timeout_s: float = 30,
+    preexec_fn: Callable[[], None] | None = None, stderr_into_stdout: bool = False,
+) -> tuple[int, str, str]:
+    """Run ``argv`` to its end: its exit code, stdout and stderr (with ``stderr_into_stdout``, both in stdout as
+    written, and stderr empty). One that outlives ``timeout_s`` is killed and fails the test."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, *args, cwd=cwd, env=env, preexec_fn=preexec_fn,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *argv, cwd=cwd, env=env, preexec_fn=preexec_fn, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if stderr_into_stdout else asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         async with asyncio.timeout(timeout_s):
-            _, err = await process.communicate()
+            out, err = await process.communicate()
+    except TimeoutError:
+        raise AssertionError(f"still running after {timeout_s} s") from None
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    return process.returncode, err.decode()
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
+
+
+async def run_module_to_exit(
+    module: str, *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 30,
+    preexec_fn: Callable[[], None] | None = None,
+) -> tuple[int, str]:
+    """Run `python -m module args` to its end (run_to_exit): its exit code and stderr."""
+    argv = [sys.executable, "-m", module, *args]
+    code, _, err = await run_to_exit(argv, env=env, cwd=cwd, timeout_s=timeout_s, preexec_fn=preexec_fn)
+    return code, err
 
 
 async def drip_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, within_s: float = 5) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import imports_held, interrupted_when
+from ..conftest import imports_held, interrupted_when, run_to_exit
 
 # The supervisor's main(), then a stop signal to itself: one arriving once the supervisor has stopped everything,
 # in the moment before the process ends (a platform's scale-down meeting an idle exit).
@@ -49,20 +49,6 @@ SWAPS_WHILE_SIGTERMS_ARRIVE = (
 )
 
 
-async def run(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 30.0) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"still running after {timeout_s} s") from None
-    assert process.returncode is not None
-    return process.returncode, output.decode(errors="replace")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_a_stop_signal_after_the_stop_leaves_the_workers_exit_code(
     base_env, tmp_path: Path, sig: signal.Signals
@@ -70,7 +56,8 @@ async def test_a_stop_signal_after_the_stop_leaves_the_workers_exit_code(
     """Before: the stop signals went back to their defaults once ComfyUI was stopped: a SIGTERM then ended the
     process with 143 (a SIGINT with a KeyboardInterrupt traceback and 130) in place of the worker's exit code."""
     env = {**base_env, "SERVERLESS_MODE": "true", "SERVERLESS_MAX_IDLE_POLLS": "3"}
-    code, output = await run([sys.executable, "-c", MAIN_THEN_SIGNAL, sig.name], env, tmp_path)
+    argv = [sys.executable, "-c", MAIN_THEN_SIGNAL, sig.name]
+    code, output, _ = await run_to_exit(argv, env=env, cwd=tmp_path, stderr_into_stdout=True)
 
     assert "Serverless idle timeout reached" in output
     assert code == 0, output
@@ -82,7 +69,7 @@ async def test_no_sigterm_meets_the_default_action_while_the_supervisor_stops_ta
     the two, the platform's stop meeting the worker's own exit, killed the process (-15 in 31 runs of 40 here)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     argv = [sys.executable, "-c", SWAPS_WHILE_SIGTERMS_ARRIVE, str(SENDS)]
-    code, output = await run(argv, env, tmp_path, timeout_s=60.0)
+    code, output, _ = await run_to_exit(argv, env=env, cwd=tmp_path, timeout_s=60, stderr_into_stdout=True)
 
     # (a loaded machine may fill the loop's wakeup socket: Python's "Exception ignored" lines come before)
     assert (code, output.splitlines()[-1:]) == (0, ["all swapped, the sender exited with 0"]), output[-2000:]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 
 import pytest
 
+from ..conftest import run_to_exit
 from .test_lifecycle import _env
 
 # The worker's main(), then a stop signal to itself: one arriving after the event loop closed, in the process's last
@@ -37,21 +37,6 @@ MAINS_WHILE_SIGTERMS_ARRIVE = (
 )
 
 
-async def run(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str, str]:
-    """Run ``argv`` to its end (killed if it outlives ``timeout_s``): its exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"still running after {timeout_s} s") from None
-    assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-
-
 def worker_env(qm, comfy, tmp_path) -> dict[str, str]:
     return _env(
         QUEUE_MANAGER_URL=qm.url, COMFYUI_URL=comfy.url, OUTPUTS_PATH=tmp_path / "out", HEALTH_PORT=0,
@@ -63,7 +48,8 @@ def worker_env(qm, comfy, tmp_path) -> dict[str, str]:
 async def test_a_stop_signal_after_the_loop_closed_leaves_the_workers_exit_code(qm, comfy, tmp_path, sig):
     """Before: the event loop's close put the stop signals back to their defaults: a SIGTERM then ended the worker
     with -15 (a SIGINT with a KeyboardInterrupt traceback) in place of its exit code 0."""
-    code, _, log = await run([sys.executable, "-c", MAIN_THEN_SIGNAL, sig.name], worker_env(qm, comfy, tmp_path), 30)
+    argv = [sys.executable, "-c", MAIN_THEN_SIGNAL, sig.name]
+    code, _, log = await run_to_exit(argv, env=worker_env(qm, comfy, tmp_path), timeout_s=30)
 
     assert "Serverless idle timeout reached" in log
     assert code == 0, log[-2000:]
@@ -74,6 +60,6 @@ async def test_no_sigterm_meets_the_default_action_on_the_workers_way_out(qm, co
     """Before: from the loop's close to the interpreter's exit the default action was back: a SIGTERM then, the
     platform's stop meeting the worker's own exit, killed the process (-15)."""
     argv = [sys.executable, "-c", MAINS_WHILE_SIGTERMS_ARRIVE, str(SENDS)]
-    code, output, log = await run(argv, worker_env(qm, comfy, tmp_path), timeout_s=60)
+    code, output, log = await run_to_exit(argv, env=worker_env(qm, comfy, tmp_path), timeout_s=60)
 
     assert (code, output) == (0, "all sent, the sender exited with 0 the worker with [0]\n"), log[-2000:]
