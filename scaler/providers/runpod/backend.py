@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 import structlog
 
+from common.http_answers import AnswerTooLarge
 from common.logs import scrubbed_excerpt
 from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import BackendView, FirstSeen, stop_rank
@@ -107,7 +108,7 @@ class RunPodBackend:
                 # At zero every pod is on its way out: no pod's /health is asked (the kill switch, an idle queue).
                 wrote = await self._restart_unhealthy(pods) if self._target() else False
                 wrote |= await self._reconcile(pods if not wrote else await self._our_pods())
-            except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError) as error:
+            except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError, AnswerTooLarge) as error:
                 log.warning("runpod_reconcile_failed", error=_error_text(error))
                 wrote = True
             if wrote:
