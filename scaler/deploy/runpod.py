@@ -21,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.http_answers import AnswerTooLarge
+from common.logs import error_text
 from scaler.deploy.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -297,7 +298,11 @@ async def run(
         elif args.action == "status":
             await print_pods(backend)
         else:
-            await backend.apply(0)  # a stop first: each worker gets its SIGTERM and hands its job back
+            try:
+                await backend.apply(0)  # a stop first: each worker gets its SIGTERM and hands its job back
+            except (RunPodAPIError, AnswerTooLarge, httpx.HTTPError) as error:
+                # A stop refused must not keep the pod from its DELETE below: the delete failed there at every run.
+                print_error(f"{error_text(error)}: the pods left live are terminated without their stop")
             # A stop RunPod accepted but did not carry out leaves the pod live, stopped again at every run: terminated,
             # every one tried whichever fails.
             await backend.observe()

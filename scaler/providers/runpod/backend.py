@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 import structlog
 
+from common.http_answers import AnswerTooLarge
 from common.logs import scrubbed_excerpt
 from scaler.policy import PAUSED, QUOTA_REACHED
 from scaler.providers.base import BackendView, FirstSeen, stop_rank
@@ -107,7 +108,7 @@ class RunPodBackend:
                 # At zero every pod is on its way out: no pod's /health is asked (the kill switch, an idle queue).
                 wrote = await self._restart_unhealthy(pods) if self._target() else False
                 wrote |= await self._reconcile(pods if not wrote else await self._our_pods())
-            except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError) as error:
+            except (RunPodAPIError, CreateUnconfirmedError, httpx.HTTPError, AnswerTooLarge) as error:
                 log.warning("runpod_reconcile_failed", error=_error_text(error))
                 wrote = True
             if wrote:
@@ -115,7 +116,7 @@ class RunPodBackend:
         else:
             # Not told a count yet (a scaler just restarted): nothing is touched, but the pods left running are
             # asked their /health, or they count as 0 ready at the first apply and a drain cuts them at once.
-            await self.health.unhealthy(pod.id for pod in pods if pod.status == "RUNNING")
+            await self.health.unhealthy(pod.id for pod in self._probed(pods))
         live = self._live(pods)
         # Billing begins at creation, as far as the API tells; a pod listed without it, when first listed so.
         replicas = self._first_seen.replicas([(pod.id, pod.created_at) for pod in live], self._clock())
@@ -214,9 +215,15 @@ class RunPodBackend:
         created = await self._create_missing(target - len(live) - len(self._unlisted))
         return created or bool(surplus) or any(terminated)
 
+    def _probed(self, pods: Iterable[Pod]) -> list[Pod]:
+        """The running pods whose /health is asked: not one whose DELETE RunPod answered (accepted, or 404 though
+        listed), which a lagging listing shows RUNNING on; probed, it was stopped and deleted again as unhealthy."""
+        return [pod for pod in pods if pod.status == "RUNNING" and pod.id not in self._terminated_at
+                and pod.id not in self._not_found]
+
     async def _restart_unhealthy(self, pods: list[Pod]) -> bool:
         """What Verda does on failed probes: a pod whose /health says "unhealthy" again and again is replaced."""
-        running = {pod.id: pod for pod in pods if pod.status == "RUNNING"}
+        running = {pod.id: pod for pod in self._probed(pods)}
         judged = await self.health.unhealthy(running)
         for pod_id, reason in judged.items():
             log.warning("runpod_pod_unhealthy", pod=_said(pod_id), reason=_said(reason))

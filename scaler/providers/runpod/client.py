@@ -323,9 +323,12 @@ class RunPodClient:
 
     async def stop_pod(self, pod_id: str) -> Pod | None:
         """POST /pods/{id}/action stop: the container is stopped and compute released; the disk stays (billed)
-        until the pod is terminated. None when the pod's status allows no stop (409) or it is gone (404)."""
+        until the pod is terminated. None when the pod's status allows no stop (409) or it is gone (404). RunPod
+        documents a 204 too, which gives no pod: the pod is then read for its status."""
         try:
             response = await self._request("POST", f"/pods/{quote(pod_id, safe='')}/action", json={"action": "stop"})
+            if response.status_code == 204:
+                return await self.get_pod(pod_id)
         except RunPodAPIError as error:
             if error.status in (404, 409):
                 return None
