@@ -240,7 +240,7 @@ class OutputFileResponse(web.FileResponse):
                 return writer
             if sent < size:  # truncated on the volume meanwhile: the client would wait for the rest until idle
                 log.warning("output_shrank", path=request.path, bytes_sent=start - offset + sent, bytes=count)
-                transport.abort()
+                drop(transport)
                 return writer
         await web.StreamResponse.write_eof(self)
         return writer

@@ -310,8 +310,9 @@ class JobStore:
     """The queue's state. `db_path=None` keeps it in a private temporary file removed on `close()`.
 
     ``storage_fault`` says why the last write failed when the database could not take it (a full disk, say),
-    and is None again once a write succeeds. ``numbered_on_open``: the finished jobs opening the file numbered (all of
-    them in a database from before finish numbers, none later)."""
+    and is None again once a write taking STORAGE_PROBE_BYTES of new room, or probe_storage, succeeds.
+    ``numbered_on_open``: the finished jobs opening the file numbered (all of them in a database from before finish
+    numbers, none later)."""
 
     storage_fault: str | None = None
     numbered_on_open: int = 0
@@ -360,10 +361,13 @@ class JobStore:
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            changes_before = self._conn.total_changes
+            proving = write and self.storage_fault is not None
+            grew = 0
             try:
                 self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                pages_before = self._pages() if proving else 0
                 yield self._conn
+                grew = self._pages() - pages_before if proving else 0
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 # A COMMIT that failed (SQLITE_FULL, say) may leave the transaction open, and every later BEGIN
@@ -373,8 +377,13 @@ class JobStore:
                 if write and isinstance(exc, sqlite3.Error) and is_storage_fault(exc):
                     self.storage_fault = f"{exc} ({exc.sqlite_errorname})"
                 raise
-            if write and self._conn.total_changes > changes_before:  # a pass that wrote nothing proves nothing
+            # A write of a few bytes (a lease pass, a poll) fits in a database too full for a job's: only one that
+            # took as much new room as the probe proves the fault gone.
+            if proving and grew * self._conn.execute("PRAGMA page_size").fetchone()[0] >= STORAGE_PROBE_BYTES:
                 self.storage_fault = None
+
+    def _pages(self) -> int:
+        return self._conn.execute("PRAGMA page_count").fetchone()[0]
 
     # -- user side -------------------------------------------------------------------------------------
 
@@ -868,6 +877,7 @@ class JobStore:
         with self._transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO storage_probe (id, room) VALUES (1, zeroblob(?))",
                          (STORAGE_PROBE_BYTES,))
+        self.storage_fault = None  # its room may be the last probe's freed pages: not counted as growth
         with self._transaction() as conn:
             conn.execute("DELETE FROM storage_probe")
 

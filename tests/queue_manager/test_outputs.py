@@ -425,7 +425,8 @@ async def test_a_file_cut_short_while_it_is_sent_ends_the_download_at_once(
     big = os.urandom(1 << 20) * 32
     job_id, [large] = await completed_job(queue, client, "alice", {"b.mp4": big})
     received = 0
-    with capture_logs() as logs, pytest.raises(httpx.RemoteProtocolError):
+    # reset when the kernel still held some of it for the client, closed otherwise
+    with capture_logs() as logs, pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
         async with (
             httpx.AsyncClient(base_url=queue.url, timeout=10.0) as reading,
             reading.stream("GET", output_url(job_id, large), headers=bearer(tokens["alice"])) as download,
