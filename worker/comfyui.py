@@ -129,6 +129,11 @@ class ComfyUIClient:
         )
         self._ws_session: aiohttp.ClientSession | None = None
 
+    @property
+    def timeout_s(self) -> float:
+        """HTTP_TIMEOUT_S: of each answer, and of each VIEW_PIECE_BYTES of a result file."""
+        return self._timeout_s
+
     async def aclose(self) -> None:
         await self._http.aclose()
         if self._ws_session:

@@ -31,7 +31,7 @@ import structlog
 
 from common.durable import sync, sync_folder
 from common.text import encodes_as_utf8
-from worker.comfyui import ComfyUIClient, ComfyUIUnavailable, FileNotServed
+from worker.comfyui import VIEW_PIECE_BYTES, ComfyUIClient, ComfyUIUnavailable, FileNotServed
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -88,6 +88,11 @@ class OutputsDiskFailed(OutputDeliveryError):
 class OutputsFolderRefused(OutputDeliveryError):
     """Not the job's fault: a folder under OUTPUTS_PATH refused this worker (EACCES, EPERM), one of another uid on
     a shared volume, say. Only some jobs' folders may be so: the worker goes on."""
+
+
+class ComfyUIFolderTooSlow(OutputsFolderRefused):
+    """Not the job's fault: COMFYUI_OUTPUT_DIR (a network volume, say) gave a result more slowly than
+    VIEW_PIECE_BYTES per HTTP timeout. Handed back as a refused folder is: the worker goes on."""
 
 
 class OutputsTooLarge(OutputDeliveryError):
@@ -341,10 +346,12 @@ class OutputDelivery:
             size, digest = await self._copy(item, relative, target, allowance, written_since)
         except _OverAllowance:
             raise self.limits.too_many_bytes(relative) from None
-        except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged) as exc:
+        except (OSError, ComfyUIUnavailable, FileNotServed, _SourceChanged, _SourceTooSlow) as exc:
             problem = f"could not deliver output {relative} of node {item.node_id}: {type(exc).__name__}: {exc}"
             if isinstance(exc, ComfyUIUnavailable):
                 raise ComfyUILostDuringDelivery(problem) from exc
+            if isinstance(exc, _SourceTooSlow):
+                raise ComfyUIFolderTooSlow(problem) from exc
             if isinstance(exc, OSError) and exc.errno in OUR_DISK_ERRORS:
                 raise OutputsDiskFailed(problem) from exc
             raise OutputDeliveryError(problem) from exc
@@ -446,7 +453,9 @@ class OutputDelivery:
         local, older = self._local_source(relative, written_since)
         if local is not None:
             assert self.comfyui_output_dir is not None
-            return await _copy_in_thread(local, target, allowance, self.comfyui_output_dir, self._progressed)
+            return await _copy_in_thread(
+                local, target, allowance, self.comfyui_output_dir, self._progressed, self.comfy.timeout_s
+            )
         out = await self._fetch(item, target, allowance)
         if older is not None:
             await asyncio.to_thread(self._compare_older, older, relative, out.size, out.sha256)
@@ -667,12 +676,41 @@ class _SourceChanged(Exception):
     """The file changed size while it was copied: something is still writing it."""
 
 
+class _SourceTooSlow(Exception):
+    """Less than VIEW_PIECE_BYTES of the file, and not the rest of it, came within the HTTP timeout."""
+
+
+class _SourceClock:
+    """The waits for COMFYUI_OUTPUT_DIR, counted as download() counts ComfyUI's: each VIEW_PIECE_BYTES of a file
+    (or the rest of it) within ``piece_s``. Told once a read returns: one that never does is DELIVERY_STALL_S's."""
+
+    def __init__(self, piece_s: float) -> None:
+        self.piece_s = piece_s
+        self._waited_s = 0.0
+        self._piece = 0
+
+    def timed(self, call: Callable[..., T], *args: Any) -> T:
+        started = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self._waited_s += time.monotonic() - started
+
+    def came(self, size: int) -> None:
+        if self._waited_s > self.piece_s:
+            raise _SourceTooSlow(f"less than {VIEW_PIECE_BYTES >> 20} MiB, and not the whole file, came from "
+                                 f"COMFYUI_OUTPUT_DIR within {self.piece_s:g} s (HTTP_TIMEOUT_S)")
+        self._piece += size
+        if self._piece >= VIEW_PIECE_BYTES:
+            self._waited_s, self._piece = 0.0, 0
+
+
 async def _copy_in_thread(
-    source: Path, target: Path, allowance: int, root: Path, on_progress: Callable[[], None]
+    source: Path, target: Path, allowance: int, root: Path, on_progress: Callable[[], None], piece_s: float
 ) -> tuple[int, str]:
     """The copy runs in a thread; on cancellation it is told to stop after the chunk it is writing."""
     stop = threading.Event()
-    return await _in_thread(_copy_file, source, target, stop, allowance, root, on_progress, on_cancel=stop.set)
+    return await _in_thread(_copy_file, source, target, stop, allowance, root, on_progress, piece_s, on_cancel=stop.set)
 
 
 async def _in_thread(function: Callable[..., T], *args: Any, on_cancel: Callable[[], None] = lambda: None) -> T:
@@ -689,23 +727,26 @@ async def _in_thread(function: Callable[..., T], *args: Any, on_cancel: Callable
 
 
 def _copy_file(
-    source: Path, target: Path, stop: threading.Event, allowance: int, root: Path, on_progress: Callable[[], None]
+    source: Path, target: Path, stop: threading.Event, allowance: int, root: Path, on_progress: Callable[[], None],
+    piece_s: float,
 ) -> tuple[int, str]:
     """The file as it was when opened, or _SourceChanged: a file still being written is not a result, and one
     that grows for ever would hold the job for ever. _OverAllowance before a byte of a file too large is copied.
     OutputDeliveryError when what was opened lies outside ``root``: ComfyUI's custom nodes may swap the file, or
     a folder above it, for a link after _local_source checked it (to /proc/self/environ, which the worker reads
-    and ComfyUI may not), and only the open file tells where it is."""
-    with _open_staged(target, allowance, on_progress) as out, source.open("rb") as src:
+    and ComfyUI may not), and only the open file tells where it is. _SourceTooSlow past ``piece_s`` (_SourceClock)."""
+    clock = _SourceClock(piece_s)
+    with _open_staged(target, allowance, on_progress) as out, clock.timed(source.open, "rb") as src:
         opened = Path(os.readlink(f"/proc/self/fd/{src.fileno()}")) if PROC_FDS.is_dir() else source.resolve()
         if not opened.is_relative_to(root.resolve()):
             raise OutputDeliveryError(f"output {source.name} leads out of ComfyUI's output folder")
         size = os.fstat(src.fileno()).st_size
         if size > allowance:
             raise _OverAllowance
-        while out.size < size and (chunk := src.read(min(CHUNK, size - out.size))):
+        while out.size < size and (chunk := clock.timed(src.read, min(CHUNK, size - out.size))):
             if stop.is_set():
                 raise _CopyCancelled
+            clock.came(len(chunk))
             out.write(chunk)
         if out.size != size or src.read(1):
             raise _SourceChanged(f"{size} bytes when opened, then changed while copied: a node is still writing it")
