@@ -193,6 +193,22 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
         print(f"secret {secret_name}: created from ${env_name}")
 
 
+async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """DeployError naming the setting when Verda offers no such compute (GET /serverless-compute-resources):
+    Verda refuses it only at the deployment's create or update, after the secrets were made."""
+    compute = spec.compute
+    offered = await verda.list_compute_resources()
+    sizes = sorted({size for name, size in offered if name == compute.name})
+    if not sizes:
+        field = "VERDA_COMPUTE" if "VERDA_COMPUTE" in environ else "compute.name"
+        names = ", ".join(sorted({name for name, _ in offered}))
+        raise DeployError(f"{field}: Verda offers no compute {compute.name!r}; the names it offers: {names}")
+    if compute.size not in sizes:
+        field = "VERDA_COMPUTE_SIZE" if "VERDA_COMPUTE_SIZE" in environ else "compute.size"
+        raise DeployError(f"{field}: Verda offers {compute.name} with {', '.join(map(str, sizes))} GPUs per "
+                          f"replica, not {compute.size}")
+
+
 async def print_state(verda: VerdaClient, name: str) -> int:
     """Print status, scaling bounds and replicas; the number of replicas."""
     print(f"status: {shown(await verda.get_status(name))}")
@@ -246,8 +262,10 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
     """Create the deployment, or change only what differs from the spec; print what was done."""
     body = build_body(spec)
     name = body["name"]
-    await ensure_secrets(verda, spec, environ)
     live = await verda.find_deployment(name)
+    if live is None or not _covers(live.get("compute"), body["compute"]):
+        await check_compute(verda, spec, environ)
+    await ensure_secrets(verda, spec, environ)
     created = False
     if live is None:
         live, created = await create(verda, body)
