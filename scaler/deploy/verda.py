@@ -172,19 +172,22 @@ def _already_exists(error: VerdaAPIError) -> bool:
 
 
 async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """Create the missing secrets; DeployError, before any is created, naming each that has no value to be made
+    from."""
     existing = set(await verda.list_secrets())
+    if unset := [
+        f"secrets.{env_name}: Verda secret {secret_name!r} does not exist; set {env_name} to create it"
+        + (WORKER_TOKEN_HINT if env_name == QUEUE_TOKEN_ENV else "")
+        for env_name, secret_name in spec.secrets.items()
+        if secret_name not in existing and not environ.get(env_name)
+    ]:
+        raise DeployError("\n".join(unset))
     for env_name, secret_name in spec.secrets.items():
         if secret_name in existing:
             print(f"secret {secret_name}: exists ({KEPT_AS_IT_IS})")
             continue
-        value = environ.get(env_name)
-        if not value:
-            raise DeployError(
-                f"secrets.{env_name}: Verda secret {secret_name!r} does not exist; set {env_name} to create it"
-                + (WORKER_TOKEN_HINT if env_name == QUEUE_TOKEN_ENV else "")
-            )
         try:
-            await verda.create_secret(secret_name, value)
+            await verda.create_secret(secret_name, environ[env_name])
         except VerdaAPIError as error:
             if not _already_exists(error) or secret_name not in await verda.list_secrets():
                 raise

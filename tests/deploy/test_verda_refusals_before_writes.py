@@ -79,3 +79,19 @@ async def test_a_compute_list_of_the_wrong_shape_exits_1_naming_the_call_before_
     assert await deploy_main([], deploy_env) == 1
     assert "GET /serverless-compute-resources: expected" in capsys.readouterr().err
     assert writes(fake) == []
+
+
+async def test_secrets_with_no_value_are_all_named_before_any_secret_is_created(
+    fake: FakeVerda, deploy_env, tmp_path, capsys
+) -> None:
+    """Before: with QUEUE_MANAGER_TOKEN set and HF_TOKEN (listed after it) unset, the token's secret was created
+    (1 write, a value Verda can never update), then the deploy stopped naming HF_TOKEN. Now: 0 writes, and every
+    secret without a value is named at once."""
+    token = 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"\n'
+    spec = spec_with(tmp_path, token, token + 'HF_TOKEN = "hf-token"\nCIVITAI_TOKEN = "civitai-token"\n')
+    assert await deploy_main(["--spec", str(spec)], deploy_env) == 1
+    err = capsys.readouterr().err
+    assert "secrets.HF_TOKEN: Verda secret 'hf-token' does not exist; set HF_TOKEN to create it" in err
+    assert "secrets.CIVITAI_TOKEN: Verda secret 'civitai-token' does not exist" in err
+    assert writes(fake) == []
+    assert fake.secrets == {}
