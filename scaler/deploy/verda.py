@@ -126,17 +126,22 @@ def describe_changes(changes: dict[str, Any], live: dict[str, Any]) -> str:
     return "; ".join(described)
 
 
-def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    """The PATCH body for an existing deployment: only the top-level keys that differ, {} when none does.
-    Containers keep the names Verda assigned (an update must carry them)."""
+def check_updatable(body: dict[str, Any], live: dict[str, Any]) -> None:
+    """DeployError when the spec cannot update the deployment Verda holds (another number of containers)."""
     live_containers = live.get("containers") or []
     if len(live_containers) != len(body["containers"]):
         raise DeployError(
             f"deployment {body['name']} has {len(live_containers)} containers, the spec {len(body['containers'])};"
             " delete and recreate it to change the number of containers"
         )
+
+
+def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """The PATCH body for an existing deployment: only the top-level keys that differ, {} when none does.
+    Containers keep the names Verda assigned (an update must carry them)."""
+    check_updatable(body, live)
     changes = {key: body[key] for key in DEPLOYMENT_KEYS if not _covers(live.get(key), body[key])}
-    pairs = list(zip(body["containers"], live_containers, strict=True))
+    pairs = list(zip(body["containers"], live.get("containers") or [], strict=True))
     if any(container_differences(wanted, one) for wanted, one in pairs):
         changes["containers"] = [{**wanted, "name": one.get("name")} for wanted, one in pairs]
     return changes
@@ -266,6 +271,8 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
     body = build_body(spec)
     name = body["name"]
     live = await verda.find_deployment(name)
+    if live is not None:
+        check_updatable(body, live)
     if live is None or not _covers(live.get("compute"), body["compute"]):
         await check_compute(verda, spec, environ)
     await ensure_secrets(verda, spec, environ)

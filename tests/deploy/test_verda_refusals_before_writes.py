@@ -95,3 +95,20 @@ async def test_secrets_with_no_value_are_all_named_before_any_secret_is_created(
     assert "secrets.CIVITAI_TOKEN: Verda secret 'civitai-token' does not exist" in err
     assert writes(fake) == []
     assert fake.secrets == {}
+
+
+async def test_a_deployment_the_spec_cannot_update_is_refused_before_any_secret_is_created(
+    fake: FakeVerda, deploy_env, tmp_path, capsys
+) -> None:
+    """A token rotated as docs/deploy-verda.md says (a new secret name) on a deployment given a second container
+    in the console. Before: the new secret was created (1 write), then the deploy stopped: 'has 2 containers, the
+    spec 1'. Now: 0 writes."""
+    assert await deploy_main([], deploy_env) == 0
+    containers = fake.deployments[NAME].body["containers"]
+    containers.append({**containers[0], "name": f"{NAME}-sidecar"})
+    fake.requests.clear()
+    rotated = spec_with(tmp_path, '"comfyui-worker-queue-manager-token"', '"comfyui-worker-queue-manager-token-2"')
+    assert await deploy_main(["--spec", str(rotated)], deploy_env) == 1
+    assert f"deployment {NAME} has 2 containers, the spec 1; delete and recreate it" in capsys.readouterr().err
+    assert writes(fake) == []
+    assert list(fake.secrets) == ["comfyui-worker-queue-manager-token"]
