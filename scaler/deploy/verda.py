@@ -328,11 +328,19 @@ async def run(
 
 
 RUN_AGAIN = "run the same command again later: it sends only what is missing"
+# Verda refused a step of apply that the checks here cannot foresee (say, an SFS volume id or a registry credential
+# the account does not have): the secrets made before it stay, and a run after the fix reuses them.
+REFUSED_PART_WAY = (
+    "what is printed above was done and stays (a secret created is reused, its value as it is): fix what Verda "
+    "names and run the same command again, it sends only what is missing"
+)
 
 
-def _explain(error: VerdaAPIError) -> str:
+def _explain(error: VerdaAPIError, applying: bool) -> str:
     if error.retryable:
         return f"{error}; Verda is failing after retries: {RUN_AGAIN}"
+    if applying and error.status != 401:
+        return f"{error}; {REFUSED_PART_WAY}"
     return str(error)
 
 
@@ -393,7 +401,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(error)
         return EXIT_FAILED
     except VerdaAPIError as error:
-        print_error(_explain(error))
+        print_error(_explain(error, applying=spec is not None))
         return EXIT_FAILED
     except TimeoutError as error:
         print_error(f"{error}; run `./deploy-serverless.sh status` later")

@@ -112,3 +112,21 @@ async def test_a_deployment_the_spec_cannot_update_is_refused_before_any_secret_
     assert f"deployment {NAME} has 2 containers, the spec 1; delete and recreate it" in capsys.readouterr().err
     assert writes(fake) == []
     assert list(fake.secrets) == ["comfyui-worker-queue-manager-token"]
+
+
+async def test_a_create_verda_refuses_after_the_secrets_says_what_stays_and_how_to_finish(
+    fake: FakeVerda, deploy_env, capsys
+) -> None:
+    """What Verda alone checks (an SFS volume id that is not the account's) is refused at the create, the secret
+    made by then. Before: the error was Verda's alone, no word of the secret left behind or how to go on. Now it
+    says both, and the run the operator makes after fixing it creates the deployment, the secret reused."""
+    refusal = {"code": "invalid_request", "message": "volume sfs-models-typo not found"}
+    fake.fail_next("/container-deployments", 400, method="POST", body=refusal)
+    assert await deploy_main([], deploy_env) == 1
+    out, err = capsys.readouterr()
+    assert "secret comfyui-worker-queue-manager-token: created from $QUEUE_MANAGER_TOKEN" in out
+    assert "volume sfs-models-typo not found; what is printed above was done and stays" in err, err
+    assert "fix what Verda names and run the same command again" in err
+    assert await deploy_main([], deploy_env) == 0, capsys.readouterr().err
+    assert NAME in fake.deployments
+    assert len(fake.requests_to("/secrets", "POST")) == 1
