@@ -126,17 +126,22 @@ def describe_changes(changes: dict[str, Any], live: dict[str, Any]) -> str:
     return "; ".join(described)
 
 
-def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    """The PATCH body for an existing deployment: only the top-level keys that differ, {} when none does.
-    Containers keep the names Verda assigned (an update must carry them)."""
+def check_updatable(body: dict[str, Any], live: dict[str, Any]) -> None:
+    """DeployError when the spec cannot update the deployment Verda holds (another number of containers)."""
     live_containers = live.get("containers") or []
     if len(live_containers) != len(body["containers"]):
         raise DeployError(
             f"deployment {body['name']} has {len(live_containers)} containers, the spec {len(body['containers'])};"
             " delete and recreate it to change the number of containers"
         )
+
+
+def deployment_changes(body: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """The PATCH body for an existing deployment: only the top-level keys that differ, {} when none does.
+    Containers keep the names Verda assigned (an update must carry them)."""
+    check_updatable(body, live)
     changes = {key: body[key] for key in DEPLOYMENT_KEYS if not _covers(live.get(key), body[key])}
-    pairs = list(zip(body["containers"], live_containers, strict=True))
+    pairs = list(zip(body["containers"], live.get("containers") or [], strict=True))
     if any(container_differences(wanted, one) for wanted, one in pairs):
         changes["containers"] = [{**wanted, "name": one.get("name")} for wanted, one in pairs]
     return changes
@@ -172,25 +177,44 @@ def _already_exists(error: VerdaAPIError) -> bool:
 
 
 async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """Create the missing secrets; DeployError, before any is created, naming each that has no value to be made
+    from."""
     existing = set(await verda.list_secrets())
+    if unset := [
+        f"secrets.{env_name}: Verda secret {secret_name!r} does not exist; set {env_name} to create it"
+        + (WORKER_TOKEN_HINT if env_name == QUEUE_TOKEN_ENV else "")
+        for env_name, secret_name in spec.secrets.items()
+        if secret_name not in existing and not environ.get(env_name)
+    ]:
+        raise DeployError("\n".join(unset))
     for env_name, secret_name in spec.secrets.items():
         if secret_name in existing:
             print(f"secret {secret_name}: exists ({KEPT_AS_IT_IS})")
             continue
-        value = environ.get(env_name)
-        if not value:
-            raise DeployError(
-                f"secrets.{env_name}: Verda secret {secret_name!r} does not exist; set {env_name} to create it"
-                + (WORKER_TOKEN_HINT if env_name == QUEUE_TOKEN_ENV else "")
-            )
         try:
-            await verda.create_secret(secret_name, value)
+            await verda.create_secret(secret_name, environ[env_name])
         except VerdaAPIError as error:
             if not _already_exists(error) or secret_name not in await verda.list_secrets():
                 raise
             print(f"secret {secret_name}: {RACED} ({KEPT_AS_IT_IS})")
             continue
         print(f"secret {secret_name}: created from ${env_name}")
+
+
+async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """DeployError naming the setting when Verda offers no such compute (GET /serverless-compute-resources):
+    Verda refuses it only at the deployment's create or update, after the secrets were made."""
+    compute = spec.compute
+    offered = await verda.list_compute_resources()
+    sizes = sorted({size for name, size in offered if name == compute.name})
+    if not sizes:
+        field = "VERDA_COMPUTE" if "VERDA_COMPUTE" in environ else "compute.name"
+        names = ", ".join(sorted({name for name, _ in offered}))
+        raise DeployError(f"{field}: Verda offers no compute {compute.name!r}; the names it offers: {names}")
+    if compute.size not in sizes:
+        field = "VERDA_COMPUTE_SIZE" if "VERDA_COMPUTE_SIZE" in environ else "compute.size"
+        raise DeployError(f"{field}: Verda offers {compute.name} with {', '.join(map(str, sizes))} GPUs per "
+                          f"replica, not {compute.size}")
 
 
 async def print_state(verda: VerdaClient, name: str) -> int:
@@ -246,8 +270,12 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
     """Create the deployment, or change only what differs from the spec; print what was done."""
     body = build_body(spec)
     name = body["name"]
-    await ensure_secrets(verda, spec, environ)
     live = await verda.find_deployment(name)
+    if live is not None:
+        check_updatable(body, live)
+    if live is None or not _covers(live.get("compute"), body["compute"]):
+        await check_compute(verda, spec, environ)
+    await ensure_secrets(verda, spec, environ)
     created = False
     if live is None:
         live, created = await create(verda, body)
@@ -300,11 +328,19 @@ async def run(
 
 
 RUN_AGAIN = "run the same command again later: it sends only what is missing"
+# Verda refused a step of apply that the checks here cannot foresee (say, an SFS volume id or a registry credential
+# the account does not have): the secrets made before it stay, and a run after the fix reuses them.
+REFUSED_PART_WAY = (
+    "what is printed above was done and stays (a secret created is reused, its value as it is): fix what Verda "
+    "names and run the same command again, it sends only what is missing"
+)
 
 
-def _explain(error: VerdaAPIError) -> str:
+def _explain(error: VerdaAPIError, applying: bool) -> str:
     if error.retryable:
         return f"{error}; Verda is failing after retries: {RUN_AGAIN}"
+    if applying and error.status != 401:
+        return f"{error}; {REFUSED_PART_WAY}"
     return str(error)
 
 
@@ -365,7 +401,7 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print_error(error)
         return EXIT_FAILED
     except VerdaAPIError as error:
-        print_error(_explain(error))
+        print_error(_explain(error, applying=spec is not None))
         return EXIT_FAILED
     except TimeoutError as error:
         print_error(f"{error}; run `./deploy-serverless.sh status` later")

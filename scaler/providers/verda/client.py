@@ -687,6 +687,19 @@ class VerdaClient:
 
     # --- catalogue ------------------------------------------------------------------------------
 
+    async def list_compute_resources(self) -> list[tuple[str, int]]:
+        """(name, GPUs per replica) of each compute Verda offers serverless containers; any other shape is an
+        error naming the call."""
+        path = "/serverless-compute-resources"
+        data = await self._json("GET", path)
+        if not isinstance(data, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("size"), int) and not isinstance(entry["size"], bool)
+            for entry in data
+        ):
+            raise _unexpected(path, f'expected [{{"name": …, "size": …}}, …], got {scrubbed_excerpt(str(data), 100)}')
+        return [(entry["name"], entry["size"]) for entry in data]
+
     async def list_container_types(self, currency: str = "usd") -> list[ContainerType]:
         """The price list. Any other shape, or a price or GPU count that is no number, is an error naming the field:
         a price of true was read as 1.0 an hour, and a missing one failed as a bare KeyError naming neither."""
