@@ -66,6 +66,9 @@ T = TypeVar("T")
 # Unless SCALER_TICK_DEADLINE_S says otherwise, a tick lasts at most SCALER_INTERVAL_S and never less than this:
 # a Verda tick is 3 reads and a write (plus a token now and then), each answered in well under a second.
 MIN_TICK_DEADLINE_S = 10.0
+# The job lists (wait-target planning) are read within this share of the tick; those not answered by then are left
+# out, and the status alone decides, with the rest of the tick left for the write.
+JOB_LISTS_SHARE = 0.5
 # After SIGTERM a tick under way may finish this long (a write in flight lands), then it is cancelled.
 STOP_GRACE_S = 2.0
 
@@ -81,7 +84,7 @@ class TickDeadlineExceeded(Exception):
 class QueueReader(Protocol):
     async def read(self) -> QueueStatus: ...
 
-    async def read_with_timings(self, now: float) -> QueueStatus: ...
+    async def read_with_timings(self, now: float, lists_by: float | None = None) -> QueueStatus: ...
 
     async def healthy(self) -> bool | None: ...
 
@@ -325,7 +328,9 @@ class ScalerLoop:
         has failed. A platform that answered also gives the policy its count when this process did not leave it."""
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
-        read = self.queue.read() if self.config.target_wait_s is None else self.queue.read_with_timings(self.clock())
+        lists_by = deadline - (1 - JOB_LISTS_SHARE) * self.tick_deadline_s
+        read = (self.queue.read() if self.config.target_wait_s is None
+                else self.queue.read_with_timings(self.clock(), lists_by=lists_by))
         queue, view = await settled([
             self._by(deadline, read, "the queue manager's status"),
             self._by(deadline, self.backend.observe(), "the platform's replicas"),
