@@ -163,6 +163,9 @@ class ScalerLoop:
         # (count before, count written) while a write to the platform is under way: a tick cut short then may
         # have changed the count, in whole or in part (a fleet writes to each of its providers separately).
         self._writing: tuple[int, int] | None = None
+        # The count of the last write that failed: it may have landed all the same (its answer lost, or cut off by
+        # the deadline), and the next read that shows it is that write, not drift.
+        self._write_failed: int | None = None
         self._ticked = False  # this process has decided once: the gap since the saved state's last tick is behind it
         self.last_apply: str | None = None  # the last tick's outcome of writing its count (WROTE, FAILED, ...)
 
@@ -281,6 +284,11 @@ class ScalerLoop:
         an empty queue it pinned the old 3 again and paid a 10-minute interval for each."""
         assert self.last_view is not None
         bounds = self.last_view.bounds
+        if self._write_failed is not None and bounds == (self._write_failed, self._write_failed):
+            log.info("platform_write_landed", count=self._write_failed,
+                     hint="the write reported as failed at the last tick was carried out")
+            self.on_backend = self._write_failed
+        self._write_failed = None
         first, self.counted_from_platform = not self.counted_from_platform, True
         drifted = None not in (bounds, self.on_backend) and bounds != (self.on_backend, self.on_backend)
         if not (first or drifted):
@@ -419,6 +427,7 @@ class ScalerLoop:
             wrote = await self._by(deadline, self.backend.apply(decision.desired), "the platform's write")
         except Exception as exc:
             self.metrics.apply_errors.inc()
+            self._write_failed = decision.desired
             return FAILED, error_text(exc)
         finally:
             self._writing = None
