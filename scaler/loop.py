@@ -66,6 +66,9 @@ T = TypeVar("T")
 # Unless SCALER_TICK_DEADLINE_S says otherwise, a tick lasts at most SCALER_INTERVAL_S and never less than this:
 # a Verda tick is 3 reads and a write (plus a token now and then), each answered in well under a second.
 MIN_TICK_DEADLINE_S = 10.0
+# The job lists (wait-target planning) are read within this share of the tick; those not answered by then are left
+# out, and the status alone decides, with the rest of the tick left for the write.
+JOB_LISTS_SHARE = 0.5
 # After SIGTERM a tick under way may finish this long (a write in flight lands), then it is cancelled.
 STOP_GRACE_S = 2.0
 
@@ -81,7 +84,7 @@ class TickDeadlineExceeded(Exception):
 class QueueReader(Protocol):
     async def read(self) -> QueueStatus: ...
 
-    async def read_with_timings(self, now: float) -> QueueStatus: ...
+    async def read_with_timings(self, now: float, lists_by: float | None = None) -> QueueStatus: ...
 
     async def healthy(self) -> bool | None: ...
 
@@ -160,6 +163,9 @@ class ScalerLoop:
         # (count before, count written) while a write to the platform is under way: a tick cut short then may
         # have changed the count, in whole or in part (a fleet writes to each of its providers separately).
         self._writing: tuple[int, int] | None = None
+        # The count of the last write that failed: it may have landed all the same (its answer lost, or cut off by
+        # the deadline), and the next read that shows it is that write, not drift.
+        self._write_failed: int | None = None
         self._ticked = False  # this process has decided once: the gap since the saved state's last tick is behind it
         self.last_apply: str | None = None  # the last tick's outcome of writing its count (WROTE, FAILED, ...)
 
@@ -278,6 +284,11 @@ class ScalerLoop:
         an empty queue it pinned the old 3 again and paid a 10-minute interval for each."""
         assert self.last_view is not None
         bounds = self.last_view.bounds
+        if self._write_failed is not None and bounds == (self._write_failed, self._write_failed):
+            log.info("platform_write_landed", count=self._write_failed,
+                     hint="the write reported as failed at the last tick was carried out")
+            self.on_backend = self._write_failed
+        self._write_failed = None
         first, self.counted_from_platform = not self.counted_from_platform, True
         drifted = None not in (bounds, self.on_backend) and bounds != (self.on_backend, self.on_backend)
         if not (first or drifted):
@@ -325,7 +336,9 @@ class ScalerLoop:
         has failed. A platform that answered also gives the policy its count when this process did not leave it."""
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
-        read = self.queue.read() if self.config.target_wait_s is None else self.queue.read_with_timings(self.clock())
+        lists_by = deadline - (1 - JOB_LISTS_SHARE) * self.tick_deadline_s
+        read = (self.queue.read() if self.config.target_wait_s is None
+                else self.queue.read_with_timings(self.clock(), lists_by=lists_by))
         queue, view = await settled([
             self._by(deadline, read, "the queue manager's status"),
             self._by(deadline, self.backend.observe(), "the platform's replicas"),
@@ -414,6 +427,7 @@ class ScalerLoop:
             wrote = await self._by(deadline, self.backend.apply(decision.desired), "the platform's write")
         except Exception as exc:
             self.metrics.apply_errors.inc()
+            self._write_failed = decision.desired
             return FAILED, error_text(exc)
         finally:
             self._writing = None

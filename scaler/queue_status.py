@@ -142,11 +142,12 @@ class QueueStatusReader:
             raise QueueStatusError(str(exc)) from None
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def read_with_timings(self, now: float) -> QueueStatus:
+    async def read_with_timings(self, now: float, lists_by: float | None = None) -> QueueStatus:
         """The status plus job ages, run times so far and recent durations from GET /api/jobs.
 
-        The lists only sharpen the plan: when one cannot be read, its timings are left empty (the policy
-        then assumes just-submitted, half-done and default-length jobs) and the status still counts.
+        The lists only sharpen the plan: when one cannot be read, or is not answered by ``lists_by`` (event-loop
+        time), its timings are left empty (the policy then assumes just-submitted, half-done and default-length
+        jobs) and the status still counts.
         """
         status = await self.read()
         queries = {
@@ -154,7 +155,7 @@ class QueueStatusReader:
             "running": {"limit": TIMINGS_LIMIT},
             "completed": {"limit": RECENT_COMPLETIONS, **NEWEST_FIRST},
         }
-        bodies = await asyncio.gather(*(self._job_list(state, query) for state, query in queries.items()))
+        bodies = await asyncio.gather(*(self._job_list(state, query, lists_by) for state, query in queries.items()))
         return replace(status, **job_timings(dict(zip(queries, bodies, strict=True)), now))
 
     async def healthy(self) -> bool | None:
@@ -171,9 +172,10 @@ class QueueStatusReader:
             return None
         return response.status_code == 200 and status in HEALTHY_STATUSES
 
-    async def _job_list(self, state: str, query: dict[str, Any]) -> list[Any]:
+    async def _job_list(self, state: str, query: dict[str, Any], by: float | None) -> list[Any]:
         try:
-            response = await self._get(JOBS_PATH, params={"status": state, **query})
+            async with asyncio.timeout_at(by):
+                response = await self._get(JOBS_PATH, params={"status": state, **query})
             if response.is_error:
                 problem = f"HTTP {response.status_code}: {scrubbed_excerpt(response.text, 100)}"
             else:
@@ -183,6 +185,8 @@ class QueueStatusReader:
                 problem = f"not a list: {scrubbed_excerpt(str(body), 100)}"
         except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge) as exc:
             problem = error_text(exc, 200)
+        except TimeoutError:
+            problem = "no answer within the time the tick leaves the job lists"
         log.warning("queue_job_list_unreadable", peer="queue manager", list=f"GET {JOBS_PATH}?status={state}",
                     error=problem, hint="the counts stand; the plan goes without these jobs' timings (missing "
                     "durations: the median of what is known, else SCALER_DEFAULT_JOB_DURATION_S)")

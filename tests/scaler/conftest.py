@@ -107,7 +107,7 @@ class StubQueue:
             raise self.error
         return QueueStatus(pending_jobs=self.pending, running_jobs=self.running)
 
-    async def read_with_timings(self, now: float) -> QueueStatus:
+    async def read_with_timings(self, now: float, lists_by: float | None = None) -> QueueStatus:
         return await self.read()
 
     async def healthy(self) -> bool | None:
