@@ -60,7 +60,7 @@ class WaitingJobs:
     async def read(self) -> QueueStatus:
         return QueueStatus(pending_jobs=min(WANTED, self.per_tick * self.tick), running_jobs=0)
 
-    async def read_with_timings(self, now: float) -> QueueStatus:
+    async def read_with_timings(self, now: float, lists_by: float | None = None) -> QueueStatus:
         return await self.read()
 
     async def healthy(self) -> bool | None:
