@@ -173,6 +173,8 @@ class FakeRunPod(FakeApi):
         self.capacity: dict[str, int] = {}  # GPU id -> most GPUs of that type placeable at once; absent = unlimited
         self.balance_usd: float | None = None  # None = unlimited; creates answer 402 once billing reaches it
         self.pods: dict[str, FakePod] = {}
+        # The account's other pods (made by hand, by another tool), listed by GET /pods as given, after its own.
+        self.other_pods: list[Any] = []
         self.terminated: dict[str, FakePod] = {}
         self.secrets: dict[str, str] = {}  # RunPod secrets by name, put into a container's env for its references
         # Called at each status change with (pod id, new status, the container's env with secrets resolved):
@@ -444,7 +446,7 @@ class FakeRunPod(FakeApi):
 
     async def _list_pods(self, request: web.Request) -> web.Response:
         listed = [p for p in self.pods.values() if self._clock() - p.created_clock >= self.listing_lag_s]
-        return web.json_response({"pods": [self._pod_json(p) for p in listed]})
+        return web.json_response({"pods": [*(self._pod_json(p) for p in listed), *self.other_pods]})
 
     async def _get_pod(self, request: web.Request) -> web.Response:
         return web.json_response(self._pod_json(self._pod(request)))

@@ -269,9 +269,10 @@ async def check_placement(runpod: RunPodClient, settings: RunPodSettings) -> Non
 
 
 async def print_pods(backend: RunPodBackend) -> None:
-    view = await backend.observe()  # before any apply: reads only
-    print(f"pods: {len(view.replicas)} live (the scaler creates and terminates them)")
-    for pod in backend.pods:
+    # The listing alone: observed, every RUNNING pod's /health was asked too, on port 8000 whatever the spec's.
+    pods = await backend.client.list_pods(backend.own)
+    print(f"pods: {sum(pod.live for pod in pods)} live (the scaler creates and terminates them)")
+    for pod in pods:
         since = pod.created_at.isoformat() if pod.created_at else "?"
         print(f"  {shown(pod.id)} {shown(pod.name)} {shown(pod.status)} ${pod.cost_per_hour:.2f}/h since {since}")
 

@@ -176,7 +176,7 @@ class RunPodBackend:
         return QUOTA_REACHED if self.refusal is not None and wanted else HEALTHY
 
     async def _our_pods(self) -> list[Pod]:
-        pods = [pod for pod in await self.client.list_pods() if self._own.match(pod.name)]
+        pods = await self.client.list_pods(self.own)
         self.pods = tuple(pods)
         listed, now = {pod.name for pod in pods}, self._clock()
         self._unlisted = {name: at for name, at in self._unlisted.items()
@@ -187,6 +187,10 @@ class RunPodBackend:
         self._terminate_again_at = {pod_id: at for pod_id, at in self._terminate_again_at.items() if pod_id in ids}
         self._not_found &= ids
         return pods
+
+    def own(self, name: str) -> bool:
+        """A pod of this backend's, by its name; other pods of the account are never touched."""
+        return self._own.fullmatch(name) is not None
 
     def _live(self, pods: Iterable[Pod]) -> list[Pod]:
         return [pod for pod in pods if pod.live and pod.id not in self._not_found]

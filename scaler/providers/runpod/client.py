@@ -137,10 +137,14 @@ COST_RANGE = f"an hourly cost from 0 to {MAX_PRICE_PER_HOUR:g}"
 _KINDS = {"gpu": "an object", "cost": "a number", "gpu.count": "a whole number"}
 
 
-def listed_pod(data: Any, index: int) -> Pod:
-    """One pod of GET /pods. Its id and name are required: a pod listed without its name is not recognised as the
-    backend's own, and the backend created two more pods at every tick while the listing showed none of them."""
+def listed_pod(data: Any, index: int, ours: Callable[[str], bool]) -> Pod | None:
+    """One pod of GET /pods; None for a pod whose name ``ours`` refuses, read no further: another deployment's pod
+    (made by hand, by another tool) of an odd shape failed the whole listing, and the backend and the kill switch
+    saw none of their own pods. Its id and name are required: a pod listed without its name is not recognised as
+    the backend's own, and the backend created two more pods at every tick while the listing showed none of them."""
     where = f"pods[{index}]"
+    if isinstance(data, dict) and isinstance(data.get("name"), str) and not ours(data["name"]):
+        return None
     for name in ("id", "name") if isinstance(data, dict) else ():
         if not (isinstance(data.get(name), str) and data[name]):
             value = scrubbed_excerpt(repr(data.get(name)), 60)
@@ -268,15 +272,16 @@ class RunPodClient:
 
     # --- pods -----------------------------------------------------------------------------------
 
-    async def list_pods(self) -> list[Pod]:
-        """GET /pods. A list longer than MAX_LISTED_REPLICAS is a broken answer, an error (a failed read), as the
-        Verda client's replica list: charged, it made a tick take minutes."""
-        pods = _field(await self._json("GET", "/pods"), "pods", "GET /pods")
+    async def list_pods(self, ours: Callable[[str], bool] = lambda name: True) -> list[Pod]:
+        """GET /pods: the pods whose name ``ours`` accepts (listed_pod). More than MAX_LISTED_REPLICAS of them is a
+        broken answer, an error (a failed read), as the Verda client's replica list: charged, it made a tick take
+        minutes."""
+        entries = _field(await self._json("GET", "/pods"), "pods", "GET /pods")
+        pods = [pod for index, entry in enumerate(entries) if (pod := listed_pod(entry, index, ours)) is not None]
         if len(pods) > MAX_LISTED_REPLICAS:
             listed = f"{len(pods)} pods listed: more than {MAX_LISTED_REPLICAS} is not a plausible list"
             raise _unexpected("GET /pods", listed)
-        listed = [listed_pod(pod, index) for index, pod in enumerate(pods)]
-        return listed_once(listed, lambda pod: pod.id, peer="RunPod", request="GET /pods")
+        return listed_once(pods, lambda pod: pod.id, peer="RunPod", request="GET /pods")
 
     async def get_pod(self, pod_id: str) -> Pod:
         return pod_from_json(await self._json("GET", f"/pods/{quote(pod_id, safe='')}"), "GET /pods/{id}")
@@ -306,7 +311,7 @@ class RunPodClient:
 
     async def _confirm_created(self, name: str, create_error: Exception) -> Pod | None:
         try:
-            pods = await self.list_pods()
+            pods = await self.list_pods(lambda listed: listed == name)
         except (RunPodAPIError, httpx.TransportError) as list_error:
             raise CreateUnconfirmedError(name, create_error, list_error) from list_error
         return next((pod for pod in pods if pod.name == name), None)
