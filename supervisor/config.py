@@ -106,9 +106,13 @@ class SupervisorSettings(BaseSettings):
         if value.port == 0:
             raise ValueError("needs the port ComfyUI is to listen on, not port 0: the worker could not find it there")
         # The ComfyUI started here serves plain HTTP at the root: the worker would wait out COMFYUI_STARTUP_TIMEOUT_S.
-        if value.scheme == "https" and not _serves_tls(info.data.get("comfyui_extra_args", "")):
+        serves_tls = _serves_tls(info.data.get("comfyui_extra_args", ""))
+        if value.scheme == "https" and not serves_tls:
             raise ValueError("the supervisor starts ComfyUI serving plain HTTP (HTTPS only with --tls-keyfile and "
                              "--tls-certfile in COMFYUI_EXTRA_ARGS): use http://, not https://")
+        if value.scheme == "http" and serves_tls:
+            raise ValueError("COMFYUI_EXTRA_ARGS gives ComfyUI --tls-keyfile and --tls-certfile, so it serves HTTPS: "
+                             "use https://, not http://")
         if (value.path or "/") != "/":
             raise ValueError(f"ComfyUI answers at the root, not at {value.path}: drop the path")
         if value.query is not None or value.fragment is not None:

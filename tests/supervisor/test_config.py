@@ -198,11 +198,13 @@ def test_a_plain_comfyui_url_on_loopback_passes(url: str) -> None:
     assert settings(COMFYUI_URL=url).comfyui_url.host in ("127.0.0.1", "localhost")
 
 
-def test_https_passes_when_comfyui_is_given_a_key_and_a_certificate() -> None:
+def test_https_when_and_only_when_comfyui_is_given_a_key_and_a_certificate() -> None:
     extra = "--tls-keyfile /certs/key.pem --tls-certfile=/certs/cert.pem"
     assert settings(COMFYUI_URL="https://localhost:8188", COMFYUI_EXTRA_ARGS=extra).comfyui_url.scheme == "https"
     with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*https"):
         settings(COMFYUI_URL="https://localhost:8188", COMFYUI_EXTRA_ARGS="--tls-keyfile /certs/key.pem")
+    with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*use https://"):
+        settings(COMFYUI_URL="http://localhost:8188", COMFYUI_EXTRA_ARGS=extra)
 
 
 @pytest.mark.parametrize("extra", ["--cpu --listen 0.0.0.0", "--listen", "--listen=0.0.0.0", "--lis 0.0.0.0",
