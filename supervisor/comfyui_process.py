@@ -17,6 +17,7 @@ import structlog
 from common.children import die_with_parent
 from common.log_writer import QueuedLogWriter
 from common.logs import MAX_LOG_VALUE_CHARS, scrub_all, unblocking
+from common.text import escape_controls
 
 log = structlog.get_logger()
 
@@ -134,11 +135,11 @@ async def _copy_lines(stream: asyncio.StreamReader, sink: TextIO | QueuedLogWrit
             continue
         if not line:
             return
-        # Scrubbed as every other line: ComfyUI prints a workflow's inputs (a presigned URL) in its errors. Cut as
-        # every other log value first: scrubbing a whole 1 MiB line held this event loop (the worker's, the health
-        # server's) for 0.5 s.
+        # Scrubbed, and its control characters escaped, as every other line: ComfyUI prints a workflow's inputs (a
+        # presigned URL, an ESC sequence) in its errors. Cut as every other log value first: scrubbing a whole 1 MiB
+        # line held this event loop (the worker's, the health server's) for 0.5 s.
         text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-        _write_line(sink, scrub_all(text, MAX_LOG_VALUE_CHARS))
+        _write_line(sink, escape_controls(scrub_all(text, MAX_LOG_VALUE_CHARS), keep_lines=True))
 
 
 def _write_line(sink: TextIO | QueuedLogWriter, text: str) -> None:

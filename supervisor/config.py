@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic import AnyHttpUrl, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import (
@@ -41,6 +41,13 @@ COMFYUI_HOST = "127.0.0.1"  # ComfyUI's --listen: loopback only
 # passed through.
 QUEUE_CREDENTIALS = frozenset({QUEUE_TOKEN_ENV, QUEUE_WORKER_TOKEN_ENV, "QUEUE_MANAGER_URL"})
 WITHHELD_FROM_COMFYUI = QUEUE_CREDENTIALS | SCALER_CREDENTIALS
+
+
+def _serves_tls(extra_args: str) -> bool:
+    """Whether COMFYUI_EXTRA_ARGS gives ComfyUI both a key and a certificate: then it serves HTTPS."""
+    names = [arg.partition("=")[0] for arg in shlex.split(extra_args)]
+    return all(any(len(name) > len("--tls-") and option.startswith(name) for name in names)
+               for option in ("--tls-keyfile", "--tls-certfile"))
 
 
 def comfyui_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -91,13 +98,25 @@ class SupervisorSettings(BaseSettings):
 
     @field_validator("comfyui_url")
     @classmethod
-    def _loopback_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+    def _loopback_url(cls, value: AnyHttpUrl, info: ValidationInfo) -> AnyHttpUrl:
         if value.host not in LOOPBACK_HOSTS:
             raise ValueError(
                 f"the supervisor runs ComfyUI on this machine; use http://127.0.0.1:<port>, not {value.host}"
             )
         if value.port == 0:
             raise ValueError("needs the port ComfyUI is to listen on, not port 0: the worker could not find it there")
+        # The ComfyUI started here serves plain HTTP at the root: the worker would wait out COMFYUI_STARTUP_TIMEOUT_S.
+        serves_tls = _serves_tls(info.data.get("comfyui_extra_args", ""))
+        if value.scheme == "https" and not serves_tls:
+            raise ValueError("the supervisor starts ComfyUI serving plain HTTP (HTTPS only with --tls-keyfile and "
+                             "--tls-certfile in COMFYUI_EXTRA_ARGS): use http://, not https://")
+        if value.scheme == "http" and serves_tls:
+            raise ValueError("COMFYUI_EXTRA_ARGS gives ComfyUI --tls-keyfile and --tls-certfile, so it serves HTTPS: "
+                             "use https://, not http://")
+        if (value.path or "/") != "/":
+            raise ValueError(f"ComfyUI answers at the root, not at {value.path}: drop the path")
+        if value.query is not None or value.fragment is not None:
+            raise ValueError("ComfyUI answers at the root: drop the query or fragment (after ? or #)")
         return value
 
     @property

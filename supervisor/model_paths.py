@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from common.durable import replace_whole
@@ -19,10 +20,11 @@ MODEL_FOLDERS = (
 
 def render_model_paths(models_dir: Path) -> str:
     # JSON strings are valid double-quoted YAML scalars: any path is quoted correctly without a YAML library.
+    # Absolute: ComfyUI resolves a relative base_path against this file's folder, not the MODELS_DIR checked at start.
     lines = [
         "# Written by comfy-supervisor at start-up from MODELS_DIR; edits are overwritten.",
         "serverless_models:",
-        f"  base_path: {json.dumps(str(models_dir))}",
+        f"  base_path: {json.dumps(os.path.abspath(models_dir))}",
         "  is_default: true",
         *(f"  {folder}: {json.dumps(folder + '/')}" for folder in MODEL_FOLDERS),
     ]

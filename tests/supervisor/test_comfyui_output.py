@@ -130,3 +130,32 @@ async def test_a_line_longer_than_a_log_value_is_cut_saying_so(monkeypatch: pyte
     assert long_line.endswith("… (cut: 1000030 characters)")
     assert len(long_line) < MAX_LOG_VALUE_CHARS + 100
     assert last == "[comfyui] next"
+
+
+# ComfyUI prints a refused value as the job gave it ("Value not in list: ckpt_name: '<value>' not in [...]").
+PRINTS_A_VALUE_WITH_CONTROL_CHARACTERS = r"""
+import sys
+print("  - Value not in list: ckpt_name: 'a.safetensors\x1b]0;owned\x07\x1b[2J' not in []", file=sys.stderr)
+print("  - Value not in list: image: 'ok.png\rEverything is fine \u202egnp.exe' not in []", file=sys.stderr)
+print("next", file=sys.stderr)
+"""
+
+
+async def test_control_characters_a_job_gave_comfyui_reach_the_log_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every other log line shows a job's control characters escaped (docs/worker.md, LOG_FORMAT); ComfyUI's lines
+    were copied raw: a workflow's value echoed in ComfyUI's error retitled and cleared the terminal of an operator
+    reading `docker logs`, a CR wrote over the line's start, a bidi override reversed what followed."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    comfyui = ComfyUIProcess([sys.executable, "-c", PRINTS_A_VALUE_WITH_CONTROL_CHARACTERS], stop_timeout_s=1)
+    await comfyui.start()
+    try:
+        assert await asyncio.wait_for(comfyui.wait(), 10) == 0
+    finally:
+        await comfyui.stop()
+    lines = [line for line in err.getvalue().split("\n") if line.startswith("[comfyui] ")]
+    assert lines == [
+        r"[comfyui]   - Value not in list: ckpt_name: 'a.safetensors\x1b]0;owned\x07\x1b[2J' not in []",
+        r"[comfyui]   - Value not in list: image: 'ok.png\rEverything is fine \u202egnp.exe' not in []",
+        "[comfyui] next",
+    ]

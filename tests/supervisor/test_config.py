@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,32 @@ def test_port_0_in_comfyui_url_is_refused() -> None:
     COMFYUI_STARTUP_TIMEOUT_S (10 minutes by default) before exiting with "ComfyUI never came up"."""
     with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*port 0"):
         settings(COMFYUI_URL="http://127.0.0.1:0")
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("https://127.0.0.1:8188", "https"), ("http://127.0.0.1:8188/comfyui", "/comfyui"),
+    ("http://localhost:8188/?token=abc", "query"), ("http://127.0.0.1:8188/#top", "fragment"),
+])
+def test_a_comfyui_url_the_comfyui_it_starts_never_answers_is_refused(url: str, named: str) -> None:
+    """The supervisor starts ComfyUI serving plain HTTP at the root. Before: https, a path, a query or a fragment
+    were accepted, and the worker asked at that URL (a TLS handshake ComfyUI cannot answer, `/comfyui/system_stats`
+    a 404) for COMFYUI_STARTUP_TIMEOUT_S (10 minutes by default) before exiting 1 with "ComfyUI never came up"."""
+    with pytest.raises(ConfigError, match=rf"COMFYUI_URL: .*{re.escape(named)}"):
+        settings(COMFYUI_URL=url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8188", "http://127.0.0.1:8188/", "http://localhost:9000"])
+def test_a_plain_comfyui_url_on_loopback_passes(url: str) -> None:
+    assert settings(COMFYUI_URL=url).comfyui_url.host in ("127.0.0.1", "localhost")
+
+
+def test_https_when_and_only_when_comfyui_is_given_a_key_and_a_certificate() -> None:
+    extra = "--tls-keyfile /certs/key.pem --tls-certfile=/certs/cert.pem"
+    assert settings(COMFYUI_URL="https://localhost:8188", COMFYUI_EXTRA_ARGS=extra).comfyui_url.scheme == "https"
+    with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*https"):
+        settings(COMFYUI_URL="https://localhost:8188", COMFYUI_EXTRA_ARGS="--tls-keyfile /certs/key.pem")
+    with pytest.raises(ConfigError, match=r"COMFYUI_URL: .*use https://"):
+        settings(COMFYUI_URL="http://localhost:8188", COMFYUI_EXTRA_ARGS=extra)
 
 
 @pytest.mark.parametrize("extra", ["--cpu --listen 0.0.0.0", "--listen", "--listen=0.0.0.0", "--lis 0.0.0.0",

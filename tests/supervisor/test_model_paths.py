@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +42,16 @@ def test_a_disk_full_mid_write_leaves_the_previous_file_whole(tmp_path: Path) ->
     assert path.read_text() == before
     assert sorted(entry.name for entry in path.parent.iterdir()) == ["extra_model_paths.yaml"]
 
+
+
+def test_a_relative_models_dir_names_the_folder_the_supervisor_checked(tmp_path: Path, monkeypatch) -> None:
+    """ComfyUI resolves a relative base_path against the folder of the YAML file (utils/extra_config.py:
+    os.path.join(yaml_dir, base_path)), not its working directory. Before: MODELS_DIR=models (outside a container)
+    was checked at ./models but written as is, so ComfyUI looked in $SCRATCH_DIR/comfyui/models, found no model,
+    and every job failed 'Value not in list'."""
+    monkeypatch.chdir(tmp_path)
+    path = Path("data") / "comfyui" / "extra_model_paths.yaml"
+    write_model_paths(path, Path("models"))
+    (base_path,) = [line.split(": ", 1)[1] for line in path.read_text().splitlines() if "base_path:" in line]
+    yaml_dir = os.path.dirname(os.path.abspath(path))
+    assert os.path.abspath(os.path.join(yaml_dir, json.loads(base_path))) == str(tmp_path / "models")
