@@ -508,12 +508,12 @@ class OutputDelivery:
         result its cache replayed. Other bytes: the folder is not where this ComfyUI writes (last week's files, an
         old copy, another ComfyUI's), so no file there is this worker's to delete (found_look_alikes)."""
         try:
-            with older.open("rb") as file:
+            with _open_result(older) as file:
                 same_size = os.fstat(file.fileno()).st_size == size
                 if same_size and hashlib.file_digest(file, "sha256").hexdigest() == sha256:
                     self._replays.add(relative)
                     return
-        except OSError:  # gone or unreadable: nothing tells the folder is wrong
+        except (OSError, OutputDeliveryError):  # gone, unreadable or no file: nothing tells the folder is wrong
             return
         if not self.found_look_alikes:
             self.found_look_alikes = True
@@ -736,7 +736,7 @@ def _copy_file(
     a folder above it, for a link after _local_source checked it (to /proc/self/environ, which the worker reads
     and ComfyUI may not), and only the open file tells where it is. _SourceTooSlow past ``piece_s`` (_SourceClock)."""
     clock = _SourceClock(piece_s)
-    with _open_staged(target, allowance, on_progress) as out, clock.timed(source.open, "rb") as src:
+    with _open_staged(target, allowance, on_progress) as out, clock.timed(_open_result, source) as src:
         opened = Path(os.readlink(f"/proc/self/fd/{src.fileno()}")) if PROC_FDS.is_dir() else source.resolve()
         if not opened.is_relative_to(root.resolve()):
             raise OutputDeliveryError(f"output {source.name} leads out of ComfyUI's output folder")
@@ -752,6 +752,24 @@ def _copy_file(
             raise _SourceChanged(f"{size} bytes when opened, then changed while copied: a node is still writing it")
         out.sync()
     return out.size, out.sha256
+
+
+def _open_result(source: Path) -> BinaryIO:
+    """A result file in COMFYUI_OUTPUT_DIR, opened without waiting: a custom node may swap it for a FIFO or a device
+    after _local_source's stat, and a FIFO's open() waits for a writer for ever. OutputDeliveryError unless what
+    was opened is a regular file."""
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputDeliveryError(
+                f"output {source.name} is not a regular file ({stat.filemode(mode)}) in ComfyUI's output folder"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass
