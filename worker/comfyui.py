@@ -32,6 +32,8 @@ MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 # must come within the HTTP timeout as a whole answer must: 32 MiB in 30 s, about 1 MiB/s, where loopback serves
 # 700 MiB/s. A ComfyUI or proxy dripping the file held the job for as long as it dripped.
 VIEW_PIECE_BYTES = 32 << 20
+# A proxy in front of ComfyUI declining to wait for the request (408) or to take it now (429): no word on the file.
+NOT_NOW_STATUSES = frozenset({408, 429})
 # However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
 # gets at least this long: on loopback an answering ComfyUI takes milliseconds.
 MIN_QUESTION_S = 1.0
@@ -58,7 +60,8 @@ class UploadRefused(Exception):
 
 
 class FileNotServed(Exception):
-    """GET /view refused a file the prompt's history names (4xx): the job's output, not ComfyUI, is at fault."""
+    """GET /view refused a file the prompt's history names (4xx but NOT_NOW_STATUSES): the job's output, not
+    ComfyUI, is at fault."""
 
 
 class ReplyTooLarge(Exception):
@@ -380,7 +383,7 @@ class ComfyUIClient:
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
         try:
             async with self._http.stream("GET", "/view", params=params) as response:
-                if response.status_code >= 500:
+                if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
