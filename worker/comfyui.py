@@ -246,9 +246,9 @@ class ComfyUIClient:
 
     async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
         """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
-        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx; ComfyUIUnavailable for no
-        whole answer within the HTTP timeout, a server error (5xx) or an answer not of its shape or past
-        MAX_COMFYUI_MESSAGE_BYTES."""
+        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx but NOT_NOW_STATUSES;
+        ComfyUIUnavailable for no whole answer within the HTTP timeout, a server error (5xx), a proxy's
+        NOT_NOW_STATUSES or an answer not of its shape or past MAX_COMFYUI_MESSAGE_BYTES."""
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:
@@ -261,7 +261,8 @@ class ComfyUIClient:
             ) from None
         except ReplyTooLarge as exc:  # its answer names the file saved: no workflow makes it larger, ComfyUI is broken
             raise ComfyUIUnavailable(str(exc)) from None
-        if 400 <= response.status_code < 500:  # ComfyUI 0.8.0 says nothing more than the status
+        refused = 400 <= response.status_code < 500 and response.status_code not in NOT_NOW_STATUSES
+        if refused:  # ComfyUI 0.8.0 says nothing more than the status
             said = f": {scrubbed_excerpt(response.text, 200)}" if response.content else " with no reason"
             raise UploadRefused(f"ComfyUI refused the image (POST /upload/image answered HTTP "
                                 f"{response.status_code}{said})")
