@@ -32,6 +32,8 @@ MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 # must come within the HTTP timeout as a whole answer must: 32 MiB in 30 s, about 1 MiB/s, where loopback serves
 # 700 MiB/s. A ComfyUI or proxy dripping the file held the job for as long as it dripped.
 VIEW_PIECE_BYTES = 32 << 20
+# A proxy in front of ComfyUI declining to wait for the request (408) or to take it now (429): no word on the file.
+NOT_NOW_STATUSES = frozenset({408, 429})
 # However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
 # gets at least this long: on loopback an answering ComfyUI takes milliseconds.
 MIN_QUESTION_S = 1.0
@@ -58,7 +60,8 @@ class UploadRefused(Exception):
 
 
 class FileNotServed(Exception):
-    """GET /view refused a file the prompt's history names (4xx): the job's output, not ComfyUI, is at fault."""
+    """GET /view refused a file the prompt's history names (4xx but NOT_NOW_STATUSES): the job's output, not
+    ComfyUI, is at fault."""
 
 
 class ReplyTooLarge(Exception):
@@ -243,9 +246,9 @@ class ComfyUIClient:
 
     async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
         """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
-        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx; ComfyUIUnavailable for no
-        whole answer within the HTTP timeout, a server error (5xx) or an answer not of its shape or past
-        MAX_COMFYUI_MESSAGE_BYTES."""
+        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx but NOT_NOW_STATUSES;
+        ComfyUIUnavailable for no whole answer within the HTTP timeout, a server error (5xx), a proxy's
+        NOT_NOW_STATUSES or an answer not of its shape or past MAX_COMFYUI_MESSAGE_BYTES."""
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:
@@ -258,7 +261,8 @@ class ComfyUIClient:
             ) from None
         except ReplyTooLarge as exc:  # its answer names the file saved: no workflow makes it larger, ComfyUI is broken
             raise ComfyUIUnavailable(str(exc)) from None
-        if 400 <= response.status_code < 500:  # ComfyUI 0.8.0 says nothing more than the status
+        refused = 400 <= response.status_code < 500 and response.status_code not in NOT_NOW_STATUSES
+        if refused:  # ComfyUI 0.8.0 says nothing more than the status
             said = f": {scrubbed_excerpt(response.text, 200)}" if response.content else " with no reason"
             raise UploadRefused(f"ComfyUI refused the image (POST /upload/image answered HTTP "
                                 f"{response.status_code}{said})")
@@ -380,7 +384,7 @@ class ComfyUIClient:
         params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
         try:
             async with self._http.stream("GET", "/view", params=params) as response:
-                if response.status_code >= 500:
+                if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")

@@ -231,6 +231,7 @@ class OutputDelivery:
         # inside a write stops moving it, though the event loop, which waits for the copy's thread, is fine.
         self.progressed_at = time.monotonic()
         self._fetched_over_view = False  # said once: with COMFYUI_OUTPUT_DIR wrong it is every file of every job
+        self._said_unreadable = False  # as is a result file there the worker may not read: every job's, likely
         # COMFYUI_OUTPUT_DIR held a file of a result's name with other bytes than ComfyUI served: not its folder
         self.found_look_alikes = False
         # Result files older than their prompt with the bytes ComfyUI served: its cache's replays, so ComfyUI's own
@@ -453,9 +454,12 @@ class OutputDelivery:
         local, older = self._local_source(relative, written_since)
         if local is not None:
             assert self.comfyui_output_dir is not None
-            return await _copy_in_thread(
-                local, target, allowance, self.comfyui_output_dir, self._progressed, self.comfy.timeout_s
-            )
+            try:
+                return await _copy_in_thread(
+                    local, target, allowance, self.comfyui_output_dir, self._progressed, self.comfy.timeout_s
+                )
+            except _Unreadable:  # ComfyUI, another uid, wrote it for itself alone: its /view serves it
+                await self._say_unreadable(local, relative)
         out = await self._fetch(item, target, allowance)
         if older is not None:
             await asyncio.to_thread(self._compare_older, older, relative, out.size, out.sha256)
@@ -503,17 +507,25 @@ class OutputDelivery:
                      file=str(relative), COMFYUI_OUTPUT_DIR=str(self.comfyui_output_dir))  # fmt: skip
         return None, None
 
+    async def _say_unreadable(self, source: Path, relative: PurePosixPath) -> None:
+        if not self._said_unreadable:
+            self._said_unreadable = True
+            owner = await asyncio.to_thread(_ownership, source)
+            log.warning("A result file in COMFYUI_OUTPUT_DIR is not readable by the worker: such results are fetched "
+                        "over /view (said once per worker); let the worker's uid read ComfyUI's files",
+                        COMFYUI_OUTPUT_DIR=str(self.comfyui_output_dir), file=str(relative), owner=owner)  # fmt: skip
+
     def _compare_older(self, older: Path, relative: PurePosixPath, size: int, sha256: str) -> None:
         """A file of a result's name, older than its prompt, in COMFYUI_OUTPUT_DIR. The bytes ComfyUI served: a
         result its cache replayed. Other bytes: the folder is not where this ComfyUI writes (last week's files, an
         old copy, another ComfyUI's), so no file there is this worker's to delete (found_look_alikes)."""
         try:
-            with older.open("rb") as file:
+            with _open_result(older) as file:
                 same_size = os.fstat(file.fileno()).st_size == size
                 if same_size and hashlib.file_digest(file, "sha256").hexdigest() == sha256:
                     self._replays.add(relative)
                     return
-        except OSError:  # gone or unreadable: nothing tells the folder is wrong
+        except (OSError, OutputDeliveryError):  # gone, unreadable or no file: nothing tells the folder is wrong
             return
         if not self.found_look_alikes:
             self.found_look_alikes = True
@@ -672,6 +684,10 @@ class _CopyCancelled(Exception):
     pass
 
 
+class _Unreadable(PermissionError):
+    """A result file in COMFYUI_OUTPUT_DIR refused this worker (EACCES, EPERM): it is fetched over /view instead."""
+
+
 class _SourceChanged(Exception):
     """The file changed size while it was copied: something is still writing it."""
 
@@ -736,7 +752,7 @@ def _copy_file(
     a folder above it, for a link after _local_source checked it (to /proc/self/environ, which the worker reads
     and ComfyUI may not), and only the open file tells where it is. _SourceTooSlow past ``piece_s`` (_SourceClock)."""
     clock = _SourceClock(piece_s)
-    with _open_staged(target, allowance, on_progress) as out, clock.timed(source.open, "rb") as src:
+    with _open_staged(target, allowance, on_progress) as out, clock.timed(_open_result, source) as src:
         opened = Path(os.readlink(f"/proc/self/fd/{src.fileno()}")) if PROC_FDS.is_dir() else source.resolve()
         if not opened.is_relative_to(root.resolve()):
             raise OutputDeliveryError(f"output {source.name} leads out of ComfyUI's output folder")
@@ -752,6 +768,27 @@ def _copy_file(
             raise _SourceChanged(f"{size} bytes when opened, then changed while copied: a node is still writing it")
         out.sync()
     return out.size, out.sha256
+
+
+def _open_result(source: Path) -> BinaryIO:
+    """A result file in COMFYUI_OUTPUT_DIR, opened without waiting: a custom node may swap it for a FIFO or a device
+    after _local_source's stat, and a FIFO's open() waits for a writer for ever. OutputDeliveryError unless what
+    was opened is a regular file; _Unreadable when this worker may not read it."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except PermissionError as exc:
+        raise _Unreadable(exc.errno, exc.strerror, str(source)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputDeliveryError(
+                f"output {source.name} is not a regular file ({stat.filemode(mode)}) in ComfyUI's output folder"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass

@@ -43,13 +43,15 @@ class DrippingFile:
 
 @pytest.fixture
 def dripping_volume(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_open = Path.open
+    import worker.outputs
 
-    def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
-        opened = real_open(path, *args, **kwargs)
-        return DrippingFile(opened) if path.name.startswith("drip") and args[:1] == ("rb",) else opened
+    real_open = worker.outputs._open_result
 
-    monkeypatch.setattr(Path, "open", open_)
+    def open_(path: Path) -> Any:
+        opened = real_open(path)
+        return DrippingFile(opened) if path.name.startswith("drip") else opened
+
+    monkeypatch.setattr(worker.outputs, "_open_result", open_)
 
 
 def result(name: str):
