@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import copy
 import errno
+import glob
 import hashlib
 import heapq
 import itertools
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib import parse
 
 import aiohttp
 import structlog
@@ -255,8 +257,11 @@ class ComfyUISimulator:
         read_only_input: bool = False,
         argv: list[str] | None = None,
         records_kept: int | None = None,
+        user_dir: Path | None = None,
     ) -> None:
         self.output_dir = Path(output_dir).resolve()
+        # ComfyUI's --user-directory: its user data store (/userdata) keeps the default user's files in "default".
+        self.user_dir = Path(user_dir).resolve() if user_dir else self.output_dir.parent / "user"
         self.temp_dir = Path(temp_dir).resolve() if temp_dir else self.output_dir.parent / "temp"
         self.input_dir = Path(input_dir).resolve() if input_dir else self.output_dir.parent / "input"
         self.node_seconds: dict[str, float] = dict(node_seconds or {})
@@ -452,6 +457,10 @@ class ComfyUISimulator:
             ("POST", "/upload/image", self._upload_image),
             ("GET", "/object_info", self._object_info),
             ("GET", "/object_info/{node_class}", self._object_info_one),
+            ("GET", "/userdata", self._list_userdata),
+            ("GET", "/userdata/{file}", self._get_userdata),
+            ("POST", "/userdata/{file}", self._post_userdata),
+            ("DELETE", "/userdata/{file}", self._delete_userdata),
         ]
         middlewares = [self._answer_late, self._lose_connection, self._answer_reshaped]
         app = web.Application(client_max_size=self.max_upload_bytes, middlewares=middlewares)
@@ -751,6 +760,96 @@ class ComfyUISimulator:
             self.uploads_received.append(ReceivedUpload(500, None, 0))
             raise OSError(errno.EROFS, "Read-only file system", str(folder))
 
+    # --- user data: ComfyUI 0.8.0's app/user_manager.py, line for line, for its one user without --multi-user ---
+
+    def _userdata_path(self, file: str | None) -> str | None:
+        """UserManager.get_request_user_filepath: a name with a "%" is unquoted once more (aiohttp unquoted it
+        already), a path leaving the user's folder is None, and the parent folder is made."""
+        user_root = os.path.join(self.user_dir, "default")
+        path = user_root
+        if file is not None:
+            if "%" in file:
+                file = parse.unquote(file)
+            path = os.path.abspath(os.path.join(user_root, file))
+            if os.path.commonpath((user_root, path)) != user_root:
+                return None
+        parent = os.path.split(path)[0]
+        if not os.path.exists(parent):
+            os.makedirs(parent, exist_ok=True)
+        return path
+
+    def _userdata_file(
+        self, request: web.Request, check_exists: bool = False, refuse_existing: bool = False
+    ) -> str | web.Response:
+        """get_user_data_path; refuse_existing: POST's overwrite=false."""
+        file = request.match_info.get("file", None)
+        if not file:
+            return web.Response(status=400)
+        path = self._userdata_path(file)
+        if not path:
+            return web.Response(status=403)
+        if check_exists and not os.path.exists(path):
+            return web.Response(status=404)
+        if refuse_existing and os.path.exists(path):
+            return web.Response(status=409, text="File already exists")
+        return path
+
+    async def _list_userdata(self, request: web.Request) -> web.Response:
+        return self._userdata_listing(request.rel_url.query)
+
+    def _userdata_listing(self, query: Any) -> web.Response:
+        directory = query.get("dir", "")
+        if not directory:
+            return web.Response(status=400, text="Directory not provided")
+        path = self._userdata_path(directory)
+        if not path:
+            return web.Response(status=403, text="Invalid directory")
+        if not os.path.exists(path):
+            return web.Response(status=404, text="Directory not found")
+        recurse = query.get("recurse", "").lower() == "true"
+        full_info = query.get("full_info", "").lower() == "true"
+        split_path = query.get("split", "").lower() == "true"
+        pattern = os.path.join(glob.escape(path), "**", "*") if recurse else os.path.join(glob.escape(path), "*")
+
+        def process_full_path(full_path: str) -> Any:
+            if full_info:
+                return _file_info(full_path, path)
+            rel_path = os.path.relpath(full_path, path).replace(os.sep, "/")
+            return [rel_path, *rel_path.split("/")] if split_path else rel_path
+
+        found = glob.glob(pattern, recursive=recurse)
+        return web.json_response([process_full_path(full) for full in found if os.path.isfile(full)])
+
+    async def _get_userdata(self, request: web.Request) -> web.StreamResponse:
+        path = self._userdata_file(request, check_exists=True)
+        return web.FileResponse(path) if isinstance(path, str) else path
+
+    async def _post_userdata(self, request: web.Request) -> web.Response:
+        path = self._userdata_file(request, refuse_existing=request.query.get("overwrite", "true") == "false")
+        if not isinstance(path, str):
+            return path
+        try:
+            body = await request.read()
+        except OSError:
+            return _invalid_filename()
+        return self._save_userdata(path, body, full_info=request.query.get("full_info", "false").lower() == "true")
+
+    def _save_userdata(self, path: str, body: bytes, *, full_info: bool) -> web.Response:
+        try:
+            with open(path, "wb") as f:
+                f.write(body)
+        except OSError:
+            return _invalid_filename()
+        user_path = os.path.join(self.user_dir, "default")  # get_request_user_filepath(request, None)
+        return web.json_response(_file_info(path, user_path) if full_info else os.path.relpath(path, user_path))
+
+    async def _delete_userdata(self, request: web.Request) -> web.Response:
+        path = self._userdata_file(request, check_exists=True)
+        if not isinstance(path, str):
+            return path
+        os.remove(path)
+        return web.Response(status=204)
+
     # --- websocket ---------------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
@@ -1034,6 +1133,20 @@ class ComfyUISimulator:
         # ComfyUI's classic cache keeps only what the latest prompt used.
         used = set(run.signatures.values())
         self._state.cache = {k: v for k, v in self._state.cache.items() if k in used}
+
+
+def _invalid_filename() -> web.Response:
+    return web.Response(status=400, reason='Invalid filename. Please avoid special characters like :\\/*?"<>|')
+
+
+def _file_info(path: str, relative_to: str) -> dict[str, Any]:
+    """ComfyUI's user_manager.get_file_info."""
+    return {
+        "path": os.path.relpath(path, relative_to).replace(os.sep, "/"),
+        "size": os.path.getsize(path),
+        "modified": os.path.getmtime(path),
+        "created": os.path.getctime(path),
+    }
 
 
 def _without_api_prefix(path: str) -> str:

@@ -36,7 +36,7 @@ from worker.comfyui import (
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
 from worker.execution import Outcome, PromptRun, RunTimings
-from worker.housekeeping import ComfyUIHousekeeping
+from worker.housekeeping import ComfyUIHousekeeping, RecordsUnreadable, RunRecord
 from worker.jobs import (
     InvalidJob,
     Job,
@@ -120,6 +120,8 @@ class Worker:
             outputs_root=settings.outputs_path, max_files=settings.max_job_output_files,
             input_dir=settings.comfyui_input_dir,
         )
+        self.record = RunRecord(self.comfy, settings.worker_id)
+        self._record_writer: asyncio.Task[None] | None = None
         self.deadline = ShutdownDeadline(settings.platform_kill_delay_s)
         self.reporter = Reporter(self.queue, self.state, self.deadline, max_job_attempts=settings.max_job_attempts)
         self.lease = JobLease(self.queue, settings.lease_heartbeat_s)
@@ -209,6 +211,8 @@ class Worker:
         self.state.set_comfyui(True, version)
         self._comfyui_answered_at = time.monotonic()
         log.info("ComfyUI is up", comfyui_version=self.state.comfyui_version)
+        if (code := await self._refuse_a_live_twin()) is not None:
+            return code
         # A worker killed mid-job (a bare comfy-worker; in the image ComfyUI dies with it) left its prompt running:
         # every job of this run would queue behind it, and its result goes to no one. Its history entries and
         # files would stay in ComfyUI for good.
@@ -220,6 +224,29 @@ class Worker:
         self._mark_ready()
         self.state.set_phase(Phase.IDLE)
         return None
+
+    async def _refuse_a_live_twin(self) -> int | None:
+        """None when no other live worker has this WORKER_ID on this ComfyUI (worker/housekeeping.py, RunRecord);
+        otherwise the exit code: its prompts would be stopped and tidied as a killed run's, failing its jobs."""
+        s = self.settings
+        try:
+            async with self.state.beating(self._beat_interval_s):
+                twin = await self._unless_stopped(self.record.twin(self._housekeeping_wait_s))
+        except StoppedWaiting:
+            return self._exit_code()
+        except (RecordsUnreadable, ComfyUIUnavailable, ReplyTooLarge) as exc:
+            log.warning("Could not tell whether another live worker has this WORKER_ID on this ComfyUI: its prompts "
+                        "would be taken for an earlier run's", worker_id=s.worker_id, error=str(exc))  # fmt: skip
+            twin = None
+        if twin is None:
+            self._record_writer = asyncio.create_task(self.record.keep_writing(self._housekeeping_wait_s))
+            return None
+        log.error("Another live worker has this WORKER_ID on this ComfyUI; exiting", worker_id=s.worker_id,
+                  record=twin, fix="give each worker its own WORKER_ID (unset, it is new at every start)")
+        self._exit_reason = (f"another live worker has WORKER_ID {s.worker_id!r} on this ComfyUI: give each worker "
+                             "its own")  # fmt: skip
+        self.state.mark_not_ready(self._exit_reason)
+        return EXIT_CONFIGURATION
 
     async def _stop_prompts_of_an_earlier_run(self) -> None:
         try:
@@ -431,6 +458,12 @@ class Worker:
         self.state.set_phase(Phase.STOPPED)
         self.state.mark_not_ready("stopped")
         await self.events.close()
+        if self._record_writer is not None:
+            self._record_writer.cancel()
+        if self.state.comfyui_up:  # one that stopped answering would hold the exit: its record goes stale instead
+            with contextlib.suppress(TimeoutError):
+                async with self.deadline.bounded():
+                    await self.record.remove(self._housekeeping_wait_s)
         await self.queue.aclose()
         await self.comfy.aclose()
         log.info(
