@@ -53,3 +53,17 @@ async def test_a_resume_whose_if_range_names_another_version_gets_the_whole_file
     else:
         assert answer.content == rewritten
         assert "Content-Range" not in answer.headers
+
+
+@pytest.mark.parametrize("suffix", ["bytes=-0", "bytes=-000"])
+async def test_a_suffix_of_zero_bytes_is_416_not_the_whole_file(
+    served: tuple[QueueManagerServer, httpx.AsyncClient, str], suffix: str
+) -> None:
+    """Before, `Range: bytes=-0` (the last 0 bytes) was answered 206 with the whole file: aiohttp read it as `0-`."""
+    queue, client, alice = served
+    job_id, [path] = await completed_job(queue, client, "alice", {"clip.mp4": IMAGE})
+    answer = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": suffix})
+    assert (answer.status_code, answer.content) == (416, b"")
+    assert answer.headers["Content-Range"] == f"bytes */{len(IMAGE)}"
+    last = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": "bytes=-1"})
+    assert (last.status_code, last.content) == (206, IMAGE[-1:])
