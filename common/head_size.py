@@ -8,6 +8,10 @@ header fields too: they count with their request's head. Past the cap the parser
 and nothing after it: the requests before it are answered, then, unless the parser found one of its own limits
 passed first (400), aiohttp answers 431 (Request Header Fields Too Large) with the reason and closes the
 connection, logged as any malformed request (common/logs.py).
+
+Any request refused, by the cap or the parser, is answered with what was wrong and none of its bytes: aiohttp's
+answer quoted them (a request line over the limit its first 100 bytes, a bad header its whole line, an invalid URL
+all of it), a token in a query or a header among them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from enum import Enum, auto
 from typing import Any
 
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import _ErrInfo  # what aiohttp's protocol answers with an error status, then closes
 
@@ -132,6 +136,12 @@ class HeadLimitedParser:
         self._refused = False
 
     def feed_data(self, data: bytes) -> Any:
+        try:
+            return self._feed(data)
+        except HttpProcessingError as refused:  # answered 400 and the connection closed, as aiohttp does
+            return [(_ErrInfo(status=400, exc=refused, message=refusal_reason(refused)), EMPTY_PAYLOAD)], False, b""
+
+    def _feed(self, data: bytes) -> Any:
         if self._refused:  # the connection closes once the 431 is sent
             return (), False, b""
         try:
@@ -153,6 +163,15 @@ class HeadLimitedParser:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)
+
+
+def refusal_reason(refused: HttpProcessingError) -> str:
+    """What the parser found wrong, without the request: its message quotes the bytes after a colon (`Got more
+    than 16384 bytes when reading: bytearray(b'/api/jobs?token=…`, `Invalid header value char:` then the line on
+    the lines below), and an invalid URL's may be the URL alone."""
+    if isinstance(refused, InvalidURLError):
+        return "Invalid URL in the request line"
+    return refused.message.partition(":")[0].partition("\n")[0].strip() or "Malformed request"
 
 
 def limit_head_size(handler: Any, limit: int) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import errno
 import io
 import os
+import re
 import stat
 from collections.abc import Collection
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict
 
 from common.send_progress import drop
 
@@ -56,6 +58,7 @@ MEDIA_TYPES = {
     ".opus": "audio/opus",
 }
 DOWNLOAD_TYPE = "application/octet-stream"
+EMPTY_SUFFIX = re.compile(r"bytes=-0+", re.ASCII | re.IGNORECASE)  # the last 0 bytes, as aiohttp reads a Range
 # Each step opened without following a link (a link there fails, or is itself what is opened) and for the lookup
 # only (O_PATH: no read permission needed, and no side effect: opening a device node can act on the device). Only a
 # regular file is then opened for reading, through /proc/self/fd/N (that very inode), without waiting.
@@ -245,5 +248,32 @@ class OutputFileResponse(web.FileResponse):
         await web.StreamResponse.write_eof(self)
         return writer
 
+    async def _prepare_open_file(
+        self, request: web.BaseRequest, fobj: Any, st: os.stat_result, file_encoding: str | None
+    ) -> AbstractStreamWriter | None:
+        """FileResponse's, its Range left out unless If-Range, when sent, names the version at hand (RFC 9110
+        13.1.5): aiohttp reads If-Range only as a date, and answered a stale ETag with the new file's bytes. And an
+        empty suffix (`bytes=-0`), which aiohttp reads as the whole file, is unsatisfiable (14.1.1): 416."""
+        if hdrs.RANGE in request.headers and not _if_range_holds(request, st):
+            unranged = CIMultiDict(request.headers)
+            del unranged[hdrs.RANGE]
+            request = request.clone(headers=unranged)
+        elif EMPTY_SUFFIX.fullmatch(request.headers.get(hdrs.RANGE, "")):
+            self.headers[hdrs.CONTENT_RANGE] = f"bytes */{st.st_size}"
+            self.set_status(web.HTTPRequestRangeNotSatisfiable.status_code)
+            return await web.StreamResponse.prepare(self, request)
+        return await super()._prepare_open_file(request, fobj, st, file_encoding)
+
     def _get_file_path_stat_encoding(self, accept_encoding: str) -> tuple[Path | None, os.stat_result, str | None]:
         return super()._get_file_path_stat_encoding("")
+
+
+def _if_range_holds(request: web.BaseRequest, st: os.stat_result) -> bool:
+    """Whether If-Range is absent or names this version of the file: its ETag, compared strongly (a weak one never
+    matches), or a date not before its last change, as aiohttp compares it."""
+    validator = request.headers.get(hdrs.IF_RANGE)
+    if validator is None:
+        return True
+    if (date := request.if_range) is not None:
+        return st.st_mtime <= date.timestamp()
+    return validator.strip() == f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # the ETag FileResponse sends
