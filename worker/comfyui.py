@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -335,6 +336,18 @@ class ComfyUIClient:
 
         return items(payload.get("queue_running")), items(payload.get("queue_pending"))
 
+    async def save_user_file(self, folder: str, name: str, content: bytes, timeout_s: float) -> int:
+        """POST /userdata/{folder}%2F{name}: the file in ComfyUI's per-user store (the default user's), written over;
+        the answer's status (200 saved)."""
+        return (await self._request("POST", _user_file(folder, name), content=content, timeout=timeout_s)).status_code
+
+    async def delete_user_file(self, folder: str, name: str, timeout_s: float) -> None:
+        await self._request("DELETE", _user_file(folder, name), timeout=timeout_s)
+
+    async def list_user_files(self, folder: str, timeout_s: float) -> Reply:
+        """GET /userdata?dir=folder with each file's size and modification time (ComfyUI's clock)."""
+        return await self._request("GET", "/userdata", params={"dir": folder, "full_info": "true"}, timeout=timeout_s)
+
     async def interrupt(self, prompt_id: str) -> None:
         async with self._stream("POST", "/interrupt", json={"prompt_id": prompt_id}):
             pass  # the answer's body says nothing: left unread
@@ -438,3 +451,8 @@ class EventSocket:
 def _why(exc: BaseException) -> str:
     """``Type: text`` of a transport error, scrubbed; httpx gives some (a ReadError on a reset) no text at all."""
     return f"{type(exc).__name__}: {scrub(str(exc)) or 'no detail given'}"
+
+
+def _user_file(folder: str, name: str) -> str:
+    """ComfyUI routes /userdata/{file} on one path segment: the folder's slash goes encoded."""
+    return f"/userdata/{quote(folder, safe='')}%2F{quote(name, safe='')}"

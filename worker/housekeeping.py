@@ -58,32 +58,18 @@ once empty. Two uploads of the same bytes look like one: without `overwrite` Com
 there already), and one written over in the timestamp tick of ours (coarse clocks: Linux before 6.13, FAT, some NFS
 servers) leaves the mtime as it was; that client's file goes with the job. A run killed mid-job leaves them (in the
 image, the default folder is emptied at the container's next start: supervisor/scratch.py).
-
-Prompts marked with this WORKER_ID are an earlier run's only if no other worker of that id is alive on this
-ComfyUI (a copy-pasted WORKER_ID): tidying a live twin's would fail its job. So each run keeps a record of its own
-in ComfyUI's user data store (`/userdata`, RunRecord) and writes it every RECORD_INTERVAL_S; at start, a record of
-another run of its id written again while it looks means a live twin, and the worker refuses to start. A killed
-run's record goes stale: once RECORD_STALE_S older than this run's (both stamped by ComfyUI's disk, so no clock of
-the workers' counts) it is deleted, so a run started right after a kill waits that long at most; a stopped run
-deletes its record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import math
 import os
-import re
 import stat
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import structlog
 
@@ -119,13 +105,6 @@ Doomed = tuple[Path, PurePosixPath, float]  # a folder, a file in it, and when t
 # A file as it is on disk: st_dev, st_ino, st_mtime_ns, st_size. A write over it (ComfyUI's upload of the name
 # opens it "wb") changes the mtime, whatever bytes it writes.
 FileIdentity = tuple[int, int, int, int]
-# The folder of ComfyUI's user data store (the default user's) holding each running worker's record, how often a
-# run writes its own, and how long after its last write a record is a killed run's: a live worker's ComfyUI may
-# answer it late (its event loop busy loading nodes, validating a large workflow), never for that long.
-RECORDS_FOLDER = "comfy-serverless-worker"
-RECORD_INTERVAL_S = 2.0
-RECORD_STALE_S = 10.0
-RECORD_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}\.json")  # the WORKER_ID's digest, the run's id
 
 
 def caches_earlier_prompts(argv: object) -> bool | None:
@@ -565,13 +544,9 @@ def execution_start(status: dict[str, Any]) -> float | None:
     for message in messages:
         if isinstance(message, list) and len(message) == 2 and message[0] == "execution_start":
             stamp = message[1].get("timestamp") if isinstance(message[1], dict) else None
-            if _finite_number(stamp):
+            if isinstance(stamp, int | float) and not isinstance(stamp, bool) and math.isfinite(stamp):
                 return stamp / 1000
     return None
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _known(sent_at: float | None) -> float:
@@ -599,101 +574,3 @@ def _named(outputs: dict[str, Any], folder_type: str) -> set[PurePosixPath]:
             log.warning("Not deleting a file ComfyUI named unsafely", error=str(exc))
     return names
 
-
-class RecordsUnreadable(Exception):
-    """ComfyUI did not keep or list the records (an older ComfyUI, --multi-user, a read-only user folder)."""
-
-
-class RunRecord:
-    """This run's record in ComfyUI's user data store (see the module's docstring): its name is the WORKER_ID's
-    digest and a run id, its modification time (ComfyUI's) the run's latest sign of life."""
-
-    def __init__(
-        self, comfy: ComfyUIClient, worker_id: str, *,
-        interval_s: float = RECORD_INTERVAL_S, stale_s: float = RECORD_STALE_S,
-    ) -> None:
-        self.comfy = comfy
-        self.interval_s = interval_s
-        self.stale_s = stale_s
-        self._prefix = hashlib.sha256(worker_id.encode()).hexdigest()[:16] + "-"
-        self.name = f"{self._prefix}{uuid4().hex}.json"
-        self._body = json.dumps({"worker_id": worker_id}).encode()
-        self.written = False
-
-    async def twin(self, timeout_s: float) -> str | None:
-        """Whether another run of this WORKER_ID is alive on this ComfyUI: the name of its record, whose time moved
-        on while this run looked; None once every other record of the id is stale (deleted, as are stale records
-        of other ids). RecordsUnreadable when ComfyUI cannot tell. Each question gets timeout_s."""
-        seen: dict[str, float] = {}
-        give_up_at = time.monotonic() + self.stale_s + 2 * self.interval_s
-        while True:
-            await self.write(timeout_s)
-            records = await self._list(timeout_s)
-            now = records.get(self.name)
-            if now is None:
-                raise RecordsUnreadable(f"ComfyUI's GET /userdata does not list {self.name}, just written")
-            fresh = {}
-            for name, written in records.items():
-                if name == self.name:
-                    continue
-                if now - written >= self.stale_s:
-                    await self._delete(name, timeout_s)
-                elif name.startswith(self._prefix):
-                    fresh[name] = written
-            if moved := sorted(name for name, written in fresh.items() if written > seen.get(name, math.inf)):
-                return moved[0]
-            if not fresh:
-                return None
-            if time.monotonic() > give_up_at:  # this run's record stays as old: a disk whose times stand still
-                raise RecordsUnreadable(f"a record of another run did not go stale in {self.stale_s:g} s")
-            seen = fresh
-            await asyncio.sleep(self.interval_s)
-
-    async def keep_writing(self, timeout_s: float) -> None:
-        """Write the record every interval_s until cancelled; a write that fails is tried again at the next."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.write(timeout_s)
-            except (RecordsUnreadable, ComfyUIUnavailable, ReplyTooLarge):
-                continue
-
-    async def write(self, timeout_s: float) -> None:
-        reply = await self.comfy._request("POST", self._path(self.name), content=self._body, timeout=timeout_s)
-        if reply.status_code != 200:
-            raise RecordsUnreadable(f"ComfyUI's POST /userdata answered HTTP {reply.status_code}")
-        self.written = True
-
-    async def remove(self, timeout_s: float) -> None:
-        """At the run's end: a later run of this id need not wait for the record to go stale."""
-        if self.written:
-            await self._delete(self.name, timeout_s)
-
-    async def _delete(self, name: str, timeout_s: float) -> None:
-        """Best effort: a record left is stale again at the next look, and a missing one is gone already."""
-        with contextlib.suppress(ComfyUIUnavailable, ReplyTooLarge):
-            await self.comfy._request("DELETE", self._path(name), timeout=timeout_s)
-
-    async def _list(self, timeout_s: float) -> dict[str, float]:
-        """Each record's name and modification time (ComfyUI's clock)."""
-        params = {"dir": RECORDS_FOLDER, "full_info": "true"}
-        reply = await self.comfy._request("GET", "/userdata", params=params, timeout=timeout_s)
-        if reply.status_code != 200:
-            raise RecordsUnreadable(f"ComfyUI's GET /userdata answered HTTP {reply.status_code}")
-        try:
-            listed = reply.json()
-        except ValueError:
-            listed = None
-        records = {}
-        for item in listed if isinstance(listed, list) else [None]:
-            path = item.get("path") if isinstance(item, dict) else None
-            modified = item.get("modified") if isinstance(item, dict) else None
-            if not isinstance(path, str) or not _finite_number(modified):
-                raise RecordsUnreadable("ComfyUI's GET /userdata answered a list of another shape")
-            if RECORD_NAME.fullmatch(path):  # only records are deleted: no other file's name reaches a URL
-                records[path] = float(modified)
-        return records
-
-    @staticmethod
-    def _path(name: str) -> str:
-        return f"/userdata/{RECORDS_FOLDER}%2F{name}"

@@ -36,7 +36,7 @@ from worker.comfyui import (
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
 from worker.execution import Outcome, PromptRun, RunTimings
-from worker.housekeeping import ComfyUIHousekeeping, RecordsUnreadable, RunRecord
+from worker.housekeeping import ComfyUIHousekeeping
 from worker.jobs import (
     InvalidJob,
     Job,
@@ -61,6 +61,7 @@ from worker.outputs import (
 )
 from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_reason
 from worker.reports import Report, Reporter
+from worker.run_record import RecordsUnreadable, RunRecord
 from worker.state import Phase, WorkerState
 
 log = structlog.get_logger()
@@ -226,7 +227,7 @@ class Worker:
         return None
 
     async def _refuse_a_live_twin(self) -> int | None:
-        """None when no other live worker has this WORKER_ID on this ComfyUI (worker/housekeeping.py, RunRecord);
+        """None when no other live worker has this WORKER_ID on this ComfyUI (worker/run_record.py);
         otherwise the exit code: its prompts would be stopped and tidied as a killed run's, failing its jobs."""
         s = self.settings
         try:

@@ -1,6 +1,6 @@
 """ComfyUI's user data store (`/userdata`), as ComfyUI 0.8.0's app/user_manager.py has it for its one user without
 --multi-user (no recording: read from its source, routed by the aiohttp ComfyUI runs on): the worker keeps its
-run's record there (worker/housekeeping.py, RunRecord)."""
+run's record there (worker/run_record.py)."""
 
 from __future__ import annotations
 

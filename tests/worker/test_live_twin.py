@@ -1,6 +1,6 @@
 """Two workers given the same WORKER_ID on one ComfyUI (a copy-pasted environment): the second must not take the
-first's prompts for a killed run's. Each run keeps a record in ComfyUI's user data store (worker/housekeeping.py,
-RunRecord); against the ComfyUI stand-in, whose /userdata is ComfyUI 0.8.0's (tests/standins/test_userdata.py)."""
+first's prompts for a killed run's. Each run keeps a record in ComfyUI's user data store (worker/run_record.py);
+against the ComfyUI stand-in, whose /userdata is ComfyUI 0.8.0's (tests/standins/test_userdata.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from standins.comfyui import ComfyUISimulator
 from worker.comfyui import ComfyUIClient
-from worker.housekeeping import RECORDS_FOLDER, RunRecord
+from worker.run_record import RECORDS_FOLDER, RunRecord
 
 from ..conftest import wait_for
 
