@@ -209,6 +209,11 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
     sizes = sorted({size for name, size in offered if name == compute.name})
     if not sizes:
         field = "VERDA_COMPUTE" if "VERDA_COMPUTE" in environ else "compute.name"
+        if not offered:
+            raise DeployError(f"{field}: Verda lists no compute for serverless containers (GET "
+                              "/serverless-compute-resources answered an empty list), so none can be deployed: check "
+                              "in the console that the account can run serverless containers, and that VERDA_API_URL "
+                              "(if set) is Verda's API; nothing was written")
         names = ", ".join(sorted({name for name, _ in offered}))
         raise DeployError(f"{field}: Verda offers no compute {compute.name!r}; the names it offers: {names}")
     if compute.size not in sizes:
