@@ -203,10 +203,11 @@ async def ensure_secrets(verda: VerdaClient, spec: DeploymentSpec, environ: Mapp
 
 async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
     """DeployError naming the setting when Verda offers no such compute (GET /serverless-compute-resources):
-    Verda refuses it only at the deployment's create or update, after the secrets were made."""
+    Verda refuses it only at the deployment's create or update, after the secrets were made. One listed as not
+    available is deployed, with a warning: what Verda does with it is undocumented."""
     compute = spec.compute
     offered = await verda.list_compute_resources()
-    sizes = sorted({size for name, size in offered if name == compute.name})
+    sizes = sorted({one.size for one in offered if one.name == compute.name})
     if not sizes:
         field = "VERDA_COMPUTE" if "VERDA_COMPUTE" in environ else "compute.name"
         if not offered:
@@ -214,12 +215,15 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
                               "/serverless-compute-resources answered an empty list), so none can be deployed: check "
                               "in the console that the account can run serverless containers, and that VERDA_API_URL "
                               "(if set) is Verda's API; nothing was written")
-        names = ", ".join(sorted({name for name, _ in offered}))
+        names = ", ".join(sorted({one.name for one in offered}))
         raise DeployError(f"{field}: Verda offers no compute {compute.name!r}; the names it offers: {names}")
     if compute.size not in sizes:
         field = "VERDA_COMPUTE_SIZE" if "VERDA_COMPUTE_SIZE" in environ else "compute.size"
         raise DeployError(f"{field}: Verda offers {compute.name} with {', '.join(map(str, sizes))} GPUs per "
                           f"replica, not {compute.size}")
+    if not any(one.available for one in offered if (one.name, one.size) == (compute.name, compute.size)):
+        print(f"warning: Verda lists {shown(compute.name)} with {compute.size} GPUs per replica as not available now: "
+              "replicas may not start until it is; deploying anyway", file=sys.stderr)
 
 
 async def print_state(verda: VerdaClient, name: str) -> int:

@@ -106,6 +106,13 @@ class Replica:
 
 
 @dataclass(frozen=True)
+class ComputeResource:
+    name: str
+    size: int
+    available: bool  # is_available; what Verda does with a compute listed unavailable is undocumented
+
+
+@dataclass(frozen=True)
 class ContainerType:
     name: str
     model: str
@@ -687,9 +694,9 @@ class VerdaClient:
 
     # --- catalogue ------------------------------------------------------------------------------
 
-    async def list_compute_resources(self) -> list[tuple[str, int]]:
-        """(name, GPUs per replica) of each compute Verda offers serverless containers; any other shape is an
-        error naming the call."""
+    async def list_compute_resources(self) -> list[ComputeResource]:
+        """Each compute Verda offers serverless containers (name, GPUs per replica, whether available now: only an
+        is_available of false reads as not); any other shape is an error naming the call."""
         path = "/serverless-compute-resources"
         data = await self._json("GET", path)
         if not isinstance(data, list) or not all(
@@ -698,7 +705,7 @@ class VerdaClient:
             for entry in data
         ):
             raise _unexpected(path, f'expected [{{"name": …, "size": …}}, …], got {scrubbed_excerpt(str(data), 100)}')
-        return [(entry["name"], entry["size"]) for entry in data]
+        return [ComputeResource(entry["name"], entry["size"], entry.get("is_available") is not False) for entry in data]
 
     async def list_container_types(self, currency: str = "usd") -> list[ContainerType]:
         """The price list. Any other shape, or a price or GPU count that is no number, is an error naming the field:
