@@ -34,12 +34,13 @@ class QueuedLogWriter:
         self._lines: collections.deque[str] = collections.deque()
         self._queued_chars = 0
         self._dropped = 0
+        self._reporting = False
         self._changed = threading.Condition(threading.RLock())
         threading.Thread(target=self._write_forever, name="log-writer", daemon=True).start()
 
     def write(self, line: str) -> None:
         with self._changed:
-            if self._queued_chars + len(line) > self._max_queued_chars:
+            if self._queued_chars + len(line) > self._max_queued_chars and not self._reporting:
                 self._dropped += 1
                 return
             self._lines.append(line)
@@ -50,8 +51,14 @@ class QueuedLogWriter:
         """Nothing to do: the thread writes every line in order (for callers that flush a text stream)."""
 
     def wait_written(self, timeout_s: float = EXIT_FLUSH_S) -> bool:
-        """Whether every line queued was written within ``timeout_s``."""
+        """Whether every line queued was written within ``timeout_s`` (at exit). Lines dropped and not yet reported
+        are reported before the last line queued, which the process wrote last (its shutdown line, say): after it,
+        an operator reading the tail took the report for the process's last word."""
         with self._changed:
+            if self._dropped and len(self._lines) > 1:  # the first may be being written
+                last = self._lines.pop()
+                self._report()
+                self._lines.append(last)
             return self._changed.wait_for(lambda: not self._lines, timeout_s)
 
     def _write_forever(self) -> None:
@@ -67,9 +74,16 @@ class QueuedLogWriter:
                 self._lines.popleft()
                 self._queued_chars -= len(line)
                 if self._dropped and not self._lines:
-                    dropped, self._dropped = self._dropped, 0
-                    self._report_dropped(dropped)
+                    self._report()
                 self._changed.notify_all()
+
+    def _report(self) -> None:
+        """The count of lines dropped, logged through write() (the lock is reentrant) and queued whatever the room."""
+        dropped, self._dropped, self._reporting = self._dropped, 0, True
+        try:
+            self._report_dropped(dropped)
+        finally:
+            self._reporting = False
 
     def _write(self, data: bytes) -> None:
         # Lost if it cannot be written (a full disk, a reader gone: EPIPE), as the logging module's handlers do.

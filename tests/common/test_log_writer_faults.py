@@ -1,0 +1,68 @@
+"""The queued log writer (common.log_writer) against readers that stall, then read, and other faults of the file
+it writes to; each case a real process writing to a real pipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.log_writer import MAX_QUEUED_CHARS
+
+REPO = Path(__file__).resolve().parents[2]
+LINES = 2 * MAX_QUEUED_CHARS // 200  # twice what the queue holds
+# Says "exiting" on fd SAY_FD once the exit waits for the log's reader, its lines queued as they will be written:
+# the reader starts then, not before (it would write them out before the exit comes to them).
+_SAY_WHEN_EXIT_WAITS = """
+def _say_when_exit_waits(frame, event, arg):
+    if event == "call" and frame.f_code.co_name == "wait_written":
+        sys.setprofile(None)
+        os.write(SAY_FD, b"exiting\\n")
+sys.setprofile(_say_when_exit_waits)
+"""
+
+_OVERFLOW_THEN_EXIT = f"""
+import os, structlog, sys
+SAY_FD = 1
+from common.logs import configure_logging
+configure_logging("json", "info")
+log = structlog.get_logger()
+for i in range({LINES}):
+    log.info("Filler", i=i, pad="x" * 200)
+print("logged", flush=True)
+sys.stdin.readline()
+log.info("Worker shutdown complete")
+{_SAY_WHEN_EXIT_WAITS}"""
+
+
+def _start(code: str, **kwargs) -> subprocess.Popen:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    kwargs = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, **kwargs)
+
+
+def test_lines_dropped_are_reported_before_the_last_line_written_at_exit() -> None:
+    """stderr read only once the process logged its last line: before, the report of the lines dropped came after
+    "Worker shutdown complete", the tail reading as if the process went on past its shutdown."""
+    child = _start(_OVERFLOW_THEN_EXIT, stdin=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"logged\n"  # stderr unread until now: the queue overflowed
+        head = b""
+        while len(head) < 1 << 20:  # room for the last line, the queue far from written out
+            head += os.read(child.stderr.fileno(), 1 << 16)  # unbuffered: communicate reads the rest from the fd
+        child.stdin.write(b"\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == b"exiting\n"  # stderr unread until the exit waits for it
+        _, rest = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    err = head + rest
+    assert child.returncode == 0, err[-2000:]
+    records = [json.loads(line) for line in err.splitlines()]
+    fillers = [record["i"] for record in records if record["event"] == "Filler"]
+    assert 0 < len(fillers) < LINES
+    assert records[-2]["event"] == "Log lines dropped: the log's reader fell behind"
+    assert records[-2]["dropped"] == LINES - len(fillers)
+    assert records[-1]["event"] == "Worker shutdown complete"
