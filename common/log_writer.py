@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -89,4 +90,12 @@ class QueuedLogWriter:
         # Lost if it cannot be written (a full disk, a reader gone: EPIPE), as the logging module's handlers do.
         with contextlib.suppress(OSError):
             while data:
-                data = data[os.write(self.fd, data) :]
+                try:
+                    data = data[os.write(self.fd, data) :]
+                except BlockingIOError:  # set non-blocking by a process sharing the file: wait for room
+                    self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        poll = select.poll()
+        poll.register(self.fd, select.POLLOUT)
+        poll.poll()

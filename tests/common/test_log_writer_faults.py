@@ -3,10 +3,14 @@ it writes to; each case a real process writing to a real pipe."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 from common.log_writer import MAX_QUEUED_CHARS
@@ -66,3 +70,30 @@ def test_lines_dropped_are_reported_before_the_last_line_written_at_exit() -> No
     assert records[-2]["event"] == "Log lines dropped: the log's reader fell behind"
     assert records[-2]["dropped"] == LINES - len(fillers)
     assert records[-1]["event"] == "Worker shutdown complete"
+
+
+def _bytes_waiting(read_end: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(read_end, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_a_non_blocking_log_pipe_full_for_a_while_loses_no_line() -> None:
+    """stderr a pipe another process set non-blocking (O_NONBLOCK is shared by all who hold it): before, once it was
+    full each write failed with EAGAIN and the line was lost, uncounted (3001 lines logged, 209 arrived); now the
+    writer waits for room, as a blocking pipe makes it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    child = _start(_OVERFLOW_THEN_EXIT.replace(f"range({LINES})", "range(3000)"), stderr=write_end)
+    os.close(write_end)
+    with open(read_end, "rb") as logged:
+        try:
+            assert child.stdout.readline() == b"logged\n"
+            full = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) - 4096
+            deadline = time.monotonic() + 30
+            while _bytes_waiting(read_end) < full and time.monotonic() < deadline:
+                time.sleep(0.05)
+            err = logged.read()
+            assert child.wait(timeout=30) == 0
+        finally:
+            child.kill()
+    events = [(record["event"], record.get("i")) for record in map(json.loads, err.splitlines())]
+    assert events == [*(("Filler", i) for i in range(3000)), ("Worker shutdown complete", None)]
