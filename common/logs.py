@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
-from common.log_writer import QueuedLogWriter
+from common.log_writer import EXIT_FLUSH_S, QueuedLogWriter
 from common.text import escape_controls
 from common.urls import name_words, names_a_credential, redact_urls_in
 
@@ -177,9 +177,9 @@ def _queued(stream) -> QueuedLogWriter:
     if file not in _writers:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # what was written to it before comes first
-        writer = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
-        atexit.register(writer.wait_written)  # early: it runs after the exit handlers that log (_quiet_…)
-        _writers[file] = writer
+        if not _writers:
+            atexit.register(flush_logs)  # early: it runs after the exit handlers that log (_quiet_…)
+        _writers[file] = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
     return _writers[file]
 
 
@@ -190,9 +190,11 @@ def unblocking(stream):
 
 
 def flush_logs() -> None:
-    """The lines still queued written, EXIT_FLUSH_S at most: before os._exit, which runs no exit handler."""
+    """The lines still queued written, EXIT_FLUSH_S at most for all the files together (each its own, stdout and
+    stderr stalled made it twice that): at exit, and before os._exit, which runs no exit handler."""
+    deadline = time.monotonic() + EXIT_FLUSH_S
     for writer in list(_writers.values()):
-        writer.wait_written()
+        writer.wait_written(max(0.0, deadline - time.monotonic()))
 
 
 def _report_dropped(dropped: int) -> None:

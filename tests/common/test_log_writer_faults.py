@@ -13,7 +13,7 @@ import termios
 import time
 from pathlib import Path
 
-from common.log_writer import MAX_QUEUED_CHARS
+from common.log_writer import EXIT_FLUSH_S, MAX_QUEUED_CHARS
 
 REPO = Path(__file__).resolve().parents[2]
 LINES = 2 * MAX_QUEUED_CHARS // 200  # twice what the queue holds
@@ -97,3 +97,29 @@ def test_a_non_blocking_log_pipe_full_for_a_while_loses_no_line() -> None:
             child.kill()
     events = [(record["event"], record.get("i")) for record in map(json.loads, err.splitlines())]
     assert events == [*(("Filler", i) for i in range(3000)), ("Worker shutdown complete", None)]
+
+
+_FOUR_STALLED_LOGS = """
+import os, sys
+from common.logs import unblocking
+pipes = []
+for _ in range(4):
+    pipes.append(pipe := [os.fdopen(end, mode) for end, mode in zip(os.pipe(), "rw")])  # kept open: never read
+    sink = unblocking(pipe[1])
+    for _ in range(1000):
+        sink.write("y" * 200 + "\\n")  # 200 KB: a pipe takes 64 KiB
+print("logged", flush=True)
+sys.exit(7)
+"""
+
+
+def test_exit_waits_for_stalled_logs_exit_flush_s_in_all_not_each() -> None:
+    """Logs no one reads in several files (stdout and stderr separate pipes to a stalled collector): each file's
+    lines were given EXIT_FLUSH_S in turn, 4 files 20 s to exit, past a platform's stop grace (10 s) and killed;
+    now EXIT_FLUSH_S for them all, and the exit code kept."""
+    child = _start(_FOUR_STALLED_LOGS, stderr=subprocess.DEVNULL)
+    try:
+        assert child.stdout.readline() == b"logged\n"
+        assert child.wait(timeout=3 * EXIT_FLUSH_S) == 7  # before: TimeoutExpired
+    finally:
+        child.kill()
