@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -186,7 +187,14 @@ def _queued(stream) -> QueuedLogWriter:
 def unblocking(stream):
     """Where to write whole lines meant for ``stream`` without ever blocking the caller (a reader that stalls):
     its file's queued writer, shared with the log lines, so they stay in order; in memory, ``stream`` itself."""
+    stream = stream or _nowhere()  # started with it closed (`>&-`): Python's sys.stdout is None
     return _queued(stream) if _writes_to_a_file(stream) else stream
+
+
+@functools.cache
+def _nowhere():
+    """Where lines go that are meant for a stream the process was started without: one file, whoever asks."""
+    return open(os.devnull, "w")  # open for as long as the process logs
 
 
 def flush_logs() -> None:
@@ -203,7 +211,7 @@ def _report_dropped(dropped: int) -> None:
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
     # No stderr (started with it closed, `2>&-`): Python's sys.stderr is None, and the lines go nowhere.
-    stream = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - open for as long as the process logs
+    stream = stream or sys.stderr or _nowhere()
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     # Written by a thread of its own: a reader that stops reading (a pipe full) must not block the event loop.
     # Into memory (a test, a bench reading its own lines), each line is there at once.

@@ -123,3 +123,39 @@ def test_exit_waits_for_stalled_logs_exit_flush_s_in_all_not_each() -> None:
         assert child.wait(timeout=3 * EXIT_FLUSH_S) == 7  # before: TimeoutExpired
     finally:
         child.kill()
+
+
+_COMFYUI_TALKING_WITHOUT_STDOUT = """
+import asyncio, sys, structlog
+from common.logs import configure_logging
+from supervisor.comfyui_process import ComfyUIProcess
+configure_logging("json", "info")
+TALKER = "for i in range(20000): print('z' * 200)"  # 4 MB: more than the pipe and the copy's buffer (2 MiB) hold
+
+async def main():
+    comfyui = ComfyUIProcess([sys.executable, "-c", TALKER])
+    await comfyui.start()
+    try:
+        code = await asyncio.wait_for(comfyui.wait(), 30)
+    except TimeoutError:
+        code = "still writing"
+    await comfyui.stop()
+    structlog.get_logger().info("ComfyUI ended", code=code)
+
+asyncio.run(main())
+"""
+
+
+def test_comfyui_output_is_copied_on_in_a_supervisor_started_without_stdout() -> None:
+    """Started with stdout closed (`>&-`, Python's sys.stdout None): the copy of ComfyUI's stdout died at its first
+    line (None has no write), and ComfyUI, its pipe full, stopped at its next print for good; now its lines go to
+    /dev/null and it runs on."""
+    child = _start(_COMFYUI_TALKING_WITHOUT_STDOUT, stdout=None, preexec_fn=lambda: os.close(1))
+    try:
+        _, err = child.communicate(timeout=90)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err[-2000:]
+    records = [json.loads(line) for line in err.splitlines() if line.startswith(b"{")]
+    ended = [record["code"] for record in records if record["event"] == "ComfyUI ended"]
+    assert ended == [0]  # before: ["still writing"]
