@@ -201,7 +201,13 @@ def flush_logs() -> None:
     """The lines still queued written, EXIT_FLUSH_S at most for all the files together (each its own, stdout and
     stderr stalled made it twice that): at exit, and before os._exit, which runs no exit handler."""
     deadline = time.monotonic() + EXIT_FLUSH_S
-    for writer in list(_writers.values()):
+    writers = list(_writers.values())
+    with contextlib.ExitStack() as held:
+        for writer in writers:
+            held.enter_context(writer.last_line_held())
+        for writer in writers:
+            writer.report_dropped_now()  # logged: into the log's writer, before the last line it holds back
+    for writer in writers:
         writer.wait_written(max(0.0, deadline - time.monotonic()))
 
 

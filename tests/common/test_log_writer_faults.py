@@ -159,3 +159,38 @@ def test_comfyui_output_is_copied_on_in_a_supervisor_started_without_stdout() ->
     records = [json.loads(line) for line in err.splitlines() if line.startswith(b"{")]
     ended = [record["code"] for record in records if record["event"] == "ComfyUI ended"]
     assert ended == [0]  # before: ["still writing"]
+
+
+_COPY_OVERFLOW_THEN_EXIT = """
+import os, structlog, sys
+from common.logs import configure_logging, unblocking
+configure_logging("json", "info")
+copy = unblocking(sys.stdout)  # where the supervisor copies ComfyUI's stdout
+for i in range(1000):
+    structlog.get_logger().info("Job done", i=i)
+for i in range(30000):  # 9 MB: more than the queue holds
+    copy.write("[comfyui] " + "y" * 300 + "\\n")
+structlog.get_logger().info("Supervisor shutdown complete")
+SAY_FD = int(sys.argv[1])
+""" + _SAY_WHEN_EXIT_WAITS
+
+
+def test_lines_dropped_from_another_file_are_reported_before_the_log_s_last_line_at_exit() -> None:
+    """ComfyUI's stdout copied to stdout, the log on stderr, both unread (one stalled collector): the copy's lines
+    dropped were reported on stderr after "Supervisor shutdown complete"; now just before it."""
+    read_end, write_end = os.pipe()
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", _COPY_OVERFLOW_THEN_EXIT, str(write_end)], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=[write_end])  # fmt: skip
+    os.close(write_end)
+    try:
+        with open(read_end, "rb") as said:
+            assert said.read(8) == b"exiting\n"  # both pipes unread until the exit waits for them
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err[-2000:]
+    records = [json.loads(line) for line in err.splitlines()]
+    assert records[-2]["event"] == "Log lines dropped: the log's reader fell behind"
+    assert records[-2]["dropped"] == 30000 - len(out.splitlines())
+    assert records[-1]["event"] == "Supervisor shutdown complete"
