@@ -9,9 +9,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # What waits for a reader, in characters; past it, lines are dropped and counted.
 MAX_QUEUED_CHARS = 4 * 1024 * 1024
@@ -34,12 +35,13 @@ class QueuedLogWriter:
         self._lines: collections.deque[str] = collections.deque()
         self._queued_chars = 0
         self._dropped = 0
+        self._held: str | None = None
         self._changed = threading.Condition(threading.RLock())
         threading.Thread(target=self._write_forever, name="log-writer", daemon=True).start()
 
     def write(self, line: str) -> None:
         with self._changed:
-            if self._queued_chars + len(line) > self._max_queued_chars:
+            if self._queued_chars + len(line) > self._max_queued_chars and self._held is None:
                 self._dropped += 1
                 return
             self._lines.append(line)
@@ -54,6 +56,29 @@ class QueuedLogWriter:
         with self._changed:
             return self._changed.wait_for(lambda: not self._lines, timeout_s)
 
+    @contextlib.contextmanager
+    def last_line_held(self) -> Iterator[None]:
+        """At exit: the last line queued (the process's last word, its shutdown line) kept back while the lines
+        dropped are reported, this writer's or another's: after it, the tail read as if the process went on past
+        its end. What is written meanwhile, those reports, is queued whatever the room."""
+        with self._changed:
+            if len(self._lines) > 1:  # the first may be being written
+                self._held = self._lines.pop()
+        try:
+            yield
+        finally:
+            with self._changed:
+                if self._held is not None:
+                    self._lines.append(self._held)
+                    self._held = None
+                    self._changed.notify_all()
+
+    def report_dropped_now(self) -> None:
+        """The count of lines dropped not yet reported, reported now (at exit)."""
+        with self._changed:
+            if self._dropped:
+                self._report()
+
     def _write_forever(self) -> None:
         # Python runs its handlers in the main thread alone; a signal the kernel gave this one while the main thread
         # swaps a handler (the default action back for a moment) would end the process (worker.service).
@@ -67,12 +92,23 @@ class QueuedLogWriter:
                 self._lines.popleft()
                 self._queued_chars -= len(line)
                 if self._dropped and not self._lines:
-                    dropped, self._dropped = self._dropped, 0
-                    self._report_dropped(dropped)
+                    self._report()
                 self._changed.notify_all()
+
+    def _report(self) -> None:
+        dropped, self._dropped = self._dropped, 0
+        self._report_dropped(dropped)  # logged, through write() too (the lock is reentrant)
 
     def _write(self, data: bytes) -> None:
         # Lost if it cannot be written (a full disk, a reader gone: EPIPE), as the logging module's handlers do.
         with contextlib.suppress(OSError):
             while data:
-                data = data[os.write(self.fd, data) :]
+                try:
+                    data = data[os.write(self.fd, data) :]
+                except BlockingIOError:  # set non-blocking by a process sharing the file: wait for room
+                    self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        poll = select.poll()
+        poll.register(self.fd, select.POLLOUT)
+        poll.poll()

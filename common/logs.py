@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from common.log_throttle import LogThrottle
-from common.log_writer import QueuedLogWriter
+from common.log_writer import EXIT_FLUSH_S, QueuedLogWriter
 from common.text import escape_controls
 from common.urls import name_words, names_a_credential, redact_urls_in
 
@@ -177,22 +178,37 @@ def _queued(stream) -> QueuedLogWriter:
     if file not in _writers:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # what was written to it before comes first
-        writer = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
-        atexit.register(writer.wait_written)  # early: it runs after the exit handlers that log (_quiet_…)
-        _writers[file] = writer
+        if not _writers:
+            atexit.register(flush_logs)  # early: it runs after the exit handlers that log (_quiet_…)
+        _writers[file] = QueuedLogWriter(stream.fileno(), getattr(stream, "encoding", None) or "utf-8", _report_dropped)
     return _writers[file]
 
 
 def unblocking(stream):
     """Where to write whole lines meant for ``stream`` without ever blocking the caller (a reader that stalls):
     its file's queued writer, shared with the log lines, so they stay in order; in memory, ``stream`` itself."""
+    stream = stream or _nowhere()  # started with it closed (`>&-`): Python's sys.stdout is None
     return _queued(stream) if _writes_to_a_file(stream) else stream
 
 
+@functools.cache
+def _nowhere():
+    """Where lines go that are meant for a stream the process was started without: one file, whoever asks."""
+    return open(os.devnull, "w")  # open for as long as the process logs
+
+
 def flush_logs() -> None:
-    """The lines still queued written, EXIT_FLUSH_S at most: before os._exit, which runs no exit handler."""
-    for writer in list(_writers.values()):
-        writer.wait_written()
+    """The lines still queued written, EXIT_FLUSH_S at most for all the files together (each its own, stdout and
+    stderr stalled made it twice that): at exit, and before os._exit, which runs no exit handler."""
+    deadline = time.monotonic() + EXIT_FLUSH_S
+    writers = list(_writers.values())
+    with contextlib.ExitStack() as held:
+        for writer in writers:
+            held.enter_context(writer.last_line_held())
+        for writer in writers:
+            writer.report_dropped_now()  # logged: into the log's writer, before the last line it holds back
+    for writer in writers:
+        writer.wait_written(max(0.0, deadline - time.monotonic()))
 
 
 def _report_dropped(dropped: int) -> None:
@@ -201,7 +217,7 @@ def _report_dropped(dropped: int) -> None:
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
     # No stderr (started with it closed, `2>&-`): Python's sys.stderr is None, and the lines go nowhere.
-    stream = stream or sys.stderr or open(os.devnull, "w")  # noqa: SIM115 - open for as long as the process logs
+    stream = stream or sys.stderr or _nowhere()
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     # Written by a thread of its own: a reader that stops reading (a pipe full) must not block the event loop.
     # Into memory (a test, a bench reading its own lines), each line is there at once.
