@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.handbacks import HandBackCause, gives_up
-from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode, answer_json
+from queue_manager.models import MAX_ERROR_CHARS, MAX_RESULT_BYTES, JobPriority, JobStatus, QueueMode, answer_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -169,8 +169,9 @@ WHERE status = ?2
 """
 _STAMP_ALIVE = "INSERT INTO queue_alive (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
 # How much a probe of the storage writes (see probe_storage): a write of a few bytes still fits in a database too
-# full for a job's.
+# full for a job's. After a fault of a bigger write (a job, a result), as much as it stored, up to the largest result.
 STORAGE_PROBE_BYTES = 64 * 1024
+STORAGE_PROBE_MAX_BYTES = MAX_RESULT_BYTES
 
 # result.outputs[].path of one job: only from an array, only objects' text paths; the result parsed once (48 MB:
 # ~0.1 s). As bytes: a lone surrogate's escape decodes to bytes that are not UTF-8, which no request can name (and
@@ -310,11 +311,13 @@ class JobStore:
     """The queue's state. `db_path=None` keeps it in a private temporary file removed on `close()`.
 
     ``storage_fault`` says why the last write failed when the database could not take it (a full disk, say),
-    and is None again once a write taking STORAGE_PROBE_BYTES of new room, or probe_storage, succeeds.
+    and is None again once a write taking ``probe_bytes`` of new room, or probe_storage, succeeds: STORAGE_PROBE_BYTES,
+    or as much as the writes that failed meanwhile stored (bounded by STORAGE_PROBE_MAX_BYTES).
     ``numbered_on_open``: the finished jobs opening the file numbered (all of them in a database from before finish
     numbers, none later)."""
 
     storage_fault: str | None = None
+    probe_bytes: int = STORAGE_PROBE_BYTES
     numbered_on_open: int = 0
 
     def __init__(
@@ -359,7 +362,8 @@ class JobStore:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool = True, stores: int = 0) -> Iterator[sqlite3.Connection]:
+        """`stores`: about how many bytes the write stores, when that is a lot (a job, a result)."""
         with self._lock:
             proving = write and self.storage_fault is not None
             grew = 0
@@ -376,11 +380,16 @@ class JobStore:
                     self._conn.execute("ROLLBACK")
                 if write and isinstance(exc, sqlite3.Error) and is_storage_fault(exc):
                     self.storage_fault = f"{exc} ({exc.sqlite_errorname})"
+                    self.probe_bytes = max(self.probe_bytes, min(stores, STORAGE_PROBE_MAX_BYTES))
                 raise
             # A write of a few bytes (a lease pass, a poll) fits in a database too full for a job's: only one that
-            # took as much new room as the probe proves the fault gone.
-            if proving and grew * self._conn.execute("PRAGMA page_size").fetchone()[0] >= STORAGE_PROBE_BYTES:
-                self.storage_fault = None
+            # stored, or took as much new room, as the probe proves the fault gone.
+            if proving and max(stores, grew * self._conn.execute("PRAGMA page_size").fetchone()[0]) >= self.probe_bytes:
+                self._storage_proven()
+
+    def _storage_proven(self) -> None:
+        self.storage_fault = None
+        self.probe_bytes = STORAGE_PROBE_BYTES
 
     def _pages(self) -> int:
         return self._conn.execute("PRAGMA page_count").fetchone()[0]
@@ -403,7 +412,8 @@ class JobStore:
         `max_pending_per_user` (> 0) of this user's are. Counted in the insert's transaction: never passed.
         """
         job_id = str(uuid.uuid4())
-        with self._transaction() as conn:
+        workflow_json, metadata_json = json.dumps(workflow), json.dumps(metadata or {})
+        with self._transaction(stores=len(workflow_json) + len(metadata_json)) as conn:
             if max_depth and _count(conn, JobStatus.PENDING) >= max_depth:
                 raise QueueFullError(max_depth)
             if max_pending_per_user and (mine := _pending_of(conn, user_id)) >= max_pending_per_user:
@@ -416,8 +426,8 @@ class JobStore:
                     user_id,
                     JobStatus.PENDING.value,
                     int(priority),
-                    json.dumps(workflow),
-                    json.dumps(metadata or {}),
+                    workflow_json,
+                    metadata_json,
                     self._now(),
                 ),
             )
@@ -684,7 +694,7 @@ class JobStore:
         fence: Fence,
         result_bytes: int | None = None,
     ) -> JobStatus | None:
-        with self._transaction() as conn:
+        with self._transaction(stores=len(result or "")) as conn:
             job = _get(conn, job_id, _HOLDER_COLUMNS)
             if job is None:
                 return None
@@ -871,13 +881,13 @@ class JobStore:
         return None if row is None else row["last_seen"]
 
     def probe_storage(self) -> None:
-        """Write STORAGE_PROBE_BYTES: storage_fault is None again once the database takes them, when nothing else
+        """Write probe_bytes: storage_fault is None again once the database takes them, when nothing else
         writes (an idle queue). Raises sqlite3.Error while it cannot. Deleted in a second transaction, so the next
         probe needs that much room again (pages it held and rewrote in place would always fit)."""
         with self._transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO storage_probe (id, room) VALUES (1, zeroblob(?))",
-                         (STORAGE_PROBE_BYTES,))
-        self.storage_fault = None  # its room may be the last probe's freed pages: not counted as growth
+                         (self.probe_bytes,))
+        self._storage_proven()  # its room may be the last probe's freed pages: not counted as growth
         with self._transaction() as conn:
             conn.execute("DELETE FROM storage_probe")
 
