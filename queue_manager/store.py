@@ -211,6 +211,8 @@ class Poll:
 
     job: JobRecord | None
     again: bool = False
+    # Without ``whole``: the job's workflow and metadata are left out, and this is how many bytes of JSON they hold.
+    stored_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -609,7 +611,7 @@ class JobStore:
         """The job `poll` hands out, or None."""
         return self.poll(worker_id, mode, poll_id=poll_id).job
 
-    def poll(self, worker_id: str, mode: QueueMode, *, poll_id: str | None = None) -> Poll:
+    def poll(self, worker_id: str, mode: QueueMode, *, poll_id: str | None = None, whole: bool = True) -> Poll:
         """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction.
 
         With a ``poll_id`` the poll is idempotent: a retry of a poll whose answer was lost on the way (a proxy's
@@ -624,7 +626,7 @@ class JobStore:
         process that polls with it (a fixed WORKER_ID, restarted in place; several replicas given the same one),
         and the polls of the living would keep a dead process's job `running` until the reaper fails it. A stored job
         that cannot be served as strict JSON (planted directly, or written by an older version) is failed
-        instead of handed out.
+        instead of handed out. Without ``whole`` the job's workflow and metadata are not read (see Poll).
         """
         latest = self._latest_read
         now = self._now()
@@ -633,7 +635,7 @@ class JobStore:
             _seen(conn, worker_id, now)
             if poll_id is not None and (answered := _answered(conn, poll_id, worker_id)) is not None:
                 conn.execute("UPDATE jobs SET lease_at = ? WHERE id = ?", (now, answered))
-                return Poll(_get(conn, answered), again=True)
+                return _polled(conn, answered, whole, again=True)
             while order := _pending_in_pop_order(conn, mode, first_only=True, served_since=self._served_since()):
                 job_id = order[0]
                 conn.execute(
@@ -643,10 +645,10 @@ class JobStore:
                 )
                 problem = _unservable(conn, job_id)
                 if problem is None:
-                    job = _get(conn, job_id)
+                    poll = _polled(conn, job_id, whole)
                     if stepped_back:
-                        self._mark_started_after_a_step_back(conn, job)
-                    return Poll(job)
+                        self._mark_started_after_a_step_back(conn, poll.job)  # type: ignore[arg-type]
+                    return poll
                 _fail(conn, job_id, f"Job cannot be served as JSON: {problem}", now)
             return Poll(None)
 
@@ -1008,6 +1010,13 @@ def _texts(encoded: Iterable[bytes]) -> Iterator[str]:
 def _get(conn: sqlite3.Connection, job_id: str, columns: str = "*") -> JobRecord | None:
     row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
     return None if row is None else JobRecord.from_row(row)
+
+
+def _polled(conn: sqlite3.Connection, job_id: str, whole: bool, *, again: bool = False) -> Poll:
+    if whole:
+        return Poll(_get(conn, job_id), again=again)
+    size = conn.execute("SELECT length(workflow) + length(metadata) FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    return Poll(_get(conn, job_id, _HOLDER_COLUMNS), again=again, stored_bytes=size)
 
 
 def _count(conn: sqlite3.Connection, status: JobStatus) -> int:
