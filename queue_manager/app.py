@@ -206,14 +206,16 @@ class BodyBudget:
             self._changed.notify_all()
 
     @contextlib.asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
+    async def reserve(self, size: int, *, until_room: bool = False) -> AsyncIterator[None]:
         """Hold `size` bytes for the block; BodyBudgetFull when there is no room within BODY_BUDGET_WAIT_S (for
-        answers ANSWER_BUDGET_WAIT_S); for bodies at once when BODIES_WAITING_MAX wait already."""
+        answers ANSWER_BUDGET_WAIT_S, or never with `until_room`); for bodies at once when BODIES_WAITING_MAX wait
+        already."""
         if self.held + size > self.limit and not self._answers and self.waiting >= BODIES_WAITING_MAX:
             raise BodyBudgetFull
         self.waiting += 1
+        wait_s = None if until_room else ANSWER_BUDGET_WAIT_S if self._answers else BODY_BUDGET_WAIT_S
         try:
-            async with self._changed, asyncio.timeout(ANSWER_BUDGET_WAIT_S if self._answers else BODY_BUDGET_WAIT_S):
+            async with self._changed, asyncio.timeout(wait_s):
                 await self._changed.wait_for(lambda: self.held + size <= self.limit)
                 self.held += size
         except TimeoutError:
@@ -413,20 +415,29 @@ class QueueApi:
             return _detail(422, errors)
         poll_id = getattr(query, "poll_id", None)
         try:
-            poll = await self._db(self._store.poll, query.worker_id, self._settings.mode, poll_id=poll_id)
+            poll = await self._db(self._store.poll, query.worker_id, self._settings.mode, poll_id=poll_id, whole=False)
         except PollIdTaken as exc:
             log.warning("poll_id_taken", worker_id=query.worker_id, poll_id=poll_id)
             return _detail(409, str(exc))
-        job = poll.job
-        if job is None:
+        handed = poll.job
+        if handed is None:
             return _json({"job": None})
-        log.info("job_assigned", job_id=job.id, user_id=job.user_id, worker_id=query.worker_id,
-                 attempt=job.attempt, poll_id=poll_id, again=poll.again)
+        log.info("job_assigned", job_id=handed.id, user_id=handed.user_id, worker_id=query.worker_id,
+                 attempt=handed.attempt, poll_id=poll_id, again=poll.again)
+        # The job is this poll's already: a 503 is only for a poll whose retry (same poll_id) is handed it again.
+        return await self._within_answers_budget(request, poll.stored_bytes,
+                                                 functools.partial(self._poll_answer, request, handed),
+                                                 until_room=poll_id is None)
+
+    async def _poll_answer(self, request: web.Request, handed: JobRecord) -> web.StreamResponse:
+        job = await self._db(self._store.get, handed.id)
+        if job is None:  # cancelled and purged meanwhile
+            return _json({"job": None})
         job_view = {"id": job.id, "workflow": job.workflow, "user_id": job.user_id, "metadata": job.metadata}
         if not self._settings.extensions:
-            return _json({"job": job_view})
+            return await _written_if_large(request, _json({"job": job_view}))
         lease = {"lease_timeout_s": self._settings.lease_timeout_s} if self._settings.lease_timeout_s > 0 else {}
-        return _json({"job": {**job_view, "attempt": job.attempt, **lease}})
+        return await _written_if_large(request, _json({"job": {**job_view, "attempt": handed.attempt, **lease}}))
 
     async def complete_job(self, request: web.Request) -> web.Response:
         query, body, errors = await self._query_and_body(request, ReportQuery, JobCompletionRequest)
@@ -570,14 +581,15 @@ class QueueApi:
         return await self._within_answers_budget(request, size, functools.partial(self._job_answer, request, job_id))
 
     async def _within_answers_budget(
-        self, request: web.Request, size: int, answer: Callable[[], Awaitable[web.StreamResponse]]
+        self, request: web.Request, size: int, answer: Callable[[], Awaitable[web.StreamResponse]],
+        *, until_room: bool = False,
     ) -> web.StreamResponse:
         """The answer, built and written holding `size` bytes of the answers' budget when that is more than
-        UNCOUNTED_ANSWER_BYTES; 503 when there is no room in time."""
+        UNCOUNTED_ANSWER_BYTES; 503 when there is no room in time (never with `until_room`: it waits)."""
         if size <= UNCOUNTED_ANSWER_BYTES:
             return await answer()
         try:
-            async with self._answers.reserve(size):
+            async with self._answers.reserve(size, until_room=until_room):
                 return await answer()
         except BodyBudgetFull:
             pass

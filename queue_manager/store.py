@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.handbacks import HandBackCause, gives_up
-from queue_manager.models import MAX_ERROR_CHARS, JobPriority, JobStatus, QueueMode, answer_json
+from queue_manager.models import MAX_ERROR_CHARS, MAX_RESULT_BYTES, JobPriority, JobStatus, QueueMode, answer_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -169,8 +169,9 @@ WHERE status = ?2
 """
 _STAMP_ALIVE = "INSERT INTO queue_alive (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at"
 # How much a probe of the storage writes (see probe_storage): a write of a few bytes still fits in a database too
-# full for a job's.
+# full for a job's. After a fault of a bigger write (a job, a result), as much as it stored, up to the largest result.
 STORAGE_PROBE_BYTES = 64 * 1024
+STORAGE_PROBE_MAX_BYTES = MAX_RESULT_BYTES
 
 # result.outputs[].path of one job: only from an array, only objects' text paths; the result parsed once (48 MB:
 # ~0.1 s). As bytes: a lone surrogate's escape decodes to bytes that are not UTF-8, which no request can name (and
@@ -210,6 +211,8 @@ class Poll:
 
     job: JobRecord | None
     again: bool = False
+    # Without ``whole``: the job's workflow and metadata are left out, and this is how many bytes of JSON they hold.
+    stored_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -310,11 +313,13 @@ class JobStore:
     """The queue's state. `db_path=None` keeps it in a private temporary file removed on `close()`.
 
     ``storage_fault`` says why the last write failed when the database could not take it (a full disk, say),
-    and is None again once a write taking STORAGE_PROBE_BYTES of new room, or probe_storage, succeeds.
+    and is None again once a write taking ``probe_bytes`` of new room, or probe_storage, succeeds: STORAGE_PROBE_BYTES,
+    or as much as the writes that failed meanwhile stored (bounded by STORAGE_PROBE_MAX_BYTES).
     ``numbered_on_open``: the finished jobs opening the file numbered (all of them in a database from before finish
     numbers, none later)."""
 
     storage_fault: str | None = None
+    probe_bytes: int = STORAGE_PROBE_BYTES
     numbered_on_open: int = 0
 
     def __init__(
@@ -359,7 +364,8 @@ class JobStore:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
 
     @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool = True, stores: int = 0) -> Iterator[sqlite3.Connection]:
+        """`stores`: about how many bytes the write stores, when that is a lot (a job, a result)."""
         with self._lock:
             proving = write and self.storage_fault is not None
             grew = 0
@@ -376,11 +382,16 @@ class JobStore:
                     self._conn.execute("ROLLBACK")
                 if write and isinstance(exc, sqlite3.Error) and is_storage_fault(exc):
                     self.storage_fault = f"{exc} ({exc.sqlite_errorname})"
+                    self.probe_bytes = max(self.probe_bytes, min(stores, STORAGE_PROBE_MAX_BYTES))
                 raise
             # A write of a few bytes (a lease pass, a poll) fits in a database too full for a job's: only one that
-            # took as much new room as the probe proves the fault gone.
-            if proving and grew * self._conn.execute("PRAGMA page_size").fetchone()[0] >= STORAGE_PROBE_BYTES:
-                self.storage_fault = None
+            # stored, or took as much new room, as the probe proves the fault gone.
+            if proving and max(stores, grew * self._conn.execute("PRAGMA page_size").fetchone()[0]) >= self.probe_bytes:
+                self._storage_proven()
+
+    def _storage_proven(self) -> None:
+        self.storage_fault = None
+        self.probe_bytes = STORAGE_PROBE_BYTES
 
     def _pages(self) -> int:
         return self._conn.execute("PRAGMA page_count").fetchone()[0]
@@ -403,7 +414,8 @@ class JobStore:
         `max_pending_per_user` (> 0) of this user's are. Counted in the insert's transaction: never passed.
         """
         job_id = str(uuid.uuid4())
-        with self._transaction() as conn:
+        workflow_json, metadata_json = json.dumps(workflow), json.dumps(metadata or {})
+        with self._transaction(stores=len(workflow_json) + len(metadata_json)) as conn:
             if max_depth and _count(conn, JobStatus.PENDING) >= max_depth:
                 raise QueueFullError(max_depth)
             if max_pending_per_user and (mine := _pending_of(conn, user_id)) >= max_pending_per_user:
@@ -416,8 +428,8 @@ class JobStore:
                     user_id,
                     JobStatus.PENDING.value,
                     int(priority),
-                    json.dumps(workflow),
-                    json.dumps(metadata or {}),
+                    workflow_json,
+                    metadata_json,
                     self._now(),
                 ),
             )
@@ -599,7 +611,7 @@ class JobStore:
         """The job `poll` hands out, or None."""
         return self.poll(worker_id, mode, poll_id=poll_id).job
 
-    def poll(self, worker_id: str, mode: QueueMode, *, poll_id: str | None = None) -> Poll:
+    def poll(self, worker_id: str, mode: QueueMode, *, poll_id: str | None = None, whole: bool = True) -> Poll:
         """Record the worker's heartbeat and hand it the next pending job, marked running, in one transaction.
 
         With a ``poll_id`` the poll is idempotent: a retry of a poll whose answer was lost on the way (a proxy's
@@ -614,7 +626,7 @@ class JobStore:
         process that polls with it (a fixed WORKER_ID, restarted in place; several replicas given the same one),
         and the polls of the living would keep a dead process's job `running` until the reaper fails it. A stored job
         that cannot be served as strict JSON (planted directly, or written by an older version) is failed
-        instead of handed out.
+        instead of handed out. Without ``whole`` the job's workflow and metadata are not read (see Poll).
         """
         latest = self._latest_read
         now = self._now()
@@ -623,7 +635,7 @@ class JobStore:
             _seen(conn, worker_id, now)
             if poll_id is not None and (answered := _answered(conn, poll_id, worker_id)) is not None:
                 conn.execute("UPDATE jobs SET lease_at = ? WHERE id = ?", (now, answered))
-                return Poll(_get(conn, answered), again=True)
+                return _polled(conn, answered, whole, again=True)
             while order := _pending_in_pop_order(conn, mode, first_only=True, served_since=self._served_since()):
                 job_id = order[0]
                 conn.execute(
@@ -633,10 +645,10 @@ class JobStore:
                 )
                 problem = _unservable(conn, job_id)
                 if problem is None:
-                    job = _get(conn, job_id)
+                    poll = _polled(conn, job_id, whole)
                     if stepped_back:
-                        self._mark_started_after_a_step_back(conn, job)
-                    return Poll(job)
+                        self._mark_started_after_a_step_back(conn, poll.job)  # type: ignore[arg-type]
+                    return poll
                 _fail(conn, job_id, f"Job cannot be served as JSON: {problem}", now)
             return Poll(None)
 
@@ -684,7 +696,7 @@ class JobStore:
         fence: Fence,
         result_bytes: int | None = None,
     ) -> JobStatus | None:
-        with self._transaction() as conn:
+        with self._transaction(stores=len(result or "")) as conn:
             job = _get(conn, job_id, _HOLDER_COLUMNS)
             if job is None:
                 return None
@@ -871,13 +883,13 @@ class JobStore:
         return None if row is None else row["last_seen"]
 
     def probe_storage(self) -> None:
-        """Write STORAGE_PROBE_BYTES: storage_fault is None again once the database takes them, when nothing else
+        """Write probe_bytes: storage_fault is None again once the database takes them, when nothing else
         writes (an idle queue). Raises sqlite3.Error while it cannot. Deleted in a second transaction, so the next
         probe needs that much room again (pages it held and rewrote in place would always fit)."""
         with self._transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO storage_probe (id, room) VALUES (1, zeroblob(?))",
-                         (STORAGE_PROBE_BYTES,))
-        self.storage_fault = None  # its room may be the last probe's freed pages: not counted as growth
+                         (self.probe_bytes,))
+        self._storage_proven()  # its room may be the last probe's freed pages: not counted as growth
         with self._transaction() as conn:
             conn.execute("DELETE FROM storage_probe")
 
@@ -998,6 +1010,13 @@ def _texts(encoded: Iterable[bytes]) -> Iterator[str]:
 def _get(conn: sqlite3.Connection, job_id: str, columns: str = "*") -> JobRecord | None:
     row = conn.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
     return None if row is None else JobRecord.from_row(row)
+
+
+def _polled(conn: sqlite3.Connection, job_id: str, whole: bool, *, again: bool = False) -> Poll:
+    if whole:
+        return Poll(_get(conn, job_id), again=again)
+    size = conn.execute("SELECT length(workflow) + length(metadata) FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    return Poll(_get(conn, job_id, _HOLDER_COLUMNS), again=again, stored_bytes=size)
 
 
 def _count(conn: sqlite3.Connection, status: JobStatus) -> int:

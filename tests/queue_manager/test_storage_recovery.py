@@ -35,7 +35,8 @@ async def test_an_idle_queue_is_healthy_again_once_its_storage_recovers(tmp_path
         conn.execute("PRAGMA max_page_count = 1073741823")  # room again
         assert (await client.get("/health")).json()["status"] == "healthy"
         conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0] + 2}")
-        assert (await client.post("/api/jobs", json={"user_id": "alice", "workflow": big})).status_code == 503
+        bigger = {"1": {"class_type": "EmptyImage", "inputs": {"text": "x" * 400_000}}}  # than the probe's freed room
+        assert (await client.post("/api/jobs", json={"user_id": "alice", "workflow": bigger})).status_code == 503
         assert (await client.get("/health")).json()["status"] == "unhealthy"
         conn.execute("PRAGMA max_page_count = 1073741823")
         steady.advance(STORAGE_PROBE_EVERY_S - 1)
