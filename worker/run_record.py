@@ -90,10 +90,10 @@ class RunRecord:
                 continue
 
     async def write(self, timeout_s: float) -> None:
+        self.written = True  # from the first POST on: ComfyUI may save it though its answer never comes (a stop)
         status = await self.comfy.save_user_file(RECORDS_FOLDER, self.name, self._body, timeout_s)
         if status != 200:
             raise RecordsUnreadable(f"ComfyUI's POST /userdata answered HTTP {status}")
-        self.written = True
 
     async def remove(self, timeout_s: float) -> None:
         """At the run's end: a later run of this id need not wait for the record to go stale."""

@@ -9,13 +9,14 @@ import os
 import time
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from standins.comfyui import ComfyUISimulator
 from worker.comfyui import ComfyUIClient
 from worker.run_record import RECORDS_FOLDER, RunRecord
 
-from ..conftest import wait_for
+from ..conftest import served, wait_for
 
 QUESTION_S = 5.0
 FAST = {"interval_s": 0.2, "stale_s": 1.0}
@@ -101,3 +102,39 @@ async def test_a_record_left_before_comfyui_restarted_long_ago_is_no_wait(comfy,
     finally:
         await again.aclose()
     assert records(comfy) == sorted([restarted.name, other.name])
+
+
+
+async def test_a_record_whose_write_was_cut_short_by_a_stop_goes_at_the_stop():
+    """Before: a stop while the record's POST was answered (ComfyUI saved it, its answer late: a busy event loop)
+    left `written` false, so the stop did not delete a record ComfyUI had saved: the next run of the id waited for
+    it to go stale. A ComfyUI that saves a user file at once and answers a second late."""
+    saved: set[str] = set()
+    answered = asyncio.Event()
+
+    async def save(request: web.Request) -> web.Response:
+        saved.add(request.match_info["file"])
+        await answered.wait()
+        return web.json_response(request.match_info["file"])
+
+    async def delete(request: web.Request) -> web.Response:
+        saved.discard(request.match_info["file"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/userdata/{file}", save)
+    app.router.add_delete("/userdata/{file}", delete)
+    async with served(app, shutdown_timeout=1) as url:
+        comfy_client = ComfyUIClient(url, timeout_s=QUESTION_S)
+        try:
+            cut = RunRecord(comfy_client, "w1")
+            writing = asyncio.create_task(cut.write(QUESTION_S))
+            async with asyncio.timeout(QUESTION_S):
+                while not saved:
+                    await asyncio.sleep(0.01)
+            writing.cancel()  # the stop
+            answered.set()
+            await cut.remove(QUESTION_S)
+        finally:
+            await comfy_client.aclose()
+    assert saved == set()
