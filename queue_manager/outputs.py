@@ -252,9 +252,11 @@ class OutputFileResponse(web.FileResponse):
         self, request: web.BaseRequest, fobj: Any, st: os.stat_result, file_encoding: str | None
     ) -> AbstractStreamWriter | None:
         """FileResponse's, its Range left out unless If-Range, when sent, names the version at hand (RFC 9110
-        13.1.5): aiohttp reads If-Range only as a date, and answered a stale ETag with the new file's bytes. And an
-        empty suffix (`bytes=-0`), which aiohttp reads as the whole file, is unsatisfiable (14.1.1): 416."""
-        if hdrs.RANGE in request.headers and not _if_range_holds(request, st):
+        13.1.5): aiohttp reads If-Range only as a date, and answered a stale ETag with the new file's bytes. Left
+        out too when it is not one range of bytes (14.2: a server may ignore it, must one in another unit), which
+        aiohttp answered 416 (the ranges asked cannot be met). And an empty suffix (`bytes=-0`), which aiohttp reads
+        as the whole file, is unsatisfiable (14.1.1): 416."""
+        if hdrs.RANGE in request.headers and (not _if_range_holds(request, st) or _several_or_not_bytes(request)):
             unranged = CIMultiDict(request.headers)
             del unranged[hdrs.RANGE]
             request = request.clone(headers=unranged)
@@ -266,6 +268,12 @@ class OutputFileResponse(web.FileResponse):
 
     def _get_file_path_stat_encoding(self, accept_encoding: str) -> tuple[Path | None, os.stat_result, str | None]:
         return super()._get_file_path_stat_encoding("")
+
+
+def _several_or_not_bytes(request: web.BaseRequest) -> bool:
+    """Whether Range asks for a set of ranges (`bytes=0-1,5-6`) or in another unit than bytes."""
+    asked = request.headers[hdrs.RANGE]
+    return "," in asked or not asked.lower().startswith("bytes=")
 
 
 def _if_range_holds(request: web.BaseRequest, st: os.stat_result) -> bool:
