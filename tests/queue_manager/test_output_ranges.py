@@ -80,3 +80,19 @@ async def test_a_set_of_ranges_or_another_unit_gets_the_whole_file_not_416(
     answer = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": asked})
     assert (answer.status_code, answer.content) == (200, IMAGE), answer.headers
     assert "Content-Range" not in answer.headers
+
+
+@pytest.mark.parametrize("asked", ["bytes=-1", "bytes=-500"])
+async def test_a_suffix_of_an_empty_output_gets_it_whole_not_416(
+    served: tuple[QueueManagerServer, httpx.AsyncClient, str], asked: str
+) -> None:
+    """A suffix of more than 0 bytes is satisfiable, and of a file shorter than it is the whole file (RFC 9110
+    14.1.1-2): an empty output is that, which no Content-Range can name (a 206 of 0 bytes), so it is sent as a
+    200. Before, 416: the client was told the file did not hold what it asked for."""
+    queue, client, alice = served
+    job_id, [path] = await completed_job(queue, client, "alice", {"empty.png": b""})
+    answer = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": asked})
+    assert (answer.status_code, answer.content) == (200, b""), answer.headers
+    assert "Content-Range" not in answer.headers
+    beyond = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": "bytes=0-"})
+    assert beyond.status_code == 416  # no first byte to start from: unsatisfiable, as before
