@@ -173,7 +173,10 @@ def refusal_reason(refused: HttpProcessingError) -> str:
         return "Invalid URL in the request line"
     if isinstance(refused, ContentEncodingError):  # names the encoding, one of the few aiohttp decodes
         return refused.message.partition("\n")[0]
-    return refused.message.partition(":")[0].partition("\n")[0].strip() or "Malformed request"
+    first = refused.message.partition("\n")[0].strip()
+    if first.endswith(":"):  # llhttp's reason, which may hold a colon (`Data after \`Connection: close\``)
+        return first.removesuffix(":")
+    return first.partition(":")[0].strip() or "Malformed request"
 
 
 def limit_head_size(handler: Any, limit: int) -> None:

@@ -36,6 +36,9 @@ REFUSED = {
     "target char": (request(b"GET /?x=" + SECRET + b"\x7f HTTP/1.1"), b"Invalid URL"),
     "method": (request(b"G\x01T /?x=" + SECRET + b" HTTP/1.1"), b"Invalid method encountered"),
     "url without host": (request(b"GET http:///?x=" + SECRET + b" HTTP/1.1"), b"Invalid URL"),
+    # The reason holds a colon: it was cut there, `Data after \`Connection`.
+    "data after close": (request(b"GET / HTTP/1.1") + b"GET /?x=" + SECRET + b" HTTP/1.1\r\n\r\n",
+                         b"Data after `Connection: close`"),
 }  # fmt: skip
 
 
