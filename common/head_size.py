@@ -19,7 +19,7 @@ from __future__ import annotations
 from enum import Enum, auto
 from typing import Any
 
-from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, InvalidURLError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import _ErrInfo  # what aiohttp's protocol answers with an error status, then closes
 
@@ -171,7 +171,12 @@ def refusal_reason(refused: HttpProcessingError) -> str:
     the lines below), and an invalid URL's may be the URL alone."""
     if isinstance(refused, InvalidURLError):
         return "Invalid URL in the request line"
-    return refused.message.partition(":")[0].partition("\n")[0].strip() or "Malformed request"
+    if isinstance(refused, ContentEncodingError):  # names the encoding, one of the few aiohttp decodes
+        return refused.message.partition("\n")[0]
+    first = refused.message.partition("\n")[0].strip()
+    if first.endswith(":"):  # llhttp's reason, which may hold a colon (`Data after \`Connection: close\``)
+        return first.removesuffix(":")
+    return first.partition(":")[0].strip() or "Malformed request"
 
 
 def limit_head_size(handler: Any, limit: int) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from common.head_size import refusal_reason
 from common.log_throttle import LogThrottle
 from common.log_writer import EXIT_FLUSH_S, QueuedLogWriter
 from common.text import escape_controls
@@ -268,11 +268,6 @@ def _print_uncaught(kind: type[BaseException], exc: BaseException, traceback: Tr
         sys.stderr.write(scrub("".join(format_exception(kind, exc, traceback))))
 
 
-# aiohttp's reason quotes the client's bytes (`Got more than 4096 bytes when reading: b'Bearer eyJ…'.`): the first
-# 100 of a header too long, a bearer token's among them. The answer to the client keeps them; the log does not.
-_ECHOED_BYTES = re.compile(r""":?\s*"?b['"].*$""")
-
-
 # One "Malformed HTTP request refused" line at most this often: a port scan or a flood sends thousands a second.
 MALFORMED_WARN_EVERY_S = 60.0
 
@@ -302,7 +297,7 @@ class _MalformedRequestAsWarning(logging.Filter):
             refused = self._throttle.occurred()
             if refused is None:
                 return False
-            reason = _ECHOED_BYTES.sub("", (exc.message.splitlines() or [""])[0]).rstrip(":")
+            reason = refusal_reason(exc)  # as the answer says it: never the request's bytes
             since = f" ({refused - 1} more refused since the last one)" if refused > 1 else ""
             record.msg = f"Malformed HTTP request refused ({exc.code}): {record.getMessage()}: {reason}{since}"
             record.args = ()

@@ -59,6 +59,7 @@ MEDIA_TYPES = {
 }
 DOWNLOAD_TYPE = "application/octet-stream"
 EMPTY_SUFFIX = re.compile(r"bytes=-0+", re.ASCII | re.IGNORECASE)  # the last 0 bytes, as aiohttp reads a Range
+SOME_SUFFIX = re.compile(r"bytes=-0*[1-9][0-9]*", re.ASCII | re.IGNORECASE)  # the last N > 0 bytes
 # Each step opened without following a link (a link there fails, or is itself what is opened) and for the lookup
 # only (O_PATH: no read permission needed, and no side effect: opening a device node can act on the device). Only a
 # regular file is then opened for reading, through /proc/self/fd/N (that very inode), without waiting.
@@ -252,9 +253,11 @@ class OutputFileResponse(web.FileResponse):
         self, request: web.BaseRequest, fobj: Any, st: os.stat_result, file_encoding: str | None
     ) -> AbstractStreamWriter | None:
         """FileResponse's, its Range left out unless If-Range, when sent, names the version at hand (RFC 9110
-        13.1.5): aiohttp reads If-Range only as a date, and answered a stale ETag with the new file's bytes. And an
-        empty suffix (`bytes=-0`), which aiohttp reads as the whole file, is unsatisfiable (14.1.1): 416."""
-        if hdrs.RANGE in request.headers and not _if_range_holds(request, st):
+        13.1.5): aiohttp reads If-Range only as a date, and answered a stale ETag with the new file's bytes. Left
+        out too where aiohttp answered 416 (the ranges asked cannot be met) to a Range a server may ignore (14.2):
+        see _ignored_range. And an empty suffix (`bytes=-0`), which aiohttp reads as the whole
+        file, is unsatisfiable (14.1.1): 416."""
+        if hdrs.RANGE in request.headers and (not _if_range_holds(request, st) or _ignored_range(request, st)):
             unranged = CIMultiDict(request.headers)
             del unranged[hdrs.RANGE]
             request = request.clone(headers=unranged)
@@ -266,6 +269,15 @@ class OutputFileResponse(web.FileResponse):
 
     def _get_file_path_stat_encoding(self, accept_encoding: str) -> tuple[Path | None, os.stat_result, str | None]:
         return super()._get_file_path_stat_encoding("")
+
+
+def _ignored_range(request: web.BaseRequest, st: os.stat_result) -> bool:
+    """Whether Range is answered with the whole file: a set of ranges (`bytes=0-1,5-6`), another unit than bytes
+    (RFC 9110 14.2: ignored), or a suffix of an empty file, which is all of it (14.1.2) and no Content-Range names."""
+    asked = request.headers[hdrs.RANGE]
+    if "," in asked or not asked.lower().startswith("bytes="):
+        return True
+    return st.st_size == 0 and SOME_SUFFIX.fullmatch(asked) is not None
 
 
 def _if_range_holds(request: web.BaseRequest, st: os.stat_result) -> bool:

@@ -67,3 +67,32 @@ async def test_a_suffix_of_zero_bytes_is_416_not_the_whole_file(
     assert answer.headers["Content-Range"] == f"bytes */{len(IMAGE)}"
     last = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": "bytes=-1"})
     assert (last.status_code, last.content) == (206, IMAGE[-1:])
+
+
+@pytest.mark.parametrize("asked", ["bytes=0-1,5-6", "bytes=0-1, -2", "bytes=100-199,0-9", "items=0-5"])
+async def test_a_set_of_ranges_or_another_unit_gets_the_whole_file_not_416(
+    served: tuple[QueueManagerServer, httpx.AsyncClient, str], asked: str
+) -> None:
+    """Before, aiohttp read one range only and answered 416 to the rest, telling the client that ranges the file
+    holds could not be met. A server may ignore Range, and must one in a unit it does not know (RFC 9110 14.2)."""
+    queue, client, alice = served
+    job_id, [path] = await completed_job(queue, client, "alice", {"clip.mp4": IMAGE})
+    answer = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": asked})
+    assert (answer.status_code, answer.content) == (200, IMAGE), answer.headers
+    assert "Content-Range" not in answer.headers
+
+
+@pytest.mark.parametrize("asked", ["bytes=-1", "bytes=-500"])
+async def test_a_suffix_of_an_empty_output_gets_it_whole_not_416(
+    served: tuple[QueueManagerServer, httpx.AsyncClient, str], asked: str
+) -> None:
+    """A suffix of more than 0 bytes is satisfiable, and of a file shorter than it is the whole file (RFC 9110
+    14.1.1-2): an empty output is that, which no Content-Range can name (a 206 of 0 bytes), so it is sent as a
+    200. Before, 416: the client was told the file did not hold what it asked for."""
+    queue, client, alice = served
+    job_id, [path] = await completed_job(queue, client, "alice", {"empty.png": b""})
+    answer = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": asked})
+    assert (answer.status_code, answer.content) == (200, b""), answer.headers
+    assert "Content-Range" not in answer.headers
+    beyond = await client.get(output_url(job_id, path), headers={**bearer(alice), "Range": "bytes=0-"})
+    assert beyond.status_code == 416  # no first byte to start from: unsatisfiable, as before
