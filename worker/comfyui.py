@@ -175,7 +175,12 @@ class ComfyUIClient:
             ) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """ComfyUI's JSON answer; ComfyUIUnavailable for any other status than 200: ComfyUI answers these
+        questions so, and a proxy's 4xx ({"error": ...}) read as an empty history or queue lost the prompt."""
         response = await self._request(method, path, **kwargs)
+        if response.status_code != 200:
+            quoted = scrubbed_excerpt(response.text, 200)
+            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}: {quoted}")
         try:
             return response.json()
         except ValueError as exc:
