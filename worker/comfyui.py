@@ -354,12 +354,16 @@ class ComfyUIClient:
         return await self._request("GET", "/userdata", params={"dir": folder, "full_info": "true"}, timeout=timeout_s)
 
     async def interrupt(self, prompt_id: str) -> None:
-        async with self._stream("POST", "/interrupt", json={"prompt_id": prompt_id}):
-            pass  # the answer's body says nothing: left unread
+        await self._command("/interrupt", {"prompt_id": prompt_id})
 
     async def delete_pending(self, prompt_id: str) -> None:
-        async with self._stream("POST", "/queue", json={"delete": [prompt_id]}):
-            pass
+        await self._command("/queue", {"delete": [prompt_id]})
+
+    async def _command(self, path: str, body: dict[str, Any]) -> None:
+        """POST ``body``; ComfyUIUnavailable unless it answered 200, as ComfyUI does: a proxy's 4xx stopped nothing."""
+        async with self._stream("POST", path, json=body) as response:
+            if response.status_code != 200:  # the answer's body says nothing: left unread
+                raise ComfyUIUnavailable(f"ComfyUI POST {path} answered HTTP {response.status_code}")
 
     async def delete_history(self, prompt_id: str, timeout_s: float) -> None:
         """Drop the prompt's history entry (ComfyUI keeps 10,000, each with its whole workflow). Deleting one
