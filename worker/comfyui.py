@@ -35,6 +35,9 @@ MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 VIEW_PIECE_BYTES = 32 << 20
 # A proxy in front of ComfyUI declining to wait for the request (408) or to take it now (429): no word on the file.
 NOT_NOW_STATUSES = frozenset({408, 429})
+# A proxy in front of ComfyUI refusing the worker (ComfyUI asks no credentials; its /view says 403 only to a path out
+# of its folders, which the worker never asks for): the replica's configuration, not the job, is at fault.
+REFUSED_CALLER_STATUSES = frozenset({401, 403})
 # However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
 # gets at least this long: on loopback an answering ComfyUI takes milliseconds.
 MIN_QUESTION_S = 1.0
@@ -61,8 +64,8 @@ class UploadRefused(Exception):
 
 
 class FileNotServed(Exception):
-    """GET /view refused a file the prompt's history names (4xx but NOT_NOW_STATUSES): the job's output, not
-    ComfyUI, is at fault."""
+    """GET /view refused a file the prompt's history names (4xx but NOT_NOW_STATUSES and REFUSED_CALLER_STATUSES):
+    the job's output, not ComfyUI, is at fault."""
 
 
 class ReplyTooLarge(Exception):
@@ -408,6 +411,11 @@ class ComfyUIClient:
             async with self._http.stream("GET", "/view", params=params) as response:
                 if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
+                if response.status_code in REFUSED_CALLER_STATUSES:
+                    raise ComfyUIUnavailable(
+                        f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}: something in front of "
+                        f"ComfyUI refuses the worker (ComfyUI asks no credentials); check COMFYUI_URL and its proxy"
+                    )
                 if response.status_code != 200:
                     raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(1 << 16):
