@@ -35,6 +35,9 @@ MAX_COMFYUI_MESSAGE_BYTES = 32 << 20
 VIEW_PIECE_BYTES = 32 << 20
 # A proxy in front of ComfyUI declining to wait for the request (408) or to take it now (429): no word on the file.
 NOT_NOW_STATUSES = frozenset({408, 429})
+# A proxy in front of ComfyUI refusing the worker (ComfyUI asks no credentials; its /view says 403 only to a path out
+# of its folders, which the worker never asks for): the replica's configuration, not the job, is at fault.
+REFUSED_CALLER_STATUSES = frozenset({401, 403})
 # However little is left of a wait for a silent ComfyUI, one HTTP question (a probe, a status check during a job)
 # gets at least this long: on loopback an answering ComfyUI takes milliseconds.
 MIN_QUESTION_S = 1.0
@@ -61,8 +64,8 @@ class UploadRefused(Exception):
 
 
 class FileNotServed(Exception):
-    """GET /view refused a file the prompt's history names (4xx but NOT_NOW_STATUSES): the job's output, not
-    ComfyUI, is at fault."""
+    """GET /view refused a file the prompt's history names (4xx but NOT_NOW_STATUSES and REFUSED_CALLER_STATUSES):
+    the job's output, not ComfyUI, is at fault."""
 
 
 class ReplyTooLarge(Exception):
@@ -175,7 +178,12 @@ class ComfyUIClient:
             ) from None
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """ComfyUI's JSON answer; ComfyUIUnavailable for any other status than 200: ComfyUI answers these
+        questions so, and a proxy's 4xx ({"error": ...}) read as an empty history or queue lost the prompt."""
         response = await self._request(method, path, **kwargs)
+        if response.status_code != 200:
+            quoted = scrubbed_excerpt(response.text, 200)
+            raise ComfyUIUnavailable(f"ComfyUI {method} {path} answered HTTP {response.status_code}: {quoted}")
         try:
             return response.json()
         except ValueError as exc:
@@ -349,12 +357,16 @@ class ComfyUIClient:
         return await self._request("GET", "/userdata", params={"dir": folder, "full_info": "true"}, timeout=timeout_s)
 
     async def interrupt(self, prompt_id: str) -> None:
-        async with self._stream("POST", "/interrupt", json={"prompt_id": prompt_id}):
-            pass  # the answer's body says nothing: left unread
+        await self._command("/interrupt", {"prompt_id": prompt_id})
 
     async def delete_pending(self, prompt_id: str) -> None:
-        async with self._stream("POST", "/queue", json={"delete": [prompt_id]}):
-            pass
+        await self._command("/queue", {"delete": [prompt_id]})
+
+    async def _command(self, path: str, body: dict[str, Any]) -> None:
+        """POST ``body``; ComfyUIUnavailable unless it answered 200, as ComfyUI does: a proxy's 4xx stopped nothing."""
+        async with self._stream("POST", path, json=body) as response:
+            if response.status_code != 200:  # the answer's body says nothing: left unread
+                raise ComfyUIUnavailable(f"ComfyUI POST {path} answered HTTP {response.status_code}")
 
     async def delete_history(self, prompt_id: str, timeout_s: float) -> None:
         """Drop the prompt's history entry (ComfyUI keeps 10,000, each with its whole workflow). Deleting one
@@ -399,6 +411,11 @@ class ComfyUIClient:
             async with self._http.stream("GET", "/view", params=params) as response:
                 if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
+                if response.status_code in REFUSED_CALLER_STATUSES:
+                    raise ComfyUIUnavailable(
+                        f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}: something in front of "
+                        f"ComfyUI refuses the worker (ComfyUI asks no credentials); check COMFYUI_URL and its proxy"
+                    )
                 if response.status_code != 200:
                     raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(1 << 16):

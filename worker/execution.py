@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,6 +46,8 @@ TERMINAL_EVENTS = frozenset({"execution_success", "execution_error", "execution_
 # The skipped outputs' warning quotes this much of ComfyUI's node_errors, which may run to its 32-MiB answer: a
 # result carrying it all could pass the queue manager's limit, and its log line would be as long.
 MAX_WARNING_CHARS = 4_000
+# Python's words for an errno, before the file name a node chose ("[Errno 28] No space left on device: '...'").
+_ERRNO_WORDS = re.compile(r"\[Errno -?\d+\] [^:']*")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Outcome:
     comfyui_queue_s: float | None = None
     execution_s: float = 0.0
     replica_fault: str | None = None  # what on this replica broke the run (worker/replica_faults.py)
+    raised: str = ""  # with a replica_fault: what ComfyUI raised, without the text a user wrote (_raised)
     comfyui_stuck: bool = False  # a timed-out prompt ComfyUI did not stop: it holds ComfyUI's queue
     warnings: list[str] = field(default_factory=list)
     # time.time() just before the prompt was sent: no file it wrote is older (a file of the same name that is,
@@ -534,6 +538,8 @@ class PromptRun:
                 f"{full_type.rsplit('.', 1)[-1]}: {exc_message}"
             )
             outcome.replica_fault = replica_fault(full_type, exc_message, self.own_folders)
+            if outcome.replica_fault:
+                outcome.raised = _raised(full_type, exc_message)
         else:
             outcome.status = "interrupted"
             outcome.outputs = self._listed_before_failing(terminal)
@@ -580,3 +586,11 @@ class PromptRun:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
         return None
+
+
+def _raised(exception_type: str, exception_message: str) -> str:
+    """A replica fault's exception without what a user wrote: its type, then Python's errno words (not the file
+    name after them, which a node's filename_prefix chose) or CUDA's own error string (the first line)."""
+    first_line = exception_message.strip().split("\n", 1)[0]
+    words = _ERRNO_WORDS.match(first_line)
+    return f"{exception_type.rsplit('.', 1)[-1]}: {words[0].rstrip() if words else first_line[:200]}"

@@ -59,7 +59,7 @@ from worker.outputs import (
     OutputsDiskFailed,
     OutputsFolderRefused,
 )
-from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected, stored_reason
+from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected
 from worker.reports import Report, Reporter
 from worker.run_record import RecordsUnreadable, RunRecord
 from worker.state import Phase, WorkerState
@@ -730,7 +730,9 @@ class Worker:
         metrics.observe_phase("execution", outcome.execution_s)
         if outcome.replica_fault:
             reason = f"{outcome.replica_fault} on worker {self.settings.worker_id}: {outcome.message}"
-            self.state.mark_fatal(stored_reason(reason))  # logged as it goes
+            # /health and /status carry no user data: ComfyUI's message names the job's files, its node ids.
+            self.state.mark_fatal(f"{outcome.replica_fault} on worker {self.settings.worker_id}: ComfyUI raised "
+                                  f"{outcome.raised}")  # logged as it goes
             return Report(job.id, job.attempt, handback=reason, job=job)
         if outcome.status == "lost":
             reason = await self._explain_lost_comfyui(outcome.message, silent_since=run.heard_at)

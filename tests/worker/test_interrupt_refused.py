@@ -1,0 +1,59 @@
+"""A proxy in front of ComfyUI refusing POST /interrupt and POST /queue (403 with its own JSON) had its answer taken
+for the prompt stopped: a worker stopped past its grace handed the job back as a clean shutdown, and logged nothing,
+while the prompt ran on in ComfyUI for no one. A refusal is now no answer, as a 5xx or a timeout is: the worker logs
+that it could not interrupt the prompt and hands the job back as the fault it is, naming the refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from ..conftest import served, wait_for
+
+
+@contextlib.asynccontextmanager
+async def interrupt_refusing_proxy(comfy_url: str) -> AsyncIterator[str]:
+    """Passes every HTTP request to ComfyUI (not the websocket: it forbids upgrades) but POST /interrupt and
+    POST /queue, which it refuses with 403 and its own JSON."""
+    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            if request.path == "/ws":
+                return web.Response(status=403, text="websockets are not allowed")
+            if request.method == "POST" and request.path in ("/interrupt", "/queue"):
+                return web.json_response({"error": "forbidden"}, status=403)
+            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
+            async with upstream.request(
+                request.method, comfy_url + str(request.rel_url), data=await request.read(), headers=headers
+            ) as answer:
+                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", forward)
+        async with served(app, shutdown_timeout=0.5) as url:
+            yield url
+
+
+async def test_a_refused_interrupt_at_a_stop_hands_the_job_back_as_a_fault_naming_it(
+    qm, comfy, make_worker, workflows
+):
+    job = qm.store.submit("alice", workflows["slow"])
+    async with interrupt_refusing_proxy(comfy.url) as proxy:
+        worker = make_worker(comfyui_url=proxy, shutdown_grace_s=0.1)
+        run = asyncio.create_task(worker.run())
+        await wait_for(lambda: comfy.running_prompt_id)
+        with capture_logs() as logs:
+            worker.request_shutdown()
+            assert await asyncio.wait_for(run, 10) == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.body["error"].startswith(
+        "Handed back: ComfyUI did not answer the interrupt when worker test-worker was stopped: ComfyUI POST "
+        "/interrupt answered HTTP 403"
+    ), report.body["error"]
+    assert "Could not interrupt the prompt" in [e["event"] for e in logs]
+    assert comfy.interrupts_received == [], "the proxy let no interrupt through"
