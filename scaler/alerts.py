@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,14 +104,16 @@ class AlertBook:
 
 
 def budget_alerts(spent_last_day: float, max_spend_per_day: float | None, now: float) -> list[Alert]:
-    """The budget thresholds crossed by ``spent_last_day`` (highest last)."""
-    if not max_spend_per_day:
+    """The budget thresholds crossed by ``spent_last_day`` (highest last). A budget of 0 (no spending allowed) is
+    crossed, all of them at once, by any spend."""
+    if max_spend_per_day is None or spent_last_day <= 0:
         return []
-    share = 100 * spent_last_day / max_spend_per_day
+    share = 100 * spent_last_day / max_spend_per_day if max_spend_per_day else math.inf
+    shown = f"{share:.0f} %" if max_spend_per_day else "over 100 %"
     return [
         Alert(
             f"budget_{threshold}",
-            f"{share:.0f} % of the daily budget spent: {spent_last_day:.2f} of {max_spend_per_day:.2f} "
+            f"{shown} of the daily budget spent: {spent_last_day:.2f} of {max_spend_per_day:.2f} "
             f"over the last 24 h" + (" — new replicas are no longer started" if threshold >= 100 else ""),
             now,
             {"threshold_percent": threshold, "spent_last_day": round(spent_last_day, 4),

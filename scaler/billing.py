@@ -134,11 +134,17 @@ class SpendLedger:
         amount = price_per_hour * interval_s / HOUR_S
         horizon = now - keep_s
         already = dict(self.billed)
+        listed_last = self._listed_at_last_look(interval_s, anchor)
         billed: dict[tuple[str, float], int] = {}
         new_charges: list[tuple[float, float]] = []
         for replica in replicas:
             key = (replica.id, replica.started_at)
-            dates, billed[key] = intervals_to_charge(replica.started_at, already.get(key, 0), now, keep_after=horizon,
+            if key not in already and key[0] in listed_last:
+                # The replica listed at the last look, now with another start: the one taken for it while Verda
+                # listed none (when first listed, by a scaler since restarted) before its own. Charged on under the
+                # first start: as new, it was charged a second first interval (0.77 $, not 0.38).
+                key = listed_last[key[0]]
+            dates, billed[key] = intervals_to_charge(key[1], already.get(key, 0), now, keep_after=horizon,
                                                      stepped_s=stepped_s, interval_s=interval_s, anchor=anchor)
             new_charges.extend((at, amount) for at in dates)
         # A replica missing from one listing and back at the next is the same replica: forgotten, its intervals were
@@ -151,6 +157,14 @@ class SpendLedger:
         if charges and charges[0][0] <= horizon:
             charges = tuple(charge for charge in charges if charge[0] > horizon)
         return SpendLedger(charges, tuple(billed.items()), observed_at=now, clock_step=(stepped_s, moved))
+
+    def _listed_at_last_look(self, interval_s: float, anchor: BillingAnchor) -> dict[str, tuple[str, float]]:
+        """Replica id -> its key, for the replicas whose charged intervals reach past the last observation (listed
+        then). A replica gone for longer is not among them: an id given again later is a new replica."""
+        if self.observed_at is None:
+            return {}
+        return {key[0]: key for key, count in self.billed
+                if interval_start(key[1], count, interval_s, anchor) > self.observed_at}
 
     def _following_clock(
         self, now: float, elapsed_s: float | None

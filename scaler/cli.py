@@ -13,11 +13,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from rich.console import Console
@@ -68,6 +68,7 @@ from scaler.wiring import (
 )
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
@@ -341,8 +342,19 @@ async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
     allow_many_connections()  # the metrics server lets as many wait as the worker's health server does
     metrics = ScalerMetrics()
     server = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port)
-    async with _opened(settings, metrics=metrics, dry_run=args.dry_run, with_alerts=True) as (backend, queue):
-        return await _run_loop(settings, args, backend, queue, metrics, server)
+    # Set first: a SIGTERM while the price is looked up ends the run as one at a tick does (before, it killed it).
+    # Only the main thread may set a handler (an in-process caller may run main() in another).
+    stop = asyncio.Event()
+    event_loop = asyncio.get_running_loop()
+    signals = STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ()
+    for sig in signals:
+        event_loop.add_signal_handler(sig, stop.set)
+    try:
+        async with _opened(settings, metrics=metrics, dry_run=args.dry_run, with_alerts=True) as (backend, queue):
+            return await _run_loop(settings, args, backend, queue, metrics, server, stop)
+    finally:
+        for sig in signals:
+            event_loop.remove_signal_handler(sig)
 
 
 async def _run_loop(
@@ -352,8 +364,12 @@ async def _run_loop(
     queue: QueueStatusReader,
     metrics: ScalerMetrics,
     server: MetricsServer,
+    stop: asyncio.Event,
 ) -> int:
-    pricing = await _usable_pricing(settings, backend)
+    pricing = await _unless_stopped(stop, _usable_pricing(settings, backend))
+    if pricing is None:
+        log.info("scaler_stopped", desired=None, hint="stopped while the price was looked up, before the first tick")
+        return EXIT_OK
     if isinstance(pricing, int):
         return pricing
     config = pricing.config
@@ -377,21 +393,28 @@ async def _run_loop(
                       error=f"{type(exc).__name__}: {exc}",
                       hint="check SCALER_METRICS_HOST and SCALER_METRICS_PORT (SCALER_METRICS_PORT=0: no metrics)")
             return EXIT_FAILED
-    stop = asyncio.Event()
-    event_loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        event_loop.add_signal_handler(sig, stop.set)
     try:
         await loop.run(stop)
     finally:
-        for sig in STOP_SIGNALS:
-            event_loop.remove_signal_handler(sig)
         await server.stop()
     if isinstance(backend, FleetBackend):
         backend.record_stopped()  # its `local` workers are stopped on the way out (LocalBackend.aclose)
     elif settings.backend == "local":
         loop.record_stopped()
     return EXIT_OK
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result; None, ``work`` cancelled, when ``stop`` is set first."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waited in (task, stopped):
+            waited.cancel()
+        await asyncio.wait({task, stopped})
+    return None if task.cancelled() else task.result()
 
 
 async def _once(settings: ScalerSettings, args: argparse.Namespace) -> int:

@@ -167,7 +167,7 @@ class ScalerLoop:
         # the deadline), and the next read that shows it is that write, not drift.
         self._write_failed: int | None = None
         self._ticked = False  # this process has decided once: the gap since the saved state's last tick is behind it
-        self.last_apply: str | None = None  # the last tick's outcome of writing its count (WROTE, FAILED, ...)
+        self.last_apply: str | None = None  # the tick's outcome of writing its count (WROTE, FAILED...), None till then
 
     async def run(self, stop: asyncio.Event) -> None:
         """A tick every ``interval_s`` (start to start) until ``stop`` is set; a tick under way when it is set gets
@@ -198,6 +198,11 @@ class ScalerLoop:
             await asyncio.wait({tick, stopped})
 
     def _log_cut_short(self) -> None:
+        if self.last_apply is not None:
+            log.warning("scaler_tick_cut_short", grace_s=STOP_GRACE_S, apply=self.last_apply,
+                        hint="stopping while the queue manager's /health was read: the tick's decision was already "
+                        "carried out (see `apply`) and saved; only comfy_scaler_queue_manager_healthy is not updated")
+            return
         if self._writing is None:
             log.warning("scaler_tick_cut_short", grace_s=STOP_GRACE_S,
                         hint="stopping before the tick under way wrote its decision: the platform keeps its count")
@@ -218,6 +223,7 @@ class ScalerLoop:
 
     async def tick(self) -> Decision:
         deadline = asyncio.get_running_loop().time() + self.tick_deadline_s
+        self.last_apply = None
         # Read alongside the tick and awaited once the decision is applied: /health never delays nor alters it.
         health = asyncio.create_task(self._by(deadline, self.queue.healthy(), "the queue manager's health"))
         try:

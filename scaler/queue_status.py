@@ -155,8 +155,10 @@ class QueueStatusReader:
             "running": {"limit": TIMINGS_LIMIT},
             "completed": {"limit": RECENT_COMPLETIONS, **NEWEST_FIRST},
         }
-        bodies = await asyncio.gather(*(self._job_list(state, query, lists_by) for state, query in queries.items()))
-        return replace(status, **job_timings(dict(zip(queries, bodies, strict=True)), now))
+        stamp = _Stamps(now)
+        times = await asyncio.gather(*(self._job_times(state, query, lists_by, stamp)
+                                       for state, query in queries.items()))
+        return replace(status, **_timings(dict(zip(queries, times, strict=True)), stamp))
 
     async def healthy(self) -> bool | None:
         """Whether GET /health says the manager can serve: True for a 200 naming a status in HEALTHY_STATUSES, False
@@ -172,7 +174,9 @@ class QueueStatusReader:
             return None
         return response.status_code == 200 and status in HEALTHY_STATUSES
 
-    async def _job_list(self, state: str, query: dict[str, Any], by: float | None) -> list[Any]:
+    async def _job_times(self, state: str, query: dict[str, Any], by: float | None, stamp: _Stamps) -> list[JobTimes]:
+        """The listed jobs' times, read from the list as soon as it is parsed: three lists held parsed at once (4 MiB
+        of `{}` each) took the scaler from 59 to 394 MiB."""
         try:
             async with asyncio.timeout_at(by):
                 response = await self._get(JOBS_PATH, params={"status": state, **query})
@@ -181,7 +185,7 @@ class QueueStatusReader:
             else:
                 body = response.json()
                 if isinstance(body, list):
-                    return body
+                    return _times(body, stamp)
                 problem = f"not a list: {scrubbed_excerpt(str(body), 100)}"
         except (httpx.HTTPError, ValueError, RecursionError, AnswerTooLarge) as exc:
             problem = error_text(exc, 200)
@@ -227,27 +231,38 @@ def _what_to_check(status: int, has_token: bool, url: str) -> str:
     return f" (GET {url}): {cause}" if status == 404 else f": {cause}"
 
 
+# A job's (created_at, started_at, completed_at), each None when missing or not believed.
+JobTimes = tuple[float | None, float | None, float | None]
+
+
 def job_timings(lists: dict[str, list[Any]], now: float) -> dict[str, tuple[float, ...]]:
     """Ages of pending jobs, elapsed run of running ones (and how long they had waited), durations of the most
     recent completions, and how long the jobs that started last (running or completed) had waited."""
     stamp = _Stamps(now)
-    ages = tuple(max(0.0, now - t) for t in (stamp(job, "created_at") for job in lists.get("pending", ()))
-                 if t is not None)
+    return _timings({state: _times(jobs, stamp) for state, jobs in lists.items()}, stamp)
+
+
+def _times(jobs: list[Any], stamp: _Stamps) -> list[JobTimes]:
+    """The jobs' times, without the jobs that have none to count."""
+    times = ((stamp(job, "created_at"), stamp(job, "started_at"), stamp(job, "completed_at")) for job in jobs)
+    return [job for job in times if job != (None, None, None)]
+
+
+def _timings(lists: dict[str, list[JobTimes]], stamp: _Stamps) -> dict[str, tuple[float, ...]]:
+    now = stamp.now
+    ages = tuple(max(0.0, now - created) for created, _, _ in lists.get("pending", ()) if created is not None)
     elapsed, waited = [], []
-    for job in lists.get("running", ()):
-        created, began = stamp(job, "created_at"), stamp(job, "started_at")
+    for created, began, _ in lists.get("running", ()):
         if began is not None:
             elapsed.append(max(0.0, now - began))
             waited.append(max(0.0, began - created) if created is not None else 0.0)
     done = []
-    for job in lists.get("completed", ()):
-        started, completed = stamp(job, "started_at"), stamp(job, "completed_at")
+    for _, started, completed in lists.get("completed", ()):
         if started is not None and completed is not None and completed >= started:
             done.append((completed, completed - started))
     recent = tuple(duration for _, duration in sorted(done)[-RECENT_COMPLETIONS:])
     started = []
-    for job in (*lists.get("running", ()), *lists.get("completed", ())):
-        created, began = stamp(job, "created_at"), stamp(job, "started_at")
+    for created, began, _ in (*lists.get("running", ()), *lists.get("completed", ())):
         if created is not None and began is not None and began >= created:
             started.append((began, began - created))
     waits = tuple(wait for _, wait in sorted(started)[-RECENT_COMPLETIONS:])
