@@ -5,6 +5,8 @@ a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 
 from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
@@ -18,7 +20,7 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
-    from supervisor.comfyui_process import port_taken
+    from supervisor.comfyui_process import first_unprivileged_port, port_taken
     from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
     from supervisor.model_paths import write_model_paths
     from supervisor.run import supervise
@@ -102,17 +104,27 @@ def prepare_directories(config: SupervisorSettings) -> None:
     write_model_paths(config.model_paths_file, config.models_dir)
 
 
-def comfyui_port_free(config: SupervisorSettings) -> bool:
-    """False, logged, when a process already listens on ComfyUI's port: a ComfyUI left over from an earlier run
-    would answer the worker, and run its jobs, in place of the one this start is about to launch."""
+def comfyui_port_refused(config: SupervisorSettings) -> int | None:
+    """None when ComfyUI can listen on its port; else the exit code, logged. A process already listening there (a
+    ComfyUI left over from an earlier run) would answer the worker, and run its jobs, in place of the one this start
+    is about to launch; a port this process may not bind is the configuration's fault, which no restart mends."""
     taken = port_taken(COMFYUI_HOST, config.comfyui_port)
-    if taken is not None:
-        structlog.get_logger().error(
-            "supervisor.comfyui_port_taken", port=config.comfyui_port, error=taken,
-            why="another process listens there, maybe a ComfyUI left over from an earlier run: the worker would "
-            "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
+    if taken is None:
+        return None
+    log, error = structlog.get_logger(), taken.strerror or type(taken).__name__
+    if taken.errno in (errno.EACCES, errno.EPERM):
+        log.error(
+            "supervisor.comfyui_port_privileged", port=config.comfyui_port, error=error, uid=os.getuid(),
+            why=f"ports below {first_unprivileged_port()} need root or CAP_NET_BIND_SERVICE, which this container "
+            "lacks: ComfyUI could not listen there; give COMFYUI_URL a port from 1024 up (the default is 8188)",
         )  # fmt: skip
-    return taken is None
+        return EXIT_CONFIG
+    log.error(
+        "supervisor.comfyui_port_taken", port=config.comfyui_port, error=error,
+        why="another process listens there, maybe a ComfyUI left over from an earlier run: the worker would "
+        "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
+    )  # fmt: skip
+    return 1
 
 
 def usage() -> str:
@@ -177,8 +189,9 @@ def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
     folders, supervise."""
     log = structlog.get_logger()
     remove_stale_port_file(settings)
-    if not comfyui_port_free(config):
-        return 1
+    refused = comfyui_port_refused(config)
+    if refused is not None:
+        return refused
     empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)
