@@ -20,6 +20,7 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
+    from health.probe import probe_host
     from supervisor.comfyui_process import first_unprivileged_port, port_taken
     from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
     from supervisor.model_paths import write_model_paths
@@ -82,7 +83,8 @@ def _port_file_problems(settings: WorkerSettings) -> list[str]:
         return ["HEALTH_PORT=0 with HEALTH_PORT_FILE empty: the image's HEALTHCHECK finds the port the OS picked in "
                 "that file only, and would report this replica unhealthy for ever. Fix: set HEALTH_PORT_FILE (the "
                 "image's is /tmp/comfy-worker-health-port) or a fixed HEALTH_PORT."]
-    problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file)
+    widest = f"65535 {probe_host(settings.health_host)}\n".encode()  # what the health server writes there
+    problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file, widest)
     if problem is None:
         return []
     return [f"{problem} HEALTH_PORT=0 needs it: the image's HEALTHCHECK finds the port the OS picked there only "

@@ -31,11 +31,12 @@ def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
     return problems
 
 
-def unwritable_file(variable: str, path: Path) -> str | None:
-    """Why this process cannot write the file at path (its folder made if missing), or None when it can."""
+def unwritable_file(variable: str, path: Path, content: bytes = b"") -> str | None:
+    """Why this process cannot write the file at path, as much as content (its folder made if missing), or None when
+    it can."""
     if not path.name or path.is_dir():
         return f"{variable}={path} is a folder, not a file. Fix: name a file in a writable folder."
-    error = _why_unwritable(path.parent)
+    error = _why_unwritable(path.parent, content)
     return None if error is None else _describe(variable, path, error, folder=path.parent)
 
 
@@ -63,18 +64,23 @@ def _fix_reading(variable: str, path: Path, number: int | None) -> str:
     return "let every user read it and enter its folders (chmod -R a+rX <host dir>), or chown it to that uid."
 
 
-def _why_unwritable(path: Path) -> OSError | None:
+def _why_unwritable(path: Path, content: bytes = b"") -> OSError | None:
     try:
         path.mkdir(parents=True, exist_ok=True)  # a missing scratch or outputs folder is made, as before
         fd, probe = tempfile.mkstemp(dir=path, prefix=PROBE_PREFIX)
     except OSError as exc:
         return exc
+    error = None
+    try:
+        os.write(fd, content)  # a full disk still makes an empty file
+    except OSError as exc:
+        error = exc
     with contextlib.suppress(OSError):
         _remove_stale_probes(path, now=os.fstat(fd).st_mtime)
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
-    return None
+    return error
 
 
 def _remove_stale_probes(path: Path, now: float) -> None:
