@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
 
 from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
@@ -147,10 +148,23 @@ def main() -> int:
                                "For a shell in the image: docker run --entrypoint bash <image>")
     if refused is not None:
         return refused
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as Python does SIGINT: until the worker takes them
+        signal.signal(sig, _stop_before_start)
     try:
         return _checked_start()
     except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
         return interrupted("comfy-supervisor", INTERRUPTED_WHEN)
+    except StoppedBeforeStart as stop:  # nothing runs yet: a stop like any other, exit 0
+        sys.stderr.write(f"comfy-supervisor: stopped ({stop}) {INTERRUPTED_WHEN}; exiting\n")
+        return 0
+
+
+class StoppedBeforeStart(BaseException):  # not an Exception: no `except Exception` of the start may take it
+    """A stop signal before the worker takes the stop signals (its default action: 143, without a word)."""
+
+
+def _stop_before_start(signum: int, _frame: object) -> None:
+    raise StoppedBeforeStart(signal.Signals(signum).name)
 
 
 def _checked_start() -> int:
