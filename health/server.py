@@ -71,8 +71,13 @@ class HealthServer:
                 write_port_file(self._port_file, port, host)
                 self._written_port_file = self._port_file
             except (OSError, ValueError) as exc:  # ValueError: a path with no file name (HEALTH_PORT_FILE=.)
-                log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
-                          path=str(self._port_file), error=f"{type(exc).__name__}: {exc}")
+                said = {"path": str(self._port_file), "error": f"{type(exc).__name__}: {exc}"}
+                if self._port == 0:
+                    log.error("Could not write HEALTH_PORT_FILE: with HEALTH_PORT=0 the image's HEALTHCHECK cannot "
+                              "find the port, and reports this replica unhealthy", **said)
+                else:
+                    log.error("Could not write HEALTH_PORT_FILE: the image's HEALTHCHECK probes HEALTH_PORT instead",
+                              **said)
         return port
 
     async def stop(self) -> None:

@@ -5,6 +5,9 @@ a queue token refused on 3 polls in a row); 130 a SIGINT (Ctrl-C) before ComfyUI
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import signal
 import sys
 
 from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
@@ -18,7 +21,8 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
-    from supervisor.comfyui_process import port_taken
+    from health.probe import probe_host
+    from supervisor.comfyui_process import first_unprivileged_port, port_taken
     from supervisor.config import COMFYUI_HOST, SupervisorSettings, load_supervisor_settings
     from supervisor.model_paths import write_model_paths
     from supervisor.run import supervise
@@ -80,7 +84,8 @@ def _port_file_problems(settings: WorkerSettings) -> list[str]:
         return ["HEALTH_PORT=0 with HEALTH_PORT_FILE empty: the image's HEALTHCHECK finds the port the OS picked in "
                 "that file only, and would report this replica unhealthy for ever. Fix: set HEALTH_PORT_FILE (the "
                 "image's is /tmp/comfy-worker-health-port) or a fixed HEALTH_PORT."]
-    problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file)
+    widest = f"65535 {probe_host(settings.health_host)}\n".encode()  # what the health server writes there
+    problem = unwritable_file("HEALTH_PORT_FILE", settings.health_port_file, widest)
     if problem is None:
         return []
     return [f"{problem} HEALTH_PORT=0 needs it: the image's HEALTHCHECK finds the port the OS picked there only "
@@ -102,17 +107,27 @@ def prepare_directories(config: SupervisorSettings) -> None:
     write_model_paths(config.model_paths_file, config.models_dir)
 
 
-def comfyui_port_free(config: SupervisorSettings) -> bool:
-    """False, logged, when a process already listens on ComfyUI's port: a ComfyUI left over from an earlier run
-    would answer the worker, and run its jobs, in place of the one this start is about to launch."""
+def comfyui_port_refused(config: SupervisorSettings) -> int | None:
+    """None when ComfyUI can listen on its port; else the exit code, logged. A process already listening there (a
+    ComfyUI left over from an earlier run) would answer the worker, and run its jobs, in place of the one this start
+    is about to launch; a port this process may not bind is the configuration's fault, which no restart mends."""
     taken = port_taken(COMFYUI_HOST, config.comfyui_port)
-    if taken is not None:
-        structlog.get_logger().error(
-            "supervisor.comfyui_port_taken", port=config.comfyui_port, error=taken,
-            why="another process listens there, maybe a ComfyUI left over from an earlier run: the worker would "
-            "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
+    if taken is None:
+        return None
+    log, error = structlog.get_logger(), taken.strerror or type(taken).__name__
+    if taken.errno in (errno.EACCES, errno.EPERM):
+        log.error(
+            "supervisor.comfyui_port_privileged", port=config.comfyui_port, error=error, uid=os.getuid(),
+            why=f"ports below {first_unprivileged_port()} need root or CAP_NET_BIND_SERVICE, which this container "
+            "lacks: ComfyUI could not listen there; give COMFYUI_URL a port from 1024 up (the default is 8188)",
         )  # fmt: skip
-    return taken is None
+        return EXIT_CONFIG
+    log.error(
+        "supervisor.comfyui_port_taken", port=config.comfyui_port, error=error,
+        why="another process listens there, maybe a ComfyUI left over from an earlier run: the worker would "
+        "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
+    )  # fmt: skip
+    return 1
 
 
 def usage() -> str:
@@ -133,10 +148,23 @@ def main() -> int:
                                "For a shell in the image: docker run --entrypoint bash <image>")
     if refused is not None:
         return refused
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as Python does SIGINT: until the worker takes them
+        signal.signal(sig, _stop_before_start)
     try:
         return _checked_start()
     except KeyboardInterrupt:  # raised only until the worker takes SIGINT: before ComfyUI starts
         return interrupted("comfy-supervisor", INTERRUPTED_WHEN)
+    except StoppedBeforeStart as stop:  # nothing runs yet: a stop like any other, exit 0
+        sys.stderr.write(f"comfy-supervisor: stopped ({stop}) {INTERRUPTED_WHEN}; exiting\n")
+        return 0
+
+
+class StoppedBeforeStart(BaseException):  # not an Exception: no `except Exception` of the start may take it
+    """A stop signal before the worker takes the stop signals (its default action: 143, without a word)."""
+
+
+def _stop_before_start(signum: int, _frame: object) -> None:
+    raise StoppedBeforeStart(signal.Signals(signum).name)
 
 
 def _checked_start() -> int:
@@ -177,8 +205,9 @@ def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
     folders, supervise."""
     log = structlog.get_logger()
     remove_stale_port_file(settings)
-    if not comfyui_port_free(config):
-        return 1
+    refused = comfyui_port_refused(config)
+    if refused is not None:
+        return refused
     empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)

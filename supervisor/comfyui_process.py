@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TextIO
 
 import structlog
@@ -30,7 +31,7 @@ _KILL_WAIT_S = 5.0
 _EXIT_POLL_S = 0.1
 
 
-def port_taken(host: str, port: int) -> str | None:
+def port_taken(host: str, port: int) -> OSError | None:
     """Why ComfyUI could not listen on host:port, or None when it can. A process that already listens there (a
     ComfyUI left over from an earlier run) would otherwise answer the worker in place of the one started now."""
     with socket.socket() as probe:
@@ -38,8 +39,16 @@ def port_taken(host: str, port: int) -> str | None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            return exc.strerror or type(exc).__name__
+            return exc
     return None
+
+
+def first_unprivileged_port() -> int:
+    """The lowest port a process without root or CAP_NET_BIND_SERVICE may listen on (a sysctl; 1024 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 class ComfyUIProcess:

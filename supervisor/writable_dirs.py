@@ -13,29 +13,35 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 PROBE_PREFIX = ".write-check-"
 STALE_WRITE_CHECK_S = 3600.0  # a live check lives for a few milliseconds
+SLOW_CHECK_S = 5.0  # a local disk answers in milliseconds; a hung network mount never does
 
 
 def unwritable_directories(directories: Mapping[str, Path]) -> list[str]:
     """One line per variable whose directory cannot be created or written by this process; empty when all can."""
     problems = []
     for variable, path in directories.items():
-        error = _why_unwritable(path)
+        with _said_if_slow(variable, path):
+            error = _why_unwritable(path)
         if error is not None:
             problems.append(_describe(variable, path, error))
     return problems
 
 
-def unwritable_file(variable: str, path: Path) -> str | None:
-    """Why this process cannot write the file at path (its folder made if missing), or None when it can."""
-    if not path.name or path.is_dir():
-        return f"{variable}={path} is a folder, not a file. Fix: name a file in a writable folder."
-    error = _why_unwritable(path.parent)
+def unwritable_file(variable: str, path: Path, content: bytes = b"") -> str | None:
+    """Why this process cannot write the file at path, as much as content (its folder made if missing), or None when
+    it can."""
+    with _said_if_slow(variable, path):
+        if not path.name or path.is_dir():
+            return f"{variable}={path} is a folder, not a file. Fix: name a file in a writable folder."
+        error = _why_unwritable(path.parent, content)
     return None if error is None else _describe(variable, path, error, folder=path.parent)
 
 
@@ -44,7 +50,7 @@ def unreadable_directories(directories: Mapping[str, Path]) -> list[str]:
     problems = []
     for variable, path in directories.items():
         try:
-            with os.scandir(path) as entries:
+            with _said_if_slow(variable, path), os.scandir(path) as entries:
                 next(entries, None)
         except OSError as exc:
             problems.append(
@@ -55,6 +61,27 @@ def unreadable_directories(directories: Mapping[str, Path]) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def _said_if_slow(variable: str, path: Path) -> Iterator[None]:
+    """A line on stderr once the check of path has taken SLOW_CHECK_S: on a mount that does not answer (a hung NFS
+    server) it blocks without end, before the start has logged anything, and nothing said where it waits."""
+    line = (f"comfy-supervisor: checking {variable}={path} has taken {SLOW_CHECK_S:g} s and goes on: a network "
+            "mount that does not answer? The start waits for it.\n")
+    timer = threading.Timer(SLOW_CHECK_S, _say, (line,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no stderr, or a closed one
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
 def _fix_reading(variable: str, path: Path, number: int | None) -> str:
     if number == errno.ENOENT:
         return f"mount the volume holding the files there, or unset {variable}."
@@ -63,18 +90,23 @@ def _fix_reading(variable: str, path: Path, number: int | None) -> str:
     return "let every user read it and enter its folders (chmod -R a+rX <host dir>), or chown it to that uid."
 
 
-def _why_unwritable(path: Path) -> OSError | None:
+def _why_unwritable(path: Path, content: bytes = b"") -> OSError | None:
     try:
         path.mkdir(parents=True, exist_ok=True)  # a missing scratch or outputs folder is made, as before
         fd, probe = tempfile.mkstemp(dir=path, prefix=PROBE_PREFIX)
     except OSError as exc:
         return exc
+    error = None
+    try:
+        os.write(fd, content)  # a full disk still makes an empty file
+    except OSError as exc:
+        error = exc
     with contextlib.suppress(OSError):
         _remove_stale_probes(path, now=os.fstat(fd).st_mtime)
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
-    return None
+    return error
 
 
 def _remove_stale_probes(path: Path, now: float) -> None:

@@ -110,6 +110,24 @@ async def test_a_port_file_that_cannot_be_written_is_an_error_line_not_a_stop(tm
     assert "Could not write HEALTH_PORT_FILE" in capsys.readouterr().out
 
 
+async def test_an_unwritten_port_file_with_health_port_0_is_not_said_to_fall_back_on_health_port(
+    tmp_path: Path, capsys
+) -> None:
+    """Before: "the image's HEALTHCHECK probes HEALTH_PORT instead" whatever HEALTH_PORT, false for 0 (the probe
+    has no port then: unhealthy for ever). Now the line says so; with a fixed port it keeps saying the fallback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        fixed = probe.getsockname()[1]
+    for port, said in ((0, "cannot find the port"), (fixed, "probes HEALTH_PORT instead")):
+        server = HealthServer(make_state(), host="127.0.0.1", port=port, port_file=tmp_path / "missing" / "port")
+        try:
+            await server.start()
+        finally:
+            await server.stop()
+        (line,) = [line for line in capsys.readouterr().out.splitlines() if "Could not write HEALTH_PORT_FILE" in line]
+        assert said in line, line
+
+
 def this_machines_address() -> str | None:
     """The address this machine reaches others from (`hostname -I`'s first), None without one: a UDP socket
     connected to a documentation address picks it, and sends nothing."""

@@ -4,13 +4,18 @@ The same for COMFYUI_INPUT_DIR, which the container only reads."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from supervisor.__main__ import directory_problems
 from supervisor.config import SupervisorSettings
@@ -223,6 +228,38 @@ def test_a_health_port_file_the_container_cannot_write_is_refused_with_health_po
                            "is not a writable directory (Permission denied)"), line
     assert "HEALTH_PORT=0" in line
     assert problems(8000) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system with no space left: a 64 KiB tmpfs, filled (mounting one needs root)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        with (mount_point / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_health_port_file_on_a_full_disk_is_refused_with_health_port_0(tmp_path: Path, full_disk: Path) -> None:
+    """Before: the check only made an empty file, which a full disk still allows (an inode, no block): with /tmp
+    full the start went on, the health server could not write the port, and the HEALTHCHECK said unhealthy for
+    ever. Now the check writes as much as the port file holds."""
+    config = SupervisorSettings(COMFYUI_COMMAND=sys.executable, SCRATCH_DIR=tmp_path / "data")
+    settings = WorkerSettings(QUEUE_MANAGER_URL="http://127.0.0.1:9", OUTPUTS_PATH=tmp_path / "outputs",
+                              HEALTH_PORT=0, HEALTH_PORT_FILE=full_disk / "health-port")  # fmt: skip
+
+    (line,) = directory_problems(config, settings)
+    assert line.startswith(f"HEALTH_PORT_FILE={full_disk / 'health-port'} cannot be written: its folder {full_disk} "
+                           "is not a writable directory (No space left on device)"), line
+    assert sorted(path.name for path in full_disk.iterdir()) == ["filler"]
 
 
 async def test_supervisor_with_health_port_0_and_a_folder_for_its_port_file_exits_2_before_comfyui(
