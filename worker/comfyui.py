@@ -323,12 +323,19 @@ class ComfyUIClient:
 
     async def stop_prompts_of(self, key: str, value: str) -> tuple[set[str], set[str]]:
         """Delete the pending and interrupt the running prompts marked ``value`` at ``key`` (``prompts_of``): what
-        a killed worker left in ComfyUI. Their (running, pending) ids."""
+        a killed worker left in ComfyUI. Their (running, pending) ids; ComfyUIUnavailable naming every prompt that
+        could not be stopped, once all were tried."""
         running, pending = await self.prompts_of(key, value)
-        for prompt_id in pending:
-            await self.delete_pending(prompt_id)
-        for prompt_id in running:
-            await self.interrupt(prompt_id)
+        stops = [(self.delete_pending, prompt_id) for prompt_id in pending]
+        stops += [(self.interrupt, prompt_id) for prompt_id in running]
+        failures = []
+        for stop, prompt_id in stops:
+            try:
+                await stop(prompt_id)
+            except ComfyUIUnavailable as exc:
+                failures.append(f"prompt {prompt_id}: {exc}")
+        if failures:
+            raise ComfyUIUnavailable(f"could not stop {len(failures)} of {len(stops)} prompts: {'; '.join(failures)}")
         return running, pending
 
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
