@@ -51,6 +51,11 @@ class ComfyUIUnavailable(Exception):
     """ComfyUI did not answer, or answered with a server error."""
 
 
+class ViewRefusedWorker(ComfyUIUnavailable):
+    """GET /view answered REFUSED_CALLER_STATUSES: a proxy refusing the worker, or only that file's name (a filter
+    on what a user named it); ``view_refuses_worker`` tells which."""
+
+
 class ComfyUIServerError(ComfyUIUnavailable):
     """ComfyUI answered with a server error (5xx): an exception in its handler, told in its own log."""
 
@@ -318,12 +323,19 @@ class ComfyUIClient:
 
     async def stop_prompts_of(self, key: str, value: str) -> tuple[set[str], set[str]]:
         """Delete the pending and interrupt the running prompts marked ``value`` at ``key`` (``prompts_of``): what
-        a killed worker left in ComfyUI. Their (running, pending) ids."""
+        a killed worker left in ComfyUI. Their (running, pending) ids; ComfyUIUnavailable naming every prompt that
+        could not be stopped, once all were tried."""
         running, pending = await self.prompts_of(key, value)
-        for prompt_id in pending:
-            await self.delete_pending(prompt_id)
-        for prompt_id in running:
-            await self.interrupt(prompt_id)
+        stops = [(self.delete_pending, prompt_id) for prompt_id in pending]
+        stops += [(self.interrupt, prompt_id) for prompt_id in running]
+        failures = []
+        for stop, prompt_id in stops:
+            try:
+                await stop(prompt_id)
+            except ComfyUIUnavailable as exc:
+                failures.append(f"prompt {prompt_id}: {exc}")
+        if failures:
+            raise ComfyUIUnavailable(f"could not stop {len(failures)} of {len(stops)} prompts: {'; '.join(failures)}")
         return running, pending
 
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
@@ -412,7 +424,7 @@ class ComfyUIClient:
                 if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 if response.status_code in REFUSED_CALLER_STATUSES:
-                    raise ComfyUIUnavailable(
+                    raise ViewRefusedWorker(
                         f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}: something in front of "
                         f"ComfyUI refuses the worker (ComfyUI asks no credentials); check COMFYUI_URL and its proxy"
                     )
@@ -422,6 +434,15 @@ class ComfyUIClient:
                     yield chunk
         except httpx.HTTPError as exc:
             raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def view_refuses_worker(self) -> int | None:
+        """The status refusing GET /view naming no file (REFUSED_CALLER_STATUSES), which ComfyUI answers 404: then
+        it is the worker, not a file's name, that is refused. None for any other answer, or none."""
+        try:
+            status = (await self._request("GET", "/view")).status_code
+        except (ComfyUIUnavailable, ReplyTooLarge):
+            return None
+        return status if status in REFUSED_CALLER_STATUSES else None
 
     async def connect_websocket(self, client_id: str, *, timeout_s: float = 10.0) -> aiohttp.ClientWebSocketResponse:
         if self._ws_session is None or self._ws_session.closed:

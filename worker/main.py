@@ -32,6 +32,7 @@ from worker.comfyui import (
     PromptRejected,
     ReplyTooLarge,
     UploadRefused,
+    ViewRefusedWorker,
 )
 from worker.config import WorkerSettings
 from worker.deadline import ShutdownDeadline
@@ -755,6 +756,12 @@ class Worker:
                     outcome.outputs, job.user_id, job.id, attempt=job.attempt, written_since=outcome.written_since
                 )
         except ComfyUILostDuringDelivery as exc:
+            if isinstance(exc.__cause__, ViewRefusedWorker) and (status := await self.comfy.view_refuses_worker()):
+                # Every job would be handed back the same way: let the platform replace us (no file name: user data)
+                self.state.mark_fatal(f"something in front of ComfyUI refuses worker {self.settings.worker_id} "
+                                      f"GET /view (HTTP {status}) whatever the file; check COMFYUI_URL and its proxy")
+                reason = f"Output delivery failed on worker {self.settings.worker_id}: {exc}"
+                return Report(job.id, job.attempt, handback=reason, job=job)
             reason = await self._explain_lost_comfyui(f"Output delivery failed: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)
         except OutputsDiskFailed as exc:
