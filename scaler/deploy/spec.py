@@ -499,24 +499,28 @@ def _on_shared_volume(spec: DeploymentSpec, folder: str) -> bool:
     return any(mount.type == "shared" and path.is_relative_to(mount.mount_path) for mount in spec.volume_mounts)
 
 
+def _section(spec: DeploymentSpec, variable: str) -> str:
+    return "env_from_environment" if variable in spec.resolved_env else "env"
+
+
 def unmounted_input_dir(spec: DeploymentSpec) -> list[str]:
     """On Verda, the container's folders that must lie on a shared volume the spec mounts: COMFYUI_INPUT_DIR (the
     replicas would exit 2 at start, nothing there) and OUTPUTS_PATH (elsewhere, the scratch disk or the image's own
     folder, every result is written, reported completed, and lost with its replica). A RunPod pod has both on its
     own network volume instead (build_pod_body)."""
     problems = []
-    inputs = spec.env.get("COMFYUI_INPUT_DIR")
+    container = {**spec.env, **spec.resolved_env}
+    inputs = container.get("COMFYUI_INPUT_DIR")
     if inputs and not _on_shared_volume(spec, inputs):
-        problems.append(f"env.COMFYUI_INPUT_DIR: no shared volume is mounted at {inputs}: every replica would exit 2 "
-                        "at start; uncomment the [[volume_mounts]] for /inputs (its id in VERDA_INPUTS_VOLUME_ID), "
-                        "or remove the setting")
-    section = "env_from_environment" if "OUTPUTS_PATH" in spec.resolved_env else "env"
-    outputs = {**spec.env, **spec.resolved_env}.get("OUTPUTS_PATH", str(DEFAULT_OUTPUTS_PATH))
+        problems.append(f"{_section(spec, 'COMFYUI_INPUT_DIR')}.COMFYUI_INPUT_DIR: no shared volume is mounted at "
+                        f"{inputs}: every replica would exit 2 at start; uncomment the [[volume_mounts]] for /inputs "
+                        "(its id in VERDA_INPUTS_VOLUME_ID), or remove the setting")
+    outputs = container.get("OUTPUTS_PATH", str(DEFAULT_OUTPUTS_PATH))
     if not _on_shared_volume(spec, outputs):
-        problems.append(f"{section}.OUTPUTS_PATH: no shared volume is mounted at {outputs} (OUTPUTS_PATH, default "
-                        f"{DEFAULT_OUTPUTS_PATH}): every result would be written to the replica's own disk, reported "
-                        "completed, and lost with the replica; mount the outputs SFS volume there (its id in "
-                        "VERDA_OUTPUTS_VOLUME_ID), or set OUTPUTS_PATH to a folder on it")
+        problems.append(f"{_section(spec, 'OUTPUTS_PATH')}.OUTPUTS_PATH: no shared volume is mounted at {outputs} "
+                        f"(OUTPUTS_PATH, default {DEFAULT_OUTPUTS_PATH}): every result would be written to the "
+                        "replica's own disk, reported completed, and lost with the replica; mount the outputs SFS "
+                        "volume there (its id in VERDA_OUTPUTS_VOLUME_ID), or set OUTPUTS_PATH to a folder on it")
     return problems
 
 
