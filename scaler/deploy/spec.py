@@ -300,11 +300,16 @@ def text_problems(value: Any, where: str) -> list[str]:
     return []
 
 
-def _format_errors(error: ValidationError) -> list[str]:
+def _format_errors(error: ValidationError, environ: Mapping[str, str]) -> list[str]:
+    """A line per problem, naming its field, and the variable it came from when one overrode the spec's value: the
+    spec file, which the operator reads first, may hold a good one (is_spot = false, VERDA_IS_SPOT=ture)."""
+    overridden = {field: variable for variable, field in ENV_OVERRIDES.items() if variable in environ}
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "spec"
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        variable = overridden.get(tuple(item["loc"][:2]))
+        source = f" (from {variable})" if variable else ""
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}{source}")
     return problems
 
 
@@ -481,7 +486,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     try:
         spec = DeploymentSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(_format_errors(error) + missing) from None
+        raise SpecError(_format_errors(error, environ) + missing) from None
     if missing:
         raise SpecError(missing)
     known_secrets = from_environment["secrets"]
