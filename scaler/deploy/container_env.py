@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
 
 from common.settings import misspelt_names, problems_in
 from supervisor.config import SupervisorSettings
@@ -10,6 +11,8 @@ from worker.config import WorkerSettings
 
 # The port the worker's health server listens on when the container is given no HEALTH_PORT.
 DEFAULT_HEALTH_PORT: int = WorkerSettings.model_fields["health_port"].default
+# Where the worker delivers results when the container is given no OUTPUTS_PATH.
+DEFAULT_OUTPUTS_PATH: Path = WorkerSettings.model_fields["outputs_path"].default
 
 
 class SupervisorSettingsOffImage(SupervisorSettings):

@@ -6,12 +6,13 @@ Validation happens here, before any API call, and every message names the spec f
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import tomllib
 import unicodedata
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -20,7 +21,12 @@ from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
 from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
-from scaler.deploy.container_env import DEFAULT_HEALTH_PORT, container_env_problems, misspelt_problems
+from scaler.deploy.container_env import (
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_OUTPUTS_PATH,
+    container_env_problems,
+    misspelt_problems,
+)
 from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.client import check_deployment_name
 
@@ -294,11 +300,16 @@ def text_problems(value: Any, where: str) -> list[str]:
     return []
 
 
-def _format_errors(error: ValidationError) -> list[str]:
+def _format_errors(error: ValidationError, environ: Mapping[str, str]) -> list[str]:
+    """A line per problem, naming its field, and the variable it came from when one overrode the spec's value: the
+    spec file, which the operator reads first, may hold a good one (is_spot = false, VERDA_IS_SPOT=ture)."""
+    overridden = {field: variable for variable, field in ENV_OVERRIDES.items() if variable in environ}
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "spec"
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        variable = overridden.get(tuple(item["loc"][:2]))
+        source = f" (from {variable})" if variable else ""
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}{source}")
     return problems
 
 
@@ -475,7 +486,7 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     try:
         spec = DeploymentSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecError(_format_errors(error) + missing) from None
+        raise SpecError(_format_errors(error, environ) + missing) from None
     if missing:
         raise SpecError(missing)
     known_secrets = from_environment["secrets"]
@@ -488,15 +499,34 @@ def load_spec(path: Path, environ: Mapping[str, str]) -> DeploymentSpec:
     return spec
 
 
+def _on_shared_volume(spec: DeploymentSpec, folder: str) -> bool:
+    path = PurePosixPath(posixpath.normpath(folder))  # the container's: "/outputs/../data" is /data
+    return any(mount.type == "shared" and path.is_relative_to(mount.mount_path) for mount in spec.volume_mounts)
+
+
+def _section(spec: DeploymentSpec, variable: str) -> str:
+    return "env_from_environment" if variable in spec.resolved_env else "env"
+
+
 def unmounted_input_dir(spec: DeploymentSpec) -> list[str]:
-    """On Verda, COMFYUI_INPUT_DIR must lie on a shared volume the spec mounts: the replicas would exit 2 at start
-    (nothing there). A RunPod pod has it on its own network volume instead (build_pod_body)."""
-    inputs = spec.env.get("COMFYUI_INPUT_DIR")
-    if not inputs or any(mount.type == "shared" and Path(inputs).is_relative_to(mount.mount_path)
-                         for mount in spec.volume_mounts):
-        return []
-    return [f"env.COMFYUI_INPUT_DIR: no shared volume is mounted at {inputs}: every replica would exit 2 at start; "
-            "uncomment the [[volume_mounts]] for /inputs (its id in VERDA_INPUTS_VOLUME_ID), or remove the setting"]
+    """On Verda, the container's folders that must lie on a shared volume the spec mounts: COMFYUI_INPUT_DIR (the
+    replicas would exit 2 at start, nothing there) and OUTPUTS_PATH (elsewhere, the scratch disk or the image's own
+    folder, every result is written, reported completed, and lost with its replica). A RunPod pod has both on its
+    own network volume instead (build_pod_body)."""
+    problems = []
+    container = {**spec.env, **spec.resolved_env}
+    inputs = container.get("COMFYUI_INPUT_DIR")
+    if inputs and not _on_shared_volume(spec, inputs):
+        problems.append(f"{_section(spec, 'COMFYUI_INPUT_DIR')}.COMFYUI_INPUT_DIR: no shared volume is mounted at "
+                        f"{inputs}: every replica would exit 2 at start; uncomment the [[volume_mounts]] for /inputs "
+                        "(its id in VERDA_INPUTS_VOLUME_ID), or remove the setting")
+    outputs = container.get("OUTPUTS_PATH", str(DEFAULT_OUTPUTS_PATH))
+    if not _on_shared_volume(spec, outputs):
+        problems.append(f"{_section(spec, 'OUTPUTS_PATH')}.OUTPUTS_PATH: no shared volume is mounted at {outputs} "
+                        f"(OUTPUTS_PATH, default {DEFAULT_OUTPUTS_PATH}): every result would be written to the "
+                        "replica's own disk, reported completed, and lost with the replica; mount the outputs SFS "
+                        "volume there (its id in VERDA_OUTPUTS_VOLUME_ID), or set OUTPUTS_PATH to a folder on it")
+    return problems
 
 
 def _env_entries(spec: DeploymentSpec) -> list[dict[str, str]]:

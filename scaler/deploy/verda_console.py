@@ -11,7 +11,8 @@ WIDTH = 36
 
 
 def _row(label: str, value: object, indent: int = 0) -> str:
-    return f"{' ' * indent}{label:<{WIDTH - indent}}{value}".rstrip()
+    # Two spaces at least: a name of WIDTH characters or more ran into its value (NAME_OF_34_CHARACTERS10000).
+    return f"{' ' * indent}{label:<{WIDTH - indent - 2}}  {value}".rstrip()
 
 
 def _volume(mount: VolumeMount) -> tuple[str, str]:
