@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 # What waits for a reader, in characters; past it, lines are dropped and counted.
@@ -19,26 +20,39 @@ MAX_QUEUED_CHARS = 4 * 1024 * 1024
 # The newest of the lines dropped since the last one queued, in characters: kept for the exit, where they are the
 # process's last words (its shutdown line, a crash's traceback) and are written after the report of the others.
 KEPT_DROPPED_CHARS = 256 * 1024
+# While lines are dropped, their count is reported at most this often: a reader that stays behind never lets the
+# queue be written out, and the gaps in the log went unexplained.
+REPORT_DROPPED_EVERY_S = 60.0
 # How long the exit waits for the queued lines to be written (a reader that stalled may never take them).
 EXIT_FLUSH_S = 5.0
+# Set while this thread reports lines dropped: the report is queued whatever the room, in whichever writer logs it.
+_reporting = threading.local()
 
 
 class QueuedLogWriter:
     """Lines (each ending in a newline) kept in order in a bounded queue and written to ``fd`` by a thread of its
     own. A line that does not fit is dropped and counted; once the queue is written out, ``report_dropped`` gets
-    the count (it logs one line saying so, through this writer). The newest lines dropped are kept until a line is
-    queued after them (KEPT_DROPPED_CHARS), for the exit."""
+    the count (it logs one line saying so, through this writer), and meanwhile every REPORT_DROPPED_EVERY_S (on
+    ``clock``) while lines are dropped. The newest lines dropped are kept until a line is queued after them
+    (KEPT_DROPPED_CHARS), for the exit."""
 
     def __init__(
-        self, fd: int, encoding: str, report_dropped: Callable[[int], None], max_queued_chars: int = MAX_QUEUED_CHARS
+        self,
+        fd: int,
+        encoding: str,
+        report_dropped: Callable[[int], None],
+        max_queued_chars: int = MAX_QUEUED_CHARS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fd = fd
         self._encoding = encoding
         self._report_dropped = report_dropped
         self._max_queued_chars = max_queued_chars
+        self._clock = clock
         self._lines: collections.deque[str] = collections.deque()
         self._queued_chars = 0
         self._dropped = 0
+        self._dropping_since: float | None = None
         self._newest_dropped: collections.deque[str] = collections.deque()
         self._newest_dropped_chars = 0
         self._held: list[str] | None = None
@@ -47,7 +61,8 @@ class QueuedLogWriter:
 
     def write(self, line: str) -> None:
         with self._changed:
-            if self._queued_chars + len(line) > self._max_queued_chars and self._held is None:
+            full = self._queued_chars + len(line) > self._max_queued_chars
+            if full and self._held is None and not getattr(_reporting, "active", False):
                 self._drop(line)
                 return
             self._append([line])
@@ -58,6 +73,10 @@ class QueuedLogWriter:
         self._newest_dropped_chars += len(line)
         while self._newest_dropped_chars > KEPT_DROPPED_CHARS:
             self._newest_dropped_chars -= len(self._newest_dropped.popleft())
+        if self._dropping_since is None:
+            self._dropping_since = self._clock()
+        elif self._clock() - self._dropping_since >= REPORT_DROPPED_EVERY_S:
+            self._report()
 
     def _append(self, lines: list[str]) -> None:
         self._lines.extend(lines)
@@ -121,9 +140,13 @@ class QueuedLogWriter:
                 self._changed.notify_all()
 
     def _report(self) -> None:
-        dropped, self._dropped = self._dropped, 0
+        dropped, self._dropped, self._dropping_since = self._dropped, 0, None
         self._forget_newest_dropped()  # counted in this report
-        self._report_dropped(dropped)  # logged, through write() too (the lock is reentrant)
+        _reporting.active = True
+        try:
+            self._report_dropped(dropped)  # logged, through write() too (the lock is reentrant)
+        finally:
+            _reporting.active = False
 
     def _write(self, data: bytes) -> None:
         # Lost if it cannot be written (a full disk, a reader gone: EPIPE), as the logging module's handlers do.
