@@ -32,7 +32,8 @@ _reporting = threading.local()
 class QueuedLogWriter:
     """Lines (each ending in a newline) kept in order in a bounded queue and written to ``fd`` by a thread of its
     own. A line that does not fit is dropped and counted; once the queue is written out, ``report_dropped`` gets
-    the count (it logs one line saying so, through this writer), and meanwhile every REPORT_DROPPED_EVERY_S (on
+    the count (it logs one line saying so, through this writer; with, at exit, the time.time() the last of them
+    was dropped, else None), and meanwhile every REPORT_DROPPED_EVERY_S (on
     ``clock``) while lines are dropped. The newest lines dropped are kept until a line is queued after them
     (KEPT_DROPPED_CHARS), for the exit."""
 
@@ -40,7 +41,7 @@ class QueuedLogWriter:
         self,
         fd: int,
         encoding: str,
-        report_dropped: Callable[[int], None],
+        report_dropped: Callable[[int, float | None], None],
         max_queued_chars: int = MAX_QUEUED_CHARS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -53,8 +54,9 @@ class QueuedLogWriter:
         self._queued_chars = 0
         self._dropped = 0
         self._dropping_since: float | None = None
-        self._newest_dropped: collections.deque[str] = collections.deque()
+        self._newest_dropped: collections.deque[tuple[str, float]] = collections.deque()  # with when (time.time())
         self._newest_dropped_chars = 0
+        self._counted_dropped_at = 0.0  # when the newest of the lines only counted was dropped
         self._held: list[str] | None = None
         self._changed = threading.Condition(threading.RLock())
         threading.Thread(target=self._write_forever, name="log-writer", daemon=True).start()
@@ -69,10 +71,10 @@ class QueuedLogWriter:
 
     def _drop(self, line: str) -> None:
         self._dropped += 1
-        self._newest_dropped.append(line)
+        self._newest_dropped.append((line, time.time()))
         self._newest_dropped_chars += len(line)
         while self._newest_dropped_chars > KEPT_DROPPED_CHARS:
-            self._newest_dropped_chars -= len(self._newest_dropped.popleft())
+            self._count_oldest_kept()
         if self._dropping_since is None:
             self._dropping_since = self._clock()
         elif self._clock() - self._dropping_since >= REPORT_DROPPED_EVERY_S:
@@ -85,8 +87,12 @@ class QueuedLogWriter:
         self._changed.notify_all()
 
     def _forget_newest_dropped(self) -> None:
-        self._newest_dropped.clear()
-        self._newest_dropped_chars = 0
+        while self._newest_dropped:
+            self._count_oldest_kept()
+
+    def _count_oldest_kept(self) -> None:
+        line, self._counted_dropped_at = self._newest_dropped.popleft()
+        self._newest_dropped_chars -= len(line)
 
     def flush(self) -> None:
         """Nothing to do: the thread writes every line in order (for callers that flush a text stream)."""
@@ -104,9 +110,10 @@ class QueuedLogWriter:
         written), else the last line queued. What is written meanwhile, those reports, is queued whatever the
         room."""
         with self._changed:
-            self._held = list(self._newest_dropped)
+            self._held = [line for line, _ in self._newest_dropped]
             self._dropped -= len(self._held)
-            self._forget_newest_dropped()
+            self._newest_dropped.clear()
+            self._newest_dropped_chars = 0
             if not self._held and len(self._lines) > 1:  # the first may be being written
                 self._held = [self._lines.pop()]
                 self._queued_chars -= len(self._held[0])
@@ -118,10 +125,12 @@ class QueuedLogWriter:
                 self._append(held)
 
     def report_dropped_now(self) -> None:
-        """The count of lines dropped not yet reported, reported now (at exit)."""
+        """The count of lines dropped not yet reported, reported now (at exit), stamped when the last of them was
+        dropped: stamped now, it came after the last lines it precedes, and a collector sorting by time put it
+        after them."""
         with self._changed:
             if self._dropped:
-                self._report()
+                self._report(self._counted_dropped_at)
 
     def _write_forever(self) -> None:
         # Python runs its handlers in the main thread alone; a signal the kernel gave this one while the main thread
@@ -139,12 +148,12 @@ class QueuedLogWriter:
                     self._report()
                 self._changed.notify_all()
 
-    def _report(self) -> None:
+    def _report(self, dropped_at: float | None = None) -> None:
         dropped, self._dropped, self._dropping_since = self._dropped, 0, None
         self._forget_newest_dropped()  # counted in this report
         _reporting.active = True
         try:
-            self._report_dropped(dropped)  # logged, through write() too (the lock is reentrant)
+            self._report_dropped(dropped, dropped_at)  # logged, through write() too (the lock is reentrant)
         finally:
             _reporting.active = False
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from common.log_writer import MAX_QUEUED_CHARS
@@ -36,6 +37,17 @@ def test_the_last_lines_written_to_a_full_queue_are_written_at_exit_after_the_re
     """stderr unread until the exit waits for it, the queue full long before the last lines: they were dropped,
     only counted ("Log lines dropped" the last line, no "Worker shutdown complete", no traceback); now the report
     says how many were lost before them, and they follow it."""
+    records = _records_of_a_crash_with_the_queue_full()
+    reports = [record["dropped"] for record in records if record["event"] == DROPPED]
+    written = [record for record in records if record["event"] != DROPPED]
+    fillers = [record["i"] for record in written[:-2]]
+    assert [record["event"] for record in written[-2:]] == ["Worker shutdown complete", "uncaught_exception"]
+    assert "RuntimeError: the fatal reason" in written[-1]["exception"]
+    assert fillers == sorted(set(fillers)) and len(reports) == 1
+    assert reports[0] == LINES - len(fillers) > 0
+
+
+def _records_of_a_crash_with_the_queue_full() -> list[dict]:
     read_end, write_end = os.pipe()
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
     child = subprocess.Popen([sys.executable, "-c", _FULL_QUEUE_THEN_CRASH, str(write_end)], env=env, cwd=REPO,
@@ -48,11 +60,16 @@ def test_the_last_lines_written_to_a_full_queue_are_written_at_exit_after_the_re
     finally:
         child.kill()
     assert child.returncode == 1, err[-2000:]
-    records = [json.loads(line) for line in err.splitlines()]
-    reports = [record["dropped"] for record in records if record["event"] == DROPPED]
-    written = [record for record in records if record["event"] != DROPPED]
-    fillers = [record["i"] for record in written[:-2]]
-    assert [record["event"] for record in written[-2:]] == ["Worker shutdown complete", "uncaught_exception"]
-    assert "RuntimeError: the fatal reason" in written[-1]["exception"]
-    assert fillers == sorted(set(fillers)) and len(reports) == 1
-    assert reports[0] == LINES - len(fillers) > 0
+    return [json.loads(line) for line in err.splitlines()]
+
+
+def _stamped(record: dict) -> datetime:
+    return datetime.fromisoformat(record["timestamp"])
+
+
+def test_the_report_at_exit_is_stamped_no_later_than_the_lines_it_precedes() -> None:
+    """It was stamped when made, at exit: after the last lines (held back to follow it) were, and a collector
+    sorting by time put it after them, the traceback before the count of lines lost before it."""
+    records = _records_of_a_crash_with_the_queue_full()
+    report = next(n for n, record in enumerate(records) if record["event"] == DROPPED)
+    assert _stamped(records[report]) <= min(map(_stamped, records[report + 1 :]))

@@ -24,7 +24,7 @@ def test_lines_dropped_while_the_reader_stays_behind_are_reported_every_minute()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
     now = [0.0]
     writer = QueuedLogWriter(
-        write_end, "utf-8", lambda dropped: writer.write(f"dropped {dropped} at {now[0]}\n"), QUEUED, lambda: now[0]
+        write_end, "utf-8", lambda count, _: writer.write(f"dropped {count} at {now[0]}\n"), QUEUED, lambda: now[0]
     )
     received = bytearray()
     written = 0
