@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from traceback import format_exception
 from types import TracebackType
 from typing import Any
@@ -211,8 +212,20 @@ def flush_logs() -> None:
         writer.wait_written(max(0.0, deadline - time.monotonic()))
 
 
-def _report_dropped(dropped: int) -> None:
-    structlog.get_logger().warning("Log lines dropped: the log's reader fell behind", dropped=dropped)
+def _report_dropped(dropped: int, dropped_at: float | None) -> None:
+    stamp = {} if dropped_at is None else {STAMPED_AT: dropped_at}
+    structlog.get_logger().warning("Log lines dropped: the log's reader fell behind", dropped=dropped, **stamp)
+
+
+# A line about what happened earlier (lines dropped, reported at exit) stamped with when (time.time()) it happened.
+STAMPED_AT = "_stamped_at"
+
+
+def _stamped_at(_logger: object, _name: str, event_dict: dict) -> dict:
+    at = event_dict.pop(STAMPED_AT, None)
+    if at is not None:
+        event_dict["timestamp"] = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    return event_dict
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> None:
@@ -228,6 +241,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream=None) -> No
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamped_at,
     ]
     # Tracebacks become text before scrubbing, so a secret inside an exception message is masked too.
     processors: Iterable = [*shared, structlog.processors.format_exc_info, *last]
