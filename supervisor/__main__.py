@@ -116,11 +116,8 @@ def comfyui_port_refused(config: SupervisorSettings) -> int | None:
         return None
     log, error = structlog.get_logger(), taken.strerror or type(taken).__name__
     if taken.errno in (errno.EACCES, errno.EPERM):
-        log.error(
-            "supervisor.comfyui_port_privileged", port=config.comfyui_port, error=error, uid=os.getuid(),
-            why=f"ports below {first_unprivileged_port()} need root or CAP_NET_BIND_SERVICE, which this container "
-            "lacks: ComfyUI could not listen there; give COMFYUI_URL a port from 1024 up (the default is 8188)",
-        )  # fmt: skip
+        log.error("supervisor.comfyui_port_privileged", port=config.comfyui_port, error=error, uid=os.getuid(),
+                  why=_privileged_port_why("ComfyUI", "COMFYUI_URL", 8188))
         return EXIT_CONFIG
     log.error(
         "supervisor.comfyui_port_taken", port=config.comfyui_port, error=error,
@@ -128,6 +125,27 @@ def comfyui_port_refused(config: SupervisorSettings) -> int | None:
         "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
     )  # fmt: skip
     return 1
+
+
+def health_port_refused(settings: WorkerSettings) -> int | None:
+    """None unless HEALTH_PORT is a port this process may not bind (below 1024 as the image's uid 10001): then the
+    exit code, logged. The health server would fail only after ComfyUI started, and exit 1, restarted for ever."""
+    port = settings.health_port
+    if port == 0 or port >= first_unprivileged_port():
+        return None
+    refused = port_taken(COMFYUI_HOST, port)  # the right to a port is the same on every address
+    if refused is None or refused.errno not in (errno.EACCES, errno.EPERM):
+        return None  # taken or free: the health server's own bind, on HEALTH_HOST, says which
+    structlog.get_logger().error(
+        "supervisor.health_port_privileged", port=port, error=refused.strerror or type(refused).__name__,
+        uid=os.getuid(), why=_privileged_port_why("the health server", "HEALTH_PORT", 8000),
+    )  # fmt: skip
+    return EXIT_CONFIG
+
+
+def _privileged_port_why(server: str, variable: str, default: int) -> str:
+    return (f"ports below {first_unprivileged_port()} need root or CAP_NET_BIND_SERVICE, which this container lacks: "
+            f"{server} could not listen there; give {variable} a port from 1024 up (the default is {default})")
 
 
 def usage() -> str:
@@ -201,11 +219,13 @@ def _checked_start() -> int:
 
 
 def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
-    """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port, empty and prepare the scratch
-    folders, supervise."""
+    """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port and the health server's, empty
+    and prepare the scratch folders, supervise."""
     log = structlog.get_logger()
     remove_stale_port_file(settings)
     refused = comfyui_port_refused(config)
+    if refused is None:
+        refused = health_port_refused(settings)
     if refused is not None:
         return refused
     empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
