@@ -9,6 +9,7 @@ import errno
 import os
 import signal
 import sys
+from pathlib import Path
 
 from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
 
@@ -28,7 +29,13 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     from supervisor.run import supervise
     from supervisor.scratch import empty_scratch_folders
     from supervisor.scratch_lock import ScratchInUse, lock_scratch
-    from supervisor.writable_dirs import unreadable_directories, unwritable_directories, unwritable_file
+    from supervisor.writable_dirs import (
+        SLOW_CHECK_S,
+        said_if_slow,
+        unreadable_directories,
+        unwritable_directories,
+        unwritable_file,
+    )
     from worker.__main__ import usage as worker_usage
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process
@@ -204,7 +211,8 @@ def _checked_start() -> int:
         register_secret(secret)
     log = structlog.get_logger()
     try:
-        scratch_lock, unlocked = lock_scratch(config.scratch_dir)
+        with _logged_if_slow("locking", config.scratch_dir):
+            scratch_lock, unlocked = lock_scratch(config.scratch_dir)
     except ScratchInUse as exc:
         log.error("supervisor.scratch_in_use", variable="SCRATCH_DIR", error=str(exc))
         return EXIT_CONFIG
@@ -218,6 +226,13 @@ def _checked_start() -> int:
             scratch_lock.close()
 
 
+def _logged_if_slow(step: str, path: Path) -> contextlib.AbstractContextManager[None]:
+    return said_if_slow(lambda: structlog.get_logger().warning(
+        "supervisor.start_step_slow", step=step, variable="SCRATCH_DIR", path=str(path), waited_s=SLOW_CHECK_S,
+        why="a network mount that does not answer? The start waits for it",
+    ))  # fmt: skip
+
+
 def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
     """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port and the health server's, empty
     and prepare the scratch folders, supervise."""
@@ -228,7 +243,8 @@ def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
         refused = health_port_refused(settings)
     if refused is not None:
         return refused
-    empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
+    with _logged_if_slow("emptying ComfyUI's folders in", config.comfyui_dir):
+        empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)
     except OSError as exc:
