@@ -9,6 +9,7 @@ import errno
 import os
 import signal
 import sys
+from pathlib import Path
 
 from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
 
@@ -28,7 +29,13 @@ try:  # Ctrl-C while these load (0.4 s, seconds from a cold disk) says what a Ct
     from supervisor.run import supervise
     from supervisor.scratch import empty_scratch_folders
     from supervisor.scratch_lock import ScratchInUse, lock_scratch
-    from supervisor.writable_dirs import unreadable_directories, unwritable_directories, unwritable_file
+    from supervisor.writable_dirs import (
+        SLOW_CHECK_S,
+        said_if_slow,
+        unreadable_directories,
+        unwritable_directories,
+        unwritable_file,
+    )
     from worker.__main__ import usage as worker_usage
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process
@@ -116,11 +123,8 @@ def comfyui_port_refused(config: SupervisorSettings) -> int | None:
         return None
     log, error = structlog.get_logger(), taken.strerror or type(taken).__name__
     if taken.errno in (errno.EACCES, errno.EPERM):
-        log.error(
-            "supervisor.comfyui_port_privileged", port=config.comfyui_port, error=error, uid=os.getuid(),
-            why=f"ports below {first_unprivileged_port()} need root or CAP_NET_BIND_SERVICE, which this container "
-            "lacks: ComfyUI could not listen there; give COMFYUI_URL a port from 1024 up (the default is 8188)",
-        )  # fmt: skip
+        log.error("supervisor.comfyui_port_privileged", port=config.comfyui_port, error=error, uid=os.getuid(),
+                  why=_privileged_port_why("ComfyUI", "COMFYUI_URL", 8188))
         return EXIT_CONFIG
     log.error(
         "supervisor.comfyui_port_taken", port=config.comfyui_port, error=error,
@@ -128,6 +132,27 @@ def comfyui_port_refused(config: SupervisorSettings) -> int | None:
         "send it jobs in place of the ComfyUI started now; stop it, or give COMFYUI_URL another port",
     )  # fmt: skip
     return 1
+
+
+def health_port_refused(settings: WorkerSettings) -> int | None:
+    """None unless HEALTH_PORT is a port this process may not bind (below 1024 as the image's uid 10001): then the
+    exit code, logged. The health server would fail only after ComfyUI started, and exit 1, restarted for ever."""
+    port = settings.health_port
+    if port == 0 or port >= first_unprivileged_port():
+        return None
+    refused = port_taken(COMFYUI_HOST, port)  # the right to a port is the same on every address
+    if refused is None or refused.errno not in (errno.EACCES, errno.EPERM):
+        return None  # taken or free: the health server's own bind, on HEALTH_HOST, says which
+    structlog.get_logger().error(
+        "supervisor.health_port_privileged", port=port, error=refused.strerror or type(refused).__name__,
+        uid=os.getuid(), why=_privileged_port_why("the health server", "HEALTH_PORT", 8000),
+    )  # fmt: skip
+    return EXIT_CONFIG
+
+
+def _privileged_port_why(server: str, variable: str, default: int) -> str:
+    return (f"ports below {first_unprivileged_port()} need root or CAP_NET_BIND_SERVICE, which this container lacks: "
+            f"{server} could not listen there; give {variable} a port from 1024 up (the default is {default})")
 
 
 def usage() -> str:
@@ -186,7 +211,8 @@ def _checked_start() -> int:
         register_secret(secret)
     log = structlog.get_logger()
     try:
-        scratch_lock, unlocked = lock_scratch(config.scratch_dir)
+        with _logged_if_slow("locking", config.scratch_dir):
+            scratch_lock, unlocked = lock_scratch(config.scratch_dir)
     except ScratchInUse as exc:
         log.error("supervisor.scratch_in_use", variable="SCRATCH_DIR", error=str(exc))
         return EXIT_CONFIG
@@ -200,15 +226,25 @@ def _checked_start() -> int:
             scratch_lock.close()
 
 
+def _logged_if_slow(step: str, path: Path) -> contextlib.AbstractContextManager[None]:
+    return said_if_slow(lambda: structlog.get_logger().warning(
+        "supervisor.start_step_slow", step=step, variable="SCRATCH_DIR", path=str(path), waited_s=SLOW_CHECK_S,
+        why="a network mount that does not answer? The start waits for it",
+    ))  # fmt: skip
+
+
 def _start(config: SupervisorSettings, settings: WorkerSettings) -> int:
-    """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port, empty and prepare the scratch
-    folders, supervise."""
+    """With SCRATCH_DIR ours: drop a killed run's HEALTH_PORT_FILE, check ComfyUI's port and the health server's, empty
+    and prepare the scratch folders, supervise."""
     log = structlog.get_logger()
     remove_stale_port_file(settings)
     refused = comfyui_port_refused(config)
+    if refused is None:
+        refused = health_port_refused(settings)
     if refused is not None:
         return refused
-    empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
+    with _logged_if_slow("emptying ComfyUI's folders in", config.comfyui_dir):
+        empty_scratch_folders(config, settings.outputs_path)  # first: a full scratch disk must not fail what follows
     try:
         prepare_directories(config)
     except OSError as exc:

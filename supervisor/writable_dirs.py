@@ -16,7 +16,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 PROBE_PREFIX = ".write-check-"
@@ -61,13 +61,18 @@ def unreadable_directories(directories: Mapping[str, Path]) -> list[str]:
     return problems
 
 
-@contextlib.contextmanager
-def _said_if_slow(variable: str, path: Path) -> Iterator[None]:
-    """A line on stderr once the check of path has taken SLOW_CHECK_S: on a mount that does not answer (a hung NFS
-    server) it blocks without end, before the start has logged anything, and nothing said where it waits."""
+def _said_if_slow(variable: str, path: Path) -> contextlib.AbstractContextManager[None]:
+    """A line on stderr once the check of path has taken SLOW_CHECK_S, before the start has logged anything."""
     line = (f"comfy-supervisor: checking {variable}={path} has taken {SLOW_CHECK_S:g} s and goes on: a network "
             "mount that does not answer? The start waits for it.\n")
-    timer = threading.Timer(SLOW_CHECK_S, _say, (line,))
+    return said_if_slow(lambda: _say(line))
+
+
+@contextlib.contextmanager
+def said_if_slow(say: Callable[[], object]) -> Iterator[None]:
+    """say() once the step inside has taken SLOW_CHECK_S: on a mount that does not answer (a hung NFS server, its
+    lock daemon) a step blocks without end, and nothing said where it waits."""
+    timer = threading.Timer(SLOW_CHECK_S, say)
     timer.daemon = True
     timer.start()
     try:

@@ -210,3 +210,20 @@ async def test_a_comfyui_port_below_1024_without_the_right_to_bind_it_is_a_confi
     [line] = [e for e in supervisor.log_events() if e["event"] == "supervisor.comfyui_port_privileged"]
     assert line["port"] == 80 and f"below {first_free}" in line["why"], line
     assert "comfyui.started" not in [e["event"] for e in supervisor.log_events()]
+
+
+async def test_a_health_port_below_1024_without_the_right_to_bind_it_is_a_configuration_error_naming_the_cause(
+    base_env, run_supervisor
+) -> None:
+    """HEALTH_PORT=80 as uid 10001 (the image's). Before: ComfyUI started, then `Health server cannot listen`
+    blamed another process holding the port, exit 1, which the platform restarts for ever. Now: the cause and the
+    fix before ComfyUI starts, and exit 2."""
+    first_free = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if first_free <= 80 or os.getuid() != 0:
+        pytest.skip("needs root, to drop CAP_NET_BIND_SERVICE, and port 80 below ip_unprivileged_port_start")
+    supervisor = await run_supervisor({**base_env, "HEALTH_PORT": "80"}, _without_net_bind_service)
+
+    assert await supervisor.wait() == 2
+    [line] = [e for e in supervisor.log_events() if e["event"] == "supervisor.health_port_privileged"]
+    assert line["port"] == 80 and f"below {first_free}" in line["why"] and "HEALTH_PORT" in line["why"], line
+    assert "comfyui.started" not in [e["event"] for e in supervisor.log_events()]
