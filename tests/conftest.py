@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import functools
 import ipaddress
@@ -268,6 +269,27 @@ def imports_held(module: str) -> str:
         "sys.meta_path.insert(0, Hold())\n"
         f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
     )
+
+
+# linux/capability.h: binding a port below net.ipv4.ip_unprivileged_port_start; reading any file whatever its mode
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_BIND_SERVICE = 1, 2, 10
+PR_CAPBSET_DROP = 24  # linux/prctl.h
+
+
+def without_capabilities(*capabilities: int) -> Callable[[], None]:
+    """A preexec_fn: the child's exec drops these from root's rights (the bounding set), so it runs as the image's
+    uid 10001 would on them, keeping its others (a test needs no folders another uid can reach). As any user,
+    nothing to drop."""
+
+    def drop() -> None:
+        if os.geteuid() != 0:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in capabilities:
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability})")
+
+    return drop
 
 
 async def run_to_exit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from common.cli import EXIT_CONFIG
 from common.logs import flush_logs
 from worker.config import WorkerSettings
 from worker.main import Worker
@@ -32,13 +34,15 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
     try:
         await health.start()
     except OSError as exc:  # the port is taken (a second worker on this machine?), or HEALTH_HOST is not ours
+        privileged = exc.errno in (errno.EACCES, errno.EPERM)  # no restart mends it: the configuration's fault
         log.error(
             "Health server cannot listen; exiting", host=settings.health_host, port=settings.health_port,
             error=f"{type(exc).__name__}: {exc}",
-            hint="another process holds HEALTH_PORT: stop it, or set HEALTH_PORT to a free port (0 picks one); "
-            "HEALTH_HOST must be an address of this machine",
-        )
-        return 1
+            hint="ports below 1024 (net.ipv4.ip_unprivileged_port_start) need root or CAP_NET_BIND_SERVICE: set "
+            "HEALTH_PORT to 1024 or above (0 picks one)" if privileged else "another process holds HEALTH_PORT: stop "
+            "it, or set HEALTH_PORT to a free port (0 picks one); HEALTH_HOST must be an address of this machine",
+        )  # fmt: skip
+        return EXIT_CONFIG if privileged else 1
     # Kept on the way out: a signal after the worker stopped asks it to stop again. Removed, the signals went back to
     # their defaults, and one then (a supervisor stopping ComfyUI, the process's last moments) killed the process.
     loop = asyncio.get_running_loop()

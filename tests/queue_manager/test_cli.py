@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import resource
@@ -20,7 +19,7 @@ import structlog.testing
 from queue_manager.__main__ import build_parser
 from queue_manager.db_lock import lock_database
 
-from ..conftest import run_module_to_exit
+from ..conftest import CAP_NET_BIND_SERVICE, run_module_to_exit, without_capabilities
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -327,16 +326,6 @@ async def test_a_port_already_taken_exits_1_saying_what_to_do(tmp_path: Path) ->
     assert "Traceback" not in err
 
 
-CAP_NET_BIND_SERVICE = 10  # linux/capability.h
-PR_CAPBSET_DROP = 24  # linux/prctl.h
-
-
-def binding_as_any_user() -> None:
-    """In the queue manager's process: root without this capability binds ports as any user does."""
-    if os.geteuid() == 0 and ctypes.CDLL(None).prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE, 0, 0, 0) != 0:
-        raise OSError("prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE)")
-
-
 @pytest.mark.skipif(int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 1,
                     reason="any user may bind any port here (net.ipv4.ip_unprivileged_port_start)")
 async def test_a_privileged_port_exits_1_saying_so_not_that_another_process_has_it(tmp_path: Path) -> None:
@@ -344,7 +333,7 @@ async def test_a_privileged_port_exits_1_saying_so_not_that_another_process_has_
     sending the operator after a process that does not exist."""
     code, err = await run_module_to_exit(
         "queue_manager", "--port", "1", "--db", str(tmp_path / "q.db"), env={**os.environ, "LOG_FORMAT": "json"},
-        cwd=REPO, timeout_s=20, preexec_fn=binding_as_any_user,
+        cwd=REPO, timeout_s=20, preexec_fn=without_capabilities(CAP_NET_BIND_SERVICE),
     )  # fmt: skip
     assert code == 1, err
     [failed] = [json.loads(line) for line in err.splitlines() if '"queue_manager_failed"' in line]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hashlib
 import json
@@ -29,7 +28,7 @@ from queue_manager.participants import add_participant
 from standins.comfyui import ComfyUISimulator
 from worker.outputs import DeliveredFile
 
-from ..conftest import run_module_to_exit
+from ..conftest import CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, run_module_to_exit, without_capabilities
 from .test_cli import REPO, start_cli
 from .test_participants import clean_env
 from .test_with_the_worker import make_worker, wait_until
@@ -440,28 +439,12 @@ async def test_a_file_cut_short_while_it_is_sent_ends_the_download_at_once(
     assert shrank["bytes"] == len(big) and shrank["bytes_sent"] < len(big)
 
 
-PR_CAPBSET_DROP = 24  # linux/prctl.h
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h: what lets root read any file
-
-
-def reading_only_what_its_modes_allow() -> None:
-    """In the queue manager's process, before it starts: root reads any file, the container's uid 10001 does not.
-    Root without these two capabilities reads by the files' modes, as any user (a drop to another uid cannot
-    start this interpreter: pyenv's lives in root's 0700 home)."""
-    if os.geteuid() != 0:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):  # gone from the bounding set: gone after exec
-        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability})")
-
-
 @pytest.mark.parametrize("locked", ["file", "job folder"])
 async def test_a_listed_file_the_queue_manager_cannot_read_answers_503_saying_so(
     tmp_path: Path, volume: Path, locked: str
 ) -> None:
     process, url = await start_cli("--db", str(tmp_path / "q.db"), "--outputs-dir", str(volume), env=clean_env(),
-                                   preexec_fn=reading_only_what_its_modes_allow)
+                                   preexec_fn=without_capabilities(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
             job_id = (await client.post("/api/jobs", json={"user_id": "alice", "workflow": WORKFLOW})).json()["id"]
@@ -566,7 +549,7 @@ async def test_the_cli_exits_2_when_the_outputs_folder_cannot_be_read(tmp_path: 
     flag = ("--outputs-dir", str(folder)) if by == "flag" else ()
     code, err = await run_module_to_exit(
         "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"), *flag, env=env, cwd=REPO, timeout_s=20,
-        preexec_fn=reading_only_what_its_modes_allow,
+        preexec_fn=without_capabilities(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH),
     )  # fmt: skip
     assert code == 2
     [line] = err.strip().splitlines()

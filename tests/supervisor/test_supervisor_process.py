@@ -4,7 +4,6 @@ must be exact: one that never answers, one that ignores SIGTERM, one that crashe
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import shlex
@@ -17,7 +16,7 @@ import pytest
 
 from standins.comfyui import ComfyUISimulator
 
-from ..conftest import AuthorizationEchoingPeer
+from ..conftest import CAP_NET_BIND_SERVICE, AuthorizationEchoingPeer, without_capabilities
 from .test_supervisor_with_simulator import job_status, submit
 
 
@@ -185,16 +184,6 @@ async def test_a_queue_url_password_a_peer_echoes_never_reaches_the_log(base_env
     assert basic not in supervisor.output and password not in supervisor.output
 
 
-PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE = 24, 10
-
-
-def _without_net_bind_service() -> None:
-    """In the child before its exec: as the image's uid 10001, no port below ip_unprivileged_port_start (root keeps
-    its other rights, so the test needs no folders another uid can reach)."""
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_NET_BIND_SERVICE)")
-
-
 async def test_a_comfyui_port_below_1024_without_the_right_to_bind_it_is_a_configuration_error_naming_the_cause(
     base_env, run_supervisor
 ) -> None:
@@ -204,7 +193,9 @@ async def test_a_comfyui_port_below_1024_without_the_right_to_bind_it_is_a_confi
     first_free = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     if first_free <= 80 or os.getuid() != 0:
         pytest.skip("needs root, to drop CAP_NET_BIND_SERVICE, and port 80 below ip_unprivileged_port_start")
-    supervisor = await run_supervisor({**base_env, "COMFYUI_URL": "http://127.0.0.1"}, _without_net_bind_service)
+    supervisor = await run_supervisor(
+        {**base_env, "COMFYUI_URL": "http://127.0.0.1"}, without_capabilities(CAP_NET_BIND_SERVICE)
+    )
 
     assert await supervisor.wait() == 2
     [line] = [e for e in supervisor.log_events() if e["event"] == "supervisor.comfyui_port_privileged"]
@@ -221,7 +212,7 @@ async def test_a_health_port_below_1024_without_the_right_to_bind_it_is_a_config
     first_free = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     if first_free <= 80 or os.getuid() != 0:
         pytest.skip("needs root, to drop CAP_NET_BIND_SERVICE, and port 80 below ip_unprivileged_port_start")
-    supervisor = await run_supervisor({**base_env, "HEALTH_PORT": "80"}, _without_net_bind_service)
+    supervisor = await run_supervisor({**base_env, "HEALTH_PORT": "80"}, without_capabilities(CAP_NET_BIND_SERVICE))
 
     assert await supervisor.wait() == 2
     [line] = [e for e in supervisor.log_events() if e["event"] == "supervisor.health_port_privileged"]
