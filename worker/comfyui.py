@@ -56,6 +56,11 @@ class ViewRefusedWorker(ComfyUIUnavailable):
     on what a user named it); ``view_refuses_worker`` tells which."""
 
 
+class PromptRefusedWorker(ComfyUIUnavailable):
+    """POST /prompt answered REFUSED_CALLER_STATUSES: a proxy refusing the worker, or only that workflow (a filter on
+    what a user wrote); ``prompt_refuses_worker`` tells which."""
+
+
 class ComfyUIServerError(ComfyUIUnavailable):
     """ComfyUI answered with a server error (5xx): an exception in its handler, told in its own log."""
 
@@ -253,6 +258,8 @@ class ComfyUIClient:
                 "--max-upload-size (100 MB unless the operator changed it); large inputs belong in files, "
                 "not inline in the workflow"
             )
+        if response.status_code in REFUSED_CALLER_STATUSES:
+            raise PromptRefusedWorker(_refused_worker("POST /prompt", response.status_code))
         if response.status_code != 200 or not isinstance(payload, dict):
             quoted = scrubbed_excerpt(str(payload), 200)
             raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {quoted}")
@@ -424,10 +431,7 @@ class ComfyUIClient:
                 if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 if response.status_code in REFUSED_CALLER_STATUSES:
-                    raise ViewRefusedWorker(
-                        f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}: something in front of "
-                        f"ComfyUI refuses the worker (ComfyUI asks no credentials); check COMFYUI_URL and its proxy"
-                    )
+                    raise ViewRefusedWorker(_refused_worker(f"GET /view {filename!r}", response.status_code))
                 if response.status_code != 200:
                     raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(1 << 16):
@@ -438,8 +442,16 @@ class ComfyUIClient:
     async def view_refuses_worker(self) -> int | None:
         """The status refusing GET /view naming no file (REFUSED_CALLER_STATUSES), which ComfyUI answers 404: then
         it is the worker, not a file's name, that is refused. None for any other answer, or none."""
+        return await self._refuses_worker("GET", "/view")
+
+    async def prompt_refuses_worker(self) -> int | None:
+        """The status refusing POST /prompt with no workflow (REFUSED_CALLER_STATUSES), which ComfyUI answers 400
+        (no_prompt): then it is the worker, not a workflow, that is refused. None for any other answer, or none."""
+        return await self._refuses_worker("POST", "/prompt", json={})
+
+    async def _refuses_worker(self, method: str, path: str, **kwargs: Any) -> int | None:
         try:
-            status = (await self._request("GET", "/view")).status_code
+            status = (await self._request(method, path, **kwargs)).status_code
         except (ComfyUIUnavailable, ReplyTooLarge):
             return None
         return status if status in REFUSED_CALLER_STATUSES else None
@@ -484,6 +496,11 @@ class EventSocket:
         if self._ws is not None:
             ws, self._ws = self._ws, None
             await ws.close()
+
+
+def _refused_worker(what: str, status: int) -> str:
+    return (f"ComfyUI {what} answered HTTP {status}: something in front of ComfyUI refuses the worker (ComfyUI asks no "
+            "credentials); check COMFYUI_URL and its proxy")
 
 
 def _why(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ from worker.comfyui import (
     ComfyUIClient,
     ComfyUIUnavailable,
     EventSocket,
+    PromptRefusedWorker,
     PromptRejected,
     ReplyTooLarge,
     UploadRefused,
@@ -722,6 +723,9 @@ class Worker:
         except (PromptRejected, UploadRefused) as exc:
             return Report(job.id, job.attempt, error=str(exc), workflow_fault=True)
         except ComfyUIUnavailable as exc:
+            if await self._refuses_the_worker(exc):
+                reason = f"Submitting the workflow failed on worker {self.settings.worker_id}: {exc}"
+                return Report(job.id, job.attempt, handback=reason, job=job)
             reason = await self._explain_lost_comfyui(f"ComfyUI unavailable while submitting the workflow: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)
 
@@ -756,10 +760,7 @@ class Worker:
                     outcome.outputs, job.user_id, job.id, attempt=job.attempt, written_since=outcome.written_since
                 )
         except ComfyUILostDuringDelivery as exc:
-            if isinstance(exc.__cause__, ViewRefusedWorker) and (status := await self.comfy.view_refuses_worker()):
-                # Every job would be handed back the same way: let the platform replace us (no file name: user data)
-                self.state.mark_fatal(f"something in front of ComfyUI refuses worker {self.settings.worker_id} "
-                                      f"GET /view (HTTP {status}) whatever the file; check COMFYUI_URL and its proxy")
+            if exc.__cause__ is not None and await self._refuses_the_worker(exc.__cause__):
                 reason = f"Output delivery failed on worker {self.settings.worker_id}: {exc}"
                 return Report(job.id, job.attempt, handback=reason, job=job)
             reason = await self._explain_lost_comfyui(f"Output delivery failed: {exc}")
@@ -794,6 +795,22 @@ class Worker:
             "worker_version": __version__,
             "warnings": outcome.warnings,
         })
+
+    async def _refuses_the_worker(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a 401 or 403 from something in front of ComfyUI that refuses the same question with
+        nothing of a job's in it too: then every job would be handed back the same way, and the replica goes fatal
+        for the platform to replace it (its reason names no file or workflow: user data)."""
+        questions = {
+            ViewRefusedWorker: ("GET /view", "file", self.comfy.view_refuses_worker),
+            PromptRefusedWorker: ("POST /prompt", "workflow", self.comfy.prompt_refuses_worker),
+        }
+        for kind, (what, whatever, ask) in questions.items():
+            if isinstance(exc, kind) and (status := await ask()):
+                self.state.mark_fatal(f"something in front of ComfyUI refuses worker {self.settings.worker_id} "
+                                      f"{what} (HTTP {status}) whatever the {whatever}; check COMFYUI_URL and its "
+                                      "proxy")  # fmt: skip
+                return True
+        return False
 
     async def _explain_lost_comfyui(self, message: str, *, silent_since: float | None = None) -> str:
         """The supervisor's reason (the process died, with its exit code) beats what the socket saw. A stop
