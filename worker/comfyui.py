@@ -61,6 +61,11 @@ class PromptRefusedWorker(ComfyUIUnavailable):
     what a user wrote); ``prompt_refuses_worker`` tells which."""
 
 
+class UploadRefusedWorker(ComfyUIUnavailable):
+    """POST /upload/image answered REFUSED_CALLER_STATUSES: a proxy refusing the worker, or only that image (a filter
+    on what a user sent); ``upload_refuses_worker`` tells which."""
+
+
 class ComfyUIServerError(ComfyUIUnavailable):
     """ComfyUI answered with a server error (5xx): an exception in its handler, told in its own log."""
 
@@ -267,9 +272,10 @@ class ComfyUIClient:
 
     async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
         """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
-        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx but NOT_NOW_STATUSES;
-        ComfyUIUnavailable for no whole answer within the HTTP timeout, a server error (5xx), a proxy's
-        NOT_NOW_STATUSES or an answer not of its shape or past MAX_COMFYUI_MESSAGE_BYTES."""
+        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx but NOT_NOW_STATUSES and
+        REFUSED_CALLER_STATUSES (UploadRefusedWorker); ComfyUIUnavailable for no whole answer within the HTTP
+        timeout, a server error (5xx), a proxy's NOT_NOW_STATUSES or an answer not of its shape or past
+        MAX_COMFYUI_MESSAGE_BYTES."""
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:
@@ -282,6 +288,8 @@ class ComfyUIClient:
             ) from None
         except ReplyTooLarge as exc:  # its answer names the file saved: no workflow makes it larger, ComfyUI is broken
             raise ComfyUIUnavailable(str(exc)) from None
+        if response.status_code in REFUSED_CALLER_STATUSES:
+            raise UploadRefusedWorker(_refused_worker("POST /upload/image", response.status_code))
         refused = 400 <= response.status_code < 500 and response.status_code not in NOT_NOW_STATUSES
         if refused:  # ComfyUI 0.8.0 says nothing more than the status
             said = f": {scrubbed_excerpt(response.text, 200)}" if response.content else " with no reason"
@@ -448,6 +456,11 @@ class ComfyUIClient:
         """The status refusing POST /prompt with no workflow (REFUSED_CALLER_STATUSES), which ComfyUI answers 400
         (no_prompt): then it is the worker, not a workflow, that is refused. None for any other answer, or none."""
         return await self._refuses_worker("POST", "/prompt", json={})
+
+    async def upload_refuses_worker(self) -> int | None:
+        """The status refusing POST /upload/image with no image (REFUSED_CALLER_STATUSES), which ComfyUI answers 400:
+        then it is the worker, not an image, that is refused. None for any other answer, or none."""
+        return await self._refuses_worker("POST", "/upload/image", data={"type": "input"})
 
     async def _refuses_worker(self, method: str, path: str, **kwargs: Any) -> int | None:
         try:

@@ -33,6 +33,7 @@ from worker.comfyui import (
     EventSocket,
     ReplyTooLarge,
     UploadRefused,
+    UploadRefusedWorker,
     describe_prompt_error,
 )
 from worker.input_images import InputImage
@@ -223,7 +224,8 @@ class PromptRun:
             except UploadRefused as exc:
                 raise UploadRefused(f"metadata.images[{index}] {image.name!r}: {exc}") from None
             except ComfyUIUnavailable as exc:
-                if not isinstance(exc, ComfyUIServerError) and not isinstance(exc.__cause__, httpx.ConnectError):
+                unsaved = isinstance(exc, ComfyUIServerError | UploadRefusedWorker)
+                if not unsaved and not isinstance(exc.__cause__, httpx.ConnectError):
                     self.uploaded.append(image)  # sent, its answer lost: ComfyUI may have saved it
                 raise type(exc)(f"uploading metadata.images[{index}] {image.name!r}: {exc}") from None
         log.info("Input images uploaded to ComfyUI", images=len(images), bytes=sum(len(i.data) for i in images),

@@ -33,6 +33,7 @@ from worker.comfyui import (
     PromptRejected,
     ReplyTooLarge,
     UploadRefused,
+    UploadRefusedWorker,
     ViewRefusedWorker,
 )
 from worker.config import WorkerSettings
@@ -799,10 +800,11 @@ class Worker:
     async def _refuses_the_worker(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a 401 or 403 from something in front of ComfyUI that refuses the same question with
         nothing of a job's in it too: then every job would be handed back the same way, and the replica goes fatal
-        for the platform to replace it (its reason names no file or workflow: user data)."""
+        for the platform to replace it (its reason names no file, workflow or image: user data)."""
         questions = {
             ViewRefusedWorker: ("GET /view", "file", self.comfy.view_refuses_worker),
             PromptRefusedWorker: ("POST /prompt", "workflow", self.comfy.prompt_refuses_worker),
+            UploadRefusedWorker: ("POST /upload/image", "image", self.comfy.upload_refuses_worker),
         }
         for kind, (what, whatever, ask) in questions.items():
             if isinstance(exc, kind) and (status := await ask()):
