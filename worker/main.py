@@ -745,9 +745,10 @@ class Worker:
             return Report(job.id, job.attempt, handback=reason, job=job)
         self._prompt_over = outcome
         if outcome.comfyui_stuck:  # every later prompt would wait behind it and time out in turn
+            why = (f"the worker could not interrupt it at the job deadline ({outcome.interrupt_failed})"
+                   if outcome.interrupt_failed else "which did not stop when interrupted at the job deadline")
             self.state.mark_fatal(
-                f"ComfyUI is still running prompt {outcome.prompt_id}, which did not stop when interrupted at "
-                "the job deadline; only a restart of ComfyUI frees it"
+                f"ComfyUI is still running prompt {outcome.prompt_id}, {why}; only a restart of ComfyUI frees it"
             )
         if not outcome.ok:  # a node's error is the workflow's; a timeout or someone's interrupt is not
             return Report(job.id, job.attempt, error=outcome.message, workflow_fault=outcome.status == "error")
@@ -873,7 +874,7 @@ class Worker:
         back; nothing at all when the queue manager already took it back.
 
         A shutdown hand back (which never uses up the job's attempts) only for a stop with ComfyUI healthy;
-        when ComfyUI died, hung or did not answer the interrupt, the job may be the cause: a fault."""
+        when ComfyUI died, hung or the interrupt failed, the job may be the cause: a fault."""
         fault = self._abort_reason or self._comfyui_lost
         if fault is None:
             unanswered = await self._interrupt()
@@ -906,7 +907,7 @@ class Worker:
             error = f"no answer within {budget_s:.1f} s"
         if error is None:
             return None
-        return f"ComfyUI did not answer the interrupt when worker {self.settings.worker_id} was stopped: {error}"
+        return f"worker {self.settings.worker_id} could not interrupt the prompt when it was stopped: {error}"
 
 
 def _poll_failure(exc: PollError) -> str:
