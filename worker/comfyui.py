@@ -66,6 +66,15 @@ class UploadRefusedWorker(ComfyUIUnavailable):
     on what a user sent); ``upload_refuses_worker`` tells which."""
 
 
+class PromptsNotStopped(ComfyUIUnavailable):
+    """``stop_prompts_of`` could not stop some of the prompts, the others stopped: ``running`` holds the ids of those
+    it found running, whose history entries and files are left once they end."""
+
+    def __init__(self, message: str, running: set[str]) -> None:
+        super().__init__(message)
+        self.running = running
+
+
 class ComfyUIServerError(ComfyUIUnavailable):
     """ComfyUI answered with a server error (5xx): an exception in its handler, told in its own log."""
 
@@ -338,7 +347,7 @@ class ComfyUIClient:
 
     async def stop_prompts_of(self, key: str, value: str) -> tuple[set[str], set[str]]:
         """Delete the pending and interrupt the running prompts marked ``value`` at ``key`` (``prompts_of``): what
-        a killed worker left in ComfyUI. Their (running, pending) ids; ComfyUIUnavailable naming every prompt that
+        a killed worker left in ComfyUI. Their (running, pending) ids; PromptsNotStopped naming every prompt that
         could not be stopped, once all were tried."""
         running, pending = await self.prompts_of(key, value)
         stops = [(self.delete_pending, prompt_id) for prompt_id in pending]
@@ -350,7 +359,9 @@ class ComfyUIClient:
             except ComfyUIUnavailable as exc:
                 failures.append(f"prompt {prompt_id}: {exc}")
         if failures:
-            raise ComfyUIUnavailable(f"could not stop {len(failures)} of {len(stops)} prompts: {'; '.join(failures)}")
+            raise PromptsNotStopped(
+                f"could not stop {len(failures)} of {len(stops)} prompts: {'; '.join(failures)}", running
+            )
         return running, pending
 
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:

@@ -31,6 +31,7 @@ from worker.comfyui import (
     ComfyUIServerError,
     ComfyUIUnavailable,
     EventSocket,
+    PromptsNotStopped,
     ReplyTooLarge,
     UploadRefused,
     UploadRefusedWorker,
@@ -299,7 +300,7 @@ class PromptRun:
             running, pending = await self.comfy.stop_prompts_of(JOB_ID_KEY, self.job_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:
             log.warning("Could not look for prompts an earlier attempt left in ComfyUI", error=str(exc))
-            return set()
+            return exc.running if isinstance(exc, PromptsNotStopped) else set()
         if running or pending:
             log.warning("Stopped prompts an earlier attempt of this job left in ComfyUI",
                         running=sorted(running), pending=sorted(pending))

@@ -31,6 +31,7 @@ from worker.comfyui import (
     EventSocket,
     PromptRefusedWorker,
     PromptRejected,
+    PromptsNotStopped,
     ReplyTooLarge,
     UploadRefused,
     UploadRefusedWorker,
@@ -257,6 +258,8 @@ class Worker:
             running, pending = await self.comfy.stop_prompts_of(WORKER_ID_KEY, self.settings.worker_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:  # the first job finds out, and says so
             log.warning("Could not look for prompts an earlier run of this worker left in ComfyUI", error=str(exc))
+            if isinstance(exc, PromptsNotStopped):  # the others were stopped, and end: to be tidied
+                self._left_running |= exc.running
             return
         if running or pending:
             log.warning("Stopped prompts an earlier run of this worker left in ComfyUI",
