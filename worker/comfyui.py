@@ -56,6 +56,25 @@ class ViewRefusedWorker(ComfyUIUnavailable):
     on what a user named it); ``view_refuses_worker`` tells which."""
 
 
+class PromptRefusedWorker(ComfyUIUnavailable):
+    """POST /prompt answered REFUSED_CALLER_STATUSES: a proxy refusing the worker, or only that workflow (a filter on
+    what a user wrote); ``prompt_refuses_worker`` tells which."""
+
+
+class UploadRefusedWorker(ComfyUIUnavailable):
+    """POST /upload/image answered REFUSED_CALLER_STATUSES: a proxy refusing the worker, or only that image (a filter
+    on what a user sent); ``upload_refuses_worker`` tells which."""
+
+
+class PromptsNotStopped(ComfyUIUnavailable):
+    """``stop_prompts_of`` could not stop some of the prompts, the others stopped: ``running`` holds the ids of those
+    it found running, whose history entries and files are left once they end."""
+
+    def __init__(self, message: str, running: set[str]) -> None:
+        super().__init__(message)
+        self.running = running
+
+
 class ComfyUIServerError(ComfyUIUnavailable):
     """ComfyUI answered with a server error (5xx): an exception in its handler, told in its own log."""
 
@@ -253,6 +272,8 @@ class ComfyUIClient:
                 "--max-upload-size (100 MB unless the operator changed it); large inputs belong in files, "
                 "not inline in the workflow"
             )
+        if response.status_code in REFUSED_CALLER_STATUSES:
+            raise PromptRefusedWorker(_refused_worker("POST /prompt", response.status_code))
         if response.status_code != 200 or not isinstance(payload, dict):
             quoted = scrubbed_excerpt(str(payload), 200)
             raise ComfyUIUnavailable(f"ComfyUI POST /prompt answered HTTP {response.status_code}: {quoted}")
@@ -260,9 +281,10 @@ class ComfyUIClient:
 
     async def upload_image(self, filename: str, data: bytes, subfolder: str = "") -> None:
         """Save ``data`` as ``subfolder/filename`` in ComfyUI's input folder, replacing a file of that name, as
-        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx but NOT_NOW_STATUSES;
-        ComfyUIUnavailable for no whole answer within the HTTP timeout, a server error (5xx), a proxy's
-        NOT_NOW_STATUSES or an answer not of its shape or past MAX_COMFYUI_MESSAGE_BYTES."""
+        ComfyUI's upload button does (server.py image_upload). UploadRefused for a 4xx but NOT_NOW_STATUSES and
+        REFUSED_CALLER_STATUSES (UploadRefusedWorker); ComfyUIUnavailable for no whole answer within the HTTP
+        timeout, a server error (5xx), a proxy's NOT_NOW_STATUSES or an answer not of its shape or past
+        MAX_COMFYUI_MESSAGE_BYTES."""
         form = {"type": "input", "overwrite": "true", "subfolder": subfolder}
         files = {"image": (filename, data, "application/octet-stream")}
         try:
@@ -275,6 +297,8 @@ class ComfyUIClient:
             ) from None
         except ReplyTooLarge as exc:  # its answer names the file saved: no workflow makes it larger, ComfyUI is broken
             raise ComfyUIUnavailable(str(exc)) from None
+        if response.status_code in REFUSED_CALLER_STATUSES:
+            raise UploadRefusedWorker(_refused_worker("POST /upload/image", response.status_code))
         refused = 400 <= response.status_code < 500 and response.status_code not in NOT_NOW_STATUSES
         if refused:  # ComfyUI 0.8.0 says nothing more than the status
             said = f": {scrubbed_excerpt(response.text, 200)}" if response.content else " with no reason"
@@ -323,7 +347,7 @@ class ComfyUIClient:
 
     async def stop_prompts_of(self, key: str, value: str) -> tuple[set[str], set[str]]:
         """Delete the pending and interrupt the running prompts marked ``value`` at ``key`` (``prompts_of``): what
-        a killed worker left in ComfyUI. Their (running, pending) ids; ComfyUIUnavailable naming every prompt that
+        a killed worker left in ComfyUI. Their (running, pending) ids; PromptsNotStopped naming every prompt that
         could not be stopped, once all were tried."""
         running, pending = await self.prompts_of(key, value)
         stops = [(self.delete_pending, prompt_id) for prompt_id in pending]
@@ -335,7 +359,9 @@ class ComfyUIClient:
             except ComfyUIUnavailable as exc:
                 failures.append(f"prompt {prompt_id}: {exc}")
         if failures:
-            raise ComfyUIUnavailable(f"could not stop {len(failures)} of {len(stops)} prompts: {'; '.join(failures)}")
+            raise PromptsNotStopped(
+                f"could not stop {len(failures)} of {len(stops)} prompts: {'; '.join(failures)}", running
+            )
         return running, pending
 
     async def _queue(self) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
@@ -424,10 +450,7 @@ class ComfyUIClient:
                 if response.status_code >= 500 or response.status_code in NOT_NOW_STATUSES:
                     raise ComfyUIUnavailable(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 if response.status_code in REFUSED_CALLER_STATUSES:
-                    raise ViewRefusedWorker(
-                        f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}: something in front of "
-                        f"ComfyUI refuses the worker (ComfyUI asks no credentials); check COMFYUI_URL and its proxy"
-                    )
+                    raise ViewRefusedWorker(_refused_worker(f"GET /view {filename!r}", response.status_code))
                 if response.status_code != 200:
                     raise FileNotServed(f"ComfyUI GET /view {filename!r} answered HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes(1 << 16):
@@ -438,8 +461,21 @@ class ComfyUIClient:
     async def view_refuses_worker(self) -> int | None:
         """The status refusing GET /view naming no file (REFUSED_CALLER_STATUSES), which ComfyUI answers 404: then
         it is the worker, not a file's name, that is refused. None for any other answer, or none."""
+        return await self._refuses_worker("GET", "/view")
+
+    async def prompt_refuses_worker(self) -> int | None:
+        """The status refusing POST /prompt with no workflow (REFUSED_CALLER_STATUSES), which ComfyUI answers 400
+        (no_prompt): then it is the worker, not a workflow, that is refused. None for any other answer, or none."""
+        return await self._refuses_worker("POST", "/prompt", json={})
+
+    async def upload_refuses_worker(self) -> int | None:
+        """The status refusing POST /upload/image with no image (REFUSED_CALLER_STATUSES), which ComfyUI answers 400:
+        then it is the worker, not an image, that is refused. None for any other answer, or none."""
+        return await self._refuses_worker("POST", "/upload/image", data={"type": "input"})
+
+    async def _refuses_worker(self, method: str, path: str, **kwargs: Any) -> int | None:
         try:
-            status = (await self._request("GET", "/view")).status_code
+            status = (await self._request(method, path, **kwargs)).status_code
         except (ComfyUIUnavailable, ReplyTooLarge):
             return None
         return status if status in REFUSED_CALLER_STATUSES else None
@@ -484,6 +520,11 @@ class EventSocket:
         if self._ws is not None:
             ws, self._ws = self._ws, None
             await ws.close()
+
+
+def _refused_worker(what: str, status: int) -> str:
+    return (f"ComfyUI {what} answered HTTP {status}: something in front of ComfyUI refuses the worker (ComfyUI asks no "
+            "credentials); check COMFYUI_URL and its proxy")
 
 
 def _why(exc: BaseException) -> str:

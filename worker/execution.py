@@ -31,8 +31,10 @@ from worker.comfyui import (
     ComfyUIServerError,
     ComfyUIUnavailable,
     EventSocket,
+    PromptsNotStopped,
     ReplyTooLarge,
     UploadRefused,
+    UploadRefusedWorker,
     describe_prompt_error,
 )
 from worker.input_images import InputImage
@@ -61,6 +63,7 @@ class Outcome:
     replica_fault: str | None = None  # what on this replica broke the run (worker/replica_faults.py)
     raised: str = ""  # with a replica_fault: what ComfyUI raised, without the text a user wrote (_raised)
     comfyui_stuck: bool = False  # a timed-out prompt ComfyUI did not stop: it holds ComfyUI's queue
+    interrupt_failed: str | None = None  # with comfyui_stuck: why the worker could not interrupt it (None: ignored)
     warnings: list[str] = field(default_factory=list)
     # time.time() just before the prompt was sent: no file it wrote is older (a file of the same name that is,
     # in COMFYUI_OUTPUT_DIR, was not written by it). None for a prompt never sent.
@@ -180,6 +183,7 @@ class PromptRun:
         self._executed_bytes = 0
         self._cached_nodes: set[str] = set()
         self._interrupt_sent = False
+        self._interrupt_failed: str | None = None
         self._warnings: list[str] = []
         self.uploaded: list[InputImage] = []  # what ComfyUI saved (or may have) for this attempt, to delete once over
 
@@ -223,7 +227,8 @@ class PromptRun:
             except UploadRefused as exc:
                 raise UploadRefused(f"metadata.images[{index}] {image.name!r}: {exc}") from None
             except ComfyUIUnavailable as exc:
-                if not isinstance(exc, ComfyUIServerError) and not isinstance(exc.__cause__, httpx.ConnectError):
+                unsaved = isinstance(exc, ComfyUIServerError | UploadRefusedWorker)
+                if not unsaved and not isinstance(exc.__cause__, httpx.ConnectError):
                     self.uploaded.append(image)  # sent, its answer lost: ComfyUI may have saved it
                 raise type(exc)(f"uploading metadata.images[{index}] {image.name!r}: {exc}") from None
         log.info("Input images uploaded to ComfyUI", images=len(images), bytes=sum(len(i.data) for i in images),
@@ -295,18 +300,23 @@ class PromptRun:
             running, pending = await self.comfy.stop_prompts_of(JOB_ID_KEY, self.job_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:
             log.warning("Could not look for prompts an earlier attempt left in ComfyUI", error=str(exc))
-            return set()
+            return exc.running if isinstance(exc, PromptsNotStopped) else set()
         if running or pending:
             log.warning("Stopped prompts an earlier attempt of this job left in ComfyUI",
                         running=sorted(running), pending=sorted(pending))
         return running
 
     async def interrupt(self) -> str | None:
-        """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised."""
+        """Ask ComfyUI to stop this prompt, running or pending. Errors are logged and returned, not raised; that of
+        POST /interrupt itself (the prompt not asked to stop at all) is also kept in ``_interrupt_failed``."""
         self._interrupt_sent = True
         try:
             async with self.beating():
-                await self.comfy.interrupt(self.prompt_id)
+                try:
+                    await self.comfy.interrupt(self.prompt_id)
+                except ComfyUIUnavailable as exc:
+                    self._interrupt_failed = str(exc)
+                    raise
                 await self.comfy.delete_pending(self.prompt_id)
         except ComfyUIUnavailable as exc:
             log.warning("Could not interrupt the prompt", prompt_id=self.prompt_id, error=str(exc))
@@ -463,6 +473,12 @@ class PromptRun:
     async def _after_deadline(self) -> Outcome:
         log.warning("Job deadline reached; interrupting the prompt", prompt_id=self.prompt_id, timeout_s=self.timeout_s)
         await self.interrupt()
+        if (failed := self._interrupt_failed) is not None and await self._still_queued():
+            return Outcome(
+                "timeout", self.prompt_id, f"Job timed out after {self.timeout_s:g} s (JOB_TIMEOUT_S); the worker "
+                f"could not interrupt it ({failed}), so ComfyUI runs it on", execution_s=self._elapsed(),
+                comfyui_stuck=True, interrupt_failed=failed, outputs=dict(self._executed_outputs),
+            )  # fmt: skip
         stuck = False
         try:
             async with asyncio.timeout(self.timings.interrupt_wait_s):
@@ -484,6 +500,14 @@ class PromptRun:
             "timeout", self.prompt_id, f"Job timed out after {self.timeout_s:g} s (JOB_TIMEOUT_S); {how}",
             execution_s=self._elapsed(), comfyui_stuck=stuck, outputs=dict(self._executed_outputs),
         )
+
+    async def _still_queued(self) -> bool:
+        """Whether ComfyUI still runs or queues the prompt; True when it does not say."""
+        try:
+            running, pending = await self._ask(self.comfy.queued_prompt_ids())
+        except ComfyUIUnavailable:
+            return True
+        return self.prompt_id in running | pending
 
     async def _confirmed(self, terminal: _Terminal) -> bool:
         """False when ComfyUI still runs or queues the prompt whose end the websocket announced, with neither the

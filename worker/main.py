@@ -29,9 +29,12 @@ from worker.comfyui import (
     ComfyUIClient,
     ComfyUIUnavailable,
     EventSocket,
+    PromptRefusedWorker,
     PromptRejected,
+    PromptsNotStopped,
     ReplyTooLarge,
     UploadRefused,
+    UploadRefusedWorker,
     ViewRefusedWorker,
 )
 from worker.config import WorkerSettings
@@ -255,6 +258,8 @@ class Worker:
             running, pending = await self.comfy.stop_prompts_of(WORKER_ID_KEY, self.settings.worker_id)
         except (ComfyUIUnavailable, ReplyTooLarge) as exc:  # the first job finds out, and says so
             log.warning("Could not look for prompts an earlier run of this worker left in ComfyUI", error=str(exc))
+            if isinstance(exc, PromptsNotStopped):  # the others were stopped, and end: to be tidied
+                self._left_running |= exc.running
             return
         if running or pending:
             log.warning("Stopped prompts an earlier run of this worker left in ComfyUI",
@@ -722,6 +727,9 @@ class Worker:
         except (PromptRejected, UploadRefused) as exc:
             return Report(job.id, job.attempt, error=str(exc), workflow_fault=True)
         except ComfyUIUnavailable as exc:
+            if await self._refuses_the_worker(exc):
+                reason = f"Submitting the workflow failed on worker {self.settings.worker_id}: {exc}"
+                return Report(job.id, job.attempt, handback=reason, job=job)
             reason = await self._explain_lost_comfyui(f"ComfyUI unavailable while submitting the workflow: {exc}")
             return Report(job.id, job.attempt, handback=reason, job=job)
 
@@ -740,9 +748,10 @@ class Worker:
             return Report(job.id, job.attempt, handback=reason, job=job)
         self._prompt_over = outcome
         if outcome.comfyui_stuck:  # every later prompt would wait behind it and time out in turn
+            why = (f"the worker could not interrupt it at the job deadline ({outcome.interrupt_failed})"
+                   if outcome.interrupt_failed else "which did not stop when interrupted at the job deadline")
             self.state.mark_fatal(
-                f"ComfyUI is still running prompt {outcome.prompt_id}, which did not stop when interrupted at "
-                "the job deadline; only a restart of ComfyUI frees it"
+                f"ComfyUI is still running prompt {outcome.prompt_id}, {why}; only a restart of ComfyUI frees it"
             )
         if not outcome.ok:  # a node's error is the workflow's; a timeout or someone's interrupt is not
             return Report(job.id, job.attempt, error=outcome.message, workflow_fault=outcome.status == "error")
@@ -756,10 +765,7 @@ class Worker:
                     outcome.outputs, job.user_id, job.id, attempt=job.attempt, written_since=outcome.written_since
                 )
         except ComfyUILostDuringDelivery as exc:
-            if isinstance(exc.__cause__, ViewRefusedWorker) and (status := await self.comfy.view_refuses_worker()):
-                # Every job would be handed back the same way: let the platform replace us (no file name: user data)
-                self.state.mark_fatal(f"something in front of ComfyUI refuses worker {self.settings.worker_id} "
-                                      f"GET /view (HTTP {status}) whatever the file; check COMFYUI_URL and its proxy")
+            if exc.__cause__ is not None and await self._refuses_the_worker(exc.__cause__):
                 reason = f"Output delivery failed on worker {self.settings.worker_id}: {exc}"
                 return Report(job.id, job.attempt, handback=reason, job=job)
             reason = await self._explain_lost_comfyui(f"Output delivery failed: {exc}")
@@ -794,6 +800,23 @@ class Worker:
             "worker_version": __version__,
             "warnings": outcome.warnings,
         })
+
+    async def _refuses_the_worker(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a 401 or 403 from something in front of ComfyUI that refuses the same question with
+        nothing of a job's in it too: then every job would be handed back the same way, and the replica goes fatal
+        for the platform to replace it (its reason names no file, workflow or image: user data)."""
+        questions = {
+            ViewRefusedWorker: ("GET /view", "file", self.comfy.view_refuses_worker),
+            PromptRefusedWorker: ("POST /prompt", "workflow", self.comfy.prompt_refuses_worker),
+            UploadRefusedWorker: ("POST /upload/image", "image", self.comfy.upload_refuses_worker),
+        }
+        for kind, (what, whatever, ask) in questions.items():
+            if isinstance(exc, kind) and (status := await ask()):
+                self.state.mark_fatal(f"something in front of ComfyUI refuses worker {self.settings.worker_id} "
+                                      f"{what} (HTTP {status}) whatever the {whatever}; check COMFYUI_URL and its "
+                                      "proxy")  # fmt: skip
+                return True
+        return False
 
     async def _explain_lost_comfyui(self, message: str, *, silent_since: float | None = None) -> str:
         """The supervisor's reason (the process died, with its exit code) beats what the socket saw. A stop
@@ -854,7 +877,7 @@ class Worker:
         back; nothing at all when the queue manager already took it back.
 
         A shutdown hand back (which never uses up the job's attempts) only for a stop with ComfyUI healthy;
-        when ComfyUI died, hung or did not answer the interrupt, the job may be the cause: a fault."""
+        when ComfyUI died, hung or the interrupt failed, the job may be the cause: a fault."""
         fault = self._abort_reason or self._comfyui_lost
         if fault is None:
             unanswered = await self._interrupt()
@@ -887,7 +910,7 @@ class Worker:
             error = f"no answer within {budget_s:.1f} s"
         if error is None:
             return None
-        return f"ComfyUI did not answer the interrupt when worker {self.settings.worker_id} was stopped: {error}"
+        return f"worker {self.settings.worker_id} could not interrupt the prompt when it was stopped: {error}"
 
 
 def _poll_failure(exc: PollError) -> str:

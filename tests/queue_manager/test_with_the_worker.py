@@ -157,5 +157,5 @@ async def test_comfyui_dead_when_the_stop_comes_is_a_fault_not_a_shutdown(tmp_pa
         assert handed.status is JobStatus.PENDING
         assert handed.history[-1]["cause"] == "fault"
         assert handed.history[-1]["reason"].startswith(
-            "ComfyUI did not answer the interrupt when worker embedded-worker was stopped: "
+            "worker embedded-worker could not interrupt the prompt when it was stopped: "
         )

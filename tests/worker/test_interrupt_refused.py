@@ -52,7 +52,7 @@ async def test_a_refused_interrupt_at_a_stop_hands_the_job_back_as_a_fault_namin
             assert await asyncio.wait_for(run, 10) == 0
     [report] = qm.reports.landed(job.id)
     assert report.body["error"].startswith(
-        "Handed back: ComfyUI did not answer the interrupt when worker test-worker was stopped: ComfyUI POST "
+        "Handed back: worker test-worker could not interrupt the prompt when it was stopped: ComfyUI POST "
         "/interrupt answered HTTP 403"
     ), report.body["error"]
     assert "Could not interrupt the prompt" in [e["event"] for e in logs]

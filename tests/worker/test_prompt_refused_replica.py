@@ -1,0 +1,81 @@
+"""A proxy in front of ComfyUI refusing the worker POST /prompt (401, 403) while /system_stats passes: each job was
+handed back, using up one of its attempts, and the replica stayed ready and took the next job, to hand it back too.
+It now goes fatal after the first, its reason naming COMFYUI_URL, and exits for the platform to replace it. A proxy
+refusing only some workflows (a filter on what a user wrote) says nothing of the replica: POST /prompt with no
+workflow, which ComfyUI answers 400, tells the two apart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from ..conftest import served
+
+MARKER = "alice-private-prefix-8c1e"
+
+
+@contextlib.asynccontextmanager
+async def refusing_proxy(
+    comfy_url: str, path: str, status: int, *, only_holding: str | None = None
+) -> AsyncIterator[str]:
+    """Passes every HTTP request to ComfyUI (not the websocket) but POSTs to ``path``, which it refuses with
+    ``status``: every one, or ``only_holding``: those whose body holds it."""
+    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            if request.path == "/ws":
+                return web.Response(status=403, text="websockets are not allowed")
+            body = await request.read()
+            if request.method == "POST" and request.path == path and (
+                only_holding is None or only_holding.encode() in body
+            ):
+                return web.json_response({"error": "authentication required"}, status=status)
+            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
+            async with upstream.request(
+                request.method, comfy_url + str(request.rel_url), data=body, headers=headers
+            ) as answer:
+                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", forward)
+        async with served(app) as url:
+            yield url
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_prompt_refusing_the_worker_makes_the_replica_fatal_after_one_job(
+    qm, comfy, make_worker, workflows, status
+):
+    workflow = copy.deepcopy(workflows["quick"])
+    workflow["3"]["inputs"]["filename_prefix"] = MARKER
+    job = qm.store.submit("alice", workflow)
+    waiting = qm.store.submit("bob", workflows["quick"])
+    async with refusing_proxy(comfy.url, "/prompt", status) as proxy:
+        worker = make_worker(comfyui_url=proxy, serverless_max_idle_polls=100)
+        assert await asyncio.wait_for(worker.run(), 15) == 1
+    handed_back = qm.reports.landed(job.id)[0].body["error"]
+    assert handed_back.startswith("Handed back: "), handed_back
+    assert f"answered HTTP {status}" in handed_back and "COMFYUI_URL" in handed_back, handed_back
+    assert qm.store.get(waiting.id).status == "pending", "a replica ComfyUI's proxy refuses takes no new job"
+    reason = worker.state.fatal_reason or ""
+    assert "COMFYUI_URL" in reason and f"POST /prompt (HTTP {status})" in reason, reason
+    assert MARKER not in reason, "/health and /status carry no user data"
+
+
+async def test_prompt_refusing_one_workflow_leaves_the_replica_taking_jobs(qm, comfy, make_worker, workflows):
+    workflow = copy.deepcopy(workflows["quick"])
+    workflow["3"]["inputs"]["filename_prefix"] = MARKER
+    job = qm.store.submit("alice", workflow)
+    served_next = qm.store.submit("bob", workflows["quick"])
+    async with refusing_proxy(comfy.url, "/prompt", 403, only_holding=MARKER) as proxy:
+        worker = make_worker(comfyui_url=proxy)
+        assert await asyncio.wait_for(worker.run(), 15) == 0
+    assert qm.reports.landed(job.id)[0].body["error"].startswith("Handed back: ")
+    assert qm.store.get(served_next.id).status == "completed"
+    assert worker.state.fatal_reason is None
