@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -259,7 +260,8 @@ class QueueClient:
 
     async def _job(self, job_id: str) -> dict[str, Any] | None:
         """GET /api/jobs/{id}: the job, or None when the manager no longer knows it."""
-        response = await self._checked("GET", f"/api/jobs/{job_id}")
+        # Quoted: the id of a job refused as unsafe is looked up too, and its "#", "?" or "/" would name another one.
+        response = await self._checked("GET", f"/api/jobs/{quote(job_id, safe='')}")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
