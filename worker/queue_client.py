@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -188,9 +189,7 @@ class QueueClient:
 
     async def _poll(self, params: dict[str, str]) -> dict[str, Any] | None:
         try:
-            # The whole poll, not each read (httpx's timeout): a peer dripping bytes would hold it, and the worker,
-            # for ever while its probes said healthy and ready.
-            response = await self._request("GET", "/api/workers/next-job", params=params, deadline_s=self._timeout_s)
+            response = await self._request("GET", "/api/workers/next-job", params=params)
         except httpx.HTTPError as exc:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:
@@ -336,10 +335,16 @@ class QueueClient:
         response = await self._post_with_retries(f"/api/workers/{endpoint}", params, body, self.report_budget_s)
         self._raise_for_job_answer(endpoint, job_id, response)
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The answer, read at most to MAX_QUEUE_ANSWER_BYTES (AnswerTooLarge past it, logged naming the limit)."""
+    async def _request(
+        self, method: str, path: str, *, deadline_s: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """The answer, read at most to MAX_QUEUE_ANSWER_BYTES (AnswerTooLarge past it, logged naming the limit), and
+        whole within ``deadline_s`` (HTTP_TIMEOUT_S unless said; httpx.ReadTimeout past it). The whole exchange, not
+        each read (httpx's timeout): a peer dripping bytes held a poll, or a report past its REPORT_RETRY_BUDGET_S,
+        for as long as the drip went on."""
         return await request_bounded(
-            self._http, method, path, peer="queue manager", limit_bytes=MAX_QUEUE_ANSWER_BYTES, **kwargs
+            self._http, method, path, peer="queue manager", limit_bytes=MAX_QUEUE_ANSWER_BYTES,
+            deadline_s=self._timeout_s if deadline_s is None else deadline_s, **kwargs,
         )
 
     async def _checked(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -367,6 +372,7 @@ class QueueClient:
         self, path: str, params: dict[str, str] | None, body: dict[str, Any], budget_s: float,
         retryable: Callable[[BaseException], bool] = _is_transient,
     ) -> httpx.Response:
+        given_up_at = time.monotonic() + budget_s
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(retryable),
             stop=stop_after_delay(budget_s),
@@ -380,7 +386,12 @@ class QueueClient:
             ),
         ):
             with attempt:
-                response = await self._checked("POST", path, params=params, content=_json_body(body), headers=JSON)
+                # A try's whole exchange gets what is left of the budget (HTTP_TIMEOUT_S at least): a large workflow
+                # resubmitted over a slow uplink still goes, and an answer dripped is given up with the budget.
+                deadline_s = max(self._timeout_s, round(given_up_at - time.monotonic(), 1))
+                response = await self._checked(
+                    "POST", path, params=params, content=_json_body(body), headers=JSON, deadline_s=deadline_s
+                )
                 if response.status_code in RETRYABLE_STATUS:
                     raise TransientHTTPError(response.status_code, response.text)
                 return response
