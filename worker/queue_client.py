@@ -26,7 +26,7 @@ from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
 from common.logs import scrub, scrubbed_excerpt
 from common.urls import direct_transport, queue_refusal_cause, redact_url
-from worker.jobs import unreadable_job
+from worker.jobs import UnreportableJob, job_id_of, unreadable_job
 
 log = structlog.get_logger()
 
@@ -220,7 +220,14 @@ class QueueClient:
             raise PollError(f"queue manager answered non-JSON: {_short(response.text)!r}") from exc
         if not isinstance(payload, dict) or "job" not in payload:
             raise PollError(f"queue manager reply has no 'job' key: {_short(response.text)!r}")
-        return payload["job"]
+        job = payload["job"]
+        if job is not None:
+            try:
+                job_id_of(job)
+            except UnreportableJob as exc:  # a failed poll, backed off: taken as a job, the next poll came at once
+                log.error("Received a job that cannot be reported back; skipping it", error=str(exc))
+                raise PollError(f"queue manager answered a job that cannot be reported back: {exc}") from None
+        return job
 
     def _fence(self, attempt: int | None) -> dict[str, str]:
         """Contract item 2: who may still report this job. Without an attempt (comfy-multi) nothing is sent."""
