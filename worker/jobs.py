@@ -15,6 +15,9 @@ from worker.workflow_paths import check_folder_names
 # The queue manager's own rule for user_id; job ids are UUIDs there, and both become path components here.
 SAFE_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+# Longer, no report can name the job: its id goes in the query, which HTTP servers cut at about 8 KiB and httpx
+# refuses past 64 KiB (an exception no one foresaw, and every log line of the job the size of its id).
+MAX_REPORTABLE_ID_CHARS = 1000
 
 MAX_CYCLE_NODES_SHOWN = 12
 # The key of a job the queue client could read only the id of (unreadable_job): why. No JSON field is named so.
@@ -62,6 +65,9 @@ def job_id_of(raw: object) -> str:
     job_id = raw.get("id")
     if not isinstance(job_id, str) or not job_id.strip():
         raise UnreportableJob(f"job has no usable 'id' (got {job_id!r:.80})")
+    if len(job_id) > MAX_REPORTABLE_ID_CHARS:
+        raise UnreportableJob(f"job 'id' {job_id!r:.80} is {len(job_id)} characters long; a report can name at most "
+                              f"{MAX_REPORTABLE_ID_CHARS}")
     return job_id
 
 

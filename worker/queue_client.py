@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -24,7 +26,7 @@ from common.handbacks import HandBackCause
 from common.http_answers import AnswerTooLarge, request_bounded
 from common.logs import scrub, scrubbed_excerpt
 from common.urls import direct_transport, queue_refusal_cause, redact_url
-from worker.jobs import unreadable_job
+from worker.jobs import UnreportableJob, job_id_of, unreadable_job
 
 log = structlog.get_logger()
 
@@ -187,9 +189,7 @@ class QueueClient:
 
     async def _poll(self, params: dict[str, str]) -> dict[str, Any] | None:
         try:
-            # The whole poll, not each read (httpx's timeout): a peer dripping bytes would hold it, and the worker,
-            # for ever while its probes said healthy and ready.
-            response = await self._request("GET", "/api/workers/next-job", params=params, deadline_s=self._timeout_s)
+            response = await self._request("GET", "/api/workers/next-job", params=params)
         except httpx.HTTPError as exc:
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:
@@ -220,7 +220,14 @@ class QueueClient:
             raise PollError(f"queue manager answered non-JSON: {_short(response.text)!r}") from exc
         if not isinstance(payload, dict) or "job" not in payload:
             raise PollError(f"queue manager reply has no 'job' key: {_short(response.text)!r}")
-        return payload["job"]
+        job = payload["job"]
+        if job is not None:
+            try:
+                job_id_of(job)
+            except UnreportableJob as exc:  # a failed poll, backed off: taken as a job, the next poll came at once
+                log.error("Received a job that cannot be reported back; skipping it", error=str(exc))
+                raise PollError(f"queue manager answered a job that cannot be reported back: {exc}") from None
+        return job
 
     def _fence(self, attempt: int | None) -> dict[str, str]:
         """Contract item 2: who may still report this job. Without an attempt (comfy-multi) nothing is sent."""
@@ -259,7 +266,8 @@ class QueueClient:
 
     async def _job(self, job_id: str) -> dict[str, Any] | None:
         """GET /api/jobs/{id}: the job, or None when the manager no longer knows it."""
-        response = await self._checked("GET", f"/api/jobs/{job_id}")
+        # Quoted: the id of a job refused as unsafe is looked up too, and its "#", "?" or "/" would name another one.
+        response = await self._checked("GET", f"/api/jobs/{quote(job_id, safe='')}")
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -334,10 +342,16 @@ class QueueClient:
         response = await self._post_with_retries(f"/api/workers/{endpoint}", params, body, self.report_budget_s)
         self._raise_for_job_answer(endpoint, job_id, response)
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The answer, read at most to MAX_QUEUE_ANSWER_BYTES (AnswerTooLarge past it, logged naming the limit)."""
+    async def _request(
+        self, method: str, path: str, *, deadline_s: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """The answer, read at most to MAX_QUEUE_ANSWER_BYTES (AnswerTooLarge past it, logged naming the limit), and
+        whole within ``deadline_s`` (HTTP_TIMEOUT_S unless said; httpx.ReadTimeout past it). The whole exchange, not
+        each read (httpx's timeout): a peer dripping bytes held a poll, or a report past its REPORT_RETRY_BUDGET_S,
+        for as long as the drip went on."""
         return await request_bounded(
-            self._http, method, path, peer="queue manager", limit_bytes=MAX_QUEUE_ANSWER_BYTES, **kwargs
+            self._http, method, path, peer="queue manager", limit_bytes=MAX_QUEUE_ANSWER_BYTES,
+            deadline_s=self._timeout_s if deadline_s is None else deadline_s, **kwargs,
         )
 
     async def _checked(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -365,6 +379,7 @@ class QueueClient:
         self, path: str, params: dict[str, str] | None, body: dict[str, Any], budget_s: float,
         retryable: Callable[[BaseException], bool] = _is_transient,
     ) -> httpx.Response:
+        given_up_at = time.monotonic() + budget_s
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(retryable),
             stop=stop_after_delay(budget_s),
@@ -378,7 +393,12 @@ class QueueClient:
             ),
         ):
             with attempt:
-                response = await self._checked("POST", path, params=params, content=_json_body(body), headers=JSON)
+                # A try's whole exchange gets what is left of the budget (HTTP_TIMEOUT_S at least): a large workflow
+                # resubmitted over a slow uplink still goes, and an answer dripped is given up with the budget.
+                deadline_s = max(self._timeout_s, round(given_up_at - time.monotonic(), 1))
+                response = await self._checked(
+                    "POST", path, params=params, content=_json_body(body), headers=JSON, deadline_s=deadline_s
+                )
                 if response.status_code in RETRYABLE_STATUS:
                     raise TransientHTTPError(response.status_code, response.text)
                 return response
