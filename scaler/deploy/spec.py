@@ -508,7 +508,7 @@ def _section(spec: DeploymentSpec, variable: str) -> str:
     return "env_from_environment" if variable in spec.resolved_env else "env"
 
 
-def unmounted_input_dir(spec: DeploymentSpec) -> list[str]:
+def unmounted_folders(spec: DeploymentSpec) -> list[str]:
     """On Verda, the container's folders that must lie on a shared volume the spec mounts: COMFYUI_INPUT_DIR (the
     replicas would exit 2 at start, nothing there) and OUTPUTS_PATH (elsewhere, the scratch disk or the image's own
     folder, every result is written, reported completed, and lost with its replica). A RunPod pod has both on its

@@ -40,7 +40,7 @@ from scaler.deploy.spec import (
     deployment_name,
     load_spec,
     refusing_misspelt,
-    unmounted_input_dir,
+    unmounted_folders,
 )
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -375,7 +375,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, Dep
         if args.action != "apply" and not args.console:
             return deployment_name(path, environ), None
         spec = load_spec(path, environ)
-        if problems := unmounted_input_dir(spec) + short_secret_values(spec, environ):
+        if problems := unmounted_folders(spec) + short_secret_values(spec, environ):
             raise SpecError(problems)
     mask_secret_values(spec, environ)
     return spec.deployment.name, spec
