@@ -14,13 +14,14 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
-from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
+from common.urls import is_loopback, is_secret_parameter, queue_token_clash, url_has_credentials
 from scaler.deploy.container_env import (
     DEFAULT_HEALTH_PORT,
     DEFAULT_OUTPUTS_PATH,
@@ -527,6 +528,36 @@ def unmounted_folders(spec: DeploymentSpec) -> list[str]:
                         "replica's own disk, reported completed, and lost with the replica; mount the outputs SFS "
                         "volume there (its id in VERDA_OUTPUTS_VOLUME_ID), or set OUTPUTS_PATH to a folder on it")
     return problems
+
+
+def _queue_url(spec: DeploymentSpec, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(the field QUEUE_MANAGER_URL is given in, the value the replicas get): "" when unknown here (a Verda secret
+    that already exists)."""
+    if "QUEUE_MANAGER_URL" in spec.secrets:
+        return "secrets.QUEUE_MANAGER_URL", environ.get("QUEUE_MANAGER_URL", "")
+    container = {**spec.env, **spec.resolved_env}
+    return f"{_section(spec, 'QUEUE_MANAGER_URL')}.QUEUE_MANAGER_URL", container.get("QUEUE_MANAGER_URL", "")
+
+
+def _names_the_replica_itself(url: str) -> bool:
+    """localhost, a loopback address or 0.0.0.0 / :: (which a connection reaches as the loopback)."""
+    try:
+        host = urlsplit(url).hostname or ""
+        return is_loopback(url) or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
+    """On Verda, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
+    manager's default, from a shared env file), where every replica polls nothing and exits after
+    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile."""
+    where, url = _queue_url(spec, environ)
+    if _names_the_replica_itself(url):
+        return [f"{where}: names the replica itself (localhost, a loopback address or 0.0.0.0), where no queue "
+                "manager runs: every replica would poll nothing and exit after SERVERLESS_MAX_UNREACHABLE_S (default "
+                "600 s), restarted and billed meanwhile; give the queue manager's address as the replicas reach it"]
+    return []
 
 
 def _env_entries(spec: DeploymentSpec) -> list[dict[str, str]]:

@@ -39,6 +39,7 @@ from scaler.deploy.spec import (
     build_body,
     deployment_name,
     load_spec,
+    queue_url_problems,
     refusing_misspelt,
     unmounted_folders,
 )
@@ -375,7 +376,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, Dep
         if args.action != "apply" and not args.console:
             return deployment_name(path, environ), None
         spec = load_spec(path, environ)
-        if problems := unmounted_folders(spec) + short_secret_values(spec, environ):
+        problems = unmounted_folders(spec) + queue_url_problems(spec, environ) + short_secret_values(spec, environ)
+        if problems:
             raise SpecError(problems)
     mask_secret_values(spec, environ)
     return spec.deployment.name, spec
