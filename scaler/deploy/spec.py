@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
-from common.urls import is_loopback, is_secret_parameter, queue_token_clash, url_has_credentials
+from common.urls import (
+    IN_CLEAR,
+    encrypted_or_local,
+    is_loopback,
+    is_secret_parameter,
+    queue_token_clash,
+    url_has_credentials,
+)
 from scaler.deploy.container_env import (
     DEFAULT_HEALTH_PORT,
     DEFAULT_OUTPUTS_PATH,
@@ -551,12 +558,17 @@ def _names_the_replica_itself(url: str) -> bool:
 def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
     """On Verda, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
     manager's default, from a shared env file), where every replica polls nothing and exits after
-    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile."""
+    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile; or plain http:// with a credential, sent in clear
+    from the replicas across the internet."""
     where, url = _queue_url(spec, environ)
     if _names_the_replica_itself(url):
         return [f"{where}: names the replica itself (localhost, a loopback address or 0.0.0.0), where no queue "
                 "manager runs: every replica would poll nothing and exit after SERVERLESS_MAX_UNREACHABLE_S (default "
                 "600 s), restarted and billed meanwhile; give the queue manager's address as the replicas reach it"]
+    token = "QUEUE_MANAGER_TOKEN" in {**spec.env, **spec.resolved_env, **spec.secrets}
+    if url and (token or url_has_credentials(url)) and not encrypted_or_local(url):
+        return [f"{where}: {IN_CLEAR}: every replica would send its queue token or the URL's password across the "
+                "internet unencrypted; give the queue manager's https:// URL"]
     return []
 
 

@@ -45,3 +45,31 @@ async def test_a_loopback_queue_url_with_a_password_is_refused_as_a_secret_too(
 async def test_the_queue_managers_address_is_deployed(fake: FakeVerda, deploy_env, capsys) -> None:
     assert await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": "https://queue.example.com:8443"}) == 0
     assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "spec_token"),
+    [("http://queue.example.com:8080", True), ("http://203.0.113.7:8080", True),
+     ("http://worker:url-password-do-not-log@queue.example.com", False)],
+)
+async def test_a_plain_http_queue_url_with_a_credential_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, spec_path: Path, spec_without_token: Path, capsys, url: str, spec_token: bool
+) -> None:
+    """Before: deployed, exit 0; every replica sent QUEUE_MANAGER_TOKEN (or the URL's password) in clear across
+    the internet with each poll."""
+    spec = spec_path if spec_token else spec_without_token
+
+    code = await deploy_main(["--spec", str(spec)], {**deploy_env, "QUEUE_MANAGER_URL": url})
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "QUEUE_MANAGER_URL: must be an https:// URL" in err, err
+    assert "url-password-do-not-log" not in err
+    assert fake.requests == []
+
+
+async def test_a_plain_http_queue_url_without_a_credential_is_deployed(
+    fake: FakeVerda, deploy_env, spec_without_token: Path, capsys
+) -> None:
+    env = {**deploy_env, "QUEUE_MANAGER_URL": "http://queue.example.com:8080"}
+    assert await deploy_main(["--spec", str(spec_without_token)], env) == 0, capsys.readouterr().err
