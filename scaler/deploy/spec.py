@@ -555,16 +555,28 @@ def _names_the_replica_itself(url: str) -> bool:
         return False
 
 
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return ""
+
+
 def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
     """On Verda, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
     manager's default, from a shared env file), where every replica polls nothing and exits after
-    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile; or plain http:// with a credential, sent in clear
-    from the replicas across the internet."""
+    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile; or one ending in /api, which every poll answers
+    404 and so ends the same way; or plain http:// with a credential, sent in clear from the replicas across the
+    internet."""
     where, url = _queue_url(spec, environ)
     if _names_the_replica_itself(url):
         return [f"{where}: names the replica itself (localhost, a loopback address or 0.0.0.0), where no queue "
                 "manager runs: every replica would poll nothing and exit after SERVERLESS_MAX_UNREACHABLE_S (default "
                 "600 s), restarted and billed meanwhile; give the queue manager's address as the replicas reach it"]
+    if _path(url).rstrip("/").endswith("/api"):
+        return [f"{where}: ends in /api, which the worker adds itself (/api/workers/...): every poll would be answered "
+                "404 and each replica exit after SERVERLESS_MAX_UNREACHABLE_S (default 600 s); drop the /api, give "
+                "the queue manager's base URL"]
     token = "QUEUE_MANAGER_TOKEN" in {**spec.env, **spec.resolved_env, **spec.secrets}
     if url and (token or url_has_credentials(url)) and not encrypted_or_local(url):
         return [f"{where}: {IN_CLEAR}: every replica would send its queue token or the URL's password across the "

@@ -73,3 +73,24 @@ async def test_a_plain_http_queue_url_without_a_credential_is_deployed(
 ) -> None:
     env = {**deploy_env, "QUEUE_MANAGER_URL": "http://queue.example.com:8080"}
     assert await deploy_main(["--spec", str(spec_without_token)], env) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "url", ["https://queue.example.com/api", "https://queue.example.com/api/", "https://example.com/queue/api"]
+)
+async def test_a_queue_url_ending_in_api_is_refused_before_any_call(
+    fake: FakeVerda, deploy_env, capsys, url: str
+) -> None:
+    """Before: deployed, exit 0; the worker adds /api/... itself, so every poll was answered 404, counted as the
+    queue manager unreachable, and each replica exited after 600 s."""
+    code = await deploy_main([], {**deploy_env, "QUEUE_MANAGER_URL": url})
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "env_from_environment.QUEUE_MANAGER_URL: ends in /api" in err and "drop the /api" in err, err
+    assert fake.requests == []
+
+
+async def test_a_queue_manager_under_a_path_prefix_is_deployed(fake: FakeVerda, deploy_env, capsys) -> None:
+    env = {**deploy_env, "QUEUE_MANAGER_URL": "https://example.com/apis/queue"}
+    assert await deploy_main([], env) == 0, capsys.readouterr().err
