@@ -311,7 +311,7 @@ def text_problems(value: Any, where: str) -> list[str]:
 def _format_errors(error: ValidationError, environ: Mapping[str, str]) -> list[str]:
     """A line per problem, naming its field, and the variable it came from when one overrode the spec's value: the
     spec file, which the operator reads first, may hold a good one (is_spot = false, VERDA_IS_SPOT=ture)."""
-    overridden = {field: variable for variable, field in ENV_OVERRIDES.items() if variable in environ}
+    overridden = {field: variable for variable, field in ENV_OVERRIDES.items() if environ.get(variable)}
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "spec"
@@ -344,12 +344,14 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
 
 
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    # An empty variable is unset, as the scaler reads its own: the spec's value stays (VERDA_REGISTRY_CREDENTIALS=
+    # from a shared env file deployed a private image as public).
     for variable, (section, key) in ENV_OVERRIDES.items():
-        if variable in environ:
+        if environ.get(variable):
             raw.setdefault(section, {})[key] = environ[variable]
     for mount in raw.get("volume_mounts", []):
         variable = SHARED_VOLUME_ENVS.get(mount.get("mount_path", ""))
-        if mount.get("type") == "shared" and variable in environ:
+        if mount.get("type") == "shared" and variable and environ.get(variable):
             mount["volume_id"] = environ[variable]
     return raw
 
@@ -358,7 +360,7 @@ def not_digits(environ: Mapping[str, str], variables: Collection[str]) -> list[s
     """A line per variable of ``variables`` set in ``environ`` to anything but the digits 0-9: a whole number
     written otherwise ("1_0", " 5", "5.0", "+5") is a typo, which pydantic would read as another number."""
     return [f"{variable}: must be a whole number in the digits 0-9 alone (no _, sign, point or space)"
-            for variable in variables if variable in environ and not re.fullmatch(r"[0-9]+", environ[variable])]
+            for variable in variables if environ.get(variable) and not re.fullmatch(r"[0-9]+", environ[variable])]
 
 
 def _credential_urls_to_secrets(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -447,7 +449,7 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 def given_deployment_name(path: Path, environ: Mapping[str, str]) -> tuple[Any, str]:
     """The deployment's name as given, unchecked (VERDA_DEPLOYMENT_NAME, else the spec's deployment.name; None when
     neither), and where it was given; nothing else of the spec read or checked."""
-    if "VERDA_DEPLOYMENT_NAME" in environ:
+    if environ.get("VERDA_DEPLOYMENT_NAME"):
         return environ["VERDA_DEPLOYMENT_NAME"], "VERDA_DEPLOYMENT_NAME"
     deployment = read_spec_file(path).get("deployment", {})
     if not isinstance(deployment, dict):

@@ -210,7 +210,7 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
     offered = await verda.list_compute_resources()
     sizes = sorted({one.size for one in offered if one.name == compute.name})
     if not sizes:
-        field = "VERDA_COMPUTE" if "VERDA_COMPUTE" in environ else "compute.name"
+        field = "VERDA_COMPUTE" if environ.get("VERDA_COMPUTE") else "compute.name"
         if not offered:
             raise DeployError(f"{field}: Verda lists no compute for serverless containers (GET "
                               "/serverless-compute-resources answered an empty list), so none can be deployed: check "
@@ -219,7 +219,7 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
         names = ", ".join(sorted({one.name for one in offered}))
         raise DeployError(f"{field}: Verda offers no compute {compute.name!r}; the names it offers: {names}")
     if compute.size not in sizes:
-        field = "VERDA_COMPUTE_SIZE" if "VERDA_COMPUTE_SIZE" in environ else "compute.size"
+        field = "VERDA_COMPUTE_SIZE" if environ.get("VERDA_COMPUTE_SIZE") else "compute.size"
         raise DeployError(f"{field}: Verda offers {compute.name} with {', '.join(map(str, sizes))} GPUs per "
                           f"replica, not {compute.size}")
     if not any(one.available for one in offered if (one.name, one.size) == (compute.name, compute.size)):
