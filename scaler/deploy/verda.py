@@ -373,7 +373,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, Dep
     the name alone. SpecError for each problem found, a misspelt deploy variable too."""
     path = args.spec or DEFAULT_SPEC_PATH
     with refusing_misspelt(environ, DEPLOY_VARIABLES):
-        if args.action != "apply" and not args.console:
+        if args.action != "apply":
             return deployment_name(path, environ), None
         spec = load_spec(path, environ)
         problems = unmounted_folders(spec) + queue_url_problems(spec, environ) + short_secret_values(spec, environ)
@@ -389,13 +389,13 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    if args.console and spec is not None:
-        print("\n".join(console_lines(spec)))
-        return EXIT_OK
     if options_misused(
         args, f"removes deployment {name} and stops its running replicas now, busy ones "
         "included (a worker that gets SIGTERM in time hands its job back)"):
         return EXIT_USAGE
+    if args.console and spec is not None:
+        print("\n".join(console_lines(spec)))
+        return EXIT_OK
     if args.dry_run and spec is not None:
         print(json.dumps(build_body(spec), indent=2))
         for env_name, secret_name in spec.secrets.items():
