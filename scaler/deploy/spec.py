@@ -451,7 +451,11 @@ def given_deployment_name(path: Path, environ: Mapping[str, str]) -> tuple[Any, 
     neither), and where it was given; nothing else of the spec read or checked."""
     if environ.get("VERDA_DEPLOYMENT_NAME"):
         return environ["VERDA_DEPLOYMENT_NAME"], "VERDA_DEPLOYMENT_NAME"
-    deployment = read_spec_file(path).get("deployment", {})
+    try:
+        deployment = read_spec_file(path).get("deployment", {})
+    except SpecError as error:
+        raise SpecError([f"{problem}; or set VERDA_DEPLOYMENT_NAME to the deployment's name, which is read in place "
+                         "of the file" for problem in error.problems]) from None
     if not isinstance(deployment, dict):
         raise SpecError([f"deployment: must be a table ({path})"])
     return deployment.get("name"), f"deployment.name ({path})"
