@@ -54,6 +54,8 @@ def options_misused(args: argparse.Namespace, what_delete_does: str) -> bool:
     """Print to stderr what is wrong with the options given together; True if anything is (exit EXIT_USAGE)."""
     if args.dry_run and args.action != "apply":
         problem = "--dry-run applies to apply only"
+    elif args.console and args.action != "apply":
+        problem = "--console applies to apply only"
     elif args.action == "delete" and not args.yes:
         problem = f"delete {what_delete_does}; add --yes to confirm"
     else:

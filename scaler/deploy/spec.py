@@ -14,13 +14,21 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
-from common.urls import is_secret_parameter, queue_token_clash, url_has_credentials
+from common.urls import (
+    IN_CLEAR,
+    encrypted_or_local,
+    is_loopback,
+    is_secret_parameter,
+    queue_token_clash,
+    url_has_credentials,
+)
 from scaler.deploy.container_env import (
     DEFAULT_HEALTH_PORT,
     DEFAULT_OUTPUTS_PATH,
@@ -303,7 +311,7 @@ def text_problems(value: Any, where: str) -> list[str]:
 def _format_errors(error: ValidationError, environ: Mapping[str, str]) -> list[str]:
     """A line per problem, naming its field, and the variable it came from when one overrode the spec's value: the
     spec file, which the operator reads first, may hold a good one (is_spot = false, VERDA_IS_SPOT=ture)."""
-    overridden = {field: variable for variable, field in ENV_OVERRIDES.items() if variable in environ}
+    overridden = {field: variable for variable, field in ENV_OVERRIDES.items() if environ.get(variable)}
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "spec"
@@ -336,12 +344,14 @@ def _shape_problems(raw: dict[str, Any]) -> list[str]:
 
 
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    # An empty variable is unset, as the scaler reads its own: the spec's value stays (VERDA_REGISTRY_CREDENTIALS=
+    # from a shared env file deployed a private image as public).
     for variable, (section, key) in ENV_OVERRIDES.items():
-        if variable in environ:
+        if environ.get(variable):
             raw.setdefault(section, {})[key] = environ[variable]
     for mount in raw.get("volume_mounts", []):
         variable = SHARED_VOLUME_ENVS.get(mount.get("mount_path", ""))
-        if mount.get("type") == "shared" and variable in environ:
+        if mount.get("type") == "shared" and variable and environ.get(variable):
             mount["volume_id"] = environ[variable]
     return raw
 
@@ -350,7 +360,7 @@ def not_digits(environ: Mapping[str, str], variables: Collection[str]) -> list[s
     """A line per variable of ``variables`` set in ``environ`` to anything but the digits 0-9: a whole number
     written otherwise ("1_0", " 5", "5.0", "+5") is a typo, which pydantic would read as another number."""
     return [f"{variable}: must be a whole number in the digits 0-9 alone (no _, sign, point or space)"
-            for variable in variables if variable in environ and not re.fullmatch(r"[0-9]+", environ[variable])]
+            for variable in variables if environ.get(variable) and not re.fullmatch(r"[0-9]+", environ[variable])]
 
 
 def _credential_urls_to_secrets(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -439,9 +449,13 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 def given_deployment_name(path: Path, environ: Mapping[str, str]) -> tuple[Any, str]:
     """The deployment's name as given, unchecked (VERDA_DEPLOYMENT_NAME, else the spec's deployment.name; None when
     neither), and where it was given; nothing else of the spec read or checked."""
-    if "VERDA_DEPLOYMENT_NAME" in environ:
+    if environ.get("VERDA_DEPLOYMENT_NAME"):
         return environ["VERDA_DEPLOYMENT_NAME"], "VERDA_DEPLOYMENT_NAME"
-    deployment = read_spec_file(path).get("deployment", {})
+    try:
+        deployment = read_spec_file(path).get("deployment", {})
+    except SpecError as error:
+        raise SpecError([f"{problem}; or set VERDA_DEPLOYMENT_NAME to the deployment's name, which is read in place "
+                         "of the file" for problem in error.problems]) from None
     if not isinstance(deployment, dict):
         raise SpecError([f"deployment: must be a table ({path})"])
     return deployment.get("name"), f"deployment.name ({path})"
@@ -508,7 +522,7 @@ def _section(spec: DeploymentSpec, variable: str) -> str:
     return "env_from_environment" if variable in spec.resolved_env else "env"
 
 
-def unmounted_input_dir(spec: DeploymentSpec) -> list[str]:
+def unmounted_folders(spec: DeploymentSpec) -> list[str]:
     """On Verda, the container's folders that must lie on a shared volume the spec mounts: COMFYUI_INPUT_DIR (the
     replicas would exit 2 at start, nothing there) and OUTPUTS_PATH (elsewhere, the scratch disk or the image's own
     folder, every result is written, reported completed, and lost with its replica). A RunPod pod has both on its
@@ -527,6 +541,53 @@ def unmounted_input_dir(spec: DeploymentSpec) -> list[str]:
                         "replica's own disk, reported completed, and lost with the replica; mount the outputs SFS "
                         "volume there (its id in VERDA_OUTPUTS_VOLUME_ID), or set OUTPUTS_PATH to a folder on it")
     return problems
+
+
+def _queue_url(spec: DeploymentSpec, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(the field QUEUE_MANAGER_URL is given in, the value the replicas get): "" when unknown here (a Verda secret
+    that already exists)."""
+    if "QUEUE_MANAGER_URL" in spec.secrets:
+        return "secrets.QUEUE_MANAGER_URL", environ.get("QUEUE_MANAGER_URL", "")
+    container = {**spec.env, **spec.resolved_env}
+    return f"{_section(spec, 'QUEUE_MANAGER_URL')}.QUEUE_MANAGER_URL", container.get("QUEUE_MANAGER_URL", "")
+
+
+def _names_the_replica_itself(url: str) -> bool:
+    """localhost, a loopback address or 0.0.0.0 / :: (which a connection reaches as the loopback)."""
+    try:
+        host = urlsplit(url).hostname or ""
+        return is_loopback(url) or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return ""
+
+
+def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
+    """On Verda, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
+    manager's default, from a shared env file), where every replica polls nothing and exits after
+    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile; or one ending in /api, which every poll answers
+    404 and so ends the same way; or plain http:// with a credential, sent in clear from the replicas across the
+    internet."""
+    where, url = _queue_url(spec, environ)
+    if _names_the_replica_itself(url):
+        return [f"{where}: names the replica itself (localhost, a loopback address or 0.0.0.0), where no queue "
+                "manager runs: every replica would poll nothing and exit after SERVERLESS_MAX_UNREACHABLE_S (default "
+                "600 s), restarted and billed meanwhile; give the queue manager's address as the replicas reach it"]
+    if _path(url).rstrip("/").endswith("/api"):
+        return [f"{where}: ends in /api, which the worker adds itself (/api/workers/...): every poll would be answered "
+                "404 and each replica exit after SERVERLESS_MAX_UNREACHABLE_S (default 600 s); drop the /api, give "
+                "the queue manager's base URL"]
+    token = "QUEUE_MANAGER_TOKEN" in {**spec.env, **spec.resolved_env, **spec.secrets}
+    if url and (token or url_has_credentials(url)) and not encrypted_or_local(url):
+        return [f"{where}: {IN_CLEAR}: every replica would send its queue token or the URL's password across the "
+                "internet unencrypted; give the queue manager's https:// URL"]
+    return []
 
 
 def _env_entries(spec: DeploymentSpec) -> list[dict[str, str]]:

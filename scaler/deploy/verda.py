@@ -39,8 +39,9 @@ from scaler.deploy.spec import (
     build_body,
     deployment_name,
     load_spec,
+    queue_url_problems,
     refusing_misspelt,
-    unmounted_input_dir,
+    unmounted_folders,
 )
 from scaler.deploy.verda_console import console_lines
 from scaler.providers.verda.client import (
@@ -209,7 +210,7 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
     offered = await verda.list_compute_resources()
     sizes = sorted({one.size for one in offered if one.name == compute.name})
     if not sizes:
-        field = "VERDA_COMPUTE" if "VERDA_COMPUTE" in environ else "compute.name"
+        field = "VERDA_COMPUTE" if environ.get("VERDA_COMPUTE") else "compute.name"
         if not offered:
             raise DeployError(f"{field}: Verda lists no compute for serverless containers (GET "
                               "/serverless-compute-resources answered an empty list), so none can be deployed: check "
@@ -218,7 +219,7 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
         names = ", ".join(sorted({one.name for one in offered}))
         raise DeployError(f"{field}: Verda offers no compute {compute.name!r}; the names it offers: {names}")
     if compute.size not in sizes:
-        field = "VERDA_COMPUTE_SIZE" if "VERDA_COMPUTE_SIZE" in environ else "compute.size"
+        field = "VERDA_COMPUTE_SIZE" if environ.get("VERDA_COMPUTE_SIZE") else "compute.size"
         raise DeployError(f"{field}: Verda offers {compute.name} with {', '.join(map(str, sizes))} GPUs per "
                           f"replica, not {compute.size}")
     if not any(one.available for one in offered if (one.name, one.size) == (compute.name, compute.size)):
@@ -372,10 +373,11 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, Dep
     the name alone. SpecError for each problem found, a misspelt deploy variable too."""
     path = args.spec or DEFAULT_SPEC_PATH
     with refusing_misspelt(environ, DEPLOY_VARIABLES):
-        if args.action != "apply" and not args.console:
+        if args.action != "apply":
             return deployment_name(path, environ), None
         spec = load_spec(path, environ)
-        if problems := unmounted_input_dir(spec) + short_secret_values(spec, environ):
+        problems = unmounted_folders(spec) + queue_url_problems(spec, environ) + short_secret_values(spec, environ)
+        if problems:
             raise SpecError(problems)
     mask_secret_values(spec, environ)
     return spec.deployment.name, spec
@@ -387,13 +389,13 @@ async def deploy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
-    if args.console and spec is not None:
-        print("\n".join(console_lines(spec)))
-        return EXIT_OK
     if options_misused(
         args, f"removes deployment {name} and stops its running replicas now, busy ones "
         "included (a worker that gets SIGTERM in time hands its job back)"):
         return EXIT_USAGE
+    if args.console and spec is not None:
+        print("\n".join(console_lines(spec)))
+        return EXIT_OK
     if args.dry_run and spec is not None:
         print(json.dumps(build_body(spec), indent=2))
         for env_name, secret_name in spec.secrets.items():

@@ -608,8 +608,8 @@ async def test_control_characters_in_verdas_answers_reach_the_terminal_escaped(
 
 @pytest.mark.parametrize(
     "url",
-    ["https://worker:url-password-do-not-log@queue.example.com/api",
-     "https://queue.example.com/api?token=url-password-do-not-log"],
+    ["https://worker:url-password-do-not-log@queue.example.com/queue",
+     "https://queue.example.com/queue?token=url-password-do-not-log"],
 )
 async def test_a_url_with_a_password_is_deployed_as_a_secret(
     url: str, fake: FakeVerda, deploy_env, spec_without_token: Path, capsys

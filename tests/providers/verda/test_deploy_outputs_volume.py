@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scaler.deploy.command import deploy_main
-from scaler.deploy.spec import build_body, load_spec, unmounted_input_dir
+from scaler.deploy.spec import build_body, load_spec, unmounted_folders
 from standins.verda import FakeVerda
 
 OUTPUTS_MOUNT = (
@@ -59,7 +59,7 @@ def test_results_on_the_outputs_volume_are_deployed(spec_path: Path, deploy_env,
                                                     ) -> None:
     spec = load_spec(edited(spec_path, tmp_path, 'OUTPUTS_PATH = "/outputs"\n', new), deploy_env)
 
-    assert unmounted_input_dir(spec) == []
+    assert unmounted_folders(spec) == []
     env = {e["name"]: e["value_or_reference_to_secret"] for e in build_body(spec)["containers"][0]["env"]}
     assert env.get("OUTPUTS_PATH") == delivered_to
 
@@ -73,4 +73,4 @@ def test_an_outputs_path_from_the_environment_is_judged_and_named_there(
 
     spec = load_spec(path, {**deploy_env, "OUTPUTS_PATH": "/data/outputs"})
 
-    assert [p.split(":")[0] for p in unmounted_input_dir(spec)] == ["env_from_environment.OUTPUTS_PATH"]
+    assert [p.split(":")[0] for p in unmounted_folders(spec)] == ["env_from_environment.OUTPUTS_PATH"]

@@ -19,10 +19,10 @@ def problems_for(spec_path: Path, env: dict[str, str]) -> list[str]:
     ("override", "field"),
     [
         ({"VERDA_IS_SPOT": "ture"}, "deployment.is_spot"),  # the spec says is_spot = false
-        ({"VERDA_IS_SPOT": ""}, "deployment.is_spot"),
-        ({"VERDA_IMAGE": ""}, "deployment.image"),
+        ({"VERDA_IS_SPOT": "yes please"}, "deployment.is_spot"),
+        ({"VERDA_IMAGE": "ghcr.io/acme/worker:latest"}, "deployment.image"),
         ({"VERDA_DEPLOYMENT_NAME": "Comfy_Worker"}, "deployment.name"),
-        ({"VERDA_COMPUTE": ""}, "compute.name"),
+        ({"VERDA_COMPUTE": " H100"}, "compute.name"),
         ({"VERDA_COMPUTE_SIZE": "17"}, "compute.size"),
     ],
 )
