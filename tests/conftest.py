@@ -213,10 +213,16 @@ def no_network(request: pytest.FixtureRequest) -> Iterator[NoNetwork]:
         )
 
 
-@pytest.fixture(scope="session")
+@functools.cache
+def _workflow_texts() -> dict[str, str]:
+    return {path.stem: path.read_text() for path in WORKFLOWS.glob("*.json")}
+
+
+@pytest.fixture
 def workflows() -> dict[str, dict]:
-    """The API-format test workflows of tests/fixtures/workflows, by file name without .json."""
-    return {path.stem: json.loads(path.read_text()) for path in WORKFLOWS.glob("*.json")}
+    """The API-format test workflows of tests/fixtures/workflows, by file name without .json: each test's own copy,
+    which it may change (one shared by the session, changed by one test, failed later tests using it)."""
+    return {name: json.loads(text) for name, text in _workflow_texts().items()}
 
 
 @pytest.fixture(autouse=True)
