@@ -103,13 +103,16 @@ class RunPodSettings(BaseModel):
 def load_runpod_spec(path: Path, environ: Mapping[str, str]) -> tuple[DeploymentSpec, RunPodSettings]:
     """The shared spec and its validated [runpod] table; SpecError names each field at fault."""
     # The Verda volume mounts are not used on RunPod (one network volume instead): do not demand their ids.
-    verda_volumes = {variable: UNUSED_ON_RUNPOD for variable in SHARED_VOLUME_ENVS.values()}
-    spec = load_spec(path, {**verda_volumes, **environ})
+    # Empty, as unset (an env file shared with a Verda deploy): it replaced the placeholder, and was asked for.
+    verda_volumes = {
+        variable: UNUSED_ON_RUNPOD for variable in SHARED_VOLUME_ENVS.values() if not environ.get(variable)
+    }
+    spec = load_spec(path, {**environ, **verda_volumes})
     if spec.runpod is None:
         raise SpecError([f"runpod: {path} has no [runpod] table (see docs/providers.md)"])
     raw = dict(spec.runpod)
     for variable, key in ENV_OVERRIDES.items():
-        if variable in environ:
+        if environ.get(variable):  # an empty one is unset, as on Verda: RUNPOD_REGISTRY= made a private image public
             value = environ[variable]
             raw[key] = (
                 [part.strip() for part in value.split(",") if part.strip()] if key == "data_center_ids" else value

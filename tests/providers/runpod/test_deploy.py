@@ -92,7 +92,6 @@ def test_uploads_set_for_verda_are_the_volume_s_inputs_folder_on_a_pod(deploy_en
         # $69000.00/h per pod.
         ({"RUNPOD_GPU_COUNT": "1" + "0" * 400}, "runpod.gpu_count"),
         ({"RUNPOD_GPU_COUNT": "100000"}, "runpod.gpu_count"),
-        ({"RUNPOD_GPU": ""}, "runpod.gpu"),
         ({"VERDA_DEPLOYMENT_NAME": "a" * 60}, "deployment.name"),
         ({"RUNPOD_GPU": "NVIDIA GeForce RTX 4090\n"}, "runpod.gpu"),  # before: sent as is
         ({"RUNPOD_VOLUME_ID": "vol\x00models"}, "runpod.volume_id"),  # before: sent as is
