@@ -10,46 +10,32 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from ..conftest import served
-from .conftest import HEALTHY_TIMINGS
+from .conftest import HEALTHY_TIMINGS, comfyui_proxy
 
 DECLINED = 20  # answers declined: far past lost_confirm_s (0.3 s) at the HTTP poll pace (0.05 s)
 
 
-@contextlib.asynccontextmanager
-async def declining_proxy(comfy_url: str, declines: re.Pattern[str], times: int) -> AsyncIterator[str]:
+def declining_proxy(
+    comfy_url: str, declines: re.Pattern[str], times: int
+) -> contextlib.AbstractAsyncContextManager[str]:
     """A proxy passing every HTTP request to ComfyUI (not the websocket: it forbids upgrades) that answers the
     first ``times`` GETs whose path ``declines`` matches, and whose answer names a prompt, with 429 and its JSON."""
     left = times
 
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+    def decline(request: web.Request, body: bytes) -> web.Response | None:
+        nonlocal left
+        names_a_prompt = body not in (b"{}", b'{"queue_running": [], "queue_pending": []}')
+        if request.method == "GET" and declines.fullmatch(request.path) and names_a_prompt and left > 0:
+            left -= 1
+            return web.json_response({"error": "rate limit exceeded, retry later"}, status=429)
+        return None
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            nonlocal left
-            if request.path == "/ws":
-                return web.Response(status=403, text="websockets are not allowed")
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(
-                request.method, comfy_url + str(request.rel_url), data=await request.read(), headers=headers
-            ) as answer:
-                body = await answer.read()
-                names_a_prompt = body not in (b"{}", b'{"queue_running": [], "queue_pending": []}')
-                if request.method == "GET" and declines.fullmatch(request.path) and names_a_prompt and left > 0:
-                    left -= 1
-                    return web.json_response({"error": "rate limit exceeded, retry later"}, status=429)
-                return web.Response(status=answer.status, body=body, content_type=answer.content_type)
-
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app, shutdown_timeout=0.5) as url:
-            yield url
+    return comfyui_proxy(comfy_url, rewrite=decline)
 
 
 @pytest.mark.parametrize("declines", [r"/history/[^/]+", "/queue"], ids=["history", "queue"])

@@ -16,8 +16,7 @@ from aiohttp import web
 from worker.comfyui import ComfyUIClient
 from worker.outputs import OutputDelivery
 
-from ..conftest import served
-from .conftest import HEALTHY_WITHIN_S
+from .conftest import HEALTHY_WITHIN_S, comfyui_proxy
 from .test_outputs import hostile_save_image, one_output
 
 DRIP_EVERY_S = 0.2  # well inside the per-read timeout: httpx never times a read out
@@ -56,23 +55,13 @@ async def dripping_view(comfy_url: str) -> AsyncIterator[str]:
                 await asyncio.sleep(DRIP_EVERY_S)
         return response
 
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+    async def drip_view(request: web.Request, _: bytes, upstream: aiohttp.ClientSession) -> web.StreamResponse | None:
+        if request.path == "/ws":
+            return await pass_websocket(request, upstream)
+        return await drip(request) if request.path == "/view" else None
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            if request.path == "/ws":
-                return await pass_websocket(request, upstream)
-            if request.path == "/view":
-                return await drip(request)
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(
-                request.method, comfy_url + str(request.rel_url), data=await request.read(), headers=headers
-            ) as answer:
-                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
-
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app, shutdown_timeout=0.5) as url:
-            yield url
+    async with comfyui_proxy(comfy_url, drip_view) as url:
+        yield url
 
 
 async def test_a_result_dripped_over_view_hands_the_job_back_within_the_http_timeout(

@@ -7,36 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from ..conftest import served, wait_for
+from ..conftest import wait_for
+from .conftest import comfyui_proxy
 
 
-@contextlib.asynccontextmanager
-async def interrupt_refusing_proxy(comfy_url: str) -> AsyncIterator[str]:
+def interrupt_refusing_proxy(comfy_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """Passes every HTTP request to ComfyUI (not the websocket: it forbids upgrades) but POST /interrupt and
     POST /queue, which it refuses with 403 and its own JSON."""
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            if request.path == "/ws":
-                return web.Response(status=403, text="websockets are not allowed")
-            if request.method == "POST" and request.path in ("/interrupt", "/queue"):
-                return web.json_response({"error": "forbidden"}, status=403)
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(
-                request.method, comfy_url + str(request.rel_url), data=await request.read(), headers=headers
-            ) as answer:
-                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+    async def refuse(request: web.Request, _body: bytes, _upstream: object) -> web.Response | None:
+        if request.method == "POST" and request.path in ("/interrupt", "/queue"):
+            return web.json_response({"error": "forbidden"}, status=403)
+        return None
 
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app, shutdown_timeout=0.5) as url:
-            yield url
+    return comfyui_proxy(comfy_url, refuse)
 
 
 async def test_a_refused_interrupt_at_a_stop_hands_the_job_back_as_a_fault_naming_it(

@@ -9,43 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from ..conftest import served
+from .conftest import comfyui_proxy
 
 MARKER = "alice-private-prefix-8c1e"
 
 
-@contextlib.asynccontextmanager
-async def refusing_proxy(
+def refusing_proxy(
     comfy_url: str, path: str, status: int, *, only_holding: str | None = None
-) -> AsyncIterator[str]:
+) -> contextlib.AbstractAsyncContextManager[str]:
     """Passes every HTTP request to ComfyUI (not the websocket) but POSTs to ``path``, which it refuses with
     ``status``: every one, or ``only_holding``: those whose body holds it."""
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            if request.path == "/ws":
-                return web.Response(status=403, text="websockets are not allowed")
-            body = await request.read()
-            if request.method == "POST" and request.path == path and (
-                only_holding is None or only_holding.encode() in body
-            ):
-                return web.json_response({"error": "authentication required"}, status=status)
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(
-                request.method, comfy_url + str(request.rel_url), data=body, headers=headers
-            ) as answer:
-                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+    async def refuse(request: web.Request, body: bytes, _upstream: object) -> web.Response | None:
+        held = only_holding is None or only_holding.encode() in body
+        if request.method == "POST" and request.path == path and held:
+            return web.json_response({"error": "authentication required"}, status=status)
+        return None
 
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app) as url:
-            yield url
+    return comfyui_proxy(comfy_url, refuse)
 
 
 @pytest.mark.parametrize("status", [401, 403])

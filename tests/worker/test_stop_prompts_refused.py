@@ -7,35 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from worker.comfyui import WORKER_ID_KEY, ComfyUIClient, ComfyUIUnavailable
 
-from ..conftest import served, wait_for
+from ..conftest import wait_for
+from .conftest import comfyui_proxy
 
 
-@contextlib.asynccontextmanager
-async def delete_refusing_proxy(comfy_url: str, refused_id: str) -> AsyncIterator[str]:
+def delete_refusing_proxy(comfy_url: str, refused_id: str) -> contextlib.AbstractAsyncContextManager[str]:
     """Passes every HTTP request to ComfyUI but POST /queue deleting ``refused_id``, refused 403 with its own JSON."""
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
-            if request.method == "POST" and request.path == "/queue" and refused_id.encode() in body:
-                return web.json_response({"error": "forbidden"}, status=403)
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(request.method, comfy_url + str(request.rel_url), data=body,
-                                        headers=headers) as answer:  # fmt: skip
-                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+    async def refuse(request: web.Request, body: bytes, _upstream: object) -> web.Response | None:
+        if request.method == "POST" and request.path == "/queue" and refused_id.encode() in body:
+            return web.json_response({"error": "forbidden"}, status=403)
+        return None
 
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app) as url:
-            yield url
+    return comfyui_proxy(comfy_url, refuse)
 
 
 async def test_one_refused_delete_leaves_the_other_prompts_stopped_and_is_told(comfy, workflows):

@@ -9,38 +9,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from ..conftest import served
+from .conftest import comfyui_proxy
 
 MARKER = "alice-private-prefix-5d2b"
 
 
-@contextlib.asynccontextmanager
-async def view_refusing_proxy(comfy_url: str, status: int, *, only_named: str | None = None) -> AsyncIterator[str]:
+def view_refusing_proxy(
+    comfy_url: str, status: int, *, only_named: str | None = None
+) -> contextlib.AbstractAsyncContextManager[str]:
     """Passes every HTTP request to ComfyUI (not the websocket) but GET /view, which it refuses with ``status``:
     every one, or ``only_named``: those whose filename holds it."""
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            if request.path == "/ws":
-                return web.Response(status=403, text="websockets are not allowed")
-            if request.path == "/view" and (only_named is None or only_named in request.query.get("filename", "")):
-                return web.json_response({"error": "authentication required"}, status=status)
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(
-                request.method, comfy_url + str(request.rel_url), data=await request.read(), headers=headers
-            ) as answer:
-                return web.Response(status=answer.status, body=await answer.read(), content_type=answer.content_type)
+    async def refuse(request: web.Request, _body: bytes, _upstream: object) -> web.Response | None:
+        if request.path == "/view" and (only_named is None or only_named in request.query.get("filename", "")):
+            return web.json_response({"error": "authentication required"}, status=status)
+        return None
 
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app) as url:
-            yield url
+    return comfyui_proxy(comfy_url, refuse)
 
 
 @pytest.mark.parametrize("status", [401, 403])
