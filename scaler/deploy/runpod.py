@@ -43,6 +43,7 @@ from scaler.deploy.spec import (
     given_deployment_name,
     load_spec,
     not_digits,
+    queue_url_problems,
     refusing_misspelt,
     text_problems,
 )
@@ -322,12 +323,16 @@ async def run(
 def load(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, Loaded | None]:
     """(the pods' name, the spec and its [runpod] table checked whole); None for `status` and `delete`, which need
     the name alone (they refused to run until the image, the volume, its data centre and the queue's URL were set).
-    SpecError for each problem found, a misspelt deploy variable too."""
+    SpecError for each problem found, a misspelt deploy variable too, and a queue URL no pod can use (the scaler's
+    backend_from_spec does not check it: its tests run pods against a queue on loopback)."""
     path = args.spec or DEFAULT_SPEC_PATH
     with refusing_misspelt(environ, DEPLOY_VARIABLES):
         if args.action != "apply":
             return pod_name_prefix(path, environ), None
         spec, settings = load_runpod_spec(path, environ)
+        problems = queue_url_problems(spec, environ)
+        if problems:
+            raise SpecError(problems)
     return spec.deployment.name, (spec, settings)
 
 

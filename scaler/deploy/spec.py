@@ -569,7 +569,7 @@ def _path(url: str) -> str:
 
 
 def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
-    """On Verda, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
+    """On Verda and RunPod, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
     manager's default, from a shared env file), where every replica polls nothing and exits after
     SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile; or one ending in /api, which every poll answers
     404 and so ends the same way; or plain http:// with a credential, sent in clear from the replicas across the
