@@ -86,6 +86,14 @@ class RunPodSettings(BaseModel):
     data_center_ids: list[str] = Field(default=[], validate_default=True)
     registry: str = ""
 
+    @field_validator("gpu")
+    @classmethod
+    def _no_blank_ends(cls, value: str) -> str:
+        if value != value.strip():
+            raise ValueError("blank, or a space at either end: RunPod has no such GPU type (its ids: GET "
+                             "/v2/catalog/gpus)")
+        return value
+
     @field_validator("volume_id")
     @classmethod
     def _volume_given(cls, value: str) -> str:
@@ -112,22 +120,23 @@ def load_runpod_spec(path: Path, environ: Mapping[str, str]) -> tuple[Deployment
     if spec.runpod is None:
         raise SpecError([f"runpod: {path} has no [runpod] table (see docs/providers.md)"])
     raw = dict(spec.runpod)
-    for variable, key in ENV_OVERRIDES.items():
-        if environ.get(variable):  # an empty one is unset, as on Verda: RUNPOD_REGISTRY= made a private image public
-            value = environ[variable]
-            raw[key] = (
-                [part.strip() for part in value.split(",") if part.strip()] if key == "data_center_ids" else value
-            )
+    # An empty variable is unset, as on Verda: RUNPOD_REGISTRY= made a private image public.
+    overridden = {key: variable for variable, key in ENV_OVERRIDES.items() if environ.get(variable)}
+    for key, variable in overridden.items():
+        value = environ[variable]
+        raw[key] = [part.strip() for part in value.split(",") if part.strip()] if key == "data_center_ids" else value
     problems = text_problems(raw, "runpod") + not_digits(environ, ("RUNPOD_GPU_COUNT",))
     if not NAME_RULE.fullmatch(spec.deployment.name):
         problems.append("deployment.name: pod names on RunPod take at most 54 characters of [a-z0-9-]")
     try:
         settings = RunPodSettings.model_validate(raw)
     except ValidationError as error:
-        problems += [
-            f"runpod{''.join('.' + str(part) for part in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
-            for item in error.errors()
-        ]
+        named = {problem.split(":")[0] for problem in problems}  # a line break ends in a space too: said once
+        for item in error.errors():
+            where = f"runpod{''.join('.' + str(part) for part in item['loc'])}"
+            source = f" (from {overridden[item['loc'][0]]})" if item["loc"] and item["loc"][0] in overridden else ""
+            if where not in named:
+                problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}{source}")
     if problems:
         raise SpecError(problems)
     return spec, settings
