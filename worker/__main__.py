@@ -8,10 +8,13 @@ import sys
 from common.cli import EXIT_CONFIG, interrupted, refuse_arguments
 
 try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start says
+    import structlog
+
     from common.limits import allow_many_connections
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
     from common.text import escape_controls
+    from common.urls import IN_CLEAR, encrypted_or_local, redact_url, url_has_credentials
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process, serve
 except KeyboardInterrupt:
@@ -59,7 +62,19 @@ def _start() -> int:
     allow_many_connections()
     for secret in settings.secrets:
         register_secret(secret)
+    _warn_credentials_in_clear(settings)
     return run_process(lambda worker: serve(settings, worker), settings)
+
+
+def _warn_credentials_in_clear(settings: WorkerSettings) -> None:
+    """Warned, not refused as a deploy is: a docker-compose service name on a private network is common."""
+    url = settings.queue_base_url
+    if (settings.queue_manager_token or url_has_credentials(url)) and not encrypted_or_local(url):
+        structlog.get_logger().warning(
+            "Queue manager credentials travel in clear", variable="QUEUE_MANAGER_URL",
+            queue_manager_url=redact_url(url),
+            fix=f"QUEUE_MANAGER_URL {IN_CLEAR}; keep plain http:// only on a private network you trust",
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -82,6 +83,8 @@ HOUSEKEEPING_WAIT_S = 2 * MIN_QUESTION_S
 # heals, and the replica would bill for ever (about 6 s of refusals at the default poll interval). Not one: a
 # proxy's refusal during a deploy is a blip.
 MAX_REFUSED_POLLS = 3
+# Jobs (id and attempt) this worker took, the latest first out: one handed out again is skipped, not run twice.
+TAKEN_MEMORY = 1_000
 EXIT_FATAL = 1
 EXIT_CONFIGURATION = 2
 
@@ -137,6 +140,7 @@ class Worker:
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
         self._lease_lost: str | None = None
+        self._taken: OrderedDict[tuple[str, int | None], None] = OrderedDict()
         # Why the worker exits when no fatal fault says it (a refused token, ComfyUI never up): "Worker shutdown
         # complete" carries it, as ComfyWorkerRestarting's runbook reads it there.
         self._exit_reason: str | None = None
@@ -353,6 +357,8 @@ class Worker:
             refused = 0
             unanswered_since, unanswered_polls = None, 0
             self.state.poll_answered()
+            if raw is not None and self._taken_before(raw):
+                raw = None  # nothing for this worker to do: an idle poll
             if raw is None:
                 self.state.idle_poll()
                 if s.serverless_mode and 0 < s.serverless_max_idle_polls <= self.state.consecutive_idle_polls:
@@ -487,6 +493,21 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             async with self.state.beating(self._beat_interval_s):
                 await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _taken_before(self, raw: Any) -> bool:
+        """Whether this worker took this job (id and attempt) already: a queue manager handing it out again (comfy-multi
+        has no attempts) had it run on ComfyUI again, only for its second report to be refused."""
+        try:
+            key = (job_id_of(raw), attempt_of(raw))
+        except UnreportableJob:
+            return False  # _handle says why it is skipped
+        if key in self._taken:
+            log.warning("Job handed out again after this worker took it; skipping it", job_id=key[0], attempt=key[1])
+            return True
+        self._taken[key] = None
+        if len(self._taken) > TAKEN_MEMORY:
+            self._taken.popitem(last=False)
+        return False
 
     # -- one job ------------------------------------------------------------------------------------------
     async def process(self, raw: Any) -> None:

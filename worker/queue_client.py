@@ -105,10 +105,7 @@ def _surely_not_sent(exc: BaseException) -> bool:
 def _is_unknown_route(response: httpx.Response) -> bool:
     if response.status_code == 405:
         return True
-    try:
-        return response.status_code == 404 and response.json() == {"detail": "Not Found"}
-    except ValueError:
-        return False
+    return response.status_code == 404 and _json_or_none(response) == {"detail": "Not Found"}
 
 
 # comfy-multi sends {"job": {"id": …, "workflow": …}}: the id comes first, readable when what follows is not.
