@@ -42,6 +42,7 @@ from scaler.deploy.spec import (
     SpecError,
     given_deployment_name,
     load_spec,
+    no_blank_ends,
     not_digits,
     queue_url_problems,
     refusing_misspelt,
@@ -89,10 +90,7 @@ class RunPodSettings(BaseModel):
     @field_validator("gpu")
     @classmethod
     def _no_blank_ends(cls, value: str) -> str:
-        if value != value.strip():
-            raise ValueError("blank, or a space at either end: RunPod has no such GPU type (its ids: GET "
-                             "/v2/catalog/gpus)")
-        return value
+        return no_blank_ends(value, "RunPod has no such GPU type (its ids: GET /v2/catalog/gpus)")
 
     @field_validator("volume_id")
     @classmethod

@@ -165,6 +165,14 @@ class DeploymentSection(_Section):
         return check_pinned_image(value)
 
 
+def no_blank_ends(value: str, none_such: str) -> str:
+    """A provider's name for what to run on (Verda's "General Compute", a RunPod GPU id) holds spaces, never at either
+    end: such a value is a paste. ValueError saying so and ``none_such``."""
+    if value != value.strip():
+        raise ValueError(f"blank, or a space at either end: {none_such}")
+    return value
+
+
 class ComputeSection(_Section):
     name: str = Field(min_length=1)
     size: int = Field(ge=1, le=MAX_GPUS_PER_REPLICA)
@@ -172,11 +180,7 @@ class ComputeSection(_Section):
     @field_validator("name")
     @classmethod
     def _no_blank_ends(cls, value: str) -> str:
-        # Verda's names hold spaces ("General Compute"), never at either end: such a name is a paste.
-        if value != value.strip():
-            raise ValueError("blank, or a space at either end: Verda has no such compute (its names: GET "
-                             "/serverless-compute-resources)")
-        return value
+        return no_blank_ends(value, "Verda has no such compute (its names: GET /serverless-compute-resources)")
 
 
 class ScalingSection(_Section):
