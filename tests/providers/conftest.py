@@ -32,16 +32,20 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+def edited_spec(tmp_path: Path, old: str, new: str) -> Path:
+    """The shipped spec with its first ``old`` (which it must hold) made ``new``, as tmp_path/deployment.toml."""
+    text = DEFAULT_SPEC_PATH.read_text()
+    assert old in text
+    path = tmp_path / "deployment.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
 @pytest.fixture
 def spec_without_token(tmp_path: Path) -> Path:
     """The default spec less the QUEUE_MANAGER_TOKEN secret: what an operator whose QUEUE_MANAGER_URL carries a
     user and password (a proxy's) deploys, the two being refused together."""
-    token = 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"\n'
-    text = DEFAULT_SPEC_PATH.read_text()
-    assert token in text
-    path = tmp_path / "deployment.toml"
-    path.write_text(text.replace(token, ""))
-    return path
+    return edited_spec(tmp_path, 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"\n', "")
 
 
 @pytest.fixture

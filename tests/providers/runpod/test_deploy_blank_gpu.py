@@ -12,6 +12,7 @@ from scaler.deploy.runpod import load_runpod_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError
 from standins.runpod import FakeRunPod
 
+from ..conftest import edited_spec
 from .conftest import GPU
 from .test_deploy import deploy_env, runpod_args  # noqa: F401 - the fixture
 
@@ -38,10 +39,7 @@ def test_a_blank_or_padded_gpu_in_the_spec_is_refused_naming_the_field(
     deploy_env, tmp_path: Path, gpu: str  # noqa: F811
 ) -> None:
     """The scaler builds its pods from the same load: it refused nothing, and RunPod refused every create."""
-    text = DEFAULT_SPEC_PATH.read_text()
-    assert f'gpu = "{GPU}"' in text
-    spec = tmp_path / "deployment.toml"
-    spec.write_text(text.replace(f'gpu = "{GPU}"', f'gpu = "{gpu}"', 1))
+    spec = edited_spec(tmp_path, f'gpu = "{GPU}"', f'gpu = "{gpu}"')
 
     with pytest.raises(SpecError) as caught:
         load_runpod_spec(spec, deploy_env)

@@ -8,23 +8,16 @@ from pathlib import Path
 from scaler.deploy.runpod import ENV_OVERRIDES, build_pod_body, load_runpod_spec
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SHARED_VOLUME_ENVS
 
+from ..conftest import edited_spec
 from .test_deploy import deploy_env  # noqa: F401 - the fixture
 
 PRIVATE = 'registry = "cred-private-image"'
 
 
-def spec_with_a_private_registry(tmp_path: Path) -> Path:
-    text = DEFAULT_SPEC_PATH.read_text()
-    assert 'registry = ""' in text
-    path = tmp_path / "deployment.toml"
-    path.write_text(text.replace('registry = ""', PRIVATE, 1))
-    return path
-
-
 def test_empty_runpod_overrides_deploy_the_specs_values(deploy_env, tmp_path: Path) -> None:  # noqa: F811
     """Before: RUNPOD_REGISTRY= deployed the spec's private image as public (no registry credential): no pod could
     pull it; an empty RUNPOD_GPU or RUNPOD_CLOUD was refused as if the operator had set them."""
-    spec_path = spec_with_a_private_registry(tmp_path)
+    spec_path = edited_spec(tmp_path, 'registry = ""', PRIVATE)
     given = build_pod_body(*load_runpod_spec(spec_path, deploy_env))
     unset = {variable: "" for variable in ENV_OVERRIDES if variable not in deploy_env}
     assert build_pod_body(*load_runpod_spec(spec_path, {**deploy_env, **unset})) == given

@@ -8,15 +8,14 @@ from pathlib import Path
 from scaler.deploy.command import deploy_main
 from standins.verda import FakeVerda
 
+from ..conftest import edited_spec
+
 
 async def test_an_uploads_folder_from_the_environment_on_no_volume_is_refused_before_anything_is_sent(
     fake: FakeVerda, spec_path: Path, deploy_env, tmp_path: Path, capsys
 ) -> None:
     """Before, only [env] was looked at: this spec was deployed (exit 0) and every replica exited 2 at start."""
-    text = spec_path.read_text()
-    assert 'names = ["QUEUE_MANAGER_URL"]' in text
-    spec = tmp_path / "deployment.toml"
-    spec.write_text(text.replace('names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "COMFYUI_INPUT_DIR"]'))
+    spec = edited_spec(tmp_path, 'names = ["QUEUE_MANAGER_URL"]', 'names = ["QUEUE_MANAGER_URL", "COMFYUI_INPUT_DIR"]')
 
     code = await deploy_main(["--spec", str(spec)], {**deploy_env, "COMFYUI_INPUT_DIR": "/inputs"})
 

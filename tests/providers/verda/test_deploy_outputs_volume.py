@@ -11,19 +11,13 @@ from scaler.deploy.command import deploy_main
 from scaler.deploy.spec import build_body, load_spec, unmounted_folders
 from standins.verda import FakeVerda
 
+from ..conftest import edited_spec
+
 OUTPUTS_MOUNT = (
     '[[volume_mounts]]\ntype = "shared"                            # the SFS volume where results land: it outlives '
     'the replica\nmount_path = "/outputs"\nvolume_id = ""                             # SFS volume id; or set '
     "VERDA_OUTPUTS_VOLUME_ID\n"
 )
-
-
-def edited(spec_path: Path, tmp_path: Path, old: str, new: str) -> Path:
-    text = spec_path.read_text()
-    assert old in text
-    path = tmp_path / "deployment.toml"
-    path.write_text(text.replace(old, new, 1))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -40,7 +34,7 @@ def edited(spec_path: Path, tmp_path: Path, old: str, new: str) -> Path:
 async def test_results_on_no_shared_volume_are_refused_before_anything_is_sent(
     fake: FakeVerda, spec_path: Path, deploy_env, tmp_path: Path, capsys, old, new, field
 ) -> None:
-    spec = edited(spec_path, tmp_path, old, new)
+    spec = edited_spec(tmp_path, old, new)
 
     code = await deploy_main(["--spec", str(spec)], deploy_env)
 
@@ -57,7 +51,7 @@ async def test_results_on_no_shared_volume_are_refused_before_anything_is_sent(
 ])
 def test_results_on_the_outputs_volume_are_deployed(spec_path: Path, deploy_env, tmp_path: Path, new, delivered_to
                                                     ) -> None:
-    spec = load_spec(edited(spec_path, tmp_path, 'OUTPUTS_PATH = "/outputs"\n', new), deploy_env)
+    spec = load_spec(edited_spec(tmp_path, 'OUTPUTS_PATH = "/outputs"\n', new), deploy_env)
 
     assert unmounted_folders(spec) == []
     env = {e["name"]: e["value_or_reference_to_secret"] for e in build_body(spec)["containers"][0]["env"]}
@@ -67,7 +61,7 @@ def test_results_on_the_outputs_volume_are_deployed(spec_path: Path, deploy_env,
 def test_an_outputs_path_from_the_environment_is_judged_and_named_there(
     spec_path: Path, deploy_env, tmp_path: Path
 ) -> None:
-    path = edited(spec_path, tmp_path, 'OUTPUTS_PATH = "/outputs"\n', "")
+    path = edited_spec(tmp_path, 'OUTPUTS_PATH = "/outputs"\n', "")
     path.write_text(path.read_text().replace('names = ["QUEUE_MANAGER_URL"]',
                                              'names = ["QUEUE_MANAGER_URL", "OUTPUTS_PATH"]'))
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from scaler.deploy.command import deploy_main
-from scaler.deploy.spec import DEFAULT_SPEC_PATH
 from standins.verda import FakeVerda
+
+from ..conftest import edited_spec
 
 NAME = "comfyui-worker-serverless"
 
@@ -16,14 +15,6 @@ NAME = "comfyui-worker-serverless"
 def writes(fake: FakeVerda) -> list[str]:
     return [f"{request.method} {request.path}" for request in fake.requests
             if request.method in ("POST", "PATCH", "DELETE") and request.path != "/oauth2/token"]
-
-
-def spec_with(tmp_path: Path, old: str, new: str) -> Path:
-    text = DEFAULT_SPEC_PATH.read_text()
-    assert old in text
-    path = tmp_path / "deployment.toml"
-    path.write_text(text.replace(old, new, 1))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -46,7 +37,7 @@ async def test_a_compute_verda_does_not_offer_is_refused_naming_the_variable_bef
 
 
 async def test_a_compute_from_the_spec_is_refused_naming_its_field(fake: FakeVerda, deploy_env, tmp_path, capsys):
-    spec = spec_with(tmp_path, 'name = "H100"', 'name = "H100 SXM5"')
+    spec = edited_spec(tmp_path, 'name = "H100"', 'name = "H100 SXM5"')
     assert await deploy_main(["--spec", str(spec)], deploy_env) == 1
     assert "compute.name: Verda offers no compute 'H100 SXM5'" in capsys.readouterr().err
     assert writes(fake) == []
@@ -88,7 +79,7 @@ async def test_secrets_with_no_value_are_all_named_before_any_secret_is_created(
     (1 write, a value Verda can never update), then the deploy stopped naming HF_TOKEN. Now: 0 writes, and every
     secret without a value is named at once."""
     token = 'QUEUE_MANAGER_TOKEN = "comfyui-worker-queue-manager-token"\n'
-    spec = spec_with(tmp_path, token, token + 'HF_TOKEN = "hf-token"\nCIVITAI_TOKEN = "civitai-token"\n')
+    spec = edited_spec(tmp_path, token, token + 'HF_TOKEN = "hf-token"\nCIVITAI_TOKEN = "civitai-token"\n')
     assert await deploy_main(["--spec", str(spec)], deploy_env) == 1
     err = capsys.readouterr().err
     assert "secrets.HF_TOKEN: Verda secret 'hf-token' does not exist; set HF_TOKEN to create it" in err
@@ -107,7 +98,7 @@ async def test_a_deployment_the_spec_cannot_update_is_refused_before_any_secret_
     containers = fake.deployments[NAME].body["containers"]
     containers.append({**containers[0], "name": f"{NAME}-sidecar"})
     fake.requests.clear()
-    rotated = spec_with(tmp_path, '"comfyui-worker-queue-manager-token"', '"comfyui-worker-queue-manager-token-2"')
+    rotated = edited_spec(tmp_path, '"comfyui-worker-queue-manager-token"', '"comfyui-worker-queue-manager-token-2"')
     assert await deploy_main(["--spec", str(rotated)], deploy_env) == 1
     assert f"deployment {NAME} has 2 containers, the spec 1; delete and recreate it" in capsys.readouterr().err
     assert writes(fake) == []
