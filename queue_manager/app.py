@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hmac
 import json
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
@@ -135,6 +136,9 @@ STORAGE_RETRY_AFTER_S = 10
 # While a storage fault stands, /health tries a write at most this often: a flood of /health is no flood of writes
 # to a failing disk, nor of waits of up to 10 s for a lock another process holds (every other request behind them).
 STORAGE_PROBE_EVERY_S = STORAGE_RETRY_AFTER_S
+# Each write that fails doubles the wait for the next, up to this: a probe writes up to 50 MiB, and every 10 s
+# that was 2.2 GiB in 10 minutes to a disk an operator is fixing (bench/storage_probes.py).
+STORAGE_PROBE_MAX_EVERY_S = 16 * STORAGE_PROBE_EVERY_S
 # Set by the fault middleware for the report recorder outside it.
 HANDLED_STATUS = web.RequestKey("handled_status", int)
 DROPPED = web.RequestKey("dropped", bool)
@@ -386,7 +390,8 @@ class QueueApi:
         self._db_executor = db_executor
         self._body_executor = body_executor
         self._clock = clock
-        self._storage_probed_at: float | None = None
+        self._storage_probe_due = -math.inf
+        self._storage_probe_every_s = STORAGE_PROBE_EVERY_S
         # Uptime by the steady clock: a wall clock stepped back (NTP, a resumed host) showed a negative uptime.
         self._steady_clock = steady_clock
         self._started_at = steady_clock()
@@ -527,12 +532,17 @@ class QueueApi:
     async def health(self, request: web.Request) -> web.Response:
         connected = await self._db(self._store.ping)
         now = self._steady_clock()
-        if connected and self._store.storage_fault is not None and (
-            self._storage_probed_at is None or now - self._storage_probed_at >= STORAGE_PROBE_EVERY_S
-        ):
-            self._storage_probed_at = now
-            with contextlib.suppress(sqlite3.Error):  # the fault stands, its cause kept by the store
+        if connected and self._store.storage_fault is not None and now >= self._storage_probe_due:
+            # Again in 10 s if the disk showed no room for it (nothing written), later if its write failed.
+            self._storage_probe_due = now + STORAGE_PROBE_EVERY_S
+            try:
                 await self._db(self._store.probe_storage)
+            except sqlite3.Error:  # the fault stands, its cause kept by the store
+                self._storage_probe_due = now + self._storage_probe_every_s
+                self._storage_probe_every_s = min(2 * self._storage_probe_every_s, STORAGE_PROBE_MAX_EVERY_S)
+        if self._store.storage_fault is None:  # the next fault is probed from 10 s again
+            self._storage_probe_every_s = STORAGE_PROBE_EVERY_S
+            self._storage_probe_due = min(self._storage_probe_due, now + STORAGE_PROBE_EVERY_S)
         depth = (await self._db(self._store.counts))[JobStatus.PENDING] if connected else 0
         health = HealthResponse(
             status="healthy" if connected and self._store.storage_fault is None else "unhealthy",

@@ -885,7 +885,11 @@ class JobStore:
     def probe_storage(self) -> None:
         """Write probe_bytes: storage_fault is None again once the database takes them, when nothing else
         writes (an idle queue). Raises sqlite3.Error while it cannot. Deleted in a second transaction, so the next
-        probe needs that much room again (pages it held and rewrote in place would always fit)."""
+        probe needs that much room again (pages it held and rewrote in place would always fit). Writes nothing
+        while the disk has less free room than that: the write would fail, after churning up to 50 MiB."""
+        with suppress(OSError):  # the disk cannot say: the write will
+            if shutil.disk_usage(self.path.parent).free < self.probe_bytes:
+                return
         with self._transaction() as conn:
             conn.execute("INSERT OR REPLACE INTO storage_probe (id, room) VALUES (1, zeroblob(?))",
                          (self.probe_bytes,))

@@ -131,6 +131,10 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
     "stalled_readers": (["--clients", "2", "--watch", "0"],  # the clients send for 5 s
                         [r'^\{"clients": 2, "rss_before_mb": \d+, "samples": \[\], "/health": \{"answers": '
                          r'\{"200": 20\}, "p50_ms": #, "max_ms": #\}\}$']),
+    "storage_probes": (["--mib", "2", "--seconds", "30"],
+                       [r"^the 2 MiB report refused: database or disk is full$",
+                        r"^/health every 1 s for 30 s: [1-9]\d* probe writes, \d+ MiB written, # s; status unhealthy$",
+                        r"^room again: healthy after \d+ s$"]),
     "view_deliveries": (["--file-mib", "1", "--runs", "1"],
                         [r"^run 1: 1 MiB in # s \(\d+ MiB/s\), longest event-loop stall \d+ ms, "
                          r"longest step without progress \d+ ms$"]),
