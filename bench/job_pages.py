@@ -15,19 +15,11 @@ import time
 
 import httpx
 
+from bench.job_lists import RESULT, WORKFLOW
 from common.logs import scrubbed_excerpt
 from queue_manager.server import QueueManagerServer
 
 ANSWER_QUOTED = 300  # characters of an answer that is not a page, in the error
-WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
-RESULT = {
-    "prompt_id": "0" * 36,
-    "outputs": [
-        {"filename": f"ComfyUI_{n:05d}_.png", "subfolder": "alice", "type": "output", "bytes": 1_234_567,
-         "sha256": "0" * 64, "path": f"/outputs/alice/ComfyUI_{n:05d}_.png"}
-        for n in range(4)
-    ],
-}
 
 
 async def list_all(client: httpx.AsyncClient, params: dict[str, str | int], jobs: int) -> tuple[int, int, list[float]]:

@@ -1016,28 +1016,29 @@ class ComfyUISimulator:
         nodes = copy.deepcopy(run.progress)
         self._send("progress_state", {"prompt_id": run.prompt_id, "nodes": nodes}, run.client_id)
 
-    def _finish(self, run: _PromptRun, node_id: str, result: NodeResult) -> None:
+    def _keep(self, run: _PromptRun, node_id: str, result: NodeResult) -> None:
         run.values[node_id] = result.outputs
         if result.ui:
             run.outputs[node_id] = result.ui
             run.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
                                  "real_node_id": node_id}  # fmt: skip
-            if run.client_id is not None:
-                self._send("executed", {"node": node_id, "display_node": node_id, "output": result.ui,
-                                        "prompt_id": run.prompt_id}, run.client_id)  # fmt: skip
+
+    def _send_executed(self, run: _PromptRun, node_id: str, ui: dict[str, Any] | None) -> None:
+        if run.client_id is not None:
+            self._send("executed", {"node": node_id, "display_node": node_id, "output": ui,
+                                    "prompt_id": run.prompt_id}, run.client_id)  # fmt: skip
+
+    def _finish(self, run: _PromptRun, node_id: str, result: NodeResult) -> None:
+        self._keep(run, node_id, result)
+        if result.ui:  # as ComfyUI: a node run says "executed" only with a UI, a cached one always (below)
+            self._send_executed(run, node_id, result.ui)
         maximum = run.progress.get(node_id, {}).get("max", 1.0)
         self._progress(run, node_id, maximum, maximum, "finished")
 
     def _replay_cached(self, run: _PromptRun, node_id: str) -> None:
         cached = self._state.cache[run.signatures[node_id]]
-        run.values[node_id] = cached.outputs
-        if cached.ui:
-            run.outputs[node_id] = cached.ui
-            run.meta[node_id] = {"node_id": node_id, "display_node": node_id, "parent_node": None,
-                                 "real_node_id": node_id}  # fmt: skip
-        if run.client_id is not None:
-            self._send("executed", {"node": node_id, "display_node": node_id, "output": cached.ui,
-                                    "prompt_id": run.prompt_id}, run.client_id)  # fmt: skip
+        self._keep(run, node_id, cached)
+        self._send_executed(run, node_id, cached.ui)
         self._progress(run, node_id, 1.0, 1.0, "finished")
 
     def _check_interrupt(self) -> None:

@@ -7,33 +7,20 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 from structlog.testing import capture_logs
 
 from queue_manager import QueueManagerServer
-from queue_manager.participants import add_participant
 
-from .test_outputs import OPERATOR, WORKERS, completed_job, held_open_under, output_url
+from .test_output_ranges import served  # noqa: F401 - the fixture
+from .test_outputs import completed_job, held_open_under, output_url
 from .test_with_the_worker import wait_until
 
 
-@pytest.fixture
-async def served(tmp_path: Path, volume: Path) -> AsyncIterator[tuple[QueueManagerServer, httpx.AsyncClient, str]]:
-    alice = add_participant(tmp_path / "participants", "alice")
-    async with (
-        QueueManagerServer(token=OPERATOR, worker_token=WORKERS, participants_file=tmp_path / "participants",
-                           outputs_dir=volume) as queue,
-        httpx.AsyncClient(base_url=queue.url, timeout=5.0) as client,
-    ):  # fmt: skip
-        yield queue, client, alice
-
-
 async def test_a_file_cut_short_while_a_slow_client_reads_it_is_reset_not_trickled(
-    served: tuple[QueueManagerServer, httpx.AsyncClient, str], volume: Path
+    served: tuple[QueueManagerServer, httpx.AsyncClient, str], volume: Path  # noqa: F811
 ) -> None:
     """Before: the connection was closed with abort(), and a client reading 4 KiB every 5 ms went on receiving what
     the kernel had queued (hundreds of KiB) before it learnt the download was cut; now it is reset at once."""

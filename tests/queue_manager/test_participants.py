@@ -31,7 +31,7 @@ from queue_manager.participants import (
 
 from ..conftest import run_module_to_exit
 from .test_cli import REPO, start_cli
-from .test_worker_token import WORKER_ROUTES, bearer
+from .test_worker_token import WORKER_ROUTES, bearer, head_answering_a_report_of_50_mb_unsent
 
 OPERATOR = "operator-token-1"
 WORKERS = "workers-token-2"
@@ -153,16 +153,7 @@ async def test_a_participants_token_is_refused_on_every_worker_route(
 async def test_a_participants_report_is_refused_before_its_body_is_read(
     queue: QueueManagerServer, tokens: dict[str, str]
 ) -> None:
-    host, port = queue.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /api/workers/complete-job?job_id=x HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 50000000\r\n" + f"Authorization: Bearer {tokens['alice']}\r\n\r\n".encode()
-    )
-    await writer.drain()
-    async with asyncio.timeout(10):
-        head = await reader.readuntil(b"\r\n\r\n")
-    writer.close()
+    head = await head_answering_a_report_of_50_mb_unsent(queue.url, tokens["alice"])
     assert head.startswith(b"HTTP/1.1 403 ")
     assert b"Connection: close" in head
 

@@ -43,6 +43,21 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def head_answering_a_report_of_50_mb_unsent(url: str, token: str) -> bytes:
+    """The answer's head to a complete-job report sent with ``token`` that declares a 50 MB body and sends none."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/workers/complete-job?job_id=x HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n" + f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return head
+
+
 @pytest.mark.parametrize(("method", "path"), WORKER_ROUTES)
 async def test_the_participants_token_is_refused_on_every_worker_route(method: str, path: str) -> None:
     body: dict[str, Any] = {"result": {}, "error": "x", "reason": "x"}
@@ -88,16 +103,7 @@ async def test_a_participants_report_is_refused_before_its_body_is_read() -> Non
     """The 403 comes with the head alone: 50 MB declared and none sent, the answer arrives and says the connection
     closes (a body read first would have the server wait for it)."""
     async with QueueManagerServer(token=PARTICIPANTS, worker_token=WORKERS, test_hooks=True) as queue:
-        host, port = queue.url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            b"POST /api/workers/complete-job?job_id=x HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 50000000\r\n" + f"Authorization: Bearer {PARTICIPANTS}\r\n\r\n".encode()
-        )
-        await writer.drain()
-        async with asyncio.timeout(10):
-            head = await reader.readuntil(b"\r\n\r\n")
-        writer.close()
+        head = await head_answering_a_report_of_50_mb_unsent(queue.url, PARTICIPANTS)
         assert queue.reports.all() == []
     assert head.startswith(b"HTTP/1.1 403 ")
     assert b"Connection: close" in head

@@ -26,6 +26,7 @@ from standins.verda import FakeVerda
 
 from ..conftest import ManualClock
 from .conftest import DEPLOYMENT, tick_with_the_clock_two_days_ahead_and_back
+from .test_loop import ten_minutes_of_failed_saves_then_two_that_work
 
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
 STATUS_PATH = f"/container-deployments/{DEPLOYMENT}/status"
@@ -347,14 +348,7 @@ async def test_a_ledger_that_cannot_be_saved_is_logged_at_most_every_ten_minutes
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     fleet.ledger_file = blocker / "ledger.json"
-    with capture_logs() as logs:
-        for _ in range(41):  # 10 minutes of ticks, both ends included
-            await fleet.observe()
-            wall.advance(15)
-        blocker.unlink()
-        blocker.mkdir()
-        await fleet.observe()
-        await fleet.observe()
+    logs = await ten_minutes_of_failed_saves_then_two_that_work(fleet.observe, wall, blocker)
     failed = [entry for entry in logs if entry["event"] == "cost_ledger_save_failed"]
     assert [entry["more_since_last"] for entry in failed] == [0, 39]
     [again] = [entry for entry in logs if entry["event"] == "cost_ledger_saved_again"]

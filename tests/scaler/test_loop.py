@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -385,6 +387,22 @@ async def test_a_state_file_that_cannot_be_written_is_logged_and_the_loop_goes_o
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == ["policy_state_save_failed"]
 
 
+async def ten_minutes_of_failed_saves_then_two_that_work(
+    tick: Callable[[], Awaitable[object]], clock: ManualClock, blocker: Path
+) -> list[dict]:
+    """The logs of 41 ticks 15 s apart (ten minutes, both ends included) saving below ``blocker``, a file where a
+    folder should be (a full disk fails the same way), then of two ticks once it is a folder."""
+    with capture_logs() as logs:
+        for _ in range(41):
+            await tick()
+            clock.advance(15)
+        blocker.unlink()
+        blocker.mkdir()
+        await tick()
+        await tick()
+    return logs
+
+
 async def test_a_state_file_that_cannot_be_written_is_logged_at_most_every_ten_minutes_and_its_recovery_once(
     make_loop, queue, clock, tmp_path
 ):
@@ -393,14 +411,7 @@ async def test_a_state_file_that_cannot_be_written_is_logged_at_most_every_ten_m
     blocker.write_text("")
     loop = make_loop(state_file=blocker / "scaler.json")
     queue.pending = 1
-    with capture_logs() as logs:
-        for _ in range(41):  # 10 minutes of ticks, both ends included
-            await loop.tick()
-            clock.advance(15)
-        blocker.unlink()
-        blocker.mkdir()
-        await loop.tick()
-        await loop.tick()
+    logs = await ten_minutes_of_failed_saves_then_two_that_work(loop.tick, clock, blocker)
     failed = [entry for entry in logs if entry["event"] == "policy_state_save_failed"]
     assert [entry["more_since_last"] for entry in failed] == [0, 39]
     assert all(entry["log_level"] == "error" for entry in failed)

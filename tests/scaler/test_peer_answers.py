@@ -45,6 +45,23 @@ def one_provider_fleet(name: str, backend, price: float, billing, clock: ManualC
     return FleetBackend([Member(spec, backend, billing)], AllocatorConfig((spec,)), clock=clock)
 
 
+async def spent_on_one_pod_over_five_minutes(pod: dict, clock: ManualClock) -> float:
+    """What the ledger charges for ``pod`` listed by the fake RunPod at six reads a minute apart (five minutes)."""
+    async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
+        fake.fail_next("/pods", 200, method="GET", times=10, body={"pods": [pod]})
+        client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
+        backend = RunPodBackend(client, "comfy", {}, clock=clock, health=PodHealthProbe(fake.health_url))
+        fleet = one_provider_fleet("runpod", backend, 0.69, RUNPOD_BILLING, clock)
+        try:
+            for _ in range(5):
+                await fleet.observe()
+                clock.advance(60.0)
+            await fleet.observe()
+        finally:
+            await fleet.aclose()
+    return fleet.ledger.spent_since(0)
+
+
 async def test_a_verda_replica_listed_without_started_at_is_charged_once_not_at_every_tick(
     fake_verda: FakeVerda, make_verda_client, clock: ManualClock
 ):
@@ -139,19 +156,7 @@ async def test_a_runpod_pod_listed_without_created_at_is_charged_per_second_from
     # Before, the pod's start was "now" at every read: per-second billing charged it nothing, ever.
     clock = ManualClock(1_000_000.0)
     pod = {"id": "pod-1", "name": "comfy-0123abcd", "status": "RUNNING", "cost": 0.69}
-    async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
-        fake.fail_next("/pods", 200, method="GET", times=10, body={"pods": [pod]})
-        client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
-        backend = RunPodBackend(client, "comfy", {}, clock=clock, health=PodHealthProbe(fake.health_url))
-        fleet = one_provider_fleet("runpod", backend, 0.69, RUNPOD_BILLING, clock)
-        try:
-            for _ in range(5):
-                await fleet.observe()
-                clock.advance(60.0)
-            await fleet.observe()
-        finally:
-            await fleet.aclose()
-    assert round(fleet.ledger.spent_since(0), 6) == round(300 * 0.69 / 3600, 6)
+    assert round(await spent_on_one_pod_over_five_minutes(pod, clock), 6) == round(300 * 0.69 / 3600, 6)
 
 
 async def test_a_pod_listing_without_names_is_an_error_not_zero_pods_to_create_again_and_again():

@@ -13,20 +13,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from scaler.cli import main
-from scaler.ledger import RUNPOD_BILLING
 from scaler.loop import ScalerLoop
 from scaler.policy import MAX_REPLICAS_LIMIT, ScalingConfig
 from scaler.providers import VerdaBackend
-from scaler.providers.runpod.backend import RunPodBackend
-from scaler.providers.runpod.client import RunPodClient
-from scaler.providers.runpod.health import PodHealthProbe
 from scaler.queue_status import QueueStatusReader
-from standins.runpod import FakeRunPod
 from standins.verda import FakeVerda
 
 from ..conftest import ManualClock
-from .conftest import DEPLOYMENT, RUNPOD_KEY
-from .test_peer_answers import one_provider_fleet
+from .conftest import DEPLOYMENT
+from .test_peer_answers import spent_on_one_pod_over_five_minutes
 
 REPLICAS = f"/container-deployments/{DEPLOYMENT}/replicas"
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
@@ -105,16 +100,4 @@ async def test_a_runpod_pod_created_at_gos_zero_time_is_charged_from_when_it_was
     clock = ManualClock(time.time())
     pod = {"id": "pod-1", "name": "comfy-0123abcd", "status": "RUNNING", "cost": 0.69,
            "createdAt": "0001-01-01T00:00:00Z"}
-    async with FakeRunPod(RUNPOD_KEY, clock=clock) as fake:
-        fake.fail_next("/pods", 200, method="GET", times=10, body={"pods": [pod]})
-        client = RunPodClient(RUNPOD_KEY, base_url=fake.url, max_attempts=1)
-        backend = RunPodBackend(client, "comfy", {}, clock=clock, health=PodHealthProbe(fake.health_url))
-        fleet = one_provider_fleet("runpod", backend, 0.69, RUNPOD_BILLING, clock)
-        try:
-            for _ in range(5):
-                await fleet.observe()
-                clock.advance(60.0)
-            await fleet.observe()
-        finally:
-            await fleet.aclose()
-    assert round(fleet.ledger.spent_since(0), 6) == round(300 * 0.69 / 3600, 6)
+    assert round(await spent_on_one_pod_over_five_minutes(pod, clock), 6) == round(300 * 0.69 / 3600, 6)
