@@ -331,7 +331,8 @@ def test_a_worker_0_that_does_not_answer_at_the_end_fails_the_soak_with_its_figu
     assert run.returncode == 1, run.stderr[-3000:]
     summary = json.loads(run.stdout)
     assert summary["worker_0_health_at_end"] == "ConnectError"
-    assert summary["drain_s"] == 0.0 and summary["not_terminal"] == 0  # the health alone fails it
+    # Drained (no job: at once, but one status read takes 0.4 s on a loaded machine); the health alone fails it.
+    assert summary["drain_s"] is not None and summary["drain_s"] < 5 and summary["not_terminal"] == 0
 
 
 def scaler_source(tmp_path: Path, program: str) -> Path:
