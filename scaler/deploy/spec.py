@@ -166,8 +166,8 @@ class DeploymentSection(_Section):
 
 
 def no_blank_ends(value: str, none_such: str) -> str:
-    """A provider's name for what to run on (Verda's "General Compute", a RunPod GPU id) holds spaces, never at either
-    end: such a value is a paste. ValueError saying so and ``none_such``."""
+    """A provider's name or id (Verda's "General Compute", a RunPod GPU id, volume id or registry credential) may hold
+    spaces, never at either end: such a value is a paste. ValueError saying so and ``none_such``."""
     if value != value.strip():
         raise ValueError(f"blank, or a space at either end: {none_such}")
     return value
