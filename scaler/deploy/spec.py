@@ -24,8 +24,8 @@ from common.text import encodes_as_utf8
 from common.urls import (
     IN_CLEAR,
     encrypted_or_local,
-    is_loopback,
     is_secret_parameter,
+    names_this_machine,
     queue_token_clash,
     url_has_credentials,
 )
@@ -556,15 +556,6 @@ def _queue_url(spec: DeploymentSpec, environ: Mapping[str, str]) -> tuple[str, s
     return f"{_section(spec, 'QUEUE_MANAGER_URL')}.QUEUE_MANAGER_URL", container.get("QUEUE_MANAGER_URL", "")
 
 
-def _names_the_replica_itself(url: str) -> bool:
-    """localhost, a loopback address or 0.0.0.0 / :: (which a connection reaches as the loopback)."""
-    try:
-        host = urlsplit(url).hostname or ""
-        return is_loopback(url) or ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
-
-
 def _path(url: str) -> str:
     try:
         return urlsplit(url).path
@@ -579,7 +570,7 @@ def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list
     404 and so ends the same way; or plain http:// with a credential, sent in clear from the replicas across the
     internet."""
     where, url = _queue_url(spec, environ)
-    if _names_the_replica_itself(url):
+    if names_this_machine(url):
         return [f"{where}: names the replica itself (localhost, a loopback address or 0.0.0.0), where no queue "
                 "manager runs: every replica would poll nothing and exit after SERVERLESS_MAX_UNREACHABLE_S (default "
                 "600 s), restarted and billed meanwhile; give the queue manager's address as the replicas reach it"]
