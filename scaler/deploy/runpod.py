@@ -34,6 +34,7 @@ from scaler.deploy.errors import (
     shown,
     unreachable,
 )
+from scaler.deploy.queue_url import queue_url_problems
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
     SHARED_VOLUME_ENVS,
@@ -44,7 +45,6 @@ from scaler.deploy.spec import (
     load_spec,
     no_blank_ends,
     not_digits,
-    queue_url_problems,
     refusing_misspelt,
     text_problems,
 )

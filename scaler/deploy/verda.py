@@ -31,6 +31,7 @@ from scaler.deploy.errors import (
     shown,
     unreachable,
 )
+from scaler.deploy.queue_url import queue_url_problems
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
     SPEC_VARIABLES,
@@ -39,7 +40,6 @@ from scaler.deploy.spec import (
     build_body,
     deployment_name,
     load_spec,
-    queue_url_problems,
     refusing_misspelt,
     unmounted_folders,
 )
