@@ -214,8 +214,8 @@ IN_CLEAR = "must be an https:// URL (http:// only to a loopback address): the cr
 
 
 def encrypted_or_local(url: str) -> bool:
-    """Whether credentials sent to ``url`` travel encrypted: https, or plain http to a loopback address only (a
-    stand-in on this machine)."""
+    """Whether credentials sent to ``url`` travel encrypted: https, or plain http to this machine only (a stand-in
+    on loopback: names_this_machine)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -223,16 +223,18 @@ def encrypted_or_local(url: str) -> bool:
         return False
     if parts.scheme == "https" and host:
         return True
-    return parts.scheme == "http" and is_loopback(url)
+    return parts.scheme == "http" and names_this_machine(url)
 
 
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` names this machine: localhost or a loopback address."""
+def names_this_machine(url: str) -> bool:
+    """Whether a connection to ``url`` stays on this machine: localhost, a loopback address, or 0.0.0.0 / ::
+    (bracketed or IPv4-mapped too), which a connection reaches as the loopback. So a proxy is skipped for them,
+    plain http may carry a credential there, and a replica given one reaches itself, never a queue manager."""
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return False
-    return host == "localhost" or _is_loopback_address(host)
+    return host == "localhost" or _is_local_address(host)
 
 
 def direct_transport(url: str) -> httpx.AsyncHTTPTransport | None:
@@ -240,11 +242,13 @@ def direct_transport(url: str) -> httpx.AsyncHTTPTransport | None:
     ALL_PROXY apply, NO_PROXY excepts) unless the peer is on this machine, which is reached directly. A proxy's
     127.0.0.1 is not ours: a loopback queue manager's token, and every workflow sent to a loopback ComfyUI, went in
     clear to a proxy set for the machine. CA certificates (SSL_CERT_FILE) still apply."""
-    return httpx.AsyncHTTPTransport() if is_loopback(url) else None
+    return httpx.AsyncHTTPTransport() if names_this_machine(url) else None
 
 
-def _is_loopback_address(host: str) -> bool:
+def _is_local_address(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is 127.0.0.1 (Python < 3.13: not)
+    return address.is_loopback or address.is_unspecified

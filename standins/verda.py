@@ -246,6 +246,8 @@ class FakeVerda(FakeApi):
         self._refresh_tokens: set[str] = set()
         self.deployments: dict[str, FakeDeployment] = {}
         self.secrets: dict[str, str] = {}
+        self.volumes: dict[str, str] = {}  # the account's volumes, id -> type ("NVMe_Shared": an SFS)
+        self.registry_credentials: set[str] = set()  # the names of the account's registry credentials
         self.latency_s = 0.0  # each API request, the token too, is answered this long after it came in
         self._creates_held: asyncio.Barrier | None = None
 
@@ -270,6 +272,8 @@ class FakeVerda(FakeApi):
         app.router.add_get(f"{API_PREFIX}/secrets", self._list_secrets)
         app.router.add_post(f"{API_PREFIX}/secrets", self._create_secret)
         app.router.add_delete(f"{API_PREFIX}/secrets/{{name}}", self._delete_secret)
+        app.router.add_get(f"{API_PREFIX}/volumes", self._list_volumes)
+        app.router.add_get(f"{API_PREFIX}/container-registry-credentials", self._list_registry_credentials)
         app.router.add_get(f"{API_PREFIX}/serverless-compute-resources", self._compute_resources)
         app.router.add_get(f"{API_PREFIX}/container-types", self._container_types)
         await self._serve(app, host, port)
@@ -555,6 +559,18 @@ class FakeVerda(FakeApi):
     async def _list_secrets(self, request: web.Request) -> web.Response:
         return web.json_response(
             [{"name": name, "created_at": "2025-01-01T00:00:00Z", "secret_type": "generic"} for name in self.secrets]
+        )
+
+    async def _list_volumes(self, request: web.Request) -> web.Response:
+        return web.json_response([
+            {"id": volume_id, "name": volume_id, "type": kind, "status": "detached", "size": 100,
+             "is_os_volume": False, "created_at": "2025-01-01T00:00:00Z", "location": "FIN-01"}
+            for volume_id, kind in self.volumes.items()
+        ])
+
+    async def _list_registry_credentials(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [{"name": name, "created_at": "2025-01-01T00:00:00Z"} for name in sorted(self.registry_credentials)]
         )
 
     async def _create_secret(self, request: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ from scaler.deploy.errors import (
     shown,
     unreachable,
 )
+from scaler.deploy.queue_url import queue_url_problems
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
     SHARED_VOLUME_ENVS,
@@ -44,7 +45,6 @@ from scaler.deploy.spec import (
     load_spec,
     no_blank_ends,
     not_digits,
-    queue_url_problems,
     refusing_misspelt,
     text_problems,
 )
@@ -97,7 +97,15 @@ class RunPodSettings(BaseModel):
     def _volume_given(cls, value: str) -> str:
         if not value:
             raise ValueError("required: the network volume with models/ and outputs/ (RUNPOD_VOLUME_ID)")
-        return value
+        return no_blank_ends(value, "RunPod has no such network volume (its ids: console > Storage)")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_no_blank_ends(cls, value: str) -> str:
+        if not value:  # a public image
+            return value
+        return no_blank_ends(
+            value, "RunPod has no such registry credential (its ids: console > Settings > Container Registry Auth)")
 
     @field_validator("data_center_ids")
     @classmethod

@@ -14,7 +14,6 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -22,9 +21,6 @@ from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
 from common.urls import (
-    IN_CLEAR,
-    encrypted_or_local,
-    is_loopback,
     is_secret_parameter,
     queue_token_clash,
     url_has_credentials,
@@ -166,8 +162,8 @@ class DeploymentSection(_Section):
 
 
 def no_blank_ends(value: str, none_such: str) -> str:
-    """A provider's name for what to run on (Verda's "General Compute", a RunPod GPU id) holds spaces, never at either
-    end: such a value is a paste. ValueError saying so and ``none_such``."""
+    """A provider's name or id (Verda's "General Compute", a RunPod GPU id, volume id or registry credential) may hold
+    spaces, never at either end: such a value is a paste. ValueError saying so and ``none_such``."""
     if value != value.strip():
         raise ValueError(f"blank, or a space at either end: {none_such}")
     return value
@@ -522,7 +518,8 @@ def _on_shared_volume(spec: DeploymentSpec, folder: str) -> bool:
     return any(mount.type == "shared" and path.is_relative_to(mount.mount_path) for mount in spec.volume_mounts)
 
 
-def _section(spec: DeploymentSpec, variable: str) -> str:
+def env_section(spec: DeploymentSpec, variable: str) -> str:
+    """The spec table that gives the container ``variable``: env_from_environment or env."""
     return "env_from_environment" if variable in spec.resolved_env else "env"
 
 
@@ -535,63 +532,16 @@ def unmounted_folders(spec: DeploymentSpec) -> list[str]:
     container = {**spec.env, **spec.resolved_env}
     inputs = container.get("COMFYUI_INPUT_DIR")
     if inputs and not _on_shared_volume(spec, inputs):
-        problems.append(f"{_section(spec, 'COMFYUI_INPUT_DIR')}.COMFYUI_INPUT_DIR: no shared volume is mounted at "
+        problems.append(f"{env_section(spec, 'COMFYUI_INPUT_DIR')}.COMFYUI_INPUT_DIR: no shared volume is mounted at "
                         f"{inputs}: every replica would exit 2 at start; uncomment the [[volume_mounts]] for /inputs "
                         "(its id in VERDA_INPUTS_VOLUME_ID), or remove the setting")
     outputs = container.get("OUTPUTS_PATH", str(DEFAULT_OUTPUTS_PATH))
     if not _on_shared_volume(spec, outputs):
-        problems.append(f"{_section(spec, 'OUTPUTS_PATH')}.OUTPUTS_PATH: no shared volume is mounted at {outputs} "
+        problems.append(f"{env_section(spec, 'OUTPUTS_PATH')}.OUTPUTS_PATH: no shared volume is mounted at {outputs} "
                         f"(OUTPUTS_PATH, default {DEFAULT_OUTPUTS_PATH}): every result would be written to the "
                         "replica's own disk, reported completed, and lost with the replica; mount the outputs SFS "
                         "volume there (its id in VERDA_OUTPUTS_VOLUME_ID), or set OUTPUTS_PATH to a folder on it")
     return problems
-
-
-def _queue_url(spec: DeploymentSpec, environ: Mapping[str, str]) -> tuple[str, str]:
-    """(the field QUEUE_MANAGER_URL is given in, the value the replicas get): "" when unknown here (a Verda secret
-    that already exists)."""
-    if "QUEUE_MANAGER_URL" in spec.secrets:
-        return "secrets.QUEUE_MANAGER_URL", environ.get("QUEUE_MANAGER_URL", "")
-    container = {**spec.env, **spec.resolved_env}
-    return f"{_section(spec, 'QUEUE_MANAGER_URL')}.QUEUE_MANAGER_URL", container.get("QUEUE_MANAGER_URL", "")
-
-
-def _names_the_replica_itself(url: str) -> bool:
-    """localhost, a loopback address or 0.0.0.0 / :: (which a connection reaches as the loopback)."""
-    try:
-        host = urlsplit(url).hostname or ""
-        return is_loopback(url) or ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
-
-
-def _path(url: str) -> str:
-    try:
-        return urlsplit(url).path
-    except ValueError:
-        return ""
-
-
-def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list[str]:
-    """On Verda and RunPod, a QUEUE_MANAGER_URL no replica can reach its queue manager at: its own loopback (the queue
-    manager's default, from a shared env file), where every replica polls nothing and exits after
-    SERVERLESS_MAX_UNREACHABLE_S, restarted and billed meanwhile; or one ending in /api, which every poll answers
-    404 and so ends the same way; or plain http:// with a credential, sent in clear from the replicas across the
-    internet."""
-    where, url = _queue_url(spec, environ)
-    if _names_the_replica_itself(url):
-        return [f"{where}: names the replica itself (localhost, a loopback address or 0.0.0.0), where no queue "
-                "manager runs: every replica would poll nothing and exit after SERVERLESS_MAX_UNREACHABLE_S (default "
-                "600 s), restarted and billed meanwhile; give the queue manager's address as the replicas reach it"]
-    if _path(url).rstrip("/").endswith("/api"):
-        return [f"{where}: ends in /api, which the worker adds itself (/api/workers/...): every poll would be answered "
-                "404 and each replica exit after SERVERLESS_MAX_UNREACHABLE_S (default 600 s); drop the /api, give "
-                "the queue manager's base URL"]
-    token = "QUEUE_MANAGER_TOKEN" in {**spec.env, **spec.resolved_env, **spec.secrets}
-    if url and (token or url_has_credentials(url)) and not encrypted_or_local(url):
-        return [f"{where}: {IN_CLEAR}: every replica would send its queue token or the URL's password across the "
-                "internet unencrypted; give the queue manager's https:// URL"]
-    return []
 
 
 def _env_entries(spec: DeploymentSpec) -> list[dict[str, str]]:

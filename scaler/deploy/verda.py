@@ -31,15 +31,16 @@ from scaler.deploy.errors import (
     shown,
     unreachable,
 )
+from scaler.deploy.queue_url import queue_url_problems
 from scaler.deploy.spec import (
     DEFAULT_SPEC_PATH,
+    SHARED_VOLUME_ENVS,
     SPEC_VARIABLES,
     DeploymentSpec,
     SpecError,
     build_body,
     deployment_name,
     load_spec,
-    queue_url_problems,
     refusing_misspelt,
     unmounted_folders,
 )
@@ -227,6 +228,40 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
               "replicas may not start until it is; deploying anyway", file=sys.stderr)
 
 
+SFS_VOLUME_TYPE = "NVMe_Shared"  # GET /volumes' type of a shared filesystem, the only kind a container mounts
+
+
+def _overriding(environ: Mapping[str, str], variable: str | None, value: object, field: str) -> str:
+    """The variable that gave ``value`` (it overrides the spec), else the spec's ``field``."""
+    return variable if variable and environ.get(variable) == value else field
+
+
+async def check_account_resources(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, str]) -> None:
+    """DeployError naming each setting whose registry credential or shared (SFS) volume the account lacks (GET
+    /container-registry-credentials, GET /volumes): Verda refuses them only at the deployment's create or update,
+    after the secrets were made."""
+    problems = []
+    name = spec.deployment.registry_credentials
+    if name and name not in await verda.list_registry_credentials():
+        field = _overriding(environ, "VERDA_REGISTRY_CREDENTIALS", name, "deployment.registry_credentials")
+        problems.append(f"{field}: Verda has no registry credential {name!r} (GET /container-registry-credentials); "
+                        "create it in the console (Containers > Registry credentials) or correct the name")
+    shared = [(index, mount) for index, mount in enumerate(spec.volume_mounts) if mount.type == "shared"]
+    volumes = await verda.list_volumes() if shared else {}
+    for index, mount in shared:
+        field = _overriding(environ, SHARED_VOLUME_ENVS.get(mount.mount_path), mount.volume_id,
+                            f"volume_mounts.{index}.volume_id")
+        kind = volumes.get(mount.volume_id or "")
+        if kind is None:
+            problems.append(f"{field}: Verda has no volume {mount.volume_id!r} (GET /volumes), for the shared mount at "
+                            f"{mount.mount_path}; give the id of an SFS volume of this account")
+        elif kind != SFS_VOLUME_TYPE:
+            problems.append(f"{field}: volume {mount.volume_id!r} is of type {shown(kind)}, not a shared filesystem "
+                            f"({SFS_VOLUME_TYPE}), which a container cannot mount at {mount.mount_path}")
+    if problems:
+        raise DeployError("\n".join([*problems, "nothing was written"]))
+
+
 async def print_state(verda: VerdaClient, name: str) -> int:
     """Print status, scaling bounds and replicas; the number of replicas."""
     print(f"status: {shown(await verda.get_status(name))}")
@@ -285,6 +320,7 @@ async def apply(verda: VerdaClient, spec: DeploymentSpec, environ: Mapping[str, 
         check_updatable(body, live)
     if live is None or not _covers(live.get("compute"), body["compute"]):
         await check_compute(verda, spec, environ)
+    await check_account_resources(verda, spec, environ)
     await ensure_secrets(verda, spec, environ)
     created = False
     if live is None:

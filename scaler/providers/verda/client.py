@@ -692,6 +692,25 @@ class VerdaClient:
     async def delete_secret(self, name: str, *, force: bool = False) -> None:
         await self._request("DELETE", f"/secrets/{_path(name)}", params={"force": str(force).lower()})
 
+    async def list_volumes(self) -> dict[str, str]:
+        """The account's volumes (GET /volumes): id -> type, "NVMe_Shared" for a shared filesystem (SFS)."""
+        data = await self._json("GET", "/volumes")
+        if not isinstance(data, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("id"), str) for entry in data
+        ):
+            raise _unexpected("/volumes", f'expected [{{"id": …}}, …], got {scrubbed_excerpt(str(data), 100)}')
+        return {entry["id"]: str(entry.get("type")) for entry in data}
+
+    async def list_registry_credentials(self) -> list[str]:
+        """Names of the account's container registry credentials (GET /container-registry-credentials)."""
+        path = "/container-registry-credentials"
+        data = await self._json("GET", path)
+        if not isinstance(data, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in data
+        ):
+            raise _unexpected(path, f'expected [{{"name": …}}, …], got {scrubbed_excerpt(str(data), 100)}')
+        return [entry["name"] for entry in data]
+
     # --- catalogue ------------------------------------------------------------------------------
 
     async def list_compute_resources(self) -> list[ComputeResource]:

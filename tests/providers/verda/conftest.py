@@ -18,6 +18,7 @@ from ..conftest import RecordingSleep
 SECRET = "test-secret-do-not-log"
 QUEUE_TOKEN = "queue-token-value-do-not-log"
 NAME = "comfyui-worker-serverless"
+SFS_VOLUMES = ("sfs-models-1", "sfs-outputs-1", "sfs-uploads-1")
 
 
 def h100_deployment(
@@ -55,6 +56,7 @@ def queue_token() -> str:
 @pytest.fixture
 async def fake(clock: ManualClock) -> AsyncIterator[FakeVerda]:
     async with FakeVerda(client_secret=SECRET, token_ttl_s=100, clock=clock) as server:
+        server.volumes.update(dict.fromkeys(SFS_VOLUMES, "NVMe_Shared"))  # those deploy_env and the tests mount
         yield server
 
 

@@ -29,6 +29,7 @@ async def test_empty_overrides_deploy_the_specs_values(fake: FakeVerda, deploy_e
     """Before: VERDA_REGISTRY_CREDENTIALS= sent is_private false (the image never pulled), and the other empty
     variables were refused (VERDA_IS_SPOT, VERDA_COMPUTE, the volume ids) in place of the spec's good values."""
     spec = ["--spec", str(private_spec(tmp_path, deploy_env))]
+    fake.registry_credentials.add("ghcr-pull")  # the account's, as the deploy checks before writing
     written_in = (*SHARED_VOLUME_ENVS.values(), "VERDA_IMAGE")
     kept = {name: value for name, value in deploy_env.items() if name not in written_in}
     assert await deploy_main(["--dry-run", *spec], kept) == 0, capsys.readouterr().err

@@ -108,8 +108,8 @@ async def test_a_deployment_the_spec_cannot_update_is_refused_before_any_secret_
 async def test_a_create_verda_refuses_after_the_secrets_says_what_stays_and_how_to_finish(
     fake: FakeVerda, deploy_env, capsys
 ) -> None:
-    """What Verda alone checks (an SFS volume id that is not the account's) is refused at the create, the secret
-    made by then. Before: the error was Verda's alone, no word of the secret left behind or how to go on. Now it
+    """What Verda alone checks (here a volume its list held, refused all the same) is refused at the create, the
+    secret made by then. Before: the error was Verda's alone, no word of the secret left behind or how to go on. Now it
     says both, and the run the operator makes after fixing it creates the deployment, the secret reused."""
     refusal = {"code": "invalid_request", "message": "volume sfs-models-typo not found"}
     fake.fail_next("/container-deployments", 400, method="POST", body=refusal)
