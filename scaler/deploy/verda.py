@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -228,7 +228,22 @@ async def check_compute(verda: VerdaClient, spec: DeploymentSpec, environ: Mappi
               "replicas may not start until it is; deploying anyway", file=sys.stderr)
 
 
+T = TypeVar("T")
 SFS_VOLUME_TYPE = "NVMe_Shared"  # GET /volumes' type of a shared filesystem, the only kind a container mounts
+BLOCK_VOLUME_TYPES = {"NVMe", "HDD"}  # an instance's disks; a type Verda adds later is not refused on a guess
+# A list the deploy's credentials may not read (403) or an API without it (404): the check is skipped, with a warning.
+UNLISTABLE = (403, 404)
+
+
+async def _listed(listing: Awaitable[T], what: str) -> T | None:
+    """The list, or None (said on stderr) when Verda will not list it: then Verda's create is the check."""
+    try:
+        return await listing
+    except VerdaAPIError as error:
+        if error.status not in UNLISTABLE:
+            raise
+        print(f"warning: cannot check {what} before writing ({error}); deploying anyway", file=sys.stderr)
+        return None
 
 
 def _overriding(environ: Mapping[str, str], variable: str | None, value: object, field: str) -> str:
@@ -242,20 +257,21 @@ async def check_account_resources(verda: VerdaClient, spec: DeploymentSpec, envi
     after the secrets were made."""
     problems = []
     name = spec.deployment.registry_credentials
-    if name and name not in await verda.list_registry_credentials():
+    credentials = await _listed(verda.list_registry_credentials(), "the registry credential") if name else None
+    if name and credentials is not None and name not in credentials:
         field = _overriding(environ, "VERDA_REGISTRY_CREDENTIALS", name, "deployment.registry_credentials")
         problems.append(f"{field}: Verda has no registry credential {name!r} (GET /container-registry-credentials); "
                         "create it in the console (Containers > Registry credentials) or correct the name")
     shared = [(index, mount) for index, mount in enumerate(spec.volume_mounts) if mount.type == "shared"]
-    volumes = await verda.list_volumes() if shared else {}
-    for index, mount in shared:
+    volumes = await _listed(verda.list_volumes(), "the shared volumes") if shared else None
+    for index, mount in shared if volumes is not None else ():
         field = _overriding(environ, SHARED_VOLUME_ENVS.get(mount.mount_path), mount.volume_id,
                             f"volume_mounts.{index}.volume_id")
         kind = volumes.get(mount.volume_id or "")
         if kind is None:
             problems.append(f"{field}: Verda has no volume {mount.volume_id!r} (GET /volumes), for the shared mount at "
                             f"{mount.mount_path}; give the id of an SFS volume of this account")
-        elif kind != SFS_VOLUME_TYPE:
+        elif kind in BLOCK_VOLUME_TYPES:
             problems.append(f"{field}: volume {mount.volume_id!r} is of type {shown(kind)}, not a shared filesystem "
                             f"({SFS_VOLUME_TYPE}), which a container cannot mount at {mount.mount_path}")
     if problems:

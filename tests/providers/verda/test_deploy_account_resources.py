@@ -63,3 +63,25 @@ async def test_a_credential_and_volumes_the_account_has_are_deployed(fake: FakeV
 
     registry = fake.deployments[NAME].body["container_registry_settings"]
     assert registry == {"is_private": True, "credentials": {"name": "ghcr-acme"}}
+
+
+@pytest.mark.parametrize(("path", "status"), [("/volumes", 403), ("/container-registry-credentials", 404)])
+async def test_a_list_verda_will_not_give_skips_its_check_with_a_warning(
+    fake: FakeVerda, deploy_env, capsys, path: str, status: int
+) -> None:
+    """Credentials scoped to containers (403) or an API without the list (404) must not stop every deploy: Verda's
+    create remains the check, as before the lists were read."""
+    fake.registry_credentials.add("ghcr-acme")
+    fake.fail_next(path, status, method="GET")
+
+    assert await deploy_main([], {**deploy_env, "VERDA_REGISTRY_CREDENTIALS": "ghcr-acme"}) == 0, capsys.readouterr()
+
+    assert "warning: cannot check the" in capsys.readouterr().err
+    assert NAME in fake.deployments
+
+
+async def test_a_volume_type_verda_adds_later_is_not_refused_on_a_guess(fake: FakeVerda, deploy_env, capsys) -> None:
+    fake.volumes["sfs-new"] = "NVMe_Shared_v2"
+
+    assert await deploy_main([], {**deploy_env, "VERDA_MODELS_VOLUME_ID": "sfs-new"}) == 0, capsys.readouterr()
+    assert NAME in fake.deployments
