@@ -4,6 +4,7 @@ manager is restarted and SIGKILLed (once at the same moment as a worker's SIGTER
 version runs in CI (tests/faults/test_fault_run.py).
 
     ./dev python -m bench.fault_run --jobs 1000 --replicas 4      (from the repository root)
+    ./dev python -m bench.fault_run --jobs 400 --cycles 4 --faults replica_freeze    (one further fault, 4 times)
 
 At the end, from the queue's SQLite file and its log: every job terminal exactly once (no job lost, no report
 landed twice), every output's sha256 matching the file, and how many jobs failed because of a fault (the goal:
@@ -48,6 +49,17 @@ FAULT_CYCLE = (
     "queue_sigkill",
     "queue_sigkill_with_worker_sigterm",
 )
+# Not in the default cycle (`--faults` picks them): each is real in production, and each costs more time.
+MORE_FAULTS = (
+    "replica_freeze",  # the whole container stopped (SIGSTOP) longer than the lease, then thawed
+    "comfyui_hang",  # ComfyUI stopped for good (a hung GPU driver) under a busy worker
+    "delivery_sigkill",  # a replica SIGKILLed while a file of its job is open in OUTPUTS_PATH/.partial/
+    "queue_sigkill_in_burst",  # the queue manager stopped while reports pile up, resumed and SIGKILLed at once
+)
+FREEZE_LEASES = 2.0  # a frozen replica is thawed after this many leases: its job has been handed out again
+BURST_HOLD_S = 3.0  # the queue manager stopped this long before the SIGKILL: the workers' reports wait for it
+THAW_WATCH_S = 5.0  # and watched this long after: the thawed worker's heartbeat or report must be refused
+DELIVERY_WATCH_S = 15.0  # a delivery_sigkill looks this long for a delivery in progress before it is skipped
 
 
 @dataclass
@@ -58,6 +70,7 @@ class RunConfig:
     node_seconds: float = 0.02
     lease_timeout_s: float = 5.0
     cycles: int = 2
+    faults: tuple[str, ...] = FAULT_CYCLE
     timeout_s: float = 900.0
     keep: Path | None = None  # keep the scratch folder (logs, database, outputs) here
 
@@ -79,6 +92,7 @@ class Pool:
     live: list[Replica] = field(default_factory=list)
     started: int = 0
     pids: list[int] = field(default_factory=list)
+    stuck: set[str] = field(default_factory=set)  # frozen (until thawed) or its ComfyUI hung
 
     async def keep_up(self) -> None:
         self.live = [r for r in self.live if r.process.returncode is None]
@@ -97,8 +111,9 @@ class Pool:
             self.live.append(Replica(replica_id, process))
 
     def pick(self, busy_worker_ids: set[str]) -> Replica | None:
-        busy = [r for r in self.live if r.id in busy_worker_ids and r.process.returncode is None]
-        return (busy or [r for r in self.live if r.process.returncode is None] or [None])[0]
+        """A busy replica if there is one; never one a fault left frozen or hung (it would take every fault)."""
+        running = [r for r in self.live if r.process.returncode is None and r.id not in self.stuck]
+        return ([r for r in running if r.id in busy_worker_ids] or running or [None])[0]
 
     async def close(self) -> None:
         for replica in self.live:
@@ -165,6 +180,23 @@ def comfyui_pids(supervisor_pid: int) -> list[int]:
     return children
 
 
+def signal_replica(replica: Replica, signum: int, comfyui: list[int] | None = None) -> None:
+    """`signum` to the whole container: the supervisor's group (the worker) and its ComfyUI, in a session of its own."""
+    comfyui = comfyui_pids(replica.process.pid) if comfyui is None else comfyui
+    for group in (replica.process.pid, *comfyui):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signum)
+
+
+def open_files(pid: int) -> list[str]:
+    targets = []
+    with contextlib.suppress(OSError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(fd.path))
+    return targets
+
+
 def processes_using(folder: Path) -> set[int]:
     marker = str(folder).encode()
     found = set()
@@ -187,6 +219,7 @@ class FaultRun:
         (self.root / "logs").mkdir()
         self.pool = Pool(env, SimulatedReplicas(self.root, config.node_seconds), self.root / "logs", config.replicas)
         self.faults_done: list[dict[str, Any]] = []
+        self.thaws: list[asyncio.Task[None]] = []
 
     async def run(self) -> dict[str, Any]:
         """The run and its summary; the scratch folder removed (copied to --keep first) however the run ends."""
@@ -209,8 +242,8 @@ class FaultRun:
             await self.pool.keep_up()
             submitted = await self.submit_all()
             plan = [
-                ((index + 1) / (len(FAULT_CYCLE) * self.config.cycles + 1), fault)
-                for index, fault in enumerate(FAULT_CYCLE * self.config.cycles)
+                ((index + 1) / (len(self.config.faults) * self.config.cycles + 1), fault)
+                for index, fault in enumerate(self.config.faults * self.config.cycles)
             ]
             while time.monotonic() - started < self.config.timeout_s:
                 await self.pool.keep_up()
@@ -218,7 +251,7 @@ class FaultRun:
                 if ended is not None:
                     while plan and ended >= plan[0][0] * self.config.jobs:
                         await self.inject(plan.pop(0)[1])
-                    if not plan and await self.all_terminal():
+                    if not plan and all(thaw.done() for thaw in self.thaws) and await self.all_terminal():
                         drained_at = time.monotonic()
                         break
                 await asyncio.sleep(0.2)
@@ -237,6 +270,9 @@ class FaultRun:
     async def close(self) -> None:
         """Every process the run started ended, even when a step fails or the close is cancelled (a second Ctrl-C)."""
         try:
+            for thaw in self.thaws:  # a frozen replica thawed first: it takes its SIGTERM
+                thaw.cancel()
+            await asyncio.gather(*self.thaws, return_exceptions=True)
             await self.pool.close()
         finally:
             try:
@@ -286,6 +322,16 @@ class FaultRun:
     async def inject(self, fault: str) -> None:
         record: dict[str, Any] = {"fault": fault, "at": time.monotonic()}
         self.faults_done.append(record)
+        if fault == "queue_sigkill_in_burst":
+            assert self.queue.process is not None
+            self.queue.process.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(BURST_HOLD_S)
+            self.queue.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.05)  # the held reports arriving at once
+            await self.queue.stop(signal.SIGKILL)
+            await asyncio.sleep(1.0)
+            await self.queue.start()
+            return
         if fault.startswith("queue_"):
             victim = self.pool.pick(await self.busy_workers()) if fault.endswith("worker_sigterm") else None
             if victim is not None:
@@ -294,26 +340,50 @@ class FaultRun:
             await asyncio.sleep(1.0)
             await self.queue.start()
             return
-        victim = self.pool.pick(await self.busy_workers())
+        victim = await self.delivering() if fault == "delivery_sigkill" else self.pool.pick(await self.busy_workers())
         if victim is None:
             record["skipped"] = True
             return
         record["replica"] = victim.id
-        if fault == "worker_sigkill":  # the whole container dies: the worker and its ComfyUI
-            pids = comfyui_pids(victim.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(victim.process.pid, signal.SIGKILL)
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if fault in ("worker_sigkill", "delivery_sigkill"):  # the whole container dies: the worker and its ComfyUI
+            signal_replica(victim, signal.SIGKILL)
         elif fault == "worker_sigterm":
             victim.process.send_signal(signal.SIGTERM)
-        elif fault == "comfyui_kill":
+        elif fault == "replica_freeze":
+            self.pool.stuck.add(victim.id)
+            self.thaws.append(asyncio.create_task(self.frozen(victim, comfyui_pids(victim.process.pid))))
+        elif fault in ("comfyui_kill", "comfyui_hang"):
             pids = comfyui_pids(victim.process.pid)
             record["skipped"] = not pids
+            if fault == "comfyui_hang":
+                self.pool.stuck.add(victim.id)
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL if fault == "comfyui_kill" else signal.SIGSTOP)
+
+    async def frozen(self, victim: Replica, comfyui: list[int]) -> None:
+        """The replica stopped for FREEZE_LEASES leases, thawed, and watched a while: what its worker does then."""
+        signal_replica(victim, signal.SIGSTOP, comfyui)
+        try:
+            await asyncio.sleep(FREEZE_LEASES * self.config.lease_timeout_s)
+        finally:
+            signal_replica(victim, signal.SIGCONT, comfyui)
+        await asyncio.sleep(THAW_WATCH_S)
+        self.pool.stuck.discard(victim.id)
+
+    async def delivering(self) -> Replica | None:
+        """A live replica with a file open in OUTPUTS_PATH/.partial/ (a delivery under way), looked for up to
+        DELIVERY_WATCH_S seconds."""
+        staging = f"{self.outputs / '.partial'}/"
+        deadline = time.monotonic() + DELIVERY_WATCH_S
+        while time.monotonic() < deadline:
+            for replica in self.pool.live:
+                if replica.process.returncode is None and any(
+                    target.startswith(staging) for target in open_files(replica.process.pid)
+                ):
+                    return replica
+            await asyncio.sleep(0.001)
+        return None
 
     def verify(self, submitted: list[str]) -> dict[str, Any]:
         store = JobStore(self.queue.db)
@@ -372,13 +442,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=RunConfig.jobs)
     parser.add_argument("--replicas", type=int, default=RunConfig.replicas)
     parser.add_argument("--cycles", type=int, default=RunConfig.cycles, help="times the fault sequence repeats")
+    parser.add_argument(
+        "--faults", type=lambda text: tuple(text.split(",")), default=FAULT_CYCLE,
+        help=f"the sequence, comma-separated (default: {','.join(FAULT_CYCLE)}); more: {','.join(MORE_FAULTS)}",
+    )  # fmt: skip
     parser.add_argument("--lease-timeout", type=float, default=RunConfig.lease_timeout_s)
     parser.add_argument("--node-seconds", type=float, default=RunConfig.node_seconds)
     parser.add_argument("--keep", type=Path, default=None, help="copy logs, database and outputs here")
     args = parser.parse_args(argv)
+    if unknown := set(args.faults) - set(FAULT_CYCLE + MORE_FAULTS):
+        parser.error(f"--faults: unknown {', '.join(sorted(unknown))}")
     config = RunConfig(
-        jobs=args.jobs, replicas=args.replicas, cycles=args.cycles, lease_timeout_s=args.lease_timeout,
-        node_seconds=args.node_seconds, keep=args.keep,
+        jobs=args.jobs, replicas=args.replicas, cycles=args.cycles, faults=args.faults,
+        lease_timeout_s=args.lease_timeout, node_seconds=args.node_seconds, keep=args.keep,
     )  # fmt: skip
     summary = asyncio.run(FaultRun(config).run())
     print(json.dumps(summary, indent=2))

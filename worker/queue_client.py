@@ -44,6 +44,10 @@ MAX_QUEUE_ANSWER_BYTES = 64 << 20
 # no other job taken, until --job-timeout (1 h). Five tries span about 30 s at the worker's backoff (2, 4, 8, 16 s),
 # inside the lease: after them the job is left to the lease, as before poll ids.
 MAX_TRIES_PER_POLL = 5
+# Tries that never reached the queue manager are not counted: it was down (restarting) longer than five tries (30 s at
+# the default backoff, 1.5 s at a 0.05 s poll interval), the next poll took a new id, and the job whose answer its
+# kill lost waited for its lease, counted a fault.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, only ever a lone one: JSON pairs decode to one character
 
 
@@ -176,9 +180,9 @@ class QueueClient:
         """Pop the next job for this worker, or None when nothing is pending.
 
         Each poll carries a `poll_id`, the same on every try while no answer came back (a connection error, a
-        cut-off answer, 408/429/5xx), for at most MAX_TRIES_PER_POLL tries: the embedded queue manager answers a
-        retry with the job a lost answer carried, which would otherwise sit `running` until its lease handed it
-        back as a fault. comfy-multi ignores it."""
+        cut-off answer, 408/429/5xx), for at most MAX_TRIES_PER_POLL tries that reached the queue manager: it
+        answers a retry with the job a lost answer carried, which would otherwise sit `running` until its lease
+        handed it back as a fault. comfy-multi ignores it."""
         if self._poll_id is None or self._poll_tries >= MAX_TRIES_PER_POLL:
             self._poll_id, self._poll_tries = str(uuid.uuid4()), 0
         self._poll_tries += 1
@@ -188,6 +192,8 @@ class QueueClient:
         try:
             response = await self._request("GET", "/api/workers/next-job", params=params)
         except httpx.HTTPError as exc:
+            if isinstance(exc, NOT_SENT):  # a queue manager down (restarting) cannot have lost an answer
+                self._poll_tries -= 1
             raise PollError(f"queue manager unreachable: {type(exc).__name__}: {exc}") from exc
         except AnswerTooLarge as exc:
             self._poll_id = None  # answered: a retry of this poll would get the same answer again

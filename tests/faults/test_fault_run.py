@@ -1,7 +1,7 @@
 """The fault-injection load run, reduced for CI (bench/fault_run.py runs the full one): real replicas
 (supervisor + ComfyUI simulator each) and the queue manager's own process, through every fault of the full run:
 worker SIGKILL and SIGTERM, ComfyUI killed mid-job, queue manager restarted and SIGKILLed (once together with a
-worker's SIGTERM)."""
+worker's SIGTERM); and the further faults that cost seconds, not minutes (all but comfyui_hang)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,19 @@ async def test_a_close_cancelled_while_a_replica_is_frozen_still_ends_every_proc
     assert run.queue.process is not None
     assert run.queue.process.returncode == 0  # stopped by the close (SIGTERM), not killed by this test
     assert frozen.returncode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(180)  # ~30 s alone; the margin is for a loaded 2-core runner
+async def test_a_frozen_replica_a_kill_mid_delivery_and_a_queue_killed_in_a_burst_end_every_job_once() -> None:
+    """The bench's further faults: the whole replica stopped past its lease and thawed (its heartbeat or report
+    refused, the job ended once, by the attempt it was handed to), a replica SIGKILLed with a file of its delivery
+    open, and the queue manager stopped while reports and polls pile up, then SIGKILLed as they arrive."""
+    faults = ("replica_freeze", "delivery_sigkill", "queue_sigkill_in_burst")
+    config = RunConfig(jobs=40, replicas=2, users=4, lease_timeout_s=1.5, cycles=1, faults=faults, timeout_s=150)
+    summary = await FaultRun(config).run()
+    assert (summary["faults"], summary["faults_skipped"]) == (list(faults), []), summary
+    assert summary["time_to_drain_s"] is not None, summary
+    assert (summary["lost"], summary["not_terminal"], summary["double_reports"]) == (0, 0, 0), summary
+    assert summary["outputs_mismatched"] == 0, summary
+    assert summary["failed"] == 0, summary["failure_reasons"]
+    assert summary["completed"] == config.jobs
