@@ -16,7 +16,7 @@ from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import SupervisorSettings, comfyui_environment
 from worker.config import WorkerSettings
 from worker.main import Worker
-from worker.service import STOP_SIGNALS, executor_without_stop_signals, ignore_stop_signals, serve
+from worker.service import executor_without_stop_signals, ignore_stop_signals, serve, take_stop_signals
 
 log = structlog.get_logger()
 
@@ -54,8 +54,7 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
 def _route_stop_signals_to(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(executor_without_stop_signals())  # as run_process does: supervise may run without it
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, worker.request_shutdown)
+    take_stop_signals(worker.request_shutdown)
 
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:
