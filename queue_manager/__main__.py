@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from common.cli import interrupted
+from common.stop_signals import take_stop_signals
 
 try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
     import argparse
@@ -334,8 +335,7 @@ def remove_participant_main(argv: list[str]) -> int:
 async def serve(server: QueueManagerServer, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    take_stop_signals(stop.set, (signal.SIGTERM, signal.SIGINT))
     try:
         await server.start(host=host, port=port)
         await stop.wait()

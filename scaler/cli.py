@@ -29,6 +29,7 @@ from common.children import keep_environment_private
 from common.limits import allow_many_connections
 from common.logs import configure_logging, error_text, register_secret, scrub, scrub_all
 from common.settings import warn_misspelt_variables
+from common.stop_signals import take_stop_signals
 from common.text import escape_controls
 from common.urls import redact_url, secret_url_secrets, url_secrets
 from scaler.allocator import ProviderSpec
@@ -347,8 +348,8 @@ async def _run(settings: ScalerSettings, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     event_loop = asyncio.get_running_loop()
     signals = STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ()
-    for sig in signals:
-        event_loop.add_signal_handler(sig, stop.set)
+    if signals:
+        take_stop_signals(stop.set, signals)
     try:
         async with _opened(settings, metrics=metrics, dry_run=args.dry_run, with_alerts=True) as (backend, queue):
             return await _run_loop(settings, args, backend, queue, metrics, server, stop)

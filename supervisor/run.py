@@ -12,11 +12,12 @@ import os
 
 import structlog
 
+from common.stop_signals import take_stop_signals
 from supervisor.comfyui_process import ComfyUIProcess
 from supervisor.config import SupervisorSettings, comfyui_environment
 from worker.config import WorkerSettings
 from worker.main import Worker
-from worker.service import executor_without_stop_signals, ignore_stop_signals, serve, take_stop_signals
+from worker.service import STOP_SIGNALS, executor_without_stop_signals, ignore_stop_signals, serve
 
 log = structlog.get_logger()
 
@@ -54,7 +55,7 @@ async def supervise(config: SupervisorSettings, settings: WorkerSettings, worker
 def _route_stop_signals_to(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(executor_without_stop_signals())  # as run_process does: supervise may run without it
-    take_stop_signals(worker.request_shutdown)
+    take_stop_signals(worker.request_shutdown, STOP_SIGNALS)
 
 
 async def _abort_worker_when_comfyui_exits(comfyui: ComfyUIProcess, worker: Worker) -> None:

@@ -14,6 +14,7 @@ import structlog
 
 from common.cli import EXIT_CONFIG
 from common.logs import flush_logs
+from common.stop_signals import take_stop_signals
 from worker.config import WorkerSettings
 from worker.main import Worker
 
@@ -45,7 +46,7 @@ async def serve(settings: WorkerSettings, worker: Worker | None = None) -> int:
         return EXIT_CONFIG if privileged else 1
     # Kept on the way out: a signal after the worker stopped asks it to stop again. Removed, the signals went back to
     # their defaults, and one then (a supervisor stopping ComfyUI, the process's last moments) killed the process.
-    take_stop_signals(worker.request_shutdown)
+    take_stop_signals(worker.request_shutdown, STOP_SIGNALS)
     try:
         return await worker.run()
     finally:
@@ -83,21 +84,6 @@ def executor_without_stop_signals() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(
         thread_name_prefix="asyncio", initializer=signal.pthread_sigmask, initargs=(signal.SIG_BLOCK, STOP_SIGNALS)
     )
-
-
-def take_stop_signals(handler: Callable[[], object]) -> None:
-    """``handler`` called in the loop for each stop signal. asyncio's wakeup socket, filled by a flood of signals the
-    loop has yet to read, printed a Python traceback per signal on stderr (not a log line: 1,722 for 2,000 SIGTERMs),
-    queued from the C signal handler through a lock that is not signal-safe (CPython's own comment: a signal in it
-    can deadlock the process). Unwarned, a full socket drops the same bytes: the loop still takes the signals."""
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, handler)
-    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # one sent while no wakeup fd is set waits
-    try:
-        signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 def ignore_stop_signals() -> None:
