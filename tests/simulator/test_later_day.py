@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -70,6 +71,34 @@ def first_day() -> SimOutcome:
 
 def test_a_later_day_with_nothing_carried_is_the_first_day(first_day):
     assert simulate_later_day(small_day(1), Ours(CONFIG), PLATFORM, 1, Carried()) == first_day
+
+
+def test_a_later_day_is_the_second_day_of_one_scaler_run_through_both(carried):
+    yesterday, today = small_day(1001), small_day(1)
+    both = Workload("both", yesterday.jobs + tuple(JobSpec(job.submit_s + DAY_S, job.duration_s) for job in today.jobs),
+                    2 * DAY_S, TIMETABLE)
+    run_through = Simulation(both, Ours(CONFIG), PLATFORM, seed=1).run()
+    later = simulate_later_day(today, Ours(CONFIG), PLATFORM, 1, carried)
+
+    assert [job.finished_s for job in later.jobs] == pytest.approx(
+        [job.finished_s - DAY_S for job in run_through.jobs[len(yesterday.jobs):]])
+    assert [at for replica in later.replicas for at in (replica.started_at, replica.stopped_at)] == pytest.approx(
+        [at - DAY_S for replica in run_through.replicas if replica.started_at >= DAY_S
+         for at in (replica.started_at, replica.stopped_at)])
+
+
+def test_a_later_day_first_tick_sees_yesterdays_completions(carried):
+    seen = []
+
+    @dataclass
+    class Watching(Ours):
+        def target(self, now, queue, replicas):
+            seen.append((queue.recent_durations_s, queue.recent_waits_s))
+            return super().target(now, queue, replicas)
+
+    simulate_later_day(small_day(1), Watching(CONFIG), PLATFORM, 1, carried)
+    assert seen[0] == (carried.recent_durations_s, carried.recent_waits_s)
+    assert len(carried.recent_durations_s) == RECENT_COMPLETIONS
 
 
 def test_a_later_day_opens_with_what_yesterday_taught(carried, first_day):
