@@ -21,8 +21,15 @@ from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
 from scaler.simulator.clairvoyant import best_plan, work_floor_intervals
+from scaler.simulator.later_day import (
+    LATER_DAY_SUFFIX,
+    YESTERDAY_SEED_OFFSET,
+    carried_over,
+    simulate_later_day,
+    yesterday_of,
+)
 from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation, Victim
-from scaler.simulator.policies import check_policy, parse_policy, split_spec
+from scaler.simulator.policies import Ours, check_policy, parse_policy, split_spec
 from scaler.simulator.report import (
     PolicyReport,
     comparison,
@@ -45,7 +52,10 @@ def run_policy(
     config: ScalingConfig | None = None,
     platform: PlatformModel | None = None,
     seed: int = 0,
+    later_day: bool = False,
 ) -> tuple[PolicyReport, SimOutcome]:
+    """``later_day``: ``ours`` starts the day with what it kept from yesterday (scaler.simulator.later_day), the
+    row named POLICY@day2."""
     platform = platform or PlatformModel()
     kind, arg, config = split_spec(policy, config or ScalingConfig())
     if not config.timetable and workload.timetable:
@@ -53,9 +63,15 @@ def run_policy(
     if kind == "clairvoyant":
         p95 = float(arg) if arg else config.target_wait_s or 120.0
         _plan, outcome = best_plan(workload, platform, config.max_replicas, p95, seed=seed)
+    elif later_day:
+        controller = parse_policy(policy, config)
+        if not isinstance(controller, Ours):
+            raise ValueError(f"{policy!r}: only ours carries anything from one day to the next")
+        carried = carried_over(controller, yesterday_of(workload.name, seed), platform, seed)
+        outcome = simulate_later_day(workload, parse_policy(policy, config), platform, seed, carried)
     else:
         outcome = Simulation(workload, parse_policy(policy, config), platform, seed).run()
-    report = summarize(workload.name, policy, outcome, platform)
+    report = summarize(workload.name, policy + LATER_DAY_SUFFIX * later_day, outcome, platform)
     return dataclasses.replace(report, seed=seed), outcome
 
 
@@ -68,7 +84,7 @@ def with_clairvoyant_ratio(
     bills in the planner's own arithmetic (where it chooses which replica leaves): the stricter reference.
     Both compare billed hours, which are the cost at any price, free (0) or a fraction of a cent included.
     """
-    _kind, _arg, config = split_spec(report.policy, config)
+    _kind, _arg, config = split_spec(report.policy.removesuffix(LATER_DAY_SUFFIX), config)
     plan, outcome = best_plan(workload, platform, config.max_replicas, report.wait_p95_s, report.wait_max_s,
                               seed=seed)
     reference = summarize(workload.name, "clairvoyant", outcome, platform)
@@ -97,6 +113,9 @@ def simulate_main(argv: list[str]) -> int:
         runs = [(seed, load_trace(Path(args.trace))) for seed in seeds] if args.trace else [
             (seed, built_in(name, seed)) for seed in seeds for name in args.workload or ["workshop"]
         ]
+        if args.later_day and args.trace:
+            raise ValueError("--later-day needs a built-in workload: yesterday is the same workload with the seed "
+                             f"+ {YESTERDAY_SEED_OFFSET}, and a trace has no other day to be yesterday")
         for policy in args.policy or DEFAULT_POLICIES:
             check_policy(policy, config)
             if args.clairvoyant_ratio and split_spec(policy, config)[2].max_replicas < 1:
@@ -123,11 +142,12 @@ def simulate_main(argv: list[str]) -> int:
     for seed, workload in runs:
         series = []
         for policy in args.policy or DEFAULT_POLICIES:
-            report, outcome = run_policy(workload, policy, config, platform, seed)
-            if args.clairvoyant_ratio:
-                report = with_clairvoyant_ratio(report, workload, platform, config, seed)
-            reports.append(report)
-            series.append((policy, outcome.samples))
+            for later_day in (False, True) if args.later_day and policy.partition(":")[0] == "ours" else (False,):
+                report, outcome = run_policy(workload, policy, config, platform, seed, later_day)
+                if args.clairvoyant_ratio:
+                    report = with_clairvoyant_ratio(report, workload, platform, config, seed)
+                reports.append(report)
+                series.append((report.policy, outcome.samples))
         if seed == seeds[0]:
             charts.append((workload, series))
         floor = work_floor_intervals(workload, platform)
@@ -208,6 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", help="several seeds, e.g. 1-5 or 1,2,7: a row per seed plus a summary")
     parser.add_argument("--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--chart", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    parser.add_argument("--later-day", action="store_true",
+                        help="also run each ours policy on a later day, with what the scaler kept from yesterday "
+                             f"(the same workload, seed + {YESTERDAY_SEED_OFFSET}): rows named POLICY@day2")
     parser.add_argument("--clairvoyant-ratio", action=argparse.BooleanOptionalAction, default=True,
                         help="plan the clairvoyant at each row's p95 and max wait for the x clairv. column")
     platform = parser.add_argument_group("platform model")

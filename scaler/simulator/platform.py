@@ -151,6 +151,9 @@ class Simulation:
     controller: Controller
     platform: PlatformModel = field(default_factory=PlatformModel)
     seed: int = 0
+    # What the queue manager lists from before the workload begins (a later day: yesterday's last completions).
+    listed_durations_s: tuple[float, ...] = ()
+    listed_waits_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"platform:{self.seed}")
@@ -160,9 +163,9 @@ class Simulation:
         self._replicas: list[SimReplica] = []  # not yet stopped
         self._target = 0
         # What the live scaler reads from GET /api/jobs?status=completed: recent run times.
-        self._recent_durations: deque[float] = deque(maxlen=RECENT_COMPLETIONS)
+        self._recent_durations: deque[float] = deque(self.listed_durations_s, maxlen=RECENT_COMPLETIONS)
         # ... and how long the last jobs to start had waited (created_at -> started_at).
-        self._recent_waits: deque[float] = deque(maxlen=RECENT_COMPLETIONS)
+        self._recent_waits: deque[float] = deque(self.listed_waits_s, maxlen=RECENT_COMPLETIONS)
         self.outcome = SimOutcome(
             jobs=[SimJob(job.submit_s, job.duration_s) for job in self.workload.jobs],
             replicas=[],

@@ -98,13 +98,17 @@ class Ours:
     name: str = "ours"
     state: PolicyState = field(default_factory=PolicyState)
     decisions_changed: int = 0
+    # Added to the simulation's clock: a later day runs on the clock its carried state was kept on.
+    clock_offset_s: float = 0.0
 
     def target(self, now: float, queue: QueueView, replicas: tuple[Replica, ...]) -> int:
+        offset = self.clock_offset_s
         observation = Observation(
-            now=now,
+            now=now + offset,
             pending=queue.pending,
             running=queue.running,
-            replicas=replicas,
+            replicas=tuple(replace(replica, started_at=replica.started_at + offset) for replica in replicas)
+            if offset else replicas,
             pending_ages_s=queue.pending_ages_s,
             running_elapsed_s=queue.running_elapsed_s,
             running_waited_s=queue.running_waited_s,
