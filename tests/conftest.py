@@ -17,12 +17,15 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from common import logs
 
@@ -78,6 +81,56 @@ class AuthorizationEchoingPeer(LoopbackPeer):
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=503, text=f"upstream down; you sent {request.headers.get('Authorization')}")
+
+
+# Headers of one connection, not of the request or answer passed on: each side writes its own.
+HOP_BY_HOP = frozenset(("host", "connection", "keep-alive", "content-length", "transfer-encoding"))
+
+
+def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """``headers`` without those of one connection."""
+    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in HOP_BY_HOP)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The upstream's answer to a request a loopback_proxy passed on, read whole."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+# Before the upstream is asked: (the request, its body, the session to the upstream) → an answer of its own, or None.
+Instead = Callable[[web.Request, bytes, aiohttp.ClientSession], Awaitable[web.StreamResponse | None]]
+# The upstream's answer in hand: (the request, the answer) → another answer (rewritten, delayed, dripped), or None.
+Rewrite = Callable[[web.Request, Answer], Awaitable[web.StreamResponse | None]]
+
+
+@contextlib.asynccontextmanager
+async def loopback_proxy(
+    upstream_url: str, instead: Instead | None = None, rewrite: Rewrite | None = None
+) -> AsyncIterator[str]:
+    """A proxy on loopback in front of ``upstream_url`` (its base URL): every request's method, path, query,
+    headers and body passed on and the answer passed back, but what ``instead`` or ``rewrite`` answer."""
+    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            if instead is not None and (own := await instead(request, body, upstream)) is not None:
+                return own
+            async with upstream.request(
+                request.method, upstream_url + str(request.rel_url), data=body, headers=end_to_end(request.headers)
+            ) as passed_on:
+                answer = Answer(passed_on.status, passed_on.headers, await passed_on.read())
+            if rewrite is not None and (other := await rewrite(request, answer)) is not None:
+                return other
+            return web.Response(status=answer.status, body=answer.body, headers=end_to_end(answer.headers))
+
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", forward)
+        async with served(app, shutdown_timeout=0.5) as url:
+            yield url
 
 
 NOBODY = 65534

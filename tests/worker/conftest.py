@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from worker.config import WorkerSettings, load_settings
 from worker.execution import RunTimings
 from worker.main import Worker
 
-from ..conftest import served
+from ..conftest import Answer, Instead, loopback_proxy
 
 # A limit that a test waits out on purpose but that healthy work must also meet (a job's deadline that its prompt must
 # reach ComfyUI within, a call to a ComfyUI that later hangs): past the 1-2 s a loaded 2-core CI machine has stalled
@@ -100,36 +100,22 @@ def make_worker(settings_for):
     return make
 
 
-# Before ComfyUI is asked: (the request, its body, the session to ComfyUI) → an answer of the proxy's own, or None.
-Instead = Callable[[web.Request, bytes, aiohttp.ClientSession], Awaitable[web.StreamResponse | None]]
 # ComfyUI's answer in hand: (the request, the answer's body) → another answer, or None to pass ComfyUI's on.
-Rewrite = Callable[[web.Request, bytes], web.StreamResponse | None]
+BodyRewrite = Callable[[web.Request, bytes], web.StreamResponse | None]
 
 
-@contextlib.asynccontextmanager
-async def comfyui_proxy(
-    comfy_url: str, instead: Instead | None = None, rewrite: Rewrite | None = None
-) -> AsyncIterator[str]:
-    """A proxy in front of ComfyUI on loopback (its base URL): every HTTP request passed on and its answer back, the
-    websocket refused (403, as a proxy forbidding upgrades), but what ``instead`` or ``rewrite`` answer."""
-    async with aiohttp.ClientSession(auto_decompress=False) as upstream:
+def comfyui_proxy(
+    comfy_url: str, instead: Instead | None = None, rewrite: BodyRewrite | None = None
+) -> contextlib.AbstractAsyncContextManager[str]:
+    """A loopback_proxy in front of ComfyUI with the websocket refused (403, as a proxy forbidding upgrades), but
+    what ``instead`` or ``rewrite`` answer."""
 
-        async def forward(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
-            if instead is not None and (own := await instead(request, body, upstream)) is not None:
-                return own
-            if request.path == "/ws":
-                return web.Response(status=403, text="websockets are not allowed")
-            headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream")}
-            async with upstream.request(
-                request.method, comfy_url + str(request.rel_url), data=body, headers=headers
-            ) as answer:
-                content = await answer.read()
-            if rewrite is not None and (other := rewrite(request, content)) is not None:
-                return other
-            return web.Response(status=answer.status, body=content, content_type=answer.content_type)
+    async def before(request: web.Request, body: bytes, upstream: aiohttp.ClientSession) -> web.StreamResponse | None:
+        if instead is not None and (own := await instead(request, body, upstream)) is not None:
+            return own
+        return web.Response(status=403, text="websockets are not allowed") if request.path == "/ws" else None
 
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{path:.*}", forward)
-        async with served(app, shutdown_timeout=0.5) as url:
-            yield url
+    async def after(request: web.Request, answer: Answer) -> web.StreamResponse | None:
+        return rewrite(request, answer.body) if rewrite is not None else None
+
+    return loopback_proxy(comfy_url, before, after)

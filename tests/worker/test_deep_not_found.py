@@ -7,36 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
-import httpx
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from queue_manager.server import QueueManagerServer
 
-from ..conftest import served, wait_for
+from ..conftest import loopback_proxy, wait_for
 
 DEEP = "[" * 5_000 + "]" * 5_000
 
 
-@contextlib.asynccontextmanager
-async def deep_not_found_proxy(qm_url: str, path: str, armed: list[int]) -> AsyncIterator[str]:
+def deep_not_found_proxy(qm_url: str, path: str, armed: list[int]) -> contextlib.AbstractAsyncContextManager[str]:
     """The queue manager behind a proxy answering ``path`` 404 with DEEP while ``armed[0]`` > 0 (one less each)."""
-    async with httpx.AsyncClient(base_url=qm_url) as upstream:
 
-        async def forward(request: web.Request) -> web.Response:
-            if request.path == path and armed[0] > 0:
-                armed[0] -= 1
-                return web.Response(status=404, text=DEEP, content_type="application/json")
-            answer = await upstream.request(request.method, request.path_qs, content=await request.read(),
-                                            headers={"Content-Type": "application/json"})
-            return web.Response(status=answer.status_code, body=answer.content, content_type="application/json")
+    async def not_found(request: web.Request, _body: bytes, _upstream: object) -> web.Response | None:
+        if request.path == path and armed[0] > 0:
+            armed[0] -= 1
+            return web.Response(status=404, text=DEEP, content_type="application/json")
+        return None
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", forward)
-        async with served(app, shutdown_timeout=0.1) as url:
-            yield url
+    return loopback_proxy(qm_url, not_found)
 
 
 async def test_a_heartbeat_answered_404_nested_too_deep_is_a_job_gone_not_a_silent_end_of_the_heartbeats(

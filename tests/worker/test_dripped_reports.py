@@ -8,25 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import httpx
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from ..conftest import served
+from ..conftest import Answer, loopback_proxy
 
 
 async def test_a_completion_answer_dripped_for_ever_is_given_up_at_the_report_budget(
     qm, comfy, make_worker, workflows
 ):
-    upstream = httpx.AsyncClient(base_url=qm.url)
-
-    async def proxy(request: web.Request) -> web.StreamResponse:
-        answer = await upstream.request(
-            request.method, request.path_qs, content=await request.read(), headers={"Content-Type": "application/json"}
-        )
+    async def drip_completions(request: web.Request, answer: Answer) -> web.StreamResponse | None:
         if request.path != "/api/workers/complete-job":
-            return web.Response(status=answer.status_code, body=answer.content, content_type="application/json")
-        dripped = web.StreamResponse(status=answer.status_code, headers={"Content-Type": "application/json"})
+            return None
+        dripped = web.StreamResponse(status=answer.status, headers={"Content-Type": "application/json"})
         await dripped.prepare(request)
         with contextlib.suppress(ConnectionError):
             while True:
@@ -34,16 +28,11 @@ async def test_a_completion_answer_dripped_for_ever_is_given_up_at_the_report_bu
                 await asyncio.sleep(0.05)
         return dripped
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", proxy)
     job = qm.store.submit("alice", workflows["quick"])
-    try:
-        async with served(app, shutdown_timeout=0.1) as url:
-            worker = make_worker(queue_manager_url=url, http_timeout_s=0.5, report_retry_budget_s=1)
-            with capture_logs() as logs:
-                assert await asyncio.wait_for(worker.run(), 30) == 0
-    finally:
-        await upstream.aclose()
+    async with loopback_proxy(qm.url, rewrite=drip_completions) as url:
+        worker = make_worker(queue_manager_url=url, http_timeout_s=0.5, report_retry_budget_s=1)
+        with capture_logs() as logs:
+            assert await asyncio.wait_for(worker.run(), 30) == 0
     [given_up] = [e for e in logs if e["event"].startswith("Report could not be delivered within the retry budget")]
     assert given_up["error"].startswith("ReadTimeout: queue manager took more than ")
     assert given_up["error"].endswith(" s to answer POST /api/workers/complete-job")

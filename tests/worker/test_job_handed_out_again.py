@@ -7,38 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import json
 
-import httpx
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from ..conftest import served
+from ..conftest import Answer, loopback_proxy
 
 
-@contextlib.asynccontextmanager
-async def replaying_proxy(qm_url: str) -> AsyncIterator[str]:
+def replaying_proxy(qm_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """The queue manager, except that the first poll after a completion landed is answered with the job again."""
     handed: list[bytes] = []
     completed = [False]
-    async with httpx.AsyncClient(base_url=qm_url) as upstream:
 
-        async def forward(request: web.Request) -> web.Response:
-            if request.path == "/api/workers/next-job" and completed[0] and handed:
-                completed[0] = False
-                return web.Response(body=handed[0], content_type="application/json")
-            answer = await upstream.request(request.method, request.path_qs, content=await request.read(),
-                                            headers={"Content-Type": "application/json"})
-            if request.path == "/api/workers/next-job" and answer.json().get("job") and not handed:
-                handed.append(answer.content)
-            if request.path == "/api/workers/complete-job" and answer.status_code == 200:
-                completed[0] = True
-            return web.Response(status=answer.status_code, body=answer.content, content_type="application/json")
+    async def replay(request: web.Request, _body: bytes, _upstream: object) -> web.Response | None:
+        if request.path == "/api/workers/next-job" and completed[0] and handed:
+            completed[0] = False
+            return web.Response(body=handed[0], content_type="application/json")
+        return None
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", forward)
-        async with served(app, shutdown_timeout=0.1) as url:
-            yield url
+    async def record(request: web.Request, answer: Answer) -> None:
+        if request.path == "/api/workers/next-job" and json.loads(answer.body).get("job") and not handed:
+            handed.append(answer.body)
+        if request.path == "/api/workers/complete-job" and answer.status == 200:
+            completed[0] = True
+
+    return loopback_proxy(qm_url, replay, record)
 
 
 async def test_a_job_handed_out_again_after_its_report_is_skipped_without_running_it(
