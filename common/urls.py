@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import socket
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
 import httpx
@@ -210,7 +211,10 @@ def _redact_parameter(pair: str) -> str:
     return f"{name}=***" if has_value and value and is_secret_parameter(unquote(name)) else pair
 
 
-IN_CLEAR = "must be an https:// URL (http:// only to a loopback address): the credentials travel with every request"
+IN_CLEAR = (
+    "must be an https:// URL (http:// only to this machine: localhost, a loopback address, 0.0.0.0 or ::): the "
+    "credentials travel with every request"
+)
 
 
 def encrypted_or_local(url: str) -> bool:
@@ -228,8 +232,9 @@ def encrypted_or_local(url: str) -> bool:
 
 def names_this_machine(url: str) -> bool:
     """Whether a connection to ``url`` stays on this machine: localhost, a loopback address, or 0.0.0.0 / ::
-    (bracketed or IPv4-mapped too), which a connection reaches as the loopback. So a proxy is skipped for them,
-    plain http may carry a credential there, and a replica given one reaches itself, never a queue manager."""
+    (bracketed, IPv4-mapped or in inet_aton's shorthand too: 127.1, 0), which a connection reaches as the loopback.
+    So a proxy is skipped for them, plain http may carry a credential there, and a replica given one reaches itself,
+    never a queue manager."""
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
@@ -245,10 +250,27 @@ def direct_transport(url: str) -> httpx.AsyncHTTPTransport | None:
     return httpx.AsyncHTTPTransport() if names_this_machine(url) else None
 
 
-def _is_local_address(host: str) -> bool:
+# The numeric forms inet_aton reads as an IPv4 address besides the dotted quad (127.1, 0, 0x7f.1, 2130706433), which
+# a client's resolver (getaddrinfo) reads alike, without a lookup: httpx connected to http://127.1 on the loopback.
+_IPV4_SHORTHAND = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}", re.IGNORECASE)
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` is, as a client's resolver reads it; None for a name."""
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
+        if not _IPV4_SHORTHAND.fullmatch(host):
+            return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:  # a part too large: 256.1, 0x100000000
+        return None
+
+
+def _is_local_address(host: str) -> bool:
+    address = _ip_address(host)
+    if address is None:
         return False
     address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1 is 127.0.0.1 (Python < 3.13: not)
     return address.is_loopback or address.is_unspecified

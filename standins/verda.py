@@ -5,9 +5,10 @@ source: docs/verda-api.md): OAuth2 tokens that expire, Verda's error body, the v
 to deployment bodies, assigned container names; a deployment read (GET, POST and PATCH answers, the list)
 carries no `scaling` and gives `containers[].image` as an object; `/scaling` PATCHes may be partial; a DELETE
 only starts the deletion (the deployment stays visible for a while); replicas follow `min_replica_count`.
-Tests steer it with `fail_next` (fault injection, also "500 after the work was done"), `set_status`,
-`expire_tokens`, `latency_s` (a slow API), `hold_creates` (creates wait for one another: two deploys at
-once) and read `requests` to assert what was sent.
+A create or update may mount only the shared (SFS) `volumes` and name only the `registry_credentials` the
+tests seed, as on a real account. Tests steer it with `fail_next` (fault injection, also "500 after the work
+was done"), `set_status`, `expire_tokens`, `latency_s` (a slow API), `hold_creates` (creates wait for one
+another: two deploys at once) and read `requests` to assert what was sent.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DELETE_TIMEOUT_MAX_MS = 300_000
 DELETE_TIMEOUT_RULE = re.compile(r"[0-9]{1,6}\Z")  # not "²" (str.isdigit's), nor more digits than int() reads
 ENV_NAME_RULE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 VOLUME_MOUNT_TYPES = {"scratch", "memory", "secret", "shared"}
+BLOCK_VOLUME_TYPES = {"NVMe", "HDD"}  # an instance's disks, which a shared mount refuses
 SHM_PATH = "/dev/shm"  # noqa: S108 - Verda mounts memory volumes here; not a temporary file
 SCALING_KEYS = (
     "min_replica_count",
@@ -177,13 +179,6 @@ def _validate_types(value: Any, what: str, types: dict[str, tuple[Callable[[Any]
         _require(key not in fields or check(fields[key]), f"{what}.{key} must be {expected}")
 
 
-def _validate_settings(body: dict[str, Any]) -> None:
-    """The deployment-wide settings a create or an update may carry."""
-    _require(isinstance(body.get("is_spot", False), bool), "is_spot must be a boolean")
-    if "container_registry_settings" in body:
-        _validate_types(body["container_registry_settings"], "container_registry_settings", REGISTRY_TYPES)
-
-
 def validate_scaling(scaling: Any) -> None:
     _object(scaling, "scaling")
     missing = [key for key in SCALING_KEYS if key not in scaling]
@@ -207,7 +202,7 @@ def validate_scaling(scaling: Any) -> None:
             _require(isinstance(enabled, bool), f"{utilization}.enabled must be a boolean")
 
 
-def _validate_volume_mount(mount: Any) -> None:
+def _validate_volume_mount(mount: Any, volumes: dict[str, str]) -> None:
     _object(mount, "volume_mounts entries")
     kind = mount.get("type")
     _require(isinstance(kind, str) and kind in VOLUME_MOUNT_TYPES,
@@ -218,6 +213,10 @@ def _validate_volume_mount(mount: Any) -> None:
         _require(_is_int(mount.get("size_in_mb")) and mount["size_in_mb"] > 0, "memory needs size_in_mb")
     if kind == "shared":
         _require(_text(mount.get("volume_id")), "shared mounts need a volume_id (a string)")
+        volume_id = mount["volume_id"]
+        _require(volume_id in volumes, f"volume {volume_id!r} does not exist")
+        _require(volumes[volume_id] not in BLOCK_VOLUME_TYPES,
+                 f"volume {volume_id!r} is of type {volumes[volume_id]}, not a shared filesystem")
     if kind == "secret":
         _require(_text(mount.get("secret_name")), "secret mounts need a secret_name (a string)")
 
@@ -409,6 +408,16 @@ class FakeVerda(FakeApi):
 
     # --- validation -----------------------------------------------------------------------------
 
+    def _validate_settings(self, body: dict[str, Any]) -> None:
+        """The deployment-wide settings a create or an update may carry."""
+        _require(isinstance(body.get("is_spot", False), bool), "is_spot must be a boolean")
+        if "container_registry_settings" in body:
+            registry = body["container_registry_settings"]
+            _validate_types(registry, "container_registry_settings", REGISTRY_TYPES)
+            credential = (registry.get("credentials") or {}).get("name")
+            _require(credential is None or credential in self.registry_credentials,
+                     f"registry credential {credential!r} does not exist")
+
     def _validate_containers(self, containers: Any, assigned: list[str] | None) -> None:
         _require(isinstance(containers, list) and len(containers) > 0, "containers must be a non-empty list")
         for container in containers:
@@ -431,7 +440,7 @@ class FakeVerda(FakeApi):
                 _require(isinstance(ref, str), "env value_or_reference_to_secret must be a string")
                 _require(env["type"] == "plain" or ref in self.secrets, f"secret {ref!r} does not exist")
             for mount in container.get("volume_mounts") or []:
-                _validate_volume_mount(mount)
+                _validate_volume_mount(mount, self.volumes)
 
     def _validate_compute(self, compute: Any) -> None:
         known = [(r["name"], r["size"]) for r in COMPUTE_RESOURCES]
@@ -472,7 +481,7 @@ class FakeVerda(FakeApi):
         )
         if name in self.deployments:
             raise ApiError(409, "invalid_request", f"Deployment {name} already exists")
-        _validate_settings(body)
+        self._validate_settings(body)
         self._validate_compute(body.get("compute"))
         self._validate_containers(body.get("containers"), assigned=None)
         validate_scaling(body.get("scaling"))
@@ -494,7 +503,7 @@ class FakeVerda(FakeApi):
         deployment = self._deployment(request)
         body = _object(await _body(request), "body")
         _require(body.get("name", deployment.body["name"]) == deployment.body["name"], "name is immutable")
-        _validate_settings(body)
+        self._validate_settings(body)
         if "compute" in body:
             self._validate_compute(body["compute"])
         if "containers" in body:

@@ -1067,7 +1067,10 @@ async def test_an_api_url_that_would_send_the_credentials_in_clear_is_refused(
            "RUNPOD_DATA_CENTER_IDS": "EU-RO-1"}
     assert await deploy_main(["--provider", provider, "status"], env) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {variable}: must be an https:// URL (http:// only to a loopback address)"), err
+    assert err.startswith(
+        f"error: {variable}: must be an https:// URL (http:// only to this machine: localhost, a loopback address, "
+        "0.0.0.0 or ::)"
+    ), err
 
 
 @pytest.mark.parametrize(

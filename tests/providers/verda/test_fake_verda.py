@@ -29,7 +29,7 @@ def valid_body() -> dict:
             "exposed_port": 8000,
             "env": [{"name": "QUEUE_MANAGER_TOKEN", "value_or_reference_to_secret": "qm-token", "type": "secret"}],
             "volume_mounts": [
-                {"type": "shared", "mount_path": "/models", "volume_id": "sfs-1"},
+                {"type": "shared", "mount_path": "/models", "volume_id": "sfs-models-1"},
                 {"type": "memory", "mount_path": "/dev/shm", "size_in_mb": 1024},
             ],
         }
@@ -165,6 +165,7 @@ async def test_valid_body_is_accepted(with_secret: VerdaClient, fake: FakeVerda)
 )
 async def test_the_sdks_settings_are_accepted(with_secret: VerdaClient, fake: FakeVerda, registry) -> None:
     """What the SDK sends for the settings it types, null for each optional field left unset."""
+    fake.registry_credentials.add("ghcr")
     body = valid_body()
     body["container_registry_settings"] = registry.to_dict()
     body["containers"][0]["healthcheck"] = HealthcheckSettings(enabled=True, port=8000).to_dict()
