@@ -596,12 +596,14 @@ class Worker:
                 if self._prompt_over is not None:  # interrupted with ComfyUI answering: nothing of ours broke
                     await self._tidy_comfyui(self._prompt_over)
                 return
+            self.lease.hold_for_report(job_id, attempt)
             async with self.state.beating(self._beat_interval_s):
                 outcome = await asyncio.shield(self.reporter.send(report))
             if report.completed and outcome in ("refused", "rejected"):
                 outcome = await self._after_refused_completion(report, outcome)
             elif outcome == "refused":
                 outcome = await self._after_refused_report(report)
+            lease.cancel()  # reported: a heartbeat now would be refused, and logged as a stale worker's
             # Undelivered counts as the report that was attempted; refused means the job is no longer ours.
             finished = {"undelivered": report.kind, "refused": "abandoned", "rejected": "abandoned"}
             self.state.job_finished(finished.get(outcome, outcome), workflow_fault=report.workflow_fault)
