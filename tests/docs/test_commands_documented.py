@@ -5,6 +5,7 @@ Parsed, not run (most would contact a provider); the ones that can run offline a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -186,3 +187,45 @@ def test_dev_runs_each_documented_entry_point_from_another_folder(argv, tmp_path
     run = subprocess.run([str(REPO / "dev"), *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-1000:]
     assert "usage" in (run.stdout + run.stderr).lower()
+
+
+def demo_ranges() -> dict[str, tuple[str, str]]:
+    """--option -> (low, high) from demo.md's "Each number has a range: `--jobs` 1-10000, `--spread-s` and
+    `--idle-to-zero-s` 0-86400, …"."""
+    text = (REPO / "docs" / "demo.md").read_text().replace("\n", " ")
+    sentence = text.split("Each number has a range", 1)[1].split(";", 1)[0]
+    ranges = {}
+    options_and_range = r"((?:`--[a-z-]+`(?:, | and ))*`--[a-z-]+`) (\d[\d.e]*)-(\d[\d.e]*)"
+    for options, low, high in re.findall(options_and_range, sentence):
+        ranges |= dict.fromkeys(re.findall(r"`(--[a-z-]+)`", options), (low, high))
+    return ranges
+
+
+def test_demo_md_gives_each_numeric_option_of_the_demo_its_range():
+    """It said seconds 0-86400, which --target-wait-s refuses at 0, and "--help shows each range", which it gives for
+    three; --bad-jobs, --spread-s, --idle-to-zero-s, --target-wait-s and --price-per-hour had none."""
+    numeric = {action.option_strings[-1]: action.type for action in demo_parser()._actions
+               if callable(action.type) and isinstance(_parsed(action.type, "1"), int | float)}
+    ranges = demo_ranges()
+    assert set(ranges) == set(numeric)
+    wrong = []
+    for option, (low, high) in ranges.items():
+        parse = numeric[option]
+        below, above = float(low) - 1, float(high) + 1
+        bounds_refused = [value for value in (low, high) if _refused(parse, value)]
+        beyond_taken = [value for value in (below, above) if not _refused(parse, f"{value:g}")]
+        if bounds_refused or beyond_taken:
+            wrong.append(f"{option} {low}-{high}: refuses {bounds_refused}, takes {beyond_taken}")
+    assert wrong == []
+
+
+def _parsed(parse: Callable[[str], object], text: str) -> object:
+    """What the option's type makes of ``text``; None when it refuses it."""
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError:
+        return None
+
+
+def _refused(parse: Callable[[str], object], text: str) -> bool:
+    return _parsed(parse, text) is None
