@@ -1,45 +1,63 @@
-"""A rerun with cached nodes, as ComfyUI 0.8.0's `execute_async` and `ExecutionList` do it: `execution_cached`
-names every node whose output is cached, but only the outputs and the nodes an un-cached node needs are scheduled.
-A cached upstream node is read from the cache and never mentioned again; a cached output node says "executed"
-with its cached UI and finishes without starting, so its progress entry is ComfyUI's fresh one, in ints (1 of 1)."""
+"""A rerun with cached nodes, replayed from ComfyUI 0.8.0 recordings (tests/fixtures/comfyui-0.8.0/cached_rerun_*).
+As its `execute_async` and `ExecutionList` do: `execution_cached` names every node whose output is cached, but only
+the outputs and the nodes an un-cached node needs are scheduled. A cached upstream node is read from the cache and
+never mentioned again; a cached output says "executed" with its cached UI and finishes without starting, so its
+progress entry is ComfyUI's fresh one, in ints (1 of 1)."""
 
 from __future__ import annotations
 
-import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from standins.comfyui import ComfyUISimulator
 
-from .conftest import collect_until_done, receive_json, submit
+from .conftest import collect_until_done, load_transcript, normalize, normalize_history_entry, receive_json, submit
 
-QUICK = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "workflows" / "quick.json").read_text())
-CHAIN = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 0}},
-    "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "chain"}},
-}
-FORK = {**CHAIN, "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+RAN = ("finished", 1.0, 1.0)
+CACHED = ("finished", 1, 1)
+RUNNING = ("running", 0.0, 1.0)
 
 
-def changed(workflow: dict[str, Any], node_id: str, **inputs: Any) -> dict[str, Any]:
-    workflow = copy.deepcopy(workflow)
-    workflow[node_id]["inputs"].update(inputs)
-    return workflow
+async def rerun(sim: ComfyUISimulator, http: aiohttp.ClientSession, recorded: dict) -> tuple[list, list, str]:
+    """The recording's first workflow, then its rerun, on one websocket: both runs' messages and the rerun's id."""
+    client_id = recorded["client_id"]
+    async with http.ws_connect(f"{sim.url}/ws?clientId={client_id}") as ws:
+        hello = await receive_json(ws)
+        first_id = (await submit(http, sim.url, recorded["first_workflow"], client_id))["prompt_id"]
+        first = [hello, *await collect_until_done(ws, first_id)]
+        prompt_id = (await submit(http, sim.url, recorded["workflow"], client_id))["prompt_id"]
+        return first, await collect_until_done(ws, prompt_id), prompt_id
 
 
-async def rerun(sim: ComfyUISimulator, http: aiohttp.ClientSession, first: dict, second: dict) -> list[dict]:
-    async with http.ws_connect(f"{sim.url}/ws?clientId=c") as ws:
-        await receive_json(ws)
-        await collect_until_done(ws, (await submit(http, sim.url, first, "c"))["prompt_id"])
-        return await collect_until_done(ws, (await submit(http, sim.url, second, "c"))["prompt_id"])
+async def replays(sim: ComfyUISimulator, http: aiohttp.ClientSession, name: str) -> list[dict]:
+    """Replays the recording `name` and checks every message of both runs and the rerun's history against it."""
+    recorded = load_transcript(name)
+    first, messages, prompt_id = await rerun(sim, http, recorded)
+    first_recorded = [m["msg"] for m in recorded["first_ws_messages"]]
+    recorded_id = recorded["post_prompt"]["body"]["prompt_id"]
+    assert normalize(first, started(first)) == normalize(first_recorded, started(first_recorded))
+    assert normalize(messages, prompt_id) == normalize([m["msg"] for m in recorded["ws_messages"]], recorded_id)
+    async with http.get(f"{sim.url}/history/{prompt_id}") as response:
+        entry = (await response.json())[prompt_id]
+    assert outputs_unordered(normalize_history_entry(entry, prompt_id)) == outputs_unordered(
+        normalize_history_entry(recorded["history"][recorded_id], recorded_id)
+    )
+    return messages
+
+
+def started(messages: list[dict]) -> str:
+    return next(m["data"]["prompt_id"] for m in messages if m["type"] == "execution_start")
+
+
+def outputs_unordered(entry: dict[str, Any]) -> dict[str, Any]:
+    # ComfyUI's list of outputs to execute comes from a set: its order differs from one server process to the next.
+    entry["prompt"][4] = sorted(entry["prompt"][4])
+    return entry
 
 
 def trace(messages: list[dict]) -> list[tuple]:
-    """The execution messages in order, each with what it says about nodes."""
+    """The execution messages in order, each with what it says about nodes; progress values keep their JSON type."""
     steps: list[tuple] = []
     for message in messages:
         kind, data = message["type"], message["data"]
@@ -48,51 +66,46 @@ def trace(messages: list[dict]) -> list[tuple]:
         elif kind in ("executing", "executed"):
             steps.append((kind, data["node"]))
         elif kind == "progress_state":
-            steps.append((kind, {n: (s["state"], s["value"], s["max"]) for n, s in data["nodes"].items()}))
+            steps.append(progress({n: (s["state"], s["value"], s["max"]) for n, s in data["nodes"].items()}))
         elif kind != "status":
             steps.append((kind,))
     return steps
 
 
-def int_typed(messages: list[dict], node_id: str) -> bool:
-    states = [m["data"]["nodes"].get(node_id) for m in messages if m["type"] == "progress_state"]
-    states = [s for s in states if s is not None]
-    return bool(states) and all(type(s["value"]) is int and type(s["max"]) is int for s in states)
+def progress(nodes: dict[str, tuple]) -> tuple:
+    """A progress_state step: each node's (state, value, max) with the types of value and max (1 is not 1.0 in JSON)."""
+    return ("progress_state", {n: (*state, *map(type, state[1:])) for n, state in nodes.items()})
 
 
 async def test_a_fully_cached_rerun_replays_only_the_outputs(
     sim: ComfyUISimulator, http: aiohttp.ClientSession
 ) -> None:
-    messages = await rerun(sim, http, QUICK, QUICK)
+    messages = await replays(sim, http, "cached_rerun_all")
 
-    done = ("finished", 1, 1)
-    # ComfyUI takes its outputs from a set, so 3 and 4 may come in either order there; the stand-in keeps the prompt's.
     assert trace(messages) == [
         ("execution_start",),
         ("execution_cached", ["1", "2", "3", "4"]),
         ("executed", "3"),
-        ("progress_state", {"3": done}),
+        progress({"3": CACHED}),
         ("executed", "4"),
-        ("progress_state", {"3": done, "4": done}),
+        progress({"3": CACHED, "4": CACHED}),
         ("execution_success",),
         ("executing", None),
     ]
-    assert int_typed(messages, "3")
-    assert int_typed(messages, "4")
 
 
 async def test_a_changed_output_runs_alone_on_its_cached_input(
     sim: ComfyUISimulator, http: aiohttp.ClientSession
 ) -> None:
-    messages = await rerun(sim, http, CHAIN, changed(CHAIN, "3", filename_prefix="again"))
+    messages = await replays(sim, http, "cached_rerun_output_changed")
 
     assert trace(messages) == [
         ("execution_start",),
         ("execution_cached", ["1", "2"]),
-        ("progress_state", {"3": ("running", 0.0, 1.0)}),
+        progress({"3": RUNNING}),
         ("executing", "3"),
         ("executed", "3"),
-        ("progress_state", {"3": ("finished", 1.0, 1.0)}),
+        progress({"3": RAN}),
         ("execution_success",),
         ("executing", None),
     ]
@@ -102,22 +115,20 @@ async def test_a_changed_output_runs_alone_on_its_cached_input(
 async def test_a_changed_middle_node_runs_from_its_cached_source(
     sim: ComfyUISimulator, http: aiohttp.ClientSession
 ) -> None:
-    messages = await rerun(sim, http, FORK, changed(FORK, "2", blur_radius=2))
+    messages = await replays(sim, http, "cached_rerun_middle_changed")
 
-    preview = ("finished", 1, 1)
     assert trace(messages) == [
         ("execution_start",),
         ("execution_cached", ["1", "4"]),
         ("executed", "4"),
-        ("progress_state", {"4": preview}),
-        ("progress_state", {"4": preview, "2": ("running", 0.0, 1.0)}),
+        progress({"4": CACHED}),
+        progress({"4": CACHED, "2": RUNNING}),
         ("executing", "2"),
-        ("progress_state", {"4": preview, "2": ("finished", 1.0, 1.0)}),
-        ("progress_state", {"4": preview, "2": ("finished", 1.0, 1.0), "3": ("running", 0.0, 1.0)}),
+        progress({"4": CACHED, "2": RAN}),
+        progress({"4": CACHED, "2": RAN, "3": RUNNING}),
         ("executing", "3"),
         ("executed", "3"),
-        ("progress_state", {"4": preview, "2": ("finished", 1.0, 1.0), "3": ("finished", 1.0, 1.0)}),
+        progress({"4": CACHED, "2": RAN, "3": RAN}),
         ("execution_success",),
         ("executing", None),
     ]
-    assert int_typed(messages, "4")
