@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -171,11 +171,13 @@ def _is_link(value: Any) -> bool:
 
 
 class _ExecutionOrder:
-    """ComfyUI's `ExecutionList`: dependency order, output nodes first among the ready ones."""
+    """ComfyUI's `ExecutionList`: dependency order, output nodes first among the ready ones. A cached node is
+    scheduled only when asked for by name (an output); one that is merely upstream is read from the cache."""
 
-    def __init__(self, prompt: dict[str, Any], catalogue: dict[str, NodeDef]) -> None:
+    def __init__(self, prompt: dict[str, Any], catalogue: dict[str, NodeDef], cached: Collection[str]) -> None:
         self.prompt = prompt
         self.catalogue = catalogue
+        self.cached = cached
         self.pending: dict[str, None] = {}
         self.block_count: dict[str, int] = {}
         self.blocking: dict[str, dict[str, None]] = {}
@@ -190,7 +192,7 @@ class _ExecutionOrder:
             self.block_count[current] = 0
             self.blocking[current] = {}
             for value in self.prompt[current]["inputs"].values():
-                if _is_link(value):
+                if _is_link(value) and value[0] not in self.cached:
                     stack.append(value[0])
                     links.append((value[0], current))
         for source, target in links:
@@ -959,10 +961,12 @@ class ComfyUISimulator:
         self._add_message(run, "execution_start", {"prompt_id": run.prompt_id}, broadcast=False)
         cached = [n for n in run.prompt if self.cache_outputs and run.signatures[n] in self._state.cache]
         self._add_message(run, "execution_cached", {"nodes": cached, "prompt_id": run.prompt_id}, broadcast=False)
-        order = _ExecutionOrder(run.prompt, self.catalogue)
+        run.values.update({n: self._state.cache[run.signatures[n]].outputs for n in cached})
+        order = _ExecutionOrder(run.prompt, self.catalogue, cached)
         for output in outputs:
             order.add(output)
-        current_outputs = list(order.pending)
+        # ComfyUI's is the set of every node of the prompt, cached or not; this order matches its recordings.
+        current_outputs = [*order.pending, *(n for n in run.prompt if n not in order.pending)]
         try:
             while (node_id := order.next()) is not None:
                 if node_id in cached:
@@ -1039,7 +1043,7 @@ class ComfyUISimulator:
         cached = self._state.cache[run.signatures[node_id]]
         self._keep(run, node_id, cached)
         self._send_executed(run, node_id, cached.ui)
-        self._progress(run, node_id, 1.0, 1.0, "finished")
+        self._progress(run, node_id, 1, 1, "finished")  # ints: ComfyUI finishes its new entry (0, 1) unstarted
 
     def _check_interrupt(self) -> None:
         if self._state.interrupt:
