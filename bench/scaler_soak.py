@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import copy
 import gc
+import itertools
 import linecache
 import math
 import random
@@ -161,9 +162,10 @@ class QueueStandIn:
                                   "completed_jobs": self.completed_count, "failed_jobs": 0, "mode": "fifo"})
 
     async def _jobs(self, request: web.Request) -> web.Response:
-        state = request.query.get("status")
-        if state == "pending":
-            jobs = [{"id": j.id, "status": state, "created_at": iso(j.created_at)} for j in self.pending]
+        state, limit = request.query.get("status"), int(request.query.get("limit", "200"))
+        if state == "pending":  # a backlog (a capped budget) is listed up to the limit, as the queue manager does
+            jobs = [{"id": j.id, "status": state, "created_at": iso(j.created_at)}
+                    for j in itertools.islice(self.pending, limit)]
         elif state == "running":
             jobs = [{"id": j.id, "status": state, "created_at": iso(j.created_at), "started_at": iso(j.started_at)}
                     for j in self.running if j.started_at is not None]
@@ -171,7 +173,7 @@ class QueueStandIn:
             jobs = [{"id": j.id, "status": "completed", "created_at": iso(j.created_at),
                      "started_at": iso(j.started_at), "completed_at": iso(done)}
                     for j, done in reversed(self.completed) if j.started_at is not None]
-        return web.json_response(jobs[: int(request.query.get("limit", "200"))])
+        return web.json_response(jobs[:limit])
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "healthy"})
