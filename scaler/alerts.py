@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,9 @@ BUDGET_THRESHOLDS = (50, 80, 100)
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # A webhook answers a few bytes ("ok"); what is read of a larger answer stops here (its status still counts).
 MAX_WEBHOOK_ANSWER_BYTES = 64 << 10
+# The latest alerts delivered, kept in memory (``AlertSender.sent``): each kind goes out once a day for as long as
+# the scaler runs, so all of them would grow for good.
+SENT_KEPT = 100
 
 
 class AlertFormat(StrEnum):
@@ -156,7 +160,7 @@ class AlertSender:
         self._task: asyncio.Task[None] | None = None
         self._out = out
         self._on_book_change = on_book_change
-        self.sent: list[Alert] = []
+        self.sent: deque[Alert] = deque(maxlen=SENT_KEPT)
         self.dropped = 0
 
     def __repr__(self) -> str:

@@ -123,6 +123,15 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                        [r"^apply\(1\) from 0 pods at 0 s per request: # s, [1-9]\d* requests, at most 1 in flight$"]),
     "runpod_stops": (["--pods", "1", "--latency-s", "0"],
                      [r"^pause\(\) of 1 pods at 0 s per request: # s, [1-9]\d* requests, at most 1 in flight$"]),
+    "scaler_soak": (["--days", "0.05", "--interval-s", "600"],  # 7 ticks of each scaler
+                    [*(rf"^{kind} day 0.05: RSS # MiB, scaler\+common allocated # KiB \([+-]# KiB since the start\); "
+                       rf"files: {files}$" for kind, files in [("single", r"state.json \d+ B"),
+                                                               ("fleet", r"ledger.json \d+ B, state.json \d+ B")]),
+                     *(rf"^{kind} day 0.05 collections: (\S+ \d+, )+metrics.label_sets \d+, (\S+ \d+, )*"
+                       r"verda.first_seen \d+.*; jobs \d+, replica ids \d+, alerts delivered \d+, ticks failed 0$"
+                       for kind in ["single", "fleet"]),
+                     *(rf"^{kind}: 0.05 simulated days in # s$" for kind in ["single", "fleet"]),
+                     r"^warnings and errors logged: .+$"]),
     "scratch_emptying": (["--files", "10", "--size", "1"], [r"^10 files of 1 B \(0 MB\) removed in # s$"]),
     "slow_headers": (["--server", "health", "--clients", "2", "--headers", "2", "--hold", "0"],
                      [r"^\{'server': 'health', 'clients': 2, 'head_kib': \d+, 'rss_before_mb': \d+, "
