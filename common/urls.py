@@ -230,6 +230,11 @@ def encrypted_or_local(url: str) -> bool:
     return parts.scheme == "http" and names_this_machine(url)
 
 
+def credentials_in_clear(url: str, token: bool) -> bool:
+    """Whether a client sending a token (or the URL's own password) to ``url`` would send it unencrypted."""
+    return bool(url) and (token or url_has_credentials(url)) and not encrypted_or_local(url)
+
+
 def names_this_machine(url: str) -> bool:
     """Whether a connection to ``url`` stays on this machine: localhost, a loopback address, or 0.0.0.0 / ::
     (bracketed, IPv4-mapped or in inet_aton's shorthand too: 127.1, 0), which a connection reaches as the loopback.

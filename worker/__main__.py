@@ -14,7 +14,7 @@ try:  # Ctrl-C while these load (0.6 s) says what a Ctrl-C later in the start sa
     from common.logs import configure_logging, register_secret
     from common.settings import ConfigError, env_name, warn_misspelt_variables
     from common.text import escape_controls
-    from common.urls import IN_CLEAR, encrypted_or_local, redact_url, url_has_credentials
+    from common.urls import IN_CLEAR, credentials_in_clear, redact_url
     from worker.config import WorkerSettings, load_settings
     from worker.service import run_process, serve
 except KeyboardInterrupt:
@@ -69,7 +69,7 @@ def _start() -> int:
 def _warn_credentials_in_clear(settings: WorkerSettings) -> None:
     """Warned, not refused as a deploy is: a docker-compose service name on a private network is common."""
     url = settings.queue_base_url
-    if (settings.queue_manager_token or url_has_credentials(url)) and not encrypted_or_local(url):
+    if credentials_in_clear(url, bool(settings.queue_manager_token)):
         structlog.get_logger().warning(
             "Queue manager credentials travel in clear", variable="QUEUE_MANAGER_URL",
             queue_manager_url=redact_url(url),

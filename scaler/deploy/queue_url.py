@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from common.urls import IN_CLEAR, encrypted_or_local, names_this_machine, url_has_credentials
+from common.urls import IN_CLEAR, credentials_in_clear, names_this_machine
 from scaler.deploy.spec import DeploymentSpec, env_section
 
 
@@ -42,7 +42,7 @@ def queue_url_problems(spec: DeploymentSpec, environ: Mapping[str, str]) -> list
                 "404 and each replica exit after SERVERLESS_MAX_UNREACHABLE_S (default 600 s); drop the /api, give "
                 "the queue manager's base URL"]
     token = "QUEUE_MANAGER_TOKEN" in {**spec.env, **spec.resolved_env, **spec.secrets}
-    if url and (token or url_has_credentials(url)) and not encrypted_or_local(url):
+    if credentials_in_clear(url, token):
         return [f"{where}: {IN_CLEAR}: every replica would send its queue token or the URL's password across the "
                 "internet unencrypted; give the queue manager's https:// URL"]
     return []
