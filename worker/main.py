@@ -13,7 +13,6 @@ import json
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -67,6 +66,7 @@ from worker.outputs import (
 from worker.queue_client import CredentialsRefused, PollError, QueueClient, ReportRejected
 from worker.reports import Report, Reporter
 from worker.run_record import RecordsUnreadable, RunRecord
+from worker.seen_keys import SeenKeys
 from worker.state import Phase, WorkerState
 
 log = structlog.get_logger()
@@ -140,7 +140,7 @@ class Worker:
         self._abort_reason: str | None = None
         self._aborted = asyncio.Event()
         self._lease_lost: str | None = None
-        self._taken: OrderedDict[tuple[str, int | None], None] = OrderedDict()
+        self._taken = SeenKeys(TAKEN_MEMORY)
         # Why the worker exits when no fatal fault says it (a refused token, ComfyUI never up): "Worker shutdown
         # complete" carries it, as ComfyWorkerRestarting's runbook reads it there.
         self._exit_reason: str | None = None
@@ -501,13 +501,10 @@ class Worker:
             key = (job_id_of(raw), attempt_of(raw))
         except UnreportableJob:
             return False  # _handle says why it is skipped
-        if key in self._taken:
-            log.warning("Job handed out again after this worker took it; skipping it", job_id=key[0], attempt=key[1])
-            return True
-        self._taken[key] = None
-        if len(self._taken) > TAKEN_MEMORY:
-            self._taken.popitem(last=False)
-        return False
+        if self._taken.add(key):
+            return False
+        log.warning("Job handed out again after this worker took it; skipping it", job_id=key[0], attempt=key[1])
+        return True
 
     # -- one job ------------------------------------------------------------------------------------------
     async def process(self, raw: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from worker.queue_client import (
     stored_error,
     stored_reason,
 )
+from worker.seen_keys import SeenKeys
 from worker.state import WorkerState
 
 log = structlog.get_logger()
@@ -82,8 +82,7 @@ class Reporter:
         self.state = state
         self.deadline = deadline
         self.max_job_attempts = max_job_attempts
-        self._sent: OrderedDict[str, None] = OrderedDict()
-        self._memory = memory
+        self._sent = SeenKeys(memory)
         self.last_rejection: str | None = None  # why the manager last refused a report's shape
 
     async def send(self, report: Report) -> str:
@@ -92,12 +91,9 @@ class Reporter:
         report itself (other 4xx: too large, malformed; it did not land, so another report may follow);
         "undelivered" when it could not be reached in time."""
         key = f"{report.job_id}#{report.attempt}"
-        if key in self._sent:
+        if not self._sent.add(key):
             log.error("Refusing to report a job twice", job_id=report.job_id)
             return "undelivered"
-        self._sent[key] = None
-        if len(self._sent) > self._memory:
-            self._sent.popitem(last=False)
 
         started = time.monotonic()
         kind = report.kind
@@ -119,7 +115,7 @@ class Reporter:
         except ReportRejected as exc:
             self.state.metrics.report_errors.inc()
             log.error("Queue manager refused the report", error=str(exc))
-            del self._sent[key]
+            self._sent.forget(key)
             self.last_rejection = str(exc)
             return "rejected"
         except (TransientHTTPError, httpx.TransportError, TimeoutError) as exc:
