@@ -1,5 +1,6 @@
 """Fuzzed configuration: every variable each process reads, given each of a battery of hostile values (and then
-generated text), is taken as meant or refused by a ConfigError naming it; never another exception, never a hang.
+generated text), is taken as meant or refused by a ConfigError naming it, in lines short enough to read (a value
+quoted whole buries the reason); never another exception, never a hang.
 A number taken is finite and the one written (never read from other digits than ASCII's).
 
 tests/hostile/test_configuration.py keeps the hand-picked cases and why each mattered; the variables here come
@@ -53,6 +54,7 @@ EVERY_SETTING = set().union(*(setting_names(cls) for cls, _, _ in LOADERS.values
 CASES = [(process, variable) for process, (cls, _, _) in LOADERS.items() for variable in sorted(setting_names(cls))]
 # Resolved when loaded, by design: the suite's network guard refuses the name, as a name that does not resolve is.
 RESOLVED_AT_LOAD = {"HEALTH_HOST"}
+MAX_LINE = 1000  # characters in a line of a refusal: a value quoted whole buries the reason
 
 
 def _field_of(settings_cls: type[BaseSettings], variable: str) -> str:
@@ -104,6 +106,8 @@ class Fuzz:
         except Exception as exc:  # the point: no other exception may leave a loader
             return f"{type(exc).__name__}: {exc}"
         if isinstance(outcome, ConfigError):
+            if len(longest := max(str(outcome).splitlines(), key=len)) > MAX_LINE:
+                return f"refused in a line of {len(longest)} characters, the reason lost at its end: {longest[:200]}"
             named = re.search(rf"\b{self.variable}\b", str(outcome)) is not None
             # Not named: only a value taken as unset (blank, in the scaler), refused as an unset one is.
             same_as_unset = isinstance(self.unset, ConfigError) and str(outcome) == str(self.unset)
