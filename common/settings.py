@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import reprlib
 import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +35,16 @@ QUEUE_WORKER_TOKEN_ENV = "QUEUE_MANAGER_WORKER_TOKEN"  # noqa: S105 - a variable
 # The queue token travels as "Authorization: Bearer <token>", a header's value, which the queue manager reads up to
 # QUEUE_HEADS.max_field_bytes: a longer token had every request answered 400.
 MAX_QUEUE_TOKEN_CHARS = QUEUE_HEADS.max_field_bytes - len("Bearer ")
+
+
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = 80
+
+
+def quoted(value: str) -> str:
+    """``value`` as an error message may quote it: cut in the middle past 80 characters, and each byte the environment
+    could not decode escaped (a lone surrogate, which pydantic cannot carry in an error: UnicodeEncodeError)."""
+    return _QUOTE.repr(value)
 
 
 def secret_length_problem(secret: str) -> str | None:

@@ -24,6 +24,7 @@ from common.settings import (
     OptionalText,
     QueueToken,
     env_name,
+    quoted,
     settings_from_env,
 )
 from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
@@ -290,7 +291,8 @@ def _provider_problems(settings: ScalerSettings, *, credentials: bool = True) ->
     problems = []
     unknown = [name for name in settings.provider_names if name not in PROVIDER_KINDS]
     if unknown:
-        problems.append(f"SCALER_PROVIDERS: unknown {unknown}; choose from {', '.join(PROVIDER_KINDS)}")
+        problems.append(f"SCALER_PROVIDERS: unknown [{', '.join(map(quoted, unknown))}]; choose from "
+                        f"{', '.join(PROVIDER_KINDS)}")
     if len(set(settings.provider_names)) != len(settings.provider_names):
         problems.append("SCALER_PROVIDERS: a provider is listed twice")
     if settings.alert_webhook_url is not None and not settings.alert_webhook_url.get_secret_value().startswith(

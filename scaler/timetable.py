@@ -11,6 +11,7 @@ Pure: no clock, no I/O. Times are seconds since the Unix epoch (or, in the simul
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass
 
 DAY_S = 86_400.0
@@ -33,7 +34,8 @@ def parse_timetable(text: str) -> tuple[Block, ...]:
             continue
         match = _BLOCK.match(entry)
         if not match:
-            raise ValueError(f"timetable entry {entry!r}: expected HH:MM-HH:MM or HH:MM-HH:MM*N")
+            # reprlib: a 100,000-character entry was quoted whole, the reason lost at the end of the line.
+            raise ValueError(f"timetable entry {reprlib.repr(entry)}: expected HH:MM-HH:MM or HH:MM-HH:MM*N")
         start_h, start_m, end_h, end_m, replicas = match.groups()
         start, end = _clock(int(start_h), int(start_m), entry), _clock(int(end_h), int(end_m), entry)
         if end <= start:

@@ -17,6 +17,7 @@ from common.settings import (
     SCALER_CREDENTIALS,
     OptionalPath,
     RequiredPath,
+    quoted,
     settings_from_env,
 )
 
@@ -81,7 +82,7 @@ class SupervisorSettings(BaseSettings):
         if not argv:
             raise ValueError("must name the program that starts ComfyUI")
         if cls.look_up_programs and shutil.which(argv[0]) is None:
-            raise ValueError(f"program not found: {argv[0]}")
+            raise ValueError(f"program not found: {quoted(argv[0])}")
         return value
 
     @field_validator("comfyui_extra_args")
@@ -93,7 +94,7 @@ class SupervisorSettings(BaseSettings):
             # argparse takes any unambiguous abbreviation (--lis) too.
             for option, instead in _SUPERVISOR_OPTIONS.items():
                 if len(name) > 3 and option.startswith(name):
-                    raise ValueError(f"{arg}: {instead}")
+                    raise ValueError(f"{quoted(arg)}: {instead}")
         return value
 
     @field_validator("comfyui_url")

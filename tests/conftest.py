@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import reprlib
 import signal
 import socket
 import sys
@@ -233,7 +234,7 @@ class NoNetwork:
     def getaddrinfo(self, host: str | bytes | None, port: object, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else host
         if _ip(name or "") is None and not self.allowed(name, port):  # an address is checked when connected to
-            raise socket.gaierror(socket.EAI_NONAME, f"{name}: refused by the test suite's network guard")
+            raise socket.gaierror(socket.EAI_NONAME, f"{reprlib.repr(name)}: refused by the test suite's network guard")
         return self._getaddrinfo(host, port, *args, **kwargs)
 
     def connect(self, sock: socket.socket, address: Any) -> None:

@@ -18,6 +18,7 @@ from common.settings import (
     OptionalSecret,
     QueueToken,
     RequiredPath,
+    quoted,
     settings_from_env,
 )
 from common.urls import queue_token_clash, url_secrets
@@ -96,7 +97,7 @@ class WorkerSettings(LogSettings):
         try:
             socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as exc:
-            raise ValueError(f"cannot bind the health server to {value!r}: {exc}") from None
+            raise ValueError(f"cannot bind the health server to {quoted(value)}: {exc}") from None
         return value
 
     @model_validator(mode="after")

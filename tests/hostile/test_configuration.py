@@ -81,6 +81,9 @@ SUPERVISOR_CASES = {
     "scratch-dir-blank": ("SCRATCH_DIR", "  "),
     "models-dir-empty": ("MODELS_DIR", ""),
     "scratch-dir-carriage-return": ("SCRATCH_DIR", "/data\r"),  # an env file saved on Windows
+    # A byte the environment could not decode as UTF-8, quoted in the refusal: a UnicodeEncodeError traceback.
+    "comfyui-command-undecodable": ("COMFYUI_COMMAND", "python\udcff main.py"),
+    "comfyui-extra-args-undecodable": ("COMFYUI_EXTRA_ARGS", "--lis=\udcff"),
 }
 
 SCALER_CASES = {

@@ -78,7 +78,7 @@ def test_every_bad_variable_is_named() -> None:
     assert message.startswith("Invalid supervisor configuration:")
     for name in ("COMFYUI_COMMAND", "COMFYUI_EXTRA_ARGS", "COMFYUI_URL", "COMFYUI_STOP_TIMEOUT_S"):
         assert name in message
-    assert "program not found: no-such-program-anywhere" in message
+    assert "program not found: 'no-such-program-anywhere'" in message
 
 
 def test_empty_command_is_rejected() -> None:
@@ -227,7 +227,7 @@ def test_extra_args_may_not_move_the_folders_the_supervisor_sets(extra: str, ins
     """They come last and win. Before: accepted; --output-directory made ComfyUI write where the worker never
     looks (every job's outputs missing), --input-directory load job images from a folder the worker does not
     upload to, and --base-directory moved the custom nodes and models away from the image's."""
-    with pytest.raises(ConfigError, match=rf"COMFYUI_EXTRA_ARGS: {extra.split()[0]}.*{instead}"):
+    with pytest.raises(ConfigError, match=rf"COMFYUI_EXTRA_ARGS: '{extra.split()[0]}'.*{instead}"):
         settings(COMFYUI_EXTRA_ARGS=extra)
 
 

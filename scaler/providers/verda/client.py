@@ -36,6 +36,7 @@ from pydantic import SecretStr
 from common.http_answers import API_ANSWER_BYTES, request_bounded
 from common.log_throttle import LogThrottle, held_back_logger
 from common.logs import error_text, forget_secret, register_secret, scrubbed_excerpt
+from common.settings import quoted
 from common.urls import direct_transport
 from scaler.providers.base import MAX_LISTED_REPLICAS, listed_once
 from scaler.providers.http import TransientRetry, parse_timestamp, retry_after_seconds
@@ -232,7 +233,7 @@ def check_deployment_name(name: str) -> str:
     """The name itself, or ValueError saying Verda's rule."""
     if len(name) > DEPLOYMENT_NAME_MAX or not DEPLOYMENT_NAME_RULE.fullmatch(name):
         raise ValueError(
-            f"deployment name {name!r} must be at most {DEPLOYMENT_NAME_MAX} characters of a-z, 0-9 and '-', "
+            f"deployment name {quoted(name)} must be at most {DEPLOYMENT_NAME_MAX} characters of a-z, 0-9 and '-', "
             "starting and ending with a letter or digit"
         )
     return name
