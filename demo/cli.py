@@ -66,9 +66,10 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="submissions spread over this many seconds (default %(default)s)")
     parser.add_argument("--price-per-hour", type=_price, default=defaults.price_per_hour,
                         help="USD per GPU-hour for the spend estimate (default: Verda H100 serverless, %(default)s)")
-    parser.add_argument("--output-dir", type=_output_dir, default=defaults.output_dir,
-                        help="outputs, logs and report.json go here (default %(default)s)")
-    parser.add_argument("--db", type=_database, help="queue database (default: a temporary one)")
+    # Checked (by writing) in parse_demo_args, once every other option is taken
+    parser.add_argument("--output-dir", type=_named,
+                        help=f"outputs, logs and report.json go here (default {defaults.output_dir})")
+    parser.add_argument("--db", type=_named, help="queue database (default: a temporary one)")
     parser.add_argument("--idle-to-zero-s", type=_number(0, DAY_S), default=defaults.idle_to_zero_s,
                         help="how long an idle worker keeps polling, plus 5 scaler intervals, before it exits by "
                         "itself (default %(default)s); the demo's scaler plans for --target-wait-s and stops a "
@@ -94,6 +95,16 @@ def parse_demo_args(argv: list[str]) -> argparse.Namespace:
                      f"(--providers {','.join(args.providers) or 'not given: the local workers alone'})")
     if args.comfyui_url is not None and (why := asyncio.run(_comfyui_unreachable(args.comfyui_url))):
         parser.error(f"--comfyui-url: no ComfyUI answers at {redact_url(args.comfyui_url)} ({why})")
+    # Last: these write (the output folders, a database), and stayed when a later option was refused
+    try:
+        db = _database(args.db) if args.db else None
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--db: {exc}")
+    try:
+        output_dir = _output_dir(args.output_dir) if args.output_dir else DemoOptions().output_dir
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--output-dir: {exc}")
+    args.output_dir, args.db = output_dir, db
     return args
 
 
@@ -255,10 +266,15 @@ def _comfyui_url(text: str) -> str:
     return text
 
 
+def _named(text: str) -> str:
+    """Never blank: `--output-dir "$OUT"` with OUT unset took the current folder, `--db " "` a file named " "."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}): name it, or leave the option out")
+    return text
+
+
 def _output_dir(text: str) -> Path:
     """A folder the demo can write its outputs to (created here); one it cannot was a traceback once started."""
-    if not text.strip():  # `--output-dir "$OUT"` with OUT unset: the current folder was taken
-        raise argparse.ArgumentTypeError(f"an empty path ({text!r}): name the folder, e.g. demo-output")
     path = Path(text)
     try:
         for folder in ("outputs", "logs"):  # logs: a file in its place was a traceback once the replicas started

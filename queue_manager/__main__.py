@@ -145,6 +145,15 @@ def _database_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot name a file: {exc.strerror or exc}") from None
     if is_folder:
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {Path(text) / 'jobs.db'}")
+    if Path(text).exists() and not Path(text).is_file():  # /dev/zero: its lock file was written in /dev first
+        raise argparse.ArgumentTypeError(f"{text!r} is a device or a FIFO, not a file: name the SQLite file")
+    return text
+
+
+def _token(text: str) -> str:
+    """Never empty: `--token "$UNSET"` served with no token at all (or the variable's), unsaid."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: give the token, or leave the flag out")
     return text
 
 
@@ -154,6 +163,10 @@ def _path_to(what: str) -> Callable[[str], Path]:
     def path(text: str) -> Path:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"is empty: name {what}, or leave the flag out")
+        try:
+            Path(text).exists()
+        except OSError as exc:  # a name longer than the system takes (ENAMETOOLONG) exited 1, "cannot be written"
+            raise argparse.ArgumentTypeError(f"cannot name {what}: {exc.strerror or exc}") from None
         return Path(text)
 
     return path
@@ -212,12 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--token",
+        type=_token,
         default=None,
         help=f"require 'Authorization: Bearer <token>' on /api/ (default: ${QUEUE_TOKEN_ENV}, else no auth; "
         "prefer the variable: every user of this machine sees a command line's arguments in `ps`)",
     )
     parser.add_argument(
         "--worker-token",
+        type=_token,
         default=None,
         help=f"with --token: the only token /api/workers/ takes; the other routes take either (default: "
         f"${QUEUE_WORKER_TOKEN_ENV}, else one token for all; prefer the variable, as for --token)",
@@ -247,7 +262,7 @@ def _participant_parser(command: str, description: str) -> argparse.ArgumentPars
     parser.add_argument("user_id", help="the participant's user_id: 1 to 100 letters, digits, '_' or '-'")
     parser.add_argument(
         "--participants-file",
-        type=Path,
+        type=_path_to("the participants file"),
         metavar="PATH",
         default=None,
         help=f"the file the queue manager reads (default: ${PARTICIPANTS_FILE_ENV})",

@@ -18,6 +18,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import math
 import mimetypes
 import os
 import signal
@@ -1169,30 +1170,58 @@ async def _send_catching(send: Any, message: Any) -> None:
 # --- command line --------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    """A finite number, 0 or more (of seconds or MB): nan, inf or below 0 ended the start in a traceback or served
+    a history that never came."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, not {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, not {text!r}")
+    return value
+
+
+def _host(text: str) -> str:
+    if not text.strip():  # aiohttp binds every interface to a blank host
+        raise argparse.ArgumentTypeError("is empty: name the address to listen on")
+    return text
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="comfyui-sim", description="ComfyUI 0.8.0 simulator; accepts ComfyUI's main.py arguments."
     )
-    parser.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--listen", type=_host, nargs="?", const="0.0.0.0", default="127.0.0.1")
+    parser.add_argument("--port", type=_port, default=8188)
     parser.add_argument("--output-directory", type=Path, default=Path("output"))
     parser.add_argument("--temp-directory", type=Path, default=None)
     parser.add_argument("--input-directory", type=Path, default=None)
     parser.add_argument("--extra-model-paths-config", nargs="+", action="append", default=[])
     parser.add_argument("--cache-none", action="store_true")
-    parser.add_argument("--max-upload-size", type=float, default=100, metavar="MB")
+    parser.add_argument("--max-upload-size", type=_seconds, default=100, metavar="MB")
     sim = parser.add_argument_group("simulator")
     sim.add_argument("--node-seconds", action="append", default=[], metavar="CLASS=SECONDS")
-    sim.add_argument("--default-node-seconds", type=float, default=0.0)
-    sim.add_argument("--history-lag", type=float, default=0.05, metavar="SECONDS")
-    sim.add_argument("--startup-delay", type=float, default=0.0, metavar="SECONDS")
+    sim.add_argument("--default-node-seconds", type=_seconds, default=0.0)
+    sim.add_argument("--history-lag", type=_seconds, default=0.05, metavar="SECONDS")
+    sim.add_argument("--startup-delay", type=_seconds, default=0.0, metavar="SECONDS")
     sim.add_argument("--checkpoint", action="append", default=None, metavar="NAME")
     sim.add_argument("--send-previews", action="store_true")
     args, _ = parser.parse_known_args(argv)
     try:
-        args.node_seconds = {k: float(v) for k, v in (item.split("=", 1) for item in args.node_seconds)}
-    except ValueError:
-        parser.error("--node-seconds takes CLASS=SECONDS")
+        args.node_seconds = {k: _seconds(v) for k, v in (item.split("=", 1) for item in args.node_seconds)}
+    except (ValueError, argparse.ArgumentTypeError):
+        parser.error("--node-seconds takes CLASS=SECONDS, SECONDS a finite number, 0 or more")
     return args
 
 

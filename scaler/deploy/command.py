@@ -34,13 +34,20 @@ class DeployLogSettings(LogSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True)
 
 
+def _spec_path(text: str) -> Path:
+    """Never blank: Path("") is the folder it ran in, refused as "." with no word of --spec (`--spec "$UNSET"`)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the spec file, or leave the flag out for the provider's")
+    return Path(text)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="deploy-serverless", description="Create, update, inspect or delete the worker's serverless deployment."
     )
     parser.add_argument("action", nargs="?", choices=("apply", "status", "delete"), default="apply")
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="verda", help="where to deploy")
-    parser.add_argument("--spec", type=Path, default=None, help="deployment spec (default: the provider's)")
+    parser.add_argument("--spec", type=_spec_path, default=None, help="deployment spec (default: the provider's)")
     parser.add_argument("--dry-run", action="store_true", help="print the request body apply would send; no network")
     parser.add_argument(
         "--console", action="store_true", help="print the values to type into the provider's web console; no network"

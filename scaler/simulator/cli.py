@@ -44,6 +44,9 @@ from scaler.timetable import parse_timetable
 DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
 SEED_RANGE = re.compile(r"[0-9]{1,18}(-[0-9]{1,18})?")
 MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds are a quarter of an hour each
+# ... but the x clairv. column plans a clairvoyant a row (12-27 s a workshop day): the defaults took 41 s a seed
+# here, 1000 seeds about 11 hours. With the column, at most this many rows (about an hour):
+MAX_CLAIRVOYANT_ROWS = 150
 
 
 def run_policy(
@@ -121,6 +124,12 @@ def simulate_main(argv: list[str]) -> int:
             if args.clairvoyant_ratio and split_spec(policy, config)[2].max_replicas < 1:
                 raise ValueError(f"{policy!r}: with max_replicas 0 no clairvoyant can be planned for the x clairv. "
                                  "column: add --no-clairvoyant-ratio")
+        rows = len(runs) * sum(2 if args.later_day and policy.partition(":")[0] == "ours" else 1
+                               for policy in args.policy or DEFAULT_POLICIES)
+        if args.clairvoyant_ratio and rows > MAX_CLAIRVOYANT_ROWS:
+            raise ValueError(f"--seeds, --workload and --policy make {rows} rows, each planning a clairvoyant for the "
+                             f"x clairv. column (12-27 s a workshop day): at most {MAX_CLAIRVOYANT_ROWS}; add "
+                             "--no-clairvoyant-ratio, or run fewer")
         for flag, target in (("--json", args.json), ("--chart", args.chart)):
             if target and target != "-":
                 _check_writable(flag, Path(target))
@@ -220,14 +229,15 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--workload", action="append", choices=sorted(BUILT_IN),
                         help="built-in workload (repeatable; default workshop)")
-    source.add_argument("--trace", help="CSV with columns submit_s,duration_s (seconds)")
+    source.add_argument("--trace", type=_named, help="CSV with columns submit_s,duration_s (seconds)")
     parser.add_argument("--policy", action="append",
                         help="always-on:N, naive, naive-job-limit-1, ours or clairvoyant[:P95_S] (repeatable; "
                              "default always-on:1, naive, ours)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--seeds", help="several seeds, e.g. 1-5 or 1,2,7: a row per seed plus a summary")
-    parser.add_argument("--json", metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
-    parser.add_argument("--chart", metavar="PATH", help="write a PNG chart (needs matplotlib)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=1)
+    seeds.add_argument("--seeds", help="several seeds, e.g. 1-5 or 1,2,7: a row per seed plus a summary")
+    parser.add_argument("--json", type=_named, metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--chart", type=_named, metavar="PATH", help="write a PNG chart (needs matplotlib)")
     parser.add_argument("--later-day", action="store_true",
                         help="also run each ours policy on a later day, with what the scaler kept from yesterday "
                              f"(the same workload, seed + {YESTERDAY_SEED_OFFSET}): rows named POLICY@day2")
@@ -266,6 +276,13 @@ def _parser() -> argparse.ArgumentParser:
         else:
             ours.add_argument(flag, type=float, default=None, help=f"default {default}")
     return parser
+
+
+def _named(text: str) -> str:
+    """A file's name, never blank: `--json "$OUT"` with OUT unset wrote nothing, and `--trace ""` ran the workshop."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the file, or leave the flag out")
+    return text
 
 
 def _seeds(text: str) -> list[int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import demo.run
-from demo.cli import demo_parser, parse_demo_args, print_report
+from demo.cli import parse_demo_args, print_report
 from demo.replicas import free_loopback_port
 from demo.run import DemoOptions, demo_scaling, run_demo
 from queue_manager import JobStore
@@ -91,7 +91,7 @@ def test_cli_explains_itself():
 ])
 def test_demo_refuses_a_value_it_cannot_run_naming_the_flag(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        demo_parser().parse_args(argv)
+        parse_demo_args(argv)
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
 
@@ -124,7 +124,7 @@ def test_demo_refuses_a_folder_or_database_it_cannot_use_naming_the_option(tmp_p
     (tmp_path / "a-file-as-logs").mkdir()
     (tmp_path / "a-file-as-logs" / "logs").touch()
     with pytest.raises(SystemExit) as exit_info:
-        demo_parser().parse_args([option, str(tmp_path / where)])
+        parse_demo_args([option, str(tmp_path / where)])
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
 
@@ -366,7 +366,7 @@ def test_demo_refuses_a_database_another_process_holds_naming_the_option(tmp_pat
     holder.execute("INSERT INTO notes VALUES ('mid-transaction')")
     try:
         with pytest.raises(SystemExit) as exit_info:
-            demo_parser().parse_args(["--db", str(db)])
+            parse_demo_args(["--db", str(db)])
     finally:
         holder.close()
     assert exit_info.value.code == 2
@@ -385,13 +385,13 @@ def test_demo_refuses_the_database_of_a_queue_manager_serving_it_naming_the_opti
     try:
         assert b"queue_manager_started" in serving.stderr.readline()  # the database is open
         with pytest.raises(SystemExit) as exit_info:
-            demo_parser().parse_args(["--db", str(db)])
+            parse_demo_args(["--db", str(db)])
     finally:
         serving.terminate()
         serving.wait(timeout=30)
     assert exit_info.value.code == 2
     assert f"--db: {db} is in use by another process" in capsys.readouterr().err
-    assert demo_parser().parse_args(["--db", str(db)]).db == db  # once it has stopped
+    assert parse_demo_args(["--db", str(db)]).db == db  # once it has stopped
 
 
 def test_demo_refuses_a_database_holding_unfinished_jobs_naming_the_option(tmp_path, capsys):
@@ -404,7 +404,7 @@ def test_demo_refuses_a_database_holding_unfinished_jobs_naming_the_option(tmp_p
     finally:
         store.close()
     with pytest.raises(SystemExit) as exit_info:
-        demo_parser().parse_args(["--db", str(db)])
+        parse_demo_args(["--db", str(db)])
     assert exit_info.value.code == 2
     assert f"--db: {db} holds 1 unfinished job (pending or running)" in capsys.readouterr().err
 
@@ -936,7 +936,7 @@ def test_demo_refuses_an_empty_output_dir_naming_the_option(tmp_path, monkeypatc
     report.json among its own files."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        demo_parser().parse_args(["--output-dir", where])
+        parse_demo_args(["--output-dir", where])
     assert exit_info.value.code == 2
     assert "--output-dir: an empty path" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
