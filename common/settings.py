@@ -11,9 +11,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import annotated_types
 import structlog
 from dotenv import dotenv_values
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rapidfuzz.distance import OSA
 
@@ -163,14 +165,17 @@ def env_name(settings_cls: type[BaseSettings], field_name: str) -> str:
     return alias if isinstance(alias, str) else field_name.upper()
 
 
+def setting_names_of(settings_cls: type[BaseSettings], field_name: str) -> set[str]:
+    """The environment variables one settings field is read from."""
+    alias = settings_cls.model_fields[field_name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return {str(choice) for choice in alias.choices}
+    return {env_name(settings_cls, field_name)}
+
+
 def setting_names(settings_cls: type[BaseSettings]) -> set[str]:
     """Every environment variable the settings read, each alias included."""
-    names: set[str] = set()
-    for name, field in settings_cls.model_fields.items():
-        alias = field.validation_alias
-        names |= {str(choice) for choice in alias.choices} if isinstance(alias, AliasChoices) else {
-            env_name(settings_cls, name)}
-    return names
+    return set().union(*(setting_names_of(settings_cls, name) for name in settings_cls.model_fields))
 
 
 def misspelling_of(variable: str, settings: set[str]) -> str | None:
@@ -286,13 +291,51 @@ def problems_in(settings_cls: type[BaseSettings], values: Mapping[str, str]) -> 
     return []
 
 
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _field_read_as(settings_cls: type[BaseSettings], name: str) -> FieldInfo | None:
+    """The field named ``name``, or read from the variable ``name``."""
+    return settings_cls.model_fields.get(name) or next(
+        (field for field_name, field in settings_cls.model_fields.items()
+         if name in setting_names_of(settings_cls, field_name)), None)
+
+
+def allowed_range(settings_cls: type[BaseSettings], name: str) -> tuple[float | None, float | None]:
+    """(lowest, highest) a number setting takes, from its field's ge/gt and le/lt (None: no bound on that side).
+    ``name``: the field's, or a variable it is read from."""
+    field = _field_read_as(settings_cls, name)
+    low = high = None
+    for bound in field.metadata if field else ():
+        if isinstance(bound, annotated_types.Ge | annotated_types.Gt):
+            low = bound.ge if isinstance(bound, annotated_types.Ge) else bound.gt
+        elif isinstance(bound, annotated_types.Le | annotated_types.Lt):
+            high = bound.le if isinstance(bound, annotated_types.Le) else bound.lt
+    return low, high
+
+
+_SIDE_WORDS = {annotated_types.Ge: "from {:g}", annotated_types.Gt: "above {:g}", annotated_types.Le: "to {:g}",
+               annotated_types.Lt: "below {:g}"}
+
+
+def _range_words(settings_cls: type[BaseSettings], name: str) -> str:
+    field = _field_read_as(settings_cls, name)
+    sides = [_SIDE_WORDS[type(bound)].format(getattr(bound, type(bound).__name__.lower()))
+             for bound in (field.metadata if field else ()) if type(bound) in _SIDE_WORDS]
+    return f" (allowed: {', '.join(sides)})" if len(sides) == 2 else ""
+
+
 def _problem_lines(settings_cls: type[BaseSettings], error: ValidationError) -> list[str]:
-    """A line per problem, named by its variable (a model-level check reports several problems at once)."""
+    """A line per problem, named by its variable (a model-level check reports several problems at once); a number
+    out of its bounds says the whole range, not the one side it crossed."""
     lines = []
     for problem in error.errors():
         message = str(problem["msg"]).removeprefix("Value error, ")
         if problem["loc"]:
-            lines.append(f"{env_name(settings_cls, str(problem['loc'][0]))}: {message}")
+            field_name = str(problem["loc"][0])
+            if problem["type"] in _BOUND_ERRORS:
+                message += _range_words(settings_cls, field_name)
+            lines.append(f"{env_name(settings_cls, field_name)}: {message}")
         else:
             lines += message.split("; ")
     return lines

@@ -20,10 +20,10 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
     import sqlite3
     from collections.abc import Callable
     from pathlib import Path
-    from typing import TypeVar
+    from typing import Annotated, TypeVar
 
     import structlog
-    from pydantic import Field
+    from pydantic import AfterValidator, Field
     from pydantic_settings import SettingsConfigDict
 
     from common.limits import allow_many_connections
@@ -65,6 +65,21 @@ ADD_PARTICIPANT = "add-participant"
 REMOVE_PARTICIPANT = "remove-participant"
 
 
+# Ceilings far past any lease, window or retention meant: 1e23 was taken as meant (it ran, but it is a typo).
+WEEK_S = 7 * 86_400.0
+YEAR_S = 365 * 86_400.0
+# Below it, a lease cannot work: 1e-320 handed every job back at each reaper pass (every 0.01 s), and had its worker
+# heartbeat as fast as it may (every 0.05 s). The project's own tests go down to 1 s.
+MIN_LEASE_TIMEOUT_S = 1.0
+
+
+def _no_lease_or_a_usable_one(value: float) -> float:
+    if 0 < value < MIN_LEASE_TIMEOUT_S:
+        raise ValueError(f"must be 0 (no lease) or from {MIN_LEASE_TIMEOUT_S:g} to {WEEK_S:g} seconds: shorter, every "
+                         "job would be handed back before its worker's first heartbeat")
+    return value
+
+
 class QueueManagerEnv(LogSettings):
     """What the queue manager reads from the environment (flags, where they exist, win)."""
 
@@ -74,14 +89,15 @@ class QueueManagerEnv(LogSettings):
     worker_token: QueueToken | None = Field(default=None, validation_alias=QUEUE_WORKER_TOKEN_ENV)
     participants_file: OptionalPath = Field(default=None, validation_alias=PARTICIPANTS_FILE_ENV)
     outputs_dir: OptionalPath = Field(default=None, validation_alias=OUTPUTS_DIR_ENV)
-    lease_timeout_s: float = Field(
-        default=DEFAULT_LEASE_TIMEOUT_S, ge=0, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
+    lease_timeout_s: Annotated[float, AfterValidator(_no_lease_or_a_usable_one)] = Field(
+        default=DEFAULT_LEASE_TIMEOUT_S, ge=0, le=WEEK_S, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
     )
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100, validation_alias="MAX_ATTEMPTS")
     # 0 keeps finished jobs for good; inf is refused (say 0), as is anything negative.
     finished_job_retention_s: float = Field(
         default=DEFAULT_FINISHED_JOB_RETENTION_S,
         ge=0,
+        le=10 * YEAR_S,
         allow_inf_nan=False,
         validation_alias="FINISHED_JOB_RETENTION_S",
     )
@@ -89,7 +105,8 @@ class QueueManagerEnv(LogSettings):
     max_pending_per_user: int = Field(default=0, ge=0, validation_alias="MAX_PENDING_PER_USER")
     # 0 = round robin counts every job kept, as before.
     round_robin_window_s: float = Field(
-        default=DEFAULT_ROUND_ROBIN_WINDOW_S, ge=0, allow_inf_nan=False, validation_alias="ROUND_ROBIN_WINDOW_S"
+        default=DEFAULT_ROUND_ROBIN_WINDOW_S, ge=0, le=WEEK_S, allow_inf_nan=False,
+        validation_alias="ROUND_ROBIN_WINDOW_S",
     )
 
 

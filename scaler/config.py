@@ -45,6 +45,9 @@ MIN_INTERVAL_S = 1.0  # one tick reads Verda 3 times and the queue manager up to
 MIN_BILLING_INTERVAL_S = 60.0  # the ledger keeps one charge per interval per replica for a day
 MIN_DURATION_S = 1.0  # a wait target, a job length, a provider's start deadline or back-off
 MAX_WINDOW_S = DAY_S  # the stabilization window keeps one demand sample per tick for its whole length
+# Ceiling of every other duration: far past any wait, hold or back-off meant. Unbounded, a back-off of 1e12 s put a
+# degraded provider's retry past the year 9999, and the health record holding it was unreadable (`status`, restart).
+MAX_DURATION_S = 7 * DAY_S
 # The policy settings only the in-flight rule reads: the wait-target planner (scaler.policy._plan) reads none of
 # them, nor the cooldown while billing-aware; and those only the planner reads.
 IN_FLIGHT_RULE_ONLY = ("idle_to_zero_s", "stabilization_window_s", "activation_max_wait_s")
@@ -91,7 +94,7 @@ class ScalerSettings(LogSettings):
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")
     # None (`none`): a queue manager that cannot be read holds the count for as long as it lasts.
     queue_outage_hold_s: float | None = Field(
-        default=1800.0, ge=MIN_DURATION_S, validation_alias="SCALER_QUEUE_OUTAGE_HOLD_S"
+        default=1800.0, ge=MIN_DURATION_S, le=MAX_DURATION_S, validation_alias="SCALER_QUEUE_OUTAGE_HOLD_S"
     )
     state_file: OptionalPath = Field(default=None, validation_alias="SCALER_STATE_FILE")
     local_log_dir: OptionalPath = Field(default=None, validation_alias="SCALER_LOCAL_LOG_DIR")
@@ -111,11 +114,13 @@ class ScalerSettings(LogSettings):
     runpod_price_per_hour: float | None = Field(default=None, ge=0, validation_alias="SCALER_RUNPOD_PRICE_PER_HOUR")
     fallback_error_ticks: int = Field(default=3, ge=1, validation_alias="SCALER_FALLBACK_ERROR_TICKS")
     fallback_start_deadline_s: float = Field(
-        default=600.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_START_DEADLINE_S"
+        default=600.0, ge=MIN_DURATION_S, le=MAX_DURATION_S, validation_alias="SCALER_FALLBACK_START_DEADLINE_S"
     )
-    fallback_retry_s: float = Field(default=300.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_S")
+    fallback_retry_s: float = Field(
+        default=300.0, ge=MIN_DURATION_S, le=MAX_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_S"
+    )
     fallback_retry_max_s: float = Field(
-        default=3600.0, ge=MIN_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_MAX_S"
+        default=3600.0, ge=MIN_DURATION_S, le=MAX_DURATION_S, validation_alias="SCALER_FALLBACK_RETRY_MAX_S"
     )
     ledger_file: OptionalPath = Field(default=None, validation_alias="SCALER_LEDGER_FILE")
     # The deploy spec RunPod pods are built from (image, env, [runpod] table); unset: verda/deployment.toml.
@@ -135,44 +140,60 @@ class ScalerSettings(LogSettings):
         default=DEFAULTS.activation_threshold, ge=0, validation_alias=_scaler("activation_threshold")
     )
     activation_max_wait_s: float = Field(
-        default=DEFAULTS.activation_max_wait_s, ge=0, validation_alias=_scaler("activation_max_wait_s")
+        default=DEFAULTS.activation_max_wait_s, ge=0, le=MAX_DURATION_S,
+        validation_alias=_scaler("activation_max_wait_s")
     )
     stabilization_window_s: float = Field(
         default=DEFAULTS.stabilization_window_s, ge=0, le=MAX_WINDOW_S,
         validation_alias=_scaler("stabilization_window_s"),
     )
     scale_down_cooldown_s: float = Field(
-        default=DEFAULTS.scale_down_cooldown_s, ge=0, validation_alias=_scaler("scale_down_cooldown_s")
+        default=DEFAULTS.scale_down_cooldown_s, ge=0, le=MAX_DURATION_S,
+        validation_alias=_scaler("scale_down_cooldown_s")
     )
-    idle_to_zero_s: float = Field(default=DEFAULTS.idle_to_zero_s, ge=0, validation_alias=_scaler("idle_to_zero_s"))
+    idle_to_zero_s: float = Field(
+        default=DEFAULTS.idle_to_zero_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("idle_to_zero_s")
+    )
     billing_interval_s: float = Field(
-        default=DEFAULTS.billing_interval_s, ge=MIN_BILLING_INTERVAL_S, validation_alias=_scaler("billing_interval_s")
+        default=DEFAULTS.billing_interval_s, ge=MIN_BILLING_INTERVAL_S, le=MAX_DURATION_S,
+        validation_alias=_scaler("billing_interval_s")
     )
     billing_aware: bool = Field(default=DEFAULTS.billing_aware, validation_alias=_scaler("billing_aware"))
     billing_anchor: BillingAnchor = Field(default=DEFAULTS.billing_anchor, validation_alias=_scaler("billing_anchor"))
     scale_down_lead_s: float = Field(
-        default=DEFAULTS.scale_down_lead_s, ge=0, validation_alias=_scaler("scale_down_lead_s")
+        default=DEFAULTS.scale_down_lead_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("scale_down_lead_s")
     )
-    early_release_s: float = Field(default=DEFAULTS.early_release_s, ge=0, validation_alias=_scaler("early_release_s"))
+    early_release_s: float = Field(
+        default=DEFAULTS.early_release_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("early_release_s")
+    )
     # None: read it from Verda's GET /container-types for the deployment's compute (local backend: the default).
     price_per_replica_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("price_per_replica_hour"))
     max_spend_per_hour: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_hour"))
     max_spend_per_day: float | None = Field(default=None, ge=0, validation_alias=_scaler("max_spend_per_day"))
     # Wait-target planning (docs/scaling-policy.md). SCALER_TARGET_WAIT_S=none: one replica per job in flight.
     target_wait_s: float | None = Field(
-        default=DEFAULTS.target_wait_s, ge=MIN_DURATION_S, validation_alias=_scaler("target_wait_s")
+        default=DEFAULTS.target_wait_s, ge=MIN_DURATION_S, le=MAX_DURATION_S, validation_alias=_scaler("target_wait_s")
     )
     default_job_duration_s: float = Field(
-        default=DEFAULTS.default_job_duration_s, ge=MIN_DURATION_S, validation_alias=_scaler("default_job_duration_s")
+        default=DEFAULTS.default_job_duration_s, ge=MIN_DURATION_S, le=MAX_DURATION_S,
+        validation_alias=_scaler("default_job_duration_s")
     )
-    replica_boot_s: float = Field(default=DEFAULTS.replica_boot_s, ge=0, validation_alias=_scaler("replica_boot_s"))
+    replica_boot_s: float = Field(
+        default=DEFAULTS.replica_boot_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("replica_boot_s")
+    )
     timetable: str = Field(default="", validation_alias=_scaler("timetable"))
-    prewarm_lead_s: float = Field(default=DEFAULTS.prewarm_lead_s, ge=0, validation_alias=_scaler("prewarm_lead_s"))
-    worker_drain_s: float = Field(default=DEFAULTS.worker_drain_s, ge=0, validation_alias=_scaler("worker_drain_s"))
+    prewarm_lead_s: float = Field(
+        default=DEFAULTS.prewarm_lead_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("prewarm_lead_s")
+    )
+    worker_drain_s: float = Field(
+        default=DEFAULTS.worker_drain_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("worker_drain_s")
+    )
     victim_may_be_busy: bool = Field(
         default=DEFAULTS.victim_may_be_busy, validation_alias=_scaler("victim_may_be_busy")
     )
-    max_lost_work_s: float = Field(default=DEFAULTS.max_lost_work_s, ge=0, validation_alias=_scaler("max_lost_work_s"))
+    max_lost_work_s: float = Field(
+        default=DEFAULTS.max_lost_work_s, ge=0, le=MAX_DURATION_S, validation_alias=_scaler("max_lost_work_s")
+    )
     lost_work_weight: float = Field(
         default=DEFAULTS.lost_work_weight, ge=0, validation_alias=_scaler("lost_work_weight")
     )

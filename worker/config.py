@@ -29,6 +29,12 @@ QUEUE_MANAGERS_VARIABLE_ALONE = (
 )
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
+# Floors no operator needs to go below (the project's own tests go down to them). Below, 1e-320 was taken at its
+# word: an idle worker polled the queue manager nonstop, a held job was heartbeated nonstop, and every request,
+# job or wait for ComfyUI timed out before any answer could come.
+MIN_POLL_INTERVAL_S = 0.01
+MIN_HEARTBEAT_S = 0.05  # worker.lease.MIN_INTERVAL_S: the shortest beat a short lease gets
+MIN_TIMEOUT_S = 0.1
 
 
 def default_worker_id() -> str:
@@ -53,7 +59,9 @@ class WorkerSettings(LogSettings):
     comfyui_temp_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_TEMP_DIR")
     comfyui_input_dir: OptionalPath = Field(default=None, validation_alias="COMFYUI_INPUT_DIR")
     worker_id: Identifier = Field(default_factory=default_worker_id, validation_alias="WORKER_ID")
-    poll_interval_s: float = Field(default=2.0, gt=0, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL")
+    poll_interval_s: float = Field(
+        default=2.0, ge=MIN_POLL_INTERVAL_S, le=DAY_S, validation_alias="WORKER_POLL_INTERVAL"
+    )
     serverless_mode: bool = Field(default=False, validation_alias="SERVERLESS_MODE")
     # 0 = never: the scaler or the platform ends the replica.
     serverless_max_idle_polls: int = Field(default=10, ge=0, validation_alias="SERVERLESS_MAX_IDLE_POLLS")
@@ -67,21 +75,23 @@ class WorkerSettings(LogSettings):
     health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
     health_port_file: OptionalPath = Field(default=None, validation_alias="HEALTH_PORT_FILE")
     outputs_path: RequiredPath = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
-    job_timeout_s: float = Field(default=1800.0, gt=0, le=WEEK_S, validation_alias="JOB_TIMEOUT_S")
+    job_timeout_s: float = Field(default=1800.0, ge=MIN_TIMEOUT_S, le=WEEK_S, validation_alias="JOB_TIMEOUT_S")
     comfyui_startup_timeout_s: float = Field(
-        default=600.0, gt=0, le=DAY_S, validation_alias="COMFYUI_STARTUP_TIMEOUT_S"
+        default=600.0, ge=MIN_TIMEOUT_S, le=DAY_S, validation_alias="COMFYUI_STARTUP_TIMEOUT_S"
     )
     comfyui_unresponsive_timeout_s: float = Field(
-        default=120.0, gt=0, le=DAY_S, validation_alias="COMFYUI_UNRESPONSIVE_TIMEOUT_S"
+        default=120.0, ge=MIN_TIMEOUT_S, le=DAY_S, validation_alias="COMFYUI_UNRESPONSIVE_TIMEOUT_S"
     )
-    report_retry_budget_s: float = Field(default=120.0, gt=0, le=DAY_S, validation_alias="REPORT_RETRY_BUDGET_S")
+    report_retry_budget_s: float = Field(
+        default=120.0, ge=MIN_TIMEOUT_S, le=DAY_S, validation_alias="REPORT_RETRY_BUDGET_S"
+    )
     shutdown_grace_s: float = Field(default=25.0, ge=0, le=DAY_S, validation_alias="SHUTDOWN_GRACE_S")
     platform_kill_delay_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="PLATFORM_KILL_DELAY_S")
     requeue_on_shutdown: bool = Field(default=True, validation_alias="REQUEUE_ON_SHUTDOWN")
     max_job_attempts: int = Field(default=3, ge=1, le=100, validation_alias="MAX_JOB_ATTEMPTS")
-    lease_heartbeat_s: float = Field(default=15.0, gt=0, le=DAY_S, validation_alias="LEASE_HEARTBEAT_S")
-    http_timeout_s: float = Field(default=30.0, gt=0, le=DAY_S, validation_alias="HTTP_TIMEOUT_S")
-    heartbeat_timeout_s: float = Field(default=120.0, gt=0, le=WEEK_S, validation_alias="HEARTBEAT_TIMEOUT_S")
+    lease_heartbeat_s: float = Field(default=15.0, ge=MIN_HEARTBEAT_S, le=DAY_S, validation_alias="LEASE_HEARTBEAT_S")
+    http_timeout_s: float = Field(default=30.0, ge=MIN_TIMEOUT_S, le=DAY_S, validation_alias="HTTP_TIMEOUT_S")
+    heartbeat_timeout_s: float = Field(default=120.0, ge=1.0, le=WEEK_S, validation_alias="HEARTBEAT_TIMEOUT_S")
     warmup_workflow: OptionalPath = Field(default=None, validation_alias="WARMUP_WORKFLOW")
     max_job_output_files: int = Field(default=10_000, ge=1, le=1_000_000, validation_alias="MAX_JOB_OUTPUT_FILES")
     max_job_output_mb: int = Field(default=8192, ge=1, le=1 << 30, validation_alias="MAX_JOB_OUTPUT_MB")

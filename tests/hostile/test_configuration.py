@@ -14,11 +14,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.settings import MAX_QUEUE_TOKEN_CHARS, ConfigError, misspelt_names, misspelt_variables, setting_names
+from common.settings import (
+    MAX_QUEUE_TOKEN_CHARS,
+    ConfigError,
+    allowed_range,
+    misspelt_names,
+    misspelt_variables,
+    setting_names,
+    settings_from_env,
+)
 from queue_manager import QueueManagerServer
 from queue_manager.__main__ import QueueManagerEnv
+from scaler.allocator import PAUSED, AllocatorState, ProviderSpec, ProviderView, allocate
 from scaler.config import ScalerSettings, load_kill_switch_settings
 from scaler.config import load_settings as load_scaler_settings
+from scaler.health_record import HealthRecord, iso
+from scaler.wiring import allocator_config
 from supervisor.config import SupervisorSettings, load_supervisor_settings
 from worker.config import WorkerSettings
 from worker.config import load_settings as load_worker_settings
@@ -139,6 +150,24 @@ SCALER_CASES = {
 }
 
 
+QUEUE_MANAGER_CASES = {
+    # Shorter than any heartbeat: every job handed back at each reaper pass, its worker beating every 0.05 s.
+    "lease-timeout-denormal": ("LEASE_TIMEOUT_S", "1e-320"),
+    "lease-timeout-below-a-second": ("LEASE_TIMEOUT_S", "0.5"),
+    "lease-timeout-1e23": ("LEASE_TIMEOUT_S", "1e23"),
+    "retention-1e23": ("FINISHED_JOB_RETENTION_S", "1e23"),
+    "round-robin-window-1e23": ("ROUND_ROBIN_WINDOW_S", "1e23"),
+}
+WORKER_CASES |= {
+    # Taken at its word, 1e-320: an idle worker polled the queue manager nonstop, a held job was heartbeated nonstop.
+    "poll-interval-denormal": ("WORKER_POLL_INTERVAL", "1e-320"),
+    "lease-heartbeat-denormal": ("LEASE_HEARTBEAT_S", "1e-320"),
+    # ... and every request, job or wait for ComfyUI timed out before an answer could come.
+    "http-timeout-denormal": ("HTTP_TIMEOUT_S", "1e-320"),
+    "job-timeout-denormal": ("JOB_TIMEOUT_S", "1e-320"),
+}
+
+
 def _clean_env(monkeypatch: pytest.MonkeyPatch, base: dict[str, str], variable: str, value: str) -> None:
     for name in list(os.environ):
         prefixes = ("QUEUE_MANAGER", "SERVERLESS", "WORKER_", "SCALER_", "COMFYUI_", "VERDA_", "LOG_", "HEALTH_")
@@ -153,6 +182,42 @@ def _assert_refused(load: Callable[[], object], variable: str) -> None:
     with pytest.raises(ConfigError) as refused:
         load()
     assert f"  {variable}:" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(("variable", "value"), QUEUE_MANAGER_CASES.values(), ids=QUEUE_MANAGER_CASES.keys())
+def test_queue_manager_refuses(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    _clean_env(monkeypatch, {}, variable, value)
+    with pytest.raises(ConfigError) as refused:
+        settings_from_env(QueueManagerEnv, "queue manager")
+    assert f"  {variable}:" in str(refused.value), str(refused.value)
+    assert "604800" in str(refused.value) or "315360000" in str(refused.value), "the refusal says the range"
+
+
+@pytest.mark.parametrize("value", ["0", "1", "604800"])
+def test_a_lease_of_0_or_within_the_range_is_taken(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    _clean_env(monkeypatch, {}, "LEASE_TIMEOUT_S", value)
+    assert settings_from_env(QueueManagerEnv, "queue manager").lease_timeout_s == float(value)
+
+
+def test_the_longest_fallback_back_off_accepted_leaves_a_health_record_that_can_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: SCALER_FALLBACK_RETRY_S and _MAX_S had no ceiling. At 1e23, a paused provider's retry was due past the
+    year 9999: the health record the fleet writes held a time no reader takes (ValueError), so `status` called it
+    unreadable and a restarted scaler forgot every degradation."""
+    longest = {name: str(allowed_range(ScalerSettings, name)[1] or 1e23)
+               for name in ("SCALER_FALLBACK_RETRY_S", "SCALER_FALLBACK_RETRY_MAX_S")}
+    _clean_env(monkeypatch, SCALER_BASE, "SCALER_FALLBACK_RETRY_S", longest["SCALER_FALLBACK_RETRY_S"])
+    monkeypatch.setenv("SCALER_FALLBACK_RETRY_MAX_S", longest["SCALER_FALLBACK_RETRY_MAX_S"])
+    settings = load_scaler_settings()
+    config = allocator_config(settings, (ProviderSpec("verda", 2, 1.0), ProviderSpec("runpod", 2, 2.0)))
+    now = 1_800_000_000.0
+    views = {"verda": ProviderView(status=PAUSED), "runpod": ProviderView()}
+    health = allocate(config, AllocatorState(), 1, views, now).new_state.health
+    assert health["verda"].retry_at is not None  # degraded: paused
+    written = json.loads(json.dumps(HealthRecord.of(health, {}, now).to_json()))
+    read = HealthRecord.from_json(written)
+    assert iso(read.degraded["verda"].retry_at) is not None
 
 
 @pytest.mark.parametrize(("variable", "value"), WORKER_CASES.values(), ids=WORKER_CASES.keys())

@@ -1,7 +1,9 @@
 """Fuzzed configuration: every variable each process reads, given each of a battery of hostile values (and then
 generated text), is taken as meant or refused by a ConfigError naming it, in lines short enough to read (a value
 quoted whole buries the reason); never another exception, never a hang.
-A number taken is finite and the one written (never read from other digits than ASCII's).
+A number taken is finite and the one written (never read from other digits than ASCII's), within the range its
+field declares (which the docs' tables give). Every duration declares a ceiling, and a floor above 0 where it has one:
+1e23 and 1e-320 are refused, not taken at their word.
 
 tests/hostile/test_configuration.py keeps the hand-picked cases and why each mattered; the variables here come
 from the settings classes themselves, so a setting added later is fuzzed without a line here.
@@ -13,6 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from common.settings import ConfigError, setting_names, settings_from_env
+from common.settings import ConfigError, allowed_range, setting_names, settings_from_env
 from queue_manager.__main__ import QueueManagerEnv
 from scaler.config import ScalerSettings
 from scaler.config import load_settings as load_scaler_settings
@@ -33,7 +36,8 @@ from .test_configuration import SCALER_BASE, WORKER_BASE
 
 HOSTILE = [
     "", " ", "\t", "nan", "NaN", "inf", "-inf", "-1", "0", "-0", "1e309", "1e-320", "99999999999999999999999",
-    "0x10", "1_000", "true", "[]", "{}", "null", "\x00", "a\nb", "é", "x" * 100_000, "/dev/null", "../../etc/passwd",
+    "1e23", "0x10", "1_000", "true", "[]", "{}", "null", "\x00", "a\nb", "é", "x" * 100_000, "/dev/null",
+    "../../etc/passwd",
     "\U0001d7d9",  # a mathematical digit one, which int() reads as 1
     "\u0661\u0662",  # Arabic-Indic digits, which int() reads as 12
     "\udcff",  # a byte the environment could not decode as UTF-8 (Python keeps it as a lone surrogate)
@@ -131,7 +135,12 @@ class Fuzz:
             written = int(value) if isinstance(taken, int) else float(value)
         except ValueError:
             return f"taken as {taken!r}, which Python does not read as a number"
-        return None if taken == written else f"taken as {taken!r}, not {written!r}"
+        if taken != written:
+            return f"taken as {taken!r}, not {written!r}"
+        low, high = allowed_range(self.settings_cls, self.field)
+        if (low is not None and taken < low) or (high is not None and taken > high):
+            return f"taken as {taken!r}, outside the range its field declares ({low}, {high})"
+        return None
 
 
 @pytest.fixture
@@ -147,6 +156,28 @@ def test_each_hostile_value_is_taken_as_meant_or_refused_naming_the_variable(
     one = fuzz(process, variable)
     problems = {value[:30]: problem for value in HOSTILE if (problem := one.problem(value))}
     assert problems == {}
+
+
+def _is_duration(settings_cls: type[BaseSettings], variable: str) -> bool:
+    field = settings_cls.model_fields[_field_of(settings_cls, variable)]
+    return _field_of(settings_cls, variable).endswith("_s") and float in (field.annotation, *get_args(field.annotation))
+
+
+DURATIONS = [(process, variable) for process, variable in CASES if _is_duration(LOADERS[process][0], variable)]
+
+
+@pytest.mark.parametrize(("process", "variable"), DURATIONS, ids=[f"{p}-{v}" for p, v in DURATIONS])
+def test_each_duration_has_a_ceiling_and_absurd_magnitudes_are_refused(
+    fuzz: Callable[[str, str], Fuzz], process: str, variable: str
+) -> None:
+    """Unbounded, 1e23 was taken (a back-off past the year 9999: a health record no reader takes); above 0 alone,
+    1e-320 (an idle worker polling nonstop, a lease no heartbeat could renew)."""
+    one = fuzz(process, variable)
+    low, high = allowed_range(one.settings_cls, variable)
+    assert high is not None, f"{variable} declares no ceiling"
+    absurd = ["1e23", *(["1e-320"] if low else [])]
+    taken = [value for value in absurd if not isinstance(one._outcome(value), ConfigError)]
+    assert taken == []
 
 
 # Any text, with a byte the environment could not decode among the characters; no NUL (no environment holds one).
