@@ -17,6 +17,7 @@ from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from common.cli import integer, number
 from common.logs import configure_logging, scrub
 from common.text import escape_controls
 from common.urls import direct_transport, redact_url
@@ -225,11 +226,11 @@ def shown(text: str) -> str:
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
-    return _ranged(int, "a whole number", low, high)
+    return _ranged(integer, "a whole number", low, high)
 
 
 def _number(low: float, high: float) -> Callable[[str], float]:
-    return _ranged(float, "a number", low, high)
+    return _ranged(number, "a number", low, high)
 
 
 def _price(text: str) -> float:

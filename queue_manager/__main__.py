@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import interrupted
+from common.cli import integer, interrupted, number
 from common.stop_signals import take_stop_signals
 
 try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
@@ -113,7 +113,7 @@ class QueueManagerEnv(LogSettings):
 def _seconds(text: str) -> float:
     """A finite, positive number of seconds (inf would stop the reaper for good, 0 would spin it)."""
     try:
-        value = float(text)
+        value = number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
@@ -123,7 +123,7 @@ def _seconds(text: str) -> float:
 
 def _count(text: str) -> int:
     try:
-        value = int(text)
+        value = integer(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
