@@ -36,6 +36,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         OptionalPath,
         QueueToken,
         queue_token_problem,
+        quoted,
         settings_from_env,
         warn_misspelt_variables,
     )
@@ -189,6 +190,18 @@ def _path_to(what: str) -> Callable[[str], Path]:
     return path
 
 
+def _participants_file(text: str) -> Path:
+    """The participants file to serve with: one that is missing or no regular file (a folder, a FIFO, a device) was
+    refused only when the start read it (exit 2), the database's lock file written by then."""
+    path = _path_to("the participants file")(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: no such file (comfy-serverless queue {ADD_PARTICIPANT} "
+                                         "USER_ID --participants-file PATH makes it)")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: is not a regular file (a folder, a FIFO or a device)")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-serverless queue",
@@ -256,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--participants-file",
-        type=_path_to("the participants file"),
+        type=_participants_file,
         metavar="PATH",
         default=None,
         help=f"with --token: each participant's own token, by its hash; each sees and cancels only their jobs; "

@@ -246,8 +246,9 @@ def test_queue_manager_refuses_each_bad_value_naming_its_option_before_serving(
     problems = _problems(serve, {k: v for k, v in QUEUE_OPTIONS.items() if k != "--db"}, capsys, tmp_path,
                          before=["--db", str(tmp_path / "q.db")])
     problems += _problems(serve, {"--db": None}, capsys, tmp_path, devices_refused=["--db"])
-    # A device or a folder as the participants file is refused when the start reads it (exit 2), the lock taken
-    problems += _problems(serve, {"--participants-file": None}, capsys, tmp_path, before=["--token", TOKEN])
+    # A device or a folder as the participants file was refused only when the start read it, the lock written
+    problems += _problems(serve, {"--participants-file": None}, capsys, tmp_path, before=["--token", TOKEN],
+                          devices_refused=["--participants-file"])
     assert problems == [], "\n".join(problems)
 
 
