@@ -299,6 +299,23 @@ def test_demo_writes_nothing_when_a_later_option_is_refused(
     assert os.listdir(tmp_path) == []
 
 
+def test_demo_removes_what_it_created_when_an_option_that_writes_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--db's database, created before --output-dir was refused, stayed; so did the outputs folder made before the
+    logs folder was refused."""
+    monkeypatch.chdir(tmp_path)
+    Path("a-file").write_text("")
+    outcome = _outcome(demo_cli.parse_demo_args, ["--db", "jobs.db", "--output-dir", "a-file/out"], capsys)
+    assert outcome.code == 2 and "--output-dir" in outcome.err
+    assert os.listdir(tmp_path) == ["a-file"]
+    Path("out").mkdir()
+    Path("out", "logs").write_text("")  # a file where the logs folder goes
+    outcome = _outcome(demo_cli.parse_demo_args, ["--db", "jobs.db", "--output-dir", "out"], capsys)
+    assert outcome.code == 2 and "--output-dir" in outcome.err
+    assert (sorted(os.listdir(tmp_path)), os.listdir("out")) == (["a-file", "out"], ["logs"])
+
+
 # --- the ComfyUI stand-in -------------------------------------------------------------------------------------------
 
 
