@@ -48,6 +48,9 @@ MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds ar
 # ... but the x clairv. column plans a clairvoyant a row (12-27 s a workshop day): the defaults took 41 s a seed
 # here, 1000 seeds about 11 hours. With the column, at most this many rows (about an hour):
 MAX_CLAIRVOYANT_ROWS = 150
+# A clairvoyant's plan costs about one replay per tick: a workshop day's took 10 s at --tick-s 15, 33 s at 5, 110 s at
+# 2, over 150 s at 1 (the defaults' three rows over 400 s a seed). Below this tick, only without a clairvoyant:
+MIN_CLAIRVOYANT_TICK_S = 5.0
 
 
 def run_policy(
@@ -131,9 +134,6 @@ def simulate_main(argv: list[str]) -> int:
             raise ValueError(f"--seeds, --workload and --policy make {rows} rows, each planning a clairvoyant for the "
                              f"x clairv. column (12-27 s a workshop day): at most {MAX_CLAIRVOYANT_ROWS}; add "
                              "--no-clairvoyant-ratio, or run fewer")
-        for flag, target in (("--json", args.json), ("--chart", args.chart)):
-            if target and target != "-":
-                _check_writable(flag, Path(target))
         platform = PlatformModel(
             cold_start_s=args.cold_start_s,
             health_check_delay_s=args.health_check_delay_s,
@@ -144,6 +144,14 @@ def simulate_main(argv: list[str]) -> int:
             scale_down_victim=Victim(args.scale_down_victim),
             max_shutdown_handbacks=args.max_shutdown_handbacks,
         )
+        plans = args.clairvoyant_ratio or any(p.partition(":")[0] == "clairvoyant" for p in args.policy or ())
+        if plans and args.tick_s < MIN_CLAIRVOYANT_TICK_S:
+            raise ValueError(f"--tick-s {args.tick_s:g}: a clairvoyant (the x clairv. column, or the policy) is "
+                             f"planned at a tick of {MIN_CLAIRVOYANT_TICK_S:g} s or more (at 1 s, minutes a row); "
+                             "add --no-clairvoyant-ratio (and no clairvoyant policy) for a shorter tick")
+        for flag, target in (("--json", args.json), ("--chart", args.chart)):
+            if target and target != "-":
+                _check_writable(flag, Path(target))
     except (ValueError, OSError) as error:
         parser.error(str(error))
     reports: list[PolicyReport] = []

@@ -200,6 +200,19 @@ def test_simulate_refuses_a_seed_range_that_would_run_for_hours(
     assert _outcome(simulate_cli.simulate_main, without_the_column, capsys).code == "started"
 
 
+@pytest.mark.parametrize("planned", [[], ["--policy", "clairvoyant", "--no-clairvoyant-ratio"]])
+def test_simulate_refuses_a_tick_too_short_to_plan_a_clairvoyant(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, planned: list[str]
+) -> None:
+    """--tick-s 1 is in the model's range, but a clairvoyant planned at it took minutes a row: the defaults did not
+    finish one seed in 400 s. Without one, the same tick runs a workshop day in about 12 s."""
+    monkeypatch.setattr(simulate_cli, "run_policy", _stop)
+    outcome = _outcome(simulate_cli.simulate_main, ["--tick-s", "1", *planned], capsys)
+    assert outcome.code == 2 and "--tick-s 1" in outcome.err and "--no-clairvoyant-ratio" in outcome.err
+    assert _outcome(simulate_cli.simulate_main, ["--tick-s", "5", *planned], capsys).code == "started"
+    assert _outcome(simulate_cli.simulate_main, ["--tick-s", "1", "--no-clairvoyant-ratio"], capsys).code == "started"
+
+
 # --- the deploy -------------------------------------------------------------------------------------------------
 
 
