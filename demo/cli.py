@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
 import sqlite3
 import sys
 from collections.abc import Callable
+from itertools import takewhile
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,6 +20,7 @@ from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from common.cli import integer, number
 from common.logs import configure_logging, scrub
 from common.text import escape_controls
 from common.urls import direct_transport, redact_url
@@ -95,17 +99,40 @@ def parse_demo_args(argv: list[str]) -> argparse.Namespace:
                      f"(--providers {','.join(args.providers) or 'not given: the local workers alone'})")
     if args.comfyui_url is not None and (why := asyncio.run(_comfyui_unreachable(args.comfyui_url))):
         parser.error(f"--comfyui-url: no ComfyUI answers at {redact_url(args.comfyui_url)} ({why})")
-    # Last: these write (the output folders, a database), and stayed when a later option was refused
+    # Last: these write (a database, the output folders); when one is refused, what either created is removed
+    new = _new_paths(args.db, args.output_dir)
     try:
-        db = _database(args.db) if args.db else None
+        db = _checked("--db", _database, args.db)
+        output_dir = _checked("--output-dir", _output_dir, args.output_dir) or DemoOptions().output_dir
     except argparse.ArgumentTypeError as exc:
-        parser.error(f"--db: {exc}")
-    try:
-        output_dir = _output_dir(args.output_dir) if args.output_dir else DemoOptions().output_dir
-    except argparse.ArgumentTypeError as exc:
-        parser.error(f"--output-dir: {exc}")
+        _remove(new)
+        parser.error(str(exc))
     args.output_dir, args.db = output_dir, db
     return args
+
+
+def _checked(flag: str, check: Callable[[str], Path], value: str | None) -> Path | None:
+    try:
+        return check(value) if value else None
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
+
+
+def _new_paths(db: str | None, output_dir: str | None) -> list[Path]:
+    """What checking --db and --output-dir may create that is not there yet: the database and SQLite's files beside
+    it, and the outermost missing folder on the way to each output folder."""
+    paths = [Path(db + suffix) for suffix in ("", "-wal", "-shm", "-journal")] if db else []
+    for folder in (Path(output_dir, "outputs"), Path(output_dir, "logs")) if output_dir else ():
+        paths += list(takewhile(lambda path: not os.path.lexists(path), (folder, *folder.parents)))[-1:]
+    return [path for path in paths if not os.path.lexists(path)]
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in filter(os.path.lexists, paths):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 async def _comfyui_unreachable(url: str) -> str | None:
@@ -225,11 +252,11 @@ def shown(text: str) -> str:
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
-    return _ranged(int, "a whole number", low, high)
+    return _ranged(integer, "a whole number", low, high)
 
 
 def _number(low: float, high: float) -> Callable[[str], float]:
-    return _ranged(float, "a number", low, high)
+    return _ranged(number, "a number", low, high)
 
 
 def _price(text: str) -> float:

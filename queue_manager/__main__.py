@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import interrupted
+from common.cli import integer, interrupted, number
 from common.stop_signals import take_stop_signals
 
 try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start says
@@ -36,6 +36,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         OptionalPath,
         QueueToken,
         queue_token_problem,
+        quoted,
         settings_from_env,
         warn_misspelt_variables,
     )
@@ -113,7 +114,7 @@ class QueueManagerEnv(LogSettings):
 def _seconds(text: str) -> float:
     """A finite, positive number of seconds (inf would stop the reaper for good, 0 would spin it)."""
     try:
-        value = float(text)
+        value = number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
@@ -123,7 +124,7 @@ def _seconds(text: str) -> float:
 
 def _count(text: str) -> int:
     try:
-        value = int(text)
+        value = integer(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
@@ -186,6 +187,18 @@ def _path_to(what: str) -> Callable[[str], Path]:
             raise argparse.ArgumentTypeError(f"cannot name {what}: {exc.strerror or exc}") from None
         return Path(text)
 
+    return path
+
+
+def _participants_file(text: str) -> Path:
+    """The participants file to serve with: one that is missing or no regular file (a folder, a FIFO, a device) was
+    refused only when the start read it (exit 2), the database's lock file written by then."""
+    path = _path_to("the participants file")(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: no such file (comfy-serverless queue {ADD_PARTICIPANT} "
+                                         "USER_ID --participants-file PATH makes it)")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: is not a regular file (a folder, a FIFO or a device)")
     return path
 
 
@@ -256,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--participants-file",
-        type=_path_to("the participants file"),
+        type=_participants_file,
         metavar="PATH",
         default=None,
         help=f"with --token: each participant's own token, by its hash; each sees and cancels only their jobs; "

@@ -22,6 +22,7 @@ from common.settings import ConfigError, LogSettings, settings_from_env
 from common.text import escape_controls
 from common.urls import url_secrets
 from scaler.deploy.errors import EXIT_USAGE
+from scaler.deploy.spec import GivenSpec
 
 PROVIDERS = {"verda": "scaler.deploy.verda", "runpod": "scaler.deploy.runpod"}
 # Values no output may show (the scrubber masks them wherever they appear).
@@ -38,7 +39,7 @@ def _spec_path(text: str) -> Path:
     """Never blank: Path("") is the folder it ran in, refused as "." with no word of --spec (`--spec "$UNSET"`)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name the spec file, or leave the flag out for the provider's")
-    return Path(text)
+    return GivenSpec(text)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

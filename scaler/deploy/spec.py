@@ -12,12 +12,12 @@ import tomllib
 import unicodedata
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PosixPath, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of
+from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of, quoted
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
 from common.urls import (
@@ -425,6 +425,16 @@ def _one_secret_two_values(secrets: dict[str, Any], environ: Mapping[str, str]) 
             for secret, names in by_secret.items() if len({environ[n] for n in names if n in environ}) > 1]
 
 
+class GivenSpec(PosixPath):
+    """A spec file named by the deploy's --spec: an error about the file names the option."""
+
+
+def shown_spec(path: Path) -> str:
+    """The spec file as an error names it: shortened (a 100,000-character path was echoed twice), after --spec when
+    it was named so."""
+    return f"--spec {quoted(str(path))}" if isinstance(path, GivenSpec) else quoted(str(path))
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The TOML at ``path`` as written, nothing checked; SpecError naming the file when it cannot be read, or holds
     more than MAX_SPEC_BYTES (read whole, a 300 MB file took 674 MB; /dev/zero, memory without end), or is no
@@ -432,18 +442,19 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     try:
         data = read_small_file(path, MAX_SPEC_BYTES)
     except (IsADirectoryError, NotARegularFile):
-        raise SpecError([f"{path}: a directory, a FIFO or a device, not a file: no deployment spec"]) from None
-    except FileTooLarge:
-        raise SpecError([f"{path}: more than {MAX_SPEC_BYTES} bytes: no deployment spec (the shipped one is 5 KB)"]
+        raise SpecError([f"{shown_spec(path)}: a directory, a FIFO or a device, not a file: no deployment spec"]
                         ) from None
-    except OSError as error:
-        raise SpecError([f"{path}: {error}"]) from None
+    except FileTooLarge:
+        raise SpecError([f"{shown_spec(path)}: more than {MAX_SPEC_BYTES} bytes: no deployment spec (the shipped one "
+                         "is 5 KB)"]) from None
+    except OSError as error:  # its text names the file again
+        raise SpecError([f"{shown_spec(path)}: {error.strerror or error}"]) from None
     try:
         return tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise SpecError([f"{path}: {error}"]) from None
+        raise SpecError([f"{shown_spec(path)}: {error}"]) from None
     except RecursionError:
-        raise SpecError([f"{path}: nested deeper than the TOML parser reads"]) from None
+        raise SpecError([f"{shown_spec(path)}: nested deeper than the TOML parser reads"]) from None
 
 
 def given_deployment_name(path: Path, environ: Mapping[str, str]) -> tuple[Any, str]:
@@ -457,8 +468,8 @@ def given_deployment_name(path: Path, environ: Mapping[str, str]) -> tuple[Any, 
         raise SpecError([f"{problem}; or set VERDA_DEPLOYMENT_NAME to the deployment's name, which is read in place "
                          "of the file" for problem in error.problems]) from None
     if not isinstance(deployment, dict):
-        raise SpecError([f"deployment: must be a table ({path})"])
-    return deployment.get("name"), f"deployment.name ({path})"
+        raise SpecError([f"deployment: must be a table ({shown_spec(path)})"])
+    return deployment.get("name"), f"deployment.name ({shown_spec(path)})"
 
 
 def deployment_name(path: Path, environ: Mapping[str, str]) -> str:

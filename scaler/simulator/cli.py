@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from common.cli import integer, number
 from common.handbacks import MAX_SHUTDOWN_HANDBACKS
 from scaler.billing import BillingAnchor
 from scaler.policy import ScalingConfig
@@ -47,6 +48,9 @@ MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds ar
 # ... but the x clairv. column plans a clairvoyant a row (12-27 s a workshop day): the defaults took 41 s a seed
 # here, 1000 seeds about 11 hours. With the column, at most this many rows (about an hour):
 MAX_CLAIRVOYANT_ROWS = 150
+# A clairvoyant's plan costs about one replay per tick: a workshop day's took 10 s at --tick-s 15, 33 s at 5, 110 s at
+# 2, over 150 s at 1 (the defaults' three rows over 400 s a seed). Below this tick, only without a clairvoyant:
+MIN_CLAIRVOYANT_TICK_S = 5.0
 
 
 def run_policy(
@@ -130,9 +134,6 @@ def simulate_main(argv: list[str]) -> int:
             raise ValueError(f"--seeds, --workload and --policy make {rows} rows, each planning a clairvoyant for the "
                              f"x clairv. column (12-27 s a workshop day): at most {MAX_CLAIRVOYANT_ROWS}; add "
                              "--no-clairvoyant-ratio, or run fewer")
-        for flag, target in (("--json", args.json), ("--chart", args.chart)):
-            if target and target != "-":
-                _check_writable(flag, Path(target))
         platform = PlatformModel(
             cold_start_s=args.cold_start_s,
             health_check_delay_s=args.health_check_delay_s,
@@ -143,6 +144,14 @@ def simulate_main(argv: list[str]) -> int:
             scale_down_victim=Victim(args.scale_down_victim),
             max_shutdown_handbacks=args.max_shutdown_handbacks,
         )
+        plans = args.clairvoyant_ratio or any(p.partition(":")[0] == "clairvoyant" for p in args.policy or ())
+        if plans and args.tick_s < MIN_CLAIRVOYANT_TICK_S:
+            raise ValueError(f"--tick-s {args.tick_s:g}: a clairvoyant (the x clairv. column, or the policy) is "
+                             f"planned at a tick of {MIN_CLAIRVOYANT_TICK_S:g} s or more (at 1 s, minutes a row); "
+                             "add --no-clairvoyant-ratio (and no clairvoyant policy) for a shorter tick")
+        for flag, target in (("--json", args.json), ("--chart", args.chart)):
+            if target and target != "-":
+                _check_writable(flag, Path(target))
     except (ValueError, OSError) as error:
         parser.error(str(error))
     reports: list[PolicyReport] = []
@@ -234,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="always-on:N, naive, naive-job-limit-1, ours or clairvoyant[:P95_S] (repeatable; "
                              "default always-on:1, naive, ours)")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=1)
+    seeds.add_argument("--seed", type=integer, default=1)
     seeds.add_argument("--seeds", help="several seeds, e.g. 1-5 or 1,2,7: a row per seed plus a summary")
     parser.add_argument("--json", type=_named, metavar="PATH", help="write results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--chart", type=_named, metavar="PATH", help="write a PNG chart (needs matplotlib)")
@@ -244,18 +253,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--clairvoyant-ratio", action=argparse.BooleanOptionalAction, default=True,
                         help="plan the clairvoyant at each row's p95 and max wait for the x clairv. column")
     platform = parser.add_argument_group("platform model")
-    platform.add_argument("--price-per-hour", type=float, default=2.30, help="USD per replica-hour")
-    platform.add_argument("--cold-start-s", type=float, default=30.0,
+    platform.add_argument("--price-per-hour", type=number, default=2.30, help="USD per replica-hour")
+    platform.add_argument("--cold-start-s", type=number, default=30.0,
                           help="image pull + ComfyUI start + model load")
-    platform.add_argument("--health-check-delay-s", type=float, default=5.0)
-    platform.add_argument("--tick-s", type=float, default=15.0, help="scaler / Verda evaluation interval")
+    platform.add_argument("--health-check-delay-s", type=number, default=5.0)
+    platform.add_argument("--tick-s", type=number, default=15.0, help="scaler / Verda evaluation interval")
     platform.add_argument("--verda-billing-anchor", choices=[a.value for a in BillingAnchor],
                           default=BillingAnchor.STARTED_AT.value, help="how Verda really bills, in the model")
-    platform.add_argument("--spot-reclaims-per-hour", type=float, default=0.0, help="per replica")
+    platform.add_argument("--spot-reclaims-per-hour", type=number, default=0.0, help="per replica")
     platform.add_argument("--scale-down-victim", choices=[v.value for v in Victim], default=Victim.WORST.value,
                           help="who leaves on a scale-down: the worst case, idle workers retiring themselves, "
                                "or idle first (the RunPod backend's choice)")
-    platform.add_argument("--max-shutdown-handbacks", type=int, default=MAX_SHUTDOWN_HANDBACKS,
+    platform.add_argument("--max-shutdown-handbacks", type=integer, default=MAX_SHUTDOWN_HANDBACKS,
                           help="the queue's bound on one job's replica-stop hand-backs: then it fails (0: none)")
     ours = parser.add_argument_group("ours: ScalingConfig overrides")
     for config_field in dataclasses.fields(ScalingConfig):
@@ -272,9 +281,9 @@ def _parser() -> argparse.ArgumentParser:
             ours.add_argument(flag, type=_optional_seconds, default=None,
                               help=f"default {default}; 'none': one replica per job in flight")
         elif isinstance(default, int):
-            ours.add_argument(flag, type=int, default=None, help=f"default {default}")
+            ours.add_argument(flag, type=integer, default=None, help=f"default {default}")
         else:
-            ours.add_argument(flag, type=float, default=None, help=f"default {default}")
+            ours.add_argument(flag, type=number, default=None, help=f"default {default}")
     return parser
 
 
@@ -302,7 +311,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _optional_seconds(text: str) -> float | str:
-    return "none" if text.lower() == "none" else float(text)
+    return "none" if text.lower() == "none" else number(text)
 
 
 def _config_from(args: argparse.Namespace) -> ScalingConfig:

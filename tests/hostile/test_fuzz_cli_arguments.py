@@ -85,12 +85,15 @@ def _problems(
     devices_refused: Sequence[str] = (),
     taken_as: Callable[[str, dict[str, Any]], Any] | None = None,
     named_as: dict[str, str] | None = None,
+    any_script_digits: bool = False,
 ) -> list[str]:
     """Every hostile value for every option in ``options`` (option -> the range a number it takes must lie in, or
     None for no number): what breaks the rule, one line each. ``before``: arguments that go first;
     ``blank_is_unset``: options for which "" and " " mean "not given" (documented so); ``devices_refused``: file
     options for which a device or a folder is no file; ``named_as``: the words an error names an option by, other than
-    the option itself (and its field's name: tick_s, "participants file")."""
+    the option itself (and its field's name: tick_s, "participants file"); ``any_script_digits``: a number may be
+    written in any script's digits (Arabic-Indic 12), as ComfyUI's own options take it (the stand-in's), where the
+    environment's settings (pydantic) and every other command line take ASCII digits only."""
     found = []
     for option, bounds in options.items():
         for value in HOSTILE:
@@ -105,6 +108,8 @@ def _problems(
                     found.append(f"{shown}: a blank value taken")
                 if value in (*DEVICES, str(folder)) and option in devices_refused:
                     found.append(f"{shown}: no file, taken")
+                if bounds is not None and not value.isascii() and not any_script_digits:
+                    found.append(f"{shown}: a number in other than ASCII digits taken")
                 number = taken_as(name, outcome.taken) if taken_as else outcome.taken.get(name)
                 if bounds is not None and isinstance(number, int | float):
                     low, high = bounds
@@ -195,6 +200,19 @@ def test_simulate_refuses_a_seed_range_that_would_run_for_hours(
     assert _outcome(simulate_cli.simulate_main, without_the_column, capsys).code == "started"
 
 
+@pytest.mark.parametrize("planned", [[], ["--policy", "clairvoyant", "--no-clairvoyant-ratio"]])
+def test_simulate_refuses_a_tick_too_short_to_plan_a_clairvoyant(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, planned: list[str]
+) -> None:
+    """--tick-s 1 is in the model's range, but a clairvoyant planned at it took minutes a row: the defaults did not
+    finish one seed in 400 s. Without one, the same tick runs a workshop day in about 12 s."""
+    monkeypatch.setattr(simulate_cli, "run_policy", _stop)
+    outcome = _outcome(simulate_cli.simulate_main, ["--tick-s", "1", *planned], capsys)
+    assert outcome.code == 2 and "--tick-s 1" in outcome.err and "--no-clairvoyant-ratio" in outcome.err
+    assert _outcome(simulate_cli.simulate_main, ["--tick-s", "5", *planned], capsys).code == "started"
+    assert _outcome(simulate_cli.simulate_main, ["--tick-s", "1", "--no-clairvoyant-ratio"], capsys).code == "started"
+
+
 # --- the deploy -------------------------------------------------------------------------------------------------
 
 
@@ -202,7 +220,7 @@ def test_deploy_refuses_each_bad_value_naming_its_option(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A spec that is no file (a device would be read without end, a folder, an empty name: the folder it ran in)
-    is refused before anything is sent; the dry run needs no network."""
+    is refused before anything is sent, naming --spec; the dry run needs no network."""
     monkeypatch.chdir(tmp_path)
 
     def deploy(argv: list[str]) -> Any:
@@ -211,8 +229,11 @@ def test_deploy_refuses_each_bad_value_naming_its_option(
     for action in ("apply", "status", "delete"):
         problems = _problems(deploy, {"--spec": None, "--provider": None}, capsys, tmp_path,
                              before=[action, "--dry-run"] if action == "apply" else [action],
-                             devices_refused=["--spec"], named_as={"--spec": "invalid deployment spec"})
+                             devices_refused=["--spec"])
         assert problems == [], (action, "\n".join(problems))
+        # A 100,000-character path was echoed twice in the refusal: now once, shortened
+        outcome = _outcome(deploy, [action, "--spec", "x" * 100_000], capsys)
+        assert outcome.code == 2 and "--spec 'xxx" in outcome.err and len(outcome.err) < 1_000, outcome.err[:300]
 
 
 # --- the queue manager --------------------------------------------------------------------------------------------
@@ -241,8 +262,9 @@ def test_queue_manager_refuses_each_bad_value_naming_its_option_before_serving(
     problems = _problems(serve, {k: v for k, v in QUEUE_OPTIONS.items() if k != "--db"}, capsys, tmp_path,
                          before=["--db", str(tmp_path / "q.db")])
     problems += _problems(serve, {"--db": None}, capsys, tmp_path, devices_refused=["--db"])
-    # A device or a folder as the participants file is refused when the start reads it (exit 2), the lock taken
-    problems += _problems(serve, {"--participants-file": None}, capsys, tmp_path, before=["--token", TOKEN])
+    # A device or a folder as the participants file was refused only when the start read it, the lock written
+    problems += _problems(serve, {"--participants-file": None}, capsys, tmp_path, before=["--token", TOKEN],
+                          devices_refused=["--participants-file"])
     assert problems == [], "\n".join(problems)
 
 
@@ -293,6 +315,23 @@ def test_demo_writes_nothing_when_a_later_option_is_refused(
     assert os.listdir(tmp_path) == []
 
 
+def test_demo_removes_what_it_created_when_an_option_that_writes_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--db's database, created before --output-dir was refused, stayed; so did the outputs folder made before the
+    logs folder was refused."""
+    monkeypatch.chdir(tmp_path)
+    Path("a-file").write_text("")
+    outcome = _outcome(demo_cli.parse_demo_args, ["--db", "jobs.db", "--output-dir", "a-file/out"], capsys)
+    assert outcome.code == 2 and "--output-dir" in outcome.err
+    assert os.listdir(tmp_path) == ["a-file"]
+    Path("out").mkdir()
+    Path("out", "logs").write_text("")  # a file where the logs folder goes
+    outcome = _outcome(demo_cli.parse_demo_args, ["--db", "jobs.db", "--output-dir", "out"], capsys)
+    assert outcome.code == 2 and "--output-dir" in outcome.err
+    assert (sorted(os.listdir(tmp_path)), os.listdir("out")) == (["a-file", "out"], ["logs"])
+
+
 # --- the ComfyUI stand-in -------------------------------------------------------------------------------------------
 
 
@@ -308,7 +347,7 @@ def test_comfyui_simulator_refuses_each_bad_value_naming_its_option(
         lambda argv: vars(comfyui_sim._parse_args(argv)),
         {"--listen": None, "--port": (0, 65535), "--max-upload-size": seconds, "--default-node-seconds": seconds,
          "--history-lag": seconds, "--startup-delay": seconds},
-        capsys, tmp_path,
+        capsys, tmp_path, any_script_digits=True,
     )  # fmt: skip
     for value in HOSTILE:
         outcome = _outcome(lambda argv: vars(comfyui_sim._parse_args(argv)), ["--node-seconds", f"KSampler={value}"],

@@ -352,9 +352,12 @@ async def test_a_fifo_as_participants_file_is_refused_not_waited_on(tmp_path: Pa
     changed = [await run_module_to_exit(
         "queue_manager", command, "alice", "--participants-file", str(fifo), env=clean_env(), cwd=REPO, timeout_s=20,
     ) for command in ("add-participant", "remove-participant")]  # fmt: skip
-    for code, err in (served, *changed):
+    for code, err in changed:
         assert code == 2, err
         assert f"participants file {fifo}: is not a regular file" in err
+    # The server refuses it with its arguments, before it writes the database's lock file
+    assert served[0] == 2 and "argument --participants-file:" in served[1] and "is not a regular file" in served[1]
+    assert os.listdir(tmp_path) == ["participants"]
     assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.settings import quoted
 from scaler.deploy import verda as verda_deploy
 from scaler.deploy.command import deploy_main
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, SpecError, build_body, load_spec
@@ -124,7 +125,7 @@ def test_a_spec_nested_past_the_toml_parser_is_refused_naming_the_file(tmp_path:
     spec = tmp_path / "deployment.toml"
     spec.write_text("env = " + "[" * 100_000 + "]" * 100_000 + "\n")
     [problem] = problems_for(spec, deploy_env)
-    assert problem.startswith(f"{spec}: ") and "nested" in problem
+    assert problem.startswith(f"{quoted(str(spec))}: ") and "nested" in problem
 
 
 def test_a_spec_file_past_a_megabyte_is_refused_naming_the_file_unread(tmp_path: Path, deploy_env) -> None:
@@ -133,7 +134,7 @@ def test_a_spec_file_past_a_megabyte_is_refused_naming_the_file_unread(tmp_path:
     spec = tmp_path / "deployment.toml"
     spec.write_text(DEFAULT_SPEC_PATH.read_text() + "#" * (1024 * 1024))
     [problem] = problems_for(spec, deploy_env)
-    assert problem.startswith(f"{spec}: more than 1048576 bytes"), problem
+    assert problem.startswith(f"{quoted(str(spec))}: more than 1048576 bytes"), problem
 
 
 DEPLOY_DRY_RUN = """
@@ -159,7 +160,7 @@ def test_a_spec_that_is_a_fifo_a_device_or_a_directory_is_refused_naming_it_not_
     done = subprocess.run([sys.executable, "-c", DEPLOY_DRY_RUN, str(spec), json.dumps(deploy_env)],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert f"{spec}: a directory, a FIFO or a device, not a file: no deployment spec" in done.stderr, done.stderr
+    assert f"--spec {quoted(str(spec))}: a directory, a FIFO or a device, not a file: no deployment spec" in done.stderr
 
 
 def test_digest_pinned_image_is_accepted(spec_path: Path, deploy_env) -> None:

@@ -27,7 +27,7 @@ async def test_a_spec_with_a_toml_error_names_the_variable_that_bypasses_it(
 
     assert await deploy_main([*action, "--spec", str(broken)], deploy_env) == 2
     err = capsys.readouterr().err
-    assert f"{broken}: " in err and "set VERDA_DEPLOYMENT_NAME" in err, err
+    assert "--spec '/" in err and "deployment.toml': " in err and "set VERDA_DEPLOYMENT_NAME" in err, err
     assert fake.requests == []
 
     named = {**deploy_env, "VERDA_DEPLOYMENT_NAME": NAME}
