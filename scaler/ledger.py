@@ -229,8 +229,10 @@ class CostLedger:
             if key not in billed and _charged_within(key, value, horizon, rule):
                 billed[key] = value
         self.billed[provider] = billed
-        for old in [at for at in buckets if at < horizon]:
-            del buckets[old]
+        # Every provider's, not only this one's: one taken out of SCALER_PROVIDERS is charged no more.
+        for kept in self.buckets.values():
+            for old in [at for at in kept if at < horizon]:
+                del kept[old]
         if self._latest_bucket is not None and self._latest_bucket < horizon:
             self._latest_bucket = None  # it may have been one of those
         self.updated_at = now

@@ -241,7 +241,8 @@ class FakeVerda(FakeApi):
         self.replica_start_delay_s = replica_start_delay_s
         self.delete_reads = delete_reads
         self._clock = clock
-        self._access_tokens: dict[str, float] = {}
+        self._access_tokens: dict[str, float] = {}  # the live ones, with when each expires
+        self.tokens_issued: list[str] = []  # every access token issued, for tests' asserts
         self._refresh_tokens: set[str] = set()
         self.deployments: dict[str, FakeDeployment] = {}
         self.secrets: dict[str, str] = {}
@@ -356,7 +357,11 @@ class FakeVerda(FakeApi):
 
     def _issue_tokens(self) -> web.Response:
         access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        self._access_tokens[access] = self._clock() + self.token_ttl_s
+        now = self._clock()
+        # Those expired are forgotten: a client refreshing every hour for weeks (bench/scaler_soak.py) piled them up.
+        self._access_tokens = {token: until for token, until in self._access_tokens.items() if until > now}
+        self._access_tokens[access] = now + self.token_ttl_s
+        self.tokens_issued.append(access)
         self._refresh_tokens.add(refresh)
         return web.json_response(
             {

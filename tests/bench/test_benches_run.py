@@ -128,7 +128,8 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                        rf"files: {files}$" for kind, files in [("single", r"state.json \d+ B"),
                                                                ("fleet", r"ledger.json \d+ B, state.json \d+ B")]),
                      *(rf"^{kind} day 0.05 collections: (\S+ \d+, )+metrics.label_sets \d+, (\S+ \d+, )*"
-                       r"verda.first_seen \d+.*; jobs \d+, replica ids \d+, alerts delivered \d+, ticks failed 0$"
+                       r"verda.first_seen \d+.*; jobs \d+ \(given up \d+, pending \d+\), replica ids \d+, "
+                       r"alerts delivered \d+, ticks failed 0$"
                        for kind in ["single", "fleet"]),
                      *(rf"^{kind}: 0.05 simulated days in # s$" for kind in ["single", "fleet"]),
                      r"^warnings and errors logged: .+$"]),

@@ -288,3 +288,19 @@ async def test_tokens_expire_with_the_clock(fake: FakeVerda, clock) -> None:
         renewed = (await http.post(f"{fake.url}/oauth2/token", json=refresh)).json()
         headers = {"Authorization": f"Bearer {renewed['access_token']}"}
         assert (await http.get(f"{fake.url}/secrets", headers=headers)).status_code == 200
+
+
+async def test_expired_tokens_are_forgotten(fake: FakeVerda, clock) -> None:
+    """A client refreshing its token every hour for two days: the fake holds the live token, not all 49 issued
+    (bench/scaler_soak.py runs it for simulated weeks)."""
+    async with httpx.AsyncClient() as http:
+        grant = {"grant_type": "client_credentials", "client_id": "test-id", "client_secret": fake._client_secret}
+        tokens = (await http.post(f"{fake.url}/oauth2/token", json=grant)).json()
+        for _ in range(48):
+            clock.advance(tokens["expires_in"])
+            refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+            tokens = (await http.post(f"{fake.url}/oauth2/token", json=refresh)).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert (await http.get(f"{fake.url}/secrets", headers=headers)).status_code == 200
+    assert len(fake._access_tokens) == 1
+    assert len(fake._refresh_tokens) == 1

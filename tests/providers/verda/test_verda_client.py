@@ -257,7 +257,7 @@ async def test_secret_and_tokens_never_logged_or_shown(
         with pytest.raises(VerdaAPIError) as caught:
             await verda.get_deployment("missing")
     assert any(e["event"] == "verda_request_retry" for e in events)
-    issued = list(fake._access_tokens)
+    issued = fake.tokens_issued
     assert len(issued) == 3
     text = " ".join([repr(events), caplog.text, repr(verda), str(verda), str(caught.value), repr(caught.value)])
     for secret in [client_secret, *issued]:
