@@ -70,7 +70,8 @@ class WorkerSettings(LogSettings):
     serverless_max_unreachable_s: float = Field(
         default=600.0, ge=0, le=DAY_S, validation_alias="SERVERLESS_MAX_UNREACHABLE_S"
     )
-    inference_provider: str = Field(default="local", min_length=1, validation_alias="INFERENCE_PROVIDER")
+    # Logged and put in every result: a 100 KB value, a blank one or a line break went there as given.
+    inference_provider: Identifier = Field(default="local", validation_alias="INFERENCE_PROVIDER")
     health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
     health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
     health_port_file: OptionalPath = Field(default=None, validation_alias="HEALTH_PORT_FILE")

@@ -53,6 +53,10 @@ TOKEN_CASES = {
 
 WORKER_CASES = {
     "poll-interval-negative": ("WORKER_POLL_INTERVAL", "-1"),
+    # Logged and put in every result as given: a blank one, a line break in a log line, 100 KB in every result.
+    "inference-provider-blank": ("INFERENCE_PROVIDER", " "),
+    "inference-provider-line-break": ("INFERENCE_PROVIDER", "verda\nserverless"),
+    "inference-provider-too-long": ("INFERENCE_PROVIDER", "x" * 201),
     "poll-interval-word": ("WORKER_POLL_INTERVAL", "often"),
     "idle-polls-word": ("SERVERLESS_MAX_IDLE_POLLS", "many"),
     "idle-polls-negative": ("SERVERLESS_MAX_IDLE_POLLS", "-1"),
