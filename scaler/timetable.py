@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 DAY_S = 86_400.0
 
-_BLOCK = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})(?:\*(\d+))?$")
+# ASCII digits only (\d took other scripts' too); a count of 3 digits at most (5,000 ended in int()'s own error).
+_BLOCK = re.compile(r"^([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})(?:\*([0-9]{1,3}))?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,8 @@ def parse_timetable(text: str) -> tuple[Block, ...]:
         match = _BLOCK.match(entry)
         if not match:
             # reprlib: a 100,000-character entry was quoted whole, the reason lost at the end of the line.
-            raise ValueError(f"timetable entry {reprlib.repr(entry)}: expected HH:MM-HH:MM or HH:MM-HH:MM*N")
+            raise ValueError(f"timetable entry {reprlib.repr(entry)}: expected HH:MM-HH:MM or HH:MM-HH:MM*N "
+                             "(N: up to 999)")
         start_h, start_m, end_h, end_m, replicas = match.groups()
         start, end = _clock(int(start_h), int(start_m), entry), _clock(int(end_h), int(end_m), entry)
         if end <= start:

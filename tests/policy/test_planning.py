@@ -131,7 +131,10 @@ def test_timetable_parsing_names_the_bad_entry():
     blocks = parse_timetable("13:00-13:50, 09:00-09:50*5")
     assert blocks == (Block(32_400, 35_400, 5), Block(46_800, 49_800, None))
     assert format_timetable(blocks) == "09:00-09:50*5, 13:00-13:50"
-    for bad in ("9-10", "10:00-09:00", "25:00-26:00", "09:00-09:50*x"):
+    # Digits of other scripts (int() reads them; the settings' numbers refuse them), and a replica count of 5,000
+    # digits, whose int() error named neither the entry nor SCALER_TIMETABLE.
+    for bad in ("9-10", "10:00-09:00", "25:00-26:00", "09:00-09:50*x", "\u0660\u0669:00-10:00",
+                "09:00-09:50*" + "9" * 5000, "09:00-09:50*1000"):
         with pytest.raises(ValueError, match="timetable entry"):
             parse_timetable(bad)
     assert prewarm_floor(blocks, 32_400 - 10, 60, 4) == 5
