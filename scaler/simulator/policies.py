@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from common.cli import integer, number
 from scaler.planning import long_duration, robust_duration
 from scaler.policy import MAX_REPLICAS_LIMIT, Observation, PolicyState, Replica, ScalingConfig, decide
 
@@ -151,9 +153,9 @@ def split_spec(spec: str, config: ScalingConfig) -> tuple[str, str, ScalingConfi
             elif isinstance(default, bool):
                 overrides[name] = BOOLEANS[value.lower()]
             elif isinstance(default, int):
-                overrides[name] = int(value)
+                overrides[name] = integer(value)
             else:
-                overrides[name] = float(value) if not isinstance(default, str) else value
+                overrides[name] = number(value) if not isinstance(default, str) else value
         except KeyError:
             raise ValueError(f"{spec!r}: {name}={value!r} is not one of {', '.join(BOOLEANS)}") from None
         except ValueError:
@@ -186,9 +188,9 @@ def parse_policy(spec: str, config: ScalingConfig) -> Controller:
                           worker=WorkerModel(idle_polls_before_exit=10, job_limit=1), name=spec)
     if kind == "ours" and not arg:
         return Ours(config=config, name=spec)
-    if kind == "always-on" and arg.isdigit():
-        if int(arg) > MAX_REPLICAS_LIMIT:
-            raise ValueError(f"{spec!r}: at most {MAX_REPLICAS_LIMIT} replicas")
+    if kind == "always-on" and arg.isascii() and arg.isdigit():
+        if len(arg.lstrip("0")) > 3 or int(arg) > MAX_REPLICAS_LIMIT:  # 5,000 digits: int()'s own error
+            raise ValueError(f"{reprlib.repr(spec)}: at most {MAX_REPLICAS_LIMIT} replicas")
         return AlwaysOn(int(arg))
     if kind == "clairvoyant":
         raise ValueError("clairvoyant is planned per workload: scaler.simulator.clairvoyant.best_plan")
@@ -207,7 +209,7 @@ def check_policy(spec: str, config: ScalingConfig) -> None:
     if config.max_replicas < 1:
         raise ValueError(f"{spec!r}: the clairvoyant plans with max_replicas >= 1")
     try:
-        if arg and not 0 < float(arg) < math.inf:
+        if arg and not 0 < number(arg) < math.inf:
             raise ValueError
     except ValueError:
         raise ValueError(f"{spec!r}: the p95 target must be seconds > 0, e.g. clairvoyant:120") from None

@@ -188,6 +188,11 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "ours:target_wait_s=nan"], "target_wait_s must be a finite number"),
     (["--policy", "ours:max_replicas=100000000"], "max_replicas must be <= 100"),
     (["--policy", "always-on:100000000"], "at most 100 replicas"),
+    (["--policy", "always-on:" + "9" * 5000], "at most 100 replicas"),  # "Exceeds the limit (4300 digits)"
+    (["--policy", "always-on:\u00b2"], "unknown policy 'always-on:\u00b2'"),  # "invalid literal for int()"
+    (["--policy", "always-on:\u0661"], "unknown policy 'always-on:\u0661'"),  # ran 1 replica: other scripts' digits
+    (["--policy", "ours:max_replicas=\u0661\u0660"], "max_replicas='\u0661\u0660' is not a number"),  # ran 10
+    (["--policy", "clairvoyant:\u0661\u0662\u0660"], "the p95 target must be seconds > 0"),  # planned at 120 s
     (["--policy", "clairvoyant:nan"], "the p95 target must be seconds > 0"),
     (["--policy", "clairvoyant:inf"], "the p95 target must be seconds > 0"),
     (["--policy", "clairvoyant:120,max_replicas=0"], "the clairvoyant plans with max_replicas >= 1"),  # traceback
