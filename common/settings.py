@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import reprlib
+import socket
 import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -122,6 +123,19 @@ _ANOTHER_FOLDER = _no_space_at_either_end("it would name another folder or file 
 # own disk, not the volume at /outputs.
 OptionalPath = Annotated[Path | None, _ANOTHER_FOLDER, BeforeValidator(_blank_is_unset)]
 RequiredPath = Annotated[Path, _ANOTHER_FOLDER, BeforeValidator(_blank_is_refused)]
+
+
+def _bindable(host: str) -> str:
+    """A name or address a server can listen on, looked up as the bind will; one that cannot be was found only when
+    the server started (the worker's health server, the scaler's /metrics: a run that exited 1)."""
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"cannot listen on {quoted(host)}: {exc}") from None
+    return host
+
+
+BindHost = Annotated[str, AfterValidator(_bindable)]
 # A secret set blank is unset, as a shell's `VAR=` or compose's `${VAR:-}` leaves it.
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 # ... a text too (a name, an id): one with a space or a line break at either end never matches its account's (a

@@ -17,6 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from common.settings import (
     QUEUE_TOKEN_ENV,
     QUEUE_WORKER_TOKEN_ENV,
+    BindHost,
     ConfigError,
     Credential,
     LogSettings,
@@ -90,7 +91,7 @@ class ScalerSettings(LogSettings):
         default=None, ge=MIN_INTERVAL_S, le=3600, validation_alias="SCALER_TICK_DEADLINE_S"
     )
     metrics_port: int = Field(default=9110, ge=0, le=65535, validation_alias="SCALER_METRICS_PORT")
-    metrics_host: str = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
+    metrics_host: BindHost = Field(default="0.0.0.0", validation_alias="SCALER_METRICS_HOST")
     failure_alert_after: int = Field(default=3, ge=1, validation_alias="SCALER_FAILURE_ALERT_AFTER")
     # None (`none`): a queue manager that cannot be read holds the count for as long as it lasts.
     queue_outage_hold_s: float | None = Field(

@@ -13,12 +13,12 @@ from common.identifiers import Identifier
 from common.settings import (
     QUEUE_TOKEN_ENV,
     QUEUE_WORKER_TOKEN_ENV,
+    BindHost,
     LogSettings,
     OptionalPath,
     OptionalSecret,
     QueueToken,
     RequiredPath,
-    quoted,
     settings_from_env,
 )
 from common.urls import queue_token_clash, url_secrets
@@ -73,7 +73,7 @@ class WorkerSettings(LogSettings):
     # Logged and put in every result: a 100 KB value, a blank one or a line break went there as given.
     inference_provider: Identifier = Field(default="local", validation_alias="INFERENCE_PROVIDER")
     health_port: int = Field(default=8000, ge=0, le=65535, validation_alias="HEALTH_PORT")
-    health_host: str = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
+    health_host: BindHost = Field(default="0.0.0.0", validation_alias="HEALTH_HOST")
     health_port_file: OptionalPath = Field(default=None, validation_alias="HEALTH_PORT_FILE")
     outputs_path: RequiredPath = Field(default=Path("/outputs"), validation_alias="OUTPUTS_PATH")
     job_timeout_s: float = Field(default=1800.0, ge=MIN_TIMEOUT_S, le=WEEK_S, validation_alias="JOB_TIMEOUT_S")
@@ -101,15 +101,6 @@ class WorkerSettings(LogSettings):
     @classmethod
     def _absolute_outputs_path(cls, value: Path) -> Path:
         return value.absolute()
-
-    @field_validator("health_host")
-    @classmethod
-    def _resolvable_health_host(cls, value: str) -> str:
-        try:
-            socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise ValueError(f"cannot bind the health server to {quoted(value)}: {exc}") from None
-        return value
 
     @model_validator(mode="after")
     def _grace_inside_the_kill_delay(self) -> WorkerSettings:

@@ -106,6 +106,8 @@ SCALER_CASES = {
     "interval-zero": ("SCALER_INTERVAL_S", "0"),
     "interval-word": ("SCALER_INTERVAL_S", "soon"),
     "metrics-port-70000": ("SCALER_METRICS_PORT", "70000"),
+    # Found only when `run` started /metrics: exit 1, `metrics_server_failed`, after the settings were taken.
+    "metrics-host-unresolvable": ("SCALER_METRICS_HOST", "no-such-host.invalid"),
     "backend-unknown": ("SCALER_BACKEND", "kubernetes"),
     "max-replicas-negative": ("SCALER_MAX_REPLICAS", "-2"),
     "failure-alert-zero": ("SCALER_FAILURE_ALERT_AFTER", "0"),
