@@ -334,6 +334,9 @@ _SIDE_WORDS = {annotated_types.Ge: "from {:g}", annotated_types.Gt: "above {:g}"
 
 def _range_words(settings_cls: type[BaseSettings], name: str) -> str:
     field = _field_read_as(settings_cls, name)
+    extra = field.json_schema_extra if field else None
+    if isinstance(extra, dict) and isinstance(allowed := extra.get("allowed"), str):  # not one range: said in words
+        return f" (allowed: {allowed})"
     sides = [_SIDE_WORDS[type(bound)].format(getattr(bound, type(bound).__name__.lower()))
              for bound in (field.metadata if field else ()) if type(bound) in _SIDE_WORDS]
     return f" (allowed: {', '.join(sides)})" if len(sides) == 2 else ""

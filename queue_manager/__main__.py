@@ -74,10 +74,13 @@ YEAR_S = 365 * 86_400.0
 MIN_LEASE_TIMEOUT_S = 1.0
 
 
+LEASE_VALUES = f"0 (no lease), or from {MIN_LEASE_TIMEOUT_S:g} to {WEEK_S:g}"
+
+
 def _no_lease_or_a_usable_one(value: float) -> float:
     if 0 < value < MIN_LEASE_TIMEOUT_S:
-        raise ValueError(f"must be 0 (no lease) or from {MIN_LEASE_TIMEOUT_S:g} to {WEEK_S:g} seconds: shorter, every "
-                         "job would be handed back before its worker's first heartbeat")
+        raise ValueError(f"must be {LEASE_VALUES} seconds: shorter, every job would be handed back before its "
+                         "worker's first heartbeat")
     return value
 
 
@@ -91,7 +94,8 @@ class QueueManagerEnv(LogSettings):
     participants_file: OptionalPath = Field(default=None, validation_alias=PARTICIPANTS_FILE_ENV)
     outputs_dir: OptionalPath = Field(default=None, validation_alias=OUTPUTS_DIR_ENV)
     lease_timeout_s: Annotated[float, AfterValidator(_no_lease_or_a_usable_one)] = Field(
-        default=DEFAULT_LEASE_TIMEOUT_S, ge=0, le=WEEK_S, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S"
+        default=DEFAULT_LEASE_TIMEOUT_S, ge=0, le=WEEK_S, allow_inf_nan=False, validation_alias="LEASE_TIMEOUT_S",
+        json_schema_extra={"allowed": LEASE_VALUES},
     )
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100, validation_alias="MAX_ATTEMPTS")
     # 0 keeps finished jobs for good; inf is refused (say 0), as is anything negative.

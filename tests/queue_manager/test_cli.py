@@ -146,12 +146,17 @@ async def test_cli_logs_one_json_object_per_line_off_a_terminal(tmp_path: Path) 
     assert "flag-token-456" not in output
 
 
+LEASE_ALLOWED = "(allowed: 0 (no lease), or from 1 to 604800)"
+
+
 @pytest.mark.parametrize(
-    ("env", "variable"),
+    ("env", "said"),
     [
         ({"LEASE_TIMEOUT_S": "inf"}, "LEASE_TIMEOUT_S"),
         ({"LEASE_TIMEOUT_S": "nan"}, "LEASE_TIMEOUT_S"),
-        ({"LEASE_TIMEOUT_S": "-1"}, "LEASE_TIMEOUT_S"),
+        ({"LEASE_TIMEOUT_S": "-1"}, f"LEASE_TIMEOUT_S: Input should be greater than or equal to 0 {LEASE_ALLOWED}"),
+        ({"LEASE_TIMEOUT_S": "1e23"}, f"LEASE_TIMEOUT_S: Input should be less than or equal to 604800 {LEASE_ALLOWED}"),
+        ({"LEASE_TIMEOUT_S": "0.5"}, "LEASE_TIMEOUT_S: must be 0 (no lease), or from 1 to 604800 seconds"),
         ({"FINISHED_JOB_RETENTION_S": "inf"}, "FINISHED_JOB_RETENTION_S"),
         ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
         ({"MAX_ATTEMPTS": "three"}, "MAX_ATTEMPTS"),
@@ -162,15 +167,15 @@ async def test_cli_logs_one_json_object_per_line_off_a_terminal(tmp_path: Path) 
         ({"ROUND_ROBIN_WINDOW_S": "-60"}, "ROUND_ROBIN_WINDOW_S"),
     ],
 )
-async def test_cli_bad_environment_exits_2_naming_the_variable(
-    tmp_path: Path, env: dict[str, str], variable: str
-) -> None:
+async def test_cli_bad_environment_exits_2_naming_the_variable(tmp_path: Path, env: dict[str, str], said: str) -> None:
+    """The variable, and the values it takes. Before, LEASE_TIMEOUT_S=1e23 was refused '(allowed: from 0, to
+    604800)', leaving out that from above 0 to 1 is refused too."""
     code, err = await run_module_to_exit(
         "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"),
         env={**os.environ, **env}, cwd=REPO, timeout_s=20,
     )  # fmt: skip
     assert code == 2
-    assert variable in err
+    assert said in err
 
 
 async def test_add_participant_with_a_bad_environment_exits_2_naming_the_variable(tmp_path: Path) -> None:
