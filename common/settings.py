@@ -127,7 +127,11 @@ RequiredPath = Annotated[Path, _ANOTHER_FOLDER, BeforeValidator(_blank_is_refuse
 
 def _bindable(host: str) -> str:
     """A name or address a server can listen on, looked up as the bind will; one that cannot be was found only when
-    the server started (the worker's health server, the scaler's /metrics: a run that exited 1)."""
+    the server started (the worker's health server, the scaler's /metrics: a run that exited 1). ASCII only: the
+    lookup reads other scripts' digits as ASCII ones (full-width 127.0.0.1 listened on loopback, a double-struck 1
+    on 0.0.0.1)."""
+    if not host.isascii():
+        raise ValueError(f"cannot listen on {quoted(host)}: not an ASCII name or address")
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:

@@ -84,6 +84,8 @@ def test_bad_values_are_named(monkeypatch, variable, value):
         ("REPORT_RETRY_BUDGET_S", "-inf"),
         ("LEASE_HEARTBEAT_S", "inf"),
         ("HEALTH_HOST", "no-such-host.invalid"),
+        ("HEALTH_HOST", "\N{MATHEMATICAL DOUBLE-STRUCK DIGIT ONE}"),  # looked up as 0.0.0.1
+        ("HEALTH_HOST", "\uff11\uff12\uff17.0.0.1"),  # full-width digits, looked up as 127.0.0.1
         ("SHUTDOWN_GRACE_S", "30"),
     ],
 )
