@@ -407,6 +407,7 @@ class FleetBackend:
                 self.ledger.charge(name, seen.replicas, now, price_per_hour=member.spec.price_per_hour,
                                    rule=member.billing, elapsed_s=elapsed_s)
                 self._charged_at[name] = charged_at
+        self.ledger.forget_gone(self.members)
         summary = self.ledger.summary(now)
         if self.metrics is not None:
             for name, windows in summary.items():

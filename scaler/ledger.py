@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,6 +388,15 @@ class CostLedger:
         # A file saved before the rules were kept: its counts are taken as in the rule of the next charge.
         ledger.rules = {str(name): BillingRule.from_json(r) for name, r in (raw.get("rules") or {}).items()}
         return ledger
+
+    def forget_gone(self, members: Collection[str]) -> None:
+        """Drops what is kept of a provider that is no member of the fleet (taken out of SCALER_PROVIDERS) once it
+        lists no replica and its charges have left the window: its empty row was in `status` and the file for good."""
+        gone = [name for name, buckets in self.buckets.items()
+                if name not in members and not buckets and not self.live.get(name)]
+        for name in gone:
+            for kept in (self.buckets, self.billed, self.live, self.prices, self.looked_at, self.rules):
+                kept.pop(name, None)
 
     def providers_running(self) -> dict[str, int]:
         """The providers that listed replicas at their last read, with how many."""

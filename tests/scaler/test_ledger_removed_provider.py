@@ -2,7 +2,8 @@
 window (KEEP_S), like any provider's.
 
 Before: buckets were dropped only from the provider being charged, so a removed provider's stayed in
-SCALER_LEDGER_FILE for good (60 of RunPod's one-minute buckets after 3 days of charging Verda alone)."""
+SCALER_LEDGER_FILE for good (60 of RunPod's one-minute buckets after 3 days of charging Verda alone); then, once
+they had aged out, an empty RunPod row and its billed replicas."""
 
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ class Pod:
 
 
 def ledger_of_a_runpod_fleet(path: Path, now: float) -> None:
-    """The file a fleet with RunPod left: one pod charged every minute of its last hour."""
+    """The file a fleet with RunPod left: one pod charged every minute of its last hour, then terminated."""
     ledger = CostLedger()
     for minute in range(60, -1, -1):
         ledger.charge("runpod", [Pod("pod-1", now - HOUR_S)], now - minute * 60, price_per_hour=2.99,
                       rule=RUNPOD_BILLING)
+    ledger.charge("runpod", [], now, price_per_hour=2.99, rule=RUNPOD_BILLING)
     ledger.save(path)
 
 
@@ -49,7 +51,20 @@ async def test_a_removed_provider_s_buckets_age_out_of_the_saved_ledger(make_ver
             await fleet.observe()
     finally:
         await fleet.aclose()
-    saved = json.loads(path.read_text())["buckets"]
-    assert saved.get("runpod", {}) == {}
+    whole = json.loads(path.read_text())
+    saved = whole["buckets"]
+    assert [name for name in ("buckets", "billed", "live", "prices", "looked_at", "rules") if "runpod" in whole[name]] \
+        == [], "an empty row was kept for good"
     assert saved["verda"], "the provider charged keeps its window"
     assert min(map(float, saved["verda"])) >= wall() - 2 * DAY_S - 60
+
+
+def test_a_removed_provider_still_listing_replicas_is_kept_to_be_stopped(tmp_path):
+    """The next scaler drives a removed provider that still ran replicas to zero (scaler.wiring reads ``live``)."""
+    ledger = CostLedger()
+    ledger.charge("runpod", [Pod("pod-1", 0.0)], 60.0, price_per_hour=2.99, rule=RUNPOD_BILLING)
+    ledger.charge("verda", [], 3 * DAY_S, price_per_hour=2.30, rule=VERDA_BILLING)
+    ledger.forget_gone({"verda"})
+    assert ledger.providers_running() == {"runpod": 1}
+    ledger.forget_gone({"verda", "runpod"})
+    assert "runpod" in ledger.buckets, "a member's row stays, charged or not"
