@@ -46,7 +46,7 @@ DEFAULT_POLICIES = ("always-on:1", "naive", "ours")
 SEED_RANGE = re.compile(r"[0-9]{1,18}(-[0-9]{1,18})?")
 MAX_SEEDS = 1_000  # a workshop day takes about a second a policy: 1000 seeds are a quarter of an hour each
 # ... but the x clairv. column plans a clairvoyant a row (12-27 s a workshop day): the defaults took 41 s a seed
-# here, 1000 seeds about 11 hours. With the column, at most this many rows (about an hour):
+# here, 1000 seeds about 11 hours. With the column, at most this many rows (30-70 min; at --tick-s 5 about 80):
 MAX_CLAIRVOYANT_ROWS = 150
 # A clairvoyant's plan costs about one replay per tick: a workshop day's took 10 s at --tick-s 15, 33 s at 5, 110 s at
 # 2, over 150 s at 1 (the defaults' three rows over 400 s a seed). Below this tick, only without a clairvoyant:
