@@ -169,7 +169,7 @@ LEASE_ALLOWED = "(allowed: 0 (no lease), or from 1 to 604800)"
 )
 async def test_cli_bad_environment_exits_2_naming_the_variable(tmp_path: Path, env: dict[str, str], said: str) -> None:
     """The variable, and the values it takes. Before, LEASE_TIMEOUT_S=1e23 was refused '(allowed: from 0, to
-    604800)', leaving out that from above 0 to 1 is refused too."""
+    604800)', leaving out that values above 0 and below 1 are refused too."""
     code, err = await run_module_to_exit(
         "queue_manager", "--port", "0", "--db", str(tmp_path / "q.db"),
         env={**os.environ, **env}, cwd=REPO, timeout_s=20,

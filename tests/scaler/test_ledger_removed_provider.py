@@ -59,7 +59,7 @@ async def test_a_removed_provider_s_buckets_age_out_of_the_saved_ledger(make_ver
     assert min(map(float, saved["verda"])) >= wall() - 2 * DAY_S - 60
 
 
-def test_a_removed_provider_still_listing_replicas_is_kept_to_be_stopped(tmp_path):
+def test_a_removed_provider_still_listing_replicas_is_kept_to_be_stopped():
     """The next scaler drives a removed provider that still ran replicas to zero (scaler.wiring reads ``live``)."""
     ledger = CostLedger()
     ledger.charge("runpod", [Pod("pod-1", 0.0)], 60.0, price_per_hour=2.99, rule=RUNPOD_BILLING)
