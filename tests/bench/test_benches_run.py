@@ -116,7 +116,7 @@ REAL_RUNS: dict[str, tuple[list[str], list[str]]] = {
                          r"^status count: # ms \(retention\) vs # ms \(kept for good\)$",
                          r"^first pass over the kept-for-good database: 10 rows purged in # ms$"]),
     "queue_round_robin": (["--finished", "10", "--users", "2", "--workflow-kb", "1"], [r"^\| 10 \| # \| # \|$"]),
-    "rollout_oracle": (["--workload", "studio", "--seeds", "1", "--max-replicas", "3", "--ahead-min", "5"],
+    "rollout_oracle": (["--workload", "mixed-batch", "--seeds", "1", "--max-replicas", "10", "--ahead-min", "5"],
                        [r"^\| seed \| ours \| rollout oracle \(overrides\) \| clairvoyant \|",
                         r"^\| 1 \| # / \d+ \| # / \d+ \([1-9]\d*\) \| # / \d+ \| # \| (yes|no) \|$"]),
     "runpod_creates": (["--pods", "1", "--latency-s", "0"],
