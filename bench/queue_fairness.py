@@ -27,6 +27,7 @@ import httpx
 
 from bench.job_lists import RESULT
 from bench.queue_retention import workflow_of
+from common.timespans import DAY_S
 from queue_manager import QueueManagerServer
 from queue_manager.models import JobPriority, QueueMode
 
@@ -34,7 +35,6 @@ SAMPLES = 30
 PAGE = 1000
 WORKSHOP_USERS = 25
 WORKSHOP_JOBS = 20
-DAY_S = 24 * 3600.0
 
 
 class Clock:

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 from bench.job_lists import RESULT
+from common.timespans import DAY_S
 from queue_manager.models import JobStatus, QueueMode
 from queue_manager.reaper import JobReaper
 from queue_manager.server import DEFAULT_FINISHED_JOB_RETENTION_S
 from queue_manager.store import JobStore
 
-DAY_S = 24 * 3600.0
 PASS_S = 60.0
 
 

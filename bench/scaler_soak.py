@@ -39,9 +39,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from common.timespans import DAY_S, HOUR_S
 from scaler.alerts import AlertBook, AlertSender
 from scaler.allocator import AllocatorConfig, ProviderSpec
-from scaler.billing import DAY_S
 from scaler.fleet import FleetBackend, Member
 from scaler.health_record import BackendHealth
 from scaler.ledger import VERDA_BILLING
@@ -68,9 +68,9 @@ DEPLOYMENT_BODY = {
                 "scale_up_policy": {"delay_seconds": 0}, "queue_message_ttl_seconds": 300,
                 "concurrent_requests_per_replica": 1, "scaling_triggers": {"queue_load": {"threshold": 1}}},
 }
-VERDA_FAULT_EVERY_S = 2 * 3600
-VERDA_SILENT_EVERY_S = 12 * 3600
-QUEUE_FAULT_EVERY_S = 3 * 3600
+VERDA_FAULT_EVERY_S = 2 * HOUR_S
+VERDA_SILENT_EVERY_S = 12 * HOUR_S
+QUEUE_FAULT_EVERY_S = 3 * HOUR_S
 REPLICA_REPLACED_EVERY_S = 600
 JOBS_PER_S_AT_PEAK = 0.04
 # A job pending this long is given up (gone from the queue, counted): under a capped budget the backlog grew ~950 jobs
@@ -82,7 +82,7 @@ class SimClock:
     """The wall clock and the one never stepped, both moved by hand, a tick's interval at a time."""
 
     def __init__(self) -> None:
-        self.wall = time.time() // DAY_S * DAY_S + 9 * 3600  # a morning: the load rises from the first day
+        self.wall = time.time() // DAY_S * DAY_S + 9 * HOUR_S  # a morning: the load rises from the first day
         self.boot = 1000.0
 
     def advance(self, seconds: float) -> None:
@@ -138,7 +138,7 @@ class QueueStandIn:
         """One tick of load: arrivals by the time of day (busy afternoons, quiet nights), starts on the replicas
         there are, completions."""
         now = self.clock.wall
-        hour = (now % DAY_S) / 3600
+        hour = (now % DAY_S) / HOUR_S
         rate_per_tick = max(0.0, math.sin((hour - 8) / 24 * 2 * math.pi)) * JOBS_PER_S_AT_PEAK * interval_s
         for _ in range(self._poisson(rate_per_tick)):
             self.pending.append(Job(f"job-{secrets.token_hex(8)}", now, duration_s=self.rng.uniform(30, 300)))

@@ -49,6 +49,7 @@ import structlog
 from bench._processes import end
 from bench.fault_run import QueueProcess
 from common.children import die_with_parent
+from common.timespans import DAY_S
 from demo.replicas import free_loopback_port, worker_env
 from standins.comfyui import ComfyUISimulator
 
@@ -506,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--node-seconds", type=float, default=0.0)
     parser.add_argument("--lease-timeout", type=float, default=5.0)
-    parser.add_argument("--retention-s", type=float, default=86400.0, help="FINISHED_JOB_RETENTION_S of the queue")
+    parser.add_argument("--retention-s", type=float, default=DAY_S, help="FINISHED_JOB_RETENTION_S of the queue")
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--drain-s", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)

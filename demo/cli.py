@@ -23,6 +23,7 @@ from rich.markup import escape
 from common.cli import integer, number
 from common.logs import configure_logging, scrub
 from common.text import escape_controls
+from common.timespans import DAY_S, HOUR_S
 from common.urls import direct_transport, redact_url
 from demo.providers import PROVIDERS, parse_providers
 from demo.report import ReportNotWritten
@@ -33,7 +34,6 @@ from queue_manager.db_lock import DatabaseInUse, lock_database
 from queue_manager.models import JobStatus
 from scaler.policy import MAX_REPLICAS_LIMIT, MIN_PRICE_PER_HOUR
 
-HOUR_S, DAY_S = 3_600.0, 86_400.0
 # The info lines a run without the live table shows: its progress and the fleet's moves (docs/demo.md).
 DEMO_INFO_LINES = {"Demo progress", "Provider move", "Provider back in service"}
 # Bounds of the demo's own knobs: it runs everything on this machine, and a day is longer than anyone waits.

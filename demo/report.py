@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.durable import replace_whole
+from common.timespans import HOUR_S
 from demo.workload import BAD_WORKFLOWS
 from queue_manager import JobRecord
 from scaler.fleet import SEPARATOR
@@ -34,7 +35,7 @@ class ReplicaLedger:
 
     def cost(self, price_per_hour: Callable[[str], float]) -> float:
         """USD by the second, each replica at its own price."""
-        return sum((last - first) / 3600 * price_per_hour(replica) for replica, (first, last) in self.spans.items())
+        return sum((last - first) / HOUR_S * price_per_hour(replica) for replica, (first, last) in self.spans.items())
 
     def billed_intervals(self) -> int:
         return sum(max(1, math.ceil((last - first) / BILLING_INTERVAL_S)) for first, last in self.spans.values())
@@ -88,9 +89,9 @@ def build_report(
     unfinished = sorted(i for i, j in final.items() if j.status.value not in TERMINAL)
     failed = [i for i, j in final.items() if j.status == "failed"]
     on_purpose = [i for i in failed if chains[i][0].metadata.get("demo_workflow") in BAD_WORKFLOWS]  # --bad-jobs
-    per_second = ledger.replica_seconds() / 3600 * price_per_hour
-    billed = ledger.billed_intervals() * BILLING_INTERVAL_S / 3600 * price_per_hour
-    always_on = max(1, math.ceil(span_s / BILLING_INTERVAL_S)) * BILLING_INTERVAL_S / 3600 * price_per_hour
+    per_second = ledger.replica_seconds() / HOUR_S * price_per_hour
+    billed = ledger.billed_intervals() * BILLING_INTERVAL_S / HOUR_S * price_per_hour
+    always_on = max(1, math.ceil(span_s / BILLING_INTERVAL_S)) * BILLING_INTERVAL_S / HOUR_S * price_per_hour
 
     def seconds(value: float | None) -> float | None:
         return None if value is None else round(value, 2)

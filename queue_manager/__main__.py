@@ -41,6 +41,7 @@ try:  # Ctrl-C while these load (0.5 s) says what a Ctrl-C later in the start sa
         warn_misspelt_variables,
     )
     from common.text import escape_controls
+    from common.timespans import WEEK_S, YEAR_S
     from common.urls import host_port
     from queue_manager.db_lock import DatabaseInUse, lock_database, lock_outputs
     from queue_manager.models import QueueMode
@@ -67,8 +68,6 @@ REMOVE_PARTICIPANT = "remove-participant"
 
 
 # Ceilings far past any lease, window or retention meant: 1e23 was taken as meant (it ran, but it is a typo).
-WEEK_S = 7 * 86_400.0
-YEAR_S = 365 * 86_400.0
 # Below it, a lease cannot work: 1e-320 handed every job back at each reaper pass (every 0.01 s), and had its worker
 # heartbeat as fast as it may (every 0.05 s). The project's own tests go down to 1 s.
 MIN_LEASE_TIMEOUT_S = 1.0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from common.timespans import DAY_S
 from queue_manager.models import USER_ID_PATTERN, UUID_PATTERN
 from queue_manager.outputs_retention import FOLDER_FLAGS, delete_job_folders
 from queue_manager.store import JobStore, PurgedJob
@@ -28,7 +29,7 @@ log = structlog.get_logger()
 
 # An orphan is at least a retention (7 days by default) old: a day's wait costs nothing, a walk of the whole volume
 # every reaper pass would.
-SWEEP_EVERY_S = 24 * 3600.0
+SWEEP_EVERY_S = DAY_S
 # Ids looked up in one call on the database's thread: each a lookup in the jobs' unique index on id.
 LOOKUP_BATCH = 500
 NOT_SWEPT_FIX = ("mount the outputs volume read-write into the queue manager, as the user the workers write as "

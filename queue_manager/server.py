@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common.heap_trim import TRIM_EVERY_S, HeapTrimmer, malloc_trim
 from common.limits import QUEUE_HEADS
+from common.timespans import HOUR_S, WEEK_S
 from common.urls import host_port
 from common.waiting_connections import WaitingConnections
 from queue_manager.app import QueueApi, QueueSettings, TestHooks, build_app
@@ -32,8 +33,8 @@ log = structlog.get_logger()
 _SHUTDOWN_TIMEOUT_S = 5.0
 DEFAULT_LEASE_TIMEOUT_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_FINISHED_JOB_RETENTION_S = 7 * 24 * 3600.0
-DEFAULT_ROUND_ROBIN_WINDOW_S = 3600.0
+DEFAULT_FINISHED_JOB_RETENTION_S = WEEK_S
+DEFAULT_ROUND_ROBIN_WINDOW_S = HOUR_S
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from common.http_answers import AnswerTooLarge, read_at_most
 from common.logs import error_text, scrubbed_excerpt
+from common.timespans import DAY_S
 from common.urls import direct_transport
-from scaler.billing import DAY_S
 from scaler.ledger import day_start
 
 log = structlog.get_logger()

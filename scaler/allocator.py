@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from scaler.billing import HOUR_S
+from common.timespans import HOUR_S
 
 HEALTHY = "healthy"
 PAUSED = "paused"

@@ -16,10 +16,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Protocol
 
+from common.timespans import DAY_S, HOUR_S
 from scaler.clock_step import measured_step, unmeasured_step_back
-
-DAY_S = 86_400.0
-HOUR_S = 3_600.0
 
 
 class BillingAnchor(StrEnum):

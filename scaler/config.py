@@ -28,9 +28,10 @@ from common.settings import (
     quoted,
     settings_from_env,
 )
+from common.timespans import DAY_S
 from common.urls import IN_CLEAR, encrypted_or_local, queue_token_clash, redact_url
 from scaler.alerts import AlertFormat
-from scaler.billing import DAY_S, BillingAnchor
+from scaler.billing import BillingAnchor
 from scaler.policy import MAX_REPLICAS_LIMIT, PRICE_RANGE, ScalingConfig, is_a_price
 from scaler.providers.verda.client import DEFAULT_BASE_URL, check_deployment_name
 from scaler.timetable import parse_timetable

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import structlog
 
 from common.logs import error_text
+from common.timespans import DAY_S
 from scaler.alerts import Alert, AlertBook, AlertSender, budget_alerts
 from scaler.allocator import (
     PAUSED,
@@ -38,7 +39,6 @@ from scaler.allocator import (
     ProviderView,
     allocate,
 )
-from scaler.billing import DAY_S
 from scaler.health_record import (
     STOPPED,
     HealthReading,

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
-from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger, seconds_to_boundary
+from common.timespans import DAY_S, HOUR_S
+from scaler.billing import BillingAnchor, SpendLedger, seconds_to_boundary
 from scaler.clock_step import measured_step
 from scaler.planning import (
     LATE_LIMIT,

@@ -17,6 +17,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from common.http_answers import API_ANSWER_BYTES, AnswerTooLarge, request_bounded
 from common.logs import error_text, scrubbed_excerpt
+from common.timespans import DAY_S, WEEK_S
 from common.urls import direct_transport, queue_refusal_cause, redact_url
 
 log = structlog.get_logger()
@@ -39,7 +40,7 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # A job's timestamps are believed within this window around the scaler's clock (the manager keeps finished jobs
 # 7 days by default; a few minutes ahead is clock skew). Outside it they are a broken clock or a broken answer:
 # jobs that "ran" 10 years or "finished" in 3 years made the median job 3e8 s long and gave every job a replica.
-OLDEST_JOB_S = 7 * 24 * 3600.0
+OLDEST_JOB_S = WEEK_S
 CLOCK_SKEW_S = 300.0
 
 
@@ -268,7 +269,7 @@ def _timings(lists: dict[str, list[JobTimes]], stamp: _Stamps) -> dict[str, tupl
     waits = tuple(wait for _, wait in sorted(started)[-RECENT_COMPLETIONS:])
     if stamp.implausible:
         log.warning("queue_job_times_implausible", peer="queue manager", skipped=stamp.implausible,
-                    believed=f"from {OLDEST_JOB_S / 86400:g} days ago to {CLOCK_SKEW_S:g} s ahead of this host's clock",
+                    believed=f"from {OLDEST_JOB_S / DAY_S:g} days ago to {CLOCK_SKEW_S:g} s ahead of this host's clock",
                     hint="those jobs' timings are left out; check the queue manager's clock (and this host's)")
     return {"pending_ages_s": ages, "running_elapsed_s": tuple(elapsed), "running_waited_s": tuple(waited),
             "recent_durations_s": recent, "recent_waits_s": waits}

@@ -14,7 +14,7 @@ import re
 import reprlib
 from dataclasses import dataclass
 
-DAY_S = 86_400.0
+from common.timespans import DAY_S, HOUR_S
 
 # ASCII digits only (\d took other scripts' too); a count of 3 digits at most (5,000 ended in int()'s own error).
 _BLOCK = re.compile(r"^([0-9]{1,2}):([0-9]{2})-([0-9]{1,2}):([0-9]{2})(?:\*([0-9]{1,3}))?$")
@@ -84,8 +84,8 @@ def opening_start(blocks: tuple[Block, ...], now: float, window_s: float) -> flo
 def _clock(hours: int, minutes: int, entry: str) -> float:
     if hours > 24 or minutes > 59 or (hours == 24 and minutes):
         raise ValueError(f"timetable entry {entry!r}: {hours:02d}:{minutes:02d} is not a time of day")
-    return hours * 3600.0 + minutes * 60.0
+    return hours * HOUR_S + minutes * 60.0
 
 
 def _hhmm(seconds: float) -> str:
-    return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}"
+    return f"{int(seconds // HOUR_S):02d}:{int(seconds % HOUR_S // 60):02d}"

@@ -21,14 +21,13 @@ from common.settings import (
     RequiredPath,
     settings_from_env,
 )
+from common.timespans import DAY_S, WEEK_S
 from common.urls import queue_token_clash, url_secrets
 
 QUEUE_MANAGERS_VARIABLE_ALONE = (
     "QUEUE_MANAGER_WORKER_TOKEN is set and QUEUE_MANAGER_TOKEN is not: the worker sends QUEUE_MANAGER_TOKEN only, "
     "so it would poll with no token and be refused (401). Put the queue manager's worker token in QUEUE_MANAGER_TOKEN"
 )
-DAY_S = 86_400.0
-WEEK_S = 7 * DAY_S
 # Floors no operator needs to go below (the project's own tests go down to them). Below, 1e-320 was taken at its
 # word: an idle worker polled the queue manager nonstop, a held job was heartbeated nonstop, and every request,
 # job or wait for ComfyUI timed out before any answer could come.

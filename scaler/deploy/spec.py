@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from common.settings import QUEUE_WORKER_TOKEN_ENV, misspelling_of, quoted
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
 from common.text import encodes_as_utf8
+from common.timespans import DAY_S
 from common.urls import (
     is_secret_parameter,
     queue_token_clash,
@@ -77,7 +78,7 @@ MAX_SPEC_BYTES = 1024 * 1024  # the spec file: the shipped one is 5 KB
 # Bounds past any real setting (Verda documents none): a value beyond is a typo, refused naming its field before
 # Verda sees it. GPUs per replica: Verda offers 1, 2, 4 or 8. A delay of more than a day; /dev/shm of 1 TiB.
 MAX_GPUS_PER_REPLICA = 16
-MAX_DELAY_S = 24 * 3600
+MAX_DELAY_S = int(DAY_S)
 MAX_MEMORY_MB = 1024 * 1024
 _INTEGER = TypeAdapter(int)  # a setting's integer, read as the worker's settings read it
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
+from common.timespans import YEAR_S
 from scaler.policy import MAX_REPLICAS_LIMIT, Replica
 
 log = structlog.get_logger()
@@ -32,7 +33,7 @@ MAX_LISTED_REPLICAS = 10 * MAX_REPLICAS_LIMIT
 # scale-up for a day. The past bound is far wider than the queue's 7 days: the ledger charges any start older than
 # a day the same day, so the width changes no real replica's charge, while a start that aged out of a narrower
 # window would be taken as missing, given a new start, and charged a second first interval.
-OLDEST_START_S = 10 * 365 * 86_400.0
+OLDEST_START_S = 10 * YEAR_S
 START_CLOCK_SKEW_S = 300.0
 
 
@@ -107,7 +108,7 @@ class FirstSeen:
             return moment
         if replica not in self._at:
             log.warning("replica_start_implausible", replica=replica, started_at=start.isoformat(),
-                        believed=f"from {OLDEST_START_S / 86_400 / 365:g} years ago to {START_CLOCK_SKEW_S:g} s "
+                        believed=f"from {OLDEST_START_S / YEAR_S:g} years ago to {START_CLOCK_SKEW_S:g} s "
                                  "ahead of this host's clock",
                         hint="taken as started when first listed so; check the platform's answer and this host's clock")
         return None

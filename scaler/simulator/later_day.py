@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from common.timespans import DAY_S
 from scaler.policy import PolicyState
 from scaler.simulator.platform import RECENT_COMPLETIONS, PlatformModel, SimOutcome, Simulation
 from scaler.simulator.policies import Ours
-from scaler.simulator.workloads import DAY_S, Workload, built_in
+from scaler.simulator.workloads import Workload, built_in
 
 YESTERDAY_SEED_OFFSET = 1_000  # yesterday's arrivals: the workload's seed + this
 LATER_DAY_SUFFIX = "@day2"

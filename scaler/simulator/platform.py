@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from common.handbacks import MAX_SHUTDOWN_HANDBACKS
+from common.timespans import HOUR_S
 from scaler.billing import BillingAnchor, bill_for_runtime, seconds_to_boundary
 from scaler.policy import Replica, non_finite_fields
 from scaler.simulator.policies import Controller, QueueView
@@ -303,7 +304,7 @@ class Simulation:
         self.outcome.replica_starts += 1
         self._boot(now, replica)
         if self.platform.spot_reclaims_per_hour > 0:
-            reclaim_in = self._rng.expovariate(self.platform.spot_reclaims_per_hour / 3600.0)
+            reclaim_in = self._rng.expovariate(self.platform.spot_reclaims_per_hour / HOUR_S)
             self._push(now + reclaim_in, Event.RECLAIM, replica, ANY_GENERATION)
 
     def _boot(self, now: float, replica: SimReplica) -> None:

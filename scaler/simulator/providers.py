@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
+from common.timespans import DAY_S, HOUR_S
 from scaler.allocator import AllocatorConfig, AllocatorState, ProviderSpec, ProviderView, allocate
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
 from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
-from scaler.simulator.workloads import HOUR_S, Workload, built_in
+from scaler.simulator.workloads import Workload, built_in
 
 STEP_S = 5.0
 DAY_H = 24.0  # the workshop day the outage falls in
@@ -130,7 +131,7 @@ def simulate(
                 for p in providers
             }
             placed = allocate(config, allocator, decision.desired, views, now, busy=busy,
-                              spent_last_day=ledger.spent_since(now - 86_400.0))
+                              spent_last_day=ledger.spent_since(now - DAY_S))
             allocator = placed.new_state
             run.fallback_s += tick_s * placed.fallback_engaged
             for provider_name, target in placed.targets.items():

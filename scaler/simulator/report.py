@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from common.timespans import HOUR_S
 from scaler.simulator.platform import PlatformModel, Sample, SimOutcome
 
 
@@ -47,11 +48,11 @@ def summarize(workload: str, policy: str, outcome: SimOutcome, platform: Platfor
     """
     finished = [job for job in outcome.jobs if job.finished_s is not None]
     waits = sorted(job_waits(outcome))
-    gpu_hours = outcome.billed_intervals * platform.billing_interval_s / 3600.0
+    gpu_hours = outcome.billed_intervals * platform.billing_interval_s / HOUR_S
     return PolicyReport(
         workload=workload,
         policy=policy,
-        simulated_hours=round(outcome.horizon_s / 3600.0, 3),
+        simulated_hours=round(outcome.horizon_s / HOUR_S, 3),
         billed_gpu_hours=round(gpu_hours, 3),
         cost_usd=round(gpu_hours * platform.price_per_hour, 2),
         jobs_total=len(outcome.jobs),
@@ -159,8 +160,8 @@ def _busy_span_h(series: Sequence[tuple[str, Sequence[Sample]]]) -> tuple[float,
     busy = [s.t for _, samples in series for s in samples if s.pending or s.running]
     end = max(s.t for _, samples in series for s in samples)
     if not busy:
-        return 0.0, end / 3600.0
-    return max(0.0, min(busy) - 1800.0) / 3600.0, min(end, max(busy) + 1800.0) / 3600.0
+        return 0.0, end / HOUR_S
+    return max(0.0, min(busy) - 1800.0) / HOUR_S, min(end, max(busy) + 1800.0) / HOUR_S
 
 
 def write_chart(path: Path, title: str, series: Sequence[tuple[str, Sequence[Sample]]]) -> None:
@@ -174,7 +175,7 @@ def write_chart(path: Path, title: str, series: Sequence[tuple[str, Sequence[Sam
                                    squeeze=False)
     twins = []
     for axis, (policy, samples) in zip(axes[:, 0], series, strict=True):
-        hours = [sample.t / 3600.0 for sample in samples]
+        hours = [sample.t / HOUR_S for sample in samples]
         axis.fill_between(hours, [s.pending for s in samples], step="post", alpha=0.35, label="queued jobs")
         axis.step(hours, [s.running for s in samples], where="post", linewidth=0.8, label="running jobs")
         # Replicas get their own axis: a 500-job backlog would flatten them to nothing.

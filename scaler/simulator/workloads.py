@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
+from common.timespans import DAY_S, HOUR_S
 from scaler.timetable import Block
 
-HOUR_S = 3_600.0
-DAY_S = 86_400.0
 # A trace is simulated tick by tick over its whole span: a month of days at most, no job longer than a day.
 MAX_TRACE_SUBMIT_S = 31 * DAY_S
 MAX_TRACE_DURATION_S = DAY_S

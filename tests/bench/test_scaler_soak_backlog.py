@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from bench.scaler_soak import QueueStandIn, SimClock
-from scaler.billing import DAY_S, HOUR_S
+from common.timespans import DAY_S, HOUR_S
 
 
 def test_a_backlog_no_replica_runs_is_given_up_after_a_day():

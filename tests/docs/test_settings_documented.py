@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from common.settings import env_name, misspelling_of
+from common.timespans import DAY_S, WEEK_S
 from queue_manager.__main__ import QueueManagerEnv
 from scaler.config import ScalerSettings
 from scaler.deploy import runpod as runpod_deploy
@@ -25,7 +26,7 @@ from scaler.deploy.command import DeployLogSettings
 from scaler.deploy.spec import DEFAULT_SPEC_PATH, ENV_OVERRIDES, SHARED_VOLUME_ENVS
 from scaler.deploy.verda import CLIENT_ENV
 from supervisor.config import SupervisorSettings
-from worker.config import DAY_S, WEEK_S, WorkerSettings
+from worker.config import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

@@ -15,10 +15,10 @@ import pytest
 import structlog
 from aiohttp import web
 
+from common.timespans import DAY_S
 from demo.providers import POD_BODY
 from queue_manager.server import QueueManagerServer
 from scaler.allocator import AllocatorConfig, ProviderSpec
-from scaler.billing import DAY_S
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING
 from scaler.loop import ScalerLoop

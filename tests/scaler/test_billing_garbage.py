@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.timespans import DAY_S
 from scaler import billing
-from scaler.billing import DAY_S, BillingAnchor, SpendLedger
+from scaler.billing import BillingAnchor, SpendLedger
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.policy import Replica
 

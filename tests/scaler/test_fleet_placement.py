@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
+from common.timespans import DAY_S
 from demo.providers import POD_BODY
-from scaler.billing import DAY_S, BillingAnchor, SpendLedger, billed_intervals
+from scaler.billing import BillingAnchor, SpendLedger, billed_intervals
 from scaler.cli import main
 from scaler.config import load_settings
 from scaler.fleet import PRICE_REFRESH_S, FleetBackend

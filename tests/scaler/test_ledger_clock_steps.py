@@ -13,7 +13,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from scaler.billing import DAY_S, HOUR_S, BillingAnchor, SpendLedger
+from common.timespans import DAY_S, HOUR_S
+from scaler.billing import BillingAnchor, SpendLedger
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.policy import PolicyState, ScalingConfig

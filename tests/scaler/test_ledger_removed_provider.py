@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.timespans import DAY_S, HOUR_S
 from scaler.allocator import AllocatorConfig, ProviderSpec
-from scaler.billing import DAY_S, HOUR_S
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, CostLedger
 from scaler.providers import VerdaBackend

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from scaler.billing import DAY_S, HOUR_S, SpendLedger
+from common.timespans import DAY_S, HOUR_S
+from scaler.billing import SpendLedger
 from scaler.policy import Observation, PolicyState, Replica, ScalingConfig, decide
 
 T0 = 1_800_000_000.0  # the wall clock at the last tick

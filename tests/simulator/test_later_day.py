@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from common.timespans import DAY_S, HOUR_S
 from scaler.loop import billing_of, load_policy_state, save_policy_state
 from scaler.policy import ScalingConfig
 from scaler.queue_status import RECENT_COMPLETIONS, job_timings
@@ -14,7 +15,7 @@ from scaler.simulator.cli import simulate_main
 from scaler.simulator.later_day import Carried, carried_over, listed_completions, simulate_later_day
 from scaler.simulator.platform import PlatformModel, SimOutcome, Simulation
 from scaler.simulator.policies import Ours
-from scaler.simulator.workloads import DAY_S, HOUR_S, JobSpec, Workload
+from scaler.simulator.workloads import JobSpec, Workload
 from scaler.timetable import Block
 
 PLATFORM = PlatformModel()
