@@ -19,8 +19,9 @@ from rich.console import Console
 
 from common.cli import integer, number
 from common.handbacks import MAX_SHUTDOWN_HANDBACKS
+from common.timespans import HOUR_S
 from scaler.billing import BillingAnchor
-from scaler.policy import ScalingConfig
+from scaler.policy import PRICE_RANGE, ScalingConfig, is_a_price
 from scaler.simulator.clairvoyant import best_plan, work_floor_intervals
 from scaler.simulator.later_day import (
     LATER_DAY_SUFFIX,
@@ -95,7 +96,7 @@ def with_clairvoyant_ratio(
     plan, outcome = best_plan(workload, platform, config.max_replicas, report.wait_p95_s, report.wait_max_s,
                               seed=seed)
     reference = summarize(workload.name, "clairvoyant", outcome, platform)
-    plan_hours = plan.intervals * platform.billing_interval_s / 3600.0
+    plan_hours = plan.intervals * platform.billing_interval_s / HOUR_S
     return dataclasses.replace(
         report,
         cost_vs_clairvoyant=_ratio(report.billed_gpu_hours, reference.billed_gpu_hours),
@@ -115,16 +116,22 @@ def simulate_main(argv: list[str]) -> int:
     if not console.is_terminal:
         console.width = 200
     try:
+        if not is_a_price(args.price_per_hour):  # the bill's, and the policy's unless --price-per-replica-hour
+            raise ValueError(f"--price-per-hour {args.price_per_hour:g}: {PRICE_RANGE}")
         config = _config_from(args)
         seeds = _seeds(args.seeds) if args.seeds is not None else [args.seed]
-        runs = [(seed, load_trace(Path(args.trace))) for seed in seeds] if args.trace else [
+        trace = _trace(args.trace) if args.trace else None
+        runs = [(seed, trace) for seed in seeds] if trace else [
             (seed, built_in(name, seed)) for seed in seeds for name in args.workload or ["workshop"]
         ]
         if args.later_day and args.trace:
             raise ValueError("--later-day needs a built-in workload: yesterday is the same workload with the seed "
                              f"+ {YESTERDAY_SEED_OFFSET}, and a trace has no other day to be yesterday")
         for policy in args.policy or DEFAULT_POLICIES:
-            check_policy(policy, config)
+            try:
+                check_policy(policy, config)
+            except ValueError as error:
+                raise ValueError(f"--policy {error}") from None
             if args.clairvoyant_ratio and split_spec(policy, config)[2].max_replicas < 1:
                 raise ValueError(f"{policy!r}: with max_replicas 0 no clairvoyant can be planned for the x clairv. "
                                  "column: add --no-clairvoyant-ratio")
@@ -170,7 +177,7 @@ def simulate_main(argv: list[str]) -> int:
             charts.append((workload, series))
         floor = work_floor_intervals(workload, platform)
         console.print(f"{workload.name} seed {seed}: work floor {floor} intervals "
-                      f"(${floor * platform.billing_interval_s / 3600 * platform.price_per_hour:.2f})")
+                      f"(${floor * platform.billing_interval_s / HOUR_S * platform.price_per_hour:.2f})")
     elapsed_ms = (time.perf_counter() - began) * 1000
 
     print_table(console, reports)
@@ -191,13 +198,27 @@ def simulate_main(argv: list[str]) -> int:
     return 0
 
 
+def _trace(name: str) -> Workload:
+    try:
+        return load_trace(Path(name))
+    except OSError as error:  # not there, not readable, a name too long
+        raise ValueError(f"--trace {name}: {error.strerror or error}") from None
+    except ValueError as error:  # its own words start with the file's name
+        raise ValueError(f"--trace {error}") from None
+
+
 def _check_writable(flag: str, path: Path) -> None:
     """Before the runs (the workshop's five seeds take minutes): a result that cannot be written is refused now."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"{flag} {path}: cannot create its folder ({error.strerror or error})") from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    try:
+        writable = not path.is_dir() and os.access(path.parent, os.W_OK) and (
+            not path.exists() or os.access(path, os.W_OK))
+    except OSError as error:  # a name too long
+        raise ValueError(f"{flag} {path}: {error.strerror or error}") from None
+    if not writable:
         raise ValueError(f"{flag} {path}: not a file this user can write")
 
 
@@ -233,6 +254,8 @@ def _write_charts(console: Console, path: Path, charts: list[tuple[Workload, lis
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-scaler simulate",
+        # Its 42 options spelt out took 38 lines before the error of a mistyped one: --help lists them.
+        usage="%(prog)s [options]",
         description="Simulate workloads under scaling policies; report billed cost and queue wait.",
     )
     source = parser.add_mutually_exclusive_group()

@@ -195,7 +195,7 @@ def parse_policy(spec: str, config: ScalingConfig) -> Controller:
     if kind == "clairvoyant":
         raise ValueError("clairvoyant is planned per workload: scaler.simulator.clairvoyant.best_plan")
     raise ValueError(
-        f"unknown policy {spec!r}: use always-on:N, naive, naive-job-limit-1, ours[:field=value,...] "
+        f"{spec!r}: no such policy; use always-on:N, naive, naive-job-limit-1, ours[:field=value,...] "
         "or clairvoyant[:P95_S][,max_replicas=N]"
     )
 

@@ -181,7 +181,7 @@ def test_cli_rejects_an_unknown_policy():
     (["--cold-start-s", "-100"], "cold_start_s must be >= 0"),
     (["--cold-start-s", "nan"], "cold_start_s must be a finite number"),
     (["--health-check-delay-s", "inf"], "health_check_delay_s must be a finite number"),
-    (["--price-per-hour", "nan"], "price_per_replica_hour must be a finite number"),
+    (["--price-per-hour", "nan"], "--price-per-hour nan: must be 0 (free) or between"),
     (["--spot-reclaims-per-hour", "1e9"], "spot_reclaims_per_hour must be 0-60"),
     (["--spot-reclaims-per-hour", "-1"], "spot_reclaims_per_hour must be 0-60"),
     (["--target-wait-s", "inf"], "target_wait_s must be a finite number"),
@@ -189,8 +189,8 @@ def test_cli_rejects_an_unknown_policy():
     (["--policy", "ours:max_replicas=100000000"], "max_replicas must be <= 100"),
     (["--policy", "always-on:100000000"], "at most 100 replicas"),
     (["--policy", "always-on:" + "9" * 5000], "at most 100 replicas"),  # "Exceeds the limit (4300 digits)"
-    (["--policy", "always-on:\u00b2"], "unknown policy 'always-on:\u00b2'"),  # "invalid literal for int()"
-    (["--policy", "always-on:\u0661"], "unknown policy 'always-on:\u0661'"),  # ran 1 replica: other scripts' digits
+    (["--policy", "always-on:\u00b2"], "'always-on:\u00b2': no such policy"),  # "invalid literal for int()"
+    (["--policy", "always-on:\u0661"], "'always-on:\u0661': no such policy"),  # ran 1 replica: other scripts' digits
     (["--policy", "ours:max_replicas=\u0661\u0660"], "max_replicas='\u0661\u0660' is not a number"),  # ran 10
     (["--policy", "clairvoyant:\u0661\u0662\u0660"], "the p95 target must be seconds > 0"),  # planned at 120 s
     (["--policy", "clairvoyant:nan"], "the p95 target must be seconds > 0"),
