@@ -31,9 +31,8 @@ import structlog
 from common.durable import sync, sync_folder
 from common.processes import pid_running
 from common.small_files import FileTooLarge, NotARegularFile, read_small_file
+from common.timespans import DAY_S, HOUR_S
 from scaler.billing import (
-    DAY_S,
-    HOUR_S,
     BilledReplica,
     BillingAnchor,
     billed_intervals,
