@@ -1,5 +1,6 @@
 """Wait-target planning: the duration estimate, predicted starts, who is bought and who may leave; timetables."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -25,6 +26,7 @@ def test_duration_is_the_default_until_three_completions_then_the_median():
     assert robust_duration([100, 110, 120, 5_000], 180) == 110  # one outlier barely moves it
     assert robust_duration([100, 110, 120, 130, 140], 180) == 120  # the median: pessimism would add up in a queue
     assert robust_duration([0.0, 0.1, 100, 100, 100], 180) == 100  # instant jobs are no evidence
+    assert robust_duration([100, math.inf, math.inf, math.nan], 180) == 180  # nor are times no clock gives
 
 
 def test_predicted_starts_fill_the_earliest_free_replica():
@@ -45,6 +47,15 @@ def test_a_replica_is_bought_only_for_a_job_that_would_miss_the_target():
 def test_fewer_replicas_are_kept_only_if_no_job_waits_longer():
     assert replicas_needed(0, [0, 0, 0], [0], 120, 105) == 1
     assert replicas_needed(0, [0, 0, 0], [0, 0, 0], 120, 105) == 3
+    # Two jobs queued 300 s already, past the 105-s target either way: one replica would make the 2nd wait 420 s.
+    assert replicas_needed(0, [0, 0], [300, 300], 120, 105) == 2
+
+
+def test_with_the_p95_s_allowance_a_replica_may_leave_a_queued_job_late_but_never_past_the_limit():
+    # One replica for two queued 120-s jobs: the 2nd starts at 120 s, past the 100-s target.
+    assert replicas_needed(0, [0, 0], [0, 0], 120, 100) == 2
+    assert replicas_needed(0, [0, 0], [0, 0], 120, 100, allowed=1) == 1  # within 1.5x the target: allowed
+    assert replicas_needed(0, [0, 0], [0, 0], 160, 100, allowed=1) == 2  # 160 s: past 1.5x, whatever the allowance
 
 
 def tick(config, state, now, *, pending=0, running=0, replicas=(), **timings):
