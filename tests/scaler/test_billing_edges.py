@@ -1,6 +1,17 @@
 """The billing arithmetic at its edges: a replica stopped as it started, the first interval, wall-clock boundaries."""
 
-from scaler.billing import BillingAnchor, bill_for_runtime, first_interval_after, interval_start, seconds_to_boundary
+import pytest
+
+from common.timespans import HOUR_S
+from scaler.billing import (
+    BillingAnchor,
+    SpendLedger,
+    bill_for_runtime,
+    first_interval_after,
+    interval_start,
+    seconds_to_boundary,
+)
+from scaler.policy import Replica
 
 WALL, STARTED = BillingAnchor.WALL_CLOCK, BillingAnchor.STARTED_AT
 
@@ -26,3 +37,15 @@ def test_the_first_interval_after_a_horizon():
     assert first_interval_after(650, 600, 600, STARTED) == 0  # all begun after it
     assert first_interval_after(650, 650, 600, STARTED) == 1  # the first began at the horizon, not after it
     assert first_interval_after(650, 1300, 600, STARTED) == 2
+
+
+def test_after_a_step_forward_the_interval_begun_since_is_dated_as_if_the_clock_had_always_shown_this_time():
+    """NTP moves the clock an hour forward while 700 s pass: the replica's 2nd interval, begun in those 700 s, is
+    charged 100 s ago by the new clock, within the last hour, not an hour and 100 s ago."""
+    start, price = 1_800_000_000.0, 3.6  # $0.60 an interval
+    ledger = SpendLedger().observe([Replica("r", start)], start, interval_s=600, anchor=STARTED, price_per_hour=price)
+    now = start + HOUR_S + 700
+    ledger = ledger.observe([Replica("r", start)], now, interval_s=600, anchor=STARTED, price_per_hour=price,
+                            elapsed_s=700)
+    assert ledger.spent_since(now - HOUR_S) == pytest.approx(1.2)  # both intervals, the first moved with the clock
+    assert [round(at - now) for at, _ in ledger.charges] == [-700, -100]
