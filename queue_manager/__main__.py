@@ -67,7 +67,9 @@ ADD_PARTICIPANT = "add-participant"
 REMOVE_PARTICIPANT = "remove-participant"
 
 
-# Ceilings far past any lease, window or retention meant: 1e23 was taken as meant (it ran, but it is a typo).
+# The settings below are capped at a week (retention: ten years), far past any lease, window or retention meant:
+# 1e23 was taken as meant (it ran, but it is a typo).
+
 # Below it, a lease cannot work: 1e-320 handed every job back at each reaper pass (every 0.01 s), and had its worker
 # heartbeat as fast as it may (every 0.05 s). The project's own tests go down to 1 s.
 MIN_LEASE_TIMEOUT_S = 1.0
