@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
+from common.cli import integer, number
 from common.timespans import DAY_S, HOUR_S
 from scaler.allocator import AllocatorConfig, AllocatorState, ProviderSpec, ProviderView, allocate
 from scaler.ledger import RUNPOD_BILLING, VERDA_BILLING, BillingRule, CostLedger
@@ -200,9 +201,9 @@ def print_runs(console: Console, runs: list[ProviderRun]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaler.simulator.providers", description=__doc__)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--outage-start-h", type=float, default=10.0, help="hour of the day Verda runs out (0-24)")
-    parser.add_argument("--outage-h", type=float, default=1.0, help="how long it has no capacity (> 0 h, to 24)")
+    parser.add_argument("--seed", type=integer, default=1)
+    parser.add_argument("--outage-start-h", type=number, default=10.0, help="hour of the day Verda runs out (0-24)")
+    parser.add_argument("--outage-h", type=number, default=1.0, help="how long it has no capacity (> 0 h, to 24)")
     args = parser.parse_args(argv)
     if not 0 <= args.outage_start_h < DAY_H:  # each also refuses nan
         parser.error(f"--outage-start-h {args.outage_start_h:g}: an hour of the day, 0 to under {DAY_H:g}")

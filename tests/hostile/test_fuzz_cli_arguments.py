@@ -24,6 +24,7 @@ import pytest
 import demo.cli as demo_cli
 import queue_manager.__main__ as queue_cli
 import scaler.simulator.cli as simulate_cli
+import scaler.simulator.providers as simulator_providers
 import standins.comfyui as comfyui_sim
 import supervisor.__main__ as supervisor_cli
 import worker.__main__ as worker_cli
@@ -341,6 +342,31 @@ def test_demo_removes_what_it_created_when_an_option_that_writes_is_refused(
     outcome = _outcome(demo_cli.parse_demo_args, ["--db", "jobs.db", "--output-dir", "out"], capsys)
     assert outcome.code == 2 and "--output-dir" in _without_usage(outcome.err)
     assert (sorted(os.listdir(tmp_path)), os.listdir("out")) == (["a-file", "out"], ["logs"])
+
+
+def test_provider_outage_command_refuses_each_bad_value_naming_its_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """python -m scaler.simulator.providers read --seed and the hours with bare int()/float(): an Arabic-Indic 12
+    was taken as seed 12, where every other command line takes ASCII digits only."""
+
+    taken: dict[str, Any] = {}
+
+    def record(seed: int, outage_start_h: float, outage_h: float) -> Any:
+        taken.update(seed=seed, outage_start_h=outage_start_h, outage_h=outage_h)
+        raise Started
+
+    monkeypatch.setattr(simulator_providers, "outage_day", record)
+
+    def run(argv: list[str]) -> Any:
+        taken.clear()
+        return simulator_providers.main(argv)
+
+    problems = _problems(
+        run, {"--seed": ANY, "--outage-start-h": (0, 24), "--outage-h": (0, 24)}, capsys, tmp_path,
+        taken_as=lambda name, _: taken.get(name),
+    )  # fmt: skip
+    assert problems == [], "\n".join(problems)
 
 
 # --- the ComfyUI stand-in -------------------------------------------------------------------------------------------
