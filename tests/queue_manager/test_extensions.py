@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from common.handbacks import MAX_SHUTDOWN_HANDBACKS
-from queue_manager import JobStatus, QueueManagerServer
+from queue_manager import JobStatus, QueueManagerServer, reaper
 
 from ..conftest import ManualClock
 from .conftest import FakeClock
@@ -179,6 +179,35 @@ async def test_the_lease_runs_by_itself() -> None:
         async with asyncio.timeout(5):
             while (await job(client, job_id))["status"] != "pending":
                 await asyncio.sleep(0.05)
+
+
+async def test_the_lease_runs_by_itself_with_passes_further_apart_than_the_frozen_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass that wakes more than CLOCK_STEP_TOLERANCE_S (5 s) after it was due means the process was frozen, and
+    every lease is renewed. Lateness counted from the last pass instead of from when this one was due makes every
+    pass of the default 15-s interval (a 60-s lease) look 15 s late: every lease renewed each pass, no silent
+    worker's job ever handed back. Here scaled down: passes every 0.5 s (a 2-s lease) against a 0.2-s mark."""
+    monkeypatch.setattr(reaper, "CLOCK_STEP_TOLERANCE_S", 0.2)
+    async with QueueManagerServer(lease_timeout_s=2.0) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await submit(client)
+        await pop(client, "w1")
+        async with asyncio.timeout(15):
+            while (await job(client, job_id))["status"] != "pending":
+                await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("asked", [{"lease_timeout_s": 0}, {"extensions": False}])
+async def test_with_the_lease_off_a_silent_worker_keeps_its_job(clock: FakeClock, asked: dict[str, Any]) -> None:
+    """LEASE_TIMEOUT_S=0, or comfy-multi's contract (no heartbeats): a lease pass hands nothing back. Read as a
+    lease of 0 s, every running job would be handed back at each pass, and failed after MAX_ATTEMPTS."""
+    async with QueueManagerServer(clock=clock, **asked) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+        job_id = await submit(client)
+        await pop(client, "silent")
+        clock.advance(1800)
+        assert await queue.expire_leases() == []
+        stored = queue.store.get(job_id)
+        assert (stored.status, stored.worker_id, stored.attempt) == (JobStatus.RUNNING, "silent", 1)
 
 
 async def test_a_restart_renews_every_lease(tmp_path: Path, clock: FakeClock) -> None:
