@@ -61,3 +61,14 @@ async def test_the_lease_is_renewed_while_a_report_is_retried_for_longer_than_ha
         assert await asyncio.wait_for(worker.run(), 30) == 0
         done = qm.store.get(job.id)
         assert (done.status, done.attempt, done.history) == ("completed", 1, [])
+
+
+async def test_no_heartbeat_is_sent_for_a_job_without_an_attempt(qm, comfy, make_worker, workflows):
+    """comfy-multi hands out jobs without an attempt and has no heartbeat route: none is sent, not even the one
+    that would find the route missing (8 heartbeat intervals of a 0.4-s job)."""
+    job = qm.store.submit("alice", workflows["quick"])
+    worker = make_worker(lease_heartbeat_s=0.05, serverless_job_limit=1)
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(worker.run(), 15) == 0
+    assert qm.store.get(job.id).status == "completed"
+    assert [e for e in logs if "heartbeat" in e["event"].lower()] == []
