@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from standins.comfyui import ComfyUISimulator
 from worker.comfyui import ComfyUIClient
-from worker.run_record import RECORDS_FOLDER, RunRecord
+from worker.run_record import RECORDS_FOLDER, RecordsUnreadable, RunRecord
 
 from ..conftest import served, wait_for
 
@@ -138,3 +138,31 @@ async def test_a_record_whose_write_was_cut_short_by_a_stop_goes_at_the_stop():
         finally:
             await comfy_client.aclose()
     assert saved == set()
+
+
+@pytest.mark.parametrize("listing", [
+    b"not JSON", b'{"path": "a"}', b"[1]", b'[{"modified": 1.0}]', b'[{"path": 7, "modified": 1.0}]',
+    *(b'[{"path": "%s", "modified": %s}]' % (b"0" * 16 + b"-" + b"0" * 32 + b".json", modified)
+      for modified in (b'"x"', b'"1"', b"null", b"true", b"NaN", b"Infinity")),
+])  # fmt: skip
+async def test_a_userdata_listing_of_another_shape_is_unreadable_not_a_crash(listing: bytes):
+    """Whatever a ComfyUI (or a proxy before it) answers to GET /userdata, the worker starts: a listing it cannot
+    read is RecordsUnreadable, logged and passed over (worker/main.py). A file name or a time of another type let
+    through would end the start in a TypeError or ValueError."""
+
+    async def save(request: web.Request) -> web.Response:
+        return web.json_response(request.match_info["file"])
+
+    async def listed(_: web.Request) -> web.Response:
+        return web.Response(body=listing, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/userdata/{file}", save)
+    app.router.add_get("/userdata", listed)
+    async with served(app) as url:
+        comfy_client = ComfyUIClient(url, timeout_s=QUESTION_S)
+        try:
+            with pytest.raises(RecordsUnreadable, match="a list of another shape"):
+                await RunRecord(comfy_client, "w1", **FAST).twin(QUESTION_S)
+        finally:
+            await comfy_client.aclose()
