@@ -56,3 +56,16 @@ async def test_keys_with_lone_surrogates_nested_past_the_parsers_limit_are_400_n
     assert response.json()["detail"].startswith("workflow.\\ud800.\\ud800.")
     assert response.json()["detail"].endswith(": nested deeper than 64 levels")
     assert (await client.get("/health")).json()["status"] == "healthy"
+
+
+@pytest.mark.parametrize("value", [b"0", b"{}", b"[]"])
+async def test_a_body_of_over_a_million_values_is_400_naming_the_count(
+    client: httpx.AsyncClient, queue: QueueManagerServer, value: bytes
+) -> None:
+    """Counted before parsing from its commas, brackets and braces (docs/queue-manager-api.md): each parsed value
+    costs ~150 bytes, so a 50-MB body of empty objects peaked at 2.4 GB. A million values and the envelope's: 3 MB."""
+    body = b'{"user_id":"a","workflow":{"1":[' + b",".join([value] * 1_000_000) + b"]}}"
+    response = await client.post("/api/jobs", headers=JSON, content=body)
+    assert response.status_code == 400
+    assert response.json() == {"detail": "body: more than 1000000 JSON values (items, keys, arrays, objects)"}
+    assert queue.store.counts()[JobStatus.PENDING] == 0
