@@ -143,7 +143,11 @@ class QueueProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Until its /health answers 200: RuntimeError if it exits first or has not after `timeout_s` seconds."""
+        """Until it logs its start and its /health answers 200: RuntimeError if it exits first or has not after
+        `timeout_s` seconds. Its own log line first: the port was free when picked, and another program may take it
+        before this one binds it and answer /health in its place (then a SIGTERM finds this one still importing,
+        deaf to it: exit -15, as a soak-close test did once in CI with a mutation run beside it)."""
+        logged_before = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "queue_manager", "--port", str(self.port), "--db", str(self.db),
@@ -156,10 +160,17 @@ class QueueProcess:
                 if self.process.returncode is not None:
                     raise RuntimeError(f"the queue manager exited {self.process.returncode}: {self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/health", timeout=min(1.0, left))).status_code == 200:
+                    if self._logged_since(logged_before, b'"queue_manager_started"') and (
+                        await http.get("/health", timeout=min(1.0, left))
+                    ).status_code == 200:
                         return
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"the queue manager did not come up in {timeout_s:g} s: {self.log_tail()}")
+
+    def _logged_since(self, offset: int, text: bytes) -> bool:
+        with self.log.open("rb") as log:
+            log.seek(offset)
+            return text in log.read()
 
     def log_tail(self, size: int = 2000) -> str:
         with self.log.open("rb") as log:

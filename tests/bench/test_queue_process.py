@@ -8,9 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bench.fault_run import QueueProcess
 from demo.replicas import free_loopback_port
+
+from ..conftest import served
 
 
 async def test_a_frozen_queue_manager_is_killed_after_the_grace(tmp_path: Path) -> None:
@@ -59,3 +62,19 @@ async def test_a_queue_manager_that_never_answers_fails_the_start_within_its_bou
             if queue.process is not None and queue.process.returncode is None:
                 queue.process.kill()
                 await queue.process.wait()
+
+
+@pytest.mark.timeout(60)
+async def test_a_start_is_not_taken_from_another_server_answering_on_its_port(tmp_path: Path) -> None:
+    """The port is picked free and bound later by the child: a server that takes it meanwhile and answers /health
+    200 made the start return at once, with this queue manager not up (and, its port taken, about to exit 1)."""
+
+    async def healthy(_: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy"})
+
+    app = web.Application()
+    app.router.add_get("/health", healthy)
+    async with served(app) as url:
+        queue = QueueProcess(tmp_path, int(url.rsplit(":", 1)[1]), lease_timeout_s=30)
+        with pytest.raises(RuntimeError, match=r"the queue manager exited 1: (?s:.*)another process listens on"):
+            await asyncio.wait_for(queue.start(), 30)
