@@ -172,27 +172,25 @@ async def test_polling_with_the_id_of_a_lost_worker_does_not_keep_its_job(
     assert (await pop(client, "w1"))["id"] == job_id
 
 
-async def test_the_lease_runs_by_itself() -> None:
-    async with QueueManagerServer(lease_timeout_s=0.2) as queue, httpx.AsyncClient(base_url=queue.url) as client:
-        job_id = await submit(client)
-        await pop(client, "w1")
-        async with asyncio.timeout(5):
-            while (await job(client, job_id))["status"] != "pending":
-                await asyncio.sleep(0.05)
-
-
-async def test_the_lease_runs_by_itself_with_passes_further_apart_than_the_frozen_mark(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("lease_timeout_s", "frozen_mark_s", "within_s"), [(0.2, reaper.CLOCK_STEP_TOLERANCE_S, 5), (2.0, 0.2, 15)]
+)
+async def test_the_lease_runs_by_itself(
+    monkeypatch: pytest.MonkeyPatch, lease_timeout_s: float, frozen_mark_s: float, within_s: float
 ) -> None:
-    """A pass that wakes more than CLOCK_STEP_TOLERANCE_S (5 s) after it was due means the process was frozen, and
-    every lease is renewed. Lateness counted from the last pass instead of from when this one was due makes every
-    pass of the default 15-s interval (a 60-s lease) look 15 s late: every lease renewed each pass, no silent
-    worker's job ever handed back. Here scaled down: passes every 0.5 s (a 2-s lease) against a 0.2-s mark."""
-    monkeypatch.setattr(reaper, "CLOCK_STEP_TOLERANCE_S", 0.2)
-    async with QueueManagerServer(lease_timeout_s=2.0) as queue, httpx.AsyncClient(base_url=queue.url) as client:
+    """The 2nd case: a pass that wakes more than CLOCK_STEP_TOLERANCE_S (5 s) after it was due means the process
+    was frozen, and every lease is renewed. Lateness counted from the last pass instead of from when this one was
+    due makes every pass of the default 15-s interval (a 60-s lease) look 15 s late: every lease renewed each pass,
+    no silent worker's job ever handed back. Here scaled down: passes every 0.5 s (a 2-s lease) against a 0.2-s
+    mark."""
+    monkeypatch.setattr(reaper, "CLOCK_STEP_TOLERANCE_S", frozen_mark_s)
+    async with (
+        QueueManagerServer(lease_timeout_s=lease_timeout_s) as queue,
+        httpx.AsyncClient(base_url=queue.url) as client,
+    ):
         job_id = await submit(client)
         await pop(client, "w1")
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(within_s):
             while (await job(client, job_id))["status"] != "pending":
                 await asyncio.sleep(0.05)
 
