@@ -145,8 +145,8 @@ class QueueProcess:
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Until it logs its start and its /health answers 200: RuntimeError if it exits first or has not after
         `timeout_s` seconds. Its own log line first: the port was free when picked, and another program may take it
-        before this one binds it and answer /health in its place (then a SIGTERM finds this one still importing,
-        deaf to it: exit -15, as a soak-close test did once in CI with a mutation run beside it)."""
+        before this one binds it and answer /health in its place (then a SIGTERM kills this one while it is still
+        importing, before it takes the signal: exit -15, as a soak-close test saw once in CI under load)."""
         logged_before = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(

@@ -63,7 +63,7 @@ async def test_a_body_of_over_a_million_values_is_400_naming_the_count(
     client: httpx.AsyncClient, queue: QueueManagerServer, value: bytes
 ) -> None:
     """Counted before parsing from its commas, brackets and braces (docs/queue-manager-api.md): each parsed value
-    costs ~150 bytes, so a 50-MB body of empty objects peaked at 2.4 GB. A million values and the envelope's: 3 MB."""
+    costs ~150 bytes, so a 50-MB body of empty objects peaked at 2.4 GB. A million values and the envelope's: 2-3 MB."""
     body = b'{"user_id":"a","workflow":{"1":[' + b",".join([value] * 1_000_000) + b"]}}"
     response = await client.post("/api/jobs", headers=JSON, content=body)
     assert response.status_code == 400
