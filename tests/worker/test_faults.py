@@ -1170,9 +1170,11 @@ async def test_a_huge_exception_message_of_a_broken_replica_is_logged_clipped(
 ):
     """A node's exception message may run to ComfyUI's 32 MiB websocket limit; when it is a replica fault it
     becomes the hand-back reason, which the logs carried whole (only release-job's body clipped it). Before:
-    "Job X handed back" logged a reason of 1,000,159 chars; after, at most MAX_REASON_CHARS."""
+    "Job X handed back" logged a reason of 1,000,159 chars; after, at most MAX_REASON_CHARS. A resubmitted copy
+    carries MAX_REASON_CHARS_IN_METADATA of it among its `requeue_reasons`."""
     from queue_manager.server import QueueManagerServer
     from worker.queue_client import MAX_ERROR_CHARS, MAX_REASON_CHARS
+    from worker.reports import MAX_REASON_CHARS_IN_METADATA
 
     comfy.inject_error("CUDA error: an illegal memory access was encountered " + "x" * 1_000_000,
                        exception_type="torch.AcceleratorError", node_id="2", prompts=None)
@@ -1181,6 +1183,11 @@ async def test_a_huge_exception_message_of_a_broken_replica_is_logged_clipped(
         worker = make_worker(queue_manager_url=qm.url, serverless_max_idle_polls=100)
         with capture_logs() as logs:
             assert await asyncio.wait_for(worker.run(), 10) == 1
+        copies = [j for j in qm.store.list() if j.id != job.id]
+    if not extensions:
+        [copy] = copies
+        [reason] = copy.metadata["requeue_reasons"]
+        assert len(reason) == MAX_REASON_CHARS_IN_METADATA and "CUDA error: an illegal memory access" in reason
     handed_back = [e for e in logs if e["event"] == f"Job {job.id} handed back"]
     assert handed_back and len(handed_back[0]["reason"]) <= MAX_REASON_CHARS
     longest = max((len(v), e["event"]) for e in logs for v in e.values() if isinstance(v, str))

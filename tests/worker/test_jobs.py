@@ -5,19 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from worker.jobs import lease_timeout_of
+from worker.metrics import JOB_PHASES
 
 
 async def test_success_copies_and_hashes_outputs(qm, comfy, make_worker, workflows, tmp_path):
     job = qm.store.submit("alice", workflows["quick"], metadata={"source": "test"})
     worker = make_worker()
+    started = time.monotonic()
     with capture_logs() as logs:
         assert await worker.run() == 0
+    took_s = time.monotonic() - started
 
     [report] = qm.reports.landed(job.id)
     assert report.endpoint == "complete-job"
@@ -45,6 +49,13 @@ async def test_success_copies_and_hashes_outputs(qm, comfy, make_worker, workflo
     assert "Serverless idle timeout reached" in events
     assert events[-1] == "Worker shutdown complete"
     assert qm.store.get(job.id).status == "completed"
+    [completed] = [entry for entry in logs if entry["event"] == f"Job {job.id} completed"]
+    assert completed["outputs"] == 2
+
+    sample = worker.state.metrics.registry.get_sample_value
+    for phase in JOB_PHASES:  # each phase of the job measured once, and for no longer than the worker ran
+        assert sample("comfy_worker_job_phase_seconds_count", {"phase": phase}) == 1, phase
+        assert 0 <= sample("comfy_worker_job_phase_seconds_sum", {"phase": phase}) <= took_s, phase
 
 
 async def test_outputs_are_copied_from_the_local_output_directory_when_configured(

@@ -35,7 +35,9 @@ async def test_a_resubmission_answered_201_without_a_job_id_fails_the_original_n
     assert "resubmitted, but the queue manager's answer (HTTP 201) named no copy" in report.body["error"]
     [copy] = [j for j in qm.store.list() if j.id != job.id]
     assert copy.metadata["requeued_from"] == job.id
-    assert worker.state.jobs_finished == 1
+    assert worker.state.jobs_finished == worker.state.jobs_handed_back == 1, "the copy exists: handed back"
+    [handed_back] = [e for e in logs if e["event"] == f"Job {job.id} handed back"]
+    assert handed_back["next_attempt"] == 2
     assert not [e for e in logs if e.get("exc_info")]
 
 
@@ -48,14 +50,17 @@ async def test_a_resubmission_whose_answer_was_lost_is_not_submitted_again(qm, c
     worker = make_worker(shutdown_grace_s=0.1, serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
-    worker.request_shutdown()
-    assert await asyncio.wait_for(run, 10) == 0
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 10) == 0
     copies = [j for j in qm.store.list() if j.id != job.id]
     assert len(copies) == 1, "one copy, not two"
     [report] = qm.reports.landed(job.id)
     assert report.body["error"].startswith("Handed back: worker test-worker")
     assert "resubmitting it may not have worked: its answer was lost (" in report.body["error"]
     assert report.body["error"].endswith("look among your jobs for a copy before submitting it again")
+    assert worker.state.jobs_failed == 1, "the worker cannot know the copy exists: the job ends failed"
+    assert f"Job {job.id} failed" in [e["event"] for e in logs]
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -67,7 +72,10 @@ async def test_a_resubmission_refused_before_it_was_taken_is_sent_again(qm, comf
     worker = make_worker(shutdown_grace_s=0.1, serverless_job_limit=1)
     run = asyncio.create_task(worker.run())
     await wait_for(lambda: comfy.prompts_received)
-    worker.request_shutdown()
-    assert await asyncio.wait_for(run, 10) == 0
+    with capture_logs() as logs:
+        worker.request_shutdown()
+        assert await asyncio.wait_for(run, 10) == 0
     [copy] = [j for j in qm.store.list() if j.id != job.id]
     assert qm.reports.landed(job.id)[0].body["error"].endswith(f"; resubmitted as {copy.id}")
+    [handed_back] = [e for e in logs if e["event"] == f"Job {job.id} handed back"]
+    assert (handed_back["new_job_id"], handed_back["next_attempt"]) == (copy.id, 2)

@@ -64,3 +64,26 @@ def test_a_copys_metadata_is_never_over_the_cap_and_keeps_the_newest_reasons_tha
         one_more = copy["requeue_reasons"][-len(fitted["requeue_reasons"]) - 1:]
         if one_more != fitted["requeue_reasons"]:
             assert len(json.dumps({**fitted, "requeue_reasons": one_more})) > MAX_METADATA_BYTES
+
+
+@pytest.mark.parametrize("reasons", [[], ["é" * 100, "b" * 300]], ids=["no-reasons", "two-reasons"])
+def test_a_copys_metadata_of_exactly_the_cap_is_sent_whole(reasons):
+    """The queue manager takes metadata of exactly its cap and refuses one character more: a copy that fits
+    exactly keeps every reason, one character over drops the oldest (or, with none to drop, cannot be sent)."""
+    from pydantic import ValidationError
+
+    from queue_manager.models import JobSubmitRequest
+    from worker.reports import _within_cap
+
+    def submitted(metadata: dict) -> JobSubmitRequest:
+        return JobSubmitRequest(user_id="alice", workflow={"1": {"class_type": "X", "inputs": {}}}, metadata=metadata)
+
+    marks = {"requeued_from": "j", "attempt": 4, "faults": 1, "requeue_reasons": reasons}
+    exact = padded(marks, MAX_METADATA_BYTES)
+    submitted(exact)  # the manager's own measure takes it
+    assert _within_cap(exact) == exact
+
+    over = padded(marks, MAX_METADATA_BYTES + 1)
+    with pytest.raises(ValidationError, match="metadata size"):
+        submitted(over)
+    assert _within_cap(over) == ({**over, "requeue_reasons": reasons[1:]} if reasons else None)
