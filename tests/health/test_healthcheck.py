@@ -61,6 +61,26 @@ async def server_on_port_0(tmp_path: Path):
     await server.stop()
 
 
+def test_the_probe_gives_up_before_docker_kills_it() -> None:
+    """The probe's own deadline (TIMEOUT_S) ends a second before the HEALTHCHECK's --timeout, Python's start
+    included: a hung server is told in the container's health log by "unhealthy: ...", not by Docker's kill."""
+    from health.probe import TIMEOUT_S
+
+    [timeout_s] = re.findall(r"^HEALTHCHECK .*--timeout=(\d+)s", DOCKERFILE, flags=re.MULTILINE)
+    assert int(timeout_s) - TIMEOUT_S >= 1, "a second for Python to start and the probe to print"
+
+
+@pytest.mark.parametrize(("health_port", "probed"), [("1", 1), ("65535", 65535), ("0", None), ("65536", None)])
+def test_the_probe_takes_a_port_from_1_to_65535(health_port: str, probed: int | None) -> None:
+    from health.probe import bound_address
+
+    if probed is None:
+        with pytest.raises(ValueError, match=f"^no port to probe: {health_port} "):
+            bound_address({"HEALTH_PORT": health_port})
+    else:
+        assert bound_address({"HEALTH_PORT": health_port}) == ("127.0.0.1", probed)
+
+
 def test_the_image_tells_the_healthcheck_where_the_port_is() -> None:
     assert healthcheck_command() == ["python", "-m", "health.probe"]
     assert image_env("HEALTH_PORT_FILE").startswith("/tmp/")
