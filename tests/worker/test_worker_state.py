@@ -9,11 +9,9 @@ import time
 
 from worker.state import WorkerState
 
+from ..health.conftest import make_state
+
 STALE = -1e9  # a heartbeat this old is wedged to any HEARTBEAT_TIMEOUT_S
-
-
-def make_state() -> WorkerState:
-    return WorkerState(worker_id="w", provider="local", version="1", max_idle_polls=10, serverless=False)
 
 
 async def beat_within(state: WorkerState, seconds: float) -> bool:
