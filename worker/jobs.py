@@ -129,7 +129,8 @@ def validate_workflow(workflow: object) -> dict[str, Any]:
             "job 'workflow' is in ComfyUI's UI (graph) format, with 'nodes' and 'links'; the worker runs the "
             f"API format (node id -> {{class_type, inputs}}): {API_FORMAT_HINT}"
         )
-    if "prompt" in workflow and isinstance(workflow["prompt"], dict) and len(workflow) <= 3:
+    prompt = workflow.get("prompt")
+    if isinstance(prompt, dict) and "class_type" not in prompt:  # a node may be named "prompt"; a body's holds nodes
         raise InvalidJob(
             "job 'workflow' is a /prompt request body (it has a 'prompt' key); send the API-format workflow itself"
         )

@@ -111,7 +111,12 @@ async def test_hostile_user_id_is_refused_before_comfyui(
         ({"1": {"inputs": {}}}, "node '1' has no 'class_type'"),
         ({"1": "EmptyImage"}, "node '1' must be an object"),
         ({"1": {"class_type": "EmptyImage", "inputs": [1, 2]}}, "'inputs' must be an object"),
+        ({"1": {"class_type": 5, "inputs": {}}}, "node '1' has no 'class_type'"),
+        ({"1": {"class_type": "", "inputs": {}}}, "node '1' has no 'class_type'"),
         ({"prompt": {"1": {"class_type": "SaveImage", "inputs": {}}}}, "/prompt request body"),
+        # a whole body as posted to /prompt, with every key ComfyUI reads there
+        ({"prompt": {"1": {"class_type": "SaveImage", "inputs": {}}}, "client_id": "c1", "prompt_id": "p1",
+          "extra_data": {}, "front": False, "number": 3}, "/prompt request body"),
     ],
 )
 async def test_malformed_workflows_fail_with_the_field_named(qm, comfy, make_worker, workflow, expected):
@@ -130,6 +135,29 @@ async def test_ui_format_workflow_is_refused_with_export_instructions(qm, comfy,
     error = report.body["error"]
     assert "UI (graph) format" in error and "'nodes' and 'links'" in error and "Export (API)" in error
     assert comfy.prompts_received == []
+
+
+async def test_an_api_workflow_with_nodes_named_nodes_and_links_is_not_taken_for_the_ui_format(
+    qm, comfy, make_worker, workflows
+):
+    """The UI format is a list under 'nodes' beside 'links'; in the API format any string may name a node."""
+    renamed = json.dumps(workflows["quick"]).replace('"1"', '"nodes"').replace('"2"', '"links"')
+    job = qm.store.submit("alice", json.loads(renamed))
+    assert await make_worker().run() == 0
+    [report] = qm.reports.landed(job.id)
+    assert report.endpoint == "complete-job"
+    assert set(comfy.prompts_received[0].body["prompt"]) == {"nodes", "links", "3", "4"}
+
+
+async def test_an_api_workflow_with_a_node_named_prompt_is_not_taken_for_a_prompt_request_body(
+    qm, comfy, make_worker, workflows
+):
+    renamed = json.dumps(workflows["quick"]).replace('"1"', '"prompt"')
+    del (workflow := json.loads(renamed))["4"]
+    job = qm.store.submit("alice", workflow)
+    assert await make_worker().run() == 0
+    assert qm.reports.landed(job.id)[0].endpoint == "complete-job"
+    assert set(comfy.prompts_received[0].body["prompt"]) == {"prompt", "2", "3"}
 
 
 async def test_malformed_jobs_from_the_queue_do_not_stop_the_worker(qm, comfy, make_worker, workflows):
@@ -274,6 +302,15 @@ def test_a_long_cycle_is_named_in_bounded_words_and_a_long_chain_is_no_cycle():
         validate_workflow(chain)
     assert "(50000 nodes in all)" in str(error.value) and len(str(error.value)) < 600
 
+    from worker.jobs import MAX_CYCLE_NODES_SHOWN
+
+    ring = MAX_CYCLE_NODES_SHOWN - 1  # named in full: its first node again makes MAX_CYCLE_NODES_SHOWN
+    loop = {str(i): {"class_type": "ImageInvert", "inputs": {"image": [str((i + 1) % ring), 0]}} for i in range(ring)}
+    with pytest.raises(InvalidJob) as error:
+        validate_workflow(loop)
+    assert f"{ring - 1} (ImageInvert) -> 0 (ImageInvert); a node" in str(error.value)
+    assert "nodes in all" not in str(error.value)
+
 
 async def test_a_workflow_too_large_for_comfyui_says_so_with_its_size(qm, comfy, make_worker, workflows):
     comfy.max_upload_bytes = 4096  # as if ComfyUI ran with a small --max-upload-size
@@ -369,8 +406,8 @@ async def test_a_completion_whose_earlier_try_landed_keeps_its_outputs(qm, comfy
 
 @pytest.mark.parametrize(
     ("said", "lease"),
-    [(60, 60.0), (2.5, 2.5), (0, None), (-1, None), (float("nan"), None), (float("inf"), None), (True, None),
-     ("60", None), (None, None)],
+    [(60, 60.0), (2.5, 2.5), (0.5, 0.5), (0, None), (-1, None), (float("nan"), None), (float("inf"), None),
+     (True, None), ("60", None), (None, None)],
 )  # fmt: skip
 def test_only_a_positive_finite_lease_in_the_job_answer_shortens_the_heartbeat(said: object, lease: float | None):
     assert lease_timeout_of({"id": "j", "lease_timeout_s": said}) == lease

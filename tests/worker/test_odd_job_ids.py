@@ -39,3 +39,23 @@ async def test_a_job_whose_id_no_report_can_carry_is_skipped_without_a_traceback
     assert not [e for e in logs if e["event"].startswith("Report failed on an unexpected answer")]
     assert max(len(repr(e)) for e in logs) < 10_000
     assert qm.reports.landed(good.id)[0].endpoint == "complete-job"
+
+
+async def test_an_id_of_exactly_the_reportable_length_is_reported_and_one_more_is_skipped(
+    qm, comfy, make_worker, workflows
+):
+    """MAX_REPORTABLE_ID_CHARS is the longest id a report names: such a job is failed (its id is no folder name)
+    and the report is sent; an id one character longer cannot be, and is skipped."""
+    from worker.jobs import MAX_REPORTABLE_ID_CHARS
+
+    longest, too_long = "a" * MAX_REPORTABLE_ID_CHARS, "b" * (MAX_REPORTABLE_ID_CHARS + 1)
+    for job_id in (longest, too_long):
+        qm.faults.inject("next-job", status=200, body={"job": {"id": job_id, "user_id": "alice",
+                                                                "workflow": workflows["quick"]}})
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(make_worker().run(), 30) == 0
+    [sent] = qm.reports.for_job(longest)
+    assert sent.endpoint == "fail-job" and "not safe as a folder name" in sent.body["error"]
+    assert qm.reports.for_job(too_long) == []
+    [skipped] = [e for e in logs if e["event"] == "Received a job that cannot be reported back; skipping it"]
+    assert f"{MAX_REPORTABLE_ID_CHARS + 1} characters long" in skipped["error"]
