@@ -137,11 +137,11 @@ async def test_once_run_with_another_billing_interval_converts_the_intervals_the
     state_file = tmp_path / "scaler-state.json"
     monkeypatch.setenv("SCALER_STATE_FILE", str(state_file))
     qm.store.submit("alice", WORKFLOW)
-    for _ in range(2):  # the first starts a replica, the second charges its first interval
+    for _ in range(3):  # the first starts a replica, the second charges its first interval, the third reads it back
         assert await cli("once") == 0
     saved = json.loads(state_file.read_text())
     assert saved["billing"] == {"interval_s": 600.0, "anchor": "started_at"} and len(saved["ledger"]["billed"]) == 1
-    capsys.readouterr()
+    assert "policy_state_billing_changed" not in capsys.readouterr().err, "the second run counted in the same rule"
     monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
     assert await cli("once") == 0
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]

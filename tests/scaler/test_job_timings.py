@@ -27,11 +27,13 @@ def complete_jobs(server: QueueManagerServer, clock: ManualClock, durations: lis
 
 
 async def learned_from_the_counters(
-    backend, ticks: int, *, step_forward_at: int | None = None, monotonic: ManualClock | None = None
+    backend, ticks: int, *, step_forward_at: int | None = None, monotonic: ManualClock | None = None,
+    one_fails: bool = False,
 ) -> list[float]:
     """The job duration each tick learns, a tick every 20 s, from a queue manager that lists no finished jobs
-    (comfy-multi): two replicas each run 40 s jobs back to back. At tick ``step_forward_at`` the wall clock is
-    stepped an hour forward; ``monotonic``, when given, is the clock never stepped."""
+    (comfy-multi): two replicas each run 40 s jobs back to back (``one_fails``: one of each two fails at its end).
+    At tick ``step_forward_at`` the wall clock is stepped an hour forward; ``monotonic``, when given, is the clock
+    never stepped."""
     clock = ManualClock(1_700_000_000.0)
     async with QueueManagerServer(clock=clock, test_hooks=True) as server:
         server.faults.inject("list-jobs", status=200, body=[], times=1000)  # comfy-multi's answer
@@ -43,8 +45,11 @@ async def learned_from_the_counters(
             learned = []
             for step in range(ticks):
                 if step % 2 == 0:
-                    for job in running:
-                        store.complete(job.id, {})
+                    for n, job in enumerate(running):
+                        if one_fails and n == 0:
+                            store.fail(job.id, "RuntimeError: out of memory")
+                        else:
+                            store.complete(job.id, {})
                     running = [store.submit("alice", WORKFLOW) for _ in range(2)]
                     for _ in running:
                         store.pop_next("w1", server.mode)
@@ -144,9 +149,11 @@ async def test_newest_first_lists_finished_jobs_by_completion_time(qm):
     assert refused.status_code == 422 and "order" in refused.text
 
 
-async def test_without_listed_completions_the_duration_comes_from_the_counters(backend):
-    """comfy-multi lists no finished jobs; two replicas each running 40 s jobs back to back teach 40 s."""
-    learned = await learned_from_the_counters(backend, 24)
+@pytest.mark.parametrize("one_fails", [False, True], ids=["all-complete", "half-fail"])
+async def test_without_listed_completions_the_duration_comes_from_the_counters(backend, one_fails):
+    """comfy-multi lists no finished jobs; two replicas each running 40 s jobs back to back teach 40 s, whether the
+    jobs complete or fail (a failed job held its replica as long)."""
+    learned = await learned_from_the_counters(backend, 24, one_fails=one_fails)
     assert learned[0] == 180.0  # the default until three jobs have finished
     assert learned[-1] == pytest.approx(40.0, rel=0.1)
 

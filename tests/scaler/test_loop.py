@@ -312,6 +312,40 @@ async def test_a_stop_that_cuts_a_tick_short_says_whether_a_write_was_under_way(
     assert logs[-1]["event"] == "scaler_stopped"
 
 
+class SlowWrite(StubBackend):
+    """A platform that answers a write after ``seconds``."""
+
+    def __init__(self, clock: ManualClock, seconds: float) -> None:
+        super().__init__(clock)
+        self.seconds = seconds
+        self.writing = asyncio.Event()
+
+    async def apply(self, desired: int) -> bool:
+        self.writing.set()
+        await asyncio.sleep(self.seconds)
+        return await super().apply(desired)
+
+
+async def test_a_stop_during_a_write_lets_it_land_within_the_grace(queue, clock):
+    """SIGTERM while a write is answered within STOP_GRACE_S: the tick finishes (the write lands, the decision is
+    logged and saved) and is not cut short."""
+    backend = SlowWrite(clock, seconds=0.2)
+    loop = ScalerLoop(CONFIG, backend, queue, clock=clock, interval_s=60)
+    queue.pending = 3
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(loop.run(stop))
+        await asyncio.wait_for(backend.writing.wait(), 10)
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    assert backend.applied == [3]
+    assert [e["event"] for e in logs if e["event"] in ("Scaling decision", "scaler_tick_cut_short")] == [
+        "Scaling decision"
+    ]
+    assert [e["apply"] for e in logs if e["event"] == "Scaling decision"] == ["wrote"]
+
+
 async def test_policy_state_survives_a_save_and_load(make_loop, queue, clock, tmp_path):
     loop = make_loop()
     queue.pending = 2
@@ -348,13 +382,13 @@ async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run
 @pytest.mark.parametrize(
     "content",
     ['{"applied": 2, "ledger": {"charges": [[1, 0.5', '{"applied": "two"}', '["not", "an", "object"]',
-     '{"demand_samples": [[1, "many"]]}', '{"last_work_seen_at": "yesterday"}', "",
+     '{"demand_samples": [[1, "many"]]}', '{"last_work_seen_at": "yesterday"}', '{"last_work_seen_at": true}', "",
      '{"opening_load": [1]}', '{"ledger": {"billed": [[[], 1]]}}', "[" * 100_000,
      '{"ledger": {"charges": [[100, NaN]]}}', '{"last_work_seen_at": NaN}', '{"demand_samples": [[Infinity, 1]]}',
      '{"demand_samples": [[1, Infinity]]}', '{"demand_samples": [[1, NaN]]}', '{"opening_load": [0, 1e400]}',
      '{"ledger": {"billed": [[["r", 1], 1e999]]}}', '{"opening_load": [0, 1%s]}' % ("0" * 4000),
      '{"applied": 9007199254740992}', b'\xff\xfe{\x00}\x00', b'{"applied": 1, "x": "\xe9"}'],
-    ids=["truncated", "count-as-text", "a-list", "sample-as-text", "time-as-text", "empty",
+    ids=["truncated", "count-as-text", "a-list", "sample-as-text", "time-as-text", "time-as-boolean", "empty",
          "item-missing", "key-too-short", "nested-past-the-parser", "spend-nan", "time-nan", "sample-infinite",
          "sample-count-infinite", "sample-count-nan", "opening-count-infinite", "billed-count-infinite",
          "opening-count-past-any-float", "applied-past-any-replica-count", "utf-16", "latin-1"],

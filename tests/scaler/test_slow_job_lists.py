@@ -37,3 +37,24 @@ async def test_job_lists_that_answer_after_the_tick_deadline_leave_the_counts_to
     assert sorted(e["list"] for e in unreadable) == [f"GET /api/jobs?status={s}" for s in ("completed", "pending",
                                                                                           "running")]
     assert all("no answer within" in e["error"] for e in unreadable)
+
+
+class SlowWrite(StubBackend):
+    async def apply(self, desired: int) -> bool:
+        await asyncio.sleep(1.0)
+        return await super().apply(desired)
+
+
+async def test_job_lists_left_out_at_half_the_tick_leave_the_other_half_for_the_write(qm: QueueManagerServer, clock):
+    """JOB_LISTS_SHARE: lists still unanswered at half the tick's deadline are given up, so a write that takes a
+    second still lands within a 4-s tick (lists read up to its deadline would leave the write no time)."""
+    backend = SlowWrite(clock)
+    qm.store.submit("alice", WORKFLOW)
+    qm.faults.inject("list-jobs", delay_s=60.0, times=3)
+    async with QueueStatusReader(qm.url) as reader:
+        loop = ScalerLoop(ScalingConfig(target_wait_s=120), backend, reader, tick_deadline_s=4.0)
+        with capture_logs() as logs:
+            decision = await loop.tick()
+    decided = next(e for e in logs if e["event"] == "Scaling decision")
+    assert decided["apply"] == "wrote", decided
+    assert decision.desired == 1 and backend.applied == [1]

@@ -16,7 +16,7 @@ from scaler.allocator import AllocatorConfig, ProviderSpec
 from scaler.config import load_settings
 from scaler.fleet import FleetBackend, Member
 from scaler.ledger import VERDA_BILLING
-from scaler.loop import ScalerLoop, load_policy_state
+from scaler.loop import UNSEEN_GAP_S, ScalerLoop, load_policy_state
 from scaler.policy import ScalingConfig
 from scaler.providers import VerdaBackend
 from scaler.providers.verda.client import VerdaAPIError
@@ -177,7 +177,8 @@ async def test_a_long_queue_outage_releases_the_replicas_after_the_bounded_hold(
         assert (event["log_level"], event["apply"]) == ("error", "wrote")
         assert event["details"]["queue_unreadable_for_s"] == 1800, "counted from the first tick that failed"
         wall.advance(15)
-        assert (await loop.tick()).desired == 1, "then the floor is held"
+        held = await loop.tick()
+        assert (held.desired, held.reason, held.changed) == (1, "hold_observation_failed", False), "the floor held"
 
         qm.faults.clear()
         wall.advance(15)
@@ -231,17 +232,48 @@ async def test_a_scaler_started_hours_after_a_queue_outage_was_seen_holds_before
         assert verda_scaling() == (1, 1)
 
 
+@pytest.mark.parametrize("gap_s", [1800, UNSEEN_GAP_S])
 async def test_a_restart_within_the_hold_counts_the_outage_from_its_first_failed_read(
-    qm, verda, verda_scaling, wall, tmp_path
+    qm, verda, verda_scaling, wall, tmp_path, gap_s
 ):
     """A restart, or `once` from cron, between two failed reads within the hour: the gap counts, the hold is not
     started again."""
     async with QueueStatusReader(qm.url, attempts=1) as reader:
         restarted = await restarted_after_an_outage(qm, verda, reader, wall, tmp_path / "state.json",
-                                                    failed_ticks=1, gap_s=1800)
+                                                    failed_ticks=1, gap_s=gap_s)
         decision = await restarted.tick()
         assert (decision.desired, decision.reason) == (1, "release_queue_unreachable")
         assert verda_scaling() == (1, 1)
+
+
+async def test_a_restart_a_second_past_the_unseen_gap_leaves_the_gap_out(qm, verda, verda_scaling, wall, tmp_path):
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        restarted = await restarted_after_an_outage(qm, verda, reader, wall, tmp_path / "state.json",
+                                                    failed_ticks=1, gap_s=UNSEEN_GAP_S + 1)
+        assert (await restarted.tick()).reason == "hold_observation_failed"
+        assert verda_scaling() == (3, 3)
+
+
+async def test_the_count_is_what_verda_pins_not_what_it_lists_nor_what_the_scaler_last_wrote(
+    qm, verda, verda_scaling, fake_verda: FakeVerda
+):
+    """Verda pins min = max = n and lists the replicas as they start. At the first tick, and after a count pinned in
+    the console, the policy's current count is the pinned one: not the replicas listed so far, nor its last write."""
+    config = ScalingConfig(billing_aware=False, stabilization_window_s=0, scale_down_cooldown_s=0, max_replicas=5)
+    def pin(count: int) -> None:
+        fake_verda.deployments[DEPLOYMENT].body["scaling"].update(min_replica_count=count, max_replica_count=count)
+
+    pin(3)  # before this scaler started; none listed yet
+    async with QueueStatusReader(qm.url) as reader:
+        loop = ScalerLoop(config, verda, reader)
+        submit(qm, 2)
+        assert fake_verda.deployments[DEPLOYMENT].replicas == []
+        decision = await loop.tick()
+        assert (decision.current, decision.desired) == (3, 2) and verda_scaling() == (2, 2)
+
+        pin(4)  # in the console
+        decision = await loop.tick()
+        assert (decision.current, decision.desired) == (4, 2) and verda_scaling() == (2, 2)
 
 
 async def test_the_scaler_converges_on_what_verda_really_holds(
