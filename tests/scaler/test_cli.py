@@ -147,6 +147,7 @@ async def test_once_run_with_another_billing_interval_converts_the_intervals_the
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     [changed] = [entry for entry in logged if entry["event"] == "policy_state_billing_changed"]
     assert changed["setting"] == "SCALER_BILLING_INTERVAL_S"
+    assert "policy_state_unreadable" not in [entry["event"] for entry in logged], "converted, not started afresh"
     assert json.loads(state_file.read_text())["billing"]["interval_s"] == 3600.0
 
 

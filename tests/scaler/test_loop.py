@@ -22,7 +22,7 @@ from scaler.health_record import BackendHealth
 from scaler.ledger import MAX_SAVED_BYTES, BillingRule, CostLedger, SavedFileUnreadable
 from scaler.loop import ScalerLoop, load_policy_state, save_policy_state
 from scaler.metrics import MetricsServer, ScalerMetrics
-from scaler.policy import PolicyState, Reason, Replica, ScalingConfig
+from scaler.policy import MAX_REPLICAS_LIMIT, PolicyState, Reason, Replica, ScalingConfig
 from scaler.providers import BackendView
 from scaler.providers.verda.client import VerdaAPIError
 from scaler.save_failures import SAVE_FAILED_LOG_EVERY_S
@@ -328,7 +328,7 @@ class SlowWrite(StubBackend):
 
 async def test_a_stop_during_a_write_lets_it_land_within_the_grace(queue, clock):
     """SIGTERM while a write is answered within STOP_GRACE_S: the tick finishes (the write lands, the decision is
-    logged and saved) and is not cut short."""
+    logged) and is not cut short."""
     backend = SlowWrite(clock, seconds=0.2)
     loop = ScalerLoop(CONFIG, backend, queue, clock=clock, interval_s=60)
     queue.pending = 3
@@ -363,6 +363,17 @@ async def test_policy_state_survives_a_save_and_load(make_loop, queue, clock, tm
     assert load_policy_state(path) == learned
 
 
+def test_a_state_file_of_an_earlier_release_loads_with_the_defaults_for_what_it_lacks(tmp_path):
+    path = tmp_path / "scaler.json"
+    path.write_text('{"applied": 2}')
+    assert load_policy_state(path) == PolicyState(applied=2)
+
+
+@pytest.mark.parametrize(("applied", "loads"), [(MAX_REPLICAS_LIMIT, True), (MAX_REPLICAS_LIMIT + 1, False)])
+def test_a_saved_count_up_to_the_replica_limit_loads_and_one_more_is_corrupt(tmp_path, applied, loads):
+    path = tmp_path / "scaler.json"
+    path.write_text(json.dumps({"applied": applied}))
+    assert load_policy_state(path) == (PolicyState(applied=applied) if loads else PolicyState())
 async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run(make_loop, queue, clock, tmp_path):
     path = tmp_path / "scaler.json"
     loop = make_loop(state_file=path)

@@ -220,7 +220,10 @@ async def test_a_scaler_started_hours_after_a_queue_outage_was_seen_holds_before
         # The first failed tick and 5 minutes after it, then 5 hours without a scaler.
         restarted = await restarted_after_an_outage(qm, verda, reader, wall, tmp_path / "state.json",
                                                     failed_ticks=21, gap_s=5 * 3600)
-        assert (await restarted.tick()).reason == "hold_observation_failed"
+        with capture_logs() as logs:
+            assert (await restarted.tick()).reason == "hold_observation_failed"
+        [left_out] = [entry for entry in logs if entry["event"] == "queue_outage_gap_left_out"]
+        assert (left_out["gap_s"], left_out["seen_s"]) == (5 * 3600, 300)
         assert verda_scaling() == (3, 3)
         for _ in range(99):  # 5 + 24 min 45 s seen
             wall.advance(15)
@@ -274,6 +277,15 @@ async def test_the_count_is_what_verda_pins_not_what_it_lists_nor_what_the_scale
         pin(4)  # in the console
         decision = await loop.tick()
         assert (decision.current, decision.desired) == (4, 2) and verda_scaling() == (2, 2)
+
+        # unpinned in the console (a deploy's min 0, max 5): the replicas listed are the count
+        fake_verda.deployments[DEPLOYMENT].body["scaling"].update(min_replica_count=0, max_replica_count=5)
+        listed = len(fake_verda.deployments[DEPLOYMENT].replicas)
+        with capture_logs() as logs:
+            decision = await loop.tick()
+        assert listed > 0 and decision.current == listed
+        [drift] = [entry for entry in logs if entry["event"] == "scaling_drift"]
+        assert (drift["observed_min"], drift["observed_max"]) == (0, 5)
 
 
 async def test_the_scaler_converges_on_what_verda_really_holds(
