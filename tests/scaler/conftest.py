@@ -150,6 +150,20 @@ class StubBackend:
         self.closed = True
 
 
+class SlowWrite(StubBackend):
+    """A platform that answers a write after ``seconds``; ``writing`` is set when one starts."""
+
+    def __init__(self, clock: ManualClock, seconds: float) -> None:
+        super().__init__(clock)
+        self.seconds = seconds
+        self.writing = asyncio.Event()
+
+    async def apply(self, desired: int) -> bool:
+        self.writing.set()
+        await asyncio.sleep(self.seconds)
+        return await super().apply(desired)
+
+
 class Wrapped:
     """A backend wrapping another, as a recorder or a health record would: it has what the backend it wraps has."""
 

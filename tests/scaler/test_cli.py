@@ -141,7 +141,7 @@ async def test_once_run_with_another_billing_interval_converts_the_intervals_the
         assert await cli("once") == 0
     saved = json.loads(state_file.read_text())
     assert saved["billing"] == {"interval_s": 600.0, "anchor": "started_at"} and len(saved["ledger"]["billed"]) == 1
-    assert "policy_state_billing_changed" not in capsys.readouterr().err, "the second run counted in the same rule"
+    assert "policy_state_billing_changed" not in capsys.readouterr().err, "the runs after the first counted in its rule"
     monkeypatch.setenv("SCALER_BILLING_INTERVAL_S", "3600")
     assert await cli("once") == 0
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]

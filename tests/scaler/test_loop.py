@@ -28,7 +28,7 @@ from scaler.providers.verda.client import VerdaAPIError
 from scaler.save_failures import SAVE_FAILED_LOG_EVERY_S
 
 from ..conftest import ManualClock, run_as_nobody, wait_for
-from .conftest import StubBackend
+from .conftest import SlowWrite, StubBackend
 
 CONFIG = ScalingConfig(
     target_wait_s=None,
@@ -312,20 +312,6 @@ async def test_a_stop_that_cuts_a_tick_short_says_whether_a_write_was_under_way(
     assert logs[-1]["event"] == "scaler_stopped"
 
 
-class SlowWrite(StubBackend):
-    """A platform that answers a write after ``seconds``."""
-
-    def __init__(self, clock: ManualClock, seconds: float) -> None:
-        super().__init__(clock)
-        self.seconds = seconds
-        self.writing = asyncio.Event()
-
-    async def apply(self, desired: int) -> bool:
-        self.writing.set()
-        await asyncio.sleep(self.seconds)
-        return await super().apply(desired)
-
-
 async def test_a_stop_during_a_write_lets_it_land_within_the_grace(queue, clock):
     """SIGTERM while a write is answered within STOP_GRACE_S: the tick finishes (the write lands, the decision is
     logged) and is not cut short."""
@@ -374,6 +360,8 @@ def test_a_saved_count_up_to_the_replica_limit_loads_and_one_more_is_corrupt(tmp
     path = tmp_path / "scaler.json"
     path.write_text(json.dumps({"applied": applied}))
     assert load_policy_state(path) == (PolicyState(applied=applied) if loads else PolicyState())
+
+
 async def test_the_state_file_is_written_after_every_tick_but_never_in_a_dry_run(make_loop, queue, clock, tmp_path):
     path = tmp_path / "scaler.json"
     loop = make_loop(state_file=path)

@@ -11,7 +11,7 @@ from scaler.loop import ScalerLoop
 from scaler.policy import ScalingConfig
 from scaler.queue_status import QueueStatusReader
 
-from .conftest import StubBackend
+from .conftest import SlowWrite, StubBackend
 
 WORKFLOW = {"1": {"class_type": "Noop", "inputs": {}}}
 TICK_DEADLINE_S = 2.0
@@ -39,16 +39,10 @@ async def test_job_lists_that_answer_after_the_tick_deadline_leave_the_counts_to
     assert all("no answer within" in e["error"] for e in unreadable)
 
 
-class SlowWrite(StubBackend):
-    async def apply(self, desired: int) -> bool:
-        await asyncio.sleep(1.0)
-        return await super().apply(desired)
-
-
 async def test_job_lists_left_out_at_half_the_tick_leave_the_other_half_for_the_write(qm: QueueManagerServer, clock):
     """JOB_LISTS_SHARE: lists still unanswered at half the tick's deadline are given up, so a write that takes a
     second still lands within a 4-s tick (lists read up to its deadline would leave the write no time)."""
-    backend = SlowWrite(clock)
+    backend = SlowWrite(clock, seconds=1.0)
     qm.store.submit("alice", WORKFLOW)
     qm.faults.inject("list-jobs", delay_s=60.0, times=3)
     async with QueueStatusReader(qm.url) as reader:

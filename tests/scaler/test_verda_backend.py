@@ -263,6 +263,7 @@ async def test_the_count_is_what_verda_pins_not_what_it_lists_nor_what_the_scale
     """Verda pins min = max = n and lists the replicas as they start. At the first tick, and after a count pinned in
     the console, the policy's current count is the pinned one: not the replicas listed so far, nor its last write."""
     config = ScalingConfig(billing_aware=False, stabilization_window_s=0, scale_down_cooldown_s=0, max_replicas=5)
+
     def pin(count: int) -> None:
         fake_verda.deployments[DEPLOYMENT].body["scaling"].update(min_replica_count=count, max_replica_count=count)
 
