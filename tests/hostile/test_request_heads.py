@@ -25,6 +25,7 @@ from worker.state import WorkerState
 
 TOKEN = "t0ken-" + "x" * 58  # as long as a generated secret: `openssl rand -hex 32`
 ANSWER_DEADLINE_S = 5.0  # a guard against a hang, not a measure
+PIECE_GAP_S = 0.01  # between the pieces of a request written apart: each is read on its own
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,29 @@ def head(served: Served, size: int, *, target: bytes | None = None, connection: 
     return start + b"".join(lines) + b"\r\n"
 
 
-async def answers_to(served: Served, sent: list[bytes], *, one_write: bool = False) -> list[int]:
+def cut_in_its_blank_line(request: bytes) -> tuple[bytes, bytes]:
+    head_end = request.index(b"\r\n\r\n") + 3
+    return request[:head_end], request[head_end:]
+
+
+async def answers_to(
+    served: Served, sent: list[bytes], *, one_write: bool = False, cut_blank_line: bool = False
+) -> list[int]:
     """The statuses of the answers to ``sent`` on one connection, each request sent once the one before is answered
-    (or all at once, pipelined), read to the end: the last request asks to close."""
+    (or all at once, pipelined), read to the end: the last request asks to close. ``cut_blank_line`` writes each
+    request in two pieces, its head's blank line cut between CR and LF, so that the server reads the LF ending the
+    head at the start of a read, with what follows it."""
     host, port = served.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     statuses = []
     try:
         async with asyncio.timeout(ANSWER_DEADLINE_S):
             for request in [b"".join(sent)] if one_write else sent:
-                writer.write(request)
-                await writer.drain()
+                for piece in cut_in_its_blank_line(request) if cut_blank_line else [request]:
+                    writer.write(piece)
+                    await writer.drain()
+                    if cut_blank_line:
+                        await asyncio.sleep(PIECE_GAP_S)
                 for _ in sent if one_write else [request]:
                     status_line = await reader.readline()
                     if not status_line:
@@ -222,43 +235,51 @@ async def test_a_head_never_finished_is_refused_as_soon_as_it_passes_a_limit(ser
 
 @pytest.mark.parametrize("one_write", [False, True], ids=["kept alive", "pipelined"])
 async def test_each_request_on_a_connection_has_its_head_counted_afresh(served: Served, one_write: bool) -> None:
-    """Three heads of the largest size on one connection are each served; the fourth, a byte over, is 431 (and
-    the three before it answered first when all came in one write)."""
+    """Three heads of the largest size and one with an empty body on one connection are each served; the fifth, a
+    byte over, is 431 (and the four before it answered first when all came in one write)."""
     largest = head(served, served.heads.max_head_bytes, connection=b"keep-alive")
-    sent = [largest] * 3 + [head(served, served.heads.max_head_bytes + 1)]
-    assert await answers_to(served, sent, one_write=one_write) == [200, 200, 200, 431]
+    empty_body = b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % served.path.encode()
+    sent = [largest] * 3 + [empty_body, head(served, served.heads.max_head_bytes + 1)]
+    assert await answers_to(served, sent, one_write=one_write) == [200, 200, 200, 200, 431]
 
 
 async def test_a_declined_upgrade_does_not_count_what_follows_it_twice(served: Served) -> None:
     """aiohttp holds what follows a request asking to upgrade (to a websocket), then parses it again once the
-    answer is not 101: a head that came with it was counted twice unless the count restarts."""
+    answer is not 101: a head that came with it, whole or begun, was counted twice unless the count restarts."""
     upgrade = b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" % served.path.encode()
     largest = head(served, served.heads.max_head_bytes, connection=b"keep-alive")
-    sent = [upgrade, largest, head(served, served.heads.max_head_bytes + 1)]
-    assert await answers_to(served, sent, one_write=True) == [200, 200, 431]
+    over = head(served, served.heads.max_head_bytes + 1)
+    assert await answers_to(served, [upgrade, largest, over], one_write=True) == [200, 200, 431]
+    half = len(largest) // 2  # the head of the next request begun in the upgrade's write, ended in the next
+    assert await answers_to(served, [upgrade + largest[:half], largest[half:], over]) == [200, 200, 431]
 
 
-async def test_no_byte_of_a_body_counts_as_head() -> None:
+@pytest.mark.parametrize(
+    "white_space", [b"\r\n\r\n" * (256 * 1024), b" " * (1024 * 1024)], ids=["blank lines", "one line"]
+)
+async def test_no_byte_of_a_body_counts_as_head(white_space: bytes) -> None:
     """A submission's body (up to ~16 MiB), by its length or in chunks with their extensions and trailers, may hold
-    anything, a blank line too: the heads before and after it are counted, never it."""
+    anything, a blank line too, or none: the heads before and after it are counted, never it, however the lines of
+    the heads are cut across the reads."""
     async with QueueManagerServer(token=TOKEN) as queue:
         assert queue.url is not None
         served = Served("queue_manager", queue.url, "/health", QUEUE_HEADS)
         job = b'{"user_id": "alice", "workflow": {"1": {"class_type": "EmptyImage", "inputs": {"seed": 1}}}}'
-        body = job[:-1] + b"\r\n\r\n" * (256 * 1024) + b"}"  # 1 MiB of JSON's white space
+        body = job[:-1] + white_space + b"}"  # 1 MiB of JSON's white space
         post = (
             b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"
             % (TOKEN.encode())
         )
         pad = head(served, served.heads.max_head_bytes - len(post) - 30, connection=b"keep-alive").split(b"\r\n", 3)[3]
         by_length = post + b"Content-Length: %d\r\n" % len(body) + pad + body
-        chunks = b"".join(
-            b"%x;part=%d\r\n%s\r\n" % (len(body[at : at + 65536]), at, body[at : at + 65536])
-            for at in range(0, len(body), 65536)
+        chunks = b"".join(  # each of 0xfff0 bytes: a size read in any base but 16 is another
+            b"%x;part=%d\r\n%s\r\n" % (len(body[at : at + 0xFFF0]), at, body[at : at + 0xFFF0])
+            for at in range(0, len(body), 0xFFF0)
         )
         chunked = post + b"Transfer-Encoding: chunked\r\n" + pad + chunks + b"0\r\nX-Checksum: none\r\n\r\n"
         largest = head(served, served.heads.max_head_bytes, connection=b"keep-alive")
         sent = [by_length, chunked, largest, head(served, served.heads.max_head_bytes + 1)]
-        for one_write in (False, True):
-            assert await answers_to(served, sent, one_write=one_write) == [201, 201, 200, 431]
-        assert sum(queue.store.counts().values()) == 4
+        ways = [{"one_write": False}, {"one_write": True}, {"cut_blank_line": True}]
+        for way in ways:
+            assert await answers_to(served, sent, **way) == [201, 201, 200, 431], way
+        assert sum(queue.store.counts().values()) == 2 * len(ways)

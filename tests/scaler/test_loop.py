@@ -232,6 +232,24 @@ async def test_metrics_are_served_over_http(make_loop, queue):
     assert 'comfy_scaler_estimated_spend{window="hour"}' in text
 
 
+async def test_actual_replicas_is_the_last_count_the_platform_listed(make_loop, backend, queue, clock):
+    """ComfyReplicasNotStarting/-Stopping (docs/monitoring.md) compare it with the desired count: a failed read
+    keeps the count last seen rather than dropping to 0 or reading the failed answer."""
+    metrics = ScalerMetrics()
+    loop = make_loop(metrics=metrics)
+    sample = metrics.registry.get_sample_value
+    queue.pending = 2
+    await loop.tick()
+    clock.advance(15)
+    await loop.tick()
+    assert sample("comfy_scaler_actual_replicas") == 2
+    backend.observe_error = VerdaAPIError(503, "service_unavailable", "injected")
+    backend.replicas = ()
+    clock.advance(15)
+    await loop.tick()
+    assert sample("comfy_scaler_actual_replicas") == 2
+
+
 async def test_estimated_spend_follows_running_replicas(make_loop, queue, clock):
     metrics = ScalerMetrics()
     loop = make_loop(metrics=metrics)
