@@ -20,6 +20,8 @@ SUBMISSION = json.dumps({"user_id": "alice", "workflow": {"1": {}}}).encode()
         ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),  # what `curl -d` sends
         ("text/plain; charset=utf-8; secret=kept", "text/plain"),
         (b"text/\xff\xfe", "text/??"),  # not UTF-8: neither a 500 nor echoed
+        ("text/ ~", "text/ ~"),  # the first and the last printable character shown as they are
+        ("text/" + "x" * 200, "text/" + "x" * 95),  # cut to 100 characters
     ],
 )
 async def test_a_submission_that_is_not_sent_as_json_is_422_naming_the_content_type(
