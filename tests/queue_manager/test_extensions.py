@@ -296,6 +296,20 @@ async def test_a_step_of_the_wall_clock_is_no_worker_s_silence(clock: FakeClock,
         assert await queue.expire_leases() == [job_id]
 
 
+async def test_a_wall_clock_drifting_up_to_the_tolerance_from_the_steady_one_is_no_step(clock: FakeClock) -> None:
+    """Slewing moves the wall clock at most 0.5 ms/s: up to CLOCK_STEP_TOLERANCE_S apart from the steady clock
+    between two passes, the wall clock's time is taken as it is, silence and all."""
+    steady = ManualClock()
+    async with QueueManagerServer(clock=clock, steady_clock=steady, lease_timeout_s=60) as queue:
+        job_id = queue.store.submit("alice", WORKFLOW).id
+        queue.store.pop_next("w1", queue.mode)
+        for moved in (clock, steady):
+            moved.advance(56)
+        assert await queue.expire_leases() == []
+        clock.advance(reaper.CLOCK_STEP_TOLERANCE_S)  # 61 s of silence by the wall clock
+        assert await queue.expire_leases() == [job_id]
+
+
 async def test_a_frozen_queue_manager_hands_back_no_live_worker_s_job(tmp_path: Path) -> None:
     """The queue manager stopped (SIGSTOP; a suspended VM, a long swap) for longer than the lease: on SIGCONT the
     overdue lease pass ran before the live worker's next heartbeat and handed its job back as a fault (attempt 2,

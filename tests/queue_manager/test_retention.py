@@ -118,12 +118,23 @@ def test_reaper_purges_at_most_a_batch_per_pass_and_the_rest_on_later_passes(
     assert store.counts()[JobStatus.FAILED] == 0
 
 
+@pytest.mark.parametrize("retention_s", [0.5, 1.0])
+def test_a_retention_under_a_minute_is_kept_to(store: JobStore, clock: FakeClock, retention_s: float) -> None:
+    """FINISHED_JOB_RETENTION_S takes any time above 0 (0 keeps every job): a demo's second is a second."""
+    job_id = finished(store, JobStatus.COMPLETED)
+    reaper = JobReaper(store, job_timeout_s=3600, interval_s=60, clock=clock, finished_job_retention_s=retention_s)
+    clock.advance(retention_s + 0.5)
+    assert reaper.purge_finished() == 1
+    assert store.get(job_id) is None
+
+
 def test_retention_zero_keeps_every_finished_job(store: JobStore, clock: FakeClock) -> None:
     ids = [finished(store, status) for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)]
     reaper = JobReaper(store, job_timeout_s=3600, interval_s=60, clock=clock, finished_job_retention_s=0)
     clock.advance(10 * 365 * DAY)
 
     reaper.run_pass()
+    assert reaper.purge_finished() == 0
 
     assert store.last_heartbeat("w") is not None, "nor any worker"
     assert [store.get(job_id).status for job_id in ids] == [
