@@ -303,6 +303,14 @@ def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     assert read_participants(path).user_by_hash == {token_hash(bob): "bob"}
 
 
+def test_a_participant_added_to_a_file_whose_last_line_has_no_newline_goes_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """An editor may save the last line without its newline: the line added comes after it, not joined to it."""
+    path = tmp_path / "participants"
+    path.write_text(f"alice {ZEROS}")
+    bob = add_participant(path, "bob")
+    assert read_participants(path).user_by_hash == {ZEROS: "alice", token_hash(bob): "bob"}
+
+
 def test_a_file_larger_than_any_participants_file_is_refused_unread(tmp_path: Path) -> None:
     path = tmp_path / "participants"
     path.write_text(f"alice {ZEROS}\n" + "#" * MAX_FILE_BYTES)
