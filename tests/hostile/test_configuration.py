@@ -322,6 +322,11 @@ def test_a_queue_url_with_a_password_is_refused_beside_a_token_it_would_replace(
     monkeypatch.setenv("QUEUE_MANAGER_TOKEN", "a-queue-token")
     with pytest.raises(ConfigError, match="QUEUE_MANAGER_URL carries a user name or password and QUEUE_MANAGER_TOKEN"):
         load()
+    # A user name alone (a token as the user) or a password alone goes as Basic all the same.
+    for url in ("https://ghp-token@queue.example.com", "https://:pw@queue.example.com"):
+        monkeypatch.setenv("QUEUE_MANAGER_URL", url)
+        with pytest.raises(ConfigError, match="QUEUE_MANAGER_URL carries a user name or password"):
+            load()
     monkeypatch.setenv("QUEUE_MANAGER_URL", "https://queue.example.com/?sig=abc")  # leaves the header to the token
     load()
     monkeypatch.setenv("QUEUE_MANAGER_URL", "https://worker:pw@queue.example.com")

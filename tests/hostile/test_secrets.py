@@ -24,7 +24,7 @@ from aiohttp import web
 import supervisor.__main__ as supervisor_main
 from common.handbacks import HandBackCause
 from common.logs import MAX_LOG_VALUE_CHARS, configure_logging, error_text, register_secret, scrub
-from common.urls import redact_url, url_credentials, url_has_credentials, url_secrets
+from common.urls import redact_url, secret_url_secrets, url_credentials, url_has_credentials, url_secrets
 from demo.results import fetch_results
 from demo.workload import Submission, submit_all
 from health.server import HealthServer
@@ -266,6 +266,9 @@ async def test_comfyui_and_its_custom_nodes_never_see_the_secrets(
         # clear before.
         ("https://f0.backblazeb2.com/file/b/in.png?Authorization=t-15", "https://f0.backblazeb2.com/file/b/in.png?Authorization=***",
          ["t-15"]),
+        # A name percent-encoded (%74oken is token, pass%77ord password) is read decoded.
+        ("https://q.example.com/?%74oken=t-16&pass%77ord=p-16", "https://q.example.com/?%74oken=***&pass%77ord=***",
+         ["t-16", "p-16"]),
     ],
 )
 def test_a_urls_credentials_are_found_and_hidden_in_its_userinfo_and_its_query(url, shown, secrets) -> None:
@@ -419,6 +422,31 @@ def test_a_user_name_beside_a_password_is_no_secret_to_mask_everywhere(url, secr
     the ``Authorization: Basic`` value a client sends for them (base64 of the URL's user:password, unquoted)."""
     *plain, basic = secrets
     assert url_secrets(url) == [*plain, base64.b64encode(basic.encode()).decode()]
+
+
+@pytest.mark.parametrize("url", ["https://:pw 16@q.example.com/a", "https://my token-17@q.example.com/a"])
+def test_a_url_shown_masks_a_password_or_a_user_name_alone_with_a_space_in_it(url: str) -> None:
+    """In free text a space ends a URL, so the scrubber cannot mask such a userinfo (the registered secrets do);
+    a URL shown as one (redact_url: status, start lines, dry-runs) masks it whole, a password or a user alone."""
+    assert redact_url(url) == "https://***@q.example.com/a"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("?token=t-18 was refused", "?token=*** was refused"), ("&api_key=k-18", "&api_key=***"),
+     (";jsessionid=0AB1CD2EF3", ";jsessionid=***"), ("%3Ftoken%3Dt-18 was refused", "%3Ftoken%3D*** was refused")],
+)
+def test_a_parameter_at_the_very_start_of_a_text_is_masked(text: str, shown: str) -> None:
+    """A log value that is a query alone, nothing before its "?" or "&"."""
+    assert scrub(text) == shown
+
+
+def test_a_webhook_path_is_a_secret_of_its_own_from_8_characters() -> None:
+    """A webhook's path (or path and query) is its token and a refusing server quotes it alone; masked in every
+    line, a short one ("/hook") would garble them, so from 8 characters only."""
+    assert secret_url_secrets("https://hooks.example.com/abcdefg") == ["https://hooks.example.com/abcdefg", "/abcdefg"]
+    assert secret_url_secrets("https://hooks.example.com/?abcdef") == ["https://hooks.example.com/?abcdef", "/?abcdef"]
+    assert secret_url_secrets("https://hooks.example.com/abcdef") == ["https://hooks.example.com/abcdef"]
 
 
 @pytest.mark.parametrize("secret", [" ", "e", "\t", "verda", "1234567"])

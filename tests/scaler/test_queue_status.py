@@ -39,6 +39,11 @@ async def test_a_refusal_names_the_setting_behind_it(qm):
             async with QueueStatusReader(server.url, token=token) as reader:
                 with pytest.raises(QueueStatusError, match=f"HTTP 401: .*: {named}$"):
                     await reader.read()
+    qm.faults.inject("queue-status", status=403, times=2)  # a proxy in front refusing: the token too
+    for token, named in ((None, "QUEUE_MANAGER_TOKEN is unset"), ("a-token", "QUEUE_MANAGER_TOKEN is wrong")):
+        async with QueueStatusReader(qm.url, token=token, attempts=1) as reader:
+            with pytest.raises(QueueStatusError, match=f"HTTP 403: .*: {named}$"):
+                await reader.read()
     async with QueueStatusReader(f"{qm.url}/api") as reader:
         with pytest.raises(QueueStatusError) as refused:
             await reader.read()
