@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from queue_manager import JobStatus, QueueManagerServer, models
 from queue_manager import store as store_module
-from queue_manager.models import JobCompletionRequest
+from queue_manager.models import JobCompletionRequest, JobSubmitRequest
 from queue_manager.store import SERVED_PER_USER, JobStore
 
 from .conftest import FakeClock
@@ -173,6 +173,15 @@ def test_result_limit_is_50_mb_measured_as_the_peer_does() -> None:
     assert JobCompletionRequest(result={"b": "x" * (limit - overhead)})
     with pytest.raises(ValidationError, match="result payload too large"):
         JobCompletionRequest(result={"b": "x" * (limit - overhead + 1)})
+
+
+@pytest.mark.parametrize(("field", "limit"), [("workflow", 10 * 1024 * 1024), ("metadata", 1024 * 1024)])
+def test_workflow_and_metadata_limits_are_measured_as_the_peer_does(field: str, limit: int) -> None:
+    overhead = len(json.dumps({"b": ""}))
+    request = {"user_id": "alice", "workflow": {"1": {"class_type": "Noop", "inputs": {}}}}
+    assert JobSubmitRequest(**{**request, field: {"b": "x" * (limit - overhead)}})
+    with pytest.raises(ValidationError, match=rf"{field} size \({limit + 1} bytes\) exceeds maximum \({limit} bytes\)"):
+        JobSubmitRequest(**{**request, field: {"b": "x" * (limit - overhead + 1)}})
 
 
 async def test_complete_job_over_the_result_limit_is_422(
@@ -472,6 +481,13 @@ async def test_list_jobs_filters_by_user_status_and_limit(client: httpx.AsyncCli
     assert await ids(limit=2) == alice[:2]
     listed = (await client.get("/api/jobs", params={"user_id": "alice"})).json()
     assert [job["position_in_queue"] for job in listed] == [None, 0, 1]
+
+
+async def test_list_jobs_without_a_limit_lists_the_first_100(
+    client: httpx.AsyncClient, queue: QueueManagerServer, workflow: dict[str, Any]
+) -> None:
+    submitted = [queue.store.submit("alice", workflow).id for _ in range(101)]
+    assert [job["id"] for job in (await client.get("/api/jobs")).json()] == submitted[:100]
 
 
 async def test_list_jobs_bad_query_is_422(client: httpx.AsyncClient) -> None:
