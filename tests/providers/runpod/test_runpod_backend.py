@@ -289,6 +289,11 @@ async def test_proxy_errors_and_starting_pods_are_not_counted(
     for _ in range(5):
         await backend.observe()  # an answer that says nothing about the worker
     assert pod_id in fake.pods and len(fake.proxy_authorizations) == 5
+    for status, body in ((503, {"status": "not_ready", "reason": "draining: shutting down"}), (500, UNHEALTHY)):
+        fake.set_health(pod_id, status, body)  # /ready's 503, or "unhealthy" on a 500: no judgement
+        for _ in range(3):
+            await backend.observe()
+    assert pod_id in fake.pods and len(fake.proxy_authorizations) == 11
 
 
 async def test_the_probe_never_carries_the_api_key(backend: RunPodBackend, fake: FakeRunPod) -> None:

@@ -14,8 +14,15 @@ import structlog
 from aiohttp import web
 
 from common.logs import configure_logging, error_text
+from scaler.policy import MAX_PRICE_PER_HOUR
 from scaler.providers.base import MAX_LISTED_REPLICAS
-from scaler.providers.runpod.client import CreateUnconfirmedError, RunPodAPIError, RunPodClient
+from scaler.providers.runpod.client import (
+    CreateUnconfirmedError,
+    RunPodAPIError,
+    RunPodClient,
+    error_from_response,
+    pod_from_json,
+)
 from scaler.providers.runpod.health import PodHealthProbe
 from standins.runpod import FakeRunPod
 
@@ -68,6 +75,12 @@ async def test_reads_are_retried_on_server_errors(
     assert await runpod.list_pods() == []
     assert len(fake.requests_to("/pods", "GET")) == 4
     assert len(sleeps.waits) == 3
+
+
+async def test_a_request_timeout_answer_is_retried(fake: FakeRunPod, runpod: RunPodClient) -> None:
+    fake.fail_next("/pods", 408, method="GET")
+    assert await runpod.list_pods() == []
+    assert len(fake.requests_to("/pods", "GET")) == 2
 
 
 async def test_retry_after_is_honoured(fake: FakeRunPod, runpod: RunPodClient, sleeps: RecordingSleep) -> None:
@@ -283,3 +296,32 @@ async def test_a_pod_list_longer_than_any_deployment_is_an_error_naming_the_requ
         await runpod.list_pods()
     fake.fail_next("/pods", 200, method="GET", body={"pods": pods[:-1]})
     assert len(await runpod.list_pods()) == listed - 1
+
+
+def test_a_pod_without_cost_or_gpu_count_costs_0_on_0_gpus_and_the_highest_price_is_a_price() -> None:
+    """A stopped pod (its container gone, its volume kept) may be listed without a cost or a GPU count."""
+    pod = pod_from_json({"id": "p1", "name": "comfy-0123abcd", "status": "EXITED", "gpu": {"id": GPU}}, "GET /pods")
+    assert (pod.cost_per_hour, pod.gpu_id, pod.gpu_count) == (0.0, GPU, 0)
+    pod = pod_from_json({"id": "p1", "name": "comfy-0123abcd", "cost": MAX_PRICE_PER_HOUR}, "GET /pods")
+    assert pod.cost_per_hour == MAX_PRICE_PER_HOUR
+
+
+def _problem(body: object) -> RunPodAPIError:
+    response = httpx.Response(400, json=body, request=httpx.Request("POST", "https://api.runpod.io/v2/pods"))
+    return error_from_response(response, "POST /pods")
+
+
+@pytest.mark.parametrize(
+    ("body", "title", "detail"),
+    [({"title": "Bad Request"}, "Bad Request", ""), ({"detail": "gpuCount must be 1-8"}, "", "gpuCount must be 1-8")],
+    ids=["title-alone", "detail-alone"],
+)
+def test_a_problem_body_with_a_title_or_a_detail_alone_is_read_as_one(body, title, detail) -> None:
+    error = _problem(body)
+    assert (error.status, error.title, error.detail) == (400, title, detail)
+
+
+@pytest.mark.parametrize(("count", "quoted"), [(5, [f"e{i}" for i in range(5)]),
+                                               (7, [*(f"e{i}" for i in range(5)), "2 more"])])
+def test_a_problem_bodys_errors_are_quoted_five_at_most_then_counted(count: int, quoted: list[str]) -> None:
+    assert _problem({"title": "Bad Request", "errors": [f"e{i}" for i in range(count)]}).errors == quoted
