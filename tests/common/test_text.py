@@ -53,3 +53,25 @@ def test_a_bidi_override_in_a_console_log_line_is_escaped_and_its_letters_kept()
     line = buffer.getvalue()
     assert "Job X failed: node 画 \\u202egnp.exe\\u2028forged" in line, line
     assert not set(HIDDEN) & set(line), ascii(line)
+
+
+def test_a_console_logs_event_and_traceback_are_escaped_in_place_the_traceback_keeping_its_lines() -> None:
+    """The event and a traceback are text, not values: escaped where they stand, not quoted like a value (a
+    traceback's lines are not printable characters: quoted, the console renderer could not print it at all)."""
+    buffer = io.StringIO()
+    configure_logging("console", "info", stream=buffer)
+    log = structlog.get_logger()
+    try:
+        log.warning("Job X failed: \x1b[2J node", node="a\x1bb")
+        try:
+            raise RuntimeError("boom \x1b]0;owned\x07 end")
+        except RuntimeError:
+            log.exception("Job Y crashed")
+    finally:
+        structlog.reset_defaults()
+    text = buffer.getvalue()
+    assert "] \x1b[1mJob X failed: \\x1b[2J node" in text, ascii(text)  # bold as every event, not quoted
+    assert "'a\\x1bb'" in text, ascii(text)  # a value: quoted
+    traceback = text[text.index("Job Y crashed") :].splitlines()[1:]
+    assert traceback[0] == "Traceback (most recent call last):", ascii(text)
+    assert traceback[-1] == "RuntimeError: boom \\x1b]0;owned\\x07 end", ascii(text)

@@ -65,6 +65,24 @@ def test_a_flood_of_malformed_requests_is_one_line_a_minute_with_the_count_of_th
     assert [(failure.levelname, failure.exc_info is not None) for failure in failures] == [("ERROR", True)] * 3
 
 
+@pytest.mark.parametrize(("held_back", "said"), [(0, ""), (1, " (1 more refused since the last one)")])
+def test_the_line_after_the_minute_counts_the_refusals_held_back_in_it_and_says_nothing_of_none(
+    held_back: int, said: str
+) -> None:
+    clock = Clock()
+    quiet = _MalformedRequestAsWarning(clock=clock)
+    assert quiet.filter(refused_from("203.0.113.9", BadHttpMessage("Invalid method")))
+    for _ in range(held_back):
+        clock.now += 1
+        assert not quiet.filter(refused_from("203.0.113.9", BadHttpMessage("Invalid method")))
+    clock.now = 1000.0 + MALFORMED_WARN_EVERY_S
+    record = refused_from("198.51.100.7", BadHttpMessage("Invalid method"))
+    assert quiet.filter(record)
+    assert record.getMessage() == (
+        f"Malformed HTTP request refused (400): Error handling request from 198.51.100.7: Invalid method{said}"
+    )
+
+
 @pytest.fixture
 def log_buffer() -> Iterator[io.StringIO]:
     buffer = io.StringIO()

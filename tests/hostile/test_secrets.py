@@ -174,6 +174,14 @@ def test_a_log_value_of_megabytes_is_cut_scrubbed_and_says_so(log_buffer: io.Str
     assert "tk-secret-1" not in log_buffer.getvalue()
 
 
+def test_a_log_value_of_exactly_the_longest_kept_is_whole_and_a_character_more_is_cut(log_buffer: io.StringIO) -> None:
+    longest = MAX_LOG_VALUE_CHARS
+    structlog.get_logger().warning("peer answered", page="p" * longest, other="q" * (longest + 1))
+    [line] = [json.loads(line) for line in log_buffer.getvalue().splitlines()]
+    assert line["page"] == "p" * MAX_LOG_VALUE_CHARS
+    assert line["other"] == "q" * MAX_LOG_VALUE_CHARS + f"… (cut: {MAX_LOG_VALUE_CHARS + 1} characters)"
+
+
 async def test_control_characters_in_a_logged_value_reach_an_operators_terminal_escaped() -> None:
     """A failure message carries text from the job (a workflow's node name in ComfyUI's error, say). On a
     terminal the console renderer printed a value without spaces raw, and the event always: an escape sequence
@@ -670,6 +678,15 @@ def test_a_secret_longer_than_the_scrubbed_margin_is_masked_across_the_cut() -> 
     register_secret(secret)
     text = error_text(RuntimeError("x" * 280 + secret + " and more" + " y" * 1_000_000))
     assert text.startswith("RuntimeError: " + "x" * 280) and "long-s" not in text, text[:400]
+
+
+def test_a_secret_of_thousands_of_characters_across_the_cut_is_masked_whole() -> None:
+    """A bearer token can run to thousands of characters (a JWT with its claims): the head scrubbed reaches past the
+    cut by the longest registered secret, on top of the margin for a URL's credentials."""
+    secret = "jwt-" + "k" * 3_000
+    register_secret(secret)
+    text = error_text(RuntimeError("x" * 280 + secret + " and more"))
+    assert text == "RuntimeError: " + "x" * 280 + "***" + " and more"[:3], text[:400]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from common.logs import error_text
+from common.logs import error_text, scrub
 from scaler.policy import MAX_REPLICAS_LIMIT
 from scaler.providers.verda.backend import VerdaBackend
 from scaler.providers.verda.client import TOKEN_WARN_EVERY_S, VerdaAPIError, VerdaClient, check_deployment_name
@@ -262,6 +262,18 @@ async def test_secret_and_tokens_never_logged_or_shown(
     text = " ".join([repr(events), caplog.text, repr(verda), str(verda), str(caught.value), repr(caught.value)])
     for secret in [client_secret, *issued]:
         assert secret not in text
+
+
+async def test_the_scrubber_masks_the_token_in_use_and_the_one_it_replaced_and_forgets_older_ones(
+    fake: FakeVerda, verda: VerdaClient
+) -> None:
+    """Were each replaced token masked for good, a scaler renewing its token all month would compare every log
+    line with every token it ever had."""
+    for _ in range(3):
+        await verda.list_deployments()
+        fake.expire_tokens()
+    first, replaced, in_use = fake.tokens_issued
+    assert scrub(f"{first} {replaced} {in_use}") == f"{first} *** ***"
 
 
 @pytest.mark.parametrize("offset", [70, 85, 96])
