@@ -102,6 +102,19 @@ def test_each_budget_threshold_goes_out_once_per_day():
         ("budget_50", NOON + DAY), ("budget_80", NOON + DAY),  # a new UTC day: the spend still counts
     ]
     assert budget_alerts(50.0, None, NOON) == [], "no daily budget, no budget alerts"
+    assert [alert.text for alert in budget_alerts(10.0, 10.0, NOON)] == [
+        "100 % of the daily budget spent: 10.00 of 10.00 over the last 24 h",
+        "100 % of the daily budget spent: 10.00 of 10.00 over the last 24 h",
+        "100 % of the daily budget spent: 10.00 of 10.00 over the last 24 h — new replicas are no longer started",
+    ]
+
+
+def test_a_zero_budget_with_nothing_spent_raises_no_alert_and_any_spend_raises_them_all():
+    """SCALER_MAX_SPEND_PER_DAY=0 pauses spending: nothing billed is within it."""
+    assert budget_alerts(0.0, 0.0, NOON) == []
+    [*_, over] = budget_alerts(10 / 3, 0.0, NOON)
+    assert over.fields == {"threshold_percent": 100, "spent_last_day": 3.3333, "max_spend_per_day": 0.0}
+    assert [alert.kind for alert in budget_alerts(0.01, 0.0, NOON)] == ["budget_50", "budget_80", "budget_100"]
 
 
 async def test_slack_body_is_retried_through_503s_and_sent_once(webhook):
@@ -154,6 +167,21 @@ async def test_a_webhook_that_keeps_failing_is_given_up_and_the_next_alert_still
     webhook.fail_first, webhook.status = 5, 500
     await deliver(webhook.url, Alert("budget_50", "first", NOON), Alert("budget_80", "second", NOON), attempts=3)
     assert [b["text"] for b in webhook.bodies] == ["[comfy-scaler] second"]
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+async def test_a_webhook_busy_or_behind_a_failing_proxy_is_retried(webhook, status: int):
+    """Slack answers 429 when rate-limited, a proxy 502 or 504 when the hook behind it is slow: each passes."""
+    webhook.fail_first, webhook.status = 1, status
+    await deliver(webhook.url, Alert("budget_50", "first", NOON), attempts=3)
+    assert webhook.attempts == 2 and [b["text"] for b in webhook.bodies] == ["[comfy-scaler] first"]
+
+
+async def test_a_sender_shown_says_whether_a_webhook_is_set_never_its_url(webhook):
+    for url, configured in ((webhook.url, True), (None, False)):
+        alerts = sender(url)
+        await alerts.aclose()
+        assert repr(alerts) == f"AlertSender(configured={configured}, fmt=slack, dry_run=False)"
 
 
 async def test_a_4xx_is_not_retried(webhook):
