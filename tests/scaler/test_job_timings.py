@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from common.handbacks import HandBackCause
 from queue_manager.server import QueueManagerServer
@@ -121,6 +122,41 @@ def test_recent_waits_are_the_queue_time_of_the_jobs_that_started_last():
         "completed": [job("00:00", "00:20"), job("01:00", "00:59"), {"created_at": "junk"}],
     }, now=1_767_229_200.0)
     assert timings["recent_waits_s"] == (20.0, 150.0)  # in start order; a start before creation is skipped
+
+
+def test_a_clock_a_few_seconds_apart_reads_as_no_time_never_negative_and_a_zero_length_job_counts():
+    """The manager's clock a few seconds ahead of this host's (within CLOCK_SKEW_S, believed): a job created or
+    started "in the future" has waited or run 0 s, as one started before it was created has waited."""
+    timings = job_timings({
+        "pending": [{"created_at": "2026-01-01T00:00:05+00:00"}],
+        "running": [
+            {"created_at": "2025-12-31T23:59:50+00:00", "started_at": "2026-01-01T00:00:03+00:00"},
+            {"created_at": "2026-01-01T00:00:02+00:00", "started_at": "2025-12-31T23:59:58+00:00"},
+            {"started_at": "2025-12-31T23:59:30+00:00"},
+        ],
+        "completed": [{"created_at": "2025-12-31T23:59:00+00:00", "started_at": "2025-12-31T23:59:00+00:00",
+                       "completed_at": "2025-12-31T23:59:00+00:00"}],
+    }, now=1_767_225_600.0)  # 2026-01-01T00:00:00Z
+    assert timings == {
+        "pending_ages_s": (0.0,), "running_elapsed_s": (0.0, 2.0, 30.0), "running_waited_s": (13.0, 0.0, 0.0),
+        "recent_durations_s": (0.0,), "recent_waits_s": (0.0, 13.0),
+    }
+
+
+def test_a_timestamp_is_believed_from_a_week_old_to_five_minutes_ahead_and_not_a_second_beyond():
+    """Each at its own offset, as the manager wrote it: 01:00:00+01:00 is midnight UTC."""
+    with capture_logs() as logs:
+        timings = job_timings({"pending": [
+            {"created_at": "2025-12-25T01:00:00+01:00"},  # exactly 7 days before now
+            {"created_at": "2025-12-24T23:59:59+00:00"},  # a second more
+            {"created_at": "2026-01-01T00:05:00+00:00"},  # exactly 300 s ahead
+            {"created_at": "2026-01-01T00:05:01+00:00"},
+            {"created_at": "2025-12-31T23:00:00-01:00"},  # now
+        ]}, now=1_767_225_600.0)  # 2026-01-01T00:00:00Z
+    assert timings["pending_ages_s"] == (7 * 86_400.0, 0.0, 0.0)
+    (warning,) = [entry for entry in logs if entry["event"] == "queue_job_times_implausible"]
+    assert warning["skipped"] == {"created_at": 2}
+    assert warning["believed"] == "from 7 days ago to 300 s ahead of this host's clock"
 
 
 async def test_the_estimate_follows_the_latest_completions_not_the_first_ones():

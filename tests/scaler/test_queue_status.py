@@ -6,7 +6,7 @@ import pytest
 from aiohttp import web
 
 from queue_manager.server import QueueManagerServer
-from scaler.queue_status import QueueStatusError, QueueStatusReader
+from scaler.queue_status import MAX_PLAUSIBLE_COUNT, QueueStatusError, QueueStatusReader
 
 from ..conftest import served
 
@@ -52,10 +52,22 @@ async def test_a_refusal_names_the_setting_behind_it(qm):
     )
 
 
-async def test_retries_a_restarting_manager_within_the_read(qm):
-    qm.faults.inject("queue-status", status=503, times=2)
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_retries_a_restarting_manager_within_the_read(qm, status: int):
+    """A manager restarting (503), overloaded (429, 500) or behind a proxy that lost it for a moment (502, 504)."""
+    qm.faults.inject("queue-status", status=status, times=2)
     async with QueueStatusReader(qm.url, attempts=3, retry_initial_s=0.01) as reader:
         assert (await reader.read()).pending_jobs == 0
+
+
+async def test_a_status_with_the_counts_alone_reads_no_finished_jobs(qm):
+    """Scaling needs the pending and running counts only: a status without the finished ones is read, as 0."""
+    qm.faults.inject("queue-status", status=200, body={"pending_jobs": 2, "running_jobs": 1})
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        status = await reader.read()
+    assert (status.pending_jobs, status.running_jobs, status.completed_jobs, status.failed_jobs, status.mode) == (
+        2, 1, 0, 0, "fifo"
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -75,6 +87,15 @@ async def test_a_bad_answer_is_an_error_not_a_zero(qm, body):
     qm.faults.inject("queue-status", status=200, body=body)
     async with QueueStatusReader(qm.url, attempts=1) as reader:
         with pytest.raises(QueueStatusError, match=r"^queue status "):  # names what it read, for the log's reason
+            await reader.read()
+
+
+async def test_a_count_of_exactly_the_most_believed_is_read_and_one_more_is_refused(qm):
+    async with QueueStatusReader(qm.url, attempts=1) as reader:
+        qm.faults.inject("queue-status", status=200, body={"pending_jobs": MAX_PLAUSIBLE_COUNT, "running_jobs": 0})
+        assert (await reader.read()).pending_jobs == MAX_PLAUSIBLE_COUNT
+        qm.faults.inject("queue-status", status=200, body={"pending_jobs": MAX_PLAUSIBLE_COUNT + 1, "running_jobs": 0})
+        with pytest.raises(QueueStatusError, match="pending_jobs=1000001: more than 1000000 is not a plausible count"):
             await reader.read()
 
 
