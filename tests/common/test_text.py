@@ -70,7 +70,7 @@ def test_a_console_logs_event_and_traceback_are_escaped_in_place_the_traceback_k
     finally:
         structlog.reset_defaults()
     text = buffer.getvalue()
-    assert "] \x1b[1mJob X failed: \\x1b[2J node" in text, ascii(text)  # bold as every event, not quoted
+    assert "Job X failed: \\x1b[2J node" in text and "'Job X" not in text, ascii(text)  # not quoted
     assert "'a\\x1bb'" in text, ascii(text)  # a value: quoted
     traceback = text[text.index("Job Y crashed") :].splitlines()[1:]
     assert traceback[0] == "Traceback (most recent call last):", ascii(text)
